@@ -1,0 +1,54 @@
+// Small file-system helpers: whole-file reads, atomic writes, read-only memory maps, and directories that
+// appear under their final name only when complete.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace qwenq {
+
+// Reads a whole file; throws naming the file if it cannot be opened or read.
+std::string read_file(const std::string& path);
+bool file_exists(const std::string& path);
+bool dir_exists(const std::string& path);
+std::string path_join(const std::string& a, const std::string& b);
+
+// Writes `bytes` to "<path>.tmp.<pid>", fsyncs, then renames onto `path`. On any failure the temporary is
+// removed and an Error naming `path` is thrown (e.g. "No space left on device").
+void write_file_atomic(const std::string& path, const void* data, size_t size);
+inline void write_file_atomic(const std::string& path, const std::string& text) {
+  write_file_atomic(path, text.data(), text.size());
+}
+
+// Read-only mapping of a whole file (empty files map to size 0, data nullptr).
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// An output directory that is built under "<final>.partial.<pid>" and renamed onto `final` by commit().
+// If the object dies without commit() (exception, early return), the partial directory is removed.
+// Refuses an existing `final` unless overwrite is true (then the old one is replaced at commit()).
+class StagedDir {
+ public:
+  StagedDir(const std::string& final_path, bool overwrite);
+  ~StagedDir();
+  const std::string& path() const { return tmp_; }  // write files here
+  void commit();
+
+ private:
+  std::string final_, tmp_;
+  bool overwrite_, committed_ = false;
+};
+
+}  // namespace qwenq

@@ -1,0 +1,33 @@
+// A progress bar for long work, on stderr: "label [#####     ] 512/2048 25% 1234 tok/s ETA 0:42".
+// Redraws at most 10 times a second; prints plain lines instead when stderr is not a terminal (CI logs),
+// at most every 10%. Quiet mode prints nothing.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace qwenq {
+
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, std::string unit, bool quiet = false);
+  ~Progress();
+  void update(int64_t done, const std::string& extra = "");
+  void finish(const std::string& extra = "");
+  double elapsed_s() const;
+
+ private:
+  void draw(bool final_line, const std::string& extra);
+  std::string label_, unit_;
+  int64_t total_, done_ = 0;
+  bool quiet_, tty_, finished_ = false;
+  int last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+// Peak resident set size of this process in bytes (VmHWM), 0 where unknown.
+uint64_t peak_rss_bytes();
+std::string format_bytes(uint64_t bytes);  // "1.23 GiB"
+
+}  // namespace qwenq

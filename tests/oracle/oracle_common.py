@@ -1,0 +1,53 @@
+"""Helpers shared by the oracle scripts: argument parsing, skipping, running our binaries."""
+import argparse
+import os
+import subprocess
+import sys
+
+SKIP = 77
+
+
+def parse_args(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--build", required=True, help="CMake build directory holding qwen-quant and qwenq_tests")
+    p.add_argument("--shared", required=True, help="the shared data directory (../shared)")
+    return p.parse_args()
+
+
+def skip(why):
+    print(f"SKIP: {why}")
+    sys.exit(SKIP)
+
+
+def require_shared(shared):
+    if not os.path.isdir(os.path.join(shared, "data")):
+        skip(f"shared data not found at {shared}/data")
+
+
+def work_dir(build, name):
+    d = os.path.join(build, "oracle_tmp", name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def run(cmd, env=None):
+    """Runs a command, echoing it and its stderr; returns its stdout; fails the test if it fails."""
+    print("+", " ".join(cmd), flush=True)
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    r = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if r.stderr:
+        print(r.stderr, end="", flush=True)
+    if r.returncode != 0:
+        print(r.stdout)
+        raise SystemExit(f"FAIL: command exited {r.returncode}: {' '.join(cmd)}")
+    return r.stdout
+
+
+def run_gtest(build, pattern, env):
+    """Runs the C++ half of an oracle test (a gtest that skips unless `env` points it at the fixtures)."""
+    out = run([os.path.join(build, "qwenq_tests"), f"--gtest_filter={pattern}"], env=env)
+    print(out)
+    if "[  PASSED  ]" not in out or "SKIPPED" in out:
+        raise SystemExit(f"FAIL: gtest {pattern} did not pass")

@@ -1,0 +1,86 @@
+// qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention).
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "core/progress.h"
+#include "tools/cli.h"
+#include "tools/cli_common.h"
+#include "trainer/model_dir.h"
+#include "trainer/perplexity.h"
+#include "trainer/text_data.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct EvalArgs {
+  std::string model, data, field = "text", json_out;
+  bool json = false, quiet = false, no_bos = false;
+  PerplexityOptions ppl;
+  CommonOptions common;
+};
+
+void run_eval(const EvalArgs& a) {
+  apply_common_options(a.common);
+  const std::string dir = resolve_model_dir(a.model);
+  const auto t0 = std::chrono::steady_clock::now();
+  QwenModel model(dir);
+  Tokenizer tok = Tokenizer::from_dir(dir);
+  const std::string text = load_text_corpus(a.data, a.field);
+  // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
+  // add nothing (transformers: tokenizer("\n\n".join(texts))).
+  std::vector<int32_t> tokens = tok.encode(text, !a.no_bos);
+  const double tok_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.quiet) {
+    std::fprintf(stderr, "model %s (%s, %lld layers, hidden %lld), corpus %s: %zu bytes -> %zu tokens (%.1fs)\n",
+                 dir.c_str(), model.config().model_type.c_str(), (long long)model.config().num_layers,
+                 (long long)model.config().hidden_size, a.data.c_str(), text.size(), tokens.size(), tok_s);
+  }
+  PerplexityOptions opt = a.ppl;
+  opt.quiet = a.quiet;
+  PerplexityResult r = evaluate_perplexity(model, tokens, opt);
+
+  nlohmann::ordered_json j = {{"model", dir},
+                              {"data", a.data},
+                              {"perplexity", r.perplexity},
+                              {"mean_nll", r.mean_nll},
+                              {"seq_len", opt.seq_len},
+                              {"windows", r.windows},
+                              {"scored_tokens", r.scored_tokens},
+                              {"corpus_tokens", r.corpus_tokens},
+                              {"seconds", r.seconds},
+                              {"tokens_per_s", r.tokens_per_s},
+                              {"peak_rss_bytes", peak_rss_bytes()}};
+  if (a.json) std::printf("%s\n", j.dump().c_str());
+  else
+    std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s)\n",
+                r.perplexity, (long long)r.windows, (long long)opt.seq_len, a.data.c_str(), (long long)r.scored_tokens,
+                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str());
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model on a text or JSONL file");
+  cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (offline cache)")->required();
+  cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--text-field", a->field, "JSONL field holding the text")->capture_default_str();
+  cmd->add_option("--seq-len", a->ppl.seq_len, "window length in tokens")->capture_default_str();
+  cmd->add_option("--max-windows", a->ppl.max_windows, "score at most this many windows (0: all)")->capture_default_str();
+  cmd->add_option("--batch", a->ppl.windows_per_batch, "windows forwarded together")->capture_default_str();
+  cmd->add_flag("--no-bos", a->no_bos, "do not let the tokenizer add its BOS token");
+  cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
+  cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");
+  cmd->add_flag("--quiet,-q", a->quiet, "no progress bar");
+  add_common_options(cmd, &a->common);
+  cmd->callback([a]() { run_eval(*a); });
+}
+
+}  // namespace qwenq::cli

@@ -1,0 +1,73 @@
+// qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding.
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "tools/cli.h"
+#include "tools/cli_common.h"
+#include "trainer/generate.h"
+#include "trainer/model_dir.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, prompt, system;
+  bool chat = false;
+  SamplingOptions sampling;
+  CommonOptions common;
+};
+
+void run_generate(const GenerateArgs& a) {
+  apply_common_options(a.common);
+  const std::string dir = resolve_model_dir(a.model);
+  QwenModel model(dir);
+  Tokenizer tok = Tokenizer::from_dir(dir);
+  std::vector<int32_t> prompt;
+  if (a.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", a.prompt});
+    prompt = tok.encode(tok.apply_chat_template(msgs, true), false);
+  } else {
+    prompt = tok.encode(a.prompt, true);
+  }
+  SamplingOptions opt = a.sampling;
+  for (int32_t id : {tok.eos_id(), model.config().eos_token_id, tok.token_id("<|im_end|>"),
+                     tok.token_id("<|endoftext|>")}) {
+    if (id >= 0) opt.stop_ids.push_back(id);
+  }
+  if (!a.chat) std::printf("%s", a.prompt.c_str());
+  std::fflush(stdout);
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> out = generate(model, prompt, opt, [&](int32_t id) {
+    if (!tok.is_special(id)) std::printf("%s", tok.decode_token(id).c_str());
+    std::fflush(stdout);
+  });
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n");
+  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s)\n", prompt.size(), out.size(), s,
+               out.size() / (s > 0 ? s : 1));
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the model (greedy by default)");
+  cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id")->required();
+  cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
+  cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
+  cmd->add_option("--system", a->system, "system message for --chat");
+  cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate")->capture_default_str();
+  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
+  add_common_options(cmd, &a->common);
+  cmd->callback([a]() { run_generate(*a); });
+}
+
+}  // namespace qwenq::cli

@@ -1,0 +1,27 @@
+// qwen-quant: quantize, evaluate and inspect Qwen checkpoints. Each subcommand lives in tools/cli_*.cpp.
+#include <cstdio>
+
+#include "core/error.h"
+#include "tools/cli.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"qwen-quant: quantize and evaluate Qwen checkpoints (C++/CUDA)", "qwen-quant"};
+  app.require_subcommand(1);
+  qwenq::cli::register_eval(app);
+  qwenq::cli::register_generate(app);
+  qwenq::cli::register_import_llama2c(app);
+  qwenq::cli::register_init_random(app);
+  qwenq::cli::register_tokenize(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const qwenq::Error& e) {
+    std::fprintf(stderr, "qwen-quant: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qwen-quant: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,63 @@
+#include "trainer/generate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace qwenq {
+
+int32_t sample_token(std::vector<float>& logits, const SamplingOptions& opt, Rng& rng) {
+  const int64_t V = static_cast<int64_t>(logits.size());
+  if (opt.temperature <= 0.f) {
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  int64_t keep = (opt.top_k > 0 && opt.top_k < V) ? opt.top_k : V;
+  std::partial_sort(idx.begin(), idx.begin() + keep, idx.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  const float mx = logits[idx[0]];
+  std::vector<double> p(keep);
+  double sum = 0;
+  for (int64_t i = 0; i < keep; ++i) sum += p[i] = std::exp((logits[idx[i]] - mx) / opt.temperature);
+  if (opt.top_p < 1.f) {  // smallest prefix whose mass reaches top_p
+    double acc = 0;
+    int64_t n = 0;
+    while (n < keep && acc < opt.top_p * sum) acc += p[n++];
+    keep = std::max<int64_t>(n, 1);
+    sum = acc;
+  }
+  double u = rng.uniform() * sum;
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= p[i];
+    if (u <= 0) return idx[i];
+  }
+  return idx[keep - 1];
+}
+
+std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
+                              const std::function<void(int32_t)>& on_token) {
+  QWENQ_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
+  const int64_t max_pos = model.config().max_position_embeddings;
+  const int64_t total = std::min<int64_t>(static_cast<int64_t>(prompt.size()) + opt.max_new_tokens, max_pos);
+  QWENQ_CHECK(static_cast<int64_t>(prompt.size()) < total || opt.max_new_tokens == 0,
+              "generate: the prompt has " << prompt.size() << " tokens, the model's context is " << max_pos);
+  KvCache cache = model.make_cache(total);
+  Rng rng(opt.seed);
+  std::vector<int32_t> out;
+  std::vector<float> logits = model.forward_step(prompt, &cache);
+  while (cache.length < total) {
+    const int32_t next = sample_token(logits, opt, rng);
+    out.push_back(next);
+    if (on_token) on_token(next);
+    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), next) != opt.stop_ids.end()) break;
+    if (static_cast<int64_t>(out.size()) >= opt.max_new_tokens) break;
+    logits = model.forward_step({next}, &cache);
+  }
+  return out;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,35 @@
+// Perplexity as the GPTQ and AWQ papers measure it: tokenize the whole corpus once, cut it into
+// non-overlapping windows of seq_len tokens (the tail shorter than a window is dropped), score each window
+// from scratch (no context carried over), and report exp(mean NLL) over all predicted tokens. Every window
+// predicts seq_len - 1 tokens, so this equals their exp(mean over windows of the window's mean loss).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+
+struct PerplexityOptions {
+  int64_t seq_len = 2048;
+  int64_t max_windows = 0;       // 0: all
+  int64_t windows_per_batch = 1; // windows forwarded together (packed)
+  bool quiet = false;            // no progress bar
+};
+
+struct PerplexityResult {
+  double perplexity = 0;
+  double mean_nll = 0;
+  int64_t corpus_tokens = 0;  // tokens in the corpus
+  int64_t windows = 0;        // windows scored
+  int64_t scored_tokens = 0;  // predictions counted
+  double seconds = 0;
+  double tokens_per_s = 0;    // tokens forwarded per second
+};
+
+PerplexityResult evaluate_perplexity(const QwenModel& model, const std::vector<int32_t>& tokens,
+                                     const PerplexityOptions& opt);
+
+}  // namespace qwenq

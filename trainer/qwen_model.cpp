@@ -1,0 +1,211 @@
+#include "trainer/qwen_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/act.h"
+#include "kernels/attention.h"
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/rope.h"
+
+namespace qwenq {
+
+namespace {
+
+void linear(const float* x, int64_t M, const TensorView& w, const TensorView& bias, float* y) {
+  linear_forward_ref(x, M, w.shape[1], w.data, w.dtype, w.shape[0], bias.data, bias.dtype, y);
+}
+
+void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float* y) {
+  rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
+}
+
+// Causal attention of n new queries (absolute positions p0..p0+n-1) over a cache holding positions
+// 0..p0+n-1. q, out: [n, H, D]; k, v: [p0+n, Hkv, D]. Same math as attention_forward_ref with an offset.
+void attention_with_cache(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
+                          int64_t Hkv, int64_t D, float* out) {
+  const int64_t group = H / Hkv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  parallel_for(n * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(p0 + n);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t i = idx / H, h = idx % H, g = h / group;
+      const int64_t keys = p0 + i + 1;
+      const float* qi = q + (i * H + h) * D;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < keys; ++j) {
+        const float* kj = k + (j * Hkv + g) * D;
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+        s[j] = dot * scale;
+        mx = std::max(mx, s[j]);
+      }
+      float sum = 0.f;
+      for (int64_t j = 0; j < keys; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      float* o = out + (i * H + h) * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < keys; ++j) {
+        const float p = s[j] / sum;
+        const float* vj = v + (j * Hkv + g) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+PackedBatch PackedBatch::from_sequences(const std::vector<std::vector<int32_t>>& seqs) {
+  PackedBatch b;
+  b.cu_seqlens.push_back(0);
+  for (const auto& s : seqs) {
+    QWENQ_CHECK(!s.empty(), "PackedBatch: empty sequence");
+    for (size_t i = 0; i < s.size(); ++i) {
+      b.tokens.push_back(s[i]);
+      b.positions.push_back(static_cast<int32_t>(i));
+    }
+    b.cu_seqlens.push_back(static_cast<int32_t>(b.tokens.size()));
+  }
+  return b;
+}
+
+struct QwenModel::Scratch {
+  std::vector<float> n, q, k, v, a, gate, up;
+  Scratch(const QwenConfig& c, int64_t T)
+      : n(T * c.hidden_size), q(T * c.q_dim()), k(T * c.kv_dim()), v(T * c.kv_dim()), a(T * c.q_dim()),
+        gate(T * c.intermediate_size), up(T * c.intermediate_size) {}
+};
+
+QwenModel::QwenModel(const std::string& dir) : dir_(dir), cfg_(load_qwen_config(dir)) {
+  ckpt_ = std::make_unique<Checkpoint>(dir);
+  w_ = bind_qwen_weights(cfg_, *ckpt_);
+}
+
+void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
+  const int64_t C = cfg_.hidden_size;
+  const size_t row_bytes = C * dtype_size(w_.embed.dtype);
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int32_t id = tokens[t];
+    QWENQ_CHECK(id >= 0 && id < cfg_.vocab_size,
+                "token id " << id << " at position " << t << " is outside the vocabulary [0, " << cfg_.vocab_size << ")");
+    const char* row = static_cast<const char*>(w_.embed.data) + row_bytes * id;
+    to_f32(w_.embed.dtype, row, x + t * C, C);
+  }
+}
+
+template <typename AttnFn>
+void QwenModel::run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const {
+  const QwenConfig& c = cfg_;
+  const int64_t C = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  Scratch s(c, T);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const QwenLayerWeights& L = w_.layers[l];
+    rmsnorm(x, T, L.input_norm, c.rms_norm_eps, s.n.data());
+    linear(s.n.data(), T, L.q, L.q_bias, s.q.data());
+    linear(s.n.data(), T, L.k, L.k_bias, s.k.data());
+    linear(s.n.data(), T, L.v, L.v_bias, s.v.data());
+    if (c.qk_norm) {
+      rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
+      rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
+    }
+    rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope_theta);
+    rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope_theta);
+    attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
+    linear(s.a.data(), T, L.o, TensorView{}, s.n.data());
+    for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+
+    rmsnorm(x, T, L.post_norm, c.rms_norm_eps, s.n.data());
+    linear(s.n.data(), T, L.gate, TensorView{}, s.gate.data());
+    linear(s.n.data(), T, L.up, TensorView{}, s.up.data());
+    swiglu_forward_ref(s.gate.data(), s.up.data(), T * I, s.gate.data());
+    linear(s.gate.data(), T, L.down, TensorView{}, s.n.data());
+    for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+  }
+  rmsnorm(x, T, w_.final_norm, c.rms_norm_eps, x);
+}
+
+void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden) const {
+  const int64_t T = b.num_tokens();
+  QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
+              "forward_hidden: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
+  hidden->assign(T * cfg_.hidden_size, 0.f);
+  embed(b.tokens, hidden->data());
+  const QwenConfig& c = cfg_;
+  run_layers(hidden->data(), T, b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
+    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out,
+                          nullptr);
+  });
+}
+
+void QwenModel::logits(const float* hidden, int64_t rows, float* out) const {
+  linear(hidden, rows, w_.lm_head, TensorView{}, out);
+}
+
+std::vector<float> QwenModel::forward_logits(const PackedBatch& b) const {
+  std::vector<float> hidden;
+  forward_hidden(b, &hidden);
+  std::vector<float> out(b.num_tokens() * cfg_.vocab_size);
+  logits(hidden.data(), b.num_tokens(), out.data());
+  return out;
+}
+
+int64_t QwenModel::next_token_nll(const PackedBatch& b, std::vector<float>* nll) const {
+  std::vector<float> hidden;
+  forward_hidden(b, &hidden);
+  const int64_t T = b.num_tokens(), V = cfg_.vocab_size, C = cfg_.hidden_size;
+  std::vector<int32_t> targets(T, kIgnoreIndex);
+  for (int64_t s = 0; s < b.num_seqs(); ++s) {
+    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
+  }
+  nll->assign(T, 0.f);
+  // About 64 MB of logits per chunk whatever the vocabulary (152K vocab -> ~100 rows).
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{16} << 20) / V));
+  std::vector<float> lg(chunk * V);
+  int64_t counted = 0;
+  for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+    const int64_t rows = std::min(chunk, T - r0);
+    logits(hidden.data() + r0 * C, rows, lg.data());
+    counted += cross_entropy_forward_ref(lg.data(), rows, V, targets.data() + r0, nll->data() + r0);
+  }
+  return counted;
+}
+
+KvCache QwenModel::make_cache(int64_t capacity) const {
+  KvCache cache;
+  cache.capacity = capacity;
+  cache.k.assign(cfg_.num_layers, std::vector<float>(capacity * cfg_.kv_dim()));
+  cache.v.assign(cfg_.num_layers, std::vector<float>(capacity * cfg_.kv_dim()));
+  return cache;
+}
+
+std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const {
+  const int64_t n = static_cast<int64_t>(tokens.size()), p0 = cache->length, C = cfg_.hidden_size;
+  QWENQ_CHECK(n > 0, "forward_step: no tokens");
+  QWENQ_CHECK(p0 + n <= cache->capacity,
+              "sequence of " << p0 + n << " tokens exceeds the KV cache capacity of " << cache->capacity);
+  std::vector<int32_t> pos(n);
+  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(p0 + i);
+  std::vector<float> x(n * C);
+  embed(tokens, x.data());
+  const QwenConfig& c = cfg_;
+  const int64_t kvd = c.kv_dim();
+  run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
+    std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
+    std::copy(v, v + n * kvd, cache->v[l].begin() + p0 * kvd);
+    attention_with_cache(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
+                         out);
+  });
+  cache->length = p0 + n;
+  std::vector<float> out(c.vocab_size);
+  logits(x.data() + (n - 1) * C, 1, out.data());
+  return out;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,80 @@
+// The Qwen2/Qwen3 decoder on the CPU, computed in fp32 from weights kept in their stored dtype.
+//
+// Per decoder layer (pre-norm), for the packed tokens x[T, C]:
+//   n   = RMSNorm(x) · w_in
+//   q   = n Wqᵀ + bq   k = n Wkᵀ + bk   v = n Wvᵀ + bv          (biases: Qwen2 only)
+//   q,k = RMSNorm_D(q), RMSNorm_D(k) per head                   (Qwen3 only, before RoPE)
+//   q,k = RoPE(q, pos), RoPE(k, pos)                             (rotate-half)
+//   a   = softmax(q kᵀ / √D + causal mask) v                     (GQA: head h reads kv head h / (H/Hkv))
+//   x   = x + a Woᵀ
+//   n   = RMSNorm(x) · w_post
+//   x   = x + (silu(n Wgᵀ) ⊙ n Wuᵀ) Wdᵀ
+// then logits = RMSNorm(x) · w_final · W_headᵀ. This is transformers' modeling_qwen2 / modeling_qwen3 with
+// every intermediate in fp32 (what it computes for torch_dtype=float32).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/safetensors.h"
+#include "trainer/qwen_config.h"
+#include "trainer/qwen_weights.h"
+
+namespace qwenq {
+
+// Several sequences packed back to back: tokens of sequence s are [cu_seqlens[s], cu_seqlens[s+1]).
+struct PackedBatch {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> positions;   // restart at 0 for each sequence
+  std::vector<int32_t> cu_seqlens;  // n_seqs + 1 entries
+  static PackedBatch from_sequences(const std::vector<std::vector<int32_t>>& seqs);
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_seqs() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
+};
+
+// Keys and values of past tokens for incremental decoding of one sequence.
+struct KvCache {
+  int64_t length = 0;    // tokens stored
+  int64_t capacity = 0;  // tokens allocated
+  std::vector<std::vector<float>> k, v;  // per layer: [capacity, Hkv, D]
+};
+
+class QwenModel {
+ public:
+  // Loads config.json and maps the checkpoint of a model directory (already resolved).
+  explicit QwenModel(const std::string& dir);
+  const QwenConfig& config() const { return cfg_; }
+  const std::string& dir() const { return dir_; }
+
+  // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C].
+  void forward_hidden(const PackedBatch& batch, std::vector<float>* hidden) const;
+  // logits[rows, V] = hidden[rows, C] · lm_headᵀ.
+  void logits(const float* hidden, int64_t rows, float* out) const;
+  // Full logits for a batch: [T, V]. Only for small vocabularies or short inputs (tests, generation).
+  std::vector<float> forward_logits(const PackedBatch& batch) const;
+
+  // Negative log-likelihood of each next token: nll[t] = -log p(tokens[t+1] | tokens[..t]) inside each
+  // sequence; the last position of each sequence gets 0 and is not counted. The lm_head runs over chunks of
+  // rows so that the [T, V] logits never exist at once. Returns the number of counted positions.
+  int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll) const;
+
+  // Incremental decoding of one sequence: appends `tokens` at positions cache->length.. and returns the
+  // logits [V] of the last one.
+  std::vector<float> forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const;
+  KvCache make_cache(int64_t capacity) const;
+
+ private:
+  struct Scratch;
+  template <typename AttnFn>
+  void run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const;
+  void embed(const std::vector<int32_t>& tokens, float* x) const;
+
+  std::string dir_;
+  QwenConfig cfg_;
+  std::unique_ptr<Checkpoint> ckpt_;
+  QwenWeights w_;
+};
+
+}  // namespace qwenq

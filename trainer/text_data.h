@@ -1,0 +1,14 @@
+// Reading evaluation/calibration text: a plain text file, or JSONL with one {"text": ...} object per line
+// (the field name is configurable). JSONL records are joined with "\n\n", the convention of the GPTQ and
+// AWQ evaluation scripts ("\n\n".join(dataset["text"])).
+#pragma once
+
+#include <string>
+
+namespace qwenq {
+
+// JSONL when the file name ends in .jsonl or its first non-blank byte is '{'. A malformed line, or a line
+// without the field, is an error naming the file and the line number.
+std::string load_text_corpus(const std::string& path, const std::string& field = "text");
+
+}  // namespace qwenq
