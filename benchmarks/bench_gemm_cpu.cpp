@@ -1,0 +1,103 @@
+// CPU linear layer y[M,N] = x[M,K] · W[N,K]ᵀ at the Qwen2.5-0.5B shapes (hidden 896, intermediate 4864):
+//   K=896 → N=4864 (gate/up), K=4864 → N=896 (down), K=896 → N=896 (q/o), M in {1, 16, 128, 512} tokens,
+// for linear_forward_ref with F32 and BF16 weights, against a baseline in the same run: a plain Eigen fp32
+// GEMM (Y = X · Wᵀ on an fp32 copy of W, Eigen's own OpenMP threading, same thread count).
+// Counters: GFLOP/s (2·M·N·K per call) and GB/s of weight bytes read (N·K·sizeof(dtype) per call).
+//
+//   build/bench_gemm_cpu [--benchmark_filter=bf16] [benchmark flags]      (threads: OMP_NUM_THREADS)
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "kernels/gemm.h"
+
+namespace {
+
+using qwenq::DType;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Shape {
+  int64_t K, N;
+};
+constexpr Shape kShapes[] = {{896, 4864}, {4864, 896}, {896, 896}};
+constexpr int64_t kRows[] = {1, 16, 128, 512};
+
+std::vector<float> random_vec(size_t n, uint64_t seed) {
+  qwenq::Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& f : v) f = rng.uniform(-1.f, 1.f);
+  return v;
+}
+
+void set_counters(benchmark::State& state, int64_t M, int64_t K, int64_t N, size_t w_bytes) {
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * M * N * K / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB/s"] = benchmark::Counter(static_cast<double>(w_bytes) / 1e9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = qwenq::num_threads();
+}
+
+void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
+  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
+  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
+  std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
+  qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
+  std::vector<float> y(static_cast<size_t>(M * N));
+  for (auto _ : state) {
+    qwenq::linear_forward_ref(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, M, K, N, w.size());
+}
+
+void bm_eigen_baseline(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
+  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
+  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
+  std::vector<float> y(static_cast<size_t>(M * N));
+  Eigen::Map<const RowMat> X(x.data(), M, K), W(wf.data(), N, K);
+  Eigen::Map<RowMat> Y(y.data(), M, N);
+  // linear_forward_ref turns Eigen's threading off (it parallelizes itself); the baseline gets it back.
+  const int saved = Eigen::nbThreads();
+  Eigen::setNbThreads(qwenq::num_threads());
+  for (auto _ : state) {
+    if (M == 1) {
+      Y.row(0).noalias() = (W * X.row(0).transpose()).transpose();  // GEMV, as Eigen would pick
+    } else {
+      Y.noalias() = X * W.transpose();
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  Eigen::setNbThreads(saved);
+  set_counters(state, M, K, N, wf.size() * 4);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const Shape& s : kShapes) {
+    for (int64_t M : kRows) {
+      const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M" + std::to_string(M);
+      benchmark::RegisterBenchmark(("linear_f32" + shape).c_str(), bm_linear, M, s.K, s.N, DType::F32)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("linear_bf16" + shape).c_str(), bm_linear, M, s.K, s.N, DType::BF16)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("eigen_f32_baseline" + shape).c_str(), bm_eigen_baseline, M, s.K, s.N)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,134 @@
+// Progress bar on stderr with rate and ETA; plain decile lines when stderr is not a terminal; peak RSS.
+//
+// Terminal:  "\rlabel [#########           ] 512/2048 25% 1234 tok/s ETA 0:00:42 extra" redrawn <= 10x/s.
+// Log file:  the same text as separate lines at 10%, 20%, ... 90%, then the final line from finish().
+#include "core/progress.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+namespace qwenq {
+
+namespace {
+
+constexpr int kBarWidth = 30;
+constexpr double kRedrawSeconds = 0.1;
+
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0) || seconds > 359999999) return "?:??:??";
+  const long long s = static_cast<long long>(seconds + 0.5);
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, (s / 60) % 60, s % 60);
+  return buf;
+}
+
+std::string format_rate(double rate) {
+  char buf[48];
+  if (rate >= 100)
+    std::snprintf(buf, sizeof buf, "%.0f", rate);
+  else if (rate >= 1)
+    std::snprintf(buf, sizeof buf, "%.1f", rate);
+  else
+    std::snprintf(buf, sizeof buf, "%.3f", rate);
+  return buf;
+}
+
+}  // namespace
+
+Progress::Progress(std::string label, int64_t total, std::string unit, bool quiet)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), quiet_(quiet), tty_(isatty(2) == 1) {
+  start_ = std::chrono::steady_clock::now();
+  last_draw_ = start_ - std::chrono::seconds(1);
+}
+
+Progress::~Progress() {
+  // Leave the terminal on a fresh line if the work was abandoned (e.g. an exception) mid-bar.
+  if (!quiet_ && tty_ && !finished_ && done_ > 0) std::fputs("\n", stderr);
+}
+
+double Progress::elapsed_s() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+}
+
+void Progress::update(int64_t done, const std::string& extra) {
+  done_ = done;
+  if (quiet_ || finished_) return;
+  if (tty_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (std::chrono::duration<double>(now - last_draw_).count() < kRedrawSeconds) return;
+    last_draw_ = now;
+    draw(false, extra);
+    return;
+  }
+  if (total_ <= 0) return;
+  const int decile = static_cast<int>(std::min<int64_t>(done, total_) * 10 / total_);
+  if (decile > last_decile_ && decile >= 1 && decile <= 9) {
+    last_decile_ = decile;
+    draw(false, extra);
+  }
+}
+
+void Progress::finish(const std::string& extra) {
+  if (finished_) return;
+  if (total_ > 0 && done_ < total_) done_ = total_;
+  if (!quiet_) draw(true, extra);
+  finished_ = true;
+}
+
+void Progress::draw(bool final_line, const std::string& extra) {
+  const double elapsed = elapsed_s();
+  const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+  std::ostringstream os;
+  os << label_;
+  if (total_ > 0) {
+    const double frac = std::min(1.0, std::max(0.0, static_cast<double>(done_) / static_cast<double>(total_)));
+    const int filled = static_cast<int>(frac * kBarWidth);
+    os << " [" << std::string(filled, '#') << std::string(kBarWidth - filled, ' ') << "] " << done_ << "/"
+       << total_ << " " << static_cast<int>(frac * 100) << "%";
+  } else {
+    os << " " << done_ << " " << unit_;
+  }
+  if (elapsed > 0 && done_ > 0) os << " " << format_rate(rate) << " " << unit_ << "/s";
+  if (final_line)
+    os << " in " << format_duration(elapsed);
+  else if (total_ > 0 && rate > 0)
+    os << " ETA " << format_duration(static_cast<double>(total_ - done_) / rate);
+  if (!extra.empty()) os << " " << extra;
+  const std::string line = os.str();
+  if (tty_)
+    std::fprintf(stderr, "\r%s\033[K%s", line.c_str(), final_line ? "\n" : "");
+  else
+    std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+uint64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.compare(0, 6, "VmHWM:") != 0) continue;
+    std::istringstream fields(line.substr(6));
+    uint64_t kib = 0;
+    std::string unit;
+    if (fields >> kib >> unit && unit == "kB") return kib * 1024;
+    return 0;
+  }
+  return 0;
+}
+
+std::string format_bytes(uint64_t bytes) {
+  static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double v = static_cast<double>(bytes) / 1024.0;
+  int u = 0;
+  while (v >= 1024.0 && u < 4) v /= 1024.0, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f %s", v, kUnits[u]);
+  return buf;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,64 @@
+// parallel_for over OpenMP: static chunks of at least `grain` iterations, one parallel region per call, no
+// nesting (a call from inside a parallel region runs serially on the calling thread). An exception thrown by
+// `fn` on any thread is carried out of the region and rethrown on the caller (OpenMP would otherwise abort).
+#include "core/threads.h"
+
+#include <algorithm>
+#include <exception>
+#include <mutex>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace qwenq {
+
+int num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+#ifdef _OPENMP
+  omp_set_num_threads(n > 0 ? n : omp_get_num_procs());
+#else
+  (void)n;
+#endif
+}
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  int64_t threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel()) threads = omp_get_max_threads();
+#endif
+  const int64_t chunk = std::max(grain, (n + threads - 1) / threads);
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  if (chunks <= 1) {
+    fn(0, n);
+    return;
+  }
+#ifdef _OPENMP
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(chunks))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * chunk, end = std::min(n, begin + chunk);
+    try {
+      fn(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+#else
+  fn(0, n);
+#endif
+}
+
+}  // namespace qwenq

@@ -1,0 +1,33 @@
+// Where a binary runs: `--device auto|cpu|cuda`.
+//
+// choose_device("auto") picks CUDA when this build has the CUDA backend (QWENQ_HAVE_CUDA) and the runtime
+// reports a device, else the CPU; `description` says which and why in one line, e.g.
+//   "device: cpu (built without CUDA)"
+//   "device: cpu (no CUDA device: cudaGetDeviceCount returned 'no CUDA-capable device is detected')"
+//   "device: cuda available (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB), but this build runs the forward pass on CPU"
+// choose_device("cuda") throws qwenq::Error with the same reason when CUDA is unavailable; "cpu" always
+// succeeds; anything else throws. A missing driver (libcudart present, libcuda.so absent) is a reason, not a
+// crash. Until the CUDA kernels land, Device::Cuda tells callers that a GPU is there; they decide what runs.
+#pragma once
+
+#include <string>
+
+namespace qwenq {
+
+enum class Device { Cpu, Cuda };
+
+struct DeviceChoice {
+  Device device;
+  std::string description;
+};
+
+DeviceChoice choose_device(const std::string& request /* "auto" | "cpu" | "cuda" */);
+
+#ifdef QWENQ_HAVE_CUDA
+// Asks the CUDA runtime for device 0. True: *name_or_error = "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"
+// (plus "; N devices" when there are several). False: *name_or_error = why not, e.g.
+// "cudaGetDeviceCount returned 'CUDA driver version is insufficient for CUDA runtime version'".
+bool cuda_device_query(std::string* name_or_error);
+#endif
+
+}  // namespace qwenq

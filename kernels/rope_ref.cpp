@@ -1,0 +1,53 @@
+// Rotary position embedding, rotate-half convention, computed the way transformers does for Qwen2 (default
+// rope type, attention_scaling = 1):
+//   inv_freq[i] = 1 / θ^(2i/D)          in fp32: the exponent (float)(2i) / D, powf, then 1 / that
+//   angle       = (float)pos · inv_freq[i]   one fp32 product (transformers: inv_freq @ position_ids in fp32)
+//   cos, sin    = of the fp32 angle, evaluated in double and rounded to fp32 (the correctly rounded value;
+//                 torch's vectorized cosf/sinf are within 1 ulp of it)
+//   x'[i]       = x[i]·cos − x[i+D/2]·sin,   x'[i+D/2] = x[i+D/2]·cos + x[i]·sin   (fp32)
+// Parallel over tokens; each token's cos/sin row is computed once and applied to its H heads.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/rope.h"
+
+namespace qwenq {
+
+void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta) {
+  QWENQ_CHECK(T >= 0 && H > 0 && D > 0, "rope_forward_ref: bad shape T=" << T << " H=" << H << " D=" << D);
+  QWENQ_CHECK(D % 2 == 0, "rope_forward_ref: head dim D=" << D << " must be even");
+  QWENQ_CHECK(theta > 0.f, "rope_forward_ref: rope theta must be > 0, got " << theta);
+  if (T == 0) return;
+  QWENQ_CHECK(x != nullptr && pos != nullptr, "rope_forward_ref: null pointer");
+
+  const int64_t half = D / 2;
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(D);
+    inv_freq[i] = 1.0f / std::pow(theta, exponent);
+  }
+  parallel_for(T, std::max<int64_t>(1, 4096 / (H * D)), [&](int64_t t0, int64_t t1) {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t t = t0; t < t1; ++t) {
+      const float p = static_cast<float>(pos[t]);
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = p * inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        sn[i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        float* xh = x + (t * H + h) * D;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = xh[i], b = xh[i + half];
+          xh[i] = a * cs[i] - b * sn[i];
+          xh[i + half] = b * cs[i] + a * sn[i];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace qwenq

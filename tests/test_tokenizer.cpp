@@ -1,0 +1,425 @@
+// Tokenizer tests: the llama.cpp Qwen2 test vectors, ChatML, WikiText round trips, llama2.c's encode loop
+// as an independent oracle for the SentencePiece-style path, save_hf round trips, NFC, and clear errors.
+// Hugging Face itself is the oracle in tests/oracle/test_tokenizer_oracle.py.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "tests/support/test_paths.h"
+#include "trainer/tokenizer.h"
+#include "trainer/unicode_text.h"
+
+namespace qwenq {
+namespace {
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+std::string qwen_dir() { return test::shared_data_dir() + "/qwen2-tokenizer"; }
+
+const Tokenizer& qwen() {
+  static const Tokenizer tok = Tokenizer::from_dir(qwen_dir());
+  return tok;
+}
+
+const Tokenizer& stories() {
+  static const Tokenizer tok = Tokenizer::from_llama2c(test::shared_data_dir() + "/stories260K/tok512.bin");
+  return tok;
+}
+
+std::vector<std::string> split_keep_newlines(const std::string& text) {
+  std::vector<std::string> lines;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    end = end == std::string::npos ? text.size() : end + 1;
+    lines.push_back(text.substr(pos, end - pos));
+    pos = end;
+  }
+  return lines;
+}
+
+// ---- Qwen2 byte-level BPE ------------------------------------------------------------------------------
+
+// llama.cpp's test-tokenizer-0 format: every input is followed by "\n__ggml_vocab_test__\n"; the .out file
+// has one line of space-separated ids per input (HF encode with add_special_tokens=False).
+TEST(QwenTokenizer, LlamaCppTestVectors) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string inp = read_file(qwen_dir() + "/testvectors/ggml-vocab-qwen2.gguf.inp");
+  const std::string outp = read_file(qwen_dir() + "/testvectors/ggml-vocab-qwen2.gguf.out");
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  std::vector<std::string> inputs;
+  for (size_t pos = 0; pos < inp.size();) {
+    const size_t at = inp.find(sep, pos);
+    ASSERT_NE(at, std::string::npos) << "input " << inputs.size() << " is not terminated";
+    inputs.push_back(inp.substr(pos, at - pos));
+    pos = at + sep.size();
+  }
+  std::vector<std::vector<int32_t>> expected;
+  for (const std::string& line : split_keep_newlines(outp)) {
+    std::vector<int32_t> ids;
+    size_t p = 0;
+    while (p < line.size()) {
+      while (p < line.size() && (line[p] == ' ' || line[p] == '\n')) ++p;
+      if (p < line.size()) {
+        size_t q;
+        ids.push_back(std::stoi(line.substr(p), &q));
+        p += q;
+      }
+    }
+    expected.push_back(ids);
+  }
+  ASSERT_EQ(inputs.size(), expected.size());
+  ASSERT_EQ(inputs.size(), 46u);
+  int matched = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::vector<int32_t> got = qwen().encode(inputs[i], false);
+    EXPECT_EQ(got, expected[i]) << "test vector " << i << ": '" << inputs[i] << "'";
+    matched += got == expected[i];
+    EXPECT_EQ(qwen().decode(got), inputs[i]) << "round trip of vector " << i;
+  }
+  EXPECT_EQ(matched, 46);
+}
+
+TEST(QwenTokenizer, DocumentedExamplesAndSpecials) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const Tokenizer& t = qwen();
+  EXPECT_EQ(t.encode("Hello world"), (std::vector<int32_t>{9707, 1879}));
+  EXPECT_EQ(t.encode(" Hello world"), (std::vector<int32_t>{21927, 1879}));
+  EXPECT_EQ(t.vocab_size(), 151646);
+  EXPECT_TRUE(t.is_byte_level());
+  EXPECT_EQ(t.bos_id(), -1);
+  EXPECT_FALSE(t.adds_bos());
+  EXPECT_EQ(t.eos_id(), 151645);
+  EXPECT_EQ(t.pad_id(), 151643);
+  EXPECT_EQ(t.token_id("<|im_start|>"), 151644);
+  EXPECT_EQ(t.token_id("Hello"), 9707);
+  EXPECT_EQ(t.token_id("no such token"), -1);
+  EXPECT_TRUE(t.is_special(151645));
+  EXPECT_FALSE(t.is_special(9707));
+  EXPECT_EQ(t.encode("<|im_start|>hi<|im_end|>"), (std::vector<int32_t>{151644, 6023, 151645}));
+  // parse_special=false: the special token's text is ordinary text (HF split_special_tokens=True).
+  EXPECT_EQ(t.encode("<|im_start|>hi", true, false), (std::vector<int32_t>{27, 91, 318, 4906, 91, 29, 6023}));
+  EXPECT_EQ(t.decode({151644, 9707, 151645}), "<|im_start|>Hello<|im_end|>");
+  EXPECT_EQ(t.decode({151644, 9707, 151645}, true), "Hello");
+  // Token 255 is one byte of a UTF-8 sequence: decode_token gives the raw byte, decode a U+FFFD.
+  EXPECT_EQ(t.decode_token(9707), "Hello");
+  EXPECT_EQ(t.decode({9707, 255}), "Hello\xEF\xBF\xBD");
+  EXPECT_EQ(t.decode({9707, 151900}), "Hello") << "ids without a token (embedding padding) are skipped";
+  // NFC: a decomposed é encodes like the composed one.
+  EXPECT_EQ(t.encode("caf\x65\xCC\x81"), t.encode("caf\xC3\xA9"));
+}
+
+TEST(QwenTokenizer, ChatTemplateTwoMessages) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const Tokenizer& t = qwen();
+  ASSERT_TRUE(t.has_chat_template());
+  const std::string two = t.apply_chat_template({{"user", "Hi!"}, {"assistant", "Hello."}}, false);
+  EXPECT_EQ(two,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nHi!<|im_end|>\n"
+            "<|im_start|>assistant\nHello.<|im_end|>\n");
+  const std::string sys = t.apply_chat_template({{"system", "Be brief."}, {"user", "Hi!"}}, true);
+  EXPECT_EQ(sys, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n");
+  const std::vector<int32_t> ids = t.encode(two);
+  EXPECT_EQ(ids.front(), 151644);
+  EXPECT_EQ(t.decode(ids), two);
+}
+
+// A tokenizer directory with a given chat template (byte-level vocabulary of the 256 byte symbols).
+std::string write_tiny_byte_level_dir(const std::string& dir, const std::string& chat_template) {
+  std::string vocab = "{";
+  for (int b = 0; b < 256; ++b) {
+    const int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    int cp = b;
+    if (!printable) {
+      int n = 0;
+      for (int x = 0; x < b; ++x) n += !((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255));
+      cp = 256 + n;
+    }
+    std::string sym;
+    unicode::append_utf8(&sym, static_cast<uint32_t>(cp));
+    if (sym == "\"" || sym == "\\") sym = "\\" + sym;
+    vocab += (b ? "," : "") + std::string("\"") + sym + "\":" + std::to_string(b);
+  }
+  vocab += "}";
+  write_file_atomic(dir + "/vocab.json", vocab);
+  write_file_atomic(dir + "/merges.txt", "#version: 0.2\n");
+  std::string cfg = R"({"added_tokens_decoder":{"256":{"content":"<|endoftext|>","special":true},
+    "257":{"content":"<|im_start|>","special":true},"258":{"content":"<|im_end|>","special":true}},
+    "eos_token":"<|im_end|>","tokenizer_class":"Qwen2Tokenizer","chat_template":)";
+  std::string quoted = "\"";
+  for (char c : chat_template) {
+    if (c == '"' || c == '\\') quoted += '\\';
+    if (c == '\n') {
+      quoted += "\\n";
+      continue;
+    }
+    quoted += c;
+  }
+  cfg += quoted + "\"}";
+  write_file_atomic(dir + "/tokenizer_config.json", cfg);
+  return dir;
+}
+
+TEST(QwenTokenizer, ChatTemplateVariants) {
+  const std::string dir = test::scratch_dir();
+  // Qwen2.5's template (abridged: what matters is the default system prompt it spells).
+  const std::string q25 =
+      "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + "
+      "'<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a "
+      "helpful assistant.<|im_end|>\\n' }}{%- endif %}...{{- '<|im_start|>assistant\\n' }}";
+  Tokenizer a = Tokenizer::from_dir(write_tiny_byte_level_dir(dir, q25));
+  EXPECT_EQ(a.apply_chat_template({{"user", "x"}}, true),
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(a.encode("<|im_start|>x"), (std::vector<int32_t>{257, 'x'}));  // byte b has id b here
+  // Plain ChatML without a default system prompt.
+  const std::string plain =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  Tokenizer b = Tokenizer::from_dir(write_tiny_byte_level_dir(dir, plain));
+  EXPECT_EQ(b.apply_chat_template({{"user", "x"}}, false), "<|im_start|>user\nx<|im_end|>\n");
+  // Anything else is refused, naming the file.
+  Tokenizer c = Tokenizer::from_dir(write_tiny_byte_level_dir(dir, "{{ bos_token }}[INST] {{ m }} [/INST]"));
+  const std::string err = error_of([&] { c.apply_chat_template({{"user", "x"}}, true); });
+  EXPECT_NE(err.find("tokenizer_config.json: the chat template is not ChatML"), std::string::npos) << err;
+}
+
+TEST(QwenTokenizer, WikiTextRoundTrip) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string text = read_file(test::shared_data_dir() + "/wikitext2/wiki.test.raw");
+  const std::vector<std::string> lines = split_keep_newlines(text);
+  ASSERT_EQ(lines.size(), 2891u);
+  size_t tokens = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::vector<int32_t> ids = qwen().encode(lines[i]);
+    tokens += ids.size();
+    ASSERT_EQ(qwen().decode(ids), unicode::to_nfc(lines[i])) << "line " << i + 1;
+  }
+  const std::vector<int32_t> whole = qwen().encode(text);
+  EXPECT_EQ(qwen().decode(whole), unicode::to_nfc(text));
+  EXPECT_GT(tokens, 250000u);
+}
+
+TEST(QwenTokenizer, ConcurrentEncodeIsConsistent) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string text = read_file(test::shared_data_dir() + "/wikitext2/wiki.test.raw").substr(0, 200000);
+  const std::vector<int32_t> ref = qwen().encode(text);
+  std::vector<int32_t> r1, r2;
+  std::thread t1([&] { r1 = qwen().encode(text); });
+  std::thread t2([&] { r2 = Tokenizer(qwen()).encode(text); });
+  t1.join();
+  t2.join();
+  EXPECT_EQ(r1, ref);
+  EXPECT_EQ(r2, ref);
+}
+
+TEST(QwenTokenizer, SaveHfRoundTrip) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  qwen().save_hf(dir);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"}) {
+    EXPECT_TRUE(file_exists(dir + "/" + f)) << f;
+  }
+  const Tokenizer back = Tokenizer::from_dir(dir);  // reads the tokenizer.json we wrote
+  EXPECT_EQ(back.vocab_size(), qwen().vocab_size());
+  EXPECT_EQ(back.eos_id(), qwen().eos_id());
+  const std::string text = read_file(test::shared_data_dir() + "/wikitext2/wiki.test.raw").substr(0, 100000) +
+                           "<|im_start|>user\nCafe\xCC\x81 123 'll<|im_end|>";
+  EXPECT_EQ(back.encode(text), qwen().encode(text));
+  EXPECT_EQ(back.apply_chat_template({{"user", "x"}}, true), qwen().apply_chat_template({{"user", "x"}}, true));
+}
+
+// ---- SentencePiece-style BPE (llama2.c stories260K) -----------------------------------------------------
+
+// A straightforward transcription of llama2.c's encode() (run.c), reading tok512.bin itself: an oracle
+// independent of our merge tables.
+struct Llama2cOracle {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::map<std::string, int> index;
+
+  explicit Llama2cOracle(const std::string& path) {
+    const std::string d = read_file(path);
+    size_t off = 4;
+    while (off < d.size()) {
+      float s;
+      int32_t len;
+      std::memcpy(&s, d.data() + off, 4);
+      std::memcpy(&len, d.data() + off + 4, 4);
+      off += 8;
+      index.emplace(d.substr(off, len), static_cast<int>(pieces.size()));
+      pieces.push_back(d.substr(off, len));
+      scores.push_back(s);
+      off += len;
+    }
+  }
+
+  int lookup(const std::string& s) const {
+    auto it = index.find(s);
+    return it == index.end() ? -1 : it->second;
+  }
+
+  std::vector<int32_t> encode(const std::string& text) const {
+    std::vector<int32_t> tokens{1};
+    if (!text.empty()) tokens.push_back(lookup(" "));
+    std::string buf;
+    for (size_t i = 0; i < text.size(); ++i) {
+      if ((text[i] & 0xC0) != 0x80) buf.clear();
+      buf.push_back(text[i]);
+      if (i + 1 < text.size() && (text[i + 1] & 0xC0) == 0x80 && buf.size() < 4) continue;
+      const int id = lookup(buf);
+      if (id != -1) {
+        tokens.push_back(id);
+      } else {
+        for (unsigned char b : buf) tokens.push_back(b + 3);
+      }
+      buf.clear();
+    }
+    while (true) {
+      float best_score = -1e10f;
+      int best_id = -1, best_idx = -1;
+      for (size_t i = 0; i + 1 < tokens.size(); ++i) {
+        const int id = lookup(pieces[tokens[i]] + pieces[tokens[i + 1]]);
+        if (id != -1 && scores[id] > best_score) {
+          best_score = scores[id];
+          best_id = id;
+          best_idx = static_cast<int>(i);
+        }
+      }
+      if (best_idx == -1) break;
+      tokens[best_idx] = best_id;
+      tokens.erase(tokens.begin() + best_idx + 1);
+    }
+    return tokens;
+  }
+};
+
+std::vector<std::string> stories_samples() {
+  std::vector<std::string> s = {"Once upon a time",
+                                "Once upon a time, there was a little girl named Lily.",
+                                "",
+                                " ",
+                                "  two  spaces  ",
+                                "Tim said, \"Let's play!\" She smiled.\nThe end.",
+                                "caf\xC3\xA9 na\xC3\xAFve \xE2\x80\x9Cquoted\xE2\x80\x9D \xE2\x80\x94 dash",
+                                "emoji \xF0\x9F\x98\x80 and \xE4\xBD\xA0\xE5\xA5\xBD",
+                                "tab\tand\r\nCRLF",
+                                "<0x41> literal"};
+  const std::string tiny = read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt");
+  const std::vector<std::string> lines = split_keep_newlines(tiny);
+  for (size_t i = 0; i < lines.size() && i < 400; ++i) {
+    std::string l = lines[i];
+    if (!l.empty() && l.back() == '\n') l.pop_back();
+    if (!l.empty()) s.push_back(l);
+  }
+  return s;
+}
+
+TEST(StoriesTokenizer, MatchesLlama2cEncodeLoop) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const Llama2cOracle oracle(test::shared_data_dir() + "/stories260K/tok512.bin");
+  const Tokenizer& t = stories();
+  EXPECT_EQ(t.vocab_size(), 512);
+  EXPECT_EQ(t.bos_id(), 1);
+  EXPECT_EQ(t.eos_id(), 2);
+  EXPECT_EQ(t.unk_id(), 0);
+  EXPECT_TRUE(t.adds_bos());
+  EXPECT_FALSE(t.is_byte_level());
+  EXPECT_EQ(t.encode("Once upon a time"), oracle.encode("Once upon a time"));
+  EXPECT_EQ(t.encode("Once upon a time"), (std::vector<int32_t>{1, 403, 407, 261, 378}));
+  int n = 0;
+  for (const std::string& s : stories_samples()) {
+    EXPECT_EQ(t.encode(s), oracle.encode(s)) << "'" << s << "'";
+    ++n;
+  }
+  EXPECT_GT(n, 200);
+}
+
+TEST(StoriesTokenizer, DecodeLikeHuggingFace) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const Tokenizer& t = stories();
+  for (const std::string& s : stories_samples()) {
+    EXPECT_EQ(t.decode(t.encode(s), true), s) << "'" << s << "'";
+  }
+  EXPECT_EQ(t.decode(t.encode("Once upon")), "<s> Once upon");
+  EXPECT_EQ(t.decode_token(403), " Once");
+  EXPECT_EQ(t.decode_token(3 + 0x41), "A");
+  EXPECT_EQ(t.decode({3 + 0xE4, 3 + 0xBD}), "\xEF\xBF\xBD\xEF\xBF\xBD") << "one U+FFFD per byte of a broken run";
+  EXPECT_EQ(t.token_id("\xE2\x96\x81Once"), 403);
+  EXPECT_EQ(t.token_id("<s>"), 1);
+}
+
+TEST(StoriesTokenizer, SaveHfRoundTrip) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  stories().save_hf(dir);
+  const Tokenizer back = Tokenizer::from_dir(dir);
+  EXPECT_FALSE(back.is_byte_level());
+  EXPECT_EQ(back.vocab_size(), 512);
+  EXPECT_EQ(back.bos_id(), 1);
+  EXPECT_TRUE(back.adds_bos());
+  for (const std::string& s : stories_samples()) {
+    EXPECT_EQ(back.encode(s), stories().encode(s)) << "'" << s << "'";
+    EXPECT_EQ(back.decode(back.encode(s)), stories().decode(stories().encode(s)));
+  }
+  const std::string whole = read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt").substr(0, 50000);
+  EXPECT_EQ(back.encode(whole), stories().encode(whole));
+  const std::string err = error_of([&] { back.apply_chat_template({{"user", "x"}}, true); });
+  EXPECT_NE(err.find("has no chat template"), std::string::npos) << err;
+}
+
+// ---- Unicode --------------------------------------------------------------------------------------------
+
+TEST(Unicode, NfcCases) {
+  EXPECT_EQ(unicode::to_nfc("e\xCC\x81"), "\xC3\xA9");                            // e + acute -> é
+  EXPECT_EQ(unicode::to_nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8"), "\xEA\xB0\x81");  // jamo -> 각
+  EXPECT_EQ(unicode::to_nfc("a\xCC\xA3\xCC\x87"), "\xE1\xBA\xA1\xCC\x87");      // a + dot below + dot above
+  EXPECT_EQ(unicode::to_nfc("a\xCC\x87\xCC\xA3"), "\xE1\xBA\xA1\xCC\x87");      // reordered first
+  EXPECT_EQ(unicode::to_nfc("\xE2\x84\xAB"), "\xC3\x85");                         // Angstrom sign -> Å (singleton)
+  EXPECT_EQ(unicode::to_nfc("abc \xC3\xA9\xFF"), "abc \xC3\xA9\xFF");             // invalid byte kept
+  EXPECT_FALSE(unicode::may_need_nfc("plain ASCII and caf\xC3\xA9"));
+  EXPECT_EQ(unicode::sanitize_utf8("a\xE2\x82" "b\xFF"), "a\xEF\xBF\xBD" "b\xEF\xBF\xBD");
+}
+
+// ---- Errors ---------------------------------------------------------------------------------------------
+
+TEST(TokenizerErrors, BadFilesAreNamed) {
+  const std::string dir = test::scratch_dir();
+  ASSERT_EQ(std::system(("mkdir -p '" + dir + "/a' '" + dir + "/b' '" + dir + "/c' '" + dir + "/d'").c_str()), 0);
+  write_file_atomic(dir + "/a/tokenizer.json", "{\"model\": [");
+  std::string err = error_of([&] { Tokenizer::from_dir(dir + "/a"); });
+  EXPECT_NE(err.find("a/tokenizer.json: not valid JSON"), std::string::npos) << err;
+
+  write_tiny_byte_level_dir(dir + "/b", "<|im_start|>");
+  write_file_atomic(dir + "/b/tokenizer_config.json", "not json");
+  err = error_of([&] { Tokenizer::from_dir(dir + "/b"); });
+  EXPECT_NE(err.find("b/tokenizer_config.json: not valid JSON"), std::string::npos) << err;
+
+  write_file_atomic(dir + "/c/merges.txt", "#version: 0.2\n");
+  err = error_of([&] { Tokenizer::from_dir(dir + "/c"); });
+  EXPECT_NE(err.find("c/vocab.json: missing"), std::string::npos) << err;
+
+  err = error_of([&] { Tokenizer::from_dir(dir + "/d"); });
+  EXPECT_NE(err.find("no tokenizer found"), std::string::npos) << err;
+
+  write_file_atomic(dir + "/cut.bin", std::string("\x07\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00<u", 14));
+  err = error_of([&] { Tokenizer::from_llama2c(dir + "/cut.bin"); });
+  EXPECT_NE(err.find("cut.bin: file ends inside token 0"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,477 @@
+// Encoding and decoding (the Hugging Face pipeline, step by step) and the small accessors. Loading is in
+// tokenizer_load*.cpp, saving in tokenizer_save.cpp, ChatML in tokenizer_chat.cpp.
+//
+// encode: added tokens are cut out of the raw text first (leftmost-longest, HF AddedVocabulary semantics);
+// every other segment goes through the model's normalizer, pre-tokenizer and BPE:
+//   byte-level: NFC (skipped when the text cannot change) -> Qwen2 scanner -> per-word BPE over byte symbols,
+//               with a per-thread word cache;
+//   SentencePiece-style: " " -> "▁", prepend "▁" -> one word per segment (or Metaspace words) -> BPE over
+//               characters, unknown characters as <0xNN> byte tokens.
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <string_view>
+
+#include "core/error.h"
+#include "trainer/tokenizer_impl.h"
+#include "trainer/tokenizer_pretokenize.h"
+#include "trainer/tokenizer_word_cache.h"
+#include "trainer/unicode_text.h"
+
+namespace qwenq {
+
+namespace tokenizer_detail {
+
+const char* const kSpaceMarker = "\xE2\x96\x81";
+const char* const kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+uint32_t byte_to_unicode(uint8_t b) {
+  auto printable = [](int x) { return (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255); };
+  if (printable(b)) return b;
+  uint32_t n = 0;
+  for (int x = 0; x < b; ++x) {
+    if (!printable(x)) ++n;
+  }
+  return 256 + n;
+}
+
+int unicode_to_byte(uint32_t cp) {
+  static const std::vector<int> inverse = [] {
+    std::vector<int> inv(512, -1);
+    for (int b = 0; b < 256; ++b) inv[byte_to_unicode(static_cast<uint8_t>(b))] = b;
+    return inv;
+  }();
+  return cp < inverse.size() ? inverse[cp] : -1;
+}
+
+int parse_byte_token(const std::string& piece) {
+  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
+  int v = 0;
+  for (int i = 3; i < 5; ++i) {
+    const char c = piece[i];
+    int d;
+    if (c >= '0' && c <= '9') {
+      d = c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      d = c - 'A' + 10;
+    } else if (c >= 'a' && c <= 'f') {
+      d = c - 'a' + 10;
+    } else {
+      return -1;
+    }
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+uint64_t next_tokenizer_serial() {
+  static std::atomic<uint64_t> counter{0};
+  return ++counter;
+}
+
+}  // namespace tokenizer_detail
+
+using namespace tokenizer_detail;
+
+void Tokenizer::Impl::finalize(const std::string& what) {
+  // Added tokens take their ids in the shared id space.
+  std::sort(added.begin(), added.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
+  int32_t max_id = static_cast<int32_t>(pieces.size()) - 1;
+  for (const AddedToken& a : added) max_id = std::max(max_id, a.id);
+  pieces.resize(static_cast<size_t>(max_id + 1));
+  flags.assign(pieces.size(), 0);
+  added_to_id.clear();
+  for (const AddedToken& a : added) {
+    QWENQ_CHECK(a.id >= 0, what << ": added token '" << a.content << "' has a negative id");
+    QWENQ_CHECK(!a.content.empty(), what << ": added token " << a.id << " has empty content");
+    std::string& p = pieces[a.id];
+    QWENQ_CHECK(p.empty() || p == a.content, what << ": added token '" << a.content << "' has id " << a.id
+                                                  << ", which the vocabulary gives to '" << p << "'");
+    p = a.content;
+    flags[a.id] |= kFlagAdded | (a.special ? kFlagSpecial : 0);
+    added_to_id[a.content] = a.id;
+  }
+
+  // Raw bytes of every token.
+  bytes.assign(pieces.size(), std::string());
+  for (size_t id = 0; id < pieces.size(); ++id) {
+    const std::string& p = pieces[id];
+    if (flags[id] & kFlagAdded) {
+      bytes[id] = p;
+      continue;
+    }
+    if (kind == TokenizerKind::kByteLevel) {
+      std::string& out = bytes[id];
+      for (size_t i = 0; i < p.size();) {
+        int len;
+        const uint32_t cp = unicode::decode_utf8(p.data(), p.size(), i, &len);
+        const int b = cp == unicode::kInvalid ? -1 : unicode_to_byte(cp);
+        if (b >= 0) {
+          out.push_back(static_cast<char>(b));
+        } else {
+          out.append(p, i, static_cast<size_t>(len));
+        }
+        i += static_cast<size_t>(len);
+      }
+    } else {
+      const int b = parse_byte_token(p);
+      if (b >= 0) {
+        bytes[id] = std::string(1, static_cast<char>(b));
+        flags[id] |= kFlagByte;
+        continue;
+      }
+      std::string& out = bytes[id];
+      for (size_t i = 0; i < p.size();) {
+        if (p.compare(i, 3, kSpaceMarker) == 0) {
+          out.push_back(' ');
+          i += 3;
+        } else {
+          out.push_back(p[i++]);
+        }
+      }
+    }
+  }
+
+  // Initial symbols.
+  byte_ids.fill(-1);
+  ascii_ids.fill(-1);
+  space_id = -1;
+  auto lookup = [&](const std::string& s) {
+    auto it = piece_to_id.find(s);
+    return it == piece_to_id.end() ? -1 : it->second;
+  };
+  if (kind == TokenizerKind::kByteLevel) {
+    for (int b = 0; b < 256; ++b) {
+      std::string sym;
+      unicode::append_utf8(&sym, byte_to_unicode(static_cast<uint8_t>(b)));
+      byte_ids[b] = lookup(sym);
+      QWENQ_CHECK(byte_ids[b] >= 0, what << ": the vocabulary has no symbol '" << sym << "' for byte 0x" << std::hex
+                                         << b << "; not a byte-level BPE vocabulary");
+    }
+    if (ignore_merges) {
+      raw_to_id.clear();
+      for (const auto& [piece, id] : piece_to_id) raw_to_id.emplace(bytes[id], id);
+    }
+  } else {
+    char name[8];
+    for (int b = 0; b < 256; ++b) {
+      std::snprintf(name, sizeof(name), "<0x%02X>", b);
+      byte_ids[b] = lookup(name);
+    }
+    for (int c = 0; c < 128; ++c) ascii_ids[c] = lookup(std::string(1, static_cast<char>(c)));
+    space_id = lookup(kSpaceMarker);
+  }
+
+  pairs.build(merges);
+
+  for (auto& v : added_by_first_byte) v.clear();
+  added_first_byte.fill(false);
+  for (size_t i = 0; i < added.size(); ++i) {
+    added_by_first_byte[static_cast<uint8_t>(added[i].content[0])].push_back(static_cast<int32_t>(i));
+    added_first_byte[static_cast<uint8_t>(added[i].content[0])] = true;
+  }
+  for (auto& v : added_by_first_byte) {
+    std::stable_sort(v.begin(), v.end(), [&](int32_t a, int32_t b) {
+      return added[a].content.size() > added[b].content.size();
+    });
+  }
+  serial = next_tokenizer_serial();
+}
+
+namespace {
+
+struct Segment {
+  size_t begin, end;
+  int32_t token;  // >= 0: an added token; -1: text [begin, end)
+};
+
+bool is_space_at(const std::string& s, size_t i, int* len) {
+  const uint32_t cp = unicode::decode_utf8(s.data(), s.size(), i, len);
+  return (unicode::classify(cp) & unicode::kSpace) != 0;
+}
+
+// Start of the code point that ends right before byte i (i > 0).
+size_t prev_char_start(const std::string& s, size_t i) {
+  size_t j = i - 1;
+  while (j > 0 && i - j < 4 && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
+  return j;
+}
+
+bool is_word_char_at(const std::string& s, size_t i) {
+  int len;
+  const uint32_t cp = unicode::decode_utf8(s.data(), s.size(), i, &len);
+  return cp == '_' || (unicode::classify(cp) & (unicode::kLetter | unicode::kNumber)) != 0;
+}
+
+// Cuts the added tokens out of `text` (HF AddedVocabulary: leftmost match, longest at that position;
+// lstrip/rstrip swallow neighbouring whitespace; single_word tokens only match between non-word characters).
+void split_added(const Tokenizer::Impl& t, const std::string& text, bool parse_special, std::vector<Segment>* out) {
+  out->clear();
+  const size_t n = text.size();
+  size_t seg = 0, i = 0;
+  while (i < n) {
+    if (!t.added_first_byte[static_cast<uint8_t>(text[i])]) {
+      ++i;
+      continue;
+    }
+    const auto& cands = t.added_by_first_byte[static_cast<uint8_t>(text[i])];
+    const AddedToken* hit = nullptr;
+    for (int32_t idx : cands) {
+      const AddedToken& a = t.added[idx];
+      if (a.special && !parse_special) continue;
+      if (a.content.size() > n - i || std::memcmp(text.data() + i, a.content.data(), a.content.size()) != 0) continue;
+      if (a.single_word) {
+        const size_t e = i + a.content.size();
+        if ((i > 0 && is_word_char_at(text, prev_char_start(text, i))) || (e < n && is_word_char_at(text, e))) continue;
+      }
+      hit = &a;
+      break;
+    }
+    if (!hit) {
+      ++i;
+      continue;
+    }
+    size_t b = i, e = i + hit->content.size();
+    int len;
+    if (hit->lstrip) {
+      while (b > seg) {
+        const size_t p = prev_char_start(text, b);
+        if (!is_space_at(text, p, &len)) break;
+        b = p;
+      }
+    }
+    if (hit->rstrip) {
+      while (e < n && is_space_at(text, e, &len)) e += static_cast<size_t>(len);
+    }
+    if (b > seg) out->push_back({seg, b, -1});
+    out->push_back({b, e, hit->id});
+    seg = i = e;
+  }
+  if (seg < n) out->push_back({seg, n, -1});
+}
+
+void encode_byte_level_word(const Tokenizer::Impl& t, const char* p, size_t n, WordCache* cache,
+                            std::vector<int32_t>* syms, std::vector<int32_t>* out) {
+  if (n == 1) {
+    out->push_back(t.byte_ids[static_cast<uint8_t>(p[0])]);
+    return;
+  }
+  const uint64_t h = WordCache::hash(p, n);
+  if (cache->lookup(p, n, h, out)) return;
+  syms->clear();
+  auto whole = t.ignore_merges ? t.raw_to_id.find(std::string(p, n)) : t.raw_to_id.end();
+  if (whole != t.raw_to_id.end()) {
+    syms->push_back(whole->second);
+  } else {
+    for (size_t i = 0; i < n; ++i) syms->push_back(t.byte_ids[static_cast<uint8_t>(p[i])]);
+    bpe_merge(t.pairs, syms);
+  }
+  out->insert(out->end(), syms->begin(), syms->end());
+  cache->insert(p, n, h, syms->data(), syms->size());
+}
+
+void encode_byte_level_segment(const Tokenizer::Impl& t, const char* s, size_t n, std::vector<int32_t>* out) {
+  thread_local WordCache cache;
+  thread_local std::vector<std::pair<uint32_t, uint32_t>> words;
+  thread_local std::vector<int32_t> syms;
+  cache.bind(t.serial);
+  std::string normalized;
+  if (t.nfc) {
+    const std::string_view raw(s, n);
+    if (unicode::may_need_nfc(raw)) {
+      normalized = unicode::to_nfc(raw);
+      s = normalized.data();
+      n = normalized.size();
+    }
+  }
+  words.clear();
+  pretokenize_qwen2(s, n, &words);
+  for (const auto& [b, e] : words) encode_byte_level_word(t, s + b, e - b, &cache, &syms, out);
+}
+
+// Initial symbols of a SentencePiece-style word: one per character, unknown characters as byte tokens
+// (byte_fallback) or <unk> (fused when fuse_unk).
+void sp_initial_symbols(const Tokenizer::Impl& t, const std::string& w, std::vector<int32_t>* syms) {
+  syms->clear();
+  bool last_unk = false;
+  for (size_t i = 0; i < w.size();) {
+    const unsigned char c = static_cast<unsigned char>(w[i]);
+    int len;
+    int32_t id = -1;
+    if (c < 0x80) {
+      len = 1;
+      id = t.ascii_ids[c];
+    } else {
+      unicode::decode_utf8(w.data(), w.size(), i, &len);
+      if (len == 3 && w.compare(i, 3, kSpaceMarker) == 0) {
+        id = t.space_id;
+      } else {
+        auto it = t.piece_to_id.find(w.substr(i, static_cast<size_t>(len)));
+        if (it != t.piece_to_id.end()) id = it->second;
+      }
+    }
+    if (id >= 0) {
+      syms->push_back(id);
+      last_unk = false;
+    } else {
+      bool all_bytes = t.byte_fallback;
+      for (int k = 0; k < len && all_bytes; ++k) all_bytes = t.byte_ids[static_cast<uint8_t>(w[i + k])] >= 0;
+      if (all_bytes) {
+        for (int k = 0; k < len; ++k) syms->push_back(t.byte_ids[static_cast<uint8_t>(w[i + k])]);
+        last_unk = false;
+      } else {
+        QWENQ_CHECK(t.unk >= 0, t.source << ": character '" << w.substr(i, len)
+                                         << "' is not in the vocabulary and there is no unk token");
+        if (!(t.fuse_unk && last_unk)) syms->push_back(t.unk);
+        last_unk = true;
+      }
+    }
+    i += static_cast<size_t>(len);
+  }
+}
+
+void encode_sp_segment(const Tokenizer::Impl& t, const char* s, size_t n, bool at_text_start,
+                       std::vector<int32_t>* out) {
+  std::string w;
+  w.reserve(n + n / 4 + 3);
+  if (t.sp_prepend && n > 0) w += kSpaceMarker;
+  for (size_t i = 0; i < n; ++i) {
+    if (s[i] == ' ' && (t.sp_replace_space || t.metaspace)) {
+      w += kSpaceMarker;
+    } else {
+      w.push_back(s[i]);
+    }
+  }
+  if (t.metaspace && w.compare(0, 3, kSpaceMarker) != 0 &&
+      (t.metaspace_prepend == PrependScheme::kAlways || (t.metaspace_prepend == PrependScheme::kFirst && at_text_start))) {
+    w.insert(0, kSpaceMarker);
+  }
+  std::vector<std::string> words;
+  if (t.metaspace && t.metaspace_split) {
+    size_t start = 0;
+    for (size_t i = 3; i + 3 <= w.size(); ++i) {
+      if (w.compare(i, 3, kSpaceMarker) == 0) {
+        words.push_back(w.substr(start, i - start));
+        start = i;
+        i += 2;
+      }
+    }
+    words.push_back(w.substr(start));
+  } else {
+    words.push_back(std::move(w));
+  }
+  std::vector<int32_t> syms;
+  for (const std::string& word : words) {
+    if (word.empty()) continue;
+    if (t.ignore_merges) {
+      auto it = t.piece_to_id.find(word);
+      if (it != t.piece_to_id.end()) {
+        out->push_back(it->second);
+        continue;
+      }
+    }
+    sp_initial_symbols(t, word, &syms);
+    bpe_merge(t.pairs, &syms);
+    out->insert(out->end(), syms.begin(), syms.end());
+  }
+}
+
+}  // namespace
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens, bool parse_special) const {
+  const Impl& t = *impl_;
+  std::vector<int32_t> ids;
+  ids.reserve(text.size() / 3 + 4);
+  if (add_special_tokens && t.add_bos && t.bos >= 0) ids.push_back(t.bos);
+  std::vector<Segment> segs;
+  split_added(t, text, parse_special, &segs);
+  for (const Segment& sg : segs) {
+    if (sg.token >= 0) {
+      ids.push_back(sg.token);
+    } else if (t.kind == TokenizerKind::kByteLevel) {
+      encode_byte_level_segment(t, text.data() + sg.begin, sg.end - sg.begin, &ids);
+    } else {
+      encode_sp_segment(t, text.data() + sg.begin, sg.end - sg.begin, sg.begin == 0, &ids);
+    }
+  }
+  if (add_special_tokens && t.add_eos && t.eos >= 0) ids.push_back(t.eos);
+  return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
+  const Impl& t = *impl_;
+  const int64_t V = static_cast<int64_t>(t.pieces.size());
+  std::string out;
+  std::string run;  // pending byte-fallback bytes
+  size_t run_tokens = 0;
+  auto flush_run = [&]() {
+    if (run_tokens == 0) return;
+    if (unicode::is_valid_utf8(run)) {
+      out += run;
+    } else {
+      for (size_t k = 0; k < run_tokens; ++k) out += "\xEF\xBF\xBD";  // ByteFallback: one U+FFFD per token
+    }
+    run.clear();
+    run_tokens = 0;
+  };
+  for (int32_t id : ids) {
+    if (id < 0 || id >= V || (t.pieces[id].empty() && t.bytes[id].empty())) continue;
+    if (skip_special && (t.flags[id] & kFlagSpecial)) continue;
+    if (t.flags[id] & kFlagByte) {
+      run += t.bytes[id];
+      ++run_tokens;
+      continue;
+    }
+    flush_run();
+    out += t.bytes[id];
+  }
+  flush_run();
+  if (t.kind == TokenizerKind::kSentencePiece && t.strip_leading_space && !out.empty() && out[0] == ' ') {
+    out.erase(0, 1);
+  }
+  return unicode::sanitize_utf8(out);
+}
+
+std::string Tokenizer::decode_token(int32_t id) const {
+  const Impl& t = *impl_;
+  if (id < 0 || id >= static_cast<int64_t>(t.bytes.size())) return std::string();
+  return t.bytes[id];
+}
+
+int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->pieces.size()); }
+int32_t Tokenizer::bos_id() const { return impl_->bos; }
+int32_t Tokenizer::eos_id() const { return impl_->eos; }
+int32_t Tokenizer::pad_id() const { return impl_->pad; }
+int32_t Tokenizer::unk_id() const { return impl_->unk; }
+bool Tokenizer::adds_bos() const { return impl_->add_bos && impl_->bos >= 0; }
+bool Tokenizer::is_byte_level() const { return impl_->kind == TokenizerKind::kByteLevel; }
+
+bool Tokenizer::is_special(int32_t id) const {
+  return id >= 0 && id < static_cast<int64_t>(impl_->flags.size()) && (impl_->flags[id] & kFlagSpecial);
+}
+
+int32_t Tokenizer::token_id(const std::string& token_text) const {
+  auto a = impl_->added_to_id.find(token_text);
+  if (a != impl_->added_to_id.end()) return a->second;
+  auto it = impl_->piece_to_id.find(token_text);
+  return it == impl_->piece_to_id.end() ? -1 : it->second;
+}
+
+std::string Tokenizer::token_text(int32_t id) const {
+  if (id < 0 || id >= static_cast<int64_t>(impl_->pieces.size())) return std::string();
+  return impl_->pieces[id];
+}
+
+std::string Tokenizer::describe() const {
+  const Impl& t = *impl_;
+  std::ostringstream os;
+  os << (t.kind == TokenizerKind::kByteLevel ? "byte-level BPE" : "SentencePiece-style BPE") << ", "
+     << t.pieces.size() << " tokens (" << t.merges.size() << " merges, " << t.added.size() << " added), from "
+     << t.source;
+  return os.str();
+}
+
+}  // namespace qwenq

@@ -1,0 +1,78 @@
+// The toolkit's tokenizer: text <-> token ids for the two model families we load, bit-identical to Hugging
+// Face `tokenizers` / transformers on the same files.
+//
+//  * Qwen2 byte-level BPE (Qwen1.5/2/2.5/3): NFC, then the Qwen2 pre-tokenizer regex (hand-written scanner),
+//    then GPT-2 byte->unicode symbols merged by rank. No BOS. Files: tokenizer.json, or vocab.json +
+//    merges.txt, with added/special tokens from tokenizer_config.json / added_tokens.json.
+//  * SentencePiece-style BPE with byte fallback (Llama family; llama2.c's stories260K): spaces become "▁",
+//    a "▁" is prepended, pieces merge by rank (derived from SentencePiece scores), characters outside the
+//    vocabulary become <0xNN> byte tokens; BOS first. Files: tokenizer.json, or a llama2.c tokenizer .bin.
+//
+// Added tokens (e.g. <|im_start|>) are cut out of the raw text before anything else, as Hugging Face does;
+// special ones only when parse_special is true. ChatML chat templates (Qwen) are applied natively; other
+// Jinja templates are refused with an error naming the file.
+//
+// A Tokenizer is immutable and cheap to copy (shared state); encode/decode may be called from several threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qwenq {
+
+struct ChatMessage {
+  std::string role, content;
+};
+
+class Tokenizer {
+ public:
+  // A model directory: tokenizer.json if present, else vocab.json + merges.txt; specials/added tokens and
+  // chat template from tokenizer_config.json (added_tokens_decoder) / added_tokens.json / tokenizer.json
+  // "added_tokens" (and special_tokens_map.json, chat_template.jinja).
+  static Tokenizer from_dir(const std::string& dir);
+  // llama2.c tokenizer .bin (tok512.bin): int32 max_len, then per token float32 score, int32 len, bytes.
+  static Tokenizer from_llama2c(const std::string& tok_bin_path);
+
+  std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true,
+                              bool parse_special = true) const;
+  // Hugging Face decode: special tokens kept unless skip_special; ids without a token (padding rows of the
+  // embedding) are skipped; invalid UTF-8 becomes U+FFFD.
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  // Raw bytes of one token (for streaming generation; may be part of a UTF-8 character). For
+  // SentencePiece models a word-initial token starts with a space ("▁" decoded), including the first one.
+  std::string decode_token(int32_t id) const;
+
+  int64_t vocab_size() const;  // including added tokens (max id + 1)
+  int32_t bos_id() const;      // -1 when absent
+  int32_t eos_id() const;
+  int32_t pad_id() const;
+  int32_t unk_id() const;
+  bool adds_bos() const;       // encode(..., add_special_tokens=true) prepends BOS
+  bool is_special(int32_t id) const;
+  // Id of an exact vocabulary spelling ("Ġthe", "▁the") or added-token content; -1 if absent.
+  int32_t token_id(const std::string& token_text) const;
+  // Vocabulary spelling of an id ("" if none).
+  std::string token_text(int32_t id) const;
+  bool is_byte_level() const;  // Qwen-style byte-level BPE (else SentencePiece-style)
+  // One line for logs: kind, size, where it came from.
+  std::string describe() const;
+
+  bool has_chat_template() const;
+  // ChatML (Qwen): optional default system turn, then "<|im_start|>{role}\n{content}<|im_end|>\n" per
+  // message, then "<|im_start|>assistant\n" if add_generation_prompt.
+  std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+
+  // Writes a Hugging Face tokenizer into `dir` (which must exist): tokenizer.json + tokenizer_config.json +
+  // special_tokens_map.json, plus vocab.json + merges.txt for byte-level models.
+  void save_hf(const std::string& dir) const;
+
+  struct Impl;  // defined in trainer/tokenizer_impl.h
+
+ private:
+  explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const Impl> impl_;
+};
+
+}  // namespace qwenq

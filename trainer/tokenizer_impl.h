@@ -1,0 +1,123 @@
+// The state behind a Tokenizer (private to trainer/tokenizer*.cpp): vocabulary, merges, added tokens, the
+// options of the Hugging Face pipeline we reproduce, and what save_hf needs to write it back.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/tokenizer.h"
+#include "trainer/tokenizer_bpe.h"
+
+namespace qwenq {
+
+enum class TokenizerKind { kByteLevel, kSentencePiece };
+
+struct AddedToken {
+  std::string content;
+  int32_t id = -1;
+  bool special = true, lstrip = false, rstrip = false, single_word = false, normalized = false;
+};
+
+// Metaspace prepend scheme (SentencePiece-style models loaded from a Metaspace pre-tokenizer).
+enum class PrependScheme { kNever, kFirst, kAlways };
+
+struct Tokenizer::Impl {
+  TokenizerKind kind = TokenizerKind::kByteLevel;
+  std::string source;  // the directory or file it came from (for messages)
+
+  // Vocabulary (regular tokens and added tokens share the id space).
+  std::vector<std::string> pieces;  // id -> spelling in the vocabulary ("" for unused ids)
+  std::vector<std::string> bytes;   // id -> raw bytes it decodes to
+  std::vector<uint8_t> flags;       // id -> kFlag* bits
+  std::unordered_map<std::string, int32_t> piece_to_id;  // regular vocabulary spellings
+  std::unordered_map<std::string, int32_t> added_to_id;  // added-token contents
+  std::vector<std::array<int32_t, 3>> merges;            // rank -> {left, right, merged}
+  tokenizer_detail::PairTable pairs;
+  std::array<int32_t, 256> byte_ids{};  // byte-level: symbol of each byte; SentencePiece: <0xNN> (-1: none)
+  std::array<int32_t, 128> ascii_ids{};  // SentencePiece: id of each ASCII character piece (-1: none)
+  int32_t space_id = -1;                 // SentencePiece: id of "▁"
+
+  std::vector<AddedToken> added;  // sorted by id
+  std::array<std::vector<int32_t>, 256> added_by_first_byte;  // indices into `added`, longest content first
+  std::array<bool, 256> added_first_byte{};                   // some added token starts with this byte
+
+  int32_t bos = -1, eos = -1, pad = -1, unk = -1;
+  bool add_bos = false, add_eos = false;
+
+  // Byte-level options.
+  bool nfc = true;
+  bool ignore_merges = false;
+  std::unordered_map<std::string, int32_t> raw_to_id;  // raw bytes -> id, only when ignore_merges
+
+  // SentencePiece-style options.
+  bool sp_prepend = true;        // Prepend("▁") normalizer (on every non-empty segment)
+  bool sp_replace_space = true;  // Replace(" ", "▁") normalizer
+  bool metaspace = false;        // Metaspace pre-tokenizer (replaces spaces itself)
+  PrependScheme metaspace_prepend = PrependScheme::kAlways;
+  bool metaspace_split = false;
+  bool byte_fallback = true;
+  bool fuse_unk = false;
+  bool strip_leading_space = true;  // decoder Strip(" ", 1, 0) / Metaspace
+
+  // Chat template.
+  std::string chat_template, chat_template_file;
+
+  // What save_hf writes back.
+  std::string tokenizer_json_text;        // verbatim tokenizer.json when loaded from one
+  nlohmann::ordered_json tokenizer_config;  // tokenizer_config.json as loaded (null if none)
+  std::string special_tokens_map_text;    // verbatim special_tokens_map.json when loaded from one
+  std::string tokenizer_class;
+
+  // From tokenizer.json, used to settle BOS/EOS/unk after the config files are read.
+  bool has_template_processing = false;
+  std::string template_first_special, template_last_special;  // TemplateProcessing "single" ends
+  std::string model_unk_token;
+
+  uint64_t serial = 0;  // distinguishes instances for the per-thread word cache
+
+  // Fills flags, bytes, byte_ids, ascii_ids, the pair table and the added-token matcher from pieces,
+  // merges and added. `what` names the source in errors.
+  void finalize(const std::string& what);
+};
+
+enum : uint8_t { kFlagSpecial = 1, kFlagAdded = 2, kFlagByte = 4 };
+
+namespace tokenizer_detail {
+
+// GPT-2's bytes_to_unicode: the printable code point standing for each byte in byte-level vocabularies.
+uint32_t byte_to_unicode(uint8_t b);
+// Inverse map (-1 for code points that stand for no byte).
+int unicode_to_byte(uint32_t cp);
+// "<0xNN>" -> NN, else -1.
+int parse_byte_token(const std::string& piece);
+// The SentencePiece word marker "▁" (U+2581) in UTF-8.
+extern const char* const kSpaceMarker;
+// The Qwen2 pre-tokenizer pattern as Hugging Face spells it.
+extern const char* const kQwen2Pattern;
+// New serial for Impl::serial.
+uint64_t next_tokenizer_serial();
+
+// Reads and parses a JSON file; errors name the file ("PATH: not valid JSON: ...").
+nlohmann::json read_json_file(const std::string& path);
+nlohmann::ordered_json read_ordered_json_file(const std::string& path);
+
+// Loaders for the model part (vocabulary, merges, pipeline options); tokenizer_load*.cpp.
+void load_tokenizer_json(const std::string& path, Tokenizer::Impl* t);
+void load_vocab_merges(const std::string& vocab_path, const std::string& merges_path, Tokenizer::Impl* t);
+
+// Merges of a SentencePiece BPE vocabulary derived from piece scores exactly as transformers'
+// convert_slow_tokenizer.generate_merges does: every split of a piece into two vocabulary pieces, ordered
+// by (score, left length, right length) descending (lengths in code points), ties kept in vocabulary order
+// (then by left id, right id). Pieces with eligible[id] == false take no part (control and byte tokens).
+std::vector<std::array<int32_t, 3>> merges_from_scores(const std::vector<std::string>& pieces,
+                                                       const std::vector<float>& scores,
+                                                       const std::vector<bool>& eligible);
+
+}  // namespace tokenizer_detail
+
+}  // namespace qwenq
