@@ -122,21 +122,38 @@ std::string path_join(const std::string& a, const std::string& b) {
   return a.back() == '/' ? a + b : a + "/" + b;
 }
 
+AtomicFileWriter::AtomicFileWriter(const std::string& path)
+    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  QWENQ_CHECK(fd_ >= 0, "cannot write " << path_ << ": cannot create temporary file " << tmp_ << ": "
+                                        << errno_str(errno));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!done_) ::unlink(tmp_.c_str());
+}
+
+void AtomicFileWriter::append(const void* data, size_t size) {
+  const int err = write_all(fd_, data, size);
+  QWENQ_CHECK(err == 0, "cannot write " << path_ << " (write failed): " << errno_str(err));
+}
+
+void AtomicFileWriter::commit() {
+  QWENQ_CHECK(::fsync(fd_) == 0, "cannot write " << path_ << " (fsync failed): " << errno_str(errno));
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  QWENQ_CHECK(rc == 0, "cannot write " << path_ << " (close failed): " << errno_str(errno));
+  QWENQ_CHECK(::rename(tmp_.c_str(), path_.c_str()) == 0,
+              "cannot write " << path_ << " (rename failed): " << errno_str(errno));
+  done_ = true;
+  fsync_dir(parent_dir(path_));
+}
+
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  QWENQ_CHECK(fd >= 0, "cannot write " << path << ": cannot create temporary file " << tmp << ": "
-                                       << errno_str(errno));
-  int err = write_all(fd, data, size);
-  const char* step = "write";
-  if (!err && ::fsync(fd) != 0) err = errno, step = "fsync";
-  if (::close(fd) != 0 && !err) err = errno, step = "close";
-  if (!err && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno, step = "rename";
-  if (err) {
-    ::unlink(tmp.c_str());
-    QWENQ_FAIL("cannot write " << path << " (" << step << " failed): " << errno_str(err));
-  }
-  fsync_dir(parent_dir(path));
+  AtomicFileWriter out(path);
+  out.append(data, size);
+  out.commit();
 }
 
 MappedFile::MappedFile(const std::string& path) {

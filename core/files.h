@@ -21,6 +21,24 @@ inline void write_file_atomic(const std::string& path, const std::string& text) 
   write_file_atomic(path, text.data(), text.size());
 }
 
+// A file written piece by piece to "<path>.tmp.<pid>" and renamed onto `path` (after fsync) by commit();
+// removed if commit() is never reached. Every failure names `path` and carries strerror. For outputs too
+// large to build in memory first (checkpoint shards).
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(const std::string& path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+  void append(const void* data, size_t size);
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool done_ = false;
+};
+
 // Read-only mapping of a whole file (empty files map to size 0, data nullptr).
 class MappedFile {
  public:

@@ -122,57 +122,6 @@ Json parse_header(const std::string& file, const char* begin, const char* end) {
   return header;
 }
 
-// A temporary "<path>.tmp.<pid>" written by successive append() calls, renamed onto `path` by commit() and
-// removed if commit() is never reached. Every failure names `path` and carries strerror.
-class AtomicStream {
- public:
-  explicit AtomicStream(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    QWENQ_CHECK(fd_ >= 0, "cannot write " << path_ << ": cannot create temporary file " << tmp_ << ": "
-                                          << std::strerror(errno));
-  }
-  ~AtomicStream() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!done_) ::unlink(tmp_.c_str());
-  }
-  AtomicStream(const AtomicStream&) = delete;
-  AtomicStream& operator=(const AtomicStream&) = delete;
-
-  void append(const void* data, size_t size) {
-    const char* p = static_cast<const char*>(data);
-    while (size > 0) {
-      const size_t chunk = std::min(size, size_t{1} << 30);
-      ssize_t n = ::write(fd_, p, chunk);
-      if (n < 0 && errno == EINTR) continue;
-      QWENQ_CHECK(n > 0, "cannot write " << path_ << " (write failed): "
-                                         << std::strerror(n < 0 ? errno : EIO));
-      p += n;
-      size -= static_cast<size_t>(n);
-    }
-  }
-
-  void commit() {
-    QWENQ_CHECK(::fsync(fd_) == 0, "cannot write " << path_ << " (fsync failed): " << std::strerror(errno));
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    QWENQ_CHECK(rc == 0, "cannot write " << path_ << " (close failed): " << std::strerror(errno));
-    QWENQ_CHECK(::rename(tmp_.c_str(), path_.c_str()) == 0,
-                "cannot write " << path_ << " (rename failed): " << std::strerror(errno));
-    done_ = true;
-    const size_t slash = path_.find_last_of('/');  // best effort: make the rename durable
-    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      (void)::fsync(dfd);
-      ::close(dfd);
-    }
-  }
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-  bool done_ = false;
-};
 
 // Shards are opened lazily from const accessors; one lock for all checkpoints is plenty (opening is rare).
 std::mutex& shard_mutex() {
@@ -302,7 +251,7 @@ void SafetensorsWriter::write(const std::string& path) const {
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  AtomicStream out(path);
+  AtomicFileWriter out(path);
   out.append(len, 8);
   out.append(text.data(), text.size());
   for (const Entry& e : entries_) {

@@ -24,15 +24,7 @@
 namespace qwenq {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 // Names in `dir`, sorted, without "." and "..".
 std::vector<std::string> list_dir(const std::string& dir) {

@@ -25,15 +25,7 @@ namespace {
 constexpr double kStoriesGoldenPpl = 4.056757757563922;
 constexpr double kStoriesPplRelTol = 1e-5;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 const char* kGoodConfig = R"({"model_type":"qwen2","vocab_size":100,"hidden_size":64,"intermediate_size":128,
   "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rope_theta":1000000.0,

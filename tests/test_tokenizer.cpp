@@ -17,15 +17,7 @@
 namespace qwenq {
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 std::string qwen_dir() { return test::shared_data_dir() + "/qwen2-tokenizer"; }
 

@@ -3,7 +3,20 @@
 
 #include <string>
 
+#include "core/error.h"
+
 namespace qwenq::test {
+
+// The message of the qwenq::Error that f() throws, or "<no error>" when it returns normally.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
 
 // ../shared/data next to the source tree, or "" when absent (tests then GTEST_SKIP with a clear message).
 std::string shared_data_dir();
