@@ -8,8 +8,9 @@ void throw_check_failure(const std::string& message, const char* stmt, const cha
                          int line) {
   const char* base = std::strrchr(file, '/');
   std::ostringstream os;
-  os << message << " [check `" << stmt << "` failed in " << func << " at " << (base ? base + 1 : file) << ":"
-     << line << "]";
+  os << message << " [";
+  if (std::strcmp(stmt, "false") != 0) os << "check `" << stmt << "` failed ";  // QWENQ_FAIL has no condition
+  os << "in " << func << " at " << (base ? base + 1 : file) << ":" << line << "]";
   throw Error(os.str());
 }
 

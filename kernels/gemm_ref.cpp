@@ -90,6 +90,7 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+#ifdef QWENQ_GEMM_AVX2
 // Copies x [M, K] with each full block of 16 columns reordered as its 8 even then its 8 odd elements (the
 // tail of K % 16 columns unchanged), matching the vectors of a kSplitX loader.
 std::vector<float> split_even_odd(const float* x, int64_t M, int64_t K) {
@@ -107,6 +108,7 @@ std::vector<float> split_even_odd(const float* x, int64_t M, int64_t K) {
   }
   return out;
 }
+#endif
 
 // out[r * ldo + j] = Σ_k x[r][k] · w[j][k] for r < R (rows of x, stride K) and j < J (rows of w, stride K).
 // R in {1, 2}, J in {1, 4}: at most 8 vector accumulators, 4 x vectors and 2 weight vectors live at once.

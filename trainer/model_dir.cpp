@@ -62,9 +62,11 @@ std::string resolve_model_dir(const std::string& spec, const std::string& revisi
   }
   std::string where;
   for (const auto& l : looked) where += "\n  " + l;
-  QWENQ_FAIL("cannot find model '" << spec << "'; looked at:" << where
-                                   << "\nDownload it first (e.g. `huggingface-cli download " << spec
-                                   << "`) or pass a local directory.");
+  if (looks_like_repo_id(spec)) {
+    QWENQ_FAIL("cannot find model '" << spec << "'; looked at:" << where << "\nDownload it first (e.g. `huggingface-cli download "
+                                     << spec << "`) or pass a local directory.");
+  }
+  QWENQ_FAIL("cannot find model '" << spec << "': no such directory");
 }
 
 }  // namespace qwenq
