@@ -143,26 +143,23 @@ TEST(TextData, JsonlJoinsRecordsAndNamesBadLines) {
   EXPECT_NE(error_of([&] { load_text_corpus(dir + "/empty.txt"); }).find("empty.txt: file is empty"), std::string::npos);
 }
 
+// ctest runs each test in its own process, in parallel: every test imports into its own scratch directory.
 class Stories : public ::testing::Test {
  protected:
-  static std::string imported_dir() {
-    static std::string dir;
-    if (dir.empty()) {
-      dir = std::string(QWENQ_BINARY_DIR) + "/test_scratch/stories260K-hf";
-      Llama2cImportOptions o;
-      o.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-      o.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-      o.out_dir = dir;
-      o.overwrite = true;
-      import_llama2c(o);
-    }
+  static std::string import_to(const std::string& dir, DType dtype = DType::F32) {
+    Llama2cImportOptions o;
+    o.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
+    o.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
+    o.out_dir = dir;
+    o.dtype = dtype;
+    import_llama2c(o);
     return dir;
   }
 };
 
 TEST_F(Stories, PerplexityMatchesTransformersGolden) {
   QWENQ_REQUIRE_SHARED_DATA();
-  const std::string dir = imported_dir();
+  const std::string dir = import_to(test::scratch_dir() + "/fp32");
   QwenModel model(dir);
   Tokenizer tok = Tokenizer::from_dir(dir);
   EXPECT_EQ(model.config().num_layers, 5);
@@ -183,14 +180,9 @@ TEST_F(Stories, PerplexityMatchesTransformersGolden) {
 
 TEST_F(Stories, BfloatImportIsCloseToFp32) {
   QWENQ_REQUIRE_SHARED_DATA();
-  const std::string bf_dir = test::scratch_dir() + "/bf16";
-  Llama2cImportOptions o;
-  o.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-  o.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-  o.out_dir = bf_dir;
-  o.dtype = DType::BF16;
-  import_llama2c(o);
-  QwenModel f32(imported_dir()), bf16(bf_dir);
+  const std::string scratch = test::scratch_dir();
+  const std::string bf_dir = import_to(scratch + "/bf16", DType::BF16);
+  QwenModel f32(import_to(scratch + "/fp32")), bf16(bf_dir);
   std::vector<int32_t> ids = Tokenizer::from_dir(bf_dir).encode("Once upon a time, there was a little girl.");
   std::vector<float> nf, nb;
   f32.next_token_nll(PackedBatch::from_sequences({ids}), &nf);
