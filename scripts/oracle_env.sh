@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Creates .venv-oracle: the pinned Hugging Face stack the oracle tests check our numbers against
-# (transformers, tokenizers, safetensors and torch, all on the CPU). Idempotent: does nothing when the
+# (transformers, tokenizers, safetensors, torch and bitsandbytes, all on the CPU). Idempotent: does nothing when the
 # pinned versions are already there. Needs PyPI access the first time (about 1-2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv-oracle
-PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6"
+PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6 bitsandbytes==0.46.1"
 stamp="$VENV/.pins"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ]; then
   echo "oracle env: $VENV up to date ($PINS)"
