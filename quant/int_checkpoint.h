@@ -1,0 +1,53 @@
+// One quantized nn.Linear in the integer layouts the ecosystem loads (GPTQ v1/v2, AutoAWQ GEMM): packing our
+// (codes, grid, g_idx) into their tensors, writing and reading them through safetensors, dequantizing them,
+// and the quantization_config each format puts in config.json.
+//
+// Tensors per Linear `<prefix>` (REFERENCE A1.1, A2.2; K = in_features, N = out_features, G = ceil(K/g)):
+//   GPTQ: qweight I32 [K·b/32, N], qzeros I32 [G, N·b/32], scales F16 [G, N], g_idx I32 [K]
+//   AWQ:  qweight I32 [K, N/8],     qzeros I32 [G, N/8],     scales F16 [G, N]        (4-bit only)
+// Dequantization: ŵ[n, k] = scales[g, n] · (q[k, n] - zero[g, n]) with g = g_idx[k] (GPTQ) or k / group (AWQ);
+// GPTQ v1 stores zero - 1 (grid.h rounds scales to fp16 first, so this is exactly the fake-quant weight).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+#include "quant/grid.h"
+
+namespace qwenq {
+
+enum class IntLayout { GptqV1, GptqV2, AwqGemm };
+const char* int_layout_name(IntLayout layout);  // "gptq", "gptq_v2", "awq-gemm"
+
+struct PackedIntLinear {
+  IntLayout layout = IntLayout::GptqV1;
+  int bits = 4;
+  int64_t K = 0, N = 0, group = 128;  // group = K for one group per column (group_size -1)
+  std::vector<int32_t> qweight, qzeros, g_idx;  // g_idx empty for AWQ
+  std::vector<uint16_t> scales;                 // fp16 bits, [G, N]
+  int64_t num_groups() const { return (K + group - 1) / group; }
+};
+
+// codes [K, N] on `grid`; g_idx [K] (null: k / group). Throws when the layout cannot hold them (K not a
+// multiple of 32/bits, N not a multiple of 8 for AWQ, a zero point of 0 in GPTQ v1, act-order in AWQ).
+PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, const int32_t* g_idx, IntLayout layout);
+
+// ŵ [N, K] (nn.Linear orientation), computed as the format's readers do.
+std::vector<float> dequantize_int_linear(const PackedIntLinear& p);
+
+void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p);
+// Reads and validates the tensors of `prefix` (dtypes, shapes against K, N, bits, group; g_idx in range);
+// errors name the tensor and the file.
+PackedIntLinear read_int_linear(const Checkpoint& ckpt, const std::string& prefix, IntLayout layout, int bits,
+                                int64_t group, int64_t K, int64_t N);
+
+// config.json "quantization_config" as transformers/optimum and GPTQModel (GPTQ) or AutoAWQ (AWQ) write it.
+nlohmann::ordered_json gptq_quantization_config(int bits, int64_t group_size, bool sym, bool desc_act,
+                                                bool static_groups, double damp, IntLayout layout);
+nlohmann::ordered_json awq_quantization_config(int bits, int64_t group_size);
+
+}  // namespace qwenq
