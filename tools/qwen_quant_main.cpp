@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_import_llama2c(app);
   qwenq::cli::register_init_random(app);
   qwenq::cli::register_tokenize(app);
+  qwenq::cli::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -118,10 +118,6 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   c.bos_token_id = token_id_field(j, "bos_token_id");
   c.eos_token_id = token_id_field(j, "eos_token_id");
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) c.torch_dtype = j["torch_dtype"];
-  if (j.contains("quantization_config")) {
-    QWENQ_FAIL(path << ": this is a quantized checkpoint (quantization_config present); loading quantized "
-                       "checkpoints is not supported by this build yet");
-  }
   return c;
 }
 

@@ -20,6 +20,14 @@ void linear(const float* x, int64_t M, const TensorView& w, const TensorView& bi
   linear_forward_ref(x, M, w.shape[1], w.data, w.dtype, w.shape[0], bias.data, bias.dtype, y);
 }
 
+// A packed Linear is widened to fp32 for the duration of the call (one layer at a time, never the model);
+// the fused dequant-matmul kernels replace this on the GPU.
+void linear(const float* x, int64_t M, const LinearWeight& w, const TensorView& bias, float* y) {
+  if (w.is_dense()) return linear(x, M, w.dense, bias, y);
+  const std::vector<float> W = w.dequantize();
+  linear_forward_ref(x, M, w.K, W.data(), DType::F32, w.N, bias.data, bias.dtype, y);
+}
+
 void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float* y) {
   rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
 }
@@ -83,9 +91,10 @@ struct QwenModel::Scratch {
         gate(T * c.intermediate_size), up(T * c.intermediate_size) {}
 };
 
-QwenModel::QwenModel(const std::string& dir) : dir_(dir), cfg_(load_qwen_config(dir)) {
+QwenModel::QwenModel(const std::string& dir)
+    : dir_(dir), cfg_(load_qwen_config(dir)), quant_(load_quant_config(dir)) {
   ckpt_ = std::make_unique<Checkpoint>(dir);
-  w_ = bind_qwen_weights(cfg_, *ckpt_);
+  w_ = bind_qwen_weights(cfg_, quant_, *ckpt_);
 }
 
 void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {

@@ -46,6 +46,7 @@ class QwenModel {
   // Loads config.json and maps the checkpoint of a model directory (already resolved).
   explicit QwenModel(const std::string& dir);
   const QwenConfig& config() const { return cfg_; }
+  const QuantConfig& quant_config() const { return quant_; }
   const std::string& dir() const { return dir_; }
 
   // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C].
@@ -73,6 +74,7 @@ class QwenModel {
 
   std::string dir_;
   QwenConfig cfg_;
+  QuantConfig quant_;
   std::unique_ptr<Checkpoint> ckpt_;
   QwenWeights w_;
 };

@@ -19,9 +19,49 @@ TensorView fetch(const Checkpoint& ckpt, const std::string& name, std::vector<in
   return t;
 }
 
+bool skipped(const QuantConfig& q, const std::string& prefix) {
+  for (const std::string& m : q.skip_modules) {
+    if (prefix == m || (prefix.size() > m.size() && prefix.compare(prefix.size() - m.size(), m.size(), m) == 0 &&
+                        prefix[prefix.size() - m.size() - 1] == '.')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A Linear `prefix` of shape [N, K]: packed when the checkpoint holds it packed, else dense.
+LinearWeight fetch_linear(const Checkpoint& ckpt, const QuantConfig& q, const std::string& prefix, int64_t N, int64_t K) {
+  LinearWeight w;
+  w.N = N;
+  w.K = K;
+  const bool int_packed = (q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq) &&
+                          ckpt.has(prefix + ".qweight");
+  if (int_packed && !skipped(q, prefix)) {
+    w.packed = std::make_shared<PackedIntLinear>(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
+  } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
+    auto nf4 = std::make_shared<Nf4Linear>(read_nf4_linear(ckpt, prefix));
+    QWENQ_CHECK(nf4->shape == std::vector<int64_t>({N, K}),
+                ckpt.file_of(prefix + ".weight") << ": 4-bit tensor '" << prefix << ".weight' has shape "
+                                                 << shape_str(nf4->shape) << " but config.json implies "
+                                                 << shape_str({N, K}));
+    w.nf4 = std::move(nf4);
+  } else {
+    w.dense = fetch(ckpt, prefix + ".weight", {N, K});
+  }
+  return w;
+}
+
 }  // namespace
 
-QwenWeights bind_qwen_weights(const QwenConfig& c, const Checkpoint& ckpt) {
+std::vector<float> LinearWeight::dequantize() const {
+  if (packed) return dequantize_int_linear(*packed);
+  if (nf4) return nf4_dequantize(nf4->q);
+  std::vector<float> out(N * K);
+  to_f32(dense.dtype, dense.data, out.data(), out.size());
+  return out;
+}
+
+QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt) {
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   QwenWeights w;
   w.embed = fetch(ckpt, "model.embed_tokens.weight", {V, C});
@@ -36,10 +76,10 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const Checkpoint& ckpt) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     QwenLayerWeights& L = w.layers[l];
     L.input_norm = fetch(ckpt, p + "input_layernorm.weight", {C});
-    L.q = fetch(ckpt, p + "self_attn.q_proj.weight", {c.q_dim(), C});
-    L.k = fetch(ckpt, p + "self_attn.k_proj.weight", {c.kv_dim(), C});
-    L.v = fetch(ckpt, p + "self_attn.v_proj.weight", {c.kv_dim(), C});
-    L.o = fetch(ckpt, p + "self_attn.o_proj.weight", {C, c.q_dim()});
+    L.q = fetch_linear(ckpt, quant, p + "self_attn.q_proj", c.q_dim(), C);
+    L.k = fetch_linear(ckpt, quant, p + "self_attn.k_proj", c.kv_dim(), C);
+    L.v = fetch_linear(ckpt, quant, p + "self_attn.v_proj", c.kv_dim(), C);
+    L.o = fetch_linear(ckpt, quant, p + "self_attn.o_proj", C, c.q_dim());
     if (c.qkv_bias) {
       L.q_bias = fetch(ckpt, p + "self_attn.q_proj.bias", {c.q_dim()});
       L.k_bias = fetch(ckpt, p + "self_attn.k_proj.bias", {c.kv_dim()});
@@ -50,9 +90,9 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const Checkpoint& ckpt) {
       L.k_norm = fetch(ckpt, p + "self_attn.k_norm.weight", {c.head_dim});
     }
     L.post_norm = fetch(ckpt, p + "post_attention_layernorm.weight", {C});
-    L.gate = fetch(ckpt, p + "mlp.gate_proj.weight", {I, C});
-    L.up = fetch(ckpt, p + "mlp.up_proj.weight", {I, C});
-    L.down = fetch(ckpt, p + "mlp.down_proj.weight", {C, I});
+    L.gate = fetch_linear(ckpt, quant, p + "mlp.gate_proj", I, C);
+    L.up = fetch_linear(ckpt, quant, p + "mlp.up_proj", I, C);
+    L.down = fetch_linear(ckpt, quant, p + "mlp.down_proj", C, I);
   }
   return w;
 }

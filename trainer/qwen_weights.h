@@ -7,17 +7,32 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4_checkpoint.h"
 #include "trainer/qwen_config.h"
+#include "trainer/quant_config.h"
 
 namespace qwenq {
 
+// One nn.Linear weight [N, K]: a view of dense bf16/fp16/fp32 values, or a packed 4-bit form (GPTQ/AWQ
+// integer codes or bitsandbytes NF4/FP4) read from a quantized checkpoint.
+struct LinearWeight {
+  int64_t N = 0, K = 0;
+  TensorView dense;                               // data null when packed
+  std::shared_ptr<const PackedIntLinear> packed;  // GPTQ / AWQ
+  std::shared_ptr<const Nf4Linear> nf4;           // bitsandbytes 4-bit
+  bool is_dense() const { return dense.data != nullptr; }
+  // The fp32 values [N, K] the packed form stands for (exactly what the format's readers compute).
+  std::vector<float> dequantize() const;
+};
+
 struct QwenLayerWeights {
   TensorView input_norm;                       // [C]
-  TensorView q, k, v, o;                       // [H*D, C], [Hkv*D, C], [Hkv*D, C], [C, H*D]
+  LinearWeight q, k, v, o;                     // [H*D, C], [Hkv*D, C], [Hkv*D, C], [C, H*D]
   TensorView q_bias, k_bias, v_bias;           // [H*D], [Hkv*D], [Hkv*D] (data null when absent)
   TensorView q_norm, k_norm;                   // [D] (Qwen3 only)
   TensorView post_norm;                        // [C]
-  TensorView gate, up, down;                   // [I, C], [I, C], [C, I]
+  LinearWeight gate, up, down;                 // [I, C], [I, C], [C, I]
 };
 
 struct QwenWeights {
@@ -27,7 +42,8 @@ struct QwenWeights {
   TensorView lm_head;     // [V, C] (= embed when tied)
 };
 
-// Binds views for every tensor the config calls for. `ckpt` must outlive the result.
-QwenWeights bind_qwen_weights(const QwenConfig& cfg, const Checkpoint& ckpt);
+// Binds views for every tensor the config calls for; Linear layers of a quantized checkpoint (per `quant`) are
+// read in their packed form. `ckpt` must outlive the result.
+QwenWeights bind_qwen_weights(const QwenConfig& cfg, const QuantConfig& quant, const Checkpoint& ckpt);
 
 }  // namespace qwenq

@@ -1,0 +1,74 @@
+// qwen-quant rtn | nf4 | fp4: calibration-free quantization of a whole model directory.
+#include <cstdio>
+#include <string>
+
+#include "core/progress.h"
+#include "tools/cli.h"
+#include "tools/cli_common.h"
+#include "trainer/model_dir.h"
+#include "trainer/quantize_model.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct QuantizeArgs {
+  QuantizeOptions opt;
+  std::string model, format = "gptq";
+  bool asym = false, no_double_quant = false;
+  double max_shard_gb = 4.0;
+  CommonOptions common;
+};
+
+void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
+  cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (bf16/fp16/fp32)")->required();
+  cmd->add_option("--out,-o", a->opt.out_dir, "output directory (written under a temporary name, renamed when complete)")
+      ->required();
+  cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");
+  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")->capture_default_str();
+  cmd->add_flag("--quiet,-q", a->opt.quiet, "no progress bar");
+  add_common_options(cmd, &a->common);
+}
+
+void run(QuantizeArgs& a, QuantizeOptions::Method method) {
+  apply_common_options(a.common);
+  a.opt.method = method;
+  a.opt.model_dir = resolve_model_dir(a.model);
+  a.opt.sym = !a.asym;
+  a.opt.double_quant = !a.no_double_quant;
+  a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
+  a.opt.layout = a.format == "awq" ? IntLayout::AwqGemm : a.format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+  QuantizeReport r = quantize_model(a.opt);
+  std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
+              a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
+              format_bytes(r.bytes_written).c_str(), r.seconds, format_bytes(r.peak_rss).c_str());
+}
+
+}  // namespace
+
+void register_quantize(CLI::App& app) {
+  auto rtn = std::make_shared<QuantizeArgs>();
+  CLI::App* cmd = app.add_subcommand("rtn", "Round-to-nearest per group, written as GPTQ (v1/v2) or AWQ GEMM tensors");
+  add_io_options(cmd, rtn.get());
+  cmd->add_option("--bits", rtn->opt.bits, "2, 4 or 8 (AWQ: 4)")->capture_default_str();
+  cmd->add_option("--group-size", rtn->opt.group_size, "input rows per scale; -1 = one group per output channel")
+      ->capture_default_str();
+  cmd->add_flag("--asym", rtn->asym, "asymmetric grid with a zero point (default: symmetric, as Qwen's GPTQ releases)");
+  cmd->add_option("--format", rtn->format, "gptq (v1, what transformers/vLLM/ExLlamaV2 read), gptq_v2 or awq")
+      ->check(CLI::IsMember({"gptq", "gptq_v2", "awq"}))
+      ->capture_default_str();
+  cmd->callback([rtn]() { run(*rtn, QuantizeOptions::Method::Rtn); });
+
+  for (const char* name : {"nf4", "fp4"}) {
+    auto a = std::make_shared<QuantizeArgs>();
+    const bool fp4 = std::string(name) == "fp4";
+    CLI::App* c = app.add_subcommand(name, fp4 ? "bitsandbytes FP4, blockwise absmax (the QLoRA comparison baseline)"
+                                               : "bitsandbytes NF4, blockwise absmax (the QLoRA baseline)");
+    add_io_options(c, a.get());
+    c->add_option("--blocksize", a->opt.blocksize, "weights per absmax block")->capture_default_str();
+    c->add_flag("--no-double-quant", a->no_double_quant, "keep the absmax scales in fp32 (default: 8-bit, block 256)");
+    c->callback([a, fp4]() { run(*a, fp4 ? QuantizeOptions::Method::Fp4 : QuantizeOptions::Method::Nf4); });
+  }
+}
+
+}  // namespace qwenq::cli

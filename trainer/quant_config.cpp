@@ -1,0 +1,104 @@
+#include "trainer/quant_config.h"
+
+#include <cctype>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "quant/format/int_pack.h"
+
+namespace qwenq {
+
+namespace {
+
+using nlohmann::json;
+
+std::vector<std::string> string_list(const json& q, const char* key) {
+  std::vector<std::string> out;
+  if (q.contains(key) && q[key].is_array()) {
+    for (const auto& v : q[key]) {
+      if (v.is_string()) out.push_back(v.get<std::string>());
+    }
+  }
+  return out;
+}
+
+QuantConfig parse(const json& q, const std::string& path) {
+  QWENQ_CHECK(q.is_object(), path << ": quantization config must be a JSON object");
+  QuantConfig c;
+  // AutoGPTQ/AutoAWQ synonyms: w_bit -> bits, q_group_size -> group_size.
+  const int bits = q.contains("bits") ? q["bits"].get<int>() : q.value("w_bit", 4);
+  const int64_t group = q.contains("group_size") ? q["group_size"].get<int64_t>() : q.value("q_group_size", int64_t{-1});
+  std::string method = q.value("quant_method", std::string(q.contains("version") ? "awq" : "gptq"));
+  for (auto& ch : method) ch = static_cast<char>(std::tolower(ch));
+  if (method == "gptq") {
+    c.method = QuantConfig::Method::Gptq;
+    c.bits = bits;
+    c.group_size = group;
+    c.sym = q.value("sym", true);
+    c.desc_act = q.value("desc_act", false);
+    std::string fmt = q.value("checkpoint_format", q.value("format", std::string("gptq")));
+    QWENQ_CHECK(fmt == "gptq" || fmt == "gptq_v2",
+                path << ": GPTQ checkpoint_format \"" << fmt << "\" is not supported (gptq or gptq_v2)");
+    c.layout = fmt == "gptq" ? IntLayout::GptqV1 : IntLayout::GptqV2;
+    QWENQ_CHECK(gptq_bits_supported(bits), path << ": GPTQ with bits=" << bits << " is not supported (2, 4 or 8)");
+    QWENQ_CHECK(!q.contains("pack_dtype") || q["pack_dtype"] == "int32",
+                path << ": GPTQ pack_dtype " << q["pack_dtype"].dump() << " is not supported (int32)");
+  } else if (method == "awq") {
+    c.method = QuantConfig::Method::Awq;
+    c.bits = bits;
+    c.group_size = group;
+    c.sym = false;
+    c.layout = IntLayout::AwqGemm;
+    std::string version = q.value("version", std::string("gemm"));
+    for (auto& ch : version) ch = static_cast<char>(std::tolower(ch));
+    QWENQ_CHECK(version == "gemm", path << ": AWQ version \"" << version << "\" is not supported (gemm)");
+    QWENQ_CHECK(q.value("zero_point", true), path << ": AWQ with zero_point=false is not supported");
+    QWENQ_CHECK(bits == 4, path << ": AWQ with bits=" << bits << " is not supported (4)");
+    QWENQ_CHECK(group > 0, path << ": AWQ needs a positive group_size, got " << group);
+    c.skip_modules = string_list(q, "modules_to_not_convert");
+  } else if (method == "bitsandbytes") {
+    QWENQ_CHECK(q.value("load_in_4bit", false), path << ": only 4-bit bitsandbytes checkpoints are supported (load_in_4bit)");
+    c.method = QuantConfig::Method::Bnb4;
+    c.bits = 4;
+    c.skip_modules = string_list(q, "llm_int8_skip_modules");
+  } else {
+    QWENQ_FAIL(path << ": quant_method \"" << method << "\" is not supported (gptq, awq, bitsandbytes)");
+  }
+  return c;
+}
+
+}  // namespace
+
+const char* QuantConfig::method_name() const {
+  switch (method) {
+    case Method::None: return "none";
+    case Method::Gptq: return "gptq";
+    case Method::Awq: return "awq";
+    case Method::Bnb4: return "bitsandbytes-4bit";
+  }
+  return "?";
+}
+
+QuantConfig load_quant_config(const std::string& dir) {
+  const std::string cfg_path = path_join(dir, "config.json");
+  json cfg;
+  try {
+    cfg = json::parse(read_file(cfg_path));
+  } catch (const json::exception& e) {
+    QWENQ_FAIL(cfg_path << ": not valid JSON: " << e.what());
+  }
+  try {
+    if (cfg.contains("quantization_config") && !cfg["quantization_config"].is_null()) {
+      return parse(cfg["quantization_config"], cfg_path + " (quantization_config)");
+    }
+    const std::string qc = path_join(dir, "quantize_config.json");
+    if (file_exists(qc)) return parse(json::parse(read_file(qc)), qc);
+  } catch (const json::exception& e) {
+    QWENQ_FAIL(cfg_path << ": malformed quantization config: " << e.what());
+  }
+  return QuantConfig{};
+}
+
+}  // namespace qwenq

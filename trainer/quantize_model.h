@@ -1,0 +1,45 @@
+// Calibration-free quantization of a whole checkpoint, one tensor at a time: round-to-nearest onto a group
+// grid (written as GPTQ v1/v2 or AWQ GEMM tensors) or bitsandbytes NF4/FP4 (optionally double-quantized).
+// The decoder's Linear weights (q, k, v, o, gate, up, down) are quantized; embeddings, norms, biases and
+// lm_head pass through unchanged. Output: a Hugging Face directory (config.json with quantization_config,
+// safetensors shards of at most max_shard_bytes written as it goes plus model.safetensors.index.json when
+// there are several, tokenizer files copied), built under a temporary name and renamed when complete.
+// Host memory stays near one shard plus one layer: input tensors are read from the memory map.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "quant/int_checkpoint.h"
+
+namespace qwenq {
+
+struct QuantizeOptions {
+  enum class Method { Rtn, Nf4, Fp4 };
+  Method method = Method::Rtn;
+  std::string model_dir, out_dir;
+  bool overwrite = false;
+  // RTN
+  int bits = 4;
+  int64_t group_size = 128;  // -1: one group per output channel
+  bool sym = true;
+  IntLayout layout = IntLayout::GptqV1;
+  // NF4 / FP4
+  bool double_quant = true;
+  int64_t blocksize = 64;
+  uint64_t max_shard_bytes = uint64_t{4} << 30;
+  bool quiet = false;
+};
+
+struct QuantizeReport {
+  int64_t linears = 0;        // Linear layers quantized
+  int64_t params_quantized = 0;
+  uint64_t bytes_written = 0; // payload bytes of all shards
+  int shards = 0;
+  double seconds = 0;
+  uint64_t peak_rss = 0;
+};
+
+QuantizeReport quantize_model(const QuantizeOptions& opt);
+
+}  // namespace qwenq
