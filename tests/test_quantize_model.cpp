@@ -120,6 +120,35 @@ TEST(QuantizeModel, Nf4AndFp4DirectoriesLoadAsTheirFakeQuantWeights) {
   }
 }
 
+TEST(QuantizeModel, DequantizeGivesTheFakeQuantModel) {
+  const std::string root = test::scratch_dir();
+  const std::string src = make_tiny(root + "/fp32");
+  for (auto method : {QuantizeOptions::Method::Rtn, QuantizeOptions::Method::Nf4}) {
+    QuantizeOptions o;
+    o.method = method;
+    o.model_dir = src;
+    o.out_dir = root + "/q" + std::to_string(static_cast<int>(method));
+    o.quiet = true;
+    quantize_model(o);
+    DequantizeOptions d;
+    d.model_dir = o.out_dir;
+    d.out_dir = o.out_dir + "_dense";
+    d.dtype = DType::F32;
+    d.quiet = true;
+    QuantizeReport r = dequantize_model(d);
+    EXPECT_EQ(r.linears, 14);
+    EXPECT_EQ(QwenModel(d.out_dir).quant_config().method, QuantConfig::Method::None);
+    EXPECT_EQ(logits_of(d.out_dir), logits_of(o.out_dir));  // q/k/v biases passed through
+  }
+  EXPECT_NE(error_of([&] {
+              DequantizeOptions d;
+              d.model_dir = src;
+              d.out_dir = root + "/x";
+              dequantize_model(d);
+            }).find("is not quantized"),
+            std::string::npos);
+}
+
 TEST(QuantizeModel, ShardsAndIndexLoad) {
   const std::string root = test::scratch_dir();
   const std::string src = make_tiny(root + "/fp32");

@@ -11,6 +11,6 @@ void register_generate(CLI::App& app);
 void register_import_llama2c(CLI::App& app);
 void register_init_random(CLI::App& app);
 void register_tokenize(CLI::App& app);
-void register_quantize(CLI::App& app);  // rtn, nf4, fp4
+void register_quantize(CLI::App& app);  // rtn, nf4, fp4, dequantize
 
 }  // namespace qwenq::cli

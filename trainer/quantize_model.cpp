@@ -16,6 +16,7 @@
 #include "quant/nf4_checkpoint.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
+#include "trainer/qwen_weights.h"
 
 namespace qwenq {
 
@@ -181,6 +182,69 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   copy_side_files(o.model_dir, out.path());
   out.commit();
 
+  rep.shards = shards.shards();
+  rep.bytes_written = shards.total_bytes();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.peak_rss = peak_rss_bytes();
+  return rep;
+}
+
+QuantizeReport dequantize_model(const DequantizeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QWENQ_CHECK(o.dtype == DType::BF16 || o.dtype == DType::F16 || o.dtype == DType::F32,
+              "dequantize: --dtype must be bf16, fp16 or fp32");
+  const QwenConfig cfg = load_qwen_config(o.model_dir);
+  const QuantConfig quant = load_quant_config(o.model_dir);
+  QWENQ_CHECK(quant.method != QuantConfig::Method::None,
+              o.model_dir << " is not quantized (no quantization_config in config.json)");
+  Checkpoint ckpt(o.model_dir);
+  StagedDir out(o.out_dir, o.overwrite);
+  ShardedWriter shards(out.path(), o.max_shard_bytes);
+  QuantizeReport rep;
+  std::vector<std::string> packed_prefixes;
+  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size;
+  const std::pair<const char*, std::pair<int64_t, int64_t>> projs[] = {
+      {"self_attn.q_proj", {cfg.q_dim(), C}}, {"self_attn.k_proj", {cfg.kv_dim(), C}},
+      {"self_attn.v_proj", {cfg.kv_dim(), C}}, {"self_attn.o_proj", {C, cfg.q_dim()}},
+      {"mlp.gate_proj", {I, C}},               {"mlp.up_proj", {I, C}},
+      {"mlp.down_proj", {C, I}}};
+  Progress bar("dequantize", cfg.num_layers * 7, "layers", o.quiet);
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    for (const auto& [proj, shape] : projs) {
+      const std::string prefix = "model.layers." + std::to_string(l) + "." + proj;
+      LinearWeight w = load_linear(ckpt, quant, prefix, shape.first, shape.second);
+      if (w.is_dense()) continue;
+      const std::vector<float> W = w.dequantize();
+      std::vector<uint8_t> bytes(W.size() * dtype_size(o.dtype));
+      from_f32(o.dtype, W.data(), bytes.data(), W.size());
+      shards.current().add_owned(prefix + ".weight", o.dtype, {w.N, w.K}, std::move(bytes));
+      shards.note_added(prefix + ".weight");
+      packed_prefixes.push_back(prefix + ".");
+      ++rep.linears;
+      rep.params_quantized += w.N * w.K;
+      bar.update(rep.linears);
+      shards.maybe_flush();
+    }
+  }
+  for (const auto& name : ckpt.names()) {
+    bool packed_part = false;
+    for (const auto& p : packed_prefixes) {
+      if (name.compare(0, p.size(), p) == 0 && name.substr(p.size()) != "bias") packed_part = true;
+    }
+    if (packed_part) continue;
+    const TensorView& t = ckpt.get(name);
+    shards.current().add(name, t.dtype, t.shape, t.data);
+    shards.note_added(name);
+    shards.maybe_flush();
+  }
+  shards.finish();
+  bar.finish();
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  config.erase("quantization_config");
+  config["torch_dtype"] = torch_dtype_name(o.dtype);
+  write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
+  copy_side_files(o.model_dir, out.path());
+  out.commit();
   rep.shards = shards.shards();
   rep.bytes_written = shards.total_bytes();
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

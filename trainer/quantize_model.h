@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
 #include "quant/int_checkpoint.h"
 
 namespace qwenq {
@@ -41,5 +42,17 @@ struct QuantizeReport {
 };
 
 QuantizeReport quantize_model(const QuantizeOptions& opt);
+
+// The inverse for inspection and for tools that want dense weights: a GPTQ/AWQ/bitsandbytes-4bit directory
+// (ours or the Python tools') -> a dense directory whose Linear weights are the dequantized values in `dtype`
+// (BF16, F16 or F32); every other tensor passes through. Same atomic, sharded output as quantize_model.
+struct DequantizeOptions {
+  std::string model_dir, out_dir;
+  DType dtype = DType::BF16;
+  bool overwrite = false;
+  uint64_t max_shard_bytes = uint64_t{4} << 30;
+  bool quiet = false;
+};
+QuantizeReport dequantize_model(const DequantizeOptions& opt);
 
 }  // namespace qwenq

@@ -29,8 +29,9 @@ bool skipped(const QuantConfig& q, const std::string& prefix) {
   return false;
 }
 
-// A Linear `prefix` of shape [N, K]: packed when the checkpoint holds it packed, else dense.
-LinearWeight fetch_linear(const Checkpoint& ckpt, const QuantConfig& q, const std::string& prefix, int64_t N, int64_t K) {
+}  // namespace
+
+LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std::string& prefix, int64_t N, int64_t K) {
   LinearWeight w;
   w.N = N;
   w.K = K;
@@ -50,8 +51,6 @@ LinearWeight fetch_linear(const Checkpoint& ckpt, const QuantConfig& q, const st
   }
   return w;
 }
-
-}  // namespace
 
 std::vector<float> LinearWeight::dequantize() const {
   if (packed) return dequantize_int_linear(*packed);
@@ -76,10 +75,10 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
     const std::string p = "model.layers." + std::to_string(l) + ".";
     QwenLayerWeights& L = w.layers[l];
     L.input_norm = fetch(ckpt, p + "input_layernorm.weight", {C});
-    L.q = fetch_linear(ckpt, quant, p + "self_attn.q_proj", c.q_dim(), C);
-    L.k = fetch_linear(ckpt, quant, p + "self_attn.k_proj", c.kv_dim(), C);
-    L.v = fetch_linear(ckpt, quant, p + "self_attn.v_proj", c.kv_dim(), C);
-    L.o = fetch_linear(ckpt, quant, p + "self_attn.o_proj", C, c.q_dim());
+    L.q = load_linear(ckpt, quant, p + "self_attn.q_proj", c.q_dim(), C);
+    L.k = load_linear(ckpt, quant, p + "self_attn.k_proj", c.kv_dim(), C);
+    L.v = load_linear(ckpt, quant, p + "self_attn.v_proj", c.kv_dim(), C);
+    L.o = load_linear(ckpt, quant, p + "self_attn.o_proj", C, c.q_dim());
     if (c.qkv_bias) {
       L.q_bias = fetch(ckpt, p + "self_attn.q_proj.bias", {c.q_dim()});
       L.k_bias = fetch(ckpt, p + "self_attn.k_proj.bias", {c.kv_dim()});
@@ -90,9 +89,9 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
       L.k_norm = fetch(ckpt, p + "self_attn.k_norm.weight", {c.head_dim});
     }
     L.post_norm = fetch(ckpt, p + "post_attention_layernorm.weight", {C});
-    L.gate = fetch_linear(ckpt, quant, p + "mlp.gate_proj", I, C);
-    L.up = fetch_linear(ckpt, quant, p + "mlp.up_proj", I, C);
-    L.down = fetch_linear(ckpt, quant, p + "mlp.down_proj", C, I);
+    L.gate = load_linear(ckpt, quant, p + "mlp.gate_proj", I, C);
+    L.up = load_linear(ckpt, quant, p + "mlp.up_proj", I, C);
+    L.down = load_linear(ckpt, quant, p + "mlp.down_proj", C, I);
   }
   return w;
 }

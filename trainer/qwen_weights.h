@@ -42,6 +42,11 @@ struct QwenWeights {
   TensorView lm_head;     // [V, C] (= embed when tied)
 };
 
+// The Linear `prefix` ("model.layers.0.mlp.up_proj") of shape [N, K]: packed when the checkpoint holds it packed
+// (per `quant`), else a dense view.
+LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& quant, const std::string& prefix, int64_t N,
+                         int64_t K);
+
 // Binds views for every tensor the config calls for; Linear layers of a quantized checkpoint (per `quant`) are
 // read in their packed form. `ckpt` must outlive the result.
 QwenWeights bind_qwen_weights(const QwenConfig& cfg, const QuantConfig& quant, const Checkpoint& ckpt);
