@@ -36,6 +36,17 @@ CholeskyStatus cholesky_unblocked(Eigen::Ref<Eigen::MatrixXf> D) {
 
 }  // namespace
 
+void mirror_triangle(Eigen::Ref<Eigen::MatrixXf> A, bool from_lower) {
+  const int64_t n = A.rows(), T = 64;
+  for (int64_t j0 = 0; j0 < n; j0 += T)
+    for (int64_t i0 = 0; i0 <= j0; i0 += T)
+      for (int64_t j = j0; j < std::min(n, j0 + T); ++j)
+        for (int64_t i = i0; i < std::min(j, i0 + T); ++i) {
+          if (from_lower) A(i, j) = A(j, i);
+          else A(j, i) = A(i, j);
+        }
+}
+
 void parallel_tiles(int64_t tiles, const std::function<void(int64_t)>& fn) {
   const int64_t T = std::min<int64_t>(num_threads(), tiles);
   if (T <= 1) {

@@ -19,6 +19,9 @@
 
 namespace qwenq {
 
+// Copies one triangle of the square A onto the other (from_lower: lower -> upper), in cache-sized tiles.
+void mirror_triangle(Eigen::Ref<Eigen::MatrixXf> A, bool from_lower);
+
 // Calls fn(t) for t in [0, tiles), tile t on thread t mod T (cyclic: balances tiles of decreasing cost).
 void parallel_tiles(int64_t tiles, const std::function<void(int64_t)>& fn);
 

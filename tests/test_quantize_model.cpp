@@ -3,6 +3,7 @@
 // computed independently from quant/ primitives. Plus sharding, refusals and no half-written outputs.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <regex>
 
 #include "core/files.h"
@@ -48,8 +49,8 @@ std::string fake_quant_copy(const std::string& src, const std::string& dst, Fake
   }
   EXPECT_EQ(std::system(("mkdir -p '" + dst + "'").c_str()), 0);
   w.write(dst + "/model.safetensors");
-  for (const char* f : {"config.json", "vocab.json", "merges.txt", "tokenizer_config.json"}) {
-    write_file_atomic(dst + "/" + f, read_file(src + "/" + f));
+  for (const char* f : {"config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json"}) {
+    if (file_exists(src + "/" + f)) write_file_atomic(dst + "/" + f, read_file(src + "/" + f));
   }
   return dst;
 }
@@ -212,6 +213,24 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   std::string err = error_of([&] { quantize_model(g); });
   EXPECT_NE(err.find("has shape [64, 172]: GPTQ packs 8 4-bit codes per int32"), std::string::npos) << err;
   EXPECT_FALSE(dir_exists(g.out_dir));
+  // With --pad-intermediate the MLP grows to 176 zero-padded channels and the function is unchanged: per-channel
+  // grids include 0 already (GPTQ rule), so the padded model equals the unpadded fake-quant model.
+  QuantizeOptions pad = g;
+  pad.out_dir = root + "/gptq_padded";
+  pad.group_size = -1;
+  pad.pad_intermediate = true;
+  quantize_model(pad);
+  EXPECT_EQ(QwenModel(pad.out_dir).config().intermediate_size, 176);
+  std::string fake = fake_quant_copy(io.out_dir, root + "/fake_pc", [&](const float* W, int64_t N, int64_t K) {
+    GroupGrid gr = find_grid(W, N, K, 4, -1, true, GridRule::Gptq);
+    return dequantize_codes(quantize_rtn(W, gr).data(), gr);
+  });
+  std::vector<float> a = logits_of(pad.out_dir), b = logits_of(fake);
+  ASSERT_EQ(a.size(), b.size());
+  float max_err = 0;
+  for (size_t i = 0; i < a.size(); ++i) max_err = std::max(max_err, std::fabs(a[i] - b[i]));
+  EXPECT_LE(max_err, 1e-4f) << "padding changed the function";  // only fp32 summation order differs
+
   // NF4 blocks run over the flattened weight, so 172 is fine. 4-bit costs perplexity, but not much.
   QuantizeOptions n = g;
   n.method = QuantizeOptions::Method::Nf4;

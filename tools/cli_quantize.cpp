@@ -57,6 +57,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--format", rtn->format, "gptq (v1, what transformers/vLLM/ExLlamaV2 read), gptq_v2 or awq")
       ->check(CLI::IsMember({"gptq", "gptq_v2", "awq"}))
       ->capture_default_str();
+  cmd->add_flag("--pad-intermediate", rtn->opt.pad_intermediate,
+                "zero-pad the MLP intermediate size when the layout cannot hold it (exact: same outputs)");
   cmd->callback([rtn]() { run(*rtn, QuantizeOptions::Method::Rtn); });
 
   auto dq = std::make_shared<DequantizeOptions>();

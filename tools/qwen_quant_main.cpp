@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_init_random(app);
   qwenq::cli::register_tokenize(app);
   qwenq::cli::register_quantize(app);
+  qwenq::cli::register_compare(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

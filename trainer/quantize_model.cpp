@@ -81,7 +81,7 @@ void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_
     QWENQ_CHECK(K % per == 0 && N % per == 0,
                 name << " has shape [" << N << ", " << K << "]: GPTQ packs " << per << " " << o.bits
                      << "-bit codes per int32 along K and along N, so both must be multiples of " << per
-                     << " (pad the model's intermediate size, or use nf4)");
+                     << " (pass --pad-intermediate, or use nf4)");
   } else {
     QWENQ_CHECK(N % 8 == 0, name << " has shape [" << N << ", " << K
                                  << "]: AWQ GEMM packs 8 output channels per int32, so N must be a multiple of 8");
@@ -95,6 +95,24 @@ void copy_side_files(const std::string& from, const std::string& to) {
     const std::string src = path_join(from, f);
     if (file_exists(src)) write_file_atomic(path_join(to, f), read_file(src));
   }
+}
+
+int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
+
+// The intermediate size to write: I itself, or with pad_intermediate the next multiple of what the RTN
+// layout needs (32/bits codes per word along K and N; AWQ: 8 along N; whole groups along down_proj's K).
+int64_t padded_intermediate(const QuantizeOptions& o, int64_t I) {
+  if (!o.pad_intermediate || o.method != QuantizeOptions::Method::Rtn) return I;
+  int64_t m = o.layout == IntLayout::AwqGemm ? 8 : 32 / o.bits;
+  if (o.group_size > 0) m = m / gcd64(m, o.group_size) * o.group_size;
+  return (I + m - 1) / m * m;
+}
+
+// W [N, K] -> [N2, K2] with zeros appended.
+std::vector<float> pad_matrix(const std::vector<float>& W, int64_t N, int64_t K, int64_t N2, int64_t K2) {
+  std::vector<float> out(N2 * K2, 0.f);
+  for (int64_t n = 0; n < N; ++n) std::copy(W.begin() + n * K, W.begin() + (n + 1) * K, out.begin() + n * K2);
+  return out;
 }
 
 }  // namespace
@@ -117,13 +135,21 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   }
   Checkpoint ckpt(o.model_dir);
   const std::vector<std::string> names = ckpt.names();
+  const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
+  // The shape a Linear is written with: MLP shapes padded along the intermediate dimension when asked.
+  auto out_shape = [&](const std::string& name, int64_t N, int64_t K) {
+    const bool mlp_in = name.find("mlp.gate_proj") != std::string::npos || name.find("mlp.up_proj") != std::string::npos;
+    const bool mlp_out = name.find("mlp.down_proj") != std::string::npos;
+    return std::make_pair(mlp_in && N == I ? I2 : N, mlp_out && K == I ? I2 : K);
+  };
   // Refuse awkward shapes before writing anything.
   int64_t n_linear = 0;
   DType weight_dtype = DType::BF16;
   for (const auto& name : names) {
     if (!std::regex_match(name, kLinearRe)) continue;
     const TensorView& t = ckpt.get(name);
-    check_layout_fits(o, ckpt.file_of(name) + ": " + name, t.shape[0], t.shape[1]);
+    const auto [N2, K2] = out_shape(name, t.shape[0], t.shape[1]);
+    check_layout_fits(o, ckpt.file_of(name) + ": " + name, N2, K2);
     weight_dtype = t.dtype;
     ++n_linear;
   }
@@ -142,9 +168,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
-    const int64_t N = t.shape[0], K = t.shape[1];
-    std::vector<float> W(N * K);
+    std::vector<float> W(t.numel());
     to_f32(t.dtype, t.data, W.data(), W.size());
+    const auto [N, K] = out_shape(name, t.shape[0], t.shape[1]);
+    if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
       GroupGrid grid = find_grid(W.data(), N, K, o.bits, o.group_size, o.sym, rule);
@@ -169,6 +196,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   bar.finish();
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  if (I2 != I) {
+    config["intermediate_size"] = I2;
+    if (!o.quiet) std::fprintf(stderr, "padded intermediate_size %lld -> %lld with zero channels\n", (long long)I, (long long)I2);
+  }
   if (o.method == QuantizeOptions::Method::Rtn) {
     config["quantization_config"] = o.layout == IntLayout::AwqGemm
                                         ? awq_quantization_config(o.bits, o.group_size)

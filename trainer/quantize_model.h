@@ -25,6 +25,10 @@ struct QuantizeOptions {
   int64_t group_size = 128;  // -1: one group per output channel
   bool sym = true;
   IntLayout layout = IntLayout::GptqV1;
+  // Zero-pad the MLP's intermediate size (gate/up rows, down columns; config.json updated) up to a multiple the
+  // layout and group size accept, when it does not already fit (stories260K's 172). The padded model computes
+  // exactly the same function: the extra channels are silu(0)·0 = 0 and their down_proj columns are 0.
+  bool pad_intermediate = false;
   // NF4 / FP4
   bool double_quant = true;
   int64_t blocksize = 64;

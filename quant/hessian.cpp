@@ -1,0 +1,45 @@
+// x [rows, K] row-major is, read column-major, Xᵀ [K, rows]: the update is rank_update_lower(H, Xᵀ) with no copy.
+#include "quant/hessian.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "quant/chol.h"
+
+namespace qwenq {
+
+HessianAccumulator::HessianAccumulator(int64_t K) : K_(K) {
+  QWENQ_CHECK(K > 0, "Hessian size must be positive, got K = " << K);
+  lower_ = Eigen::MatrixXf::Zero(K, K);
+}
+
+void HessianAccumulator::add_batch(const float* x, int64_t rows) {
+  QWENQ_CHECK(rows >= 0, "row count must be non-negative, got " << rows);
+  if (rows == 0) return;
+  QWENQ_CHECK(lower_.rows() == K_, "Hessian accumulator was released; construct a new one");
+  for (int64_t i = 0; i < rows * K_; ++i)
+    QWENQ_CHECK(std::isfinite(x[i]), "activation row " << i / K_ << ", input " << i % K_ << " (of K = " << K_
+                                                        << ") is " << x[i] << "; the Hessian needs finite inputs");
+  const int64_t n_new = count_ + rows;
+  const float beta = static_cast<float>(static_cast<double>(count_) / n_new);
+  const float alpha = static_cast<float>(2.0 / n_new);
+  Eigen::Map<const Eigen::MatrixXf> xt(x, K_, rows);
+  rank_update_lower(lower_, xt, alpha, beta);
+  count_ = n_new;
+}
+
+Eigen::MatrixXf HessianAccumulator::matrix() const {
+  Eigen::MatrixXf H = lower_;
+  mirror_triangle(H, /*from_lower=*/true);
+  return H;
+}
+
+Eigen::MatrixXf HessianAccumulator::release() {
+  Eigen::MatrixXf H = std::move(lower_);
+  mirror_triangle(H, /*from_lower=*/true);
+  lower_ = Eigen::MatrixXf();
+  count_ = 0;
+  return H;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,251 @@
+// qwen-quant compare: quantize one model with several methods, evaluate all of them and the original on the
+// same texts, and write the accuracy-loss table (Markdown, CSV, JSON) and an SVG chart.
+//
+// Every quantization and evaluation runs as a child process of this same binary (posix_spawn of
+// /proc/self/exe), so each method's time and peak memory are its own (wait4's ru_maxrss) and a method that
+// fails (e.g. a shape its file format cannot hold) becomes a line in the log instead of ending the run.
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "tools/cli.h"
+#include "tools/cli_common.h"
+#include "trainer/compare_report.h"
+#include "trainer/model_dir.h"
+
+extern char** environ;
+
+namespace qwenq::cli {
+
+namespace {
+
+struct CompareArgs {
+  std::string model, methods = "rtn,rtn-g64,nf4,fp4", out;
+  std::vector<std::string> data;
+  int64_t seq_len = 2048, max_windows = 0, batch = 1;
+  bool keep_models = false;
+  CommonOptions common;
+};
+
+struct ChildResult {
+  int status = -1;
+  double seconds = 0;
+  uint64_t peak_rss = 0;
+};
+
+// Runs /proc/self/exe with `args`, stdout+stderr appended to `log`.
+ChildResult run_self(const std::vector<std::string>& args, const std::string& log) {
+  std::vector<char*> argv;
+  std::string self = "/proc/self/exe";
+  argv.push_back(self.data());
+  std::vector<std::string> copy = args;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  const auto t0 = std::chrono::steady_clock::now();
+  pid_t pid;
+  const int rc = posix_spawn(&pid, self.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  QWENQ_CHECK(rc == 0, "compare: cannot start a child qwen-quant: " << std::strerror(rc));
+  ChildResult r;
+  struct rusage ru;
+  QWENQ_CHECK(wait4(pid, &r.status, 0, &ru) == pid, "compare: wait4 failed: " << std::strerror(errno));
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.peak_rss = static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+  return r;
+}
+
+bool ok(const ChildResult& r) { return WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0; }
+
+uint64_t dir_size(const std::string& dir) {
+  uint64_t total = 0;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    struct stat st;
+    if (stat(path_join(dir, e->d_name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
+  }
+  closedir(d);
+  return total;
+}
+
+std::string last_error_line(const std::string& log) {
+  std::string text = file_exists(log) ? read_file(log) : "";
+  std::string last;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("error") != std::string::npos) last = line;
+  }
+  return last.empty() ? "see " + log : last;
+}
+
+// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4") -> subcommand arguments.
+std::vector<std::string> method_args(const std::string& spec, CompareRow* row) {
+  std::vector<std::string> parts;
+  std::stringstream ss(spec);
+  for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
+  row->method = spec;
+  const std::string& base = parts[0];
+  if (base == "rtn") {
+    int bits = 4;
+    int64_t group = 128;
+    bool asym = false;
+    std::string fmt = "gptq";
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const std::string& p = parts[i];
+      if (p == "asym") asym = true;
+      else if (p == "awq") fmt = "awq", asym = true;
+      else if (p == "v2") fmt = "gptq_v2";
+      else if (p == "pc") group = -1;
+      else if (p.size() > 1 && p[0] == 'g') group = std::stoll(p.substr(1));
+      else if (p.size() > 1 && p[0] == 'b') bits = std::stoi(p.substr(1));
+      else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec << "' (rtn options: g<N>, pc, b<N>, asym, v2, awq)");
+    }
+    if (asym && fmt == "gptq") fmt = "gptq_v2";  // v1 cannot store a zero point of 0
+    row->format = fmt == "awq" ? "awq-gemm" : fmt;
+    row->bits = bits;
+    row->group_size = group;
+    return {"rtn", "--bits", std::to_string(bits), "--group-size", std::to_string(group), "--format", fmt,
+            "--pad-intermediate"};
+  }
+  if (base == "nf4" || base == "fp4") {
+    bool dq = true;
+    for (size_t i = 1; i < parts.size(); ++i) {
+      QWENQ_CHECK(parts[i] == "nodq", "compare: unknown option '" << parts[i] << "' in method '" << spec << "' (nf4/fp4 options: nodq)");
+      dq = false;
+    }
+    row->format = "bnb-" + base + (dq ? "+dq" : "");
+    row->bits = 4;
+    row->group_size = 64;
+    std::vector<std::string> a = {base};
+    if (!dq) a.push_back("--no-double-quant");
+    return a;
+  }
+  QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], nf4[-nodq], "
+                                         "fp4[-nodq]; gptq and awq are being built)");
+}
+
+std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
+                                 const std::string& logs) {
+  std::vector<double> ppl;
+  for (size_t d = 0; d < a.data.size(); ++d) {
+    const std::string json = path_join(logs, tag + ".eval" + std::to_string(d) + ".json");
+    std::vector<std::string> args = {"eval", "--model", model, "--data", a.data[d], "--seq-len",
+                                     std::to_string(a.seq_len), "--max-windows", std::to_string(a.max_windows),
+                                     "--batch", std::to_string(a.batch), "--json-out", json, "--quiet",
+                                     "--threads", std::to_string(a.common.threads), "--device", a.common.device};
+    ChildResult r = run_self(args, path_join(logs, tag + ".log"));
+    if (!ok(r)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
+    ppl.push_back(nlohmann::json::parse(read_file(json))["perplexity"].get<double>());
+    std::fprintf(stderr, "  %-16s %-28s perplexity %.4f (%.1fs)\n", tag.c_str(), a.data[d].c_str(), ppl.back(), r.seconds);
+  }
+  return ppl;
+}
+
+std::string base_name(const std::string& p) {
+  const size_t s = p.find_last_of('/');
+  std::string b = s == std::string::npos ? p : p.substr(s + 1);
+  const size_t dot = b.find('.');
+  return dot == std::string::npos ? b : b.substr(0, dot);
+}
+
+void run_compare(const CompareArgs& a) {
+  apply_common_options(a.common);
+  const std::string model = resolve_model_dir(a.model);
+  QWENQ_CHECK(std::system(("mkdir -p '" + a.out + "/models' '" + a.out + "/logs'").c_str()) == 0,
+              "compare: cannot create " << a.out);
+  const std::string logs = path_join(a.out, "logs");
+  CompareTable t;
+  t.model = model;
+  t.seq_len = a.seq_len;
+  t.max_windows = a.max_windows;
+  for (const auto& d : a.data) t.datasets.push_back(base_name(d));
+
+  std::vector<std::string> specs;
+  std::stringstream ss(a.methods);
+  for (std::string m; std::getline(ss, m, ',');) {
+    if (!m.empty()) specs.push_back(m);
+  }
+  std::vector<CompareRow> planned;
+  std::vector<std::vector<std::string>> planned_args;
+  for (const auto& m : specs) {  // validate every spec before any work
+    CompareRow row;
+    planned_args.push_back(method_args(m, &row));
+    planned.push_back(row);
+  }
+
+  std::fprintf(stderr, "compare: %s on %zu text(s), %zu method(s); outputs in %s\n", model.c_str(), a.data.size(),
+               specs.size(), a.out.c_str());
+  CompareRow orig;
+  orig.method = "original";
+  orig.format = "safetensors";
+  orig.size_bytes = dir_size(model);
+  orig.perplexity = evaluate_all(a, model, "original", logs);
+  t.rows.push_back(orig);
+
+  std::vector<std::string> failed;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    CompareRow row = planned[i];
+    const std::string qdir = path_join(path_join(a.out, "models"), specs[i]);
+    std::vector<std::string> args = planned_args[i];
+    for (const char* x : {"--model", "--out"}) args.push_back(x), args.push_back(x[2] == 'm' ? model : qdir);
+    args.insert(args.end(), {"--overwrite", "--quiet", "--threads", std::to_string(a.common.threads)});
+    std::fprintf(stderr, "[%zu/%zu] %s: quantizing...\n", i + 1, specs.size(), specs[i].c_str());
+    ChildResult q = run_self(args, path_join(logs, specs[i] + ".log"));
+    if (!ok(q)) {
+      failed.push_back(specs[i] + ": " + last_error_line(path_join(logs, specs[i] + ".log")));
+      std::fprintf(stderr, "  %s failed: %s\n", specs[i].c_str(), failed.back().c_str());
+      continue;
+    }
+    row.quant_seconds = q.seconds;
+    row.quant_peak_rss = q.peak_rss;
+    row.size_bytes = dir_size(qdir);
+    row.perplexity = evaluate_all(a, qdir, specs[i], logs);
+    t.rows.push_back(row);
+    if (!a.keep_models) std::system(("rm -rf '" + qdir + "'").c_str());
+  }
+  write_file_atomic(path_join(a.out, "compare.md"), compare_markdown(t));
+  write_file_atomic(path_join(a.out, "compare.csv"), compare_csv(t));
+  write_file_atomic(path_join(a.out, "compare.json"), compare_json(t));
+  write_file_atomic(path_join(a.out, "compare.svg"), compare_svg(t));
+  std::printf("%s", compare_markdown(t).c_str());
+  for (const auto& f : failed) std::printf("\nnot in the table: %s\n", f.c_str());
+  std::printf("\nwrote %s/compare.{md,csv,json,svg}\n", a.out.c_str());
+}
+
+}  // namespace
+
+void register_compare(CLI::App& app) {
+  auto a = std::make_shared<CompareArgs>();
+  CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
+  cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
+  cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], nf4[-nodq], fp4[-nodq]")
+      ->capture_default_str();
+  cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
+  cmd->add_option("--seq-len", a->seq_len, "perplexity window")->capture_default_str();
+  cmd->add_option("--max-windows", a->max_windows, "windows per text (0: all)")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "windows per forward")->capture_default_str();
+  cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
+  add_common_options(cmd, &a->common);
+  cmd->callback([a]() { run_compare(*a); });
+}
+
+}  // namespace qwenq::cli

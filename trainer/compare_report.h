@@ -1,0 +1,36 @@
+// The accuracy-loss comparison table of `qwen-quant compare`: one row per method (the unquantized model
+// first), rendered as Markdown, CSV, JSON and an SVG bar chart of the perplexity increase per method.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace qwenq {
+
+struct CompareRow {
+  std::string method;       // "bf16 (original)", "rtn", "nf4", ...
+  std::string format;       // file layout: "safetensors bf16", "gptq", "awq-gemm", "bnb-nf4", ...
+  int bits = 16;
+  int64_t group_size = 0;   // 0: not applicable, -1: per channel, else G (NF4: block size)
+  uint64_t size_bytes = 0;  // on disk, all files of the directory
+  std::vector<double> perplexity;  // one per evaluation text
+  double quant_seconds = 0;
+  uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
+};
+
+struct CompareTable {
+  std::string model;
+  std::vector<std::string> datasets;  // names of the evaluation texts
+  int64_t seq_len = 0;
+  int64_t max_windows = 0;
+  std::vector<CompareRow> rows;  // rows[0] is the unquantized reference
+};
+
+std::string compare_markdown(const CompareTable& t);
+std::string compare_csv(const CompareTable& t);
+std::string compare_json(const CompareTable& t);
+// Horizontal bars: perplexity increase (%) over the original for each method and dataset.
+std::string compare_svg(const CompareTable& t);
+
+}  // namespace qwenq
