@@ -8,6 +8,10 @@
 
 #include "core/threads.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace qwenq {
 
 namespace {
@@ -16,8 +20,33 @@ constexpr int64_t kUpdateTile = 128;
 constexpr int64_t kCholBlock = 128;
 constexpr int64_t kSolveRows = 256;
 constexpr int64_t kInverseTile = 64;
+constexpr double kMinParallelWork = 4e6;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Keeps Eigen's own GEMM threading off while tiles run on the calling thread: Eigen parallelizes a product when
+// omp_get_max_threads() > 1 outside a parallel region, and for the small products here the fork/join costs more
+// than it saves (and a different blocking would change the rounding). omp_set_num_threads changes only the
+// calling thread's setting, restored on exit.
+class SerialEigenScope {
+ public:
+  SerialEigenScope() {
+#ifdef _OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+  }
+  ~SerialEigenScope() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  SerialEigenScope(const SerialEigenScope&) = delete;
+  SerialEigenScope& operator=(const SerialEigenScope&) = delete;
+
+ private:
+  int saved_ = 1;
+};
 
 // Left-looking unblocked Cholesky of a small diagonal block: column j takes the updates of columns < j, then
 // is scaled by its pivot's square root.
@@ -47,9 +76,10 @@ void mirror_triangle(Eigen::Ref<Eigen::MatrixXf> A, bool from_lower) {
         }
 }
 
-void parallel_tiles(int64_t tiles, const std::function<void(int64_t)>& fn) {
-  const int64_t T = std::min<int64_t>(num_threads(), tiles);
+void parallel_tiles(int64_t tiles, double work, const std::function<void(int64_t)>& fn) {
+  const int64_t T = work < kMinParallelWork ? 1 : std::min<int64_t>(num_threads(), tiles);
   if (T <= 1) {
+    SerialEigenScope serial;
     for (int64_t t = 0; t < tiles; ++t) fn(t);
     return;
   }
@@ -62,7 +92,7 @@ void parallel_tiles(int64_t tiles, const std::function<void(int64_t)>& fn) {
 void rank_update_lower(Eigen::Ref<Eigen::MatrixXf> C, const Eigen::Ref<const Eigen::MatrixXf>& A, float alpha,
                        float beta) {
   const int64_t m = C.rows();
-  parallel_tiles(ceil_div(m, kUpdateTile), [&](int64_t t) {
+  parallel_tiles(ceil_div(m, kUpdateTile), 0.5 * m * m * A.cols(), [&](int64_t t) {
     const int64_t c0 = t * kUpdateTile, w = std::min(kUpdateTile, m - c0), below = m - c0 - w;
     auto diag = C.block(c0, c0, w, w);
     if (beta != 1.f) diag.triangularView<Eigen::Lower>() *= beta;
@@ -86,7 +116,7 @@ CholeskyStatus cholesky_lower(Eigen::Ref<Eigen::MatrixXf> A) {
     if (m == 0) break;
     auto L11 = A.block(j0, j0, jb, jb);
     auto A21 = A.block(j0 + jb, j0, m, jb);
-    parallel_tiles(ceil_div(m, kSolveRows), [&](int64_t t) {
+    parallel_tiles(ceil_div(m, kSolveRows), 0.5 * m * jb * jb, [&](int64_t t) {
       const int64_t r0 = t * kSolveRows;
       auto rows = A21.middleRows(r0, std::min(kSolveRows, m - r0));
       L11.transpose().triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(rows);  // rows·L11⁻ᵀ
@@ -99,7 +129,7 @@ CholeskyStatus cholesky_lower(Eigen::Ref<Eigen::MatrixXf> A) {
 Eigen::MatrixXf invert_lower(const Eigen::Ref<const Eigen::MatrixXf>& L) {
   const int64_t n = L.rows();
   Eigen::MatrixXf X = Eigen::MatrixXf::Zero(n, n);
-  parallel_tiles(ceil_div(n, kInverseTile), [&](int64_t t) {
+  parallel_tiles(ceil_div(n, kInverseTile), n * n * (n / 6.0), [&](int64_t t) {
     const int64_t c0 = t * kInverseTile, w = std::min(kInverseTile, n - c0);
     auto cols = X.block(c0, c0, n - c0, w);
     cols.topRows(w).setIdentity();

@@ -22,8 +22,9 @@ namespace qwenq {
 // Copies one triangle of the square A onto the other (from_lower: lower -> upper), in cache-sized tiles.
 void mirror_triangle(Eigen::Ref<Eigen::MatrixXf> A, bool from_lower);
 
-// Calls fn(t) for t in [0, tiles), tile t on thread t mod T (cyclic: balances tiles of decreasing cost).
-void parallel_tiles(int64_t tiles, const std::function<void(int64_t)>& fn);
+// Calls fn(t) for t in [0, tiles), tile t on thread t mod T (cyclic: balances tiles of decreasing cost). `work`
+// (about the multiply-adds of all tiles) below ~4M runs everything on the caller: a parallel region costs more.
+void parallel_tiles(int64_t tiles, double work, const std::function<void(int64_t)>& fn);
 
 // C [m, m] ← β·C + α·A·Aᵀ, lower triangle only. A [m, k].
 void rank_update_lower(Eigen::Ref<Eigen::MatrixXf> C, const Eigen::Ref<const Eigen::MatrixXf>& A, float alpha,

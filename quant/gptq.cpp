@@ -65,7 +65,7 @@ void symmetrize_checked(Eigen::MatrixXf& H) {
 // A ← A[q, q] in place: rows of each column through a buffer, then columns along the permutation's cycles.
 void permute_symmetric(Eigen::MatrixXf& A, const std::vector<int64_t>& q) {
   const int64_t K = A.rows();
-  parallel_tiles((K + 63) / 64, [&](int64_t t) {
+  parallel_tiles((K + 63) / 64, 4.0 * K * K, [&](int64_t t) {
     std::vector<float> tmp(K);
     for (int64_t j = t * 64; j < std::min(K, t * 64 + 64); ++j) {
       for (int64_t i = 0; i < K; ++i) tmp[i] = A(q[i], j);
@@ -203,8 +203,11 @@ GptqResult gptq_quantize(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H
   pl.opens_groups = !o.static_groups;
 
   pl.dead.assign(K, 0);
-  for (int64_t k = 0; k < K; ++k)
+  for (int64_t k = 0; k < K; ++k) {
+    QWENQ_CHECK(H(k, k) >= 0.f, "Hessian diagonal entry " << k << " is " << H(k, k)
+                                                         << " < 0: not a sum of squared activations");
     if (H(k, k) == 0.f) pl.dead[k] = 1, H(k, k) = 1.f;
+  }
 
   pl.order.resize(K);
   std::iota(pl.order.begin(), pl.order.end(), int64_t{0});
@@ -241,11 +244,13 @@ GptqResult gptq_quantize(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H
   r.codes.assign(K * N, 0);
   std::vector<double> row_loss(N, 0.0);
   const int64_t chunks = (N + kRowChunk - 1) / kRowChunk;
-  parallel_tiles(chunks, [&](int64_t c) {
+  parallel_tiles(chunks, 0.5 * N * K * K, [&](int64_t c) {
     const int64_t n0 = c * kRowChunk;
     quantize_rows(W, n0, std::min(kRowChunk, N - n0), pl, r.grid, r.codes.data(), row_loss.data() + n0);
   });
   r.loss = 0.5 * std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
+  QWENQ_CHECK(std::isfinite(r.loss), "GPTQ loss is " << r.loss << " (damp " << r.damp_used
+                                                     << "): the Hessian is too ill-conditioned for fp32");
   for (size_t i = 0; i < r.grid.scale.size(); ++i)
     QWENQ_CHECK(std::isfinite(r.grid.scale[i]) && r.grid.scale[i] > 0,
                 "GPTQ produced scale " << r.grid.scale[i] << " for group " << i / N << ", column " << i % N

@@ -122,8 +122,10 @@ std::vector<std::string> method_args(const std::string& spec, CompareRow* row) {
     row->format = fmt == "awq" ? "awq-gemm" : fmt;
     row->bits = bits;
     row->group_size = group;
-    return {"rtn", "--bits", std::to_string(bits), "--group-size", std::to_string(group), "--format", fmt,
-            "--pad-intermediate"};
+    std::vector<std::string> args = {"rtn", "--bits", std::to_string(bits), "--group-size", std::to_string(group),
+                                     "--format", fmt, "--pad-intermediate"};
+    if (asym) args.push_back("--asym");
+    return args;
   }
   if (base == "nf4" || base == "fp4") {
     bool dq = true;
@@ -195,7 +197,9 @@ void run_compare(const CompareArgs& a) {
                specs.size(), a.out.c_str());
   CompareRow orig;
   orig.method = "original";
-  orig.format = "safetensors";
+  const std::string dtype = nlohmann::json::parse(read_file(path_join(model, "config.json"))).value("torch_dtype", "bfloat16");
+  orig.format = "safetensors " + dtype;
+  orig.bits = dtype == "float32" ? 32 : 16;
   orig.size_bytes = dir_size(model);
   orig.perplexity = evaluate_all(a, model, "original", logs);
   t.rows.push_back(orig);

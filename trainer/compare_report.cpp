@@ -51,7 +51,7 @@ std::string compare_markdown(const CompareTable& t) {
     for (size_t d = 0; d < t.datasets.size(); ++d) {
       s += fmt("%.4f", r.perplexity[d]) + " | " + (base ? std::string("-") : fmt("%+.2f%%", delta_pct(t, r, d))) + " | ";
     }
-    s += (base ? std::string("-") : fmt("%.1f s", r.quant_seconds)) + " | " +
+    s += (base ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
          (base ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
   }
   return s;
