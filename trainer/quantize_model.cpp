@@ -97,6 +97,20 @@ void copy_side_files(const std::string& from, const std::string& to) {
   }
 }
 
+// Writes config.json and the tokenizer files, renames the staged directory into place, completes the report.
+QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
+                             const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
+                             QuantizeReport rep) {
+  write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
+  copy_side_files(model_dir, out.path());
+  out.commit();
+  rep.shards = shards.shards();
+  rep.bytes_written = shards.total_bytes();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.peak_rss = peak_rss_bytes();
+  return rep;
+}
+
 int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
 
 // The intermediate size to write: I itself, or with pad_intermediate the next multiple of what the RTN
@@ -209,15 +223,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     config["quantization_config"] = nf4_quantization_config_json(o.double_quant, torch_dtype_name(weight_dtype),
                                                                  o.method == QuantizeOptions::Method::Fp4);
   }
-  write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
-  copy_side_files(o.model_dir, out.path());
-  out.commit();
-
-  rep.shards = shards.shards();
-  rep.bytes_written = shards.total_bytes();
-  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  rep.peak_rss = peak_rss_bytes();
-  return rep;
+  return finish_output(config, o.model_dir, shards, out, t0, rep);
 }
 
 QuantizeReport dequantize_model(const DequantizeOptions& o) {
@@ -273,14 +279,7 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(o.dtype);
-  write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
-  copy_side_files(o.model_dir, out.path());
-  out.commit();
-  rep.shards = shards.shards();
-  rep.bytes_written = shards.total_bytes();
-  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  rep.peak_rss = peak_rss_bytes();
-  return rep;
+  return finish_output(config, o.model_dir, shards, out, t0, rep);
 }
 
 }  // namespace qwenq
