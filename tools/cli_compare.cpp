@@ -34,7 +34,8 @@ namespace qwenq::cli {
 namespace {
 
 struct CompareArgs {
-  std::string model, methods = "rtn,rtn-g64,nf4,fp4", out;
+  std::string model, methods = "rtn,rtn-g64,nf4,fp4", out, calib;
+  int64_t calib_samples = 128, calib_seq_len = 512;
   std::vector<std::string> data;
   int64_t seq_len = 2048, max_windows = 0, batch = 1;
   bool keep_models = false;
@@ -97,34 +98,43 @@ std::string last_error_line(const std::string& log) {
 }
 
 // A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4") -> subcommand arguments.
-std::vector<std::string> method_args(const std::string& spec, CompareRow* row) {
+std::vector<std::string> method_args(const std::string& spec, const CompareArgs& a, CompareRow* row) {
   std::vector<std::string> parts;
   std::stringstream ss(spec);
   for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
   row->method = spec;
   const std::string& base = parts[0];
-  if (base == "rtn") {
+  if (base == "rtn" || base == "gptq") {
     int bits = 4;
     int64_t group = 128;
-    bool asym = false;
+    bool asym = false, act = false;
     std::string fmt = "gptq";
     for (size_t i = 1; i < parts.size(); ++i) {
       const std::string& p = parts[i];
       if (p == "asym") asym = true;
-      else if (p == "awq") fmt = "awq", asym = true;
+      else if (p == "awq" && base == "rtn") fmt = "awq", asym = true;
+      else if (p == "act" && base == "gptq") act = true;
       else if (p == "v2") fmt = "gptq_v2";
       else if (p == "pc") group = -1;
       else if (p.size() > 1 && p[0] == 'g') group = std::stoll(p.substr(1));
       else if (p.size() > 1 && p[0] == 'b') bits = std::stoi(p.substr(1));
-      else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec << "' (rtn options: g<N>, pc, b<N>, asym, v2, awq)");
+      else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec
+                                                  << "' (rtn options: g<N>, pc, b<N>, asym, v2, awq; gptq: g<N>, pc, b<N>, asym, v2, act)");
     }
     if (asym && fmt == "gptq") fmt = "gptq_v2";  // v1 cannot store a zero point of 0
     row->format = fmt == "awq" ? "awq-gemm" : fmt;
     row->bits = bits;
     row->group_size = group;
-    std::vector<std::string> args = {"rtn", "--bits", std::to_string(bits), "--group-size", std::to_string(group),
+    std::vector<std::string> args = {base, "--bits", std::to_string(bits), "--group-size", std::to_string(group),
                                      "--format", fmt, "--pad-intermediate"};
     if (asym) args.push_back("--asym");
+    if (base == "gptq") {
+      QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
+      args.insert(args.end(), {"--calib", a.calib, "--calib-samples", std::to_string(a.calib_samples),
+                               "--calib-seq-len", std::to_string(a.calib_seq_len)});
+      if (act) args.push_back("--desc-act");
+      row->format += act ? " act-order" : "";
+    }
     return args;
   }
   if (base == "nf4" || base == "fp4") {
@@ -140,8 +150,8 @@ std::vector<std::string> method_args(const std::string& spec, CompareRow* row) {
     if (!dq) a.push_back("--no-double-quant");
     return a;
   }
-  QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], nf4[-nodq], "
-                                         "fp4[-nodq]; gptq and awq are being built)");
+  QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
+                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], nf4[-nodq], fp4[-nodq]; awq is being built)");
 }
 
 std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
@@ -189,7 +199,7 @@ void run_compare(const CompareArgs& a) {
   std::vector<std::vector<std::string>> planned_args;
   for (const auto& m : specs) {  // validate every spec before any work
     CompareRow row;
-    planned_args.push_back(method_args(m, &row));
+    planned_args.push_back(method_args(m, a, &row));
     planned.push_back(row);
   }
 
@@ -241,12 +251,15 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], nf4[-nodq], fp4[-nodq]")
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], nf4[-nodq], fp4[-nodq]")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   cmd->add_option("--seq-len", a->seq_len, "perplexity window")->capture_default_str();
   cmd->add_option("--max-windows", a->max_windows, "windows per text (0: all)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "windows per forward")->capture_default_str();
+  cmd->add_option("--calib", a->calib, "calibration text or JSONL for gptq methods (e.g. C4)");
+  cmd->add_option("--calib-samples", a->calib_samples, "calibration windows for gptq methods")->capture_default_str();
+  cmd->add_option("--calib-seq-len", a->calib_seq_len, "tokens per calibration window")->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
   add_common_options(cmd, &a->common);
   cmd->callback([a]() { run_compare(*a); });

@@ -61,6 +61,39 @@ void register_quantize(CLI::App& app) {
                 "zero-pad the MLP intermediate size when the layout cannot hold it (exact: same outputs)");
   cmd->callback([rtn]() { run(*rtn, QuantizeOptions::Method::Rtn); });
 
+  auto g = std::make_shared<QuantizeArgs>();
+  auto gopt = std::make_shared<GptqModelOptions>();
+  CLI::App* gc = app.add_subcommand("gptq", "GPTQ with calibration data, layer by layer, written as GPTQ (v1/v2) tensors");
+  add_io_options(gc, g.get());
+  gc->add_option("--calib", gopt->calib_path, "calibration text or JSONL (e.g. C4 documents)")->required()->check(CLI::ExistingFile);
+  gc->add_option("--calib-samples", gopt->calib_samples, "calibration windows")->capture_default_str();
+  gc->add_option("--calib-seq-len", gopt->calib_seq_len, "tokens per window")->capture_default_str();
+  gc->add_option("--text-field", gopt->text_field, "JSONL field holding the text")->capture_default_str();
+  gc->add_option("--seed", gopt->seed, "seed of the window sampling")->capture_default_str();
+  gc->add_option("--bits", g->opt.bits, "2, 4 or 8")->capture_default_str();
+  gc->add_option("--group-size", g->opt.group_size, "-1 = one group per output channel")->capture_default_str();
+  gc->add_flag("--asym", g->asym, "asymmetric grid (written as gptq_v2 unless --format says otherwise)");
+  gc->add_option("--format", g->format, "gptq (v1) or gptq_v2")->check(CLI::IsMember({"gptq", "gptq_v2"}))->capture_default_str();
+  gc->add_option("--damp", gopt->damp, "dampening: fraction of mean(diag H) (raised automatically if Cholesky fails)")
+      ->capture_default_str();
+  gc->add_flag("--desc-act", gopt->desc_act, "act-order: quantize columns by decreasing Hessian diagonal");
+  gc->add_flag("--static-groups", gopt->static_groups, "compute group grids up front (with --desc-act: monotone g_idx)");
+  gc->add_option("--block-size", gopt->block_size, "lazy-update block (speed only)")->capture_default_str();
+  gc->add_flag("--pad-intermediate", g->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
+  gc->callback([g, gopt]() {
+    apply_common_options(g->common);
+    if (g->asym && g->format == "gptq") g->format = "gptq_v2";
+    gopt->out = g->opt;
+    gopt->out.model_dir = resolve_model_dir(g->model);
+    gopt->out.sym = !g->asym;
+    gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
+    gopt->out.layout = g->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+    QuantizeReport r = gptq_quantize_model(*gopt);
+    std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
+                gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
+                format_bytes(r.peak_rss).c_str());
+  });
+
   auto dq = std::make_shared<DequantizeOptions>();
   auto dq_model = std::make_shared<std::string>();
   auto dq_dtype = std::make_shared<std::string>("bf16");

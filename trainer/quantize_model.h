@@ -47,6 +47,22 @@ struct QuantizeReport {
 
 QuantizeReport quantize_model(const QuantizeOptions& opt);
 
+// GPTQ over a whole model, layer by layer (Frantar et al. 2022 as AutoGPTQ runs it): calibration windows are
+// embedded once; for each decoder block, in true-sequential order (q,k,v -> o -> gate,up -> down), the block is
+// run on the current inputs to accumulate each group's Hessian with the already-quantized Linears in place, each
+// Linear is quantized with quant/gptq and replaced by its fake-quantized values, and the block's output (from
+// the quantized block) becomes the next block's input. Output tensors as quantize_model writes them.
+struct GptqModelOptions {
+  QuantizeOptions out;  // model_dir, out_dir, bits, group_size, sym, layout, pad_intermediate, shards, quiet
+  std::string calib_path, text_field = "text";
+  int64_t calib_samples = 128, calib_seq_len = 2048;
+  uint64_t seed = 0;
+  double damp = 0.01;
+  bool desc_act = false, static_groups = false;
+  int64_t block_size = 128;
+};
+QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
+
 // The inverse for inspection and for tools that want dense weights: a GPTQ/AWQ/bitsandbytes-4bit directory
 // (ours or the Python tools') -> a dense directory whose Linear weights are the dequantized values in `dtype`
 // (BF16, F16 or F32); every other tensor passes through. Same atomic, sharded output as quantize_model.

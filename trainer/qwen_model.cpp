@@ -110,34 +110,67 @@ void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
 }
 
 template <typename AttnFn>
-void QwenModel::run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const {
+void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                              const LinearInputHook& hook) const {
   const QwenConfig& c = cfg_;
   const int64_t C = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
-  Scratch s(c, T);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const QwenLayerWeights& L = w_.layers[l];
-    rmsnorm(x, T, L.input_norm, c.rms_norm_eps, s.n.data());
-    linear(s.n.data(), T, L.q, L.q_bias, s.q.data());
-    linear(s.n.data(), T, L.k, L.k_bias, s.k.data());
-    linear(s.n.data(), T, L.v, L.v_bias, s.v.data());
-    if (c.qk_norm) {
-      rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
-      rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
-    }
-    rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope_theta);
-    rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope_theta);
-    attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
-    linear(s.a.data(), T, L.o, TensorView{}, s.n.data());
-    for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
-
-    rmsnorm(x, T, L.post_norm, c.rms_norm_eps, s.n.data());
-    linear(s.n.data(), T, L.gate, TensorView{}, s.gate.data());
-    linear(s.n.data(), T, L.up, TensorView{}, s.up.data());
-    swiglu_forward_ref(s.gate.data(), s.up.data(), T * I, s.gate.data());
-    linear(s.gate.data(), T, L.down, TensorView{}, s.n.data());
-    for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+  const QwenLayerWeights& L = w_.layers[l];
+  rmsnorm(x, T, L.input_norm, c.rms_norm_eps, s.n.data());
+  if (hook) hook(BlockLinear::QKV, s.n.data(), T);
+  linear(s.n.data(), T, L.q, L.q_bias, s.q.data());
+  linear(s.n.data(), T, L.k, L.k_bias, s.k.data());
+  linear(s.n.data(), T, L.v, L.v_bias, s.v.data());
+  if (c.qk_norm) {
+    rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
+    rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
   }
-  rmsnorm(x, T, w_.final_norm, c.rms_norm_eps, x);
+  rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope_theta);
+  rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope_theta);
+  attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
+  if (hook) hook(BlockLinear::O, s.a.data(), T);
+  linear(s.a.data(), T, L.o, TensorView{}, s.n.data());
+  for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+
+  rmsnorm(x, T, L.post_norm, c.rms_norm_eps, s.n.data());
+  if (hook) hook(BlockLinear::GateUp, s.n.data(), T);
+  linear(s.n.data(), T, L.gate, TensorView{}, s.gate.data());
+  linear(s.n.data(), T, L.up, TensorView{}, s.up.data());
+  swiglu_forward_ref(s.gate.data(), s.up.data(), T * I, s.gate.data());
+  if (hook) hook(BlockLinear::Down, s.gate.data(), T);
+  linear(s.gate.data(), T, L.down, TensorView{}, s.n.data());
+  for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+}
+
+template <typename AttnFn>
+void QwenModel::run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const {
+  Scratch s(cfg_, T);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) layer_forward(l, x, T, pos, attention, s, nullptr);
+  rmsnorm(x, T, w_.final_norm, cfg_.rms_norm_eps, x);
+}
+
+void QwenModel::embed_batch(const PackedBatch& b, std::vector<float>* x) const {
+  x->assign(b.num_tokens() * cfg_.hidden_size, 0.f);
+  embed(b.tokens, x->data());
+}
+
+void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const LinearInputHook& hook) const {
+  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "block_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+  const QwenConfig& c = cfg_;
+  Scratch s(c, b.num_tokens());
+  layer_forward(l, x, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
+    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
+  }, s, hook);
+}
+
+LinearWeight& QwenModel::linear_weight(int64_t l, BlockLinear which, int index) {
+  QwenLayerWeights& L = w_.layers.at(l);
+  switch (which) {
+    case BlockLinear::QKV: return index == 0 ? L.q : index == 1 ? L.k : L.v;
+    case BlockLinear::O: return L.o;
+    case BlockLinear::GateUp: return index == 0 ? L.gate : L.up;
+    case BlockLinear::Down: return L.down;
+  }
+  QWENQ_FAIL("linear_weight: bad selector");
 }
 
 void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden) const {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,11 @@ struct PackedBatch {
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
   int64_t num_seqs() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
 };
+
+// The four places inside a decoder block where Linear layers read their input (q/k/v share one, gate/up one).
+enum class BlockLinear { QKV, O, GateUp, Down };
+// Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
+using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
 // Keys and values of past tokens for incremental decoding of one sequence.
 struct KvCache {
@@ -66,10 +72,20 @@ class QwenModel {
   std::vector<float> forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const;
   KvCache make_cache(int64_t capacity) const;
 
+  // Layer-by-layer access for calibration: embeddings of a batch, one decoder block applied in place to
+  // x [T, C] (hook sees each Linear group's input), and the Linear weights of a block (index: q=0,k=1,v=2 or
+  // gate=0,up=1), which a quantizer may replace with their fake-quantized values.
+  void embed_batch(const PackedBatch& batch, std::vector<float>* x) const;
+  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const LinearInputHook& hook) const;
+  LinearWeight& linear_weight(int64_t layer, BlockLinear which, int index = 0);
+
  private:
   struct Scratch;
   template <typename AttnFn>
   void run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const;
+  template <typename AttnFn>
+  void layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                     const LinearInputHook& hook) const;
   void embed(const std::vector<int32_t>& tokens, float* x) const;
 
   std::string dir_;

@@ -52,6 +52,19 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   return w;
 }
 
+LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K) {
+  QWENQ_CHECK(static_cast<int64_t>(W.size()) == N * K, "LinearWeight::from_fp32: " << W.size() << " values for [" << N << ", " << K << "]");
+  LinearWeight w;
+  w.N = N;
+  w.K = K;
+  auto owned = std::make_shared<const std::vector<float>>(std::move(W));
+  w.dense.data = owned->data();
+  w.dense.dtype = DType::F32;
+  w.dense.shape = {N, K};
+  w.owned = std::move(owned);
+  return w;
+}
+
 std::vector<float> LinearWeight::dequantize() const {
   if (packed) return dequantize_int_linear(*packed);
   if (nf4) return nf4_dequantize(nf4->q);

@@ -21,7 +21,9 @@ struct LinearWeight {
   TensorView dense;                               // data null when packed
   std::shared_ptr<const PackedIntLinear> packed;  // GPTQ / AWQ
   std::shared_ptr<const Nf4Linear> nf4;           // bitsandbytes 4-bit
+  std::shared_ptr<const std::vector<float>> owned;  // backs `dense` when the values were computed (fake-quant)
   bool is_dense() const { return dense.data != nullptr; }
+  static LinearWeight from_fp32(std::vector<float> W, int64_t N, int64_t K);
   // The fp32 values [N, K] the packed form stands for (exactly what the format's readers compute).
   std::vector<float> dequantize() const;
 };
