@@ -1,4 +1,9 @@
 // SwiGLU activation of the Qwen MLP: out = silu(gate) ⊙ up, silu(x) = x / (1 + e^-x).
+//
+// Backward, elementwise with s = σ(gate) = 1 / (1 + e^-gate):
+//   dup   = dout · silu(gate)
+//   dgate = dout · up · s · (1 + gate · (1 − s))        (d silu / dx = s + x·s·(1 − s))
+// dgate and dup are written, not accumulated.
 #pragma once
 
 #include <cstdint>
@@ -6,5 +11,10 @@
 namespace qwenq {
 
 void swiglu_forward_ref(const float* gate, const float* up, int64_t n, float* out);
+
+// All arrays [n] fp32. Each output may alias any input (each element is read before it is written); dgate and
+// dup must not alias each other.
+void swiglu_backward_ref(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
+                         float* dup);
 
 }  // namespace qwenq

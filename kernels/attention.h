@@ -2,6 +2,13 @@
 //   For sequence s occupying rows [cu[s], cu[s+1]) and query head h (kv head g = h / (H/Hkv)):
 //   S = q_h · k_gᵀ · D^-1/2, causal mask inside the sequence, P = softmax(S) in fp32, out_h = P · v_g.
 //   lse[t, h] = log Σ exp(S) (natural log), kept for the backward pass.
+//
+// Backward (FlashAttention-2 style, P recomputed from the saved lse: P = exp(S − lse)), per sequence and head:
+//   δ_i  = Σ_d dout[i,d] · out[i,d]
+//   dP   = dout · v_gᵀ,   dS = P ⊙ (dP − δ)           (the softmax Jacobian; masked entries have P = 0)
+//   dq_h = dS · k_g · D^-1/2
+//   dk_g = Σ_{h in group g} dSᵀ · q_h · D^-1/2,   dv_g = Σ_{h in group g} Pᵀ · dout_h
+// dq, dk and dv are written, not accumulated.
 #pragma once
 
 #include <cstdint>
@@ -12,5 +19,11 @@ namespace qwenq {
 // lse: [T, H] or null. H must be a multiple of Hkv.
 void attention_forward_ref(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
                            int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse);
+
+// dout, q, out, dq: [T, H, D]; k, v, dk, dv: [T, Hkv, D]; lse: [T, H] from the forward (required). Shapes and
+// cu_seqlens as in the forward. The outputs must not overlap the inputs or each other.
+void attention_backward_ref(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                            const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv,
+                            int64_t D, float* dq, float* dk, float* dv);
 
 }  // namespace qwenq

@@ -13,6 +13,12 @@
 //     weight block, which is then widened once.
 // Accumulation order differs between the paths and from a sequential sum; the error is that of fp32
 // accumulation (≲ 1e-6 · Σ|x·w| at K ≈ 5000), which the tests bound.
+//
+// Backward, one Eigen GEMM per output tile, tiles fixed by the shape alone (not by the thread count), so the
+// result is the same bits with any number of threads:
+//   dx = dy · W: tiles of kRowTile rows of dy by kb columns of W; a thread widens its column block W[:, k0:k0+kb]
+//     (N × kb fp32, about kWidenBytes) once for its consecutive tiles; F32 weights are read in place (strided).
+//   dW += dyᵀ · x: tiles of kBwdTile × kBwdTile entries of dW, each a sum over all M rows; disjoint writes.
 #include <Eigen/Core>
 #include <algorithm>
 #include <mutex>
@@ -206,6 +212,8 @@ void small_m(const float* x, int64_t M, int64_t K, const void* w, int64_t N, flo
 // ---- Eigen path ------------------------------------------------------------------------------------------
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstStrided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
+using Strided = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
 void eigen_single_threaded() {
   // Eigen parallelizes a GEMM with OpenMP when called outside a parallel region (a one-chunk parallel_for
@@ -250,10 +258,19 @@ void large_m(const float* x, int64_t M, int64_t K, const void* w, DType wt, int6
       }
       Eigen::Map<const RowMat> xb(x + m0 * K, mm, K);
       Eigen::Map<const RowMat> wb(wf, nn, K);
-      Eigen::Map<RowMat, 0, Eigen::OuterStride<>> yb(y + m0 * N + n0, mm, nn, Eigen::OuterStride<>(N));
+      Strided yb(y + m0 * N + n0, mm, nn, Eigen::OuterStride<>(N));
       yb.noalias() = xb * wb.transpose();
     }
   });
+}
+
+// ---- backward --------------------------------------------------------------------------------------------
+
+constexpr int64_t kBwdTile = 128;  // dW tile side; also the widest column block of W for dx
+
+bool overlap(const float* a, int64_t na, const float* b, int64_t nb) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + static_cast<uintptr_t>(nb) * 4 && pb < pa + static_cast<uintptr_t>(na) * 4;
 }
 
 }  // namespace
@@ -291,6 +308,67 @@ void linear_forward_ref(const float* x, int64_t M, int64_t K, const void* w, DTy
       }
     });
   }
+}
+
+void linear_backward_input_ref(const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype, int64_t K,
+                               float* dx) {
+  QWENQ_CHECK(M > 0 && K > 0 && N > 0,
+              "linear_backward_input_ref: shapes must be positive, got M=" << M << " K=" << K << " N=" << N);
+  QWENQ_CHECK(is_float_dtype(w_dtype), "linear_backward_input_ref: weight dtype " << dtype_name(w_dtype)
+                                                                                  << " is not supported (F32, BF16 or F16)");
+  QWENQ_CHECK(dy != nullptr && w != nullptr && dx != nullptr, "linear_backward_input_ref: null dy, weight or dx pointer");
+  QWENQ_CHECK(!overlap(dx, M * K, dy, M * N), "linear_backward_input_ref: output dx overlaps input dy");
+  eigen_single_threaded();
+
+  const int64_t kb = std::clamp<int64_t>(kWidenBytes / (4 * N), 16, kBwdTile);
+  const int64_t m_blocks = (M + kRowTile - 1) / kRowTile, k_blocks = (K + kb - 1) / kb;
+  // Tile t covers column block t / m_blocks and row block t % m_blocks.
+  parallel_for(k_blocks * m_blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> wide;
+    int64_t widened = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t kbi = t / m_blocks, mbi = t % m_blocks;
+      const int64_t k0 = kbi * kb, kk = std::min(kb, K - k0);
+      const int64_t m0 = mbi * kRowTile, mm = std::min(kRowTile, M - m0);
+      const float* wf = static_cast<const float*>(w) + k0;
+      int64_t ldw = K;
+      if (w_dtype != DType::F32) {
+        if (widened != kbi) {
+          wide.resize(static_cast<size_t>(N * kk));
+          for (int64_t n = 0; n < N; ++n)
+            to_f32(w_dtype, static_cast<const uint16_t*>(w) + n * K + k0, wide.data() + n * kk, static_cast<size_t>(kk));
+          widened = kbi;
+        }
+        wf = wide.data();
+        ldw = kk;
+      }
+      Eigen::Map<const RowMat> dyb(dy + m0 * N, mm, N);
+      ConstStrided wb(wf, N, kk, Eigen::OuterStride<>(ldw));
+      Strided dxb(dx + m0 * K + k0, mm, kk, Eigen::OuterStride<>(K));
+      dxb.noalias() = dyb * wb;
+    }
+  });
+}
+
+void linear_backward_weight_ref(const float* dy, const float* x, int64_t M, int64_t N, int64_t K, float* dW) {
+  QWENQ_CHECK(M > 0 && K > 0 && N > 0,
+              "linear_backward_weight_ref: shapes must be positive, got M=" << M << " K=" << K << " N=" << N);
+  QWENQ_CHECK(dy != nullptr && x != nullptr && dW != nullptr, "linear_backward_weight_ref: null dy, x or dW pointer");
+  QWENQ_CHECK(!overlap(dW, N * K, dy, M * N) && !overlap(dW, N * K, x, M * K),
+              "linear_backward_weight_ref: output dW overlaps input dy or x");
+  eigen_single_threaded();
+
+  const int64_t n_blocks = (N + kBwdTile - 1) / kBwdTile, k_blocks = (K + kBwdTile - 1) / kBwdTile;
+  parallel_for(n_blocks * k_blocks, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = (t / k_blocks) * kBwdTile, nn = std::min(kBwdTile, N - n0);
+      const int64_t k0 = (t % k_blocks) * kBwdTile, kk = std::min(kBwdTile, K - k0);
+      ConstStrided dyb(dy + n0, M, nn, Eigen::OuterStride<>(N));
+      ConstStrided xb(x + k0, M, kk, Eigen::OuterStride<>(K));
+      Strided dwb(dW + n0 * K + k0, nn, kk, Eigen::OuterStride<>(K));
+      dwb.noalias() += dyb.transpose() * xb;
+    }
+  });
 }
 
 }  // namespace qwenq

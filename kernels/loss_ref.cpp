@@ -2,6 +2,9 @@
 //   m = max_v logits[r][v],  lse = m + log Σ_v exp(logits[r][v] − m),  nll[r] = lse − logits[r][target[r]]
 // Rows whose target is kIgnoreIndex get nll = 0 and are not counted; any other target outside [0, V) is an
 // error naming the row. Rows run in parallel.
+// Backward: the same m and double sum, then dlogits[v] = exp(logits[v] − m) · (scale / sum) and scale is
+// subtracted at the target. Each row is read completely (max, sum) before it is written, so dlogits may
+// alias logits.
 #include <algorithm>
 #include <cmath>
 
@@ -11,19 +14,42 @@
 
 namespace qwenq {
 
-int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
-                                  float* nll) {
-  QWENQ_CHECK(rows >= 0 && V > 0, "cross_entropy_forward_ref: bad shape rows=" << rows << " V=" << V);
+namespace {
+
+// Checks shapes and targets (`name` starts the messages); returns the number of counted rows.
+int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets) {
+  QWENQ_CHECK(rows >= 0 && V > 0, name << ": bad shape rows=" << rows << " V=" << V);
   if (rows == 0) return 0;
-  QWENQ_CHECK(logits != nullptr && targets != nullptr && nll != nullptr, "cross_entropy_forward_ref: null pointer");
+  QWENQ_CHECK(targets != nullptr, name << ": null pointer");
   int64_t counted = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t t = targets[r];
-    QWENQ_CHECK(t == kIgnoreIndex || (t >= 0 && t < V), "cross_entropy_forward_ref: target " << t << " of row " << r
-                                                           << " is outside the vocabulary [0, " << V
-                                                           << ") and is not the ignore index " << kIgnoreIndex);
+    QWENQ_CHECK(t == kIgnoreIndex || (t >= 0 && t < V), name << ": target " << t << " of row " << r
+                                                             << " is outside the vocabulary [0, " << V
+                                                             << ") and is not the ignore index " << kIgnoreIndex);
     if (t != kIgnoreIndex) ++counted;
   }
+  return counted;
+}
+
+// Max of the row and Σ exp(l − max) (exp in fp32, sum in double: ~150k terms stay exact to fp32).
+void row_max_and_sum(const float* l, int64_t V, float* mx_out, double* sum_out) {
+  float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < V; ++v) mx = std::max(mx, l[v]);
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
+  *mx_out = mx;
+  *sum_out = sum;
+}
+
+}  // namespace
+
+int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
+                                  float* nll) {
+  const int64_t counted = check_targets("cross_entropy_forward_ref", rows, V, targets);
+  if (rows == 0) return 0;
+  QWENQ_CHECK(logits != nullptr && nll != nullptr, "cross_entropy_forward_ref: null pointer");
   parallel_for(rows, std::max<int64_t>(1, 65536 / V), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       if (targets[r] == kIgnoreIndex) {
@@ -31,15 +57,37 @@ int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, 
         continue;
       }
       const float* l = logits + r * V;
-      float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-      for (int64_t v = 0; v < V; ++v) mx = std::max(mx, l[v]);
-      double sum = 0.0;  // exp in fp32, summed in double: the sum of ~150k terms stays exact to fp32
-      for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
+      float mx;
+      double sum;
+      row_max_and_sum(l, V, &mx, &sum);
       nll[r] = mx + static_cast<float>(std::log(sum)) - l[targets[r]];
     }
   });
   return counted;
+}
+
+void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
+                                float dnll_scale, float* dlogits) {
+  check_targets("cross_entropy_backward_ref", rows, V, targets);
+  if (rows == 0) return;
+  QWENQ_CHECK(logits != nullptr && dlogits != nullptr, "cross_entropy_backward_ref: null pointer");
+  QWENQ_CHECK(std::isfinite(dnll_scale), "cross_entropy_backward_ref: dnll_scale must be finite, got " << dnll_scale);
+  parallel_for(rows, std::max<int64_t>(1, 65536 / V), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* l = logits + r * V;
+      float* dl = dlogits + r * V;
+      if (targets[r] == kIgnoreIndex) {
+        std::fill(dl, dl + V, 0.f);
+        continue;
+      }
+      float mx;
+      double sum;
+      row_max_and_sum(l, V, &mx, &sum);
+      const float coef = static_cast<float>(static_cast<double>(dnll_scale) / sum);
+      for (int64_t v = 0; v < V; ++v) dl[v] = std::exp(l[v] - mx) * coef;
+      dl[targets[r]] -= dnll_scale;
+    }
+  });
 }
 
 }  // namespace qwenq

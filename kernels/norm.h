@@ -1,4 +1,8 @@
 // RMSNorm as Qwen2/Llama compute it: y = x · rsqrt(mean(x²) + eps) · w, statistics in fp32 per row.
+//
+// Backward (w frozen, so only dx), per row with r = rsqrt(mean(x²) + eps) and g = dy ⊙ w:
+//   dx = r · g − r³ · x · (Σ_c g_c x_c) / C
+// dx is written, not accumulated.
 #pragma once
 
 #include <cstdint>
@@ -10,5 +14,9 @@ namespace qwenq {
 // x, y: [rows, C] fp32 (may alias); weight: [C] in w_dtype.
 void rmsnorm_forward_ref(const float* x, int64_t rows, int64_t C, const void* weight, DType w_dtype, float eps,
                          float* y);
+
+// dy, x, dx: [rows, C] fp32; dx may alias dy or x. weight and eps as in the forward.
+void rmsnorm_backward_ref(const float* dy, const float* x, int64_t rows, int64_t C, const void* weight,
+                          DType w_dtype, float eps, float* dx);
 
 }  // namespace qwenq

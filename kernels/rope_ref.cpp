@@ -5,6 +5,8 @@
 //   cos, sin    = of the fp32 angle, evaluated in double and rounded to fp32 (the correctly rounded value;
 //                 torch's vectorized cosf/sinf are within 1 ulp of it)
 //   x'[i]       = x[i]·cos − x[i+D/2]·sin,   x'[i+D/2] = x[i+D/2]·cos + x[i]·sin   (fp32)
+// The backward is the same code with sin negated (rotation by −angle = the transpose), with the very same
+// fp32 cos and sin, so it is the exact adjoint of the forward's rotation.
 // Parallel over tokens; each token's cos/sin row is computed once and applied to its H heads.
 #include <algorithm>
 #include <cmath>
@@ -16,12 +18,16 @@
 
 namespace qwenq {
 
-void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta) {
-  QWENQ_CHECK(T >= 0 && H > 0 && D > 0, "rope_forward_ref: bad shape T=" << T << " H=" << H << " D=" << D);
-  QWENQ_CHECK(D % 2 == 0, "rope_forward_ref: head dim D=" << D << " must be even");
-  QWENQ_CHECK(theta > 0.f, "rope_forward_ref: rope theta must be > 0, got " << theta);
+namespace {
+
+// Rotates x in place by +angle (sign = 1) or −angle (sign = −1); `name` starts the error messages.
+void rotate(const char* name, float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta,
+            float sign) {
+  QWENQ_CHECK(T >= 0 && H > 0 && D > 0, name << ": bad shape T=" << T << " H=" << H << " D=" << D);
+  QWENQ_CHECK(D % 2 == 0, name << ": head dim D=" << D << " must be even");
+  QWENQ_CHECK(theta > 0.f, name << ": rope theta must be > 0, got " << theta);
   if (T == 0) return;
-  QWENQ_CHECK(x != nullptr && pos != nullptr, "rope_forward_ref: null pointer");
+  QWENQ_CHECK(x != nullptr && pos != nullptr, name << ": null pointer");
 
   const int64_t half = D / 2;
   std::vector<float> inv_freq(static_cast<size_t>(half));
@@ -36,7 +42,7 @@ void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* 
       for (int64_t i = 0; i < half; ++i) {
         const float angle = p * inv_freq[i];
         cs[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        sn[i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+        sn[i] = sign * static_cast<float>(std::sin(static_cast<double>(angle)));
       }
       for (int64_t h = 0; h < H; ++h) {
         float* xh = x + (t * H + h) * D;
@@ -48,6 +54,16 @@ void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* 
       }
     }
   });
+}
+
+}  // namespace
+
+void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta) {
+  rotate("rope_forward_ref", x, T, H, D, pos, theta, 1.f);
+}
+
+void rope_backward_ref(float* dx, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta) {
+  rotate("rope_backward_ref", dx, T, H, D, pos, theta, -1.f);
 }
 
 }  // namespace qwenq

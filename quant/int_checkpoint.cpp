@@ -121,8 +121,8 @@ PackedIntLinear read_int_linear(const Checkpoint& ckpt, const std::string& prefi
   QWENQ_CHECK(p.group > 0, "group size must be positive or -1, got " << group);
   const int64_t G = p.num_groups();
   if (is_gptq(layout)) {
-    QWENQ_CHECK(gptq_bits_supported(bits), "GPTQ checkpoints with " << bits << "-bit codes are not supported (2, 4, 8)");
-    QWENQ_CHECK(K % (32 / bits) == 0 && N % (32 / bits) == 0,
+    QWENQ_CHECK(gptq_bits_supported(bits), "GPTQ checkpoints with " << bits << "-bit codes are not supported (2, 3, 4, 8)");
+    QWENQ_CHECK(K % gptq_pack_multiple(bits) == 0 && N % gptq_pack_multiple(bits) == 0,
                 prefix << ": K=" << K << ", N=" << N << " do not pack into int32 words of " << bits << "-bit codes");
     p.qweight = fetch<int32_t>(ckpt, prefix + ".qweight", DType::I32, {K * bits / 32, N});
     p.qzeros = fetch<int32_t>(ckpt, prefix + ".qzeros", DType::I32, {G, N * bits / 32});

@@ -32,6 +32,23 @@ TEST(GptqPack, HandMadeWordMatchesPublishedLayout) {
   EXPECT_EQ(qw[1], 0);
 }
 
+TEST(GptqPack, ThreeBitCodesStraddleWordsAsAutoGptqPacksThem) {
+  // 32 rows of one column, codes (7k + 3) mod 8, go into 3 words. Expected words from AutoGPTQ's explicit
+  // 3-bit branch of pack() (10 codes, a 2+1-bit split, 10 codes, a 1+2-bit split, 10 codes) run by hand.
+  const int64_t K = 32, N = 1;
+  std::vector<uint8_t> codes(K);
+  for (int k = 0; k < 32; ++k) codes[k] = static_cast<uint8_t>((7 * k + 3) % 8);
+  std::vector<int32_t> qw(3);
+  gptq_pack_qweight(codes.data(), K, N, 3, qw.data());
+  EXPECT_EQ(static_cast<uint32_t>(qw[0]), 0x53977053u);
+  EXPECT_EQ(static_cast<uint32_t>(qw[1]), 0x70539770u);
+  EXPECT_EQ(static_cast<uint32_t>(qw[2]), 0x97705397u);
+  // qzeros use the same stream along N.
+  std::vector<int32_t> qz(3);
+  gptq_pack_qzeros(codes.data(), 1, 32, 3, GptqFormat::V2, qz.data());
+  EXPECT_EQ(std::vector<int32_t>(qw.begin(), qw.end()), qz);
+}
+
 TEST(GptqPack, SymmetricZerosHaveTheKnownWords) {
   const int64_t G = 3, N = 16;
   std::vector<uint8_t> zeros(G * N, 8);
@@ -43,8 +60,8 @@ TEST(GptqPack, SymmetricZerosHaveTheKnownWords) {
 }
 
 TEST(GptqPack, RoundTripsBitExactly) {
-  for (int bits : {2, 4, 8}) {
-    for (auto [K, N] : {std::pair<int64_t, int64_t>{32, 16}, {896, 128}, {4864, 16}, {64, 48}}) {
+  for (int bits : {2, 3, 4, 8}) {
+    for (auto [K, N] : {std::pair<int64_t, int64_t>{32, 32}, {896, 128}, {4864, 32}, {64, 96}}) {
       SCOPED_TRACE(::testing::Message() << "bits " << bits << " K " << K << " N " << N << " seed " << kSeed);
       auto codes = random_codes(K * N, bits, kSeed + bits);
       std::vector<int32_t> qw(K * bits / 32 * N);

@@ -137,6 +137,27 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     }
     return args;
   }
+  if (base == "awq") {
+    int64_t group = 128;
+    bool clip = true;
+    std::string fmt = "awq";
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const std::string& p = parts[i];
+      if (p == "noclip") clip = false;
+      else if (p == "v2") fmt = "gptq_v2";
+      else if (p.size() > 1 && p[0] == 'g') group = std::stoll(p.substr(1));
+      else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec << "' (awq options: g<N>, noclip, v2)");
+    }
+    QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
+    row->format = fmt == "awq" ? "awq-gemm" : fmt;
+    row->bits = 4;
+    row->group_size = group;
+    std::vector<std::string> args = {"awq", "--group-size", std::to_string(group), "--format", fmt, "--pad-intermediate",
+                                     "--calib", a.calib, "--calib-samples", std::to_string(a.calib_samples),
+                                     "--calib-seq-len", std::to_string(a.calib_seq_len)};
+    if (!clip) args.push_back("--no-clip"), row->format += " no-clip";
+    return args;
+  }
   if (base == "nf4" || base == "fp4") {
     bool dq = true;
     for (size_t i = 1; i < parts.size(); ++i) {
@@ -151,7 +172,7 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     return a;
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
-                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], nf4[-nodq], fp4[-nodq]; awq is being built)");
+                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq])");
 }
 
 std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
@@ -251,14 +272,14 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], nf4[-nodq], fp4[-nodq]")
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   cmd->add_option("--seq-len", a->seq_len, "perplexity window")->capture_default_str();
   cmd->add_option("--max-windows", a->max_windows, "windows per text (0: all)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "windows per forward")->capture_default_str();
-  cmd->add_option("--calib", a->calib, "calibration text or JSONL for gptq methods (e.g. C4)");
-  cmd->add_option("--calib-samples", a->calib_samples, "calibration windows for gptq methods")->capture_default_str();
+  cmd->add_option("--calib", a->calib, "calibration text or JSONL for gptq and awq methods (e.g. C4)");
+  cmd->add_option("--calib-samples", a->calib_samples, "calibration windows for gptq and awq methods")->capture_default_str();
   cmd->add_option("--calib-seq-len", a->calib_seq_len, "tokens per calibration window")->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
   add_common_options(cmd, &a->common);

@@ -50,7 +50,7 @@ void register_quantize(CLI::App& app) {
   auto rtn = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("rtn", "Round-to-nearest per group, written as GPTQ (v1/v2) or AWQ GEMM tensors");
   add_io_options(cmd, rtn.get());
-  cmd->add_option("--bits", rtn->opt.bits, "2, 4 or 8 (AWQ: 4)")->capture_default_str();
+  cmd->add_option("--bits", rtn->opt.bits, "2, 3, 4 or 8 (AWQ: 4)")->capture_default_str();
   cmd->add_option("--group-size", rtn->opt.group_size, "input rows per scale; -1 = one group per output channel")
       ->capture_default_str();
   cmd->add_flag("--asym", rtn->asym, "asymmetric grid with a zero point (default: symmetric, as Qwen's GPTQ releases)");
@@ -70,7 +70,7 @@ void register_quantize(CLI::App& app) {
   gc->add_option("--calib-seq-len", gopt->calib_seq_len, "tokens per window")->capture_default_str();
   gc->add_option("--text-field", gopt->text_field, "JSONL field holding the text")->capture_default_str();
   gc->add_option("--seed", gopt->seed, "seed of the window sampling")->capture_default_str();
-  gc->add_option("--bits", g->opt.bits, "2, 4 or 8")->capture_default_str();
+  gc->add_option("--bits", g->opt.bits, "2, 3, 4 or 8")->capture_default_str();
   gc->add_option("--group-size", g->opt.group_size, "-1 = one group per output channel")->capture_default_str();
   gc->add_flag("--asym", g->asym, "asymmetric grid (written as gptq_v2 unless --format says otherwise)");
   gc->add_option("--format", g->format, "gptq (v1) or gptq_v2")->check(CLI::IsMember({"gptq", "gptq_v2"}))->capture_default_str();
@@ -91,6 +91,43 @@ void register_quantize(CLI::App& app) {
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
                 gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
+                format_bytes(r.peak_rss).c_str());
+  });
+
+  auto w = std::make_shared<QuantizeArgs>();
+  w->format = "awq";
+  w->opt.group_size = 128;
+  auto wopt = std::make_shared<AwqModelOptions>();
+  auto no_clip = std::make_shared<bool>(false), no_duo = std::make_shared<bool>(false);
+  CLI::App* wc = app.add_subcommand("awq", "AWQ: activation-aware scale and clip search, written as AutoAWQ GEMM tensors");
+  add_io_options(wc, w.get());
+  wc->add_option("--calib", wopt->calib_path, "calibration text or JSONL (AutoAWQ uses a Pile sample)")->check(CLI::ExistingFile);
+  wc->add_option("--calib-samples", wopt->calib_samples, "calibration windows")->capture_default_str();
+  wc->add_option("--calib-seq-len", wopt->calib_seq_len, "tokens per window")->capture_default_str();
+  wc->add_option("--text-field", wopt->text_field, "JSONL field holding the text")->capture_default_str();
+  wc->add_option("--seed", wopt->seed, "seed of the window sampling")->capture_default_str();
+  wc->add_option("--group-size", w->opt.group_size, "input rows per scale (w_bit is 4)")->capture_default_str();
+  wc->add_option("--format", w->format, "awq (AutoAWQ GEMM, what transformers/vLLM read) or gptq_v2")
+      ->check(CLI::IsMember({"awq", "gptq_v2"}))
+      ->capture_default_str();
+  wc->add_option("--n-grid", wopt->search.n_grid, "scale exponents tried per group (alpha = i/n, i < n)")->capture_default_str();
+  wc->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (s = x^alpha), not x^alpha / w^(1-alpha)");
+  wc->add_flag("--no-clip", *no_clip, "skip the clip search");
+  wc->add_option("--save-search", wopt->save_search, "write the scales and clip bounds found (safetensors) to this file");
+  wc->add_option("--load-search", wopt->load_search, "apply a saved search instead of searching (no calibration needed)")
+      ->check(CLI::ExistingFile);
+  wc->add_flag("--pad-intermediate", w->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
+  wc->callback([w, wopt, no_clip, no_duo]() {
+    apply_common_options(w->common);
+    wopt->out = w->opt;
+    wopt->out.model_dir = resolve_model_dir(w->model);
+    wopt->out.max_shard_bytes = static_cast<uint64_t>(w->max_shard_gb * 1e9);
+    wopt->out.layout = w->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::AwqGemm;
+    wopt->clip = !*no_clip;
+    wopt->search.duo_scaling = !*no_duo;
+    QuantizeReport r = awq_quantize_model(*wopt);
+    std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with AWQ, %d shard(s), %.1fs, peak RSS %s\n",
+                wopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
                 format_bytes(r.peak_rss).c_str());
   });
 

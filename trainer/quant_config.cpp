@@ -42,7 +42,7 @@ QuantConfig parse(const json& q, const std::string& path) {
     QWENQ_CHECK(fmt == "gptq" || fmt == "gptq_v2",
                 path << ": GPTQ checkpoint_format \"" << fmt << "\" is not supported (gptq or gptq_v2)");
     c.layout = fmt == "gptq" ? IntLayout::GptqV1 : IntLayout::GptqV2;
-    QWENQ_CHECK(gptq_bits_supported(bits), path << ": GPTQ with bits=" << bits << " is not supported (2, 4 or 8)");
+    QWENQ_CHECK(gptq_bits_supported(bits), path << ": GPTQ with bits=" << bits << " is not supported (2, 3, 4 or 8)");
     QWENQ_CHECK(!q.contains("pack_dtype") || q["pack_dtype"] == "int32",
                 path << ": GPTQ pack_dtype " << q["pack_dtype"].dump() << " is not supported (int32)");
   } else if (method == "awq") {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "quant/awq.h"
 #include "quant/int_checkpoint.h"
 
 namespace qwenq {
@@ -62,6 +63,28 @@ struct GptqModelOptions {
   int64_t block_size = 128;
 };
 QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
+
+// AWQ over a whole model, block by block, as AutoAWQ runs it (quant/awq.h has the math): the calibration windows
+// run through the original block once, capturing the inputs of every Linear group (and giving the next block's
+// input: AutoAWQ feeds blocks from the unquantized model); the scales of each scaling group are searched against
+// the output of the module that reads the group (self_attn for q,k,v; o_proj for o after v when v and o have the
+// same shape, i.e. no GQA; mlp for gate,up; down_proj after up), folded into the previous op (the RMSNorm weights
+// and the rows of v_proj/up_proj are rewritten in the output) and into the Linears; then clip bounds are searched
+// for every Linear but q and k; then each Linear is rounded onto the AWQ grid (zero point, fp16 scales) and written
+// as AutoAWQ GEMM (or GPTQ v2) tensors. With load_search the saved scales and clips are applied without running
+// the model at all; save_search writes what was found. Padding of the MLP width (pad_intermediate) happens after
+// the scale search, which runs on the real channels.
+struct AwqModelOptions {
+  QuantizeOptions out;  // model_dir, out_dir, group_size, layout (AwqGemm or GptqV2), pad_intermediate, shards, quiet
+  std::string calib_path, text_field = "text";
+  int64_t calib_samples = 128, calib_seq_len = 512;  // AutoAWQ's defaults
+  uint64_t seed = 0;
+  AwqSearchOptions search;  // bits and group_size are taken from `out`
+  bool clip = true;
+  std::string save_search, load_search;
+  int64_t chunk_tokens = 16384;  // module evaluations run on at most this many tokens at a time (memory)
+};
+QuantizeReport awq_quantize_model(const AwqModelOptions& opt);
 
 // The inverse for inspection and for tools that want dense weights: a GPTQ/AWQ/bitsandbytes-4bit directory
 // (ours or the Python tools') -> a dense directory whose Linear weights are the dequantized values in `dtype`

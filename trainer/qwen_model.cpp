@@ -110,16 +110,15 @@ void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
 }
 
 template <typename AttnFn>
-void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                              const LinearInputHook& hook) const {
+void QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention,
+                                   Scratch& s, const LinearInputHook& hook, float* out) const {
   const QwenConfig& c = cfg_;
-  const int64_t C = c.hidden_size, I = c.intermediate_size, D = c.head_dim;
+  const int64_t D = c.head_dim;
   const QwenLayerWeights& L = w_.layers[l];
-  rmsnorm(x, T, L.input_norm, c.rms_norm_eps, s.n.data());
-  if (hook) hook(BlockLinear::QKV, s.n.data(), T);
-  linear(s.n.data(), T, L.q, L.q_bias, s.q.data());
-  linear(s.n.data(), T, L.k, L.k_bias, s.k.data());
-  linear(s.n.data(), T, L.v, L.v_bias, s.v.data());
+  if (hook) hook(BlockLinear::QKV, n, T);
+  linear(n, T, L.q, L.q_bias, s.q.data());
+  linear(n, T, L.k, L.k_bias, s.k.data());
+  linear(n, T, L.v, L.v_bias, s.v.data());
   if (c.qk_norm) {
     rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
     rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
@@ -128,16 +127,30 @@ void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos
   rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope_theta);
   attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
   if (hook) hook(BlockLinear::O, s.a.data(), T);
-  linear(s.a.data(), T, L.o, TensorView{}, s.n.data());
-  for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+  linear(s.a.data(), T, L.o, TensorView{}, out);
+}
 
-  rmsnorm(x, T, L.post_norm, c.rms_norm_eps, s.n.data());
-  if (hook) hook(BlockLinear::GateUp, s.n.data(), T);
-  linear(s.n.data(), T, L.gate, TensorView{}, s.gate.data());
-  linear(s.n.data(), T, L.up, TensorView{}, s.up.data());
-  swiglu_forward_ref(s.gate.data(), s.up.data(), T * I, s.gate.data());
+void QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook,
+                             float* out) const {
+  const QwenLayerWeights& L = w_.layers[l];
+  if (hook) hook(BlockLinear::GateUp, n, T);
+  linear(n, T, L.gate, TensorView{}, s.gate.data());
+  linear(n, T, L.up, TensorView{}, s.up.data());
+  swiglu_forward_ref(s.gate.data(), s.up.data(), T * cfg_.intermediate_size, s.gate.data());
   if (hook) hook(BlockLinear::Down, s.gate.data(), T);
-  linear(s.gate.data(), T, L.down, TensorView{}, s.n.data());
+  linear(s.gate.data(), T, L.down, TensorView{}, out);
+}
+
+template <typename AttnFn>
+void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                              const LinearInputHook& hook) const {
+  const int64_t C = cfg_.hidden_size;
+  const QwenLayerWeights& L = w_.layers[l];
+  rmsnorm(x, T, L.input_norm, cfg_.rms_norm_eps, s.n.data());
+  attention_sublayer(l, s.n.data(), T, pos, attention, s, hook, s.n.data());
+  for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+  rmsnorm(x, T, L.post_norm, cfg_.rms_norm_eps, s.n.data());
+  mlp_sublayer(l, s.n.data(), T, s, hook, s.n.data());
   for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
 }
 
@@ -160,6 +173,21 @@ void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const L
   layer_forward(l, x, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
     attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
   }, s, hook);
+}
+
+void QwenModel::attention_forward(int64_t l, const PackedBatch& b, const float* n, float* out) const {
+  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "attention_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+  const QwenConfig& c = cfg_;
+  Scratch s(c, b.num_tokens());
+  attention_sublayer(l, n, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* o) {
+    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, o, nullptr);
+  }, s, nullptr, out);
+}
+
+void QwenModel::mlp_forward(int64_t l, const float* n, int64_t T, float* out) const {
+  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "mlp_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+  Scratch s(cfg_, T);
+  mlp_sublayer(l, n, T, s, nullptr, out);
 }
 
 LinearWeight& QwenModel::linear_weight(int64_t l, BlockLinear which, int index) {

@@ -78,11 +78,20 @@ class QwenModel {
   void embed_batch(const PackedBatch& batch, std::vector<float>* x) const;
   void block_forward(int64_t layer, const PackedBatch& batch, float* x, const LinearInputHook& hook) const;
   LinearWeight& linear_weight(int64_t layer, BlockLinear which, int index = 0);
+  // The two halves of a block as modules (AWQ evaluates them): out [T, C] = self_attn(n) = o_proj(attention(q,k,v
+  // of n)) and out [T, C] = mlp(n) = down(silu(gate(n)) ⊙ up(n)), for n the normalized input [T, C] (no
+  // residual). out may alias n.
+  void attention_forward(int64_t layer, const PackedBatch& batch, const float* n, float* out) const;
+  void mlp_forward(int64_t layer, const float* n, int64_t T, float* out) const;
 
  private:
   struct Scratch;
   template <typename AttnFn>
   void run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const;
+  template <typename AttnFn>
+  void attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                          const LinearInputHook& hook, float* out) const;
+  void mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook, float* out) const;
   template <typename AttnFn>
   void layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
                      const LinearInputHook& hook) const;

@@ -124,6 +124,11 @@ QwenConfig qwen_preset(const std::string& name) {
 void write_random_model(const RandomModelOptions& opt) {
   QwenConfig c = qwen_preset(opt.preset);
   if (opt.layers > 0) c.num_layers = opt.layers;
+  if (opt.kv_heads > 0) {
+    QWENQ_CHECK(c.num_heads % opt.kv_heads == 0,
+                "kv_heads " << opt.kv_heads << " must divide the preset's " << c.num_heads << " attention heads");
+    c.num_kv_heads = opt.kv_heads;
+  }
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   Rng rng(opt.seed);
   const float std_init = 0.02f;

@@ -19,6 +19,7 @@ QwenConfig qwen_preset(const std::string& name);
 struct RandomModelOptions {
   std::string preset = "tiny";
   int64_t layers = 0;  // override num_hidden_layers (0: the preset's), e.g. a 2-layer 7B-shaped model
+  int64_t kv_heads = 0;  // override num_key_value_heads (0: the preset's); = heads gives multi-head attention
   DType dtype = DType::BF16;
   uint64_t seed = 0;
   std::string out_dir;

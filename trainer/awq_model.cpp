@@ -1,0 +1,382 @@
+// awq_quantize_model: AutoAWQ's AwqQuantizer over a Qwen model, one decoder block at a time (see
+// quantize_model.h for the sequence and quant/awq.h for the math).
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "core/safetensors.h"
+#include "kernels/gemm.h"
+#include "quant/awq.h"
+#include "quant/grid.h"
+#include "trainer/quantize_model.h"
+#include "trainer/quantize_output.h"
+#include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+namespace {
+
+// The seven Linears of a block: where the model keeps them, and whether AutoAWQ searches clip bounds for them
+// (not for q and k, whose errors the attention softmax amplifies: AutoAWQ's clip skip list).
+struct Slot {
+  const char* name;
+  BlockLinear group;
+  int index;
+  bool clip;
+};
+constexpr int kQ = 0, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
+const Slot kSlots[7] = {{"self_attn.q_proj", BlockLinear::QKV, 0, false}, {"self_attn.k_proj", BlockLinear::QKV, 1, false},
+                        {"self_attn.v_proj", BlockLinear::QKV, 2, true},  {"self_attn.o_proj", BlockLinear::O, 0, true},
+                        {"mlp.gate_proj", BlockLinear::GateUp, 0, true},  {"mlp.up_proj", BlockLinear::GateUp, 1, true},
+                        {"mlp.down_proj", BlockLinear::Down, 0, true}};
+
+// AutoAWQ's scaling groups for Qwen2/Qwen3 (awq/models/qwen2.py): the op whose output channels absorb 1/s, the
+// Linears whose input columns take s, and the module whose output the search compares.
+enum class Module { SelfAttn, Mlp, Single };
+struct ScaleGroup {
+  const char* prev;  // relative to "model.layers.<l>."
+  int prev_slot;     // -1: an RMSNorm weight
+  std::vector<int> slots;
+  BlockLinear input;
+  Module module;
+};
+const ScaleGroup kGroups[4] = {{"input_layernorm", -1, {0, 1, 2}, BlockLinear::QKV, Module::SelfAttn},
+                               {"self_attn.v_proj", kV, {kO}, BlockLinear::O, Module::Single},
+                               {"post_attention_layernorm", -1, {kGate, kUp}, BlockLinear::GateUp, Module::Mlp},
+                               {"mlp.up_proj", kUp, {kDown}, BlockLinear::Down, Module::Single}};
+
+int input_index(BlockLinear b) { return static_cast<int>(b); }
+
+void scale_columns(std::vector<float>& W, int64_t N, int64_t K, const std::vector<float>& s, bool divide) {
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) W[n * K + k] = divide ? W[n * K + k] / s[k] : W[n * K + k] * s[k];
+  }
+}
+
+double sum_sq_diff(const float* a, const float* b, int64_t n) {
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    acc += d * d;
+  }
+  return acc;
+}
+
+// y [T, N] = x [T, K] · W[N, K]ᵀ in fp32.
+std::vector<float> matmul(const float* x, int64_t T, int64_t K, const std::vector<float>& W, int64_t N) {
+  std::vector<float> y(T * N);
+  linear_forward_ref(x, T, K, W.data(), DType::F32, N, nullptr, DType::F32, y.data());
+  return y;
+}
+
+std::vector<float> view_to_f32(const TensorView& t) {
+  std::vector<float> v(t.numel());
+  to_f32(t.dtype, t.data, v.data(), v.size());
+  return v;
+}
+
+void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vector<float>& v, DType dtype) {
+  std::vector<uint8_t> bytes(v.size() * dtype_size(dtype));
+  from_f32(dtype, v.data(), bytes.data(), v.size());
+  shards.current().add_owned(name, dtype, {static_cast<int64_t>(v.size())}, std::move(bytes));
+  shards.note_added(name);
+}
+
+// The calibration batch cut into pieces of at most `max_tokens` tokens (whole sequences) for module evaluations.
+struct Pieces {
+  std::vector<PackedBatch> batches;
+  std::vector<int64_t> offsets;  // first token of each piece in the whole batch
+};
+Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max_tokens) {
+  Pieces p;
+  std::vector<std::vector<int32_t>> cur;
+  int64_t cur_tokens = 0, offset = 0;
+  auto flush = [&] {
+    if (cur.empty()) return;
+    p.batches.push_back(PackedBatch::from_sequences(cur));
+    p.offsets.push_back(offset);
+    offset += cur_tokens;
+    cur.clear();
+    cur_tokens = 0;
+  };
+  for (const auto& w : windows) {
+    if (cur_tokens > 0 && cur_tokens + static_cast<int64_t>(w.size()) > max_tokens) flush();
+    cur.push_back(w);
+    cur_tokens += static_cast<int64_t>(w.size());
+  }
+  flush();
+  return p;
+}
+
+}  // namespace
+
+QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QuantizeOptions o = a.out;
+  o.method = QuantizeOptions::Method::Rtn;  // the integer-layout rules (bits, layout, padding) are shared with RTN
+  o.sym = false;                            // AWQ's grid always has a zero point
+  QWENQ_CHECK(o.bits == 4, "awq: only 4-bit AWQ is supported (AutoAWQ's kernels and GEMM layout), not " << o.bits);
+  QWENQ_CHECK(o.layout != IntLayout::GptqV1,
+              "awq: AWQ grids can have a zero point of 0, which GPTQ v1 files cannot store; use --format awq or gptq_v2");
+  check_int_options(o);
+  check_not_quantized(o.model_dir);
+  AwqSearchOptions so = a.search;
+  so.bits = o.bits;
+  so.group_size = o.group_size;
+
+  QwenModel model(o.model_dir);
+  const QwenConfig& cfg = model.config();
+  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
+  const bool v_to_o = cfg.q_dim() == cfg.kv_dim();  // AutoAWQ: only when v_proj and o_proj have the same shape
+  for (int i = 0; i < 7; ++i) {
+    const LinearWeight& w = model.linear_weight(0, kSlots[i].group, kSlots[i].index);
+    const int64_t N2 = (i == kGate || i == kUp) ? I2 : w.N, K2 = i == kDown ? I2 : w.K;
+    check_layout_fits(o, o.model_dir + ": model.layers.*." + kSlots[i].name, N2, K2);
+  }
+
+  const bool loaded = !a.load_search.empty();
+  AwqSearchResult found;
+  if (loaded) {
+    found = load_awq_search(a.load_search);
+    QWENQ_CHECK(found.bits == o.bits && found.group_size == o.group_size,
+                a.load_search << ": the search was made for " << found.bits << "-bit, group size " << found.group_size
+                              << ", not " << o.bits << "-bit, group size " << o.group_size);
+    QWENQ_CHECK(found.intermediate_size == I, a.load_search << ": the search was made for intermediate_size "
+                                                            << found.intermediate_size << ", this model has " << I);
+  } else {
+    found.bits = o.bits;
+    found.group_size = o.group_size;
+    found.intermediate_size = I;
+  }
+
+  // Calibration: the inputs of block 0 for every window (not needed when the search is loaded).
+  std::vector<std::vector<int32_t>> windows;
+  PackedBatch batch;
+  Pieces pieces;
+  std::vector<float> X;
+  if (!loaded) {
+    QWENQ_CHECK(!a.calib_path.empty(), "awq: give --calib (calibration text) or --load-search (a saved search)");
+    windows = calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed,
+                                  Tokenizer::from_dir(o.model_dir));
+    batch = PackedBatch::from_sequences(windows);
+    pieces = split_batch(windows, a.chunk_tokens);
+    model.embed_batch(batch, &X);
+    if (!o.quiet) {
+      std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s\n",
+                   windows.size(), (long long)a.calib_seq_len, a.calib_path.c_str(), (long long)L, so.n_grid,
+                   so.duo_scaling ? ", duo scaling" : "", a.clip ? ", clip search" : ", no clip");
+    }
+  } else if (!o.quiet) {
+    std::fprintf(stderr, "awq: applying the saved search %s (no calibration)\n", a.load_search.c_str());
+  }
+  const int64_t T = batch.num_tokens();
+
+  Checkpoint ckpt(o.model_dir);
+  auto layer_prefix = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
+  StagedDir out(o.out_dir, o.overwrite);
+  ShardedWriter shards(out.path(), o.max_shard_bytes);
+  // Everything but the decoder Linears, the norms that absorb scales and (with v -> o scaling) v_proj's bias
+  // passes through from the map.
+  for (const auto& name : ckpt.names()) {
+    if (std::regex_match(name, kDecoderLinearRe)) continue;
+    const auto ends_with = [&](const std::string& s) {
+      return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    if (name.rfind("model.layers.", 0) == 0 &&
+        (ends_with(".input_layernorm.weight") || ends_with(".post_attention_layernorm.weight") ||
+         (v_to_o && ends_with(".self_attn.v_proj.bias")))) {
+      continue;
+    }
+    shards.add_view(name, ckpt.get(name));
+    shards.maybe_flush();
+  }
+
+  QuantizeReport rep;
+  Progress bar("awq", L * 5, "steps", o.quiet);
+  int64_t steps = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string pre = layer_prefix(l);
+    // fp32 working copies of the block's Linears and of the ops that absorb the scales.
+    std::vector<float> W[7];
+    int64_t N[7], K[7];
+    LinearWeight original[7];
+    for (int i = 0; i < 7; ++i) {
+      LinearWeight& lw = model.linear_weight(l, kSlots[i].group, kSlots[i].index);
+      original[i] = lw;
+      W[i] = lw.dequantize();
+      N[i] = lw.N;
+      K[i] = lw.K;
+    }
+    const TensorView& ln1_view = ckpt.get(pre + "input_layernorm.weight");
+    const TensorView& ln2_view = ckpt.get(pre + "post_attention_layernorm.weight");
+    std::vector<float> norms[2] = {view_to_f32(ln1_view), view_to_f32(ln2_view)};
+    const bool has_v_bias = ckpt.has(pre + "self_attn.v_proj.bias");
+    std::vector<float> v_bias = has_v_bias ? view_to_f32(ckpt.get(pre + "self_attn.v_proj.bias")) : std::vector<float>{};
+
+    // 1. Inputs of every Linear group from the original block; its output feeds the next block.
+    std::vector<float> feats[4];
+    if (!loaded) {
+      model.block_forward(l, batch, X.data(), [&](BlockLinear at, const float* x, int64_t rows) {
+        const int64_t width = at == BlockLinear::O ? cfg.q_dim() : at == BlockLinear::Down ? I : C;
+        feats[input_index(at)].assign(x, x + rows * width);
+      });
+    }
+
+    // 2. Scales per group, searched against the module's output with the original weights everywhere else.
+    std::vector<float> scales[4];
+    for (int gi = 0; gi < 4; ++gi) {
+      const ScaleGroup& grp = kGroups[gi];
+      const std::string key = pre + grp.prev;
+      if (gi == 1 && !v_to_o) {
+        bar.update(++steps);
+        continue;
+      }
+      const int64_t width = K[grp.slots[0]];
+      if (loaded) {
+        auto it = found.scales.find(key);
+        QWENQ_CHECK(it != found.scales.end(), a.load_search << ": no scales for " << key);
+        QWENQ_CHECK(static_cast<int64_t>(it->second.size()) == width,
+                    a.load_search << ": " << key << ".awq_scales has " << it->second.size() << " values, the model needs "
+                                  << width);
+        scales[gi] = it->second;
+        bar.update(++steps);
+        continue;
+      }
+      const std::vector<float>& x = feats[input_index(grp.input)];
+      std::vector<const float*> ws;
+      std::vector<int64_t> rows;
+      for (int s : grp.slots) {
+        ws.push_back(W[s].data());
+        rows.push_back(N[s]);
+      }
+      const std::vector<float> x_mean = awq_activation_mean(x.data(), T, width);
+      const std::vector<float> w_mean = awq_weight_mean(ws, rows, width, o.group_size);
+      // The module's output with the original weights, and with candidate weights Q(W·s)/s.
+      auto module_out = [&](const std::vector<float>* candidate) {
+        std::vector<float> y;
+        if (grp.module == Module::Single) {
+          const int s = grp.slots[0];
+          return matmul(x.data(), T, width, candidate ? candidate[0] : W[s], N[s]);
+        }
+        if (candidate) {
+          for (size_t j = 0; j < grp.slots.size(); ++j) {
+            const int s = grp.slots[j];
+            model.linear_weight(l, kSlots[s].group, kSlots[s].index) = LinearWeight::from_fp32(candidate[j], N[s], K[s]);
+          }
+        }
+        y.resize(T * C);
+        for (size_t p = 0; p < pieces.batches.size(); ++p) {
+          const int64_t off = pieces.offsets[p];
+          if (grp.module == Module::SelfAttn) {
+            model.attention_forward(l, pieces.batches[p], x.data() + off * C, y.data() + off * C);
+          } else {
+            model.mlp_forward(l, x.data() + off * C, pieces.batches[p].num_tokens(), y.data() + off * C);
+          }
+        }
+        for (int s : grp.slots) model.linear_weight(l, kSlots[s].group, kSlots[s].index) = original[s];
+        return y;
+      };
+      const std::vector<float> reference = module_out(nullptr);
+      const AwqScaleResult r = awq_search_scale(x_mean, w_mean, so, [&](const std::vector<float>& s) {
+        std::vector<float> cand[3];
+        for (size_t j = 0; j < grp.slots.size(); ++j) {
+          const int sl = grp.slots[j];
+          cand[j] = W[sl];
+          scale_columns(cand[j], N[sl], K[sl], s, false);
+          cand[j] = awq_fake_quantize(cand[j].data(), N[sl], K[sl], o.bits, o.group_size);
+          scale_columns(cand[j], N[sl], K[sl], s, true);
+        }
+        const std::vector<float> y = module_out(cand);
+        return sum_sq_diff(y.data(), reference.data(), static_cast<int64_t>(y.size())) / static_cast<double>(y.size());
+      });
+      scales[gi] = r.scales;
+      found.scales[key] = r.scales;
+      char extra[96];
+      std::snprintf(extra, sizeof extra, "layer %lld %s alpha %.2f", (long long)l, grp.prev, r.best_alpha);
+      bar.update(++steps, extra);
+    }
+
+    // 3. Fold the scales in: previous op's output channels / s, the group's input columns · s (inputs / s).
+    for (int gi = 0; gi < 4; ++gi) {
+      if (scales[gi].empty()) continue;
+      const ScaleGroup& grp = kGroups[gi];
+      const std::vector<float>& s = scales[gi];
+      if (grp.prev_slot < 0) {
+        std::vector<float>& ln = norms[gi == 0 ? 0 : 1];
+        for (size_t k = 0; k < ln.size(); ++k) ln[k] /= s[k];
+      } else {
+        const int p = grp.prev_slot;
+        for (int64_t n = 0; n < N[p]; ++n) {
+          for (int64_t k = 0; k < K[p]; ++k) W[p][n * K[p] + k] /= s[n];
+        }
+        if (p == kV && has_v_bias) {
+          for (size_t n = 0; n < v_bias.size(); ++n) v_bias[n] /= s[n];
+        }
+      }
+      for (int sl : grp.slots) scale_columns(W[sl], N[sl], K[sl], s, false);
+      if (!loaded) scale_columns(feats[input_index(grp.input)], T, K[grp.slots[0]], s, true);
+    }
+
+    // 4. Pad the MLP width (zero gate/up rows, zero down columns and inputs), search and apply clip bounds,
+    //    round onto the grid, write.
+    if (I2 != I) {
+      for (int sl : {kGate, kUp}) W[sl] = pad_matrix(W[sl], N[sl], K[sl], I2, K[sl]), N[sl] = I2;
+      W[kDown] = pad_matrix(W[kDown], N[kDown], K[kDown], N[kDown], I2);
+      if (!loaded) feats[input_index(BlockLinear::Down)] = pad_matrix(feats[input_index(BlockLinear::Down)], T, I, T, I2);
+      K[kDown] = I2;
+    }
+    for (int i = 0; i < 7; ++i) {
+      const std::string prefix = pre + kSlots[i].name;
+      const int64_t groups = (K[i] + o.group_size - 1) / o.group_size;
+      if (loaded) {
+        auto it = found.clips.find(prefix);
+        if (it != found.clips.end()) {
+          QWENQ_CHECK(it->second.second == (std::vector<int64_t>{N[i], groups}),
+                      a.load_search << ": " << prefix << ".awq_clip is not [" << N[i] << ", " << groups << "]");
+          awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, it->second.first);
+        }
+      } else if (a.clip && kSlots[i].clip) {
+        const std::vector<float>& x = feats[input_index(kSlots[i].group)];
+        std::vector<float> mx = awq_search_clip(W[i].data(), N[i], K[i], x.data(), T, so);
+        awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, mx);
+        found.clips[prefix] = {std::move(mx), {N[i], groups}};
+      }
+      const GroupGrid grid = find_grid(W[i].data(), N[i], K[i], o.bits, o.group_size, /*sym=*/false, GridRule::Awq);
+      const std::vector<uint8_t> codes = quantize_rtn(W[i].data(), grid);
+      shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
+      ++rep.linears;
+      rep.params_quantized += N[i] * K[i];
+    }
+    add_f32_as(shards, pre + "input_layernorm.weight", norms[0], ln1_view.dtype);
+    add_f32_as(shards, pre + "post_attention_layernorm.weight", norms[1], ln2_view.dtype);
+    if (v_to_o && has_v_bias) add_f32_as(shards, pre + "self_attn.v_proj.bias", v_bias, ckpt.get(pre + "self_attn.v_proj.bias").dtype);
+    shards.maybe_flush();
+    char extra[64];
+    std::snprintf(extra, sizeof extra, "layer %lld quantized", (long long)l);
+    bar.update(++steps, extra);
+  }
+  shards.finish();
+  bar.finish();
+  if (!a.save_search.empty()) {
+    save_awq_search(a.save_search, found);
+    if (!o.quiet) std::fprintf(stderr, "awq: search saved to %s\n", a.save_search.c_str());
+  }
+
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  if (I2 != I) config["intermediate_size"] = I2;
+  config["quantization_config"] = o.layout == IntLayout::AwqGemm
+                                      ? awq_quantization_config(o.bits, o.group_size)
+                                      : gptq_quantization_config(o.bits, o.group_size, false, false, false, 0.0, o.layout);
+  // AutoAWQ's config says nothing of the method (it is always AWQ); a GPTQ-layout file records it for readers.
+  if (o.layout != IntLayout::AwqGemm) config["quantization_config"]["qwenq_method"] = "awq";
+  return finish_output(config, o.model_dir, shards, out, t0, rep);
+}
+
+}  // namespace qwenq

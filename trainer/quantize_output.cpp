@@ -1,0 +1,153 @@
+#include "trainer/quantize_output.h"
+
+#include <cstdio>
+#include <map>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/rng.h"
+#include "trainer/quant_config.h"
+#include "trainer/text_data.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+const std::regex kDecoderLinearRe(
+    R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$)");
+
+void ShardedWriter::add_view(const std::string& name, const TensorView& t) {
+  writer_.add(name, t.dtype, t.shape, t.data);
+  note_added(name);
+}
+
+void ShardedWriter::add_int_linear(const std::string& prefix, const PackedIntLinear& p) {
+  qwenq::add_int_linear(writer_, prefix, p);
+  for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) {
+    if (p.layout != IntLayout::AwqGemm || std::string(suffix) != ".g_idx") note_added(prefix + suffix);
+  }
+}
+
+void ShardedWriter::finish() {
+  if (!pending_.empty() || files_.empty()) flush();
+  const int n = static_cast<int>(files_.size());
+  std::map<std::string, std::string> weight_map;
+  for (int i = 0; i < n; ++i) {
+    char name[64];
+    if (n == 1) std::snprintf(name, sizeof name, "model.safetensors");
+    else std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i + 1, n);
+    QWENQ_CHECK(std::rename(path_join(dir_, files_[i].first).c_str(), path_join(dir_, name).c_str()) == 0,
+                "cannot rename shard " << files_[i].first << " in " << dir_);
+    for (const auto& t : files_[i].second) weight_map[t] = name;
+  }
+  if (n > 1) write_safetensors_index(path_join(dir_, "model.safetensors.index.json"), weight_map, total_);
+}
+
+void ShardedWriter::flush() {
+  const std::string name = "model-shard-" + std::to_string(files_.size()) + ".safetensors";
+  writer_.set_metadata("format", "pt");
+  total_ += writer_.payload_bytes();
+  writer_.write(path_join(dir_, name));
+  files_.emplace_back(name, pending_);
+  pending_.clear();
+  writer_ = SafetensorsWriter();
+}
+
+const char* torch_dtype_name(DType t) {
+  return t == DType::BF16 ? "bfloat16" : t == DType::F16 ? "float16" : "float32";
+}
+
+namespace {
+// Copies the tokenizer and generation files a loader needs.
+void copy_side_files(const std::string& from, const std::string& to) {
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                        "added_tokens.json", "generation_config.json", "tokenizer.model"}) {
+    const std::string src = path_join(from, f);
+    if (file_exists(src)) write_file_atomic(path_join(to, f), read_file(src));
+  }
+}
+
+int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
+}  // namespace
+
+QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
+                             const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
+                             QuantizeReport rep) {
+  write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
+  copy_side_files(model_dir, out.path());
+  out.commit();
+  rep.shards = shards.shards();
+  rep.bytes_written = shards.total_bytes();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.peak_rss = peak_rss_bytes();
+  return rep;
+}
+
+void check_int_options(const QuantizeOptions& o) {
+  QWENQ_CHECK(o.bits == 2 || o.bits == 3 || o.bits == 4 || o.bits == 8,
+              "--bits " << o.bits << " is not supported for GPTQ/AWQ files (2, 3, 4 or 8)");
+  QWENQ_CHECK(o.layout != IntLayout::AwqGemm || o.bits == 4, "AWQ GEMM files hold 4-bit codes only, not " << o.bits);
+  QWENQ_CHECK(o.group_size == -1 || o.group_size >= 8, "--group-size must be -1 or at least 8, got " << o.group_size);
+  QWENQ_CHECK(o.layout != IntLayout::AwqGemm || o.group_size > 0, "AWQ needs a positive --group-size");
+  QWENQ_CHECK(!(o.layout == IntLayout::GptqV1 && !o.sym),
+              "asymmetric grids can have a zero point of 0, which GPTQ v1 files cannot store; use --format gptq_v2 "
+              "or --sym");
+}
+
+void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_t N, int64_t K) {
+  if (o.method != QuantizeOptions::Method::Rtn) return;
+  if (o.layout != IntLayout::AwqGemm) {
+    // 32 codes fill a whole number of int32 words for every width (3 bits: 32 codes in 3 words).
+    const int per = o.bits == 3 ? 32 : 32 / o.bits;
+    QWENQ_CHECK(K % per == 0 && N % per == 0,
+                name << " has shape [" << N << ", " << K << "]: GPTQ packs " << o.bits << "-bit codes into int32 words "
+                     << per << " at a time along K and along N, so both must be multiples of " << per
+                     << " (pass --pad-intermediate, or use nf4)");
+  } else {
+    QWENQ_CHECK(N % 8 == 0, name << " has shape [" << N << ", " << K
+                                 << "]: AWQ GEMM packs 8 output channels per int32, so N must be a multiple of 8"
+                                 << " (pass --pad-intermediate, or use nf4)");
+    QWENQ_CHECK(K % o.group_size == 0, name << " has shape [" << N << ", " << K << "]: AWQ GEMM readers need K to be a "
+                                            "multiple of the group size " << o.group_size
+                                            << " (choose a smaller --group-size, or pass --pad-intermediate)");
+  }
+}
+
+void check_not_quantized(const std::string& model_dir) {
+  QWENQ_CHECK(load_quant_config(model_dir).method == QuantConfig::Method::None,
+              model_dir << " is already quantized (its config.json has a quantization_config); give the original "
+                           "bf16/fp16/fp32 model");
+}
+
+int64_t padded_intermediate(const QuantizeOptions& o, int64_t I) {
+  if (!o.pad_intermediate || o.method != QuantizeOptions::Method::Rtn) return I;
+  int64_t m = o.layout == IntLayout::AwqGemm ? 8 : (o.bits == 3 ? 32 : 32 / o.bits);
+  if (o.group_size > 0) m = m / gcd64(m, o.group_size) * o.group_size;
+  return (I + m - 1) / m * m;
+}
+
+std::vector<float> pad_matrix(const std::vector<float>& W, int64_t N, int64_t K, int64_t N2, int64_t K2) {
+  std::vector<float> out(N2 * K2, 0.f);
+  for (int64_t n = 0; n < N; ++n) std::copy(W.begin() + n * K, W.begin() + (n + 1) * K, out.begin() + n * K2);
+  return out;
+}
+
+std::vector<std::vector<int32_t>> calibration_windows(const std::string& path, const std::string& text_field,
+                                                      int64_t samples, int64_t seq_len, uint64_t seed,
+                                                      const Tokenizer& tok) {
+  QWENQ_CHECK(samples >= 1 && seq_len >= 2, "--calib-samples and --calib-seq-len must be positive (got " << samples
+                                                << " and " << seq_len << ")");
+  const std::string text = load_text_corpus(path, text_field);
+  const std::vector<int32_t> ids = tok.encode(text, false);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  QWENQ_CHECK(n > seq_len, path << ": " << n << " tokens, too short for one calibration window of --calib-seq-len "
+                                << seq_len << "; give more text or a shorter window");
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t i = 0; i < samples; ++i) {
+    const int64_t start = static_cast<int64_t>(rng.below(static_cast<uint64_t>(n - seq_len)));
+    out.emplace_back(ids.begin() + start, ids.begin() + start + seq_len);
+  }
+  return out;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,82 @@
+// What the whole-model quantizers (quantize_model, gptq_model, awq_model) share: the sharded output writer,
+// the final config/tokenizer step, the checks of what an integer layout can hold, the zero padding of the MLP
+// width, and the seeded calibration windows.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <regex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/dtype.h"
+#include "core/files.h"
+#include "core/safetensors.h"
+#include "quant/int_checkpoint.h"
+#include "trainer/quantize_model.h"
+
+namespace qwenq {
+
+class Tokenizer;
+
+// Shards written as they fill up, as "model-shard-<i>.safetensors", renamed to transformers'
+// "model-0000i-of-0000n.safetensors" (or model.safetensors when there is one) by finish().
+class ShardedWriter {
+ public:
+  ShardedWriter(std::string dir, uint64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+  SafetensorsWriter& current() { return writer_; }
+  void note_added(const std::string& name) { pending_.push_back(name); }
+  // add + note_added for a tensor that stays valid until the shard is flushed (a view into a mapping).
+  void add_view(const std::string& name, const TensorView& t);
+  // add_int_linear + note_added for the tensors the layout has (AWQ has no g_idx).
+  void add_int_linear(const std::string& prefix, const PackedIntLinear& p);
+  void maybe_flush() {
+    if (writer_.payload_bytes() >= max_bytes_) flush();
+  }
+  void finish();
+  int shards() const { return static_cast<int>(files_.size()); }
+  uint64_t total_bytes() const { return total_; }
+
+ private:
+  void flush();
+  std::string dir_;
+  uint64_t max_bytes_;
+  uint64_t total_ = 0;
+  SafetensorsWriter writer_;
+  std::vector<std::string> pending_;
+  std::vector<std::pair<std::string, std::vector<std::string>>> files_;
+};
+
+// model.layers.N.{self_attn.(q|k|v|o)_proj, mlp.(gate|up|down)_proj}.weight
+extern const std::regex kDecoderLinearRe;
+
+const char* torch_dtype_name(DType t);
+
+// Writes config.json and the tokenizer files, renames the staged directory into place, completes the report.
+QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
+                             const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
+                             QuantizeReport rep);
+
+// Options every GPTQ/AWQ-layout writer must satisfy (bits, group size, layout).
+void check_int_options(const QuantizeOptions& o);
+// Refuses a Linear [N, K] the integer layout cannot hold, naming it.
+void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_t N, int64_t K);
+// Refuses a model directory whose config.json already has a quantization_config.
+void check_not_quantized(const std::string& model_dir);
+
+// The intermediate size to write: I itself, or with pad_intermediate the next multiple of what the layout
+// needs (32/bits codes per word along K and N; AWQ: 8 along N; whole groups along down_proj's K).
+int64_t padded_intermediate(const QuantizeOptions& o, int64_t I);
+// W [N, K] -> [N2, K2] with zeros appended.
+std::vector<float> pad_matrix(const std::vector<float>& W, int64_t N, int64_t K, int64_t N2, int64_t K2);
+
+// Seeded calibration windows of `seq_len` tokens cut at random offsets from the tokenized text (a text file or
+// the `text_field` of each JSONL line). Errors name the file when it is empty or too short.
+std::vector<std::vector<int32_t>> calibration_windows(const std::string& path, const std::string& text_field,
+                                                      int64_t samples, int64_t seq_len, uint64_t seed,
+                                                      const Tokenizer& tok);
+
+}  // namespace qwenq
