@@ -7,12 +7,16 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <ftw.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 
@@ -64,13 +68,13 @@ int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
   return 0;
 }
 
-// rm -rf; never throws (used from destructors).
+}  // namespace
+
 void remove_tree(const std::string& path) {
   if (!path_exists(path)) return;
   (void)::nftw(path.c_str(), remove_entry, 32, FTW_DEPTH | FTW_PHYS);
 }
 
-// mkdir -p; returns 0 or an errno.
 int make_dirs(const std::string& path) {
   if (path.empty() || dir_exists(path)) return 0;
   const std::string parent = parent_dir(path);
@@ -81,8 +85,6 @@ int make_dirs(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return errno;
   return 0;
 }
-
-}  // namespace
 
 std::string read_file(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -186,6 +188,34 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
+namespace {
+// Removes "<final>.partial.<pid>" and "<final>.old.<pid>" directories left by runs that were killed (their pid
+// no longer exists), so that an interrupted run leaves nothing behind once the next one starts.
+void remove_stale_staging(const std::string& final_path) {
+  const std::string dir = parent_dir(final_path);
+  const std::string base = final_path.substr(final_path.find_last_of('/') == std::string::npos
+                                                 ? 0 : final_path.find_last_of('/') + 1);
+  DIR* d = ::opendir(dir.empty() ? "." : dir.c_str());
+  if (!d) return;
+  std::vector<std::string> stale;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    for (const char* tag : {".partial.", ".old."}) {
+      const std::string prefix = base + tag;
+      if (name.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string pid_text = name.substr(prefix.size());
+      if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
+      const long pid = std::strtol(pid_text.c_str(), nullptr, 10);
+      if (pid > 0 && pid != ::getpid() && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+        stale.push_back(path_join(dir, name));
+      }
+    }
+  }
+  ::closedir(d);
+  for (const auto& p : stale) remove_tree(p);
+}
+}  // namespace
+
 StagedDir::StagedDir(const std::string& final_path, bool overwrite) : final_(final_path), overwrite_(overwrite) {
   QWENQ_CHECK(!final_.empty(), "output directory path is empty");
   while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
@@ -194,6 +224,7 @@ StagedDir::StagedDir(const std::string& final_path, bool overwrite) : final_(fin
     QWENQ_CHECK(dir_exists(final_), "output path " << final_ << " exists and is not a directory; refusing to "
                                                    << "replace it");
   }
+  remove_stale_staging(final_);
   tmp_ = final_ + ".partial." + std::to_string(::getpid());
   remove_tree(tmp_);  // leftover of a crashed run that had the same pid
   const int err = make_dirs(tmp_);

@@ -13,6 +13,10 @@ std::string read_file(const std::string& path);
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
 std::string path_join(const std::string& a, const std::string& b);
+// rm -rf; never throws (used from destructors); a missing path is fine.
+void remove_tree(const std::string& path);
+// mkdir -p; returns 0 or an errno.
+int make_dirs(const std::string& path);
 
 // Writes `bytes` to "<path>.tmp.<pid>", fsyncs, then renames onto `path`. On any failure the temporary is
 // removed and an Error naming `path` is thrown (e.g. "No space left on device").

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Creates .venv-oracle: the pinned Hugging Face stack the oracle tests check our numbers against
-# (transformers, tokenizers, safetensors, torch and bitsandbytes, all on the CPU). Idempotent: does nothing when the
-# pinned versions are already there. Needs PyPI access the first time (about 1-2 minutes).
+# (transformers, tokenizers, safetensors, torch, bitsandbytes, and peft with its dependency accelerate, all on the
+# CPU). Idempotent: does nothing when the pinned versions are already there. Needs PyPI access the first time
+# (about 1-2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv-oracle
-PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6 bitsandbytes==0.46.1"
+PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6 bitsandbytes==0.46.1 peft==0.15.2 accelerate==1.15.0"
 stamp="$VENV/.pins"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ]; then
   echo "oracle env: $VENV up to date ($PINS)"
@@ -15,5 +16,5 @@ fi
 echo "oracle env: installing $PINS into $VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
-"$VENV/bin/python" -c "import torch, transformers, tokenizers, safetensors; print('oracle env: torch', torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__)"
+"$VENV/bin/python" -c "import torch, transformers, tokenizers, safetensors, peft; print('oracle env: torch', torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__, 'peft', peft.__version__)"
 echo "$PINS" > "$stamp"

@@ -54,6 +54,8 @@ class QwenModel {
   const QwenConfig& config() const { return cfg_; }
   const QuantConfig& quant_config() const { return quant_; }
   const std::string& dir() const { return dir_; }
+  // The bound weights (views into the map, or packed forms) for code that runs the blocks itself (the trainer).
+  const QwenWeights& weights() const { return w_; }
 
   // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C].
   void forward_hidden(const PackedBatch& batch, std::vector<float>* hidden) const;

@@ -1,0 +1,75 @@
+// The weights of a LoRA adapter for a whole model: for each decoder layer l and each targeted Linear
+// (N outputs, K inputs) A [r, K] and B [N, r], fp32 master copies (the optimizer keeps its state elsewhere).
+//
+// Shapes per target (C hidden, I intermediate, q_dim = H·D, kv_dim = Hkv·D):
+//   q_proj [q_dim, C]   k_proj, v_proj [kv_dim, C]   o_proj [C, q_dim]
+//   gate_proj, up_proj [I, C]   down_proj [C, I]        (N, K) of the base weight [out, in]
+//
+// init_peft(seed) follows PEFT's init_lora_weights=True: A ~ kaiming_uniform(a = √5) over fan_in K, i.e.
+// U(-1/√K, 1/√K) (gain √(2/(1+5)) = √(1/3), bound = √3·gain/√K), and B = 0, so the adapted model starts equal
+// to the base. One Rng(seed) serves the whole adapter; A tensors draw from it in this order: layer 0..L-1,
+// within a layer the targets in table order (q, k, v, o, gate, up, down; untargeted ones skipped), within A
+// the r·K values row-major, one Rng::uniform(-b, b) each. B draws nothing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lora/lora_config.h"
+
+namespace qwenq {
+
+// The base model's dimensions that fix adapter shapes (a plain struct so lora/ does not depend on trainer/).
+struct LoraDims {
+  int64_t hidden_size = 0;        // C
+  int64_t intermediate_size = 0;  // I
+  int64_t q_dim = 0;              // H·D
+  int64_t kv_dim = 0;             // Hkv·D
+  int64_t num_layers = 0;
+};
+
+// (N, K) of a target's base weight [N, K].
+struct LoraShape {
+  int64_t N = 0, K = 0;
+};
+LoraShape lora_target_shape(const LoraDims& dims, LoraTarget t);
+
+// One adapted Linear.
+struct LoraWeights {
+  int64_t N = 0, K = 0, r = 0;
+  std::vector<float> A;  // [r, K] row-major
+  std::vector<float> B;  // [N, r] row-major
+};
+
+class LoraAdapter {
+ public:
+  // Zero-filled A and B for every layer and target of `config`. Throws when the config is invalid, a
+  // dimension is not positive, or r > min(N, K) of a layer (naming it).
+  LoraAdapter(const LoraDims& dims, const LoraConfig& config);
+
+  // PEFT's default initialisation (see the top of this file).
+  void init_peft(uint64_t seed);
+
+  const LoraConfig& config() const { return config_; }
+  const LoraDims& dims() const { return dims_; }
+  int64_t rank() const { return config_.r; }
+  double scaling() const { return config_.scaling(); }
+  // The targeted Linears in table order.
+  const std::vector<LoraTarget>& targets() const { return targets_; }
+  bool has(int64_t layer, LoraTarget t) const;
+  // Throws naming the layer and target when absent.
+  LoraWeights& at(int64_t layer, LoraTarget t);
+  const LoraWeights& at(int64_t layer, LoraTarget t) const;
+  // Number of trainable values (Σ r·(N + K)).
+  int64_t num_parameters() const;
+
+ private:
+  int64_t slot(int64_t layer, LoraTarget t) const;  // -1 when absent
+  LoraDims dims_;
+  LoraConfig config_;
+  std::vector<LoraTarget> targets_;
+  std::vector<LoraWeights> weights_;  // [layer][target index in targets_]
+};
+
+}  // namespace qwenq

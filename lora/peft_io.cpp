@@ -1,0 +1,94 @@
+#include "lora/peft_io.h"
+
+#include <set>
+#include <vector>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/safetensors.h"
+#include "core/tensor.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr const char* kConfigFile = "adapter_config.json";
+constexpr const char* kWeightsFile = "adapter_model.safetensors";
+constexpr const char* kPickleFile = "adapter_model.bin";
+
+std::vector<uint8_t> encode(const std::vector<float>& v, DType dtype) {
+  std::vector<uint8_t> bytes(v.size() * dtype_size(dtype));
+  from_f32(dtype, v.data(), bytes.data(), v.size());
+  return bytes;
+}
+
+}  // namespace
+
+std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b) {
+  return "base_model.model.model.layers." + std::to_string(layer) + "." + lora_target_path(t) +
+         (is_b ? ".lora_B.weight" : ".lora_A.weight");
+}
+
+void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const PeftSaveOptions& options) {
+  QWENQ_CHECK(options.dtype == DType::F32 || options.dtype == DType::BF16,
+              "LoRA adapters are saved as F32 or BF16, not " << dtype_name(options.dtype) << " (" << dir << ")");
+  const std::string config_json = lora_config_to_json(adapter.config());
+  SafetensorsWriter writer;
+  writer.set_metadata("format", "pt");  // what PEFT's save_pretrained writes
+  for (int64_t l = 0; l < adapter.dims().num_layers; ++l) {
+    for (LoraTarget t : adapter.targets()) {
+      const LoraWeights& w = adapter.at(l, t);
+      writer.add_owned(peft_tensor_name(l, t, false), options.dtype, {w.r, w.K}, encode(w.A, options.dtype));
+      writer.add_owned(peft_tensor_name(l, t, true), options.dtype, {w.N, w.r}, encode(w.B, options.dtype));
+    }
+  }
+  StagedDir staged(dir, options.overwrite);
+  write_file_atomic(path_join(staged.path(), kConfigFile), config_json);
+  writer.write(path_join(staged.path(), kWeightsFile));
+  staged.commit();
+}
+
+LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
+  QWENQ_CHECK(dir_exists(dir), "LoRA adapter directory " << dir << " does not exist");
+  const LoraConfig config = load_lora_config(dir);
+  const std::string path = path_join(dir, kWeightsFile);
+  if (!file_exists(path)) {
+    QWENQ_CHECK(!file_exists(path_join(dir, kPickleFile)),
+                dir << " holds adapter_model.bin (a PyTorch pickle), which is not read; re-save the adapter with "
+                    << "save_pretrained(..., safe_serialization=True) to get " << kWeightsFile);
+    QWENQ_FAIL("no " << kWeightsFile << " in " << dir);
+  }
+  LoraAdapter adapter(dims, config);
+  SafetensorsFile file(path);
+  std::set<std::string> expected;
+  for (int64_t l = 0; l < dims.num_layers; ++l) {
+    for (LoraTarget t : adapter.targets()) {
+      LoraWeights& w = adapter.at(l, t);
+      for (bool is_b : {false, true}) {
+        const std::string name = peft_tensor_name(l, t, is_b);
+        expected.insert(name);
+        QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json targets "
+                                         << lora_target_name(t) << " on every layer)");
+        const TensorView& v = file.get(name);
+        const std::vector<int64_t> want = is_b ? std::vector<int64_t>{w.N, w.r} : std::vector<int64_t>{w.r, w.K};
+        QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)
+                                          << ", expected " << shape_str(want) << " (r=" << w.r
+                                          << " from adapter_config.json; an adapter for a different base model?)");
+        QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+                    path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
+                         << "; adapter weights must be F32, BF16 or F16");
+        std::vector<float>& dst = is_b ? w.B : w.A;
+        to_f32(v.dtype, v.data, dst.data(), dst.size());
+      }
+    }
+  }
+  for (const std::string& name : file.names()) {
+    QWENQ_CHECK(expected.count(name),
+                path << ": unexpected tensor " << name << " (expected lora_A/lora_B weights of "
+                     << dims.num_layers << " layers for target_modules in adapter_config.json; biases, DoRA "
+                     << "magnitudes, embeddings or an adapter for a different base are not supported)");
+  }
+  return adapter;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,42 @@
+// LoRA adapters on disk, in the Hugging Face PEFT layout (REFERENCE A4): a directory holding
+//   adapter_config.json          (lora/lora_config.h)
+//   adapter_model.safetensors    __metadata__ {"format": "pt"}; for every layer l and targeted Linear
+//     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_A.weight   [r, K]
+//     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_B.weight   [N, r]
+// (the keys of a PeftModel wrapping Qwen2ForCausalLM, adapter name "default" dropped, as save_pretrained writes).
+//
+// Saving builds the directory under "<dir>.partial.<pid>" and renames it when both files are complete
+// (core/files.h StagedDir), so a crash never leaves a half-written adapter under the final name. The dtype is
+// F32 by default: PEFT keeps adapter weights in fp32 even on a bf16 base (autocast_adapter_dtype, REFERENCE
+// A4.3), so its own files are F32; BF16 (round to nearest even) halves the size.
+//
+// Loading reads an adapter made by PEFT or by us: every tensor's dtype (F32, BF16, F16) is widened to fp32, and
+// every shape is checked against the base model's dimensions; a mismatch names the tensor, the file, and the
+// expected and found shapes ("adapter for a different base"). A key the config does not explain (a module not in
+// target_modules, a layer the base lacks, biases, DoRA magnitudes, embeddings) is refused by name, as is a
+// missing A or B. adapter_model.bin (pickle) is refused: re-save with safe_serialization=True.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "lora/lora_adapter.h"
+
+namespace qwenq {
+
+// "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" (is_b: lora_B).
+std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b);
+
+struct PeftSaveOptions {
+  DType dtype = DType::F32;  // F32 or BF16
+  bool overwrite = false;    // replace an existing directory (else refused)
+};
+
+// Writes `dir` (adapter_config.json + adapter_model.safetensors) atomically.
+void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const PeftSaveOptions& options = {});
+
+// Reads `dir` for a base model of dimensions `dims`; the config is adapter.config().
+LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims);
+
+}  // namespace qwenq

@@ -1,0 +1,298 @@
+#include "trainer/lora_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/act.h"
+#include "kernels/attention.h"
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/rope.h"
+#include "lora/lora_linear.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,   LoraTarget::OProj,
+                                    LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+
+const LinearWeight& base_of(const QwenLayerWeights& L, int t) {
+  switch (t) {
+    case 0: return L.q;
+    case 1: return L.k;
+    case 2: return L.v;
+    case 3: return L.o;
+    case 4: return L.gate;
+    case 5: return L.up;
+    default: return L.down;
+  }
+}
+
+// A Linear's weight as something the fp32 kernels take: a view of the stored dense tensor, or the dequantized
+// values of a packed one (one layer at a time).
+struct WeightRef {
+  std::vector<float> owned;
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  explicit WeightRef(const LinearWeight& w) {
+    if (w.is_dense()) {
+      data = w.dense.data;
+      dtype = w.dense.dtype;
+    } else {
+      owned = w.dequantize();
+      data = owned.data();
+    }
+  }
+};
+
+// The adapter branch's saved state of one Linear in one block.
+struct BranchActs {
+  std::vector<float> u;     // [T, r]
+  std::vector<float> xd;    // dropped-out input [T, K] (empty without dropout)
+  std::vector<float> keep;  // [T, K] (empty without dropout)
+};
+
+struct BlockActs {
+  std::vector<float> n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act;
+  BranchActs br[7];
+};
+
+class Runner {
+ public:
+  Runner(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch, const LoraStepOptions& opt)
+      : m_(model), c_(model.config()), w_(model.weights()), ad_(adapter), b_(batch), opt_(opt), T_(batch.num_tokens()) {
+    s_ = static_cast<float>(adapter.scaling());
+    p_ = opt.train ? static_cast<float>(adapter.config().dropout) : 0.f;
+  }
+
+  // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ
+  void linear_fwd(int64_t l, int t, const float* x, const TensorView& bias, float* y, BranchActs* br) const {
+    const LinearWeight& w = base_of(w_.layers[l], t);
+    const WeightRef W(w);
+    linear_forward_ref(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
+    if (!ad_.has(l, kTargets[t])) return;
+    const LoraWeights& lw = ad_.at(l, kTargets[t]);
+    const float* xin = x;
+    if (p_ > 0.f) {
+      Rng rng(mask_seed(l, t));
+      br->xd.resize(T_ * w.K);
+      br->keep.resize(T_ * w.K);
+      lora_dropout_ref(x, T_ * w.K, p_, rng, br->xd.data(), br->keep.data());
+      xin = br->xd.data();
+    }
+    br->u.resize(T_ * lw.r);
+    lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, s_, y, br->u.data());
+  }
+
+  // dx += dy W (+ the adapter's input gradient); the adapter's dA, dB accumulate into grads.
+  void linear_bwd(int64_t l, int t, const float* dy, const float* x, const BranchActs& br, float* dx,
+                  LoraAdapter* grads, std::vector<float>& tmp) const {
+    const LinearWeight& w = base_of(w_.layers[l], t);
+    const WeightRef W(w);
+    tmp.resize(T_ * w.K);
+    linear_backward_input_ref(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
+    for (int64_t i = 0; i < T_ * w.K; ++i) dx[i] += tmp[i];
+    if (!ad_.has(l, kTargets[t])) return;
+    const LoraWeights& lw = ad_.at(l, kTargets[t]);
+    LoraWeights& g = grads->at(l, kTargets[t]);
+    if (p_ > 0.f) {
+      std::fill(tmp.begin(), tmp.end(), 0.f);
+      lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
+                        g.B.data(), tmp.data());
+      lora_dropout_backward_ref(br.keep.data(), tmp.data(), T_ * w.K, dx);
+    } else {
+      lora_backward_ref(dy, x, br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(), g.B.data(), dx);
+    }
+  }
+
+  // One block: x [T, C] in, out [T, C] (may alias x), intermediates into acts.
+  void block_fwd(int64_t l, const float* x, float* out, BlockActs& s) const {
+    const QwenLayerWeights& L = w_.layers[l];
+    const int64_t C = c_.hidden_size, I = c_.intermediate_size, H = c_.num_heads, Hkv = c_.num_kv_heads, D = c_.head_dim;
+    const float eps = c_.rms_norm_eps;
+    s.n1.resize(T_ * C);
+    rmsnorm_forward_ref(x, T_, C, L.input_norm.data, L.input_norm.dtype, eps, s.n1.data());
+    s.q.resize(T_ * H * D);
+    s.k.resize(T_ * Hkv * D);
+    s.v.resize(T_ * Hkv * D);
+    linear_fwd(l, 0, s.n1.data(), L.q_bias, s.q.data(), &s.br[0]);
+    linear_fwd(l, 1, s.n1.data(), L.k_bias, s.k.data(), &s.br[1]);
+    linear_fwd(l, 2, s.n1.data(), L.v_bias, s.v.data(), &s.br[2]);
+    if (c_.qk_norm) {
+      s.qpre = s.q;
+      s.kpre = s.k;
+      rmsnorm_forward_ref(s.qpre.data(), T_ * H, D, L.q_norm.data, L.q_norm.dtype, eps, s.q.data());
+      rmsnorm_forward_ref(s.kpre.data(), T_ * Hkv, D, L.k_norm.data, L.k_norm.dtype, eps, s.k.data());
+    }
+    rope_forward_ref(s.q.data(), T_, H, D, b_.positions.data(), c_.rope_theta);
+    rope_forward_ref(s.k.data(), T_, Hkv, D, b_.positions.data(), c_.rope_theta);
+    s.a.resize(T_ * H * D);
+    s.lse.resize(T_ * H);
+    attention_forward_ref(s.q.data(), s.k.data(), s.v.data(), b_.cu_seqlens.data(), b_.num_seqs(), H, Hkv, D, s.a.data(),
+                          s.lse.data());
+    s.h1.resize(T_ * C);
+    linear_fwd(l, 3, s.a.data(), TensorView{}, s.h1.data(), &s.br[3]);
+    for (int64_t i = 0; i < T_ * C; ++i) s.h1[i] += x[i];
+    s.n2.resize(T_ * C);
+    rmsnorm_forward_ref(s.h1.data(), T_, C, L.post_norm.data, L.post_norm.dtype, eps, s.n2.data());
+    s.gate.resize(T_ * I);
+    s.up.resize(T_ * I);
+    s.act.resize(T_ * I);
+    linear_fwd(l, 4, s.n2.data(), TensorView{}, s.gate.data(), &s.br[4]);
+    linear_fwd(l, 5, s.n2.data(), TensorView{}, s.up.data(), &s.br[5]);
+    swiglu_forward_ref(s.gate.data(), s.up.data(), T_ * I, s.act.data());
+    std::vector<float> mlp(T_ * C);
+    linear_fwd(l, 6, s.act.data(), TensorView{}, mlp.data(), &s.br[6]);
+    for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
+  }
+
+  // dx [T, C] = ∂L/∂x of block l given dout (dx may alias dout).
+  void block_bwd(int64_t l, const float* x, const BlockActs& s, const float* dout, float* dx, LoraAdapter* grads) const {
+    const QwenLayerWeights& L = w_.layers[l];
+    const int64_t C = c_.hidden_size, I = c_.intermediate_size, H = c_.num_heads, Hkv = c_.num_kv_heads, D = c_.head_dim;
+    const float eps = c_.rms_norm_eps;
+    std::vector<float> tmp;
+    std::vector<float> dact(T_ * I, 0.f), dgate(T_ * I), dup(T_ * I);
+    linear_bwd(l, 6, dout, s.act.data(), s.br[6], dact.data(), grads, tmp);
+    swiglu_backward_ref(dact.data(), s.gate.data(), s.up.data(), T_ * I, dgate.data(), dup.data());
+    std::vector<float> dn2(T_ * C, 0.f);
+    linear_bwd(l, 4, dgate.data(), s.n2.data(), s.br[4], dn2.data(), grads, tmp);
+    linear_bwd(l, 5, dup.data(), s.n2.data(), s.br[5], dn2.data(), grads, tmp);
+    std::vector<float> dh1(T_ * C);
+    rmsnorm_backward_ref(dn2.data(), s.h1.data(), T_, C, L.post_norm.data, L.post_norm.dtype, eps, dh1.data());
+    for (int64_t i = 0; i < T_ * C; ++i) dh1[i] += dout[i];
+
+    std::vector<float> da(T_ * H * D, 0.f);
+    linear_bwd(l, 3, dh1.data(), s.a.data(), s.br[3], da.data(), grads, tmp);
+    std::vector<float> dq(T_ * H * D), dk(T_ * Hkv * D), dv(T_ * Hkv * D);
+    attention_backward_ref(da.data(), s.q.data(), s.k.data(), s.v.data(), s.a.data(), s.lse.data(), b_.cu_seqlens.data(),
+                           b_.num_seqs(), H, Hkv, D, dq.data(), dk.data(), dv.data());
+    rope_backward_ref(dq.data(), T_, H, D, b_.positions.data(), c_.rope_theta);
+    rope_backward_ref(dk.data(), T_, Hkv, D, b_.positions.data(), c_.rope_theta);
+    if (c_.qk_norm) {
+      rmsnorm_backward_ref(dq.data(), s.qpre.data(), T_ * H, D, L.q_norm.data, L.q_norm.dtype, eps, dq.data());
+      rmsnorm_backward_ref(dk.data(), s.kpre.data(), T_ * Hkv, D, L.k_norm.data, L.k_norm.dtype, eps, dk.data());
+    }
+    std::vector<float> dn1(T_ * C, 0.f);
+    linear_bwd(l, 0, dq.data(), s.n1.data(), s.br[0], dn1.data(), grads, tmp);
+    linear_bwd(l, 1, dk.data(), s.n1.data(), s.br[1], dn1.data(), grads, tmp);
+    linear_bwd(l, 2, dv.data(), s.n1.data(), s.br[2], dn1.data(), grads, tmp);
+    rmsnorm_backward_ref(dn1.data(), x, T_, C, L.input_norm.data, L.input_norm.dtype, eps, dx);
+    for (int64_t i = 0; i < T_ * C; ++i) dx[i] += dh1[i];
+  }
+
+  LoraStepResult run(const std::vector<int32_t>& targets, LoraAdapter* grads, std::vector<float>* logits_out) {
+    const int64_t C = c_.hidden_size, V = c_.vocab_size, Lc = c_.num_layers;
+    QWENQ_CHECK(static_cast<int64_t>(targets.size()) == T_ || logits_out,
+                "lora_loss_and_grad: " << targets.size() << " targets for " << T_ << " tokens");
+    // Forward: block inputs kept (checkpointing) or every block's intermediates.
+    std::vector<std::vector<float>> xs(Lc + 1);
+    m_.embed_batch(b_, &xs[0]);
+    std::vector<BlockActs> kept(opt_.checkpointing ? 0 : Lc);
+    BlockActs scratch;
+    for (int64_t l = 0; l < Lc; ++l) {
+      xs[l + 1].resize(T_ * C);
+      block_fwd(l, xs[l].data(), xs[l + 1].data(), opt_.checkpointing ? scratch : kept[l]);
+      if (opt_.checkpointing && l + 1 < Lc && !grads) xs[l].clear();  // inference: only the current input is needed
+    }
+    std::vector<float> hidden(T_ * C);
+    rmsnorm_forward_ref(xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps, hidden.data());
+    if (logits_out) {
+      logits_out->resize(T_ * V);
+      linear_forward_ref(hidden.data(), T_, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
+                         logits_out->data());
+      return {};
+    }
+    // Loss over chunks of rows; each chunk's dlogits goes into dhidden at once.
+    LoraStepResult res;
+    std::vector<float> dhidden(T_ * C, 0.f);
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T_, (int64_t{16} << 20) / V));
+    std::vector<float> lg(chunk * V), nll(chunk);
+    for (int64_t r0 = 0; r0 < T_; r0 += chunk) {
+      const int64_t rows = std::min(chunk, T_ - r0);
+      linear_forward_ref(hidden.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
+                         lg.data());
+      res.counted += cross_entropy_forward_ref(lg.data(), rows, V, targets.data() + r0, nll.data());
+      for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[i];
+      if (!grads) continue;
+      cross_entropy_backward_ref(lg.data(), rows, V, targets.data() + r0, static_cast<float>(opt_.grad_scale), lg.data());
+      linear_backward_input_ref(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dhidden.data() + r0 * C);
+    }
+    QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
+    if (!grads) return res;
+    std::vector<float> d(T_ * C);
+    rmsnorm_backward_ref(dhidden.data(), xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps,
+                         d.data());
+    for (int64_t l = Lc - 1; l >= 0; --l) {
+      const BlockActs* acts = opt_.checkpointing ? nullptr : &kept[l];
+      if (opt_.checkpointing) {
+        std::vector<float> out(T_ * C);
+        block_fwd(l, xs[l].data(), out.data(), scratch);  // recompute the intermediates
+        acts = &scratch;
+      }
+      block_bwd(l, xs[l].data(), *acts, d.data(), d.data(), grads);
+      xs[l + 1].clear();
+    }
+    return res;
+  }
+
+ private:
+  uint64_t mask_seed(int64_t l, int t) const {
+    return opt_.dropout_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(l) * 7 + static_cast<uint64_t>(t) + 1;
+  }
+  const QwenModel& m_;
+  const QwenConfig& c_;
+  const QwenWeights& w_;
+  const LoraAdapter& ad_;
+  const PackedBatch& b_;
+  LoraStepOptions opt_;
+  int64_t T_;
+  float s_ = 1.f, p_ = 0.f;
+};
+
+}  // namespace
+
+LoraDims lora_dims_of(const QwenConfig& c) {
+  LoraDims d;
+  d.hidden_size = c.hidden_size;
+  d.intermediate_size = c.intermediate_size;
+  d.q_dim = c.q_dim();
+  d.kv_dim = c.kv_dim();
+  d.num_layers = c.num_layers;
+  return d;
+}
+
+std::vector<int32_t> next_token_targets(const PackedBatch& b) {
+  std::vector<int32_t> targets(b.num_tokens(), kIgnoreIndex);
+  for (int64_t s = 0; s < b.num_seqs(); ++s) {
+    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
+  }
+  return targets;
+}
+
+LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch,
+                                  const std::vector<int32_t>& targets, LoraAdapter* grads, const LoraStepOptions& opt) {
+  const QwenConfig& c = model.config();
+  const LoraDims& d = adapter.dims();
+  QWENQ_CHECK(d.hidden_size == c.hidden_size && d.intermediate_size == c.intermediate_size && d.q_dim == c.q_dim() &&
+                  d.kv_dim == c.kv_dim() && d.num_layers == c.num_layers,
+              "the adapter was made for another base model (hidden " << d.hidden_size << ", intermediate "
+                  << d.intermediate_size << ", " << d.num_layers << " layers; the model has " << c.hidden_size << ", "
+                  << c.intermediate_size << ", " << c.num_layers << ")");
+  QWENQ_CHECK(batch.num_tokens() > 0, "lora_loss_and_grad: empty batch");
+  return Runner(model, adapter, batch, opt).run(targets, grads, nullptr);
+}
+
+std::vector<float> lora_forward_logits(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch) {
+  LoraStepOptions opt;
+  opt.train = false;
+  std::vector<float> logits;
+  Runner(model, adapter, batch, opt).run({}, nullptr, &logits);
+  return logits;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,59 @@
+// Loss and LoRA gradients of a Qwen model on the CPU: the frozen base (dense bf16/fp32, or packed GPTQ/AWQ/NF4,
+// dequantized one Linear at a time, never the whole model) plus a LoRA adapter, forward and hand-written backward
+// in the style of llm.c. Only the adapter gets gradients.
+//
+// Forward (per decoder block, qwen_model.h has the same math without adapters); every adapted Linear computes
+//   y = x Wᵀ (+ b) + s · (drop(x) Aᵀ) Bᵀ
+// and the loss is L = grad_scale · Σ_t nll(t) over the counted targets (targets[t] != -100); the lm_head runs over
+// chunks of rows, so the [T, V] logits never exist at once, and each chunk's dlogits goes straight into dhidden.
+//
+// Backward of a block, given dout = ∂L/∂x_out (residual stream x → h1 = x + attn(norm1(x)) → x_out = h1 + mlp(norm2(h1))):
+//   dact = dout W_dᵀᵀ (+ LoRA)               dgate, dup = swiglu'(dact)
+//   dn2  = dgate W_g + dup W_u (+ LoRA)      dh1 = dout + rmsnorm'(dn2; h1)
+//   da   = dh1 W_o (+ LoRA)                  dq, dk, dv = attention'(da; q, k, v, out, lse)
+//   dq, dk = rope⁻¹(dq), rope⁻¹(dk)          (Qwen3: then through the per-head q/k RMSNorm)
+//   dn1  = dq W_q + dk W_k + dv W_v (+ LoRA) dx = dh1 + rmsnorm'(dn1; x)
+// and each adapter accumulates dB += s·dyᵀu, dA += s·(dy B)ᵀ drop(x) (lora/lora_linear.h).
+//
+// Activation checkpointing (default): the forward keeps only each block's input x_l; the backward recomputes the
+// block's intermediates from it, so memory grows with one block's activations plus L·T·C floats. Without it every
+// block's intermediates are kept from the forward. Both give bit-identical results (same operations, same order).
+// Dropout masks come from Rng(dropout_seed, layer, target), so the recomputation draws the same masks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lora/lora_adapter.h"
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+
+struct LoraStepOptions {
+  bool checkpointing = true;
+  double grad_scale = 1.0;     // ∂L/∂(Σ nll): 1/(counted targets of the whole optimizer step) for a mean loss
+  uint64_t dropout_seed = 0;   // per step; only used when the adapter's dropout > 0
+  bool train = true;           // false: no dropout (evaluation)
+};
+
+struct LoraStepResult {
+  double nll_sum = 0.0;  // Σ nll over counted targets (fp64 sum of fp32 values)
+  int64_t counted = 0;
+};
+
+// The adapter shapes a model calls for.
+LoraDims lora_dims_of(const QwenConfig& c);
+
+// targets [T]: the token each position must predict, or kIgnoreIndex. When grads is not null (same config and
+// shapes as adapter), the gradient of grad_scale·Σ nll is *added* to it.
+LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch,
+                                  const std::vector<int32_t>& targets, LoraAdapter* grads, const LoraStepOptions& opt);
+
+// Next-token targets of a packed batch: targets[t] = tokens[t+1] inside each sequence, kIgnoreIndex at the last
+// position of each sequence.
+std::vector<int32_t> next_token_targets(const PackedBatch& batch);
+
+// Logits [T, V] of the adapted model (tests, generation with an adapter).
+std::vector<float> lora_forward_logits(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch);
+
+}  // namespace qwenq

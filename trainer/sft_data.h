@@ -1,0 +1,203 @@
+// Supervised fine-tuning (SFT) data for the LoRA trainer: records read from a file, rendered with a prompt
+// template, tokenized with a loss mask, split into train/eval, and cut into batches for the packed-varlen model.
+//
+// Files: `.jsonl` (one JSON object per line, blank lines ignored) or `.json` (one array of objects). Other
+// extensions: JSONL when the first non-blank byte is '{', an array when it is '['.
+//
+// Record formats (auto-detected from the first record's keys: "messages" -> chat, "instruction" -> Alpaca,
+// "text" -> text; or forced with SftDataOptions::format). Extra keys are ignored.
+//
+//  * text    {"text": T}. Tokens: encode(T) (BOS first when the tokenizer adds one), then EOS.
+//            Loss on every token (BOS excluded: it can never be a target).
+//  * Alpaca  {"instruction": I, "input": X (optional, "" or null = none), "output": O}. The prompt is Stanford
+//            Alpaca's (tatsu-lab/stanford_alpaca, PROMPT_DICT), exactly these C++ literals with {I}/{X} substituted:
+//            with input:
+//              "Below is an instruction that describes a task, paired with an input that provides further "
+//              "context. Write a response that appropriately completes the request.\n\n"
+//              "### Instruction:\n{I}\n\n### Input:\n{X}\n\n### Response:\n"
+//            without input:
+//              "Below is an instruction that describes a task. Write a response that appropriately completes "
+//              "the request.\n\n### Instruction:\n{I}\n\n### Response:\n"
+//            Tokens: encode(prompt) ++ encode(O) ++ [EOS]; loss on the tokens of O and on EOS only. EOS is the
+//            tokenizer's eos_token (<|im_end|> for the Qwen2 instruct tokenizer in ../shared, </s> for Llama).
+//  * chat    {"messages": [{"role": "system"|"user"|"assistant", "content": C}, ...]}, at least one
+//            assistant turn. Rendered with the tokenizer's ChatML template (Tokenizer::apply_chat_template,
+//            add_generation_prompt=false), i.e. for Qwen:
+//              "<|im_start|>system\n{system or the template's default}<|im_end|>\n"
+//              "<|im_start|>user\n{C}<|im_end|>\n<|im_start|>assistant\n{C}<|im_end|>\n" ...
+//            Loss on each assistant turn's content and its closing <|im_end|> (not the "\n" after it, not
+//            "<|im_start|>assistant\n"). The span of assistant turn i is found by rendering prefixes: it
+//            starts where render(messages[0..i), add_generation_prompt=true) ends and is content + "<|im_end|>";
+//            a template for which that does not hold is refused. Tokenizers without a chat template
+//            (llama2.c's stories260K) refuse chat data.
+//
+// Tokenization: the rendered text is cut into alternating prompt / response pieces at the span boundaries
+// and each piece is encoded on its own (specials parsed, as Hugging Face tokenizes a rendered chat), so a
+// token never straddles a prompt/response boundary and the mask is exact by construction. For Qwen's
+// byte-level BPE this equals encoding the whole string, except where a response starts with a line break
+// (the "\n" that ends the prompt would have merged with it). SentencePiece tokenizers (stories260K) add
+// their "▁" prefix to every piece, so a response starts with a word-initial token.
+//
+// Mask convention: SftExample::loss_mask[t] refers to TARGET positions: 1 means "token t is predicted from
+// tokens[0..t) and that prediction counts in the loss". loss_mask[0] is always 0 (nothing predicts the
+// first token). In a batch, targets[p] = tokens[p+1] when p+1 is in the same segment and loss_mask of that
+// token is 1, else kIgnoreIndex (-100): the input-position view the cross-entropy kernel takes.
+//
+// Malformed records (not JSON, missing fields, wrong types, unknown roles, no assistant turn) are errors
+// naming "file:line" (JSONL) or "file: record N" (JSON array; N is 1-based). With skip_bad they are
+// skipped and counted instead. An empty dataset is an error naming the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+enum class SftFormat { kAuto, kText, kAlpaca, kChat };
+const char* sft_format_name(SftFormat f);
+SftFormat parse_sft_format(const std::string& name);  // "auto", "text", "alpaca", "chat"
+
+// One record as read from the file (only the fields of its format are set).
+struct SftRecord {
+  SftFormat format = SftFormat::kText;
+  std::string where;  // "file:line" or "file: record N", for messages
+  std::string text;                                // text
+  std::string instruction, input, output;          // Alpaca
+  std::vector<ChatMessage> messages;               // chat
+};
+
+struct SftExample {
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> loss_mask;  // same length; 1 = token t is a counted target (see above)
+};
+
+struct SftDataOptions {
+  SftFormat format = SftFormat::kAuto;
+  bool skip_bad = false;      // skip malformed records (counted) instead of stopping at the first
+  int64_t max_len = 2048;     // longer examples keep their first max_len tokens
+  uint64_t seed = 0;          // train/eval split
+  double eval_fraction = 0;   // in [0, 1): held-out share (rounded, at least 1 when > 0)
+  int64_t eval_count = 0;     // or an exact number; set at most one of the two
+};
+
+struct SftDataStats {
+  std::string path;
+  SftFormat format = SftFormat::kAuto;  // the format used (after detection)
+  int64_t records = 0;                  // records turned into examples
+  int64_t skipped = 0;                  // malformed records skipped (skip_bad)
+  std::vector<std::string> first_skipped;  // "where: why" for the first kMaxReported skipped records
+  int64_t truncated = 0;                // examples longer than max_len
+  int64_t truncated_tokens = 0;         // tokens cut from them
+  int64_t dropped_no_loss = 0;          // examples left without any counted target by truncation (dropped)
+  int64_t tokens = 0, loss_tokens = 0;  // over kept examples, after truncation
+  int64_t longest = 0;                  // longest example before truncation
+  int64_t train_examples = 0, eval_examples = 0;
+  static constexpr int kMaxReported = 5;
+  std::string summary() const;  // one line for logs
+};
+
+struct SftDataset {
+  std::vector<SftExample> train, eval;
+  SftDataStats stats;
+};
+
+// ---- reading (sft_read.cpp) ----------------------------------------------------------------------------
+
+// Reads and validates every record. Malformed ones throw, or with skip_bad are counted in stats->skipped.
+// The format is detected from the first record unless `format` forces one. Throws when nothing is left.
+std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,
+                                        SftDataStats* stats);
+
+// ---- formatting (sft_format.cpp) -----------------------------------------------------------------------
+
+// The Stanford Alpaca prompt (everything before the output), with or without the input section.
+std::string alpaca_prompt(const std::string& instruction, const std::string& input);
+
+// Record -> tokens + mask, untruncated. Throws (naming record.where) for chat data with a tokenizer that has
+// no chat template, or a template whose prefixes do not line up.
+SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok);
+
+// Keeps the first max_len tokens; returns how many were cut.
+int64_t truncate_sft_example(SftExample* ex, int64_t max_len);
+
+// read -> format -> truncate -> split. Deterministic for (file, tokenizer, options).
+SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt);
+
+// ---- split and batches (sft_batch.cpp) ------------------------------------------------------------------
+
+// Seeded shuffle of [0, n), then the first k indices are eval, the rest train (both in shuffled order).
+// k = eval_count, or round(eval_fraction * n) clamped to [1, n-1] when eval_fraction > 0; 0 when neither is
+// set. Asking for eval with n < 2 is an error.
+void split_sft_indices(int64_t n, uint64_t seed, double eval_fraction, int64_t eval_count,
+                       std::vector<int64_t>* train, std::vector<int64_t>* eval);
+
+// Packing: examples, in epoch order, are laid back to back into rows of at most seq_len tokens (greedy: an
+// example that does not fit the current row starts the next one); each example is its own sequence
+// (positions restart at 0, attention never crosses it). A batch is batch_size rows.
+// Padding: one example per row, batch_size rows per batch. The model runs packed varlen sequences, so the
+// padded [batch_size, L] layout is represented exactly by one sequence per row without pad tokens (causal
+// attention: right padding never changes the real tokens' outputs and pads carry no loss). `padded_len` is
+// the L a dense padded implementation would use (longest in the batch, or seq_len with pad_to_seq_len).
+// In both modes examples longer than seq_len are first truncated to seq_len (counted), so packing never
+// splits an example across rows.
+enum class SftBatchMode { kPacking, kPadding };
+
+struct SftBatchOptions {
+  SftBatchMode mode = SftBatchMode::kPacking;
+  int64_t seq_len = 2048;       // row length (tokens)
+  int64_t batch_size = 1;       // rows per batch
+  bool shuffle = true;          // reshuffle every epoch from (seed, epoch); false = file order
+  uint64_t seed = 0;
+  int64_t epochs = 0;           // next() returns false after this many; 0 = endless
+  bool pad_to_seq_len = false;  // padding mode: padded_len = seq_len instead of the batch's longest
+};
+
+struct SftBatch {
+  PackedBatch packed;            // tokens, positions (restart per example), cu_seqlens (one per example)
+  std::vector<int32_t> targets;  // per token: next-token target or kIgnoreIndex
+  std::vector<int32_t> cu_rows;  // rows + 1 offsets into tokens (row r = [cu_rows[r], cu_rows[r+1]))
+  int64_t epoch = 0;             // the epoch its examples come from
+  int64_t first_index = 0;       // position in that epoch's order of its first example
+  int64_t num_examples = 0;
+  int64_t num_targets = 0;       // targets != kIgnoreIndex
+  int64_t padded_len = 0;        // padding mode only (see above); 0 in packing mode
+  int64_t rows() const { return static_cast<int64_t>(cu_rows.size()) - 1; }
+};
+
+// Epoch-by-epoch batches with a resumable cursor: restoring a state() reproduces exactly the batches that
+// followed it. A batch never mixes epochs (the last one of an epoch may have fewer rows).
+class SftBatchIterator {
+ public:
+  struct State {
+    int64_t epoch = 0;
+    int64_t index = 0;         // next example position in the epoch's order
+    int64_t num_examples = 0;  // guards against resuming over different data
+  };
+
+  SftBatchIterator(std::vector<SftExample> examples, const SftBatchOptions& opt);
+  bool next(SftBatch* out);
+  State state() const;
+  void restore(const State& s);
+  // The example order of an epoch (a permutation of [0, n)).
+  std::vector<int64_t> epoch_order(int64_t epoch) const;
+  int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
+  int64_t truncated_to_seq_len() const { return truncated_; }
+
+ private:
+  void load_epoch(int64_t epoch);
+  std::vector<SftExample> examples_;
+  SftBatchOptions opt_;
+  int64_t truncated_ = 0;
+  int64_t epoch_ = 0, index_ = 0;
+  std::vector<int64_t> order_;  // of epoch_
+};
+
+// Next-token targets of one example as one sequence (out has ex.tokens.size() entries):
+// out[t] = ex.tokens[t+1] if ex.loss_mask[t+1] else kIgnoreIndex; the last one is always kIgnoreIndex.
+void sft_example_targets(const SftExample& ex, int32_t* out);
+
+}  // namespace qwenq

@@ -1,0 +1,164 @@
+// SFT records -> tokens + loss mask (templates documented in sft_data.h), truncation, and the whole
+// read -> format -> truncate -> split pipeline.
+#include <algorithm>
+#include <sstream>
+#include <utility>
+
+#include "core/error.h"
+#include "trainer/sft_data.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr const char* kImEnd = "<|im_end|>";
+
+// Rendered text as alternating pieces; `loss` pieces are responses.
+struct Piece {
+  std::string text;
+  bool loss;
+};
+
+// Encodes each piece on its own and concatenates (BOS first if the tokenizer adds one); loss_mask is 1 on
+// the tokens of loss pieces, then forced to 0 at position 0 (nothing predicts the first token).
+SftExample encode_pieces(const std::vector<Piece>& pieces, const Tokenizer& tok) {
+  SftExample ex;
+  if (tok.adds_bos() && tok.bos_id() >= 0) {
+    ex.tokens.push_back(tok.bos_id());
+    ex.loss_mask.push_back(0);
+  }
+  for (const Piece& p : pieces) {
+    if (p.text.empty()) continue;
+    const std::vector<int32_t> ids = tok.encode(p.text, /*add_special_tokens=*/false, /*parse_special=*/true);
+    ex.tokens.insert(ex.tokens.end(), ids.begin(), ids.end());
+    ex.loss_mask.insert(ex.loss_mask.end(), ids.size(), p.loss ? 1 : 0);
+  }
+  if (!ex.loss_mask.empty()) ex.loss_mask[0] = 0;
+  return ex;
+}
+
+void append_eos(SftExample* ex, const Tokenizer& tok, const std::string& where) {
+  QWENQ_CHECK(tok.eos_id() >= 0, where << ": the tokenizer (" << tok.describe() << ") has no EOS token to end the example");
+  ex->tokens.push_back(tok.eos_id());
+  ex->loss_mask.push_back(ex->tokens.size() > 1 ? 1 : 0);
+}
+
+SftExample format_chat(const SftRecord& rec, const Tokenizer& tok) {
+  QWENQ_CHECK(tok.has_chat_template(),
+              rec.where << ": chat records need a tokenizer with a chat template; " << tok.describe()
+                        << " has none (use text or Alpaca records with it)");
+  const std::vector<ChatMessage>& msgs = rec.messages;
+  const std::string full = tok.apply_chat_template(msgs, /*add_generation_prompt=*/false);
+  std::vector<Piece> pieces;
+  size_t done = 0;  // characters of `full` already in pieces
+  for (size_t i = 0; i < msgs.size(); ++i) {
+    if (msgs[i].role != "assistant") continue;
+    const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
+    const std::string prefix = tok.apply_chat_template(before, /*add_generation_prompt=*/true);
+    const std::string response = msgs[i].content + kImEnd;
+    QWENQ_CHECK(prefix.size() >= done && full.compare(0, prefix.size(), prefix) == 0 &&
+                    full.compare(prefix.size(), response.size(), response) == 0,
+                rec.where << ": the chat template does not render assistant message " << i
+                          << " right after the generation prompt of the messages before it, so its loss span "
+                             "cannot be found");
+    pieces.push_back({full.substr(done, prefix.size() - done), false});
+    pieces.push_back({response, true});
+    done = prefix.size() + response.size();
+  }
+  pieces.push_back({full.substr(done), false});
+  return encode_pieces(pieces, tok);
+}
+
+}  // namespace
+
+std::string alpaca_prompt(const std::string& instruction, const std::string& input) {
+  if (input.empty()) {
+    return "Below is an instruction that describes a task. Write a response that appropriately completes the "
+           "request.\n\n### Instruction:\n" +
+           instruction + "\n\n### Response:\n";
+  }
+  return "Below is an instruction that describes a task, paired with an input that provides further context. "
+         "Write a response that appropriately completes the request.\n\n### Instruction:\n" +
+         instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
+}
+
+SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok) {
+  SftExample ex;
+  switch (rec.format) {
+    case SftFormat::kText:
+      ex = encode_pieces({{rec.text, true}}, tok);
+      append_eos(&ex, tok, rec.where);
+      break;
+    case SftFormat::kAlpaca:
+      ex = encode_pieces({{alpaca_prompt(rec.instruction, rec.input), false}, {rec.output, true}}, tok);
+      append_eos(&ex, tok, rec.where);
+      break;
+    case SftFormat::kChat:
+      ex = format_chat(rec, tok);
+      break;
+    case SftFormat::kAuto:
+      QWENQ_FAIL(rec.where << ": record format not set");
+  }
+  return ex;
+}
+
+int64_t truncate_sft_example(SftExample* ex, int64_t max_len) {
+  QWENQ_CHECK(max_len >= 1, "max_len must be >= 1, got " << max_len);
+  const int64_t n = static_cast<int64_t>(ex->tokens.size());
+  if (n <= max_len) return 0;
+  ex->tokens.resize(static_cast<size_t>(max_len));
+  ex->loss_mask.resize(static_cast<size_t>(max_len));
+  return n - max_len;
+}
+
+std::string SftDataStats::summary() const {
+  std::ostringstream os;
+  os << path << ": " << sft_format_name(format) << ", " << records << " records";
+  if (skipped) {
+    os << " (" << skipped << " malformed skipped; first: ";
+    for (size_t i = 0; i < first_skipped.size(); ++i) os << (i ? "; " : "") << first_skipped[i];
+    os << ")";
+  }
+  os << ", " << tokens << " tokens (" << loss_tokens << " in the loss), longest " << longest;
+  if (truncated) os << ", " << truncated << " truncated by " << truncated_tokens << " tokens in all";
+  if (dropped_no_loss) os << ", " << dropped_no_loss << " dropped (no response left after truncation)";
+  os << "; train " << train_examples << ", eval " << eval_examples;
+  return os.str();
+}
+
+SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt) {
+  QWENQ_CHECK(opt.max_len >= 2, "max_len must be >= 2 (one input and one target), got " << opt.max_len);
+  SftDataset ds;
+  SftDataStats& st = ds.stats;
+  const std::vector<SftRecord> records = read_sft_records(path, opt.format, opt.skip_bad, &st);
+  std::vector<SftExample> all;
+  all.reserve(records.size());
+  for (const SftRecord& rec : records) {
+    SftExample ex = format_sft_record(rec, tok);
+    st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
+    const int64_t cut = truncate_sft_example(&ex, opt.max_len);
+    st.truncated += cut > 0;
+    st.truncated_tokens += cut;
+    int64_t loss = 0;
+    for (uint8_t m : ex.loss_mask) loss += m;
+    if (loss == 0) {
+      ++st.dropped_no_loss;
+      continue;
+    }
+    ++st.records;
+    st.tokens += static_cast<int64_t>(ex.tokens.size());
+    st.loss_tokens += loss;
+    all.push_back(std::move(ex));
+  }
+  QWENQ_CHECK(!all.empty(), path << ": empty dataset (every example lost its response to max_len " << opt.max_len << ")");
+
+  std::vector<int64_t> train, eval;
+  split_sft_indices(static_cast<int64_t>(all.size()), opt.seed, opt.eval_fraction, opt.eval_count, &train, &eval);
+  for (int64_t i : train) ds.train.push_back(std::move(all[static_cast<size_t>(i)]));
+  for (int64_t i : eval) ds.eval.push_back(std::move(all[static_cast<size_t>(i)]));
+  st.train_examples = static_cast<int64_t>(ds.train.size());
+  st.eval_examples = static_cast<int64_t>(ds.eval.size());
+  return ds;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,168 @@
+// Reading SFT records from .jsonl / .json files: format detection, validation, skip_bad bookkeeping.
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "trainer/sft_data.h"
+
+namespace qwenq {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+SftFormat detect_format(const nlohmann::json& j) {
+  if (!j.is_object()) return SftFormat::kAuto;
+  if (j.contains("messages")) return SftFormat::kChat;
+  if (j.contains("instruction")) return SftFormat::kAlpaca;
+  if (j.contains("text")) return SftFormat::kText;
+  return SftFormat::kAuto;
+}
+
+// "" when j[key] is a string (copied to *out), else why not.
+std::string get_string(const nlohmann::json& j, const char* key, std::string* out) {
+  auto it = j.find(key);
+  if (it == j.end()) return std::string("missing field \"") + key + "\"";
+  if (!it->is_string()) return std::string("field \"") + key + "\" is " + it->type_name() + ", expected a string";
+  *out = it->get<std::string>();
+  return "";
+}
+
+// Fills `rec` from one parsed record; returns "" or the reason the record is malformed.
+std::string convert_record(const nlohmann::json& j, SftFormat format, SftRecord* rec) {
+  if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
+  rec->format = format;
+  std::string err;
+  switch (format) {
+    case SftFormat::kText:
+      return get_string(j, "text", &rec->text);
+    case SftFormat::kAlpaca: {
+      if (!(err = get_string(j, "instruction", &rec->instruction)).empty()) return err;
+      if (!(err = get_string(j, "output", &rec->output)).empty()) return err;
+      auto it = j.find("input");
+      if (it != j.end() && !it->is_null()) {
+        if (!it->is_string()) return std::string("field \"input\" is ") + it->type_name() + ", expected a string";
+        rec->input = it->get<std::string>();
+      }
+      return "";
+    }
+    case SftFormat::kChat: {
+      auto it = j.find("messages");
+      if (it == j.end()) return "missing field \"messages\"";
+      if (!it->is_array()) return std::string("field \"messages\" is ") + it->type_name() + ", expected an array";
+      bool has_assistant = false;
+      for (size_t i = 0; i < it->size(); ++i) {
+        const nlohmann::json& m = (*it)[i];
+        const std::string at = "messages[" + std::to_string(i) + "]: ";
+        if (!m.is_object()) return at + "expected an object, got " + m.type_name();
+        ChatMessage msg;
+        if (!(err = get_string(m, "role", &msg.role)).empty()) return at + err;
+        if (!(err = get_string(m, "content", &msg.content)).empty()) return at + err;
+        if (msg.role != "system" && msg.role != "user" && msg.role != "assistant")
+          return at + "role \"" + msg.role + "\" is not system, user or assistant";
+        if (msg.role == "system" && i != 0) return at + "a system message must come first";
+        has_assistant |= msg.role == "assistant";
+        rec->messages.push_back(std::move(msg));
+      }
+      if (!has_assistant) return "no assistant message (nothing to train on)";
+      return "";
+    }
+    case SftFormat::kAuto:
+      break;
+  }
+  return "record format not set";
+}
+
+struct Reader {
+  std::string path;
+  SftFormat format;
+  bool skip_bad;
+  SftDataStats* stats;
+  std::vector<SftRecord> records;
+
+  void bad(const std::string& where, const std::string& why) {
+    QWENQ_CHECK(skip_bad, where << ": " << why << " (skip_bad skips such records)");
+    if (stats->skipped++ < SftDataStats::kMaxReported) stats->first_skipped.push_back(where + ": " + why);
+  }
+
+  void add(const nlohmann::json& j, const std::string& where) {
+    if (format == SftFormat::kAuto) {
+      format = detect_format(j);
+      if (format == SftFormat::kAuto)
+        return bad(where, "cannot tell the record format: expected a \"messages\", \"instruction\" or \"text\" key");
+    }
+    SftRecord rec;
+    rec.where = where;
+    std::string why = convert_record(j, format, &rec);
+    if (!why.empty()) return bad(where, why);
+    records.push_back(std::move(rec));
+  }
+};
+
+}  // namespace
+
+const char* sft_format_name(SftFormat f) {
+  switch (f) {
+    case SftFormat::kAuto: return "auto";
+    case SftFormat::kText: return "text";
+    case SftFormat::kAlpaca: return "alpaca";
+    case SftFormat::kChat: return "chat";
+  }
+  return "?";
+}
+
+SftFormat parse_sft_format(const std::string& name) {
+  for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat})
+    if (name == sft_format_name(f)) return f;
+  QWENQ_FAIL("unknown SFT data format \"" << name << "\" (expected auto, text, alpaca or chat)");
+}
+
+std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,
+                                        SftDataStats* stats) {
+  QWENQ_CHECK(stats != nullptr, "stats must not be null");
+  const std::string text = read_file(path);
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  QWENQ_CHECK(first != std::string::npos, path << ": empty dataset (the file is empty)");
+  const bool jsonl = ends_with(path, ".jsonl") || (!ends_with(path, ".json") && text[first] == '{');
+
+  Reader r{path, format, skip_bad, stats, {}};
+  if (jsonl) {
+    size_t line_no = 0, start = 0;
+    while (start < text.size()) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      ++line_no;
+      const std::string line = text.substr(start, end - start);
+      start = end + 1;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = path + ":" + std::to_string(line_no);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        r.bad(where, std::string("not valid JSON: ") + e.what());
+        continue;
+      }
+      r.add(j, where);
+    }
+  } else {
+    nlohmann::json all;
+    try {
+      all = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      QWENQ_FAIL(path << ": not valid JSON: " << e.what());
+    }
+    QWENQ_CHECK(all.is_array(), path << ": expected a JSON array of records (or a .jsonl file), got "
+                                     << all.type_name());
+    for (size_t i = 0; i < all.size(); ++i) r.add(all[i], path + ": record " + std::to_string(i + 1));
+  }
+  stats->path = path;
+  stats->format = r.format;
+  QWENQ_CHECK(!r.records.empty(), path << ": empty dataset (no usable records; " << stats->skipped
+                                       << " malformed skipped)");
+  return std::move(r.records);
+}
+
+}  // namespace qwenq

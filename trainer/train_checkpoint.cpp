@@ -1,0 +1,131 @@
+#include "trainer/train_checkpoint.h"
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/safetensors.h"
+#include "lora/peft_io.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr const char* kPrefix = "checkpoint-";
+
+// Steps of the complete checkpoints in out_dir, ascending.
+std::vector<int64_t> checkpoint_steps(const std::string& out_dir) {
+  std::vector<int64_t> steps;
+  DIR* d = ::opendir(out_dir.c_str());
+  if (!d) return steps;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.compare(0, std::strlen(kPrefix), kPrefix) != 0) continue;
+    const std::string num = name.substr(std::strlen(kPrefix));
+    if (num.empty() || num.find_first_not_of("0123456789") != std::string::npos) continue;  // skips .partial.<pid>
+    if (!file_exists(path_join(path_join(out_dir, name), "trainer_state.json"))) continue;
+    steps.push_back(std::stoll(num));
+  }
+  ::closedir(d);
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+std::string checkpoint_dir(const std::string& out_dir, int64_t step) {
+  return path_join(out_dir, kPrefix + std::to_string(step));
+}
+
+std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
+  std::vector<uint8_t> b(v.size() * sizeof(float));
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+}  // namespace
+
+void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapter, const LoraAdapter& m,
+                           const LoraAdapter& v, const TrainState& state, int64_t keep) {
+  const std::string final_dir = checkpoint_dir(out_dir, state.step);
+  StagedDir staged(final_dir, /*overwrite=*/true);
+  PeftSaveOptions po;
+  po.dtype = DType::F32;
+  save_peft_adapter(path_join(staged.path(), "adapter"), adapter, po);
+  SafetensorsWriter w;
+  w.set_metadata("format", "qwenq-adamw");
+  for (int64_t l = 0; l < adapter.dims().num_layers; ++l) {
+    for (LoraTarget t : adapter.targets()) {
+      for (bool is_b : {false, true}) {
+        const std::string name = peft_tensor_name(l, t, is_b);
+        const LoraWeights& mw = m.at(l, t);
+        const LoraWeights& vw = v.at(l, t);
+        const std::vector<int64_t> shape = is_b ? std::vector<int64_t>{mw.N, mw.r} : std::vector<int64_t>{mw.r, mw.K};
+        w.add_owned("m." + name, DType::F32, shape, f32_bytes(is_b ? mw.B : mw.A));
+        w.add_owned("v." + name, DType::F32, shape, f32_bytes(is_b ? vw.B : vw.A));
+      }
+    }
+  }
+  w.write(path_join(staged.path(), "optimizer.safetensors"));
+  nlohmann::json j;
+  j["step"] = state.step;
+  j["cursor"] = {{"epoch", state.cursor.epoch}, {"index", state.cursor.index}, {"num_examples", state.cursor.num_examples}};
+  j["tokens_seen"] = state.tokens_seen;
+  j["elapsed_s"] = state.elapsed_s;
+  j["options"] = state.options;
+  write_file_atomic(path_join(staged.path(), "trainer_state.json"), j.dump(2) + "\n");
+  staged.commit();
+  const std::vector<int64_t> steps = checkpoint_steps(out_dir);
+  for (size_t i = 0; keep > 0 && i + keep < steps.size(); ++i) {
+    if (steps[i] == state.step) continue;
+    // Renamed first (no longer a checkpoint the moment it moves), then removed.
+    const std::string old = checkpoint_dir(out_dir, steps[i]), doomed = old + ".removing";
+    if (std::rename(old.c_str(), doomed.c_str()) == 0) remove_tree(doomed);
+  }
+}
+
+std::string latest_checkpoint(const std::string& out_dir) {
+  const std::vector<int64_t> steps = checkpoint_steps(out_dir);
+  return steps.empty() ? "" : checkpoint_dir(out_dir, steps.back());
+}
+
+void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAdapter* adapter, LoraAdapter* m,
+                           LoraAdapter* v, TrainState* state) {
+  *adapter = load_peft_adapter(path_join(dir, "adapter"), dims);
+  *m = *adapter;
+  *v = *adapter;
+  SafetensorsFile f(path_join(dir, "optimizer.safetensors"));
+  for (int64_t l = 0; l < dims.num_layers; ++l) {
+    for (LoraTarget t : adapter->targets()) {
+      for (bool is_b : {false, true}) {
+        const std::string name = peft_tensor_name(l, t, is_b);
+        for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
+          QWENQ_CHECK(f.has(which + name), f.path() << ": no " << which << name);
+          const TensorView& tv = f.get(which + name);
+          std::vector<float>& out = is_b ? dst->at(l, t).B : dst->at(l, t).A;
+          QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
+                      f.path() << ": " << which << name << " is not F32 with " << out.size() << " values");
+          std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
+        }
+      }
+    }
+  }
+  const std::string state_path = path_join(dir, "trainer_state.json");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(state_path));
+    state->step = j.at("step").get<int64_t>();
+    state->cursor.epoch = j.at("cursor").at("epoch").get<int64_t>();
+    state->cursor.index = j.at("cursor").at("index").get<int64_t>();
+    state->cursor.num_examples = j.at("cursor").at("num_examples").get<int64_t>();
+    state->tokens_seen = j.at("tokens_seen").get<int64_t>();
+    state->elapsed_s = j.at("elapsed_s").get<double>();
+    state->options = j.at("options");
+  } catch (const nlohmann::json::exception& e) {
+    QWENQ_FAIL(state_path << ": malformed trainer state (" << e.what() << ")");
+  }
+}
+
+}  // namespace qwenq

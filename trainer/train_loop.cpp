@@ -1,0 +1,344 @@
+#include "trainer/train_loop.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "kernels/optim.h"
+#include "lora/peft_io.h"
+#include "trainer/lora_model.h"
+#include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
+#include "trainer/train_checkpoint.h"
+
+namespace qwenq {
+
+double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
+  const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
+                                            : static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
+  if (step < warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(warmup + 1);
+  if (o.scheduler == "constant") return o.lr;
+  const double p = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup)));
+  const double lo = o.min_lr_ratio;
+  if (o.scheduler == "linear") return o.lr * (1.0 - (1.0 - lo) * p);
+  return o.lr * (lo + (1.0 - lo) * 0.5 * (1.0 + std::cos(M_PI * p)));
+}
+
+namespace {
+
+// What a resumed run must share with the run it continues (anything else would change the numbers).
+nlohmann::json resume_key(const TrainOptions& o) {
+  return {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
+          {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
+          {"targets", o.lora.target_modules},
+          {"seq_len", o.seq_len},        {"batch_size", o.batch_size},   {"grad_accum", o.grad_accum},
+          {"packing", o.batch_mode == SftBatchMode::kPacking},           {"epochs", o.epochs},
+          {"max_steps", o.max_steps},    {"lr", o.lr},                   {"weight_decay", o.weight_decay},
+          {"scheduler", o.scheduler},    {"warmup_steps", o.warmup_steps}, {"warmup_ratio", o.warmup_ratio},
+          {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", o.data.max_len},
+          {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count}};
+}
+
+LoraAdapter zeros_like(const LoraAdapter& a) {
+  LoraAdapter z = a;
+  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
+    for (LoraTarget t : a.targets()) {
+      std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
+      std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
+    }
+  }
+  return z;
+}
+
+// Every A and B of an adapter as (pointer, size) pairs, in a fixed order.
+struct Tensors {
+  std::vector<float*> ptr;
+  std::vector<int64_t> size;
+};
+Tensors tensors_of(LoraAdapter& a) {
+  Tensors t;
+  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
+    for (LoraTarget tg : a.targets()) {
+      for (std::vector<float>* v : {&a.at(l, tg).A, &a.at(l, tg).B}) {
+        t.ptr.push_back(v->data());
+        t.size.push_back(static_cast<int64_t>(v->size()));
+      }
+    }
+  }
+  return t;
+}
+
+// Mean next-token loss over (up to max_batches batches of) the eval split.
+std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& adapter, const std::vector<SftExample>& eval,
+                                    const TrainOptions& o) {
+  SftBatchOptions bo;
+  bo.mode = o.batch_mode;
+  bo.seq_len = o.seq_len;
+  bo.batch_size = o.batch_size;
+  bo.shuffle = false;
+  bo.epochs = 1;
+  SftBatchIterator it(eval, bo);
+  SftBatch b;
+  double sum = 0;
+  int64_t counted = 0, batches = 0;
+  LoraStepOptions so;
+  so.train = false;
+  so.checkpointing = o.checkpointing;
+  while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
+    if (b.num_targets == 0) continue;
+    const LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+    sum += r.nll_sum;
+    counted += r.counted;
+    ++batches;
+  }
+  return {counted > 0 ? sum / counted : 0.0, counted};
+}
+
+// Train (solid) and eval (dashed) loss against steps.
+void write_loss_curve(const std::string& path, const std::vector<std::pair<int64_t, double>>& train,
+                      const std::vector<std::pair<int64_t, double>>& eval) {
+  if (train.empty()) return;
+  const double W = 720, H = 400, L = 60, R = 20, T = 30, B = 50;
+  int64_t smax = 1;
+  double lo = 1e300, hi = -1e300;
+  for (const auto* series : {&train, &eval}) {
+    for (const auto& [s, v] : *series) {
+      smax = std::max(smax, s);
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+  }
+  if (hi - lo < 1e-9) hi = lo + 1;
+  auto X = [&](int64_t s) { return L + (W - L - R) * static_cast<double>(s) / smax; };
+  auto Y = [&](double v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); };
+  std::ostringstream svg;
+  svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='12'>\n"
+      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>loss (train solid, eval dashed)</text>\n"
+      << "<line x1='" << L << "' y1='" << H - B << "' x2='" << W - R << "' y2='" << H - B << "' stroke='black'/>\n"
+      << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << H - B << "' stroke='black'/>\n";
+  for (int i = 0; i <= 4; ++i) {
+    const double v = lo + (hi - lo) * i / 4;
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", v);
+    svg << "<text x='4' y='" << Y(v) + 4 << "'>" << buf << "</text>\n";
+  }
+  svg << "<text x='" << W - R - 60 << "' y='" << H - 15 << "'>step " << smax << "</text>\n";
+  for (const auto* series : {&train, &eval}) {
+    if (series->empty()) continue;
+    svg << "<polyline fill='none' stroke='" << (series == &train ? "#1f77b4" : "#d62728") << "' stroke-width='1.5'"
+        << (series == &eval ? " stroke-dasharray='6 4'" : "") << " points='";
+    for (const auto& [s, v] : *series) svg << X(s) << "," << Y(v) << " ";
+    svg << "'/>\n";
+  }
+  svg << "</svg>\n";
+  write_file_atomic(path, svg.str());
+}
+
+// Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!file_exists(path)) return;
+  std::istringstream in(read_file(path));
+  std::string keep, line;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) keep += line + "\n";
+    } catch (const nlohmann::json::exception&) {
+      // a line cut by a kill mid-write: dropped
+    }
+  }
+  write_file_atomic(path, keep);
+}
+
+}  // namespace
+
+TrainReport train_lora(const TrainOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  QWENQ_CHECK(o.grad_accum >= 1 && o.batch_size >= 1 && o.seq_len >= 2,
+              "--grad-accum, --batch-size must be >= 1 and --seq-len >= 2");
+  QWENQ_CHECK(o.scheduler == "cosine" || o.scheduler == "linear" || o.scheduler == "constant",
+              "--scheduler must be cosine, linear or constant, not " << o.scheduler);
+  QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
+  QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
+  if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
+    QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
+                "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
+  }
+  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
+  QWENQ_CHECK(make_dirs(o.out_dir) == 0, "cannot create output directory " << o.out_dir);
+
+  QwenModel model(o.model_dir);
+  const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
+  SftDataOptions dopt = o.data;
+  if (dopt.max_len <= 0) dopt.max_len = o.seq_len;
+  const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
+  if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
+
+  SftBatchOptions bo;
+  bo.mode = o.batch_mode;
+  bo.seq_len = o.seq_len;
+  bo.batch_size = o.batch_size;
+  bo.seed = o.seed;
+  bo.epochs = o.max_steps > 0 ? 0 : o.epochs;
+  // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches).
+  int64_t total = o.max_steps;
+  if (total <= 0) {
+    SftBatchIterator dry(data.train, bo);
+    SftBatch b;
+    int64_t batches = 0;
+    while (dry.next(&b)) ++batches;
+    total = (batches + o.grad_accum - 1) / o.grad_accum;
+  }
+  SftBatchIterator it(data.train, bo);
+
+  LoraConfig lcfg = o.lora;
+  lcfg.base_model = o.model_dir;
+  LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
+  adapter.init_peft(o.seed);
+  LoraAdapter m = zeros_like(adapter), v = zeros_like(adapter), grads = zeros_like(adapter);
+  TrainState st;
+  st.options = resume_key(o);
+  const std::string metrics_path = path_join(o.out_dir, "metrics.jsonl");
+  TrainReport rep;
+  if (o.resume) {
+    const std::string ck = latest_checkpoint(o.out_dir);
+    QWENQ_CHECK(!ck.empty(), "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
+    TrainState saved;
+    load_train_checkpoint(ck, lora_dims_of(model.config()), &adapter, &m, &v, &saved);
+    QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings:\n  saved: "
+                                                          << saved.options.dump() << "\n  now:   " << st.options.dump());
+    st = saved;
+    it.restore(st.cursor);
+    truncate_metrics(metrics_path, st.step);
+    rep.start_step = st.step;
+    if (!o.quiet) std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", ck.c_str(), (long long)st.step, (long long)total);
+  } else if (file_exists(metrics_path)) {
+    write_file_atomic(metrics_path, std::string());
+  }
+  Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
+  std::ofstream metrics(metrics_path, std::ios::app);
+  QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
+  if (!o.quiet) {
+    std::fprintf(stderr, "train: %lld steps of %lld x %lld micro-batch(es) of <= %lld x %lld tokens; adapter r=%lld on %zu "
+                 "Linears per layer, %lld parameters\n", (long long)total, (long long)o.grad_accum, (long long)1,
+                 (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
+                 (long long)adapter.num_parameters());
+  }
+  std::vector<std::pair<int64_t, double>> curve, eval_curve;
+  auto run_eval = [&](int64_t step) {
+    if (data.eval.empty()) return;
+    const auto [loss, n] = evaluate(model, adapter, data.eval, o);
+    if (step == rep.start_step) rep.first_eval_loss = loss;
+    rep.eval_loss = loss;
+    eval_curve.emplace_back(step, loss);
+    metrics << nlohmann::json{{"step", step}, {"eval_loss", loss}, {"eval_tokens", n}}.dump() << "\n" << std::flush;
+  };
+  if (!o.resume) run_eval(0);
+
+  Progress bar("train", total, "steps", o.quiet);
+  bar.update(st.step);
+  LoraStepOptions so;
+  so.checkpointing = o.checkpointing;
+  const double t_prev = st.elapsed_s;
+  while (st.step < total) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<SftBatch> micro;
+    for (int64_t i = 0; i < o.grad_accum; ++i) {
+      SftBatch b;
+      if (!it.next(&b)) break;
+      micro.push_back(std::move(b));
+    }
+    if (micro.empty()) break;  // the epochs are done
+    int64_t targets = 0, tokens = 0;
+    for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens();
+    for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
+    double nll = 0;
+    so.grad_scale = targets > 0 ? 1.0 / targets : 0.0;
+    for (size_t i = 0; i < micro.size(); ++i) {
+      so.dropout_seed = o.seed * 1000003ull + static_cast<uint64_t>(st.step) * 64 + i;
+      try {
+        nll += lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so).nll_sum;
+      } catch (const Error& e) {
+        QWENQ_FAIL("step " << st.step + 1 << ", micro-batch " << i + 1 << " (epoch " << micro[i].epoch
+                           << ", examples " << micro[i].first_index << ".." << micro[i].first_index + micro[i].num_examples - 1
+                           << "): " << e.what() << "; the last good checkpoint is "
+                           << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
+      }
+    }
+    const double loss = targets > 0 ? nll / targets : 0.0;
+    const float gnorm = clip_grad_norm_ref(G.ptr.data(), G.size.data(), static_cast<int>(G.ptr.size()),
+                                           static_cast<float>(o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY));
+    QWENQ_CHECK(std::isfinite(loss) && std::isfinite(gnorm),
+                "step " << st.step + 1 << " (epoch " << micro[0].epoch << ", examples from " << micro[0].first_index
+                        << "): loss " << loss << ", gradient norm " << gnorm << " is not finite; stopping. The last good "
+                        << "checkpoint is " << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
+    const double lr = lr_at_step(o, st.step, total);
+    for (size_t i = 0; i < P.ptr.size(); ++i) {
+      adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr, o.beta1, o.beta2, o.adam_eps,
+                     o.weight_decay, st.step + 1);
+    }
+    ++st.step;
+    st.cursor = it.state();
+    st.tokens_seen += tokens;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.elapsed_s = t_prev + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    rep.last_loss = loss;
+    curve.emplace_back(st.step, loss);
+    metrics << nlohmann::json{{"step", st.step}, {"epoch", micro.back().epoch}, {"loss", loss}, {"lr", lr},
+                              {"grad_norm", gnorm}, {"tokens", tokens}, {"targets", targets},
+                              {"tokens_per_s", tokens / std::max(dt, 1e-9)}, {"elapsed_s", st.elapsed_s}}
+                   .dump()
+            << "\n"
+            << std::flush;
+    char extra[128];
+    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
+    bar.update(st.step, extra);
+    if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
+    if (o.save_every > 0 && st.step % o.save_every == 0) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
+    if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
+      rep.steps = st.step;
+      return rep;  // as if killed here: no final evaluation or adapter
+    }
+  }
+  bar.finish();
+  run_eval(st.step);
+  // The final adapter at the top of the run directory: staged, then each file renamed into place.
+  const std::string staging = path_join(o.out_dir, "adapter.staging");
+  remove_tree(staging);
+  PeftSaveOptions po;
+  po.dtype = o.adapter_dtype;
+  save_peft_adapter(staging, adapter, po);
+  for (const char* f : {"adapter_model.safetensors", "adapter_config.json"}) {
+    QWENQ_CHECK(std::rename(path_join(staging, f).c_str(), path_join(o.out_dir, f).c_str()) == 0,
+                "cannot move " << f << " into " << o.out_dir);
+  }
+  remove_tree(staging);
+  // The loss curve over the whole run (metrics.jsonl holds the resumed part's predecessors too).
+  {
+    std::istringstream in(read_file(metrics_path));
+    std::string line;
+    curve.clear();
+    eval_curve.clear();
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded()) continue;
+      if (j.contains("loss")) curve.emplace_back(j["step"].get<int64_t>(), j["loss"].get<double>());
+      if (j.contains("eval_loss")) eval_curve.emplace_back(j["step"].get<int64_t>(), j["eval_loss"].get<double>());
+    }
+  }
+  write_loss_curve(path_join(o.out_dir, "loss_curve.svg"), curve, eval_curve);
+  rep.steps = st.step;
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
+  rep.peak_rss = peak_rss_bytes();
+  return rep;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,70 @@
+// The LoRA/QLoRA training loop behind `qwen-qlora train`: a frozen base (bf16/fp32, or 4-bit GPTQ/AWQ/NF4 from
+// our tools or the Python ones) plus a PEFT-initialised adapter, trained with AdamW on SFT data.
+//
+// One optimizer step = grad_accum micro-batches (each batch_size rows of at most seq_len tokens). The loss of a
+// step is the mean next-token cross-entropy over all counted targets of its micro-batches (token-weighted, like
+// transformers' Trainer with num_items_in_batch), so gradient accumulation gives the same update as one big batch.
+// Then: clip the global gradient norm to max_grad_norm (torch semantics), lr(step) from the schedule, AdamW
+// (decoupled weight decay, kernels/optim.h) on every A and B in fp32.
+//   lr(s) = lr · s / warmup                                   for s < warmup        (s = 0, 1, ...)
+//   cosine: lr · (min_ratio + (1 − min_ratio) · ½(1 + cos(π·p)))   linear: lr · (1 − (1 − min_ratio)·p)
+//   p = (s − warmup) / max(1, total − warmup); constant: lr.
+//
+// The run directory `out`:
+//   adapter_config.json, adapter_model.safetensors   the final adapter (PEFT layout; PeftModel.from_pretrained(out))
+//   metrics.jsonl        one JSON object per step {"step","epoch","loss","lr","grad_norm","tokens","tokens_per_s",...}
+//                        and per evaluation {"step","eval_loss","eval_tokens"}
+//   loss_curve.svg       train and eval loss against steps
+//   checkpoint-<step>/   adapter/ (fp32 PEFT files), optimizer.safetensors (m, v), trainer_state.json (step,
+//                        data cursor, options); written atomically (staged, renamed), the newest save_total_limit kept
+// resume: continues from the newest complete checkpoint with the same data order, optimizer state and schedule;
+// the losses after it are bit-identical to an uninterrupted run's (dropout masks are a function of (seed, step)).
+// A step whose loss or gradient norm is not finite stops the run with the step and batch named; the last good
+// checkpoint stays.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+#include "lora/lora_config.h"
+#include "trainer/sft_data.h"
+
+namespace qwenq {
+
+struct TrainOptions {
+  std::string model_dir, data_path, out_dir;
+  LoraConfig lora;
+  SftDataOptions data;  // format, skip_bad, max_len, seed (split), eval_fraction / eval_count
+  SftBatchMode batch_mode = SftBatchMode::kPacking;
+  int64_t seq_len = 1024, batch_size = 1, grad_accum = 1;
+  int64_t epochs = 1, max_steps = 0;  // max_steps > 0 wins over epochs
+  double lr = 2e-4, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, max_grad_norm = 1.0;
+  std::string scheduler = "cosine";  // cosine | linear | constant
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0, min_lr_ratio = 0.0;
+  int64_t eval_every = 0;   // 0: evaluate at the end only (when there is an eval split)
+  int64_t eval_batches = 0; // 0: the whole eval split
+  int64_t save_every = 0;   // 0: no intermediate checkpoints
+  int64_t save_total_limit = 2;
+  bool checkpointing = true;
+  bool resume = false, overwrite = false, quiet = false;
+  int64_t stop_after = 0;  // > 0: end after this many steps of this invocation, as a kill would (no final adapter)
+  uint64_t seed = 42;  // adapter init, data order, dropout
+  DType adapter_dtype = DType::F32;  // of the final adapter (checkpoints are always fp32)
+};
+
+struct TrainReport {
+  int64_t steps = 0, start_step = 0;
+  double last_loss = 0, eval_loss = -1;  // eval_loss < 0: no eval split
+  double first_eval_loss = -1;           // before any update (or at resume)
+  double seconds = 0, tokens_per_s = 0;
+  uint64_t peak_rss = 0;
+};
+
+TrainReport train_lora(const TrainOptions& opt);
+
+// The learning rate of step s (0-based) out of total.
+double lr_at_step(const TrainOptions& opt, int64_t step, int64_t total);
+
+}  // namespace qwenq
