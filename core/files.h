@@ -13,6 +13,10 @@ std::string read_file(const std::string& path);
 bool file_exists(const std::string& path);
 bool dir_exists(const std::string& path);
 std::string path_join(const std::string& a, const std::string& b);
+// Drops the whole pages inside [data, data + bytes) of a read-only file mapping from this process's resident set
+// (MADV_DONTNEED; touching them again re-reads the file). Streaming quantizers call it on weights they are done
+// with, so resident memory stays near one block instead of growing with every page of the model read so far.
+void release_mapped_pages(const void* data, size_t bytes);
 // rm -rf; never throws (used from destructors); a missing path is fine.
 void remove_tree(const std::string& path);
 // mkdir -p; returns 0 or an errno.

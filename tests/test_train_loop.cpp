@@ -166,7 +166,7 @@ TEST(TrainLoop, Stories260KOnAlpacaLowersTheHeldOutLoss) {
   q.method = QuantizeOptions::Method::Nf4;
   q.quiet = true;
   quantize_model(q);
-  for (const std::string base : {io.out_dir, q.out_dir}) {
+  for (const std::string& base : {io.out_dir, q.out_dir}) {
     SCOPED_TRACE(base);
     TrainOptions o = base_options(base, test::shared_data_dir() + "/alpaca/alpaca_en_demo.json", base + "-run");
     o.seq_len = 256;

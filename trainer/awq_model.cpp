@@ -354,6 +354,9 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
       ++rep.linears;
       rep.params_quantized += N[i] * K[i];
     }
+    for (const LinearWeight& w : original) {
+      if (w.is_dense() && !w.owned) release_mapped_pages(w.dense.data, w.dense.nbytes());  // a view of the map
+    }
     add_f32_as(shards, pre + "input_layernorm.weight", norms[0], ln1_view.dtype);
     add_f32_as(shards, pre + "post_attention_layernorm.weight", norms[1], ln2_view.dtype);
     if (v_to_o && has_v_bias) add_f32_as(shards, pre + "self_attn.v_proj.bias", v_bias, ckpt.get(pre + "self_attn.v_proj.bias").dtype);

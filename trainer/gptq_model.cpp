@@ -59,9 +59,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QuantizeReport rep;
   for (const auto& name : ckpt.names()) {  // everything that is not a decoder Linear passes through
     if (std::regex_match(name, kDecoderLinearRe)) continue;
-    const TensorView& t = ckpt.get(name);
-    shards.current().add(name, t.dtype, t.shape, t.data);
-    shards.note_added(name);
+    shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }
   struct Slot {
@@ -96,6 +94,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
         // H = 0 there) of down.
         const int64_t N2 = (group == BlockLinear::GateUp) ? I2 : N, K2 = (group == BlockLinear::Down) ? I2 : K;
         std::vector<float> W = lw.dequantize();
+        if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
         if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
         Eigen::MatrixXf h = H->matrix();
         if (K2 != K) {

@@ -54,14 +54,14 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   for (const auto& name : names) {
     const TensorView& t = ckpt.get(name);
     if (!std::regex_match(name, kDecoderLinearRe)) {
-      shards.current().add(name, t.dtype, t.shape, t.data);  // pass-through, straight from the map
-      shards.note_added(name);
+      shards.add_view(name, t);  // pass-through, straight from the map
       shards.maybe_flush();
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
     std::vector<float> W(t.numel());
     to_f32(t.dtype, t.data, W.data(), W.size());
+    release_mapped_pages(t.data, t.nbytes());
     const auto [N, K] = out_shape(name, t.shape[0], t.shape[1]);
     if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
     if (o.method == QuantizeOptions::Method::Rtn) {

@@ -18,6 +18,7 @@ const std::regex kDecoderLinearRe(
 void ShardedWriter::add_view(const std::string& name, const TensorView& t) {
   writer_.add(name, t.dtype, t.shape, t.data);
   note_added(name);
+  views_.emplace_back(t.data, t.nbytes());
 }
 
 void ShardedWriter::add_int_linear(const std::string& prefix, const PackedIntLinear& p) {
@@ -49,6 +50,8 @@ void ShardedWriter::flush() {
   writer_.write(path_join(dir_, name));
   files_.emplace_back(name, pending_);
   pending_.clear();
+  for (const auto& [p, n] : views_) release_mapped_pages(p, n);
+  views_.clear();
   writer_ = SafetensorsWriter();
 }
 

@@ -47,6 +47,7 @@ class ShardedWriter {
   uint64_t total_ = 0;
   SafetensorsWriter writer_;
   std::vector<std::string> pending_;
+  std::vector<std::pair<const void*, size_t>> views_;  // mapped input released once its shard is written
   std::vector<std::pair<std::string, std::vector<std::string>>> files_;
 };
 

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# qwen-qlora merge / generate / chat end to end on a random tiny model: an adapter from a few `qwen-qlora train`
+# steps (a large learning rate, so B is far from 0), merged into an fp32 directory; greedy text from the base with
+# --adapter (merged in memory) equals greedy text from the merged directory (the same fp32 weights); chat answers
+# each line until /exit and keeps the history; the refusals (no adapter directory, no chat template) are clear and
+# leave nothing behind. $1 is qwen-quant; qwen-qlora is built beside it.
+set -euo pipefail
+QQ="$1"; SRC="$2"; WORK="$3"
+QL="$(dirname "$1")/qwen-qlora"
+[ -x "$QL" ] || { echo "qwen-qlora not found next to $QQ"; exit 1; }
+rm -rf "$WORK" && mkdir -p "$WORK"
+fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
+
+for sub in merge generate chat; do
+  "$QL" "$sub" --help > "$WORK/help.txt" || fail "$sub --help" "$WORK/help.txt"
+  grep -q -- "--model" "$WORK/help.txt" || fail "$sub --help lacks --model" "$WORK/help.txt"
+done
+grep -q -- "--adapter" "$WORK/help.txt" || fail "chat --help lacks --adapter" "$WORK/help.txt"
+
+"$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null 2>&1
+for i in $(seq 1 16); do echo '{"text": "Once upon a time there was a little cat who liked to play in the sun."}'; done \
+  > "$WORK/data.jsonl"
+"$QL" train --model "$WORK/tiny" --data "$WORK/data.jsonl" --out "$WORK/run" --max-steps 4 --lr 0.05 --seq-len 64 \
+  --threads 1 -q > "$WORK/train.txt" 2>&1 || fail "adapter fixture: qwen-qlora train failed" "$WORK/train.txt"
+[ -s "$WORK/run/adapter_model.safetensors" ] || fail "no adapter in $WORK/run" "$WORK/train.txt"
+
+# merge: one summary line and the re-quantization hint; a dense directory without quantization_config.
+"$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged" --dtype fp32 --threads 1 -q \
+  > "$WORK/merge.txt" 2>&1 || fail "merge" "$WORK/merge.txt"
+grep -q "^wrote $WORK/merged: 14 Linear layers .* merged with $WORK/run, weights in fp32, 1 shard(s)" "$WORK/merge.txt" \
+  || fail "merge summary line" "$WORK/merge.txt"
+grep -q "qwen-quant gptq|awq|nf4 --model $WORK/merged" "$WORK/merge.txt" || fail "re-quantize hint" "$WORK/merge.txt"
+[ -s "$WORK/merged/model.safetensors" ] && [ -s "$WORK/merged/vocab.json" ] || fail "merged files" "$WORK/merge.txt"
+if grep -q quantization_config "$WORK/merged/config.json"; then fail "quantization_config in merged config.json"; fi
+# A second merge onto the same output needs --overwrite.
+if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged" -q > "$WORK/again.txt" 2>&1; then
+  fail "merge replaced an existing directory without --overwrite"
+fi
+grep -q -- "--overwrite" "$WORK/again.txt" || fail "overwrite message" "$WORK/again.txt"
+
+# generate: the in-memory merge and the merged directory give the same greedy text (and plain and --chat run).
+"$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 \
+  > "$WORK/gen_adapter.txt" 2> "$WORK/gen_adapter.err" || fail "generate --adapter" "$WORK/gen_adapter.err"
+"$QL" generate --model "$WORK/merged" --prompt "Once upon a time" -n 24 --threads 1 \
+  > "$WORK/gen_merged.txt" 2> "$WORK/gen_merged.err" || fail "generate on merged" "$WORK/gen_merged.err"
+cmp -s "$WORK/gen_adapter.txt" "$WORK/gen_merged.txt" || { diff <(od -c "$WORK/gen_adapter.txt") \
+  <(od -c "$WORK/gen_merged.txt") || true; fail "--adapter and the merged directory generate different text"; }
+grep -q "^Once upon a time" "$WORK/gen_adapter.txt" || fail "prompt not echoed" "$WORK/gen_adapter.txt"
+grep -q "adapter $WORK/run merged: 7 target(s)" "$WORK/gen_adapter.err" || fail "adapter line" "$WORK/gen_adapter.err"
+"$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --prompt "Hi" -n 8 --temperature 0.8 --top-p 0.9 \
+  --seed 3 --threads 1 > "$WORK/gen_chat.txt" 2>&1 || fail "generate --chat" "$WORK/gen_chat.txt"
+
+# chat: two turns, then /exit (the line after it is never read); the second prompt holds the first turn.
+printf 'hello\n\nagain\n/exit\nignored\n' | "$QL" chat --model "$WORK/tiny" --adapter "$WORK/run" -n 8 --threads 1 \
+  > "$WORK/chat.txt" 2> "$WORK/chat.err" || fail "chat" "$WORK/chat.err"
+turns=$(grep -c "new tokens in" "$WORK/chat.err" || true)
+[ "$turns" -eq 2 ] || fail "expected 2 chat turns, got $turns" "$WORK/chat.err"
+p1=$(grep "new tokens in" "$WORK/chat.err" | sed -n 1p | cut -d' ' -f1)
+p2=$(grep "new tokens in" "$WORK/chat.err" | sed -n 2p | cut -d' ' -f1)
+[ "$p2" -gt "$((p1 + 8))" ] || fail "the second turn's prompt ($p2 tokens) does not hold the first ($p1)" "$WORK/chat.err"
+# EOF ends the loop too.
+printf 'hello\n' | "$QL" chat --model "$WORK/tiny" -n 4 --threads 1 > /dev/null 2> "$WORK/chat_eof.err" \
+  || fail "chat until EOF" "$WORK/chat_eof.err"
+
+# A tokenizer without a chat template: chat refuses before reading anything.
+cp -r "$WORK/tiny" "$WORK/notpl"
+python3 - "$WORK/notpl/tokenizer_config.json" <<'EOF'
+import json, sys
+p = sys.argv[1]
+d = json.load(open(p))
+d.pop("chat_template")
+json.dump(d, open(p, "w"), indent=2)
+EOF
+if echo hi | "$QL" chat --model "$WORK/notpl" > "$WORK/notpl.txt" 2>&1; then fail "chat without a chat template ran"; fi
+grep -q "has no chat template" "$WORK/notpl.txt" || fail "no-template message" "$WORK/notpl.txt"
+
+# A missing adapter directory: an error naming both directories, and no output.
+if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/nope" --out "$WORK/m2" > "$WORK/nope.txt" 2>&1; then
+  fail "merge accepted a missing adapter"
+fi
+grep -q "cannot merge the LoRA adapter $WORK/nope into the base model $WORK/tiny" "$WORK/nope.txt" \
+  || fail "missing-adapter message" "$WORK/nope.txt"
+if ls "$WORK" | grep -q '^m2'; then fail "merge left $(ls "$WORK" | grep '^m2')"; fi
+if "$QL" generate --model "$WORK/tiny" --adapter "$WORK/nope" --prompt x > "$WORK/nope2.txt" 2>&1; then
+  fail "generate accepted a missing adapter"
+fi
+grep -q "$WORK/nope" "$WORK/nope2.txt" || fail "generate missing-adapter message" "$WORK/nope2.txt"
+echo "qlora merge/generate/chat CLI: OK"

@@ -1,0 +1,395 @@
+// The memory plan (trainer/memory_plan): base-weight bytes equal, to the byte, the tensor bytes our quantizers
+// write; the adapter count equals LoraAdapter::num_parameters(); the 72B verdicts (4-bit on 8 x 80 GB fits, bf16
+// on one 80 GB GPU does not); rejected configurations; and a measured check of the CPU activation + workspace
+// prediction against the resident memory the real trainer step (trainer/lora_model.h) adds.
+#include <gtest/gtest.h>
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/progress.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "core/threads.h"
+#include "lora/lora_adapter.h"
+#include "quant/nf4_checkpoint.h"
+#include "tests/support/test_paths.h"
+#include "trainer/lora_model.h"
+#include "trainer/memory_plan.h"
+#include "trainer/qwen_model.h"
+#include "trainer/quantize_model.h"
+#include "trainer/random_model.h"
+
+namespace qwenq {
+namespace {
+
+// Measured CPU activations + workspace must be within this fraction of the prediction (either way). The plan
+// counts live buffers; RSS adds the allocator's rounding and fragmentation and misses nothing it counts.
+constexpr double kMeasuredRelTol = 0.35;
+
+LoraConfig all_linear(int64_t r) {
+  LoraConfig l;
+  l.r = r;
+  l.alpha = 2.0 * static_cast<double>(r);
+  l.target_modules = parse_lora_targets("all-linear");
+  return l;
+}
+
+std::string write_tiny(const std::string& dir, const std::string& preset = "tiny", int64_t layers = 0) {
+  RandomModelOptions o;
+  o.preset = preset;
+  o.layers = layers;
+  o.out_dir = dir;
+  o.seed = 5;
+  write_random_model(o);  // bf16, like a released checkpoint
+  return dir;
+}
+
+uint64_t checkpoint_tensor_bytes(const std::string& dir) {
+  Checkpoint ck(dir);
+  uint64_t sum = 0;
+  for (const auto& name : ck.names()) sum += ck.get(name).nbytes();
+  return sum;
+}
+
+PlanInput plan_for_dir(const std::string& dir, PlanBase base) {
+  PlanInput in;
+  in.model_name = dir;
+  in.model = load_qwen_config(dir);
+  in.base = base;
+  in.lora = all_linear(4);
+  in.device = PlanDevice::Cpu;
+  in.device_bytes = uint64_t{1} << 34;
+  return in;
+}
+
+TEST(MemoryPlan, Bf16BaseBytesEqualTheCheckpoint) {
+  const std::string dir = write_tiny(test::scratch_dir() + "/m");
+  const PlanResult p = plan_memory(plan_for_dir(dir, PlanBase::Bf16));
+  EXPECT_EQ(p.base_weight_bytes, checkpoint_tensor_bytes(dir));
+}
+
+TEST(MemoryPlan, GptqAndAwqBaseBytesEqualTheWrittenFiles) {
+  const std::string scratch = test::scratch_dir();
+  const std::string dense = write_tiny(scratch + "/m");
+  struct Case {
+    IntLayout layout;
+    int bits;
+    int64_t group;
+    bool sym;
+  };
+  for (const Case& c : {Case{IntLayout::GptqV1, 4, 128, true}, Case{IntLayout::GptqV1, 4, 32, true},
+                        Case{IntLayout::GptqV2, 8, -1, false}, Case{IntLayout::GptqV2, 3, 32, false},
+                        Case{IntLayout::AwqGemm, 4, 32, false}}) {
+    QuantizeOptions q;
+    q.model_dir = dense;
+    q.out_dir = scratch + "/q" + std::to_string(static_cast<int>(c.layout)) + "_" + std::to_string(c.bits) + "_" +
+                std::to_string(c.group);
+    q.bits = c.bits;
+    q.group_size = c.group;
+    q.sym = c.sym;
+    q.layout = c.layout;
+    q.quiet = true;
+    quantize_model(q);
+    PlanInput in = plan_for_dir(q.out_dir, c.layout == IntLayout::AwqGemm ? PlanBase::Awq : PlanBase::Gptq);
+    in.bits = c.bits;
+    in.group_size = c.group;
+    const PlanResult p = plan_memory(in);
+    EXPECT_EQ(p.base_weight_bytes, checkpoint_tensor_bytes(q.out_dir))
+        << int_layout_name(c.layout) << " " << c.bits << "-bit group " << c.group;
+  }
+}
+
+// The quant_state JSON holds nested_offset, whose digits depend on the weights: the plan writes kPlanNestedOffset.
+// Everything else is exact, so the file equals the plan plus the per-Linear difference of those digit strings.
+TEST(MemoryPlan, Nf4BaseBytesEqualTheWrittenFiles) {
+  const std::string scratch = test::scratch_dir();
+  const std::string dense = write_tiny(scratch + "/m");
+  const std::string planned_offset = python_float_repr(kPlanNestedOffset);
+  for (bool dq : {true, false}) {
+    QuantizeOptions q;
+    q.method = QuantizeOptions::Method::Nf4;
+    q.model_dir = dense;
+    q.out_dir = scratch + (dq ? "/nf4dq" : "/nf4");
+    q.double_quant = dq;
+    q.quiet = true;
+    quantize_model(q);
+    PlanInput in = plan_for_dir(q.out_dir, PlanBase::Nf4);
+    in.double_quant = dq;
+    const PlanResult p = plan_memory(in);
+
+    Checkpoint ck(q.out_dir);
+    int64_t digits_diff = 0, quant_states = 0;
+    for (const auto& name : ck.names()) {
+      if (name.find(".quant_state.") == std::string::npos) continue;
+      ++quant_states;
+      const TensorView& t = ck.get(name);
+      const std::string json(static_cast<const char*>(t.data), t.nbytes());
+      const std::string key = "\"nested_offset\": ";
+      const size_t at = json.find(key);
+      ASSERT_EQ(at != std::string::npos, dq) << json;
+      if (!dq) continue;
+      const size_t begin = at + key.size(), end = json.find('}', begin);
+      digits_diff += static_cast<int64_t>(end - begin) - static_cast<int64_t>(planned_offset.size());
+    }
+    EXPECT_EQ(quant_states, 7 * in.model.num_layers);
+    const uint64_t file = checkpoint_tensor_bytes(q.out_dir);
+    EXPECT_EQ(static_cast<int64_t>(file), static_cast<int64_t>(p.base_weight_bytes) + digits_diff)
+        << (dq ? "double quant" : "no double quant") << ": nested_offset digits differ by " << digits_diff;
+    EXPECT_LE(std::abs(digits_diff), 4 * quant_states);
+    std::printf("nf4%s: %llu tensor bytes written, planned %llu, nested_offset digits %+lld over %lld Linears\n",
+                dq ? "+dq" : "", (unsigned long long)file, (unsigned long long)p.base_weight_bytes,
+                (long long)digits_diff, (long long)quant_states);
+  }
+}
+
+TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
+  struct Case {
+    const char* preset;
+    int64_t r;
+    const char* targets;
+  };
+  for (const Case& c : {Case{"tiny", 8, "all-linear"}, Case{"qwen2.5-0.5b", 16, "all-linear"},
+                        Case{"qwen2.5-7b", 8, "q_proj,v_proj"}, Case{"qwen2.5-1.5b", 4, "down_proj,k_proj"}}) {
+    PlanInput in;
+    in.model = qwen_preset(c.preset);
+    in.lora = all_linear(c.r);
+    in.lora.target_modules = parse_lora_targets(c.targets);
+    in.gpus = 2;  // the per-device counts must add up
+    const PlanResult p = plan_memory(in);
+    const LoraAdapter a(lora_dims_of(in.model), in.lora);
+    EXPECT_EQ(p.lora_params, a.num_parameters()) << c.preset << " r=" << c.r << " " << c.targets;
+    int64_t sum = 0;
+    for (const DevicePlan& d : p.devices) sum += d.lora_params;
+    EXPECT_EQ(sum, p.lora_params);
+  }
+  // 72B all-linear r=16 (too large to allocate here): REFERENCE B5's 210.5 M, Σ r·(N + K) per layer x 80.
+  PlanInput in;
+  in.model = qwen_preset("qwen2.5-72b");
+  in.lora = all_linear(16);
+  const int64_t per_layer = 16 * ((8192 + 8192) * 2 + (1024 + 8192) * 2 + (29568 + 8192) * 3);
+  EXPECT_EQ(plan_memory(in).lora_params, 80 * per_layer);
+}
+
+PlanInput qwen72b(PlanBase base, int gpus) {
+  PlanInput in;
+  in.model_name = "qwen2.5-72b";
+  in.model = qwen_preset("qwen2.5-72b");
+  in.base = base;
+  in.bits = 4;
+  in.group_size = 128;
+  in.lora = all_linear(16);
+  in.batch_size = 1;
+  in.seq_len = 2048;
+  in.device = PlanDevice::Cuda;
+  in.gpus = gpus;
+  in.device_bytes = 80'000'000'000;
+  return in;
+}
+
+TEST(MemoryPlan, Qwen72bFourBitFitsEightGpusBf16DoesNotFitOne) {
+  for (PlanBase base : {PlanBase::Gptq, PlanBase::Awq, PlanBase::Nf4}) {
+    const PlanResult p = plan_memory(qwen72b(base, 8));
+    std::printf("%s", format_plan_table(p).c_str());
+    EXPECT_TRUE(p.fits) << plan_base_name(base);
+    ASSERT_EQ(p.devices.size(), 8u);
+    for (const DevicePlan& d : p.devices) {
+      EXPECT_EQ(d.num_layers, 10) << d.name;
+      EXPECT_GT(d.headroom, 0) << d.name;
+    }
+    EXPECT_TRUE(p.devices[0].has_embeddings && !p.devices[0].has_lm_head);
+    EXPECT_TRUE(p.devices[7].has_lm_head && !p.devices[7].has_embeddings);
+    // REFERENCE A6.4: ≈ 38.6 GiB for 4-bit g128 with 16-bit embeddings and head (NF4+DQ "almost the same").
+    const double gib = static_cast<double>(p.base_weight_bytes) / (1u << 30);
+    EXPECT_NEAR(gib, 38.6, 0.8) << plan_base_name(base);
+  }
+  const PlanResult bf16 = plan_memory(qwen72b(PlanBase::Bf16, 1));
+  std::printf("%s", format_plan_table(bf16).c_str());
+  EXPECT_FALSE(bf16.fits);
+  EXPECT_LT(bf16.headroom, 0);
+  EXPECT_NEAR(static_cast<double>(bf16.base_weight_bytes) / (1u << 30), 135.4, 0.5);  // REFERENCE A6.4
+  // The layer split: 80 over 3 GPUs gives 27, 27, 26.
+  const PlanResult three = plan_memory(qwen72b(PlanBase::Nf4, 3));
+  EXPECT_EQ(three.devices[0].num_layers, 27);
+  EXPECT_EQ(three.devices[2].num_layers, 26);
+  EXPECT_EQ(three.devices[2].first_layer, 54);
+}
+
+TEST(MemoryPlan, TiedEmbeddingHeldTwiceAcrossGpusOnceOnOne) {
+  PlanInput in;
+  in.model = qwen_preset("qwen2.5-0.5b");
+  in.base = PlanBase::Bf16;
+  in.lora = all_linear(8);
+  in.gpus = 1;
+  const uint64_t embed = 151936ull * 896 * 2;
+  const PlanResult one = plan_memory(in);
+  EXPECT_EQ(one.devices[0].base_weights, one.base_weight_bytes);
+  in.gpus = 2;
+  const PlanResult two = plan_memory(in);
+  EXPECT_EQ(two.devices[0].base_weights + two.devices[1].base_weights, two.base_weight_bytes + embed);
+}
+
+TEST(MemoryPlan, JsonCarriesEveryField) {
+  const PlanResult p = plan_memory(qwen72b(PlanBase::Nf4, 8));
+  const auto j = nlohmann::json::parse(plan_to_json(p));
+  EXPECT_EQ(j.at("lora_params").get<int64_t>(), p.lora_params);
+  EXPECT_EQ(j.at("base_weight_bytes").get<uint64_t>(), p.base_weight_bytes);
+  EXPECT_EQ(j.at("fits").get<bool>(), p.fits);
+  ASSERT_EQ(j.at("devices").size(), 8u);
+  const auto& d7 = j.at("devices").at(7);
+  EXPECT_EQ(d7.at("total").get<uint64_t>(), p.devices[7].total);
+  EXPECT_EQ(d7.at("ws_logits").get<uint64_t>(), p.devices[7].ws_logits);
+  EXPECT_EQ(d7.at("activations").get<uint64_t>(),
+            p.devices[7].act_checkpoints + p.devices[7].act_block + p.devices[7].act_backward +
+                p.devices[7].act_loss + p.devices[7].act_pipeline);
+}
+
+TEST(MemoryPlan, RejectsWhatItCannotPlan) {
+  PlanInput in = qwen72b(PlanBase::Gptq, 81);
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("81 GPUs for a pipeline of 80 layers"), std::string::npos);
+  in = qwen72b(PlanBase::Awq, 8);
+  in.bits = 3;
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("AWQ GEMM layout holds 4-bit codes only, not 3"),
+            std::string::npos);
+  in = qwen72b(PlanBase::Gptq, 8);
+  in.model.intermediate_size = 172;  // stories260K's width: not 8-aligned
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("does not pack into 4-bit GPTQ words"), std::string::npos);
+  in = qwen72b(PlanBase::Nf4, 8);
+  in.seq_len = 0;
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("sequence length must be positive"), std::string::npos);
+  in = qwen72b(PlanBase::Nf4, 8);
+  in.model = qwen_preset("tiny");
+  in.gpus = 1;
+  in.lora.r = 40;  // k_proj of tiny is [32, 64]
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("LoRA rank 40 is larger than k_proj"), std::string::npos);
+}
+
+// ---- measured -----------------------------------------------------------------------------------------------
+
+uint64_t status_kib(const char* key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  const std::string k = std::string(key) + ":";
+  while (std::getline(f, line)) {
+    if (line.compare(0, k.size(), k) == 0) return std::stoull(line.substr(k.size())) * 1024;
+  }
+  return 0;
+}
+
+// Peak RSS while f() runs, above the RSS just before it. VmHWM is reset by writing 5 to /proc/self/clear_refs
+// (Linux >= 4.0); where that is refused a thread samples VmRSS every millisecond instead.
+template <typename F>
+uint64_t measure_peak_increase(F&& f, const char** how) {
+#ifdef __GLIBC__
+  malloc_trim(0);  // give back what earlier work freed, so that the baseline is what is live
+#endif
+  const uint64_t before = status_kib("VmRSS");
+  bool reset = false;
+  if (std::FILE* cr = std::fopen("/proc/self/clear_refs", "w")) {
+    reset = std::fputs("5", cr) >= 0;
+    reset = (std::fclose(cr) == 0) && reset;
+  }
+  reset = reset && status_kib("VmHWM") <= status_kib("VmRSS") + (1u << 20);
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> sampled{before};
+  std::thread sampler;
+  if (!reset) {
+    sampler = std::thread([&] {
+      while (!done) {
+        sampled = std::max<uint64_t>(sampled, status_kib("VmRSS"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    });
+  }
+  f();
+  done = true;
+  if (sampler.joinable()) sampler.join();
+  *how = reset ? "VmHWM after clear_refs" : "VmRSS sampled every 1 ms";
+  const uint64_t peak = reset ? peak_rss_bytes() : sampled.load();
+  return peak > before ? peak - before : 0;
+}
+
+PackedBatch token_batch(int64_t B, int64_t S, int64_t vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> seqs(B, std::vector<int32_t>(S));
+  for (auto& s : seqs)
+    for (auto& t : s) t = static_cast<int32_t>(rng.uniform() * static_cast<double>(vocab - 3));
+  return PackedBatch::from_sequences(seqs);
+}
+
+// Runs one lora_loss_and_grad step on `dir` (after a short warm-up step that maps every weight page, starts the
+// threads and sizes the grads) and compares the peak RSS it adds with the CPU plan's activations + workspace.
+void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S, int64_t r, bool checkpointing = true) {
+  const QwenModel model(dir);
+  PlanInput in = plan_for_dir(dir, base);
+  in.lora = all_linear(r);
+  in.batch_size = B;
+  in.seq_len = S;
+  in.cpu_threads = num_threads();
+  in.checkpointing = checkpointing;
+  const PlanResult plan = plan_memory(in);
+  const DevicePlan& d = plan.devices[0];
+
+  LoraAdapter adapter(lora_dims_of(model.config()), in.lora);
+  adapter.init_peft(1);
+  LoraAdapter grads(lora_dims_of(model.config()), in.lora);
+  LoraStepOptions opt;
+  opt.checkpointing = checkpointing;
+  const PackedBatch warm = token_batch(1, 32, model.config().vocab_size, 2);
+  lora_loss_and_grad(model, adapter, warm, next_token_targets(warm), &grads, opt);
+
+  const PackedBatch batch = token_batch(B, S, model.config().vocab_size, 3);
+  const std::vector<int32_t> targets = next_token_targets(batch);
+  const char* how = "";
+  const uint64_t measured = measure_peak_increase(
+      [&] { lora_loss_and_grad(model, adapter, batch, targets, &grads, opt); }, &how);
+  const uint64_t predicted = d.activations + d.workspace;
+  std::printf("%s, %s base, %lld x %lld tokens, r=%lld, checkpointing %s, %d threads: predicted activations + "
+              "workspace %s (checkpoints %s, block %s, backward %s, loss %s, dequant %s, logits %s, threads %s); "
+              "measured peak RSS increase %s (%s); measured/predicted = %.3f\n",
+              model.config().model_type.c_str(), plan_base_name(base), (long long)B, (long long)S, (long long)r,
+              checkpointing ? "on" : "off", in.cpu_threads, format_bytes(predicted).c_str(),
+              format_bytes(d.act_checkpoints).c_str(),
+              format_bytes(d.act_block).c_str(), format_bytes(d.act_backward).c_str(),
+              format_bytes(d.act_loss).c_str(), format_bytes(d.ws_dequant).c_str(), format_bytes(d.ws_logits).c_str(),
+              format_bytes(d.ws_threads).c_str(), format_bytes(measured).c_str(), how,
+              static_cast<double>(measured) / static_cast<double>(predicted));
+  EXPECT_NEAR(static_cast<double>(measured), static_cast<double>(predicted), kMeasuredRelTol * predicted);
+}
+
+// tiny (C 64, I 128, V 320) with 16k packed tokens: activations are nearly everything.
+TEST(MemoryPlanMeasured, TinyGptqActivationsMatchRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m");
+  q.out_dir = scratch + "/gptq";
+  q.group_size = 32;
+  q.quiet = true;
+  quantize_model(q);
+  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8);
+  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
+}
+
+// One Qwen2.5-0.5B-shaped layer, GPTQ g128, 512 tokens: the dequantized Linear, the 110-row logits chunk over
+// V = 151936 and the widening buffers of the bf16 lm_head are a large part of the total.
+TEST(MemoryPlanMeasured, Qwen05bOneLayerGptqMatchesRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m", "qwen2.5-0.5b", 1);
+  q.out_dir = scratch + "/gptq";
+  q.quiet = true;
+  quantize_model(q);
+  check_measured(q.out_dir, PlanBase::Gptq, 1, 512, 16);
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,165 @@
+// qwen-qlora generate | chat: text from a base model with a LoRA adapter merged in memory (trainer/lora_merge.h),
+// greedy or sampled (trainer/generate.h). generate mirrors `qwen-quant generate`; chat is an interactive ChatML
+// loop over stdin that keeps the whole conversation as the prompt of each turn.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "tools/cli_common.h"
+#include "tools/qlora_cli.h"
+#include "trainer/generate.h"
+#include "trainer/lora_merge.h"
+#include "trainer/model_dir.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, adapter, prompt, system;
+  bool chat = false;
+  SamplingOptions sampling;
+  CommonOptions common;
+};
+
+// The model with the adapter (if any) merged into its Linear weights, and its tokenizer.
+struct Loaded {
+  std::unique_ptr<QwenModel> model;
+  Tokenizer tok;
+};
+
+Loaded load(const GenerateArgs& a, bool need_chat_template) {
+  const std::string dir = resolve_model_dir(a.model);
+  Tokenizer tok = Tokenizer::from_dir(dir);
+  if (need_chat_template) {
+    QWENQ_CHECK(tok.has_chat_template(), dir << ": the tokenizer has no chat template (chat_template in "
+                                                "tokenizer_config.json or chat_template.jinja), so a conversation "
+                                                "cannot be formatted; use `qwen-qlora generate` without --chat");
+    tok.apply_chat_template({{"user", "x"}}, true);  // refuses a template that is not ChatML, before any work
+  }
+  auto model = std::make_unique<QwenModel>(dir);
+  if (!a.adapter.empty()) {
+    const LoraAdapter adapter = load_adapter_for_base(a.adapter, dir, model->config());
+    merge_adapter_in_memory(*model, adapter);
+    std::fprintf(stderr, "adapter %s merged: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
+                 adapter.targets().size(), (long long)model->config().num_layers, (long long)adapter.rank(),
+                 adapter.scaling());
+  }
+  return {std::move(model), std::move(tok)};
+}
+
+SamplingOptions with_stop_ids(const SamplingOptions& in, const QwenModel& model, const Tokenizer& tok) {
+  SamplingOptions opt = in;
+  for (int32_t id : {tok.eos_id(), model.config().eos_token_id, tok.token_id("<|im_end|>"),
+                     tok.token_id("<|endoftext|>")}) {
+    if (id >= 0) opt.stop_ids.push_back(id);
+  }
+  return opt;
+}
+
+// Generates from `prompt`, streaming the text of non-special tokens to stdout; prints the speed to stderr.
+std::vector<int32_t> stream(const QwenModel& model, const Tokenizer& tok, const std::vector<int32_t>& prompt,
+                            const SamplingOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<int32_t> out = generate(model, prompt, opt, [&](int32_t id) {
+    if (!tok.is_special(id)) std::printf("%s", tok.decode_token(id).c_str());
+    std::fflush(stdout);
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n");
+  std::fflush(stdout);
+  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s)\n", prompt.size(), out.size(), s,
+               out.size() / (s > 0 ? s : 1));
+  return out;
+}
+
+void run_generate(const GenerateArgs& a) {
+  apply_common_options(a.common);
+  Loaded m = load(a, a.chat);
+  std::vector<int32_t> prompt;
+  if (a.chat) {
+    std::vector<ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", a.prompt});
+    prompt = m.tok.encode(m.tok.apply_chat_template(msgs, true), false);
+  } else {
+    prompt = m.tok.encode(a.prompt, true);
+  }
+  if (!a.chat) std::printf("%s", a.prompt.c_str());
+  std::fflush(stdout);
+  stream(*m.model, m.tok, prompt, with_stop_ids(a.sampling, *m.model, m.tok));
+}
+
+void run_chat(const GenerateArgs& a) {
+  apply_common_options(a.common);
+  Loaded m = load(a, true);
+  const SamplingOptions opt = with_stop_ids(a.sampling, *m.model, m.tok);
+  const bool tty = ::isatty(STDIN_FILENO);
+  std::vector<ChatMessage> history;
+  if (!a.system.empty()) history.push_back({"system", a.system});
+  if (tty) std::fprintf(stderr, "chat: type a message; /reset forgets the conversation, /exit or Ctrl-D ends\n");
+  std::string line;
+  while (true) {
+    if (tty) std::fprintf(stderr, "user> ");
+    if (!std::getline(std::cin, line) || line == "/exit") break;
+    if (line.empty()) continue;
+    if (line == "/reset") {
+      history.resize(a.system.empty() ? 0 : 1);
+      std::fprintf(stderr, "(conversation reset)\n");
+      continue;
+    }
+    history.push_back({"user", line});
+    const std::vector<int32_t> prompt = m.tok.encode(m.tok.apply_chat_template(history, true), false);
+    if (tty) std::fprintf(stderr, "assistant> ");
+    try {
+      const std::vector<int32_t> out = stream(*m.model, m.tok, prompt, opt);
+      history.push_back({"assistant", m.tok.decode(out, true)});
+    } catch (const Error& e) {  // e.g. the conversation outgrew the context: the user can /reset and go on
+      history.pop_back();
+      std::fprintf(stderr, "qwen-qlora: error: %s (/reset starts a new conversation)\n", e.what());
+    }
+  }
+}
+
+void add_sampling_options(CLI::App* cmd, GenerateArgs* a) {
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout), merged into the base in memory");
+  cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
+  cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate (per reply)")
+      ->capture_default_str();
+  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
+  add_common_options(cmd, &a->common);
+}
+
+}  // namespace
+
+void register_qlora_generate(CLI::App& app) {
+  auto g = std::make_shared<GenerateArgs>();
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the base model plus a LoRA adapter (greedy by "
+                                                 "default)");
+  cmd->add_option("--model,-m", g->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
+      ->required();
+  cmd->add_option("--prompt,-p", g->prompt, "prompt text")->required();
+  cmd->add_flag("--chat", g->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
+  add_sampling_options(cmd, g.get());
+  cmd->callback([g]() { run_generate(*g); });
+
+  auto c = std::make_shared<GenerateArgs>();
+  CLI::App* chat = app.add_subcommand("chat", "Interactive ChatML conversation on stdin (one user message per line; "
+                                              "/reset, /exit)");
+  chat->add_option("--model,-m", c->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
+      ->required();
+  add_sampling_options(chat, c.get());
+  chat->callback([c]() { run_chat(*c); });
+}
+
+}  // namespace qwenq::cli

@@ -1,0 +1,65 @@
+// qwen-qlora merge: fold a LoRA adapter into its base model and write a dense Hugging Face directory.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "core/progress.h"
+#include "tools/cli_common.h"
+#include "tools/qlora_cli.h"
+#include "trainer/lora_merge.h"
+#include "trainer/model_dir.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct MergeArgs {
+  MergeOptions opt;
+  std::string model, dtype;  // dtype "": the base's (bf16 for a quantized base)
+  double max_shard_gb = 4.0;
+  CommonOptions common;
+};
+
+const char* dtype_flag(DType t) { return t == DType::F32 ? "fp32" : t == DType::F16 ? "fp16" : "bf16"; }
+
+void run_merge(MergeArgs& a) {
+  apply_common_options(a.common);
+  a.opt.model_dir = resolve_model_dir(a.model);
+  a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
+  if (!a.dtype.empty()) {
+    a.opt.dtype = a.dtype == "fp32" ? DType::F32 : a.dtype == "fp16" ? DType::F16 : DType::BF16;
+  } else {
+    a.opt.dtype = default_merge_dtype(a.opt.model_dir);
+  }
+  QuantizeReport r = merge_adapter_to_dir(a.opt);
+  std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, weights in %s, %d shard(s), %s of "
+              "tensors, %.1fs, peak RSS %s\n",
+              a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
+              dtype_flag(*a.opt.dtype), r.shards, format_bytes(r.bytes_written).c_str(), r.seconds,
+              format_bytes(r.peak_rss).c_str());
+  std::printf("a dense model: quantize it again with `qwen-quant gptq|awq|nf4 --model %s --out ...`\n",
+              a.opt.out_dir.c_str());
+}
+
+}  // namespace
+
+void register_qlora_merge(CLI::App& app) {
+  auto a = std::make_shared<MergeArgs>();
+  CLI::App* cmd = app.add_subcommand("merge", "Fold a LoRA adapter into its base (dense, bf16 or 4-bit) and write a "
+                                              "dense Hugging Face model");
+  cmd->add_option("--model,-m", a->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
+      ->required();
+  cmd->add_option("--adapter,-a", a->opt.adapter_dir, "LoRA adapter directory (PEFT layout)")->required();
+  cmd->add_option("--out,-o", a->opt.out_dir, "output directory (written under a temporary name, renamed when complete)")
+      ->required();
+  cmd->add_option("--dtype", a->dtype, "bf16, fp16 or fp32 for the Linear weights (default: the base's; bf16 for a "
+                                       "quantized base)")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");
+  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")->capture_default_str();
+  cmd->add_flag("--quiet,-q", a->opt.quiet, "no progress bar");
+  add_common_options(cmd, &a->common);
+  cmd->callback([a]() { run_merge(*a); });
+}
+
+}  // namespace qwenq::cli

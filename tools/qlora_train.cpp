@@ -1,0 +1,140 @@
+// qwen-qlora train: LoRA/QLoRA on a frozen base (trainer/train_loop.h). Options may also come from a JSON file
+// (--config run.json): {"model": "...", "lora-r": 16, "packing": true, ...}, keys spelled like the long options
+// without the dashes; options on the command line win.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "tools/cli_common.h"
+#include "tools/qlora_cli.h"
+#include "trainer/model_dir.h"
+#include "trainer/train_loop.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct TrainArgs {
+  TrainOptions opt;
+  std::string model, targets = "all-linear", format = "auto", batch_mode = "packing", adapter_dtype = "fp32";
+  std::string config;
+  double eval_fraction = 0.0;
+  CommonOptions common;
+};
+
+// The JSON config as extra command-line arguments (placed before the real ones, so the command line wins).
+std::vector<std::string> config_args(const std::string& path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    QWENQ_FAIL(path << ": not valid JSON (" << e.what() << ")");
+  }
+  QWENQ_CHECK(j.is_object(), path << ": a training config must be a JSON object of option: value");
+  std::vector<std::string> args;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string key = "--" + it.key();
+    if (it->is_boolean()) {
+      if (it->get<bool>()) args.push_back(key);
+    } else if (it->is_string()) {
+      args.insert(args.end(), {key, it->get<std::string>()});
+    } else if (it->is_number()) {
+      args.insert(args.end(), {key, it->dump()});
+    } else {
+      QWENQ_FAIL(path << ": option \"" << it.key() << "\" must be a string, number or boolean");
+    }
+  }
+  return args;
+}
+
+}  // namespace
+
+void register_qlora_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  TrainOptions& o = a->opt;
+  CLI::App* c = app.add_subcommand("train", "Train a LoRA adapter on a frozen bf16 or 4-bit (GPTQ/AWQ/NF4) base");
+  c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes; the command line wins)");
+  c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, or GPTQ/AWQ/bnb-4bit)");
+  c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
+  c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
+  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
+  c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len)")->capture_default_str();
+  c->add_option("--eval-fraction", o.data.eval_fraction, "held-out share of the data for eval loss")->capture_default_str();
+  c->add_option("--eval-count", o.data.eval_count, "or an exact number of held-out examples")->capture_default_str();
+  c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
+  c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")->capture_default_str();
+  c->add_option("--lora-dropout", o.lora.dropout, "dropout on the adapter branch's input")->capture_default_str();
+  c->add_flag("--rslora", o.lora.use_rslora, "rank-stabilized scaling s = alpha / sqrt(r)");
+  c->add_option("--target", a->targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear")
+      ->capture_default_str();
+  c->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+  c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")->capture_default_str();
+  c->add_option("--scheduler", o.scheduler, "cosine, linear or constant")->capture_default_str();
+  c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps")->capture_default_str();
+  c->add_option("--warmup-ratio", o.warmup_ratio, "or a share of the steps")->capture_default_str();
+  c->add_option("--epochs", o.epochs, "passes over the training split")->capture_default_str();
+  c->add_option("--max-steps", o.max_steps, "optimizer steps (wins over --epochs when > 0)")->capture_default_str();
+  c->add_option("--batch-size", o.batch_size, "rows per micro-batch")->capture_default_str();
+  c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
+  c->add_option("--batching", a->batch_mode, "packing (examples back to back, attention kept apart) or padding")
+      ->capture_default_str();
+  c->add_flag("!--no-checkpointing", o.checkpointing, "keep every block's activations instead of recomputing them");
+  c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")->capture_default_str();
+  c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")->capture_default_str();
+  c->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only the final adapter)")->capture_default_str();
+  c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept")->capture_default_str();
+  c->add_option("--adapter-dtype", a->adapter_dtype, "fp32 (PEFT's own) or bf16")->capture_default_str();
+  c->add_option("--seed", o.seed, "adapter init, data order, dropout")->capture_default_str();
+  c->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
+  c->add_flag("--overwrite", o.overwrite, "replace a previous run in --out");
+  c->add_option("--stop-after", o.stop_after, "end after N steps of this invocation, without the final adapter (time-boxed runs, resume tests)");
+  c->add_flag("--quiet,-q", o.quiet, "no progress bar");
+  add_common_options(c, &a->common);
+  c->callback([a]() {
+    TrainOptions& o = a->opt;
+    QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
+                "train needs --model, --data and --out (on the command line or in --config)");
+    apply_common_options(a->common);
+    o.model_dir = resolve_model_dir(a->model);
+    o.lora.target_modules = parse_lora_targets(a->targets);
+    o.data.format = parse_sft_format(a->format);
+    o.data.seed = o.seed;
+    QWENQ_CHECK(a->batch_mode == "packing" || a->batch_mode == "padding", "--batching must be packing or padding");
+    o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
+    QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
+    o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
+    const TrainReport r = train_lora(o);
+    std::printf("trained %lld steps (from step %lld): last loss %.4f", (long long)r.steps, (long long)r.start_step,
+                r.last_loss);
+    if (r.eval_loss >= 0) {
+      if (r.first_eval_loss >= 0) std::printf(", eval loss %.4f -> %.4f", r.first_eval_loss, r.eval_loss);
+      else std::printf(", eval loss %.4f", r.eval_loss);
+    }
+    std::printf("; %.0f tokens/s, %.1fs, peak RSS %s; adapter in %s\n", r.tokens_per_s, r.seconds,
+                format_bytes(r.peak_rss).c_str(), o.out_dir.c_str());
+  });
+}
+
+std::vector<std::string> expand_train_config(const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[1] != "train") return args;
+  std::string path;
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) path = args[i + 1];
+    if (args[i].rfind("--config=", 0) == 0) path = args[i].substr(9);
+  }
+  if (path.empty()) return args;
+  std::vector<std::string> out(args.begin(), args.begin() + 2);
+  for (auto& s : config_args(path)) out.push_back(s);
+  out.insert(out.end(), args.begin() + 2, args.end());
+  return out;
+}
+
+}  // namespace qwenq::cli

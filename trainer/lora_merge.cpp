@@ -1,0 +1,191 @@
+#include "trainer/lora_merge.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "core/safetensors.h"
+#include "core/threads.h"
+#include "lora/peft_io.h"
+#include "trainer/lora_model.h"
+#include "trainer/quant_config.h"
+#include "trainer/quantize_output.h"
+#include "trainer/qwen_config.h"
+#include "trainer/qwen_weights.h"
+
+namespace qwenq {
+
+namespace {
+
+// Refuses an adapter whose LoraDims are not the model's (the message gives both).
+void check_dims_match(const LoraDims& d, const QwenConfig& c, const std::string& what) {
+  QWENQ_CHECK(d.hidden_size == c.hidden_size && d.intermediate_size == c.intermediate_size && d.q_dim == c.q_dim() &&
+                  d.kv_dim == c.kv_dim() && d.num_layers == c.num_layers,
+              what << ": the adapter was made for another base model (hidden " << d.hidden_size << ", intermediate "
+                   << d.intermediate_size << ", q_dim " << d.q_dim << ", kv_dim " << d.kv_dim << ", " << d.num_layers
+                   << " layers; the model has " << c.hidden_size << ", " << c.intermediate_size << ", " << c.q_dim()
+                   << ", " << c.kv_dim() << ", " << c.num_layers << ")");
+}
+
+// The canonical path of an existing file or directory, "" when it does not exist.
+std::string real_path(const std::string& p) {
+  char buf[PATH_MAX];
+  return ::realpath(p.c_str(), buf) ? std::string(buf) : std::string();
+}
+
+// "model.layers.3.self_attn.q_proj"
+std::string linear_prefix(int64_t layer, LoraTarget t) {
+  return "model.layers." + std::to_string(layer) + "." + lora_target_path(t);
+}
+
+// One LoraTarget per table entry, in table order.
+LoraTarget target_at(int i) { return kLoraTargets[i].target; }
+
+}  // namespace
+
+LoraTargetSlot lora_target_slot(LoraTarget t) {
+  switch (t) {
+    case LoraTarget::QProj: return {BlockLinear::QKV, 0};
+    case LoraTarget::KProj: return {BlockLinear::QKV, 1};
+    case LoraTarget::VProj: return {BlockLinear::QKV, 2};
+    case LoraTarget::OProj: return {BlockLinear::O, 0};
+    case LoraTarget::GateProj: return {BlockLinear::GateUp, 0};
+    case LoraTarget::UpProj: return {BlockLinear::GateUp, 1};
+    case LoraTarget::DownProj: return {BlockLinear::Down, 0};
+  }
+  QWENQ_FAIL("lora_target_slot: bad target " << static_cast<int>(t));
+}
+
+void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, float s) {
+  QWENQ_CHECK(lw.N == N && lw.K == K && static_cast<int64_t>(lw.A.size()) == lw.r * K &&
+                  static_cast<int64_t>(lw.B.size()) == N * lw.r,
+              "merge_lora_weights: adapter A [" << lw.r << ", " << lw.K << "], B [" << lw.N << ", " << lw.r
+                                                << "] do not fit a weight [" << N << ", " << K << "]");
+  const int64_t r = lw.r;
+  const float* A = lw.A.data();
+  const float* B = lw.B.data();
+  // Rows are independent; each row is r saxpy passes over K contiguous floats (vectorizes).
+  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      float* row = W + n * K;
+      for (int64_t j = 0; j < r; ++j) {
+        const float b = s * B[n * r + j];
+        const float* a = A + j * K;
+        for (int64_t k = 0; k < K; ++k) row[k] += b * a[k];
+      }
+    }
+  });
+}
+
+void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
+  check_dims_match(adapter.dims(), model.config(), "merge_adapter_in_memory (model " + model.dir() + ")");
+  const float s = static_cast<float>(adapter.scaling());
+  const int64_t L = model.config().num_layers;
+  for (int64_t l = 0; l < L; ++l) {
+    for (LoraTarget t : adapter.targets()) {
+      const LoraTargetSlot slot = lora_target_slot(t);
+      LinearWeight& w = model.linear_weight(l, slot.group, slot.index);
+      std::vector<float> W = w.dequantize();
+      merge_lora_weights(W.data(), w.N, w.K, adapter.at(l, t), s);
+      w = LinearWeight::from_fp32(std::move(W), w.N, w.K);
+    }
+  }
+}
+
+LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg) {
+  try {
+    return load_peft_adapter(adapter_dir, lora_dims_of(cfg));
+  } catch (const Error& e) {
+    throw Error("cannot merge the LoRA adapter " + adapter_dir + " into the base model " + model_dir + ": " + e.what());
+  }
+}
+
+DType default_merge_dtype(const std::string& model_dir) {
+  const QuantConfig quant = load_quant_config(model_dir);
+  if (quant.method != QuantConfig::Method::None) return DType::BF16;
+  const Checkpoint ckpt(model_dir);
+  const std::string name = linear_prefix(0, LoraTarget::QProj) + ".weight";
+  if (!ckpt.has(name)) return DType::BF16;
+  const DType t = ckpt.get(name).dtype;
+  return (t == DType::F32 || t == DType::F16) ? t : DType::BF16;
+}
+
+QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const DType dtype = o.dtype ? *o.dtype : default_merge_dtype(o.model_dir);
+  QWENQ_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32,
+              "merge: the output dtype must be bf16, fp16 or fp32, not " << dtype_name(dtype));
+  const QwenConfig cfg = load_qwen_config(o.model_dir);
+  const QuantConfig quant = load_quant_config(o.model_dir);
+  for (const std::string& src : {o.model_dir, o.adapter_dir}) {
+    const std::string out_real = real_path(o.out_dir);
+    QWENQ_CHECK(out_real.empty() || out_real != real_path(src),
+                "merge: the output directory " << o.out_dir << " is an input (" << src << "); choose another --out");
+  }
+
+  // Everything that can refuse the adapter runs before the output directory exists.
+  const LoraAdapter adapter = load_adapter_for_base(o.adapter_dir, o.model_dir, cfg);
+  const float s = static_cast<float>(adapter.scaling());
+
+  Checkpoint ckpt(o.model_dir);
+  StagedDir out(o.out_dir, o.overwrite);
+  ShardedWriter shards(out.path(), o.max_shard_bytes);
+  QuantizeReport rep;
+  std::vector<std::string> written;         // Linear weights written here (dense base: only ".weight")
+  std::vector<std::string> packed_prefixes;  // "model.layers.0.self_attn.q_proj." of packed Linears: all but bias
+  Progress bar("merge", cfg.num_layers * kNumLoraTargets, "linears", o.quiet);
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    for (int i = 0; i < kNumLoraTargets; ++i) {
+      const LoraTarget t = target_at(i);
+      const LoraShape shape = lora_target_shape(adapter.dims(), t);
+      const std::string prefix = linear_prefix(l, t);
+      const LinearWeight w = load_linear(ckpt, quant, prefix, shape.N, shape.K);
+      const bool merge = adapter.has(l, t);
+      bar.update(l * kNumLoraTargets + i + 1);
+      // A dense Linear that is neither merged nor converted is copied with the other tensors below.
+      if (!merge && w.is_dense() && w.dense.dtype == dtype) continue;
+      std::vector<float> W = w.dequantize();
+      if (merge) {
+        merge_lora_weights(W.data(), w.N, w.K, adapter.at(l, t), s);
+        ++rep.linears;
+        rep.params_quantized += w.N * w.K;
+      }
+      std::vector<uint8_t> bytes(W.size() * dtype_size(dtype));
+      from_f32(dtype, W.data(), bytes.data(), W.size());
+      shards.current().add_owned(prefix + ".weight", dtype, {w.N, w.K}, std::move(bytes));
+      shards.note_added(prefix + ".weight");
+      if (w.is_dense()) {
+        written.push_back(prefix + ".weight");
+      } else {
+        packed_prefixes.push_back(prefix + ".");
+      }
+      shards.maybe_flush();
+    }
+  }
+  std::sort(written.begin(), written.end());
+  for (const auto& name : ckpt.names()) {
+    if (std::binary_search(written.begin(), written.end(), name)) continue;
+    bool packed_part = false;
+    for (const auto& p : packed_prefixes) {
+      if (name.compare(0, p.size(), p) == 0 && name.substr(p.size()) != "bias") packed_part = true;
+    }
+    if (packed_part) continue;
+    shards.add_view(name, ckpt.get(name));
+    shards.maybe_flush();
+  }
+  shards.finish();
+  bar.finish();
+  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  config.erase("quantization_config");
+  config["torch_dtype"] = torch_dtype_name(dtype);
+  return finish_output(config, o.model_dir, shards, out, t0, rep);
+}
+
+}  // namespace qwenq

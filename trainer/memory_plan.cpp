@@ -1,0 +1,502 @@
+#include "trainer/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "lora/lora_adapter.h"
+#include "quant/format/int_pack.h"
+#include "quant/format/nf4_pack.h"
+#include "quant/nf4.h"
+#include "quant/nf4_checkpoint.h"
+#include "trainer/quantize_output.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr LoraTarget kAll[kNumLoraTargets] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,
+                                              LoraTarget::OProj,    LoraTarget::GateProj, LoraTarget::UpProj,
+                                              LoraTarget::DownProj};
+
+uint64_t u64(int64_t v) { return static_cast<uint64_t>(v); }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+LoraDims dims_of(const QwenConfig& c) {
+  LoraDims d;
+  d.hidden_size = c.hidden_size;
+  d.intermediate_size = c.intermediate_size;
+  d.q_dim = c.q_dim();
+  d.kv_dim = c.kv_dim();
+  d.num_layers = c.num_layers;
+  return d;
+}
+
+int64_t num_groups(const PlanInput& in, int64_t K) { return in.group_size == -1 ? 1 : ceil_div(K, in.group_size); }
+
+// The per-layer facts every formula needs.
+struct LayerShape {
+  int64_t C, I, H, qd, kvd, D, V, T, r;
+  LoraShape shape[kNumLoraTargets];
+  bool adapted[kNumLoraTargets];
+  int64_t sum_r = 0;        // Σ r over adapted Linears
+  int64_t lora_params = 0;  // Σ r·(N + K)
+  int64_t dropout_k = 0;    // Σ K over adapted Linears when dropout > 0
+  int64_t max_adapted_n = 0;
+};
+
+LayerShape layer_shape(const PlanInput& in) {
+  const QwenConfig& c = in.model;
+  LayerShape s{};
+  s.C = c.hidden_size;
+  s.I = c.intermediate_size;
+  s.H = c.num_heads;
+  s.qd = c.q_dim();
+  s.kvd = c.kv_dim();
+  s.D = c.head_dim;
+  s.V = c.vocab_size;
+  s.T = in.batch_size * in.seq_len;
+  s.r = in.lora.r;
+  const LoraDims dims = dims_of(c);
+  for (int t = 0; t < kNumLoraTargets; ++t) {
+    s.shape[t] = lora_target_shape(dims, kAll[t]);
+    s.adapted[t] = in.lora.targets(kAll[t]);
+    if (!s.adapted[t]) continue;
+    QWENQ_CHECK(s.r <= std::min(s.shape[t].N, s.shape[t].K),
+                "LoRA rank " << s.r << " is larger than " << lora_target_name(kAll[t]) << " [" << s.shape[t].N << ", "
+                             << s.shape[t].K << "] allows");
+    s.sum_r += s.r;
+    s.lora_params += s.r * (s.shape[t].N + s.shape[t].K);
+    if (in.lora.dropout > 0) s.dropout_k += s.shape[t].K;
+    s.max_adapted_n = std::max(s.max_adapted_n, s.shape[t].N);
+  }
+  return s;
+}
+
+// Dense (non-Linear) tensors of one decoder layer, in values: two RMSNorms, q/k/v biases, q/k norms.
+int64_t layer_dense_values(const QwenConfig& c) {
+  return 2 * c.hidden_size + (c.qkv_bias ? c.q_dim() + 2 * c.kv_dim() : 0) + (c.qk_norm ? 2 * c.head_dim : 0);
+}
+
+// ---- CPU (trainer/lora_model.cpp) -------------------------------------------------------------------------
+
+// fp32 values of one block's BlockActs.
+int64_t cpu_block_values(const PlanInput& in, const LayerShape& s) {
+  return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + 3 * s.I + s.sum_r +
+                (in.model.qk_norm ? s.qd + s.kvd : 0) + 2 * s.dropout_k);
+}
+
+// The largest set of fp32 buffers alive at once inside block_bwd (and during a recompute), in values.
+int64_t cpu_backward_values(const PlanInput& in, const LayerShape& s) {
+  const int64_t T = s.T, C = s.C, I = s.I, qd = s.qd, kvd = s.kvd;
+  auto lora = [&](LoraTarget t) -> int64_t {  // lora_backward_ref: g, su [T, r] and t [T, K]
+    const int i = static_cast<int>(t);
+    return s.adapted[i] ? 2 * T * s.r + T * s.shape[i].K : 0;
+  };
+  const int64_t base = 3 * T * I + T * I;  // dact, dgate, dup + linear_bwd's tmp (capacity T·I from down_proj on)
+  const int64_t down = base + lora(LoraTarget::DownProj);
+  const int64_t gate_up = base + T * C + std::max(lora(LoraTarget::GateProj), lora(LoraTarget::UpProj));
+  const int64_t o = base + 2 * T * C + T * qd + lora(LoraTarget::OProj);
+  const int64_t attn = base + 2 * T * C + 2 * T * qd + 2 * T * kvd + T * s.H;
+  const int64_t qkv = base + 3 * T * C + 2 * T * qd + 2 * T * kvd +
+                      std::max({lora(LoraTarget::QProj), lora(LoraTarget::KProj), lora(LoraTarget::VProj)});
+  const int64_t recompute = in.checkpointing ? 2 * T * C + T * s.max_adapted_n : 0;
+  return std::max({down, gate_up, o, attn, qkv, recompute});
+}
+
+// kernels/gemm_ref.cpp's per-thread fp32 copy of a 16-bit weight [N, K]: forward nb rows, backward kb columns.
+uint64_t widen_bytes(int64_t N, int64_t K) {
+  constexpr int64_t kWiden = int64_t{1} << 20;
+  const int64_t nb = std::min(N, std::clamp<int64_t>(kWiden / (4 * K), 64, 512));
+  const int64_t kb = std::min(K, std::clamp<int64_t>(kWiden / (4 * N), 16, 128));
+  return u64(std::max(nb * K, N * kb) * 4);
+}
+
+uint64_t cpu_dequant_bytes(const PlanInput& in, const LayerShape& s) {
+  if (in.base == PlanBase::Bf16) return 0;
+  uint64_t best = 0;
+  for (int t = 0; t < kNumLoraTargets; ++t) {
+    const int64_t N = s.shape[t].N, K = s.shape[t].K;
+    uint64_t b = u64(4 * N * K);
+    if (in.base == PlanBase::Nf4)
+      b += u64(4 * ceil_div(N * K, in.nf4_blocksize));  // nf4_block_absmax
+    else
+      b += u64(N * K + num_groups(in, K) * N);  // dequantize_int_linear's codes and zeros, one byte each
+    best = std::max(best, b);
+  }
+  return best;
+}
+
+int64_t logits_rows(const LayerShape& s) { return std::max<int64_t>(1, std::min(s.T, kPlanLogitsPerChunk / s.V)); }
+
+void plan_cpu_device(const PlanInput& in, const LayerShape& s, DevicePlan* d) {
+  const int64_t L = in.model.num_layers, T = s.T, C = s.C;
+  d->act_checkpoints = u64((L + 1) * T * C * 4);
+  d->act_block = u64((in.checkpointing ? 1 : L) * cpu_block_values(in, s) * 4);
+  d->act_backward = u64(cpu_backward_values(in, s) * 4);
+  d->act_loss = u64(3 * T * C * 4);
+  d->ws_dequant = cpu_dequant_bytes(in, s);
+  const int64_t rows = logits_rows(s);
+  d->ws_logits = u64((rows * s.V + rows) * 4);
+  uint64_t widen = dtype_size(in.dense_dtype) == 2 ? widen_bytes(s.V, C) : 0;  // lm_head
+  if (in.base == PlanBase::Bf16) {
+    for (const LoraShape& sh : s.shape) widen = std::max(widen, widen_bytes(sh.N, sh.K));
+  }
+  d->ws_threads = u64(in.cpu_threads) * widen;
+}
+
+// ---- GPU (planned) --------------------------------------------------------------------------------------
+
+void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, DevicePlan* d) {
+  const int64_t T = s.T, C = s.C, n = d->num_layers;
+  d->act_checkpoints = u64(n * T * C * 2);
+  const int64_t qk_norm = in.model.qk_norm ? s.qd + s.kvd : 0;
+  const int64_t block = T * (3 * C + 2 * s.qd + 2 * s.kvd + 3 * s.I + s.sum_r + qk_norm) * 2 +
+                        T * s.H * 4 + T * s.dropout_k * 3;
+  d->act_block = n > 0 ? u64((in.checkpointing ? 1 : n) * block) : 0;
+  d->act_backward = n > 0 ? u64(T * (3 * s.I + 3 * C + 2 * s.qd + 2 * s.kvd) * 2 + T * C * 4) : 0;
+  d->act_loss = d->has_lm_head ? u64(T * C * (2 + 4)) : 0;
+  d->act_pipeline = u64(((index > 0 ? 1 : 0) + (index + 1 < in.gpus ? 1 : 0)) * T * C * 2);
+  if (in.base != PlanBase::Bf16 && n > 0) {
+    for (const LoraShape& sh : s.shape) d->ws_dequant = std::max(d->ws_dequant, u64(2 * sh.N * sh.K));
+  }
+  d->ws_logits = d->has_lm_head ? u64(logits_rows(s) * s.V * (2 + 4)) : 0;
+  d->ws_reserve = kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + (in.gpus > 1 ? kNcclBytes : 0);
+}
+
+void check_input(const PlanInput& in) {
+  const QwenConfig& c = in.model;
+  QWENQ_CHECK(c.num_layers > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_heads > 0 &&
+                  c.num_kv_heads > 0 && c.head_dim > 0 && c.vocab_size > 0,
+              "plan: the model config has a non-positive size (layers "
+                  << c.num_layers << ", hidden " << c.hidden_size << ", intermediate " << c.intermediate_size
+                  << ", heads " << c.num_heads << "/" << c.num_kv_heads << ", head_dim " << c.head_dim << ", vocab "
+                  << c.vocab_size << ")");
+  QWENQ_CHECK(in.batch_size > 0 && in.seq_len > 0,
+              "plan: batch size and sequence length must be positive, got " << in.batch_size << " and " << in.seq_len);
+  QWENQ_CHECK(in.base == PlanBase::Bf16 || in.base == PlanBase::Nf4 || in.group_size == -1 || in.group_size > 0,
+              "plan: group size must be positive or -1, got " << in.group_size);
+  QWENQ_CHECK(in.base != PlanBase::Nf4 || (in.nf4_blocksize >= 32 && in.nf4_blocksize <= 4096 &&
+                                           (in.nf4_blocksize & (in.nf4_blocksize - 1)) == 0),
+              "plan: NF4 block size must be a power of two in [32, 4096], got " << in.nf4_blocksize);
+  QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
+              "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
+  if (in.device == PlanDevice::Cuda) {
+    QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
+    QWENQ_CHECK(in.gpus <= c.num_layers, "plan: " << in.gpus << " GPUs for a pipeline of " << c.num_layers
+                                                  << " layers leaves a GPU without a layer; use at most "
+                                                  << c.num_layers);
+  } else {
+    QWENQ_CHECK(in.cpu_threads >= 1, "plan: CPU threads must be at least 1, got " << in.cpu_threads);
+  }
+  in.lora.validate();
+}
+
+}  // namespace
+
+const char* plan_base_name(PlanBase b) {
+  switch (b) {
+    case PlanBase::Bf16: return "bf16";
+    case PlanBase::Gptq: return "gptq";
+    case PlanBase::Awq: return "awq";
+    default: return "nf4";
+  }
+}
+
+bool plan_base_from_name(const std::string& name, PlanBase* out) {
+  for (PlanBase b : {PlanBase::Bf16, PlanBase::Gptq, PlanBase::Awq, PlanBase::Nf4}) {
+    if (name == plan_base_name(b)) {
+      *out = b;
+      return true;
+    }
+  }
+  return false;
+}
+
+uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
+  QWENQ_CHECK(N > 0 && K > 0, "plan: Linear shape [" << N << ", " << K << "] must be positive");
+  switch (in.base) {
+    case PlanBase::Bf16: return u64(2 * N * K);
+    case PlanBase::Gptq: {
+      QWENQ_CHECK(gptq_bits_supported(in.bits), "plan: GPTQ holds 2, 3, 4 or 8-bit codes, not " << in.bits);
+      const int pm = gptq_pack_multiple(in.bits);
+      QWENQ_CHECK(K % pm == 0 && N % pm == 0, "plan: a Linear [" << N << ", " << K << "] does not pack into "
+                                                                 << in.bits << "-bit GPTQ words (K and N must be "
+                                                                 << "multiples of " << pm << ")");
+      const int64_t G = num_groups(in, K);
+      return u64(4 * (K * in.bits / 32) * N + 4 * G * (N * in.bits / 32) + 2 * G * N + 4 * K);
+    }
+    case PlanBase::Awq: {
+      QWENQ_CHECK(in.bits == 4, "plan: the AWQ GEMM layout holds 4-bit codes only, not " << in.bits);
+      QWENQ_CHECK(in.group_size > 0, "plan: AWQ needs a positive group size, got " << in.group_size);
+      QWENQ_CHECK(N % 8 == 0, "plan: a Linear [" << N << ", " << K << "] does not pack into AWQ words (N must be a "
+                                                 << "multiple of 8)");
+      const int64_t G = num_groups(in, K);
+      return u64(4 * K * (N / 8) + 4 * G * (N / 8) + 2 * G * N);
+    }
+    default: {
+      Nf4Tensor t;  // only the fields the quant_state JSON reads
+      t.n = N * K;
+      t.blocksize = in.nf4_blocksize;
+      t.double_quant = in.double_quant;
+      t.nested_offset = kPlanNestedOffset;
+      const int64_t nb = t.num_blocks();
+      uint64_t b = u64(ceil_div(t.n, 2)) + 4 * 16;  // codes, quant_map
+      b += in.double_quant ? u64(nb + 4 * t.num_nested_blocks() + 4 * kDynamicMapSize) : u64(4 * nb);
+      b += nf4_quant_state_json(t, {N, K}, torch_dtype_name(in.dense_dtype)).size();
+      return b;
+    }
+  }
+}
+
+PlanResult plan_memory(const PlanInput& in) {
+  check_input(in);
+  const QwenConfig& c = in.model;
+  const LayerShape s = layer_shape(in);
+  const int64_t L = c.num_layers;
+  const uint64_t dsz = dtype_size(in.dense_dtype);
+
+  PlanResult res;
+  res.input = in;
+  res.tokens = s.T;
+  uint64_t layer_linear = 0;
+  for (const LoraShape& sh : s.shape) {
+    layer_linear += plan_linear_bytes(in, sh.N, sh.K);
+    res.linear_params += L * sh.N * sh.K;
+  }
+  const uint64_t layer_dense = u64(layer_dense_values(c)) * dsz;
+  const uint64_t embed = u64(c.vocab_size * c.hidden_size) * dsz, final_norm = u64(c.hidden_size) * dsz;
+  res.lora_params = L * s.lora_params;
+  res.base_linear_bytes = u64(L) * layer_linear;
+  res.base_dense_bytes = u64(L) * layer_dense + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
+  res.base_weight_bytes = res.base_linear_bytes + res.base_dense_bytes;
+
+  const int G = in.device == PlanDevice::Cpu ? 1 : in.gpus;
+  int64_t next_layer = 0;
+  for (int i = 0; i < G; ++i) {
+    DevicePlan d;
+    d.name = in.device == PlanDevice::Cpu ? "cpu" : "cuda:" + std::to_string(i);
+    d.first_layer = next_layer;
+    d.num_layers = L / G + (i < L % G ? 1 : 0);
+    next_layer += d.num_layers;
+    d.has_embeddings = i == 0;
+    d.has_lm_head = i == G - 1;
+    d.base_linear = u64(d.num_layers) * layer_linear;
+    d.base_dense = u64(d.num_layers) * layer_dense;
+    if (d.has_embeddings) d.base_dense += embed;
+    // lm_head: its own tensor when untied; a second copy of the embeddings when tied but on another device.
+    if (d.has_lm_head) d.base_dense += final_norm + (!c.tie_word_embeddings || !d.has_embeddings ? embed : 0);
+    d.base_weights = d.base_linear + d.base_dense;
+    d.lora_params = d.num_layers * s.lora_params;
+    d.adapters = u64(d.lora_params) * 4;
+    d.gradients = u64(d.lora_params) * 4;
+    d.optimizer = u64(d.lora_params) * 8;
+    if (in.device == PlanDevice::Cpu)
+      plan_cpu_device(in, s, &d);
+    else
+      plan_gpu_device(in, s, i, &d);
+    d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
+    d.workspace = d.ws_dequant + d.ws_logits + d.ws_threads + d.ws_reserve;
+    d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;
+    d.capacity = in.device_bytes;
+    d.headroom = static_cast<int64_t>(d.capacity) - static_cast<int64_t>(d.total);
+    d.fits = d.total <= d.capacity;
+    res.devices.push_back(d);
+  }
+
+  res.fits = true;
+  res.headroom = res.devices[0].headroom;
+  for (int i = 0; i < G; ++i) {
+    const DevicePlan& d = res.devices[i];
+    if (d.total > res.devices[res.worst_device].total) res.worst_device = i;
+    res.fits = res.fits && d.fits;
+    res.headroom = std::min(res.headroom, d.headroom);
+  }
+  const DevicePlan& w = res.devices[res.worst_device];
+  res.base_weights = w.base_weights;
+  res.adapters = w.adapters;
+  res.gradients = w.gradients;
+  res.optimizer = w.optimizer;
+  res.activations = w.activations;
+  res.workspace = w.workspace;
+  res.total = w.total;
+  res.capacity = w.capacity;
+  return res;
+}
+
+// ---- output ---------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string signed_bytes(int64_t v) { return v < 0 ? "-" + format_bytes(u64(-v)) : format_bytes(u64(v)); }
+
+std::string base_description(const PlanInput& in) {
+  std::ostringstream os;
+  switch (in.base) {
+    case PlanBase::Bf16: os << "bf16"; break;
+    case PlanBase::Gptq:
+    case PlanBase::Awq:
+      os << plan_base_name(in.base) << " " << in.bits << "-bit, group " << in.group_size;
+      break;
+    default:
+      os << "nf4, block " << in.nf4_blocksize << (in.double_quant ? ", double quant" : ", no double quant");
+  }
+  return os.str();
+}
+
+std::string targets_list(const LoraConfig& l) {
+  std::string s;
+  for (const auto& t : l.target_modules) s += (s.empty() ? "" : ",") + t;
+  return s;
+}
+
+std::string layers_range(const DevicePlan& d) {
+  if (d.num_layers == 0) return "-";
+  return std::to_string(d.first_layer) + "-" + std::to_string(d.first_layer + d.num_layers - 1);
+}
+
+void row(std::ostringstream& os, const std::vector<std::string>& cells) {
+  os << "|";
+  for (const auto& c : cells) os << " " << c << " |";
+  os << "\n";
+}
+
+}  // namespace
+
+std::string format_plan_table(const PlanResult& p) {
+  const PlanInput& in = p.input;
+  const QwenConfig& c = in.model;
+  std::ostringstream os;
+  char buf[256];
+  os << "qwen-qlora plan: " << in.model_name << " (" << c.num_layers << " layers, hidden " << c.hidden_size
+     << ", intermediate " << c.intermediate_size << ", heads " << c.num_heads << "/" << c.num_kv_heads << " x "
+     << c.head_dim << ", vocab " << c.vocab_size << (c.tie_word_embeddings ? ", tied" : "") << ")\n";
+  const double lp = static_cast<double>(p.linear_params);
+  std::snprintf(buf, sizeof buf, lp >= 1e9 ? "%.3f B" : "%.3f M", lp >= 1e9 ? lp / 1e9 : lp / 1e6);
+  os << "base: " << base_description(in) << "; " << format_bytes(p.base_weight_bytes) << " for the whole model ("
+     << buf << " Linear params in " << format_bytes(p.base_linear_bytes) << ", embeddings/lm_head/norms/biases "
+     << dtype_name(in.dense_dtype) << " " << format_bytes(p.base_dense_bytes) << ")\n";
+  std::snprintf(buf, sizeof buf, "%.2f M", static_cast<double>(p.lora_params) / 1e6);
+  os << "LoRA: r=" << in.lora.r << " on " << targets_list(in.lora) << "; " << buf
+     << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
+     << (in.lora.dropout > 0 ? "; dropout keeps the dropped input and mask" : "") << "\n";
+  os << "step: micro-batch " << in.batch_size << " x " << in.seq_len << " = " << p.tokens
+     << " tokens, activation checkpointing " << (in.checkpointing ? "on" : "off") << "\n";
+  if (in.device == PlanDevice::Cpu) {
+    std::snprintf(buf, sizeof buf, "%.1f GB = ", static_cast<double>(in.device_bytes) / 1e9);
+    os << "device: cpu (the trainer in trainer/lora_model.cpp, fp32), " << buf << format_bytes(in.device_bytes)
+       << " of RAM, " << in.cpu_threads << " threads\n";
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f GB = ", static_cast<double>(in.device_bytes) / 1e9);
+    os << "device: " << in.gpus << " x cuda, " << buf << format_bytes(in.device_bytes)
+       << " each (planned CUDA path: bf16 activations, flash attention, checkpoint per block)";
+    if (in.gpus > 1)
+      os << "; pipeline of layers, embeddings on cuda:0, final norm + lm_head on cuda:" << in.gpus - 1
+         << (c.tie_word_embeddings ? " (the tied embedding held twice)" : "");
+    os << "\n";
+  }
+  os << "\n";
+  row(os, {"device", "layers", "base weights", "adapters", "gradients", "optimizer", "activations", "workspace",
+           "total", "capacity", "headroom", "fits"});
+  row(os, {"---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"});
+  for (const DevicePlan& d : p.devices) {
+    row(os, {d.name, layers_range(d), format_bytes(d.base_weights), format_bytes(d.adapters),
+             format_bytes(d.gradients), format_bytes(d.optimizer), format_bytes(d.activations),
+             format_bytes(d.workspace), format_bytes(d.total), format_bytes(d.capacity), signed_bytes(d.headroom),
+             d.fits ? "yes" : "NO"});
+  }
+  os << "\nactivations and workspace in detail (formulas: trainer/memory_plan.h):\n\n";
+  row(os, {"device", "checkpoints", "block", "backward", "loss", "pipeline", "dequant", "logits chunk",
+           "thread buffers", "reserve"});
+  row(os, {"---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"});
+  for (const DevicePlan& d : p.devices) {
+    row(os, {d.name, format_bytes(d.act_checkpoints), format_bytes(d.act_block), format_bytes(d.act_backward),
+             format_bytes(d.act_loss), format_bytes(d.act_pipeline), format_bytes(d.ws_dequant),
+             format_bytes(d.ws_logits), format_bytes(d.ws_threads), format_bytes(d.ws_reserve)});
+  }
+  const DevicePlan& w = p.devices[p.worst_device];
+  os << "\n";
+  if (p.fits) {
+    os << "fits: yes; the most loaded device, " << w.name << ", needs " << format_bytes(w.total) << " of "
+       << format_bytes(w.capacity) << "; smallest headroom " << signed_bytes(p.headroom) << "\n";
+  } else {
+    os << "fits: NO; " << w.name << " needs " << format_bytes(w.total) << " but has " << format_bytes(w.capacity)
+       << " (short by " << format_bytes(u64(-std::min<int64_t>(w.headroom, 0))) << ")\n";
+  }
+  os << "(predictions from formulas, not measurements)\n";
+  return os.str();
+}
+
+std::string plan_to_json(const PlanResult& p) {
+  const PlanInput& in = p.input;
+  const QwenConfig& c = in.model;
+  nlohmann::ordered_json j;
+  j["model"] = in.model_name;
+  j["config"] = {{"layers", c.num_layers}, {"hidden_size", c.hidden_size},
+                 {"intermediate_size", c.intermediate_size}, {"heads", c.num_heads},
+                 {"kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
+                 {"vocab_size", c.vocab_size}, {"tied", c.tie_word_embeddings}};
+  j["base"] = {{"format", plan_base_name(in.base)},
+               {"bits", in.base == PlanBase::Bf16 ? 16 : in.bits},
+               {"group_size", in.group_size},
+               {"double_quant", in.double_quant},
+               {"nf4_blocksize", in.nf4_blocksize},
+               {"dense_dtype", dtype_name(in.dense_dtype)}};
+  j["lora"] = {{"r", in.lora.r}, {"targets", in.lora.target_modules}, {"dropout", in.lora.dropout}};
+  j["batch_size"] = in.batch_size;
+  j["seq_len"] = in.seq_len;
+  j["tokens"] = p.tokens;
+  j["checkpointing"] = in.checkpointing;
+  j["device"] = in.device == PlanDevice::Cpu ? "cpu" : "cuda";
+  j["gpus"] = in.device == PlanDevice::Cpu ? 0 : in.gpus;
+  j["device_bytes"] = in.device_bytes;
+  if (in.device == PlanDevice::Cpu) j["cpu_threads"] = in.cpu_threads;
+  j["linear_params"] = p.linear_params;
+  j["lora_params"] = p.lora_params;
+  j["base_linear_bytes"] = p.base_linear_bytes;
+  j["base_dense_bytes"] = p.base_dense_bytes;
+  j["base_weight_bytes"] = p.base_weight_bytes;
+  nlohmann::ordered_json devs = nlohmann::ordered_json::array();
+  for (const DevicePlan& d : p.devices) {
+    devs.push_back({{"name", d.name},
+                    {"first_layer", d.first_layer},
+                    {"num_layers", d.num_layers},
+                    {"has_embeddings", d.has_embeddings},
+                    {"has_lm_head", d.has_lm_head},
+                    {"base_linear", d.base_linear},
+                    {"base_dense", d.base_dense},
+                    {"base_weights", d.base_weights},
+                    {"lora_params", d.lora_params},
+                    {"adapters", d.adapters},
+                    {"gradients", d.gradients},
+                    {"optimizer", d.optimizer},
+                    {"act_checkpoints", d.act_checkpoints},
+                    {"act_block", d.act_block},
+                    {"act_backward", d.act_backward},
+                    {"act_loss", d.act_loss},
+                    {"act_pipeline", d.act_pipeline},
+                    {"activations", d.activations},
+                    {"ws_dequant", d.ws_dequant},
+                    {"ws_logits", d.ws_logits},
+                    {"ws_threads", d.ws_threads},
+                    {"ws_reserve", d.ws_reserve},
+                    {"workspace", d.workspace},
+                    {"total", d.total},
+                    {"capacity", d.capacity},
+                    {"headroom", d.headroom},
+                    {"fits", d.fits}});
+  }
+  j["devices"] = devs;
+  j["worst_device"] = p.devices[p.worst_device].name;
+  j["total"] = p.total;
+  j["headroom"] = p.headroom;
+  j["fits"] = p.fits;
+  j["note"] = "predictions from the formulas in trainer/memory_plan.h, not measurements";
+  return j.dump(2) + "\n";
+}
+
+}  // namespace qwenq

@@ -1,0 +1,168 @@
+// How much memory a LoRA/QLoRA training step needs, per device, before anything is loaded: `qwen-qlora plan`.
+//
+// Notation (one vocabulary, STYLE.md): L layers, C hidden, I intermediate, H query heads, D head_dim,
+// qd = H·D, kvd = Hkv·D, V vocab, r LoRA rank, T = B·S tokens of one micro-batch (B sequences of S tokens,
+// packed back to back), g group size, n = N·K weights of a Linear [N out, K in]. Every count is in bytes.
+//
+// BASE WEIGHTS (frozen), exactly the tensor bytes our writers put in safetensors (tests check it to the byte):
+//   bf16        Linear: 2·N·K
+//   GPTQ b-bit  qweight I32 [K·b/32, N] + qzeros I32 [G, N·b/32] + scales F16 [G, N] + g_idx I32 [K],
+//               G = ceil(K/g) (g = -1: G = 1)  ->  4·(K·b/32)·N + 4·G·(N·b/32) + 2·G·N + 4·K
+//   AWQ GEMM    qweight I32 [K, N/8] + qzeros I32 [G, N/8] + scales F16 [G, N]  ->  K·N/2 + G·N/2 + 2·G·N
+//   NF4         codes ceil(n/2) + absmax (4·nb, or with double quant nb + 4·ceil(nb/256) + 1024 nested map)
+//               + quant_map 64 + the quant_state JSON (its exact text, quant/nf4_checkpoint.h), nb = ceil(n/64).
+//               The one thing not known before quantizing is the digits of nested_offset in that JSON; the plan
+//               writes kPlanNestedOffset (a 19-character repr), a real tensor differs by a few bytes per Linear.
+//   Dense rest, in dense_dtype (bf16): embeddings V·C, lm_head V·C (untied), per layer 2 RMSNorms 2·C, q/k/v
+//               biases qd + 2·kvd (Qwen2), q/k norms 2·D (Qwen3), final norm C.
+//
+// LORA: params per layer P_l = Σ over targeted Linears r·(N + K). adapters = 4·P (fp32 masters),
+//   gradients = 4·P (fp32), optimizer = 8·P (AdamW m and v, fp32: kernels/optim.h).
+//
+// ACTIVATIONS, CPU (trainer/lora_model.cpp exactly as written; fp32, 4 bytes per value):
+//   checkpoints   (L+1)·T·C          every block input x_l, plus the final one (kept with or without checkpointing)
+//   block         T·(3C + 2qd + 2kvd + H + 3I + Σ r [+ qd + kvd with QK-norm] [+ Σ 2K with dropout])
+//                                    n1, h1, n2, q, a, k, v, lse, gate, up, act, LoRA u (and dropped x, mask): one
+//                                    block with checkpointing (recomputed in the backward), L blocks without
+//   backward      max over the phases of block_bwd of the buffers alive there, always 3·T·I (dact, dgate, dup)
+//                 + T·I (linear_bwd's tmp, sized by down_proj first and never shrunk) plus:
+//                   down:    LoRA temporaries 2·T·r + T·I
+//                   gate/up: dn2 T·C + LoRA 2·T·r + T·C
+//                   o:       dn2, dh1 2·T·C + da T·qd + LoRA 2·T·r + T·qd
+//                   attn:    2·T·C + da, dq 2·T·qd + dk, dv 2·T·kvd + δ T·H
+//                   q/k/v:   2·T·C + 2·T·qd + 2·T·kvd + dn1 T·C + LoRA 2·T·r + T·C
+//                   recompute (checkpointing): out, mlp 2·T·C + the LoRA product T·max(N)
+//   loss          hidden, dhidden, d: 3·T·C (alive through the backward)
+// WORKSPACE, CPU:
+//   dequant       packed bases: the largest Linear dequantized, fp32 4·N·K, plus its unpacked codes (GPTQ/AWQ
+//                 1 byte per weight + G·N zeros; NF4 4·nb absmax); 0 for a bf16 base (read in place)
+//   logits        one chunk of rows = max(1, min(T, 2^24 / V)) rows: (rows·V + rows)·4 (logits, nll)
+//   threads       per thread, the widest bf16 -> fp32 widened weight block of kernels/gemm_ref.cpp (forward
+//                 nb·K with nb = clamp(2^20/(4K), 64, 512); backward N·kb with kb = clamp(2^20/(4N), 16, 128))
+//                 for every weight kept in 16 bits (lm_head; every Linear of a bf16 base)
+// Not counted on the CPU: packed tensors are copied out of the memory map at load; the mapped pages they were
+// read from are page cache (clean, reclaimable) and may also show in RSS until the kernel drops them.
+//
+// ACTIVATIONS, GPU (the planned CUDA path: bf16 activations, flash attention without the T×T matrix, one
+// checkpoint per block; 2 bytes per value unless said):
+//   checkpoints   n_dev·T·C·2 (block inputs of the device's n_dev layers)
+//   block         T·(3C + 2qd + 2kvd + 3I + Σ r [+ qd + kvd QK-norm])·2 + T·H·4 (lse, fp32)
+//                 [+ dropout: Σ T·K·3, bf16 dropped x + u8 mask]; one block, or n_dev without checkpointing
+//   backward      T·(3I + 3C + 2qd + 2kvd)·2 (every gradient buffer of a block alive at once: an upper bound)
+//                 + T·C·4 (the residual-stream gradient, accumulated in fp32)
+//   loss          (last device) the final hidden T·C·2 and its fp32 gradient T·C·4
+//   pipeline      multi-GPU: a received activation (all but the first device) and a received gradient (all
+//                 but the last), T·C·2 each
+// WORKSPACE, GPU:
+//   dequant       the largest Linear dequantized to bf16, 2·N·K (dequantize-then-cuBLASLt path; a fused W4A16
+//                 kernel would need none); 0 for a bf16 base
+//   logits        (last device) rows·V·(2 + 4): bf16 logits and fp32 softmax / dlogits of one chunk, rows as CPU
+//   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU)
+//
+// MULTI-GPU (an assumption of this plan, not yet of the code): a pipeline of layers. The L decoder layers are
+// split evenly, devices 0 .. (L mod G) - 1 taking one extra; embeddings live on the first device, final norm
+// and lm_head on the last (a tied embedding is then held twice); each layer's adapter, gradients and optimizer
+// state live with the layer. One micro-batch in flight (no interleaving), so every device holds the
+// activations of one micro-batch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "lora/lora_config.h"
+#include "trainer/qwen_config.h"
+
+namespace qwenq {
+
+enum class PlanBase { Bf16, Gptq, Awq, Nf4 };
+enum class PlanDevice { Cpu, Cuda };
+
+const char* plan_base_name(PlanBase b);  // "bf16", "gptq", "awq", "nf4"
+// false when `name` is none of those.
+bool plan_base_from_name(const std::string& name, PlanBase* out);
+
+// The named GPU reserve (a budget, not a measurement): a CUDA context with cuBLASLt loaded takes about half a
+// GiB on Hopper; NVIDIA recommends a 32 MiB cuBLASLt workspace on Hopper; the caching allocator's
+// fragmentation and NCCL's per-peer buffers get a fixed allowance.
+constexpr uint64_t kCudaContextBytes = uint64_t{512} << 20;
+constexpr uint64_t kCublasLtWorkspaceBytes = uint64_t{32} << 20;
+constexpr uint64_t kAllocatorSlackBytes = uint64_t{512} << 20;
+constexpr uint64_t kNcclBytes = uint64_t{256} << 20;
+// Rows of the lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
+constexpr int64_t kPlanLogitsPerChunk = int64_t{16} << 20;
+// nested_offset written into the planned NF4 quant_state JSON (python repr "0.05000000074505806").
+constexpr float kPlanNestedOffset = 0.05f;
+
+struct PlanInput {
+  std::string model_name;  // for the report: a directory or a preset name
+  QwenConfig model;
+  PlanBase base = PlanBase::Nf4;
+  int bits = 4;              // GPTQ: 2, 3, 4, 8; AWQ: 4
+  int64_t group_size = 128;  // GPTQ/AWQ; -1: one group over K
+  bool double_quant = true;  // NF4
+  int64_t nf4_blocksize = 64;
+  DType dense_dtype = DType::BF16;  // embeddings, lm_head, norms, biases (a bf16 base's Linears are bf16 anyway)
+  LoraConfig lora;                  // r, target_modules, dropout
+  int64_t batch_size = 1;           // B sequences per micro-batch
+  int64_t seq_len = 2048;           // S
+  bool checkpointing = true;
+  PlanDevice device = PlanDevice::Cuda;
+  int gpus = 8;
+  uint64_t device_bytes = 80'000'000'000;  // per GPU, or the host RAM for the CPU
+  int cpu_threads = 1;                     // CPU: threads that each hold a widening buffer
+};
+
+// One device's needs. Every field is bytes except where named.
+struct DevicePlan {
+  std::string name;  // "cpu", "cuda:0"
+  int64_t first_layer = 0, num_layers = 0;
+  bool has_embeddings = false, has_lm_head = false;
+
+  uint64_t base_linear = 0, base_dense = 0;
+  uint64_t base_weights = 0;  // base_linear + base_dense
+  int64_t lora_params = 0;
+  uint64_t adapters = 0, gradients = 0, optimizer = 0;
+
+  uint64_t act_checkpoints = 0, act_block = 0, act_backward = 0, act_loss = 0, act_pipeline = 0;
+  uint64_t activations = 0;  // the sum of the act_* fields
+  uint64_t ws_dequant = 0, ws_logits = 0, ws_threads = 0, ws_reserve = 0;
+  uint64_t workspace = 0;  // the sum of the ws_* fields
+
+  uint64_t total = 0;
+  uint64_t capacity = 0;
+  int64_t headroom = 0;  // capacity - total (negative when it does not fit)
+  bool fits = false;
+};
+
+struct PlanResult {
+  PlanInput input;
+  int64_t tokens = 0;             // T = B·S
+  int64_t linear_params = 0;      // Σ N·K of the decoder's Linears
+  int64_t lora_params = 0;        // whole model (= LoraAdapter::num_parameters())
+  uint64_t base_linear_bytes = 0; // whole model, as written to disk
+  uint64_t base_dense_bytes = 0;  // whole model, each tensor once
+  uint64_t base_weight_bytes = 0; // the sum: the checkpoint's tensor bytes
+  std::vector<DevicePlan> devices;
+  // The most loaded device (largest total), and whether every device fits.
+  int worst_device = 0;
+  uint64_t base_weights = 0, adapters = 0, gradients = 0, optimizer = 0, activations = 0, workspace = 0, total = 0;
+  uint64_t capacity = 0;
+  int64_t headroom = 0;  // the smallest over the devices
+  bool fits = false;
+};
+
+// Bytes one Linear [N, K] takes in the base format of `in` (what our writers put in safetensors).
+// Throws naming the shape when the layout cannot hold it (K or N not packing into int32 words, AWQ bits != 4).
+uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);
+
+// Throws with the offending value for a config the plan cannot describe (non-positive sizes, GPUs > layers, ...).
+PlanResult plan_memory(const PlanInput& in);
+
+// Human-readable: a header, the per-device table, the activation/workspace breakdown and the verdict.
+std::string format_plan_table(const PlanResult& plan);
+// Two-space indented JSON with the input, the whole-model counts and every DevicePlan field.
+std::string plan_to_json(const PlanResult& plan);
+
+}  // namespace qwenq
