@@ -18,3 +18,17 @@ void swiglu_backward_ref(const float* dout, const float* gate, const float* up, 
                          float* dup);
 
 }  // namespace qwenq
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+
+namespace qwenq {
+
+// CUDA twins (kernels/act.cu): all arrays in device memory, queued on `stream`; the ref's formulas (including
+// 1 − s taken as e·s for gate >= 0) and aliasing rules.
+void swiglu_forward_cuda(const float* gate, const float* up, int64_t n, float* out, CudaStream stream = nullptr);
+void swiglu_backward_cuda(const float* dout, const float* gate, const float* up, int64_t n, float* dgate,
+                          float* dup, CudaStream stream = nullptr);
+
+}  // namespace qwenq
+#endif  // QWENQ_HAVE_CUDA

@@ -22,3 +22,27 @@ void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, co
                                 float dnll_scale, float* dlogits);
 
 }  // namespace qwenq
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+
+namespace qwenq {
+
+// CUDA twins (kernels/loss.cu): logits, targets, nll and dlogits in device memory. One block per row reads the
+// row once with an online max/sum (exponentials in fp32, the sum in double, as the ref). The launchers copy the
+// `rows` targets (4 bytes each) to the host to check them with the ref's messages and to count rows: each call
+// therefore waits for the work already queued on `stream` (the kernels themselves are queued asynchronously).
+int64_t cross_entropy_forward_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
+                                   float* nll, CudaStream stream = nullptr);
+void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
+                                 float dnll_scale, float* dlogits, CudaStream stream = nullptr);
+
+// Forward and backward in one pass over the logits, for training: nll as cross_entropy_forward_cuda, and the
+// logits overwritten with dlogits as cross_entropy_backward_cuda(logits, ..., dnll_scale, logits) would write
+// them. Reads the [rows, V] logits twice and writes them once (separate forward and backward: three reads).
+// Returns the number of counted rows.
+int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
+                                 float* nll, CudaStream stream = nullptr);
+
+}  // namespace qwenq
+#endif  // QWENQ_HAVE_CUDA

@@ -27,3 +27,23 @@ void adamw_step_ref(float* param, const float* grad, float* m, float* v, int64_t
 float clip_grad_norm_ref(float* const* grads, const int64_t* sizes, int n_tensors, float max_norm);
 
 }  // namespace qwenq
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+
+namespace qwenq {
+
+// CUDA twins (kernels/optim.cu). adamw_step_cuda: param, grad, m, v in device memory; the same fp32 scalars
+// computed on the host as the ref, the same per-element order; queued on `stream`.
+void adamw_step_cuda(float* param, const float* grad, float* m, float* v, int64_t n, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int64_t step, CudaStream stream = nullptr);
+
+// clip_grad_norm_cuda: `grads` and `sizes` are host arrays (the list), grads[i] points to device memory. Two
+// passes: squares summed in double per chunk of a tensor, the partial sums added in a fixed order (the result
+// does not depend on timing), then every gradient scaled by coef on the device when coef < 1 and the norm is
+// finite. Returns the norm, so it waits for `stream`.
+float clip_grad_norm_cuda(float* const* grads, const int64_t* sizes, int n_tensors, float max_norm,
+                          CudaStream stream = nullptr);
+
+}  // namespace qwenq
+#endif  // QWENQ_HAVE_CUDA

@@ -18,3 +18,21 @@ void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* 
 void rope_backward_ref(float* dx, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta);
 
 }  // namespace qwenq
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+
+namespace qwenq {
+
+// CUDA twins (kernels/rope.cu): x/dx and pos in device memory, queued on `stream`. inv_freq is computed on the
+// host by the ref's very code and passed to the kernel, the angle is the same single fp32 product, cos and sin
+// are taken in double and rounded to fp32: the same rotation as the ref up to the last bit of cos/sin.
+// D at most kRopeMaxHeadDim.
+constexpr int64_t kRopeMaxHeadDim = 512;
+void rope_forward_cuda(float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta,
+                       CudaStream stream = nullptr);
+void rope_backward_cuda(float* dx, int64_t T, int64_t H, int64_t D, const int32_t* pos, float theta,
+                        CudaStream stream = nullptr);
+
+}  // namespace qwenq
+#endif  // QWENQ_HAVE_CUDA

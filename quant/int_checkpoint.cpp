@@ -4,6 +4,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "quant/format/int_pack.h"
 
 namespace qwenq {
@@ -27,6 +28,7 @@ std::vector<T> fetch(const Checkpoint& ckpt, const std::string& name, DType dtyp
                                                    << ", expected " << shape_str(shape));
   std::vector<T> out(t.numel());
   if (!out.empty()) std::memcpy(out.data(), t.data, t.nbytes());
+  release_mapped_pages(t.data, t.nbytes());  // the copy is what stays resident, not the file's pages too
   return out;
 }
 

@@ -150,6 +150,7 @@ Nf4Linear read_layer(const Source& src, const std::string& prefix) {
                        std::to_string(out.shape[1]) + "]");
   const auto* wp = static_cast<const uint8_t*>(wv.data);
   t.packed.assign(wp, wp + bytes);
+  release_mapped_pages(wp, bytes);  // the copy is what stays resident, not the file's pages too
 
   const std::string blocks_why = std::to_string(t.n) + " weights / blocksize " + std::to_string(t.blocksize);
   if (t.double_quant) {

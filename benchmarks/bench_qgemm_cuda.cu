@@ -1,0 +1,258 @@
+// Decode-regime W4A16 GEMM: qgemm_int4_cuda (and the transposed qgemm_int4_t_cuda) on the Q4 layout vs a
+// cuBLASLt bf16 GEMM (cublasLtMatmul, fp32 accumulation) on Qwen2.5-7B and -72B Linear shapes, M = 1, 4, 16, 64.
+//
+//   bench_qgemm_cuda [--csv out.csv] [--reps 20] [--peak-gbs 4800] [--models 7b,72b] [--ms 1,4,16,64]
+//
+// Timing: 3 warm-up calls, then `reps` timed calls, each preceded by a write of 256 MiB (5x the 50 MB L2) so
+// every call reads its weights from HBM; each call timed alone with CUDA events; the median is reported.
+// Bytes moved (formulas below): Q4 = qweight + meta + x (bf16) + y (fp32); cuBLAS = W (bf16) + x + y (bf16).
+// GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
+// at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
+// (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device and commit.
+// Without a CUDA device it prints one line and exits 0.
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "kernels/device.h"
+#include "kernels/qgemm.h"
+
+#ifndef QWENQ_GIT_COMMIT
+#define QWENQ_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using namespace qwenq;
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+void ck(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": cuBLAS status " + std::to_string(s));
+}
+
+// Fills n bf16 values with small pseudo-random numbers on the device (the bf16 baseline's W and x).
+__global__ void fill_bf16(uint16_t* p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    const float v = (static_cast<float>(h & 0xFFFF) / 65536.0f - 0.5f) * 0.1f;
+    p[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);
+  }
+}
+
+template <typename T>
+struct Dev {
+  T* p = nullptr;
+  explicit Dev(size_t n) { ck(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
+  ~Dev() { cudaFree(p); }
+};
+
+// Median time in microseconds of fn(), with an L2 flush before every timed call.
+template <typename F>
+double time_us(F&& fn, int reps, void* flush, size_t flush_bytes) {
+  cudaEvent_t a, b;
+  ck(cudaEventCreate(&a), "event");
+  ck(cudaEventCreate(&b), "event");
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    ck(cudaMemsetAsync(flush, i & 0xFF, flush_bytes), "L2 flush");
+    ck(cudaEventRecord(a), "record");
+    fn();
+    ck(cudaEventRecord(b), "record");
+    ck(cudaEventSynchronize(b), "sync");
+    float ms = 0;
+    ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
+    t.push_back(ms * 1000.0);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// A Q4 weight with random words (the speed does not depend on the values): fp16 scale 0.01, zero 8, group 128.
+Q4Layout random_q4(int64_t K, int64_t N, uint64_t seed) {
+  Q4Layout q;
+  q.kind = Q4Kind::Int;
+  q.K = K;
+  q.N = N;
+  q.Kp = (K + 7) / 8 * 8;
+  q.Np = (N + 3) / 4 * 4;
+  q.group = 128;
+  Rng rng(seed);
+  q.qweight.resize(q.Kp / 8 * q.Np);
+  for (auto& w : q.qweight) w = static_cast<uint32_t>(rng.next_u64());
+  q.meta.assign(q.num_groups() * q.Np, q4_int_meta(f32_to_f16(0.01f), 8));
+  return q;
+}
+
+// cuBLASLt: y[M, N] (bf16, row-major) = x[M, K] · W[N, K]ᵀ. cuBLAS is column-major, so row-major y is the
+// N x M matrix D (ld N) = op_T(A) · B with A = W seen as K x N (ld K) and B = x seen as K x M (ld K).
+struct LtGemm {
+  cublasLtHandle_t h = nullptr;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+  cublasLtMatmulHeuristicResult_t algo{};
+  void* ws = nullptr;
+  size_t ws_bytes = 32u << 20;
+  LtGemm(int64_t M, int64_t K, int64_t N) {
+    ck(cublasLtCreate(&h), "cublasLtCreate");
+    ck(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+    const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+    ck(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)), "transa");
+    ck(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)), "transb");
+    ck(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K), "layout A");
+    ck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K), "layout B");
+    ck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, M, N), "layout D");
+    ck(cudaMalloc(&ws, ws_bytes), "cuBLASLt workspace");
+    cublasLtMatmulPreference_t pref;
+    ck(cublasLtMatmulPreferenceCreate(&pref), "pref");
+    ck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)),
+       "pref ws");
+    int found = 0;
+    ck(cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, ld, ld, pref, 1, &algo, &found), "heuristic");
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (found == 0) throw std::runtime_error("cuBLASLt found no algorithm");
+  }
+  void run(const void* W, const void* x, void* y) {
+    const float alpha = 1.0f, beta = 0.0f;
+    ck(cublasLtMatmul(h, op, &alpha, W, la, x, lb, &beta, y, ld, y, ld, &algo.algo, ws, ws_bytes, nullptr),
+       "cublasLtMatmul");
+  }
+  ~LtGemm() {
+    cudaFree(ws);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+    cublasLtDestroy(h);
+  }
+};
+
+struct Layer {
+  const char* model;
+  const char* name;
+  int64_t K, N;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string csv_path, models = "7b,72b", ms_arg = "1,4,16,64";
+  int reps = 20;
+  double peak_gbs = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--csv") csv_path = next();
+    else if (a == "--reps") reps = std::stoi(next());
+    else if (a == "--peak-gbs") peak_gbs = std::stod(next());
+    else if (a == "--models") models = next();
+    else if (a == "--ms") ms_arg = next();
+    else {
+      std::fprintf(stderr, "usage: %s [--csv out.csv] [--reps 20] [--peak-gbs GB/s] [--models 7b,72b] [--ms 1,4,16,64]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  std::string device;
+  if (!cuda_device_query(&device)) {
+    std::printf("bench_qgemm_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
+    return 0;
+  }
+  try {
+    if (peak_gbs <= 0) {
+      peak_gbs = device.find("H200") != std::string::npos   ? 4800
+                 : device.find("H100") != std::string::npos ? (device.find("PCIe") != std::string::npos ? 2000 : 3350)
+                                                           : 0;
+    }
+    std::vector<int64_t> Ms;
+    {
+      std::stringstream ss(ms_arg);
+      std::string t;
+      while (std::getline(ss, t, ',')) Ms.push_back(std::stoll(t));
+    }
+    const std::vector<Layer> all = {
+        {"7b", "q_proj/o_proj", 3584, 3584},  {"7b", "k_proj/v_proj", 3584, 512}, {"7b", "gate/up_proj", 3584, 18944},
+        {"7b", "down_proj", 18944, 3584},     {"72b", "q_proj/o_proj", 8192, 8192}, {"72b", "k_proj/v_proj", 8192, 1024},
+        {"72b", "gate/up_proj", 8192, 29568}, {"72b", "down_proj", 29568, 8192}};
+    char date[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+
+    std::ostringstream csv;
+    csv << "date,device,commit,model,layer,M,K,N,q4_us,q4_t_us,cublas_us,q4_GBps,q4_pct_hbm,q4_t_GBps,cublas_GBps,"
+           "q4_TFLOPs,cublas_TFLOPs,speedup\n";
+    const size_t flush_bytes = 256u << 20;
+    Dev<uint8_t> flush(flush_bytes);
+    std::fprintf(stderr, "device: %s; peak %.0f GB/s; commit %s\n", device.c_str(), peak_gbs, QWENQ_GIT_COMMIT);
+    std::fprintf(stderr, "%-4s %-14s %3s %6s %6s | %9s %9s %9s | %8s %6s %8s | %7s\n", "mdl", "layer", "M", "K", "N",
+                 "q4 us", "q4ᵀ us", "cuBLAS us", "q4 GB/s", "%HBM", "cub GB/s", "speedup");
+    uint64_t seed = 1;
+    for (const Layer& L : all) {
+      if (("," + models + ",").find(std::string(",") + L.model + ",") == std::string::npos) continue;
+      const Q4Layout q = random_q4(L.K, L.N, ++seed);
+      const Q4DeviceWeight dw(q);
+      Dev<uint16_t> Wd(static_cast<size_t>(L.N) * L.K);
+      fill_bf16<<<1024, 256>>>(Wd.p, L.N * L.K, 17);
+      ck(cudaGetLastError(), "fill");
+      for (int64_t M : Ms) {
+        Dev<uint16_t> x(M * L.K), dy(M * L.N), yb(M * L.N);
+        Dev<float> y(M * L.N), dx(M * L.K);
+        fill_bf16<<<256, 256>>>(x.p, M * L.K, 3);
+        fill_bf16<<<256, 256>>>(dy.p, M * L.N, 5);
+        ck(cudaDeviceSynchronize(), "fill");
+        LtGemm lt(M, L.K, L.N);
+        const double t_q4 = time_us([&] { qgemm_int4_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
+        const double t_q4t =
+            time_us([&] { qgemm_int4_t_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush.p, flush_bytes);
+        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush.p, flush_bytes);
+        const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
+        const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
+        const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
+        const double flops = 2.0 * M * L.N * L.K;
+        const double q4_gbs = q4_bytes / (t_q4 * 1e3), q4t_gbs = q4t_bytes / (t_q4t * 1e3);
+        const double cub_gbs = cub_bytes / (t_cub * 1e3);
+        const double pct = peak_gbs > 0 ? 100.0 * q4_gbs / peak_gbs : 0.0;
+        std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9.1f %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx\n", L.model,
+                     L.name, static_cast<long long>(M), static_cast<long long>(L.K), static_cast<long long>(L.N), t_q4,
+                     t_q4t, t_cub, q4_gbs, pct, cub_gbs, t_cub / t_q4);
+        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L.model << "," << L.name << "," << M << ","
+            << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << "," << pct << ","
+            << q4t_gbs << "," << cub_gbs << "," << flops / (t_q4 * 1e6) << "," << flops / (t_cub * 1e6) << ","
+            << t_cub / t_q4 << "\n";
+      }
+    }
+    if (csv_path.empty()) {
+      std::cout << csv.str();
+    } else {
+      std::ofstream f(csv_path);
+      f << csv.str();
+      std::fprintf(stderr, "wrote %s\n", csv_path.c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_qgemm_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

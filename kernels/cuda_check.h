@@ -1,0 +1,59 @@
+// The plain-C++ half of the CUDA support: no CUDA header, so the op headers (norm.h, loss.h, ...) can declare
+// their `_cuda` launchers with it inside `#ifdef QWENQ_HAVE_CUDA` and CPU-only code never sees CUDA types.
+//
+//   CudaStream      the runtime's cudaStream_t under another name: both are `CUstream_st*`, so a cudaStream_t
+//                   passes as is; nullptr is the legacy default stream.
+//   DeviceMemory    RAII for one stream-ordered device allocation (cudaMallocAsync / cudaFreeAsync on its
+//                   stream): the library's scratch buffers. Move-only; a failed allocation throws.
+//   throw_cuda_failure / throw_cuda_launch_failure
+//                   build the qwenq::Error behind QWENQ_CUDA_CHECK and QWENQ_CUDA_CHECK_LAUNCH, which live in
+//                   kernels/cuda_check.cuh with the other CUDA-side helpers (they need cudaError_t).
+// Errors read like the rest of the project's:
+//   "CUDA error cudaErrorMemoryAllocation (out of memory) from `cudaMallocAsync(&p_, bytes, stream_)` [in
+//    DeviceMemory at cuda_check.cu:40]"
+//   "rmsnorm_forward_cuda rows=512 C=8192: kernel launch failed: cudaErrorInvalidConfiguration (invalid
+//    configuration argument) [in rmsnorm_forward_cuda at norm.cu:120]"
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+struct CUstream_st;  // the CUDA runtime's opaque stream; cudaStream_t is `CUstream_st*`
+
+namespace qwenq {
+
+using CudaStream = ::CUstream_st*;
+
+// `code` is a cudaError_t. Out of line (kernels/cuda_check.cu) so that no header needs the runtime's names.
+[[noreturn]] void throw_cuda_failure(int code, const char* stmt, const char* func, const char* file, int line);
+// For launches: `context` names the kernel and its shapes ("rmsnorm_forward_cuda rows=3 C=896").
+[[noreturn]] void throw_cuda_launch_failure(int code, const std::string& context, const char* func, const char* file,
+                                            int line);
+
+// One device allocation of `bytes` (0 allowed: no allocation, get() == nullptr), ordered on `stream`: it may
+// be used by work queued on `stream` after the constructor and is released after that work (cudaFreeAsync).
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes, CudaStream stream = nullptr);
+  ~DeviceMemory();
+  DeviceMemory(DeviceMemory&& other) noexcept;
+  DeviceMemory& operator=(DeviceMemory&& other) noexcept;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+  void* get() const { return p_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void release() noexcept;
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+  CudaStream stream_ = nullptr;
+};
+
+}  // namespace qwenq

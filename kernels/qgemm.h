@@ -1,0 +1,62 @@
+// Fused dequant-matmul (W4A16) on the Q4 layout (quant/format/qgemm_layout.h), without materializing Ŵ:
+//
+//   forward     y[M, N]  = x[M, K] · Ŵᵀ        y[m, n]  = Σ_k x[m, k] · ŵ[n, k]
+//   transposed  dx[M, K] = dy[M, N] · Ŵ        dx[m, k] = Σ_n dy[m, n] · ŵ[n, k]   (backward w.r.t. the input)
+//
+// ŵ[n, k] is exactly q4_dequant(...) of the layout, i.e. exactly what the source format's reader computes
+// (GPTQ v1/v2, AWQ GEMM, bitsandbytes NF4/FP4 with double quantization). Products and sums are fp32. The
+// outputs y and dx are fp32 [M, N] and [M, K] row-major, written (not accumulated); the caller casts or adds.
+//
+// Activation dtype: both twins take `x_dtype` (or `dy_dtype`), F32 or BF16, for x/dy [M, K]/[M, N] row-major.
+// The CUDA kernels are meant for bf16 activations (half the bytes of fp32, what the model runs in); the CPU
+// twin is usually called with fp32. A bf16 value widens to fp32 exactly, so passing the same bf16 buffer to
+// both twins (or its fp32 widening to the CPU twin) gives both the same inputs.
+//
+// The two twins have the same argument lists; the CUDA ones take device pointers (the Q4View's arrays
+// included, see Q4DeviceWeight) and an optional cudaStream_t passed as void* (null: the default stream).
+// They run asynchronously on that stream; errors in the arguments throw qwenq::Error naming the values.
+//
+// CUDA regimes (kernels/qgemm.cu): qgemm_int4_cuda is the decode / small-batch kernel (M = 1..64, memory
+// bound: it streams the packed words once per tile of 8 rows of x with 128-bit loads, fp32 FMAs on CUDA
+// cores, split-K across blocks with a deterministic reduction). It accepts any M, but beyond ~8 rows FP32
+// FMAs, not HBM, bound it (H200: 67 TFLOP/s FP32 vs 4.8 TB/s is 14 FLOP/byte, and each packed byte feeds 4·M
+// FLOPs): the tensor-core prefill kernel (dequantize tiles in shared memory, mma) is the next step.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "quant/format/qgemm_layout.h"
+
+namespace qwenq {
+
+// CPU twins (kernels/qgemm_ref.cpp): plain loops, fp32 accumulation in increasing layout-row (forward) or
+// column (transposed) order, parallel over output columns / input rows with parallel_for.
+void qgemm_int4_ref(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y);
+void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx);
+
+#ifdef QWENQ_HAVE_CUDA
+// Device twins. y / dx must not overlap x / dy. Results are deterministic (no atomics): the split-K partial
+// sums are reduced in a fixed order.
+void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
+void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
+                       void* stream = nullptr);
+
+// A Q4 weight copied to the device (RAII: freed on destruction). view() has device pointers.
+class Q4DeviceWeight {
+ public:
+  explicit Q4DeviceWeight(const Q4Layout& host);
+  ~Q4DeviceWeight();
+  Q4DeviceWeight(const Q4DeviceWeight&) = delete;
+  Q4DeviceWeight& operator=(const Q4DeviceWeight&) = delete;
+  const Q4View& view() const { return view_; }
+  // Bytes a kernel streams for the weight: qweight + meta (+ perm).
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  Q4View view_;
+  int64_t bytes_ = 0;
+};
+#endif
+
+}  // namespace qwenq

@@ -1,0 +1,74 @@
+// CPU twins of the fused dequant-matmul (kernels/qgemm.h): the specification the CUDA kernels are tested
+// against. Simplest correct code: dequantize one output column (forward) or one layout row (transposed) of Ŵ
+// with q4_dequant into a small buffer, then plain fp32 dot products in increasing index order.
+#include "kernels/qgemm.h"
+
+#include <vector>
+
+#include "core/error.h"
+#include "core/threads.h"
+
+namespace qwenq {
+namespace {
+
+void check_args(const Q4View& w, const void* a, DType dtype, int64_t M, const float* out, const char* what) {
+  q4_check(w, what);
+  QWENQ_CHECK(M >= 1, what << ": M=" << M << " must be at least 1");
+  QWENQ_CHECK(a != nullptr && out != nullptr, what << ": null activation or output pointer");
+  QWENQ_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+              what << ": activations must be F32 or BF16, not " << dtype_name(dtype));
+}
+
+float load_f32(const void* a, DType dtype, int64_t i) {
+  return dtype == DType::F32 ? static_cast<const float*>(a)[i] : bf16_to_f32(static_cast<const uint16_t*>(a)[i]);
+}
+
+}  // namespace
+
+void qgemm_int4_ref(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y) {
+  check_args(w, x, x_dtype, M, y, "qgemm_int4_ref");
+  const int64_t K = w.K, N = w.N;
+  // x gathered into layout-row order once: xp[m, kk] = x[m, perm[kk]].
+  std::vector<float> xp(M * K);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t kk = 0; kk < K; ++kk) xp[m * K + kk] = load_f32(x, x_dtype, m * K + (w.perm ? w.perm[kk] : kk));
+  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    std::vector<float> col(K);
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const uint32_t word = w.qweight[kk / kQ4CodesPerWord * w.Np + n];
+        const uint32_t code = (word >> (kQ4Bits * (kk % kQ4CodesPerWord))) & 15u;
+        col[kk] = q4_dequant(w.kind, code, w.meta[kk / w.group * w.Np + n]);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float s = 0.0f;
+        for (int64_t kk = 0; kk < K; ++kk) s += xp[m * K + kk] * col[kk];
+        y[m * N + n] = s;
+      }
+    }
+  });
+}
+
+void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx) {
+  check_args(w, dy, dy_dtype, M, dx, "qgemm_int4_t_ref");
+  const int64_t K = w.K, N = w.N;
+  std::vector<float> g(M * N);
+  for (int64_t i = 0; i < M * N; ++i) g[i] = load_f32(dy, dy_dtype, i);
+  parallel_for(K, 16, [&](int64_t k0, int64_t k1) {
+    std::vector<float> row(N);
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      const uint32_t* words = w.qweight + kk / kQ4CodesPerWord * w.Np;
+      const uint32_t* meta = w.meta + kk / w.group * w.Np;
+      const int shift = kQ4Bits * (kk % kQ4CodesPerWord);
+      for (int64_t n = 0; n < N; ++n) row[n] = q4_dequant(w.kind, (words[n] >> shift) & 15u, meta[n]);
+      const int64_t k = w.perm ? w.perm[kk] : kk;
+      for (int64_t m = 0; m < M; ++m) {
+        float s = 0.0f;
+        for (int64_t n = 0; n < N; ++n) s += g[m * N + n] * row[n];
+        dx[m * K + k] = s;
+      }
+    }
+  });
+}
+
+}  // namespace qwenq

@@ -1,0 +1,234 @@
+// Repacking GPTQ v1/v2, AutoAWQ GEMM and bitsandbytes NF4/FP4 into the Q4 layout (qgemm_layout.h), and back
+// to dense fp32 for tests. Codes and zeros are unpacked with the source format's own unpackers (int_pack.h),
+// and NF4 absmax with its own reader (nf4_block_absmax), so the repack inherits their exactness.
+#include "quant/format/qgemm_layout.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/rng.h"
+#include "core/threads.h"
+#include "quant/format/int_pack.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+
+namespace qwenq {
+namespace {
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+Q4Layout empty_layout(Q4Kind kind, int64_t N, int64_t K, int64_t group) {
+  Q4Layout q;
+  q.kind = kind;
+  q.K = K;
+  q.N = N;
+  q.Kp = round_up(K, kQ4RowPad);
+  q.Np = round_up(N, kQ4ColPad);
+  q.group = group;
+  q.qweight.assign(q.Kp / kQ4CodesPerWord * q.Np, 0u);
+  q.meta.assign(q.num_groups() * q.Np, 0u);
+  return q;
+}
+
+// Packs codes [Kp, Np] (layout rows, already permuted and padded) into the qweight words.
+void pack_words(const std::vector<uint8_t>& codes, Q4Layout* q) {
+  const int64_t rows = q->Kp / kQ4CodesPerWord, Np = q->Np;
+  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t n = 0; n < Np; ++n) {
+        uint32_t word = 0;
+        for (int j = 0; j < kQ4CodesPerWord; ++j) {
+          word |= static_cast<uint32_t>(codes[(r * kQ4CodesPerWord + j) * Np + n] & 15u) << (kQ4Bits * j);
+        }
+        q->qweight[r * Np + n] = word;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
+  const char* what = "Q4 repack of a GPTQ/AWQ weight";
+  QWENQ_CHECK(p.bits == 4, what << ": only 4-bit codes have a Q4 layout, this weight is " << p.bits << "-bit");
+  QWENQ_CHECK(p.K > 0 && p.N > 0 && p.group > 0, what << ": bad sizes K=" << p.K << " N=" << p.N << " group=" << p.group);
+  const int64_t K = p.K, N = p.N, G = p.num_groups();
+  const bool gptq = p.layout != IntLayout::AwqGemm;
+  QWENQ_CHECK(p.scales.size() == static_cast<size_t>(G * N),
+              what << ": scales hold " << p.scales.size() << " values, expected " << G << " x " << N);
+
+  const size_t qw = gptq ? K / 8 * N : K * (N / 8), qz = G * (N / 8);
+  QWENQ_CHECK((gptq ? K % 8 : N % 8) == 0 && N % 8 == 0 && p.qweight.size() == qw && p.qzeros.size() == qz,
+              what << " (" << int_layout_name(p.layout) << ", K=" << K << ", N=" << N << "): qweight holds "
+                   << p.qweight.size() << " words (expected " << qw << "), qzeros " << p.qzeros.size() << " (expected "
+                   << qz << "); the packed axes must be multiples of 8");
+  // Source codes [K, N] and true zero points [G, N], by the format's own unpackers.
+  std::vector<uint8_t> codes(K * N), zeros(G * N);
+  if (gptq) {
+    const GptqFormat fmt = p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2;
+    gptq_unpack_qweight(p.qweight.data(), K, N, 4, codes.data());
+    gptq_unpack_qzeros(p.qzeros.data(), G, N, 4, fmt, zeros.data());
+  } else {
+    awq_unpack(p.qweight.data(), K, N, codes.data());
+    awq_unpack(p.qzeros.data(), G, N, zeros.data());
+  }
+
+  // Group of every source row; act-order when it is not k / group.
+  std::vector<int64_t> group_of(K);
+  bool identity = true;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
+    QWENQ_CHECK(g >= 0 && g < G, what << ": g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
+    group_of[k] = g;
+    identity = identity && g == k / p.group;
+  }
+  std::vector<int32_t> perm;
+  if (!identity) {
+    perm.resize(K);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return group_of[a] < group_of[b]; });
+    // Sorted rows form contiguous groups only if every group has exactly `group` rows (the last: the rest).
+    for (int64_t kk = 0; kk < K; ++kk) {
+      QWENQ_CHECK(group_of[perm[kk]] == kk / p.group,
+                  what << ": g_idx does not put exactly " << p.group << " rows in group " << kk / p.group
+                       << " (act-order g_idx from GPTQ always does); layout row " << kk << " would hold a row of group "
+                       << group_of[perm[kk]]);
+    }
+  }
+
+  // Layout group: the format's, or the whole padded K when one group spans K (group_size -1).
+  const int64_t Kp = round_up(K, kQ4RowPad);
+  const int64_t group = G == 1 ? Kp : p.group;
+  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+              what << ": group size " << p.group << " is not a multiple of " << kQ4CodesPerWord
+                   << " (K=" << K << "): one Q4 word of 8 rows would straddle two groups");
+  Q4Layout q = empty_layout(Q4Kind::Int, N, K, group);
+  QWENQ_CHECK(q.num_groups() == G, what << ": " << q.num_groups() << " layout groups for " << G << " source groups");
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t n = 0; n < N; ++n) q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], zeros[g * N + n]);
+  }
+  std::vector<uint8_t> lcodes(q.Kp * q.Np, 0);
+  for (int64_t kk = 0; kk < q.Kp; ++kk) {
+    const int64_t g = std::min<int64_t>(kk / group, G - 1);
+    for (int64_t n = 0; n < N; ++n) {
+      // Padding rows take the zero point: (z - z)·s = +0 exactly.
+      lcodes[kk * q.Np + n] = kk < K ? codes[(perm.empty() ? kk : perm[kk]) * N + n] : zeros[g * N + n];
+    }
+  }
+  for (int64_t kk = 0; kk < q.Kp; ++kk)
+    for (int64_t n = 0; n < N; ++n)
+      QWENQ_CHECK(lcodes[kk * q.Np + n] < 16, what << ": code/zero " << int(lcodes[kk * q.Np + n]) << " at row " << kk
+                                                  << ", column " << n << " does not fit 4 bits");
+  pack_words(lcodes, &q);
+  q.perm = std::move(perm);
+  return q;
+}
+
+Q4Layout q4_from_nf4(const Nf4Tensor& t, int64_t N, int64_t K) {
+  const char* what = "Q4 repack of a bitsandbytes 4-bit weight";
+  nf4_check(t, what);
+  QWENQ_CHECK(N > 0 && K > 0 && N * K == t.n, what << ": shape [" << N << ", " << K << "] does not hold " << t.n << " weights");
+  const int64_t B = t.blocksize;
+  const int64_t group = std::gcd(K, B);
+  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+              what << ": gcd(K=" << K << ", blocksize=" << B << ") = " << group << " is not a multiple of "
+                   << kQ4CodesPerWord << ", so a Q4 word of 8 rows would straddle two absmax blocks");
+  const std::vector<float> absmax = nf4_block_absmax(t);  // the CPU reader's exact fp32 scales (DQ decoded)
+  Q4Layout q = empty_layout(t.fp4 ? Q4Kind::Fp4 : Q4Kind::Nf4, N, K, group);  // Kp == K: 8 | group | K
+  const int64_t G = q.num_groups();
+  for (int64_t g = 0; g < G; ++g) {
+    for (int64_t n = 0; n < N; ++n) q.meta[g * q.Np + n] = q4_float_meta(absmax[(n * K + g * group) / B]);
+  }
+  const uint8_t zero_code = t.fp4 ? kFp4ZeroCode : kNf4ZeroCode;
+  std::vector<uint8_t> lcodes(q.Kp * q.Np, zero_code);
+  parallel_for(N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = n * K + k;
+        const uint8_t byte = t.packed[i / 2];
+        lcodes[k * q.Np + n] = i % 2 == 0 ? byte >> 4 : byte & 0x0F;
+      }
+    }
+  });
+  pack_words(lcodes, &q);
+  return q;
+}
+
+std::vector<float> q4_unpack(const Q4View& w) {
+  q4_check(w, "q4_unpack");
+  std::vector<float> W(w.N * w.K);
+  parallel_for(w.Kp / kQ4CodesPerWord, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t g = r * kQ4CodesPerWord / w.group;
+      for (int64_t n = 0; n < w.N; ++n) {
+        const uint32_t word = w.qweight[r * w.Np + n], meta = w.meta[g * w.Np + n];
+        for (int j = 0; j < kQ4CodesPerWord; ++j) {
+          const int64_t kk = r * kQ4CodesPerWord + j;
+          if (kk >= w.K) break;
+          const int64_t k = w.perm ? w.perm[kk] : kk;
+          W[n * w.K + k] = q4_dequant(w.kind, (word >> (kQ4Bits * j)) & 15u, meta);
+        }
+      }
+    }
+  });
+  return W;
+}
+
+PackedIntLinear q4_synthetic_int_linear(IntLayout layout, int64_t K, int64_t N, int64_t group, bool act_order,
+                                        uint64_t seed, bool exact) {
+  Rng rng(seed);
+  GroupGrid grid;
+  grid.bits = 4;
+  grid.K = K;
+  grid.N = N;
+  grid.group = group <= 0 ? K : group;
+  const int64_t G = grid.num_groups();
+  grid.scale.resize(G * N);
+  grid.zero.resize(G * N);
+  for (int64_t i = 0; i < G * N; ++i) {
+    grid.scale[i] = exact ? std::ldexp(1.0f, static_cast<int>(rng.below(4)) - 2)
+                          : f16_to_f32(f32_to_f16(rng.uniform(0.002f, 0.05f)));
+    grid.zero[i] = static_cast<uint8_t>(1 + rng.below(15));
+  }
+  std::vector<uint8_t> codes(K * N);
+  for (auto& c : codes) c = static_cast<uint8_t>(rng.below(16));
+  std::vector<int32_t> g_idx;
+  if (act_order) {
+    std::vector<int32_t> order(K);
+    std::iota(order.begin(), order.end(), 0);
+    for (int64_t i = K - 1; i > 0; --i) std::swap(order[i], order[rng.below(i + 1)]);  // Fisher-Yates
+    g_idx.resize(K);
+    for (int64_t i = 0; i < K; ++i) g_idx[order[i]] = static_cast<int32_t>(i / grid.group);
+  }
+  return pack_int_linear(codes.data(), grid, act_order ? g_idx.data() : nullptr, layout);
+}
+
+Nf4Tensor q4_synthetic_nf4(int64_t N, int64_t K, bool fp4, int64_t blocksize, bool double_quant, uint64_t seed) {
+  Rng rng(seed);
+  Nf4Tensor t;
+  t.fp4 = fp4;
+  t.blocksize = blocksize;
+  t.n = N * K;
+  t.packed.resize(nf4_packed_bytes(t.n));
+  for (auto& b : t.packed) b = static_cast<uint8_t>(rng.below(256));
+  if (t.n % 2) t.packed.back() &= 0xF0;  // the pad nibble is 0, as nf4_pack writes it
+  const int64_t nb = t.num_blocks();
+  t.double_quant = double_quant;
+  if (!double_quant) {
+    t.absmax.resize(nb);
+    for (auto& a : t.absmax) a = rng.uniform(0.01f, 0.2f);
+  } else {
+    t.absmax_q.resize(nb);
+    for (auto& q : t.absmax_q) q = static_cast<uint8_t>(rng.below(256));
+    t.nested_absmax.resize(t.num_nested_blocks());
+    for (auto& a : t.nested_absmax) a = rng.uniform(0.01f, 0.1f);
+    const auto& map = dynamic_map();
+    t.nested_code.assign(map.begin(), map.end());
+    t.nested_offset = rng.uniform(0.05f, 0.15f);
+  }
+  nf4_check(t, "q4_synthetic_nf4");
+  return t;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,235 @@
+// qgemm_int4_cuda / qgemm_int4_t_cuda against their CPU twins (kernels/qgemm.h), for every source format
+// (GPTQ v1, v2 with act-order, AWQ GEMM, NF4 with double quantization, FP4), M in {1, 3, 16, 64}, real
+// Qwen2.5 layer shapes and awkward sizes. The same bf16 activations go to both twins (a bf16 value widens to
+// fp32 exactly), so the only difference is the summation order of the fp32 products: the GPU splits K (or N)
+// into per-thread / per-block partial sums, the CPU adds left to right.
+//
+// Tolerance (kQgemmGpuSumTol): as in tests/test_qgemm_ref.cpp, |Δ| <= 8·u·sqrt(L)·Σ|a·w| over L terms,
+// u = 2^-24: the rounding errors of two orders of the same fp32 sum behave like a random walk of L steps
+// of at most u·Σ|a·w| each. Relative to Σ|a·w| and not |y|, which cancels. The GPU also uses FMA (one
+// rounding per multiply-add instead of two), which only shrinks its error. Where the inputs make every sum
+// exact (integer activations, power-of-two scales) the test requires bit equality.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/qgemm.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+#include "tests/gpu/gpu_test.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kQgemmGpuSumTol = 8.0;  // multiples of u·sqrt(L)·Σ|a·w|
+constexpr double kU = 1.0 / 16777216.0;
+
+enum class Src { GptqV1, GptqV2ActOrder, Awq, Nf4Dq, Fp4 };
+const char* src_name(Src s) {
+  switch (s) {
+    case Src::GptqV1: return "gptq";
+    case Src::GptqV2ActOrder: return "gptq_v2_act_order";
+    case Src::Awq: return "awq";
+    case Src::Nf4Dq: return "nf4_dq";
+    default: return "fp4";
+  }
+}
+
+// GPTQ needs K % 8 == 0 and N % 8 == 0, AWQ N % 8 == 0; bnb holds any size whose gcd(K, 64) is a multiple of 8.
+bool holds(Src s, int64_t K, int64_t N) {
+  if (s == Src::Nf4Dq || s == Src::Fp4) return K % 8 == 0;
+  if (s == Src::Awq) return N % 8 == 0;
+  return K % 8 == 0 && N % 8 == 0;
+}
+
+Q4Layout make_layout(Src s, int64_t K, int64_t N, uint64_t seed, bool exact = false) {
+  switch (s) {
+    case Src::GptqV1: return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, K, N, 128, false, seed, exact));
+    case Src::GptqV2ActOrder:
+      return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV2, K, N, 128, true, seed, exact));
+    case Src::Awq: return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, K, N, 64, false, seed, exact));
+    case Src::Nf4Dq: return q4_from_nf4(q4_synthetic_nf4(N, K, false, 64, true, seed), N, K);
+    default: return q4_from_nf4(q4_synthetic_nf4(N, K, true, 64, false, seed), N, K);
+  }
+}
+
+std::vector<uint16_t> random_bf16(int64_t n, uint64_t seed, bool integer = false) {
+  Rng rng(seed);
+  std::vector<uint16_t> a(n);
+  for (auto& v : a) {
+    v = f32_to_bf16(integer ? static_cast<float>(static_cast<int>(rng.below(9)) - 4) : rng.uniform(-1.0f, 1.0f));
+  }
+  return a;
+}
+
+// Σ|a·w| per output: forward over k (y [M, N]), transposed over n (dx [M, K]); W is ŵ [N, K].
+std::vector<double> abs_sums(const std::vector<uint16_t>& a, const std::vector<float>& W, int64_t M, int64_t K,
+                             int64_t N, bool transposed) {
+  std::vector<double> s(transposed ? M * K : M * N, 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const double w = std::fabs(static_cast<double>(W[n * K + k]));
+        if (transposed) s[m * K + k] += std::fabs(bf16_to_f32(a[m * N + n])) * w;
+        else s[m * N + n] += std::fabs(bf16_to_f32(a[m * K + k])) * w;
+      }
+  return s;
+}
+
+void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const std::vector<double>& abs_sum,
+                  int64_t L, const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double tol = kQgemmGpuSumTol * kU * std::sqrt(static_cast<double>(L)) * abs_sum[i] + 1e-30;
+    if (!(std::fabs(static_cast<double>(gpu[i]) - cpu[i]) <= tol)) {
+      if (bad++ < 3)
+        ADD_FAILURE() << what << ": output " << i << " GPU " << gpu[i] << " CPU " << cpu[i] << " tolerance " << tol;
+    }
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << gpu.size() << " outputs outside tolerance";
+}
+
+// One case: forward and transposed, GPU vs CPU twin, guard values after each output to catch overruns.
+void run_case(Src src, int64_t M, int64_t K, int64_t N, uint64_t seed) {
+  const std::string what = std::string(src_name(src)) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+                           " N=" + std::to_string(N) + " seed=" + std::to_string(seed);
+  SCOPED_TRACE(what);
+  const Q4Layout q = make_layout(src, K, N, seed);
+  const Q4DeviceWeight dw(q);
+  const std::vector<uint16_t> x = random_bf16(M * K, seed + 1), dy = random_bf16(M * N, seed + 2);
+  constexpr float kGuard = 12345.0f;
+  constexpr int64_t kGuardCount = 64;
+
+  std::vector<float> y_cpu(M * N), dx_cpu(M * K);
+  qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, y_cpu.data());
+  qgemm_int4_t_ref(q.view(), dy.data(), DType::BF16, M, dx_cpu.data());
+
+  test::DeviceBuffer<uint16_t> dx_in(x), ddy_in(dy);
+  test::DeviceBuffer<float> dy_out(std::vector<float>(M * N + kGuardCount, kGuard));
+  test::DeviceBuffer<float> ddx_out(std::vector<float>(M * K + kGuardCount, kGuard));
+  qgemm_int4_cuda(dw.view(), dx_in.get(), DType::BF16, M, dy_out.get());
+  qgemm_int4_t_cuda(dw.view(), ddy_in.get(), DType::BF16, M, ddx_out.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> y_gpu = dy_out.download(), dx_gpu = ddx_out.download();
+  for (int64_t i = 0; i < kGuardCount; ++i) {
+    ASSERT_EQ(y_gpu[M * N + i], kGuard) << "forward wrote past y";
+    ASSERT_EQ(dx_gpu[M * K + i], kGuard) << "transposed wrote past dx";
+  }
+  y_gpu.resize(M * N);
+  dx_gpu.resize(M * K);
+  const std::vector<float> W = q4_unpack(q.view());
+  expect_close(y_gpu, y_cpu, abs_sums(x, W, M, K, N, false), K, "forward " + what);
+  expect_close(dx_gpu, dx_cpu, abs_sums(dy, W, M, K, N, true), N, "transposed " + what);
+}
+
+struct KN {
+  int64_t K, N;
+};
+
+// Qwen2.5 Linear shapes (K = in, N = out): 0.5B gate/up, down; 7B k/v, gate/up, down; 72B q/o, k/v,
+// gate/up, down; then awkward ones.
+const std::vector<KN> kRealShapes = {{896, 4864},  {4864, 896},  {3584, 512},  {3584, 18944}, {18944, 3584},
+                                     {8192, 8192}, {8192, 1024}, {8192, 29568}, {29568, 8192}};
+const std::vector<KN> kAwkwardShapes = {{172, 8}, {176, 8}, {200, 16}, {64, 17}, {128, 8}, {136, 24}, {8, 8}};
+
+class QgemmCuda : public ::testing::TestWithParam<Src> {};
+
+TEST_P(QgemmCuda, MatchesTheCpuTwinOnQwenShapes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  uint64_t seed = 7000 + 1000 * static_cast<uint64_t>(src);
+  for (const KN& s : kRealShapes) {
+    // The CPU twin and the Σ|a·w| reference are O(M·K·N) on the host: shapes over 50M weights (7B gate/up and
+    // down, 72B q/o, gate/up and down) run M = 1 and 3 only (M = 64 at 8192 x 29568 would take minutes of host
+    // time per format); every M runs on the others.
+    const bool huge = s.K * s.N > 50'000'000;
+    for (int64_t M : {1, 3, 16, 64}) {
+      if (huge && M > 3) continue;
+      run_case(src, M, s.K, s.N, ++seed);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST_P(QgemmCuda, MatchesTheCpuTwinOnAwkwardSizes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  uint64_t seed = 9000 + 1000 * static_cast<uint64_t>(src);
+  for (const KN& s : kAwkwardShapes) {
+    if (!holds(src, s.K, s.N)) continue;
+    for (int64_t M : {1, 2, 3, 5, 16, 17, 64, 65}) {
+      run_case(src, M, s.K, s.N, ++seed);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSources, QgemmCuda,
+                         ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
+                         [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
+
+TEST(QgemmCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
+  QWENQ_REQUIRE_GPU();
+  for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
+    const int64_t M = 16, K = 3584, N = 512;
+    const Q4Layout q = make_layout(src, K, N, 31, /*exact=*/true);
+    const Q4DeviceWeight dw(q);
+    const std::vector<uint16_t> x = random_bf16(M * K, 32, true), dy = random_bf16(M * N, 33, true);
+    std::vector<float> y(M * N), dx(M * K);
+    qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, y.data());
+    qgemm_int4_t_ref(q.view(), dy.data(), DType::BF16, M, dx.data());
+    test::DeviceBuffer<uint16_t> gx(x), gdy(dy);
+    test::DeviceBuffer<float> gy(M * N), gdx(M * K);
+    qgemm_int4_cuda(dw.view(), gx.get(), DType::BF16, M, gy.get());
+    qgemm_int4_t_cuda(dw.view(), gdy.get(), DType::BF16, M, gdx.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(gy.download(), y) << src_name(src);
+    EXPECT_EQ(gdx.download(), dx) << src_name(src);
+  }
+}
+
+TEST(QgemmCudaExact, Fp32ActivationsAndDeterminism) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t M = 3, K = 4864, N = 896;
+  const Q4Layout q = make_layout(Src::Nf4Dq, K, N, 41);
+  const Q4DeviceWeight dw(q);
+  const std::vector<uint16_t> xb = random_bf16(M * K, 42);
+  std::vector<float> xf(xb.size());
+  for (size_t i = 0; i < xb.size(); ++i) xf[i] = bf16_to_f32(xb[i]);
+  test::DeviceBuffer<uint16_t> gxb(xb);
+  test::DeviceBuffer<float> gxf(xf), y1(M * N), y2(M * N), y3(M * N);
+  qgemm_int4_cuda(dw.view(), gxb.get(), DType::BF16, M, y1.get());
+  qgemm_int4_cuda(dw.view(), gxf.get(), DType::F32, M, y2.get());
+  qgemm_int4_cuda(dw.view(), gxb.get(), DType::BF16, M, y3.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(y1.download(), y2.download()) << "bf16 and its fp32 widening must give the same bits";
+  EXPECT_EQ(y1.download(), y3.download()) << "two runs must give the same bits (no atomics)";
+}
+
+TEST(QgemmCudaExact, RejectsBadArguments) {
+  QWENQ_REQUIRE_GPU();
+  const Q4Layout q = make_layout(Src::Awq, 64, 8, 1);
+  const Q4DeviceWeight dw(q);
+  test::DeviceBuffer<float> x(64), y(8);
+  const auto expect_error = [](const std::function<void()>& fn, const std::string& needle) {
+    try {
+      fn();
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { qgemm_int4_cuda(dw.view(), x.get(), DType::F16, 1, y.get()); }, "must be F32 or BF16, not F16");
+  expect_error([&] { qgemm_int4_cuda(dw.view(), x.get(), DType::F32, 0, y.get()); }, "M=0");
+  expect_error([&] { qgemm_int4_t_cuda(q.view(), x.get(), DType::F32, 1, y.get()); }, "must be device memory");
+}
+
+}  // namespace
+}  // namespace qwenq
