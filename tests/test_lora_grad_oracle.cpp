@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
+#include <string>
 
 #include "core/files.h"
 #include "core/safetensors.h"
@@ -22,9 +24,7 @@ namespace {
 constexpr double kLossRelTol = 1e-5;
 constexpr double kGradRelTol = 1e-4;
 
-TEST(LoraGradOracle, LossAndGradientsMatchPyTorch) {
-  const char* dir = std::getenv("QWENQ_ORACLE_LORA_DIR");
-  if (!dir) GTEST_SKIP() << "QWENQ_ORACLE_LORA_DIR not set (run tests/oracle/test_lora_grad_oracle.py)";
+void check_case(const std::string& dir) {
   QwenModel model(path_join(dir, "base"));
   const LoraAdapter adapter = load_peft_adapter(path_join(dir, "adapter"), lora_dims_of(model.config()));
   SafetensorsFile expected(path_join(dir, "expected.safetensors"));
@@ -73,6 +73,19 @@ TEST(LoraGradOracle, LossAndGradientsMatchPyTorch) {
     }
   }
   EXPECT_EQ(compared, 2 * 7 * 2);
+}
+
+TEST(LoraGradOracle, LossAndGradientsMatchPyTorch) {
+  const char* dirs = std::getenv("QWENQ_ORACLE_LORA_DIRS");
+  if (!dirs) GTEST_SKIP() << "QWENQ_ORACLE_LORA_DIRS not set (run tests/oracle/test_lora_grad_oracle.py)";
+  std::stringstream ss(dirs);
+  int cases = 0;
+  for (std::string dir; std::getline(ss, dir, ':');) {
+    SCOPED_TRACE(dir);
+    check_case(dir);
+    ++cases;
+  }
+  EXPECT_GE(cases, 1);
 }
 
 }  // namespace

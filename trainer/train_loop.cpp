@@ -102,7 +102,7 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   return {counted > 0 ? sum / counted : 0.0, counted};
 }
 
-// Train (solid) and eval (dashed) loss against steps.
+// Train loss (raw and smoothed) and eval loss against steps.
 void write_loss_curve(const std::string& path, const std::vector<std::pair<int64_t, double>>& train,
                       const std::vector<std::pair<int64_t, double>>& eval) {
   if (train.empty()) return;
@@ -121,7 +121,7 @@ void write_loss_curve(const std::string& path, const std::vector<std::pair<int64
   auto Y = [&](double v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); };
   std::ostringstream svg;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='12'>\n"
-      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>loss (train solid, eval dashed)</text>\n"
+      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>loss: train (faint), its moving average (solid), eval (dashed)</text>\n"
       << "<line x1='" << L << "' y1='" << H - B << "' x2='" << W - R << "' y2='" << H - B << "' stroke='black'/>\n"
       << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << H - B << "' stroke='black'/>\n";
   for (int i = 0; i <= 4; ++i) {
@@ -131,11 +131,21 @@ void write_loss_curve(const std::string& path, const std::vector<std::pair<int64
     svg << "<text x='4' y='" << Y(v) + 4 << "'>" << buf << "</text>\n";
   }
   svg << "<text x='" << W - R - 60 << "' y='" << H - 15 << "'>step " << smax << "</text>\n";
-  for (const auto* series : {&train, &eval}) {
-    if (series->empty()) continue;
-    svg << "<polyline fill='none' stroke='" << (series == &train ? "#1f77b4" : "#d62728") << "' stroke-width='1.5'"
-        << (series == &eval ? " stroke-dasharray='6 4'" : "") << " points='";
-    for (const auto& [s, v] : *series) svg << X(s) << "," << Y(v) << " ";
+  // Raw train losses faint, their exponential moving average (0.9) solid, eval dashed.
+  std::vector<std::pair<int64_t, double>> smooth;
+  double ema = train.front().second;
+  for (const auto& [st, v] : train) smooth.emplace_back(st, ema = 0.9 * ema + 0.1 * v);
+  struct Line {
+    const std::vector<std::pair<int64_t, double>>* points;
+    const char* style;
+  };
+  const Line lines[] = {{&train, "stroke='#1f77b4' stroke-opacity='0.3' stroke-width='1'"},
+                        {&smooth, "stroke='#1f77b4' stroke-width='2'"},
+                        {&eval, "stroke='#d62728' stroke-width='2' stroke-dasharray='6 4'"}};
+  for (const Line& line : lines) {
+    if (line.points->empty()) continue;
+    svg << "<polyline fill='none' " << line.style << " points='";
+    for (const auto& [st, v] : *line.points) svg << X(st) << "," << Y(v) << " ";
     svg << "'/>\n";
   }
   svg << "</svg>\n";
