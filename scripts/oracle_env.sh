@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Creates .venv-oracle: the pinned Hugging Face stack the oracle tests check our numbers against
-# (transformers, tokenizers, safetensors, torch, bitsandbytes, and peft with its dependency accelerate, all on the
-# CPU). Idempotent: does nothing when the pinned versions are already there. Needs PyPI access the first time
+# (transformers, tokenizers, safetensors, torch, bitsandbytes, peft with its dependency accelerate, and AutoAWQ's
+# quantizer, all on the CPU). Idempotent: does nothing when the pinned versions are already there. Needs PyPI access the first time
 # (about 1-2 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv-oracle
 PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6 bitsandbytes==0.46.1 peft==0.15.2 accelerate==1.15.0"
+# AutoAWQ without its dependencies: only its pure-torch quantizer and packing are used (its CUDA kernels and the
+# `datasets` calibration loader are not), and its requirements would move the pins above.
+NODEPS="autoawq==0.2.9"
 stamp="$VENV/.pins"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS" ]; then
-  echo "oracle env: $VENV up to date ($PINS)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS $NODEPS" ]; then
+  echo "oracle env: $VENV up to date ($PINS $NODEPS)"
   exit 0
 fi
 echo "oracle env: installing $PINS into $VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps $NODEPS
 "$VENV/bin/python" -c "import torch, transformers, tokenizers, safetensors, peft; print('oracle env: torch', torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__, 'peft', peft.__version__)"
-echo "$PINS" > "$stamp"
+echo "$PINS $NODEPS" > "$stamp"
