@@ -1,14 +1,22 @@
-// Decode-regime W4A16 GEMM: qgemm_int4_cuda (and the transposed qgemm_int4_t_cuda) on the Q4 layout vs a
-// cuBLASLt bf16 GEMM (cublasLtMatmul, fp32 accumulation) on Qwen2.5-7B and -72B Linear shapes, M = 1, 4, 16, 64.
+// W4A16 GEMM on the Q4 layout vs a cuBLASLt bf16 GEMM (cublasLtMatmul, fp32 accumulation) on Qwen2.5-7B and
+// -72B Linear shapes, in two sections:
+//   decode:  qgemm_int4_decode_cuda (and the transposed qgemm_int4_t_decode_cuda), M = 1, 4, 16, 64 (--ms):
+//            memory bound, reported as GB/s, % of HBM peak and speed-up over cuBLASLt.
+//   prefill: the tensor-core qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda, M = 512, 2048, 8192 (--tc-ms): compute
+//            bound, reported as TFLOP/s against cuBLASLt's forward (y = x·Wᵀ) and data-gradient (dx = dy·W)
+//            GEMMs and the ratio cuBLASLt time / Q4 time (target >= 0.9 at M >= 2048); --tc-ms "" skips it.
 //
 //   bench_qgemm_cuda [--csv out.csv] [--reps 20] [--peak-gbs 4800] [--models 7b,72b] [--ms 1,4,16,64]
+//                    [--tc-ms 512,2048,8192]
 //
 // Timing: 3 warm-up calls, then `reps` timed calls, each preceded by a write of 256 MiB (5x the 50 MB L2) so
 // every call reads its weights from HBM; each call timed alone with CUDA events; the median is reported.
 // Bytes moved (formulas below): Q4 = qweight + meta + x (bf16) + y (fp32); cuBLAS = W (bf16) + x + y (bf16).
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
-// (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device and commit.
+// (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device and commit, and a last
+// column `path` (decode or tc); in tc rows the GB/s columns use the same byte formulas, cublas_t_us is the
+// cuBLASLt dx = dy·W time and speedup compares the forward times.
 // Without a CUDA device it prints one line and exits 0.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -105,6 +113,7 @@ Q4Layout random_q4(int64_t K, int64_t N, uint64_t seed) {
 
 // cuBLASLt: y[M, N] (bf16, row-major) = x[M, K] · W[N, K]ᵀ. cuBLAS is column-major, so row-major y is the
 // N x M matrix D (ld N) = op_T(A) · B with A = W seen as K x N (ld K) and B = x seen as K x M (ld K).
+// dgrad = true: dx[M, K] = dy[M, N] · W, i.e. D (K x M, ld K) = op_N(A) · B with B = dy seen as N x M (ld N).
 struct LtGemm {
   cublasLtHandle_t h = nullptr;
   cublasLtMatmulDesc_t op = nullptr;
@@ -112,15 +121,20 @@ struct LtGemm {
   cublasLtMatmulHeuristicResult_t algo{};
   void* ws = nullptr;
   size_t ws_bytes = 32u << 20;
-  LtGemm(int64_t M, int64_t K, int64_t N) {
+  LtGemm(int64_t M, int64_t K, int64_t N, bool dgrad = false) {
     ck(cublasLtCreate(&h), "cublasLtCreate");
     ck(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
-    const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+    const cublasOperation_t t = dgrad ? CUBLAS_OP_N : CUBLAS_OP_T, n = CUBLAS_OP_N;
     ck(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)), "transa");
     ck(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)), "transb");
     ck(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K), "layout A");
-    ck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K), "layout B");
-    ck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, M, N), "layout D");
+    if (dgrad) {
+      ck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, N, M, N), "layout B");
+      ck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, K, M, K), "layout D");
+    } else {
+      ck(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K), "layout B");
+      ck(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, M, N), "layout D");
+    }
     ck(cudaMalloc(&ws, ws_bytes), "cuBLASLt workspace");
     cublasLtMatmulPreference_t pref;
     ck(cublasLtMatmulPreferenceCreate(&pref), "pref");
@@ -155,7 +169,7 @@ struct Layer {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string csv_path, models = "7b,72b", ms_arg = "1,4,16,64";
+  std::string csv_path, models = "7b,72b", ms_arg = "1,4,16,64", tc_ms_arg = "512,2048,8192";
   int reps = 20;
   double peak_gbs = 0;
   for (int i = 1; i < argc; ++i) {
@@ -169,8 +183,11 @@ int main(int argc, char** argv) {
     else if (a == "--peak-gbs") peak_gbs = std::stod(next());
     else if (a == "--models") models = next();
     else if (a == "--ms") ms_arg = next();
+    else if (a == "--tc-ms") tc_ms_arg = next();
     else {
-      std::fprintf(stderr, "usage: %s [--csv out.csv] [--reps 20] [--peak-gbs GB/s] [--models 7b,72b] [--ms 1,4,16,64]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--csv out.csv] [--reps 20] [--peak-gbs GB/s] [--models 7b,72b] [--ms 1,4,16,64] "
+                   "[--tc-ms 512,2048,8192]\n",
                    argv[0]);
       return 2;
     }
@@ -186,12 +203,15 @@ int main(int argc, char** argv) {
                  : device.find("H100") != std::string::npos ? (device.find("PCIe") != std::string::npos ? 2000 : 3350)
                                                            : 0;
     }
-    std::vector<int64_t> Ms;
-    {
-      std::stringstream ss(ms_arg);
+    const auto parse_ms = [](const std::string& arg) {
+      std::vector<int64_t> v;
+      std::stringstream ss(arg);
       std::string t;
-      while (std::getline(ss, t, ',')) Ms.push_back(std::stoll(t));
-    }
+      while (std::getline(ss, t, ','))
+        if (!t.empty()) v.push_back(std::stoll(t));
+      return v;
+    };
+    const std::vector<int64_t> Ms = parse_ms(ms_arg), tc_Ms = parse_ms(tc_ms_arg);
     const std::vector<Layer> all = {
         {"7b", "q_proj/o_proj", 3584, 3584},  {"7b", "k_proj/v_proj", 3584, 512}, {"7b", "gate/up_proj", 3584, 18944},
         {"7b", "down_proj", 18944, 3584},     {"72b", "q_proj/o_proj", 8192, 8192}, {"72b", "k_proj/v_proj", 8192, 1024},
@@ -202,7 +222,7 @@ int main(int argc, char** argv) {
 
     std::ostringstream csv;
     csv << "date,device,commit,model,layer,M,K,N,q4_us,q4_t_us,cublas_us,q4_GBps,q4_pct_hbm,q4_t_GBps,cublas_GBps,"
-           "q4_TFLOPs,cublas_TFLOPs,speedup\n";
+           "q4_TFLOPs,cublas_TFLOPs,speedup,q4_t_TFLOPs,cublas_t_us,path\n";
     const size_t flush_bytes = 256u << 20;
     Dev<uint8_t> flush(flush_bytes);
     std::fprintf(stderr, "device: %s; peak %.0f GB/s; commit %s\n", device.c_str(), peak_gbs, QWENQ_GIT_COMMIT);
@@ -223,9 +243,10 @@ int main(int argc, char** argv) {
         fill_bf16<<<256, 256>>>(dy.p, M * L.N, 5);
         ck(cudaDeviceSynchronize(), "fill");
         LtGemm lt(M, L.K, L.N);
-        const double t_q4 = time_us([&] { qgemm_int4_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
-        const double t_q4t =
-            time_us([&] { qgemm_int4_t_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush.p, flush_bytes);
+        const double t_q4 =
+            time_us([&] { qgemm_int4_decode_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
+        const double t_q4t = time_us([&] { qgemm_int4_t_decode_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps,
+                                     flush.p, flush_bytes);
         const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush.p, flush_bytes);
         const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
         const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
@@ -240,7 +261,53 @@ int main(int argc, char** argv) {
         csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L.model << "," << L.name << "," << M << ","
             << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << "," << pct << ","
             << q4t_gbs << "," << cub_gbs << "," << flops / (t_q4 * 1e6) << "," << flops / (t_cub * 1e6) << ","
-            << t_cub / t_q4 << "\n";
+            << t_cub / t_q4 << "," << flops / (t_q4t * 1e6) << ",," << "decode\n";
+      }
+    }
+
+    // Prefill / training regime: the tensor-core kernels vs cuBLASLt bf16 forward and data-gradient GEMMs.
+    // TFLOP/s = 2·M·N·K / time for all four; ratio = cuBLASLt time / Q4 time (>= 0.9 is the target at
+    // M >= 2048). The Q4 kernels write fp32 outputs, cuBLASLt bf16 ones (the byte formulas above).
+    if (!tc_Ms.empty()) {
+      std::fprintf(stderr, "\nprefill (tensor cores): TFLOP/s, ratio = cuBLASLt time / Q4 time\n");
+      std::fprintf(stderr, "%-4s %-14s %5s %6s %6s | %8s %8s %6s | %8s %8s %6s\n", "mdl", "layer", "M", "K", "N",
+                   "q4 TF/s", "cub TF/s", "ratio", "q4ᵀ TF/s", "cubᵀ TF/s", "ratioᵀ");
+    }
+    for (const Layer& L : tc_Ms.empty() ? std::vector<Layer>{} : all) {
+      if (("," + models + ",").find(std::string(",") + L.model + ",") == std::string::npos) continue;
+      const Q4Layout q = random_q4(L.K, L.N, ++seed);
+      const Q4DeviceWeight dw(q);
+      Dev<uint16_t> Wd(static_cast<size_t>(L.N) * L.K);
+      fill_bf16<<<1024, 256>>>(Wd.p, L.N * L.K, 17);
+      ck(cudaGetLastError(), "fill");
+      for (int64_t M : tc_Ms) {
+        Dev<uint16_t> x(M * L.K), dy(M * L.N), yb(M * L.N), dxb(M * L.K);
+        Dev<float> y(M * L.N), dx(M * L.K);
+        fill_bf16<<<1024, 256>>>(x.p, M * L.K, 3);
+        fill_bf16<<<1024, 256>>>(dy.p, M * L.N, 5);
+        ck(cudaDeviceSynchronize(), "fill");
+        LtGemm lt(M, L.K, L.N), lt_t(M, L.K, L.N, /*dgrad=*/true);
+        const double t_q4 =
+            time_us([&] { qgemm_int4_tc_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
+        const double t_q4t =
+            time_us([&] { qgemm_int4_t_tc_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush.p, flush_bytes);
+        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush.p, flush_bytes);
+        const double t_cubt = time_us([&] { lt_t.run(Wd.p, dy.p, dxb.p); }, reps, flush.p, flush_bytes);
+        const double flops = 2.0 * M * L.N * L.K;
+        const double tf = flops / (t_q4 * 1e6), tft = flops / (t_q4t * 1e6);
+        const double ctf = flops / (t_cub * 1e6), ctft = flops / (t_cubt * 1e6);
+        std::fprintf(stderr, "%-4s %-14s %5lld %6lld %6lld | %8.1f %8.1f %5.2fx | %8.1f %8.1f %5.2fx\n", L.model,
+                     L.name, static_cast<long long>(M), static_cast<long long>(L.K), static_cast<long long>(L.N), tf,
+                     ctf, t_cub / t_q4, tft, ctft, t_cubt / t_q4t);
+        const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
+        const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
+        const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
+        const double q4_gbs = q4_bytes / (t_q4 * 1e3);
+        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L.model << "," << L.name << "," << M << ","
+            << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << ","
+            << (peak_gbs > 0 ? 100.0 * q4_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_q4t * 1e3) << ","
+            << cub_bytes / (t_cub * 1e3) << "," << tf << "," << ctf << "," << t_cub / t_q4 << "," << tft << ","
+            << t_cubt << ",tc\n";
       }
     }
     if (csv_path.empty()) {

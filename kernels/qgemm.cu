@@ -395,9 +395,9 @@ struct StreamBuffer {
 
 }  // namespace
 
-void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
-  check_launch_args(w, x, x_dtype, M, y, "qgemm_int4_cuda");
-  const std::string ctx = shape_context("qgemm_int4_cuda", w, M, x_dtype);
+void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
+  check_launch_args(w, x, x_dtype, M, y, "qgemm_int4_decode_cuda");
+  const std::string ctx = shape_context("qgemm_int4_decode_cuda", w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int mt = m_tile(M);
   const int64_t mtiles = ceil_div(M, mt), Mpad = mtiles * mt;
@@ -431,9 +431,9 @@ void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, f
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 
-void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
-  check_launch_args(w, dy, dy_dtype, M, dx, "qgemm_int4_t_cuda");
-  const std::string ctx = shape_context("qgemm_int4_t_cuda", w, M, dy_dtype);
+void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
+  check_launch_args(w, dy, dy_dtype, M, dx, "qgemm_int4_t_decode_cuda");
+  const std::string ctx = shape_context("qgemm_int4_t_decode_cuda", w, M, dy_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int mt = m_tile(M);
   const int64_t mtiles = ceil_div(M, mt), Mpad = mtiles * mt;
@@ -465,6 +465,18 @@ void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t 
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * sm_count()));
   reduce_kernel<<<blocks, 256, 0, s>>>(ws.p, static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
+}
+
+// Dispatch (kernels/qgemm.h): M <= 64 or F32 activations -> decode kernels above; M > 64 with BF16 ->
+// tensor-core kernels (kernels/qgemm_tc.cu).
+void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
+  if (qgemm_cuda_uses_tensor_cores(M, x_dtype)) qgemm_int4_tc_cuda(w, x, x_dtype, M, y, stream);
+  else qgemm_int4_decode_cuda(w, x, x_dtype, M, y, stream);
+}
+
+void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
+  if (qgemm_cuda_uses_tensor_cores(M, dy_dtype)) qgemm_int4_t_tc_cuda(w, dy, dy_dtype, M, dx, stream);
+  else qgemm_int4_t_decode_cuda(w, dy, dy_dtype, M, dx, stream);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -16,11 +16,22 @@
 // included, see Q4DeviceWeight) and an optional cudaStream_t passed as void* (null: the default stream).
 // They run asynchronously on that stream; errors in the arguments throw qwenq::Error naming the values.
 //
-// CUDA regimes (kernels/qgemm.cu): qgemm_int4_cuda is the decode / small-batch kernel (M = 1..64, memory
-// bound: it streams the packed words once per tile of 8 rows of x with 128-bit loads, fp32 FMAs on CUDA
-// cores, split-K across blocks with a deterministic reduction). It accepts any M, but beyond ~8 rows FP32
-// FMAs, not HBM, bound it (H200: 67 TFLOP/s FP32 vs 4.8 TB/s is 14 FLOP/byte, and each packed byte feeds 4·M
-// FLOPs): the tensor-core prefill kernel (dequantize tiles in shared memory, mma) is the next step.
+// CUDA regimes. qgemm_int4_cuda / qgemm_int4_t_cuda dispatch on M and the activation dtype
+// (qgemm_cuda_uses_tensor_cores): M <= kQgemmDecodeMaxM or F32 activations -> the decode kernels, otherwise
+// (M > 64, BF16) -> the tensor-core kernels. Each regime also has its own launcher name, for tests and
+// benchmarks that must reach one path explicitly:
+// - qgemm_int4_decode_cuda / qgemm_int4_t_decode_cuda (kernels/qgemm.cu): decode / small batch (M = 1..64,
+//   memory bound): streams the packed words once per tile of 8 rows of x with 128-bit loads, fp32 FMAs on
+//   CUDA cores with the exact fp32 ŵ, split-K across blocks with a deterministic reduction. It accepts any
+//   M, but beyond ~8 rows FP32 FMAs, not HBM, bound it (H200: 67 TFLOP/s FP32 vs 4.8 TB/s is 14 FLOP/byte,
+//   and each packed byte feeds 4·M FLOPs).
+// - qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda (kernels/qgemm_tc.cu): prefill / training (M = 65..16384,
+//   compute bound): 128 x 128 x 32 block tiles, packed words and metas staged by cp.async, dequantized once
+//   per block into a bf16 tile in shared memory, mma.sync m16n8k16 bf16 with fp32 accumulation. BF16
+//   activations only. Numerics: ŵ is computed in fp32 exactly as q4_dequant and then rounded once to bf16
+//   (nearest even) for the tensor cores, as Marlin/Machete/bitsandbytes do; products bf16 x bf16 are exact
+//   in fp32, so the result differs from the CPU twin by that weight rounding (at most 2^-9·Σ|x|·|ŵ| per
+//   output, usually far less) plus the summation order. Output fp32 (written), like the decode kernels.
 #pragma once
 
 #include <cstdint>
@@ -36,11 +47,29 @@ void qgemm_int4_ref(const Q4View& w, const void* x, DType x_dtype, int64_t M, fl
 void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx);
 
 #ifdef QWENQ_HAVE_CUDA
-// Device twins. y / dx must not overlap x / dy. Results are deterministic (no atomics): the split-K partial
-// sums are reduced in a fixed order.
+// Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
+// atomics): the split-K partial sums are reduced in a fixed order and the tensor-core path does not split.
 void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
 void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                        void* stream = nullptr);
+
+// The dispatch rule of qgemm_int4_cuda / qgemm_int4_t_cuda.
+constexpr int64_t kQgemmDecodeMaxM = 64;
+inline bool qgemm_cuda_uses_tensor_cores(int64_t M, DType act_dtype) {
+  return M > kQgemmDecodeMaxM && act_dtype == DType::BF16;
+}
+
+// The decode kernels (kernels/qgemm.cu): any M, F32 or BF16 activations, exact fp32 ŵ.
+void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
+                            void* stream = nullptr);
+void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
+                              void* stream = nullptr);
+// The tensor-core kernels (kernels/qgemm_tc.cu): any M >= 1 (meant for M > 64), BF16 activations only (F32
+// throws), ŵ rounded to bf16. The act-order gather of x (forward) and any unaligned or K % 8 != 0 (N % 8 != 0
+// for dy) activation go through a bf16 staging copy on the stream first.
+void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
+void qgemm_int4_t_tc_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
+                          void* stream = nullptr);
 
 // A Q4 weight copied to the device (RAII: freed on destruction). view() has device pointers.
 class Q4DeviceWeight {

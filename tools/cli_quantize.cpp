@@ -106,6 +106,9 @@ void register_quantize(CLI::App& app) {
   wc->add_option("--calib-seq-len", wopt->calib_seq_len, "tokens per window")->capture_default_str();
   wc->add_option("--text-field", wopt->text_field, "JSONL field holding the text")->capture_default_str();
   wc->add_option("--seed", wopt->seed, "seed of the window sampling")->capture_default_str();
+  wc->add_flag("--calib-concat", wopt->calib_concat,
+               "AutoAWQ's calibration: the first --calib-samples documents of at most --calib-seq-len tokens, "
+               "concatenated and cut into blocks (default: random windows)");
   wc->add_option("--group-size", w->opt.group_size, "input rows per scale (w_bit is 4)")->capture_default_str();
   wc->add_option("--format", w->format, "awq (AutoAWQ GEMM, what transformers/vLLM read) or gptq_v2")
       ->check(CLI::IsMember({"awq", "gptq_v2"}))

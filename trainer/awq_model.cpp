@@ -163,8 +163,10 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   std::vector<float> X;
   if (!loaded) {
     QWENQ_CHECK(!a.calib_path.empty(), "awq: give --calib (calibration text) or --load-search (a saved search)");
-    windows = calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed,
-                                  Tokenizer::from_dir(o.model_dir));
+    const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
+    windows = a.calib_concat
+                  ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
+                  : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
     batch = PackedBatch::from_sequences(windows);
     pieces = split_batch(windows, a.chunk_tokens);
     model.embed_batch(batch, &X);

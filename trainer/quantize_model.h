@@ -82,6 +82,9 @@ struct AwqModelOptions {
   AwqSearchOptions search;  // bits and group_size are taken from `out`
   bool clip = true;
   std::string save_search, load_search;
+  // AutoAWQ's calibration instead of random windows: the first calib_samples documents that fit calib_seq_len,
+  // concatenated and cut into blocks (calibration_blocks_concat).
+  bool calib_concat = false;
   int64_t chunk_tokens = 16384;  // module evaluations run on at most this many tokens at a time (memory)
 };
 QuantizeReport awq_quantize_model(const AwqModelOptions& opt);

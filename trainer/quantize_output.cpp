@@ -153,4 +153,26 @@ std::vector<std::vector<int32_t>> calibration_windows(const std::string& path, c
   return out;
 }
 
+std::vector<std::vector<int32_t>> calibration_blocks_concat(const std::string& path, const std::string& text_field,
+                                                            int64_t documents, int64_t seq_len, const Tokenizer& tok) {
+  QWENQ_CHECK(documents >= 1 && seq_len >= 2, "--calib-samples and --calib-seq-len must be positive (got " << documents
+                                                 << " and " << seq_len << ")");
+  std::vector<int32_t> all;
+  int64_t used = 0;
+  for (const std::string& doc : load_text_documents(path, text_field)) {
+    const size_t b = doc.find_first_not_of(" \t\r\n\f\v"), e = doc.find_last_not_of(" \t\r\n\f\v");
+    if (b == std::string::npos) continue;
+    const std::vector<int32_t> ids = tok.encode(doc.substr(b, e - b + 1), false);
+    if (ids.empty() || static_cast<int64_t>(ids.size()) > seq_len) continue;  // AutoAWQ skips longer documents
+    all.insert(all.end(), ids.begin(), ids.end());
+    if (++used == documents) break;
+  }
+  const int64_t blocks = static_cast<int64_t>(all.size()) / seq_len;
+  QWENQ_CHECK(blocks >= 1, path << ": " << used << " documents of at most " << seq_len << " tokens give " << all.size()
+                                << " tokens, not one whole calibration block of --calib-seq-len " << seq_len);
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t i = 0; i < blocks; ++i) out.emplace_back(all.begin() + i * seq_len, all.begin() + (i + 1) * seq_len);
+  return out;
+}
+
 }  // namespace qwenq

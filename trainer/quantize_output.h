@@ -80,4 +80,10 @@ std::vector<std::vector<int32_t>> calibration_windows(const std::string& path, c
                                                       int64_t samples, int64_t seq_len, uint64_t seed,
                                                       const Tokenizer& tok);
 
+// AutoAWQ's calibration (awq/utils/calib_data.py get_calib_dataset): the first `documents` documents (JSONL
+// records or lines) that, stripped of surrounding whitespace, encode to 1..seq_len tokens, concatenated and cut
+// into blocks of seq_len tokens (the tail is dropped). Errors name the file when no whole block results.
+std::vector<std::vector<int32_t>> calibration_blocks_concat(const std::string& path, const std::string& text_field,
+                                                            int64_t documents, int64_t seq_len, const Tokenizer& tok);
+
 }  // namespace qwenq

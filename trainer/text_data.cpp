@@ -21,13 +21,12 @@ bool looks_like_jsonl(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::string load_text_corpus(const std::string& path, const std::string& field) {
+std::vector<std::string> load_text_documents(const std::string& path, const std::string& field) {
   std::string text = read_file(path);
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
-  if (!looks_like_jsonl(path, text)) return text;
-
-  std::string out;
-  size_t line_no = 0, start = 0, records = 0;
+  const bool jsonl = looks_like_jsonl(path, text);
+  std::vector<std::string> docs;
+  size_t line_no = 0, start = 0;
   while (start < text.size()) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
@@ -35,6 +34,10 @@ std::string load_text_corpus(const std::string& path, const std::string& field) 
     std::string line = text.substr(start, end - start);
     start = end + 1;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    if (!jsonl) {
+      docs.push_back(std::move(line));
+      continue;
+    }
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
@@ -43,10 +46,22 @@ std::string load_text_corpus(const std::string& path, const std::string& field) 
     }
     QWENQ_CHECK(j.is_object() && j.contains(field) && j[field].is_string(),
                 path << ":" << line_no << ": expected an object with a string field \"" << field << "\"");
-    if (records++) out += "\n\n";
-    out += j[field].get<std::string>();
+    docs.push_back(j[field].get<std::string>());
   }
-  QWENQ_CHECK(records > 0, path << ": no records");
+  QWENQ_CHECK(!docs.empty(), path << ": no records");
+  return docs;
+}
+
+std::string load_text_corpus(const std::string& path, const std::string& field) {
+  std::string text = read_file(path);
+  QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
+  if (!looks_like_jsonl(path, text)) return text;
+  std::string out;
+  size_t n = 0;
+  for (const std::string& doc : load_text_documents(path, field)) {
+    if (n++) out += "\n\n";
+    out += doc;
+  }
   return out;
 }
 

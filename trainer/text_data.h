@@ -4,11 +4,15 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace qwenq {
 
 // JSONL when the file name ends in .jsonl or its first non-blank byte is '{'. A malformed line, or a line
 // without the field, is an error naming the file and the line number.
 std::string load_text_corpus(const std::string& path, const std::string& field = "text");
+
+// The documents of a file one by one: the `field` of each JSONL record, or each non-blank line of a text file.
+std::vector<std::string> load_text_documents(const std::string& path, const std::string& field = "text");
 
 }  // namespace qwenq

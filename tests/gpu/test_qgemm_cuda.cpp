@@ -114,8 +114,8 @@ void run_case(Src src, int64_t M, int64_t K, int64_t N, uint64_t seed) {
   test::DeviceBuffer<uint16_t> dx_in(x), ddy_in(dy);
   test::DeviceBuffer<float> dy_out(std::vector<float>(M * N + kGuardCount, kGuard));
   test::DeviceBuffer<float> ddx_out(std::vector<float>(M * K + kGuardCount, kGuard));
-  qgemm_int4_cuda(dw.view(), dx_in.get(), DType::BF16, M, dy_out.get());
-  qgemm_int4_t_cuda(dw.view(), ddy_in.get(), DType::BF16, M, ddx_out.get());
+  qgemm_int4_decode_cuda(dw.view(), dx_in.get(), DType::BF16, M, dy_out.get());
+  qgemm_int4_t_decode_cuda(dw.view(), ddy_in.get(), DType::BF16, M, ddx_out.get());
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> y_gpu = dy_out.download(), dx_gpu = ddx_out.download();
   for (int64_t i = 0; i < kGuardCount; ++i) {

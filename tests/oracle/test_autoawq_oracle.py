@@ -9,13 +9,20 @@ AutoAWQ's own unpacking describes.
 3. The reference: every Linear dequantized with AutoAWQ's dequantize_gemm (scales widened to fp32 first, so the
    products are exact), put into a dense transformers model together with the checkpoint's other tensors; its
    fp32 logits on a fixed sequence. The gtest AutoAwqOracle.* loads the AutoAWQ directory with qwenq and compares.
+4. `qwen-quant awq --calib-concat` quantizes the same model on the same calibration blocks (AutoAWQ's convention:
+   the first 200 documents, concatenated, cut into blocks of 64 tokens); the gtest compares the two results: the
+   scales folded into the norms (the search's choices), every Linear's stored scales (the clip choices and the
+   grid), and the logits error against the fp32 model. They cannot be bit-identical: AutoAWQ rounds the scaled,
+   clipped weights to fp16 before its final rounding (`_apply_quant`: `.half()`), qwenq quantizes them in fp32.
 """
 import importlib.machinery
+import json
 import os
+import shutil
 import sys
 import types
 
-from oracle_common import parse_args, run_gtest, skip, work_dir
+from oracle_common import parse_args, run, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -27,6 +34,7 @@ try:
     stub.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
     sys.modules.setdefault("datasets", stub)
     from awq import AutoAWQForCausalLM
+    from awq.quantize import quantizer as awq_quantizer
     from awq.utils.packing_utils import dequantize_gemm
 except ImportError as e:  # pragma: no cover
     skip(f"torch/transformers/autoawq not importable: {e}")
@@ -48,17 +56,65 @@ with torch.no_grad():
         else:
             p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
 model.save_pretrained(src, safe_serialization=True)
+# Tokenizer files: the byte-level BPE of `qwen-quant init-random` (vocab 320), read by transformers too.
+qq = os.path.join(args.build, "qwen-quant")
+tk = os.path.join(out, "tokenizer-source")
+run([qq, "init-random", "--preset", "tiny", "--out", tk, "--overwrite"])
+for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+    shutil.copy(os.path.join(tk, f), os.path.join(src, f))
+tok = transformers.AutoTokenizer.from_pretrained(src)
+
+# Calibration documents, the same for AutoAWQ and for `qwen-quant awq --calib-concat` (AutoAWQ's convention).
+words = "the a cat dog bird fish sat ran sang ate on in to park mat song food house tree big small red".split()
+gen = torch.Generator().manual_seed(5)
+texts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (int(n),), generator=gen))
+         for n in torch.randint(4, 14, (400,), generator=gen)]
+docs = os.path.join(out, "calib.jsonl")
+with open(docs, "w") as f:
+    for t in texts:
+        f.write(json.dumps({"text": t}) + "\n")
+DOCS, SEQ = 200, 64
+# AutoAWQ's scale search saves the module's weights with `{k: v.cpu() for k, v in state_dict().items()}` and scales
+# them in place: on a GPU .cpu() copies, on the CPU it aliases, so from the second grid point on every candidate is
+# tried on already-scaled weights (the losses jump: 0.00313, 0.00406, ... where the algorithm gives 0.00313,
+# 0.00283, ...). Give the search real copies, as it gets on a GPU.
+_search = awq_quantizer.AwqQuantizer._compute_best_scale
 
 
-class ByteTokenizer:  # the model has no tokenizer files; AutoAWQ only needs encode()
-    def encode(self, text):
-        return [b % 320 for b in text.encode()]
+def _search_with_copies(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs={}):
+    state_dict = module2inspect.state_dict
+    module2inspect.state_dict = lambda *a, **k: {n: t.clone() for n, t in state_dict(*a, **k).items()}
+    try:
+        return _search(self, x, w_mean, x_mean, module2inspect, linears2scale, fp16_output, kwargs)
+    finally:
+        del module2inspect.state_dict
+
+
+awq_quantizer.AwqQuantizer._compute_best_scale = _search_with_copies
+
+
+# AutoAWQ computes its grid with the scale in the model's dtype: fp16 in its usual runs, fp32 for this fp32 model.
+# Round the scale to fp16 (as an fp16 run has it, as the GEMM checkpoint stores it, and as qwenq does) so that the
+# clip search compares the same grids (computed in fp32 from the weights as given; otherwise AutoAWQ's zero-point
+# branch line by line). Without this, nearly tied
+# clip candidates resolve differently in a few groups.
+def _pseudo_quantize_fp16_scale(self, w):
+    shape, dtype = w.shape, w.dtype
+    w = w.reshape(-1, self.group_size).float()
+    max_val, min_val = w.amax(dim=1, keepdim=True), w.amin(dim=1, keepdim=True)
+    max_int = 2 ** self.w_bit - 1
+    scales = ((max_val - min_val).clamp(min=1e-5) / max_int).half().float()
+    zeros = (-torch.round(min_val / scales)).clamp_(0, max_int)
+    w = (torch.clamp(torch.round(w / scales) + zeros, 0, max_int) - zeros) * scales
+    return w.reshape(shape).to(dtype), scales.view(shape[0], -1), zeros.view(shape[0], -1)
+
+
+awq_quantizer.AwqQuantizer.pseudo_quantize_tensor = _pseudo_quantize_fp16_scale
 
 
 awq_model = AutoAWQForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
-texts = [f"the cat sat on the mat and the dog ran {i} times to the park" for i in range(300)]
-awq_model.quantize(ByteTokenizer(), quant_config={"zero_point": True, "q_group_size": GROUP, "w_bit": 4, "version": "GEMM"},
-                   calib_data=texts, max_calib_samples=64, max_calib_seq_len=64)
+awq_model.quantize(tok, quant_config={"zero_point": True, "q_group_size": GROUP, "w_bit": 4, "version": "GEMM"},
+                   calib_data=texts, max_calib_samples=DOCS, max_calib_seq_len=SEQ)
 awq_model.save_quantized(qdir)
 print("AutoAWQ wrote", sorted(os.listdir(qdir)))
 
@@ -79,5 +135,10 @@ ids = torch.tensor([[1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99]])
 with torch.no_grad():
     logits = ref(ids).logits[0].float().contiguous()
 save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": logits}, os.path.join(qdir, "expected.safetensors"))
-run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir})
+# Our AWQ on the same model and the same calibration blocks.
+ours = os.path.join(out, "ours")
+run([qq, "awq", "--model", src, "--out", ours, "--overwrite", "--quiet", "--calib", docs, "--calib-concat",
+     "--calib-samples", str(DOCS), "--calib-seq-len", str(SEQ), "--group-size", str(GROUP), "--threads", "1"])
+run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours,
+                                           "QWENQ_ORACLE_AWQ_SOURCE": src})
 print("autoawq oracle: OK")
