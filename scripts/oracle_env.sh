@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv-oracle
 PINS="torch==2.5.1 transformers==4.51.3 tokenizers==0.21.1 safetensors==0.5.3 numpy==2.2.6 bitsandbytes==0.46.1 peft==0.15.2 accelerate==1.15.0"
-# AutoAWQ without its dependencies: only its pure-torch quantizer and packing are used (its CUDA kernels and the
-# `datasets` calibration loader are not), and its requirements would move the pins above.
+# AutoAWQ without its dependencies, in its own directory (.venv-oracle/autoawq, put on sys.path only by
+# tests/oracle/test_autoawq_oracle.py): only its pure-torch quantizer and packing are used, its requirements would
+# move the pins above, and peft imports it whenever it is importable (and then needs `datasets`).
 NODEPS="autoawq==0.2.9"
-stamp="$VENV/.pins"
+stamp="$VENV/.pins-v2"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS $NODEPS" ]; then
   echo "oracle env: $VENV up to date ($PINS $NODEPS)"
   exit 0
@@ -19,6 +20,7 @@ fi
 echo "oracle env: installing $PINS into $VENV"
 "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps $NODEPS
+"$VENV/bin/pip" uninstall --quiet --yes autoawq 2>/dev/null || true
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --upgrade --target "$VENV/autoawq" $NODEPS
 "$VENV/bin/python" -c "import torch, transformers, tokenizers, safetensors, peft; print('oracle env: torch', torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__, 'peft', peft.__version__)"
 echo "$PINS $NODEPS" > "$stamp"

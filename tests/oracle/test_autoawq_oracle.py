@@ -25,6 +25,8 @@ import types
 from oracle_common import parse_args, run, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
+# scripts/oracle_env.sh installs AutoAWQ apart from the rest (peft would import it everywhere).
+sys.path.insert(0, os.path.join(os.path.dirname(sys.executable), "..", "autoawq"))
 try:
     import torch
     import transformers

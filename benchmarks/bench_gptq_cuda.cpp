@@ -1,0 +1,218 @@
+// GPTQ wall time on the GPU (gptq_quantize_cuda) vs the CPU (gptq_quantize) on the Linear shapes of
+// Qwen2.5-7B (hidden 3584, intermediate 18944, 28 layers, GQA with 4 KV heads of 128: k/v are 3584 -> 512),
+// each with a Hessian from 4096 random correlated activation rows, and the extrapolated time of GPTQ for all
+// 7 x 28 Linears of the model (REFERENCE B2: ~30 min for an 8B model with LLM Compressor on an A100; our target
+// is under 5 minutes on one GPU; the per-layer forward passes of calibration are not included).
+//
+//   bench_gptq_cuda [--rows 4096] [--reps 3] [--cpu extrapolate|full|none] [--cpu-rows 128] [--csv out.csv]
+//
+// Timing: one untimed warm-up call (cuBLAS/cuSOLVER handles, kernel attributes), then `reps` timed calls of the
+// whole host-to-host gptq_quantize_cuda (uploads, checks, factorization, error feedback, downloads); the median
+// is reported. The CPU is timed once per shape: `full` runs all N rows; `extrapolate` (default) runs R and 2R rows
+// and extends linearly (GPTQ's cost is a fixed factorization plus a cost per row: t(N) = t(R) + (N − R)·(t(2R) −
+// t(R))/R), since the full CPU run of down_proj takes minutes. GPTQ options: 4 bits, group 128, act-order, asym.
+// Output: one line per shape, then the model total (each shape times its count per layer, times 28 layers).
+// CSV rows carry date, device and commit. Without a CUDA device it prints one line and exits 0.
+#include <Eigen/Core>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/device.h"
+
+#ifdef QWENQ_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "quant/gptq.h"
+#include "quant/gptq_cuda.h"
+#endif
+
+#ifndef QWENQ_GIT_COMMIT
+#define QWENQ_GIT_COMMIT "unknown"
+#endif
+
+namespace {
+
+using namespace qwenq;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct Shape {
+  const char* name;
+  int64_t K, N;
+  int per_layer;  // Linears of this shape in one decoder layer
+};
+
+// Qwen2.5-7B: q and o (3584 -> 3584), k and v (3584 -> 512), gate and up (3584 -> 18944), down (18944 -> 3584).
+constexpr Shape kShapes[] = {
+    {"q_proj/o_proj", 3584, 3584, 2},
+    {"k_proj/v_proj", 3584, 512, 2},
+    {"gate_proj/up_proj", 3584, 18944, 2},
+    {"down_proj", 18944, 3584, 1},
+};
+constexpr int kLayers = 28;
+constexpr double kTargetSeconds = 300.0;
+
+#ifdef QWENQ_HAVE_CUDA
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// X [rows, K] = (Z + Z_r·L_r)·diag(s): per-input scales e^{0.75·N(0,1)} and a rank-64 shared component, so the
+// inputs are correlated and H ill-conditioned, like real activations; H = (2/rows)·XᵀX via hessian_accumulate_cuda.
+Eigen::MatrixXf random_hessian(int64_t K, int64_t rows, uint64_t seed) {
+  constexpr int64_t r = 64;
+  Rng rng(seed);
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMat Lr(r, K), Zr(rows, r), X(rows, K);
+  for (int64_t i = 0; i < r * K; ++i) Lr.data()[i] = static_cast<float>(rng.normal() * 0.5);
+  std::vector<float> scale(K);
+  for (auto& s : scale) s = static_cast<float>(std::exp(0.75 * rng.normal()));
+  for (int64_t i = 0; i < rows * r; ++i) Zr.data()[i] = static_cast<float>(rng.normal());
+  for (int64_t i = 0; i < rows * K; ++i) X.data()[i] = static_cast<float>(rng.normal());
+  X.noalias() += Zr * Lr;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t k = 0; k < K; ++k) X(i, k) *= scale[k];
+  float *d_x = nullptr, *d_H = nullptr;
+  ck(cudaMalloc(&d_x, static_cast<size_t>(rows * K) * sizeof(float)), "cudaMalloc x");
+  ck(cudaMalloc(&d_H, static_cast<size_t>(K * K) * sizeof(float)), "cudaMalloc H");
+  ck(cudaMemcpy(d_x, X.data(), static_cast<size_t>(rows * K) * sizeof(float), cudaMemcpyHostToDevice), "upload x");
+  ck(cudaMemset(d_H, 0, static_cast<size_t>(K * K) * sizeof(float)), "memset H");
+  hessian_accumulate_cuda(d_H, K, 0, d_x, rows);
+  Eigen::MatrixXf H(K, K);
+  ck(cudaMemcpy(H.data(), d_H, static_cast<size_t>(K * K) * sizeof(float), cudaMemcpyDeviceToHost), "download H");
+  cudaFree(d_x);
+  cudaFree(d_H);
+  for (int64_t j = 0; j < K; ++j)
+    for (int64_t i = 0; i < j; ++i) H(i, j) = H(j, i);
+  return H;
+}
+
+std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> w(N * K);
+  for (auto& v : w) v = static_cast<float>(0.02 * rng.normal());
+  return w;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+#endif  // QWENQ_HAVE_CUDA
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t rows = 4096, cpu_rows = 128;
+  int reps = 3;
+  std::string cpu_mode = "extrapolate", csv_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--rows") rows = std::stoll(next());
+    else if (a == "--reps") reps = std::max(1, std::stoi(next()));
+    else if (a == "--cpu") cpu_mode = next();
+    else if (a == "--cpu-rows") cpu_rows = std::max<int64_t>(1, std::stoll(next()));
+    else if (a == "--csv") csv_path = next();
+    else {
+      std::fprintf(stderr,
+                   "usage: %s [--rows 4096] [--reps 3] [--cpu extrapolate|full|none] [--cpu-rows 128] [--csv out.csv]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  if (cpu_mode != "extrapolate" && cpu_mode != "full" && cpu_mode != "none") {
+    std::fprintf(stderr, "--cpu must be extrapolate, full or none, got %s\n", cpu_mode.c_str());
+    return 2;
+  }
+#ifndef QWENQ_HAVE_CUDA
+  std::printf("bench_gptq_cuda: built without CUDA; nothing to measure\n");
+  return 0;
+#else
+  std::string device;
+  if (!cuda_device_query(&device)) {
+    std::printf("bench_gptq_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
+    return 0;
+  }
+  try {
+    std::printf("device: %s, commit %s; GPTQ 4-bit, group 128, act-order, asym; H from %lld activation rows\n",
+                device.c_str(), QWENQ_GIT_COMMIT, static_cast<long long>(rows));
+    GptqOptions o;
+    o.desc_act = true;
+    std::ofstream csv;
+    if (!csv_path.empty()) {
+      csv.open(csv_path);
+      csv << "date,device,commit,shape,K,N,gpu_s,cpu_s,cpu_mode\n";
+    }
+    char date[32];
+    const std::time_t now = std::time(nullptr);
+    std::strftime(date, sizeof date, "%Y-%m-%d", std::localtime(&now));
+
+    double total_gpu = 0, total_cpu = 0;
+    int64_t cached_K = -1;
+    Eigen::MatrixXf H;
+    std::printf("%-18s %6s %6s %10s %12s %9s\n", "shape", "K", "N", "gpu s", "cpu s", "speed-up");
+    for (const Shape& s : kShapes) {
+      if (s.K != cached_K) {
+        const auto t0 = Clock::now();
+        H = random_hessian(s.K, rows, 1234 + s.K);
+        cached_K = s.K;
+        std::printf("  (Hessian K=%lld from %lld rows on the GPU: %.2f s incl. generation and transfers)\n",
+                    static_cast<long long>(s.K), static_cast<long long>(rows), seconds_since(t0));
+      }
+      const auto W = random_weights(s.N, s.K, 99 + s.K * 7 + s.N);
+      gptq_quantize_cuda(W.data(), std::min<int64_t>(s.N, 64), s.K, H, o);  // warm-up
+      std::vector<double> t;
+      for (int r = 0; r < reps; ++r) {
+        const auto t0 = Clock::now();
+        const GptqResult res = gptq_quantize_cuda(W.data(), s.N, s.K, H, o);
+        t.push_back(seconds_since(t0));
+        if (!std::isfinite(res.loss)) throw std::runtime_error("non-finite GPTQ loss");
+      }
+      const double t_gpu = median(t);
+      double t_cpu = NAN;
+      if (cpu_mode == "full" || (cpu_mode == "extrapolate" && 2 * cpu_rows >= s.N)) {
+        const auto t0 = Clock::now();
+        gptq_quantize(W.data(), s.N, s.K, H, o);
+        t_cpu = seconds_since(t0);
+      } else if (cpu_mode == "extrapolate") {
+        auto t0 = Clock::now();
+        gptq_quantize(W.data(), cpu_rows, s.K, H, o);
+        const double t1 = seconds_since(t0);
+        t0 = Clock::now();
+        gptq_quantize(W.data(), 2 * cpu_rows, s.K, H, o);
+        const double t2 = seconds_since(t0);
+        t_cpu = t1 + static_cast<double>(s.N - cpu_rows) * std::max(0.0, t2 - t1) / cpu_rows;
+      }
+      std::printf("%-18s %6lld %6lld %10.3f %12.3f %8.1fx\n", s.name, static_cast<long long>(s.K),
+                  static_cast<long long>(s.N), t_gpu, t_cpu, t_cpu / t_gpu);
+      total_gpu += kLayers * s.per_layer * t_gpu;
+      total_cpu += kLayers * s.per_layer * t_cpu;
+      if (csv.is_open())
+        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << s.name << "," << s.K << "," << s.N << ","
+            << t_gpu << "," << t_cpu << "," << cpu_mode << "\n";
+    }
+    std::printf("Qwen2.5-7B, all 7 x %d Linears: gpu %.1f s (%s the %.0f s target), cpu %.1f s%s\n", kLayers,
+                total_gpu, total_gpu < kTargetSeconds ? "under" : "OVER", kTargetSeconds, total_cpu,
+                cpu_mode == "extrapolate" ? " (extrapolated)" : "");
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_gptq_cuda: %s\n", e.what());
+    return 1;
+  }
+#endif
+}

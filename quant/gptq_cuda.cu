@@ -1,0 +1,605 @@
+// GPTQ on the GPU (design and contract: quant/gptq_cuda.h; the math: quant/gptq.h). Layouts on the device:
+//   H, M      [K, K] column-major (Eigen's), M only in its upper triangle until the swap makes it U
+//   U         [K, K] row-major, upper triangular: U(i, j) at i·K + j (row i of U is what column i feeds back)
+//   Wp        [N, K] row-major, columns in processing order, dead inputs zeroed; cuBLAS sees it as Wpᵀ [K, N]
+//   E         [N, kMaxBlock] row-major: E[n, i] = (w − ŵ)/U[p, p] of the block's column i; cuBLAS: Eᵀ, ld 128
+//   codes_p   [K, N] in processing order (row p = column order[p]); un-permuted on the host by K row copies
+//   grid      scale [groups, N] fp32, zero [groups, N] uint8, as GroupGrid
+// Eigen is used on the host only (the Hessian argument); without this it compiles its CUDA device paths too.
+#define EIGEN_NO_CUDA 1
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cusolverDn.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <sstream>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cuda_check.cuh"
+#include "quant/gptq_cuda.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr int kMaxBlock = 128;        // columns per block kernel: 4 per lane of a warp
+constexpr int kRowsPerCta = 16;       // warps (= rows of W) per thread block
+constexpr unsigned kFull = 0xffffffffu;
+
+// ---- error checks for the libraries ----------------------------------------------------------------------------
+
+const char* cusolver_status_name(cusolverStatus_t s) {
+  switch (s) {
+    case CUSOLVER_STATUS_SUCCESS: return "CUSOLVER_STATUS_SUCCESS";
+    case CUSOLVER_STATUS_NOT_INITIALIZED: return "CUSOLVER_STATUS_NOT_INITIALIZED";
+    case CUSOLVER_STATUS_ALLOC_FAILED: return "CUSOLVER_STATUS_ALLOC_FAILED";
+    case CUSOLVER_STATUS_INVALID_VALUE: return "CUSOLVER_STATUS_INVALID_VALUE";
+    case CUSOLVER_STATUS_ARCH_MISMATCH: return "CUSOLVER_STATUS_ARCH_MISMATCH";
+    case CUSOLVER_STATUS_EXECUTION_FAILED: return "CUSOLVER_STATUS_EXECUTION_FAILED";
+    case CUSOLVER_STATUS_INTERNAL_ERROR: return "CUSOLVER_STATUS_INTERNAL_ERROR";
+    case CUSOLVER_STATUS_NOT_SUPPORTED: return "CUSOLVER_STATUS_NOT_SUPPORTED";
+    default: return "cusolverStatus_t (other)";
+  }
+}
+
+#define QWENQ_CUBLAS_CHECK(call)                                                                         \
+  do {                                                                                                   \
+    const cublasStatus_t qwenq_blas_st_ = (call);                                                        \
+    QWENQ_CHECK(qwenq_blas_st_ == CUBLAS_STATUS_SUCCESS,                                                 \
+                "cuBLAS error " << cublasGetStatusName(qwenq_blas_st_) << " (" << cublasGetStatusString(qwenq_blas_st_) \
+                                << ") from `" << #call << "`");                                          \
+  } while (0)
+
+#define QWENQ_CUSOLVER_CHECK(call)                                                               \
+  do {                                                                                           \
+    const cusolverStatus_t qwenq_solver_st_ = (call);                                            \
+    QWENQ_CHECK(qwenq_solver_st_ == CUSOLVER_STATUS_SUCCESS,                                     \
+                "cuSOLVER error " << cusolver_status_name(qwenq_solver_st_) << " (" << static_cast<int>(qwenq_solver_st_) \
+                                  << ") from `" << #call << "`");                                \
+  } while (0)
+
+// ---- per-device context: a stream, a cuBLAS and a cuSOLVER handle -------------------------------------------
+
+struct Context {
+  std::mutex mu;  // one GPTQ / accumulation at a time per device: the handles are bound to a stream per call
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  cusolverDnHandle_t solver = nullptr;
+  cusolverDnParams_t params = nullptr;
+  bool block_kernel_configured = false;
+};
+
+// Created on first use and never destroyed (the CUDA runtime may be gone when static destructors run).
+Context& context() {
+  static std::mutex mu;
+  static std::vector<Context*> per_device;
+  int device = 0;
+  QWENQ_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (per_device.size() <= static_cast<size_t>(device)) per_device.resize(device + 1, nullptr);
+  if (per_device[device] == nullptr) {
+    auto* c = new Context();
+    QWENQ_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    QWENQ_CUBLAS_CHECK(cublasCreate(&c->blas));
+    QWENQ_CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));  // true fp32: no TF32 tensor ops
+    QWENQ_CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
+    QWENQ_CUSOLVER_CHECK(cusolverDnCreateParams(&c->params));
+    per_device[device] = c;
+  }
+  return *per_device[device];
+}
+
+// ---- small kernels -------------------------------------------------------------------------------------------
+
+unsigned blocks_for(int64_t n, unsigned threads, int64_t cap = 65535) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, cap)));
+}
+
+// *first = the smallest index i < n with a[i] not finite (lower_of_K > 0: only lower-triangle entries of the
+// column-major [K, K] matrix, i.e. (i mod K) >= (i div K)). *first must start at ULLONG_MAX.
+__global__ void first_nonfinite_kernel(const float* a, int64_t n, int64_t lower_of_K, unsigned long long* first) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    if (isfinite(a[i])) continue;
+    if (lower_of_K > 0 && i % lower_of_K < i / lower_of_K) continue;
+    atomicMin(first, static_cast<unsigned long long>(i));
+  }
+}
+
+// Index of the first non-finite entry, or -1. Waits for `stream`.
+int64_t first_nonfinite(const float* a, int64_t n, int64_t lower_of_K, cudaStream_t stream) {
+  DeviceMemory flag(sizeof(unsigned long long), stream);
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(flag.get(), 0xff, sizeof(unsigned long long), stream));
+  first_nonfinite_kernel<<<blocks_for(n, 256, 8192), 256, 0, stream>>>(a, n, lower_of_K,
+                                                                      flag.as<unsigned long long>());
+  QWENQ_CUDA_CHECK_LAUNCH("first_nonfinite n=" << n);
+  unsigned long long host = 0;
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(&host, flag.get(), sizeof host, cudaMemcpyDeviceToHost, stream));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return host == ULLONG_MAX ? -1 : static_cast<int64_t>(host);
+}
+
+float read_element(const float* a, int64_t i, cudaStream_t stream) {
+  float v = 0.f;
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(&v, a + i, sizeof v, cudaMemcpyDeviceToHost, stream));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return v;
+}
+
+// The GPTQ grid of one group from the min and max of its values: quant/grid.cpp's grid_for_group, GridRule::Gptq,
+// operation for operation (IEEE division, no contraction, fp16 rounding as core's f32_to_f16).
+__device__ __forceinline__ void gptq_grid(float lo, float hi, int maxq, bool sym, float* scale, uint8_t* zero) {
+  lo = fminf(lo, 0.f);
+  hi = fmaxf(hi, 0.f);
+  if (sym) {
+    hi = fmaxf(fabsf(lo), hi);
+    if (lo < 0) lo = -hi;
+  }
+  if (lo == 0.f && hi == 0.f) lo = -1.f, hi = 1.f;
+  float s = __half2float(__float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), static_cast<float>(maxq))));
+  const float z = sym ? static_cast<float>((maxq + 1) / 2) : rintf(__fdiv_rn(-lo, s));
+  if (s == 0.f) s = __half2float(__float2half_rn(1e-5f));
+  *scale = s;
+  *zero = static_cast<uint8_t>(fminf(fmaxf(z, 0.f), static_cast<float>(maxq)));
+}
+
+// quant/grid.h's quantize_value / dequantize_value.
+__device__ __forceinline__ uint8_t quantize_value_dev(float w, float scale, uint8_t zero, int maxq) {
+  float q = rintf(__fdiv_rn(w, scale)) + static_cast<float>(zero);
+  q = q < 0.f ? 0.f : (q > static_cast<float>(maxq) ? static_cast<float>(maxq) : q);
+  return static_cast<uint8_t>(q);
+}
+
+__device__ __forceinline__ float warp_min(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fminf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+
+// Static grids: one warp per (group, row n) over W's original columns, dead inputs read as 0.
+__global__ void static_grid_kernel(const float* W, int64_t N, int64_t K, int64_t G, const uint8_t* dead, int maxq,
+                                   bool sym, float* scale, uint8_t* zero) {
+  const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t groups = (K + G - 1) / G;
+  if (warp >= groups * N) return;
+  const int64_t g = warp / N, n = warp % N, k0 = g * G, k1 = min(K, k0 + G);
+  float lo = INFINITY, hi = -INFINITY;
+  for (int64_t k = k0 + lane; k < k1; k += 32) {
+    const float v = dead[k] ? 0.f : W[n * K + k];
+    lo = fminf(lo, v);
+    hi = fmaxf(hi, v);
+  }
+  lo = warp_min(lo);
+  hi = warp_max(hi);
+  if (lane == 0) gptq_grid(lo, hi, maxq, sym, &scale[g * N + n], &zero[g * N + n]);
+}
+
+// Wp[n, p] = W[n, order[p]], 0 for dead inputs.
+__global__ void permute_weight_kernel(const float* W, int64_t N, int64_t K, const int64_t* order, const uint8_t* dead,
+                                      float* Wp) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N * K; i += stride) {
+    const int64_t n = i / K, p = i % K, k = order[p];
+    Wp[i] = dead[k] ? 0.f : W[n * K + k];
+  }
+}
+
+// Upper triangle of M (column-major): M(i, j) = H(q[i], q[j]) read from H's lower triangle, and on the diagonal
+// (dead ? 1 : H(k, k)) + λ, as gptq.cpp's `diag + lambda` in fp32. The strict lower triangle is not written.
+__global__ void build_factor_input_kernel(const float* H, int64_t K, const int64_t* q, const uint8_t* dead,
+                                          float lambda, float* M) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < K * K; idx += stride) {
+    const int64_t i = idx % K, j = idx / K;
+    if (i > j) continue;
+    const int64_t a = q[i], c = q[j];
+    float v = a >= c ? H[a + c * K] : H[c + a * K];
+    if (i == j) v = __fadd_rn(dead[a] ? 1.f : v, lambda);
+    M[idx] = v;
+  }
+}
+
+// R⁻¹ (upper, column-major) -> U (upper, row-major) by reversing the storage: element idx <-> K²−1−idx. Zeroes
+// the strict lower triangle (the factorization's untouched input) and flags a non-finite entry of U.
+__global__ void reverse_to_u_kernel(float* A, int64_t K, int* nonfinite) {
+  const int64_t total = K * K, half = (total + 1) / 2;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < half; idx += stride) {
+    const int64_t o = total - 1 - idx;
+    const float a = A[idx], b = A[o];
+    // After the swap, idx holds b at row-major (idx / K, idx % K); o holds a at (o / K, o % K).
+    const bool idx_lower = idx % K < idx / K, o_lower = o % K < o / K;
+    const float at_idx = idx_lower ? 0.f : b, at_o = o_lower ? 0.f : a;
+    if (!isfinite(at_idx) || !isfinite(at_o)) *nonfinite = 1;
+    A[idx] = at_idx;
+    A[o] = at_o;
+  }
+}
+
+// ---- the error-feedback kernel -------------------------------------------------------------------------------
+
+struct BlockParams {
+  const float* Wp;            // [N, K] processing order; read only (the lazy GEMM writes it between launches)
+  const float* U;             // [K, K] row-major
+  float* E;                   // [N, kMaxBlock]
+  float* scale;               // [groups, N]
+  uint8_t* zero;              // [groups, N]
+  const int32_t* group_of_pos;  // [K]
+  uint8_t* codes_p;           // [K, N]
+  double* row_loss;           // [N], Σ e² (accumulated over launches)
+  int64_t N, K, G, p1;
+  int b, maxq;
+  bool sym, opens_groups;
+};
+
+// Columns [p1, p1 + b) of rows [blockIdx.x·kRowsPerCta, +kRowsPerCta), one warp per row. Lane l holds the row's
+// block columns l, l+32, l+64, l+96 in w[0..3]; column i is broadcast from lane i%32's w[i/32] by a shuffle, and
+// every lane computes the same q and e, then updates its own later columns. All branches on i, p and groups are
+// warp-uniform, so the shuffles and reductions always have the full warp.
+__global__ void __launch_bounds__(kRowsPerCta * 32) gptq_block_kernel(BlockParams P) {
+  extern __shared__ float smem[];
+  float* Ud = smem;                           // [b][kMaxBlock]: U[p1 + i, p1 + j]
+  float* Es = smem + kMaxBlock * kMaxBlock;   // [kRowsPerCta][kMaxBlock]: this block's e of each warp's row
+  const int b = P.b;
+  for (int idx = threadIdx.x; idx < b * b; idx += blockDim.x) {
+    const int i = idx / b, j = idx % b;
+    Ud[i * kMaxBlock + j] = P.U[(P.p1 + i) * P.K + P.p1 + j];
+  }
+  __syncthreads();  // the only block-wide barrier: warps past the last row may leave after it
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerCta + warp;
+  if (row >= P.N) return;
+  float* es = Es + warp * kMaxBlock;
+  const float* wrow = P.Wp + row * P.K;
+  float w[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const int j = 32 * t + lane;
+    w[t] = j < b ? wrow[P.p1 + j] : 0.f;
+  }
+  double loss = 0.0;
+  int32_t cur_g = -1;
+  float scale = 1.f;
+  uint8_t zero = 0;
+
+  for (int i = 0; i < b; ++i) {
+    const int64_t p = P.p1 + i;
+    if (P.opens_groups && p % P.G == 0) {
+      // gptq.cpp's open_group: min/max of the group's values as they are now.
+      const int64_t pend = min(p + P.G, P.K);
+      const int in_end = static_cast<int>(min(pend - P.p1, static_cast<int64_t>(b)));
+      float lo = INFINITY, hi = -INFINITY;
+#pragma unroll
+      for (int t2 = 0; t2 < 4; ++t2) {
+        const int j = 32 * t2 + lane;
+        if (j >= i && j < in_end) {
+          lo = fminf(lo, w[t2]);
+          hi = fmaxf(hi, w[t2]);
+        }
+      }
+      if (pend > P.p1 + b) {  // the group reaches past the block: W[:, c] − E[:, :i]·U[p1:p, c]
+        __syncwarp();         // es[0..i) were written by lane 0
+        for (int64_t c = P.p1 + b + lane; c < pend; c += 32) {
+          float v = wrow[c];
+          for (int tt = 0; tt < i; ++tt) v = fmaf(-es[tt], P.U[(P.p1 + tt) * P.K + c], v);
+          lo = fminf(lo, v);
+          hi = fmaxf(hi, v);
+        }
+      }
+      lo = warp_min(lo);
+      hi = warp_max(hi);
+      gptq_grid(lo, hi, P.maxq, P.sym, &scale, &zero);
+      cur_g = P.group_of_pos[p];
+      if (lane == 0) {
+        P.scale[cur_g * P.N + row] = scale;
+        P.zero[cur_g * P.N + row] = zero;
+      }
+    } else {
+      const int32_t g = P.group_of_pos[p];
+      if (g != cur_g) {
+        scale = P.scale[g * P.N + row];
+        zero = P.zero[g * P.N + row];
+        cur_g = g;
+      }
+    }
+    // Column i lives in lane i % 32's w[i / 32]; selects (not an indexed load) keep w in registers.
+    const int t = i >> 5;
+    const float mine = t == 0 ? w[0] : t == 1 ? w[1] : t == 2 ? w[2] : w[3];
+    const float wi = __shfl_sync(kFull, mine, i & 31);
+    const uint8_t q = quantize_value_dev(wi, scale, zero, P.maxq);
+    const float deq = __fmul_rn(scale, static_cast<float>(static_cast<int>(q) - static_cast<int>(zero)));
+    const float e = __fdiv_rn(__fsub_rn(wi, deq), Ud[i * kMaxBlock + i]);
+    if (lane == 0) {
+      loss += static_cast<double>(e) * e;
+      es[i] = e;
+      P.codes_p[p * P.N + row] = q;
+    }
+#pragma unroll
+    for (int t2 = 0; t2 < 4; ++t2) {
+      const int j = 32 * t2 + lane;
+      if (j > i && j < b) w[t2] = fmaf(-e, Ud[i * kMaxBlock + j], w[t2]);
+    }
+  }
+  __syncwarp();
+  for (int i = lane; i < b; i += 32) P.E[row * kMaxBlock + i] = es[i];
+  if (lane == 0) P.row_loss[row] += loss;
+}
+
+constexpr size_t kBlockSmemBytes = sizeof(float) * (kMaxBlock * kMaxBlock + kRowsPerCta * kMaxBlock);
+
+// ---- host helpers ----------------------------------------------------------------------------------------------
+
+void check_inputs(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& o) {
+  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
+  QWENQ_CHECK(H.rows() == K && H.cols() == K,
+              "Hessian is " << H.rows() << " x " << H.cols() << " but the weight has K = " << K << " inputs");
+  QWENQ_CHECK(o.bits >= 2 && o.bits <= 8, "bits must be in 2..8, got " << o.bits);
+  QWENQ_CHECK(o.group_size == -1 || o.group_size > 0, "group size must be positive or -1, got " << o.group_size);
+  QWENQ_CHECK(o.block_size > 0, "block size must be positive, got " << o.block_size);
+  QWENQ_CHECK(std::isfinite(o.damp) && o.damp >= 0, "damp must be finite and >= 0, got " << o.damp);
+  QWENQ_CHECK(o.max_damp_retries >= 0, "max_damp_retries must be >= 0, got " << o.max_damp_retries);
+  // cuBLAS and cuSOLVER's 32-bit arguments, and the block kernel's grid.
+  QWENQ_CHECK(K <= INT_MAX && N <= INT_MAX && (N + kRowsPerCta - 1) / kRowsPerCta <= INT_MAX,
+              "gptq_quantize_cuda: N = " << N << ", K = " << K << " exceed the 32-bit limits of cuBLAS");
+}
+
+template <typename T>
+DeviceMemory upload(const T* host, size_t count, cudaStream_t stream) {
+  DeviceMemory d(count * sizeof(T), stream);
+  if (count > 0) QWENQ_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, count * sizeof(T), cudaMemcpyHostToDevice, stream));
+  return d;
+}
+
+template <typename T>
+void download(std::vector<T>& host, const DeviceMemory& d, cudaStream_t stream) {
+  if (!host.empty())
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), d.get(), host.size() * sizeof(T), cudaMemcpyDeviceToHost, stream));
+}
+
+// U (row-major, device) from M built from dH, with gptq.cpp's damping schedule. Returns U's buffer.
+DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, const DeviceMemory& dq,
+                            const DeviceMemory& ddead, const std::vector<int64_t>& q, double mean_diag,
+                            const GptqOptions& o, GptqResult& r) {
+  cudaStream_t s = ctx.stream;
+  QWENQ_CUSOLVER_CHECK(cusolverDnSetStream(ctx.solver, s));
+  DeviceMemory dM(static_cast<size_t>(K * K) * sizeof(float), s);
+  DeviceMemory dinfo(sizeof(int) * 2, s);
+  size_t potrf_dev = 0, potrf_host = 0, trtri_dev = 0, trtri_host = 0;
+  QWENQ_CUSOLVER_CHECK(cusolverDnXpotrf_bufferSize(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F,
+                                                   dM.get(), K, CUDA_R_32F, &potrf_dev, &potrf_host));
+  QWENQ_CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K,
+                                                   CUDA_R_32F, dM.get(), K, &trtri_dev, &trtri_host));
+  DeviceMemory work(std::max(potrf_dev, trtri_dev), s);
+  std::vector<char> host_work(std::max<size_t>({potrf_host, trtri_host, 1}));
+
+  double damp = o.damp;
+  std::string last;
+  for (int attempt = 0; attempt <= o.max_damp_retries; ++attempt) {
+    const double lambda = damp * mean_diag;
+    build_factor_input_kernel<<<blocks_for(K * K, 256, 1 << 20), 256, 0, s>>>(
+        dH.as<float>(), K, dq.as<int64_t>(), ddead.as<uint8_t>(), static_cast<float>(lambda), dM.as<float>());
+    QWENQ_CUDA_CHECK_LAUNCH("gptq build_factor_input K=" << K);
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(dinfo.get(), 0, sizeof(int) * 2, s));
+    QWENQ_CUSOLVER_CHECK(cusolverDnXpotrf(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F, dM.get(), K,
+                                          CUDA_R_32F, work.get(), potrf_dev, host_work.data(), potrf_host,
+                                          dinfo.as<int>()));
+    int info[2] = {0, 0};
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(&info[0], dinfo.get(), sizeof(int), cudaMemcpyDeviceToHost, s));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    std::ostringstream why;
+    if (info[0] == 0) {
+      QWENQ_CUSOLVER_CHECK(cusolverDnXtrtri(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K, CUDA_R_32F,
+                                            dM.get(), K, work.get(), trtri_dev, host_work.data(), trtri_host,
+                                            dinfo.as<int>() + 1));
+      QWENQ_CUDA_CHECK(cudaMemsetAsync(dinfo.get(), 0, sizeof(int), s));  // info[0] becomes the non-finite flag
+      reverse_to_u_kernel<<<blocks_for((K * K + 1) / 2, 256, 1 << 20), 256, 0, s>>>(dM.as<float>(), K,
+                                                                                   dinfo.as<int>());
+      QWENQ_CUDA_CHECK_LAUNCH("gptq reverse_to_u K=" << K);
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(info, dinfo.get(), sizeof info, cudaMemcpyDeviceToHost, s));
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+      if (info[0] == 0 && info[1] == 0) {
+        r.damp_used = damp;
+        r.damp_retries = attempt;
+        return dM;
+      }
+      why << "the inverse factor overflowed fp32 with damp " << damp << " (lambda " << lambda << ")";
+      if (info[1] != 0) why << " (trtri: zero pivot " << info[1] << ")";
+    } else if (info[0] > 0) {
+      why << "H + lambda*I is not positive definite with damp " << damp << " (lambda " << lambda
+          << "): pivot of row " << info[0] - 1 << " (cuSOLVER potrf: leading minor of order " << info[0]
+          << ") at input column " << q[info[0] - 1];
+    } else {
+      QWENQ_FAIL("cuSOLVER potrf reported invalid argument " << -info[0] << " (K = " << K << ")");
+    }
+    last = why.str();
+    if (attempt < o.max_damp_retries) {
+      damp = damp > 0 ? damp * 10 : 0.01;
+      r.warnings.push_back(last + "; retrying with damp " + std::to_string(damp));
+    }
+  }
+  QWENQ_FAIL("GPTQ could not factor the Hessian after " << o.max_damp_retries << " damp retries (damp " << o.damp
+                                                        << " up to " << damp << "): " << last);
+}
+
+}  // namespace
+
+GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& o) {
+  check_inputs(N, K, H, o);
+  QWENQ_CHECK(W != nullptr, "gptq_quantize_cuda: null weight");
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  cudaStream_t s = ctx.stream;
+
+  // Checks in gptq.cpp's order: W finite, then H's lower triangle finite, then its diagonal.
+  DeviceMemory dW = upload(W, static_cast<size_t>(N * K), s);
+  if (const int64_t bad = first_nonfinite(dW.as<float>(), N * K, 0, s); bad >= 0)
+    QWENQ_FAIL("weight [" << bad / K << ", " << bad % K << "] is " << W[bad]);
+  DeviceMemory dH = upload(H.data(), static_cast<size_t>(K * K), s);
+  if (const int64_t bad = first_nonfinite(dH.as<float>(), K * K, K, s); bad >= 0)
+    QWENQ_FAIL("Hessian entry (" << bad % K << ", " << bad / K << ") is " << H.data()[bad]
+                                 << "; the calibration activations or their accumulation overflowed");
+
+  GptqResult r;
+  const int64_t G = o.group_size == -1 ? K : o.group_size;
+  const int64_t groups = (K + G - 1) / G;
+  std::vector<float> diag(K);
+  std::vector<uint8_t> dead(K, 0);
+  for (int64_t k = 0; k < K; ++k) {
+    diag[k] = H(k, k);
+    QWENQ_CHECK(diag[k] >= 0.f, "Hessian diagonal entry " << k << " is " << diag[k]
+                                                         << " < 0: not a sum of squared activations");
+    if (diag[k] == 0.f) dead[k] = 1, diag[k] = 1.f;
+  }
+  H = Eigen::MatrixXf();  // the device copy is all that is needed from here on
+
+  std::vector<int64_t> order(K);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  if (o.desc_act)
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
+  std::vector<int64_t> pos(K);
+  for (int64_t p = 0; p < K; ++p) pos[order[p]] = p;
+  r.g_idx.resize(K);
+  for (int64_t k = 0; k < K; ++k)
+    r.g_idx[k] = static_cast<int32_t>((o.desc_act && !o.static_groups ? pos[k] : k) / G);
+  std::vector<int32_t> group_of_pos(K);
+  for (int64_t p = 0; p < K; ++p) group_of_pos[p] = r.g_idx[order[p]];
+  std::vector<int64_t> q(K);  // row i of M = J·P·H·Pᵀ·J is original column order[K-1-i]
+  for (int64_t i = 0; i < K; ++i) q[i] = order[K - 1 - i];
+  Eigen::VectorXf diag_m(K);  // M's diagonal, in M's order, so the mean is summed exactly as gptq.cpp sums it
+  for (int64_t i = 0; i < K; ++i) diag_m[i] = diag[q[i]];
+  const double mean_diag = diag_m.cast<double>().mean();
+
+  DeviceMemory ddead = upload(dead.data(), dead.size(), s);
+  DeviceMemory dorder = upload(order.data(), order.size(), s);
+  DeviceMemory dq = upload(q.data(), q.size(), s);
+  DeviceMemory dgroup = upload(group_of_pos.data(), group_of_pos.size(), s);
+
+  // Grids: static ones up front from the dead-zeroed weights in original order; otherwise opened by the loop.
+  r.grid.bits = o.bits;
+  r.grid.group = G;
+  r.grid.K = K;
+  r.grid.N = N;
+  const int maxq = (1 << o.bits) - 1;
+  DeviceMemory dscale(static_cast<size_t>(groups * N) * sizeof(float), s);
+  DeviceMemory dzero(static_cast<size_t>(groups * N), s);
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(dscale.get(), 0, dscale.bytes(), s));
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(dzero.get(), 0, dzero.bytes(), s));
+  if (o.static_groups) {
+    static_grid_kernel<<<blocks_for(groups * N * 32, 256, INT_MAX), 256, 0, s>>>(
+        dW.as<float>(), N, K, G, ddead.as<uint8_t>(), maxq, o.sym, dscale.as<float>(), dzero.as<uint8_t>());
+    QWENQ_CUDA_CHECK_LAUNCH("gptq static_grid N=" << N << " K=" << K << " G=" << G);
+  }
+  DeviceMemory dWp(static_cast<size_t>(N * K) * sizeof(float), s);
+  permute_weight_kernel<<<blocks_for(N * K, 256, 1 << 20), 256, 0, s>>>(dW.as<float>(), N, K, dorder.as<int64_t>(),
+                                                                        ddead.as<uint8_t>(), dWp.as<float>());
+  QWENQ_CUDA_CHECK_LAUNCH("gptq permute_weight N=" << N << " K=" << K);
+  dW = DeviceMemory();
+
+  DeviceMemory dU = inverse_factor(ctx, dH, K, dq, ddead, q, mean_diag, o, r);
+  dH = DeviceMemory();
+
+  // The blocked error-feedback loop.
+  DeviceMemory dE(static_cast<size_t>(N) * kMaxBlock * sizeof(float), s);
+  DeviceMemory dcodes(static_cast<size_t>(N * K), s);
+  DeviceMemory dloss(static_cast<size_t>(N) * sizeof(double), s);
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(dloss.get(), 0, dloss.bytes(), s));
+  if (!ctx.block_kernel_configured) {
+    QWENQ_CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(kBlockSmemBytes)));
+    ctx.block_kernel_configured = true;
+  }
+  QWENQ_CUBLAS_CHECK(cublasSetStream(ctx.blas, s));
+  BlockParams P;
+  P.Wp = dWp.as<float>();
+  P.U = dU.as<float>();
+  P.E = dE.as<float>();
+  P.scale = dscale.as<float>();
+  P.zero = dzero.as<uint8_t>();
+  P.group_of_pos = dgroup.as<int32_t>();
+  P.codes_p = dcodes.as<uint8_t>();
+  P.row_loss = dloss.as<double>();
+  P.N = N, P.K = K, P.G = G;
+  P.maxq = maxq;
+  P.sym = o.sym;
+  P.opens_groups = !o.static_groups;
+  const int64_t B = std::min<int64_t>(o.block_size, kMaxBlock);
+  const unsigned ctas = static_cast<unsigned>((N + kRowsPerCta - 1) / kRowsPerCta);
+  for (int64_t p1 = 0; p1 < K; p1 += B) {
+    const int64_t b = std::min(B, K - p1);
+    P.p1 = p1;
+    P.b = static_cast<int>(b);
+    gptq_block_kernel<<<ctas, kRowsPerCta * 32, kBlockSmemBytes, s>>>(P);
+    QWENQ_CUDA_CHECK_LAUNCH("gptq_block_kernel N=" << N << " K=" << K << " columns " << p1 << ".." << p1 + b);
+    const int64_t rest = K - p1 - b;
+    if (rest > 0) {
+      // Wpᵀ[p1+b:, :] (rest × N, ld K) −= U[p1:p1+b, p1+b:]ᵀ (rest × b; U row-major is Uᵀ column-major, ld K)
+      //                                    · Eᵀ (b × N, ld kMaxBlock)
+      const float alpha = -1.f, beta = 1.f;
+      QWENQ_CUBLAS_CHECK(cublasSgemm(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(rest), static_cast<int>(N),
+                                     static_cast<int>(b), &alpha, dU.as<float>() + (p1 + b) + p1 * K,
+                                     static_cast<int>(K), dE.as<float>(), kMaxBlock, &beta,
+                                     dWp.as<float>() + (p1 + b), static_cast<int>(K)));
+    }
+  }
+
+  std::vector<uint8_t> codes_p(static_cast<size_t>(N * K));
+  std::vector<double> row_loss(static_cast<size_t>(N));
+  r.grid.scale.resize(static_cast<size_t>(groups * N));
+  r.grid.zero.resize(static_cast<size_t>(groups * N));
+  download(codes_p, dcodes, s);
+  download(row_loss, dloss, s);
+  download(r.grid.scale, dscale, s);
+  download(r.grid.zero, dzero, s);
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+
+  r.codes.resize(static_cast<size_t>(K * N));
+  for (int64_t p = 0; p < K; ++p)
+    std::memcpy(r.codes.data() + order[p] * N, codes_p.data() + p * N, static_cast<size_t>(N));
+  r.loss = 0.5 * std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
+  QWENQ_CHECK(std::isfinite(r.loss), "GPTQ loss is " << r.loss << " (damp " << r.damp_used
+                                                     << "): the Hessian is too ill-conditioned for fp32");
+  for (size_t i = 0; i < r.grid.scale.size(); ++i)
+    QWENQ_CHECK(std::isfinite(r.grid.scale[i]) && r.grid.scale[i] > 0,
+                "GPTQ produced scale " << r.grid.scale[i] << " for group " << i / N << ", column " << i % N
+                                       << " (damp " << r.damp_used << "): the Hessian is too ill-conditioned for fp32");
+  r.order = std::move(order);
+  return r;
+}
+
+void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows, CudaStream stream) {
+  QWENQ_CHECK(K > 0, "Hessian size must be positive, got K = " << K);
+  QWENQ_CHECK(rows >= 0, "row count must be non-negative, got " << rows);
+  QWENQ_CHECK(count >= 0, "hessian_accumulate_cuda: count must be non-negative, got " << count);
+  if (rows == 0) return;
+  QWENQ_CHECK(H != nullptr && x != nullptr, "hessian_accumulate_cuda: null H or x");
+  QWENQ_CHECK(K <= INT_MAX && rows <= INT_MAX,
+              "hessian_accumulate_cuda: K = " << K << ", rows = " << rows << " exceed cuBLAS's 32-bit limits");
+  Context& ctx = context();
+  std::lock_guard<std::mutex> lock(ctx.mu);
+  if (const int64_t bad = first_nonfinite(x, rows * K, 0, stream); bad >= 0)
+    QWENQ_FAIL("activation row " << bad / K << ", input " << bad % K << " (of K = " << K << ") is "
+                                 << read_element(x, bad, stream) << "; the Hessian needs finite inputs");
+  const int64_t n_new = count + rows;
+  const float beta = static_cast<float>(static_cast<double>(count) / n_new);
+  const float alpha = static_cast<float>(2.0 / n_new);
+  QWENQ_CUBLAS_CHECK(cublasSetStream(ctx.blas, stream));
+  QWENQ_CUBLAS_CHECK(cublasSsyrk(ctx.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(K),
+                                 static_cast<int>(rows), &alpha, x, static_cast<int>(K), &beta, H,
+                                 static_cast<int>(K)));
+}
+
+}  // namespace qwenq

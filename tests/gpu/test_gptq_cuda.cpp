@@ -1,0 +1,380 @@
+// GPTQ on the GPU (quant/gptq_cuda.h) against the CPU GPTQ (quant/gptq.h) on the same seeded W and correlated
+// calibration inputs: identical order and g_idx, identical static grids, ≥ 99.9 % equal codes, ≥ 99.8 % equal
+// grids elsewhere, losses within 1e-3, the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the GPU's own result, act-order,
+// static groups, symmetric grids, groups that straddle a 128-column block, one group per column, dead inputs,
+// the damping retries on an indefinite H, refusals with the CPU's messages; and hessian_accumulate_cuda against
+// HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down (4864 -> 896), Qwen2.5-7B down
+// (18944 -> 3584, GptqCudaLarge: the speed case), awkward (K 172 with groups of 64 and 96, N 17; K 300, G = -1).
+// Every test skips without a device; the rates, losses and times are printed.
+#include <gtest/gtest.h>
+
+#include <Eigen/Dense>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/cuda_check.cuh"
+#include "quant/gptq.h"
+#include "quant/gptq_cuda.h"
+#include "quant/grid.h"
+#include "quant/hessian.h"
+#include "tests/gpu/gpu_test.h"
+
+namespace qwenq {
+namespace {
+
+using test::DeviceBuffer;
+
+constexpr uint64_t kSeed = 20250611;
+
+// ---- tolerances ---------------------------------------------------------------------------------------------
+// The GPU factors H and applies the lazy updates in another fp32 summation order than the CPU, so the weights a
+// column is rounded from differ by a few ulps; a code flips only where such a value sits within those ulps of a
+// rounding boundary (then the row's later errors differ a little too), a grid only where a group's range sits
+// at an fp16 rounding boundary of its scale. Measured on the CPU alone with perturbations of the same kind
+// (gptq_quantize with block 64 vs 128, and with every H entry moved by one ulp), same generator: K 896 x N 4864
+// codes 0.99979-0.99996 equal, grids 0.99912-0.99974, losses within 2e-5; K 172 x N 2000 codes ≥ 0.99996, grids
+// ≥ 0.99933, loss ≤ 1.1e-4; K 172/300 x N 17 identical. The grid bound leaves room for the GPU's factorization
+// differing by more than one ulp of H; static grids must be identical.
+struct Tol {
+  static constexpr double kCodeAgreement = 0.999;   // share of equal codes
+  static constexpr double kGridAgreement = 0.998;   // share of equal (scale, zero) pairs (non-static grids)
+  static constexpr double kLossRel = 1e-3;          // |loss_gpu − loss_cpu| / loss_cpu
+  static constexpr double kLossIdentityRel = 2e-3;  // GPU loss vs ½·Δᵀ(H + λI)Δ of its own codes (CPU test's bound)
+  static constexpr double kHessianRel = 1e-5;       // hessian_accumulate_cuda vs HessianAccumulator, / max |H|
+};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// X [rows, K]: normal z mixed by a dense random L and per-input scales spread over ~e^±1.5 (the generator of
+// tests/test_quant_gptq.cpp): strongly correlated inputs, an ill-conditioned Hessian.
+std::vector<float> correlated_inputs(int64_t rows, int64_t K, uint64_t seed) {
+  Rng rng(seed);
+  Eigen::MatrixXd L(K, K);
+  for (int64_t i = 0; i < K * K; ++i) L.data()[i] = rng.normal() / std::sqrt(static_cast<double>(K));
+  Eigen::VectorXd scale(K);
+  for (int64_t k = 0; k < K; ++k) scale[k] = std::exp(0.75 * rng.normal());
+  Eigen::MatrixXd Z(rows, K);
+  for (int64_t i = 0; i < rows * K; ++i) Z.data()[i] = rng.normal();
+  const Eigen::MatrixXd X = (Z * L) * scale.asDiagonal();
+  std::vector<float> x(rows * K);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) x[r * K + k] = static_cast<float>(X(r, k));
+  return x;
+}
+
+// The same idea at a cost linear in K (for K in the thousands, where the dense mix is too slow on a CPU):
+// X = (Z + Z_r·L_r)·diag(s) with a rank-64 shared component L_r.
+std::vector<float> correlated_inputs_lowrank(int64_t rows, int64_t K, uint64_t seed) {
+  constexpr int64_t r = 64;
+  Rng rng(seed);
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMat Lr(r, K), Zr(rows, r), X(rows, K);
+  for (int64_t i = 0; i < r * K; ++i) Lr.data()[i] = static_cast<float>(rng.normal() * 0.5);
+  std::vector<float> scale(K);
+  for (auto& s : scale) s = static_cast<float>(std::exp(0.75 * rng.normal()));
+  for (int64_t i = 0; i < rows * r; ++i) Zr.data()[i] = static_cast<float>(rng.normal());
+  for (int64_t i = 0; i < rows * K; ++i) X.data()[i] = static_cast<float>(rng.normal());
+  X.noalias() += Zr * Lr;
+  std::vector<float> x(rows * K);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t k = 0; k < K; ++k) x[i * K + k] = X(i, k) * scale[k];
+  return x;
+}
+
+std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> w(N * K);
+  for (auto& v : w) v = static_cast<float>(0.05 * rng.normal());
+  return w;
+}
+
+// H on the host (CPU accumulator, two uneven batches).
+Eigen::MatrixXf hessian_cpu(const std::vector<float>& x, int64_t K) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / K, half = rows / 3;
+  HessianAccumulator acc(K);
+  acc.add_batch(x.data(), half);
+  acc.add_batch(x.data() + half * K, rows - half);
+  return acc.release();
+}
+
+// H on the device (hessian_accumulate_cuda, two uneven batches), returned symmetric on the host.
+Eigen::MatrixXf hessian_gpu(const std::vector<float>& x, int64_t K) {
+  const int64_t rows = static_cast<int64_t>(x.size()) / K, half = rows / 3;
+  DeviceBuffer<float> d_x(x);
+  DeviceBuffer<float> d_H(static_cast<size_t>(K * K));
+  QWENQ_CUDA_CHECK(cudaMemset(d_H.get(), 0, static_cast<size_t>(K * K) * sizeof(float)));
+  hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), half);
+  hessian_accumulate_cuda(d_H.get(), K, half, d_x.get() + half * K, rows - half);
+  QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+  Eigen::MatrixXf H(K, K);
+  QWENQ_CUDA_CHECK(cudaMemcpy(H.data(), d_H.get(), static_cast<size_t>(K * K) * sizeof(float), cudaMemcpyDeviceToHost));
+  for (int64_t j = 0; j < K; ++j)
+    for (int64_t i = 0; i < j; ++i) H(i, j) = H(j, i);
+  return H;
+}
+
+// ½·Σ_n Δ_nᵀ(H + λI)Δ_n with Δ = W − Ŵ (dead inputs: W zeroed and H[k,k] = 1), in double, as one GEMM.
+double damped_objective(const std::vector<float>& W, const GptqResult& r, int64_t N, int64_t K,
+                        const Eigen::MatrixXf& H) {
+  const std::vector<float> Wq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+  Eigen::MatrixXd Hd = H.cast<double>();
+  std::vector<bool> dead(K);
+  for (int64_t k = 0; k < K; ++k)
+    if (Hd(k, k) == 0) dead[k] = true, Hd(k, k) = 1;
+  Hd.diagonal().array() += static_cast<float>(r.damp_used * Hd.diagonal().mean());
+  Eigen::MatrixXd D(N, K);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) D(n, k) = (dead[k] ? 0.0 : W[n * K + k]) - Wq[n * K + k];
+  return 0.5 * (D * Hd).cwiseProduct(D).sum();
+}
+
+std::string describe(const GptqOptions& o) {
+  return "bits " + std::to_string(o.bits) + " group " + std::to_string(o.group_size) + (o.sym ? " sym" : " asym") +
+         (o.desc_act ? " desc_act" : "") + (o.static_groups ? " static_groups" : "");
+}
+
+// Compares rows [0, rows) of the GPU result with the CPU result (which may cover only those rows), prints the
+// agreement, and checks it against Tol. `full` = both cover the same rows (then losses are compared too).
+void compare(const GptqResult& gpu, int64_t N_gpu, const GptqResult& cpu, int64_t rows, int64_t K, bool full,
+             bool static_grid, const std::string& ctx) {
+  EXPECT_EQ(gpu.order, cpu.order) << ctx;
+  EXPECT_EQ(gpu.g_idx, cpu.g_idx) << ctx;
+  EXPECT_EQ(gpu.damp_used, cpu.damp_used) << ctx;
+  EXPECT_EQ(gpu.damp_retries, cpu.damp_retries) << ctx;
+  ASSERT_EQ(gpu.grid.num_groups(), cpu.grid.num_groups()) << ctx;
+  int64_t same_codes = 0;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < rows; ++n) same_codes += gpu.codes[k * N_gpu + n] == cpu.codes[k * rows + n];
+  int64_t same_grid = 0, groups = gpu.grid.num_groups();
+  double worst_scale_rel = 0;
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t n = 0; n < rows; ++n) {
+      const float sg = gpu.grid.scale[g * N_gpu + n], sc = cpu.grid.scale[g * rows + n];
+      same_grid += sg == sc && gpu.grid.zero[g * N_gpu + n] == cpu.grid.zero[g * rows + n];
+      worst_scale_rel = std::max(worst_scale_rel, std::fabs(static_cast<double>(sg) - sc) / sc);
+    }
+  const double code_rate = static_cast<double>(same_codes) / (K * rows);
+  const double grid_rate = static_cast<double>(same_grid) / (groups * rows);
+  std::printf("[ agree    ] %s: codes %.6f (%lld differ of %lld), grids %.6f (%lld differ), worst scale rel %.3g",
+              ctx.c_str(), code_rate, static_cast<long long>(K * rows - same_codes),
+              static_cast<long long>(K * rows), grid_rate, static_cast<long long>(groups * rows - same_grid),
+              worst_scale_rel);
+  if (full) std::printf(", loss gpu %.9g cpu %.9g (rel %.3g)", gpu.loss, cpu.loss, std::fabs(gpu.loss - cpu.loss) / cpu.loss);
+  std::printf("\n");
+  EXPECT_GE(code_rate, Tol::kCodeAgreement) << ctx;
+  if (static_grid) {
+    EXPECT_EQ(same_grid, groups * rows) << ctx << ": static grids are computed from the same weights";
+  } else {
+    EXPECT_GE(grid_rate, Tol::kGridAgreement) << ctx;
+  }
+  if (full) {
+    EXPECT_NEAR(gpu.loss, cpu.loss, Tol::kLossRel * cpu.loss) << ctx;
+  }
+}
+
+// ---- the sweep ----------------------------------------------------------------------------------------------
+
+struct Case {
+  int64_t N, K, G;
+  bool desc_act, static_groups, sym;
+};
+
+class GptqCuda : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GptqCuda, MatchesCpu) {
+  QWENQ_REQUIRE_GPU();
+  const Case c = GetParam();
+  const uint64_t seed = kSeed + c.K * 7 + c.N;
+  GptqOptions o;
+  o.group_size = c.G, o.desc_act = c.desc_act, o.static_groups = c.static_groups, o.sym = c.sym;
+  const std::string ctx = "N=" + std::to_string(c.N) + " K=" + std::to_string(c.K) + " " + describe(o) + " seed " +
+                          std::to_string(seed);
+  std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed));
+  const bool small_k = c.K <= 1024;
+  const auto x = small_k ? correlated_inputs(2 * c.K + 64, c.K, seed) : correlated_inputs_lowrank(4096, c.K, seed);
+  const auto W = random_weights(c.N, c.K, seed + 1);
+  const Eigen::MatrixXf H = small_k ? hessian_cpu(x, c.K) : hessian_gpu(x, c.K);
+
+  auto t0 = Clock::now();
+  const GptqResult gpu = gptq_quantize_cuda(W.data(), c.N, c.K, H, o);
+  const double t_gpu = seconds_since(t0);
+  t0 = Clock::now();
+  const GptqResult cpu = gptq_quantize(W.data(), c.N, c.K, H, o);
+  const double t_cpu = seconds_since(t0);
+  std::printf("[ time     ] %s: gpu %.3f s, cpu %.3f s\n", ctx.c_str(), t_gpu, t_cpu);
+  compare(gpu, c.N, cpu, c.N, c.K, /*full=*/true, c.static_groups, ctx);
+  for (uint8_t q : gpu.codes) ASSERT_LE(q, (1 << o.bits) - 1) << ctx;
+  // The GPU's codes, grid and g_idx are exactly what its error feedback used: its loss is their objective.
+  const double objective = damped_objective(W, gpu, c.N, c.K, H);
+  EXPECT_NEAR(gpu.loss, objective, Tol::kLossIdentityRel * objective) << ctx;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return "N" + std::to_string(c.N) + "_K" + std::to_string(c.K) + "_G" + (c.G < 0 ? "all" : std::to_string(c.G)) +
+         (c.desc_act ? "_act" : "") + (c.static_groups ? "_static" : "") + (c.sym ? "_sym" : "_asym");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GptqCuda,
+    ::testing::Values(
+        // Qwen2.5-0.5B gate/up: K 896 -> N 4864
+        Case{4864, 896, 128, false, false, false}, Case{4864, 896, 128, true, false, false},
+        Case{4864, 896, 128, true, true, false}, Case{4864, 896, 128, false, false, true},
+        // Qwen2.5-0.5B down: K 4864 -> N 896 (H from 4096 rows: rank-deficient, made definite by the damping)
+        Case{896, 4864, 128, true, false, false},
+        // awkward: K = 172 (stories260K's MLP) with groups of 64, groups of 96 that straddle the 128-column
+        // block (the pending-update path of open_group), N = 17; one group per column over 3 blocks
+        Case{17, 172, 64, false, false, false}, Case{17, 172, 64, true, false, false},
+        Case{17, 172, 64, true, true, false}, Case{17, 172, 96, true, false, false},
+        Case{17, 300, -1, false, false, true}, Case{5, 8, 4, true, false, false}),
+    case_name);
+
+// Qwen2.5-7B down_proj (K 18944 -> N 3584) from 4096 activation rows: the whole layer on the GPU (timed), the CPU
+// on the first 256 rows (GPTQ's rows are independent: same U, their own weights), compared row for row.
+TEST(GptqCudaLarge, DownProj7B) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t N = 3584, K = 18944, rows_cpu = 256;
+  const uint64_t seed = kSeed + 77;
+  std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(seed));
+  GptqOptions o;
+  o.desc_act = true;
+  const auto x = correlated_inputs_lowrank(4096, K, seed);
+  const auto W = random_weights(N, K, seed + 1);
+  auto t0 = Clock::now();
+  const Eigen::MatrixXf H = hessian_gpu(x, K);
+  std::printf("[ time     ] hessian_accumulate_cuda 4096 x %lld (+ download): %.3f s\n", static_cast<long long>(K),
+              seconds_since(t0));
+  gptq_quantize_cuda(W.data(), 64, K, H, o);  // warm-up: handles, kernel attributes, cuSOLVER's first call
+  t0 = Clock::now();
+  const GptqResult gpu = gptq_quantize_cuda(W.data(), N, K, H, o);
+  const double t_gpu = seconds_since(t0);
+  t0 = Clock::now();
+  const GptqResult cpu = gptq_quantize(W.data(), rows_cpu, K, H, o);
+  const double t_cpu = seconds_since(t0);
+  std::printf("[ time     ] 7B down_proj N=%lld K=%lld: gpu %.3f s (all rows); cpu %.3f s for %lld rows\n",
+              static_cast<long long>(N), static_cast<long long>(K), t_gpu, t_cpu, static_cast<long long>(rows_cpu));
+  compare(gpu, N, cpu, rows_cpu, K, /*full=*/false, false, "7B down_proj, first 256 rows");
+  EXPECT_TRUE(std::isfinite(gpu.loss) && gpu.loss > 0);
+}
+
+// ---- damping, dead inputs, refusals ---------------------------------------------------------------------------
+
+TEST(GptqCudaDamping, RetriesLikeTheCpuOnAnIndefiniteHessian) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t N = 8, K = 16;
+  const auto x = correlated_inputs(6, K, kSeed + 7);  // 6 rows: rank 6 < K
+  const auto W = random_weights(N, K, kSeed + 8);
+  Eigen::MatrixXf H = hessian_cpu(x, K);
+  const float off = 2.f * std::sqrt(H(0, 0) * H(1, 1));  // [[a, 2√ab], [2√ab, b]] has a negative eigenvalue
+  H(0, 1) = H(1, 0) = off;
+  GptqOptions o;
+  o.damp = 0;
+  const GptqResult gpu = gptq_quantize_cuda(W.data(), N, K, H, o);
+  const GptqResult cpu = gptq_quantize(W.data(), N, K, H, o);
+  std::printf("[ retries  ] gpu damp_used %g after %d retries; cpu %g after %d\n", gpu.damp_used, gpu.damp_retries,
+              cpu.damp_used, cpu.damp_retries);
+  EXPECT_GE(gpu.damp_retries, 1);
+  ASSERT_EQ(static_cast<int>(gpu.warnings.size()), gpu.damp_retries);
+  EXPECT_NE(gpu.warnings[0].find("not positive definite with damp 0"), std::string::npos) << gpu.warnings[0];
+  compare(gpu, N, cpu, N, K, true, false, "indefinite H, damp 0");
+  // The retry rebuilt the matrix from the untouched copy: same result as asking for that damp directly.
+  GptqOptions direct = o;
+  direct.damp = gpu.damp_used;
+  const GptqResult d = gptq_quantize_cuda(W.data(), N, K, H, direct);
+  EXPECT_EQ(d.damp_retries, 0);
+  EXPECT_EQ(d.codes, gpu.codes);
+  EXPECT_EQ(d.grid.scale, gpu.grid.scale);
+  EXPECT_EQ(d.loss, gpu.loss);
+
+  o.max_damp_retries = 0;
+  try {
+    gptq_quantize_cuda(W.data(), N, K, H, o);
+    ADD_FAILURE() << "no error with max_damp_retries = 0";
+  } catch (const Error& e) {
+    const std::string err = e.what();
+    EXPECT_NE(err.find("could not factor the Hessian after 0 damp retries"), std::string::npos) << err;
+    EXPECT_NE(err.find("not positive definite with damp 0"), std::string::npos) << err;
+  }
+}
+
+TEST(GptqCudaDamping, DeadInputsAreZeroed) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t N = 16, K = 40;
+  auto x = correlated_inputs(100, K, kSeed + 9);
+  for (int64_t r = 0; r < 100; ++r) x[r * K + 7] = 0.f;
+  const auto W = random_weights(N, K, kSeed + 10);
+  const Eigen::MatrixXf H = hessian_cpu(x, K);
+  ASSERT_EQ(H(7, 7), 0.f);
+  GptqOptions o;
+  o.group_size = 16, o.desc_act = true;
+  const GptqResult r = gptq_quantize_cuda(W.data(), N, K, H, o);
+  const auto Wq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+  for (int64_t n = 0; n < N; ++n) EXPECT_EQ(Wq[n * K + 7], 0.f) << "row " << n;
+  compare(r, N, gptq_quantize(W.data(), N, K, H, o), N, K, true, false, "dead input 7");
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(GptqCudaDamping, RefusesBadInputsWithTheCpuMessages) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t N = 4, K = 8;
+  const auto W = random_weights(N, K, kSeed);
+  Eigen::MatrixXf H = Eigen::MatrixXf::Identity(K, K);
+  H(3, 1) = std::nanf("");
+  std::string err = error_of([&] { gptq_quantize_cuda(W.data(), N, K, H, {}); });
+  EXPECT_NE(err.find("Hessian entry (3, 1) is nan"), std::string::npos) << err;
+  err = error_of([&] { gptq_quantize_cuda(W.data(), N, K, Eigen::MatrixXf::Identity(K + 1, K + 1), {}); });
+  EXPECT_NE(err.find("Hessian is 9 x 9 but the weight has K = 8 inputs"), std::string::npos) << err;
+  H = Eigen::MatrixXf::Identity(K, K);
+  H(6, 6) = -0.5f;
+  err = error_of([&] { gptq_quantize_cuda(W.data(), N, K, H, {}); });
+  EXPECT_NE(err.find("Hessian diagonal entry 6 is -0.5 < 0"), std::string::npos) << err;
+  auto Wbad = W;
+  Wbad[2 * K + 5] = INFINITY;
+  err = error_of([&] { gptq_quantize_cuda(Wbad.data(), N, K, Eigen::MatrixXf::Identity(K, K), {}); });
+  EXPECT_NE(err.find("weight [2, 5] is inf"), std::string::npos) << err;
+  // H = I: GPTQ is RTN (U = I, nothing fed back), so the GPU must reproduce quantize_rtn exactly.
+  const GptqResult r = gptq_quantize_cuda(W.data(), N, K, Eigen::MatrixXf::Identity(K, K), {});
+  GptqOptions o;
+  EXPECT_EQ(r.codes, quantize_rtn(W.data(), find_grid(W.data(), N, K, o.bits, o.group_size, o.sym, GridRule::Gptq)));
+}
+
+// ---- Hessian accumulation -------------------------------------------------------------------------------------
+
+TEST(HessianCuda, MatchesTheCpuAccumulator) {
+  QWENQ_REQUIRE_GPU();
+  for (int64_t K : {3, 172, 896}) {
+    const auto x = correlated_inputs(300, K, kSeed + K);
+    const Eigen::MatrixXf cpu = hessian_cpu(x, K), gpu = hessian_gpu(x, K);
+    const double scale = cpu.cwiseAbs().maxCoeff();
+    const double err = (cpu - gpu).cwiseAbs().maxCoeff();
+    std::printf("[ hessian  ] K=%lld: max |dH| / max |H| = %.3g\n", static_cast<long long>(K), err / scale);
+    EXPECT_LE(err, Tol::kHessianRel * scale) << "K=" << K;
+  }
+  const int64_t K = 5;
+  std::vector<float> x(2 * K, 1.f);
+  x[K + 3] = std::nanf("");
+  DeviceBuffer<float> d_x(x), d_H(K * K);
+  const std::string err = error_of([&] { hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), 2); });
+  EXPECT_NE(err.find("activation row 1, input 3 (of K = 5) is nan"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace qwenq
