@@ -3,7 +3,7 @@
 # but not the Debian packages this build uses, and cannot download. This copies the header-only dependencies
 # (Eigen 3, nlohmann-json, CLI11) and GoogleTest (headers, static libraries, CMake config) into .gpu-deps/usr with
 # /usr's layout, so that find_package finds them there through CMAKE_PREFIX_PATH. .gpu-deps is git-ignored: name it
-# in the device call's `carry`. About 13 MB.
+# in the device call's `carry`. About 16 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=.gpu-deps/usr
@@ -15,5 +15,10 @@ cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$D/share/cmake/"
 cp -r /usr/lib/x86_64-linux-gnu/cmake/GTest "$D/lib/x86_64-linux-gnu/cmake/"
 cp /usr/lib/x86_64-linux-gnu/libgtest.a /usr/lib/x86_64-linux-gnu/libgtest_main.a \
    /usr/lib/x86_64-linux-gnu/libgmock.a /usr/lib/x86_64-linux-gnu/libgmock_main.a "$D/lib/x86_64-linux-gnu/"
+# The real test model and text for the GPU end-to-end tests (tests/gpu/test_model_cuda.cpp looks here), ~2 MB.
+if [ -d ../shared/data/stories260K ]; then
+  mkdir -p .gpu-deps/shared/data
+  cp -r ../shared/data/stories260K ../shared/data/tinystories .gpu-deps/shared/data/
+fi
 grep -qx '/.gpu-deps/' .git/info/exclude 2>/dev/null || echo '/.gpu-deps/' >> .git/info/exclude
 du -sh .gpu-deps

@@ -7,10 +7,13 @@
 
 #include "core/files.h"
 #include "core/progress.h"
+#include "core/threads.h"
+#include "kernels/device.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/model_dir.h"
 #include "trainer/perplexity.h"
+#include "trainer/qwen_model_cuda.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
 
@@ -25,8 +28,28 @@ struct EvalArgs {
   CommonOptions common;
 };
 
+// apply_common_options, except that the device line says where this command computes. The GPU evaluation
+// (QwenModelCuda) has not yet been validated on hardware, so it runs only when asked for by name (--device cuda);
+// `auto` keeps the CPU path and says so. Returns the device.
+Device resolve_eval_device(const CommonOptions& opt) {
+  set_num_threads(opt.threads);
+  DeviceChoice d = choose_device(opt.device);
+  std::string line = d.description;
+#ifdef QWENQ_HAVE_CUDA
+  std::string what;
+  if (d.device == Device::Cuda && opt.device != "cuda") {
+    d.device = Device::Cpu;
+    line += " (the GPU evaluation is experimental: pass --device cuda to use it)";
+  } else if (d.device == Device::Cuda && cuda_device_query(&what)) {
+    line = "device: cuda (" + what + "), the evaluation runs on the GPU (experimental)";
+  }
+#endif
+  std::fprintf(stderr, "%s; %d CPU threads\n", line.c_str(), num_threads());
+  return d.device;
+}
+
 void run_eval(const EvalArgs& a) {
-  apply_common_options(a.common);
+  const Device device = resolve_eval_device(a.common);
   const std::string dir = resolve_model_dir(a.model);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
@@ -43,7 +66,15 @@ void run_eval(const EvalArgs& a) {
   }
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
-  PerplexityResult r = evaluate_perplexity(model, tokens, opt);
+  PerplexityResult r;
+#ifdef QWENQ_HAVE_CUDA
+  if (device == Device::Cuda) {
+    QwenModelCuda gpu(model);
+    const auto nll_fn = [&gpu](const PackedBatch& b, std::vector<float>* nll) { return gpu.next_token_nll(b, nll); };
+    r = evaluate_perplexity(nll_fn, tokens, opt);
+  }
+#endif
+  if (device == Device::Cpu) r = evaluate_perplexity(model, tokens, opt);
 
   nlohmann::ordered_json j = {{"model", dir},
                               {"data", a.data},

@@ -9,6 +9,12 @@ namespace qwenq {
 
 PerplexityResult evaluate_perplexity(const QwenModel& model, const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& opt) {
+  return evaluate_perplexity(
+      [&model](const PackedBatch& b, std::vector<float>* nll) { return model.next_token_nll(b, nll); }, tokens, opt);
+}
+
+PerplexityResult evaluate_perplexity(const NextTokenNllFn& next_token_nll, const std::vector<int32_t>& tokens,
+                                     const PerplexityOptions& opt) {
   QWENQ_CHECK(opt.seq_len >= 2, "--seq-len must be at least 2, got " << opt.seq_len);
   QWENQ_CHECK(opt.windows_per_batch >= 1, "--batch must be at least 1, got " << opt.windows_per_batch);
   const int64_t n_tok = static_cast<int64_t>(tokens.size());
@@ -29,7 +35,7 @@ PerplexityResult evaluate_perplexity(const QwenModel& model, const std::vector<i
       seqs.emplace_back(tokens.begin() + w * opt.seq_len, tokens.begin() + (w + 1) * opt.seq_len);
     }
     std::vector<float> nll;
-    r.scored_tokens += model.next_token_nll(PackedBatch::from_sequences(seqs), &nll);
+    r.scored_tokens += next_token_nll(PackedBatch::from_sequences(seqs), &nll);
     for (float v : nll) nll_sum += v;
     char extra[64];
     std::snprintf(extra, sizeof extra, "ppl %.4f", std::exp(nll_sum / r.scored_tokens));

@@ -29,6 +29,14 @@ struct PerplexityResult {
   double tokens_per_s = 0;    // tokens forwarded per second
 };
 
+// What the evaluation needs of a model: QwenModel::next_token_nll's contract (per-token NLL of a packed batch,
+// returns the counted positions). The CPU QwenModel and the GPU QwenModelCuda (trainer/qwen_model_cuda.h) both
+// provide it.
+using NextTokenNllFn = std::function<int64_t(const PackedBatch&, std::vector<float>*)>;
+
+PerplexityResult evaluate_perplexity(const NextTokenNllFn& next_token_nll, const std::vector<int32_t>& tokens,
+                                     const PerplexityOptions& opt);
+// The CPU model: the function above with model.next_token_nll.
 PerplexityResult evaluate_perplexity(const QwenModel& model, const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& opt);
 

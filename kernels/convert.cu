@@ -1,0 +1,179 @@
+// Casts, embedding gather and the two adds of the forward on the GPU, the twins of convert_ref.cpp (formulas in
+// convert.h). Every kernel is elementwise (grid-stride loops) and every output element is exact or one fp32
+// rounding of the same operands as the ref, so the results are bit-identical to the CPU twins:
+// - fp32 -> bf16 is core/dtype.h's integer rounding (add 0x7fff plus the lowest kept bit, keep the top half; NaN
+//   -> quiet NaN with its payload), written with integer ops rather than __float2bfloat16_rn, whose NaN result is
+//   a canonical NaN rather than the ref's;
+// - bf16 -> fp32 shifts the bits up; fp16 -> fp32 is the hardware conversion (exact, subnormals included), as the
+//   ref's f16_to_f32;
+// - the adds are single fp32 additions.
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/convert.h"
+#include "kernels/cuda_check.cuh"
+
+namespace qwenq {
+
+namespace {
+
+constexpr int kThreads = 256;
+// Enough blocks to fill an H200 (132 SMs x 8 resident blocks of 256 threads) with grid-stride loops beyond.
+constexpr int64_t kMaxBlocks = 4096;
+
+unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks)));
+}
+
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+  const uint32_t bits = __float_as_uint(f);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);  // quiet NaN
+  const uint32_t rounding_bias = 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>((bits + rounding_bias) >> 16);
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) {
+  return __uint_as_float(static_cast<uint32_t>(h) << 16);
+}
+
+// One element of a table or bias in F32/BF16/F16, widened exactly.
+struct LoadF32 {
+  __device__ static float at(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+};
+struct LoadBF16 {
+  __device__ static float at(const void* p, int64_t i) { return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]); }
+};
+struct LoadF16 {
+  __device__ static float at(const void* p, int64_t i) {
+    return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
+  }
+};
+
+__global__ void f32_to_bf16_kernel(const float* x, int64_t n, uint16_t* y) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = f32_to_bf16_bits(x[i]);
+  }
+}
+
+__global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = bf16_bits_to_f32(x[i]);
+  }
+}
+
+// One block per token (blockIdx.x = t): the row tokens[t] of the table, C columns across the threads. The ids
+// were checked on the host; the guard only keeps a corrupted id from reading outside the table.
+template <typename L>
+__global__ void embedding_gather_kernel(const void* table, int64_t V, int64_t C, const int32_t* tokens, float* out) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = tokens[t];
+  if (id < 0 || id >= V) return;
+  const int64_t row = static_cast<int64_t>(id) * C;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[t * C + c] = L::at(table, row + c);
+}
+
+__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] += x[i];
+  }
+}
+
+template <typename L>
+__global__ void add_bias_rows_kernel(float* y, int64_t total, int64_t N, const void* bias) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] += L::at(bias, i % N);
+  }
+}
+
+}  // namespace
+
+void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream) {
+  QWENQ_CHECK(n >= 0, "f32_to_bf16_cuda: negative size " << n);
+  if (n == 0) return;
+  QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_cuda: null pointer");
+  f32_to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+  QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_cuda n=" << n);
+}
+
+void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream) {
+  QWENQ_CHECK(n >= 0, "bf16_to_f32_cuda: negative size " << n);
+  if (n == 0) return;
+  QWENQ_CHECK(x != nullptr && y != nullptr, "bf16_to_f32_cuda: null pointer");
+  bf16_to_f32_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+  QWENQ_CUDA_CHECK_LAUNCH("bf16_to_f32_cuda n=" << n);
+}
+
+void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C, const int32_t* tokens, int64_t T,
+                           float* out, CudaStream stream) {
+  QWENQ_CHECK(V > 0 && C > 0 && T >= 0, "embedding_gather_cuda: bad shape V=" << V << " C=" << C << " T=" << T);
+  QWENQ_CHECK(is_float_dtype(dtype),
+              "embedding_gather_cuda: table dtype " << dtype_name(dtype) << " is not supported (F32, BF16 or F16)");
+  if (T == 0) return;
+  QWENQ_CHECK(table != nullptr && tokens != nullptr && out != nullptr, "embedding_gather_cuda: null pointer");
+  QWENQ_CHECK(T <= INT_MAX, "embedding_gather_cuda: T=" << T << " exceeds the grid limit " << INT_MAX);
+  // The ids are checked on a host copy, with the ref's message, before anything reads the table.
+  std::vector<int32_t> host(static_cast<size_t>(T));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), tokens, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int64_t t = 0; t < T; ++t) {
+    QWENQ_CHECK(host[t] >= 0 && host[t] < V,
+                "token id " << host[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");
+  }
+  const unsigned threads = static_cast<unsigned>(std::min<int64_t>(kThreads, (C + 31) / 32 * 32));
+  const dim3 grid(static_cast<unsigned>(T));
+  switch (dtype) {
+    case DType::F32:
+      embedding_gather_kernel<LoadF32><<<grid, threads, 0, stream>>>(table, V, C, tokens, out);
+      break;
+    case DType::BF16:
+      embedding_gather_kernel<LoadBF16><<<grid, threads, 0, stream>>>(table, V, C, tokens, out);
+      break;
+    default:
+      embedding_gather_kernel<LoadF16><<<grid, threads, 0, stream>>>(table, V, C, tokens, out);
+      break;
+  }
+  QWENQ_CUDA_CHECK_LAUNCH("embedding_gather_cuda V=" << V << " C=" << C << " T=" << T << " table "
+                                                     << dtype_name(dtype));
+}
+
+void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream) {
+  QWENQ_CHECK(n >= 0, "add_inplace_cuda: negative size " << n);
+  if (n == 0) return;
+  QWENQ_CHECK(x != nullptr && y != nullptr, "add_inplace_cuda: null pointer");
+  add_inplace_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, x, n);
+  QWENQ_CUDA_CHECK_LAUNCH("add_inplace_cuda n=" << n);
+}
+
+void add_bias_rows_cuda(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype, CudaStream stream) {
+  QWENQ_CHECK(rows >= 0 && N > 0, "add_bias_rows_cuda: bad shape rows=" << rows << " N=" << N);
+  QWENQ_CHECK(is_float_dtype(bias_dtype),
+              "add_bias_rows_cuda: bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
+  if (rows == 0) return;
+  QWENQ_CHECK(y != nullptr && bias != nullptr, "add_bias_rows_cuda: null pointer");
+  const int64_t total = rows * N;
+  switch (bias_dtype) {
+    case DType::F32:
+      add_bias_rows_kernel<LoadF32><<<blocks_for(total), kThreads, 0, stream>>>(y, total, N, bias);
+      break;
+    case DType::BF16:
+      add_bias_rows_kernel<LoadBF16><<<blocks_for(total), kThreads, 0, stream>>>(y, total, N, bias);
+      break;
+    default:
+      add_bias_rows_kernel<LoadF16><<<blocks_for(total), kThreads, 0, stream>>>(y, total, N, bias);
+      break;
+  }
+  QWENQ_CUDA_CHECK_LAUNCH("add_bias_rows_cuda rows=" << rows << " N=" << N << " bias " << dtype_name(bias_dtype));
+}
+
+}  // namespace qwenq

@@ -1,0 +1,185 @@
+// attention_naive_forward_cuda (kernels/attention_naive.cu) against its CPU twin attention_forward_ref, both fp32,
+// over head dims the flash kernel does not compile (8 = stories260K, 16 = the tiny preset, 24, 96, 200) and the
+// ends of the range (1, 512), GQA groups 1..8, packed batches with lengths 1, odd lengths, an empty sequence and
+// sequences longer than the 128-thread block (several key chunks per row).
+//
+// Tolerance. Both compute the same fp32 softmax; they differ in the order of the sums (dot products over D, the
+// exp sum over the keys, the P·V sum) and in exp (expf within 2 ulp, Eigen's vectorized exp within a few). An
+// error δ in a score moves the output by at most ~δ·max|v| (softmax weights are Lipschitz-1 in the scores, in the
+// max norm, up to the factor 2), and the score's error is a few ulps of the magnitude of its terms,
+// S1 = scale·Σ_d |q_d|·|k_d|. The sums over keys add ~sqrt(keys) ulps of their magnitude. Hence, per row and head:
+//   |Δout| <= kU · kAttnUlps · (1 + S1max + sqrt(keys)) · max|v|,   |Δlse| <= kU · kAttnUlps · (1 + S1max + |lse|
+//   + sqrt(keys)),
+// with kU = 2^-24 and S1max, max|v| over the whole case (a uniform bound: simpler, and loose only by the spread of
+// the inputs, which are N(0, 1)). Outputs carry guard elements. Every test skips without a device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/attention.h"
+#include "kernels/attention_naive.h"
+#include "kernels/cuda_check.cuh"
+#include "tests/gpu/gpu_test.h"
+
+namespace qwenq {
+namespace {
+
+using test::DeviceBuffer;
+
+constexpr double kU = 1.0 / 16777216.0;
+constexpr double kAttnUlps = 16;
+constexpr size_t kGuard = 16;
+constexpr uint32_t kGuardBits = 0x7fc5a5a5u;
+
+float guard_value() {
+  float f;
+  std::memcpy(&f, &kGuardBits, 4);
+  return f;
+}
+
+struct NaiveCase {
+  std::vector<int32_t> lengths;
+  int64_t H, Hkv, D;
+};
+
+std::string describe(const NaiveCase& c) {
+  std::ostringstream os;
+  os << "lengths {";
+  for (size_t i = 0; i < c.lengths.size(); ++i) os << (i ? "," : "") << c.lengths[i];
+  os << "} H=" << c.H << " Hkv=" << c.Hkv << " D=" << c.D;
+  return os.str();
+}
+
+void PrintTo(const NaiveCase& c, std::ostream* os) { *os << describe(c); }
+
+class AttentionNaiveCuda : public ::testing::TestWithParam<NaiveCase> {};
+
+TEST_P(AttentionNaiveCuda, MatchesAttentionForwardRef) {
+  QWENQ_REQUIRE_GPU();
+  const NaiveCase& c = GetParam();
+  std::vector<int32_t> cu = {0};
+  for (int32_t len : c.lengths) cu.push_back(cu.back() + len);
+  const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(c.lengths.size());
+  const uint64_t seed = 31000 + static_cast<uint64_t>(T * 131 + c.H * 17 + c.Hkv * 5 + c.D);
+  const std::string ctx = describe(c) + " seed " + std::to_string(seed);
+  Rng rng(seed);
+  const auto normal = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& f : v) f = static_cast<float>(rng.normal());
+    return v;
+  };
+  const size_t nq = static_cast<size_t>(T * c.H * c.D), nkv = static_cast<size_t>(T * c.Hkv * c.D);
+  const std::vector<float> q = normal(nq), k = normal(nkv), v = normal(nkv);
+  std::vector<float> out_ref(nq), lse_ref(static_cast<size_t>(T * c.H));
+  attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n_seqs, c.H, c.Hkv, c.D, out_ref.data(),
+                        lse_ref.data());
+
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v);
+  DeviceBuffer<float> d_out(std::vector<float>(nq + kGuard, guard_value()));
+  DeviceBuffer<float> d_lse(std::vector<float>(static_cast<size_t>(T * c.H) + kGuard, guard_value()));
+  attention_naive_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, c.H, c.Hkv, c.D, d_out.get(),
+                               d_lse.get());
+  QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> out = d_out.download(), lse = d_lse.download();
+
+  // The magnitudes of the bound (see the file comment).
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+  double s1max = 0, vmax = 0;
+  for (float f : v) vmax = std::max(vmax, static_cast<double>(std::fabs(f)));
+  const int64_t group = c.H / c.Hkv;
+  int32_t longest = 0;
+  for (int32_t len : c.lengths) longest = std::max(longest, len);
+  for (int64_t s = 0; s < n_seqs; ++s) {
+    for (int64_t i = cu[s]; i < cu[s + 1]; ++i) {
+      for (int64_t h = 0; h < c.H; ++h) {
+        for (int64_t j = cu[s]; j <= i; ++j) {
+          double s1 = 0;
+          for (int64_t d = 0; d < c.D; ++d) {
+            s1 += std::fabs(q[(i * c.H + h) * c.D + d]) * std::fabs(k[(j * c.Hkv + h / group) * c.D + d]);
+          }
+          s1max = std::max(s1max, s1 * scale);
+        }
+      }
+    }
+  }
+  const double spread = 1 + s1max + std::sqrt(static_cast<double>(longest));
+  const double tol_out = kU * kAttnUlps * spread * vmax;
+  size_t bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < nq; ++i) {
+    const double e = std::fabs(static_cast<double>(out[i]) - out_ref[i]);
+    worst = std::max(worst, e / tol_out);
+    if (!(e <= tol_out) && bad++ < 5) {
+      ADD_FAILURE() << ctx << ": out[" << i << "] = " << out[i] << ", ref " << out_ref[i] << " (tol " << tol_out << ")";
+    }
+  }
+  for (size_t i = 0; i < lse_ref.size(); ++i) {
+    const double tol = kU * kAttnUlps * (spread + std::fabs(lse_ref[i]));
+    const double e = std::fabs(static_cast<double>(lse[i]) - lse_ref[i]);
+    if (!(e <= tol) && bad++ < 5) {
+      ADD_FAILURE() << ctx << ": lse[" << i << "] = " << lse[i] << ", ref " << lse_ref[i] << " (tol " << tol << ")";
+    }
+  }
+  EXPECT_EQ(bad, 0u) << ctx << ": worst out error / tolerance " << worst;
+  for (size_t i = nq; i < out.size(); ++i) {
+    uint32_t b;
+    std::memcpy(&b, &out[i], 4);
+    ASSERT_EQ(b, kGuardBits) << ctx << ": out guard " << i - nq;
+  }
+  for (size_t i = lse_ref.size(); i < lse.size(); ++i) {
+    uint32_t b;
+    std::memcpy(&b, &lse[i], 4);
+    ASSERT_EQ(b, kGuardBits) << ctx << ": lse guard " << i - lse_ref.size();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionNaiveCuda,
+    ::testing::Values(NaiveCase{{1}, 1, 1, 1}, NaiveCase{{1, 7, 33}, 4, 2, 16},      // the tiny preset's batch
+                      NaiveCase{{256, 256}, 8, 4, 8},                                  // stories260K's heads
+                      NaiveCase{{5, 0, 129, 3}, 6, 2, 24},                             // an empty sequence
+                      NaiveCase{{300}, 8, 1, 96}, NaiveCase{{17, 2}, 3, 3, 200},
+                      NaiveCase{{130, 1}, 2, 1, 512}, NaiveCase{{64, 65}, 14, 2, 64}),  // flash's D works too
+    [](const ::testing::TestParamInfo<NaiveCase>& info) {
+      const NaiveCase& c = info.param;
+      std::string name = "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_D" + std::to_string(c.D) +
+                         "_len";
+      for (size_t i = 0; i < c.lengths.size(); ++i) name += (i ? "_" : "") + std::to_string(c.lengths[i]);
+      return name;
+    });
+
+TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
+  QWENQ_REQUIRE_GPU();
+  const auto error_of = [](auto fn) -> std::string {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  const int32_t cu[] = {0, 4};
+  const int32_t bad_cu[] = {0, 4, 2};
+  float f = 0.f;
+  EXPECT_NE(error_of([&] { attention_naive_forward_cuda(&f, &f, &f, cu, 1, 4, 2, 1024, &f, nullptr); })
+                .find("head dim D=1024 exceeds the naive kernel's limit 512"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { attention_naive_forward_cuda(&f, &f, &f, cu, 1, 3, 2, 8, &f, nullptr); })
+                .find("query heads H=3 must be a multiple of kv heads Hkv=2"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { attention_naive_forward_cuda(&f, &f, &f, bad_cu, 2, 4, 2, 8, &f, nullptr); })
+                .find("cu_seqlens must be non-decreasing, got 4 then 2 at sequence 1"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace qwenq

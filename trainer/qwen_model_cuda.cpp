@@ -1,0 +1,373 @@
+// QwenModelCuda (trainer/qwen_model_cuda.h): the upload of a QwenModel's weights and the forward pass, op by op
+// through the launchers of kernels/, on one stream. The order of the ops is QwenModel's (qwen_model.cpp).
+#ifdef QWENQ_HAVE_CUDA
+
+#include "trainer/qwen_model_cuda.h"
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+#include <utility>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "kernels/act.h"
+#include "kernels/attention_naive.h"
+#include "kernels/blas_lt.h"
+#include "kernels/convert.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/flash_attention.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/qgemm.h"
+#include "kernels/rope.h"
+#include "quant/format/qgemm_layout.h"
+
+namespace qwenq {
+
+namespace {
+
+// Logits computed at once by next_token_nll: 64 Mi floats (256 MiB), e.g. 441 rows of a 152K vocabulary. The CPU
+// takes 16 Mi per chunk to stay in cache; on the GPU larger chunks make each lm_head GEMM (and the host wait
+// after each cross-entropy call) cover more rows.
+constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
+
+bool uses_flash(int64_t D) { return D == 64 || D == 128; }
+
+std::string mib(size_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << static_cast<double>(bytes) / (1024.0 * 1024.0) << " MiB";
+  return os.str();
+}
+
+// The device's free/total memory for an out-of-memory message ("1234.5 MiB free of 143771.0 MiB").
+std::string device_memory_note() {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return "device memory unknown";
+  }
+  return mib(free_b) + " free of " + mib(total_b);
+}
+
+// One stream-ordered device allocation; a failure names what it was for.
+DeviceMemory allocate(size_t bytes, const std::string& what, CudaStream stream) {
+  try {
+    return DeviceMemory(bytes, stream);
+  } catch (const Error& e) {
+    throw Error("QwenModelCuda: cannot allocate " + mib(bytes) + " on the GPU for " + what + " (" +
+                device_memory_note() + "): " + e.what());
+  }
+}
+
+// A tensor in device memory, not owned (the owner is Impl::owned).
+struct DevTensor {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+};
+
+// One Linear on the device: a dense weight as stored, or a Q4 weight for the fused dequant-matmul.
+struct DevLinear {
+  int64_t N = 0, K = 0;
+  DevTensor dense;
+  std::unique_ptr<Q4DeviceWeight> q4;
+  DevTensor bias;  // data null when absent
+};
+
+struct DevLayer {
+  DevTensor input_norm, post_norm, q_norm, k_norm;
+  DevLinear q, k, v, o, gate, up, down;
+};
+
+// RAII for the one stream (created first, destroyed last: the DeviceMemory members free on it).
+class Stream {
+ public:
+  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() {
+    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  CudaStream get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+}  // namespace
+
+struct QwenModelCuda::Impl {
+  Stream stream;  // first member: destroyed after every buffer below
+  QwenConfig cfg;
+  std::vector<DeviceMemory> owned;        // dense weights, norms, biases
+  std::map<const void*, DevTensor> uploaded;  // host data -> device copy (a tied lm_head is the embedding)
+  int64_t weight_bytes = 0;
+  DevTensor embed, final_norm, lm_head;
+  std::vector<DevLayer> layers;
+
+  // Activation buffers for batches of up to `capacity` tokens.
+  int64_t capacity = 0;
+  int64_t act16_cols = 0;
+  DeviceMemory x, n, q, k, v, a, gate, up;  // fp32
+  DeviceMemory act16, q16, k16, v16, a16;   // bf16
+  DeviceMemory tokens, positions, targets, nll;
+  DeviceMemory logits;  // [logits_rows, V] fp32
+  int64_t logits_rows = 0;
+
+  CudaStream s() const { return stream.get(); }
+
+  DevTensor upload(const TensorView& t, const std::string& name) {
+    if (t.data == nullptr) return {};
+    auto it = uploaded.find(t.data);
+    if (it != uploaded.end() && it->second.dtype == t.dtype) return it->second;
+    const size_t bytes = t.nbytes();
+    DeviceMemory m = allocate(bytes, "tensor '" + name + "' " + shape_str(t.shape) + " " + dtype_name(t.dtype), s());
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.get(), t.data, bytes, cudaMemcpyHostToDevice, s()));
+    const DevTensor d{m.get(), t.dtype};
+    owned.push_back(std::move(m));
+    uploaded[t.data] = d;
+    weight_bytes += static_cast<int64_t>(bytes);
+    return d;
+  }
+
+  DevLinear upload_linear(const LinearWeight& w, const TensorView& bias, const std::string& prefix) {
+    DevLinear d;
+    d.N = w.N;
+    d.K = w.K;
+    if (w.is_dense()) {
+      d.dense = upload(w.dense, prefix + ".weight");
+    } else {
+      Q4Layout layout;
+      try {
+        layout = w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K);
+      } catch (const Error& e) {
+        throw Error("QwenModelCuda: cannot run '" + prefix + "' on the GPU, whose dequant-matmul reads 4-bit "
+                    "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
+      }
+      const size_t bytes = (layout.qweight.size() + layout.meta.size() + layout.perm.size()) * 4;
+      try {
+        d.q4 = std::make_unique<Q4DeviceWeight>(layout);
+      } catch (const Error& e) {
+        throw Error("QwenModelCuda: cannot allocate " + mib(bytes) + " on the GPU for the 4-bit weight of '" + prefix +
+                    "' (" + device_memory_note() + "): " + e.what());
+      }
+      weight_bytes += d.q4->bytes();
+    }
+    d.bias = upload(bias, prefix + ".bias");
+    return d;
+  }
+
+  void reserve(int64_t T) {
+    if (T <= capacity) return;
+    const QwenConfig& c = cfg;
+    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
+    // Free the old set first: the new one replaces it.
+    for (DeviceMemory* b : {&x, &n, &q, &k, &v, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &tokens, &positions,
+                            &targets, &nll}) {
+      *b = DeviceMemory();
+    }
+    capacity = 0;
+    const std::string batch = " for a batch of " + std::to_string(T) + " tokens";
+    const auto buffer = [&](int64_t cols, DType type, const char* what) {
+      const std::string dims = " [" + std::to_string(T) + ", " + std::to_string(cols) + "] ";
+      return allocate(static_cast<size_t>(T * cols) * dtype_size(type), what + dims + dtype_name(type) + batch, s());
+    };
+    const auto f32 = [&](int64_t cols, const char* what) { return buffer(cols, DType::F32, what); };
+    const auto b16 = [&](int64_t cols, const char* what) { return buffer(cols, DType::BF16, what); };
+    x = f32(C, "the residual stream");
+    n = f32(C, "the normalized activations");
+    q = f32(Q, "q");
+    k = f32(KV, "k");
+    v = f32(KV, "v");
+    a = f32(Q, "the attention output");
+    gate = f32(I, "the MLP gate");
+    up = f32(I, "the MLP up projection");
+    act16_cols = std::max({C, Q, I});
+    act16 = b16(act16_cols, "the bf16 activations of the 4-bit Linears");
+    if (uses_flash(c.head_dim)) {
+      q16 = b16(Q, "q for flash attention");
+      k16 = b16(KV, "k for flash attention");
+      v16 = b16(KV, "v for flash attention");
+      a16 = b16(Q, "the flash attention output");
+    }
+    tokens = buffer(1, DType::I32, "the token ids");
+    positions = buffer(1, DType::I32, "the positions");
+    targets = buffer(1, DType::I32, "the next-token targets");
+    nll = f32(1, "the per-token losses");
+    capacity = T;
+  }
+
+  void reserve_logits(int64_t rows) {
+    if (rows <= logits_rows) return;
+    logits = DeviceMemory();
+    logits_rows = 0;
+    logits = allocate(static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float),
+                      "the logits [" + std::to_string(rows) + ", " + std::to_string(cfg.vocab_size) + "] fp32", s());
+    logits_rows = rows;
+  }
+
+  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias).
+  void linear(const DevLinear& L, const float* x_in, int64_t T, float* y) {
+    if (!L.q4) {
+      linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
+                          s());
+      return;
+    }
+    uint16_t* xb = act16.as<uint16_t>();
+    f32_to_bf16_cuda(x_in, T * L.K, xb, s());
+    qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
+  }
+
+  void rmsnorm(const float* x_in, int64_t rows, int64_t cols, const DevTensor& w, float* y) {
+    rmsnorm_forward_cuda(x_in, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, y, s());
+  }
+
+  void attention(const PackedBatch& b, int64_t T) {
+    const QwenConfig& c = cfg;
+    if (uses_flash(c.head_dim)) {
+      f32_to_bf16_cuda(q.as<float>(), T * c.q_dim(), q16.as<uint16_t>(), s());
+      f32_to_bf16_cuda(k.as<float>(), T * c.kv_dim(), k16.as<uint16_t>(), s());
+      f32_to_bf16_cuda(v.as<float>(), T * c.kv_dim(), v16.as<uint16_t>(), s());
+      attention_forward_cuda(q16.get(), k16.get(), v16.get(), b.cu_seqlens.data(), b.num_seqs(), c.num_heads,
+                             c.num_kv_heads, c.head_dim, a16.get(), nullptr, DType::BF16, s());
+      bf16_to_f32_cuda(a16.as<uint16_t>(), T * c.q_dim(), a.as<float>(), s());
+    } else {
+      attention_naive_forward_cuda(q.as<float>(), k.as<float>(), v.as<float>(), b.cu_seqlens.data(), b.num_seqs(),
+                                   c.num_heads, c.num_kv_heads, c.head_dim, a.as<float>(), nullptr, s());
+    }
+  }
+
+  // The final hidden states (after model.norm) of the batch in x [T, C].
+  void forward_hidden(const PackedBatch& b) {
+    const QwenConfig& c = cfg;
+    const int64_t T = b.num_tokens(), C = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+    QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
+                "QwenModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
+    reserve(T);
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
+    float* xp = x.as<float>();
+    float* np = n.as<float>();
+    embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, tokens.as<int32_t>(), T, xp, s());
+    for (const DevLayer& L : layers) {
+      rmsnorm(xp, T, C, L.input_norm, np);
+      linear(L.q, np, T, q.as<float>());
+      linear(L.k, np, T, k.as<float>());
+      linear(L.v, np, T, v.as<float>());
+      if (c.qk_norm) {
+        rmsnorm(q.as<float>(), T * c.num_heads, D, L.q_norm, q.as<float>());
+        rmsnorm(k.as<float>(), T * c.num_kv_heads, D, L.k_norm, k.as<float>());
+      }
+      rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope_theta, s());
+      rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope_theta, s());
+      attention(b, T);
+      linear(L.o, a.as<float>(), T, np);
+      add_inplace_cuda(xp, np, T * C, s());
+      rmsnorm(xp, T, C, L.post_norm, np);
+      linear(L.gate, np, T, gate.as<float>());
+      linear(L.up, np, T, up.as<float>());
+      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
+      linear(L.down, gate.as<float>(), T, np);
+      add_inplace_cuda(xp, np, T * C, s());
+    }
+    rmsnorm(xp, T, C, final_norm, xp);
+  }
+
+  // logits [rows, V] fp32 of the hidden rows [r0, r0 + rows) of x.
+  void lm_head_rows(int64_t r0, int64_t rows, float* out) {
+    linear_forward_cuda(x.as<float>() + r0 * cfg.hidden_size, rows, cfg.hidden_size, lm_head.data, lm_head.dtype,
+                        cfg.vocab_size, nullptr, DType::F32, out, DType::F32, s());
+  }
+};
+
+QwenModelCuda::QwenModelCuda(const QwenModel& model) : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.cfg = model.config();
+  const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(uses_flash(c.head_dim) || c.head_dim <= kAttentionNaiveMaxHeadDim,
+              "QwenModelCuda: head_dim " << c.head_dim << " is neither a flash attention head dim (64, 128) nor at "
+                                         << "most the naive kernel's " << kAttentionNaiveMaxHeadDim);
+  QWENQ_CHECK(c.head_dim <= kRopeMaxHeadDim && c.head_dim % 2 == 0,
+              "QwenModelCuda: head_dim " << c.head_dim << " must be even and at most " << kRopeMaxHeadDim << " (RoPE)");
+  const QwenWeights& w = model.weights();
+  m.embed = m.upload(w.embed, "model.embed_tokens.weight");
+  m.final_norm = m.upload(w.final_norm, "model.norm.weight");
+  m.lm_head = m.upload(w.lm_head, "lm_head.weight");  // the embedding's copy when tied
+  m.layers.resize(w.layers.size());
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const QwenLayerWeights& hl = w.layers[l];
+    DevLayer& dl = m.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    dl.input_norm = m.upload(hl.input_norm, p + "input_layernorm.weight");
+    dl.post_norm = m.upload(hl.post_norm, p + "post_attention_layernorm.weight");
+    dl.q_norm = m.upload(hl.q_norm, p + "self_attn.q_norm.weight");
+    dl.k_norm = m.upload(hl.k_norm, p + "self_attn.k_norm.weight");
+    dl.q = m.upload_linear(hl.q, hl.q_bias, p + "self_attn.q_proj");
+    dl.k = m.upload_linear(hl.k, hl.k_bias, p + "self_attn.k_proj");
+    dl.v = m.upload_linear(hl.v, hl.v_bias, p + "self_attn.v_proj");
+    dl.o = m.upload_linear(hl.o, TensorView{}, p + "self_attn.o_proj");
+    dl.gate = m.upload_linear(hl.gate, TensorView{}, p + "mlp.gate_proj");
+    dl.up = m.upload_linear(hl.up, TensorView{}, p + "mlp.up_proj");
+    dl.down = m.upload_linear(hl.down, TensorView{}, p + "mlp.down_proj");
+  }
+  // The host data of the memory map is copied by the time cudaMemcpyAsync returns (pageable memory is staged);
+  // waiting here also surfaces any upload error in the constructor.
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+}
+
+QwenModelCuda::~QwenModelCuda() = default;
+
+const QwenConfig& QwenModelCuda::config() const { return impl_->cfg; }
+
+int64_t QwenModelCuda::weight_bytes() const { return impl_->weight_bytes; }
+
+const char* QwenModelCuda::attention_kernel() const {
+  return uses_flash(impl_->cfg.head_dim) ? "flash (bf16 q/k/v)" : "naive (fp32)";
+}
+
+std::vector<float> QwenModelCuda::forward_logits(const PackedBatch& b) {
+  Impl& m = *impl_;
+  m.forward_hidden(b);
+  const int64_t T = b.num_tokens(), V = m.cfg.vocab_size;
+  // The whole [T, V] at once, as QwenModel::forward_logits (tests, generation): a temporary buffer.
+  DeviceMemory all = allocate(static_cast<size_t>(T * V) * sizeof(float),
+                              "the logits [" + std::to_string(T) + ", " + std::to_string(V) + "] fp32", m.s());
+  m.lm_head_rows(0, T, all.as<float>());
+  std::vector<float> out(static_cast<size_t>(T * V));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out.data(), all.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  return out;
+}
+
+int64_t QwenModelCuda::next_token_nll(const PackedBatch& b, std::vector<float>* nll) {
+  Impl& m = *impl_;
+  m.forward_hidden(b);
+  const int64_t T = b.num_tokens(), V = m.cfg.vocab_size;
+  std::vector<int32_t> targets(static_cast<size_t>(T), kIgnoreIndex);
+  for (int64_t s = 0; s < b.num_seqs(); ++s) {
+    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
+  }
+  QWENQ_CUDA_CHECK(
+      cudaMemcpyAsync(m.targets.get(), targets.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
+  m.reserve_logits(chunk);
+  int64_t counted = 0;
+  for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+    const int64_t rows = std::min(chunk, T - r0);
+    m.lm_head_rows(r0, rows, m.logits.as<float>());
+    counted += cross_entropy_forward_cuda(m.logits.as<float>(), rows, V, m.targets.as<int32_t>() + r0,
+                                          m.nll.as<float>() + r0, m.s());
+  }
+  nll->assign(static_cast<size_t>(T), 0.f);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll->data(), m.nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  return counted;
+}
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA

@@ -1,0 +1,71 @@
+// The Qwen2/Qwen3 forward of trainer/qwen_model.h on the GPU, for evaluation (perplexity, logits): every tensor
+// of a loaded QwenModel is uploaded once, then each batch runs every op on one CUDA stream through the kernels'
+// launchers. Same math and same contracts as QwenModel::forward_logits / next_token_nll; the numbers differ by
+// where the GPU path rounds to bf16 (below).
+//
+// Data types at each step (T packed tokens, activations row-major):
+//   embed        table as stored (F32/BF16/F16) -> x [T, C] fp32 (embedding_gather_cuda, exact)
+//   residual     x stays fp32 for the whole pass; x += sublayer (add_inplace_cuda, fp32)
+//   RMSNorm      fp32 in, fp32 out, weight as stored (rmsnorm_forward_cuda); Qwen3 q/k norm: rows T·H (T·Hkv),
+//                D columns, on the fp32 q/k
+//   Linear       dense W as stored: linear_forward_cuda with fp32 x -> fp32 y (cuBLASLt, fp32 accumulation; for
+//                a BF16/F16 W it rounds x to W's dtype first; an F32 W is a true fp32 GEMM), bias by its epilogue.
+//                Packed GPTQ/AWQ/NF4/FP4 W: repacked losslessly to Q4 at load (q4_from_int_linear / q4_from_nf4),
+//                x rounded to bf16 (f32_to_bf16_cuda), qgemm_int4_cuda (W4A16, fp32 accumulation) -> fp32 y,
+//                then the bias, if any (add_bias_rows_cuda).
+//   RoPE         fp32 q, k in place (rope_forward_cuda)
+//   attention    D = 64 or 128: q, k, v rounded to bf16, flash attention (attention_forward_cuda, bf16 out),
+//                widened back to fp32. Other D (the tiny test models, stories260K's D = 8): the naive fp32 kernel
+//                (attention_naive_forward_cuda), the same softmax as attention_forward_ref.
+//   SwiGLU       fp32 (swiglu_forward_cuda)
+//   lm_head      fp32 final hidden -> fp32 logits, over chunks of rows (next_token_nll: [T, V] never exists), then
+//                cross_entropy_forward_cuda per chunk (nll fp32, the exp sum in double as the CPU's).
+// With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
+//
+// Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), plus activation buffers for
+// the largest batch seen so far (about T·(4C + 2·H·D + 2·Hkv·D + 2·I) fp32 and their bf16 copies) and one
+// chunk of logits (at most 256 MiB). An allocation that fails throws qwenq::Error naming the tensor or buffer, its size and
+// the device's free memory. Nothing is printed.
+// Not thread-safe: the batch buffers are reused by every call (hence the non-const methods).
+#pragma once
+
+#ifdef QWENQ_HAVE_CUDA
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+
+class QwenModelCuda {
+ public:
+  // Uploads every weight of `model` to the current CUDA device (the model may be destroyed afterwards). Throws
+  // qwenq::Error when a tensor does not fit or a packed Linear has a layout the Q4 kernels do not read (not
+  // 4-bit, a group size that is not a multiple of 8), naming the tensor.
+  explicit QwenModelCuda(const QwenModel& model);
+  ~QwenModelCuda();
+  QwenModelCuda(const QwenModelCuda&) = delete;
+  QwenModelCuda& operator=(const QwenModelCuda&) = delete;
+
+  const QwenConfig& config() const;
+  // Device bytes held by the uploaded weights.
+  int64_t weight_bytes() const;
+  // "flash (bf16 q/k/v)" or "naive (fp32)": the attention kernel this model's head dim selects.
+  const char* attention_kernel() const;
+
+  // The contracts of QwenModel::forward_logits ([T, V] fp32, host) and QwenModel::next_token_nll (nll[t] =
+  // −log p(tokens[t+1] | ...) inside each sequence, 0 at each sequence's last position; returns the count).
+  std::vector<float> forward_logits(const PackedBatch& batch);
+  int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
