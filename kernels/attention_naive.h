@@ -13,6 +13,16 @@
 // sums (the dot products, the exp sum across threads) and expf against Eigen's vectorized exp. Work is
 // O(T·keys·D) with every k/v row read once per query row and head: fine for the small models it serves, far
 // from the flash kernel's speed on a real one.
+//
+// Backward (attention_naive_backward_cuda, twin attention_backward_ref, the FlashAttention-2 formulas of
+// kernels/attention.h with P = exp(S − lse) recomputed from the forward's lse), two kernels on the stream:
+//   dq   grid (T, H):   block (i, h) sums δ = dout_i·out_i, then dq_i = scale·Σ_j dS_ij·k_j over chunks of
+//                       128 keys (one key's dS per thread into shared memory, then each thread its columns);
+//                       writes δ to a [T, H] scratch buffer
+//   dkv  grid (T, Hkv): block (j, g) sums over the group's query heads and the queries i >= j of j's sequence:
+//                       dv_j = Σ P_ij·dout_i, dk_j = Σ dS_ij·(scale·q_i)
+// Each output element has one owner block and a fixed order of sums: deterministic, no atomics. fp32 throughout;
+// O(T·keys·D) work and every row re-read per block, like the forward: meant for the small models.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +41,14 @@ constexpr int64_t kAttentionNaiveMaxHeadDim = 512;
 void attention_naive_forward_cuda(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
                                   int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse,
                                   CudaStream stream = nullptr);
+
+// dout, q, out: [T, H, D], k, v: [T, Hkv, D], lse: [T, H] from the forward (required), all fp32 device memory;
+// dq [T, H, D], dk and dv [T, Hkv, D] fp32 device memory, written. cu_seqlens in host memory. Uses a [T, H]
+// scratch buffer allocated on `stream`. The outputs must not overlap the inputs or each other.
+void attention_naive_backward_cuda(const float* dout, const float* q, const float* k, const float* v,
+                                   const float* out, const float* lse, const int32_t* cu_seqlens, int64_t n_seqs,
+                                   int64_t H, int64_t Hkv, int64_t D, float* dq, float* dk, float* dv,
+                                   CudaStream stream = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

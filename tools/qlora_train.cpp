@@ -111,6 +111,11 @@ void register_qlora_train(CLI::App& app) {
     o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
+    // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
+    o.use_cuda = a->common.device == "cuda";
+    if (a->common.device == "auto") {
+      std::fprintf(stderr, "train: --device auto trains on the CPU; pass --device cuda for the GPU trainer\n");
+    }
     const TrainReport r = train_lora(o);
     std::printf("trained %lld steps (from step %lld): last loss %.4f", (long long)r.steps, (long long)r.start_step,
                 r.last_loss);

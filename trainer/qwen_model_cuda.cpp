@@ -62,24 +62,10 @@ DeviceMemory allocate(size_t bytes, const std::string& what, CudaStream stream) 
   }
 }
 
-// A tensor in device memory, not owned (the owner is Impl::owned).
-struct DevTensor {
-  const void* data = nullptr;
-  DType dtype = DType::F32;
-};
-
-// One Linear on the device: a dense weight as stored, or a Q4 weight for the fused dequant-matmul.
-struct DevLinear {
-  int64_t N = 0, K = 0;
-  DevTensor dense;
-  std::unique_ptr<Q4DeviceWeight> q4;
-  DevTensor bias;  // data null when absent
-};
-
-struct DevLayer {
-  DevTensor input_norm, post_norm, q_norm, k_norm;
-  DevLinear q, k, v, o, gate, up, down;
-};
+// The device weights (trainer/qwen_model_cuda.h) under their short local names.
+using DevTensor = QwenDeviceTensor;
+using DevLinear = QwenDeviceLinear;
+using DevLayer = QwenDeviceLayer;
 
 // RAII for the one stream (created first, destroyed last: the DeviceMemory members free on it).
 class Stream {
@@ -328,6 +314,15 @@ int64_t QwenModelCuda::weight_bytes() const { return impl_->weight_bytes; }
 const char* QwenModelCuda::attention_kernel() const {
   return uses_flash(impl_->cfg.head_dim) ? "flash (bf16 q/k/v)" : "naive (fp32)";
 }
+
+const QwenDeviceLayer& QwenModelCuda::device_layer(int64_t l) const {
+  QWENQ_CHECK(l >= 0 && l < static_cast<int64_t>(impl_->layers.size()),
+              "QwenModelCuda: layer " << l << " of " << impl_->layers.size());
+  return impl_->layers[static_cast<size_t>(l)];
+}
+QwenDeviceTensor QwenModelCuda::device_embed() const { return impl_->embed; }
+QwenDeviceTensor QwenModelCuda::device_final_norm() const { return impl_->final_norm; }
+QwenDeviceTensor QwenModelCuda::device_lm_head() const { return impl_->lm_head; }
 
 std::vector<float> QwenModelCuda::forward_logits(const PackedBatch& b) {
   Impl& m = *impl_;

@@ -36,9 +36,28 @@
 #include <string>
 #include <vector>
 
+#include "kernels/qgemm.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
+
+// The uploaded weights as device pointers, for code that runs its own passes over them (the LoRA trainer,
+// trainer/lora_model_cuda.h). Owned by the QwenModelCuda; valid while it lives.
+struct QwenDeviceTensor {
+  const void* data = nullptr;  // null when the tensor is absent (a bias, Qwen2's q/k norm)
+  DType dtype = DType::F32;
+};
+// One Linear [N, K]: a dense weight as stored, or (packed checkpoints) a Q4 weight for the dequant-matmul.
+struct QwenDeviceLinear {
+  int64_t N = 0, K = 0;
+  QwenDeviceTensor dense;
+  std::unique_ptr<Q4DeviceWeight> q4;
+  QwenDeviceTensor bias;
+};
+struct QwenDeviceLayer {
+  QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
+  QwenDeviceLinear q, k, v, o, gate, up, down;
+};
 
 class QwenModelCuda {
  public:
@@ -60,6 +79,12 @@ class QwenModelCuda {
   // −log p(tokens[t+1] | ...) inside each sequence, 0 at each sequence's last position; returns the count).
   std::vector<float> forward_logits(const PackedBatch& batch);
   int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll);
+
+  // The device copies of the weights (see QwenDeviceTensor).
+  const QwenDeviceLayer& device_layer(int64_t l) const;
+  QwenDeviceTensor device_embed() const;
+  QwenDeviceTensor device_final_norm() const;
+  QwenDeviceTensor device_lm_head() const;
 
  private:
   struct Impl;

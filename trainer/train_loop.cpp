@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <vector>
 
@@ -18,8 +19,26 @@
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
+#ifdef QWENQ_HAVE_CUDA
+#include "trainer/lora_model_cuda.h"
+#endif
 
 namespace qwenq {
+
+#ifndef QWENQ_HAVE_CUDA
+// CPU-only builds: a stand-in for trainer/lora_model_cuda.h's class, never constructed (train_lora refuses
+// use_cuda first), so that the loop below has one shape in both builds.
+class LoraModelCuda {
+ public:
+  LoraStepResult loss_and_grad(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
+  LoraStepResult loss(const PackedBatch&, const std::vector<int32_t>&) { return {}; }
+  float adamw_step(double, double, double, double, double, int64_t, double) { return 0.f; }
+  void zero_grads() {}
+  void download(LoraAdapter*) const {}
+  void download_optimizer(LoraAdapter*, LoraAdapter*) const {}
+  void upload_optimizer(const LoraAdapter&, const LoraAdapter&) {}
+};
+#endif
 
 double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
   const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
@@ -76,9 +95,9 @@ Tensors tensors_of(LoraAdapter& a) {
   return t;
 }
 
-// Mean next-token loss over (up to max_batches batches of) the eval split.
-std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& adapter, const std::vector<SftExample>& eval,
-                                    const TrainOptions& o) {
+// Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter.
+std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
+                                    const std::vector<SftExample>& eval, const TrainOptions& o) {
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
   bo.seq_len = o.seq_len;
@@ -94,7 +113,8 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   so.checkpointing = o.checkpointing;
   while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
     if (b.num_targets == 0) continue;
-    const LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+    const LoraStepResult r =
+        gpu ? gpu->loss(b.packed, b.targets) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
     sum += r.nll_sum;
     counted += r.counted;
     ++batches;
@@ -177,6 +197,11 @@ TrainReport train_lora(const TrainOptions& o) {
               "--scheduler must be cosine, linear or constant, not " << o.scheduler);
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
+#ifndef QWENQ_HAVE_CUDA
+  QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
+#endif
+  QWENQ_CHECK(!o.use_cuda || o.lora.dropout == 0.0,
+              "--device cuda trains with --lora-dropout 0 only (got " << o.lora.dropout << "); use --device cpu for dropout");
   if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
@@ -233,6 +258,19 @@ TrainReport train_lora(const TrainOptions& o) {
     write_file_atomic(metrics_path, std::string());
   }
   Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
+  std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
+#ifdef QWENQ_HAVE_CUDA
+  if (o.use_cuda) {
+    gpu = std::make_unique<LoraModelCuda>(model, adapter);
+    if (o.resume) gpu->upload_optimizer(m, v);
+  }
+#endif
+  // Brings the device's adapter and optimizer state to the host arrays (before anything is saved).
+  const auto sync_host = [&] {
+    if (!gpu) return;
+    gpu->download(&adapter);
+    gpu->download_optimizer(&m, &v);
+  };
   std::ofstream metrics(metrics_path, std::ios::app);
   QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
   if (!o.quiet) {
@@ -244,7 +282,7 @@ TrainReport train_lora(const TrainOptions& o) {
   std::vector<std::pair<int64_t, double>> curve, eval_curve;
   auto run_eval = [&](int64_t step) {
     if (data.eval.empty()) return;
-    const auto [loss, n] = evaluate(model, adapter, data.eval, o);
+    const auto [loss, n] = evaluate(model, adapter, gpu.get(), data.eval, o);
     if (step == rep.start_step) rep.first_eval_loss = loss;
     rep.eval_loss = loss;
     eval_curve.emplace_back(step, loss);
@@ -268,13 +306,15 @@ TrainReport train_lora(const TrainOptions& o) {
     if (micro.empty()) break;  // the epochs are done
     int64_t targets = 0, tokens = 0;
     for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens();
-    for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
+    if (gpu) gpu->zero_grads();
+    else for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
     double nll = 0;
     so.grad_scale = targets > 0 ? 1.0 / targets : 0.0;
     for (size_t i = 0; i < micro.size(); ++i) {
       so.dropout_seed = o.seed * 1000003ull + static_cast<uint64_t>(st.step) * 64 + i;
       try {
-        nll += lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so).nll_sum;
+        nll += (gpu ? gpu->loss_and_grad(micro[i].packed, micro[i].targets, so)
+                    : lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so)).nll_sum;
       } catch (const Error& e) {
         QWENQ_FAIL("step " << st.step + 1 << ", micro-batch " << i + 1 << " (epoch " << micro[i].epoch
                            << ", examples " << micro[i].first_index << ".." << micro[i].first_index + micro[i].num_examples - 1
@@ -283,14 +323,17 @@ TrainReport train_lora(const TrainOptions& o) {
       }
     }
     const double loss = targets > 0 ? nll / targets : 0.0;
-    const float gnorm = clip_grad_norm_ref(G.ptr.data(), G.size.data(), static_cast<int>(G.ptr.size()),
-                                           static_cast<float>(o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY));
+    // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
+    const float gnorm = gpu ? gpu->adamw_step(lr_at_step(o, st.step, total), o.beta1, o.beta2, o.adam_eps,
+                                              o.weight_decay, st.step + 1, o.max_grad_norm)
+                            : clip_grad_norm_ref(G.ptr.data(), G.size.data(), static_cast<int>(G.ptr.size()),
+                                                 static_cast<float>(o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY));
     QWENQ_CHECK(std::isfinite(loss) && std::isfinite(gnorm),
                 "step " << st.step + 1 << " (epoch " << micro[0].epoch << ", examples from " << micro[0].first_index
                         << "): loss " << loss << ", gradient norm " << gnorm << " is not finite; stopping. The last good "
                         << "checkpoint is " << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
     const double lr = lr_at_step(o, st.step, total);
-    for (size_t i = 0; i < P.ptr.size(); ++i) {
+    for (size_t i = 0; i < P.ptr.size() && !gpu; ++i) {
       adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr, o.beta1, o.beta2, o.adam_eps,
                      o.weight_decay, st.step + 1);
     }
@@ -311,6 +354,7 @@ TrainReport train_lora(const TrainOptions& o) {
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     bar.update(st.step, extra);
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
+    if (o.save_every > 0 && st.step % o.save_every == 0) sync_host();
     if (o.save_every > 0 && st.step % o.save_every == 0) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
@@ -319,6 +363,7 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   bar.finish();
   run_eval(st.step);
+  sync_host();
   // The final adapter at the top of the run directory: staged, then each file renamed into place.
   const std::string staging = path_join(o.out_dir, "adapter.staging");
   remove_tree(staging);

@@ -157,6 +157,84 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// attention_naive_backward_cuda against attention_backward_ref, both fp32, on the forward's shapes. The ref's
+// P = exp(S − lse) uses the ref's lse on both sides (the backward is tested, not the forward again). Each gradient
+// is a sum of up to keys·(H/Hkv) products whose factors carry the score errors of the forward test, so the
+// tolerance is relative to the tensor's max |value|: kBwdRelTol = 1e-4, ~100x the 2^-24·sqrt(terms)·spread
+// rounding noise of these sizes (exact-arithmetic bugs — a missed key, a wrong head — show up as O(1) errors).
+constexpr double kBwdRelTol = 1e-4;
+
+class AttentionNaiveBackwardCuda : public ::testing::TestWithParam<NaiveCase> {};
+
+TEST_P(AttentionNaiveBackwardCuda, MatchesAttentionBackwardRef) {
+  QWENQ_REQUIRE_GPU();
+  const NaiveCase& c = GetParam();
+  std::vector<int32_t> cu = {0};
+  for (int32_t len : c.lengths) cu.push_back(cu.back() + len);
+  const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(c.lengths.size());
+  const uint64_t seed = 47000 + static_cast<uint64_t>(T * 131 + c.H * 17 + c.Hkv * 5 + c.D);
+  const std::string ctx = describe(c) + " seed " + std::to_string(seed);
+  Rng rng(seed);
+  const auto normal = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& f : v) f = static_cast<float>(rng.normal());
+    return v;
+  };
+  const size_t nq = static_cast<size_t>(T * c.H * c.D), nkv = static_cast<size_t>(T * c.Hkv * c.D);
+  const std::vector<float> q = normal(nq), k = normal(nkv), v = normal(nkv), dout = normal(nq);
+  std::vector<float> out(nq), lse(static_cast<size_t>(T * c.H));
+  attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n_seqs, c.H, c.Hkv, c.D, out.data(), lse.data());
+  std::vector<float> dq_ref(nq), dk_ref(nkv), dv_ref(nkv);
+  attention_backward_ref(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu.data(), n_seqs, c.H,
+                         c.Hkv, c.D, dq_ref.data(), dk_ref.data(), dv_ref.data());
+
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(out), d_lse(lse), d_dout(dout);
+  DeviceBuffer<float> d_dq(std::vector<float>(nq + kGuard, guard_value()));
+  DeviceBuffer<float> d_dk(std::vector<float>(nkv + kGuard, guard_value()));
+  DeviceBuffer<float> d_dv(std::vector<float>(nkv + kGuard, guard_value()));
+  attention_naive_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(),
+                                n_seqs, c.H, c.Hkv, c.D, d_dq.get(), d_dk.get(), d_dv.get());
+  QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+  const struct {
+    const char* name;
+    std::vector<float> got;
+    const std::vector<float>& want;
+  } outs[] = {{"dq", d_dq.download(), dq_ref}, {"dk", d_dk.download(), dk_ref}, {"dv", d_dv.download(), dv_ref}};
+  for (const auto& o : outs) {
+    double mx = 0, worst = 0;
+    for (float f : o.want) mx = std::max(mx, static_cast<double>(std::fabs(f)));
+    const double tol = kBwdRelTol * std::max(mx, 1e-30);
+    size_t bad = 0;
+    for (size_t i = 0; i < o.want.size(); ++i) {
+      const double e = std::fabs(static_cast<double>(o.got[i]) - o.want[i]);
+      worst = std::max(worst, e / tol);
+      if (!(e <= tol) && bad++ < 5) {
+        ADD_FAILURE() << ctx << ": " << o.name << "[" << i << "] = " << o.got[i] << ", ref " << o.want[i]
+                      << " (tol " << tol << ")";
+      }
+    }
+    EXPECT_EQ(bad, 0u) << ctx << ": " << o.name << " worst error / tolerance " << worst;
+    for (size_t i = o.want.size(); i < o.got.size(); ++i) {
+      uint32_t b;
+      std::memcpy(&b, &o.got[i], 4);
+      ASSERT_EQ(b, kGuardBits) << ctx << ": " << o.name << " guard " << i - o.want.size();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AttentionNaiveBackwardCuda,
+    ::testing::Values(NaiveCase{{1}, 1, 1, 1}, NaiveCase{{1, 7, 33}, 4, 2, 16}, NaiveCase{{256, 256}, 8, 4, 8},
+                      NaiveCase{{5, 0, 129, 3}, 6, 2, 24}, NaiveCase{{300}, 8, 1, 96},
+                      NaiveCase{{17, 2}, 3, 3, 200}, NaiveCase{{130, 1}, 2, 1, 512}),
+    [](const ::testing::TestParamInfo<NaiveCase>& info) {
+      const NaiveCase& c = info.param;
+      std::string name = "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_D" + std::to_string(c.D) +
+                         "_len";
+      for (size_t i = 0; i < c.lengths.size(); ++i) name += (i ? "_" : "") + std::to_string(c.lengths[i]);
+      return name;
+    });
+
 TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
   const auto error_of = [](auto fn) -> std::string {

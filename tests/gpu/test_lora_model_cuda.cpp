@@ -1,0 +1,506 @@
+// LoraModelCuda (trainer/lora_model_cuda.h), the LoRA/QLoRA training step on the GPU, against the CPU trainer
+// (lora_loss_and_grad, clip_grad_norm_ref, adamw_step_ref, train_lora) on the same checkpoints, adapters and
+// batches:
+//   - the tiny random preset (D = 16: the naive fp32 attention forward and backward) in F32: a pure-fp32 path;
+//   - Qwen2 with random biases and norm weights and Qwen3 (q/k norm), D = 64 so flash attention runs, in F32 and
+//     BF16, and the Qwen2 one quantized by round-to-nearest into GPTQ v1 (group 32: the Q4 dequant-matmul forward
+//     and its transpose for dx);
+//   - two training runs of 50 steps (tiny F32, and the 4-bit D = 64 model) with use_cuda against the CPU's;
+//   - stories260K (D = 8, the naive kernels on a real model) when the shared data is there.
+// The adapter has all seven targets, r = 4, and a seeded nonzero B (PEFT's B = 0 would leave dA = 0 and hide
+// half of the backward). Batches pack several sequences (1, 7, 33 tokens: the small-M GEMM paths; 100 + 65: the
+// tensor-core W4A16 path), with ignored targets at each sequence's end.
+//
+// Tolerances:
+//   kFp32RelTol   F32 weights, naive attention: every op is fp32 on both sides (cuBLASLt without TF32), only the
+//                 order of sums and expf differ, ~1e-6 relative per op; the loss (relative) and each gradient
+//                 (relative to its tensor's max |value|) within 1e-4 leaves ~100x room.
+//   kBf16LossRelTol  anything rounded to bf16 on the GPU (flash attention's q, k, v, P and output; x for a BF16
+//                 or 4-bit W; dy for a BF16 or 4-bit W in the backward): the forward's logits move by up to ~5e-3
+//                 of max |logit| (tests/gpu/test_model_cuda.cpp measured a CPU emulation of these roundings), so
+//                 the summed loss by less: 1e-2 relative.
+//   kBf16GradRelTol  the gradients go back through the same roundings twice (forward recomputation and bf16
+//                 dout/dy in the backward, dS rounded to bf16 inside flash attention), each relative 2^-9 per
+//                 input and independent: a few 1e-3 of the tensor's max |value|; 5e-2 is the usual allowance for
+//                 bf16 gradients against fp32 and catches any wrong term (O(1) errors).
+//                 Observed before any GPU run, with every launcher replaced by its CPU twin plus the GPU's bf16
+//                 roundings of x, dy, q/k/v and the attention output (not flash's P and dS, nor the tensor-core
+//                 path's bf16 ŵ): loss within 4e-4, gradients within 1.2e-2 (4-bit D = 64; 6.5e-3 for F32 D = 64),
+//                 the pure-fp32 tiny model within 1e-9 (loss) and 8e-7 (gradients); the 50-step runs ended within
+//                 0.1% of the CPU's loss.
+//   AdamW         the GPU's update is checked against adamw_step_ref applied to the GPU's own (downloaded)
+//                 gradients: both are the same fp32 per-element formula (the GPU may contract to FMAs), so each
+//                 parameter within kAdamUlps ulps of its value plus kAdamUpdateRelTol of the step (|update| ~ lr at
+//                 step 1); the gradient norm against the CPU's within the gradient tolerance.
+//   training      50 steps: the last step's loss within kTrainRelTol = 5% of the CPU run's, both lower than
+//                 their first step's.
+// Every test skips without a device; the stories260K test also without the shared data.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "kernels/loss.h"
+#include "kernels/optim.h"
+#include "tests/gpu/gpu_test.h"
+#include "trainer/llama2c_import.h"
+#include "trainer/lora_model.h"
+#include "trainer/lora_model_cuda.h"
+#include "trainer/qwen_model.h"
+#include "trainer/quantize_model.h"
+#include "trainer/random_model.h"
+#include "trainer/tokenizer.h"
+#include "trainer/train_loop.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kFp32RelTol = 1e-4;
+constexpr double kBf16LossRelTol = 1e-2;
+constexpr double kBf16GradRelTol = 5e-2;
+constexpr double kAdamUlps = 4;
+constexpr double kAdamUpdateRelTol = 1e-5;
+constexpr double kTrainRelTol = 5e-2;
+
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string templ = (std::filesystem::temp_directory_path() / "qwenq_lora_cuda_XXXXXX").string();
+    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+    path_ = templ;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// ../shared/data, .gpu-deps/shared/data or $QWENQ_SHARED_DATA with stories260K, else "".
+std::string shared_data_dir() {
+  const std::filesystem::path repo = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+  std::vector<std::filesystem::path> candidates;
+  if (const char* env = std::getenv("QWENQ_SHARED_DATA")) candidates.emplace_back(env);
+  candidates.push_back(repo.parent_path() / "shared" / "data");
+  candidates.push_back(repo / ".gpu-deps" / "shared" / "data");
+  for (const auto& c : candidates) {
+    std::error_code ec;
+    if (std::filesystem::exists(c / "stories260K" / "stories260K.bin", ec)) return c.string();
+  }
+  return "";
+}
+
+std::string tiny_random(const std::string& dir, DType dtype) {
+  RandomModelOptions o;
+  o.out_dir = dir;
+  o.dtype = dtype;
+  o.seed = 5;
+  write_random_model(o);
+  return dir;
+}
+
+// A random Qwen2 (q/k/v biases) or Qwen3 (q/k norms, untied lm_head) with D = 64, every tensor non-trivial, and
+// the tiny preset's tokenizer files (its ids are < 320 <= V), so train_lora can run on it.
+struct Arch {
+  bool qwen3;
+  int64_t C, I, H, Hkv, D, V, layers;
+};
+const Arch kQwen2Bias{false, 128, 256, 2, 1, 64, 384, 2};
+const Arch kQwen3{true, 128, 256, 4, 2, 64, 384, 2};
+
+std::string write_d64_model(const std::string& dir, const Arch& a, DType dtype, uint64_t seed,
+                            const std::string& tokenizer_from) {
+  Rng rng(seed);
+  SafetensorsWriter w;
+  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float mean, float stddev) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<float> f(static_cast<size_t>(n));
+    for (auto& x : f) x = mean + static_cast<float>(rng.normal()) * stddev;
+    std::vector<uint8_t> bytes(f.size() * dtype_size(dtype));
+    from_f32(dtype, f.data(), bytes.data(), f.size());
+    w.add_owned(name, dtype, std::move(shape), std::move(bytes));
+  };
+  const int64_t Q = a.H * a.D, KV = a.Hkv * a.D;
+  add("model.embed_tokens.weight", {a.V, a.C}, 0.f, 0.5f);
+  for (int64_t l = 0; l < a.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {a.C}, 1.f, 0.1f);
+    add(p + "self_attn.q_proj.weight", {Q, a.C}, 0.f, 0.08f);
+    add(p + "self_attn.k_proj.weight", {KV, a.C}, 0.f, 0.08f);
+    add(p + "self_attn.v_proj.weight", {KV, a.C}, 0.f, 0.08f);
+    if (a.qwen3) {
+      add(p + "self_attn.q_norm.weight", {a.D}, 1.f, 0.1f);
+      add(p + "self_attn.k_norm.weight", {a.D}, 1.f, 0.1f);
+    } else {
+      add(p + "self_attn.q_proj.bias", {Q}, 0.f, 0.1f);
+      add(p + "self_attn.k_proj.bias", {KV}, 0.f, 0.1f);
+      add(p + "self_attn.v_proj.bias", {KV}, 0.f, 0.1f);
+    }
+    add(p + "self_attn.o_proj.weight", {a.C, Q}, 0.f, 0.08f);
+    add(p + "post_attention_layernorm.weight", {a.C}, 1.f, 0.1f);
+    add(p + "mlp.gate_proj.weight", {a.I, a.C}, 0.f, 0.08f);
+    add(p + "mlp.up_proj.weight", {a.I, a.C}, 0.f, 0.08f);
+    add(p + "mlp.down_proj.weight", {a.C, a.I}, 0.f, 0.06f);
+  }
+  add("model.norm.weight", {a.C}, 1.f, 0.1f);
+  if (a.qwen3) add("lm_head.weight", {a.V, a.C}, 0.f, 0.1f);
+  nlohmann::ordered_json cfg = {{"model_type", a.qwen3 ? "qwen3" : "qwen2"},
+                                {"vocab_size", a.V},
+                                {"hidden_size", a.C},
+                                {"intermediate_size", a.I},
+                                {"num_hidden_layers", a.layers},
+                                {"num_attention_heads", a.H},
+                                {"num_key_value_heads", a.Hkv},
+                                {"hidden_act", "silu"},
+                                {"max_position_embeddings", 4096},
+                                {"rms_norm_eps", 1e-6},
+                                {"rope_theta", 10000.0},
+                                {"tie_word_embeddings", !a.qwen3},
+                                {"torch_dtype", dtype == DType::BF16 ? "bfloat16" : "float32"}};
+  if (a.qwen3) cfg["head_dim"] = a.D;
+  std::filesystem::create_directories(dir);
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+  w.write(dir + "/model.safetensors");
+  for (const auto& e : std::filesystem::directory_iterator(tokenizer_from)) {
+    const std::string name = e.path().filename().string();
+    if (name == "config.json" || name.find(".safetensors") != std::string::npos || !e.is_regular_file()) continue;
+    std::filesystem::copy_file(e.path(), dir + "/" + name, std::filesystem::copy_options::overwrite_existing);
+  }
+  return dir;
+}
+
+std::string quantize_rtn_gptq(const std::string& src) {
+  QuantizeOptions q;
+  q.method = QuantizeOptions::Method::Rtn;
+  q.layout = IntLayout::GptqV1;
+  q.group_size = 32;
+  q.sym = true;
+  q.model_dir = src;
+  q.out_dir = src + "-rtn-gptq";
+  q.quiet = true;
+  quantize_model(q);
+  return q.out_dir;
+}
+
+PackedBatch random_batch(const std::vector<int>& lengths, int64_t V, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int len : lengths) {
+    std::vector<int32_t> s(static_cast<size_t>(len));
+    for (auto& t : s) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    seqs.push_back(std::move(s));
+  }
+  return PackedBatch::from_sequences(seqs);
+}
+
+// PEFT's A and a seeded nonzero B (0.05 · N(0, 1)), all seven targets, r = 4, alpha = 8.
+LoraAdapter test_adapter(const QwenModel& model, uint64_t seed) {
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.alpha = 8;
+  cfg.dropout = 0.0;
+  cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  LoraAdapter a(lora_dims_of(model.config()), cfg);
+  a.init_peft(seed);
+  Rng rng(seed + 1);
+  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
+    for (LoraTarget t : a.targets()) {
+      for (float& b : a.at(l, t).B) b = 0.05f * static_cast<float>(rng.normal());
+    }
+  }
+  return a;
+}
+
+LoraAdapter zeros_like(const LoraAdapter& a) {
+  LoraAdapter z = a;
+  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
+    for (LoraTarget t : a.targets()) {
+      std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
+      std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
+    }
+  }
+  return z;
+}
+
+std::vector<std::vector<float>*> tensors(LoraAdapter& a) {
+  std::vector<std::vector<float>*> out;
+  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
+    for (LoraTarget t : a.targets()) {
+      out.push_back(&a.at(l, t).A);
+      out.push_back(&a.at(l, t).B);
+    }
+  }
+  return out;
+}
+
+// Every tensor of got within rel_tol · max |want| of want (scaled by `factor`); returns the worst ratio.
+double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, double rel_tol, const std::string& ctx) {
+  const auto g = tensors(got), w = tensors(want);
+  double worst = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    double mx = 0, err = 0;
+    for (float f : *w[i]) mx = std::max(mx, factor * std::fabs(f));
+    for (size_t j = 0; j < w[i]->size(); ++j) {
+      const double e = std::fabs(static_cast<double>((*g[i])[j]) - factor * (*w[i])[j]);
+      err = std::isnan(e) ? INFINITY : std::max(err, e);
+    }
+    const double tol = rel_tol * std::max(mx, 1e-30);
+    worst = std::max(worst, err / tol * rel_tol);
+    EXPECT_LE(err, tol) << ctx << ": tensor " << i << " (layer " << i / (2 * 7) << ", " << (i % 2 ? "B" : "A")
+                        << "): max error " << err << ", max |grad| " << mx;
+  }
+  return worst;
+}
+
+// One loss-and-gradient step (and one AdamW step) on the GPU against the CPU, for each batch.
+void expect_step_matches_cpu(const std::string& dir, double loss_tol, double grad_tol, const std::string& what) {
+  SCOPED_TRACE(what);
+  const QwenModel cpu(dir);
+  const int64_t V = cpu.config().vocab_size;
+  LoraAdapter adapter = test_adapter(cpu, 17);
+  const std::vector<std::vector<int>> batches = {{1, 7, 33}, {100, 65}};
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    const uint64_t seed = 91 + bi;
+    const PackedBatch b = random_batch(batches[bi], V, seed);
+    const std::vector<int32_t> targets = next_token_targets(b);
+    int64_t counted = 0;
+    for (int32_t t : targets) counted += t != kIgnoreIndex;
+    LoraStepOptions so;
+    so.grad_scale = 1.0 / static_cast<double>(counted);
+    LoraAdapter g_cpu = zeros_like(adapter);
+    const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
+
+    LoraModelCuda gpu(cpu, adapter);
+    const LoraStepResult got = gpu.loss_and_grad(b, targets, so);
+    const std::string ctx = what + " batch T=" + std::to_string(b.num_tokens()) + " seed " + std::to_string(seed);
+    EXPECT_EQ(got.counted, want.counted) << ctx;
+    EXPECT_NEAR(got.nll_sum, want.nll_sum, loss_tol * std::fabs(want.nll_sum)) << ctx;
+    LoraAdapter g_gpu = zeros_like(adapter);
+    gpu.download_grads(&g_gpu);
+    const double worst = expect_grads_close(g_gpu, g_cpu, 1.0, grad_tol, ctx);
+
+    // The same batch again: the gradients accumulate (twice the CPU's) and the loss repeats.
+    const LoraStepResult again = gpu.loss_and_grad(b, targets, so);
+    EXPECT_NEAR(again.nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum)) << ctx << ": the repeated loss differs";
+    LoraAdapter g2 = zeros_like(adapter);
+    gpu.download_grads(&g2);
+    expect_grads_close(g2, g_cpu, 2.0, grad_tol, ctx + " (accumulated twice)");
+    // Evaluation gives the training loss.
+    EXPECT_NEAR(gpu.loss(b, targets).nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum))
+        << ctx << ": loss() differs from loss_and_grad()";
+
+    // One AdamW step with clipping: the GPU's update against adamw_step_ref on the GPU's own gradients.
+    gpu.zero_grads();
+    gpu.loss_and_grad(b, targets, so);
+    gpu.download_grads(&g_gpu);
+    LoraAdapter p_ref = adapter, m_ref = zeros_like(adapter), v_ref = zeros_like(adapter), g_ref = g_gpu;
+    auto P = tensors(p_ref), G = tensors(g_ref), M = tensors(m_ref), Vv = tensors(v_ref);
+    std::vector<float*> gp;
+    std::vector<int64_t> gs;
+    for (auto* t : G) gp.push_back(t->data()), gs.push_back(static_cast<int64_t>(t->size()));
+    const double lr = 1e-2, max_norm = 0.05;
+    const float norm_ref = clip_grad_norm_ref(gp.data(), gs.data(), static_cast<int>(gp.size()), max_norm);
+    for (size_t i = 0; i < P.size(); ++i) {
+      adamw_step_ref(P[i]->data(), G[i]->data(), M[i]->data(), Vv[i]->data(), static_cast<int64_t>(P[i]->size()), lr,
+                     0.9, 0.999, 1e-8, 0.01, 1);
+    }
+    const float norm = gpu.adamw_step(lr, 0.9, 0.999, 1e-8, 0.01, 1, max_norm);
+    EXPECT_NEAR(norm, norm_ref, 1e-5 * norm_ref) << ctx << ": gradient norm of the same gradients";
+    std::vector<float*> cp;
+    std::vector<int64_t> cs;
+    for (auto* t : tensors(g_cpu)) cp.push_back(t->data()), cs.push_back(static_cast<int64_t>(t->size()));
+    const float norm_cpu = clip_grad_norm_ref(cp.data(), cs.data(), static_cast<int>(cp.size()), INFINITY);
+    EXPECT_NEAR(norm, norm_cpu, grad_tol * norm_cpu) << ctx << ": gradient norm against the CPU's";
+    LoraAdapter p_gpu = zeros_like(adapter);
+    gpu.download(&p_gpu);
+    const auto pg = tensors(p_gpu);
+    size_t bad = 0;
+    for (size_t i = 0; i < P.size(); ++i) {
+      for (size_t j = 0; j < P[i]->size(); ++j) {
+        const double want_p = (*P[i])[j], e = std::fabs(static_cast<double>((*pg[i])[j]) - want_p);
+        const double tol = kAdamUlps * std::ldexp(std::fabs(want_p), -23) + kAdamUpdateRelTol * lr;
+        if (!(e <= tol) && bad++ < 5) {
+          ADD_FAILURE() << ctx << ": AdamW tensor " << i << "[" << j << "] = " << (*pg[i])[j] << ", ref " << want_p;
+        }
+      }
+    }
+    std::printf("[ %s ] T=%lld: loss GPU %.6f CPU %.6f (rel %.2e, tol %.0e); worst grad error / max %.2e (tol %.0e)\n",
+                what.c_str(), static_cast<long long>(b.num_tokens()), got.nll_sum, want.nll_sum,
+                std::fabs(got.nll_sum / want.nll_sum - 1), loss_tol, worst, grad_tol);
+  }
+}
+
+TEST(LoraModelCuda, TinyF32IsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  expect_step_matches_cpu(tiny_random(tmp.sub("f32"), DType::F32), kFp32RelTol, kFp32RelTol, "tiny F32 (naive)");
+}
+
+TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const std::string dir = tmp.sub(std::string("qwen2_") + dtype_name(dtype));
+    write_d64_model(dir, kQwen2Bias, dtype, 21, tok);
+    expect_step_matches_cpu(dir, kBf16LossRelTol, kBf16GradRelTol, std::string("qwen2 D=64 ") + dtype_name(dtype));
+  }
+  const std::string q3 = tmp.sub("qwen3");
+  write_d64_model(q3, kQwen3, DType::BF16, 33, tok);
+  ASSERT_TRUE(QwenModel(q3).config().qk_norm);
+  expect_step_matches_cpu(q3, kBf16LossRelTol, kBf16GradRelTol, "qwen3 D=64 BF16");
+}
+
+TEST(LoraModelCuda, QLoraRtnGptq4Bit) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 44, tok));
+  ASSERT_FALSE(QwenModel(q4).weights().layers[0].q.is_dense());
+  expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64");
+  const std::string tiny_q4 = quantize_rtn_gptq(tmp.sub("tok"));
+  expect_step_matches_cpu(tiny_q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit tiny (naive)");
+}
+
+TEST(LoraModelCuda, RefusesDropoutInTraining) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const QwenModel cpu(tiny_random(tmp.sub("m"), DType::F32));
+  LoraConfig cfg;
+  cfg.r = 2;
+  cfg.dropout = 0.1;
+  cfg.target_modules = {"q_proj"};
+  LoraAdapter a(lora_dims_of(cpu.config()), cfg);
+  LoraModelCuda gpu(cpu, a);
+  const PackedBatch b = random_batch({5}, cpu.config().vocab_size, 3);
+  std::string err;
+  try {
+    gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("lora_dropout 0.1 is not supported on the GPU"), std::string::npos) << err;
+  EXPECT_GT(gpu.loss(b, next_token_targets(b)).counted, 0);  // evaluation has no dropout
+}
+
+// A small JSONL text dataset of repetitive sentences (tests/test_train_loop.cpp's).
+std::string make_text_data(const std::string& path, int n) {
+  Rng rng(6);
+  const char* words[] = {"the cat", "a dog", "the bird", "one fish"};
+  const char* verbs[] = {"sat on the mat", "ran to the park", "sang a song", "ate the food"};
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    out += nlohmann::json{{"text", std::string(words[rng.below(4)]) + " " + verbs[rng.below(4)] + "."}}.dump() + "\n";
+  }
+  write_file_atomic(path, out);
+  return path;
+}
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::istringstream in(read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+// 50 steps of train_lora on the GPU and on the CPU from the same model, data and seed.
+void expect_training_matches_cpu(const std::string& model, const std::string& data, const ScratchDir& tmp,
+                                 const std::string& what) {
+  SCOPED_TRACE(what);
+  TrainOptions o;
+  o.model_dir = model;
+  o.data_path = data;
+  o.lora.r = 4;
+  o.lora.alpha = 8;
+  o.lora.dropout = 0.0;
+  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  o.seq_len = 128;
+  o.batch_size = 2;
+  o.max_steps = 50;
+  o.lr = 3e-3;
+  o.warmup_steps = 2;
+  o.data.eval_count = 8;
+  o.save_every = 25;  // exercises the download before a checkpoint
+  o.quiet = true;
+  o.out_dir = tmp.sub(what + "-cpu");
+  const TrainReport cpu = train_lora(o);
+  o.out_dir = tmp.sub(what + "-gpu");
+  o.use_cuda = true;
+  const TrainReport gpu = train_lora(o);
+  const std::vector<double> lc = losses_of(tmp.sub(what + "-cpu") + "/metrics.jsonl");
+  const std::vector<double> lg = losses_of(tmp.sub(what + "-gpu") + "/metrics.jsonl");
+  ASSERT_EQ(lc.size(), 50u);
+  ASSERT_EQ(lg.size(), 50u);
+  EXPECT_LT(lc.back(), lc.front()) << "the CPU run's loss does not decrease";
+  EXPECT_LT(lg.back(), lg.front()) << "the GPU run's loss does not decrease";
+  EXPECT_NEAR(lg.back(), lc.back(), kTrainRelTol * lc.back());
+  EXPECT_NEAR(gpu.eval_loss, cpu.eval_loss, kTrainRelTol * cpu.eval_loss);
+  EXPECT_TRUE(file_exists(tmp.sub(what + "-gpu") + "/adapter_model.safetensors"));
+  std::printf("[ %s ] 50 steps: loss CPU %.4f -> %.4f, GPU %.4f -> %.4f; eval CPU %.4f GPU %.4f; %.1fs CPU, %.1fs GPU\n",
+              what.c_str(), lc.front(), lc.back(), lg.front(), lg.back(), cpu.eval_loss, gpu.eval_loss, cpu.seconds,
+              gpu.seconds);
+}
+
+TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string data = make_text_data(tmp.sub("data.jsonl"), 200);
+  const std::string tiny = tiny_random(tmp.sub("tiny"), DType::F32);
+  expect_training_matches_cpu(tiny, data, tmp, "tiny-f32");
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 55, tiny));
+  expect_training_matches_cpu(q4, data, tmp, "qlora-d64");
+}
+
+TEST(LoraModelCuda, Stories260KStep) {
+  QWENQ_REQUIRE_GPU();
+  const std::string data = shared_data_dir();
+  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K, TinyStories) not found; skipping";
+  ScratchDir tmp;
+  Llama2cImportOptions o;
+  o.checkpoint = data + "/stories260K/stories260K.bin";
+  o.tokenizer = data + "/stories260K/tok512.bin";
+  o.out_dir = tmp.sub("stories");
+  import_llama2c(o);
+  const QwenModel cpu(o.out_dir);
+  ASSERT_EQ(cpu.config().head_dim, 8);
+  std::vector<int32_t> ids = Tokenizer::from_dir(o.out_dir).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  ASSERT_GE(ids.size(), 2u * 256u);
+  const PackedBatch b = PackedBatch::from_sequences({std::vector<int32_t>(ids.begin(), ids.begin() + 256),
+                                                     std::vector<int32_t>(ids.begin() + 256, ids.begin() + 512)});
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraAdapter adapter = test_adapter(cpu, 23);
+  LoraStepOptions so;
+  so.grad_scale = 1.0 / 510;
+  LoraAdapter g_cpu = zeros_like(adapter), g_gpu = zeros_like(adapter);
+  const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
+  LoraModelCuda gpu(cpu, adapter);
+  const LoraStepResult got = gpu.loss_and_grad(b, targets, so);
+  EXPECT_EQ(got.counted, 510);
+  EXPECT_NEAR(got.nll_sum, want.nll_sum, kFp32RelTol * want.nll_sum);
+  gpu.download_grads(&g_gpu);
+  const double worst = expect_grads_close(g_gpu, g_cpu, 1.0, kFp32RelTol, "stories260K");
+  std::printf("[ stories260K ] loss GPU %.6f CPU %.6f; worst grad error / max %.2e\n", got.nll_sum, want.nll_sum, worst);
+}
+
+}  // namespace
+}  // namespace qwenq

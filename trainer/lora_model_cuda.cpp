@@ -1,0 +1,540 @@
+// LoraModelCuda (trainer/lora_model_cuda.h): lora_model.cpp's Runner, op for op, on the device. The order of
+// the ops and of the gradient contributions is the CPU's; where the CPU zero-fills a gradient buffer and adds the
+// base's dy W into it, the first base contribution here is written directly (one pass less).
+#ifdef QWENQ_HAVE_CUDA
+
+#include "trainer/lora_model_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/act.h"
+#include "kernels/attention_naive.h"
+#include "kernels/blas_lt.h"
+#include "kernels/convert.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/flash_attention.h"
+#include "kernels/loss.h"
+#include "kernels/norm.h"
+#include "kernels/optim.h"
+#include "kernels/qgemm.h"
+#include "kernels/rope.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,   LoraTarget::OProj,
+                                    LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+
+// Logits per lm_head chunk: 64 Mi floats (256 MiB), as QwenModelCuda::next_token_nll.
+constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
+
+bool uses_flash(int64_t D) { return D == 64 || D == 128; }
+
+const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
+  switch (t) {
+    case 0: return L.q;
+    case 1: return L.k;
+    case 2: return L.v;
+    case 3: return L.o;
+    case 4: return L.gate;
+    case 5: return L.up;
+    default: return L.down;
+  }
+}
+
+// RAII for the trainer's stream (created first, destroyed last: the buffers free on it).
+class Stream {
+ public:
+  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() {
+    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  CudaStream get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// One adapted Linear: where its A and B live in the arenas (in floats).
+struct Slot {
+  int64_t layer = 0;
+  LoraTarget target = LoraTarget::QProj;
+  int64_t N = 0, K = 0, r = 0;
+  int64_t a_off = 0, b_off = 0;
+};
+
+}  // namespace
+
+struct LoraModelCuda::Impl {
+  Impl(const QwenConfig& c, const LoraAdapter& a) : cfg(c), shape(a) {}
+  Stream stream;  // first member: destroyed after every buffer below
+  std::unique_ptr<QwenModelCuda> base;
+  QwenConfig cfg;
+  LoraAdapter shape;  // the uploaded adapter's config and shapes (its values are not kept up to date)
+  float s = 1.f;
+  double dropout = 0.0;
+  std::vector<Slot> slots;
+  std::vector<int> slot_of;  // [layer · 7 + target index] -> index into slots, or -1
+  int64_t total = 0;         // floats in each arena
+  DeviceMemory params, grads, m, v;
+
+  int64_t capacity = 0, logits_rows = 0;
+  DeviceMemory xs, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
+      dup, dn2, dh1, da, dq, dk, dv, dn1, tmp, g, nll;
+  DeviceMemory tokens, positions, targets;
+  DeviceMemory act16, q16, k16, v16, a16, da16;
+  DeviceMemory logits;
+
+  CudaStream st() const { return stream.get(); }
+
+  const Slot* slot(int64_t l, int t) const {
+    const int i = slot_of[static_cast<size_t>(l * 7 + t)];
+    return i < 0 ? nullptr : &slots[static_cast<size_t>(i)];
+  }
+
+  void reserve(int64_t T) {
+    if (T <= capacity) return;
+    const QwenConfig& c = cfg;
+    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
+                  L = c.num_layers, r = shape.rank(), wide = std::max({C, Q, I});
+    capacity = 0;
+    const auto f32 = [&](int64_t cols, const char* what) {
+      try {
+        return DeviceMemory(static_cast<size_t>(T * cols) * sizeof(float), st());
+      } catch (const Error& e) {
+        throw Error(std::string("LoraModelCuda: cannot allocate ") + what + " [" + std::to_string(T) + ", " +
+                    std::to_string(cols) + "] fp32 on the GPU: " + e.what());
+      }
+    };
+    const auto b16 = [&](int64_t cols, const char* what) { return f32((cols + 1) / 2, what); };
+    xs = DeviceMemory();  // the largest one goes first
+    xs = f32((L + 1) * C, "the block inputs (activation checkpoints)");
+    n1 = f32(C, "n1");
+    qpre = f32(c.qk_norm ? Q : 1, "q before its norm");
+    kpre = f32(c.qk_norm ? KV : 1, "k before its norm");
+    q = f32(Q, "q");
+    k = f32(KV, "k");
+    v_ = f32(KV, "v");
+    a = f32(Q, "the attention output");
+    lse = f32(H, "the attention lse");
+    h1 = f32(C, "h1");
+    n2 = f32(C, "n2");
+    gate = f32(I, "gate");
+    up = f32(I, "up");
+    act = f32(I, "the SwiGLU output");
+    mlp = f32(C, "the MLP output");
+    u = f32(7 * r, "the LoRA u = x Aᵀ");
+    hidden = f32(C, "the final hidden states");
+    dhidden = f32(C, "dhidden");
+    d = f32(C, "the residual gradient");
+    dact = f32(I, "dact");
+    dgate = f32(I, "dgate");
+    dup = f32(I, "dup");
+    dn2 = f32(C, "dn2");
+    dh1 = f32(C, "dh1");
+    da = f32(Q, "da");
+    dq = f32(Q, "dq");
+    dk = f32(KV, "dk");
+    dv = f32(KV, "dv");
+    dn1 = f32(C, "dn1");
+    tmp = f32(wide, "the base input gradient");
+    g = f32(r, "the LoRA g = s dy B");
+    nll = f32(1, "the per-token losses");
+    tokens = f32(1, "the token ids");
+    positions = f32(1, "the positions");
+    targets = f32(1, "the targets");
+    act16 = b16(wide, "the bf16 activations of the 4-bit Linears");
+    if (uses_flash(c.head_dim)) {
+      q16 = b16(Q, "bf16 q");
+      k16 = b16(KV, "bf16 k");
+      v16 = b16(KV, "bf16 v");
+      a16 = b16(Q, "bf16 attention output");
+      da16 = b16(Q, "bf16 attention output gradient");
+    }
+    capacity = T;
+  }
+
+  // y [T, N] = x Wᵀ (+ b), fp32 in and out (qwen_model_cuda.cpp's Linear).
+  void base_forward(const QwenDeviceLinear& L, const float* x, int64_t T, float* y) {
+    if (!L.q4) {
+      linear_forward_cuda(x, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32, st());
+      return;
+    }
+    uint16_t* xb = act16.as<uint16_t>();
+    f32_to_bf16_cuda(x, T * L.K, xb, st());
+    qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, st());
+    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
+  }
+
+  // dx [T, K] = dy W (written), fp32 in and out.
+  void base_backward(const QwenDeviceLinear& L, const float* dy, int64_t T, float* dx) {
+    if (!L.q4) {
+      linear_backward_input_cuda(dy, T, L.N, L.dense.data, L.dense.dtype, L.K, dx, DType::F32, st());
+      return;
+    }
+    uint16_t* db = act16.as<uint16_t>();
+    f32_to_bf16_cuda(dy, T * L.N, db, st());
+    qgemm_int4_t_cuda(L.q4->view(), db, DType::BF16, T, dx, st());
+  }
+
+  float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * shape.rank(); }
+
+  // y = x Wᵀ (+ b) + s · (x Aᵀ) Bᵀ, u = x Aᵀ kept.
+  void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) {
+    const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
+    base_forward(L, x, T, y);
+    const Slot* sl = slot(l, t);
+    if (sl == nullptr) return;
+    const float* A = params.as<float>() + sl->a_off;
+    const float* B = params.as<float>() + sl->b_off;
+    float* ut = u_of(t, T);
+    linear_forward_cuda(x, T, sl->K, A, DType::F32, sl->r, nullptr, DType::F32, ut, DType::F32, st());
+    // yᵀ[N, T] += s · (B as N×r) · uᵀ(r×T): column-major view of y [T, N] += s · u Bᵀ.
+    LtGemm gm;
+    gm.m = sl->N, gm.n = T, gm.k = sl->r;
+    gm.trans_a = true, gm.trans_b = false;
+    gm.lda = sl->r, gm.ldb = sl->r, gm.ldd = sl->N;
+    gm.accumulate = true;
+    BlasLt::current().matmul(gm, B, ut, y, nullptr, s, st());
+  }
+
+  // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).
+  void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
+    if (accumulate) {
+      base_backward(L, dy, T, tmp.as<float>());
+      add_inplace_cuda(dx, tmp.as<float>(), T * L.K, st());
+    } else {
+      base_backward(L, dy, T, dx);
+    }
+    const Slot* sl = slot(l, t);
+    if (sl == nullptr) return;
+    const float* A = params.as<float>() + sl->a_off;
+    const float* B = params.as<float>() + sl->b_off;
+    float* dA = grads.as<float>() + sl->a_off;
+    float* dB = grads.as<float>() + sl->b_off;
+    const float* ut = u_of(t, T);
+    float* gp = g.as<float>();
+    BlasLt& lt = BlasLt::current();
+    {  // gᵀ[r, T] = s · (B as r×N, column-major) · dyᵀ(N×T): g [T, r] = s · dy B.
+      LtGemm gm;
+      gm.m = sl->r, gm.n = T, gm.k = sl->N;
+      gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
+      lt.matmul(gm, B, dy, gp, nullptr, s, st());
+    }
+    {  // dBᵀ[r, N] += s · uᵀ(r×T) · dy(T×N): dB [N, r] += s · dyᵀ u.
+      LtGemm gm;
+      gm.m = sl->r, gm.n = sl->N, gm.k = T;
+      gm.trans_b = true;
+      gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
+      gm.accumulate = true;
+      lt.matmul(gm, ut, dy, dB, nullptr, s, st());
+    }
+    linear_backward_weight_cuda(gp, x, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x
+    {  // dxᵀ[K, T] += (A as K×r) · gᵀ(r×T): dx [T, K] += g A.
+      LtGemm gm;
+      gm.m = sl->K, gm.n = T, gm.k = sl->r;
+      gm.lda = sl->K, gm.ldb = sl->r, gm.ldd = sl->K;
+      gm.accumulate = true;
+      lt.matmul(gm, A, gp, dx, nullptr, 1.f, st());
+    }
+  }
+
+  void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
+    rmsnorm_forward_cuda(x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, y, st());
+  }
+  void rmsnorm_bwd(const float* dy, const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w,
+                   float* dx) {
+    rmsnorm_backward_cuda(dy, x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, dx, st());
+  }
+
+  // Block l on x [T, C]; out [T, C] (null: intermediates only, the recomputation of the backward; the down
+  // projection still runs there, for its u).
+  void block_fwd(int64_t l, const PackedBatch& b, const float* x, float* out) {
+    const QwenConfig& c = cfg;
+    const QwenDeviceLayer& L = base->device_layer(l);
+    const int64_t T = b.num_tokens(), C = c.hidden_size, I = c.intermediate_size, H = c.num_heads,
+                  Hkv = c.num_kv_heads, D = c.head_dim;
+    rmsnorm(x, T, C, L.input_norm, n1.as<float>());
+    float* qp = q.as<float>();
+    float* kp = k.as<float>();
+    float* vp = v_.as<float>();
+    linear_fwd(l, 0, n1.as<float>(), T, c.qk_norm ? qpre.as<float>() : qp);
+    linear_fwd(l, 1, n1.as<float>(), T, c.qk_norm ? kpre.as<float>() : kp);
+    linear_fwd(l, 2, n1.as<float>(), T, vp);
+    if (c.qk_norm) {
+      rmsnorm(qpre.as<float>(), T * H, D, L.q_norm, qp);
+      rmsnorm(kpre.as<float>(), T * Hkv, D, L.k_norm, kp);
+    }
+    rope_forward_cuda(qp, T, H, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_forward_cuda(kp, T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
+    if (uses_flash(D)) {
+      f32_to_bf16_cuda(qp, T * H * D, q16.as<uint16_t>(), st());
+      f32_to_bf16_cuda(kp, T * Hkv * D, k16.as<uint16_t>(), st());
+      f32_to_bf16_cuda(vp, T * Hkv * D, v16.as<uint16_t>(), st());
+      attention_forward_cuda(q16.get(), k16.get(), v16.get(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D,
+                             a16.get(), lse.as<float>(), DType::BF16, st());
+      bf16_to_f32_cuda(a16.as<uint16_t>(), T * H * D, a.as<float>(), st());
+    } else {
+      attention_naive_forward_cuda(qp, kp, vp, b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, a.as<float>(),
+                                   lse.as<float>(), st());
+    }
+    linear_fwd(l, 3, a.as<float>(), T, h1.as<float>());
+    add_inplace_cuda(h1.as<float>(), x, T * C, st());
+    rmsnorm(h1.as<float>(), T, C, L.post_norm, n2.as<float>());
+    linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
+    linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
+    swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
+    linear_fwd(l, 6, act.as<float>(), T, mlp.as<float>());
+    if (out == nullptr) return;
+    add_inplace_cuda(mlp.as<float>(), h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, mlp.get(), static_cast<size_t>(T * C) * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, st()));
+  }
+
+  // dx = ∂L/∂x of block l given d (in place: d holds dout on entry, dx on return).
+  void block_bwd(int64_t l, const PackedBatch& b, const float* x, float* dd) {
+    const QwenConfig& c = cfg;
+    const QwenDeviceLayer& L = base->device_layer(l);
+    const int64_t T = b.num_tokens(), C = c.hidden_size, I = c.intermediate_size, H = c.num_heads,
+                  Hkv = c.num_kv_heads, D = c.head_dim;
+    linear_bwd(l, 6, dd, act.as<float>(), T, dact.as<float>(), false);
+    swiglu_backward_cuda(dact.as<float>(), gate.as<float>(), up.as<float>(), T * I, dgate.as<float>(),
+                         dup.as<float>(), st());
+    linear_bwd(l, 4, dgate.as<float>(), n2.as<float>(), T, dn2.as<float>(), false);
+    linear_bwd(l, 5, dup.as<float>(), n2.as<float>(), T, dn2.as<float>(), true);
+    rmsnorm_bwd(dn2.as<float>(), h1.as<float>(), T, C, L.post_norm, dh1.as<float>());
+    add_inplace_cuda(dh1.as<float>(), dd, T * C, st());
+    linear_bwd(l, 3, dh1.as<float>(), a.as<float>(), T, da.as<float>(), false);
+    if (uses_flash(D)) {
+      f32_to_bf16_cuda(da.as<float>(), T * H * D, da16.as<uint16_t>(), st());
+      attention_backward_cuda(da16.get(), q16.get(), k16.get(), v16.get(), a16.get(), lse.as<float>(),
+                              b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dq.as<float>(), dk.as<float>(),
+                              dv.as<float>(), DType::BF16, st());
+    } else {
+      attention_naive_backward_cuda(da.as<float>(), q.as<float>(), k.as<float>(), v_.as<float>(), a.as<float>(),
+                                    lse.as<float>(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dq.as<float>(),
+                                    dk.as<float>(), dv.as<float>(), st());
+    }
+    rope_backward_cuda(dq.as<float>(), T, H, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_backward_cuda(dk.as<float>(), T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
+    if (c.qk_norm) {
+      rmsnorm_bwd(dq.as<float>(), qpre.as<float>(), T * H, D, L.q_norm, dq.as<float>());
+      rmsnorm_bwd(dk.as<float>(), kpre.as<float>(), T * Hkv, D, L.k_norm, dk.as<float>());
+    }
+    linear_bwd(l, 0, dq.as<float>(), n1.as<float>(), T, dn1.as<float>(), false);
+    linear_bwd(l, 1, dk.as<float>(), n1.as<float>(), T, dn1.as<float>(), true);
+    linear_bwd(l, 2, dv.as<float>(), n1.as<float>(), T, dn1.as<float>(), true);
+    rmsnorm_bwd(dn1.as<float>(), x, T, C, L.input_norm, dd);
+    add_inplace_cuda(dd, dh1.as<float>(), T * C, st());
+  }
+
+  LoraStepResult run(const PackedBatch& b, const std::vector<int32_t>& tg, const LoraStepOptions* opt) {
+    const QwenConfig& c = cfg;
+    const int64_t T = b.num_tokens(), C = c.hidden_size, V = c.vocab_size, Lc = c.num_layers;
+    const bool train = opt != nullptr;
+    QWENQ_CHECK(T > 0, "LoraModelCuda: empty batch");
+    QWENQ_CHECK(b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
+                "LoraModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
+    QWENQ_CHECK(static_cast<int64_t>(tg.size()) == T,
+                "lora_loss_and_grad: " << tg.size() << " targets for " << T << " tokens");
+    QWENQ_CHECK(!(train && opt->train && dropout > 0.0),
+                "LoraModelCuda: lora_dropout " << dropout << " is not supported on the GPU yet (only 0); train "
+                                               << "with --lora-dropout 0 or --device cpu");
+    reserve(T);
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(targets.get(), tg.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
+    float* x0 = xs.as<float>();
+    const auto x_at = [&](int64_t l) { return x0 + l * T * C; };
+    const QwenDeviceTensor emb = base->device_embed();
+    embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, x_at(0), st());
+    // Forward: every block input kept in training; in evaluation two alternating slots suffice.
+    for (int64_t l = 0; l < Lc; ++l) {
+      const int64_t in = train ? l : (l % 2), outi = train ? l + 1 : ((l + 1) % 2);
+      block_fwd(l, b, x_at(in), x_at(outi));
+    }
+    const float* xL = x_at(train ? Lc : (Lc % 2));
+    const QwenDeviceTensor fn = base->device_final_norm(), head = base->device_lm_head();
+    rmsnorm(xL, T, C, fn, hidden.as<float>());
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
+    if (chunk > logits_rows) {
+      logits = DeviceMemory();
+      logits_rows = 0;
+      logits = DeviceMemory(static_cast<size_t>(chunk * V) * sizeof(float), st());
+      logits_rows = chunk;
+    }
+    LoraStepResult res;
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+      const int64_t rows = std::min(chunk, T - r0);
+      float* lg = logits.as<float>();
+      linear_forward_cuda(hidden.as<float>() + r0 * C, rows, C, head.data, head.dtype, V, nullptr, DType::F32, lg,
+                          DType::F32, st());
+      if (!train) {
+        res.counted += cross_entropy_forward_cuda(lg, rows, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st());
+        continue;
+      }
+      res.counted += cross_entropy_fused_cuda(lg, rows, V, targets.as<int32_t>() + r0,
+                                              static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st());
+      linear_backward_input_cuda(lg, rows, V, head.data, head.dtype, C, dhidden.as<float>() + r0 * C, DType::F32,
+                                 st());
+    }
+    std::vector<float> host_nll(static_cast<size_t>(T));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(host_nll.data(), nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    for (float f : host_nll) res.nll_sum += f;
+    QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad (GPU): the loss is not finite");
+    if (!train) return res;
+    float* dd = d.as<float>();
+    rmsnorm_bwd(dhidden.as<float>(), xL, T, C, fn, dd);
+    for (int64_t l = Lc - 1; l >= 0; --l) {
+      block_fwd(l, b, x_at(l), nullptr);  // recompute the intermediates
+      block_bwd(l, b, x_at(l), dd);
+    }
+    // Surface an asynchronous fault here, with the step, rather than at the next call.
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    return res;
+  }
+
+  void check_same(const LoraAdapter& a, const char* what) const {
+    QWENQ_CHECK(a.targets() == shape.targets() && a.rank() == shape.rank() &&
+                    a.dims().num_layers == shape.dims().num_layers && a.dims().hidden_size == shape.dims().hidden_size &&
+                    a.dims().intermediate_size == shape.dims().intermediate_size &&
+                    a.dims().q_dim == shape.dims().q_dim && a.dims().kv_dim == shape.dims().kv_dim,
+                "LoraModelCuda: " << what << " has other shapes or targets than the uploaded adapter (r "
+                                  << a.rank() << " vs " << shape.rank() << ", " << a.targets().size() << " vs "
+                                  << shape.targets().size() << " targets)");
+  }
+
+  void put(const DeviceMemory& arena, const LoraAdapter& a, const char* what) {
+    check_same(a, what);
+    std::vector<float> host(static_cast<size_t>(total));
+    for (const Slot& sl : slots) {
+      const LoraWeights& w = a.at(sl.layer, sl.target);
+      std::copy(w.A.begin(), w.A.end(), host.begin() + sl.a_off);
+      std::copy(w.B.begin(), w.B.end(), host.begin() + sl.b_off);
+    }
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(arena.get(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice, st()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));  // host goes out of scope
+  }
+
+  void get(const DeviceMemory& arena, LoraAdapter* a, const char* what) const {
+    check_same(*a, what);
+    std::vector<float> host(static_cast<size_t>(total));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(host.data(), arena.get(), host.size() * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    for (const Slot& sl : slots) {
+      LoraWeights& w = a->at(sl.layer, sl.target);
+      std::copy(host.begin() + sl.a_off, host.begin() + sl.a_off + sl.r * sl.K, w.A.begin());
+      std::copy(host.begin() + sl.b_off, host.begin() + sl.b_off + sl.N * sl.r, w.B.begin());
+    }
+  }
+};
+
+LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter)
+    : impl_(std::make_unique<Impl>(model.config(), adapter)) {
+  Impl& m = *impl_;
+  const QwenConfig& c = m.cfg;
+  const LoraDims& d = adapter.dims();
+  QWENQ_CHECK(d.hidden_size == c.hidden_size && d.intermediate_size == c.intermediate_size && d.q_dim == c.q_dim() &&
+                  d.kv_dim == c.kv_dim() && d.num_layers == c.num_layers,
+              "the adapter was made for another base model (hidden " << d.hidden_size << ", intermediate "
+                  << d.intermediate_size << ", " << d.num_layers << " layers; the model has " << c.hidden_size << ", "
+                  << c.intermediate_size << ", " << c.num_layers << ")");
+  m.base = std::make_unique<QwenModelCuda>(model);
+  m.s = static_cast<float>(adapter.scaling());
+  m.dropout = adapter.config().dropout;
+  m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (int t = 0; t < 7; ++t) {
+      if (!adapter.has(l, kTargets[t])) continue;
+      const LoraWeights& w = adapter.at(l, kTargets[t]);
+      Slot sl;
+      sl.layer = l;
+      sl.target = kTargets[t];
+      sl.N = w.N, sl.K = w.K, sl.r = w.r;
+      sl.a_off = m.total;
+      sl.b_off = m.total + w.r * w.K;
+      m.total += w.r * (w.K + w.N);
+      m.slot_of[static_cast<size_t>(l * 7 + t)] = static_cast<int>(m.slots.size());
+      m.slots.push_back(sl);
+    }
+  }
+  // The clip order of the CPU loop (layer, targets in table order, A then B) is the slots' order, provided the
+  // adapter's target list is in table order, which LoraAdapter guarantees.
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(m.total, 1)) * sizeof(float);
+  m.params = DeviceMemory(bytes, m.st());
+  m.grads = DeviceMemory(bytes, m.st());
+  m.m = DeviceMemory(bytes, m.st());
+  m.v = DeviceMemory(bytes, m.st());
+  m.put(m.params, adapter, "the adapter");
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(m.grads.get(), 0, bytes, m.st()));
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(m.m.get(), 0, bytes, m.st()));
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(m.v.get(), 0, bytes, m.st()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+}
+
+LoraModelCuda::~LoraModelCuda() = default;
+
+LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
+                                            const LoraStepOptions& opt) {
+  return impl_->run(batch, targets, &opt);
+}
+
+LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<int32_t>& targets) {
+  return impl_->run(batch, targets, nullptr);
+}
+
+float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                                double max_grad_norm) {
+  Impl& m = *impl_;
+  std::vector<float*> ptr;
+  std::vector<int64_t> size;
+  for (const Slot& sl : m.slots) {
+    ptr.push_back(m.grads.as<float>() + sl.a_off);
+    size.push_back(sl.r * sl.K);
+    ptr.push_back(m.grads.as<float>() + sl.b_off);
+    size.push_back(sl.N * sl.r);
+  }
+  const float norm = clip_grad_norm_cuda(ptr.data(), size.data(), static_cast<int>(ptr.size()),
+                                         static_cast<float>(max_grad_norm > 0 ? max_grad_norm : INFINITY), m.st());
+  if (!std::isfinite(norm)) return norm;
+  // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop.
+  if (m.total > 0) {
+    adamw_step_cuda(m.params.as<float>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(), m.total, lr, beta1,
+                    beta2, eps, weight_decay, step, m.st());
+  }
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+  return norm;
+}
+
+void LoraModelCuda::zero_grads() {
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(impl_->grads.get(), 0, impl_->grads.bytes(), impl_->st()));
+}
+
+void LoraModelCuda::download(LoraAdapter* adapter) const { impl_->get(impl_->params, adapter, "the adapter"); }
+void LoraModelCuda::upload(const LoraAdapter& adapter) { impl_->put(impl_->params, adapter, "the adapter"); }
+void LoraModelCuda::download_grads(LoraAdapter* grads) const { impl_->get(impl_->grads, grads, "the gradients"); }
+void LoraModelCuda::download_optimizer(LoraAdapter* m, LoraAdapter* v) const {
+  impl_->get(impl_->m, m, "AdamW's m");
+  impl_->get(impl_->v, v, "AdamW's v");
+}
+void LoraModelCuda::upload_optimizer(const LoraAdapter& m, const LoraAdapter& v) {
+  impl_->put(impl_->m, m, "AdamW's m");
+  impl_->put(impl_->v, v, "AdamW's v");
+}
+
+QwenModelCuda& LoraModelCuda::base() { return *impl_->base; }
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA

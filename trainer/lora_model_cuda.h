@@ -1,0 +1,84 @@
+// LoRA/QLoRA training on the GPU: the loss and adapter gradients of trainer/lora_model.h (same math, same
+// contract), computed op by op through the launchers of kernels/ on the weights a QwenModelCuda uploaded (dense
+// as stored, packed GPTQ/AWQ/NF4 repacked to Q4), plus the AdamW step, so that a training step never leaves
+// the device (the host sees the loss, the gradient norm and, on request, the adapter).
+//
+// Every adapted Linear computes y = x Wᵀ (+ b) + s · (x Aᵀ) Bᵀ; with g = s · dy B its backward is
+//   dB += s · dyᵀ u (u = x Aᵀ saved)     dA += gᵀ x     dx = dy W + g A
+// (lora/lora_linear.h). The base dy W is linear_backward_input_cuda for a dense W and qgemm_int4_t_cuda
+// (dy rounded to bf16, as the forward rounds x) for a Q4 one; the four adapter products are fp32 cuBLASLt
+// matmuls (linear_forward_cuda for u, BlasLt::matmul with alpha = s and beta = 1 for the rest, so the scaling and
+// the accumulation cost no extra pass). The block backward is lora_model.h's, kernel for kernel:
+// rmsnorm_backward_cuda, swiglu_backward_cuda, rope_backward_cuda, attention_backward_cuda (flash, D = 64/128:
+// bf16 q/k/v/out/dout, fp32 grads) or attention_naive_backward_cuda (other D, fp32), and
+// cross_entropy_fused_cuda over chunks of lm_head rows, each chunk's dlogits multiplied into dhidden at once.
+//
+// Data types: the forward's of trainer/qwen_model_cuda.h (fp32 residual stream and activations; x rounded to
+// bf16 for a BF16 or Q4 W and for flash attention). Adapter A, B, their gradients and AdamW's m, v are fp32
+// device arrays, one allocation each, laid out layer by layer, targets in table order, A then B: the order of
+// the CPU trainer's tensor list, so gradient clipping sums the same tensors in the same order.
+//
+// Activation checkpointing is always on: the forward keeps each block's input [T, C] (L + 1 of them, the last
+// the final residual), the backward recomputes the block's intermediates from it into one set of buffers.
+// (LoraStepOptions::checkpointing = false gives the same numbers on the CPU by construction; here it is ignored.)
+// Dropout: only p = 0 (or train = false) is supported on the GPU; an adapter with lora_dropout > 0 is refused
+// in training with a message saying so (the CPU's masks come from a host RNG stream).
+//
+// Memory: the QwenModelCuda's weights, 4 · (adapter parameters) fp32 (A/B, grads, m, v), and for the largest
+// batch seen (T tokens) about T · ((L + 11)·C + 6·I + 5·H·D + 5·Hkv·D + max(C, H·D, I) + 8·r) fp32, plus bf16
+// copies and one chunk of logits (at most 256 MiB). Not thread-safe (the buffers are reused by every call).
+#pragma once
+
+#ifdef QWENQ_HAVE_CUDA
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "lora/lora_adapter.h"
+#include "trainer/lora_model.h"
+#include "trainer/qwen_model_cuda.h"
+
+namespace qwenq {
+
+class LoraModelCuda {
+ public:
+  // Uploads `model` (a QwenModelCuda of its own) and `adapter` (A and B), with zero gradients and optimizer
+  // state. Throws when the adapter was made for another model, or when anything does not fit on the device.
+  LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter);
+  ~LoraModelCuda();
+  LoraModelCuda(const LoraModelCuda&) = delete;
+  LoraModelCuda& operator=(const LoraModelCuda&) = delete;
+
+  // lora_loss_and_grad's contract: targets [T] (kIgnoreIndex for uncounted positions); the gradient of
+  // opt.grad_scale · Σ nll is added to the device gradients. Throws for lora_dropout > 0 with opt.train.
+  LoraStepResult loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
+                               const LoraStepOptions& opt);
+  // The loss only (evaluation: no dropout, no gradients, no block inputs kept).
+  LoraStepResult loss(const PackedBatch& batch, const std::vector<int32_t>& targets);
+
+  // clip_grad_norm (torch semantics; max_grad_norm <= 0: no clipping) then AdamW (kernels/optim.h) on every A and
+  // B, `step` the 1-based count after this update. Returns the norm before clipping; when it is not finite,
+  // nothing is updated (the caller stops, as the CPU loop does).
+  float adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
+                   double max_grad_norm);
+  void zero_grads();
+
+  // Host <-> device copies of A/B, of the gradients, of AdamW's m and v (adapters of the same config and shapes;
+  // the targets must match the uploaded adapter's).
+  void download(LoraAdapter* adapter) const;
+  void upload(const LoraAdapter& adapter);
+  void download_grads(LoraAdapter* grads) const;
+  void download_optimizer(LoraAdapter* m, LoraAdapter* v) const;
+  void upload_optimizer(const LoraAdapter& m, const LoraAdapter& v);
+
+  QwenModelCuda& base();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
