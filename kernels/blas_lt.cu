@@ -6,6 +6,7 @@
 // each cublasLtMatmul, under the mutex that serializes calls. cuBLASLt reads descriptor attributes when the call
 // is enqueued, so changing the pointer for the next call does not affect a matmul already queued.
 #include <cublasLt.h>
+#include <dlfcn.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -14,13 +15,63 @@
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "kernels/blas_lt.h"
 #include "kernels/cuda_check.cuh"
 
+#define QWENQ_STRINGIFY_(x) #x
+#define QWENQ_STRINGIFY(x) QWENQ_STRINGIFY_(x)
+
 namespace qwenq {
+
+namespace {
+
+// cuBLASLt is opened with dlopen on first use instead of being linked: the library is over 500 MB, and merely
+// loading it (relocations) costs every process ~200 MB of resident memory, CPU-only runs included. The entry
+// points used here, typed from the header.
+struct LtApi {
+#define QWENQ_LT_FN(name) decltype(&cublasLt##name) name = nullptr;
+  QWENQ_LT_FN(Create) QWENQ_LT_FN(Destroy) QWENQ_LT_FN(GetStatusName) QWENQ_LT_FN(GetStatusString) QWENQ_LT_FN(Matmul)
+  QWENQ_LT_FN(MatmulAlgoGetHeuristic) QWENQ_LT_FN(MatmulDescCreate) QWENQ_LT_FN(MatmulDescDestroy)
+  QWENQ_LT_FN(MatmulDescSetAttribute) QWENQ_LT_FN(MatmulPreferenceCreate) QWENQ_LT_FN(MatmulPreferenceDestroy)
+  QWENQ_LT_FN(MatmulPreferenceSetAttribute) QWENQ_LT_FN(MatrixLayoutCreate) QWENQ_LT_FN(MatrixLayoutDestroy)
+#undef QWENQ_LT_FN
+};
+
+const LtApi& lt_api() {
+  static LtApi api;
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    const char* names[] = {"libcublasLt.so." QWENQ_STRINGIFY(CUBLAS_VER_MAJOR), "libcublasLt.so"};
+    void* lib = nullptr;
+    for (const char* n : names) {
+      if ((lib = ::dlopen(n, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    }
+    if (!lib) {
+      const char* why = ::dlerror();
+      error = std::string("cannot load cuBLASLt (libcublasLt.so." QWENQ_STRINGIFY(CUBLAS_VER_MAJOR) "): ") +
+              (why ? why : "not found");
+      return;
+    }
+#define QWENQ_LT_LOAD(name)                                                                         \
+    api.name = reinterpret_cast<decltype(api.name)>(::dlsym(lib, "cublasLt" #name));               \
+    if (!api.name && error.empty()) error = "libcublasLt has no symbol cublasLt" #name;
+    QWENQ_LT_LOAD(Create) QWENQ_LT_LOAD(Destroy) QWENQ_LT_LOAD(GetStatusName) QWENQ_LT_LOAD(GetStatusString)
+    QWENQ_LT_LOAD(Matmul) QWENQ_LT_LOAD(MatmulAlgoGetHeuristic) QWENQ_LT_LOAD(MatmulDescCreate)
+    QWENQ_LT_LOAD(MatmulDescDestroy) QWENQ_LT_LOAD(MatmulDescSetAttribute) QWENQ_LT_LOAD(MatmulPreferenceCreate)
+    QWENQ_LT_LOAD(MatmulPreferenceDestroy) QWENQ_LT_LOAD(MatmulPreferenceSetAttribute)
+    QWENQ_LT_LOAD(MatrixLayoutCreate) QWENQ_LT_LOAD(MatrixLayoutDestroy)
+#undef QWENQ_LT_LOAD
+  });
+  QWENQ_CHECK(error.empty(), error);
+  return api;
+}
+
+}  // namespace
 
 namespace {
 
@@ -28,8 +79,8 @@ namespace {
   do {                                                                                                  \
     const cublasStatus_t qwenq_lt_st_ = (call);                                                         \
     if (qwenq_lt_st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-      QWENQ_FAIL(ctx << ": `" << #call << "` returned " << cublasLtGetStatusName(qwenq_lt_st_) << " ("   \
-                     << cublasLtGetStatusString(qwenq_lt_st_) << ")");                                  \
+      QWENQ_FAIL(ctx << ": `" << #call << "` returned " << lt_api().GetStatusName(qwenq_lt_st_) << " ("   \
+                     << lt_api().GetStatusString(qwenq_lt_st_) << ")");                                  \
   } while (0)
 
 bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
@@ -70,10 +121,10 @@ struct Plan {
 };
 
 void destroy(Plan& p) noexcept {
-  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
-  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
-  if (p.d) cublasLtMatrixLayoutDestroy(p.d);
-  if (p.desc) cublasLtMatmulDescDestroy(p.desc);
+  if (p.a) lt_api().MatrixLayoutDestroy(p.a);
+  if (p.b) lt_api().MatrixLayoutDestroy(p.b);
+  if (p.d) lt_api().MatrixLayoutDestroy(p.d);
+  if (p.desc) lt_api().MatmulDescDestroy(p.desc);
   p = Plan{};
 }
 
@@ -81,7 +132,7 @@ void destroy(Plan& p) noexcept {
 struct PreferenceGuard {
   cublasLtMatmulPreference_t p = nullptr;
   ~PreferenceGuard() {
-    if (p) cublasLtMatmulPreferenceDestroy(p);
+    if (p) lt_api().MatmulPreferenceDestroy(p);
   }
 };
 
@@ -166,7 +217,7 @@ struct BlasLt::Impl {
     // Errors are dropped: a destructor must not throw, and a dead context was reported by the call that broke it.
     if (workspace && cudaFree(workspace) != cudaSuccess) cudaGetLastError();
     if (last_done && cudaEventDestroy(last_done) != cudaSuccess) cudaGetLastError();
-    if (handle) cublasLtDestroy(handle);
+    if (handle) lt_api().Destroy(handle);
   }
 
   Plan& plan_for(const LtGemm& g, uint32_t align_a, uint32_t align_b, uint32_t align_d) {
@@ -193,30 +244,30 @@ struct BlasLt::Impl {
     const std::string ctx = describe(g);
     Plan p;
     try {
-      QWENQ_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), ctx);
       const cublasOperation_t ta = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-      QWENQ_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), ctx);
-      QWENQ_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), ctx);
       if (g.bias) {
         const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-        QWENQ_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
+        QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi),
                              ctx);
         const int32_t bias_type = cuda_type(g.d_type);
         QWENQ_CUBLASLT_CHECK(
-            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type),
+            lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type),
             ctx);
       }
       const uint64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
       const uint64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
-      QWENQ_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(g.a_type), a_rows, a_cols, g.lda), ctx);
-      QWENQ_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(g.b_type), b_rows, b_cols, g.ldb), ctx);
-      QWENQ_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&p.d, cuda_type(g.d_type), g.m, g.n, g.ldd), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatrixLayoutCreate(&p.a, cuda_type(g.a_type), a_rows, a_cols, g.lda), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatrixLayoutCreate(&p.b, cuda_type(g.b_type), b_rows, b_cols, g.ldb), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatrixLayoutCreate(&p.d, cuda_type(g.d_type), g.m, g.n, g.ldd), ctx);
 
       PreferenceGuard pref;
-      QWENQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&pref.p), ctx);
+      QWENQ_CUBLASLT_CHECK(lt_api().MatmulPreferenceCreate(&pref.p), ctx);
       const uint64_t ws = kWorkspaceBytes;
       QWENQ_CUBLASLT_CHECK(
-          cublasLtMatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws), ctx);
+          lt_api().MatmulPreferenceSetAttribute(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws), ctx);
       // The heuristic may only return algorithms that work with the pointers' actual alignment (its default
       // assumes 256-byte aligned buffers; a sub-matrix or an odd K breaks that).
       const uint32_t aligns[4] = {align_a, align_b, align_d, align_d};
@@ -224,13 +275,13 @@ struct BlasLt::Impl {
           CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
           CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
       for (int i = 0; i < 4; ++i)
-        QWENQ_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.p, attrs[i], &aligns[i], sizeof aligns[i]), ctx);
+        QWENQ_CUBLASLT_CHECK(lt_api().MatmulPreferenceSetAttribute(pref.p, attrs[i], &aligns[i], sizeof aligns[i]), ctx);
 
       cublasLtMatmulHeuristicResult_t result{};
       int found = 0;
       ++heuristics;
       QWENQ_CUBLASLT_CHECK(
-          cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.d, p.d, pref.p, 1, &result, &found), ctx);
+          lt_api().MatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.d, p.d, pref.p, 1, &result, &found), ctx);
       QWENQ_CHECK(found > 0, ctx << ": cuBLASLt has no algorithm for this shape, dtype and alignment (A "
                                  << align_a << " B " << align_b << " D " << align_d << " bytes)");
       p.algo = result.algo;
@@ -244,9 +295,9 @@ struct BlasLt::Impl {
 };
 
 BlasLt::BlasLt() : impl_(std::make_unique<Impl>()) {
-  const cublasStatus_t st = cublasLtCreate(&impl_->handle);
-  QWENQ_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtCreate returned " << cublasLtGetStatusName(st) << " ("
-                                                                      << cublasLtGetStatusString(st) << ")");
+  const cublasStatus_t st = lt_api().Create(&impl_->handle);
+  QWENQ_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtCreate returned " << lt_api().GetStatusName(st) << " ("
+                                                                      << lt_api().GetStatusString(st) << ")");
   QWENQ_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->last_done, cudaEventDisableTiming));
 }
 
@@ -272,16 +323,16 @@ void BlasLt::matmul(const LtGemm& g, const void* A, const void* B, void* D, cons
   Plan& p = s.plan_for(g, alignment_of(A), alignment_of(B), alignment_of(D));
   const std::string ctx = g.bias ? describe(g) : std::string();
   if (g.bias)
-    QWENQ_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+    QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
                          ctx);
   if (p.workspace > 0 && s.workspace == nullptr) QWENQ_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes));
   if (s.used && s.last_stream != stream) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, s.last_done, 0));
   const float beta = g.accumulate ? 1.f : 0.f;
-  const cublasStatus_t st = cublasLtMatmul(s.handle, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d, &p.algo,
+  const cublasStatus_t st = lt_api().Matmul(s.handle, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d, &p.algo,
                                            s.workspace, p.workspace, stream);
   QWENQ_CHECK(st == CUBLAS_STATUS_SUCCESS,
-              describe(g) << ": cublasLtMatmul returned " << cublasLtGetStatusName(st) << " ("
-                          << cublasLtGetStatusString(st) << ")");
+              describe(g) << ": cublasLtMatmul returned " << lt_api().GetStatusName(st) << " ("
+                          << lt_api().GetStatusString(st) << ")");
   QWENQ_CUDA_CHECK(cudaEventRecord(s.last_done, stream));
   s.last_stream = stream;
   s.used = true;
