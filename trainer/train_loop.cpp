@@ -274,18 +274,16 @@ TrainReport train_lora(const TrainOptions& o) {
   std::ofstream metrics(metrics_path, std::ios::app);
   QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
   if (!o.quiet) {
-    std::fprintf(stderr, "train: %lld steps of %lld x %lld micro-batch(es) of <= %lld x %lld tokens; adapter r=%lld on %zu "
-                 "Linears per layer, %lld parameters\n", (long long)total, (long long)o.grad_accum, (long long)1,
+    std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es) of <= %lld x %lld tokens; adapter r=%lld on %zu "
+                 "Linears per layer, %lld parameters\n", (long long)total, (long long)o.grad_accum,
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
   }
-  std::vector<std::pair<int64_t, double>> curve, eval_curve;
   auto run_eval = [&](int64_t step) {
     if (data.eval.empty()) return;
     const auto [loss, n] = evaluate(model, adapter, gpu.get(), data.eval, o);
     if (step == rep.start_step) rep.first_eval_loss = loss;
     rep.eval_loss = loss;
-    eval_curve.emplace_back(step, loss);
     metrics << nlohmann::json{{"step", step}, {"eval_loss", loss}, {"eval_tokens", n}}.dump() << "\n" << std::flush;
   };
   if (!o.resume) run_eval(0);
@@ -343,7 +341,6 @@ TrainReport train_lora(const TrainOptions& o) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.elapsed_s = t_prev + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     rep.last_loss = loss;
-    curve.emplace_back(st.step, loss);
     metrics << nlohmann::json{{"step", st.step}, {"epoch", micro.back().epoch}, {"loss", loss}, {"lr", lr},
                               {"grad_norm", gnorm}, {"tokens", tokens}, {"targets", targets},
                               {"tokens_per_s", tokens / std::max(dt, 1e-9)}, {"elapsed_s", st.elapsed_s}}
@@ -375,12 +372,11 @@ TrainReport train_lora(const TrainOptions& o) {
                 "cannot move " << f << " into " << o.out_dir);
   }
   remove_tree(staging);
-  // The loss curve over the whole run (metrics.jsonl holds the resumed part's predecessors too).
+  // The loss curve over the whole run, from metrics.jsonl (which also holds the steps before a resume).
+  std::vector<std::pair<int64_t, double>> curve, eval_curve;
   {
     std::istringstream in(read_file(metrics_path));
     std::string line;
-    curve.clear();
-    eval_curve.clear();
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded()) continue;
