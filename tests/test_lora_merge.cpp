@@ -18,12 +18,12 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
+#include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
-#include "trainer/random_model.h"
 
 namespace qwenq {
 namespace {
@@ -35,13 +35,7 @@ constexpr double kMergeRelTol = 1e-5;
 constexpr double kMinAdapterEffect = 1e-2;
 
 std::string make_model(const std::string& dir, int64_t layers = 0) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = DType::F32;
-  o.seed = 31;
-  o.layers = layers;
-  write_random_model(o);
-  return dir;
+  return test::make_tiny_model(dir, /*seed=*/31, /*kv_heads=*/0, layers);
 }
 
 // PEFT init for A, then B ~ 0.3·N(0, 1) from Rng(seed) so the adapter changes the model.

@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "lora/lora_adapter.h"
+#include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
@@ -25,13 +26,7 @@ constexpr double kFdRelTol = 5e-3;
 constexpr double kFdAbsTol = 2e-3;
 
 std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = DType::F32;
-  o.seed = 21;
-  o.kv_heads = kv_heads;
-  write_random_model(o);
-  return dir;
+  return test::make_tiny_model(dir, /*seed=*/21, kv_heads);
 }
 
 LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0) {

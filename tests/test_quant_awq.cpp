@@ -16,12 +16,11 @@
 #include "core/safetensors.h"
 #include "quant/awq.h"
 #include "quant/grid.h"
+#include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
-#include "trainer/llama2c_import.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
-#include "trainer/random_model.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
@@ -164,13 +163,7 @@ TEST(Awq, ClipSearchMatchesBruteForce) {
 // ---- the whole-model driver ------------------------------------------------------------------------------
 
 std::string make_random(const std::string& dir, int64_t kv_heads = 0) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = DType::F32;
-  o.seed = 11;
-  o.kv_heads = kv_heads;
-  write_random_model(o);
-  return dir;
+  return test::make_tiny_model(dir, /*seed=*/11, kv_heads);
 }
 
 // Seeded lowercase words: the random models' byte-level tokenizer turns any text into tokens.
@@ -314,12 +307,8 @@ TEST(AwqModel, RefusalsLeaveNoOutput) {
 TEST(AwqModel, BeatsRtnOnStories260K) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
-  Llama2cImportOptions io;
-  io.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-  io.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-  io.out_dir = root + "/fp32";
-  import_llama2c(io);
-  AwqModelOptions a = awq_options(io.out_dir, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
+  const std::string fp32 = test::import_stories260k(root + "/fp32");
+  AwqModelOptions a = awq_options(fp32, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
   a.out.group_size = 64;
   a.out.pad_intermediate = true;
   a.calib_samples = 32;
@@ -333,13 +322,13 @@ TEST(AwqModel, BeatsRtnOnStories260K) {
   quantize_model(rtn);
 
   std::vector<int32_t> ids =
-      Tokenizer::from_dir(io.out_dir).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
   ids.resize(32 * 256);
   PerplexityOptions po;
   po.seq_len = 256;
   po.windows_per_batch = 8;
   po.quiet = true;
-  const double base = evaluate_perplexity(QwenModel(io.out_dir), ids, po).perplexity;
+  const double base = evaluate_perplexity(QwenModel(fp32), ids, po).perplexity;
   const double p_rtn = evaluate_perplexity(QwenModel(rtn.out_dir), ids, po).perplexity;
   const double p_awq = evaluate_perplexity(QwenModel(a.out.out_dir), ids, po).perplexity;
   std::printf("stories260K, 4-bit g64 AWQ grid, 32 x 256 TinyStories tokens: fp32 %.4f, rtn %.4f (+%.1f%%), awq %.4f (+%.1f%%)\n",

@@ -9,12 +9,11 @@
 #include "core/files.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
+#include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
-#include "trainer/llama2c_import.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
-#include "trainer/random_model.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
@@ -22,14 +21,7 @@ namespace {
 
 using test::error_of;
 
-std::string make_tiny(const std::string& dir) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = DType::F32;
-  o.seed = 5;
-  write_random_model(o);
-  return dir;
-}
+std::string make_tiny(const std::string& dir) { return test::make_tiny_model(dir, /*seed=*/5); }
 
 // Copies `src` with every decoder Linear replaced by `fake(W, N, K)` (fp32).
 template <typename Fake>
@@ -200,14 +192,10 @@ TEST(QuantizeModel, RefusalsLeaveNoOutput) {
 TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
-  Llama2cImportOptions io;
-  io.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-  io.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-  io.out_dir = root + "/fp32";
-  import_llama2c(io);
+  const std::string fp32 = test::import_stories260k(root + "/fp32");
   // intermediate_size 172 is not a multiple of 8: GPTQ files cannot hold down_proj; refused before writing.
   QuantizeOptions g;
-  g.model_dir = io.out_dir;
+  g.model_dir = fp32;
   g.out_dir = root + "/gptq";
   g.quiet = true;
   std::string err = error_of([&] { quantize_model(g); });
@@ -221,7 +209,7 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   pad.pad_intermediate = true;
   quantize_model(pad);
   EXPECT_EQ(QwenModel(pad.out_dir).config().intermediate_size, 176);
-  std::string fake = fake_quant_copy(io.out_dir, root + "/fake_pc", [&](const float* W, int64_t N, int64_t K) {
+  std::string fake = fake_quant_copy(fp32, root + "/fake_pc", [&](const float* W, int64_t N, int64_t K) {
     GroupGrid gr = find_grid(W, N, K, 4, -1, true, GridRule::Gptq);
     return dequantize_codes(quantize_rtn(W, gr).data(), gr);
   });
@@ -237,13 +225,13 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   n.out_dir = root + "/nf4";
   quantize_model(n);
   std::vector<int32_t> ids =
-      Tokenizer::from_dir(io.out_dir).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
   ids.resize(16 * 256);
   PerplexityOptions po;
   po.seq_len = 256;
   po.windows_per_batch = 4;
   po.quiet = true;
-  const double base = evaluate_perplexity(QwenModel(io.out_dir), ids, po).perplexity;
+  const double base = evaluate_perplexity(QwenModel(fp32), ids, po).perplexity;
   const double nf4 = evaluate_perplexity(QwenModel(n.out_dir), ids, po).perplexity;
   std::printf("stories260K perplexity on 16 x 256 tokens: fp32 %.4f, nf4+dq %.4f\n", base, nf4);
   EXPECT_GT(nf4, base);
@@ -261,13 +249,9 @@ namespace {
 TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
-  Llama2cImportOptions io;
-  io.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-  io.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-  io.out_dir = root + "/fp32";
-  import_llama2c(io);
+  const std::string fp32 = test::import_stories260k(root + "/fp32");
   QuantizeOptions rtn;
-  rtn.model_dir = io.out_dir;
+  rtn.model_dir = fp32;
   rtn.out_dir = root + "/rtn";
   rtn.group_size = 64;
   rtn.sym = false;
@@ -287,13 +271,13 @@ TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
   EXPECT_EQ(QwenModel(g.out.out_dir).config().intermediate_size, 192);
 
   std::vector<int32_t> ids =
-      Tokenizer::from_dir(io.out_dir).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
   ids.resize(32 * 256);
   PerplexityOptions po;
   po.seq_len = 256;
   po.windows_per_batch = 8;
   po.quiet = true;
-  const double base = evaluate_perplexity(QwenModel(io.out_dir), ids, po).perplexity;
+  const double base = evaluate_perplexity(QwenModel(fp32), ids, po).perplexity;
   const double p_rtn = evaluate_perplexity(QwenModel(rtn.out_dir), ids, po).perplexity;
   const double p_gptq = evaluate_perplexity(QwenModel(g.out.out_dir), ids, po).perplexity;
   std::printf("stories260K, 4-bit g64 asym, 32 x 256 TinyStories tokens: fp32 %.4f, rtn %.4f (+%.1f%%), gptq %.4f (+%.1f%%)\n",

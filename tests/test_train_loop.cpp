@@ -13,10 +13,9 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
-#include "trainer/llama2c_import.h"
 #include "trainer/quantize_model.h"
-#include "trainer/random_model.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -24,14 +23,7 @@ namespace {
 
 using test::error_of;
 
-std::string make_model(const std::string& dir) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = DType::F32;
-  o.seed = 2;
-  write_random_model(o);
-  return dir;
-}
+std::string make_model(const std::string& dir) { return test::make_tiny_model(dir, /*seed=*/2); }
 
 // A small JSONL text dataset of repetitive sentences (learnable by a tiny model in a few steps).
 std::string make_text_data(const std::string& path, int n) {
@@ -155,18 +147,14 @@ TEST(TrainLoop, DivergenceStopsWithTheStepNamed) {
 TEST(TrainLoop, Stories260KOnAlpacaLowersTheHeldOutLoss) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
-  Llama2cImportOptions io;
-  io.checkpoint = test::shared_data_dir() + "/stories260K/stories260K.bin";
-  io.tokenizer = test::shared_data_dir() + "/stories260K/tok512.bin";
-  io.out_dir = root + "/fp32";
-  import_llama2c(io);
+  const std::string fp32 = test::import_stories260k(root + "/fp32");
   QuantizeOptions q;
-  q.model_dir = io.out_dir;
+  q.model_dir = fp32;
   q.out_dir = root + "/nf4";
   q.method = QuantizeOptions::Method::Nf4;
   q.quiet = true;
   quantize_model(q);
-  for (const std::string& base : {io.out_dir, q.out_dir}) {
+  for (const std::string& base : {fp32, q.out_dir}) {
     SCOPED_TRACE(base);
     TrainOptions o = base_options(base, test::shared_data_dir() + "/alpaca/alpaca_en_demo.json", base + "-run");
     o.seq_len = 256;
