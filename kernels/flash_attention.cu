@@ -44,7 +44,8 @@
 //   and the queries; it owns its dk and dv rows, so the group sum needs no atomics either). S and dP are computed
 //   twice, 7 products per score instead of 5, for a result that is the same bits on every run.
 // Kernel instances: head dim D in {64, 128} as a template parameter (the fragment loops unroll over D), causal
-// always: 2 forward kernels, 4 backward kernels.
+// always: one forward and two backward kernels per head dim. The build compiles the dims of QWENQ_FLASH_HEAD_DIMS
+// (CMake; both by default), defined here as QWENQ_FLASH_D64 / QWENQ_FLASH_D128; the others are refused.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -508,7 +509,8 @@ int64_t check_args(const char* name, const int32_t* cu_seqlens, int64_t n_seqs, 
   QWENQ_CHECK(n_seqs >= 0 && H > 0 && Hkv > 0 && D > 0,
               name << ": bad shape n_seqs=" << n_seqs << " H=" << H << " Hkv=" << Hkv << " D=" << D);
   QWENQ_CHECK(H % Hkv == 0, name << ": query heads H=" << H << " must be a multiple of kv heads Hkv=" << Hkv);
-  QWENQ_CHECK(D == 64 || D == 128, name << ": head dim D=" << D << " is not compiled (64 or 128)");
+  QWENQ_CHECK(flash_attention_compiled(D), name << ": head dim D=" << D << " is not compiled (this build has "
+                                                << flash_attention_compiled_dims() << "; CMake QWENQ_FLASH_HEAD_DIMS)");
   QWENQ_CHECK(dtype == DType::BF16, name << ": dtype " << dtype_name(dtype) << " is not supported (BF16 only)");
   if (n_seqs == 0) return 0;
   QWENQ_CHECK(cu_seqlens != nullptr, name << ": null cu_seqlens");
@@ -599,6 +601,28 @@ FlashParams base_params(int64_t H, int64_t Hkv, int64_t D) {
 
 }  // namespace
 
+bool flash_attention_compiled(int64_t D) {
+#ifdef QWENQ_FLASH_D64
+  if (D == 64) return true;
+#endif
+#ifdef QWENQ_FLASH_D128
+  if (D == 128) return true;
+#endif
+  return false;
+}
+
+const char* flash_attention_compiled_dims() {
+#if defined(QWENQ_FLASH_D64) && defined(QWENQ_FLASH_D128)
+  return "64, 128";
+#elif defined(QWENQ_FLASH_D64)
+  return "64";
+#elif defined(QWENQ_FLASH_D128)
+  return "128";
+#else
+  return "none";
+#endif
+}
+
 void attention_forward_cuda(const void* q, const void* k, const void* v, const int32_t* cu_seqlens, int64_t n_seqs,
                             int64_t H, int64_t Hkv, int64_t D, void* out, float* lse, DType dtype,
                             CudaStream stream) {
@@ -617,10 +641,12 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
   p.lse = lse;
   const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, H, false, stream);
   p.tiles = plan.by_queries;
-  if (D == 64)
-    launch_forward<64>(p, plan.n_tiles, stream);
-  else
-    launch_forward<128>(p, plan.n_tiles, stream);
+#ifdef QWENQ_FLASH_D64
+  if (D == 64) launch_forward<64>(p, plan.n_tiles, stream);
+#endif
+#ifdef QWENQ_FLASH_D128
+  if (D == 128) launch_forward<128>(p, plan.n_tiles, stream);
+#endif
   QWENQ_CUDA_CHECK_LAUNCH(name << " T=" << T << " n_seqs=" << n_seqs << " H=" << H << " Hkv=" << Hkv << " D=" << D
                                << " tiles=" << plan.n_tiles);
 }
@@ -654,10 +680,12 @@ void attention_backward_cuda(const void* dout, const void* q, const void* k, con
   const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, std::max(H, Hkv), true, stream);
   const DeviceMemory delta(static_cast<size_t>(T * H) * sizeof(float), stream);
   p.delta = delta.as<float>();
-  if (D == 64)
-    launch_backward<64>(p, plan, stream);
-  else
-    launch_backward<128>(p, plan, stream);
+#ifdef QWENQ_FLASH_D64
+  if (D == 64) launch_backward<64>(p, plan, stream);
+#endif
+#ifdef QWENQ_FLASH_D128
+  if (D == 128) launch_backward<128>(p, plan, stream);
+#endif
   QWENQ_CUDA_CHECK_LAUNCH(name << " T=" << T << " n_seqs=" << n_seqs << " H=" << H << " Hkv=" << Hkv << " D=" << D
                                << " tiles=" << plan.n_tiles);
 }

@@ -17,7 +17,8 @@
 // a group's heads round once. The result is deterministic: every output element is computed by one thread
 // block in a fixed order (dq has its own pass instead of atomics).
 //
-// Head dims 64 (Qwen2.5-0.5B) and 128 (7B ... 72B) are compiled; any other D is refused naming it.
+// Head dims 64 (Qwen2.5-0.5B) and 128 (1.5B ... 72B, Qwen3) have kernels; the build compiles those listed in
+// CMake's QWENQ_FLASH_HEAD_DIMS (both by default). Any other D is refused naming it and the compiled dims.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,10 @@
 #include "kernels/cuda_check.h"
 
 namespace qwenq {
+
+// True when this build has the flash attention kernels for head dim D; and the compiled dims as text ("64, 128").
+bool flash_attention_compiled(int64_t D);
+const char* flash_attention_compiled_dims();
 
 // q: [T, H, D], k and v: [T, Hkv, D], out: [T, H, D], all in `dtype` (BF16) in device memory, 16-byte aligned;
 // lse: [T, H] fp32 in device memory, or null. cu_seqlens: n_seqs + 1 row offsets in HOST memory, as the ref's

@@ -32,7 +32,7 @@ constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  Lo
 // Logits per lm_head chunk: 64 Mi floats (256 MiB), as QwenModelCuda::next_token_nll.
 constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
 
-bool uses_flash(int64_t D) { return D == 64 || D == 128; }
+bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
 
 const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
   switch (t) {

@@ -32,7 +32,7 @@ namespace {
 // after each cross-entropy call) cover more rows.
 constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
 
-bool uses_flash(int64_t D) { return D == 64 || D == 128; }
+bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
 
 std::string mib(size_t bytes) {
   std::ostringstream os;
@@ -275,7 +275,8 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model) : impl_(std::make_unique<Im
   m.cfg = model.config();
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(uses_flash(c.head_dim) || c.head_dim <= kAttentionNaiveMaxHeadDim,
-              "QwenModelCuda: head_dim " << c.head_dim << " is neither a flash attention head dim (64, 128) nor at "
+              "QwenModelCuda: head_dim " << c.head_dim << " is neither a compiled flash attention head dim ("
+                                         << flash_attention_compiled_dims() << ") nor at "
                                          << "most the naive kernel's " << kAttentionNaiveMaxHeadDim);
   QWENQ_CHECK(c.head_dim <= kRopeMaxHeadDim && c.head_dim % 2 == 0,
               "QwenModelCuda: head_dim " << c.head_dim << " must be even and at most " << kRopeMaxHeadDim << " (RoPE)");

@@ -229,6 +229,9 @@ std::string lengths_str(const Lengths& lens) {
 // Runs one case: the kernels on the whole problem, the references on the compared kv groups.
 void check_case(const Shape& sh, const Lengths& lens) {
   const int64_t H = sh.H, Hkv = sh.Hkv, D = sh.D, group = H / Hkv;
+  if (!flash_attention_compiled(D))
+    GTEST_SKIP() << "head dim " << D << " is not in this build's QWENQ_FLASH_HEAD_DIMS ("
+                 << flash_attention_compiled_dims() << ")";
   std::vector<int32_t> cu{0};
   for (int32_t L : lens) cu.push_back(cu.back() + L);
   const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(lens.size());
@@ -372,7 +375,7 @@ TEST(FlashAttentionCudaErrors, BadArgumentsNameTheValues) {
   float* fp = f.get();
   const std::vector<int32_t> cu{0, 4};
   expect_error([&] { attention_forward_cuda(p, p, p, cu.data(), 1, 4, 2, 96, p, fp, DType::BF16); },
-               {"attention_forward_cuda", "head dim D=96 is not compiled (64 or 128)"});
+               {"attention_forward_cuda", "head dim D=96 is not compiled (this build has"});
   expect_error([&] { attention_backward_cuda(p, p, p, p, p, fp, cu.data(), 1, 4, 2, 32, fp, fp, fp, DType::BF16); },
                {"attention_backward_cuda", "head dim D=32"});
   expect_error([&] { attention_forward_cuda(p, p, p, cu.data(), 1, 6, 4, 64, p, fp, DType::BF16); },
