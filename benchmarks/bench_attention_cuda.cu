@@ -23,75 +23,16 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "kernels/device.h"
 #include "kernels/flash_attention.h"
-
-#ifndef QWENQ_GIT_COMMIT
-#define QWENQ_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
 using namespace qwenq;
-
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-// n bf16 values, roughly N(0, 1)-sized, from a hash of the index (the speed does not depend on the values as long
-// as they are finite and the softmax is not degenerate).
-__global__ void fill_bf16(uint16_t* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    const float v = (static_cast<float>(h & 0xFFFF) / 65536.0f - 0.5f) * 3.4f;
-    p[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);
-  }
-}
-
+using bench::ck;
 template <typename T>
-struct Dev {
-  T* p = nullptr;
-  explicit Dev(size_t n) { ck(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-};
-
-// Median time in milliseconds of fn().
-template <typename F>
-double time_ms(F&& fn, int reps) {
-  cudaEvent_t a, b;
-  ck(cudaEventCreate(&a), "event");
-  ck(cudaEventCreate(&b), "event");
-  for (int i = 0; i < 3; ++i) fn();
-  ck(cudaDeviceSynchronize(), "warm-up");
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    ck(cudaEventRecord(a), "record");
-    fn();
-    ck(cudaEventRecord(b), "record");
-    ck(cudaEventSynchronize(b), "sync");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> r;
-  std::stringstream ss(s);
-  std::string t;
-  while (std::getline(ss, t, ',')) r.push_back(std::stoll(t));
-  return r;
-}
+using Dev = bench::DeviceArray<T>;
 
 }  // namespace
 
@@ -126,32 +67,31 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    char date[32];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+    const bench::Stamp stamp = bench::make_stamp(device);
+    const bench::Peaks peaks = bench::device_peaks(device);
     std::ostringstream csv;
-    csv << "date,device,commit,seqlen,batch,H,Hkv,D,causal,fwd_ms,bwd_ms,fwd_TFLOPs,bwd_TFLOPs,fwdbwd_TFLOPs\n";
-    std::fprintf(stderr, "device: %s; commit %s; H=%lld Hkv=%lld D=%lld causal, %lld tokens per call\n",
-                 device.c_str(), QWENQ_GIT_COMMIT, static_cast<long long>(H), static_cast<long long>(Hkv),
+    csv << "date,device,driver,commit,seqlen,batch,H,Hkv,D,causal,fwd_ms,bwd_ms,fwd_TFLOPs,bwd_TFLOPs,fwdbwd_TFLOPs,"
+           "fwd_pct_peak,bwd_pct_peak\n";
+    std::fprintf(stderr, "device: %s; %s; dense bf16 peak %.0f TFLOP/s; commit %s; H=%lld Hkv=%lld D=%lld causal, %lld tokens per call\n",
+                 device.c_str(), stamp.driver.c_str(), peaks.bf16_tflops, stamp.commit.c_str(), static_cast<long long>(H), static_cast<long long>(Hkv),
                  static_cast<long long>(D), static_cast<long long>(tokens));
     std::fprintf(stderr, "%7s %5s | %9s %9s | %9s %9s %9s\n", "seqlen", "batch", "fwd ms", "bwd ms", "fwd TF/s",
                  "bwd TF/s", "f+b TF/s");
-    for (int64_t L : parse_list(seqs_arg)) {
+    for (int64_t L : bench::parse_list(seqs_arg)) {
       const int64_t batch = std::max<int64_t>(1, tokens / L), T = batch * L;
       std::vector<int32_t> cu(static_cast<size_t>(batch + 1));
       for (int64_t s = 0; s <= batch; ++s) cu[s] = static_cast<int32_t>(s * L);
       const size_t nq = static_cast<size_t>(T * H * D), nkv = static_cast<size_t>(T * Hkv * D);
       Dev<uint16_t> q(nq), k(nkv), v(nkv), out(nq), dout(nq);
       Dev<float> lse(static_cast<size_t>(T * H)), dq(nq), dk(nkv), dv(nkv);
-      fill_bf16<<<1024, 256>>>(q.p, static_cast<int64_t>(nq), 1);
-      fill_bf16<<<1024, 256>>>(k.p, static_cast<int64_t>(nkv), 2);
-      fill_bf16<<<1024, 256>>>(v.p, static_cast<int64_t>(nkv), 3);
-      fill_bf16<<<1024, 256>>>(dout.p, static_cast<int64_t>(nq), 4);
-      ck(cudaGetLastError(), "fill");
+      bench::fill_bf16(q.p, static_cast<int64_t>(nq), 1, 3.4f);
+      bench::fill_bf16(k.p, static_cast<int64_t>(nkv), 2, 3.4f);
+      bench::fill_bf16(v.p, static_cast<int64_t>(nkv), 3, 3.4f);
+      bench::fill_bf16(dout.p, static_cast<int64_t>(nq), 4, 3.4f);
       ck(cudaDeviceSynchronize(), "fill");
-      const double t_fwd = time_ms(
+      const double t_fwd = bench::time_ms(
           [&] { attention_forward_cuda(q.p, k.p, v.p, cu.data(), batch, H, Hkv, D, out.p, lse.p, DType::BF16); }, reps);
-      const double t_bwd = time_ms(
+      const double t_bwd = bench::time_ms(
           [&] {
             attention_backward_cuda(dout.p, q.p, k.p, v.p, out.p, lse.p, cu.data(), batch, H, Hkv, D, dq.p, dk.p, dv.p,
                                     DType::BF16);
@@ -163,8 +103,10 @@ int main(int argc, char** argv) {
       const double all_tf = (fwd_flops + bwd_flops) / ((t_fwd + t_bwd) * 1e9);
       std::fprintf(stderr, "%7lld %5lld | %9.3f %9.3f | %9.1f %9.1f %9.1f\n", static_cast<long long>(L),
                    static_cast<long long>(batch), t_fwd, t_bwd, fwd_tf, bwd_tf, all_tf);
-      csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L << "," << batch << "," << H << "," << Hkv
-          << "," << D << ",1," << t_fwd << "," << t_bwd << "," << fwd_tf << "," << bwd_tf << "," << all_tf << "\n";
+      const auto pct = [&](double tf) { return peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0; };
+      csv << stamp.csv() << "," << L << "," << batch << "," << H << "," << Hkv
+          << "," << D << ",1," << t_fwd << "," << t_bwd << "," << fwd_tf << "," << bwd_tf << "," << all_tf << "," << pct(fwd_tf) << ","
+          << pct(bwd_tf) << "\n";
     }
     if (csv_path.empty()) {
       std::cout << csv.str();

@@ -12,7 +12,7 @@
 // and extends linearly (GPTQ's cost is a fixed factorization plus a cost per row: t(N) = t(R) + (N − R)·(t(2R) −
 // t(R))/R), since the full CPU run of down_proj takes minutes. GPTQ options: 4 bits, group 128, act-order, asym.
 // Output: one line per shape, then the model total (each shape times its count per layer, times 28 layers).
-// CSV rows carry date, device and commit. Without a CUDA device it prints one line and exits 0.
+// CSV rows carry date, device, driver and commit. Without a CUDA device it prints one line and exits 0.
 #include <Eigen/Core>
 #include <algorithm>
 #include <chrono>
@@ -30,13 +30,11 @@
 #ifdef QWENQ_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "benchmarks/cuda_bench.h"
 #include "quant/gptq.h"
 #include "quant/gptq_cuda.h"
 #endif
 
-#ifndef QWENQ_GIT_COMMIT
-#define QWENQ_GIT_COMMIT "unknown"
-#endif
 
 namespace {
 
@@ -63,9 +61,8 @@ constexpr double kTargetSeconds = 300.0;
 
 #ifdef QWENQ_HAVE_CUDA
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
+using bench::ck;
+using bench::median;
 
 // X [rows, K] = (Z + Z_r·L_r)·diag(s): per-input scales e^{0.75·N(0,1)} and a rank-64 shared component, so the
 // inputs are correlated and H ill-conditioned, like real activations; H = (2/rows)·XᵀX via hessian_accumulate_cuda.
@@ -102,11 +99,6 @@ std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
   std::vector<float> w(N * K);
   for (auto& v : w) v = static_cast<float>(0.02 * rng.normal());
   return w;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 #endif  // QWENQ_HAVE_CUDA
@@ -149,18 +141,16 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    std::printf("device: %s, commit %s; GPTQ 4-bit, group 128, act-order, asym; H from %lld activation rows\n",
-                device.c_str(), QWENQ_GIT_COMMIT, static_cast<long long>(rows));
+    const bench::Stamp stamp = bench::make_stamp(device);
+    std::printf("device: %s, %s, commit %s; GPTQ 4-bit, group 128, act-order, asym; H from %lld activation rows\n",
+                device.c_str(), stamp.driver.c_str(), stamp.commit.c_str(), static_cast<long long>(rows));
     GptqOptions o;
     o.desc_act = true;
     std::ofstream csv;
     if (!csv_path.empty()) {
       csv.open(csv_path);
-      csv << "date,device,commit,shape,K,N,gpu_s,cpu_s,cpu_mode\n";
+      csv << "date,device,driver,commit,shape,K,N,gpu_s,cpu_s,cpu_mode\n";
     }
-    char date[32];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof date, "%Y-%m-%d", std::localtime(&now));
 
     double total_gpu = 0, total_cpu = 0;
     int64_t cached_K = -1;
@@ -203,7 +193,7 @@ int main(int argc, char** argv) {
       total_gpu += kLayers * s.per_layer * t_gpu;
       total_cpu += kLayers * s.per_layer * t_cpu;
       if (csv.is_open())
-        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << s.name << "," << s.K << "," << s.N << ","
+        csv << stamp.csv() << "," << s.name << "," << s.K << "," << s.N << ","
             << t_gpu << "," << t_cpu << "," << cpu_mode << "\n";
     }
     std::printf("Qwen2.5-7B, all 7 x %d Linears: gpu %.1f s (%s the %.0f s target), cpu %.1f s%s\n", kLayers,

@@ -14,9 +14,10 @@
 // Bytes moved (formulas below): Q4 = qweight + meta + x (bf16) + y (fp32); cuBLAS = W (bf16) + x + y (bf16).
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
-// (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device and commit, and a last
+// (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device, driver and commit, and a last
 // column `path` (decode or tc); in tc rows the GB/s columns use the same byte formulas, cublas_t_us is the
-// cuBLASLt dx = dy·W time and speedup compares the forward times.
+// cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
+// the device's dense bf16 peak (benchmarks/cuda_bench.h).
 // Without a CUDA device it prints one line and exits 0.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -32,67 +33,27 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "core/rng.h"
 #include "kernels/device.h"
 #include "kernels/qgemm.h"
 
-#ifndef QWENQ_GIT_COMMIT
-#define QWENQ_GIT_COMMIT "unknown"
-#endif
-
 namespace {
 
 using namespace qwenq;
+using bench::ck;
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
 void ck(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": cuBLAS status " + std::to_string(s));
 }
 
-// Fills n bf16 values with small pseudo-random numbers on the device (the bf16 baseline's W and x).
-__global__ void fill_bf16(uint16_t* p, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    const float v = (static_cast<float>(h & 0xFFFF) / 65536.0f - 0.5f) * 0.1f;
-    p[i] = static_cast<uint16_t>(__float_as_uint(v) >> 16);
-  }
-}
-
 template <typename T>
-struct Dev {
-  T* p = nullptr;
-  explicit Dev(size_t n) { ck(cudaMalloc(reinterpret_cast<void**>(&p), std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc"); }
-  ~Dev() { cudaFree(p); }
-};
+using Dev = bench::DeviceArray<T>;
 
-// Median time in microseconds of fn(), with an L2 flush before every timed call.
+// Median microseconds of fn(), each timed call after an L2 flush.
 template <typename F>
-double time_us(F&& fn, int reps, void* flush, size_t flush_bytes) {
-  cudaEvent_t a, b;
-  ck(cudaEventCreate(&a), "event");
-  ck(cudaEventCreate(&b), "event");
-  for (int i = 0; i < 3; ++i) fn();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    ck(cudaMemsetAsync(flush, i & 0xFF, flush_bytes), "L2 flush");
-    ck(cudaEventRecord(a), "record");
-    fn();
-    ck(cudaEventRecord(b), "record");
-    ck(cudaEventSynchronize(b), "sync");
-    float ms = 0;
-    ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
-    t.push_back(ms * 1000.0);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+double time_us(F&& fn, int reps, bench::L2Flush& flush) {
+  return 1000.0 * bench::time_ms(fn, reps, &flush);
 }
 
 // A Q4 weight with random words (the speed does not depend on the values): fp16 scale 0.01, zero 8, group 128.
@@ -198,34 +159,21 @@ int main(int argc, char** argv) {
     return 0;
   }
   try {
-    if (peak_gbs <= 0) {
-      peak_gbs = device.find("H200") != std::string::npos   ? 4800
-                 : device.find("H100") != std::string::npos ? (device.find("PCIe") != std::string::npos ? 2000 : 3350)
-                                                           : 0;
-    }
-    const auto parse_ms = [](const std::string& arg) {
-      std::vector<int64_t> v;
-      std::stringstream ss(arg);
-      std::string t;
-      while (std::getline(ss, t, ','))
-        if (!t.empty()) v.push_back(std::stoll(t));
-      return v;
-    };
-    const std::vector<int64_t> Ms = parse_ms(ms_arg), tc_Ms = parse_ms(tc_ms_arg);
+    const bench::Peaks peaks = bench::device_peaks(device);
+    if (peak_gbs <= 0) peak_gbs = peaks.hbm_gbs;
+    const std::vector<int64_t> Ms = bench::parse_list(ms_arg), tc_Ms = bench::parse_list(tc_ms_arg);
     const std::vector<Layer> all = {
         {"7b", "q_proj/o_proj", 3584, 3584},  {"7b", "k_proj/v_proj", 3584, 512}, {"7b", "gate/up_proj", 3584, 18944},
         {"7b", "down_proj", 18944, 3584},     {"72b", "q_proj/o_proj", 8192, 8192}, {"72b", "k_proj/v_proj", 8192, 1024},
         {"72b", "gate/up_proj", 8192, 29568}, {"72b", "down_proj", 29568, 8192}};
-    char date[32];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof(date), "%Y-%m-%d", std::gmtime(&now));
+    const bench::Stamp stamp = bench::make_stamp(device);
 
     std::ostringstream csv;
-    csv << "date,device,commit,model,layer,M,K,N,q4_us,q4_t_us,cublas_us,q4_GBps,q4_pct_hbm,q4_t_GBps,cublas_GBps,"
-           "q4_TFLOPs,cublas_TFLOPs,speedup,q4_t_TFLOPs,cublas_t_us,path\n";
-    const size_t flush_bytes = 256u << 20;
-    Dev<uint8_t> flush(flush_bytes);
-    std::fprintf(stderr, "device: %s; peak %.0f GB/s; commit %s\n", device.c_str(), peak_gbs, QWENQ_GIT_COMMIT);
+    csv << "date,device,driver,commit,model,layer,M,K,N,q4_us,q4_t_us,cublas_us,q4_GBps,q4_pct_hbm,q4_t_GBps,cublas_GBps,"
+           "q4_TFLOPs,cublas_TFLOPs,speedup,q4_t_TFLOPs,cublas_t_us,q4_pct_bf16_peak,path\n";
+    bench::L2Flush flush;
+    std::fprintf(stderr, "device: %s; %s; peak %.0f GB/s, %.0f bf16 TFLOP/s; commit %s\n", device.c_str(),
+                 stamp.driver.c_str(), peak_gbs, peaks.bf16_tflops, stamp.commit.c_str());
     std::fprintf(stderr, "%-4s %-14s %3s %6s %6s | %9s %9s %9s | %8s %6s %8s | %7s\n", "mdl", "layer", "M", "K", "N",
                  "q4 us", "q4ᵀ us", "cuBLAS us", "q4 GB/s", "%HBM", "cub GB/s", "speedup");
     uint64_t seed = 1;
@@ -234,20 +182,19 @@ int main(int argc, char** argv) {
       const Q4Layout q = random_q4(L.K, L.N, ++seed);
       const Q4DeviceWeight dw(q);
       Dev<uint16_t> Wd(static_cast<size_t>(L.N) * L.K);
-      fill_bf16<<<1024, 256>>>(Wd.p, L.N * L.K, 17);
-      ck(cudaGetLastError(), "fill");
+      bench::fill_bf16(Wd.p, L.N * L.K, 17, 0.1f);
       for (int64_t M : Ms) {
         Dev<uint16_t> x(M * L.K), dy(M * L.N), yb(M * L.N);
         Dev<float> y(M * L.N), dx(M * L.K);
-        fill_bf16<<<256, 256>>>(x.p, M * L.K, 3);
-        fill_bf16<<<256, 256>>>(dy.p, M * L.N, 5);
+        bench::fill_bf16(x.p, M * L.K, 3, 0.1f);
+        bench::fill_bf16(dy.p, M * L.N, 5, 0.1f);
         ck(cudaDeviceSynchronize(), "fill");
         LtGemm lt(M, L.K, L.N);
         const double t_q4 =
-            time_us([&] { qgemm_int4_decode_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
+            time_us([&] { qgemm_int4_decode_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
         const double t_q4t = time_us([&] { qgemm_int4_t_decode_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps,
-                                     flush.p, flush_bytes);
-        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush.p, flush_bytes);
+                                     flush);
+        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush);
         const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
         const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
         const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
@@ -258,10 +205,10 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9.1f %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx\n", L.model,
                      L.name, static_cast<long long>(M), static_cast<long long>(L.K), static_cast<long long>(L.N), t_q4,
                      t_q4t, t_cub, q4_gbs, pct, cub_gbs, t_cub / t_q4);
-        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L.model << "," << L.name << "," << M << ","
+        csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << ","
             << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << "," << pct << ","
             << q4t_gbs << "," << cub_gbs << "," << flops / (t_q4 * 1e6) << "," << flops / (t_cub * 1e6) << ","
-            << t_cub / t_q4 << "," << flops / (t_q4t * 1e6) << ",," << "decode\n";
+            << t_cub / t_q4 << "," << flops / (t_q4t * 1e6) << ",,," << "decode\n";
       }
     }
 
@@ -278,21 +225,20 @@ int main(int argc, char** argv) {
       const Q4Layout q = random_q4(L.K, L.N, ++seed);
       const Q4DeviceWeight dw(q);
       Dev<uint16_t> Wd(static_cast<size_t>(L.N) * L.K);
-      fill_bf16<<<1024, 256>>>(Wd.p, L.N * L.K, 17);
-      ck(cudaGetLastError(), "fill");
+      bench::fill_bf16(Wd.p, L.N * L.K, 17, 0.1f);
       for (int64_t M : tc_Ms) {
         Dev<uint16_t> x(M * L.K), dy(M * L.N), yb(M * L.N), dxb(M * L.K);
         Dev<float> y(M * L.N), dx(M * L.K);
-        fill_bf16<<<1024, 256>>>(x.p, M * L.K, 3);
-        fill_bf16<<<1024, 256>>>(dy.p, M * L.N, 5);
+        bench::fill_bf16(x.p, M * L.K, 3, 0.1f);
+        bench::fill_bf16(dy.p, M * L.N, 5, 0.1f);
         ck(cudaDeviceSynchronize(), "fill");
         LtGemm lt(M, L.K, L.N), lt_t(M, L.K, L.N, /*dgrad=*/true);
         const double t_q4 =
-            time_us([&] { qgemm_int4_tc_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush.p, flush_bytes);
+            time_us([&] { qgemm_int4_tc_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
         const double t_q4t =
-            time_us([&] { qgemm_int4_t_tc_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush.p, flush_bytes);
-        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush.p, flush_bytes);
-        const double t_cubt = time_us([&] { lt_t.run(Wd.p, dy.p, dxb.p); }, reps, flush.p, flush_bytes);
+            time_us([&] { qgemm_int4_t_tc_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);
+        const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush);
+        const double t_cubt = time_us([&] { lt_t.run(Wd.p, dy.p, dxb.p); }, reps, flush);
         const double flops = 2.0 * M * L.N * L.K;
         const double tf = flops / (t_q4 * 1e6), tft = flops / (t_q4t * 1e6);
         const double ctf = flops / (t_cub * 1e6), ctft = flops / (t_cubt * 1e6);
@@ -303,11 +249,11 @@ int main(int argc, char** argv) {
         const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
         const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
         const double q4_gbs = q4_bytes / (t_q4 * 1e3);
-        csv << date << ",\"" << device << "\"," << QWENQ_GIT_COMMIT << "," << L.model << "," << L.name << "," << M << ","
+        csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << ","
             << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << ","
             << (peak_gbs > 0 ? 100.0 * q4_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_q4t * 1e3) << ","
             << cub_bytes / (t_cub * 1e3) << "," << tf << "," << ctf << "," << t_cub / t_q4 << "," << tft << ","
-            << t_cubt << ",tc\n";
+            << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0) << ",tc\n";
       }
     }
     if (csv_path.empty()) {

@@ -11,7 +11,9 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-log "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ), $(cat "$OUT/device.txt")"
+# The benchmarks stamp their CSV rows with QWENQ_COMMIT (benchmarks/cuda_bench.h).
+export QWENQ_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu-deps/COMMIT 2>/dev/null || echo unknown)
+log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $(cat "$OUT/device.txt")"
 export OMP_WAIT_POLICY=PASSIVE
 t0=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a \

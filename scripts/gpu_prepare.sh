@@ -20,5 +20,7 @@ if [ -d ../shared/data/stories260K ]; then
   mkdir -p .gpu-deps/shared/data
   cp -r ../shared/data/stories260K ../shared/data/tinystories .gpu-deps/shared/data/
 fi
+# The commit (and whether the tree differs from it) for the results' stamps: the device machine's copy has no .git.
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo -dirty)" > .gpu-deps/COMMIT
 grep -qx '/.gpu-deps/' .git/info/exclude 2>/dev/null || echo '/.gpu-deps/' >> .git/info/exclude
 du -sh .gpu-deps
