@@ -7,7 +7,6 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/rng.h"
 #include "kernels/gemm.h"
 #include "lora/lora_linear.h"
 
@@ -50,27 +49,6 @@ void lora_backward_ref(const float* dy, const float* x, const float* u, int64_t 
     linear_backward_input_ref(g.data(), M, r, A, DType::F32, K, t.data());  // t = g A
     for (size_t i = 0; i < t.size(); ++i) dx[i] += t[i];
   }
-}
-
-void lora_dropout_ref(const float* x, int64_t n, float p, Rng& rng, float* x_drop, float* keep) {
-  QWENQ_CHECK(p >= 0.0f && p < 1.0f, "LoRA dropout probability must be in [0, 1), got " << p);
-  QWENQ_CHECK(n >= 0, "LoRA dropout: negative size " << n);
-  if (p == 0.0f) {
-    for (int64_t i = 0; i < n; ++i) {
-      x_drop[i] = x[i];
-      keep[i] = 1.0f;
-    }
-    return;
-  }
-  const float kept = 1.0f / (1.0f - p);
-  for (int64_t i = 0; i < n; ++i) {
-    keep[i] = rng.uniform() < p ? 0.0f : kept;
-    x_drop[i] = keep[i] * x[i];
-  }
-}
-
-void lora_dropout_backward_ref(const float* keep, const float* dx_drop, int64_t n, float* dx) {
-  for (int64_t i = 0; i < n; ++i) dx[i] += keep[i] * dx_drop[i];
 }
 
 }  // namespace qwenq

@@ -21,6 +21,8 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "kernels/dropout.h"
+#include "kernels/dropout_mask.h"
 #include "lora/lora_adapter.h"
 #include "lora/lora_config.h"
 #include "lora/lora_linear.h"
@@ -201,33 +203,24 @@ TEST(LoraLinear, ZeroBLeavesOutputUnchanged) {
 }
 
 TEST(LoraLinear, DropoutMaskAndBackward) {
+  // The LoRA branch composed with kernels/dropout.h (whose own tests are tests/test_dropout.cpp): the mask is
+  // the documented function of (key, i), and dx reaches x through it.
   const int64_t M = 7, K = 17, N = 9, r = 2, n = M * K;
   const float p = 0.25f;
+  const uint64_t key = dropout_key(77, 3, 5);
   Rng data(5);
   auto x = uniform(data, n), A = uniform(data, r * K), B = uniform(data, N * r), R = uniform(data, M * N);
-  std::vector<float> xd(n), keep(n), xd2(n), keep2(n);
-  Rng r1(77), r2(77);
-  lora_dropout_ref(x.data(), n, p, r1, xd.data(), keep.data());
-  lora_dropout_ref(x.data(), n, p, r2, xd2.data(), keep2.data());
-  EXPECT_EQ(keep, keep2) << "same seed, same mask";
-  Rng order(77);  // documented: one uniform per element, dropped when < p
+  std::vector<float> xd(n), keep(n);
+  dropout_forward_ref(x.data(), n, p, key, xd.data());
   int dropped = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const bool drop = order.uniform() < p;
+    const bool drop = dropout_uniform(key, i) < p;
     dropped += drop;
-    ASSERT_EQ(keep[i], drop ? 0.0f : 1.0f / (1.0f - p)) << i;
+    keep[i] = drop ? 0.0f : 1.0f / (1.0f - p);
     ASSERT_EQ(xd[i], keep[i] * x[i]) << i;
   }
   EXPECT_GT(dropped, 0);
   EXPECT_LT(dropped, n);
-  // p = 0: identity, no numbers drawn.
-  Rng r3(77), r4(77);
-  std::vector<float> xi(n), ki(n);
-  lora_dropout_ref(x.data(), n, 0.0f, r3, xi.data(), ki.data());
-  EXPECT_EQ(xi, x);
-  EXPECT_EQ(r3.next_u64(), r4.next_u64());
-  EXPECT_NE(error_of([&] { lora_dropout_ref(x.data(), n, 1.0f, r3, xi.data(), ki.data()); }).find("[0, 1)"),
-            std::string::npos);
 
   // dx through the mask: the LoRA branch of f(x) = s·((keep ⊙ x) Aᵀ) Bᵀ against finite differences.
   const float s = 0.5f;
@@ -235,7 +228,7 @@ TEST(LoraLinear, DropoutMaskAndBackward) {
   lora_forward_ref(xd.data(), M, K, A.data(), B.data(), r, N, s, y.data(), u.data());
   lora_backward_ref(R.data(), xd.data(), u.data(), M, K, N, r, A.data(), B.data(), s, dA.data(), dB.data(),
                     dxd.data());
-  lora_dropout_backward_ref(keep.data(), dxd.data(), n, dx.data());
+  dropout_backward_ref(dxd.data(), n, p, key, dx.data());
   std::vector<double> xv = widen(x), fd(n);
   const auto Ad = widen(A), Bd = widen(B);
   auto loss = [&] {

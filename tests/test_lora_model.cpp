@@ -1,7 +1,8 @@
 // The LoRA training forward/backward of the whole model (trainer/lora_model): with B = 0 the adapted model is the
 // base model; the adapter gradients agree with central finite differences of the loss along random directions
 // and along the gradient itself; checkpointing (recompute) and keeping activations give bit-identical results;
-// dropout masks are reproducible. PyTorch autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
+// dropout masks are reproducible, and the gradients with dropout match finite differences too. PyTorch
+// autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -79,14 +80,22 @@ TEST(LoraModel, ZeroBIsTheBaseModel) {
 }
 
 TEST(LoraModel, GradientsMatchFiniteDifferences) {
-  for (int64_t kv : {0, 4}) {  // GQA and multi-head
-    SCOPED_TRACE(::testing::Message() << "kv heads " << kv);
+  // GQA and multi-head; and with dropout, whose masks are fixed by the step's seed (the loss is then a smooth
+  // function of the adapter, with x̃ = m ⊙ x in every branch).
+  struct Case {
+    int64_t kv;
+    double dropout;
+  };
+  for (const Case cs : {Case{0, 0.0}, Case{4, 0.0}, Case{0, 0.1}}) {
+    const int64_t kv = cs.kv;
+    SCOPED_TRACE(::testing::Message() << "kv heads " << kv << ", dropout " << cs.dropout);
     const std::string dir = make_model(test::scratch_dir() + "/kv" + std::to_string(kv), kv);
     QwenModel m(dir);
-    LoraAdapter a = random_adapter(m);
+    LoraAdapter a = random_adapter(m, cs.dropout);
     const PackedBatch b = test_batch();
     const std::vector<int32_t> targets = next_token_targets(b);
     LoraStepOptions opt;
+    opt.dropout_seed = 1234;
     LoraAdapter g = zero_like(a);
     const LoraStepResult r = lora_loss_and_grad(m, a, b, targets, &g, opt);
     EXPECT_EQ(r.counted, 10 + 3 + 0);

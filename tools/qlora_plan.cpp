@@ -144,7 +144,7 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--nf4-blocksize", a->nf4_blocksize, "NF4 block size")->capture_default_str();
   cmd->add_option("--lora-r", a->lora_r, "LoRA rank r")->capture_default_str();
   cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (does not change memory; default 2r)");
-  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps dropped inputs and masks)")
+  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs)")
       ->capture_default_str();
   cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
       ->capture_default_str();

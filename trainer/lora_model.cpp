@@ -4,9 +4,10 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "core/rng.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
+#include "kernels/dropout.h"
+#include "kernels/dropout_mask.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -52,8 +53,7 @@ struct WeightRef {
 // The adapter branch's saved state of one Linear in one block.
 struct BranchActs {
   std::vector<float> u;     // [T, r]
-  std::vector<float> xd;    // dropped-out input [T, K] (empty without dropout)
-  std::vector<float> keep;  // [T, K] (empty without dropout)
+  std::vector<float> xd;    // dropped-out input [T, K] (empty without dropout; the mask is regenerated from its key)
 };
 
 struct BlockActs {
@@ -78,10 +78,8 @@ class Runner {
     const LoraWeights& lw = ad_.at(l, kTargets[t]);
     const float* xin = x;
     if (p_ > 0.f) {
-      Rng rng(mask_seed(l, t));
       br->xd.resize(T_ * w.K);
-      br->keep.resize(T_ * w.K);
-      lora_dropout_ref(x, T_ * w.K, p_, rng, br->xd.data(), br->keep.data());
+      dropout_forward_ref(x, T_ * w.K, p_, mask_key(l, t), br->xd.data());
       xin = br->xd.data();
     }
     br->u.resize(T_ * lw.r);
@@ -103,7 +101,7 @@ class Runner {
       std::fill(tmp.begin(), tmp.end(), 0.f);
       lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
                         g.B.data(), tmp.data());
-      lora_dropout_backward_ref(br.keep.data(), tmp.data(), T_ * w.K, dx);
+      dropout_backward_ref(tmp.data(), T_ * w.K, p_, mask_key(l, t), dx);
     } else {
       lora_backward_ref(dy, x, br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(), g.B.data(), dx);
     }
@@ -241,9 +239,9 @@ class Runner {
   }
 
  private:
-  uint64_t mask_seed(int64_t l, int t) const {
-    return opt_.dropout_seed * 0x9e3779b97f4a7c15ull + static_cast<uint64_t>(l) * 7 + static_cast<uint64_t>(t) + 1;
-  }
+  // The dropout mask of Linear t (table order) of layer l in this step (kernels/dropout_mask.h); the GPU trainer
+  // uses the same keys.
+  uint64_t mask_key(int64_t l, int t) const { return dropout_key(opt_.dropout_seed, l, t); }
   const QwenModel& m_;
   const QwenConfig& c_;
   const QwenWeights& w_;

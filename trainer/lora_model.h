@@ -18,7 +18,9 @@
 // Activation checkpointing (default): the forward keeps only each block's input x_l; the backward recomputes the
 // block's intermediates from it, so memory grows with one block's activations plus L·T·C floats. Without it every
 // block's intermediates are kept from the forward. Both give bit-identical results (same operations, same order).
-// Dropout masks come from Rng(dropout_seed, layer, target), so the recomputation draws the same masks.
+// Dropout masks are counter-based (kernels/dropout_mask.h): element i of the [T, K] input of Linear t (table
+// order) in layer l is kept iff u(dropout_key(dropout_seed, l, t), i) >= p, so the recomputation, the backward and
+// the GPU trainer (trainer/lora_model_cuda.h) all see the same masks without storing them.
 #pragma once
 
 #include <cstdint>

@@ -14,6 +14,8 @@
 #include "kernels/attention_naive.h"
 #include "kernels/blas_lt.h"
 #include "kernels/convert.h"
+#include "kernels/dropout.h"
+#include "kernels/dropout_mask.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
@@ -79,6 +81,8 @@ struct LoraModelCuda::Impl {
   LoraAdapter shape;  // the uploaded adapter's config and shapes (its values are not kept up to date)
   float s = 1.f;
   double dropout = 0.0;
+  float drop_p = 0.f;       // this call's dropout probability: the adapter's in training, else 0
+  uint64_t drop_seed = 0;   // this call's LoraStepOptions::dropout_seed
   std::vector<Slot> slots;
   std::vector<int> slot_of;  // [layer · 7 + target index] -> index into slots, or -1
   int64_t total = 0;         // floats in each arena
@@ -185,7 +189,15 @@ struct LoraModelCuda::Impl {
 
   float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * shape.rank(); }
 
-  // y = x Wᵀ (+ b) + s · (x Aᵀ) Bᵀ, u = x Aᵀ kept.
+  // The dropped LoRA input x̃ [T, K] of Linear t of layer l (kernels/dropout.h, the CPU trainer's key), into tmp:
+  // no other use of tmp is alive in the forward or around the adapter half of linear_bwd.
+  const float* dropped(int64_t l, int t, const float* x, int64_t T, int64_t K) {
+    float* xd = tmp.as<float>();
+    dropout_forward_cuda(x, T * K, drop_p, dropout_key(drop_seed, l, t), xd, st());
+    return xd;
+  }
+
+  // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout).
   void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) {
     const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
     base_forward(L, x, T, y);
@@ -194,7 +206,8 @@ struct LoraModelCuda::Impl {
     const float* A = params.as<float>() + sl->a_off;
     const float* B = params.as<float>() + sl->b_off;
     float* ut = u_of(t, T);
-    linear_forward_cuda(x, T, sl->K, A, DType::F32, sl->r, nullptr, DType::F32, ut, DType::F32, st());
+    const float* xin = drop_p > 0.f ? dropped(l, t, x, T, sl->K) : x;
+    linear_forward_cuda(xin, T, sl->K, A, DType::F32, sl->r, nullptr, DType::F32, ut, DType::F32, st());
     // yᵀ[N, T] += s · (B as N×r) · uᵀ(r×T): column-major view of y [T, N] += s · u Bᵀ.
     LtGemm gm;
     gm.m = sl->N, gm.n = T, gm.k = sl->r;
@@ -205,6 +218,7 @@ struct LoraModelCuda::Impl {
   }
 
   // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).
+  // With dropout: x̃ regenerated for dA += gᵀ x̃, and dx += m ⊙ (g A) through dropout_backward_cuda.
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
     const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
     if (accumulate) {
@@ -236,14 +250,17 @@ struct LoraModelCuda::Impl {
       gm.accumulate = true;
       lt.matmul(gm, ut, dy, dB, nullptr, s, st());
     }
-    linear_backward_weight_cuda(gp, x, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x
-    {  // dxᵀ[K, T] += (A as K×r) · gᵀ(r×T): dx [T, K] += g A.
+    const bool drop = drop_p > 0.f;
+    const float* xin = drop ? dropped(l, t, x, T, sl->K) : x;  // tmp: the base's use of it is queued before
+    linear_backward_weight_cuda(gp, xin, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x̃
+    {  // dxᵀ[K, T] += (A as K×r) · gᵀ(r×T): dx [T, K] += g A (with dropout: tmp = g A, then dx += m ⊙ tmp).
       LtGemm gm;
       gm.m = sl->K, gm.n = T, gm.k = sl->r;
       gm.lda = sl->K, gm.ldb = sl->r, gm.ldd = sl->K;
-      gm.accumulate = true;
-      lt.matmul(gm, A, gp, dx, nullptr, 1.f, st());
+      gm.accumulate = !drop;
+      lt.matmul(gm, A, gp, drop ? tmp.as<float>() : dx, nullptr, 1.f, st());  // x̃ in tmp is dead after dA's
     }
+    if (drop) dropout_backward_cuda(tmp.as<float>(), T * sl->K, drop_p, dropout_key(drop_seed, l, t), dx, st());
   }
 
   void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
@@ -344,9 +361,8 @@ struct LoraModelCuda::Impl {
                 "LoraModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
     QWENQ_CHECK(static_cast<int64_t>(tg.size()) == T,
                 "lora_loss_and_grad: " << tg.size() << " targets for " << T << " tokens");
-    QWENQ_CHECK(!(train && opt->train && dropout > 0.0),
-                "LoraModelCuda: lora_dropout " << dropout << " is not supported on the GPU yet (only 0); train "
-                                               << "with --lora-dropout 0 or --device cpu");
+    drop_p = train && opt->train ? static_cast<float>(dropout) : 0.f;  // as the CPU Runner's p_
+    drop_seed = train ? opt->dropout_seed : 0;
     reserve(T);
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
     QWENQ_CUDA_CHECK(

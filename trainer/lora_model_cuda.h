@@ -21,8 +21,11 @@
 // Activation checkpointing is always on: the forward keeps each block's input [T, C] (L + 1 of them, the last
 // the final residual), the backward recomputes the block's intermediates from it into one set of buffers.
 // (LoraStepOptions::checkpointing = false gives the same numbers on the CPU by construction; here it is ignored.)
-// Dropout: only p = 0 (or train = false) is supported on the GPU; an adapter with lora_dropout > 0 is refused
-// in training with a message saying so (the CPU's masks come from a host RNG stream).
+// Dropout (lora_dropout = p > 0, training only): the CPU trainer's counter-based masks, bit for bit
+// (kernels/dropout.h: key dropout_key(opt.dropout_seed, layer, target), element index into the [T, K] input).
+// The forward writes x̃ = m ⊙ x into the scratch `tmp` for u = x̃ Aᵀ; the backward regenerates x̃ there for
+// dA += gᵀ x̃, then overwrites it with g A and adds m ⊙ (g A) into dx (dropout_backward_cuda). No mask or
+// dropped input is stored, so dropout costs no memory, only two or three elementwise passes per adapted Linear.
 //
 // Memory: the QwenModelCuda's weights, 4 · (adapter parameters) fp32 (A/B, grads, m, v), and for the largest
 // batch seen (T tokens) about T · ((L + 11)·C + 6·I + 5·H·D + 5·Hkv·D + max(C, H·D, I) + 8·r) fp32, plus bf16
@@ -51,7 +54,7 @@ class LoraModelCuda {
   LoraModelCuda& operator=(const LoraModelCuda&) = delete;
 
   // lora_loss_and_grad's contract: targets [T] (kIgnoreIndex for uncounted positions); the gradient of
-  // opt.grad_scale · Σ nll is added to the device gradients. Throws for lora_dropout > 0 with opt.train.
+  // opt.grad_scale · Σ nll is added to the device gradients; dropout as on the CPU (opt.train, opt.dropout_seed).
   LoraStepResult loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                const LoraStepOptions& opt);
   // The loss only (evaluation: no dropout, no gradients, no block inputs kept).

@@ -87,7 +87,7 @@ int64_t layer_dense_values(const QwenConfig& c) {
 // fp32 values of one block's BlockActs.
 int64_t cpu_block_values(const PlanInput& in, const LayerShape& s) {
   return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + 3 * s.I + s.sum_r +
-                (in.model.qk_norm ? s.qd + s.kvd : 0) + 2 * s.dropout_k);
+                (in.model.qk_norm ? s.qd + s.kvd : 0) + s.dropout_k);
 }
 
 // The largest set of fp32 buffers alive at once inside block_bwd (and during a recompute), in values.
@@ -156,7 +156,7 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->act_checkpoints = u64(n * T * C * 2);
   const int64_t qk_norm = in.model.qk_norm ? s.qd + s.kvd : 0;
   const int64_t block = T * (3 * C + 2 * s.qd + 2 * s.kvd + 3 * s.I + s.sum_r + qk_norm) * 2 +
-                        T * s.H * 4 + T * s.dropout_k * 3;
+                        T * s.H * 4 + T * s.dropout_k * 2;
   d->act_block = n > 0 ? u64((in.checkpointing ? 1 : n) * block) : 0;
   d->act_backward = n > 0 ? u64(T * (3 * s.I + 3 * C + 2 * s.qd + 2 * s.kvd) * 2 + T * C * 4) : 0;
   d->act_loss = d->has_lm_head ? u64(T * C * (2 + 4)) : 0;
@@ -383,7 +383,7 @@ std::string format_plan_table(const PlanResult& p) {
   std::snprintf(buf, sizeof buf, "%.2f M", static_cast<double>(p.lora_params) / 1e6);
   os << "LoRA: r=" << in.lora.r << " on " << targets_list(in.lora) << "; " << buf
      << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
-     << (in.lora.dropout > 0 ? "; dropout keeps the dropped input and mask" : "") << "\n";
+     << (in.lora.dropout > 0 ? "; dropout keeps the dropped input (masks are regenerated)" : "") << "\n";
   os << "step: micro-batch " << in.batch_size << " x " << in.seq_len << " = " << p.tokens
      << " tokens, activation checkpointing " << (in.checkpointing ? "on" : "off") << "\n";
   if (in.device == PlanDevice::Cpu) {

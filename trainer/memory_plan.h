@@ -21,8 +21,8 @@
 //
 // ACTIVATIONS, CPU (trainer/lora_model.cpp exactly as written; fp32, 4 bytes per value):
 //   checkpoints   (L+1)·T·C          every block input x_l, plus the final one (kept with or without checkpointing)
-//   block         T·(3C + 2qd + 2kvd + H + 3I + Σ r [+ qd + kvd with QK-norm] [+ Σ 2K with dropout])
-//                                    n1, h1, n2, q, a, k, v, lse, gate, up, act, LoRA u (and dropped x, mask): one
+//   block         T·(3C + 2qd + 2kvd + H + 3I + Σ r [+ qd + kvd with QK-norm] [+ Σ K with dropout])
+//                                    n1, h1, n2, q, a, k, v, lse, gate, up, act, LoRA u (and dropped x): one
 //                                    block with checkpointing (recomputed in the backward), L blocks without
 //   backward      max over the phases of block_bwd of the buffers alive there, always 3·T·I (dact, dgate, dup)
 //                 + T·I (linear_bwd's tmp, sized by down_proj first and never shrunk) plus:
@@ -47,7 +47,8 @@
 // checkpoint per block; 2 bytes per value unless said):
 //   checkpoints   n_dev·T·C·2 (block inputs of the device's n_dev layers)
 //   block         T·(3C + 2qd + 2kvd + 3I + Σ r [+ qd + kvd QK-norm])·2 + T·H·4 (lse, fp32)
-//                 [+ dropout: Σ T·K·3, bf16 dropped x + u8 mask]; one block, or n_dev without checkpointing
+//                 [+ dropout: Σ T·K·2, bf16 dropped x; masks are regenerated from their keys, kernels/dropout.h];
+//                 one block, or n_dev without checkpointing
 //   backward      T·(3I + 3C + 2qd + 2kvd)·2 (every gradient buffer of a block alive at once: an upper bound)
 //                 + T·C·4 (the residual-stream gradient, accumulated in fp32)
 //   loss          (last device) the final hidden T·C·2 and its fp32 gradient T·C·4

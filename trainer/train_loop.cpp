@@ -200,8 +200,6 @@ TrainReport train_lora(const TrainOptions& o) {
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
-  QWENQ_CHECK(!o.use_cuda || o.lora.dropout == 0.0,
-              "--device cuda trains with --lora-dropout 0 only (got " << o.lora.dropout << "); use --device cpu for dropout");
   if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");

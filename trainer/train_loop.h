@@ -53,8 +53,8 @@ struct TrainOptions {
   uint64_t seed = 42;  // adapter init, data order, dropout
   DType adapter_dtype = DType::F32;  // of the final adapter (checkpoints are always fp32)
   // Train on the GPU (trainer/lora_model_cuda.h: forward, backward, clipping and AdamW on the device; the
-  // adapter comes to the host for checkpoints, evaluation stays on the device). Only lora.dropout = 0. Set by
-  // an explicit `--device cuda`; the CPU path otherwise.
+  // adapter comes to the host for checkpoints, evaluation stays on the device; dropout masks are the CPU's). Set
+  // by an explicit `--device cuda`; the CPU path otherwise.
   bool use_cuda = false;
 };
 

@@ -5,7 +5,10 @@
 //   - Qwen2 with random biases and norm weights and Qwen3 (q/k norm), D = 64 so flash attention runs, in F32 and
 //     BF16, and the Qwen2 one quantized by round-to-nearest into GPTQ v1 (group 32: the Q4 dequant-matmul forward
 //     and its transpose for dx);
-//   - two training runs of 50 steps (tiny F32, and the 4-bit D = 64 model) with use_cuda against the CPU's;
+//   - lora_dropout 0.1 on the tiny F32, D = 64 BF16 and 4-bit models: the masks are the CPU's (counter-based,
+//     kernels/dropout_mask.h), so the same tolerances apply; evaluation has no dropout;
+//   - three training runs of 50 steps (tiny F32 with and without dropout, and the 4-bit D = 64 model) with
+//     use_cuda against the CPU's;
 //   - stories260K (D = 8, the naive kernels on a real model) when the shared data is there.
 // The adapter has all seven targets, r = 4, and a seeded nonzero B (PEFT's B = 0 would leave dA = 0 and hide
 // half of the backward). Batches pack several sequences (1, 7, 33 tokens: the small-M GEMM paths; 100 + 65: the
@@ -211,11 +214,11 @@ PackedBatch random_batch(const std::vector<int>& lengths, int64_t V, uint64_t se
 }
 
 // PEFT's A and a seeded nonzero B (0.05 · N(0, 1)), all seven targets, r = 4, alpha = 8.
-LoraAdapter test_adapter(const QwenModel& model, uint64_t seed) {
+LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout = 0.0) {
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 8;
-  cfg.dropout = 0.0;
+  cfg.dropout = dropout;
   cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   LoraAdapter a(lora_dims_of(model.config()), cfg);
   a.init_peft(seed);
@@ -269,12 +272,14 @@ double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, do
   return worst;
 }
 
-// One loss-and-gradient step (and one AdamW step) on the GPU against the CPU, for each batch.
-void expect_step_matches_cpu(const std::string& dir, double loss_tol, double grad_tol, const std::string& what) {
+// One loss-and-gradient step (and one AdamW step) on the GPU against the CPU, for each batch; with dropout > 0
+// both draw the masks of the same dropout_seed (kernels/dropout_mask.h), so the tolerances are dropout 0's.
+void expect_step_matches_cpu(const std::string& dir, double loss_tol, double grad_tol, const std::string& what,
+                             double dropout = 0.0) {
   SCOPED_TRACE(what);
   const QwenModel cpu(dir);
   const int64_t V = cpu.config().vocab_size;
-  LoraAdapter adapter = test_adapter(cpu, 17);
+  LoraAdapter adapter = test_adapter(cpu, 17, dropout);
   const std::vector<std::vector<int>> batches = {{1, 7, 33}, {100, 65}};
   for (size_t bi = 0; bi < batches.size(); ++bi) {
     const uint64_t seed = 91 + bi;
@@ -284,6 +289,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     for (int32_t t : targets) counted += t != kIgnoreIndex;
     LoraStepOptions so;
     so.grad_scale = 1.0 / static_cast<double>(counted);
+    so.dropout_seed = 4242 + bi;
     LoraAdapter g_cpu = zeros_like(adapter);
     const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
 
@@ -302,9 +308,26 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     LoraAdapter g2 = zeros_like(adapter);
     gpu.download_grads(&g2);
     expect_grads_close(g2, g_cpu, 2.0, grad_tol, ctx + " (accumulated twice)");
-    // Evaluation gives the training loss.
-    EXPECT_NEAR(gpu.loss(b, targets).nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum))
-        << ctx << ": loss() differs from loss_and_grad()";
+    if (dropout == 0.0) {  // evaluation gives the training loss
+      EXPECT_NEAR(gpu.loss(b, targets).nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum))
+          << ctx << ": loss() differs from loss_and_grad()";
+    } else {
+      // Evaluation has no dropout: loss() is the CPU's train = false loss, which dropout's loss differs from.
+      LoraStepOptions eval = so;
+      eval.train = false;
+      const LoraStepResult want_eval = lora_loss_and_grad(cpu, adapter, b, targets, nullptr, eval);
+      EXPECT_NE(want_eval.nll_sum, want.nll_sum) << ctx << ": dropout did not change the CPU's loss";
+      EXPECT_NEAR(gpu.loss(b, targets).nll_sum, want_eval.nll_sum, loss_tol * std::fabs(want_eval.nll_sum))
+          << ctx << ": loss() is not the CPU's evaluation loss";
+      // Another seed: other masks, the CPU's loss for them (the gradients it adds are zeroed below).
+      LoraStepOptions other = so;
+      other.dropout_seed += 1000;
+      const LoraStepResult want_other = lora_loss_and_grad(cpu, adapter, b, targets, nullptr, other);
+      EXPECT_NE(want_other.nll_sum, want.nll_sum) << ctx << ": the dropout seed did not change the CPU's loss";
+      EXPECT_NEAR(gpu.loss_and_grad(b, targets, other).nll_sum, want_other.nll_sum,
+                  loss_tol * std::fabs(want_other.nll_sum))
+          << ctx << ": dropout_seed " << other.dropout_seed;
+    }
 
     // One AdamW step with clipping: the GPU's update against adamw_step_ref on the GPU's own gradients.
     gpu.zero_grads();
@@ -379,25 +402,17 @@ TEST(LoraModelCuda, QLoraRtnGptq4Bit) {
   expect_step_matches_cpu(tiny_q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit tiny (naive)");
 }
 
-TEST(LoraModelCuda, RefusesDropoutInTraining) {
+// lora_dropout 0.1: the same masks as the CPU (kernels/dropout.h), so the dropout-0 tolerances hold, on the
+// pure-fp32 path (naive attention), flash attention in BF16 and the 4-bit base.
+TEST(LoraModelCuda, DropoutIsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
   ScratchDir tmp;
-  const QwenModel cpu(tiny_random(tmp.sub("m"), DType::F32));
-  LoraConfig cfg;
-  cfg.r = 2;
-  cfg.dropout = 0.1;
-  cfg.target_modules = {"q_proj"};
-  LoraAdapter a(lora_dims_of(cpu.config()), cfg);
-  LoraModelCuda gpu(cpu, a);
-  const PackedBatch b = random_batch({5}, cpu.config().vocab_size, 3);
-  std::string err;
-  try {
-    gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
-  } catch (const Error& e) {
-    err = e.what();
-  }
-  EXPECT_NE(err.find("lora_dropout 0.1 is not supported on the GPU"), std::string::npos) << err;
-  EXPECT_GT(gpu.loss(b, next_token_targets(b)).counted, 0);  // evaluation has no dropout
+  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), dropout 0.1", 0.1);
+  const std::string bf16 = write_d64_model(tmp.sub("qwen2_bf16"), kQwen2Bias, DType::BF16, 21, tok);
+  expect_step_matches_cpu(bf16, kBf16LossRelTol, kBf16GradRelTol, "qwen2 D=64 BF16, dropout 0.1", 0.1);
+  const std::string q4 = quantize_rtn_gptq(bf16);
+  expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, dropout 0.1", 0.1);
 }
 
 // A small JSONL text dataset of repetitive sentences (tests/test_train_loop.cpp's).
@@ -425,14 +440,14 @@ std::vector<double> losses_of(const std::string& metrics) {
 
 // 50 steps of train_lora on the GPU and on the CPU from the same model, data and seed.
 void expect_training_matches_cpu(const std::string& model, const std::string& data, const ScratchDir& tmp,
-                                 const std::string& what) {
+                                 const std::string& what, double dropout = 0.0) {
   SCOPED_TRACE(what);
   TrainOptions o;
   o.model_dir = model;
   o.data_path = data;
   o.lora.r = 4;
   o.lora.alpha = 8;
-  o.lora.dropout = 0.0;
+  o.lora.dropout = dropout;
   o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   o.seq_len = 128;
   o.batch_size = 2;
@@ -467,6 +482,7 @@ TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
   const std::string data = make_text_data(tmp.sub("data.jsonl"), 200);
   const std::string tiny = tiny_random(tmp.sub("tiny"), DType::F32);
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32");
+  expect_training_matches_cpu(tiny, data, tmp, "tiny-f32-dropout", 0.1);
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 55, tiny));
   expect_training_matches_cpu(q4, data, tmp, "qlora-d64");
 }
