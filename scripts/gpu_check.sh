@@ -2,8 +2,7 @@
 # The GPU check, in one command on the device machine (H100/H200): builds for sm_90a with the dependencies that
 # scripts/gpu_prepare.sh copied into .gpu-deps, runs every GPU test (ctest -L gpu: each CUDA kernel against its CPU
 # twin), one compute-sanitizer pass over a small selection, the CUDA benchmarks and a 7B-shaped whole-model GPTQ
-# timing; logs and CSVs go to $OUT (or
-# ./gpu-out). Device call (from the repo root):
+# timing; logs and CSVs go to $OUT (or ./gpu-out). Device call (from the repo root):
 #   run(carry=[".gpu-deps"], timeout_s=540, command="bash scripts/gpu_check.sh")
 # Set QWENQ_GPU_QUICK=1 to skip the benchmarks (and the 7B-shaped GPTQ timing).
 set -uo pipefail
