@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
@@ -55,7 +56,8 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
     size_t i1 = i0;
     while (i1 < windows.size() && (i1 == i0 || tokens + static_cast<int64_t>(windows[i1].size()) <= chunk_tokens))
       tokens += static_cast<int64_t>(windows[i1++].size());
-    chunks.push_back(PackedBatch::from_sequences({windows.begin() + i0, windows.begin() + i1}));
+    chunks.push_back(PackedBatch::from_sequences(
+        std::vector<std::vector<int32_t>>(windows.begin() + i0, windows.begin() + i1)));
     offset.push_back(total);
     total += tokens;
     largest = std::max(largest, tokens);
