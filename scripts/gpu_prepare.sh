@@ -15,10 +15,11 @@ cp -r /usr/share/cmake/nlohmann_json /usr/share/cmake/CLI11 "$D/share/cmake/"
 cp -r /usr/lib/x86_64-linux-gnu/cmake/GTest "$D/lib/x86_64-linux-gnu/cmake/"
 cp /usr/lib/x86_64-linux-gnu/libgtest.a /usr/lib/x86_64-linux-gnu/libgtest_main.a \
    /usr/lib/x86_64-linux-gnu/libgmock.a /usr/lib/x86_64-linux-gnu/libgmock_main.a "$D/lib/x86_64-linux-gnu/"
-# The real test model and text for the GPU end-to-end tests (tests/gpu/test_model_cuda.cpp looks here), ~2 MB.
+# The real test model, text and calibration data for the GPU end-to-end tests (tests/gpu/test_model_cuda.cpp and
+# test_gptq_model_cuda.cpp look here), ~3 MB.
 if [ -d ../shared/data/stories260K ]; then
   mkdir -p .gpu-deps/shared/data
-  cp -r ../shared/data/stories260K ../shared/data/tinystories .gpu-deps/shared/data/
+  cp -r ../shared/data/stories260K ../shared/data/tinystories ../shared/data/c4 .gpu-deps/shared/data/
 fi
 # The commit (and whether the tree differs from it) for the results' stamps: the device machine's copy has no .git.
 echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!benchmarks/results' || echo -dirty)" > .gpu-deps/COMMIT

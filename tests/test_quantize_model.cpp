@@ -301,6 +301,10 @@ TEST(QuantizeModel, GptqRefusesShortCalibration) {
   EXPECT_NE(err.find("short.txt: 16 tokens, too short for one calibration window of --calib-seq-len 64"), std::string::npos)
       << err;
   EXPECT_FALSE(dir_exists(g.out.out_dir));
+  g.chunk_tokens = 0;  // the GPU path's chunk of windows: refused before anything is read or written
+  err = error_of([&] { gptq_quantize_model(g); });
+  EXPECT_NE(err.find("gptq: chunk_tokens must be positive, got 0"), std::string::npos) << err;
+  EXPECT_FALSE(dir_exists(g.out.out_dir));
 }
 
 }  // namespace

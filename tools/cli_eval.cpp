@@ -28,28 +28,8 @@ struct EvalArgs {
   CommonOptions common;
 };
 
-// apply_common_options, except that the device line says where this command computes. The GPU evaluation
-// (QwenModelCuda) has not yet been validated on hardware, so it runs only when asked for by name (--device cuda);
-// `auto` keeps the CPU path and says so. Returns the device.
-Device resolve_eval_device(const CommonOptions& opt) {
-  set_num_threads(opt.threads);
-  DeviceChoice d = choose_device(opt.device);
-  std::string line = d.description;
-#ifdef QWENQ_HAVE_CUDA
-  std::string what;
-  if (d.device == Device::Cuda && opt.device != "cuda") {
-    d.device = Device::Cpu;
-    line += " (the GPU evaluation is experimental: pass --device cuda to use it)";
-  } else if (d.device == Device::Cuda && cuda_device_query(&what)) {
-    line = "device: cuda (" + what + "), the evaluation runs on the GPU (experimental)";
-  }
-#endif
-  std::fprintf(stderr, "%s; %d CPU threads\n", line.c_str(), num_threads());
-  return d.device;
-}
-
 void run_eval(const EvalArgs& a) {
-  const Device device = resolve_eval_device(a.common);
+  const Device device = apply_common_options_gpu(a.common, "the evaluation");
   const std::string dir = resolve_model_dir(a.model);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);

@@ -80,8 +80,10 @@ void register_quantize(CLI::App& app) {
   gc->add_flag("--static-groups", gopt->static_groups, "compute group grids up front (with --desc-act: monotone g_idx)");
   gc->add_option("--block-size", gopt->block_size, "lazy-update block (speed only)")->capture_default_str();
   gc->add_flag("--pad-intermediate", g->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
+  gc->add_option("--chunk-tokens", gopt->chunk_tokens,
+                 "GPU: tokens forwarded through a block at a time (activation memory)")->capture_default_str();
   gc->callback([g, gopt]() {
-    apply_common_options(g->common);
+    gopt->device = apply_common_options_gpu(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";
     gopt->out = g->opt;
     gopt->out.model_dir = resolve_model_dir(g->model);

@@ -1,4 +1,6 @@
-#include "trainer/quantize_model.h"
+// gptq_quantize_model (trainer/quantize_model.h): the checks, the calibration windows, the pass-through tensors
+// and the output, the per-Linear step both drivers share (trainer/gptq_model.h), and the CPU driver.
+#include "trainer/gptq_model.h"
 
 #include <chrono>
 #include <cstdio>
@@ -14,11 +16,87 @@
 #include "quant/gptq.h"
 #include "quant/grid.h"
 #include "quant/hessian.h"
-#include "trainer/quantize_output.h"
-#include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
+
+const GptqSlot kGptqSlots[7] = {{BlockLinear::QKV, 0, "self_attn.q_proj"}, {BlockLinear::QKV, 1, "self_attn.k_proj"},
+                                {BlockLinear::QKV, 2, "self_attn.v_proj"}, {BlockLinear::O, 0, "self_attn.o_proj"},
+                                {BlockLinear::GateUp, 0, "mlp.gate_proj"},  {BlockLinear::GateUp, 1, "mlp.up_proj"},
+                                {BlockLinear::Down, 0, "mlp.down_proj"}};
+const BlockLinear kGptqGroups[4] = {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down};
+
+int64_t gptq_group_inputs(const QwenConfig& cfg, BlockLinear group) {
+  return group == BlockLinear::O ? cfg.q_dim() : group == BlockLinear::Down ? cfg.intermediate_size : cfg.hidden_size;
+}
+
+std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve) {
+  const BlockLinear group = slot.group;
+  LinearWeight& lw = model_.linear_weight(l, slot.group, slot.index);
+  const std::string prefix = "model.layers." + std::to_string(l) + "." + slot.name;
+  const int64_t N = lw.N, K = lw.K;
+  // Pad the MLP width with zero channels when asked: zero rows of gate/up, zero columns (dead inputs,
+  // H = 0 there) of down.
+  const int64_t N2 = (group == BlockLinear::GateUp) ? I2_ : N, K2 = (group == BlockLinear::Down) ? I2_ : K;
+  std::vector<float> W = lw.dequantize();
+  if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
+  if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
+  if (K2 != K) {
+    Eigen::MatrixXf hp = Eigen::MatrixXf::Zero(K2, K2);
+    hp.topLeftCorner(K, K) = h;
+    h = std::move(hp);
+  }
+  GptqResult r = solve(W.data(), N2, K2, std::move(h), gptq_);
+  for (const auto& w : r.warnings) std::fprintf(stderr, "gptq: %s: %s\n", prefix.c_str(), w.c_str());
+  shards_.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), out_.layout));
+  std::vector<float> fq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+  std::vector<float> back(N * K);
+  for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
+  ++rep_.linears;
+  rep_.params_quantized += N * K;
+  char extra[96];
+  std::snprintf(extra, sizeof extra, "layer %lld %s loss %.3g", (long long)l, slot.name, r.loss);
+  bar_.update(rep_.linears, extra);
+  return back;
+}
+
+namespace {
+
+// The CPU driver: the embedded windows X [T, C] on the host, each group's Hessian from one block_forward over
+// the whole batch (the block rerun from X with the earlier Linears already quantized).
+void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, GptqLinearStep& step,
+                     ShardedWriter& shards) {
+  const QwenConfig& cfg = model.config();
+  const PackedBatch batch = PackedBatch::from_sequences(windows);
+  std::vector<float> X;
+  model.embed_batch(batch, &X);
+  std::vector<float> work;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    for (BlockLinear group : kGptqGroups) {
+      // Hessian of this group's input, with every earlier Linear of the block already quantized.
+      std::unique_ptr<HessianAccumulator> H;
+      work = X;
+      model.block_forward(l, batch, work.data(), [&](BlockLinear at, const float* x, int64_t T) {
+        if (at != group) return;
+        H = std::make_unique<HessianAccumulator>(gptq_group_inputs(cfg, group));
+        H->add_batch(x, T);
+      });
+      QWENQ_CHECK(H != nullptr, "gptq: layer " << l << " never reached a Linear group");
+      for (const GptqSlot& slot : kGptqSlots) {
+        if (slot.group != group) continue;
+        // The rest of the block and the later blocks see the quantized layer.
+        LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
+        const int64_t N = lw.N, K = lw.K;
+        std::vector<float> back = step.run(l, slot, H->matrix(), gptq_quantize);
+        lw = LinearWeight::from_fp32(std::move(back), N, K);
+      }
+      shards.maybe_flush();
+    }
+    model.block_forward(l, batch, X.data(), nullptr);  // inputs of the next block, through the quantized block
+  }
+}
+
+}  // namespace
 
 QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -26,6 +104,10 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   o.method = QuantizeOptions::Method::Rtn;  // the integer-layout rules (bits, layout, padding) are shared with RTN
   check_int_options(o);
   check_not_quantized(o.model_dir);
+#ifndef QWENQ_HAVE_CUDA
+  QWENQ_CHECK(g.device == Device::Cpu, "gptq: --device cuda needs a build with the CUDA backend (this one has none)");
+#endif
+  QWENQ_CHECK(g.chunk_tokens > 0, "gptq: chunk_tokens must be positive, got " << g.chunk_tokens);
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
@@ -36,9 +118,6 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   }
   const auto windows = calibration_windows(g.calib_path, g.text_field, g.calib_samples, g.calib_seq_len, g.seed,
                                            Tokenizer::from_dir(o.model_dir));
-  const PackedBatch batch = PackedBatch::from_sequences(windows);
-  std::vector<float> X;
-  model.embed_batch(batch, &X);
   if (!o.quiet) {
     std::fprintf(stderr, "gptq: %zu calibration windows x %lld tokens from %s; %lld layers\n", windows.size(),
                  (long long)g.calib_seq_len, g.calib_path.c_str(), (long long)cfg.num_layers);
@@ -62,64 +141,12 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }
-  struct Slot {
-    BlockLinear group;
-    int index;
-    const char* name;
-  };
-  const Slot slots[] = {{BlockLinear::QKV, 0, "self_attn.q_proj"}, {BlockLinear::QKV, 1, "self_attn.k_proj"},
-                        {BlockLinear::QKV, 2, "self_attn.v_proj"}, {BlockLinear::O, 0, "self_attn.o_proj"},
-                        {BlockLinear::GateUp, 0, "mlp.gate_proj"},  {BlockLinear::GateUp, 1, "mlp.up_proj"},
-                        {BlockLinear::Down, 0, "mlp.down_proj"}};
   Progress bar("gptq", cfg.num_layers * 7, "layers", o.quiet);
-  std::vector<float> work;
-  for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    for (BlockLinear group : {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down}) {
-      // Hessian of this group's input, with every earlier Linear of the block already quantized.
-      std::unique_ptr<HessianAccumulator> H;
-      work = X;
-      model.block_forward(l, batch, work.data(), [&](BlockLinear at, const float* x, int64_t T) {
-        if (at != group) return;
-        const int64_t K = group == BlockLinear::O ? cfg.q_dim() : group == BlockLinear::Down ? I : C;
-        H = std::make_unique<HessianAccumulator>(K);
-        H->add_batch(x, T);
-      });
-      QWENQ_CHECK(H != nullptr, "gptq: layer " << l << " never reached a Linear group");
-      for (const Slot& slot : slots) {
-        if (slot.group != group) continue;
-        LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
-        const std::string prefix = "model.layers." + std::to_string(l) + "." + slot.name;
-        const int64_t N = lw.N, K = lw.K;
-        // Pad the MLP width with zero channels when asked: zero rows of gate/up, zero columns (dead inputs,
-        // H = 0 there) of down.
-        const int64_t N2 = (group == BlockLinear::GateUp) ? I2 : N, K2 = (group == BlockLinear::Down) ? I2 : K;
-        std::vector<float> W = lw.dequantize();
-        if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
-        if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
-        Eigen::MatrixXf h = H->matrix();
-        if (K2 != K) {
-          Eigen::MatrixXf hp = Eigen::MatrixXf::Zero(K2, K2);
-          hp.topLeftCorner(K, K) = h;
-          h = std::move(hp);
-        }
-        GptqResult r = gptq_quantize(W.data(), N2, K2, std::move(h), go);
-        for (const auto& w : r.warnings) std::fprintf(stderr, "gptq: %s: %s\n", prefix.c_str(), w.c_str());
-        shards.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), o.layout));
-        // The rest of the block and the later blocks see the quantized layer.
-        std::vector<float> fq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
-        std::vector<float> back(N * K);
-        for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
-        lw = LinearWeight::from_fp32(std::move(back), N, K);
-        ++rep.linears;
-        rep.params_quantized += N * K;
-        char extra[96];
-        std::snprintf(extra, sizeof extra, "layer %lld %s loss %.3g", (long long)l, slot.name, r.loss);
-        bar.update(rep.linears, extra);
-      }
-      shards.maybe_flush();
-    }
-    model.block_forward(l, batch, X.data(), nullptr);  // inputs of the next block, through the quantized block
-  }
+  GptqLinearStep step(model, o, I2, go, shards, rep, bar);
+#ifdef QWENQ_HAVE_CUDA
+  if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards);
+#endif
+  if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, step, shards);
   shards.finish();
   bar.finish();
 

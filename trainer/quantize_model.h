@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "kernels/device.h"
 #include "quant/awq.h"
 #include "quant/int_checkpoint.h"
 
@@ -53,6 +54,10 @@ QuantizeReport quantize_model(const QuantizeOptions& opt);
 // run on the current inputs to accumulate each group's Hessian with the already-quantized Linears in place, each
 // Linear is quantized with quant/gptq and replaced by its fake-quantized values, and the block's output (from
 // the quantized block) becomes the next block's input. Output tensors as quantize_model writes them.
+// device Cuda (CUDA builds; trainer/gptq_model.h): the same driver with the blocks, the Hessians and GPTQ on the GPU
+// (QwenModelCuda, hessian_accumulate_cuda, gptq_quantize_cuda), the packing and writing on the host as on the CPU.
+// Its results agree with the CPU's within GPU rounding (bf16 activations into 16-bit GEMMs, flash attention's bf16
+// q/k/v, fp32 summation order): most codes are equal, the rest one step apart (tests/gpu/test_gptq_model_cuda.cpp).
 struct GptqModelOptions {
   QuantizeOptions out;  // model_dir, out_dir, bits, group_size, sym, layout, pad_intermediate, shards, quiet
   std::string calib_path, text_field = "text";
@@ -61,6 +66,11 @@ struct GptqModelOptions {
   double damp = 0.01;
   bool desc_act = false, static_groups = false;
   int64_t block_size = 128;
+  Device device = Device::Cpu;  // where the blocks, Hessians and GPTQ run (tools resolve --device)
+  // The GPU path forwards at most this many tokens (whole windows, at least one) through a block at a time: its
+  // activation buffers (~T·(4C + 2·q_dim + 2·kv_dim + 2·I) fp32) stay bounded; the Hessians sum over the chunks.
+  // The residual stream of the whole calibration set stays on the device (windows·seq_len·C fp32).
+  int64_t chunk_tokens = 16384;
 };
 QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
 

@@ -5,6 +5,7 @@
 #include "trainer/qwen_model_cuda.h"
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <utility>
@@ -226,41 +227,106 @@ struct QwenModelCuda::Impl {
     }
   }
 
-  // The final hidden states (after model.norm) of the batch in x [T, C].
-  void forward_hidden(const PackedBatch& b) {
-    const QwenConfig& c = cfg;
-    const int64_t T = b.num_tokens(), C = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+  // Checks the batch, sizes the buffers for it and uploads its positions (RoPE).
+  void begin_batch(const PackedBatch& b) {
+    const int64_t T = b.num_tokens();
     QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
                 "QwenModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
     reserve(T);
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
     QWENQ_CUDA_CHECK(
         cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
-    float* xp = x.as<float>();
+  }
+
+  // out [T, C] fp32 = the embeddings of the batch's tokens (after begin_batch).
+  void embed_into(const PackedBatch& b, float* out) {
+    const int64_t T = b.num_tokens();
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
+    embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s());
+  }
+
+  // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
+  // group's input before the group runs; when it returns false the block stops there and this returns false.
+  bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook) {
+    const QwenConfig& c = cfg;
+    const int64_t T = b.num_tokens(), C = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
+    const auto go_on = [&](BlockLinear at, const float* in) { return hook == nullptr || !*hook || (*hook)(at, in, T); };
     float* np = n.as<float>();
-    embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, tokens.as<int32_t>(), T, xp, s());
-    for (const DevLayer& L : layers) {
-      rmsnorm(xp, T, C, L.input_norm, np);
-      linear(L.q, np, T, q.as<float>());
-      linear(L.k, np, T, k.as<float>());
-      linear(L.v, np, T, v.as<float>());
-      if (c.qk_norm) {
-        rmsnorm(q.as<float>(), T * c.num_heads, D, L.q_norm, q.as<float>());
-        rmsnorm(k.as<float>(), T * c.num_kv_heads, D, L.k_norm, k.as<float>());
-      }
-      rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope_theta, s());
-      rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope_theta, s());
-      attention(b, T);
-      linear(L.o, a.as<float>(), T, np);
-      add_inplace_cuda(xp, np, T * C, s());
-      rmsnorm(xp, T, C, L.post_norm, np);
-      linear(L.gate, np, T, gate.as<float>());
-      linear(L.up, np, T, up.as<float>());
-      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
-      linear(L.down, gate.as<float>(), T, np);
-      add_inplace_cuda(xp, np, T * C, s());
+    rmsnorm(xp, T, C, L.input_norm, np);
+    if (!go_on(BlockLinear::QKV, np)) return false;
+    linear(L.q, np, T, q.as<float>());
+    linear(L.k, np, T, k.as<float>());
+    linear(L.v, np, T, v.as<float>());
+    if (c.qk_norm) {
+      rmsnorm(q.as<float>(), T * c.num_heads, D, L.q_norm, q.as<float>());
+      rmsnorm(k.as<float>(), T * c.num_kv_heads, D, L.k_norm, k.as<float>());
     }
-    rmsnorm(xp, T, C, final_norm, xp);
+    rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope_theta, s());
+    rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope_theta, s());
+    attention(b, T);
+    if (!go_on(BlockLinear::O, a.as<float>())) return false;
+    linear(L.o, a.as<float>(), T, np);
+    add_inplace_cuda(xp, np, T * C, s());
+    rmsnorm(xp, T, C, L.post_norm, np);
+    if (!go_on(BlockLinear::GateUp, np)) return false;
+    linear(L.gate, np, T, gate.as<float>());
+    linear(L.up, np, T, up.as<float>());
+    swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
+    if (!go_on(BlockLinear::Down, gate.as<float>())) return false;
+    linear(L.down, gate.as<float>(), T, np);
+    add_inplace_cuda(xp, np, T * C, s());
+    return true;
+  }
+
+  // The final hidden states (after model.norm) of the batch in x [T, C].
+  void forward_hidden(const PackedBatch& b) {
+    begin_batch(b);
+    float* xp = x.as<float>();
+    embed_into(b, xp);
+    for (const DevLayer& L : layers) block(L, b, xp, nullptr);
+    rmsnorm(xp, b.num_tokens(), cfg.hidden_size, final_norm, xp);
+  }
+
+  // The Linear `index` of group `which` in `layer` (QwenModel::linear_weight's numbering).
+  DevLinear& linear_at(int64_t layer, BlockLinear which, int index) {
+    QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
+                "QwenModelCuda: layer " << layer << " of " << layers.size());
+    DevLayer& L = layers[static_cast<size_t>(layer)];
+    DevLinear* d = nullptr;
+    switch (which) {
+      case BlockLinear::QKV: d = index == 0 ? &L.q : index == 1 ? &L.k : index == 2 ? &L.v : nullptr; break;
+      case BlockLinear::O: d = index == 0 ? &L.o : nullptr; break;
+      case BlockLinear::GateUp: d = index == 0 ? &L.gate : index == 1 ? &L.up : nullptr; break;
+      case BlockLinear::Down: d = index == 0 ? &L.down : nullptr; break;
+    }
+    QWENQ_CHECK(d != nullptr, "QwenModelCuda: layer " << layer << " has no Linear " << index << " in that group");
+    return *d;
+  }
+
+  // Makes `mem` (fp32 [N, K], already filled) the weight of d, freeing the old device weight. Linear weights are
+  // never shared (the upload map shares only the embedding with a tied lm_head), so the old one can go.
+  void replace_dense(DevLinear& d, DeviceMemory mem) {
+    const DevTensor fresh{mem.get(), DType::F32};
+    const int64_t fresh_bytes = static_cast<int64_t>(mem.bytes());
+    if (d.q4) {
+      weight_bytes -= d.q4->bytes();
+      d.q4.reset();
+    }
+    bool placed = false;
+    if (d.dense.data != nullptr) {
+      for (auto it = uploaded.begin(); it != uploaded.end();) {
+        it = it->second.data == d.dense.data ? uploaded.erase(it) : std::next(it);
+      }
+      for (DeviceMemory& o : owned) {
+        if (o.get() != d.dense.data) continue;
+        weight_bytes -= static_cast<int64_t>(o.bytes());
+        o = std::move(mem);  // frees the old weight (stream-ordered, after the work already queued)
+        placed = true;
+        break;
+      }
+    }
+    if (!placed) owned.push_back(std::move(mem));
+    weight_bytes += fresh_bytes;
+    d.dense = fresh;
   }
 
   // logits [rows, V] fp32 of the hidden rows [r0, r0 + rows) of x.
@@ -362,6 +428,38 @@ int64_t QwenModelCuda::next_token_nll(const PackedBatch& b, std::vector<float>* 
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll->data(), m.nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   return counted;
+}
+
+CudaStream QwenModelCuda::stream() const { return impl_->s(); }
+
+void QwenModelCuda::embed_batch(const PackedBatch& b, float* x) {
+  QWENQ_CHECK(x != nullptr, "QwenModelCuda::embed_batch: null output");
+  impl_->begin_batch(b);
+  impl_->embed_into(b, x);
+}
+
+void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x, const DeviceLinearInputHook& hook) {
+  Impl& m = *impl_;
+  QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(m.layers.size()),
+              "QwenModelCuda::block_forward: layer " << layer << " outside [0, " << m.layers.size() << ")");
+  QWENQ_CHECK(x != nullptr, "QwenModelCuda::block_forward: null residual stream");
+  m.begin_batch(b);
+  m.block(m.layers[static_cast<size_t>(layer)], b, x, &hook);
+}
+
+void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N,
+                                      int64_t K) {
+  Impl& m = *impl_;
+  DevLinear& d = m.linear_at(layer, which, index);
+  QWENQ_CHECK(W != nullptr && N == d.N && K == d.K, "QwenModelCuda::set_linear_weight: layer "
+                                                        << layer << " Linear " << index << " is [" << d.N << ", "
+                                                        << d.K << "], got [" << N << ", " << K << "]");
+  const size_t bytes = static_cast<size_t>(N * K) * sizeof(float);
+  DeviceMemory mem = allocate(bytes, "the replaced weight of layer " + std::to_string(layer) + " [" +
+                                         std::to_string(N) + ", " + std::to_string(K) + "] fp32", m.s());
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  m.replace_dense(d, std::move(mem));
 }
 
 }  // namespace qwenq

@@ -27,15 +27,24 @@
 // chunk of logits (at most 256 MiB). An allocation that fails throws qwenq::Error naming the tensor or buffer, its size and
 // the device's free memory. Nothing is printed.
 // Not thread-safe: the batch buffers are reused by every call (hence the non-const methods).
+//
+// Block by block (GPTQ calibration on the GPU, trainer/gptq_model_cuda.cpp): embed_batch writes the embeddings of a
+// batch into a caller-owned device buffer x [T, C]; block_forward runs one decoder block in place on such an x,
+// calling a hook with the device pointer of each Linear group's input before that group runs (the hook may stop the
+// block there); set_linear_weight replaces one Linear by a dense fp32 weight (the fake-quantized one) for the
+// following passes. The caller bounds the activation memory by the batches it passes (whole windows, a chunk of
+// the calibration set at a time): the buffers above are sized by the largest batch, independent of x.
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_check.h"
 #include "kernels/qgemm.h"
 #include "trainer/qwen_model.h"
 
@@ -58,6 +67,12 @@ struct QwenDeviceLayer {
   QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
   QwenDeviceLinear q, k, v, o, gate, up, down;
 };
+
+// Sees the input x [T, K] (fp32, device memory, valid until the block continues) of each Linear group of a block on
+// the GPU, as LinearInputHook does on the CPU; K is C for QKV and GateUp, q_dim for O, intermediate_size for Down.
+// Work on x must be queued on QwenModelCuda::stream() (or wait for it). Returning false stops the block there: the
+// group and everything after it in the block are not computed (x of block_forward is then not the block's output).
+using DeviceLinearInputHook = std::function<bool(BlockLinear, const float* x, int64_t T)>;
 
 class QwenModelCuda {
  public:
@@ -85,6 +100,22 @@ class QwenModelCuda {
   QwenDeviceTensor device_embed() const;
   QwenDeviceTensor device_final_norm() const;
   QwenDeviceTensor device_lm_head() const;
+
+  // ---- block by block (calibration) ----
+  // The stream every op of this model runs on. The calls below are asynchronous on it (except where noted).
+  CudaStream stream() const;
+  // x [T, C] fp32 (device memory the caller owns, T = batch.num_tokens()) = the embeddings of batch.tokens.
+  void embed_batch(const PackedBatch& batch, float* x);
+  // Decoder block `layer` applied in place to x [T, C] (device; QwenModel::block_forward's contract and this
+  // class's data types), the hook (may be empty) called before each Linear group: QKV (the normalized input),
+  // O (the attention output), GateUp (the normalized residual), Down (silu(gate)·up). x must not alias the
+  // model's own buffers (the hook's pointers).
+  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const DeviceLinearInputHook& hook);
+  // Replaces the weight of Linear `index` of group `which` in block `layer` (q=0,k=1,v=2 / gate=0,up=1, as
+  // QwenModel::linear_weight) by the dense fp32 W [N, K] (host, row-major; N, K must be the Linear's), so that
+  // every later pass computes with it (a true fp32 GEMM); its bias is kept. The old device weight is freed.
+  // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
+  void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
 
  private:
   struct Impl;

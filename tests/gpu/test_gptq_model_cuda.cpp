@@ -1,0 +1,350 @@
+// GPTQ of a whole model on the GPU (gptq_quantize_model with device Cuda: trainer/gptq_model_cuda.cpp) against the
+// CPU driver, and the block-by-block API of QwenModelCuda it runs on:
+//   - BlockForwardHooksAndWeightSwap: embed_batch + block_forward layer by layer on the tiny random F32 model
+//     (D = 16, the naive fp32 attention): every Linear group's input seen by the hook, and each block's output,
+//     against QwenModel::block_forward's; a hook that returns false stops the block; set_linear_weight against the
+//     CPU model with the same LinearWeight::from_fp32 replacement;
+//   - TinyRandomLikeTheCpu: the tiny random model (qwen2, 2 layers) quantized on both devices, several chunks;
+//   - Stories260KEndToEnd (issue 5's GPU end-to-end test): the imported stories260K (D = 8, intermediate 172
+//     padded to 192) quantized by GPTQ (4-bit, group 64, asymmetric, GPTQ v2) on the GPU and on the CPU; the two
+//     outputs' weights compared; perplexity on TinyStories of each, on the CPU, and of the GPU-quantized model on
+//     the GPU (QwenModelCuda reads the 4-bit files through the Q4 dequant-matmul); then 50 LoRA steps on the GPU
+//     from the GPU-quantized model against 50 CPU steps from the CPU-quantized one.
+//
+// Tolerances:
+//   kFp32RelTol       the block API on F32 weights with the naive attention: everything fp32 on both sides, only
+//                     the order of sums differs (~1e-6 relative per op); 1e-4 of the tensor's max |value|, as
+//                     tests/gpu/test_model_cuda.cpp.
+//   kWeightAgreement  share of equal dequantized weights (equal code and grid) over every Linear. Both paths are
+//                     fp32 (F32 weights, naive attention): the GPU's Hessians and GPTQ factors differ from the CPU's
+//                     in summation order only, so a code flips only where a value sits within a few ulps of a
+//                     rounding boundary (tests/gpu/test_gptq_cuda.cpp: >= 99.9 % equal codes and >= 99.8 % equal
+//                     grids per Linear; CPU-only one-ulp perturbations of H gave 99.98 % and 99.91 %), and each flip
+//                     moves the later Linears' inputs by a fraction of a grid step, which flips a few more. Not
+//                     measured end to end before a GPU run (the CPU driver gives identical bytes for any block size
+//                     and thread count, so it offers no perturbation to measure); 98 % leaves ~10x the per-Linear
+//                     disagreement for the cascade through 5 layers.
+//   kPplRelTol        perplexity (CPU evaluation) of the GPU-quantized model against the CPU-quantized one: the few
+//                     differing codes are one grid step apart and their errors are as small as GPTQ's own, so the
+//                     perplexities differ by far less than the GPTQ-vs-RTN gap (~5 %); 1 %.
+//   kGpuEvalPplRelTol the GPU evaluation of a 4-bit model against the CPU's on the same files: the Q4 kernel rounds
+//                     each Linear's input to bf16 (2^-9 relative), independent per element; 1 %.
+//   kTrainRelTol      50 steps, last loss and eval loss, as tests/gpu/test_lora_model_cuda.cpp: 5 %.
+// Every test skips without a device; the stories260K test also without the shared data (c4 calibration, stories260K,
+// TinyStories). The agreement, perplexities and times are printed.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "core/rng.h"
+#include "kernels/cuda_check.cuh"
+#include "tests/gpu/gpu_test.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
+#include "trainer/perplexity.h"
+#include "trainer/quantize_model.h"
+#include "trainer/qwen_model.h"
+#include "trainer/qwen_model_cuda.h"
+#include "trainer/tokenizer.h"
+#include "trainer/train_loop.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kFp32RelTol = 1e-4;
+constexpr double kWeightAgreement = 0.98;
+constexpr double kPplRelTol = 1e-2;
+constexpr double kGpuEvalPplRelTol = 1e-2;
+constexpr double kTrainRelTol = 5e-2;
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// max |a − b| / max |b|.
+double rel_max_error(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+std::vector<float> download(const float* d, int64_t n, CudaStream s) {
+  std::vector<float> h(static_cast<size_t>(n));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost, s));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  return h;
+}
+
+PackedBatch seeded_batch(int64_t vocab, std::vector<int64_t> lengths, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t n : lengths) {
+    std::vector<int32_t> s(static_cast<size_t>(n));
+    for (auto& t : s) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+    seqs.push_back(std::move(s));
+  }
+  return PackedBatch::from_sequences(seqs);
+}
+
+TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
+  QWENQ_REQUIRE_GPU();
+  const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny", 17);
+  QwenModel cpu(dir);
+  const QwenConfig& c = cpu.config();
+  QwenModelCuda gpu(cpu);
+  const CudaStream s = gpu.stream();
+  const PackedBatch b = seeded_batch(c.vocab_size, {7, 33, 1, 20}, 3);
+  const int64_t T = b.num_tokens(), C = c.hidden_size;
+
+  std::vector<float> x_cpu;
+  cpu.embed_batch(b, &x_cpu);
+  DeviceMemory x(static_cast<size_t>(T * C) * sizeof(float), s);
+  gpu.embed_batch(b, x.as<float>());
+  EXPECT_EQ(download(x.as<float>(), T * C, s), x_cpu) << "embeddings are a gather: exact";
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<std::vector<float>> in_cpu(4), in_gpu(4);
+    cpu.block_forward(l, b, x_cpu.data(), [&](BlockLinear at, const float* in, int64_t rows) {
+      in_cpu[static_cast<int>(at)].assign(in, in + rows * (at == BlockLinear::O     ? c.q_dim()
+                                                           : at == BlockLinear::Down ? c.intermediate_size
+                                                                                     : C));
+    });
+    gpu.block_forward(l, b, x.as<float>(), [&](BlockLinear at, const float* in, int64_t rows) {
+      EXPECT_EQ(rows, T);
+      const int64_t K = at == BlockLinear::O ? c.q_dim() : at == BlockLinear::Down ? c.intermediate_size : C;
+      in_gpu[static_cast<int>(at)] = download(in, rows * K, s);
+      return true;
+    });
+    for (int g = 0; g < 4; ++g) {
+      ASSERT_FALSE(in_gpu[g].empty()) << "layer " << l << " group " << g << " not seen";
+      EXPECT_LE(rel_max_error(in_gpu[g], in_cpu[g]), kFp32RelTol) << "layer " << l << " group " << g;
+    }
+    EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x_cpu), kFp32RelTol) << "block " << l << " output";
+  }
+
+  // A hook returning false at O: Down and GateUp are never reached, the residual is not the block's output.
+  {
+    std::vector<int> seen;
+    DeviceMemory y(static_cast<size_t>(T * C) * sizeof(float), s);
+    gpu.embed_batch(b, y.as<float>());
+    gpu.block_forward(0, b, y.as<float>(), [&](BlockLinear at, const float*, int64_t) {
+      seen.push_back(static_cast<int>(at));
+      return at != BlockLinear::O;
+    });
+    EXPECT_EQ(seen, (std::vector<int>{0, 1}));
+  }
+
+  // set_linear_weight: layer 0's v_proj and down_proj replaced by seeded fp32 values on both sides.
+  Rng rng(9);
+  std::vector<float> x0;
+  cpu.embed_batch(b, &x0);
+  gpu.embed_batch(b, x.as<float>());
+  for (auto [which, index] : {std::pair<BlockLinear, int>{BlockLinear::QKV, 2}, {BlockLinear::Down, 0}}) {
+    LinearWeight& lw = cpu.linear_weight(0, which, index);
+    std::vector<float> W(static_cast<size_t>(lw.N * lw.K));
+    for (auto& w : W) w = static_cast<float>(rng.normal()) * 0.05f;
+    gpu.set_linear_weight(0, which, index, W.data(), lw.N, lw.K);
+    const int64_t N = lw.N, K = lw.K;
+    lw = LinearWeight::from_fp32(std::move(W), N, K);
+  }
+  cpu.block_forward(0, b, x0.data(), nullptr);
+  gpu.block_forward(0, b, x.as<float>(), nullptr);
+  EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x0), kFp32RelTol) << "after set_linear_weight";
+  EXPECT_NE(test::error_of([&] { gpu.set_linear_weight(0, BlockLinear::O, 0, x0.data(), 3, 5); })
+                .find("layer 0 Linear 0 is ["),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { gpu.set_linear_weight(0, BlockLinear::GateUp, 2, x0.data(), 3, 5); })
+                .find("has no Linear 2"),
+            std::string::npos);
+}
+
+// Share of equal dequantized weights over every Linear of two quantized directories of the same model.
+double weight_agreement(const std::string& a, const std::string& b) {
+  QwenModel ma(a), mb(b);
+  int64_t equal = 0, total = 0;
+  for (int64_t l = 0; l < ma.config().num_layers; ++l) {
+    for (auto [which, count] : {std::pair<BlockLinear, int>{BlockLinear::QKV, 3}, {BlockLinear::O, 1},
+                                {BlockLinear::GateUp, 2}, {BlockLinear::Down, 1}}) {
+      for (int i = 0; i < count; ++i) {
+        const std::vector<float> wa = ma.linear_weight(l, which, i).dequantize();
+        const std::vector<float> wb = mb.linear_weight(l, which, i).dequantize();
+        EXPECT_EQ(wa.size(), wb.size());
+        for (size_t j = 0; j < std::min(wa.size(), wb.size()); ++j) equal += wa[j] == wb[j];
+        total += static_cast<int64_t>(wa.size());
+      }
+    }
+  }
+  return total > 0 ? static_cast<double>(equal) / total : 0.0;
+}
+
+// The CPU-quantized and the GPU-quantized directories of `opt` (out_dir + "-cpu" / "-gpu").
+std::pair<std::string, std::string> quantize_both(GptqModelOptions opt, double* cpu_s, double* gpu_s) {
+  const std::string base = opt.out.out_dir;
+  opt.out.out_dir = base + "-cpu";
+  opt.device = Device::Cpu;
+  auto t0 = Clock::now();
+  const QuantizeReport rc = gptq_quantize_model(opt);
+  *cpu_s = seconds_since(t0);
+  opt.out.out_dir = base + "-gpu";
+  opt.device = Device::Cuda;
+  t0 = Clock::now();
+  const QuantizeReport rg = gptq_quantize_model(opt);
+  *gpu_s = seconds_since(t0);
+  EXPECT_EQ(rg.linears, rc.linears);
+  EXPECT_EQ(rg.params_quantized, rc.params_quantized);
+  return {base + "-cpu", base + "-gpu"};
+}
+
+TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_tiny_model(root + "/tiny", 29);
+  // Calibration text: the repository's README (any text; the tiny tokenizer is byte-level).
+  GptqModelOptions g;
+  g.out.model_dir = src;
+  g.out.out_dir = root + "/gptq";
+  g.out.group_size = 32;
+  g.out.quiet = true;
+  g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
+  g.calib_samples = 12;
+  g.calib_seq_len = 64;
+  g.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
+  double cpu_s = 0, gpu_s = 0;
+  const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
+  const double agree = weight_agreement(cpu_dir, gpu_dir);
+  EXPECT_GE(agree, kWeightAgreement);
+  // Perplexity of each on the calibration text itself (CPU evaluation).
+  std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
+  ids.resize(std::min<size_t>(ids.size(), 8 * 128));
+  PerplexityOptions po;
+  po.seq_len = 128;
+  po.quiet = true;
+  const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
+  const double p_gpu = evaluate_perplexity(QwenModel(gpu_dir), ids, po).perplexity;
+  EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
+  std::printf("[ tiny ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
+              agree, p_cpu, p_gpu, cpu_s, gpu_s);
+}
+
+std::string tinystories_sft(const std::string& path, int n) {
+  std::istringstream in(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+  std::string out, line;
+  int made = 0;
+  while (made < n && std::getline(in, line)) {
+    if (line.size() < 40) continue;
+    out += nlohmann::json{{"text", line.substr(0, 400)}}.dump() + "\n";
+    ++made;
+  }
+  write_file_atomic(path, out);
+  return path;
+}
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::istringstream in(read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+TEST(GptqModelCuda, Stories260KEndToEnd) {
+  QWENQ_REQUIRE_GPU();
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string data = test::shared_data_dir();
+  if (!file_exists(data + "/c4/c4_demo.jsonl")) GTEST_SKIP() << data << "/c4/c4_demo.jsonl not found; skipping";
+  const std::string root = test::scratch_dir();
+  const std::string fp32 = test::import_stories260k(root + "/fp32");
+
+  // 1. GPTQ on both devices (the options of tests/test_quantize_model.cpp's GptqBeatsRtnOnStories260K).
+  GptqModelOptions g;
+  g.out.model_dir = fp32;
+  g.out.out_dir = root + "/gptq";
+  g.out.group_size = 64;
+  g.out.sym = false;
+  g.out.layout = IntLayout::GptqV2;
+  g.out.pad_intermediate = true;
+  g.out.quiet = true;
+  g.calib_path = data + "/c4/c4_demo.jsonl";
+  g.calib_samples = 32;
+  g.calib_seq_len = 128;
+  g.seed = 1;
+  g.chunk_tokens = 1024;  // four chunks of 8 windows
+  double cpu_s = 0, gpu_s = 0;
+  const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
+  EXPECT_EQ(QwenModel(gpu_dir).config().intermediate_size, 192);
+  const double agree = weight_agreement(cpu_dir, gpu_dir);
+  EXPECT_GE(agree, kWeightAgreement);
+
+  // 2. Perplexity on TinyStories: both quantized models on the CPU, the GPU-quantized one on the GPU too.
+  std::vector<int32_t> ids = Tokenizer::from_dir(fp32).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  ASSERT_GE(ids.size(), 32u * 256u);
+  ids.resize(32 * 256);
+  PerplexityOptions po;
+  po.seq_len = 256;
+  po.windows_per_batch = 8;
+  po.quiet = true;
+  const double base = evaluate_perplexity(QwenModel(fp32), ids, po).perplexity;
+  const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
+  const QwenModel gq(gpu_dir);
+  const double p_gpu_on_cpu = evaluate_perplexity(gq, ids, po).perplexity;
+  QwenModelCuda gq_cuda(gq);
+  const double p_gpu_on_gpu =
+      evaluate_perplexity([&](const PackedBatch& b, std::vector<float>* nll) { return gq_cuda.next_token_nll(b, nll); },
+                          ids, po)
+          .perplexity;
+  EXPECT_NEAR(p_gpu_on_cpu, p_cpu, kPplRelTol * p_cpu);
+  EXPECT_NEAR(p_gpu_on_gpu, p_gpu_on_cpu, kGpuEvalPplRelTol * p_gpu_on_cpu);
+  EXPECT_GT(p_cpu, base);
+  EXPECT_GT(p_gpu_on_cpu, base);
+
+  // 3. 50 LoRA steps: on the GPU from the GPU-quantized model, on the CPU from the CPU-quantized one.
+  TrainOptions o;
+  o.data_path = tinystories_sft(root + "/sft.jsonl", 300);
+  o.lora.r = 4;
+  o.lora.alpha = 8;
+  o.lora.dropout = 0.0;
+  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  o.seq_len = 128;
+  o.batch_size = 2;
+  o.max_steps = 50;
+  o.lr = 3e-3;
+  o.warmup_steps = 2;
+  o.data.eval_count = 8;
+  o.quiet = true;
+  o.model_dir = cpu_dir;
+  o.out_dir = root + "/train-cpu";
+  const TrainReport tc = train_lora(o);
+  o.model_dir = gpu_dir;
+  o.out_dir = root + "/train-gpu";
+  o.use_cuda = true;
+  const TrainReport tg = train_lora(o);
+  const std::vector<double> lc = losses_of(root + "/train-cpu/metrics.jsonl");
+  const std::vector<double> lg = losses_of(root + "/train-gpu/metrics.jsonl");
+  ASSERT_EQ(lc.size(), 50u);
+  ASSERT_EQ(lg.size(), 50u);
+  EXPECT_LT(lg.back(), lg.front()) << "the GPU run's loss does not decrease";
+  EXPECT_NEAR(lg.back(), lc.back(), kTrainRelTol * lc.back());
+  EXPECT_NEAR(tg.eval_loss, tc.eval_loss, kTrainRelTol * tc.eval_loss);
+  std::printf("[ stories260K ] GPTQ %.2fs CPU, %.2fs GPU; weights equal %.5f; perplexity fp32 %.4f, CPU-quantized "
+              "%.4f, GPU-quantized %.4f (CPU eval) %.4f (GPU eval); 50 steps loss CPU %.4f -> %.4f, GPU %.4f -> %.4f; "
+              "eval CPU %.4f GPU %.4f\n",
+              cpu_s, gpu_s, agree, base, p_cpu, p_gpu_on_cpu, p_gpu_on_gpu, lc.front(), lc.back(), lg.front(),
+              lg.back(), tc.eval_loss, tg.eval_loss);
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,72 @@
+// What the two drivers of gptq_quantize_model (trainer/quantize_model.h) share: the CPU one (gptq_model.cpp:
+// blocks run by QwenModel on host buffers, Hessians by HessianAccumulator, quant/gptq) and the GPU one
+// (gptq_model_cuda.cpp: blocks run by QwenModelCuda on device buffers, Hessians by hessian_accumulate_cuda,
+// quant/gptq_cuda). Both visit the Linears in the same order and hand each one, with its group's Hessian, to
+// GptqLinearStep, which alone reads the original weight, pads it, runs the GPTQ solver it is given, writes the
+// packed tensors and reports progress; the drivers only differ in where the activations live.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/progress.h"
+#include "quant/gptq.h"
+#include "trainer/quantize_model.h"
+#include "trainer/quantize_output.h"
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+
+// One Linear of a block: its group (whose input it reads), its index in QwenModel::linear_weight, its name.
+struct GptqSlot {
+  BlockLinear group;
+  int index;
+  const char* name;  // "self_attn.q_proj", ...
+};
+// q, k, v, o, gate, up, down: the true-sequential order.
+extern const GptqSlot kGptqSlots[7];
+// QKV, O, GateUp, Down.
+extern const BlockLinear kGptqGroups[4];
+// K of a group's input: hidden_size, q_dim or intermediate_size (unpadded).
+int64_t gptq_group_inputs(const QwenConfig& cfg, BlockLinear group);
+
+// gptq_quantize or gptq_quantize_cuda (same contract, quant/gptq.h).
+using GptqSolver = GptqResult (*)(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& o);
+
+class GptqLinearStep {
+ public:
+  // I2: the intermediate size written (padded_intermediate). Every reference must outlive the step.
+  GptqLinearStep(QwenModel& model, const QuantizeOptions& out, int64_t I2, const GptqOptions& gptq,
+                 ShardedWriter& shards, QuantizeReport& rep, Progress& bar)
+      : model_(model), out_(out), I2_(I2), gptq_(gptq), shards_(shards), rep_(rep), bar_(bar) {}
+
+  // Quantizes Linear `slot` of block `layer` from the model's own (original) weight with its group's Hessian
+  // h [K, K] (the unpadded K; only the lower triangle is read) by `solve`: the MLP width is zero-padded when
+  // asked (zero rows of gate/up; zero columns of down with H = 0 there), the solver's warnings are printed, the
+  // packed tensors go to the shard writer, the progress bar advances. Returns the dequantized weight [N, K]
+  // (unpadded) that the rest of the block and the later blocks must see.
+  std::vector<float> run(int64_t layer, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve);
+
+ private:
+  QwenModel& model_;
+  const QuantizeOptions& out_;
+  int64_t I2_;
+  const GptqOptions& gptq_;
+  ShardedWriter& shards_;
+  QuantizeReport& rep_;
+  Progress& bar_;
+};
+
+#ifdef QWENQ_HAVE_CUDA
+// The GPU driver (gptq_model_cuda.cpp): uploads the model, embeds the windows into a device residual stream
+// [windows·seq_len, C] fp32, and per block and group runs the block on chunks of at most chunk_tokens tokens
+// (whole windows, at least one) up to the group's input, accumulating its Hessian on the device over the chunks;
+// downloads it (K² floats), quantizes each Linear of the group with gptq_quantize_cuda through `step`, uploads the
+// dequantized weight; then runs the quantized block on every chunk for the next block's input.
+void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
+                      GptqLinearStep& step, ShardedWriter& shards);
+#endif
+
+}  // namespace qwenq

@@ -1,0 +1,114 @@
+// The GPU driver of gptq_quantize_model (trainer/gptq_model.h): the CPU driver's loop with the activations on the
+// device.
+//   X      [T_all, C] fp32, the residual stream of every calibration window (T_all = windows·seq_len), on the device
+//   chunks whole windows of at most chunk_tokens tokens (at least one), each a PackedBatch of its own (positions
+//          restart per window, so chunking changes nothing in the block's function)
+//   per block l and group g (q,k,v -> o -> gate,up -> down):
+//     H_g = 0; for each chunk: work = X[chunk]; QwenModelCuda::block_forward(l, chunk, work) stopped at g's input,
+//       whose rows update H_g on the device (hessian_accumulate_cuda: the running mean over the chunks, so H_g is
+//       the CPU's (2/T_all)·ΣxxT up to fp32 summation order);
+//     H_g downloaded (lower triangle, K² floats) and each Linear of g quantized by GptqLinearStep with
+//       gptq_quantize_cuda; the dequantized weight replaces the Linear on the device (fp32) for the later groups;
+//   then X[chunk] = block l (quantized) of X[chunk] for every chunk (but after the last block).
+// Device memory: the model's weights, X, one work chunk [chunk, C], the block's activation buffers for a chunk, one
+// Hessian [K_max, K_max] fp32 (K_max = max(C, q_dim, I)), and gptq_quantize_cuda's own (quant/gptq_cuda.h).
+#ifdef QWENQ_HAVE_CUDA
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cuda_check.cuh"
+#include "quant/gptq_cuda.h"
+#include "trainer/gptq_model.h"
+#include "trainer/qwen_model_cuda.h"
+
+namespace qwenq {
+
+namespace {
+
+DeviceMemory allocate_named(size_t bytes, const std::string& what, CudaStream s) {
+  try {
+    return DeviceMemory(bytes, s);
+  } catch (const Error& e) {
+    throw Error("gptq: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the GPU for " + what +
+                " (fewer --calib-samples or a smaller chunk lower it): " + e.what());
+  }
+}
+
+}  // namespace
+
+void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
+                      GptqLinearStep& step, ShardedWriter& shards) {
+  QWENQ_CHECK(!windows.empty(), "gptq: no calibration windows");
+  const QwenConfig& cfg = model.config();
+  const int64_t C = cfg.hidden_size, L = cfg.num_layers;
+  QwenModelCuda gpu(model);
+  const CudaStream s = gpu.stream();
+
+  // Chunks of whole windows; offsets in tokens into X.
+  std::vector<PackedBatch> chunks;
+  std::vector<int64_t> offset;
+  int64_t total = 0, largest = 0;
+  for (size_t i0 = 0; i0 < windows.size();) {
+    int64_t tokens = 0;
+    size_t i1 = i0;
+    while (i1 < windows.size() && (i1 == i0 || tokens + static_cast<int64_t>(windows[i1].size()) <= chunk_tokens))
+      tokens += static_cast<int64_t>(windows[i1++].size());
+    chunks.push_back(PackedBatch::from_sequences(
+        std::vector<std::vector<int32_t>>(windows.begin() + i0, windows.begin() + i1)));
+    offset.push_back(total);
+    total += tokens;
+    largest = std::max(largest, tokens);
+    i0 = i1;
+  }
+  const auto rows_bytes = [&](int64_t rows, int64_t cols) { return static_cast<size_t>(rows * cols) * sizeof(float); };
+  DeviceMemory X = allocate_named(rows_bytes(total, C), "the calibration residual stream [" + std::to_string(total) +
+                                                            ", " + std::to_string(C) + "] fp32", s);
+  DeviceMemory work = allocate_named(rows_bytes(largest, C), "one chunk of the residual stream", s);
+  int64_t K_max = 0;
+  for (BlockLinear group : kGptqGroups) K_max = std::max(K_max, gptq_group_inputs(cfg, group));
+  DeviceMemory dH = allocate_named(rows_bytes(K_max, K_max), "a Hessian [" + std::to_string(K_max) + ", " +
+                                                                  std::to_string(K_max) + "] fp32", s);
+  float* x_all = X.as<float>();
+  for (size_t c = 0; c < chunks.size(); ++c) gpu.embed_batch(chunks[c], x_all + offset[c] * C);
+
+  for (int64_t l = 0; l < L; ++l) {
+    for (BlockLinear group : kGptqGroups) {
+      // Hessian of this group's input, with every earlier Linear of the block already quantized.
+      const int64_t K = gptq_group_inputs(cfg, group);
+      QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, rows_bytes(K, K), s));
+      int64_t count = 0;
+      for (size_t c = 0; c < chunks.size(); ++c) {
+        const int64_t T = chunks[c].num_tokens();
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(work.get(), x_all + offset[c] * C, rows_bytes(T, C), cudaMemcpyDeviceToDevice, s));
+        gpu.block_forward(l, chunks[c], work.as<float>(), [&](BlockLinear at, const float* x, int64_t rows) {
+          if (at != group) return true;
+          hessian_accumulate_cuda(dH.as<float>(), K, count, x, rows, s);
+          count += rows;
+          return false;  // nothing after this group's input is needed
+        });
+      }
+      QWENQ_CHECK(count == total, "gptq: layer " << l << " never reached a Linear group");
+      Eigen::MatrixXf h(K, K);  // only the lower triangle is meaningful (and read)
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), dH.get(), rows_bytes(K, K), cudaMemcpyDeviceToHost, s));
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+      for (const GptqSlot& slot : kGptqSlots) {
+        if (slot.group != group) continue;
+        const std::vector<float> back = step.run(l, slot, h, gptq_quantize_cuda);
+        const LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
+        gpu.set_linear_weight(l, slot.group, slot.index, back.data(), lw.N, lw.K);
+      }
+      shards.maybe_flush();
+    }
+    // Inputs of the next block, through the quantized block (the last block's output is not needed).
+    if (l + 1 == L) break;
+    for (size_t c = 0; c < chunks.size(); ++c) gpu.block_forward(l, chunks[c], x_all + offset[c] * C, nullptr);
+  }
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
