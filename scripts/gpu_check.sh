@@ -28,7 +28,7 @@ grep -E "\(Failed\)|\*\*\*Failed|Exception|Timeout" "$OUT/gpu_tests.log" | head 
 # 2. compute-sanitizer memcheck on a few small cases of each kernel family.
 if command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests --gtest_brief=1 \
-    --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*' \
+    --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*' \
     > "$OUT/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses)"
 fi
@@ -42,5 +42,6 @@ run_bench() {  # name, extra arguments
 }
 run_bench bench_qgemm_cuda --reps 10
 run_bench bench_attention_cuda
+run_bench bench_attention_decode_cuda
 run_bench bench_gptq_cuda --cpu none --reps 1
 cat "$OUT/summary.txt"
