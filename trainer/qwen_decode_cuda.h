@@ -21,8 +21,8 @@
 // roundings described in trainer/qwen_model_cuda.h.
 //
 // Memory: the cache, 2 · layers · capacity · Hkv · D · 4 bytes, allocated once in the constructor (Qwen2.5-7B:
-// 112 KiB per token, 224 MiB for 2048 tokens), plus activation buffers for the prompt (freed by nothing: reused by
-// the next prefill of at most that length) and one [V] logits row. A failed allocation throws naming the buffer and
+// 112 KiB per token, 224 MiB for 2048 tokens), plus activation buffers kept for the longest prompt so far (a step
+// uses their first row) and one [V] logits row. A failed allocation throws naming the buffer and
 // the device's free memory. Not thread-safe; one stream of its own.
 #pragma once
 
