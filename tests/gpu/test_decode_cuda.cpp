@@ -5,6 +5,9 @@
 //     into GPTQ v1 (group 32) and into NF4 (the Q4 weights: the fp32 GEMV qgemm_int4_decode_cuda at M <= 64, the
 //     bf16 tensor-core kernel for the 100-token prefill), and the Qwen2.5-0.5B shape cut to 2 layers in BF16
 //     (H/Hkv/D = 14/2/64: flash attention in the prefill, GQA 7:1, a 151936-token vocabulary);
+//   - D = 64 models with every tensor non-trivial (tests/gpu/gpu_test_models.h): Qwen2 with q/k/v biases in F32 and
+//     RTN-quantized to GPTQ (the bias added after the Q4 GEMV), Qwen3 (q/k norm applied to the cache row) in BF16;
+//     a one-token prompt keeps the whole run on the fp32 path (no flash prefill), a 37-token one goes through flash;
 //   - greedy generation of 200 tokens on the real stories260K imported from llama2.c: the GPU's tokens are the CPU's.
 //
 // Tolerances (relative to max |logit| of the CPU at that position), as tests/gpu/test_model_cuda.cpp:
@@ -31,6 +34,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/gpu_test_models.h"
 #include "trainer/generate.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/qwen_decode_cuda.h"
@@ -182,6 +186,26 @@ TEST(QwenDecodeCuda, Qwen25HalfBShapeOnFlashPrefill) {
   ASSERT_EQ(c.head_dim, 64);
   ASSERT_EQ(c.num_heads / c.num_kv_heads, 7);
   expect_decode_matches_cpu(dir, 37, kBf16RelTol, kBf16RelTol, "qwen2.5-0.5b x2 layers BF16");
+}
+
+const test::GpuTestArch kQwen2Bias{"qwen2", 128, 256, 4, 2, 64, 384, 2, true};
+const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
+
+TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string qwen2 = tmp.sub("qwen2");
+  test::write_gpu_test_model(qwen2, kQwen2Bias, DType::F32, 21);
+  expect_decode_matches_cpu(qwen2, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 F32");
+  expect_decode_matches_cpu(qwen2, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 F32");
+  const std::string gptq = quantized(qwen2, QuantizeOptions::Method::Rtn, tmp.sub("qwen2-gptq"));
+  expect_decode_matches_cpu(gptq, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 rtn-gptq");
+  expect_decode_matches_cpu(gptq, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 rtn-gptq");
+  const std::string qwen3 = tmp.sub("qwen3");
+  test::write_gpu_test_model(qwen3, kQwen3, DType::BF16, 33);
+  ASSERT_TRUE(QwenModel(qwen3).config().qk_norm);
+  expect_decode_matches_cpu(qwen3, 1, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
+  expect_decode_matches_cpu(qwen3, 37, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
 }
 
 TEST(QwenDecodeCuda, ClearErrors) {
