@@ -1,7 +1,6 @@
 #include "tools/cli_common.h"
 
 #include <cstdio>
-#include <string>
 
 #include "core/threads.h"
 #include "kernels/device.h"
@@ -20,7 +19,7 @@ void apply_common_options(const CommonOptions& opt) {
   std::fprintf(stderr, "%s; %d CPU threads\n", d.description.c_str(), num_threads());
 }
 
-Device apply_common_options_gpu(const CommonOptions& opt, const std::string& what) {
+Device resolve_experimental_device(const CommonOptions& opt, const std::string& what) {
   set_num_threads(opt.threads);
   DeviceChoice d = choose_device(opt.device);
   std::string line = d.description;
@@ -32,9 +31,27 @@ Device apply_common_options_gpu(const CommonOptions& opt, const std::string& wha
   } else if (d.device == Device::Cuda && cuda_device_query(&gpu)) {
     line = "device: cuda (" + gpu + "), " + what + " runs on the GPU (experimental)";
   }
+#else
+  (void)what;
 #endif
   std::fprintf(stderr, "%s; %d CPU threads\n", line.c_str(), num_threads());
   return d.device;
+}
+
+void GenerationTimer::on_token() {
+  if (tokens_++ == 0) first_ = std::chrono::steady_clock::now();
+}
+
+void GenerationTimer::print(size_t prompt_tokens) const {
+  const auto now = std::chrono::steady_clock::now();
+  const double s = std::chrono::duration<double>(now - start_).count();
+  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s", prompt_tokens, tokens_, s,
+               tokens_ / (s > 0 ? s : 1));
+  if (tokens_ >= 2) {
+    const double first = std::chrono::duration<double>(first_ - start_).count(), rest = s - first;
+    std::fprintf(stderr, "; first token after %.2fs, then %.1f tok/s", first, (tokens_ - 1) / (rest > 0 ? rest : 1));
+  }
+  std::fprintf(stderr, ")\n");
 }
 
 }  // namespace qwenq::cli

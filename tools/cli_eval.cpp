@@ -29,7 +29,7 @@ struct EvalArgs {
 };
 
 void run_eval(const EvalArgs& a) {
-  const Device device = apply_common_options_gpu(a.common, "the evaluation");
+  const Device device = resolve_experimental_device(a.common, "the evaluation");
   const std::string dir = resolve_model_dir(a.model);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);

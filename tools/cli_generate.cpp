@@ -1,12 +1,14 @@
-// qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding.
-#include <chrono>
+// qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding, on the CPU
+// (trainer/generate.h) or, with --device cuda, on the GPU (trainer/qwen_decode_cuda.h: same sampling, same seed use).
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/generate.h"
 #include "trainer/model_dir.h"
+#include "trainer/qwen_decode_cuda.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq::cli {
@@ -21,9 +23,15 @@ struct GenerateArgs {
 };
 
 void run_generate(const GenerateArgs& a) {
-  apply_common_options(a.common);
+  const Device device = resolve_experimental_device(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model);
   QwenModel model(dir);
+#ifdef QWENQ_HAVE_CUDA
+  std::unique_ptr<QwenModelCuda> gpu;
+  if (device == Device::Cuda) gpu = std::make_unique<QwenModelCuda>(model);
+#else
+  (void)device;
+#endif
   Tokenizer tok = Tokenizer::from_dir(dir);
   std::vector<int32_t> prompt;
   if (a.chat) {
@@ -41,15 +49,21 @@ void run_generate(const GenerateArgs& a) {
   }
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<int32_t> out = generate(model, prompt, opt, [&](int32_t id) {
+  GenerationTimer timer;
+  const auto print = [&](int32_t id) {
+    timer.on_token();
     if (!tok.is_special(id)) std::printf("%s", tok.decode_token(id).c_str());
     std::fflush(stdout);
-  });
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<int32_t> out;
+#ifdef QWENQ_HAVE_CUDA
+  if (gpu) out = generate_cuda(*gpu, prompt, opt, print);
+  else
+#endif
+    out = generate(model, prompt, opt, print);
   std::printf("\n");
-  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s)\n", prompt.size(), out.size(), s,
-               out.size() / (s > 0 ? s : 1));
+  std::fflush(stdout);
+  timer.print(prompt.size());
 }
 
 }  // namespace

@@ -83,7 +83,7 @@ void register_quantize(CLI::App& app) {
   gc->add_option("--chunk-tokens", gopt->chunk_tokens,
                  "GPU: tokens forwarded through a block at a time (activation memory)")->capture_default_str();
   gc->callback([g, gopt]() {
-    gopt->device = apply_common_options_gpu(g->common, "GPTQ");
+    gopt->device = resolve_experimental_device(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";
     gopt->out = g->opt;
     gopt->out.model_dir = resolve_model_dir(g->model);

@@ -1,9 +1,13 @@
 // qwen-qlora generate | chat: text from a base model with a LoRA adapter merged in memory (trainer/lora_merge.h),
 // greedy or sampled (trainer/generate.h). generate mirrors `qwen-quant generate`; chat is an interactive ChatML
 // loop over stdin that keeps the whole conversation as the prompt of each turn.
+// --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) from the merged model as the CPU path has it: the
+// adapter is merged into a dense base in memory before the upload (the targeted Linears become fp32). A 4-bit base
+// with an adapter is refused on the GPU: merging would turn its targeted Linears into fp32 (8x their packed size)
+// and the GPU has no LoRA branch at inference yet; `qwen-qlora merge` (then, if wanted, `qwen-quant gptq/awq/nf4`)
+// makes a model the GPU runs.
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -16,6 +20,7 @@
 #include "trainer/generate.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
+#include "trainer/qwen_decode_cuda.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq::cli {
@@ -29,13 +34,19 @@ struct GenerateArgs {
   CommonOptions common;
 };
 
-// The model with the adapter (if any) merged into its Linear weights, and its tokenizer.
+// The model with the adapter (if any) merged into its Linear weights, its tokenizer, and (--device cuda) its copy
+// on the GPU.
 struct Loaded {
+  Loaded(std::unique_ptr<QwenModel> m, Tokenizer t) : model(std::move(m)), tok(std::move(t)) {}
   std::unique_ptr<QwenModel> model;
   Tokenizer tok;
+#ifdef QWENQ_HAVE_CUDA
+  std::unique_ptr<QwenModelCuda> gpu;
+#endif
 };
 
 Loaded load(const GenerateArgs& a, bool need_chat_template) {
+  const Device device = resolve_experimental_device(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model);
   Tokenizer tok = Tokenizer::from_dir(dir);
   if (need_chat_template) {
@@ -45,6 +56,15 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     tok.apply_chat_template({{"user", "x"}}, true);  // refuses a template that is not ChatML, before any work
   }
   auto model = std::make_unique<QwenModel>(dir);
+  if (device == Device::Cuda && !a.adapter.empty()) {
+    QWENQ_CHECK(model->quant_config().method == QuantConfig::Method::None,
+                "--device cuda: the base " << dir << " is " << model->quant_config().method_name()
+                << " 4-bit, and a LoRA adapter on a 4-bit base runs on the CPU only (merging it in memory would make "
+                   "its targeted Linears fp32, 8x their packed size, and the GPU has no LoRA branch at inference); "
+                   "run `qwen-qlora merge --model " << a.model << " --adapter " << a.adapter << " --out MERGED` and "
+                   "generate from MERGED with --device cuda (quantize it again with `qwen-quant gptq/awq/nf4` if it "
+                   "must be 4-bit), or use --device cpu");
+  }
   if (!a.adapter.empty()) {
     const LoraAdapter adapter = load_adapter_for_base(a.adapter, dir, model->config());
     merge_adapter_in_memory(*model, adapter);
@@ -52,7 +72,11 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
                  adapter.targets().size(), (long long)model->config().num_layers, (long long)adapter.rank(),
                  adapter.scaling());
   }
-  return {std::move(model), std::move(tok)};
+  Loaded out(std::move(model), std::move(tok));
+#ifdef QWENQ_HAVE_CUDA
+  if (device == Device::Cuda) out.gpu = std::make_unique<QwenModelCuda>(*out.model);
+#endif
+  return out;
 }
 
 SamplingOptions with_stop_ids(const SamplingOptions& in, const QwenModel& model, const Tokenizer& tok) {
@@ -64,24 +88,28 @@ SamplingOptions with_stop_ids(const SamplingOptions& in, const QwenModel& model,
   return opt;
 }
 
-// Generates from `prompt`, streaming the text of non-special tokens to stdout; prints the speed to stderr.
-std::vector<int32_t> stream(const QwenModel& model, const Tokenizer& tok, const std::vector<int32_t>& prompt,
-                            const SamplingOptions& opt) {
-  const auto t0 = std::chrono::steady_clock::now();
-  std::vector<int32_t> out = generate(model, prompt, opt, [&](int32_t id) {
-    if (!tok.is_special(id)) std::printf("%s", tok.decode_token(id).c_str());
+// Generates from `prompt` (on the GPU when m.gpu is set), streaming the text of non-special tokens to stdout;
+// prints the speed to stderr.
+std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt, const SamplingOptions& opt) {
+  GenerationTimer timer;
+  const auto print = [&](int32_t id) {
+    timer.on_token();
+    if (!m.tok.is_special(id)) std::printf("%s", m.tok.decode_token(id).c_str());
     std::fflush(stdout);
-  });
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<int32_t> out;
+#ifdef QWENQ_HAVE_CUDA
+  if (m.gpu) out = generate_cuda(*m.gpu, prompt, opt, print);
+  else
+#endif
+    out = generate(*m.model, prompt, opt, print);
   std::printf("\n");
   std::fflush(stdout);
-  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s)\n", prompt.size(), out.size(), s,
-               out.size() / (s > 0 ? s : 1));
+  timer.print(prompt.size());
   return out;
 }
 
 void run_generate(const GenerateArgs& a) {
-  apply_common_options(a.common);
   Loaded m = load(a, a.chat);
   std::vector<int32_t> prompt;
   if (a.chat) {
@@ -94,11 +122,10 @@ void run_generate(const GenerateArgs& a) {
   }
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
-  stream(*m.model, m.tok, prompt, with_stop_ids(a.sampling, *m.model, m.tok));
+  stream(m, prompt, with_stop_ids(a.sampling, *m.model, m.tok));
 }
 
 void run_chat(const GenerateArgs& a) {
-  apply_common_options(a.common);
   Loaded m = load(a, true);
   const SamplingOptions opt = with_stop_ids(a.sampling, *m.model, m.tok);
   const bool tty = ::isatty(STDIN_FILENO);
@@ -119,7 +146,7 @@ void run_chat(const GenerateArgs& a) {
     const std::vector<int32_t> prompt = m.tok.encode(m.tok.apply_chat_template(history, true), false);
     if (tty) std::fprintf(stderr, "assistant> ");
     try {
-      const std::vector<int32_t> out = stream(*m.model, m.tok, prompt, opt);
+      const std::vector<int32_t> out = stream(m, prompt, opt);
       history.push_back({"assistant", m.tok.decode(out, true)});
     } catch (const Error& e) {  // e.g. the conversation outgrew the context: the user can /reset and go on
       history.pop_back();

@@ -38,26 +38,41 @@ int32_t sample_token(std::vector<float>& logits, const SamplingOptions& opt, Rng
   return idx[keep - 1];
 }
 
-std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
-                              const std::function<void(int32_t)>& on_token) {
+std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int32_t>& prompt,
+                                   const SamplingOptions& opt, const DecodeFns& fns,
+                                   const std::function<void(int32_t)>& on_token) {
   QWENQ_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
-  const int64_t max_pos = model.config().max_position_embeddings;
-  const int64_t total = std::min<int64_t>(static_cast<int64_t>(prompt.size()) + opt.max_new_tokens, max_pos);
-  QWENQ_CHECK(static_cast<int64_t>(prompt.size()) < total || opt.max_new_tokens == 0,
-              "generate: the prompt has " << prompt.size() << " tokens, the model's context is " << max_pos);
-  KvCache cache = model.make_cache(total);
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  const int64_t total = std::min<int64_t>(prompt_len + opt.max_new_tokens, max_positions);
+  QWENQ_CHECK(prompt_len < total || opt.max_new_tokens == 0,
+              "generate: the prompt has " << prompt.size() << " tokens, the model's context is " << max_positions);
   Rng rng(opt.seed);
   std::vector<int32_t> out;
-  std::vector<float> logits = model.forward_step(prompt, &cache);
-  while (cache.length < total) {
+  std::vector<float> logits = fns.prefill(prompt, total);
+  int64_t length = prompt_len;
+  while (length < total) {
     const int32_t next = sample_token(logits, opt, rng);
     out.push_back(next);
     if (on_token) on_token(next);
     if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), next) != opt.stop_ids.end()) break;
     if (static_cast<int64_t>(out.size()) >= opt.max_new_tokens) break;
-    logits = model.forward_step({next}, &cache);
+    if (length + 1 >= total) break;  // the context is full: no next token, so its logits are not needed
+    logits = fns.step(next);
+    ++length;
   }
   return out;
+}
+
+std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
+                              const std::function<void(int32_t)>& on_token) {
+  KvCache cache;
+  DecodeFns fns;
+  fns.prefill = [&](const std::vector<int32_t>& p, int64_t capacity) {
+    cache = model.make_cache(capacity);
+    return model.forward_step(p, &cache);
+  };
+  fns.step = [&](int32_t id) { return model.forward_step({id}, &cache); };
+  return generate_with(model.config().max_position_embeddings, prompt, opt, fns, on_token);
 }
 
 }  // namespace qwenq

@@ -22,7 +22,21 @@ struct SamplingOptions {
 // Picks the next token from logits (modified in place).
 int32_t sample_token(std::vector<float>& logits, const SamplingOptions& opt, class Rng& rng);
 
-// Returns the generated ids (prompt excluded). on_token, if set, sees each id as it is produced.
+// The decoding loop of generate over any model: prefill(prompt, capacity) starts a cache of `capacity` tokens with
+// the prompt and returns the logits [V] of its last position; step(id) appends one token and returns its logits.
+// capacity = min(prompt + max_new_tokens, max_positions). Tokens are drawn by sample_token from one Rng(opt.seed);
+// the loop ends after a stop id, after max_new_tokens, or when the cache is full. The last token drawn is never
+// stepped. Returns the generated ids (prompt excluded); on_token, if set, sees each id as it is produced.
+struct DecodeFns {
+  std::function<std::vector<float>(const std::vector<int32_t>& prompt, int64_t capacity)> prefill;
+  std::function<std::vector<float>(int32_t id)> step;
+};
+std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int32_t>& prompt,
+                                   const SamplingOptions& opt, const DecodeFns& fns,
+                                   const std::function<void(int32_t)>& on_token = nullptr);
+
+// generate_with on the CPU model (QwenModel::forward_step with a KvCache). The GPU twin is generate_cuda
+// (trainer/qwen_decode_cuda.h).
 std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
                               const std::function<void(int32_t)>& on_token = nullptr);
 

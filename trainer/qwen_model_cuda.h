@@ -51,7 +51,7 @@
 namespace qwenq {
 
 // The uploaded weights as device pointers, for code that runs its own passes over them (the LoRA trainer,
-// trainer/lora_model_cuda.h). Owned by the QwenModelCuda; valid while it lives.
+// trainer/lora_model_cuda.h; KV-cache decoding, trainer/qwen_decode_cuda.h). Owned by the QwenModelCuda; valid while it lives.
 struct QwenDeviceTensor {
   const void* data = nullptr;  // null when the tensor is absent (a bias, Qwen2's q/k norm)
   DType dtype = DType::F32;

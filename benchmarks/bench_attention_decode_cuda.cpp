@@ -1,0 +1,107 @@
+// Decode attention (kernels/attention_decode.h): one new query per sequence against an fp32 KV cache, at the
+// Qwen2.5 head shapes 0.5B (14/2/64), 7B (28/4/128) and 72B (64/8/128), cache lengths 512..32K.
+//
+//   bench_attention_decode_cuda [--csv out.csv] [--reps 20] [--lens 512,2048,8192,32768] [--batch 1]
+//
+// The kernel is memory bound: each (sequence, kv head)'s keys and values are read once from HBM (the group's other
+// query heads find them in L2), so the unique bytes are B · len · Hkv · D · 4 · 2 and GB/s = bytes / time, against
+// the device's HBM peak. An L2 flush precedes every timed call (in a real step the other layers' weights evict the
+// cache). The inputs are zeros (finite; the speed does not depend on the values). Each call includes the scratch
+// allocation of the split-K path (stream-ordered, from the pool). Without a CUDA device it prints one line and
+// exits 0.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "benchmarks/cuda_bench.h"
+#include "kernels/attention_decode.h"
+#include "kernels/device.h"
+
+namespace {
+
+using namespace qwenq;
+using bench::ck;
+template <typename T>
+using Dev = bench::DeviceArray<T>;
+
+struct Heads {
+  const char* model;
+  int64_t H, Hkv, D;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string csv_path, lens_arg = "512,2048,8192,32768";
+  int reps = 20;
+  int64_t B = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const auto next = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--csv") csv_path = next();
+    else if (a == "--reps") reps = std::stoi(next());
+    else if (a == "--lens") lens_arg = next();
+    else if (a == "--batch") B = std::stoll(next());
+    else {
+      std::fprintf(stderr, "usage: %s [--csv out.csv] [--reps 20] [--lens 512,2048,8192,32768] [--batch 1]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::string device;
+  if (!cuda_device_query(&device)) {
+    std::printf("bench_attention_decode_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
+    return 0;
+  }
+  try {
+    const bench::Stamp stamp = bench::make_stamp(device);
+    const bench::Peaks peaks = bench::device_peaks(device);
+    std::ostringstream csv;
+    csv << "date,device,driver,commit,model,B,H,Hkv,D,len,splits,us,GBs,pct_hbm_peak\n";
+    std::fprintf(stderr, "device: %s; %s; HBM peak %.0f GB/s; commit %s; batch %lld, fp32 cache\n", device.c_str(),
+                 stamp.driver.c_str(), peaks.hbm_gbs, stamp.commit.c_str(), static_cast<long long>(B));
+    std::fprintf(stderr, "%-6s %8s %6s | %9s %9s %7s\n", "heads", "len", "splits", "us", "GB/s", "% peak");
+    bench::L2Flush flush;
+    const Heads shapes[] = {{"0.5B", 14, 2, 64}, {"7B", 28, 4, 128}, {"72B", 64, 8, 128}};
+    for (const Heads& s : shapes) {
+      for (int64_t len : bench::parse_list(lens_arg)) {
+        const size_t nq = static_cast<size_t>(B * s.H * s.D), nkv = static_cast<size_t>(B * len * s.Hkv * s.D);
+        Dev<float> q(nq), k(nkv), v(nkv), out(nq);
+        Dev<int32_t> lens(static_cast<size_t>(B));
+        ck(cudaMemset(q.p, 0, nq * sizeof(float)), "memset q");
+        ck(cudaMemset(k.p, 0, nkv * sizeof(float)), "memset k");
+        ck(cudaMemset(v.p, 0, nkv * sizeof(float)), "memset v");
+        const std::vector<int32_t> host_lens(static_cast<size_t>(B), static_cast<int32_t>(len));
+        ck(cudaMemcpy(lens.p, host_lens.data(), host_lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "lens");
+        const double ms = bench::time_ms(
+            [&] { attention_decode_cuda(q.p, k.p, v.p, lens.p, B, s.H, s.Hkv, s.D, len, len, out.p); }, reps, &flush);
+        const double bytes = 2.0 * static_cast<double>(nkv) * sizeof(float);
+        const double gbs = bytes / (ms * 1e6);
+        const double pct = peaks.hbm_gbs > 0 ? 100.0 * gbs / peaks.hbm_gbs : 0.0;
+        const int64_t splits = attention_decode_splits(B, s.H, len);
+        std::fprintf(stderr, "%-6s %8lld %6lld | %9.1f %9.0f %7.1f\n", s.model, static_cast<long long>(len),
+                     static_cast<long long>(splits), ms * 1e3, gbs, pct);
+        csv << stamp.csv() << "," << s.model << "," << B << "," << s.H << "," << s.Hkv << "," << s.D << "," << len
+            << "," << splits << "," << ms * 1e3 << "," << gbs << "," << pct << "\n";
+      }
+    }
+    if (csv_path.empty()) {
+      std::cout << csv.str();
+    } else {
+      std::ofstream f(csv_path);
+      f << csv.str();
+      std::fprintf(stderr, "wrote %s\n", csv_path.c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_attention_decode_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

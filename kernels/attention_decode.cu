@@ -1,0 +1,233 @@
+// attention_decode_cuda (kernels/attention_decode.h has the math and the cache layout): flash-decoding in two
+// kernels on one stream.
+//   partial  grid (splits, H, B), 128 threads. Block (s, h, b) takes keys [s·per, min(len, (s+1)·per)) of
+//            sequence b and runs an online softmax over them in tiles of kTile keys:
+//              scores: warp w takes keys w, w+4, ... of the tile; lane i sums qs[d]·k[d] for d = i, i+32, ...
+//                      (coalesced 128-byte rows), then a butterfly warp sum; lane 0 stores the score in smem
+//              softmax: block max of the tile -> m' = max(m, tile max), α = e^(m − m'), p = e^(s − m') in place,
+//                      l = α·l + block sum of p
+//              values: thread t owns columns t and t + 128 (D <= 256), acc = α·acc + Σ_j p_j·v_j[col], reading
+//                      each v row once per block, coalesced across the threads
+//            then writes out = acc / l (one split), or (m, l, acc) to the scratch [B, H, splits, D + 2].
+//   merge    grid (H, B), 128 threads (splits > 1): every thread computes M = max m_s over the splits with l_s > 0
+//            and L = Σ l_s·e^(m_s − M) in split order (the same numbers in every thread), then its columns
+//            out = Σ_s acc_s·e^(m_s − M) / L.
+// Every sum has a fixed order: the result is deterministic. An empty split (its first key at or past len) writes
+// m = −inf, l = 0, acc = 0 and is skipped by the merge.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "core/error.h"
+#include "kernels/attention_decode.h"
+#include "kernels/cuda_check.cuh"
+
+namespace qwenq {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / cuda::kWarp;
+constexpr int kTile = 128;             // keys per tile (scores in shared memory)
+constexpr int kColsPerThread = 2;      // kThreads · kColsPerThread = kAttentionDecodeMaxHeadDim
+constexpr int64_t kMinKeysPerSplit = 64;  // below this a split's fixed cost (q load, merge) outweighs its keys
+static_assert(kThreads * kColsPerThread == kAttentionDecodeMaxHeadDim, "head dim limit matches the accumulators");
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = cuda::kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Max over the block; every thread gets it. Barriers as cuda::block_sum (starts with one, so `scratch` may be
+// reused by consecutive calls).
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < kWarps ? scratch[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+struct DecodeParams {
+  const float *q, *k, *v;
+  const int32_t* lens;
+  int64_t H, Hkv, D, capacity, max_len, per_split;
+  int splits;
+  float scale;
+  float* out;  // [B, H, D], written when splits == 1
+  float* ws;   // [B, H, splits, D + 2]: acc[D], m, l; when splits > 1
+};
+
+__global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(DecodeParams p) {
+  __shared__ float qs[kAttentionDecodeMaxHeadDim];
+  __shared__ float sc[kTile];
+  __shared__ float red_max[kWarps], red_sum[cuda::kWarp];
+  const int split = blockIdx.x, tid = threadIdx.x, lane = tid % cuda::kWarp, warp = tid / cuda::kWarp;
+  const int64_t h = blockIdx.y, b = blockIdx.z, D = p.D, g = h / (p.H / p.Hkv);
+  const int64_t len = min(max(static_cast<int64_t>(p.lens[b]), int64_t{0}), p.max_len);
+  const int64_t k0 = split * p.per_split, k1 = min(len, k0 + p.per_split);
+
+  for (int64_t d = tid; d < D; d += kThreads) qs[d] = p.q[(b * p.H + h) * D + d] * p.scale;
+  __syncthreads();
+
+  const int64_t row_stride = p.Hkv * D;  // floats between consecutive keys of one kv head
+  const float* kb = p.k + (b * p.capacity * p.Hkv + g) * D;
+  const float* vb = p.v + (b * p.capacity * p.Hkv + g) * D;
+  float m = -INFINITY, l = 0.f;
+  float acc[kColsPerThread] = {0.f, 0.f};
+  for (int64_t t0 = k0; t0 < k1; t0 += kTile) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(kTile), k1 - t0));
+    for (int i = warp; i < n; i += kWarps) {
+      const float* kj = kb + (t0 + i) * row_stride;
+      float dot = 0.f;
+      for (int64_t d = lane; d < D; d += cuda::kWarp) dot += qs[d] * kj[d];
+      dot = cuda::warp_sum(dot);
+      if (lane == 0) sc[i] = dot;
+    }
+    __syncthreads();
+    float tile_max = -INFINITY;
+    for (int i = tid; i < n; i += kThreads) tile_max = fmaxf(tile_max, sc[i]);
+    const float m_new = fmaxf(m, block_max(tile_max, red_max));  // finite: the tile has at least one key
+    const float alpha = expf(m - m_new);                           // 0 on the first tile (m = −inf)
+    float part = 0.f;
+    for (int i = tid; i < n; i += kThreads) {
+      const float e = expf(sc[i] - m_new);
+      sc[i] = e;
+      part += e;
+    }
+    // block_sum's barriers also publish the p values written above to every thread.
+    l = l * alpha + cuda::block_sum(part, red_sum);
+    m = m_new;
+#pragma unroll
+    for (int r = 0; r < kColsPerThread; ++r) {
+      const int64_t d = tid + r * kThreads;
+      if (d < D) {
+        float a = acc[r] * alpha;
+        const float* vcol = vb + t0 * row_stride + d;
+        for (int i = 0; i < n; ++i) a += sc[i] * vcol[i * row_stride];
+        acc[r] = a;
+      }
+    }
+    __syncthreads();  // sc is rewritten by the next tile
+  }
+
+  if (p.splits == 1) {
+#pragma unroll
+    for (int r = 0; r < kColsPerThread; ++r) {  // l = 0 only for a sequence with no key (len clamped to 0)
+      const int64_t d = tid + r * kThreads;
+      if (d < D) p.out[(b * p.H + h) * D + d] = l > 0.f ? acc[r] / l : 0.f;
+    }
+    return;
+  }
+  float* w = p.ws + ((b * p.H + h) * p.splits + split) * (D + 2);
+#pragma unroll
+  for (int r = 0; r < kColsPerThread; ++r) {
+    const int64_t d = tid + r * kThreads;
+    if (d < D) w[d] = acc[r];
+  }
+  if (tid == 0) {
+    w[D] = m;
+    w[D + 1] = l;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(DecodeParams p) {
+  const int64_t h = blockIdx.x, b = blockIdx.y, D = p.D;
+  const float* w = p.ws + (b * p.H + h) * p.splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) {
+    const float* ws = w + s * (D + 2);
+    if (ws[D + 1] > 0.f) M = fmaxf(M, ws[D]);
+  }
+  float L = 0.f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float* ws = w + s * (D + 2);
+    if (ws[D + 1] > 0.f) L += ws[D + 1] * expf(ws[D] - M);
+  }
+  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
+    float o = 0.f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float* ws = w + s * (D + 2);
+      if (ws[D + 1] > 0.f) o += ws[d] * expf(ws[D] - M);
+    }
+    p.out[(b * p.H + h) * D + d] = L > 0.f ? o / L : 0.f;
+  }
+}
+
+// Streaming multiprocessors of the current device (cached per device id).
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  QWENQ_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 64 && cached[dev] > 0) return cached[dev];
+  int n = 0;
+  QWENQ_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  n = std::max(n, 1);
+  if (dev >= 0 && dev < 64) cached[dev] = n;
+  return n;
+}
+
+}  // namespace
+
+int64_t attention_decode_splits(int64_t B, int64_t H, int64_t max_len) {
+  const int64_t heads = std::max<int64_t>(1, B * H);
+  const int64_t want = (2 * static_cast<int64_t>(sm_count()) + heads - 1) / heads;  // ~2 blocks per SM
+  const int64_t most = std::max<int64_t>(1, (max_len + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  return std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535));
+}
+
+void attention_decode_cuda(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
+                           CudaStream stream) {
+  const char* name = "attention_decode_cuda";
+  // The ref's checks and messages (attention_decode_ref.cpp), then the grid's limits.
+  QWENQ_CHECK(B >= 0 && H > 0 && Hkv > 0 && D > 0,
+              name << ": bad shape B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D);
+  QWENQ_CHECK(H % Hkv == 0, name << ": query heads H=" << H << " must be a multiple of kv heads Hkv=" << Hkv);
+  QWENQ_CHECK(D <= kAttentionDecodeMaxHeadDim,
+              name << ": head dim D=" << D << " exceeds the decode kernel's limit " << kAttentionDecodeMaxHeadDim);
+  QWENQ_CHECK(max_len >= 1 && max_len <= capacity,
+              name << ": max_len=" << max_len << " must be in [1, capacity=" << capacity << "]");
+  if (B == 0) return;
+  QWENQ_CHECK(q != nullptr && k_cache != nullptr && v_cache != nullptr && lens != nullptr && out != nullptr,
+              name << ": null pointer");
+  QWENQ_CHECK(H <= 65535 && B <= 65535, name << ": H=" << H << " and B=" << B << " must be at most 65535 (grid)");
+
+  const int64_t splits = attention_decode_splits(B, H, max_len);
+  DecodeParams p{};
+  p.q = q;
+  p.k = k_cache;
+  p.v = v_cache;
+  p.lens = lens;
+  p.H = H;
+  p.Hkv = Hkv;
+  p.D = D;
+  p.capacity = capacity;
+  p.max_len = max_len;
+  p.per_split = (max_len + splits - 1) / splits;
+  p.splits = static_cast<int>(splits);
+  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
+  p.out = out;
+  DeviceMemory ws;
+  if (splits > 1) {
+    ws = DeviceMemory(static_cast<size_t>(B * H * splits * (D + 2)) * sizeof(float), stream);
+    p.ws = ws.as<float>();
+  }
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(H), static_cast<unsigned>(B));
+  attention_decode_partial_kernel<<<grid, kThreads, 0, stream>>>(p);
+  QWENQ_CUDA_CHECK_LAUNCH(name << " B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D << " max_len=" << max_len
+                               << " splits=" << splits);
+  if (splits > 1) {
+    attention_decode_merge_kernel<<<dim3(static_cast<unsigned>(H), static_cast<unsigned>(B)), kThreads, 0, stream>>>(p);
+    QWENQ_CUDA_CHECK_LAUNCH(name << " (merge) B=" << B << " H=" << H << " D=" << D << " splits=" << splits);
+  }
+  // ws is freed on `stream` after the merge (cudaFreeAsync): no wait here.
+}
+
+}  // namespace qwenq

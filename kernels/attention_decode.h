@@ -1,0 +1,61 @@
+// Decode attention: one new query per sequence against that sequence's KV cache (grouped-query, causal by
+// construction: the cache holds exactly the keys the new token may see, itself included).
+//   For sequence b, query head h, kv head g = h / (H/Hkv), keys j in [0, lens[b]):
+//     s_j  = (scale·q[b,h]) · k_cache[b,j,g],   scale = 1/sqrt(D) rounded to fp32 (the prefill's rounding)
+//     m    = max_j s_j,   l = Σ_j exp(s_j − m)                (fp32, max subtracted)
+//     out[b,h] = Σ_j exp(s_j − m) · v_cache[b,j,g] / l
+// The same softmax as row i = lens[b] − 1 of attention_forward_ref over the sequence's keys (kernels/attention.h);
+// only the order of the sums differs.
+//
+// Cache layout: k_cache and v_cache are [B, capacity, Hkv, D] fp32, row j of sequence b at ((b·capacity + j)·Hkv
+// + g)·D. Per sequence this is the CPU KvCache's [capacity, Hkv, D] (trainer/qwen_model.h), so a prompt's k and v
+// rows [T, Hkv, D] are written by the projections straight into the cache and the prefill attention reads them
+// there. fp32 rather than bf16: a step then rounds nothing the CPU's forward_step does not (greedy tokens follow
+// the CPU's), and at decode the cache is a small part of the bytes read per token next to the weights (Qwen2.5-7B
+// at 1000 cached tokens: 115 MB of fp32 K/V against 3.8 GB of 4-bit weights). A bf16 cache would halve it for long
+// contexts.
+//
+// GPU kernel (attention_decode_cuda, kernels/attention_decode.cu), flash-decoding: the keys [0, max_len) are cut
+// into `splits` equal ranges; block (split, h, b) runs an online softmax over its range in tiles of 128 keys
+// (each warp one key at a time, lanes over D, a warp sum per score; then each thread owns up to 2 output columns
+// for Σ p·v), and writes (m, l, unnormalized acc[D]) to a scratch buffer; a second kernel merges the splits of
+// each (b, h) in split order: M = max m_s, L = Σ l_s·e^(m_s−M), out = Σ acc_s·e^(m_s−M) / L. With one split the
+// first kernel writes out directly. splits is chosen on the host from B·H, max_len and the device's SM count (about
+// two blocks per SM, at least 64 keys per split), so the result is deterministic for a given device and max_len.
+// Keys at or past lens[b] are never read (the test fills them with NaN).
+#pragma once
+
+#include <cstdint>
+
+namespace qwenq {
+
+// Largest head dim of the decode kernel (2 output columns per thread of a 128-thread block).
+constexpr int64_t kAttentionDecodeMaxHeadDim = 256;
+
+// q, out: [B, H, D] fp32; k_cache, v_cache: [B, capacity, Hkv, D] fp32; lens: [B] keys per sequence, each in
+// [1, max_len]; max_len <= capacity (a bound the GPU launcher sizes its grid with). H a multiple of Hkv,
+// D <= kAttentionDecodeMaxHeadDim. out must not overlap the inputs.
+void attention_decode_ref(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                          int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out);
+
+}  // namespace qwenq
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+
+namespace qwenq {
+
+// The CUDA twin: q, k_cache, v_cache, out in device memory and lens in DEVICE memory (a decode loop keeps them
+// there). The launcher checks the shapes with the ref's messages; it cannot read lens, so the kernel clamps each
+// to [0, max_len] and writes zeros for a sequence with no key. Uses a [B, H, splits, D + 2] fp32 scratch buffer
+// allocated on `stream` when splits > 1. Queued on `stream`.
+void attention_decode_cuda(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
+                           CudaStream stream = nullptr);
+
+// The number of key ranges attention_decode_cuda splits max_len into for B·H query heads (tests and benchmarks
+// use it to reach both the one-split and the merged paths).
+int64_t attention_decode_splits(int64_t B, int64_t H, int64_t max_len);
+
+}  // namespace qwenq
+#endif  // QWENQ_HAVE_CUDA

@@ -1,0 +1,111 @@
+// attention_decode_cuda against its CPU twin attention_decode_ref (kernels/attention_decode.h) on the same seeded
+// inputs, over a sweep of head shapes (the Qwen2.5 0.5B/7B/72B heads 14/2/64, 28/4/128, 64/8/128; stories260K's
+// 8/4/8; GQA 7:1 and 8:1 at D = 8 and 64; MHA at the largest D = 256; an odd D = 40) and cache lengths (1, 63, 64,
+// 65, 1000, 4097), several sequences per call with different lengths, so that both the one-split path and the
+// split + merge path run (the splits are printed), including a max_len far above every length (empty splits).
+// Cache rows at or past each length are NaN: a kernel that reads one fails.
+//
+// Tolerance: both sides are fp32 softmaxes of the same scores with the max subtracted; they differ by the order of
+// the sums (warp butterflies and split merges against key order) and expf against std::exp. v is uniform in
+// [-1, 1], so |out| <= 1: kTol = 2e-5 absolute (the CPU test finds ~1e-6 between two fp32 orders at 1000 keys).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/attention_decode.h"
+#include "tests/gpu/gpu_test.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kTol = 2e-5;
+
+struct Case {
+  int64_t H, Hkv, D;
+  std::vector<int32_t> lens;
+  int64_t max_len = 0;  // 0: the longest length
+};
+
+void check(const Case& c, uint64_t seed) {
+  const int64_t H = c.H, Hkv = c.Hkv, D = c.D, B = static_cast<int64_t>(c.lens.size());
+  const int64_t longest = *std::max_element(c.lens.begin(), c.lens.end());
+  const int64_t max_len = c.max_len > 0 ? c.max_len : longest, capacity = max_len + 5;
+  SCOPED_TRACE("H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " B=" +
+               std::to_string(B) + " max_len=" + std::to_string(max_len) + " seed " + std::to_string(seed));
+  Rng rng(seed);
+  std::vector<float> q(static_cast<size_t>(B * H * D)), kc(static_cast<size_t>(B * capacity * Hkv * D), NAN),
+      vc(kc.size(), NAN);
+  for (auto& x : q) x = static_cast<float>(rng.normal() * 1.3);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < c.lens[b] * Hkv * D; ++i) {
+      kc[b * capacity * Hkv * D + i] = static_cast<float>(rng.normal() * 1.3);
+      vc[b * capacity * Hkv * D + i] = rng.uniform(-1.f, 1.f);
+    }
+  std::vector<float> want(q.size());
+  attention_decode_ref(q.data(), kc.data(), vc.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len, want.data());
+
+  test::DeviceBuffer<float> dq(q), dk(kc), dv(vc), dout(q.size());
+  test::DeviceBuffer<int32_t> dlens(c.lens);
+  attention_decode_cuda(dq.get(), dk.get(), dv.get(), dlens.get(), B, H, Hkv, D, capacity, max_len, dout.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> got = dout.download();
+  double max_err = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    max_err = std::isnan(e) ? INFINITY : std::max(max_err, e);
+    ASSERT_LE(e, kTol) << "out[" << i << "] (sequence " << i / (H * D) << ", head " << (i / D) % H << ", column "
+                       << i % D << "): GPU " << got[i] << ", CPU " << want[i];
+  }
+  std::printf("[ decode H=%lld Hkv=%lld D=%lld B=%lld max_len=%lld ] splits %lld, max |GPU - CPU| %.2e\n",
+              (long long)H, (long long)Hkv, (long long)D, (long long)B, (long long)max_len,
+              (long long)attention_decode_splits(B, H, max_len), max_err);
+}
+
+TEST(AttentionDecodeCuda, MatchesTheCpuTwin) {
+  QWENQ_REQUIRE_GPU();
+  const Case cases[] = {
+      {14, 2, 64, {1}},                    // Qwen2.5-0.5B, first token: one split
+      {14, 2, 64, {1000, 63, 65}},         // split + merge
+      {28, 4, 128, {64, 1, 1000}},         // Qwen2.5-7B
+      {64, 8, 128, {4097}},                // Qwen2.5-72B, a long cache
+      {64, 8, 128, {1, 2, 3}},             // 72B, short: one split per head
+      {8, 4, 8, {1, 63, 64, 65, 1000}},    // stories260K heads
+      {7, 1, 8, {1000, 1}},                // GQA 7:1, D = 8
+      {8, 1, 64, {63, 64, 65}},            // GQA 8:1
+      {4, 4, 256, {300, 17}},              // MHA, the largest D
+      {6, 3, 40, {129}},                   // D not a multiple of 32
+      {14, 2, 64, {1, 5}, 1000},           // max_len far above the lengths: empty splits
+  };
+  uint64_t seed = 100;
+  for (const Case& c : cases) check(c, seed++);
+}
+
+TEST(AttentionDecodeCuda, ErrorsAreTheRefs) {
+  QWENQ_REQUIRE_GPU();
+  test::DeviceBuffer<float> buf(1024);
+  test::DeviceBuffer<int32_t> lens(std::vector<int32_t>{1});
+  const auto error_of = [&](int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len) -> std::string {
+    try {
+      attention_decode_cuda(buf.get(), buf.get(), buf.get(), lens.get(), 1, H, Hkv, D, capacity, max_len, buf.get());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  std::string e = error_of(3, 2, 8, 4, 4);
+  EXPECT_NE(e.find("attention_decode_cuda: query heads H=3 must be a multiple of kv heads Hkv=2"), std::string::npos)
+      << e;
+  e = error_of(2, 1, 512, 4, 4);
+  EXPECT_NE(e.find("head dim D=512 exceeds the decode kernel's limit 256"), std::string::npos) << e;
+  e = error_of(2, 1, 8, 4, 5);
+  EXPECT_NE(e.find("max_len=5 must be in [1, capacity=4]"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,276 @@
+// QwenDecodeCuda and generate_cuda (trainer/qwen_decode_cuda.h) against the CPU's incremental decoding
+// (QwenModel::forward_step with a KvCache, trainer/generate.h's generate) on the same checkpoints:
+//   - logits after a prefill of 1, 37 and 100 tokens and after each of 24 steps fed the same tokens, for the tiny
+//     random Qwen2 preset (D = 16: naive attention in the prefill) in F32 and BF16, that preset quantized by RTN
+//     into GPTQ v1 (group 32) and into NF4 (the Q4 weights: the fp32 GEMV qgemm_int4_decode_cuda at M <= 64, the
+//     bf16 tensor-core kernel for the 100-token prefill), and the Qwen2.5-0.5B shape cut to 2 layers in BF16
+//     (H/Hkv/D = 14/2/64: flash attention in the prefill, GQA 7:1, a 151936-token vocabulary);
+//   - D = 64 models with every tensor non-trivial (tests/gpu/gpu_test_models.h): Qwen2 with q/k/v biases in F32 and
+//     RTN-quantized to GPTQ (the bias added after the Q4 GEMV), Qwen3 (q/k norm applied to the cache row) in BF16;
+//     a one-token prompt keeps the whole run on the fp32 path (no flash prefill), a 37-token one goes through flash;
+//   - greedy generation of 200 tokens on the real stories260K imported from llama2.c: the GPU's tokens are the CPU's.
+//
+// Tolerances (relative to max |logit| of the CPU at that position), as tests/gpu/test_model_cuda.cpp:
+//   kFp32RelTol 1e-4  nothing rounded to bf16 on the GPU: F32 weights, D not 64/128, and Q4 weights at M <= 64 (the
+//                     GEMV takes fp32 activations and computes the exact fp32 ŵ the CPU dequantizes to): only the
+//                     order of the sums and expf differ (~1e-6 observed between fp32 implementations of this model).
+//   kBf16RelTol 2e-2  any bf16 rounding (BF16 weights round x for cuBLASLt; the 100-token Q4 prefill rounds x and ŵ;
+//                     flash attention rounds q, k, v and P). The steps after a flash prefill attend over the fp32
+//                     cache with the fp32 decode kernel, so only the prefill's roundings carry over.
+// Greedy tokens: stories260K is F32 with D = 8, the fp32 path. The first position where the tokens differ must be a
+// tie: the CPU's logit of the GPU's token within kFp32RelTol·max |logit| of the CPU's best. N = 200 tokens are
+// compared; the test prints how many agree (all of them unless a tie occurs).
+// Every test skips without a device; the stories260K test also without the shared data.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "tests/gpu/gpu_test.h"
+#include "tests/gpu/gpu_test_models.h"
+#include "trainer/generate.h"
+#include "trainer/llama2c_import.h"
+#include "trainer/qwen_decode_cuda.h"
+#include "trainer/qwen_model.h"
+#include "trainer/qwen_model_cuda.h"
+#include "trainer/quantize_model.h"
+#include "trainer/random_model.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kFp32RelTol = 1e-4;
+constexpr double kBf16RelTol = 2e-2;
+constexpr int kSteps = 24;
+constexpr int kGreedyTokens = 200;
+
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string templ = (std::filesystem::temp_directory_path() / "qwenq_decode_cuda_XXXXXX").string();
+    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
+    path_ = templ;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string sub(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// ../shared/data of a development checkout, the device check's copy (.gpu-deps/shared/data) or $QWENQ_SHARED_DATA
+// (as tests/gpu/test_model_cuda.cpp finds it); "" when none has stories260K.
+std::string shared_data_dir() {
+  const std::filesystem::path repo = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+  std::vector<std::filesystem::path> candidates;
+  if (const char* env = std::getenv("QWENQ_SHARED_DATA")) candidates.emplace_back(env);
+  candidates.push_back(repo.parent_path() / "shared" / "data");
+  candidates.push_back(repo / ".gpu-deps" / "shared" / "data");
+  for (const auto& c : candidates) {
+    std::error_code ec;
+    if (std::filesystem::exists(c / "stories260K" / "stories260K.bin", ec)) return c.string();
+  }
+  return "";
+}
+
+std::string random_model(const std::string& dir, const std::string& preset, DType dtype, int64_t layers = 0) {
+  RandomModelOptions o;
+  o.preset = preset;
+  o.layers = layers;
+  o.out_dir = dir;
+  o.dtype = dtype;
+  o.seed = 9;
+  write_random_model(o);
+  return dir;
+}
+
+std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out) {
+  QuantizeOptions q;
+  q.method = method;
+  q.group_size = 32;
+  q.model_dir = src;
+  q.out_dir = out;
+  q.quiet = true;
+  quantize_model(q);
+  return out;
+}
+
+// max |got - want| / max |want|.
+double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
+  double mx = 0, err = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    mx = std::max(mx, static_cast<double>(std::fabs(want[i])));
+    const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+    err = std::isnan(e) ? INFINITY : std::max(err, e);
+  }
+  return err / (mx > 0 ? mx : 1);
+}
+
+// Prefill of `prompt_len` random tokens, then kSteps steps of random tokens, on both; every position's logits
+// within prefill_tol (the prefill) and step_tol (the steps) of the CPU's.
+void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double prefill_tol, double step_tol,
+                               const std::string& what) {
+  SCOPED_TRACE(what + ", prompt of " + std::to_string(prompt_len));
+  const QwenModel cpu(dir);
+  const QwenModelCuda gpu(cpu);
+  const int64_t V = cpu.config().vocab_size, capacity = prompt_len + kSteps;
+  Rng rng(1000 + prompt_len);
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+  for (auto& t : prompt) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+  KvCache cache = cpu.make_cache(capacity);
+  QwenDecodeCuda dec(gpu, capacity);
+  EXPECT_EQ(dec.cache_bytes(), 2 * cpu.config().num_layers * capacity * cpu.config().kv_dim() * 4);
+  std::vector<float> want = cpu.forward_step(prompt, &cache), got = dec.prefill(prompt);
+  ASSERT_EQ(got.size(), static_cast<size_t>(V));
+  double worst_step = 0;
+  const double e0 = rel_err(got, want);
+  EXPECT_LE(e0, prefill_tol) << "prefill logits";
+  for (int s = 0; s < kSteps; ++s) {
+    const int32_t tok = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    want = cpu.forward_step({tok}, &cache);
+    got = dec.step(tok);
+    const double e = rel_err(got, want);
+    worst_step = std::max(worst_step, e);
+    EXPECT_LE(e, step_tol) << "logits after step " << s << " (position " << prompt_len + s << ")";
+  }
+  EXPECT_EQ(dec.length(), capacity);
+  std::printf("[ %s, prompt %d ] max |dlogit| / max |logit|: prefill %.3g (tolerance %.0e), steps %.3g (%.0e)\n",
+              what.c_str(), prompt_len, e0, prefill_tol, worst_step, step_tol);
+}
+
+TEST(QwenDecodeCuda, TinyF32IsTheCpuForwardStep) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string dir = random_model(tmp.sub("f32"), "tiny", DType::F32);
+  for (int len : {1, 37, 100}) expect_decode_matches_cpu(dir, len, kFp32RelTol, kFp32RelTol, "tiny F32");
+}
+
+TEST(QwenDecodeCuda, TinyBf16) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string dir = random_model(tmp.sub("bf16"), "tiny", DType::BF16);
+  for (int len : {1, 37}) expect_decode_matches_cpu(dir, len, kBf16RelTol, kBf16RelTol, "tiny BF16");
+}
+
+TEST(QwenDecodeCuda, QuantizedTinyThroughTheQ4Gemv) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string src = random_model(tmp.sub("src"), "tiny", DType::F32);
+  const std::string gptq = quantized(src, QuantizeOptions::Method::Rtn, tmp.sub("gptq"));
+  const std::string nf4 = quantized(src, QuantizeOptions::Method::Nf4, tmp.sub("nf4"));
+  ASSERT_FALSE(QwenModel(gptq).weights().layers[0].q.is_dense());
+  for (const auto& [dir, name] : {std::pair{gptq, "rtn-gptq g32"}, std::pair{nf4, "nf4"}}) {
+    expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);
+    // 100 prompt rows: the tensor-core W4A16 (bf16 x and ŵ) in the prefill, then the fp32 GEMV steps over a cache
+    // written by that prefill.
+    expect_decode_matches_cpu(dir, 100, kBf16RelTol, kBf16RelTol, name);
+  }
+}
+
+TEST(QwenDecodeCuda, Qwen25HalfBShapeOnFlashPrefill) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string dir = random_model(tmp.sub("q05"), "qwen2.5-0.5b", DType::BF16, 2);
+  const QwenConfig c = QwenModel(dir).config();
+  ASSERT_EQ(c.head_dim, 64);
+  ASSERT_EQ(c.num_heads / c.num_kv_heads, 7);
+  expect_decode_matches_cpu(dir, 37, kBf16RelTol, kBf16RelTol, "qwen2.5-0.5b x2 layers BF16");
+}
+
+const test::GpuTestArch kQwen2Bias{"qwen2", 128, 256, 4, 2, 64, 384, 2, true};
+const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
+
+TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string qwen2 = tmp.sub("qwen2");
+  test::write_gpu_test_model(qwen2, kQwen2Bias, DType::F32, 21);
+  expect_decode_matches_cpu(qwen2, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 F32");
+  expect_decode_matches_cpu(qwen2, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 F32");
+  const std::string gptq = quantized(qwen2, QuantizeOptions::Method::Rtn, tmp.sub("qwen2-gptq"));
+  expect_decode_matches_cpu(gptq, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 rtn-gptq");
+  expect_decode_matches_cpu(gptq, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 rtn-gptq");
+  const std::string qwen3 = tmp.sub("qwen3");
+  test::write_gpu_test_model(qwen3, kQwen3, DType::BF16, 33);
+  ASSERT_TRUE(QwenModel(qwen3).config().qk_norm);
+  expect_decode_matches_cpu(qwen3, 1, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
+  expect_decode_matches_cpu(qwen3, 37, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
+}
+
+TEST(QwenDecodeCuda, ClearErrors) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const QwenModel cpu(random_model(tmp.sub("m"), "tiny", DType::F32));
+  const QwenModelCuda gpu(cpu);
+  const auto error_of = [](auto fn) -> std::string {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  QwenDecodeCuda dec(gpu, 4);
+  std::string e = error_of([&] { dec.step(1); });
+  EXPECT_NE(e.find("prefill a prompt first"), std::string::npos) << e;
+  e = error_of([&] { dec.prefill({1, 2, 3, 4, 5}); });
+  EXPECT_NE(e.find("sequence of 5 tokens exceeds the KV cache capacity of 4"), std::string::npos) << e;
+  e = error_of([&] { dec.prefill({1, 2, 400}); });
+  EXPECT_NE(e.find("token id 400 at position 2 is outside the vocabulary [0, 320)"), std::string::npos) << e;
+  dec.prefill({1, 2, 3});
+  e = error_of([&] { dec.step(-1); });
+  EXPECT_NE(e.find("token id -1 at position 3"), std::string::npos) << e;
+  dec.step(4);
+  e = error_of([&] { dec.step(5); });
+  EXPECT_NE(e.find("sequence of 5 tokens exceeds the KV cache capacity of 4"), std::string::npos) << e;
+  e = error_of([&] { QwenDecodeCuda bad(gpu, 0); });
+  EXPECT_NE(e.find("capacity must be at least 1 token"), std::string::npos) << e;
+}
+
+TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
+  QWENQ_REQUIRE_GPU();
+  const std::string data = shared_data_dir();
+  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K) not found; skipping";
+  ScratchDir tmp;
+  Llama2cImportOptions o;
+  o.checkpoint = data + "/stories260K/stories260K.bin";
+  o.tokenizer = data + "/stories260K/tok512.bin";
+  o.out_dir = tmp.sub("stories");
+  import_llama2c(o);
+  const QwenModel cpu(o.out_dir);
+  const QwenModelCuda gpu(cpu);
+  const std::vector<int32_t> prompt = Tokenizer::from_dir(o.out_dir).encode("Once upon a time", true);
+  SamplingOptions opt;
+  opt.max_new_tokens = kGreedyTokens;  // no stop ids: all 200 tokens
+  const std::vector<int32_t> want = generate(cpu, prompt, opt), got = generate_cuda(gpu, prompt, opt);
+  ASSERT_EQ(want.size(), static_cast<size_t>(kGreedyTokens));
+  ASSERT_EQ(got.size(), want.size());
+  size_t same = 0;
+  while (same < want.size() && got[same] == want[same]) ++same;
+  if (same < want.size()) {  // must be a tie at the CPU's logits of that position
+    std::vector<int32_t> prefix = prompt;
+    prefix.insert(prefix.end(), want.begin(), want.begin() + static_cast<std::ptrdiff_t>(same));
+    const std::vector<float> lg = cpu.forward_logits(PackedBatch::from_sequences({prefix}));
+    const float* last = lg.data() + (prefix.size() - 1) * cpu.config().vocab_size;
+    double mx = 0;
+    for (int64_t v = 0; v < cpu.config().vocab_size; ++v) mx = std::max(mx, static_cast<double>(std::fabs(last[v])));
+    EXPECT_LE(last[want[same]] - last[got[same]], kFp32RelTol * mx)
+        << "token " << same << ": CPU " << want[same] << " (logit " << last[want[same]] << "), GPU " << got[same]
+        << " (CPU logit " << last[got[same]] << "): not a tie";
+  }
+  std::printf("[ stories260K greedy ] %zu of %d tokens identical to the CPU's\n", same, kGreedyTokens);
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,158 @@
+// attention_decode_ref (kernels/attention_decode.h) against attention_forward_ref: the last row of a causal
+// attention over a whole sequence is the decode attention of that row's query against the sequence's keys and
+// values in the cache. Several sequences of awkward lengths (1, 63, 64, 65, 1000) share one [B, capacity, Hkv, D]
+// cache whose rows past each length are NaN (a read of them would poison the output), with GQA 7:1 and 8:1, the
+// Qwen2.5 ratios 7:1 (14/2, 28/4) and MHA, head dims 8, 64, 128. Also against a double-precision softmax on the
+// same rows, and the argument checks' messages.
+//
+// Tolerances: both refs are fp32 softmaxes of the same scores with the max subtracted; they differ by the order of
+// the sums (attention_forward_ref: Eigen GEMM blocks of 128 keys with online rescaling; the decode ref: keys in
+// order) and Eigen's vectorized exp. v is uniform in [-1, 1], so |out| <= 1 and each sum of L terms carries a
+// relative error of about L·2^-24 in the worst case, ~1e-6 in practice at L = 1000: kFwdTol = 2e-5 absolute. The
+// double oracle sees only the decode ref's fp32 roundings: kDoubleTol = 1e-5.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/attention.h"
+#include "kernels/attention_decode.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kFwdTol = 2e-5;
+constexpr double kDoubleTol = 1e-5;
+
+struct DecodeCase {
+  int64_t H, Hkv, D;
+  std::vector<int32_t> lens;
+};
+
+std::vector<float> normal(Rng& rng, int64_t n, double sigma) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<float>(rng.normal() * sigma);
+  return v;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+void check_case(const DecodeCase& c, uint64_t seed) {
+  const int64_t H = c.H, Hkv = c.Hkv, D = c.D, B = static_cast<int64_t>(c.lens.size()), group = H / Hkv;
+  SCOPED_TRACE("H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " seed " +
+               std::to_string(seed));
+  std::vector<int32_t> cu = {0};
+  for (int32_t L : c.lens) cu.push_back(cu.back() + L);
+  const int64_t T = cu.back();
+  Rng rng(seed);
+  const std::vector<float> q = normal(rng, T * H * D, 1.3), k = normal(rng, T * Hkv * D, 1.3);
+  std::vector<float> v(static_cast<size_t>(T * Hkv * D));
+  for (auto& x : v) x = rng.uniform(-1.f, 1.f);
+  std::vector<float> full(static_cast<size_t>(T * H * D));
+  attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), B, H, Hkv, D, full.data(), nullptr);
+
+  // The decode inputs: the last query of each sequence, its keys/values in a NaN-filled cache.
+  const int64_t max_len = *std::max_element(c.lens.begin(), c.lens.end()), capacity = max_len + 3;
+  std::vector<float> qd(static_cast<size_t>(B * H * D)), kc(static_cast<size_t>(B * capacity * Hkv * D), NAN),
+      vc(kc.size(), NAN);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t last = cu[b + 1] - 1;
+    std::copy_n(q.begin() + last * H * D, H * D, qd.begin() + b * H * D);
+    const int64_t rows = c.lens[b] * Hkv * D;
+    std::copy_n(k.begin() + cu[b] * Hkv * D, rows, kc.begin() + b * capacity * Hkv * D);
+    std::copy_n(v.begin() + cu[b] * Hkv * D, rows, vc.begin() + b * capacity * Hkv * D);
+  }
+  std::vector<float> out(qd.size(), NAN);
+  attention_decode_ref(qd.data(), kc.data(), vc.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len, out.data());
+
+  double max_fwd = 0, max_dbl = 0;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  std::vector<double> s, o(static_cast<size_t>(D));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t last = cu[b + 1] - 1, len = c.lens[b];
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      s.assign(static_cast<size_t>(len), 0.0);
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < len; ++j) {
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d)
+          dot += static_cast<double>(qd[(b * H + h) * D + d]) * k[((cu[b] + j) * Hkv + g) * D + d];
+        s[j] = dot * scale;
+        mx = std::max(mx, s[j]);
+      }
+      double l = 0;
+      for (double& e : s) l += (e = std::exp(e - mx));
+      std::fill(o.begin(), o.end(), 0.0);
+      for (int64_t j = 0; j < len; ++j)
+        for (int64_t d = 0; d < D; ++d) o[d] += s[j] / l * v[((cu[b] + j) * Hkv + g) * D + d];
+      for (int64_t d = 0; d < D; ++d) {
+        const double got = out[(b * H + h) * D + d], want = full[(last * H + h) * D + d];
+        const double e_fwd = std::fabs(got - want), e_dbl = std::fabs(got - o[d]);
+        max_fwd = std::isnan(e_fwd) ? INFINITY : std::max(max_fwd, e_fwd);
+        max_dbl = std::isnan(e_dbl) ? INFINITY : std::max(max_dbl, e_dbl);
+        ASSERT_LE(e_fwd, kFwdTol) << "sequence " << b << " (len " << len << "), head " << h << ", column " << d
+                                  << ": decode " << got << ", last row of the causal forward " << want;
+        ASSERT_LE(e_dbl, kDoubleTol) << "sequence " << b << " (len " << len << "), head " << h << ", column " << d
+                                     << ": decode " << got << ", double oracle " << o[d];
+      }
+    }
+  }
+  std::printf("[ decode H=%lld Hkv=%lld D=%lld ] max |decode - forward last row| %.2e, max |decode - double| %.2e\n",
+              (long long)H, (long long)Hkv, (long long)D, max_fwd, max_dbl);
+}
+
+TEST(AttentionDecodeRef, IsTheLastRowOfTheCausalForward) {
+  const DecodeCase cases[] = {
+      {7, 1, 8, {1, 63, 64, 65, 1000}},   // GQA 7:1, stories260K's D = 8
+      {8, 1, 64, {1, 63, 64, 65, 1000}},  // GQA 8:1
+      {14, 2, 64, {65, 1, 200}},          // Qwen2.5-0.5B heads
+      {28, 4, 128, {1, 64, 130}},         // Qwen2.5-7B heads
+      {4, 4, 128, {1000, 3}},             // MHA, a long and a short sequence
+      {2, 1, 256, {17}},                  // the largest head dim
+  };
+  uint64_t seed = 11;
+  for (const DecodeCase& c : cases) check_case(c, seed++);
+}
+
+TEST(AttentionDecodeRef, ErrorsAreClear) {
+  const int64_t H = 2, Hkv = 1, D = 8, cap = 4;
+  std::vector<float> q(H * D, 0.f), kc(2 * cap * Hkv * D, 0.f), vc(kc.size(), 0.f), out(2 * H * D);
+  std::vector<int32_t> lens = {4, 0};
+  auto run = [&](int64_t h, int64_t hkv, int64_t d, int64_t capacity, int64_t max_len) {
+    return error_of([&] {
+      attention_decode_ref(q.data(), kc.data(), vc.data(), lens.data(), 2, h, hkv, d, capacity, max_len, out.data());
+    });
+  };
+  std::string e = run(H, Hkv, D, cap, 4);
+  EXPECT_NE(e.find("attention_decode_ref: lens[1]=0 must be in [1, max_len=4]"), std::string::npos) << e;
+  lens[1] = 5;
+  e = run(H, Hkv, D, cap, 4);
+  EXPECT_NE(e.find("lens[1]=5 must be in [1, max_len=4]"), std::string::npos) << e;
+  lens[1] = 2;
+  EXPECT_EQ(run(H, Hkv, D, cap, 4), "<no error>");
+  e = run(3, 2, D, cap, 4);
+  EXPECT_NE(e.find("query heads H=3 must be a multiple of kv heads Hkv=2"), std::string::npos) << e;
+  e = run(H, Hkv, 512, cap, 4);
+  EXPECT_NE(e.find("head dim D=512 exceeds the decode kernel's limit 256"), std::string::npos) << e;
+  e = run(H, Hkv, D, cap, 5);
+  EXPECT_NE(e.find("max_len=5 must be in [1, capacity=4]"), std::string::npos) << e;
+  e = run(H, Hkv, 0, cap, 4);
+  EXPECT_NE(e.find("bad shape B=2 H=2 Hkv=1 D=0"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,299 @@
+// QwenDecodeCuda and generate_cuda (trainer/qwen_decode_cuda.h): prefill and step over the device weights of a
+// QwenModelCuda, op by op through the launchers of kernels/, on a stream of its own. The order of the ops is
+// QwenModel::forward_step's (qwen_model.cpp).
+#ifdef QWENQ_HAVE_CUDA
+
+#include "trainer/qwen_decode_cuda.h"
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/act.h"
+#include "kernels/attention_decode.h"
+#include "kernels/attention_naive.h"
+#include "kernels/blas_lt.h"
+#include "kernels/convert.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/flash_attention.h"
+#include "kernels/norm.h"
+#include "kernels/qgemm.h"
+#include "kernels/rope.h"
+
+namespace qwenq {
+
+namespace {
+
+std::string mib(size_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << static_cast<double>(bytes) / (1024.0 * 1024.0) << " MiB";
+  return os.str();
+}
+
+// One stream-ordered device allocation; a failure names what it was for and the device's free memory.
+DeviceMemory allocate(size_t bytes, const std::string& what, CudaStream stream) {
+  try {
+    return DeviceMemory(bytes, stream);
+  } catch (const Error& e) {
+    size_t free_b = 0, total_b = 0;
+    std::string mem = "device memory unknown";
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) mem = mib(free_b) + " free of " + mib(total_b);
+    else cudaGetLastError();
+    throw Error("QwenDecodeCuda: cannot allocate " + mib(bytes) + " on the GPU for " + what + " (" + mem +
+                "): " + e.what());
+  }
+}
+
+// RAII for the stream (created first, destroyed last: the DeviceMemory members free on it).
+class Stream {
+ public:
+  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
+  ~Stream() {
+    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  CudaStream get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+}  // namespace
+
+struct QwenDecodeCuda::Impl {
+  Stream stream;  // first member: destroyed after every buffer below
+  const QwenModelCuda& model;
+  QwenConfig cfg;
+  int64_t capacity = 0, length = 0;
+  DeviceMemory k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32
+  // Activations for up to `rows` tokens (a prompt; a step uses row 0).
+  int64_t rows = 0;
+  DeviceMemory x, n, q, a, gate, up, act16;  // fp32, act16 bf16 [rows, max(C, Q, I)]
+  DeviceMemory q16, k16, v16, a16;           // bf16, flash attention in the prefill
+  DeviceMemory ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
+  DeviceMemory positions;                    // int32 [rows]
+  DeviceMemory logits;                       // fp32 [V]
+
+  Impl(const QwenModelCuda& m, int64_t cap) : model(m), cfg(m.config()), capacity(cap) {}
+
+  CudaStream s() const { return stream.get(); }
+  int64_t layer_stride() const { return capacity * cfg.kv_dim(); }
+  float* k_layer(int64_t l) const { return k_cache.as<float>() + l * layer_stride(); }
+  float* v_layer(int64_t l) const { return v_cache.as<float>() + l * layer_stride(); }
+  bool flash() const { return flash_attention_compiled(cfg.head_dim); }
+
+  void reserve(int64_t T) {
+    if (T <= rows) return;
+    for (DeviceMemory* b : {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions})
+      *b = DeviceMemory();
+    rows = 0;
+    const QwenConfig& c = cfg;
+    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
+    const auto buffer = [&](int64_t n_rows, int64_t cols, DType type, const char* what) {
+      return allocate(static_cast<size_t>(n_rows * cols) * dtype_size(type),
+                      std::string(what) + " [" + std::to_string(n_rows) + ", " + std::to_string(cols) + "] " +
+                          dtype_name(type),
+                      s());
+    };
+    x = buffer(T, C, DType::F32, "the residual stream");
+    n = buffer(T, C, DType::F32, "the normalized activations");
+    q = buffer(T, Q, DType::F32, "q");
+    a = buffer(T, Q, DType::F32, "the attention output");
+    gate = buffer(T, I, DType::F32, "the MLP gate");
+    up = buffer(T, I, DType::F32, "the MLP up projection");
+    if (T > kQgemmDecodeMaxM) act16 = buffer(T, std::max({C, Q, I}), DType::BF16, "the bf16 activations");
+    if (flash() && T > 1) {
+      q16 = buffer(T, Q, DType::BF16, "q for flash attention");
+      k16 = buffer(T, KV, DType::BF16, "k for flash attention");
+      v16 = buffer(T, KV, DType::BF16, "v for flash attention");
+      a16 = buffer(T, Q, DType::BF16, "the flash attention output");
+    }
+    ids = buffer(T + 2, 1, DType::I32, "the token ids");
+    positions = buffer(T, 1, DType::I32, "the positions");
+    rows = T;
+  }
+
+  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias). Q4: the fp32 GEMV kernel up to 64 rows, bf16 tensor cores beyond.
+  void linear(const QwenDeviceLinear& L, const float* x_in, int64_t T, float* y) {
+    if (!L.q4) {
+      linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
+                          s());
+      return;
+    }
+    if (T <= kQgemmDecodeMaxM) {
+      qgemm_int4_decode_cuda(L.q4->view(), x_in, DType::F32, T, y, s());
+    } else {
+      uint16_t* xb = act16.as<uint16_t>();
+      f32_to_bf16_cuda(x_in, T * L.K, xb, s());
+      qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+    }
+    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
+  }
+
+  void rmsnorm(const float* x_in, int64_t n_rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
+    rmsnorm_forward_cuda(x_in, n_rows, cols, w.data, w.dtype, cfg.rms_norm_eps, y, s());
+  }
+
+  // Causal attention of the T prompt rows (q, and k/v in rows 0..T-1 of the layer's cache) into a.
+  void prefill_attention(int64_t l, int64_t T) {
+    const QwenConfig& c = cfg;
+    const int32_t cu[2] = {0, static_cast<int32_t>(T)};
+    if (flash()) {
+      f32_to_bf16_cuda(q.as<float>(), T * c.q_dim(), q16.as<uint16_t>(), s());
+      f32_to_bf16_cuda(k_layer(l), T * c.kv_dim(), k16.as<uint16_t>(), s());
+      f32_to_bf16_cuda(v_layer(l), T * c.kv_dim(), v16.as<uint16_t>(), s());
+      attention_forward_cuda(q16.get(), k16.get(), v16.get(), cu, 1, c.num_heads, c.num_kv_heads, c.head_dim,
+                             a16.get(), nullptr, DType::BF16, s());
+      bf16_to_f32_cuda(a16.as<uint16_t>(), T * c.q_dim(), a.as<float>(), s());
+    } else {
+      attention_naive_forward_cuda(q.as<float>(), k_layer(l), v_layer(l), cu, 1, c.num_heads, c.num_kv_heads,
+                                   c.head_dim, a.as<float>(), nullptr, s());
+    }
+  }
+
+  // T tokens (ids in `ids`, positions p0.. in `pos`) through every layer; k and v go to cache rows p0..p0+T-1.
+  // T == 1 with p0 >= 0 attends over the cache with the decode kernel (lens at `len_dev`); T > 1 needs p0 == 0.
+  std::vector<float> run(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev) {
+    const QwenConfig& c = cfg;
+    const int64_t C = c.hidden_size, D = c.head_dim, KV = c.kv_dim(), I = c.intermediate_size;
+    const QwenDeviceTensor embed = model.device_embed();
+    float* xp = x.as<float>();
+    float* np = n.as<float>();
+    float* qp = q.as<float>();
+    embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, ids.as<int32_t>(), T, xp, s());
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const QwenDeviceLayer& L = model.device_layer(l);
+      float* kp = k_layer(l) + p0 * KV;
+      float* vp = v_layer(l) + p0 * KV;
+      rmsnorm(xp, T, C, L.input_norm, np);
+      linear(L.q, np, T, qp);
+      linear(L.k, np, T, kp);
+      linear(L.v, np, T, vp);
+      if (c.qk_norm) {
+        rmsnorm(qp, T * c.num_heads, D, L.q_norm, qp);
+        rmsnorm(kp, T * c.num_kv_heads, D, L.k_norm, kp);
+      }
+      rope_forward_cuda(qp, T, c.num_heads, D, pos, c.rope_theta, s());
+      rope_forward_cuda(kp, T, c.num_kv_heads, D, pos, c.rope_theta, s());
+      if (T == 1) {
+        attention_decode_cuda(qp, k_layer(l), v_layer(l), len_dev, 1, c.num_heads, c.num_kv_heads, D, capacity,
+                              p0 + 1, a.as<float>(), s());
+      } else {
+        prefill_attention(l, T);
+      }
+      linear(L.o, a.as<float>(), T, np);
+      add_inplace_cuda(xp, np, T * C, s());
+      rmsnorm(xp, T, C, L.post_norm, np);
+      linear(L.gate, np, T, gate.as<float>());
+      linear(L.up, np, T, up.as<float>());
+      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
+      linear(L.down, gate.as<float>(), T, np);
+      add_inplace_cuda(xp, np, T * C, s());
+    }
+    // The final norm and the lm_head of the last row only.
+    float* last = np + (T - 1) * C;
+    rmsnorm(xp + (T - 1) * C, 1, C, model.device_final_norm(), last);
+    const QwenDeviceTensor head = model.device_lm_head();
+    linear_forward_cuda(last, 1, C, head.data, head.dtype, c.vocab_size, nullptr, DType::F32, logits.get(),
+                        DType::F32, s());
+    std::vector<float> out(static_cast<size_t>(c.vocab_size));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), logits.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, s()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
+    return out;
+  }
+
+  // One token at position p: ids holds {token, p, p + 1} (id, RoPE position, keys to attend).
+  std::vector<float> run_token(int32_t token, int64_t p) {
+    reserve(1);
+    const int32_t host[3] = {token, static_cast<int32_t>(p), static_cast<int32_t>(p + 1)};
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(ids.get(), host, sizeof(host), cudaMemcpyHostToDevice, s()));
+    const int32_t* dev = ids.as<int32_t>();
+    return run(1, p, dev + 1, dev + 2);
+  }
+
+  void check_token(int32_t id, int64_t position) const {
+    QWENQ_CHECK(id >= 0 && id < cfg.vocab_size, "token id " << id << " at position " << position
+                                                            << " is outside the vocabulary [0, " << cfg.vocab_size
+                                                            << ")");
+  }
+};
+
+QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity)
+    : impl_(std::make_unique<Impl>(model, capacity)) {
+  Impl& m = *impl_;
+  const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);
+  QWENQ_CHECK(c.head_dim <= kAttentionDecodeMaxHeadDim,
+              "QwenDecodeCuda: head_dim " << c.head_dim << " exceeds the decode attention's limit "
+                                          << kAttentionDecodeMaxHeadDim);
+  const size_t cache = static_cast<size_t>(c.num_layers * capacity * c.kv_dim()) * sizeof(float);
+  const std::string dims = " [" + std::to_string(c.num_layers) + ", " + std::to_string(capacity) + ", " +
+                           std::to_string(c.num_kv_heads) + ", " + std::to_string(c.head_dim) + "] fp32";
+  m.k_cache = allocate(cache, "the key cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
+  m.v_cache = allocate(cache, "the value cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
+  m.logits = allocate(static_cast<size_t>(c.vocab_size) * sizeof(float), "the logits", m.s());
+}
+
+QwenDecodeCuda::~QwenDecodeCuda() = default;
+
+int64_t QwenDecodeCuda::capacity() const { return impl_->capacity; }
+int64_t QwenDecodeCuda::length() const { return impl_->length; }
+int64_t QwenDecodeCuda::cache_bytes() const {
+  return static_cast<int64_t>(impl_->k_cache.bytes() + impl_->v_cache.bytes());
+}
+
+std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
+  Impl& m = *impl_;
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  QWENQ_CHECK(T > 0, "QwenDecodeCuda::prefill: no tokens");
+  QWENQ_CHECK(T <= m.capacity,
+              "sequence of " << T << " tokens exceeds the KV cache capacity of " << m.capacity);
+  for (int64_t t = 0; t < T; ++t) m.check_token(prompt[t], t);
+  m.length = 0;
+  if (T == 1) {  // one token: the step's path (decode attention over a cache of one row)
+    std::vector<float> out = m.run_token(prompt[0], 0);
+    m.length = 1;
+    return out;
+  }
+  m.reserve(T);
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(t);
+  // Pageable sources: cudaMemcpyAsync returns once they are staged, so the host vectors may go.
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), prompt.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.positions.get(), pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
+  std::vector<float> out = m.run(T, 0, m.positions.as<int32_t>(), nullptr);
+  m.length = T;
+  return out;
+}
+
+std::vector<float> QwenDecodeCuda::step(int32_t token) {
+  Impl& m = *impl_;
+  const int64_t p = m.length;
+  QWENQ_CHECK(p >= 1, "QwenDecodeCuda::step: prefill a prompt first");
+  QWENQ_CHECK(p < m.capacity, "sequence of " << p + 1 << " tokens exceeds the KV cache capacity of " << m.capacity);
+  m.check_token(token, p);
+  std::vector<float> out = m.run_token(token, p);
+  m.length = p + 1;
+  return out;
+}
+
+std::vector<int32_t> generate_cuda(const QwenModelCuda& model, const std::vector<int32_t>& prompt,
+                                   const SamplingOptions& opt, const std::function<void(int32_t)>& on_token) {
+  std::unique_ptr<QwenDecodeCuda> decoder;
+  DecodeFns fns;
+  fns.prefill = [&](const std::vector<int32_t>& p, int64_t capacity) {
+    decoder = std::make_unique<QwenDecodeCuda>(model, capacity);
+    return decoder->prefill(p);
+  };
+  fns.step = [&](int32_t id) { return decoder->step(id); };
+  return generate_with(model.config().max_position_embeddings, prompt, opt, fns, on_token);
+}
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA

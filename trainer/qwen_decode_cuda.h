@@ -1,0 +1,71 @@
+// Incremental decoding of one sequence on the GPU with a KV cache: the GPU twin of QwenModel::forward_step +
+// KvCache (trainer/qwen_model.h), on the weights a QwenModelCuda uploaded (dense or Q4), and generate_cuda, the
+// contract of trainer/generate.h's generate on it.
+//
+//   prefill(prompt)  the T prompt tokens at positions 0..T-1, as QwenModelCuda's forward (same ops, same order),
+//                    except that the k and v projections write their rows straight into the cache (the cache of
+//                    one sequence is [capacity, Hkv, D] fp32 per layer, the layout the attention kernels read
+//                    k/v in) and the final norm and lm_head run on the last row only. Attention: flash (bf16 copies
+//                    of q and of the cached k, v) for D = 64/128, else the naive fp32 kernel. Returns logits [V].
+//   step(token)      one token at position length(): M = 1 through every Linear (Q4 weights through the W4A16
+//                    GEMV qgemm_int4_decode_cuda with fp32 activations: exact fp32 ŵ, no activation rounding;
+//                    dense weights through cuBLASLt, which rounds x to a 16-bit W's dtype), RoPE at the position,
+//                    k and v written into cache row length(), then attention_decode_cuda
+//                    (kernels/attention_decode.h) of the new query against rows [0, length()]. Returns logits [V].
+// Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 GEMV kernel; beyond, x is rounded to bf16 for
+// the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
+//
+// Numbers: with F32 weights and D not 64/128 (stories260K, the tiny test models) a step rounds nothing the CPU does
+// not; only the order of sums differs, so greedy decoding gives the CPU's tokens except where two logits are
+// within that difference of each other (a tie). BF16 weights and flash attention in the prefill add the bf16
+// roundings described in trainer/qwen_model_cuda.h.
+//
+// Memory: the cache, 2 · layers · capacity · Hkv · D · 4 bytes, allocated once in the constructor (Qwen2.5-7B:
+// 112 KiB per token, 224 MiB for 2048 tokens), plus activation buffers kept for the longest prompt so far (a step
+// uses their first row) and one [V] logits row. A failed allocation throws naming the buffer and
+// the device's free memory. Not thread-safe; one stream of its own.
+#pragma once
+
+#ifdef QWENQ_HAVE_CUDA
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "trainer/generate.h"
+#include "trainer/qwen_model_cuda.h"
+
+namespace qwenq {
+
+class QwenDecodeCuda {
+ public:
+  // `model` must outlive this object. capacity: tokens the cache holds (prompt + new tokens), >= 1.
+  QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity);
+  ~QwenDecodeCuda();
+  QwenDecodeCuda(const QwenDecodeCuda&) = delete;
+  QwenDecodeCuda& operator=(const QwenDecodeCuda&) = delete;
+
+  int64_t capacity() const;
+  int64_t length() const;  // tokens in the cache
+  int64_t cache_bytes() const;
+
+  // Empties the cache and runs `prompt` (1..capacity tokens): logits [V] of its last token.
+  std::vector<float> prefill(const std::vector<int32_t>& prompt);
+  // Appends `token` at position length() (< capacity): its logits [V].
+  std::vector<float> step(int32_t token);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// generate (trainer/generate.h) on the GPU: the same SamplingOptions, the same Rng use and the same loop
+// (generate_with), the logits of each position from a QwenDecodeCuda whose cache holds prompt + max_new_tokens
+// (at most the model's context).
+std::vector<int32_t> generate_cuda(const QwenModelCuda& model, const std::vector<int32_t>& prompt,
+                                   const SamplingOptions& opt, const std::function<void(int32_t)>& on_token = nullptr);
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
