@@ -23,13 +23,13 @@
 //   and meta, i.e. ~2.7 KFLOP per byte of L2 traffic, well above the H100/H200 L2 ratio (~990 TFLOP/s over
 //   ~10 TB/s), so the tensor cores, not L2, bound it.
 // - 32 deep: one stage of packed W is 4 word-rows (forward) or 16 word-rows x 32 columns (transposed), i.e.
-//   512 words = one 16-byte cp.async per thread for the words and one for the metas. Group boundaries may
+//   512 words = one 16-byte cp.async per thread (threads 0-127 the words, 128-255 the metas). Group boundaries may
 //   fall on any word-row (group % 8 == 0), so the meta is staged per word-row, which makes every group size
 //   (32, 64, 128, the gcd groups of odd NF4 shapes, per-channel) one code path.
 // - 64 x 32 warp tile: 4 x 4 m16n8 accumulators = 64 fp32 registers per thread; with fragments and dequant
 //   temporaries it fits the 128 registers that let 2 blocks (16 warps) share an SM, so one block's barrier
-//   or dequant phase hides behind the other's MMAs. 4 stages x 12 KB + 2 x 10 KB of dequantized W = 76 KB of
-//   shared memory per block: 2 blocks fit the 227 KB of an H100/H200 SM.
+//   or dequant phase hides behind the other's MMAs. 4 stages x 14 KB (10 KB padded A, 2 KB words, 2 KB metas)
+//   + 2 x 10 KB of dequantized W = 76 KB of shared memory per block: 2 blocks fit the 227 KB of an H100/H200 SM.
 // - Dequantization happens once per block (each weight of the tile by one thread), into a bf16 tile in
 //   shared memory, double-buffered: in iteration t the threads dequantize tile t+1 and then run the MMAs of
 //   tile t, so the integer/FP32 dequant work and the tensor-core work interleave in each warp's instruction
