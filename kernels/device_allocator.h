@@ -11,7 +11,9 @@
 //   rounding    a request of n > 0 bytes takes a block of R = round(n) bytes:
 //                 n <= 1 MiB (kSmallRequestBytes): n rounded up to a multiple of 512 B (kSmallGranularity)
 //                 n >  1 MiB:                      n rounded up to a multiple of 2 MiB (kLargeGranularity)
-//               Blocks are never split or merged: each backend allocation is one block of exactly R bytes.
+//               Blocks are never split or merged: each backend allocation is one block of exactly R bytes, so
+//               every pointer keeps the backend's alignment (cudaMalloc: 256 B, what the 16-byte vector
+//               loads of the kernels need).
 //               n = 0 allocates nothing (an empty handle, as DeviceMemory(0)).
 //   streams     every block belongs to the stream it was allocated on. A freed block goes to that stream's
 //               cache and is reused only by a later request on the same stream: work queued on a stream runs
@@ -29,8 +31,8 @@
 //               fails too, OutOfMemoryError with the request (description, tag, bytes), what the backend
 //               reports free/total, allocated/reserved, the live bytes per tag, the largest live buffers
 //               and a hint. A failed request leaves the cache released and nothing else changed.
-//   statistics  allocated = Σ R of live allocations; requested = Σ n of them; reserved = Σ R of every block
-//               held from the backend (allocated + cached); peaks of allocated and reserved since the
+//   statistics  allocated = Σ block bytes of live allocations (R, or the reused block's B); requested = Σ n of
+//               them; reserved = Σ bytes of every block held from the backend (allocated + cached); peaks of allocated and reserved since the
 //               start or reset_peak(); counts of backend allocations / releases, cache hits, retries after
 //               a release, failures; allocated bytes per tag.
 //
