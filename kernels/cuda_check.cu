@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
 
 namespace qwenq {
 
@@ -42,7 +43,27 @@ void throw_cuda_launch_failure(int code, const std::string& context, const char*
 
 DeviceMemory::DeviceMemory(size_t bytes, CudaStream stream) : bytes_(bytes), stream_(stream) {
   if (bytes == 0) return;
-  QWENQ_CUDA_CHECK(cudaMallocAsync(&p_, bytes, stream_));
+  cudaError_t e = cudaMallocAsync(&p_, bytes, stream_);
+  if (e == cudaErrorMemoryAllocation) {
+    // The caching allocator's idle blocks (kernels/device_allocator.h) may be what fills the device: release
+    // them and retry once; then the allocator's message says where the memory is.
+    cudaGetLastError();
+    DeviceAllocator& a = cuda_device_allocator();
+    a.empty_cache();
+    e = cudaMallocAsync(&p_, bytes, stream_);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      p_ = nullptr;
+      const OutOfMemoryError oom = a.out_of_memory_error(bytes, MemoryTag::Workspace, "kernel scratch");
+      throw OutOfMemoryError(std::string(oom.what()) + " [CUDA error " + describe(e) +
+                                 " from `cudaMallocAsync(&p_, bytes, stream_)`]",
+                             oom.facts());
+    }
+  }
+  if (e != cudaSuccess) {
+    p_ = nullptr;
+    throw_cuda_failure(e, "cudaMallocAsync(&p_, bytes, stream_)", __func__, __FILE__, __LINE__);
+  }
 }
 
 DeviceMemory::~DeviceMemory() { release(); }

@@ -4,7 +4,9 @@
 //   CudaStream      the runtime's cudaStream_t under another name: both are `CUstream_st*`, so a cudaStream_t
 //                   passes as is; nullptr is the legacy default stream.
 //   DeviceMemory    RAII for one stream-ordered device allocation (cudaMallocAsync / cudaFreeAsync on its
-//                   stream): the library's scratch buffers. Move-only; a failed allocation throws.
+//                   stream): the library's scratch buffers. Move-only; a failed allocation throws (out of
+//                   memory: the caching allocator's idle blocks are released and it retries once, then
+//                   OutOfMemoryError with kernels/device_allocator.h's message).
 //   throw_cuda_failure / throw_cuda_launch_failure
 //                   build the qwenq::Error behind QWENQ_CUDA_CHECK and QWENQ_CUDA_CHECK_LAUNCH, which live in
 //                   kernels/cuda_check.cuh with the other CUDA-side helpers (they need cudaError_t).

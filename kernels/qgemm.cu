@@ -481,41 +481,34 @@ void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t 
 
 // ---------------------------------------------------------------------------------------------------------
 namespace {
+// A device copy of one array of the layout from the caching allocator (tag: weights), on `stream`. The copy
+// from pageable host memory is staged before cudaMemcpyAsync returns; the constructor waits for it anyway.
 template <typename T>
-T* upload(const std::vector<T>& host, const char* what) {
-  T* d = nullptr;
-  cuda_ok(cudaMalloc(reinterpret_cast<void**>(&d), std::max<size_t>(host.size(), 1) * sizeof(T)), "cudaMalloc", what);
+DeviceAllocation upload(const std::vector<T>& host, const std::string& what, CudaStream stream) {
+  DeviceAllocation d = cuda_device_allocator().allocate(std::max<size_t>(host.size(), 1) * sizeof(T), stream,
+                                                        MemoryTag::Weights, what);
   if (!host.empty()) {
-    const cudaError_t e = cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
-    if (e != cudaSuccess) cudaFree(d);
-    cuda_ok(e, "cudaMemcpy", what);
+    cuda_ok(cudaMemcpyAsync(d.get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice, stream),
+            "cudaMemcpyAsync", what);
   }
   return d;
 }
 }  // namespace
 
-Q4DeviceWeight::Q4DeviceWeight(const Q4Layout& host) {
+Q4DeviceWeight::Q4DeviceWeight(const Q4Layout& host, const std::string& name, CudaStream stream) {
   q4_check(host.view(), "Q4DeviceWeight");
   view_ = host.view();
-  view_.qweight = nullptr;
-  view_.meta = nullptr;
-  view_.perm = nullptr;
-  try {
-    view_.qweight = upload(host.qweight, "Q4 qweight");
-    view_.meta = upload(host.meta, "Q4 meta");
-    if (!host.perm.empty()) view_.perm = upload(host.perm, "Q4 perm");
-  } catch (...) {
-    cudaFree(const_cast<uint32_t*>(view_.qweight));
-    cudaFree(const_cast<uint32_t*>(view_.meta));
-    throw;
-  }
+  qweight_ = upload(host.qweight, "the Q4 qweight of " + name, stream);
+  meta_ = upload(host.meta, "the Q4 metas of " + name, stream);
+  if (!host.perm.empty()) perm_ = upload(host.perm, "the Q4 act-order permutation of " + name, stream);
+  view_.qweight = qweight_.as<const uint32_t>();
+  view_.meta = meta_.as<const uint32_t>();
+  view_.perm = perm_.as<const int32_t>();  // null without act-order
+  // The kernels may run on any stream; the weight is ready once this returns.
+  cuda_ok(cudaStreamSynchronize(stream), "cudaStreamSynchronize", "the upload of " + name);
   bytes_ = static_cast<int64_t>((host.qweight.size() + host.meta.size()) * 4 + host.perm.size() * 4);
 }
 
-Q4DeviceWeight::~Q4DeviceWeight() {
-  cudaFree(const_cast<uint32_t*>(view_.qweight));
-  cudaFree(const_cast<uint32_t*>(view_.meta));
-  cudaFree(const_cast<int32_t*>(view_.perm));
-}
+Q4DeviceWeight::~Q4DeviceWeight() = default;
 
 }  // namespace qwenq

@@ -38,6 +38,11 @@
 
 #include "core/dtype.h"
 #include "quant/format/qgemm_layout.h"
+#ifdef QWENQ_HAVE_CUDA
+#include <string>
+
+#include "kernels/device_allocator.h"
+#endif
 
 namespace qwenq {
 
@@ -71,10 +76,13 @@ void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M
 void qgemm_int4_t_tc_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                           void* stream = nullptr);
 
-// A Q4 weight copied to the device (RAII: freed on destruction). view() has device pointers.
+// A Q4 weight copied to the device through the caching allocator (kernels/device_allocator.h, tag weights;
+// `name` goes into its out-of-memory message), the copies queued on `stream` and waited for. RAII: the arrays
+// return to the allocator's cache of `stream` on destruction. view() has device pointers.
 class Q4DeviceWeight {
  public:
-  explicit Q4DeviceWeight(const Q4Layout& host);
+  explicit Q4DeviceWeight(const Q4Layout& host, const std::string& name = "a 4-bit weight",
+                          CudaStream stream = nullptr);
   ~Q4DeviceWeight();
   Q4DeviceWeight(const Q4DeviceWeight&) = delete;
   Q4DeviceWeight& operator=(const Q4DeviceWeight&) = delete;
@@ -85,6 +93,7 @@ class Q4DeviceWeight {
  private:
   Q4View view_;
   int64_t bytes_ = 0;
+  DeviceAllocation qweight_, meta_, perm_;
 };
 #endif
 

@@ -95,6 +95,18 @@ TEST(TrainLoop, LowersTheLossOfARandomModel) {
     EXPECT_TRUE(file_exists(root + "/run/" + f)) << f;
   }
   EXPECT_EQ(losses_of(root + "/run/metrics.jsonl").size(), 25u);
+  // The last record is the run's summary; a CPU run has no device peaks.
+  const std::string text = read_file(root + "/run/metrics.jsonl");
+  const size_t last = text.rfind('\n', text.size() - 2);
+  const auto summary = nlohmann::json::parse(text.substr(last == std::string::npos ? 0 : last + 1));
+  EXPECT_EQ(summary.value("step", int64_t{0}), 25);
+  EXPECT_TRUE(summary.value("final", false));
+  EXPECT_FALSE(summary.contains("loss"));
+  EXPECT_EQ(summary.value("peak_rss_bytes", uint64_t{0}), r.peak_rss);
+  EXPECT_FALSE(summary.contains("device_peak_allocated_bytes"));
+  EXPECT_FALSE(summary.contains("device_peak_reserved_bytes"));
+  EXPECT_EQ(r.device_peak_allocated, -1);
+  EXPECT_EQ(r.device_peak_reserved, -1);
   // A second run into the same directory is refused unless resumed or overwritten.
   EXPECT_NE(error_of([&] { train_lora(o); }).find("holds a previous run (pass --resume to continue it, or --overwrite)"),
             std::string::npos);

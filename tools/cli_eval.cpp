@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/device.h"
+#include "kernels/device_allocator.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/model_dir.h"
@@ -47,11 +48,16 @@ void run_eval(const EvalArgs& a) {
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   PerplexityResult r;
+  int64_t device_peak_allocated = -1, device_peak_reserved = -1;  // the caching allocator's peaks; -1: CPU
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
+    cuda_device_allocator().reset_peak();
     QwenModelCuda gpu(model);
     const auto nll_fn = [&gpu](const PackedBatch& b, std::vector<float>* nll) { return gpu.next_token_nll(b, nll); };
     r = evaluate_perplexity(nll_fn, tokens, opt);
+    const DeviceAllocatorStats ds = cuda_device_allocator().stats();
+    device_peak_allocated = static_cast<int64_t>(ds.peak_allocated);
+    device_peak_reserved = static_cast<int64_t>(ds.peak_reserved);
   }
 #endif
   if (device == Device::Cpu) r = evaluate_perplexity(model, tokens, opt);
@@ -67,11 +73,18 @@ void run_eval(const EvalArgs& a) {
                               {"seconds", r.seconds},
                               {"tokens_per_s", r.tokens_per_s},
                               {"peak_rss_bytes", peak_rss_bytes()}};
+  std::string device_peak;
+  if (device_peak_allocated >= 0) {
+    j["device_peak_allocated_bytes"] = device_peak_allocated;
+    j["device_peak_reserved_bytes"] = device_peak_reserved;
+    device_peak = ", peak device memory " + format_bytes(static_cast<uint64_t>(device_peak_allocated)) +
+                  " allocated, " + format_bytes(static_cast<uint64_t>(device_peak_reserved)) + " reserved";
+  }
   if (a.json) std::printf("%s\n", j.dump().c_str());
   else
-    std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s)\n",
+    std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",
                 r.perplexity, (long long)r.windows, (long long)opt.seq_len, a.data.c_str(), (long long)r.scored_tokens,
-                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str());
+                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(), device_peak.c_str());
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 

@@ -46,31 +46,6 @@ uint64_t gb(double v, const char* flag) {
   return static_cast<uint64_t>(v * 1e9);
 }
 
-// The base format a quantized directory was written in (its config.json), or bf16.
-void base_from_dir(const std::string& dir, PlanInput* in) {
-  const QuantConfig q = load_quant_config(dir);
-  switch (q.method) {
-    case QuantConfig::Method::None: in->base = PlanBase::Bf16; return;
-    case QuantConfig::Method::Gptq: in->base = PlanBase::Gptq; break;
-    case QuantConfig::Method::Awq: in->base = PlanBase::Awq; break;
-    case QuantConfig::Method::Bnb4: {
-      in->base = PlanBase::Nf4;  // fp4 packs the same way
-      const auto cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));
-      const auto& qc = cfg.at("quantization_config");
-      in->double_quant = qc.value("bnb_4bit_use_double_quant", false);
-      return;
-    }
-  }
-  in->bits = q.bits;
-  in->group_size = q.group_size;
-}
-
-DType dense_dtype_of(const std::string& torch_dtype) {
-  if (torch_dtype == "float32") return DType::F32;
-  if (torch_dtype == "float16") return DType::F16;
-  return DType::BF16;
-}
-
 void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   QWENQ_CHECK(a.model.empty() != a.preset.empty(), "plan: give exactly one of --model DIR and --preset NAME");
   PlanInput in;
@@ -79,7 +54,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
     dir = resolve_model_dir(a.model);
     in.model = load_qwen_config(dir);
     in.model_name = a.model;
-    in.dense_dtype = dense_dtype_of(in.model.torch_dtype);
+    in.dense_dtype = plan_dense_dtype(in.model.torch_dtype);
   } else {
     in.model = qwen_preset(a.preset);
     in.model_name = a.preset;
@@ -89,7 +64,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
     in.model_name += " (" + std::to_string(a.layers) + " layers)";
   }
   if (a.base == "auto") {
-    if (!dir.empty()) base_from_dir(dir, &in);
+    if (!dir.empty()) plan_base_from_model_dir(dir, &in);
     else in.base = PlanBase::Bf16;
     // Flags given explicitly still win over what the directory says.
     if (cmd.count("--bits")) in.bits = a.bits;

@@ -123,8 +123,13 @@ void register_qlora_train(CLI::App& app) {
       if (r.first_eval_loss >= 0) std::printf(", eval loss %.4f -> %.4f", r.first_eval_loss, r.eval_loss);
       else std::printf(", eval loss %.4f", r.eval_loss);
     }
-    std::printf("; %.0f tokens/s, %.1fs, peak RSS %s; adapter in %s\n", r.tokens_per_s, r.seconds,
-                format_bytes(r.peak_rss).c_str(), o.out_dir.c_str());
+    std::printf("; %.0f tokens/s, %.1fs, peak RSS %s", r.tokens_per_s, r.seconds, format_bytes(r.peak_rss).c_str());
+    if (r.device_peak_allocated >= 0) {
+      std::printf(", peak device memory %s allocated, %s reserved",
+                  format_bytes(static_cast<uint64_t>(r.device_peak_allocated)).c_str(),
+                  format_bytes(static_cast<uint64_t>(r.device_peak_reserved)).c_str());
+    }
+    std::printf("; adapter in %s\n", o.out_dir.c_str());
   });
 }
 

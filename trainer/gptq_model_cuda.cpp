@@ -22,18 +22,21 @@
 #include "kernels/cuda_check.cuh"
 #include "quant/gptq_cuda.h"
 #include "trainer/gptq_model.h"
+#include "kernels/device_allocator.h"
 #include "trainer/qwen_model_cuda.h"
 
 namespace qwenq {
 
 namespace {
 
-DeviceMemory allocate_named(size_t bytes, const std::string& what, CudaStream s) {
+// Through the caching allocator (kernels/device_allocator.h), whose out-of-memory message names the buffer, the
+// device's free memory and what else is held; GPTQ adds which of its options lower the request.
+DeviceAllocation allocate_named(size_t bytes, MemoryTag tag, const std::string& what, CudaStream s) {
   try {
-    return DeviceMemory(bytes, s);
-  } catch (const Error& e) {
-    throw Error("gptq: cannot allocate " + std::to_string(bytes >> 20) + " MiB on the GPU for " + what +
-                " (fewer --calib-samples or a smaller chunk lower it): " + e.what());
+    return cuda_device_allocator().allocate(bytes, s, tag, "gptq: " + what);
+  } catch (const OutOfMemoryError& e) {
+    throw Error(std::string(e.what()) + "\ngptq: fewer --calib-samples, a shorter --calib-seq-len or a smaller "
+                "--chunk-tokens lower it");
   }
 }
 
@@ -64,12 +67,12 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
     i0 = i1;
   }
   const auto rows_bytes = [&](int64_t rows, int64_t cols) { return static_cast<size_t>(rows * cols) * sizeof(float); };
-  DeviceMemory X = allocate_named(rows_bytes(total, C), "the calibration residual stream [" + std::to_string(total) +
+  DeviceAllocation X = allocate_named(rows_bytes(total, C), MemoryTag::Activations, "the calibration residual stream [" + std::to_string(total) +
                                                             ", " + std::to_string(C) + "] fp32", s);
-  DeviceMemory work = allocate_named(rows_bytes(largest, C), "one chunk of the residual stream", s);
+  DeviceAllocation work = allocate_named(rows_bytes(largest, C), MemoryTag::Activations, "one chunk of the residual stream", s);
   int64_t K_max = 0;
   for (BlockLinear group : kGptqGroups) K_max = std::max(K_max, gptq_group_inputs(cfg, group));
-  DeviceMemory dH = allocate_named(rows_bytes(K_max, K_max), "a Hessian [" + std::to_string(K_max) + ", " +
+  DeviceAllocation dH = allocate_named(rows_bytes(K_max, K_max), MemoryTag::Workspace, "a Hessian [" + std::to_string(K_max) + ", " +
                                                                   std::to_string(K_max) + "] fp32", s);
   float* x_all = X.as<float>();
   for (size_t c = 0; c < chunks.size(); ++c) gpu.embed_batch(chunks[c], x_all + offset[c] * C);

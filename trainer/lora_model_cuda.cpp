@@ -17,6 +17,7 @@
 #include "kernels/dropout.h"
 #include "kernels/dropout_mask.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -48,11 +49,13 @@ const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
   }
 }
 
-// RAII for the trainer's stream (created first, destroyed last: the buffers free on it).
+// RAII for the trainer's stream (created first, destroyed last: the buffers return to its cache, which goes back
+// to the device before the stream is destroyed).
 class Stream {
  public:
   Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
   ~Stream() {
+    cuda_release_stream(s_);
     if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
   }
   Stream(const Stream&) = delete;
@@ -86,14 +89,14 @@ struct LoraModelCuda::Impl {
   std::vector<Slot> slots;
   std::vector<int> slot_of;  // [layer · 7 + target index] -> index into slots, or -1
   int64_t total = 0;         // floats in each arena
-  DeviceMemory params, grads, m, v;
+  DeviceAllocation params, grads, m, v;
 
   int64_t capacity = 0, logits_rows = 0;
-  DeviceMemory xs, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
+  DeviceAllocation xs, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
       dup, dn2, dh1, da, dq, dk, dv, dn1, tmp, g, nll;
-  DeviceMemory tokens, positions, targets;
-  DeviceMemory act16, q16, k16, v16, a16, da16;
-  DeviceMemory logits;
+  DeviceAllocation tokens, positions, targets;
+  DeviceAllocation act16, q16, k16, v16, a16, da16;
+  DeviceAllocation logits;
 
   CudaStream st() const { return stream.get(); }
 
@@ -109,15 +112,13 @@ struct LoraModelCuda::Impl {
                   L = c.num_layers, r = shape.rank(), wide = std::max({C, Q, I});
     capacity = 0;
     const auto f32 = [&](int64_t cols, const char* what) {
-      try {
-        return DeviceMemory(static_cast<size_t>(T * cols) * sizeof(float), st());
-      } catch (const Error& e) {
-        throw Error(std::string("LoraModelCuda: cannot allocate ") + what + " [" + std::to_string(T) + ", " +
-                    std::to_string(cols) + "] fp32 on the GPU: " + e.what());
-      }
+      return cuda_device_allocator().allocate(static_cast<size_t>(T * cols) * sizeof(float), st(),
+                                              MemoryTag::Activations,
+                                              std::string("LoraModelCuda: ") + what + " [" + std::to_string(T) + ", " +
+                                                  std::to_string(cols) + "] fp32");
     };
     const auto b16 = [&](int64_t cols, const char* what) { return f32((cols + 1) / 2, what); };
-    xs = DeviceMemory();  // the largest one goes first
+    xs.reset();  // the largest one goes first
     xs = f32((L + 1) * C, "the block inputs (activation checkpoints)");
     n1 = f32(C, "n1");
     qpre = f32(c.qk_norm ? Q : 1, "q before its norm");
@@ -382,9 +383,11 @@ struct LoraModelCuda::Impl {
     rmsnorm(xL, T, C, fn, hidden.as<float>());
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
     if (chunk > logits_rows) {
-      logits = DeviceMemory();
+      logits.reset();
       logits_rows = 0;
-      logits = DeviceMemory(static_cast<size_t>(chunk * V) * sizeof(float), st());
+      logits = cuda_device_allocator().allocate(static_cast<size_t>(chunk * V) * sizeof(float), st(), MemoryTag::Logits,
+                                                "LoraModelCuda: the logits [" + std::to_string(chunk) + ", " +
+                                                    std::to_string(V) + "] fp32");
       logits_rows = chunk;
     }
     LoraStepResult res;
@@ -429,7 +432,7 @@ struct LoraModelCuda::Impl {
                                   << shape.targets().size() << " targets)");
   }
 
-  void put(const DeviceMemory& arena, const LoraAdapter& a, const char* what) {
+  void put(const DeviceAllocation& arena, const LoraAdapter& a, const char* what) {
     check_same(a, what);
     std::vector<float> host(static_cast<size_t>(total));
     for (const Slot& sl : slots) {
@@ -442,7 +445,7 @@ struct LoraModelCuda::Impl {
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));  // host goes out of scope
   }
 
-  void get(const DeviceMemory& arena, LoraAdapter* a, const char* what) const {
+  void get(const DeviceAllocation& arena, LoraAdapter* a, const char* what) const {
     check_same(*a, what);
     std::vector<float> host(static_cast<size_t>(total));
     QWENQ_CUDA_CHECK(
@@ -488,10 +491,13 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter)
   // The clip order of the CPU loop (layer, targets in table order, A then B) is the slots' order, provided the
   // adapter's target list is in table order, which LoraAdapter guarantees.
   const size_t bytes = static_cast<size_t>(std::max<int64_t>(m.total, 1)) * sizeof(float);
-  m.params = DeviceMemory(bytes, m.st());
-  m.grads = DeviceMemory(bytes, m.st());
-  m.m = DeviceMemory(bytes, m.st());
-  m.v = DeviceMemory(bytes, m.st());
+  const std::string floats =
+      " [" + std::to_string(m.total) + " floats, " + std::to_string(m.slots.size()) + " Linears]";
+  DeviceAllocator& alloc = cuda_device_allocator();
+  m.params = alloc.allocate(bytes, m.st(), MemoryTag::Adapter, "LoraModelCuda: the adapter A and B" + floats);
+  m.grads = alloc.allocate(bytes, m.st(), MemoryTag::Gradients, "LoraModelCuda: the adapter gradients" + floats);
+  m.m = alloc.allocate(bytes, m.st(), MemoryTag::Optimizer, "LoraModelCuda: AdamW's m" + floats);
+  m.v = alloc.allocate(bytes, m.st(), MemoryTag::Optimizer, "LoraModelCuda: AdamW's v" + floats);
   m.put(m.params, adapter, "the adapter");
   QWENQ_CUDA_CHECK(cudaMemsetAsync(m.grads.get(), 0, bytes, m.st()));
   QWENQ_CUDA_CHECK(cudaMemsetAsync(m.m.get(), 0, bytes, m.st()));

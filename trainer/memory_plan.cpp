@@ -7,12 +7,14 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/progress.h"
 #include "lora/lora_adapter.h"
 #include "quant/format/int_pack.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
+#include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 
 namespace qwenq {
@@ -497,6 +499,30 @@ std::string plan_to_json(const PlanResult& p) {
   j["fits"] = p.fits;
   j["note"] = "predictions from the formulas in trainer/memory_plan.h, not measurements";
   return j.dump(2) + "\n";
+}
+
+void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
+  const QuantConfig q = load_quant_config(dir);
+  switch (q.method) {
+    case QuantConfig::Method::None: in->base = PlanBase::Bf16; return;
+    case QuantConfig::Method::Gptq: in->base = PlanBase::Gptq; break;
+    case QuantConfig::Method::Awq: in->base = PlanBase::Awq; break;
+    case QuantConfig::Method::Bnb4: {
+      in->base = PlanBase::Nf4;  // fp4 packs the same way
+      const auto cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));
+      const auto& qc = cfg.at("quantization_config");
+      in->double_quant = qc.value("bnb_4bit_use_double_quant", false);
+      return;
+    }
+  }
+  in->bits = q.bits;
+  in->group_size = q.group_size;
+}
+
+DType plan_dense_dtype(const std::string& torch_dtype) {
+  if (torch_dtype == "float32") return DType::F32;
+  if (torch_dtype == "float16") return DType::F16;
+  return DType::BF16;
 }
 
 }  // namespace qwenq

@@ -154,6 +154,12 @@ struct PlanResult {
   bool fits = false;
 };
 
+// The base format (and bits, group size, double quantization) a model directory was written in, from its
+// config.json's quantization_config (bf16 without one); a GPTQ/AWQ/bitsandbytes directory of ours or the Python
+// tools'. The dense tensors' dtype from config.json's torch_dtype ("float32", "float16", else bf16).
+void plan_base_from_model_dir(const std::string& dir, PlanInput* in);
+DType plan_dense_dtype(const std::string& torch_dtype);
+
 // Bytes one Linear [N, K] takes in the base format of `in` (what our writers put in safetensors).
 // Throws naming the shape when the layout cannot hold it (K or N not packing into int32 words, AWQ bits != 4).
 uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);

@@ -6,7 +6,6 @@
 #include "trainer/qwen_decode_cuda.h"
 
 #include <algorithm>
-#include <sstream>
 #include <string>
 
 #include "core/error.h"
@@ -16,6 +15,7 @@
 #include "kernels/blas_lt.h"
 #include "kernels/convert.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/norm.h"
 #include "kernels/qgemm.h"
@@ -25,33 +25,18 @@ namespace qwenq {
 
 namespace {
 
-std::string mib(size_t bytes) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(1);
-  os << static_cast<double>(bytes) / (1024.0 * 1024.0) << " MiB";
-  return os.str();
+// Through the caching allocator (kernels/device_allocator.h): its out-of-memory message names the buffer, the
+// device's free/total memory and the live bytes per kind.
+DeviceAllocation allocate(size_t bytes, MemoryTag tag, const std::string& what, CudaStream stream) {
+  return cuda_device_allocator().allocate(bytes, stream, tag, "QwenDecodeCuda: " + what);
 }
 
-// One stream-ordered device allocation; a failure names what it was for and the device's free memory.
-DeviceMemory allocate(size_t bytes, const std::string& what, CudaStream stream) {
-  try {
-    return DeviceMemory(bytes, stream);
-  } catch (const Error& e) {
-    size_t free_b = 0, total_b = 0;
-    std::string mem = "device memory unknown";
-    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) mem = mib(free_b) + " free of " + mib(total_b);
-    else cudaGetLastError();
-    throw Error("QwenDecodeCuda: cannot allocate " + mib(bytes) + " on the GPU for " + what + " (" + mem +
-                "): " + e.what());
-  }
-}
-
-// RAII for the stream (created first, destroyed last: the DeviceMemory members free on it).
+// RAII for the stream (created first, destroyed last: the DeviceAllocation members free on it).
 class Stream {
  public:
   Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
   ~Stream() {
+    cuda_release_stream(s_);  // hands this stream's cached blocks back before the stream goes
     if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
   }
   Stream(const Stream&) = delete;
@@ -69,14 +54,14 @@ struct QwenDecodeCuda::Impl {
   const QwenModelCuda& model;
   QwenConfig cfg;
   int64_t capacity = 0, length = 0;
-  DeviceMemory k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32
+  DeviceAllocation k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32
   // Activations for up to `rows` tokens (a prompt; a step uses row 0).
   int64_t rows = 0;
-  DeviceMemory x, n, q, a, gate, up, act16;  // fp32, act16 bf16 [rows, max(C, Q, I)]
-  DeviceMemory q16, k16, v16, a16;           // bf16, flash attention in the prefill
-  DeviceMemory ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
-  DeviceMemory positions;                    // int32 [rows]
-  DeviceMemory logits;                       // fp32 [V]
+  DeviceAllocation x, n, q, a, gate, up, act16;  // fp32, act16 bf16 [rows, max(C, Q, I)]
+  DeviceAllocation q16, k16, v16, a16;           // bf16, flash attention in the prefill
+  DeviceAllocation ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
+  DeviceAllocation positions;                    // int32 [rows]
+  DeviceAllocation logits;                       // fp32 [V]
 
   Impl(const QwenModelCuda& m, int64_t cap) : model(m), cfg(m.config()), capacity(cap) {}
 
@@ -88,13 +73,13 @@ struct QwenDecodeCuda::Impl {
 
   void reserve(int64_t T) {
     if (T <= rows) return;
-    for (DeviceMemory* b : {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions})
-      *b = DeviceMemory();
+    for (DeviceAllocation* b : {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions})
+      *b = DeviceAllocation();
     rows = 0;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
     const auto buffer = [&](int64_t n_rows, int64_t cols, DType type, const char* what) {
-      return allocate(static_cast<size_t>(n_rows * cols) * dtype_size(type),
+      return allocate(static_cast<size_t>(n_rows * cols) * dtype_size(type), MemoryTag::Activations,
                       std::string(what) + " [" + std::to_string(n_rows) + ", " + std::to_string(cols) + "] " +
                           dtype_name(type),
                       s());
@@ -234,9 +219,9 @@ QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity)
   const size_t cache = static_cast<size_t>(c.num_layers * capacity * c.kv_dim()) * sizeof(float);
   const std::string dims = " [" + std::to_string(c.num_layers) + ", " + std::to_string(capacity) + ", " +
                            std::to_string(c.num_kv_heads) + ", " + std::to_string(c.head_dim) + "] fp32";
-  m.k_cache = allocate(cache, "the key cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
-  m.v_cache = allocate(cache, "the value cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
-  m.logits = allocate(static_cast<size_t>(c.vocab_size) * sizeof(float), "the logits", m.s());
+  m.k_cache = allocate(cache, MemoryTag::Activations, "the key cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
+  m.v_cache = allocate(cache, MemoryTag::Activations, "the value cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
+  m.logits = allocate(static_cast<size_t>(c.vocab_size) * sizeof(float), MemoryTag::Logits, "the logits", m.s());
 }
 
 QwenDecodeCuda::~QwenDecodeCuda() = default;

@@ -17,6 +17,7 @@
 #include "kernels/blas_lt.h"
 #include "kernels/convert.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -35,32 +36,10 @@ constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
 
 bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
 
-std::string mib(size_t bytes) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(1);
-  os << static_cast<double>(bytes) / (1024.0 * 1024.0) << " MiB";
-  return os.str();
-}
-
-// The device's free/total memory for an out-of-memory message ("1234.5 MiB free of 143771.0 MiB").
-std::string device_memory_note() {
-  size_t free_b = 0, total_b = 0;
-  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
-    cudaGetLastError();
-    return "device memory unknown";
-  }
-  return mib(free_b) + " free of " + mib(total_b);
-}
-
-// One stream-ordered device allocation; a failure names what it was for.
-DeviceMemory allocate(size_t bytes, const std::string& what, CudaStream stream) {
-  try {
-    return DeviceMemory(bytes, stream);
-  } catch (const Error& e) {
-    throw Error("QwenModelCuda: cannot allocate " + mib(bytes) + " on the GPU for " + what + " (" +
-                device_memory_note() + "): " + e.what());
-  }
+// One device buffer from the caching allocator (kernels/device_allocator.h), used on `stream`; when the device
+// is full, its OutOfMemoryError names `what`, its size and where the device's memory is.
+DeviceAllocation allocate(size_t bytes, MemoryTag tag, const std::string& what, CudaStream stream) {
+  return cuda_device_allocator().allocate(bytes, stream, tag, "QwenModelCuda: " + what);
 }
 
 // The device weights (trainer/qwen_model_cuda.h) under their short local names.
@@ -68,11 +47,13 @@ using DevTensor = QwenDeviceTensor;
 using DevLinear = QwenDeviceLinear;
 using DevLayer = QwenDeviceLayer;
 
-// RAII for the one stream (created first, destroyed last: the DeviceMemory members free on it).
+// RAII for the one stream (created first, destroyed last: the buffers return to its cache, which goes back
+// to the device before the stream, whose address a later stream may reuse, is destroyed).
 class Stream {
  public:
   Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
   ~Stream() {
+    cuda_release_stream(s_);
     if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
   }
   Stream(const Stream&) = delete;
@@ -88,7 +69,7 @@ class Stream {
 struct QwenModelCuda::Impl {
   Stream stream;  // first member: destroyed after every buffer below
   QwenConfig cfg;
-  std::vector<DeviceMemory> owned;        // dense weights, norms, biases
+  std::vector<DeviceAllocation> owned;    // dense weights, norms, biases
   std::map<const void*, DevTensor> uploaded;  // host data -> device copy (a tied lm_head is the embedding)
   int64_t weight_bytes = 0;
   DevTensor embed, final_norm, lm_head;
@@ -97,10 +78,10 @@ struct QwenModelCuda::Impl {
   // Activation buffers for batches of up to `capacity` tokens.
   int64_t capacity = 0;
   int64_t act16_cols = 0;
-  DeviceMemory x, n, q, k, v, a, gate, up;  // fp32
-  DeviceMemory act16, q16, k16, v16, a16;   // bf16
-  DeviceMemory tokens, positions, targets, nll;
-  DeviceMemory logits;  // [logits_rows, V] fp32
+  DeviceAllocation x, n, q, k, v, a, gate, up;  // fp32
+  DeviceAllocation act16, q16, k16, v16, a16;   // bf16
+  DeviceAllocation tokens, positions, targets, nll;
+  DeviceAllocation logits;  // [logits_rows, V] fp32
   int64_t logits_rows = 0;
 
   CudaStream s() const { return stream.get(); }
@@ -110,7 +91,8 @@ struct QwenModelCuda::Impl {
     auto it = uploaded.find(t.data);
     if (it != uploaded.end() && it->second.dtype == t.dtype) return it->second;
     const size_t bytes = t.nbytes();
-    DeviceMemory m = allocate(bytes, "tensor '" + name + "' " + shape_str(t.shape) + " " + dtype_name(t.dtype), s());
+    DeviceAllocation m = allocate(bytes, MemoryTag::Weights,
+                                  "tensor '" + name + "' " + shape_str(t.shape) + " " + dtype_name(t.dtype), s());
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.get(), t.data, bytes, cudaMemcpyHostToDevice, s()));
     const DevTensor d{m.get(), t.dtype};
     owned.push_back(std::move(m));
@@ -133,13 +115,7 @@ struct QwenModelCuda::Impl {
         throw Error("QwenModelCuda: cannot run '" + prefix + "' on the GPU, whose dequant-matmul reads 4-bit "
                     "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
       }
-      const size_t bytes = (layout.qweight.size() + layout.meta.size() + layout.perm.size()) * 4;
-      try {
-        d.q4 = std::make_unique<Q4DeviceWeight>(layout);
-      } catch (const Error& e) {
-        throw Error("QwenModelCuda: cannot allocate " + mib(bytes) + " on the GPU for the 4-bit weight of '" + prefix +
-                    "' (" + device_memory_note() + "): " + e.what());
-      }
+      d.q4 = std::make_unique<Q4DeviceWeight>(layout, "QwenModelCuda: '" + prefix + "'", s());
       weight_bytes += d.q4->bytes();
     }
     d.bias = upload(bias, prefix + ".bias");
@@ -151,15 +127,16 @@ struct QwenModelCuda::Impl {
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
     // Free the old set first: the new one replaces it.
-    for (DeviceMemory* b : {&x, &n, &q, &k, &v, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &tokens, &positions,
-                            &targets, &nll}) {
-      *b = DeviceMemory();
+    for (DeviceAllocation* b : {&x, &n, &q, &k, &v, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &tokens,
+                                &positions, &targets, &nll}) {
+      b->reset();
     }
     capacity = 0;
     const std::string batch = " for a batch of " + std::to_string(T) + " tokens";
     const auto buffer = [&](int64_t cols, DType type, const char* what) {
       const std::string dims = " [" + std::to_string(T) + ", " + std::to_string(cols) + "] ";
-      return allocate(static_cast<size_t>(T * cols) * dtype_size(type), what + dims + dtype_name(type) + batch, s());
+      return allocate(static_cast<size_t>(T * cols) * dtype_size(type), MemoryTag::Activations,
+                      what + dims + dtype_name(type) + batch, s());
     };
     const auto f32 = [&](int64_t cols, const char* what) { return buffer(cols, DType::F32, what); };
     const auto b16 = [&](int64_t cols, const char* what) { return buffer(cols, DType::BF16, what); };
@@ -188,9 +165,9 @@ struct QwenModelCuda::Impl {
 
   void reserve_logits(int64_t rows) {
     if (rows <= logits_rows) return;
-    logits = DeviceMemory();
+    logits.reset();
     logits_rows = 0;
-    logits = allocate(static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float),
+    logits = allocate(static_cast<size_t>(rows * cfg.vocab_size) * sizeof(float), MemoryTag::Logits,
                       "the logits [" + std::to_string(rows) + ", " + std::to_string(cfg.vocab_size) + "] fp32", s());
     logits_rows = rows;
   }
@@ -304,7 +281,7 @@ struct QwenModelCuda::Impl {
 
   // Makes `mem` (fp32 [N, K], already filled) the weight of d, freeing the old device weight. Linear weights are
   // never shared (the upload map shares only the embedding with a tied lm_head), so the old one can go.
-  void replace_dense(DevLinear& d, DeviceMemory mem) {
+  void replace_dense(DevLinear& d, DeviceAllocation mem) {
     const DevTensor fresh{mem.get(), DType::F32};
     const int64_t fresh_bytes = static_cast<int64_t>(mem.bytes());
     if (d.q4) {
@@ -316,7 +293,7 @@ struct QwenModelCuda::Impl {
       for (auto it = uploaded.begin(); it != uploaded.end();) {
         it = it->second.data == d.dense.data ? uploaded.erase(it) : std::next(it);
       }
-      for (DeviceMemory& o : owned) {
+      for (DeviceAllocation& o : owned) {
         if (o.get() != d.dense.data) continue;
         weight_bytes -= static_cast<int64_t>(o.bytes());
         o = std::move(mem);  // frees the old weight (stream-ordered, after the work already queued)
@@ -396,8 +373,8 @@ std::vector<float> QwenModelCuda::forward_logits(const PackedBatch& b) {
   m.forward_hidden(b);
   const int64_t T = b.num_tokens(), V = m.cfg.vocab_size;
   // The whole [T, V] at once, as QwenModel::forward_logits (tests, generation): a temporary buffer.
-  DeviceMemory all = allocate(static_cast<size_t>(T * V) * sizeof(float),
-                              "the logits [" + std::to_string(T) + ", " + std::to_string(V) + "] fp32", m.s());
+  DeviceAllocation all = allocate(static_cast<size_t>(T * V) * sizeof(float), MemoryTag::Logits,
+                                  "the logits [" + std::to_string(T) + ", " + std::to_string(V) + "] fp32", m.s());
   m.lm_head_rows(0, T, all.as<float>());
   std::vector<float> out(static_cast<size_t>(T * V));
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(out.data(), all.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
@@ -455,7 +432,7 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
                                                         << layer << " Linear " << index << " is [" << d.N << ", "
                                                         << d.K << "], got [" << N << ", " << K << "]");
   const size_t bytes = static_cast<size_t>(N * K) * sizeof(float);
-  DeviceMemory mem = allocate(bytes, "the replaced weight of layer " + std::to_string(layer) + " [" +
+  DeviceAllocation mem = allocate(bytes, MemoryTag::Weights, "the replaced weight of layer " + std::to_string(layer) + " [" +
                                          std::to_string(N) + ", " + std::to_string(K) + "] fp32", m.s());
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));

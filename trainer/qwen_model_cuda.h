@@ -24,8 +24,9 @@
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), plus activation buffers for
 // the largest batch seen so far (about T·(4C + 2·H·D + 2·Hkv·D + 2·I) fp32 and their bf16 copies) and one
-// chunk of logits (at most 256 MiB). An allocation that fails throws qwenq::Error naming the tensor or buffer, its size and
-// the device's free memory. Nothing is printed.
+// chunk of logits (at most 256 MiB). Every buffer comes from the caching allocator (kernels/device_allocator.h,
+// tagged weights / activations / logits); one that does not fit throws its OutOfMemoryError naming the tensor or
+// buffer, its size, the device's free memory and the live bytes per tag. Nothing is printed.
 // Not thread-safe: the batch buffers are reused by every call (hence the non-const methods).
 //
 // Block by block (GPTQ calibration on the GPU, trainer/gptq_model_cuda.cpp): embed_batch writes the embeddings of a

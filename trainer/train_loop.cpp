@@ -13,10 +13,12 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
+#include "kernels/device_allocator.h"
 #include "kernels/dropout_mask.h"
 #include "kernels/optim.h"
 #include "lora/peft_io.h"
 #include "trainer/lora_model.h"
+#include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
@@ -188,6 +190,21 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, keep);
 }
 
+// The GPU trainer ran out of memory: the allocator's message with `context`, then this run's plan next to what
+// was live (trainer/oom_report.h).
+[[noreturn]] void throw_training_oom(const OutOfMemoryError& e, const std::string& context, const TrainOptions& o,
+                                     const QwenConfig& config, const LoraConfig& lora) {
+  const OutOfMemoryFacts& f = e.facts();
+  PlanInput in;
+  try {
+    in = plan_input_for_training(o.model_dir, config, lora, o.batch_size, o.seq_len,
+                                 f.device_known ? f.device_total : in.device_bytes);
+  } catch (const Error& pe) {
+    throw OutOfMemoryError(context + e.what() + "\n(no plan for this run: " + pe.what() + ")", f);
+  }
+  throw training_out_of_memory(e, context, in);
+}
+
 }  // namespace
 
 TrainReport train_lora(const TrainOptions& o) {
@@ -260,8 +277,13 @@ TrainReport train_lora(const TrainOptions& o) {
   std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
 #ifdef QWENQ_HAVE_CUDA
   if (o.use_cuda) {
-    gpu = std::make_unique<LoraModelCuda>(model, adapter);
-    if (o.resume) gpu->upload_optimizer(m, v);
+    cuda_device_allocator().reset_peak();  // the peaks reported at the end are this run's
+    try {
+      gpu = std::make_unique<LoraModelCuda>(model, adapter);
+      if (o.resume) gpu->upload_optimizer(m, v);
+    } catch (const OutOfMemoryError& e) {
+      throw_training_oom(e, "setting up the GPU trainer: ", o, model.config(), lcfg);
+    }
   }
 #endif
   // Brings the device's adapter and optimizer state to the host arrays (before anything is saved).
@@ -280,7 +302,13 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   auto run_eval = [&](int64_t step) {
     if (data.eval.empty()) return;
-    const auto [loss, n] = evaluate(model, adapter, gpu.get(), data.eval, o);
+    std::pair<double, int64_t> result;
+    try {
+      result = evaluate(model, adapter, gpu.get(), data.eval, o);
+    } catch (const OutOfMemoryError& e) {
+      throw_training_oom(e, "evaluation at step " + std::to_string(step) + ": ", o, model.config(), lcfg);
+    }
+    const auto [loss, n] = result;
     if (step == rep.start_step) rep.first_eval_loss = loss;
     rep.eval_loss = loss;
     metrics << nlohmann::json{{"step", step}, {"eval_loss", loss}, {"eval_tokens", n}}.dump() << "\n" << std::flush;
@@ -314,6 +342,9 @@ TrainReport train_lora(const TrainOptions& o) {
       try {
         nll += (gpu ? gpu->loss_and_grad(micro[i].packed, micro[i].targets, so)
                     : lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so)).nll_sum;
+      } catch (const OutOfMemoryError& e) {
+        const std::string where = "step " + std::to_string(st.step + 1) + ", micro-batch " + std::to_string(i + 1);
+        throw_training_oom(e, where + ": ", o, model.config(), lcfg);
       } catch (const Error& e) {
         QWENQ_FAIL("step " << st.step + 1 << ", micro-batch " << i + 1 << " (epoch " << micro[i].epoch
                            << ", examples " << micro[i].first_index << ".." << micro[i].first_index + micro[i].num_examples - 1
@@ -323,8 +354,15 @@ TrainReport train_lora(const TrainOptions& o) {
     }
     const double loss = targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
-    const float gnorm = gpu ? gpu->adamw_step(lr_at_step(o, st.step, total), o.beta1, o.beta2, o.adam_eps,
-                                              o.weight_decay, st.step + 1, o.max_grad_norm)
+    const auto gpu_step = [&] {
+      try {
+        return gpu->adamw_step(lr_at_step(o, st.step, total), o.beta1, o.beta2, o.adam_eps, o.weight_decay,
+                               st.step + 1, o.max_grad_norm);
+      } catch (const OutOfMemoryError& e) {
+        throw_training_oom(e, "step " + std::to_string(st.step + 1) + ", the optimizer: ", o, model.config(), lcfg);
+      }
+    };
+    const float gnorm = gpu ? gpu_step()
                             : clip_grad_norm_ref(G.ptr.data(), G.size.data(), static_cast<int>(G.ptr.size()),
                                                  static_cast<float>(o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY));
     QWENQ_CHECK(std::isfinite(loss) && std::isfinite(gnorm),
@@ -373,6 +411,26 @@ TrainReport train_lora(const TrainOptions& o) {
                 "cannot move " << f << " into " << o.out_dir);
   }
   remove_tree(staging);
+  rep.steps = st.step;
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
+  rep.peak_rss = peak_rss_bytes();
+#ifdef QWENQ_HAVE_CUDA
+  if (gpu) {
+    const DeviceAllocatorStats ds = cuda_device_allocator().stats();
+    rep.device_peak_allocated = static_cast<int64_t>(ds.peak_allocated);
+    rep.device_peak_reserved = static_cast<int64_t>(ds.peak_reserved);
+  }
+#endif
+  // The run's summary, the last record of metrics.jsonl (no "loss": readers of the step records skip it).
+  nlohmann::json summary = {{"step", st.step},           {"final", true},
+                            {"tokens_per_s", rep.tokens_per_s}, {"elapsed_s", st.elapsed_s},
+                            {"peak_rss_bytes", rep.peak_rss}};
+  if (rep.device_peak_allocated >= 0) {
+    summary["device_peak_allocated_bytes"] = rep.device_peak_allocated;
+    summary["device_peak_reserved_bytes"] = rep.device_peak_reserved;
+  }
+  metrics << summary.dump() << "\n" << std::flush;
   // The loss curve over the whole run, from metrics.jsonl (which also holds the steps before a resume).
   std::vector<std::pair<int64_t, double>> curve, eval_curve;
   {
@@ -386,10 +444,6 @@ TrainReport train_lora(const TrainOptions& o) {
     }
   }
   write_loss_curve(path_join(o.out_dir, "loss_curve.svg"), curve, eval_curve);
-  rep.steps = st.step;
-  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-  rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
-  rep.peak_rss = peak_rss_bytes();
   return rep;
 }
 

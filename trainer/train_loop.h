@@ -12,15 +12,19 @@
 //
 // The run directory `out`:
 //   adapter_config.json, adapter_model.safetensors   the final adapter (PEFT layout; PeftModel.from_pretrained(out))
-//   metrics.jsonl        one JSON object per step {"step","epoch","loss","lr","grad_norm","tokens","tokens_per_s",...}
-//                        and per evaluation {"step","eval_loss","eval_tokens"}
+//   metrics.jsonl        one JSON object per step {"step","epoch","loss","lr","grad_norm","tokens","tokens_per_s",...},
+//                        per evaluation {"step","eval_loss","eval_tokens"}, and at the end of a completed run one
+//                        summary {"step","final":true,"tokens_per_s","elapsed_s","peak_rss_bytes"} with, on the GPU,
+//                        "device_peak_allocated_bytes" and "device_peak_reserved_bytes" (the caching allocator's
+//                        peaks over the run, kernels/device_allocator.h)
 //   loss_curve.svg       train and eval loss against steps
 //   checkpoint-<step>/   adapter/ (fp32 PEFT files), optimizer.safetensors (m, v), trainer_state.json (step,
 //                        data cursor, options); written atomically (staged, renamed), the newest save_total_limit kept
 // resume: continues from the newest complete checkpoint with the same data order, optimizer state and schedule;
 // the losses after it are bit-identical to an uninterrupted run's (dropout masks are a function of (seed, step)).
 // A step whose loss or gradient norm is not finite stops the run with the step and batch named; the last good
-// checkpoint stays.
+// checkpoint stays. On the GPU, running out of device memory throws OutOfMemoryError whose message adds this run's
+// `qwen-qlora plan` breakdown next to what was live (trainer/oom_report.h).
 #pragma once
 
 #include <cstdint>
@@ -64,6 +68,8 @@ struct TrainReport {
   double first_eval_loss = -1;           // before any update (or at resume)
   double seconds = 0, tokens_per_s = 0;
   uint64_t peak_rss = 0;
+  // The caching allocator's peaks over a GPU run (kernels/device_allocator.h); -1 on the CPU.
+  int64_t device_peak_allocated = -1, device_peak_reserved = -1;
 };
 
 TrainReport train_lora(const TrainOptions& opt);
