@@ -12,6 +12,8 @@
 #include <cuda_fp16.h>
 #include <cusolverDn.h>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -19,6 +21,8 @@
 #include <mutex>
 #include <numeric>
 #include <sstream>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -32,6 +36,73 @@ namespace {
 constexpr int kMaxBlock = 128;        // columns per block kernel: 4 per lane of a warp
 constexpr int kRowsPerCta = 16;       // warps (= rows of W) per thread block
 constexpr unsigned kFull = 0xffffffffu;
+
+// ---- cuBLAS and cuSOLVER, opened on first use ---------------------------------------------------------------
+// Both are loaded with dlopen when GPTQ first runs on the GPU instead of being linked: linking them made every
+// qwen-quant process of a CUDA build map and relocate ~1 GB of libraries (about 200 MB resident, 204 MiB peak
+// for a CPU-only run against 22 MiB without CUDA), the cost kernels/blas_lt.cu avoids for cuBLASLt the same way.
+// The entry points used in this file, typed from the headers (the _v2 names are what the cublas_v2.h macros
+// expand to, and what the library exports).
+#define QWENQ_STR_(x) #x
+#define QWENQ_STR(x) QWENQ_STR_(x)
+
+struct SolverLibs {
+  decltype(&cublasCreate_v2) blas_create = nullptr;
+  decltype(&cublasSetMathMode) blas_set_math_mode = nullptr;
+  decltype(&cublasSetStream_v2) blas_set_stream = nullptr;
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasSsyrk_v2) ssyrk = nullptr;
+  decltype(&cublasGetStatusName) blas_status_name = nullptr;
+  decltype(&cublasGetStatusString) blas_status_string = nullptr;
+  decltype(&cusolverDnCreate) solver_create = nullptr;
+  decltype(&cusolverDnCreateParams) solver_create_params = nullptr;
+  decltype(&cusolverDnSetStream) solver_set_stream = nullptr;
+  decltype(&cusolverDnXpotrf_bufferSize) potrf_buffer_size = nullptr;
+  decltype(&cusolverDnXpotrf) potrf = nullptr;
+  decltype(&cusolverDnXtrtri_bufferSize) trtri_buffer_size = nullptr;
+  decltype(&cusolverDnXtrtri) trtri = nullptr;
+};
+
+// Throws naming the library and the reason when either cannot be loaded or lacks a symbol.
+const SolverLibs& libs() {
+  static SolverLibs api;
+  static std::once_flag once;
+  static std::string error;
+  std::call_once(once, [] {
+    const auto open = [](const char* versioned, const char* plain) -> void* {
+      void* lib = ::dlopen(versioned, RTLD_NOW | RTLD_LOCAL);
+      if (!lib) lib = ::dlopen(plain, RTLD_NOW | RTLD_LOCAL);
+      if (!lib && error.empty()) {
+        const char* why = ::dlerror();
+        error = std::string("GPTQ on the GPU: cannot load ") + versioned + ": " + (why ? why : "not found");
+      }
+      return lib;
+    };
+    void* blas = open("libcublas.so." QWENQ_STR(CUBLAS_VER_MAJOR), "libcublas.so");
+    void* solver = open("libcusolver.so." QWENQ_STR(CUSOLVER_VER_MAJOR), "libcusolver.so");
+    if (!blas || !solver) return;
+    const auto load = [](void* lib, auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(lib, name));
+      if (!fn && error.empty()) error = std::string("GPTQ on the GPU: the CUDA math libraries lack ") + name;
+    };
+    load(blas, api.blas_create, "cublasCreate_v2");
+    load(blas, api.blas_set_math_mode, "cublasSetMathMode");
+    load(blas, api.blas_set_stream, "cublasSetStream_v2");
+    load(blas, api.sgemm, "cublasSgemm_v2");
+    load(blas, api.ssyrk, "cublasSsyrk_v2");
+    load(blas, api.blas_status_name, "cublasGetStatusName");
+    load(blas, api.blas_status_string, "cublasGetStatusString");
+    load(solver, api.solver_create, "cusolverDnCreate");
+    load(solver, api.solver_create_params, "cusolverDnCreateParams");
+    load(solver, api.solver_set_stream, "cusolverDnSetStream");
+    load(solver, api.potrf_buffer_size, "cusolverDnXpotrf_bufferSize");
+    load(solver, api.potrf, "cusolverDnXpotrf");
+    load(solver, api.trtri_buffer_size, "cusolverDnXtrtri_bufferSize");
+    load(solver, api.trtri, "cusolverDnXtrtri");
+  });
+  QWENQ_CHECK(error.empty(), error);
+  return api;
+}
 
 // ---- error checks for the libraries ----------------------------------------------------------------------------
 
@@ -53,7 +124,7 @@ const char* cusolver_status_name(cusolverStatus_t s) {
   do {                                                                                                   \
     const cublasStatus_t qwenq_blas_st_ = (call);                                                        \
     QWENQ_CHECK(qwenq_blas_st_ == CUBLAS_STATUS_SUCCESS,                                                 \
-                "cuBLAS error " << cublasGetStatusName(qwenq_blas_st_) << " (" << cublasGetStatusString(qwenq_blas_st_) \
+                "cuBLAS error " << libs().blas_status_name(qwenq_blas_st_) << " (" << libs().blas_status_string(qwenq_blas_st_) \
                                 << ") from `" << #call << "`");                                          \
   } while (0)
 
@@ -87,10 +158,10 @@ Context& context() {
   if (per_device[device] == nullptr) {
     auto* c = new Context();
     QWENQ_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-    QWENQ_CUBLAS_CHECK(cublasCreate(&c->blas));
-    QWENQ_CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));  // true fp32: no TF32 tensor ops
-    QWENQ_CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
-    QWENQ_CUSOLVER_CHECK(cusolverDnCreateParams(&c->params));
+    QWENQ_CUBLAS_CHECK(libs().blas_create(&c->blas));
+    QWENQ_CUBLAS_CHECK(libs().blas_set_math_mode(c->blas, CUBLAS_DEFAULT_MATH));  // true fp32: no TF32 tensor ops
+    QWENQ_CUSOLVER_CHECK(libs().solver_create(&c->solver));
+    QWENQ_CUSOLVER_CHECK(libs().solver_create_params(&c->params));
     per_device[device] = c;
   }
   return *per_device[device];
@@ -375,13 +446,13 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
                             const DeviceMemory& ddead, const std::vector<int64_t>& q, double mean_diag,
                             const GptqOptions& o, GptqResult& r) {
   cudaStream_t s = ctx.stream;
-  QWENQ_CUSOLVER_CHECK(cusolverDnSetStream(ctx.solver, s));
+  QWENQ_CUSOLVER_CHECK(libs().solver_set_stream(ctx.solver, s));
   DeviceMemory dM(static_cast<size_t>(K * K) * sizeof(float), s);
   DeviceMemory dinfo(sizeof(int) * 2, s);
   size_t potrf_dev = 0, potrf_host = 0, trtri_dev = 0, trtri_host = 0;
-  QWENQ_CUSOLVER_CHECK(cusolverDnXpotrf_bufferSize(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F,
+  QWENQ_CUSOLVER_CHECK(libs().potrf_buffer_size(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F,
                                                    dM.get(), K, CUDA_R_32F, &potrf_dev, &potrf_host));
-  QWENQ_CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K,
+  QWENQ_CUSOLVER_CHECK(libs().trtri_buffer_size(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K,
                                                    CUDA_R_32F, dM.get(), K, &trtri_dev, &trtri_host));
   DeviceMemory work(std::max(potrf_dev, trtri_dev), s);
   std::vector<char> host_work(std::max<size_t>({potrf_host, trtri_host, 1}));
@@ -394,7 +465,7 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
         dH.as<float>(), K, dq.as<int64_t>(), ddead.as<uint8_t>(), static_cast<float>(lambda), dM.as<float>());
     QWENQ_CUDA_CHECK_LAUNCH("gptq build_factor_input K=" << K);
     QWENQ_CUDA_CHECK(cudaMemsetAsync(dinfo.get(), 0, sizeof(int) * 2, s));
-    QWENQ_CUSOLVER_CHECK(cusolverDnXpotrf(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F, dM.get(), K,
+    QWENQ_CUSOLVER_CHECK(libs().potrf(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F, dM.get(), K,
                                           CUDA_R_32F, work.get(), potrf_dev, host_work.data(), potrf_host,
                                           dinfo.as<int>()));
     int info[2] = {0, 0};
@@ -402,7 +473,7 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
     std::ostringstream why;
     if (info[0] == 0) {
-      QWENQ_CUSOLVER_CHECK(cusolverDnXtrtri(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K, CUDA_R_32F,
+      QWENQ_CUSOLVER_CHECK(libs().trtri(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K, CUDA_R_32F,
                                             dM.get(), K, work.get(), trtri_dev, host_work.data(), trtri_host,
                                             dinfo.as<int>() + 1));
       QWENQ_CUDA_CHECK(cudaMemsetAsync(dinfo.get(), 0, sizeof(int), s));  // info[0] becomes the non-finite flag
@@ -522,7 +593,7 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
                                           static_cast<int>(kBlockSmemBytes)));
     ctx.block_kernel_configured = true;
   }
-  QWENQ_CUBLAS_CHECK(cublasSetStream(ctx.blas, s));
+  QWENQ_CUBLAS_CHECK(libs().blas_set_stream(ctx.blas, s));
   BlockParams P;
   P.Wp = dWp.as<float>();
   P.U = dU.as<float>();
@@ -549,7 +620,7 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
       // Wpᵀ[p1+b:, :] (rest × N, ld K) −= U[p1:p1+b, p1+b:]ᵀ (rest × b; U row-major is Uᵀ column-major, ld K)
       //                                    · Eᵀ (b × N, ld kMaxBlock)
       const float alpha = -1.f, beta = 1.f;
-      QWENQ_CUBLAS_CHECK(cublasSgemm(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(rest), static_cast<int>(N),
+      QWENQ_CUBLAS_CHECK(libs().sgemm(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(rest), static_cast<int>(N),
                                      static_cast<int>(b), &alpha, dU.as<float>() + (p1 + b) + p1 * K,
                                      static_cast<int>(K), dE.as<float>(), kMaxBlock, &beta,
                                      dWp.as<float>() + (p1 + b), static_cast<int>(K)));
@@ -596,8 +667,8 @@ void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x,
   const int64_t n_new = count + rows;
   const float beta = static_cast<float>(static_cast<double>(count) / n_new);
   const float alpha = static_cast<float>(2.0 / n_new);
-  QWENQ_CUBLAS_CHECK(cublasSetStream(ctx.blas, stream));
-  QWENQ_CUBLAS_CHECK(cublasSsyrk(ctx.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(K),
+  QWENQ_CUBLAS_CHECK(libs().blas_set_stream(ctx.blas, stream));
+  QWENQ_CUBLAS_CHECK(libs().ssyrk(ctx.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(K),
                                  static_cast<int>(rows), &alpha, x, static_cast<int>(K), &beta, H,
                                  static_cast<int>(K)));
 }
