@@ -1,71 +1,126 @@
 #!/usr/bin/env bash
-# The GPU check, in one command on the device machine (H100/H200): builds for sm_90a with the dependencies that
-# scripts/gpu_prepare.sh copied into .gpu-deps, runs every GPU test (ctest -L gpu: each CUDA kernel against its CPU
-# twin), one compute-sanitizer pass over a small selection, the CUDA benchmarks and a 7B-shaped whole-model GPTQ
-# timing; logs and CSVs go to $OUT (or ./gpu-out). Device call (from the repo root):
-#   run(carry=[".gpu-deps"], timeout_s=540, command="bash scripts/gpu_check.sh")
-# Set QWENQ_GPU_QUICK=1 to skip the benchmarks (and the 7B-shaped GPTQ timing).
+# The GPU check on the device machine (H100/H200), in phases that fit one device call: builds for sm_90a with the
+# dependencies scripts/gpu_prepare.sh copied into .gpu-deps, then runs the phases named in QWENQ_GPU_PHASES, in
+# this order, each only when its minimum time is left of QWENQ_GPU_BUDGET_S (default 520 s, for a call with
+# timeout_s=540):
+#   tests     every GPU test (ctest -L gpu: each CUDA kernel against its CPU twin, the GPU model paths against the
+#             CPU ones)                                                                          needs 60 s
+#   memcheck  compute-sanitizer memcheck over a small selection of each kernel family             needs 60 s
+#   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda needs 90 s
+#   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
+#             its model is prepared in the background from the start)                           needs 150 s
+#   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
+#             28 layers                                                                         needs 150 s
+# Default: all five (a first session on a fresh GPU should run "tests,memcheck,bench" and then, in a second call,
+# "qlora,gptq7b"). Device call (from the repo root, after scripts/gpu_prepare.sh here):
+#   run(carry=[".gpu-deps"], timeout_s=540, command="QWENQ_GPU_PHASES=tests,memcheck,bench bash scripts/gpu_check.sh")
+# What comes back ($OUT returns at most 8 files): summary.txt (written as the phases go: it survives a kill), the
+# benchmarks' CSVs, the QLoRA report and logs.tar.gz (every log), packed at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
+PHASES=",${QWENQ_GPU_PHASES:-tests,memcheck,bench,qlora,gptq7b},"
+BUDGET=${QWENQ_GPU_BUDGET_S:-520}
+LOGS=build-gpu/logs
+mkdir -p "$OUT" "$LOGS"
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+want() { [[ "$PHASES" == *",$1,"* ]]; }
+left() { echo $(( BUDGET - SECONDS )); }
+# start PHASE MIN_SECONDS: true when the phase was asked for and enough time is left; logs a skip otherwise.
+start() {
+  want "$1" || return 1
+  if [ "$(left)" -lt "$2" ]; then log "$1 skipped: $(left) s left of the ${BUDGET} s budget, it needs $2"; return 1; fi
+  log "$1 (at ${SECONDS} s)"
+}
+pack() { tar czf "$OUT/logs.tar.gz" -C build-gpu logs 2>/dev/null; }
+trap pack EXIT
+
 # The benchmarks stamp their CSV rows with QWENQ_COMMIT (benchmarks/cuda_bench.h).
 export QWENQ_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu-deps/COMMIT 2>/dev/null || echo unknown)
-log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $(cat "$OUT/device.txt")"
+device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
-t0=$(date +%s)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a \
-      -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_BUILD_BENCHMARKS=ON > "$OUT/configure.log" 2>&1 ||
-  { log "configure failed"; tail -30 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" > "$OUT/build.log" 2>&1 || { log "build failed"; grep -m20 -E "error" "$OUT/build.log"; exit 1; }
-log "configure + build: $(( $(date +%s) - t0 )) s"
-# 1. GPU tests (kernel vs CPU twin).
-(cd build-gpu && ctest -L gpu -j 4 --timeout 300 --output-on-failure) > "$OUT/gpu_tests.log" 2>&1
-log "gpu tests: $(grep -E 'tests passed|tests failed' "$OUT/gpu_tests.log" | tail -1)"
-grep -E "\(Failed\)|\*\*\*Failed|Exception|Timeout" "$OUT/gpu_tests.log" | head -30 | tee -a "$OUT/summary.txt"
-# 2. compute-sanitizer memcheck on a few small cases of each kernel family.
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests --gtest_brief=1 \
-    --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*' \
-    > "$OUT/memcheck.log" 2>&1
-  log "memcheck exit $? ($(grep -c 'Invalid' "$OUT/memcheck.log") invalid accesses)"
+      -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
+  { log "configure failed"; tail -30 "$LOGS/configure.log" | tee -a "$OUT/summary.txt"; exit 1; }
+cmake --build build-gpu -j "$(nproc)" > "$LOGS/build.log" 2>&1 ||
+  { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
+log "configure + build: ${SECONDS} s"
+
+# The QLoRA step benchmark's model and data are CPU work (init-random + rtn, about a minute): made in the
+# background while the other phases use the GPU.
+qlora_prep=""
+if want qlora; then
+  BUILD=build-gpu bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
+  qlora_prep=$!
 fi
-[ "${QWENQ_GPU_QUICK:-0}" = 1 ] && exit 0
-# 3. Benchmarks (each prints its table; CSVs into $OUT).
-run_bench() {  # name, extra arguments
-  local b=$1; shift
-  [ -x "build-gpu/$b" ] || { log "$b not built"; return; }
-  timeout 150 "build-gpu/$b" --csv "$OUT/$b.csv" "$@" > "$OUT/$b.log" 2>&1
-  log "$b exit $?"; tail -15 "$OUT/$b.log" >> "$OUT/summary.txt"
-}
-run_bench bench_qgemm_cuda --reps 10
-run_bench bench_attention_cuda
-run_bench bench_attention_decode_cuda
-run_bench bench_gptq_cuda --cpu none --reps 1
-# 4. Whole-model GPTQ on the GPU, 7B-shaped (issue 5's target: under 5 minutes on one GPU): `qwen-quant gptq
+
+if start tests 60; then
+  (cd build-gpu && timeout $(( $(left) - 30 )) ctest -L gpu -j 4 --timeout 240 --output-on-failure) \
+    > "$LOGS/gpu_tests.log" 2>&1
+  log "gpu tests: $(grep -E 'tests passed|tests failed' "$LOGS/gpu_tests.log" | tail -1)"
+  grep -E "\(Failed\)|\*\*\*Failed|Exception|Timeout|Not Run" "$LOGS/gpu_tests.log" | head -40 | tee -a "$OUT/summary.txt"
+fi
+
+if start memcheck 60 && command -v compute-sanitizer >/dev/null; then
+  timeout $(( $(left) - 30 )) compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*' \
+    > "$LOGS/memcheck.log" 2>&1
+  log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses)"
+  grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"
+fi
+
+if start bench 90; then
+  run_bench() {  # name, extra arguments: its table into the summary, its CSV into $OUT
+    local b=$1; shift
+    [ -x "build-gpu/$b" ] || { log "$b not built"; return; }
+    local t=$(( $(left) - 20 )); [ "$t" -gt 150 ] && t=150
+    [ "$t" -lt 20 ] && { log "$b skipped: out of time"; return; }
+    timeout "$t" "build-gpu/$b" --csv "$OUT/$b.csv" "$@" > "$LOGS/$b.log" 2>&1
+    log "$b exit $?"; tail -40 "$LOGS/$b.log" >> "$OUT/summary.txt"
+  }
+  run_bench bench_qgemm_cuda --reps 10
+  run_bench bench_attention_cuda
+  run_bench bench_attention_decode_cuda
+  run_bench bench_gptq_cuda --cpu none --reps 1
+fi
+
+# A full QLoRA training step against transformers + peft (issue 5's >= 2x tokens/s at <= 40% memory): at most
+# 230 s; the report ($OUT/DATE-qlora-step-cuda.md) is written even when a side is cut by its time limit.
+if [ -n "$qlora_prep" ] && start qlora 150; then
+  wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
+  qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt 230 ] && qlora_budget=230
+  BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget timeout -k 5 $((qlora_budget + 15)) \
+    bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
+  log "bench_qlora_step exit $? (budget $qlora_budget s; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
+  grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
+  sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"
+elif [ -n "$qlora_prep" ]; then
+  kill "$qlora_prep" 2>/dev/null
+fi
+
+# Whole-model GPTQ on the GPU, 7B-shaped (issue 5's target: under 5 minutes on one GPU): `qwen-quant gptq
 # --device cuda` with its defaults (128 windows x 2048 tokens) on random qwen2.5-7b models of 1 and 2 layers;
 # per layer = t2 - t1, and the 28-layer time is extrapolated as t1 + 27 * (t2 - t1) (t1 includes the fixed costs:
 # loading, calibration, the 2.2 GB of embeddings written). Models in a temporary directory, not in $OUT.
-# QWENQ_GPU_GPTQ7B=0 skips it (about 2 minutes).
-if [ "${QWENQ_GPU_GPTQ7B:-1}" = 1 ] && [ -x build-gpu/qwen-quant ]; then
+if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
   g7=$(mktemp -d)
   g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
   [ -f "$g7_calib" ] || g7_calib=README.md
   declare -A g7_t=()
   for n in 1 2; do
-    build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$OUT/gptq7b_$n.log" 2>&1
+    build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$LOGS/gptq7b_$n.log" 2>&1
     g7_s=$(date +%s.%N)
-    timeout 200 build-gpu/qwen-quant gptq --device cuda -m "$g7/m$n" -o "$g7/q$n" --calib "$g7_calib" \
-      >> "$OUT/gptq7b_$n.log" 2>&1
+    timeout $(( $(left) > 40 ? $(left) - 20 : 20 )) build-gpu/qwen-quant gptq --device cuda -m "$g7/m$n" \
+      -o "$g7/q$n" --calib "$g7_calib" >> "$LOGS/gptq7b_$n.log" 2>&1
     g7_rc=$?
     g7_t[$n]=$(awk -v a="$g7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     log "gptq 7B-shaped, $n layer(s), 128 x 2048 calibration tokens, --device cuda: exit $g7_rc, ${g7_t[$n]} s"
-    tail -2 "$OUT/gptq7b_$n.log" >> "$OUT/summary.txt"
+    tail -2 "$LOGS/gptq7b_$n.log" >> "$OUT/summary.txt"
     rm -rf "$g7/q$n"
   done
   log "gptq 7B-shaped: $(awk -v a="${g7_t[1]}" -v b="${g7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }') (target < 300 s)"
   rm -rf "$g7"
 fi
+log "done at ${SECONDS} s"
 cat "$OUT/summary.txt"
