@@ -28,7 +28,7 @@ DeviceChoice choose_device(const std::string& request) {
   std::string what;
   const bool have_cuda = cuda_available(&what);
   if (have_cuda) {
-    return {Device::Cuda, "device: cuda available (" + what + "), but this build runs the forward pass on CPU"};
+    return {Device::Cuda, "device: cuda available (" + what + ")"};
   }
 #ifdef QWENQ_HAVE_CUDA
   const std::string reason = "no CUDA device: " + what;

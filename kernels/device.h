@@ -4,10 +4,10 @@
 // reports a device, else the CPU; `description` says which and why in one line, e.g.
 //   "device: cpu (built without CUDA)"
 //   "device: cpu (no CUDA device: cudaGetDeviceCount returned 'no CUDA-capable device is detected')"
-//   "device: cuda available (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB), but this build runs the forward pass on CPU"
+//   "device: cuda available (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB)"   (the caller says what runs where)
 // choose_device("cuda") throws qwenq::Error with the same reason when CUDA is unavailable; "cpu" always
 // succeeds; anything else throws. A missing driver (libcudart present, libcuda.so absent) is a reason, not a
-// crash. Until the CUDA kernels land, Device::Cuda tells callers that a GPU is there; they decide what runs.
+// crash. Device::Cuda tells callers that a GPU is there; they decide what runs on it (tools/cli_common.h).
 #pragma once
 
 #include <string>

@@ -16,6 +16,7 @@ void add_common_options(CLI::App* cmd, CommonOptions* opt) {
 void apply_common_options(const CommonOptions& opt) {
   set_num_threads(opt.threads);
   DeviceChoice d = choose_device(opt.device);
+  if (d.device == Device::Cuda) d.description += ", but this command computes on the CPU";
   std::fprintf(stderr, "%s; %d CPU threads\n", d.description.c_str(), num_threads());
 }
 

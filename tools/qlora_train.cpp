@@ -102,7 +102,8 @@ void register_qlora_train(CLI::App& app) {
     TrainOptions& o = a->opt;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
-    apply_common_options(a->common);
+    // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
+    o.use_cuda = resolve_experimental_device(a->common, "training") == Device::Cuda;
     o.model_dir = resolve_model_dir(a->model);
     o.lora.target_modules = parse_lora_targets(a->targets);
     o.data.format = parse_sft_format(a->format);
@@ -111,11 +112,6 @@ void register_qlora_train(CLI::App& app) {
     o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
-    // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
-    o.use_cuda = a->common.device == "cuda";
-    if (a->common.device == "auto") {
-      std::fprintf(stderr, "train: --device auto trains on the CPU; pass --device cuda for the GPU trainer\n");
-    }
     const TrainReport r = train_lora(o);
     std::printf("trained %lld steps (from step %lld): last loss %.4f", (long long)r.steps, (long long)r.start_step,
                 r.last_loss);
