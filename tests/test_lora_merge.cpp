@@ -293,3 +293,21 @@ TEST(LoraMerge, MergeWeightsIsTheFormula) {
 
 }  // namespace
 }  // namespace qwenq
+
+namespace qwenq {
+namespace {
+
+// LoraTarget and trainer/qwen_model.h's kDecoderLinears list the seven Linears in one order; lora_target_slot and
+// the trainers index one by the other, so a reordering of either must fail here.
+TEST(LoraMerge, TargetsFollowTheDecoderLinearTable) {
+  for (int i = 0; i < kNumLoraTargets; ++i) {
+    const LoraTarget t = static_cast<LoraTarget>(i);
+    EXPECT_EQ(lora_target_path(t), kDecoderLinears[i].name) << "target " << i;
+    const LoraTargetSlot slot = lora_target_slot(t);
+    EXPECT_EQ(slot.group, kDecoderLinears[i].group) << "target " << i;
+    EXPECT_EQ(slot.index, kDecoderLinears[i].index) << "target " << i;
+  }
+}
+
+}  // namespace
+}  // namespace qwenq

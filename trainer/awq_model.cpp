@@ -23,19 +23,11 @@ namespace qwenq {
 
 namespace {
 
-// The seven Linears of a block: where the model keeps them, and whether AutoAWQ searches clip bounds for them
-// (not for q and k, whose errors the attention softmax amplifies: AutoAWQ's clip skip list).
-struct Slot {
-  const char* name;
-  BlockLinear group;
-  int index;
-  bool clip;
-};
+// The seven Linears of a block (trainer/qwen_model.h's kDecoderLinears), by index; AutoAWQ searches clip bounds for
+// all but q and k, whose errors the attention softmax amplifies (AutoAWQ's clip skip list).
+const DecoderLinear* const kSlots = kDecoderLinears;
 constexpr int kQ = 0, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
-const Slot kSlots[7] = {{"self_attn.q_proj", BlockLinear::QKV, 0, false}, {"self_attn.k_proj", BlockLinear::QKV, 1, false},
-                        {"self_attn.v_proj", BlockLinear::QKV, 2, true},  {"self_attn.o_proj", BlockLinear::O, 0, true},
-                        {"mlp.gate_proj", BlockLinear::GateUp, 0, true},  {"mlp.up_proj", BlockLinear::GateUp, 1, true},
-                        {"mlp.down_proj", BlockLinear::Down, 0, true}};
+constexpr bool clips(int slot) { return slot > 1; }
 
 // AutoAWQ's scaling groups for Qwen2/Qwen3 (awq/models/qwen2.py): the op whose output channels absorb 1/s, the
 // Linears whose input columns take s, and the module whose output the search compares.
@@ -344,7 +336,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
                       a.load_search << ": " << prefix << ".awq_clip is not [" << N[i] << ", " << groups << "]");
           awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, it->second.first);
         }
-      } else if (a.clip && kSlots[i].clip) {
+      } else if (a.clip && clips(i)) {
         const std::vector<float>& x = feats[input_index(kSlots[i].group)];
         std::vector<float> mx = awq_search_clip(W[i].data(), N[i], K[i], x.data(), T, so);
         awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, mx);

@@ -20,10 +20,6 @@
 
 namespace qwenq {
 
-const GptqSlot kGptqSlots[7] = {{BlockLinear::QKV, 0, "self_attn.q_proj"}, {BlockLinear::QKV, 1, "self_attn.k_proj"},
-                                {BlockLinear::QKV, 2, "self_attn.v_proj"}, {BlockLinear::O, 0, "self_attn.o_proj"},
-                                {BlockLinear::GateUp, 0, "mlp.gate_proj"},  {BlockLinear::GateUp, 1, "mlp.up_proj"},
-                                {BlockLinear::Down, 0, "mlp.down_proj"}};
 const BlockLinear kGptqGroups[4] = {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down};
 
 int64_t gptq_group_inputs(const QwenConfig& cfg, BlockLinear group) {
@@ -82,7 +78,7 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
         H->add_batch(x, T);
       });
       QWENQ_CHECK(H != nullptr, "gptq: layer " << l << " never reached a Linear group");
-      for (const GptqSlot& slot : kGptqSlots) {
+      for (const GptqSlot& slot : kDecoderLinears) {
         if (slot.group != group) continue;
         // The rest of the block and the later blocks see the quantized layer.
         LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);

@@ -19,14 +19,8 @@
 
 namespace qwenq {
 
-// One Linear of a block: its group (whose input it reads), its index in QwenModel::linear_weight, its name.
-struct GptqSlot {
-  BlockLinear group;
-  int index;
-  const char* name;  // "self_attn.q_proj", ...
-};
-// q, k, v, o, gate, up, down: the true-sequential order.
-extern const GptqSlot kGptqSlots[7];
+// One Linear of a block (trainer/qwen_model.h's table; q, k, v, o, gate, up, down is the true-sequential order).
+using GptqSlot = DecoderLinear;
 // QKV, O, GateUp, Down.
 extern const BlockLinear kGptqGroups[4];
 // K of a group's input: hidden_size, q_dim or intermediate_size (unpadded).

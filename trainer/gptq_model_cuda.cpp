@@ -97,7 +97,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
       Eigen::MatrixXf h(K, K);  // only the lower triangle is meaningful (and read)
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), dH.get(), rows_bytes(K, K), cudaMemcpyDeviceToHost, s));
       QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
-      for (const GptqSlot& slot : kGptqSlots) {
+      for (const GptqSlot& slot : kDecoderLinears) {
         if (slot.group != group) continue;
         const std::vector<float> back = step.run(l, slot, h, gptq_quantize_cuda);
         const LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);

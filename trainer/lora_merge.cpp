@@ -51,16 +51,9 @@ LoraTarget target_at(int i) { return kLoraTargets[i].target; }
 }  // namespace
 
 LoraTargetSlot lora_target_slot(LoraTarget t) {
-  switch (t) {
-    case LoraTarget::QProj: return {BlockLinear::QKV, 0};
-    case LoraTarget::KProj: return {BlockLinear::QKV, 1};
-    case LoraTarget::VProj: return {BlockLinear::QKV, 2};
-    case LoraTarget::OProj: return {BlockLinear::O, 0};
-    case LoraTarget::GateProj: return {BlockLinear::GateUp, 0};
-    case LoraTarget::UpProj: return {BlockLinear::GateUp, 1};
-    case LoraTarget::DownProj: return {BlockLinear::Down, 0};
-  }
-  QWENQ_FAIL("lora_target_slot: bad target " << static_cast<int>(t));
+  const int i = static_cast<int>(t);  // LoraTarget lists the Linears in kDecoderLinears' order
+  QWENQ_CHECK(i >= 0 && i < kNumLoraTargets, "lora_target_slot: bad target " << i);
+  return {kDecoderLinears[i].group, kDecoderLinears[i].index};
 }
 
 void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, float s) {

@@ -37,6 +37,19 @@ struct PackedBatch {
 
 // The four places inside a decoder block where Linear layers read their input (q/k/v share one, gate/up one).
 enum class BlockLinear { QKV, O, GateUp, Down };
+// The seven Linears of a decoder block in true-sequential order (q, k, v, o, gate, up, down; also LoraTarget's
+// order): the name under "model.layers.<l>.", the group whose input they read and their index in
+// QwenModel::linear_weight(l, group, index). The one table the quantizers, the trainer and the merge share.
+struct DecoderLinear {
+  const char* name;  // "self_attn.q_proj", ...
+  BlockLinear group;
+  int index;
+};
+inline constexpr DecoderLinear kDecoderLinears[7] = {
+    {"self_attn.q_proj", BlockLinear::QKV, 0},    {"self_attn.k_proj", BlockLinear::QKV, 1},
+    {"self_attn.v_proj", BlockLinear::QKV, 2},    {"self_attn.o_proj", BlockLinear::O, 0},
+    {"mlp.gate_proj", BlockLinear::GateUp, 0},    {"mlp.up_proj", BlockLinear::GateUp, 1},
+    {"mlp.down_proj", BlockLinear::Down, 0}};
 // Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
