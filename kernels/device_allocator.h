@@ -225,6 +225,21 @@ DeviceAllocator& cuda_device_allocator();
 // cuda_device_allocator().release_stream(stream) for a destructor: never throws (a broken context is reported
 // by the call that broke it).
 void cuda_release_stream(CudaStream stream) noexcept;
+
+// A CUDA stream owned for an object's lifetime (the GPU models keep one each): created by the constructor
+// (throws naming the CUDA error); the destructor hands the allocator's blocks cached for it back, then destroys
+// it. Declare it before the allocations that free on it, so that it is destroyed after them.
+class OwnedCudaStream {
+ public:
+  OwnedCudaStream();
+  ~OwnedCudaStream();
+  OwnedCudaStream(const OwnedCudaStream&) = delete;
+  OwnedCudaStream& operator=(const OwnedCudaStream&) = delete;
+  CudaStream get() const { return s_; }
+
+ private:
+  CudaStream s_ = nullptr;
+};
 #endif
 
 }  // namespace qwenq

@@ -81,4 +81,15 @@ void cuda_release_stream(CudaStream stream) noexcept {
   }
 }
 
+OwnedCudaStream::OwnedCudaStream() {
+  cudaStream_t s = nullptr;
+  QWENQ_CUDA_CHECK(cudaStreamCreate(&s));
+  s_ = s;
+}
+
+OwnedCudaStream::~OwnedCudaStream() {
+  cuda_release_stream(s_);
+  if (cudaStreamDestroy(static_cast<cudaStream_t>(s_)) != cudaSuccess) cudaGetLastError();
+}
+
 }  // namespace qwenq

@@ -49,23 +49,6 @@ const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
   }
 }
 
-// RAII for the trainer's stream (created first, destroyed last: the buffers return to its cache, which goes back
-// to the device before the stream is destroyed).
-class Stream {
- public:
-  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
-  ~Stream() {
-    cuda_release_stream(s_);
-    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  CudaStream get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 // One adapted Linear: where its A and B live in the arenas (in floats).
 struct Slot {
   int64_t layer = 0;
@@ -78,7 +61,7 @@ struct Slot {
 
 struct LoraModelCuda::Impl {
   Impl(const QwenConfig& c, const LoraAdapter& a) : cfg(c), shape(a) {}
-  Stream stream;  // first member: destroyed after every buffer below
+  OwnedCudaStream stream;  // first member: destroyed after every buffer below
   std::unique_ptr<QwenModelCuda> base;
   QwenConfig cfg;
   LoraAdapter shape;  // the uploaded adapter's config and shapes (its values are not kept up to date)

@@ -31,26 +31,10 @@ DeviceAllocation allocate(size_t bytes, MemoryTag tag, const std::string& what, 
   return cuda_device_allocator().allocate(bytes, stream, tag, "QwenDecodeCuda: " + what);
 }
 
-// RAII for the stream (created first, destroyed last: the DeviceAllocation members free on it).
-class Stream {
- public:
-  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
-  ~Stream() {
-    cuda_release_stream(s_);  // hands this stream's cached blocks back before the stream goes
-    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  CudaStream get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 }  // namespace
 
 struct QwenDecodeCuda::Impl {
-  Stream stream;  // first member: destroyed after every buffer below
+  OwnedCudaStream stream;  // first member: destroyed after every buffer below
   const QwenModelCuda& model;
   QwenConfig cfg;
   int64_t capacity = 0, length = 0;

@@ -47,27 +47,10 @@ using DevTensor = QwenDeviceTensor;
 using DevLinear = QwenDeviceLinear;
 using DevLayer = QwenDeviceLayer;
 
-// RAII for the one stream (created first, destroyed last: the buffers return to its cache, which goes back
-// to the device before the stream, whose address a later stream may reuse, is destroyed).
-class Stream {
- public:
-  Stream() { QWENQ_CUDA_CHECK(cudaStreamCreate(&s_)); }
-  ~Stream() {
-    cuda_release_stream(s_);
-    if (cudaStreamDestroy(s_) != cudaSuccess) cudaGetLastError();
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  CudaStream get() const { return s_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-};
-
 }  // namespace
 
 struct QwenModelCuda::Impl {
-  Stream stream;  // first member: destroyed after every buffer below
+  OwnedCudaStream stream;  // first member: destroyed after every buffer below
   QwenConfig cfg;
   std::vector<DeviceAllocation> owned;    // dense weights, norms, biases
   std::map<const void*, DevTensor> uploaded;  // host data -> device copy (a tied lm_head is the embedding)
