@@ -92,7 +92,8 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   // Linear's 2048·4864·2).
   EXPECT_EQ(d.ws_scratch, 134'007'552u);
   EXPECT_EQ(d.ws_dequant, 0u);
-  EXPECT_EQ(d.workspace, d.ws_scratch + d.ws_logits + kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
+  EXPECT_EQ(d.workspace,
+            d.ws_scratch + d.ws_logits + kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
   // adapters: P = 24·16·((896 + 896)·2 + (128 + 896)·2 + (4864 + 896)·3) = 24·16·22912 = 8,798,208 floats =
   // 35,192,832 B -> 17 blocks = 34 MiB, for each of A/B, gradients, m, v.
   EXPECT_EQ(d.lora_params, 8'798'208);
@@ -132,8 +133,9 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
     QwenConfig c;
     int64_t r, T;
   };
-  for (const Case& k : {Case{"0.5b", qwen_preset("qwen2.5-0.5b"), 16, 2048}, Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096},
-                        Case{"qk-norm", qk, 4, 1000}, Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
+  for (const Case& k : {Case{"0.5b", qwen_preset("qwen2.5-0.5b"), 16, 2048},
+                        Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096}, Case{"qk-norm", qk, 4, 1000},
+                        Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
                         Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33}}) {
     SCOPED_TRACE(k.name);
     const QwenConfig& c = k.c;

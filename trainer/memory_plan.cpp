@@ -172,9 +172,9 @@ uint64_t gpu_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
                                 << " (use --device cpu)");
   const int64_t group = in.base == PlanBase::Nf4 ? q4_nf4_layout_group(K, in.nf4_blocksize)
                                                  : q4_int_layout_group(K, in.group_size);
-  QWENQ_CHECK(group % kQ4CodesPerWord == 0, "plan: a Linear [" << N << ", " << K << "] has a Q4 layout group of "
-                                                               << group << ", not a multiple of " << kQ4CodesPerWord
-                                                               << ": the GPU trainer cannot read it (use --device cpu)");
+  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+              "plan: a Linear [" << N << ", " << K << "] has a Q4 layout group of " << group << ", not a multiple of "
+                                 << kQ4CodesPerWord << ": the GPU trainer cannot read it (use --device cpu)");
   return held(u64(q4_qweight_words(N, K) * 4)) + held(u64(q4_meta_words(N, K, group) * 4));
 }
 

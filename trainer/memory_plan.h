@@ -54,8 +54,9 @@
 //                 held(C·dsz) each, the q/k/v biases held(qd·dsz) + 2·held(kvd·dsz) (Qwen2), the q/k norms
 //                 2·held(D·dsz) (Qwen3); embeddings held(V·C·dsz) (cuda:0), final norm held(C·dsz) and, untied,
 //                 lm_head held(V·C·dsz) (last GPU; a tied one is the embedding's allocation on one GPU)
-//   Linear        dense base: held(N·K·dsz) (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked to Q4 (quant/format/qgemm_layout.h), 4-bit
-//                 only, qweight held(4·(Kp/8)·Np) + meta held(4·ceil(Kp/g)·Np), Kp = round_up(K, 8),
+//   Linear        dense base: held(N·K·dsz) (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked to
+//                 Q4 (quant/format/qgemm_layout.h), 4-bit only, qweight held(4·(Kp/8)·Np) + meta
+//                 held(4·ceil(Kp/g)·Np), Kp = round_up(K, 8),
 //                 Np = round_up(N, 4), g the layout group (q4_int_layout_group / q4_nf4_layout_group); about 4.25
 //                 bits per weight at group 128, which is not the file's byte count. A GPTQ act-order g_idx adds
 //                 held(4·K) per Linear (the permutation), not counted: the plan assumes no act-order.
@@ -75,8 +76,8 @@
 //   scratch       the largest stream-ordered kernel scratch of one launch (freed in stream order, never two
 //                 at once): attention's backward δ T·H·4; cuBLASLt's 16-bit copy of fp32 activations for a 16-bit
 //                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
-//                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes T > 64 (the tensor-core qgemm,
-//                 no staging copy for Qwen's 8-aligned shapes without act-order).
+//                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes
+//                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
 //   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^26 / V))
 //   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
 //                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
