@@ -119,17 +119,17 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--nf4-blocksize", a->nf4_blocksize, "NF4 block size")->capture_default_str();
   cmd->add_option("--lora-r", a->lora_r, "LoRA rank r")->capture_default_str();
   cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (does not change memory; default 2r)");
-  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs)")
+  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs on the CPU; none on the GPU)")
       ->capture_default_str();
   cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "sequences per micro-batch (B)")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence (S)")->capture_default_str();
-  cmd->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing");
-  cmd->add_option("--device", a->device, "cpu (this trainer) or cuda (the planned GPU path)")
+  cmd->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing (CPU only: the GPU trainer always checkpoints)");
+  cmd->add_option("--device", a->device, "cpu (trainer/lora_model.h) or cuda (trainer/lora_model_cuda.h)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  cmd->add_option("--gpus", a->gpus, "GPUs in the pipeline")->capture_default_str();
+  cmd->add_option("--gpus", a->gpus, "GPUs: 1 is the GPU trainer; more plans an assumed pipeline of layers (not implemented)")->capture_default_str();
   cmd->add_option("--gpu-mem-gb", a->gpu_mem_gb, "memory per GPU in GB (10^9 bytes)")->capture_default_str();
   cmd->add_option("--cpu-mem-gb", a->cpu_mem_gb, "host RAM in GB for --device cpu (default: this machine's)");
   cmd->add_option("--threads", a->threads, "CPU threads the trainer would use (default: this machine's cores)");

@@ -24,6 +24,8 @@
 #include "kernels/optim.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
+#include "trainer/lora_cuda_buffers.h"
+#include "trainer/memory_plan.h"
 
 namespace qwenq {
 
@@ -32,8 +34,8 @@ namespace {
 constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,   LoraTarget::OProj,
                                     LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
 
-// Logits per lm_head chunk: 64 Mi floats (256 MiB), as QwenModelCuda::next_token_nll.
-constexpr int64_t kLogitsChunkFloats = int64_t{64} << 20;
+// `qwen-qlora plan` counts cuBLASLt's workspace by its own constant (trainer/memory_plan.h).
+static_assert(BlasLt::kWorkspaceBytes == kCublasLtWorkspaceBytes, "memory_plan.h's cuBLASLt workspace is BlasLt's");
 
 bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
 
@@ -88,62 +90,66 @@ struct LoraModelCuda::Impl {
     return i < 0 ? nullptr : &slots[static_cast<size_t>(i)];
   }
 
+  DeviceAllocation& buffer(LoraCudaBufferId id) {
+    using Id = LoraCudaBufferId;
+    switch (id) {
+      case Id::Xs: return xs;
+      case Id::N1: return n1;
+      case Id::Qpre: return qpre;
+      case Id::Kpre: return kpre;
+      case Id::Q: return q;
+      case Id::K: return k;
+      case Id::V: return v_;
+      case Id::A: return a;
+      case Id::Lse: return lse;
+      case Id::H1: return h1;
+      case Id::N2: return n2;
+      case Id::Gate: return gate;
+      case Id::Up: return up;
+      case Id::Act: return act;
+      case Id::Mlp: return mlp;
+      case Id::U: return u;
+      case Id::Hidden: return hidden;
+      case Id::Dhidden: return dhidden;
+      case Id::D: return d;
+      case Id::Dact: return dact;
+      case Id::Dgate: return dgate;
+      case Id::Dup: return dup;
+      case Id::Dn2: return dn2;
+      case Id::Dh1: return dh1;
+      case Id::Da: return da;
+      case Id::Dq: return dq;
+      case Id::Dk: return dk;
+      case Id::Dv: return dv;
+      case Id::Dn1: return dn1;
+      case Id::Tmp: return tmp;
+      case Id::G: return g;
+      case Id::Nll: return nll;
+      case Id::Tokens: return tokens;
+      case Id::Positions: return positions;
+      case Id::Targets: return targets;
+      case Id::Act16: return act16;
+      case Id::Q16: return q16;
+      case Id::K16: return k16;
+      case Id::V16: return v16;
+      case Id::A16: return a16;
+      case Id::Da16: return da16;
+    }
+    QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
+  }
+
+  // The buffers of trainer/lora_cuda_buffers.h for T tokens, in its order; the block inputs are freed first (the
+  // largest), every other buffer when its replacement is in place.
   void reserve(int64_t T) {
     if (T <= capacity) return;
     const QwenConfig& c = cfg;
-    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
-                  L = c.num_layers, r = shape.rank(), wide = std::max({C, Q, I});
     capacity = 0;
-    const auto f32 = [&](int64_t cols, const char* what) {
-      return cuda_device_allocator().allocate(static_cast<size_t>(T * cols) * sizeof(float), st(),
-                                              MemoryTag::Activations,
-                                              std::string("LoraModelCuda: ") + what + " [" + std::to_string(T) + ", " +
-                                                  std::to_string(cols) + "] fp32");
-    };
-    const auto b16 = [&](int64_t cols, const char* what) { return f32((cols + 1) / 2, what); };
-    xs.reset();  // the largest one goes first
-    xs = f32((L + 1) * C, "the block inputs (activation checkpoints)");
-    n1 = f32(C, "n1");
-    qpre = f32(c.qk_norm ? Q : 1, "q before its norm");
-    kpre = f32(c.qk_norm ? KV : 1, "k before its norm");
-    q = f32(Q, "q");
-    k = f32(KV, "k");
-    v_ = f32(KV, "v");
-    a = f32(Q, "the attention output");
-    lse = f32(H, "the attention lse");
-    h1 = f32(C, "h1");
-    n2 = f32(C, "n2");
-    gate = f32(I, "gate");
-    up = f32(I, "up");
-    act = f32(I, "the SwiGLU output");
-    mlp = f32(C, "the MLP output");
-    u = f32(7 * r, "the LoRA u = x Aᵀ");
-    hidden = f32(C, "the final hidden states");
-    dhidden = f32(C, "dhidden");
-    d = f32(C, "the residual gradient");
-    dact = f32(I, "dact");
-    dgate = f32(I, "dgate");
-    dup = f32(I, "dup");
-    dn2 = f32(C, "dn2");
-    dh1 = f32(C, "dh1");
-    da = f32(Q, "da");
-    dq = f32(Q, "dq");
-    dk = f32(KV, "dk");
-    dv = f32(KV, "dv");
-    dn1 = f32(C, "dn1");
-    tmp = f32(wide, "the base input gradient");
-    g = f32(r, "the LoRA g = s dy B");
-    nll = f32(1, "the per-token losses");
-    tokens = f32(1, "the token ids");
-    positions = f32(1, "the positions");
-    targets = f32(1, "the targets");
-    act16 = b16(wide, "the bf16 activations of the 4-bit Linears");
-    if (uses_flash(c.head_dim)) {
-      q16 = b16(Q, "bf16 q");
-      k16 = b16(KV, "bf16 k");
-      v16 = b16(KV, "bf16 v");
-      a16 = b16(Q, "bf16 attention output");
-      da16 = b16(Q, "bf16 attention output gradient");
+    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim))) {
+      DeviceAllocation& slot = buffer(b.id);
+      if (b.id == LoraCudaBufferId::Xs) slot.reset();
+      slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(T)), st(), MemoryTag::Activations,
+                                              std::string("LoraModelCuda: ") + b.what + " [" + std::to_string(T) +
+                                                  ", " + std::to_string(b.words) + "] fp32");
     }
     capacity = T;
   }
@@ -364,7 +370,7 @@ struct LoraModelCuda::Impl {
     const float* xL = x_at(train ? Lc : (Lc % 2));
     const QwenDeviceTensor fn = base->device_final_norm(), head = base->device_lm_head();
     rmsnorm(xL, T, C, fn, hidden.as<float>());
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
+    const int64_t chunk = lora_cuda_logits_rows(T, V);  // trainer/lora_cuda_buffers.h
     if (chunk > logits_rows) {
       logits.reset();
       logits_rows = 0;

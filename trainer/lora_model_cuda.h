@@ -28,8 +28,9 @@
 // dropped input is stored, so dropout costs no memory, only two or three elementwise passes per adapted Linear.
 //
 // Memory: the QwenModelCuda's weights, 4 · (adapter parameters) fp32 (A/B, grads, m, v), and for the largest
-// batch seen (T tokens) about T · ((L + 11)·C + 6·I + 5·H·D + 5·Hkv·D + max(C, H·D, I) + 8·r) fp32, plus bf16
-// copies and one chunk of logits (at most 256 MiB). Not thread-safe (the buffers are reused by every call).
+// batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h (about T · ((L + 11)·C + 6·I + 5·H·D + 5·Hkv·D
+// + max(C, H·D, I) + 8·r) fp32 plus bf16 copies) and one chunk of logits (at most 256 MiB); that table is also
+// what `qwen-qlora plan` counts (trainer/memory_plan.h). Not thread-safe (the buffers are reused by every call).
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA

@@ -10,10 +10,13 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "lora/lora_adapter.h"
+#include "kernels/device_allocator.h"
 #include "quant/format/int_pack.h"
 #include "quant/format/nf4_pack.h"
+#include "quant/format/qgemm_layout.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
+#include "trainer/lora_cuda_buffers.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 
@@ -151,22 +154,84 @@ void plan_cpu_device(const PlanInput& in, const LayerShape& s, DevicePlan* d) {
   d->ws_threads = u64(in.cpu_threads) * widen;
 }
 
-// ---- GPU (planned) --------------------------------------------------------------------------------------
+// ---- GPU (trainer/lora_model_cuda.h) ------------------------------------------------------------------------
+
+// One device allocation of `bytes` as the caching allocator holds it (kernels/device_allocator.h).
+uint64_t held(uint64_t bytes) { return bytes == 0 ? 0 : u64(static_cast<int64_t>(DeviceAllocator::round_size(bytes))); }
+
+// The flash attention head dims of a default build (CMake's QWENQ_FLASH_HEAD_DIMS): bf16 q/k/v copies.
+bool plan_flash(int64_t D) { return D == 64 || D == 128; }
+
+// Device bytes of one base Linear [N, K]: dense as stored (dense_dtype: a float32 checkpoint's Linears are fp32),
+// or its Q4 repack (qweight and meta, two allocations).
+uint64_t gpu_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
+  if (in.base == PlanBase::Bf16) return held(u64(N * K) * dtype_size(in.dense_dtype));  // as stored
+  plan_linear_bytes(in, N, K);  // the format's own checks first
+  QWENQ_CHECK(in.bits == 4, "plan: the GPU trainer reads 4-bit weights only (the Q4 layout of "
+                                << "quant/format/qgemm_layout.h), not " << in.bits << "-bit " << plan_base_name(in.base)
+                                << " (use --device cpu)");
+  const int64_t group = in.base == PlanBase::Nf4 ? q4_nf4_layout_group(K, in.nf4_blocksize)
+                                                 : q4_int_layout_group(K, in.group_size);
+  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+              "plan: a Linear [" << N << ", " << K << "] has a Q4 layout group of " << group << ", not a multiple of "
+                                 << kQ4CodesPerWord << ": the GPU trainer cannot read it (use --device cpu)");
+  return held(u64(q4_qweight_words(N, K) * 4)) + held(u64(q4_meta_words(N, K, group) * 4));
+}
+
+// Device bytes of one layer's dense tensors: each norm and bias its own allocation.
+uint64_t gpu_layer_dense_bytes(const QwenConfig& c, uint64_t dsz) {
+  uint64_t b = 2 * held(u64(c.hidden_size) * dsz);
+  if (c.qkv_bias) b += held(u64(c.q_dim()) * dsz) + 2 * held(u64(c.kv_dim()) * dsz);
+  if (c.qk_norm) b += 2 * held(u64(c.head_dim) * dsz);
+  return b;
+}
+
+// The largest stream-ordered kernel scratch of a step (one launch's; they are freed in stream order, not alive
+// together): flash / naive attention's backward δ [T, H] fp32; cuBLASLt's 16-bit copy of fp32 activations for a
+// 16-bit weight (kernels/blas_lt.h): the lm_head's dlogits chunk rows·V (its forward input rows·C is smaller), and
+// for a 16-bit dense base each Linear's x [T, K] or dy [T, N].
+uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const DevicePlan& d) {
+  uint64_t b = d.num_layers > 0 ? u64(s.T * s.H * 4) : 0;
+  const uint64_t dsz = dtype_size(in.dense_dtype);
+  if (d.has_lm_head && dsz == 2) b = std::max(b, u64(lora_cuda_logits_rows(s.T, s.V) * s.V) * dsz);
+  if (in.base == PlanBase::Bf16 && dsz == 2 && d.num_layers > 0) {
+    for (const LoraShape& sh : s.shape) b = std::max(b, u64(s.T * std::max(sh.N, sh.K) * 2));
+  }
+  return b;
+}
 
 void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, DevicePlan* d) {
-  const int64_t T = s.T, C = s.C, n = d->num_layers;
-  d->act_checkpoints = u64(n * T * C * 2);
-  const int64_t qk_norm = in.model.qk_norm ? s.qd + s.kvd : 0;
-  const int64_t block = T * (3 * C + 2 * s.qd + 2 * s.kvd + 3 * s.I + s.sum_r + qk_norm) * 2 +
-                        T * s.H * 4 + T * s.dropout_k * 2;
-  d->act_block = n > 0 ? u64((in.checkpointing ? 1 : n) * block) : 0;
-  d->act_backward = n > 0 ? u64(T * (3 * s.I + 3 * C + 2 * s.qd + 2 * s.kvd) * 2 + T * C * 4) : 0;
-  d->act_loss = d->has_lm_head ? u64(T * C * (2 + 4)) : 0;
-  d->act_pipeline = u64(((index > 0 ? 1 : 0) + (index + 1 < in.gpus ? 1 : 0)) * T * C * 2);
-  if (in.base != PlanBase::Bf16 && n > 0) {
-    for (const LoraShape& sh : s.shape) d->ws_dequant = std::max(d->ws_dequant, u64(2 * sh.N * sh.K));
+  const QwenConfig& c = in.model;
+  const int64_t T = s.T, n = d->num_layers;
+  const uint64_t dsz = dtype_size(in.dense_dtype);
+  // Base weights as uploaded (trainer/qwen_model_cuda.cpp): these replace the file bytes of the caller.
+  uint64_t layer_linear = 0;
+  for (const LoraShape& sh : s.shape) layer_linear += gpu_linear_bytes(in, sh.N, sh.K);
+  const uint64_t embed = held(u64(s.V * s.C) * dsz);
+  d->base_linear = u64(n) * layer_linear;
+  d->base_dense = u64(n) * gpu_layer_dense_bytes(c, dsz) + (d->has_embeddings ? embed : 0);
+  if (d->has_lm_head)
+    d->base_dense += held(u64(s.C) * dsz) + (!c.tie_word_embeddings || !d->has_embeddings ? embed : 0);
+  d->base_weights = d->base_linear + d->base_dense;
+  // A/B, gradients, m, v: one fp32 array each of max(P, 1) floats.
+  const uint64_t arena = held(u64(std::max<int64_t>(d->lora_params, 1)) * 4);
+  d->adapters = arena;
+  d->gradients = arena;
+  d->optimizer = 2 * arena;
+  // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
+  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim))) {
+    const uint64_t bytes = held(b.bytes(T));
+    switch (b.role) {
+      case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
+      case LoraCudaRole::Forward: d->act_block += bytes; break;
+      case LoraCudaRole::Backward: d->act_backward += bytes; break;
+      case LoraCudaRole::Loss: d->act_loss += d->has_lm_head ? bytes : 0; break;
+    }
   }
-  d->ws_logits = d->has_lm_head ? u64(logits_rows(s) * s.V * (2 + 4)) : 0;
+  // Pipeline (an assumption of the plan): a received fp32 activation and a received fp32 gradient [T, C].
+  d->act_pipeline = u64((index > 0 ? 1 : 0) + (index + 1 < in.gpus ? 1 : 0)) * held(u64(T * s.C * 4));
+  d->ws_scratch = gpu_scratch_bytes(in, s, *d);
+  d->ws_logits = d->has_lm_head ? held(u64(lora_cuda_logits_rows(T, s.V) * s.V * 4)) : 0;
   d->ws_reserve = kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + (in.gpus > 1 ? kNcclBytes : 0);
 }
 
@@ -302,7 +367,7 @@ PlanResult plan_memory(const PlanInput& in) {
     else
       plan_gpu_device(in, s, i, &d);
     d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
-    d.workspace = d.ws_dequant + d.ws_logits + d.ws_threads + d.ws_reserve;
+    d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
     d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;
     d.capacity = in.device_bytes;
     d.headroom = static_cast<int64_t>(d.capacity) - static_cast<int64_t>(d.total);
@@ -385,9 +450,13 @@ std::string format_plan_table(const PlanResult& p) {
   std::snprintf(buf, sizeof buf, "%.2f M", static_cast<double>(p.lora_params) / 1e6);
   os << "LoRA: r=" << in.lora.r << " on " << targets_list(in.lora) << "; " << buf
      << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
-     << (in.lora.dropout > 0 ? "; dropout keeps the dropped input (masks are regenerated)" : "") << "\n";
+     << (in.lora.dropout <= 0                 ? ""
+         : in.device == PlanDevice::Cpu ? "; dropout keeps the dropped input (masks are regenerated)"
+                                        : "; dropout stores nothing (masks are regenerated)")
+     << "\n";
   os << "step: micro-batch " << in.batch_size << " x " << in.seq_len << " = " << p.tokens
-     << " tokens, activation checkpointing " << (in.checkpointing ? "on" : "off") << "\n";
+     << " tokens, activation checkpointing "
+     << (in.device == PlanDevice::Cuda ? "on (always, on the GPU)" : in.checkpointing ? "on" : "off") << "\n";
   if (in.device == PlanDevice::Cpu) {
     std::snprintf(buf, sizeof buf, "%.1f GB = ", static_cast<double>(in.device_bytes) / 1e9);
     os << "device: cpu (the trainer in trainer/lora_model.cpp, fp32), " << buf << format_bytes(in.device_bytes)
@@ -395,10 +464,11 @@ std::string format_plan_table(const PlanResult& p) {
   } else {
     std::snprintf(buf, sizeof buf, "%.1f GB = ", static_cast<double>(in.device_bytes) / 1e9);
     os << "device: " << in.gpus << " x cuda, " << buf << format_bytes(in.device_bytes)
-       << " each (planned CUDA path: bf16 activations, flash attention, checkpoint per block)";
+       << " each (the GPU trainer, trainer/lora_model_cuda.h: fp32 activations, 4-bit Linears as Q4, "
+       << "always checkpointed; base weights and buffers as the caching allocator holds them)";
     if (in.gpus > 1)
-      os << "; pipeline of layers, embeddings on cuda:0, final norm + lm_head on cuda:" << in.gpus - 1
-         << (c.tie_word_embeddings ? " (the tied embedding held twice)" : "");
+      os << "; ASSUMED pipeline of layers (the trainer runs on one GPU), embeddings on cuda:0, final norm + lm_head "
+         << "on cuda:" << in.gpus - 1 << (c.tie_word_embeddings ? " (the tied embedding held twice)" : "");
     os << "\n";
   }
   os << "\n";
@@ -412,12 +482,13 @@ std::string format_plan_table(const PlanResult& p) {
              d.fits ? "yes" : "NO"});
   }
   os << "\nactivations and workspace in detail (formulas: trainer/memory_plan.h):\n\n";
-  row(os, {"device", "checkpoints", "block", "backward", "loss", "pipeline", "dequant", "logits chunk",
-           "thread buffers", "reserve"});
+  const bool cpu = in.device == PlanDevice::Cpu;
+  row(os, {"device", "checkpoints", cpu ? "block" : "forward", "backward", "loss", "pipeline",
+           cpu ? "dequant" : "kernel scratch", "logits chunk", "thread buffers", "reserve"});
   row(os, {"---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"});
   for (const DevicePlan& d : p.devices) {
     row(os, {d.name, format_bytes(d.act_checkpoints), format_bytes(d.act_block), format_bytes(d.act_backward),
-             format_bytes(d.act_loss), format_bytes(d.act_pipeline), format_bytes(d.ws_dequant),
+             format_bytes(d.act_loss), format_bytes(d.act_pipeline), format_bytes(cpu ? d.ws_dequant : d.ws_scratch),
              format_bytes(d.ws_logits), format_bytes(d.ws_threads), format_bytes(d.ws_reserve)});
   }
   const DevicePlan& w = p.devices[p.worst_device];
@@ -483,6 +554,7 @@ std::string plan_to_json(const PlanResult& p) {
                     {"act_pipeline", d.act_pipeline},
                     {"activations", d.activations},
                     {"ws_dequant", d.ws_dequant},
+                    {"ws_scratch", d.ws_scratch},
                     {"ws_logits", d.ws_logits},
                     {"ws_threads", d.ws_threads},
                     {"ws_reserve", d.ws_reserve},

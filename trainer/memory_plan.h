@@ -4,7 +4,8 @@
 // qd = H·D, kvd = Hkv·D, V vocab, r LoRA rank, T = B·S tokens of one micro-batch (B sequences of S tokens,
 // packed back to back), g group size, n = N·K weights of a Linear [N out, K in]. Every count is in bytes.
 //
-// BASE WEIGHTS (frozen), exactly the tensor bytes our writers put in safetensors (tests check it to the byte):
+// BASE WEIGHTS (frozen), exactly the tensor bytes our writers put in safetensors (tests check it to the byte); the
+// whole model's figures and the CPU's (a GPU holds the layout of BASE WEIGHTS, GPU below):
 //   bf16        Linear: 2·N·K
 //   GPTQ b-bit  qweight I32 [K·b/32, N] + qzeros I32 [G, N·b/32] + scales F16 [G, N] + g_idx I32 [K],
 //               G = ceil(K/g) (g = -1: G = 1)  ->  4·(K·b/32)·N + 4·G·(N·b/32) + 2·G·N + 4·K
@@ -43,28 +44,50 @@
 // Not counted on the CPU: packed tensors are copied out of the memory map at load; the mapped pages they were
 // read from are page cache (clean, reclaimable) and may also show in RSS until the kernel drops them.
 //
-// ACTIVATIONS, GPU (the planned CUDA path: bf16 activations, flash attention without the T×T matrix, one
-// checkpoint per block; 2 bytes per value unless said):
-//   checkpoints   n_dev·T·C·2 (block inputs of the device's n_dev layers)
-//   block         T·(3C + 2qd + 2kvd + 3I + Σ r [+ qd + kvd QK-norm])·2 + T·H·4 (lse, fp32)
-//                 [+ dropout: Σ T·K·2, bf16 dropped x; masks are regenerated from their keys, kernels/dropout.h];
-//                 one block, or n_dev without checkpointing
-//   backward      T·(3I + 3C + 2qd + 2kvd)·2 (every gradient buffer of a block alive at once: an upper bound)
-//                 + T·C·4 (the residual-stream gradient, accumulated in fp32)
-//   loss          (last device) the final hidden T·C·2 and its fp32 gradient T·C·4
-//   pipeline      multi-GPU: a received activation (all but the first device) and a received gradient (all
-//                 but the last), T·C·2 each
+// GPU: the trainer that exists, LoraModelCuda (trainer/lora_model_cuda.h) on the weights QwenModelCuda uploads
+// (trainer/qwen_model_cuda.h), for one GPU exactly its buffers. Every buffer is one allocation from the caching
+// allocator and is counted as the allocator holds it: held(n) = round_size(n) (kernels/device_allocator.h: n
+// rounded up to 512 B up to 1 MiB, else to 2 MiB). --no-checkpointing and lora_dropout change nothing here (the
+// GPU trainer always checkpoints; its dropout masks are regenerated, no mask or dropped input is stored).
+// BASE WEIGHTS, GPU (replace the file bytes in DevicePlan; PlanResult's whole-model base_* stay the file bytes):
+//   dense         every tensor as stored in dense_dtype, one allocation each: per layer the two RMSNorms
+//                 held(C·dsz) each, the q/k/v biases held(qd·dsz) + 2·held(kvd·dsz) (Qwen2), the q/k norms
+//                 2·held(D·dsz) (Qwen3); embeddings held(V·C·dsz) (cuda:0), final norm held(C·dsz) and, untied,
+//                 lm_head held(V·C·dsz) (last GPU; a tied one is the embedding's allocation on one GPU)
+//   Linear        dense base: held(N·K·dsz) (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked to
+//                 Q4 (quant/format/qgemm_layout.h), 4-bit only, qweight held(4·(Kp/8)·Np) + meta
+//                 held(4·ceil(Kp/g)·Np), Kp = round_up(K, 8),
+//                 Np = round_up(N, 4), g the layout group (q4_int_layout_group / q4_nf4_layout_group); about 4.25
+//                 bits per weight at group 128, which is not the file's byte count. A GPTQ act-order g_idx adds
+//                 held(4·K) per Linear (the permutation), not counted: the plan assumes no act-order.
+// LORA, GPU: A/B, gradients, AdamW m and v are one fp32 array each of max(P, 1) floats: held(4·P) each
+//   (adapters, gradients; optimizer = 2·held(4·P)).
+// ACTIVATIONS, GPU (trainer/lora_cuda_buffers.h, the table LoraModelCuda allocates from; fp32 unless named):
+//   Σ held(T·words·4) over the buffers of the table, by their role:
+//   checkpoints   xs: (n_dev + 1)·C words per token (every block input and the final residual)
+//   forward       n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act, mlp, u (7·r), tokens, positions, and
+//                 the bf16 copies act16 ceil(max(C, qd, I)/2), q16, k16, v16, a16 (flash head dims 64 and 128)
+//   backward      d, dact, dgate, dup, dn2, dh1, da, dq, dk, dv, dn1, tmp max(C, qd, I), g (r), da16 (flash)
+//   loss          hidden, dhidden, nll, targets (the GPU with the lm_head)
+//   pipeline      multi-GPU assumption: a received activation (all but the first GPU) and a received gradient
+//                 (all but the last), held(T·C·4) each
 // WORKSPACE, GPU:
-//   dequant       the largest Linear dequantized to bf16, 2·N·K (dequantize-then-cuBLASLt path; a fused W4A16
-//                 kernel would need none); 0 for a bf16 base
-//   logits        (last device) rows·V·(2 + 4): bf16 logits and fp32 softmax / dlogits of one chunk, rows as CPU
-//   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU)
+//   dequant       0: the fused W4A16 kernels (kernels/qgemm.h) read Q4 directly, no weight is dequantized
+//   scratch       the largest stream-ordered kernel scratch of one launch (freed in stream order, never two
+//                 at once): attention's backward δ T·H·4; cuBLASLt's 16-bit copy of fp32 activations for a 16-bit
+//                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
+//                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes
+//                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
+//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^26 / V))
+//   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
+//                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
 //
-// MULTI-GPU (an assumption of this plan, not yet of the code): a pipeline of layers. The L decoder layers are
-// split evenly, devices 0 .. (L mod G) - 1 taking one extra; embeddings live on the first device, final norm
-// and lm_head on the last (a tied embedding is then held twice); each layer's adapter, gradients and optimizer
-// state live with the layer. One micro-batch in flight (no interleaving), so every device holds the
-// activations of one micro-batch.
+// MULTI-GPU (an ASSUMPTION of this plan, not of the code: LoraModelCuda runs on one GPU): a pipeline of layers.
+// The L decoder layers are split evenly, devices 0 .. (L mod G) - 1 taking one extra; embeddings live on the
+// first device, final norm and lm_head on the last (a tied embedding is then held twice); each layer's adapter,
+// gradients and optimizer state live with the layer. One micro-batch in flight (no interleaving): every device
+// holds LoraModelCuda's per-batch buffers for its n_dev layers (the loss buffers and logits only on the last),
+// plus the pipeline buffers above.
 #pragma once
 
 #include <cstdint>
@@ -85,13 +108,15 @@ const char* plan_base_name(PlanBase b);  // "bf16", "gptq", "awq", "nf4"
 bool plan_base_from_name(const std::string& name, PlanBase* out);
 
 // The named GPU reserve (a budget, not a measurement): a CUDA context with cuBLASLt loaded takes about half a
-// GiB on Hopper; NVIDIA recommends a 32 MiB cuBLASLt workspace on Hopper; the caching allocator's
-// fragmentation and NCCL's per-peer buffers get a fixed allowance.
+// GiB on Hopper; cuBLASLt's workspace is BlasLt::kWorkspaceBytes (NVIDIA's 32 MiB for Hopper; lora_model_cuda.cpp
+// asserts they agree); the caching allocator's cached-but-idle blocks and NCCL's per-peer buffers get a fixed
+// allowance.
 constexpr uint64_t kCudaContextBytes = uint64_t{512} << 20;
 constexpr uint64_t kCublasLtWorkspaceBytes = uint64_t{32} << 20;
 constexpr uint64_t kAllocatorSlackBytes = uint64_t{512} << 20;
 constexpr uint64_t kNcclBytes = uint64_t{256} << 20;
-// Rows of the lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
+// Rows of the CPU's lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
+// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h).
 constexpr int64_t kPlanLogitsPerChunk = int64_t{16} << 20;
 // nested_offset written into the planned NF4 quant_state JSON (python repr "0.05000000074505806").
 constexpr float kPlanNestedOffset = 0.05f;
@@ -128,7 +153,7 @@ struct DevicePlan {
 
   uint64_t act_checkpoints = 0, act_block = 0, act_backward = 0, act_loss = 0, act_pipeline = 0;
   uint64_t activations = 0;  // the sum of the act_* fields
-  uint64_t ws_dequant = 0, ws_logits = 0, ws_threads = 0, ws_reserve = 0;
+  uint64_t ws_dequant = 0, ws_scratch = 0, ws_logits = 0, ws_threads = 0, ws_reserve = 0;  // scratch: GPU only
   uint64_t workspace = 0;  // the sum of the ws_* fields
 
   uint64_t total = 0;
@@ -164,7 +189,8 @@ DType plan_dense_dtype(const std::string& torch_dtype);
 // Throws naming the shape when the layout cannot hold it (K or N not packing into int32 words, AWQ bits != 4).
 uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);
 
-// Throws with the offending value for a config the plan cannot describe (non-positive sizes, GPUs > layers, ...).
+// Throws with the offending value for a config the plan cannot describe (non-positive sizes, GPUs > layers, on
+// the GPU a packed base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
 PlanResult plan_memory(const PlanInput& in);
 
 // Human-readable: a header, the per-device table, the activation/workspace breakdown and the verdict.

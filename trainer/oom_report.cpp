@@ -102,8 +102,7 @@ std::string plan_vs_live_report(PlanInput in, const OutOfMemoryFacts& f) {
     os << "The plan does not fit this device either (" << format_bytes(d.total) << " of "
        << format_bytes(d.capacity) << ")";
   }
-  os << "; it models bf16 activations, and this GPU trainer keeps fp32 activations and fp32 block inputs, about "
-        "twice the planned activations.\n";
+  os << "; its activations are this GPU trainer's own buffers (trainer/lora_cuda_buffers.h).\n";
   // What to lower: the group that holds the most, the failed request included.
   const auto with_request = [&](uint64_t live, std::initializer_list<MemoryTag> tags) {
     return live + (req_in(tags) ? f.requested : 0);

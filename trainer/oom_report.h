@@ -13,8 +13,8 @@
 //   what to lower: <the category that holds the most>
 //
 // The live tags map to the plan's categories as weights -> base weights, adapter -> adapters, gradients,
-// optimizer, activations -> activations, logits + workspace -> workspace. The plan models the planned CUDA path
-// (bf16 activations); the current GPU trainer keeps fp32 activations, and the report says so.
+// optimizer, activations -> activations, logits + workspace -> workspace. The plan counts the GPU trainer's own
+// buffers (trainer/lora_cuda_buffers.h), each as the caching allocator holds it.
 #pragma once
 
 #include <cstdint>

@@ -49,6 +49,13 @@ void pack_words(const std::vector<uint8_t>& codes, Q4Layout* q) {
 
 }  // namespace
 
+int64_t q4_int_layout_group(int64_t K, int64_t group_size) {
+  const int64_t g = group_size <= 0 ? K : group_size;
+  return (K + g - 1) / g == 1 ? q4_padded_k(K) : g;
+}
+
+int64_t q4_nf4_layout_group(int64_t K, int64_t blocksize) { return std::gcd(K, blocksize); }
+
 Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   const char* what = "Q4 repack of a GPTQ/AWQ weight";
   QWENQ_CHECK(p.bits == 4, what << ": only 4-bit codes have a Q4 layout, this weight is " << p.bits << "-bit");
@@ -98,8 +105,7 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   }
 
   // Layout group: the format's, or the whole padded K when one group spans K (group_size -1).
-  const int64_t Kp = round_up(K, kQ4RowPad);
-  const int64_t group = G == 1 ? Kp : p.group;
+  const int64_t group = q4_int_layout_group(K, p.group);
   QWENQ_CHECK(group % kQ4CodesPerWord == 0,
               what << ": group size " << p.group << " is not a multiple of " << kQ4CodesPerWord
                    << " (K=" << K << "): one Q4 word of 8 rows would straddle two groups");
@@ -130,7 +136,7 @@ Q4Layout q4_from_nf4(const Nf4Tensor& t, int64_t N, int64_t K) {
   nf4_check(t, what);
   QWENQ_CHECK(N > 0 && K > 0 && N * K == t.n, what << ": shape [" << N << ", " << K << "] does not hold " << t.n << " weights");
   const int64_t B = t.blocksize;
-  const int64_t group = std::gcd(K, B);
+  const int64_t group = q4_nf4_layout_group(K, B);
   QWENQ_CHECK(group % kQ4CodesPerWord == 0,
               what << ": gcd(K=" << K << ", blocksize=" << B << ") = " << group << " is not a multiple of "
                    << kQ4CodesPerWord << ", so a Q4 word of 8 rows would straddle two absmax blocks");

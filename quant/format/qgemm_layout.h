@@ -87,6 +87,19 @@ inline float q4_meta_float(uint32_t meta) {
   return f;
 }
 
+// The layout's sizes for a weight [N, K], without building it (`qwen-qlora plan`, trainer/memory_plan.h):
+//   layout group   Int: the format's group g, or Kp when one group spans K (G = ceil(K / g) == 1);
+//                  Nf4/Fp4: gcd(K, blocksize)
+//   qweight words  (Kp / 8)·Np          meta words  ceil(Kp / group)·Np          perm words  K with act-order, else 0
+int64_t q4_int_layout_group(int64_t K, int64_t group_size);  // group_size -1 or >= K: one group
+int64_t q4_nf4_layout_group(int64_t K, int64_t blocksize);
+inline int64_t q4_padded_k(int64_t K) { return (K + kQ4RowPad - 1) / kQ4RowPad * kQ4RowPad; }
+inline int64_t q4_padded_n(int64_t N) { return (N + kQ4ColPad - 1) / kQ4ColPad * kQ4ColPad; }
+inline int64_t q4_qweight_words(int64_t N, int64_t K) { return q4_padded_k(K) / kQ4CodesPerWord * q4_padded_n(N); }
+inline int64_t q4_meta_words(int64_t N, int64_t K, int64_t group) {
+  return (q4_padded_k(K) + group - 1) / group * q4_padded_n(N);
+}
+
 // A non-owning view: host pointers for the CPU twin, device pointers for the CUDA kernels.
 struct Q4View {
   Q4Kind kind = Q4Kind::Int;

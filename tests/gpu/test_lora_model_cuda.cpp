@@ -56,12 +56,15 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "kernels/device_allocator.h"
 #include "kernels/loss.h"
 #include "kernels/optim.h"
 #include "tests/gpu/gpu_test.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/lora_model.h"
 #include "trainer/lora_model_cuda.h"
+#include "trainer/memory_plan.h"
+#include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/random_model.h"
@@ -516,6 +519,45 @@ TEST(LoraModelCuda, Stories260KStep) {
   gpu.download_grads(&g_gpu);
   const double worst = expect_grads_close(g_gpu, g_cpu, 1.0, kFp32RelTol, "stories260K");
   std::printf("[ stories260K ] loss GPU %.6f CPU %.6f; worst grad error / max %.2e\n", got.nll_sum, want.nll_sum, worst);
+}
+
+// The device bytes a step holds, per allocator tag, are `qwen-qlora plan`'s one-GPU figures to the byte
+// (trainer/memory_plan.h, from trainer/lora_cuda_buffers.h and the Q4 sizes): base weights, A/B, gradients, m and
+// v, the per-batch buffers and the logits chunk. Live allocations only (the allocator's cache is not counted),
+// taken as the difference to what the process held before the trainer was made.
+void expect_device_bytes_are_the_plan(const std::string& dir, const std::string& what) {
+  SCOPED_TRACE(what);
+  const QwenModel cpu(dir);
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({100, 65}, cpu.config().vocab_size, 7);
+  const std::vector<int32_t> targets = next_token_targets(b);
+  const DeviceAllocatorStats before = cuda_device_allocator().stats();  // anything an earlier test still holds
+  LoraModelCuda gpu(cpu, adapter);
+  LoraStepOptions so;
+  gpu.loss_and_grad(b, targets, so);
+  PlanInput in = plan_input_for_training(dir, cpu.config(), adapter.config(), 1, b.num_tokens(), uint64_t{80} << 30);
+  const PlanResult plan = plan_memory(in);
+  const DevicePlan& d = plan.devices.at(0);
+  const DeviceAllocatorStats after = cuda_device_allocator().stats();
+  const auto held = [&](MemoryTag t) { return after.bytes_of(t) - before.bytes_of(t); };
+  EXPECT_EQ(held(MemoryTag::Weights), d.base_weights);
+  EXPECT_EQ(held(MemoryTag::Adapter), d.adapters);
+  EXPECT_EQ(held(MemoryTag::Gradients), d.gradients);
+  EXPECT_EQ(held(MemoryTag::Optimizer), d.optimizer);
+  EXPECT_EQ(held(MemoryTag::Activations), d.activations);
+  EXPECT_EQ(held(MemoryTag::Logits), d.ws_logits);
+  std::printf("[ %s ] device bytes held = plan: weights %llu, adapter x4 %llu, activations %llu, logits %llu\n",
+              what.c_str(), (unsigned long long)held(MemoryTag::Weights), (unsigned long long)d.adapters,
+              (unsigned long long)held(MemoryTag::Activations), (unsigned long long)held(MemoryTag::Logits));
+}
+
+TEST(LoraModelCuda, DeviceBytesAreThePlan) {
+  QWENQ_REQUIRE_GPU();
+  ScratchDir tmp;
+  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  expect_device_bytes_are_the_plan(tok, "tiny F32 (naive attention)");
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 44, tok));
+  expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64 (flash attention)");
 }
 
 }  // namespace

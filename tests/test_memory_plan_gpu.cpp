@@ -1,0 +1,316 @@
+// The GPU half of the memory plan (trainer/memory_plan.h) against the GPU trainer that exists: a hand-computed
+// Qwen2.5-0.5B case (the arithmetic written out below), and the bytes the caching allocator holds when the
+// allocations of LoraModelCuda / QwenModelCuda are replayed on a fake device (their sizes come from the same
+// table, trainer/lora_cuda_buffers.h, and from the real Q4 repack of a quantized checkpoint), which must equal
+// the plan's per-category figures to the byte. Nothing here needs a GPU.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/device_allocator.h"
+#include "quant/format/qgemm_layout.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+#include "quant/nf4_checkpoint.h"
+#include "tests/support/test_paths.h"
+#include "trainer/lora_cuda_buffers.h"
+#include "trainer/memory_plan.h"
+#include "trainer/quantize_model.h"
+#include "trainer/qwen_model.h"
+#include "trainer/qwen_weights.h"
+#include "trainer/random_model.h"
+
+namespace qwenq {
+namespace {
+
+constexpr uint64_t KiB = uint64_t{1} << 10, MiB = uint64_t{1} << 20;
+
+// A device of unlimited size that hands out distinct addresses and never takes anything back.
+class FakeDevice final : public DeviceMemoryBackend {
+ public:
+  void* allocate(size_t bytes) override {
+    next_ += bytes + 4096;
+    return reinterpret_cast<void*>(next_);
+  }
+  void release(void*) noexcept override {}
+  bool memory_info(size_t*, size_t*) override { return false; }
+  void synchronize() noexcept override {}
+  std::string name() const override { return "fake:0"; }
+
+ private:
+  uintptr_t next_ = 0x100000;
+};
+
+LoraConfig all_linear(int64_t r) {
+  LoraConfig l;
+  l.r = r;
+  l.alpha = 2.0 * static_cast<double>(r);
+  l.target_modules = parse_lora_targets("all-linear");
+  return l;
+}
+
+PlanInput one_gpu(const QwenConfig& c, PlanBase base, int64_t r, int64_t T) {
+  PlanInput in;
+  in.model_name = "test";
+  in.model = c;
+  in.base = base;
+  in.lora = all_linear(r);
+  in.batch_size = 1;
+  in.seq_len = T;
+  in.device = PlanDevice::Cuda;
+  in.gpus = 1;
+  return in;
+}
+
+// Qwen2.5-0.5B, bf16 base, r = 16 on every Linear, T = 2048: C = 896, I = 4864, H = 14, Hkv = 2, D = 64 (flash),
+// qd = 896, kvd = 128, V = 151936, L = 24, tied. A buffer of w words per token takes 2048·4·w = 8192·w bytes;
+// the allocator holds it as is up to 1 MiB (w <= 128, all multiples of 512 B) and in 2 MiB steps above
+// (2 MiB = 256 words): ceil(w / 256)·2 MiB.
+TEST(MemoryPlanGpu, Qwen05bByHand) {
+  const PlanResult p = plan_memory(one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048));
+  const DevicePlan& d = p.devices.at(0);
+  // checkpoints: xs 25·896 = 22400 words -> ceil(87.5) = 88 -> 176 MiB.
+  EXPECT_EQ(d.act_checkpoints, 176 * MiB);
+  // forward: n1, q, a, h1, n2, mlp 896 words -> 8 MiB each (48); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
+  // 19·256 -> 38 MiB each (114); act16 ceil(4864/2) = 2432 -> 20 MiB; q16, a16 448 -> 4 MiB each (8); k16, v16
+  // 64 -> 512 KiB each; lse 14 -> 112 KiB; u 7·16 = 112 -> 896 KiB; qpre, kpre, tokens, positions 1 -> 8 KiB each.
+  EXPECT_EQ(d.act_block, (48 + 2 + 114 + 20 + 8) * MiB + (2 * 512 + 112 + 896 + 4 * 8) * KiB);
+  // backward: d, dn2, dh1, da, dq, dn1 896 -> 48 MiB; dact, dgate, dup, tmp (max(C, qd, I) = 4864) -> 4·38 = 152
+  // MiB; dk, dv -> 2 MiB; da16 448 -> 4 MiB; g 16 -> 128 KiB.
+  EXPECT_EQ(d.act_backward, (48 + 152 + 2 + 4) * MiB + 128 * KiB);
+  // loss: hidden, dhidden -> 16 MiB; nll, targets -> 16 KiB.
+  EXPECT_EQ(d.act_loss, 16 * MiB + 16 * KiB);
+  EXPECT_EQ(d.act_pipeline, 0u);
+  EXPECT_EQ(d.activations, 590 * MiB + 2208 * KiB);
+  // logits: rows = 2^26 / 151936 = 441; 441·151936·4 = 268,015,104 B -> 128 blocks of 2 MiB = 256 MiB.
+  EXPECT_EQ(d.ws_logits, 256 * MiB);
+  // scratch: the bf16 copy of the lm_head's dlogits, 441·151936·2 = 134,007,552 B (> δ 2048·14·4, > a bf16
+  // Linear's 2048·4864·2).
+  EXPECT_EQ(d.ws_scratch, 134'007'552u);
+  EXPECT_EQ(d.ws_dequant, 0u);
+  EXPECT_EQ(d.workspace,
+            d.ws_scratch + d.ws_logits + kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
+  // adapters: P = 24·16·((896 + 896)·2 + (128 + 896)·2 + (4864 + 896)·3) = 24·16·22912 = 8,798,208 floats =
+  // 35,192,832 B -> 17 blocks = 34 MiB, for each of A/B, gradients, m, v.
+  EXPECT_EQ(d.lora_params, 8'798'208);
+  EXPECT_EQ(d.adapters, 34 * MiB);
+  EXPECT_EQ(d.gradients, 34 * MiB);
+  EXPECT_EQ(d.optimizer, 68 * MiB);
+  // base weights: per layer q, o [896, 896] bf16 1,605,632 B -> 2 MiB; k, v [128, 896] 229,376 B (held as is);
+  // gate, up, down 8,716,288 B -> 5 blocks = 10 MiB; norms 2 x 1792 B -> 2 x 2 KiB; biases 1792 -> 2 KiB,
+  // 256 -> 512 B (x2). Embedding (tied, once) 151936·896·2 = 272,269,312 B -> 130 blocks; final norm 2 KiB.
+  const uint64_t layer = 2 * 2 * MiB + 2 * 229'376 + 3 * 10 * MiB + 2 * 2 * KiB + 2 * KiB + 2 * 512;
+  EXPECT_EQ(d.base_weights, 24 * layer + 130 * 2 * MiB + 2 * KiB);
+  // The reviewer's question: the old plan (bf16 activations) said 253 MiB of activations here.
+  EXPECT_GT(static_cast<double>(d.activations), 2.3 * 253 * MiB);
+}
+
+// The allocations LoraModelCuda's constructor, reserve(T) and logits chunk make, replayed on a fake device.
+void replay_lora_model_cuda(DeviceAllocator& a, const QwenConfig& c, int64_t lora_params, int64_t r, int64_t T,
+                            bool flash, std::vector<DeviceAllocation>* keep) {
+  const size_t arena = static_cast<size_t>(std::max<int64_t>(lora_params, 1)) * sizeof(float);
+  keep->push_back(a.allocate(arena, nullptr, MemoryTag::Adapter, "A and B"));
+  keep->push_back(a.allocate(arena, nullptr, MemoryTag::Gradients, "grads"));
+  keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "m"));
+  keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "v"));
+  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash))
+    keep->push_back(a.allocate(static_cast<size_t>(b.bytes(T)), nullptr, MemoryTag::Activations, b.what));
+  const int64_t rows = lora_cuda_logits_rows(T, c.vocab_size);
+  keep->push_back(a.allocate(static_cast<size_t>(rows * c.vocab_size) * 4, nullptr, MemoryTag::Logits, "logits"));
+}
+
+TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
+  QwenConfig qk = qwen_preset("qwen2.5-1.5b");  // Qwen3-like: QK-norm, no q/k/v bias, head_dim 128
+  qk.qk_norm = true;
+  qk.qkv_bias = false;
+  qk.head_dim = 128;
+  struct Case {
+    const char* name;
+    QwenConfig c;
+    int64_t r, T;
+  };
+  for (const Case& k : {Case{"0.5b", qwen_preset("qwen2.5-0.5b"), 16, 2048},
+                        Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096}, Case{"qk-norm", qk, 4, 1000},
+                        Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
+                        Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33}}) {
+    SCOPED_TRACE(k.name);
+    const QwenConfig& c = k.c;
+    const PlanResult p = plan_memory(one_gpu(c, PlanBase::Nf4, k.r, k.T));
+    const DevicePlan& d = p.devices.at(0);
+    DeviceAllocator alloc(std::make_unique<FakeDevice>());
+    std::vector<DeviceAllocation> keep;
+    replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, &keep);
+    const DeviceAllocatorStats s = alloc.stats();
+    EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
+    EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
+    EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
+    EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
+    EXPECT_EQ(s.bytes_of(MemoryTag::Logits), d.ws_logits);
+  }
+}
+
+// QwenModelCuda's upload replayed: each dense tensor once (a tied lm_head is the embedding), each packed Linear
+// repacked by the real q4_from_int_linear / q4_from_nf4 and uploaded as Q4DeviceWeight does (qweight, meta, and
+// the permutation when there is one).
+uint64_t replayed_weight_bytes(const QwenModel& m) {
+  DeviceAllocator a(std::make_unique<FakeDevice>());
+  std::vector<DeviceAllocation> keep;
+  std::map<const void*, bool> seen;
+  const auto dense = [&](const TensorView& t) {
+    if (t.data == nullptr || seen[t.data]) return;
+    seen[t.data] = true;
+    keep.push_back(a.allocate(t.nbytes(), nullptr, MemoryTag::Weights, "dense"));
+  };
+  const auto linear = [&](const LinearWeight& w) {
+    if (w.is_dense()) return dense(w.dense);
+    const Q4Layout q = w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K);
+    keep.push_back(a.allocate(q.qweight.size() * 4, nullptr, MemoryTag::Weights, "qweight"));
+    keep.push_back(a.allocate(q.meta.size() * 4, nullptr, MemoryTag::Weights, "meta"));
+    if (!q.perm.empty()) keep.push_back(a.allocate(q.perm.size() * 4, nullptr, MemoryTag::Weights, "perm"));
+  };
+  const QwenWeights& w = m.weights();
+  dense(w.embed);
+  dense(w.final_norm);
+  dense(w.lm_head);
+  for (const QwenLayerWeights& l : w.layers) {
+    for (const TensorView* t : {&l.input_norm, &l.post_norm, &l.q_norm, &l.k_norm}) dense(*t);
+    for (const LinearWeight* lw : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) linear(*lw);
+    for (const TensorView* t : {&l.q_bias, &l.k_bias, &l.v_bias}) dense(*t);
+  }
+  return a.stats().bytes_of(MemoryTag::Weights);
+}
+
+TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
+  const std::string scratch = test::scratch_dir();
+  RandomModelOptions o;
+  o.preset = "tiny";
+  o.out_dir = scratch + "/m";
+  o.seed = 5;
+  write_random_model(o);
+  struct Case {
+    const char* name;
+    QuantizeOptions::Method method;
+    IntLayout layout;
+    int64_t group;
+    bool dq;
+  };
+  for (const Case& k : {Case{"bf16", QuantizeOptions::Method::Rtn, IntLayout::GptqV1, 0, false},
+                        Case{"gptq g32", QuantizeOptions::Method::Rtn, IntLayout::GptqV1, 32, false},
+                        Case{"gptq g-1", QuantizeOptions::Method::Rtn, IntLayout::GptqV2, -1, false},
+                        Case{"awq g32", QuantizeOptions::Method::Rtn, IntLayout::AwqGemm, 32, false},
+                        Case{"nf4+dq", QuantizeOptions::Method::Nf4, IntLayout::GptqV1, 0, true},
+                        Case{"nf4", QuantizeOptions::Method::Nf4, IntLayout::GptqV1, 0, false}}) {
+    SCOPED_TRACE(k.name);
+    std::string dir = o.out_dir;
+    if (std::string(k.name) != "bf16") {
+      QuantizeOptions q;
+      q.method = k.method;
+      q.model_dir = o.out_dir;
+      q.out_dir = scratch + "/q" + std::to_string(static_cast<int>(k.method)) + "_" +
+                  std::to_string(static_cast<int>(k.layout)) + "_" + std::to_string(k.group) + (k.dq ? "dq" : "");
+      q.bits = 4;
+      q.group_size = k.group;
+      q.layout = k.layout;
+      q.double_quant = k.dq;
+      q.quiet = true;
+      quantize_model(q);
+      dir = q.out_dir;
+    }
+    const QwenModel model(dir);
+    PlanInput in = one_gpu(model.config(), PlanBase::Bf16, 4, 64);
+    in.dense_dtype = plan_dense_dtype(model.config().torch_dtype);
+    plan_base_from_model_dir(dir, &in);
+    const PlanBase want = k.method == QuantizeOptions::Method::Nf4 ? PlanBase::Nf4
+                          : std::string(k.name) == "bf16"          ? PlanBase::Bf16
+                          : k.layout == IntLayout::AwqGemm         ? PlanBase::Awq
+                                                                   : PlanBase::Gptq;
+    ASSERT_EQ(in.base, want);
+    ASSERT_EQ(model.weights().layers.at(0).gate.is_dense(), want == PlanBase::Bf16);
+    const PlanResult p = plan_memory(in);
+    const uint64_t replayed = replayed_weight_bytes(model);
+    EXPECT_NE(p.devices.at(0).base_weights, p.base_weight_bytes);  // the allocator's rounding (and Q4) show
+    EXPECT_EQ(p.devices.at(0).base_weights, replayed);
+    std::printf("%s: GPU base weights %llu B (file %llu B)\n", k.name, (unsigned long long)replayed,
+                (unsigned long long)p.base_weight_bytes);
+  }
+}
+
+// A float32 checkpoint's dense Linears are uploaded as fp32: twice the bf16 file-bytes formula.
+TEST(MemoryPlanGpu, Fp32DenseBaseIsUploadedAsStored) {
+  RandomModelOptions o;
+  o.preset = "tiny";
+  o.out_dir = test::scratch_dir() + "/f32";
+  o.seed = 6;
+  o.dtype = DType::F32;
+  write_random_model(o);
+  const QwenModel model(o.out_dir);
+  PlanInput in = one_gpu(model.config(), PlanBase::Bf16, 4, 64);
+  in.dense_dtype = plan_dense_dtype(model.config().torch_dtype);
+  ASSERT_EQ(in.dense_dtype, DType::F32);
+  const PlanResult p = plan_memory(in);
+  EXPECT_EQ(p.devices.at(0).base_weights, replayed_weight_bytes(model));
+  EXPECT_EQ(p.devices.at(0).ws_scratch, 64u * 4 * 4);  // only δ [T, H]: no 16-bit weight, no cast copy
+}
+
+// The Q4 sizes the plan derives without building a layout equal the repack's, for Qwen shapes and awkward ones.
+TEST(MemoryPlanGpu, Q4SizesEqualTheRepack) {
+  struct Shape {
+    int64_t N, K, group;
+  };
+  for (const Shape& s : {Shape{896, 4864, 128}, Shape{128, 896, 128}, Shape{4864, 896, -1}, Shape{40, 96, 32},
+                         Shape{8, 200, 8}}) {
+    const Q4Layout q = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, s.K, s.N, s.group, false, 1));
+    const int64_t g = q4_int_layout_group(s.K, s.group);
+    EXPECT_EQ(g, q.group) << s.N << "x" << s.K;
+    EXPECT_EQ(q4_qweight_words(s.N, s.K), static_cast<int64_t>(q.qweight.size())) << s.N << "x" << s.K;
+    EXPECT_EQ(q4_meta_words(s.N, s.K, g), static_cast<int64_t>(q.meta.size())) << s.N << "x" << s.K;
+  }
+  for (const Shape& s : {Shape{896, 4864, 64}, Shape{6, 96, 64}, Shape{10, 120, 256}}) {
+    const Q4Layout q = q4_from_nf4(q4_synthetic_nf4(s.N, s.K, false, s.group, true, 2), s.N, s.K);
+    const int64_t g = q4_nf4_layout_group(s.K, s.group);
+    EXPECT_EQ(g, q.group) << s.N << "x" << s.K;
+    EXPECT_EQ(q4_qweight_words(s.N, s.K), static_cast<int64_t>(q.qweight.size())) << s.N << "x" << s.K;
+    EXPECT_EQ(q4_meta_words(s.N, s.K, g), static_cast<int64_t>(q.meta.size())) << s.N << "x" << s.K;
+  }
+}
+
+TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
+  PlanInput in = one_gpu(qwen_preset("qwen2.5-72b"), PlanBase::Gptq, 16, 2048);
+  in.gpus = 8;
+  const PlanResult p = plan_memory(in);
+  const DevicePlan &first = p.devices.at(0), &mid = p.devices.at(3), &last = p.devices.at(7);
+  // xs holds n_dev + 1 = 11 block inputs: 2048·11·8192·4 B = 704 MiB (a multiple of 2 MiB).
+  EXPECT_EQ(mid.act_checkpoints, 704 * MiB);
+  // Received activation and gradient, fp32 [2048, 8192] = 64 MiB each; one on each end of the pipeline.
+  EXPECT_EQ(first.act_pipeline, 64 * MiB);
+  EXPECT_EQ(mid.act_pipeline, 128 * MiB);
+  EXPECT_EQ(last.act_pipeline, 64 * MiB);
+  // Loss buffers and logits only with the lm_head: hidden, dhidden 64 MiB each, nll, targets 8 KiB each.
+  EXPECT_EQ(mid.act_loss, 0u);
+  EXPECT_EQ(mid.ws_logits, 0u);
+  EXPECT_EQ(last.act_loss, 128 * MiB + 16 * KiB);
+  EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
+  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 441·152064·2 (2^26 / 152064 = 441 rows).
+  EXPECT_EQ(mid.ws_scratch, 512 * KiB);
+  EXPECT_EQ(last.ws_scratch, 441u * 152064 * 2);
+}
+
+TEST(MemoryPlanGpu, RefusesWhatTheGpuTrainerCannotRead) {
+  PlanInput in = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Gptq, 16, 2048);
+  in.bits = 3;
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("the GPU trainer reads 4-bit weights only"),
+            std::string::npos);
+  in.device = PlanDevice::Cpu;  // the CPU trainer reads 3-bit GPTQ
+  EXPECT_NO_THROW(plan_memory(in));
+  in = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Gptq, 16, 2048);
+  in.group_size = 4;  // 896 / 4 groups of 4 rows: a Q4 word of 8 rows would straddle two
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("Q4 layout group of 4, not a multiple of 8"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace qwenq

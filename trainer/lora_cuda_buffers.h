@@ -1,0 +1,80 @@
+// The device buffers of the GPU LoRA trainer (trainer/lora_model_cuda.h), as one plain-C++ table: LoraModelCuda
+// allocates exactly these, and `qwen-qlora plan` (trainer/memory_plan.h) sums exactly these, so the two cannot
+// drift apart. No CUDA here: the plan runs on any build.
+//
+// Per batch of T tokens (LoraModelCuda's reserve(T), one allocation each from the caching allocator, tag
+// activations; re-made only when a larger batch comes). Every buffer is [T, words] of 4-byte words, i.e.
+// T·words·4 bytes before the allocator's rounding (kernels/device_allocator.h: 512 B up to 1 MiB, else 2 MiB);
+// a bf16 buffer of `cols` values per token takes words = ceil(cols / 2). C hidden, I intermediate, H heads,
+// Q = H·D, KV = Hkv·D, r LoRA rank (0 without adapters), W = max(C, Q, I), L the layers the device runs.
+//
+// Listed by role (lora_cuda_batch_buffers returns them in allocation order, xs first):
+//   role         buffer     words per token             what
+//   checkpoints  xs         (L + 1)·C                   every block input and the final residual, fp32
+//   forward      n1         C                           input RMSNorm output
+//                qpre, kpre Q, KV (1 each without QK-norm) q, k before their norm (Qwen3)
+//                q, k, v    Q, KV, KV                   projections (RoPE in place)
+//                a          Q                           attention output
+//                lse        H                           attention log-sum-exp
+//                h1, n2     C, C                        residual after attention, post-attention RMSNorm
+//                gate, up   I, I                        MLP projections
+//                act        I                           SwiGLU output
+//                mlp        C                           MLP output
+//                u          7·r                         LoRA u = x Aᵀ of the seven Linears
+//                tokens     1                           token ids (int32)
+//                positions  1                           positions (int32)
+//                act16      ceil(W / 2)                 bf16 input of a 4-bit Linear (and bf16 dy of its backward)
+//                q16, k16   ceil(Q / 2), ceil(KV / 2)   bf16 copies for flash attention (flash head dims only)
+//                v16, a16   ceil(KV / 2), ceil(Q / 2)
+//   backward     d          C                           residual-stream gradient
+//                dact, dgate, dup   I, I, I
+//                dn2, dh1   C, C
+//                da, dq     Q, Q
+//                dk, dv     KV, KV
+//                dn1        C
+//                tmp        W                           base input gradient / dropped LoRA input
+//                g          r                           LoRA g = s·dy B
+//                da16       ceil(Q / 2)                 bf16 da for flash attention's backward (flash only)
+//   loss         hidden     C                           final RMSNorm output
+//                dhidden    C                           its gradient
+//                nll        1                           per-token losses
+//                targets    1                           targets (int32)
+// Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits).
+// Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (A/B, their
+// gradients, AdamW m, v; one allocation each, max(P, 1) floats).
+// Base weights: trainer/qwen_model_cuda.h's upload, sized by q4_linear_device_bytes for a packed Linear.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "trainer/qwen_config.h"
+
+namespace qwenq {
+
+// Logits per lm_head chunk of LoraModelCuda: 64 Mi floats (QwenModelCuda::next_token_nll uses the same).
+constexpr int64_t kLoraCudaLogitsChunkFloats = int64_t{64} << 20;
+// Rows of one logits chunk for a batch of T tokens and a vocabulary of V.
+int64_t lora_cuda_logits_rows(int64_t T, int64_t V);
+
+enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
+
+enum class LoraCudaBufferId {
+  Xs, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, Mlp, U, Hidden, Dhidden, D, Dact, Dgate, Dup, Dn2,
+  Dh1, Da, Dq, Dk, Dv, Dn1, Tmp, G, Nll, Tokens, Positions, Targets, Act16, Q16, K16, V16, A16, Da16
+};
+
+struct LoraCudaBuffer {
+  LoraCudaBufferId id;
+  LoraCudaRole role;
+  const char* what;  // for the out-of-memory message
+  int64_t words;     // 4-byte words per token
+  uint64_t bytes(int64_t T) const { return static_cast<uint64_t>(T * words) * 4; }
+};
+
+// The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
+// layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;
+// `flash`: the head dim runs flash attention (bf16 q/k/v copies).
+std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash);
+
+}  // namespace qwenq
