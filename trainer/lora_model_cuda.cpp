@@ -138,15 +138,16 @@ struct LoraModelCuda::Impl {
     QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
   }
 
-  // The buffers of trainer/lora_cuda_buffers.h for T tokens, in its order; the block inputs are freed first (the
-  // largest), every other buffer when its replacement is in place.
+  // The buffers of trainer/lora_cuda_buffers.h for T tokens, in its order, each freed before its replacement is
+  // allocated (they hold nothing between steps). A freed block stays in the stream's cache until an allocation
+  // that does not fit makes the allocator hand the cache back (kernels/device_allocator.h).
   void reserve(int64_t T) {
     if (T <= capacity) return;
     const QwenConfig& c = cfg;
     capacity = 0;
     for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim))) {
       DeviceAllocation& slot = buffer(b.id);
-      if (b.id == LoraCudaBufferId::Xs) slot.reset();
+      slot.reset();  // the old buffer first (scratch, nothing to keep): old and new are never held together
       slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(T)), st(), MemoryTag::Activations,
                                               std::string("LoraModelCuda: ") + b.what + " [" + std::to_string(T) +
                                                   ", " + std::to_string(b.words) + "] fp32");
