@@ -193,8 +193,7 @@ TEST(QwenDecodeCuda, ClearErrors) {
 
 TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
   QWENQ_REQUIRE_GPU();
-  const std::string data = test::shared_data_dir();
-  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K) not found; skipping";
+  QWENQ_REQUIRE_SHARED_DATA();
   const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
   const QwenModel cpu(stories);
   const QwenModelCuda gpu(cpu);

@@ -270,7 +270,7 @@ TEST(GptqModelCuda, Stories260KEndToEnd) {
   EXPECT_GE(agree, kWeightAgreement);
 
   // 2. Perplexity on TinyStories: both quantized models on the CPU, the GPU-quantized one on the GPU too.
-  std::vector<int32_t> ids = Tokenizer::from_dir(fp32).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ASSERT_GE(ids.size(), 32u * 256u);
   ids.resize(32 * 256);
   PerplexityOptions po;

@@ -64,7 +64,6 @@
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
-#include "trainer/tokenizer.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -350,12 +349,11 @@ TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
 
 TEST(LoraModelCuda, Stories260KStep) {
   QWENQ_REQUIRE_GPU();
-  const std::string data = test::shared_data_dir();
-  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K, TinyStories) not found; skipping";
+  QWENQ_REQUIRE_SHARED_DATA();
   const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
   const QwenModel cpu(stories);
   ASSERT_EQ(cpu.config().head_dim, 8);
-  std::vector<int32_t> ids = Tokenizer::from_dir(stories).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(stories);
   ASSERT_GE(ids.size(), 2u * 256u);
   const PackedBatch b = PackedBatch::from_sequences({std::vector<int32_t>(ids.begin(), ids.begin() + 256),
                                                      std::vector<int32_t>(ids.begin() + 256, ids.begin() + 512)});

@@ -37,7 +37,6 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/files.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
@@ -46,7 +45,6 @@
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
 #include "trainer/quantize_model.h"
-#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
@@ -204,12 +202,11 @@ TEST(QwenModelCuda, ClearErrors) {
 
 TEST(QwenModelCuda, Stories260KPerplexityIsTheCpus) {
   QWENQ_REQUIRE_GPU();
-  const std::string data = test::shared_data_dir();
-  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K, TinyStories) not found; skipping";
+  QWENQ_REQUIRE_SHARED_DATA();
   const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
   const QwenModel cpu(stories);
   ASSERT_EQ(cpu.config().head_dim, 8);
-  std::vector<int32_t> ids = Tokenizer::from_dir(stories).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(stories);
   ASSERT_GE(ids.size(), 16u * 256u);
   ids.resize(16 * 256);
   PerplexityOptions opt;

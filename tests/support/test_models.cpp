@@ -1,9 +1,11 @@
 #include "tests/support/test_models.h"
 
+#include "core/files.h"
 #include "core/rng.h"
 #include "tests/support/test_paths.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/random_model.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq::test {
 
@@ -37,6 +39,10 @@ std::string import_stories260k(const std::string& dir) {
   io.out_dir = dir;
   import_llama2c(io);
   return dir;
+}
+
+std::vector<int32_t> tinystories_tokens(const std::string& model_dir) {
+  return Tokenizer::from_dir(model_dir).encode(read_file(shared_data_dir() + "/tinystories/tinystories_val.txt"));
 }
 
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {

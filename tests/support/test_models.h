@@ -23,6 +23,10 @@ std::string make_random_model(const std::string& dir, const std::string& preset,
 // QWENQ_REQUIRE_SHARED_DATA first). Returns dir.
 std::string import_stories260k(const std::string& dir);
 
+// The shared data's tinystories/tinystories_val.txt encoded by model_dir's tokenizer (call
+// QWENQ_REQUIRE_SHARED_DATA first).
+std::vector<int32_t> tinystories_tokens(const std::string& model_dir);
+
 // One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
 
