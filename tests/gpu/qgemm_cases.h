@@ -19,7 +19,7 @@
 #include "quant/nf4.h"
 #include "tests/gpu/gpu_test.h"
 
-namespace qwenq::test {
+namespace qwenq::test::qgemm_cases {
 
 constexpr double kQgemmGpuSumTol = 8.0;  // multiples of u·sqrt(L)·Σ|a·w|
 constexpr double kU = 1.0 / 16777216.0;
@@ -95,4 +95,4 @@ void run_guarded(const std::vector<uint16_t>& x, const std::vector<uint16_t>& dy
   dx->resize(M * K);
 }
 
-}  // namespace qwenq::test
+}  // namespace qwenq::test::qgemm_cases

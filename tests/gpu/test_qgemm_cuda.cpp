@@ -27,14 +27,7 @@ namespace qwenq {
 namespace {
 
 using test::expect_error;
-using test::holds;
-using test::KN;
-using test::kQgemmGpuSumTol;
-using test::kU;
-using test::make_layout;
-using test::random_bf16;
-using test::Src;
-using test::src_name;
+using namespace test::qgemm_cases;  // Src, make_layout, random_bf16, kU, ... (tests/gpu/qgemm_cases.h)
 
 // Σ|a·w| per output: forward over k (y [M, N]), transposed over n (dx [M, K]); W is ŵ [N, K].
 std::vector<double> abs_sums(const std::vector<uint16_t>& a, const std::vector<float>& W, int64_t M, int64_t K,
@@ -78,7 +71,7 @@ void run_case(Src src, int64_t M, int64_t K, int64_t N, uint64_t seed) {
   qgemm_int4_t_ref(q.view(), dy.data(), DType::BF16, M, dx_cpu.data());
 
   std::vector<float> y_gpu, dx_gpu;
-  ASSERT_NO_FATAL_FAILURE(test::run_guarded(
+  ASSERT_NO_FATAL_FAILURE(run_guarded(
       x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_decode_cuda(dw.view(), a, DType::BF16, M, y); },
       [&](const uint16_t* a, float* dx) { qgemm_int4_t_decode_cuda(dw.view(), a, DType::BF16, M, dx); }, &y_gpu,
       &dx_gpu));

@@ -37,14 +37,7 @@ namespace qwenq {
 namespace {
 
 using test::expect_error;
-using test::holds;
-using test::KN;
-using test::kQgemmGpuSumTol;
-using test::kU;
-using test::make_layout;
-using test::random_bf16;
-using test::Src;
-using test::src_name;
+using namespace test::qgemm_cases;  // Src, make_layout, random_bf16, kU, ... (tests/gpu/qgemm_cases.h)
 
 // Rows checked against the CPU twin: all of them up to 80, else the fragment/tile edges and the tail.
 std::vector<int64_t> checked_rows(int64_t M) {
@@ -126,7 +119,7 @@ void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::v
   SCOPED_TRACE(what);
   const std::vector<uint16_t> x = random_bf16(M * K, seed + 1), dy = random_bf16(M * N, seed + 2);
   std::vector<float> y_gpu, dx_gpu;
-  ASSERT_NO_FATAL_FAILURE(test::run_guarded(
+  ASSERT_NO_FATAL_FAILURE(run_guarded(
       x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_tc_cuda(dw.view(), a, DType::BF16, M, y); },
       [&](const uint16_t* a, float* dx) { qgemm_int4_t_tc_cuda(dw.view(), a, DType::BF16, M, dx); }, &y_gpu,
       &dx_gpu));
