@@ -21,7 +21,6 @@
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
-#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
@@ -321,8 +320,7 @@ TEST(AwqModel, BeatsRtnOnStories260K) {
   rtn.sym = false;
   quantize_model(rtn);
 
-  std::vector<int32_t> ids =
-      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ids.resize(32 * 256);
   PerplexityOptions po;
   po.seq_len = 256;

@@ -17,6 +17,7 @@
 #include "quant/grid.h"
 #include "quant/hessian.h"
 #include "support/test_paths.h"
+#include "tests/support/gptq_inputs.h"
 
 namespace qwenq {
 namespace {
@@ -34,38 +35,9 @@ struct Tol {
 
 void announce_seed() { std::printf("[ seed     ] %llu\n", static_cast<unsigned long long>(kSeed)); }
 
-// X [rows, K]: normal z mixed by a dense random L and per-input scales spread over ~e^±1.5, so inputs are strongly
-// correlated and their Hessian is ill-conditioned (as for real activations).
-std::vector<float> correlated_inputs(int64_t rows, int64_t K, uint64_t seed) {
-  Rng rng(seed);
-  Eigen::MatrixXd L(K, K);
-  for (int64_t i = 0; i < K * K; ++i) L.data()[i] = rng.normal() / std::sqrt(static_cast<double>(K));
-  Eigen::VectorXd scale(K);
-  for (int64_t k = 0; k < K; ++k) scale[k] = std::exp(0.75 * rng.normal());
-  Eigen::MatrixXd Z(rows, K);
-  for (int64_t i = 0; i < rows * K; ++i) Z.data()[i] = rng.normal();
-  const Eigen::MatrixXd X = (Z * L) * scale.asDiagonal();
-  std::vector<float> x(rows * K);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < K; ++k) x[r * K + k] = static_cast<float>(X(r, k));
-  return x;
-}
-
-std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> w(N * K);
-  for (auto& v : w) v = static_cast<float>(0.05 * rng.normal());
-  return w;
-}
-
-Eigen::MatrixXf hessian_of(const std::vector<float>& x, int64_t K) {
-  const int64_t rows = static_cast<int64_t>(x.size()) / K;
-  HessianAccumulator acc(K);
-  const int64_t half = rows / 3;  // two uneven batches exercise the running rescale
-  acc.add_batch(x.data(), half);
-  acc.add_batch(x.data() + half * K, rows - half);
-  return acc.release();
-}
+using test::correlated_inputs;
+using test::hessian_of;
+using test::random_weights;
 
 // Σ over rows of x of ‖x·(W − Ŵ)ᵀ‖², in fp64.
 double output_error(const std::vector<float>& x, const std::vector<float>& W, const std::vector<float>& Wq, int64_t N,

@@ -14,7 +14,6 @@
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
-#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
@@ -224,8 +223,7 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   n.method = QuantizeOptions::Method::Nf4;
   n.out_dir = root + "/nf4";
   quantize_model(n);
-  std::vector<int32_t> ids =
-      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ids.resize(16 * 256);
   PerplexityOptions po;
   po.seq_len = 256;
@@ -270,8 +268,7 @@ TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
   EXPECT_EQ(r.linears, 35);
   EXPECT_EQ(QwenModel(g.out.out_dir).config().intermediate_size, 192);
 
-  std::vector<int32_t> ids =
-      Tokenizer::from_dir(fp32).encode(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ids.resize(32 * 256);
   PerplexityOptions po;
   po.seq_len = 256;

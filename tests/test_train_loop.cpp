@@ -15,6 +15,7 @@
 #include "core/safetensors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/quantize_model.h"
 #include "trainer/train_loop.h"
 
@@ -25,45 +26,12 @@ using test::error_of;
 
 std::string make_model(const std::string& dir) { return test::make_tiny_model(dir, /*seed=*/2); }
 
-// A small JSONL text dataset of repetitive sentences (learnable by a tiny model in a few steps).
-std::string make_text_data(const std::string& path, int n) {
-  Rng rng(6);
-  const char* words[] = {"the cat", "a dog", "the bird", "one fish"};
-  const char* verbs[] = {"sat on the mat", "ran to the park", "sang a song", "ate the food"};
-  std::string out;
-  for (int i = 0; i < n; ++i) {
-    out += nlohmann::json{{"text", std::string(words[rng.below(4)]) + " " + verbs[rng.below(4)] + "."}}.dump() + "\n";
-  }
-  write_file_atomic(path, out);
-  return path;
-}
+using test::losses_of;
+using test::make_text_data;
 
+// The small LoRA run of tests/support/test_training.h, 12 steps unless a test changes it.
 TrainOptions base_options(const std::string& model, const std::string& data, const std::string& out) {
-  TrainOptions o;
-  o.model_dir = model;
-  o.data_path = data;
-  o.out_dir = out;
-  o.lora.r = 4;
-  o.lora.alpha = 8;
-  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  o.seq_len = 128;
-  o.batch_size = 2;
-  o.max_steps = 12;
-  o.lr = 3e-3;
-  o.warmup_steps = 2;
-  o.data.eval_count = 8;
-  o.quiet = true;
-  return o;
-}
-
-std::vector<double> losses_of(const std::string& metrics) {
-  std::vector<double> out;
-  std::istringstream in(read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
+  return test::small_lora_options(model, data, out, 12);
 }
 
 TEST(TrainLoop, ScheduleFollowsItsFormula) {

@@ -1,6 +1,7 @@
 // Small Qwen2/Qwen3 checkpoints for the GPU model tests, with every tensor the forward reads made non-trivial
 // (q/k/v biases for Qwen2, q/k norm weights for Qwen3, norm weights around 1), which trainer/random_model.h's presets
-// leave at 0 and 1. Header-only: the GPU test binary does not link tests/support.
+// leave at 0 and 1: the one writer of these models for every GPU test (test_model_cuda, test_decode_cuda,
+// test_lora_model_cuda). The CPU tests' models (tests/support/test_models.h) are the random_model presets.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,11 @@ struct GpuTestArch {
   int64_t C, I, H, Hkv, D, V, layers;
   bool tied;
 };
+
+// The two D = 64 architectures of the model, LoRA and decode tests (flash attention runs at D = 64): Qwen2 with
+// q/k/v biases and a tied lm_head, Qwen3 with q/k norms, head_dim != hidden / heads and an untied lm_head.
+inline const GpuTestArch kGpuQwen2Bias{"qwen2", 128, 256, 2, 1, 64, 384, 2, true};
+inline const GpuTestArch kGpuQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
 
 // config.json + model.safetensors in `dtype` (F32 or BF16) from a seeded normal generator.
 inline void write_gpu_test_model(const std::string& dir, const GpuTestArch& a, DType dtype, uint64_t seed) {
@@ -80,6 +86,16 @@ inline void write_gpu_test_model(const std::string& dir, const GpuTestArch& a, D
   std::filesystem::create_directories(dir);
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
   w.write(dir + "/model.safetensors");
+}
+
+// Copies every regular file of model directory `from` except config.json and *.safetensors (the tokenizer files)
+// into `dir`, so that a model written above can be trained or tokenized with `from`'s tokenizer.
+inline void copy_tokenizer_files(const std::string& from, const std::string& dir) {
+  for (const auto& e : std::filesystem::directory_iterator(from)) {
+    const std::string name = e.path().filename().string();
+    if (name == "config.json" || name.find(".safetensors") != std::string::npos || !e.is_regular_file()) continue;
+    std::filesystem::copy_file(e.path(), dir + "/" + name, std::filesystem::copy_options::overwrite_existing);
+  }
 }
 
 }  // namespace qwenq::test

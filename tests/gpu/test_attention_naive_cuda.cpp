@@ -29,11 +29,13 @@
 #include "kernels/attention_naive.h"
 #include "kernels/cuda_check.cuh"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::error_of;
 
 constexpr double kU = 1.0 / 16777216.0;
 constexpr double kAttnUlps = 16;
@@ -61,24 +63,59 @@ std::string describe(const NaiveCase& c) {
 
 void PrintTo(const NaiveCase& c, std::ostream* os) { *os << describe(c); }
 
+std::string case_name(const ::testing::TestParamInfo<NaiveCase>& info) {
+  const NaiveCase& c = info.param;
+  std::string name = "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_D" + std::to_string(c.D) + "_len";
+  for (size_t i = 0; i < c.lengths.size(); ++i) name += (i ? "_" : "") + std::to_string(c.lengths[i]);
+  return name;
+}
+
+// A case's packed batch (cu_seqlens over its lengths, T tokens), its seed (seed_base + a hash of the shape), the
+// context of its failure messages, and its generator.
+struct Batch {
+  std::vector<int32_t> cu{0};
+  int64_t T = 0, n_seqs = 0;
+  uint64_t seed = 0;
+  std::string ctx;
+  Rng rng{0};
+
+  Batch(const NaiveCase& c, uint64_t seed_base) {
+    for (int32_t len : c.lengths) cu.push_back(cu.back() + len);
+    T = cu.back();
+    n_seqs = static_cast<int64_t>(c.lengths.size());
+    seed = seed_base + static_cast<uint64_t>(T * 131 + c.H * 17 + c.Hkv * 5 + c.D);
+    ctx = describe(c) + " seed " + std::to_string(seed);
+    rng = Rng(seed);
+  }
+  // The next n standard normals of the generator.
+  std::vector<float> normal(size_t n) {
+    std::vector<float> v(n);
+    for (auto& f : v) f = static_cast<float>(rng.normal());
+    return v;
+  }
+};
+
+// The index of the first of got[n..] that is not the guard value, or got.size() when all are intact.
+size_t first_overwritten_guard(const std::vector<float>& got, size_t n) {
+  for (size_t i = n; i < got.size(); ++i) {
+    uint32_t b;
+    std::memcpy(&b, &got[i], 4);
+    if (b != kGuardBits) return i;
+  }
+  return got.size();
+}
+
 class AttentionNaiveCuda : public ::testing::TestWithParam<NaiveCase> {};
 
 TEST_P(AttentionNaiveCuda, MatchesAttentionForwardRef) {
   QWENQ_REQUIRE_GPU();
   const NaiveCase& c = GetParam();
-  std::vector<int32_t> cu = {0};
-  for (int32_t len : c.lengths) cu.push_back(cu.back() + len);
-  const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(c.lengths.size());
-  const uint64_t seed = 31000 + static_cast<uint64_t>(T * 131 + c.H * 17 + c.Hkv * 5 + c.D);
-  const std::string ctx = describe(c) + " seed " + std::to_string(seed);
-  Rng rng(seed);
-  const auto normal = [&](size_t n) {
-    std::vector<float> v(n);
-    for (auto& f : v) f = static_cast<float>(rng.normal());
-    return v;
-  };
+  Batch batch(c, 31000);
+  const std::vector<int32_t>& cu = batch.cu;
+  const int64_t T = batch.T, n_seqs = batch.n_seqs;
+  const std::string& ctx = batch.ctx;
   const size_t nq = static_cast<size_t>(T * c.H * c.D), nkv = static_cast<size_t>(T * c.Hkv * c.D);
-  const std::vector<float> q = normal(nq), k = normal(nkv), v = normal(nkv);
+  const std::vector<float> q = batch.normal(nq), k = batch.normal(nkv), v = batch.normal(nkv);
   std::vector<float> out_ref(nq), lse_ref(static_cast<size_t>(T * c.H));
   attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n_seqs, c.H, c.Hkv, c.D, out_ref.data(),
                         lse_ref.data());
@@ -130,16 +167,10 @@ TEST_P(AttentionNaiveCuda, MatchesAttentionForwardRef) {
     }
   }
   EXPECT_EQ(bad, 0u) << ctx << ": worst out error / tolerance " << worst;
-  for (size_t i = nq; i < out.size(); ++i) {
-    uint32_t b;
-    std::memcpy(&b, &out[i], 4);
-    ASSERT_EQ(b, kGuardBits) << ctx << ": out guard " << i - nq;
-  }
-  for (size_t i = lse_ref.size(); i < lse.size(); ++i) {
-    uint32_t b;
-    std::memcpy(&b, &lse[i], 4);
-    ASSERT_EQ(b, kGuardBits) << ctx << ": lse guard " << i - lse_ref.size();
-  }
+  const size_t out_guard = first_overwritten_guard(out, nq);
+  ASSERT_EQ(out_guard, out.size()) << ctx << ": out guard " << out_guard - nq;
+  const size_t lse_guard = first_overwritten_guard(lse, lse_ref.size());
+  ASSERT_EQ(lse_guard, lse.size()) << ctx << ": lse guard " << lse_guard - lse_ref.size();
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -149,13 +180,7 @@ INSTANTIATE_TEST_SUITE_P(
                       NaiveCase{{5, 0, 129, 3}, 6, 2, 24},                             // an empty sequence
                       NaiveCase{{300}, 8, 1, 96}, NaiveCase{{17, 2}, 3, 3, 200},
                       NaiveCase{{130, 1}, 2, 1, 512}, NaiveCase{{64, 65}, 14, 2, 64}),  // flash's D works too
-    [](const ::testing::TestParamInfo<NaiveCase>& info) {
-      const NaiveCase& c = info.param;
-      std::string name = "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_D" + std::to_string(c.D) +
-                         "_len";
-      for (size_t i = 0; i < c.lengths.size(); ++i) name += (i ? "_" : "") + std::to_string(c.lengths[i]);
-      return name;
-    });
+    case_name);
 
 // attention_naive_backward_cuda against attention_backward_ref, both fp32, on the forward's shapes. The ref's
 // P = exp(S − lse) uses the ref's lse on both sides (the backward is tested, not the forward again). Each gradient
@@ -169,19 +194,13 @@ class AttentionNaiveBackwardCuda : public ::testing::TestWithParam<NaiveCase> {}
 TEST_P(AttentionNaiveBackwardCuda, MatchesAttentionBackwardRef) {
   QWENQ_REQUIRE_GPU();
   const NaiveCase& c = GetParam();
-  std::vector<int32_t> cu = {0};
-  for (int32_t len : c.lengths) cu.push_back(cu.back() + len);
-  const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(c.lengths.size());
-  const uint64_t seed = 47000 + static_cast<uint64_t>(T * 131 + c.H * 17 + c.Hkv * 5 + c.D);
-  const std::string ctx = describe(c) + " seed " + std::to_string(seed);
-  Rng rng(seed);
-  const auto normal = [&](size_t n) {
-    std::vector<float> v(n);
-    for (auto& f : v) f = static_cast<float>(rng.normal());
-    return v;
-  };
+  Batch batch(c, 47000);
+  const std::vector<int32_t>& cu = batch.cu;
+  const int64_t T = batch.T, n_seqs = batch.n_seqs;
+  const std::string& ctx = batch.ctx;
   const size_t nq = static_cast<size_t>(T * c.H * c.D), nkv = static_cast<size_t>(T * c.Hkv * c.D);
-  const std::vector<float> q = normal(nq), k = normal(nkv), v = normal(nkv), dout = normal(nq);
+  const std::vector<float> q = batch.normal(nq), k = batch.normal(nkv), v = batch.normal(nkv);
+  const std::vector<float> dout = batch.normal(nq);
   std::vector<float> out(nq), lse(static_cast<size_t>(T * c.H));
   attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n_seqs, c.H, c.Hkv, c.D, out.data(), lse.data());
   std::vector<float> dq_ref(nq), dk_ref(nkv), dv_ref(nkv);
@@ -214,11 +233,8 @@ TEST_P(AttentionNaiveBackwardCuda, MatchesAttentionBackwardRef) {
       }
     }
     EXPECT_EQ(bad, 0u) << ctx << ": " << o.name << " worst error / tolerance " << worst;
-    for (size_t i = o.want.size(); i < o.got.size(); ++i) {
-      uint32_t b;
-      std::memcpy(&b, &o.got[i], 4);
-      ASSERT_EQ(b, kGuardBits) << ctx << ": " << o.name << " guard " << i - o.want.size();
-    }
+    const size_t guard = first_overwritten_guard(o.got, o.want.size());
+    ASSERT_EQ(guard, o.got.size()) << ctx << ": " << o.name << " guard " << guard - o.want.size();
   }
 }
 
@@ -227,24 +243,10 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(NaiveCase{{1}, 1, 1, 1}, NaiveCase{{1, 7, 33}, 4, 2, 16}, NaiveCase{{256, 256}, 8, 4, 8},
                       NaiveCase{{5, 0, 129, 3}, 6, 2, 24}, NaiveCase{{300}, 8, 1, 96},
                       NaiveCase{{17, 2}, 3, 3, 200}, NaiveCase{{130, 1}, 2, 1, 512}),
-    [](const ::testing::TestParamInfo<NaiveCase>& info) {
-      const NaiveCase& c = info.param;
-      std::string name = "H" + std::to_string(c.H) + "_Hkv" + std::to_string(c.Hkv) + "_D" + std::to_string(c.D) +
-                         "_len";
-      for (size_t i = 0; i < c.lengths.size(); ++i) name += (i ? "_" : "") + std::to_string(c.lengths[i]);
-      return name;
-    });
+    case_name);
 
 TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
-  const auto error_of = [](auto fn) -> std::string {
-    try {
-      fn();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "<no error>";
-  };
   const int32_t cu[] = {0, 4};
   const int32_t bad_cu[] = {0, 4, 2};
   float f = 0.f;

@@ -21,11 +21,13 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/gemm.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::expect_error;
 
 // ---- tolerances ---------------------------------------------------------------------------------------------
 // Every output is a sum of K products (M for dW). Both sides multiply exactly what they are given in fp32 (a
@@ -101,16 +103,6 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& want,
   EXPECT_EQ(bad, 0u) << ctx << ": " << bad << " of " << got.size() << " out of tolerance; worst error/tolerance "
                      << worst << " at " << worst_i;
   std::printf("[ worst    ] %s: error/tolerance %.3f\n", ctx.c_str(), worst);
-}
-
-template <typename Fn>
-void expect_error(Fn fn, const std::string& part) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << part << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << "'" << part << "' not in: " << e.what();
-  }
 }
 
 void sync() { QWENQ_CUDA_CHECK(cudaDeviceSynchronize()); }

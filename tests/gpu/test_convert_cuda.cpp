@@ -20,11 +20,13 @@
 #include "kernels/convert.h"
 #include "kernels/cuda_check.cuh"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::error_of;
 
 constexpr size_t kGuard = 16;                // elements after every output
 constexpr uint32_t kGuard32 = 0x7fc5a5a5u;   // a quiet NaN with a payload no kernel writes
@@ -232,14 +234,6 @@ TEST(ConvertCuda, AddsAreTheRefsBits) {
 
 TEST(ConvertCuda, ArgumentErrorsMatchTheRefs) {
   QWENQ_REQUIRE_GPU();
-  const auto error_of = [](auto fn) -> std::string {
-    try {
-      fn();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "<no error>";
-  };
   float f = 0.f;
   EXPECT_NE(error_of([&] { embedding_gather_cuda(&f, DType::I32, 4, 4, nullptr, 1, &f); })
                 .find("embedding_gather_cuda: table dtype I32 is not supported (F32, BF16 or F16)"),

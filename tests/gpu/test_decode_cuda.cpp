@@ -26,8 +26,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -35,64 +33,27 @@
 #include "core/rng.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
 #include "trainer/generate.h"
-#include "trainer/llama2c_import.h"
 #include "trainer/qwen_decode_cuda.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
 #include "trainer/quantize_model.h"
-#include "trainer/random_model.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
+
+using test::error_of;
 
 constexpr double kFp32RelTol = 1e-4;
 constexpr double kBf16RelTol = 2e-2;
 constexpr int kSteps = 24;
 constexpr int kGreedyTokens = 200;
 
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "qwenq_decode_cuda_XXXXXX").string();
-    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
-    path_ = templ;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-// ../shared/data of a development checkout, the device check's copy (.gpu-deps/shared/data) or $QWENQ_SHARED_DATA
-// (as tests/gpu/test_model_cuda.cpp finds it); "" when none has stories260K.
-std::string shared_data_dir() {
-  const std::filesystem::path repo = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-  std::vector<std::filesystem::path> candidates;
-  if (const char* env = std::getenv("QWENQ_SHARED_DATA")) candidates.emplace_back(env);
-  candidates.push_back(repo.parent_path() / "shared" / "data");
-  candidates.push_back(repo / ".gpu-deps" / "shared" / "data");
-  for (const auto& c : candidates) {
-    std::error_code ec;
-    if (std::filesystem::exists(c / "stories260K" / "stories260K.bin", ec)) return c.string();
-  }
-  return "";
-}
-
 std::string random_model(const std::string& dir, const std::string& preset, DType dtype, int64_t layers = 0) {
-  RandomModelOptions o;
-  o.preset = preset;
-  o.layers = layers;
-  o.out_dir = dir;
-  o.dtype = dtype;
-  o.seed = 9;
-  write_random_model(o);
-  return dir;
+  return test::make_random_model(dir, preset, dtype, /*seed=*/9, layers);
 }
 
 std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out) {
@@ -151,24 +112,24 @@ void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double pr
 
 TEST(QwenDecodeCuda, TinyF32IsTheCpuForwardStep) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string dir = random_model(tmp.sub("f32"), "tiny", DType::F32);
+  const std::string tmp = test::scratch_dir();
+  const std::string dir = random_model(tmp + "/f32", "tiny", DType::F32);
   for (int len : {1, 37, 100}) expect_decode_matches_cpu(dir, len, kFp32RelTol, kFp32RelTol, "tiny F32");
 }
 
 TEST(QwenDecodeCuda, TinyBf16) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string dir = random_model(tmp.sub("bf16"), "tiny", DType::BF16);
+  const std::string tmp = test::scratch_dir();
+  const std::string dir = random_model(tmp + "/bf16", "tiny", DType::BF16);
   for (int len : {1, 37}) expect_decode_matches_cpu(dir, len, kBf16RelTol, kBf16RelTol, "tiny BF16");
 }
 
 TEST(QwenDecodeCuda, QuantizedTinyThroughTheQ4Gemv) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string src = random_model(tmp.sub("src"), "tiny", DType::F32);
-  const std::string gptq = quantized(src, QuantizeOptions::Method::Rtn, tmp.sub("gptq"));
-  const std::string nf4 = quantized(src, QuantizeOptions::Method::Nf4, tmp.sub("nf4"));
+  const std::string tmp = test::scratch_dir();
+  const std::string src = random_model(tmp + "/src", "tiny", DType::F32);
+  const std::string gptq = quantized(src, QuantizeOptions::Method::Rtn, tmp + "/gptq");
+  const std::string nf4 = quantized(src, QuantizeOptions::Method::Nf4, tmp + "/nf4");
   ASSERT_FALSE(QwenModel(gptq).weights().layers[0].q.is_dense());
   for (const auto& [dir, name] : {std::pair{gptq, "rtn-gptq g32"}, std::pair{nf4, "nf4"}}) {
     expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);
@@ -180,8 +141,8 @@ TEST(QwenDecodeCuda, QuantizedTinyThroughTheQ4Gemv) {
 
 TEST(QwenDecodeCuda, Qwen25HalfBShapeOnFlashPrefill) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string dir = random_model(tmp.sub("q05"), "qwen2.5-0.5b", DType::BF16, 2);
+  const std::string tmp = test::scratch_dir();
+  const std::string dir = random_model(tmp + "/q05", "qwen2.5-0.5b", DType::BF16, 2);
   const QwenConfig c = QwenModel(dir).config();
   ASSERT_EQ(c.head_dim, 64);
   ASSERT_EQ(c.num_heads / c.num_kv_heads, 7);
@@ -193,15 +154,15 @@ const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
 
 TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string qwen2 = tmp.sub("qwen2");
+  const std::string tmp = test::scratch_dir();
+  const std::string qwen2 = tmp + "/qwen2";
   test::write_gpu_test_model(qwen2, kQwen2Bias, DType::F32, 21);
   expect_decode_matches_cpu(qwen2, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 F32");
   expect_decode_matches_cpu(qwen2, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 F32");
-  const std::string gptq = quantized(qwen2, QuantizeOptions::Method::Rtn, tmp.sub("qwen2-gptq"));
+  const std::string gptq = quantized(qwen2, QuantizeOptions::Method::Rtn, tmp + "/qwen2-gptq");
   expect_decode_matches_cpu(gptq, 1, kFp32RelTol, kFp32RelTol, "qwen2 biases D=64 rtn-gptq");
   expect_decode_matches_cpu(gptq, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 rtn-gptq");
-  const std::string qwen3 = tmp.sub("qwen3");
+  const std::string qwen3 = tmp + "/qwen3";
   test::write_gpu_test_model(qwen3, kQwen3, DType::BF16, 33);
   ASSERT_TRUE(QwenModel(qwen3).config().qk_norm);
   expect_decode_matches_cpu(qwen3, 1, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
@@ -210,17 +171,9 @@ TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
 
 TEST(QwenDecodeCuda, ClearErrors) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const QwenModel cpu(random_model(tmp.sub("m"), "tiny", DType::F32));
+  const std::string tmp = test::scratch_dir();
+  const QwenModel cpu(random_model(tmp + "/m", "tiny", DType::F32));
   const QwenModelCuda gpu(cpu);
-  const auto error_of = [](auto fn) -> std::string {
-    try {
-      fn();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "<no error>";
-  };
   QwenDecodeCuda dec(gpu, 4);
   std::string e = error_of([&] { dec.step(1); });
   EXPECT_NE(e.find("prefill a prompt first"), std::string::npos) << e;
@@ -240,17 +193,11 @@ TEST(QwenDecodeCuda, ClearErrors) {
 
 TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
   QWENQ_REQUIRE_GPU();
-  const std::string data = shared_data_dir();
-  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K) not found; skipping";
-  ScratchDir tmp;
-  Llama2cImportOptions o;
-  o.checkpoint = data + "/stories260K/stories260K.bin";
-  o.tokenizer = data + "/stories260K/tok512.bin";
-  o.out_dir = tmp.sub("stories");
-  import_llama2c(o);
-  const QwenModel cpu(o.out_dir);
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
+  const QwenModel cpu(stories);
   const QwenModelCuda gpu(cpu);
-  const std::vector<int32_t> prompt = Tokenizer::from_dir(o.out_dir).encode("Once upon a time", true);
+  const std::vector<int32_t> prompt = Tokenizer::from_dir(stories).encode("Once upon a time", true);
   SamplingOptions opt;
   opt.max_new_tokens = kGreedyTokens;  // no stop ids: all 200 tokens
   const std::vector<int32_t> want = generate(cpu, prompt, opt), got = generate_cuda(gpu, prompt, opt);

@@ -44,11 +44,13 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/flash_attention.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::expect_error;
 
 // ---- tolerances -----------------------------------------------------------------------------------------------
 constexpr double kU = 1.0 / 16777216.0;  // fp32 unit roundoff
@@ -355,17 +357,6 @@ INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionCudaLong, ::testing::Combine(kShap
                          flash_name);
 
 // ---- argument errors ------------------------------------------------------------------------------------------------
-
-template <typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const auto& p : parts) EXPECT_NE(what.find(p), std::string::npos) << "'" << p << "' not in: " << what;
-  }
-}
 
 TEST(FlashAttentionCudaErrors, BadArgumentsNameTheValues) {
   QWENQ_REQUIRE_GPU();

@@ -19,18 +19,20 @@
 #include <vector>
 
 #include "core/error.h"
-#include "core/rng.h"
 #include "kernels/cuda_check.cuh"
 #include "quant/gptq.h"
 #include "quant/gptq_cuda.h"
 #include "quant/grid.h"
 #include "quant/hessian.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
+#include "tests/support/gptq_inputs.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::error_of;
 
 constexpr uint64_t kSeed = 20250611;
 
@@ -54,57 +56,9 @@ struct Tol {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// X [rows, K]: normal z mixed by a dense random L and per-input scales spread over ~e^±1.5 (the generator of
-// tests/test_quant_gptq.cpp): strongly correlated inputs, an ill-conditioned Hessian.
-std::vector<float> correlated_inputs(int64_t rows, int64_t K, uint64_t seed) {
-  Rng rng(seed);
-  Eigen::MatrixXd L(K, K);
-  for (int64_t i = 0; i < K * K; ++i) L.data()[i] = rng.normal() / std::sqrt(static_cast<double>(K));
-  Eigen::VectorXd scale(K);
-  for (int64_t k = 0; k < K; ++k) scale[k] = std::exp(0.75 * rng.normal());
-  Eigen::MatrixXd Z(rows, K);
-  for (int64_t i = 0; i < rows * K; ++i) Z.data()[i] = rng.normal();
-  const Eigen::MatrixXd X = (Z * L) * scale.asDiagonal();
-  std::vector<float> x(rows * K);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < K; ++k) x[r * K + k] = static_cast<float>(X(r, k));
-  return x;
-}
-
-// The same idea at a cost linear in K (for K in the thousands, where the dense mix is too slow on a CPU):
-// X = (Z + Z_r·L_r)·diag(s) with a rank-64 shared component L_r.
-std::vector<float> correlated_inputs_lowrank(int64_t rows, int64_t K, uint64_t seed) {
-  constexpr int64_t r = 64;
-  Rng rng(seed);
-  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  RowMat Lr(r, K), Zr(rows, r), X(rows, K);
-  for (int64_t i = 0; i < r * K; ++i) Lr.data()[i] = static_cast<float>(rng.normal() * 0.5);
-  std::vector<float> scale(K);
-  for (auto& s : scale) s = static_cast<float>(std::exp(0.75 * rng.normal()));
-  for (int64_t i = 0; i < rows * r; ++i) Zr.data()[i] = static_cast<float>(rng.normal());
-  for (int64_t i = 0; i < rows * K; ++i) X.data()[i] = static_cast<float>(rng.normal());
-  X.noalias() += Zr * Lr;
-  std::vector<float> x(rows * K);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t k = 0; k < K; ++k) x[i * K + k] = X(i, k) * scale[k];
-  return x;
-}
-
-std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> w(N * K);
-  for (auto& v : w) v = static_cast<float>(0.05 * rng.normal());
-  return w;
-}
-
-// H on the host (CPU accumulator, two uneven batches).
-Eigen::MatrixXf hessian_cpu(const std::vector<float>& x, int64_t K) {
-  const int64_t rows = static_cast<int64_t>(x.size()) / K, half = rows / 3;
-  HessianAccumulator acc(K);
-  acc.add_batch(x.data(), half);
-  acc.add_batch(x.data() + half * K, rows - half);
-  return acc.release();
-}
+using test::correlated_inputs;
+using test::correlated_inputs_lowrank;
+using test::random_weights;
 
 // H on the device (hessian_accumulate_cuda, two uneven batches), returned symmetric on the host.
 Eigen::MatrixXf hessian_gpu(const std::vector<float>& x, int64_t K) {
@@ -202,7 +156,7 @@ TEST_P(GptqCuda, MatchesCpu) {
   const bool small_k = c.K <= 1024;
   const auto x = small_k ? correlated_inputs(2 * c.K + 64, c.K, seed) : correlated_inputs_lowrank(4096, c.K, seed);
   const auto W = random_weights(c.N, c.K, seed + 1);
-  const Eigen::MatrixXf H = small_k ? hessian_cpu(x, c.K) : hessian_gpu(x, c.K);
+  const Eigen::MatrixXf H = small_k ? test::hessian_of(x, c.K) : hessian_gpu(x, c.K);
 
   auto t0 = Clock::now();
   const GptqResult gpu = gptq_quantize_cuda(W.data(), c.N, c.K, H, o);
@@ -274,7 +228,7 @@ TEST(GptqCudaDamping, RetriesLikeTheCpuOnAnIndefiniteHessian) {
   const int64_t N = 8, K = 16;
   const auto x = correlated_inputs(6, K, kSeed + 7);  // 6 rows: rank 6 < K
   const auto W = random_weights(N, K, kSeed + 8);
-  Eigen::MatrixXf H = hessian_cpu(x, K);
+  Eigen::MatrixXf H = test::hessian_of(x, K);
   const float off = 2.f * std::sqrt(H(0, 0) * H(1, 1));  // [[a, 2√ab], [2√ab, b]] has a negative eigenvalue
   H(0, 1) = H(1, 0) = off;
   GptqOptions o;
@@ -313,7 +267,7 @@ TEST(GptqCudaDamping, DeadInputsAreZeroed) {
   auto x = correlated_inputs(100, K, kSeed + 9);
   for (int64_t r = 0; r < 100; ++r) x[r * K + 7] = 0.f;
   const auto W = random_weights(N, K, kSeed + 10);
-  const Eigen::MatrixXf H = hessian_cpu(x, K);
+  const Eigen::MatrixXf H = test::hessian_of(x, K);
   ASSERT_EQ(H(7, 7), 0.f);
   GptqOptions o;
   o.group_size = 16, o.desc_act = true;
@@ -321,15 +275,6 @@ TEST(GptqCudaDamping, DeadInputsAreZeroed) {
   const auto Wq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
   for (int64_t n = 0; n < N; ++n) EXPECT_EQ(Wq[n * K + 7], 0.f) << "row " << n;
   compare(r, N, gptq_quantize(W.data(), N, K, H, o), N, K, true, false, "dead input 7");
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(GptqCudaDamping, RefusesBadInputsWithTheCpuMessages) {
@@ -362,7 +307,7 @@ TEST(HessianCuda, MatchesTheCpuAccumulator) {
   QWENQ_REQUIRE_GPU();
   for (int64_t K : {3, 172, 896}) {
     const auto x = correlated_inputs(300, K, kSeed + K);
-    const Eigen::MatrixXf cpu = hessian_cpu(x, K), gpu = hessian_gpu(x, K);
+    const Eigen::MatrixXf cpu = test::hessian_of(x, K), gpu = hessian_gpu(x, K);
     const double scale = cpu.cwiseAbs().maxCoeff();
     const double err = (cpu - gpu).cwiseAbs().maxCoeff();
     std::printf("[ hessian  ] K=%lld: max |dH| / max |H| = %.3g\n", static_cast<long long>(K), err / scale);

@@ -50,6 +50,7 @@
 #include "tests/gpu/gpu_test.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -87,17 +88,6 @@ std::vector<float> download(const float* d, int64_t n, CudaStream s) {
   return h;
 }
 
-PackedBatch seeded_batch(int64_t vocab, std::vector<int64_t> lengths, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::vector<int32_t>> seqs;
-  for (int64_t n : lengths) {
-    std::vector<int32_t> s(static_cast<size_t>(n));
-    for (auto& t : s) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-    seqs.push_back(std::move(s));
-  }
-  return PackedBatch::from_sequences(seqs);
-}
-
 TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny", 17);
@@ -105,7 +95,7 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   const QwenConfig& c = cpu.config();
   QwenModelCuda gpu(cpu);
   const CudaStream s = gpu.stream();
-  const PackedBatch b = seeded_batch(c.vocab_size, {7, 33, 1, 20}, 3);
+  const PackedBatch b = test::random_batch({7, 33, 1, 20}, c.vocab_size, 3);
   const int64_t T = b.num_tokens(), C = c.hidden_size;
 
   std::vector<float> x_cpu;
@@ -251,16 +241,6 @@ std::string tinystories_sft(const std::string& path, int n) {
   return path;
 }
 
-std::vector<double> losses_of(const std::string& metrics) {
-  std::vector<double> out;
-  std::istringstream in(read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
-
 TEST(GptqModelCuda, Stories260KEndToEnd) {
   QWENQ_REQUIRE_GPU();
   QWENQ_REQUIRE_SHARED_DATA();
@@ -290,7 +270,7 @@ TEST(GptqModelCuda, Stories260KEndToEnd) {
   EXPECT_GE(agree, kWeightAgreement);
 
   // 2. Perplexity on TinyStories: both quantized models on the CPU, the GPU-quantized one on the GPU too.
-  std::vector<int32_t> ids = Tokenizer::from_dir(fp32).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ASSERT_GE(ids.size(), 32u * 256u);
   ids.resize(32 * 256);
   PerplexityOptions po;
@@ -312,28 +292,16 @@ TEST(GptqModelCuda, Stories260KEndToEnd) {
   EXPECT_GT(p_gpu_on_cpu, base);
 
   // 3. 50 LoRA steps: on the GPU from the GPU-quantized model, on the CPU from the CPU-quantized one.
-  TrainOptions o;
-  o.data_path = tinystories_sft(root + "/sft.jsonl", 300);
-  o.lora.r = 4;
-  o.lora.alpha = 8;
+  const std::string sft = tinystories_sft(root + "/sft.jsonl", 300);
+  TrainOptions o = test::small_lora_options(cpu_dir, sft, root + "/train-cpu", 50);
   o.lora.dropout = 0.0;
-  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  o.seq_len = 128;
-  o.batch_size = 2;
-  o.max_steps = 50;
-  o.lr = 3e-3;
-  o.warmup_steps = 2;
-  o.data.eval_count = 8;
-  o.quiet = true;
-  o.model_dir = cpu_dir;
-  o.out_dir = root + "/train-cpu";
   const TrainReport tc = train_lora(o);
   o.model_dir = gpu_dir;
   o.out_dir = root + "/train-gpu";
   o.use_cuda = true;
   const TrainReport tg = train_lora(o);
-  const std::vector<double> lc = losses_of(root + "/train-cpu/metrics.jsonl");
-  const std::vector<double> lg = losses_of(root + "/train-gpu/metrics.jsonl");
+  const std::vector<double> lc = test::losses_of(root + "/train-cpu/metrics.jsonl");
+  const std::vector<double> lg = test::losses_of(root + "/train-gpu/metrics.jsonl");
   ASSERT_EQ(lc.size(), 50u);
   ASSERT_EQ(lg.size(), 50u);
   EXPECT_LT(lg.back(), lg.front()) << "the GPU run's loss does not decrease";

@@ -26,11 +26,13 @@
 #include "kernels/optim.h"
 #include "kernels/rope.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
+using test::expect_error;
 
 // ---- tolerances ---------------------------------------------------------------------------------------------
 // Both sides compute in fp32 with the same formulas; what differs is the order of the sums, expf (CUDA's within
@@ -149,18 +151,6 @@ class Stream {
 };
 
 void sync() { QWENQ_CUDA_CHECK(cudaDeviceSynchronize()); }
-
-// Expects `fn` to throw qwenq::Error whose message contains every piece of `parts`.
-template <typename Fn>
-void expect_error(Fn fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << parts.front() << "'";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    for (const auto& p : parts) EXPECT_NE(what.find(p), std::string::npos) << "'" << p << "' not in: " << what;
-  }
-}
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
 

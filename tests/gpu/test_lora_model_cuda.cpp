@@ -44,31 +44,26 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
-#include <sstream>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/files.h"
 #include "core/rng.h"
-#include "core/safetensors.h"
 #include "kernels/device_allocator.h"
 #include "kernels/loss.h"
 #include "kernels/optim.h"
 #include "tests/gpu/gpu_test.h"
-#include "trainer/llama2c_import.h"
+#include "tests/gpu/gpu_test_models.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_model.h"
 #include "trainer/lora_model_cuda.h"
 #include "trainer/memory_plan.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
-#include "trainer/random_model.h"
-#include "trainer/tokenizer.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -81,114 +76,19 @@ constexpr double kAdamUlps = 4;
 constexpr double kAdamUpdateRelTol = 1e-5;
 constexpr double kTrainRelTol = 5e-2;
 
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string templ = (std::filesystem::temp_directory_path() / "qwenq_lora_cuda_XXXXXX").string();
-    if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + templ);
-    path_ = templ;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string sub(const std::string& name) const { return path_ + "/" + name; }
+// The tiny preset (D = 16: the naive attention) from seed 5.
+std::string tiny_random(const std::string& dir, DType dtype) { return test::make_random_model(dir, "tiny", dtype, 5); }
 
- private:
-  std::string path_;
-};
+using test::kGpuQwen2Bias;
+using test::kGpuQwen3;
 
-// ../shared/data, .gpu-deps/shared/data or $QWENQ_SHARED_DATA with stories260K, else "".
-std::string shared_data_dir() {
-  const std::filesystem::path repo = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-  std::vector<std::filesystem::path> candidates;
-  if (const char* env = std::getenv("QWENQ_SHARED_DATA")) candidates.emplace_back(env);
-  candidates.push_back(repo.parent_path() / "shared" / "data");
-  candidates.push_back(repo / ".gpu-deps" / "shared" / "data");
-  for (const auto& c : candidates) {
-    std::error_code ec;
-    if (std::filesystem::exists(c / "stories260K" / "stories260K.bin", ec)) return c.string();
-  }
-  return "";
-}
-
-std::string tiny_random(const std::string& dir, DType dtype) {
-  RandomModelOptions o;
-  o.out_dir = dir;
-  o.dtype = dtype;
-  o.seed = 5;
-  write_random_model(o);
-  return dir;
-}
-
-// A random Qwen2 (q/k/v biases) or Qwen3 (q/k norms, untied lm_head) with D = 64, every tensor non-trivial, and
-// the tiny preset's tokenizer files (its ids are < 320 <= V), so train_lora can run on it.
-struct Arch {
-  bool qwen3;
-  int64_t C, I, H, Hkv, D, V, layers;
-};
-const Arch kQwen2Bias{false, 128, 256, 2, 1, 64, 384, 2};
-const Arch kQwen3{true, 128, 256, 4, 2, 64, 384, 2};
-
-std::string write_d64_model(const std::string& dir, const Arch& a, DType dtype, uint64_t seed,
+// A random Qwen2 (q/k/v biases) or Qwen3 (q/k norms, untied lm_head) with D = 64, every tensor non-trivial
+// (tests/gpu/gpu_test_models.h), and the tiny preset's tokenizer files (its ids are < 320 <= V), so train_lora can
+// run on it.
+std::string write_d64_model(const std::string& dir, const test::GpuTestArch& a, DType dtype, uint64_t seed,
                             const std::string& tokenizer_from) {
-  Rng rng(seed);
-  SafetensorsWriter w;
-  const auto add = [&](const std::string& name, std::vector<int64_t> shape, float mean, float stddev) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    std::vector<float> f(static_cast<size_t>(n));
-    for (auto& x : f) x = mean + static_cast<float>(rng.normal()) * stddev;
-    std::vector<uint8_t> bytes(f.size() * dtype_size(dtype));
-    from_f32(dtype, f.data(), bytes.data(), f.size());
-    w.add_owned(name, dtype, std::move(shape), std::move(bytes));
-  };
-  const int64_t Q = a.H * a.D, KV = a.Hkv * a.D;
-  add("model.embed_tokens.weight", {a.V, a.C}, 0.f, 0.5f);
-  for (int64_t l = 0; l < a.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    add(p + "input_layernorm.weight", {a.C}, 1.f, 0.1f);
-    add(p + "self_attn.q_proj.weight", {Q, a.C}, 0.f, 0.08f);
-    add(p + "self_attn.k_proj.weight", {KV, a.C}, 0.f, 0.08f);
-    add(p + "self_attn.v_proj.weight", {KV, a.C}, 0.f, 0.08f);
-    if (a.qwen3) {
-      add(p + "self_attn.q_norm.weight", {a.D}, 1.f, 0.1f);
-      add(p + "self_attn.k_norm.weight", {a.D}, 1.f, 0.1f);
-    } else {
-      add(p + "self_attn.q_proj.bias", {Q}, 0.f, 0.1f);
-      add(p + "self_attn.k_proj.bias", {KV}, 0.f, 0.1f);
-      add(p + "self_attn.v_proj.bias", {KV}, 0.f, 0.1f);
-    }
-    add(p + "self_attn.o_proj.weight", {a.C, Q}, 0.f, 0.08f);
-    add(p + "post_attention_layernorm.weight", {a.C}, 1.f, 0.1f);
-    add(p + "mlp.gate_proj.weight", {a.I, a.C}, 0.f, 0.08f);
-    add(p + "mlp.up_proj.weight", {a.I, a.C}, 0.f, 0.08f);
-    add(p + "mlp.down_proj.weight", {a.C, a.I}, 0.f, 0.06f);
-  }
-  add("model.norm.weight", {a.C}, 1.f, 0.1f);
-  if (a.qwen3) add("lm_head.weight", {a.V, a.C}, 0.f, 0.1f);
-  nlohmann::ordered_json cfg = {{"model_type", a.qwen3 ? "qwen3" : "qwen2"},
-                                {"vocab_size", a.V},
-                                {"hidden_size", a.C},
-                                {"intermediate_size", a.I},
-                                {"num_hidden_layers", a.layers},
-                                {"num_attention_heads", a.H},
-                                {"num_key_value_heads", a.Hkv},
-                                {"hidden_act", "silu"},
-                                {"max_position_embeddings", 4096},
-                                {"rms_norm_eps", 1e-6},
-                                {"rope_theta", 10000.0},
-                                {"tie_word_embeddings", !a.qwen3},
-                                {"torch_dtype", dtype == DType::BF16 ? "bfloat16" : "float32"}};
-  if (a.qwen3) cfg["head_dim"] = a.D;
-  std::filesystem::create_directories(dir);
-  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
-  w.write(dir + "/model.safetensors");
-  for (const auto& e : std::filesystem::directory_iterator(tokenizer_from)) {
-    const std::string name = e.path().filename().string();
-    if (name == "config.json" || name.find(".safetensors") != std::string::npos || !e.is_regular_file()) continue;
-    std::filesystem::copy_file(e.path(), dir + "/" + name, std::filesystem::copy_options::overwrite_existing);
-  }
+  test::write_gpu_test_model(dir, a, dtype, seed);
+  test::copy_tokenizer_files(tokenizer_from, dir);
   return dir;
 }
 
@@ -205,16 +105,7 @@ std::string quantize_rtn_gptq(const std::string& src) {
   return q.out_dir;
 }
 
-PackedBatch random_batch(const std::vector<int>& lengths, int64_t V, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::vector<int32_t>> seqs;
-  for (int len : lengths) {
-    std::vector<int32_t> s(static_cast<size_t>(len));
-    for (auto& t : s) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
-    seqs.push_back(std::move(s));
-  }
-  return PackedBatch::from_sequences(seqs);
-}
+using test::random_batch;
 
 // PEFT's A and a seeded nonzero B (0.05 · N(0, 1)), all seven targets, r = 4, alpha = 8.
 LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout = 0.0) {
@@ -283,7 +174,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
   const QwenModel cpu(dir);
   const int64_t V = cpu.config().vocab_size;
   LoraAdapter adapter = test_adapter(cpu, 17, dropout);
-  const std::vector<std::vector<int>> batches = {{1, 7, 33}, {100, 65}};
+  const std::vector<std::vector<int64_t>> batches = {{1, 7, 33}, {100, 65}};
   for (size_t bi = 0; bi < batches.size(); ++bi) {
     const uint64_t seed = 91 + bi;
     const PackedBatch b = random_batch(batches[bi], V, seed);
@@ -375,33 +266,33 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
 
 TEST(LoraModelCuda, TinyF32IsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  expect_step_matches_cpu(tiny_random(tmp.sub("f32"), DType::F32), kFp32RelTol, kFp32RelTol, "tiny F32 (naive)");
+  const std::string tmp = test::scratch_dir();
+  expect_step_matches_cpu(tiny_random(tmp + "/f32", DType::F32), kFp32RelTol, kFp32RelTol, "tiny F32 (naive)");
 }
 
 TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
   for (DType dtype : {DType::F32, DType::BF16}) {
-    const std::string dir = tmp.sub(std::string("qwen2_") + dtype_name(dtype));
-    write_d64_model(dir, kQwen2Bias, dtype, 21, tok);
+    const std::string dir = tmp + "/" + std::string("qwen2_") + dtype_name(dtype);
+    write_d64_model(dir, kGpuQwen2Bias, dtype, 21, tok);
     expect_step_matches_cpu(dir, kBf16LossRelTol, kBf16GradRelTol, std::string("qwen2 D=64 ") + dtype_name(dtype));
   }
-  const std::string q3 = tmp.sub("qwen3");
-  write_d64_model(q3, kQwen3, DType::BF16, 33, tok);
+  const std::string q3 = tmp + "/qwen3";
+  write_d64_model(q3, kGpuQwen3, DType::BF16, 33, tok);
   ASSERT_TRUE(QwenModel(q3).config().qk_norm);
   expect_step_matches_cpu(q3, kBf16LossRelTol, kBf16GradRelTol, "qwen3 D=64 BF16");
 }
 
 TEST(LoraModelCuda, QLoraRtnGptq4Bit) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
-  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 44, tok));
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
   ASSERT_FALSE(QwenModel(q4).weights().layers[0].q.is_dense());
   expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64");
-  const std::string tiny_q4 = quantize_rtn_gptq(tmp.sub("tok"));
+  const std::string tiny_q4 = quantize_rtn_gptq(tmp + "/tok");
   expect_step_matches_cpu(tiny_q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit tiny (naive)");
 }
 
@@ -409,71 +300,37 @@ TEST(LoraModelCuda, QLoraRtnGptq4Bit) {
 // pure-fp32 path (naive attention), flash attention in BF16 and the 4-bit base.
 TEST(LoraModelCuda, DropoutIsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
   expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), dropout 0.1", 0.1);
-  const std::string bf16 = write_d64_model(tmp.sub("qwen2_bf16"), kQwen2Bias, DType::BF16, 21, tok);
+  const std::string bf16 = write_d64_model(tmp + "/qwen2_bf16", kGpuQwen2Bias, DType::BF16, 21, tok);
   expect_step_matches_cpu(bf16, kBf16LossRelTol, kBf16GradRelTol, "qwen2 D=64 BF16, dropout 0.1", 0.1);
   const std::string q4 = quantize_rtn_gptq(bf16);
   expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, dropout 0.1", 0.1);
 }
 
-// A small JSONL text dataset of repetitive sentences (tests/test_train_loop.cpp's).
-std::string make_text_data(const std::string& path, int n) {
-  Rng rng(6);
-  const char* words[] = {"the cat", "a dog", "the bird", "one fish"};
-  const char* verbs[] = {"sat on the mat", "ran to the park", "sang a song", "ate the food"};
-  std::string out;
-  for (int i = 0; i < n; ++i) {
-    out += nlohmann::json{{"text", std::string(words[rng.below(4)]) + " " + verbs[rng.below(4)] + "."}}.dump() + "\n";
-  }
-  write_file_atomic(path, out);
-  return path;
-}
-
-std::vector<double> losses_of(const std::string& metrics) {
-  std::vector<double> out;
-  std::istringstream in(read_file(metrics));
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
+using test::losses_of;
 
 // 50 steps of train_lora on the GPU and on the CPU from the same model, data and seed.
-void expect_training_matches_cpu(const std::string& model, const std::string& data, const ScratchDir& tmp,
+void expect_training_matches_cpu(const std::string& model, const std::string& data, const std::string& tmp,
                                  const std::string& what, double dropout = 0.0) {
   SCOPED_TRACE(what);
-  TrainOptions o;
-  o.model_dir = model;
-  o.data_path = data;
-  o.lora.r = 4;
-  o.lora.alpha = 8;
+  TrainOptions o = test::small_lora_options(model, data, tmp + "/" + what + "-cpu", 50);
   o.lora.dropout = dropout;
-  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  o.seq_len = 128;
-  o.batch_size = 2;
-  o.max_steps = 50;
-  o.lr = 3e-3;
-  o.warmup_steps = 2;
-  o.data.eval_count = 8;
   o.save_every = 25;  // exercises the download before a checkpoint
-  o.quiet = true;
-  o.out_dir = tmp.sub(what + "-cpu");
   const TrainReport cpu = train_lora(o);
-  o.out_dir = tmp.sub(what + "-gpu");
+  o.out_dir = tmp + "/" + what + "-gpu";
   o.use_cuda = true;
   const TrainReport gpu = train_lora(o);
-  const std::vector<double> lc = losses_of(tmp.sub(what + "-cpu") + "/metrics.jsonl");
-  const std::vector<double> lg = losses_of(tmp.sub(what + "-gpu") + "/metrics.jsonl");
+  const std::vector<double> lc = losses_of(tmp + "/" + what + "-cpu" + "/metrics.jsonl");
+  const std::vector<double> lg = losses_of(tmp + "/" + what + "-gpu" + "/metrics.jsonl");
   ASSERT_EQ(lc.size(), 50u);
   ASSERT_EQ(lg.size(), 50u);
   EXPECT_LT(lc.back(), lc.front()) << "the CPU run's loss does not decrease";
   EXPECT_LT(lg.back(), lg.front()) << "the GPU run's loss does not decrease";
   EXPECT_NEAR(lg.back(), lc.back(), kTrainRelTol * lc.back());
   EXPECT_NEAR(gpu.eval_loss, cpu.eval_loss, kTrainRelTol * cpu.eval_loss);
-  EXPECT_TRUE(file_exists(tmp.sub(what + "-gpu") + "/adapter_model.safetensors"));
+  EXPECT_TRUE(file_exists(tmp + "/" + what + "-gpu" + "/adapter_model.safetensors"));
   std::printf("[ %s ] 50 steps: loss CPU %.4f -> %.4f, GPU %.4f -> %.4f; eval CPU %.4f GPU %.4f; %.1fs CPU, %.1fs GPU\n",
               what.c_str(), lc.front(), lc.back(), lg.front(), lg.back(), cpu.eval_loss, gpu.eval_loss, cpu.seconds,
               gpu.seconds);
@@ -481,28 +338,22 @@ void expect_training_matches_cpu(const std::string& model, const std::string& da
 
 TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string data = make_text_data(tmp.sub("data.jsonl"), 200);
-  const std::string tiny = tiny_random(tmp.sub("tiny"), DType::F32);
+  const std::string tmp = test::scratch_dir();
+  const std::string data = test::make_text_data(tmp + "/data.jsonl", 200);
+  const std::string tiny = tiny_random(tmp + "/tiny", DType::F32);
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32");
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32-dropout", 0.1);
-  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 55, tiny));
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 55, tiny));
   expect_training_matches_cpu(q4, data, tmp, "qlora-d64");
 }
 
 TEST(LoraModelCuda, Stories260KStep) {
   QWENQ_REQUIRE_GPU();
-  const std::string data = shared_data_dir();
-  if (data.empty()) GTEST_SKIP() << "../shared/data (stories260K, TinyStories) not found; skipping";
-  ScratchDir tmp;
-  Llama2cImportOptions o;
-  o.checkpoint = data + "/stories260K/stories260K.bin";
-  o.tokenizer = data + "/stories260K/tok512.bin";
-  o.out_dir = tmp.sub("stories");
-  import_llama2c(o);
-  const QwenModel cpu(o.out_dir);
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
+  const QwenModel cpu(stories);
   ASSERT_EQ(cpu.config().head_dim, 8);
-  std::vector<int32_t> ids = Tokenizer::from_dir(o.out_dir).encode(read_file(data + "/tinystories/tinystories_val.txt"));
+  std::vector<int32_t> ids = test::tinystories_tokens(stories);
   ASSERT_GE(ids.size(), 2u * 256u);
   const PackedBatch b = PackedBatch::from_sequences({std::vector<int32_t>(ids.begin(), ids.begin() + 256),
                                                      std::vector<int32_t>(ids.begin() + 256, ids.begin() + 512)});
@@ -553,10 +404,10 @@ void expect_device_bytes_are_the_plan(const std::string& dir, const std::string&
 
 TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   QWENQ_REQUIRE_GPU();
-  ScratchDir tmp;
-  const std::string tok = tiny_random(tmp.sub("tok"), DType::F32);
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
   expect_device_bytes_are_the_plan(tok, "tiny F32 (naive attention)");
-  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp.sub("qwen2"), kQwen2Bias, DType::BF16, 44, tok));
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
   expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64 (flash attention)");
 }
 

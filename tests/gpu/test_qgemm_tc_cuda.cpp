@@ -27,56 +27,17 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/rng.h"
 #include "core/threads.h"
 #include "kernels/qgemm.h"
-#include "quant/int_checkpoint.h"
-#include "quant/nf4.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_errors.h"
+#include "tests/gpu/qgemm_cases.h"
 
 namespace qwenq {
 namespace {
 
-constexpr double kQgemmGpuSumTol = 8.0;  // multiples of u·sqrt(L)·Σ|a·w| (as tests/gpu/test_qgemm_cuda.cpp)
-constexpr double kU = 1.0 / 16777216.0;
-
-enum class Src { GptqV1, GptqV2ActOrder, Awq, Nf4Dq, Fp4 };
-const char* src_name(Src s) {
-  switch (s) {
-    case Src::GptqV1: return "gptq";
-    case Src::GptqV2ActOrder: return "gptq_v2_act_order";
-    case Src::Awq: return "awq";
-    case Src::Nf4Dq: return "nf4_dq";
-    default: return "fp4";
-  }
-}
-
-// GPTQ needs K % 8 == 0 and N % 8 == 0, AWQ N % 8 == 0; bnb holds any size whose gcd(K, 64) is a multiple of 8.
-bool holds(Src s, int64_t K, int64_t N) {
-  if (s == Src::Nf4Dq || s == Src::Fp4) return K % 8 == 0;
-  if (s == Src::Awq) return N % 8 == 0;
-  return K % 8 == 0 && N % 8 == 0;
-}
-
-Q4Layout make_layout(Src s, int64_t K, int64_t N, uint64_t seed, bool exact = false) {
-  switch (s) {
-    case Src::GptqV1: return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, K, N, 128, false, seed, exact));
-    case Src::GptqV2ActOrder:
-      return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV2, K, N, 128, true, seed, exact));
-    case Src::Awq: return q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, K, N, 64, false, seed, exact));
-    case Src::Nf4Dq: return q4_from_nf4(q4_synthetic_nf4(N, K, false, 64, true, seed), N, K);
-    default: return q4_from_nf4(q4_synthetic_nf4(N, K, true, 64, false, seed), N, K);
-  }
-}
-
-std::vector<uint16_t> random_bf16(int64_t n, uint64_t seed, bool integer = false) {
-  Rng rng(seed);
-  std::vector<uint16_t> a(n);
-  for (auto& v : a) {
-    v = f32_to_bf16(integer ? static_cast<float>(static_cast<int>(rng.below(9)) - 4) : rng.uniform(-1.0f, 1.0f));
-  }
-  return a;
-}
+using test::expect_error;
+using namespace test::qgemm_cases;  // Src, make_layout, random_bf16, kU, ... (tests/gpu/qgemm_cases.h)
 
 // Rows checked against the CPU twin: all of them up to 80, else the fragment/tile edges and the tail.
 std::vector<int64_t> checked_rows(int64_t M) {
@@ -157,22 +118,11 @@ void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::v
                            " N=" + std::to_string(N) + " seed=" + std::to_string(seed);
   SCOPED_TRACE(what);
   const std::vector<uint16_t> x = random_bf16(M * K, seed + 1), dy = random_bf16(M * N, seed + 2);
-  constexpr float kGuard = 12345.0f;
-  constexpr int64_t kGuardCount = 64;
-
-  test::DeviceBuffer<uint16_t> gx(x), gdy(dy);
-  test::DeviceBuffer<float> gy(std::vector<float>(M * N + kGuardCount, kGuard));
-  test::DeviceBuffer<float> gdx(std::vector<float>(M * K + kGuardCount, kGuard));
-  qgemm_int4_tc_cuda(dw.view(), gx.get(), DType::BF16, M, gy.get());
-  qgemm_int4_t_tc_cuda(dw.view(), gdy.get(), DType::BF16, M, gdx.get());
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> y_gpu = gy.download(), dx_gpu = gdx.download();
-  for (int64_t i = 0; i < kGuardCount; ++i) {
-    ASSERT_EQ(y_gpu[M * N + i], kGuard) << "forward wrote past y";
-    ASSERT_EQ(dx_gpu[M * K + i], kGuard) << "transposed wrote past dx";
-  }
-  y_gpu.resize(M * N);
-  dx_gpu.resize(M * K);
+  std::vector<float> y_gpu, dx_gpu;
+  ASSERT_NO_FATAL_FAILURE(run_guarded(
+      x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_tc_cuda(dw.view(), a, DType::BF16, M, y); },
+      [&](const uint16_t* a, float* dx) { qgemm_int4_t_tc_cuda(dw.view(), a, DType::BF16, M, dx); }, &y_gpu,
+      &dx_gpu));
 
   const std::vector<int64_t> rows = checked_rows(M);
   const int64_t R = static_cast<int64_t>(rows.size());
@@ -186,10 +136,6 @@ void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::v
   bounds(dyr, W, R, K, N, true, &abs_sum, &round_sum);
   expect_close(gather_rows(dx_gpu, rows, K), dx_cpu, abs_sum, round_sum, N, "transposed " + what);
 }
-
-struct KN {
-  int64_t K, N;
-};
 
 class QgemmTcCuda : public ::testing::TestWithParam<Src> {};
 
@@ -325,14 +271,6 @@ TEST(QgemmTcCudaExact, RejectsBadArguments) {
   const Q4Layout q = make_layout(Src::Awq, 64, 8, 1);
   const Q4DeviceWeight dw(q);
   test::DeviceBuffer<float> x(64 * 128), y(8 * 128);
-  const auto expect_error = [](const std::function<void()>& fn, const std::string& needle) {
-    try {
-      fn();
-      ADD_FAILURE() << "expected an error containing '" << needle << "'";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
   expect_error([&] { qgemm_int4_tc_cuda(dw.view(), x.get(), DType::F32, 128, y.get()); },
                "takes BF16 activations, not F32 (M=128 K=64 N=8");
   expect_error([&] { qgemm_int4_t_tc_cuda(dw.view(), x.get(), DType::BF16, 0, y.get()); }, "M=0");

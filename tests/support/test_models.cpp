@@ -1,8 +1,11 @@
 #include "tests/support/test_models.h"
 
+#include "core/files.h"
+#include "core/rng.h"
 #include "tests/support/test_paths.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/random_model.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq::test {
 
@@ -17,6 +20,18 @@ std::string make_tiny_model(const std::string& dir, uint64_t seed, int64_t kv_he
   return dir;
 }
 
+std::string make_random_model(const std::string& dir, const std::string& preset, DType dtype, uint64_t seed,
+                              int64_t layers) {
+  RandomModelOptions o;
+  o.preset = preset;
+  o.layers = layers;
+  o.out_dir = dir;
+  o.dtype = dtype;
+  o.seed = seed;
+  write_random_model(o);
+  return dir;
+}
+
 std::string import_stories260k(const std::string& dir) {
   Llama2cImportOptions io;
   io.checkpoint = shared_data_dir() + "/stories260K/stories260K.bin";
@@ -24,6 +39,21 @@ std::string import_stories260k(const std::string& dir) {
   io.out_dir = dir;
   import_llama2c(io);
   return dir;
+}
+
+std::vector<int32_t> tinystories_tokens(const std::string& model_dir) {
+  return Tokenizer::from_dir(model_dir).encode(read_file(shared_data_dir() + "/tinystories/tinystories_val.txt"));
+}
+
+PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t len : lengths) {
+    std::vector<int32_t> s(static_cast<size_t>(len));
+    for (auto& t : s) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+    seqs.push_back(std::move(s));
+  }
+  return PackedBatch::from_sequences(seqs);
 }
 
 }  // namespace qwenq::test

@@ -1,8 +1,13 @@
-// Models the tests make: a seeded tiny random one (any machine) and the real stories260K (needs ../shared).
+// Models the tests make: a seeded tiny random one (any machine) and the real stories260K (needs ../shared); and
+// seeded token batches to run them on.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "trainer/qwen_model.h"
 
 namespace qwenq::test {
 
@@ -10,8 +15,19 @@ namespace qwenq::test {
 // Returns dir.
 std::string make_tiny_model(const std::string& dir, uint64_t seed, int64_t kv_heads = 0, int64_t layers = 0);
 
+// The trainer/random_model.h preset `preset` in `dtype` from `seed`; layers 0 keeps the preset's. Returns dir.
+std::string make_random_model(const std::string& dir, const std::string& preset, DType dtype, uint64_t seed,
+                              int64_t layers = 0);
+
 // stories260K imported from ../shared/data into dir as an fp32 Hugging Face directory (call
 // QWENQ_REQUIRE_SHARED_DATA first). Returns dir.
 std::string import_stories260k(const std::string& dir);
+
+// The shared data's tinystories/tinystories_val.txt encoded by model_dir's tokenizer (call
+// QWENQ_REQUIRE_SHARED_DATA first).
+std::vector<int32_t> tinystories_tokens(const std::string& model_dir);
+
+// One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
+PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
 
 }  // namespace qwenq::test

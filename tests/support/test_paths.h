@@ -3,20 +3,9 @@
 
 #include <string>
 
-#include "core/error.h"
+#include "tests/support/test_errors.h"  // error_of, expect_error
 
 namespace qwenq::test {
-
-// The message of the qwenq::Error that f() throws, or "<no error>" when it returns normally.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 // ../shared/data next to the source tree, or "" when absent (tests then GTEST_SKIP with a clear message).
 std::string shared_data_dir();

@@ -1,0 +1,53 @@
+#include "tests/support/test_training.h"
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "core/rng.h"
+
+namespace qwenq::test {
+
+std::string make_text_data(const std::string& path, int n) {
+  Rng rng(6);
+  const char* words[] = {"the cat", "a dog", "the bird", "one fish"};
+  const char* verbs[] = {"sat on the mat", "ran to the park", "sang a song", "ate the food"};
+  std::string out;
+  for (int i = 0; i < n; ++i) {
+    out += nlohmann::json{{"text", std::string(words[rng.below(4)]) + " " + verbs[rng.below(4)] + "."}}.dump() + "\n";
+  }
+  write_file_atomic(path, out);
+  return path;
+}
+
+TrainOptions small_lora_options(const std::string& model, const std::string& data, const std::string& out,
+                                int64_t max_steps) {
+  TrainOptions o;
+  o.model_dir = model;
+  o.data_path = data;
+  o.out_dir = out;
+  o.lora.r = 4;
+  o.lora.alpha = 8;
+  o.lora.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  o.seq_len = 128;
+  o.batch_size = 2;
+  o.max_steps = max_steps;
+  o.lr = 3e-3;
+  o.warmup_steps = 2;
+  o.data.eval_count = 8;
+  o.quiet = true;
+  return o;
+}
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::istringstream in(read_file(metrics));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+}  // namespace qwenq::test
