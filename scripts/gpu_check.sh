@@ -41,7 +41,8 @@ device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,no
 log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a \
-      -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
+      -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_SHARED_DIR="$PWD/.gpu-deps/shared" \
+      -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
   { log "configure failed"; tail -30 "$LOGS/configure.log" | tee -a "$OUT/summary.txt"; exit 1; }
 cmake --build build-gpu -j "$(nproc)" > "$LOGS/build.log" 2>&1 ||
   { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
