@@ -107,6 +107,63 @@ Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max
   return p;
 }
 
+// What the scale search needs from the machine it runs on: the output [T, N] of a scaling group's module (the
+// self-attention with o_proj, the MLP, or the group's single Linear) for the captured module input x, with the
+// group's Linears replaced by candidate weights (fp32 [N, K] each, in the group's slot order), or with the
+// block's own weights (candidate null; W holds the block's fp32 working copies for the single-Linear groups).
+// The driver (grid, scales, loss, folding, clip search) is one and the same above it; a GPU implementation
+// answers the same question on the device (issue 5, not yet written).
+class AwqModuleRunner {
+ public:
+  virtual ~AwqModuleRunner() = default;
+  virtual std::vector<float> output(int64_t layer, const ScaleGroup& grp, const std::vector<float>& x,
+                                    const std::vector<float>* W, const std::vector<float>* candidate) = 0;
+};
+
+// The CPU: QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens
+// each), the candidates swapped into the model for the call and the originals restored after it; a single Linear
+// is a fp32 matmul.
+class CpuModuleRunner final : public AwqModuleRunner {
+ public:
+  CpuModuleRunner(QwenModel& model, const Pieces& pieces, int64_t T) : model_(model), pieces_(pieces), T_(T) {}
+  std::vector<float> output(int64_t l, const ScaleGroup& grp, const std::vector<float>& x, const std::vector<float>* W,
+                            const std::vector<float>* candidate) override {
+    const int64_t C = model_.config().hidden_size;
+    if (grp.module == Module::Single) {
+      const int s = grp.slots[0];
+      const std::vector<float>& w = candidate ? candidate[0] : W[s];
+      const int64_t K = static_cast<int64_t>(x.size()) / T_, N = static_cast<int64_t>(w.size()) / K;
+      return matmul(x.data(), T_, K, w, N);
+    }
+    LinearWeight original[3];
+    for (size_t j = 0; j < grp.slots.size(); ++j) {
+      const int s = grp.slots[j];
+      LinearWeight& lw = model_.linear_weight(l, kSlots[s].group, kSlots[s].index);
+      original[j] = lw;
+      if (candidate) lw = LinearWeight::from_fp32(candidate[j], lw.N, lw.K);
+    }
+    std::vector<float> y(T_ * C);
+    for (size_t p = 0; p < pieces_.batches.size(); ++p) {
+      const int64_t off = pieces_.offsets[p];
+      if (grp.module == Module::SelfAttn) {
+        model_.attention_forward(l, pieces_.batches[p], x.data() + off * C, y.data() + off * C);
+      } else {
+        model_.mlp_forward(l, x.data() + off * C, pieces_.batches[p].num_tokens(), y.data() + off * C);
+      }
+    }
+    for (size_t j = 0; j < grp.slots.size(); ++j) {
+      const int s = grp.slots[j];
+      model_.linear_weight(l, kSlots[s].group, kSlots[s].index) = original[j];
+    }
+    return y;
+  }
+
+ private:
+  QwenModel& model_;
+  const Pieces& pieces_;
+  int64_t T_;
+};
+
 }  // namespace
 
 QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
@@ -171,6 +228,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     std::fprintf(stderr, "awq: applying the saved search %s (no calibration)\n", a.load_search.c_str());
   }
   const int64_t T = batch.num_tokens();
+  CpuModuleRunner runner(model, pieces, T);
 
   Checkpoint ckpt(o.model_dir);
   auto layer_prefix = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
@@ -253,30 +311,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
       const std::vector<float> x_mean = awq_activation_mean(x.data(), T, width);
       const std::vector<float> w_mean = awq_weight_mean(ws, rows, width, o.group_size);
       // The module's output with the original weights, and with candidate weights Q(W·s)/s.
-      auto module_out = [&](const std::vector<float>* candidate) {
-        std::vector<float> y;
-        if (grp.module == Module::Single) {
-          const int s = grp.slots[0];
-          return matmul(x.data(), T, width, candidate ? candidate[0] : W[s], N[s]);
-        }
-        if (candidate) {
-          for (size_t j = 0; j < grp.slots.size(); ++j) {
-            const int s = grp.slots[j];
-            model.linear_weight(l, kSlots[s].group, kSlots[s].index) = LinearWeight::from_fp32(candidate[j], N[s], K[s]);
-          }
-        }
-        y.resize(T * C);
-        for (size_t p = 0; p < pieces.batches.size(); ++p) {
-          const int64_t off = pieces.offsets[p];
-          if (grp.module == Module::SelfAttn) {
-            model.attention_forward(l, pieces.batches[p], x.data() + off * C, y.data() + off * C);
-          } else {
-            model.mlp_forward(l, x.data() + off * C, pieces.batches[p].num_tokens(), y.data() + off * C);
-          }
-        }
-        for (int s : grp.slots) model.linear_weight(l, kSlots[s].group, kSlots[s].index) = original[s];
-        return y;
-      };
+      auto module_out = [&](const std::vector<float>* candidate) { return runner.output(l, grp, x, W, candidate); };
       const std::vector<float> reference = module_out(nullptr);
       const AwqScaleResult r = awq_search_scale(x_mean, w_mean, so, [&](const std::vector<float>& s) {
         std::vector<float> cand[3];
