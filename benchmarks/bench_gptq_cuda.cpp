@@ -33,6 +33,7 @@
 #include "benchmarks/cuda_bench.h"
 #include "quant/gptq.h"
 #include "quant/gptq_cuda.h"
+#include "tests/support/gptq_inputs.h"
 #endif
 
 
@@ -64,21 +65,11 @@ constexpr double kTargetSeconds = 300.0;
 using bench::ck;
 using bench::median;
 
-// X [rows, K] = (Z + Z_r·L_r)·diag(s): per-input scales e^{0.75·N(0,1)} and a rank-64 shared component, so the
-// inputs are correlated and H ill-conditioned, like real activations; H = (2/rows)·XᵀX via hessian_accumulate_cuda.
+// X [rows, K]: tests/support/gptq_inputs.h's low-rank correlated inputs (per-input scales e^{0.75·N(0,1)} and a
+// rank-64 shared component, so H is ill-conditioned like real activations); H = (2/rows)·XᵀX via
+// hessian_accumulate_cuda.
 Eigen::MatrixXf random_hessian(int64_t K, int64_t rows, uint64_t seed) {
-  constexpr int64_t r = 64;
-  Rng rng(seed);
-  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  RowMat Lr(r, K), Zr(rows, r), X(rows, K);
-  for (int64_t i = 0; i < r * K; ++i) Lr.data()[i] = static_cast<float>(rng.normal() * 0.5);
-  std::vector<float> scale(K);
-  for (auto& s : scale) s = static_cast<float>(std::exp(0.75 * rng.normal()));
-  for (int64_t i = 0; i < rows * r; ++i) Zr.data()[i] = static_cast<float>(rng.normal());
-  for (int64_t i = 0; i < rows * K; ++i) X.data()[i] = static_cast<float>(rng.normal());
-  X.noalias() += Zr * Lr;
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t k = 0; k < K; ++k) X(i, k) *= scale[k];
+  const std::vector<float> X = test::correlated_inputs_lowrank(rows, K, seed);
   float *d_x = nullptr, *d_H = nullptr;
   ck(cudaMalloc(&d_x, static_cast<size_t>(rows * K) * sizeof(float)), "cudaMalloc x");
   ck(cudaMalloc(&d_H, static_cast<size_t>(K * K) * sizeof(float)), "cudaMalloc H");
