@@ -17,8 +17,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
-#include <fstream>
-#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -108,13 +106,7 @@ int main(int argc, char** argv) {
           << "," << D << ",1," << t_fwd << "," << t_bwd << "," << fwd_tf << "," << bwd_tf << "," << all_tf << "," << pct(fwd_tf) << ","
           << pct(bwd_tf) << "\n";
     }
-    if (csv_path.empty()) {
-      std::cout << csv.str();
-    } else {
-      std::ofstream f(csv_path);
-      f << csv.str();
-      std::fprintf(stderr, "wrote %s\n", csv_path.c_str());
-    }
+    bench::write_csv(csv_path, csv.str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_attention_cuda: %s\n", e.what());
     return 1;

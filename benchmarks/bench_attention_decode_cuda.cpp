@@ -12,8 +12,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
-#include <fstream>
-#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -92,13 +90,7 @@ int main(int argc, char** argv) {
             << "," << splits << "," << ms * 1e3 << "," << gbs << "," << pct << "\n";
       }
     }
-    if (csv_path.empty()) {
-      std::cout << csv.str();
-    } else {
-      std::ofstream f(csv_path);
-      f << csv.str();
-      std::fprintf(stderr, "wrote %s\n", csv_path.c_str());
-    }
+    bench::write_csv(csv_path, csv.str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_attention_decode_cuda: %s\n", e.what());
     return 1;

@@ -27,8 +27,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -256,13 +254,7 @@ int main(int argc, char** argv) {
             << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0) << ",tc\n";
       }
     }
-    if (csv_path.empty()) {
-      std::cout << csv.str();
-    } else {
-      std::ofstream f(csv_path);
-      f << csv.str();
-      std::fprintf(stderr, "wrote %s\n", csv_path.c_str());
-    }
+    bench::write_csv(csv_path, csv.str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_qgemm_cuda: %s\n", e.what());
     return 1;

@@ -1,5 +1,6 @@
 // What every CUDA benchmark shares: error checks, a device array, CUDA-event timing with the median of the timed
-// calls, the stamp each result row carries (date, device, driver, commit) and the device's roofline peaks.
+// calls, the stamp each result row carries (date, device, driver, commit), the CSV output and the device's
+// roofline peaks.
 //
 // Timing (time_ms): `warmup` untimed calls, then `reps` calls, each alone between two events on the default
 // stream; before each timed call an optional L2 flush writes a buffer larger than L2 (the weights of a decode
@@ -22,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "core/files.h"
 
 #ifndef QWENQ_GIT_COMMIT
 #define QWENQ_GIT_COMMIT "unknown"
@@ -116,6 +119,16 @@ inline Stamp make_stamp(const std::string& device) {
   const char* env = std::getenv("QWENQ_COMMIT");
   s.commit = env && *env ? env : QWENQ_GIT_COMMIT;
   return s;
+}
+
+// The CSV text to `path` (written to a temporary name, then renamed: core/files.h), or to stdout when empty.
+inline void write_csv(const std::string& path, const std::string& text) {
+  if (path.empty()) {
+    std::fputs(text.c_str(), stdout);
+    return;
+  }
+  write_file_atomic(path, text);
+  std::fprintf(stderr, "wrote %s\n", path.c_str());
 }
 
 // "1,4,16" -> {1, 4, 16}; empty items are skipped; a non-number throws naming the list.
