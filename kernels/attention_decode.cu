@@ -187,16 +187,7 @@ void attention_decode_cuda(const float* q, const float* k_cache, const float* v_
                            CudaStream stream) {
   const char* name = "attention_decode_cuda";
   // The ref's checks and messages (attention_decode_ref.cpp), then the grid's limits.
-  QWENQ_CHECK(B >= 0 && H > 0 && Hkv > 0 && D > 0,
-              name << ": bad shape B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D);
-  QWENQ_CHECK(H % Hkv == 0, name << ": query heads H=" << H << " must be a multiple of kv heads Hkv=" << Hkv);
-  QWENQ_CHECK(D <= kAttentionDecodeMaxHeadDim,
-              name << ": head dim D=" << D << " exceeds the decode kernel's limit " << kAttentionDecodeMaxHeadDim);
-  QWENQ_CHECK(max_len >= 1 && max_len <= capacity,
-              name << ": max_len=" << max_len << " must be in [1, capacity=" << capacity << "]");
-  if (B == 0) return;
-  QWENQ_CHECK(q != nullptr && k_cache != nullptr && v_cache != nullptr && lens != nullptr && out != nullptr,
-              name << ": null pointer");
+  if (!attention_decode_check_args(name, q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out)) return;
   QWENQ_CHECK(H <= 65535 && B <= 65535, name << ": H=" << H << " and B=" << B << " must be at most 65535 (grid)");
 
   const int64_t splits = attention_decode_splits(B, H, max_len);

@@ -38,6 +38,12 @@ constexpr int64_t kAttentionDecodeMaxHeadDim = 256;
 void attention_decode_ref(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out);
 
+// The argument checks both twins run, messages starting with `name`: the shapes, then (B > 0) the pointers.
+// Returns false for B = 0 (nothing to do). lens are not read (they may be device memory).
+bool attention_decode_check_args(const char* name, const float* q, const float* k_cache, const float* v_cache,
+                                 const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
+                                 int64_t max_len, const float* out);
+
 }  // namespace qwenq
 
 #ifdef QWENQ_HAVE_CUDA

@@ -11,9 +11,9 @@
 
 namespace qwenq {
 
-void attention_decode_ref(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
-                          int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out) {
-  const char* name = "attention_decode_ref";
+bool attention_decode_check_args(const char* name, const float* q, const float* k_cache, const float* v_cache,
+                                 const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
+                                 int64_t max_len, const float* out) {
   QWENQ_CHECK(B >= 0 && H > 0 && Hkv > 0 && D > 0,
               name << ": bad shape B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D);
   QWENQ_CHECK(H % Hkv == 0, name << ": query heads H=" << H << " must be a multiple of kv heads Hkv=" << Hkv);
@@ -21,9 +21,16 @@ void attention_decode_ref(const float* q, const float* k_cache, const float* v_c
               name << ": head dim D=" << D << " exceeds the decode kernel's limit " << kAttentionDecodeMaxHeadDim);
   QWENQ_CHECK(max_len >= 1 && max_len <= capacity,
               name << ": max_len=" << max_len << " must be in [1, capacity=" << capacity << "]");
-  if (B == 0) return;
+  if (B == 0) return false;
   QWENQ_CHECK(q != nullptr && k_cache != nullptr && v_cache != nullptr && lens != nullptr && out != nullptr,
               name << ": null pointer");
+  return true;
+}
+
+void attention_decode_ref(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                          int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out) {
+  const char* name = "attention_decode_ref";
+  if (!attention_decode_check_args(name, q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out)) return;
   for (int64_t b = 0; b < B; ++b)
     QWENQ_CHECK(lens[b] >= 1 && lens[b] <= max_len,
                 name << ": lens[" << b << "]=" << lens[b] << " must be in [1, max_len=" << max_len << "]");
