@@ -18,9 +18,6 @@ namespace qwenq {
 
 namespace {
 
-constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,   LoraTarget::OProj,
-                                    LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
-
 const LinearWeight& base_of(const QwenLayerWeights& L, int t) {
   switch (t) {
     case 0: return L.q;
@@ -74,8 +71,8 @@ class Runner {
     const LinearWeight& w = base_of(w_.layers[l], t);
     const WeightRef W(w);
     linear_forward_ref(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
-    if (!ad_.has(l, kTargets[t])) return;
-    const LoraWeights& lw = ad_.at(l, kTargets[t]);
+    if (!ad_.has(l, kLoraTargets[t].target)) return;
+    const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
     const float* xin = x;
     if (p_ > 0.f) {
       br->xd.resize(T_ * w.K);
@@ -94,9 +91,9 @@ class Runner {
     tmp.resize(T_ * w.K);
     linear_backward_input_ref(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
     for (int64_t i = 0; i < T_ * w.K; ++i) dx[i] += tmp[i];
-    if (!ad_.has(l, kTargets[t])) return;
-    const LoraWeights& lw = ad_.at(l, kTargets[t]);
-    LoraWeights& g = grads->at(l, kTargets[t]);
+    if (!ad_.has(l, kLoraTargets[t].target)) return;
+    const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
+    LoraWeights& g = grads->at(l, kLoraTargets[t].target);
     if (p_ > 0.f) {
       std::fill(tmp.begin(), tmp.end(), 0.f);
       lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),

@@ -31,9 +31,6 @@ namespace qwenq {
 
 namespace {
 
-constexpr LoraTarget kTargets[7] = {LoraTarget::QProj,    LoraTarget::KProj,  LoraTarget::VProj,   LoraTarget::OProj,
-                                    LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
-
 // `qwen-qlora plan` counts cuBLASLt's workspace by its own constant (trainer/memory_plan.h).
 static_assert(BlasLt::kWorkspaceBytes == kCublasLtWorkspaceBytes, "memory_plan.h's cuBLASLt workspace is BlasLt's");
 
@@ -465,11 +462,11 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter)
   m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     for (int t = 0; t < 7; ++t) {
-      if (!adapter.has(l, kTargets[t])) continue;
-      const LoraWeights& w = adapter.at(l, kTargets[t]);
+      if (!adapter.has(l, kLoraTargets[t].target)) continue;
+      const LoraWeights& w = adapter.at(l, kLoraTargets[t].target);
       Slot sl;
       sl.layer = l;
-      sl.target = kTargets[t];
+      sl.target = kLoraTargets[t].target;
       sl.N = w.N, sl.K = w.K, sl.r = w.r;
       sl.a_off = m.total;
       sl.b_off = m.total + w.r * w.K;
