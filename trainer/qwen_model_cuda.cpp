@@ -200,6 +200,8 @@ struct QwenModelCuda::Impl {
   // out [T, C] fp32 = the embeddings of the batch's tokens (after begin_batch).
   void embed_into(const PackedBatch& b, float* out) {
     const int64_t T = b.num_tokens();
+    QWENQ_CHECK(embed.data != nullptr, "QwenModelCuda: the input embedding table was left on the host "
+                                       "(QwenModelCudaOptions::upload_embedding = false): this model cannot embed");
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
     embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s());
   }
@@ -296,7 +298,7 @@ struct QwenModelCuda::Impl {
   }
 };
 
-QwenModelCuda::QwenModelCuda(const QwenModel& model) : impl_(std::make_unique<Impl>()) {
+QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions& options) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.cfg = model.config();
   const QwenConfig& c = m.cfg;
@@ -307,7 +309,8 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model) : impl_(std::make_unique<Im
   QWENQ_CHECK(c.head_dim <= kRopeMaxHeadDim && c.head_dim % 2 == 0,
               "QwenModelCuda: head_dim " << c.head_dim << " must be even and at most " << kRopeMaxHeadDim << " (RoPE)");
   const QwenWeights& w = model.weights();
-  m.embed = m.upload(w.embed, "model.embed_tokens.weight");
+  if (options.upload_embedding || w.embed.data == w.lm_head.data)  // a tied table is the lm_head as well
+    m.embed = m.upload(w.embed, "model.embed_tokens.weight");
   m.final_norm = m.upload(w.final_norm, "model.norm.weight");
   m.lm_head = m.upload(w.lm_head, "lm_head.weight");  // the embedding's copy when tied
   m.layers.resize(w.layers.size());

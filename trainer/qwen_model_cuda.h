@@ -35,6 +35,11 @@
 // block there); set_linear_weight replaces one Linear by a dense fp32 weight (the fake-quantized one) for the
 // following passes. The caller bounds the activation memory by the batches it passes (whole windows, a chunk of
 // the calibration set at a time): the buffers above are sized by the largest batch, independent of x.
+//
+// QwenModelCudaOptions::upload_embedding = false (the LoRA trainer, trainer/lora_model_cuda.h): an untied input
+// embedding table is left in host memory (the trainer gathers a batch's rows there and uploads [T, C]);
+// device_embed() is then null and forward_logits / next_token_nll / embed_batch refuse. A tied table is uploaded
+// anyway (it is the lm_head). Default: uploaded, for every other user (evaluation, decoding, GPTQ).
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
@@ -75,12 +80,16 @@ struct QwenDeviceLayer {
 // group and everything after it in the block are not computed (x of block_forward is then not the block's output).
 using DeviceLinearInputHook = std::function<bool(BlockLinear, const float* x, int64_t T)>;
 
+struct QwenModelCudaOptions {
+  bool upload_embedding = true;  // false: an untied embedding table stays on the host (see the header comment)
+};
+
 class QwenModelCuda {
  public:
   // Uploads every weight of `model` to the current CUDA device (the model may be destroyed afterwards). Throws
   // qwenq::Error when a tensor does not fit or a packed Linear has a layout the Q4 kernels do not read (not
   // 4-bit, a group size that is not a multiple of 8), naming the tensor.
-  explicit QwenModelCuda(const QwenModel& model);
+  explicit QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions& options = {});
   ~QwenModelCuda();
   QwenModelCuda(const QwenModelCuda&) = delete;
   QwenModelCuda& operator=(const QwenModelCuda&) = delete;
@@ -98,7 +107,7 @@ class QwenModelCuda {
 
   // The device copies of the weights (see QwenDeviceTensor).
   const QwenDeviceLayer& device_layer(int64_t l) const;
-  QwenDeviceTensor device_embed() const;
+  QwenDeviceTensor device_embed() const;  // data null when the table was left on the host
   QwenDeviceTensor device_final_norm() const;
   QwenDeviceTensor device_lm_head() const;
 
