@@ -43,6 +43,7 @@ void check_case(const std::string& dir) {
   for (int32_t t : targets) counted += t >= 0;
   LoraStepOptions opt;
   opt.grad_scale = 1.0 / counted;
+  opt.bf16_checkpoints = false;  // PyTorch runs the fp32 model
   LoraAdapter grads = adapter;
   for (LoraTarget t : grads.targets()) {
     for (int64_t l = 0; l < model.config().num_layers; ++l) {

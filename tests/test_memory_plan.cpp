@@ -224,7 +224,7 @@ TEST(MemoryPlan, Qwen72bFourBitFitsEightGpusBf16DoesNotFitOne) {
   EXPECT_EQ(three.devices[2].first_layer, 54);
 }
 
-TEST(MemoryPlan, TiedEmbeddingHeldTwiceAcrossGpusOnceOnOne) {
+TEST(MemoryPlan, EmbeddingHeldOnlyAsTheLmHeadOnGpus) {
   PlanInput in;
   in.model = qwen_preset("qwen2.5-0.5b");
   in.base = PlanBase::Bf16;
@@ -235,14 +235,23 @@ TEST(MemoryPlan, TiedEmbeddingHeldTwiceAcrossGpusOnceOnOne) {
   const PlanResult cpu = plan_memory(in);
   EXPECT_EQ(cpu.devices[0].base_weights, cpu.base_weight_bytes);
   // On GPUs every tensor is held as the caching allocator rounds it: the embedding 151936·896·2 = 272,269,312 B
-  // in 130 blocks of 2 MiB. Split over two GPUs, the layers and norms are the same allocations, plus the
-  // embedding's second copy on the last GPU.
+  // in 130 blocks of 2 MiB. The input embedding's rows are gathered on the host, so a tied table is held once, as
+  // the lm_head of the last GPU: split over two GPUs, the same allocations as on one.
   in.device = PlanDevice::Cuda;
   const uint64_t embed_held = 130ull << 21;
   const PlanResult one = plan_memory(in);
   in.gpus = 2;
   const PlanResult two = plan_memory(in);
-  EXPECT_EQ(two.devices[0].base_weights + two.devices[1].base_weights, one.devices[0].base_weights + embed_held);
+  EXPECT_EQ(two.devices[0].base_weights + two.devices[1].base_weights, one.devices[0].base_weights);
+  // 12 layers each; the last adds the table and the final norm (1792 B -> 2 KiB).
+  EXPECT_EQ(two.devices[1].base_weights, two.devices[0].base_weights + embed_held + 2048);
+  // Untied (7B): one GPU holds the lm_head, not the input embedding (152064·3584·2 B = 520 blocks of 2 MiB):
+  // the GPU's dense bytes are the layers' norms and biases, the final norm and one table.
+  in.model = qwen_preset("qwen2.5-7b");
+  in.gpus = 1;
+  const DevicePlan& d = plan_memory(in).devices[0];
+  const uint64_t layer_dense = 2 * 7168 + 7168 + 2 * 1024;  // 2 RMSNorms, q/k/v biases (all multiples of 512 B)
+  EXPECT_EQ(d.base_dense, 28 * layer_dense + 7168 + (520ull << 21));
 }
 
 TEST(MemoryPlan, JsonCarriesEveryField) {

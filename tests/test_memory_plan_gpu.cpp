@@ -2,7 +2,8 @@
 // Qwen2.5-0.5B case (the arithmetic written out below), and the bytes the caching allocator holds when the
 // allocations of LoraModelCuda / QwenModelCuda are replayed on a fake device (their sizes come from the same
 // table, trainer/lora_cuda_buffers.h, and from the real Q4 repack of a quantized checkpoint), which must equal
-// the plan's per-category figures to the byte. Nothing here needs a GPU.
+// the plan's per-category figures to the byte, with bf16 and fp32 checkpoints and for tied and untied embeddings
+// (an untied input table stays on the host). Nothing here needs a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -11,6 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "core/safetensors.h"
 #include "kernels/device_allocator.h"
 #include "quant/format/qgemm_layout.h"
 #include "quant/int_checkpoint.h"
@@ -73,19 +78,19 @@ PlanInput one_gpu(const QwenConfig& c, PlanBase base, int64_t r, int64_t T) {
 TEST(MemoryPlanGpu, Qwen05bByHand) {
   const PlanResult p = plan_memory(one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048));
   const DevicePlan& d = p.devices.at(0);
-  // checkpoints: xs 25·896 = 22400 words -> ceil(87.5) = 88 -> 176 MiB.
-  EXPECT_EQ(d.act_checkpoints, 176 * MiB);
-  // forward: n1, q, a, h1, n2, mlp 896 words -> 8 MiB each (48); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
+  // checkpoints: xs bf16 25·896 / 2 = 11200 words -> ceil(43.75) = 44 -> 88 MiB.
+  EXPECT_EQ(d.act_checkpoints, 88 * MiB);
+  // forward: xin, n1, q, a, h1, n2, mlp 896 words -> 8 MiB each (56); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
   // 19·256 -> 38 MiB each (114); act16 ceil(4864/2) = 2432 -> 20 MiB; q16, a16 448 -> 4 MiB each (8); k16, v16
   // 64 -> 512 KiB each; lse 14 -> 112 KiB; u 7·16 = 112 -> 896 KiB; qpre, kpre, tokens, positions 1 -> 8 KiB each.
-  EXPECT_EQ(d.act_block, (48 + 2 + 114 + 20 + 8) * MiB + (2 * 512 + 112 + 896 + 4 * 8) * KiB);
+  EXPECT_EQ(d.act_block, (56 + 2 + 114 + 20 + 8) * MiB + (2 * 512 + 112 + 896 + 4 * 8) * KiB);
   // backward: d, dn2, dh1, da, dq, dn1 896 -> 48 MiB; dact, dgate, dup, tmp (max(C, qd, I) = 4864) -> 4·38 = 152
   // MiB; dk, dv -> 2 MiB; da16 448 -> 4 MiB; g 16 -> 128 KiB.
   EXPECT_EQ(d.act_backward, (48 + 152 + 2 + 4) * MiB + 128 * KiB);
   // loss: hidden, dhidden -> 16 MiB; nll, targets -> 16 KiB.
   EXPECT_EQ(d.act_loss, 16 * MiB + 16 * KiB);
   EXPECT_EQ(d.act_pipeline, 0u);
-  EXPECT_EQ(d.activations, 590 * MiB + 2208 * KiB);
+  EXPECT_EQ(d.activations, 510 * MiB + 2208 * KiB);
   // logits: rows = 2^26 / 151936 = 441; 441·151936·4 = 268,015,104 B -> 128 blocks of 2 MiB = 256 MiB.
   EXPECT_EQ(d.ws_logits, 256 * MiB);
   // scratch: the bf16 copy of the lm_head's dlogits, 441·151936·2 = 134,007,552 B (> δ 2048·14·4, > a bf16
@@ -106,18 +111,25 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   const uint64_t layer = 2 * 2 * MiB + 2 * 229'376 + 3 * 10 * MiB + 2 * 2 * KiB + 2 * KiB + 2 * 512;
   EXPECT_EQ(d.base_weights, 24 * layer + 130 * 2 * MiB + 2 * KiB);
   // The reviewer's question: the old plan (bf16 activations) said 253 MiB of activations here.
-  EXPECT_GT(static_cast<double>(d.activations), 2.3 * 253 * MiB);
+  EXPECT_GT(static_cast<double>(d.activations), 2.0 * 253 * MiB);
+  // fp32 checkpoints: xs 22400 words -> 88 blocks = 176 MiB, and no xin (8 MiB): 80 MiB more in all.
+  PlanInput fp32 = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
+  fp32.bf16_checkpoints = false;
+  const DevicePlan& f = plan_memory(fp32).devices.at(0);
+  EXPECT_EQ(f.act_checkpoints, 176 * MiB);
+  EXPECT_EQ(f.act_block, d.act_block - 8 * MiB);
+  EXPECT_EQ(f.total, d.total + 80 * MiB);
 }
 
 // The allocations LoraModelCuda's constructor, reserve(T) and logits chunk make, replayed on a fake device.
 void replay_lora_model_cuda(DeviceAllocator& a, const QwenConfig& c, int64_t lora_params, int64_t r, int64_t T,
-                            bool flash, std::vector<DeviceAllocation>* keep) {
+                            bool flash, bool bf16_checkpoints, std::vector<DeviceAllocation>* keep) {
   const size_t arena = static_cast<size_t>(std::max<int64_t>(lora_params, 1)) * sizeof(float);
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Adapter, "A and B"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Gradients, "grads"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "m"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "v"));
-  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash))
+  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash, bf16_checkpoints))
     keep->push_back(a.allocate(static_cast<size_t>(b.bytes(T)), nullptr, MemoryTag::Activations, b.what));
   const int64_t rows = lora_cuda_logits_rows(T, c.vocab_size);
   keep->push_back(a.allocate(static_cast<size_t>(rows * c.vocab_size) * 4, nullptr, MemoryTag::Logits, "logits"));
@@ -137,25 +149,30 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
                         Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096}, Case{"qk-norm", qk, 4, 1000},
                         Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
                         Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33}}) {
-    SCOPED_TRACE(k.name);
-    const QwenConfig& c = k.c;
-    const PlanResult p = plan_memory(one_gpu(c, PlanBase::Nf4, k.r, k.T));
-    const DevicePlan& d = p.devices.at(0);
-    DeviceAllocator alloc(std::make_unique<FakeDevice>());
-    std::vector<DeviceAllocation> keep;
-    replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, &keep);
-    const DeviceAllocatorStats s = alloc.stats();
-    EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
-    EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
-    EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
-    EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
-    EXPECT_EQ(s.bytes_of(MemoryTag::Logits), d.ws_logits);
+    for (bool bf16 : {true, false}) {
+      SCOPED_TRACE(std::string(k.name) + (bf16 ? ", bf16 checkpoints" : ", fp32 checkpoints"));
+      const QwenConfig& c = k.c;
+      PlanInput in = one_gpu(c, PlanBase::Nf4, k.r, k.T);
+      in.bf16_checkpoints = bf16;
+      const PlanResult p = plan_memory(in);
+      const DevicePlan& d = p.devices.at(0);
+      DeviceAllocator alloc(std::make_unique<FakeDevice>());
+      std::vector<DeviceAllocation> keep;
+      replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, bf16, &keep);
+      const DeviceAllocatorStats s = alloc.stats();
+      EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Logits), d.ws_logits);
+    }
   }
 }
 
-// QwenModelCuda's upload replayed: each dense tensor once (a tied lm_head is the embedding), each packed Linear
-// repacked by the real q4_from_int_linear / q4_from_nf4 and uploaded as Q4DeviceWeight does (qweight, meta, and
-// the permutation when there is one).
+// QwenModelCuda's upload for the trainer (QwenModelCudaOptions::upload_embedding = false) replayed: each dense
+// tensor once, the input embedding only when it is the (tied) lm_head, each packed Linear repacked by the real
+// q4_from_int_linear / q4_from_nf4 and uploaded as Q4DeviceWeight does (qweight, meta, and the permutation when
+// there is one).
 uint64_t replayed_weight_bytes(const QwenModel& m) {
   DeviceAllocator a(std::make_unique<FakeDevice>());
   std::vector<DeviceAllocation> keep;
@@ -173,7 +190,7 @@ uint64_t replayed_weight_bytes(const QwenModel& m) {
     if (!q.perm.empty()) keep.push_back(a.allocate(q.perm.size() * 4, nullptr, MemoryTag::Weights, "perm"));
   };
   const QwenWeights& w = m.weights();
-  dense(w.embed);
+  if (w.embed.data == w.lm_head.data) dense(w.embed);
   dense(w.final_norm);
   dense(w.lm_head);
   for (const QwenLayerWeights& l : w.layers) {
@@ -184,6 +201,24 @@ uint64_t replayed_weight_bytes(const QwenModel& m) {
   return a.stats().bytes_of(MemoryTag::Weights);
 }
 
+// The model in `dir` with an untied lm_head (a copy of the embedding, its own tensor) and config.json saying so.
+void untie_embeddings(const std::string& dir) {
+  std::vector<float> head;
+  {
+    SafetensorsFile f(path_join(dir, "model.safetensors"));
+    SafetensorsWriter w;
+    for (const std::string& n : f.names()) w.add(n, f.get(n).dtype, f.get(n).shape, f.get(n).data);
+    const TensorView& e = f.get("model.embed_tokens.weight");
+    std::vector<uint8_t> bytes(static_cast<const uint8_t*>(e.data), static_cast<const uint8_t*>(e.data) + e.nbytes());
+    w.add_owned("lm_head.weight", e.dtype, e.shape, std::move(bytes));
+    w.write(path_join(dir, "model.safetensors.new"));
+  }
+  std::rename(path_join(dir, "model.safetensors.new").c_str(), path_join(dir, "model.safetensors").c_str());
+  nlohmann::json cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));
+  cfg["tie_word_embeddings"] = false;
+  write_file_atomic(path_join(dir, "config.json"), cfg.dump(2));
+}
+
 TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
   const std::string scratch = test::scratch_dir();
   RandomModelOptions o;
@@ -191,6 +226,21 @@ TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
   o.out_dir = scratch + "/m";
   o.seed = 5;
   write_random_model(o);
+  {  // untied: the input embedding is not uploaded, the lm_head is
+    RandomModelOptions u = o;
+    u.out_dir = scratch + "/untied";
+    write_random_model(u);
+    untie_embeddings(u.out_dir);
+    const QwenModel model(u.out_dir);
+    ASSERT_FALSE(model.config().tie_word_embeddings);
+    ASSERT_NE(model.weights().embed.data, model.weights().lm_head.data);
+    PlanInput in = one_gpu(model.config(), PlanBase::Bf16, 4, 64);
+    const uint64_t replayed = replayed_weight_bytes(model);
+    EXPECT_EQ(plan_memory(in).devices.at(0).base_weights, replayed);
+    // Against the tied model: the same bytes (the embedding's allocation is now the lm_head's).
+    const QwenModel tied(o.out_dir);
+    EXPECT_EQ(replayed, replayed_weight_bytes(tied));
+  }
   struct Case {
     const char* name;
     QuantizeOptions::Method method;
@@ -283,8 +333,12 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   in.gpus = 8;
   const PlanResult p = plan_memory(in);
   const DevicePlan &first = p.devices.at(0), &mid = p.devices.at(3), &last = p.devices.at(7);
-  // xs holds n_dev + 1 = 11 block inputs: 2048·11·8192·4 B = 704 MiB (a multiple of 2 MiB).
-  EXPECT_EQ(mid.act_checkpoints, 704 * MiB);
+  // xs holds n_dev + 1 = 11 block inputs in bf16: 2048·11·8192·2 B = 352 MiB (a multiple of 2 MiB).
+  EXPECT_EQ(mid.act_checkpoints, 352 * MiB);
+  // The untied input embedding stays on the host: cuda:0 holds its 10 layers only, as a middle GPU does; the last
+  // adds the final norm (8192 bf16 = 16 KiB) and the lm_head (152064·8192·2 B = 1188 blocks of 2 MiB).
+  EXPECT_EQ(first.base_weights, mid.base_weights);
+  EXPECT_EQ(last.base_weights, mid.base_weights + 16 * KiB + 1188 * 2 * MiB);
   // Received activation and gradient, fp32 [2048, 8192] = 64 MiB each; one on each end of the pipeline.
   EXPECT_EQ(first.act_pipeline, 64 * MiB);
   EXPECT_EQ(mid.act_pipeline, 128 * MiB);

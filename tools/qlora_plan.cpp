@@ -27,7 +27,7 @@ struct PlanArgs {
   int64_t layers = 0;
   int bits = 4;
   int64_t group_size = 128, nf4_blocksize = 64;
-  bool no_double_quant = false, no_checkpointing = false, json = false;
+  bool no_double_quant = false, no_checkpointing = false, fp32_checkpoints = false, json = false;
   int64_t lora_r = 16;
   double lora_alpha = 0, lora_dropout = 0;
   int64_t batch_size = 1, seq_len = 2048;
@@ -85,6 +85,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   in.batch_size = a.batch_size;
   in.seq_len = a.seq_len;
   in.checkpointing = !a.no_checkpointing;
+  in.bf16_checkpoints = !a.fp32_checkpoints;
   if (a.device == "cpu") {
     in.device = PlanDevice::Cpu;
     in.device_bytes = a.cpu_mem_gb > 0 ? gb(a.cpu_mem_gb, "--cpu-mem-gb") : host_ram_bytes();
@@ -126,6 +127,7 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--batch-size", a->batch_size, "sequences per micro-batch (B)")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence (S)")->capture_default_str();
   cmd->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing (CPU only: the GPU trainer always checkpoints)");
+  cmd->add_flag("--fp32-checkpoints", a->fp32_checkpoints, "GPU: keep the block inputs in fp32 (train --fp32-checkpoints) instead of bf16");
   cmd->add_option("--device", a->device, "cpu (trainer/lora_model.h) or cuda (trainer/lora_model_cuda.h)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

@@ -87,6 +87,8 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--batching", a->batch_mode, "packing (examples back to back, attention kept apart) or padding")
       ->capture_default_str();
   c->add_flag("!--no-checkpointing", o.checkpointing, "keep every block's activations instead of recomputing them");
+  c->add_flag("!--fp32-checkpoints", o.bf16_checkpoints,
+              "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
   c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")->capture_default_str();
   c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")->capture_default_str();
   c->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only the final adapter)")->capture_default_str();

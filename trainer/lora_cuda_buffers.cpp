@@ -9,14 +9,21 @@ int64_t lora_cuda_logits_rows(int64_t T, int64_t V) {
   return std::max<int64_t>(1, std::min<int64_t>(T, kLoraCudaLogitsChunkFloats / V));
 }
 
-std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash) {
+std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
+                                                    bool bf16_checkpoints) {
   const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
                 r = rank, wide = std::max({C, Q, I});
   using Id = LoraCudaBufferId;
   using R = LoraCudaRole;
   const auto b16 = [](int64_t cols) { return (cols + 1) / 2; };  // bf16 values in 4-byte words
-  std::vector<LoraCudaBuffer> v = {
-      {Id::Xs, R::Checkpoints, "the block inputs (activation checkpoints)", (layers + 1) * C},
+  std::vector<LoraCudaBuffer> v;
+  if (bf16_checkpoints) {
+    v.push_back({Id::Xs, R::Checkpoints, "the bf16 block inputs (activation checkpoints)", b16((layers + 1) * C)});
+    v.push_back({Id::Xin, R::Forward, "the block input widened to fp32", C});
+  } else {
+    v.push_back({Id::Xs, R::Checkpoints, "the fp32 block inputs (activation checkpoints)", (layers + 1) * C});
+  }
+  const std::vector<LoraCudaBuffer> rest = {
       {Id::N1, R::Forward, "n1", C},
       {Id::Qpre, R::Forward, "q before its norm", c.qk_norm ? Q : 1},
       {Id::Kpre, R::Forward, "k before its norm", c.qk_norm ? KV : 1},
@@ -53,6 +60,7 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::Targets, R::Loss, "the targets", 1},
       {Id::Act16, R::Forward, "the bf16 activations of the 4-bit Linears", b16(wide)},
   };
+  v.insert(v.end(), rest.begin(), rest.end());
   if (flash) {
     v.push_back({Id::Q16, R::Forward, "bf16 q", b16(Q)});
     v.push_back({Id::K16, R::Forward, "bf16 k", b16(KV)});

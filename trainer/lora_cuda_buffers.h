@@ -10,8 +10,11 @@
 //
 // Listed by role (lora_cuda_batch_buffers returns them in allocation order, xs first):
 //   role         buffer     words per token             what
-//   checkpoints  xs         (L + 1)·C                   every block input and the final residual, fp32
-//   forward      n1         C                           input RMSNorm output
+//   checkpoints  xs         ceil((L + 1)·C / 2)         every block input and the final residual, bf16 (the
+//                                                       default, LoraStepOptions::bf16_checkpoints), slot l at
+//                           (L + 1)·C                   element l·T·C; or fp32 (bf16_checkpoints = false)
+//   forward      xin        C (bf16 checkpoints only)   the block input widened to fp32 (the block reads it)
+//                n1         C                           input RMSNorm output
 //                qpre, kpre Q, KV (1 each without QK-norm) q, k before their norm (Qwen3)
 //                q, k, v    Q, KV, KV                   projections (RoPE in place)
 //                a          Q                           attention output
@@ -39,6 +42,9 @@
 //                dhidden    C                           its gradient
 //                nll        1                           per-token losses
 //                targets    1                           targets (int32)
+// The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
+// there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32), tied ones are gathered
+// on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
 // Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits).
 // Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (A/B, their
 // gradients, AdamW m, v; one allocation each, max(P, 1) floats).
@@ -60,7 +66,7 @@ int64_t lora_cuda_logits_rows(int64_t T, int64_t V);
 enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
 
 enum class LoraCudaBufferId {
-  Xs, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, Mlp, U, Hidden, Dhidden, D, Dact, Dgate, Dup, Dn2,
+  Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, Mlp, U, Hidden, Dhidden, D, Dact, Dgate, Dup, Dn2,
   Dh1, Da, Dq, Dk, Dv, Dn1, Tmp, G, Nll, Tokens, Positions, Targets, Act16, Q16, K16, V16, A16, Da16
 };
 
@@ -74,7 +80,8 @@ struct LoraCudaBuffer {
 
 // The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
 // layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;
-// `flash`: the head dim runs flash attention (bf16 q/k/v copies).
-std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash);
+// `flash`: the head dim runs flash attention (bf16 q/k/v copies); `bf16_checkpoints`: xs in bf16 plus xin.
+std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
+                                                    bool bf16_checkpoints);
 
 }  // namespace qwenq

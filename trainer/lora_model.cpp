@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
@@ -187,11 +188,13 @@ class Runner {
     // Forward: block inputs kept (checkpointing) or every block's intermediates.
     std::vector<std::vector<float>> xs(Lc + 1);
     m_.embed_batch(b_, &xs[0]);
+    round_checkpoint(&xs[0]);
     std::vector<BlockActs> kept(opt_.checkpointing ? 0 : Lc);
     BlockActs scratch;
     for (int64_t l = 0; l < Lc; ++l) {
       xs[l + 1].resize(T_ * C);
       block_fwd(l, xs[l].data(), xs[l + 1].data(), opt_.checkpointing ? scratch : kept[l]);
+      round_checkpoint(&xs[l + 1]);
       if (opt_.checkpointing && l + 1 < Lc && !grads) xs[l].clear();  // inference: only the current input is needed
     }
     std::vector<float> hidden(T_ * C);
@@ -236,6 +239,12 @@ class Runner {
   }
 
  private:
+  // A block input as kept: rounded to bf16 in place (the values stay fp32, now exactly representable in bf16),
+  // bit for bit what the GPU's f32_to_bf16_cuda stores; nothing with bf16_checkpoints off.
+  void round_checkpoint(std::vector<float>* x) const {
+    if (!opt_.bf16_checkpoints) return;
+    for (float& v : *x) v = bf16_to_f32(f32_to_bf16(v));
+  }
   // The dropout mask of Linear t (table order) of layer l in this step (kernels/dropout_mask.h); the GPU trainer
   // uses the same keys.
   uint64_t mask_key(int64_t l, int t) const { return dropout_key(opt_.dropout_seed, l, t); }
@@ -285,6 +294,7 @@ LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& ada
 std::vector<float> lora_forward_logits(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch) {
   LoraStepOptions opt;
   opt.train = false;
+  opt.bf16_checkpoints = false;  // the adapted model itself (what a merged model or PEFT computes)
   std::vector<float> logits;
   Runner(model, adapter, batch, opt).run({}, nullptr, &logits);
   return logits;

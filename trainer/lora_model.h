@@ -18,6 +18,14 @@
 // Activation checkpointing (default): the forward keeps only each block's input x_l; the backward recomputes the
 // block's intermediates from it, so memory grows with one block's activations plus L·T·C floats. Without it every
 // block's intermediates are kept from the forward. Both give bit-identical results (same operations, same order).
+// bf16 checkpoints (LoraStepOptions::bf16_checkpoints, default on): every block input x_l and the final residual
+// x_L are rounded to bf16 (round to nearest even, core/dtype.h's f32_to_bf16) where the forward produces them, and
+// the block, the recomputation and the final norm read the rounded values; inside a block the residual stream
+// stays fp32. The gradient passes each rounding unchanged (straight through, as in bf16 training). This is the
+// GPU trainer's storage (trainer/lora_model_cuda.h keeps the block inputs in bf16, half the memory of fp32), made
+// the CPU's semantics so the two trainers compute the same function. Off: the exact fp32 model (finite-difference
+// and PyTorch-oracle tests; lora_forward_logits). The loss moves by ~1e-3 relative (tests/test_lora_model.cpp
+// measures it on stories260K and the tiny model).
 // Dropout masks are counter-based (kernels/dropout_mask.h): element i of the [T, K] input of Linear t (table
 // order) in layer l is kept iff u(dropout_key(dropout_seed, l, t), i) >= p, so the recomputation, the backward and
 // the GPU trainer (trainer/lora_model_cuda.h) all see the same masks without storing them.
@@ -36,6 +44,7 @@ struct LoraStepOptions {
   double grad_scale = 1.0;     // ∂L/∂(Σ nll): 1/(counted targets of the whole optimizer step) for a mean loss
   uint64_t dropout_seed = 0;   // per step; only used when the adapter's dropout > 0
   bool train = true;           // false: no dropout (evaluation)
+  bool bf16_checkpoints = true;  // block inputs rounded to bf16 (see above); false: the exact fp32 model
 };
 
 struct LoraStepResult {

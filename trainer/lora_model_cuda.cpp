@@ -48,6 +48,36 @@ const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
   }
 }
 
+// Page-locked host memory for the embedding rows gathered on the host (an untied table stays there): the upload
+// from it is a true asynchronous copy on the trainer's stream. The owner waits for that copy before writing the
+// buffer again or freeing it (LoraModelCuda::Impl::embed).
+class PinnedFloats {
+ public:
+  PinnedFloats() = default;
+  ~PinnedFloats() { release(); }
+  PinnedFloats(const PinnedFloats&) = delete;
+  PinnedFloats& operator=(const PinnedFloats&) = delete;
+  // At least n floats (the contents are not kept when it grows). Throws naming the size when pinning fails.
+  void reserve(int64_t n) {
+    if (n <= n_) return;
+    release();
+    void* p = nullptr;
+    QWENQ_CUDA_CHECK(cudaMallocHost(&p, static_cast<size_t>(n) * sizeof(float)));
+    p_ = static_cast<float*>(p);
+    n_ = n;
+  }
+  float* data() const { return p_; }
+
+ private:
+  void release() noexcept {
+    if (p_ != nullptr) cudaFreeHost(p_);  // nothing to report from a destructor; the copy was waited for
+    p_ = nullptr;
+    n_ = 0;
+  }
+  float* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
 // One adapted Linear: where its A and B live in the arenas (in floats).
 struct Slot {
   int64_t layer = 0;
@@ -60,6 +90,10 @@ struct Slot {
 
 struct LoraModelCuda::Impl {
   Impl(const QwenConfig& c, const LoraAdapter& a) : cfg(c), shape(a) {}
+  // Work an exception left queued may still read the pinned staging buffer, which is freed before the stream.
+  ~Impl() { cudaStreamSynchronize(stream.get()); }  // nothing to report from a destructor
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
   OwnedCudaStream stream;  // first member: destroyed after every buffer below
   std::unique_ptr<QwenModelCuda> base;
   QwenConfig cfg;
@@ -73,8 +107,13 @@ struct LoraModelCuda::Impl {
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
 
+  // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
+  TensorView host_embed;
+  PinnedFloats staging;  // [T, C] fp32 rows gathered from host_embed
+
   int64_t capacity = 0, logits_rows = 0;
-  DeviceAllocation xs, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
+  bool ckpt16 = true;  // the buffers hold bf16 checkpoints (xs bf16 + xin) rather than fp32 ones
+  DeviceAllocation xs, xin, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
       dup, dn2, dh1, da, dq, dk, dv, dn1, tmp, g, nll;
   DeviceAllocation tokens, positions, targets;
   DeviceAllocation act16, q16, k16, v16, a16, da16;
@@ -91,6 +130,7 @@ struct LoraModelCuda::Impl {
     using Id = LoraCudaBufferId;
     switch (id) {
       case Id::Xs: return xs;
+      case Id::Xin: return xin;
       case Id::N1: return n1;
       case Id::Qpre: return qpre;
       case Id::Kpre: return kpre;
@@ -135,21 +175,69 @@ struct LoraModelCuda::Impl {
     QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
   }
 
-  // The buffers of trainer/lora_cuda_buffers.h for T tokens, in its order, each freed before its replacement is
-  // allocated (they hold nothing between steps). A freed block stays in the stream's cache until an allocation
-  // that does not fit makes the allocator hand the cache back (kernels/device_allocator.h).
-  void reserve(int64_t T) {
-    if (T <= capacity) return;
+  // The buffers of trainer/lora_cuda_buffers.h for T tokens and the checkpoint dtype, in its order, each freed
+  // before its replacement is allocated (they hold nothing between steps); re-made when T grows or the checkpoint
+  // dtype changes (xin exists with bf16 checkpoints only). A freed block stays in the stream's cache until an
+  // allocation that does not fit makes the allocator hand the cache back (kernels/device_allocator.h).
+  void reserve(int64_t T, bool bf16_checkpoints) {
+    if (T <= capacity && bf16_checkpoints == ckpt16) return;
     const QwenConfig& c = cfg;
+    const int64_t need = std::max(T, capacity);
     capacity = 0;
-    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim))) {
+    xin.reset();  // absent from the fp32 table
+    for (const LoraCudaBuffer& b :
+         lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim), bf16_checkpoints)) {
       DeviceAllocation& slot = buffer(b.id);
       slot.reset();  // the old buffer first (scratch, nothing to keep): old and new are never held together
-      slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(T)), st(), MemoryTag::Activations,
-                                              std::string("LoraModelCuda: ") + b.what + " [" + std::to_string(T) +
-                                                  ", " + std::to_string(b.words) + "] fp32");
+      slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(need)), st(), MemoryTag::Activations,
+                                              std::string("LoraModelCuda: ") + b.what + " [" + std::to_string(need) +
+                                                  " tokens x " + std::to_string(b.words) + " 4-byte words]");
     }
-    capacity = T;
+    ckpt16 = bf16_checkpoints;
+    capacity = need;
+  }
+
+  // Checkpoint slot i ([T, C], i = 0 .. L; the block inputs and the final residual) <- the fp32 src [T, C]:
+  // rounded to bf16 (f32_to_bf16_cuda, round to nearest even: what the CPU trainer's rounding does) or copied.
+  void save_slot(int64_t i, const float* src, int64_t T) {
+    const int64_t n = T * cfg.hidden_size;
+    if (ckpt16) {
+      f32_to_bf16_cuda(src, n, xs.as<uint16_t>() + i * n, st());
+    } else if (src != xs.as<float>() + i * n) {
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(xs.as<float>() + i * n, src, static_cast<size_t>(n) * sizeof(float),
+                                       cudaMemcpyDeviceToDevice, st()));
+    }
+  }
+  // The fp32 view of checkpoint slot i: the slot itself (fp32), or its exact widening into xin (bf16; valid until
+  // the next load_slot).
+  float* load_slot(int64_t i, int64_t T) {
+    const int64_t n = T * cfg.hidden_size;
+    if (!ckpt16) return xs.as<float>() + i * n;
+    bf16_to_f32_cuda(xs.as<uint16_t>() + i * n, n, xin.as<float>(), st());
+    return xin.as<float>();
+  }
+
+  // Checkpoint slot 0 <- the embeddings of the batch's tokens (after the tokens were uploaded). An untied table
+  // on the host: the rows are gathered there by embedding_gather_ref (the same exact widening as
+  // embedding_gather_cuda, and the same token-range error) into pinned memory and uploaded [T, C] fp32 (T·C·4
+  // bytes a step). A table on the device: embedding_gather_cuda.
+  void embed(const PackedBatch& b) {
+    const QwenConfig& c = cfg;
+    const int64_t T = b.num_tokens(), C = c.hidden_size, V = c.vocab_size;
+    float* dst = ckpt16 ? xin.as<float>() : xs.as<float>();
+    if (host_embed.data != nullptr) {
+      // The previous step's upload out of `staging` has finished before the host overwrites it (every call ends
+      // synchronized, but an exception may have left one queued).
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+      staging.reserve(T * C);
+      embedding_gather_ref(host_embed.data, host_embed.dtype, V, C, b.tokens.data(), T, staging.data());
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, staging.data(), static_cast<size_t>(T * C) * sizeof(float),
+                                       cudaMemcpyHostToDevice, st()));
+    } else {
+      const QwenDeviceTensor emb = base->device_embed();
+      embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, dst, st());
+    }
+    save_slot(0, dst, T);
   }
 
   // y [T, N] = x Wᵀ (+ b), fp32 in and out (qwen_model_cuda.cpp's Linear).
@@ -259,9 +347,9 @@ struct LoraModelCuda::Impl {
     rmsnorm_backward_cuda(dy, x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, dx, st());
   }
 
-  // Block l on x [T, C]; out [T, C] (null: intermediates only, the recomputation of the backward; the down
-  // projection still runs there, for its u).
-  void block_fwd(int64_t l, const PackedBatch& b, const float* x, float* out) {
+  // Block l on x [T, C] (fp32); its output into checkpoint slot out_slot (save_slot; -1: intermediates only, the
+  // recomputation of the backward; the down projection still runs there, for its u).
+  void block_fwd(int64_t l, const PackedBatch& b, const float* x, int64_t out_slot) {
     const QwenConfig& c = cfg;
     const QwenDeviceLayer& L = base->device_layer(l);
     const int64_t T = b.num_tokens(), C = c.hidden_size, I = c.intermediate_size, H = c.num_heads,
@@ -297,10 +385,9 @@ struct LoraModelCuda::Impl {
     linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
     swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
     linear_fwd(l, 6, act.as<float>(), T, mlp.as<float>());
-    if (out == nullptr) return;
+    if (out_slot < 0) return;
     add_inplace_cuda(mlp.as<float>(), h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, mlp.get(), static_cast<size_t>(T * C) * sizeof(float),
-                                     cudaMemcpyDeviceToDevice, st()));
+    save_slot(out_slot, mlp.as<float>(), T);
   }
 
   // dx = ∂L/∂x of block l given d (in place: d holds dout on entry, dx on return).
@@ -340,7 +427,9 @@ struct LoraModelCuda::Impl {
     add_inplace_cuda(dd, dh1.as<float>(), T * C, st());
   }
 
-  LoraStepResult run(const PackedBatch& b, const std::vector<int32_t>& tg, const LoraStepOptions* opt) {
+  // opt: training (loss and gradients); null: evaluation, with eval's checkpoint dtype.
+  LoraStepResult run(const PackedBatch& b, const std::vector<int32_t>& tg, const LoraStepOptions* opt,
+                     const LoraStepOptions& eval = LoraStepOptions{}) {
     const QwenConfig& c = cfg;
     const int64_t T = b.num_tokens(), C = c.hidden_size, V = c.vocab_size, Lc = c.num_layers;
     const bool train = opt != nullptr;
@@ -351,21 +440,20 @@ struct LoraModelCuda::Impl {
                 "lora_loss_and_grad: " << tg.size() << " targets for " << T << " tokens");
     drop_p = train && opt->train ? static_cast<float>(dropout) : 0.f;  // as the CPU Runner's p_
     drop_seed = train ? opt->dropout_seed : 0;
-    reserve(T);
+    reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
     QWENQ_CUDA_CHECK(
         cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(targets.get(), tg.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
-    float* x0 = xs.as<float>();
-    const auto x_at = [&](int64_t l) { return x0 + l * T * C; };
-    const QwenDeviceTensor emb = base->device_embed();
-    embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, x_at(0), st());
-    // Forward: every block input kept in training; in evaluation two alternating slots suffice.
+    embed(b);
+    // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
+    // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation
+    // will see.
     for (int64_t l = 0; l < Lc; ++l) {
       const int64_t in = train ? l : (l % 2), outi = train ? l + 1 : ((l + 1) % 2);
-      block_fwd(l, b, x_at(in), x_at(outi));
+      block_fwd(l, b, load_slot(in, T), outi);
     }
-    const float* xL = x_at(train ? Lc : (Lc % 2));
+    const float* xL = load_slot(train ? Lc : (Lc % 2), T);  // stays in xin (bf16) until the first recompute
     const QwenDeviceTensor fn = base->device_final_norm(), head = base->device_lm_head();
     rmsnorm(xL, T, C, fn, hidden.as<float>());
     const int64_t chunk = lora_cuda_logits_rows(T, V);  // trainer/lora_cuda_buffers.h
@@ -401,8 +489,9 @@ struct LoraModelCuda::Impl {
     float* dd = d.as<float>();
     rmsnorm_bwd(dhidden.as<float>(), xL, T, C, fn, dd);
     for (int64_t l = Lc - 1; l >= 0; --l) {
-      block_fwd(l, b, x_at(l), nullptr);  // recompute the intermediates
-      block_bwd(l, b, x_at(l), dd);
+      const float* x = load_slot(l, T);
+      block_fwd(l, b, x, -1);  // recompute the intermediates
+      block_bwd(l, b, x, dd);
     }
     // Surface an asynchronous fault here, with the step, rather than at the next call.
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
@@ -456,7 +545,10 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter)
               "the adapter was made for another base model (hidden " << d.hidden_size << ", intermediate "
                   << d.intermediate_size << ", " << d.num_layers << " layers; the model has " << c.hidden_size << ", "
                   << c.intermediate_size << ", " << c.num_layers << ")");
-  m.base = std::make_unique<QwenModelCuda>(model);
+  QwenModelCudaOptions up;
+  up.upload_embedding = false;  // an untied table stays on the host: only a batch's rows are uploaded (embed)
+  m.base = std::make_unique<QwenModelCuda>(model, up);
+  if (m.base->device_embed().data == nullptr) m.host_embed = model.weights().embed;
   m.s = static_cast<float>(adapter.scaling());
   m.dropout = adapter.config().dropout;
   m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
@@ -499,8 +591,9 @@ LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std:
   return impl_->run(batch, targets, &opt);
 }
 
-LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<int32_t>& targets) {
-  return impl_->run(batch, targets, nullptr);
+LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<int32_t>& targets,
+                                   const LoraStepOptions& opt) {
+  return impl_->run(batch, targets, nullptr, opt);
 }
 
 float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,

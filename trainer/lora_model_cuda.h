@@ -21,16 +21,27 @@
 // Activation checkpointing is always on: the forward keeps each block's input [T, C] (L + 1 of them, the last
 // the final residual), the backward recomputes the block's intermediates from it into one set of buffers.
 // (LoraStepOptions::checkpointing = false gives the same numbers on the CPU by construction; here it is ignored.)
+// The kept inputs are bf16 by default (LoraStepOptions::bf16_checkpoints, the CPU trainer's semantics): each
+// block output is rounded to bf16 into its slot, and every block, in the forward as in the recomputation, reads
+// its input widened back from the slot (so both see the same values; the residual stream stays fp32 inside a
+// block, and the gradient passes the rounding unchanged). bf16_checkpoints = false keeps fp32 slots (the math
+// of fp32 training; twice the memory), a choice per call that re-makes the buffers when it changes.
+// Input embedding: an untied table is not uploaded (QwenModelCudaOptions::upload_embedding = false): each step
+// gathers the batch's T rows on the host (embedding_gather_ref, exact) into pinned memory and uploads [T, C] fp32
+// on the trainer's stream (29 MB at T = 2048, C = 3584), so the QwenModel must outlive the trainer. A tied table
+// is on the device anyway (the lm_head) and is gathered there.
 // Dropout (lora_dropout = p > 0, training only): the CPU trainer's counter-based masks, bit for bit
 // (kernels/dropout.h: key dropout_key(opt.dropout_seed, layer, target), element index into the [T, K] input).
 // The forward writes x̃ = m ⊙ x into the scratch `tmp` for u = x̃ Aᵀ; the backward regenerates x̃ there for
 // dA += gᵀ x̃, then overwrites it with g A and adds m ⊙ (g A) into dx (dropout_backward_cuda). No mask or
 // dropped input is stored, so dropout costs no memory, only two or three elementwise passes per adapted Linear.
 //
-// Memory: the QwenModelCuda's weights, 4 · (adapter parameters) fp32 (A/B, grads, m, v), and for the largest
-// batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h (about T · ((L + 11)·C + 6·I + 5·H·D + 5·Hkv·D
-// + max(C, H·D, I) + 8·r) fp32 plus bf16 copies) and one chunk of logits (at most 256 MiB); that table is also
-// what `qwen-qlora plan` counts (trainer/memory_plan.h). Not thread-safe (the buffers are reused by every call).
+// Memory: the QwenModelCuda's weights (an untied embedding table excluded), 4 · (adapter parameters) fp32 (A/B,
+// grads, m, v), and for the largest batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h (about
+// T · ((L + 1)·C/2 bf16 checkpoints + 12·C + 6·I + 5·H·D + 5·Hkv·D + max(C, H·D, I) + 8·r) in 4-byte words, plus
+// bf16 copies; fp32 checkpoints: (L + 1)·C words and no xin) and one chunk of logits (at most 256 MiB); that table
+// is also what `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered
+// embeddings). Not thread-safe (the buffers are reused by every call).
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
@@ -47,8 +58,9 @@ namespace qwenq {
 
 class LoraModelCuda {
  public:
-  // Uploads `model` (a QwenModelCuda of its own) and `adapter` (A and B), with zero gradients and optimizer
-  // state. Throws when the adapter was made for another model, or when anything does not fit on the device.
+  // Uploads `model` (a QwenModelCuda of its own, without an untied embedding table) and `adapter` (A and B), with
+  // zero gradients and optimizer state. `model` must outlive the trainer (its embedding table is read every step).
+  // Throws when the adapter was made for another model, or when anything does not fit on the device.
   LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter);
   ~LoraModelCuda();
   LoraModelCuda(const LoraModelCuda&) = delete;
@@ -58,8 +70,10 @@ class LoraModelCuda {
   // opt.grad_scale · Σ nll is added to the device gradients; dropout as on the CPU (opt.train, opt.dropout_seed).
   LoraStepResult loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                const LoraStepOptions& opt);
-  // The loss only (evaluation: no dropout, no gradients, no block inputs kept).
-  LoraStepResult loss(const PackedBatch& batch, const std::vector<int32_t>& targets);
+  // The loss only (evaluation: no dropout, no gradients, two checkpoint slots alternate); of opt only
+  // bf16_checkpoints is read (the same loss function as training's).
+  LoraStepResult loss(const PackedBatch& batch, const std::vector<int32_t>& targets,
+                      const LoraStepOptions& opt = LoraStepOptions{});
 
   // clip_grad_norm (torch semantics; max_grad_norm <= 0: no clipping) then AdamW (kernels/optim.h) on every A and
   // B, `step` the 1-based count after this update. Returns the norm before clipping; when it is not finite,
@@ -76,6 +90,7 @@ class LoraModelCuda {
   void download_optimizer(LoraAdapter* m, LoraAdapter* v) const;
   void upload_optimizer(const LoraAdapter& m, const LoraAdapter& v);
 
+  // The uploaded base. Without its input embedding when untied: its embedding calls (forward_logits, ...) refuse.
   QwenModelCuda& base();
 
  private:

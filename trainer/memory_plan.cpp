@@ -207,11 +207,12 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   // Base weights as uploaded (trainer/qwen_model_cuda.cpp): these replace the file bytes of the caller.
   uint64_t layer_linear = 0;
   for (const LoraShape& sh : s.shape) layer_linear += gpu_linear_bytes(in, sh.N, sh.K);
+  // The input embedding stays on the host (its rows are gathered there) unless it is the lm_head: tied, the
+  // last GPU holds it as the lm_head (on one GPU, the one allocation serves both).
   const uint64_t embed = held(u64(s.V * s.C) * dsz);
   d->base_linear = u64(n) * layer_linear;
-  d->base_dense = u64(n) * gpu_layer_dense_bytes(c, dsz) + (d->has_embeddings ? embed : 0);
-  if (d->has_lm_head)
-    d->base_dense += held(u64(s.C) * dsz) + (!c.tie_word_embeddings || !d->has_embeddings ? embed : 0);
+  d->base_dense = u64(n) * gpu_layer_dense_bytes(c, dsz);
+  if (d->has_lm_head) d->base_dense += held(u64(s.C) * dsz) + embed;
   d->base_weights = d->base_linear + d->base_dense;
   // A/B, gradients, m, v: one fp32 array each of max(P, 1) floats.
   const uint64_t arena = held(u64(std::max<int64_t>(d->lora_params, 1)) * 4);
@@ -219,7 +220,8 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->gradients = arena;
   d->optimizer = 2 * arena;
   // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
-  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim))) {
+  for (const LoraCudaBuffer& b :
+       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints)) {
     const uint64_t bytes = held(b.bytes(T));
     switch (b.role) {
       case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
@@ -464,11 +466,14 @@ std::string format_plan_table(const PlanResult& p) {
   } else {
     std::snprintf(buf, sizeof buf, "%.1f GB = ", static_cast<double>(in.device_bytes) / 1e9);
     os << "device: " << in.gpus << " x cuda, " << buf << format_bytes(in.device_bytes)
-       << " each (the GPU trainer, trainer/lora_model_cuda.h: fp32 activations, 4-bit Linears as Q4, "
-       << "always checkpointed; base weights and buffers as the caching allocator holds them)";
+       << " each (the GPU trainer, trainer/lora_model_cuda.h: fp32 activations, "
+       << (in.bf16_checkpoints ? "bf16" : "fp32") << " block inputs, 4-bit Linears as Q4, always checkpointed; "
+       << (c.tie_word_embeddings ? "the tied embedding is the lm_head"
+                                 : "the input embedding stays on the host, its rows gathered per step")
+       << "; base weights and buffers as the caching allocator holds them)";
     if (in.gpus > 1)
-      os << "; ASSUMED pipeline of layers (the trainer runs on one GPU), embeddings on cuda:0, final norm + lm_head "
-         << "on cuda:" << in.gpus - 1 << (c.tie_word_embeddings ? " (the tied embedding held twice)" : "");
+      os << "; ASSUMED pipeline of layers (the trainer runs on one GPU), final norm + lm_head on cuda:"
+         << in.gpus - 1;
     os << "\n";
   }
   os << "\n";
@@ -524,6 +529,7 @@ std::string plan_to_json(const PlanResult& p) {
   j["seq_len"] = in.seq_len;
   j["tokens"] = p.tokens;
   j["checkpointing"] = in.checkpointing;
+  if (in.device == PlanDevice::Cuda) j["bf16_checkpoints"] = in.bf16_checkpoints;
   j["device"] = in.device == PlanDevice::Cpu ? "cpu" : "cuda";
   j["gpus"] = in.device == PlanDevice::Cpu ? 0 : in.gpus;
   j["device_bytes"] = in.device_bytes;

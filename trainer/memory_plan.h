@@ -52,8 +52,9 @@
 // BASE WEIGHTS, GPU (replace the file bytes in DevicePlan; PlanResult's whole-model base_* stay the file bytes):
 //   dense         every tensor as stored in dense_dtype, one allocation each: per layer the two RMSNorms
 //                 held(C·dsz) each, the q/k/v biases held(qd·dsz) + 2·held(kvd·dsz) (Qwen2), the q/k norms
-//                 2·held(D·dsz) (Qwen3); embeddings held(V·C·dsz) (cuda:0), final norm held(C·dsz) and, untied,
-//                 lm_head held(V·C·dsz) (last GPU; a tied one is the embedding's allocation on one GPU)
+//                 2·held(D·dsz) (Qwen3); final norm held(C·dsz) and lm_head held(V·C·dsz) (last GPU). The input
+//                 embedding is not on any GPU when untied (the trainer gathers a batch's rows on the host and
+//                 uploads [T, C] fp32 from pinned host memory, not counted); tied, it is the lm_head's allocation.
 //   Linear        dense base: held(N·K·dsz) (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked to
 //                 Q4 (quant/format/qgemm_layout.h), 4-bit only, qweight held(4·(Kp/8)·Np) + meta
 //                 held(4·ceil(Kp/g)·Np), Kp = round_up(K, 8),
@@ -64,8 +65,9 @@
 //   (adapters, gradients; optimizer = 2·held(4·P)).
 // ACTIVATIONS, GPU (trainer/lora_cuda_buffers.h, the table LoraModelCuda allocates from; fp32 unless named):
 //   Σ held(T·words·4) over the buffers of the table, by their role:
-//   checkpoints   xs: (n_dev + 1)·C words per token (every block input and the final residual)
-//   forward       n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act, mlp, u (7·r), tokens, positions, and
+//   checkpoints   xs: every block input and the final residual, bf16 (bf16_checkpoints, the default):
+//                 ceil((n_dev + 1)·C / 2) words per token; fp32: (n_dev + 1)·C
+//   forward       xin C (bf16 checkpoints: the block input widened to fp32), n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act, mlp, u (7·r), tokens, positions, and
 //                 the bf16 copies act16 ceil(max(C, qd, I)/2), q16, k16, v16, a16 (flash head dims 64 and 128)
 //   backward      d, dact, dgate, dup, dn2, dh1, da, dq, dk, dv, dn1, tmp max(C, qd, I), g (r), da16 (flash)
 //   loss          hidden, dhidden, nll, targets (the GPU with the lm_head)
@@ -83,8 +85,8 @@
 //                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
 //
 // MULTI-GPU (an ASSUMPTION of this plan, not of the code: LoraModelCuda runs on one GPU): a pipeline of layers.
-// The L decoder layers are split evenly, devices 0 .. (L mod G) - 1 taking one extra; embeddings live on the
-// first device, final norm and lm_head on the last (a tied embedding is then held twice); each layer's adapter,
+// The L decoder layers are split evenly, devices 0 .. (L mod G) - 1 taking one extra; the first device receives the
+// host-gathered embeddings, final norm and lm_head live on the last (a tied embedding as the lm_head); each layer's adapter,
 // gradients and optimizer state live with the layer. One micro-batch in flight (no interleaving): every device
 // holds LoraModelCuda's per-batch buffers for its n_dev layers (the loss buffers and logits only on the last),
 // plus the pipeline buffers above.
@@ -134,6 +136,7 @@ struct PlanInput {
   int64_t batch_size = 1;           // B sequences per micro-batch
   int64_t seq_len = 2048;           // S
   bool checkpointing = true;
+  bool bf16_checkpoints = true;  // GPU: the block inputs kept in bf16 (LoraStepOptions::bf16_checkpoints)
   PlanDevice device = PlanDevice::Cuda;
   int gpus = 8;
   uint64_t device_bytes = 80'000'000'000;  // per GPU, or the host RAM for the CPU

@@ -34,7 +34,7 @@ namespace qwenq {
 class LoraModelCuda {
  public:
   LoraStepResult loss_and_grad(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
-  LoraStepResult loss(const PackedBatch&, const std::vector<int32_t>&) { return {}; }
+  LoraStepResult loss(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
   float adamw_step(double, double, double, double, double, int64_t, double) { return 0.f; }
   void zero_grads() {}
   void download(LoraAdapter*) const {}
@@ -114,10 +114,11 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   LoraStepOptions so;
   so.train = false;
   so.checkpointing = o.checkpointing;
+  so.bf16_checkpoints = o.bf16_checkpoints;
   while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
     if (b.num_targets == 0) continue;
     const LoraStepResult r =
-        gpu ? gpu->loss(b.packed, b.targets) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+        gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
     sum += r.nll_sum;
     counted += r.counted;
     ++batches;
@@ -199,6 +200,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
   try {
     in = plan_input_for_training(o.model_dir, config, lora, o.batch_size, o.seq_len,
                                  f.device_known ? f.device_total : in.device_bytes);
+    in.bf16_checkpoints = o.bf16_checkpoints;
   } catch (const Error& pe) {
     throw OutOfMemoryError(context + e.what() + "\n(no plan for this run: " + pe.what() + ")", f);
   }
@@ -319,6 +321,7 @@ TrainReport train_lora(const TrainOptions& o) {
   bar.update(st.step);
   LoraStepOptions so;
   so.checkpointing = o.checkpointing;
+  so.bf16_checkpoints = o.bf16_checkpoints;
   const double t_prev = st.elapsed_s;
   while (st.step < total) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -52,6 +52,7 @@ struct TrainOptions {
   int64_t save_every = 0;   // 0: no intermediate checkpoints
   int64_t save_total_limit = 2;
   bool checkpointing = true;
+  bool bf16_checkpoints = true;  // LoraStepOptions::bf16_checkpoints (CPU and GPU alike)
   bool resume = false, overwrite = false, quiet = false;
   int64_t stop_after = 0;  // > 0: end after this many steps of this invocation, as a kill would (no final adapter)
   uint64_t seed = 42;  // adapter init, data order, dropout

@@ -9,7 +9,13 @@
 //     kernels/dropout_mask.h), so the same tolerances apply; evaluation has no dropout;
 //   - three training runs of 50 steps (tiny F32 with and without dropout, and the 4-bit D = 64 model) with
 //     use_cuda against the CPU's;
-//   - stories260K (D = 8, the naive kernels on a real model) when the shared data is there.
+//   - stories260K (D = 8, the naive kernels on a real model) when the shared data is there;
+//   - both checkpoint dtypes (LoraStepOptions::bf16_checkpoints, the same on both sides): the pure-fp32 comparisons
+//     (kFp32RelTol) run with fp32 checkpoints, and again with bf16 ones at the bf16 tolerances; the other models
+//     with the default bf16 ones. The untied Qwen3 model gathers its embeddings on the host.
+// With bf16 checkpoints the GPU rounds its own fp32 block outputs, which differ from the CPU's in the last bits: an
+// output within that distance of a bf16 rounding boundary rounds the other way on the other side (one bf16 ulp,
+// 2^-8 relative, on that element), so the pure-fp32 path is compared at the bf16 tolerances then.
 // The adapter has all seven targets, r = 4, and a seeded nonzero B (PEFT's B = 0 would leave dA = 0 and hide
 // half of the backward). Batches pack several sequences (1, 7, 33 tokens: the small-M GEMM paths; 100 + 65: the
 // tensor-core W4A16 path), with ignored targets at each sequence's end.
@@ -169,7 +175,7 @@ double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, do
 // One loss-and-gradient step (and one AdamW step) on the GPU against the CPU, for each batch; with dropout > 0
 // both draw the masks of the same dropout_seed (kernels/dropout_mask.h), so the tolerances are dropout 0's.
 void expect_step_matches_cpu(const std::string& dir, double loss_tol, double grad_tol, const std::string& what,
-                             double dropout = 0.0) {
+                             double dropout = 0.0, bool bf16_checkpoints = true) {
   SCOPED_TRACE(what);
   const QwenModel cpu(dir);
   const int64_t V = cpu.config().vocab_size;
@@ -184,6 +190,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     LoraStepOptions so;
     so.grad_scale = 1.0 / static_cast<double>(counted);
     so.dropout_seed = 4242 + bi;
+    so.bf16_checkpoints = bf16_checkpoints;
     LoraAdapter g_cpu = zeros_like(adapter);
     const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
 
@@ -203,7 +210,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     gpu.download_grads(&g2);
     expect_grads_close(g2, g_cpu, 2.0, grad_tol, ctx + " (accumulated twice)");
     if (dropout == 0.0) {  // evaluation gives the training loss
-      EXPECT_NEAR(gpu.loss(b, targets).nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum))
+      EXPECT_NEAR(gpu.loss(b, targets, so).nll_sum, got.nll_sum, 1e-6 * std::fabs(got.nll_sum))
           << ctx << ": loss() differs from loss_and_grad()";
     } else {
       // Evaluation has no dropout: loss() is the CPU's train = false loss, which dropout's loss differs from.
@@ -211,7 +218,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
       eval.train = false;
       const LoraStepResult want_eval = lora_loss_and_grad(cpu, adapter, b, targets, nullptr, eval);
       EXPECT_NE(want_eval.nll_sum, want.nll_sum) << ctx << ": dropout did not change the CPU's loss";
-      EXPECT_NEAR(gpu.loss(b, targets).nll_sum, want_eval.nll_sum, loss_tol * std::fabs(want_eval.nll_sum))
+      EXPECT_NEAR(gpu.loss(b, targets, eval).nll_sum, want_eval.nll_sum, loss_tol * std::fabs(want_eval.nll_sum))
           << ctx << ": loss() is not the CPU's evaluation loss";
       // Another seed: other masks, the CPU's loss for them (the gradients it adds are zeroed below).
       LoraStepOptions other = so;
@@ -267,7 +274,9 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
 TEST(LoraModelCuda, TinyF32IsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
-  expect_step_matches_cpu(tiny_random(tmp + "/f32", DType::F32), kFp32RelTol, kFp32RelTol, "tiny F32 (naive)");
+  const std::string dir = tiny_random(tmp + "/f32", DType::F32);
+  expect_step_matches_cpu(dir, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), fp32 checkpoints", 0.0, false);
+  expect_step_matches_cpu(dir, kBf16LossRelTol, kBf16GradRelTol, "tiny F32 (naive), bf16 checkpoints");
 }
 
 TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
@@ -302,7 +311,7 @@ TEST(LoraModelCuda, DropoutIsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
   const std::string tok = tiny_random(tmp + "/tok", DType::F32);
-  expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), dropout 0.1", 0.1);
+  expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), dropout 0.1", 0.1, false);
   const std::string bf16 = write_d64_model(tmp + "/qwen2_bf16", kGpuQwen2Bias, DType::BF16, 21, tok);
   expect_step_matches_cpu(bf16, kBf16LossRelTol, kBf16GradRelTol, "qwen2 D=64 BF16, dropout 0.1", 0.1);
   const std::string q4 = quantize_rtn_gptq(bf16);
@@ -361,6 +370,7 @@ TEST(LoraModelCuda, Stories260KStep) {
   LoraAdapter adapter = test_adapter(cpu, 23);
   LoraStepOptions so;
   so.grad_scale = 1.0 / 510;
+  so.bf16_checkpoints = false;  // the pure-fp32 comparison (see the header comment)
   LoraAdapter g_cpu = zeros_like(adapter), g_gpu = zeros_like(adapter);
   const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
   LoraModelCuda gpu(cpu, adapter);
@@ -376,7 +386,7 @@ TEST(LoraModelCuda, Stories260KStep) {
 // (trainer/memory_plan.h, from trainer/lora_cuda_buffers.h and the Q4 sizes): base weights, A/B, gradients, m and
 // v, the per-batch buffers and the logits chunk. Live allocations only (the allocator's cache is not counted),
 // taken as the difference to what the process held before the trainer was made.
-void expect_device_bytes_are_the_plan(const std::string& dir, const std::string& what) {
+void expect_device_bytes_are_the_plan(const std::string& dir, const std::string& what, bool bf16_checkpoints = true) {
   SCOPED_TRACE(what);
   const QwenModel cpu(dir);
   const LoraAdapter adapter = test_adapter(cpu, 17);
@@ -385,8 +395,10 @@ void expect_device_bytes_are_the_plan(const std::string& dir, const std::string&
   const DeviceAllocatorStats before = cuda_device_allocator().stats();  // anything an earlier test still holds
   LoraModelCuda gpu(cpu, adapter);
   LoraStepOptions so;
+  so.bf16_checkpoints = bf16_checkpoints;
   gpu.loss_and_grad(b, targets, so);
   PlanInput in = plan_input_for_training(dir, cpu.config(), adapter.config(), 1, b.num_tokens(), uint64_t{80} << 30);
+  in.bf16_checkpoints = bf16_checkpoints;
   const PlanResult plan = plan_memory(in);
   const DevicePlan& d = plan.devices.at(0);
   const DeviceAllocatorStats after = cuda_device_allocator().stats();
@@ -407,6 +419,10 @@ TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   const std::string tmp = test::scratch_dir();
   const std::string tok = tiny_random(tmp + "/tok", DType::F32);
   expect_device_bytes_are_the_plan(tok, "tiny F32 (naive attention)");
+  expect_device_bytes_are_the_plan(tok, "tiny F32 (naive attention), fp32 checkpoints", false);
+  const std::string q3 = write_d64_model(tmp + "/qwen3", kGpuQwen3, DType::BF16, 33, tok);
+  ASSERT_FALSE(QwenModel(q3).config().tie_word_embeddings);
+  expect_device_bytes_are_the_plan(q3, "qwen3 D=64 BF16, untied: the input embedding stays on the host");
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
   expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64 (flash attention)");
 }
