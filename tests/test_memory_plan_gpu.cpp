@@ -80,17 +80,17 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   const DevicePlan& d = p.devices.at(0);
   // checkpoints: xs bf16 25·896 / 2 = 11200 words -> ceil(43.75) = 44 -> 88 MiB.
   EXPECT_EQ(d.act_checkpoints, 88 * MiB);
-  // forward: xin, n1, q, a, h1, n2, mlp 896 words -> 8 MiB each (56); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
+  // forward: xin, n1, q, a, h1, n2 896 words -> 8 MiB each (48; mlp is on dn1's storage); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
   // 19·256 -> 38 MiB each (114); act16 ceil(4864/2) = 2432 -> 20 MiB; q16, a16 448 -> 4 MiB each (8); k16, v16
   // 64 -> 512 KiB each; lse 14 -> 112 KiB; u 7·16 = 112 -> 896 KiB; qpre, kpre, tokens, positions 1 -> 8 KiB each.
-  EXPECT_EQ(d.act_block, (56 + 2 + 114 + 20 + 8) * MiB + (2 * 512 + 112 + 896 + 4 * 8) * KiB);
-  // backward: d, dn2, dh1, da, dq, dn1 896 -> 48 MiB; dact, dgate, dup, tmp (max(C, qd, I) = 4864) -> 4·38 = 152
-  // MiB; dk, dv -> 2 MiB; da16 448 -> 4 MiB; g 16 -> 128 KiB.
-  EXPECT_EQ(d.act_backward, (48 + 152 + 2 + 4) * MiB + 128 * KiB);
-  // loss: hidden, dhidden -> 16 MiB; nll, targets -> 16 KiB.
-  EXPECT_EQ(d.act_loss, 16 * MiB + 16 * KiB);
+  EXPECT_EQ(d.act_block, (48 + 2 + 114 + 20 + 8) * MiB + (2 * 512 + 112 + 896 + 4 * 8) * KiB);
+  // backward: d, dn2, dh1, dn1 896 -> 32 MiB; g 16 -> 128 KiB. On other buffers' storage: dact, dgate, dup (act,
+  // up), tmp (gate: no dropout), and with flash attention da, dq, dk, dv, da16 (a, q, k, v, act16).
+  EXPECT_EQ(d.act_backward, 32 * MiB + 128 * KiB);
+  // loss: nll, targets -> 16 KiB (hidden, dhidden on n1, h1).
+  EXPECT_EQ(d.act_loss, 16 * KiB);
   EXPECT_EQ(d.act_pipeline, 0u);
-  EXPECT_EQ(d.activations, 510 * MiB + 2208 * KiB);
+  EXPECT_EQ(d.activations, 312 * MiB + 2208 * KiB);
   // logits: rows = 2^26 / 151936 = 441; 441·151936·4 = 268,015,104 B -> 128 blocks of 2 MiB = 256 MiB.
   EXPECT_EQ(d.ws_logits, 256 * MiB);
   // scratch: the bf16 copy of the lm_head's dlogits, 441·151936·2 = 134,007,552 B (> δ 2048·14·4, > a bf16
@@ -110,8 +110,10 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   // 256 -> 512 B (x2). Embedding (tied, once) 151936·896·2 = 272,269,312 B -> 130 blocks; final norm 2 KiB.
   const uint64_t layer = 2 * 2 * MiB + 2 * 229'376 + 3 * 10 * MiB + 2 * 2 * KiB + 2 * KiB + 2 * 512;
   EXPECT_EQ(d.base_weights, 24 * layer + 130 * 2 * MiB + 2 * KiB);
-  // The reviewer's question: the old plan (bf16 activations) said 253 MiB of activations here.
-  EXPECT_GT(static_cast<double>(d.activations), 2.0 * 253 * MiB);
+  // lora_dropout > 0: tmp [T, 4864] of its own, 38 MiB.
+  PlanInput drop = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
+  drop.lora.dropout = 0.05;
+  EXPECT_EQ(plan_memory(drop).devices.at(0).act_backward, d.act_backward + 38 * MiB);
   // fp32 checkpoints: xs 22400 words -> 88 blocks = 176 MiB, and no xin (8 MiB): 80 MiB more in all.
   PlanInput fp32 = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
   fp32.bf16_checkpoints = false;
@@ -123,13 +125,13 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
 
 // The allocations LoraModelCuda's constructor, reserve(T) and logits chunk make, replayed on a fake device.
 void replay_lora_model_cuda(DeviceAllocator& a, const QwenConfig& c, int64_t lora_params, int64_t r, int64_t T,
-                            bool flash, bool bf16_checkpoints, std::vector<DeviceAllocation>* keep) {
+                            bool flash, bool bf16_checkpoints, bool dropout, std::vector<DeviceAllocation>* keep) {
   const size_t arena = static_cast<size_t>(std::max<int64_t>(lora_params, 1)) * sizeof(float);
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Adapter, "A and B"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Gradients, "grads"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "m"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "v"));
-  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash, bf16_checkpoints))
+  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash, bf16_checkpoints, dropout))
     keep->push_back(a.allocate(static_cast<size_t>(b.bytes(T)), nullptr, MemoryTag::Activations, b.what));
   const int64_t rows = lora_cuda_logits_rows(T, c.vocab_size);
   keep->push_back(a.allocate(static_cast<size_t>(rows * c.vocab_size) * 4, nullptr, MemoryTag::Logits, "logits"));
@@ -149,16 +151,20 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
                         Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096}, Case{"qk-norm", qk, 4, 1000},
                         Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
                         Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33}}) {
-    for (bool bf16 : {true, false}) {
-      SCOPED_TRACE(std::string(k.name) + (bf16 ? ", bf16 checkpoints" : ", fp32 checkpoints"));
+    for (int variant = 0; variant < 3; ++variant) {
+      const bool bf16 = variant != 1, dropout = variant == 2;
+      SCOPED_TRACE(std::string(k.name) + (bf16 ? ", bf16 checkpoints" : ", fp32 checkpoints") +
+                   (dropout ? ", dropout" : ""));
       const QwenConfig& c = k.c;
       PlanInput in = one_gpu(c, PlanBase::Nf4, k.r, k.T);
       in.bf16_checkpoints = bf16;
+      in.lora.dropout = dropout ? 0.1 : 0.0;
       const PlanResult p = plan_memory(in);
       const DevicePlan& d = p.devices.at(0);
       DeviceAllocator alloc(std::make_unique<FakeDevice>());
       std::vector<DeviceAllocation> keep;
-      replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, bf16, &keep);
+      replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, bf16, dropout,
+                             &keep);
       const DeviceAllocatorStats s = alloc.stats();
       EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
       EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
@@ -343,10 +349,10 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   EXPECT_EQ(first.act_pipeline, 64 * MiB);
   EXPECT_EQ(mid.act_pipeline, 128 * MiB);
   EXPECT_EQ(last.act_pipeline, 64 * MiB);
-  // Loss buffers and logits only with the lm_head: hidden, dhidden 64 MiB each, nll, targets 8 KiB each.
+  // Loss buffers and logits only with the lm_head: nll, targets 8 KiB each (hidden, dhidden on n1, h1).
   EXPECT_EQ(mid.act_loss, 0u);
   EXPECT_EQ(mid.ws_logits, 0u);
-  EXPECT_EQ(last.act_loss, 128 * MiB + 16 * KiB);
+  EXPECT_EQ(last.act_loss, 16 * KiB);
   EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
   // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 441·152064·2 (2^26 / 152064 = 441 rows).
   EXPECT_EQ(mid.ws_scratch, 512 * KiB);

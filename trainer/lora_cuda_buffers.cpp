@@ -10,7 +10,7 @@ int64_t lora_cuda_logits_rows(int64_t T, int64_t V) {
 }
 
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
-                                                    bool bf16_checkpoints) {
+                                                    bool bf16_checkpoints, bool dropout) {
   const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
                 r = rank, wide = std::max({C, Q, I});
   using Id = LoraCudaBufferId;
@@ -24,7 +24,7 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
     v.push_back({Id::Xs, R::Checkpoints, "the fp32 block inputs (activation checkpoints)", (layers + 1) * C});
   }
   const std::vector<LoraCudaBuffer> rest = {
-      {Id::N1, R::Forward, "n1", C},
+      {Id::N1, R::Forward, "n1 (and the final hidden states)", C},
       {Id::Qpre, R::Forward, "q before its norm", c.qk_norm ? Q : 1},
       {Id::Kpre, R::Forward, "k before its norm", c.qk_norm ? KV : 1},
       {Id::Q, R::Forward, "q", Q},
@@ -32,27 +32,26 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::V, R::Forward, "v", KV},
       {Id::A, R::Forward, "the attention output", Q},
       {Id::Lse, R::Forward, "the attention lse", H},
-      {Id::H1, R::Forward, "h1", C},
+      {Id::H1, R::Forward, "h1 (and dhidden)", C},
       {Id::N2, R::Forward, "n2", C},
       {Id::Gate, R::Forward, "gate", I},
-      {Id::Up, R::Forward, "up", I},
-      {Id::Act, R::Forward, "the SwiGLU output", I},
-      {Id::Mlp, R::Forward, "the MLP output", C},
+      {Id::Up, R::Forward, "up (and dup)", I},
+      {Id::Act, R::Forward, "the SwiGLU output (and dact, dgate)", I},
       {Id::U, R::Forward, "the LoRA u = x Aᵀ", 7 * r},
-      {Id::Hidden, R::Loss, "the final hidden states", C},
-      {Id::Dhidden, R::Loss, "dhidden", C},
       {Id::D, R::Backward, "the residual gradient", C},
-      {Id::Dact, R::Backward, "dact", I},
-      {Id::Dgate, R::Backward, "dgate", I},
-      {Id::Dup, R::Backward, "dup", I},
       {Id::Dn2, R::Backward, "dn2", C},
       {Id::Dh1, R::Backward, "dh1", C},
-      {Id::Da, R::Backward, "da", Q},
-      {Id::Dq, R::Backward, "dq", Q},
-      {Id::Dk, R::Backward, "dk", KV},
-      {Id::Dv, R::Backward, "dv", KV},
-      {Id::Dn1, R::Backward, "dn1", C},
-      {Id::Tmp, R::Backward, "the base input gradient", wide},
+  };
+  v.insert(v.end(), rest.begin(), rest.end());
+  if (!flash) {
+    v.push_back({Id::Da, R::Backward, "da", Q});
+    v.push_back({Id::Dq, R::Backward, "dq", Q});
+    v.push_back({Id::Dk, R::Backward, "dk", KV});
+    v.push_back({Id::Dv, R::Backward, "dv", KV});
+  }
+  v.push_back({Id::Dn1, R::Backward, "dn1 (and the MLP output)", C});
+  if (dropout) v.push_back({Id::Tmp, R::Backward, "the dropped LoRA input / base input gradient", wide});
+  const std::vector<LoraCudaBuffer> tail = {
       {Id::G, R::Backward, "the LoRA g = s dy B", r},
       {Id::Nll, R::Loss, "the per-token losses", 1},
       {Id::Tokens, R::Forward, "the token ids", 1},
@@ -60,13 +59,12 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::Targets, R::Loss, "the targets", 1},
       {Id::Act16, R::Forward, "the bf16 activations of the 4-bit Linears", b16(wide)},
   };
-  v.insert(v.end(), rest.begin(), rest.end());
+  v.insert(v.end(), tail.begin(), tail.end());
   if (flash) {
     v.push_back({Id::Q16, R::Forward, "bf16 q", b16(Q)});
     v.push_back({Id::K16, R::Forward, "bf16 k", b16(KV)});
     v.push_back({Id::V16, R::Forward, "bf16 v", b16(KV)});
     v.push_back({Id::A16, R::Forward, "bf16 attention output", b16(Q)});
-    v.push_back({Id::Da16, R::Backward, "bf16 attention output gradient", b16(Q)});
   }
   return v;
 }

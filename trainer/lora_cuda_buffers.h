@@ -22,7 +22,6 @@
 //                h1, n2     C, C                        residual after attention, post-attention RMSNorm
 //                gate, up   I, I                        MLP projections
 //                act        I                           SwiGLU output
-//                mlp        C                           MLP output
 //                u          7·r                         LoRA u = x Aᵀ of the seven Linears
 //                tokens     1                           token ids (int32)
 //                positions  1                           positions (int32)
@@ -30,18 +29,28 @@
 //                q16, k16   ceil(Q / 2), ceil(KV / 2)   bf16 copies for flash attention (flash head dims only)
 //                v16, a16   ceil(KV / 2), ceil(Q / 2)
 //   backward     d          C                           residual-stream gradient
-//                dact, dgate, dup   I, I, I
 //                dn2, dh1   C, C
-//                da, dq     Q, Q
-//                dk, dv     KV, KV
+//                da, dq     Q, Q                        (naive attention only; see the shared storage below)
+//                dk, dv     KV, KV                      (naive attention only)
 //                dn1        C
-//                tmp        W                           base input gradient / dropped LoRA input
+//                tmp        W (lora_dropout > 0 only)   the dropped LoRA input x̃, and the base input gradient
 //                g          r                           LoRA g = s·dy B
-//                da16       ceil(Q / 2)                 bf16 da for flash attention's backward (flash only)
-//   loss         hidden     C                           final RMSNorm output
-//                dhidden    C                           its gradient
-//                nll        1                           per-token losses
+//   loss         nll        1                           per-token losses
 //                targets    1                           targets (int32)
+// Buffers without an allocation of their own, on the storage of one whose lifetime does not overlap theirs (the
+// block's forward, or its recomputation, runs before its backward; the loss phase between the last forward and the
+// first recomputation; every op on the trainer's one stream):
+//   dact   on act     down_proj's input gradient over its input: linear_bwd reads x (dA) before it writes dx
+//   dgate  on act     swiglu_backward_cuda in place: each output may alias any input (kernels/act.h)
+//   dup    on up
+//   tmp    on gate    without dropout tmp only takes the base dx of up/k/v before it is added (accumulate), all
+//                     after swiglu_backward, when gate is dead until the next recomputation
+//   mlp    on dn1     the down projection's output, forward only (dn1 lives in the backward only)
+//   hidden on n1      the final RMSNorm output and its gradient: the loss phase, when no block is in flight
+//   dhidden on h1
+//   flash attention (q, k, v, a fp32 are dead once q16, k16, v16, a16 exist; its backward reads the bf16 ones):
+//   dq, dk, dv on q, k, v;  da on a (o_proj's input gradient over its input, as dact);  da16 on act16 (the bf16
+//   dy of a 4-bit o_proj is dead once da is computed)
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
 // there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32), tied ones are gathered
 // on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
@@ -65,9 +74,10 @@ int64_t lora_cuda_logits_rows(int64_t T, int64_t V);
 
 enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
 
+// The buffers with an allocation of their own (the shared ones above have none).
 enum class LoraCudaBufferId {
-  Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, Mlp, U, Hidden, Dhidden, D, Dact, Dgate, Dup, Dn2,
-  Dh1, Da, Dq, Dk, Dv, Dn1, Tmp, G, Nll, Tokens, Positions, Targets, Act16, Q16, K16, V16, A16, Da16
+  Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, U, D, Dn2, Dh1, Da, Dq, Dk, Dv, Dn1, Tmp, G, Nll,
+  Tokens, Positions, Targets, Act16, Q16, K16, V16, A16
 };
 
 struct LoraCudaBuffer {
@@ -80,8 +90,9 @@ struct LoraCudaBuffer {
 
 // The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
 // layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;
-// `flash`: the head dim runs flash attention (bf16 q/k/v copies); `bf16_checkpoints`: xs in bf16 plus xin.
+// `flash`: the head dim runs flash attention (bf16 q/k/v copies; dq, dk, dv, da shared); `bf16_checkpoints`: xs
+// in bf16 plus xin; `dropout`: the adapter's lora_dropout > 0 (tmp allocated).
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
-                                                    bool bf16_checkpoints);
+                                                    bool bf16_checkpoints, bool dropout);
 
 }  // namespace qwenq

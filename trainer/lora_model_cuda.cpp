@@ -113,10 +113,10 @@ struct LoraModelCuda::Impl {
 
   int64_t capacity = 0, logits_rows = 0;
   bool ckpt16 = true;  // the buffers hold bf16 checkpoints (xs bf16 + xin) rather than fp32 ones
-  DeviceAllocation xs, xin, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, mlp, u, hidden, dhidden, d, dact, dgate,
-      dup, dn2, dh1, da, dq, dk, dv, dn1, tmp, g, nll;
+  DeviceAllocation xs, xin, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, u, d, dn2, dh1, da, dq, dk, dv,
+      dn1, tmp, g, nll;
   DeviceAllocation tokens, positions, targets;
-  DeviceAllocation act16, q16, k16, v16, a16, da16;
+  DeviceAllocation act16, q16, k16, v16, a16;
   DeviceAllocation logits;
 
   CudaStream st() const { return stream.get(); }
@@ -144,14 +144,8 @@ struct LoraModelCuda::Impl {
       case Id::Gate: return gate;
       case Id::Up: return up;
       case Id::Act: return act;
-      case Id::Mlp: return mlp;
       case Id::U: return u;
-      case Id::Hidden: return hidden;
-      case Id::Dhidden: return dhidden;
       case Id::D: return d;
-      case Id::Dact: return dact;
-      case Id::Dgate: return dgate;
-      case Id::Dup: return dup;
       case Id::Dn2: return dn2;
       case Id::Dh1: return dh1;
       case Id::Da: return da;
@@ -170,7 +164,6 @@ struct LoraModelCuda::Impl {
       case Id::K16: return k16;
       case Id::V16: return v16;
       case Id::A16: return a16;
-      case Id::Da16: return da16;
     }
     QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
   }
@@ -185,8 +178,8 @@ struct LoraModelCuda::Impl {
     const int64_t need = std::max(T, capacity);
     capacity = 0;
     xin.reset();  // absent from the fp32 table
-    for (const LoraCudaBuffer& b :
-         lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim), bf16_checkpoints)) {
+    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim),
+                                                           bf16_checkpoints, dropout > 0)) {
       DeviceAllocation& slot = buffer(b.id);
       slot.reset();  // the old buffer first (scratch, nothing to keep): old and new are never held together
       slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(need)), st(), MemoryTag::Activations,
@@ -196,6 +189,23 @@ struct LoraModelCuda::Impl {
     ckpt16 = bf16_checkpoints;
     capacity = need;
   }
+
+  // The buffers on another's storage (trainer/lora_cuda_buffers.h lists them with the reason each is safe).
+  bool flash() const { return uses_flash(cfg.head_dim); }
+  float* mlp_out() const { return dn1.as<float>(); }
+  float* hidden() const { return n1.as<float>(); }
+  float* dhidden() const { return h1.as<float>(); }
+  float* dact() const { return act.as<float>(); }
+  float* dgate() const { return act.as<float>(); }
+  float* dup() const { return up.as<float>(); }
+  float* da_() const { return flash() ? a.as<float>() : da.as<float>(); }
+  float* dq_() const { return flash() ? q.as<float>() : dq.as<float>(); }
+  float* dk_() const { return flash() ? k.as<float>() : dk.as<float>(); }
+  float* dv_() const { return flash() ? v_.as<float>() : dv.as<float>(); }
+  uint16_t* da16() const { return act16.as<uint16_t>(); }
+  // The scratch of linear_bwd's accumulate path and of dropout: tmp with dropout, else gate's storage (only the
+  // up/k/v backward use it then, after swiglu_backward: trainer/lora_cuda_buffers.h).
+  float* scratch() const { return dropout > 0 ? tmp.as<float>() : gate.as<float>(); }
 
   // Checkpoint slot i ([T, C], i = 0 .. L; the block inputs and the final residual) <- the fp32 src [T, C]:
   // rounded to bf16 (f32_to_bf16_cuda, round to nearest even: what the CPU trainer's rounding does) or copied.
@@ -268,7 +278,7 @@ struct LoraModelCuda::Impl {
   // The dropped LoRA input x̃ [T, K] of Linear t of layer l (kernels/dropout.h, the CPU trainer's key), into tmp:
   // no other use of tmp is alive in the forward or around the adapter half of linear_bwd.
   const float* dropped(int64_t l, int t, const float* x, int64_t T, int64_t K) {
-    float* xd = tmp.as<float>();
+    float* xd = tmp.as<float>();  // drop_p > 0: the adapter has dropout, so tmp is allocated
     dropout_forward_cuda(x, T * K, drop_p, dropout_key(drop_seed, l, t), xd, st());
     return xd;
   }
@@ -295,46 +305,52 @@ struct LoraModelCuda::Impl {
 
   // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).
   // With dropout: x̃ regenerated for dA += gᵀ x̃, and dx += m ⊙ (g A) through dropout_backward_cuda.
+  // The adapter's gradients come first: they are the only readers of x, so dx may be x's storage (dact on act,
+  // da on a with flash attention). Each buffer sees the same ops in the same order as with the base first.
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
     const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
+    const Slot* sl = slot(l, t);
+    const bool drop = drop_p > 0.f;
+    float* gp = g.as<float>();
+    BlasLt& lt = BlasLt::current();
+    if (sl != nullptr) {
+      const float* B = params.as<float>() + sl->b_off;
+      float* dA = grads.as<float>() + sl->a_off;
+      float* dB = grads.as<float>() + sl->b_off;
+      const float* ut = u_of(t, T);
+      {  // gᵀ[r, T] = s · (B as r×N, column-major) · dyᵀ(N×T): g [T, r] = s · dy B.
+        LtGemm gm;
+        gm.m = sl->r, gm.n = T, gm.k = sl->N;
+        gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
+        lt.matmul(gm, B, dy, gp, nullptr, s, st());
+      }
+      {  // dBᵀ[r, N] += s · uᵀ(r×T) · dy(T×N): dB [N, r] += s · dyᵀ u.
+        LtGemm gm;
+        gm.m = sl->r, gm.n = sl->N, gm.k = T;
+        gm.trans_b = true;
+        gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
+        gm.accumulate = true;
+        lt.matmul(gm, ut, dy, dB, nullptr, s, st());
+      }
+      const float* xin = drop ? dropped(l, t, x, T, sl->K) : x;    // x̃ in tmp, dead after dA's product
+      linear_backward_weight_cuda(gp, xin, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x̃
+    }
+    // x is not read below.
     if (accumulate) {
-      base_backward(L, dy, T, tmp.as<float>());
-      add_inplace_cuda(dx, tmp.as<float>(), T * L.K, st());
+      float* bx = scratch();
+      base_backward(L, dy, T, bx);
+      add_inplace_cuda(dx, bx, T * L.K, st());
     } else {
       base_backward(L, dy, T, dx);
     }
-    const Slot* sl = slot(l, t);
     if (sl == nullptr) return;
     const float* A = params.as<float>() + sl->a_off;
-    const float* B = params.as<float>() + sl->b_off;
-    float* dA = grads.as<float>() + sl->a_off;
-    float* dB = grads.as<float>() + sl->b_off;
-    const float* ut = u_of(t, T);
-    float* gp = g.as<float>();
-    BlasLt& lt = BlasLt::current();
-    {  // gᵀ[r, T] = s · (B as r×N, column-major) · dyᵀ(N×T): g [T, r] = s · dy B.
-      LtGemm gm;
-      gm.m = sl->r, gm.n = T, gm.k = sl->N;
-      gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
-      lt.matmul(gm, B, dy, gp, nullptr, s, st());
-    }
-    {  // dBᵀ[r, N] += s · uᵀ(r×T) · dy(T×N): dB [N, r] += s · dyᵀ u.
-      LtGemm gm;
-      gm.m = sl->r, gm.n = sl->N, gm.k = T;
-      gm.trans_b = true;
-      gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
-      gm.accumulate = true;
-      lt.matmul(gm, ut, dy, dB, nullptr, s, st());
-    }
-    const bool drop = drop_p > 0.f;
-    const float* xin = drop ? dropped(l, t, x, T, sl->K) : x;  // tmp: the base's use of it is queued before
-    linear_backward_weight_cuda(gp, xin, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x̃
     {  // dxᵀ[K, T] += (A as K×r) · gᵀ(r×T): dx [T, K] += g A (with dropout: tmp = g A, then dx += m ⊙ tmp).
       LtGemm gm;
       gm.m = sl->K, gm.n = T, gm.k = sl->r;
       gm.lda = sl->K, gm.ldb = sl->r, gm.ldd = sl->K;
       gm.accumulate = !drop;
-      lt.matmul(gm, A, gp, drop ? tmp.as<float>() : dx, nullptr, 1.f, st());  // x̃ in tmp is dead after dA's
+      lt.matmul(gm, A, gp, drop ? tmp.as<float>() : dx, nullptr, 1.f, st());  // tmp's base dx was added above
     }
     if (drop) dropout_backward_cuda(tmp.as<float>(), T * sl->K, drop_p, dropout_key(drop_seed, l, t), dx, st());
   }
@@ -384,45 +400,50 @@ struct LoraModelCuda::Impl {
     linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
     linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
     swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
-    linear_fwd(l, 6, act.as<float>(), T, mlp.as<float>());
+    float* mlp = mlp_out();
+    linear_fwd(l, 6, act.as<float>(), T, mlp);
     if (out_slot < 0) return;
-    add_inplace_cuda(mlp.as<float>(), h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
-    save_slot(out_slot, mlp.as<float>(), T);
+    add_inplace_cuda(mlp, h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
+    save_slot(out_slot, mlp, T);
   }
 
-  // dx = ∂L/∂x of block l given d (in place: d holds dout on entry, dx on return).
+  // dx = ∂L/∂x of block l given d (in place: d holds dout on entry, dx on return). The gradients on another
+  // buffer's storage (dact, dgate on act; dup on up; with flash attention da, dq, dk, dv on a, q, k, v and da16 on
+  // act16) are each written after that buffer's last read: trainer/lora_cuda_buffers.h.
   void block_bwd(int64_t l, const PackedBatch& b, const float* x, float* dd) {
     const QwenConfig& c = cfg;
     const QwenDeviceLayer& L = base->device_layer(l);
     const int64_t T = b.num_tokens(), C = c.hidden_size, I = c.intermediate_size, H = c.num_heads,
                   Hkv = c.num_kv_heads, D = c.head_dim;
-    linear_bwd(l, 6, dd, act.as<float>(), T, dact.as<float>(), false);
-    swiglu_backward_cuda(dact.as<float>(), gate.as<float>(), up.as<float>(), T * I, dgate.as<float>(),
-                         dup.as<float>(), st());
-    linear_bwd(l, 4, dgate.as<float>(), n2.as<float>(), T, dn2.as<float>(), false);
-    linear_bwd(l, 5, dup.as<float>(), n2.as<float>(), T, dn2.as<float>(), true);
+    linear_bwd(l, 6, dd, act.as<float>(), T, dact(), false);  // dact over act: its x, read first
+    swiglu_backward_cuda(dact(), gate.as<float>(), up.as<float>(), T * I, dgate(), dup(), st());  // in place
+    linear_bwd(l, 4, dgate(), n2.as<float>(), T, dn2.as<float>(), false);
+    linear_bwd(l, 5, dup(), n2.as<float>(), T, dn2.as<float>(), true);
     rmsnorm_bwd(dn2.as<float>(), h1.as<float>(), T, C, L.post_norm, dh1.as<float>());
     add_inplace_cuda(dh1.as<float>(), dd, T * C, st());
-    linear_bwd(l, 3, dh1.as<float>(), a.as<float>(), T, da.as<float>(), false);
-    if (uses_flash(D)) {
-      f32_to_bf16_cuda(da.as<float>(), T * H * D, da16.as<uint16_t>(), st());
-      attention_backward_cuda(da16.get(), q16.get(), k16.get(), v16.get(), a16.get(), lse.as<float>(),
-                              b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dq.as<float>(), dk.as<float>(),
-                              dv.as<float>(), DType::BF16, st());
+    float* dap = da_();
+    float* dqp = dq_();
+    float* dkp = dk_();
+    float* dvp = dv_();
+    linear_bwd(l, 3, dh1.as<float>(), a.as<float>(), T, dap, false);  // flash: da over a, its x, read first
+    if (flash()) {
+      f32_to_bf16_cuda(dap, T * H * D, da16(), st());
+      attention_backward_cuda(da16(), q16.get(), k16.get(), v16.get(), a16.get(), lse.as<float>(),
+                              b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dqp, dkp, dvp, DType::BF16, st());
     } else {
-      attention_naive_backward_cuda(da.as<float>(), q.as<float>(), k.as<float>(), v_.as<float>(), a.as<float>(),
-                                    lse.as<float>(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dq.as<float>(),
-                                    dk.as<float>(), dv.as<float>(), st());
+      attention_naive_backward_cuda(dap, q.as<float>(), k.as<float>(), v_.as<float>(), a.as<float>(),
+                                    lse.as<float>(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dqp, dkp, dvp,
+                                    st());
     }
-    rope_backward_cuda(dq.as<float>(), T, H, D, positions.as<int32_t>(), c.rope_theta, st());
-    rope_backward_cuda(dk.as<float>(), T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_backward_cuda(dqp, T, H, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_backward_cuda(dkp, T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
     if (c.qk_norm) {
-      rmsnorm_bwd(dq.as<float>(), qpre.as<float>(), T * H, D, L.q_norm, dq.as<float>());
-      rmsnorm_bwd(dk.as<float>(), kpre.as<float>(), T * Hkv, D, L.k_norm, dk.as<float>());
+      rmsnorm_bwd(dqp, qpre.as<float>(), T * H, D, L.q_norm, dqp);
+      rmsnorm_bwd(dkp, kpre.as<float>(), T * Hkv, D, L.k_norm, dkp);
     }
-    linear_bwd(l, 0, dq.as<float>(), n1.as<float>(), T, dn1.as<float>(), false);
-    linear_bwd(l, 1, dk.as<float>(), n1.as<float>(), T, dn1.as<float>(), true);
-    linear_bwd(l, 2, dv.as<float>(), n1.as<float>(), T, dn1.as<float>(), true);
+    linear_bwd(l, 0, dqp, n1.as<float>(), T, dn1.as<float>(), false);
+    linear_bwd(l, 1, dkp, n1.as<float>(), T, dn1.as<float>(), true);
+    linear_bwd(l, 2, dvp, n1.as<float>(), T, dn1.as<float>(), true);
     rmsnorm_bwd(dn1.as<float>(), x, T, C, L.input_norm, dd);
     add_inplace_cuda(dd, dh1.as<float>(), T * C, st());
   }
@@ -455,7 +476,9 @@ struct LoraModelCuda::Impl {
     }
     const float* xL = load_slot(train ? Lc : (Lc % 2), T);  // stays in xin (bf16) until the first recompute
     const QwenDeviceTensor fn = base->device_final_norm(), head = base->device_lm_head();
-    rmsnorm(xL, T, C, fn, hidden.as<float>());
+    float* hid = hidden();  // n1's storage: no block is in flight until the first recomputation
+    float* dhid = dhidden();
+    rmsnorm(xL, T, C, fn, hid);
     const int64_t chunk = lora_cuda_logits_rows(T, V);  // trainer/lora_cuda_buffers.h
     if (chunk > logits_rows) {
       logits.reset();
@@ -469,7 +492,7 @@ struct LoraModelCuda::Impl {
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
       const int64_t rows = std::min(chunk, T - r0);
       float* lg = logits.as<float>();
-      linear_forward_cuda(hidden.as<float>() + r0 * C, rows, C, head.data, head.dtype, V, nullptr, DType::F32, lg,
+      linear_forward_cuda(hid + r0 * C, rows, C, head.data, head.dtype, V, nullptr, DType::F32, lg,
                           DType::F32, st());
       if (!train) {
         res.counted += cross_entropy_forward_cuda(lg, rows, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st());
@@ -477,8 +500,7 @@ struct LoraModelCuda::Impl {
       }
       res.counted += cross_entropy_fused_cuda(lg, rows, V, targets.as<int32_t>() + r0,
                                               static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st());
-      linear_backward_input_cuda(lg, rows, V, head.data, head.dtype, C, dhidden.as<float>() + r0 * C, DType::F32,
-                                 st());
+      linear_backward_input_cuda(lg, rows, V, head.data, head.dtype, C, dhid + r0 * C, DType::F32, st());
     }
     std::vector<float> host_nll(static_cast<size_t>(T));
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(host_nll.data(), nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, st()));
@@ -487,7 +509,7 @@ struct LoraModelCuda::Impl {
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad (GPU): the loss is not finite");
     if (!train) return res;
     float* dd = d.as<float>();
-    rmsnorm_bwd(dhidden.as<float>(), xL, T, C, fn, dd);
+    rmsnorm_bwd(dhid, xL, T, C, fn, dd);
     for (int64_t l = Lc - 1; l >= 0; --l) {
       const float* x = load_slot(l, T);
       block_fwd(l, b, x, -1);  // recompute the intermediates

@@ -37,11 +37,13 @@
 // dropped input is stored, so dropout costs no memory, only two or three elementwise passes per adapted Linear.
 //
 // Memory: the QwenModelCuda's weights (an untied embedding table excluded), 4 · (adapter parameters) fp32 (A/B,
-// grads, m, v), and for the largest batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h (about
-// T · ((L + 1)·C/2 bf16 checkpoints + 12·C + 6·I + 5·H·D + 5·Hkv·D + max(C, H·D, I) + 8·r) in 4-byte words, plus
-// bf16 copies; fp32 checkpoints: (L + 1)·C words and no xin) and one chunk of logits (at most 256 MiB); that table
-// is also what `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered
-// embeddings). Not thread-safe (the buffers are reused by every call).
+// grads, m, v), and for the largest batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h: with flash
+// attention and no dropout about T · ((L + 1)·C/2 + 9·C + 3·I + 3·H·D + 3·Hkv·D + max(C, H·D, I)/2 + 8·r) 4-byte
+// words (fp32 checkpoints: (L + 1)·C, no xin; naive attention: + 2·H·D + 2·Hkv·D, no bf16 copies; dropout:
+// + max(C, H·D, I)), the backward's gradients living on the storage of forward buffers whose lifetimes end before
+// (the table lists each pair and why); and one chunk of logits (at most 256 MiB). That table is also what
+// `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered embeddings).
+// Not thread-safe (the buffers are reused by every call).
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA

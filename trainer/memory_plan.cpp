@@ -221,7 +221,7 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->optimizer = 2 * arena;
   // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
   for (const LoraCudaBuffer& b :
-       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints)) {
+       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0)) {
     const uint64_t bytes = held(b.bytes(T));
     switch (b.role) {
       case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
@@ -454,7 +454,7 @@ std::string format_plan_table(const PlanResult& p) {
      << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
      << (in.lora.dropout <= 0                 ? ""
          : in.device == PlanDevice::Cpu ? "; dropout keeps the dropped input (masks are regenerated)"
-                                        : "; dropout stores nothing (masks are regenerated)")
+                                        : "; dropout adds one [T, max(C, q_dim, I)] scratch (masks are regenerated)")
      << "\n";
   os << "step: micro-batch " << in.batch_size << " x " << in.seq_len << " = " << p.tokens
      << " tokens, activation checkpointing "

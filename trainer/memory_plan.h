@@ -47,8 +47,8 @@
 // GPU: the trainer that exists, LoraModelCuda (trainer/lora_model_cuda.h) on the weights QwenModelCuda uploads
 // (trainer/qwen_model_cuda.h), for one GPU exactly its buffers. Every buffer is one allocation from the caching
 // allocator and is counted as the allocator holds it: held(n) = round_size(n) (kernels/device_allocator.h: n
-// rounded up to 512 B up to 1 MiB, else to 2 MiB). --no-checkpointing and lora_dropout change nothing here (the
-// GPU trainer always checkpoints; its dropout masks are regenerated, no mask or dropped input is stored).
+// rounded up to 512 B up to 1 MiB, else to 2 MiB). --no-checkpointing changes nothing here (the GPU trainer
+// always checkpoints); lora_dropout adds one scratch tmp (its masks are regenerated, no mask is stored).
 // BASE WEIGHTS, GPU (replace the file bytes in DevicePlan; PlanResult's whole-model base_* stay the file bytes):
 //   dense         every tensor as stored in dense_dtype, one allocation each: per layer the two RMSNorms
 //                 held(C·dsz) each, the q/k/v biases held(qd·dsz) + 2·held(kvd·dsz) (Qwen2), the q/k norms
@@ -67,10 +67,14 @@
 //   Σ held(T·words·4) over the buffers of the table, by their role:
 //   checkpoints   xs: every block input and the final residual, bf16 (bf16_checkpoints, the default):
 //                 ceil((n_dev + 1)·C / 2) words per token; fp32: (n_dev + 1)·C
-//   forward       xin C (bf16 checkpoints: the block input widened to fp32), n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act, mlp, u (7·r), tokens, positions, and
-//                 the bf16 copies act16 ceil(max(C, qd, I)/2), q16, k16, v16, a16 (flash head dims 64 and 128)
-//   backward      d, dact, dgate, dup, dn2, dh1, da, dq, dk, dv, dn1, tmp max(C, qd, I), g (r), da16 (flash)
-//   loss          hidden, dhidden, nll, targets (the GPU with the lm_head)
+//   forward       xin C (bf16 checkpoints: the block input widened to fp32), n1, qpre, kpre, q, k, v, a, lse, h1,
+//                 n2, gate, up, act, u (7·r), tokens, positions, and the bf16 copies act16 ceil(max(C, qd, I)/2),
+//                 q16, k16, v16, a16 (flash head dims 64 and 128)
+//   backward      d, dn2, dh1, dn1, g (r); da, dq, dk, dv (naive attention only); tmp max(C, qd, I) (dropout only)
+//   loss          nll, targets (the GPU with the lm_head)
+//   shared        no allocation of their own (lifetimes apart): dact, dgate on act, dup on up, mlp on dn1, hidden
+//                 on n1, dhidden on h1, tmp on gate without dropout; flash: da, dq, dk, dv on a, q, k, v, da16 on
+//                 act16 (trainer/lora_cuda_buffers.h gives each reason)
 //   pipeline      multi-GPU assumption: a received activation (all but the first GPU) and a received gradient
 //                 (all but the last), held(T·C·4) each
 // WORKSPACE, GPU:
