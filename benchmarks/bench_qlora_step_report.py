@@ -148,8 +148,10 @@ def cmd_report(a):
     w(f"- step: 1 x {a.seq} tokens (one packed row), LoRA r={a.rank}, alpha={a.alpha}, dropout 0, all seven Linears "
       f"(q/k/v/o/gate/up/down), AdamW; {a.warmup} warm-up + {a.steps} timed steps; tokens/s = tokens / wall time of "
       "the timed steps (device-synchronized)")
-    w("- same memory regime: ours always recomputes each decoder block in the backward pass (block inputs kept); "
-      "theirs runs with gradient checkpointing (non-reentrant, per decoder layer)")
+    w("- same memory regime: ours always recomputes each decoder block in the backward pass (block inputs kept, "
+      "rounded to bf16, as theirs are in bf16); theirs runs with gradient checkpointing (non-reentrant, per decoder "
+      "layer). Ours keeps an untied input embedding table in host memory (each step uploads the [T, C] rows it "
+      "gathers; the table counts in our peak RSS, not in our device memory); theirs holds it on the device")
     tv = theirs or {}
     w(f"- baseline: transformers {tv.get('transformers', '?')}, peft {tv.get('peft', '?')}, torch {tv.get('torch', '?')}; "
       f"attn_implementation sdpa, bf16 autocast, fp32 adapters, torch.optim.AdamW{' fused' if cuda else ''}. "

@@ -279,6 +279,29 @@ TEST(LoraModelCuda, TinyF32IsTheCpuStep) {
   expect_step_matches_cpu(dir, kBf16LossRelTol, kBf16GradRelTol, "tiny F32 (naive), bf16 checkpoints");
 }
 
+// One trainer, the checkpoint dtype switched between calls (the buffers are re-made each time): every loss is the
+// CPU's for the same dtype, and the bf16 and fp32 losses differ (the rounding is applied on the device).
+TEST(LoraModelCuda, CheckpointDtypeSwitchesPerCall) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({60, 33, 7}, cpu.config().vocab_size, 93);
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraModelCuda gpu(cpu, adapter);
+  double got[2] = {0, 0};
+  for (int i = 0; i < 3; ++i) {
+    LoraStepOptions so;
+    so.bf16_checkpoints = i != 1;
+    const double want = lora_loss_and_grad(cpu, adapter, b, targets, nullptr, so).nll_sum;
+    const double g = gpu.loss_and_grad(b, targets, so).nll_sum;
+    const double tol = (so.bf16_checkpoints ? kBf16LossRelTol : kFp32RelTol) * std::fabs(want);
+    EXPECT_NEAR(g, want, tol) << "call " << i << (so.bf16_checkpoints ? " (bf16)" : " (fp32)");
+    EXPECT_NEAR(gpu.loss(b, targets, so).nll_sum, g, 1e-6 * std::fabs(g)) << "call " << i;
+    got[i == 1] = g;
+  }
+  EXPECT_NE(got[0], got[1]);
+}
+
 TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
