@@ -39,7 +39,7 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::Act, R::Forward, "the SwiGLU output (and dact, dgate)", I},
       {Id::U, R::Forward, "the LoRA u = x Aᵀ", 7 * r},
       {Id::D, R::Backward, "the residual gradient", C},
-      {Id::Dn2, R::Backward, "dn2", C},
+      {Id::Dn2, R::Backward, "dn2 (and dn1, the MLP output)", C},
       {Id::Dh1, R::Backward, "dh1", C},
   };
   v.insert(v.end(), rest.begin(), rest.end());
@@ -49,7 +49,6 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
     v.push_back({Id::Dk, R::Backward, "dk", KV});
     v.push_back({Id::Dv, R::Backward, "dv", KV});
   }
-  v.push_back({Id::Dn1, R::Backward, "dn1 (and the MLP output)", C});
   if (dropout) v.push_back({Id::Tmp, R::Backward, "the dropped LoRA input / base input gradient", wide});
   const std::vector<LoraCudaBuffer> tail = {
       {Id::G, R::Backward, "the LoRA g = s dy B", r},

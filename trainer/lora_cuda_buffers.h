@@ -3,7 +3,7 @@
 // drift apart. No CUDA here: the plan runs on any build.
 //
 // Per batch of T tokens (LoraModelCuda's reserve(T), one allocation each from the caching allocator, tag
-// activations; re-made only when a larger batch comes). Every buffer is [T, words] of 4-byte words, i.e.
+// activations; re-made only when a larger batch comes or the checkpoint dtype changes). Every buffer is [T, words] of 4-byte words, i.e.
 // T·words·4 bytes before the allocator's rounding (kernels/device_allocator.h: 512 B up to 1 MiB, else 2 MiB);
 // a bf16 buffer of `cols` values per token takes words = ceil(cols / 2). C hidden, I intermediate, H heads,
 // Q = H·D, KV = Hkv·D, r LoRA rank (0 without adapters), W = max(C, Q, I), L the layers the device runs.
@@ -32,7 +32,6 @@
 //                dn2, dh1   C, C
 //                da, dq     Q, Q                        (naive attention only; see the shared storage below)
 //                dk, dv     KV, KV                      (naive attention only)
-//                dn1        C
 //                tmp        W (lora_dropout > 0 only)   the dropped LoRA input x̃, and the base input gradient
 //                g          r                           LoRA g = s·dy B
 //   loss         nll        1                           per-token losses
@@ -45,10 +44,11 @@
 //   dup    on up
 //   tmp    on gate    without dropout tmp only takes the base dx of up/k/v before it is added (accumulate), all
 //                     after swiglu_backward, when gate is dead until the next recomputation
-//   mlp    on dn1     the down projection's output, forward only (dn1 lives in the backward only)
+//   dn1    on dn2     dn2 is dead once rmsnorm_backward has made dh1 of it; dn1 is made after that
+//   mlp    on dn2     the down projection's output, forward only (dn2 lives in the backward only)
 //   hidden on n1      the final RMSNorm output and its gradient: the loss phase, when no block is in flight
 //   dhidden on h1
-//   flash attention (q, k, v, a fp32 are dead once q16, k16, v16, a16 exist; its backward reads the bf16 ones):
+//   flash attention (q, k, v fp32 are dead once q16, k16, v16 exist; its backward reads the bf16 ones and a16):
 //   dq, dk, dv on q, k, v;  da on a (o_proj's input gradient over its input, as dact);  da16 on act16 (the bf16
 //   dy of a 4-bit o_proj is dead once da is computed)
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
@@ -76,7 +76,7 @@ enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
 
 // The buffers with an allocation of their own (the shared ones above have none).
 enum class LoraCudaBufferId {
-  Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, U, D, Dn2, Dh1, Da, Dq, Dk, Dv, Dn1, Tmp, G, Nll,
+  Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, U, D, Dn2, Dh1, Da, Dq, Dk, Dv, Tmp, G, Nll,
   Tokens, Positions, Targets, Act16, Q16, K16, V16, A16
 };
 

@@ -114,7 +114,7 @@ struct LoraModelCuda::Impl {
   int64_t capacity = 0, logits_rows = 0;
   bool ckpt16 = true;  // the buffers hold bf16 checkpoints (xs bf16 + xin) rather than fp32 ones
   DeviceAllocation xs, xin, n1, qpre, kpre, q, k, v_, a, lse, h1, n2, gate, up, act, u, d, dn2, dh1, da, dq, dk, dv,
-      dn1, tmp, g, nll;
+      tmp, g, nll;
   DeviceAllocation tokens, positions, targets;
   DeviceAllocation act16, q16, k16, v16, a16;
   DeviceAllocation logits;
@@ -152,7 +152,6 @@ struct LoraModelCuda::Impl {
       case Id::Dq: return dq;
       case Id::Dk: return dk;
       case Id::Dv: return dv;
-      case Id::Dn1: return dn1;
       case Id::Tmp: return tmp;
       case Id::G: return g;
       case Id::Nll: return nll;
@@ -192,7 +191,8 @@ struct LoraModelCuda::Impl {
 
   // The buffers on another's storage (trainer/lora_cuda_buffers.h lists them with the reason each is safe).
   bool flash() const { return uses_flash(cfg.head_dim); }
-  float* mlp_out() const { return dn1.as<float>(); }
+  float* dn1() const { return dn2.as<float>(); }
+  float* mlp_out() const { return dn2.as<float>(); }
   float* hidden() const { return n1.as<float>(); }
   float* dhidden() const { return h1.as<float>(); }
   float* dact() const { return act.as<float>(); }
@@ -408,8 +408,8 @@ struct LoraModelCuda::Impl {
   }
 
   // dx = ∂L/∂x of block l given d (in place: d holds dout on entry, dx on return). The gradients on another
-  // buffer's storage (dact, dgate on act; dup on up; with flash attention da, dq, dk, dv on a, q, k, v and da16 on
-  // act16) are each written after that buffer's last read: trainer/lora_cuda_buffers.h.
+  // buffer's storage (dact, dgate on act; dup on up; dn1 on dn2; with flash attention da, dq, dk, dv on a, q, k, v
+  // and da16 on act16) are each written after that buffer's last read: trainer/lora_cuda_buffers.h.
   void block_bwd(int64_t l, const PackedBatch& b, const float* x, float* dd) {
     const QwenConfig& c = cfg;
     const QwenDeviceLayer& L = base->device_layer(l);
@@ -441,10 +441,10 @@ struct LoraModelCuda::Impl {
       rmsnorm_bwd(dqp, qpre.as<float>(), T * H, D, L.q_norm, dqp);
       rmsnorm_bwd(dkp, kpre.as<float>(), T * Hkv, D, L.k_norm, dkp);
     }
-    linear_bwd(l, 0, dqp, n1.as<float>(), T, dn1.as<float>(), false);
-    linear_bwd(l, 1, dkp, n1.as<float>(), T, dn1.as<float>(), true);
-    linear_bwd(l, 2, dvp, n1.as<float>(), T, dn1.as<float>(), true);
-    rmsnorm_bwd(dn1.as<float>(), x, T, C, L.input_norm, dd);
+    linear_bwd(l, 0, dqp, n1.as<float>(), T, dn1(), false);  // dn1 on dn2: dead since dh1 was computed
+    linear_bwd(l, 1, dkp, n1.as<float>(), T, dn1(), true);
+    linear_bwd(l, 2, dvp, n1.as<float>(), T, dn1(), true);
+    rmsnorm_bwd(dn1(), x, T, C, L.input_norm, dd);
     add_inplace_cuda(dd, dh1.as<float>(), T * C, st());
   }
 

@@ -38,7 +38,7 @@
 //
 // Memory: the QwenModelCuda's weights (an untied embedding table excluded), 4 · (adapter parameters) fp32 (A/B,
 // grads, m, v), and for the largest batch seen (T tokens) the buffers of trainer/lora_cuda_buffers.h: with flash
-// attention and no dropout about T · ((L + 1)·C/2 + 9·C + 3·I + 3·H·D + 3·Hkv·D + max(C, H·D, I)/2 + 8·r) 4-byte
+// attention and no dropout about T · ((L + 1)·C/2 + 7·C + 3·I + 3·H·D + 3·Hkv·D + max(C, H·D, I)/2 + 8·r) 4-byte
 // words (fp32 checkpoints: (L + 1)·C, no xin; naive attention: + 2·H·D + 2·Hkv·D, no bf16 copies; dropout:
 // + max(C, H·D, I)), the backward's gradients living on the storage of forward buffers whose lifetimes end before
 // (the table lists each pair and why); and one chunk of logits (at most 256 MiB). That table is also what

@@ -70,9 +70,9 @@
 //   forward       xin C (bf16 checkpoints: the block input widened to fp32), n1, qpre, kpre, q, k, v, a, lse, h1,
 //                 n2, gate, up, act, u (7·r), tokens, positions, and the bf16 copies act16 ceil(max(C, qd, I)/2),
 //                 q16, k16, v16, a16 (flash head dims 64 and 128)
-//   backward      d, dn2, dh1, dn1, g (r); da, dq, dk, dv (naive attention only); tmp max(C, qd, I) (dropout only)
+//   backward      d, dn2, dh1, g (r); da, dq, dk, dv (naive attention only); tmp max(C, qd, I) (dropout only)
 //   loss          nll, targets (the GPU with the lm_head)
-//   shared        no allocation of their own (lifetimes apart): dact, dgate on act, dup on up, mlp on dn1, hidden
+//   shared        no allocation of their own (lifetimes apart): dact, dgate on act, dup on up, dn1, mlp on dn2, hidden
 //                 on n1, dhidden on h1, tmp on gate without dropout; flash: da, dq, dk, dv on a, q, k, v, da16 on
 //                 act16 (trainer/lora_cuda_buffers.h gives each reason)
 //   pipeline      multi-GPU assumption: a received activation (all but the first GPU) and a received gradient
