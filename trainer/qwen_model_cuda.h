@@ -35,6 +35,11 @@
 // block there); set_linear_weight replaces one Linear by a dense fp32 weight (the fake-quantized one) for the
 // following passes. The caller bounds the activation memory by the batches it passes (whole windows, a chunk of
 // the calibration set at a time): the buffers above are sized by the largest batch, independent of x.
+//
+// An unmerged LoRA adapter (attach_adapter, trainer/lora_inference_cuda.h): after each adapted Linear's base product
+// and bias, y += s · (x Aᵀ) Bᵀ in fp32 (x the Linear's fp32 input), for every pass of this model and of the
+// QwenDecodeCuda running on it; the base stays as uploaded (dense or Q4). Costs the adapter's fp32 A and B and a
+// scratch [T, r] fp32 in the batch buffers.
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
@@ -47,6 +52,8 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/qgemm.h"
+#include "lora/lora_adapter.h"
+#include "trainer/lora_inference_cuda.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -63,6 +70,7 @@ struct QwenDeviceLinear {
   QwenDeviceTensor dense;
   std::unique_ptr<Q4DeviceWeight> q4;
   QwenDeviceTensor bias;
+  LoraDeviceBranch lora;  // an attached adapter's A and B (r == 0: none); added after the base and the bias
 };
 struct QwenDeviceLayer {
   QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
@@ -117,6 +125,18 @@ class QwenModelCuda {
   // every later pass computes with it (a true fp32 GEMM); its bias is kept. The old device weight is freed.
   // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
   void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
+
+  // ---- an unmerged LoRA adapter (trainer/lora_inference_cuda.h) ----
+  // Uploads `adapter` (fp32 A and B) and from then on adds its branch after every Linear it targets, in every
+  // forward and in every QwenDecodeCuda call on this model; replaces an adapter attached before. `source` names the
+  // adapter (its directory) in errors. Throws, before changing anything, when the adapter does not fit this model
+  // (trainer/lora_inference.h's checks: dimensions, tensor shapes by PEFT name, non-finite values) or the device.
+  // Waits for the upload. Not while a QwenDecodeCuda call runs.
+  void attach_adapter(const LoraAdapter& adapter, const std::string& source);
+  // Back to the base model (frees the adapter).
+  void detach_adapter();
+  // The attached adapter, or null.
+  const LoraInferenceCuda* adapter() const;
 
  private:
   struct Impl;
