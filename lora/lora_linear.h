@@ -15,9 +15,20 @@
 // mask keyed by (step seed, layer, target) (kernels/dropout_mask.h). The caller runs the forward and backward
 // above on x̃ and maps the branch's input gradient back with dx += m ⊙ dx̃ (dropout_backward_ref, which
 // regenerates m from the key). The base path always sees the undropped x.
+//
+// lora_forward_cuda is the forward on the GPU (CUDA builds, lora/lora_linear_cuda.cpp), same arguments in device
+// memory plus a stream: two fp32 cuBLASLt matmuls (kernels/blas_lt.h, no TF32), u = x Aᵀ written by
+// linear_forward_cuda, then y += s · u Bᵀ as one matmul with alpha = s and beta = 1 (the scaling and the
+// accumulation cost no extra pass). The GPU trainer (trainer/lora_model_cuda.cpp) and inference with an unmerged
+// adapter (trainer/lora_inference_cuda.h) both call it. Asynchronous on `stream`; the argument checks throw before
+// anything is queued.
 #pragma once
 
 #include <cstdint>
+
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.h"
+#endif
 
 namespace qwenq {
 
@@ -29,5 +40,12 @@ void lora_forward_ref(const float* x, int64_t M, int64_t K, const float* A, cons
 // null (no input gradient wanted). Outputs must not overlap the inputs.
 void lora_backward_ref(const float* dy, const float* x, const float* u, int64_t M, int64_t K, int64_t N, int64_t r,
                        const float* A, const float* B, float s, float* dA, float* dB, float* dx);
+
+#ifdef QWENQ_HAVE_CUDA
+// lora_forward_ref's contract on the device: x [M, K], A [r, K], B [N, r] fp32; y [M, N] fp32 accumulates
+// s·(x Aᵀ) Bᵀ; u [M, r] fp32 is written with x Aᵀ. u must not overlap x or y. M = 0 queues nothing.
+void lora_forward_cuda(const float* x, int64_t M, int64_t K, const float* A, const float* B, int64_t r, int64_t N,
+                       float s, float* y, float* u, CudaStream stream);
+#endif
 
 }  // namespace qwenq

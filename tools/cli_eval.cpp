@@ -1,6 +1,9 @@
-// qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention).
+// qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention), optionally with a LoRA
+// adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
+// (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does.
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -12,6 +15,7 @@
 #include "kernels/device_allocator.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
+#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model_cuda.h"
@@ -23,7 +27,7 @@ namespace qwenq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, data, field = "text", json_out;
+  std::string model, adapter, data, field = "text", json_out;
   bool json = false, quiet = false, no_bos = false;
   PerplexityOptions ppl;
   CommonOptions common;
@@ -34,6 +38,17 @@ void run_eval(const EvalArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
+  std::unique_ptr<LoraAdapter> adapter;
+  if (!a.adapter.empty()) {
+    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config()));
+    if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
+    if (!a.quiet) {
+      std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
+                   device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
+                   adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
+                   adapter->scaling());
+    }
+  }
   Tokenizer tok = Tokenizer::from_dir(dir);
   const std::string text = load_text_corpus(a.data, a.field);
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
@@ -53,6 +68,7 @@ void run_eval(const EvalArgs& a) {
   if (device == Device::Cuda) {
     cuda_device_allocator().reset_peak();
     QwenModelCuda gpu(model);
+    if (adapter) gpu.attach_adapter(*adapter, a.adapter);
     const auto nll_fn = [&gpu](const PackedBatch& b, std::vector<float>* nll) { return gpu.next_token_nll(b, nll); };
     r = evaluate_perplexity(nll_fn, tokens, opt);
     const DeviceAllocatorStats ds = cuda_device_allocator().stats();
@@ -73,6 +89,7 @@ void run_eval(const EvalArgs& a) {
                               {"seconds", r.seconds},
                               {"tokens_per_s", r.tokens_per_s},
                               {"peak_rss_bytes", peak_rss_bytes()}};
+  if (!a.adapter.empty()) j["adapter"] = a.adapter;
   std::string device_peak;
   if (device_peak_allocated >= 0) {
     j["device_peak_allocated_bytes"] = device_peak_allocated;
@@ -94,6 +111,9 @@ void register_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model on a text or JSONL file");
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (offline cache)")->required();
+  cmd->add_option("--adapter,-a", a->adapter,
+                  "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged "
+                  "on the GPU");
   cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field")->required()->check(CLI::ExistingFile);
   cmd->add_option("--text-field", a->field, "JSONL field holding the text")->capture_default_str();
   cmd->add_option("--seq-len", a->ppl.seq_len, "window length in tokens")->capture_default_str();

@@ -1,11 +1,9 @@
 // qwen-qlora generate | chat: text from a base model with a LoRA adapter merged in memory (trainer/lora_merge.h),
 // greedy or sampled (trainer/generate.h). generate mirrors `qwen-quant generate`; chat is an interactive ChatML
 // loop over stdin that keeps the whole conversation as the prompt of each turn.
-// --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) from the merged model as the CPU path has it: the
-// adapter is merged into a dense base in memory before the upload (the targeted Linears become fp32). A 4-bit base
-// with an adapter is refused on the GPU: merging would turn its targeted Linears into fp32 (8x their packed size)
-// and the GPU has no LoRA branch at inference yet; `qwen-qlora merge` (then, if wanted, `qwen-quant gptq/awq/nf4`)
-// makes a model the GPU runs.
+// --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) with the adapter unmerged: the base is uploaded as
+// stored (dense, or 4-bit GPTQ/AWQ/NF4/FP4 as Q4) and every adapted Linear adds s · (x Aᵀ) Bᵀ in fp32 after its base
+// product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU merges the adapter in memory.
 #include <unistd.h>
 
 #include <cstdio>
@@ -34,8 +32,8 @@ struct GenerateArgs {
   CommonOptions common;
 };
 
-// The model with the adapter (if any) merged into its Linear weights, its tokenizer, and (--device cuda) its copy
-// on the GPU.
+// The model (on the CPU with the adapter, if any, merged into its Linear weights), its tokenizer, and (--device
+// cuda) its copy on the GPU with the adapter attached unmerged.
 struct Loaded {
   Loaded(std::unique_ptr<QwenModel> m, Tokenizer t) : model(std::move(m)), tok(std::move(t)) {}
   std::unique_ptr<QwenModel> model;
@@ -56,26 +54,24 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     tok.apply_chat_template({{"user", "x"}}, true);  // refuses a template that is not ChatML, before any work
   }
   auto model = std::make_unique<QwenModel>(dir);
-  if (device == Device::Cuda && !a.adapter.empty()) {
-    QWENQ_CHECK(model->quant_config().method == QuantConfig::Method::None,
-                "--device cuda: the base " << dir << " is " << model->quant_config().method_name()
-                << " 4-bit, and a LoRA adapter on a 4-bit base runs on the CPU only (merging it in memory would make "
-                   "its targeted Linears fp32, 8x their packed size, and the GPU has no LoRA branch at inference); "
-                   "run `qwen-qlora merge --model " << a.model << " --adapter " << a.adapter << " --out MERGED` and "
-                   "generate from MERGED with --device cuda (quantize it again with `qwen-quant gptq/awq/nf4` if it "
-                   "must be 4-bit), or use --device cpu");
-  }
+  std::unique_ptr<LoraAdapter> adapter;
   if (!a.adapter.empty()) {
-    const LoraAdapter adapter = load_adapter_for_base(a.adapter, dir, model->config());
-    merge_adapter_in_memory(*model, adapter);
-    std::fprintf(stderr, "adapter %s merged: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
-                 adapter.targets().size(), (long long)model->config().num_layers, (long long)adapter.rank(),
-                 adapter.scaling());
+    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config()));
+    if (device != Device::Cuda) merge_adapter_in_memory(*model, *adapter);
   }
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
-  if (device == Device::Cuda) out.gpu = std::make_unique<QwenModelCuda>(*out.model);
+  if (device == Device::Cuda) {
+    out.gpu = std::make_unique<QwenModelCuda>(*out.model);
+    if (adapter) out.gpu->attach_adapter(*adapter, a.adapter);
+  }
 #endif
+  if (adapter) {
+    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
+                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
+                 adapter->targets().size(), (long long)out.model->config().num_layers, (long long)adapter->rank(),
+                 adapter->scaling());
+  }
   return out;
 }
 
@@ -156,7 +152,7 @@ void run_chat(const GenerateArgs& a) {
 }
 
 void add_sampling_options(CLI::App* cmd, GenerateArgs* a) {
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout), merged into the base in memory");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
   cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate (per reply)")
       ->capture_default_str();

@@ -24,6 +24,7 @@
 #include "kernels/optim.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
+#include "lora/lora_linear.h"
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/memory_plan.h"
 
@@ -293,14 +294,7 @@ struct LoraModelCuda::Impl {
     const float* B = params.as<float>() + sl->b_off;
     float* ut = u_of(t, T);
     const float* xin = drop_p > 0.f ? dropped(l, t, x, T, sl->K) : x;
-    linear_forward_cuda(xin, T, sl->K, A, DType::F32, sl->r, nullptr, DType::F32, ut, DType::F32, st());
-    // yᵀ[N, T] += s · (B as N×r) · uᵀ(r×T): column-major view of y [T, N] += s · u Bᵀ.
-    LtGemm gm;
-    gm.m = sl->N, gm.n = T, gm.k = sl->r;
-    gm.trans_a = true, gm.trans_b = false;
-    gm.lda = sl->r, gm.ldb = sl->r, gm.ldd = sl->N;
-    gm.accumulate = true;
-    BlasLt::current().matmul(gm, B, ut, y, nullptr, s, st());
+    lora_forward_cuda(xin, T, sl->K, A, B, sl->r, sl->N, s, y, ut, st());  // u = x̃ Aᵀ; y += s · u Bᵀ
   }
 
   // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).

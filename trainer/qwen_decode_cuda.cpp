@@ -45,6 +45,8 @@ struct QwenDecodeCuda::Impl {
   DeviceAllocation q16, k16, v16, a16;           // bf16, flash attention in the prefill
   DeviceAllocation ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
   DeviceAllocation positions;                    // int32 [rows]
+  DeviceAllocation lora_u;                       // fp32 [rows, lora_rank]: the adapter branch's x Aᵀ
+  int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
   DeviceAllocation logits;                       // fp32 [V]
 
   Impl(const QwenModelCuda& m, int64_t cap) : model(m), cfg(m.config()), capacity(cap) {}
@@ -55,11 +57,18 @@ struct QwenDecodeCuda::Impl {
   float* v_layer(int64_t l) const { return v_cache.as<float>() + l * layer_stride(); }
   bool flash() const { return flash_attention_compiled(cfg.head_dim); }
 
+  // r of the model's attached adapter (trainer/lora_inference_cuda.h), 0 without one.
+  int64_t adapter_rank() const { return model.adapter() ? model.adapter()->rank() : 0; }
+
   void reserve(int64_t T) {
-    if (T <= rows) return;
-    for (DeviceAllocation* b : {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions})
+    const int64_t r = adapter_rank();
+    if (T <= rows && r <= lora_rank) return;
+    T = std::max(T, rows);  // an adapter attached since the last call: same rows, a scratch for the branch
+    for (DeviceAllocation* b :
+         {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions, &lora_u})
       *b = DeviceAllocation();
     rows = 0;
+    lora_rank = 0;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
     const auto buffer = [&](int64_t n_rows, int64_t cols, DType type, const char* what) {
@@ -83,24 +92,29 @@ struct QwenDecodeCuda::Impl {
     }
     ids = buffer(T + 2, 1, DType::I32, "the token ids");
     positions = buffer(T, 1, DType::I32, "the positions");
+    if (r > 0) lora_u = buffer(T, r, DType::F32, "the LoRA branch's x Aᵀ");
     rows = T;
+    lora_rank = r;
   }
 
-  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias). Q4: the fp32 GEMV kernel up to 64 rows, bf16 tensor cores beyond.
+  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias) (+ s · (x Aᵀ) Bᵀ with an adapter). Q4: the fp32 GEMV kernel up to
+  // 64 rows, bf16 tensor cores beyond.
   void linear(const QwenDeviceLinear& L, const float* x_in, int64_t T, float* y) {
     if (!L.q4) {
       linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
                           s());
-      return;
-    }
-    if (T <= kQgemmDecodeMaxM) {
-      qgemm_int4_decode_cuda(L.q4->view(), x_in, DType::F32, T, y, s());
     } else {
-      uint16_t* xb = act16.as<uint16_t>();
-      f32_to_bf16_cuda(x_in, T * L.K, xb, s());
-      qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+      if (T <= kQgemmDecodeMaxM) {
+        qgemm_int4_decode_cuda(L.q4->view(), x_in, DType::F32, T, y, s());
+      } else {
+        uint16_t* xb = act16.as<uint16_t>();
+        f32_to_bf16_cuda(x_in, T * L.K, xb, s());
+        qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+      }
+      if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }
-    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
+    // The adapter's branch (no-op without one): two fp32 matmuls, for a step two GEMVs of r·(N + K) terms.
+    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, s());
   }
 
   void rmsnorm(const float* x_in, int64_t n_rows, int64_t cols, const QwenDeviceTensor& w, float* y) {

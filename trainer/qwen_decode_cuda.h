@@ -24,6 +24,9 @@
 // 112 KiB per token, 224 MiB for 2048 tokens), plus activation buffers kept for the longest prompt so far (a step
 // uses their first row) and one [V] logits row. A failed allocation throws naming the buffer and
 // the device's free memory. Not thread-safe; one stream of its own.
+// With an adapter attached to the model (QwenModelCuda::attach_adapter, trainer/lora_inference_cuda.h) every adapted
+// Linear of the prefill and of each step adds y += s · (x Aᵀ) Bᵀ in fp32 after its base product (a step: two GEMVs
+// through cuBLASLt, negligible next to the base's), with a scratch [rows, r] fp32 among the activation buffers.
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA

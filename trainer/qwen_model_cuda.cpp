@@ -24,6 +24,7 @@
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
 #include "quant/format/qgemm_layout.h"
+#include "trainer/lora_inference.h"
 
 namespace qwenq {
 
@@ -57,6 +58,7 @@ struct QwenModelCuda::Impl {
   int64_t weight_bytes = 0;
   DevTensor embed, final_norm, lm_head;
   std::vector<DevLayer> layers;
+  std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
 
   // Activation buffers for batches of up to `capacity` tokens.
   int64_t capacity = 0;
@@ -64,6 +66,7 @@ struct QwenModelCuda::Impl {
   DeviceAllocation x, n, q, k, v, a, gate, up;  // fp32
   DeviceAllocation act16, q16, k16, v16, a16;   // bf16
   DeviceAllocation tokens, positions, targets, nll;
+  DeviceAllocation lora_u;  // [capacity, r] fp32: u = x Aᵀ of the adapter's branch (only with an adapter)
   DeviceAllocation logits;  // [logits_rows, V] fp32
   int64_t logits_rows = 0;
 
@@ -111,7 +114,7 @@ struct QwenModelCuda::Impl {
     const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
     // Free the old set first: the new one replaces it.
     for (DeviceAllocation* b : {&x, &n, &q, &k, &v, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &tokens,
-                                &positions, &targets, &nll}) {
+                                &positions, &targets, &nll, &lora_u}) {
       b->reset();
     }
     capacity = 0;
@@ -143,6 +146,7 @@ struct QwenModelCuda::Impl {
     positions = buffer(1, DType::I32, "the positions");
     targets = buffer(1, DType::I32, "the next-token targets");
     nll = f32(1, "the per-token losses");
+    if (lora) lora_u = f32(lora->rank(), "the LoRA branch's x Aᵀ");
     capacity = T;
   }
 
@@ -155,17 +159,18 @@ struct QwenModelCuda::Impl {
     logits_rows = rows;
   }
 
-  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias).
+  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias) (+ s · (x Aᵀ) Bᵀ with an adapter).
   void linear(const DevLinear& L, const float* x_in, int64_t T, float* y) {
     if (!L.q4) {
       linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
                           s());
-      return;
+    } else {
+      uint16_t* xb = act16.as<uint16_t>();
+      f32_to_bf16_cuda(x_in, T * L.K, xb, s());
+      qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+      if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }
-    uint16_t* xb = act16.as<uint16_t>();
-    f32_to_bf16_cuda(x_in, T * L.K, xb, s());
-    qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
-    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
+    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, s());  // no-op without an adapter
   }
 
   void rmsnorm(const float* x_in, int64_t rows, int64_t cols, const DevTensor& w, float* y) {
@@ -424,6 +429,24 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   m.replace_dense(d, std::move(mem));
 }
+
+void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {
+  Impl& m = *impl_;
+  auto fresh = std::make_unique<LoraInferenceCuda>(lora_inference_layout(adapter, m.cfg, source), source, m.s());
+  fresh->attach(m.layers);  // checks every Linear's shape before it changes any
+  m.lora = std::move(fresh);  // frees the previous adapter, if any (no work of it is queued: every call syncs)
+  m.capacity = 0;             // the next batch reallocates its buffers with the branch's scratch
+}
+
+void QwenModelCuda::detach_adapter() {
+  Impl& m = *impl_;
+  for (DevLayer& L : m.layers) {
+    for (DevLinear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) d->lora = LoraDeviceBranch{};
+  }
+  m.lora.reset();
+}
+
+const LoraInferenceCuda* QwenModelCuda::adapter() const { return impl_->lora.get(); }
 
 }  // namespace qwenq
 

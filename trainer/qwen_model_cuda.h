@@ -40,6 +40,11 @@
 // embedding table is left in host memory (the trainer gathers a batch's rows there and uploads [T, C]);
 // device_embed() is then null and forward_logits / next_token_nll / embed_batch refuse. A tied table is uploaded
 // anyway (it is the lm_head). Default: uploaded, for every other user (evaluation, decoding, GPTQ).
+//
+// An unmerged LoRA adapter (attach_adapter, trainer/lora_inference_cuda.h): after each adapted Linear's base product
+// and bias, y += s · (x Aᵀ) Bᵀ in fp32 (x the Linear's fp32 input), for every pass of this model and of the
+// QwenDecodeCuda running on it; the base stays as uploaded (dense or Q4). Costs the adapter's fp32 A and B and a
+// scratch [T, r] fp32 in the batch buffers.
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
@@ -52,6 +57,8 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/qgemm.h"
+#include "lora/lora_adapter.h"
+#include "trainer/lora_inference_cuda.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -68,6 +75,7 @@ struct QwenDeviceLinear {
   QwenDeviceTensor dense;
   std::unique_ptr<Q4DeviceWeight> q4;
   QwenDeviceTensor bias;
+  LoraDeviceBranch lora;  // an attached adapter's A and B (r == 0: none); added after the base and the bias
 };
 struct QwenDeviceLayer {
   QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
@@ -126,6 +134,18 @@ class QwenModelCuda {
   // every later pass computes with it (a true fp32 GEMM); its bias is kept. The old device weight is freed.
   // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
   void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
+
+  // ---- an unmerged LoRA adapter (trainer/lora_inference_cuda.h) ----
+  // Uploads `adapter` (fp32 A and B) and from then on adds its branch after every Linear it targets, in every
+  // forward and in every QwenDecodeCuda call on this model; replaces an adapter attached before. `source` names the
+  // adapter (its directory) in errors. Throws, before changing anything, when the adapter does not fit this model
+  // (trainer/lora_inference.h's checks: dimensions, tensor shapes by PEFT name, non-finite values) or the device.
+  // Waits for the upload. Not while a QwenDecodeCuda call runs.
+  void attach_adapter(const LoraAdapter& adapter, const std::string& source);
+  // Back to the base model (frees the adapter).
+  void detach_adapter();
+  // The attached adapter, or null.
+  const LoraInferenceCuda* adapter() const;
 
  private:
   struct Impl;

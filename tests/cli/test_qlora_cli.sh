@@ -47,6 +47,19 @@ cmp -s "$WORK/gen_adapter.txt" "$WORK/gen_merged.txt" || { diff <(od -c "$WORK/g
   <(od -c "$WORK/gen_merged.txt") || true; fail "--adapter and the merged directory generate different text"; }
 grep -q "^Once upon a time" "$WORK/gen_adapter.txt" || fail "prompt not echoed" "$WORK/gen_adapter.txt"
 grep -q "adapter $WORK/run merged: 7 target(s)" "$WORK/gen_adapter.err" || fail "adapter line" "$WORK/gen_adapter.err"
+# qwen-quant eval --adapter: the in-memory merge scores the text as the merged directory does (same fp32 weights),
+# and differently from the base.
+for m in adapter merged base; do
+  case $m in adapter) args=(--model "$WORK/tiny" --adapter "$WORK/run");; merged) args=(--model "$WORK/merged");;
+             base) args=(--model "$WORK/tiny");; esac
+  "$QQ" eval "${args[@]}" --data "$WORK/data.jsonl" --seq-len 64 --threads 1 -q --json > "$WORK/eval_$m.json" \
+    2> "$WORK/eval_$m.err" || fail "eval ($m)" "$WORK/eval_$m.err"
+done
+ppl() { python3 -c 'import json,sys; print(repr(json.load(open(sys.argv[1]))["perplexity"]))' "$1"; }
+[ "$(ppl "$WORK/eval_adapter.json")" = "$(ppl "$WORK/eval_merged.json")" ] \
+  || fail "eval --adapter $(ppl "$WORK/eval_adapter.json") != merged $(ppl "$WORK/eval_merged.json")"
+[ "$(ppl "$WORK/eval_adapter.json")" != "$(ppl "$WORK/eval_base.json")" ] || fail "eval --adapter scored as the base"
+grep -q "\"adapter\":\"$WORK/run\"" "$WORK/eval_adapter.json" || fail "adapter in eval JSON" "$WORK/eval_adapter.json"
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --prompt "Hi" -n 8 --temperature 0.8 --top-p 0.9 \
   --seed 3 --threads 1 > "$WORK/gen_chat.txt" 2>&1 || fail "generate --chat" "$WORK/gen_chat.txt"
 

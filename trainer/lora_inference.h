@@ -1,0 +1,55 @@
+// A LoRA adapter laid out for inference with the adapter unmerged (trainer/lora_inference_cuda.h uploads it): the
+// base keeps its weights as stored (dense, or packed 4-bit), and every adapted Linear adds its branch after the
+// base product,
+//   y = x Wᵀ (+ b) + s · (x Aᵀ) Bᵀ      x [T, K], W [N, K], A [r, K], B [N, r]        (lora/lora_linear.h)
+// with s the adapter's scaling (alpha / r, or alpha / √r with rsLoRA; lora/lora_config.h) and no dropout
+// (inference). This equals the merged model of trainer/lora_merge.h, x (W + s·B A)ᵀ, up to fp32 reassociation.
+//
+// Layout: one fp32 arena holding, layer by layer and within a layer the targets in table order (q, k, v, o, gate,
+// up, down; untargeted ones absent), A [r, K] row-major then B [N, r] row-major. Every A and B starts at a multiple
+// of kLoraArenaAlignFloats floats (16 bytes), so each is as aligned as the arena for cuBLASLt's vectorized loads;
+// the gaps are zero. fp32, not bf16: the branch then adds no rounding of its own (the CPU's merged W + s·B A is fp32
+// too), and it costs r·(N + K)·4 bytes per Linear (Qwen2.5-7B, r = 16, all seven targets: 161 MB, 1% of the bf16
+// base).
+//
+// Checks, each refusal naming `source` (the adapter directory, or whatever the caller passes): the adapter's
+// dimensions are the model's (hidden, intermediate, q_dim, kv_dim, layers), every A and B has the shape its Linear
+// calls for (named by its PEFT tensor name, lora/peft_io.h: "base_model.model.model.layers.3.mlp.up_proj.lora_B.weight"),
+// and every value is finite (a NaN in an adapter would turn every logit into NaN with no hint where it came from).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lora/lora_adapter.h"
+#include "trainer/qwen_config.h"
+
+namespace qwenq {
+
+constexpr int64_t kLoraArenaAlignFloats = 4;
+
+// One adapted Linear: its shape and where its A and B start in the arena (in floats).
+struct LoraArenaSlot {
+  int64_t layer = 0;
+  LoraTarget target = LoraTarget::QProj;
+  int64_t N = 0, K = 0, r = 0;
+  int64_t a_off = 0, b_off = 0;
+};
+
+struct LoraInferenceLayout {
+  float scaling = 0.f;  // s, as the branch multiplies by it (fp32)
+  int64_t rank = 0;     // r (the same for every Linear)
+  int64_t num_layers = 0;
+  std::vector<LoraArenaSlot> slots;  // arena order
+  std::vector<float> arena;          // every A and B at its slot's offsets; zero between them
+
+  // The slot of Linear `t` in `layer`, or null when the adapter does not target it.
+  const LoraArenaSlot* find(int64_t layer, LoraTarget t) const;
+  int64_t bytes() const { return static_cast<int64_t>(arena.size() * sizeof(float)); }
+};
+
+// The layout above for `adapter` on a model of config `cfg`; throws (naming `source`) as described at the top.
+LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const QwenConfig& cfg, const std::string& source);
+
+}  // namespace qwenq

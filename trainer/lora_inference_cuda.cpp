@@ -1,0 +1,76 @@
+// LoraInferenceCuda and lora_branch_forward_cuda (trainer/lora_inference_cuda.h): the upload of an adapter's arena
+// and the wiring of each adapted Linear to its slice of it.
+#ifdef QWENQ_HAVE_CUDA
+
+#include "trainer/lora_inference_cuda.h"
+
+#include "core/error.h"
+#include "kernels/cuda_check.cuh"
+#include "lora/lora_linear.h"
+#include "trainer/qwen_model_cuda.h"
+
+namespace qwenq {
+
+namespace {
+
+// Linear `t` of a decoder layer (LoraTarget lists them in QwenDeviceLayer's order).
+QwenDeviceLinear& linear_of(QwenDeviceLayer& L, LoraTarget t) {
+  switch (t) {
+    case LoraTarget::QProj: return L.q;
+    case LoraTarget::KProj: return L.k;
+    case LoraTarget::VProj: return L.v;
+    case LoraTarget::OProj: return L.o;
+    case LoraTarget::GateProj: return L.gate;
+    case LoraTarget::UpProj: return L.up;
+    case LoraTarget::DownProj: return L.down;
+  }
+  QWENQ_FAIL("LoraInferenceCuda: unknown LoRA target " << static_cast<int>(t));
+}
+
+}  // namespace
+
+void lora_branch_forward_cuda(const LoraDeviceBranch& b, const float* x, int64_t T, int64_t K, int64_t N, float* u,
+                              float* y, CudaStream stream) {
+  if (b.r == 0) return;
+  lora_forward_cuda(x, T, K, b.A, b.B, b.r, N, b.s, y, u, stream);
+}
+
+LoraInferenceCuda::LoraInferenceCuda(const LoraInferenceLayout& layout, const std::string& source, CudaStream stream)
+    : source_(source), rank_(layout.rank), scaling_(layout.scaling), num_layers_(layout.num_layers),
+      slots_(layout.slots) {
+  QWENQ_CHECK(rank_ >= 1 && !slots_.empty() && !layout.arena.empty(),
+              source_ << ": the LoRA adapter targets no Linear (r " << rank_ << ")");
+  const size_t bytes = layout.arena.size() * sizeof(float);
+  arena_ = cuda_device_allocator().allocate(
+      bytes, stream, MemoryTag::Adapter,
+      "the LoRA adapter " + source_ + " (A and B of " + std::to_string(slots_.size()) + " Linears, r " +
+          std::to_string(rank_) + ", fp32)");
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(arena_.get(), layout.arena.data(), bytes, cudaMemcpyHostToDevice, stream));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host arena may go; upload errors surface here
+}
+
+void LoraInferenceCuda::attach(std::vector<QwenDeviceLayer>& layers) const {
+  QWENQ_CHECK(static_cast<int64_t>(layers.size()) == num_layers_,
+              source_ << ": the LoRA adapter has " << num_layers_ << " layers, the model " << layers.size());
+  for (const LoraArenaSlot& sl : slots_) {  // every check before any change
+    const QwenDeviceLinear& d = linear_of(layers[static_cast<size_t>(sl.layer)], sl.target);
+    QWENQ_CHECK(d.N == sl.N && d.K == sl.K,
+                source_ << ": layer " << sl.layer << " " << lora_target_path(sl.target) << " is [" << d.N << ", "
+                        << d.K << "] on the GPU, the LoRA adapter's is [" << sl.N << ", " << sl.K << "]");
+  }
+  for (QwenDeviceLayer& L : layers) {
+    for (const LoraTargetInfo& info : kLoraTargets) linear_of(L, info.target).lora = LoraDeviceBranch{};
+  }
+  const float* base = arena_.as<float>();
+  for (const LoraArenaSlot& sl : slots_) {
+    LoraDeviceBranch& b = linear_of(layers[static_cast<size_t>(sl.layer)], sl.target).lora;
+    b.A = base + sl.a_off;
+    b.B = base + sl.b_off;
+    b.r = sl.r;
+    b.s = scaling_;
+  }
+}
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
