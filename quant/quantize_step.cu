@@ -198,14 +198,15 @@ __global__ void rtn_codes_kernel(const float* W, int64_t N, int64_t K, int64_t G
 struct CodeBooks {
   float nf4_mid[15];
   float fp4_thr[7];
-  uint8_t fp4_rank[8];
+  uint32_t fp4_rank;  // kFp4RankCode[r] in nibble r: a shift instead of an indexed load from the parameters
 };
 
 CodeBooks code_books() {
   CodeBooks b;
   std::copy(std::begin(kNf4Midpoints), std::end(kNf4Midpoints), b.nf4_mid);
   std::copy(std::begin(kFp4Thresholds), std::end(kFp4Thresholds), b.fp4_thr);
-  std::copy(std::begin(kFp4RankCode), std::end(kFp4RankCode), b.fp4_rank);
+  b.fp4_rank = 0;
+  for (int r = 0; r < 8; ++r) b.fp4_rank |= static_cast<uint32_t>(kFp4RankCode[r]) << (4 * r);
   return b;
 }
 
@@ -223,7 +224,7 @@ __device__ __forceinline__ uint8_t code_of(float w, float absmax, float inv, boo
   const float a = x < 0 ? -x : x;
 #pragma unroll
   for (int j = 0; j < 7; ++j) c += a > cb.fp4_thr[j];
-  return static_cast<uint8_t>((x < 0 ? 8 : 0) | cb.fp4_rank[c]);
+  return static_cast<uint8_t>((x < 0 ? 8 : 0) | ((cb.fp4_rank >> (4 * c)) & 0xFu));
 }
 
 // One warp per block b of B elements: absmax[b], packed[b·B/2, ...), and the first non-finite index.
