@@ -44,7 +44,9 @@ void grid_for_group(const float* w, int64_t len, int64_t stride, int bits, bool 
   }
   if (s == 0.f) s = round_to_f16(1e-5f);  // fp16 underflow of a tiny range: any positive scale is exact here
   *scale = s;
-  *zero = static_cast<uint8_t>(std::min<float>(std::max<float>(z, 0.f), maxq));
+  // z is NaN when a GPTQ-rule asym range [0, hi] is so small that its scale rounded to fp16 zero (0/0 above);
+  // such a group gets zero point 0 (what x86 made of the former unguarded cast, without its undefined behaviour).
+  *zero = z >= 0.f ? static_cast<uint8_t>(std::min<float>(z, maxq)) : 0;
 }
 
 GroupGrid find_grid(const float* W, int64_t N, int64_t K, int bits, int64_t group_size, bool sym, GridRule rule) {

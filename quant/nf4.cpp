@@ -95,41 +95,68 @@ void nf4_check(const Nf4Tensor& t, const std::string& what) {
               what << ": nested code book has " << t.nested_code.size() << " entries, not 256");
 }
 
-Nf4Tensor nf4_quantize(const float* w, int64_t n, const Nf4Options& opts) {
+void throw_nf4_nonfinite(int64_t i, float value) {
+  QWENQ_FAIL("nf4_quantize: weight " << i << " is " << value << "; 4-bit quantization needs finite weights");
+}
+
+void nf4_quantize_blocks(const float* w, int64_t n, int64_t blocksize, bool fp4, uint8_t* packed, float* absmax) {
+  Nf4Options opts;
+  opts.blocksize = blocksize;
   nf4_check_options(opts, "nf4_quantize");
   QWENQ_CHECK(n > 0 && w != nullptr, "nf4_quantize: nothing to quantize (n=" << n << ")");
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(w[i])) throw_nf4_nonfinite(i, w[i]);
+  const int64_t B = blocksize, nb = (n + B - 1) / B;
+  const uint8_t zero_code = fp4 ? kFp4ZeroCode : kNf4ZeroCode;
+  // B is even, so every byte holds two codes of one block (the last one's low nibble is 0 when n is odd).
+  parallel_for(nb, 64, [&](int64_t b0, int64_t b1) {
+    uint8_t codes[2];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * B, len = std::min(B, n - begin);
+      absmax[b] = block_absmax(w + begin, len);
+      const BlockScale scale(absmax[b]);
+      for (int64_t i = begin; i < begin + len; i += 2) {
+        for (int64_t e = 0; e < 2; ++e) {
+          const int64_t k = i + e;
+          codes[e] = k >= begin + len         ? 0
+                     : absmax[b] == 0.0f      ? zero_code
+                     : fp4                    ? fp4_code_of(scale(w[k]))
+                                              : nf4_code_of(scale(w[k]));
+        }
+        packed[i / 2] = static_cast<uint8_t>(codes[0] << 4 | codes[1]);
+      }
+    }
+  });
+}
+
+Nf4Tensor nf4_from_blocks(const Nf4Options& opts, int64_t n, std::vector<uint8_t> packed, std::vector<float> absmax) {
+  nf4_check_options(opts, "nf4_quantize");
   Nf4Tensor t;
   t.fp4 = opts.fp4;
   t.blocksize = opts.blocksize;
   t.n = n;
   t.double_quant = opts.double_quant;
   t.nested_blocksize = opts.nested_blocksize;
-  const int64_t B = t.blocksize, nb = t.num_blocks();
-  std::vector<float> absmax(nb);
-  std::vector<uint8_t> codes(n);
-  const uint8_t zero_code = t.fp4 ? kFp4ZeroCode : kNf4ZeroCode;
-  for (int64_t i = 0; i < n; ++i)
-    QWENQ_CHECK(std::isfinite(w[i]), "nf4_quantize: weight " << i << " is " << w[i]
-                                                             << "; 4-bit quantization needs finite weights");
-  parallel_for(nb, 64, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t begin = b * B, len = std::min(B, n - begin);
-      absmax[b] = block_absmax(w + begin, len);
-      if (absmax[b] == 0.0f) {
-        std::fill(codes.begin() + begin, codes.begin() + begin + len, zero_code);
-        continue;
-      }
-      const BlockScale scale(absmax[b]);
-      for (int64_t i = begin; i < begin + len; ++i)
-        codes[i] = t.fp4 ? fp4_code_of(scale(w[i])) : nf4_code_of(scale(w[i]));
-    }
-  });
-  t.packed = nf4_pack(codes.data(), n);
+  QWENQ_CHECK(static_cast<int64_t>(packed.size()) == nf4_packed_bytes(n) &&
+                  static_cast<int64_t>(absmax.size()) == t.num_blocks(),
+              "nf4_from_blocks: " << packed.size() << " packed bytes and " << absmax.size() << " absmax for n=" << n
+                                  << " at blocksize " << opts.blocksize);
+  t.packed = std::move(packed);
   if (t.double_quant)
     compress_absmax(absmax, t);
   else
     t.absmax = std::move(absmax);
   return t;
+}
+
+Nf4Tensor nf4_quantize(const float* w, int64_t n, const Nf4Options& opts) {
+  nf4_check_options(opts, "nf4_quantize");
+  QWENQ_CHECK(n > 0 && w != nullptr, "nf4_quantize: nothing to quantize (n=" << n << ")");
+  const int64_t nb = (n + opts.blocksize - 1) / opts.blocksize;
+  std::vector<uint8_t> packed(nf4_packed_bytes(n));
+  std::vector<float> absmax(nb);
+  nf4_quantize_blocks(w, n, opts.blocksize, opts.fp4, packed.data(), absmax.data());
+  return nf4_from_blocks(opts, n, std::move(packed), std::move(absmax));
 }
 
 std::vector<float> nf4_block_absmax(const Nf4Tensor& t) {

@@ -56,8 +56,15 @@ void nf4_check_options(const Nf4Options& opts, const std::string& what);
 // Throws naming `what` unless every vector has the size n, blocksize and the flags imply.
 void nf4_check(const Nf4Tensor& t, const std::string& what);
 
-// Quantizes n > 0 finite weights (throws naming the first non-finite index).
+// Quantizes n > 0 finite weights (throws naming the first non-finite index). The two halves below, in turn.
 Nf4Tensor nf4_quantize(const float* w, int64_t n, const Nf4Options& opts = {});
+// The first level into caller buffers: absmax [ceil(n/blocksize)] and packed codes [ceil(n/2)] (the CPU twin of
+// quant/quantize_step.h's nf4_quantize_blocks_cuda). Same checks and messages as nf4_quantize.
+void nf4_quantize_blocks(const float* w, int64_t n, int64_t blocksize, bool fp4, uint8_t* packed, float* absmax);
+// "nf4_quantize: weight i is v; 4-bit quantization needs finite weights" (both twins' message).
+[[noreturn]] void throw_nf4_nonfinite(int64_t i, float value);
+// The tensor from that first level (moved in), with the double quantization of the absmax when opts asks for it.
+Nf4Tensor nf4_from_blocks(const Nf4Options& opts, int64_t n, std::vector<uint8_t> packed, std::vector<float> absmax);
 // The first-level scales a reader reconstructs, [nblocks].
 std::vector<float> nf4_block_absmax(const Nf4Tensor& t);
 // ŵ, [n], float32, exactly as bnb computes it before casting to the compute dtype.

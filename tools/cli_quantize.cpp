@@ -31,7 +31,9 @@ void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
 }
 
 void run(QuantizeArgs& a, QuantizeOptions::Method method) {
-  apply_common_options(a.common);
+  a.opt.device = resolve_experimental_device(a.common, method == QuantizeOptions::Method::Rtn   ? "RTN"
+                                                       : method == QuantizeOptions::Method::Nf4 ? "NF4"
+                                                                                                : "FP4");
   a.opt.method = method;
   a.opt.model_dir = resolve_model_dir(a.model);
   a.opt.sym = !a.asym;

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 
@@ -10,13 +11,16 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "quant/format/nf4_pack.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
+#include "quant/quantize_step.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
 #include "trainer/quantize_output.h"
+#include "trainer/quantize_model_cuda.h"
 
 namespace qwenq {
 
@@ -35,7 +39,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     return std::make_pair(mlp_in && N == I ? I2 : N, mlp_out && K == I ? I2 : K);
   };
   // Refuse awkward shapes before writing anything.
-  int64_t n_linear = 0;
+  std::vector<const TensorView*> linears;  // in the order they are written (the GPU uploads the next one early)
   DType weight_dtype = DType::BF16;
   for (const auto& name : names) {
     if (!std::regex_match(name, kDecoderLinearRe)) continue;
@@ -43,9 +47,16 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     const auto [N2, K2] = out_shape(name, t.shape[0], t.shape[1]);
     check_layout_fits(o, ckpt.file_of(name) + ": " + name, N2, K2);
     weight_dtype = t.dtype;
-    ++n_linear;
+    linears.push_back(&t);
   }
+  const int64_t n_linear = static_cast<int64_t>(linears.size());
   QWENQ_CHECK(n_linear > 0, o.model_dir << ": no decoder Linear weights (model.layers.N.*_proj.weight) found");
+#ifdef QWENQ_HAVE_CUDA
+  std::unique_ptr<QuantizeModelCuda> gpu;
+  if (o.device == Device::Cuda) gpu = std::make_unique<QuantizeModelCuda>(o);
+#else
+  QWENQ_CHECK(o.device == Device::Cpu, "quantize: this build has no CUDA backend; use the CPU");
+#endif
 
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -59,22 +70,51 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
-    std::vector<float> W(t.numel());
-    to_f32(t.dtype, t.data, W.data(), W.size());
-    release_mapped_pages(t.data, t.nbytes());
     const auto [N, K] = out_shape(name, t.shape[0], t.shape[1]);
-    if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
+    const TensorView* next = rep.linears + 1 < n_linear ? linears[rep.linears + 1] : nullptr;
+    std::vector<float> W;  // the CPU's fp32 copy; the GPU converts on the device
+#ifdef QWENQ_HAVE_CUDA
+    if (!gpu)
+#endif
+    {
+      W.resize(t.numel());
+      to_f32(t.dtype, t.data, W.data(), W.size());
+      release_mapped_pages(t.data, t.nbytes());
+      if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
+    }
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
-      GroupGrid grid = find_grid(W.data(), N, K, o.bits, o.group_size, o.sym, rule);
-      std::vector<uint8_t> codes = quantize_rtn(W.data(), grid);
+      GroupGrid grid;
+      grid.bits = o.bits;
+      grid.group = o.group_size == -1 ? K : o.group_size;
+      grid.K = K;
+      grid.N = N;
+      grid.scale.resize(grid.num_groups() * N);
+      grid.zero.resize(grid.num_groups() * N);
+      std::vector<uint8_t> codes(N * K);
+#ifdef QWENQ_HAVE_CUDA
+      if (gpu)
+        gpu->rtn(t, next, N, K, rule, grid.scale.data(), grid.zero.data(), codes.data());
+      else
+#endif
+        rtn_quantize_ref(W.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
+                         codes.data());
       shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
     } else {
       Nf4Options no;
       no.fp4 = o.method == QuantizeOptions::Method::Fp4;
       no.blocksize = o.blocksize;
       no.double_quant = o.double_quant;
-      Nf4Tensor q = nf4_quantize(W.data(), N * K, no);
+      nf4_check_options(no, "nf4_quantize");
+      std::vector<uint8_t> packed(nf4_packed_bytes(N * K));
+      std::vector<float> absmax((N * K + no.blocksize - 1) / no.blocksize);
+#ifdef QWENQ_HAVE_CUDA
+      if (gpu)
+        gpu->nf4(t, next, N, K, packed.data(), absmax.data());
+      else
+#endif
+        nf4_quantize_blocks(W.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data());
+      Nf4Tensor q = nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax));
       add_nf4_linear(shards.current(), prefix, q, {N, K}, torch_dtype_name(t.dtype));
       shards.note_added(prefix + ".weight");
     }

@@ -36,6 +36,10 @@ struct QuantizeOptions {
   int64_t blocksize = 64;
   uint64_t max_shard_bytes = uint64_t{4} << 30;
   bool quiet = false;
+  // Where quantize_model quantizes each Linear (tools resolve --device). Cuda (CUDA builds; trainer/
+  // quantize_model_cuda.h): upload, convert and quantize on the GPU, pack and write on the host; the same bytes.
+  // The other drivers take their own device option (GptqModelOptions::device).
+  Device device = Device::Cpu;
 };
 
 struct QuantizeReport {

@@ -1,0 +1,133 @@
+// The calibration-free quantization step on the GPU (quant/quantize_step.h: weight_to_f32_cuda + rtn_quantize_cuda
+// or nf4_quantize_blocks_cuda, what `qwen-quant rtn|nf4 --device cuda` runs per Linear) against the CPU twins on the
+// same inputs (all CPU threads), on the Linear shapes of Qwen2.5-7B (hidden 3584, intermediate 18944, 28 layers, k/v
+// 3584 -> 512), and the extrapolated time of all 7 x 28 Linears. The step starts from the bf16 weight already on the
+// device and ends with the codes there (the host<->device copies, the packing and the writing are not included:
+// quantize_model overlaps the upload of the next Linear with this step). RTN: 4 bits, group 128, sym, GPTQ rule.
+// NF4: blocks of 64 (the double quantization runs on the host either way).
+//
+//   bench_quantize_cuda [--reps 5] [--csv out.csv]
+//
+// GPU: CUDA-event median of `reps` calls after warm-up (the launchers wait for their flag, so each call is complete).
+// CPU: one call per shape. Without a CUDA device it prints one line and exits 0.
+#include <chrono>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "core/threads.h"
+#include "kernels/device.h"
+#include "quant/format/nf4_pack.h"
+#include "quant/quantize_step.h"
+
+#ifdef QWENQ_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "benchmarks/cuda_bench.h"
+#endif
+
+namespace {
+
+using namespace qwenq;
+using Clock = std::chrono::steady_clock;
+
+struct Shape {
+  const char* name;
+  int64_t K, N;
+  int per_layer;
+};
+constexpr Shape kShapes[] = {
+    {"q_proj/o_proj", 3584, 3584, 2},
+    {"k_proj/v_proj", 3584, 512, 2},
+    {"gate_proj/up_proj", 3584, 18944, 2},
+    {"down_proj", 18944, 3584, 1},
+};
+constexpr int kLayers = 28;
+
+template <typename F>
+double cpu_seconds(F&& f) {
+  const auto t0 = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 5;
+  std::string csv_path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::stoi(argv[++i]));
+    else if (a == "--csv" && i + 1 < argc) csv_path = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--reps 5] [--csv out.csv]\n", argv[0]);
+      return 2;
+    }
+  }
+#ifndef QWENQ_HAVE_CUDA
+  std::printf("bench_quantize_cuda: built without CUDA; nothing to measure\n");
+  return 0;
+#else
+  std::string device;
+  if (!cuda_device_query(&device)) {
+    std::printf("bench_quantize_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
+    return 0;
+  }
+  try {
+    const bench::Stamp stamp = bench::make_stamp(device);
+    std::printf("device: %s, %s, commit %s; CPU baseline on %d threads\n", device.c_str(), stamp.driver.c_str(),
+                stamp.commit.c_str(), num_threads());
+    std::ostringstream csv;
+    csv << "date,device,driver,commit,method,shape,K,N,gpu_ms,cpu_ms\n";
+    std::printf("%-6s %-18s %6s %6s %10s %10s %9s\n", "method", "shape", "K", "N", "gpu ms", "cpu ms", "speed-up");
+    for (const char* method : {"rtn", "nf4"}) {
+      const bool nf4 = std::string(method) == "nf4";
+      double total_gpu = 0, total_cpu = 0;
+      for (const Shape& s : kShapes) {
+        const int64_t n = s.N * s.K, cells = (s.K + 127) / 128 * s.N, nb = (n + 63) / 64;
+        Rng rng(77 + s.K + s.N);
+        std::vector<uint16_t> w16(n);
+        for (auto& h : w16) h = f32_to_bf16(static_cast<float>(0.02 * rng.normal()));
+        bench::DeviceArray<uint16_t> d_w16(n);
+        bench::DeviceArray<float> d_W(n), d_scale(nf4 ? nb : cells);
+        bench::DeviceArray<uint8_t> d_zero(cells), d_codes(nf4 ? nf4_packed_bytes(n) : n);
+        bench::ck(cudaMemcpy(d_w16.p, w16.data(), n * 2, cudaMemcpyHostToDevice), "upload");
+        const auto gpu_step = [&] {
+          weight_to_f32_cuda(DType::BF16, d_w16.p, s.N, s.K, s.N, s.K, d_W.p);
+          if (nf4)
+            nf4_quantize_blocks_cuda(d_W.p, n, 64, false, d_codes.p, d_scale.p);
+          else
+            rtn_quantize_cuda(d_W.p, s.N, s.K, 4, 128, true, GridRule::Gptq, d_scale.p, d_zero.p, d_codes.p);
+        };
+        const double gpu_ms = bench::time_ms(gpu_step, reps);
+        std::vector<float> W(n), scale(nf4 ? nb : cells);
+        std::vector<uint8_t> zero(cells), codes(nf4 ? nf4_packed_bytes(n) : n);
+        const double cpu_ms = 1e3 * cpu_seconds([&] {
+          weight_to_f32_ref(DType::BF16, w16.data(), s.N, s.K, s.N, s.K, W.data());
+          if (nf4)
+            nf4_quantize_blocks_ref(W.data(), n, 64, false, codes.data(), scale.data());
+          else
+            rtn_quantize_ref(W.data(), s.N, s.K, 4, 128, true, GridRule::Gptq, scale.data(), zero.data(), codes.data());
+        });
+        std::printf("%-6s %-18s %6lld %6lld %10.3f %10.1f %8.1fx\n", method, s.name, static_cast<long long>(s.K),
+                    static_cast<long long>(s.N), gpu_ms, cpu_ms, cpu_ms / gpu_ms);
+        csv << stamp.csv() << "," << method << "," << s.name << "," << s.K << "," << s.N << "," << gpu_ms << ","
+            << cpu_ms << "\n";
+        total_gpu += kLayers * s.per_layer * gpu_ms;
+        total_cpu += kLayers * s.per_layer * cpu_ms;
+      }
+      std::printf("%s, Qwen2.5-7B, all 7 x %d Linears: gpu %.2f s, cpu %.1f s (%.0fx)\n", method, kLayers,
+                  total_gpu / 1e3, total_cpu / 1e3, total_cpu / total_gpu);
+    }
+    if (!csv_path.empty()) bench::write_csv(csv_path, csv.str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_quantize_cuda: %s\n", e.what());
+    return 1;
+  }
+#endif
+}
