@@ -243,9 +243,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     QWENQ_CHECK(!a.calib_path.empty(), "awq: give --calib (calibration text) or --load-search (a saved search)");
     const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
     const std::vector<std::vector<int32_t>> windows =
-        a.calib_concat
-                  ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
-                  : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
+        a.calib_concat ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
+                       : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
     if (!o.quiet) {
       std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s\n",
                    windows.size(), (long long)a.calib_seq_len, a.calib_path.c_str(), (long long)L, so.n_grid,
