@@ -89,11 +89,16 @@ AwqScaleResult awq_search_scale(const std::vector<float>& x_mean, const std::vec
   return r;
 }
 
+int64_t awq_clip_token_step(int64_t T, const AwqSearchOptions& opt) {
+  QWENQ_CHECK(opt.n_sample_tokens >= 1, "awq: n_sample_tokens must be >= 1, got " << opt.n_sample_tokens);
+  return std::max<int64_t>(1, T / opt.n_sample_tokens);
+}
+
 std::vector<float> awq_search_clip(const float* W, int64_t N, int64_t K, const float* x, int64_t T,
                                    const AwqSearchOptions& opt) {
   const int64_t G = opt.group_size > 0 ? opt.group_size : K;
   const int64_t n_groups = (K + G - 1) / G;
-  const int64_t step = std::max<int64_t>(1, T / opt.n_sample_tokens);
+  const int64_t step = awq_clip_token_step(T, opt);
   const int64_t S = (T + step - 1) / step;
   const int shrinks = static_cast<int>(opt.max_shrink * opt.n_grid);
   QWENQ_CHECK(shrinks >= 1, "awq: the clip search needs max_shrink * n_grid >= 1");

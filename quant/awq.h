@@ -61,6 +61,10 @@ struct AwqScaleResult {
 AwqScaleResult awq_search_scale(const std::vector<float>& x_mean, const std::vector<float>& w_mean,
                                 const AwqSearchOptions& opt, const std::function<double(const std::vector<float>&)>& loss);
 
+// The clip search reads tokens t = 0, step, 2·step, ... of its T inputs: step = max(1, ⌊T / n_sample_tokens⌋).
+// Those S = ⌈T / step⌉ rows alone give the same result: S < 2·n_sample_tokens, so their own step is 1 (a driver
+// whose inputs live elsewhere, trainer/awq_model_cuda.cpp, fetches only them).
+int64_t awq_clip_token_step(int64_t T, const AwqSearchOptions& opt);
 // Best clip bound per (row, group): [N, ceil(K/G)]. x [T, K] are the Linear's (scaled) inputs.
 std::vector<float> awq_search_clip(const float* W, int64_t N, int64_t K, const float* x, int64_t T,
                                    const AwqSearchOptions& opt);

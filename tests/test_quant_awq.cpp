@@ -159,6 +159,30 @@ TEST(Awq, ClipSearchMatchesBruteForce) {
   EXPECT_GT(clipped, N * groups / 10) << "the outliers should make clipping worthwhile in many groups";
 }
 
+// The drivers hand awq_search_clip only the tokens it samples (awq_clip_token_step): the same bounds bit for bit,
+// for T on both sides of every multiple of n_sample_tokens up to 5x (the sampled count stays below 2·n, so its own
+// step is 1).
+TEST(Awq, ClipSearchOnItsSampledTokensGivesTheSameBounds) {
+  const int64_t N = 9, K = 24, G = 8;
+  const auto W = random_vec(N * K, kSeed + 7);
+  AwqSearchOptions o;
+  o.group_size = G;
+  o.n_sample_tokens = 16;
+  for (int64_t T : {1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 79, 80, 81, 100}) {
+    const auto x = random_vec(T * K, kSeed + 100 + T);
+    const int64_t step = awq_clip_token_step(T, o), S = (T + step - 1) / step;
+    EXPECT_EQ(step, std::max<int64_t>(1, T / o.n_sample_tokens)) << "T " << T;
+    EXPECT_LT(S, 2 * o.n_sample_tokens) << "T " << T;
+    EXPECT_EQ(awq_clip_token_step(S, o), 1) << "T " << T;
+    std::vector<float> rows(static_cast<size_t>(S * K));
+    for (int64_t i = 0; i < S; ++i) std::copy_n(x.data() + i * step * K, K, rows.data() + i * K);
+    EXPECT_EQ(awq_search_clip(W.data(), N, K, rows.data(), S, o), awq_search_clip(W.data(), N, K, x.data(), T, o))
+        << "T " << T;
+  }
+  o.n_sample_tokens = 0;
+  EXPECT_NE(error_of([&] { awq_clip_token_step(10, o); }).find("n_sample_tokens must be >= 1"), std::string::npos);
+}
+
 // ---- the whole-model driver ------------------------------------------------------------------------------
 
 std::string make_random(const std::string& dir, int64_t kv_heads = 0) {

@@ -124,8 +124,10 @@ void register_quantize(CLI::App& app) {
   wc->add_option("--load-search", wopt->load_search, "apply a saved search instead of searching (no calibration needed)")
       ->check(CLI::ExistingFile);
   wc->add_flag("--pad-intermediate", w->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
+  wc->add_option("--chunk-tokens", wopt->chunk_tokens,
+                 "tokens a module evaluation runs at a time (whole windows; activation memory)")->capture_default_str();
   wc->callback([w, wopt, no_clip, no_duo]() {
-    apply_common_options(w->common);
+    wopt->device = resolve_experimental_device(w->common, "AWQ");
     wopt->out = w->opt;
     wopt->out.model_dir = resolve_model_dir(w->model);
     wopt->out.max_shard_bytes = static_cast<uint64_t>(w->max_shard_gb * 1e9);

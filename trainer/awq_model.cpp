@@ -1,7 +1,13 @@
 // awq_quantize_model: AutoAWQ's AwqQuantizer over a Qwen model, one decoder block at a time (see
-// quantize_model.h for the sequence and quant/awq.h for the math).
+// quantize_model.h for the sequence and quant/awq.h for the math). The driver (statistics of the weights, grid,
+// candidates, folding, clip search, writing) runs on the host; what it asks of the calibration activations goes
+// through an AwqBlockRunner (trainer/awq_runner.h): the CPU's below, or the GPU's (awq_model_cuda.cpp) with
+// AwqModelOptions::device Cuda. The clip search reads only the tokens it samples (awq_clip_token_step), so the
+// runners hand over just those rows.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,8 +18,10 @@
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "kernels/gemm.h"
+#include "kernels/sum_reduce.h"
 #include "quant/awq.h"
 #include "quant/grid.h"
+#include "trainer/awq_runner.h"
 #include "trainer/quantize_model.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
@@ -26,23 +34,11 @@ namespace {
 // The seven Linears of a block (trainer/qwen_model.h's kDecoderLinears), by index; AutoAWQ searches clip bounds for
 // all but q and k, whose errors the attention softmax amplifies (AutoAWQ's clip skip list).
 const DecoderLinear* const kSlots = kDecoderLinears;
-constexpr int kQ = 0, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6;
+constexpr int kV = kAwqV, kGate = kAwqGate, kUp = kAwqUp, kDown = kAwqDown;
 constexpr bool clips(int slot) { return slot > 1; }
-
-// AutoAWQ's scaling groups for Qwen2/Qwen3 (awq/models/qwen2.py): the op whose output channels absorb 1/s, the
-// Linears whose input columns take s, and the module whose output the search compares.
-enum class Module { SelfAttn, Mlp, Single };
-struct ScaleGroup {
-  const char* prev;  // relative to "model.layers.<l>."
-  int prev_slot;     // -1: an RMSNorm weight
-  std::vector<int> slots;
-  BlockLinear input;
-  Module module;
-};
-const ScaleGroup kGroups[4] = {{"input_layernorm", -1, {0, 1, 2}, BlockLinear::QKV, Module::SelfAttn},
-                               {"self_attn.v_proj", kV, {kO}, BlockLinear::O, Module::Single},
-                               {"post_attention_layernorm", -1, {kGate, kUp}, BlockLinear::GateUp, Module::Mlp},
-                               {"mlp.up_proj", kUp, {kDown}, BlockLinear::Down, Module::Single}};
+using ScaleGroup = AwqScaleGroup;
+using Module = AwqModule;
+const AwqScaleGroup (&kGroups)[4] = kAwqGroups;
 
 int input_index(BlockLinear b) { return static_cast<int>(b); }
 
@@ -50,15 +46,6 @@ void scale_columns(std::vector<float>& W, int64_t N, int64_t K, const std::vecto
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < K; ++k) W[n * K + k] = divide ? W[n * K + k] / s[k] : W[n * K + k] * s[k];
   }
-}
-
-double sum_sq_diff(const float* a, const float* b, int64_t n) {
-  double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(a[i]) - b[i];
-    acc += d * d;
-  }
-  return acc;
 }
 
 // y [T, N] = x [T, K] · W[N, K]ᵀ in fp32.
@@ -107,33 +94,65 @@ Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max
   return p;
 }
 
-// What the scale search needs from the machine it runs on: the output [T, N] of a scaling group's module (the
-// self-attention with o_proj, the MLP, or the group's single Linear) for the captured module input x, with the
-// group's Linears replaced by candidate weights (fp32 [N, K] each, in the group's slot order), or with the
-// block's own weights (candidate null; W holds the block's fp32 working copies for the single-Linear groups).
-// The driver (grid, scales, loss, folding, clip search) is one and the same above it; a GPU implementation
-// answers the same question on the device (issue 5, not yet written).
-class AwqModuleRunner {
+// The CPU: the calibration batch's residual stream X [T, C] and the captured group inputs in host memory;
+// QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens each), the
+// candidates swapped into the model for the call and the originals restored after it; a single Linear is a fp32
+// matmul. The reference of the attention and MLP groups is computed with the model's own weights (W unused there).
+class CpuBlockRunner final : public AwqBlockRunner {
  public:
-  virtual ~AwqModuleRunner() = default;
-  virtual std::vector<float> output(int64_t layer, const ScaleGroup& grp, const std::vector<float>& x,
-                                    const std::vector<float>* W, const std::vector<float>* candidate) = 0;
-};
+  CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
+      : model_(model), batch_(PackedBatch::from_sequences(windows)), pieces_(split_batch(windows, chunk_tokens)) {
+    model_.embed_batch(batch_, &X_);
+  }
+  int64_t tokens() const override { return batch_.num_tokens(); }
 
-// The CPU: QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens
-// each), the candidates swapped into the model for the call and the originals restored after it; a single Linear
-// is a fp32 matmul.
-class CpuModuleRunner final : public AwqModuleRunner {
- public:
-  CpuModuleRunner(QwenModel& model, const Pieces& pieces, int64_t T) : model_(model), pieces_(pieces), T_(T) {}
-  std::vector<float> output(int64_t l, const ScaleGroup& grp, const std::vector<float>& x, const std::vector<float>* W,
-                            const std::vector<float>* candidate) override {
-    const int64_t C = model_.config().hidden_size;
+  void capture(int64_t l) override {
+    model_.block_forward(l, batch_, X_.data(), [&](BlockLinear at, const float* x, int64_t rows) {
+      feats_[input_index(at)].assign(x, x + rows * width(at));
+    });
+  }
+
+  std::vector<float> input_mean(BlockLinear g) override {
+    return awq_activation_mean(feats_[input_index(g)].data(), tokens(), width(g));
+  }
+
+  void set_reference(int64_t l, const ScaleGroup& grp, const std::vector<float>* W) override {
+    reference_ = output(l, grp, W, nullptr);
+  }
+
+  double loss(int64_t l, const ScaleGroup& grp, const std::vector<float>* candidate) override {
+    const std::vector<float> y = output(l, grp, nullptr, candidate);
+    QWENQ_CHECK(y.size() == reference_.size(), "awq: the module output changed size between calls");
+    double sum = 0.0;
+    sum_sq_diff_ref(y.data(), reference_.data(), static_cast<int64_t>(y.size()), &sum);
+    return sum / static_cast<double>(y.size());
+  }
+
+  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
+    const int64_t T = tokens(), K = width(g), S = (T + step - 1) / step;
+    const std::vector<float>& x = feats_[input_index(g)];
+    std::vector<float> rows(static_cast<size_t>(S * K));
+    for (int64_t i = 0; i < S; ++i) std::copy_n(x.data() + i * step * K, K, rows.data() + i * K);
+    return rows;
+  }
+
+ private:
+  int64_t width(BlockLinear g) const {
+    const QwenConfig& c = model_.config();
+    return g == BlockLinear::O ? c.q_dim() : g == BlockLinear::Down ? c.intermediate_size : c.hidden_size;
+  }
+
+  // The module's output [T, N] over the kept input of grp, with the group's Linears at candidate (non-null) or,
+  // for a single Linear, at W[slot]; otherwise the model's own.
+  std::vector<float> output(int64_t l, const ScaleGroup& grp, const std::vector<float>* W,
+                            const std::vector<float>* candidate) {
+    const int64_t C = model_.config().hidden_size, T = tokens();
+    const std::vector<float>& x = feats_[input_index(grp.input)];
     if (grp.module == Module::Single) {
       const int s = grp.slots[0];
       const std::vector<float>& w = candidate ? candidate[0] : W[s];
-      const int64_t K = static_cast<int64_t>(x.size()) / T_, N = static_cast<int64_t>(w.size()) / K;
-      return matmul(x.data(), T_, K, w, N);
+      const int64_t K = static_cast<int64_t>(x.size()) / T, N = static_cast<int64_t>(w.size()) / K;
+      return matmul(x.data(), T, K, w, N);
     }
     LinearWeight original[3];
     for (size_t j = 0; j < grp.slots.size(); ++j) {
@@ -142,7 +161,7 @@ class CpuModuleRunner final : public AwqModuleRunner {
       original[j] = lw;
       if (candidate) lw = LinearWeight::from_fp32(candidate[j], lw.N, lw.K);
     }
-    std::vector<float> y(T_ * C);
+    std::vector<float> y(T * C);
     for (size_t p = 0; p < pieces_.batches.size(); ++p) {
       const int64_t off = pieces_.offsets[p];
       if (grp.module == Module::SelfAttn) {
@@ -158,13 +177,21 @@ class CpuModuleRunner final : public AwqModuleRunner {
     return y;
   }
 
- private:
   QwenModel& model_;
-  const Pieces& pieces_;
-  int64_t T_;
+  PackedBatch batch_;
+  Pieces pieces_;
+  std::vector<float> X_;         // residual stream [T, C]: the input of the next block to capture
+  std::vector<float> feats_[4];  // group inputs [T, K] of the last captured block
+  std::vector<float> reference_;
 };
 
 }  // namespace
+
+std::unique_ptr<AwqBlockRunner> make_awq_cpu_runner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows,
+                                                    int64_t chunk_tokens) {
+  QWENQ_CHECK(!windows.empty(), "awq: no calibration windows");
+  return std::make_unique<CpuBlockRunner>(model, windows, chunk_tokens);
+}
 
 QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -179,6 +206,10 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   AwqSearchOptions so = a.search;
   so.bits = o.bits;
   so.group_size = o.group_size;
+#ifndef QWENQ_HAVE_CUDA
+  QWENQ_CHECK(a.device == Device::Cpu, "awq: --device cuda needs a build with the CUDA backend (this one has none)");
+#endif
+  QWENQ_CHECK(a.chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << a.chunk_tokens);
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
@@ -205,30 +236,27 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     found.intermediate_size = I;
   }
 
-  // Calibration: the inputs of block 0 for every window (not needed when the search is loaded).
-  std::vector<std::vector<int32_t>> windows;
-  PackedBatch batch;
-  Pieces pieces;
-  std::vector<float> X;
+  // Calibration: the inputs of block 0 for every window (not needed when the search is loaded), on the device the
+  // runner uses.
+  std::unique_ptr<AwqBlockRunner> runner;
   if (!loaded) {
     QWENQ_CHECK(!a.calib_path.empty(), "awq: give --calib (calibration text) or --load-search (a saved search)");
     const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
-    windows = a.calib_concat
-                  ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
-                  : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
-    batch = PackedBatch::from_sequences(windows);
-    pieces = split_batch(windows, a.chunk_tokens);
-    model.embed_batch(batch, &X);
+    const std::vector<std::vector<int32_t>> windows =
+        a.calib_concat ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
+                       : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
     if (!o.quiet) {
       std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s\n",
                    windows.size(), (long long)a.calib_seq_len, a.calib_path.c_str(), (long long)L, so.n_grid,
                    so.duo_scaling ? ", duo scaling" : "", a.clip ? ", clip search" : ", no clip");
     }
+#ifdef QWENQ_HAVE_CUDA
+    if (a.device == Device::Cuda) runner = make_awq_cuda_runner(model, windows, a.chunk_tokens);
+#endif
+    if (a.device == Device::Cpu) runner = make_awq_cpu_runner(model, windows, a.chunk_tokens);
   } else if (!o.quiet) {
     std::fprintf(stderr, "awq: applying the saved search %s (no calibration)\n", a.load_search.c_str());
   }
-  const int64_t T = batch.num_tokens();
-  CpuModuleRunner runner(model, pieces, T);
 
   Checkpoint ckpt(o.model_dir);
   auto layer_prefix = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
@@ -273,13 +301,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     std::vector<float> v_bias = has_v_bias ? view_to_f32(ckpt.get(pre + "self_attn.v_proj.bias")) : std::vector<float>{};
 
     // 1. Inputs of every Linear group from the original block; its output feeds the next block.
-    std::vector<float> feats[4];
-    if (!loaded) {
-      model.block_forward(l, batch, X.data(), [&](BlockLinear at, const float* x, int64_t rows) {
-        const int64_t width = at == BlockLinear::O ? cfg.q_dim() : at == BlockLinear::Down ? I : C;
-        feats[input_index(at)].assign(x, x + rows * width);
-      });
-    }
+    if (!loaded) runner->capture(l);
 
     // 2. Scales per group, searched against the module's output with the original weights everywhere else.
     std::vector<float> scales[4];
@@ -301,18 +323,16 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
         bar.update(++steps);
         continue;
       }
-      const std::vector<float>& x = feats[input_index(grp.input)];
       std::vector<const float*> ws;
       std::vector<int64_t> rows;
       for (int s : grp.slots) {
         ws.push_back(W[s].data());
         rows.push_back(N[s]);
       }
-      const std::vector<float> x_mean = awq_activation_mean(x.data(), T, width);
+      const std::vector<float> x_mean = runner->input_mean(grp.input);
       const std::vector<float> w_mean = awq_weight_mean(ws, rows, width, o.group_size);
-      // The module's output with the original weights, and with candidate weights Q(W·s)/s.
-      auto module_out = [&](const std::vector<float>* candidate) { return runner.output(l, grp, x, W, candidate); };
-      const std::vector<float> reference = module_out(nullptr);
+      // The module's output with the original weights, and the loss of candidate weights Q(W·s)/s against it.
+      runner->set_reference(l, grp, W);
       const AwqScaleResult r = awq_search_scale(x_mean, w_mean, so, [&](const std::vector<float>& s) {
         std::vector<float> cand[3];
         for (size_t j = 0; j < grp.slots.size(); ++j) {
@@ -322,8 +342,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
           cand[j] = awq_fake_quantize(cand[j].data(), N[sl], K[sl], o.bits, o.group_size);
           scale_columns(cand[j], N[sl], K[sl], s, true);
         }
-        const std::vector<float> y = module_out(cand);
-        return sum_sq_diff(y.data(), reference.data(), static_cast<int64_t>(y.size())) / static_cast<double>(y.size());
+        return runner->loss(l, grp, cand);
       });
       scales[gi] = r.scales;
       found.scales[key] = r.scales;
@@ -350,7 +369,6 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
         }
       }
       for (int sl : grp.slots) scale_columns(W[sl], N[sl], K[sl], s, false);
-      if (!loaded) scale_columns(feats[input_index(grp.input)], T, K[grp.slots[0]], s, true);
     }
 
     // 4. Pad the MLP width (zero gate/up rows, zero down columns and inputs), search and apply clip bounds,
@@ -358,9 +376,22 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     if (I2 != I) {
       for (int sl : {kGate, kUp}) W[sl] = pad_matrix(W[sl], N[sl], K[sl], I2, K[sl]), N[sl] = I2;
       W[kDown] = pad_matrix(W[kDown], N[kDown], K[kDown], N[kDown], I2);
-      if (!loaded) feats[input_index(BlockLinear::Down)] = pad_matrix(feats[input_index(BlockLinear::Down)], T, I, T, I2);
       K[kDown] = I2;
     }
+    // The clip search's inputs: the tokens it samples (awq_clip_token_step) of each group's input, divided by the
+    // group's scales like the folded weights' inputs, the MLP width padded with zero columns.
+    const int64_t clip_step = loaded ? 1 : awq_clip_token_step(runner->tokens(), so);
+    const int64_t clip_S = loaded ? 0 : (runner->tokens() + clip_step - 1) / clip_step;
+    std::vector<float> sampled[4];
+    auto clip_rows = [&](BlockLinear g) -> const std::vector<float>& {
+      std::vector<float>& x = sampled[input_index(g)];
+      if (!x.empty()) return x;
+      const int64_t width = g == BlockLinear::O ? cfg.q_dim() : g == BlockLinear::Down ? I : C;
+      x = runner->sampled_rows(g, clip_step);
+      if (!scales[input_index(g)].empty()) scale_columns(x, clip_S, width, scales[input_index(g)], true);
+      if (g == BlockLinear::Down && I2 != I) x = pad_matrix(x, clip_S, I, clip_S, I2);
+      return x;
+    };
     for (int i = 0; i < 7; ++i) {
       const std::string prefix = pre + kSlots[i].name;
       const int64_t groups = (K[i] + o.group_size - 1) / o.group_size;
@@ -372,8 +403,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
           awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, it->second.first);
         }
       } else if (a.clip && clips(i)) {
-        const std::vector<float>& x = feats[input_index(kSlots[i].group)];
-        std::vector<float> mx = awq_search_clip(W[i].data(), N[i], K[i], x.data(), T, so);
+        const std::vector<float>& x = clip_rows(kSlots[i].group);
+        std::vector<float> mx = awq_search_clip(W[i].data(), N[i], K[i], x.data(), clip_S, so);
         awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, mx);
         found.clips[prefix] = {std::move(mx), {N[i], groups}};
       }

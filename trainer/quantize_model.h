@@ -100,6 +100,11 @@ struct AwqModelOptions {
   // concatenated and cut into blocks (calibration_blocks_concat).
   bool calib_concat = false;
   int64_t chunk_tokens = 16384;  // module evaluations run on at most this many tokens at a time (memory)
+  // Where the blocks, the module evaluations and their reductions run (tools resolve --device). Cuda (CUDA builds,
+  // trainer/awq_model_cuda.cpp): the calibration residual stream, the captured group inputs, the reference outputs
+  // and the losses stay on the device; the grid, the candidate weights, the folding and the clip search (on the
+  // sampled tokens, downloaded) run on the host as on the CPU.
+  Device device = Device::Cpu;
 };
 QuantizeReport awq_quantize_model(const AwqModelOptions& opt);
 

@@ -211,18 +211,21 @@ struct QwenModelCuda::Impl {
     embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s());
   }
 
-  // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
-  // group's input before the group runs; when it returns false the block stops there and this returns false.
-  bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook) {
+  // Whether the block goes on past Linear group `at` (whose input is `in`): no hook, an empty one, or its answer.
+  static bool go_on(const DeviceLinearInputHook* hook, BlockLinear at, const float* in, int64_t T) {
+    return hook == nullptr || !*hook || (*hook)(at, in, T);
+  }
+
+  // out [T, C] = self_attn(np) = o_proj(attention(q, k, v of np)) for the normalized input np [T, C] (after
+  // begin_batch), with the Linears wq, wk, wv (the layer's or replacements) and L's o_proj and q/k norms; the hook
+  // sees the attention output before o_proj (false: stop, out unwritten). out may alias np (read only by q, k, v).
+  bool attention_sublayer(const DevLayer& L, const DevLinear& wq, const DevLinear& wk, const DevLinear& wv,
+                          const PackedBatch& b, const float* np, float* out, const DeviceLinearInputHook* hook) {
     const QwenConfig& c = cfg;
-    const int64_t T = b.num_tokens(), C = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
-    const auto go_on = [&](BlockLinear at, const float* in) { return hook == nullptr || !*hook || (*hook)(at, in, T); };
-    float* np = n.as<float>();
-    rmsnorm(xp, T, C, L.input_norm, np);
-    if (!go_on(BlockLinear::QKV, np)) return false;
-    linear(L.q, np, T, q.as<float>());
-    linear(L.k, np, T, k.as<float>());
-    linear(L.v, np, T, v.as<float>());
+    const int64_t T = b.num_tokens(), D = c.head_dim;
+    linear(wq, np, T, q.as<float>());
+    linear(wk, np, T, k.as<float>());
+    linear(wv, np, T, v.as<float>());
     if (c.qk_norm) {
       rmsnorm(q.as<float>(), T * c.num_heads, D, L.q_norm, q.as<float>());
       rmsnorm(k.as<float>(), T * c.num_kv_heads, D, L.k_norm, k.as<float>());
@@ -230,16 +233,36 @@ struct QwenModelCuda::Impl {
     rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope_theta, s());
     rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope_theta, s());
     attention(b, T);
-    if (!go_on(BlockLinear::O, a.as<float>())) return false;
-    linear(L.o, a.as<float>(), T, np);
+    if (!go_on(hook, BlockLinear::O, a.as<float>(), T)) return false;
+    linear(L.o, a.as<float>(), T, out);
+    return true;
+  }
+
+  // out [T, C] = mlp(np) = down(silu(gate(np)) ⊙ up(np)) with the Linears wg, wu (the layer's or replacements) and
+  // L's down_proj (after reserve(T)); the hook sees silu(gate)·up before down_proj. out may alias np.
+  bool mlp_sublayer(const DevLayer& L, const DevLinear& wg, const DevLinear& wu, const float* np, int64_t T, float* out,
+                    const DeviceLinearInputHook* hook) {
+    const int64_t I = cfg.intermediate_size;
+    linear(wg, np, T, gate.as<float>());
+    linear(wu, np, T, up.as<float>());
+    swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
+    if (!go_on(hook, BlockLinear::Down, gate.as<float>(), T)) return false;
+    linear(L.down, gate.as<float>(), T, out);
+    return true;
+  }
+
+  // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
+  // group's input before the group runs; when it returns false the block stops there and this returns false.
+  bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook) {
+    const int64_t T = b.num_tokens(), C = cfg.hidden_size;
+    float* np = n.as<float>();
+    rmsnorm(xp, T, C, L.input_norm, np);
+    if (!go_on(hook, BlockLinear::QKV, np, T)) return false;
+    if (!attention_sublayer(L, L.q, L.k, L.v, b, np, np, hook)) return false;
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
-    if (!go_on(BlockLinear::GateUp, np)) return false;
-    linear(L.gate, np, T, gate.as<float>());
-    linear(L.up, np, T, up.as<float>());
-    swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
-    if (!go_on(BlockLinear::Down, gate.as<float>())) return false;
-    linear(L.down, gate.as<float>(), T, np);
+    if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
+    if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) return false;
     add_inplace_cuda(xp, np, T * C, s());
     return true;
   }
@@ -267,6 +290,28 @@ struct QwenModelCuda::Impl {
     }
     QWENQ_CHECK(d != nullptr, "QwenModelCuda: layer " << layer << " has no Linear " << index << " in that group");
     return *d;
+  }
+
+  const DevLayer& layer_at(int64_t layer, const char* fn) const {
+    QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
+                "QwenModelCuda::" << fn << ": layer " << layer << " outside [0, " << layers.size() << ")");
+    return layers[static_cast<size_t>(layer)];
+  }
+
+  // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
+  // replacement of one module call (the module API below), which leaves d itself untouched.
+  static DevLinear with_weight(const DevLinear& d, const float* W) {
+    DevLinear r;
+    r.N = d.N;
+    r.K = d.K;
+    r.dense = {W, DType::F32};
+    r.bias = d.bias;
+    return r;
+  }
+
+  void reserve_rows(int64_t T, const char* fn) {
+    QWENQ_CHECK(T > 0, "QwenModelCuda::" << fn << ": " << T << " tokens");
+    reserve(T);
   }
 
   // Makes `mem` (fp32 [N, K], already filled) the weight of d, freeing the old device weight. Linear weights are
@@ -408,11 +453,55 @@ void QwenModelCuda::embed_batch(const PackedBatch& b, float* x) {
 
 void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x, const DeviceLinearInputHook& hook) {
   Impl& m = *impl_;
-  QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(m.layers.size()),
-              "QwenModelCuda::block_forward: layer " << layer << " outside [0, " << m.layers.size() << ")");
+  const DevLayer& L = m.layer_at(layer, "block_forward");
   QWENQ_CHECK(x != nullptr, "QwenModelCuda::block_forward: null residual stream");
   m.begin_batch(b);
-  m.block(m.layers[static_cast<size_t>(layer)], b, x, &hook);
+  m.block(L, b, x, &hook);
+}
+
+void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const float* n, float* out,
+                                      const float* const* qkv) {
+  Impl& m = *impl_;
+  const DevLayer& L = m.layer_at(layer, "attention_forward");
+  QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::attention_forward: null input or output");
+  m.begin_batch(b);
+  const DevLinear* use[3] = {&L.q, &L.k, &L.v};
+  DevLinear replaced[3];
+  for (int i = 0; i < 3; ++i) {
+    if (qkv == nullptr || qkv[i] == nullptr) continue;
+    replaced[i] = Impl::with_weight(*use[i], qkv[i]);
+    use[i] = &replaced[i];
+  }
+  m.attention_sublayer(L, *use[0], *use[1], *use[2], b, n, out, nullptr);
+}
+
+void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up) {
+  Impl& m = *impl_;
+  const DevLayer& L = m.layer_at(layer, "mlp_forward");
+  QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::mlp_forward: null input or output");
+  m.reserve_rows(T, "mlp_forward");
+  const DevLinear* use[2] = {&L.gate, &L.up};
+  DevLinear replaced[2];
+  for (int i = 0; i < 2; ++i) {
+    if (gate_up == nullptr || gate_up[i] == nullptr) continue;
+    replaced[i] = Impl::with_weight(*use[i], gate_up[i]);
+    use[i] = &replaced[i];
+  }
+  m.mlp_sublayer(L, *use[0], *use[1], n, T, out, nullptr);
+}
+
+void QwenModelCuda::block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T,
+                                         float* out, const float* W) {
+  Impl& m = *impl_;
+  const DevLinear& d = m.linear_at(layer, which, index);
+  QWENQ_CHECK(x != nullptr && out != nullptr && x != out,
+              "QwenModelCuda::block_linear_forward: null or aliased input and output");
+  m.reserve_rows(T, "block_linear_forward");
+  if (W == nullptr) {
+    m.linear(d, x, T, out);
+  } else {
+    m.linear(Impl::with_weight(d, W), x, T, out);
+  }
 }
 
 void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N,

@@ -33,8 +33,10 @@
 // batch into a caller-owned device buffer x [T, C]; block_forward runs one decoder block in place on such an x,
 // calling a hook with the device pointer of each Linear group's input before that group runs (the hook may stop the
 // block there); set_linear_weight replaces one Linear by a dense fp32 weight (the fake-quantized one) for the
-// following passes. The caller bounds the activation memory by the batches it passes (whole windows, a chunk of
-// the calibration set at a time): the buffers above are sized by the largest batch, independent of x.
+// following passes; attention_forward / mlp_forward / block_linear_forward run one module of a block (AWQ's scale
+// search, trainer/awq_model_cuda.cpp) with replacement weights for that call only. The caller bounds the
+// activation memory by the batches it passes (whole windows, a chunk of the calibration set at a time): the
+// buffers above are sized by the largest batch, independent of x.
 //
 // QwenModelCudaOptions::upload_embedding = false (the LoRA trainer, trainer/lora_model_cuda.h): an untied input
 // embedding table is left in host memory (the trainer gathers a batch's rows there and uploads [T, C]);
@@ -146,6 +148,23 @@ class QwenModelCuda {
   void detach_adapter();
   // The attached adapter, or null.
   const LoraInferenceCuda* adapter() const;
+
+  // ---- one module of a block (AWQ's scale search, trainer/awq_model_cuda.cpp) ----
+  // QwenModel::attention_forward / mlp_forward's modules and one Linear on device buffers, this class's data types,
+  // asynchronous on stream(). Replacement weights (device, dense fp32 [N, K] row-major, the Linear's shape; a null
+  // array or entry keeps the stored weight) serve this call only: the stored weights are not touched, so nothing
+  // needs restoring, and a replaced Linear is a true fp32 GEMM (its bias kept).
+  //   attention_forward  out [T, C] = o_proj(attention(q, k, v of n)) for the normalized input n [T, C] (T =
+  //                      batch.num_tokens(); positions and sequences from batch); qkv: q, k, v replacements
+  //   mlp_forward        out [T, C] = down(silu(gate(n)) ⊙ up(n)); gate_up: gate, up replacements
+  //   block_linear_forward  out [T, N] = x [T, K] · Wᵀ (+ bias) for Linear `index` of group `which` (numbered as
+  //                      set_linear_weight); W: its replacement
+  // out may alias n (not x); n, x and out must not alias the model's own buffers.
+  void attention_forward(int64_t layer, const PackedBatch& batch, const float* n, float* out,
+                         const float* const* qkv = nullptr);
+  void mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up = nullptr);
+  void block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T, float* out,
+                            const float* W = nullptr);
 
  private:
   struct Impl;

@@ -1,0 +1,230 @@
+// The GPU runner of awq_quantize_model (trainer/awq_runner.h's AwqBlockRunner; the driver in awq_model.cpp is the
+// same for both devices): the calibration activations live on the device, only scalars and the clip search's
+// sampled tokens come back.
+//   X        [T, C] fp32, the residual stream of every calibration window (T = windows·seq_len)
+//   chunks   whole windows of at most chunk_tokens tokens (at least one), each a PackedBatch of its own (positions
+//            restart per window, so chunking changes nothing in a block's or module's function)
+//   capture(l)        per chunk: QwenModelCuda::block_forward(l) in place on X[chunk] (the model's own weights, as
+//                     AutoAWQ), its hook copying each Linear group's input into feats[g] [T, K_g] (device)
+//   input_mean(g)     column_abs_sum_cuda over feats[g] (double), K doubles downloaded, mean = (float)(sum / T): the
+//                     CPU's awq_activation_mean up to the order of the double sums
+//   set_reference     the group's fp32 working weights uploaded as the module's replacement weights (so reference
+//                     and candidates are both true fp32 GEMMs, whatever dtype the model stores), the module run per
+//                     chunk (QwenModelCuda::attention_forward / mlp_forward / block_linear_forward) into ref [T, C]
+//   loss(candidate)   the candidates uploaded over the same buffers, the module run per chunk into one chunk buffer,
+//                     sum_sq_diff_cuda(out, ref[chunk]) accumulated in one device double over the chunks; that one
+//                     double is downloaded: loss = sum / (T·C), as the CPU (kernels/sum_reduce.h: double terms and
+//                     sums, a different order). The stored weights are never touched: nothing needs restoring.
+//   sampled_rows      rows 0, step, 2·step, ... of feats[g], one strided copy back to the host
+// Device memory: the model's weights, X, feats (T·(2C + q_dim + I) fp32), ref [T, C], one chunk output [chunk, C],
+// the largest group's replacement weights (fp32: 2·I·C for gate/up) and the module's activation buffers for a chunk.
+// Everything runs on QwenModelCuda's stream; the host waits once per loss (the double) and per statistic.
+#ifdef QWENQ_HAVE_CUDA
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
+#include "kernels/sum_reduce.h"
+#include "trainer/awq_runner.h"
+#include "trainer/qwen_model_cuda.h"
+
+namespace qwenq {
+
+namespace {
+
+// Through the caching allocator (kernels/device_allocator.h), whose out-of-memory message names the buffer, the
+// device's free memory and what else is held; AWQ adds which of its options lower the request.
+DeviceAllocation allocate_named(size_t bytes, MemoryTag tag, const std::string& what, CudaStream s) {
+  try {
+    return cuda_device_allocator().allocate(bytes, s, tag, "awq: " + what);
+  } catch (const OutOfMemoryError& e) {
+    throw Error(std::string(e.what()) + "\nawq: fewer --calib-samples, a shorter --calib-seq-len or a smaller "
+                "--chunk-tokens lower it");
+  }
+}
+
+size_t f32_bytes(int64_t rows, int64_t cols) { return static_cast<size_t>(rows * cols) * sizeof(float); }
+
+std::string dims(int64_t rows, int64_t cols) {
+  return "[" + std::to_string(rows) + ", " + std::to_string(cols) + "] fp32";
+}
+
+class CudaBlockRunner final : public AwqBlockRunner {
+ public:
+  CudaBlockRunner(const QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
+      : cfg_(model.config()), gpu_(model), s_(gpu_.stream()) {
+    QWENQ_CHECK(!windows.empty(), "awq: no calibration windows");
+    QWENQ_CHECK(chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << chunk_tokens);
+    int64_t largest = 0;
+    for (size_t i0 = 0; i0 < windows.size();) {
+      int64_t n = 0;
+      size_t i1 = i0;
+      while (i1 < windows.size() && (i1 == i0 || n + static_cast<int64_t>(windows[i1].size()) <= chunk_tokens))
+        n += static_cast<int64_t>(windows[i1++].size());
+      chunks_.push_back(PackedBatch::from_sequences(
+          std::vector<std::vector<int32_t>>(windows.begin() + i0, windows.begin() + i1)));
+      offset_.push_back(T_);
+      T_ += n;
+      largest = std::max(largest, n);
+      i0 = i1;
+    }
+    QWENQ_CHECK(T_ > 0, "awq: the calibration windows hold no tokens");
+    const int64_t C = cfg_.hidden_size;
+    X_ = allocate_named(f32_bytes(T_, C), MemoryTag::Activations, "the calibration residual stream " + dims(T_, C), s_);
+    for (int g = 0; g < 4; ++g) {
+      const BlockLinear at = static_cast<BlockLinear>(g);
+      feats_[g] = allocate_named(f32_bytes(T_, width(at)), MemoryTag::Activations,
+                                 "the captured inputs of Linear group " + std::to_string(g) + " " +
+                                     dims(T_, width(at)), s_);
+    }
+    ref_ = allocate_named(f32_bytes(T_, C), MemoryTag::Activations, "the reference module output " + dims(T_, C), s_);
+    out_ = allocate_named(f32_bytes(largest, C), MemoryTag::Activations,
+                          "one chunk of the candidate module output " + dims(largest, C), s_);
+    sums_ = allocate_named(static_cast<size_t>(std::max<int64_t>(1, max_width())) * sizeof(double),
+                           MemoryTag::Workspace, "the reduction sums", s_);
+    for (size_t c = 0; c < chunks_.size(); ++c) gpu_.embed_batch(chunks_[c], X_.as<float>() + offset_[c] * C);
+  }
+
+  int64_t tokens() const override { return T_; }
+
+  void capture(int64_t l) override {
+    const int64_t C = cfg_.hidden_size;
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      const int64_t off = offset_[c];
+      gpu_.block_forward(l, chunks_[c], X_.as<float>() + off * C, [&](BlockLinear at, const float* x, int64_t rows) {
+        const int64_t K = width(at);
+        QWENQ_CHECK(rows == chunks_[c].num_tokens(), "awq: block " << l << " saw " << rows << " rows, not "
+                                                                   << chunks_[c].num_tokens());
+        float* dst = feats_[static_cast<int>(at)].as<float>() + off * K;
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, x, f32_bytes(rows, K), cudaMemcpyDeviceToDevice, s_));
+        return true;  // the whole block: its output is the next block's input
+      });
+    }
+  }
+
+  std::vector<float> input_mean(BlockLinear g) override {
+    const int64_t K = width(g);
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, static_cast<size_t>(K) * sizeof(double), s_));
+    column_abs_sum_cuda(feats_[static_cast<int>(g)].as<float>(), T_, K, sums_.as<double>(), s_);
+    std::vector<double> sum(static_cast<size_t>(K));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(sum.data(), sums_.get(), sum.size() * sizeof(double), cudaMemcpyDeviceToHost, s_));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    std::vector<float> mean(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) mean[k] = static_cast<float>(sum[k] / T_);
+    return mean;
+  }
+
+  void set_reference(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W) override {
+    std::vector<const std::vector<float>*> weights;
+    for (int slot : grp.slots) weights.push_back(&W[slot]);
+    upload_weights(l, grp, weights);
+    const int64_t C = cfg_.hidden_size;
+    for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, ref_.as<float>() + offset_[c] * C);
+  }
+
+  double loss(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* candidate) override {
+    std::vector<const std::vector<float>*> weights;
+    for (size_t j = 0; j < grp.slots.size(); ++j) weights.push_back(&candidate[j]);
+    upload_weights(l, grp, weights);
+    const int64_t C = cfg_.hidden_size;
+    double* acc = sums_.as<double>();
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), s_));
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      run_module(l, grp, c, out_.as<float>());
+      const int64_t rows = chunks_[c].num_tokens();
+      sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, rows * C, acc, s_);
+    }
+    double sum = 0.0;
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(&sum, acc, sizeof(double), cudaMemcpyDeviceToHost, s_));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    return sum / static_cast<double>(T_ * C);
+  }
+
+  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
+    QWENQ_CHECK(step >= 1, "awq: token step " << step);
+    const int64_t K = width(g), S = (T_ + step - 1) / step;
+    std::vector<float> rows(static_cast<size_t>(S * K));
+    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(rows.data(), K * sizeof(float), feats_[static_cast<int>(g)].get(),
+                                       static_cast<size_t>(step * K) * sizeof(float), K * sizeof(float),
+                                       static_cast<size_t>(S), cudaMemcpyDeviceToHost, s_));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    return rows;
+  }
+
+ private:
+  int64_t width(BlockLinear g) const {
+    return g == BlockLinear::O ? cfg_.q_dim() : g == BlockLinear::Down ? cfg_.intermediate_size : cfg_.hidden_size;
+  }
+  int64_t max_width() const { return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size}); }
+
+  // The group's Linears' replacement weights (fp32 [N, K] each, in slot order) into w_[j], grown as needed. The
+  // copies are queued on the stream after every module call already queued, which may still read w_: stream order
+  // makes overwriting them safe; the pageable host memory is staged before cudaMemcpyAsync returns.
+  void upload_weights(int64_t l, const AwqScaleGroup& grp, const std::vector<const std::vector<float>*>& weights) {
+    QWENQ_CHECK(weights.size() == grp.slots.size() && weights.size() <= 3, "awq: " << weights.size()
+                                                                                   << " weights for a group of "
+                                                                                   << grp.slots.size());
+    for (size_t j = 0; j < weights.size(); ++j) {
+      const DecoderLinear& d = kDecoderLinears[grp.slots[j]];
+      const int64_t N = d.group == BlockLinear::QKV ? (d.index == 0 ? cfg_.q_dim() : cfg_.kv_dim())
+                        : d.group == BlockLinear::GateUp ? cfg_.intermediate_size
+                                                         : cfg_.hidden_size;
+      const int64_t K = width(d.group);
+      QWENQ_CHECK(static_cast<int64_t>(weights[j]->size()) == N * K,
+                  "awq: layer " << l << " " << d.name << " weight has " << weights[j]->size() << " values, not "
+                                << N << " x " << K);
+      const size_t bytes = f32_bytes(N, K);
+      if (w_[j].bytes() < bytes) {
+        w_[j].reset();
+        w_[j] = allocate_named(bytes, MemoryTag::Workspace, std::string("the candidate ") + d.name + " " + dims(N, K), s_);
+      }
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(w_[j].get(), weights[j]->data(), bytes, cudaMemcpyHostToDevice, s_));
+    }
+  }
+
+  // grp's module over chunk c of its kept input, with the group's Linears at w_, into out [rows, C].
+  void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, float* out) {
+    const PackedBatch& b = chunks_[c];
+    const int64_t rows = b.num_tokens();
+    const float* x = feats_[static_cast<int>(grp.input)].as<float>() + offset_[c] * width(grp.input);
+    const float* w[3] = {w_[0].as<float>(), w_[1].as<float>(), w_[2].as<float>()};
+    switch (grp.module) {
+      case AwqModule::SelfAttn:
+        gpu_.attention_forward(l, b, x, out, w);
+        break;
+      case AwqModule::Mlp:
+        gpu_.mlp_forward(l, x, rows, out, w);
+        break;
+      case AwqModule::Single: {
+        const DecoderLinear& d = kDecoderLinears[grp.slots[0]];
+        gpu_.block_linear_forward(l, d.group, d.index, x, rows, out, w[0]);
+        break;
+      }
+    }
+  }
+
+  QwenConfig cfg_;
+  QwenModelCuda gpu_;
+  CudaStream s_;
+  std::vector<PackedBatch> chunks_;
+  std::vector<int64_t> offset_;  // first token of each chunk in X
+  int64_t T_ = 0;
+  DeviceAllocation X_, feats_[4], ref_, out_, sums_, w_[3];
+};
+
+}  // namespace
+
+std::unique_ptr<AwqBlockRunner> make_awq_cuda_runner(const QwenModel& model,
+                                                     const std::vector<std::vector<int32_t>>& windows,
+                                                     int64_t chunk_tokens) {
+  return std::make_unique<CudaBlockRunner>(model, windows, chunk_tokens);
+}
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
