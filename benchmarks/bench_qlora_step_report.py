@@ -208,10 +208,11 @@ def cmd_report(a):
         w("")
         w(f"| side | s/step per layer | memory per layer | fixed s/step | fixed memory | full {full} layers: tokens/s | full: memory |")
         w("|---|---|---|---|---|---|---|")
-        est = {}
+        est, per_layer_s = {}, {}
         for name, j, j0 in (("qwenq (4-bit)", ours, ours0), ("transformers + peft", theirs, theirs0)):
             s, s0 = j["tokens_per_step"] / j["tokens_per_s"], j0["tokens_per_step"] / j0["tokens_per_s"]
             ds = (s - s0) / (L - L0)
+            per_layer_s[name] = ds
             mem, mem0 = j.get(mem_key), j0.get(mem_key)
             dm = (mem - mem0) / (L - L0) if mem is not None and mem0 is not None else None
             sf = s + (full - L) * ds
@@ -220,11 +221,18 @@ def cmd_report(a):
             w(f"| {name} | {ds * 1e3:.1f} ms | {mib(dm)} | {s - L * ds:.3f} | {gib(None if dm is None else mem - L * dm)} | "
               f"{'n/a' if est[name][0] is None else f'{est[name][0]:.0f}'} | {gib(mf)} |")
         w("")
-        (t_o, m_o), (t_t, m_t) = est["qwenq (4-bit)"], est["transformers + peft"]
-        v1, m1 = fmt_ratio(ratio(t_o, t_t), 2.0, ">=")
-        v2, m2 = fmt_ratio(ratio(m_o, m_t), 0.40, "<=")
-        w(f"Full-depth estimate, ours / theirs: tokens/s {v1} (>= 2: {m1}), peak memory ({mem_name}) {v2} (<= 0.40: {m2}).")
-        summary += f"; full {full}-layer estimate: tokens/s ratio {v1}, memory ratio {v2}"
+        if min(per_layer_s.values()) <= 0:
+            # A layer's time below the run-to-run noise (tiny models, a loaded machine): the difference says nothing.
+            w("No full-depth estimate: a per-layer time is <= 0 (" +
+              ", ".join(f"{n} {v * 1e3:.1f} ms" for n, v in per_layer_s.items()) +
+              "), i.e. the layers' cost is within the timing noise of the two runs.")
+            summary += f"; full {full}-layer estimate: n/a (per-layer time within noise)"
+        else:
+            (t_o, m_o), (t_t, m_t) = est["qwenq (4-bit)"], est["transformers + peft"]
+            v1, m1 = fmt_ratio(ratio(t_o, t_t), 2.0, ">=")
+            v2, m2 = fmt_ratio(ratio(m_o, m_t), 0.40, "<=")
+            w(f"Full-depth estimate, ours / theirs: tokens/s {v1} (>= 2: {m1}), peak memory ({mem_name}) {v2} (<= 0.40: {m2}).")
+            summary += f"; full {full}-layer estimate: tokens/s ratio {v1}, memory ratio {v2}"
     else:
         why = "LAYERS_BASE=0" if L0 <= 0 else "no complete second pair of runs"
         w(f"Whole step / {L} ({why}): these shares include the embedding, lm_head, loss and optimizer, so they "

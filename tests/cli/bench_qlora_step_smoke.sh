@@ -39,7 +39,9 @@ for r in rows:
 per_layer = 16 * sum(i + o for i, o in ((64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)))
 assert rows[1]["trainable_params"] == 2 * per_layer and rows[3]["trainable_params"] == per_layer, rows
 for pat in (r"\| tokens/s \| [0-9.]+ \| >= 2 \| (yes|no) \|", r"\| peak memory \(process peak RSS\) \| [0-9.]+ \| <= 0\.40 \| (yes|no) \|",
-            r"\| qwenq \(4-bit\) \| [0-9.]+ ms \| ", r"Full-depth estimate, ours / theirs: tokens/s [0-9.]+",
+            r"\| qwenq \(4-bit\) \| -?[0-9.]+ ms \| ",
+            # The tiny model's layers may cost less than the timing noise: then the report says so instead.
+            r"Full-depth estimate, ours / theirs: tokens/s [0-9.]+|No full-depth estimate: a per-layer time is <= 0",
             r"CPU dry run", r"\*\*2 of its 2 decoder layers\*\*"):
     assert re.search(pat, text), pat
 print("ok:", ", ".join(f"{r['side']} {r['layers']}L {r['tokens_per_s']:.0f} tok/s {r['peak_rss_bytes'] / 2**20:.0f} MiB" for r in rows))
