@@ -56,6 +56,7 @@
 #include "kernels/gemm.h"
 #include "quant/awq.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/gpu_test_compare.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -79,26 +80,10 @@ constexpr double kAlphaAgreement = 0.75;
 constexpr double kWeightAgreement = 0.7;
 constexpr double kPplRelTol = 1e-2;
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// max |a − b| / max |b|.
-double rel_max_error(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
-
-std::vector<float> download(const float* d, int64_t n, CudaStream s) {
-  std::vector<float> h(static_cast<size_t>(n));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
-  return h;
-}
+using test::Clock;
+using test::download;
+using test::rel_max_error;
+using test::seconds_since;
 
 std::vector<float> seeded(int64_t n, uint64_t seed, float stddev) {
   Rng rng(seed);

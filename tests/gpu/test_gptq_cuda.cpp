@@ -25,6 +25,7 @@
 #include "quant/grid.h"
 #include "quant/hessian.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/gpu_test_compare.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/gptq_inputs.h"
 
@@ -53,8 +54,8 @@ struct Tol {
   static constexpr double kHessianRel = 1e-5;       // hessian_accumulate_cuda vs HessianAccumulator, / max |H|
 };
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using test::Clock;
+using test::seconds_since;
 
 using test::correlated_inputs;
 using test::correlated_inputs_lowrank;

@@ -48,6 +48,7 @@
 #include "core/rng.h"
 #include "kernels/cuda_check.cuh"
 #include "tests/gpu/gpu_test.h"
+#include "tests/gpu/gpu_test_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
@@ -67,26 +68,10 @@ constexpr double kPplRelTol = 1e-2;
 constexpr double kGpuEvalPplRelTol = 1e-2;
 constexpr double kTrainRelTol = 5e-2;
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// max |a − b| / max |b|.
-double rel_max_error(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    err = std::max(err, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
-
-std::vector<float> download(const float* d, int64_t n, CudaStream s) {
-  std::vector<float> h(static_cast<size_t>(n));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
-  return h;
-}
+using test::Clock;
+using test::download;
+using test::rel_max_error;
+using test::seconds_since;
 
 TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   QWENQ_REQUIRE_GPU();
