@@ -38,7 +38,8 @@ struct QuantizeOptions {
   bool quiet = false;
   // Where quantize_model quantizes each Linear (tools resolve --device). Cuda (CUDA builds; trainer/
   // quantize_model_cuda.h): upload, convert and quantize on the GPU, pack and write on the host; the same bytes.
-  // The other drivers take their own device option (GptqModelOptions::device, AwqModelOptions::device) and ignore this one.
+  // The other drivers take their own device option (GptqModelOptions::device, AwqModelOptions::device) and
+  // ignore this one.
   Device device = Device::Cpu;
 };
 
