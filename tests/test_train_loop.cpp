@@ -17,6 +17,7 @@
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
 #include "trainer/quantize_model.h"
+#include "trainer/train_checkpoint.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -109,6 +110,23 @@ TEST(TrainLoop, ResumeIsBitExact) {
   TrainOptions other = part;
   other.lr = 1e-2;
   EXPECT_NE(error_of([&] { train_lora(other); }).find("was made with other settings"), std::string::npos);
+  // Nor other activation-checkpoint storage (block inputs in bf16 vs fp32 change the numbers).
+  TrainOptions fp32 = part;
+  fp32.bf16_checkpoints = !part.bf16_checkpoints;
+  const std::string err = error_of([&] { train_lora(fp32); });
+  EXPECT_NE(err.find("was made with other settings"), std::string::npos) << err;
+  EXPECT_NE(err.find("\"checkpoints\""), std::string::npos) << err;
+  // A checkpoint written before that setting existed (no "checkpoints" key) kept fp32 block inputs: it resumes with
+  // fp32 checkpoints only.
+  const std::string state_path = latest_checkpoint(part.out_dir) + "/trainer_state.json";
+  nlohmann::json state = nlohmann::json::parse(read_file(state_path));
+  ASSERT_EQ(state["options"]["checkpoints"], "bf16");
+  state["options"].erase("checkpoints");
+  write_file_atomic(state_path, state.dump());
+  EXPECT_NE(error_of([&] { train_lora(part); }).find("was made with other settings"), std::string::npos);
+  TrainOptions legacy = part;
+  legacy.bf16_checkpoints = false;
+  EXPECT_EQ(error_of([&] { train_lora(legacy); }), "<no error>");
 }
 
 TEST(TrainLoop, DivergenceStopsWithTheStepNamed) {

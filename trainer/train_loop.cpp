@@ -66,7 +66,14 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"max_steps", o.max_steps},    {"lr", o.lr},                   {"weight_decay", o.weight_decay},
           {"scheduler", o.scheduler},    {"warmup_steps", o.warmup_steps}, {"warmup_ratio", o.warmup_ratio},
           {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", o.data.max_len},
-          {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count}};
+          {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
+          {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"}};
+}
+
+// A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
+// they resume (bit for bit) with --fp32-checkpoints, and the refusal below names the difference otherwise.
+void add_legacy_resume_keys(nlohmann::json* saved) {
+  if (saved->is_object() && !saved->contains("checkpoints")) (*saved)["checkpoints"] = "fp32";
 }
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
@@ -265,6 +272,7 @@ TrainReport train_lora(const TrainOptions& o) {
     QWENQ_CHECK(!ck.empty(), "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
     TrainState saved;
     load_train_checkpoint(ck, lora_dims_of(model.config()), &adapter, &m, &v, &saved);
+    add_legacy_resume_keys(&saved.options);
     QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings:\n  saved: "
                                                           << saved.options.dump() << "\n  now:   " << st.options.dump());
     st = saved;
