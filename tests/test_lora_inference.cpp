@@ -22,6 +22,7 @@
 #include "lora/lora_linear.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_inference.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
@@ -41,23 +42,10 @@ constexpr double kMinBranchEffect = 1e-2;
 
 const char* kSource = "runs/adapter-under-test";
 
-// PEFT's A, then B ~ 0.3·N(0, 1) so that the branch is not zero.
+// PEFT's A, then B ~ 0.3·N(0, 1) so that the branch is not zero (alpha 8).
 LoraAdapter random_adapter(const QwenConfig& c, std::vector<std::string> targets, bool rslora, int64_t r,
                            uint64_t seed) {
-  LoraConfig cfg;
-  cfg.r = r;
-  cfg.alpha = 8;
-  cfg.use_rslora = rslora;
-  cfg.target_modules = std::move(targets);
-  LoraAdapter a(lora_dims_of(c), cfg);
-  a.init_peft(seed);
-  Rng rng(seed + 1);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (float& b : a.at(l, t).B) b = 0.3f * static_cast<float>(rng.normal());
-    }
-  }
-  return a;
+  return test::adapter_with_random_b(c, std::move(targets), r, 8, rslora, seed, 0.3f);
 }
 
 TEST(LoraInferenceLayout, EveryAdaptedLinearGetsItsAAndB) {

@@ -20,6 +20,7 @@
 #include "lora/peft_io.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
@@ -38,22 +39,9 @@ std::string make_model(const std::string& dir, int64_t layers = 0) {
   return test::make_tiny_model(dir, /*seed=*/31, /*kv_heads=*/0, layers);
 }
 
-// PEFT init for A, then B ~ 0.3·N(0, 1) from Rng(seed) so the adapter changes the model.
+// PEFT init for A, then B ~ 0.3·N(0, 1) from Rng(seed + 1) so the adapter changes the model (r 4, alpha 8).
 LoraAdapter random_adapter(const QwenConfig& c, std::vector<std::string> targets, bool rslora, uint64_t seed) {
-  LoraConfig cfg;
-  cfg.r = 4;
-  cfg.alpha = 8;
-  cfg.use_rslora = rslora;
-  cfg.target_modules = std::move(targets);
-  LoraAdapter a(lora_dims_of(c), cfg);
-  a.init_peft(seed);
-  Rng rng(seed + 1);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (auto& b : a.at(l, t).B) b = 0.3f * static_cast<float>(rng.normal());
-    }
-  }
-  return a;
+  return test::adapter_with_random_b(c, std::move(targets), 4, 8, rslora, seed, 0.3f);
 }
 
 const std::vector<std::string> kAllTargets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

@@ -45,6 +45,7 @@
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/generate.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
@@ -154,23 +155,11 @@ TEST(LoraForwardCuda, RefusesBadArguments) {
 
 // ---- models ----
 
-// PEFT's A, then B ~ 0.05·N(0, 1) (tests/gpu/test_lora_model_cuda.cpp's adapter) so that the adapter matters.
+// PEFT's A, then B ~ 0.05·N(0, 1) (tests/gpu/test_lora_model_cuda.cpp's adapter) so that the adapter matters;
+// alpha 2r.
 LoraAdapter test_adapter(const QwenConfig& c, std::vector<std::string> targets, int64_t r, bool rslora,
                          uint64_t seed, float b_scale = 0.05f) {
-  LoraConfig cfg;
-  cfg.r = r;
-  cfg.alpha = 2.0 * r;
-  cfg.use_rslora = rslora;
-  cfg.target_modules = std::move(targets);
-  LoraAdapter a(lora_dims_of(c), cfg);
-  a.init_peft(seed);
-  Rng rng(seed + 1);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (float& b : a.at(l, t).B) b = b_scale * static_cast<float>(rng.normal());
-    }
-  }
-  return a;
+  return test::adapter_with_random_b(c, std::move(targets), r, 2.0 * r, rslora, seed, b_scale);
 }
 
 std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out,

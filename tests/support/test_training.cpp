@@ -6,6 +6,7 @@
 
 #include "core/files.h"
 #include "core/rng.h"
+#include "trainer/lora_model.h"
 
 namespace qwenq::test {
 
@@ -48,6 +49,24 @@ std::vector<double> losses_of(const std::string& metrics) {
     if (j.contains("loss")) out.push_back(j["loss"].get<double>());
   }
   return out;
+}
+
+LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
+                                  bool rslora, uint64_t seed, float b_scale) {
+  LoraConfig cfg;
+  cfg.r = r;
+  cfg.alpha = alpha;
+  cfg.use_rslora = rslora;
+  cfg.target_modules = std::move(targets);
+  LoraAdapter a(lora_dims_of(c), cfg);
+  a.init_peft(seed);
+  Rng rng(seed + 1);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (LoraTarget t : a.targets()) {
+      for (float& b : a.at(l, t).B) b = b_scale * static_cast<float>(rng.normal());
+    }
+  }
+  return a;
 }
 
 }  // namespace qwenq::test

@@ -1,12 +1,15 @@
 // Training fixtures shared by the CPU training tests (tests/test_train_loop.cpp) and the GPU ones
 // (tests/gpu/test_lora_model_cuda.cpp, test_gptq_model_cuda.cpp): a learnable text dataset, the small LoRA run
-// they all train, and the per-step losses a run logged.
+// they all train, the per-step losses a run logged, and an adapter whose B is not zero (the merge and unmerged-branch
+// tests, CPU and GPU).
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "lora/lora_adapter.h"
+#include "trainer/qwen_config.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq::test {
@@ -22,5 +25,11 @@ TrainOptions small_lora_options(const std::string& model, const std::string& dat
 
 // The "loss" of every line of a run's metrics.jsonl that has one, in order.
 std::vector<double> losses_of(const std::string& metrics);
+
+// An adapter for `c` on `targets` (rank r, lora_alpha alpha, rsLoRA or not): PEFT's initialisation from `seed`
+// (A random, B zero), then every B replaced by b_scale·N(0, 1) drawn from Rng(seed + 1), layer by layer, targets in
+// table order, so that the adapter changes the model.
+LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
+                                  bool rslora, uint64_t seed, float b_scale);
 
 }  // namespace qwenq::test
