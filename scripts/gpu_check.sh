@@ -44,7 +44,11 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQW
       -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_SHARED_DIR="$PWD/.gpu-deps/shared" \
       -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
   { log "configure failed"; tail -30 "$LOGS/configure.log" | tee -a "$OUT/summary.txt"; exit 1; }
-cmake --build build-gpu -j "$(nproc)" > "$LOGS/build.log" 2>&1 ||
+# Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
+targets="qwen-quant qwen-qlora"
+{ want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
+want bench && targets+=" bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda bench_gptq_cuda"
+cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
   { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
 log "configure + build: ${SECONDS} s"
 

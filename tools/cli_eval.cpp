@@ -40,7 +40,7 @@ void run_eval(const EvalArgs& a) {
   QwenModel model(dir);
   std::unique_ptr<LoraAdapter> adapter;
   if (!a.adapter.empty()) {
-    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config()));
+    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
     if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
     if (!a.quiet) {
       std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),

@@ -56,7 +56,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   auto model = std::make_unique<QwenModel>(dir);
   std::unique_ptr<LoraAdapter> adapter;
   if (!a.adapter.empty()) {
-    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config()));
+    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config(), AdapterUse::Apply));
     if (device != Device::Cuda) merge_adapter_in_memory(*model, *adapter);
   }
   Loaded out(std::move(model), std::move(tok));

@@ -92,11 +92,14 @@ void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
   }
 }
 
-LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg) {
+LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg,
+                                  AdapterUse use) {
   try {
     return load_peft_adapter(adapter_dir, lora_dims_of(cfg));
   } catch (const Error& e) {
-    throw Error("cannot merge the LoRA adapter " + adapter_dir + " into the base model " + model_dir + ": " + e.what());
+    const bool merge = use == AdapterUse::Merge;
+    throw Error(std::string(merge ? "cannot merge" : "cannot apply") + " the LoRA adapter " + adapter_dir +
+                (merge ? " into" : " to") + " the base model " + model_dir + ": " + e.what());
   }
 }
 
@@ -124,7 +127,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   }
 
   // Everything that can refuse the adapter runs before the output directory exists.
-  const LoraAdapter adapter = load_adapter_for_base(o.adapter_dir, o.model_dir, cfg);
+  const LoraAdapter adapter = load_adapter_for_base(o.adapter_dir, o.model_dir, cfg, AdapterUse::Merge);
   const float s = static_cast<float>(adapter.scaling());
 
   Checkpoint ckpt(o.model_dir);

@@ -41,9 +41,13 @@ void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, f
 void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter);
 
 // load_peft_adapter for the base model at `model_dir` (config `cfg`); every refusal (missing directory, shapes of
-// another base, unsupported config) is rethrown as "cannot merge the LoRA adapter <adapter_dir> into the base model
-// <model_dir>: <reason>".
-LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg);
+// another base, unsupported config) is rethrown naming both directories and what the adapter was for: "cannot merge
+// the LoRA adapter <adapter_dir> into the base model <model_dir>: <reason>" (Merge: `qwen-qlora merge`), "cannot
+// apply the LoRA adapter <adapter_dir> to the base model <model_dir>: <reason>" (Apply: eval and generate, which
+// merge it in memory on the CPU and run it unmerged on the GPU).
+enum class AdapterUse { Merge, Apply };
+LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg,
+                                  AdapterUse use);
 
 struct MergeOptions {
   std::string model_dir;    // base: dense bf16/fp16/fp32, or GPTQ/AWQ/bitsandbytes-4bit

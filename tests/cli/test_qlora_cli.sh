@@ -97,5 +97,6 @@ if ls "$WORK" | grep -q '^m2'; then fail "merge left $(ls "$WORK" | grep '^m2')"
 if "$QL" generate --model "$WORK/tiny" --adapter "$WORK/nope" --prompt x > "$WORK/nope2.txt" 2>&1; then
   fail "generate accepted a missing adapter"
 fi
-grep -q "$WORK/nope" "$WORK/nope2.txt" || fail "generate missing-adapter message" "$WORK/nope2.txt"
+grep -q "cannot apply the LoRA adapter $WORK/nope to the base model $WORK/tiny" "$WORK/nope2.txt" \
+  || fail "generate missing-adapter message" "$WORK/nope2.txt"
 echo "qlora merge/generate/chat CLI: OK"
