@@ -14,7 +14,8 @@
 //   3. reduce: when K (forward) or N (transposed) is split across blocks, the fp32 partial sums in the
 //              workspace are added in split order (deterministic, unlike atomicAdd) and written to y / dx,
 //              scattering dx through perm. Without a split, step 2 writes y / dx itself.
-// The workspace comes from cudaMallocAsync on the same stream (the driver's pool: no device-wide sync).
+// The workspace is DeviceMemory on the same stream (cudaMallocAsync: no device-wide sync; on out of memory the
+// caching allocator's idle blocks are released and it retries, as for every kernel scratch).
 #include "kernels/qgemm.h"
 
 #include <cuda_fp16.h>
@@ -382,16 +383,10 @@ struct TLaunch {
   static void run(const TParams& p, dim3 g, dim3 b, cudaStream_t s) { qgemm_t_kernel<KIND, MT><<<g, b, 0, s>>>(p); }
 };
 
-// Workspace from the stream-ordered pool, released on the same stream when the scope ends.
-struct StreamBuffer {
-  float* p = nullptr;
-  cudaStream_t s;
-  StreamBuffer(size_t floats, cudaStream_t stream, const std::string& ctx) : s(stream) {
-    cuda_ok(cudaMallocAsync(reinterpret_cast<void**>(&p), std::max<size_t>(floats, 1) * sizeof(float), s),
-            "cudaMallocAsync (qgemm workspace)", ctx);
-  }
-  ~StreamBuffer() { cudaFreeAsync(p, s); }
-};
+// Workspace of `floats` fp32 values on `stream` (kernels/cuda_check.h), released on it when the scope ends.
+DeviceMemory workspace(int64_t floats, cudaStream_t stream) {
+  return DeviceMemory(static_cast<size_t>(floats) * sizeof(float), stream);
+}
 
 }  // namespace
 
@@ -410,24 +405,24 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
   const int64_t rows_per_split = ceil_div(rows, splits);
   splits = ceil_div(rows, rows_per_split);
 
-  StreamBuffer xs(Mpad * w.Kp, s, ctx);
-  if (x_dtype == DType::BF16) launch_stage<uint16_t>(x, w.perm, M, w.K, Mpad, w.Kp, xs.p, s);
-  else launch_stage<float>(x, w.perm, M, w.K, Mpad, w.Kp, xs.p, s);
+  const DeviceMemory xs = workspace(Mpad * w.Kp, s);
+  if (x_dtype == DType::BF16) launch_stage<uint16_t>(x, w.perm, M, w.K, Mpad, w.Kp, xs.as<float>(), s);
+  else launch_stage<float>(x, w.perm, M, w.K, Mpad, w.Kp, xs.as<float>(), s);
   cuda_ok(cudaGetLastError(), "stage_kernel launch", ctx);
 
-  FwdParams p{w.qweight, w.meta, xs.p, y, M, Mpad, w.N, w.Np, w.Kp, w.group, rows_per_split, static_cast<int>(splits)};
+  FwdParams p{w.qweight, w.meta, xs.as<float>(), y, M, Mpad, w.N, w.Np, w.Kp, w.group, rows_per_split, static_cast<int>(splits)};
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(mtiles));
   if (splits == 1) {
     dispatch<FwdLaunch>(w.kind, mt, p, grid, dim3(kFwdThreads), s);
     cuda_ok(cudaGetLastError(), "qgemm_fwd_kernel launch", ctx);
     return;
   }
-  StreamBuffer ws(splits * Mpad * w.Np, s, ctx);
-  p.out = ws.p;
+  const DeviceMemory ws = workspace(splits * Mpad * w.Np, s);
+  p.out = ws.as<float>();
   dispatch<FwdLaunch>(w.kind, mt, p, grid, dim3(kFwdThreads), s);
   cuda_ok(cudaGetLastError(), "qgemm_fwd_kernel launch", ctx);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * sm_count()));
-  reduce_kernel<<<blocks, 256, 0, s>>>(ws.p, static_cast<int>(splits), M, Mpad, w.Np, w.N, nullptr, y);
+  reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Np, w.N, nullptr, y);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 
@@ -445,12 +440,12 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
   const int64_t cols_per_split = ceil_div(steps, splits) * kTColsPerWarpStep;
   splits = ceil_div(w.Np, cols_per_split);
 
-  StreamBuffer dys(Mpad * w.Np, s, ctx);
-  if (dy_dtype == DType::BF16) launch_stage<uint16_t>(dy, nullptr, M, w.N, Mpad, w.Np, dys.p, s);
-  else launch_stage<float>(dy, nullptr, M, w.N, Mpad, w.Np, dys.p, s);
+  const DeviceMemory dys = workspace(Mpad * w.Np, s);
+  if (dy_dtype == DType::BF16) launch_stage<uint16_t>(dy, nullptr, M, w.N, Mpad, w.Np, dys.as<float>(), s);
+  else launch_stage<float>(dy, nullptr, M, w.N, Mpad, w.Np, dys.as<float>(), s);
   cuda_ok(cudaGetLastError(), "stage_kernel launch", ctx);
 
-  TParams p{w.qweight, w.meta, dys.p, w.perm, dx, M, Mpad, w.K, w.Kp, w.Np, w.group, cols_per_split,
+  TParams p{w.qweight, w.meta, dys.as<float>(), w.perm, dx, M, Mpad, w.K, w.Kp, w.Np, w.group, cols_per_split,
             static_cast<int>(splits)};
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(mtiles));
   if (splits == 1) {
@@ -458,12 +453,12 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
     cuda_ok(cudaGetLastError(), "qgemm_t_kernel launch", ctx);
     return;
   }
-  StreamBuffer ws(splits * Mpad * w.Kp, s, ctx);
-  p.out = ws.p;
+  const DeviceMemory ws = workspace(splits * Mpad * w.Kp, s);
+  p.out = ws.as<float>();
   dispatch<TLaunch>(w.kind, mt, p, grid, dim3(kTWarps * 32), s);
   cuda_ok(cudaGetLastError(), "qgemm_t_kernel launch", ctx);
   const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * sm_count()));
-  reduce_kernel<<<blocks, 256, 0, s>>>(ws.p, static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx);
+  reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 
