@@ -57,7 +57,7 @@
 // Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits).
 // Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (A/B, their
 // gradients, AdamW m, v; one allocation each, max(P, 1) floats).
-// Base weights: trainer/qwen_model_cuda.h's upload, sized by q4_linear_device_bytes for a packed Linear.
+// Base weights: trainer/qwen_model_cuda.h's upload, one allocation per decoder layer (trainer/qwen_weight_arena.h).
 #pragma once
 
 #include <cstdint>

@@ -259,7 +259,7 @@ struct LoraModelCuda::Impl {
     }
     uint16_t* xb = act16.as<uint16_t>();
     f32_to_bf16_cuda(x, T * L.K, xb, st());
-    qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, st());
+    qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, st());
     if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
   }
 
@@ -271,7 +271,7 @@ struct LoraModelCuda::Impl {
     }
     uint16_t* db = act16.as<uint16_t>();
     f32_to_bf16_cuda(dy, T * L.N, db, st());
-    qgemm_int4_t_cuda(L.q4->view(), db, DType::BF16, T, dx, st());
+    qgemm_int4_t_cuda(*L.q4, db, DType::BF16, T, dx, st());
   }
 
   float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * shape.rank(); }
