@@ -94,11 +94,11 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   EXPECT_EQ(d.act_loss, 16 * KiB);
   EXPECT_EQ(d.act_pipeline, 0u);
   EXPECT_EQ(d.activations, 304 * MiB + 2208 * KiB);
-  // logits: rows = 2^26 / 151936 = 441; 441·151936·4 = 268,015,104 B -> 128 blocks of 2 MiB = 256 MiB.
-  EXPECT_EQ(d.ws_logits, 256 * MiB);
-  // scratch: the bf16 copy of the lm_head's dlogits, 441·151936·2 = 134,007,552 B (> δ 2048·14·4, > a bf16
-  // Linear's 2048·4864·2).
-  EXPECT_EQ(d.ws_scratch, 134'007'552u);
+  // logits: rows = 2^24 / 151936 = 110; 110·151936·4 = 66,851,840 B -> 32 blocks of 2 MiB = 64 MiB.
+  EXPECT_EQ(d.ws_logits, 64 * MiB);
+  // scratch: the bf16 copy of the lm_head's dlogits, 110·151936·2 = 33,425,920 B (> δ 2048·14·4, > a bf16
+  // Linear's 2048·4864·2 = 19,922,944).
+  EXPECT_EQ(d.ws_scratch, 33'425'920u);
   EXPECT_EQ(d.ws_dequant, 0u);
   EXPECT_EQ(d.workspace,
             d.ws_scratch + d.ws_logits + kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
@@ -413,6 +413,28 @@ TEST(MemoryPlanGpu, Q4SizesEqualTheRepack) {
   }
 }
 
+// The GPU trainer's logits chunk (trainer/lora_cuda_buffers.h): 2^24 logits, at least one row, at most T rows; a
+// positive max_rows (LoraModelCudaOptions::logits_chunk_rows) replaces the rule. The chunks cover T with a partial
+// last one.
+TEST(MemoryPlanGpu, LogitsChunkRows) {
+  EXPECT_EQ(kLoraCudaLogitsChunkFloats, int64_t{1} << 24);
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 151936), 110);
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 152064), 110);
+  EXPECT_EQ(lora_cuda_logits_rows(100, 152064), 100);  // T < rows: one chunk of T
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 320), 2048);
+  EXPECT_EQ(lora_cuda_logits_rows(7, int64_t{1} << 25), 1);  // V > 2^24: still a row
+  EXPECT_EQ(lora_cuda_logits_rows(165, 384, 7), 7);
+  EXPECT_EQ(lora_cuda_logits_rows(5, 384, 7), 5);
+  EXPECT_EQ(lora_cuda_logits_rows(5, 384, 0), 5);
+  // 2048 tokens in chunks of 110: 18 full chunks and one of 68.
+  const int64_t rows = lora_cuda_logits_rows(2048, 152064);
+  int64_t chunks = 0, last = 0, covered = 0;
+  for (int64_t r0 = 0; r0 < 2048; r0 += rows, ++chunks) covered += last = std::min(rows, 2048 - r0);
+  EXPECT_EQ(chunks, 19);
+  EXPECT_EQ(last, 68);
+  EXPECT_EQ(covered, 2048);
+}
+
 TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   PlanInput in = one_gpu(qwen_preset("qwen2.5-72b"), PlanBase::Gptq, 16, 2048);
   in.gpus = 8;
@@ -433,9 +455,11 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   EXPECT_EQ(mid.ws_logits, 0u);
   EXPECT_EQ(last.act_loss, 16 * KiB);
   EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
-  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 441·152064·2 (2^26 / 152064 = 441 rows).
+  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
   EXPECT_EQ(mid.ws_scratch, 512 * KiB);
-  EXPECT_EQ(last.ws_scratch, 441u * 152064 * 2);
+  EXPECT_EQ(last.ws_scratch, 110u * 152064 * 2);
+  // logits 110·152064·4 = 66,908,160 B -> 32 blocks of 2 MiB.
+  EXPECT_EQ(last.ws_logits, 64 * MiB);
 }
 
 TEST(MemoryPlanGpu, RefusesWhatTheGpuTrainerCannotRead) {

@@ -89,7 +89,8 @@
 //                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
 //                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
-//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^26 / V))
+//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))
+//                 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says why)
 //   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
 //                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
 //
@@ -127,7 +128,7 @@ constexpr uint64_t kCublasLtWorkspaceBytes = uint64_t{32} << 20;
 constexpr uint64_t kAllocatorSlackBytes = uint64_t{512} << 20;
 constexpr uint64_t kNcclBytes = uint64_t{256} << 20;
 // Rows of the CPU's lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
-// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h).
+// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h), of the same size.
 constexpr int64_t kPlanLogitsPerChunk = int64_t{16} << 20;
 // nested_offset written into the planned NF4 quant_state JSON (python repr "0.05000000074505806").
 constexpr float kPlanNestedOffset = 0.05f;
