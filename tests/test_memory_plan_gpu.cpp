@@ -1,11 +1,13 @@
 // The GPU half of the memory plan (trainer/memory_plan.h) against the GPU trainer that exists: a hand-computed
 // Qwen2.5-0.5B case (the arithmetic written out below), and the bytes the caching allocator holds when the
 // allocations of LoraModelCuda / QwenModelCuda are replayed on a fake device (their sizes come from the same
-// table, trainer/lora_cuda_buffers.h, and from the real Q4 repack of a quantized checkpoint), which must equal
+// table, trainer/lora_cuda_buffers.h, and from the per-layer weight arenas of a real checkpoint, dense or quantized,
+// as trainer/qwen_weight_arena.h lays them out with the real Q4 repacks), which must equal
 // the plan's per-category figures to the byte, with bf16 and fp32 checkpoints and for tied and untied embeddings
 // (an untied input table stays on the host). Nothing here needs a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -26,6 +28,7 @@
 #include "trainer/memory_plan.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
+#include "trainer/qwen_weight_arena.h"
 #include "trainer/qwen_weights.h"
 #include "trainer/random_model.h"
 
@@ -91,11 +94,11 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   EXPECT_EQ(d.act_loss, 16 * KiB);
   EXPECT_EQ(d.act_pipeline, 0u);
   EXPECT_EQ(d.activations, 304 * MiB + 2208 * KiB);
-  // logits: rows = 2^26 / 151936 = 441; 441·151936·4 = 268,015,104 B -> 128 blocks of 2 MiB = 256 MiB.
-  EXPECT_EQ(d.ws_logits, 256 * MiB);
-  // scratch: the bf16 copy of the lm_head's dlogits, 441·151936·2 = 134,007,552 B (> δ 2048·14·4, > a bf16
-  // Linear's 2048·4864·2).
-  EXPECT_EQ(d.ws_scratch, 134'007'552u);
+  // logits: rows = 2^24 / 151936 = 110; 110·151936·4 = 66,851,840 B -> 32 blocks of 2 MiB = 64 MiB.
+  EXPECT_EQ(d.ws_logits, 64 * MiB);
+  // scratch: the bf16 copy of the lm_head's dlogits, 110·151936·2 = 33,425,920 B (> δ 2048·14·4, > a bf16
+  // Linear's 2048·4864·2 = 19,922,944).
+  EXPECT_EQ(d.ws_scratch, 33'425'920u);
   EXPECT_EQ(d.ws_dequant, 0u);
   EXPECT_EQ(d.workspace,
             d.ws_scratch + d.ws_logits + kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
@@ -105,11 +108,24 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   EXPECT_EQ(d.adapters, 34 * MiB);
   EXPECT_EQ(d.gradients, 34 * MiB);
   EXPECT_EQ(d.optimizer, 68 * MiB);
-  // base weights: per layer q, o [896, 896] bf16 1,605,632 B -> 2 MiB; k, v [128, 896] 229,376 B (held as is);
-  // gate, up, down 8,716,288 B -> 5 blocks = 10 MiB; norms 2 x 1792 B -> 2 x 2 KiB; biases 1792 -> 2 KiB,
-  // 256 -> 512 B (x2). Embedding (tied, once) 151936·896·2 = 272,269,312 B -> 130 blocks; final norm 2 KiB.
-  const uint64_t layer = 2 * 2 * MiB + 2 * 229'376 + 3 * 10 * MiB + 2 * 2 * KiB + 2 * KiB + 2 * 512;
-  EXPECT_EQ(d.base_weights, 24 * layer + 130 * 2 * MiB + 2 * KiB);
+  // base weights: one arena per layer (trainer/qwen_weight_arena.h), every piece here a multiple of 256 B: q, o
+  // [896, 896] bf16 1,605,632 B; k, v [128, 896] 229,376 B; gate, up, down 8,716,288 B; norms 2 x 1792 B; biases
+  // 1792 + 2 x 256 B: 29,824,768 B -> 15 blocks = 30 MiB (one allocation per tensor held 34 MiB + 465,920 B).
+  // Embedding (tied, once) 151936·896·2 = 272,269,312 B -> 130 blocks; final norm 1792 B -> 2 KiB.
+  const uint64_t layer_small = 2 * 1792 + 1792 + 2 * 256;
+  EXPECT_EQ(2 * 1'605'632 + 2 * 229'376 + 3 * 8'716'288 + layer_small, 29'824'768u);
+  EXPECT_EQ(d.base_weights, 24 * 30 * MiB + 130 * 2 * MiB + 2 * KiB);
+  EXPECT_EQ(d.base_dense, 24 * layer_small + 130 * 2 * MiB + 2 * KiB);
+  EXPECT_EQ(d.base_linear, 24 * (30 * MiB - layer_small));
+  // GPTQ 4-bit g128, the Q4 repack: q, o qweight 4·112·896 = 401,408 + meta 4·7·896 = 25,088; k, v 57,344 +
+  // 3,584; gate, up qweight 4·112·4864 = 2,179,072 + meta 4·7·4864 = 136,192; down 4·608·896 = 2,179,072 +
+  // 4·38·896 = 136,192 (all multiples of 256 B). With the norms and biases 7,926,528 B -> 4 blocks = 8 MiB a layer
+  // (one allocation per array held 13,973,504 B: 579.8 MiB in all instead of 452.0 MiB).
+  PlanInput gq = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Gptq, 16, 2048);
+  const DevicePlan& g = plan_memory(gq).devices.at(0);
+  EXPECT_EQ(2 * (401'408 + 25'088) + 2 * (57'344 + 3'584) + 3 * (2'179'072 + 136'192) + layer_small, 7'926'528u);
+  EXPECT_EQ(g.base_weights, 24 * 8 * MiB + 130 * 2 * MiB + 2 * KiB);
+  EXPECT_EQ(g.base_dense, d.base_dense);
   // lora_dropout > 0: tmp [T, 4864] of its own, 38 MiB.
   PlanInput drop = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
   drop.lora.dropout = 0.05;
@@ -175,10 +191,10 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
   }
 }
 
-// QwenModelCuda's upload for the trainer (QwenModelCudaOptions::upload_embedding = false) replayed: each dense
-// tensor once, the input embedding only when it is the (tied) lm_head, each packed Linear repacked by the real
-// q4_from_int_linear / q4_from_nf4 and uploaded as Q4DeviceWeight does (qweight, meta, and the permutation when
-// there is one).
+// QwenModelCuda's upload for the trainer (QwenModelCudaOptions::upload_embedding = false) replayed: the input
+// embedding only when it is the (tied) lm_head, the final norm and lm_head one allocation each, and each decoder
+// layer one allocation of its arena as QwenModelCuda lays it out (qwen_layer_arena: the real Q4 repacks of the
+// packed Linears, every tensor of the layer at 256-byte offsets).
 uint64_t replayed_weight_bytes(const QwenModel& m) {
   DeviceAllocator a(std::make_unique<FakeDevice>());
   std::vector<DeviceAllocation> keep;
@@ -188,21 +204,13 @@ uint64_t replayed_weight_bytes(const QwenModel& m) {
     seen[t.data] = true;
     keep.push_back(a.allocate(t.nbytes(), nullptr, MemoryTag::Weights, "dense"));
   };
-  const auto linear = [&](const LinearWeight& w) {
-    if (w.is_dense()) return dense(w.dense);
-    const Q4Layout q = w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K);
-    keep.push_back(a.allocate(q.qweight.size() * 4, nullptr, MemoryTag::Weights, "qweight"));
-    keep.push_back(a.allocate(q.meta.size() * 4, nullptr, MemoryTag::Weights, "meta"));
-    if (!q.perm.empty()) keep.push_back(a.allocate(q.perm.size() * 4, nullptr, MemoryTag::Weights, "perm"));
-  };
   const QwenWeights& w = m.weights();
   if (w.embed.data == w.lm_head.data) dense(w.embed);
   dense(w.final_norm);
   dense(w.lm_head);
-  for (const QwenLayerWeights& l : w.layers) {
-    for (const TensorView* t : {&l.input_norm, &l.post_norm, &l.q_norm, &l.k_norm}) dense(*t);
-    for (const LinearWeight* lw : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) linear(*lw);
-    for (const TensorView* t : {&l.q_bias, &l.k_bias, &l.v_bias}) dense(*t);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const QwenLayerArena arena = qwen_layer_arena(w.layers[l], "model.layers." + std::to_string(l) + ".");
+    keep.push_back(a.allocate(arena.bytes, nullptr, MemoryTag::Weights, "layer"));
   }
   return a.stats().bytes_of(MemoryTag::Weights);
 }
@@ -295,6 +303,77 @@ TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
   }
 }
 
+// The layer arena of real Qwen shapes (Qwen2.5-0.5B with q/k/v biases, and Qwen3-like QK-norm at head_dim 128, both
+// over 1 MiB a layer, so the 2 MiB rounding applies) built by qwen_layer_arena from synthetic weights in each base
+// format (bf16 views of a zero buffer; GPTQ v1 g128, AWQ g128, NF4 with double quantization from the synthetic
+// generators), one allocation per layer on the fake device: the plan's base weights to the byte, and its split
+// (norms and biases as base_dense, the rest as base_linear).
+TEST(MemoryPlanGpu, LayerArenaOfQwenShapesIsThePlans) {
+  QwenConfig qk = qwen_preset("qwen2.5-1.5b");
+  qk.qk_norm = true;
+  qk.qkv_bias = false;
+  qk.head_dim = 128;
+  const std::vector<uint8_t> zeros(size_t{8960} * 1536 * 2);  // the largest bf16 Linear, 1.5B's gate
+  for (const QwenConfig& c : {qwen_preset("qwen2.5-0.5b"), qk}) {
+    for (PlanBase base : {PlanBase::Bf16, PlanBase::Gptq, PlanBase::Awq, PlanBase::Nf4}) {
+      SCOPED_TRACE(std::to_string(c.hidden_size) + " " + plan_base_name(base));
+      const int64_t C = c.hidden_size, I = c.intermediate_size, Q = c.q_dim(), KV = c.kv_dim(), D = c.head_dim;
+      const auto view = [&](std::vector<int64_t> shape) {
+        TensorView t;
+        t.data = zeros.data();
+        t.dtype = DType::BF16;
+        t.shape = std::move(shape);
+        EXPECT_LE(t.nbytes(), zeros.size());
+        return t;
+      };
+      uint64_t seed = 40;
+      const auto linear = [&](int64_t N, int64_t K) {
+        LinearWeight w;
+        w.N = N;
+        w.K = K;
+        if (base == PlanBase::Bf16) {
+          w.dense = view({N, K});
+        } else if (base == PlanBase::Nf4) {
+          auto q = std::make_shared<Nf4Linear>();
+          q->q = q4_synthetic_nf4(N, K, false, 64, true, ++seed);
+          q->shape = {N, K};
+          q->dtype = "bfloat16";
+          w.nf4 = q;
+        } else {
+          const IntLayout layout = base == PlanBase::Awq ? IntLayout::AwqGemm : IntLayout::GptqV1;
+          w.packed = std::make_shared<PackedIntLinear>(q4_synthetic_int_linear(layout, K, N, 128, false, ++seed));
+        }
+        return w;
+      };
+      QwenLayerWeights l;
+      l.input_norm = view({C});
+      l.post_norm = view({C});
+      if (c.qk_norm) l.q_norm = view({D}), l.k_norm = view({D});
+      if (c.qkv_bias) l.q_bias = view({Q}), l.k_bias = view({KV}), l.v_bias = view({KV});
+      l.q = linear(Q, C);
+      l.k = linear(KV, C);
+      l.v = linear(KV, C);
+      l.o = linear(C, Q);
+      l.gate = linear(I, C);
+      l.up = linear(I, C);
+      l.down = linear(C, I);
+      const QwenLayerArena arena = qwen_layer_arena(l, "model.layers.0.");
+      ASSERT_GT(arena.bytes, MiB);
+      DeviceAllocator a(std::make_unique<FakeDevice>());
+      const DeviceAllocation held = a.allocate(arena.bytes, nullptr, MemoryTag::Weights, "layer");
+
+      PlanInput in = one_gpu(c, base, 16, 2048);
+      in.model.num_layers = 1;
+      const DevicePlan& d = plan_memory(in).devices.at(0);
+      const uint64_t rest = DeviceAllocator::round_size(size_t(C) * 2) +                     // final norm
+                            DeviceAllocator::round_size(size_t(c.vocab_size) * size_t(C) * 2);  // lm_head (tied)
+      EXPECT_EQ(d.base_weights, held.block_bytes() + rest);
+      EXPECT_EQ(d.base_linear, held.block_bytes() - (arena.bytes - arena.linear_bytes));
+      EXPECT_EQ(d.base_dense, arena.bytes - arena.linear_bytes + rest);
+    }
+  }
+}
+
 // A float32 checkpoint's dense Linears are uploaded as fp32: twice the bf16 file-bytes formula.
 TEST(MemoryPlanGpu, Fp32DenseBaseIsUploadedAsStored) {
   RandomModelOptions o;
@@ -334,6 +413,28 @@ TEST(MemoryPlanGpu, Q4SizesEqualTheRepack) {
   }
 }
 
+// The GPU trainer's logits chunk (trainer/lora_cuda_buffers.h): 2^24 logits, at least one row, at most T rows; a
+// positive max_rows (LoraModelCudaOptions::logits_chunk_rows) replaces the rule. The chunks cover T with a partial
+// last one.
+TEST(MemoryPlanGpu, LogitsChunkRows) {
+  EXPECT_EQ(kLoraCudaLogitsChunkFloats, int64_t{1} << 24);
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 151936), 110);
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 152064), 110);
+  EXPECT_EQ(lora_cuda_logits_rows(100, 152064), 100);  // T < rows: one chunk of T
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 320), 2048);
+  EXPECT_EQ(lora_cuda_logits_rows(7, int64_t{1} << 25), 1);  // V > 2^24: still a row
+  EXPECT_EQ(lora_cuda_logits_rows(165, 384, 7), 7);
+  EXPECT_EQ(lora_cuda_logits_rows(5, 384, 7), 5);
+  EXPECT_EQ(lora_cuda_logits_rows(5, 384, 0), 5);
+  // 2048 tokens in chunks of 110: 18 full chunks and one of 68.
+  const int64_t rows = lora_cuda_logits_rows(2048, 152064);
+  int64_t chunks = 0, last = 0, covered = 0;
+  for (int64_t r0 = 0; r0 < 2048; r0 += rows, ++chunks) covered += last = std::min(rows, 2048 - r0);
+  EXPECT_EQ(chunks, 19);
+  EXPECT_EQ(last, 68);
+  EXPECT_EQ(covered, 2048);
+}
+
 TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   PlanInput in = one_gpu(qwen_preset("qwen2.5-72b"), PlanBase::Gptq, 16, 2048);
   in.gpus = 8;
@@ -354,9 +455,11 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   EXPECT_EQ(mid.ws_logits, 0u);
   EXPECT_EQ(last.act_loss, 16 * KiB);
   EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
-  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 441·152064·2 (2^26 / 152064 = 441 rows).
+  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
   EXPECT_EQ(mid.ws_scratch, 512 * KiB);
-  EXPECT_EQ(last.ws_scratch, 441u * 152064 * 2);
+  EXPECT_EQ(last.ws_scratch, 110u * 152064 * 2);
+  // logits 110·152064·4 = 66,908,160 B -> 32 blocks of 2 MiB.
+  EXPECT_EQ(last.ws_logits, 64 * MiB);
 }
 
 TEST(MemoryPlanGpu, RefusesWhatTheGpuTrainerCannotRead) {

@@ -5,8 +5,9 @@
 
 namespace qwenq {
 
-int64_t lora_cuda_logits_rows(int64_t T, int64_t V) {
-  return std::max<int64_t>(1, std::min<int64_t>(T, kLoraCudaLogitsChunkFloats / V));
+int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows) {
+  const int64_t rows = max_rows > 0 ? max_rows : kLoraCudaLogitsChunkFloats / V;
+  return std::max<int64_t>(1, std::min<int64_t>(T, rows));
 }
 
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,

@@ -54,10 +54,20 @@
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
 // there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32), tied ones are gathered
 // on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
-// Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits).
+// Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits): 2^24
+// logits = 64 MiB, 110 rows at V = 151936 or 152064. The lm_head's forward, the fused cross-entropy and dlogits·W
+// run chunk by chunk (the last one partial; one chunk of T rows when T < rows), each chunk's rows of dhidden
+// written at once. Why 2^24 and not the 2^26 of before: 192 MiB less of logits and, for a 16-bit lm_head, 96 MiB
+// less of cuBLASLt's bf16 copy of dlogits (kernel scratch). The price: each chunk's GEMM (M = rows, N = V, K = C)
+// reads the whole lm_head, and at M = 110 it is bound by that read (a GEMM of M rows does M FLOP per byte of a
+// bf16 weight; the H100/H200 bf16 ridge is ~200), so a step reads it 2·ceil(T/110) times instead of
+// 2·ceil(T/441): at 7B and T = 2048, 38 reads of 1.09 GB (~8.7 ms at 4.8 TB/s) instead of 10 compute-bound chunks
+// (~4.9 ms), a few ms of a step of some hundred ms; and the cross-entropy launcher waits once per chunk (it counts
+// the targets on the host), 19 times instead of 5. Tests force smaller chunks
+// (LoraModelCudaOptions::logits_chunk_rows) to cover several on their small vocabularies.
 // Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (A/B, their
 // gradients, AdamW m, v; one allocation each, max(P, 1) floats).
-// Base weights: trainer/qwen_model_cuda.h's upload, sized by q4_linear_device_bytes for a packed Linear.
+// Base weights: trainer/qwen_model_cuda.h's upload, one allocation per decoder layer (trainer/qwen_weight_arena.h).
 #pragma once
 
 #include <cstdint>
@@ -67,10 +77,11 @@
 
 namespace qwenq {
 
-// Logits per lm_head chunk of LoraModelCuda: 64 Mi floats (QwenModelCuda::next_token_nll uses the same).
-constexpr int64_t kLoraCudaLogitsChunkFloats = int64_t{64} << 20;
-// Rows of one logits chunk for a batch of T tokens and a vocabulary of V.
-int64_t lora_cuda_logits_rows(int64_t T, int64_t V);
+// Logits per lm_head chunk of LoraModelCuda: 16 Mi floats (64 MiB; the CPU trainer's chunk too).
+constexpr int64_t kLoraCudaLogitsChunkFloats = int64_t{16} << 20;
+// Rows of one logits chunk for a batch of T tokens and a vocabulary of V: max(1, min(T, chunk_floats / V)), or
+// min(T, max_rows) when max_rows > 0 (LoraModelCudaOptions::logits_chunk_rows, for tests).
+int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows = 0);
 
 enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
 

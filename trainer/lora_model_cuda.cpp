@@ -90,7 +90,7 @@ struct Slot {
 }  // namespace
 
 struct LoraModelCuda::Impl {
-  Impl(const QwenConfig& c, const LoraAdapter& a) : cfg(c), shape(a) {}
+  Impl(const QwenConfig& c, const LoraAdapter& a, const LoraModelCudaOptions& o) : cfg(c), shape(a), options(o) {}
   // Work an exception left queued may still read the pinned staging buffer, which is freed before the stream.
   ~Impl() { cudaStreamSynchronize(stream.get()); }  // nothing to report from a destructor
   Impl(const Impl&) = delete;
@@ -99,6 +99,7 @@ struct LoraModelCuda::Impl {
   std::unique_ptr<QwenModelCuda> base;
   QwenConfig cfg;
   LoraAdapter shape;  // the uploaded adapter's config and shapes (its values are not kept up to date)
+  LoraModelCudaOptions options;
   float s = 1.f;
   double dropout = 0.0;
   float drop_p = 0.f;       // this call's dropout probability: the adapter's in training, else 0
@@ -259,7 +260,7 @@ struct LoraModelCuda::Impl {
     }
     uint16_t* xb = act16.as<uint16_t>();
     f32_to_bf16_cuda(x, T * L.K, xb, st());
-    qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, st());
+    qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, st());
     if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
   }
 
@@ -271,7 +272,7 @@ struct LoraModelCuda::Impl {
     }
     uint16_t* db = act16.as<uint16_t>();
     f32_to_bf16_cuda(dy, T * L.N, db, st());
-    qgemm_int4_t_cuda(L.q4->view(), db, DType::BF16, T, dx, st());
+    qgemm_int4_t_cuda(*L.q4, db, DType::BF16, T, dx, st());
   }
 
   float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * shape.rank(); }
@@ -473,7 +474,7 @@ struct LoraModelCuda::Impl {
     float* hid = hidden();  // n1's storage: no block is in flight until the first recomputation
     float* dhid = dhidden();
     rmsnorm(xL, T, C, fn, hid);
-    const int64_t chunk = lora_cuda_logits_rows(T, V);  // trainer/lora_cuda_buffers.h
+    const int64_t chunk = lora_cuda_logits_rows(T, V, options.logits_chunk_rows);  // trainer/lora_cuda_buffers.h
     if (chunk > logits_rows) {
       logits.reset();
       logits_rows = 0;
@@ -551,10 +552,13 @@ struct LoraModelCuda::Impl {
   }
 };
 
-LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter)
-    : impl_(std::make_unique<Impl>(model.config(), adapter)) {
+LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter, const LoraModelCudaOptions& options)
+    : impl_(std::make_unique<Impl>(model.config(), adapter, options)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(options.logits_chunk_rows >= 0,
+              "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
+                  << options.logits_chunk_rows);
   const LoraDims& d = adapter.dims();
   QWENQ_CHECK(d.hidden_size == c.hidden_size && d.intermediate_size == c.intermediate_size && d.q_dim == c.q_dim() &&
                   d.kv_dim == c.kv_dim() && d.num_layers == c.num_layers,

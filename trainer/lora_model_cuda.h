@@ -41,7 +41,7 @@
 // attention and no dropout about T · ((L + 1)·C/2 + 7·C + 3·I + 3·H·D + 3·Hkv·D + max(C, H·D, I)/2 + 8·r) 4-byte
 // words (fp32 checkpoints: (L + 1)·C, no xin; naive attention: + 2·H·D + 2·Hkv·D, no bf16 copies; dropout:
 // + max(C, H·D, I)), the backward's gradients living on the storage of forward buffers whose lifetimes end before
-// (the table lists each pair and why); and one chunk of logits (at most 256 MiB). That table is also what
+// (the table lists each pair and why); and one chunk of logits (at most 64 MiB). That table is also what
 // `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered embeddings).
 // Not thread-safe (the buffers are reused by every call).
 #pragma once
@@ -58,12 +58,20 @@
 
 namespace qwenq {
 
+struct LoraModelCudaOptions {
+  // Rows of one lm_head / loss chunk: 0 is trainer/lora_cuda_buffers.h's rule (2^24 logits, what `qwen-qlora
+  // plan` counts); > 0 caps a chunk at that many rows (tests: several chunks and a partial last one on a small
+  // vocabulary).
+  int64_t logits_chunk_rows = 0;
+};
+
 class LoraModelCuda {
  public:
   // Uploads `model` (a QwenModelCuda of its own, without an untied embedding table) and `adapter` (A and B), with
   // zero gradients and optimizer state. `model` must outlive the trainer (its embedding table is read every step).
-  // Throws when the adapter was made for another model, or when anything does not fit on the device.
-  LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter);
+  // Throws when the adapter was made for another model, when anything does not fit on the device, or for a
+  // negative options.logits_chunk_rows.
+  LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter, const LoraModelCudaOptions& options = {});
   ~LoraModelCuda();
   LoraModelCuda(const LoraModelCuda&) = delete;
   LoraModelCuda& operator=(const LoraModelCuda&) = delete;

@@ -19,6 +19,7 @@
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
+#include "trainer/qwen_weight_arena.h"
 
 namespace qwenq {
 
@@ -162,10 +163,13 @@ uint64_t held(uint64_t bytes) { return bytes == 0 ? 0 : u64(static_cast<int64_t>
 // The flash attention head dims of a default build (CMake's QWENQ_FLASH_HEAD_DIMS): bf16 q/k/v copies.
 bool plan_flash(int64_t D) { return D == 64 || D == 128; }
 
-// Device bytes of one base Linear [N, K]: dense as stored (dense_dtype: a float32 checkpoint's Linears are fp32),
-// or its Q4 repack (qweight and meta, two allocations).
-uint64_t gpu_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
-  if (in.base == PlanBase::Bf16) return held(u64(N * K) * dtype_size(in.dense_dtype));  // as stored
+// The pieces of one base Linear [N, K] in its layer's weight arena (trainer/qwen_weight_arena.h): the dense weight
+// as stored (dense_dtype: a float32 checkpoint's Linears are fp32), or its Q4 repack (qweight and meta).
+void gpu_linear_pieces(const PlanInput& in, int64_t N, int64_t K, WeightArenaLayout* arena) {
+  if (in.base == PlanBase::Bf16) {
+    arena->add(u64(N * K) * dtype_size(in.dense_dtype));  // as stored
+    return;
+  }
   plan_linear_bytes(in, N, K);  // the format's own checks first
   QWENQ_CHECK(in.bits == 4, "plan: the GPU trainer reads 4-bit weights only (the Q4 layout of "
                                 << "quant/format/qgemm_layout.h), not " << in.bits << "-bit " << plan_base_name(in.base)
@@ -175,14 +179,36 @@ uint64_t gpu_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
   QWENQ_CHECK(group % kQ4CodesPerWord == 0,
               "plan: a Linear [" << N << ", " << K << "] has a Q4 layout group of " << group << ", not a multiple of "
                                  << kQ4CodesPerWord << ": the GPU trainer cannot read it (use --device cpu)");
-  return held(u64(q4_qweight_words(N, K) * 4)) + held(u64(q4_meta_words(N, K, group) * 4));
+  arena->add(u64(q4_qweight_words(N, K) * 4));
+  arena->add(u64(q4_meta_words(N, K, group) * 4));
 }
 
-// Device bytes of one layer's dense tensors: each norm and bias its own allocation.
-uint64_t gpu_layer_dense_bytes(const QwenConfig& c, uint64_t dsz) {
-  uint64_t b = 2 * held(u64(c.hidden_size) * dsz);
-  if (c.qkv_bias) b += held(u64(c.q_dim()) * dsz) + 2 * held(u64(c.kv_dim()) * dsz);
-  if (c.qk_norm) b += 2 * held(u64(c.head_dim) * dsz);
+// Device bytes of one decoder layer: its weight arena (trainer/qwen_weight_arena.h), one allocation of the aligned
+// pieces, split for the report into the norms and biases (`dense`, their aligned pieces) and the Linears (the
+// rest: their pieces and the allocator's rounding of the whole arena). Σ round_up(piece, 256) does not depend on
+// the order of the pieces, so the two halves may be laid out apart.
+struct GpuLayerBytes {
+  uint64_t linear = 0, dense = 0;
+};
+GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s) {
+  const QwenConfig& c = in.model;
+  const uint64_t dsz = dtype_size(in.dense_dtype);
+  WeightArenaLayout dense, linear;
+  dense.add(u64(c.hidden_size) * dsz);  // input_layernorm
+  dense.add(u64(c.hidden_size) * dsz);  // post_attention_layernorm
+  if (c.qk_norm) {
+    dense.add(u64(c.head_dim) * dsz);
+    dense.add(u64(c.head_dim) * dsz);
+  }
+  if (c.qkv_bias) {
+    dense.add(u64(c.q_dim()) * dsz);
+    dense.add(u64(c.kv_dim()) * dsz);
+    dense.add(u64(c.kv_dim()) * dsz);
+  }
+  for (const LoraShape& sh : s.shape) gpu_linear_pieces(in, sh.N, sh.K, &linear);
+  GpuLayerBytes b;
+  b.dense = dense.bytes();
+  b.linear = held(dense.bytes() + linear.bytes()) - b.dense;
   return b;
 }
 
@@ -205,13 +231,12 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   const int64_t T = s.T, n = d->num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
   // Base weights as uploaded (trainer/qwen_model_cuda.cpp): these replace the file bytes of the caller.
-  uint64_t layer_linear = 0;
-  for (const LoraShape& sh : s.shape) layer_linear += gpu_linear_bytes(in, sh.N, sh.K);
+  const GpuLayerBytes layer = gpu_layer_bytes(in, s);
   // The input embedding stays on the host (its rows are gathered there) unless it is the lm_head: tied, the
   // last GPU holds it as the lm_head (on one GPU, the one allocation serves both).
   const uint64_t embed = held(u64(s.V * s.C) * dsz);
-  d->base_linear = u64(n) * layer_linear;
-  d->base_dense = u64(n) * gpu_layer_dense_bytes(c, dsz);
+  d->base_linear = u64(n) * layer.linear;
+  d->base_dense = u64(n) * layer.dense;
   if (d->has_lm_head) d->base_dense += held(u64(s.C) * dsz) + embed;
   d->base_weights = d->base_linear + d->base_dense;
   // A/B, gradients, m, v: one fp32 array each of max(P, 1) floats.

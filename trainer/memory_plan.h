@@ -50,17 +50,22 @@
 // rounded up to 512 B up to 1 MiB, else to 2 MiB). --no-checkpointing changes nothing here (the GPU trainer
 // always checkpoints); lora_dropout adds one scratch tmp (its masks are regenerated, no mask is stored).
 // BASE WEIGHTS, GPU (replace the file bytes in DevicePlan; PlanResult's whole-model base_* stay the file bytes):
-//   dense         every tensor as stored in dense_dtype, one allocation each: per layer the two RMSNorms
-//                 held(C·dsz) each, the q/k/v biases held(qd·dsz) + 2·held(kvd·dsz) (Qwen2), the q/k norms
-//                 2·held(D·dsz) (Qwen3); final norm held(C·dsz) and lm_head held(V·C·dsz) (last GPU). The input
+//   layer         each decoder layer's tensors in ONE allocation, its weight arena (trainer/qwen_weight_arena.h):
+//                 held(Σ a(piece)), a(n) = round_up(n, 256) (every piece 256-byte aligned), over the pieces
+//                   dense:  the two RMSNorms C·dsz each, the q/k/v biases qd·dsz, kvd·dsz, kvd·dsz (Qwen2),
+//                           the q/k norms D·dsz each (Qwen3), in dense_dtype (dsz its bytes)
+//                   Linear: dense base N·K·dsz (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked
+//                           to Q4 (quant/format/qgemm_layout.h), 4-bit only, qweight 4·(Kp/8)·Np and meta
+//                           4·ceil(Kp/g)·Np, Kp = round_up(K, 8), Np = round_up(N, 4), g the layout group
+//                           (q4_int_layout_group / q4_nf4_layout_group); about 4.25 bits per weight at group
+//                           128, which is not the file's byte count. A GPTQ act-order g_idx adds a piece of 4·K
+//                           per Linear (the permutation), not counted: the plan assumes no act-order.
+//                 Reported as base_dense = n_dev·Σ a(dense pieces) and base_linear = the rest of the layers'
+//                 bytes (the Linear pieces and the rounding of each arena, under 2 MiB a layer). One allocation
+//                 per tensor, as before, cost +28 % on Qwen2.5-0.5B GPTQ g128 (580 MiB instead of 452 MiB).
+//   rest          final norm held(C·dsz) and lm_head held(V·C·dsz) (last GPU), one allocation each. The input
 //                 embedding is not on any GPU when untied (the trainer gathers a batch's rows on the host and
 //                 uploads [T, C] fp32 from pinned host memory, not counted); tied, it is the lm_head's allocation.
-//   Linear        dense base: held(N·K·dsz) (as stored; the file bytes assume bf16). GPTQ/AWQ/NF4: repacked to
-//                 Q4 (quant/format/qgemm_layout.h), 4-bit only, qweight held(4·(Kp/8)·Np) + meta
-//                 held(4·ceil(Kp/g)·Np), Kp = round_up(K, 8),
-//                 Np = round_up(N, 4), g the layout group (q4_int_layout_group / q4_nf4_layout_group); about 4.25
-//                 bits per weight at group 128, which is not the file's byte count. A GPTQ act-order g_idx adds
-//                 held(4·K) per Linear (the permutation), not counted: the plan assumes no act-order.
 // LORA, GPU: A/B, gradients, AdamW m and v are one fp32 array each of max(P, 1) floats: held(4·P) each
 //   (adapters, gradients; optimizer = 2·held(4·P)).
 // ACTIVATIONS, GPU (trainer/lora_cuda_buffers.h, the table LoraModelCuda allocates from; fp32 unless named):
@@ -84,7 +89,8 @@
 //                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
 //                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
-//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^26 / V))
+//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))
+//                 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says why)
 //   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
 //                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
 //
@@ -122,7 +128,7 @@ constexpr uint64_t kCublasLtWorkspaceBytes = uint64_t{32} << 20;
 constexpr uint64_t kAllocatorSlackBytes = uint64_t{512} << 20;
 constexpr uint64_t kNcclBytes = uint64_t{256} << 20;
 // Rows of the CPU's lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
-// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h).
+// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h), of the same size.
 constexpr int64_t kPlanLogitsPerChunk = int64_t{16} << 20;
 // nested_offset written into the planned NF4 quant_state JSON (python repr "0.05000000074505806").
 constexpr float kPlanNestedOffset = 0.05f;

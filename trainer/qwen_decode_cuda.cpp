@@ -105,11 +105,11 @@ struct QwenDecodeCuda::Impl {
                           s());
     } else {
       if (T <= kQgemmDecodeMaxM) {
-        qgemm_int4_decode_cuda(L.q4->view(), x_in, DType::F32, T, y, s());
+        qgemm_int4_decode_cuda(*L.q4, x_in, DType::F32, T, y, s());
       } else {
         uint16_t* xb = act16.as<uint16_t>();
         f32_to_bf16_cuda(x_in, T * L.K, xb, s());
-        qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+        qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, s());
       }
       if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }

@@ -25,6 +25,7 @@
 #include "kernels/rope.h"
 #include "quant/format/qgemm_layout.h"
 #include "trainer/lora_inference.h"
+#include "trainer/qwen_weight_arena.h"
 
 namespace qwenq {
 
@@ -53,11 +54,20 @@ using DevLayer = QwenDeviceLayer;
 struct QwenModelCuda::Impl {
   OwnedCudaStream stream;  // first member: destroyed after every buffer below
   QwenConfig cfg;
-  std::vector<DeviceAllocation> owned;    // dense weights, norms, biases
+  std::vector<DeviceAllocation> owned;    // the embedding, final norm, lm_head; weights set by set_linear_weight
   std::map<const void*, DevTensor> uploaded;  // host data -> device copy (a tied lm_head is the embedding)
   int64_t weight_bytes = 0;
   DevTensor embed, final_norm, lm_head;
   std::vector<DevLayer> layers;
+  // One decoder layer's weights in one allocation (trainer/qwen_weight_arena.h); layers[l]'s pointers point into
+  // stores[l].arena.
+  struct LayerStore {
+    DeviceAllocation arena;
+    QwenLayerArena layout;      // offsets and sizes (its host copies and repacks dropped once uploaded)
+    int linears_inside = 0;     // Linears whose weight is still in the arena (set_linear_weight moves them out)
+    bool holds_linears = true;  // false once the arena was cut down to the norms and biases (compact_layer)
+  };
+  std::vector<LayerStore> stores;
   std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
 
   // Activation buffers for batches of up to `capacity` tokens.
@@ -87,25 +97,93 @@ struct QwenModelCuda::Impl {
     return d;
   }
 
-  DevLinear upload_linear(const LinearWeight& w, const TensorView& bias, const std::string& prefix) {
-    DevLinear d;
-    d.N = w.N;
-    d.K = w.K;
-    if (w.is_dense()) {
-      d.dense = upload(w.dense, prefix + ".weight");
-    } else {
-      Q4Layout layout;
-      try {
-        layout = w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K);
-      } catch (const Error& e) {
-        throw Error("QwenModelCuda: cannot run '" + prefix + "' on the GPU, whose dequant-matmul reads 4-bit "
-                    "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
-      }
-      d.q4 = std::make_unique<Q4DeviceWeight>(layout, "QwenModelCuda: '" + prefix + "'", s());
-      weight_bytes += d.q4->bytes();
+  // Decoder layer l's weights into one allocation: the layout and the host copies (Q4 repacks) of
+  // qwen_layer_arena, every piece copied to its offset, the device pointers of layers[l] set into it.
+  void upload_layer(size_t l, const QwenLayerWeights& hl) {
+    const std::string name = "model.layers." + std::to_string(l) + ".";
+    LayerStore& st = stores[l];
+    st.layout = qwen_layer_arena(hl, name);  // throws naming a Linear the Q4 kernels cannot read
+    const QwenLayerArena& a = st.layout;
+    st.arena = allocate(a.bytes, MemoryTag::Weights,
+                        "the weights of layer " + std::to_string(l) + " (" + std::to_string(a.copies.size()) +
+                            " tensors in one allocation)", s());
+    // cudaMalloc'd blocks (never split by the allocator) are 256-byte aligned, hence every piece (see the layout).
+    QWENQ_CHECK(reinterpret_cast<uintptr_t>(st.arena.get()) % kWeightArenaAlignment == 0,
+                "QwenModelCuda: the weight arena of layer " << l << " is not " << kWeightArenaAlignment
+                                                            << "-byte aligned");
+    uint8_t* base = st.arena.as<uint8_t>();
+    for (const ArenaCopy& c : a.copies) {
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(base + c.offset, c.src, c.bytes, cudaMemcpyHostToDevice, s()));
     }
-    d.bias = upload(bias, prefix + ".bias");
-    return d;
+    // The copies read the repacks, freed below: wait for them (a pageable copy is staged before the call returns,
+    // but this does not rely on it), which also surfaces an upload error with the layer.
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
+    st.layout.copies = {};
+    st.layout.repacked = {};
+    weight_bytes += static_cast<int64_t>(a.bytes);
+    DevLayer& dl = layers[l];
+    const auto tensor = [&](const ArenaTensor& t) { return DevTensor{arena_ptr(base, t), t.dtype}; };
+    dl.input_norm = tensor(a.input_norm);
+    dl.post_norm = tensor(a.post_norm);
+    dl.q_norm = tensor(a.q_norm);
+    dl.k_norm = tensor(a.k_norm);
+    const std::pair<DevLinear*, const ArenaLinear*> linears[] = {
+        {&dl.q, &a.q}, {&dl.k, &a.k}, {&dl.v, &a.v}, {&dl.o, &a.o}, {&dl.gate, &a.gate}, {&dl.up, &a.up},
+        {&dl.down, &a.down}};
+    for (const auto& [d, al] : linears) {
+      d->N = al->N;
+      d->K = al->K;
+      if (al->is_q4) {
+        d->q4 = arena_q4_view(base, *al);
+      } else {
+        d->dense = tensor(al->dense);
+      }
+      d->bias = tensor(al->bias);
+    }
+    st.linears_inside = 7;
+    st.holds_linears = true;
+  }
+
+  // Whether device pointer p lies in layer l's arena.
+  bool in_arena(size_t l, const void* p) const {
+    const DeviceAllocation& m = stores[l].arena;
+    const auto at = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(m.get());
+    return m && at >= b && at < b + m.bytes();
+  }
+
+  // Every Linear of layer l has left its arena (set_linear_weight): the norms and biases move to a small
+  // allocation of their own and the arena goes back to the allocator (stream-ordered: after the copies and every
+  // pass already queued on this stream).
+  void compact_layer(size_t l) {
+    LayerStore& st = stores[l];
+    DevLayer& L = layers[l];
+    const QwenLayerArena& a = st.layout;
+    constexpr size_t kMoved = 7;
+    const std::pair<DevTensor*, const ArenaTensor*> moved[kMoved] = {
+        {&L.input_norm, &a.input_norm}, {&L.post_norm, &a.post_norm}, {&L.q_norm, &a.q_norm},
+        {&L.k_norm, &a.k_norm},         {&L.q.bias, &a.q.bias},       {&L.k.bias, &a.k.bias},
+        {&L.v.bias, &a.v.bias}};
+    WeightArenaLayout small;
+    uint64_t offset[kMoved] = {};
+    for (size_t i = 0; i < kMoved; ++i) {
+      if (moved[i].second->present()) offset[i] = small.add(moved[i].second->bytes);
+    }
+    DeviceAllocation fresh;
+    if (small.bytes() > 0) {
+      fresh = allocate(small.bytes(), MemoryTag::Weights,
+                       "the norms and biases of layer " + std::to_string(l) + " (every Linear replaced)", s());
+      uint8_t* base = fresh.as<uint8_t>();
+      for (size_t i = 0; i < kMoved; ++i) {
+        const ArenaTensor& t = *moved[i].second;
+        if (!t.present()) continue;
+        QWENQ_CUDA_CHECK(
+            cudaMemcpyAsync(base + offset[i], moved[i].first->data, t.bytes, cudaMemcpyDeviceToDevice, s()));
+        moved[i].first->data = base + offset[i];
+      }
+    }
+    weight_bytes += static_cast<int64_t>(small.bytes()) - static_cast<int64_t>(st.arena.bytes());
+    st.arena = std::move(fresh);  // the old arena back to this stream's cache, reused only by later work on it
+    st.holds_linears = false;
   }
 
   void reserve(int64_t T) {
@@ -167,7 +245,7 @@ struct QwenModelCuda::Impl {
     } else {
       uint16_t* xb = act16.as<uint16_t>();
       f32_to_bf16_cuda(x_in, T * L.K, xb, s());
-      qgemm_int4_cuda(L.q4->view(), xb, DType::BF16, T, y, s());
+      qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, s());
       if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }
     lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, s());  // no-op without an adapter
@@ -314,31 +392,31 @@ struct QwenModelCuda::Impl {
     reserve(T);
   }
 
-  // Makes `mem` (fp32 [N, K], already filled) the weight of d, freeing the old device weight. Linear weights are
-  // never shared (the upload map shares only the embedding with a tied lm_head), so the old one can go.
-  void replace_dense(DevLinear& d, DeviceAllocation mem) {
+  // Makes `mem` (fp32 [N, K], already filled) the weight of d, Linear of layer l. The old weight is either in
+  // the layer's arena (its first replacement: the arena is freed once no Linear is left in it) or an allocation
+  // of an earlier replacement, freed here (stream-ordered, after the work already queued). Linear weights are
+  // never shared (the upload map shares only the embedding with a tied lm_head).
+  void replace_dense(size_t l, DevLinear& d, DeviceAllocation mem) {
     const DevTensor fresh{mem.get(), DType::F32};
     const int64_t fresh_bytes = static_cast<int64_t>(mem.bytes());
-    if (d.q4) {
-      weight_bytes -= d.q4->bytes();
-      d.q4.reset();
-    }
+    const void* old = d.q4 ? static_cast<const void*>(d.q4->qweight) : d.dense.data;
     bool placed = false;
-    if (d.dense.data != nullptr) {
-      for (auto it = uploaded.begin(); it != uploaded.end();) {
-        it = it->second.data == d.dense.data ? uploaded.erase(it) : std::next(it);
-      }
+    if (stores[l].holds_linears && in_arena(l, old)) {
+      --stores[l].linears_inside;
+    } else {
       for (DeviceAllocation& o : owned) {
-        if (o.get() != d.dense.data) continue;
+        if (o.get() != old) continue;
         weight_bytes -= static_cast<int64_t>(o.bytes());
-        o = std::move(mem);  // frees the old weight (stream-ordered, after the work already queued)
+        o = std::move(mem);  // frees the old weight
         placed = true;
         break;
       }
     }
     if (!placed) owned.push_back(std::move(mem));
     weight_bytes += fresh_bytes;
+    d.q4.reset();
     d.dense = fresh;
+    if (stores[l].holds_linears && stores[l].linears_inside == 0) compact_layer(l);
   }
 
   // logits [rows, V] fp32 of the hidden rows [r0, r0 + rows) of x.
@@ -364,22 +442,8 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   m.final_norm = m.upload(w.final_norm, "model.norm.weight");
   m.lm_head = m.upload(w.lm_head, "lm_head.weight");  // the embedding's copy when tied
   m.layers.resize(w.layers.size());
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const QwenLayerWeights& hl = w.layers[l];
-    DevLayer& dl = m.layers[l];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    dl.input_norm = m.upload(hl.input_norm, p + "input_layernorm.weight");
-    dl.post_norm = m.upload(hl.post_norm, p + "post_attention_layernorm.weight");
-    dl.q_norm = m.upload(hl.q_norm, p + "self_attn.q_norm.weight");
-    dl.k_norm = m.upload(hl.k_norm, p + "self_attn.k_norm.weight");
-    dl.q = m.upload_linear(hl.q, hl.q_bias, p + "self_attn.q_proj");
-    dl.k = m.upload_linear(hl.k, hl.k_bias, p + "self_attn.k_proj");
-    dl.v = m.upload_linear(hl.v, hl.v_bias, p + "self_attn.v_proj");
-    dl.o = m.upload_linear(hl.o, TensorView{}, p + "self_attn.o_proj");
-    dl.gate = m.upload_linear(hl.gate, TensorView{}, p + "mlp.gate_proj");
-    dl.up = m.upload_linear(hl.up, TensorView{}, p + "mlp.up_proj");
-    dl.down = m.upload_linear(hl.down, TensorView{}, p + "mlp.down_proj");
-  }
+  m.stores.resize(w.layers.size());
+  for (size_t l = 0; l < w.layers.size(); ++l) m.upload_layer(l, w.layers[l]);
   // The host data of the memory map is copied by the time cudaMemcpyAsync returns (pageable memory is staged);
   // waiting here also surfaces any upload error in the constructor.
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
@@ -516,7 +580,7 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
                                          std::to_string(N) + ", " + std::to_string(K) + "] fp32", m.s());
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
-  m.replace_dense(d, std::move(mem));
+  m.replace_dense(static_cast<size_t>(layer), d, std::move(mem));
 }
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {

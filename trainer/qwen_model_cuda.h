@@ -22,7 +22,10 @@
 //                cross_entropy_forward_cuda per chunk (nll fp32, the exp sum in double as the CPU's).
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
-// Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), plus activation buffers for
+// Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one
+// allocation (trainer/qwen_weight_arena.h: every norm, bias, dense weight and Q4 array of the layer at 256-byte
+// aligned offsets, so the allocator's 2 MiB rounding is paid once a layer, not once a tensor); the embedding, the
+// final norm and an untied lm_head one allocation each. Plus activation buffers for
 // the largest batch seen so far (about T·(4C + 2·H·D + 2·Hkv·D + 2·I) fp32 and their bf16 copies) and one
 // chunk of logits (at most 256 MiB). Every buffer comes from the caching allocator (kernels/device_allocator.h,
 // tagged weights / activations / logits); one that does not fit throws its OutOfMemoryError naming the tensor or
@@ -54,6 +57,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,16 +70,18 @@
 namespace qwenq {
 
 // The uploaded weights as device pointers, for code that runs its own passes over them (the LoRA trainer,
-// trainer/lora_model_cuda.h; KV-cache decoding, trainer/qwen_decode_cuda.h). Owned by the QwenModelCuda; valid while it lives.
+// trainer/lora_model_cuda.h; KV-cache decoding, trainer/qwen_decode_cuda.h). Owned by the QwenModelCuda (a
+// layer's pointers all point into its arena); valid while it lives and until set_linear_weight changes that layer.
 struct QwenDeviceTensor {
   const void* data = nullptr;  // null when the tensor is absent (a bias, Qwen2's q/k norm)
   DType dtype = DType::F32;
 };
-// One Linear [N, K]: a dense weight as stored, or (packed checkpoints) a Q4 weight for the dequant-matmul.
+// One Linear [N, K]: a dense weight as stored, or (packed checkpoints) a Q4 weight for the dequant-matmul (its
+// view's arrays in the layer's arena; empty for a dense Linear).
 struct QwenDeviceLinear {
   int64_t N = 0, K = 0;
   QwenDeviceTensor dense;
-  std::unique_ptr<Q4DeviceWeight> q4;
+  std::optional<Q4View> q4;
   QwenDeviceTensor bias;
   LoraDeviceBranch lora;  // an attached adapter's A and B (r == 0: none); added after the base and the bias
 };
@@ -105,7 +111,8 @@ class QwenModelCuda {
   QwenModelCuda& operator=(const QwenModelCuda&) = delete;
 
   const QwenConfig& config() const;
-  // Device bytes held by the uploaded weights.
+  // Device bytes requested for the weights (each layer's arena with its alignment gaps, the embedding, final norm,
+  // lm_head and set_linear_weight's replacements), before the allocator's rounding.
   int64_t weight_bytes() const;
   // "flash (bf16 q/k/v)" or "naive (fp32)": the attention kernel this model's head dim selects.
   const char* attention_kernel() const;
@@ -133,7 +140,9 @@ class QwenModelCuda {
   void block_forward(int64_t layer, const PackedBatch& batch, float* x, const DeviceLinearInputHook& hook);
   // Replaces the weight of Linear `index` of group `which` in block `layer` (q=0,k=1,v=2 / gate=0,up=1, as
   // QwenModel::linear_weight) by the dense fp32 W [N, K] (host, row-major; N, K must be the Linear's), so that
-  // every later pass computes with it (a true fp32 GEMM); its bias is kept. The old device weight is freed.
+  // every later pass computes with it (a true fp32 GEMM); its bias is kept. The new weight is an allocation of its
+  // own; the old one is freed when it had its own, and once every Linear of the layer has been replaced the layer's
+  // arena is freed too (its norms and biases moved to a small allocation first: device_layer's pointers change).
   // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
   void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
 

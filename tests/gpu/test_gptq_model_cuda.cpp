@@ -47,8 +47,10 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/device_allocator.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_compare.h"
+#include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
@@ -56,6 +58,7 @@
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
+#include "trainer/qwen_weight_arena.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_loop.h"
 
@@ -143,6 +146,65 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   EXPECT_NE(test::error_of([&] { gpu.set_linear_weight(0, BlockLinear::GateUp, 2, x0.data(), 3, 5); })
                 .find("has no Linear 2"),
             std::string::npos);
+}
+
+// set_linear_weight on every Linear of one layer (what the GPTQ driver does, group by group): once the last one has
+// left the layer's weight arena (trainer/qwen_weight_arena.h), the arena is freed and the layer's norms and biases
+// live on in a small allocation of their own. On the D = 64 Qwen2 model in F32 with non-trivial norms and q/k/v
+// biases, each Linear replaced by its own fp32 values: the block's output is unchanged (a misplaced norm or bias
+// would move it by O(0.1)), and the weights the allocator holds change by exactly the fp32 copies plus the small
+// allocation minus the arena (held sizes), weight_bytes() by the requested ones.
+TEST(GptqModelCuda, ReplacingEveryLinearOfALayerFreesItsArena) {
+  QWENQ_REQUIRE_GPU();
+  const std::string dir = test::scratch_dir() + "/qwen2_f32";
+  test::write_gpu_test_model(dir, test::kGpuQwen2Bias, DType::F32, 61);
+  QwenModel cpu(dir);
+  const QwenConfig& c = cpu.config();
+  ASSERT_TRUE(c.qkv_bias);
+  QwenModelCuda gpu(cpu);
+  const CudaStream s = gpu.stream();
+  const PackedBatch b = test::random_batch({9, 40}, c.vocab_size, 5);
+  const int64_t T = b.num_tokens(), C = c.hidden_size;
+  DeviceMemory x(static_cast<size_t>(T * C) * sizeof(float), s);
+  const auto both_blocks = [&] {
+    gpu.embed_batch(b, x.as<float>());
+    gpu.block_forward(0, b, x.as<float>(), nullptr);
+    gpu.block_forward(1, b, x.as<float>(), nullptr);
+    return download(x.as<float>(), T * C, s);
+  };
+  const std::vector<float> before = both_blocks();
+
+  const QwenLayerArena arena = qwen_layer_arena(cpu.weights().layers[0], "model.layers.0.");
+  const uint64_t small = arena.bytes - arena.linear_bytes;  // the aligned norms and biases
+  DeviceAllocator& alloc = cuda_device_allocator();
+  const uint64_t held0 = alloc.stats().bytes_of(MemoryTag::Weights);
+  const int64_t bytes0 = gpu.weight_bytes();
+  const void* norm0 = gpu.device_layer(0).input_norm.data;
+  uint64_t fresh_held = 0, fresh_bytes = 0;
+  const std::pair<BlockLinear, int> linears[] = {{BlockLinear::QKV, 0},    {BlockLinear::QKV, 1}, {BlockLinear::QKV, 2},
+                                                 {BlockLinear::O, 0},      {BlockLinear::GateUp, 0},
+                                                 {BlockLinear::GateUp, 1}, {BlockLinear::Down, 0}};
+  for (const auto& [which, index] : linears) {
+    EXPECT_EQ(gpu.device_layer(0).input_norm.data, norm0) << "the arena must stay while a Linear is in it";
+    const LinearWeight& lw = cpu.linear_weight(0, which, index);
+    const std::vector<float> W = lw.dequantize();  // F32: its own values
+    gpu.set_linear_weight(0, which, index, W.data(), lw.N, lw.K);
+    fresh_bytes += static_cast<uint64_t>(lw.N * lw.K) * 4;
+    fresh_held += DeviceAllocator::round_size(static_cast<size_t>(lw.N * lw.K) * 4);
+  }
+  EXPECT_NE(gpu.device_layer(0).input_norm.data, norm0) << "the norms did not move out of the arena";
+  EXPECT_EQ(alloc.stats().bytes_of(MemoryTag::Weights),
+            held0 + fresh_held + DeviceAllocator::round_size(small) - DeviceAllocator::round_size(arena.bytes));
+  EXPECT_EQ(gpu.weight_bytes(), bytes0 + static_cast<int64_t>(fresh_bytes + small) - static_cast<int64_t>(arena.bytes));
+  EXPECT_LE(rel_max_error(both_blocks(), before), kFp32RelTol) << "after every Linear of layer 0 was replaced";
+
+  // Replaced again: the earlier replacement is freed, the count stays.
+  const LinearWeight& q = cpu.linear_weight(0, BlockLinear::QKV, 0);
+  const std::vector<float> W = q.dequantize();
+  const int64_t bytes1 = gpu.weight_bytes();
+  gpu.set_linear_weight(0, BlockLinear::QKV, 0, W.data(), q.N, q.K);
+  EXPECT_EQ(gpu.weight_bytes(), bytes1);
+  EXPECT_LE(rel_max_error(both_blocks(), before), kFp32RelTol) << "after q_proj was replaced twice";
 }
 
 // Share of equal dequantized weights over every Linear of two quantized directories of the same model.

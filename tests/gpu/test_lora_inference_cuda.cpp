@@ -254,7 +254,7 @@ TEST(LoraInferenceCuda, PackedGptqAndNf4BasesStayPacked) {
     QwenModelCuda gpu(base);
     gpu.attach_adapter(test_adapter(c, kAllTargets, 4, false, 9), "a");
     EXPECT_EQ(gpu.weight_bytes(), bytes_before) << "the base must stay as uploaded (Q4)";
-    ASSERT_NE(gpu.device_layer(0).q.q4, nullptr);
+    ASSERT_TRUE(gpu.device_layer(0).q.q4.has_value());
     EXPECT_EQ(gpu.device_layer(0).q.lora.r, 4);
     expect_forward_matches_merged(dir, test_adapter(c, kAllTargets, 4, false, 9), kBf16RelTol,
                                   std::string(name) + ", all targets");

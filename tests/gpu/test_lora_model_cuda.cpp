@@ -43,6 +43,13 @@
 //                 step 1); the gradient norm against the CPU's within the gradient tolerance.
 //   training      50 steps: the last step's loss within kTrainRelTol = 5% of the CPU run's, both lower than
 //                 their first step's.
+//   kChunkingRelTol  the same trainer with small lm_head chunks (LoraModelCudaOptions::logits_chunk_rows) against
+//                 the default one chunk of these small vocabularies: only the rows per lm_head GEMM differ (cuBLASLt
+//                 may pick another algorithm, ~1e-7 relative per logit), the losses are per-row sums; 1e-5 of the
+//                 summed loss.
+// The lm_head / loss runs in chunks of rows (trainer/lora_cuda_buffers.h: 2^24 logits, one chunk for the vocabularies
+// of these models): SeveralLogitsChunks forces 1, 7 and 64 rows per chunk, so that several chunks, a partial last one
+// and a chunk larger than the batch run.
 // Every test skips without a device; the stories260K test also without the shared data.
 #include <gtest/gtest.h>
 
@@ -81,6 +88,7 @@ constexpr double kBf16GradRelTol = 5e-2;
 constexpr double kAdamUlps = 4;
 constexpr double kAdamUpdateRelTol = 1e-5;
 constexpr double kTrainRelTol = 5e-2;
+constexpr double kChunkingRelTol = 1e-5;
 
 // The tiny preset (D = 16: the naive attention) from seed 5.
 std::string tiny_random(const std::string& dir, DType dtype) { return test::make_random_model(dir, "tiny", dtype, 5); }
@@ -339,6 +347,66 @@ TEST(LoraModelCuda, DropoutIsTheCpuStep) {
   expect_step_matches_cpu(bf16, kBf16LossRelTol, kBf16GradRelTol, "qwen2 D=64 BF16, dropout 0.1", 0.1);
   const std::string q4 = quantize_rtn_gptq(bf16);
   expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, dropout 0.1", 0.1);
+}
+
+// The lm_head in chunks of `rows` rows (1, 7, 64: for the batches of 41 and 165 tokens several chunks with a partial
+// last one, and for 41 one chunk of T < rows) against the CPU step (loss and every gradient) and against the same
+// trainer in its default single chunk (loss, evaluation loss); the logits buffer is rows·V fp32.
+void expect_chunked_step_matches(const std::string& dir, double loss_tol, double grad_tol, const std::string& what,
+                                 bool bf16_checkpoints) {
+  SCOPED_TRACE(what);
+  const QwenModel cpu(dir);
+  const int64_t V = cpu.config().vocab_size;
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  for (const std::vector<int64_t>& lengths : {std::vector<int64_t>{1, 7, 33}, std::vector<int64_t>{100, 65}}) {
+    const PackedBatch b = random_batch(lengths, V, 95);
+    const std::vector<int32_t> targets = next_token_targets(b);
+    LoraStepOptions so;
+    so.grad_scale = 1e-2;
+    so.bf16_checkpoints = bf16_checkpoints;
+    LoraAdapter g_cpu = zeros_like(adapter);
+    const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
+    double one_chunk = 0, one_chunk_eval = 0;
+    {
+      LoraModelCuda gpu(cpu, adapter);
+      one_chunk = gpu.loss_and_grad(b, targets, so).nll_sum;
+      one_chunk_eval = gpu.loss(b, targets, so).nll_sum;
+    }
+    for (int64_t rows : {1, 7, 64}) {
+      const std::string ctx = what + " T=" + std::to_string(b.num_tokens()) + ", " + std::to_string(rows) + " rows";
+      const uint64_t logits_before = cuda_device_allocator().stats().bytes_of(MemoryTag::Logits);
+      LoraModelCudaOptions o;
+      o.logits_chunk_rows = rows;
+      LoraModelCuda gpu(cpu, adapter, o);
+      const LoraStepResult got = gpu.loss_and_grad(b, targets, so);
+      const int64_t chunk = std::min(rows, b.num_tokens());
+      EXPECT_EQ(cuda_device_allocator().stats().bytes_of(MemoryTag::Logits) - logits_before,
+                DeviceAllocator::round_size(static_cast<size_t>(chunk * V) * sizeof(float)))
+          << ctx;
+      EXPECT_EQ(got.counted, want.counted) << ctx;
+      EXPECT_NEAR(got.nll_sum, want.nll_sum, loss_tol * std::fabs(want.nll_sum)) << ctx;
+      EXPECT_NEAR(got.nll_sum, one_chunk, kChunkingRelTol * std::fabs(one_chunk)) << ctx << ": against one chunk";
+      EXPECT_NEAR(gpu.loss(b, targets, so).nll_sum, one_chunk_eval, kChunkingRelTol * std::fabs(one_chunk_eval))
+          << ctx << ": evaluation against one chunk";
+      LoraAdapter g_gpu = zeros_like(adapter);
+      gpu.download_grads(&g_gpu);
+      expect_grads_close(g_gpu, g_cpu, 1.0, grad_tol, ctx);
+    }
+  }
+}
+
+TEST(LoraModelCuda, SeveralLogitsChunks) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  expect_chunked_step_matches(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), fp32 checkpoints", false);
+  const std::string q3 = write_d64_model(tmp + "/qwen3", kGpuQwen3, DType::BF16, 33, tok);
+  expect_chunked_step_matches(q3, kBf16LossRelTol, kBf16GradRelTol, "qwen3 D=64 BF16 (16-bit lm_head, untied)", true);
+  const QwenModel cpu(tok);
+  LoraModelCudaOptions bad;
+  bad.logits_chunk_rows = -1;
+  const std::string e = test::error_of([&] { LoraModelCuda refused(cpu, test_adapter(cpu, 17), bad); });
+  EXPECT_NE(e.find("logits_chunk_rows must be 0 (the default chunk) or positive, got -1"), std::string::npos) << e;
 }
 
 using test::losses_of;

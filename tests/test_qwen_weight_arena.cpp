@@ -1,0 +1,215 @@
+// The per-layer weight arena of the GPU model (trainer/qwen_weight_arena.h), on the CPU: a layer that mixes every
+// format QwenModelCuda stores (BF16 / F16 / F32 dense tensors of awkward byte counts, GPTQ v1 with act-order, GPTQ
+// v2 with one group, AutoAWQ GEMM, NF4 with double quantization, FP4, present and absent biases and q/k norms) is
+// laid out, its copies are made into a host buffer as QwenModelCuda makes them into device memory, and every tensor
+// is read back through arena_ptr / arena_q4_view:
+//   - offsets multiples of 256, pieces in order and disjoint, the arena's size Σ round_up(piece, 256);
+//   - dense tensors bit for bit equal to their source, absent ones null;
+//   - each Q4 Linear unpacked from the arena (q4_unpack) equal, bit for bit, to what the source format's own reader
+//     computes (LinearWeight::dequantize: dequantize_int_linear / nf4_dequantize): the oracle for offsets, sizes
+//     and the repack;
+//   - the bytes around the pieces (alignment gaps, guard after the end) untouched;
+//   - refusals: a Linear the Q4 kernels cannot read names the Linear; a zero-byte piece.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+#include "quant/nf4_checkpoint.h"
+#include "tests/support/test_errors.h"
+#include "trainer/qwen_weight_arena.h"
+
+namespace qwenq {
+namespace {
+
+constexpr uint8_t kGuard = 0xA5;
+constexpr size_t kGuardBytes = 512;
+
+// Host storage behind TensorViews: seeded random bytes of a dtype and shape.
+struct Store {
+  std::vector<std::unique_ptr<std::vector<uint8_t>>> blobs;
+  Rng rng{31};
+  TensorView make(DType dtype, std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<float> f(static_cast<size_t>(n));
+    for (float& x : f) x = static_cast<float>(rng.normal());
+    auto bytes = std::make_unique<std::vector<uint8_t>>(static_cast<size_t>(n) * dtype_size(dtype));
+    from_f32(dtype, f.data(), bytes->data(), f.size());
+    TensorView t;
+    t.data = bytes->data();
+    t.dtype = dtype;
+    t.shape = std::move(shape);
+    blobs.push_back(std::move(bytes));
+    return t;
+  }
+  LinearWeight dense(DType dtype, int64_t N, int64_t K) {
+    LinearWeight w;
+    w.N = N;
+    w.K = K;
+    w.dense = make(dtype, {N, K});
+    return w;
+  }
+};
+
+LinearWeight int_linear(IntLayout layout, int64_t N, int64_t K, int64_t group, bool act_order, uint64_t seed) {
+  LinearWeight w;
+  w.N = N;
+  w.K = K;
+  w.packed = std::make_shared<PackedIntLinear>(q4_synthetic_int_linear(layout, K, N, group, act_order, seed));
+  return w;
+}
+
+LinearWeight nf4_linear(int64_t N, int64_t K, bool fp4, bool double_quant, uint64_t seed) {
+  LinearWeight w;
+  w.N = N;
+  w.K = K;
+  auto q = std::make_shared<Nf4Linear>();
+  q->q = q4_synthetic_nf4(N, K, fp4, 64, double_quant, seed);
+  q->shape = {N, K};
+  q->dtype = "bfloat16";
+  w.nf4 = q;
+  return w;
+}
+
+// Every format in one layer, with sizes that are not multiples of 256 B.
+QwenLayerWeights mixed_layer(Store& st) {
+  QwenLayerWeights w;
+  w.input_norm = st.make(DType::BF16, {24});   // 48 B
+  w.post_norm = st.make(DType::F32, {24});     // 96 B
+  w.q_norm = st.make(DType::F16, {8});         // 16 B
+  w.k_norm = st.make(DType::BF16, {8});
+  w.q = st.dense(DType::BF16, 40, 24);         // 1920 B
+  w.q_bias = st.make(DType::BF16, {40});
+  w.k = int_linear(IntLayout::GptqV1, 16, 64, 16, true, 1);  // act-order: a perm piece
+  w.k_bias = st.make(DType::F32, {16});
+  w.v = nf4_linear(12, 64, false, true, 2);  // v_bias absent
+  w.o = int_linear(IntLayout::AwqGemm, 16, 48, 16, false, 3);
+  w.gate = nf4_linear(20, 128, true, false, 4);  // FP4
+  w.up = st.dense(DType::F32, 7, 5);             // 140 B
+  w.down = int_linear(IntLayout::GptqV2, 24, 200, -1, false, 5);  // one group over K = 200
+  return w;
+}
+
+uint64_t round_up(uint64_t n) {
+  return (n + kWeightArenaAlignment - 1) / kWeightArenaAlignment * kWeightArenaAlignment;
+}
+
+TEST(QwenWeightArena, LayoutOfAlignedDisjointPieces) {
+  WeightArenaLayout l;
+  EXPECT_EQ(l.add(1), 0u);
+  EXPECT_EQ(l.add(256), 256u);
+  EXPECT_EQ(l.add(257), 512u);
+  EXPECT_EQ(l.add(3), 1024u);
+  EXPECT_EQ(l.bytes(), 1280u);
+  EXPECT_NE(test::error_of([&] { l.add(0); }).find("a piece of 0 bytes"), std::string::npos);
+
+  Store st;
+  const QwenLayerWeights w = mixed_layer(st);
+  const QwenLayerArena a = qwen_layer_arena(w, "model.layers.3.");
+  // 4 norms, q + bias, k (qweight, meta, perm) + bias, v (qweight, meta), o (2), gate (2), up, down (2).
+  ASSERT_EQ(a.copies.size(), 4u + 2 + 4 + 2 + 2 + 2 + 1 + 2);
+  uint64_t sum = 0, end = 0;
+  for (const ArenaCopy& c : a.copies) {
+    EXPECT_EQ(c.offset % kWeightArenaAlignment, 0u);
+    EXPECT_GE(c.offset, end) << "pieces overlap";
+    EXPECT_GT(c.bytes, 0u);
+    end = c.offset + c.bytes;
+    sum += round_up(c.bytes);
+  }
+  EXPECT_EQ(a.bytes, sum);
+  EXPECT_LE(end, a.bytes);
+  // The Linears' share: every piece but the 4 norms and the 2 biases.
+  uint64_t small = 0;
+  for (const TensorView* t : {&w.input_norm, &w.post_norm, &w.q_norm, &w.k_norm, &w.q_bias, &w.k_bias})
+    small += round_up(t->nbytes());
+  EXPECT_EQ(a.linear_bytes, a.bytes - small);
+}
+
+TEST(QwenWeightArena, EveryTensorReadsBackAsItsSource) {
+  Store st;
+  const QwenLayerWeights w = mixed_layer(st);
+  const QwenLayerArena a = qwen_layer_arena(w, "model.layers.3.");
+  // The "device": one buffer of the arena's size, guard bytes everywhere, the copies made as QwenModelCuda makes them.
+  std::vector<uint8_t> buf(a.bytes + kGuardBytes, kGuard);
+  for (const ArenaCopy& c : a.copies) std::memcpy(buf.data() + c.offset, c.src, c.bytes);
+  const void* base = buf.data();
+
+  const auto same = [&](const ArenaTensor& at, const TensorView& src, const char* what) {
+    SCOPED_TRACE(what);
+    if (src.data == nullptr) {
+      EXPECT_FALSE(at.present());
+      EXPECT_EQ(arena_ptr(base, at), nullptr);
+      return;
+    }
+    ASSERT_TRUE(at.present());
+    EXPECT_EQ(at.dtype, src.dtype);
+    ASSERT_EQ(at.bytes, src.nbytes());
+    EXPECT_EQ(std::memcmp(arena_ptr(base, at), src.data, at.bytes), 0);
+  };
+  same(a.input_norm, w.input_norm, "input_norm");
+  same(a.post_norm, w.post_norm, "post_norm");
+  same(a.q_norm, w.q_norm, "q_norm");
+  same(a.k_norm, w.k_norm, "k_norm");
+  same(a.q.bias, w.q_bias, "q bias");
+  same(a.k.bias, w.k_bias, "k bias");
+  same(a.v.bias, w.v_bias, "v bias (absent)");
+  for (const ArenaLinear* l : {&a.o, &a.gate, &a.up, &a.down}) EXPECT_FALSE(l->bias.present());
+
+  const std::pair<const ArenaLinear*, const LinearWeight*> linears[] = {
+      {&a.q, &w.q}, {&a.k, &w.k}, {&a.v, &w.v}, {&a.o, &w.o}, {&a.gate, &w.gate}, {&a.up, &w.up}, {&a.down, &w.down}};
+  for (const auto& [al, lw] : linears) {
+    SCOPED_TRACE(std::to_string(lw->N) + "x" + std::to_string(lw->K));
+    EXPECT_EQ(al->N, lw->N);
+    EXPECT_EQ(al->K, lw->K);
+    if (lw->is_dense()) {
+      EXPECT_FALSE(al->is_q4);
+      same(al->dense, lw->dense, "dense weight");
+      continue;
+    }
+    ASSERT_TRUE(al->is_q4);
+    EXPECT_FALSE(al->dense.present());
+    const Q4View v = arena_q4_view(base, *al);
+    EXPECT_EQ(reinterpret_cast<const uint8_t*>(v.qweight) - buf.data(), al->qweight_offset);
+    EXPECT_EQ(reinterpret_cast<const uint8_t*>(v.meta) - buf.data(), al->meta_offset);
+    EXPECT_EQ(v.perm != nullptr, al->perm_offset >= 0);
+    const std::vector<float> got = q4_unpack(v), want = lw->dequantize();
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "not the format's reader";
+  }
+  EXPECT_GE(a.k.perm_offset, 0) << "the act-order Linear has a permutation piece";
+  EXPECT_EQ(a.o.perm_offset, -1);
+  EXPECT_NE(test::error_of([&] { arena_q4_view(base, a.q); }).find("is dense"), std::string::npos);
+
+  // Nothing written outside the pieces: the alignment gaps and the guard after the arena keep their bytes.
+  std::vector<bool> covered(buf.size(), false);
+  for (const ArenaCopy& c : a.copies) std::fill(covered.begin() + c.offset, covered.begin() + c.offset + c.bytes, true);
+  size_t gap_bytes = 0, touched = 0;
+  for (size_t i = 0; i < buf.size(); ++i) {
+    if (covered[i]) continue;
+    ++gap_bytes;
+    touched += buf[i] != kGuard;
+  }
+  EXPECT_GT(gap_bytes, kGuardBytes) << "the awkward sizes leave gaps";
+  EXPECT_EQ(touched, 0u);
+}
+
+TEST(QwenWeightArena, RefusesWhatTheQ4KernelsCannotRead) {
+  Store st;
+  QwenLayerWeights w = mixed_layer(st);
+  PackedIntLinear three = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 32, 32, false, 6);
+  three.bits = 3;  // the Q4 repack reads 4-bit codes only
+  w.k.packed = std::make_shared<PackedIntLinear>(three);
+  const std::string e = test::error_of([&] { qwen_layer_arena(w, "model.layers.3."); });
+  EXPECT_NE(e.find("QwenModelCuda: cannot run 'model.layers.3.self_attn.k_proj' on the GPU"), std::string::npos) << e;
+  EXPECT_NE(e.find("use --device cpu"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,107 @@
+// The per-layer weight arena's layout (trainer/qwen_weight_arena.h).
+#include "trainer/qwen_weight_arena.h"
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace qwenq {
+
+uint64_t WeightArenaLayout::add(uint64_t bytes) {
+  QWENQ_CHECK(bytes > 0, "WeightArenaLayout: a piece of 0 bytes (an absent tensor takes no piece)");
+  const uint64_t at = end_;
+  end_ += (bytes + kWeightArenaAlignment - 1) / kWeightArenaAlignment * kWeightArenaAlignment;
+  return at;
+}
+
+namespace {
+
+struct Builder {
+  QwenLayerArena& a;
+  WeightArenaLayout layout;
+
+  // A piece of `bytes` copied from `src`; returns its offset.
+  int64_t piece(const void* src, uint64_t bytes) {
+    const uint64_t at = layout.add(bytes);
+    a.copies.push_back({src, bytes, at});
+    return static_cast<int64_t>(at);
+  }
+
+  ArenaTensor tensor(const TensorView& t) {
+    ArenaTensor r;
+    if (t.data == nullptr) return r;
+    r.bytes = t.nbytes();
+    r.dtype = t.dtype;
+    r.offset = piece(t.data, r.bytes);
+    return r;
+  }
+
+  ArenaLinear linear(const LinearWeight& w, const TensorView& bias, const std::string& name) {
+    ArenaLinear r;
+    r.N = w.N;
+    r.K = w.K;
+    const uint64_t before = layout.bytes();
+    if (w.is_dense()) {
+      r.dense = tensor(w.dense);
+    } else {
+      try {
+        QWENQ_CHECK(w.packed || w.nf4, "neither dense nor packed");
+        a.repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
+        q4_check(a.repacked.back().view(), "the Q4 repack");
+      } catch (const Error& e) {
+        throw Error("QwenModelCuda: cannot run '" + name + "' on the GPU, whose dequant-matmul reads 4-bit "
+                    "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
+      }
+      const Q4Layout& q = a.repacked.back();
+      r.is_q4 = true;
+      r.q4 = q.view();
+      r.q4.qweight = nullptr;
+      r.q4.meta = nullptr;
+      r.q4.perm = nullptr;
+      r.qweight_offset = piece(q.qweight.data(), q.qweight.size() * sizeof(uint32_t));
+      r.meta_offset = piece(q.meta.data(), q.meta.size() * sizeof(uint32_t));
+      if (!q.perm.empty()) r.perm_offset = piece(q.perm.data(), q.perm.size() * sizeof(int32_t));
+    }
+    a.linear_bytes += layout.bytes() - before;
+    r.bias = tensor(bias);
+    return r;
+  }
+};
+
+}  // namespace
+
+QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& prefix) {
+  QwenLayerArena a;
+  // The copies point into the repacks' vectors: reserving all seven up front keeps push_back from moving them
+  // (a move keeps a vector's buffer anyway; this makes it obvious).
+  a.repacked.reserve(7);
+  Builder b{a, {}};
+  a.input_norm = b.tensor(w.input_norm);
+  a.post_norm = b.tensor(w.post_norm);
+  a.q_norm = b.tensor(w.q_norm);
+  a.k_norm = b.tensor(w.k_norm);
+  a.q = b.linear(w.q, w.q_bias, prefix + "self_attn.q_proj");
+  a.k = b.linear(w.k, w.k_bias, prefix + "self_attn.k_proj");
+  a.v = b.linear(w.v, w.v_bias, prefix + "self_attn.v_proj");
+  a.o = b.linear(w.o, TensorView{}, prefix + "self_attn.o_proj");
+  a.gate = b.linear(w.gate, TensorView{}, prefix + "mlp.gate_proj");
+  a.up = b.linear(w.up, TensorView{}, prefix + "mlp.up_proj");
+  a.down = b.linear(w.down, TensorView{}, prefix + "mlp.down_proj");
+  a.bytes = b.layout.bytes();
+  return a;
+}
+
+const void* arena_ptr(const void* base, const ArenaTensor& t) {
+  return t.present() ? static_cast<const uint8_t*>(base) + t.offset : nullptr;
+}
+
+Q4View arena_q4_view(const void* base, const ArenaLinear& l) {
+  QWENQ_CHECK(l.is_q4, "arena_q4_view: the Linear [" << l.N << ", " << l.K << "] is dense");
+  const auto* p = static_cast<const uint8_t*>(base);
+  Q4View v = l.q4;
+  v.qweight = reinterpret_cast<const uint32_t*>(p + l.qweight_offset);
+  v.meta = reinterpret_cast<const uint32_t*>(p + l.meta_offset);
+  v.perm = l.perm_offset < 0 ? nullptr : reinterpret_cast<const int32_t*>(p + l.perm_offset);
+  return v;
+}
+
+}  // namespace qwenq
