@@ -65,7 +65,7 @@ fi
 
 if start memcheck 60 && command -v compute-sanitizer >/dev/null; then
   timeout $(( $(left) - 30 )) compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
-    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*' \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses)"
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"
