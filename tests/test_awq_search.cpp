@@ -5,12 +5,17 @@
 //     sampled_rows + scale_columns + pad_matrix), with and without s, several steps;
 //   - awq_clip_search_ref = awq_search_clip on its sampled tokens, and its choice is the brute-force double search's
 //     up to fp32 near ties (tests/support/awq_search_cases.h's measure, as the GPU test uses it);
+//   - the CUDA kernel's arithmetic replayed on the CPU (tests/support/awq_search_cases.h: what the GPU test requires
+//     of the kernel bit for bit) against the twin: the share of differing bounds (kClipFlipShare) and the double
+//     error gap of the two choices where they differ (kClipNearTie), measured here so the GPU test's bounds rest on
+//     numbers, and the replay against the brute-force double search (kReplayNearTie);
 //   - the CPU block runner's loss_scaled and search_clip (trainer/awq_runner.h) = the driver's former host code;
 //   - every argument refusal, with its message.
 // Exact comparisons (memcmp / ==) wherever the contract says bit for bit; the near-tie bound kClipNearTie is the
 // only tolerance.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -35,6 +40,11 @@ constexpr uint64_t kSeed = 20261201;
 // Eigen's fp32 errors against double: two shrinks' errors closer than this relative are a near tie either may win
 // (fp32 dot products of G ≤ 128 terms and fp32 squared norms of S ≤ 2000 terms: ≤ ~2e-4 relative, worst case).
 constexpr double kClipNearTie = 1e-3;
+// The replay sums squares in double; only its fp32 dot products (≤ ~1e-5 relative for G ≤ 128) err: 1e-4.
+constexpr double kReplayNearTie = 1e-4;
+// Share of bounds the replay (= the GPU) may choose differently from the twin (as tests/gpu/test_awq_search_cuda.cpp).
+constexpr double kClipFlipShare = 1e-2;
+constexpr int64_t kClipFlipFloor = 2;
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -131,6 +141,51 @@ TEST(AwqSearch, ClipSearchIsAwqSearchClipAndBruteForceUpToNearTies) {
       EXPECT_LE(a.worst_excess, kClipNearTie) << a.differing << " of " << a.total << " bounds differ";
     }
   }
+}
+
+TEST(AwqSearch, KernelReplayAgreesWithTheTwinUpToNearTies) {
+  const Shape shapes[] = {{1, 7, 32, 4},    {33, 100, 32, 4}, {70, 40, 16, 4}, {65, 384, 128, 4},
+                          {5, 48, -1, 4},   {40, 96, 32, 3},  {128, 896, 128, 4}};
+  uint64_t seed = kSeed + 400;
+  int64_t differing = 0, total = 0;
+  for (const Shape& c : shapes) {
+    for (int64_t S : {1, 5, 129, 300}) {
+      SCOPED_TRACE("N " + std::to_string(c.N) + " K " + std::to_string(c.K) + " G " + std::to_string(c.G) + " S " +
+                   std::to_string(S));
+      const std::vector<float> W = test::awq_weight(c.N, c.K, ++seed), x = test::awq_normal(S * c.K, ++seed);
+      AwqSearchOptions o;
+      o.bits = c.bits;
+      o.group_size = c.G;
+      const int64_t G = c.G > 0 ? c.G : c.K, groups = (c.K + G - 1) / G;
+      std::vector<float> twin(static_cast<size_t>(c.N * groups)), replay(twin.size()), brute(twin.size());
+      awq_clip_search_ref(W.data(), c.N, c.K, x.data(), S, o, twin.data());
+      test::awq_clip_search_replay(W.data(), c.N, c.K, x.data(), S, o, replay.data());
+      const test::AwqClipAgreement a =
+          test::awq_compare_clips(replay, twin, W.data(), c.N, c.K, x.data(), S, c.bits, G);
+      EXPECT_LE(a.differing, std::max<int64_t>(kClipFlipFloor, static_cast<int64_t>(kClipFlipShare * a.total)));
+      EXPECT_LE(a.worst_excess, kClipNearTie) << a.differing << " of " << a.total << " bounds differ";
+      differing += a.differing;
+      total += a.total;
+      // The replay's choice is the double search's up to its fp32 dot products.
+      for (int64_t n = 0; n < c.N; ++n) {
+        for (int64_t g = 0; g < groups; ++g) {
+          float m0 = 0.f;
+          for (int64_t k = g * G; k < std::min(c.K, g * G + G); ++k) m0 = std::max(m0, std::fabs(W[n * c.K + k]));
+          double best = INFINITY;
+          for (int i = 0; i < 10; ++i) {
+            const float bound = m0 * (1.f - static_cast<float>(i) / 20);
+            const double e = test::awq_clip_error(W.data(), c.K, x.data(), S, c.bits, G, n, g, bound);
+            if (e < best) best = e, brute[n * groups + g] = bound;
+          }
+        }
+      }
+      const test::AwqClipAgreement b =
+          test::awq_compare_clips(replay, brute, W.data(), c.N, c.K, x.data(), S, c.bits, G);
+      EXPECT_LE(b.worst_excess, kReplayNearTie) << b.differing << " of " << b.total << " bounds differ";
+    }
+  }
+  std::printf("  kernel replay vs twin: %lld of %lld clip bounds differ\n", (long long)differing, (long long)total);
+  EXPECT_LE(differing, static_cast<int64_t>(kClipFlipShare * total));
 }
 
 TEST(AwqSearch, RefusalsNameTheOpAndTheArgument) {

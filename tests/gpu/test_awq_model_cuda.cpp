@@ -10,7 +10,8 @@
 //     model without GQA (so the v -> o group runs too), three chunks: the captured statistics, each group's loss of
 //     a fake-quantized candidate, the loss of a scale-grid point (loss_scaled: the GPU's candidates are built on the
 //     device, so its loss equals its loss of the CPU-built candidates exactly), the clip search of every clipped
-//     Linear folded by scales (down padded by 8 columns) against the CPU runner's, the sampled rows.
+//     Linear folded by scales (down padded by 8 columns): exactly the kernel's CPU replay
+//     (tests/support/awq_search_cases.h) and against the CPU runner's up to near ties; the sampled rows.
 //   - TinyRandomLikeTheCpu, Stories260KLikeTheCpu: whole runs on both devices (saved searches kept): the share of
 //     scaling groups whose scales agree, the share of equal dequantized weights, the perplexity of both outputs.
 //
@@ -336,6 +337,9 @@ TEST(AwqModelCuda, RunnerMatchesTheCpuRunner) {
       ASSERT_EQ(bg.size(), bc.size());
       std::vector<float> x(static_cast<size_t>(S * K2));
       awq_clip_inputs_ref(cpu->sampled_rows(at, 1).data(), cpu->tokens(), K, step, s.data(), K2, x.data());
+      std::vector<float> replay(bc.size());  // the kernel's arithmetic on the CPU: its exact bounds
+      test::awq_clip_search_replay(folded.data(), N, K2, x.data(), S, so, replay.data());
+      EXPECT_EQ(bg, replay);
       const test::AwqClipAgreement a = test::awq_compare_clips(bg, bc, folded.data(), N, K2, x.data(), S, 4, G);
       EXPECT_LE(a.differing, std::max<int64_t>(kClipFlipFloor, static_cast<int64_t>(kClipFlipShare * a.total)));
       EXPECT_LE(a.worst_excess, kClipNearTie) << a.differing << " of " << a.total << " bounds differ";

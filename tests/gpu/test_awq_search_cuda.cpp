@@ -1,8 +1,9 @@
 // The CUDA ops of quant/awq_search.h against their CPU twins (quant/awq_search_ref.cpp):
 //   - awq_candidate_cuda, awq_clip_inputs_cuda: byte for byte (the contract: per-element decisions from the same
 //     float operations), outputs followed by guard bytes no kernel may touch;
-//   - awq_clip_search_cuda: the twin is Eigen's fp32 search, the kernel sums in another order (fp32 fma dot products,
-//     double squares), so a bound may differ at a near tie. Measured and bounded: the share of differing bounds
+//   - awq_clip_search_cuda: bit for bit against its arithmetic replayed on the CPU (tests/support/awq_search_cases.h:
+//     fp32 fma dot products in k order, double squares in the kernel's fixed order); against the twin, which is
+//     Eigen's fp32 search, a bound may differ at a near tie. Measured and bounded: the share of differing bounds
 //     (kClipFlipShare, at least kClipFlipFloor of them allowed on the tiny cases) and, for each differing bound,
 //     the double-precision error of both choices (tests/support/awq_search_cases.h): within kClipNearTie of each
 //     other, i.e. either choice is as good — which is the effect on the quantized weights that matters (the
@@ -150,6 +151,11 @@ void check_clip(const Shape& c, int64_t S, uint64_t seed) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const auto t2 = std::chrono::steady_clock::now();
   const std::vector<float> got = out.download("awq_clip_search_cuda");
+  std::vector<float> replay(expect.size());
+  test::awq_clip_search_replay(W.data(), c.N, c.K, x.data(), S, o, replay.data());
+  const int64_t d = first_difference(got, replay);
+  EXPECT_EQ(d, -1) << "bound [" << d / groups << ", " << d % groups << "]: " << got[std::max<int64_t>(d, 0)]
+                   << " vs the replay's " << replay[std::max<int64_t>(d, 0)];
   const test::AwqClipAgreement a = test::awq_compare_clips(got, expect, W.data(), c.N, c.K, x.data(), S, c.bits, G);
   int64_t clipped = 0;  // bounds below m0 (the outliers make clipping pay off): the search did choose
   for (int64_t n = 0; n < c.N; ++n)

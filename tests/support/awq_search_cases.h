@@ -1,6 +1,7 @@
 // Shared by tests/test_awq_search.cpp and tests/gpu/test_awq_search_cuda.cpp: seeded inputs of quant/awq_search.h's
 // ops, the clip search's error of one bound recomputed in double (the measure both devices' choices are judged by),
-// and the comparison of two sets of clip bounds.
+// the comparison of two sets of clip bounds, and the CUDA clip search's arithmetic replayed on the CPU bit for bit
+// (so the GPU test can require its exact bounds, and the CPU tests measure how often they differ from the twin's).
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "core/threads.h"
 #include "quant/awq.h"
 #include "quant/grid.h"
 
@@ -84,6 +86,61 @@ inline AwqClipAgreement awq_compare_clips(const std::vector<float>& a, const std
     }
   }
   return r;
+}
+
+// awq_clip_search_cuda's arithmetic replayed on the CPU, bit for bit (quant/awq_search.cu): per row and group the
+// min/max and m0 = max(|min|, |max|); per shrink the bound m0·r_i and the grid of the clamped min/max; Δ_k =
+// dequantize(quantize(clamp(w_k))) − w_k without contraction; per token the dot product x_t·Δ as an fp32 fma chain
+// in k order (the kernel's zero-padded chunk tails add exact zeros); its square (exact in double) added to the
+// partial sum of token lane (t mod 128) / 4 in token order, the 32 partials summed in lane order, err = sum / S,
+// the first err below 1e9 that beats the previous one wins. Finite inputs.
+inline void awq_clip_search_replay(const float* W, int64_t N, int64_t K, const float* x, int64_t S,
+                                   const AwqSearchOptions& opt, float* max_val) {
+  const int64_t G = opt.group_size > 0 ? opt.group_size : K, groups = (K + G - 1) / G;
+  const int shrinks = static_cast<int>(std::floor(opt.max_shrink * opt.n_grid));
+  const int maxq = (1 << opt.bits) - 1;
+  parallel_for(N, 1, [&](int64_t n0, int64_t n1) {
+    std::vector<float> d(static_cast<size_t>(std::min(G, K)));
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t k0 = g * G, len = std::min(G, K - k0);
+        const float* w = W + n * K + k0;
+        float lo = w[0], hi = w[0];
+        for (int64_t k = 1; k < len; ++k) lo = std::min(lo, w[k]), hi = std::max(hi, w[k]);
+        const float m0 = std::max(std::fabs(lo), std::fabs(hi));
+        float best = m0;
+        double min_err = 1e9;
+        for (int i = 0; i < shrinks; ++i) {
+          const float ratio = 1.f - static_cast<float>(i) / static_cast<float>(opt.n_grid);
+          const float bound = m0 * ratio;
+          const float range[2] = {std::min(std::max(lo, -bound), bound), std::min(std::max(hi, -bound), bound)};
+          float scale;
+          uint8_t zero;
+          grid_for_group(range, 2, 1, opt.bits, /*sym=*/false, GridRule::Awq, &scale, &zero);
+          for (int64_t k = 0; k < len; ++k) {
+            const float cw = std::min(std::max(w[k], -bound), bound);
+            volatile float deq = dequantize_value(quantize_value(cw, scale, zero, maxq), scale, zero);  // no fms
+            d[k] = deq - w[k];
+          }
+          double part[32] = {};
+          for (int64_t t = 0; t < S; ++t) {
+            float acc = 0.f;
+            for (int64_t k = 0; k < len; ++k) acc = std::fma(x[t * K + k0 + k], d[k], acc);
+            const double v = acc;
+            part[(t % 128) / 4] += v * v;
+          }
+          double sum = 0.0;
+          for (double p : part) sum += p;
+          const double err = sum / static_cast<double>(S);
+          if (err < min_err) {
+            min_err = err;
+            best = bound;
+          }
+        }
+        max_val[n * groups + g] = best;
+      }
+    }
+  });
 }
 
 }  // namespace qwenq::test
