@@ -189,6 +189,17 @@ class CudaBlockRunner final : public AwqBlockRunner {
     return max_val;
   }
 
+  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
+    QWENQ_CHECK(step >= 1, "awq: token step " << step);
+    const int64_t K = width(g), S = (T_ + step - 1) / step;
+    std::vector<float> rows(static_cast<size_t>(S * K));
+    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(rows.data(), K * sizeof(float), feats_[static_cast<int>(g)].get(),
+                                       static_cast<size_t>(step * K) * sizeof(float), K * sizeof(float),
+                                       static_cast<size_t>(S), cudaMemcpyDeviceToHost, s_));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    return rows;
+  }
+
  private:
   // The module over every chunk with the group's Linears at cand_, against ref_: mean squared difference.
   double candidate_loss(int64_t l, const AwqScaleGroup& grp) {
@@ -206,19 +217,6 @@ class CudaBlockRunner final : public AwqBlockRunner {
     return sum / static_cast<double>(T_ * C);
   }
 
- public:
-  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
-    QWENQ_CHECK(step >= 1, "awq: token step " << step);
-    const int64_t K = width(g), S = (T_ + step - 1) / step;
-    std::vector<float> rows(static_cast<size_t>(S * K));
-    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(rows.data(), K * sizeof(float), feats_[static_cast<int>(g)].get(),
-                                       static_cast<size_t>(step * K) * sizeof(float), K * sizeof(float),
-                                       static_cast<size_t>(S), cudaMemcpyDeviceToHost, s_));
-    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
-    return rows;
-  }
-
- private:
   int64_t width(BlockLinear g) const {
     return g == BlockLinear::O ? cfg_.q_dim() : g == BlockLinear::Down ? cfg_.intermediate_size : cfg_.hidden_size;
   }
