@@ -59,7 +59,7 @@ constexpr int kGridPoints = 20;
 constexpr int64_t kClipTokens = 512;
 constexpr int64_t kCpuClipRows = 256;
 // Clipped Linears of each shape per layer (AutoAWQ skips q and k).
-int clipped_per_layer(const Shape& s) { return s.N == 18944 ? 2 : 1; }
+constexpr int clipped_per_layer(const Shape& s) { return s.N == 18944 ? 2 : 1; }
 
 template <typename F>
 double cpu_seconds(F&& f) {
