@@ -1,6 +1,5 @@
 #include "quant/awq.h"
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,6 +9,7 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
+#include "quant/awq_search.h"
 #include "quant/grid.h"
 
 namespace qwenq {
@@ -97,60 +97,15 @@ int64_t awq_clip_token_step(int64_t T, const AwqSearchOptions& opt) {
 std::vector<float> awq_search_clip(const float* W, int64_t N, int64_t K, const float* x, int64_t T,
                                    const AwqSearchOptions& opt) {
   const int64_t G = opt.group_size > 0 ? opt.group_size : K;
-  const int64_t n_groups = (K + G - 1) / G;
-  const int64_t step = awq_clip_token_step(T, opt);
-  const int64_t S = (T + step - 1) / step;
-  const int shrinks = static_cast<int>(opt.max_shrink * opt.n_grid);
-  QWENQ_CHECK(shrinks >= 1, "awq: the clip search needs max_shrink * n_grid >= 1");
-  using Mat = Eigen::MatrixXf;
-  std::vector<float> best(N * n_groups);
-  // One task per (group, block of rows); each evaluates every shrink for its rows.
-  constexpr int64_t kRows = 64;
-  const int64_t row_blocks = (N + kRows - 1) / kRows;
-  parallel_for(n_groups * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / row_blocks, n0 = (task % row_blocks) * kRows, rows = std::min(kRows, N - n0);
-      const int64_t k0 = g * G, len = std::min(G, K - k0);
-      Mat xs(S, len);
-      for (int64_t i = 0; i < S; ++i) {
-        for (int64_t k = 0; k < len; ++k) xs(i, k) = x[(i * step) * K + k0 + k];
-      }
-      Mat w(rows, len), delta(rows, len);
-      for (int64_t n = 0; n < rows; ++n) {
-        for (int64_t k = 0; k < len; ++k) w(n, k) = W[(n0 + n) * K + k0 + k];
-      }
-      std::vector<float> org_max(rows), min_err(rows, 1e9f);
-      for (int64_t n = 0; n < rows; ++n) {
-        float mx = 0.f;
-        for (int64_t k = 0; k < len; ++k) mx = std::max(mx, std::fabs(w(n, k)));
-        org_max[n] = mx;
-        best[(n0 + n) * n_groups + g] = org_max[n];
-      }
-      std::vector<float> cw(len);
-      for (int i = 0; i < shrinks; ++i) {
-        const float r = 1.f - static_cast<float>(i) / opt.n_grid;
-        for (int64_t n = 0; n < rows; ++n) {
-          const float mx = org_max[n] * r;
-          for (int64_t k = 0; k < len; ++k) cw[k] = std::min(std::max(w(n, k), -mx), mx);
-          float scale;
-          uint8_t zero;
-          grid_for_group(cw.data(), len, 1, opt.bits, /*sym=*/false, GridRule::Awq, &scale, &zero);
-          const int maxq = (1 << opt.bits) - 1;
-          for (int64_t k = 0; k < len; ++k) {
-            delta(n, k) = dequantize_value(quantize_value(cw[k], scale, zero, maxq), scale, zero) - w(n, k);
-          }
-        }
-        const Mat e = xs * delta.transpose();  // [S, rows]
-        for (int64_t n = 0; n < rows; ++n) {
-          const float err = e.col(n).squaredNorm() / static_cast<float>(S);
-          if (err < min_err[n]) {
-            min_err[n] = err;
-            best[(n0 + n) * n_groups + g] = org_max[n] * r;
-          }
-        }
-      }
-    }
-  });
+  const int64_t step = awq_clip_token_step(T, opt), S = awq_clip_rows(T, step);
+  std::vector<float> best(static_cast<size_t>(N * ((K + G - 1) / G)));
+  if (step == 1) {
+    awq_clip_search_ref(W, N, K, x, S, opt, best.data());
+  } else {
+    std::vector<float> rows(static_cast<size_t>(S * K));
+    awq_clip_inputs_ref(x, T, K, step, nullptr, K, rows.data());
+    awq_clip_search_ref(W, N, K, rows.data(), S, opt, best.data());
+  }
   return best;
 }
 

@@ -20,6 +20,8 @@
 //   W_c = clamp(W[n,g], -r·m0, r·m0),   err(r) = mean_t (x_t[g] · (Q(W_c) − W[n,g]))²
 // over ~n_sample_tokens tokens (every ⌊T / n_sample_tokens⌋-th, at least every one); the weights are clamped to
 // the best r·m0 before quantization.
+// The heavy inner parts, the candidate Q(W·s)/s and the clip search's error table, are quant/awq_search.h's ops
+// (CPU twins and CUDA kernels); awq_search_clip runs the CPU twin.
 #pragma once
 
 #include <cstdint>

@@ -4,9 +4,9 @@
 //                     (bf16 << 16; binary16 -> binary32 as core's f16_to_f32; F32 copied as bits), 0 in the padding.
 //   rtn_quantize      three kernels on `stream`: a non-finite scan (atomicMin of the first flat index), one warp per
 //                     (group, column) for the grid (lanes stride the group's contiguous row segment, fminf/fmaxf
-//                     shuffles; lane 0 applies grid.cpp's formulas), then the codes in 32x32 tiles of W (a warp
-//                     reads 32 consecutive k of one row, coalesced) transposed through shared memory so that a
-//                     warp writes 32 consecutive n of codes [K, N].
+//                     shuffles; lane 0 applies grid.cpp's formulas, quant/grid_device.cuh), then the codes in
+//                     32x32 tiles of W (a warp reads 32 consecutive k of one row, coalesced) transposed through
+//                     shared memory so that a warp writes 32 consecutive n of codes [K, N].
 //   nf4_quantize_blocks  one warp per block of B (32..4096): the absmax and non-finite scan, a shuffle max, then
 //                     each lane codes two elements into one byte (B is even, so no byte straddles two blocks;
 //                     a partial last block of odd length pads its last low nibble with 0). The code books come in
@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
 #include "quant/format/nf4_pack.h"
+#include "quant/grid_device.cuh"
 #include "quant/nf4.h"
 #include "quant/quantize_step.h"
 
@@ -39,11 +40,6 @@ unsigned blocks_for(int64_t work_items, int64_t items_per_block) {
   return static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>((work_items + items_per_block - 1) / items_per_block, kMaxBlocks)));
 }
-
-// std::min / std::max exactly (the first argument unless the second compares less / greater).
-__device__ __forceinline__ float std_min(float a, float b) { return b < a ? b : a; }
-__device__ __forceinline__ float std_max(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ float round_to_f16(float x) { return __half2float(__float2half_rn(x)); }
 
 // ---- weight_to_f32 ----------------------------------------------------------------------------------------------
 
@@ -112,39 +108,6 @@ int64_t read_flag(const DeviceMemory& flag, const float* a, float* value, cudaSt
 
 // ---- rtn_quantize -----------------------------------------------------------------------------------------------
 
-// quant/grid.cpp's grid_for_group from the group's min and max, operation for operation.
-__device__ void group_grid(float lo, float hi, int maxq, bool sym, bool awq, float* scale, uint8_t* zero) {
-  float s, z;
-  if (!awq) {
-    lo = std_min(lo, 0.f);
-    hi = std_max(hi, 0.f);
-    if (sym) {
-      hi = std_max(fabsf(lo), hi);
-      if (lo < 0) lo = -hi;
-    }
-    if (lo == 0.f && hi == 0.f) lo = -1.f, hi = 1.f;
-    s = round_to_f16(__fdiv_rn(__fsub_rn(hi, lo), static_cast<float>(maxq)));
-    z = sym ? static_cast<float>((maxq + 1) / 2) : rintf(__fdiv_rn(-lo, s));
-  } else if (sym) {
-    const float amax = std_max(fabsf(lo), fabsf(hi));
-    s = round_to_f16(__fdiv_rn(std_max(amax, 1e-5f), static_cast<float>((maxq - 1) / 2)));
-    z = static_cast<float>((maxq + 1) / 2);
-  } else {
-    s = round_to_f16(__fdiv_rn(std_max(__fsub_rn(hi, lo), 1e-5f), static_cast<float>(maxq)));
-    z = std_min(std_max(-rintf(__fdiv_rn(lo, s)), 0.f), static_cast<float>(maxq));
-  }
-  if (s == 0.f) s = round_to_f16(1e-5f);
-  *scale = s;
-  *zero = z >= 0.f ? static_cast<uint8_t>(std_min(z, static_cast<float>(maxq))) : uint8_t{0};
-}
-
-// quant/grid.h's quantize_value.
-__device__ __forceinline__ uint8_t quantize_value_dev(float w, float scale, uint8_t zero, int maxq) {
-  float q = __fadd_rn(rintf(__fdiv_rn(w, scale)), static_cast<float>(zero));
-  q = q < 0.f ? 0.f : (q > static_cast<float>(maxq) ? static_cast<float>(maxq) : q);
-  return static_cast<uint8_t>(q);
-}
-
 // One warp per item g·N + n: the grid of column n's group g (rows [g·G, min(K, g·G + G)) of W's row n).
 __global__ void rtn_grid_kernel(const float* W, int64_t N, int64_t K, int64_t G, int64_t groups, int maxq, bool sym,
                                 bool awq, float* scale, uint8_t* zero) {
@@ -165,7 +128,7 @@ __global__ void rtn_grid_kernel(const float* W, int64_t N, int64_t K, int64_t G,
       lo = fminf(lo, __shfl_xor_sync(kFull, lo, o));
       hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, o));
     }
-    if (lane == 0) group_grid(lo, hi, maxq, sym, awq, &scale[item], &zero[item]);
+    if (lane == 0) grid_from_range(lo, hi, maxq, sym, awq, &scale[item], &zero[item]);
   }
 }
 
@@ -181,7 +144,7 @@ __global__ void rtn_codes_kernel(const float* W, int64_t N, int64_t K, int64_t G
       const int64_t n = n0 + r, k = k0 + tx;
       if (n < N && k < K) {
         const int64_t gi = (k / G) * N + n;
-        tile[r][tx] = quantize_value_dev(W[n * K + k], scale[gi], zero[gi], maxq);
+        tile[r][tx] = grid_quantize_value(W[n * K + k], scale[gi], zero[gi], maxq);
       }
     }
     __syncthreads();
@@ -214,7 +177,7 @@ CodeBooks code_books() {
 __device__ __forceinline__ uint8_t code_of(float w, float absmax, float inv, bool divide, bool fp4,
                                            const CodeBooks& cb) {
   float x = divide ? __fdiv_rn(w, absmax) : __fmul_rn(w, inv);
-  x = std_min(1.0f, std_max(-1.0f, x));
+  x = grid_std_min(1.0f, grid_std_max(-1.0f, x));
   int c = 0;
   if (!fp4) {
 #pragma unroll

@@ -1,9 +1,9 @@
 // awq_quantize_model: AutoAWQ's AwqQuantizer over a Qwen model, one decoder block at a time (see
-// quantize_model.h for the sequence and quant/awq.h for the math). The driver (statistics of the weights, grid,
-// candidates, folding, clip search, writing) runs on the host; what it asks of the calibration activations goes
+// quantize_model.h for the sequence and quant/awq.h for the math). The driver (statistics of the weights, the
+// scale-grid loop, folding, grid, writing) runs on the host; what it asks of the calibration activations goes
 // through an AwqBlockRunner (trainer/awq_runner.h): the CPU's below, or the GPU's (awq_model_cuda.cpp) with
-// AwqModelOptions::device Cuda. The clip search reads only the tokens it samples (awq_clip_token_step), so the
-// runners hand over just those rows.
+// AwqModelOptions::device Cuda. The runner also builds each grid point's candidates Q(W·s)/s and runs the clip
+// search (quant/awq_search.h), where the activations live; the driver hands it s and the folded weights.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +20,7 @@
 #include "kernels/gemm.h"
 #include "kernels/sum_reduce.h"
 #include "quant/awq.h"
+#include "quant/awq_search.h"
 #include "quant/grid.h"
 #include "trainer/awq_runner.h"
 #include "trainer/quantize_model.h"
@@ -98,6 +99,8 @@ Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max
 // QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens each), the
 // candidates swapped into the model for the call and the originals restored after it; a single Linear is a fp32
 // matmul. The reference of the attention and MLP groups is computed with the model's own weights (W unused there).
+// Candidates and clip bounds come from quant/awq_search.h's CPU twins (the former awq_fake_quantize(W·s)/s and
+// awq_search_clip, bit for bit).
 class CpuBlockRunner final : public AwqBlockRunner {
  public:
   CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
@@ -126,6 +129,33 @@ class CpuBlockRunner final : public AwqBlockRunner {
     double sum = 0.0;
     sum_sq_diff_ref(y.data(), reference_.data(), static_cast<int64_t>(y.size()), &sum);
     return sum / static_cast<double>(y.size());
+  }
+
+  double loss_scaled(int64_t l, const ScaleGroup& grp, const std::vector<float>* W, const std::vector<float>& s,
+                     const AwqSearchOptions& opt) override {
+    const int64_t K = width(grp.input);
+    QWENQ_CHECK(static_cast<int64_t>(s.size()) == K, "awq: " << s.size() << " scales for " << K << " input columns");
+    std::vector<float> cand[3];
+    for (size_t j = 0; j < grp.slots.size(); ++j) {
+      const std::vector<float>& w = W[grp.slots[j]];
+      const int64_t N = static_cast<int64_t>(w.size()) / K;
+      cand[j].resize(w.size());
+      awq_candidate_ref(w.data(), N, K, s.data(), opt.bits, opt.group_size, cand[j].data());
+    }
+    return loss(l, grp, cand);
+  }
+
+  std::vector<float> search_clip(BlockLinear g, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
+                                 const AwqSearchOptions& opt) override {
+    const int64_t T = tokens(), K0 = width(g), step = awq_clip_token_step(T, opt), S = awq_clip_rows(T, step);
+    QWENQ_CHECK(s.empty() || static_cast<int64_t>(s.size()) == K0,
+                "awq: " << s.size() << " scales for " << K0 << " input columns");
+    std::vector<float> x(static_cast<size_t>(S * K));
+    awq_clip_inputs_ref(feats_[input_index(g)].data(), T, K0, step, s.empty() ? nullptr : s.data(), K, x.data());
+    const int64_t G = opt.group_size > 0 ? opt.group_size : K;
+    std::vector<float> max_val(static_cast<size_t>(N * ((K + G - 1) / G)));
+    awq_clip_search_ref(W, N, K, x.data(), S, opt, max_val.data());
+    return max_val;
   }
 
   std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
@@ -213,7 +243,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
-  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
+  const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
   const bool v_to_o = cfg.q_dim() == cfg.kv_dim();  // AutoAWQ: only when v_proj and o_proj have the same shape
   for (int i = 0; i < 7; ++i) {
     const LinearWeight& w = model.linear_weight(0, kSlots[i].group, kSlots[i].index);
@@ -333,17 +363,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
       const std::vector<float> w_mean = awq_weight_mean(ws, rows, width, o.group_size);
       // The module's output with the original weights, and the loss of candidate weights Q(W·s)/s against it.
       runner->set_reference(l, grp, W);
-      const AwqScaleResult r = awq_search_scale(x_mean, w_mean, so, [&](const std::vector<float>& s) {
-        std::vector<float> cand[3];
-        for (size_t j = 0; j < grp.slots.size(); ++j) {
-          const int sl = grp.slots[j];
-          cand[j] = W[sl];
-          scale_columns(cand[j], N[sl], K[sl], s, false);
-          cand[j] = awq_fake_quantize(cand[j].data(), N[sl], K[sl], o.bits, o.group_size);
-          scale_columns(cand[j], N[sl], K[sl], s, true);
-        }
-        return runner->loss(l, grp, cand);
-      });
+      const AwqScaleResult r = awq_search_scale(
+          x_mean, w_mean, so, [&](const std::vector<float>& s) { return runner->loss_scaled(l, grp, W, s, so); });
       scales[gi] = r.scales;
       found.scales[key] = r.scales;
       char extra[96];
@@ -378,20 +399,9 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
       W[kDown] = pad_matrix(W[kDown], N[kDown], K[kDown], N[kDown], I2);
       K[kDown] = I2;
     }
-    // The clip search's inputs: the tokens it samples (awq_clip_token_step) of each group's input, divided by the
-    // group's scales like the folded weights' inputs, the MLP width padded with zero columns.
-    const int64_t clip_step = loaded ? 1 : awq_clip_token_step(runner->tokens(), so);
-    const int64_t clip_S = loaded ? 0 : (runner->tokens() + clip_step - 1) / clip_step;
-    std::vector<float> sampled[4];
-    auto clip_rows = [&](BlockLinear g) -> const std::vector<float>& {
-      std::vector<float>& x = sampled[input_index(g)];
-      if (!x.empty()) return x;
-      const int64_t width = g == BlockLinear::O ? cfg.q_dim() : g == BlockLinear::Down ? I : C;
-      x = runner->sampled_rows(g, clip_step);
-      if (!scales[input_index(g)].empty()) scale_columns(x, clip_S, width, scales[input_index(g)], true);
-      if (g == BlockLinear::Down && I2 != I) x = pad_matrix(x, clip_S, I, clip_S, I2);
-      return x;
-    };
+    // The clip search runs where the activations live, on the tokens it samples (awq_clip_token_step) of the
+    // Linear's group input, divided by the group's scales like the folded weights' inputs, the MLP width padded
+    // with zero columns.
     for (int i = 0; i < 7; ++i) {
       const std::string prefix = pre + kSlots[i].name;
       const int64_t groups = (K[i] + o.group_size - 1) / o.group_size;
@@ -403,8 +413,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
           awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, it->second.first);
         }
       } else if (a.clip && clips(i)) {
-        const std::vector<float>& x = clip_rows(kSlots[i].group);
-        std::vector<float> mx = awq_search_clip(W[i].data(), N[i], K[i], x.data(), clip_S, so);
+        const BlockLinear g = kSlots[i].group;
+        std::vector<float> mx = runner->search_clip(g, scales[input_index(g)], W[i].data(), N[i], K[i], so);
         awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, mx);
         found.clips[prefix] = {std::move(mx), {N[i], groups}};
       }

@@ -1,6 +1,6 @@
 // The GPU runner of awq_quantize_model (trainer/awq_runner.h's AwqBlockRunner; the driver in awq_model.cpp is the
-// same for both devices): the calibration activations live on the device, only scalars and the clip search's
-// sampled tokens come back.
+// same for both devices): the calibration activations live on the device, and so do the heavy parts of the search
+// (quant/awq_search.h's kernels); only scalars and clip bounds come back.
 //   X        [T, C] fp32, the residual stream of every calibration window (T = windows·seq_len)
 //   chunks   whole windows of at most chunk_tokens tokens (at least one), each a PackedBatch of its own (positions
 //            restart per window, so chunking changes nothing in a block's or module's function)
@@ -8,17 +8,25 @@
 //                     AutoAWQ), its hook copying each Linear group's input into feats[g] [T, K_g] (device)
 //   input_mean(g)     column_abs_sum_cuda over feats[g] (double), K doubles downloaded, mean = (float)(sum / T): the
 //                     CPU's awq_activation_mean up to the order of the double sums
-//   set_reference     the group's fp32 working weights uploaded as the module's replacement weights (so reference
-//                     and candidates are both true fp32 GEMMs, whatever dtype the model stores), the module run per
-//                     chunk (QwenModelCuda::attention_forward / mlp_forward / block_linear_forward) into ref [T, C]
-//   loss(candidate)   the candidates uploaded over the same buffers, the module run per chunk into one chunk buffer,
-//                     sum_sq_diff_cuda(out, ref[chunk]) accumulated in one device double over the chunks; that one
-//                     double is downloaded: loss = sum / (T·C), as the CPU (kernels/sum_reduce.h: double terms and
-//                     sums, a different order). The stored weights are never touched: nothing needs restoring.
-//   sampled_rows      rows 0, step, 2·step, ... of feats[g], one strided copy back to the host
+//   set_reference     the group's fp32 working weights uploaded once into wref[j] and used as the module's
+//                     replacement weights (so reference and candidates are both true fp32 GEMMs, whatever dtype the
+//                     model stores), the module run per chunk (QwenModelCuda::attention_forward / mlp_forward /
+//                     block_linear_forward) into ref [T, C]
+//   loss_scaled(s)    s (K floats) uploaded, awq_candidate_cuda(wref[j], s) -> cand[j] on the device (bit for bit the
+//                     CPU's candidates), then as loss
+//   loss(candidate)   host candidates uploaded into cand[j]; the module run per chunk into one chunk buffer with the
+//                     group's Linears at cand, sum_sq_diff_cuda(out, ref[chunk]) accumulated in one device double
+//                     over the chunks; that one double is downloaded: loss = sum / (T·C), as the CPU
+//                     (kernels/sum_reduce.h: double terms and sums, a different order). The stored weights are never
+//                     touched: nothing needs restoring.
+//   search_clip       the folded weight [N, K] and s uploaded, awq_clip_inputs_cuda gathers feats[g]'s sampled rows
+//                     / s (zero-padded to K) into xclip [S, K], awq_clip_search_cuda -> bounds [N, ⌈K/G⌉] downloaded
+//   sampled_rows      (tests) rows 0, step, 2·step, ... of feats[g], one strided copy back to the host
 // Device memory: the model's weights, X, feats (T·(2C + q_dim + I) fp32), ref [T, C], one chunk output [chunk, C],
-// the largest group's replacement weights (fp32: 2·I·C for gate/up) and the module's activation buffers for a chunk.
-// Everything runs on QwenModelCuda's stream; the host waits once per loss (the double) and per statistic.
+// the largest group's working weights and candidates (fp32: 2·I·C each for gate/up), the clip search's weight
+// [N, K], sampled inputs [S, K] (S < 2·n_sample_tokens) and bounds, and the module's activation buffers for a chunk.
+// Everything runs on QwenModelCuda's stream; the host waits once per loss (the double), per statistic and per clip
+// search (its bounds).
 #ifdef QWENQ_HAVE_CUDA
 
 #include <algorithm>
@@ -30,6 +38,7 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_allocator.h"
 #include "kernels/sum_reduce.h"
+#include "quant/awq_search.h"
 #include "trainer/awq_runner.h"
 #include "trainer/qwen_model_cuda.h"
 
@@ -87,6 +96,7 @@ class CudaBlockRunner final : public AwqBlockRunner {
                           "one chunk of the candidate module output " + dims(largest, C), s_);
     sums_ = allocate_named(static_cast<size_t>(std::max<int64_t>(1, max_width())) * sizeof(double),
                            MemoryTag::Workspace, "the reduction sums", s_);
+    s_dev_ = allocate_named(f32_bytes(1, max_width()), MemoryTag::Workspace, "the scales", s_);
     for (size_t c = 0; c < chunks_.size(); ++c) gpu_.embed_batch(chunks_[c], X_.as<float>() + offset_[c] * C);
   }
 
@@ -122,27 +132,61 @@ class CudaBlockRunner final : public AwqBlockRunner {
   void set_reference(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W) override {
     std::vector<const std::vector<float>*> weights;
     for (int slot : grp.slots) weights.push_back(&W[slot]);
-    upload_weights(l, grp, weights);
+    upload_weights(l, grp, weights, wref_);
+    ref_layer_ = l;
+    ref_group_ = grp.prev;
     const int64_t C = cfg_.hidden_size;
-    for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, ref_.as<float>() + offset_[c] * C);
+    for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, wref_, ref_.as<float>() + offset_[c] * C);
   }
 
   double loss(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* candidate) override {
     std::vector<const std::vector<float>*> weights;
     for (size_t j = 0; j < grp.slots.size(); ++j) weights.push_back(&candidate[j]);
-    upload_weights(l, grp, weights);
-    const int64_t C = cfg_.hidden_size;
-    double* acc = sums_.as<double>();
-    QWENQ_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), s_));
-    for (size_t c = 0; c < chunks_.size(); ++c) {
-      run_module(l, grp, c, out_.as<float>());
-      const int64_t rows = chunks_[c].num_tokens();
-      sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, rows * C, acc, s_);
+    upload_weights(l, grp, weights, cand_);
+    return candidate_loss(l, grp);
+  }
+
+  double loss_scaled(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W, const std::vector<float>& s,
+                     const AwqSearchOptions& opt) override {
+    QWENQ_CHECK(ref_layer_ == l && ref_group_ == grp.prev,
+                "awq: loss_scaled for layer " << l << " " << grp.prev << " without its set_reference");
+    const int64_t K = width(grp.input);
+    QWENQ_CHECK(static_cast<int64_t>(s.size()) == K, "awq: " << s.size() << " scales for " << K << " input columns");
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(s_dev_.get(), s.data(), f32_bytes(1, K), cudaMemcpyHostToDevice, s_));
+    for (size_t j = 0; j < grp.slots.size(); ++j) {
+      const int64_t N = rows_of(grp.slots[j]);
+      QWENQ_CHECK(static_cast<int64_t>(W[grp.slots[j]].size()) == N * K,
+                  "awq: layer " << l << " " << kDecoderLinears[grp.slots[j]].name << " weight has "
+                                << W[grp.slots[j]].size() << " values, not " << N << " x " << K);
+      ensure(cand_[j], f32_bytes(N, K), std::string("the candidate ") + kDecoderLinears[grp.slots[j]].name + " " +
+                                            dims(N, K));
+      awq_candidate_cuda(wref_[j].as<float>(), N, K, s_dev_.as<float>(), opt.bits, opt.group_size,
+                         cand_[j].as<float>(), s_);
     }
-    double sum = 0.0;
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(&sum, acc, sizeof(double), cudaMemcpyDeviceToHost, s_));
+    return candidate_loss(l, grp);
+  }
+
+  std::vector<float> search_clip(BlockLinear g, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
+                                 const AwqSearchOptions& opt) override {
+    const int64_t K0 = width(g), step = awq_clip_token_step(T_, opt), S = awq_clip_rows(T_, step);
+    QWENQ_CHECK(s.empty() || static_cast<int64_t>(s.size()) == K0,
+                "awq: " << s.size() << " scales for " << K0 << " input columns");
+    awq_clip_inputs_check_args(T_, K0, step, K);
+    awq_clip_search_check_args(N, K, S, opt);
+    const int64_t G = opt.group_size > 0 ? opt.group_size : K, groups = (K + G - 1) / G;
+    ensure(wclip_, f32_bytes(N, K), "the clipped weight " + dims(N, K));
+    ensure(xclip_, f32_bytes(S, K), "the clip search's sampled inputs " + dims(S, K));
+    ensure(bounds_, f32_bytes(N, groups), "the clip bounds " + dims(N, groups));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(wclip_.get(), W, f32_bytes(N, K), cudaMemcpyHostToDevice, s_));
+    if (!s.empty())
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(s_dev_.get(), s.data(), f32_bytes(1, K0), cudaMemcpyHostToDevice, s_));
+    awq_clip_inputs_cuda(feats_[static_cast<int>(g)].as<float>(), T_, K0, step, s.empty() ? nullptr : s_dev_.as<float>(),
+                         K, xclip_.as<float>(), s_);
+    awq_clip_search_cuda(wclip_.as<float>(), N, K, xclip_.as<float>(), S, opt, bounds_.as<float>(), s_);
+    std::vector<float> max_val(static_cast<size_t>(N * groups));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(max_val.data(), bounds_.get(), f32_bytes(N, groups), cudaMemcpyDeviceToHost, s_));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
-    return sum / static_cast<double>(T_ * C);
+    return max_val;
   }
 
   std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
@@ -157,42 +201,70 @@ class CudaBlockRunner final : public AwqBlockRunner {
   }
 
  private:
+  // The module over every chunk with the group's Linears at cand_, against ref_: mean squared difference.
+  double candidate_loss(int64_t l, const AwqScaleGroup& grp) {
+    const int64_t C = cfg_.hidden_size;
+    double* acc = sums_.as<double>();
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), s_));
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      run_module(l, grp, c, cand_, out_.as<float>());
+      const int64_t rows = chunks_[c].num_tokens();
+      sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, rows * C, acc, s_);
+    }
+    double sum = 0.0;
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(&sum, acc, sizeof(double), cudaMemcpyDeviceToHost, s_));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    return sum / static_cast<double>(T_ * C);
+  }
+
   int64_t width(BlockLinear g) const {
     return g == BlockLinear::O ? cfg_.q_dim() : g == BlockLinear::Down ? cfg_.intermediate_size : cfg_.hidden_size;
   }
   int64_t max_width() const { return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size}); }
 
-  // The group's Linears' replacement weights (fp32 [N, K] each, in slot order) into w_[j], grown as needed. The
-  // copies are queued on the stream after every module call already queued, which may still read w_: stream order
-  // makes overwriting them safe; the pageable host memory is staged before cudaMemcpyAsync returns.
-  void upload_weights(int64_t l, const AwqScaleGroup& grp, const std::vector<const std::vector<float>*>& weights) {
+  // Output rows N of the Linear in slot `slot` (its K is width(kDecoderLinears[slot].group)).
+  int64_t rows_of(int slot) const {
+    const DecoderLinear& d = kDecoderLinears[slot];
+    return d.group == BlockLinear::QKV ? (d.index == 0 ? cfg_.q_dim() : cfg_.kv_dim())
+           : d.group == BlockLinear::GateUp ? cfg_.intermediate_size
+                                            : cfg_.hidden_size;
+  }
+
+  // buf holds at least `bytes` (reallocated, contents lost, when smaller). Reallocation is stream-ordered: the
+  // caching allocator reuses the old block only after the work queued on s_ before the release.
+  void ensure(DeviceAllocation& buf, size_t bytes, const std::string& what) {
+    if (buf.bytes() >= bytes) return;
+    buf.reset();
+    buf = allocate_named(bytes, MemoryTag::Workspace, what, s_);
+  }
+
+  // The group's Linears' weights (fp32 [N, K] each, in slot order) into dst[j], grown as needed. The copies are
+  // queued on the stream after every module call already queued, which may still read dst: stream order makes
+  // overwriting them safe; the pageable host memory is staged before cudaMemcpyAsync returns.
+  void upload_weights(int64_t l, const AwqScaleGroup& grp, const std::vector<const std::vector<float>*>& weights,
+                      DeviceAllocation* dst) {
     QWENQ_CHECK(weights.size() == grp.slots.size() && weights.size() <= 3, "awq: " << weights.size()
                                                                                    << " weights for a group of "
                                                                                    << grp.slots.size());
     for (size_t j = 0; j < weights.size(); ++j) {
       const DecoderLinear& d = kDecoderLinears[grp.slots[j]];
-      const int64_t N = d.group == BlockLinear::QKV ? (d.index == 0 ? cfg_.q_dim() : cfg_.kv_dim())
-                        : d.group == BlockLinear::GateUp ? cfg_.intermediate_size
-                                                         : cfg_.hidden_size;
-      const int64_t K = width(d.group);
+      const int64_t N = rows_of(grp.slots[j]), K = width(d.group);
       QWENQ_CHECK(static_cast<int64_t>(weights[j]->size()) == N * K,
                   "awq: layer " << l << " " << d.name << " weight has " << weights[j]->size() << " values, not "
                                 << N << " x " << K);
       const size_t bytes = f32_bytes(N, K);
-      if (w_[j].bytes() < bytes) {
-        w_[j].reset();
-        w_[j] = allocate_named(bytes, MemoryTag::Workspace, std::string("the candidate ") + d.name + " " + dims(N, K), s_);
-      }
-      QWENQ_CUDA_CHECK(cudaMemcpyAsync(w_[j].get(), weights[j]->data(), bytes, cudaMemcpyHostToDevice, s_));
+      ensure(dst[j], bytes, std::string("the ") + (dst == wref_ ? "working weight " : "candidate ") + d.name + " " +
+                                dims(N, K));
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst[j].get(), weights[j]->data(), bytes, cudaMemcpyHostToDevice, s_));
     }
   }
 
-  // grp's module over chunk c of its kept input, with the group's Linears at w_, into out [rows, C].
-  void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, float* out) {
+  // grp's module over chunk c of its kept input, with the group's Linears at weights[j], into out [rows, C].
+  void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, const DeviceAllocation* weights, float* out) {
     const PackedBatch& b = chunks_[c];
     const int64_t rows = b.num_tokens();
     const float* x = feats_[static_cast<int>(grp.input)].as<float>() + offset_[c] * width(grp.input);
-    const float* w[3] = {w_[0].as<float>(), w_[1].as<float>(), w_[2].as<float>()};
+    const float* w[3] = {weights[0].as<float>(), weights[1].as<float>(), weights[2].as<float>()};
     switch (grp.module) {
       case AwqModule::SelfAttn:
         gpu_.attention_forward(l, b, x, out, w);
@@ -214,7 +286,9 @@ class CudaBlockRunner final : public AwqBlockRunner {
   std::vector<PackedBatch> chunks_;
   std::vector<int64_t> offset_;  // first token of each chunk in X
   int64_t T_ = 0;
-  DeviceAllocation X_, feats_[4], ref_, out_, sums_, w_[3];
+  DeviceAllocation X_, feats_[4], ref_, out_, sums_, s_dev_, wref_[3], cand_[3], wclip_, xclip_, bounds_;
+  int64_t ref_layer_ = -1;
+  std::string ref_group_;  // grp.prev of the last set_reference
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "quant/awq.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -34,7 +35,9 @@ inline const AwqScaleGroup kAwqGroups[4] = {
     {"mlp.up_proj", kAwqUp, {kAwqDown}, BlockLinear::Down, AwqModule::Single}};
 
 // The calibration activations of the block being quantized, wherever they live. Call order per block l:
-// capture(l), then for each searched group input_mean, set_reference, loss (n_grid times); then sampled_rows.
+// capture(l), then for each searched group input_mean, set_reference, loss_scaled (n_grid times); then search_clip
+// per clipped Linear. The heavy parts (the grid candidates, the clip search) run where the activations live, on
+// quant/awq_search.h's ops: the CPU runner calls the twins, the GPU runner the kernels.
 class AwqBlockRunner {
  public:
   virtual ~AwqBlockRunner() = default;
@@ -52,7 +55,18 @@ class AwqBlockRunner {
   // mean over the T·C outputs of (module output − reference)², in double, with the group's Linears replaced by
   // candidate[j] (fp32 [N, K], in grp.slots order) for this call only.
   virtual double loss(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* candidate) = 0;
-  // Rows t = 0, step, 2·step, ... of group g's kept input (unscaled): [⌈T / step⌉, K] on the host.
+  // loss() of scale-grid point s [K]: candidate[j] = awq_candidate(W[grp.slots[j]], s) (quant/awq_search.h, with
+  // opt.bits and opt.group_size), built where the module runs. W must be the working copies of the last
+  // set_reference (same l and grp): the GPU runner builds the candidates from the copies it uploaded there.
+  virtual double loss_scaled(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W,
+                             const std::vector<float>& s, const AwqSearchOptions& opt) = 0;
+  // Clip bounds [N, ⌈K/G⌉] of a folded Linear W [N, K] (host) that reads group g's kept input: awq_clip_search over
+  // the rows awq_clip_token_step(T, opt) samples, divided by s [width(g)] (empty: not scaled), zero-padded to
+  // K >= width(g) columns (awq_clip_inputs) — awq_search_clip's result on those inputs (the GPU's: see
+  // quant/awq_search.h for where near ties may differ).
+  virtual std::vector<float> search_clip(BlockLinear g, const std::vector<float>& s, const float* W, int64_t N,
+                                         int64_t K, const AwqSearchOptions& opt) = 0;
+  // Rows t = 0, step, 2·step, ... of group g's kept input (unscaled): [⌈T / step⌉, K] on the host (for tests).
   virtual std::vector<float> sampled_rows(BlockLinear g, int64_t step) = 0;
 };
 

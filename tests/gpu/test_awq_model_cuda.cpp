@@ -8,7 +8,10 @@
 //     (flash attention), tests/gpu/gpu_test_models.h. Bad arguments are refused with the method's name.
 //   - RunnerMatchesTheCpuRunner: the GPU AwqBlockRunner (trainer/awq_runner.h) against the CPU's on the tiny F32
 //     model without GQA (so the v -> o group runs too), three chunks: the captured statistics, each group's loss of
-//     a fake-quantized candidate, the clip search's sampled rows.
+//     a fake-quantized candidate, the loss of a scale-grid point (loss_scaled: the GPU's candidates are built on the
+//     device, so its loss equals its loss of the CPU-built candidates exactly), the clip search of every clipped
+//     Linear folded by scales (down padded by 8 columns): exactly the kernel's CPU replay
+//     (tests/support/awq_search_cases.h) and against the CPU runner's up to near ties; the sampled rows.
 //   - TinyRandomLikeTheCpu, Stories260KLikeTheCpu: whole runs on both devices (saved searches kept): the share of
 //     scaling groups whose scales agree, the share of equal dequantized weights, the perplexity of both outputs.
 //
@@ -35,6 +38,9 @@
 //                     weights for gate/up of one layer) and a clip bound (argmin over 10 shrinks per row and group,
 //                     from fp32 inputs ~1e-6 apart) can flip at a tie; the blocks are fed from the unquantized model,
 //                     so nothing cascades. 0.7: fails when more than about one large group per model differs.
+//   kClipNearTie, kClipFlipShare, kClipFlipFloor  the clip search's bounds, as tests/gpu/test_awq_search_cuda.cpp:
+//                     differing bounds (≤ 1 %, at least 2 allowed) only at near ties (the double errors of both
+//                     choices within 1e-3 relative).
 //   kPplRelTol        perplexity (CPU evaluation) of the GPU-quantized model against the CPU-quantized one: equal up
 //                     to the near-ties above; 1 % (the AWQ-vs-RTN gap on stories260K is several %).
 // Every test skips without a device; the stories260K test also without the shared data. Agreements, perplexities
@@ -55,6 +61,8 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/gemm.h"
 #include "quant/awq.h"
+#include "quant/awq_search.h"
+#include "tests/support/awq_search_cases.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_compare.h"
 #include "tests/gpu/gpu_test_models.h"
@@ -79,6 +87,9 @@ constexpr double kScaleMatchRelTol = 1e-4;
 constexpr double kAlphaAgreement = 0.75;
 constexpr double kWeightAgreement = 0.7;
 constexpr double kPplRelTol = 1e-2;
+constexpr double kClipNearTie = 1e-3;
+constexpr double kClipFlipShare = 1e-2;
+constexpr int64_t kClipFlipFloor = 2;
 
 using test::Clock;
 using test::download;
@@ -288,6 +299,50 @@ TEST(AwqModelCuda, RunnerMatchesTheCpuRunner) {
       std::vector<float> originals[3];
       for (size_t j = 0; j < grp.slots.size(); ++j) originals[j] = W[grp.slots[j]];
       EXPECT_EQ(gpu->loss(l, grp, originals), 0.0);
+      // A scale-grid point: candidates Q(W·s)/s built by each runner (the GPU's on the device, bit for bit the twin's).
+      const std::vector<float> s = awq_candidate_scales(mc, mc, 0.5, /*duo_scaling=*/false);
+      AwqSearchOptions so;
+      so.group_size = G;
+      std::vector<float> scand[3];
+      for (size_t j = 0; j < grp.slots.size(); ++j) {
+        const int sl = grp.slots[j];
+        const int64_t K = static_cast<int64_t>(s.size()), N = static_cast<int64_t>(W[sl].size()) / K;
+        scand[j].resize(W[sl].size());
+        awq_candidate_ref(W[sl].data(), N, K, s.data(), 4, G, scand[j].data());
+      }
+      const double sc = cpu->loss_scaled(l, grp, W, s, so), sg = gpu->loss_scaled(l, grp, W, s, so);
+      EXPECT_EQ(sc, cpu->loss(l, grp, scand));
+      EXPECT_EQ(sg, gpu->loss(l, grp, scand));
+      EXPECT_GT(sc, 0.0);
+      EXPECT_NEAR(sg, sc, kLossRelTol * sc);
+    }
+    // The clip search of every clipped Linear (v, o, gate, up, down), folded by scales; down's input padded.
+    for (int slot = kAwqV; slot < 7; ++slot) {
+      SCOPED_TRACE("layer " + std::to_string(l) + " clip " + kDecoderLinears[slot].name);
+      const BlockLinear at = kDecoderLinears[slot].group;
+      const int64_t K = group_width(c, at), N = static_cast<int64_t>(W[slot].size()) / K;
+      const int64_t K2 = K + (at == BlockLinear::Down ? 8 : 0);
+      const std::vector<float> mean = cpu->input_mean(at);
+      const std::vector<float> s = awq_candidate_scales(mean, mean, 0.5, /*duo_scaling=*/false);
+      std::vector<float> folded(static_cast<size_t>(N * K2), 0.f);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) folded[n * K2 + k] = W[slot][n * K + k] * s[k];
+      AwqSearchOptions so;
+      so.group_size = G;
+      so.n_sample_tokens = 100;  // 480 tokens: every 4th
+      const int64_t step = awq_clip_token_step(cpu->tokens(), so), S = awq_clip_rows(cpu->tokens(), step);
+      ASSERT_EQ(step, 4);
+      const std::vector<float> bc = cpu->search_clip(at, s, folded.data(), N, K2, so);
+      const std::vector<float> bg = gpu->search_clip(at, s, folded.data(), N, K2, so);
+      ASSERT_EQ(bg.size(), bc.size());
+      std::vector<float> x(static_cast<size_t>(S * K2));
+      awq_clip_inputs_ref(cpu->sampled_rows(at, 1).data(), cpu->tokens(), K, step, s.data(), K2, x.data());
+      std::vector<float> replay(bc.size());  // the kernel's arithmetic on the CPU: its exact bounds
+      test::awq_clip_search_replay(folded.data(), N, K2, x.data(), S, so, replay.data());
+      EXPECT_EQ(bg, replay);
+      const test::AwqClipAgreement a = test::awq_compare_clips(bg, bc, folded.data(), N, K2, x.data(), S, 4, G);
+      EXPECT_LE(a.differing, std::max<int64_t>(kClipFlipFloor, static_cast<int64_t>(kClipFlipShare * a.total)));
+      EXPECT_LE(a.worst_excess, kClipNearTie) << a.differing << " of " << a.total << " bounds differ";
     }
     for (int g = 0; g < 4; ++g) {
       const BlockLinear at = static_cast<BlockLinear>(g);
