@@ -77,10 +77,9 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     if (!gpu)
 #endif
     {
-      W.resize(t.numel());
-      to_f32(t.dtype, t.data, W.data(), W.size());
+      W.resize(N * K);
+      weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
-      if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
     }
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
