@@ -230,7 +230,9 @@ TEST(QuantizeStepRef, ResultsAndRefusalsDoNotDependOnTheThreadCount) {
     test::expect_error([&] { rtn_quantize_ref(bad.data(), N, K, 4, 128, true, GridRule::Gptq, scales[0].data(),
                                               zeros[0].data(), codes[0].data()); },
                        {"rtn_quantize: weight [300, 17] is nan"});
-    test::expect_error([&] { nf4_quantize_blocks_ref(bad.data(), N * K, 64, true, packed[0].data(), absmax[0].data()); },
+    test::expect_error([&] {
+                         nf4_quantize_blocks_ref(bad.data(), N * K, 64, true, packed[0].data(), absmax[0].data());
+                       },
                        {"nf4_quantize: weight " + std::to_string(300 * K + 17) + " is nan"});
   }
 }
