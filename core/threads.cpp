@@ -1,9 +1,12 @@
 // parallel_for over OpenMP: static chunks of at least `grain` iterations, one parallel region per call, no
 // nesting (a call from inside a parallel region runs serially on the calling thread). An exception thrown by
 // `fn` on any thread is carried out of the region and rethrown on the caller (OpenMP would otherwise abort).
+// parallel_find_first: every chunk reports its own first hit and the minimum over the chunks is kept (a mutex per
+// hit, and hits are the rare case: error scans), so the result is the sequential scan's.
 #include "core/threads.h"
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <mutex>
 
@@ -59,6 +62,26 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
 #else
   fn(0, n);
 #endif
+}
+
+int64_t parallel_find_first(int64_t n, int64_t grain, const std::function<int64_t(int64_t, int64_t)>& first_in) {
+  int64_t first = -1;
+  std::mutex first_mutex;
+  parallel_for(n, grain, [&](int64_t begin, int64_t end) {
+    const int64_t i = first_in(begin, end);
+    if (i < 0) return;
+    std::lock_guard<std::mutex> lock(first_mutex);
+    if (first < 0 || i < first) first = i;
+  });
+  return first;
+}
+
+int64_t first_nonfinite(const float* x, int64_t n) {
+  return parallel_find_first(n, int64_t{1} << 16, [x](int64_t begin, int64_t end) -> int64_t {
+    for (int64_t i = begin; i < end; ++i)
+      if (!std::isfinite(x[i])) return i;
+    return -1;
+  });
 }
 
 }  // namespace qwenq

@@ -38,6 +38,8 @@ float block_absmax(const float* w, int64_t len) {
 }
 
 // Double quantization of the first-level scales into t (absmax_q, nested_absmax, nested_offset, nested_code).
+// The mean is one sequential sum (its order fixes the offset's bits); the nested blocks are independent and run
+// in parallel, each writing only its own entries.
 void compress_absmax(const std::vector<float>& absmax, Nf4Tensor& t) {
   double sum = 0.0;
   for (float a : absmax) sum += a;
@@ -47,16 +49,19 @@ void compress_absmax(const std::vector<float>& absmax, Nf4Tensor& t) {
   const int64_t nb = static_cast<int64_t>(absmax.size()), nnb = t.nested_blocksize;
   t.absmax_q.assign(nb, kDynamicZeroIndex);
   t.nested_absmax.assign((nb + nnb - 1) / nnb, 0.0f);
-  std::vector<float> v(nb);
-  for (int64_t i = 0; i < nb; ++i) v[i] = absmax[i] - t.nested_offset;
-  for (int64_t b = 0; b * nnb < nb; ++b) {
-    const int64_t begin = b * nnb, len = std::min(nnb, nb - begin);
-    const float a2 = block_absmax(v.data() + begin, len);
-    t.nested_absmax[b] = a2;
-    if (a2 == 0.0f) continue;  // every value equals the offset: index 127 (0) reproduces it
-    const BlockScale scale(a2);
-    for (int64_t i = begin; i < begin + len; ++i) t.absmax_q[i] = dynamic_map_index(map.data(), scale(v[i]));
-  }
+  const float offset = t.nested_offset;
+  parallel_for(static_cast<int64_t>(t.nested_absmax.size()), 16, [&](int64_t b0, int64_t b1) {
+    std::vector<float> v(nnb);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = b * nnb, len = std::min(nnb, nb - begin);
+      for (int64_t i = 0; i < len; ++i) v[i] = absmax[begin + i] - offset;
+      const float a2 = block_absmax(v.data(), len);
+      t.nested_absmax[b] = a2;
+      if (a2 == 0.0f) continue;  // every value equals the offset: index 127 (0) reproduces it
+      const BlockScale scale(a2);
+      for (int64_t i = 0; i < len; ++i) t.absmax_q[begin + i] = dynamic_map_index(map.data(), scale(v[i]));
+    }
+  });
 }
 
 }  // namespace
@@ -104,8 +109,8 @@ void nf4_quantize_blocks(const float* w, int64_t n, int64_t blocksize, bool fp4,
   opts.blocksize = blocksize;
   nf4_check_options(opts, "nf4_quantize");
   QWENQ_CHECK(n > 0 && w != nullptr, "nf4_quantize: nothing to quantize (n=" << n << ")");
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(w[i])) throw_nf4_nonfinite(i, w[i]);
+  const int64_t bad = first_nonfinite(w, n);
+  if (bad >= 0) throw_nf4_nonfinite(bad, w[bad]);
   const int64_t B = blocksize, nb = (n + B - 1) / B;
   const uint8_t zero_code = fp4 ? kFp4ZeroCode : kNf4ZeroCode;
   // B is even, so every byte holds two codes of one block (the last one's low nibble is 0 when n is odd).

@@ -1,6 +1,8 @@
 // CPU twins of quant/quantize_step.cu (contract: quant/quantize_step.h): the conversion of a stored weight to a
 // padded fp32 matrix, RTN into caller buffers (quant/grid.h's grid_for_group and quantize_value, call for call as
 // find_grid and quantize_rtn make them) and the first NF4/FP4 level (quant/nf4.h's nf4_quantize_blocks).
+// Parallel over rows (conversion, RTN) with disjoint outputs; the non-finite scan names the first bad element
+// (parallel_find_first), so results and messages do not depend on the thread count.
 #include "quant/quantize_step.h"
 
 #include <algorithm>
@@ -41,18 +43,20 @@ void throw_rtn_nonfinite(int64_t i, int64_t K, float value) {
 void weight_to_f32_ref(DType dtype, const void* src, int64_t N0, int64_t K0, int64_t N, int64_t K, float* W) {
   weight_to_f32_check_args(dtype, N0, K0, N, K);
   const size_t esize = dtype_size(dtype);
-  for (int64_t n = 0; n < N; ++n) {
-    float* row = W + n * K;
-    if (n < N0) to_f32(dtype, static_cast<const uint8_t*>(src) + n * K0 * esize, row, static_cast<size_t>(K0));
-    std::fill(row + (n < N0 ? K0 : 0), row + K, 0.0f);
-  }
+  parallel_for(N, std::max<int64_t>(1, (int64_t{1} << 16) / K), [&](int64_t n0, int64_t n1) {  // rows are disjoint
+    for (int64_t n = n0; n < n1; ++n) {
+      float* row = W + n * K;
+      if (n < N0) to_f32(dtype, static_cast<const uint8_t*>(src) + n * K0 * esize, row, static_cast<size_t>(K0));
+      std::fill(row + (n < N0 ? K0 : 0), row + K, 0.0f);
+    }
+  });
 }
 
 void rtn_quantize_ref(const float* W, int64_t N, int64_t K, int bits, int64_t group_size, bool sym, GridRule rule,
                       float* scale, uint8_t* zero, uint8_t* codes) {
   rtn_quantize_check_args(N, K, bits, group_size);
-  for (int64_t i = 0; i < N * K; ++i)
-    if (!std::isfinite(W[i])) throw_rtn_nonfinite(i, K, W[i]);
+  const int64_t bad = first_nonfinite(W, N * K);
+  if (bad >= 0) throw_rtn_nonfinite(bad, K, W[bad]);
   const int64_t G = group_size == -1 ? K : group_size, groups = (K + G - 1) / G;
   const int maxq = (1 << bits) - 1;
   parallel_for(N, 16, [&](int64_t n0, int64_t n1) {

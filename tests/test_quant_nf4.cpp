@@ -3,6 +3,7 @@
 // transformers writes (round trip and refusals). Nf4Oracle.* is the C++ half of tests/oracle/test_nf4_oracle.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include "quant/format/nf4_pack.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
+#include "tests/support/scoped_threads.h"
 #include "tests/support/test_paths.h"
 
 namespace qwenq {
@@ -259,6 +261,42 @@ TEST(Nf4DoubleQuant, ScalesFollowTheBnbFormula) {
   std::vector<uint8_t> codes(n);
   nf4_unpack(t.packed.data(), n, codes.data());
   for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(back[i], kNf4Code[codes[i]] * rec[i / B])) << "i=" << i;
+}
+
+// The nested blocks run in parallel (16 per chunk at least): 100 nested blocks and a partial one, at 1, 2 and 4
+// threads, give the same bytes, and every index is the formula's (nearest map entry of (absmax - offset) scaled
+// by the float32 reciprocal of its nested block's absmax) — the sequential definition, element by element.
+TEST(Nf4DoubleQuant, ParallelNestedBlocksAreTheFormulaAtAnyThreadCount) {
+  const int64_t B = 64, n = (100 * 256 + 77) * B + 9;
+  const auto w = random_weights(n, kSeed + 13);
+  Nf4Options o;
+  o.double_quant = true;
+  const Nf4Tensor plain = nf4_quantize(w.data(), n);
+  std::vector<Nf4Tensor> runs;
+  for (int threads : {1, 2, 4}) {
+    test::ScopedThreads scoped(threads);
+    runs.push_back(nf4_quantize(w.data(), n, o));
+  }
+  const Nf4Tensor& t = runs[0];
+  ASSERT_EQ(t.nested_absmax.size(), 101u);
+  for (size_t r = 1; r < runs.size(); ++r) {
+    EXPECT_EQ(runs[r].packed, t.packed) << "run " << r;
+    EXPECT_EQ(runs[r].absmax_q, t.absmax_q) << "run " << r;
+    EXPECT_EQ(runs[r].nested_absmax, t.nested_absmax) << "run " << r;
+    EXPECT_TRUE(same_bits(runs[r].nested_offset, t.nested_offset)) << "run " << r;
+  }
+  const auto& m = dynamic_map();
+  const int64_t nb = t.num_blocks();
+  for (int64_t b = 0; b < t.num_nested_blocks(); ++b) {
+    float a2 = 0.f;
+    for (int64_t i = b * 256; i < std::min(nb, (b + 1) * 256); ++i)
+      a2 = std::max(a2, std::fabs(plain.absmax[i] - t.nested_offset));
+    ASSERT_TRUE(same_bits(t.nested_absmax[b], a2)) << "nested block " << b;
+    for (int64_t i = b * 256; i < std::min(nb, (b + 1) * 256); ++i) {
+      const float x = std::min(1.f, std::max(-1.f, (plain.absmax[i] - t.nested_offset) * (1.f / a2)));
+      ASSERT_EQ(t.absmax_q[i], dynamic_map_index(m.data(), x)) << "block " << i << " seed " << kSeed + 13;
+    }
+  }
 }
 
 TEST(Nf4DoubleQuant, EqualScalesAreExact) {

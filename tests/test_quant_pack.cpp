@@ -1,13 +1,20 @@
 // Packed layouts (GPTQ v1/v2, AWQ GEMM) and the RTN grid: hand-made words from the published layouts,
-// bit-exact round trips, and refusals.
+// bit-exact round trips, and refusals. The packers run in parallel: on shapes of several chunks their words
+// equal a bit-by-bit construction of the layout and are the same at 1, 2 and 4 threads, and a refusal names
+// the first bad code in row-major order whatever the thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "quant/format/int_pack.h"
 #include "quant/grid.h"
+#include "tests/support/scoped_threads.h"
+#include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
@@ -106,6 +113,85 @@ TEST(GptqPack, RefusesWhatTheFormatCannotHold) {
   EXPECT_THROW(gptq_pack_qweight(codes.data(), 12, 8, 3, qw.data()), Error);
 }
 
+// GPTQ's stream written out as its definition (REFERENCE A1.2), one bit at a time: bit t of element i of a
+// stream is stream bit bits·i + t, and stream bit s is bit s % 32 of word s / 32. Element i of column `col`
+// is at(i, col); word w of column `col` lands at out[w * cols + col].
+std::vector<int32_t> stream_by_bits(int64_t count, int64_t cols, int bits,
+                                    const std::function<uint8_t(int64_t, int64_t)>& at) {
+  std::vector<uint32_t> w(count * bits / 32 * cols, 0);
+  for (int64_t col = 0; col < cols; ++col)
+    for (int64_t i = 0; i < count; ++i)
+      for (int t = 0; t < bits; ++t) {
+        const int64_t s = i * bits + t;
+        w[s / 32 * cols + col] |= ((static_cast<uint32_t>(at(i, col)) >> t) & 1u) << (s % 32);
+      }
+  return std::vector<int32_t>(w.begin(), w.end());
+}
+
+TEST(GptqPack, ParallelWordsAreTheLayoutsBitsAtAnyThreadCount) {
+  for (int bits : {2, 3, 4, 8}) {
+    for (auto [K, N] : {std::pair<int64_t, int64_t>{4864, 64}, {896, 160}}) {  // 311K and 143K codes: 3+ chunks
+      SCOPED_TRACE(::testing::Message() << "bits " << bits << " K " << K << " N " << N << " seed " << kSeed);
+      const auto codes = random_codes(K * N, bits, kSeed + 7 * bits + K);
+      const auto expect = stream_by_bits(K, N, bits, [&](int64_t k, int64_t n) { return codes[k * N + n]; });
+      const int64_t G = K / 4;  // qzeros of G·N >= 35K zeros: several chunks at 4 threads for the larger shape
+      auto zeros = random_codes(G * N, bits, kSeed + 11 * bits + K);
+      for (auto& z : zeros) z = z == 0 ? 1 : z;  // v1 cannot store 0
+      const int64_t words = N * bits / 32;
+      const auto expect_v2 = stream_by_bits(N, G, bits, [&](int64_t n, int64_t g) { return zeros[g * N + n]; });
+      const auto expect_v1 = stream_by_bits(N, G, bits, [&](int64_t n, int64_t g) { return zeros[g * N + n] - 1; });
+      auto rows_of = [&](const std::vector<int32_t>& by_col) {  // [words, G] (stream per g) -> [G, words]
+        std::vector<int32_t> t(G * words);
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t c = 0; c < words; ++c) t[g * words + c] = by_col[c * G + g];
+        return t;
+      };
+      for (int threads : {1, 2, 4}) {
+        test::ScopedThreads scoped(threads);
+        std::vector<int32_t> qw(K * bits / 32 * N, -1);
+        gptq_pack_qweight(codes.data(), K, N, bits, qw.data());
+        ASSERT_EQ(qw, expect) << "threads " << threads;
+        std::vector<uint8_t> back(K * N, 255);
+        gptq_unpack_qweight(qw.data(), K, N, bits, back.data());
+        ASSERT_EQ(back, codes) << "threads " << threads;
+        for (GptqFormat fmt : {GptqFormat::V1, GptqFormat::V2}) {
+          std::vector<int32_t> qz(G * words, -1);
+          gptq_pack_qzeros(zeros.data(), G, N, bits, fmt, qz.data());
+          ASSERT_EQ(qz, rows_of(fmt == GptqFormat::V1 ? expect_v1 : expect_v2)) << "threads " << threads;
+          std::vector<uint8_t> zb(G * N, 255);
+          gptq_unpack_qzeros(qz.data(), G, N, bits, fmt, zb.data());
+          ASSERT_EQ(zb, zeros) << "threads " << threads;
+        }
+      }
+    }
+  }
+}
+
+TEST(GptqPack, RefusalNamesTheFirstBadCodeAtAnyThreadCount) {
+  const int64_t K = 4864, N = 64;
+  auto codes = random_codes(K * N, 4, kSeed);
+  codes[3000 * N + 5] = 16;   // in a later chunk
+  codes[100 * N + 9] = 200;   // the first in row-major order
+  auto zeros = random_codes(2048 * N, 4, kSeed + 1);
+  for (auto& z : zeros) z = z == 0 ? 1 : z;
+  zeros[1500 * N + 3] = 0;
+  zeros[40 * N + 63] = 0;
+  std::vector<int32_t> qw(K / 8 * N), qz(2048 * N / 8), awq(K * N / 8);
+  for (int threads : {1, 4}) {
+    test::ScopedThreads scoped(threads);
+    test::expect_error([&] { gptq_pack_qweight(codes.data(), K, N, 4, qw.data()); },
+                       {"GPTQ qweight: code 200 at row 100, column 9 does not fit 4 bits"});
+    test::expect_error([&] { awq_pack(codes.data(), K, N, awq.data()); },
+                       {"AWQ GEMM packing: code 200 at row 100, column 9 does not fit 4 bits"});
+    test::expect_error([&] { gptq_pack_qzeros(zeros.data(), 2048, N, 4, GptqFormat::V1, qz.data()); },
+                       {"GPTQ v1 cannot store a zero point of 0 (group 40, column 63)"});
+    zeros[40 * N + 63] = 17;
+    test::expect_error([&] { gptq_pack_qzeros(zeros.data(), 2048, N, 4, GptqFormat::V2, qz.data()); },
+                       {"GPTQ qzeros: zero 17 does not fit 4 bits"});
+    zeros[40 * N + 63] = 0;
+  }
+}
+
 TEST(AwqPack, InterleaveMatchesAutoAwq) {
   // Row 0 holds code j in logical column j; nibble i must hold column kAwqOrder[i] = {0,2,4,6,1,3,5,7}.
   std::vector<uint8_t> codes(8);
@@ -119,6 +205,27 @@ TEST(AwqPack, InterleaveMatchesAutoAwq) {
   std::vector<uint8_t> back(big.size());
   awq_unpack(packed.data(), 172, 64, back.data());
   EXPECT_EQ(back, big);
+}
+
+TEST(AwqPack, ParallelWordsAreTheInterleaveAtAnyThreadCount) {
+  const int64_t R = 4864, N = 72;  // 350K codes: several chunks
+  const auto codes = random_codes(R * N, 4, kSeed + 3);
+  std::vector<int32_t> expect(R * N / 8, 0);  // nibble i of word (r, c) holds column 8c + kAwqOrder[i]
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      int i = 0;
+      while (kAwqOrder[i] != n % 8) ++i;
+      expect[r * (N / 8) + n / 8] |= static_cast<int32_t>(static_cast<uint32_t>(codes[r * N + n]) << (4 * i));
+    }
+  for (int threads : {1, 2, 4}) {
+    test::ScopedThreads scoped(threads);
+    std::vector<int32_t> packed(R * N / 8, -1);
+    awq_pack(codes.data(), R, N, packed.data());
+    ASSERT_EQ(packed, expect) << "threads " << threads << " seed " << kSeed + 3;
+    std::vector<uint8_t> back(R * N, 255);
+    awq_unpack(packed.data(), R, N, back.data());
+    ASSERT_EQ(back, codes) << "threads " << threads;
+  }
 }
 
 TEST(Grid, GridValuedWeightsAreReproducedExactly) {

@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <regex>
+#include <string>
+#include <vector>
 
 #include "core/files.h"
 #include "quant/grid.h"
@@ -186,6 +189,81 @@ TEST(QuantizeModel, RefusalsLeaveNoOutput) {
   bad.sym = false;
   EXPECT_NE(error_of([&] { quantize_model(bad); }).find("GPTQ v1 files cannot store"), std::string::npos);
   EXPECT_FALSE(dir_exists(bad.out_dir));
+}
+
+// The GPU path's pipeline run on the CPU (host_overlap: each Linear's pack, add and shard flush on a helper thread
+// while the next one is quantized) writes the inline path's files byte for byte: RTN in each layout, NF4 with and
+// without double quantization, FP4; one shard and several.
+TEST(QuantizeModel, HostOverlapWritesTheSameBytes) {
+  const std::string root = test::scratch_dir();
+  const std::string src = make_tiny(root + "/fp32");
+  std::vector<QuantizeOptions> cases(6);
+  cases[1].sym = false, cases[1].layout = IntLayout::GptqV2;
+  cases[2].layout = IntLayout::AwqGemm, cases[2].group_size = 32;
+  cases[3].method = QuantizeOptions::Method::Nf4;
+  cases[4].method = QuantizeOptions::Method::Nf4, cases[4].double_quant = false;
+  cases[5].method = QuantizeOptions::Method::Fp4;
+  for (size_t c = 0; c < cases.size(); ++c) {
+    for (uint64_t shard : {uint64_t{20000}, uint64_t{1} << 40}) {
+      QuantizeOptions o = cases[c];
+      o.model_dir = src;
+      o.max_shard_bytes = shard;
+      o.quiet = true;
+      o.out_dir = root + "/inline";
+      o.overwrite = true;
+      const QuantizeReport a = quantize_model(o);
+      o.out_dir = root + "/overlap";
+      o.host_overlap = true;
+      const QuantizeReport b = quantize_model(o);
+      EXPECT_EQ(a.linears, b.linears);
+      EXPECT_EQ(a.shards, b.shards);
+      EXPECT_EQ(shard == 20000, a.shards > 2) << "case " << c;
+      std::vector<std::string> files = {"config.json"};
+      if (a.shards == 1) files.push_back("model.safetensors");
+      for (int i = 1; a.shards > 1 && i <= a.shards; ++i) {
+        char name[64];
+        std::snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", i, a.shards);
+        files.push_back(name);
+        if (i == 1) files.push_back("model.safetensors.index.json");
+      }
+      for (const std::string& f : files) {
+        const std::string fa = root + "/inline/" + f, fb = root + "/overlap/" + f;
+        ASSERT_TRUE(file_exists(fa) && file_exists(fb)) << f;
+        EXPECT_TRUE(read_file(fa) == read_file(fb)) << "case " << c << " shard " << shard << " " << f;
+      }
+    }
+  }
+}
+
+// A bad weight deep in the model, met while the previous Linear's host half (pack, add, shard flush) runs on the
+// helper thread: one clear error, the helper waited for, no output left; for RTN and NF4, one and several shards.
+TEST(QuantizeModel, ErrorWhileTheHostHalfIsInFlightLeavesNoOutput) {
+  const std::string root = test::scratch_dir();
+  const std::string src = make_tiny(root + "/fp32");
+  int seen = 0;
+  const std::string bad = fake_quant_copy(src, root + "/nan", [&](const float* W, int64_t N, int64_t K) {
+    std::vector<float> v(W, W + N * K);
+    if (++seen == 9) v[1 * K + 2] = NAN;  // the 9th Linear: several were handed over before it
+    return v;
+  });
+  ASSERT_GT(seen, 9);
+  for (auto method : {QuantizeOptions::Method::Rtn, QuantizeOptions::Method::Nf4}) {
+    for (uint64_t shard : {uint64_t{20000}, uint64_t{1} << 40}) {
+      QuantizeOptions o;
+      o.method = method;
+      o.model_dir = bad;
+      o.out_dir = root + "/out";
+      o.max_shard_bytes = shard;
+      o.quiet = true;
+      o.host_overlap = true;
+      const std::string err = error_of([&] { quantize_model(o); });
+      EXPECT_NE(err.find(method == QuantizeOptions::Method::Rtn ? "rtn_quantize: weight [1, 2] is nan"
+                                                                : "is nan; 4-bit quantization needs finite weights"),
+                std::string::npos)
+          << err;
+      EXPECT_FALSE(dir_exists(o.out_dir)) << "shard " << shard;
+    }
+  }
 }
 
 TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {

@@ -1,6 +1,7 @@
 // The CPU twins of quant/quantize_step.h: the padded fp32 conversion against core's to_f32, RTN into buffers
 // against find_grid + quantize_rtn (and a hand-computed group), the first NF4/FP4 level against nf4_quantize and
-// against the code books element by element, the non-finite and argument refusals.
+// against the code books element by element, the non-finite and argument refusals; all of it the same bytes (and
+// the same first non-finite element named) at 1, 2 and 4 threads on shapes of several parallel chunks.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -14,6 +15,7 @@
 #include "quant/nf4.h"
 #include "quant/quantize_step.h"
 #include "tests/support/quantize_step_cases.h"
+#include "tests/support/scoped_threads.h"
 #include "tests/support/test_errors.h"
 
 namespace qwenq {
@@ -182,6 +184,57 @@ TEST(QuantizeStepRef, Nf4BlocksRefuseNonFiniteWeightsAndBadBlocks) {
   w[5] = 0.f;
   test::expect_error([&] { nf4_quantize_blocks_ref(w.data(), 64, 48, false, packed.data(), absmax.data()); },
                      {"blocksize 48 is not a power of two"});
+}
+
+// The real 0.5B down_proj shape [896, 4864] stored as bf16 and padded to [904, 4872]: conversion, RTN and the first
+// NF4 level at 1, 2 and 4 threads give the same bytes; NaNs in two chunks are refused naming the first one.
+TEST(QuantizeStepRef, ResultsAndRefusalsDoNotDependOnTheThreadCount) {
+  const int64_t N0 = 896, K0 = 4864, N = 904, K = 4872;
+  Rng rng(kSeed + 21);
+  std::vector<uint16_t> stored(N0 * K0);
+  for (auto& v : stored) v = f32_to_bf16(static_cast<float>(rng.normal()) * 0.02f);
+  std::vector<std::vector<float>> W;
+  std::vector<std::vector<uint8_t>> codes, zeros, packed;
+  std::vector<std::vector<float>> scales, absmax;
+  for (int threads : {1, 2, 4}) {
+    test::ScopedThreads scoped(threads);
+    W.emplace_back(N * K, -1.f);
+    weight_to_f32_ref(DType::BF16, stored.data(), N0, K0, N, K, W.back().data());
+    const int64_t cells = (K + 127) / 128 * N;
+    scales.emplace_back(cells);
+    zeros.emplace_back(cells);
+    codes.emplace_back(N * K);
+    rtn_quantize_ref(W.back().data(), N, K, 4, 128, false, GridRule::Gptq, scales.back().data(), zeros.back().data(),
+                     codes.back().data());
+    packed.emplace_back(nf4_packed_bytes(N * K));
+    absmax.emplace_back((N * K + 63) / 64);
+    nf4_quantize_blocks_ref(W.back().data(), N * K, 64, false, packed.back().data(), absmax.back().data());
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      ASSERT_EQ(bits_of(W[0][n * K + k]), n < N0 && k < K0 ? uint32_t{stored[n * K0 + k]} << 16 : 0u)
+          << "[" << n << ", " << k << "]";
+  for (size_t r = 1; r < W.size(); ++r) {
+    EXPECT_EQ(std::memcmp(W[r].data(), W[0].data(), W[0].size() * 4), 0) << "run " << r;
+    EXPECT_EQ(std::memcmp(scales[r].data(), scales[0].data(), scales[0].size() * 4), 0) << "run " << r;
+    EXPECT_EQ(zeros[r], zeros[0]) << "run " << r;
+    EXPECT_EQ(codes[r], codes[0]) << "run " << r;
+    EXPECT_EQ(packed[r], packed[0]) << "run " << r;
+    EXPECT_EQ(std::memcmp(absmax[r].data(), absmax[0].data(), absmax[0].size() * 4), 0) << "run " << r;
+  }
+  std::vector<float> bad = W[0];
+  bad[800 * K + 4000] = INFINITY;
+  bad[300 * K + 17] = NAN;
+  for (int threads : {1, 4}) {
+    test::ScopedThreads scoped(threads);
+    test::expect_error([&] { rtn_quantize_ref(bad.data(), N, K, 4, 128, true, GridRule::Gptq, scales[0].data(),
+                                              zeros[0].data(), codes[0].data()); },
+                       {"rtn_quantize: weight [300, 17] is nan"});
+    test::expect_error([&] {
+                         nf4_quantize_blocks_ref(bad.data(), N * K, 64, true, packed[0].data(), absmax[0].data());
+                       },
+                       {"nf4_quantize: weight " + std::to_string(300 * K + 17) + " is nan"});
+  }
 }
 
 }  // namespace

@@ -2,8 +2,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +14,7 @@
 #include "core/files.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/threads.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
@@ -62,25 +66,54 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   ShardedWriter shards(out.path(), o.max_shard_bytes);
   QuantizeReport rep;
   Progress bar("quantize", n_linear, "layers", o.quiet);
+  // With the GPU (or host_overlap), the host half of each Linear (packing, double quantization, adding it to the
+  // shard, writing a full shard) runs on a helper thread while the next Linear is uploaded and quantized. One Linear
+  // is in flight, and everything reaches the writer in file order (a pass-through tensor waits for the Linear
+  // before it), so the bytes are the sequential ones. host_half is declared after everything the helper touches,
+  // so unwinding waits for it before those go. On the CPU alone the host half runs inline: the next Linear's
+  // conversion and codes keep every thread busy already, and a second thread team only oversubscribes the cores.
+  auto linear_done = [&](const std::string& prefix, int64_t params) {  // in the host half, after the Linear's tensors
+    ++rep.linears;
+    rep.params_quantized += params;
+    bar.update(rep.linears, prefix);
+    shards.maybe_flush();
+  };
+  const bool overlap = o.host_overlap || o.device == Device::Cuda;
+  std::future<void> host_half;
+  auto join_host_half = [&] {
+    if (host_half.valid()) host_half.get();  // rethrows the helper's error
+  };
+  auto hand_over = [&](std::function<void()> work) {
+    join_host_half();
+    if (!overlap) return work();
+    // A new thread starts with OpenMP's initial thread count: give it the caller's (--threads).
+    host_half = std::async(std::launch::async, [threads = num_threads(), work = std::move(work)] {
+      set_num_threads(threads);
+      work();
+    });
+  };
+  int64_t li = 0;  // the Linear being quantized (rep.linears counts those handed to the writer)
   for (const auto& name : names) {
     const TensorView& t = ckpt.get(name);
     if (!std::regex_match(name, kDecoderLinearRe)) {
+      join_host_half();
       shards.add_view(name, t);  // pass-through, straight from the map
       shards.maybe_flush();
       continue;
     }
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
-    const auto [N, K] = out_shape(name, t.shape[0], t.shape[1]);
-    const TensorView* next = rep.linears + 1 < n_linear ? linears[rep.linears + 1] : nullptr;
+    const std::pair<int64_t, int64_t> shape = out_shape(name, t.shape[0], t.shape[1]);
+    const int64_t N = shape.first, K = shape.second;
+    const TensorView* next = li + 1 < n_linear ? linears[li + 1] : nullptr;
+    ++li;
     std::vector<float> W;  // the CPU's fp32 copy; the GPU converts on the device
 #ifdef QWENQ_HAVE_CUDA
     if (!gpu)
 #endif
     {
-      W.resize(t.numel());
-      to_f32(t.dtype, t.data, W.data(), W.size());
+      W.resize(N * K);
+      weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
-      if (N != t.shape[0] || K != t.shape[1]) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
     }
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
@@ -99,7 +132,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
 #endif
         rtn_quantize_ref(W.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
                          codes.data());
-      shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
+      hand_over([&, prefix, N, K, grid = std::move(grid), codes = std::move(codes)] {
+        shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
+        linear_done(prefix, N * K);
+      });
     } else {
       Nf4Options no;
       no.fp4 = o.method == QuantizeOptions::Method::Fp4;
@@ -114,15 +150,16 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       else
 #endif
         nf4_quantize_blocks(W.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data());
-      Nf4Tensor q = nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax));
-      add_nf4_linear(shards.current(), prefix, q, {N, K}, torch_dtype_name(t.dtype));
-      shards.note_added(prefix + ".weight");
+      hand_over([&, prefix, N, K, no, dtype = std::string(torch_dtype_name(t.dtype)),
+                 packed = std::move(packed), absmax = std::move(absmax)]() mutable {
+        const Nf4Tensor q = nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax));
+        add_nf4_linear(shards.current(), prefix, q, {N, K}, dtype);
+        shards.note_added(prefix + ".weight");
+        linear_done(prefix, N * K);
+      });
     }
-    ++rep.linears;
-    rep.params_quantized += N * K;
-    bar.update(rep.linears, prefix);
-    shards.maybe_flush();
   }
+  join_host_half();
   shards.finish();
   bar.finish();
 

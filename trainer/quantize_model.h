@@ -4,7 +4,10 @@
 // lm_head pass through unchanged. Output: a Hugging Face directory (config.json with quantization_config,
 // safetensors shards of at most max_shard_bytes written as it goes plus model.safetensors.index.json when
 // there are several, tokenizer files copied), built under a temporary name and renamed when complete.
-// Host memory stays near one shard plus one layer: input tensors are read from the memory map.
+// Host memory stays near one shard plus one layer (two Linears with the GPU): input tensors are read from the memory
+// map. With the GPU the host half of each Linear (packing, double quantization, adding it to the shard, writing a
+// full shard) runs on a helper thread while the next Linear is quantized (one in flight, tensors reach the writer in
+// file order: the same bytes).
 #pragma once
 
 #include <cstdint>
@@ -37,10 +40,15 @@ struct QuantizeOptions {
   uint64_t max_shard_bytes = uint64_t{4} << 30;
   bool quiet = false;
   // Where quantize_model quantizes each Linear (tools resolve --device). Cuda (CUDA builds; trainer/
-  // quantize_model_cuda.h): upload, convert and quantize on the GPU, pack and write on the host; the same bytes.
+  // quantize_model_cuda.h): upload, convert and quantize on the GPU, pack and write on the host (overlapped with the
+  // next Linear's GPU step); the same bytes.
   // The other drivers take their own device option (GptqModelOptions::device, AwqModelOptions::device) and
   // ignore this one.
   Device device = Device::Cpu;
+  // Run each Linear's host half on a helper thread on the CPU too, as the GPU path always does (the same bytes; no
+  // faster there, where the next Linear's conversion and codes already use every thread). The tests set it to run
+  // the GPU path's pipeline on the CPU.
+  bool host_overlap = false;
 };
 
 struct QuantizeReport {

@@ -5,10 +5,12 @@
 // pack_int_linear; NF4/FP4 packed codes + absmax, double-quantized by nf4_from_blocks. The bytes written are the
 // CPU path's, exactly.
 //
-// Overlap: while the GPU quantizes Linear i and the host packs and writes it, a helper thread copies Linear i+1
-// (reading its pages from the map, then dropping them) into the other of two upload buffers on a second stream;
-// Linear i+1's kernels start once that copy has finished (the thread's future is waited on). Device buffers come
-// from the caching allocator (tag weights for the uploads, workspace for the rest), grown to the largest Linear.
+// Overlap: while the GPU quantizes Linear i, a helper thread copies Linear i+1 (reading its pages from the map,
+// then dropping them) into the other of two upload buffers on a second stream; Linear i+1's kernels start once
+// that copy has finished (the thread's future is waited on). Meanwhile quantize_model packs and writes Linear i-1
+// on its own helper thread (its host half), so neither the GPU nor the upload waits for the host's packing. Device
+// buffers come from the caching allocator (tag weights for the uploads, workspace for the rest), grown to the
+// largest Linear; the host results are fresh buffers per Linear, handed to quantize_model's helper by move.
 #pragma once
 
 #ifdef QWENQ_HAVE_CUDA
