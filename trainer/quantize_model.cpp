@@ -15,6 +15,7 @@
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
+#include "kernels/device_allocator.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
@@ -106,6 +107,17 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     const int64_t N = shape.first, K = shape.second;
     const TensorView* next = li + 1 < n_linear ? linears[li + 1] : nullptr;
     ++li;
+    // A refusal of this Linear's weights (a non-finite value) names its shard file and tensor; a device out of
+    // memory keeps its own report.
+    const auto named = [&](const auto& step) {
+      try {
+        step();
+      } catch (const OutOfMemoryError&) {
+        throw;
+      } catch (const Error& e) {
+        throw Error(ckpt.file_of(name) + ": " + name + ": " + e.what());
+      }
+    };
     std::vector<float> W;  // the CPU's fp32 copy; the GPU converts on the device
 #ifdef QWENQ_HAVE_CUDA
     if (!gpu)
@@ -127,11 +139,13 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       std::vector<uint8_t> codes(N * K);
 #ifdef QWENQ_HAVE_CUDA
       if (gpu)
-        gpu->rtn(t, next, N, K, rule, grid.scale.data(), grid.zero.data(), codes.data());
+        named([&] { gpu->rtn(t, next, N, K, rule, grid.scale.data(), grid.zero.data(), codes.data()); });
       else
 #endif
-        rtn_quantize_ref(W.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
-                         codes.data());
+        named([&] {
+          rtn_quantize_ref(W.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
+                           codes.data());
+        });
       hand_over([&, prefix, N, K, grid = std::move(grid), codes = std::move(codes)] {
         shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
         linear_done(prefix, N * K);
@@ -146,10 +160,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       std::vector<float> absmax((N * K + no.blocksize - 1) / no.blocksize);
 #ifdef QWENQ_HAVE_CUDA
       if (gpu)
-        gpu->nf4(t, next, N, K, packed.data(), absmax.data());
+        named([&] { gpu->nf4(t, next, N, K, packed.data(), absmax.data()); });
       else
 #endif
-        nf4_quantize_blocks(W.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data());
+        named([&] { nf4_quantize_blocks(W.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data()); });
       hand_over([&, prefix, N, K, no, dtype = std::string(torch_dtype_name(t.dtype)),
                  packed = std::move(packed), absmax = std::move(absmax)]() mutable {
         const Nf4Tensor q = nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax));
