@@ -6,6 +6,7 @@
 #include "core/threads.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <exception>
 #include <mutex>
@@ -16,9 +17,14 @@
 
 namespace qwenq {
 
+namespace {
+std::atomic<int> g_threads{0};  // set_num_threads' count; 0: never set, OpenMP's default (OMP_NUM_THREADS, cores)
+}  // namespace
+
 int num_threads() {
 #ifdef _OPENMP
-  return omp_get_max_threads();
+  const int n = g_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
 #else
   return 1;
 #endif
@@ -26,7 +32,9 @@ int num_threads() {
 
 void set_num_threads(int n) {
 #ifdef _OPENMP
-  omp_set_num_threads(n > 0 ? n : omp_get_num_procs());
+  const int threads = n > 0 ? n : omp_get_num_procs();
+  g_threads.store(threads, std::memory_order_relaxed);
+  omp_set_num_threads(threads);  // for the calling thread's own OpenMP regions (Eigen's)
 #else
   (void)n;
 #endif
@@ -37,7 +45,7 @@ void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, in
   grain = std::max<int64_t>(grain, 1);
   int64_t threads = 1;
 #ifdef _OPENMP
-  if (!omp_in_parallel()) threads = omp_get_max_threads();
+  if (!omp_in_parallel()) threads = num_threads();
 #endif
   const int64_t chunk = std::max(grain, (n + threads - 1) / threads);
   const int64_t chunks = (n + chunk - 1) / chunk;

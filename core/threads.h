@@ -7,6 +7,8 @@
 
 namespace qwenq {
 
+// The thread count of every parallel_for, process-wide: set_num_threads applies to calls from any thread, also
+// threads started later (OpenMP's own setting is per thread: a new std::thread would start at its default).
 int num_threads();
 void set_num_threads(int n);  // n <= 0: all cores
 

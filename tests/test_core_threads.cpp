@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "core/rng.h"
@@ -67,6 +69,28 @@ TEST(ParallelFindFirst, FirstNonfiniteFindsNanAndBothInfinities) {
   std::vector<float> last = x;
   last[n - 1] = -INFINITY;
   EXPECT_EQ(first_nonfinite(last.data(), n), n - 1);
+}
+
+// set_num_threads is process-wide: a thread started afterwards (quantize's host-half helper, the GPU upload
+// threads) splits parallel_for into the chosen count, not OpenMP's per-thread default. Chunks of parallel_for(n,
+// grain 1) = min(n, threads), counted from inside a fresh std::thread.
+TEST(NumThreads, ASettingReachesThreadsStartedLater) {
+  for (int threads : {1, 3}) {
+    test::ScopedThreads scoped(threads);
+    if (num_threads() == 1 && threads > 1) GTEST_SKIP() << "built without OpenMP: one thread";
+    int chunks = 0, seen = 0;
+    std::thread t([&] {
+      seen = num_threads();
+      std::mutex m;
+      parallel_for(8, 1, [&](int64_t, int64_t) {
+        std::lock_guard<std::mutex> lock(m);
+        ++chunks;
+      });
+    });
+    t.join();
+    EXPECT_EQ(seen, threads);
+    EXPECT_EQ(chunks, threads);
+  }
 }
 
 }  // namespace

@@ -87,11 +87,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   auto hand_over = [&](std::function<void()> work) {
     join_host_half();
     if (!overlap) return work();
-    // A new thread starts with OpenMP's initial thread count: give it the caller's (--threads).
-    host_half = std::async(std::launch::async, [threads = num_threads(), work = std::move(work)] {
-      set_num_threads(threads);
-      work();
-    });
+    host_half = std::async(std::launch::async, std::move(work));  // parallel_for keeps --threads (core/threads.h)
   };
   int64_t li = 0;  // the Linear being quantized (rep.linears counts those handed to the writer)
   for (const auto& name : names) {
