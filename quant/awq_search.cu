@@ -36,7 +36,6 @@ namespace qwenq {
 
 namespace {
 
-constexpr unsigned kFull = 0xffffffffu;
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20;
 constexpr int kClipRows = 32;     // rows per block: 8 row lanes x 4 rows
@@ -65,11 +64,7 @@ __global__ void awq_candidate_kernel(const float* W, int64_t N, int64_t K, const
       lo = fminf(lo, v);
       hi = fmaxf(hi, v);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-      lo = fminf(lo, __shfl_xor_sync(kFull, lo, o));
-      hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, o));
-    }
+    grid_warp_range(lo, hi);
     float scale;
     uint8_t zero;
     grid_from_range(lo, hi, maxq, /*sym=*/false, /*awq=*/true, &scale, &zero);
@@ -126,11 +121,7 @@ __global__ void __launch_bounds__(kThreads) awq_clip_search_kernel(const float* 
           hi = fmaxf(hi, w);
         }
       }
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) {
-        lo = fminf(lo, __shfl_xor_sync(kFull, lo, o));
-        hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, o));
-      }
+      grid_warp_range(lo, hi);
       if (lane == 0) {
         if (n >= N) lo = hi = 0.f;
         lo_s[r] = lo;

@@ -16,6 +16,16 @@ __device__ __forceinline__ float grid_std_min(float a, float b) { return b < a ?
 __device__ __forceinline__ float grid_std_max(float a, float b) { return a < b ? b : a; }
 __device__ __forceinline__ float grid_round_to_f16(float x) { return __half2float(__float2half_rn(x)); }
 
+// A group's min and max over the 32 lanes of a full warp (every lane holds its partial lo/hi; all get the result).
+// fminf/fmaxf are exact, so the order of the butterfly does not matter.
+__device__ __forceinline__ void grid_warp_range(float& lo, float& hi) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) {
+    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+  }
+}
+
 // quant/grid.cpp's grid_for_group from the group's min `lo` and max `hi` (the only things it reads of the group).
 __device__ __forceinline__ void grid_from_range(float lo, float hi, int maxq, bool sym, bool awq, float* scale,
                                                 uint8_t* zero) {

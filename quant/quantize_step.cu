@@ -123,11 +123,7 @@ __global__ void rtn_grid_kernel(const float* W, int64_t N, int64_t K, int64_t G,
       lo = fminf(lo, v);
       hi = fmaxf(hi, v);
     }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) {
-      lo = fminf(lo, __shfl_xor_sync(kFull, lo, o));
-      hi = fmaxf(hi, __shfl_xor_sync(kFull, hi, o));
-    }
+    grid_warp_range(lo, hi);
     if (lane == 0) grid_from_range(lo, hi, maxq, sym, awq, &scale[item], &zero[item]);
   }
 }
