@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.cuh"
-#include "kernels/device.h"
 #include "kernels/flash_attention.h"
 
 namespace {
@@ -38,34 +38,17 @@ int main(int argc, char** argv) {
   std::string csv_path, seqs_arg = "2048,4096,8192,16384";
   int reps = 10;
   int64_t tokens = 16384, H = 32, Hkv = 8, D = 128;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--csv") csv_path = next();
-    else if (a == "--reps") reps = std::stoi(next());
-    else if (a == "--seqs") seqs_arg = next();
-    else if (a == "--tokens") tokens = std::stoll(next());
-    else if (a == "--heads") H = std::stoll(next());
-    else if (a == "--kv-heads") Hkv = std::stoll(next());
-    else if (a == "--dim") D = std::stoll(next());
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--csv out.csv] [--reps 10] [--seqs 2048,4096,8192,16384] [--tokens 16384] [--heads 32] "
-                   "[--kv-heads 8] [--dim 128]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  std::string device;
-  if (!cuda_device_query(&device)) {
-    std::printf("bench_attention_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
-    return 0;
-  }
-  try {
-    const bench::Stamp stamp = bench::make_stamp(device);
+  bench::Args args;
+  args.add("--csv", &csv_path, "out.csv");
+  args.add("--reps", &reps);
+  args.add("--seqs", &seqs_arg);
+  args.add("--tokens", &tokens);
+  args.add("--heads", &H);
+  args.add("--kv-heads", &Hkv);
+  args.add("--dim", &D);
+  if (const int rc = args.parse(argc, argv); rc >= 0) return rc;
+  return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
+    const std::string& device = stamp.device;
     const bench::Peaks peaks = bench::device_peaks(device);
     std::ostringstream csv;
     csv << "date,device,driver,commit,seqlen,batch,H,Hkv,D,causal,fwd_ms,bwd_ms,fwd_TFLOPs,bwd_TFLOPs,fwdbwd_TFLOPs,"
@@ -107,9 +90,5 @@ int main(int argc, char** argv) {
           << pct(bwd_tf) << "\n";
     }
     bench::write_csv(csv_path, csv.str());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_attention_cuda: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

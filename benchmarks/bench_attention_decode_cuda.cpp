@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.h"
 #include "kernels/attention_decode.h"
-#include "kernels/device.h"
 
 namespace {
 
@@ -38,28 +38,14 @@ int main(int argc, char** argv) {
   std::string csv_path, lens_arg = "512,2048,8192,32768";
   int reps = 20;
   int64_t B = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--csv") csv_path = next();
-    else if (a == "--reps") reps = std::stoi(next());
-    else if (a == "--lens") lens_arg = next();
-    else if (a == "--batch") B = std::stoll(next());
-    else {
-      std::fprintf(stderr, "usage: %s [--csv out.csv] [--reps 20] [--lens 512,2048,8192,32768] [--batch 1]\n", argv[0]);
-      return 2;
-    }
-  }
-  std::string device;
-  if (!cuda_device_query(&device)) {
-    std::printf("bench_attention_decode_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
-    return 0;
-  }
-  try {
-    const bench::Stamp stamp = bench::make_stamp(device);
+  bench::Args args;
+  args.add("--csv", &csv_path, "out.csv");
+  args.add("--reps", &reps);
+  args.add("--lens", &lens_arg);
+  args.add("--batch", &B);
+  if (const int rc = args.parse(argc, argv); rc >= 0) return rc;
+  return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
+    const std::string& device = stamp.device;
     const bench::Peaks peaks = bench::device_peaks(device);
     std::ostringstream csv;
     csv << "date,device,driver,commit,model,B,H,Hkv,D,len,splits,us,GBs,pct_hbm_peak\n";
@@ -91,9 +77,5 @@ int main(int argc, char** argv) {
       }
     }
     bench::write_csv(csv_path, csv.str());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_attention_decode_cuda: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

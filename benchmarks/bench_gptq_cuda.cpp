@@ -12,30 +12,27 @@
 // and extends linearly (GPTQ's cost is a fixed factorization plus a cost per row: t(N) = t(R) + (N − R)·(t(2R) −
 // t(R))/R), since the full CPU run of down_proj takes minutes. GPTQ options: 4 bits, group 128, act-order, asym.
 // Output: one line per shape, then the model total (each shape times its count per layer, times 28 layers).
-// CSV rows carry date, device, driver and commit. Without a CUDA device it prints one line and exits 0.
+// CSV rows carry date, device, driver and commit; the file is written once, at the end (benchmarks/cuda_bench.h).
+// Without a CUDA device it prints one line and exits 0 (benchmarks/bench_main.h).
 #include <Eigen/Core>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
-#include "core/error.h"
-#include "core/rng.h"
-#include "kernels/device.h"
-
-#ifdef QWENQ_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.h"
+#include "core/error.h"
+#include "core/rng.h"
 #include "quant/gptq.h"
 #include "quant/gptq_cuda.h"
 #include "tests/support/gptq_inputs.h"
-#endif
-
 
 namespace {
 
@@ -59,8 +56,6 @@ constexpr Shape kShapes[] = {
 };
 constexpr int kLayers = 28;
 constexpr double kTargetSeconds = 300.0;
-
-#ifdef QWENQ_HAVE_CUDA
 
 using bench::ck;
 using bench::median;
@@ -92,56 +87,33 @@ std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
   return w;
 }
 
-#endif  // QWENQ_HAVE_CUDA
-
 }  // namespace
 
 int main(int argc, char** argv) {
   int64_t rows = 4096, cpu_rows = 128;
   int reps = 3;
   std::string cpu_mode = "extrapolate", csv_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--rows") rows = std::stoll(next());
-    else if (a == "--reps") reps = std::max(1, std::stoi(next()));
-    else if (a == "--cpu") cpu_mode = next();
-    else if (a == "--cpu-rows") cpu_rows = std::max<int64_t>(1, std::stoll(next()));
-    else if (a == "--csv") csv_path = next();
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--rows 4096] [--reps 3] [--cpu extrapolate|full|none] [--cpu-rows 128] [--csv out.csv]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
+  bench::Args args;
+  args.add("--rows", &rows);
+  args.add("--reps", &reps);
+  args.add("--cpu", &cpu_mode, "extrapolate|full|none");
+  args.add("--cpu-rows", &cpu_rows);
+  args.add("--csv", &csv_path, "out.csv");
+  if (const int rc = args.parse(argc, argv); rc >= 0) return rc;
+  reps = std::max(1, reps);
+  cpu_rows = std::max<int64_t>(1, cpu_rows);
   if (cpu_mode != "extrapolate" && cpu_mode != "full" && cpu_mode != "none") {
     std::fprintf(stderr, "--cpu must be extrapolate, full or none, got %s\n", cpu_mode.c_str());
     return 2;
   }
-#ifndef QWENQ_HAVE_CUDA
-  std::printf("bench_gptq_cuda: built without CUDA; nothing to measure\n");
-  return 0;
-#else
-  std::string device;
-  if (!cuda_device_query(&device)) {
-    std::printf("bench_gptq_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
-    return 0;
-  }
-  try {
-    const bench::Stamp stamp = bench::make_stamp(device);
+  return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
+    const std::string& device = stamp.device;
     std::printf("device: %s, %s, commit %s; GPTQ 4-bit, group 128, act-order, asym; H from %lld activation rows\n",
                 device.c_str(), stamp.driver.c_str(), stamp.commit.c_str(), static_cast<long long>(rows));
     GptqOptions o;
     o.desc_act = true;
-    std::ofstream csv;
-    if (!csv_path.empty()) {
-      csv.open(csv_path);
-      csv << "date,device,driver,commit,shape,K,N,gpu_s,cpu_s,cpu_mode\n";
-    }
+    std::ostringstream csv;
+    csv << "date,device,driver,commit,shape,K,N,gpu_s,cpu_s,cpu_mode\n";
 
     double total_gpu = 0, total_cpu = 0;
     int64_t cached_K = -1;
@@ -183,17 +155,12 @@ int main(int argc, char** argv) {
                   static_cast<long long>(s.N), t_gpu, t_cpu, t_cpu / t_gpu);
       total_gpu += kLayers * s.per_layer * t_gpu;
       total_cpu += kLayers * s.per_layer * t_cpu;
-      if (csv.is_open())
-        csv << stamp.csv() << "," << s.name << "," << s.K << "," << s.N << ","
-            << t_gpu << "," << t_cpu << "," << cpu_mode << "\n";
+      csv << stamp.csv() << "," << s.name << "," << s.K << "," << s.N << "," << t_gpu << "," << t_cpu << ","
+          << cpu_mode << "\n";
     }
     std::printf("Qwen2.5-7B, all 7 x %d Linears: gpu %.1f s (%s the %.0f s target), cpu %.1f s%s\n", kLayers,
                 total_gpu, total_gpu < kTargetSeconds ? "under" : "OVER", kTargetSeconds, total_cpu,
                 cpu_mode == "extrapolate" ? " (extrapolated)" : "");
-    return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_gptq_cuda: %s\n", e.what());
-    return 1;
-  }
-#endif
+    if (!csv_path.empty()) bench::write_csv(csv_path, csv.str());
+  });
 }

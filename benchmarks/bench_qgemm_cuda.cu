@@ -31,9 +31,9 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.cuh"
 #include "core/rng.h"
-#include "kernels/device.h"
 #include "kernels/qgemm.h"
 
 namespace {
@@ -131,32 +131,16 @@ int main(int argc, char** argv) {
   std::string csv_path, models = "7b,72b", ms_arg = "1,4,16,64", tc_ms_arg = "512,2048,8192";
   int reps = 20;
   double peak_gbs = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--csv") csv_path = next();
-    else if (a == "--reps") reps = std::stoi(next());
-    else if (a == "--peak-gbs") peak_gbs = std::stod(next());
-    else if (a == "--models") models = next();
-    else if (a == "--ms") ms_arg = next();
-    else if (a == "--tc-ms") tc_ms_arg = next();
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--csv out.csv] [--reps 20] [--peak-gbs GB/s] [--models 7b,72b] [--ms 1,4,16,64] "
-                   "[--tc-ms 512,2048,8192]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  std::string device;
-  if (!cuda_device_query(&device)) {
-    std::printf("bench_qgemm_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
-    return 0;
-  }
-  try {
+  bench::Args args;
+  args.add("--csv", &csv_path, "out.csv");
+  args.add("--reps", &reps);
+  args.add("--peak-gbs", &peak_gbs, "GB/s");
+  args.add("--models", &models);
+  args.add("--ms", &ms_arg);
+  args.add("--tc-ms", &tc_ms_arg);
+  if (const int rc = args.parse(argc, argv); rc >= 0) return rc;
+  return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
+    const std::string& device = stamp.device;
     const bench::Peaks peaks = bench::device_peaks(device);
     if (peak_gbs <= 0) peak_gbs = peaks.hbm_gbs;
     const std::vector<int64_t> Ms = bench::parse_list(ms_arg), tc_Ms = bench::parse_list(tc_ms_arg);
@@ -164,7 +148,6 @@ int main(int argc, char** argv) {
         {"7b", "q_proj/o_proj", 3584, 3584},  {"7b", "k_proj/v_proj", 3584, 512}, {"7b", "gate/up_proj", 3584, 18944},
         {"7b", "down_proj", 18944, 3584},     {"72b", "q_proj/o_proj", 8192, 8192}, {"72b", "k_proj/v_proj", 8192, 1024},
         {"72b", "gate/up_proj", 8192, 29568}, {"72b", "down_proj", 29568, 8192}};
-    const bench::Stamp stamp = bench::make_stamp(device);
 
     std::ostringstream csv;
     csv << "date,device,driver,commit,model,layer,M,K,N,q4_us,q4_t_us,cublas_us,q4_GBps,q4_pct_hbm,q4_t_GBps,cublas_GBps,"
@@ -255,9 +238,5 @@ int main(int argc, char** argv) {
       }
     }
     bench::write_csv(csv_path, csv.str());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_qgemm_cuda: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  });
 }

@@ -27,16 +27,14 @@
 #include "core/dtype.h"
 #include "core/rng.h"
 #include "core/threads.h"
-#include "kernels/device.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/awq_search.h"
 #include "quant/quantize_step.h"
 
-#ifdef QWENQ_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.h"
-#endif
 
 namespace {
 
@@ -73,28 +71,13 @@ double cpu_seconds(F&& f) {
 int main(int argc, char** argv) {
   int reps = 5;
   std::string csv_path;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::stoi(argv[++i]));
-    else if (a == "--csv" && i + 1 < argc) csv_path = argv[++i];
-    else {
-      std::fprintf(stderr, "usage: %s [--reps 5] [--csv out.csv]\n", argv[0]);
-      return 2;
-    }
-  }
-#ifndef QWENQ_HAVE_CUDA
-  (void)reps;  // only the GPU timings repeat
-  std::printf("bench_quantize_cuda: built without CUDA; nothing to measure\n");
-  return 0;
-#else
-  std::string device;
-  if (!cuda_device_query(&device)) {
-    std::printf("bench_quantize_cuda: no CUDA device (%s); nothing to measure\n", device.c_str());
-    return 0;
-  }
-  try {
-    const bench::Stamp stamp = bench::make_stamp(device);
-    std::printf("device: %s, %s, commit %s; CPU baseline on %d threads\n", device.c_str(), stamp.driver.c_str(),
+  bench::Args args;
+  args.add("--reps", &reps);
+  args.add("--csv", &csv_path, "out.csv");
+  if (const int rc = args.parse(argc, argv); rc >= 0) return rc;
+  reps = std::max(1, reps);
+  return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
+    std::printf("device: %s, %s, commit %s; CPU baseline on %d threads\n", stamp.device.c_str(), stamp.driver.c_str(),
                 stamp.commit.c_str(), num_threads());
     std::ostringstream csv;
     csv << "date,device,driver,commit,method,shape,K,N,gpu_ms,cpu_ms\n";
@@ -176,10 +159,5 @@ int main(int argc, char** argv) {
                 kGridPoints, kLayers, cand_gpu / 1e3, cand_cpu / 1e3, kLayers, clip_gpu / 1e3, clip_cpu / 1e3,
                 clip_cpu / clip_gpu);
     if (!csv_path.empty()) bench::write_csv(csv_path, csv.str());
-    return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_quantize_cuda: %s\n", e.what());
-    return 1;
-  }
-#endif
+  });
 }
