@@ -46,12 +46,17 @@ __device__ void block_max_sum(float& m, double& s) {
   __shared__ float sm[32];
   __shared__ double ss[32];
   const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp, warps = blockDim.x / cuda::kWarp;
+  // An empty pair (m = −inf) has s = 0, or NaN when a NaN column met it (online_add): its s is added as is, so
+  // that NaN reaches S even when the thread saw no finite column (its other columns all −inf).
   auto merge = [](float& m1, double& s1, float m2, double s2) {
     const float M = fmaxf(m1, m2);
-    if (M == -INFINITY) return;  // both empty
+    if (M == -INFINITY) {  // both empty
+      s1 += s2;
+      return;
+    }
     double r = 0.0;
-    if (m1 != -INFINITY) r += s1 * exp(static_cast<double>(m1) - static_cast<double>(M));
-    if (m2 != -INFINITY) r += s2 * exp(static_cast<double>(m2) - static_cast<double>(M));
+    r += m1 != -INFINITY ? s1 * exp(static_cast<double>(m1) - static_cast<double>(M)) : s1;
+    r += m2 != -INFINITY ? s2 * exp(static_cast<double>(m2) - static_cast<double>(M)) : s2;
     m1 = M;
     s1 = r;
   };

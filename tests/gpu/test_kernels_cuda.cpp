@@ -502,6 +502,45 @@ INSTANTIATE_TEST_SUITE_P(Sweep, CrossEntropyCuda,
 INSTANTIATE_TEST_SUITE_P(More, CrossEntropyCuda,
                          ::testing::Values(XentParam{17, 152064}, XentParam{3, 7}, XentParam{64, 4099}), xent_name);
 
+// A NaN logit must make the row's nll and dlogits NaN (as the ref) even when every other column the kernel's
+// thread reads is −inf (masked): that thread's pair is (m = −inf, s = NaN), which the block merge used to drop
+// (finite nll, 8.29 in the emulated kernel). Both load paths: V = 1030 (scalar: thread 7 reads columns 7 and 519)
+// and V = 2048 (float4: thread 1 reads columns 4..7 only). Row 1 is an ordinary row next to it; its values are
+// checked to kXentLooseTol relative (the sweep above checks ordinary rows to the ulp).
+TEST(CrossEntropyCudaNan, NanAmongMaskedColumnsOfOneThread) {
+  QWENQ_REQUIRE_GPU();
+  constexpr double kXentLooseTol = 1e-5;
+  for (const int64_t V : {int64_t{1030}, int64_t{2048}}) {
+    const std::string ctx = "V=" + std::to_string(V);
+    const int64_t rows = 2;
+    Rng rng(9100 + V);
+    std::vector<float> logits = uniform(rng, static_cast<size_t>(rows * V), -10.f, 10.f);
+    const std::vector<int64_t> masked = V == 1030 ? std::vector<int64_t>{519} : std::vector<int64_t>{4, 5, 6};
+    for (int64_t v : masked) logits[v] = -INFINITY;
+    logits[7] = NAN;
+    const std::vector<int32_t> targets = {0, static_cast<int32_t>(V / 3)};
+    const size_t n = logits.size();
+    std::vector<float> nll_ref(rows), dl_ref(n);
+    cross_entropy_forward_ref(logits.data(), rows, V, targets.data(), nll_ref.data());
+    cross_entropy_backward_ref(logits.data(), rows, V, targets.data(), 0.5f, dl_ref.data());
+    ASSERT_TRUE(std::isnan(nll_ref[0]) && std::isfinite(nll_ref[1])) << ctx;
+    const auto nll_tol = [&](size_t i) { return kXentLooseTol * (1.0 + std::fabs(nll_ref[i])); };
+    const auto dl_tol = [&](size_t i) { return kXentLooseTol * (1.0 + std::fabs(dl_ref[i])); };
+    Stream stream;
+    DeviceBuffer<int32_t> d_targets(targets);
+    DeviceBuffer<float> d_logits(logits), d_nll(static_cast<size_t>(rows)), d_dl(n);
+    cross_entropy_forward_cuda(d_logits.get(), rows, V, d_targets.get(), d_nll.get(), stream.get());
+    cross_entropy_backward_cuda(d_logits.get(), rows, V, d_targets.get(), 0.5f, d_dl.get(), stream.get());
+    stream.sync();
+    expect_close(d_nll.download().data(), nll_ref.data(), rows, nll_tol, "xent nan forward " + ctx);
+    expect_close(d_dl.download().data(), dl_ref.data(), n, dl_tol, "xent nan backward " + ctx);
+    cross_entropy_fused_cuda(d_logits.get(), rows, V, d_targets.get(), 0.5f, d_nll.get(), stream.get());
+    stream.sync();
+    expect_close(d_nll.download().data(), nll_ref.data(), rows, nll_tol, "xent nan fused nll " + ctx);
+    expect_close(d_logits.download().data(), dl_ref.data(), n, dl_tol, "xent nan fused dlogits " + ctx);
+  }
+}
+
 // ---- AdamW --------------------------------------------------------------------------------------------------
 
 struct AdamCase {
