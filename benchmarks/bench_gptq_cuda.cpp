@@ -28,6 +28,7 @@
 
 #include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.h"
+#include "benchmarks/qwen7b_shapes.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "quant/gptq.h"
@@ -41,20 +42,9 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-struct Shape {
-  const char* name;
-  int64_t K, N;
-  int per_layer;  // Linears of this shape in one decoder layer
-};
-
-// Qwen2.5-7B: q and o (3584 -> 3584), k and v (3584 -> 512), gate and up (3584 -> 18944), down (18944 -> 3584).
-constexpr Shape kShapes[] = {
-    {"q_proj/o_proj", 3584, 3584, 2},
-    {"k_proj/v_proj", 3584, 512, 2},
-    {"gate_proj/up_proj", 3584, 18944, 2},
-    {"down_proj", 18944, 3584, 1},
-};
-constexpr int kLayers = 28;
+using Shape = bench::Qwen7bLinearShape;
+constexpr const Shape (&kShapes)[4] = bench::kQwen7bShapes;
+constexpr int kLayers = bench::kQwen7bLayers;
 constexpr double kTargetSeconds = 300.0;
 
 using bench::ck;

@@ -35,24 +35,16 @@
 
 #include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.h"
+#include "benchmarks/qwen7b_shapes.h"
 
 namespace {
 
 using namespace qwenq;
 using Clock = std::chrono::steady_clock;
 
-struct Shape {
-  const char* name;
-  int64_t K, N;
-  int per_layer;
-};
-constexpr Shape kShapes[] = {
-    {"q_proj/o_proj", 3584, 3584, 2},
-    {"k_proj/v_proj", 3584, 512, 2},
-    {"gate_proj/up_proj", 3584, 18944, 2},
-    {"down_proj", 18944, 3584, 1},
-};
-constexpr int kLayers = 28;
+using Shape = bench::Qwen7bLinearShape;
+constexpr const Shape (&kShapes)[4] = bench::kQwen7bShapes;
+constexpr int kLayers = bench::kQwen7bLayers;
 constexpr int kGridPoints = 20;
 constexpr int64_t kClipTokens = 512;
 constexpr int64_t kCpuClipRows = 256;
