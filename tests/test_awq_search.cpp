@@ -123,19 +123,7 @@ TEST(AwqSearch, ClipSearchIsAwqSearchClipAndBruteForceUpToNearTies) {
       awq_clip_search_ref(W.data(), c.N, c.K, rows.data(), S, o, twin.data());
       EXPECT_TRUE(same_bits(twin, awq_search_clip(W.data(), c.N, c.K, x.data(), T, o)));
       // Against the double-precision argmin over the same grid points.
-      std::vector<float> brute(twin.size());
-      for (int64_t n = 0; n < c.N; ++n) {
-        for (int64_t g = 0; g < groups; ++g) {
-          float m0 = 0.f;
-          for (int64_t k = g * G; k < std::min(c.K, g * G + G); ++k) m0 = std::max(m0, std::fabs(W[n * c.K + k]));
-          double best = INFINITY;
-          for (int i = 0; i < 10; ++i) {
-            const float bound = m0 * (1.f - static_cast<float>(i) / 20);
-            const double e = test::awq_clip_error(W.data(), c.K, rows.data(), S, 4, G, n, g, bound);
-            if (e < best) best = e, brute[n * groups + g] = bound;
-          }
-        }
-      }
+      const std::vector<float> brute = test::awq_clip_brute(W.data(), c.N, c.K, rows.data(), S, 4, G);
       const test::AwqClipAgreement a =
           test::awq_compare_clips(twin, brute, W.data(), c.N, c.K, rows.data(), S, 4, G);
       EXPECT_LE(a.worst_excess, kClipNearTie) << a.differing << " of " << a.total << " bounds differ";
@@ -167,18 +155,7 @@ TEST(AwqSearch, KernelReplayAgreesWithTheTwinUpToNearTies) {
       differing += a.differing;
       total += a.total;
       // The replay's choice is the double search's up to its fp32 dot products.
-      for (int64_t n = 0; n < c.N; ++n) {
-        for (int64_t g = 0; g < groups; ++g) {
-          float m0 = 0.f;
-          for (int64_t k = g * G; k < std::min(c.K, g * G + G); ++k) m0 = std::max(m0, std::fabs(W[n * c.K + k]));
-          double best = INFINITY;
-          for (int i = 0; i < 10; ++i) {
-            const float bound = m0 * (1.f - static_cast<float>(i) / 20);
-            const double e = test::awq_clip_error(W.data(), c.K, x.data(), S, c.bits, G, n, g, bound);
-            if (e < best) best = e, brute[n * groups + g] = bound;
-          }
-        }
-      }
+      brute = test::awq_clip_brute(W.data(), c.N, c.K, x.data(), S, c.bits, G);
       const test::AwqClipAgreement b =
           test::awq_compare_clips(replay, brute, W.data(), c.N, c.K, x.data(), S, c.bits, G);
       EXPECT_LE(b.worst_excess, kReplayNearTie) << b.differing << " of " << b.total << " bounds differ";

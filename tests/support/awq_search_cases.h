@@ -62,6 +62,27 @@ inline double awq_clip_error(const float* W, int64_t K, const float* x, int64_t 
   return err / static_cast<double>(S);
 }
 
+// The clip search in double over AwqSearchOptions' default grid points (bound = m0·(1 − i/20), i = 0..9: n_grid 20,
+// max_shrink 0.5), the first of equal errors kept: bounds [N, groups], G the group width (K for a whole row).
+inline std::vector<float> awq_clip_brute(const float* W, int64_t N, int64_t K, const float* x, int64_t S, int bits,
+                                         int64_t G) {
+  const int64_t groups = (K + G - 1) / G;
+  std::vector<float> best_bound(static_cast<size_t>(N * groups));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t g = 0; g < groups; ++g) {
+      float m0 = 0.f;
+      for (int64_t k = g * G; k < std::min(K, g * G + G); ++k) m0 = std::max(m0, std::fabs(W[n * K + k]));
+      double best = INFINITY;
+      for (int i = 0; i < 10; ++i) {
+        const float bound = m0 * (1.f - static_cast<float>(i) / 20);
+        const double e = awq_clip_error(W, K, x, S, bits, G, n, g, bound);
+        if (e < best) best = e, best_bound[n * groups + g] = bound;
+      }
+    }
+  }
+  return best_bound;
+}
+
 // Two sets of clip bounds [N, groups] for the same W and x: how many differ, and the worst relative excess of the
 // double-precision error of a's choice over b's (and b's over a's) where they differ. Both searches pick among the
 // same grid points, so a difference is harmless exactly when the two choices' errors are nearly tied.
