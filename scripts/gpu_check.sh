@@ -11,9 +11,13 @@
 #             its model is prepared in the background from the start)                           needs 150 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
 #             28 layers                                                                         needs 150 s
-# Default: all five (a first session on a fresh GPU should run "tests,memcheck,bench" and then, in a second call,
-# "qlora,gptq7b"). Device call (from the repo root, after scripts/gpu_prepare.sh here):
+# Default: all five. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
+# machine stays warm 30 s after a call: a first session on a fresh GPU runs "tests,memcheck,bench" (build included)
+# in one call, then at once, while the machine is warm and its build-gpu kept, "qlora" or "gptq7b" with the time
+# left (QWENQ_GPU_BUDGET_S a little under that call's timeout_s). Device call (from the repo root, after
+# scripts/gpu_prepare.sh here):
 #   run(carry=[".gpu-deps"], timeout_s=540, command="QWENQ_GPU_PHASES=tests,memcheck,bench bash scripts/gpu_check.sh")
+#   run(carry=[".gpu-deps"], timeout_s=230, command="QWENQ_GPU_BUDGET_S=215 QWENQ_GPU_PHASES=qlora bash scripts/gpu_check.sh")
 # What comes back ($OUT returns at most 8 files): summary.txt (written as the phases go: it survives a kill), the
 # benchmarks' CSVs, the QLoRA report and logs.tar.gz (every log), packed at the end.
 set -uo pipefail
