@@ -104,7 +104,8 @@ __global__ void attention_naive_kernel(const float* q, const float* k, const flo
     const int64_t d = tid + r * static_cast<int64_t>(blockDim.x);
     if (d < D) out[(i * H + h) * D + d] = acc[r] / L;
   }
-  if (lse != nullptr && tid == 0) lse[i * H + h] = M + logf(L);
+  // M = -inf: every score of the row is -inf (or NaN); the ref's exp(-inf - -inf) makes its lse NaN, so here too.
+  if (lse != nullptr && tid == 0) lse[i * H + h] = M == -INFINITY ? NAN : M + logf(L);
 }
 
 // Backward, pass 1 (grid (T, H), block (i, h)): δ[i, h] = Σ_d dout·out, then

@@ -247,8 +247,9 @@ INSTANTIATE_TEST_SUITE_P(
 
 // A NaN score must reach lse as the ref's does. Rows of at most 128 keys give each thread one key, so a NaN key
 // (k) is the only key of its thread, whose (m, l) = (−inf, NaN) the block merge once dropped as empty: lse came
-// out finite (and a row of NaN q, every score NaN, gave lse −inf). Forward only: the NaN pattern of out and lse
-// must be the ref's, the finite values within kNanCaseRelTol of the ref's (relative to the tensor's max |value|).
+// out finite (and a row of NaN q, every score NaN, or a row whose one score is −inf, gave lse −inf). Forward
+// only: the NaN pattern of out and lse must be the ref's, the finite values within kNanCaseRelTol of the ref's
+// (relative to the tensor's max |value|).
 constexpr double kNanCaseRelTol = 1e-4;
 
 TEST(AttentionNaiveCudaNan, NanScoresReachLse) {
@@ -261,6 +262,9 @@ TEST(AttentionNaiveCudaNan, NanScoresReachLse) {
   const std::vector<float> v = batch.normal(nkv);
   k[(9 * c.Hkv + 1) * c.D + 2] = NAN;  // key 9 of kv head 1: rows 9..39 of heads 2, 3
   q[(20 * c.H + 0) * c.D + 5] = NAN;   // every score of row 20, head 0
+  // Row 7 (its sequence's first: one key) of head 1 scores -inf: q −inf against a positive k (kv head 0).
+  q[(7 * c.H + 1) * c.D + 0] = -INFINITY;
+  for (int64_t d = 0; d < c.D; ++d) k[(7 * c.Hkv + 0) * c.D + d] = std::fabs(k[(7 * c.Hkv + 0) * c.D + d]) + 0.1f;
   std::vector<float> out_ref(nq), lse_ref(static_cast<size_t>(batch.T * c.H));
   attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), batch.n_seqs, c.H, c.Hkv, c.D, out_ref.data(),
                         lse_ref.data());
