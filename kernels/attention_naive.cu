@@ -72,12 +72,14 @@ __global__ void attention_naive_kernel(const float* q, const float* k, const flo
     if (s > m) {
       l = l * expf(m - s) + 1.f;  // expf(-inf) = 0 for the first key
       m = s;
-    } else {
+    } else if (s != -INFINITY) {  // a -inf score adds 0 (and -inf - -inf would be NaN); a NaN one makes l NaN
       l += expf(s - m);
     }
   }
   const float M = block_max(m, scratch);
-  const float L = cuda::block_sum(m == -INFINITY ? 0.f : l * expf(m - M), scratch);
+  // A thread whose keys all scored NaN keeps m = -inf and l = NaN: its l is added as is (0 when it has no keys),
+  // so that NaN reaches L and lse is NaN, as the ref's.
+  const float L = cuda::block_sum(m == -INFINITY ? l : l * expf(m - M), scratch);
 
   // Pass 2: chunks of kThreads keys, their weights in shared memory, each thread owning columns tid + r·kThreads.
   float acc[kColsPerThread] = {0.f, 0.f, 0.f, 0.f};
@@ -102,7 +104,8 @@ __global__ void attention_naive_kernel(const float* q, const float* k, const flo
     const int64_t d = tid + r * static_cast<int64_t>(blockDim.x);
     if (d < D) out[(i * H + h) * D + d] = acc[r] / L;
   }
-  if (lse != nullptr && tid == 0) lse[i * H + h] = M + logf(L);
+  // M = -inf: every score of the row is -inf (or NaN); the ref's exp(-inf - -inf) makes its lse NaN, so here too.
+  if (lse != nullptr && tid == 0) lse[i * H + h] = M == -INFINITY ? NAN : M + logf(L);
 }
 
 // Backward, pass 1 (grid (T, H), block (i, h)): δ[i, h] = Σ_d dout·out, then

@@ -245,6 +245,57 @@ INSTANTIATE_TEST_SUITE_P(
                       NaiveCase{{17, 2}, 3, 3, 200}, NaiveCase{{130, 1}, 2, 1, 512}),
     case_name);
 
+// A NaN score must reach lse as the ref's does. Rows of at most 128 keys give each thread one key, so a NaN key
+// (k) is the only key of its thread, whose (m, l) = (−inf, NaN) the block merge once dropped as empty: lse came
+// out finite (and a row of NaN q, every score NaN, or a row whose one score is −inf, gave lse −inf). Forward
+// only: the NaN pattern of out and lse must be the ref's, the finite values within kNanCaseRelTol of the ref's
+// (relative to the tensor's max |value|).
+constexpr double kNanCaseRelTol = 1e-4;
+
+TEST(AttentionNaiveCudaNan, NanScoresReachLse) {
+  QWENQ_REQUIRE_GPU();
+  const NaiveCase c{{7, 33}, 4, 2, 16};
+  Batch batch(c, 53000);
+  const std::vector<int32_t>& cu = batch.cu;
+  const size_t nq = static_cast<size_t>(batch.T * c.H * c.D), nkv = static_cast<size_t>(batch.T * c.Hkv * c.D);
+  std::vector<float> q = batch.normal(nq), k = batch.normal(nkv);
+  const std::vector<float> v = batch.normal(nkv);
+  k[(9 * c.Hkv + 1) * c.D + 2] = NAN;  // key 9 of kv head 1: rows 9..39 of heads 2, 3
+  q[(20 * c.H + 0) * c.D + 5] = NAN;   // every score of row 20, head 0
+  // Row 7 (its sequence's first: one key) of head 1 scores -inf: q −inf against a positive k (kv head 0).
+  q[(7 * c.H + 1) * c.D + 0] = -INFINITY;
+  for (int64_t d = 0; d < c.D; ++d) k[(7 * c.Hkv + 0) * c.D + d] = std::fabs(k[(7 * c.Hkv + 0) * c.D + d]) + 0.1f;
+  std::vector<float> out_ref(nq), lse_ref(static_cast<size_t>(batch.T * c.H));
+  attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), batch.n_seqs, c.H, c.Hkv, c.D, out_ref.data(),
+                        lse_ref.data());
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out{std::vector<float>(nq)}, d_lse{std::vector<float>(lse_ref.size())};
+  attention_naive_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), batch.n_seqs, c.H, c.Hkv, c.D,
+                               d_out.get(), d_lse.get());
+  QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+  const struct {
+    const char* name;
+    std::vector<float> got;
+    const std::vector<float>& want;
+  } outs[] = {{"out", d_out.download(), out_ref}, {"lse", d_lse.download(), lse_ref}};
+  for (const auto& o : outs) {
+    double mx = 0;
+    size_t nans = 0, bad = 0;
+    for (float f : o.want) {
+      if (std::isnan(f)) ++nans;
+      else mx = std::max(mx, static_cast<double>(std::fabs(f)));
+    }
+    ASSERT_GT(nans, 0u) << batch.ctx << ": the ref has no NaN " << o.name;
+    for (size_t i = 0; i < o.want.size(); ++i) {
+      const bool ok = std::isnan(o.want[i])
+                          ? std::isnan(o.got[i])
+                          : std::fabs(static_cast<double>(o.got[i]) - o.want[i]) <= kNanCaseRelTol * mx;
+      if (!ok && bad++ < 5)
+        ADD_FAILURE() << batch.ctx << ": " << o.name << "[" << i << "] = " << o.got[i] << ", ref " << o.want[i];
+    }
+    EXPECT_EQ(bad, 0u) << batch.ctx << ": " << o.name;
+  }
+}
+
 TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
   const int32_t cu[] = {0, 4};

@@ -240,7 +240,7 @@ std::string norm_name(const ::testing::TestParamInfo<NormParam>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Sweep, RmsnormCuda,
                          ::testing::Combine(::testing::Values<int64_t>(1, 3, 17, 512),
-                                            ::testing::Values<int64_t>(1, 3, 64, 896, 3584, 8192),
+                                            ::testing::Values<int64_t>(1, 3, 33, 64, 896, 3584, 4099, 8192),
                                             ::testing::Values(DType::F32, DType::BF16, DType::F16)),
                          norm_name);
 
