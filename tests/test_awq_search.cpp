@@ -86,7 +86,7 @@ TEST(AwqSearch, CandidateIsTheFormerFakeQuantizeOfScaledWeights) {
 
 TEST(AwqSearch, ClipInputsAreTheSampledRowsScaledAndPadded) {
   const int64_t T = 53, K0 = 24;
-  const std::vector<float> x = test::awq_normal(T * K0, kSeed + 50), s = test::awq_scales(K0, kSeed + 51);
+  const std::vector<float> x = test::normal_vector(T * K0, kSeed + 50), s = test::awq_scales(K0, kSeed + 51);
   for (int64_t step : {1, 2, 7, 53, 60}) {
     for (int64_t K : {K0, K0 + 9}) {
       for (bool scaled : {false, true}) {
@@ -111,7 +111,7 @@ TEST(AwqSearch, ClipSearchIsAwqSearchClipAndBruteForceUpToNearTies) {
     for (int64_t T : {1, 5, 300}) {
       SCOPED_TRACE("N " + std::to_string(c.N) + " K " + std::to_string(c.K) + " G " + std::to_string(c.G) + " T " +
                    std::to_string(T));
-      const std::vector<float> W = test::awq_weight(c.N, c.K, ++seed), x = test::awq_normal(T * c.K, ++seed);
+      const std::vector<float> W = test::awq_weight(c.N, c.K, ++seed), x = test::normal_vector(T * c.K, ++seed);
       AwqSearchOptions o;
       o.group_size = c.G;
       o.n_sample_tokens = 64;  // T = 300: step 4, 75 sampled rows
@@ -140,7 +140,7 @@ TEST(AwqSearch, KernelReplayAgreesWithTheTwinUpToNearTies) {
     for (int64_t S : {1, 5, 129, 300}) {
       SCOPED_TRACE("N " + std::to_string(c.N) + " K " + std::to_string(c.K) + " G " + std::to_string(c.G) + " S " +
                    std::to_string(S));
-      const std::vector<float> W = test::awq_weight(c.N, c.K, ++seed), x = test::awq_normal(S * c.K, ++seed);
+      const std::vector<float> W = test::awq_weight(c.N, c.K, ++seed), x = test::normal_vector(S * c.K, ++seed);
       AwqSearchOptions o;
       o.bits = c.bits;
       o.group_size = c.G;

@@ -18,6 +18,7 @@
 #include "quant/grid.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_random.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -33,17 +34,10 @@ constexpr double kMeanRelTol = 1e-6;
 // Candidate scales: powers and the normalization in fp32 against double: relative 1e-5.
 constexpr double kScaleRelTol = 1e-5;
 
-std::vector<float> random_vec(int64_t n, uint64_t seed, float stddev = 1.f) {
-  Rng rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = static_cast<float>(rng.normal()) * stddev;
-  return v;
-}
-
 TEST(Awq, StatisticsMatchTheirDefinitions) {
   const int64_t T = 37, K = 20, N1 = 5, N2 = 3, G = 8;  // a short last group (20 = 8 + 8 + 4)
-  const auto x = random_vec(T * K, kSeed);
-  const auto w1 = random_vec(N1 * K, kSeed + 1), w2 = random_vec(N2 * K, kSeed + 2);
+  const auto x = test::normal_vector(T * K, kSeed);
+  const auto w1 = test::normal_vector(N1 * K, kSeed + 1), w2 = test::normal_vector(N2 * K, kSeed + 2);
   const auto xm = awq_activation_mean(x.data(), T, K);
   const auto wm = awq_weight_mean({w1.data(), w2.data()}, {N1, N2}, K, G);
   for (int64_t k = 0; k < K; ++k) {
@@ -131,9 +125,9 @@ std::vector<double> clip_errors_ref(const std::vector<float>& W, int64_t n, int6
 
 TEST(Awq, ClipSearchMatchesBruteForce) {
   const int64_t N = 70, K = 40, T = 1100, G = 16;  // 70 rows: a partial block of 64; K = 16 + 16 + 8
-  auto W = random_vec(N * K, kSeed + 3);
+  auto W = test::normal_vector(N * K, kSeed + 3);
   for (int64_t n = 0; n < N; ++n) W[n * K + (n % K)] *= 8.f;  // an outlier per row: clipping pays off
-  const auto x = random_vec(T * K, kSeed + 4);
+  const auto x = test::normal_vector(T * K, kSeed + 4);
   AwqSearchOptions o;
   o.group_size = G;
   const std::vector<float> best = awq_search_clip(W.data(), N, K, x.data(), T, o);
@@ -164,12 +158,12 @@ TEST(Awq, ClipSearchMatchesBruteForce) {
 // step is 1).
 TEST(Awq, ClipSearchOnItsSampledTokensGivesTheSameBounds) {
   const int64_t N = 9, K = 24, G = 8;
-  const auto W = random_vec(N * K, kSeed + 7);
+  const auto W = test::normal_vector(N * K, kSeed + 7);
   AwqSearchOptions o;
   o.group_size = G;
   o.n_sample_tokens = 16;
   for (int64_t T : {1, 2, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 79, 80, 81, 100}) {
-    const auto x = random_vec(T * K, kSeed + 100 + T);
+    const auto x = test::normal_vector(T * K, kSeed + 100 + T);
     const int64_t step = awq_clip_token_step(T, o), S = (T + step - 1) / step;
     EXPECT_EQ(step, std::max<int64_t>(1, T / o.n_sample_tokens)) << "T " << T;
     EXPECT_LT(S, 2 * o.n_sample_tokens) << "T " << T;

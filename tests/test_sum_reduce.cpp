@@ -11,22 +11,15 @@
 #include <cmath>
 #include <vector>
 
-#include "core/rng.h"
 #include "kernels/sum_reduce.h"
 #include "quant/awq.h"
 #include "tests/support/test_errors.h"
+#include "tests/support/test_random.h"
 
 namespace qwenq {
 namespace {
 
 constexpr uint64_t kSeed = 7301;
-
-std::vector<float> normal_vec(int64_t n, uint64_t seed, float stddev) {
-  Rng rng(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(rng.normal()) * stddev;
-  return v;
-}
 
 long double sum_sq_diff_oracle(const std::vector<float>& a, const std::vector<float>& b) {
   long double s = 0;
@@ -39,7 +32,7 @@ long double sum_sq_diff_oracle(const std::vector<float>& a, const std::vector<fl
 
 TEST(SumReduce, SumSqDiffMatchesALongDoubleSum) {
   for (int64_t n : {1, 2, 3, 17, 127, 65535, 65537, 896 * 33, (1 << 20) + 7}) {
-    const auto a = normal_vec(n, kSeed + n, 3.f), b = normal_vec(n, kSeed + 2 * n, 3.f);
+    const auto a = test::normal_vector(n, kSeed + n, 3.f), b = test::normal_vector(n, kSeed + 2 * n, 3.f);
     double got = 0.0;
     sum_sq_diff_ref(a.data(), b.data(), n, &got);
     const long double want = sum_sq_diff_oracle(a, b);
@@ -71,7 +64,7 @@ TEST(SumReduce, SumSqDiffIsExactOnIntegersAndAccumulates) {
 TEST(SumReduce, SumSqDiffIsTheAwqLossLoop) {
   // trainer/awq_model.cpp's loss before it used the twin: acc = 0; acc += d·d with d = double(a) − b.
   const int64_t n = 4099;
-  const auto a = normal_vec(n, kSeed + 5, 0.7f), b = normal_vec(n, kSeed + 6, 0.7f);
+  const auto a = test::normal_vector(n, kSeed + 5, 0.7f), b = test::normal_vector(n, kSeed + 6, 0.7f);
   double loop = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const double d = static_cast<double>(a[i]) - b[i];
@@ -87,7 +80,7 @@ TEST(SumReduce, ColumnAbsSumMatchesALongDoubleSumAndTheAwqMean) {
     int64_t T, K;
   };
   for (const Shape sh : {Shape{1, 1}, Shape{3, 17}, Shape{127, 33}, Shape{257, 896}, Shape{513, 100}}) {
-    const auto x = normal_vec(sh.T * sh.K, kSeed + sh.T * 31 + sh.K, 2.f);
+    const auto x = test::normal_vector(sh.T * sh.K, kSeed + sh.T * 31 + sh.K, 2.f);
     std::vector<double> sum(static_cast<size_t>(sh.K), 0.0);
     column_abs_sum_ref(x.data(), sh.T, sh.K, sum.data());
     const std::vector<float> mean = awq_activation_mean(x.data(), sh.T, sh.K);

@@ -68,6 +68,7 @@
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_random.h"
 #include "trainer/awq_runner.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
@@ -95,13 +96,6 @@ using test::Clock;
 using test::download;
 using test::rel_max_error;
 using test::seconds_since;
-
-std::vector<float> seeded(int64_t n, uint64_t seed, float stddev) {
-  Rng rng(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(rng.normal()) * stddev;
-  return v;
-}
 
 int64_t group_width(const QwenConfig& c, BlockLinear g) {
   return g == BlockLinear::O ? c.q_dim() : g == BlockLinear::Down ? c.intermediate_size : c.hidden_size;
@@ -145,7 +139,7 @@ void check_modules(const ModuleCase& mc) {
       float* next = dw.as<float>();
       for (int i : idx) {
         LinearWeight& lw = cpu.linear_weight(l, which, i);
-        std::vector<float> W = seeded(lw.N * lw.K, seeds.next_u64(), 0.08f);
+        std::vector<float> W = test::normal_vector(lw.N * lw.K, seeds.next_u64(), 0.08f);
         upload(W, next);
         ptrs->push_back(next);
         next += lw.N * lw.K;

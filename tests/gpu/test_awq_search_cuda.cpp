@@ -115,7 +115,7 @@ TEST(AwqSearchCuda, CandidateQwenShapes) {
 TEST(AwqSearchCuda, ClipInputsAwkward) {
   QWENQ_REQUIRE_GPU();
   const int64_t T = 301, K0 = 37;
-  const std::vector<float> x = test::awq_normal(T * K0, kSeed + 50), s = test::awq_scales(K0, kSeed + 51);
+  const std::vector<float> x = test::normal_vector(T * K0, kSeed + 50), s = test::awq_scales(K0, kSeed + 51);
   test::DeviceBuffer<float> dx(x), ds(s);
   for (int64_t step : {1, 2, 7, 301, 400}) {
     for (int64_t K : {K0, K0 + 11}) {
@@ -136,7 +136,7 @@ TEST(AwqSearchCuda, ClipInputsAwkward) {
 // Both searches on the same W [N, K] and sampled rows x [S, K]; prints the agreement and times.
 void check_clip(const Shape& c, int64_t S, uint64_t seed) {
   SCOPED_TRACE(name_of(c) + " S " + std::to_string(S));
-  const std::vector<float> W = test::awq_weight(c.N, c.K, seed), x = test::awq_normal(S * c.K, seed + 1);
+  const std::vector<float> W = test::awq_weight(c.N, c.K, seed), x = test::normal_vector(S * c.K, seed + 1);
   AwqSearchOptions o;
   o.bits = c.bits;
   o.group_size = c.G;

@@ -13,29 +13,22 @@
 #include <cstring>
 #include <vector>
 
-#include "core/rng.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/sum_reduce.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/test_random.h"
 
 namespace qwenq {
 namespace {
 
 using test::DeviceBuffer;
 
-std::vector<float> normal_vec(int64_t n, uint64_t seed, float stddev) {
-  Rng rng(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(rng.normal()) * stddev;
-  return v;
-}
-
 TEST(SumReduceCuda, SumSqDiffMatchesTheTwin) {
   QWENQ_REQUIRE_GPU();
   for (int64_t n : {int64_t{1}, int64_t{3}, int64_t{17}, int64_t{127}, int64_t{65535}, int64_t{65536},
                     int64_t{65537}, int64_t{3 * 65536 + 5}, int64_t{512 * 896}, int64_t{512 * 3584},
                     (int64_t{1} << 22) + 3}) {
-    const auto a = normal_vec(n, 11 + n, 2.f), b = normal_vec(n, 13 + n, 2.f);
+    const auto a = test::normal_vector(n, 11 + n, 2.f), b = test::normal_vector(n, 13 + n, 2.f);
     DeviceBuffer<float> da(a), db(b);
     const double start = 1.5;
     double want = start;
@@ -53,7 +46,7 @@ TEST(SumReduceCuda, SumSqDiffMatchesTheTwin) {
   }
   // Chunk by chunk into one sum (the AWQ runner's use), and n = 0.
   const int64_t n = 200000;
-  const auto a = normal_vec(n, 5, 1.f), b = normal_vec(n, 6, 1.f);
+  const auto a = test::normal_vector(n, 5, 1.f), b = test::normal_vector(n, 6, 1.f);
   DeviceBuffer<float> da(a), db(b);
   double want = 0.0;
   sum_sq_diff_ref(a.data(), b.data(), n, &want);
@@ -72,7 +65,7 @@ TEST(SumReduceCuda, ColumnAbsSumMatchesTheTwin) {
   };
   for (const Shape sh : {Shape{1, 1}, Shape{3, 17}, Shape{127, 33}, Shape{255, 31}, Shape{256, 32}, Shape{257, 896},
                          Shape{1000, 3584}, Shape{2048, 18944}, Shape{4097, 1536}, Shape{16385, 64}}) {
-    const auto x = normal_vec(sh.T * sh.K, 17 * sh.T + sh.K, 3.f);
+    const auto x = test::normal_vector(sh.T * sh.K, 17 * sh.T + sh.K, 3.f);
     const double start = 0.25, guard = -7.0;
     std::vector<double> want(static_cast<size_t>(sh.K), start);
     column_abs_sum_ref(x.data(), sh.T, sh.K, want.data());

@@ -13,27 +13,20 @@
 #include "core/threads.h"
 #include "quant/awq.h"
 #include "quant/grid.h"
+#include "tests/support/test_random.h"
 
 namespace qwenq::test {
 
-// Seeded N(0, stddev²) values.
-inline std::vector<float> awq_normal(int64_t n, uint64_t seed, float stddev = 1.f) {
-  Rng rng(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(rng.normal()) * stddev;
-  return v;
-}
-
 // W [N, K] ~ N(0, 0.02²) with one 8x outlier per row (clipping pays off), as real Linears have.
 inline std::vector<float> awq_weight(int64_t N, int64_t K, uint64_t seed) {
-  std::vector<float> W = awq_normal(N * K, seed, 0.02f);
+  std::vector<float> W = normal_vector(N * K, seed, 0.02f);
   for (int64_t n = 0; n < N; ++n) W[n * K + (n * 7) % K] *= 8.f;
   return W;
 }
 
 // Positive scales spanning ~e^±2, as awq_candidate_scales gives.
 inline std::vector<float> awq_scales(int64_t K, uint64_t seed) {
-  std::vector<float> s = awq_normal(K, seed);
+  std::vector<float> s = normal_vector(K, seed);
   for (auto& v : s) v = std::exp(v);
   return s;
 }
