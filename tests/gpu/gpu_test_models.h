@@ -1,7 +1,8 @@
 // Small Qwen2/Qwen3 checkpoints for the GPU model tests, with every tensor the forward reads made non-trivial
 // (q/k/v biases for Qwen2, q/k norm weights for Qwen3, norm weights around 1), which trainer/random_model.h's presets
 // leave at 0 and 1: the one writer of these models for every GPU test (test_model_cuda, test_decode_cuda,
-// test_lora_model_cuda). The CPU tests' models (tests/support/test_models.h) are the random_model presets.
+// test_lora_model_cuda), and their 4-bit copies (`quantized`). The CPU tests' models (tests/support/test_models.h)
+// are the random_model presets.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "trainer/quantize_model.h"
 
 namespace qwenq::test {
 
@@ -96,6 +98,21 @@ inline void copy_tokenizer_files(const std::string& from, const std::string& dir
     if (name == "config.json" || name.find(".safetensors") != std::string::npos || !e.is_regular_file()) continue;
     std::filesystem::copy_file(e.path(), dir + "/" + name, std::filesystem::copy_options::overwrite_existing);
   }
+}
+
+// `src` quantized by `method` (RTN: 4 bits, symmetric, GPTQ v1 layout: QuantizeOptions' defaults) with groups of 32 into `out`, which it returns; `pad`
+// pads the MLP width to the group (QuantizeOptions::pad_intermediate).
+inline std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out,
+                             bool pad = false) {
+  QuantizeOptions q;
+  q.method = method;
+  q.group_size = 32;
+  q.model_dir = src;
+  q.out_dir = out;
+  q.pad_intermediate = pad;
+  q.quiet = true;
+  quantize_model(q);
+  return out;
 }
 
 }  // namespace qwenq::test

@@ -46,6 +46,7 @@ namespace qwenq {
 namespace {
 
 using test::error_of;
+using test::quantized;
 
 constexpr double kFp32RelTol = 1e-4;
 constexpr double kBf16RelTol = 2e-2;
@@ -54,17 +55,6 @@ constexpr int kGreedyTokens = 200;
 
 std::string random_model(const std::string& dir, const std::string& preset, DType dtype, int64_t layers = 0) {
   return test::make_random_model(dir, preset, dtype, /*seed=*/9, layers);
-}
-
-std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out) {
-  QuantizeOptions q;
-  q.method = method;
-  q.group_size = 32;
-  q.model_dir = src;
-  q.out_dir = out;
-  q.quiet = true;
-  quantize_model(q);
-  return out;
 }
 
 // max |got - want| / max |want|.

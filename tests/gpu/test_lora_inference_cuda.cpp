@@ -59,6 +59,7 @@ namespace qwenq {
 namespace {
 
 using test::error_of;
+using test::quantized;
 
 constexpr double kLoraFp32RelTol = 1e-5;
 constexpr double kFp32RelTol = 1e-4;
@@ -160,19 +161,6 @@ TEST(LoraForwardCuda, RefusesBadArguments) {
 LoraAdapter test_adapter(const QwenConfig& c, std::vector<std::string> targets, int64_t r, bool rslora,
                          uint64_t seed, float b_scale = 0.05f) {
   return test::adapter_with_random_b(c, std::move(targets), r, 2.0 * r, rslora, seed, b_scale);
-}
-
-std::string quantized(const std::string& src, QuantizeOptions::Method method, const std::string& out,
-                      bool pad = false) {
-  QuantizeOptions q;
-  q.method = method;
-  q.group_size = 32;
-  q.model_dir = src;
-  q.out_dir = out;
-  q.pad_intermediate = pad;
-  q.quiet = true;
-  quantize_model(q);
-  return out;
 }
 
 // The CPU's merged model of `dir` + `a`.
