@@ -167,10 +167,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
   }
 
  private:
-  int64_t width(BlockLinear g) const {
-    const QwenConfig& c = model_.config();
-    return g == BlockLinear::O ? c.q_dim() : g == BlockLinear::Down ? c.intermediate_size : c.hidden_size;
-  }
+  int64_t width(BlockLinear g) const { return block_linear_inputs(model_.config(), g); }
 
   // The module's output [T, N] over the kept input of grp, with the group's Linears at candidate (non-null) or,
   // for a single Linear, at W[slot]; otherwise the model's own.

@@ -217,18 +217,11 @@ class CudaBlockRunner final : public AwqBlockRunner {
     return sum / static_cast<double>(T_ * C);
   }
 
-  int64_t width(BlockLinear g) const {
-    return g == BlockLinear::O ? cfg_.q_dim() : g == BlockLinear::Down ? cfg_.intermediate_size : cfg_.hidden_size;
-  }
+  int64_t width(BlockLinear g) const { return block_linear_inputs(cfg_, g); }
   int64_t max_width() const { return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size}); }
 
   // Output rows N of the Linear in slot `slot` (its K is width(kDecoderLinears[slot].group)).
-  int64_t rows_of(int slot) const {
-    const DecoderLinear& d = kDecoderLinears[slot];
-    return d.group == BlockLinear::QKV ? (d.index == 0 ? cfg_.q_dim() : cfg_.kv_dim())
-           : d.group == BlockLinear::GateUp ? cfg_.intermediate_size
-                                            : cfg_.hidden_size;
-  }
+  int64_t rows_of(int slot) const { return decoder_linear_outputs(cfg_, kDecoderLinears[slot]); }
 
   // buf holds at least `bytes` (reallocated, contents lost, when smaller). Reallocation is stream-ordered: the
   // caching allocator reuses the old block only after the work queued on s_ before the release.

@@ -22,10 +22,6 @@ namespace qwenq {
 
 const BlockLinear kGptqGroups[4] = {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down};
 
-int64_t gptq_group_inputs(const QwenConfig& cfg, BlockLinear group) {
-  return group == BlockLinear::O ? cfg.q_dim() : group == BlockLinear::Down ? cfg.intermediate_size : cfg.hidden_size;
-}
-
 std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve) {
   const BlockLinear group = slot.group;
   LinearWeight& lw = model_.linear_weight(l, slot.group, slot.index);
@@ -74,7 +70,7 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
       work = X;
       model.block_forward(l, batch, work.data(), [&](BlockLinear at, const float* x, int64_t T) {
         if (at != group) return;
-        H = std::make_unique<HessianAccumulator>(gptq_group_inputs(cfg, group));
+        H = std::make_unique<HessianAccumulator>(block_linear_inputs(cfg, group));
         H->add_batch(x, T);
       });
       QWENQ_CHECK(H != nullptr, "gptq: layer " << l << " never reached a Linear group");

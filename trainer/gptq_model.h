@@ -23,8 +23,6 @@ namespace qwenq {
 using GptqSlot = DecoderLinear;
 // QKV, O, GateUp, Down.
 extern const BlockLinear kGptqGroups[4];
-// K of a group's input: hidden_size, q_dim or intermediate_size (unpadded).
-int64_t gptq_group_inputs(const QwenConfig& cfg, BlockLinear group);
 
 // gptq_quantize or gptq_quantize_cuda (same contract, quant/gptq.h).
 using GptqSolver = GptqResult (*)(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& o);

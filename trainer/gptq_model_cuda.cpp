@@ -71,7 +71,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
                                                             ", " + std::to_string(C) + "] fp32", s);
   DeviceAllocation work = allocate_named(rows_bytes(largest, C), MemoryTag::Activations, "one chunk of the residual stream", s);
   int64_t K_max = 0;
-  for (BlockLinear group : kGptqGroups) K_max = std::max(K_max, gptq_group_inputs(cfg, group));
+  for (BlockLinear group : kGptqGroups) K_max = std::max(K_max, block_linear_inputs(cfg, group));
   DeviceAllocation dH = allocate_named(rows_bytes(K_max, K_max), MemoryTag::Workspace, "a Hessian [" + std::to_string(K_max) + ", " +
                                                                   std::to_string(K_max) + "] fp32", s);
   float* x_all = X.as<float>();
@@ -80,7 +80,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
   for (int64_t l = 0; l < L; ++l) {
     for (BlockLinear group : kGptqGroups) {
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
-      const int64_t K = gptq_group_inputs(cfg, group);
+      const int64_t K = block_linear_inputs(cfg, group);
       QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, rows_bytes(K, K), s));
       int64_t count = 0;
       for (size_t c = 0; c < chunks.size(); ++c) {

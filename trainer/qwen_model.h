@@ -50,6 +50,16 @@ inline constexpr DecoderLinear kDecoderLinears[7] = {
     {"self_attn.v_proj", BlockLinear::QKV, 2},    {"self_attn.o_proj", BlockLinear::O, 0},
     {"mlp.gate_proj", BlockLinear::GateUp, 0},    {"mlp.up_proj", BlockLinear::GateUp, 1},
     {"mlp.down_proj", BlockLinear::Down, 0}};
+// The in features K of the Linears of group g (the width of the input they share), and the out features N of one
+// Linear of the block (unpadded: the config's intermediate_size).
+inline int64_t block_linear_inputs(const QwenConfig& c, BlockLinear g) {
+  return g == BlockLinear::O ? c.q_dim() : g == BlockLinear::Down ? c.intermediate_size : c.hidden_size;
+}
+inline int64_t decoder_linear_outputs(const QwenConfig& c, const DecoderLinear& d) {
+  return d.group == BlockLinear::QKV ? (d.index == 0 ? c.q_dim() : c.kv_dim())
+         : d.group == BlockLinear::GateUp ? c.intermediate_size
+                                          : c.hidden_size;
+}
 // Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
