@@ -9,6 +9,9 @@
 //   dq_h = dS · k_g · D^-1/2
 //   dk_g = Σ_{h in group g} dSᵀ · q_h · D^-1/2,   dv_g = Σ_{h in group g} Pᵀ · dout_h
 // dq, dk and dv are written, not accumulated.
+// Non-finite inputs stay causal: a NaN or inf in row j of q, k, v or dout reaches exactly the outputs that depend
+// on row j (never an earlier query row, another sequence or a key it hides), as plain loops over the visible keys
+// would give (tests/test_kernels_backward.cpp, AttentionNanStaysCausal).
 #pragma once
 
 #include <cstdint>

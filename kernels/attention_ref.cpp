@@ -22,6 +22,12 @@
 // S and dS are thus computed twice (once per kind), the price of race-free writes with parallelism over key
 // blocks as well as heads. Each output element is computed by one task in a fixed order, so the result does
 // not depend on the number of threads.
+//
+// Non-finite inputs stay causal, as in the GPU kernels: a NaN or inf in a row reaches only the outputs that depend on
+// it mathematically. A block GEMM over a diagonal block multiplies hidden entries (P = 0, dS = 0) by the rows they
+// hide, and 0 · NaN = 0 · inf = NaN; so where those hidden rows are not all finite, the diagonal block's product
+// is taken row by row over the visible part only (`rows_finite`, `visible_keys`). Finite inputs take the block GEMM (0 · x = 0
+// adds nothing), so their results are bit for bit those of the plain block products.
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -45,6 +51,15 @@ constexpr int64_t kBwdKBlock = 64;
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstStrided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
 using Strided = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
+
+// Rows [r0, n) of m all finite (true for an empty range).
+template <class M>
+bool rows_finite(const M& m, int64_t r0) {
+  return r0 >= m.rows() || m.bottomRows(m.rows() - r0).allFinite();
+}
+
+// Keys visible to query row i in a block of nk keys starting at key j0: j0 .. i, clamped to [0, nk].
+inline int64_t visible_keys(int64_t i, int64_t j0, int64_t nk) { return std::clamp<int64_t>(i - j0 + 1, 0, nk); }
 
 struct Task {
   int64_t begin;       // first row of the sequence
@@ -96,7 +111,15 @@ void attend_block(const Problem& p, const Task& t, Scratch* sc) {
       if (alpha != 1.f) O.row(r) *= alpha;
       sc->m[r] = m_new;
     }
-    O.noalias() += S * V;
+    if (k0 + nk - 1 > t.row0 && !rows_finite(V, t.row0 + 1 - k0)) {
+      // Causal row by row: V holds a non-finite row that some rows of the block must not see.
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t vis = visible_keys(t.row0 + r, k0, nk);
+        O.row(r).noalias() += S.row(r).head(vis) * V.topRows(vis);
+      }
+    } else {
+      O.noalias() += S * V;
+    }
   }
 
   for (int64_t r = 0; r < nq; ++r) {
@@ -180,11 +203,12 @@ void probs_and_dscores(const BwdProblem& p, int64_t h, int64_t i0, int64_t nq, i
   P.noalias() = sc->Q.topRows(nq) * K.transpose();
   dS.noalias() = sc->dO.topRows(nq) * V.transpose();
   for (int64_t r = 0; r < nq; ++r) {
-    const int64_t i = i0 + r, visible = std::clamp<int64_t>(i - j0 + 1, 0, nk);  // keys j0 .. i
+    const int64_t i = i0 + r, visible = visible_keys(i, j0, nk);  // keys j0 .. i
     const float lse = p.lse[i * p.H + h], delta = p.delta[i * p.H + h];
     P.row(r).head(visible) = (P.row(r).head(visible).array() - lse).exp().matrix();
     P.row(r).tail(nk - visible).setZero();
-    dS.row(r) = (P.row(r).array() * (dS.row(r).array() - delta)).matrix();
+    dS.row(r).head(visible) = (P.row(r).head(visible).array() * (dS.row(r).head(visible).array() - delta)).matrix();
+    dS.row(r).tail(nk - visible).setZero();  // not P · (dP − δ): a hidden key's NaN v would make 0 · NaN
   }
 }
 
@@ -204,8 +228,20 @@ void backward_kv_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
       const int64_t nq = std::min(kBwdQBlock, t.end - i0);
       load_query_rows(p, h, i0, nq, sc);
       probs_and_dscores(p, h, i0, nq, t.row0, nk, K, V, sc);
-      dV.noalias() += sc->P.topLeftCorner(nq, nk).transpose() * sc->dO.topRows(nq);
-      dK.noalias() += sc->dS.topLeftCorner(nq, nk).transpose() * sc->Q.topRows(nq);  // Q carries the scale
+      const auto P = sc->P.topLeftCorner(nq, nk), dS = sc->dS.topLeftCorner(nq, nk);
+      const auto Q = sc->Q.topRows(nq), dO = sc->dO.topRows(nq);  // Q carries the scale
+      // Query rows before the block's last key hide some of its keys; they must not reach those keys' dk, dv.
+      const int64_t hiding = std::clamp<int64_t>(t.row0 + nk - 1 - i0, 0, nq);
+      if (hiding > 0 && (!Q.topRows(hiding).allFinite() || !dO.topRows(hiding).allFinite())) {
+        for (int64_t r = 0; r < nq; ++r) {
+          const int64_t vis = visible_keys(i0 + r, t.row0, nk);
+          dV.topRows(vis).noalias() += P.row(r).head(vis).transpose() * dO.row(r);
+          dK.topRows(vis).noalias() += dS.row(r).head(vis).transpose() * Q.row(r);
+        }
+      } else {
+        dV.noalias() += P.transpose() * dO;
+        dK.noalias() += dS.transpose() * Q;
+      }
     }
   Strided(p.dk + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dK;
   Strided(p.dv + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dV;
@@ -223,7 +259,15 @@ void backward_q_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
     ConstStrided K(p.k + (j0 * p.Hkv + g) * D, nk, D, kv_stride);
     ConstStrided V(p.v + (j0 * p.Hkv + g) * D, nk, D, kv_stride);
     probs_and_dscores(p, h, t.row0, nq, j0, nk, K, V, sc);
-    dQ.noalias() += sc->dS.topLeftCorner(nq, nk) * K;
+    const auto dS = sc->dS.topLeftCorner(nq, nk);
+    if (j0 + nk - 1 > t.row0 && !rows_finite(K, t.row0 + 1 - j0)) {  // a hidden non-finite key row
+      for (int64_t r = 0; r < nq; ++r) {
+        const int64_t vis = visible_keys(t.row0 + r, j0, nk);
+        dQ.row(r).noalias() += dS.row(r).head(vis) * K.topRows(vis);
+      }
+    } else {
+      dQ.noalias() += dS * K;
+    }
   }
   Strided(p.dq + (t.row0 * p.H + h) * D, nq, D, Eigen::OuterStride<>(p.H * D)) = dQ * p.scale;
 }

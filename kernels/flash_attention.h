@@ -16,6 +16,9 @@
 // Gradients are fp32 because an optimizer step on LoRA adapters wants them there, and so that the dk/dv sums over
 // a group's heads round once. The result is deterministic: every output element is computed by one thread
 // block in a fixed order (dq has its own pass instead of atomics).
+// Non-finite inputs: the causal mask zeroes P (and dS) of hidden keys, but the tensor-core products then take
+// 0 · NaN = NaN, so a NaN or inf in a row of v, k or dout also reaches the rows of its 64-row diagonal tile that
+// precede it, where the refs keep it causal. Finite inputs are unaffected (nothing trains on from a NaN anyway).
 //
 // Head dims 64 (Qwen2.5-0.5B) and 128 (1.5B ... 72B, Qwen3) have kernels; the build compiles those listed in
 // CMake's QWENQ_FLASH_HEAD_DIMS (both by default). Any other D is refused naming it and the compiled dims.

@@ -552,6 +552,108 @@ TEST(KernelsBackward, AttentionSameBitsWithAnyThreadCount) {
   }
 }
 
+// Which outputs a non-finite input reaches, from plain causal loops in double that never visit a hidden key:
+// the forward (out, lse) and the backward (dq, dk, dv) of the loss Σ dout ⊙ out. Only the NaN pattern is used.
+struct AttnNanPattern {
+  std::vector<bool> out, lse, dq, dk, dv;
+};
+
+AttnNanPattern attention_nan_pattern(const std::vector<float>& q, const std::vector<float>& k,
+                                     const std::vector<float>& v, const std::vector<float>& dout,
+                                     const std::vector<int32_t>& cu, int64_t H, int64_t Hkv, int64_t D) {
+  const int64_t T = cu.back(), group = H / Hkv;
+  std::vector<double> out(T * H * D, 0.0), lse(T * H), dq(T * H * D, 0.0), dk(T * Hkv * D, 0.0),
+      dv(T * Hkv * D, 0.0);
+  auto score = [&](int64_t i, int64_t j, int64_t h) {
+    double s = 0;
+    for (int64_t d = 0; d < D; ++d) s += static_cast<double>(q[(i * H + h) * D + d]) * k[(j * Hkv + h / group) * D + d];
+    return s;
+  };
+  for (size_t s = 0; s + 1 < cu.size(); ++s)
+    for (int64_t i = cu[s]; i < cu[s + 1]; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        double l = 0;
+        for (int64_t j = cu[s]; j <= i; ++j) l += std::exp(score(i, j, h));  // scores are O(1): no max needed
+        lse[i * H + h] = std::log(l);
+        for (int64_t j = cu[s]; j <= i; ++j)
+          for (int64_t d = 0; d < D; ++d)
+            out[(i * H + h) * D + d] += std::exp(score(i, j, h)) / l * v[(j * Hkv + h / group) * D + d];
+      }
+  for (size_t s = 0; s + 1 < cu.size(); ++s)
+    for (int64_t i = cu[s]; i < cu[s + 1]; ++i)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t g = h / group;
+        double delta = 0;
+        for (int64_t d = 0; d < D; ++d) delta += dout[(i * H + h) * D + d] * out[(i * H + h) * D + d];
+        for (int64_t j = cu[s]; j <= i; ++j) {
+          const double p = std::exp(score(i, j, h) - lse[i * H + h]);
+          double dp = 0;
+          for (int64_t d = 0; d < D; ++d) dp += static_cast<double>(dout[(i * H + h) * D + d]) * v[(j * Hkv + g) * D + d];
+          const double ds = p * (dp - delta);
+          for (int64_t d = 0; d < D; ++d) {
+            dq[(i * H + h) * D + d] += ds * k[(j * Hkv + g) * D + d];
+            dk[(j * Hkv + g) * D + d] += ds * q[(i * H + h) * D + d];
+            dv[(j * Hkv + g) * D + d] += p * dout[(i * H + h) * D + d];
+          }
+        }
+      }
+  auto nan_of = [](const std::vector<double>& x) {
+    std::vector<bool> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = std::isnan(x[i]);
+    return b;
+  };
+  return {nan_of(out), nan_of(lse), nan_of(dq), nan_of(dk), nan_of(dv)};
+}
+
+TEST(KernelsBackward, AttentionNanStaysCausal) {
+  // A NaN in one row of q, k, v or dout, in the middle of a 150-row sequence (inside the query block 96..127 and
+  // the key block 64..127, so diagonal blocks hide it from some rows), must reach exactly the outputs the causal
+  // math says, no earlier row and not the other sequence: the block GEMMs once multiplied hidden zeros by it.
+  const AttnCase c{4, 2, 16, {150, 70}};
+  const std::vector<int32_t> cu = cu_of(c.seqlens);
+  const int64_t T = cu.back(), n = static_cast<int64_t>(c.seqlens.size());
+  Rng rng(1650);
+  const std::vector<float> q0 = normal(rng, T * c.H * c.D, 1.0), k0 = normal(rng, T * c.Hkv * c.D, 1.0);
+  const std::vector<float> v0 = normal(rng, T * c.Hkv * c.D, 1.0), r0 = normal(rng, T * c.H * c.D, 1.0);
+  const int64_t row = 100;
+  for (const char* which : {"q", "k", "v", "dout"}) {
+    SCOPED_TRACE(testing::Message() << "NaN in " << which << " row " << row);
+    std::vector<float> q = q0, k = k0, v = v0, r = r0;
+    const std::string w = which;
+    if (w == "q") q[(row * c.H + 1) * c.D + 3] = NAN;
+    if (w == "k") k[(row * c.Hkv + 1) * c.D + 3] = NAN;
+    if (w == "v") v[(row * c.Hkv + 1) * c.D + 3] = NAN;
+    if (w == "dout") r[(row * c.H + 1) * c.D + 3] = NAN;
+    std::vector<float> out(T * c.H * c.D), lse(T * c.H);
+    attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n, c.H, c.Hkv, c.D, out.data(), lse.data());
+    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+    attention_backward_ref(r.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu.data(), n, c.H,
+                           c.Hkv, c.D, dq.data(), dk.data(), dv.data());
+    const AttnNanPattern want = attention_nan_pattern(q, k, v, r, cu, c.H, c.Hkv, c.D);
+    auto expect_pattern = [](const char* name, const std::vector<float>& got, const std::vector<bool>& nan) {
+      size_t wrong = 0, first = got.size(), nans = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        nans += nan[i];
+        if (std::isnan(got[i]) != nan[i] || (!nan[i] && !std::isfinite(got[i]))) {
+          ++wrong;
+          first = std::min(first, i);
+        }
+      }
+      EXPECT_EQ(wrong, 0u) << name << ": " << wrong << " entries disagree with the causal NaN pattern (" << nans
+                           << " NaN expected), first at " << first;
+      return nans;
+    };
+    expect_pattern("out", out, want.out);  // all finite for dout
+    expect_pattern("lse", lse, want.lse);  // NaN only for q and k
+    const size_t dq_nans = expect_pattern("dq", dq, want.dq);
+    expect_pattern("dk", dk, want.dk);
+    expect_pattern("dv", dv, want.dv);  // all finite for v: P and dout are
+    // Every case poisons some dq rows and leaves the earlier rows and the other sequence clean.
+    EXPECT_GT(dq_nans, 0u);
+    EXPECT_LT(dq_nans, dq.size() / 2);
+  }
+}
+
 // ---- swiglu ------------------------------------------------------------------------------------------------
 
 TEST(KernelsBackward, SwigluMatchesFiniteDifferences) {
