@@ -39,20 +39,16 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>((bits + rounding_bias) >> 16);
 }
 
-__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) {
-  return __uint_as_float(static_cast<uint32_t>(h) << 16);
-}
-
 // One element of a table or bias in F32/BF16/F16, widened exactly.
 struct LoadF32 {
   __device__ static float at(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
 };
 struct LoadBF16 {
-  __device__ static float at(const void* p, int64_t i) { return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]); }
+  __device__ static float at(const void* p, int64_t i) { return cuda::bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]); }
 };
 struct LoadF16 {
   __device__ static float at(const void* p, int64_t i) {
-    return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
+    return cuda::f16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
   }
 };
 
@@ -66,7 +62,7 @@ __global__ void f32_to_bf16_kernel(const float* x, int64_t n, uint16_t* y) {
 __global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t n, float* y) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = bf16_bits_to_f32(x[i]);
+    y[i] = cuda::bf16_bits_to_f32(x[i]);
   }
 }
 

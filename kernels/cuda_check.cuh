@@ -1,5 +1,5 @@
 // The CUDA-side half of the CUDA support (the plain-C++ half is kernels/cuda_check.h): the check macros, which
-// need the runtime's cudaError_t, and the block reductions the row kernels share. Include it from .cu files and
+// need the runtime's cudaError_t, the block reductions the row kernels share and the exact 16-bit float widenings. Include it from .cu files and
 // GPU tests only.
 //
 //   QWENQ_CUDA_CHECK(call)          throws qwenq::Error naming the call, the error's name and text, the
@@ -11,6 +11,7 @@
 // Launches are asynchronous: a fault inside a kernel surfaces at the next synchronizing call on that stream.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <sstream>
@@ -61,6 +62,18 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : T(0);
   return warp_sum(v);
+}
+
+// 16-bit floats widened exactly as core/dtype.h's bf16_to_f32 / f16_to_f32, NaN payloads included. An F16 NaN
+// is rebuilt from its bits rather than through cvt.f32.f16, whose NaN output the PTX ISA does not promise to keep
+// the payload of; every other value converts exactly either way.
+__device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
+
+__device__ __forceinline__ float f16_bits_to_f32(uint16_t h) {
+  if ((h & 0x7c00u) == 0x7c00u && (h & 0x03ffu) != 0u)
+    return __uint_as_float((static_cast<uint32_t>(h & 0x8000u) << 16) | 0x7f800000u |
+                           (static_cast<uint32_t>(h & 0x03ffu) << 13));
+  return __half2float(__ushort_as_half(h));
 }
 
 }  // namespace qwenq::cuda

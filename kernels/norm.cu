@@ -26,12 +26,12 @@ struct LoadF32 {
 };
 struct LoadBF16 {
   __device__ static float at(const void* w, int64_t c) {
-    return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(w)[c]) << 16);
+    return cuda::bf16_bits_to_f32(static_cast<const uint16_t*>(w)[c]);
   }
 };
 struct LoadF16 {
   __device__ static float at(const void* w, int64_t c) {
-    return __half2float(__ushort_as_half(static_cast<const uint16_t*>(w)[c]));
+    return cuda::f16_bits_to_f32(static_cast<const uint16_t*>(w)[c]);
   }
 };
 

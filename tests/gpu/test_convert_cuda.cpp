@@ -6,6 +6,7 @@
 // fixed and printed with every failure. Every test skips without a device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -142,6 +143,13 @@ TEST(ConvertCuda, EmbeddingGatherIsTheRefsRows) {
       if (dtype == DType::F16) table_f[0] = 3e-6f;  // an fp16 subnormal
       std::vector<uint8_t> table(table_f.size() * dtype_size(dtype));
       from_f32(dtype, table_f.data(), table.data(), table_f.size());
+      if (dtype != DType::F32) {  // row 0 (always gathered) also holds NaNs with payloads and infinities
+        const uint16_t f16_specials[] = {0x7d01u, 0xfe3fu, 0x7c00u, 0xfc00u};  // NaN, -NaN (quiet), +inf, -inf
+        const uint16_t bf16_specials[] = {0x7f81u, 0xffc5u, 0x7f80u, 0xff80u};
+        const uint16_t* specials = dtype == DType::F16 ? f16_specials : bf16_specials;
+        for (int64_t c = 1; c < std::min<int64_t>(cs.C, 5); ++c)
+          std::memcpy(table.data() + c * 2, &specials[c - 1], 2);
+      }
       std::vector<int32_t> tokens(static_cast<size_t>(cs.T));
       for (auto& t : tokens) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(cs.V)));
       tokens[0] = 0;
