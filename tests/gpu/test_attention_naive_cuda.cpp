@@ -296,6 +296,59 @@ TEST(AttentionNaiveCudaNan, NanScoresReachLse) {
   }
 }
 
+// The backward keeps NaN causal as the ref does (kernels/attention.h): a NaN in one row of q, k, v or dout reaches
+// exactly the ref's NaN entries of dq, dk and dv (the ref's pattern is that of plain causal loops,
+// tests/test_kernels_backward.cpp AttentionNanStaysCausal), the finite ones within kNanCaseRelTol. Row 9 of the
+// second sequence (rows 7..39): the rows before it in its 32-row block must stay clean.
+TEST(AttentionNaiveCudaNan, BackwardNanStaysCausal) {
+  QWENQ_REQUIRE_GPU();
+  const NaiveCase c{{7, 33}, 4, 2, 16};
+  const int64_t row = 9;
+  for (const char* which : {"q", "k", "v", "dout"}) {
+    Batch batch(c, 54000);
+    const std::vector<int32_t>& cu = batch.cu;
+    const size_t nq = static_cast<size_t>(batch.T * c.H * c.D), nkv = static_cast<size_t>(batch.T * c.Hkv * c.D);
+    std::vector<float> q = batch.normal(nq), k = batch.normal(nkv), v = batch.normal(nkv), dout = batch.normal(nq);
+    const std::string w = which, ctx = batch.ctx + " NaN in " + w + " row 9";
+    if (w == "q") q[(row * c.H + 1) * c.D + 3] = NAN;
+    if (w == "k") k[(row * c.Hkv + 1) * c.D + 3] = NAN;
+    if (w == "v") v[(row * c.Hkv + 1) * c.D + 3] = NAN;
+    if (w == "dout") dout[(row * c.H + 1) * c.D + 3] = NAN;
+    std::vector<float> out(nq), lse(static_cast<size_t>(batch.T * c.H)), dq_ref(nq), dk_ref(nkv), dv_ref(nkv);
+    attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), batch.n_seqs, c.H, c.Hkv, c.D, out.data(),
+                          lse.data());
+    attention_backward_ref(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu.data(), batch.n_seqs,
+                           c.H, c.Hkv, c.D, dq_ref.data(), dk_ref.data(), dv_ref.data());
+    DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_out(out), d_lse(lse), d_dout(dout);
+    DeviceBuffer<float> d_dq{std::vector<float>(nq)}, d_dk{std::vector<float>(nkv)}, d_dv{std::vector<float>(nkv)};
+    attention_naive_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(),
+                                  batch.n_seqs, c.H, c.Hkv, c.D, d_dq.get(), d_dk.get(), d_dv.get());
+    QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+    const struct {
+      const char* name;
+      std::vector<float> got;
+      const std::vector<float>& want;
+    } outs[] = {{"dq", d_dq.download(), dq_ref}, {"dk", d_dk.download(), dk_ref}, {"dv", d_dv.download(), dv_ref}};
+    size_t ref_nans = 0;
+    for (const auto& o : outs) {
+      double mx = 0;
+      for (float f : o.want) {
+        if (std::isnan(f)) ++ref_nans;
+        else mx = std::max(mx, static_cast<double>(std::fabs(f)));
+      }
+      size_t bad = 0;
+      for (size_t i = 0; i < o.want.size(); ++i) {
+        const bool ok = std::isnan(o.want[i])
+                            ? std::isnan(o.got[i])
+                            : std::fabs(static_cast<double>(o.got[i]) - o.want[i]) <= kNanCaseRelTol * mx;
+        if (!ok && bad++ < 5) ADD_FAILURE() << ctx << ": " << o.name << "[" << i << "] = " << o.got[i] << ", ref " << o.want[i];
+      }
+      EXPECT_EQ(bad, 0u) << ctx << ": " << o.name;
+    }
+    EXPECT_GT(ref_nans, 0u) << ctx << ": the ref has no NaN gradient";
+  }
+}
+
 TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
   const int32_t cu[] = {0, 4};
