@@ -7,10 +7,10 @@
 //
 // The kernel is memory bound: each (sequence, kv head)'s keys and values are read once from HBM (the group's other
 // query heads find them in L2), so the unique bytes are B · len · Hkv · D · e · 2 (e = 4 fp32, 2 bf16) and
-// GB/s = bytes / time, against the device's HBM peak. An L2 flush precedes every timed call (in a real step the other layers' weights evict the
-// cache). The inputs are zeros (finite; the speed does not depend on the values). Each call includes the scratch
-// allocation of the split-K path (stream-ordered, from the pool). Without a CUDA device it prints one line and
-// exits 0.
+// GB/s = bytes / time, against the device's HBM peak. An L2 flush precedes every timed call (in a real step the
+// other layers' weights evict the cache). The inputs are zeros (finite; the speed does not depend on the values).
+// Each call includes the scratch allocation of the split-K path (stream-ordered, from the pool). Without a CUDA
+// device it prints one line and exits 0.
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -29,9 +29,9 @@
 // roundings described in trainer/qwen_model_cuda.h.
 //
 // Memory: the cache, 2 · layers · capacity · Hkv · D · 4 bytes (2 with BF16), allocated once in the constructor
-// (Qwen2.5-7B: 112 KiB per token, 224 MiB for 2048 tokens; BF16 56 KiB, 112 MiB), plus activation buffers kept for the longest prompt so far (a step
-// uses their first row) and one [V] logits row. A failed allocation throws naming the buffer and
-// the device's free memory. Not thread-safe; one stream of its own.
+// (Qwen2.5-7B: 112 KiB per token, 224 MiB for 2048 tokens; BF16 56 KiB, 112 MiB), plus activation buffers kept
+// for the longest prompt so far (a step uses their first row) and one [V] logits row. A failed allocation throws
+// naming the buffer and the device's free memory. Not thread-safe; one stream of its own.
 // With an adapter attached to the model (QwenModelCuda::attach_adapter, trainer/lora_inference_cuda.h) every adapted
 // Linear of the prefill and of each step adds y += s · (x Aᵀ) Bᵀ in fp32 after its base product (a step: two GEMVs
 // through cuBLASLt, negligible next to the base's), with a scratch [rows, r] fp32 among the activation buffers.

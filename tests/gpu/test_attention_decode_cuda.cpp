@@ -42,7 +42,8 @@ void check(const Case& c, uint64_t seed, bool bf16 = false) {
   const int64_t H = c.H, Hkv = c.Hkv, D = c.D, B = static_cast<int64_t>(c.lens.size());
   const int64_t longest = *std::max_element(c.lens.begin(), c.lens.end());
   const int64_t max_len = c.max_len > 0 ? c.max_len : longest, capacity = max_len + 5;
-  SCOPED_TRACE(std::string(bf16 ? "bf16 cache " : "fp32 cache ") + "H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " B=" +
+  SCOPED_TRACE(std::string(bf16 ? "bf16 cache " : "fp32 cache ") + "H=" + std::to_string(H) +
+               " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " B=" +
                std::to_string(B) + " max_len=" + std::to_string(max_len) + " seed " + std::to_string(seed));
   Rng rng(seed);
   std::vector<float> q(static_cast<size_t>(B * H * D)), kc(static_cast<size_t>(B * capacity * Hkv * D), NAN),
