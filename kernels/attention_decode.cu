@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   for (int64_t d = tid; d < D; d += kThreads) qs[d] = p.q[(b * p.H + h) * D + d] * p.scale;
   __syncthreads();
 
-  const int64_t row_stride = p.Hkv * D;  // floats between consecutive keys of one kv head
+  const int64_t row_stride = p.Hkv * D;  // elements between consecutive keys of one kv head
   const T* kb = static_cast<const T*>(p.k) + (b * p.capacity * p.Hkv + g) * D;
   const T* vb = static_cast<const T*>(p.v) + (b * p.capacity * p.Hkv + g) * D;
   float m = -INFINITY, l = 0.f;
