@@ -1,16 +1,19 @@
-// Decode attention (kernels/attention_decode.h): one new query per sequence against an fp32 KV cache, at the
-// Qwen2.5 head shapes 0.5B (14/2/64), 7B (28/4/128) and 72B (64/8/128), cache lengths 512..32K.
+// Decode attention (kernels/attention_decode.h): one new query per sequence against an fp32 KV cache
+// (attention_decode_cuda) and against a bf16 one (attention_decode_bf16_cuda) in the same run, at the Qwen2.5 head
+// shapes 0.5B (14/2/64), 7B (28/4/128) and 72B (64/8/128), cache lengths 1K..32K; the ratio fp32 time / bf16 time
+// is the speed-up of the bf16 cache (2 at most: half the bytes).
 //
-//   bench_attention_decode_cuda [--csv out.csv] [--reps 20] [--lens 512,2048,8192,32768] [--batch 1]
+//   bench_attention_decode_cuda [--csv out.csv] [--reps 20] [--lens 1024,2048,4096,8192,16384,32768] [--batch 1]
 //
 // The kernel is memory bound: each (sequence, kv head)'s keys and values are read once from HBM (the group's other
-// query heads find them in L2), so the unique bytes are B · len · Hkv · D · 4 · 2 and GB/s = bytes / time, against
-// the device's HBM peak. An L2 flush precedes every timed call (in a real step the other layers' weights evict the
-// cache). The inputs are zeros (finite; the speed does not depend on the values). Each call includes the scratch
-// allocation of the split-K path (stream-ordered, from the pool). Without a CUDA device it prints one line and
-// exits 0.
+// query heads find them in L2), so the unique bytes are B · len · Hkv · D · e · 2 (e = 4 fp32, 2 bf16) and
+// GB/s = bytes / time, against the device's HBM peak. An L2 flush precedes every timed call (in a real step the
+// other layers' weights evict the cache). The inputs are zeros (finite; the speed does not depend on the values).
+// Each call includes the scratch allocation of the split-K path (stream-ordered, from the pool). Without a CUDA
+// device it prints one line and exits 0.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -35,7 +38,7 @@ struct Heads {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string csv_path, lens_arg = "512,2048,8192,32768";
+  std::string csv_path, lens_arg = "1024,2048,4096,8192,16384,32768";
   int reps = 20;
   int64_t B = 1;
   bench::Args args;
@@ -48,32 +51,42 @@ int main(int argc, char** argv) {
     const std::string& device = stamp.device;
     const bench::Peaks peaks = bench::device_peaks(device);
     std::ostringstream csv;
-    csv << "date,device,driver,commit,model,B,H,Hkv,D,len,splits,us,GBs,pct_hbm_peak\n";
-    std::fprintf(stderr, "device: %s; %s; HBM peak %.0f GB/s; commit %s; batch %lld, fp32 cache\n", device.c_str(),
+    csv << "date,device,driver,commit,model,B,H,Hkv,D,len,splits,f32_us,f32_GBs,f32_pct_hbm_peak,bf16_us,bf16_GBs,"
+           "bf16_pct_hbm_peak,f32_over_bf16_time\n";
+    std::fprintf(stderr, "device: %s; %s; HBM peak %.0f GB/s; commit %s; batch %lld\n", device.c_str(),
                  stamp.driver.c_str(), peaks.hbm_gbs, stamp.commit.c_str(), static_cast<long long>(B));
-    std::fprintf(stderr, "%-6s %8s %6s | %9s %9s %7s\n", "heads", "len", "splits", "us", "GB/s", "% peak");
+    std::fprintf(stderr, "%-6s %8s %6s | %9s %9s %7s | %9s %9s %7s | %9s\n", "heads", "len", "splits", "f32 us", "GB/s",
+                 "% peak", "bf16 us", "GB/s", "% peak", "f32/bf16");
     bench::L2Flush flush;
     const Heads shapes[] = {{"0.5B", 14, 2, 64}, {"7B", 28, 4, 128}, {"72B", 64, 8, 128}};
     for (const Heads& s : shapes) {
       for (int64_t len : bench::parse_list(lens_arg)) {
         const size_t nq = static_cast<size_t>(B * s.H * s.D), nkv = static_cast<size_t>(B * len * s.Hkv * s.D);
         Dev<float> q(nq), k(nkv), v(nkv), out(nq);
+        Dev<uint16_t> k16(nkv), v16(nkv);
         Dev<int32_t> lens(static_cast<size_t>(B));
         ck(cudaMemset(q.p, 0, nq * sizeof(float)), "memset q");
         ck(cudaMemset(k.p, 0, nkv * sizeof(float)), "memset k");
         ck(cudaMemset(v.p, 0, nkv * sizeof(float)), "memset v");
+        ck(cudaMemset(k16.p, 0, nkv * sizeof(uint16_t)), "memset k16");
+        ck(cudaMemset(v16.p, 0, nkv * sizeof(uint16_t)), "memset v16");
         const std::vector<int32_t> host_lens(static_cast<size_t>(B), static_cast<int32_t>(len));
         ck(cudaMemcpy(lens.p, host_lens.data(), host_lens.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "lens");
-        const double ms = bench::time_ms(
+        const double ms32 = bench::time_ms(
             [&] { attention_decode_cuda(q.p, k.p, v.p, lens.p, B, s.H, s.Hkv, s.D, len, len, out.p); }, reps, &flush);
-        const double bytes = 2.0 * static_cast<double>(nkv) * sizeof(float);
-        const double gbs = bytes / (ms * 1e6);
-        const double pct = peaks.hbm_gbs > 0 ? 100.0 * gbs / peaks.hbm_gbs : 0.0;
+        const double ms16 = bench::time_ms(
+            [&] { attention_decode_bf16_cuda(q.p, k16.p, v16.p, lens.p, B, s.H, s.Hkv, s.D, len, len, out.p); }, reps,
+            &flush);
+        const auto gbs_of = [&](double ms, size_t elem) { return 2.0 * static_cast<double>(nkv) * elem / (ms * 1e6); };
+        const auto pct_of = [&](double gbs) { return peaks.hbm_gbs > 0 ? 100.0 * gbs / peaks.hbm_gbs : 0.0; };
+        const double gbs32 = gbs_of(ms32, sizeof(float)), gbs16 = gbs_of(ms16, sizeof(uint16_t));
         const int64_t splits = attention_decode_splits(B, s.H, len);
-        std::fprintf(stderr, "%-6s %8lld %6lld | %9.1f %9.0f %7.1f\n", s.model, static_cast<long long>(len),
-                     static_cast<long long>(splits), ms * 1e3, gbs, pct);
+        std::fprintf(stderr, "%-6s %8lld %6lld | %9.1f %9.0f %7.1f | %9.1f %9.0f %7.1f | %9.2f\n", s.model,
+                     static_cast<long long>(len), static_cast<long long>(splits), ms32 * 1e3, gbs32, pct_of(gbs32),
+                     ms16 * 1e3, gbs16, pct_of(gbs16), ms32 / ms16);
         csv << stamp.csv() << "," << s.model << "," << B << "," << s.H << "," << s.Hkv << "," << s.D << "," << len
-            << "," << splits << "," << ms * 1e3 << "," << gbs << "," << pct << "\n";
+            << "," << splits << "," << ms32 * 1e3 << "," << gbs32 << "," << pct_of(gbs32) << "," << ms16 * 1e3 << ","
+            << gbs16 << "," << pct_of(gbs16) << "," << ms32 / ms16 << "\n";
       }
     }
     bench::write_csv(csv_path, csv.str());

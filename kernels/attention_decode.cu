@@ -14,6 +14,12 @@
 //            out = Σ_s acc_s·e^(m_s − M) / L.
 // Every sum has a fixed order: the result is deterministic. An empty split (its first key at or past len) writes
 // m = −inf, l = 0, acc = 0 and is skipped by the merge.
+// The partial kernel is a template on the cache's element type T (CacheLoad): every key/value access is one 32-bit
+// load of V = 4 / sizeof(T) adjacent columns widened to fp32 (fp32: V = 1, the columns above; bf16: V = 2, lane i
+// takes the pairs d = 2i, 2i + 64, ... for the scores and thread t owns the pair 2t, 2t + 1 for Σ p·v). Rows start
+// at ((b·capacity + j)·Hkv + g)·D elements; with D even and a 4-byte aligned base (the launcher checks both for
+// bf16) every pair load is aligned. The fp32 instance performs exactly the loads and operations of the kernel
+// before the template.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -54,8 +60,33 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return warp_max(v);
 }
 
+// One 32-bit load of kVec adjacent cache columns at p, widened to fp32.
+template <typename T>
+struct CacheLoad;
+template <>
+struct CacheLoad<float> {
+  static constexpr int kVec = 1;
+  __device__ __forceinline__ static void load(const float* p, float (&x)[1]) { x[0] = *p; }
+};
+template <>
+struct CacheLoad<uint16_t> {  // bf16 bits; little endian: column d in the low half of the word
+  static constexpr int kVec = 2;
+  __device__ __forceinline__ static void load(const uint16_t* p, float (&x)[2]) {
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+    x[0] = __uint_as_float(w << 16);
+    x[1] = __uint_as_float(w & 0xffff0000u);
+  }
+};
+
+// Output column of accumulator r (< kColsPerThread) of thread tid: fp32 tid, tid + 128; bf16 2·tid, 2·tid + 1.
+template <int V>
+__device__ __forceinline__ int64_t acc_column(int tid, int r) {
+  return static_cast<int64_t>(tid + (r / V) * kThreads) * V + r % V;
+}
+
 struct DecodeParams {
-  const float *q, *k, *v;
+  const float* q;
+  const void *k, *v;  // [B, capacity, Hkv, D] of the partial kernel's T
   const int32_t* lens;
   int64_t H, Hkv, D, capacity, max_len, per_split;
   int splits;
@@ -64,7 +95,11 @@ struct DecodeParams {
   float* ws;   // [B, H, splits, D + 2]: acc[D], m, l; when splits > 1
 };
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(DecodeParams p) {
+  using Load = CacheLoad<T>;
+  constexpr int V = Load::kVec;
+  static_assert(kColsPerThread % V == 0, "a thread's columns are whole loads");
   __shared__ float qs[kAttentionDecodeMaxHeadDim];
   __shared__ float sc[kTile];
   __shared__ float red_max[kWarps], red_sum[cuda::kWarp];
@@ -76,17 +111,22 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   for (int64_t d = tid; d < D; d += kThreads) qs[d] = p.q[(b * p.H + h) * D + d] * p.scale;
   __syncthreads();
 
-  const int64_t row_stride = p.Hkv * D;  // floats between consecutive keys of one kv head
-  const float* kb = p.k + (b * p.capacity * p.Hkv + g) * D;
-  const float* vb = p.v + (b * p.capacity * p.Hkv + g) * D;
+  const int64_t row_stride = p.Hkv * D;  // elements between consecutive keys of one kv head
+  const T* kb = static_cast<const T*>(p.k) + (b * p.capacity * p.Hkv + g) * D;
+  const T* vb = static_cast<const T*>(p.v) + (b * p.capacity * p.Hkv + g) * D;
   float m = -INFINITY, l = 0.f;
   float acc[kColsPerThread] = {0.f, 0.f};
   for (int64_t t0 = k0; t0 < k1; t0 += kTile) {
     const int n = static_cast<int>(min(static_cast<int64_t>(kTile), k1 - t0));
     for (int i = warp; i < n; i += kWarps) {
-      const float* kj = kb + (t0 + i) * row_stride;
+      const T* kj = kb + (t0 + i) * row_stride;
       float dot = 0.f;
-      for (int64_t d = lane; d < D; d += cuda::kWarp) dot += qs[d] * kj[d];
+      for (int64_t d = static_cast<int64_t>(lane) * V; d < D; d += cuda::kWarp * V) {  // D % V == 0
+        float kx[V];
+        Load::load(kj + d, kx);
+#pragma unroll
+        for (int u = 0; u < V; ++u) dot += qs[d + u] * kx[u];
+      }
       dot = cuda::warp_sum(dot);
       if (lane == 0) sc[i] = dot;
     }
@@ -105,13 +145,22 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
     l = l * alpha + cuda::block_sum(part, red_sum);
     m = m_new;
 #pragma unroll
-    for (int r = 0; r < kColsPerThread; ++r) {
-      const int64_t d = tid + r * kThreads;
-      if (d < D) {
-        float a = acc[r] * alpha;
-        const float* vcol = vb + t0 * row_stride + d;
-        for (int i = 0; i < n; ++i) a += sc[i] * vcol[i * row_stride];
-        acc[r] = a;
+    for (int c = 0; c < kColsPerThread / V; ++c) {  // one load of V columns per key
+      const int64_t d0 = acc_column<V>(tid, c * V);
+      if (d0 < D) {  // then d0 + V − 1 < D too (D % V == 0)
+        float a[V];
+#pragma unroll
+        for (int u = 0; u < V; ++u) a[u] = acc[c * V + u] * alpha;
+        const T* vcol = vb + t0 * row_stride + d0;
+        for (int i = 0; i < n; ++i) {
+          float vx[V];
+          Load::load(vcol + i * row_stride, vx);
+          const float pi = sc[i];
+#pragma unroll
+          for (int u = 0; u < V; ++u) a[u] += pi * vx[u];
+        }
+#pragma unroll
+        for (int u = 0; u < V; ++u) acc[c * V + u] = a[u];
       }
     }
     __syncthreads();  // sc is rewritten by the next tile
@@ -120,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   if (p.splits == 1) {
 #pragma unroll
     for (int r = 0; r < kColsPerThread; ++r) {  // l = 0 only for a sequence with no key (len clamped to 0)
-      const int64_t d = tid + r * kThreads;
+      const int64_t d = acc_column<V>(tid, r);
       if (d < D) p.out[(b * p.H + h) * D + d] = l > 0.f ? acc[r] / l : 0.f;
     }
     return;
@@ -128,7 +177,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   float* w = p.ws + ((b * p.H + h) * p.splits + split) * (D + 2);
 #pragma unroll
   for (int r = 0; r < kColsPerThread; ++r) {
-    const int64_t d = tid + r * kThreads;
+    const int64_t d = acc_column<V>(tid, r);
     if (d < D) w[d] = acc[r];
   }
   if (tid == 0) {
@@ -182,13 +231,19 @@ int64_t attention_decode_splits(int64_t B, int64_t H, int64_t max_len) {
   return std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535));
 }
 
-void attention_decode_cuda(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
-                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
-                           CudaStream stream) {
-  const char* name = "attention_decode_cuda";
-  // The ref's checks and messages (attention_decode_ref.cpp), then the grid's limits.
-  if (!attention_decode_check_args(name, q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out)) return;
+namespace {
+
+template <typename T>
+void launch_decode(const char* name, const float* q, const T* k_cache, const T* v_cache, const int32_t* lens,
+                   int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
+                   CudaStream stream) {
+  // The ref's checks and messages (attention_decode_ref.cpp), then the grid's limits and the loads' alignment.
+  if (!attention_decode_check_args(name, q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out,
+                                   static_cast<int>(sizeof(T))))
+    return;
   QWENQ_CHECK(H <= 65535 && B <= 65535, name << ": H=" << H << " and B=" << B << " must be at most 65535 (grid)");
+  QWENQ_CHECK(reinterpret_cast<uintptr_t>(k_cache) % 4 == 0 && reinterpret_cast<uintptr_t>(v_cache) % 4 == 0,
+              name << ": the k and v caches must be 4-byte aligned (32-bit loads)");
 
   const int64_t splits = attention_decode_splits(B, H, max_len);
   DecodeParams p{};
@@ -211,7 +266,7 @@ void attention_decode_cuda(const float* q, const float* k_cache, const float* v_
     p.ws = ws.as<float>();
   }
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(H), static_cast<unsigned>(B));
-  attention_decode_partial_kernel<<<grid, kThreads, 0, stream>>>(p);
+  attention_decode_partial_kernel<T><<<grid, kThreads, 0, stream>>>(p);
   QWENQ_CUDA_CHECK_LAUNCH(name << " B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D << " max_len=" << max_len
                                << " splits=" << splits);
   if (splits > 1) {
@@ -219,6 +274,21 @@ void attention_decode_cuda(const float* q, const float* k_cache, const float* v_
     QWENQ_CUDA_CHECK_LAUNCH(name << " (merge) B=" << B << " H=" << H << " D=" << D << " splits=" << splits);
   }
   // ws is freed on `stream` after the merge (cudaFreeAsync): no wait here.
+}
+
+}  // namespace
+
+void attention_decode_cuda(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
+                           CudaStream stream) {
+  launch_decode("attention_decode_cuda", q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out, stream);
+}
+
+void attention_decode_bf16_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                                const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
+                                int64_t max_len, float* out, CudaStream stream) {
+  launch_decode("attention_decode_bf16_cuda", q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, out,
+                stream);
 }
 
 }  // namespace qwenq

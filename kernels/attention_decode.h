@@ -10,16 +10,23 @@
 // Cache layout: k_cache and v_cache are [B, capacity, Hkv, D] fp32, row j of sequence b at ((b·capacity + j)·Hkv
 // + g)·D. Per sequence this is the CPU KvCache's [capacity, Hkv, D] (trainer/qwen_model.h), so a prompt's k and v
 // rows [T, Hkv, D] are written by the projections straight into the cache and the prefill attention reads them
-// there. fp32 rather than bf16: a step then rounds nothing the CPU's forward_step does not (greedy tokens follow
-// the CPU's), and at decode the cache is a small part of the bytes read per token next to the weights (Qwen2.5-7B
-// at 1000 cached tokens: 115 MB of fp32 K/V against 3.8 GB of 4-bit weights). A bf16 cache would halve it for long
-// contexts.
+// there. fp32 by default: a step then rounds nothing the CPU's forward_step does not (greedy tokens follow the
+// CPU's), and at decode the cache is a small part of the bytes read per token next to the weights (Qwen2.5-7B at
+// 1000 cached tokens: 115 MB of fp32 K/V against 3.8 GB of 4-bit weights).
+//
+// bf16 cache (attention_decode_bf16_ref / _cuda): the same layout with k_cache, v_cache as bf16 bits (uint16_t),
+// each element widened exactly to fp32 when read; every other number and every sum is the fp32 variant's. So the
+// bf16 twin on a cache c16 equals the fp32 twin on the widened cache fp32(c16) (the CPU twins bit for bit). Half
+// the cache's bytes per key: the choice for long contexts (trainer/qwen_model.h, KvCacheDType). Requires D even
+// (every key row then starts on a 4-byte boundary) and, on the GPU, 4-byte aligned cache pointers: the kernel
+// reads a pair of bf16 columns per 32-bit load.
 //
 // GPU kernel (attention_decode_cuda, kernels/attention_decode.cu), flash-decoding: the keys [0, max_len) are cut
 // into `splits` equal ranges; block (split, h, b) runs an online softmax over its range in tiles of 128 keys
 // (each warp one key at a time, lanes over D, a warp sum per score; then each thread owns up to 2 output columns
-// for Σ p·v), and writes (m, l, unnormalized acc[D]) to a scratch buffer; a second kernel merges the splits of
-// each (b, h) in split order: M = max m_s, L = Σ l_s·e^(m_s−M), out = Σ acc_s·e^(m_s−M) / L. With one split the
+// for Σ p·v: columns t and t + 128 in fp32, the adjacent pair 2t, 2t + 1 in bf16, one 32-bit load per key either
+// way, so both variants read 128 contiguous bytes per warp and load), and writes (m, l, unnormalized acc[D]) to a
+// scratch buffer; a second kernel merges the splits of each (b, h) in split order: M = max m_s, L = Σ l_s·e^(m_s−M), out = Σ acc_s·e^(m_s−M) / L. With one split the
 // first kernel writes out directly. splits is chosen on the host from B·H, max_len and the device's SM count (about
 // two blocks per SM, at least 64 keys per split), so the result is deterministic for a given device and max_len.
 // Keys at or past lens[b] are never read (the test fills them with NaN).
@@ -38,11 +45,18 @@ constexpr int64_t kAttentionDecodeMaxHeadDim = 256;
 void attention_decode_ref(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
                           int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out);
 
-// The argument checks both twins run, messages starting with `name`: the shapes, then (B > 0) the pointers.
-// Returns false for B = 0 (nothing to do). lens are not read (they may be device memory).
-bool attention_decode_check_args(const char* name, const float* q, const float* k_cache, const float* v_cache,
+// The bf16-cache variant: k_cache, v_cache [B, capacity, Hkv, D] bf16 bits, read widened to fp32; the rest as
+// attention_decode_ref, plus D even. Equals attention_decode_ref on the widened caches, bit for bit.
+void attention_decode_bf16_ref(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, const int32_t* lens,
+                               int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len,
+                               float* out);
+
+// The argument checks the twins run, messages starting with `name`: the shapes (with cache_elem_bytes = 2, the
+// bf16 variant's, also D even), then (B > 0) the pointers. Returns false for B = 0 (nothing to do). lens are not
+// read (they may be device memory).
+bool attention_decode_check_args(const char* name, const float* q, const void* k_cache, const void* v_cache,
                                  const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
-                                 int64_t max_len, const float* out);
+                                 int64_t max_len, const float* out, int cache_elem_bytes = 4);
 
 }  // namespace qwenq
 
@@ -58,6 +72,12 @@ namespace qwenq {
 void attention_decode_cuda(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
                            int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out,
                            CudaStream stream = nullptr);
+
+// The bf16-cache twin (attention_decode_bf16_ref): the same kernels instantiated for bf16 keys and values; also
+// refuses cache pointers that are not 4-byte aligned.
+void attention_decode_bf16_cuda(const float* q, const uint16_t* k_cache, const uint16_t* v_cache,
+                                const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
+                                int64_t max_len, float* out, CudaStream stream = nullptr);
 
 // The number of key ranges attention_decode_cuda splits max_len into for B·H query heads (tests and benchmarks
 // use it to reach both the one-split and the merged paths).

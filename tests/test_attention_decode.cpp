@@ -4,12 +4,21 @@
 // cache whose rows past each length are NaN (a read of them would poison the output), with GQA 7:1 and 8:1, the
 // Qwen2.5 ratios 7:1 (14/2, 28/4) and MHA, head dims 8, 64, 128. Also against a double-precision softmax on the
 // same rows, and the argument checks' messages.
+// The bf16-cache twin attention_decode_bf16_ref: on caches rounded to bf16 it equals attention_decode_ref on the
+// widened caches bit for bit (the contract: widening is exact and every operation and order is the fp32 twin's),
+// over the Qwen2.5 heads 14/2/64, 28/4/128, 64/8/128, GQA 7:1 at D = 8, D = 2 and 256, lengths 1..3000; and its
+// distance to the fp32 twin on the unrounded caches stays within the bound the rounding implies (kBf16 below), and
+// is not zero (the rounding is really applied).
 //
 // Tolerances: both refs are fp32 softmaxes of the same scores with the max subtracted; they differ by the order of
 // the sums (attention_forward_ref: Eigen GEMM blocks of 128 keys with online rescaling; the decode ref: keys in
 // order) and Eigen's vectorized exp. v is uniform in [-1, 1], so |out| <= 1 and each sum of L terms carries a
 // relative error of about L·2^-24 in the worst case, ~1e-6 in practice at L = 1000: kFwdTol = 2e-5 absolute. The
 // double oracle sees only the decode ref's fp32 roundings: kDoubleTol = 1e-5.
+// bf16 against fp32 on the unrounded caches, per (sequence, head): rounding moves each k and v element by at most
+// 2^-9 of itself; the test measures the moves (dk, dv) and bounds the scores' move by
+// ε = max_j scale·Σ_d |q_d|·|dk_jd|. Each softmax weight is then scaled by a factor in [e^-2ε, e^2ε], so
+// Σ_j |p'_j − p_j| <= e^2ε − 1, and |out' − out| <= (e^2ε − 1)·max |v| + max |dv| + kFwdTol (fp32 noise).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/attention.h"
@@ -128,9 +138,87 @@ TEST(AttentionDecodeRef, IsTheLastRowOfTheCausalForward) {
   for (const DecodeCase& c : cases) check_case(c, seed++);
 }
 
+// The bf16 twin on a rounded cache vs the fp32 twin on its widening (bit for bit) and on the unrounded cache (the
+// rounding's bound). Cache rows past each length are NaN in both (f32_to_bf16 keeps a NaN).
+void check_bf16_case(const DecodeCase& c, uint64_t seed) {
+  const int64_t H = c.H, Hkv = c.Hkv, D = c.D, B = static_cast<int64_t>(c.lens.size()), group = H / Hkv;
+  SCOPED_TRACE("bf16 H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) +
+               " seed " + std::to_string(seed));
+  const int64_t max_len = *std::max_element(c.lens.begin(), c.lens.end()), capacity = max_len + 2;
+  Rng rng(seed);
+  const std::vector<float> q = normal(rng, B * H * D, 1.3);
+  std::vector<float> kc(static_cast<size_t>(B * capacity * Hkv * D), NAN), vc(kc.size(), NAN);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < c.lens[b] * Hkv * D; ++i) {
+      kc[b * capacity * Hkv * D + i] = static_cast<float>(rng.normal() * 1.3);
+      vc[b * capacity * Hkv * D + i] = rng.uniform(-1.f, 1.f);
+    }
+  std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+  std::vector<float> kw(kc.size()), vw(vc.size());
+  for (size_t i = 0; i < kc.size(); ++i) {
+    k16[i] = f32_to_bf16(kc[i]);
+    v16[i] = f32_to_bf16(vc[i]);
+    kw[i] = bf16_to_f32(k16[i]);
+    vw[i] = bf16_to_f32(v16[i]);
+  }
+  std::vector<float> got(q.size(), NAN), widened(q.size(), NAN), exact(q.size(), NAN);
+  attention_decode_bf16_ref(q.data(), k16.data(), v16.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len,
+                            got.data());
+  attention_decode_ref(q.data(), kw.data(), vw.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len,
+                       widened.data());
+  attention_decode_ref(q.data(), kc.data(), vc.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len, exact.data());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_FALSE(std::isnan(got[i])) << "out[" << i << "] is NaN: a row past the length was read";
+    ASSERT_EQ(got[i], widened[i]) << "out[" << i << "]: bf16 cache " << got[i] << ", fp32 cache widened from it "
+                                  << widened[i];
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  double worst = 0, worst_ratio = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / group;
+      double eps = 0, dv = 0;
+      for (int64_t j = 0; j < c.lens[b]; ++j) {
+        const size_t row = static_cast<size_t>(((b * capacity + j) * Hkv + g) * D);
+        double ds = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          ds += std::fabs(static_cast<double>(q[(b * H + h) * D + d])) * std::fabs(double(kw[row + d]) - kc[row + d]);
+          dv = std::max(dv, std::fabs(static_cast<double>(vw[row + d]) - vc[row + d]));
+        }
+        eps = std::max(eps, scale * ds);
+      }
+      const double bound = std::expm1(2 * eps) * 1.0 + dv + kFwdTol;  // max |v| <= 1
+      for (int64_t d = 0; d < D; ++d) {
+        const size_t i = static_cast<size_t>((b * H + h) * D + d);
+        const double e = std::fabs(static_cast<double>(got[i]) - exact[i]);
+        ASSERT_LE(e, bound) << "sequence " << b << ", head " << h << ", column " << d << ": bf16 cache " << got[i]
+                            << ", fp32 cache " << exact[i] << ", score move bound " << eps;
+        worst = std::max(worst, e);
+        worst_ratio = std::max(worst_ratio, e / bound);
+      }
+    }
+  EXPECT_GT(worst, 0.0) << "the bf16 cache gave the fp32 cache's output exactly: no rounding was applied";
+  std::printf("[ decode bf16 H=%lld Hkv=%lld D=%lld ] = fp32 twin on the widened cache bit for bit; max |bf16 - fp32 "
+              "cache| %.2e (%.2f of the bound)\n",
+              (long long)H, (long long)Hkv, (long long)D, worst, worst_ratio);
+}
+
+TEST(AttentionDecodeRef, Bf16CacheIsTheFp32TwinOnTheRoundedCache) {
+  const DecodeCase cases[] = {
+      {7, 1, 8, {1, 63, 64, 65, 1000}},  // GQA 7:1, stories260K's D = 8
+      {14, 2, 64, {1, 65, 3000}},        // Qwen2.5-0.5B heads, up to 3000 keys
+      {28, 4, 128, {1, 129, 3000}},      // Qwen2.5-7B heads
+      {64, 8, 128, {2, 2048}},           // Qwen2.5-72B heads
+      {2, 1, 256, {17}},                 // the largest head dim
+      {6, 3, 2, {5, 1}},                 // the smallest even head dim
+  };
+  uint64_t seed = 41;
+  for (const DecodeCase& c : cases) check_bf16_case(c, seed++);
+}
+
 TEST(AttentionDecodeRef, ErrorsAreClear) {
   const int64_t H = 2, Hkv = 1, D = 8, cap = 4;
-  std::vector<float> q(H * D, 0.f), kc(2 * cap * Hkv * D, 0.f), vc(kc.size(), 0.f), out(2 * H * D);
+  std::vector<float> q(2 * H * D, 0.f), kc(2 * cap * Hkv * D, 0.f), vc(kc.size(), 0.f), out(2 * H * D);
   std::vector<int32_t> lens = {4, 0};
   auto run = [&](int64_t h, int64_t hkv, int64_t d, int64_t capacity, int64_t max_len) {
     return error_of([&] {
@@ -152,6 +240,23 @@ TEST(AttentionDecodeRef, ErrorsAreClear) {
   EXPECT_NE(e.find("max_len=5 must be in [1, capacity=4]"), std::string::npos) << e;
   e = run(H, Hkv, 0, cap, 4);
   EXPECT_NE(e.find("bad shape B=2 H=2 Hkv=1 D=0"), std::string::npos) << e;
+  // The bf16 twin: the same checks under its name, plus an even D; D = 7 is fine for the fp32 twin.
+  std::vector<uint16_t> k16(kc.size(), 0), v16(kc.size(), 0);
+  const auto run16 = [&](int64_t h, int64_t hkv, int64_t d) {
+    return error_of([&] {
+      attention_decode_bf16_ref(q.data(), k16.data(), v16.data(), lens.data(), 2, h, hkv, d, cap, 4, out.data());
+    });
+  };
+  EXPECT_EQ(run(H, Hkv, 7, cap, 4), "<no error>");
+  e = run16(H, Hkv, 7);
+  EXPECT_NE(e.find("attention_decode_bf16_ref: head dim D=7 is odd; a bf16 KV cache needs an even D"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(run16(H, Hkv, D), "<no error>");
+  e = run16(3, 2, D);
+  EXPECT_NE(e.find("attention_decode_bf16_ref: query heads H=3 must be a multiple of kv heads Hkv=2"),
+            std::string::npos)
+      << e;
 }
 
 }  // namespace

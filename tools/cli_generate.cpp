@@ -1,5 +1,6 @@
 // qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding, on the CPU
 // (trainer/generate.h) or, with --device cuda, on the GPU (trainer/qwen_decode_cuda.h: same sampling, same seed use).
+// --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -17,12 +18,14 @@ namespace {
 
 struct GenerateArgs {
   std::string model, prompt, system;
+  std::string kv_cache = "f32";
   bool chat = false;
   SamplingOptions sampling;
   CommonOptions common;
 };
 
 void run_generate(const GenerateArgs& a) {
+  const KvCacheDType kv = parse_kv_cache_dtype(a.kv_cache, "--kv-cache");
   const Device device = resolve_experimental_device(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model);
   QwenModel model(dir);
@@ -43,6 +46,7 @@ void run_generate(const GenerateArgs& a) {
     prompt = tok.encode(a.prompt, true);
   }
   SamplingOptions opt = a.sampling;
+  opt.kv_cache = kv;
   for (int32_t id : {tok.eos_id(), model.config().eos_token_id, tok.token_id("<|im_end|>"),
                      tok.token_id("<|endoftext|>")}) {
     if (id >= 0) opt.stop_ids.push_back(id);
@@ -80,6 +84,9 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->capture_default_str();
   cmd->add_option("--top-p", a->sampling.top_p, "1 = off")->capture_default_str();
   cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--kv-cache", a->kv_cache,
+                  "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
+      ->capture_default_str();
   add_common_options(cmd, &a->common);
   cmd->callback([a]() { run_generate(*a); });
 }

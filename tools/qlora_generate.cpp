@@ -4,6 +4,7 @@
 // --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) with the adapter unmerged: the base is uploaded as
 // stored (dense, or 4-bit GPTQ/AWQ/NF4/FP4 as Q4) and every adapted Linear adds s · (x Aᵀ) Bᵀ in fp32 after its base
 // product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU merges the adapter in memory.
+// --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
 #include <unistd.h>
 
 #include <cstdio>
@@ -27,6 +28,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, adapter, prompt, system;
+  std::string kv_cache = "f32";
   bool chat = false;
   SamplingOptions sampling;
   CommonOptions common;
@@ -44,6 +46,7 @@ struct Loaded {
 };
 
 Loaded load(const GenerateArgs& a, bool need_chat_template) {
+  parse_kv_cache_dtype(a.kv_cache, "--kv-cache");  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model);
   Tokenizer tok = Tokenizer::from_dir(dir);
@@ -75,8 +78,10 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   return out;
 }
 
-SamplingOptions with_stop_ids(const SamplingOptions& in, const QwenModel& model, const Tokenizer& tok) {
-  SamplingOptions opt = in;
+// The sampling options of the command line with the model's stop ids and the --kv-cache choice.
+SamplingOptions generation_options(const GenerateArgs& a, const QwenModel& model, const Tokenizer& tok) {
+  SamplingOptions opt = a.sampling;
+  opt.kv_cache = parse_kv_cache_dtype(a.kv_cache, "--kv-cache");
   for (int32_t id : {tok.eos_id(), model.config().eos_token_id, tok.token_id("<|im_end|>"),
                      tok.token_id("<|endoftext|>")}) {
     if (id >= 0) opt.stop_ids.push_back(id);
@@ -118,12 +123,12 @@ void run_generate(const GenerateArgs& a) {
   }
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
-  stream(m, prompt, with_stop_ids(a.sampling, *m.model, m.tok));
+  stream(m, prompt, generation_options(a, *m.model, m.tok));
 }
 
 void run_chat(const GenerateArgs& a) {
   Loaded m = load(a, true);
-  const SamplingOptions opt = with_stop_ids(a.sampling, *m.model, m.tok);
+  const SamplingOptions opt = generation_options(a, *m.model, m.tok);
   const bool tty = ::isatty(STDIN_FILENO);
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
@@ -160,6 +165,9 @@ void add_sampling_options(CLI::App* cmd, GenerateArgs* a) {
   cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->capture_default_str();
   cmd->add_option("--top-p", a->sampling.top_p, "1 = off")->capture_default_str();
   cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--kv-cache", a->kv_cache,
+                  "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
+      ->capture_default_str();
   add_common_options(cmd, &a->common);
 }
 

@@ -68,7 +68,7 @@ std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>
   KvCache cache;
   DecodeFns fns;
   fns.prefill = [&](const std::vector<int32_t>& p, int64_t capacity) {
-    cache = model.make_cache(capacity);
+    cache = model.make_cache(capacity, opt.kv_cache);
     return model.forward_step(p, &cache);
   };
   fns.step = [&](int32_t id) { return model.forward_step({id}, &cache); };

@@ -17,6 +17,9 @@ struct SamplingOptions {
   float top_p = 1.f;        // 1: off
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+  // Not sampling, but generate's other choice: the KV cache's storage (trainer/qwen_model.h's KvCacheDType), on the
+  // CPU (generate) and the GPU (generate_cuda) alike.
+  KvCacheDType kv_cache = KvCacheDType::F32;
 };
 
 // Picks the next token from logits (modified in place).
@@ -35,8 +38,8 @@ std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int3
                                    const SamplingOptions& opt, const DecodeFns& fns,
                                    const std::function<void(int32_t)>& on_token = nullptr);
 
-// generate_with on the CPU model (QwenModel::forward_step with a KvCache). The GPU twin is generate_cuda
-// (trainer/qwen_decode_cuda.h).
+// generate_with on the CPU model (QwenModel::forward_step with a KvCache of opt.kv_cache). The GPU twin is
+// generate_cuda (trainer/qwen_decode_cuda.h).
 std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
                               const std::function<void(int32_t)>& on_token = nullptr);
 

@@ -38,23 +38,30 @@ struct QwenDecodeCuda::Impl {
   const QwenModelCuda& model;
   QwenConfig cfg;
   int64_t capacity = 0, length = 0;
-  DeviceAllocation k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32
+  KvCacheDType kv = KvCacheDType::F32;
+  DeviceAllocation k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32, or bf16 bits (kv == BF16)
   // Activations for up to `rows` tokens (a prompt; a step uses row 0).
   int64_t rows = 0;
   DeviceAllocation x, n, q, a, gate, up, act16;  // fp32, act16 bf16 [rows, max(C, Q, I)]
-  DeviceAllocation q16, k16, v16, a16;           // bf16, flash attention in the prefill
+  DeviceAllocation q16, k16, v16, a16;           // bf16, flash attention in the prefill (k16, v16: F32 cache only)
+  DeviceAllocation kf, vf;                       // fp32 [rows, KV], BF16 cache only: k, v before rounding; the
+                                                 // naive prefill's copies widened from the cache
   DeviceAllocation ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
   DeviceAllocation positions;                    // int32 [rows]
   DeviceAllocation lora_u;                       // fp32 [rows, lora_rank]: the adapter branch's x Aᵀ
   int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
   DeviceAllocation logits;                       // fp32 [V]
 
-  Impl(const QwenModelCuda& m, int64_t cap) : model(m), cfg(m.config()), capacity(cap) {}
+  Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype)
+      : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype) {}
 
   CudaStream s() const { return stream.get(); }
+  bool bf16_cache() const { return kv == KvCacheDType::BF16; }
   int64_t layer_stride() const { return capacity * cfg.kv_dim(); }
-  float* k_layer(int64_t l) const { return k_cache.as<float>() + l * layer_stride(); }
+  float* k_layer(int64_t l) const { return k_cache.as<float>() + l * layer_stride(); }  // F32 cache
   float* v_layer(int64_t l) const { return v_cache.as<float>() + l * layer_stride(); }
+  uint16_t* k_layer16(int64_t l) const { return k_cache.as<uint16_t>() + l * layer_stride(); }  // BF16 cache
+  uint16_t* v_layer16(int64_t l) const { return v_cache.as<uint16_t>() + l * layer_stride(); }
   bool flash() const { return flash_attention_compiled(cfg.head_dim); }
 
   // r of the model's attached adapter (trainer/lora_inference_cuda.h), 0 without one.
@@ -65,7 +72,7 @@ struct QwenDecodeCuda::Impl {
     if (T <= rows && r <= lora_rank) return;
     T = std::max(T, rows);  // an adapter attached since the last call: same rows, a scratch for the branch
     for (DeviceAllocation* b :
-         {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &ids, &positions, &lora_u})
+         {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &kf, &vf, &ids, &positions, &lora_u})
       *b = DeviceAllocation();
     rows = 0;
     lora_rank = 0;
@@ -86,9 +93,15 @@ struct QwenDecodeCuda::Impl {
     if (T > kQgemmDecodeMaxM) act16 = buffer(T, std::max({C, Q, I}), DType::BF16, "the bf16 activations");
     if (flash() && T > 1) {
       q16 = buffer(T, Q, DType::BF16, "q for flash attention");
-      k16 = buffer(T, KV, DType::BF16, "k for flash attention");
-      v16 = buffer(T, KV, DType::BF16, "v for flash attention");
+      if (!bf16_cache()) {  // a bf16 cache is read by flash attention in place
+        k16 = buffer(T, KV, DType::BF16, "k for flash attention");
+        v16 = buffer(T, KV, DType::BF16, "v for flash attention");
+      }
       a16 = buffer(T, Q, DType::BF16, "the flash attention output");
+    }
+    if (bf16_cache()) {
+      kf = buffer(T, KV, DType::F32, "k before its bf16 rounding into the cache");
+      vf = buffer(T, KV, DType::F32, "v before its bf16 rounding into the cache");
     }
     ids = buffer(T + 2, 1, DType::I32, "the token ids");
     positions = buffer(T, 1, DType::I32, "the positions");
@@ -125,13 +138,24 @@ struct QwenDecodeCuda::Impl {
   void prefill_attention(int64_t l, int64_t T) {
     const QwenConfig& c = cfg;
     const int32_t cu[2] = {0, static_cast<int32_t>(T)};
+    const int64_t KV = c.kv_dim();
     if (flash()) {
       f32_to_bf16_cuda(q.as<float>(), T * c.q_dim(), q16.as<uint16_t>(), s());
-      f32_to_bf16_cuda(k_layer(l), T * c.kv_dim(), k16.as<uint16_t>(), s());
-      f32_to_bf16_cuda(v_layer(l), T * c.kv_dim(), v16.as<uint16_t>(), s());
-      attention_forward_cuda(q16.get(), k16.get(), v16.get(), cu, 1, c.num_heads, c.num_kv_heads, c.head_dim,
-                             a16.get(), nullptr, DType::BF16, s());
+      const uint16_t *kb = k_layer16(l), *vb = v_layer16(l);  // rows 0..T-1: [T, Hkv, D] bf16
+      if (!bf16_cache()) {
+        f32_to_bf16_cuda(k_layer(l), T * KV, k16.as<uint16_t>(), s());
+        f32_to_bf16_cuda(v_layer(l), T * KV, v16.as<uint16_t>(), s());
+        kb = k16.as<uint16_t>();
+        vb = v16.as<uint16_t>();
+      }
+      attention_forward_cuda(q16.get(), kb, vb, cu, 1, c.num_heads, c.num_kv_heads, c.head_dim, a16.get(), nullptr,
+                             DType::BF16, s());
       bf16_to_f32_cuda(a16.as<uint16_t>(), T * c.q_dim(), a.as<float>(), s());
+    } else if (bf16_cache()) {  // the rounded rows, widened: what the CPU's attention over a bf16 cache reads
+      bf16_to_f32_cuda(k_layer16(l), T * KV, kf.as<float>(), s());
+      bf16_to_f32_cuda(v_layer16(l), T * KV, vf.as<float>(), s());
+      attention_naive_forward_cuda(q.as<float>(), kf.as<float>(), vf.as<float>(), cu, 1, c.num_heads,
+                                   c.num_kv_heads, c.head_dim, a.as<float>(), nullptr, s());
     } else {
       attention_naive_forward_cuda(q.as<float>(), k_layer(l), v_layer(l), cu, 1, c.num_heads, c.num_kv_heads,
                                    c.head_dim, a.as<float>(), nullptr, s());
@@ -150,8 +174,9 @@ struct QwenDecodeCuda::Impl {
     embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, ids.as<int32_t>(), T, xp, s());
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const QwenDeviceLayer& L = model.device_layer(l);
-      float* kp = k_layer(l) + p0 * KV;
-      float* vp = v_layer(l) + p0 * KV;
+      // fp32 k, v rows: straight into an F32 cache; into kf/vf for a BF16 one, rounded into it after RoPE.
+      float* kp = bf16_cache() ? kf.as<float>() : k_layer(l) + p0 * KV;
+      float* vp = bf16_cache() ? vf.as<float>() : v_layer(l) + p0 * KV;
       rmsnorm(xp, T, C, L.input_norm, np);
       linear(L.q, np, T, qp);
       linear(L.k, np, T, kp);
@@ -162,7 +187,14 @@ struct QwenDecodeCuda::Impl {
       }
       rope_forward_cuda(qp, T, c.num_heads, D, pos, c.rope_theta, s());
       rope_forward_cuda(kp, T, c.num_kv_heads, D, pos, c.rope_theta, s());
-      if (T == 1) {
+      if (bf16_cache()) {
+        f32_to_bf16_cuda(kp, T * KV, k_layer16(l) + p0 * KV, s());
+        f32_to_bf16_cuda(vp, T * KV, v_layer16(l) + p0 * KV, s());
+      }
+      if (T == 1 && bf16_cache()) {
+        attention_decode_bf16_cuda(qp, k_layer16(l), v_layer16(l), len_dev, 1, c.num_heads, c.num_kv_heads, D,
+                                   capacity, p0 + 1, a.as<float>(), s());
+      } else if (T == 1) {
         attention_decode_cuda(qp, k_layer(l), v_layer(l), len_dev, 1, c.num_heads, c.num_kv_heads, D, capacity,
                               p0 + 1, a.as<float>(), s());
       } else {
@@ -206,17 +238,22 @@ struct QwenDecodeCuda::Impl {
   }
 };
 
-QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity)
-    : impl_(std::make_unique<Impl>(model, capacity)) {
+QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv)
+    : impl_(std::make_unique<Impl>(model, capacity, kv)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);
   QWENQ_CHECK(c.head_dim <= kAttentionDecodeMaxHeadDim,
               "QwenDecodeCuda: head_dim " << c.head_dim << " exceeds the decode attention's limit "
                                           << kAttentionDecodeMaxHeadDim);
-  const size_t cache = static_cast<size_t>(c.num_layers * capacity * c.kv_dim()) * sizeof(float);
+  QWENQ_CHECK(!m.bf16_cache() || c.head_dim % 2 == 0,
+              "QwenDecodeCuda: a bf16 KV cache needs an even head_dim, the model's is " << c.head_dim
+                                                                                        << "; use the f32 cache");
+  const size_t elem = m.bf16_cache() ? sizeof(uint16_t) : sizeof(float);
+  const size_t cache = static_cast<size_t>(c.num_layers * capacity * c.kv_dim()) * elem;
   const std::string dims = " [" + std::to_string(c.num_layers) + ", " + std::to_string(capacity) + ", " +
-                           std::to_string(c.num_kv_heads) + ", " + std::to_string(c.head_dim) + "] fp32";
+                           std::to_string(c.num_kv_heads) + ", " + std::to_string(c.head_dim) + "] " +
+                           (m.bf16_cache() ? "bf16" : "fp32");
   m.k_cache = allocate(cache, MemoryTag::Activations, "the key cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
   m.v_cache = allocate(cache, MemoryTag::Activations, "the value cache" + dims + " (" + std::to_string(capacity) + " tokens)", m.s());
   m.logits = allocate(static_cast<size_t>(c.vocab_size) * sizeof(float), MemoryTag::Logits, "the logits", m.s());
@@ -229,6 +266,7 @@ int64_t QwenDecodeCuda::length() const { return impl_->length; }
 int64_t QwenDecodeCuda::cache_bytes() const {
   return static_cast<int64_t>(impl_->k_cache.bytes() + impl_->v_cache.bytes());
 }
+KvCacheDType QwenDecodeCuda::kv_cache_dtype() const { return impl_->kv; }
 
 std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
   Impl& m = *impl_;
@@ -270,7 +308,7 @@ std::vector<int32_t> generate_cuda(const QwenModelCuda& model, const std::vector
   std::unique_ptr<QwenDecodeCuda> decoder;
   DecodeFns fns;
   fns.prefill = [&](const std::vector<int32_t>& p, int64_t capacity) {
-    decoder = std::make_unique<QwenDecodeCuda>(model, capacity);
+    decoder = std::make_unique<QwenDecodeCuda>(model, capacity, opt.kv_cache);
     return decoder->prefill(p);
   };
   fns.step = [&](int32_t id) { return decoder->step(id); };

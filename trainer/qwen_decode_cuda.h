@@ -12,6 +12,14 @@
 //                    dense weights through cuBLASLt, which rounds x to a 16-bit W's dtype), RoPE at the position,
 //                    k and v written into cache row length(), then attention_decode_cuda
 //                    (kernels/attention_decode.h) of the new query against rows [0, length()]. Returns logits [V].
+// KV cache dtype (the constructor's `kv`, trainer/qwen_model.h's KvCacheDType; F32 by default): with BF16 the
+// cache is [capacity, Hkv, D] bf16 per layer and the k and v rows of the prefill and of each step are projected into
+// fp32 rows (after the q/k norm and RoPE, as before), rounded to bf16 into the cache (f32_to_bf16_cuda) and read
+// from there: the flash prefill takes the bf16 cache directly (no bf16 copies of k, v), the naive fp32 prefill
+// (D not 64/128) gets fp32 copies widened from it, and steps run attention_decode_bf16_cuda. Every read sees the
+// rounded values, as the CPU's forward_step with a BF16 KvCache: that is the oracle of this mode. With flash the
+// prefill's numbers are the F32 cache's (flash rounds k and v to bf16 either way); the steps differ from F32 by the
+// rounding of K and V. Needs an even head_dim (all Qwen models).
 // Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 GEMV kernel; beyond, x is rounded to bf16 for
 // the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
 //
@@ -20,10 +28,10 @@
 // within that difference of each other (a tie). BF16 weights and flash attention in the prefill add the bf16
 // roundings described in trainer/qwen_model_cuda.h.
 //
-// Memory: the cache, 2 · layers · capacity · Hkv · D · 4 bytes, allocated once in the constructor (Qwen2.5-7B:
-// 112 KiB per token, 224 MiB for 2048 tokens), plus activation buffers kept for the longest prompt so far (a step
-// uses their first row) and one [V] logits row. A failed allocation throws naming the buffer and
-// the device's free memory. Not thread-safe; one stream of its own.
+// Memory: the cache, 2 · layers · capacity · Hkv · D · 4 bytes (2 with BF16), allocated once in the constructor
+// (Qwen2.5-7B: 112 KiB per token, 224 MiB for 2048 tokens; BF16 56 KiB, 112 MiB), plus activation buffers kept
+// for the longest prompt so far (a step uses their first row) and one [V] logits row. A failed allocation throws
+// naming the buffer and the device's free memory. Not thread-safe; one stream of its own.
 // With an adapter attached to the model (QwenModelCuda::attach_adapter, trainer/lora_inference_cuda.h) every adapted
 // Linear of the prefill and of each step adds y += s · (x Aᵀ) Bᵀ in fp32 after its base product (a step: two GEMVs
 // through cuBLASLt, negligible next to the base's), with a scratch [rows, r] fp32 among the activation buffers.
@@ -43,15 +51,17 @@ namespace qwenq {
 
 class QwenDecodeCuda {
  public:
-  // `model` must outlive this object. capacity: tokens the cache holds (prompt + new tokens), >= 1.
-  QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity);
+  // `model` must outlive this object. capacity: tokens the cache holds (prompt + new tokens), >= 1. kv: the cache's
+  // storage (BF16: the k and v rows rounded to bf16, see above).
+  QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv = KvCacheDType::F32);
   ~QwenDecodeCuda();
   QwenDecodeCuda(const QwenDecodeCuda&) = delete;
   QwenDecodeCuda& operator=(const QwenDecodeCuda&) = delete;
 
   int64_t capacity() const;
   int64_t length() const;  // tokens in the cache
-  int64_t cache_bytes() const;
+  int64_t cache_bytes() const;  // the k and v caches as allocated (requested bytes)
+  KvCacheDType kv_cache_dtype() const;
 
   // Empties the cache and runs `prompt` (1..capacity tokens): logits [V] of its last token.
   std::vector<float> prefill(const std::vector<int32_t>& prompt);
@@ -65,7 +75,7 @@ class QwenDecodeCuda {
 
 // generate (trainer/generate.h) on the GPU: the same SamplingOptions, the same Rng use and the same loop
 // (generate_with), the logits of each position from a QwenDecodeCuda whose cache holds prompt + max_new_tokens
-// (at most the model's context).
+// (at most the model's context) in opt.kv_cache.
 std::vector<int32_t> generate_cuda(const QwenModelCuda& model, const std::vector<int32_t>& prompt,
                                    const SamplingOptions& opt, const std::function<void(int32_t)>& on_token = nullptr);
 

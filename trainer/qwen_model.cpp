@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/act.h"
@@ -32,10 +33,15 @@ void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float
   rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
 }
 
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return bf16_to_f32(x); }
+
 // Causal attention of n new queries (absolute positions p0..p0+n-1) over a cache holding positions
-// 0..p0+n-1. q, out: [n, H, D]; k, v: [p0+n, Hkv, D]. Same math as attention_forward_ref with an offset.
-void attention_with_cache(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
-                          int64_t Hkv, int64_t D, float* out) {
+// 0..p0+n-1. q, out: [n, H, D]; k, v: [p0+n, Hkv, D] fp32, or bf16 bits widened as read. Same math as
+// attention_forward_ref with an offset.
+template <typename T>
+void attention_with_cache(const float* q, const T* k, const T* v, int64_t p0, int64_t n, int64_t H, int64_t Hkv,
+                          int64_t D, float* out) {
   const int64_t group = H / Hkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   parallel_for(n * H, 1, [&](int64_t begin, int64_t end) {
@@ -46,9 +52,9 @@ void attention_with_cache(const float* q, const float* k, const float* v, int64_
       const float* qi = q + (i * H + h) * D;
       float mx = -INFINITY;
       for (int64_t j = 0; j < keys; ++j) {
-        const float* kj = k + (j * Hkv + g) * D;
+        const T* kj = k + (j * Hkv + g) * D;
         float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+        for (int64_t d = 0; d < D; ++d) dot += qi[d] * widen(kj[d]);
         s[j] = dot * scale;
         mx = std::max(mx, s[j]);
       }
@@ -61,14 +67,36 @@ void attention_with_cache(const float* q, const float* k, const float* v, int64_
       std::fill(o, o + D, 0.f);
       for (int64_t j = 0; j < keys; ++j) {
         const float p = s[j] / sum;
-        const float* vj = v + (j * Hkv + g) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] += p * vj[d];
+        const T* vj = v + (j * Hkv + g) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += p * widen(vj[d]);
       }
     }
   });
 }
 
+// x [n] rounded to bf16 bits (KvCacheDType::BF16's storage).
+void round_to_bf16(const float* x, int64_t n, uint16_t* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
+}
+
 }  // namespace
+
+const char* kv_cache_dtype_name(KvCacheDType t) { return t == KvCacheDType::BF16 ? "bf16" : "f32"; }
+
+KvCacheDType parse_kv_cache_dtype(const std::string& name, const std::string& what) {
+  if (name == "f32") return KvCacheDType::F32;
+  if (name == "bf16") return KvCacheDType::BF16;
+  QWENQ_FAIL(what << ": '" << name << "' is not a KV cache dtype; use f32 or bf16");
+}
+
+int64_t KvCache::bytes() const {
+  int64_t total = 0;
+  for (const auto* layers : {&k, &v})
+    for (const auto& r : *layers) total += static_cast<int64_t>(r.size() * sizeof(float));
+  for (const auto* layers : {&k16, &v16})
+    for (const auto& r : *layers) total += static_cast<int64_t>(r.size() * sizeof(uint16_t));
+  return total;
+}
 
 PackedBatch PackedBatch::from_sequences(const std::vector<std::vector<int32_t>>& seqs) {
   PackedBatch b;
@@ -201,14 +229,26 @@ LinearWeight& QwenModel::linear_weight(int64_t l, BlockLinear which, int index) 
   QWENQ_FAIL("linear_weight: bad selector");
 }
 
-void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden) const {
+void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden, KvCacheDType kv) const {
   const int64_t T = b.num_tokens();
   QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
               "forward_hidden: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
   hidden->assign(T * cfg_.hidden_size, 0.f);
   embed(b.tokens, hidden->data());
   const QwenConfig& c = cfg_;
+  std::vector<float> kr, vr;  // kv = BF16: k and v rounded to bf16, widened back
   run_layers(hidden->data(), T, b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
+    if (kv == KvCacheDType::BF16) {
+      const int64_t n = T * c.kv_dim();
+      kr.resize(n);
+      vr.resize(n);
+      for (int64_t i = 0; i < n; ++i) {
+        kr[i] = bf16_to_f32(f32_to_bf16(k[i]));
+        vr[i] = bf16_to_f32(f32_to_bf16(v[i]));
+      }
+      k = kr.data();
+      v = vr.data();
+    }
     attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out,
                           nullptr);
   });
@@ -218,9 +258,9 @@ void QwenModel::logits(const float* hidden, int64_t rows, float* out) const {
   linear(hidden, rows, w_.lm_head, TensorView{}, out);
 }
 
-std::vector<float> QwenModel::forward_logits(const PackedBatch& b) const {
+std::vector<float> QwenModel::forward_logits(const PackedBatch& b, KvCacheDType kv) const {
   std::vector<float> hidden;
-  forward_hidden(b, &hidden);
+  forward_hidden(b, &hidden, kv);
   std::vector<float> out(b.num_tokens() * cfg_.vocab_size);
   logits(hidden.data(), b.num_tokens(), out.data());
   return out;
@@ -247,11 +287,18 @@ int64_t QwenModel::next_token_nll(const PackedBatch& b, std::vector<float>* nll)
   return counted;
 }
 
-KvCache QwenModel::make_cache(int64_t capacity) const {
+KvCache QwenModel::make_cache(int64_t capacity, KvCacheDType dtype) const {
   KvCache cache;
   cache.capacity = capacity;
-  cache.k.assign(cfg_.num_layers, std::vector<float>(capacity * cfg_.kv_dim()));
-  cache.v.assign(cfg_.num_layers, std::vector<float>(capacity * cfg_.kv_dim()));
+  cache.dtype = dtype;
+  const size_t n = static_cast<size_t>(capacity * cfg_.kv_dim());
+  if (dtype == KvCacheDType::BF16) {
+    cache.k16.assign(cfg_.num_layers, std::vector<uint16_t>(n));
+    cache.v16.assign(cfg_.num_layers, std::vector<uint16_t>(n));
+  } else {
+    cache.k.assign(cfg_.num_layers, std::vector<float>(n));
+    cache.v.assign(cfg_.num_layers, std::vector<float>(n));
+  }
   return cache;
 }
 
@@ -267,6 +314,13 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   const QwenConfig& c = cfg_;
   const int64_t kvd = c.kv_dim();
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
+    if (cache->dtype == KvCacheDType::BF16) {
+      round_to_bf16(k, n * kvd, cache->k16[l].data() + p0 * kvd);
+      round_to_bf16(v, n * kvd, cache->v16[l].data() + p0 * kvd);
+      attention_with_cache(q, cache->k16[l].data(), cache->v16[l].data(), p0, n, c.num_heads, c.num_kv_heads,
+                           c.head_dim, out);
+      return;
+    }
     std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
     std::copy(v, v + n * kvd, cache->v[l].begin() + p0 * kvd);
     attention_with_cache(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,

@@ -63,11 +63,24 @@ inline int64_t decoder_linear_outputs(const QwenConfig& c, const DecoderLinear& 
 // Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
-// Keys and values of past tokens for incremental decoding of one sequence.
+// The storage of a KV cache (`generate --kv-cache f32|bf16`). F32 (the default) keeps the fp32 k and v rows. BF16
+// rounds every k and v row to bf16 when it is written (round to nearest even, NaN kept: core/dtype.h) and attention
+// reads the rounded values widened to fp32; all math stays fp32. Half the bytes per token; the numbers differ from
+// F32 by that rounding of K and V only. The GPU decoder (trainer/qwen_decode_cuda.h) has the same semantics, so the
+// CPU's bf16 cache is its oracle.
+enum class KvCacheDType { F32, BF16 };
+const char* kv_cache_dtype_name(KvCacheDType t);  // "f32", "bf16"
+// "f32" or "bf16"; anything else throws naming `what` (e.g. "--kv-cache"), the value and the choices.
+KvCacheDType parse_kv_cache_dtype(const std::string& name, const std::string& what);
+
+// Keys and values of past tokens for incremental decoding of one sequence (after RoPE, k after the Qwen3 q/k norm).
 struct KvCache {
   int64_t length = 0;    // tokens stored
   int64_t capacity = 0;  // tokens allocated
-  std::vector<std::vector<float>> k, v;  // per layer: [capacity, Hkv, D]
+  KvCacheDType dtype = KvCacheDType::F32;
+  std::vector<std::vector<float>> k, v;         // F32: per layer [capacity, Hkv, D]
+  std::vector<std::vector<uint16_t>> k16, v16;  // BF16: per layer [capacity, Hkv, D] bf16 bits
+  int64_t bytes() const;                        // the k and v storage
 };
 
 class QwenModel {
@@ -80,12 +93,14 @@ class QwenModel {
   // The bound weights (views into the map, or packed forms) for code that runs the blocks itself (the trainer).
   const QwenWeights& weights() const { return w_; }
 
-  // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C].
-  void forward_hidden(const PackedBatch& batch, std::vector<float>* hidden) const;
+  // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C]. kv = BF16 rounds k
+  // and v to bf16 before attention, as a BF16 KvCache stores them (the packed twin of forward_step with one).
+  void forward_hidden(const PackedBatch& batch, std::vector<float>* hidden,
+                      KvCacheDType kv = KvCacheDType::F32) const;
   // logits[rows, V] = hidden[rows, C] · lm_headᵀ.
   void logits(const float* hidden, int64_t rows, float* out) const;
   // Full logits for a batch: [T, V]. Only for small vocabularies or short inputs (tests, generation).
-  std::vector<float> forward_logits(const PackedBatch& batch) const;
+  std::vector<float> forward_logits(const PackedBatch& batch, KvCacheDType kv = KvCacheDType::F32) const;
 
   // Negative log-likelihood of each next token: nll[t] = -log p(tokens[t+1] | tokens[..t]) inside each
   // sequence; the last position of each sequence gets 0 and is not counted. The lm_head runs over chunks of
@@ -93,9 +108,9 @@ class QwenModel {
   int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll) const;
 
   // Incremental decoding of one sequence: appends `tokens` at positions cache->length.. and returns the
-  // logits [V] of the last one.
+  // logits [V] of the last one. The cache's dtype decides how its rows are stored (KvCacheDType).
   std::vector<float> forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const;
-  KvCache make_cache(int64_t capacity) const;
+  KvCache make_cache(int64_t capacity, KvCacheDType dtype = KvCacheDType::F32) const;
 
   // Layer-by-layer access for calibration: embeddings of a batch, one decoder block applied in place to
   // x [T, C] (hook sees each Linear group's input), and the Linear weights of a block (index: q=0,k=1,v=2 or

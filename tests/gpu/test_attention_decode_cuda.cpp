@@ -4,10 +4,14 @@
 // 65, 1000, 4097), several sequences per call with different lengths, so that both the one-split path and the
 // split + merge path run (the splits are printed), including a max_len far above every length (empty splits).
 // Cache rows at or past each length are NaN: a kernel that reads one fails.
+// The bf16-cache twin attention_decode_bf16_cuda against attention_decode_bf16_ref over the same sweep (D = 40 is
+// even: not a multiple of 32 lanes' pairs), the caches rounded from the same seeded values; its refusals (odd D, a
+// cache pointer off 4 bytes).
 //
 // Tolerance: both sides are fp32 softmaxes of the same scores with the max subtracted; they differ by the order of
 // the sums (warp butterflies and split merges against key order) and expf against std::exp. v is uniform in
 // [-1, 1], so |out| <= 1: kTol = 2e-5 absolute (the CPU test finds ~1e-6 between two fp32 orders at 1000 keys).
+// The bf16 twins read the same widened values and differ the same way: the same kTol.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/attention_decode.h"
@@ -32,11 +37,13 @@ struct Case {
   int64_t max_len = 0;  // 0: the longest length
 };
 
-void check(const Case& c, uint64_t seed) {
+// bf16 = true: the caches rounded to bf16, the bf16 twins compared (NaN rows stay NaN).
+void check(const Case& c, uint64_t seed, bool bf16 = false) {
   const int64_t H = c.H, Hkv = c.Hkv, D = c.D, B = static_cast<int64_t>(c.lens.size());
   const int64_t longest = *std::max_element(c.lens.begin(), c.lens.end());
   const int64_t max_len = c.max_len > 0 ? c.max_len : longest, capacity = max_len + 5;
-  SCOPED_TRACE("H=" + std::to_string(H) + " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " B=" +
+  SCOPED_TRACE(std::string(bf16 ? "bf16 cache " : "fp32 cache ") + "H=" + std::to_string(H) +
+               " Hkv=" + std::to_string(Hkv) + " D=" + std::to_string(D) + " B=" +
                std::to_string(B) + " max_len=" + std::to_string(max_len) + " seed " + std::to_string(seed));
   Rng rng(seed);
   std::vector<float> q(static_cast<size_t>(B * H * D)), kc(static_cast<size_t>(B * capacity * Hkv * D), NAN),
@@ -48,12 +55,27 @@ void check(const Case& c, uint64_t seed) {
       vc[b * capacity * Hkv * D + i] = rng.uniform(-1.f, 1.f);
     }
   std::vector<float> want(q.size());
-  attention_decode_ref(q.data(), kc.data(), vc.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len, want.data());
-
-  test::DeviceBuffer<float> dq(q), dk(kc), dv(vc), dout(q.size());
+  test::DeviceBuffer<float> dq(q), dout(q.size());
   test::DeviceBuffer<int32_t> dlens(c.lens);
-  attention_decode_cuda(dq.get(), dk.get(), dv.get(), dlens.get(), B, H, Hkv, D, capacity, max_len, dout.get());
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  if (bf16) {
+    std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+    for (size_t i = 0; i < kc.size(); ++i) {
+      k16[i] = f32_to_bf16(kc[i]);
+      v16[i] = f32_to_bf16(vc[i]);
+    }
+    attention_decode_bf16_ref(q.data(), k16.data(), v16.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len,
+                              want.data());
+    test::DeviceBuffer<uint16_t> dk(k16), dv(v16);
+    attention_decode_bf16_cuda(dq.get(), dk.get(), dv.get(), dlens.get(), B, H, Hkv, D, capacity, max_len,
+                               dout.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  } else {
+    attention_decode_ref(q.data(), kc.data(), vc.data(), c.lens.data(), B, H, Hkv, D, capacity, max_len,
+                         want.data());
+    test::DeviceBuffer<float> dk(kc), dv(vc);
+    attention_decode_cuda(dq.get(), dk.get(), dv.get(), dlens.get(), B, H, Hkv, D, capacity, max_len, dout.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
   const std::vector<float> got = dout.download();
   double max_err = 0;
   for (size_t i = 0; i < want.size(); ++i) {
@@ -62,14 +84,13 @@ void check(const Case& c, uint64_t seed) {
     ASSERT_LE(e, kTol) << "out[" << i << "] (sequence " << i / (H * D) << ", head " << (i / D) % H << ", column "
                        << i % D << "): GPU " << got[i] << ", CPU " << want[i];
   }
-  std::printf("[ decode H=%lld Hkv=%lld D=%lld B=%lld max_len=%lld ] splits %lld, max |GPU - CPU| %.2e\n",
-              (long long)H, (long long)Hkv, (long long)D, (long long)B, (long long)max_len,
+  std::printf("[ decode %s H=%lld Hkv=%lld D=%lld B=%lld max_len=%lld ] splits %lld, max |GPU - CPU| %.2e\n",
+              bf16 ? "bf16" : "fp32", (long long)H, (long long)Hkv, (long long)D, (long long)B, (long long)max_len,
               (long long)attention_decode_splits(B, H, max_len), max_err);
 }
 
-TEST(AttentionDecodeCuda, MatchesTheCpuTwin) {
-  QWENQ_REQUIRE_GPU();
-  const Case cases[] = {
+// The sweep both cache dtypes run.
+const Case kCases[] = {
       {14, 2, 64, {1}},                    // Qwen2.5-0.5B, first token: one split
       {14, 2, 64, {1000, 63, 65}},         // split + merge
       {28, 4, 128, {64, 1, 1000}},         // Qwen2.5-7B
@@ -81,9 +102,19 @@ TEST(AttentionDecodeCuda, MatchesTheCpuTwin) {
       {4, 4, 256, {300, 17}},              // MHA, the largest D
       {6, 3, 40, {129}},                   // D not a multiple of 32
       {14, 2, 64, {1, 5}, 1000},           // max_len far above the lengths: empty splits
-  };
+};
+
+TEST(AttentionDecodeCuda, MatchesTheCpuTwin) {
+  QWENQ_REQUIRE_GPU();
   uint64_t seed = 100;
-  for (const Case& c : cases) check(c, seed++);
+  for (const Case& c : kCases) check(c, seed++);
+}
+
+TEST(AttentionDecodeCuda, Bf16CacheMatchesTheCpuTwin) {
+  QWENQ_REQUIRE_GPU();
+  uint64_t seed = 200;
+  for (const Case& c : kCases) check(c, seed++, /*bf16=*/true);
+  check({28, 4, 128, {3000, 1, 1024}}, seed++, true);  // Qwen2.5-7B heads at ~3000 keys
 }
 
 TEST(AttentionDecodeCuda, ErrorsAreTheRefs) {
@@ -105,6 +136,24 @@ TEST(AttentionDecodeCuda, ErrorsAreTheRefs) {
   EXPECT_NE(e.find("head dim D=512 exceeds the decode kernel's limit 256"), std::string::npos) << e;
   e = error_of(2, 1, 8, 4, 5);
   EXPECT_NE(e.find("max_len=5 must be in [1, capacity=4]"), std::string::npos) << e;
+  // The bf16 twin: the ref's checks under its name, an even D, 4-byte aligned caches.
+  test::DeviceBuffer<uint16_t> k16(1024);
+  const auto error16 = [&](int64_t D, const uint16_t* k) -> std::string {
+    try {
+      attention_decode_bf16_cuda(buf.get(), k, k16.get(), lens.get(), 1, 2, 1, D, 4, 4, buf.get());
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "<no error>";
+  };
+  e = error16(7, k16.get());
+  EXPECT_NE(e.find("attention_decode_bf16_cuda: head dim D=7 is odd; a bf16 KV cache needs an even D"),
+            std::string::npos)
+      << e;
+  e = error16(8, k16.get() + 1);
+  EXPECT_NE(e.find("attention_decode_bf16_cuda: the k and v caches must be 4-byte aligned"), std::string::npos) << e;
+  EXPECT_EQ(error16(8, k16.get()), "<no error>");
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 }  // namespace

@@ -9,6 +9,11 @@
 //     RTN-quantized to GPTQ (the bias added after the Q4 GEMV), Qwen3 (q/k norm applied to the cache row) in BF16;
 //     a one-token prompt keeps the whole run on the fp32 path (no flash prefill), a 37-token one goes through flash;
 //   - greedy generation of 200 tokens on the real stories260K imported from llama2.c: the GPU's tokens are the CPU's.
+//   - the bf16 KV cache (KvCacheDType::BF16) against the CPU's forward_step with a BF16 KvCache (the same rounding
+//     of every k/v row): tiny F32 (naive prefill, fp32 steps: the prefill's widened copies and
+//     attention_decode_bf16_cuda), GPTQ and NF4 (the Q4 GEMV), the 0.5B shape and Qwen2 biases / Qwen3 q/k norm at
+//     D = 64 (flash reading the bf16 cache in place); cache_bytes halves; greedy stories260K tokens vs the CPU's with
+//     a BF16 cache.
 //
 // Tolerances (relative to max |logit| of the CPU at that position), as tests/gpu/test_model_cuda.cpp:
 //   kFp32RelTol 1e-4  nothing rounded to bf16 on the GPU: F32 weights, D not 64/128, and Q4 weights at M <= 64 (the
@@ -17,6 +22,12 @@
 //   kBf16RelTol 2e-2  any bf16 rounding (BF16 weights round x for cuBLASLt; the 100-token Q4 prefill rounds x and ŵ;
 //                     flash attention rounds q, k, v and P). The steps after a flash prefill attend over the fp32
 //                     cache with the fp32 decode kernel, so only the prefill's roundings carry over.
+//   kBf16CacheRelTol 5e-4  a BF16 cache on the fp32 path: both sides round their own k/v to bf16, and the GPU's
+//                     fp32 k/v differ from the CPU's by ~1e-7 relative, so now and then one element rounds to the
+//                     neighbouring bf16 (2^-8 relative apart); one such element moves one score by ~1e-3 and the
+//                     logits by ~1e-5..1e-4. Rounding every element (GPU vs the CPU's F32 cache) moves them by
+//                     2e-4..8e-4 (tests/test_kv_cache_bf16.cpp), so on this path the test also requires the GPU to be
+//                     closer to the CPU's BF16 cache than to its F32 cache at 3/4 of the positions (it does round).
 // Greedy tokens: stories260K is F32 with D = 8, the fp32 path. The first position where the tokens differ must be a
 // tie: the CPU's logit of the GPU's token within kFp32RelTol·max |logit| of the CPU's best. N = 200 tokens are
 // compared; the test prints how many agree (all of them unless a tie occurs).
@@ -50,6 +61,7 @@ using test::quantized;
 
 constexpr double kFp32RelTol = 1e-4;
 constexpr double kBf16RelTol = 2e-2;
+constexpr double kBf16CacheRelTol = 5e-4;
 constexpr int kSteps = 24;
 constexpr int kGreedyTokens = 200;
 
@@ -68,25 +80,41 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
   return err / (mx > 0 ? mx : 1);
 }
 
-// Prefill of `prompt_len` random tokens, then kSteps steps of random tokens, on both; every position's logits
-// within prefill_tol (the prefill) and step_tol (the steps) of the CPU's.
+// Prefill of `prompt_len` random tokens, then kSteps steps of random tokens, on both, with a cache of `kv` on both;
+// every position's logits within prefill_tol (the prefill) and step_tol (the steps) of the CPU's. With
+// `must_round` (a BF16 cache on the fp32 path) the GPU's logits must also be closer to the CPU's with the BF16 cache
+// than to the CPU's with an F32 cache at 3/4 of the positions or more.
 void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double prefill_tol, double step_tol,
-                               const std::string& what) {
-  SCOPED_TRACE(what + ", prompt of " + std::to_string(prompt_len));
+                               const std::string& what, KvCacheDType kv = KvCacheDType::F32,
+                               bool must_round = false) {
+  SCOPED_TRACE(what + ", prompt of " + std::to_string(prompt_len) + ", " + kv_cache_dtype_name(kv) + " cache");
   const QwenModel cpu(dir);
   const QwenModelCuda gpu(cpu);
   const int64_t V = cpu.config().vocab_size, capacity = prompt_len + kSteps;
   Rng rng(1000 + prompt_len);
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
   for (auto& t : prompt) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
-  KvCache cache = cpu.make_cache(capacity);
-  QwenDecodeCuda dec(gpu, capacity);
-  EXPECT_EQ(dec.cache_bytes(), 2 * cpu.config().num_layers * capacity * cpu.config().kv_dim() * 4);
+  KvCache cache = cpu.make_cache(capacity, kv), f32_cache = cpu.make_cache(capacity);
+  QwenDecodeCuda dec(gpu, capacity, kv);
+  EXPECT_EQ(dec.kv_cache_dtype(), kv);
+  const int64_t elem = kv == KvCacheDType::BF16 ? 2 : 4;
+  EXPECT_EQ(dec.cache_bytes(), 2 * cpu.config().num_layers * capacity * cpu.config().kv_dim() * elem);
+  EXPECT_EQ(dec.cache_bytes(), cache.bytes());
+  int closer = 0, positions = 0;
+  double worst_f32 = 0;
+  const auto versus_f32 = [&](const std::vector<float>& got, double e, const std::vector<float>& want_f32) {
+    if (!must_round) return;
+    const double ef = rel_err(got, want_f32);
+    worst_f32 = std::max(worst_f32, ef);
+    closer += e < ef;
+    ++positions;
+  };
   std::vector<float> want = cpu.forward_step(prompt, &cache), got = dec.prefill(prompt);
   ASSERT_EQ(got.size(), static_cast<size_t>(V));
   double worst_step = 0;
   const double e0 = rel_err(got, want);
   EXPECT_LE(e0, prefill_tol) << "prefill logits";
+  if (must_round) versus_f32(got, e0, cpu.forward_step(prompt, &f32_cache));
   for (int s = 0; s < kSteps; ++s) {
     const int32_t tok = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
     want = cpu.forward_step({tok}, &cache);
@@ -94,10 +122,20 @@ void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double pr
     const double e = rel_err(got, want);
     worst_step = std::max(worst_step, e);
     EXPECT_LE(e, step_tol) << "logits after step " << s << " (position " << prompt_len + s << ")";
+    if (must_round) versus_f32(got, e, cpu.forward_step({tok}, &f32_cache));
   }
   EXPECT_EQ(dec.length(), capacity);
-  std::printf("[ %s, prompt %d ] max |dlogit| / max |logit|: prefill %.3g (tolerance %.0e), steps %.3g (%.0e)\n",
-              what.c_str(), prompt_len, e0, prefill_tol, worst_step, step_tol);
+  std::printf("[ %s, prompt %d, %s cache ] max |dlogit| / max |logit|: prefill %.3g (tolerance %.0e), steps %.3g "
+              "(%.0e)",
+              what.c_str(), prompt_len, kv_cache_dtype_name(kv), e0, prefill_tol, worst_step, step_tol);
+  if (must_round) {
+    EXPECT_GE(4 * closer, 3 * positions) << "the GPU's bf16-cache logits are closer to the CPU's F32 cache than to "
+                                            "its BF16 cache at "
+                                         << positions - closer << " of " << positions << " positions";
+    std::printf("; vs the CPU's F32 cache up to %.3g, closer to the BF16 cache at %d of %d positions", worst_f32,
+                closer, positions);
+  }
+  std::printf("\n");
 }
 
 TEST(QwenDecodeCuda, TinyF32IsTheCpuForwardStep) {
@@ -159,6 +197,31 @@ TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
   expect_decode_matches_cpu(qwen3, 37, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
 }
 
+TEST(QwenDecodeCuda, Bf16CacheIsTheCpuBf16Cache) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const KvCacheDType bf16 = KvCacheDType::BF16;
+  // The fp32 path (D = 16): the naive prefill over widened copies, attention_decode_bf16_cuda in the steps.
+  const std::string tiny = random_model(tmp + "/f32", "tiny", DType::F32);
+  for (int len : {1, 37, 100})
+    expect_decode_matches_cpu(tiny, len, kBf16CacheRelTol, kBf16CacheRelTol, "tiny F32", bf16, /*must_round=*/true);
+  const std::string gptq = quantized(tiny, QuantizeOptions::Method::Rtn, tmp + "/gptq");
+  const std::string nf4 = quantized(tiny, QuantizeOptions::Method::Nf4, tmp + "/nf4");
+  expect_decode_matches_cpu(gptq, 37, kBf16CacheRelTol, kBf16CacheRelTol, "rtn-gptq g32", bf16, true);
+  expect_decode_matches_cpu(nf4, 37, kBf16CacheRelTol, kBf16CacheRelTol, "nf4", bf16, true);
+  // Flash in the prefill reads the bf16 cache in place (D = 64): bf16 roundings of q and P on top.
+  const std::string q05 = random_model(tmp + "/q05", "qwen2.5-0.5b", DType::BF16, 2);
+  expect_decode_matches_cpu(q05, 37, kBf16RelTol, kBf16RelTol, "qwen2.5-0.5b x2 layers BF16", bf16);
+  const std::string qwen2 = tmp + "/qwen2";
+  test::write_gpu_test_model(qwen2, kQwen2Bias, DType::F32, 21);
+  expect_decode_matches_cpu(qwen2, 1, kBf16CacheRelTol, kBf16CacheRelTol, "qwen2 biases D=64 F32", bf16, true);
+  expect_decode_matches_cpu(qwen2, 37, kBf16RelTol, kBf16RelTol, "qwen2 biases D=64 F32", bf16);
+  const std::string qwen3 = tmp + "/qwen3";
+  test::write_gpu_test_model(qwen3, kQwen3, DType::BF16, 33);
+  expect_decode_matches_cpu(qwen3, 1, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16", bf16);
+  expect_decode_matches_cpu(qwen3, 37, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16", bf16);
+}
+
 TEST(QwenDecodeCuda, ClearErrors) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
@@ -181,15 +244,16 @@ TEST(QwenDecodeCuda, ClearErrors) {
   EXPECT_NE(e.find("capacity must be at least 1 token"), std::string::npos) << e;
 }
 
-TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
-  QWENQ_REQUIRE_GPU();
-  QWENQ_REQUIRE_SHARED_DATA();
+// Greedy tokens of the GPU vs the CPU with the same KV cache dtype; the first difference must be a tie (within
+// tie_tol · max |logit|) at the CPU's logits of that position (the packed forward with k, v rounded as the cache).
+void expect_greedy_stories_is_the_cpus(KvCacheDType kv, double tie_tol) {
   const std::string stories = test::import_stories260k(test::scratch_dir() + "/stories");
   const QwenModel cpu(stories);
   const QwenModelCuda gpu(cpu);
   const std::vector<int32_t> prompt = Tokenizer::from_dir(stories).encode("Once upon a time", true);
   SamplingOptions opt;
   opt.max_new_tokens = kGreedyTokens;  // no stop ids: all 200 tokens
+  opt.kv_cache = kv;
   const std::vector<int32_t> want = generate(cpu, prompt, opt), got = generate_cuda(gpu, prompt, opt);
   ASSERT_EQ(want.size(), static_cast<size_t>(kGreedyTokens));
   ASSERT_EQ(got.size(), want.size());
@@ -198,15 +262,28 @@ TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
   if (same < want.size()) {  // must be a tie at the CPU's logits of that position
     std::vector<int32_t> prefix = prompt;
     prefix.insert(prefix.end(), want.begin(), want.begin() + static_cast<std::ptrdiff_t>(same));
-    const std::vector<float> lg = cpu.forward_logits(PackedBatch::from_sequences({prefix}));
+    const std::vector<float> lg = cpu.forward_logits(PackedBatch::from_sequences({prefix}), kv);
     const float* last = lg.data() + (prefix.size() - 1) * cpu.config().vocab_size;
     double mx = 0;
     for (int64_t v = 0; v < cpu.config().vocab_size; ++v) mx = std::max(mx, static_cast<double>(std::fabs(last[v])));
-    EXPECT_LE(last[want[same]] - last[got[same]], kFp32RelTol * mx)
+    EXPECT_LE(last[want[same]] - last[got[same]], tie_tol * mx)
         << "token " << same << ": CPU " << want[same] << " (logit " << last[want[same]] << "), GPU " << got[same]
         << " (CPU logit " << last[got[same]] << "): not a tie";
   }
-  std::printf("[ stories260K greedy ] %zu of %d tokens identical to the CPU's\n", same, kGreedyTokens);
+  std::printf("[ stories260K greedy, %s cache ] %zu of %d tokens identical to the CPU's\n", kv_cache_dtype_name(kv),
+              same, kGreedyTokens);
+}
+
+TEST(QwenDecodeCuda, GreedyStories260KIsTheCpus) {
+  QWENQ_REQUIRE_GPU();
+  QWENQ_REQUIRE_SHARED_DATA();
+  expect_greedy_stories_is_the_cpus(KvCacheDType::F32, kFp32RelTol);
+}
+
+TEST(QwenDecodeCuda, GreedyStories260KWithBf16CacheIsTheCpus) {
+  QWENQ_REQUIRE_GPU();
+  QWENQ_REQUIRE_SHARED_DATA();
+  expect_greedy_stories_is_the_cpus(KvCacheDType::BF16, kBf16CacheRelTol);
 }
 
 }  // namespace
