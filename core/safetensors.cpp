@@ -123,6 +123,24 @@ Json parse_header(const std::string& file, const char* begin, const char* end) {
 }
 
 
+// The reference writer's order of dtypes (ascending; it writes the highest first): measured with safetensors
+// 0.5.3's save_file on one tensor of each dtype.
+int layout_rank(DType t) {
+  switch (t) {
+    case DType::BOOL: return 0;
+    case DType::U8: return 1;
+    case DType::I8: return 2;
+    case DType::I16: return 3;
+    case DType::F16: return 4;
+    case DType::BF16: return 5;
+    case DType::I32: return 6;
+    case DType::F32: return 7;
+    case DType::F64: return 8;
+    case DType::I64: return 9;
+  }
+  return 0;
+}
+
 // Shards are opened lazily from const accessors; one lock for all checkpoints is plenty (opening is rare).
 std::mutex& shard_mutex() {
   static std::mutex m;
@@ -173,6 +191,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   }
   // Span names point at the keys of `header`, which lives until the end of this constructor.
   check_coverage(path, std::move(spans), data_size);
+  for (auto& kv : tensors_) {
+    TensorView& view = kv.second;
+    const size_t nbytes = view.nbytes();
+    if (nbytes == 0 || reinterpret_cast<uintptr_t>(view.data) % dtype_size(view.dtype) == 0) continue;
+    std::vector<uint64_t>& copy = aligned_copies_.emplace_back((nbytes + 7) / 8);
+    std::memcpy(copy.data(), view.data, nbytes);
+    view.data = copy.data();
+  }
 }
 
 SafetensorsFile::~SafetensorsFile() = default;
@@ -227,9 +253,18 @@ void SafetensorsWriter::write(const std::string& path) const {
     header["__metadata__"] = nlohmann::ordered_json::object();
     for (const auto& kv : metadata_) header["__metadata__"][kv.first] = kv.second;
   }
+  // The reference writer's layout: descending dtype rank, then name (safetensors.h).
+  std::vector<const Entry*> order;
+  order.reserve(entries_.size());
+  for (const Entry& e : entries_) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const Entry* a, const Entry* b) {
+    const int ra = layout_rank(a->dtype), rb = layout_rank(b->dtype);
+    return ra != rb ? ra > rb : a->name < b->name;
+  });
   std::set<std::string> seen;
   uint64_t offset = 0;
-  for (const Entry& e : entries_) {
+  for (const Entry* ep : order) {
+    const Entry& e = *ep;
     QWENQ_CHECK(e.name != "__metadata__" && !e.name.empty(),
                 "cannot write " << path << ": '" << e.name << "' is not a valid tensor name");
     QWENQ_CHECK(seen.insert(e.name).second, "cannot write " << path << ": tensor '" << e.name << "' added twice");
@@ -254,9 +289,9 @@ void SafetensorsWriter::write(const std::string& path) const {
   AtomicFileWriter out(path);
   out.append(len, 8);
   out.append(text.data(), text.size());
-  for (const Entry& e : entries_) {
-    const size_t nbytes = TensorView{e.data, e.dtype, e.shape}.nbytes();
-    if (nbytes) out.append(e.data, nbytes);
+  for (const Entry* e : order) {
+    const size_t nbytes = TensorView{e->data, e->dtype, e->shape}.nbytes();
+    if (nbytes) out.append(e->data, nbytes);
   }
   out.commit();
 }

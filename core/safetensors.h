@@ -8,9 +8,16 @@
 // section, no overlaps, and the data section fully covered (as the reference reader requires). Every
 // error names the file.
 //
-// The writer lays tensors out in the order they were added, pads the header with spaces to a multiple of
-// 8, and writes to "<path>.tmp.<pid>" before renaming, so a crash never leaves a half-written file under
-// the final name.
+// A tensor whose data does not start at a multiple of its element size (a writer that does not align, like
+// qwenq's before 2026-12-01 with odd-sized U8 tensors before 16-bit ones) is copied into aligned memory owned by
+// the file object, so every view can be read through a pointer of its element type.
+//
+// The writer lays tensors out as the reference (Rust) writer does: by descending dtype rank, then by name,
+// the ranks ascending BOOL, U8, I8, I16, F16, BF16, I32, F32, F64, I64 (what safetensors 0.5.3 writes; wider
+// dtypes first, so with the header padded with spaces to a multiple of 8 every tensor is aligned to its element
+// size), __metadata__ first in the header. For the same tensors and one metadata key its files are
+// byte-identical to safetensors' save_file (tests/oracle/test_safetensors_oracle.py). It writes to
+// "<path>.tmp.<pid>" before renaming, so a crash never leaves a half-written file under the final name.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +52,7 @@ class SafetensorsFile {
   std::unique_ptr<MappedFile> map_;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
+  std::vector<std::vector<uint64_t>> aligned_copies_;  // of the tensors stored misaligned in the file
 };
 
 class SafetensorsWriter {

@@ -113,7 +113,7 @@ TEST(SafetensorsRoundTrip, SeveralDtypesScalarEmptyAndMetadata) {
   EXPECT_EQ(f.get("empty").numel(), 0);
 }
 
-TEST(SafetensorsRoundTrip, HeaderPaddedTo8MetadataFirstTensorsInAddOrder) {
+TEST(SafetensorsRoundTrip, HeaderPaddedTo8MetadataFirstTensorsByName) {
   const std::string dir = test::scratch_dir();
   const std::vector<uint8_t> payload = {1, 2, 3};
   for (int len = 1; len <= 17; ++len) {
@@ -133,13 +133,70 @@ TEST(SafetensorsRoundTrip, HeaderPaddedTo8MetadataFirstTensorsInAddOrder) {
     const auto meta = nlohmann::ordered_json::parse(header);
     std::vector<std::string> keys;
     for (auto it = meta.begin(); it != meta.end(); ++it) keys.push_back(it.key());
-    EXPECT_EQ(keys, (std::vector<std::string>{"__metadata__", "zeta" + std::string(len, 'x'), "alpha"}));
-    EXPECT_EQ(meta["zeta" + std::string(len, 'x')]["data_offsets"], nlohmann::ordered_json({0, 3}));
-    EXPECT_EQ(meta["alpha"]["data_offsets"], nlohmann::ordered_json({3, 5}));
+    // One dtype: by name, whatever the order of add().
+    EXPECT_EQ(keys, (std::vector<std::string>{"__metadata__", "alpha", "zeta" + std::string(len, 'x')}));
+    EXPECT_EQ(meta["alpha"]["data_offsets"], nlohmann::ordered_json({0, 2}));
+    EXPECT_EQ(meta["zeta" + std::string(len, 'x')]["data_offsets"], nlohmann::ordered_json({2, 5}));
     EXPECT_EQ(header.find_last_not_of(' '), header.rfind('}')) << "padding must be spaces only";
     SafetensorsFile f(path);
     EXPECT_EQ(f.get("alpha").as<uint8_t>()[1], 2);
   }
+}
+
+// The reference writer's layout: wider dtypes first (I64, F64, F32, I32, BF16, F16, I16, I8, U8, BOOL), names
+// within a dtype, so that odd-sized byte tensors added first no longer push the 16/32/64-bit ones off their
+// alignment (the NF4 writer's U8 codes before its F32/BF16 tensors once did).
+TEST(SafetensorsRoundTrip, WriterAlignsEveryTensorLikeTheReferenceWriter) {
+  const std::string path = test::scratch_dir() + "/aligned.safetensors";
+  const std::vector<uint8_t> bytes(64, 7);
+  struct T {
+    const char* name;
+    DType dtype;
+    int64_t n;
+  };
+  const T added[] = {{"u8_odd", DType::U8, 3}, {"bf16", DType::BF16, 3}, {"bool", DType::BOOL, 1},
+                     {"f32", DType::F32, 1},   {"i8", DType::I8, 5},     {"f16", DType::F16, 1},
+                     {"i64", DType::I64, 1},   {"i32", DType::I32, 2},   {"f64", DType::F64, 1},
+                     {"i16", DType::I16, 3},   {"a_u8", DType::U8, 1}};
+  SafetensorsWriter w;
+  for (const T& t : added) w.add(t.name, t.dtype, {t.n}, bytes.data());
+  w.write(path);
+  const std::string raw = read_file(path);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(raw[i]);
+  const auto header = nlohmann::ordered_json::parse(raw.substr(8, n));
+  std::vector<std::string> keys;
+  for (auto it = header.begin(); it != header.end(); ++it) keys.push_back(it.key());
+  EXPECT_EQ(keys, (std::vector<std::string>{"i64", "f64", "f32", "i32", "bf16", "f16", "i16", "i8", "a_u8", "u8_odd",
+                                            "bool"}));
+  SafetensorsFile f(path);
+  for (const T& t : added) {
+    const TensorView& v = f.get(t.name);
+    const uint64_t begin = header[t.name]["data_offsets"][0].get<uint64_t>();
+    EXPECT_EQ(begin % dtype_size(t.dtype), 0u) << t.name << " starts at data offset " << begin;
+    EXPECT_EQ((8 + n + begin) % dtype_size(t.dtype), 0u) << t.name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data) % dtype_size(t.dtype), 0u) << t.name;
+    EXPECT_EQ(std::memcmp(v.data, bytes.data(), v.nbytes()), 0) << t.name;
+  }
+}
+
+// A file whose F32 tensor follows a 3-byte one (data offset 3, as qwenq's writer once produced): the view is an
+// aligned copy with the file's bytes, so it can be read as floats.
+TEST(SafetensorsRoundTrip, ReaderCopiesMisalignedTensorsIntoAlignedMemory) {
+  const std::string path = test::scratch_dir() + "/misaligned.safetensors";
+  const float values[2] = {1.5f, -2.25f};
+  std::string data = "abc";
+  data.append(reinterpret_cast<const char*>(values), sizeof values);
+  std::string header =
+      R"({"b":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},"f":{"dtype":"F32","shape":[2],"data_offsets":[3,11]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');  // the data section 8-aligned in the mapping: "f" at +3 is not
+  write_raw(path, header, data);
+  SafetensorsFile f(path);
+  const TensorView& v = f.get("f");
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(v.data) % 4, 0u);
+  EXPECT_EQ(v.as<float>()[0], 1.5f);
+  EXPECT_EQ(v.as<float>()[1], -2.25f);
+  EXPECT_EQ(std::string(f.get("b").as<char>(), 3), "abc");
 }
 
 TEST(SafetensorsWriter, RejectsDuplicatesAndWrongSizes) {
@@ -608,6 +665,17 @@ TEST(SafetensorsOracle, ReadPythonFilesWriteCppFiles) {
   wb.add("round_bf16", DType::BF16, {4096}, round_bf16.data());
   wb.set_metadata("origin", "qwenq");
   wb.write(dir + "/cpp_bf16.safetensors");
+
+  // py_order.safetensors (every dtype, odd-sized byte tensors among them) rewritten tensor for tensor: the script
+  // requires the same bytes as Python's file, the reference writer's layout.
+  SafetensorsFile order(dir + "/py_order.safetensors");
+  SafetensorsWriter wo;
+  for (const std::string& name : order.names()) {
+    const TensorView& t = order.get(name);
+    wo.add(name, t.dtype, t.shape, t.data);
+  }
+  for (const auto& kv : order.metadata()) wo.set_metadata(kv.first, kv.second);
+  wo.write(dir + "/cpp_order.safetensors");
 }
 
 }  // namespace

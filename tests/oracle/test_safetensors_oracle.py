@@ -5,7 +5,10 @@ zero-size tensor, UTF-8 metadata) and, when torch imports, py_bf16.safetensors w
 gtest SafetensorsOracle.* reads them with qwenq, checks every value against the formula both sides share,
 then writes cpp.safetensors / cpp_bf16.safetensors with the same formula plus fp32 -> F16/BF16 conversions of
 4,096 pseudo-random fp32 bit patterns. This script loads those with safetensors and requires bit-exact
-equality: the formula values, numpy's float16 rounding and torch's bfloat16 rounding (NaN only as NaN).
+equality: the formula values, numpy's float16 rounding and torch's bfloat16 rounding (NaN only as NaN). Last,
+py_order.safetensors (every dtype, in a scrambled order, odd-sized byte tensors) is rewritten by qwenq tensor for
+tensor into cpp_order.safetensors, which must be byte-identical: the reference writer's layout (dtype rank, then
+name; every tensor aligned).
 Exit 0 pass, 1 fail, 77 skip (safetensors or numpy missing).
 """
 import os
@@ -76,7 +79,8 @@ def same_bits(a, b):
 
 
 d = work_dir(args.build, "safetensors_oracle")
-for name in ("py.safetensors", "py_bf16.safetensors", "cpp.safetensors", "cpp_bf16.safetensors"):
+for name in ("py.safetensors", "py_bf16.safetensors", "cpp.safetensors", "cpp_bf16.safetensors",
+             "py_order.safetensors", "cpp_order.safetensors"):
     if os.path.exists(os.path.join(d, name)):
         os.remove(os.path.join(d, name))
 
@@ -96,7 +100,28 @@ if torch is not None:
                 "f32": torch.from_numpy(f_float(5))},
                os.path.join(d, "py_bf16.safetensors"), metadata={"origin": "torch"})
 
+# Every dtype qwenq writes, names and sizes chosen so that an unaligned layout would show (odd byte counts),
+# given to save_file in a scrambled order: qwenq's rewrite of it (cpp_order.safetensors) must be byte-identical.
+order_tensors = {
+    "z_u8": f_u8(3), "bf_like_i16": f_i32(3).astype(np.int16), "b_bool": (f_u8(5) % 2).astype(np.bool_),
+    "m_f32": f_float(3), "a_i8": f_u8(7).astype(np.int8), "h_f16": f_float(5).astype(np.float16),
+    "q_i64": f_i64(3), "c_i32": f_i32(1), "d_f64": f_float(3).astype(np.float64), "a_u8": f_u8(1),
+}
+np_save(order_tensors, os.path.join(d, "py_order.safetensors"), metadata={"format": "np"})
+if torch is not None:  # BF16 only through torch; the same file then, with one BF16 tensor more
+    order_t = {k: torch.from_numpy(v) for k, v in order_tensors.items()}
+    order_t["g_bf16"] = torch.from_numpy(f_float(3)).to(torch.bfloat16)
+    torch_save(order_t, os.path.join(d, "py_order.safetensors"), metadata={"format": "np"})
+
 run_gtest(args.build, "SafetensorsOracle.*", env={"QWENQ_ORACLE_ST_DIR": d})
+
+with open(os.path.join(d, "py_order.safetensors"), "rb") as fh:
+    py_order = fh.read()
+with open(os.path.join(d, "cpp_order.safetensors"), "rb") as fh:
+    cpp_order = fh.read()
+check(cpp_order == py_order,
+      f"cpp_order.safetensors differs from safetensors' own file ({len(cpp_order)} vs {len(py_order)} bytes; "
+      f"headers {cpp_order[8:8 + struct.unpack('<Q', cpp_order[:8])[0]]!r} vs {py_order[8:8 + struct.unpack('<Q', py_order[:8])[0]]!r})")
 
 # cpp.safetensors: every tensor bit-exact, metadata intact, header padded to 8.
 cpp_path = os.path.join(d, "cpp.safetensors")
