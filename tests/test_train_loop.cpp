@@ -5,6 +5,7 @@
 // and NF4) base.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -127,6 +128,47 @@ TEST(TrainLoop, ResumeIsBitExact) {
   TrainOptions legacy = part;
   legacy.bf16_checkpoints = false;
   EXPECT_EQ(error_of([&] { train_lora(legacy); }), "<no error>");
+}
+
+// Alpaca records whose prompt alone is longer than seq_len (every other one) against short ones. By default
+// (--max-len 0 = --seq-len) the long ones are dropped when the data loads and every step trains on some targets;
+// with --max-len above --seq-len (2048, the former default) the batcher cuts them to seq_len and a step made of one
+// of them has no target at all (loss 0, nothing learned), which the default once did silently.
+TEST(TrainLoop, ExamplesAreCutAtSeqLenSoNoStepIsWithoutTargets) {
+  const std::string root = test::scratch_dir();
+  nlohmann::json records = nlohmann::json::array();
+  for (int i = 0; i < 24; ++i) {
+    std::string instruction = "say the word " + std::to_string(i);
+    if (i % 2) for (int w = 0; w < 20; ++w) instruction += " and then some more words";  // ~600 tokens
+    records.push_back({{"instruction", instruction}, {"input", ""}, {"output", "word " + std::to_string(i) + "."}});
+  }
+  const std::string data = root + "/alpaca.json";
+  write_file_atomic(data, records.dump());
+  const std::string model = make_model(root + "/m");
+  auto targets_per_step = [](const std::string& metrics) {
+    std::vector<int64_t> out;
+    std::istringstream in(read_file(metrics));
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) out.push_back(j["targets"].get<int64_t>());
+    }
+    return out;
+  };
+  TrainOptions o = base_options(model, data, root + "/run");
+  o.batch_size = 1;
+  o.seq_len = 400;  // the short records fit (~165 tokens here), the long ones do not
+  o.data.eval_count = 0;
+  ASSERT_EQ(o.data.max_len, 0);  // the default: --seq-len
+  train_lora(o);
+  const std::vector<int64_t> by_default = targets_per_step(o.out_dir + "/metrics.jsonl");
+  ASSERT_EQ(by_default.size(), 12u);
+  for (size_t i = 0; i < by_default.size(); ++i) EXPECT_GT(by_default[i], 0) << "step " << i + 1;
+  o.out_dir = root + "/run2048";
+  o.data.max_len = 2048;
+  train_lora(o);
+  const std::vector<int64_t> cut_late = targets_per_step(o.out_dir + "/metrics.jsonl");
+  EXPECT_NE(std::count(cut_late.begin(), cut_late.end(), 0), 0) << "no step without targets: the data does not "
+                                                                   "exercise the cut";
 }
 
 TEST(TrainLoop, DivergenceStopsWithTheStepNamed) {

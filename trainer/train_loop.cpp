@@ -56,6 +56,9 @@ double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
 
 namespace {
 
+// The length examples are cut to when the data loads: --max-len, or seq_len when it is 0.
+int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
+
 // What a resumed run must share with the run it continues (anything else would change the numbers).
 nlohmann::json resume_key(const TrainOptions& o) {
   return {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
@@ -65,7 +68,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"packing", o.batch_mode == SftBatchMode::kPacking},           {"epochs", o.epochs},
           {"max_steps", o.max_steps},    {"lr", o.lr},                   {"weight_decay", o.weight_decay},
           {"scheduler", o.scheduler},    {"warmup_steps", o.warmup_steps}, {"warmup_ratio", o.warmup_ratio},
-          {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", o.data.max_len},
+          {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", data_max_len(o)},
           {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
           {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"}};
 }
@@ -237,7 +240,11 @@ TrainReport train_lora(const TrainOptions& o) {
   QwenModel model(o.model_dir);
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
-  if (dopt.max_len <= 0) dopt.max_len = o.seq_len;
+  dopt.max_len = data_max_len(o);
+  if (dopt.max_len > o.seq_len && !o.quiet)
+    std::fprintf(stderr, "warning: --max-len %lld exceeds --seq-len %lld: the batches cut longer examples to %lld "
+                 "tokens, and one whose response starts later trains on nothing (leave --max-len at 0 to drop those)\n",
+                 (long long)dopt.max_len, (long long)o.seq_len, (long long)o.seq_len);
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
 

@@ -36,10 +36,21 @@
 
 namespace qwenq {
 
+// The data options of a run: SftDataOptions with max_len 0, which train_lora reads as seq_len (the batches' row
+// length), so an example whose response does not fit a row is dropped when the data loads (and counted) rather than
+// cut by the batcher into a row without targets.
+inline SftDataOptions train_data_options() {
+  SftDataOptions d;
+  d.max_len = 0;
+  return d;
+}
+
 struct TrainOptions {
   std::string model_dir, data_path, out_dir;
   LoraConfig lora;
-  SftDataOptions data;  // format, skip_bad, max_len, seed (split), eval_fraction / eval_count
+  // format, skip_bad, max_len (0: seq_len; above seq_len the batcher still cuts examples to seq_len, warned), seed
+  // (split), eval_fraction / eval_count
+  SftDataOptions data = train_data_options();
   SftBatchMode batch_mode = SftBatchMode::kPacking;
   int64_t seq_len = 1024, batch_size = 1, grad_accum = 1;
   int64_t epochs = 1, max_steps = 0;  // max_steps > 0 wins over epochs
