@@ -1,0 +1,242 @@
+#include "tests/fuzz/fuzz_targets.h"
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/safetensors.h"
+#include "lora/peft_io.h"
+#include "trainer/llama2c_import.h"
+#include "trainer/lora_model.h"
+#include "trainer/qwen_config.h"
+#include "trainer/qwen_model.h"
+#include "trainer/sft_data.h"
+#include "trainer/text_data.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq::fuzz {
+namespace {
+
+// A missing or broken fixture, or an unknown target: not an outcome of the input, so not a qwenq::Error (which the
+// targets expect and swallow); it escapes and fails the run.
+struct SetupError : std::runtime_error {
+  explicit SetupError(const std::string& m) : std::runtime_error("fuzz setup: " + m) {}
+};
+void setup_check(bool ok, const std::string& what) {
+  if (!ok) throw SetupError(what);
+}
+
+const char* const kModels[] = {"dense", "gptq", "awq", "nf4"};
+const char* const kModelFiles[] = {"config.json", "model.safetensors", "tokenizer_config.json", "vocab.json",
+                                   "merges.txt"};
+
+std::string fixtures() {
+  const char* d = std::getenv("QWENQ_FUZZ_DIR");
+  setup_check(d != nullptr && *d, "QWENQ_FUZZ_DIR is not set (the directory tests/fuzz/make_seeds.sh fills)");
+  return d;
+}
+
+// This process's scratch directory (created once).
+const std::string& scratch() {
+  static const std::string dir = [] {
+    const char* s = std::getenv("QWENQ_FUZZ_SCRATCH");
+    const std::string d = path_join(s && *s ? s : "/tmp", "qwenq_fuzz_" + std::to_string(getpid()));
+    setup_check(make_dirs(d) == 0, "cannot create " + d);
+    return d;
+  }();
+  return dir;
+}
+
+void write_bytes(const std::string& path, const void* data, size_t size) { write_file_atomic(path, data, size); }
+
+// A copy of fixture directory `name` (the listed files) under the scratch directory, made on first use.
+std::string copy_of(const std::string& name, const std::vector<std::string>& files) {
+  static std::map<std::string, std::string> made;
+  auto it = made.find(name);
+  if (it != made.end()) return it->second;
+  const std::string src = path_join(fixtures(), name), dst = path_join(scratch(), name);
+  setup_check(dir_exists(src), "no fixture " + src + " (run tests/fuzz/make_seeds.sh)");
+  setup_check(make_dirs(dst) == 0, "cannot create " + dst);
+  for (const std::string& f : files)
+    if (file_exists(path_join(src, f))) write_file_atomic(path_join(dst, f), read_file(path_join(src, f)));
+  return made[name] = dst;
+}
+
+// The data section of a .safetensors file (everything after its header).
+std::string payload_of(const std::string& path) {
+  setup_check(file_exists(path), "no fixture " + path);
+  const std::string file = read_file(path);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0 && file.size() >= 8; --i) n = (n << 8) | static_cast<uint8_t>(file[i]);
+  setup_check(file.size() >= 8 && 8 + n <= file.size(), path + ": not a safetensors fixture");
+  return file.substr(8 + n);
+}
+
+// u64 length + header + payload, written to path.
+void write_with_header(const std::string& path, const uint8_t* header, size_t size, const std::string& payload) {
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((static_cast<uint64_t>(size) >> (8 * i)) & 0xFF);
+  file.append(reinterpret_cast<const char*>(header), size);
+  file += payload;
+  write_bytes(path, file.data(), file.size());
+}
+
+void load_and_forward(const std::string& dir) {
+  QwenModel model(dir);
+  const std::vector<float> logits = model.forward_logits(PackedBatch::from_sequences({{1, 2, 3}}));
+  (void)logits;
+}
+
+void model_target(const std::string& variant, bool header, const uint8_t* data, size_t size) {
+  const std::vector<std::string> files(std::begin(kModelFiles), std::end(kModelFiles));
+  const std::string dir = copy_of("models/" + variant, files);
+  if (header) {
+    static std::map<std::string, std::string> payloads;
+    auto it = payloads.find(variant);
+    if (it == payloads.end())
+      it = payloads.emplace(variant, payload_of(path_join(fixtures(), "models/" + variant + "/model.safetensors"))).first;
+    write_with_header(path_join(dir, "model.safetensors"), data, size, it->second);
+  } else {
+    write_bytes(path_join(dir, "config.json"), data, size);
+  }
+  load_and_forward(dir);
+}
+
+bool tokenizer_target(const uint8_t* data, size_t size) {
+  static const Tokenizer tok = [] {
+    const std::string dir = path_join(fixtures(), "tokenizer");
+    setup_check(dir_exists(dir), "no fixture " + dir);
+    return Tokenizer::from_dir(dir);
+  }();
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  (void)tok.decode(tok.encode(text, size % 2 == 0));
+  std::vector<int32_t> raw(size / 4);  // the bytes as token ids
+  if (!raw.empty()) std::memcpy(raw.data(), data, raw.size() * 4);
+  try {
+    (void)tok.decode(raw, size % 3 == 0);
+  } catch (const Error&) {  // ids outside the vocabulary: refused, as expected
+  }
+  return true;
+}
+
+bool sft_target(const uint8_t* data, size_t size) {
+  bool accepted = false;
+  for (const char* ext : {".jsonl", ".json"}) {
+    const std::string path = path_join(scratch(), std::string("sft") + ext);
+    write_bytes(path, data, size);
+    for (const char* format : {"auto", "text", "alpaca", "chat"})
+      for (bool skip_bad : {false, true}) {
+        try {
+          SftDataStats stats;
+          (void)read_sft_records(path, parse_sft_format(format), skip_bad, &stats);
+          accepted = true;
+        } catch (const Error&) {
+        }
+      }
+  }
+  return accepted;
+}
+
+bool text_target(const uint8_t* data, size_t size) {
+  bool accepted = false;
+  for (const char* ext : {".txt", ".jsonl", ".json"}) {
+    const std::string path = path_join(scratch(), std::string("corpus") + ext);
+    write_bytes(path, data, size);
+    try {
+      (void)load_text_corpus(path);
+      accepted = true;
+    } catch (const Error&) {
+    }
+    try {
+      (void)load_text_documents(path);
+      accepted = true;
+    } catch (const Error&) {
+    }
+  }
+  return accepted;
+}
+
+void adapter_target(bool header, const uint8_t* data, size_t size) {
+  static const LoraDims dims = [] {
+    setup_check(dir_exists(path_join(fixtures(), "models/dense")), "no fixture models/dense");
+    return lora_dims_of(load_qwen_config(path_join(fixtures(), "models/dense")));
+  }();
+  const std::string dir = copy_of("adapter", {"adapter_config.json", "adapter_model.safetensors"});
+  if (header) {
+    static const std::string payload = payload_of(path_join(fixtures(), "adapter/adapter_model.safetensors"));
+    write_with_header(path_join(dir, "adapter_model.safetensors"), data, size, payload);
+  } else {
+    write_bytes(path_join(dir, "adapter_config.json"), data, size);
+  }
+  (void)load_peft_adapter(dir, dims);
+}
+
+void llama2c_target(bool tokenizer, const uint8_t* data, size_t size) {
+  const std::string input = path_join(scratch(), tokenizer ? "tok.bin" : "model.bin");
+  write_bytes(input, data, size);
+  setup_check(file_exists(path_join(fixtures(), tokenizer ? "llama2c/tiny.bin" : "llama2c/tok.bin")),
+              "no fixture llama2c/" + std::string(tokenizer ? "tiny.bin" : "tok.bin"));
+  Llama2cImportOptions o;
+  o.checkpoint = tokenizer ? path_join(fixtures(), "llama2c/tiny.bin") : input;
+  o.tokenizer = tokenizer ? input : path_join(fixtures(), "llama2c/tok.bin");
+  o.out_dir = path_join(scratch(), "llama2c_out");
+  o.overwrite = true;
+  import_llama2c(o);
+}
+
+}  // namespace
+
+std::vector<std::string> fuzz_target_names() {
+  std::vector<std::string> names = {"safetensors"};
+  for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
+  for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
+  for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer"})
+    names.push_back(t);
+  return names;
+}
+
+bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size) {
+  try {
+    if (target == "safetensors") {
+      const std::string path = path_join(scratch(), "input.safetensors");
+      write_bytes(path, data, size);
+      SafetensorsFile f(path);
+      volatile uint64_t sum = 0;  // every byte of every tensor read
+      for (const std::string& name : f.names()) {
+        const TensorView& t = f.get(name);
+        for (size_t i = 0; i < t.nbytes(); ++i) sum = sum + static_cast<const uint8_t*>(t.data)[i];
+      }
+    } else if (target.rfind("model_config:", 0) == 0) {
+      model_target(target.substr(13), false, data, size);
+    } else if (target.rfind("model_header:", 0) == 0) {
+      model_target(target.substr(13), true, data, size);
+    } else if (target == "tokenizer") {
+      return tokenizer_target(data, size);
+    } else if (target == "sft") {
+      return sft_target(data, size);
+    } else if (target == "text") {
+      return text_target(data, size);
+    } else if (target == "adapter_config" || target == "adapter_header") {
+      adapter_target(target == "adapter_header", data, size);
+    } else if (target == "llama2c" || target == "llama2c_tokenizer") {
+      llama2c_target(target == "llama2c_tokenizer", data, size);
+    } else {
+      std::string all;
+      for (const std::string& n : fuzz_target_names()) all += (all.empty() ? "" : ", ") + n;
+      throw SetupError("unknown fuzz target '" + target + "' (targets: " + all + ")");
+    }
+  } catch (const Error&) {
+    return false;  // bad input's one clear message: the expected outcome
+  }
+  return true;
+}
+
+}  // namespace qwenq::fuzz

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Fills OUT with the fixtures and seed inputs of the fuzz targets (tests/fuzz/fuzz_targets.h):
+#   OUT/models/{dense,gptq,awq,nf4}   a random tiny Qwen2 model (1 layer, bf16) and its 4-bit copies (qwen-quant rtn
+#                                     GPTQ and AWQ layouts, groups of 32; nf4)
+#   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
+#   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
+#   OUT/llama2c/{tiny.bin,tok.bin}    a tiny llama2.c checkpoint written here and stories260K's tok512.bin (SHARED only)
+#   OUT/seeds/<target>                the seed inputs of each target (':' in a target's name becomes '-')
+#   tests/fuzz/make_seeds.sh BUILD OUT [SHARED]      (BUILD holds qwen-quant and qwen-qlora; python3 writes binaries)
+set -euo pipefail
+BUILD=$1 OUT=$2 SHARED=${3:-}
+QQ="$BUILD/qwen-quant" QL="$BUILD/qwen-qlora"
+rm -rf "$OUT" && mkdir -p "$OUT/models" "$OUT/seeds" "$OUT/llama2c"
+log="$OUT/make_seeds.log"
+"$QQ" init-random --preset tiny --layers 1 --seed 3 --out "$OUT/models/dense" >> "$log" 2>&1
+"$QQ" rtn --model "$OUT/models/dense" --out "$OUT/models/gptq" --group-size 32 --format gptq -q >> "$log" 2>&1
+"$QQ" rtn --model "$OUT/models/dense" --out "$OUT/models/awq" --group-size 32 --format awq -q >> "$log" 2>&1
+"$QQ" nf4 --model "$OUT/models/dense" --out "$OUT/models/nf4" -q >> "$log" 2>&1
+if [ -n "$SHARED" ] && [ -d "$SHARED/data/qwen2-tokenizer" ]; then
+  cp -r "$SHARED/data/qwen2-tokenizer" "$OUT/tokenizer"
+else
+  mkdir -p "$OUT/tokenizer" && cp "$OUT"/models/dense/{vocab.json,merges.txt,tokenizer_config.json} "$OUT/tokenizer/"
+fi
+
+seed() { mkdir -p "$OUT/seeds/$1" && printf '%s' "$3" > "$OUT/seeds/$1/$2"; }
+seed sft alpaca.json '[{"instruction": "Name a color.", "input": "", "output": "Blue."}, {"instruction": "Add", "input": "1 2", "output": "3"}]'
+seed sft chat.jsonl '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+{"instruction": "x", "output": "y"}'
+seed sft text.jsonl '{"text": "Once upon a time there was a cat."}
+{"text": "The end."}'
+seed text a.txt ' = Title =
+ Some text , with @-@ tokens and numbers 1 @,@ 000 .'
+seed text b.jsonl '{"text": "calibration document one"}
+{"text": "two", "meta": {"x": 1}}'
+seed tokenizer a.txt 'Hello world! 123 4567 — naïve café 🦙 <|im_start|>user
+  tabs	and   spaces'
+seed tokenizer b.txt '<|endoftext|><|im_end|>ÅÉÎ  日本語のテキスト'
+
+mkdir -p "$OUT/seeds/text" "$OUT/seeds/sft"
+{ cat "$OUT/seeds/sft/text.jsonl"; echo; } > "$OUT/data.jsonl"
+for i in $(seq 1 40); do echo "{\"text\": \"the cat sat on the mat number $i and looked around.\"}"; done >> "$OUT/data.jsonl"
+"$QL" train --model "$OUT/models/dense" --data "$OUT/data.jsonl" --out "$OUT/adapter" --max-steps 1 --seq-len 64 \
+  --lora-r 4 --target all-linear -q >> "$log" 2>&1
+
+python3 - "$OUT" "${SHARED:-}" <<'PY'
+import os, shutil, struct, sys
+out, shared = sys.argv[1], sys.argv[2]
+def header(path):
+    b = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", b[:8])
+    return b[8:8 + n]
+def put(target, name, data):
+    d = os.path.join(out, "seeds", target.replace(":", "-"))
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, name), "wb").write(data)
+for m in ("dense", "gptq", "awq", "nf4"):
+    put("model_config:" + m, "config.json", open(os.path.join(out, "models", m, "config.json"), "rb").read())
+    put("model_header:" + m, "header.json", header(os.path.join(out, "models", m, "model.safetensors")))
+    put("safetensors", m + ".safetensors", open(os.path.join(out, "models", m, "model.safetensors"), "rb").read())
+put("adapter_config", "adapter_config.json", open(os.path.join(out, "adapter", "adapter_config.json"), "rb").read())
+put("adapter_header", "header.json", header(os.path.join(out, "adapter", "adapter_model.safetensors")))
+put("safetensors", "adapter.safetensors", open(os.path.join(out, "adapter", "adapter_model.safetensors"), "rb").read())
+# A llama2.c checkpoint: dim 8, hidden 16, 1 layer, 2 heads, 1 kv head, vocab 512 (tok512's), seq_len 4.
+dim, hidden, L, H, Hkv, V, seq = 8, 16, 1, 2, 1, 512, 4
+D = dim // H
+sizes = [V * dim, L * dim, L * dim * dim, L * Hkv * D * dim, L * Hkv * D * dim, L * dim * dim, L * dim,
+         L * hidden * dim, L * dim * hidden, L * hidden * dim, dim, seq * D // 2, seq * D // 2]
+vals = [((i * 2654435761) % 1000) / 500.0 - 1.0 for i in range(sum(sizes))]
+tiny = struct.pack("<7i", dim, hidden, L, H, Hkv, V, seq) + struct.pack("<%df" % len(vals), *vals)
+open(os.path.join(out, "llama2c", "tiny.bin"), "wb").write(tiny)
+put("llama2c", "tiny.bin", tiny)
+tok = os.path.join(shared, "data", "stories260K", "tok512.bin") if shared else ""
+if tok and os.path.exists(tok):
+    shutil.copy(tok, os.path.join(out, "llama2c", "tok.bin"))
+    put("llama2c_tokenizer", "tok512.bin", open(tok, "rb").read())
+PY
+echo "fuzz fixtures and seeds in $OUT"
