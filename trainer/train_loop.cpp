@@ -1,5 +1,6 @@
 #include "trainer/train_loop.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -183,6 +184,27 @@ void write_loss_curve(const std::string& path, const std::vector<std::pair<int64
   write_file_atomic(path, svg.str());
 }
 
+// Examples longer than seq_len are cut to it by the batcher (a row holds at most seq_len tokens). When max_len >
+// seq_len that happens after the dataset's own truncation, so it is said here, with the examples it leaves without
+// any counted target: their steps train on nothing (loss 0).
+void warn_cut_to_seq_len(const std::vector<SftExample>& train, int64_t seq_len) {
+  int64_t cut = 0, no_loss = 0;
+  for (const SftExample& ex : train) {
+    if (static_cast<int64_t>(ex.tokens.size()) <= seq_len) continue;
+    ++cut;
+    no_loss += std::none_of(ex.loss_mask.begin() + 1, ex.loss_mask.begin() + seq_len, [](uint8_t m) { return m != 0; });
+  }
+  if (cut == 0) return;
+  std::fprintf(stderr, "warning: %lld of %zu training examples are longer than --seq-len %lld and are cut to it",
+               (long long)cut, train.size(), (long long)seq_len);
+  if (no_loss > 0) {
+    std::fprintf(stderr, "; %lld of them keep no response token and add nothing to the loss (raise --seq-len, or "
+                 "give --max-len %lld or less to drop those)\n", (long long)no_loss, (long long)seq_len);
+  } else {
+    std::fprintf(stderr, " (raise --seq-len to keep them whole)\n");
+  }
+}
+
 // Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
 void truncate_metrics(const std::string& path, int64_t step) {
   if (!file_exists(path)) return;
@@ -227,12 +249,13 @@ TrainReport train_lora(const TrainOptions& o) {
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
+  o.lora.validate();
+  QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
+              "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
   }
-  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
-  QWENQ_CHECK(make_dirs(o.out_dir) == 0, "cannot create output directory " << o.out_dir);
 
   QwenModel model(o.model_dir);
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
@@ -240,6 +263,7 @@ TrainReport train_lora(const TrainOptions& o) {
   if (dopt.max_len <= 0) dopt.max_len = o.seq_len;
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
+  warn_cut_to_seq_len(data.train, o.seq_len);
 
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
@@ -262,6 +286,10 @@ TrainReport train_lora(const TrainOptions& o) {
   lcfg.base_model = o.model_dir;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
+  // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
+  // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
+  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
+  QWENQ_CHECK(make_dirs(o.out_dir) == 0, "cannot create output directory " << o.out_dir);
   LoraAdapter m = zeros_like(adapter), v = zeros_like(adapter), grads = zeros_like(adapter);
   TrainState st;
   st.options = resume_key(o);
@@ -405,6 +433,8 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.save_every > 0 && st.step % o.save_every == 0) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
+      rep.stopped = true;
+      rep.checkpoint = latest_checkpoint(o.out_dir);
       return rep;  // as if killed here: no final evaluation or adapter
     }
   }
