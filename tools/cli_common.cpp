@@ -65,6 +65,19 @@ int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bo
   return requested;
 }
 
+void check_output_dir_exists(const char* flag, const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  QWENQ_CHECK(dir_exists(parent), flag << " " << path << ": directory " << parent << " does not exist");
+}
+
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir) {
+  QWENQ_CHECK(max_new_tokens == 0 || static_cast<int64_t>(prompt_tokens) < context,
+              "--prompt is " << prompt_tokens << " tokens, which leaves no room for a new one in the model's context of "
+                             << context << " (max_position_embeddings in " << path_join(model_dir, "config.json")
+                             << "); shorten it");
+}
+
 void apply_common_options(const CommonOptions& opt) {
   set_num_threads(opt.threads);
   DeviceChoice d = choose_device(opt.device);

@@ -32,6 +32,11 @@ CLI::Validator in_range(double lo, double hi, const std::string& name, bool lo_o
 // the context is refused, naming the flag and config.json: positions the model never saw make the numbers
 // meaningless and the quadratic attention slow.
 int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bool given, const char* flag);
+// Refuses an output file whose directory does not exist, naming the flag: found before the work, not after it.
+void check_output_dir_exists(const char* flag, const std::string& path);
+// Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
+// the prompt is echoed, so the error is the only output).
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir);
 // Applies --threads and resolves --device, printing one line to stderr saying where the work runs.
 void apply_common_options(const CommonOptions& opt);
 // For a subcommand whose GPU path is new (`what`, e.g. "the generation"): applies --threads and resolves --device

@@ -1,7 +1,6 @@
 // qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention), optionally with a LoRA
 // adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
 // (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does.
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -41,11 +40,7 @@ void run_eval(const EvalArgs& a) {
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
-  if (!a.json_out.empty()) {  // found out now, not after the whole evaluation
-    const size_t slash = a.json_out.find_last_of('/');
-    const std::string parent = slash == std::string::npos ? "." : a.json_out.substr(0, std::max<size_t>(slash, 1));
-    QWENQ_CHECK(dir_exists(parent), "--json-out " << a.json_out << ": directory " << parent << " does not exist");
-  }
+  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
   std::unique_ptr<LoraAdapter> adapter;

@@ -47,6 +47,7 @@ void run_generate(const GenerateArgs& a) {
                      tok.token_id("<|endoftext|>")}) {
     if (id >= 0) opt.stop_ids.push_back(id);
   }
+  check_prompt_fits(prompt.size(), model.config().max_position_embeddings, opt.max_new_tokens, dir);
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
   GenerationTimer timer;

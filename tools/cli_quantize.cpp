@@ -138,6 +138,7 @@ void register_quantize(CLI::App& app) {
     wopt->device = resolve_experimental_device(w->common, "AWQ");
     wopt->out = w->opt;
     wopt->out.model_dir = resolve_model_dir(w->model);
+    if (!wopt->save_search.empty()) check_output_dir_exists("--save-search", wopt->save_search);
     if (wopt->load_search.empty()) {  // a saved search needs no calibration windows
       wopt->calib_seq_len =
           window_len_for_model(wopt->out.model_dir, wopt->calib_seq_len, w_seq_len->count() > 0, "--calib-seq-len");

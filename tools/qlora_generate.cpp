@@ -116,6 +116,7 @@ void run_generate(const GenerateArgs& a) {
   } else {
     prompt = m.tok.encode(a.prompt, true);
   }
+  check_prompt_fits(prompt.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens, a.model);
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
   stream(m, prompt, with_stop_ids(a.sampling, *m.model, m.tok));

@@ -25,6 +25,7 @@ struct TrainArgs {
   std::string model, targets = "all-linear", format = "auto", batch_mode = "packing", adapter_dtype = "fp32";
   std::string config;
   double eval_fraction = 0.0;
+  bool no_checkpointing = false, fp32_checkpoints = false;  // plain flags: CLI11 shows "!--flag"s as "{false}"
   CommonOptions common;
 };
 
@@ -105,8 +106,8 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
   c->add_option("--batching", a->batch_mode, "packing (examples back to back, attention kept apart) or padding")
       ->capture_default_str();
-  c->add_flag("!--no-checkpointing", o.checkpointing, "keep every block's activations instead of recomputing them");
-  c->add_flag("!--fp32-checkpoints", o.bf16_checkpoints,
+  c->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing them");
+  c->add_flag("--fp32-checkpoints", a->fp32_checkpoints,
               "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
   c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
       ->check(at_least(0, "NONNEGATIVE"))
@@ -130,6 +131,8 @@ void register_qlora_train(CLI::App& app) {
   add_common_options(c, &a->common);
   c->callback([a]() {
     TrainOptions& o = a->opt;
+    o.checkpointing = !a->no_checkpointing;
+    o.bf16_checkpoints = !a->fp32_checkpoints;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.

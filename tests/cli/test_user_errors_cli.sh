@@ -12,7 +12,9 @@
 #    run directory; a --config key also given on the command line was refused instead of "the command line wins";
 #  - train --stop-after printed "adapter in DIR" though no adapter is written;
 #  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left);
-#  - eval --json-out into a missing directory failed only after the whole evaluation.
+#  - eval --json-out / awq --save-search into a missing directory failed only after the whole evaluation / search;
+#  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
+#  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 QL="$(dirname "$1")/qwen-qlora"
@@ -44,6 +46,12 @@ for i in $(seq 1 8); do
   echo "{\"instruction\": \"Write a long and careful answer to question number $i about the little cat who liked to play in the warm sun every single day of the week\", \"input\": \"\", \"output\": \"Yes.\"}"
 done > alpaca.jsonl
 
+# --- --help: train's flags without CLI11's "{false}" (shown for negated flags) -------------------------------------
+"$QL" train --help > train_help.txt
+grep -q -- "--no-checkpointing  " train_help.txt && grep -q -- "--fp32-checkpoints  " train_help.txt \
+  || fail "train --help lacks the checkpointing flags" train_help.txt
+grep -q "{false}" train_help.txt && fail "train --help shows {false}" train_help.txt
+
 # --- numeric flags ---------------------------------------------------------------------------------------------
 refuse threads "--threads: must be at least 0, got -1" "$QQ" eval --model tiny --data text.jsonl --threads -1
 grep -q "17976931" threads.txt && fail "threads: the bound of a double in the message" threads.txt
@@ -56,6 +64,12 @@ for tool in "$QQ" "$QL"; do
   refuse gen_p0 "--top-p: must be in (0, 1]" "$tool" generate --model tiny --prompt hi --top-p 0
   refuse gen_p2 "--top-p: must be in (0, 1]" "$tool" generate --model tiny --prompt hi --top-p 1.5
   refuse gen_k "--top-k: must be at least 0" "$tool" generate --model tiny --prompt hi --top-k -2
+done
+# A prompt longer than the context: the error alone, not the echoed prompt glued to it.
+LONG=$(for i in $(seq 1 300); do printf 'word%d ' "$i"; done)
+for tool in "$QQ" "$QL"; do
+  refuse gen_long "leaves no room for a new one in the model's context of 128" "$tool" generate --model tiny --prompt "$LONG"
+  grep -q word1 gen_long.txt && fail "the prompt was echoed before the error" gen_long.txt
 done
 "$QQ" generate --model tiny --prompt hi -n 3 --top-p 1 --temperature 0.7 --top-k 5 > gen_ok.txt 2>&1 \
   || fail "generate with valid sampling flags" gen_ok.txt
@@ -97,6 +111,9 @@ grep -q "2 calibration windows x 128 tokens" gptq.txt || fail "gptq's default wi
 # --- eval --json-out is checked before the evaluation ------------------------------------------------------------
 refuse json_out "--json-out nodir/x.json: directory nodir does not exist" \
   "$QQ" eval --model tiny --data text.jsonl --json-out nodir/x.json --threads 1
+refuse save_search "--save-search nodir/s.safetensors: directory nodir does not exist" \
+  "$QQ" awq --model tiny --out a --calib text.jsonl --calib-samples 2 --group-size 32 --save-search nodir/s.safetensors
+[ ! -e a ] || fail "a refused awq left its output"
 
 # --- train: nothing destroyed or left by a refused run -------------------------------------------------------------
 "$QL" "${T[@]}" --out run --threads 1 > run.txt 2>&1 || fail "train" run.txt
