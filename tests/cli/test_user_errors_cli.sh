@@ -73,6 +73,12 @@ for tool in "$QQ" "$QL"; do
 done
 "$QQ" generate --model tiny --prompt hi -n 3 --top-p 1 --temperature 0.7 --top-k 5 > gen_ok.txt 2>&1 \
   || fail "generate with valid sampling flags" gen_ok.txt
+refuse ir_layers "--layers: must be at least 0, got -1" "$QQ" init-random --layers -1 --out ir
+[ ! -e ir ] || fail "a refused init-random left its output"
+refuse plan_layers "--layers: must be at least 1" "$QL" plan --preset tiny --layers -1
+refuse plan_threads "--threads: must be at least 1" "$QL" plan --preset tiny --device cpu --threads -1
+refuse plan_cpu_mem "--cpu-mem-gb: must be greater than 0" "$QL" plan --preset tiny --device cpu --cpu-mem-gb -1
+refuse plan_alpha "--lora-alpha: must be greater than 0" "$QL" plan --preset tiny --lora-alpha -1
 T=(train --model tiny --data text.jsonl --max-steps 2 --seq-len 64 -q)
 refuse wd "--weight-decay: must be at least 0, got -1" "$QL" "${T[@]}" --out r --weight-decay -1
 refuse gn "--max-grad-norm: must be at least 0" "$QL" "${T[@]}" --out r --max-grad-norm -1
