@@ -14,6 +14,7 @@
 #  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left);
 #  - eval --json-out / awq --save-search into a missing directory failed only after the whole evaluation / search;
 #  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
+#  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
 #  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
@@ -94,6 +95,12 @@ refuse la "--lora-alpha: must be greater than 0" "$QL" "${T[@]}" --out r --lora-
 # A LoRA setting the library refuses is refused before the data is read (no other line first).
 refuse lr0 "LoRA rank r must be at least 1" "$QL" train --model tiny --data alpaca.jsonl --max-steps 2 --seq-len 32 \
   -q --out r --lora-r 0
+[ ! -e r ] || fail "a refused train left its run directory"
+
+# A malformed record names its line and the flag that skips it (it said "skip_bad", the C++ field).
+printf '{"text": "a cat"}\n{"text": oops}\n' > badline.jsonl
+refuse bad_record "badline.jsonl:2: not valid JSON" "$QL" train --model tiny --data badline.jsonl --out r --max-steps 1 -q
+grep -qF "(pass --skip-bad to skip such records)" bad_record.txt || fail "bad record: no --skip-bad hint" bad_record.txt
 [ ! -e r ] || fail "a refused train left its run directory"
 
 # --- windows longer than the context ------------------------------------------------------------------------------
