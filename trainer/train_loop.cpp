@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -69,6 +71,33 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", o.data.max_len},
           {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
           {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"}};
+}
+
+// The keys of resume_key that differ, each with the flag that sets it: '"lr" (--lr): saved 0.0002, now 0.01; ...'
+// (one line; the two whole objects were two long lines to compare by eye).
+std::string settings_difference(const nlohmann::json& saved, const nlohmann::json& now) {
+  static const std::map<std::string, std::string> kFlag = {
+      {"model", "--model"}, {"data", "--data"}, {"r", "--lora-r"}, {"alpha", "--lora-alpha"},
+      {"dropout", "--lora-dropout"}, {"rslora", "--rslora"}, {"targets", "--target"}, {"seq_len", "--seq-len"},
+      {"batch_size", "--batch-size"}, {"grad_accum", "--grad-accum"}, {"packing", "--batching"},
+      {"epochs", "--epochs"}, {"max_steps", "--max-steps"}, {"lr", "--lr"}, {"weight_decay", "--weight-decay"},
+      {"scheduler", "--scheduler"}, {"warmup_steps", "--warmup-steps"}, {"warmup_ratio", "--warmup-ratio"},
+      {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
+      {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"}};
+  std::set<std::string> keys;
+  for (const nlohmann::json* j : {&saved, &now}) {
+    if (!j->is_object()) continue;
+    for (auto it = j->begin(); it != j->end(); ++it) keys.insert(it.key());
+  }
+  std::string out;
+  for (const std::string& k : keys) {
+    const auto value = [&k](const nlohmann::json& j) { return j.is_object() && j.contains(k) ? j[k].dump() : "(none)"; };
+    if (value(saved) == value(now)) continue;
+    const auto flag = kFlag.find(k);
+    out += (out.empty() ? "" : "; ") + ("\"" + k + "\"") + (flag == kFlag.end() ? "" : " (" + flag->second + ")") +
+           ": saved " + value(saved) + ", now " + value(now);
+  }
+  return out.empty() ? "(none that can be named)" : out;
 }
 
 // A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
@@ -301,8 +330,8 @@ TrainReport train_lora(const TrainOptions& o) {
     TrainState saved;
     load_train_checkpoint(ck, lora_dims_of(model.config()), &adapter, &m, &v, &saved);
     add_legacy_resume_keys(&saved.options);
-    QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings:\n  saved: "
-                                                          << saved.options.dump() << "\n  now:   " << st.options.dump());
+    QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings: "
+                                                          << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
     truncate_metrics(metrics_path, st.step);
