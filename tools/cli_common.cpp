@@ -69,6 +69,7 @@ void check_output_dir_exists(const char* flag, const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string parent = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
   QWENQ_CHECK(dir_exists(parent), flag << " " << path << ": directory " << parent << " does not exist");
+  QWENQ_CHECK(!dir_exists(path), flag << " " << path << " is a directory; give a file name");
 }
 
 void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir) {

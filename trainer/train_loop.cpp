@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -281,6 +282,8 @@ TrainReport train_lora(const TrainOptions& o) {
   o.lora.validate();
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
+  QWENQ_CHECK(!file_exists(o.out_dir),
+              "--out " << o.out_dir << " is a file, not a run directory");
   if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
@@ -318,7 +321,8 @@ TrainReport train_lora(const TrainOptions& o) {
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
   if (!o.resume && o.overwrite) remove_tree(o.out_dir);
-  QWENQ_CHECK(make_dirs(o.out_dir) == 0, "cannot create output directory " << o.out_dir);
+  const int mkdir_err = make_dirs(o.out_dir);
+  QWENQ_CHECK(mkdir_err == 0, "cannot create output directory " << o.out_dir << ": " << std::strerror(mkdir_err));
   LoraAdapter m = zeros_like(adapter), v = zeros_like(adapter), grads = zeros_like(adapter);
   TrainState st;
   st.options = resume_key(o);

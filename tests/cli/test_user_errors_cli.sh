@@ -14,6 +14,8 @@
 #  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left);
 #  - eval --json-out / awq --save-search into a missing directory failed only after the whole evaluation / search;
 #  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
+#  - train --out FILE said "cannot write FILE/metrics.jsonl" after loading everything; eval --json-out DIR failed
+#    with "rename failed: Is a directory" after the evaluation;
 #  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
 #  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
 set -euo pipefail
@@ -137,6 +139,12 @@ refuse overwrite_bad_data "cannot open missing.jsonl" "$QL" train --model tiny -
 cp -r tiny noweights && rm noweights/model.safetensors
 refuse bad_model "has neither model.safetensors" "$QL" train --model noweights --data text.jsonl --out run2 --max-steps 2 -q
 [ ! -e run2 ] || fail "a refused train left an empty run directory"
+
+# --out naming a file, --json-out naming a directory: said as such, before any work.
+echo x > afile
+refuse out_file "--out afile is a file, not a run directory" "$QL" train --model tiny --data text.jsonl --out afile \
+  --max-steps 1 -q
+refuse json_dir "--json-out tiny is a directory" "$QQ" eval --model tiny --data text.jsonl --json-out tiny -q
 
 # --- train --config: the command line wins -------------------------------------------------------------------------
 echo '{"max-steps": 5, "seq-len": 64, "lr": 0.001}' > cfg.json
