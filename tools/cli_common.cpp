@@ -65,6 +65,16 @@ int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bo
   return requested;
 }
 
+void check_subcommand_name(const CLI::App& app, const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[1].empty() || args[1][0] == '-') return;
+  std::string known;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->get_name() == args[1]) return;
+    known += (known.empty() ? "" : ", ") + sub->get_name();
+  }
+  throw Error("unknown subcommand '" + args[1] + "' (known: " + known + ")");
+}
+
 void check_output_dir_exists(const char* flag, const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string parent = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -32,6 +33,9 @@ CLI::Validator in_range(double lo, double hi, const std::string& name, bool lo_o
 // the context is refused, naming the flag and config.json: positions the model never saw make the numbers
 // meaningless and the quadratic attention slow.
 int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bool given, const char* flag);
+// Refuses a first argument that is neither an option nor one of app's subcommands: CLI11 alone answers
+// "A subcommand is required" to `qwen-quant evl`. The error names it and lists the subcommands.
+void check_subcommand_name(const CLI::App& app, const std::vector<std::string>& args);
 // Refuses an output file whose directory does not exist, naming the flag: found before the work, not after it.
 void check_output_dir_exists(const char* flag, const std::string& path);
 // Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before

@@ -16,6 +16,7 @@
 #  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
 #  - train --out FILE said "cannot write FILE/metrics.jsonl" after loading everything; eval --json-out DIR failed
 #    with "rename failed: Is a directory" after the evaluation;
+#  - a mistyped subcommand (qwen-quant evl) got "A subcommand is required";
 #  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
 #  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
 set -euo pipefail
@@ -48,6 +49,10 @@ for i in $(seq 1 40); do echo "{\"text\": \"Once upon a time there was a little 
 for i in $(seq 1 8); do
   echo "{\"instruction\": \"Write a long and careful answer to question number $i about the little cat who liked to play in the warm sun every single day of the week\", \"input\": \"\", \"output\": \"Yes.\"}"
 done > alpaca.jsonl
+
+# --- a mistyped subcommand is named (CLI11 said "A subcommand is required") ----------------------------------------
+refuse sub_quant "unknown subcommand 'evl' (known: eval, generate," "$QQ" evl --model tiny
+refuse sub_qlora "unknown subcommand 'trian' (known: train, merge," "$QL" trian --model tiny
 
 # --- --help: train's flags without CLI11's "{false}" (shown for negated flags) -------------------------------------
 "$QL" train --help > train_help.txt
