@@ -110,7 +110,12 @@ TEST(TrainLoop, ResumeIsBitExact) {
   // Other settings cannot resume this run.
   TrainOptions other = part;
   other.lr = 1e-2;
-  EXPECT_NE(error_of([&] { train_lora(other); }).find("was made with other settings"), std::string::npos);
+  const std::string lr_err = error_of([&] { train_lora(other); });
+  EXPECT_NE(lr_err.find("was made with other settings"), std::string::npos) << lr_err;
+  // One line naming the one difference and its flag (it was both whole settings objects, on two more lines).
+  EXPECT_NE(lr_err.find("\"lr\" (--lr): saved 0.003, now 0.01"), std::string::npos) << lr_err;
+  EXPECT_EQ(lr_err.find('\n'), std::string::npos) << lr_err;
+  EXPECT_EQ(lr_err.find("\"seq_len\""), std::string::npos) << lr_err;
   // Nor other activation-checkpoint storage (block inputs in bf16 vs fp32 change the numbers).
   TrainOptions fp32 = part;
   fp32.bf16_checkpoints = !part.bf16_checkpoints;

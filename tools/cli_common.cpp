@@ -1,16 +1,92 @@
 #include "tools/cli_common.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <sstream>
 
+#include "core/error.h"
+#include "core/files.h"
 #include "core/threads.h"
 #include "kernels/device.h"
+#include "trainer/qwen_config.h"
 
 namespace qwenq::cli {
 
 void add_common_options(CLI::App* cmd, CommonOptions* opt) {
-  cmd->add_option("--threads", opt->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", opt->threads, "CPU threads (0: all cores)")->check(at_least(0, "NONNEGATIVE"));
   cmd->add_option("--device", opt->device, "where to run: auto, cpu or cuda")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+}
+
+namespace {
+
+// A validator refusing numbers for which ok(v) is false with "must be <what>, got <text>".
+template <typename Ok>
+CLI::Validator numeric_check(Ok ok, const std::string& what, const std::string& name) {
+  return CLI::Validator(
+      [ok, what](std::string& text) -> std::string {
+        std::istringstream in(text);
+        double v = 0;
+        if (!(in >> v) || !(in >> std::ws).eof()) return "";  // not a number: CLI11's conversion error says so
+        return ok(v) ? "" : "must be " + what + ", got " + text;
+      },
+      name, name);
+}
+
+std::string number_text(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+}  // namespace
+
+CLI::Validator at_least(double lo, const std::string& name) {
+  return numeric_check([lo](double v) { return v >= lo; }, "at least " + number_text(lo), name);
+}
+
+CLI::Validator greater_than(double lo, const std::string& name) {
+  return numeric_check([lo](double v) { return v > lo; }, "greater than " + number_text(lo), name);
+}
+
+CLI::Validator in_range(double lo, double hi, const std::string& name, bool lo_open) {
+  return numeric_check([lo, hi, lo_open](double v) { return (lo_open ? v > lo : v >= lo) && v <= hi; },
+                       std::string("in ") + (lo_open ? "(" : "[") + number_text(lo) + ", " + number_text(hi) + "]",
+                       name);
+}
+
+int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bool given, const char* flag) {
+  const int64_t context = load_qwen_config(model_dir).max_position_embeddings;
+  if (context <= 0) return requested;  // a config without the field: nothing to check against
+  if (!given) return std::min(requested, context);
+  QWENQ_CHECK(requested <= context, flag << " " << requested << " is longer than the model's context: "
+                                         << path_join(model_dir, "config.json") << " has max_position_embeddings "
+                                         << context << "; give " << flag << " " << context << " or less");
+  return requested;
+}
+
+void check_subcommand_name(const CLI::App& app, const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[1].empty() || args[1][0] == '-') return;
+  std::string known;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->get_name() == args[1]) return;
+    known += (known.empty() ? "" : ", ") + sub->get_name();
+  }
+  throw Error("unknown subcommand '" + args[1] + "' (known: " + known + ")");
+}
+
+void check_output_dir_exists(const char* flag, const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string parent = slash == std::string::npos ? "." : path.substr(0, std::max<size_t>(slash, 1));
+  QWENQ_CHECK(dir_exists(parent), flag << " " << path << ": directory " << parent << " does not exist");
+  QWENQ_CHECK(!dir_exists(path), flag << " " << path << " is a directory; give a file name");
+}
+
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir) {
+  QWENQ_CHECK(max_new_tokens == 0 || static_cast<int64_t>(prompt_tokens) < context,
+              "--prompt is " << prompt_tokens << " tokens, which leaves no room for a new one in the model's context of "
+                             << context << " (max_position_embeddings in " << path_join(model_dir, "config.json")
+                             << "); shorten it");
 }
 
 void apply_common_options(const CommonOptions& opt) {

@@ -1,9 +1,12 @@
-// Options shared by the subcommands: threads and device selection.
+// Options shared by the subcommands: threads and device selection, the numeric-range checks of every flag, and
+// the window length of an evaluation or calibration checked against the model's context.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -17,6 +20,27 @@ struct CommonOptions {
 };
 
 void add_common_options(CLI::App* cmd, CommonOptions* opt);
+
+// Range checks for numeric flags: a value below `lo` (or not above it, for greater_than; outside [lo, hi], or
+// (lo, hi] with lo_open, for in_range) is refused with "--flag: must be at least 0, got -1" (CLI11 prefixes the
+// flag). `name` is what --help shows after the type (e.g. NONNEGATIVE). Text that is not a number passes on to CLI11's own conversion error.
+CLI::Validator at_least(double lo, const std::string& name);
+CLI::Validator greater_than(double lo, const std::string& name);
+CLI::Validator in_range(double lo, double hi, const std::string& name, bool lo_open = false);
+
+// The window length (tokens) of an evaluation or a calibration on the model in `model_dir`: `requested` when the
+// user gave `flag`, else min(`requested` (the default), the model's max_position_embeddings). A given length beyond
+// the context is refused, naming the flag and config.json: positions the model never saw make the numbers
+// meaningless and the quadratic attention slow.
+int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bool given, const char* flag);
+// Refuses a first argument that is neither an option nor one of app's subcommands: CLI11 alone answers
+// "A subcommand is required" to `qwen-quant evl`. The error names it and lists the subcommands.
+void check_subcommand_name(const CLI::App& app, const std::vector<std::string>& args);
+// Refuses an output file whose directory does not exist, naming the flag: found before the work, not after it.
+void check_output_dir_exists(const char* flag, const std::string& path);
+// Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
+// the prompt is echoed, so the error is the only output).
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir);
 // Applies --threads and resolves --device, printing one line to stderr saying where the work runs.
 void apply_common_options(const CommonOptions& opt);
 // For a subcommand whose GPU path is new (`what`, e.g. "the generation"): applies --threads and resolves --device

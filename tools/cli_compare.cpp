@@ -38,6 +38,7 @@ struct CompareArgs {
   int64_t calib_samples = 128, calib_seq_len = 512;
   std::vector<std::string> data;
   int64_t seq_len = 2048, max_windows = 0, batch = 1;
+  bool seq_len_given = false, calib_seq_len_given = false;
   bool keep_models = false;
   CommonOptions common;
 };
@@ -199,9 +200,12 @@ std::string base_name(const std::string& p) {
   return dot == std::string::npos ? b : b.substr(0, dot);
 }
 
-void run_compare(const CompareArgs& a) {
+void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
+  // Both window lengths checked against the model's context now, not by each child after quantizing.
+  a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
+  a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");
   QWENQ_CHECK(std::system(("mkdir -p '" + a.out + "/models' '" + a.out + "/logs'").c_str()) == 0,
               "compare: cannot create " << a.out);
   const std::string logs = path_join(a.out, "logs");
@@ -275,15 +279,23 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
-  cmd->add_option("--seq-len", a->seq_len, "perplexity window")->capture_default_str();
+  CLI::Option* seq_len = cmd->add_option("--seq-len", a->seq_len, "perplexity window (at most the model's context)")
+                             ->capture_default_str();
   cmd->add_option("--max-windows", a->max_windows, "windows per text (0: all)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "windows per forward")->capture_default_str();
   cmd->add_option("--calib", a->calib, "calibration text or JSONL for gptq and awq methods (e.g. C4)");
   cmd->add_option("--calib-samples", a->calib_samples, "calibration windows for gptq and awq methods")->capture_default_str();
-  cmd->add_option("--calib-seq-len", a->calib_seq_len, "tokens per calibration window")->capture_default_str();
+  CLI::Option* calib_seq_len =
+      cmd->add_option("--calib-seq-len", a->calib_seq_len,
+                      "tokens per calibration window (at most the model's context)")
+          ->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
   add_common_options(cmd, &a->common);
-  cmd->callback([a]() { run_compare(*a); });
+  cmd->callback([a, seq_len, calib_seq_len]() {
+    a->seq_len_given = seq_len->count() > 0;
+    a->calib_seq_len_given = calib_seq_len->count() > 0;
+    run_compare(*a);
+  });
 }
 
 }  // namespace qwenq::cli

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
 #include "core/threads.h"
@@ -28,7 +29,7 @@ namespace {
 
 struct EvalArgs {
   std::string model, adapter, data, field = "text", json_out;
-  bool json = false, quiet = false, no_bos = false;
+  bool json = false, quiet = false, no_bos = false, seq_len_given = false;
   PerplexityOptions ppl;
   CommonOptions common;
 };
@@ -36,6 +37,10 @@ struct EvalArgs {
 void run_eval(const EvalArgs& a) {
   const Device device = resolve_experimental_device(a.common, "the evaluation");
   const std::string dir = resolve_model_dir(a.model);
+  PerplexityOptions opt = a.ppl;
+  opt.quiet = a.quiet;
+  opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
+  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
   std::unique_ptr<LoraAdapter> adapter;
@@ -60,8 +65,6 @@ void run_eval(const EvalArgs& a) {
                  dir.c_str(), model.config().model_type.c_str(), (long long)model.config().num_layers,
                  (long long)model.config().hidden_size, a.data.c_str(), text.size(), tokens.size(), tok_s);
   }
-  PerplexityOptions opt = a.ppl;
-  opt.quiet = a.quiet;
   PerplexityResult r;
   int64_t device_peak_allocated = -1, device_peak_reserved = -1;  // the caching allocator's peaks; -1: CPU
 #ifdef QWENQ_HAVE_CUDA
@@ -116,15 +119,25 @@ void register_eval(CLI::App& app) {
                   "on the GPU");
   cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field")->required()->check(CLI::ExistingFile);
   cmd->add_option("--text-field", a->field, "JSONL field holding the text")->capture_default_str();
-  cmd->add_option("--seq-len", a->ppl.seq_len, "window length in tokens")->capture_default_str();
-  cmd->add_option("--max-windows", a->ppl.max_windows, "score at most this many windows (0: all)")->capture_default_str();
-  cmd->add_option("--batch", a->ppl.windows_per_batch, "windows forwarded together")->capture_default_str();
+  CLI::Option* seq_len =
+      cmd->add_option("--seq-len", a->ppl.seq_len, "window length in tokens (default: 2048, or the model's context "
+                                                   "when shorter)")
+          ->check(at_least(2, "POSITIVE"));
+  cmd->add_option("--max-windows", a->ppl.max_windows, "score at most this many windows (0: all)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  cmd->add_option("--batch", a->ppl.windows_per_batch, "windows forwarded together")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_flag("--no-bos", a->no_bos, "do not let the tokenizer add its BOS token");
   cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
   cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");
   cmd->add_flag("--quiet,-q", a->quiet, "no progress bar");
   add_common_options(cmd, &a->common);
-  cmd->callback([a]() { run_eval(*a); });
+  cmd->callback([a, seq_len]() {
+    a->seq_len_given = seq_len->count() > 0;
+    run_eval(*a);
+  });
 }
 
 }  // namespace qwenq::cli

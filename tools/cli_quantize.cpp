@@ -25,7 +25,9 @@ void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
   cmd->add_option("--out,-o", a->opt.out_dir, "output directory (written under a temporary name, renamed when complete)")
       ->required();
   cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");
-  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")->capture_default_str();
+  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")
+      ->check(greater_than(0, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_flag("--quiet,-q", a->opt.quiet, "no progress bar");
   add_common_options(cmd, &a->common);
 }
@@ -69,7 +71,9 @@ void register_quantize(CLI::App& app) {
   add_io_options(gc, g.get());
   gc->add_option("--calib", gopt->calib_path, "calibration text or JSONL (e.g. C4 documents)")->required()->check(CLI::ExistingFile);
   gc->add_option("--calib-samples", gopt->calib_samples, "calibration windows")->capture_default_str();
-  gc->add_option("--calib-seq-len", gopt->calib_seq_len, "tokens per window")->capture_default_str();
+  CLI::Option* g_seq_len =
+      gc->add_option("--calib-seq-len", gopt->calib_seq_len, "tokens per window (at most the model's context)")
+          ->capture_default_str();
   gc->add_option("--text-field", gopt->text_field, "JSONL field holding the text")->capture_default_str();
   gc->add_option("--seed", gopt->seed, "seed of the window sampling")->capture_default_str();
   gc->add_option("--bits", g->opt.bits, "2, 3, 4 or 8")->capture_default_str();
@@ -84,11 +88,13 @@ void register_quantize(CLI::App& app) {
   gc->add_flag("--pad-intermediate", g->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
   gc->add_option("--chunk-tokens", gopt->chunk_tokens,
                  "GPU: tokens forwarded through a block at a time (activation memory)")->capture_default_str();
-  gc->callback([g, gopt]() {
+  gc->callback([g, gopt, g_seq_len]() {
     gopt->device = resolve_experimental_device(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";
     gopt->out = g->opt;
     gopt->out.model_dir = resolve_model_dir(g->model);
+    gopt->calib_seq_len =
+        window_len_for_model(gopt->out.model_dir, gopt->calib_seq_len, g_seq_len->count() > 0, "--calib-seq-len");
     gopt->out.sym = !g->asym;
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
     gopt->out.layout = g->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
@@ -107,7 +113,9 @@ void register_quantize(CLI::App& app) {
   add_io_options(wc, w.get());
   wc->add_option("--calib", wopt->calib_path, "calibration text or JSONL (AutoAWQ uses a Pile sample)")->check(CLI::ExistingFile);
   wc->add_option("--calib-samples", wopt->calib_samples, "calibration windows")->capture_default_str();
-  wc->add_option("--calib-seq-len", wopt->calib_seq_len, "tokens per window")->capture_default_str();
+  CLI::Option* w_seq_len =
+      wc->add_option("--calib-seq-len", wopt->calib_seq_len, "tokens per window (at most the model's context)")
+          ->capture_default_str();
   wc->add_option("--text-field", wopt->text_field, "JSONL field holding the text")->capture_default_str();
   wc->add_option("--seed", wopt->seed, "seed of the window sampling")->capture_default_str();
   wc->add_flag("--calib-concat", wopt->calib_concat,
@@ -126,10 +134,15 @@ void register_quantize(CLI::App& app) {
   wc->add_flag("--pad-intermediate", w->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
   wc->add_option("--chunk-tokens", wopt->chunk_tokens,
                  "tokens a module evaluation runs at a time (whole windows; activation memory)")->capture_default_str();
-  wc->callback([w, wopt, no_clip, no_duo]() {
+  wc->callback([w, wopt, no_clip, no_duo, w_seq_len]() {
     wopt->device = resolve_experimental_device(w->common, "AWQ");
     wopt->out = w->opt;
     wopt->out.model_dir = resolve_model_dir(w->model);
+    if (!wopt->save_search.empty()) check_output_dir_exists("--save-search", wopt->save_search);
+    if (wopt->load_search.empty()) {  // a saved search needs no calibration windows
+      wopt->calib_seq_len =
+          window_len_for_model(wopt->out.model_dir, wopt->calib_seq_len, w_seq_len->count() > 0, "--calib-seq-len");
+    }
     wopt->out.max_shard_bytes = static_cast<uint64_t>(w->max_shard_gb * 1e9);
     wopt->out.layout = w->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::AwqGemm;
     wopt->clip = !*no_clip;

@@ -121,6 +121,7 @@ void run_generate(const GenerateArgs& a) {
   } else {
     prompt = m.tok.encode(a.prompt, true);
   }
+  check_prompt_fits(prompt.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens, a.model);
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
   stream(m, prompt, generation_options(a, *m.model, m.tok));
@@ -160,10 +161,15 @@ void add_sampling_options(CLI::App* cmd, GenerateArgs* a) {
   cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
   cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate (per reply)")
+      ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->capture_default_str();
-  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
+  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")
+      ->check(in_range(0, 1, "(0, 1]", true))
+      ->capture_default_str();
   cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
   cmd->add_option("--kv-cache", a->kv_cache,
                   "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")

@@ -56,7 +56,9 @@ void register_qlora_merge(CLI::App& app) {
                                        "quantized base)")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
   cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");
-  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")->capture_default_str();
+  cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")
+      ->check(greater_than(0, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_flag("--quiet,-q", a->opt.quiet, "no progress bar");
   add_common_options(cmd, &a->common);
   cmd->callback([a]() { run_merge(*a); });

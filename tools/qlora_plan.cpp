@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/memory_plan.h"
 #include "trainer/model_dir.h"
@@ -109,7 +110,7 @@ void register_qlora_plan(CLI::App& app) {
                                              "(base weights, adapters, gradients, AdamW, activations, workspace)");
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (only config.json is read)");
   cmd->add_option("--preset", a->preset, "a Qwen2.5 shape instead: tiny, qwen2.5-0.5b ... qwen2.5-72b");
-  cmd->add_option("--layers", a->layers, "override the number of decoder layers");
+  cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(at_least(1, "POSITIVE"));
   cmd->add_option("--base", a->base, "frozen base format: auto (the directory's; bf16 for a preset), bf16, gptq, awq, "
                                      "nf4")
       ->capture_default_str();
@@ -119,7 +120,8 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_flag("--no-double-quant", a->no_double_quant, "NF4 without double quantization of the block scales");
   cmd->add_option("--nf4-blocksize", a->nf4_blocksize, "NF4 block size")->capture_default_str();
   cmd->add_option("--lora-r", a->lora_r, "LoRA rank r")->capture_default_str();
-  cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (does not change memory; default 2r)");
+  cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (does not change memory; default 2r)")
+      ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs on the CPU; none on the GPU)")
       ->capture_default_str();
   cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
@@ -133,8 +135,10 @@ void register_qlora_plan(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--gpus", a->gpus, "GPUs: 1 is the GPU trainer; more plans an assumed pipeline of layers (not implemented)")->capture_default_str();
   cmd->add_option("--gpu-mem-gb", a->gpu_mem_gb, "memory per GPU in GB (10^9 bytes)")->capture_default_str();
-  cmd->add_option("--cpu-mem-gb", a->cpu_mem_gb, "host RAM in GB for --device cpu (default: this machine's)");
-  cmd->add_option("--threads", a->threads, "CPU threads the trainer would use (default: this machine's cores)");
+  cmd->add_option("--cpu-mem-gb", a->cpu_mem_gb, "host RAM in GB for --device cpu (default: this machine's)")
+      ->check(greater_than(0, "POSITIVE"));
+  cmd->add_option("--threads", a->threads, "CPU threads the trainer would use (default: this machine's cores)")
+      ->check(at_least(1, "POSITIVE"));
   cmd->add_flag("--json", a->json, "print JSON instead of tables");
   cmd->callback([a, cmd]() { run_plan(*a, *cmd); });
 }

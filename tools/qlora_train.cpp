@@ -2,6 +2,7 @@
 // (--config run.json): {"model": "...", "lora-r": 16, "packing": true, ...}, keys spelled like the long options
 // without the dashes; options on the command line win.
 #include <cstdio>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -24,11 +25,13 @@ struct TrainArgs {
   std::string model, targets = "all-linear", format = "auto", batch_mode = "packing", adapter_dtype = "fp32";
   std::string config;
   double eval_fraction = 0.0;
+  bool no_checkpointing = false, fp32_checkpoints = false;  // plain flags: CLI11 shows "!--flag"s as "{false}"
   CommonOptions common;
 };
 
-// The JSON config as extra command-line arguments (placed before the real ones, so the command line wins).
-std::vector<std::string> config_args(const std::string& path) {
+// The JSON config as extra command-line arguments (placed before the real ones). Keys in `given` (options on the
+// command line) are left out: the command line wins, and CLI11 would refuse a single-value option given twice.
+std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(read_file(path));
@@ -39,6 +42,7 @@ std::vector<std::string> config_args(const std::string& path) {
   std::vector<std::string> args;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string key = "--" + it.key();
+    if (given.count(it.key())) continue;
     if (it->is_boolean()) {
       if (it->get<bool>()) args.push_back(key);
     } else if (it->is_string()) {
@@ -64,44 +68,71 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
   c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
-  c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len)")->capture_default_str();
+  c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
   c->add_option("--eval-fraction", o.data.eval_fraction, "held-out share of the data for eval loss")->capture_default_str();
   c->add_option("--eval-count", o.data.eval_count, "or an exact number of held-out examples")->capture_default_str();
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
-  c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")->capture_default_str();
+  c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
+      ->check(greater_than(0, "POSITIVE"))
+      ->capture_default_str();
   c->add_option("--lora-dropout", o.lora.dropout, "dropout on the adapter branch's input")->capture_default_str();
   c->add_flag("--rslora", o.lora.use_rslora, "rank-stabilized scaling s = alpha / sqrt(r)");
   c->add_option("--target", a->targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear")
       ->capture_default_str();
   c->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
-  c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
-  c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")->capture_default_str();
+  c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
   c->add_option("--scheduler", o.scheduler, "cosine, linear or constant")->capture_default_str();
-  c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps")->capture_default_str();
-  c->add_option("--warmup-ratio", o.warmup_ratio, "or a share of the steps")->capture_default_str();
-  c->add_option("--epochs", o.epochs, "passes over the training split")->capture_default_str();
-  c->add_option("--max-steps", o.max_steps, "optimizer steps (wins over --epochs when > 0)")->capture_default_str();
+  c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--warmup-ratio", o.warmup_ratio, "or a share of the steps")
+      ->check(in_range(0, 1, "[0, 1]"))
+      ->capture_default_str();
+  c->add_option("--epochs", o.epochs, "passes over the training split")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--max-steps", o.max_steps, "optimizer steps (wins over --epochs when > 0)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
   c->add_option("--batch-size", o.batch_size, "rows per micro-batch")->capture_default_str();
   c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
   c->add_option("--batching", a->batch_mode, "packing (examples back to back, attention kept apart) or padding")
       ->capture_default_str();
-  c->add_flag("!--no-checkpointing", o.checkpointing, "keep every block's activations instead of recomputing them");
-  c->add_flag("!--fp32-checkpoints", o.bf16_checkpoints,
+  c->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing them");
+  c->add_flag("--fp32-checkpoints", a->fp32_checkpoints,
               "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
-  c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")->capture_default_str();
-  c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")->capture_default_str();
-  c->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only the final adapter)")->capture_default_str();
-  c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept")->capture_default_str();
+  c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only the final adapter)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
   c->add_option("--adapter-dtype", a->adapter_dtype, "fp32 (PEFT's own) or bf16")->capture_default_str();
   c->add_option("--seed", o.seed, "adapter init, data order, dropout")->capture_default_str();
   c->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
   c->add_flag("--overwrite", o.overwrite, "replace a previous run in --out");
-  c->add_option("--stop-after", o.stop_after, "end after N steps of this invocation, without the final adapter (time-boxed runs, resume tests)");
+  c->add_option("--stop-after", o.stop_after, "end after N steps of this invocation, without the final adapter (time-boxed runs, resume tests)")
+      ->check(at_least(1, "POSITIVE"));
   c->add_flag("--quiet,-q", o.quiet, "no progress bar");
   add_common_options(c, &a->common);
   c->callback([a]() {
     TrainOptions& o = a->opt;
+    o.checkpointing = !a->no_checkpointing;
+    o.bf16_checkpoints = !a->fp32_checkpoints;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
@@ -115,6 +146,13 @@ void register_qlora_train(CLI::App& app) {
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
     const TrainReport r = train_lora(o);
+    if (r.stopped) {  // --stop-after: no final adapter, no final evaluation; the checkpoints are what there is
+      std::printf("stopped after %lld steps (--stop-after, step %lld of the run): last loss %.4f; no final adapter; "
+                  "continue with --resume (%s)\n",
+                  (long long)(r.steps - r.start_step), (long long)r.steps, r.last_loss,
+                  r.checkpoint.empty() ? "no checkpoint yet: it starts over" : ("from " + r.checkpoint).c_str());
+      return;
+    }
     std::printf("trained %lld steps (from step %lld): last loss %.4f", (long long)r.steps, (long long)r.start_step,
                 r.last_loss);
     if (r.eval_loss >= 0) {
@@ -139,8 +177,18 @@ std::vector<std::string> expand_train_config(const std::vector<std::string>& arg
     if (args[i].rfind("--config=", 0) == 0) path = args[i].substr(9);
   }
   if (path.empty()) return args;
+  // The long names of the options on the command line (the short ones spelled out).
+  std::set<std::string> given;
+  for (size_t i = 2; i < args.size(); ++i) {
+    const std::string& s = args[i];
+    if (s == "-m") given.insert("model");
+    else if (s == "-d") given.insert("data");
+    else if (s == "-o") given.insert("out");
+    else if (s == "-q") given.insert("quiet");
+    else if (s.rfind("--", 0) == 0 && s.size() > 2) given.insert(s.substr(2, s.find('=') - 2));  // npos - 2: all
+  }
   std::vector<std::string> out(args.begin(), args.begin() + 2);
-  for (auto& s : config_args(path)) out.push_back(s);
+  for (auto& s : config_args(path, given)) out.push_back(s);
   out.insert(out.end(), args.begin() + 2, args.end());
   return out;
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 
 int main(int argc, char** argv) {
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_qlora_generate(app);
   qwenq::cli::register_qlora_plan(app);
   try {
+    qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     std::vector<std::string> args = qwenq::cli::expand_train_config(std::vector<std::string>(argv, argv + argc));
     std::vector<char*> ptrs;
     for (auto& a : args) ptrs.push_back(a.data());

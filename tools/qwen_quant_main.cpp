@@ -1,8 +1,11 @@
 // qwen-quant: quantize, evaluate and inspect Qwen checkpoints. Each subcommand lives in tools/cli_*.cpp.
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "tools/cli.h"
+#include "tools/cli_common.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"qwen-quant: quantize and evaluate Qwen checkpoints (C++/CUDA)", "qwen-quant"};
@@ -15,6 +18,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_quantize(app);
   qwenq::cli::register_compare(app);
   try {
+    qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);

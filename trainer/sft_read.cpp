@@ -83,7 +83,7 @@ struct Reader {
   std::vector<SftRecord> records;
 
   void bad(const std::string& where, const std::string& why) {
-    QWENQ_CHECK(skip_bad, where << ": " << why << " (skip_bad skips such records)");
+    QWENQ_CHECK(skip_bad, where << ": " << why << " (pass --skip-bad to skip such records)");
     if (stats->skipped++ < SftDataStats::kMaxReported) stats->first_skipped.push_back(where + ": " + why);
   }
 

@@ -1,10 +1,14 @@
 #include "trainer/train_loop.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -71,6 +75,33 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", data_max_len(o)},
           {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
           {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"}};
+}
+
+// The keys of resume_key that differ, each with the flag that sets it: '"lr" (--lr): saved 0.0002, now 0.01; ...'
+// (one line; the two whole objects were two long lines to compare by eye).
+std::string settings_difference(const nlohmann::json& saved, const nlohmann::json& now) {
+  static const std::map<std::string, std::string> kFlag = {
+      {"model", "--model"}, {"data", "--data"}, {"r", "--lora-r"}, {"alpha", "--lora-alpha"},
+      {"dropout", "--lora-dropout"}, {"rslora", "--rslora"}, {"targets", "--target"}, {"seq_len", "--seq-len"},
+      {"batch_size", "--batch-size"}, {"grad_accum", "--grad-accum"}, {"packing", "--batching"},
+      {"epochs", "--epochs"}, {"max_steps", "--max-steps"}, {"lr", "--lr"}, {"weight_decay", "--weight-decay"},
+      {"scheduler", "--scheduler"}, {"warmup_steps", "--warmup-steps"}, {"warmup_ratio", "--warmup-ratio"},
+      {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
+      {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"}};
+  std::set<std::string> keys;
+  for (const nlohmann::json* j : {&saved, &now}) {
+    if (!j->is_object()) continue;
+    for (auto it = j->begin(); it != j->end(); ++it) keys.insert(it.key());
+  }
+  std::string out;
+  for (const std::string& k : keys) {
+    const auto value = [&k](const nlohmann::json& j) { return j.is_object() && j.contains(k) ? j[k].dump() : "(none)"; };
+    if (value(saved) == value(now)) continue;
+    const auto flag = kFlag.find(k);
+    out += (out.empty() ? "" : "; ") + ("\"" + k + "\"") + (flag == kFlag.end() ? "" : " (" + flag->second + ")") +
+           ": saved " + value(saved) + ", now " + value(now);
+  }
+  return out.empty() ? "(none that can be named)" : out;
 }
 
 // A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
@@ -186,6 +217,27 @@ void write_loss_curve(const std::string& path, const std::vector<std::pair<int64
   write_file_atomic(path, svg.str());
 }
 
+// Examples longer than seq_len are cut to it by the batcher (a row holds at most seq_len tokens). When max_len >
+// seq_len that happens after the dataset's own truncation, so it is said here, with the examples it leaves without
+// any counted target: their steps train on nothing (loss 0).
+void warn_cut_to_seq_len(const std::vector<SftExample>& train, int64_t seq_len) {
+  int64_t cut = 0, no_loss = 0;
+  for (const SftExample& ex : train) {
+    if (static_cast<int64_t>(ex.tokens.size()) <= seq_len) continue;
+    ++cut;
+    no_loss += std::none_of(ex.loss_mask.begin() + 1, ex.loss_mask.begin() + seq_len, [](uint8_t m) { return m != 0; });
+  }
+  if (cut == 0) return;
+  std::fprintf(stderr, "warning: %lld of %zu training examples are longer than --seq-len %lld and are cut to it",
+               (long long)cut, train.size(), (long long)seq_len);
+  if (no_loss > 0) {
+    std::fprintf(stderr, "; %lld of them keep no response token and add nothing to the loss (raise --seq-len, or "
+                 "give --max-len %lld or less to drop those)\n", (long long)no_loss, (long long)seq_len);
+  } else {
+    std::fprintf(stderr, " (raise --seq-len to keep them whole)\n");
+  }
+}
+
 // Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
 void truncate_metrics(const std::string& path, int64_t step) {
   if (!file_exists(path)) return;
@@ -230,12 +282,15 @@ TrainReport train_lora(const TrainOptions& o) {
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
+  o.lora.validate();
+  QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
+              "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
+  QWENQ_CHECK(!file_exists(o.out_dir),
+              "--out " << o.out_dir << " is a file, not a run directory");
   if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
   }
-  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
-  QWENQ_CHECK(make_dirs(o.out_dir) == 0, "cannot create output directory " << o.out_dir);
 
   QwenModel model(o.model_dir);
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
@@ -247,6 +302,7 @@ TrainReport train_lora(const TrainOptions& o) {
                  (long long)dopt.max_len, (long long)o.seq_len, (long long)o.seq_len);
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
+  warn_cut_to_seq_len(data.train, o.seq_len);
 
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
@@ -269,6 +325,11 @@ TrainReport train_lora(const TrainOptions& o) {
   lcfg.base_model = o.model_dir;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
+  // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
+  // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
+  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
+  const int mkdir_err = make_dirs(o.out_dir);
+  QWENQ_CHECK(mkdir_err == 0, "cannot create output directory " << o.out_dir << ": " << std::strerror(mkdir_err));
   LoraAdapter m = zeros_like(adapter), v = zeros_like(adapter), grads = zeros_like(adapter);
   TrainState st;
   st.options = resume_key(o);
@@ -280,8 +341,8 @@ TrainReport train_lora(const TrainOptions& o) {
     TrainState saved;
     load_train_checkpoint(ck, lora_dims_of(model.config()), &adapter, &m, &v, &saved);
     add_legacy_resume_keys(&saved.options);
-    QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings:\n  saved: "
-                                                          << saved.options.dump() << "\n  now:   " << st.options.dump());
+    QWENQ_CHECK(saved.options == st.options, "--resume: " << ck << " was made with other settings: "
+                                                          << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
     truncate_metrics(metrics_path, st.step);
@@ -412,6 +473,8 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.save_every > 0 && st.step % o.save_every == 0) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
+      rep.stopped = true;
+      rep.checkpoint = latest_checkpoint(o.out_dir);
       return rep;  // as if killed here: no final evaluation or adapter
     }
   }

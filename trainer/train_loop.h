@@ -20,6 +20,10 @@
 //   loss_curve.svg       train and eval loss against steps
 //   checkpoint-<step>/   adapter/ (fp32 PEFT files), optimizer.safetensors (m, v), trainer_state.json (step,
 //                        data cursor, options); written atomically (staged, renamed), the newest save_total_limit kept
+// The run directory is created (or, with overwrite, the previous run removed) only after the model, the data and
+// the LoRA settings have been read and checked: a refused run leaves nothing and destroys nothing. Training examples
+// longer than seq_len (possible when data.max_len > seq_len) are cut by the batcher; a warning on stderr counts
+// them and those left without a counted target.
 // resume: continues from the newest complete checkpoint with the same data order, optimizer state and schedule;
 // the losses after it are bit-identical to an uninterrupted run's (dropout masks are a function of (seed, step)).
 // A step whose loss or gradient norm is not finite stops the run with the step and batch named; the last good
@@ -76,6 +80,8 @@ struct TrainOptions {
 
 struct TrainReport {
   int64_t steps = 0, start_step = 0;
+  bool stopped = false;    // ended by stop_after: no final evaluation or adapter
+  std::string checkpoint;  // with stopped: the newest complete checkpoint ("" when none)
   double last_loss = 0, eval_loss = -1;  // eval_loss < 0: no eval split
   double first_eval_loss = -1;           // before any update (or at resume)
   double seconds = 0, tokens_per_s = 0;

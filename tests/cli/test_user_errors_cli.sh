@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# What a careless user types, and what each command must answer: one clear error naming the flag (or file), a
+# non-zero exit, and nothing written or destroyed. Each case below was a defect found by using the tools as a new
+# user would (the comment says what happened before):
+#  - numeric flags out of range (negative counts, top-p outside (0, 1], a shard size of 0) were accepted, some
+#    silently meaning something else (--max-grad-norm -1: no clipping), or failed late with an internal name
+#    (--weight-decay -1: "adamw_step_ref" after loading everything), or wrongly (generate -n -3: "the prompt has 2
+#    tokens, the model's context is ..."); --threads -1 printed a 300-digit bound;
+#  - windows longer than the model's context (eval --seq-len, gptq/awq --calib-seq-len) ran for hours on
+#    positions the model never saw; a default (2048) longer than the context now shrinks to it;
+#  - train --overwrite with a bad --data deleted the previous run before failing; a refused run left an empty
+#    run directory; a --config key also given on the command line was refused instead of "the command line wins";
+#  - train --stop-after printed "adapter in DIR" though no adapter is written;
+#  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left);
+#  - eval --json-out / awq --save-search into a missing directory failed only after the whole evaluation / search;
+#  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
+#  - train --out FILE said "cannot write FILE/metrics.jsonl" after loading everything; eval --json-out DIR failed
+#    with "rename failed: Is a directory" after the evaluation;
+#  - a mistyped subcommand (qwen-quant evl) got "A subcommand is required";
+#  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
+#  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
+set -euo pipefail
+QQ="$1"; SRC="$2"; WORK="$3"
+QL="$(dirname "$1")/qwen-qlora"
+rm -rf "$WORK" && mkdir -p "$WORK"
+cd "$WORK"
+fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
+
+# refuse NAME WANT CMD...: CMD fails, its output (the device line aside) is one error line (CLI11 adds "Run with
+# --help") containing WANT, and no crash.
+refuse() {
+  local name="$1" want="$2"; shift 2
+  local rc=0
+  "$@" > "$name.txt" 2>&1 < /dev/null || rc=$?
+  [ "$rc" -ne 0 ] || fail "$name: accepted" "$name.txt"
+  [ "$rc" -lt 128 ] || fail "$name: crashed (exit $rc)" "$name.txt"
+  grep -qF -- "$want" "$name.txt" || fail "$name: no '$want' in the message" "$name.txt"
+  local lines
+  lines=$(grep -v -e '^device: ' -e '^Run with --help' "$name.txt" | grep -c . || true)
+  [ "$lines" -eq 1 ] || fail "$name: $lines lines instead of one error" "$name.txt"
+}
+
+"$QQ" init-random --preset tiny --out tiny --dtype fp32 > /dev/null 2>&1
+# A context of 128 tokens, to test the window checks against.
+sed -i 's/"max_position_embeddings": [0-9]*/"max_position_embeddings": 128/' tiny/config.json
+grep -q '"max_position_embeddings": 128' tiny/config.json || fail "could not set the context of the tiny model"
+for i in $(seq 1 40); do echo "{\"text\": \"Once upon a time there was a little cat number $i who liked to play in the sun.\"}"; done > text.jsonl
+# Alpaca records whose prompt alone is longer than 32 tokens: cut to --seq-len 32, no response token is left.
+for i in $(seq 1 8); do
+  echo "{\"instruction\": \"Write a long and careful answer to question number $i about the little cat who liked to play in the warm sun every single day of the week\", \"input\": \"\", \"output\": \"Yes.\"}"
+done > alpaca.jsonl
+
+# --- a mistyped subcommand is named (CLI11 said "A subcommand is required") ----------------------------------------
+refuse sub_quant "unknown subcommand 'evl' (known: eval, generate," "$QQ" evl --model tiny
+refuse sub_qlora "unknown subcommand 'trian' (known: train, merge," "$QL" trian --model tiny
+
+# --- --help: train's flags without CLI11's "{false}" (shown for negated flags) -------------------------------------
+"$QL" train --help > train_help.txt
+grep -q -- "--no-checkpointing  " train_help.txt && grep -q -- "--fp32-checkpoints  " train_help.txt \
+  || fail "train --help lacks the checkpointing flags" train_help.txt
+grep -q "{false}" train_help.txt && fail "train --help shows {false}" train_help.txt
+
+# --- numeric flags ---------------------------------------------------------------------------------------------
+refuse threads "--threads: must be at least 0, got -1" "$QQ" eval --model tiny --data text.jsonl --threads -1
+grep -q "17976931" threads.txt && fail "threads: the bound of a double in the message" threads.txt
+refuse max_windows "--max-windows: must be at least 0" "$QQ" eval --model tiny --data text.jsonl --max-windows -1
+refuse shard0 "--max-shard-size: must be greater than 0" "$QQ" rtn --model tiny --out q0 --max-shard-size 0
+refuse shardneg "--max-shard-size: must be greater than 0" "$QQ" nf4 --model tiny --out q1 --max-shard-size -1
+for tool in "$QQ" "$QL"; do
+  refuse gen_n "--max-new-tokens: must be at least 0, got -3" "$tool" generate --model tiny --prompt hi -n -3
+  refuse gen_t "--temperature: must be at least 0" "$tool" generate --model tiny --prompt hi --temperature -1
+  refuse gen_p0 "--top-p: must be in (0, 1]" "$tool" generate --model tiny --prompt hi --top-p 0
+  refuse gen_p2 "--top-p: must be in (0, 1]" "$tool" generate --model tiny --prompt hi --top-p 1.5
+  refuse gen_k "--top-k: must be at least 0" "$tool" generate --model tiny --prompt hi --top-k -2
+done
+# A prompt longer than the context: the error alone, not the echoed prompt glued to it.
+LONG=$(for i in $(seq 1 300); do printf 'word%d ' "$i"; done)
+for tool in "$QQ" "$QL"; do
+  refuse gen_long "leaves no room for a new one in the model's context of 128" "$tool" generate --model tiny --prompt "$LONG"
+  grep -q word1 gen_long.txt && fail "the prompt was echoed before the error" gen_long.txt
+done
+"$QQ" generate --model tiny --prompt hi -n 3 --top-p 1 --temperature 0.7 --top-k 5 > gen_ok.txt 2>&1 \
+  || fail "generate with valid sampling flags" gen_ok.txt
+refuse ir_layers "--layers: must be at least 0, got -1" "$QQ" init-random --layers -1 --out ir
+[ ! -e ir ] || fail "a refused init-random left its output"
+refuse plan_layers "--layers: must be at least 1" "$QL" plan --preset tiny --layers -1
+refuse plan_threads "--threads: must be at least 1" "$QL" plan --preset tiny --device cpu --threads -1
+refuse plan_cpu_mem "--cpu-mem-gb: must be greater than 0" "$QL" plan --preset tiny --device cpu --cpu-mem-gb -1
+refuse plan_alpha "--lora-alpha: must be greater than 0" "$QL" plan --preset tiny --lora-alpha -1
+T=(train --model tiny --data text.jsonl --max-steps 2 --seq-len 64 -q)
+refuse wd "--weight-decay: must be at least 0, got -1" "$QL" "${T[@]}" --out r --weight-decay -1
+refuse gn "--max-grad-norm: must be at least 0" "$QL" "${T[@]}" --out r --max-grad-norm -1
+refuse ws "--warmup-steps: must be at least 0" "$QL" "${T[@]}" --out r --warmup-steps -1
+refuse wr "--warmup-ratio: must be in [0, 1], got 2" "$QL" "${T[@]}" --out r --warmup-ratio 2
+refuse ee "--eval-every: must be at least 0" "$QL" "${T[@]}" --out r --eval-every -1
+refuse eb "--eval-batches: must be at least 0" "$QL" "${T[@]}" --out r --eval-batches -1
+refuse se "--save-every: must be at least 0" "$QL" "${T[@]}" --out r --save-every -1
+refuse stl "--save-total-limit: must be at least 0" "$QL" "${T[@]}" --out r --save-total-limit -1
+refuse ml "--max-len: must be at least 0" "$QL" "${T[@]}" --out r --max-len -1
+refuse sa "--stop-after: must be at least 1" "$QL" "${T[@]}" --out r --stop-after -1
+refuse la "--lora-alpha: must be greater than 0" "$QL" "${T[@]}" --out r --lora-alpha -1
+# A LoRA setting the library refuses is refused before the data is read (no other line first).
+refuse lr0 "LoRA rank r must be at least 1" "$QL" train --model tiny --data alpaca.jsonl --max-steps 2 --seq-len 32 \
+  -q --out r --lora-r 0
+[ ! -e r ] || fail "a refused train left its run directory"
+
+# A malformed record names its line and the flag that skips it (it said "skip_bad", the C++ field).
+printf '{"text": "a cat"}\n{"text": oops}\n' > badline.jsonl
+refuse bad_record "badline.jsonl:2: not valid JSON" "$QL" train --model tiny --data badline.jsonl --out r --max-steps 1 -q
+grep -qF "(pass --skip-bad to skip such records)" bad_record.txt || fail "bad record: no --skip-bad hint" bad_record.txt
+[ ! -e r ] || fail "a refused train left its run directory"
+
+# --- windows longer than the context ------------------------------------------------------------------------------
+refuse ctx_eval "--seq-len 1000 is longer than the model's context: tiny/config.json has max_position_embeddings 128" \
+  "$QQ" eval --model tiny --data text.jsonl --seq-len 1000
+refuse ctx_gptq "--calib-seq-len 129 is longer than the model's context" \
+  "$QQ" gptq --model tiny --out g --calib text.jsonl --calib-seq-len 129 --group-size 32
+refuse ctx_awq "--calib-seq-len 1000 is longer than the model's context" \
+  "$QQ" awq --model tiny --out a --calib text.jsonl --calib-seq-len 1000 --group-size 32
+refuse ctx_compare "--seq-len 256 is longer than the model's context" \
+  "$QQ" compare --model tiny --data text.jsonl --methods rtn-g32 --seq-len 256 --out cmp
+[ ! -e g ] && [ ! -e a ] && [ ! -e cmp ] || fail "a refused window length left output"
+# The default window (2048) shrinks to the context.
+"$QQ" eval --model tiny --data text.jsonl --json --threads 1 -q > eval_default.json 2> eval_default.err \
+  || fail "eval with the default --seq-len on a 128-token model" eval_default.err
+grep -q '"seq_len":128' eval_default.json || fail "the default window is not the context" eval_default.json
+"$QQ" gptq --model tiny --out g --calib text.jsonl --calib-samples 2 --group-size 32 --threads 1 > gptq.txt 2>&1 \
+  || fail "gptq with the default --calib-seq-len on a 128-token model" gptq.txt
+grep -q "2 calibration windows x 128 tokens" gptq.txt || fail "gptq's default window is not the context" gptq.txt
+
+# --- eval --json-out is checked before the evaluation ------------------------------------------------------------
+refuse json_out "--json-out nodir/x.json: directory nodir does not exist" \
+  "$QQ" eval --model tiny --data text.jsonl --json-out nodir/x.json --threads 1
+refuse save_search "--save-search nodir/s.safetensors: directory nodir does not exist" \
+  "$QQ" awq --model tiny --out a --calib text.jsonl --calib-samples 2 --group-size 32 --save-search nodir/s.safetensors
+[ ! -e a ] || fail "a refused awq left its output"
+
+# --- train: nothing destroyed or left by a refused run -------------------------------------------------------------
+"$QL" "${T[@]}" --out run --threads 1 > run.txt 2>&1 || fail "train" run.txt
+[ -s run/adapter_model.safetensors ] || fail "no adapter" run.txt
+refuse overwrite_bad_data "cannot open missing.jsonl" "$QL" train --model tiny --data missing.jsonl --out run \
+  --overwrite --max-steps 2 -q
+[ -s run/adapter_model.safetensors ] && [ -s run/metrics.jsonl ] || fail "--overwrite with bad data destroyed the run"
+cp -r tiny noweights && rm noweights/model.safetensors
+refuse bad_model "has neither model.safetensors" "$QL" train --model noweights --data text.jsonl --out run2 --max-steps 2 -q
+[ ! -e run2 ] || fail "a refused train left an empty run directory"
+
+# --out naming a file, --json-out naming a directory: said as such, before any work.
+echo x > afile
+refuse out_file "--out afile is a file, not a run directory" "$QL" train --model tiny --data text.jsonl --out afile \
+  --max-steps 1 -q
+refuse json_dir "--json-out tiny is a directory" "$QQ" eval --model tiny --data text.jsonl --json-out tiny -q
+
+# --- train --config: the command line wins -------------------------------------------------------------------------
+echo '{"max-steps": 5, "seq-len": 64, "lr": 0.001}' > cfg.json
+"$QL" train --config cfg.json --model tiny --data text.jsonl --out runc --max-steps 3 --threads 1 -q > cfg.txt 2>&1 \
+  || fail "--config with --max-steps on the command line" cfg.txt
+[ "$(grep -c '"loss"' runc/metrics.jsonl)" -eq 3 ] || fail "the config's max-steps won over the command line" cfg.txt
+grep -q '"lr":0.001' runc/metrics.jsonl || fail "the config's lr was not applied" runc/metrics.jsonl
+
+# --- train --stop-after: says there is no adapter ------------------------------------------------------------------
+"$QL" train --model tiny --data text.jsonl --seq-len 64 -q --out runs --max-steps 6 --save-every 2 --stop-after 3 \
+  --threads 1 > stop.txt 2>&1 || fail "--stop-after run" stop.txt
+grep -q "stopped after 3 steps .*no final adapter; continue with --resume (from runs/checkpoint-2)" stop.txt \
+  || fail "--stop-after summary" stop.txt
+grep -q "adapter in" stop.txt && fail "--stop-after claims an adapter" stop.txt
+[ ! -e runs/adapter_model.safetensors ] || fail "--stop-after wrote an adapter"
+
+# --- train: examples cut to --seq-len are reported -----------------------------------------------------------------
+"$QL" train --model tiny --data alpaca.jsonl --out runt --max-steps 1 --seq-len 32 --threads 1 -q > cut.txt 2>&1 \
+  || fail "train on long examples" cut.txt
+grep -q "warning: 8 of 8 training examples are longer than --seq-len 32 and are cut to it; 8 of them keep no response token" \
+  cut.txt || fail "no warning about examples cut to --seq-len" cut.txt
+echo "user errors CLI: OK"
