@@ -296,10 +296,6 @@ TrainReport train_lora(const TrainOptions& o) {
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  if (dopt.max_len > o.seq_len && !o.quiet)
-    std::fprintf(stderr, "warning: --max-len %lld exceeds --seq-len %lld: the batches cut longer examples to %lld "
-                 "tokens, and one whose response starts later trains on nothing (leave --max-len at 0 to drop those)\n",
-                 (long long)dopt.max_len, (long long)o.seq_len, (long long)o.seq_len);
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
   warn_cut_to_seq_len(data.train, o.seq_len);

@@ -11,7 +11,8 @@
 #  - train --overwrite with a bad --data deleted the previous run before failing; a refused run left an empty
 #    run directory; a --config key also given on the command line was refused instead of "the command line wins";
 #  - train --stop-after printed "adapter in DIR" though no adapter is written;
-#  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left);
+#  - examples longer than --seq-len were cut silently, leaving steps with loss 0 (no response token left): now
+#    dropped at load by default, and counted in a warning when --max-len exceeds --seq-len;
 #  - eval --json-out / awq --save-search into a missing directory failed only after the whole evaluation / search;
 #  - generate with a prompt longer than the context echoed the prompt, then the error on the same line;
 #  - train --out FILE said "cannot write FILE/metrics.jsonl" after loading everything; eval --json-out DIR failed
@@ -166,9 +167,13 @@ grep -q "stopped after 3 steps .*no final adapter; continue with --resume (from 
 grep -q "adapter in" stop.txt && fail "--stop-after claims an adapter" stop.txt
 [ ! -e runs/adapter_model.safetensors ] || fail "--stop-after wrote an adapter"
 
-# --- train: examples cut to --seq-len are reported -----------------------------------------------------------------
-"$QL" train --model tiny --data alpaca.jsonl --out runt --max-steps 1 --seq-len 32 --threads 1 -q > cut.txt 2>&1 \
-  || fail "train on long examples" cut.txt
+# --- train: examples cut to --seq-len are dropped when no response is left, or reported --------------------------
+# By default (--max-len 0 = --seq-len) an example without a response token in --seq-len is dropped at load: here all.
+refuse cut0 "empty dataset (every example lost its response to max_len 32)" \
+  "$QL" train --model tiny --data alpaca.jsonl --out runt --max-steps 1 --seq-len 32 --threads 1 -q
+# A --max-len above --seq-len keeps them for the batcher to cut: warned, with those that keep no response token.
+"$QL" train --model tiny --data alpaca.jsonl --out runt --max-steps 1 --seq-len 32 --max-len 2048 --threads 1 -q \
+  > cut.txt 2>&1 || fail "train on long examples" cut.txt
 grep -q "warning: 8 of 8 training examples are longer than --seq-len 32 and are cut to it; 8 of them keep no response token" \
   cut.txt || fail "no warning about examples cut to --seq-len" cut.txt
 echo "user errors CLI: OK"
