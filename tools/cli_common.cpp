@@ -131,4 +131,17 @@ void GenerationTimer::print(size_t prompt_tokens) const {
   std::fprintf(stderr, ")\n");
 }
 
+void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cache, const char* max_new_help) {
+  cmd->add_option("--max-new-tokens,-n", s->max_new_tokens, max_new_help)
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  cmd->add_option("--temperature,-t", s->temperature, "0 = greedy")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
+  cmd->add_option("--top-k", s->top_k, "0 = off")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
+  cmd->add_option("--top-p", s->top_p, "1 = off")->check(in_range(0, 1, "(0, 1]", true))->capture_default_str();
+  cmd->add_option("--seed", s->seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--kv-cache", *kv_cache,
+                  "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
+      ->capture_default_str();
+}
+
 }  // namespace qwenq::cli

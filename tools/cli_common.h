@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 
 #include "kernels/device.h"
+#include "trainer/generate.h"
 
 namespace qwenq::cli {
 
@@ -41,6 +42,10 @@ void check_output_dir_exists(const char* flag, const std::string& path);
 // Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
 // the prompt is echoed, so the error is the only output).
 void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir);
+// The sampling flags of both tools' generate (and qwen-qlora chat), range-checked: --max-new-tokens/-n (help
+// `max_new_help`), --temperature/-t, --top-k, --top-p, --seed into `s`, and --kv-cache (f32 or bf16, parsed by the
+// command) into `kv_cache`.
+void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cache, const char* max_new_help);
 // Applies --threads and resolves --device, printing one line to stderr saying where the work runs.
 void apply_common_options(const CommonOptions& opt);
 // For a subcommand whose GPU path is new (`what`, e.g. "the generation"): applies --threads and resolves --device

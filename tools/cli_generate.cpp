@@ -80,20 +80,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
   cmd->add_option("--system", a->system, "system message for --chat");
-  cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
-  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")
-      ->check(in_range(0, 1, "(0, 1]", true))
-      ->capture_default_str();
-  cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
-  cmd->add_option("--kv-cache", a->kv_cache,
-                  "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
-      ->capture_default_str();
+  add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate");
   add_common_options(cmd, &a->common);
   cmd->callback([a]() { run_generate(*a); });
 }

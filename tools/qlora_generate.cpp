@@ -157,23 +157,10 @@ void run_chat(const GenerateArgs& a) {
   }
 }
 
-void add_sampling_options(CLI::App* cmd, GenerateArgs* a) {
+void add_generate_options(CLI::App* cmd, GenerateArgs* a) {
   cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
-  cmd->add_option("--max-new-tokens,-n", a->sampling.max_new_tokens, "tokens to generate (per reply)")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  cmd->add_option("--temperature,-t", a->sampling.temperature, "0 = greedy")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  cmd->add_option("--top-k", a->sampling.top_k, "0 = off")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
-  cmd->add_option("--top-p", a->sampling.top_p, "1 = off")
-      ->check(in_range(0, 1, "(0, 1]", true))
-      ->capture_default_str();
-  cmd->add_option("--seed", a->sampling.seed, "sampling seed")->capture_default_str();
-  cmd->add_option("--kv-cache", a->kv_cache,
-                  "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
-      ->capture_default_str();
+  add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate (per reply)");
   add_common_options(cmd, &a->common);
 }
 
@@ -187,7 +174,7 @@ void register_qlora_generate(CLI::App& app) {
       ->required();
   cmd->add_option("--prompt,-p", g->prompt, "prompt text")->required();
   cmd->add_flag("--chat", g->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
-  add_sampling_options(cmd, g.get());
+  add_generate_options(cmd, g.get());
   cmd->callback([g]() { run_generate(*g); });
 
   auto c = std::make_shared<GenerateArgs>();
@@ -195,7 +182,7 @@ void register_qlora_generate(CLI::App& app) {
                                               "/reset, /exit)");
   chat->add_option("--model,-m", c->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
       ->required();
-  add_sampling_options(chat, c.get());
+  add_generate_options(chat, c.get());
   chat->callback([c]() { run_chat(*c); });
 }
 
