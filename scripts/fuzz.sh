@@ -30,9 +30,10 @@ for t in "${targets[@]}"; do
   n=${t/:/-}
   mkdir -p "$W/corpus/$n" "$W/findings/$n"
   echo "fuzz: $t for ${SECONDS_EACH}s"
-  if ! QWENQ_FUZZ_TARGET=$t build-fuzz/qwenq_fuzz -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 \
-        -jobs="${JOBS:-1}" -artifact_prefix="$W/findings/$n/" "$W/corpus/$n" "$W/fixtures/seeds/$n" \
-        > "$W/$n.log" 2>&1; then
+  jobs=()  # -jobs=N writes fuzz-<i>.log into the current directory: only when asked for, and then into $W
+  [ "${JOBS:-1}" -gt 1 ] && jobs=(-jobs="$JOBS" -workers="$JOBS")
+  if ! (cd "$W" && QWENQ_FUZZ_TARGET=$t ../qwenq_fuzz -max_total_time="$SECONDS_EACH" -rss_limit_mb=4096 "${jobs[@]}" \
+        -artifact_prefix="findings/$n/" "corpus/$n" "fixtures/seeds/$n") > "$W/$n.log" 2>&1; then
     failed+=("$t")
     grep -m3 -E "ERROR|runtime error|SUMMARY|what\(\)" "$W/$n.log" | sed "s/^/  $t: /" || true
   fi
