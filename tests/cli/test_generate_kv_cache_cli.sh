@@ -4,11 +4,7 @@
 # default's greedy text byte for byte; bf16 runs on every command and produces text; any other value is refused by
 # name before a model is loaded. $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
-QQ="$1"; SRC="$2"; WORK="$3"
-QL="$(dirname "$1")/qwen-qlora"
-[ -x "$QL" ] || { echo "qwen-qlora not found next to $QQ"; exit 1; }
-rm -rf "$WORK" && mkdir -p "$WORK"
-fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
+source "$(dirname "$0")/cli_setup.sh"
 
 "$QQ" generate --help > "$WORK/help_qq.txt" || fail "qwen-quant generate --help" "$WORK/help_qq.txt"
 grep -q -- "--kv-cache.*f32" "$WORK/help_qq.txt" || fail "qwen-quant generate --help lacks --kv-cache" "$WORK/help_qq.txt"

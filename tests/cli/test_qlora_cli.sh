@@ -5,11 +5,7 @@
 # each line until /exit and keeps the history; the refusals (no adapter directory, no chat template) are clear and
 # leave nothing behind. $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
-QQ="$1"; SRC="$2"; WORK="$3"
-QL="$(dirname "$1")/qwen-qlora"
-[ -x "$QL" ] || { echo "qwen-qlora not found next to $QQ"; exit 1; }
-rm -rf "$WORK" && mkdir -p "$WORK"
-fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
+source "$(dirname "$0")/cli_setup.sh"
 
 for sub in merge generate chat; do
   "$QL" "$sub" --help > "$WORK/help.txt" || fail "$sub --help" "$WORK/help.txt"

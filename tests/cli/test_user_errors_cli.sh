@@ -21,11 +21,8 @@
 #  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
 #  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
 set -euo pipefail
-QQ="$1"; SRC="$2"; WORK="$3"
-QL="$(dirname "$1")/qwen-qlora"
-rm -rf "$WORK" && mkdir -p "$WORK"
+source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
-fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
 
 # refuse NAME WANT CMD...: CMD fails, its output (the device line aside) is one error line (CLI11 adds "Run with
 # --help") containing WANT, and no crash.
