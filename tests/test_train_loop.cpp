@@ -150,29 +150,20 @@ TEST(TrainLoop, ExamplesAreCutAtSeqLenSoNoStepIsWithoutTargets) {
   const std::string data = root + "/alpaca.json";
   write_file_atomic(data, records.dump());
   const std::string model = make_model(root + "/m");
-  auto targets_per_step = [](const std::string& metrics) {
-    std::vector<int64_t> out;
-    std::istringstream in(read_file(metrics));
-    for (std::string line; std::getline(in, line);) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss")) out.push_back(j["targets"].get<int64_t>());
-    }
-    return out;
-  };
   TrainOptions o = base_options(model, data, root + "/run");
   o.batch_size = 1;
   o.seq_len = 400;  // the short records fit (~165 tokens here), the long ones do not
   o.data.eval_count = 0;
   ASSERT_EQ(o.data.max_len, 0);  // the default: --seq-len
   train_lora(o);
-  const std::vector<int64_t> by_default = targets_per_step(o.out_dir + "/metrics.jsonl");
+  const std::vector<double> by_default = test::step_metric(o.out_dir + "/metrics.jsonl", "targets");
   ASSERT_EQ(by_default.size(), 12u);
   for (size_t i = 0; i < by_default.size(); ++i) EXPECT_GT(by_default[i], 0) << "step " << i + 1;
   o.out_dir = root + "/run2048";
   o.data.max_len = 2048;
   train_lora(o);
-  const std::vector<int64_t> cut_late = targets_per_step(o.out_dir + "/metrics.jsonl");
-  EXPECT_NE(std::count(cut_late.begin(), cut_late.end(), 0), 0) << "no step without targets: the data does not "
+  const std::vector<double> cut_late = test::step_metric(o.out_dir + "/metrics.jsonl", "targets");
+  EXPECT_NE(std::count(cut_late.begin(), cut_late.end(), 0.0), 0) << "no step without targets: the data does not "
                                                                    "exercise the cut";
 }
 

@@ -41,15 +41,17 @@ TrainOptions small_lora_options(const std::string& model, const std::string& dat
   return o;
 }
 
-std::vector<double> losses_of(const std::string& metrics) {
+std::vector<double> step_metric(const std::string& metrics, const std::string& field) {
   std::vector<double> out;
   std::istringstream in(read_file(metrics));
   for (std::string line; std::getline(in, line);) {
     const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+    if (j.contains("loss")) out.push_back(j[field].get<double>());
   }
   return out;
 }
+
+std::vector<double> losses_of(const std::string& metrics) { return step_metric(metrics, "loss"); }
 
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
                                   bool rslora, uint64_t seed, float b_scale) {

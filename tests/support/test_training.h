@@ -23,7 +23,10 @@ std::string make_text_data(const std::string& path, int n);
 TrainOptions small_lora_options(const std::string& model, const std::string& data, const std::string& out,
                                 int64_t max_steps);
 
-// The "loss" of every line of a run's metrics.jsonl that has one, in order.
+// `field` ("targets", "grad_norm", ...) of every step record of a run's metrics.jsonl (the lines with a "loss"), in
+// order.
+std::vector<double> step_metric(const std::string& metrics, const std::string& field);
+// The "loss" of every step record, in order.
 std::vector<double> losses_of(const std::string& metrics);
 
 // An adapter for `c` on `targets` (rank r, lora_alpha alpha, rsLoRA or not): PEFT's initialisation from `seed`
