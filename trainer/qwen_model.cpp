@@ -74,11 +74,6 @@ void attention_with_cache(const float* q, const T* k, const T* v, int64_t p0, in
   });
 }
 
-// x [n] rounded to bf16 bits (KvCacheDType::BF16's storage).
-void round_to_bf16(const float* x, int64_t n, uint16_t* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] = f32_to_bf16(x[i]);
-}
-
 }  // namespace
 
 const char* kv_cache_dtype_name(KvCacheDType t) { return t == KvCacheDType::BF16 ? "bf16" : "f32"; }
@@ -315,8 +310,8 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   const int64_t kvd = c.kv_dim();
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
     if (cache->dtype == KvCacheDType::BF16) {
-      round_to_bf16(k, n * kvd, cache->k16[l].data() + p0 * kvd);
-      round_to_bf16(v, n * kvd, cache->v16[l].data() + p0 * kvd);
+      from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
+      from_f32(DType::BF16, v, cache->v16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
       attention_with_cache(q, cache->k16[l].data(), cache->v16[l].data(), p0, n, c.num_heads, c.num_kv_heads,
                            c.head_dim, out);
       return;
