@@ -30,11 +30,7 @@ DeviceChoice choose_device(const std::string& request) {
   if (have_cuda) {
     return {Device::Cuda, "device: cuda available (" + what + ")"};
   }
-#ifdef QWENQ_HAVE_CUDA
-  const std::string reason = "no CUDA device: " + what;
-#else
-  const std::string reason = what;
-#endif
+  const std::string& reason = what;
   QWENQ_CHECK(request != "cuda", "--device cuda: CUDA is not available (" << reason << ")");
   return {Device::Cpu, "device: cpu (" + reason + ")"};
 }

@@ -26,7 +26,8 @@ DeviceChoice choose_device(const std::string& request /* "auto" | "cpu" | "cuda"
 #ifdef QWENQ_HAVE_CUDA
 // Asks the CUDA runtime for device 0. True: *name_or_error = "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"
 // (plus "; N devices" when there are several). False: *name_or_error = why not, e.g.
-// "cudaGetDeviceCount returned 'CUDA driver version is insufficient for CUDA runtime version'".
+// "no NVIDIA driver installed", "no NVIDIA GPU found", or "the NVIDIA driver supports CUDA 12.4, this build needs
+// CUDA 13.0: update the driver to use the GPU".
 bool cuda_device_query(std::string* name_or_error);
 #endif
 

@@ -9,16 +9,39 @@
 
 namespace qwenq {
 
+namespace {
+
+// "13.0" from CUDA's 13000.
+std::string cuda_version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); }
+
+// Why there is no usable device, in words a user can act on. The runtime's own strings read like advice for
+// every machine ("CUDA driver version is insufficient for CUDA runtime version" on a machine with no driver).
+std::string no_device_reason(cudaError_t err) {
+  int driver = 0, runtime = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  cudaGetLastError();
+  if (err == cudaErrorNoDevice) return "no NVIDIA GPU found";
+  if (driver == 0) return "no NVIDIA driver installed";
+  if (err == cudaErrorInsufficientDriver) {
+    return "the NVIDIA driver supports CUDA " + cuda_version_string(driver) + ", this build needs CUDA " +
+           cuda_version_string(runtime) + ": update the driver to use the GPU";
+  }
+  return std::string("the CUDA runtime failed: ") + cudaGetErrorString(err);
+}
+
+}  // namespace
+
 bool cuda_device_query(std::string* name_or_error) {
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
-    *name_or_error = std::string("cudaGetDeviceCount returned '") + cudaGetErrorString(err) + "'";
     cudaGetLastError();
+    *name_or_error = no_device_reason(err);
     return false;
   }
   if (count <= 0) {
-    *name_or_error = "cudaGetDeviceCount found no device";
+    *name_or_error = no_device_reason(cudaErrorNoDevice);
     return false;
   }
   cudaDeviceProp prop;

@@ -19,7 +19,10 @@
 #    with "rename failed: Is a directory" after the evaluation;
 #  - a mistyped subcommand (qwen-quant evl) got "A subcommand is required";
 #  - a malformed training record said "(skip_bad skips such records)", the C++ field, not the --skip-bad flag;
-#  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag).
+#  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag);
+#  - every error ended with "[check `...` failed in func at file:line]", internal names a user cannot act on: now
+#    only with QWENQ_DEBUG=1 (for bug reports); without a GPU every command said "cudaGetDeviceCount returned 'CUDA
+#    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -36,6 +39,10 @@ refuse() {
   local lines
   lines=$(grep -v -e '^device: ' -e '^Run with --help' "$name.txt" | grep -c . || true)
   [ "$lines" -eq 1 ] || fail "$name: $lines lines instead of one error" "$name.txt"
+  if [ -z "${QWENQ_DEBUG:-}" ]; then
+    grep -qE '\[(check `|in [A-Za-z_0-9]+ at )' "$name.txt" && fail "$name: the check's location is shown" "$name.txt"
+  fi
+  return 0
 }
 
 "$QQ" init-random --preset tiny --out tiny --dtype fp32 > /dev/null 2>&1
@@ -51,6 +58,13 @@ done > alpaca.jsonl
 # --- a mistyped subcommand is named (CLI11 said "A subcommand is required") ----------------------------------------
 refuse sub_quant "unknown subcommand 'evl' (known: eval, generate," "$QQ" evl --model tiny
 refuse sub_qlora "unknown subcommand 'trian' (known: train, merge," "$QL" trian --model tiny
+
+# --- the location of a failed check only under QWENQ_DEBUG; the device line in words ----------------------------------
+QWENQ_DEBUG=1 refuse debug_location "[check \`" "$QQ" eval --model tiny --data text.jsonl --seq-len 1000
+"$QQ" eval --model tiny --data text.jsonl --seq-len 64 > device_line.txt 2>&1 || fail "eval failed" device_line.txt
+grep -q "^device: " device_line.txt || fail "eval printed no device line" device_line.txt
+grep -q -e "cudaGetDeviceCount" -e "driver version is insufficient" device_line.txt \
+  && fail "the device line shows the CUDA runtime's string" device_line.txt
 
 # --- --help: train's flags without CLI11's "{false}" (shown for negated flags) -------------------------------------
 "$QL" train --help > train_help.txt
