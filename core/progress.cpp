@@ -120,6 +120,63 @@ uint64_t peak_rss_bytes() {
   return 0;
 }
 
+namespace {
+
+// The first number in `path` (a /proc or /sys file), or false where it is absent or not a number ("max").
+bool read_number(const char* path, uint64_t* value) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word.empty() || word.find_first_not_of("0123456789") != std::string::npos) return false;
+  *value = std::stoull(word);
+  return true;
+}
+
+}  // namespace
+
+uint64_t available_memory_bytes(std::string* source) {
+  // MemAvailable (what the kernel can give without swapping) plus free swap: a run that would swap is slow, not
+  // impossible, and this bound is for refusing what cannot run at all.
+  uint64_t avail = 0, swap = 0;
+  bool have_avail = false;
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    const bool is_avail = line.compare(0, 13, "MemAvailable:") == 0, is_swap = line.compare(0, 9, "SwapFree:") == 0;
+    if (!is_avail && !is_swap) continue;
+    std::istringstream fields(line.substr(line.find(':') + 1));
+    uint64_t kib = 0;
+    std::string unit;
+    if (!(fields >> kib >> unit) || unit != "kB") continue;
+    if (is_avail) avail = kib * 1024, have_avail = true;
+    else swap = kib * 1024;
+  }
+  uint64_t best = have_avail ? avail + swap : 0;
+  std::string from = have_avail ? "MemAvailable + SwapFree" : "";
+  // A cgroup limit (containers): the limit less what is in use, page cache that can be dropped (inactive files,
+  // e.g. a memory-mapped model read earlier) not counted as in use.
+  uint64_t limit = 0, usage = 0;
+  const bool v2 = read_number("/sys/fs/cgroup/memory.max", &limit) && read_number("/sys/fs/cgroup/memory.current", &usage);
+  const bool v1 = !v2 && read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", &limit) &&
+                  read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", &usage);
+  // cgroup v1 writes a huge number (about 2^63) for "no limit"; anything above 2^60 is taken as none.
+  if ((v2 || v1) && limit < (uint64_t{1} << 60)) {
+    std::ifstream stat(v2 ? "/sys/fs/cgroup/memory.stat" : "/sys/fs/cgroup/memory/memory.stat");
+    const std::string key = v2 ? "inactive_file" : "total_inactive_file";
+    std::string k;
+    uint64_t v = 0;
+    while (stat >> k >> v) {
+      if (k == key) {
+        usage -= std::min(usage, v);
+        break;
+      }
+    }
+    const uint64_t left = limit > usage ? limit - usage : 0;
+    if (best == 0 || left < best) best = left, from = "the cgroup's memory limit";
+  }
+  if (source) *source = from;
+  return best;
+}
+
 std::string format_bytes(uint64_t bytes) {
   static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
   if (bytes < 1024) return std::to_string(bytes) + " B";

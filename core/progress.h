@@ -30,4 +30,10 @@ class Progress {
 uint64_t peak_rss_bytes();
 std::string format_bytes(uint64_t bytes);  // "1.23 GiB"
 
+// Host memory this process may still take, in bytes: MemAvailable + SwapFree of /proc/meminfo, lowered to what a
+// cgroup memory limit leaves (v2 memory.max - memory.current, or v1 limit - usage; droppable page cache, the
+// inactive files, not counted as used) when one is set; 0 where neither is known. Sets *source to which bound it
+// is ("MemAvailable + SwapFree" or "the cgroup's memory limit") when given. For refusing work that cannot fit.
+uint64_t available_memory_bytes(std::string* source = nullptr);
+
 }  // namespace qwenq

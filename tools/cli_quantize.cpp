@@ -87,7 +87,7 @@ void register_quantize(CLI::App& app) {
   gc->add_option("--block-size", gopt->block_size, "lazy-update block (speed only)")->capture_default_str();
   gc->add_flag("--pad-intermediate", g->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
   gc->add_option("--chunk-tokens", gopt->chunk_tokens,
-                 "GPU: tokens forwarded through a block at a time (activation memory)")->capture_default_str();
+                 "tokens forwarded through a block at a time (whole windows; activation memory)")->capture_default_str();
   gc->callback([g, gopt, g_seq_len]() {
     gopt->device = resolve_experimental_device(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";

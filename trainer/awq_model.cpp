@@ -23,6 +23,7 @@
 #include "quant/awq_search.h"
 #include "quant/grid.h"
 #include "trainer/awq_runner.h"
+#include "trainer/calib_chunks.h"
 #include "trainer/quantize_model.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
@@ -69,32 +70,6 @@ void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vecto
   shards.note_added(name);
 }
 
-// The calibration batch cut into pieces of at most `max_tokens` tokens (whole sequences) for module evaluations.
-struct Pieces {
-  std::vector<PackedBatch> batches;
-  std::vector<int64_t> offsets;  // first token of each piece in the whole batch
-};
-Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max_tokens) {
-  Pieces p;
-  std::vector<std::vector<int32_t>> cur;
-  int64_t cur_tokens = 0, offset = 0;
-  auto flush = [&] {
-    if (cur.empty()) return;
-    p.batches.push_back(PackedBatch::from_sequences(cur));
-    p.offsets.push_back(offset);
-    offset += cur_tokens;
-    cur.clear();
-    cur_tokens = 0;
-  };
-  for (const auto& w : windows) {
-    if (cur_tokens > 0 && cur_tokens + static_cast<int64_t>(w.size()) > max_tokens) flush();
-    cur.push_back(w);
-    cur_tokens += static_cast<int64_t>(w.size());
-  }
-  flush();
-  return p;
-}
-
 // The CPU: the calibration batch's residual stream X [T, C] and the captured group inputs in host memory;
 // QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens each), the
 // candidates swapped into the model for the call and the originals restored after it; a single Linear is a fp32
@@ -104,15 +79,27 @@ Pieces split_batch(const std::vector<std::vector<int32_t>>& windows, int64_t max
 class CpuBlockRunner final : public AwqBlockRunner {
  public:
   CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
-      : model_(model), batch_(PackedBatch::from_sequences(windows)), pieces_(split_batch(windows, chunk_tokens)) {
-    model_.embed_batch(batch_, &X_);
+      : model_(model), pieces_(split_calibration(windows, chunk_tokens)) {
+    const int64_t C = model_.config().hidden_size;
+    X_.resize(static_cast<size_t>(tokens() * C));
+    std::vector<float> x;
+    for (size_t p = 0; p < pieces_.batches.size(); ++p) {
+      model_.embed_batch(pieces_.batches[p], &x);
+      std::copy(x.begin(), x.end(), X_.begin() + pieces_.offsets[p] * C);
+    }
   }
-  int64_t tokens() const override { return batch_.num_tokens(); }
+  int64_t tokens() const override { return pieces_.total_tokens; }
 
+  // The block on each piece in place (one piece's activations at a time), every group's input rows kept.
   void capture(int64_t l) override {
-    model_.block_forward(l, batch_, X_.data(), [&](BlockLinear at, const float* x, int64_t rows) {
-      feats_[input_index(at)].assign(x, x + rows * width(at));
-    });
+    const int64_t C = model_.config().hidden_size;
+    for (int g = 0; g < 4; ++g) feats_[g].resize(static_cast<size_t>(tokens() * width(static_cast<BlockLinear>(g))));
+    for (size_t p = 0; p < pieces_.batches.size(); ++p) {
+      const int64_t off = pieces_.offsets[p];
+      model_.block_forward(l, pieces_.batches[p], X_.data() + off * C, [&](BlockLinear at, const float* x, int64_t rows) {
+        std::copy(x, x + rows * width(at), feats_[input_index(at)].begin() + off * width(at));
+      });
+    }
   }
 
   std::vector<float> input_mean(BlockLinear g) override {
@@ -205,8 +192,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
   }
 
   QwenModel& model_;
-  PackedBatch batch_;
-  Pieces pieces_;
+  CalibChunks pieces_;
   std::vector<float> X_;         // residual stream [T, C]: the input of the next block to capture
   std::vector<float> feats_[4];  // group inputs [T, K] of the last captured block
   std::vector<float> reference_;
@@ -268,10 +254,21 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   std::unique_ptr<AwqBlockRunner> runner;
   if (!loaded) {
     QWENQ_CHECK(!a.calib_path.empty(), "awq: give --calib (calibration text) or --load-search (a saved search)");
+    // The CPU runner's host memory, refused before the work: random windows are counted before they are cut,
+    // AutoAWQ's blocks (fewer tokens than documents x seq_len) once they are.
+    std::string source;
+    const uint64_t available = a.device == Device::Cpu ? available_memory_bytes(&source) : 0;
+    const auto check_fits = [&](int64_t windows) {
+      if (windows < 1 || a.calib_seq_len < 2) return;  // the calibration readers refuse those
+      check_host_memory("awq", awq_cpu_memory_parts(cfg, windows, a.calib_seq_len, a.chunk_tokens), available, source,
+                        "lower --calib-samples or --calib-seq-len (--chunk-tokens bounds the chunk's part)");
+    };
+    if (!a.calib_concat) check_fits(a.calib_samples);
     const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
     const std::vector<std::vector<int32_t>> windows =
         a.calib_concat ? calibration_blocks_concat(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, tok)
                        : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
+    if (a.calib_concat) check_fits(static_cast<int64_t>(windows.size()));
     if (!o.quiet) {
       std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s\n",
                    windows.size(), (long long)a.calib_seq_len, a.calib_path.c_str(), (long long)L, so.n_grid,

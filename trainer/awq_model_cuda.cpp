@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -40,6 +41,7 @@
 #include "kernels/sum_reduce.h"
 #include "quant/awq_search.h"
 #include "trainer/awq_runner.h"
+#include "trainer/calib_chunks.h"
 #include "trainer/qwen_model_cuda.h"
 
 namespace qwenq {
@@ -69,19 +71,11 @@ class CudaBlockRunner final : public AwqBlockRunner {
       : cfg_(model.config()), gpu_(model), s_(gpu_.stream()) {
     QWENQ_CHECK(!windows.empty(), "awq: no calibration windows");
     QWENQ_CHECK(chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << chunk_tokens);
-    int64_t largest = 0;
-    for (size_t i0 = 0; i0 < windows.size();) {
-      int64_t n = 0;
-      size_t i1 = i0;
-      while (i1 < windows.size() && (i1 == i0 || n + static_cast<int64_t>(windows[i1].size()) <= chunk_tokens))
-        n += static_cast<int64_t>(windows[i1++].size());
-      chunks_.push_back(PackedBatch::from_sequences(
-          std::vector<std::vector<int32_t>>(windows.begin() + i0, windows.begin() + i1)));
-      offset_.push_back(T_);
-      T_ += n;
-      largest = std::max(largest, n);
-      i0 = i1;
-    }
+    CalibChunks split = split_calibration(windows, chunk_tokens);  // whole windows (trainer/calib_chunks.h)
+    chunks_ = std::move(split.batches);
+    offset_ = std::move(split.offsets);
+    T_ = split.total_tokens;
+    const int64_t largest = split.largest;
     QWENQ_CHECK(T_ > 0, "awq: the calibration windows hold no tokens");
     const int64_t C = cfg_.hidden_size;
     X_ = allocate_named(f32_bytes(T_, C), MemoryTag::Activations, "the calibration residual stream " + dims(T_, C), s_);

@@ -2,6 +2,7 @@
 // and the output, the per-Linear step both drivers share (trainer/gptq_model.h), and the CPU driver.
 #include "trainer/gptq_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -16,6 +17,7 @@
 #include "quant/gptq.h"
 #include "quant/grid.h"
 #include "quant/hessian.h"
+#include "trainer/calib_chunks.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
@@ -54,37 +56,54 @@ std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::M
 
 namespace {
 
-// The CPU driver: the embedded windows X [T, C] on the host, each group's Hessian from one block_forward over
-// the whole batch (the block rerun from X with the earlier Linears already quantized).
-void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, GptqLinearStep& step,
-                     ShardedWriter& shards) {
+// The CPU driver: the embedded windows X [T, C] on the host; per block and group, each chunk of whole windows
+// (trainer/calib_chunks.h) copied into `work` and run through the block (the earlier Linears already quantized),
+// its rows at the group's input added to the group's Hessian (HessianAccumulator's running mean over the chunks);
+// then every chunk of X through the quantized block, in place, for the next block, and the block's Linears back to
+// their stored (memory-mapped) form: the dequantized fp32 copies are needed only inside the block, and kept for
+// every block they came to the whole model in fp32 (30 GB for a 7B). Host memory: X, one chunk's copy and block
+// activations (QwenModel's scratch), the Hessian, one block's dequantized Linears.
+void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
+                     GptqLinearStep& step, ShardedWriter& shards) {
   const QwenConfig& cfg = model.config();
-  const PackedBatch batch = PackedBatch::from_sequences(windows);
-  std::vector<float> X;
-  model.embed_batch(batch, &X);
-  std::vector<float> work;
+  const int64_t C = cfg.hidden_size;
+  const CalibChunks chunks = split_calibration(windows, chunk_tokens);
+  std::vector<float> X(static_cast<size_t>(chunks.total_tokens * C)), work;
+  for (size_t c = 0; c < chunks.batches.size(); ++c) {
+    model.embed_batch(chunks.batches[c], &work);
+    std::copy(work.begin(), work.end(), X.begin() + chunks.offsets[c] * C);
+  }
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    std::vector<LinearWeight> stored;
+    for (const GptqSlot& slot : kDecoderLinears) stored.push_back(model.linear_weight(l, slot.group, slot.index));
     for (BlockLinear group : kGptqGroups) {
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
-      std::unique_ptr<HessianAccumulator> H;
-      work = X;
-      model.block_forward(l, batch, work.data(), [&](BlockLinear at, const float* x, int64_t T) {
-        if (at != group) return;
-        H = std::make_unique<HessianAccumulator>(block_linear_inputs(cfg, group));
-        H->add_batch(x, T);
-      });
-      QWENQ_CHECK(H != nullptr, "gptq: layer " << l << " never reached a Linear group");
+      HessianAccumulator H(block_linear_inputs(cfg, group));
+      for (size_t c = 0; c < chunks.batches.size(); ++c) {
+        const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
+        work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
+        model.block_forward(l, chunks.batches[c], work.data(), [&](BlockLinear at, const float* x, int64_t rows) {
+          if (at == group) H.add_batch(x, rows);
+        });
+      }
+      QWENQ_CHECK(H.count() == chunks.total_tokens, "gptq: layer " << l << " never reached a Linear group");
+      const Eigen::MatrixXf h = H.release();
       for (const GptqSlot& slot : kDecoderLinears) {
         if (slot.group != group) continue;
         // The rest of the block and the later blocks see the quantized layer.
         LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
         const int64_t N = lw.N, K = lw.K;
-        std::vector<float> back = step.run(l, slot, H->matrix(), gptq_quantize);
+        std::vector<float> back = step.run(l, slot, h, gptq_quantize);
         lw = LinearWeight::from_fp32(std::move(back), N, K);
       }
       shards.maybe_flush();
     }
-    model.block_forward(l, batch, X.data(), nullptr);  // inputs of the next block, through the quantized block
+    for (size_t c = 0; c < chunks.batches.size(); ++c) {  // inputs of the next block, through the quantized block
+      model.block_forward(l, chunks.batches[c], X.data() + chunks.offsets[c] * C, nullptr);
+    }
+    for (size_t i = 0; i < stored.size(); ++i) {
+      model.linear_weight(l, kDecoderLinears[i].group, kDecoderLinears[i].index) = stored[i];
+    }
   }
 }
 
@@ -107,6 +126,12 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
                             {"k_proj", cfg.kv_dim(), C}, {"o_proj", C, cfg.q_dim()}, {"gate_proj", I2, C},
                             {"down_proj", C, I2}}) {
     check_layout_fits(o, std::string(o.model_dir) + ": " + what, N, K);
+  }
+  if (g.device == Device::Cpu && g.calib_samples >= 1 && g.calib_seq_len >= 2) {  // calibration_windows checks those
+    std::string source;
+    const uint64_t available = available_memory_bytes(&source);
+    check_host_memory("gptq", gptq_cpu_memory_parts(cfg, g.calib_samples, g.calib_seq_len, g.chunk_tokens), available,
+                      source, "lower --calib-samples or --calib-seq-len (--chunk-tokens bounds the chunk's part)");
   }
   const auto windows = calibration_windows(g.calib_path, g.text_field, g.calib_samples, g.calib_seq_len, g.seed,
                                            Tokenizer::from_dir(o.model_dir));
@@ -138,7 +163,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
 #ifdef QWENQ_HAVE_CUDA
   if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards);
 #endif
-  if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, step, shards);
+  if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, g.chunk_tokens, step, shards);
   shards.finish();
   bar.finish();
 

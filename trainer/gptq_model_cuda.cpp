@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
 #include "quant/gptq_cuda.h"
+#include "trainer/calib_chunks.h"
 #include "trainer/gptq_model.h"
 #include "kernels/device_allocator.h"
 #include "trainer/qwen_model_cuda.h"
@@ -50,22 +51,11 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
   QwenModelCuda gpu(model);
   const CudaStream s = gpu.stream();
 
-  // Chunks of whole windows; offsets in tokens into X.
-  std::vector<PackedBatch> chunks;
-  std::vector<int64_t> offset;
-  int64_t total = 0, largest = 0;
-  for (size_t i0 = 0; i0 < windows.size();) {
-    int64_t tokens = 0;
-    size_t i1 = i0;
-    while (i1 < windows.size() && (i1 == i0 || tokens + static_cast<int64_t>(windows[i1].size()) <= chunk_tokens))
-      tokens += static_cast<int64_t>(windows[i1++].size());
-    chunks.push_back(PackedBatch::from_sequences(
-        std::vector<std::vector<int32_t>>(windows.begin() + i0, windows.begin() + i1)));
-    offset.push_back(total);
-    total += tokens;
-    largest = std::max(largest, tokens);
-    i0 = i1;
-  }
+  // Chunks of whole windows (trainer/calib_chunks.h); offsets in tokens into X.
+  const CalibChunks split = split_calibration(windows, chunk_tokens);
+  const std::vector<PackedBatch>& chunks = split.batches;
+  const std::vector<int64_t>& offset = split.offsets;
+  const int64_t total = split.total_tokens, largest = split.largest;
   const auto rows_bytes = [&](int64_t rows, int64_t cols) { return static_cast<size_t>(rows * cols) * sizeof(float); };
   DeviceAllocation X = allocate_named(rows_bytes(total, C), MemoryTag::Activations, "the calibration residual stream [" + std::to_string(total) +
                                                             ", " + std::to_string(C) + "] fp32", s);

@@ -80,9 +80,11 @@ struct GptqModelOptions {
   bool desc_act = false, static_groups = false;
   int64_t block_size = 128;
   Device device = Device::Cpu;  // where the blocks, Hessians and GPTQ run (tools resolve --device)
-  // The GPU path forwards at most this many tokens (whole windows, at least one) through a block at a time: its
-  // activation buffers (~T·(4C + 2·q_dim + 2·kv_dim + 2·I) fp32) stay bounded; the Hessians sum over the chunks.
-  // The residual stream of the whole calibration set stays on the device (windows·seq_len·C fp32).
+  // Both drivers forward at most this many tokens (whole windows, at least one: trainer/calib_chunks.h) through a
+  // block at a time: the activation buffers (~T·(2C + 2·q_dim + 2·kv_dim + 2·I) fp32) stay bounded; the Hessians
+  // sum over the chunks. The residual stream of the whole calibration set stays in memory (windows·seq_len·C fp32,
+  // on the device with Cuda); the CPU driver refuses up front a calibration whose lower bound of host memory
+  // exceeds what is available (gptq_cpu_memory_parts).
   int64_t chunk_tokens = 16384;
 };
 QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
@@ -108,7 +110,9 @@ struct AwqModelOptions {
   // AutoAWQ's calibration instead of random windows: the first calib_samples documents that fit calib_seq_len,
   // concatenated and cut into blocks (calibration_blocks_concat).
   bool calib_concat = false;
-  int64_t chunk_tokens = 16384;  // module evaluations run on at most this many tokens at a time (memory)
+  // Block captures and module evaluations run on at most this many tokens at a time (memory); the CPU runner refuses
+  // up front a calibration whose lower bound of host memory exceeds what is available (awq_cpu_memory_parts).
+  int64_t chunk_tokens = 16384;
   // Where the blocks, the module evaluations and their reductions run (tools resolve --device). Cuda (CUDA builds,
   // trainer/awq_model_cuda.cpp): the calibration residual stream, the captured group inputs, the reference outputs
   // and the losses stay on the device; the grid, the candidate weights, the folding and the clip search (on the

@@ -22,7 +22,8 @@
 #  - train --help showed "--no-checkpointing{false}" (CLI11's rendering of a negated flag);
 #  - every error ended with "[check `...` failed in func at file:line]", internal names a user cannot act on: now
 #    only with QWENQ_DEBUG=1 (for bug reports); without a GPU every command said "cudaGetDeviceCount returned 'CUDA
-#    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have.
+#    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
+#  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message).
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -132,6 +133,14 @@ refuse ctx_awq "--calib-seq-len 1000 is longer than the model's context" \
 refuse ctx_compare "--seq-len 256 is longer than the model's context" \
   "$QQ" compare --model tiny --data text.jsonl --methods rtn-g32 --seq-len 256 --out cmp
 [ ! -e g ] && [ ! -e a ] && [ ! -e cmp ] || fail "a refused window length left output"
+# A calibration that cannot fit in host memory: refused at once with the parts (gptq --calib-samples 100000 on a
+# 24 GiB machine was killed by the kernel, exit 137, no message).
+refuse mem_gptq "gptq: the calibration needs at least" \
+  "$QQ" gptq --model tiny --out g --calib text.jsonl --calib-samples 1000000000000 --calib-seq-len 64 --group-size 32
+grep -q "lower --calib-samples or --calib-seq-len" mem_gptq.txt || fail "no advice in the memory refusal" mem_gptq.txt
+refuse mem_awq "awq: the calibration needs at least" \
+  "$QQ" awq --model tiny --out a --calib text.jsonl --calib-samples 1000000000000 --calib-seq-len 64 --group-size 32
+[ ! -e g ] && [ ! -e a ] || fail "a refused calibration left output"
 # The default window (2048) shrinks to the context.
 "$QQ" eval --model tiny --data text.jsonl --json --threads 1 -q > eval_default.json 2> eval_default.err \
   || fail "eval with the default --seq-len on a 128-token model" eval_default.err

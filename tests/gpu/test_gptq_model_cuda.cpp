@@ -15,15 +15,16 @@
 //   kFp32RelTol       the block API on F32 weights with the naive attention: everything fp32 on both sides, only
 //                     the order of sums differs (~1e-6 relative per op); 1e-4 of the tensor's max |value|, as
 //                     tests/gpu/test_model_cuda.cpp.
-//   kWeightAgreement  share of equal dequantized weights (equal code and grid) over every Linear. Both paths are
-//                     fp32 (F32 weights, naive attention): the GPU's Hessians and GPTQ factors differ from the CPU's
-//                     in summation order only, so a code flips only where a value sits within a few ulps of a
-//                     rounding boundary (tests/gpu/test_gptq_cuda.cpp: >= 99.9 % equal codes and >= 99.8 % equal
-//                     grids per Linear; CPU-only one-ulp perturbations of H gave 99.98 % and 99.91 %), and each flip
-//                     moves the later Linears' inputs by a fraction of a grid step, which flips a few more. Not
-//                     measured end to end before a GPU run (the CPU driver gives identical bytes for any block size
-//                     and thread count, so it offers no perturbation to measure); 98 % leaves ~10x the per-Linear
-//                     disagreement for the cascade through 5 layers.
+//   kFirstGroupAgreement  share of equal dequantized weights (equal code and grid) over layer 0's q, k and v, the
+//                     first Linears solved: both paths are fp32 (F32 weights, naive attention) and see the same
+//                     embedded rows, so their Hessians and GPTQ factors differ in summation order only and a code
+//                     flips only where a value sits within a few ulps of a rounding boundary
+//                     (tests/gpu/test_gptq_cuda.cpp: >= 99.9 % equal codes and >= 99.8 % equal grids per Linear);
+//                     99.8 %. The whole model's agreement is printed, not asserted: GPTQ carries each flip into its
+//                     row's error feedback and, through the block's output, into every later Linear's inputs and
+//                     codes. Measured on the CPU alone by chunking its Hessians and forwards differently
+//                     (tests/test_calib_chunks.cpp): the tiny model 82 % equal, stories260K 98.85 % (no flip before
+//                     layer 1's down_proj, 8 % of layer 4's), with perplexities within 0.1 %.
 //   kPplRelTol        perplexity (CPU evaluation) of the GPU-quantized model against the CPU-quantized one: the few
 //                     differing codes are one grid step apart and their errors are as small as GPTQ's own, so the
 //                     perplexities differ by far less than the GPTQ-vs-RTN gap (~5 %); 1 %.
@@ -66,7 +67,7 @@ namespace qwenq {
 namespace {
 
 constexpr double kFp32RelTol = 1e-4;
-constexpr double kWeightAgreement = 0.98;
+constexpr double kFirstGroupAgreement = 0.998;
 constexpr double kPplRelTol = 1e-2;
 constexpr double kGpuEvalPplRelTol = 1e-2;
 constexpr double kTrainRelTol = 5e-2;
@@ -207,13 +208,15 @@ TEST(GptqModelCuda, ReplacingEveryLinearOfALayerFreesItsArena) {
   EXPECT_LE(rel_max_error(both_blocks(), before), kFp32RelTol) << "after q_proj was replaced twice";
 }
 
-// Share of equal dequantized weights over every Linear of two quantized directories of the same model.
-double weight_agreement(const std::string& a, const std::string& b) {
+// Share of equal dequantized weights over every Linear of two quantized directories of the same model, or with
+// first_group_only over layer 0's q, k and v.
+double weight_agreement(const std::string& a, const std::string& b, bool first_group_only = false) {
   QwenModel ma(a), mb(b);
   int64_t equal = 0, total = 0;
-  for (int64_t l = 0; l < ma.config().num_layers; ++l) {
+  for (int64_t l = 0; l < (first_group_only ? 1 : ma.config().num_layers); ++l) {
     for (auto [which, count] : {std::pair<BlockLinear, int>{BlockLinear::QKV, 3}, {BlockLinear::O, 1},
                                 {BlockLinear::GateUp, 2}, {BlockLinear::Down, 1}}) {
+      if (first_group_only && which != BlockLinear::QKV) continue;
       for (int i = 0; i < count; ++i) {
         const std::vector<float> wa = ma.linear_weight(l, which, i).dequantize();
         const std::vector<float> wb = mb.linear_weight(l, which, i).dequantize();
@@ -261,7 +264,7 @@ TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
   double cpu_s = 0, gpu_s = 0;
   const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
   const double agree = weight_agreement(cpu_dir, gpu_dir);
-  EXPECT_GE(agree, kWeightAgreement);
+  EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
   // Perplexity of each on the calibration text itself (CPU evaluation).
   std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
   ids.resize(std::min<size_t>(ids.size(), 8 * 128));
@@ -314,7 +317,7 @@ TEST(GptqModelCuda, Stories260KEndToEnd) {
   const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
   EXPECT_EQ(QwenModel(gpu_dir).config().intermediate_size, 192);
   const double agree = weight_agreement(cpu_dir, gpu_dir);
-  EXPECT_GE(agree, kWeightAgreement);
+  EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
 
   // 2. Perplexity on TinyStories: both quantized models on the CPU, the GPU-quantized one on the GPU too.
   std::vector<int32_t> ids = test::tinystories_tokens(fp32);
