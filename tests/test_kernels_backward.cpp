@@ -374,16 +374,18 @@ TEST(KernelsBackward, LinearBackwardRealShapesAnyThreadCount) {
 
 // ---- rope --------------------------------------------------------------------------------------------------
 
-// Rotation in double by the kernel's fp32 angles (transformers' inv_freq and fp32 product).
+// s·R(angle)·x in double by the kernel's fp32 angles: transformers' table (kernels/rope_table.h, itself checked
+// in tests/test_rope_table.cpp) and the fp32 product; s = the spec's attention scaling.
 std::vector<double> rope_f64(const std::vector<double>& x, int64_t T, int64_t H, int64_t D,
-                             const std::vector<int32_t>& pos, float theta) {
+                             const std::vector<int32_t>& pos, const RopeSpec& spec) {
+  const RopeTable table = rope_table(spec, D);
+  const double scale = spec.attention_factor;
   std::vector<double> y(x.size());
   const int64_t half = D / 2;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const float inv_freq = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(D));
-      const double angle = static_cast<double>(static_cast<float>(pos[t]) * inv_freq);
-      const double c = std::cos(angle), s = std::sin(angle);
+      const double angle = static_cast<double>(static_cast<float>(pos[t]) * table.inv_freq[i]);
+      const double c = scale * std::cos(angle), s = scale * std::sin(angle);
       for (int64_t h = 0; h < H; ++h) {
         const double a = x[(t * H + h) * D + i], b = x[(t * H + h) * D + i + half];
         y[(t * H + h) * D + i] = a * c - b * s;
@@ -391,6 +393,32 @@ std::vector<double> rope_f64(const std::vector<double>& x, int64_t T, int64_t H,
       }
     }
   return y;
+}
+
+// Default RoPE (θ alternating 1e4 / 1e6), and the scaled types: yarn with attention scaling 1.3 (dx = s·Rᵀ·dx'),
+// linear, llama3.
+RopeSpec rope_backward_spec(uint64_t seed) {
+  RopeSpec r = rope_spec_default((seed % 2) ? 10000.0 : 1000000.0);
+  switch (seed % 4) {
+    case 0:
+      r.type = RopeType::Yarn;
+      r.factor = 4;
+      r.original_max_position_embeddings = 64;
+      r.attention_factor = 1.3;
+      break;
+    case 1:
+      r.type = RopeType::Linear;
+      r.factor = 2.5;
+      break;
+    case 2:
+      r.type = RopeType::Llama3;
+      r.factor = 8;
+      r.original_max_position_embeddings = 256;
+      break;
+    default:
+      break;
+  }
+  return r;
 }
 
 TEST(KernelsBackward, RopeMatchesFiniteDifferences) {
@@ -403,20 +431,23 @@ TEST(KernelsBackward, RopeMatchesFiniteDifferences) {
         Rng rng(++seed);
         std::vector<int32_t> pos(T);
         for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(t == T - 1 ? 131071 : rng.below(4096));
-        const float theta = (seed % 2) ? 10000.f : 1000000.f;
+        const RopeSpec spec = rope_backward_spec(seed);
+        SCOPED_TRACE(rope_type_name(spec.type));
         const std::vector<float> x = uniform(rng, T * H * D, -2.f, 2.f), r = normal(rng, T * H * D, 1.0);
         std::vector<float> dx = r;
-        rope_backward_ref(dx.data(), T, H, D, pos.data(), theta);
+        rope_backward_ref(dx.data(), T, H, D, pos.data(), spec);
         const std::vector<double> fd = fd_gradient(x, 1.0, [&](const std::vector<double>& xd) {
-          return dot(r, rope_f64(xd, T, H, D, pos, theta));
+          return dot(r, rope_f64(xd, T, H, D, pos, spec));
         });
         expect_grad_near("dx", dx.data(), fd, kRopeGradTol, &hr);
 
-        // The backward undoes the forward: Rᵀ·R = I up to fp32 rounding (cos² + sin² = 1 within 1 ulp).
+        // The backward undoes the forward up to s²: (s·R)ᵀ·(s·R) = s²·I up to fp32 rounding (cos² + sin² = 1
+        // within 1 ulp).
         std::vector<float> round_trip = x;
-        rope_forward_ref(round_trip.data(), T, H, D, pos.data(), theta);
-        rope_backward_ref(round_trip.data(), T, H, D, pos.data(), theta);
-        for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(round_trip[i], x[i], 1e-6) << "round trip at " << i;
+        rope_forward_ref(round_trip.data(), T, H, D, pos.data(), spec);
+        rope_backward_ref(round_trip.data(), T, H, D, pos.data(), spec);
+        const double s2 = spec.attention_factor * spec.attention_factor;
+        for (size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(round_trip[i], s2 * x[i], 2e-6) << "round trip at " << i;
       }
 }
 
@@ -796,9 +827,10 @@ TEST(KernelsBackward, BackwardRejectsWhatTheForwardRejects) {
   EXPECT_ERROR_CONTAINS(linear_backward_weight_ref(a.data(), b.data(), 2, 4, 4, b.data() + 7),
                         "linear_backward_weight_ref: output dW overlaps input dy or x");
 
-  EXPECT_ERROR_CONTAINS(rope_backward_ref(a.data(), 1, 2, 3, &pos, 10000.f),
+  EXPECT_ERROR_CONTAINS(rope_backward_ref(a.data(), 1, 2, 3, &pos, rope_spec_default(10000.0)),
                         "rope_backward_ref: head dim D=3 must be even");
-  EXPECT_ERROR_CONTAINS(rope_backward_ref(a.data(), 1, 0, 2, &pos, 10000.f), "rope_backward_ref: bad shape T=1 H=0 D=2");
+  EXPECT_ERROR_CONTAINS(rope_backward_ref(a.data(), 1, 0, 2, &pos, rope_spec_default(10000.0)),
+                        "rope_backward_ref: bad shape T=1 H=0 D=2");
 
   const std::vector<int32_t> cu = {0, 2, 5}, bad_start = {1, 5}, decreasing = {0, 4, 3};
   auto attn_bwd = [&](const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, const float* lse) {

@@ -268,16 +268,18 @@ float inv_freq_f32(float theta, int64_t i, int64_t D) {
   return 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(D));
 }
 
-// Rotation in double with the fp32 angle (exact_angle: the angle in double instead, for contrast).
+// Rotation in double of s·R(angle)·x with the fp32 angle pos·inv_freq[i] of the given table (exact_angle: the
+// default angle in double instead, for contrast). The table itself is checked in tests/test_rope_table.cpp.
 std::vector<double> rope_oracle(const std::vector<float>& x, int64_t T, int64_t H, int64_t D,
-                                const std::vector<int32_t>& pos, float theta, bool exact_angle) {
+                                const std::vector<int32_t>& pos, float theta, const std::vector<float>& inv_freq,
+                                double scale, bool exact_angle) {
   std::vector<double> y(x.size());
   const int64_t half = D / 2;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const double angle = exact_angle ? pos[t] * std::pow(static_cast<double>(theta), -2.0 * i / D)
-                                       : static_cast<double>(static_cast<float>(pos[t]) * inv_freq_f32(theta, i, D));
-      const double c = std::cos(angle), s = std::sin(angle);
+                                       : static_cast<double>(static_cast<float>(pos[t]) * inv_freq[i]);
+      const double c = scale * std::cos(angle), s = scale * std::sin(angle);
       for (int64_t h = 0; h < H; ++h) {
         const double a = x[(t * H + h) * D + i], b = x[(t * H + h) * D + i + half];
         y[(t * H + h) * D + i] = a * c - b * s;
@@ -285,6 +287,27 @@ std::vector<double> rope_oracle(const std::vector<float>& x, int64_t T, int64_t 
       }
     }
   return y;
+}
+
+std::vector<float> default_inv_freq(float theta, int64_t D) {
+  std::vector<float> f(static_cast<size_t>(D / 2));
+  for (int64_t i = 0; i < D / 2; ++i) f[i] = inv_freq_f32(theta, i, D);
+  return f;
+}
+
+// The scaled specs: yarn with an attention factor (cos and sin scaled by 1.25), linear and llama3.
+std::vector<RopeSpec> scaled_rope_specs(float theta) {
+  RopeSpec yarn = rope_spec_default(theta), linear = yarn, llama3 = yarn;
+  yarn.type = RopeType::Yarn;
+  yarn.factor = 4;
+  yarn.original_max_position_embeddings = 4096;
+  yarn.attention_factor = 1.25;
+  linear.type = RopeType::Linear;
+  linear.factor = 3;
+  llama3.type = RopeType::Llama3;
+  llama3.factor = 8;
+  llama3.original_max_position_embeddings = 8192;
+  return {yarn, linear, llama3};
 }
 
 TEST(KernelsRef, RopeMatchesFormulaWithFp32Angles) {
@@ -295,19 +318,29 @@ TEST(KernelsRef, RopeMatchesFormulaWithFp32Angles) {
   for (float theta : {10000.0f, 1000000.0f})
     for (int64_t H : {1, 3, 14})
       for (int64_t D : {2, 8, 64, 128}) {
-        SCOPED_TRACE(testing::Message() << "theta=" << theta << " H=" << H << " D=" << D);
-        Rng rng(++seed);
-        const std::vector<float> x = uniform(rng, T * H * D, -2.f, 2.f);
-        std::vector<float> y = x;
-        rope_forward_ref(y.data(), T, H, D, pos.data(), theta);
-        const std::vector<double> ref = rope_oracle(x, T, H, D, pos, theta, false);
-        for (int64_t t = 0; t < T; ++t)
-          for (int64_t h = 0; h < H; ++h)
-            for (int64_t d = 0; d < D; ++d) {
-              const int64_t idx = (t * H + h) * D + d, pair = (t * H + h) * D + (d + D / 2) % D;
-              const double tol = kRopeTol * (std::fabs(x[idx]) + std::fabs(x[pair]));
-              ASSERT_TRUE(hr.ok(std::fabs(y[idx] - ref[idx]), tol)) << "t=" << t << " pos=" << pos[t] << " h=" << h << " d=" << d;
-            }
+        std::vector<RopeSpec> specs = scaled_rope_specs(theta);
+        specs.insert(specs.begin(), rope_spec_default(theta));
+        for (const RopeSpec& spec : specs) {
+          SCOPED_TRACE(testing::Message() << "theta=" << theta << " H=" << H << " D=" << D << " rope "
+                                          << rope_type_name(spec.type));
+          Rng rng(++seed);
+          const std::vector<float> x = uniform(rng, T * H * D, -2.f, 2.f);
+          std::vector<float> y = x;
+          rope_forward_ref(y.data(), T, H, D, pos.data(), spec);
+          // The default table must be transformers' 1/θ^(2i/D) itself, not just any table.
+          const std::vector<float> inv_freq =
+              spec.type == RopeType::Default ? default_inv_freq(theta, D) : rope_table(spec, D).inv_freq;
+          const double scale = spec.attention_factor;
+          const std::vector<double> ref = rope_oracle(x, T, H, D, pos, theta, inv_freq, scale, false);
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t h = 0; h < H; ++h)
+              for (int64_t d = 0; d < D; ++d) {
+                const int64_t idx = (t * H + h) * D + d, pair = (t * H + h) * D + (d + D / 2) % D;
+                const double tol = kRopeTol * scale * (std::fabs(x[idx]) + std::fabs(x[pair]));
+                ASSERT_TRUE(hr.ok(std::fabs(y[idx] - ref[idx]), tol))
+                    << "t=" << t << " pos=" << pos[t] << " h=" << h << " d=" << d;
+              }
+        }
       }
 }
 
@@ -319,23 +352,31 @@ TEST(KernelsRef, RopeUsesFp32AnglesLikeTransformers) {
   Rng rng(5);
   const std::vector<float> x = uniform(rng, D, -1.f, 1.f);
   std::vector<float> y = x;
-  rope_forward_ref(y.data(), 1, H, D, pos.data(), 1000000.0f);
-  const std::vector<double> exact = rope_oracle(x, 1, H, D, pos, 1000000.0f, true);
+  rope_forward_ref(y.data(), 1, H, D, pos.data(), rope_spec_default(1000000.0));
+  const std::vector<double> exact = rope_oracle(x, 1, H, D, pos, 1000000.0f, default_inv_freq(1e6f, D), 1.0, true);
   double worst = 0;
   for (int64_t d = 0; d < D; ++d) worst = std::max(worst, std::fabs(y[d] - exact[d]));
   EXPECT_GT(worst, 1e-4) << "rotation looks computed with exact (double) angles, not transformers' fp32 ones";
   // Position 0 is the identity.
   std::vector<float> z = x;
   const int32_t zero = 0;
-  rope_forward_ref(z.data(), 1, H, D, &zero, 1000000.0f);
+  rope_forward_ref(z.data(), 1, H, D, &zero, rope_spec_default(1000000.0));
   EXPECT_EQ(z, x);
 }
 
 TEST(KernelsRef, RopeRejectsOddHeadDim) {
   std::vector<float> x(6);
   const int32_t p = 0;
-  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 2, 3, &p, 10000.f), "rope_forward_ref: head dim D=3 must be even");
-  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 0, 2, &p, 10000.f), "rope_forward_ref: bad shape T=1 H=0 D=2");
+  const RopeSpec rope = rope_spec_default(10000.0);
+  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 2, 3, &p, rope), "rope_forward_ref: head dim D=3 must be even");
+  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 0, 2, &p, rope), "rope_forward_ref: bad shape T=1 H=0 D=2");
+  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 1, 2, &p, rope_spec_default(0.0)),
+                        "rope_forward_ref: rope theta must be > 0, got 0");
+  RopeSpec yarn = rope_spec_default(10000.0);
+  yarn.type = RopeType::Yarn;
+  yarn.factor = 4;
+  EXPECT_ERROR_CONTAINS(rope_forward_ref(x.data(), 1, 1, 2, &p, yarn),
+                        "rope_forward_ref: rope_scaling yarn needs original_max_position_embeddings > 0, got 0");
 }
 
 // ---- attention --------------------------------------------------------------------------------------------

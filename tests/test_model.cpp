@@ -38,7 +38,8 @@ TEST(QwenConfig, ParsesQwen2Fields) {
   EXPECT_TRUE(c.qkv_bias);
   EXPECT_FALSE(c.qk_norm);
   EXPECT_TRUE(c.tie_word_embeddings);
-  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  EXPECT_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.rope.type, RopeType::Default);
 }
 
 TEST(QwenConfig, Qwen3HasQkNormNoBiasAndExplicitHeadDim) {
@@ -62,9 +63,9 @@ TEST(QwenConfig, ClearErrors) {
   EXPECT_NE(error_of([] { parse_qwen_config(R"({"model_type":"mistral"})", "m/config.json"); })
                 .find("model_type \"mistral\" is not supported"),
             std::string::npos);
-  std::string yarn = kGoodConfig;
-  yarn.insert(1, R"("rope_scaling":{"type":"yarn","factor":4.0},)");
-  EXPECT_NE(error_of([&] { parse_qwen_config(yarn, "m/config.json"); }).find("rope_scaling of type \"yarn\""),
+  std::string dynamic = kGoodConfig;
+  dynamic.insert(1, R"("rope_scaling":{"type":"dynamic","factor":4.0},)");
+  EXPECT_NE(error_of([&] { parse_qwen_config(dynamic, "m/config.json"); }).find("rope_scaling of type \"dynamic\""),
             std::string::npos);
   EXPECT_NE(error_of([] {
               parse_qwen_config(R"({"model_type":"qwen2","vocab_size":100,"hidden_size":64,"intermediate_size":128,

@@ -1,6 +1,7 @@
-// The C++ half of tests/oracle/test_model_oracle.py: our forward pass against logits computed by Hugging Face
-// transformers (fp32, eager attention) on tiny random Qwen2/Qwen3 models it built. Skipped unless the
-// script points QWENQ_ORACLE_MODEL_DIRS at its fixtures.
+// The C++ half of tests/oracle/test_model_oracle.py and test_rope_scaling_oracle.py: our forward pass against
+// logits computed by Hugging Face transformers (fp32, eager attention) on tiny random Qwen2/Qwen3/Llama models it
+// built, and, where the fixture holds them, our RoPE table against transformers' inv_freq and attention_scaling.
+// Skipped unless a script points QWENQ_ORACLE_MODEL_DIRS at its fixtures.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "kernels/rope_table.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -45,6 +47,15 @@ TEST(ModelOracle, LogitsMatchTransformers) {
     }
     QwenModel model(dir);
     const int64_t V = model.config().vocab_size;
+    if (expected.has("rope_inv_freq")) {
+      // transformers' fp32 operations redone in the same order (kernels/rope_table.cpp): the same bits.
+      const RopeTable table = rope_table(model.config().rope, model.config().head_dim);
+      const TensorView& inv_freq = expected.get("rope_inv_freq");
+      ASSERT_EQ(inv_freq.numel(), static_cast<int64_t>(table.inv_freq.size()));
+      for (int64_t i = 0; i < inv_freq.numel(); ++i)
+        EXPECT_EQ(table.inv_freq[i], inv_freq.as<float>()[i]) << "inv_freq[" << i << "]";
+      EXPECT_EQ(table.attention_scaling, expected.get("rope_attention_scaling").as<float>()[0]);
+    }
     // Batched (all sequences packed together) and one at a time must both match.
     std::vector<float> got = model.forward_logits(PackedBatch::from_sequences(seqs));
     ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());

@@ -124,8 +124,8 @@ class Runner {
       rmsnorm_forward_ref(s.qpre.data(), T_ * H, D, L.q_norm.data, L.q_norm.dtype, eps, s.q.data());
       rmsnorm_forward_ref(s.kpre.data(), T_ * Hkv, D, L.k_norm.data, L.k_norm.dtype, eps, s.k.data());
     }
-    rope_forward_ref(s.q.data(), T_, H, D, b_.positions.data(), c_.rope_theta);
-    rope_forward_ref(s.k.data(), T_, Hkv, D, b_.positions.data(), c_.rope_theta);
+    rope_forward_ref(s.q.data(), T_, H, D, b_.positions.data(), c_.rope);
+    rope_forward_ref(s.k.data(), T_, Hkv, D, b_.positions.data(), c_.rope);
     s.a.resize(T_ * H * D);
     s.lse.resize(T_ * H);
     attention_forward_ref(s.q.data(), s.k.data(), s.v.data(), b_.cu_seqlens.data(), b_.num_seqs(), H, Hkv, D, s.a.data(),
@@ -167,8 +167,8 @@ class Runner {
     std::vector<float> dq(T_ * H * D), dk(T_ * Hkv * D), dv(T_ * Hkv * D);
     attention_backward_ref(da.data(), s.q.data(), s.k.data(), s.v.data(), s.a.data(), s.lse.data(), b_.cu_seqlens.data(),
                            b_.num_seqs(), H, Hkv, D, dq.data(), dk.data(), dv.data());
-    rope_backward_ref(dq.data(), T_, H, D, b_.positions.data(), c_.rope_theta);
-    rope_backward_ref(dk.data(), T_, Hkv, D, b_.positions.data(), c_.rope_theta);
+    rope_backward_ref(dq.data(), T_, H, D, b_.positions.data(), c_.rope);
+    rope_backward_ref(dk.data(), T_, Hkv, D, b_.positions.data(), c_.rope);
     if (c_.qk_norm) {
       rmsnorm_backward_ref(dq.data(), s.qpre.data(), T_ * H, D, L.q_norm.data, L.q_norm.dtype, eps, dq.data());
       rmsnorm_backward_ref(dk.data(), s.kpre.data(), T_ * Hkv, D, L.k_norm.data, L.k_norm.dtype, eps, dk.data());

@@ -376,8 +376,8 @@ struct LoraModelCuda::Impl {
       rmsnorm(qpre.as<float>(), T * H, D, L.q_norm, qp);
       rmsnorm(kpre.as<float>(), T * Hkv, D, L.k_norm, kp);
     }
-    rope_forward_cuda(qp, T, H, D, positions.as<int32_t>(), c.rope_theta, st());
-    rope_forward_cuda(kp, T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_forward_cuda(qp, T, H, D, positions.as<int32_t>(), c.rope, st());
+    rope_forward_cuda(kp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
     if (uses_flash(D)) {
       f32_to_bf16_cuda(qp, T * H * D, q16.as<uint16_t>(), st());
       f32_to_bf16_cuda(kp, T * Hkv * D, k16.as<uint16_t>(), st());
@@ -430,8 +430,8 @@ struct LoraModelCuda::Impl {
                                     lse.as<float>(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dqp, dkp, dvp,
                                     st());
     }
-    rope_backward_cuda(dqp, T, H, D, positions.as<int32_t>(), c.rope_theta, st());
-    rope_backward_cuda(dkp, T, Hkv, D, positions.as<int32_t>(), c.rope_theta, st());
+    rope_backward_cuda(dqp, T, H, D, positions.as<int32_t>(), c.rope, st());
+    rope_backward_cuda(dkp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
     if (c.qk_norm) {
       rmsnorm_bwd(dqp, qpre.as<float>(), T * H, D, L.q_norm, dqp);
       rmsnorm_bwd(dkp, kpre.as<float>(), T * Hkv, D, L.k_norm, dkp);

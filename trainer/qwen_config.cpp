@@ -1,5 +1,11 @@
 #include "trainer/qwen_config.h"
 
+#include <cmath>
+#include <cstdio>
+#include <mutex>
+#include <set>
+#include <sstream>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -45,6 +51,107 @@ int32_t token_id_field(const json& j, const char* key) {
   return -1;
 }
 
+// A number field of rope_scaling: required (missing or null refused) or optional (fallback when missing or null).
+double scaling_number(const json& rs, const char* key, const std::string& type, const std::string& path,
+                      const double* fallback) {
+  if (!rs.contains(key) || rs[key].is_null()) {
+    QWENQ_CHECK(fallback != nullptr,
+                path << ": missing required field \"rope_scaling." << key << "\" (rope_scaling of type \"" << type << "\")");
+    return *fallback;
+  }
+  QWENQ_CHECK(rs[key].is_number(), path << ": field \"rope_scaling." << key << "\" must be a number, got " << rs[key].dump());
+  const double v = rs[key].get<double>();
+  QWENQ_CHECK(std::isfinite(v), path << ": field \"rope_scaling." << key << "\" must be finite, got " << rs[key].dump());
+  return v;
+}
+
+double required_positive(const json& rs, const char* key, const std::string& type, const std::string& path) {
+  const double v = scaling_number(rs, key, type, path, nullptr);
+  QWENQ_CHECK(v > 0, path << ": field \"rope_scaling." << key << "\" must be > 0, got " << rs[key].dump());
+  return v;
+}
+
+int64_t scaling_context(const json& rs, const std::string& path) {
+  const json& v = rs["original_max_position_embeddings"];
+  QWENQ_CHECK(v.is_number_integer() && v.get<int64_t>() > 0,
+              path << ": field \"rope_scaling.original_max_position_embeddings\" must be a positive integer, got "
+                   << v.dump());
+  return v.get<int64_t>();
+}
+
+// rope_scaling -> the RoPE of transformers 4.51.3 (configuration_qwen2/qwen3/llama.py: a "type" key overrides
+// "rope_type"; modeling_rope_utils.py: the parameters of each type). `c` has theta and max_position_embeddings.
+void parse_rope_scaling(const json& rs, QwenConfig& c, const std::string& path) {
+  QWENQ_CHECK(rs.is_object(), path << ": field \"rope_scaling\" must be an object or null, got " << rs.dump());
+  const char* type_key = rs.contains("type") ? "type" : "rope_type";
+  QWENQ_CHECK(rs.contains(type_key), path << ": rope_scaling has no \"rope_type\" (or \"type\")");
+  QWENQ_CHECK(rs[type_key].is_string(),
+              path << ": field \"rope_scaling." << type_key << "\" must be a string, got " << rs[type_key].dump());
+  const std::string type = rs[type_key].get<std::string>();
+  RopeSpec& r = c.rope;
+  if (type == "default") return;
+  QWENQ_CHECK(type != "dynamic", path << ": rope_scaling of type \"dynamic\" is not supported (its frequencies depend "
+                                         "on the running sequence length); remove it to run at the native context length");
+  QWENQ_CHECK(type == "linear" || type == "yarn" || type == "llama3",
+              path << ": rope_scaling of type \"" << type
+                   << "\" is not supported (supported: default, linear, yarn, llama3); remove it to run at the native "
+                      "context length");
+  r.factor = required_positive(rs, "factor", type, path);
+  if (type == "linear") {
+    r.type = RopeType::Linear;
+    return;
+  }
+  if (type == "llama3") {
+    r.type = RopeType::Llama3;
+    QWENQ_CHECK(rs.contains("original_max_position_embeddings"),
+                path << ": missing required field \"rope_scaling.original_max_position_embeddings\" (rope_scaling of "
+                        "type \"llama3\")");
+    r.original_max_position_embeddings = scaling_context(rs, path);
+    r.low_freq_factor = required_positive(rs, "low_freq_factor", type, path);
+    r.high_freq_factor = required_positive(rs, "high_freq_factor", type, path);
+    QWENQ_CHECK(r.high_freq_factor > r.low_freq_factor,
+                path << ": field \"rope_scaling.high_freq_factor\" " << r.high_freq_factor
+                     << " must be greater than \"rope_scaling.low_freq_factor\" " << r.low_freq_factor);
+    return;
+  }
+  r.type = RopeType::Yarn;
+  QWENQ_CHECK(!rs.contains("truncate") || rs["truncate"].is_null() || rs["truncate"] == true,
+              path << ": field \"rope_scaling.truncate\" " << rs["truncate"].dump()
+                   << " is not supported (transformers 4.51.3 always rounds YaRN's correction range)");
+  // transformers 4.51.3: `beta_fast or 32`, `beta_slow or 1` (0 and null take the default).
+  const double zero = 0;
+  const double beta_fast = scaling_number(rs, "beta_fast", type, path, &zero);
+  const double beta_slow = scaling_number(rs, "beta_slow", type, path, &zero);
+  r.beta_fast = beta_fast != 0 ? beta_fast : 32.0;
+  r.beta_slow = beta_slow != 0 ? beta_slow : 1.0;
+  QWENQ_CHECK(r.beta_fast > 0 && r.beta_slow > 0, path << ": fields \"rope_scaling.beta_fast\" and \"beta_slow\" must be "
+                                                         "> 0, got " << r.beta_fast << " and " << r.beta_slow);
+  // transformers 4.51.3 replaces factor by max_position_embeddings / original_max_position_embeddings when the
+  // latter is given (modeling_rope_utils.py, _compute_yarn_parameters).
+  r.original_max_position_embeddings = c.max_position_embeddings;
+  if (rs.contains("original_max_position_embeddings")) {
+    r.original_max_position_embeddings = scaling_context(rs, path);
+    const double used =
+        static_cast<double>(c.max_position_embeddings) / static_cast<double>(r.original_max_position_embeddings);
+    if (used != r.factor) {
+      std::ostringstream w;
+      w << "warning: " << path << ": rope_scaling yarn uses factor " << used << " = max_position_embeddings "
+        << c.max_position_embeddings << " / original_max_position_embeddings " << r.original_max_position_embeddings
+        << ", not its factor " << r.factor
+        << ", as transformers 4.51.3 does (huggingface/transformers#38224; later versions use the factor); set "
+           "max_position_embeddings to factor x original_max_position_embeddings for the same RoPE in both";
+      c.rope_warning = w.str();
+    }
+    r.factor = used;
+  }
+  const double mscale = scaling_number(rs, "mscale", type, path, &zero);
+  const double mscale_all_dim = scaling_number(rs, "mscale_all_dim", type, path, &zero);
+  const double by_factor = yarn_default_attention_factor(r.factor, mscale, mscale_all_dim);
+  r.attention_factor = scaling_number(rs, "attention_factor", type, path, &by_factor);
+  QWENQ_CHECK(r.attention_factor > 0,
+              path << ": field \"rope_scaling.attention_factor\" must be > 0, got " << r.attention_factor);
+}
+
 }  // namespace
 
 QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
@@ -80,7 +187,11 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
     c.head_dim = c.hidden_size / c.num_heads;
   }
   QWENQ_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0, path << ": head_dim " << c.head_dim << " must be even (RoPE)");
-  c.max_position_embeddings = optional_int(j, "max_position_embeddings", 32768, path);
+  // transformers' defaults: LlamaConfig 2048, Qwen2Config / Qwen3Config 32768 (yarn reads it).
+  c.max_position_embeddings =
+      optional_int(j, "max_position_embeddings", c.model_type == "llama" ? 2048 : 32768, path);
+  QWENQ_CHECK(c.max_position_embeddings > 0,
+              path << ": field \"max_position_embeddings\" must be positive, got " << c.max_position_embeddings);
   c.rms_norm_eps = static_cast<float>(optional_number(j, "rms_norm_eps", 1e-6, path));
 
   // RoPE: rope_theta at top level (released configs) or rope_parameters.rope_theta (newer transformers).
@@ -91,13 +202,10 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
     std::string type = rp.value("rope_type", std::string("default"));
     QWENQ_CHECK(type == "default", path << ": rope_parameters.rope_type \"" << type << "\" is not supported (only default RoPE)");
   }
-  c.rope_theta = static_cast<float>(theta);
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const json& rs = j["rope_scaling"];
-    std::string type = rs.is_object() ? rs.value("rope_type", rs.value("type", std::string("?"))) : std::string("?");
-    QWENQ_CHECK(type == "default", path << ": rope_scaling of type \"" << type
-                                        << "\" is not supported yet; remove it to run at the native context length");
-  }
+  QWENQ_CHECK(std::isfinite(theta) && theta > 0, path << ": field \"rope_theta\" must be > 0, got " << theta);
+  c.rope = rope_spec_default(theta);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) parse_rope_scaling(j["rope_scaling"], c, path);
+  rope_table(c.rope, c.head_dim, path.c_str());  // the remaining checks of the table, with the file's name
   if (j.contains("hidden_act")) {
     QWENQ_CHECK(j["hidden_act"] == "silu", path << ": hidden_act " << j["hidden_act"].dump() << " is not supported (only silu)");
   }
@@ -124,7 +232,14 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
 QwenConfig load_qwen_config(const std::string& dir) {
   std::string path = path_join(dir, "config.json");
   QWENQ_CHECK(file_exists(path), "model directory " << dir << " has no config.json");
-  return parse_qwen_config(read_file(path), path);
+  QwenConfig c = parse_qwen_config(read_file(path), path);
+  if (!c.rope_warning.empty()) {
+    static std::mutex mutex;
+    static std::set<std::string> warned;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (warned.insert(path).second) std::fprintf(stderr, "%s\n", c.rope_warning.c_str());
+  }
+  return c;
 }
 
 }  // namespace qwenq

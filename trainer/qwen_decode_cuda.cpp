@@ -185,8 +185,8 @@ struct QwenDecodeCuda::Impl {
         rmsnorm(qp, T * c.num_heads, D, L.q_norm, qp);
         rmsnorm(kp, T * c.num_kv_heads, D, L.k_norm, kp);
       }
-      rope_forward_cuda(qp, T, c.num_heads, D, pos, c.rope_theta, s());
-      rope_forward_cuda(kp, T, c.num_kv_heads, D, pos, c.rope_theta, s());
+      rope_forward_cuda(qp, T, c.num_heads, D, pos, c.rope, s());
+      rope_forward_cuda(kp, T, c.num_kv_heads, D, pos, c.rope, s());
       if (bf16_cache()) {
         f32_to_bf16_cuda(kp, T * KV, k_layer16(l) + p0 * KV, s());
         f32_to_bf16_cuda(vp, T * KV, v_layer16(l) + p0 * KV, s());

@@ -146,8 +146,8 @@ void QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const i
     rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
     rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
   }
-  rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope_theta);
-  rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope_theta);
+  rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope);
+  rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope);
   attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
   if (hook) hook(BlockLinear::O, s.a.data(), T);
   linear(s.a.data(), T, L.o, TensorView{}, out);

@@ -308,8 +308,8 @@ struct QwenModelCuda::Impl {
       rmsnorm(q.as<float>(), T * c.num_heads, D, L.q_norm, q.as<float>());
       rmsnorm(k.as<float>(), T * c.num_kv_heads, D, L.k_norm, k.as<float>());
     }
-    rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope_theta, s());
-    rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope_theta, s());
+    rope_forward_cuda(q.as<float>(), T, c.num_heads, D, positions.as<int32_t>(), c.rope, s());
+    rope_forward_cuda(k.as<float>(), T, c.num_kv_heads, D, positions.as<int32_t>(), c.rope, s());
     attention(b, T);
     if (!go_on(hook, BlockLinear::O, a.as<float>(), T)) return false;
     linear(L.o, a.as<float>(), T, out);

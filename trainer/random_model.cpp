@@ -112,7 +112,7 @@ QwenConfig qwen_preset(const std::string& name) {
     c.tie_word_embeddings = p.tied;
     c.max_position_embeddings = 32768;
     c.rms_norm_eps = 1e-6f;
-    c.rope_theta = 1e6f;
+    c.rope = rope_spec_default(1e6);
     c.qkv_bias = true;
     c.bos_token_id = 256;  // <|endoftext|> in the byte-level tokenizer below
     c.eos_token_id = 256;
@@ -174,7 +174,7 @@ void write_random_model(const RandomModelOptions& opt) {
       {"hidden_act", "silu"},
       {"max_position_embeddings", c.max_position_embeddings},
       {"rms_norm_eps", c.rms_norm_eps},
-      {"rope_theta", c.rope_theta},
+      {"rope_theta", c.rope.theta},
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"use_sliding_window", false},
       {"bos_token_id", c.bos_token_id},

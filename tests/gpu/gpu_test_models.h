@@ -24,12 +24,19 @@ struct GpuTestArch {
   std::string model_type;  // "qwen2" (biases) or "qwen3" (q/k norm, explicit head_dim)
   int64_t C, I, H, Hkv, D, V, layers;
   bool tied;
+  std::string rope_scaling;  // config.json's rope_scaling as JSON text; empty: none (default RoPE)
 };
 
 // The two D = 64 architectures of the model, LoRA and decode tests (flash attention runs at D = 64): Qwen2 with
 // q/k/v biases and a tied lm_head, Qwen3 with q/k norms, head_dim != hidden / heads and an untied lm_head.
-inline const GpuTestArch kGpuQwen2Bias{"qwen2", 128, 256, 2, 1, 64, 384, 2, true};
-inline const GpuTestArch kGpuQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
+inline const GpuTestArch kGpuQwen2Bias{"qwen2", 128, 256, 2, 1, 64, 384, 2, true, ""};
+inline const GpuTestArch kGpuQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false, ""};
+// The same with scaled RoPE: YaRN factor 4 over the 4096-token context (ramp over i = 10..23, attention scaling
+// 1.139), and llama3 from a 64-token context (i <= 3 kept, 4..8 smoothed, >= 9 divided by 8).
+inline const GpuTestArch kGpuQwen2Yarn{"qwen2", 128, 256, 2, 1, 64, 384, 2, true, R"({"type":"yarn","factor":4.0})"};
+inline const GpuTestArch kGpuQwen3Llama3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false,
+                                         R"({"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,)"
+                                         R"("high_freq_factor":4.0,"original_max_position_embeddings":64})"};
 
 // config.json + model.safetensors in `dtype` (F32 or BF16) from a seeded normal generator.
 inline void write_gpu_test_model(const std::string& dir, const GpuTestArch& a, DType dtype, uint64_t seed) {
@@ -85,6 +92,7 @@ inline void write_gpu_test_model(const std::string& dir, const GpuTestArch& a, D
       {"torch_dtype", dtype == DType::BF16 ? "bfloat16" : "float32"},
   };
   if (qwen3) cfg["head_dim"] = a.D;
+  if (!a.rope_scaling.empty()) cfg["rope_scaling"] = nlohmann::ordered_json::parse(a.rope_scaling);
   std::filesystem::create_directories(dir);
   write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
   w.write(dir + "/model.safetensors");

@@ -177,8 +177,8 @@ TEST(QwenDecodeCuda, Qwen25HalfBShapeOnFlashPrefill) {
   expect_decode_matches_cpu(dir, 37, kBf16RelTol, kBf16RelTol, "qwen2.5-0.5b x2 layers BF16");
 }
 
-const test::GpuTestArch kQwen2Bias{"qwen2", 128, 256, 4, 2, 64, 384, 2, true};
-const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false};
+const test::GpuTestArch kQwen2Bias{"qwen2", 128, 256, 4, 2, 64, 384, 2, true, ""};
+const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false, ""};
 
 TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
   QWENQ_REQUIRE_GPU();
@@ -195,6 +195,19 @@ TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
   ASSERT_TRUE(QwenModel(qwen3).config().qk_norm);
   expect_decode_matches_cpu(qwen3, 1, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
   expect_decode_matches_cpu(qwen3, 37, kBf16RelTol, kBf16RelTol, "qwen3 D=64 BF16");
+}
+
+// rope_scaling in the prefill and in every step (positions past the llama3 model's 64-token context).
+TEST(QwenDecodeCuda, RopeScalingAtD64) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string yarn = tmp + "/qwen2_yarn", llama3 = tmp + "/qwen3_llama3";
+  test::write_gpu_test_model(yarn, test::kGpuQwen2Yarn, DType::F32, 21);
+  test::write_gpu_test_model(llama3, test::kGpuQwen3Llama3, DType::BF16, 33);
+  ASSERT_EQ(QwenModel(yarn).config().rope.type, RopeType::Yarn);
+  expect_decode_matches_cpu(yarn, 1, kFp32RelTol, kFp32RelTol, "qwen2 yarn D=64 F32");
+  expect_decode_matches_cpu(yarn, 70, kBf16RelTol, kBf16RelTol, "qwen2 yarn D=64 F32");
+  expect_decode_matches_cpu(llama3, 70, kBf16RelTol, kBf16RelTol, "qwen3 llama3 D=64 BF16");
 }
 
 TEST(QwenDecodeCuda, Bf16CacheIsTheCpuBf16Cache) {

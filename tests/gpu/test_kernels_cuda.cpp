@@ -248,12 +248,30 @@ INSTANTIATE_TEST_SUITE_P(Sweep, RmsnormCuda,
 
 struct RopeCase {
   int64_t H, D;
-  float theta;
+  RopeSpec rope;
   const char* what;
 };
 using RopeParam = std::tuple<int64_t, RopeCase>;  // T, heads
 void PrintTo(const RopeCase& c, std::ostream* os) {
-  *os << c.what << " H=" << c.H << " D=" << c.D << " theta=" << c.theta;
+  *os << c.what << " H=" << c.H << " D=" << c.D << " theta=" << c.rope.theta << " rope " << rope_type_name(c.rope.type);
+}
+
+// Scaled RoPE as Qwen's and Llama's model cards configure it: YaRN factor 4 from 32K (attention scaling
+// 0.1·ln 4 + 1 = 1.139), Llama 3.1's llama3 (factor 8 from 8K, θ 500000), linear factor 4.
+RopeSpec rope_case_spec(RopeType type, double theta) {
+  RopeSpec r = rope_spec_default(theta);
+  r.type = type;
+  if (type == RopeType::Yarn) {
+    r.factor = 4;
+    r.original_max_position_embeddings = 32768;
+    r.attention_factor = yarn_default_attention_factor(4, 0, 0);
+  } else if (type == RopeType::Llama3) {
+    r.factor = 8;
+    r.original_max_position_embeddings = 8192;
+  } else if (type == RopeType::Linear) {
+    r.factor = 4;
+  }
+  return r;
 }
 
 class RopeCuda : public ::testing::TestWithParam<RopeParam> {};
@@ -264,7 +282,8 @@ TEST_P(RopeCuda, MatchesRef) {
   const RopeCase rc = std::get<1>(GetParam());
   const uint64_t seed = 2000 + T * 31 + rc.H * 7 + rc.D;
   std::ostringstream ctx_os;
-  ctx_os << "T=" << T << " H=" << rc.H << " D=" << rc.D << " theta=" << rc.theta << " seed " << seed;
+  ctx_os << "T=" << T << " H=" << rc.H << " D=" << rc.D << " theta=" << rc.rope.theta << " rope "
+         << rope_type_name(rc.rope.type) << " seed " << seed;
   const std::string ctx = ctx_os.str();
   Rng rng(seed);
   const size_t n = static_cast<size_t>(T * rc.H * rc.D);
@@ -279,14 +298,14 @@ TEST_P(RopeCuda, MatchesRef) {
     const std::string what = std::string(dir == 0 ? "rope forward " : "rope backward ") + ctx;
     std::vector<float> want = x;
     if (dir == 0)
-      rope_forward_ref(want.data(), T, rc.H, rc.D, pos.data(), rc.theta);
+      rope_forward_ref(want.data(), T, rc.H, rc.D, pos.data(), rc.rope);
     else
-      rope_backward_ref(want.data(), T, rc.H, rc.D, pos.data(), rc.theta);
+      rope_backward_ref(want.data(), T, rc.H, rc.D, pos.data(), rc.rope);
     DeviceBuffer<float> d_x(guarded(x));
     if (dir == 0)
-      rope_forward_cuda(d_x.get(), T, rc.H, rc.D, d_pos.get(), rc.theta);
+      rope_forward_cuda(d_x.get(), T, rc.H, rc.D, d_pos.get(), rc.rope);
     else
-      rope_backward_cuda(d_x.get(), T, rc.H, rc.D, d_pos.get(), rc.theta);
+      rope_backward_cuda(d_x.get(), T, rc.H, rc.D, d_pos.get(), rc.rope);
     sync();
     const std::vector<float> got = d_x.download();
     const size_t D = static_cast<size_t>(rc.D), half = D / 2;
@@ -294,7 +313,7 @@ TEST_P(RopeCuda, MatchesRef) {
         got.data(), want.data(), n,
         [&](size_t i) {
           const size_t head = i / D * D, k = i % D, j = k < half ? k + half : k - half;
-          return kU * kRopeUlps * (std::fabs(x[i]) + std::fabs(x[head + j]));
+          return kU * kRopeUlps * rc.rope.attention_factor * (std::fabs(x[i]) + std::fabs(x[head + j]));
         },
         what);
     expect_guard_intact(got, n, what);
@@ -307,15 +326,25 @@ std::string rope_name(const ::testing::TestParamInfo<RopeParam>& info) {
 }
 
 // Qwen2.5: 0.5B q/k 14/2 heads of 64, 7B 28/4 of 128, 72B 64/8 of 128, rope theta 1e6; awkward: D = 2, a
-// half head dim of 3, one wide head, Llama's theta.
+// half head dim of 3, one wide head, Llama's theta; scaled: YaRN on the 7B q heads and an awkward shape,
+// Llama 3.1 8B's q heads (32 of 128) with llama3 scaling, linear on the 0.5B k heads.
 INSTANTIATE_TEST_SUITE_P(
     Sweep, RopeCuda,
-    ::testing::Combine(::testing::Values<int64_t>(1, 3, 17, 512),
-                       ::testing::Values(RopeCase{14, 64, 1e6f, "qwen05b_q"}, RopeCase{2, 64, 1e6f, "qwen05b_k"},
-                                         RopeCase{28, 128, 1e6f, "qwen7b_q"}, RopeCase{4, 128, 1e6f, "qwen7b_k"},
-                                         RopeCase{64, 128, 1e6f, "qwen72b_q"}, RopeCase{8, 128, 1e6f, "qwen72b_k"},
-                                         RopeCase{1, 2, 1e4f, "awkward"}, RopeCase{3, 6, 1e4f, "awkward"},
-                                         RopeCase{1, 512, 1e4f, "awkward"})),
+    ::testing::Combine(
+        ::testing::Values<int64_t>(1, 3, 17, 512),
+        ::testing::Values(RopeCase{14, 64, rope_spec_default(1e6), "qwen05b_q"},
+                          RopeCase{2, 64, rope_spec_default(1e6), "qwen05b_k"},
+                          RopeCase{28, 128, rope_spec_default(1e6), "qwen7b_q"},
+                          RopeCase{4, 128, rope_spec_default(1e6), "qwen7b_k"},
+                          RopeCase{64, 128, rope_spec_default(1e6), "qwen72b_q"},
+                          RopeCase{8, 128, rope_spec_default(1e6), "qwen72b_k"},
+                          RopeCase{1, 2, rope_spec_default(1e4), "awkward"},
+                          RopeCase{3, 6, rope_spec_default(1e4), "awkward"},
+                          RopeCase{1, 512, rope_spec_default(1e4), "awkward"},
+                          RopeCase{28, 128, rope_case_spec(RopeType::Yarn, 1e6), "yarn_qwen7b_q"},
+                          RopeCase{3, 6, rope_case_spec(RopeType::Yarn, 1e4), "yarn_awkward"},
+                          RopeCase{32, 128, rope_case_spec(RopeType::Llama3, 5e5), "llama3_8b_q"},
+                          RopeCase{2, 64, rope_case_spec(RopeType::Linear, 1e6), "linear_qwen05b_k"})),
     rope_name);
 
 // ---- SwiGLU -------------------------------------------------------------------------------------------------
@@ -699,10 +728,15 @@ TEST(KernelsCudaErrors, BadArgumentsNameTheValues) {
   expect_error([&] { rmsnorm_backward_cuda(p, p, 2, 8, p, DType::I32, 1e-6f, p); },
                {"rmsnorm_backward_cuda", "weight dtype I32 is not supported"});
   expect_error([&] { rmsnorm_forward_cuda(p, 2, 8, p, DType::F32, -1.f, p); }, {"eps must be >= 0, got -1"});
-  expect_error([&] { rope_forward_cuda(p, 4, 2, 5, pos.get(), 1e4f); }, {"rope_forward_cuda", "D=5 must be even"});
-  expect_error([&] { rope_backward_cuda(p, 1, 1, 1024, pos.get(), 1e4f); },
+  expect_error([&] { rope_forward_cuda(p, 4, 2, 5, pos.get(), rope_spec_default(1e4)); },
+               {"rope_forward_cuda", "D=5 must be even"});
+  expect_error([&] { rope_backward_cuda(p, 1, 1, 1024, pos.get(), rope_spec_default(1e4)); },
                {"rope_backward_cuda", "D=1024 exceeds the kernel's limit 512"});
-  expect_error([&] { rope_forward_cuda(p, 4, 2, 8, pos.get(), 0.f); }, {"rope theta must be > 0"});
+  expect_error([&] { rope_forward_cuda(p, 4, 2, 8, pos.get(), rope_spec_default(0)); }, {"rope theta must be > 0"});
+  RopeSpec llama3 = rope_case_spec(RopeType::Llama3, 5e5);
+  llama3.high_freq_factor = llama3.low_freq_factor;
+  expect_error([&] { rope_forward_cuda(p, 4, 2, 8, pos.get(), llama3); },
+               {"rope_forward_cuda", "llama3 needs 0 < low_freq_factor < high_freq_factor"});
   expect_error([&] { swiglu_forward_cuda(p, p, -1, p); }, {"swiglu_forward_cuda: negative size -1"});
   expect_error([&] { swiglu_backward_cuda(p, p, p, 8, p, p); }, {"dgate and dup must be different buffers"});
 

@@ -325,6 +325,19 @@ TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
   expect_step_matches_cpu(q3, kBf16LossRelTol, kBf16GradRelTol, "qwen3 D=64 BF16");
 }
 
+// rope_scaling in the GPU step's forward, recomputation and backward (rope_backward_cuda: s·Rᵀ): YaRN with its
+// attention scaling and llama3, against the CPU step.
+TEST(LoraModelCuda, RopeScaling) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  const std::string yarn = write_d64_model(tmp + "/qwen2_yarn", test::kGpuQwen2Yarn, DType::BF16, 21, tok);
+  ASSERT_EQ(QwenModel(yarn).config().rope.type, RopeType::Yarn);
+  expect_step_matches_cpu(yarn, kBf16LossRelTol, kBf16GradRelTol, "qwen2 yarn D=64 BF16");
+  const std::string llama3 = write_d64_model(tmp + "/qwen3_llama3", test::kGpuQwen3Llama3, DType::BF16, 33, tok);
+  expect_step_matches_cpu(llama3, kBf16LossRelTol, kBf16GradRelTol, "qwen3 llama3 D=64 BF16");
+}
+
 TEST(LoraModelCuda, QLoraRtnGptq4Bit) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();

@@ -140,6 +140,20 @@ TEST(QwenModelCuda, Qwen3QkNormOnFlashAttention) {
   expect_gpu_matches_cpu(dir, kBf16RelTol, "qwen3 D=64 BF16");
 }
 
+// rope_scaling reaches the GPU forward (rope_forward_cuda with the config's RopeSpec): YaRN (attention scaling) and
+// llama3, on flash attention, against the CPU forward.
+TEST(QwenModelCuda, RopeScalingOnFlashAttention) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string yarn = tmp + "/qwen2_yarn", llama3 = tmp + "/qwen3_llama3";
+  test::write_gpu_test_model(yarn, test::kGpuQwen2Yarn, DType::F32, 21);
+  test::write_gpu_test_model(llama3, test::kGpuQwen3Llama3, DType::BF16, 33);
+  ASSERT_EQ(QwenModel(yarn).config().rope.type, RopeType::Yarn);
+  ASSERT_EQ(QwenModel(llama3).config().rope.type, RopeType::Llama3);
+  expect_gpu_matches_cpu(yarn, kBf16RelTol, "qwen2 yarn D=64 F32");
+  expect_gpu_matches_cpu(llama3, kBf16RelTol, "qwen3 llama3 D=64 BF16");
+}
+
 // RTN into GPTQ v1 and AWQ GEMM tensors (group 32) and NF4 (blocks of 64, double quantization), each from the tiny
 // preset (D = 16, zero biases) and from the Qwen2 model with biases (D = 64, biases added after the 4-bit GEMM).
 TEST(QwenModelCuda, QuantizedModels) {

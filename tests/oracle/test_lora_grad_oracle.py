@@ -1,7 +1,7 @@
 """Oracle: LoRA loss and adapter gradients against PyTorch autograd through transformers + PEFT.
 
-Builds a tiny random Qwen2 and a tiny random Qwen3 (QK-norm, head_dim 32 != hidden/heads; fp32, eager attention)
-with transformers, wraps it with peft.get_peft_model (all seven
+Builds a tiny random Qwen2, a tiny random Qwen3 (QK-norm, head_dim 32 != hidden/heads) and a Qwen2 with YaRN
+RoPE scaling (attention factor 1.3, an 8-token original context; fp32, eager attention) with transformers, wraps it with peft.get_peft_model (all seven
 Linears, r=4, alpha=8), gives lora_A and lora_B seeded random values (B nonzero, so every gradient flows) and saves
 the base model and the adapter (PEFT's own files). Two sequences of different lengths are run one at a time (no
 padding); the loss is the mean next-token cross-entropy over all predicted tokens; loss.backward() gives the
@@ -72,8 +72,11 @@ def make_case(name, config):
 
 common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=320, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+yarn = dict(common, max_position_embeddings=8,
+            rope_scaling={"rope_type": "yarn", "factor": 4.0, "attention_factor": 1.3})  # dx = s·Rᵀ·dx'
 cases = [make_case("qwen2", transformers.Qwen2Config(**common)),
-         make_case("qwen3", transformers.Qwen3Config(head_dim=32, **common))]  # QK-norm; head_dim != hidden/heads
+         make_case("qwen3", transformers.Qwen3Config(head_dim=32, **common)),  # QK-norm; head_dim != hidden/heads
+         make_case("qwen2_yarn", transformers.Qwen2Config(**yarn))]
 
 run_gtest(args.build, "LoraGradOracle.*", {"QWENQ_ORACLE_LORA_DIRS": ":".join(cases)})
 print("lora grad oracle: OK")
