@@ -135,8 +135,12 @@ TEST(RopeTable, YarnBandEdgesOfQwen7B) {
   const RopeTable plain = rope_table(rope_spec_default(1e6), 128);
   for (int64_t i = 0; i < 64; ++i) {
     const float pos_freq = std::pow(1e6f, static_cast<float>(2 * i) / 128.f);
-    if (i <= 23) EXPECT_EQ(yarn.inv_freq[i], plain.inv_freq[i]) << i;
-    if (i >= 40) EXPECT_EQ(yarn.inv_freq[i], 1.0f / (4.0f * pos_freq)) << i;
+    if (i <= 23) {
+      EXPECT_EQ(yarn.inv_freq[i], plain.inv_freq[i]) << i;
+    }
+    if (i >= 40) {
+      EXPECT_EQ(yarn.inv_freq[i], 1.0f / (4.0f * pos_freq)) << i;
+    }
     if (i > 23 && i < 40) {
       EXPECT_LT(yarn.inv_freq[i], plain.inv_freq[i]) << i;
       EXPECT_GT(yarn.inv_freq[i], plain.inv_freq[i] / 4) << i;
@@ -175,8 +179,12 @@ TEST(RopeTable, Llama3BandsOfLlama31) {
   const RopeTable t = rope_table(llama3_spec(5e5, 8, 8192), 128);
   const RopeTable plain = rope_table(rope_spec_default(5e5), 128);
   for (int64_t i = 0; i < 64; ++i) {
-    if (i <= 28) EXPECT_EQ(t.inv_freq[i], plain.inv_freq[i]) << i;
-    if (i >= 35) EXPECT_EQ(t.inv_freq[i], plain.inv_freq[i] / 8.0f) << i;
+    if (i <= 28) {
+      EXPECT_EQ(t.inv_freq[i], plain.inv_freq[i]) << i;
+    }
+    if (i >= 35) {
+      EXPECT_EQ(t.inv_freq[i], plain.inv_freq[i] / 8.0f) << i;
+    }
     if (i > 28 && i < 35) {
       EXPECT_LT(t.inv_freq[i], plain.inv_freq[i]) << i;
       EXPECT_GT(t.inv_freq[i], plain.inv_freq[i] / 8) << i;
