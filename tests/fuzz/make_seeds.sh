@@ -57,6 +57,15 @@ for m in ("dense", "gptq", "awq", "nf4"):
     put("model_config:" + m, "config.json", open(os.path.join(out, "models", m, "config.json"), "rb").read())
     put("model_header:" + m, "header.json", header(os.path.join(out, "models", m, "model.safetensors")))
     put("safetensors", m + ".safetensors", open(os.path.join(out, "models", m, "model.safetensors"), "rb").read())
+# config.json with each rope_scaling type the loader accepts (kernels/rope_table.h), as more seeds of the dense model.
+import json
+dense_cfg = json.load(open(os.path.join(out, "models", "dense", "config.json")))
+for name, rs in (("yarn", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}),
+                 ("yarn_attn", {"rope_type": "yarn", "factor": 2.0, "attention_factor": 1.3, "beta_fast": 16}),
+                 ("linear", {"rope_type": "linear", "factor": 2.0}),
+                 ("llama3", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 64})):
+    put("model_config:dense", "config_rope_" + name + ".json", json.dumps(dict(dense_cfg, rope_scaling=rs)).encode())
 put("adapter_config", "adapter_config.json", open(os.path.join(out, "adapter", "adapter_config.json"), "rb").read())
 put("adapter_header", "header.json", header(os.path.join(out, "adapter", "adapter_model.safetensors")))
 put("safetensors", "adapter.safetensors", open(os.path.join(out, "adapter", "adapter_model.safetensors"), "rb").read())
