@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/attention_naive.h"
@@ -261,9 +262,10 @@ void attention_naive_forward_cuda(const float* q, const float* k, const float* v
   QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr, name << ": null pointer");
   QWENQ_CHECK(T <= INT_MAX, name << ": T=" << T << " exceeds the grid limit " << INT_MAX);
 
-  // cudaMemcpyAsync from pageable memory returns once the source is staged, so the caller's array may go.
+  // The caller's array may go once this returns (the decoder passes a local one), while a pageable copy need not
+  // be staged by then: the copy reads a vector of our own that lives until it has run (upload_owned_async).
   DeviceMemory cu(static_cast<size_t>(n_seqs + 1) * sizeof(int32_t), stream);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(cu.get(), cu_seqlens, cu.bytes(), cudaMemcpyHostToDevice, stream));
+  upload_owned_async(cu.get(), std::vector<int32_t>(cu_seqlens, cu_seqlens + n_seqs + 1), stream);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
   const size_t smem = static_cast<size_t>(D + kThreads) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(H));
@@ -297,7 +299,7 @@ void attention_naive_backward_cuda(const float* dout, const float* q, const floa
               name << ": null pointer (lse from the forward is required)");
   QWENQ_CHECK(T <= INT_MAX, name << ": T=" << T << " exceeds the grid limit " << INT_MAX);
   DeviceMemory cu(static_cast<size_t>(n_seqs + 1) * sizeof(int32_t), stream);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(cu.get(), cu_seqlens, cu.bytes(), cudaMemcpyHostToDevice, stream));
+  upload_owned_async(cu.get(), std::vector<int32_t>(cu_seqlens, cu_seqlens + n_seqs + 1), stream);  // as the forward
   DeviceMemory delta(static_cast<size_t>(T * H) * sizeof(float), stream);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   attention_naive_bwd_dq_kernel<<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(H)), kThreads,

@@ -8,6 +8,10 @@
 //   QWENQ_CUDA_CHECK_LAUNCH(ctx)    after a <<<...>>> launch: cudaGetLastError() (which also clears a
 //                                   non-sticky error), thrown with `ctx`, a stream expression naming the kernel
 //                                   and its shapes: QWENQ_CUDA_CHECK_LAUNCH("rope_forward_cuda T=" << T << ...).
+//   upload_owned_async(dst, host, stream)
+//                                   copies a host vector to device memory on `stream` and keeps the vector alive
+//                                   until the copy has read it (see below): for host data that dies when the
+//                                   launcher returns (a tile table, a copy of the caller's cu_seqlens).
 // Launches are asynchronous: a fault inside a kernel surfaces at the next synchronizing call on that stream.
 #pragma once
 
@@ -15,6 +19,8 @@
 #include <cuda_runtime.h>
 
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda_check.h"
 
@@ -35,6 +41,31 @@
                                          __LINE__);                                                                   \
     }                                                                                                                 \
   } while (0)
+
+namespace qwenq {
+
+// `host` -> device memory `dst` on `stream`, the vector's lifetime ordered on the stream: it moves to the heap and
+// a host function queued right after the copy deletes it, so it lives until the copy has read it and the caller
+// waits for nothing. cudaMemcpyAsync from pageable memory only "might be synchronous" (CUDA's API sync behaviour):
+// a source that dies or is overwritten when the call returns relies on staging the runtime does not promise (and
+// that a device reading host memory in place, HMM/ATS, need not do). On a failure to queue the deletion the
+// stream is waited for before the vector goes.
+template <typename T>
+void upload_owned_async(void* dst, std::vector<T> host, cudaStream_t stream) {
+  if (host.empty()) return;
+  auto* keep = new std::vector<T>(std::move(host));
+  cudaError_t e = cudaMemcpyAsync(dst, keep->data(), keep->size() * sizeof(T), cudaMemcpyHostToDevice, stream);
+  if (e == cudaSuccess) {
+    e = cudaLaunchHostFunc(stream, [](void* p) { delete static_cast<std::vector<T>*>(p); }, keep);
+    if (e == cudaSuccess) return;
+    cudaStreamSynchronize(stream);  // the queued copy may still read *keep
+  }
+  delete keep;
+  throw_cuda_failure(static_cast<int>(e), "cudaMemcpyAsync / cudaLaunchHostFunc (upload_owned_async)", __func__,
+                     __FILE__, __LINE__);
+}
+
+}  // namespace qwenq
 
 #ifdef __CUDACC__
 namespace qwenq::cuda {

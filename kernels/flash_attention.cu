@@ -54,6 +54,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -531,8 +532,8 @@ void check_aligned(const char* name, const char* what, const void* p) {
 // The 64-row tiles of every sequence, uploaded to the device in the orders the kernels take them:
 //   by_queries  longest key range first (row1 − seq_begin): the forward and the dq pass
 //   by_keys     longest query range first (seq_end − row0): the dk/dv pass
-// Both lists live in one allocation on `stream`; the host vector is copied before cudaMemcpyAsync returns
-// (pageable source memory), so it may go out of scope.
+// Both lists live in one allocation on `stream`; the host vector is handed to upload_owned_async, which frees it
+// once the copy has read it (the launcher returns without waiting, and a pageable copy need not be staged).
 struct TilePlan {
   DeviceMemory mem;
   const int4* by_queries = nullptr;
@@ -560,8 +561,7 @@ TilePlan plan_tiles(const char* name, const int32_t* cu_seqlens, int64_t n_seqs,
     host.insert(host.end(), by_keys.begin(), by_keys.end());
   }
   plan.mem = DeviceMemory(host.size() * sizeof(int4), stream);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(plan.mem.get(), host.data(), host.size() * sizeof(int4), cudaMemcpyHostToDevice,
-                                   stream));
+  upload_owned_async(plan.mem.get(), std::move(host), stream);
   plan.by_queries = plan.mem.as<int4>();
   plan.by_keys = both ? plan.by_queries + plan.n_tiles : nullptr;
   return plan;

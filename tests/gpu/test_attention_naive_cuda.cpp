@@ -339,6 +339,42 @@ TEST(AttentionNaiveCudaNan, BackwardNanStaysCausal) {
   }
 }
 
+// cu_seqlens is host memory the caller may reuse once the launcher returns, the stream still busy (the decoder
+// passes a local array): the launchers copy it into memory of their own that lives until the upload has run
+// (kernels/cuda_check.cuh: upload_owned_async). The caller's array is overwritten with another valid packing (one
+// sequence) right after each call; the results must be those of the packing passed, bit for bit.
+TEST(AttentionNaiveCudaStreams, CuSeqlensMayBeReusedOnceTheLauncherReturns) {
+  QWENQ_REQUIRE_GPU();
+  const NaiveCase c{{5, 130, 1}, 4, 2, 16};
+  Batch batch(c, 55000);
+  const size_t nq = static_cast<size_t>(batch.T * c.H * c.D), nkv = static_cast<size_t>(batch.T * c.Hkv * c.D);
+  const size_t nl = static_cast<size_t>(batch.T * c.H);
+  const std::vector<float> q = batch.normal(nq), k = batch.normal(nkv), v = batch.normal(nkv), dout = batch.normal(nq);
+  const std::vector<int32_t> one_sequence = {0, static_cast<int32_t>(batch.T), static_cast<int32_t>(batch.T),
+                                             static_cast<int32_t>(batch.T)};
+  DeviceBuffer<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
+  DeviceBuffer<float> out_a(nq), lse_a(nl), out_b(nq), lse_b(nl);
+  DeviceBuffer<float> dq_a(nq), dk_a(nkv), dv_a(nkv), dq_b(nq), dk_b(nkv), dv_b(nkv);
+  // reuse: each call's array is overwritten as soon as the call returns (the forward's and the backward's apart).
+  const auto run = [&](bool reuse, float* out, float* lse, float* dq, float* dk, float* dv) {
+    std::vector<int32_t> cu_fwd = batch.cu, cu_bwd = batch.cu;
+    attention_naive_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu_fwd.data(), batch.n_seqs, c.H, c.Hkv, c.D, out,
+                                 lse);
+    if (reuse) cu_fwd = one_sequence;
+    attention_naive_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), out, lse, cu_bwd.data(),
+                                  batch.n_seqs, c.H, c.Hkv, c.D, dq, dk, dv);
+    if (reuse) cu_bwd = one_sequence;
+    QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+  };
+  run(false, out_a.get(), lse_a.get(), dq_a.get(), dk_a.get(), dv_a.get());
+  run(true, out_b.get(), lse_b.get(), dq_b.get(), dk_b.get(), dv_b.get());
+  EXPECT_TRUE(out_b.download() == out_a.download()) << batch.ctx << ": out";
+  EXPECT_TRUE(lse_b.download() == lse_a.download()) << batch.ctx << ": lse";
+  EXPECT_TRUE(dq_b.download() == dq_a.download()) << batch.ctx << ": dq";
+  EXPECT_TRUE(dk_b.download() == dk_a.download()) << batch.ctx << ": dk";
+  EXPECT_TRUE(dv_b.download() == dv_a.download()) << batch.ctx << ": dv";
+}
+
 TEST(AttentionNaiveCudaErrors, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
   const int32_t cu[] = {0, 4};
