@@ -24,8 +24,12 @@ class DeviceBuffer {
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   T* get() const { return p_; }
   size_t size() const { return n_; }
+  // Complete when it returns. cudaMemcpy from pageable memory may return once the source is staged, before the
+  // data has landed (it runs on the legacy default stream), and work on a cudaStreamNonBlocking stream does not
+  // wait for that stream: the tests that launch on one (test_kernels_cuda's Stream) would race with the copy.
   void upload(const std::vector<T>& host) {
     check(cudaMemcpy(p_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+    check(cudaDeviceSynchronize(), "upload (wait for the copy)");
   }
   std::vector<T> download() const {
     std::vector<T> host(n_);
