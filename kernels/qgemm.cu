@@ -477,7 +477,7 @@ void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t 
 // ---------------------------------------------------------------------------------------------------------
 namespace {
 // A device copy of one array of the layout from the caching allocator (tag: weights), on `stream`. The copy
-// from pageable host memory is staged before cudaMemcpyAsync returns; the constructor waits for it anyway.
+// from pageable host memory need not be staged when cudaMemcpyAsync returns: the constructor waits for it.
 template <typename T>
 DeviceAllocation upload(const std::vector<T>& host, const std::string& what, CudaStream stream) {
   DeviceAllocation d = cuda_device_allocator().allocate(std::max<size_t>(host.size(), 1) * sizeof(T), stream,

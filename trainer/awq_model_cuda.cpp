@@ -227,7 +227,8 @@ class CudaBlockRunner final : public AwqBlockRunner {
 
   // The group's Linears' weights (fp32 [N, K] each, in slot order) into dst[j], grown as needed. The copies are
   // queued on the stream after every module call already queued, which may still read dst: stream order makes
-  // overwriting them safe; the pageable host memory is staged before cudaMemcpyAsync returns.
+  // overwriting them safe. The host vectors (the driver's working weights, the candidates) live until the next
+  // loss or statistic has waited for the stream, so the copies never depend on pageable memory being staged.
   void upload_weights(int64_t l, const AwqScaleGroup& grp, const std::vector<const std::vector<float>*>& weights,
                       DeviceAllocation* dst) {
     QWENQ_CHECK(weights.size() == grp.slots.size() && weights.size() <= 3, "awq: " << weights.size()

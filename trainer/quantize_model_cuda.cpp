@@ -42,7 +42,8 @@ void QuantizeModelCuda::start_upload(const TensorView& t) {
   pending_ = std::async(std::launch::async, [this, slot, data, bytes] {
     QWENQ_CUDA_CHECK(cudaSetDevice(device_));
     DeviceAllocation& dst = sized(raw_[slot], bytes, upload_.get(), MemoryTag::Weights, "stored Linear weight");
-    // From pageable memory (the map): the call returns once the bytes are staged, the DMA completes on upload_.
+    // From pageable memory (the map), which need not be staged when the call returns: wait for the copy before the
+    // pages are dropped and before the compute stream may read dst (the future is waited on first).
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst.get(), data, bytes, cudaMemcpyHostToDevice, upload_.get()));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(upload_.get()));
     release_mapped_pages(data, bytes);

@@ -284,7 +284,8 @@ std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
   m.reserve(T);
   std::vector<int32_t> pos(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(t);
-  // Pageable sources: cudaMemcpyAsync returns once they are staged, so the host vectors may go.
+  // prompt and pos outlive the copies: run() waits for the stream (first in embedding_gather_cuda's id check)
+  // before it returns (a pageable source need not be staged when cudaMemcpyAsync returns).
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), prompt.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.positions.get(), pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
   std::vector<float> out = m.run(T, 0, m.positions.as<int32_t>(), nullptr);

@@ -115,8 +115,8 @@ struct QwenModelCuda::Impl {
     for (const ArenaCopy& c : a.copies) {
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(base + c.offset, c.src, c.bytes, cudaMemcpyHostToDevice, s()));
     }
-    // The copies read the repacks, freed below: wait for them (a pageable copy is staged before the call returns,
-    // but this does not rely on it), which also surfaces an upload error with the layer.
+    // The copies read the repacks, freed below: wait for them (a pageable copy need not be staged when the call
+    // returns), which also surfaces an upload error with the layer.
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
     st.layout.copies = {};
     st.layout.repacked = {};
@@ -444,8 +444,8 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   m.layers.resize(w.layers.size());
   m.stores.resize(w.layers.size());
   for (size_t l = 0; l < w.layers.size(); ++l) m.upload_layer(l, w.layers[l]);
-  // The host data of the memory map is copied by the time cudaMemcpyAsync returns (pageable memory is staged);
-  // waiting here also surfaces any upload error in the constructor.
+  // The copies read the host data of the memory map, which lives with the model; waiting here orders them before
+  // any other stream reads the weights and surfaces any upload error in the constructor.
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
 }
 
