@@ -209,7 +209,6 @@ struct BlasLt::Impl {
   size_t heuristics = 0;
   void* workspace = nullptr;
   cudaEvent_t last_done = nullptr;  // recorded after each matmul: the workspace is free once it completes
-  CudaStream last_stream = nullptr;
   bool used = false;
 
   ~Impl() {
@@ -326,7 +325,10 @@ void BlasLt::matmul(const LtGemm& g, const void* A, const void* B, void* D, cons
     QWENQ_CUBLASLT_CHECK(lt_api().MatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
                          ctx);
   if (p.workspace > 0 && s.workspace == nullptr) QWENQ_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes));
-  if (s.used && s.last_stream != stream) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, s.last_done, 0));
+  // The shared workspace's previous user must be done: wait on its event always, not only when the stream handle
+  // differs (a destroyed stream's handle can come back for a new stream with that matmul still queued); on the
+  // same stream the wait is already satisfied in order.
+  if (s.used) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, s.last_done, 0));
   const float beta = g.accumulate ? 1.f : 0.f;
   const cublasStatus_t st = lt_api().Matmul(s.handle, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d, &p.algo,
                                            s.workspace, p.workspace, stream);
@@ -334,7 +336,6 @@ void BlasLt::matmul(const LtGemm& g, const void* A, const void* B, void* D, cons
               describe(g) << ": cublasLtMatmul returned " << lt_api().GetStatusName(st) << " ("
                           << lt_api().GetStatusString(st) << ")");
   QWENQ_CUDA_CHECK(cudaEventRecord(s.last_done, stream));
-  s.last_stream = stream;
   s.used = true;
 }
 

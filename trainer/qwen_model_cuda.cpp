@@ -276,8 +276,8 @@ struct QwenModelCuda::Impl {
     QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
                 "QwenModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
     reserve(T);
-    QWENQ_CUDA_CHECK(
-        cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
+    // block_forward and the module calls return without waiting: the batch need not outlive the queued copy.
+    upload_owned_async(positions.get(), b.positions, s());
   }
 
   // out [T, C] fp32 = the embeddings of the batch's tokens (after begin_batch).
@@ -285,7 +285,7 @@ struct QwenModelCuda::Impl {
     const int64_t T = b.num_tokens();
     QWENQ_CHECK(embed.data != nullptr, "QwenModelCuda: the input embedding table was left on the host "
                                        "(QwenModelCudaOptions::upload_embedding = false): this model cannot embed");
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
+    upload_owned_async(tokens.get(), b.tokens, s());  // as begin_batch: the batch may go before the copy runs
     embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s());
   }
 
