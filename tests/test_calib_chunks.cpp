@@ -16,7 +16,6 @@
 
 #include "core/files.h"
 #include "core/progress.h"
-#include "core/rng.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -105,18 +104,7 @@ TEST(CalibChunks, MemoryPartsOfAQwen7BShape) {
             std::string::npos);
 }
 
-// Seeded lowercase words: the random models' byte-level tokenizer turns any text into tokens.
-std::string make_calib(const std::string& path) {
-  Rng rng(7);
-  std::string text;
-  while (text.size() < 30000) {
-    const int len = 1 + static_cast<int>(rng.below(8));
-    for (int i = 0; i < len; ++i) text += static_cast<char>('a' + rng.below(26));
-    text += rng.below(10) == 0 ? ".\n" : " ";
-  }
-  write_file_atomic(path, text);
-  return path;
-}
+std::string make_calib(const std::string& path) { return test::write_random_words(path, 30000, 7); }
 
 // Fraction of the dequantized decoder weights of two quantized directories that differ: every Linear, or with
 // first_group_only those of layer 0's q, k and v (the first solved: same inputs, Hessians summed in another order).

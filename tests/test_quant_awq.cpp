@@ -183,18 +183,7 @@ std::string make_random(const std::string& dir, int64_t kv_heads = 0) {
   return test::make_tiny_model(dir, /*seed=*/11, kv_heads);
 }
 
-// Seeded lowercase words: the random models' byte-level tokenizer turns any text into tokens.
-std::string make_calib(const std::string& path) {
-  Rng rng(kSeed);
-  std::string text;
-  while (text.size() < 40000) {
-    const int len = 1 + static_cast<int>(rng.below(8));
-    for (int i = 0; i < len; ++i) text += static_cast<char>('a' + rng.below(26));
-    text += rng.below(10) == 0 ? ".\n" : " ";
-  }
-  write_file_atomic(path, text);
-  return path;
-}
+std::string make_calib(const std::string& path) { return test::write_random_words(path, 40000, kSeed); }
 
 AwqModelOptions awq_options(const std::string& model, const std::string& out, const std::string& calib) {
   AwqModelOptions a;

@@ -1,4 +1,5 @@
-"""Helpers shared by the oracle scripts: argument parsing, skipping, running our binaries."""
+"""Helpers shared by the oracle scripts: argument parsing, skipping, running our binaries, spreading the weights
+of a tiny random transformers model."""
 import argparse
 import os
 import subprocess
@@ -28,6 +29,21 @@ def work_dir(build, name):
     d = os.path.join(build, "oracle_tmp", name)
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def spread_weights(model):
+    """transformers initialises with std 0.02, zero biases and unit norms; spread every parameter (seeded by the
+    caller's torch.manual_seed) so that an error anywhere shows in the logits."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
 
 
 def run(cmd, env=None):

@@ -11,7 +11,7 @@ for a packed batch and for KV-cache decoding.
 """
 import os
 
-from oracle_common import parse_args, run_gtest, skip, work_dir
+from oracle_common import parse_args, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -26,24 +26,12 @@ torch.manual_seed(4321)
 LENGTHS = [1, 9, 40, 128]
 
 
-def randomize(model):
-    """Spread the weights beyond transformers' init (std 0.02, zero biases, unit norms) so errors show."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
-
-
 def make_case(name, config_cls, model_cls, dtype, rope_scaling, **cfg):
     out = work_dir(args.build, os.path.join("rope_scaling_oracle", name))
     config = config_cls(rope_scaling=dict(rope_scaling), **cfg)
     config._attn_implementation = "eager"
     model = model_cls(config).eval()
-    randomize(model)
+    spread_weights(model)
     model.save_pretrained(out, safe_serialization=True)
     if dtype == torch.bfloat16:  # store bf16, compute in fp32 from the rounded weights (what we do)
         model = model.to(torch.bfloat16)

@@ -56,4 +56,16 @@ PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uin
   return PackedBatch::from_sequences(seqs);
 }
 
+std::string write_random_words(const std::string& path, size_t bytes, uint64_t seed) {
+  Rng rng(seed);
+  std::string text;
+  while (text.size() < bytes) {
+    const int len = 1 + static_cast<int>(rng.below(8));
+    for (int i = 0; i < len; ++i) text += static_cast<char>('a' + rng.below(26));
+    text += rng.below(10) == 0 ? ".\n" : " ";
+  }
+  write_file_atomic(path, text);
+  return path;
+}
+
 }  // namespace qwenq::test

@@ -27,6 +27,11 @@ std::string import_stories260k(const std::string& dir);
 // QWENQ_REQUIRE_SHARED_DATA first).
 std::vector<int32_t> tinystories_tokens(const std::string& model_dir);
 
+// At least `bytes` bytes of seeded lowercase words (1 to 8 letters; a line ends after about one word in ten) written
+// to `path`: calibration text for the random models, whose byte-level tokenizer turns any text into tokens.
+// Returns path.
+std::string write_random_words(const std::string& path, size_t bytes, uint64_t seed);
+
 // One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
 
