@@ -61,6 +61,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   if (!a.adapter.empty()) {
     adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config(), AdapterUse::Apply));
     if (device != Device::Cuda) merge_adapter_in_memory(*model, *adapter);
+    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
   }
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA

@@ -283,6 +283,8 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
   o.lora.validate();
+  QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora),
+              "--use-dora with --device cuda: DoRA adapters run on the CPU only for now (--device cpu)");
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
