@@ -1,6 +1,6 @@
 // The C++ half of tests/oracle/test_dora_oracle.py: a DoRA adapter made by PEFT (every tensor randomized) read by
-// our loader, merged into the base in memory (trainer/lora_merge.h) and run, against PEFT's logits; then saved
-// again for PEFT to read. Skipped unless the script points QWENQ_ORACLE_DORA_DIR at its fixtures.
+// our loader, run unmerged by the CPU trainer's forward (trainer/lora_model.h) and merged into the base in memory
+// (trainer/lora_merge.h), against PEFT's logits; then saved again for PEFT to read. Skipped unless the script points QWENQ_ORACLE_DORA_DIR at its fixtures.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -57,6 +57,7 @@ TEST(DoraOracle, PeftAdapterReadMergedAndSaved) {
   const TensorView& want = expected.get("logits");
 
   save_peft_adapter(path_join(dir, "ours"), adapter);
+  EXPECT_LE(rel_error(lora_forward_logits(model, adapter, batch), want, "trainer forward (unmerged)"), kLogitRelTol);
   merge_adapter_in_memory(model, adapter);
   EXPECT_LE(rel_error(model.forward_logits(batch), want, "merged in memory"), kLogitRelTol);
 }
