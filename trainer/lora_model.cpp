@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
 #include "kernels/dropout.h"
@@ -58,22 +59,29 @@ struct BranchActs {
 
 // n[j] = ‖W[j, :] + s·(B A)[j, :]‖₂ for every row j of one adapted Linear, as PEFT's DoraLinearLayer.get_weight_norm
 // (W in fp32, (B A) in fp32 then times s and added; the sum of squares in double, rounded to fp32).
+// Rows are independent (parallel over j); (B A)[j, :] is r saxpy passes over K contiguous floats.
 std::vector<float> dora_row_norms(const WeightRef& W, int64_t N, int64_t K, const LoraWeights& lw, float s) {
   std::vector<float> n(static_cast<size_t>(N));
   const int64_t r = lw.r;
   const size_t esize = dtype_size(W.dtype);
-  std::vector<float> row(static_cast<size_t>(K));
-  for (int64_t j = 0; j < N; ++j) {
-    to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + static_cast<size_t>(j * K) * esize, row.data(), K);
-    double ss = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      float ba = 0.f;
-      for (int64_t i = 0; i < r; ++i) ba += lw.B[j * r + i] * lw.A[i * K + k];
-      const double e = row[k] + s * ba;
-      ss += e * e;
+  parallel_for(N, 16, [&](int64_t j0, int64_t j1) {
+    std::vector<float> row(static_cast<size_t>(K)), ba(static_cast<size_t>(K));
+    for (int64_t j = j0; j < j1; ++j) {
+      to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + static_cast<size_t>(j * K) * esize, row.data(), K);
+      std::fill(ba.begin(), ba.end(), 0.f);
+      for (int64_t i = 0; i < r; ++i) {
+        const float b = lw.B[j * r + i];
+        const float* a = lw.A.data() + i * K;
+        for (int64_t k = 0; k < K; ++k) ba[k] += b * a[k];
+      }
+      double ss = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double e = row[k] + s * ba[k];
+        ss += e * e;
+      }
+      n[static_cast<size_t>(j)] = static_cast<float>(std::sqrt(ss));
     }
-    n[static_cast<size_t>(j)] = static_cast<float>(std::sqrt(ss));
-  }
+  });
   return n;
 }
 
@@ -126,9 +134,13 @@ class Runner {
     }
     br->v.assign(T_ * N, 0.f);
     lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, s_, br->v.data(), br->u.data());
-    for (int64_t j = 0; j < N; ++j) {
-      const float g = lw.m[j] / br->n[j];
-      for (int64_t t = 0; t < T_; ++t) y[t * N + j] += (g - 1.f) * br->z[t * N + j] + g * br->v[t * N + j];
+    std::vector<float> g(static_cast<size_t>(N));
+    for (int64_t j = 0; j < N; ++j) g[j] = lw.m[j] / br->n[j];
+    for (int64_t t = 0; t < T_; ++t) {
+      const float* z = br->z.data() + t * N;
+      const float* v = br->v.data() + t * N;
+      float* yt = y + t * N;
+      for (int64_t j = 0; j < N; ++j) yt[j] += (g[j] - 1.f) * z[j] + g[j] * v[j];
     }
   }
 
@@ -162,18 +174,18 @@ class Runner {
   void dora_bwd(const LoraWeights& lw, LoraWeights& g, const LinearWeight& w, const WeightRef& W, const float* dy,
                 const float* xin, const BranchActs& br, uint64_t key, float* dx, std::vector<float>& tmp) const {
     const int64_t N = w.N, K = w.K;
-    std::vector<float> dz(T_ * N), dv(T_ * N);
-    for (int64_t j = 0; j < N; ++j) {
-      const float gj = lw.m[j] / br.n[j];
-      double dm = 0;
-      for (int64_t t = 0; t < T_; ++t) {
-        const float d = dy[t * N + j];
-        dm += static_cast<double>(d) * (br.z[t * N + j] + br.v[t * N + j]);
-        dz[t * N + j] = (gj - 1.f) * d;
-        dv[t * N + j] = gj * d;
+    std::vector<float> dz(T_ * N), dv(T_ * N), gn(static_cast<size_t>(N));
+    std::vector<double> dm(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
+    for (int64_t j = 0; j < N; ++j) gn[j] = lw.m[j] / br.n[j];
+    for (int64_t t = 0; t < T_; ++t) {
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t i = t * N + j;
+        dm[j] += static_cast<double>(dy[i]) * (br.z[i] + br.v[i]);
+        dz[i] = (gn[j] - 1.f) * dy[i];
+        dv[i] = gn[j] * dy[i];
       }
-      g.m[j] += static_cast<float>(dm / br.n[j]);
     }
+    for (int64_t j = 0; j < N; ++j) g.m[j] += static_cast<float>(dm[j] / br.n[j]);
     tmp.resize(T_ * K);
     linear_backward_input_ref(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
     lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
