@@ -49,6 +49,7 @@ LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_
       w.r = r;
       w.A.assign(static_cast<size_t>(r * s.K), 0.0f);
       w.B.assign(static_cast<size_t>(s.N * r), 0.0f);
+      if (config_.use_dora) w.m.assign(static_cast<size_t>(s.N), 0.0f);
     }
   }
 }
@@ -92,8 +93,12 @@ const LoraWeights& LoraAdapter::at(int64_t layer, LoraTarget t) const {
 
 int64_t LoraAdapter::num_parameters() const {
   int64_t n = 0;
-  for (const LoraWeights& w : weights_) n += w.r * (w.N + w.K);
+  for (const LoraWeights& w : weights_) n += w.r * (w.N + w.K) + static_cast<int64_t>(w.m.size());
   return n;
+}
+
+void refuse_dora_on_gpu(const LoraAdapter& adapter, const std::string& what) {
+  QWENQ_CHECK(!adapter.use_dora(), what << ": DoRA adapters run on the CPU only for now (--device cpu)");
 }
 
 }  // namespace qwenq

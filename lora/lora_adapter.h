@@ -10,6 +10,10 @@
 // to the base. One Rng(seed) serves the whole adapter; A tensors draw from it in this order: layer 0..L-1,
 // within a layer the targets in table order (q, k, v, o, gate, up, down; untargeted ones skipped), within A
 // the r·K values row-major, one Rng::uniform(-b, b) each. B draws nothing.
+//
+// DoRA (config.use_dora): every adapted Linear also holds m [N], PEFT's lora_magnitude_vector. PEFT initialises it
+// to ‖W + s·B A‖ per output row, i.e. ‖W‖ row-wise at init (B = 0); that needs the base weights, so the constructor
+// leaves m zero and the trainer fills it (init_dora_magnitudes, trainer/lora_dora.h) after init_peft.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +44,7 @@ struct LoraWeights {
   int64_t N = 0, K = 0, r = 0;
   std::vector<float> A;  // [r, K] row-major
   std::vector<float> B;  // [N, r] row-major
+  std::vector<float> m;  // [N] DoRA magnitude; empty without DoRA
 };
 
 class LoraAdapter {
@@ -61,7 +66,8 @@ class LoraAdapter {
   // Throws naming the layer and target when absent.
   LoraWeights& at(int64_t layer, LoraTarget t);
   const LoraWeights& at(int64_t layer, LoraTarget t) const;
-  // Number of trainable values (Σ r·(N + K)).
+  bool use_dora() const { return config_.use_dora; }
+  // Number of trainable values (Σ r·(N + K), plus Σ N with DoRA).
   int64_t num_parameters() const;
 
  private:
@@ -71,5 +77,9 @@ class LoraAdapter {
   std::vector<LoraTarget> targets_;
   std::vector<LoraWeights> weights_;  // [layer][target index in targets_]
 };
+
+// Throws "<what>: DoRA adapters run on the CPU only for now (--device cpu)" when `adapter` uses DoRA: the paths
+// that have no magnitude code yet (the GPU's unmerged inference and the GPU trainer) call it rather than ignore m.
+void refuse_dora_on_gpu(const LoraAdapter& adapter, const std::string& what);
 
 }  // namespace qwenq

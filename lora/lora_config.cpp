@@ -141,7 +141,7 @@ std::string lora_config_to_json(const LoraConfig& config) {
   j["target_modules"] = in_table_order(config.target_modules);
   j["fan_in_fan_out"] = false;
   j["use_rslora"] = config.use_rslora;
-  j["use_dora"] = false;
+  j["use_dora"] = config.use_dora;
   j["init_lora_weights"] = true;
   j["modules_to_save"] = nullptr;
   j["inference_mode"] = true;
@@ -224,7 +224,6 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
                                              << " is not supported (only \"none\": base biases stay frozen)");
   }
   require_unset(j, "lora_bias", path, "a trainable bias on lora_B");
-  require_unset(j, "use_dora", path, "DoRA adds a magnitude vector");
   require_unset(j, "fan_in_fan_out", path, "Conv1D-style transposed weights");
   require_unset(j, "modules_to_save", path, "full copies of other modules");
   require_unset(j, "layers_to_transform", path, "LoRA on a subset of layers");
@@ -255,6 +254,11 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
     c.use_rslora = j.at("use_rslora").get<bool>();
   } else {
     c.use_rslora = false;
+  }
+  if (present(j, "use_dora")) {
+    QWENQ_CHECK(j.at("use_dora").is_boolean(), path << ": field \"use_dora\" must be true or false, got "
+                                                    << j.at("use_dora").dump());
+    c.use_dora = j.at("use_dora").get<bool>();
   }
   c.target_modules = targets_field(j, path);
   if (present(j, "base_model_name_or_path")) {

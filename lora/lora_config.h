@@ -2,7 +2,9 @@
 // Face PEFT writes and reads it (REFERENCE A4.1).
 //
 // scaling s = lora_alpha / r, or lora_alpha / √r with rsLoRA (use_rslora); the adapted layer computes
-// y = x Wᵀ + s·(dropout(x) Aᵀ) Bᵀ.
+// y = x Wᵀ + s·(dropout(x) Aᵀ) Bᵀ. With use_dora (DoRA, Liu et al. 2024; PEFT's use_dora=True) each adapted
+// Linear also has a magnitude m [N] and computes y = (m/n) ⊙ (x (W + s·B A)ᵀ) + b, n = ‖W + s·B A‖ per row
+// (lora/lora_adapter.h, trainer/lora_model.cpp).
 //
 // Written config: the fields PEFT has read since 0.9 (peft_type, task_type, base_model_name_or_path, revision,
 // r, lora_alpha, lora_dropout, bias, target_modules, fan_in_fan_out, use_rslora, use_dora, init_lora_weights,
@@ -12,7 +14,7 @@
 //
 // Read config: what PEFT 0.15 writes. Refused with an error naming the file and field, because the adapter
 // would then not be the plain y = x Wᵀ + s·x Aᵀ Bᵀ on every targeted layer: peft_type other than LORA, task_type
-// other than CAUSAL_LM (or null), bias != "none", lora_bias, use_dora, fan_in_fan_out, modules_to_save,
+// other than CAUSAL_LM (or null), bias != "none", lora_bias, fan_in_fan_out, modules_to_save,
 // layers_to_transform, non-empty layers_pattern / rank_pattern / alpha_pattern / exclude_modules,
 // layer_replication, trainable_token_indices, target_parameters, use_qalora, init_lora_weights that rewrite
 // the base weights (pissa, olora, loftq, eva, corda), and target_modules given as a regex string. target_modules
@@ -50,6 +52,7 @@ struct LoraConfig {
   double alpha = 16;
   double dropout = 0.0;
   bool use_rslora = false;
+  bool use_dora = false;  // DoRA: a magnitude vector per adapted Linear
   std::vector<std::string> target_modules{"q_proj", "v_proj"};  // short names, in table order
   std::string base_model;  // base_model_name_or_path ("" is written as null)
 

@@ -1,5 +1,6 @@
 #include "lora/peft_io.h"
 
+#include <cmath>
 #include <set>
 #include <vector>
 
@@ -29,6 +30,11 @@ std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b) {
          (is_b ? ".lora_B.weight" : ".lora_A.weight");
 }
 
+std::string peft_magnitude_name(int64_t layer, LoraTarget t) {
+  return "base_model.model.model.layers." + std::to_string(layer) + "." + lora_target_path(t) +
+         ".lora_magnitude_vector";
+}
+
 void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const PeftSaveOptions& options) {
   QWENQ_CHECK(options.dtype == DType::F32 || options.dtype == DType::BF16,
               "LoRA adapters are saved as F32 or BF16, not " << dtype_name(options.dtype) << " (" << dir << ")");
@@ -40,6 +46,13 @@ void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const
       const LoraWeights& w = adapter.at(l, t);
       writer.add_owned(peft_tensor_name(l, t, false), options.dtype, {w.r, w.K}, encode(w.A, options.dtype));
       writer.add_owned(peft_tensor_name(l, t, true), options.dtype, {w.N, w.r}, encode(w.B, options.dtype));
+      if (adapter.use_dora()) {
+        QWENQ_CHECK(static_cast<int64_t>(w.m.size()) == w.N, "save_peft_adapter: the DoRA magnitude of model.layers."
+                                                                  << l << "." << lora_target_path(t) << " holds "
+                                                                  << w.m.size() << " values, not " << w.N << " ("
+                                                                  << dir << ")");
+        writer.add_owned(peft_magnitude_name(l, t), options.dtype, {w.N}, encode(w.m, options.dtype));
+      }
     }
   }
   StagedDir staged(dir, options.overwrite);
@@ -80,13 +93,34 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
         std::vector<float>& dst = is_b ? w.B : w.A;
         to_f32(v.dtype, v.data, dst.data(), dst.size());
       }
+      if (config.use_dora) {
+        const std::string name = peft_magnitude_name(l, t);
+        expected.insert(name);
+        QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json has use_dora "
+                                         << "= true: every adapted Linear needs its DoRA magnitude vector)");
+        const TensorView& v = file.get(name);
+        QWENQ_CHECK(v.shape == std::vector<int64_t>{w.N},
+                    path << ": DoRA magnitude " << name << " has shape " << shape_str(v.shape) << ", expected ["
+                         << w.N << "] (one value per output row; an adapter for a different base model?)");
+        QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+                    path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
+                         << "; adapter weights must be F32, BF16 or F16");
+        to_f32(v.dtype, v.data, w.m.data(), w.m.size());
+        for (int64_t i = 0; i < w.N; ++i) {
+          QWENQ_CHECK(std::isfinite(w.m[static_cast<size_t>(i)]),
+                      path << ": DoRA magnitude " << name << " has the non-finite value " << w.m[static_cast<size_t>(i)]
+                           << " at row " << i);
+        }
+      }
     }
   }
   for (const std::string& name : file.names()) {
     QWENQ_CHECK(expected.count(name),
                 path << ": unexpected tensor " << name << " (expected lora_A/lora_B weights of "
-                     << dims.num_layers << " layers for target_modules in adapter_config.json; biases, DoRA "
-                     << "magnitudes, embeddings or an adapter for a different base are not supported)");
+                     << dims.num_layers << " layers for target_modules in adapter_config.json"
+                     << (config.use_dora ? ", and their DoRA magnitudes" : "") << "; biases, "
+                     << (config.use_dora ? "" : "DoRA magnitudes without use_dora = true, ")
+                     << "embeddings or an adapter for a different base are not supported)");
   }
   return adapter;
 }

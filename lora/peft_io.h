@@ -3,6 +3,7 @@
 //   adapter_model.safetensors    __metadata__ {"format": "pt"}; for every layer l and targeted Linear
 //     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_A.weight   [r, K]
 //     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_B.weight   [N, r]
+//     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_magnitude_vector   [N]   (DoRA only)
 // (the keys of a PeftModel wrapping Qwen2ForCausalLM, adapter name "default" dropped, as save_pretrained writes).
 //
 // Saving builds the directory under "<dir>.partial.<pid>" and renames it when both files are complete
@@ -13,8 +14,8 @@
 // Loading reads an adapter made by PEFT or by us: every tensor's dtype (F32, BF16, F16) is widened to fp32, and
 // every shape is checked against the base model's dimensions; a mismatch names the tensor, the file, and the
 // expected and found shapes ("adapter for a different base"). A key the config does not explain (a module not in
-// target_modules, a layer the base lacks, biases, DoRA magnitudes, embeddings) is refused by name, as is a
-// missing A or B. adapter_model.bin (pickle) is refused: re-save with safe_serialization=True.
+// target_modules, a layer the base lacks, biases, DoRA magnitudes without use_dora, embeddings) is refused by name,
+// as is a missing A, B or (with use_dora) magnitude, and a non-finite magnitude. adapter_model.bin (pickle) is refused: re-save with safe_serialization=True.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,8 @@ namespace qwenq {
 
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" (is_b: lora_B).
 std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b);
+// "base_model.model.model.layers.3.self_attn.q_proj.lora_magnitude_vector" (DoRA's m; PEFT drops ".weight").
+std::string peft_magnitude_name(int64_t layer, LoraTarget t);
 
 struct PeftSaveOptions {
   DType dtype = DType::F32;  // F32 or BF16

@@ -370,7 +370,7 @@ TEST(LoraConfig, RefusesUnsupportedFields) {
       {"bias", "all", "\"bias\""},
       {"bias", "lora_only", "\"bias\""},
       {"modules_to_save", {"lm_head"}, "modules_to_save"},
-      {"use_dora", true, "use_dora"},
+      {"use_dora", "yes", "\"use_dora\" must be true or false"},
       {"lora_bias", true, "lora_bias"},
       {"fan_in_fan_out", true, "fan_in_fan_out"},
       {"layers_pattern", "layers", "layers_pattern"},
@@ -656,10 +656,10 @@ TEST(PeftIo, LoadErrors) {
   // Unsupported config field.
   save_peft_adapter(dir, a, PeftSaveOptions{DType::F32, true});
   auto cfg = nlohmann::json::parse(read_file(path_join(dir, "adapter_config.json")));
-  cfg["use_dora"] = true;
+  cfg["fan_in_fan_out"] = true;
   write_file_atomic(path_join(dir, "adapter_config.json"), cfg.dump());
   e = error_of([&] { load_peft_adapter(dir, tiny_dims()); });
-  EXPECT_NE(e.find("\"use_dora\""), std::string::npos) << e;
+  EXPECT_NE(e.find("\"fan_in_fan_out\""), std::string::npos) << e;
   EXPECT_NE(e.find(path_join(dir, "adapter_config.json")), std::string::npos) << e;
 
   // Missing files and directories.

@@ -1,11 +1,13 @@
 // The C++ half of tests/oracle/test_lora_grad_oracle.py: loss and every LoRA gradient of our hand-written
 // backward against PyTorch autograd through transformers + PEFT, on a tiny random Qwen2 whose base and adapter the
 // script saved with the Python stack (so this also reads PEFT's own adapter files). Skipped unless the script
-// points QWENQ_ORACLE_LORA_DIR at its fixtures.
+// points QWENQ_ORACLE_LORA_DIR at its fixtures. A DoRA case (use_dora in its adapter_config.json) also compares
+// the magnitudes' gradients.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <string>
@@ -49,19 +51,21 @@ void check_case(const std::string& dir) {
     for (int64_t l = 0; l < model.config().num_layers; ++l) {
       std::fill(grads.at(l, t).A.begin(), grads.at(l, t).A.end(), 0.f);
       std::fill(grads.at(l, t).B.begin(), grads.at(l, t).B.end(), 0.f);
+      std::fill(grads.at(l, t).m.begin(), grads.at(l, t).m.end(), 0.f);
     }
   }
   const LoraStepResult r = lora_loss_and_grad(model, adapter, batch, targets, &grads, opt);
   const double want_loss = expected.get("loss").as<double>()[0];
   EXPECT_NEAR(r.nll_sum / r.counted, want_loss, kLossRelTol * want_loss);
   int compared = 0;
+  double worst_rel = 0;
   for (LoraTarget t : adapter.targets()) {
     for (int64_t l = 0; l < model.config().num_layers; ++l) {
-      for (bool is_b : {false, true}) {
-        const std::string name = peft_tensor_name(l, t, is_b);
+      for (int which = 0; which < (adapter.use_dora() ? 3 : 2); ++which) {  // A, B, DoRA's m
+        const std::string name = which == 2 ? peft_magnitude_name(l, t) + ".weight" : peft_tensor_name(l, t, which);
         SCOPED_TRACE(name);
         const TensorView& want = expected.get(name + ".grad");
-        const std::vector<float>& got = is_b ? grads.at(l, t).B : grads.at(l, t).A;
+        const std::vector<float>& got = which == 2 ? grads.at(l, t).m : which ? grads.at(l, t).B : grads.at(l, t).A;
         ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
         float scale = 0.f;
         for (int64_t i = 0; i < want.numel(); ++i) scale = std::max(scale, std::fabs(want.as<float>()[i]));
@@ -69,11 +73,14 @@ void check_case(const std::string& dir) {
         double worst = 0;
         for (int64_t i = 0; i < want.numel(); ++i) worst = std::max(worst, (double)std::fabs(got[i] - want.as<float>()[i]));
         EXPECT_LE(worst, kGradRelTol * scale) << "max |ours - torch| = " << worst << ", max |torch| = " << scale;
+        worst_rel = std::max(worst_rel, worst / scale);
         ++compared;
       }
     }
   }
-  EXPECT_EQ(compared, 2 * 7 * 2);
+  EXPECT_EQ(compared, 2 * 7 * (adapter.use_dora() ? 3 : 2));
+  std::printf("%s: loss %.8g (torch %.8g), %d gradients, worst max|ours - torch| / max|torch| = %.3g\n", dir.c_str(),
+              r.nll_sum / r.counted, want_loss, compared, worst_rel);
 }
 
 TEST(LoraGradOracle, LossAndGradientsMatchPyTorch) {

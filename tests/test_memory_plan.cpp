@@ -171,6 +171,12 @@ TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
     int64_t sum = 0;
     for (const DevicePlan& d : p.devices) sum += d.lora_params;
     EXPECT_EQ(sum, p.lora_params);
+    in.lora.use_dora = true;  // plus m [N] per adapted Linear
+    in.device = PlanDevice::Cpu;
+    EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
+        << c.preset << " DoRA";
+    in.device = PlanDevice::Cuda;
+    EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("DoRA adapters run on the CPU only"), std::string::npos);
   }
   // 72B all-linear r=16 (too large to allocate here): REFERENCE B5's 210.5 M, Σ r·(N + K) per layer x 80.
   PlanInput in;
@@ -344,10 +350,12 @@ PackedBatch token_batch(int64_t B, int64_t S, int64_t vocab, uint64_t seed) {
 
 // Runs one lora_loss_and_grad step on `dir` (after a short warm-up step that maps every weight page, starts the
 // threads and sizes the grads) and compares the peak RSS it adds with the CPU plan's activations + workspace.
-void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S, int64_t r, bool checkpointing = true) {
+void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S, int64_t r, bool checkpointing = true,
+                    bool dora = false) {
   const QwenModel model(dir);
   PlanInput in = plan_for_dir(dir, base);
   in.lora = all_linear(r);
+  in.lora.use_dora = dora;
   in.batch_size = B;
   in.seq_len = S;
   in.cpu_threads = num_threads();
@@ -357,6 +365,7 @@ void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S,
 
   LoraAdapter adapter(lora_dims_of(model.config()), in.lora);
   adapter.init_peft(1);
+  if (dora) init_dora_magnitudes(model, &adapter);
   LoraAdapter grads(lora_dims_of(model.config()), in.lora);
   LoraStepOptions opt;
   opt.checkpointing = checkpointing;
@@ -405,6 +414,18 @@ TEST(MemoryPlanMeasured, Qwen05bOneLayerGptqMatchesRss) {
   q.quiet = true;
   quantize_model(q);
   check_measured(q.out_dir, PlanBase::Gptq, 1, 512, 16);
+}
+
+// DoRA's z, v, n and backward temporaries counted in the CPU plan.
+TEST(MemoryPlanMeasured, TinyGptqDoraActivationsMatchRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m");
+  q.out_dir = scratch + "/gptq";
+  q.quiet = true;
+  q.group_size = 32;
+  quantize_model(q);
+  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, true, /*dora=*/true);
 }
 
 }  // namespace

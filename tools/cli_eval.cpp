@@ -47,10 +47,11 @@ void run_eval(const EvalArgs& a) {
   if (!a.adapter.empty()) {
     adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
     if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
+    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
     if (!a.quiet) {
-      std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
+      std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
                    device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                   adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
+                   adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(), adapter->use_dora() ? " (DoRA)" : "",
                    adapter->scaling());
     }
   }

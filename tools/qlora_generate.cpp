@@ -61,6 +61,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   if (!a.adapter.empty()) {
     adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config(), AdapterUse::Apply));
     if (device != Device::Cuda) merge_adapter_in_memory(*model, *adapter);
+    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
   }
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
@@ -70,9 +71,9 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   }
 #endif
   if (adapter) {
-    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld, scaling %g\n", a.adapter.c_str(),
+    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
                  device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                 adapter->targets().size(), (long long)out.model->config().num_layers, (long long)adapter->rank(),
+                 adapter->targets().size(), (long long)out.model->config().num_layers, (long long)adapter->rank(), adapter->use_dora() ? " (DoRA)" : "",
                  adapter->scaling());
   }
   return out;

@@ -31,6 +31,7 @@ struct PlanArgs {
   bool no_double_quant = false, no_checkpointing = false, fp32_checkpoints = false, json = false;
   int64_t lora_r = 16;
   double lora_alpha = 0, lora_dropout = 0;
+  bool use_dora = false;
   int64_t batch_size = 1, seq_len = 2048;
   int gpus = 8;
   double gpu_mem_gb = 80, cpu_mem_gb = 0;
@@ -82,6 +83,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   in.lora.r = a.lora_r;
   in.lora.alpha = a.lora_alpha > 0 ? a.lora_alpha : 2.0 * static_cast<double>(a.lora_r);
   in.lora.dropout = a.lora_dropout;
+  in.lora.use_dora = a.use_dora;
   in.lora.target_modules = parse_lora_targets(a.targets);
   in.batch_size = a.batch_size;
   in.seq_len = a.seq_len;
@@ -124,6 +126,7 @@ void register_qlora_plan(CLI::App& app) {
       ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs on the CPU; none on the GPU)")
       ->capture_default_str();
+  cmd->add_flag("--use-dora", a->use_dora, "DoRA: a magnitude per output row and its activations (CPU only)");
   cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "sequences per micro-batch (B)")->capture_default_str();

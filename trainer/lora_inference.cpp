@@ -39,6 +39,7 @@ const LoraArenaSlot* LoraInferenceLayout::find(int64_t layer, LoraTarget t) cons
 
 LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const QwenConfig& cfg,
                                           const std::string& source) {
+  refuse_dora_on_gpu(adapter, source);
   const LoraDims want = lora_dims_of(cfg), d = adapter.dims();
   QWENQ_CHECK(d.hidden_size == want.hidden_size && d.intermediate_size == want.intermediate_size &&
                   d.q_dim == want.q_dim && d.kv_dim == want.kv_dim && d.num_layers == want.num_layers,

@@ -16,6 +16,7 @@
 // dimensions are the model's (hidden, intermediate, q_dim, kv_dim, layers), every A and B has the shape its Linear
 // calls for (named by its PEFT tensor name, lora/peft_io.h: "base_model.model.model.layers.3.mlp.up_proj.lora_B.weight"),
 // and every value is finite (a NaN in an adapter would turn every logit into NaN with no hint where it came from).
+// A DoRA adapter (use_dora) is refused: the unmerged GPU path has no magnitude code yet (refuse_dora_on_gpu).
 #pragma once
 
 #include <cstdint>

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -61,6 +62,8 @@ void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, f
                   static_cast<int64_t>(lw.B.size()) == N * lw.r,
               "merge_lora_weights: adapter A [" << lw.r << ", " << lw.K << "], B [" << lw.N << ", " << lw.r
                                                 << "] do not fit a weight [" << N << ", " << K << "]");
+  QWENQ_CHECK(lw.m.empty() || static_cast<int64_t>(lw.m.size()) == N,
+              "merge_lora_weights: DoRA magnitude of " << lw.m.size() << " values for a weight of " << N << " rows");
   const int64_t r = lw.r;
   const float* A = lw.A.data();
   const float* B = lw.B.data();
@@ -73,6 +76,12 @@ void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, f
         const float* a = A + j * K;
         for (int64_t k = 0; k < K; ++k) row[k] += b * a[k];
       }
+      if (lw.m.empty()) continue;
+      // DoRA: the row of W + s·B A times m[n] / ‖W + s·B A‖ (the norm summed in double, rounded to fp32 as PEFT's).
+      double ss = 0;
+      for (int64_t k = 0; k < K; ++k) ss += static_cast<double>(row[k]) * row[k];
+      const float g = lw.m[static_cast<size_t>(n)] / static_cast<float>(std::sqrt(ss));
+      for (int64_t k = 0; k < K; ++k) row[k] *= g;
     }
   });
 }

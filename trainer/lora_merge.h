@@ -10,6 +10,11 @@
 // reassociation (x (W + sBA)ᵀ is summed in another order than x Wᵀ + s(xAᵀ)Bᵀ), plus, on disk, the rounding of W'
 // to the output dtype. Dropout plays no part (it is off at inference). Untargeted Linears are left as they are.
 //
+// DoRA (use_dora; PEFT's LoraLayer.merge): with magnitude m [N] and n = ‖W + s·B A‖₂ per row n (over k),
+//   W'[n, :] = (m[n] / n[n]) · (W[n, :] + s·(B A)[n, :])
+// since PEFT's y = x Wᵀ + b + (m/n − 1) ⊙ (x Wᵀ) + (m/n) ⊙ s·(x Aᵀ) Bᵀ = (m/n) ⊙ (x (W + s·B A)ᵀ) + b at inference
+// (dropout off). The bias is not scaled. n is summed in double from the fp32 row and rounded to fp32.
+//
 // A merged 4-bit base is no longer 4-bit: W + sBA does not lie on the quantization grid, so merging a QLoRA adapter
 // gives a dense model (which `qwen-quant gptq/awq/nf4` can quantize again).
 #pragma once
@@ -32,7 +37,8 @@ struct LoraTargetSlot {
 };
 LoraTargetSlot lora_target_slot(LoraTarget t);
 
-// W [N, K] += s·B A for one adapted Linear (the formula above). Throws when the shapes differ.
+// W [N, K] += s·B A for one adapted Linear, then each row scaled by m/n when lw.m is set (DoRA; the formulas above).
+// Throws when the shapes differ.
 void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, float s);
 
 // Replaces every targeted Linear of `model` by W + s·B A in fp32 (LinearWeight::from_fp32), dequantizing packed

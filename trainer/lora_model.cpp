@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
 #include "kernels/dropout.h"
@@ -52,7 +53,37 @@ struct WeightRef {
 struct BranchActs {
   std::vector<float> u;     // [T, r]
   std::vector<float> xd;    // dropped-out input [T, K] (empty without dropout; the mask is regenerated from its key)
+  // DoRA only (see lora_model.h): z = x̃ Wᵀ [T, N], v = s·u Bᵀ [T, N], the detached row norms n [N].
+  std::vector<float> z, v, n;
 };
+
+// n[j] = ‖W[j, :] + s·(B A)[j, :]‖₂ for every row j of one adapted Linear, as PEFT's DoraLinearLayer.get_weight_norm
+// (W in fp32, (B A) in fp32 then times s and added; the sum of squares in double, rounded to fp32).
+// Rows are independent (parallel over j); (B A)[j, :] is r saxpy passes over K contiguous floats.
+std::vector<float> dora_row_norms(const WeightRef& W, int64_t N, int64_t K, const LoraWeights& lw, float s) {
+  std::vector<float> n(static_cast<size_t>(N));
+  const int64_t r = lw.r;
+  const size_t esize = dtype_size(W.dtype);
+  parallel_for(N, 16, [&](int64_t j0, int64_t j1) {
+    std::vector<float> row(static_cast<size_t>(K)), ba(static_cast<size_t>(K));
+    for (int64_t j = j0; j < j1; ++j) {
+      to_f32(W.dtype, static_cast<const uint8_t*>(W.data) + static_cast<size_t>(j * K) * esize, row.data(), K);
+      std::fill(ba.begin(), ba.end(), 0.f);
+      for (int64_t i = 0; i < r; ++i) {
+        const float b = lw.B[j * r + i];
+        const float* a = lw.A.data() + i * K;
+        for (int64_t k = 0; k < K; ++k) ba[k] += b * a[k];
+      }
+      double ss = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double e = row[k] + s * ba[k];
+        ss += e * e;
+      }
+      n[static_cast<size_t>(j)] = static_cast<float>(std::sqrt(ss));
+    }
+  });
+  return n;
+}
 
 struct BlockActs {
   std::vector<float> n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act;
@@ -81,7 +112,36 @@ class Runner {
       xin = br->xd.data();
     }
     br->u.resize(T_ * lw.r);
-    lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, s_, y, br->u.data());
+    if (lw.m.empty()) {
+      lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, s_, y, br->u.data());
+      return;
+    }
+    // DoRA: y += (g − 1) ⊙ z + g ⊙ v, g = m / n. z = x̃ Wᵀ: without dropout PEFT takes y − b (base_result).
+    const int64_t N = w.N;
+    const LoraWeights& nw = opt_.dora_norms_from ? opt_.dora_norms_from->at(l, kLoraTargets[t].target) : lw;
+    br->n = dora_row_norms(W, N, w.K, nw, s_);
+    br->z.resize(T_ * N);
+    if (p_ > 0.f) {
+      linear_forward_ref(xin, T_, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
+    } else {
+      std::copy(y, y + T_ * N, br->z.begin());
+      if (bias.data) {
+        std::vector<float> b(static_cast<size_t>(N));
+        to_f32(bias.dtype, bias.data, b.data(), N);
+        for (int64_t t = 0; t < T_; ++t)
+          for (int64_t j = 0; j < N; ++j) br->z[t * N + j] -= b[j];
+      }
+    }
+    br->v.assign(T_ * N, 0.f);
+    lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, s_, br->v.data(), br->u.data());
+    std::vector<float> g(static_cast<size_t>(N));
+    for (int64_t j = 0; j < N; ++j) g[j] = lw.m[j] / br->n[j];
+    for (int64_t t = 0; t < T_; ++t) {
+      const float* z = br->z.data() + t * N;
+      const float* v = br->v.data() + t * N;
+      float* yt = y + t * N;
+      for (int64_t j = 0; j < N; ++j) yt[j] += (g[j] - 1.f) * z[j] + g[j] * v[j];
+    }
   }
 
   // dx += dy W (+ the adapter's input gradient); the adapter's dA, dB accumulate into grads.
@@ -95,6 +155,10 @@ class Runner {
     if (!ad_.has(l, kLoraTargets[t].target)) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
     LoraWeights& g = grads->at(l, kLoraTargets[t].target);
+    if (!lw.m.empty()) {
+      dora_bwd(lw, g, w, W, dy, p_ > 0.f ? br.xd.data() : x, br, mask_key(l, t), dx, tmp);
+      return;
+    }
     if (p_ > 0.f) {
       std::fill(tmp.begin(), tmp.end(), 0.f);
       lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
@@ -102,6 +166,34 @@ class Runner {
       dropout_backward_ref(tmp.data(), T_ * w.K, p_, mask_key(l, t), dx);
     } else {
       lora_backward_ref(dy, x, br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(), g.B.data(), dx);
+    }
+  }
+
+  // DoRA's part of linear_bwd (lora_model.h): dm, and dA, dB, dx through z = x̃ Wᵀ and v = s·(x̃ Aᵀ) Bᵀ; the base
+  // term's dy W is already in dx. xin is x̃ (the dropped-out input, or x).
+  void dora_bwd(const LoraWeights& lw, LoraWeights& g, const LinearWeight& w, const WeightRef& W, const float* dy,
+                const float* xin, const BranchActs& br, uint64_t key, float* dx, std::vector<float>& tmp) const {
+    const int64_t N = w.N, K = w.K;
+    std::vector<float> dz(T_ * N), dv(T_ * N), gn(static_cast<size_t>(N));
+    std::vector<double> dm(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
+    for (int64_t j = 0; j < N; ++j) gn[j] = lw.m[j] / br.n[j];
+    for (int64_t t = 0; t < T_; ++t) {
+      for (int64_t j = 0; j < N; ++j) {
+        const int64_t i = t * N + j;
+        dm[j] += static_cast<double>(dy[i]) * (br.z[i] + br.v[i]);
+        dz[i] = (gn[j] - 1.f) * dy[i];
+        dv[i] = gn[j] * dy[i];
+      }
+    }
+    for (int64_t j = 0; j < N; ++j) g.m[j] += static_cast<float>(dm[j] / br.n[j]);
+    tmp.resize(T_ * K);
+    linear_backward_input_ref(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
+    lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
+                      g.B.data(), tmp.data());
+    if (p_ > 0.f) {
+      dropout_backward_ref(tmp.data(), T_ * K, p_, key, dx);
+    } else {
+      for (int64_t i = 0; i < T_ * K; ++i) dx[i] += tmp[i];
     }
   }
 
@@ -268,6 +360,18 @@ LoraDims lora_dims_of(const QwenConfig& c) {
   d.kv_dim = c.kv_dim();
   d.num_layers = c.num_layers;
   return d;
+}
+
+void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
+  QWENQ_CHECK(adapter->use_dora(), "init_dora_magnitudes: the adapter does not use DoRA");
+  const float s = static_cast<float>(adapter->scaling());
+  for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
+    for (LoraTarget t : adapter->targets()) {
+      LoraWeights& lw = adapter->at(l, t);
+      const LinearWeight& w = base_of(model.weights().layers[l], static_cast<int>(t));
+      lw.m = dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
+    }
+  }
 }
 
 std::vector<int32_t> next_token_targets(const PackedBatch& b) {

@@ -15,6 +15,19 @@
 //   dn1  = dq W_q + dk W_k + dv W_v (+ LoRA) dx = dh1 + rmsnorm'(dn1; x)
 // and each adapter accumulates dB += s·dyᵀu, dA += s·(dy B)ᵀ drop(x) (lora/lora_linear.h).
 //
+// DoRA (adapter.use_dora(), PEFT 0.15.2's DoraLinearLayer / LoraLayer.forward): with magnitude m [N], x̃ = drop(x)
+// (x when dropout is off), and the row norms n = ‖W + s·B A‖₂ (per output row; W dequantized for packed bases)
+// DETACHED (no gradient flows through n, DoRA §4.3), each adapted Linear computes
+//   z = x̃ Wᵀ (no bias; without dropout PEFT's base_result − b),  u = x̃ Aᵀ,  v = s·u Bᵀ,  g = m / n   [N]
+//   y = x Wᵀ + b + (g − 1) ⊙ z + g ⊙ v                              (⊙ per output column j)
+// Note that with dropout the correction (g − 1) ⊙ z uses the dropped x̃, as PEFT's does, while x Wᵀ + b sees x.
+// Backward, given dy:
+//   dm_j += Σ_t dy_tj · (z_tj + v_tj) / n_j
+//   dv = g ⊙ dy,  dz = (g − 1) ⊙ dy
+//   dA, dB: LoRA's (lora/lora_linear.h) with dy replaced by dv;  dx̃ = dz W + s·(dv B) A
+//   dx += dy W (the base term) + drop'(dx̃)
+// init_dora_magnitudes sets m = n (PEFT's init: ‖W + s·B A‖, i.e. ‖W‖ while B = 0), so the model starts unchanged.
+//
 // Activation checkpointing (default): the forward keeps only each block's input x_l; the backward recomputes the
 // block's intermediates from it, so memory grows with one block's activations plus L·T·C floats. Without it every
 // block's intermediates are kept from the forward. Both give bit-identical results (same operations, same order).
@@ -45,6 +58,9 @@ struct LoraStepOptions {
   uint64_t dropout_seed = 0;   // per step; only used when the adapter's dropout > 0
   bool train = true;           // false: no dropout (evaluation)
   bool bf16_checkpoints = true;  // block inputs rounded to bf16 (see above); false: the exact fp32 model
+  // Tests only: DoRA's detached norms n from this adapter's A and B (same shapes) instead of the adapter's own, so
+  // that finite differences see the function whose gradient the backward computes (n held fixed).
+  const LoraAdapter* dora_norms_from = nullptr;
 };
 
 struct LoraStepResult {
@@ -59,6 +75,10 @@ LoraDims lora_dims_of(const QwenConfig& c);
 // shapes as adapter), the gradient of grad_scale·Σ nll is *added* to it.
 LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch,
                                   const std::vector<int32_t>& targets, LoraAdapter* grads, const LoraStepOptions& opt);
+
+// DoRA: every magnitude m of `adapter` set to the row norms ‖W + s·B A‖ of its base Linear (PEFT's init; after
+// init_peft, m = ‖W‖). Throws when the adapter does not use DoRA.
+void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter);
 
 // Next-token targets of a packed batch: targets[t] = tokens[t+1] inside each sequence, kIgnoreIndex at the last
 // position of each sequence.

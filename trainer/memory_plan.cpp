@@ -53,6 +53,8 @@ struct LayerShape {
   int64_t lora_params = 0;  // Σ r·(N + K)
   int64_t dropout_k = 0;    // Σ K over adapted Linears when dropout > 0
   int64_t max_adapted_n = 0;
+  int64_t dora_n = 0;       // Σ N over adapted Linears with DoRA (0 without)
+  int64_t max_dora_n = 0;   // the largest of those N
 };
 
 LayerShape layer_shape(const PlanInput& in) {
@@ -77,6 +79,11 @@ LayerShape layer_shape(const PlanInput& in) {
                              << s.shape[t].K << "] allows");
     s.sum_r += s.r;
     s.lora_params += s.r * (s.shape[t].N + s.shape[t].K);
+    if (in.lora.use_dora) {  // the magnitude m [N]
+      s.lora_params += s.shape[t].N;
+      s.dora_n += s.shape[t].N;
+      s.max_dora_n = std::max(s.max_dora_n, s.shape[t].N);
+    }
     if (in.lora.dropout > 0) s.dropout_k += s.shape[t].K;
     s.max_adapted_n = std::max(s.max_adapted_n, s.shape[t].N);
   }
@@ -93,7 +100,8 @@ int64_t layer_dense_values(const QwenConfig& c) {
 // fp32 values of one block's BlockActs.
 int64_t cpu_block_values(const PlanInput& in, const LayerShape& s) {
   return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + 3 * s.I + s.sum_r +
-                (in.model.qk_norm ? s.qd + s.kvd : 0) + s.dropout_k);
+                (in.model.qk_norm ? s.qd + s.kvd : 0) + s.dropout_k) +
+         (2 * s.T + 1) * s.dora_n;  // DoRA: z, v [T, N] and n [N] per adapted Linear
 }
 
 // The largest set of fp32 buffers alive at once inside block_bwd (and during a recompute), in values.
@@ -101,7 +109,8 @@ int64_t cpu_backward_values(const PlanInput& in, const LayerShape& s) {
   const int64_t T = s.T, C = s.C, I = s.I, qd = s.qd, kvd = s.kvd;
   auto lora = [&](LoraTarget t) -> int64_t {  // lora_backward_ref: g, su [T, r] and t [T, K]
     const int i = static_cast<int>(t);
-    return s.adapted[i] ? 2 * T * s.r + T * s.shape[i].K : 0;
+    // DoRA adds dora_bwd's dz, dv [T, N]
+    return s.adapted[i] ? 2 * T * s.r + T * s.shape[i].K + (s.dora_n > 0 ? 2 * T * s.shape[i].N : 0) : 0;
   };
   const int64_t base = 3 * T * I + T * I;  // dact, dgate, dup + linear_bwd's tmp (capacity T·I from down_proj on)
   const int64_t down = base + lora(LoraTarget::DownProj);
@@ -280,6 +289,8 @@ void check_input(const PlanInput& in) {
   QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
+    QWENQ_CHECK(!in.lora.use_dora, "plan: --use-dora with --device cuda: DoRA adapters run on the CPU only for now "
+                                   "(--device cpu)");
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
     QWENQ_CHECK(in.gpus <= c.num_layers, "plan: " << in.gpus << " GPUs for a pipeline of " << c.num_layers
                                                   << " layers leaves a GPU without a layer; use at most "
@@ -550,6 +561,7 @@ std::string plan_to_json(const PlanResult& p) {
                {"nf4_blocksize", in.nf4_blocksize},
                {"dense_dtype", dtype_name(in.dense_dtype)}};
   j["lora"] = {{"r", in.lora.r}, {"targets", in.lora.target_modules}, {"dropout", in.lora.dropout}};
+  if (in.lora.use_dora) j["lora"]["dora"] = true;
   j["batch_size"] = in.batch_size;
   j["seq_len"] = in.seq_len;
   j["tokens"] = p.tokens;

@@ -17,8 +17,10 @@
 //   Dense rest, in dense_dtype (bf16): embeddings V·C, lm_head V·C (untied), per layer 2 RMSNorms 2·C, q/k/v
 //               biases qd + 2·kvd (Qwen2), q/k norms 2·D (Qwen3), final norm C.
 //
-// LORA: params per layer P_l = Σ over targeted Linears r·(N + K). adapters = 4·P (fp32 masters),
-//   gradients = 4·P (fp32), optimizer = 8·P (AdamW m and v, fp32: kernels/optim.h).
+// LORA: params per layer P_l = Σ over targeted Linears r·(N + K) (DoRA: r·(N + K) + N, the magnitude). adapters
+//   = 4·P (fp32 masters), gradients = 4·P (fp32), optimizer = 8·P (AdamW m and v, fp32: kernels/optim.h).
+//   DoRA (CPU only; the GPU plan refuses it) also keeps z, v [T, N] and n [N] per adapted Linear in the block's
+//   activations and dz, dv [T, N] among that Linear's backward temporaries.
 //
 // ACTIVATIONS, CPU (trainer/lora_model.cpp exactly as written; fp32, 4 bytes per value):
 //   checkpoints   (L+1)·T·C          every block input x_l, plus the final one (kept with or without checkpointing)
@@ -142,7 +144,7 @@ struct PlanInput {
   bool double_quant = true;  // NF4
   int64_t nf4_blocksize = 64;
   DType dense_dtype = DType::BF16;  // embeddings, lm_head, norms, biases (a bf16 base's Linears are bf16 anyway)
-  LoraConfig lora;                  // r, target_modules, dropout
+  LoraConfig lora;                  // r, target_modules, dropout, use_dora
   int64_t batch_size = 1;           // B sequences per micro-batch
   int64_t seq_len = 2048;           // S
   bool checkpointing = true;

@@ -67,7 +67,7 @@ int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data
 nlohmann::json resume_key(const TrainOptions& o) {
   return {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
           {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
-          {"targets", o.lora.target_modules},
+          {"dora", o.lora.use_dora},     {"targets", o.lora.target_modules},
           {"seq_len", o.seq_len},        {"batch_size", o.batch_size},   {"grad_accum", o.grad_accum},
           {"packing", o.batch_mode == SftBatchMode::kPacking},           {"epochs", o.epochs},
           {"max_steps", o.max_steps},    {"lr", o.lr},                   {"weight_decay", o.weight_decay},
@@ -82,7 +82,8 @@ nlohmann::json resume_key(const TrainOptions& o) {
 std::string settings_difference(const nlohmann::json& saved, const nlohmann::json& now) {
   static const std::map<std::string, std::string> kFlag = {
       {"model", "--model"}, {"data", "--data"}, {"r", "--lora-r"}, {"alpha", "--lora-alpha"},
-      {"dropout", "--lora-dropout"}, {"rslora", "--rslora"}, {"targets", "--target"}, {"seq_len", "--seq-len"},
+      {"dropout", "--lora-dropout"}, {"rslora", "--rslora"}, {"dora", "--use-dora"}, {"targets", "--target"},
+      {"seq_len", "--seq-len"},
       {"batch_size", "--batch-size"}, {"grad_accum", "--grad-accum"}, {"packing", "--batching"},
       {"epochs", "--epochs"}, {"max_steps", "--max-steps"}, {"lr", "--lr"}, {"weight_decay", "--weight-decay"},
       {"scheduler", "--scheduler"}, {"warmup_steps", "--warmup-steps"}, {"warmup_ratio", "--warmup-ratio"},
@@ -105,9 +106,11 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
 }
 
 // A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
-// they resume (bit for bit) with --fp32-checkpoints, and the refusal below names the difference otherwise.
+// they resume (bit for bit) with --fp32-checkpoints, and the refusal below names the difference otherwise. One
+// from before DoRA has no "dora" key: it was plain LoRA.
 void add_legacy_resume_keys(nlohmann::json* saved) {
   if (saved->is_object() && !saved->contains("checkpoints")) (*saved)["checkpoints"] = "fp32";
+  if (saved->is_object() && !saved->contains("dora")) (*saved)["dora"] = false;  // before DoRA: plain LoRA
 }
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
@@ -116,12 +119,14 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
     for (LoraTarget t : a.targets()) {
       std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
       std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
+      std::fill(z.at(l, t).m.begin(), z.at(l, t).m.end(), 0.f);
     }
   }
   return z;
 }
 
-// Every A and B of an adapter as (pointer, size) pairs, in a fixed order.
+// Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order. The magnitudes are
+// trained like A and B (AdamW with weight decay: transformers' Trainer decays every parameter but biases and norms).
 struct Tensors {
   std::vector<float*> ptr;
   std::vector<int64_t> size;
@@ -130,7 +135,8 @@ Tensors tensors_of(LoraAdapter& a) {
   Tensors t;
   for (int64_t l = 0; l < a.dims().num_layers; ++l) {
     for (LoraTarget tg : a.targets()) {
-      for (std::vector<float>* v : {&a.at(l, tg).A, &a.at(l, tg).B}) {
+      for (std::vector<float>* v : {&a.at(l, tg).A, &a.at(l, tg).B, &a.at(l, tg).m}) {
+        if (v->empty()) continue;  // m without DoRA
         t.ptr.push_back(v->data());
         t.size.push_back(static_cast<int64_t>(v->size()));
       }
@@ -279,6 +285,8 @@ TrainReport train_lora(const TrainOptions& o) {
               "--scheduler must be cosine, linear or constant, not " << o.scheduler);
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
+  QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora),
+              "--use-dora with --device cuda: DoRA adapters run on the CPU only for now (--device cpu)");
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
@@ -321,6 +329,7 @@ TrainReport train_lora(const TrainOptions& o) {
   lcfg.base_model = o.model_dir;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
+  if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W‖ per row, as PEFT's
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
   if (!o.resume && o.overwrite) remove_tree(o.out_dir);

@@ -7,6 +7,8 @@ the base model and the adapter (PEFT's own files). Two sequences of different le
 padding); the loss is the mean next-token cross-entropy over all predicted tokens; loss.backward() gives the
 adapter gradients. The gtest LoraGradOracle.* loads the same base and adapter with qwenq (our PEFT reader),
 computes the loss and gradients with its hand-written backward, and compares (tolerances in the C++ half).
+The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
+so m/n is far from 1), and their gradients compared as well (PEFT detaches the norm n, as we do).
 """
 import os
 
@@ -25,7 +27,7 @@ print("transformers", transformers.__version__, "peft", peft.__version__, "torch
 torch.manual_seed(4321)
 out = work_dir(args.build, "lora_grad_oracle")
 
-def make_case(name, config):
+def make_case(name, config, dora=False):
     """Builds, randomizes and saves one base + PEFT adapter + expected loss/gradients under out/name."""
     case = os.path.join(out, name)
     base_dir, adapter_dir = os.path.join(case, "base"), os.path.join(case, "adapter")
@@ -41,7 +43,8 @@ def make_case(name, config):
                 p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
     model.save_pretrained(base_dir, safe_serialization=True)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
+                           use_dora=dora)
     pm = peft.get_peft_model(model, lcfg)
     with torch.no_grad():
         for pname, p in pm.named_parameters():
@@ -49,6 +52,8 @@ def make_case(name, config):
                 p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
             elif "lora_B" in pname:
                 p.copy_(0.2 * torch.randn_like(p))
+            elif "lora_magnitude_vector" in pname:
+                p.mul_(1.0 + 0.3 * torch.randn_like(p))
     pm.save_pretrained(adapter_dir)
     seqs = [torch.randint(0, config.vocab_size, (11,)), torch.randint(0, config.vocab_size, (4,))]
     total = sum(len(s) - 1 for s in seqs)
@@ -76,7 +81,8 @@ yarn = dict(common, max_position_embeddings=8,
             rope_scaling={"rope_type": "yarn", "factor": 4.0, "attention_factor": 1.3})  # dx = s·Rᵀ·dx'
 cases = [make_case("qwen2", transformers.Qwen2Config(**common)),
          make_case("qwen3", transformers.Qwen3Config(head_dim=32, **common)),  # QK-norm; head_dim != hidden/heads
-         make_case("qwen2_yarn", transformers.Qwen2Config(**yarn))]
+         make_case("qwen2_yarn", transformers.Qwen2Config(**yarn)),
+         make_case("qwen2_dora", transformers.Qwen2Config(**common), dora=True)]
 
 run_gtest(args.build, "LoraGradOracle.*", {"QWENQ_ORACLE_LORA_DIRS": ":".join(cases)})
 print("lora grad oracle: OK")

@@ -8,6 +8,9 @@ our own forward with that adapter, and the same greedy text.
    sequence are saved, and the gtest TrainedAdapterOracle.* compares them with trainer/lora_model's forward
    (max |error| relative to max |logit|, tolerance in the C++ half).
 4. Greedy decoding of an Alpaca prompt: `qwen-qlora generate --adapter` against PEFT's generate().
+5. The same for a DoRA adapter: `qwen-qlora train --use-dora` (10 steps, dropout 0.05) into run_dora/; PEFT loads
+   it (use_dora read back, every magnitude moved from its init), logits and greedy text as in 3 and 4 (our side:
+   the CPU trainer's DoRA forward, and generate's in-memory merge).
 """
 import os
 
@@ -46,12 +49,44 @@ save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": logits},
           os.path.join(out, "expected.safetensors"))
 run_gtest(args.build, "TrainedAdapterOracle.*", {"QWENQ_ORACLE_TRAINED_DIR": out})
 
-ours = run([ql, "generate", "--model", base_dir, "--adapter", run_dir, "--prompt", prompt, "-n", "40", "--threads", "1"])
+
+
+def check_generate(adapter_dir, peft_model, what):
+    ours = run([ql, "generate", "--model", base_dir, "--adapter", adapter_dir, "--prompt", prompt, "-n", "40",
+                "--threads", "1"])
+    with torch.no_grad():
+        gen = peft_model.generate(input_ids=ids, max_new_tokens=40, do_sample=False)
+    hf = tok.decode(gen[0], skip_special_tokens=True)
+    print(f"{what} qwen-qlora generate:", repr(ours))
+    print(f"{what} peft generate:      ", repr(hf))
+    if ours.strip() != hf.strip():
+        raise SystemExit(f"FAIL: greedy generations with the {what} adapter differ")
+
+
+check_generate(run_dir, model, "LoRA")
+
+# 5. DoRA.
+dora_dir = os.path.join(out, "run_dora")
+run([ql, "train", "--model", base_dir, "--data", f"{data}/alpaca/alpaca_en_demo.json", "--out", dora_dir,
+     "--overwrite", "--max-steps", "10", "--seq-len", "256", "--batch-size", "4", "--lr", "2e-3", "--use-dora",
+     "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.05", "--target", "all-linear", "--quiet"])
+dbase = Qwen2ForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+dmodel = peft.PeftModel.from_pretrained(dbase, dora_dir).eval()
+if not dmodel.peft_config["default"].use_dora:
+    raise SystemExit("FAIL: PEFT did not read use_dora from our adapter_config.json")
+moved = 0.0
+for name, mod in dmodel.named_modules():
+    if hasattr(mod, "lora_magnitude_vector") and "default" in getattr(mod, "lora_magnitude_vector", {}):
+        w = mod.get_base_layer().weight.detach()
+        moved = max(moved, float((mod.lora_magnitude_vector["default"].weight - w.norm(dim=1)).abs().max()))
+print(f"DoRA: largest move of a magnitude from its init ||W||: {moved:.3g}")
+if not moved > 1e-4:
+    raise SystemExit("FAIL: the trained DoRA magnitudes did not move")
 with torch.no_grad():
-    gen = model.generate(input_ids=ids, max_new_tokens=40, do_sample=False)
-hf = tok.decode(gen[0], skip_special_tokens=True)
-print("qwen-qlora generate:", repr(ours))
-print("peft generate:      ", repr(hf))
-if ours.strip() != hf.strip():
-    raise SystemExit("FAIL: greedy generations with the adapter differ")
+    dlogits = dmodel(ids).logits[0].float().contiguous()
+save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": dlogits},
+          os.path.join(out, "expected_dora.safetensors"))
+run_gtest(args.build, "TrainedAdapterOracle.*",
+          {"QWENQ_ORACLE_TRAINED_DIR": out, "QWENQ_ORACLE_TRAINED_RUN": "run_dora"})
+check_generate(dora_dir, dmodel, "DoRA")
 print("qlora train oracle: OK")
