@@ -15,6 +15,7 @@
 #include "core/safetensors.h"
 #include "lora/lora_adapter.h"
 #include "lora/peft_io.h"
+#include "tests/support/safetensors_edit.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_inference.h"
 #include "trainer/lora_merge.h"
@@ -55,21 +56,7 @@ LoraAdapter random_dora(const LoraDims& dims, uint64_t seed) {
   return a;
 }
 
-// Rewrites `dir`'s adapter_model.safetensors through `edit(name, view, bytes, writer)`.
-template <typename Edit>
-void rewrite_weights(const std::string& dir, Edit&& edit) {
-  const std::string path = path_join(dir, "adapter_model.safetensors");
-  SafetensorsWriter w;
-  {
-    SafetensorsFile f(path);
-    for (const std::string& name : f.names()) {
-      const TensorView& v = f.get(name);
-      const uint8_t* p = static_cast<const uint8_t*>(v.data);
-      edit(name, v, std::vector<uint8_t>(p, p + v.nbytes()), w);
-    }
-  }
-  w.write(path);
-}
+using test::rewrite_adapter_weights;
 
 TEST(Dora, ConfigRoundTripAndMagnitudeShapes) {
   const LoraConfig c = dora_config();
@@ -118,7 +105,7 @@ TEST(Dora, LoadRefusals) {
   const auto fresh = [&] { save_peft_adapter(dir, a, PeftSaveOptions{DType::F32, true}); };
 
   fresh();  // missing magnitude
-  rewrite_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                            SafetensorsWriter& w) {
     if (name != victim) w.add_owned(name, v.dtype, v.shape, std::move(bytes));
   });
@@ -128,7 +115,7 @@ TEST(Dora, LoadRefusals) {
   EXPECT_NE(e.find("use_dora"), std::string::npos) << e;
 
   fresh();  // misshapen magnitude ([N, 1] instead of [N])
-  rewrite_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                            SafetensorsWriter& w) {
     w.add_owned(name, v.dtype, name == victim ? std::vector<int64_t>{v.shape[0], 1} : v.shape, std::move(bytes));
   });
@@ -137,7 +124,7 @@ TEST(Dora, LoadRefusals) {
   EXPECT_NE(e.find(file), std::string::npos) << e;
 
   fresh();  // a NaN in a magnitude
-  rewrite_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                            SafetensorsWriter& w) {
     if (name == victim) {
       const float nan = std::numeric_limits<float>::quiet_NaN();

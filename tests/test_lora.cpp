@@ -27,6 +27,7 @@
 #include "lora/lora_config.h"
 #include "lora/lora_linear.h"
 #include "lora/peft_io.h"
+#include "tests/support/safetensors_edit.h"
 #include "tests/support/test_paths.h"
 #include "trainer/qwen_config.h"
 
@@ -565,27 +566,13 @@ TEST(PeftIo, Bf16RoundsToNearestEven) {
   EXPECT_NE(error_of([&] { save_peft_adapter(dir + "2", a, o); }).find("F32 or BF16"), std::string::npos);
 }
 
-// Rewrites `dir`'s adapter_model.safetensors through `edit(name, view, writer)`, which adds what it wants.
-template <typename Edit>
-void rewrite_weights(const std::string& dir, Edit&& edit) {
-  const std::string path = path_join(dir, "adapter_model.safetensors");
-  SafetensorsWriter w;
-  {
-    SafetensorsFile f(path);
-    for (const std::string& name : f.names()) {
-      const TensorView& v = f.get(name);
-      const uint8_t* p = static_cast<const uint8_t*>(v.data);
-      edit(name, v, std::vector<uint8_t>(p, p + v.nbytes()), w);
-    }
-  }
-  w.write(path);
-}
+using test::rewrite_adapter_weights;
 
 TEST(PeftIo, ReadsF16) {
   const std::string dir = path_join(scratch_dir(), "adapter");
   const LoraAdapter a = random_adapter(tiny_dims(1), all_linear(2), 12);
   save_peft_adapter(dir, a);
-  rewrite_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                           SafetensorsWriter& w) {
     std::vector<uint8_t> half(v.numel() * 2);
     from_f32(DType::F16, reinterpret_cast<const float*>(bytes.data()), half.data(), v.numel());
@@ -622,7 +609,7 @@ TEST(PeftIo, LoadErrors) {
   EXPECT_NE(e.find("layers.2.self_attn.q_proj.lora_A.weight is missing"), std::string::npos) << e;
 
   // Unknown key.
-  rewrite_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                           SafetensorsWriter& w) {
     w.add_owned(name, v.dtype, v.shape, std::move(bytes));
     if (name == peft_tensor_name(0, LoraTarget::QProj, true))
@@ -635,7 +622,7 @@ TEST(PeftIo, LoadErrors) {
       << e;
 
   // A missing tensor.
-  rewrite_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                           SafetensorsWriter& w) {
     if (name.find("lora_magnitude_vector") != std::string::npos) return;
     if (name == peft_tensor_name(1, LoraTarget::UpProj, true)) return;
@@ -645,7 +632,7 @@ TEST(PeftIo, LoadErrors) {
   EXPECT_NE(e.find("layers.1.mlp.up_proj.lora_B.weight is missing"), std::string::npos) << e;
 
   // An integer dtype.
-  rewrite_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
+  rewrite_adapter_weights(dir, [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
                           SafetensorsWriter& w) {
     w.add_owned(name, name == peft_tensor_name(0, LoraTarget::QProj, false) ? DType::I32 : v.dtype, v.shape,
                 std::move(bytes));
