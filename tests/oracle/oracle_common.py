@@ -31,6 +31,25 @@ def work_dir(build, name):
     return d
 
 
+_failures = []
+
+
+def check(cond, what):
+    """Records a mismatch (printed at once) without stopping, so one run lists every one; returns cond."""
+    if not cond:
+        _failures.append(what)
+        print("MISMATCH:", what, flush=True)
+    return cond
+
+
+def finish(passed="PASS"):
+    """Exits 1 with the count when check() recorded a mismatch, else prints `passed`."""
+    if _failures:
+        print(f"FAIL: {len(_failures)} mismatches", flush=True)
+        sys.exit(1)
+    print(passed)
+
+
 def spread_weights(model):
     """transformers initialises with std 0.02, zero biases and unit norms; spread every parameter (seeded by the
     caller's torch.manual_seed) so that an error anywhere shows in the logits."""

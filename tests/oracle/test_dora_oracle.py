@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 
-from oracle_common import parse_args, run, run_gtest, skip, spread_weights, work_dir
+from oracle_common import check, finish, parse_args, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -39,14 +39,6 @@ LAYERS = 2
 LOGIT_REL_TOL = 1e-5  # fp32 on both sides; only summation orders differ (norms: double here, fp32 in torch)
 PARAM = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)"
                    r"\.lora_(A|B|magnitude_vector)\.default(?:\.weight)?$")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("MISMATCH:", what, flush=True)
-    return cond
 
 
 def dora_params(model):
@@ -145,6 +137,4 @@ with torch.no_grad():
     e = rel_err(loaded(ids).logits[0].float(), logits)
 check(e == 0.0, f"ours/ in PEFT: logits differ by {e:.3g}")
 
-if failures:
-    raise SystemExit(f"FAIL: {len(failures)} mismatches")
-print("PASS")
+finish()

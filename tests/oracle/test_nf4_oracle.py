@@ -22,9 +22,8 @@ Exit 0 pass, 1 fail, 77 skip (numpy or safetensors missing).
 """
 import json
 import os
-import sys
 
-from oracle_common import parse_args, run_gtest, skip, work_dir
+from oracle_common import check, finish, parse_args, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -64,14 +63,6 @@ FP4_RAW = np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -
 FP4 = (FP4_RAW / F32(12)).astype(F32)
 CODE = {"nf4": NF4, "fp4": FP4}
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("MISMATCH:", what, flush=True)
-    return cond
 
 
 def bits_equal(a, b):
@@ -277,8 +268,5 @@ if bnb is not None:
     except ImportError:
         print("transformers absent: quantization_config not round-tripped")
 
-if failures:
-    print(f"FAIL: {len(failures)} mismatches")
-    sys.exit(1)
-print("PASS: bnb 4-bit layers agree with the numpy reading of REFERENCE A3" +
+finish("PASS: bnb 4-bit layers agree with the numpy reading of REFERENCE A3" +
       (f" and bitsandbytes {bnb.__version__}" if bnb else ""))

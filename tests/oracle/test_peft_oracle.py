@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 
-from oracle_common import parse_args, run_gtest, skip, work_dir
+from oracle_common import check, finish, parse_args, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -39,14 +39,6 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 LAYERS = 2
 PARAM = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)"
                    r"\.lora_([AB])\.default\.weight$")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("MISMATCH:", what, flush=True)
-    return cond
 
 
 def lora_params(model):
@@ -118,6 +110,4 @@ for sub, dtype in (("ours_f32", torch.float32), ("ours_bf16", torch.bfloat16)):
             exact += 1
     print(f"{sub}: PEFT loaded {exact}/{len(got)} lora tensors bit-exact")
 
-if failures:
-    raise SystemExit(f"FAIL: {len(failures)} mismatches")
-print("PASS")
+finish()

@@ -13,9 +13,8 @@ Exit 0 pass, 1 fail, 77 skip (safetensors or numpy missing).
 """
 import os
 import struct
-import sys
 
-from oracle_common import parse_args, run_gtest, skip, work_dir
+from oracle_common import check, finish, parse_args, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -34,14 +33,6 @@ print("safetensors", safetensors.__version__, "numpy", np.__version__,
       "torch", torch.__version__ if torch else "(absent: BF16 checks skipped)")
 
 NOTE = "h\u00e9llo \u2713"
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("MISMATCH:", what, flush=True)
-
 
 # The formulas, identical to tests/test_core_safetensors.cpp (oracle_float etc.), over the flat index.
 def f_float(n):
@@ -159,7 +150,4 @@ if torch is not None:
 else:
     print("torch absent: BF16 files not checked")
 
-if failures:
-    print(f"FAIL: {len(failures)} mismatches")
-    sys.exit(1)
-print("PASS: safetensors files agree both ways")
+finish("PASS: safetensors files agree both ways")
