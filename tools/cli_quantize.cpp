@@ -17,8 +17,25 @@ struct QuantizeArgs {
   std::string model, format = "gptq";
   bool asym = false, no_double_quant = false;
   double max_shard_gb = 4.0;
+  int64_t loftq_rank = 0;
+  double loftq_alpha = 0;  // 0: the rank (s = 1, as PEFT's LoftQ assumes)
+  std::string loftq_target = "all-linear";
   CommonOptions common;
 };
+
+// LoftQ's iterative form (rtn, nf4, fp4): the base and an adapter that starts where the base falls short.
+void add_loftq_options(CLI::App* cmd, QuantizeArgs* a) {
+  cmd->add_option("--loftq-rank", a->loftq_rank,
+                  "LoftQ: also write <out>/loftq_init, a rank-R adapter that starts at the rank-R part of W - Q "
+                  "(PEFT's init_lora_weights=\"loftq\"; for qwen-qlora train --init-adapter)")
+      ->check(at_least(1, "POSITIVE"));
+  cmd->add_option("--loftq-iter", a->opt.loftq_iters, "LoftQ alternations of quantization and SVD (the paper uses 5)")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
+  cmd->add_option("--loftq-alpha", a->loftq_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
+  cmd->add_option("--loftq-target", a->loftq_target, "the Linears LoftQ adapts: names as --target, or all-linear")
+      ->capture_default_str();
+}
 
 void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (bf16/fp16/fp32)")->required();
@@ -42,10 +59,21 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.double_quant = !a.no_double_quant;
   a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
   a.opt.layout = a.format == "awq" ? IntLayout::AwqGemm : a.format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+  if (a.loftq_rank > 0) {
+    a.opt.loftq.r = a.loftq_rank;
+    a.opt.loftq.alpha = a.loftq_alpha > 0 ? a.loftq_alpha : static_cast<double>(a.loftq_rank);
+    a.opt.loftq.target_modules = parse_lora_targets(a.loftq_target);
+  }
   QuantizeReport r = quantize_model(a.opt);
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
               format_bytes(r.bytes_written).c_str(), r.seconds, format_bytes(r.peak_rss).c_str());
+  if (a.loftq_rank > 0) {
+    std::printf("loftq: %s/loftq_init (rank %lld, %d iteration(s)): ||W - Q|| %.6g -> ||W - Q - s*B*A|| %.6g over the "
+                "adapted Linears (-%.1f%%)\n",
+                a.opt.out_dir.c_str(), (long long)a.loftq_rank, a.opt.loftq_iters, r.loftq_plain_error, r.loftq_error,
+                100.0 * (1.0 - r.loftq_error / r.loftq_plain_error));
+  }
 }
 
 }  // namespace
@@ -54,6 +82,7 @@ void register_quantize(CLI::App& app) {
   auto rtn = std::make_shared<QuantizeArgs>();
   CLI::App* cmd = app.add_subcommand("rtn", "Round-to-nearest per group, written as GPTQ (v1/v2) or AWQ GEMM tensors");
   add_io_options(cmd, rtn.get());
+  add_loftq_options(cmd, rtn.get());
   cmd->add_option("--bits", rtn->opt.bits, "2, 3, 4 or 8 (AWQ: 4)")->capture_default_str();
   cmd->add_option("--group-size", rtn->opt.group_size, "input rows per scale; -1 = one group per output channel")
       ->capture_default_str();
@@ -179,6 +208,7 @@ void register_quantize(CLI::App& app) {
     CLI::App* c = app.add_subcommand(name, fp4 ? "bitsandbytes FP4, blockwise absmax (the QLoRA comparison baseline)"
                                                : "bitsandbytes NF4, blockwise absmax (the QLoRA baseline)");
     add_io_options(c, a.get());
+    add_loftq_options(c, a.get());
     c->add_option("--blocksize", a->opt.blocksize, "weights per absmax block")->capture_default_str();
     c->add_flag("--no-double-quant", a->no_double_quant, "keep the absmax scales in fp32 (default: 8-bit, block 256)");
     c->callback([a, fp4]() { run(*a, fp4 ? QuantizeOptions::Method::Fp4 : QuantizeOptions::Method::Nf4); });

@@ -56,6 +56,33 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
   return args;
 }
 
+// With --init-adapter the adapter's own shape settings are the run's: an option that says otherwise is refused
+// rather than silently overridden.
+void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfig* run) {
+  const LoraConfig ac = load_lora_config(dir);
+  auto given = [&](const char* flag) { return c.get_option(flag)->count() > 0; };
+  auto refuse = [&](bool differs, const char* flag, const std::string& theirs) {
+    QWENQ_CHECK(!differs, flag << " differs from --init-adapter " << dir << "'s " << theirs
+                               << " (leave it out: the adapter's settings are used)");
+  };
+  auto targets_str = [](const std::vector<std::string>& t) {
+    std::string s;
+    for (const auto& x : t) s += (s.empty() ? "" : ",") + x;
+    return s;
+  };
+  refuse(given("--lora-r") && run->r != ac.r, "--lora-r", "r " + std::to_string(ac.r));
+  refuse(given("--lora-alpha") && run->alpha != ac.alpha, "--lora-alpha", "lora_alpha " + std::to_string(ac.alpha));
+  refuse(given("--rslora") && run->use_rslora != ac.use_rslora, "--rslora", "use_rslora false");
+  refuse(given("--use-dora") && run->use_dora != ac.use_dora, "--use-dora", "use_dora false");
+  refuse(given("--target") && run->target_modules != ac.target_modules, "--target",
+         "target_modules " + targets_str(ac.target_modules));
+  run->r = ac.r;
+  run->alpha = ac.alpha;
+  run->use_rslora = ac.use_rslora;
+  run->use_dora = ac.use_dora;
+  run->target_modules = ac.target_modules;
+}
+
 }  // namespace
 
 void register_qlora_train(CLI::App& app) {
@@ -125,13 +152,19 @@ void register_qlora_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--adapter-dtype", a->adapter_dtype, "fp32 (PEFT's own) or bf16")->capture_default_str();
   c->add_option("--seed", o.seed, "adapter init, data order, dropout")->capture_default_str();
+  c->add_option("--init-adapter", o.init_adapter,
+                "start from this PEFT adapter's weights (e.g. the loftq_init/ of `qwen-quant nf4 --loftq-rank`); its "
+                "rank, alpha, rsLoRA, DoRA and targets are used");
+  c->add_option("--loftq-model", o.loftq_model,
+                "LoftQ: start the adapter at the rank-r part of W - Q, W the weights of this original (unquantized) "
+                "model, Q the 4-bit base's (PEFT's replace_lora_weights_loftq)");
   c->add_flag("--resume", o.resume, "continue from the newest checkpoint in --out");
   c->add_flag("--overwrite", o.overwrite, "replace a previous run in --out");
   c->add_option("--stop-after", o.stop_after, "end after N steps of this invocation, without the final adapter (time-boxed runs, resume tests)")
       ->check(at_least(1, "POSITIVE"));
   c->add_flag("--quiet,-q", o.quiet, "no progress bar");
   add_common_options(c, &a->common);
-  c->callback([a]() {
+  c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
     o.bf16_checkpoints = !a->fp32_checkpoints;
@@ -141,6 +174,7 @@ void register_qlora_train(CLI::App& app) {
     o.use_cuda = resolve_experimental_device(a->common, "training") == Device::Cuda;
     o.model_dir = resolve_model_dir(a->model);
     o.lora.target_modules = parse_lora_targets(a->targets);
+    if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
     o.data.format = parse_sft_format(a->format);
     o.data.seed = o.seed;
     QWENQ_CHECK(a->batch_mode == "packing" || a->batch_mode == "padding", "--batching must be packing or padding");

@@ -20,18 +20,6 @@ namespace qwenq {
 
 namespace {
 
-const LinearWeight& base_of(const QwenLayerWeights& L, int t) {
-  switch (t) {
-    case 0: return L.q;
-    case 1: return L.k;
-    case 2: return L.v;
-    case 3: return L.o;
-    case 4: return L.gate;
-    case 5: return L.up;
-    default: return L.down;
-  }
-}
-
 // A Linear's weight as something the fp32 kernels take: a view of the stored dense tensor, or the dequantized
 // values of a packed one (one layer at a time).
 struct WeightRef {
@@ -100,7 +88,7 @@ class Runner {
 
   // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ
   void linear_fwd(int64_t l, int t, const float* x, const TensorView& bias, float* y, BranchActs* br) const {
-    const LinearWeight& w = base_of(w_.layers[l], t);
+    const LinearWeight& w = layer_linear(w_.layers[l], t);
     const WeightRef W(w);
     linear_forward_ref(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
     if (!ad_.has(l, kLoraTargets[t].target)) return;
@@ -147,7 +135,7 @@ class Runner {
   // dx += dy W (+ the adapter's input gradient); the adapter's dA, dB accumulate into grads.
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, const BranchActs& br, float* dx,
                   LoraAdapter* grads, std::vector<float>& tmp) const {
-    const LinearWeight& w = base_of(w_.layers[l], t);
+    const LinearWeight& w = layer_linear(w_.layers[l], t);
     const WeightRef W(w);
     tmp.resize(T_ * w.K);
     linear_backward_input_ref(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
@@ -368,7 +356,7 @@ void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
   for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
     for (LoraTarget t : adapter->targets()) {
       LoraWeights& lw = adapter->at(l, t);
-      const LinearWeight& w = base_of(model.weights().layers[l], static_cast<int>(t));
+      const LinearWeight& w = layer_linear(model.weights().layers[l], static_cast<int>(t));
       lw.m = dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
     }
   }

@@ -1,6 +1,7 @@
 #include "trainer/quantize_model.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <future>
@@ -16,6 +17,9 @@
 #include "core/safetensors.h"
 #include "core/threads.h"
 #include "kernels/device_allocator.h"
+#include "lora/loftq.h"
+#include "lora/lora_adapter.h"
+#include "lora/peft_io.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
@@ -28,6 +32,45 @@
 #include "trainer/quantize_model_cuda.h"
 
 namespace qwenq {
+
+namespace {
+
+// "model.layers.12.mlp.up_proj.weight" -> (12, up_proj).
+std::pair<int64_t, LoraTarget> layer_and_target(const std::string& name) {
+  const size_t a = std::string("model.layers.").size(), b = name.find('.', a);
+  const size_t c = name.rfind('.', name.size() - std::string(".weight").size() - 1);
+  LoraTarget t{};
+  QWENQ_CHECK(lora_target_from_name(name.substr(c + 1, name.size() - 7 - c - 1), &t), name << ": not a LoRA target");
+  return {std::stoll(name.substr(a, b - a)), t};
+}
+
+// q(X): the values the stored form of X stands for, with this run's quantizer (the same calls as below).
+std::vector<float> round_trip(const QuantizeOptions& o, const std::vector<float>& X, int64_t N, int64_t K) {
+  if (o.method == QuantizeOptions::Method::Rtn) {
+    const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
+    GroupGrid grid;
+    grid.bits = o.bits;
+    grid.group = o.group_size == -1 ? K : o.group_size;
+    grid.K = K;
+    grid.N = N;
+    grid.scale.resize(grid.num_groups() * N);
+    grid.zero.resize(grid.num_groups() * N);
+    std::vector<uint8_t> codes(N * K);
+    rtn_quantize_ref(X.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
+                     codes.data());
+    return dequantize_codes(codes.data(), grid);
+  }
+  Nf4Options no;
+  no.fp4 = o.method == QuantizeOptions::Method::Fp4;
+  no.blocksize = o.blocksize;
+  no.double_quant = o.double_quant;
+  std::vector<uint8_t> packed(nf4_packed_bytes(N * K));
+  std::vector<float> absmax((N * K + no.blocksize - 1) / no.blocksize);
+  nf4_quantize_blocks(X.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data());
+  return nf4_dequantize(nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax)));
+}
+
+}  // namespace
 
 QuantizeReport quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -62,6 +105,23 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
 #else
   QWENQ_CHECK(o.device == Device::Cpu, "quantize: this build has no CUDA backend; use the CPU");
 #endif
+  // LoftQ: the adapter it writes, shaped for the model as written (padded MLP included).
+  const bool loftq = o.loftq.r > 0;
+  std::unique_ptr<LoraAdapter> loftq_adapter;
+  double loftq_plain2 = 0, loftq_err2 = 0;
+  if (loftq) {
+    QWENQ_CHECK(o.device == Device::Cpu, "--loftq-rank runs on the CPU: drop --device cuda");
+    QWENQ_CHECK(o.loftq_iters >= 1, "--loftq-iter must be at least 1, got " << o.loftq_iters);
+    LoraConfig lc = o.loftq;
+    lc.base_model = o.out_dir;
+    lc.validate();
+    try {
+      loftq_adapter = std::make_unique<LoraAdapter>(
+          LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
+    } catch (const Error& e) {
+      throw Error(std::string("--loftq-rank: ") + e.what());
+    }
+  }
 
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -122,6 +182,21 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       W.resize(N * K);
       weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
+      const auto [layer, target] = layer_and_target(name);
+      if (loftq && loftq_adapter->has(layer, target)) {
+        named([&] {
+          const std::string what = "loftq: layer " + std::to_string(layer) + " " + lora_target_name(target);
+          LoftqIterResult lq = loftq_iterate(
+              W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters,
+              [&](const std::vector<float>& X) { return round_trip(o, X, N, K); }, {}, what.c_str());
+          LoraWeights& lw = loftq_adapter->at(layer, target);
+          lw.A = std::move(lq.factors.A);
+          lw.B = std::move(lq.factors.B);
+          loftq_plain2 += lq.plain_error * lq.plain_error;
+          loftq_err2 += lq.factors.corrected_error * lq.factors.corrected_error;
+          W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
+        });
+      }
     }
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
@@ -172,6 +247,11 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   join_host_half();
   shards.finish();
   bar.finish();
+  if (loftq) {
+    save_peft_adapter(path_join(out.path(), "loftq_init"), *loftq_adapter);
+    rep.loftq_plain_error = std::sqrt(loftq_plain2);
+    rep.loftq_error = std::sqrt(loftq_err2);
+  }
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
   if (I2 != I) {

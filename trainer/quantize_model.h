@@ -17,6 +17,7 @@
 #include "kernels/device.h"
 #include "quant/awq.h"
 #include "quant/int_checkpoint.h"
+#include "lora/lora_config.h"
 
 namespace qwenq {
 
@@ -49,6 +50,12 @@ struct QuantizeOptions {
   // faster there, where the next Linear's conversion and codes already use every thread). The tests set it to run
   // the GPU path's pipeline on the CPU.
   bool host_overlap = false;
+  // LoftQ's iterative form (lora/loftq.h; PEFT's init_lora_weights="loftq"): with loftq.r > 0 every Linear that
+  // loftq targets is stored as q(X), X = W − L R after loftq_iters alternations, and the adapter that completes it
+  // (s·B A = rank-r(W − q(X))) is written to <out>/loftq_init/, a PEFT adapter directory for `qwen-qlora train
+  // --init-adapter`, `eval --adapter` or PEFT's PeftModel.from_pretrained. CPU only (the SVDs are Eigen's).
+  LoraConfig loftq = LoraConfig{0, 0.0};
+  int loftq_iters = 1;
 };
 
 struct QuantizeReport {
@@ -58,6 +65,8 @@ struct QuantizeReport {
   int shards = 0;
   double seconds = 0;
   uint64_t peak_rss = 0;
+  // With LoftQ: ‖W − q(W)‖_F (plain quantization) and ‖W − q(X) − s·B A‖_F over the targeted Linears.
+  double loftq_plain_error = 0, loftq_error = 0;
 };
 
 QuantizeReport quantize_model(const QuantizeOptions& opt);

@@ -37,6 +37,19 @@ struct QwenLayerWeights {
   LinearWeight gate, up, down;                 // [I, C], [I, C], [C, I]
 };
 
+// Linear t of a layer in true-sequential order (q=0, k, v, o, gate, up, down=6; LoraTarget's and kDecoderLinears').
+inline const LinearWeight& layer_linear(const QwenLayerWeights& L, int t) {
+  switch (t) {
+    case 0: return L.q;
+    case 1: return L.k;
+    case 2: return L.v;
+    case 3: return L.o;
+    case 4: return L.gate;
+    case 5: return L.up;
+    default: return L.down;
+  }
+}
+
 struct QwenWeights {
   TensorView embed;       // [V, C]
   std::vector<QwenLayerWeights> layers;

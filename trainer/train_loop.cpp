@@ -21,6 +21,7 @@
 #include "kernels/dropout_mask.h"
 #include "kernels/optim.h"
 #include "lora/peft_io.h"
+#include "trainer/adapter_init.h"
 #include "trainer/lora_model.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
@@ -329,7 +330,13 @@ TrainReport train_lora(const TrainOptions& o) {
   lcfg.base_model = o.model_dir;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
-  if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W‖ per row, as PEFT's
+  QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
+  if (!o.resume && !o.init_adapter.empty()) {
+    init_adapter_from_dir(o.init_adapter, &adapter);  // DoRA's m included
+  } else {
+    if (!o.resume && !o.loftq_model.empty()) loftq_init_adapter(model, o.loftq_model, &adapter, o.quiet);
+    if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W + s·B A‖ per row, as PEFT's
+  }
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
   if (!o.resume && o.overwrite) remove_tree(o.out_dir);

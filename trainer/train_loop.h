@@ -71,6 +71,10 @@ struct TrainOptions {
   bool resume = false, overwrite = false, quiet = false;
   int64_t stop_after = 0;  // > 0: end after this many steps of this invocation, as a kill would (no final adapter)
   uint64_t seed = 42;  // adapter init, data order, dropout
+  // Where the adapter starts (trainer/adapter_init.h): the weights of a PEFT adapter directory, or LoftQ's one-shot
+  // initialisation from the original model the 4-bit base was quantized from. At most one; neither on resume (the
+  // checkpoint holds the adapter).
+  std::string init_adapter, loftq_model;
   DType adapter_dtype = DType::F32;  // of the final adapter (checkpoints are always fp32)
   // Train on the GPU (trainer/lora_model_cuda.h: forward, backward, clipping and AdamW on the device; the
   // adapter comes to the host for checkpoints, evaluation stays on the device; dropout masks are the CPU's). Set

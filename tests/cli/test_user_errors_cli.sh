@@ -23,7 +23,8 @@
 #  - every error ended with "[check `...` failed in func at file:line]", internal names a user cannot act on: now
 #    only with QWENQ_DEBUG=1 (for bug reports); without a GPU every command said "cudaGetDeviceCount returned 'CUDA
 #    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
-#  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message).
+#  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
+#  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -178,6 +179,27 @@ echo '{"max-steps": 5, "seq-len": 64, "lr": 0.001}' > cfg.json
   || fail "--config with --max-steps on the command line" cfg.txt
 [ "$(grep -c '"loss"' runc/metrics.jsonl)" -eq 3 ] || fail "the config's max-steps won over the command line" cfg.txt
 grep -q '"lr":0.001' runc/metrics.jsonl || fail "the config's lr was not applied" runc/metrics.jsonl
+
+# --- LoftQ: the adapter qwen-quant writes, and train starting from it (or computing it) ------------------------------
+"$QQ" nf4 --model tiny --out lq --loftq-rank 4 --loftq-iter 2 -q > lq.txt 2>&1 || fail "nf4 --loftq-rank" lq.txt
+grep -q "loftq: lq/loftq_init (rank 4, 2 iteration(s)): ||W - Q|| .* -> ||W - Q - s\*B\*A|| .*(-[0-9.]*%)" lq.txt \
+  || fail "nf4 --loftq-rank summary" lq.txt
+LT=(train --model lq --data text.jsonl --max-steps 2 --seq-len 64 -q)
+[ -f lq/loftq_init/adapter_model.safetensors ] || fail "no lq/loftq_init adapter"
+grep -q '"r": 4' lq/loftq_init/adapter_config.json || fail "loftq_init's rank" lq/loftq_init/adapter_config.json
+"$QQ" eval --model lq --adapter lq/loftq_init --data text.jsonl --seq-len 64 > lq_eval.txt 2>&1 || fail "eval LoftQ" lq_eval.txt
+"$QL" "${LT[@]}" --init-adapter lq/loftq_init --out lq_run --threads 1 > lq_run.txt 2>&1 || fail "train --init-adapter" lq_run.txt
+grep -q '"r": 4' lq_run/adapter_config.json || fail "train --init-adapter kept the adapter's rank" lq_run/adapter_config.json
+"$QL" "${LT[@]}" --loftq-model tiny --out lq_run2 --threads 1 > lq_run2.txt 2>&1 || fail "train --loftq-model" lq_run2.txt
+refuse lq_rank "--lora-r differs from --init-adapter lq/loftq_init's r 4 (leave it out" \
+  "$QL" "${LT[@]}" --init-adapter lq/loftq_init --lora-r 8 --out lq_bad
+refuse lq_both "give --init-adapter or --loftq-model, not both" \
+  "$QL" "${LT[@]}" --init-adapter lq/loftq_init --loftq-model tiny --out lq_bad
+refuse lq_quantized "--loftq-model lq is quantized" "$QL" "${LT[@]}" --loftq-model lq --out lq_bad
+[ ! -e lq_bad ] || fail "a refused LoftQ run left its run directory"
+refuse lq_big "--loftq-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" rtn --model tiny --out lq_big --loftq-rank 100
+refuse lq_iter "--loftq-iter: must be at least 1" "$QQ" nf4 --model tiny --out lq_bad --loftq-rank 4 --loftq-iter 0
+[ ! -e lq_big ] && [ ! -e lq_bad ] || fail "a refused LoftQ quantization left its output"
 
 # --- train --stop-after: says there is no adapter ------------------------------------------------------------------
 "$QL" train --model tiny --data text.jsonl --seq-len 64 -q --out runs --max-steps 6 --save-every 2 --stop-after 3 \

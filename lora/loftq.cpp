@@ -1,0 +1,71 @@
+#include "lora/loftq.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace qwenq {
+namespace {
+
+double frobenius_diff(const float* a, const float* b, int64_t n) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    sum += d * d;
+  }
+  return std::sqrt(sum);
+}
+
+}  // namespace
+
+LoftqFactors loftq_factors(const float* W, const float* Q, int64_t N, int64_t K, int64_t r, double s,
+                           const LowRankOptions& svd, const char* what) {
+  QWENQ_CHECK(s > 0 && std::isfinite(s), what << ": the LoRA scaling must be positive, got " << s);
+  std::vector<float> E(N * K);
+  for (int64_t i = 0; i < N * K; ++i) E[i] = W[i] - Q[i];
+  const LowRankFactors f = low_rank_approx(E.data(), N, K, r, svd, what);
+  LoftqFactors out;
+  out.exact = f.exact;
+  out.quant_error = frobenius_diff(W, Q, N * K);
+  out.corrected_error = low_rank_error(E.data(), f);
+  const float inv = static_cast<float>(1.0 / std::sqrt(s));
+  out.A.resize(r * K);
+  out.B.resize(N * r);
+  for (int64_t i = 0; i < r * K; ++i) out.A[i] = f.R[i] * inv;
+  for (int64_t i = 0; i < N * r; ++i) out.B[i] = f.L[i] * inv;
+  return out;
+}
+
+LoftqIterResult loftq_iterate(const std::vector<float>& W, int64_t N, int64_t K, int64_t r, double s, int iters,
+                              const QuantizeDequantize& q, const LowRankOptions& svd, const char* what) {
+  QWENQ_CHECK(iters >= 1, what << ": the number of LoftQ iterations must be at least 1, got " << iters);
+  QWENQ_CHECK(static_cast<int64_t>(W.size()) == N * K, what << ": W holds " << W.size() << " values, not " << N << " x " << K);
+  LoftqIterResult out;
+  std::vector<float> X = W;
+  for (int it = 0; it < iters; ++it) {
+    const std::vector<float> Q = q(X);
+    QWENQ_CHECK(static_cast<int64_t>(Q.size()) == N * K, what << ": the quantizer returned " << Q.size() << " values");
+    LoftqFactors f = loftq_factors(W.data(), Q.data(), N, K, r, s, svd, what);
+    if (it == 0) out.plain_error = f.quant_error;
+    out.to_quantize = X;
+    out.factors = std::move(f);
+    if (it + 1 < iters) {  // X = W − L R = W − s·B A
+      const float* A = out.factors.A.data();
+      const float* B = out.factors.B.data();
+      const float sf = static_cast<float>(s);
+      for (int64_t n = 0; n < N; ++n) {
+        float* x = X.data() + n * K;
+        const float* w = W.data() + n * K;
+        for (int64_t k = 0; k < K; ++k) x[k] = w[k];
+        for (int64_t j = 0; j < r; ++j) {
+          const float b = sf * B[n * r + j];
+          const float* a = A + j * K;
+          for (int64_t k = 0; k < K; ++k) x[k] -= b * a[k];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace qwenq
