@@ -98,13 +98,42 @@ std::string last_error_line(const std::string& log) {
   return last.empty() ? "see " + log : last;
 }
 
-// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4") -> subcommand arguments.
+// LoftQ options of an rtn/nf4/fp4 spec: "lq<R>" (rank) and "it<T>" (iterations); they are taken out of `parts`.
+// The method is then evaluated with the adapter it writes (<model>/loftq_init).
+std::vector<std::string> loftq_args(const std::string& spec, std::vector<std::string>* parts, CompareRow* row) {
+  std::vector<std::string> kept, args;
+  int64_t rank = 0, iters = 1;
+  auto number = [&](const std::string& p, size_t skip) {
+    QWENQ_CHECK(p.size() > skip && p.find_first_not_of("0123456789", skip) == std::string::npos,
+                "compare: '" << p << "' in method '" << spec << "' needs a positive number");
+    return std::stoll(p.substr(skip));
+  };
+  for (const std::string& p : *parts) {
+    if (p.rfind("lq", 0) == 0 && p.size() > 2) rank = number(p, 2);
+    else if (p.rfind("it", 0) == 0 && p.size() > 2) iters = number(p, 2);
+    else kept.push_back(p);
+  }
+  QWENQ_CHECK(rank > 0 || iters == 1, "compare: method '" << spec << "' gives it<T> without lq<R>");
+  QWENQ_CHECK(iters >= 1, "compare: method '" << spec << "': it<T> must be at least 1");
+  *parts = kept;
+  if (rank > 0) {
+    row->loftq = true;
+    args = {"--loftq-rank", std::to_string(rank), "--loftq-iter", std::to_string(iters)};
+    row->format_suffix = " +LoftQ r" + std::to_string(rank) + (iters > 1 ? " x" + std::to_string(iters) : "");
+  }
+  return args;
+}
+
+// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
+// subcommand arguments.
 std::vector<std::string> method_args(const std::string& spec, const CompareArgs& a, CompareRow* row) {
   std::vector<std::string> parts;
   std::stringstream ss(spec);
   for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
   row->method = spec;
-  const std::string& base = parts[0];
+  const std::string base = parts[0];  // a copy: loftq_args rewrites parts
+  const std::vector<std::string> lq =
+      base == "rtn" || base == "nf4" || base == "fp4" ? loftq_args(spec, &parts, row) : std::vector<std::string>{};
   if (base == "rtn" || base == "gptq") {
     int bits = 4;
     int64_t group = 128;
@@ -129,6 +158,7 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     std::vector<std::string> args = {base, "--bits", std::to_string(bits), "--group-size", std::to_string(group),
                                      "--format", fmt, "--pad-intermediate"};
     if (asym) args.push_back("--asym");
+    args.insert(args.end(), lq.begin(), lq.end());
     if (base == "gptq") {
       QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
       args.insert(args.end(), {"--calib", a.calib, "--calib-samples", std::to_string(a.calib_samples),
@@ -170,14 +200,16 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     row->group_size = 64;
     std::vector<std::string> a = {base};
     if (!dq) a.push_back("--no-double-quant");
+    a.insert(a.end(), lq.begin(), lq.end());
     return a;
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
-                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq])");
+                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq]; "
+                                         "rtn, nf4, fp4 also -lq<R>[-it<T>] for LoftQ)");
 }
 
 std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
-                                 const std::string& logs) {
+                                 const std::string& logs, const std::string& adapter = "") {
   std::vector<double> ppl;
   for (size_t d = 0; d < a.data.size(); ++d) {
     const std::string json = path_join(logs, tag + ".eval" + std::to_string(d) + ".json");
@@ -185,6 +217,7 @@ std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model,
                                      std::to_string(a.seq_len), "--max-windows", std::to_string(a.max_windows),
                                      "--batch", std::to_string(a.batch), "--json-out", json, "--quiet",
                                      "--threads", std::to_string(a.common.threads), "--device", a.common.device};
+    if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
     ChildResult r = run_self(args, path_join(logs, tag + ".log"));
     if (!ok(r)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
     ppl.push_back(nlohmann::json::parse(read_file(json))["perplexity"].get<double>());
@@ -255,8 +288,9 @@ void run_compare(CompareArgs& a) {
     }
     row.quant_seconds = q.seconds;
     row.quant_peak_rss = q.peak_rss;
-    row.size_bytes = dir_size(qdir);
-    row.perplexity = evaluate_all(a, qdir, specs[i], logs);
+    row.size_bytes = dir_size(qdir) + (row.loftq ? dir_size(path_join(qdir, "loftq_init")) : 0);
+    row.format += row.format_suffix;
+    row.perplexity = evaluate_all(a, qdir, specs[i], logs, row.loftq ? path_join(qdir, "loftq_init") : "");
     t.rows.push_back(row);
     if (!a.keep_models) std::system(("rm -rf '" + qdir + "'").c_str());
   }
@@ -276,7 +310,8 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]")
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]; "
+                  "rtn/nf4/fp4 with -lq<R>[-it<T>]: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   CLI::Option* seq_len = cmd->add_option("--seq-len", a->seq_len, "perplexity window (at most the model's context)")

@@ -3,6 +3,7 @@
 // without the dashes; options on the command line win.
 #include <cstdio>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -71,7 +72,9 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
     return s;
   };
   refuse(given("--lora-r") && run->r != ac.r, "--lora-r", "r " + std::to_string(ac.r));
-  refuse(given("--lora-alpha") && run->alpha != ac.alpha, "--lora-alpha", "lora_alpha " + std::to_string(ac.alpha));
+  std::ostringstream alpha;
+  alpha << "lora_alpha " << ac.alpha;
+  refuse(given("--lora-alpha") && run->alpha != ac.alpha, "--lora-alpha", alpha.str());
   refuse(given("--rslora") && run->use_rslora != ac.use_rslora, "--rslora", "use_rslora false");
   refuse(given("--use-dora") && run->use_dora != ac.use_dora, "--use-dora", "use_dora false");
   refuse(given("--target") && run->target_modules != ac.target_modules, "--target",

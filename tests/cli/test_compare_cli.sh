@@ -5,16 +5,29 @@ set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 rm -rf "$WORK" && mkdir -p "$WORK"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4,gptq-g32 --calib "$SRC/README.md" --calib-samples 4 --calib-seq-len 64 --seq-len 128 --out "$WORK/cmp" \
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4,gptq-g32,nf4-lq4-it2 --calib "$SRC/README.md" --calib-samples 4 --calib-seq-len 64 --seq-len 128 --out "$WORK/cmp" \
   --threads 1 > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; exit 1; }
 for f in compare.md compare.csv compare.json compare.svg; do
   [ -s "$WORK/cmp/$f" ] || { echo "missing $f"; cat "$WORK/out.txt"; exit 1; }
 done
 rows=$(grep -c '^| ' "$WORK/cmp/compare.md")
-[ "$rows" -eq 5 ] || { echo "expected header + 4 rows, got $rows lines"; cat "$WORK/cmp/compare.md"; exit 1; }
+[ "$rows" -eq 6 ] || { echo "expected header + 5 rows, got $rows lines"; cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| rtn-g32 | gptq | 4 | 32 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| nf4 | bnb-nf4+dq | 4 | 64 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| gptq-g32 | gptq | 4 | 32 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
+# LoftQ: evaluated with its adapter, whose bytes count in the size.
+grep -q '^| nf4-lq4-it2 | bnb-nf4+dq +LoftQ r4 x2 | 4 | 64 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
+grep -q "\"adapter\": \"$WORK/cmp/models/nf4-lq4-it2/loftq_init\"" "$WORK/cmp/logs/nf4-lq4-it2.eval0.json" \
+  || { echo "the LoftQ method was evaluated without its adapter"; cat "$WORK/cmp/logs/nf4-lq4-it2.eval0.json"; exit 1; }
+python3 - "$WORK/cmp/compare.json" <<'PY'
+import json, sys
+rows = {r["method"]: r for r in json.load(open(sys.argv[1]))["rows"]}
+assert rows["nf4-lq4-it2"]["size_bytes"] > rows["nf4"]["size_bytes"], (rows["nf4-lq4-it2"], rows["nf4"])
+PY
+if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods nf4-it3 --out "$WORK/cmp3" > "$WORK/bad3.txt" 2>&1; then
+  echo "it<T> without lq<R> accepted"; exit 1
+fi
+grep -q "gives it<T> without lq<R>" "$WORK/bad3.txt" || { cat "$WORK/bad3.txt"; exit 1; }
 # A method that cannot exist is refused before any work.
 if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods bogus --out "$WORK/cmp2" > "$WORK/bad.txt" 2>&1; then
   echo "bogus method accepted"; exit 1

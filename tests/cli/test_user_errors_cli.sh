@@ -193,6 +193,8 @@ grep -q '"r": 4' lq_run/adapter_config.json || fail "train --init-adapter kept t
 "$QL" "${LT[@]}" --loftq-model tiny --out lq_run2 --threads 1 > lq_run2.txt 2>&1 || fail "train --loftq-model" lq_run2.txt
 refuse lq_rank "--lora-r differs from --init-adapter lq/loftq_init's r 4 (leave it out" \
   "$QL" "${LT[@]}" --init-adapter lq/loftq_init --lora-r 8 --out lq_bad
+refuse lq_alpha "--lora-alpha differs from --init-adapter lq/loftq_init's lora_alpha 4 (leave it out" \
+  "$QL" "${LT[@]}" --init-adapter lq/loftq_init --lora-alpha 32 --out lq_bad
 refuse lq_both "give --init-adapter or --loftq-model, not both" \
   "$QL" "${LT[@]}" --init-adapter lq/loftq_init --loftq-model tiny --out lq_bad
 refuse lq_quantized "--loftq-model lq is quantized" "$QL" "${LT[@]}" --loftq-model lq --out lq_bad
