@@ -37,18 +37,6 @@ static_assert(BlasLt::kWorkspaceBytes == kCublasLtWorkspaceBytes, "memory_plan.h
 
 bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
 
-const QwenDeviceLinear& base_of(const QwenDeviceLayer& L, int t) {
-  switch (t) {
-    case 0: return L.q;
-    case 1: return L.k;
-    case 2: return L.v;
-    case 3: return L.o;
-    case 4: return L.gate;
-    case 5: return L.up;
-    default: return L.down;
-  }
-}
-
 // Page-locked host memory for the embedding rows gathered on the host (an untied table stays there): the upload
 // from it is a true asynchronous copy on the trainer's stream. The owner waits for that copy before writing the
 // buffer again or freeing it (LoraModelCuda::Impl::embed).
@@ -287,7 +275,7 @@ struct LoraModelCuda::Impl {
 
   // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout).
   void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) {
-    const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
+    const QwenDeviceLinear& L = layer_linear(base->device_layer(l), t);
     base_forward(L, x, T, y);
     const Slot* sl = slot(l, t);
     if (sl == nullptr) return;
@@ -303,7 +291,7 @@ struct LoraModelCuda::Impl {
   // The adapter's gradients come first: they are the only readers of x, so dx may be x's storage (dact on act,
   // da on a with flash attention). Each buffer sees the same ops in the same order as with the base first.
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
-    const QwenDeviceLinear& L = base_of(base->device_layer(l), t);
+    const QwenDeviceLinear& L = layer_linear(base->device_layer(l), t);
     const Slot* sl = slot(l, t);
     const bool drop = drop_p > 0.f;
     float* gp = g.as<float>();

@@ -44,17 +44,23 @@ std::pair<int64_t, LoraTarget> layer_and_target(const std::string& name) {
   return {std::stoll(name.substr(a, b - a)), t};
 }
 
+// The RTN grid of an [N, K] Linear, scales and zeros to be filled.
+GroupGrid rtn_grid(const QuantizeOptions& o, int64_t N, int64_t K) {
+  GroupGrid grid;
+  grid.bits = o.bits;
+  grid.group = o.group_size == -1 ? K : o.group_size;
+  grid.K = K;
+  grid.N = N;
+  grid.scale.resize(grid.num_groups() * N);
+  grid.zero.resize(grid.num_groups() * N);
+  return grid;
+}
+
 // q(X): the values the stored form of X stands for, with this run's quantizer (the same calls as below).
 std::vector<float> round_trip(const QuantizeOptions& o, const std::vector<float>& X, int64_t N, int64_t K) {
   if (o.method == QuantizeOptions::Method::Rtn) {
     const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
-    GroupGrid grid;
-    grid.bits = o.bits;
-    grid.group = o.group_size == -1 ? K : o.group_size;
-    grid.K = K;
-    grid.N = N;
-    grid.scale.resize(grid.num_groups() * N);
-    grid.zero.resize(grid.num_groups() * N);
+    GroupGrid grid = rtn_grid(o, N, K);
     std::vector<uint8_t> codes(N * K);
     rtn_quantize_ref(X.data(), N, K, o.bits, o.group_size, o.sym, rule, grid.scale.data(), grid.zero.data(),
                      codes.data());
@@ -200,13 +206,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     }
     if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
-      GroupGrid grid;
-      grid.bits = o.bits;
-      grid.group = o.group_size == -1 ? K : o.group_size;
-      grid.K = K;
-      grid.N = N;
-      grid.scale.resize(grid.num_groups() * N);
-      grid.zero.resize(grid.num_groups() * N);
+      GroupGrid grid = rtn_grid(o, N, K);
       std::vector<uint8_t> codes(N * K);
 #ifdef QWENQ_HAVE_CUDA
       if (gpu)

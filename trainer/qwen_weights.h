@@ -37,8 +37,10 @@ struct QwenLayerWeights {
   LinearWeight gate, up, down;                 // [I, C], [I, C], [C, I]
 };
 
-// Linear t of a layer in true-sequential order (q=0, k, v, o, gate, up, down=6; LoraTarget's and kDecoderLinears').
-inline const LinearWeight& layer_linear(const QwenLayerWeights& L, int t) {
+// Linear t of a layer in true-sequential order (q=0, k, v, o, gate, up, down=6; LoraTarget's and kDecoderLinears'):
+// for QwenLayerWeights and for any layer with the same seven members (the GPU's QwenDeviceLayer).
+template <typename Layer>
+auto& layer_linear(Layer& L, int t) {
   switch (t) {
     case 0: return L.q;
     case 1: return L.k;
