@@ -93,6 +93,32 @@ TEST(LoftqModel, WrittenAdapterIsTheOneShotStepOnTheStoredBase) {
   }
 }
 
+// stories260K's intermediate size 172 does not pack into int32 words: the base is padded to 192 zero channels, the
+// adapter is shaped for the padded model, and the one-shot step pads the original's weights with zeros to match.
+TEST(LoftqModel, PaddedIntermediate) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir();
+  const std::string dense = test::import_stories260k(root + "/dense");
+  QuantizeOptions q = loftq_quantize(dense, root + "/rtn", QuantizeOptions::Method::Rtn, 2);
+  q.pad_intermediate = true;
+  quantize_model(q);
+  const QwenModel base(q.out_dir);
+  ASSERT_EQ(base.config().intermediate_size, 192);
+  const LoraAdapter written = load_peft_adapter(path_join(q.out_dir, "loftq_init"), lora_dims_of(base.config()));
+  LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+  loftq_init_adapter(base, dense, &oneshot, true);
+  expect_same_adapter(written, oneshot);
+  // The padded rows of gate/up and columns of down stay zero in B and A: nothing leaks into the padding.
+  for (int64_t l = 0; l < base.config().num_layers; ++l) {
+    const LoraWeights& up = oneshot.at(l, LoraTarget::UpProj);
+    for (int64_t n = 172; n < 192; ++n)
+      for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(up.B[n * 4 + j], 0.f);
+    const LoraWeights& down = oneshot.at(l, LoraTarget::DownProj);
+    for (int64_t j = 0; j < 4; ++j)
+      for (int64_t k = 172; k < 192; ++k) EXPECT_EQ(down.A[j * 192 + k], 0.f);
+  }
+}
+
 TEST(LoftqModel, AdapterBringsLogitsTowardTheOriginal) {
   const std::string root = test::scratch_dir();
   const std::string dense = test::make_tiny_model(root + "/dense", 4);
