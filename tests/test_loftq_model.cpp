@@ -146,8 +146,10 @@ TEST(LoftqModel, TrainStartsFromTheLoftqAdapter) {
   const std::string base = root + "/nf4";
   quantize_model(loftq_quantize(dense, base, QuantizeOptions::Method::Nf4, 1));
   const std::string data = test::make_text_data(root + "/d.jsonl", 60);
-  auto run = [&](const std::string& name, const std::string& init_adapter, const std::string& loftq_model) {
+  auto run = [&](const std::string& name, const std::string& init_adapter, const std::string& loftq_model,
+                 bool dora = false) {
     TrainOptions o = test::small_lora_options(base, data, root + "/" + name, 2);  // r 4, alpha 8, all seven
+    o.lora.use_dora = dora;
     o.init_adapter = init_adapter;
     o.loftq_model = loftq_model;
     return train_lora(o).first_eval_loss;
@@ -157,6 +159,10 @@ TEST(LoftqModel, TrainStartsFromTheLoftqAdapter) {
   const double oneshot = run("oneshot", "", dense);
   EXPECT_EQ(from_dir, oneshot);  // the same adapter (one iteration: the stored base is q(W))
   EXPECT_NE(from_dir, plain);
+  // DoRA after LoftQ: m = ‖Q + s·B A‖ per row (PEFT's order: LoftQ, then dora_init), so the model starts where the
+  // LoRA one does; m = ‖Q‖ would not.
+  const double dora = run("dora", "", dense, true);
+  EXPECT_NEAR(dora, oneshot, 1e-5 * oneshot);
   // Refusals: both at once; an adapter of another shape; a model the base was not made from; a quantized one.
   EXPECT_NE(error_of([&] {
               TrainOptions o = test::small_lora_options(base, data, root + "/both", 2);
