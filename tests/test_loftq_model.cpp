@@ -16,6 +16,7 @@
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
 #include "trainer/adapter_init.h"
+#include "trainer/gptq_model.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
@@ -91,6 +92,38 @@ TEST(LoftqModel, WrittenAdapterIsTheOneShotStepOnTheStoredBase) {
     expect_same_adapter(written, oneshot);
     EXPECT_NEAR(r.corrected_error, rep.loftq_error, 1e-9 * rep.loftq_error);
   }
+}
+
+// GPTQ: LoftQ one-shot on the finished model (its iterations are refused), written inside the output before it is
+// renamed into place.
+TEST(LoftqModel, GptqWritesTheOneShotAdapter) {
+  const std::string root = test::scratch_dir();
+  const std::string dense = test::make_tiny_model(root + "/dense", 7);
+  GptqModelOptions g;
+  g.out.model_dir = dense;
+  g.out.out_dir = root + "/gptq";
+  g.out.group_size = 32;
+  g.out.quiet = true;
+  g.out.loftq = loftq_config(4, 8);
+  g.calib_path = test::write_random_words(root + "/calib.txt", 20000, 3);
+  g.calib_samples = 8;
+  g.calib_seq_len = 48;
+  const QuantizeReport rep = gptq_quantize_model(g);
+  EXPECT_LT(rep.loftq_error, rep.loftq_plain_error);
+  EXPECT_GT(rep.loftq_error, 0.0);
+  const QwenModel base(g.out.out_dir);
+  const LoraAdapter written = load_peft_adapter(path_join(g.out.out_dir, "loftq_init"), lora_dims_of(base.config()));
+  LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+  loftq_init_adapter(base, dense, &oneshot, true);
+  expect_same_adapter(written, oneshot);
+  // Refused before any work: iterations, and a rank the model's Linears cannot hold.
+  g.out.out_dir = root + "/gptq_iter";
+  g.out.loftq_iters = 3;
+  EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("LoftQ runs one-shot after GPTQ"), std::string::npos);
+  g.out.loftq_iters = 1;
+  g.out.loftq = loftq_config(65, 65);
+  EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("--loftq-rank: LoRA rank r=65 exceeds"), std::string::npos);
+  EXPECT_FALSE(dir_exists(g.out.out_dir));
 }
 
 // stories260K's intermediate size 172 does not pack into int32 words: the base is padded to 192 zero channels, the

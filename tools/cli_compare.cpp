@@ -98,7 +98,7 @@ std::string last_error_line(const std::string& log) {
   return last.empty() ? "see " + log : last;
 }
 
-// LoftQ options of an rtn/nf4/fp4 spec: "lq<R>" (rank) and "it<T>" (iterations); they are taken out of `parts`.
+// LoftQ options of an rtn/nf4/fp4/gptq spec: "lq<R>" (rank) and "it<T>" (iterations); they are taken out of `parts`.
 // The method is then evaluated with the adapter it writes (<model>/loftq_init).
 std::vector<std::string> loftq_args(const std::string& spec, std::vector<std::string>* parts, CompareRow* row) {
   std::vector<std::string> kept, args;
@@ -133,7 +133,9 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   row->method = spec;
   const std::string base = parts[0];  // a copy: loftq_args rewrites parts
   const std::vector<std::string> lq =
-      base == "rtn" || base == "nf4" || base == "fp4" ? loftq_args(spec, &parts, row) : std::vector<std::string>{};
+      base == "awq" ? std::vector<std::string>{} : loftq_args(spec, &parts, row);  // AWQ's rescaled base: no LoftQ
+  QWENQ_CHECK(base != "gptq" || lq.empty() || lq.back() == "1",
+              "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
   if (base == "rtn" || base == "gptq") {
     int bits = 4;
     int64_t group = 128;
@@ -158,7 +160,8 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     std::vector<std::string> args = {base, "--bits", std::to_string(bits), "--group-size", std::to_string(group),
                                      "--format", fmt, "--pad-intermediate"};
     if (asym) args.push_back("--asym");
-    args.insert(args.end(), lq.begin(), lq.end());
+    if (base == "rtn") args.insert(args.end(), lq.begin(), lq.end());
+    else if (!lq.empty()) args.insert(args.end(), lq.begin(), lq.begin() + 2);  // gptq: --loftq-rank R only
     if (base == "gptq") {
       QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
       args.insert(args.end(), {"--calib", a.calib, "--calib-samples", std::to_string(a.calib_samples),
@@ -205,7 +208,7 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq]; "
-                                         "rtn, nf4, fp4 also -lq<R>[-it<T>] for LoftQ)");
+                                         "rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
 }
 
 std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
@@ -311,7 +314,7 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
   cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]; "
-                  "rtn/nf4/fp4 with -lq<R>[-it<T>]: LoftQ rank R (T iterations), evaluated with its adapter")
+                  "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   CLI::Option* seq_len = cmd->add_option("--seq-len", a->seq_len, "perplexity window (at most the model's context)")

@@ -24,14 +24,16 @@ struct QuantizeArgs {
 };
 
 // LoftQ's iterative form (rtn, nf4, fp4): the base and an adapter that starts where the base falls short.
-void add_loftq_options(CLI::App* cmd, QuantizeArgs* a) {
+void add_loftq_options(CLI::App* cmd, QuantizeArgs* a, bool iterative = true) {
   cmd->add_option("--loftq-rank", a->loftq_rank,
                   "LoftQ: also write <out>/loftq_init, a rank-R adapter that starts at the rank-R part of W - Q "
                   "(PEFT's init_lora_weights=\"loftq\"; for qwen-qlora train --init-adapter)")
       ->check(at_least(1, "POSITIVE"));
-  cmd->add_option("--loftq-iter", a->opt.loftq_iters, "LoftQ alternations of quantization and SVD (the paper uses 5)")
-      ->check(at_least(1, "POSITIVE"))
-      ->capture_default_str();
+  if (iterative) {  // GPTQ's LoftQ is one-shot
+    cmd->add_option("--loftq-iter", a->opt.loftq_iters, "LoftQ alternations of quantization and SVD (the paper uses 5)")
+        ->check(at_least(1, "POSITIVE"))
+        ->capture_default_str();
+  }
   cmd->add_option("--loftq-alpha", a->loftq_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
   cmd->add_option("--loftq-target", a->loftq_target, "the Linears LoftQ adapts: names as --target, or all-linear")
       ->capture_default_str();
@@ -49,6 +51,21 @@ void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
   add_common_options(cmd, &a->common);
 }
 
+// The LoftQ flags into the options, and the summary line after the work.
+void apply_loftq_args(QuantizeArgs& a, QuantizeOptions* opt) {
+  if (a.loftq_rank <= 0) return;
+  opt->loftq.r = a.loftq_rank;
+  opt->loftq.alpha = a.loftq_alpha > 0 ? a.loftq_alpha : static_cast<double>(a.loftq_rank);
+  opt->loftq.target_modules = parse_lora_targets(a.loftq_target);
+}
+void print_loftq_summary(const QuantizeArgs& a, const QuantizeOptions& opt, const QuantizeReport& r) {
+  if (a.loftq_rank <= 0) return;
+  std::printf("loftq: %s/loftq_init (rank %lld, %d iteration(s)): ||W - Q|| %.6g -> ||W - Q - s*B*A|| %.6g over the "
+              "adapted Linears (-%.1f%%)\n",
+              opt.out_dir.c_str(), (long long)a.loftq_rank, opt.loftq_iters, r.loftq_plain_error, r.loftq_error,
+              100.0 * (1.0 - r.loftq_error / r.loftq_plain_error));
+}
+
 void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.device = resolve_experimental_device(a.common, method == QuantizeOptions::Method::Rtn   ? "RTN"
                                                        : method == QuantizeOptions::Method::Nf4 ? "NF4"
@@ -59,21 +76,12 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.double_quant = !a.no_double_quant;
   a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
   a.opt.layout = a.format == "awq" ? IntLayout::AwqGemm : a.format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
-  if (a.loftq_rank > 0) {
-    a.opt.loftq.r = a.loftq_rank;
-    a.opt.loftq.alpha = a.loftq_alpha > 0 ? a.loftq_alpha : static_cast<double>(a.loftq_rank);
-    a.opt.loftq.target_modules = parse_lora_targets(a.loftq_target);
-  }
+  apply_loftq_args(a, &a.opt);
   QuantizeReport r = quantize_model(a.opt);
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
               format_bytes(r.bytes_written).c_str(), r.seconds, format_bytes(r.peak_rss).c_str());
-  if (a.loftq_rank > 0) {
-    std::printf("loftq: %s/loftq_init (rank %lld, %d iteration(s)): ||W - Q|| %.6g -> ||W - Q - s*B*A|| %.6g over the "
-                "adapted Linears (-%.1f%%)\n",
-                a.opt.out_dir.c_str(), (long long)a.loftq_rank, a.opt.loftq_iters, r.loftq_plain_error, r.loftq_error,
-                100.0 * (1.0 - r.loftq_error / r.loftq_plain_error));
-  }
+  print_loftq_summary(a, a.opt, r);
 }
 
 }  // namespace
@@ -98,6 +106,7 @@ void register_quantize(CLI::App& app) {
   auto gopt = std::make_shared<GptqModelOptions>();
   CLI::App* gc = app.add_subcommand("gptq", "GPTQ with calibration data, layer by layer, written as GPTQ (v1/v2) tensors");
   add_io_options(gc, g.get());
+  add_loftq_options(gc, g.get(), false);
   gc->add_option("--calib", gopt->calib_path, "calibration text or JSONL (e.g. C4 documents)")->required()->check(CLI::ExistingFile);
   gc->add_option("--calib-samples", gopt->calib_samples, "calibration windows")->capture_default_str();
   CLI::Option* g_seq_len =
@@ -127,10 +136,12 @@ void register_quantize(CLI::App& app) {
     gopt->out.sym = !g->asym;
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
     gopt->out.layout = g->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+    apply_loftq_args(*g, &gopt->out);
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
                 gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
                 format_bytes(r.peak_rss).c_str());
+    print_loftq_summary(*g, gopt->out, r);
   });
 
   auto w = std::make_shared<QuantizeArgs>();

@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "lora/loftq.h"
@@ -130,6 +131,14 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
   std::ostringstream done;
   done << "||W - Q|| " << rep.quant_error << " -> ||W - Q - s*B*A|| " << rep.corrected_error;
   bar.finish(done.str());
+  return rep;
+}
+
+LoftqInitReport write_loftq_adapter(const std::string& quantized_dir, const std::string& original_dir,
+                                    LoraAdapter* adapter, bool quiet) {
+  const QwenModel base(quantized_dir);
+  const LoftqInitReport rep = loftq_init_adapter(base, original_dir, adapter, quiet);
+  save_peft_adapter(path_join(quantized_dir, "loftq_init"), *adapter);
   return rep;
 }
 

@@ -32,4 +32,11 @@ struct LoftqInitReport {
 LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& original_dir, LoraAdapter* adapter,
                                    bool quiet = false);
 
+// LoftQ's one-shot step after a quantization that cannot iterate (GPTQ: its error feedback quantizes whole rows
+// against the calibration Hessian, not W − L R): `adapter` (made for the quantized model's dims before the long work,
+// so a bad rank is refused at once) is filled from the model in `quantized_dir` and `original_dir`, and written to
+// `quantized_dir`/loftq_init.
+LoftqInitReport write_loftq_adapter(const std::string& quantized_dir, const std::string& original_dir,
+                                    LoraAdapter* adapter, bool quiet);
+
 }  // namespace qwenq

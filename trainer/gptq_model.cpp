@@ -17,6 +17,8 @@
 #include "quant/gptq.h"
 #include "quant/grid.h"
 #include "quant/hessian.h"
+#include "lora/lora_adapter.h"
+#include "trainer/adapter_init.h"
 #include "trainer/calib_chunks.h"
 #include "trainer/tokenizer.h"
 
@@ -149,6 +151,20 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   go.static_groups = g.static_groups;
   go.block_size = g.block_size;
 
+  // LoftQ (--loftq-rank): one-shot on the finished model, checked now so that a bad rank fails before the work.
+  std::unique_ptr<LoraAdapter> loftq;
+  if (o.loftq.r > 0) {
+    QWENQ_CHECK(o.loftq_iters == 1, "gptq: LoftQ runs one-shot after GPTQ (its iterations need a quantizer of W - L R "
+                                    "alone); drop --loftq-iter");
+    LoraConfig lc = o.loftq;
+    lc.base_model = o.out_dir;
+    lc.validate();
+    try {
+      loftq = std::make_unique<LoraAdapter>(LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
+    } catch (const Error& e) {
+      throw Error(std::string("--loftq-rank: ") + e.what());
+    }
+  }
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -173,7 +189,14 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
       o.layout == IntLayout::AwqGemm
           ? awq_quantization_config(o.bits, o.group_size)
           : gptq_quantization_config(o.bits, o.group_size, o.sym, g.desc_act, g.static_groups, g.damp, o.layout);
-  return finish_output(config, o.model_dir, shards, out, t0, rep);
+  if (!loftq) return finish_output(config, o.model_dir, shards, out, t0, rep);
+  LoftqInitReport lq;
+  QuantizeReport done = finish_output(config, o.model_dir, shards, out, t0, rep, [&](const std::string& staged) {
+    lq = write_loftq_adapter(staged, o.model_dir, loftq.get(), o.quiet);
+  });
+  done.loftq_plain_error = lq.quant_error;
+  done.loftq_error = lq.corrected_error;
+  return done;
 }
 
 }  // namespace qwenq

@@ -74,9 +74,10 @@ int64_t gcd64(int64_t a, int64_t b) { return b == 0 ? a : gcd64(b, a % b); }
 
 QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
                              const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
-                             QuantizeReport rep) {
+                             QuantizeReport rep, const std::function<void(const std::string&)>& before_commit) {
   write_file_atomic(path_join(out.path(), "config.json"), config.dump(2) + "\n");
   copy_side_files(model_dir, out.path());
+  if (before_commit) before_commit(out.path());
   out.commit();
   rep.shards = shards.shards();
   rep.bytes_written = shards.total_bytes();

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <regex>
 #include <string>
 #include <utility>
@@ -56,10 +57,12 @@ extern const std::regex kDecoderLinearRe;
 
 const char* torch_dtype_name(DType t);
 
-// Writes config.json and the tokenizer files, renames the staged directory into place, completes the report.
+// Writes config.json and the tokenizer files, calls before_commit(staged directory) when given (a complete model
+// directory by then: GPTQ's LoftQ adapter is computed from it), renames the staged directory into place, completes
+// the report.
 QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
                              const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
-                             QuantizeReport rep);
+                             QuantizeReport rep, const std::function<void(const std::string&)>& before_commit = nullptr);
 
 // Options every GPTQ/AWQ-layout writer must satisfy (bits, group size, layout).
 void check_int_options(const QuantizeOptions& o);

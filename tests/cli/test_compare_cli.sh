@@ -28,6 +28,11 @@ if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods nf4-it3 
   echo "it<T> without lq<R> accepted"; exit 1
 fi
 grep -q "gives it<T> without lq<R>" "$WORK/bad3.txt" || { cat "$WORK/bad3.txt"; exit 1; }
+if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --calib "$SRC/README.md" --methods gptq-g32-lq4-it2 \
+  --out "$WORK/cmp4" > "$WORK/bad4.txt" 2>&1; then
+  echo "gptq with LoftQ iterations accepted"; exit 1
+fi
+grep -q "GPTQ's LoftQ is one-shot" "$WORK/bad4.txt" || { cat "$WORK/bad4.txt"; exit 1; }
 # A method that cannot exist is refused before any work.
 if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods bogus --out "$WORK/cmp2" > "$WORK/bad.txt" 2>&1; then
   echo "bogus method accepted"; exit 1
