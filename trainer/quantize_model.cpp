@@ -25,6 +25,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "quant/quantize_step.h"
+#include "trainer/adapter_init.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
@@ -112,12 +113,17 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   QWENQ_CHECK(o.device == Device::Cpu, "quantize: this build has no CUDA backend; use the CPU");
 #endif
   // LoftQ: the adapter it writes, shaped for the model as written (padded MLP included).
-  const bool loftq = o.loftq.r > 0;
+  // One iteration is the one-shot step on the stored base: computed after the quantization, from the staged output
+  // (write_loftq_adapter, as GPTQ does), whatever device quantized. More iterations change what is quantized, so
+  // they run inline, on the CPU's copy of W.
+  const bool loftq = o.loftq.r > 0, loftq_inline = loftq && o.loftq_iters > 1;
   std::unique_ptr<LoraAdapter> loftq_adapter;
   double loftq_plain2 = 0, loftq_err2 = 0;
   if (loftq) {
-    QWENQ_CHECK(o.device == Device::Cpu, "--loftq-rank runs on the CPU: drop --device cuda");
     QWENQ_CHECK(o.loftq_iters >= 1, "--loftq-iter must be at least 1, got " << o.loftq_iters);
+    QWENQ_CHECK(!loftq_inline || o.device == Device::Cpu,
+                "--loftq-iter " << o.loftq_iters << " runs on the CPU (each iteration re-quantizes W - L R there): "
+                                << "drop --device cuda, or use one iteration");
     LoraConfig lc = o.loftq;
     lc.base_model = o.out_dir;
     lc.validate();
@@ -189,7 +195,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
       const auto [layer, target] = layer_and_target(name);
-      if (loftq && loftq_adapter->has(layer, target)) {
+      if (loftq_inline && loftq_adapter->has(layer, target)) {
         named([&] {
           const std::string what = "loftq: layer " + std::to_string(layer) + " " + lora_target_name(target);
           LoftqIterResult lq = loftq_iterate(
@@ -247,7 +253,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   join_host_half();
   shards.finish();
   bar.finish();
-  if (loftq) {
+  if (loftq_inline) {
     save_peft_adapter(path_join(out.path(), "loftq_init"), *loftq_adapter);
     rep.loftq_plain_error = std::sqrt(loftq_plain2);
     rep.loftq_error = std::sqrt(loftq_err2);
@@ -267,7 +273,14 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     config["quantization_config"] = nf4_quantization_config_json(o.double_quant, torch_dtype_name(weight_dtype),
                                                                  o.method == QuantizeOptions::Method::Fp4);
   }
-  return finish_output(config, o.model_dir, shards, out, t0, rep);
+  if (!loftq || loftq_inline) return finish_output(config, o.model_dir, shards, out, t0, rep);
+  LoftqInitReport lq;
+  QuantizeReport done = finish_output(config, o.model_dir, shards, out, t0, rep, [&](const std::string& staged) {
+    lq = write_loftq_adapter(staged, o.model_dir, loftq_adapter.get(), o.quiet);
+  });
+  done.loftq_plain_error = lq.quant_error;
+  done.loftq_error = lq.corrected_error;
+  return done;
 }
 
 QuantizeReport dequantize_model(const DequantizeOptions& o) {

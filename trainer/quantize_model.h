@@ -50,10 +50,11 @@ struct QuantizeOptions {
   // faster there, where the next Linear's conversion and codes already use every thread). The tests set it to run
   // the GPU path's pipeline on the CPU.
   bool host_overlap = false;
-  // LoftQ's iterative form (lora/loftq.h; PEFT's init_lora_weights="loftq"): with loftq.r > 0 every Linear that
-  // loftq targets is stored as q(X), X = W − L R after loftq_iters alternations, and the adapter that completes it
-  // (s·B A = rank-r(W − q(X))) is written to <out>/loftq_init/, a PEFT adapter directory for `qwen-qlora train
-  // --init-adapter`, `eval --adapter` or PEFT's PeftModel.from_pretrained. CPU only (the SVDs are Eigen's).
+  // LoftQ (lora/loftq.h; PEFT's init_lora_weights="loftq"): with loftq.r > 0 the adapter that completes the stored
+  // base (s·B A = rank-r(W − Q)) is written to <out>/loftq_init/, a PEFT adapter directory for `qwen-qlora train
+  // --init-adapter`, `eval --adapter` or PEFT's PeftModel.from_pretrained. loftq_iters 1: the one-shot step on the
+  // finished output (either device; trainer/adapter_init.h's write_loftq_adapter); more: every targeted Linear is
+  // stored as q(X), X = W − L R after loftq_iters alternations (CPU only). The SVDs are Eigen's, on the CPU.
   LoraConfig loftq = LoraConfig{0, 0.0};
   int loftq_iters = 1;
 };
