@@ -190,13 +190,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
           ? awq_quantization_config(o.bits, o.group_size)
           : gptq_quantization_config(o.bits, o.group_size, o.sym, g.desc_act, g.static_groups, g.damp, o.layout);
   if (!loftq) return finish_output(config, o.model_dir, shards, out, t0, rep);
-  LoftqInitReport lq;
-  QuantizeReport done = finish_output(config, o.model_dir, shards, out, t0, rep, [&](const std::string& staged) {
-    lq = write_loftq_adapter(staged, o.model_dir, loftq.get(), o.quiet);
-  });
-  done.loftq_plain_error = lq.quant_error;
-  done.loftq_error = lq.corrected_error;
-  return done;
+  return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq.get(), o.quiet);
 }
 
 }  // namespace qwenq

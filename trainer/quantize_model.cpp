@@ -274,13 +274,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
                                                                  o.method == QuantizeOptions::Method::Fp4);
   }
   if (!loftq || loftq_inline) return finish_output(config, o.model_dir, shards, out, t0, rep);
-  LoftqInitReport lq;
-  QuantizeReport done = finish_output(config, o.model_dir, shards, out, t0, rep, [&](const std::string& staged) {
-    lq = write_loftq_adapter(staged, o.model_dir, loftq_adapter.get(), o.quiet);
-  });
-  done.loftq_plain_error = lq.quant_error;
-  done.loftq_error = lq.corrected_error;
-  return done;
+  return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq_adapter.get(), o.quiet);
 }
 
 QuantizeReport dequantize_model(const DequantizeOptions& o) {

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "trainer/adapter_init.h"
 #include "trainer/quant_config.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
@@ -84,6 +85,19 @@ QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::st
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   rep.peak_rss = peak_rss_bytes();
   return rep;
+}
+
+QuantizeReport finish_output_with_loftq(const nlohmann::ordered_json& config, const std::string& model_dir,
+                                        const ShardedWriter& shards, StagedDir& out,
+                                        std::chrono::steady_clock::time_point t0, QuantizeReport rep,
+                                        LoraAdapter* adapter, bool quiet) {
+  LoftqInitReport lq;
+  QuantizeReport done = finish_output(config, model_dir, shards, out, t0, rep, [&](const std::string& staged) {
+    lq = write_loftq_adapter(staged, model_dir, adapter, quiet);
+  });
+  done.loftq_plain_error = lq.quant_error;
+  done.loftq_error = lq.corrected_error;
+  return done;
 }
 
 void check_int_options(const QuantizeOptions& o) {

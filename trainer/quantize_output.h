@@ -20,6 +20,10 @@
 #include "trainer/quantize_model.h"
 
 namespace qwenq {
+class LoraAdapter;
+}
+
+namespace qwenq {
 
 class Tokenizer;
 
@@ -63,6 +67,14 @@ const char* torch_dtype_name(DType t);
 QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
                              const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
                              QuantizeReport rep, const std::function<void(const std::string&)>& before_commit = nullptr);
+
+// finish_output with LoftQ's one-shot adapter (trainer/adapter_init.h's write_loftq_adapter) computed from the staged
+// output and written into it before the rename; the report carries its errors (loftq_plain_error, loftq_error).
+// `adapter` was made for the output's dims before the work (a bad rank refused up front).
+QuantizeReport finish_output_with_loftq(const nlohmann::ordered_json& config, const std::string& model_dir,
+                                        const ShardedWriter& shards, StagedDir& out,
+                                        std::chrono::steady_clock::time_point t0, QuantizeReport rep,
+                                        LoraAdapter* adapter, bool quiet);
 
 // Options every GPTQ/AWQ-layout writer must satisfy (bits, group size, layout).
 void check_int_options(const QuantizeOptions& o);
