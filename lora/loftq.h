@@ -24,7 +24,7 @@ namespace qwenq {
 struct LoftqFactors {
   std::vector<float> A, B;     // [r, K], [N, r]
   double quant_error = 0;      // ‖W − Q‖_F of the stored Q
-  double corrected_error = 0;  // ‖W − Q − s·B A‖_F
+  double corrected_error = 0;  // ‖W − Q − s·B A‖_F, as (‖W − Q‖² − Σ_{i<=r} σ_i²)^½
   bool exact = true;           // the low-rank step's method (lora/low_rank.h)
 };
 

@@ -180,7 +180,7 @@ TEST(Loftq, FactorsCarryTheScaling) {
       EXPECT_EQ(f.A, lr.R);
       EXPECT_EQ(f.B, lr.L);
     }
-    EXPECT_NEAR(f.corrected_error, low_rank_error(E.data(), lr), 1e-12);
+    EXPECT_NEAR(f.corrected_error, low_rank_error(E.data(), lr), kErrorTol * f.quant_error);
     EXPECT_LT(f.corrected_error, f.quant_error);
   }
   test::expect_error([&] { loftq_factors(W.data(), Q.data(), N, K, r, 0.0); }, "the LoRA scaling must be positive");
