@@ -13,4 +13,10 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return s;
 }
 
+std::vector<float> tensor_to_f32(const TensorView& t) {
+  std::vector<float> out(t.numel());
+  to_f32(t.dtype, t.data, out.data(), out.size());
+  return out;
+}
+
 }  // namespace qwenq

@@ -31,4 +31,7 @@ struct TensorView {
 // "[896, 4864]"
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// The values of t widened to fp32 (any DType core/dtype.h converts).
+std::vector<float> tensor_to_f32(const TensorView& t);
+
 }  // namespace qwenq

@@ -40,6 +40,12 @@ std::string lora_valid_target_list() {
   return s;
 }
 
+std::string lora_targets_str(const std::vector<std::string>& targets) {
+  std::string s;
+  for (const std::string& t : targets) s += (s.empty() ? "" : ",") + t;
+  return s;
+}
+
 double LoraConfig::scaling() const {
   return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
 }

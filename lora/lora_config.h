@@ -62,6 +62,9 @@ struct LoraConfig {
   void validate() const;
 };
 
+// "q_proj,v_proj": short names joined by commas (messages).
+std::string lora_targets_str(const std::vector<std::string>& targets);
+
 // "q_proj,v_proj" (commas, optional spaces) or "all-linear" -> short names in table order, without duplicates.
 // Throws listing the valid names for anything else.
 std::vector<std::string> parse_lora_targets(const std::string& spec);

@@ -98,44 +98,35 @@ std::string last_error_line(const std::string& log) {
   return last.empty() ? "see " + log : last;
 }
 
-// LoftQ options of an rtn/nf4/fp4/gptq spec: "lq<R>" (rank) and "it<T>" (iterations); they are taken out of `parts`.
-// The method is then evaluated with the adapter it writes (<model>/loftq_init).
-std::vector<std::string> loftq_args(const std::string& spec, std::vector<std::string>* parts, CompareRow* row) {
-  std::vector<std::string> kept, args;
+// A spec's LoftQ options, "lq<R>" (rank) and "it<T>" (iterations), taken out of `parts`; the method is then
+// evaluated with the adapter it writes (<model>/loftq_init).
+struct LoftqSpec {
   int64_t rank = 0, iters = 1;
+};
+LoftqSpec take_loftq_options(const std::string& spec, std::vector<std::string>* parts) {
   auto number = [&](const std::string& p, size_t skip) {
     QWENQ_CHECK(p.size() > skip && p.find_first_not_of("0123456789", skip) == std::string::npos,
                 "compare: '" << p << "' in method '" << spec << "' needs a positive number");
     return std::stoll(p.substr(skip));
   };
-  for (const std::string& p : *parts) {
-    if (p.rfind("lq", 0) == 0 && p.size() > 2) rank = number(p, 2);
-    else if (p.rfind("it", 0) == 0 && p.size() > 2) iters = number(p, 2);
+  LoftqSpec lq;
+  std::vector<std::string> kept = {parts->front()};  // the method's name stays whatever it is
+  for (size_t i = 1; i < parts->size(); ++i) {
+    const std::string& p = (*parts)[i];
+    if (p.rfind("lq", 0) == 0 && p.size() > 2) lq.rank = number(p, 2);
+    else if (p.rfind("it", 0) == 0 && p.size() > 2) lq.iters = number(p, 2);
     else kept.push_back(p);
   }
-  QWENQ_CHECK(rank > 0 || iters == 1, "compare: method '" << spec << "' gives it<T> without lq<R>");
-  QWENQ_CHECK(iters >= 1, "compare: method '" << spec << "': it<T> must be at least 1");
-  *parts = kept;
-  if (rank > 0) {
-    row->loftq = true;
-    args = {"--loftq-rank", std::to_string(rank), "--loftq-iter", std::to_string(iters)};
-    row->format_suffix = " +LoftQ r" + std::to_string(rank) + (iters > 1 ? " x" + std::to_string(iters) : "");
-  }
-  return args;
+  QWENQ_CHECK(lq.rank > 0 || lq.iters == 1, "compare: method '" << spec << "' gives it<T> without lq<R>");
+  QWENQ_CHECK(lq.iters >= 1, "compare: method '" << spec << "': it<T> must be at least 1");
+  *parts = std::move(kept);
+  return lq;
 }
 
-// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
-// subcommand arguments.
-std::vector<std::string> method_args(const std::string& spec, const CompareArgs& a, CompareRow* row) {
-  std::vector<std::string> parts;
-  std::stringstream ss(spec);
-  for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
-  row->method = spec;
-  const std::string base = parts[0];  // a copy: loftq_args rewrites parts
-  const std::vector<std::string> lq =
-      base == "awq" ? std::vector<std::string>{} : loftq_args(spec, &parts, row);  // AWQ's rescaled base: no LoftQ
-  QWENQ_CHECK(base != "gptq" || lq.empty() || lq.back() == "1",
-              "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
+// The subcommand arguments of a spec split into `parts` (its LoftQ options taken out), and the row's format.
+std::vector<std::string> quantize_args(const std::string& spec, const std::vector<std::string>& parts,
+                                       const CompareArgs& a, CompareRow* row) {
+  const std::string& base = parts[0];
   if (base == "rtn" || base == "gptq") {
     int bits = 4;
     int64_t group = 128;
@@ -160,8 +151,6 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     std::vector<std::string> args = {base, "--bits", std::to_string(bits), "--group-size", std::to_string(group),
                                      "--format", fmt, "--pad-intermediate"};
     if (asym) args.push_back("--asym");
-    if (base == "rtn") args.insert(args.end(), lq.begin(), lq.end());
-    else if (!lq.empty()) args.insert(args.end(), lq.begin(), lq.begin() + 2);  // gptq: --loftq-rank R only
     if (base == "gptq") {
       QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
       args.insert(args.end(), {"--calib", a.calib, "--calib-samples", std::to_string(a.calib_samples),
@@ -203,12 +192,31 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
     row->group_size = 64;
     std::vector<std::string> a = {base};
     if (!dq) a.push_back("--no-double-quant");
-    a.insert(a.end(), lq.begin(), lq.end());
     return a;
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq]; "
                                          "rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
+}
+
+// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
+// subcommand arguments.
+std::vector<std::string> method_args(const std::string& spec, const CompareArgs& a, CompareRow* row) {
+  std::vector<std::string> parts;
+  std::stringstream ss(spec);
+  for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
+  row->method = spec;
+  // AWQ's rescaled base has no LoftQ: there lq<R> stays and is refused as an unknown option.
+  const LoftqSpec lq = parts[0] == "awq" ? LoftqSpec{} : take_loftq_options(spec, &parts);
+  QWENQ_CHECK(parts[0] != "gptq" || lq.iters == 1, "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
+  std::vector<std::string> args = quantize_args(spec, parts, a, row);
+  if (lq.rank > 0) {
+    args.insert(args.end(), {"--loftq-rank", std::to_string(lq.rank)});
+    if (lq.iters > 1) args.insert(args.end(), {"--loftq-iter", std::to_string(lq.iters)});
+    row->loftq = true;
+    row->format += " +LoftQ r" + std::to_string(lq.rank) + (lq.iters > 1 ? " x" + std::to_string(lq.iters) : "");
+  }
+  return args;
 }
 
 std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
@@ -291,9 +299,9 @@ void run_compare(CompareArgs& a) {
     }
     row.quant_seconds = q.seconds;
     row.quant_peak_rss = q.peak_rss;
-    row.size_bytes = dir_size(qdir) + (row.loftq ? dir_size(path_join(qdir, "loftq_init")) : 0);
-    row.format += row.format_suffix;
-    row.perplexity = evaluate_all(a, qdir, specs[i], logs, row.loftq ? path_join(qdir, "loftq_init") : "");
+    const std::string adapter = row.loftq ? path_join(qdir, "loftq_init") : "";  // counted in the size
+    row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
+    row.perplexity = evaluate_all(a, qdir, specs[i], logs, adapter);
     t.rows.push_back(row);
     if (!a.keep_models) std::system(("rm -rf '" + qdir + "'").c_str());
   }

@@ -66,11 +66,6 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
     QWENQ_CHECK(!differs, flag << " differs from --init-adapter " << dir << "'s " << theirs
                                << " (leave it out: the adapter's settings are used)");
   };
-  auto targets_str = [](const std::vector<std::string>& t) {
-    std::string s;
-    for (const auto& x : t) s += (s.empty() ? "" : ",") + x;
-    return s;
-  };
   refuse(given("--lora-r") && run->r != ac.r, "--lora-r", "r " + std::to_string(ac.r));
   std::ostringstream alpha;
   alpha << "lora_alpha " << ac.alpha;
@@ -78,7 +73,7 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
   refuse(given("--rslora") && run->use_rslora != ac.use_rslora, "--rslora", "use_rslora false");
   refuse(given("--use-dora") && run->use_dora != ac.use_dora, "--use-dora", "use_dora false");
   refuse(given("--target") && run->target_modules != ac.target_modules, "--target",
-         "target_modules " + targets_str(ac.target_modules));
+         "target_modules " + lora_targets_str(ac.target_modules));
   run->r = ac.r;
   run->alpha = ac.alpha;
   run->use_rslora = ac.use_rslora;

@@ -18,24 +18,12 @@
 namespace qwenq {
 namespace {
 
-std::string targets_str(const std::vector<std::string>& t) {
-  std::string s;
-  for (const auto& x : t) s += (s.empty() ? "" : ",") + x;
-  return s;
-}
-
-std::vector<float> tensor_f32(const TensorView& t) {
-  std::vector<float> out(t.numel());
-  to_f32(t.dtype, t.data, out.data(), out.size());
-  return out;
-}
-
 // The original model's norm weights must be the base's: AWQ (and any other rescaling) changes them.
 void check_same_norm(const TensorView& base, const Checkpoint& orig, const std::string& name, const std::string& dir) {
   const TensorView& o = orig.get(name);
   QWENQ_CHECK(o.numel() == base.numel(), "--loftq-model " << dir << ": " << name << " has " << o.numel()
                                                           << " values, the base's has " << base.numel());
-  const std::vector<float> a = tensor_f32(base), b = tensor_f32(o);
+  const std::vector<float> a = tensor_to_f32(base), b = tensor_to_f32(o);
   for (size_t i = 0; i < a.size(); ++i) {
     // bf16 <-> fp16 storage differences pass; a folded AWQ scale (a factor well away from 1) does not.
     QWENQ_CHECK(std::fabs(a[i] - b[i]) <= 1e-2 * std::max(std::fabs(a[i]), std::fabs(b[i])) + 1e-6,
@@ -57,7 +45,7 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
   if (a.use_rslora != b.use_rslora) diff << " use_rslora " << a.use_rslora;
   if (a.use_dora != b.use_dora) diff << " use_dora " << a.use_dora;
   if (a.target_modules != b.target_modules)
-    diff << " targets " << targets_str(a.target_modules) << " (not " << targets_str(b.target_modules) << ")";
+    diff << " targets " << lora_targets_str(a.target_modules) << " (not " << lora_targets_str(b.target_modules) << ")";
   QWENQ_CHECK(diff.str().empty(), "--init-adapter " << dir << ": the adapter has" << diff.str());
   for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
     for (LoraTarget t : adapter->targets()) {
@@ -121,7 +109,6 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
       lw.B = f.B;
       q2 += f.quant_error * f.quant_error;
       c2 += f.corrected_error * f.corrected_error;
-      rep.all_exact = rep.all_exact && f.exact;
       ++rep.linears;
       bar.update(rep.linears, what.substr(7));
     }

@@ -25,7 +25,6 @@ struct LoftqInitReport {
   int64_t linears = 0;
   double quant_error = 0;      // ‖W − Q‖_F over every adapted Linear
   double corrected_error = 0;  // ‖W − Q − s·B A‖_F
-  bool all_exact = true;       // every low-rank step took the exact path (lora/low_rank.h)
 };
 
 // LoftQ's one-shot initialisation of every adapted Linear of `adapter` (progress on stderr unless quiet).

@@ -57,12 +57,6 @@ std::vector<float> matmul(const float* x, int64_t T, int64_t K, const std::vecto
   return y;
 }
 
-std::vector<float> view_to_f32(const TensorView& t) {
-  std::vector<float> v(t.numel());
-  to_f32(t.dtype, t.data, v.data(), v.size());
-  return v;
-}
-
 void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vector<float>& v, DType dtype) {
   std::vector<uint8_t> bytes(v.size() * dtype_size(dtype));
   from_f32(dtype, v.data(), bytes.data(), v.size());
@@ -320,9 +314,9 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     }
     const TensorView& ln1_view = ckpt.get(pre + "input_layernorm.weight");
     const TensorView& ln2_view = ckpt.get(pre + "post_attention_layernorm.weight");
-    std::vector<float> norms[2] = {view_to_f32(ln1_view), view_to_f32(ln2_view)};
+    std::vector<float> norms[2] = {tensor_to_f32(ln1_view), tensor_to_f32(ln2_view)};
     const bool has_v_bias = ckpt.has(pre + "self_attn.v_proj.bias");
-    std::vector<float> v_bias = has_v_bias ? view_to_f32(ckpt.get(pre + "self_attn.v_proj.bias")) : std::vector<float>{};
+    std::vector<float> v_bias = has_v_bias ? tensor_to_f32(ckpt.get(pre + "self_attn.v_proj.bias")) : std::vector<float>{};
 
     // 1. Inputs of every Linear group from the original block; its output feeds the next block.
     if (!loaded) runner->capture(l);

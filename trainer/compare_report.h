@@ -18,7 +18,6 @@ struct CompareRow {
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
   bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
-  std::string format_suffix;    // " +LoftQ r16 x5", appended to format
 };
 
 struct CompareTable {

@@ -152,19 +152,9 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   go.block_size = g.block_size;
 
   // LoftQ (--loftq-rank): one-shot on the finished model, checked now so that a bad rank fails before the work.
-  std::unique_ptr<LoraAdapter> loftq;
-  if (o.loftq.r > 0) {
-    QWENQ_CHECK(o.loftq_iters == 1, "gptq: LoftQ runs one-shot after GPTQ (its iterations need a quantizer of W - L R "
-                                    "alone); drop --loftq-iter");
-    LoraConfig lc = o.loftq;
-    lc.base_model = o.out_dir;
-    lc.validate();
-    try {
-      loftq = std::make_unique<LoraAdapter>(LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
-    } catch (const Error& e) {
-      throw Error(std::string("--loftq-rank: ") + e.what());
-    }
-  }
+  QWENQ_CHECK(o.loftq.r == 0 || o.loftq_iters == 1, "gptq: LoftQ runs one-shot after GPTQ (its iterations need a "
+                                                     "quantizer of W - L R alone); drop --loftq-iter");
+  std::unique_ptr<LoraAdapter> loftq = loftq_adapter_for(o, cfg, I2);
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);

@@ -36,13 +36,14 @@ namespace qwenq {
 
 namespace {
 
-// "model.layers.12.mlp.up_proj.weight" -> (12, up_proj).
+// "model.layers.12.mlp.up_proj.weight" -> (12, up_proj), from kDecoderLinearRe's groups (layer; q|k|v|o or
+// gate|up|down).
 std::pair<int64_t, LoraTarget> layer_and_target(const std::string& name) {
-  const size_t a = std::string("model.layers.").size(), b = name.find('.', a);
-  const size_t c = name.rfind('.', name.size() - std::string(".weight").size() - 1);
+  std::smatch m;
+  QWENQ_CHECK(std::regex_match(name, m, kDecoderLinearRe), name << ": not a decoder Linear");
   LoraTarget t{};
-  QWENQ_CHECK(lora_target_from_name(name.substr(c + 1, name.size() - 7 - c - 1), &t), name << ": not a LoRA target");
-  return {std::stoll(name.substr(a, b - a)), t};
+  QWENQ_CHECK(lora_target_from_name((m[3].matched ? m[3].str() : m[4].str()) + "_proj", &t), name << ": not a LoRA target");
+  return {std::stoll(m[1].str()), t};
 }
 
 // The RTN grid of an [N, K] Linear, scales and zeros to be filled.
@@ -117,23 +118,11 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   // (write_loftq_adapter, as GPTQ does), whatever device quantized. More iterations change what is quantized, so
   // they run inline, on the CPU's copy of W.
   const bool loftq = o.loftq.r > 0, loftq_inline = loftq && o.loftq_iters > 1;
-  std::unique_ptr<LoraAdapter> loftq_adapter;
+  QWENQ_CHECK(!loftq_inline || o.device == Device::Cpu,
+              "--loftq-iter " << o.loftq_iters << " runs on the CPU (each iteration re-quantizes W - L R there): "
+                              << "drop --device cuda, or use one iteration");
+  std::unique_ptr<LoraAdapter> loftq_adapter = loftq_adapter_for(o, cfg, I2);
   double loftq_plain2 = 0, loftq_err2 = 0;
-  if (loftq) {
-    QWENQ_CHECK(o.loftq_iters >= 1, "--loftq-iter must be at least 1, got " << o.loftq_iters);
-    QWENQ_CHECK(!loftq_inline || o.device == Device::Cpu,
-                "--loftq-iter " << o.loftq_iters << " runs on the CPU (each iteration re-quantizes W - L R there): "
-                                << "drop --device cuda, or use one iteration");
-    LoraConfig lc = o.loftq;
-    lc.base_model = o.out_dir;
-    lc.validate();
-    try {
-      loftq_adapter = std::make_unique<LoraAdapter>(
-          LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
-    } catch (const Error& e) {
-      throw Error(std::string("--loftq-rank: ") + e.what());
-    }
-  }
 
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -194,20 +183,24 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       W.resize(N * K);
       weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
-      const auto [layer, target] = layer_and_target(name);
-      if (loftq_inline && loftq_adapter->has(layer, target)) {
-        named([&] {
-          const std::string what = "loftq: layer " + std::to_string(layer) + " " + lora_target_name(target);
-          LoftqIterResult lq = loftq_iterate(
-              W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters,
-              [&](const std::vector<float>& X) { return round_trip(o, X, N, K); }, {}, what.c_str());
-          LoraWeights& lw = loftq_adapter->at(layer, target);
-          lw.A = std::move(lq.factors.A);
-          lw.B = std::move(lq.factors.B);
-          loftq_plain2 += lq.plain_error * lq.plain_error;
-          loftq_err2 += lq.factors.corrected_error * lq.factors.corrected_error;
-          W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
-        });
+      if (loftq_inline) {
+        const std::pair<int64_t, LoraTarget> lt = layer_and_target(name);  // not a structured binding: the lambda
+        const int64_t layer = lt.first;                                    // below captures these (C++17)
+        const LoraTarget target = lt.second;
+        if (loftq_adapter->has(layer, target)) {
+          named([&] {
+            const std::string what = "loftq: layer " + std::to_string(layer) + " " + lora_target_name(target);
+            LoftqIterResult lq = loftq_iterate(
+                W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters,
+                [&](const std::vector<float>& X) { return round_trip(o, X, N, K); }, {}, what.c_str());
+            LoraWeights& lw = loftq_adapter->at(layer, target);
+            lw.A = std::move(lq.factors.A);
+            lw.B = std::move(lq.factors.B);
+            loftq_plain2 += lq.plain_error * lq.plain_error;
+            loftq_err2 += lq.factors.corrected_error * lq.factors.corrected_error;
+            W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
+          });
+        }
       }
     }
     if (o.method == QuantizeOptions::Method::Rtn) {

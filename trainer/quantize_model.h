@@ -55,7 +55,11 @@ struct QuantizeOptions {
   // --init-adapter`, `eval --adapter` or PEFT's PeftModel.from_pretrained. loftq_iters 1: the one-shot step on the
   // finished output (either device; trainer/adapter_init.h's write_loftq_adapter); more: every targeted Linear is
   // stored as q(X), X = W − L R after loftq_iters alternations (CPU only). The SVDs are Eigen's, on the CPU.
-  LoraConfig loftq = LoraConfig{0, 0.0};
+  LoraConfig loftq = [] {  // r 0: no LoftQ
+    LoraConfig c;
+    c.r = 0;
+    return c;
+  }();
   int loftq_iters = 1;
 };
 

@@ -87,6 +87,19 @@ QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::st
   return rep;
 }
 
+std::unique_ptr<LoraAdapter> loftq_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2) {
+  if (o.loftq.r <= 0) return nullptr;
+  QWENQ_CHECK(o.loftq_iters >= 1, "--loftq-iter must be at least 1, got " << o.loftq_iters);
+  LoraConfig lc = o.loftq;
+  lc.base_model = o.out_dir;
+  lc.validate();
+  try {
+    return std::make_unique<LoraAdapter>(LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
+  } catch (const Error& e) {
+    throw Error(std::string("--loftq-rank: ") + e.what());
+  }
+}
+
 QuantizeReport finish_output_with_loftq(const nlohmann::ordered_json& config, const std::string& model_dir,
                                         const ShardedWriter& shards, StagedDir& out,
                                         std::chrono::steady_clock::time_point t0, QuantizeReport rep,

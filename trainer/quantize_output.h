@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <regex>
 #include <string>
 #include <utility>
@@ -16,12 +17,10 @@
 #include "core/dtype.h"
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "lora/lora_adapter.h"
 #include "quant/int_checkpoint.h"
 #include "trainer/quantize_model.h"
-
-namespace qwenq {
-class LoraAdapter;
-}
+#include "trainer/qwen_config.h"
 
 namespace qwenq {
 
@@ -67,6 +66,11 @@ const char* torch_dtype_name(DType t);
 QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::string& model_dir,
                              const ShardedWriter& shards, StagedDir& out, std::chrono::steady_clock::time_point t0,
                              QuantizeReport rep, const std::function<void(const std::string&)>& before_commit = nullptr);
+
+// The LoftQ adapter a quantization of `cfg` (MLP width I2 as written) fills: nullptr without --loftq-rank. Made before
+// the work, so that a rank the Linears cannot hold ("--loftq-rank: LoRA rank r=..."), bad targets or iterations < 1
+// are refused at once.
+std::unique_ptr<LoraAdapter> loftq_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2);
 
 // finish_output with LoftQ's one-shot adapter (trainer/adapter_init.h's write_loftq_adapter) computed from the staged
 // output and written into it before the rename; the report carries its errors (loftq_plain_error, loftq_error).

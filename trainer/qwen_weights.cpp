@@ -68,9 +68,7 @@ LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K)
 std::vector<float> LinearWeight::dequantize() const {
   if (packed) return dequantize_int_linear(*packed);
   if (nf4) return nf4_dequantize(nf4->q);
-  std::vector<float> out(N * K);
-  to_f32(dense.dtype, dense.data, out.data(), out.size());
-  return out;
+  return tensor_to_f32(dense);
 }
 
 QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt) {

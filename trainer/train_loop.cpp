@@ -286,6 +286,7 @@ TrainReport train_lora(const TrainOptions& o) {
               "--scheduler must be cosine, linear or constant, not " << o.scheduler);
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
+  QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
   QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora),
               "--use-dora with --device cuda: DoRA adapters run on the CPU only for now (--device cpu)");
 #ifndef QWENQ_HAVE_CUDA
@@ -330,7 +331,6 @@ TrainReport train_lora(const TrainOptions& o) {
   lcfg.base_model = o.model_dir;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
-  QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
   if (!o.resume && !o.init_adapter.empty()) {
     init_adapter_from_dir(o.init_adapter, &adapter);  // DoRA's m included
   } else {
