@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "tests/support/test_paths.h"
 #include "trainer/tokenizer.h"
 #include "trainer/unicode_text.h"
@@ -235,6 +236,41 @@ TEST(QwenTokenizer, SaveHfRoundTrip) {
   EXPECT_EQ(back.apply_chat_template({{"user", "x"}}, true), qwen().apply_chat_template({{"user", "x"}}, true));
 }
 
+// A tokenizer written into a GGUF file's tokenizer.ggml.* keys (no tensors) and read back.
+Tokenizer gguf_round_trip(const Tokenizer& t, int64_t n_vocab, const std::string& dir) {
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("qwen2"));
+  t.write_gguf(w, n_vocab, -1, -1);
+  const std::string path = dir + "/tok.gguf";
+  w.write(path);
+  return Tokenizer::from_model(path);
+}
+
+TEST(QwenTokenizer, GgufRoundTrip) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  const Tokenizer back = gguf_round_trip(qwen(), 151936, dir);  // Qwen2.5's padded embedding rows
+  EXPECT_TRUE(back.is_byte_level());
+  EXPECT_EQ(back.vocab_size(), 151936);  // the padding ids exist as "[PAD<i>]" placeholders
+  EXPECT_EQ(back.token_text(151935), "");
+  EXPECT_EQ(back.eos_id(), qwen().eos_id());
+  EXPECT_EQ(back.adds_bos(), qwen().adds_bos());
+  EXPECT_TRUE(back.is_special(back.token_id("<|im_start|>")));
+  const std::string text = read_file(test::shared_data_dir() + "/wikitext2/wiki.test.raw").substr(0, 100000) +
+                           "<|im_start|>user\nCafe\xCC\x81 123 'll<|im_end|>";
+  EXPECT_EQ(back.encode(text), qwen().encode(text));
+  EXPECT_EQ(back.apply_chat_template({{"user", "x"}}, true), qwen().apply_chat_template({{"user", "x"}}, true));
+  // The keys llama.cpp reads: gpt2 model, qwen2 pre-tokenizer, one merge string per rank, control types.
+  GgufFile f(dir + "/tok.gguf");
+  EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(f.get_string("tokenizer.ggml.pre"), "qwen2");
+  EXPECT_EQ(f.get("tokenizer.ggml.merges").strs.size(), 151387u);
+  EXPECT_EQ(f.get("tokenizer.ggml.merges").strs.front(), "\xC4\xA0 \xC4\xA0");  // "Ġ Ġ", merges.txt's first line
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").ints[151644], 3);  // <|im_start|>: CONTROL
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").ints[151935], 5);  // padding: UNUSED
+  EXPECT_EQ(f.get("tokenizer.ggml.tokens").strs[151935], "[PAD151935]");
+}
+
 // ---- SentencePiece-style BPE (llama2.c stories260K) -----------------------------------------------------
 
 // A straightforward transcription of llama2.c's encode() (run.c), reading tok512.bin itself: an oracle
@@ -372,6 +408,26 @@ TEST(StoriesTokenizer, SaveHfRoundTrip) {
   EXPECT_EQ(back.encode(whole), stories().encode(whole));
   const std::string err = error_of([&] { back.apply_chat_template({{"user", "x"}}, true); });
   EXPECT_NE(err.find("has no chat template"), std::string::npos) << err;
+}
+
+TEST(StoriesTokenizer, GgufRoundTrip) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  const Tokenizer back = gguf_round_trip(stories(), 512, dir);
+  EXPECT_FALSE(back.is_byte_level());
+  EXPECT_EQ(back.bos_id(), 1);
+  EXPECT_EQ(back.eos_id(), 2);
+  EXPECT_TRUE(back.adds_bos());
+  for (const std::string& s : stories_samples()) EXPECT_EQ(back.encode(s), stories().encode(s)) << "'" << s << "'";
+  const std::string whole = read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt").substr(0, 50000);
+  EXPECT_EQ(back.encode(whole), stories().encode(whole));
+  // llama.cpp's SentencePiece keys: scores that order the merges, byte and control types.
+  GgufFile f(dir + "/tok.gguf");
+  EXPECT_EQ(f.get_string("tokenizer.ggml.model"), "llama");
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").ints[1], 3);   // <s>
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").ints[0], 2);   // <unk>
+  EXPECT_EQ(f.get("tokenizer.ggml.token_type").ints[3], 6);   // <0x00>
+  EXPECT_FALSE(f.has("tokenizer.ggml.merges"));
 }
 
 // ---- Unicode --------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "core/threads.h"
 #include "kernels/device.h"
+#include "trainer/gguf_model.h"
 #include "trainer/qwen_config.h"
 
 namespace qwenq::cli {
@@ -56,11 +58,12 @@ CLI::Validator in_range(double lo, double hi, const std::string& name, bool lo_o
 }
 
 int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bool given, const char* flag) {
-  const int64_t context = load_qwen_config(model_dir).max_position_embeddings;
+  const int64_t context = load_model_config(model_dir).max_position_embeddings;
   if (context <= 0) return requested;  // a config without the field: nothing to check against
   if (!given) return std::min(requested, context);
   QWENQ_CHECK(requested <= context, flag << " " << requested << " is longer than the model's context: "
-                                         << path_join(model_dir, "config.json") << " has max_position_embeddings "
+                                         << (is_gguf_file(model_dir) ? model_dir + " (context_length)" : path_join(model_dir, "config.json"))
+                                         << " has max_position_embeddings "
                                          << context << "; give " << flag << " " << context << " or less");
   return requested;
 }

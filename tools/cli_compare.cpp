@@ -76,8 +76,11 @@ ChildResult run_self(const std::vector<std::string>& args, const std::string& lo
 
 bool ok(const ChildResult& r) { return WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0; }
 
+// Bytes of the regular files in `dir` (not recursive), or of `dir` itself when it is a file (a GGUF output).
 uint64_t dir_size(const std::string& dir) {
   uint64_t total = 0;
+  struct stat self;
+  if (stat(dir.c_str(), &self) == 0 && S_ISREG(self.st_mode)) return static_cast<uint64_t>(self.st_size);
   DIR* d = opendir(dir.c_str());
   if (!d) return 0;
   while (dirent* e = readdir(d)) {
@@ -194,9 +197,17 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
     if (!dq) a.push_back("--no-double-quant");
     return a;
   }
+  if (base == "gguf") {
+    QWENQ_CHECK(parts.size() == 2 && (parts[1] == "q8_0" || parts[1] == "q4_0" || parts[1] == "q4_1"),
+                "compare: method '" << spec << "': gguf takes one type: gguf-q8_0, gguf-q4_0 or gguf-q4_1");
+    row->format = "gguf " + parts[1] + " (llama.cpp)";
+    row->bits = parts[1] == "q8_0" ? 8 : 4;
+    row->group_size = 32;
+    return {"gguf", "--type", parts[1], "--pad-intermediate"};
+  }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
-                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq]; "
-                                         "rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
+                                         "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq], "
+                                         "gguf-q8_0|q4_0|q4_1; rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
 }
 
 // A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
@@ -207,7 +218,7 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
   row->method = spec;
   // AWQ's rescaled base has no LoftQ: there lq<R> stays and is refused as an unknown option.
-  const LoftqSpec lq = parts[0] == "awq" ? LoftqSpec{} : take_loftq_options(spec, &parts);
+  const LoftqSpec lq = parts[0] == "awq" || parts[0] == "gguf" ? LoftqSpec{} : take_loftq_options(spec, &parts);
   QWENQ_CHECK(parts[0] != "gptq" || lq.iters == 1, "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
   std::vector<std::string> args = quantize_args(spec, parts, a, row);
   if (lq.rank > 0) {
@@ -321,7 +332,7 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq]; "
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-q8_0|q4_0|q4_1 (llama.cpp); "
                   "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();

@@ -36,7 +36,7 @@ struct EvalArgs {
 
 void run_eval(const EvalArgs& a) {
   const Device device = resolve_experimental_device(a.common, "the evaluation");
-  const std::string dir = resolve_model_dir(a.model);
+  const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
@@ -55,7 +55,7 @@ void run_eval(const EvalArgs& a) {
                    adapter->scaling());
     }
   }
-  Tokenizer tok = Tokenizer::from_dir(dir);
+  Tokenizer tok = Tokenizer::from_model(dir);
   const std::string text = load_text_corpus(a.data, a.field);
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
   // add nothing (transformers: tokenizer("\n\n".join(texts))).

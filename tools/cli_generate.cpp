@@ -27,7 +27,7 @@ struct GenerateArgs {
 void run_generate(const GenerateArgs& a) {
   const KvCacheDType kv = parse_kv_cache_dtype(a.kv_cache, "--kv-cache");
   const Device device = resolve_experimental_device(a.common, "the generation");
-  const std::string dir = resolve_model_dir(a.model);
+  const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
@@ -35,7 +35,7 @@ void run_generate(const GenerateArgs& a) {
 #else
   (void)device;
 #endif
-  Tokenizer tok = Tokenizer::from_dir(dir);
+  Tokenizer tok = Tokenizer::from_model(dir);
   std::vector<int32_t> prompt;
   if (a.chat) {
     std::vector<ChatMessage> msgs;

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <string>
 
+#include "core/gguf.h"
 #include "core/progress.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
+#include "trainer/gguf_model.h"
 #include "trainer/model_dir.h"
 #include "trainer/quantize_model.h"
 
@@ -197,8 +199,8 @@ void register_quantize(CLI::App& app) {
   auto dq_model = std::make_shared<std::string>();
   auto dq_dtype = std::make_shared<std::string>("bf16");
   auto dq_common = std::make_shared<CommonOptions>();
-  CLI::App* d = app.add_subcommand("dequantize", "Write a dense model from a GPTQ/AWQ/bitsandbytes-4bit directory");
-  d->add_option("--model,-m", *dq_model, "quantized model directory or repo id")->required();
+  CLI::App* d = app.add_subcommand("dequantize", "Write a dense model from a GPTQ/AWQ/bitsandbytes-4bit directory or a GGUF file");
+  d->add_option("--model,-m", *dq_model, "quantized model directory, repo id or GGUF file")->required();
   d->add_option("--out,-o", dq->out_dir, "output directory")->required();
   d->add_option("--dtype", *dq_dtype, "bf16, fp16 or fp32")->check(CLI::IsMember({"bf16", "fp16", "fp32"}))->capture_default_str();
   d->add_flag("--overwrite", dq->overwrite, "replace an existing output directory");
@@ -206,9 +208,9 @@ void register_quantize(CLI::App& app) {
   add_common_options(d, dq_common.get());
   d->callback([dq, dq_model, dq_dtype, dq_common]() {
     apply_common_options(*dq_common);
-    dq->model_dir = resolve_model_dir(*dq_model);
+    dq->model_dir = resolve_model_dir(*dq_model, "main", /*allow_gguf=*/true);
     dq->dtype = *dq_dtype == "fp32" ? DType::F32 : *dq_dtype == "fp16" ? DType::F16 : DType::BF16;
-    QuantizeReport r = dequantize_model(*dq);
+    QuantizeReport r = is_gguf_file(dq->model_dir) ? gguf_to_hf(*dq) : dequantize_model(*dq);
     std::printf("wrote %s: %lld Linear layers dequantized to %s, %d shard(s), %.1fs\n", dq->out_dir.c_str(),
                 (long long)r.linears, dq_dtype->c_str(), r.shards, r.seconds);
   });

@@ -25,6 +25,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "tools/cli.h"
 #include "trainer/model_dir.h"
 #include "trainer/tokenizer.h"
@@ -44,7 +45,7 @@ Tokenizer load_tokenizer(const TokenizeArgs& a) {
   QWENQ_CHECK(a.model.empty() != a.llama2c.empty(), "tokenize: give exactly one of --model or --llama2c-tokenizer");
   if (!a.llama2c.empty()) return Tokenizer::from_llama2c(a.llama2c);
   // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
-  return Tokenizer::from_dir(dir_exists(a.model) ? a.model : resolve_model_dir(a.model));
+  return Tokenizer::from_model(dir_exists(a.model) || is_gguf_file(a.model) ? a.model : resolve_model_dir(a.model));
 }
 
 std::string read_input(const TokenizeArgs& a) {

@@ -48,8 +48,8 @@ struct Loaded {
 Loaded load(const GenerateArgs& a, bool need_chat_template) {
   parse_kv_cache_dtype(a.kv_cache, "--kv-cache");  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the generation");
-  const std::string dir = resolve_model_dir(a.model);
-  Tokenizer tok = Tokenizer::from_dir(dir);
+  const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
+  Tokenizer tok = Tokenizer::from_model(dir);
   if (need_chat_template) {
     QWENQ_CHECK(tok.has_chat_template(), dir << ": the tokenizer has no chat template (chat_template in "
                                                 "tokenizer_config.json or chat_template.jinja), so a conversation "

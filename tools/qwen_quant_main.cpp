@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_tokenize(app);
   qwenq::cli::register_quantize(app);
   qwenq::cli::register_compare(app);
+  qwenq::cli::register_gguf(app);
   try {
     qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     app.parse(argc, argv);

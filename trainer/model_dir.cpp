@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 
 namespace qwenq {
 
@@ -41,8 +42,15 @@ bool looks_like_repo_id(const std::string& s) {
 
 }  // namespace
 
-std::string resolve_model_dir(const std::string& spec, const std::string& revision) {
+std::string resolve_model_dir(const std::string& spec, const std::string& revision, bool allow_gguf) {
   QWENQ_CHECK(!spec.empty(), "no model given (pass a directory or a Hugging Face repo id)");
+  if (is_gguf_file(spec)) {
+    QWENQ_CHECK(allow_gguf, spec << ": a GGUF file; this command reads Hugging Face model directories (eval, generate and dequantize "
+                                    "read GGUF files; `qwen-quant gguf` writes them)");
+    return spec;
+  }
+  QWENQ_CHECK(!file_exists(spec) || dir_exists(spec),
+              spec << ": not a directory" << (allow_gguf ? " nor a GGUF file" : "") << " (expected a model directory)");
   if (dir_exists(spec)) {
     QWENQ_CHECK(file_exists(path_join(spec, "config.json")),
                 "model directory " << spec << " has no config.json (is it a Hugging Face model directory?)");

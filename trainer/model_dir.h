@@ -8,7 +8,9 @@
 
 namespace qwenq {
 
-// Returns a directory that holds config.json. Throws with the places it looked if none does.
-std::string resolve_model_dir(const std::string& dir_or_repo_id, const std::string& revision = "main");
+// Returns a directory that holds config.json (or, with allow_gguf, a GGUF file given by path: the commands that
+// read one, eval and generate). Throws with the places it looked if none does.
+std::string resolve_model_dir(const std::string& dir_or_repo_id, const std::string& revision = "main",
+                              bool allow_gguf = false);
 
 }  // namespace qwenq

@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/gguf.h"
 #include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
@@ -12,6 +13,7 @@
 #include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "kernels/rope.h"
+#include "trainer/gguf_model.h"
 
 namespace qwenq {
 
@@ -114,11 +116,20 @@ struct QwenModel::Scratch {
         gate(T * c.intermediate_size), up(T * c.intermediate_size) {}
 };
 
-QwenModel::QwenModel(const std::string& dir)
-    : dir_(dir), cfg_(load_qwen_config(dir)), quant_(load_quant_config(dir)) {
+QwenModel::QwenModel(const std::string& dir) : dir_(dir) {
+  if (is_gguf_file(dir)) {
+    gguf_ = std::make_unique<GgufFile>(dir);
+    cfg_ = qwen_config_from_gguf(*gguf_);
+    w_ = bind_gguf_weights(cfg_, *gguf_);
+    return;
+  }
+  cfg_ = load_qwen_config(dir);
+  quant_ = load_quant_config(dir);
   ckpt_ = std::make_unique<Checkpoint>(dir);
   w_ = bind_qwen_weights(cfg_, quant_, *ckpt_);
 }
+
+QwenModel::~QwenModel() = default;
 
 void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
   const int64_t C = cfg_.hidden_size;

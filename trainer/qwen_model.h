@@ -25,6 +25,8 @@
 
 namespace qwenq {
 
+class GgufFile;
+
 // Several sequences packed back to back: tokens of sequence s are [cu_seqlens[s], cu_seqlens[s+1]).
 struct PackedBatch {
   std::vector<int32_t> tokens;
@@ -85,8 +87,11 @@ struct KvCache {
 
 class QwenModel {
  public:
-  // Loads config.json and maps the checkpoint of a model directory (already resolved).
+  // Loads config.json and maps the checkpoint of a model directory (already resolved), or maps a GGUF file
+  // (trainer/gguf_model.h; its Linears stay in their ggml blocks, quant_config() is None).
   explicit QwenModel(const std::string& dir);
+  ~QwenModel();
+  bool is_gguf() const { return gguf_ != nullptr; }
   const QwenConfig& config() const { return cfg_; }
   const QuantConfig& quant_config() const { return quant_; }
   const std::string& dir() const { return dir_; }
@@ -141,6 +146,7 @@ class QwenModel {
   QwenConfig cfg_;
   QuantConfig quant_;
   std::unique_ptr<Checkpoint> ckpt_;
+  std::unique_ptr<GgufFile> gguf_;
   QwenWeights w_;
 };
 

@@ -68,6 +68,7 @@ LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K)
 std::vector<float> LinearWeight::dequantize() const {
   if (packed) return dequantize_int_linear(*packed);
   if (nf4) return nf4_dequantize(nf4->q);
+  if (ggml) return dequantize_ggml_linear(*ggml);
   return tensor_to_f32(dense);
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "quant/ggml_blocks.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4_checkpoint.h"
 #include "trainer/qwen_config.h"
@@ -15,12 +16,13 @@
 namespace qwenq {
 
 // One nn.Linear weight [N, K]: a view of dense bf16/fp16/fp32 values, or a packed 4-bit form (GPTQ/AWQ
-// integer codes or bitsandbytes NF4/FP4) read from a quantized checkpoint.
+// integer codes or bitsandbytes NF4/FP4) read from a quantized checkpoint, or ggml blocks of a GGUF file.
 struct LinearWeight {
   int64_t N = 0, K = 0;
   TensorView dense;                               // data null when packed
   std::shared_ptr<const PackedIntLinear> packed;  // GPTQ / AWQ
   std::shared_ptr<const Nf4Linear> nf4;           // bitsandbytes 4-bit
+  std::shared_ptr<const GgmlLinear> ggml;         // GGUF (llama.cpp) blocks
   std::shared_ptr<const std::vector<float>> owned;  // backs `dense` when the values were computed (fake-quant)
   bool is_dense() const { return dense.data != nullptr; }
   static LinearWeight from_fp32(std::vector<float> W, int64_t N, int64_t K);
@@ -57,6 +59,7 @@ struct QwenWeights {
   std::vector<QwenLayerWeights> layers;
   TensorView final_norm;  // [C]
   TensorView lm_head;     // [V, C] (= embed when tied)
+  std::vector<std::shared_ptr<const std::vector<float>>> owned;  // backs views whose values were computed (GGUF)
 };
 
 // The Linear `prefix` ("model.layers.0.mlp.up_proj") of shape [N, K]: packed when the checkpoint holds it packed

@@ -22,6 +22,9 @@
 
 namespace qwenq {
 
+class GgufFile;
+class GgufWriter;
+
 struct ChatMessage {
   std::string role, content;
 };
@@ -34,6 +37,11 @@ class Tokenizer {
   static Tokenizer from_dir(const std::string& dir);
   // llama2.c tokenizer .bin (tok512.bin): int32 max_len, then per token float32 score, int32 len, bytes.
   static Tokenizer from_llama2c(const std::string& tok_bin_path);
+  // A GGUF file's tokenizer.ggml.* metadata (trainer/tokenizer_gguf.cpp): "gpt2" with the qwen2 pre-tokenizer,
+  // or "llama" (SentencePiece-style, merges from the scores).
+  static Tokenizer from_gguf(const GgufFile& f);
+  // from_dir, or from_gguf when `dir_or_gguf` is a GGUF file.
+  static Tokenizer from_model(const std::string& dir_or_gguf);
 
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true,
                               bool parse_special = true) const;
@@ -67,6 +75,9 @@ class Tokenizer {
   // Writes a Hugging Face tokenizer into `dir` (which must exist): tokenizer.json + tokenizer_config.json +
   // special_tokens_map.json, plus vocab.json + merges.txt for byte-level models.
   void save_hf(const std::string& dir) const;
+  // Writes tokenizer.ggml.* for a model whose embedding has n_vocab rows (ids past the vocabulary become
+  // "[PAD<i>]"); fallback_bos/eos (config.json's, -1 for none) stand in when the tokenizer names none.
+  void write_gguf(GgufWriter& w, int64_t n_vocab, int32_t fallback_bos, int32_t fallback_eos) const;
 
   struct Impl;  // defined in trainer/tokenizer_impl.h
 

@@ -110,6 +110,10 @@ nlohmann::ordered_json read_ordered_json_file(const std::string& path);
 void load_tokenizer_json(const std::string& path, Tokenizer::Impl* t);
 void load_vocab_merges(const std::string& vocab_path, const std::string& merges_path, Tokenizer::Impl* t);
 
+// The pipeline options of a Llama SentencePiece tokenizer read from scores (llama2.c's .bin, GGUF's "llama" model):
+// "▁" prepended and for spaces, byte fallback, unknowns fused, the leading space stripped on decode.
+void set_llama_sentencepiece_options(Tokenizer::Impl* t);
+
 // Merges of a SentencePiece BPE vocabulary derived from piece scores exactly as transformers'
 // convert_slow_tokenizer.generate_merges does: every split of a piece into two vocabulary pieces, ordered
 // by (score, left length, right length) descending (lengths in code points), ties kept in vocabulary order

@@ -73,6 +73,15 @@ std::vector<std::array<int32_t, 3>> merges_from_scores(const std::vector<std::st
   return merges;
 }
 
+void set_llama_sentencepiece_options(Tokenizer::Impl* t) {
+  t->sp_prepend = true;
+  t->sp_replace_space = true;
+  t->byte_fallback = true;
+  t->fuse_unk = true;
+  t->strip_leading_space = true;
+  t->tokenizer_class = "LlamaTokenizerFast";
+}
+
 }  // namespace tokenizer_detail
 
 Tokenizer Tokenizer::from_llama2c(const std::string& tok_bin_path) {
@@ -148,12 +157,7 @@ Tokenizer Tokenizer::from_llama2c(const std::string& tok_bin_path) {
                                     << t->piece_to_id[t->pieces[id]]);
   }
   t->merges = merges_from_scores(t->pieces, scores, eligible);
-  t->sp_prepend = true;
-  t->sp_replace_space = true;
-  t->byte_fallback = true;
-  t->fuse_unk = true;
-  t->strip_leading_space = true;
-  t->tokenizer_class = "LlamaTokenizerFast";
+  set_llama_sentencepiece_options(t.get());
   t->finalize(tok_bin_path);
   auto id_of = [&](const char* name) {
     auto it = t->added_to_id.find(name);

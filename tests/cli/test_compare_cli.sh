@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# End to end through the command line: a random tiny model, `qwen-quant compare` with an RTN and an NF4
-# method, and the four report files with one row per method plus the original.
+# End to end through the command line: a random tiny model, `qwen-quant compare` with RTN, NF4, GPTQ, LoftQ and
+# GGUF methods, and the four report files with one row per method plus the original.
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 rm -rf "$WORK" && mkdir -p "$WORK"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4,gptq-g32,nf4-lq4-it2 --calib "$SRC/README.md" --calib-samples 4 --calib-seq-len 64 --seq-len 128 --out "$WORK/cmp" \
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4,gptq-g32,nf4-lq4-it2,gguf-q4_0 --calib "$SRC/README.md" --calib-samples 4 --calib-seq-len 64 --seq-len 128 --out "$WORK/cmp" \
   --threads 1 > "$WORK/out.txt" 2>&1 || { cat "$WORK/out.txt"; exit 1; }
 for f in compare.md compare.csv compare.json compare.svg; do
   [ -s "$WORK/cmp/$f" ] || { echo "missing $f"; cat "$WORK/out.txt"; exit 1; }
 done
 rows=$(grep -c '^| ' "$WORK/cmp/compare.md")
-[ "$rows" -eq 6 ] || { echo "expected header + 5 rows, got $rows lines"; cat "$WORK/cmp/compare.md"; exit 1; }
+[ "$rows" -eq 7 ] || { echo "expected header + 6 rows, got $rows lines"; cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| rtn-g32 | gptq | 4 | 32 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| nf4 | bnb-nf4+dq | 4 | 64 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q '^| gptq-g32 | gptq | 4 | 32 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
+# llama.cpp's Q4_0: one GGUF file (MLP padded), evaluated from the file itself.
+grep -q '^| gguf-q4_0 | gguf q4_0 (llama.cpp) | 4 | 32 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
+grep -q "\"model\": \"$WORK/cmp/models/gguf-q4_0\"" "$WORK/cmp/logs/gguf-q4_0.eval0.json" \
+  || { echo "the GGUF method was not evaluated from its file"; cat "$WORK/cmp/logs/gguf-q4_0.eval0.json"; exit 1; }
 # LoftQ: evaluated with its adapter, whose bytes count in the size.
 grep -q '^| nf4-lq4-it2 | bnb-nf4+dq +LoftQ r4 x2 | 4 | 64 |' "$WORK/cmp/compare.md" || { cat "$WORK/cmp/compare.md"; exit 1; }
 grep -q "\"adapter\": \"$WORK/cmp/models/nf4-lq4-it2/loftq_init\"" "$WORK/cmp/logs/nf4-lq4-it2.eval0.json" \
@@ -23,6 +27,7 @@ python3 - "$WORK/cmp/compare.json" <<'PY'
 import json, sys
 rows = {r["method"]: r for r in json.load(open(sys.argv[1]))["rows"]}
 assert rows["nf4-lq4-it2"]["size_bytes"] > rows["nf4"]["size_bytes"], (rows["nf4-lq4-it2"], rows["nf4"])
+assert 0 < rows["gguf-q4_0"]["size_bytes"] < rows["nf4"]["size_bytes"], (rows["gguf-q4_0"], rows["nf4"])
 PY
 if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods nf4-it3 --out "$WORK/cmp3" > "$WORK/bad3.txt" 2>&1; then
   echo "it<T> without lq<R> accepted"; exit 1

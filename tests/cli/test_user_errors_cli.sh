@@ -24,7 +24,8 @@
 #    only with QWENQ_DEBUG=1 (for bug reports); without a GPU every command said "cudaGetDeviceCount returned 'CUDA
 #    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
-#  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use.
+#  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
+#  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -202,6 +203,23 @@ refuse lq_quantized "--loftq-model lq is quantized" "$QL" "${LT[@]}" --loftq-mod
 refuse lq_big "--loftq-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" rtn --model tiny --out lq_big --loftq-rank 100
 refuse lq_iter "--loftq-iter: must be at least 1" "$QQ" nf4 --model tiny --out lq_bad --loftq-rank 4 --loftq-iter 0
 [ ! -e lq_big ] && [ ! -e lq_bad ] || fail "a refused LoftQ quantization left its output"
+
+# --- (new command, GGUF) an existing output, a GGUF where a directory is read, a damaged GGUF --------------------
+"$QQ" gguf --model tiny --out tiny.gguf --type q4_0 -q > gguf.txt 2>&1 || fail "gguf export" gguf.txt
+cp tiny.gguf tiny_before.gguf
+refuse gguf_exists "tiny.gguf: already exists (pass --overwrite to replace it)" "$QQ" gguf --model tiny --out tiny.gguf
+cmp -s tiny.gguf tiny_before.gguf || fail "a refused gguf export changed the existing file"
+refuse gguf_type "--type: q5_k not in" "$QQ" gguf --model tiny --out x.gguf --type q5_k
+refuse gguf_dir "directory nodir does not exist" "$QQ" gguf --model tiny --out nodir/x.gguf
+refuse gguf_as_dir "tiny.gguf: a GGUF file; this command reads Hugging Face model directories" \
+  "$QQ" gptq --model tiny.gguf --out g_gguf --calib text.jsonl
+head -c 3000 tiny.gguf > cut.gguf
+echo "notes" > notes.txt
+refuse gguf_cut "cut.gguf: metadata 'tokenizer.ggml.tokens' claims 320 array elements, more than the 2324 bytes left hold (truncated or corrupt file)" "$QQ" eval --model cut.gguf --data text.jsonl
+refuse gguf_not_dir "notes.txt: not a directory nor a GGUF file" "$QQ" eval --model notes.txt --data text.jsonl
+"$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q > gguf_eval.txt 2>&1 || fail "eval of a GGUF" gguf_eval.txt
+grep -q "perplexity" gguf_eval.txt || fail "eval of a GGUF printed no perplexity" gguf_eval.txt
+[ ! -e x.gguf ] && [ ! -e g_gguf ] || fail "a refused command left an output"
 
 # --- train --stop-after: says there is no adapter ------------------------------------------------------------------
 "$QL" train --model tiny --data text.jsonl --seq-len 64 -q --out runs --max-steps 6 --save-every 2 --stop-after 3 \

@@ -13,8 +13,10 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
+#include "quant/ggml_blocks.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_config.h"
@@ -117,6 +119,21 @@ void model_target(const std::string& variant, bool header, const uint8_t* data, 
   load_and_forward(dir);
 }
 
+// The bytes as a .gguf file: open it, dequantize every tensor of a type we read, then load it as a model (forward 3
+// tokens) and its tokenizer (encode and decode a line).
+void gguf_target(const uint8_t* data, size_t size) {
+  const std::string path = path_join(scratch(), "input.gguf");
+  write_bytes(path, data, size);
+  {
+    const GgufFile f(path);
+    for (const GgufTensor& t : f.tensors())
+      if (ggml_can_dequantize(t.type)) (void)dequantize_ggml(t);
+  }
+  load_and_forward(path);
+  const Tokenizer tok = Tokenizer::from_model(path);
+  (void)tok.decode(tok.encode("Hello world <|im_start|> 123"));
+}
+
 bool tokenizer_target(const uint8_t* data, size_t size) {
   static const Tokenizer tok = [] {
     const std::string dir = path_join(fixtures(), "tokenizer");
@@ -205,7 +222,8 @@ std::vector<std::string> fuzz_target_names() {
   std::vector<std::string> names = {"safetensors"};
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
-  for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer"})
+  for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
+                        "gguf"})
     names.push_back(t);
   return names;
 }
@@ -235,6 +253,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       adapter_target(target == "adapter_header", data, size);
     } else if (target == "llama2c" || target == "llama2c_tokenizer") {
       llama2c_target(target == "llama2c_tokenizer", data, size);
+    } else if (target == "gguf") {
+      gguf_target(data, size);
     } else {
       std::string all;
       for (const std::string& n : fuzz_target_names()) all += (all.empty() ? "" : ", ") + n;

@@ -15,6 +15,8 @@
 //   adapter_header           the bytes as the header of that adapter's adapter_model.safetensors: load it
 //   llama2c                  the bytes as a llama2.c checkpoint (the tokenizer fixed): import
 //   llama2c_tokenizer        the bytes as a llama2.c tokenizer (a tiny checkpoint fixed): import
+//   gguf                     the bytes as a .gguf file: open, dequantize every tensor, load as a model (forward 3
+//                            tokens) and its tokenizer (encode, decode)
 //
 // The fixtures come from QWENQ_FUZZ_DIR, the directory tests/fuzz/make_seeds.sh fills (models/<m>, adapter/,
 // tokenizer/, llama2c/); scratch files go to QWENQ_FUZZ_SCRATCH (default /tmp), named by process id. Used by

@@ -4,6 +4,7 @@
 #                                     GPTQ and AWQ layouts, groups of 32; nf4)
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
+#   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
 #   OUT/llama2c/{tiny.bin,tok.bin}    a tiny llama2.c checkpoint written here and stories260K's tok512.bin (SHARED only)
 #   OUT/seeds/<target>                the seed inputs of each target (':' in a target's name becomes '-')
 #   tests/fuzz/make_seeds.sh BUILD OUT [SHARED]      (BUILD holds qwen-quant and qwen-qlora; python3 writes binaries)
@@ -16,6 +17,10 @@ log="$OUT/make_seeds.log"
 "$QQ" rtn --model "$OUT/models/dense" --out "$OUT/models/gptq" --group-size 32 --format gptq -q >> "$log" 2>&1
 "$QQ" rtn --model "$OUT/models/dense" --out "$OUT/models/awq" --group-size 32 --format awq -q >> "$log" 2>&1
 "$QQ" nf4 --model "$OUT/models/dense" --out "$OUT/models/nf4" -q >> "$log" 2>&1
+mkdir -p "$OUT/seeds/gguf"
+for t in q4_0 q8_0 f16; do
+  "$QQ" gguf --model "$OUT/models/dense" --out "$OUT/seeds/gguf/dense-$t.gguf" --type $t -q >> "$log" 2>&1
+done
 if [ -n "$SHARED" ] && [ -d "$SHARED/data/qwen2-tokenizer" ]; then
   cp -r "$SHARED/data/qwen2-tokenizer" "$OUT/tokenizer"
 else

@@ -1,0 +1,262 @@
+// ggml block formats: quantize (Q8_0, Q4_0, Q4_1, F16, BF16, F32) and dequantize (also Q5_0, Q5_1, Q4_K, Q5_K,
+// Q6_K). The math is at the top of quant/ggml_blocks.h.
+#include "quant/ggml_blocks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/threads.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr int64_t kQK = 32;    // values per block of the 32-blocks
+constexpr int64_t kQKK = 256;  // values per k-quant super-block
+
+uint16_t load_u16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+void store_u16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+float load_f16(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
+
+// C's roundf: halves away from zero.
+float round_half_away(float v) { return std::copysign(std::floor(std::fabs(v) + 0.5f), v); }
+
+float inverse(float d) { return d != 0.0f ? 1.0f / d : 0.0f; }
+
+void quantize_q8_0(const float* x, uint8_t* out) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.0f;
+  const float id = inverse(d);
+  store_u16(out, f32_to_f16(d));
+  for (int64_t j = 0; j < kQK; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(round_half_away(x[j] * id)));
+}
+
+void quantize_q4_0(const float* x, uint8_t* out) {
+  float amax = 0.0f, m = 0.0f;
+  for (int64_t j = 0; j < kQK; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      m = x[j];
+    }
+  }
+  const float d = m / -8.0f;
+  const float id = inverse(d);
+  store_u16(out, f32_to_f16(d));
+  auto code = [&](float v) {
+    const double t = std::trunc(static_cast<double>(v) * static_cast<double>(id) + 8.5);
+    return static_cast<uint8_t>(std::min(15.0, std::max(0.0, t)));
+  };
+  for (int64_t j = 0; j < kQK / 2; ++j) out[2 + j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kQK / 2]) << 4));
+}
+
+void quantize_q4_1(const float* x, uint8_t* out) {
+  float lo = x[0], hi = x[0];
+  for (int64_t j = 1; j < kQK; ++j) {
+    lo = std::min(lo, x[j]);
+    hi = std::max(hi, x[j]);
+  }
+  const float d = (hi - lo) / 15.0f;
+  const float id = inverse(d);
+  store_u16(out, f32_to_f16(d));
+  store_u16(out + 2, f32_to_f16(lo));
+  auto code = [&](float v) {
+    const float t = std::trunc((v - lo) * id + 0.5f);
+    return static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
+  };
+  for (int64_t j = 0; j < kQK / 2; ++j) out[4 + j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kQK / 2]) << 4));
+}
+
+void dequantize_q8_0(const uint8_t* in, float* y) {
+  const float d = load_f16(in);
+  for (int64_t j = 0; j < kQK; ++j) y[j] = static_cast<float>(static_cast<int8_t>(in[2 + j])) * d;
+}
+
+void dequantize_q4_0(const uint8_t* in, float* y) {
+  const float d = load_f16(in);
+  for (int64_t j = 0; j < kQK / 2; ++j) {
+    y[j] = static_cast<float>((in[2 + j] & 0xF) - 8) * d;
+    y[j + kQK / 2] = static_cast<float>((in[2 + j] >> 4) - 8) * d;
+  }
+}
+
+void dequantize_q4_1(const uint8_t* in, float* y) {
+  const float d = load_f16(in), m = load_f16(in + 2);
+  for (int64_t j = 0; j < kQK / 2; ++j) {
+    y[j] = static_cast<float>(in[4 + j] & 0xF) * d + m;
+    y[j + kQK / 2] = static_cast<float>(in[4 + j] >> 4) * d + m;
+  }
+}
+
+// Q5_0 (min = false) and Q5_1 (min = true): the fifth bit of value j is bit j of the u32 qh.
+void dequantize_q5(const uint8_t* in, float* y, bool with_min) {
+  const float d = load_f16(in);
+  const float m = with_min ? load_f16(in + 2) : 0.0f;
+  const uint8_t* p = in + (with_min ? 4 : 2);
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const uint8_t* qs = p + 4;
+  const int offset = with_min ? 0 : 16;
+  for (int64_t j = 0; j < kQK / 2; ++j) {
+    const int lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+    const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+    y[j] = static_cast<float>(lo - offset) * d + m;
+    y[j + kQK / 2] = static_cast<float>(hi - offset) * d + m;
+  }
+}
+
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
+void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// Q4_K (qh null) and Q5_K: d, dmin, scales[12], [qh[32]], qs[128]; sub-block j's low 4 bits are the low (even j)
+// or high (odd j) nibbles of qs[32 (j/2) .. +32), its fifth bit bit j of qh[l].
+void dequantize_q45_k(const uint8_t* in, float* y, bool five) {
+  const float d = load_f16(in), dmin = load_f16(in + 2);
+  const uint8_t* scales = in + 4;
+  const uint8_t* qh = five ? in + 16 : nullptr;
+  const uint8_t* qs = in + (five ? 48 : 16);
+  for (int j = 0; j < 8; ++j) {
+    int sc, mn;
+    k_scale_min(scales, j, &sc, &mn);
+    const float dl = d * static_cast<float>(sc), ml = dmin * static_cast<float>(mn);
+    const uint8_t* q = qs + 32 * (j / 2);
+    for (int l = 0; l < 32; ++l) {
+      int v = (j % 2 == 0) ? (q[l] & 0xF) : (q[l] >> 4);
+      if (five) v |= ((qh[l] >> j) & 1) << 4;
+      y[32 * j + l] = dl * static_cast<float>(v) - ml;
+    }
+  }
+}
+
+// Q6_K: ql[128], qh[64], scales[16] (int8), d. Value v: h = v/128; low 4 bits from ql[64h + v%64] (low nibble
+// for v%128 < 64, else high), top 2 bits from qh[32h + v%32] >> 2((v%128)/32); scale scales[v/16].
+void dequantize_q6_k(const uint8_t* in, float* y) {
+  const uint8_t* ql = in;
+  const uint8_t* qh = in + 128;
+  const int8_t* scales = reinterpret_cast<const int8_t*>(in + 192);
+  const float d = load_f16(in + 208);
+  for (int v = 0; v < kQKK; ++v) {
+    const int h = v / 128, r = v % 128;
+    const int lo = (ql[64 * h + r % 64] >> (r < 64 ? 0 : 4)) & 0xF;
+    const int top = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
+    y[v] = d * static_cast<float>(scales[v / 16]) * static_cast<float>((lo | (top << 4)) - 32);
+  }
+}
+
+}  // namespace
+
+bool ggml_can_quantize(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0: case GgmlType::Q4_0:
+    case GgmlType::Q4_1: return true;
+    default: return false;
+  }
+}
+
+bool ggml_can_dequantize(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
+      return true;
+    default: return ggml_can_quantize(t);
+  }
+}
+
+void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
+  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
+  QWENQ_CHECK(info && ggml_can_quantize(t), "quantizing to ggml type " << (info ? info->name : "?") << " is not supported");
+  QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
+  switch (t) {
+    case GgmlType::F32: std::memcpy(out, x, n * 4); return;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n; ++i) store_u16(out + 2 * i, f32_to_f16(x[i]));
+      return;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n; ++i) store_u16(out + 2 * i, f32_to_bf16(x[i]));
+      return;
+    default: break;
+  }
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    uint8_t* o = out + b * info->bytes;
+    if (t == GgmlType::Q8_0) quantize_q8_0(x + b * kQK, o);
+    else if (t == GgmlType::Q4_0) quantize_q4_0(x + b * kQK, o);
+    else quantize_q4_1(x + b * kQK, o);
+  }
+}
+
+void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
+  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
+  QWENQ_CHECK(info && ggml_can_dequantize(t), "reading ggml type " << (info ? info->name : "?") << " is not supported");
+  QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
+  switch (t) {
+    case GgmlType::F32: std::memcpy(y, in, n * 4); return;
+    case GgmlType::F16:
+      for (int64_t i = 0; i < n; ++i) y[i] = load_f16(in + 2 * i);
+      return;
+    case GgmlType::BF16:
+      for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(load_u16(in + 2 * i));
+      return;
+    default: break;
+  }
+  for (int64_t b = 0; b < n / info->block; ++b) {
+    const uint8_t* p = in + b * info->bytes;
+    float* o = y + b * info->block;
+    switch (t) {
+      case GgmlType::Q8_0: dequantize_q8_0(p, o); break;
+      case GgmlType::Q4_0: dequantize_q4_0(p, o); break;
+      case GgmlType::Q4_1: dequantize_q4_1(p, o); break;
+      case GgmlType::Q5_0: dequantize_q5(p, o, false); break;
+      case GgmlType::Q5_1: dequantize_q5(p, o, true); break;
+      case GgmlType::Q4_K: dequantize_q45_k(p, o, false); break;
+      case GgmlType::Q5_K: dequantize_q45_k(p, o, true); break;
+      default: dequantize_q6_k(p, o); break;
+    }
+  }
+}
+
+std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n) {
+  const uint64_t row_bytes = ggml_row_bytes(t, n);
+  std::vector<uint8_t> out(row_bytes * rows);
+  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) quantize_ggml_row(t, x + r * n, n, out.data() + r * row_bytes);
+  });
+  return out;
+}
+
+std::vector<float> dequantize_ggml(const GgufTensor& t) {
+  const int64_t n = t.ne[0], rows = t.rows();
+  const uint64_t row_bytes = ggml_row_bytes(t.type, n);
+  std::vector<float> out(static_cast<size_t>(n * rows));
+  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) dequantize_ggml_row(t.type, t.data + r * row_bytes, n, out.data() + r * n);
+  });
+  return out;
+}
+
+std::vector<float> dequantize_ggml_linear(const GgmlLinear& w) {
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  std::vector<float> out(static_cast<size_t>(w.N * w.K));
+  parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t src = w.interleaved_heads > 0 ? rope_interleaved_row(r, w.head_dim) : r;
+      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out.data() + r * w.K);
+    }
+  });
+  return out;
+}
+
+}  // namespace qwenq

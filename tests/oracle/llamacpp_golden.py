@@ -1,0 +1,69 @@
+"""Golden numbers from llama.cpp itself for our GGUF exports (kept in tests/test_gguf_model.cpp; not run by CI).
+
+llama.cpp's Python binding builds llama.cpp from source (about 5 minutes on 2 cores), too slow for every CI run, so
+this script is run by hand when the export changes:
+    python3 -m venv /tmp/llamacpp && /tmp/llamacpp/bin/pip install llama-cpp-python==0.3.36 numpy
+    /tmp/llamacpp/bin/python tests/oracle/llamacpp_golden.py --build build --shared ../shared
+For stories260K (imported by qwen-quant, SentencePiece-style tokenizer) exported as F32, Q8_0 and Q4_0, it prints
+llama.cpp's tokenization of the first 20,000 characters of tinystories_val.txt next to ours, and llama.cpp's mean
+next-token NLL on our first 512 tokens. With --qwen-dir DIR (a model directory holding the real Qwen2 tokenizer,
+e.g. `qwen-quant init-random --preset qwen2.5-0.5b --layers 2` with ../shared's vocab.json, merges.txt and
+tokenizer_config.json copied in) it also compares the tokenization of WikiText-2 (byte-level BPE, qwen2 pre-tokenizer)
+and the NLL of a Q8_0 export on 256 tokens.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+from llama_cpp import Llama
+
+p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--build", required=True)
+p.add_argument("--shared", required=True)
+p.add_argument("--qwen-dir", default="")
+args = p.parse_args()
+qq = os.path.join(args.build, "qwen-quant")
+work = os.path.join(args.build, "oracle_tmp", "llamacpp_golden")
+os.makedirs(work, exist_ok=True)
+
+
+def ours_tokens(model, text):
+    r = subprocess.run([qq, "tokenize", "--model", model, "--text", text], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)["ids"]
+
+
+def llama_nll(path, ids, n_ctx):
+    llm = Llama(model_path=path, n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2)
+    llm.eval(ids)
+    logits = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    m = logits.max(1, keepdims=True)
+    lse = (np.log(np.exp(logits - m).sum(1, keepdims=True)) + m)[:, 0]
+    return float(-(logits[np.arange(len(ids) - 1), ids[1:]] - lse[:-1]).mean()), llm
+
+
+def compare(model_dir, text, types, n):
+    for t in types:
+        path = os.path.join(work, f"{os.path.basename(model_dir)}-{t}.gguf")
+        subprocess.run([qq, "gguf", "--model", model_dir, "--out", path, "--type", t, "--overwrite", "--quiet"],
+                       check=True)
+        ours = ours_tokens(path, text)
+        nll, llm = llama_nll(path, ours[:n], n)
+        theirs = llm.tokenize(text.encode("utf-8"), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true",
+                              special=False)
+        first_diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        print(f"{os.path.basename(model_dir)} {t}: tokens ours {len(ours)} llama.cpp {len(theirs)} (first difference at "
+              f"{first_diff}); llama.cpp mean NLL on our first {n} tokens {nll:.6f} (ppl {math.exp(nll):.4f})")
+
+
+stories = os.path.join(work, "stories260K")
+subprocess.run([qq, "import-llama2c", "--checkpoint", os.path.join(args.shared, "data/stories260K/stories260K.bin"),
+                "--tokenizer", os.path.join(args.shared, "data/stories260K/tok512.bin"), "--out", stories,
+                "--overwrite"], check=True)
+text = open(os.path.join(args.shared, "data/tinystories/tinystories_val.txt"), encoding="utf-8").read()[:20000]
+compare(stories, text, ["f32", "q8_0", "q4_0"], 512)
+if args.qwen_dir:
+    wiki = open(os.path.join(args.shared, "data/wikitext2/wiki.test.raw"), encoding="utf-8").read()[:100000]
+    compare(args.qwen_dir, wiki, ["q8_0"], 256)

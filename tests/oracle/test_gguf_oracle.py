@@ -1,0 +1,214 @@
+"""Oracle: `qwen-quant gguf` files and our GGUF reading against gguf-py 0.17.1, llama.cpp's own Python package.
+
+1. Tiny random Qwen2 (untied, q/k/v biases, GQA), Qwen3 (q/k norms, head_dim 32 != hidden/heads) and Llama (GQA,
+   untied) models are made with transformers and written by `qwen-quant gguf --type T` for every T (f32, f16, bf16,
+   q8_0, q4_0, q4_1). gguf-py's GGUFReader parses each file; we check the metadata llama.cpp reads against
+   config.json, every tensor's name, shape and type against convert_hf_to_gguf.py's rules as written here (1-D in F32;
+   rows not a multiple of 32 in F16; for 4-bit types the embedding and output in Q8_0; Llama's q/k rows permuted
+   with convert_hf_to_gguf's own formula), and every tensor's bytes against gguf.quants.quantize of the Hugging Face
+   weight: bit for bit. The tokenizer keys: tokens = the vocabulary, merges = merges.txt.
+2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant and 5-bit types we read but do not write (Q4_K,
+   Q5_K, Q6_K, Q5_0, Q5_1; random blocks with sane scales) is read by `qwen-quant dequantize`: every tensor equals
+   gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
+Exit 0 pass, 1 fail, 77 skip (torch/transformers/gguf not importable).
+"""
+import json
+import os
+import shutil
+
+from oracle_common import check, finish, parse_args, run, skip, spread_weights, work_dir
+
+args = parse_args(__doc__)
+try:
+    import numpy as np
+    import torch
+    import transformers
+    import gguf
+    from gguf import GGMLQuantizationType as QT, GGUFReader, GGUFWriter
+    from gguf.quants import dequantize, quantize
+    from safetensors.numpy import load_file
+except Exception as e:  # pragma: no cover
+    skip(f"torch/transformers/gguf not usable ({type(e).__name__}: {e}); scripts/oracle_env.sh installs them")
+
+print("transformers", transformers.__version__, "gguf-py", getattr(gguf, "__version__", "0.17.1"))
+qq = os.path.join(args.build, "qwen-quant")
+out = work_dir(args.build, "gguf_oracle")
+torch.manual_seed(4321)
+
+# A byte-level tokenizer for the models (320 ids: 256 bytes, no merges, Qwen's specials).
+tok_dir = os.path.join(out, "tok")
+run([qq, "init-random", "--preset", "tiny", "--out", tok_dir, "--overwrite"])
+TOK_FILES = [f for f in os.listdir(tok_dir) if f != "model.safetensors" and f != "config.json"]
+
+
+def make_model(name, config_cls, model_cls, **cfg):
+    d = os.path.join(out, name)
+    shutil.rmtree(d, ignore_errors=True)
+    model = model_cls(config_cls(**cfg)).eval()
+    spread_weights(model)
+    model.save_pretrained(d, safe_serialization=True)
+    for f in TOK_FILES:
+        shutil.copy(os.path.join(tok_dir, f), d)
+    return d
+
+
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,  # noqa: E402
+                          Qwen3Config, Qwen3ForCausalLM)
+
+common = dict(vocab_size=320, hidden_size=64, num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+models = {
+    "qwen2": make_model("qwen2", Qwen2Config, Qwen2ForCausalLM, intermediate_size=96, num_attention_heads=4,
+                        num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=False, **common),
+    "qwen3": make_model("qwen3", Qwen3Config, Qwen3ForCausalLM, intermediate_size=172, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=32, rope_theta=1e6, tie_word_embeddings=True, **common),
+    "llama": make_model("llama", LlamaConfig, LlamaForCausalLM, intermediate_size=96, num_attention_heads=4,
+                        num_key_value_heads=2, rope_theta=5e5, tie_word_embeddings=False, **common),
+}
+
+LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+               "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+               "self_attn.v_proj.weight": "attn_v.weight", "self_attn.q_proj.bias": "attn_q.bias",
+               "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
+               "self_attn.o_proj.weight": "attn_output.weight", "self_attn.q_norm.weight": "attn_q_norm.weight",
+               "self_attn.k_norm.weight": "attn_k_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
+               "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
+FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32}
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    parts = hf.split(".")
+    return f"blk.{parts[2]}." + LAYER_NAMES[".".join(parts[3:])]
+
+
+def llama_permute(w, n_head):  # convert_hf_to_gguf.py's LlamaModel.permute
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def field(reader, key):
+    f = reader.fields[key]
+    return f.contents()
+
+
+for arch, d in models.items():
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    weights = load_file(os.path.join(d, "model.safetensors"))
+    vocab = json.load(open(os.path.join(d, "vocab.json")))
+    for tname, qt in TYPES.items():
+        path = os.path.join(out, f"{arch}-{tname}.gguf")
+        run([qq, "gguf", "--model", d, "--out", path, "--type", tname, "--overwrite", "--quiet"])
+        r = GGUFReader(path)
+        where = f"{arch} {tname}"
+        check(field(r, "general.architecture") == arch, f"{where}: architecture {field(r, 'general.architecture')}")
+        check(field(r, "general.file_type") == FILE_TYPE[tname], f"{where}: file_type {field(r, 'general.file_type')}")
+        for key, want in [("block_count", cfg["num_hidden_layers"]), ("embedding_length", cfg["hidden_size"]),
+                          ("feed_forward_length", cfg["intermediate_size"]),
+                          ("context_length", cfg["max_position_embeddings"]),
+                          ("attention.head_count", cfg["num_attention_heads"]),
+                          ("attention.head_count_kv", cfg["num_key_value_heads"])]:
+            check(field(r, f"{arch}.{key}") == want, f"{where}: {key} {field(r, f'{arch}.{key}')} != {want}")
+        check(field(r, f"{arch}.rope.freq_base") == np.float32(cfg["rope_theta"]), f"{where}: rope.freq_base")
+        check(field(r, f"{arch}.attention.layer_norm_rms_epsilon") == np.float32(cfg["rms_norm_eps"]), f"{where}: eps")
+        if arch == "qwen3":
+            check(field(r, "qwen3.attention.key_length") == 32, f"{where}: key_length")
+        tokens = field(r, "tokenizer.ggml.tokens")
+        check(len(tokens) == cfg["vocab_size"], f"{where}: {len(tokens)} tokens")
+        check(all(tokens[i] == t for t, i in vocab.items()), f"{where}: tokens differ from vocab.json")
+        check(field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "qwen2",
+              f"{where}: tokenizer model/pre")
+        merges = [l for l in open(os.path.join(d, "merges.txt"), encoding="utf-8").read().split("\n")
+                  if l and not l.startswith("#version")]
+        check(list(field(r, "tokenizer.ggml.merges") or []) == merges, f"{where}: merges")
+
+        tensors = {t.name: t for t in r.tensors}
+        expected_names = set()
+        for hf, w in weights.items():
+            g = gguf_name(hf)
+            expected_names.add(g)
+            if g not in tensors:
+                check(False, f"{where}: {g} ({hf}) missing")
+                continue
+            t = tensors[g]
+            w = w.astype(np.float32)
+            if arch == "llama" and hf.endswith("q_proj.weight"):
+                w = llama_permute(w, cfg["num_attention_heads"])
+            if arch == "llama" and hf.endswith("k_proj.weight"):
+                w = llama_permute(w, cfg["num_key_value_heads"])
+            want = qt
+            if w.ndim == 1:
+                want = QT.F32
+            elif g in ("token_embd.weight", "output.weight") and qt in (QT.Q4_0, QT.Q4_1):
+                want = QT.Q8_0
+            if w.ndim == 2 and want not in (QT.F32, QT.F16, QT.BF16) and w.shape[1] % 32 != 0:
+                want = QT.F16  # convert_hf_to_gguf's fallback
+            check(t.tensor_type == want, f"{where}: {g} is {t.tensor_type.name}, expected {want.name}")
+            check(list(t.shape) == list(reversed(w.shape)), f"{where}: {g} shape {list(t.shape)} for {w.shape}")
+            ref = quantize(w, want)
+            ok = np.asarray(t.data).tobytes() == np.ascontiguousarray(ref).tobytes()
+            if not ok:
+                a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
+                b = np.frombuffer(np.ascontiguousarray(ref).tobytes(), np.uint8)
+                n = min(len(a), len(b))
+                check(False, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
+                             f"{int((a[:n] != b[:n]).sum())} of {len(b)} bytes")
+        check(set(tensors) == expected_names, f"{where}: extra tensors {sorted(set(tensors) - expected_names)}")
+    print(f"{arch}: 6 types checked", flush=True)
+
+# 2. Types we only read, in a file gguf-py writes: the k-quants need rows of 256 values.
+d256 = make_model("qwen2_256", Qwen2Config, Qwen2ForCausalLM, intermediate_size=512, num_attention_heads=4,
+                  num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, vocab_size=320, hidden_size=256,
+                  num_hidden_layers=1, max_position_embeddings=256, rms_norm_eps=1e-6)
+base = os.path.join(out, "qwen2_256-f32.gguf")
+run([qq, "gguf", "--model", d256, "--out", base, "--type", "f32", "--overwrite", "--quiet"])
+src = GGUFReader(base)
+kq = os.path.join(out, "qwen2_256-kquants.gguf")
+w = GGUFWriter(kq, "qwen2")
+for key, f in src.fields.items():
+    if key.startswith("GGUF.") or key == "general.architecture":
+        continue
+    if f.types[0] == gguf.GGUFValueType.ARRAY and len(f.data) == 0:
+        continue  # gguf-py writes no empty arrays (this tokenizer has no merges)
+    w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
+rng = np.random.default_rng(7)
+# Where each type keeps its fp16 scales (d, and dmin / m), so random blocks decode to sane values.
+SCALE_BYTES = {QT.Q4_K: [0, 2], QT.Q5_K: [0, 2], QT.Q6_K: [208], QT.Q5_0: [0], QT.Q5_1: [0, 2]}
+cycle = [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1]
+written = {}
+for i, t in enumerate(src.tensors):
+    data = np.asarray(t.data)
+    if len(t.shape) == 1:
+        w.add_tensor(t.name, np.array(data, dtype=np.float32))
+        written[t.name] = (QT.F32, np.array(data, dtype=np.float32))
+        continue
+    qt = QT.Q6_K if t.name == "token_embd.weight" else cycle[i % len(cycle)]
+    block, size = gguf.GGML_QUANT_SIZES[qt]
+    rows, cols = int(t.shape[1]), int(t.shape[0])
+    raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+    for at in SCALE_BYTES[qt]:
+        raw[..., at:at + 2] = np.float16(0.002 * (1 + at)).reshape(1).view(np.uint8)
+    raw = raw.reshape(rows, cols // block * size)
+    w.add_tensor(t.name, raw, raw_dtype=qt)
+    written[t.name] = (qt, dequantize(raw, qt))
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+dense = os.path.join(out, "qwen2_256-dense")
+run([qq, "dequantize", "--model", kq, "--out", dense, "--dtype", "fp32", "--overwrite", "--quiet"])
+got = load_file(os.path.join(dense, "model.safetensors"))
+for hf, val in got.items():
+    qt, ref = written[gguf_name(hf)]
+    check(val.shape == ref.shape and np.array_equal(val, ref),
+          f"k-quant file: {hf} ({qt.name}) differs from gguf.quants.dequantize: max |d| "
+          f"{float(np.abs(val - ref).max()) if val.shape == ref.shape else 'shape ' + str(val.shape)}")
+print("read types:", sorted({qt.name for qt, _ in written.values()}))
+text = os.path.join(out, "words.txt")
+open(text, "w").write(" ".join(["the cat sat on the mat"] * 200))
+run([qq, "eval", "--model", kq, "--data", text, "--seq-len", "128", "--quiet"])
+finish()

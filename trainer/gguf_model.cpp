@@ -1,0 +1,445 @@
+// GGUF export and read of Qwen2/Qwen3/Llama models (conventions at the top of trainer/gguf_model.h).
+#include "trainer/gguf_model.h"
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "core/progress.h"
+#include "core/tensor.h"
+#include "core/threads.h"
+#include "quant/ggml_blocks.h"
+#include "trainer/quantize_output.h"
+#include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+namespace {
+
+// llama.cpp's LlamaFileType for a file whose weights are mostly `t`.
+uint32_t file_type_of(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return 0;
+    case GgmlType::F16: return 1;
+    case GgmlType::Q4_0: return 2;
+    case GgmlType::Q4_1: return 3;
+    case GgmlType::Q8_0: return 7;
+    case GgmlType::BF16: return 32;
+    default: QWENQ_FAIL("GGUF export: type " << ggml_type_info(static_cast<uint32_t>(t))->name << " is not written");
+  }
+}
+
+// The GGUF names ("blk.<i>.<name>") of the seven decoder Linears, in kDecoderLinears' order.
+constexpr const char* kLinearNames[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+std::string blk(int64_t l, const std::string& what) { return "blk." + std::to_string(l) + "." + what; }
+
+// Rows of a rotate-half [heads * D, K] matrix reordered into llama.cpp's interleaved pairs (convert_hf_to_gguf's
+// LlamaModel.permute): interleaved row rope_interleaved_row(r, D) takes row r.
+std::vector<float> interleave_rope_rows(const std::vector<float>& W, int64_t rows, int64_t K, int64_t D) {
+  std::vector<float> out(W.size());
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy(W.begin() + r * K, W.begin() + (r + 1) * K, out.begin() + rope_interleaved_row(r, D) * K);
+  return out;
+}
+
+// W [N, K] inside zeros [N2, K2] (N2 >= N, K2 >= K).
+std::vector<float> zero_padded(std::vector<float> W, int64_t N, int64_t K, int64_t N2, int64_t K2) {
+  if (N2 == N && K2 == K) return W;
+  std::vector<float> out(static_cast<size_t>(N2 * K2), 0.0f);
+  for (int64_t r = 0; r < N; ++r) std::copy(W.begin() + r * K, W.begin() + (r + 1) * K, out.begin() + r * K2);
+  return out;
+}
+
+// The type a 2-D weight of rows of K values takes: the requested one, F16 when K does not split into its blocks.
+GgmlType weight_type(GgmlType want, int64_t K, int64_t* fallbacks) {
+  const int64_t block = ggml_type_info(static_cast<uint32_t>(want))->block;
+  if (K % block == 0) return want;
+  ++*fallbacks;
+  return GgmlType::F16;
+}
+
+// A norm, bias or embedding (checked by check_gguf_tensor): a view of F32/F16/BF16 data, else its values dequantized
+// into memory `owned` keeps.
+TensorView view_of(const GgufTensor& t, std::vector<int64_t> shape,
+                   std::vector<std::shared_ptr<const std::vector<float>>>* owned) {
+  TensorView v;
+  v.shape = std::move(shape);
+  if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+    v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
+    v.data = t.data;
+    return v;
+  }
+  auto values = std::make_shared<const std::vector<float>>(dequantize_ggml(t));
+  v.dtype = DType::F32;
+  v.data = values->data();
+  owned->push_back(std::move(values));
+  return v;
+}
+
+}  // namespace
+
+std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
+  const int64_t C = c.hidden_size, V = c.vocab_size;
+  const bool llama = c.model_type == "llama";
+  std::vector<GgufModelTensor> v;
+  v.push_back({"token_embd.weight", "model.embed_tokens.weight", {V, C}, 0});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    v.push_back({blk(l, "attn_norm.weight"), p + "input_layernorm.weight", {C}, 0});
+    for (int t = 0; t < 7; ++t) {
+      const DecoderLinear& d = kDecoderLinears[t];
+      const int64_t heads = llama && t < 2 ? (t == 0 ? c.num_heads : c.num_kv_heads) : 0;
+      v.push_back({blk(l, std::string(kLinearNames[t]) + ".weight"), p + d.name + ".weight",
+                   {decoder_linear_outputs(c, d), block_linear_inputs(c, d.group)}, heads});
+      if (t < 3 && c.qkv_bias)
+        v.push_back({blk(l, std::string(kLinearNames[t]) + ".bias"), p + d.name + ".bias",
+                     {decoder_linear_outputs(c, d)}, 0});
+    }
+    if (c.qk_norm) {
+      v.push_back({blk(l, "attn_q_norm.weight"), p + "self_attn.q_norm.weight", {c.head_dim}, 0});
+      v.push_back({blk(l, "attn_k_norm.weight"), p + "self_attn.k_norm.weight", {c.head_dim}, 0});
+    }
+    v.push_back({blk(l, "ffn_norm.weight"), p + "post_attention_layernorm.weight", {C}, 0});
+  }
+  v.push_back({"output_norm.weight", "model.norm.weight", {C}, 0});
+  if (!c.tie_word_embeddings) v.push_back({"output.weight", "lm_head.weight", {V, C}, 0});
+  return v;
+}
+
+void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t) {
+  const GgufTensor& x = f.tensor(t.gguf);
+  int64_t n = 1;
+  for (int64_t d : t.shape) n *= d;
+  QWENQ_CHECK(x.numel() == n && x.ne[0] == t.shape.back(),
+              f.path() << ": tensor '" << t.gguf << "' has ne " << shape_str(x.ne) << " but the metadata implies "
+                       << shape_str(t.shape) << " (torch order; ne lists the row length first)");
+  QWENQ_CHECK(ggml_can_dequantize(x.type), f.path() << ": tensor '" << t.gguf << "' has type "
+                                                    << ggml_type_info(static_cast<uint32_t>(x.type))->name
+                                                    << ", which qwenq cannot read yet");
+}
+
+GgufExportReport export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QWENQ_CHECK(ggml_can_quantize(o.type),
+              "gguf: --type " << ggml_type_info(static_cast<uint32_t>(o.type))->name << " is not written");
+  QWENQ_CHECK(o.overwrite || !file_exists(out_path), out_path << ": already exists (pass --overwrite to replace it)");
+  QwenModel model(model_dir);
+  const QwenConfig& c = model.config();
+  const QwenWeights& w = model.weights();
+  const Tokenizer tok = Tokenizer::from_dir(model_dir);
+  QWENQ_CHECK(c.rope.type == RopeType::Default || c.rope.type == RopeType::Linear,
+              path_join(model_dir, "config.json") << ": rope_scaling of type " << rope_type_name(c.rope.type)
+                                                  << " is not exported to GGUF yet (default and linear RoPE are)");
+  const std::string arch = c.model_type;
+  const bool llama = arch == "llama";
+  QWENQ_CHECK(!(llama && c.qkv_bias), path_join(model_dir, "config.json")
+                                          << ": a llama model with attention_bias is not exported to GGUF");
+  GgufExportReport rep;
+  rep.arch = arch;
+
+  GgufWriter g;
+  g.set("general.architecture", GgufValue::str(arch));
+  g.set("general.type", GgufValue::str("model"));
+  std::string name = o.name;
+  if (name.empty()) {
+    std::string d = model_dir;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    name = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
+  }
+  g.set("general.name", GgufValue::str(name));
+  g.set("general.file_type", GgufValue::u32(file_type_of(o.type)));
+  g.set("general.quantization_version", GgufValue::u32(2));
+  g.set(arch + ".block_count", GgufValue::u32(static_cast<uint32_t>(c.num_layers)));
+  g.set(arch + ".context_length", GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
+  g.set(arch + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_size)));
+  const int64_t I = c.intermediate_size, I2 = o.pad_intermediate ? (I + 31) / 32 * 32 : I;
+  rep.intermediate = I2;
+  g.set(arch + ".feed_forward_length", GgufValue::u32(static_cast<uint32_t>(I2)));
+  g.set(arch + ".attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.num_heads)));
+  g.set(arch + ".attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.num_kv_heads)));
+  g.set(arch + ".rope.freq_base", GgufValue::f32(static_cast<float>(c.rope.theta)));
+  g.set(arch + ".attention.layer_norm_rms_epsilon", GgufValue::f32(c.rms_norm_eps));
+  if (c.head_dim * c.num_heads != c.hidden_size || arch == "qwen3") {
+    g.set(arch + ".attention.key_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim)));
+    g.set(arch + ".attention.value_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim)));
+  }
+  if (llama) {
+    g.set("llama.vocab_size", GgufValue::u32(static_cast<uint32_t>(c.vocab_size)));
+    g.set("llama.rope.dimension_count", GgufValue::u32(static_cast<uint32_t>(c.head_dim)));
+  }
+  if (c.rope.type == RopeType::Linear) {
+    g.set(arch + ".rope.scaling.type", GgufValue::str("linear"));
+    g.set(arch + ".rope.scaling.factor", GgufValue::f32(static_cast<float>(c.rope.factor)));
+  }
+  tok.write_gguf(g, c.vocab_size, c.bos_token_id, c.eos_token_id);
+
+  // 1-D tensors: F32 always.
+  auto add_vector = [&](const std::string& gname, const TensorView& t) {
+    g.add_tensor(gname, GgmlType::F32, {t.numel()}, [&t] {
+      const std::vector<float> v = tensor_to_f32(t);
+      return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                  reinterpret_cast<const uint8_t*>(v.data() + v.size()));
+    });
+  };
+  const bool four_bit = o.type == GgmlType::Q4_0 || o.type == GgmlType::Q4_1;
+  const GgmlType outer = four_bit ? GgmlType::Q8_0 : o.type;  // embedding and output
+  auto add_matrix = [&](const std::string& gname, GgmlType want, int64_t N, int64_t K,
+                        std::function<std::vector<float>()> values) {
+    const GgmlType ty = weight_type(want, K, &rep.f16_fallbacks);
+    g.add_tensor(gname, ty, {K, N}, [ty, N, K, values] {
+      const std::vector<float> W = values();
+      return quantize_ggml(ty, W.data(), N, K);
+    });
+  };
+  // The embedding and output rows go straight from the mapped view into blocks (one fp32 row at a time, not a 7B's
+  // 2.2 GB table), and every source's mapped pages are dropped once converted, so resident memory stays near one
+  // tensor instead of growing with the whole mapped checkpoint.
+  auto add_table = [&](const std::string& gname, const TensorView& t) {
+    const int64_t N = t.shape[0], K = t.shape[1];
+    const GgmlType ty = weight_type(outer, K, &rep.f16_fallbacks);
+    g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t] {
+      const uint64_t row_bytes = ggml_row_bytes(ty, K);
+      const size_t src_row = static_cast<size_t>(K) * dtype_size(t.dtype);
+      std::vector<uint8_t> out(row_bytes * N);
+      parallel_for(N, 64, [&](int64_t r0, int64_t r1) {
+        std::vector<float> row(static_cast<size_t>(K));
+        for (int64_t r = r0; r < r1; ++r) {
+          to_f32(t.dtype, static_cast<const char*>(t.data) + r * src_row, row.data(), static_cast<size_t>(K));
+          quantize_ggml_row(ty, row.data(), K, out.data() + r * row_bytes);
+        }
+      });
+      release_mapped_pages(t.data, t.nbytes());
+      return out;
+    });
+  };
+  add_table("token_embd.weight", w.embed);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const QwenLayerWeights& L = w.layers[l];
+    add_vector(blk(l, "attn_norm.weight"), L.input_norm);
+    for (int t = 0; t < 7; ++t) {
+      const LinearWeight& lw = layer_linear(L, t);
+      const int64_t heads = t == 0 ? c.num_heads : c.num_kv_heads;
+      const bool permute = llama && t < 2;
+      const int64_t N2 = (t == 4 || t == 5) ? I2 : lw.N, K2 = t == 6 ? I2 : lw.K;
+      add_matrix(blk(l, std::string(kLinearNames[t]) + ".weight"), o.type, N2, K2,
+                 [&lw, permute, heads, &c, N2, K2] {
+                   std::vector<float> W = lw.dequantize();
+                   if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
+                   if (permute) W = interleave_rope_rows(W, heads * c.head_dim, lw.K, c.head_dim);
+                   return zero_padded(W, lw.N, lw.K, N2, K2);
+                 });
+      if (t < 3 && c.qkv_bias) {
+        add_vector(blk(l, std::string(kLinearNames[t]) + ".bias"), t == 0 ? L.q_bias : t == 1 ? L.k_bias : L.v_bias);
+      }
+      if (t == 1 && c.qk_norm) {
+        add_vector(blk(l, "attn_q_norm.weight"), L.q_norm);
+        add_vector(blk(l, "attn_k_norm.weight"), L.k_norm);
+      }
+      if (t == 3) add_vector(blk(l, "ffn_norm.weight"), L.post_norm);
+    }
+  }
+  add_vector("output_norm.weight", w.final_norm);
+  if (!c.tie_word_embeddings) {
+    add_table("output.weight", w.lm_head);
+  }
+  rep.tensors = 0;
+  Progress progress("gguf " + std::string(ggml_type_info(static_cast<uint32_t>(o.type))->name),
+                    static_cast<int64_t>(g.tensor_count()), "tensors", o.quiet);
+  g.write(out_path, [&](size_t done, size_t total) {
+    rep.tensors = static_cast<int64_t>(total);
+    progress.update(static_cast<int64_t>(done));
+  });
+  progress.finish();
+  rep.bytes = 0;
+  {
+    std::FILE* fp = std::fopen(out_path.c_str(), "rb");
+    if (fp) {
+      std::fseek(fp, 0, SEEK_END);
+      rep.bytes = static_cast<uint64_t>(std::ftell(fp));
+      std::fclose(fp);
+    }
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+QuantizeReport gguf_to_hf(const DequantizeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QWENQ_CHECK(o.dtype == DType::BF16 || o.dtype == DType::F16 || o.dtype == DType::F32,
+              "dequantize: the output dtype must be bf16, fp16 or fp32, not " << dtype_name(o.dtype));
+  const GgufFile f(o.model_dir);
+  const QwenConfig c = qwen_config_from_gguf(f);
+  const Tokenizer tok = Tokenizer::from_gguf(f);
+  const std::vector<GgufModelTensor> items = gguf_model_tensors(c);
+  for (const GgufModelTensor& it : items) check_gguf_tensor(f, it);  // every refusal before the output exists
+  StagedDir out(o.out_dir, o.overwrite);
+  ShardedWriter shards(out.path(), o.max_shard_bytes);
+  QuantizeReport rep;
+  Progress bar("dequantize", static_cast<int64_t>(items.size()), "tensors", o.quiet);
+  int64_t done = 0;
+  for (const GgufModelTensor& it : items) {
+    // Row by row from the mapped blocks into the output dtype: one row in fp32 at a time.
+    const GgufTensor& t = f.tensor(it.gguf);
+    const int64_t n = t.ne[0], rows = t.rows();
+    const uint64_t row_bytes = ggml_row_bytes(t.type, n);
+    const size_t out_row = static_cast<size_t>(n) * dtype_size(o.dtype);
+    std::vector<uint8_t> bytes(out_row * rows);
+    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+      std::vector<float> row(static_cast<size_t>(n));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t src = it.interleaved_heads > 0 ? rope_interleaved_row(r, c.head_dim) : r;
+        dequantize_ggml_row(t.type, t.data + src * row_bytes, n, row.data());
+        from_f32(o.dtype, row.data(), bytes.data() + r * out_row, static_cast<size_t>(n));
+      }
+    });
+    release_mapped_pages(t.data, t.bytes);
+    shards.current().add_owned(it.hf, o.dtype, it.shape, std::move(bytes));
+    shards.note_added(it.hf);
+    shards.maybe_flush();
+    if (it.shape.size() == 2 && it.hf.rfind("model.layers.", 0) == 0) {
+      ++rep.linears;
+      rep.params_quantized += it.shape[0] * it.shape[1];
+    }
+    bar.update(++done);
+  }
+  shards.finish();
+  bar.finish();
+  const std::string arch_class = c.model_type == "qwen3" ? "Qwen3ForCausalLM"
+                                 : c.model_type == "llama" ? "LlamaForCausalLM"
+                                                           : "Qwen2ForCausalLM";
+  nlohmann::ordered_json cfg = {
+      {"architectures", {arch_class}},
+      {"model_type", c.model_type},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_layers},
+      {"num_attention_heads", c.num_heads},
+      {"num_key_value_heads", c.num_kv_heads},
+      {"head_dim", c.head_dim},
+      {"hidden_act", "silu"},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"rope_theta", c.rope.theta},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"torch_dtype", torch_dtype_name(o.dtype)},
+  };
+  if (c.model_type == "llama") cfg["attention_bias"] = false;
+  if (c.model_type != "llama") cfg["use_sliding_window"] = false;
+  if (c.rope.type == RopeType::Linear) cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", c.rope.factor}};
+  if (c.bos_token_id >= 0) cfg["bos_token_id"] = c.bos_token_id;
+  if (c.eos_token_id >= 0) cfg["eos_token_id"] = c.eos_token_id;
+  // A GGUF file has no side files to copy: the tokenizer is written from its metadata.
+  return finish_output(cfg, o.model_dir, shards, out, t0, rep, [&tok](const std::string& dir) { tok.save_hf(dir); });
+}
+
+QwenConfig load_model_config(const std::string& dir_or_gguf) {
+  return is_gguf_file(dir_or_gguf) ? qwen_config_from_gguf(GgufFile(dir_or_gguf)) : load_qwen_config(dir_or_gguf);
+}
+
+QwenConfig qwen_config_from_gguf(const GgufFile& f) {
+  const std::string& arch = f.get_string("general.architecture");
+  QWENQ_CHECK(arch == "qwen2" || arch == "qwen3" || arch == "llama",
+              f.path() << ": general.architecture '" << arch << "' is not supported (qwen2, qwen3 and llama are)");
+  QwenConfig c;
+  c.model_type = arch;
+  auto u = [&](const std::string& key) { return f.get_int(arch + "." + key); };
+  c.hidden_size = u("embedding_length");
+  c.num_layers = u("block_count");
+  c.intermediate_size = u("feed_forward_length");
+  c.num_heads = u("attention.head_count");
+  c.num_kv_heads = f.get_int_or(arch + ".attention.head_count_kv", c.num_heads);
+  QWENQ_CHECK(c.hidden_size > 0 && c.num_layers > 0 && c.intermediate_size > 0 && c.num_heads > 0 &&
+                  c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
+              f.path() << ": implausible " << arch << ".* sizes (embedding " << c.hidden_size << ", blocks "
+                       << c.num_layers << ", feed-forward " << c.intermediate_size << ", heads " << c.num_heads << "/"
+                       << c.num_kv_heads << ")");
+  // Each block holds at least its norms and seven Linears: more blocks than tensors is a corrupt count.
+  QWENQ_CHECK(c.num_layers <= static_cast<int64_t>(f.tensors().size()) / 9,
+              f.path() << ": " << arch << ".block_count " << c.num_layers << " but only " << f.tensors().size()
+                       << " tensors");
+  c.head_dim = f.get_int_or(arch + ".attention.key_length", c.hidden_size / c.num_heads);
+  QWENQ_CHECK(f.get_int_or(arch + ".attention.value_length", c.head_dim) == c.head_dim,
+              f.path() << ": " << arch << ".attention.value_length differs from key_length (not supported)");
+  c.max_position_embeddings = f.get_int_or(arch + ".context_length", 2048);
+  c.rms_norm_eps = static_cast<float>(f.get_float_or(arch + ".attention.layer_norm_rms_epsilon", 1e-6));
+  c.rope = rope_spec_default(f.get_float_or(arch + ".rope.freq_base", 10000.0));
+  const std::string scaling =
+      f.has(arch + ".rope.scaling.type") ? f.get_string(arch + ".rope.scaling.type") : std::string("none");
+  if (scaling == "linear") {
+    c.rope.type = RopeType::Linear;
+    c.rope.factor = f.get_float(arch + ".rope.scaling.factor");
+  } else {
+    QWENQ_CHECK(scaling == "none", f.path() << ": " << arch << ".rope.scaling.type '" << scaling
+                                            << "' is not supported (none and linear are)");
+  }
+  QWENQ_CHECK(!f.has_tensor("rope_freqs.weight"), f.path() << ": rope_freqs.weight (Llama 3 RoPE scaling) is not supported");
+  const GgufTensor& embd = f.tensor("token_embd.weight");
+  QWENQ_CHECK(embd.ne.size() == 2 && embd.ne[0] == c.hidden_size,
+              f.path() << ": token_embd.weight has rows of " << embd.ne[0] << " values, expected " << c.hidden_size);
+  c.vocab_size = embd.ne[1];
+  c.tie_word_embeddings = !f.has_tensor("output.weight");
+  c.qkv_bias = f.has_tensor("blk.0.attn_q.bias");
+  c.qk_norm = f.has_tensor("blk.0.attn_q_norm.weight");
+  c.bos_token_id = static_cast<int32_t>(f.get_int_or("tokenizer.ggml.bos_token_id", -1));
+  c.eos_token_id = static_cast<int32_t>(f.get_int_or("tokenizer.ggml.eos_token_id", -1));
+  c.torch_dtype = "gguf";
+  return c;
+}
+
+QwenWeights bind_gguf_weights(const QwenConfig& c, const GgufFile& f) {
+  const std::vector<GgufModelTensor> items = gguf_model_tensors(c);
+  std::map<std::string, const GgufModelTensor*> by_hf;
+  for (const GgufModelTensor& it : items) {
+    check_gguf_tensor(f, it);
+    by_hf[it.hf] = &it;
+  }
+  QwenWeights w;
+  auto dense = [&](const std::string& hf) {
+    const GgufModelTensor& it = *by_hf.at(hf);
+    return view_of(f.tensor(it.gguf), it.shape, &w.owned);
+  };
+  auto linear = [&](const std::string& hf) {
+    const GgufModelTensor& it = *by_hf.at(hf);
+    const GgufTensor& t = f.tensor(it.gguf);
+    LinearWeight lw;
+    lw.N = it.shape[0];
+    lw.K = it.shape[1];
+    auto g = std::make_shared<GgmlLinear>();
+    g->type = t.type;
+    g->data = t.data;
+    g->N = lw.N;
+    g->K = lw.K;
+    g->interleaved_heads = it.interleaved_heads;
+    g->head_dim = c.head_dim;
+    lw.ggml = std::move(g);
+    return lw;
+  };
+  w.embed = dense("model.embed_tokens.weight");
+  w.final_norm = dense("model.norm.weight");
+  w.lm_head = c.tie_word_embeddings ? w.embed : dense("lm_head.weight");
+  w.layers.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    QwenLayerWeights& L = w.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    L.input_norm = dense(p + "input_layernorm.weight");
+    L.post_norm = dense(p + "post_attention_layernorm.weight");
+    for (int t = 0; t < 7; ++t) layer_linear(L, t) = linear(p + kDecoderLinears[t].name + ".weight");
+    if (c.qkv_bias) {
+      L.q_bias = dense(p + "self_attn.q_proj.bias");
+      L.k_bias = dense(p + "self_attn.k_proj.bias");
+      L.v_bias = dense(p + "self_attn.v_proj.bias");
+    }
+    if (c.qk_norm) {
+      L.q_norm = dense(p + "self_attn.q_norm.weight");
+      L.k_norm = dense(p + "self_attn.k_norm.weight");
+    }
+  }
+  return w;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,81 @@
+// Qwen2 / Qwen3 / Llama models as GGUF files (llama.cpp): export from any checkpoint we read, and read back for
+// eval, generate and compare.
+//
+// Export maps names and metadata as llama.cpp's convert_hf_to_gguf.py does:
+//   model.embed_tokens -> token_embd, model.norm -> output_norm, lm_head -> output (absent when tied),
+//   layers.i.{input_layernorm, self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm, post_attention_layernorm,
+//   mlp.{gate,up,down}_proj} -> blk.i.{attn_norm, attn_q, attn_k, attn_v, attn_output, attn_q_norm,
+//   attn_k_norm, ffn_norm, ffn_gate, ffn_up, ffn_down} (.weight, .bias);
+//   a torch [N, K] weight is stored with ne = {K, N}, i.e. the same bytes row by row. For "llama" the rows of
+//   q and k are permuted back to llama.cpp's interleaved RoPE pairs (rotate-half -> adjacent pairs, per head:
+//   row 2i <- i, row 2i+1 <- D/2 + i); Qwen2/Qwen3 use llama.cpp's NeoX RoPE (rotate-half) and keep theirs.
+// Types: 1-D tensors (norms, biases) stay F32; every 2-D weight takes the requested type, except that for the
+// 4-bit types the embedding and output take Q8_0 (llama-quantize keeps them above 4 bits too), and a tensor
+// whose rows do not split into blocks of 32 falls back to F16 (as convert_hf_to_gguf does for Q8_0).
+// The tokenizer goes into tokenizer.ggml.* (gpt2 byte-level BPE with its merges for Qwen; llama SentencePiece
+// with scores for Llama-style tokenizers). The file is written to a temporary name and renamed when complete.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/gguf.h"
+#include "trainer/quantize_model.h"
+#include "trainer/qwen_config.h"
+#include "trainer/qwen_weights.h"
+
+namespace qwenq {
+
+struct GgufExportOptions {
+  GgmlType type = GgmlType::Q8_0;  // F32, F16, BF16, Q8_0, Q4_0, Q4_1
+  std::string name;                // general.name (default: the model directory's name)
+  bool overwrite = false;
+  bool quiet = false;  // no progress bar
+  // Zero-pad the MLP width to a multiple of 32 (gate/up rows, down columns; exact: silu(0)·0 = 0), so that ffn_down's
+  // rows split into blocks instead of falling back to F16 (stories260K: 172 -> 192), as the other formats'
+  // --pad-intermediate.
+  bool pad_intermediate = false;
+};
+
+struct GgufExportReport {
+  std::string arch;
+  int64_t tensors = 0;
+  int64_t f16_fallbacks = 0;  // 2-D tensors stored F16 because their rows are not a multiple of 32
+  int64_t intermediate = 0;   // the MLP width written (padded or not)
+  uint64_t bytes = 0;         // file size
+  double seconds = 0;
+};
+
+GgufExportReport export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& o);
+
+// A GGUF file (o.model_dir) as a Hugging Face directory in o.dtype: every tensor dequantized (k-quants included) and
+// renamed back, llama q/k rows back in rotate-half order, config.json from the metadata, the tokenizer as
+// tokenizer.json. For fine-tuning or re-quantizing a model published only as GGUF.
+QuantizeReport gguf_to_hf(const DequantizeOptions& o);
+
+// config.json of a model directory, or the metadata of a GGUF file.
+QwenConfig load_model_config(const std::string& dir_or_gguf);
+
+// The architecture facts a GGUF file's metadata states (llama.cpp's keys), as a QwenConfig; refuses
+// architectures other than qwen2, qwen3 and llama, and RoPE scalings other than none/linear.
+QwenConfig qwen_config_from_gguf(const GgufFile& f);
+
+// One tensor of a model in a GGUF file: its GGUF and Hugging Face names, its torch shape, and for Llama's q/k the
+// head count whose rows are stored interleaved (0 otherwise).
+struct GgufModelTensor {
+  std::string gguf, hf;
+  std::vector<int64_t> shape;
+  int64_t interleaved_heads = 0;
+};
+// Every tensor `cfg` calls for, embedding first, in llama.cpp's order.
+std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& cfg);
+// Refuses, naming the file and tensor, one that is missing, of another shape, or of a type we cannot read.
+void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t);
+
+// Views of every tensor the config calls for. Linears stay in their stored ggml type (dequantized one at a time by
+// LinearWeight::dequantize); the embedding and norms are views when F32/F16/BF16, else dequantized into memory the
+// result owns. "llama" q/k rows are permuted back to rotate-half while dequantizing.
+QwenWeights bind_gguf_weights(const QwenConfig& cfg, const GgufFile& f);
+
+}  // namespace qwenq
