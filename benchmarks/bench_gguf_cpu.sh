@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GGUF export and import on the CPU: `qwen-quant gguf` (f16, q8_0, q4_0) and `qwen-quant dequantize` of a GGUF back
+# GGUF export and import on the CPU: `qwen-quant gguf` (f16, q8_0, q4_0, q4_k_m) and `qwen-quant dequantize` of a GGUF back
 # to a bf16 Hugging Face directory, on random-weight models in real Qwen2.5 shapes with LAYERS decoder blocks. Wall
 # time and peak RSS (GNU time); the embedding and lm_head are a fixed part, each block adds the same work, so a whole
 # model is fixed + blocks x per-block (two runs with different block counts separate them). Writes
@@ -35,7 +35,7 @@ timed() {  # command... -> "seconds rss_gib"
   for L in $LAYERS; do
     model="$WORK/model-$L"
     "$QQ" init-random --preset "$PRESET" --layers "$L" --out "$model" --overwrite > /dev/null 2>&1
-    for t in f16 q8_0 q4_0; do
+    for t in f16 q8_0 q4_0 q4_k_m; do
       read -r s r <<< "$(timed "$QQ" gguf --model "$model" --out "$WORK/m.gguf" --type "$t" --overwrite --quiet)"
       echo "| $L | gguf --type $t | $s | $r | $(du -h "$WORK/m.gguf" | cut -f1) |"
     done

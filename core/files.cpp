@@ -133,8 +133,13 @@ std::string path_join(const std::string& a, const std::string& b) {
   return a.back() == '/' ? a + b : a + "/" + b;
 }
 
+namespace {
+void remove_stale_staging(const std::string& final_path);
+}  // namespace
+
 AtomicFileWriter::AtomicFileWriter(const std::string& path)
     : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())) {
+  remove_stale_staging(path_);  // a killed writer's "<path>.tmp.<pid>" (a multi-GB GGUF or shard)
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   QWENQ_CHECK(fd_ >= 0, "cannot write " << path_ << ": cannot create temporary file " << tmp_ << ": "
                                         << errno_str(errno));
@@ -198,8 +203,8 @@ MappedFile::~MappedFile() {
 }
 
 namespace {
-// Removes "<final>.partial.<pid>" and "<final>.old.<pid>" directories left by runs that were killed (their pid
-// no longer exists), so that an interrupted run leaves nothing behind once the next one starts.
+// Removes "<final>.partial.<pid>" and "<final>.old.<pid>" directories and "<final>.tmp.<pid>" files left by runs that
+// were killed (their pid no longer exists), so that an interrupted run leaves nothing behind once the next one starts.
 void remove_stale_staging(const std::string& final_path) {
   const std::string dir = parent_dir(final_path);
   const std::string base = final_path.substr(final_path.find_last_of('/') == std::string::npos
@@ -209,7 +214,7 @@ void remove_stale_staging(const std::string& final_path) {
   std::vector<std::string> stale;
   while (const dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
-    for (const char* tag : {".partial.", ".old."}) {
+    for (const char* tag : {".partial.", ".old.", ".tmp."}) {
       const std::string prefix = base + tag;
       if (name.compare(0, prefix.size(), prefix) != 0) continue;
       const std::string pid_text = name.substr(prefix.size());

@@ -1,5 +1,5 @@
-// ggml block formats: quantize (Q8_0, Q4_0, Q4_1, F16, BF16, F32) and dequantize (also Q5_0, Q5_1, Q4_K, Q5_K,
-// Q6_K). The math is at the top of quant/ggml_blocks.h.
+// ggml block formats: quantize and dequantize F32, F16, BF16, Q8_0, Q4_0, Q4_1 here, Q5_0, Q5_1 and the k-quants
+// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers. The math is at the top of quant/ggml_blocks.h.
 #include "quant/ggml_blocks.h"
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "quant/ggml_kquants.h"
 
 namespace qwenq {
 
@@ -51,8 +52,8 @@ void quantize_q4_0(const float* x, uint8_t* out) {
   const float id = inverse(d);
   store_u16(out, f32_to_f16(d));
   auto code = [&](float v) {
-    const double t = std::trunc(static_cast<double>(v) * static_cast<double>(id) + 8.5);
-    return static_cast<uint8_t>(std::min(15.0, std::max(0.0, t)));
+    const float t = std::trunc(v * id + 8.5f);  // two fp32 roundings, as llama-quantize's x86 build computes it
+    return static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
   };
   for (int64_t j = 0; j < kQK / 2; ++j) out[2 + j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kQK / 2]) << 4));
 }
@@ -163,18 +164,13 @@ void dequantize_q6_k(const uint8_t* in, float* y) {
 bool ggml_can_quantize(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0: case GgmlType::Q4_0:
-    case GgmlType::Q4_1: return true;
+    case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K:
+    case GgmlType::Q6_K: return true;
     default: return false;
   }
 }
 
-bool ggml_can_dequantize(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K:
-      return true;
-    default: return ggml_can_quantize(t);
-  }
-}
+bool ggml_can_dequantize(GgmlType t) { return ggml_can_quantize(t); }
 
 void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
@@ -190,11 +186,19 @@ void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
       return;
     default: break;
   }
-  for (int64_t b = 0; b < n / kQK; ++b) {
+  for (int64_t b = 0; b < n / info->block; ++b) {
     uint8_t* o = out + b * info->bytes;
-    if (t == GgmlType::Q8_0) quantize_q8_0(x + b * kQK, o);
-    else if (t == GgmlType::Q4_0) quantize_q4_0(x + b * kQK, o);
-    else quantize_q4_1(x + b * kQK, o);
+    const float* v = x + b * info->block;
+    switch (t) {
+      case GgmlType::Q8_0: quantize_q8_0(v, o); break;
+      case GgmlType::Q4_0: quantize_q4_0(v, o); break;
+      case GgmlType::Q4_1: quantize_q4_1(v, o); break;
+      case GgmlType::Q5_0: ggml_detail::quantize_q5_0(v, o); break;
+      case GgmlType::Q5_1: ggml_detail::quantize_q5_1(v, o); break;
+      case GgmlType::Q4_K: ggml_detail::quantize_q4_k(v, o); break;
+      case GgmlType::Q5_K: ggml_detail::quantize_q5_k(v, o); break;
+      default: ggml_detail::quantize_q6_k(v, o); break;
+    }
   }
 }
 

@@ -10,8 +10,8 @@
 // byte j (j in the low nibble). Q4_0's rounding is computed in double: ggml's C compiles x*id + 8.5f to one
 // fused multiply-add where the compiler contracts it, which double reproduces (gguf-py does the same).
 //
-// Dequantization also covers Q5_0, Q5_1 and the k-quants Q4_K, Q5_K, Q6_K (256-value super-blocks; llama-quantize's
-// Q4_K_M / Q5_K_M / Q6_K files are mostly these), so GGUF files made by llama.cpp can be read:
+// Q5_0, Q5_1 and the k-quants Q4_K, Q5_K, Q6_K (256-value super-blocks; llama-quantize's Q4_K_M / Q5_K_M / Q6_K files
+// are mostly these) are quantized by quant/ggml_kquants.h and dequantized here:
 //   Q5_0: x = d (q - 16), q = 4 low bits | bit j of qh << 4;   Q5_1: x = d q + m
 //   Q4_K: 8 sub-blocks of 32, 6-bit scale s_j and min m_j packed in 12 bytes, x = d s_j q - dmin m_j
 //   Q5_K: as Q4_K with a fifth bit per value in qh[32]
@@ -25,9 +25,9 @@
 
 namespace qwenq {
 
-// True for the types quantize_ggml_row can produce (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+// True for the types quantize_ggml_row can produce and dequantize_ggml_row read: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (the 5-bit and k-quant quantizers: quant/ggml_kquants.h).
 bool ggml_can_quantize(GgmlType t);
-// True for the types dequantize_ggml_row can read (the above plus Q5_0, Q5_1, Q4_K, Q5_K, Q6_K).
 bool ggml_can_dequantize(GgmlType t);
 
 // x[n] -> out (ggml_row_bytes(t, n) bytes); n a multiple of the type's block size.

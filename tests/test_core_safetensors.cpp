@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -455,6 +456,18 @@ TEST(AtomicWrite, NonexistentDirectoryThrowsNamingPathAndLeavesNoTemp) {
   err = error_of([&] { w.write(dir + "/missing/model.safetensors"); });
   EXPECT_NE(err.find("cannot write " + dir + "/missing/model.safetensors"), std::string::npos) << err;
   EXPECT_EQ(list_dir(dir), std::vector<std::string>{});
+}
+
+// A writer killed mid-file leaves "<path>.tmp.<pid>"; the next write of that path removes it once that pid is gone
+// (and keeps a live process's).
+TEST(AtomicWrite, RemovesADeadWritersTemporary) {
+  const std::string dir = test::scratch_dir();
+  pid_t dead = 4000000;
+  while (dead > 2 && (kill(dead, 0) == 0 || errno != ESRCH)) --dead;
+  write_file_atomic(dir + "/m.gguf.tmp." + std::to_string(dead), std::string("half a file"));
+  write_file_atomic(dir + "/m.gguf.tmp." + std::to_string(getppid()), std::string("a live writer's"));
+  write_file_atomic(dir + "/m.gguf", std::string("whole"));
+  EXPECT_EQ(list_dir(dir), (std::vector<std::string>{"m.gguf", "m.gguf.tmp." + std::to_string(getppid())}));
 }
 
 TEST(AtomicWrite, ReplacesExistingFile) {

@@ -246,7 +246,7 @@ TEST(GgmlBlocks, ParsesTypeNamesAndRefusesOthers) {
   expect_error([] { parse_ggml_type("q3_k_m"); }, {"q3_k_m", "Q4_0", "Q8_0"});
   std::vector<float> x(256, 1.0f);
   std::vector<uint8_t> b(144);
-  expect_error([&] { quantize_ggml_row(GgmlType::Q4_K, x.data(), 256, b.data()); }, "Q4_K");
+  expect_error([&] { quantize_ggml_row(GgmlType::Q3_K, x.data(), 256, b.data()); }, "Q3_K");
   expect_error([&] { dequantize_ggml_row(GgmlType::Q2_K, b.data(), 256, x.data()); }, "Q2_K");
 }
 

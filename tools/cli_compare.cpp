@@ -25,6 +25,7 @@
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/compare_report.h"
+#include "trainer/gguf_file_type.h"
 #include "trainer/model_dir.h"
 
 extern char** environ;
@@ -198,16 +199,18 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
     return a;
   }
   if (base == "gguf") {
-    QWENQ_CHECK(parts.size() == 2 && (parts[1] == "q8_0" || parts[1] == "q4_0" || parts[1] == "q4_1"),
-                "compare: method '" << spec << "': gguf takes one type: gguf-q8_0, gguf-q4_0 or gguf-q4_1");
-    row->format = "gguf " + parts[1] + " (llama.cpp)";
-    row->bits = parts[1] == "q8_0" ? 8 : 4;
-    row->group_size = 32;
+    QWENQ_CHECK(parts.size() == 2, "compare: method '" << spec << "': gguf takes one type, e.g. gguf-q4_k_m");
+    const GgufFileType& ft = gguf_file_type(parts[1]);  // refuses an unknown type before any work
+    const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
+    row->format = std::string("gguf ") + ft.name + " (llama.cpp)";
+    // Nominal bits of the base type's codes (Q4_K: 4), as the other rows count them.
+    row->bits = info.name[0] == 'Q' ? info.name[1] - '0' : info.bytes * 8;
+    row->group_size = info.block;
     return {"gguf", "--type", parts[1], "--pad-intermediate"};
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq], "
-                                         "gguf-q8_0|q4_0|q4_1; rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
+                                         "gguf-<type> (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
 }
 
 // A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
@@ -332,7 +335,7 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-q8_0|q4_0|q4_1 (llama.cpp); "
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-<type> (llama.cpp: q8_0, q4_0, q4_k_m, ...); "
                   "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();

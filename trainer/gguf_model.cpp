@@ -11,6 +11,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "quant/ggml_blocks.h"
+#include "trainer/gguf_file_type.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
@@ -18,19 +19,6 @@
 namespace qwenq {
 
 namespace {
-
-// llama.cpp's LlamaFileType for a file whose weights are mostly `t`.
-uint32_t file_type_of(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return 0;
-    case GgmlType::F16: return 1;
-    case GgmlType::Q4_0: return 2;
-    case GgmlType::Q4_1: return 3;
-    case GgmlType::Q8_0: return 7;
-    case GgmlType::BF16: return 32;
-    default: QWENQ_FAIL("GGUF export: type " << ggml_type_info(static_cast<uint32_t>(t))->name << " is not written");
-  }
-}
 
 // The GGUF names ("blk.<i>.<name>") of the seven decoder Linears, in kDecoderLinears' order.
 constexpr const char* kLinearNames[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
@@ -52,14 +40,6 @@ std::vector<float> zero_padded(std::vector<float> W, int64_t N, int64_t K, int64
   std::vector<float> out(static_cast<size_t>(N2 * K2), 0.0f);
   for (int64_t r = 0; r < N; ++r) std::copy(W.begin() + r * K, W.begin() + (r + 1) * K, out.begin() + r * K2);
   return out;
-}
-
-// The type a 2-D weight of rows of K values takes: the requested one, F16 when K does not split into its blocks.
-GgmlType weight_type(GgmlType want, int64_t K, int64_t* fallbacks) {
-  const int64_t block = ggml_type_info(static_cast<uint32_t>(want))->block;
-  if (K % block == 0) return want;
-  ++*fallbacks;
-  return GgmlType::F16;
 }
 
 // A norm, bias or embedding (checked by check_gguf_tensor): a view of F32/F16/BF16 data, else its values dequantized
@@ -124,8 +104,7 @@ void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t) {
 
 GgufExportReport export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  QWENQ_CHECK(ggml_can_quantize(o.type),
-              "gguf: --type " << ggml_type_info(static_cast<uint32_t>(o.type))->name << " is not written");
+  const GgufFileType& ft = gguf_file_type(o.type);
   QWENQ_CHECK(o.overwrite || !file_exists(out_path), out_path << ": already exists (pass --overwrite to replace it)");
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
@@ -151,12 +130,13 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
     name = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
   }
   g.set("general.name", GgufValue::str(name));
-  g.set("general.file_type", GgufValue::u32(file_type_of(o.type)));
+  g.set("general.file_type", GgufValue::u32(ft.ftype));
   g.set("general.quantization_version", GgufValue::u32(2));
   g.set(arch + ".block_count", GgufValue::u32(static_cast<uint32_t>(c.num_layers)));
   g.set(arch + ".context_length", GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
   g.set(arch + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_size)));
-  const int64_t I = c.intermediate_size, I2 = o.pad_intermediate ? (I + 31) / 32 * 32 : I;
+  const int64_t pad_to = std::max<int64_t>(32, ggml_type_info(static_cast<uint32_t>(ft.base))->block);
+  const int64_t I = c.intermediate_size, I2 = o.pad_intermediate ? (I + pad_to - 1) / pad_to * pad_to : I;
   rep.intermediate = I2;
   g.set(arch + ".feed_forward_length", GgufValue::u32(static_cast<uint32_t>(I2)));
   g.set(arch + ".attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.num_heads)));
@@ -185,11 +165,16 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
                                   reinterpret_cast<const uint8_t*>(v.data() + v.size()));
     });
   };
-  const bool four_bit = o.type == GgmlType::Q4_0 || o.type == GgmlType::Q4_1;
-  const GgmlType outer = four_bit ? GgmlType::Q8_0 : o.type;  // embedding and output
-  auto add_matrix = [&](const std::string& gname, GgmlType want, int64_t N, int64_t K,
+  // The ggml type of a 2-D tensor (trainer/gguf_file_type.h), counted in the report.
+  auto type_of = [&](GgufRole role, int64_t layer, int64_t ne0) {
+    bool fell_back = false;
+    const GgmlType t = gguf_tensor_type(ft, role, layer, c.num_layers, ne0, c.tie_word_embeddings, &fell_back);
+    rep.fallbacks += fell_back;
+    ++rep.types[ggml_type_info(static_cast<uint32_t>(t))->name];
+    return t;
+  };
+  auto add_matrix = [&](const std::string& gname, GgmlType ty, int64_t N, int64_t K,
                         std::function<std::vector<float>()> values) {
-    const GgmlType ty = weight_type(want, K, &rep.f16_fallbacks);
     g.add_tensor(gname, ty, {K, N}, [ty, N, K, values] {
       const std::vector<float> W = values();
       return quantize_ggml(ty, W.data(), N, K);
@@ -198,9 +183,9 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   // The embedding and output rows go straight from the mapped view into blocks (one fp32 row at a time, not a 7B's
   // 2.2 GB table), and every source's mapped pages are dropped once converted, so resident memory stays near one
   // tensor instead of growing with the whole mapped checkpoint.
-  auto add_table = [&](const std::string& gname, const TensorView& t) {
+  auto add_table = [&](const std::string& gname, GgufRole role, const TensorView& t) {
     const int64_t N = t.shape[0], K = t.shape[1];
-    const GgmlType ty = weight_type(outer, K, &rep.f16_fallbacks);
+    const GgmlType ty = type_of(role, 0, K);
     g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t] {
       const uint64_t row_bytes = ggml_row_bytes(ty, K);
       const size_t src_row = static_cast<size_t>(K) * dtype_size(t.dtype);
@@ -216,7 +201,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       return out;
     });
   };
-  add_table("token_embd.weight", w.embed);
+  add_table("token_embd.weight", GgufRole::TokenEmbd, w.embed);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const QwenLayerWeights& L = w.layers[l];
     add_vector(blk(l, "attn_norm.weight"), L.input_norm);
@@ -225,7 +210,8 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       const int64_t heads = t == 0 ? c.num_heads : c.num_kv_heads;
       const bool permute = llama && t < 2;
       const int64_t N2 = (t == 4 || t == 5) ? I2 : lw.N, K2 = t == 6 ? I2 : lw.K;
-      add_matrix(blk(l, std::string(kLinearNames[t]) + ".weight"), o.type, N2, K2,
+      const GgufRole role = t == 2 ? GgufRole::AttnV : t == 6 ? GgufRole::FfnDown : GgufRole::OtherLinear;
+      add_matrix(blk(l, std::string(kLinearNames[t]) + ".weight"), type_of(role, l, K2), N2, K2,
                  [&lw, permute, heads, &c, N2, K2] {
                    std::vector<float> W = lw.dequantize();
                    if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
@@ -244,10 +230,10 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   }
   add_vector("output_norm.weight", w.final_norm);
   if (!c.tie_word_embeddings) {
-    add_table("output.weight", w.lm_head);
+    add_table("output.weight", GgufRole::Output, w.lm_head);
   }
   rep.tensors = 0;
-  Progress progress("gguf " + std::string(ggml_type_info(static_cast<uint32_t>(o.type))->name),
+  Progress progress("gguf " + std::string(ft.name),
                     static_cast<int64_t>(g.tensor_count()), "tensors", o.quiet);
   g.write(out_path, [&](size_t done, size_t total) {
     rep.tensors = static_cast<int64_t>(total);

@@ -9,14 +9,14 @@
 //   a torch [N, K] weight is stored with ne = {K, N}, i.e. the same bytes row by row. For "llama" the rows of
 //   q and k are permuted back to llama.cpp's interleaved RoPE pairs (rotate-half -> adjacent pairs, per head:
 //   row 2i <- i, row 2i+1 <- D/2 + i); Qwen2/Qwen3 use llama.cpp's NeoX RoPE (rotate-half) and keep theirs.
-// Types: 1-D tensors (norms, biases) stay F32; every 2-D weight takes the requested type, except that for the
-// 4-bit types the embedding and output take Q8_0 (llama-quantize keeps them above 4 bits too), and a tensor
-// whose rows do not split into blocks of 32 falls back to F16 (as convert_hf_to_gguf does for Q8_0).
+// Types: each tensor's as convert_hf_to_gguf.py (f32, f16, bf16, q8_0) or llama-quantize without an importance matrix
+// (q4_0 ... q6_k, k-quant mixes q4_k_s, q4_k_m, q5_k_m) choose it: trainer/gguf_file_type.h.
 // The tokenizer goes into tokenizer.ggml.* (gpt2 byte-level BPE with its merges for Qwen; llama SentencePiece
 // with scores for Llama-style tokenizers). The file is written to a temporary name and renamed when complete.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -28,20 +28,21 @@
 namespace qwenq {
 
 struct GgufExportOptions {
-  GgmlType type = GgmlType::Q8_0;  // F32, F16, BF16, Q8_0, Q4_0, Q4_1
+  std::string type = "q8_0";  // a file type of trainer/gguf_file_type.h: f32 ... q8_0, q4_0 ... q4_k_m, q6_k
   std::string name;                // general.name (default: the model directory's name)
   bool overwrite = false;
   bool quiet = false;  // no progress bar
-  // Zero-pad the MLP width to a multiple of 32 (gate/up rows, down columns; exact: silu(0)·0 = 0), so that ffn_down's
-  // rows split into blocks instead of falling back to F16 (stories260K: 172 -> 192), as the other formats'
-  // --pad-intermediate.
+  // Zero-pad the MLP width to a multiple of the file type's block, at least 32 (gate/up rows, down columns; exact:
+  // silu(0)·0 = 0), so that ffn_down's rows split into blocks instead of falling back (stories260K: 172 -> 192, or
+  // 256 for k-quants), as the other formats' --pad-intermediate.
   bool pad_intermediate = false;
 };
 
 struct GgufExportReport {
   std::string arch;
   int64_t tensors = 0;
-  int64_t f16_fallbacks = 0;  // 2-D tensors stored F16 because their rows are not a multiple of 32
+  int64_t fallbacks = 0;      // 2-D tensors whose rows forced another type than the rules' (e.g. F16 for rows of 172)
+  std::map<std::string, int64_t> types;  // ggml type name -> 2-D tensors of that type
   int64_t intermediate = 0;   // the MLP width written (padded or not)
   uint64_t bytes = 0;         // file size
   double seconds = 0;

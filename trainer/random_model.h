@@ -12,7 +12,7 @@
 
 namespace qwenq {
 
-// "tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b",
+// "tiny", "tiny256" (8 untied layers of width 256: llama.cpp's k-quant blocks fit), "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b",
 // "qwen2.5-72b". Throws listing the presets for anything else.
 QwenConfig qwen_preset(const std::string& name);
 

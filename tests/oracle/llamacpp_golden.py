@@ -10,14 +10,20 @@ next-token NLL on our first 512 tokens. With --qwen-dir DIR (a model directory h
 e.g. `qwen-quant init-random --preset qwen2.5-0.5b --layers 2` with ../shared's vocab.json, merges.txt and
 tokenizer_config.json copied in) it also compares the tokenization of WikiText-2 (byte-level BPE, qwen2 pre-tokenizer)
 and the NLL of a Q8_0 export on 256 tokens.
+Then llama.cpp's own quantizer (llama_model_quantize, no importance matrix) turns our F32 export of
+`qwen-quant init-random --preset tiny256 --dtype fp32` into each llama-quantize file type; the script prints each file's
+fingerprint (tests/test_gguf_kquants.cpp's kLlamaQuantize) and whether `qwen-quant gguf --type` wrote the same
+tensors (types and bytes). Needs gguf-py (pip install gguf==0.17.1) next to llama-cpp-python.
 """
 import argparse
+import ctypes
 import json
 import math
 import os
 import subprocess
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 p = argparse.ArgumentParser(description=__doc__)
@@ -67,3 +73,37 @@ compare(stories, text, ["f32", "q8_0", "q4_0"], 512)
 if args.qwen_dir:
     wiki = open(os.path.join(args.shared, "data/wikitext2/wiki.test.raw"), encoding="utf-8").read()[:100000]
     compare(args.qwen_dir, wiki, ["q8_0"], 256)
+
+
+# llama-quantize's file types against ours, byte for byte, and the fingerprints the C++ test keeps.
+from gguf import GGUFReader  # noqa: E402
+
+FTYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+
+
+def fingerprint(path):
+    """FNV-1a 64 over the tensors sorted by name: name bytes, ggml type as u32 little-endian, data bytes."""
+    h = 0xCBF29CE484222325
+    for t in sorted(GGUFReader(path).tensors, key=lambda t: t.name):
+        for b in (t.name.encode(), int(t.tensor_type).to_bytes(4, "little"), np.asarray(t.data).tobytes()):
+            a = np.frombuffer(b, np.uint8)
+            for x in a.tolist():
+                h = ((h ^ x) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+tiny = os.path.join(work, "tiny256")
+subprocess.run([qq, "init-random", "--preset", "tiny256", "--dtype", "fp32", "--out", tiny, "--overwrite"], check=True)
+f32 = os.path.join(work, "tiny256-f32.gguf")
+subprocess.run([qq, "gguf", "--model", tiny, "--out", f32, "--type", "f32", "--overwrite", "--quiet"], check=True)
+for name, ftype in FTYPES.items():
+    theirs, ours = os.path.join(work, f"tiny256-{name}.llama.gguf"), os.path.join(work, f"tiny256-{name}.gguf")
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype, p.nthread = ftype, 2
+    assert llama_cpp.llama_model_quantize(f32.encode(), theirs.encode(), ctypes.byref(p)) == 0
+    subprocess.run([qq, "gguf", "--model", tiny, "--out", ours, "--type", name, "--overwrite", "--quiet"], check=True)
+    a = {t.name: t for t in GGUFReader(ours).tensors}
+    same = sum(1 for t in GGUFReader(theirs).tensors
+               if t.tensor_type == a[t.name].tensor_type and np.asarray(t.data).tobytes() == np.asarray(a[t.name].data).tobytes())
+    print(f"tiny256 {name}: llama.cpp fingerprint 0x{fingerprint(theirs):016x}; ours 0x{fingerprint(ours):016x}; "
+          f"{same} of {len(a)} tensors identical")

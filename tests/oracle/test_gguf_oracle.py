@@ -1,12 +1,14 @@
 """Oracle: `qwen-quant gguf` files and our GGUF reading against gguf-py 0.17.1, llama.cpp's own Python package.
 
 1. Tiny random Qwen2 (untied, q/k/v biases, GQA), Qwen3 (q/k norms, head_dim 32 != hidden/heads) and Llama (GQA,
-   untied) models are made with transformers and written by `qwen-quant gguf --type T` for every T (f32, f16, bf16,
-   q8_0, q4_0, q4_1). gguf-py's GGUFReader parses each file; we check the metadata llama.cpp reads against
-   config.json, every tensor's name, shape and type against convert_hf_to_gguf.py's rules as written here (1-D in F32;
-   rows not a multiple of 32 in F16; for 4-bit types the embedding and output in Q8_0; Llama's q/k rows permuted
-   with convert_hf_to_gguf's own formula), and every tensor's bytes against gguf.quants.quantize of the Hugging Face
-   weight: bit for bit. The tokenizer keys: tokens = the vocabulary, merges = merges.txt.
+   untied) models are made with transformers and written by `qwen-quant gguf --type T` for T in f32, f16, bf16, q8_0,
+   q4_0, q4_1, q5_0, q5_1, q4_k_m, q6_k. gguf-py's GGUFReader parses each file; we check the metadata llama.cpp reads
+   against config.json, every tensor's name, shape and type against convert_hf_to_gguf.py's / llama-quantize's rules
+   as restated here (expected_type; these 64-wide models send every k-quant to its fallback), Llama's q/k rows
+   permuted with convert_hf_to_gguf's own formula, and every tensor's bytes against gguf.quants.quantize of the
+   Hugging Face weight: bit for bit (Q4_0/Q5_0: up to 0.1 % of bytes, where gguf-py's float64 rounding differs from
+   llama.cpp's fp32, which we follow: tests/test_gguf_kquants.cpp). The tokenizer keys: tokens = the vocabulary,
+   merges = merges.txt.
 2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant and 5-bit types we read but do not write (Q4_K,
    Q5_K, Q6_K, Q5_0, Q5_1; random blocks with sane scales) is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
@@ -72,8 +74,36 @@ LAYER_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_lay
                "self_attn.o_proj.weight": "attn_output.weight", "self_attn.q_norm.weight": "attn_q_norm.weight",
                "self_attn.k_norm.weight": "attn_k_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
                "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
-TYPES = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1}
-FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "bf16": 32}
+# File type -> (base ggml type, llama-quantize's rules?, general.file_type).
+TYPES = {"f32": (QT.F32, False, 0), "f16": (QT.F16, False, 1), "bf16": (QT.BF16, False, 32),
+         "q8_0": (QT.Q8_0, False, 7), "q4_0": (QT.Q4_0, True, 2), "q4_1": (QT.Q4_1, True, 3),
+         "q5_0": (QT.Q5_0, True, 8), "q5_1": (QT.Q5_1, True, 9), "q4_k_m": (QT.Q4_K, True, 15),
+         "q6_k": (QT.Q6_K, True, 18)}
+FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
+# gguf-py computes Q4_0/Q5_0's x/d + offset in float64 (its FIXME: "rounding is cursed and depends on FMA"); llama.cpp's
+# x86 build (and we) round it in fp32, so a code can differ where the sum lands within an ulp of an integer.
+ROUNDING_DIFFERS = (QT.Q4_0, QT.Q5_0)
+
+
+def expected_type(tname, g, shape, tied, n_layers):
+    """The type convert_hf_to_gguf.py / llama-quantize (no imatrix) give a tensor, restated from llama.cpp."""
+    base, llama_quantize, _ = TYPES[tname]
+    if len(shape) == 1:
+        return QT.F32
+    ne0 = shape[-1]
+    t = base
+    if llama_quantize:
+        layer = int(g.split(".")[1]) if g.startswith("blk.") else 0
+        more = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+        if g == "output.weight" or (g == "token_embd.weight" and tied):
+            t = QT.Q6_K
+        elif tname == "q4_k_m" and (g.endswith("attn_v.weight") or g.endswith("ffn_down.weight")) and more:
+            t = QT.Q6_K
+        if ne0 % gguf.GGML_QUANT_SIZES[t][0] != 0:
+            t = FALLBACK.get(t, t)
+    if ne0 % gguf.GGML_QUANT_SIZES[t][0] != 0:
+        t = QT.F16
+    return t
 
 
 def gguf_name(hf):
@@ -100,13 +130,14 @@ for arch, d in models.items():
     cfg = json.load(open(os.path.join(d, "config.json")))
     weights = load_file(os.path.join(d, "model.safetensors"))
     vocab = json.load(open(os.path.join(d, "vocab.json")))
-    for tname, qt in TYPES.items():
+    tied = "lm_head.weight" not in weights
+    for tname, (qt, _, file_type) in TYPES.items():
         path = os.path.join(out, f"{arch}-{tname}.gguf")
         run([qq, "gguf", "--model", d, "--out", path, "--type", tname, "--overwrite", "--quiet"])
         r = GGUFReader(path)
         where = f"{arch} {tname}"
         check(field(r, "general.architecture") == arch, f"{where}: architecture {field(r, 'general.architecture')}")
-        check(field(r, "general.file_type") == FILE_TYPE[tname], f"{where}: file_type {field(r, 'general.file_type')}")
+        check(field(r, "general.file_type") == file_type, f"{where}: file_type {field(r, 'general.file_type')}")
         for key, want in [("block_count", cfg["num_hidden_layers"]), ("embedding_length", cfg["hidden_size"]),
                           ("feed_forward_length", cfg["intermediate_size"]),
                           ("context_length", cfg["max_position_embeddings"]),
@@ -140,25 +171,24 @@ for arch, d in models.items():
                 w = llama_permute(w, cfg["num_attention_heads"])
             if arch == "llama" and hf.endswith("k_proj.weight"):
                 w = llama_permute(w, cfg["num_key_value_heads"])
-            want = qt
-            if w.ndim == 1:
-                want = QT.F32
-            elif g in ("token_embd.weight", "output.weight") and qt in (QT.Q4_0, QT.Q4_1):
-                want = QT.Q8_0
-            if w.ndim == 2 and want not in (QT.F32, QT.F16, QT.BF16) and w.shape[1] % 32 != 0:
-                want = QT.F16  # convert_hf_to_gguf's fallback
+            want = expected_type(tname, g, w.shape, tied, cfg["num_hidden_layers"])
             check(t.tensor_type == want, f"{where}: {g} is {t.tensor_type.name}, expected {want.name}")
             check(list(t.shape) == list(reversed(w.shape)), f"{where}: {g} shape {list(t.shape)} for {w.shape}")
-            ref = quantize(w, want)
-            ok = np.asarray(t.data).tobytes() == np.ascontiguousarray(ref).tobytes()
-            if not ok:
-                a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
-                b = np.frombuffer(np.ascontiguousarray(ref).tobytes(), np.uint8)
-                n = min(len(a), len(b))
-                check(False, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
-                             f"{int((a[:n] != b[:n]).sum())} of {len(b)} bytes")
+            if t.tensor_type != want:
+                continue
+            if want in (QT.Q4_K, QT.Q5_K, QT.Q6_K):  # gguf-py has no k-quant quantizer: the round trip's error
+                back = dequantize(np.asarray(t.data), want).reshape(w.shape)
+                rel = float(np.sqrt(((back - w) ** 2).sum() / (w ** 2).sum()))
+                check(rel < 0.15, f"{where}: {g} ({want.name}) round trip relative error {rel:.3f}")
+                continue
+            a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
+            b = np.frombuffer(np.ascontiguousarray(quantize(w, want)).tobytes(), np.uint8)
+            differ = int((a != b).sum()) if len(a) == len(b) else len(b)
+            allowed = len(b) // 1000 if want in ROUNDING_DIFFERS else 0
+            check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
+                                     f"{differ} of {len(b)} bytes (allowed {allowed})")
         check(set(tensors) == expected_names, f"{where}: extra tensors {sorted(set(tensors) - expected_names)}")
-    print(f"{arch}: 6 types checked", flush=True)
+    print(f"{arch}: {len(TYPES)} file types checked", flush=True)
 
 # 2. Types we only read, in a file gguf-py writes: the k-quants need rows of 256 values.
 d256 = make_model("qwen2_256", Qwen2Config, Qwen2ForCausalLM, intermediate_size=512, num_attention_heads=4,

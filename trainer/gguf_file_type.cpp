@@ -1,0 +1,72 @@
+// Tensor types of the GGUF file types (rules at the top of trainer/gguf_file_type.h).
+#include "trainer/gguf_file_type.h"
+
+#include <cctype>
+
+#include "core/error.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr GgufFileType kTypes[] = {
+    {"f32", 0, GgmlType::F32, false},     {"f16", 1, GgmlType::F16, false},
+    {"bf16", 32, GgmlType::BF16, false},  {"q8_0", 7, GgmlType::Q8_0, false},
+    {"q4_0", 2, GgmlType::Q4_0, true},    {"q4_1", 3, GgmlType::Q4_1, true},
+    {"q5_0", 8, GgmlType::Q5_0, true},    {"q5_1", 9, GgmlType::Q5_1, true},
+    {"q4_k_s", 14, GgmlType::Q4_K, true}, {"q4_k_m", 15, GgmlType::Q4_K, true},
+    {"q5_k_m", 17, GgmlType::Q5_K, true}, {"q6_k", 18, GgmlType::Q6_K, true},
+};
+
+int64_t block_of(GgmlType t) { return ggml_type_info(static_cast<uint32_t>(t))->block; }
+
+bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+}  // namespace
+
+std::string gguf_file_type_names() {
+  std::string s;
+  for (const GgufFileType& t : kTypes) s += std::string(s.empty() ? "" : ", ") + t.name;
+  return s;
+}
+
+const GgufFileType& gguf_file_type(const std::string& name) {
+  std::string low;
+  for (char c : name) low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const GgufFileType& t : kTypes)
+    if (low == t.name) return t;
+  QWENQ_FAIL("unknown GGUF type '" << name << "'; choose one of " << gguf_file_type_names());
+}
+
+GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, int64_t n_layers, int64_t ne0,
+                          bool tied, bool* fell_back) {
+  *fell_back = false;
+  GgmlType t = ft.base;
+  if (!ft.llama_quantize) {
+    if (ne0 % block_of(t) != 0) {
+      *fell_back = true;
+      return GgmlType::F16;
+    }
+    return t;
+  }
+  const std::string n = ft.name;
+  if (role == GgufRole::Output || (role == GgufRole::TokenEmbd && tied)) {
+    t = GgmlType::Q6_K;  // Q8_0 when its rows do not split into 256-blocks (below)
+  } else if (role == GgufRole::AttnV) {
+    if (n == "q4_k_m" || n == "q5_k_m") t = use_more_bits(layer, n_layers) ? GgmlType::Q6_K : t;
+    else if (n == "q4_k_s") t = layer < 4 ? GgmlType::Q5_K : t;
+    if (n_layers == 80 && t == GgmlType::Q4_K) t = GgmlType::Q5_K;
+  } else if (role == GgufRole::FfnDown) {
+    if (n == "q4_k_m" || n == "q5_k_m") t = use_more_bits(layer, n_layers) ? GgmlType::Q6_K : t;
+    else if (n == "q4_k_s") t = layer < n_layers / 8 ? GgmlType::Q5_K : t;
+  }
+  if (ne0 % block_of(t) != 0) {
+    *fell_back = true;
+    t = t == GgmlType::Q4_K ? GgmlType::Q5_0 : t == GgmlType::Q5_K ? GgmlType::Q5_1
+                                             : t == GgmlType::Q6_K ? GgmlType::Q8_0 : t;
+    if (ne0 % block_of(t) != 0) t = GgmlType::F16;
+  }
+  return t;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,43 @@
+// The file types `qwen-quant gguf --type` writes, and the ggml type each tensor gets in them: the rules of the tool
+// that makes such files in llama.cpp, so that our files hold what theirs do.
+//
+// convert_hf_to_gguf.py --outtype (f32, f16, bf16, q8_0): every 2-D weight in the type (embedding and output too),
+//   a Q8_0 tensor whose rows do not split into 32-blocks in F16.
+// llama-quantize without an importance matrix (q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_m, q6_k):
+//   the output (the embedding when tied) Q6_K, or Q8_0 when its rows do not split into 256-blocks; an untied
+//   embedding the file's base type; attn_v: q4_k_m / q5_k_m Q6_K in the layers use_more_bits picks, q4_k_s Q5_K in the
+//   first 4, q6_k Q6_K, and Q5_K for a Q4_K of an 80-layer model (llama.cpp's 70B type); ffn_down: q4_k_m / q5_k_m
+//   Q6_K where use_more_bits, q4_k_s Q5_K in the first n/8 layers; everything else the base type (Q4_K for q4_k_*,
+//   Q5_K for q5_k_m). use_more_bits(i, n) = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2.
+//   A type whose blocks do not divide the rows falls back: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when
+//   32 does not divide them either (Qwen2.5-0.5B's 896-wide rows: every Linear but ffn_down).
+// 1-D tensors (norms, biases) are F32 in every file type.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/gguf.h"
+
+namespace qwenq {
+
+struct GgufFileType {
+  const char* name;       // "q4_k_m"
+  uint32_t ftype;         // general.file_type (llama_ftype: MOSTLY_Q4_K_M = 15, ...)
+  GgmlType base;          // the type of the tensors no rule singles out
+  bool llama_quantize;    // llama-quantize's rules (else convert_hf_to_gguf's)
+};
+
+// The file type named `name` ("q4_k_m", case-insensitive); throws listing the names.
+const GgufFileType& gguf_file_type(const std::string& name);
+// "f32, f16, bf16, q8_0, q4_0, ..." for help and errors.
+std::string gguf_file_type_names();
+
+enum class GgufRole { TokenEmbd, Output, AttnV, FfnDown, OtherLinear };
+
+// The ggml type of a 2-D tensor of role `role` in layer `layer` of `n_layers`, rows of `ne0` values. `tied`: the model
+// has no output tensor (the embedding is the output). *fell_back is set when the rows forced another type.
+GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, int64_t n_layers, int64_t ne0,
+                          bool tied, bool* fell_back);
+
+}  // namespace qwenq
