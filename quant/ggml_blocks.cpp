@@ -40,39 +40,22 @@ void quantize_q8_0(const float* x, uint8_t* out) {
   for (int64_t j = 0; j < kQK; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(round_half_away(x[j] * id)));
 }
 
+void pack_nibbles(const uint8_t* q, uint8_t* out) {
+  for (int64_t j = 0; j < kQK / 2; ++j) out[j] = static_cast<uint8_t>(q[j] | (q[j + kQK / 2] << 4));
+}
+
 void quantize_q4_0(const float* x, uint8_t* out) {
-  float amax = 0.0f, m = 0.0f;
-  for (int64_t j = 0; j < kQK; ++j) {
-    if (std::fabs(x[j]) > amax) {
-      amax = std::fabs(x[j]);
-      m = x[j];
-    }
-  }
-  const float d = m / -8.0f;
-  const float id = inverse(d);
-  store_u16(out, f32_to_f16(d));
-  auto code = [&](float v) {
-    const float t = std::trunc(v * id + 8.5f);  // two fp32 roundings, as llama-quantize's x86 build computes it
-    return static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
-  };
-  for (int64_t j = 0; j < kQK / 2; ++j) out[2 + j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kQK / 2]) << 4));
+  uint8_t q[kQK];
+  store_u16(out, f32_to_f16(ggml_detail::block_codes_0(x, 16, q)));
+  pack_nibbles(q, out + 2);
 }
 
 void quantize_q4_1(const float* x, uint8_t* out) {
-  float lo = x[0], hi = x[0];
-  for (int64_t j = 1; j < kQK; ++j) {
-    lo = std::min(lo, x[j]);
-    hi = std::max(hi, x[j]);
-  }
-  const float d = (hi - lo) / 15.0f;
-  const float id = inverse(d);
-  store_u16(out, f32_to_f16(d));
-  store_u16(out + 2, f32_to_f16(lo));
-  auto code = [&](float v) {
-    const float t = std::trunc((v - lo) * id + 0.5f);
-    return static_cast<uint8_t>(std::min(15.0f, std::max(0.0f, t)));
-  };
-  for (int64_t j = 0; j < kQK / 2; ++j) out[4 + j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kQK / 2]) << 4));
+  uint8_t q[kQK];
+  float min;
+  store_u16(out, f32_to_f16(ggml_detail::block_codes_1(x, 16, q, &min)));
+  store_u16(out + 2, f32_to_f16(min));
+  pack_nibbles(q, out + 4);
 }
 
 void dequantize_q8_0(const uint8_t* in, float* y) {

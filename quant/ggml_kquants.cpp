@@ -198,7 +198,7 @@ void quantize_k_scaled(const float* x, int nmax, float rmin, int nstep, uint8_t*
 
 }  // namespace
 
-void quantize_q5_0(const float* x, uint8_t* out) {
+float block_codes_0(const float* x, int levels, uint8_t* q) {
   float amax = 0, m = 0;
   for (int j = 0; j < kQK; ++j) {
     if (amax < std::fabs(x[j])) {
@@ -206,45 +206,59 @@ void quantize_q5_0(const float* x, uint8_t* out) {
       m = x[j];
     }
   }
-  const float d = m / -16.0f;
+  const float d = m / static_cast<float>(-levels / 2);
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  store_f16(out, d);
-  uint32_t qh = 0;
-  auto code = [&](float v) {
-    const float t = std::trunc(v * id + 16.5f);  // two fp32 roundings, as Q4_0 (quant/ggml_blocks.h)
-    return static_cast<uint32_t>(std::min(31.0f, std::max(0.0f, t)));
-  };
-  for (int j = 0; j < kQK / 2; ++j) {
-    const uint32_t a = code(x[j]), b = code(x[j + kQK / 2]);
-    out[6 + j] = static_cast<uint8_t>((a & 0xF) | ((b & 0xF) << 4));
-    qh |= ((a >> 4) & 1u) << j;
-    qh |= ((b >> 4) & 1u) << (j + kQK / 2);
+  const float offset = static_cast<float>(levels / 2) + 0.5f;
+  for (int j = 0; j < kQK; ++j) {
+    const float t = std::trunc(x[j] * id + offset);  // two fp32 roundings, as llama-quantize's x86 build
+    q[j] = static_cast<uint8_t>(std::min(static_cast<float>(levels - 1), std::max(0.0f, t)));
   }
-  std::memcpy(out + 2, &qh, 4);
+  return d;
 }
 
-void quantize_q5_1(const float* x, uint8_t* out) {
+float block_codes_1(const float* x, int levels, uint8_t* q, float* min) {
   float lo = x[0], hi = x[0];
   for (int j = 1; j < kQK; ++j) {
     lo = std::min(lo, x[j]);
     hi = std::max(hi, x[j]);
   }
-  const float d = (hi - lo) / 31.0f;
+  const float d = (hi - lo) / static_cast<float>(levels - 1);
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
-  store_f16(out, d);
-  store_f16(out + 2, lo);
-  uint32_t qh = 0;
-  auto code = [&](float v) {
-    const float t = std::trunc((v - lo) * id + 0.5f);
-    return static_cast<uint32_t>(std::min(31.0f, std::max(0.0f, t)));
-  };
-  for (int j = 0; j < kQK / 2; ++j) {
-    const uint32_t a = code(x[j]), b = code(x[j + kQK / 2]);
-    out[8 + j] = static_cast<uint8_t>((a & 0xF) | ((b & 0xF) << 4));
-    qh |= ((a >> 4) & 1u) << j;
-    qh |= ((b >> 4) & 1u) << (j + kQK / 2);
+  for (int j = 0; j < kQK; ++j) {
+    const float t = std::trunc((x[j] - lo) * id + 0.5f);
+    q[j] = static_cast<uint8_t>(std::min(static_cast<float>(levels - 1), std::max(0.0f, t)));
   }
-  std::memcpy(out + 4, &qh, 4);
+  *min = lo;
+  return d;
+}
+
+namespace {
+
+// 5-bit codes: low nibbles of values j and j + 16 in qs[j], the fifth bit of value j as bit j of the u32 qh.
+void pack_5bit(const uint8_t* q, uint8_t* qh_out, uint8_t* qs) {
+  uint32_t qh = 0;
+  for (int j = 0; j < kQK / 2; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + kQK / 2] & 0xF) << 4));
+    qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+    qh |= static_cast<uint32_t>((q[j + kQK / 2] >> 4) & 1) << (j + kQK / 2);
+  }
+  std::memcpy(qh_out, &qh, 4);
+}
+
+}  // namespace
+
+void quantize_q5_0(const float* x, uint8_t* out) {
+  uint8_t q[kQK];
+  store_f16(out, block_codes_0(x, 32, q));
+  pack_5bit(q, out + 2, out + 6);
+}
+
+void quantize_q5_1(const float* x, uint8_t* out) {
+  uint8_t q[kQK];
+  float min;
+  store_f16(out, block_codes_1(x, 32, q, &min));
+  store_f16(out + 2, min);
+  pack_5bit(q, out + 4, out + 8);
 }
 
 void quantize_q4_k(const float* x, uint8_t* out) {

@@ -30,6 +30,13 @@
 
 namespace qwenq::ggml_detail {
 
+// The codes q[32] of one block of a "_0" format with `levels` codes (16: Q4_0, 32: Q5_0): d = m / -(levels/2) for m
+// the value of largest |x| (the first on ties), q = min(levels - 1, trunc(x·(1/d) + levels/2 + 0.5)) in fp32. Returns d.
+float block_codes_0(const float* x, int levels, uint8_t* q);
+// The same for a "_1" format (Q4_1, Q5_1): d = (max - min)/(levels - 1), q = min(levels - 1, trunc((x - min)·(1/d) +
+// 0.5)). Returns d, and the minimum in *min.
+float block_codes_1(const float* x, int levels, uint8_t* q, float* min);
+
 // One block: 32 values for Q5_0 / Q5_1, 256 for the k-quants; out holds the block's bytes (22, 24, 144, 176, 210).
 void quantize_q5_0(const float* x, uint8_t* out);
 void quantize_q5_1(const float* x, uint8_t* out);
