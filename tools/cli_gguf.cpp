@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
+#include "trainer/gguf_file_type.h"
 #include "trainer/gguf_model.h"
 #include "trainer/model_dir.h"
 
@@ -32,8 +33,7 @@ void register_gguf(CLI::App& app) {
   c->add_option("--type,-t", a->type,
                 "file type: f32, f16, bf16, q8_0 (as convert_hf_to_gguf.py --outtype), q4_0, q4_1, q5_0, q5_1, "
                 "q4_k_s, q4_k_m, q5_k_m, q6_k (as llama-quantize without an importance matrix)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_s", "q4_k_m", "q5_k_m",
-                             "q6_k"}))
+      ->check(CLI::IsMember(gguf_file_type_list()))
       ->capture_default_str();
   c->add_option("--name", a->name, "general.name (default: the model directory's name)");
   c->add_flag("--overwrite", a->overwrite, "replace an existing output file");

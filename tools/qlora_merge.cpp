@@ -1,11 +1,16 @@
-// qwen-qlora merge: fold a LoRA adapter into its base model and write a dense Hugging Face directory.
+// qwen-qlora merge: fold a LoRA adapter into its base model and write a dense Hugging Face directory, or with --gguf
+// TYPE one GGUF file for llama.cpp (the dense model written next to it as "<out>.merged", exported, then removed).
 #include <cstdio>
 #include <memory>
 #include <string>
 
+#include "core/error.h"
+#include "core/files.h"
 #include "core/progress.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/gguf_file_type.h"
+#include "trainer/gguf_model.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 
@@ -16,6 +21,7 @@ namespace {
 struct MergeArgs {
   MergeOptions opt;
   std::string model, dtype;  // dtype "": the base's (bf16 for a quantized base)
+  std::string gguf;          // a GGUF file type: write --out as one GGUF file
   double max_shard_gb = 4.0;
   CommonOptions common;
 };
@@ -31,7 +37,32 @@ void run_merge(MergeArgs& a) {
   } else {
     a.opt.dtype = default_merge_dtype(a.opt.model_dir);
   }
+  std::string gguf_out;
+  if (!a.gguf.empty()) {  // refused before the merge: the type, an existing file, a missing directory
+    gguf_file_type(a.gguf);
+    check_output_dir_exists("--out", a.opt.out_dir);
+    QWENQ_CHECK(a.opt.overwrite || !file_exists(a.opt.out_dir),
+                a.opt.out_dir << ": already exists (pass --overwrite to replace it)");
+    gguf_out = a.opt.out_dir;
+    a.opt.out_dir = gguf_out + ".merged";  // ours: a dead run's copy is replaced
+    a.opt.overwrite = true;
+  }
   QuantizeReport r = merge_adapter_to_dir(a.opt);
+  if (!gguf_out.empty()) {
+    struct RemoveDir {
+      std::string path;
+      ~RemoveDir() { remove_tree(path); }
+    } merged{a.opt.out_dir};
+    GgufExportOptions g;
+    g.type = a.gguf;
+    g.overwrite = true;  // checked above
+    g.quiet = a.opt.quiet;
+    const GgufExportReport gr = export_gguf(a.opt.out_dir, gguf_out, g);
+    std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, as GGUF %s (%s), %s, %.1fs\n",
+                gguf_out.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
+                a.gguf.c_str(), gr.arch.c_str(), format_bytes(gr.bytes).c_str(), r.seconds + gr.seconds);
+    return;
+  }
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, weights in %s, %d shard(s), %s of "
               "tensors, %.1fs, peak RSS %s\n",
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
@@ -55,7 +86,11 @@ void register_qlora_merge(CLI::App& app) {
   cmd->add_option("--dtype", a->dtype, "bf16, fp16 or fp32 for the Linear weights (default: the base's; bf16 for a "
                                        "quantized base)")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
-  cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");
+  cmd->add_option("--gguf", a->gguf,
+                  "write --out as one GGUF file of this type for llama.cpp (q4_k_m, q8_0, f16, ...: `qwen-quant gguf`'s "
+                  "--type) instead of a directory")
+      ->check(CLI::IsMember(gguf_file_type_list()));
+  cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output");
   cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")
       ->check(greater_than(0, "POSITIVE"))
       ->capture_default_str();

@@ -30,6 +30,12 @@ std::string gguf_file_type_names() {
   return s;
 }
 
+std::vector<std::string> gguf_file_type_list() {
+  std::vector<std::string> v;
+  for (const GgufFileType& t : kTypes) v.push_back(t.name);
+  return v;
+}
+
 const GgufFileType& gguf_file_type(const std::string& name) {
   std::string low;
   for (char c : name) low += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/gguf.h"
 
@@ -30,8 +31,9 @@ struct GgufFileType {
 
 // The file type named `name` ("q4_k_m", case-insensitive); throws listing the names.
 const GgufFileType& gguf_file_type(const std::string& name);
-// "f32, f16, bf16, q8_0, q4_0, ..." for help and errors.
+// "f32, f16, bf16, q8_0, q4_0, ..." for help and errors, and the same names as a list (the flags' choices).
 std::string gguf_file_type_names();
+std::vector<std::string> gguf_file_type_list();
 
 enum class GgufRole { TokenEmbd, Output, AttnV, FfnDown, OtherLinear };
 

@@ -34,6 +34,33 @@ if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged" -
 fi
 grep -q -- "--overwrite" "$WORK/again.txt" || fail "overwrite message" "$WORK/again.txt"
 
+# merge --gguf: one GGUF file (no directory left beside it) that scores as the merged directory does: F32 exactly, Q8_0
+# within its rounding; an existing file needs --overwrite.
+"$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged.gguf" --gguf f32 --dtype fp32 --threads 1 \
+  -q > "$WORK/merge_gguf.txt" 2>&1 || fail "merge --gguf" "$WORK/merge_gguf.txt"
+grep -q "^wrote $WORK/merged.gguf: 14 Linear layers .* as GGUF f32 (qwen2)" "$WORK/merge_gguf.txt" \
+  || fail "merge --gguf summary line" "$WORK/merge_gguf.txt"
+[ ! -e "$WORK/merged.gguf.merged" ] || fail "merge --gguf left its dense copy"
+"$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged8.gguf" --gguf q8_0 --threads 1 -q \
+  > "$WORK/merge_gguf8.txt" 2>&1 || fail "merge --gguf q8_0" "$WORK/merge_gguf8.txt"
+echo "Once upon a time there was a little cat who liked to play in the sun with a ball." > "$WORK/text.txt"
+for m in merged merged.gguf merged8.gguf; do
+  "$QQ" eval --model "$WORK/$m" --data "$WORK/text.txt" --seq-len 16 --json --threads 1 -q > "$WORK/ppl_$m.json" \
+    2>/dev/null || fail "eval of $m"
+done
+python3 - "$WORK" <<'PY' || fail "merge --gguf perplexities"
+import json, sys
+p = {m: json.load(open(f"{sys.argv[1]}/ppl_{m}.json"))["perplexity"] for m in ("merged", "merged.gguf", "merged8.gguf")}
+assert p["merged.gguf"] == p["merged"], p
+assert abs(p["merged8.gguf"] - p["merged"]) < 0.01 * p["merged"] and p["merged8.gguf"] != p["merged"], p
+PY
+if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged.gguf" --gguf f32 -q \
+  > "$WORK/again_gguf.txt" 2>&1; then
+  fail "merge --gguf replaced an existing file without --overwrite"
+fi
+grep -q "merged.gguf: already exists (pass --overwrite to replace it)" "$WORK/again_gguf.txt" \
+  || fail "merge --gguf refusal" "$WORK/again_gguf.txt"
+
 # generate: the in-memory merge and the merged directory give the same greedy text (and plain and --chat run).
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 \
   > "$WORK/gen_adapter.txt" 2> "$WORK/gen_adapter.err" || fail "generate --adapter" "$WORK/gen_adapter.err"
