@@ -60,6 +60,14 @@ TEST(GgufKQuants, FilesEqualLlamaQuantizes) {
     export_gguf(hf, path, o);
     EXPECT_EQ(fingerprint(GgufFile(path)), g.fingerprint) << g.type << ": not the bytes llama-quantize writes";
   }
+  // Re-quantizing a GGUF file, as llama-quantize does: from our F32 export, the same bytes as from the directory.
+  GgufExportOptions o;
+  o.type = "f32";
+  o.quiet = true;
+  export_gguf(hf, dir + "/f32.gguf", o);
+  o.type = "q4_k_m";
+  export_gguf(dir + "/f32.gguf", dir + "/again.gguf", o);
+  EXPECT_EQ(fingerprint(GgufFile(dir + "/again.gguf")), kLlamaQuantize[5].fingerprint) << "q4_k_m from a GGUF";
 }
 
 // The 5-bit and k-quant formats on a seeded normal row with one outlier: the relative RMS error of the round trip

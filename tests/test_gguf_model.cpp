@@ -179,7 +179,7 @@ TEST(GgufModel, BadInputIsRefusedByName) {
   expect_error([&] { export_gguf(hf, dir + "/k.gguf", o); }, {"unknown GGUF type 'q3_k_m'", "q4_k_m"});
   EXPECT_FALSE(file_exists(dir + "/k.gguf"));
   // Commands that read Hugging Face directories name the GGUF file and say which ones read it.
-  expect_error([&] { resolve_model_dir(out); }, {out, "GGUF file", "dequantize read GGUF"});
+  expect_error([&] { resolve_model_dir(out); }, {out, "GGUF file", "dequantize and gguf read GGUF"});
   EXPECT_EQ(resolve_model_dir(out, "main", true), out);
   // An architecture we do not run, and a missing tensor, found when the file is opened as a model.
   GgufWriter w;

@@ -28,7 +28,8 @@ struct GgufArgs {
 void register_gguf(CLI::App& app) {
   auto a = std::make_shared<GgufArgs>();
   CLI::App* c = app.add_subcommand("gguf", "Write a model as one GGUF file for llama.cpp (f16, q8_0, q4_k_m, ...)");
-  c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit)")->required();
+  c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit), or a GGUF file to "
+                "re-quantize")->required();
   c->add_option("--out,-o", a->out, "output .gguf file")->required();
   c->add_option("--type,-t", a->type,
                 "file type: f32, f16, bf16, q8_0 (as convert_hf_to_gguf.py --outtype), q4_0, q4_1, q5_0, q5_1, "
@@ -51,7 +52,7 @@ void register_gguf(CLI::App& app) {
     o.overwrite = a->overwrite;
     o.quiet = a->quiet;
     o.pad_intermediate = a->pad_intermediate;
-    const GgufExportReport r = export_gguf(resolve_model_dir(a->model), a->out, o);
+    const GgufExportReport r = export_gguf(resolve_model_dir(a->model, "main", /*allow_gguf=*/true), a->out, o);
     std::string types;
     for (const auto& kv : r.types) types += (types.empty() ? "" : ", ") + std::to_string(kv.second) + " " + kv.first;
     std::printf("wrote %s: %s %s, %lld tensors (2-D: %s%s), %s, %.1fs\n", a->out.c_str(), r.arch.c_str(),

@@ -109,7 +109,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
   const QwenWeights& w = model.weights();
-  const Tokenizer tok = Tokenizer::from_dir(model_dir);
+  const Tokenizer tok = Tokenizer::from_model(model_dir);  // a GGUF source too (re-quantization)
   QWENQ_CHECK(c.rope.type == RopeType::Default || c.rope.type == RopeType::Linear,
               path_join(model_dir, "config.json") << ": rope_scaling of type " << rope_type_name(c.rope.type)
                                                   << " is not exported to GGUF yet (default and linear RoPE are)");
@@ -128,6 +128,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
     std::string d = model_dir;
     while (d.size() > 1 && d.back() == '/') d.pop_back();
     name = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".gguf") == 0) name.resize(name.size() - 5);
   }
   g.set("general.name", GgufValue::str(name));
   g.set("general.file_type", GgufValue::u32(ft.ftype));

@@ -48,6 +48,8 @@ struct GgufExportReport {
   double seconds = 0;
 };
 
+// `model_dir` may be a GGUF file too: its tensors are dequantized and quantized again (as llama-quantize re-quantizes;
+// from an F32/F16/BF16 file the result is what the directory it came from would give in that precision).
 GgufExportReport export_gguf(const std::string& model_dir, const std::string& out_path, const GgufExportOptions& o);
 
 // A GGUF file (o.model_dir) as a Hugging Face directory in o.dtype: every tensor dequantized (k-quants included) and

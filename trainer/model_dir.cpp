@@ -45,8 +45,8 @@ bool looks_like_repo_id(const std::string& s) {
 std::string resolve_model_dir(const std::string& spec, const std::string& revision, bool allow_gguf) {
   QWENQ_CHECK(!spec.empty(), "no model given (pass a directory or a Hugging Face repo id)");
   if (is_gguf_file(spec)) {
-    QWENQ_CHECK(allow_gguf, spec << ": a GGUF file; this command reads Hugging Face model directories (eval, generate and dequantize "
-                                    "read GGUF files; `qwen-quant gguf` writes them)");
+    QWENQ_CHECK(allow_gguf, spec << ": a GGUF file; this command reads Hugging Face model directories (eval, generate, "
+                                    "dequantize and gguf read GGUF files)");
     return spec;
   }
   QWENQ_CHECK(!file_exists(spec) || dir_exists(spec),
