@@ -8,7 +8,7 @@
    permuted with convert_hf_to_gguf's own formula, and every tensor's bytes against gguf.quants.quantize of the
    Hugging Face weight: bit for bit (Q4_0/Q5_0: up to 0.1 % of bytes, where gguf-py's float64 rounding differs from
    llama.cpp's fp32, which we follow: tests/test_gguf_kquants.cpp). The tokenizer keys: tokens = the vocabulary,
-   merges = merges.txt.
+   merges = merges.txt. `qwen-quant eval` of the F32 file gives the directory's perplexity exactly.
 2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant and 5-bit types we read but do not write (Q4_K,
    Q5_K, Q6_K, Q5_0, Q5_1; random blocks with sane scales) is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
@@ -188,7 +188,15 @@ for arch, d in models.items():
             check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
                                      f"{differ} of {len(b)} bytes (allowed {allowed})")
         check(set(tensors) == expected_names, f"{where}: extra tensors {sorted(set(tensors) - expected_names)}")
-    print(f"{arch}: {len(TYPES)} file types checked", flush=True)
+    # Read back: the F32 file scores exactly as the directory (Qwen3's q/k norms, Llama's q/k rows put back).
+    words = os.path.join(out, f"{arch}-words.txt")
+    open(words, "w").write(" ".join(f"word{i % 37} and more text" for i in range(300)))
+    ppl = []
+    for m in (d, os.path.join(out, f"{arch}-f32.gguf")):
+        ppl.append(json.loads(run([qq, "eval", "--model", m, "--data", words, "--seq-len", "128", "--json",
+                                   "--quiet"]))["perplexity"])
+    check(ppl[0] == ppl[1], f"{arch}: perplexity of the F32 GGUF {ppl[1]} != the directory's {ppl[0]}")
+    print(f"{arch}: {len(TYPES)} file types checked; perplexity {ppl[0]:.6f} from both", flush=True)
 
 # 2. Types we only read, in a file gguf-py writes: the k-quants need rows of 256 values.
 d256 = make_model("qwen2_256", Qwen2Config, Qwen2ForCausalLM, intermediate_size=512, num_attention_heads=4,
