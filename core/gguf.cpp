@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 
@@ -238,7 +239,59 @@ int64_t GgufTensor::numel() const {
   return n;
 }
 
+namespace {
+constexpr const char* kSplitNo = "split.no";
+constexpr const char* kSplitCount = "split.count";
+constexpr const char* kSplitTensors = "split.tensors.count";
+
+// "<prefix>-%05d-of-%05d.gguf" of split `no` (0-based) of `count`.
+std::string split_path(const std::string& prefix, int no, int count) {
+  char tail[40];
+  std::snprintf(tail, sizeof(tail), "-%05d-of-%05d.gguf", no + 1, count);
+  return prefix + tail;
+}
+}  // namespace
+
 GgufFile::GgufFile(const std::string& path) : path_(path) {
+  parse();
+  open_splits();
+}
+
+GgufFile::GgufFile(const std::string& path, int split_no) : path_(path) {
+  parse();
+  QWENQ_CHECK(has(kSplitNo) && get_int(kSplitNo) == split_no,
+              path_ << ": expected split " << split_no + 1 << " of a split model here ("
+                    << (has(kSplitNo) ? "its split.no is " + std::to_string(get_int(kSplitNo)) : std::string("no split.no"))
+                    << ")");
+}
+
+void GgufFile::open_splits() {
+  const int64_t count = get_int_or(kSplitCount, 0);
+  if (count <= 1) return;
+  QWENQ_CHECK(count <= 9999, path_ << ": split.count " << count << " is implausible");
+  QWENQ_CHECK(get_int_or(kSplitNo, -1) == 0, path_ << ": this is split " << get_int_or(kSplitNo, -1) + 1 << " of "
+                                                  << count << "; open the first file (-00001-of-...)");
+  const std::string tail = split_path("", 0, static_cast<int>(count));
+  QWENQ_CHECK(path_.size() > tail.size() && path_.compare(path_.size() - tail.size(), tail.size(), tail) == 0,
+              path_ << ": the first file of a split model must be named <prefix>" << tail);
+  const std::string prefix = path_.substr(0, path_.size() - tail.size());
+  for (int i = 1; i < count; ++i) {
+    const std::string p = split_path(prefix, i, static_cast<int>(count));
+    QWENQ_CHECK(file_exists(p), path_ << ": split " << i + 1 << " of " << count << " (" << p << ") is missing");
+    splits_.push_back(std::unique_ptr<GgufFile>(new GgufFile(p, i)));
+    for (const GgufTensor& t : splits_.back()->tensors_) {
+      QWENQ_CHECK(!index_.count(t.name), p << ": tensor '" << t.name << "' is also in another split");
+      index_[t.name] = tensors_.size();
+      tensors_.push_back(t);
+    }
+  }
+  QWENQ_CHECK(!has(kSplitTensors) || get_int(kSplitTensors) == static_cast<int64_t>(tensors_.size()),
+              path_ << ": split.tensors.count says " << get_int(kSplitTensors) << " tensors, the " << count
+                    << " files hold " << tensors_.size());
+}
+
+void GgufFile::parse() {
+  const std::string& path = path_;
   map_ = std::make_unique<MappedFile>(path);
   Cursor c(path_, map_->data(), map_->size());
   QWENQ_CHECK(map_->size() >= 4 && c.read<uint32_t>("magic") == kMagic,
@@ -388,6 +441,55 @@ uint64_t GgufWriter::payload_bytes() const {
   uint64_t n = 0;
   for (const Entry& e : tensors_) n += e.bytes;
   return n;
+}
+
+std::vector<std::string> GgufWriter::write_split(const std::string& path, uint64_t max_bytes,
+                                                 const std::function<void(size_t, size_t)>& on_tensor) const {
+  uint32_t alignment = kDefaultAlignment;
+  for (const auto& kv : kv_)
+    if (kv.first == "general.alignment") alignment = static_cast<uint32_t>(kv.second.i);
+  // Which file each tensor goes to: a new one when the next padded tensor would pass max_bytes.
+  std::vector<size_t> first = {0};
+  uint64_t cur = 0;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const uint64_t b = align_up(tensors_[i].bytes, alignment);
+    if (max_bytes > 0 && cur > 0 && cur + b > max_bytes) {
+      first.push_back(i);
+      cur = 0;
+    }
+    cur += b;
+  }
+  if (first.size() == 1) {
+    write(path, on_tensor);
+    return {path};
+  }
+  const int count = static_cast<int>(first.size());
+  QWENQ_CHECK(count <= 9999, "GGUF writer: " << count << " split files for " << path << "; raise the split size");
+  const std::string prefix =
+      path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 ? path.substr(0, path.size() - 5) : path;
+  first.push_back(tensors_.size());
+  std::vector<std::string> written;
+  try {
+    size_t done = 0;
+    for (int k = 0; k < count; ++k) {
+      GgufWriter part;
+      if (k == 0) part.kv_ = kv_;
+      part.set(kSplitNo, [k] { GgufValue v; v.type = GgufType::U16; v.i = k; return v; }());
+      part.set(kSplitCount, [count] { GgufValue v; v.type = GgufType::U16; v.i = count; return v; }());
+      part.set(kSplitTensors, GgufValue::i32(static_cast<int32_t>(tensors_.size())));
+      if (k > 0 && alignment != kDefaultAlignment) part.set("general.alignment", GgufValue::u32(alignment));
+      for (size_t i = first[k]; i < first[k + 1]; ++i) part.tensors_.push_back(tensors_[i]);
+      const std::string p = split_path(prefix, k, count);
+      part.write(p, [&](size_t, size_t) {
+        if (on_tensor) on_tensor(++done, tensors_.size());
+      });
+      written.push_back(p);
+    }
+  } catch (...) {
+    for (const std::string& p : written) std::remove(p.c_str());
+    throw;
+  }
+  return written;
 }
 
 void GgufWriter::write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor) const {

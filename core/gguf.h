@@ -9,6 +9,9 @@
 //     [N, K] weight is ne = {K, N}), u32 ggml type, u64 offset from the start of the data section,
 //   zero padding to `general.alignment` (u32, default 32), then the data section, each tensor starting at an
 //   offset that is a multiple of the alignment (the writer pads between tensors and after the last one).
+// Split files (llama.cpp's gguf-split): "<prefix>-00001-of-0000N.gguf" .. "-0000N-of-0000N.gguf", the first holding
+// every metadata key, each "split.no" (u16, 0-based), "split.count" (u16) and "split.tensors.count" (i32, the total),
+// each file's tensors relative to its own data section. Opening the first file opens all of them as one.
 // The reader maps the file and checks everything before handing out a tensor (sizes from the ggml type's block
 // size and bytes per block, every tensor inside the file, aligned, none overlapping); every error names the file.
 // The writer streams: the header goes first (every tensor's size follows from its type and shape), then each
@@ -91,7 +94,8 @@ bool is_gguf_file(const std::string& path);
 
 class GgufFile {
  public:
-  explicit GgufFile(const std::string& path);  // throws qwenq::Error naming the file
+  // Throws qwenq::Error naming the file. The first file of a split model brings the others (named as above, beside it).
+  explicit GgufFile(const std::string& path);
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
@@ -109,7 +113,8 @@ class GgufFile {
   int64_t get_int_or(const std::string& key, int64_t fallback) const;
   double get_float_or(const std::string& key, double fallback) const;
 
-  const std::vector<GgufTensor>& tensors() const { return tensors_; }  // in file order
+  const std::vector<GgufTensor>& tensors() const { return tensors_; }  // in file order (all splits, in order)
+  int split_count() const { return static_cast<int>(splits_.size()) + 1; }
   bool has_tensor(const std::string& name) const { return index_.count(name) != 0; }
   const GgufTensor& tensor(const std::string& name) const;  // throws naming file and tensor
 
@@ -121,6 +126,11 @@ class GgufFile {
   std::map<std::string, GgufValue> kv_;
   std::vector<GgufTensor> tensors_;
   std::map<std::string, size_t> index_;
+  std::vector<std::unique_ptr<GgufFile>> splits_;  // the other files of a split model
+
+  GgufFile(const std::string& path, int split_no);  // one file of a split model: its split.no must be split_no
+  void parse();
+  void open_splits();
 };
 
 class GgufWriter {
@@ -135,6 +145,12 @@ class GgufWriter {
   size_t tensor_count() const { return tensors_.size(); }
   // Writes "<path>.tmp.<pid>", then renames it onto `path`. `on_tensor(i, n)` is called after each tensor.
   void write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor = {}) const;
+  // With max_bytes > 0 and more tensor data than that: split files as gguf-split --split-max-size writes them (a new
+  // file when the next tensor, padded, would pass max_bytes; the metadata in the first), named from `path`
+  // ("m.gguf" -> "m-00001-of-00003.gguf", ...). Else write(path). Returns the paths written; on a failure the files
+  // already written are removed.
+  std::vector<std::string> write_split(const std::string& path, uint64_t max_bytes,
+                                       const std::function<void(size_t, size_t)>& on_tensor = {}) const;
 
  private:
   struct Entry {

@@ -155,6 +155,36 @@ TEST(Gguf, CorruptHeadersAreRefusedByName) {
   EXPECT_NE(error_after_patch(path, v_type, u32le(2)).find("not a multiple of its block 32"), std::string::npos);
 }
 
+// Split files as gguf-split writes them: the metadata in the first, split.no / split.count (u16) and
+// split.tensors.count (i32, the total) in every one; the first file opens them all.
+TEST(Gguf, SplitFilesOpenAsOne) {
+  const std::string dir = test::scratch_dir();
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("qwen2"));
+  std::vector<std::vector<float>> values;
+  for (int i = 0; i < 5; ++i) values.push_back(seeded(64, 10 + i));
+  for (int i = 0; i < 5; ++i)
+    w.add_tensor("t" + std::to_string(i), GgmlType::F32, {64}, [&values, i] { return as_bytes(values[i]); });
+  // 256 bytes each: at most 600 bytes a file -> 2 + 2 + 1 tensors.
+  const std::vector<std::string> files = w.write_split(dir + "/m.gguf", 600);
+  ASSERT_EQ(files, (std::vector<std::string>{dir + "/m-00001-of-00003.gguf", dir + "/m-00002-of-00003.gguf",
+                                             dir + "/m-00003-of-00003.gguf"}));
+  GgufFile f(files[0]);
+  EXPECT_EQ(f.split_count(), 3);
+  ASSERT_EQ(f.tensors().size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(std::memcmp(f.tensor("t" + std::to_string(i)).data, values[i].data(), 256), 0);
+  EXPECT_EQ(f.get("split.count").type, GgufType::U16);
+  EXPECT_EQ(f.get("split.tensors.count").type, GgufType::I32);
+  EXPECT_EQ(f.get_int("split.tensors.count"), 5);
+  EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
+  expect_error([&] { GgufFile g(files[1]); }, {files[1], "split 2 of 3", "open the first file"});
+  std::remove(files[2].c_str());
+  expect_error([&] { GgufFile g(files[0]); }, {files[0], "split 3 of 3", "is missing"});
+  // One file when everything fits: no split keys.
+  EXPECT_EQ(w.write_split(dir + "/one.gguf", 1 << 20), std::vector<std::string>{dir + "/one.gguf"});
+  EXPECT_FALSE(GgufFile(dir + "/one.gguf").has("split.count"));
+}
+
 TEST(Gguf, WriterRefusesWrongSizesAndLeavesNoFile) {
   const std::string dir = test::scratch_dir();
   GgufWriter w;

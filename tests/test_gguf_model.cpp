@@ -150,6 +150,25 @@ TEST(GgufModel, RandomModelRoundTripsEveryType) {
   }
 }
 
+TEST(GgufModel, SplitFilesLoadAsOneModel) {
+  const std::string dir = test::scratch_dir();
+  const std::string hf = test::make_tiny_model(dir + "/hf", 14);
+  GgufExportOptions o;
+  o.type = "q8_0";
+  o.quiet = true;
+  o.split_max_bytes = 40000;
+  const GgufExportReport r = export_gguf(hf, dir + "/m.gguf", o);
+  ASSERT_GT(r.files.size(), 2u);
+  EXPECT_EQ(r.files[0], dir + "/m-00001-of-0000" + std::to_string(r.files.size()) + ".gguf");
+  o.split_max_bytes = 0;
+  export_gguf(hf, dir + "/one.gguf", o);
+  const QwenModel a(dir + "/one.gguf"), b(r.files[0]);
+  const PackedBatch batch = test::random_batch({10, 5}, a.config().vocab_size, 9);
+  EXPECT_EQ(b.forward_logits(batch), a.forward_logits(batch));
+  o.split_max_bytes = 40000;
+  expect_error([&] { export_gguf(hf, dir + "/m.gguf", o); }, {r.files[0], "already exists", "--overwrite"});
+}
+
 TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_tiny_model(dir + "/hf", 13);

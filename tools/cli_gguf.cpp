@@ -20,6 +20,7 @@ namespace {
 struct GgufArgs {
   std::string model, out, type = "q8_0", name;
   bool overwrite = false, quiet = false, pad_intermediate = false;
+  double split_gb = 0;
   CommonOptions common;
 };
 
@@ -36,6 +37,10 @@ void register_gguf(CLI::App& app) {
                 "q4_k_s, q4_k_m, q5_k_m, q6_k (as llama-quantize without an importance matrix)")
       ->check(CLI::IsMember(gguf_file_type_list()))
       ->capture_default_str();
+  c->add_option("--split-max-size", a->split_gb,
+                "split into files of at most this many GB of tensors (model-00001-of-0000N.gguf ..., as gguf-split; "
+                "llama.cpp loads the first); 0: one file")
+      ->check(at_least(0, "NONNEGATIVE"));
   c->add_option("--name", a->name, "general.name (default: the model directory's name)");
   c->add_flag("--overwrite", a->overwrite, "replace an existing output file");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
@@ -52,10 +57,14 @@ void register_gguf(CLI::App& app) {
     o.overwrite = a->overwrite;
     o.quiet = a->quiet;
     o.pad_intermediate = a->pad_intermediate;
+    o.split_max_bytes = static_cast<uint64_t>(a->split_gb * 1e9);
     const GgufExportReport r = export_gguf(resolve_model_dir(a->model, "main", /*allow_gguf=*/true), a->out, o);
     std::string types;
     for (const auto& kv : r.types) types += (types.empty() ? "" : ", ") + std::to_string(kv.second) + " " + kv.first;
-    std::printf("wrote %s: %s %s, %lld tensors (2-D: %s%s), %s, %.1fs\n", a->out.c_str(), r.arch.c_str(),
+    const std::string where = r.files.size() == 1 ? r.files[0]
+                                                  : r.files[0] + " .. " + r.files.back() + " (" +
+                                                        std::to_string(r.files.size()) + " files)";
+    std::printf("wrote %s: %s %s, %lld tensors (2-D: %s%s), %s, %.1fs\n", where.c_str(), r.arch.c_str(),
                 a->type.c_str(), (long long)r.tensors, types.c_str(),
                 r.fallbacks ? ("; " + std::to_string(r.fallbacks) + " by row length").c_str() : "",
                 format_bytes(r.bytes).c_str(), r.seconds);

@@ -106,6 +106,15 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   const auto t0 = std::chrono::steady_clock::now();
   const GgufFileType& ft = gguf_file_type(o.type);
   QWENQ_CHECK(o.overwrite || !file_exists(out_path), out_path << ": already exists (pass --overwrite to replace it)");
+  if (o.split_max_bytes > 0 && !o.overwrite) {  // split files of an earlier run: "<prefix>-00001-of-*.gguf"
+    const std::string prefix = out_path.size() > 5 && out_path.compare(out_path.size() - 5, 5, ".gguf") == 0
+                                   ? out_path.substr(0, out_path.size() - 5) : out_path;
+    for (int n = 2; n <= 99; ++n) {
+      char tail[40];
+      std::snprintf(tail, sizeof(tail), "-00001-of-%05d.gguf", n);
+      QWENQ_CHECK(!file_exists(prefix + tail), prefix + tail << ": already exists (pass --overwrite to replace it)");
+    }
+  }
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
   const QwenWeights& w = model.weights();
@@ -236,17 +245,17 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   rep.tensors = 0;
   Progress progress("gguf " + std::string(ft.name),
                     static_cast<int64_t>(g.tensor_count()), "tensors", o.quiet);
-  g.write(out_path, [&](size_t done, size_t total) {
+  rep.files = g.write_split(out_path, o.split_max_bytes, [&](size_t done, size_t total) {
     rep.tensors = static_cast<int64_t>(total);
     progress.update(static_cast<int64_t>(done));
   });
   progress.finish();
   rep.bytes = 0;
-  {
-    std::FILE* fp = std::fopen(out_path.c_str(), "rb");
+  for (const std::string& f : rep.files) {
+    std::FILE* fp = std::fopen(f.c_str(), "rb");
     if (fp) {
       std::fseek(fp, 0, SEEK_END);
-      rep.bytes = static_cast<uint64_t>(std::ftell(fp));
+      rep.bytes += static_cast<uint64_t>(std::ftell(fp));
       std::fclose(fp);
     }
   }

@@ -36,6 +36,9 @@ struct GgufExportOptions {
   // silu(0)·0 = 0), so that ffn_down's rows split into blocks instead of falling back (stories260K: 172 -> 192, or
   // 256 for k-quants), as the other formats' --pad-intermediate.
   bool pad_intermediate = false;
+  // > 0: split files of at most this many bytes of tensor data each ("m-00001-of-0000N.gguf" ...; gguf-split's
+  // --split-max-size), e.g. under the Hugging Face Hub's 50 GB per file.
+  uint64_t split_max_bytes = 0;
 };
 
 struct GgufExportReport {
@@ -44,7 +47,8 @@ struct GgufExportReport {
   int64_t fallbacks = 0;      // 2-D tensors whose rows forced another type than the rules' (e.g. F16 for rows of 172)
   std::map<std::string, int64_t> types;  // ggml type name -> 2-D tensors of that type
   int64_t intermediate = 0;   // the MLP width written (padded or not)
-  uint64_t bytes = 0;         // file size
+  uint64_t bytes = 0;         // file size (all files)
+  std::vector<std::string> files;  // the one file, or the split files in order
   double seconds = 0;
 };
 

@@ -9,6 +9,7 @@
    Hugging Face weight: bit for bit (Q4_0/Q5_0: up to 0.1 % of bytes, where gguf-py's float64 rounding differs from
    llama.cpp's fp32, which we follow: tests/test_gguf_kquants.cpp). The tokenizer keys: tokens = the vocabulary,
    merges = merges.txt. `qwen-quant eval` of the F32 file gives the directory's perplexity exactly.
+   `--split-max-size` writes gguf-split's layout (checked with gguf-py: key types, metadata in the first file, tensors).
 2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant and 5-bit types we read but do not write (Q4_K,
    Q5_K, Q6_K, Q5_0, Q5_1; random blocks with sane scales) is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
@@ -197,6 +198,32 @@ for arch, d in models.items():
                                    "--quiet"]))["perplexity"])
     check(ppl[0] == ppl[1], f"{arch}: perplexity of the F32 GGUF {ppl[1]} != the directory's {ppl[0]}")
     print(f"{arch}: {len(TYPES)} file types checked; perplexity {ppl[0]:.6f} from both", flush=True)
+
+# Split files (--split-max-size, gguf-split's layout): gguf-py reads each; the keys' types are llama.cpp's (u16, u16,
+# i32), the metadata only in the first, and the tensors of all files are the single file's, byte for byte.
+single = GGUFReader(os.path.join(out, "qwen2-q8_0.gguf"))
+prefix = os.path.join(out, "qwen2-q8_0-split")
+for f in os.listdir(out):
+    if f.startswith("qwen2-q8_0-split-"):
+        os.remove(os.path.join(out, f))
+run([qq, "gguf", "--model", models["qwen2"], "--out", prefix + ".gguf", "--type", "q8_0", "--split-max-size", "0.00004",
+     "--quiet"])
+parts = sorted(f for f in os.listdir(out) if f.startswith("qwen2-q8_0-split-"))
+n = len(parts)
+check(n > 2 and parts[0] == f"qwen2-q8_0-split-00001-of-{n:05d}.gguf", f"split names {parts}")
+seen = {}
+for i, name in enumerate(parts):
+    r = GGUFReader(os.path.join(out, name))
+    for key, want_type, want in (("split.no", gguf.GGUFValueType.UINT16, i),
+                                 ("split.count", gguf.GGUFValueType.UINT16, n),
+                                 ("split.tensors.count", gguf.GGUFValueType.INT32, len(single.tensors))):
+        fld = r.fields.get(key)
+        check(fld is not None and fld.types[0] == want_type and fld.contents() == want, f"{name}: {key}")
+    check(("general.architecture" in r.fields) == (i == 0), f"{name}: metadata only in the first file")
+    for t in r.tensors:
+        seen[t.name] = np.asarray(t.data).tobytes()
+check(seen == {t.name: np.asarray(t.data).tobytes() for t in single.tensors}, "split tensors differ from the single file's")
+print(f"split: {n} files, {len(seen)} tensors", flush=True)
 
 # 2. Types we only read, in a file gguf-py writes: the k-quants need rows of 256 values.
 d256 = make_model("qwen2_256", Qwen2Config, Qwen2ForCausalLM, intermediate_size=512, num_attention_heads=4,
