@@ -182,6 +182,7 @@ const char* gguf_type_name(GgufType t) {
 
 GgufValue GgufValue::u32(uint32_t v) { GgufValue x; x.type = GgufType::U32; x.i = v; return x; }
 GgufValue GgufValue::i32(int32_t v) { GgufValue x; x.type = GgufType::I32; x.i = v; return x; }
+GgufValue GgufValue::u16(uint16_t v) { GgufValue x; x.type = GgufType::U16; x.i = v; return x; }
 GgufValue GgufValue::u64(uint64_t v) { GgufValue x; x.type = GgufType::U64; x.i = static_cast<int64_t>(v); return x; }
 GgufValue GgufValue::f32(float v) { GgufValue x; x.type = GgufType::F32; x.f = v; return x; }
 GgufValue GgufValue::boolean(bool v) { GgufValue x; x.type = GgufType::BOOL; x.i = v; return x; }
@@ -206,17 +207,6 @@ const GgmlTypeInfo* ggml_type_info(uint32_t type) {
   return nullptr;
 }
 
-GgmlType parse_ggml_type(const std::string& name) {
-  std::string up;
-  for (char ch : name) up += static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-  std::string known;
-  for (const TypeRow& r : kTypes) {
-    if (up == r.info.name) return static_cast<GgmlType>(r.id);
-    known += std::string(known.empty() ? "" : ", ") + r.info.name;
-  }
-  QWENQ_FAIL("unknown ggml type '" << name << "'; known: " << known);
-}
-
 uint64_t ggml_row_bytes(GgmlType t, int64_t n) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
   QWENQ_CHECK(info != nullptr, "ggml type " << static_cast<uint32_t>(t) << " is not known");
@@ -239,17 +229,21 @@ int64_t GgufTensor::numel() const {
   return n;
 }
 
-namespace {
-constexpr const char* kSplitNo = "split.no";
-constexpr const char* kSplitCount = "split.count";
-constexpr const char* kSplitTensors = "split.tensors.count";
-
-// "<prefix>-%05d-of-%05d.gguf" of split `no` (0-based) of `count`.
-std::string split_path(const std::string& prefix, int no, int count) {
+std::string gguf_split_path(const std::string& prefix, int no, int count) {
   char tail[40];
   std::snprintf(tail, sizeof(tail), "-%05d-of-%05d.gguf", no + 1, count);
   return prefix + tail;
 }
+
+std::string gguf_path_prefix(const std::string& path) {
+  const bool ext = path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+  return ext ? path.substr(0, path.size() - 5) : path;
+}
+
+namespace {
+constexpr const char* kSplitNo = "split.no";
+constexpr const char* kSplitCount = "split.count";
+constexpr const char* kSplitTensors = "split.tensors.count";
 }  // namespace
 
 GgufFile::GgufFile(const std::string& path) : path_(path) {
@@ -271,12 +265,12 @@ void GgufFile::open_splits() {
   QWENQ_CHECK(count <= 9999, path_ << ": split.count " << count << " is implausible");
   QWENQ_CHECK(get_int_or(kSplitNo, -1) == 0, path_ << ": this is split " << get_int_or(kSplitNo, -1) + 1 << " of "
                                                   << count << "; open the first file (-00001-of-...)");
-  const std::string tail = split_path("", 0, static_cast<int>(count));
+  const std::string tail = gguf_split_path("", 0, static_cast<int>(count));
   QWENQ_CHECK(path_.size() > tail.size() && path_.compare(path_.size() - tail.size(), tail.size(), tail) == 0,
               path_ << ": the first file of a split model must be named <prefix>" << tail);
   const std::string prefix = path_.substr(0, path_.size() - tail.size());
   for (int i = 1; i < count; ++i) {
-    const std::string p = split_path(prefix, i, static_cast<int>(count));
+    const std::string p = gguf_split_path(prefix, i, static_cast<int>(count));
     QWENQ_CHECK(file_exists(p), path_ << ": split " << i + 1 << " of " << count << " (" << p << ") is missing");
     splits_.push_back(std::unique_ptr<GgufFile>(new GgufFile(p, i)));
     for (const GgufTensor& t : splits_.back()->tensors_) {
@@ -443,11 +437,15 @@ uint64_t GgufWriter::payload_bytes() const {
   return n;
 }
 
+uint32_t GgufWriter::alignment() const {
+  for (const auto& kv : kv_)
+    if (kv.first == "general.alignment") return static_cast<uint32_t>(kv.second.i);
+  return kDefaultAlignment;
+}
+
 std::vector<std::string> GgufWriter::write_split(const std::string& path, uint64_t max_bytes,
                                                  const std::function<void(size_t, size_t)>& on_tensor) const {
-  uint32_t alignment = kDefaultAlignment;
-  for (const auto& kv : kv_)
-    if (kv.first == "general.alignment") alignment = static_cast<uint32_t>(kv.second.i);
+  const uint32_t alignment = this->alignment();
   // Which file each tensor goes to: a new one when the next padded tensor would pass max_bytes.
   std::vector<size_t> first = {0};
   uint64_t cur = 0;
@@ -465,8 +463,7 @@ std::vector<std::string> GgufWriter::write_split(const std::string& path, uint64
   }
   const int count = static_cast<int>(first.size());
   QWENQ_CHECK(count <= 9999, "GGUF writer: " << count << " split files for " << path << "; raise the split size");
-  const std::string prefix =
-      path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 ? path.substr(0, path.size() - 5) : path;
+  const std::string prefix = gguf_path_prefix(path);
   first.push_back(tensors_.size());
   std::vector<std::string> written;
   try {
@@ -474,12 +471,12 @@ std::vector<std::string> GgufWriter::write_split(const std::string& path, uint64
     for (int k = 0; k < count; ++k) {
       GgufWriter part;
       if (k == 0) part.kv_ = kv_;
-      part.set(kSplitNo, [k] { GgufValue v; v.type = GgufType::U16; v.i = k; return v; }());
-      part.set(kSplitCount, [count] { GgufValue v; v.type = GgufType::U16; v.i = count; return v; }());
+      part.set(kSplitNo, GgufValue::u16(static_cast<uint16_t>(k)));
+      part.set(kSplitCount, GgufValue::u16(static_cast<uint16_t>(count)));
       part.set(kSplitTensors, GgufValue::i32(static_cast<int32_t>(tensors_.size())));
       if (k > 0 && alignment != kDefaultAlignment) part.set("general.alignment", GgufValue::u32(alignment));
       for (size_t i = first[k]; i < first[k + 1]; ++i) part.tensors_.push_back(tensors_[i]);
-      const std::string p = split_path(prefix, k, count);
+      const std::string p = gguf_split_path(prefix, k, count);
       part.write(p, [&](size_t, size_t) {
         if (on_tensor) on_tensor(++done, tensors_.size());
       });
@@ -493,9 +490,7 @@ std::vector<std::string> GgufWriter::write_split(const std::string& path, uint64
 }
 
 void GgufWriter::write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor) const {
-  uint32_t alignment = kDefaultAlignment;
-  for (const auto& kv : kv_)
-    if (kv.first == "general.alignment") alignment = static_cast<uint32_t>(kv.second.i);
+  const uint32_t alignment = this->alignment();
   std::vector<uint8_t> head;
   put<uint32_t>(head, kMagic);
   put<uint32_t>(head, 3);

@@ -50,6 +50,7 @@ struct GgufValue {
 
   static GgufValue u32(uint32_t v);
   static GgufValue i32(int32_t v);
+  static GgufValue u16(uint16_t v);
   static GgufValue u64(uint64_t v);
   static GgufValue f32(float v);
   static GgufValue boolean(bool v);
@@ -74,8 +75,6 @@ struct GgmlTypeInfo {
 };
 // nullptr for a type id this table does not know.
 const GgmlTypeInfo* ggml_type_info(uint32_t type);
-// "q4_0" / "Q4_0" / "f16" ...; throws listing the names for anything else.
-GgmlType parse_ggml_type(const std::string& name);
 // Bytes of `n` values (n a multiple of the block size; throws otherwise).
 uint64_t ggml_row_bytes(GgmlType t, int64_t n);
 
@@ -91,6 +90,10 @@ struct GgufTensor {
 
 // True when `path` is a regular file that starts with the GGUF magic.
 bool is_gguf_file(const std::string& path);
+// The name of split `no` (0-based) of `count`: "<prefix>-%05d-of-%05d.gguf" (llama.cpp's llama_split_path).
+std::string gguf_split_path(const std::string& prefix, int no, int count);
+// `path` without a trailing ".gguf" (the prefix split files are named from).
+std::string gguf_path_prefix(const std::string& path);
 
 class GgufFile {
  public:
@@ -160,6 +163,7 @@ class GgufWriter {
     std::function<std::vector<uint8_t>()> produce;
     uint64_t bytes;
   };
+  uint32_t alignment() const;  // general.alignment when set, else 32
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Entry> tensors_;
 };

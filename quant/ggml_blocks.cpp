@@ -144,7 +144,7 @@ void dequantize_q6_k(const uint8_t* in, float* y) {
 
 }  // namespace
 
-bool ggml_can_quantize(GgmlType t) {
+bool ggml_type_supported(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0: case GgmlType::Q4_0:
     case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K:
@@ -153,11 +153,9 @@ bool ggml_can_quantize(GgmlType t) {
   }
 }
 
-bool ggml_can_dequantize(GgmlType t) { return ggml_can_quantize(t); }
-
 void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
-  QWENQ_CHECK(info && ggml_can_quantize(t), "quantizing to ggml type " << (info ? info->name : "?") << " is not supported");
+  QWENQ_CHECK(info && ggml_type_supported(t), "quantizing to ggml type " << (info ? info->name : "?") << " is not supported");
   QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
   switch (t) {
     case GgmlType::F32: std::memcpy(out, x, n * 4); return;
@@ -187,7 +185,7 @@ void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
 
 void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
-  QWENQ_CHECK(info && ggml_can_dequantize(t), "reading ggml type " << (info ? info->name : "?") << " is not supported");
+  QWENQ_CHECK(info && ggml_type_supported(t), "reading ggml type " << (info ? info->name : "?") << " is not supported");
   QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
   switch (t) {
     case GgmlType::F32: std::memcpy(y, in, n * 4); return;
@@ -225,24 +223,24 @@ std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int
 }
 
 std::vector<float> dequantize_ggml(const GgufTensor& t) {
-  const int64_t n = t.ne[0], rows = t.rows();
-  const uint64_t row_bytes = ggml_row_bytes(t.type, n);
-  std::vector<float> out(static_cast<size_t>(n * rows));
-  parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) dequantize_ggml_row(t.type, t.data + r * row_bytes, n, out.data() + r * n);
+  return dequantize_ggml_linear({t.type, t.data, t.rows(), t.ne[0], 0});
+}
+
+void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t, const float*)>& sink) {
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
+    std::vector<float> row(static_cast<size_t>(w.K));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
+      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, row.data());
+      sink(r, row.data());
+    }
   });
-  return out;
 }
 
 std::vector<float> dequantize_ggml_linear(const GgmlLinear& w) {
-  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
   std::vector<float> out(static_cast<size_t>(w.N * w.K));
-  parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t src = w.interleaved_heads > 0 ? rope_interleaved_row(r, w.head_dim) : r;
-      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out.data() + r * w.K);
-    }
-  });
+  dequantize_ggml_rows(w, [&](int64_t r, const float* v) { std::copy(v, v + w.K, out.begin() + r * w.K); });
   return out;
 }
 

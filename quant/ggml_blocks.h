@@ -19,16 +19,16 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/gguf.h"
 
 namespace qwenq {
 
-// True for the types quantize_ggml_row can produce and dequantize_ggml_row read: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (the 5-bit and k-quant quantizers: quant/ggml_kquants.h).
-bool ggml_can_quantize(GgmlType t);
-bool ggml_can_dequantize(GgmlType t);
+// True for the types quantize_ggml_row writes and dequantize_ggml_row reads (the same set): F32, F16, BF16, Q8_0,
+// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (the 5-bit and k-quant quantizers: quant/ggml_kquants.h).
+bool ggml_type_supported(GgmlType t);
 
 // x[n] -> out (ggml_row_bytes(t, n) bytes); n a multiple of the type's block size.
 void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out);
@@ -40,15 +40,18 @@ std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int
 // A whole tensor's values (numel of it), rows in parallel.
 std::vector<float> dequantize_ggml(const GgufTensor& t);
 
-// A Linear weight [N, K] stored as N ggml rows of K values in a mapped GGUF file. `interleaved_heads` > 0 (the q
-// and k of llama.cpp's "llama" architecture) means the rows of each head of `head_dim` rows hold the RoPE pairs
-// interleaved (2i, 2i+1), and dequantize_ggml_linear puts them back in rotate-half order (i, D/2 + i).
+// A Linear weight [N, K] stored as N ggml rows of K values in a mapped GGUF file. `rope_head_dim` D > 0 (the q and k
+// of llama.cpp's "llama" architecture) means the rows of each head of D rows hold the RoPE pairs interleaved
+// (2i, 2i+1); reading puts them back in rotate-half order (i, D/2 + i).
 struct GgmlLinear {
   GgmlType type = GgmlType::F32;
   const uint8_t* data = nullptr;
   int64_t N = 0, K = 0;
-  int64_t interleaved_heads = 0, head_dim = 0;
+  int64_t rope_head_dim = 0;
 };
+// Row r (Hugging Face order) of w dequantized, for every r in parallel: sink(r, values[K]) (values valid during the
+// call), for writers that convert row by row instead of holding the fp32 matrix.
+void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t, const float*)>& sink);
 // The fp32 [N, K] values in Hugging Face row order.
 std::vector<float> dequantize_ggml_linear(const GgmlLinear& w);
 // Row r of a [heads * D, K] rotate-half weight is stored at row rope_interleaved_row(r, D) of the interleaved one.

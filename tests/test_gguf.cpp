@@ -270,10 +270,7 @@ TEST(GgmlBlocks, ErrorWithinOneStepOnRealisticRows) {
   }
 }
 
-TEST(GgmlBlocks, ParsesTypeNamesAndRefusesOthers) {
-  EXPECT_EQ(parse_ggml_type("q4_0"), GgmlType::Q4_0);
-  EXPECT_EQ(parse_ggml_type("BF16"), GgmlType::BF16);
-  expect_error([] { parse_ggml_type("q3_k_m"); }, {"q3_k_m", "Q4_0", "Q8_0"});
+TEST(GgmlBlocks, RefusesTypesItDoesNotHandle) {
   std::vector<float> x(256, 1.0f);
   std::vector<uint8_t> b(144);
   expect_error([&] { quantize_ggml_row(GgmlType::Q3_K, x.data(), 256, b.data()); }, "Q3_K");

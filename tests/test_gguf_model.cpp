@@ -146,7 +146,9 @@ TEST(GgufModel, RandomModelRoundTripsEveryType) {
     for (size_t i = 0; i < got.size(); ++i) err += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
     const double rel = std::sqrt(err / got.size()) / ref_rms;
     EXPECT_LE(rel, c.max_rel) << name;
-    if (name != "f32") EXPECT_GT(rel, 0.0) << name << ": no rounding at all?";
+    if (name != "f32") {
+      EXPECT_GT(rel, 0.0) << name << ": no rounding at all?";
+    }
   }
 }
 

@@ -27,9 +27,9 @@ std::string blk(int64_t l, const std::string& what) { return "blk." + std::to_st
 
 // Rows of a rotate-half [heads * D, K] matrix reordered into llama.cpp's interleaved pairs (convert_hf_to_gguf's
 // LlamaModel.permute): interleaved row rope_interleaved_row(r, D) takes row r.
-std::vector<float> interleave_rope_rows(const std::vector<float>& W, int64_t rows, int64_t K, int64_t D) {
+std::vector<float> interleave_rope_rows(const std::vector<float>& W, int64_t K, int64_t D) {
   std::vector<float> out(W.size());
-  for (int64_t r = 0; r < rows; ++r)
+  for (int64_t r = 0; r < static_cast<int64_t>(W.size()) / K; ++r)
     std::copy(W.begin() + r * K, W.begin() + (r + 1) * K, out.begin() + rope_interleaved_row(r, D) * K);
   return out;
 }
@@ -72,9 +72,8 @@ std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
     v.push_back({blk(l, "attn_norm.weight"), p + "input_layernorm.weight", {C}, 0});
     for (int t = 0; t < 7; ++t) {
       const DecoderLinear& d = kDecoderLinears[t];
-      const int64_t heads = llama && t < 2 ? (t == 0 ? c.num_heads : c.num_kv_heads) : 0;
       v.push_back({blk(l, std::string(kLinearNames[t]) + ".weight"), p + d.name + ".weight",
-                   {decoder_linear_outputs(c, d), block_linear_inputs(c, d.group)}, heads});
+                   {decoder_linear_outputs(c, d), block_linear_inputs(c, d.group)}, llama && t < 2 ? c.head_dim : 0});
       if (t < 3 && c.qkv_bias)
         v.push_back({blk(l, std::string(kLinearNames[t]) + ".bias"), p + d.name + ".bias",
                      {decoder_linear_outputs(c, d)}, 0});
@@ -97,7 +96,7 @@ void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t) {
   QWENQ_CHECK(x.numel() == n && x.ne[0] == t.shape.back(),
               f.path() << ": tensor '" << t.gguf << "' has ne " << shape_str(x.ne) << " but the metadata implies "
                        << shape_str(t.shape) << " (torch order; ne lists the row length first)");
-  QWENQ_CHECK(ggml_can_dequantize(x.type), f.path() << ": tensor '" << t.gguf << "' has type "
+  QWENQ_CHECK(ggml_type_supported(x.type), f.path() << ": tensor '" << t.gguf << "' has type "
                                                     << ggml_type_info(static_cast<uint32_t>(x.type))->name
                                                     << ", which qwenq cannot read yet");
 }
@@ -107,12 +106,9 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   const GgufFileType& ft = gguf_file_type(o.type);
   QWENQ_CHECK(o.overwrite || !file_exists(out_path), out_path << ": already exists (pass --overwrite to replace it)");
   if (o.split_max_bytes > 0 && !o.overwrite) {  // split files of an earlier run: "<prefix>-00001-of-*.gguf"
-    const std::string prefix = out_path.size() > 5 && out_path.compare(out_path.size() - 5, 5, ".gguf") == 0
-                                   ? out_path.substr(0, out_path.size() - 5) : out_path;
     for (int n = 2; n <= 99; ++n) {
-      char tail[40];
-      std::snprintf(tail, sizeof(tail), "-00001-of-%05d.gguf", n);
-      QWENQ_CHECK(!file_exists(prefix + tail), prefix + tail << ": already exists (pass --overwrite to replace it)");
+      const std::string first = gguf_split_path(gguf_path_prefix(out_path), 0, n);
+      QWENQ_CHECK(!file_exists(first), first << ": already exists (pass --overwrite to replace it)");
     }
   }
   QwenModel model(model_dir);
@@ -136,8 +132,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   if (name.empty()) {
     std::string d = model_dir;
     while (d.size() > 1 && d.back() == '/') d.pop_back();
-    name = d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1);
-    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".gguf") == 0) name.resize(name.size() - 5);
+    name = gguf_path_prefix(d.substr(d.find_last_of('/') == std::string::npos ? 0 : d.find_last_of('/') + 1));
   }
   g.set("general.name", GgufValue::str(name));
   g.set("general.file_type", GgufValue::u32(ft.ftype));
@@ -217,15 +212,14 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
     add_vector(blk(l, "attn_norm.weight"), L.input_norm);
     for (int t = 0; t < 7; ++t) {
       const LinearWeight& lw = layer_linear(L, t);
-      const int64_t heads = t == 0 ? c.num_heads : c.num_kv_heads;
       const bool permute = llama && t < 2;
       const int64_t N2 = (t == 4 || t == 5) ? I2 : lw.N, K2 = t == 6 ? I2 : lw.K;
       const GgufRole role = t == 2 ? GgufRole::AttnV : t == 6 ? GgufRole::FfnDown : GgufRole::OtherLinear;
       add_matrix(blk(l, std::string(kLinearNames[t]) + ".weight"), type_of(role, l, K2), N2, K2,
-                 [&lw, permute, heads, &c, N2, K2] {
+                 [&lw, permute, &c, N2, K2] {
                    std::vector<float> W = lw.dequantize();
                    if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
-                   if (permute) W = interleave_rope_rows(W, heads * c.head_dim, lw.K, c.head_dim);
+                   if (permute) W = interleave_rope_rows(W, lw.K, c.head_dim);
                    return zero_padded(W, lw.N, lw.K, N2, K2);
                  });
       if (t < 3 && c.qkv_bias) {
@@ -242,13 +236,10 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   if (!c.tie_word_embeddings) {
     add_table("output.weight", GgufRole::Output, w.lm_head);
   }
-  rep.tensors = 0;
-  Progress progress("gguf " + std::string(ft.name),
-                    static_cast<int64_t>(g.tensor_count()), "tensors", o.quiet);
-  rep.files = g.write_split(out_path, o.split_max_bytes, [&](size_t done, size_t total) {
-    rep.tensors = static_cast<int64_t>(total);
-    progress.update(static_cast<int64_t>(done));
-  });
+  rep.tensors = static_cast<int64_t>(g.tensor_count());
+  Progress progress("gguf " + std::string(ft.name), rep.tensors, "tensors", o.quiet);
+  rep.files = g.write_split(out_path, o.split_max_bytes,
+                            [&](size_t done, size_t) { progress.update(static_cast<int64_t>(done)); });
   progress.finish();
   rep.bytes = 0;
   for (const std::string& f : rep.files) {
@@ -280,17 +271,11 @@ QuantizeReport gguf_to_hf(const DequantizeOptions& o) {
   for (const GgufModelTensor& it : items) {
     // Row by row from the mapped blocks into the output dtype: one row in fp32 at a time.
     const GgufTensor& t = f.tensor(it.gguf);
-    const int64_t n = t.ne[0], rows = t.rows();
-    const uint64_t row_bytes = ggml_row_bytes(t.type, n);
+    const int64_t n = t.ne[0];
     const size_t out_row = static_cast<size_t>(n) * dtype_size(o.dtype);
-    std::vector<uint8_t> bytes(out_row * rows);
-    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-      std::vector<float> row(static_cast<size_t>(n));
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t src = it.interleaved_heads > 0 ? rope_interleaved_row(r, c.head_dim) : r;
-        dequantize_ggml_row(t.type, t.data + src * row_bytes, n, row.data());
-        from_f32(o.dtype, row.data(), bytes.data() + r * out_row, static_cast<size_t>(n));
-      }
+    std::vector<uint8_t> bytes(out_row * t.rows());
+    dequantize_ggml_rows({t.type, t.data, t.rows(), n, it.rope_head_dim}, [&](int64_t r, const float* v) {
+      from_f32(o.dtype, v, bytes.data() + r * out_row, static_cast<size_t>(n));
     });
     release_mapped_pages(t.data, t.bytes);
     shards.current().add_owned(it.hf, o.dtype, it.shape, std::move(bytes));
@@ -405,14 +390,7 @@ QwenWeights bind_gguf_weights(const QwenConfig& c, const GgufFile& f) {
     LinearWeight lw;
     lw.N = it.shape[0];
     lw.K = it.shape[1];
-    auto g = std::make_shared<GgmlLinear>();
-    g->type = t.type;
-    g->data = t.data;
-    g->N = lw.N;
-    g->K = lw.K;
-    g->interleaved_heads = it.interleaved_heads;
-    g->head_dim = c.head_dim;
-    lw.ggml = std::move(g);
+    lw.ggml = std::make_shared<GgmlLinear>(GgmlLinear{t.type, t.data, lw.N, lw.K, it.rope_head_dim});
     return lw;
   };
   w.embed = dense("model.embed_tokens.weight");

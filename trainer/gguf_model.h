@@ -69,11 +69,11 @@ QwenConfig load_model_config(const std::string& dir_or_gguf);
 QwenConfig qwen_config_from_gguf(const GgufFile& f);
 
 // One tensor of a model in a GGUF file: its GGUF and Hugging Face names, its torch shape, and for Llama's q/k the
-// head count whose rows are stored interleaved (0 otherwise).
+// head dim whose RoPE pairs its rows store interleaved (GgmlLinear::rope_head_dim; 0 otherwise).
 struct GgufModelTensor {
   std::string gguf, hf;
   std::vector<int64_t> shape;
-  int64_t interleaved_heads = 0;
+  int64_t rope_head_dim = 0;
 };
 // Every tensor `cfg` calls for, embedding first, in llama.cpp's order.
 std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& cfg);

@@ -26,12 +26,6 @@ namespace {
 
 enum TokenType : int { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
 
-bool single_codepoint(const std::string& s) {
-  size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n == 1;
-}
-
 }  // namespace
 
 void Tokenizer::write_gguf(GgufWriter& w, int64_t n_vocab, int32_t fallback_bos, int32_t fallback_eos) const {
@@ -70,7 +64,7 @@ void Tokenizer::write_gguf(GgufWriter& w, int64_t n_vocab, int32_t fallback_bos,
     if (sp) {
       if (types[id] != kNormal) scores[id] = -1000.0;
       else if (first_rank[id] >= 0) scores[id] = -static_cast<double>(first_rank[id]) - 1.0;
-      else scores[id] = single_codepoint(t.pieces[id]) ? 0.0 : -1000.0;
+      else scores[id] = codepoint_count(t.pieces[id]) == 1 ? 0.0 : -1000.0;
     }
   }
   w.set("tokenizer.ggml.model", GgufValue::str(sp ? "llama" : "gpt2"));

@@ -93,6 +93,8 @@ namespace tokenizer_detail {
 uint32_t byte_to_unicode(uint8_t b);
 // Inverse map (-1 for code points that stand for no byte).
 int unicode_to_byte(uint32_t cp);
+// Code points in UTF-8 text (bytes that do not continue a sequence).
+size_t codepoint_count(const std::string& s);
 // "<0xNN>" -> NN, else -1.
 int parse_byte_token(const std::string& piece);
 // The SentencePiece word marker "▁" (U+2581) in UTF-8.

@@ -23,15 +23,11 @@ using namespace tokenizer_detail;
 
 namespace tokenizer_detail {
 
-namespace {
-
 size_t codepoint_count(const std::string& s) {
   size_t n = 0;
   for (unsigned char c : s) n += (c & 0xC0) != 0x80;
   return n;
 }
-
-}  // namespace
 
 std::vector<std::array<int32_t, 3>> merges_from_scores(const std::vector<std::string>& pieces,
                                                        const std::vector<float>& scores,

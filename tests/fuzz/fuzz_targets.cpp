@@ -127,7 +127,7 @@ void gguf_target(const uint8_t* data, size_t size) {
   {
     const GgufFile f(path);
     for (const GgufTensor& t : f.tensors())
-      if (ggml_can_dequantize(t.type)) (void)dequantize_ggml(t);
+      if (ggml_type_supported(t.type)) (void)dequantize_ggml(t);
   }
   load_and_forward(path);
   const Tokenizer tok = Tokenizer::from_model(path);
