@@ -66,7 +66,7 @@ struct GgufValue {
 // The ggml tensor types: values are ggml's enum. Elements come in blocks of `block` values stored in `bytes`.
 enum class GgmlType : uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9, Q2_K = 10, Q3_K = 11, Q4_K = 12,
-  Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30
+  Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30
 };
 struct GgmlTypeInfo {
   const char* name;  // "Q4_0"

@@ -44,16 +44,18 @@ void pack_nibbles(const uint8_t* q, uint8_t* out) {
   for (int64_t j = 0; j < kQK / 2; ++j) out[j] = static_cast<uint8_t>(q[j] | (q[j + kQK / 2] << 4));
 }
 
-void quantize_q4_0(const float* x, uint8_t* out) {
+// w[32]: importance-weighted codes (quant/ggml_kquants.h); null: the reference rounding.
+void quantize_q4_0(const float* x, uint8_t* out, const float* w) {
   uint8_t q[kQK];
-  store_u16(out, f32_to_f16(ggml_detail::block_codes_0(x, 16, q)));
+  store_u16(out, f32_to_f16(w ? ggml_detail::block_codes_0_weighted(x, 16, w, q) : ggml_detail::block_codes_0(x, 16, q)));
   pack_nibbles(q, out + 2);
 }
 
-void quantize_q4_1(const float* x, uint8_t* out) {
+void quantize_q4_1(const float* x, uint8_t* out, const float* w) {
   uint8_t q[kQK];
   float min;
-  store_u16(out, f32_to_f16(ggml_detail::block_codes_1(x, 16, q, &min)));
+  store_u16(out, f32_to_f16(w ? ggml_detail::block_codes_1_weighted(x, 16, w, q, &min)
+                              : ggml_detail::block_codes_1(x, 16, q, &min)));
   store_u16(out + 2, f32_to_f16(min));
   pack_nibbles(q, out + 4);
 }
@@ -147,13 +149,14 @@ void dequantize_q6_k(const uint8_t* in, float* y) {
 bool ggml_type_supported(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q8_0: case GgmlType::Q4_0:
-    case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q4_K: case GgmlType::Q5_K:
-    case GgmlType::Q6_K: return true;
+    case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q2_K: case GgmlType::Q3_K:
+    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+      return true;
     default: return false;
   }
 }
 
-void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
+void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out, const float* importance) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
   QWENQ_CHECK(info && ggml_type_supported(t), "quantizing to ggml type " << (info ? info->name : "?") << " is not supported");
   QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
@@ -167,18 +170,37 @@ void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out) {
       return;
     default: break;
   }
+  // The 32-block types weight each value by imp·sqrt(σ² + x²), σ² the row's mean square (ggml's *_impl).
+  const bool blocks32 = t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q5_1;
+  float sigma2 = 0;
+  if (importance && blocks32) {
+    float sum_x2 = 0;
+    for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+    sigma2 = sum_x2 / static_cast<float>(n);
+  }
+  float w[kQK];
   for (int64_t b = 0; b < n / info->block; ++b) {
     uint8_t* o = out + b * info->bytes;
     const float* v = x + b * info->block;
+    const float* imp = importance ? importance + b * info->block : nullptr;
+    const float* wb = nullptr;
+    if (imp && blocks32) {
+      for (int64_t j = 0; j < kQK; ++j) w[j] = imp[j] * std::sqrt(sigma2 + v[j] * v[j]);
+      wb = w;
+    }
     switch (t) {
       case GgmlType::Q8_0: quantize_q8_0(v, o); break;
-      case GgmlType::Q4_0: quantize_q4_0(v, o); break;
-      case GgmlType::Q4_1: quantize_q4_1(v, o); break;
-      case GgmlType::Q5_0: ggml_detail::quantize_q5_0(v, o); break;
-      case GgmlType::Q5_1: ggml_detail::quantize_q5_1(v, o); break;
-      case GgmlType::Q4_K: ggml_detail::quantize_q4_k(v, o); break;
-      case GgmlType::Q5_K: ggml_detail::quantize_q5_k(v, o); break;
-      default: ggml_detail::quantize_q6_k(v, o); break;
+      case GgmlType::Q4_0: quantize_q4_0(v, o, wb); break;
+      case GgmlType::Q4_1: quantize_q4_1(v, o, wb); break;
+      case GgmlType::Q5_0: ggml_detail::quantize_q5_0(v, o, wb); break;
+      case GgmlType::Q5_1: ggml_detail::quantize_q5_1(v, o, wb); break;
+      case GgmlType::Q2_K: ggml_detail::quantize_q2_k(v, o, imp); break;
+      case GgmlType::Q3_K: ggml_detail::quantize_q3_k(v, o, imp); break;
+      case GgmlType::Q4_K: ggml_detail::quantize_q4_k(v, o, imp); break;
+      case GgmlType::IQ4_NL: ggml_detail::quantize_iq4_nl(v, o, imp); break;
+      case GgmlType::IQ4_XS: ggml_detail::quantize_iq4_xs(v, o, imp); break;
+      case GgmlType::Q5_K: ggml_detail::quantize_q5_k(v, o, imp); break;
+      default: ggml_detail::quantize_q6_k(v, o, imp); break;
     }
   }
 }
@@ -206,18 +228,22 @@ void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
       case GgmlType::Q4_1: dequantize_q4_1(p, o); break;
       case GgmlType::Q5_0: dequantize_q5(p, o, false); break;
       case GgmlType::Q5_1: dequantize_q5(p, o, true); break;
+      case GgmlType::Q2_K: ggml_detail::dequantize_q2_k(p, o); break;
+      case GgmlType::Q3_K: ggml_detail::dequantize_q3_k(p, o); break;
       case GgmlType::Q4_K: dequantize_q45_k(p, o, false); break;
+      case GgmlType::IQ4_NL: ggml_detail::dequantize_iq4_nl(p, o); break;
+      case GgmlType::IQ4_XS: ggml_detail::dequantize_iq4_xs(p, o); break;
       case GgmlType::Q5_K: dequantize_q45_k(p, o, true); break;
       default: dequantize_q6_k(p, o); break;
     }
   }
 }
 
-std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n) {
+std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n, const float* importance) {
   const uint64_t row_bytes = ggml_row_bytes(t, n);
   std::vector<uint8_t> out(row_bytes * rows);
   parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) quantize_ggml_row(t, x + r * n, n, out.data() + r * row_bytes);
+    for (int64_t r = r0; r < r1; ++r) quantize_ggml_row(t, x + r * n, n, out.data() + r * row_bytes, importance);
   });
   return out;
 }

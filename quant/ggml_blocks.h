@@ -10,8 +10,9 @@
 // byte j (j in the low nibble). Q4_0's rounding is computed in double: ggml's C compiles x*id + 8.5f to one
 // fused multiply-add where the compiler contracts it, which double reproduces (gguf-py does the same).
 //
-// Q5_0, Q5_1 and the k-quants Q4_K, Q5_K, Q6_K (256-value super-blocks; llama-quantize's Q4_K_M / Q5_K_M / Q6_K files
-// are mostly these) are quantized by quant/ggml_kquants.h and dequantized here:
+// Q5_0, Q5_1, the k-quants Q2_K ... Q6_K (256-value super-blocks; llama-quantize's Q4_K_M / Q5_K_M / Q6_K files are
+// mostly these) and IQ4_NL / IQ4_XS are quantized by quant/ggml_kquants.h (Q2_K, Q3_K and the IQ4 types also
+// dequantized there) and the others dequantized here:
 //   Q5_0: x = d (q - 16), q = 4 low bits | bit j of qh << 4;   Q5_1: x = d q + m
 //   Q4_K: 8 sub-blocks of 32, 6-bit scale s_j and min m_j packed in 12 bytes, x = d s_j q - dmin m_j
 //   Q5_K: as Q4_K with a fifth bit per value in qh[32]
@@ -27,16 +28,20 @@
 namespace qwenq {
 
 // True for the types quantize_ggml_row writes and dequantize_ggml_row reads (the same set): F32, F16, BF16, Q8_0,
-// Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (the 5-bit and k-quant quantizers: quant/ggml_kquants.h).
+// Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (the 5-bit, k-quant and IQ4 quantizers:
+// quant/ggml_kquants.h).
 bool ggml_type_supported(GgmlType t);
 
-// x[n] -> out (ggml_row_bytes(t, n) bytes); n a multiple of the type's block size.
-void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out);
+// x[n] -> out (ggml_row_bytes(t, n) bytes); n a multiple of the type's block size. `importance` (n values, or null):
+// an importance matrix's row for this tensor (llama-imatrix's E[x_j²] of column j's input; quant/ggml_imatrix.h),
+// used as ggml_quantize_chunk uses it (quant/ggml_kquants.h); Q8_0 and the float types ignore it.
+void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out, const float* importance = nullptr);
 // The values ggml's dequantize_row_* computes for n values stored in `in`.
 void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* out);
 
-// A whole [rows, n] matrix, rows quantized in parallel.
-std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n);
+// A whole [rows, n] matrix, rows quantized in parallel (importance: n values shared by every row, or null).
+std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n,
+                                   const float* importance = nullptr);
 // A whole tensor's values (numel of it), rows in parallel.
 std::vector<float> dequantize_ggml(const GgufTensor& t);
 

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "quant/ggml_search.h"
 
 namespace qwenq::ggml_detail {
 
@@ -14,157 +15,57 @@ namespace {
 
 constexpr int kQK = 32, kQKK = 256;
 
-// ggml's nearest_int: round half to even through the fp32 mantissa (|v| < 2^22).
-int nearest_int(float v) {
-  const float shifted = v + 12582912.0f;
-  int32_t bits;
-  std::memcpy(&bits, &shifted, 4);
-  return (bits & 0x007fffff) - 0x00400000;
-}
-
-void store_f16(uint8_t* p, float v) {
-  const uint16_t h = f32_to_f16(v);
-  std::memcpy(p, &h, 2);
-}
-float load_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return f16_to_f32(h);
-}
-
-// Scale and (through the_min, as −min ≥ 0) offset of n values on nmax + 1 levels, codes in L (see the header).
-float make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min, uint8_t* Laux,
-                       float rmin, float rdelta, int nstep) {
-  float min = x[0], max = x[0];
-  float sum_w = w[0];
-  float sum_x = sum_w * x[0];
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < min) min = x[i];
-    if (x[i] > max) max = x[i];
-    sum_w += w[i];
-    sum_x += w[i] * x[i];
-  }
-  if (min > 0) min = 0;
-  if (max == min) {
-    std::fill(L, L + n, 0);
-    *the_min = -min;
-    return 0.0f;
-  }
-  float iscale = static_cast<float>(nmax) / (max - min);
-  float scale = 1 / iscale;
-  float best = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = nearest_int(iscale * (x[i] - min));
-    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    float diff = scale * static_cast<float>(L[i]) + min - x[i];
-    diff = diff * diff;
-    best += w[i] * diff;
-  }
-  for (int is = 0; is <= nstep; ++is) {
-    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      int l = nearest_int(iscale * (x[i] - min));
-      l = std::max(0, std::min(nmax, l));
-      Laux[i] = static_cast<uint8_t>(l);
-      const float fl = static_cast<float>(l);
-      sum_l += w[i] * fl;
-      sum_l2 += w[i] * fl * fl;
-      sum_xl += w[i] * fl * x[i];
-    }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
-    if (D > 0) {
-      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-      if (this_min > 0) {
-        this_min = 0;
-        this_scale = sum_xl / sum_l2;
-      }
-      float cur = 0;
-      for (int i = 0; i < n; ++i) {
-        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
-        diff = diff * diff;
-        cur += w[i] * diff;
-      }
-      if (cur < best) {
-        std::copy(Laux, Laux + n, L);
-        best = cur;
-        scale = this_scale;
-        min = this_min;
-      }
-    }
-  }
-  *the_min = -min;
-  return scale;
-}
-
-// Scale of n values on the signed levels −nmax..nmax−1 with weights x² (rmse_type 1), codes + nmax in L.
-float make_qx_quants(int n, int nmax, const float* x, int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < 1e-15f) {  // GROUP_MAX_EPS
-    std::fill(L, L + n, 0);
-    return 0.0f;
-  }
-  auto code = [nmax](float v) { return std::max(-nmax, std::min(nmax - 1, nearest_int(v))); };
-  float iscale = static_cast<float>(-nmax) / max;
-  float sumlx = 0, suml2 = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = code(iscale * x[i]);
-    L[i] = static_cast<int8_t>(l + nmax);
-    const float w = x[i] * x[i], fl = static_cast<float>(l);
-    sumlx += w * x[i] * fl;
-    suml2 += w * fl * fl;
-  }
-  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
-  float best = scale * sumlx;
-  for (int is = -9; is <= 9; ++is) {
-    if (is == 0) continue;
-    iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
-    sumlx = suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-      const float w = x[i] * x[i], fl = static_cast<float>(code(iscale * x[i]));
-      sumlx += w * x[i] * fl;
-      suml2 += w * fl * fl;
-    }
-    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-      for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(nmax + code(iscale * x[i]));
-      scale = sumlx / suml2;
-      best = scale * sumlx;
-    }
-  }
-  return scale;
-}
-
-// Q4_K (nmax 15) and Q5_K (nmax 31): codes L[256] and the 12 scale bytes, d and dmin written to out.
-void quantize_k_scaled(const float* x, int nmax, float rmin, int nstep, uint8_t* out, uint8_t* L) {
+// Q4_K (nmax 15) and Q5_K (nmax 31): codes L[256] and the 12 scale bytes, d and dmin written to out. Without
+// importance (qw null) as quantize_row_q{4,5}_K_ref: weights sqrt(Σx²/32) + |x| per sub-block, make_qkx2_quants,
+// 6-bit codes of scale/max scale; with it as quantize_row_q{4,5}_K_impl: weights qw·sqrt(σ² + x²) for σ² = 2·Σx²/256
+// over the super-block, make_qkx3_quants (rmin −0.9, rdelta 0.05, 36 steps), the 6-bit codes and the two fp16 steps
+// from make_qp_quants weighted by each sub-block's Σw.
+void quantize_k_scaled(const float* x, int nmax, float rmin, int nstep, const float* qw, uint8_t* out, uint8_t* L) {
   float scales[8], mins[8], weights[32];
-  uint8_t Laux[32];
-  float max_scale = 0, max_min = 0;
-  for (int j = 0; j < 8; ++j) {
+  uint8_t Laux[32], Ls[8], Lm[8];
+  float d_block, m_block;
+  if (qw) {
     float sum_x2 = 0;
-    for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-    const float av_x = std::sqrt(sum_x2 / 32);
-    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-    scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep);
-    if (scales[j] > max_scale) max_scale = scales[j];
-    if (mins[j] > max_min) max_min = mins[j];
+    for (int l = 0; l < kQKK; ++l) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / kQKK;
+    float sw[8];
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 32; ++l) weights[l] = qw[32 * j + l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 32; ++l) sumw += weights[l];
+      sw[j] = sumw;
+      scales[j] = make_qkx3_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36);
+    }
+    d_block = make_qp_quants(8, 63, scales, Ls, sw);
+    m_block = make_qp_quants(8, 63, mins, Lm, sw);
+    for (int j = 0; j < 8; ++j) {
+      Ls[j] = std::min<uint8_t>(63, Ls[j]);
+      Lm[j] = std::min<uint8_t>(63, Lm[j]);
+    }
+  } else {
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < 8; ++j) {
+      float sum_x2 = 0;
+      for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+      const float av_x = std::sqrt(sum_x2 / 32);
+      for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+      scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, false);
+      if (scales[j] > max_scale) max_scale = scales[j];
+      if (mins[j] > max_min) max_min = mins[j];
+    }
+    const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
+    const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
+    for (int j = 0; j < 8; ++j) {
+      Ls[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_scale * scales[j])));
+      Lm[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_min * mins[j])));
+    }
+    d_block = max_scale / 63.0f;
+    m_block = max_min / 63.0f;
   }
-  const float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-  const float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
   uint8_t* sc = out + 4;
   std::memset(sc, 0, 12);
   for (int j = 0; j < 8; ++j) {
-    uint8_t ls = static_cast<uint8_t>(nearest_int(inv_scale * scales[j]));
-    uint8_t lm = static_cast<uint8_t>(nearest_int(inv_min * mins[j]));
-    ls = std::min<uint8_t>(63, ls);
-    lm = std::min<uint8_t>(63, lm);
+    const uint8_t ls = Ls[j], lm = Lm[j];
     if (j < 4) {
       sc[j] = ls;
       sc[j + 4] = lm;
@@ -174,8 +75,8 @@ void quantize_k_scaled(const float* x, int nmax, float rmin, int nstep, uint8_t*
       sc[j] |= static_cast<uint8_t>((lm >> 4) << 6);
     }
   }
-  store_f16(out, max_scale / 63.0f);
-  store_f16(out + 2, max_min / 63.0f);
+  store_f16(out, d_block);
+  store_f16(out + 2, m_block);
   const float d = load_f16(out), dmin = load_f16(out + 2);
   for (int j = 0; j < 8; ++j) {
     int s, m;
@@ -247,31 +148,46 @@ void pack_5bit(const uint8_t* q, uint8_t* qh_out, uint8_t* qs) {
 
 }  // namespace
 
-void quantize_q5_0(const float* x, uint8_t* out) {
+float block_codes_0_weighted(const float* x, int levels, const float* w, uint8_t* q) {
+  int8_t L[kQK];
+  const float d = make_qx_quants(kQK, levels / 2, x, L, w);
+  for (int j = 0; j < kQK; ++j) q[j] = static_cast<uint8_t>(L[j]);
+  return d;
+}
+
+float block_codes_1_weighted(const float* x, int levels, const float* w, uint8_t* q, float* min) {
+  uint8_t Laux[kQK];
+  float neg_min;
+  const float d = make_qkx3_quants(kQK, levels - 1, x, w, q, &neg_min, Laux, -0.9f, 0.05f, 36);
+  *min = -neg_min;
+  return d;
+}
+
+void quantize_q5_0(const float* x, uint8_t* out, const float* w) {
   uint8_t q[kQK];
-  store_f16(out, block_codes_0(x, 32, q));
+  store_f16(out, w ? block_codes_0_weighted(x, 32, w, q) : block_codes_0(x, 32, q));
   pack_5bit(q, out + 2, out + 6);
 }
 
-void quantize_q5_1(const float* x, uint8_t* out) {
+void quantize_q5_1(const float* x, uint8_t* out, const float* w) {
   uint8_t q[kQK];
   float min;
-  store_f16(out, block_codes_1(x, 32, q, &min));
+  store_f16(out, w ? block_codes_1_weighted(x, 32, w, q, &min) : block_codes_1(x, 32, q, &min));
   store_f16(out + 2, min);
   pack_5bit(q, out + 4, out + 8);
 }
 
-void quantize_q4_k(const float* x, uint8_t* out) {
+void quantize_q4_k(const float* x, uint8_t* out, const float* qw) {
   uint8_t L[kQKK];
-  quantize_k_scaled(x, 15, -1.0f, 20, out, L);
+  quantize_k_scaled(x, 15, -1.0f, 20, qw, out, L);
   uint8_t* q = out + 16;
   for (int j = 0; j < kQKK; j += 64, q += 32)
     for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
 }
 
-void quantize_q5_k(const float* x, uint8_t* out) {
+void quantize_q5_k(const float* x, uint8_t* out, const float* qw) {
   uint8_t L[kQKK];
-  quantize_k_scaled(x, 31, -0.5f, 15, out, L);
+  quantize_k_scaled(x, 31, -0.5f, 15, qw, out, L);
   uint8_t* qh = out + 16;
   uint8_t* ql = out + 48;
   std::memset(qh, 0, 32);
@@ -295,12 +211,12 @@ void quantize_q5_k(const float* x, uint8_t* out) {
   }
 }
 
-void quantize_q6_k(const float* x, uint8_t* out) {
+void quantize_q6_k(const float* x, uint8_t* out, const float* qw) {
   int8_t L[kQKK];
   float scales[16];
   float max_scale = 0, max_abs = 0;
   for (int ib = 0; ib < 16; ++ib) {
-    scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+    scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
     const float a = std::fabs(scales[ib]);
     if (a > max_abs) {
       max_abs = a;

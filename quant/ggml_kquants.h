@@ -1,6 +1,7 @@
-// The quantizers of llama.cpp's 5-bit and k-quant blocks (without an importance matrix), as ggml's reference code
-// (quantize_row_*_ref) computes them, in fp32 with no fused multiply-adds (the file is compiled -ffp-contract=off):
-// the bytes equal llama-quantize's on x86-64 (tests/test_gguf_kquants.cpp keeps llama.cpp's hashes).
+// The quantizers of llama.cpp's 5-bit and k-quant blocks, as ggml computes them, in fp32 with no fused multiply-adds
+// (the file is compiled -ffp-contract=off): without an importance matrix as its reference code (quantize_row_*_ref),
+// with one as quantize_row_*_impl (below). The bytes equal llama-quantize's and ggml_quantize_chunk's on x86-64
+// (tests/test_gguf_kquants.cpp keeps llama.cpp's hashes).
 //
 // round(v) below is ggml's nearest_int: round half to even (v + 1.5·2^23 in fp32, the low mantissa bits).
 //
@@ -24,6 +25,35 @@
 //      not 0), kept when they raise (Σ w·x·l)²/Σ w·l²;
 //   2. int8 scales s_j = min(127, round(−128/M · scale_j)) for M the scale of largest |scale|, d = fp16(M/−128);
 //   3. q = clamp(round(x/(d·s_j)), −32, 31) + 32; low nibbles in ql[128], top two bits in qh[64].
+//
+// With an importance matrix (llama-imatrix's per-column mean of squared inputs, imp[j] = E[x_j²] over the calibration
+// tokens; the error the search minimizes becomes Σ_j w_j (x̂_j − x_j)², an estimate of the output error it causes):
+//   Q4_0 / Q5_0: per block, w = imp·sqrt(σ² + x²) for σ² = Σx²/n over the whole row; make_qx_quants with these weights
+//     (nmax 8 / 16): codes round(−nmax/m · x) and the least-squares scale, 18 more candidate scales kept when they raise
+//     (Σ w x l)²/Σ w l²; d = the scale.
+//   Q4_1 / Q5_1: the same weights; make_qkx3_quants (nmax 15 / 31): as make_qkx2_quants with rmin −0.9, rdelta 0.05,
+//     36 steps.
+//   Q4_K / Q5_K: w = imp·sqrt(σ² + x²) with σ² = 2·Σx²/256 over the super-block; make_qkx3_quants per sub-block; the
+//     6-bit scale and min codes and the fp16 d, dmin from make_qp_quants (a weighted search of one step for the 8
+//     values, weights Σw of each sub-block); then step 3 as above.
+//   Q6_K: make_qx_quants per sub-block of 16 with weights imp itself; then steps 2 and 3 as above.
+//   Q2_K / Q3_K: as Q4_K / Q6_K with sub-blocks of 16 (below).
+//   Q8_0 and the float types ignore the importance (as ggml does).
+// IQ4_NL / IQ4_XS (x ≈ s·v[q], v the 16 non-linear levels −127, −104, ..., 89, 113): per block of 32, weights
+//   imp·sqrt(σ² + x²) (σ² = 2·Σx²/n over the 32 / 256 values; x² without importance), indices nearest to x/d for
+//   d = −m/−127 (m the value of largest |x|), the weighted least-squares scale, then 15 candidate inverse scales
+//   (i − 127)/m (i = −7..7) kept when they raise (Σ w x v)²/Σ w v²; IQ4_NL stores that scale (fp16) and the indices
+//   nearest to x/scale; IQ4_XS stores d = −M/32 (M the block scale of largest |.|), 6-bit codes
+//   clamp(round(scale/d), −32, 31) + 32, and the indices nearest to x/(d·code).
+// Q2_K (super-blocks of 256 = 16 sub-blocks of 16, x ≈ d·s_j·q − dmin·m_j, q in 0..3, 4-bit s_j and m_j):
+//   without importance, make_qkx2_quants per sub-block with weights |x| and the absolute error (rmin −0.5, 0.1, 15
+//   steps), s_j = round(15/max scale · scale_j), m_j likewise, d = fp16(max scale/15); with it, weights
+//   imp·sqrt(σ² + x²) for σ² = Σx²/256, make_qkx3_quants, and make_qp_quants (nmax 15) for the codes and both steps;
+//   then q = clamp(round((x + dmin·m_j)/(d·s_j)), 0, 3).
+// Q3_K (x ≈ d·(s_j − 32)·(q − 4), q in 0..7, 6-bit s_j): without importance, make_q3_quants per sub-block (weights x²,
+//   single-code moves), s_j = clamp(round(−32/M · scale_j), −32, 31) + 32 for M the scale of largest |scale|, d =
+//   fp16(M/−32); with it, make_qx_quants (nmax 4) with weights imp·sqrt(σ² + x²), σ² = 2·Σx²/256, and for the codes
+//   make_qx_quants(nmax 32) weighted by each sub-block's Σw; then q = clamp(round(x/(d·(s_j − 32))), −4, 3) + 4.
 #pragma once
 
 #include <cstdint>
@@ -37,11 +67,29 @@ float block_codes_0(const float* x, int levels, uint8_t* q);
 // 0.5)). Returns d, and the minimum in *min.
 float block_codes_1(const float* x, int levels, uint8_t* q, float* min);
 
+// The importance-weighted codes of one block (w[32]: the per-value weights imp·sqrt(σ² + x²)): "_0" by
+// make_qx_quants (q = l + levels/2, returns d), "_1" by make_qkx3_quants (returns d, the minimum in *min).
+float block_codes_0_weighted(const float* x, int levels, const float* w, uint8_t* q);
+float block_codes_1_weighted(const float* x, int levels, const float* w, uint8_t* q, float* min);
+
 // One block: 32 values for Q5_0 / Q5_1, 256 for the k-quants; out holds the block's bytes (22, 24, 144, 176, 210).
-void quantize_q5_0(const float* x, uint8_t* out);
-void quantize_q5_1(const float* x, uint8_t* out);
-void quantize_q4_k(const float* x, uint8_t* out);
-void quantize_q5_k(const float* x, uint8_t* out);
-void quantize_q6_k(const float* x, uint8_t* out);
+// Q5_0 / Q5_1 take the block's weights w[32] (null: no importance matrix); the k-quants take the importance qw[256]
+// of the block's columns (null: none) and compute their weights themselves.
+void quantize_q5_0(const float* x, uint8_t* out, const float* w = nullptr);
+void quantize_q5_1(const float* x, uint8_t* out, const float* w = nullptr);
+void quantize_q4_k(const float* x, uint8_t* out, const float* qw = nullptr);
+void quantize_q5_k(const float* x, uint8_t* out, const float* qw = nullptr);
+void quantize_q6_k(const float* x, uint8_t* out, const float* qw = nullptr);
+// Q2_K (84 bytes) and Q3_K (110 bytes), quant/ggml_kquants_low.cpp (layouts there), and their dequantization.
+void quantize_q2_k(const float* x, uint8_t* out, const float* qw = nullptr);
+void quantize_q3_k(const float* x, uint8_t* out, const float* qw = nullptr);
+void dequantize_q2_k(const uint8_t* in, float* y);
+void dequantize_q3_k(const uint8_t* in, float* y);
+// IQ4_NL (18 bytes per 32) and IQ4_XS (136 bytes per 256), quant/ggml_iquants.cpp (layouts there): qw the importance
+// of the block's columns, or null (weights x² then, as ggml's quantize_iq4_nl / quantize_iq4_xs).
+void quantize_iq4_nl(const float* x, uint8_t* out, const float* qw = nullptr);
+void quantize_iq4_xs(const float* x, uint8_t* out, const float* qw = nullptr);
+void dequantize_iq4_nl(const uint8_t* in, float* y);
+void dequantize_iq4_xs(const uint8_t* in, float* y);
 
 }  // namespace qwenq::ggml_detail

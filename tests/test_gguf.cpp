@@ -272,9 +272,9 @@ TEST(GgmlBlocks, ErrorWithinOneStepOnRealisticRows) {
 
 TEST(GgmlBlocks, RefusesTypesItDoesNotHandle) {
   std::vector<float> x(256, 1.0f);
-  std::vector<uint8_t> b(144);
-  expect_error([&] { quantize_ggml_row(GgmlType::Q3_K, x.data(), 256, b.data()); }, "Q3_K");
-  expect_error([&] { dequantize_ggml_row(GgmlType::Q2_K, b.data(), 256, x.data()); }, "Q2_K");
+  std::vector<uint8_t> b(292);
+  expect_error([&] { quantize_ggml_row(GgmlType::Q8_K, x.data(), 256, b.data()); }, "Q8_K");
+  expect_error([&] { dequantize_ggml_row(GgmlType::Q8_1, b.data(), 256, x.data()); }, "Q8_1");
 }
 
 }  // namespace

@@ -196,8 +196,8 @@ TEST(GgufModel, BadInputIsRefusedByName) {
   const std::string out = export_to(hf, dir + "/m.gguf", "q8_0");
   GgufExportOptions o;
   expect_error([&] { export_gguf(hf, out, o); }, {out, "already exists", "--overwrite"});
-  o.type = "q3_k_m";
-  expect_error([&] { export_gguf(hf, dir + "/k.gguf", o); }, {"unknown GGUF type 'q3_k_m'", "q4_k_m"});
+  o.type = "iq2_xxs";
+  expect_error([&] { export_gguf(hf, dir + "/k.gguf", o); }, {"unknown GGUF type 'iq2_xxs'", "q4_k_m"});
   EXPECT_FALSE(file_exists(dir + "/k.gguf"));
   // Commands that read Hugging Face directories name the GGUF file and say which ones read it.
   expect_error([&] { resolve_model_dir(out); }, {out, "GGUF file", "dequantize and gguf read GGUF"});

@@ -14,5 +14,6 @@ void register_tokenize(CLI::App& app);
 void register_quantize(CLI::App& app);  // rtn, nf4, fp4, dequantize
 void register_compare(CLI::App& app);
 void register_gguf(CLI::App& app);
+void register_imatrix(CLI::App& app);
 
 }  // namespace qwenq::cli

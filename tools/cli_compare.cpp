@@ -4,6 +4,7 @@
 // Every quantization and evaluation runs as a child process of this same binary (posix_spawn of
 // /proc/self/exe), so each method's time and peak memory are its own (wait4's ru_maxrss) and a method that
 // fails (e.g. a shape its file format cannot hold) becomes a line in the log instead of ending the run.
+#include <algorithm>
 #include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -33,6 +34,9 @@ extern char** environ;
 namespace qwenq::cli {
 
 namespace {
+
+// Stands for the importance matrix file in a gguf-<type>-imatrix method's arguments until run_compare makes it.
+const char* const kImatrixFile = "<imatrix>";
 
 struct CompareArgs {
   std::string model, methods = "rtn,rtn-g64,nf4,fp4", out, calib;
@@ -199,18 +203,26 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
     return a;
   }
   if (base == "gguf") {
-    QWENQ_CHECK(parts.size() == 2, "compare: method '" << spec << "': gguf takes one type, e.g. gguf-q4_k_m");
+    const bool imatrix = parts.size() == 3 && parts[2] == "imatrix";
+    QWENQ_CHECK(parts.size() == 2 || imatrix, "compare: method '" << spec << "': gguf takes one type and optionally "
+                                              "imatrix, e.g. gguf-q4_k_m or gguf-q4_k_m-imatrix");
     const GgufFileType& ft = gguf_file_type(parts[1]);  // refuses an unknown type before any work
     const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
-    row->format = std::string("gguf ") + ft.name + " (llama.cpp)";
-    // Nominal bits of the base type's codes (Q4_K: 4), as the other rows count them.
-    row->bits = info.name[0] == 'Q' ? info.name[1] - '0' : info.bytes * 8;
+    row->format = std::string("gguf ") + ft.name + (imatrix ? " +imatrix" : "") + " (llama.cpp)";
+    // Nominal bits of the base type's codes (Q4_K, IQ4_XS: 4), as the other rows count them.
+    const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
+    row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
     row->group_size = info.block;
-    return {"gguf", "--type", parts[1], "--pad-intermediate"};
+    std::vector<std::string> args = {"gguf", "--type", parts[1], "--pad-intermediate"};
+    if (imatrix) {  // run_compare computes the matrix first, on the calibration text, into this file
+      QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
+      args.insert(args.end(), {"--imatrix", kImatrixFile});
+    }
+    return args;
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq], "
-                                         "gguf-<type> (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
+                                         "gguf-<type>[-imatrix] (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
 }
 
 // A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
@@ -305,7 +317,27 @@ void run_compare(CompareArgs& a) {
     for (const char* x : {"--model", "--out"}) args.push_back(x), args.push_back(x[2] == 'm' ? model : qdir);
     args.insert(args.end(), {"--overwrite", "--quiet", "--threads", std::to_string(a.common.threads)});
     std::fprintf(stderr, "[%zu/%zu] %s: quantizing...\n", i + 1, specs.size(), specs[i].c_str());
+    double prelude_seconds = 0;
+    uint64_t prelude_rss = 0;
+    const auto imx = std::find(args.begin(), args.end(), kImatrixFile);
+    if (imx != args.end()) {  // gguf-<type>-imatrix: the importance matrix over the calibration budget first
+      *imx = qdir + ".imatrix.gguf";
+      const ChildResult m = run_self({"imatrix", "--model", model, "--calib", a.calib, "--ctx",
+                                      std::to_string(a.calib_seq_len), "--chunks", std::to_string(a.calib_samples),
+                                      "--out", *imx, "--overwrite", "--quiet", "--threads",
+                                      std::to_string(a.common.threads)},
+                                     path_join(logs, specs[i] + ".imatrix.log"));
+      if (!ok(m)) {
+        failed.push_back(specs[i] + ": " + last_error_line(path_join(logs, specs[i] + ".imatrix.log")));
+        std::fprintf(stderr, "  %s failed: %s\n", specs[i].c_str(), failed.back().c_str());
+        continue;
+      }
+      prelude_seconds = m.seconds;
+      prelude_rss = m.peak_rss;
+    }
     ChildResult q = run_self(args, path_join(logs, specs[i] + ".log"));
+    q.seconds += prelude_seconds;
+    q.peak_rss = std::max(q.peak_rss, prelude_rss);
     if (!ok(q)) {
       failed.push_back(specs[i] + ": " + last_error_line(path_join(logs, specs[i] + ".log")));
       std::fprintf(stderr, "  %s failed: %s\n", specs[i].c_str(), failed.back().c_str());
@@ -317,7 +349,7 @@ void run_compare(CompareArgs& a) {
     row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
     row.perplexity = evaluate_all(a, qdir, specs[i], logs, adapter);
     t.rows.push_back(row);
-    if (!a.keep_models) std::system(("rm -rf '" + qdir + "'").c_str());
+    if (!a.keep_models) std::system(("rm -rf '" + qdir + "' '" + qdir + ".imatrix.gguf'").c_str());
   }
   write_file_atomic(path_join(a.out, "compare.md"), compare_markdown(t));
   write_file_atomic(path_join(a.out, "compare.csv"), compare_csv(t));
@@ -335,7 +367,7 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-<type> (llama.cpp: q8_0, q4_0, q4_k_m, ...); "
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-<type>[-imatrix] (llama.cpp: q8_0, q4_0, q4_k_m, ...; -imatrix: with an importance matrix over --calib); "
                   "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();

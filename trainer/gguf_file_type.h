@@ -3,14 +3,25 @@
 //
 // convert_hf_to_gguf.py --outtype (f32, f16, bf16, q8_0): every 2-D weight in the type (embedding and output too),
 //   a Q8_0 tensor whose rows do not split into 32-blocks in F16.
-// llama-quantize without an importance matrix (q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_m, q6_k):
-//   the output (the embedding when tied) Q6_K, or Q8_0 when its rows do not split into 256-blocks; an untied
-//   embedding the file's base type; attn_v: q4_k_m / q5_k_m Q6_K in the layers use_more_bits picks, q4_k_s Q5_K in the
-//   first 4, q6_k Q6_K, and Q5_K for a Q4_K of an 80-layer model (llama.cpp's 70B type); ffn_down: q4_k_m / q5_k_m
-//   Q6_K where use_more_bits, q4_k_s Q5_K in the first n/8 layers; everything else the base type (Q4_K for q4_k_*,
-//   Q5_K for q5_k_m). use_more_bits(i, n) = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2.
-//   A type whose blocks do not divide the rows falls back: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16 when
-//   32 does not divide them either (Qwen2.5-0.5B's 896-wide rows: every Linear but ffn_down).
+// llama-quantize (q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl,
+// iq4_xs), from
+// llama_tensor_get_type for a dense model (not Falcon, no experts):
+//   output (the embedding when tied): Q6_K, or Q8_0 when its rows do not split into 256-blocks; an untied embedding:
+//     the file's base type;
+//   attn_v: q2_k Q4_K when n_gqa >= 4 else Q3_K; q3_k_m Q5_K in the first 2 layers, then Q4_K; q3_k_l Q5_K;
+//     q4_k_m / q5_k_m Q6_K in the layers use_more_bits picks; q4_k_s Q5_K in the first 4; iq4_nl / iq4_xs Q5_K when
+//     n_gqa >= 4; then a Q3_K or Q4_K of an
+//     80-layer model (llama.cpp's 70B type) is Q5_K;
+//   ffn_down: q2_k Q3_K; q3_k_m Q5_K in the first n/16 layers, then Q4_K; q3_k_l Q5_K; q4_k_m / q5_k_m Q6_K where
+//     use_more_bits; q4_k_s Q5_K in the first n/8; iq4_nl / iq4_xs without an importance matrix Q5_K in the first n/8;
+//     q4_0 / q5_0 with an importance matrix Q4_1 / Q5_1 in the first n/8;
+//   attn_output: q2_k Q3_K, q3_k_m Q4_K, q3_k_l Q5_K;
+//   everything else the base type (Q2_K, Q3_K for q3_k_*, Q4_K for q4_k_*, Q5_K for q5_k_*, IQ4_NL, IQ4_XS).
+//   use_more_bits(i, n) = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2.
+//   A type whose blocks do not divide the rows falls back: Q2_K, Q3_K -> Q4_0 (older llama.cpp: IQ4_NL), IQ4_XS ->
+//   IQ4_NL, Q4_K -> Q5_0, Q5_K -> Q5_1,
+//   Q6_K -> Q8_0, then F16 when 32 does not divide them either (Qwen2.5-0.5B's 896-wide rows: every Linear but
+//   ffn_down; Qwen2.5-72B's ffn_down, 29568 wide).
 // 1-D tensors (norms, biases) are F32 in every file type.
 #pragma once
 
@@ -35,11 +46,12 @@ const GgufFileType& gguf_file_type(const std::string& name);
 std::string gguf_file_type_names();
 std::vector<std::string> gguf_file_type_list();
 
-enum class GgufRole { TokenEmbd, Output, AttnV, FfnDown, OtherLinear };
+enum class GgufRole { TokenEmbd, Output, AttnV, AttnOutput, FfnDown, OtherLinear };
 
 // The ggml type of a 2-D tensor of role `role` in layer `layer` of `n_layers`, rows of `ne0` values. `tied`: the model
-// has no output tensor (the embedding is the output). *fell_back is set when the rows forced another type.
+// has no output tensor (the embedding is the output). n_gqa: attention heads per kv head. imatrix: an importance
+// matrix is given (llama-quantize's has_imatrix). *fell_back is set when the rows forced another type.
 GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, int64_t n_layers, int64_t ne0,
-                          bool tied, bool* fell_back);
+                          bool tied, bool* fell_back, int64_t n_gqa = 1, bool imatrix = false);
 
 }  // namespace qwenq

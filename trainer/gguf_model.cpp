@@ -1,6 +1,7 @@
 // GGUF export and read of Qwen2/Qwen3/Llama models (conventions at the top of trainer/gguf_model.h).
 #include "trainer/gguf_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -11,6 +12,7 @@
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "quant/ggml_blocks.h"
+#include "quant/ggml_imatrix.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
@@ -89,6 +91,11 @@ std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
   return v;
 }
 
+const char* gguf_linear_name(int index) {
+  QWENQ_CHECK(index >= 0 && index < 7, "gguf_linear_name: no decoder Linear " << index);
+  return kLinearNames[index];
+}
+
 void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t) {
   const GgufTensor& x = f.tensor(t.gguf);
   int64_t n = 1;
@@ -124,6 +131,20 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
                                           << ": a llama model with attention_bias is not exported to GGUF");
   GgufExportReport rep;
   rep.arch = arch;
+  Imatrix imatrix;
+  if (!o.imatrix_path.empty()) imatrix = read_imatrix(o.imatrix_path);
+  // The importance of a 2-D tensor's K columns (padded with zeros to K2), or empty when the imatrix has no entry for
+  // it (as llama-quantize, which then quantizes that tensor without one); an entry of another width is refused.
+  auto importance_of = [&](const std::string& gname, int64_t K, int64_t K2) {
+    std::vector<float> v = imatrix.importance(gname);
+    if (v.empty()) return v;
+    QWENQ_CHECK(static_cast<int64_t>(v.size()) == K,
+                o.imatrix_path << ": imatrix entry " << gname << " has " << v.size() << " values but the tensor has "
+                               << K << " columns (an imatrix of another model?)");
+    v.resize(static_cast<size_t>(K2), 0.0f);
+    ++rep.imatrix_tensors;
+    return v;
+  };
 
   GgufWriter g;
   g.set("general.architecture", GgufValue::str(arch));
@@ -137,6 +158,12 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   g.set("general.name", GgufValue::str(name));
   g.set("general.file_type", GgufValue::u32(ft.ftype));
   g.set("general.quantization_version", GgufValue::u32(2));
+  if (!o.imatrix_path.empty()) {  // the keys llama-quantize --imatrix writes
+    g.set("quantize.imatrix.file", GgufValue::str(o.imatrix_path));
+    if (!imatrix.datasets.empty()) g.set("quantize.imatrix.dataset", GgufValue::str(imatrix.datasets.back()));
+    g.set("quantize.imatrix.entries_count", GgufValue::i32(static_cast<int32_t>(imatrix.entries.size())));
+    g.set("quantize.imatrix.chunks_count", GgufValue::i32(static_cast<int32_t>(imatrix.chunk_count)));
+  }
   g.set(arch + ".block_count", GgufValue::u32(static_cast<uint32_t>(c.num_layers)));
   g.set(arch + ".context_length", GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
   g.set(arch + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_size)));
@@ -173,16 +200,17 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   // The ggml type of a 2-D tensor (trainer/gguf_file_type.h), counted in the report.
   auto type_of = [&](GgufRole role, int64_t layer, int64_t ne0) {
     bool fell_back = false;
-    const GgmlType t = gguf_tensor_type(ft, role, layer, c.num_layers, ne0, c.tie_word_embeddings, &fell_back);
+    const GgmlType t = gguf_tensor_type(ft, role, layer, c.num_layers, ne0, c.tie_word_embeddings, &fell_back,
+                                        c.num_heads / std::max<int64_t>(1, c.num_kv_heads), !o.imatrix_path.empty());
     rep.fallbacks += fell_back;
     ++rep.types[ggml_type_info(static_cast<uint32_t>(t))->name];
     return t;
   };
-  auto add_matrix = [&](const std::string& gname, GgmlType ty, int64_t N, int64_t K,
+  auto add_matrix = [&](const std::string& gname, GgmlType ty, int64_t N, int64_t K, std::vector<float> imp,
                         std::function<std::vector<float>()> values) {
-    g.add_tensor(gname, ty, {K, N}, [ty, N, K, values] {
+    g.add_tensor(gname, ty, {K, N}, [ty, N, K, values, imp = std::move(imp)] {
       const std::vector<float> W = values();
-      return quantize_ggml(ty, W.data(), N, K);
+      return quantize_ggml(ty, W.data(), N, K, imp.empty() ? nullptr : imp.data());
     });
   };
   // The embedding and output rows go straight from the mapped view into blocks (one fp32 row at a time, not a 7B's
@@ -191,7 +219,8 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   auto add_table = [&](const std::string& gname, GgufRole role, const TensorView& t) {
     const int64_t N = t.shape[0], K = t.shape[1];
     const GgmlType ty = type_of(role, 0, K);
-    g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t] {
+    std::vector<float> imp = importance_of(gname, K, K);
+    g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t, imp = std::move(imp)] {
       const uint64_t row_bytes = ggml_row_bytes(ty, K);
       const size_t src_row = static_cast<size_t>(K) * dtype_size(t.dtype);
       std::vector<uint8_t> out(row_bytes * N);
@@ -199,7 +228,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
         std::vector<float> row(static_cast<size_t>(K));
         for (int64_t r = r0; r < r1; ++r) {
           to_f32(t.dtype, static_cast<const char*>(t.data) + r * src_row, row.data(), static_cast<size_t>(K));
-          quantize_ggml_row(ty, row.data(), K, out.data() + r * row_bytes);
+          quantize_ggml_row(ty, row.data(), K, out.data() + r * row_bytes, imp.empty() ? nullptr : imp.data());
         }
       });
       release_mapped_pages(t.data, t.nbytes());
@@ -214,8 +243,12 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       const LinearWeight& lw = layer_linear(L, t);
       const bool permute = llama && t < 2;
       const int64_t N2 = (t == 4 || t == 5) ? I2 : lw.N, K2 = t == 6 ? I2 : lw.K;
-      const GgufRole role = t == 2 ? GgufRole::AttnV : t == 6 ? GgufRole::FfnDown : GgufRole::OtherLinear;
-      add_matrix(blk(l, std::string(kLinearNames[t]) + ".weight"), type_of(role, l, K2), N2, K2,
+      const GgufRole role = t == 2   ? GgufRole::AttnV
+                            : t == 3 ? GgufRole::AttnOutput
+                            : t == 6 ? GgufRole::FfnDown
+                                     : GgufRole::OtherLinear;
+      const std::string gname = blk(l, std::string(kLinearNames[t]) + ".weight");
+      add_matrix(gname, type_of(role, l, K2), N2, K2, importance_of(gname, lw.K, K2),
                  [&lw, permute, &c, N2, K2] {
                    std::vector<float> W = lw.dequantize();
                    if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());

@@ -9,8 +9,8 @@
 //   a torch [N, K] weight is stored with ne = {K, N}, i.e. the same bytes row by row. For "llama" the rows of
 //   q and k are permuted back to llama.cpp's interleaved RoPE pairs (rotate-half -> adjacent pairs, per head:
 //   row 2i <- i, row 2i+1 <- D/2 + i); Qwen2/Qwen3 use llama.cpp's NeoX RoPE (rotate-half) and keep theirs.
-// Types: each tensor's as convert_hf_to_gguf.py (f32, f16, bf16, q8_0) or llama-quantize without an importance matrix
-// (q4_0 ... q6_k, k-quant mixes q4_k_s, q4_k_m, q5_k_m) choose it: trainer/gguf_file_type.h.
+// Types: each tensor's as convert_hf_to_gguf.py (f32, f16, bf16, q8_0) or llama-quantize (q4_0 ... q5_1, the k-quant
+// mixes q2_k ... q6_k, iq4_nl, iq4_xs; with or without an importance matrix) choose it: trainer/gguf_file_type.h.
 // The tokenizer goes into tokenizer.ggml.* (gpt2 byte-level BPE with its merges for Qwen; llama SentencePiece
 // with scores for Llama-style tokenizers). The file is written to a temporary name and renamed when complete.
 #pragma once
@@ -39,7 +39,15 @@ struct GgufExportOptions {
   // > 0: split files of at most this many bytes of tensor data each ("m-00001-of-0000N.gguf" ...; gguf-split's
   // --split-max-size), e.g. under the Hugging Face Hub's 50 GB per file.
   uint64_t split_max_bytes = 0;
+  // An importance matrix file (llama-imatrix's GGUF or .dat, or `qwen-quant imatrix`'s; quant/ggml_imatrix.h): each
+  // 2-D tensor it has an entry for is quantized with that entry's E[x²] weights, as llama-quantize --imatrix does
+  // (quant/ggml_kquants.h), and the file gets llama-quantize's quantize.imatrix.* keys. Types follow the same rules.
+  std::string imatrix_path;
 };
+
+// The GGUF name of Linear `index` of a decoder block in trainer/qwen_model.h's kDecoderLinears order (q, k, v, o,
+// gate, up, down): "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down".
+const char* gguf_linear_name(int index);
 
 struct GgufExportReport {
   std::string arch;
@@ -47,6 +55,7 @@ struct GgufExportReport {
   int64_t fallbacks = 0;      // 2-D tensors whose rows forced another type than the rules' (e.g. F16 for rows of 172)
   std::map<std::string, int64_t> types;  // ggml type name -> 2-D tensors of that type
   int64_t intermediate = 0;   // the MLP width written (padded or not)
+  int64_t imatrix_tensors = 0;  // 2-D tensors quantized with importance weights
   uint64_t bytes = 0;         // file size (all files)
   std::vector<std::string> files;  // the one file, or the split files in order
   double seconds = 0;

@@ -23,6 +23,7 @@ struct Preset {
 constexpr Preset kPresets[] = {
     {"tiny", 2, 64, 128, 4, 2, 320, true},
     {"tiny256", 8, 256, 512, 4, 2, 320, false},  // rows that split into llama.cpp's 256-value k-quant blocks
+    {"tiny896", 1, 896, 1024, 14, 2, 320, true},  // Qwen2.5-0.5B's width and 7:1 heads: llama.cpp's fallback types
     {"qwen2.5-0.5b", 24, 896, 4864, 14, 2, 151936, true},
     {"qwen2.5-1.5b", 28, 1536, 8960, 12, 2, 151936, true},
     {"qwen2.5-3b", 36, 2048, 11008, 16, 2, 151936, true},

@@ -25,7 +25,9 @@
 #    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
-#  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file.
+#  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
+#  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
+#    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -220,6 +222,30 @@ refuse gguf_not_dir "notes.txt: not a directory nor a GGUF file" "$QQ" eval --mo
 "$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q > gguf_eval.txt 2>&1 || fail "eval of a GGUF" gguf_eval.txt
 grep -q "perplexity" gguf_eval.txt || fail "eval of a GGUF printed no perplexity" gguf_eval.txt
 [ ! -e x.gguf ] && [ ! -e g_gguf ] || fail "a refused command left an output"
+
+# --- imatrix and gguf --imatrix -------------------------------------------------------------------------------------
+echo "a short text" > short.txt
+refuse imx_short "short.txt: tokenizes to 13 tokens, fewer than one chunk of 32" "$QQ" imatrix --model tiny \
+  --calib short.txt --ctx 32 --out im.gguf
+refuse imx_ctx "--ctx 4096 is longer than the model's context (128 tokens)" "$QQ" imatrix --model tiny \
+  --calib text.jsonl --ctx 4096 --out im.gguf
+refuse imx_chunks "--chunks: must be positive or -1 (all), got 0" "$QQ" imatrix --model tiny --calib text.jsonl \
+  --ctx 32 --chunks 0 --out im.gguf
+"$QQ" imatrix --model tiny --calib text.jsonl --ctx 32 --out im.gguf -q > imx.txt 2>&1 || fail "imatrix" imx.txt
+grep -q "wrote im.gguf: 14 entries from" imx.txt || fail "imatrix summary" imx.txt
+refuse imx_exists "im.gguf: already exists (pass --overwrite to replace it)" "$QQ" imatrix --model tiny \
+  --calib text.jsonl --ctx 32 --out im.gguf
+"$QQ" init-random --preset tiny256 --layers 1 --out tiny_wide --dtype fp32 > /dev/null 2>&1 || fail "init-random tiny256"
+"$QQ" imatrix --model tiny_wide --calib text.jsonl --ctx 32 --out wide.gguf -q > /dev/null 2>&1 || fail "imatrix wide"
+refuse imx_other "wide.gguf: imatrix entry blk.0.attn_q.weight has 256 values but the tensor has 64 columns" \
+  "$QQ" gguf --model tiny --out x.gguf --type q4_0 --imatrix wide.gguf
+refuse imx_model "tiny.gguf: general.type is \"model\", not an imatrix file" \
+  "$QQ" gguf --model tiny --out x.gguf --type q4_0 --imatrix tiny.gguf
+head -c 700 im.gguf > im_cut.gguf
+refuse imx_cut "im_cut.gguf:" "$QQ" gguf --model tiny --out x.gguf --type q4_0 --imatrix im_cut.gguf
+"$QQ" gguf --model tiny --out x_im.gguf --type q4_0 --imatrix im.gguf -q > gim.txt 2>&1 || fail "gguf --imatrix" gim.txt
+grep -q "importance matrix for 14 of them" gim.txt || fail "gguf --imatrix summary" gim.txt
+[ ! -e x.gguf ] || fail "a refused gguf --imatrix left an output"
 
 # --- train --stop-after: says there is no adapter ------------------------------------------------------------------
 "$QL" train --model tiny --data text.jsonl --seq-len 64 -q --out runs --max-steps 6 --save-every 2 --stop-after 3 \

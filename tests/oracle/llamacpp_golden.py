@@ -75,10 +75,13 @@ if args.qwen_dir:
     compare(args.qwen_dir, wiki, ["q8_0"], 256)
 
 
-# llama-quantize's file types against ours, byte for byte, and the fingerprints the C++ test keeps.
-from gguf import GGUFReader  # noqa: E402
+# llama-quantize's file types against ours, byte for byte, and the fingerprints the C++ test keeps: without and with an
+# importance matrix, on tiny256 (8 layers, rows of 256 and 512: every k-quant block fits) and tiny896 (Qwen2.5-0.5B's
+# width 896 and 7:1 heads: llama-quantize's fallbacks, IQ4_NL for Q2_K/Q3_K, and its n_gqa >= 4 rules).
+from gguf import GGUFReader, GGUFWriter  # noqa: E402
 
-FTYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q4_k_s": 14, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
+FTYPES = {"q4_0": 2, "q4_1": 3, "q5_0": 8, "q5_1": 9, "q2_k": 10, "q3_k_s": 11, "q3_k_m": 12, "q3_k_l": 13,
+          "q4_k_s": 14, "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30}
 
 
 def fingerprint(path):
@@ -92,18 +95,65 @@ def fingerprint(path):
     return h
 
 
-tiny = os.path.join(work, "tiny256")
-subprocess.run([qq, "init-random", "--preset", "tiny256", "--dtype", "fp32", "--out", tiny, "--overwrite"], check=True)
-f32 = os.path.join(work, "tiny256-f32.gguf")
-subprocess.run([qq, "gguf", "--model", tiny, "--out", f32, "--type", "f32", "--overwrite", "--quiet"], check=True)
-for name, ftype in FTYPES.items():
-    theirs, ours = os.path.join(work, f"tiny256-{name}.llama.gguf"), os.path.join(work, f"tiny256-{name}.gguf")
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype, p.nthread = ftype, 2
-    assert llama_cpp.llama_model_quantize(f32.encode(), theirs.encode(), ctypes.byref(p)) == 0
-    subprocess.run([qq, "gguf", "--model", tiny, "--out", ours, "--type", name, "--overwrite", "--quiet"], check=True)
-    a = {t.name: t for t in GGUFReader(ours).tensors}
-    same = sum(1 for t in GGUFReader(theirs).tensors
-               if t.tensor_type == a[t.name].tensor_type and np.asarray(t.data).tobytes() == np.asarray(a[t.name].data).tobytes())
-    print(f"tiny256 {name}: llama.cpp fingerprint 0x{fingerprint(theirs):016x}; ours 0x{fingerprint(ours):016x}; "
-          f"{same} of {len(a)} tensors identical")
+def synthetic_importance(name, k):
+    """tests/test_gguf_kquants.cpp's synthetic_importance: 1 + ((j*2654435761 + 40503*len(name)) % 1024)/64, x16 where
+    37 divides j (exact in fp32)."""
+    j = np.arange(k, dtype=np.uint64)
+    v = 1.0 + ((j * 2654435761 + 40503 * len(name)) % 1024).astype(np.float64) / 64.0
+    v[(j % 37) == 0] *= 16.0
+    return v.astype(np.float32)
+
+
+def same_tensors(a_path, b_path):
+    a = {t.name: t for t in GGUFReader(a_path).tensors}
+    return sum(1 for t in GGUFReader(b_path).tensors
+               if t.tensor_type == a[t.name].tensor_type
+               and np.asarray(t.data).tobytes() == np.asarray(a[t.name].data).tobytes()), len(a)
+
+
+for preset in ("tiny256", "tiny896"):
+    model = os.path.join(work, preset)
+    subprocess.run([qq, "init-random", "--preset", preset, "--dtype", "fp32", "--out", model, "--overwrite"], check=True)
+    f32 = os.path.join(work, f"{preset}-f32.gguf")
+    subprocess.run([qq, "gguf", "--model", model, "--out", f32, "--type", "f32", "--overwrite", "--quiet"], check=True)
+    # The importance matrix: an entry for every 2-D tensor but the embedding (llama-imatrix --process-output), as a
+    # GGUF imatrix file for us and as llama_model_imatrix_data for llama_model_quantize.
+    src = {t.name: t for t in GGUFReader(f32).tensors}
+    matrices = sorted(n for n, t in src.items() if len(t.shape) == 2 and n != "token_embd.weight")
+    imatrix = os.path.join(work, f"{preset}-imatrix.gguf")
+    w = GGUFWriter(imatrix, arch="")  # gguf-py adds general.architecture; readers ignore it
+    w.add_string("general.type", "imatrix")
+    w.add_array("imatrix.datasets", ["synthetic"])
+    w.add_uint32("imatrix.chunk_count", 1)
+    w.add_uint32("imatrix.chunk_size", 512)
+    values = {}
+    for n in matrices:
+        k = int(src[n].shape[0])
+        values[n] = synthetic_importance(n, k)
+        w.add_tensor(n + ".in_sum2", (values[n] * 512).reshape(1, k))
+        w.add_tensor(n + ".counts", np.array([[512.0]], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    entries = (llama_cpp.llama_model_imatrix_data * (len(matrices) + 1))()
+    for i, n in enumerate(matrices):
+        entries[i].name = n.encode()
+        entries[i].data = values[n].ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values[n].size
+    entries[len(matrices)].name = None  # the end of the list
+    for use_imatrix in (False, True):
+        tag = "-imatrix" if use_imatrix else ""
+        for name, ftype in FTYPES.items():
+            theirs = os.path.join(work, f"{preset}-{name}{tag}.llama.gguf")
+            ours = os.path.join(work, f"{preset}-{name}{tag}.gguf")
+            p = llama_cpp.llama_model_quantize_default_params()
+            p.ftype, p.nthread = ftype, 2
+            if use_imatrix:
+                p.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+            assert llama_cpp.llama_model_quantize(f32.encode(), theirs.encode(), ctypes.byref(p)) == 0
+            cmd = [qq, "gguf", "--model", model, "--out", ours, "--type", name, "--overwrite", "--quiet"]
+            subprocess.run(cmd + (["--imatrix", imatrix] if use_imatrix else []), check=True)
+            same, total = same_tensors(ours, theirs)
+            print(f"{preset} {name}{' --imatrix' if use_imatrix else ''}: llama.cpp fingerprint "
+                  f"0x{fingerprint(theirs):016x}; ours 0x{fingerprint(ours):016x}; {same} of {total} tensors identical")

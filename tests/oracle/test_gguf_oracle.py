@@ -10,8 +10,9 @@
    llama.cpp's fp32, which we follow: tests/test_gguf_kquants.cpp). The tokenizer keys: tokens = the vocabulary,
    merges = merges.txt. `qwen-quant eval` of the F32 file gives the directory's perplexity exactly.
    `--split-max-size` writes gguf-split's layout (checked with gguf-py: key types, metadata in the first file, tensors).
-2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant and 5-bit types we read but do not write (Q4_K,
-   Q5_K, Q6_K, Q5_0, Q5_1; random blocks with sane scales) is read by `qwen-quant dequantize`: every tensor equals
+2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant, 5-bit and IQ4 types, whose quantizers gguf-py lacks
+   (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS; random blocks with sane scales; our quantizers' bytes
+   are llama.cpp's, tests/test_gguf_kquants.cpp), is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/gguf not importable).
 """
@@ -228,7 +229,7 @@ print(f"split: {n} files, {len(seen)} tensors", flush=True)
 # 2. Types we only read, in a file gguf-py writes: the k-quants need rows of 256 values.
 d256 = make_model("qwen2_256", Qwen2Config, Qwen2ForCausalLM, intermediate_size=512, num_attention_heads=4,
                   num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True, vocab_size=320, hidden_size=256,
-                  num_hidden_layers=1, max_position_embeddings=256, rms_norm_eps=1e-6)
+                  num_hidden_layers=2, max_position_embeddings=256, rms_norm_eps=1e-6)
 base = os.path.join(out, "qwen2_256-f32.gguf")
 run([qq, "gguf", "--model", d256, "--out", base, "--type", "f32", "--overwrite", "--quiet"])
 src = GGUFReader(base)
@@ -242,16 +243,21 @@ for key, f in src.fields.items():
     w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1] if len(f.types) > 1 else None)
 rng = np.random.default_rng(7)
 # Where each type keeps its fp16 scales (d, and dmin / m), so random blocks decode to sane values.
-SCALE_BYTES = {QT.Q4_K: [0, 2], QT.Q5_K: [0, 2], QT.Q6_K: [208], QT.Q5_0: [0], QT.Q5_1: [0, 2]}
-cycle = [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1]
+SCALE_BYTES = {QT.Q4_K: [0, 2], QT.Q5_K: [0, 2], QT.Q6_K: [208], QT.Q5_0: [0], QT.Q5_1: [0, 2], QT.Q2_K: [80, 82],
+               QT.Q3_K: [108], QT.IQ4_NL: [0], QT.IQ4_XS: [0]}
+cycle = [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1, QT.Q2_K, QT.Q3_K, QT.IQ4_NL, QT.IQ4_XS]
 written = {}
-for i, t in enumerate(src.tensors):
+n_linear = 0
+for t in src.tensors:
     data = np.asarray(t.data)
     if len(t.shape) == 1:
         w.add_tensor(t.name, np.array(data, dtype=np.float32))
         written[t.name] = (QT.F32, np.array(data, dtype=np.float32))
         continue
-    qt = QT.Q6_K if t.name == "token_embd.weight" else cycle[i % len(cycle)]
+    if t.name == "token_embd.weight":
+        qt = QT.Q6_K
+    else:
+        qt, n_linear = cycle[n_linear % len(cycle)], n_linear + 1
     block, size = gguf.GGML_QUANT_SIZES[qt]
     rows, cols = int(t.shape[1]), int(t.shape[0])
     raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)

@@ -1,0 +1,72 @@
+// qwen-quant imatrix: an importance matrix of a model over calibration text, as llama-imatrix computes it
+// (trainer/imatrix_model.h), for `qwen-quant gguf --imatrix` and llama-quantize --imatrix.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "tools/cli.h"
+#include "tools/cli_common.h"
+#include "trainer/imatrix_model.h"
+#include "trainer/model_dir.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct ImatrixArgs {
+  ImatrixOptions o;
+  std::string model, out, format = "gguf";
+  bool overwrite = false;
+  CommonOptions common;
+};
+
+}  // namespace
+
+void register_imatrix(CLI::App& app) {
+  auto a = std::make_shared<ImatrixArgs>();
+  CLI::App* c = app.add_subcommand(
+      "imatrix", "Compute an importance matrix over calibration text (llama-imatrix's statistics) for gguf --imatrix");
+  c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit), or a GGUF file")
+      ->required();
+  c->add_option("--calib,-f", a->o.calib_path, "calibration text or JSONL (e.g. C4 documents, WikiText train)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  c->add_option("--text-field", a->o.text_field, "JSONL field holding the text")->capture_default_str();
+  c->add_option("--out,-o", a->out, "output file (.gguf, or the legacy .dat with --output-format dat)")->required();
+  c->add_option("--output-format", a->format, "gguf (llama-imatrix's default) or dat (its legacy format)")
+      ->check(CLI::IsMember({"gguf", "dat"}))
+      ->capture_default_str();
+  c->add_option("--ctx,-c", a->o.ctx, "tokens per chunk (llama-imatrix -c)")
+      ->check(at_least(2, "INT>=2"))
+      ->capture_default_str();
+  c->add_option("--chunks", a->o.chunks, "at most this many chunks (-1: all the text gives)")->capture_default_str();
+  c->add_flag("--process-output", a->o.process_output,
+              "also collect output.weight's input (untied models; llama-imatrix --process-output)");
+  c->add_option("--batch-tokens", a->o.batch_tokens, "tokens forwarded at once (whole chunks; memory)")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
+  c->add_flag("--overwrite", a->overwrite, "replace an existing output file");
+  c->add_flag("--quiet,-q", a->o.quiet, "no progress bar");
+  add_common_options(c, &a->common);
+  c->callback([a]() {
+    apply_common_options(a->common);
+    check_output_dir_exists("--out", a->out);
+    QWENQ_CHECK(a->overwrite || !file_exists(a->out), a->out << ": already exists (pass --overwrite to replace it)");
+    QWENQ_CHECK(a->o.chunks == -1 || a->o.chunks > 0, "--chunks: must be positive or -1 (all), got " << a->o.chunks);
+    a->o.model = resolve_model_dir(a->model, "main", /*allow_gguf=*/true);
+    ImatrixReport r;
+    const Imatrix m = compute_imatrix(a->o, &r);
+    if (a->format == "dat") {
+      write_imatrix_dat(m, a->out);
+    } else {
+      write_imatrix_gguf(m, a->out);
+    }
+    std::printf("wrote %s: %lld entries from %lld chunks of %lld tokens (%lld of the text's %lld tokens), %.1fs\n",
+                a->out.c_str(), (long long)r.entries, (long long)r.chunks, (long long)a->o.ctx, (long long)r.tokens,
+                (long long)r.text_tokens, r.seconds);
+  });
+}
+
+}  // namespace qwenq::cli

@@ -1,0 +1,127 @@
+// llama-imatrix's statistics by our CPU forward (what is counted: trainer/imatrix_model.h).
+#include "trainer/imatrix_model.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "kernels/norm.h"
+#include "trainer/gguf_model.h"
+#include "trainer/qwen_model.h"
+#include "trainer/text_data.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+namespace {
+
+// Running sums of one input group (the Linears that share it), in double.
+struct GroupSums {
+  std::vector<double> sum2, sum;
+  int64_t count = 0;
+  void add(const float* x, int64_t T, int64_t K) {
+    if (sum2.empty()) sum2.assign(static_cast<size_t>(K), 0.0), sum.assign(static_cast<size_t>(K), 0.0);
+    QWENQ_CHECK(static_cast<int64_t>(sum2.size()) == K, "imatrix: an input of " << K << " columns after "
+                                                                                 << sum2.size());
+    // Columns in parallel, tokens in order inside a column: the same sums at any thread count.
+    parallel_for(K, 64, [&](int64_t j0, int64_t j1) {
+      for (int64_t t = 0; t < T; ++t) {
+        const float* row = x + t * K;
+        for (int64_t j = j0; j < j1; ++j) {
+          const double v = row[j];
+          sum2[j] += v * v;
+          sum[j] += v;
+        }
+      }
+    });
+    count += T;
+  }
+  ImatrixEntry entry() const {
+    ImatrixEntry e;
+    e.sum2.assign(sum2.begin(), sum2.end());
+    e.sum.assign(sum.begin(), sum.end());
+    e.counts = {static_cast<float>(count)};
+    return e;
+  }
+};
+
+int group_index(BlockLinear g) {
+  return g == BlockLinear::QKV ? 0 : g == BlockLinear::O ? 1 : g == BlockLinear::GateUp ? 2 : 3;
+}
+
+}  // namespace
+
+Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
+  const auto t0 = std::chrono::steady_clock::now();
+  QWENQ_CHECK(o.ctx >= 2, "imatrix: --ctx must be at least 2 tokens, not " << o.ctx);
+  QwenModel model(o.model);
+  const QwenConfig& c = model.config();
+  QWENQ_CHECK(o.ctx <= c.max_position_embeddings, "imatrix: --ctx " << o.ctx << " is longer than the model's context ("
+                                                                    << c.max_position_embeddings << " tokens)");
+  const Tokenizer tok = Tokenizer::from_model(o.model);
+  std::vector<int32_t> ids = tok.encode(load_text_corpus(o.calib_path, o.text_field), /*add_special_tokens=*/true,
+                                        /*parse_special=*/false);
+  int64_t n_chunks = static_cast<int64_t>(ids.size()) / o.ctx;
+  if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
+  QWENQ_CHECK(n_chunks >= 1, o.calib_path << ": tokenizes to " << ids.size() << " tokens, fewer than one chunk of "
+                                          << o.ctx << " (lower --ctx or give more text)");
+  const bool bos = tok.adds_bos() && tok.bos_id() >= 0;
+  const bool output = o.process_output && !c.tie_word_embeddings;
+  const int64_t per_batch = std::max<int64_t>(1, o.batch_tokens / o.ctx);
+
+  std::vector<std::array<GroupSums, 4>> sums(static_cast<size_t>(c.num_layers));
+  GroupSums out_sums;
+  Progress bar("imatrix", n_chunks, "chunks", o.quiet);
+  std::vector<float> x, normed;
+  for (int64_t c0 = 0; c0 < n_chunks; c0 += per_batch) {
+    const int64_t c1 = std::min(n_chunks, c0 + per_batch);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      seqs.emplace_back(ids.begin() + ch * o.ctx, ids.begin() + (ch + 1) * o.ctx);
+      if (bos) seqs.back()[0] = tok.bos_id();
+    }
+    const PackedBatch batch = PackedBatch::from_sequences(seqs);
+    const int64_t T = batch.num_tokens();
+    model.embed_batch(batch, &x);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      model.block_forward(l, batch, x.data(), [&](BlockLinear g, const float* in, int64_t rows) {
+        sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(g))].add(in, rows, block_linear_inputs(c, g));
+      });
+    }
+    if (output) {
+      const TensorView& fn = model.weights().final_norm;
+      normed.resize(x.size());
+      rmsnorm_forward_ref(x.data(), T, c.hidden_size, fn.data, fn.dtype, static_cast<float>(c.rms_norm_eps),
+                          normed.data());
+      out_sums.add(normed.data(), T, c.hidden_size);
+    }
+    bar.update(c1);
+  }
+  bar.finish();
+
+  Imatrix m;
+  m.datasets = {o.calib_path};
+  m.chunk_count = static_cast<uint32_t>(n_chunks);
+  m.chunk_size = static_cast<uint32_t>(o.ctx);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (int i = 0; i < 7; ++i) {
+      const DecoderLinear& d = kDecoderLinears[i];
+      const GroupSums& s = sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(d.group))];
+      m.entries["blk." + std::to_string(l) + "." + gguf_linear_name(i) + ".weight"] = s.entry();
+    }
+  }
+  if (output) m.entries["output.weight"] = out_sums.entry();
+  if (report) {
+    report->text_tokens = static_cast<int64_t>(ids.size());
+    report->chunks = n_chunks;
+    report->tokens = n_chunks * o.ctx;
+    report->entries = static_cast<int64_t>(m.entries.size());
+    report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return m;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,43 @@
+// `qwen-quant imatrix`: llama-imatrix's importance matrix of a model over calibration text, computed by our CPU
+// forward (a model directory in any format we read, or a GGUF file).
+//
+// As llama-imatrix: the text is tokenized whole (BOS first when the tokenizer adds one, special tokens not parsed),
+// cut into n = ⌊tokens / ctx⌋ chunks of ctx tokens (at most `chunks`), the first token of each chunk replaced by BOS
+// when the tokenizer adds one; every chunk runs through the model as its own sequence, and for every matrix
+// multiplication of a decoder block by a weight W [N, K] each of the ctx tokens' inputs x [K] is counted:
+//   in_sum2[j] += x_j²,  in_sum[j] += x_j,  counts += 1
+// for the weights blk.<l>.{attn_q, attn_k, attn_v} (input: the normalized hidden state), attn_output (the attention
+// output), ffn_gate, ffn_up (the normalized hidden state after attention) and ffn_down (silu(gate) ⊙ up); with
+// process_output also output.weight (the final normalized hidden state; an untied model only: a tied output is the
+// embedding, which llama-imatrix does not collect either). Sums run in double and are stored as fp32.
+// The result is written with quant/ggml_imatrix.h and read by `qwen-quant gguf --imatrix` and llama-quantize.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "quant/ggml_imatrix.h"
+
+namespace qwenq {
+
+struct ImatrixOptions {
+  std::string model;       // a resolved model directory or GGUF file
+  std::string calib_path;  // text or JSONL (trainer/text_data.h)
+  std::string text_field = "text";
+  int64_t ctx = 512;        // tokens per chunk (llama-imatrix -c)
+  int64_t chunks = -1;      // at most this many chunks (-1: all the text gives)
+  bool process_output = false;
+  int64_t batch_tokens = 4096;  // whole chunks forwarded together (memory ~ batch_tokens · (4C + 2I) floats)
+  bool quiet = false;
+};
+
+struct ImatrixReport {
+  int64_t text_tokens = 0;  // the tokenized text
+  int64_t chunks = 0, tokens = 0;  // evaluated
+  int64_t entries = 0;
+  double seconds = 0;
+};
+
+Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report = nullptr);
+
+}  // namespace qwenq
