@@ -175,7 +175,9 @@ void write_imatrix_gguf(const Imatrix& m, const std::string& path) {
   w.set("imatrix.datasets", GgufValue::str_array(m.datasets));
   w.set("imatrix.chunk_count", GgufValue::u32(m.chunk_count));
   w.set("imatrix.chunk_size", GgufValue::u32(m.chunk_size));
-  for (const auto& [name, e] : m.entries) {  // std::map: name order, as llama-imatrix sorts them
+  for (const auto& kv : m.entries) {  // std::map: name order, as llama-imatrix sorts them
+    const std::string& name = kv.first;
+    const ImatrixEntry& e = kv.second;
     const int64_t nmat = static_cast<int64_t>(e.counts.size()), K = e.columns();
     w.add_tensor(name + kSum2, GgmlType::F32, {K, nmat}, [&e] { return f32_bytes(e.sum2); });
     w.add_tensor(name + kCounts, GgmlType::F32, {1, nmat}, [&e] { return f32_bytes(e.counts); });

@@ -139,72 +139,12 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw
   return scale;
 }
 
-// make_qkx2_quants' search with importance weights w (always given here) and its own grid: the first rounding, then
-// nstep + 1 scales (nmax + rmin + rdelta·is)/(max − min), each with the weighted least-squares scale and min of its
-// codes (min forced to 0 when positive); the least Σ w·(scale·q + min − x)² wins. Returns the scale, −min in *the_min.
+// ggml's make_qkx3_quants is make_qkx2_quants' search with the squared error (and x² weights when none are given,
+// which no caller here does): the same operations, so the same function. (Its "max <= min" test of an all-equal block
+// is qkx2's "max == min": min is clipped to at most x[0] <= max.)
 float make_qkx3_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min, uint8_t* Laux,
                        float rmin, float rdelta, int nstep) {
-  float min = x[0], max = x[0];
-  float sum_w = w[0];
-  float sum_x = sum_w * x[0];
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < min) min = x[i];
-    if (x[i] > max) max = x[i];
-    sum_w += w[i];
-    sum_x += w[i] * x[i];
-  }
-  if (min > 0) min = 0;
-  if (max <= min) {
-    std::fill(L, L + n, 0);
-    *the_min = -min;
-    return 0.0f;
-  }
-  float iscale = static_cast<float>(nmax) / (max - min);
-  float scale = 1 / iscale;
-  float best = 0;
-  for (int i = 0; i < n; ++i) {
-    const int l = nearest_int(iscale * (x[i] - min));
-    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
-    float diff = scale * static_cast<float>(L[i]) + min - x[i];
-    diff = diff * diff;
-    best += w[i] * diff;
-  }
-  for (int is = 0; is <= nstep; ++is) {
-    iscale = (rmin + rdelta * static_cast<float>(is) + static_cast<float>(nmax)) / (max - min);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      int l = nearest_int(iscale * (x[i] - min));
-      l = std::max(0, std::min(nmax, l));
-      Laux[i] = static_cast<uint8_t>(l);
-      const float fl = static_cast<float>(l);
-      sum_l += w[i] * fl;
-      sum_l2 += w[i] * fl * fl;
-      sum_xl += w[i] * fl * x[i];
-    }
-    const float D = sum_w * sum_l2 - sum_l * sum_l;
-    if (D > 0) {
-      float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-      float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-      if (this_min > 0) {
-        this_min = 0;
-        this_scale = sum_xl / sum_l2;
-      }
-      float cur = 0;
-      for (int i = 0; i < n; ++i) {
-        float diff = this_scale * static_cast<float>(Laux[i]) + this_min - x[i];
-        diff = diff * diff;
-        cur += w[i] * diff;
-      }
-      if (cur < best) {
-        std::copy(Laux, Laux + n, L);
-        best = cur;
-        scale = this_scale;
-        min = this_min;
-      }
-    }
-  }
-  *the_min = -min;
-  return scale;
+  return make_qkx2_quants(n, nmax, x, w, L, the_min, Laux, rmin, rdelta, nstep, false);
 }
 
 // Codes L[n] in [0, nmax] of n non-negative values (a super-block's sub-block scales or mins) and their common step:

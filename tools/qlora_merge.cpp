@@ -11,6 +11,7 @@
 #include "tools/qlora_cli.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/gguf_model.h"
+#include "trainer/imatrix_model.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 
@@ -22,6 +23,9 @@ struct MergeArgs {
   MergeOptions opt;
   std::string model, dtype;  // dtype "": the base's (bf16 for a quantized base)
   std::string gguf;          // a GGUF file type: write --out as one GGUF file
+  std::string imatrix;       // --gguf with an importance matrix file
+  std::string imatrix_calib;  // --gguf with an importance matrix computed on the merged model over this text
+  int64_t imatrix_ctx = 512, imatrix_chunks = 128;
   double max_shard_gb = 4.0;
   CommonOptions common;
 };
@@ -38,6 +42,10 @@ void run_merge(MergeArgs& a) {
     a.opt.dtype = default_merge_dtype(a.opt.model_dir);
   }
   std::string gguf_out;
+  QWENQ_CHECK(a.gguf.empty() ? a.imatrix.empty() && a.imatrix_calib.empty() : true,
+              "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE too");
+  QWENQ_CHECK(a.imatrix.empty() || a.imatrix_calib.empty(), "give --imatrix FILE or --imatrix-calib TEXT, not both");
+  if (!a.imatrix.empty()) read_imatrix(a.imatrix);  // a bad file is refused before the merge
   if (!a.gguf.empty()) {  // refused before the merge: the type, an existing file, a missing directory
     gguf_file_type(a.gguf);
     check_output_dir_exists("--out", a.opt.out_dir);
@@ -57,10 +65,27 @@ void run_merge(MergeArgs& a) {
     g.type = a.gguf;
     g.overwrite = true;  // checked above
     g.quiet = a.opt.quiet;
+    g.imatrix_path = a.imatrix;
+    double imatrix_seconds = 0;
+    if (!a.imatrix_calib.empty()) {  // the merged model's own statistics, kept beside the GGUF file for reuse
+      ImatrixOptions io;
+      io.model = a.opt.out_dir;
+      io.calib_path = a.imatrix_calib;
+      io.ctx = a.imatrix_ctx;
+      io.chunks = a.imatrix_chunks;
+      io.quiet = a.opt.quiet;
+      ImatrixReport ir;
+      const Imatrix m = compute_imatrix(io, &ir);
+      g.imatrix_path = gguf_path_prefix(gguf_out) + ".imatrix.gguf";
+      write_imatrix_gguf(m, g.imatrix_path);
+      imatrix_seconds = ir.seconds;
+    }
     const GgufExportReport gr = export_gguf(a.opt.out_dir, gguf_out, g);
-    std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, as GGUF %s (%s), %s, %.1fs\n",
+    const std::string with = g.imatrix_path.empty() ? "" : ", importance matrix " + g.imatrix_path;
+    std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, as GGUF %s (%s)%s, %s, %.1fs\n",
                 gguf_out.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
-                a.gguf.c_str(), gr.arch.c_str(), format_bytes(gr.bytes).c_str(), r.seconds + gr.seconds);
+                a.gguf.c_str(), gr.arch.c_str(), with.c_str(), format_bytes(gr.bytes).c_str(),
+                r.seconds + imatrix_seconds + gr.seconds);
     return;
   }
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) merged with %s, weights in %s, %d shard(s), %s of "
@@ -90,6 +115,19 @@ void register_qlora_merge(CLI::App& app) {
                   "write --out as one GGUF file of this type for llama.cpp (q4_k_m, q8_0, f16, ...: `qwen-quant gguf`'s "
                   "--type) instead of a directory")
       ->check(CLI::IsMember(gguf_file_type_list()));
+  cmd->add_option("--imatrix", a->imatrix, "with --gguf: quantize with this importance matrix (qwen-quant imatrix's or "
+                                           "llama-imatrix's)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--imatrix-calib", a->imatrix_calib,
+                  "with --gguf: compute the merged model's importance matrix over this text or JSONL first (kept as "
+                  "<out>.imatrix.gguf) and quantize with it")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--imatrix-ctx", a->imatrix_ctx, "tokens per chunk for --imatrix-calib")
+      ->check(at_least(2, "INT>=2"))
+      ->capture_default_str();
+  cmd->add_option("--imatrix-chunks", a->imatrix_chunks, "at most this many chunks for --imatrix-calib")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output");
   cmd->add_option("--max-shard-size", a->max_shard_gb, "largest safetensors shard, in GB")
       ->check(greater_than(0, "POSITIVE"))

@@ -60,6 +60,33 @@ if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/merged.gg
 fi
 grep -q "merged.gguf: already exists (pass --overwrite to replace it)" "$WORK/again_gguf.txt" \
   || fail "merge --gguf refusal" "$WORK/again_gguf.txt"
+# merge --gguf --imatrix-calib: the merged model's importance matrix, kept beside the file, then the same bytes as
+# `qwen-quant imatrix` on the merged directory followed by `qwen-quant gguf --imatrix`.
+for i in $(seq 1 12); do echo "Once upon a time there was a little cat number $i who liked to play in the sun."; done \
+  > "$WORK/calib.txt"
+"$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/mq4.gguf" --gguf q4_0 --imatrix-calib \
+  "$WORK/calib.txt" --imatrix-ctx 64 --dtype fp32 --threads 1 -q > "$WORK/merge_im.txt" 2>&1 \
+  || fail "merge --imatrix-calib" "$WORK/merge_im.txt"
+grep -q "as GGUF q4_0 (qwen2), importance matrix $WORK/mq4.imatrix.gguf" "$WORK/merge_im.txt" \
+  || fail "merge --imatrix-calib summary" "$WORK/merge_im.txt"
+"$QQ" imatrix --model "$WORK/merged" --calib "$WORK/calib.txt" --ctx 64 --out "$WORK/m.imatrix.gguf" --threads 1 -q \
+  > /dev/null 2>&1 || fail "imatrix of the merged directory"
+"$QQ" gguf --model "$WORK/merged" --out "$WORK/mq4b.gguf" --type q4_0 --imatrix "$WORK/m.imatrix.gguf" --threads 1 -q \
+  > /dev/null 2>&1 || fail "gguf --imatrix of the merged directory"
+python3 - "$WORK" <<'PY' || fail "merge --imatrix-calib: other tensors than imatrix + gguf --imatrix"
+import sys
+w = sys.argv[1]
+a, b = open(f"{w}/mq4.gguf", "rb").read(), open(f"{w}/mq4b.gguf", "rb").read()
+# The metadata differs (general.name, quantize.imatrix.file); the tensor data at the end of the files must not.
+n = 200000 if len(a) > 200000 else len(a) // 2
+assert a[-n:] == b[-n:], (len(a), len(b))
+PY
+if "$QL" merge --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/mq.gguf" --imatrix "$WORK/m.imatrix.gguf" -q \
+  > "$WORK/merge_im_bad.txt" 2>&1; then
+  fail "merge --imatrix without --gguf accepted"
+fi
+grep -q -- "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE too" "$WORK/merge_im_bad.txt" \
+  || fail "merge --imatrix without --gguf: message" "$WORK/merge_im_bad.txt"
 
 # generate: the in-memory merge and the merged directory give the same greedy text (and plain and --chat run).
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 \

@@ -17,6 +17,8 @@
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
 #include "quant/ggml_blocks.h"
+#include "quant/ggml_imatrix.h"
+#include "trainer/gguf_model.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_config.h"
@@ -134,6 +136,21 @@ void gguf_target(const uint8_t* data, size_t size) {
   (void)tok.decode(tok.encode("Hello world <|im_start|> 123"));
 }
 
+// The bytes as an importance matrix file (GGUF or legacy .dat: the first bytes decide): read it, take every entry's
+// importance, and export the dense fixture model as Q4_K_M GGUF with it (an entry of the wrong width is refused).
+void imatrix_target(const uint8_t* data, size_t size) {
+  const std::string path = path_join(scratch(), "input.imatrix");
+  write_bytes(path, data, size);
+  const Imatrix m = read_imatrix(path);
+  for (const auto& kv : m.entries) (void)m.importance(kv.first);
+  GgufExportOptions o;
+  o.type = "q4_k_m";
+  o.quiet = true;
+  o.overwrite = true;
+  o.imatrix_path = path;
+  export_gguf(path_join(fixtures(), "models/dense"), path_join(scratch(), "imatrix-out.gguf"), o);
+}
+
 bool tokenizer_target(const uint8_t* data, size_t size) {
   static const Tokenizer tok = [] {
     const std::string dir = path_join(fixtures(), "tokenizer");
@@ -223,7 +240,7 @@ std::vector<std::string> fuzz_target_names() {
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
   for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
-                        "gguf"})
+                        "gguf", "imatrix"})
     names.push_back(t);
   return names;
 }
@@ -255,6 +272,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       llama2c_target(target == "llama2c_tokenizer", data, size);
     } else if (target == "gguf") {
       gguf_target(data, size);
+    } else if (target == "imatrix") {
+      imatrix_target(data, size);
     } else {
       std::string all;
       for (const std::string& n : fuzz_target_names()) all += (all.empty() ? "" : ", ") + n;

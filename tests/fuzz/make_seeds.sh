@@ -5,6 +5,7 @@
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
+#   OUT/seeds/imatrix                 the dense model's importance matrix (qwen-quant imatrix), GGUF and legacy .dat
 #   OUT/llama2c/{tiny.bin,tok.bin}    a tiny llama2.c checkpoint written here and stories260K's tok512.bin (SHARED only)
 #   OUT/seeds/<target>                the seed inputs of each target (':' in a target's name becomes '-')
 #   tests/fuzz/make_seeds.sh BUILD OUT [SHARED]      (BUILD holds qwen-quant and qwen-qlora; python3 writes binaries)
@@ -20,6 +21,12 @@ log="$OUT/make_seeds.log"
 mkdir -p "$OUT/seeds/gguf"
 for t in q4_0 q8_0 f16; do
   "$QQ" gguf --model "$OUT/models/dense" --out "$OUT/seeds/gguf/dense-$t.gguf" --type $t -q >> "$log" 2>&1
+done
+mkdir -p "$OUT/seeds/imatrix"
+for i in $(seq 1 30); do echo "the cat sat on the mat number $i and looked around at the garden."; done > "$OUT/imatrix.txt"
+for f in gguf dat; do
+  "$QQ" imatrix --model "$OUT/models/dense" --calib "$OUT/imatrix.txt" --ctx 64 --out "$OUT/seeds/imatrix/dense.$f" \
+    --output-format $f -q >> "$log" 2>&1
 done
 if [ -n "$SHARED" ] && [ -d "$SHARED/data/qwen2-tokenizer" ]; then
   cp -r "$SHARED/data/qwen2-tokenizer" "$OUT/tokenizer"
