@@ -164,6 +164,37 @@ std::vector<float> Imatrix::importance(const std::string& name) const {
   return v;
 }
 
+void merge_imatrix(Imatrix* into, const Imatrix& from, const std::string& from_path) {
+  QWENQ_CHECK(!into->legacy, "merge_imatrix: the destination must hold sums (not a legacy file's values)");
+  const float chunk = static_cast<float>(into->chunk_size > 0 ? into->chunk_size : 512);
+  for (const auto& kv : from.entries) {
+    ImatrixEntry e = kv.second;
+    if (from.legacy) {  // stored E[x²]·ncall over ncall chunks: sums over ncall·chunk tokens
+      for (float& v : e.sum2) v *= chunk;
+      for (float& c : e.counts) c *= chunk;
+    }
+    auto it = into->entries.find(kv.first);
+    if (it == into->entries.end()) {
+      into->entries.emplace(kv.first, std::move(e));
+      continue;
+    }
+    ImatrixEntry& d = it->second;
+    QWENQ_CHECK(d.sum2.size() == e.sum2.size() && d.counts.size() == e.counts.size(),
+                from_path << ": imatrix entry " << kv.first << " has " << e.sum2.size() << " values in "
+                          << e.counts.size() << " matrices, the others " << d.sum2.size() << " in " << d.counts.size()
+                          << " (an imatrix of another model?)");
+    for (size_t i = 0; i < d.sum2.size(); ++i) d.sum2[i] += e.sum2[i];
+    if (!d.sum.empty() && !e.sum.empty()) {
+      for (size_t i = 0; i < d.sum.size(); ++i) d.sum[i] += e.sum[i];
+    } else {
+      d.sum.clear();
+    }
+    for (size_t i = 0; i < d.counts.size(); ++i) d.counts[i] += e.counts[i];
+  }
+  into->chunk_count += from.chunk_count;
+  into->datasets.insert(into->datasets.end(), from.datasets.begin(), from.datasets.end());
+}
+
 Imatrix read_imatrix(const std::string& path) {
   QWENQ_CHECK(file_exists(path), path << ": no such imatrix file");
   return is_gguf_file(path) ? read_gguf(path) : read_dat(path);

@@ -44,6 +44,12 @@ struct Imatrix {
 
 // Reads a GGUF or a legacy .dat imatrix file (GGUF when it starts with the GGUF magic).
 Imatrix read_imatrix(const std::string& path);
+
+// Adds `from` (read from from_path) into `into`, as llama-imatrix --in-file does: per entry the sums and counts add (an
+// entry new to `into` is copied; in_sum is kept only where both have it), chunk counts add, datasets are appended. A
+// legacy `from` is first turned into sums as llama-imatrix reads one: sums = value·chunk_size, counts = ncall·chunk_size
+// for chunk_size = into->chunk_size. An entry of another width or matrix count is refused naming from_path.
+void merge_imatrix(Imatrix* into, const Imatrix& from, const std::string& from_path);
 // Writes the GGUF form (entries in name order, as llama-imatrix), to a temporary name renamed when complete.
 void write_imatrix_gguf(const Imatrix& m, const std::string& path);
 // Writes the legacy form (llama-imatrix --output-format dat), the same way.

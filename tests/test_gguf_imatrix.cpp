@@ -105,6 +105,42 @@ TEST(GgufImatrix, LegacyDatFileReadAsLlamaQuantizeReadsIt) {
   }
 }
 
+// --in-file: sums and counts add; a legacy file's values become sums over its chunks of the destination's chunk size
+// (llama-imatrix's reading of one); in_sum survives only where both sides have it; another width is refused.
+TEST(GgufImatrix, MergeAddsSumsAsLlamaImatrixDoes) {
+  Imatrix into;
+  into.chunk_size = 512;
+  merge_imatrix(&into, two_entries(), "a.gguf");  // into an empty one: a copy
+  EXPECT_EQ(into.entries.at("blk.0.attn_q.weight").sum2, two_entries().entries.at("blk.0.attn_q.weight").sum2);
+  EXPECT_EQ(into.chunk_count, 3u);
+  merge_imatrix(&into, two_entries(), "b.gguf");
+  const ImatrixEntry& q = into.entries.at("blk.0.attn_q.weight");
+  EXPECT_EQ(q.sum2, (std::vector<float>{3072.0f, 1536.0f, 0.0f, 6144.0f}));
+  EXPECT_EQ(q.sum, (std::vector<float>{-6.0f, 5.0f, 0.0f, 2.0f}));
+  EXPECT_EQ(q.counts, (std::vector<float>{3072.0f}));
+  EXPECT_EQ(into.chunk_count, 6u);
+  EXPECT_EQ(into.datasets.size(), 4u);
+  EXPECT_EQ(into.importance("blk.0.attn_q.weight"), (std::vector<float>{1.0f, 0.5f, 0.0f, 2.0f}));
+  Imatrix legacy;  // E[x²] = {2, 4, 6, 8} over ncall = 2 chunks: stored values E[x²]·2
+  legacy.legacy = true;
+  legacy.chunk_count = 2;
+  ImatrixEntry l;
+  l.sum2 = {4.0f, 8.0f, 12.0f, 16.0f};
+  l.counts = {2.0f};
+  legacy.entries["blk.0.attn_q.weight"] = l;
+  merge_imatrix(&into, legacy, "old.dat");
+  EXPECT_EQ(q.counts, (std::vector<float>{3072.0f + 1024.0f}));
+  EXPECT_EQ(q.sum2, (std::vector<float>{3072.0f + 2048.0f, 1536.0f + 4096.0f, 6144.0f, 6144.0f + 8192.0f}));
+  EXPECT_TRUE(q.sum.empty());
+  ImatrixEntry wide;
+  wide.sum2.assign(8, 1.0f);
+  wide.counts = {1.0f};
+  Imatrix other;
+  other.entries["blk.0.attn_q.weight"] = wide;
+  test::expect_error([&] { merge_imatrix(&into, other, "other.gguf"); },
+                     {"other.gguf", "blk.0.attn_q.weight", "8 values", "another model"});
+}
+
 TEST(GgufImatrix, BadFilesAreRefusedNamingTheProblem) {
   const std::string dir = test::scratch_dir();
   test::expect_error([&] { read_imatrix(dir + "/none.gguf"); }, {"none.gguf", "no such imatrix file"});

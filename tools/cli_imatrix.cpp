@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/files.h"
@@ -18,6 +19,7 @@ namespace {
 struct ImatrixArgs {
   ImatrixOptions o;
   std::string model, out, format = "gguf";
+  std::vector<std::string> in_files;
   bool overwrite = false;
   CommonOptions common;
 };
@@ -28,10 +30,12 @@ void register_imatrix(CLI::App& app) {
   auto a = std::make_shared<ImatrixArgs>();
   CLI::App* c = app.add_subcommand(
       "imatrix", "Compute an importance matrix over calibration text (llama-imatrix's statistics) for gguf --imatrix");
-  c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit), or a GGUF file")
-      ->required();
+  c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit), or a GGUF file");
   c->add_option("--calib,-f", a->o.calib_path, "calibration text or JSONL (e.g. C4 documents, WikiText train)")
-      ->required()
+      ->check(CLI::ExistingFile);
+  c->add_option("--in-file", a->in_files,
+                "an earlier importance matrix (ours or llama-imatrix's, GGUF or .dat) to add to this one; repeatable, and "
+                "without --calib the files are only merged (llama-imatrix --in-file)")
       ->check(CLI::ExistingFile);
   c->add_option("--text-field", a->o.text_field, "JSONL field holding the text")->capture_default_str();
   c->add_option("--out,-o", a->out, "output file (.gguf, or the legacy .dat with --output-format dat)")->required();
@@ -55,17 +59,33 @@ void register_imatrix(CLI::App& app) {
     check_output_dir_exists("--out", a->out);
     QWENQ_CHECK(a->overwrite || !file_exists(a->out), a->out << ": already exists (pass --overwrite to replace it)");
     QWENQ_CHECK(a->o.chunks == -1 || a->o.chunks > 0, "--chunks: must be positive or -1 (all), got " << a->o.chunks);
-    a->o.model = resolve_model_dir(a->model, "main", /*allow_gguf=*/true);
+    QWENQ_CHECK(!a->o.calib_path.empty() || !a->in_files.empty(),
+                "imatrix: give --calib TEXT (with --model), --in-file FILE to merge, or both");
+    QWENQ_CHECK(a->o.calib_path.empty() || !a->model.empty(), "imatrix: --calib needs --model");
+    // As llama-imatrix: the earlier files first (their datasets first), then this run's statistics.
+    Imatrix m;
+    m.chunk_size = static_cast<uint32_t>(a->o.ctx);
+    for (const std::string& f : a->in_files) merge_imatrix(&m, read_imatrix(f), f);
     ImatrixReport r;
-    const Imatrix m = compute_imatrix(a->o, &r);
+    if (!a->o.calib_path.empty()) {
+      a->o.model = resolve_model_dir(a->model, "main", /*allow_gguf=*/true);
+      merge_imatrix(&m, compute_imatrix(a->o, &r), a->o.calib_path);
+    }
     if (a->format == "dat") {
       write_imatrix_dat(m, a->out);
     } else {
       write_imatrix_gguf(m, a->out);
     }
-    std::printf("wrote %s: %lld entries from %lld chunks of %lld tokens (%lld of the text's %lld tokens), %.1fs\n",
-                a->out.c_str(), (long long)r.entries, (long long)r.chunks, (long long)a->o.ctx, (long long)r.tokens,
-                (long long)r.text_tokens, r.seconds);
+    const std::string merged =
+        a->in_files.empty() ? "" : " (" + std::to_string(a->in_files.size()) + " earlier file(s) added)";
+    if (a->o.calib_path.empty()) {
+      std::printf("wrote %s: %zu entries, %u chunks in all%s\n", a->out.c_str(), m.entries.size(), m.chunk_count,
+                  merged.c_str());
+    } else {
+      std::printf("wrote %s: %zu entries from %lld chunks of %lld tokens (%lld of the text's %lld tokens)%s, %.1fs\n",
+                  a->out.c_str(), m.entries.size(), (long long)r.chunks, (long long)a->o.ctx, (long long)r.tokens,
+                  (long long)r.text_tokens, merged.c_str(), r.seconds);
+    }
   });
 }
 

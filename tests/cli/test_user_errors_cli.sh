@@ -233,6 +233,10 @@ refuse imx_chunks "--chunks: must be positive or -1 (all), got 0" "$QQ" imatrix 
   --ctx 32 --chunks 0 --out im.gguf
 "$QQ" imatrix --model tiny --calib text.jsonl --ctx 32 --out im.gguf -q > imx.txt 2>&1 || fail "imatrix" imx.txt
 grep -q "wrote im.gguf: 14 entries from" imx.txt || fail "imatrix summary" imx.txt
+refuse imx_none "imatrix: give --calib TEXT (with --model), --in-file FILE to merge, or both" "$QQ" imatrix --out im2.gguf
+refuse imx_nomodel "imatrix: --calib needs --model" "$QQ" imatrix --calib text.jsonl --out im2.gguf
+"$QQ" imatrix --in-file im.gguf --in-file im.gguf --out im2.gguf > imx2.txt 2>&1 || fail "imatrix --in-file" imx2.txt
+grep -q "wrote im2.gguf: 14 entries, .* chunks in all (2 earlier file(s) added)" imx2.txt || fail "imatrix merge" imx2.txt
 refuse imx_exists "im.gguf: already exists (pass --overwrite to replace it)" "$QQ" imatrix --model tiny \
   --calib text.jsonl --ctx 32 --out im.gguf
 "$QQ" init-random --preset tiny256 --layers 1 --out tiny_wide --dtype fp32 > /dev/null 2>&1 || fail "init-random tiny256"
