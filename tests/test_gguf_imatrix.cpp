@@ -244,6 +244,23 @@ TEST(GgufImatrix, StatisticsOfTheTinyModel) {
   const std::vector<float>& got = m.entries.at("blk.0.attn_q.weight").sum2;
   for (int64_t j = 0; j < C; ++j) EXPECT_NEAR(got[j], want[j], 1e-5 * want[j] + 1e-6) << j;
 
+  // The perplexity estimate: `eval`'s next-token NLL (checked against transformers elsewhere) of the same 5 chunks,
+  // averaged over positions 32..62 of each (llama-imatrix's second halves).
+  std::vector<std::vector<int32_t>> chunks;
+  for (int64_t ch = 0; ch < 5; ++ch) {
+    chunks.emplace_back(ids.begin() + ch * 64, ids.begin() + (ch + 1) * 64);
+    if (tok.adds_bos()) chunks.back()[0] = tok.bos_id();
+  }
+  std::vector<float> nll;
+  qm.next_token_nll(PackedBatch::from_sequences(chunks), &nll);
+  double sum = 0, sq = 0;
+  for (int64_t ch = 0; ch < 5; ++ch)
+    for (int64_t t = 32; t < 63; ++t) sum += nll[ch * 64 + t], sq += double(nll[ch * 64 + t]) * nll[ch * 64 + t];
+  const double mean = sum / 155, ppl = std::exp(mean);
+  EXPECT_EQ(rep.ppl_tokens, 155);
+  EXPECT_NEAR(rep.ppl, ppl, 1e-5 * ppl);
+  EXPECT_NEAR(rep.ppl_err, std::sqrt((sq / 155 - mean * mean) / 154) * ppl, 1e-4 * ppl);
+
   // Too little text for one chunk is refused, naming the file.
   o.ctx = c.max_position_embeddings;
   o.chunks = -1;

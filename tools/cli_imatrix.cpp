@@ -48,6 +48,7 @@ void register_imatrix(CLI::App& app) {
   c->add_option("--chunks", a->o.chunks, "at most this many chunks (-1: all the text gives)")->capture_default_str();
   c->add_flag("--process-output", a->o.process_output,
               "also collect output.weight's input (untied models; llama-imatrix --process-output)");
+  c->add_flag("--no-ppl", a->o.no_ppl, "skip the perplexity estimate of the pass (llama-imatrix --no-ppl)");
   c->add_option("--batch-tokens", a->o.batch_tokens, "tokens forwarded at once (whole chunks; memory)")
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
@@ -75,6 +76,10 @@ void register_imatrix(CLI::App& app) {
       write_imatrix_dat(m, a->out);
     } else {
       write_imatrix_gguf(m, a->out);
+    }
+    if (r.ppl_tokens > 0) {
+      std::fprintf(stderr, "imatrix: perplexity %.4f +/- %.5f over the second halves of the chunks (%lld tokens, as "
+                           "llama-imatrix estimates it)\n", r.ppl, r.ppl_err, (long long)r.ppl_tokens);
     }
     const std::string merged =
         a->in_files.empty() ? "" : " (" + std::to_string(a->in_files.size()) + " earlier file(s) added)";

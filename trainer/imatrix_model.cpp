@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "trainer/gguf_model.h"
 #include "trainer/qwen_model.h"
@@ -74,6 +76,11 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
 
   std::vector<std::array<GroupSums, 4>> sums(static_cast<size_t>(c.num_layers));
   GroupSums out_sums;
+  double nll_sum = 0, nll_sq = 0;
+  int64_t nll_n = 0;
+  const int64_t first = o.ctx / 2, scored = o.ctx - 1 - first;  // llama-imatrix's second half of each chunk
+  std::vector<float> lg, nll;
+  std::vector<int32_t> targets;
   Progress bar("imatrix", n_chunks, "chunks", o.quiet);
   std::vector<float> x, normed;
   for (int64_t c0 = 0; c0 < n_chunks; c0 += per_batch) {
@@ -91,12 +98,29 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
         sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(g))].add(in, rows, block_linear_inputs(c, g));
       });
     }
-    if (output) {
+    if (output || !o.no_ppl) {
       const TensorView& fn = model.weights().final_norm;
       normed.resize(x.size());
       rmsnorm_forward_ref(x.data(), T, c.hidden_size, fn.data, fn.dtype, static_cast<float>(c.rms_norm_eps),
                           normed.data());
-      out_sums.add(normed.data(), T, c.hidden_size);
+    }
+    if (output) out_sums.add(normed.data(), T, c.hidden_size);
+    if (!o.no_ppl && scored > 0) {
+      const int64_t V = c.vocab_size, C = c.hidden_size;
+      const int64_t step = std::max<int64_t>(1, std::min<int64_t>(scored, (int64_t{16} << 20) / V));  // ~64 MB
+      lg.resize(static_cast<size_t>(step * V));
+      nll.resize(static_cast<size_t>(step));
+      targets.resize(static_cast<size_t>(step));
+      for (int64_t s = 0; s < c1 - c0; ++s) {
+        for (int64_t i0 = 0; i0 < scored; i0 += step) {
+          const int64_t r0 = s * o.ctx + first + i0, rows = std::min(step, scored - i0);  // rows in the batch
+          model.logits(normed.data() + r0 * C, rows, lg.data());
+          for (int64_t i = 0; i < rows; ++i) targets[i] = batch.tokens[static_cast<size_t>(r0 + i + 1)];
+          cross_entropy_forward_ref(lg.data(), rows, V, targets.data(), nll.data());
+          for (int64_t i = 0; i < rows; ++i) nll_sum += nll[i], nll_sq += double(nll[i]) * nll[i];
+          nll_n += rows;
+        }
+      }
     }
     bar.update(c1);
   }
@@ -120,6 +144,13 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
     report->tokens = n_chunks * o.ctx;
     report->entries = static_cast<int64_t>(m.entries.size());
     report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (nll_n > 1) {
+      const double mean = nll_sum / static_cast<double>(nll_n);
+      const double var = std::max(0.0, nll_sq / static_cast<double>(nll_n) - mean * mean);
+      report->ppl = std::exp(mean);
+      report->ppl_err = std::sqrt(var / static_cast<double>(nll_n - 1)) * report->ppl;
+      report->ppl_tokens = nll_n;
+    }
   }
   return m;
 }

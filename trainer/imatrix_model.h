@@ -10,6 +10,8 @@
 // output), ffn_gate, ffn_up (the normalized hidden state after attention) and ffn_down (silu(gate) ⊙ up); with
 // process_output also output.weight (the final normalized hidden state; an untied model only: a tied output is the
 // embedding, which llama-imatrix does not collect either). Sums run in double and are stored as fp32.
+// Unless no_ppl, it also reports llama-imatrix's perplexity estimate of the pass: exp of the mean next-token NLL over
+// the second half of every chunk (positions ctx/2 .. ctx-2 predicting the next token), ± ppl·sqrt(var(NLL)/(n−1)).
 // The result is written with quant/ggml_imatrix.h and read by `qwen-quant gguf --imatrix` and llama-quantize.
 #pragma once
 
@@ -27,6 +29,7 @@ struct ImatrixOptions {
   int64_t ctx = 512;        // tokens per chunk (llama-imatrix -c)
   int64_t chunks = -1;      // at most this many chunks (-1: all the text gives)
   bool process_output = false;
+  bool no_ppl = false;  // skip the perplexity estimate (its lm_head over half the tokens)
   int64_t batch_tokens = 4096;  // whole chunks forwarded together (memory ~ batch_tokens · (4C + 2I) floats)
   bool quiet = false;
 };
@@ -35,6 +38,8 @@ struct ImatrixReport {
   int64_t text_tokens = 0;  // the tokenized text
   int64_t chunks = 0, tokens = 0;  // evaluated
   int64_t entries = 0;
+  double ppl = 0, ppl_err = 0;  // the estimate and its standard error (0 with no_ppl)
+  int64_t ppl_tokens = 0;
   double seconds = 0;
 };
 
