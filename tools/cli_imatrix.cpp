@@ -77,6 +77,10 @@ void register_imatrix(CLI::App& app) {
     } else {
       write_imatrix_gguf(m, a->out);
     }
+    if (r.tied_output) {
+      std::fprintf(stderr, "imatrix: --process-output: the model's output is its embedding (tied), which llama.cpp "
+                           "quantizes without an importance matrix; no output.weight entry\n");
+    }
     if (r.ppl_tokens > 0) {
       std::fprintf(stderr, "imatrix: perplexity %.4f +/- %.5f over the second halves of the chunks (%lld tokens, as "
                            "llama-imatrix estimates it)\n", r.ppl, r.ppl_err, (long long)r.ppl_tokens);

@@ -143,6 +143,7 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
     report->chunks = n_chunks;
     report->tokens = n_chunks * o.ctx;
     report->entries = static_cast<int64_t>(m.entries.size());
+    report->tied_output = o.process_output && c.tie_word_embeddings;
     report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (nll_n > 1) {
       const double mean = nll_sum / static_cast<double>(nll_n);

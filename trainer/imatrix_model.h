@@ -40,6 +40,7 @@ struct ImatrixReport {
   int64_t entries = 0;
   double ppl = 0, ppl_err = 0;  // the estimate and its standard error (0 with no_ppl)
   int64_t ppl_tokens = 0;
+  bool tied_output = false;  // process_output asked on a model whose output is the embedding: nothing collected
   double seconds = 0;
 };
 
