@@ -135,14 +135,16 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   if (!o.imatrix_path.empty()) imatrix = read_imatrix(o.imatrix_path);
   // The importance of a 2-D tensor's K columns (padded with zeros to K2), or empty when the imatrix has no entry for
   // it (as llama-quantize, which then quantizes that tensor without one); an entry of another width is refused.
-  auto importance_of = [&](const std::string& gname, int64_t K, int64_t K2) {
+  // Counted in the report when the tensor's type `ty` uses it (not the float types or Q8_0, which ggml ignores it for).
+  auto importance_of = [&](const std::string& gname, int64_t K, int64_t K2, GgmlType ty) {
     std::vector<float> v = imatrix.importance(gname);
     if (v.empty()) return v;
     QWENQ_CHECK(static_cast<int64_t>(v.size()) == K,
                 o.imatrix_path << ": imatrix entry " << gname << " has " << v.size() << " values but the tensor has "
                                << K << " columns (an imatrix of another model?)");
     v.resize(static_cast<size_t>(K2), 0.0f);
-    ++rep.imatrix_tensors;
+    const bool used = ty != GgmlType::F32 && ty != GgmlType::F16 && ty != GgmlType::BF16 && ty != GgmlType::Q8_0;
+    rep.imatrix_tensors += used;
     return v;
   };
 
@@ -219,7 +221,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   auto add_table = [&](const std::string& gname, GgufRole role, const TensorView& t) {
     const int64_t N = t.shape[0], K = t.shape[1];
     const GgmlType ty = type_of(role, 0, K);
-    std::vector<float> imp = importance_of(gname, K, K);
+    std::vector<float> imp = importance_of(gname, K, K, ty);
     g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t, imp = std::move(imp)] {
       const uint64_t row_bytes = ggml_row_bytes(ty, K);
       const size_t src_row = static_cast<size_t>(K) * dtype_size(t.dtype);
@@ -248,7 +250,8 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
                             : t == 6 ? GgufRole::FfnDown
                                      : GgufRole::OtherLinear;
       const std::string gname = blk(l, std::string(kLinearNames[t]) + ".weight");
-      add_matrix(gname, type_of(role, l, K2), N2, K2, importance_of(gname, lw.K, K2),
+      const GgmlType ty = type_of(role, l, K2);
+      add_matrix(gname, ty, N2, K2, importance_of(gname, lw.K, K2, ty),
                  [&lw, permute, &c, N2, K2] {
                    std::vector<float> W = lw.dequantize();
                    if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());

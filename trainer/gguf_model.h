@@ -55,7 +55,7 @@ struct GgufExportReport {
   int64_t fallbacks = 0;      // 2-D tensors whose rows forced another type than the rules' (e.g. F16 for rows of 172)
   std::map<std::string, int64_t> types;  // ggml type name -> 2-D tensors of that type
   int64_t intermediate = 0;   // the MLP width written (padded or not)
-  int64_t imatrix_tensors = 0;  // 2-D tensors quantized with importance weights
+  int64_t imatrix_tensors = 0;  // 2-D tensors quantized with importance weights (not F16/BF16/F32/Q8_0 ones)
   uint64_t bytes = 0;         // file size (all files)
   std::vector<std::string> files;  // the one file, or the split files in order
   double seconds = 0;
