@@ -120,8 +120,8 @@ inline float make_qkx2_quants(int n, int nmax, const float* x, const float* w, u
                  : make_qkx2_quants_t<false>(n, nmax, x, w, L, the_min, Laux, rmin, rdelta, nstep);
 }
 
-// Scale of n values on the signed levels −nmax..nmax−1 with weights qw (null: x², rmse_type 1), codes + nmax in L.
-inline float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
+// The value of largest |x| (the first on ties), or 0 when that magnitude is below ggml's GROUP_MAX_EPS (1e-15).
+inline float signed_extreme(int n, const float* x) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; ++i) {
     const float ax = std::fabs(x[i]);
@@ -130,7 +130,13 @@ inline float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const fl
       max = x[i];
     }
   }
-  if (amax < 1e-15f) {  // GROUP_MAX_EPS
+  return amax < 1e-15f ? 0.0f : max;
+}
+
+// Scale of n values on the signed levels −nmax..nmax−1 with weights qw (null: x², rmse_type 1), codes + nmax in L.
+inline float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
+  const float max = signed_extreme(n, x);
+  if (max == 0.0f) {  // |max| < GROUP_MAX_EPS
     std::fill(L, L + n, 0);
     return 0.0f;
   }
@@ -240,15 +246,8 @@ inline float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const f
 }
 
 inline float make_q3_quants(int n, int nmax, const float* x, int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < 1e-15f) {  // GROUP_MAX_EPS
+  const float max = signed_extreme(n, x);
+  if (max == 0.0f) {  // |max| < GROUP_MAX_EPS
     std::fill(L, L + n, 0);
     return 0.0f;
   }

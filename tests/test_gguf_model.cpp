@@ -122,15 +122,30 @@ TEST(GgufModel, TypesPerTensorFollowConvertHfToGguf) {
   EXPECT_EQ(f.tensors().size(), 1u + 5u * 12u + 1u);
 }
 
+// The logits of a model directory on a seeded batch, and the relative RMS error of another model's logits on it.
+struct LogitReference {
+  PackedBatch batch;
+  std::vector<float> logits;
+  double rms = 0;
+  LogitReference(const std::string& dir, const std::vector<int64_t>& lengths, uint64_t seed) {
+    const QwenModel a(dir);
+    batch = test::random_batch(lengths, a.config().vocab_size, seed);
+    logits = a.forward_logits(batch);
+    for (float v : logits) rms += double(v) * v;
+    rms = std::sqrt(rms / logits.size());
+  }
+  double relative_error(const std::string& model) const {
+    const std::vector<float> got = QwenModel(model).forward_logits(batch);
+    double err = 0;
+    for (size_t i = 0; i < got.size(); ++i) err += (double(got[i]) - logits[i]) * (double(got[i]) - logits[i]);
+    return std::sqrt(err / got.size()) / rms;
+  }
+};
+
 TEST(GgufModel, RandomModelRoundTripsEveryType) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_tiny_model(dir + "/hf", 11);
-  const QwenModel a(hf);
-  const PackedBatch batch = test::random_batch({9, 23}, a.config().vocab_size, 5);
-  const std::vector<float> ref = a.forward_logits(batch);
-  double ref_rms = 0;
-  for (float v : ref) ref_rms += double(v) * v;
-  ref_rms = std::sqrt(ref_rms / ref.size());
+  const LogitReference ref(hf, {9, 23}, 5);
   // Relative RMS error of the logits for each type: bounds ~3x what was measured (F16 3.5e-4, BF16 2.6e-3,
   // Q8_0 8.7e-3, Q4_0 0.100, Q4_1 0.091 on this random 2-layer model).
   struct Case {
@@ -140,11 +155,7 @@ TEST(GgufModel, RandomModelRoundTripsEveryType) {
   for (const Case& c : {Case{"f32", 0.0}, Case{"f16", 1e-3}, Case{"bf16", 8e-3}, Case{"q8_0", 2.5e-2},
                         Case{"q4_0", 0.3}, Case{"q4_1", 0.3}, Case{"q5_0", 0.15}, Case{"q5_1", 0.15}}) {
     const std::string name = c.type;
-    const QwenModel b(export_to(hf, dir + "/" + name + ".gguf", c.type));
-    const std::vector<float> got = b.forward_logits(batch);
-    double err = 0;
-    for (size_t i = 0; i < got.size(); ++i) err += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    const double rel = std::sqrt(err / got.size()) / ref_rms;
+    const double rel = ref.relative_error(export_to(hf, dir + "/" + name + ".gguf", c.type));
     EXPECT_LE(rel, c.max_rel) << name;
     if (name != "f32") {
       EXPECT_GT(rel, 0.0) << name << ": no rounding at all?";
@@ -157,12 +168,7 @@ TEST(GgufModel, RandomModelRoundTripsEveryType) {
 TEST(GgufModel, KQuantFilesRunForward) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_random_model(dir + "/hf", "tiny256", DType::F32, 2, 2);
-  const QwenModel a(hf);
-  const PackedBatch batch = test::random_batch({17, 9}, a.config().vocab_size, 6);
-  const std::vector<float> ref = a.forward_logits(batch);
-  double ref_rms = 0;
-  for (float v : ref) ref_rms += double(v) * v;
-  ref_rms = std::sqrt(ref_rms / ref.size());
+  const LogitReference ref(hf, {17, 9}, 6);
   struct Case {
     const char* type;
     double max_rel;
@@ -173,11 +179,7 @@ TEST(GgufModel, KQuantFilesRunForward) {
   for (const Case& c : {Case{"q2_k", 0.8}, Case{"q3_k_s", 0.6}, Case{"q3_k_m", 0.4}, Case{"q3_k_l", 0.36},
                         Case{"q4_k_s", 0.26}, Case{"q5_k_s", 0.16}, Case{"q6_k", 0.09}, Case{"iq4_nl", 0.3},
                         Case{"iq4_xs", 0.3}}) {
-    const QwenModel b(export_to(hf, dir + "/" + c.type + ".gguf", c.type));
-    const std::vector<float> got = b.forward_logits(batch);
-    double err = 0;
-    for (size_t i = 0; i < got.size(); ++i) err += (double(got[i]) - ref[i]) * (double(got[i]) - ref[i]);
-    const double rel = std::sqrt(err / got.size()) / ref_rms;
+    const double rel = ref.relative_error(export_to(hf, dir + "/" + c.type + ".gguf", c.type));
     EXPECT_LE(rel, c.max_rel) << c.type << ": relative RMS " << rel;
     EXPECT_GT(rel, 0.0) << c.type;
     rels.push_back(rel);
