@@ -40,15 +40,11 @@ void quantize_q8_0(const float* x, uint8_t* out) {
   for (int64_t j = 0; j < kQK; ++j) out[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(round_half_away(x[j] * id)));
 }
 
-void pack_nibbles(const uint8_t* q, uint8_t* out) {
-  for (int64_t j = 0; j < kQK / 2; ++j) out[j] = static_cast<uint8_t>(q[j] | (q[j + kQK / 2] << 4));
-}
-
 // w[32]: importance-weighted codes (quant/ggml_kquants.h); null: the reference rounding.
 void quantize_q4_0(const float* x, uint8_t* out, const float* w) {
   uint8_t q[kQK];
   store_u16(out, f32_to_f16(w ? ggml_detail::block_codes_0_weighted(x, 16, w, q) : ggml_detail::block_codes_0(x, 16, q)));
-  pack_nibbles(q, out + 2);
+  ggml_detail::pack_nibbles(q, out + 2);
 }
 
 void quantize_q4_1(const float* x, uint8_t* out, const float* w) {
@@ -57,7 +53,7 @@ void quantize_q4_1(const float* x, uint8_t* out, const float* w) {
   store_u16(out, f32_to_f16(w ? ggml_detail::block_codes_1_weighted(x, 16, w, q, &min)
                               : ggml_detail::block_codes_1(x, 16, q, &min)));
   store_u16(out + 2, f32_to_f16(min));
-  pack_nibbles(q, out + 4);
+  ggml_detail::pack_nibbles(q, out + 4);
 }
 
 void dequantize_q8_0(const uint8_t* in, float* y) {
@@ -144,6 +140,15 @@ void dequantize_q6_k(const uint8_t* in, float* y) {
   }
 }
 
+// The type of a row of n values, refused (`doing`: "quantizing to", "reading") when we do not handle it or n is not a
+// whole number of its blocks.
+const GgmlTypeInfo* row_type(GgmlType t, int64_t n, const char* doing) {
+  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
+  QWENQ_CHECK(info && ggml_type_supported(t), doing << " ggml type " << (info ? info->name : "?") << " is not supported");
+  QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
+  return info;
+}
+
 }  // namespace
 
 bool ggml_type_supported(GgmlType t) {
@@ -157,9 +162,7 @@ bool ggml_type_supported(GgmlType t) {
 }
 
 void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out, const float* importance) {
-  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
-  QWENQ_CHECK(info && ggml_type_supported(t), "quantizing to ggml type " << (info ? info->name : "?") << " is not supported");
-  QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
+  const GgmlTypeInfo* info = row_type(t, n, "quantizing to");
   switch (t) {
     case GgmlType::F32: std::memcpy(out, x, n * 4); return;
     case GgmlType::F16:
@@ -206,9 +209,7 @@ void quantize_ggml_row(GgmlType t, const float* x, int64_t n, uint8_t* out, cons
 }
 
 void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
-  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
-  QWENQ_CHECK(info && ggml_type_supported(t), "reading ggml type " << (info ? info->name : "?") << " is not supported");
-  QWENQ_CHECK(n % info->block == 0, info->name << ": a row of " << n << " values is not a multiple of " << info->block);
+  const GgmlTypeInfo* info = row_type(t, n, "reading");
   switch (t) {
     case GgmlType::F32: std::memcpy(y, in, n * 4); return;
     case GgmlType::F16:

@@ -109,17 +109,12 @@ float iq4_search(const float* x, int n, const float* qw, uint8_t* L, int* codes)
   return d;
 }
 
-void pack_nibbles32(const uint8_t* L, int n, uint8_t* qs) {
-  for (int i = 0; i < n / 32; ++i)
-    for (int j = 0; j < 16; ++j) qs[16 * i + j] = static_cast<uint8_t>(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
-}
-
 }  // namespace
 
 void quantize_iq4_nl(const float* x, uint8_t* out, const float* qw) {
   uint8_t L[32];
   store_f16(out, iq4_search(x, 32, qw, L, nullptr));
-  pack_nibbles32(L, 32, out + 2);
+  pack_nibbles(L, out + 2);
 }
 
 void quantize_iq4_xs(const float* x, uint8_t* out, const float* qw) {
@@ -135,7 +130,7 @@ void quantize_iq4_xs(const float* x, uint8_t* out, const float* qw) {
     scales_h |= static_cast<uint16_t>(hi << (2 * ib));
   }
   std::memcpy(out + 2, &scales_h, 2);
-  pack_nibbles32(L, 256, out + 8);
+  for (int i = 0; i < 8; ++i) pack_nibbles(L + 32 * i, out + 8 + 16 * i);
 }
 
 void dequantize_iq4_nl(const uint8_t* in, float* y) {

@@ -148,6 +148,10 @@ void pack_5bit(const uint8_t* q, uint8_t* qh_out, uint8_t* qs) {
 
 }  // namespace
 
+void pack_nibbles(const uint8_t* q, uint8_t* out) {
+  for (int j = 0; j < kQK / 2; ++j) out[j] = static_cast<uint8_t>(q[j] | (q[j + kQK / 2] << 4));
+}
+
 float block_codes_0_weighted(const float* x, int levels, const float* w, uint8_t* q) {
   int8_t L[kQK];
   const float d = make_qx_quants(kQK, levels / 2, x, L, w);

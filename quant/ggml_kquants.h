@@ -67,6 +67,10 @@ float block_codes_0(const float* x, int levels, uint8_t* q);
 // 0.5)). Returns d, and the minimum in *min.
 float block_codes_1(const float* x, int levels, uint8_t* q, float* min);
 
+// 4-bit codes q[32] of one 32-block into 16 bytes: q[j] in the low nibble of byte j, q[j + 16] in the high one (Q4_0,
+// Q4_1, IQ4_NL, each 32 of IQ4_XS).
+void pack_nibbles(const uint8_t* q, uint8_t* out);
+
 // The importance-weighted codes of one block (w[32]: the per-value weights imp·sqrt(σ² + x²)): "_0" by
 // make_qx_quants (q = l + levels/2, returns d), "_1" by make_qkx3_quants (returns d, the minimum in *min).
 float block_codes_0_weighted(const float* x, int levels, const float* w, uint8_t* q);

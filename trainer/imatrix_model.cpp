@@ -9,7 +9,6 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/threads.h"
-#include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "trainer/gguf_model.h"
 #include "trainer/qwen_model.h"
@@ -79,7 +78,7 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   double nll_sum = 0, nll_sq = 0;
   int64_t nll_n = 0;
   const int64_t first = o.ctx / 2, scored = o.ctx - 1 - first;  // llama-imatrix's second half of each chunk
-  std::vector<float> lg, nll;
+  std::vector<float> nll;
   std::vector<int32_t> targets;
   Progress bar("imatrix", n_chunks, "chunks", o.quiet);
   std::vector<float> x, normed;
@@ -106,20 +105,14 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
     }
     if (output) out_sums.add(normed.data(), T, c.hidden_size);
     if (!o.no_ppl && scored > 0) {
-      const int64_t V = c.vocab_size, C = c.hidden_size;
-      const int64_t step = std::max<int64_t>(1, std::min<int64_t>(scored, (int64_t{16} << 20) / V));  // ~64 MB
-      lg.resize(static_cast<size_t>(step * V));
-      nll.resize(static_cast<size_t>(step));
-      targets.resize(static_cast<size_t>(step));
+      nll.resize(static_cast<size_t>(scored));
+      targets.resize(static_cast<size_t>(scored));
       for (int64_t s = 0; s < c1 - c0; ++s) {
-        for (int64_t i0 = 0; i0 < scored; i0 += step) {
-          const int64_t r0 = s * o.ctx + first + i0, rows = std::min(step, scored - i0);  // rows in the batch
-          model.logits(normed.data() + r0 * C, rows, lg.data());
-          for (int64_t i = 0; i < rows; ++i) targets[i] = batch.tokens[static_cast<size_t>(r0 + i + 1)];
-          cross_entropy_forward_ref(lg.data(), rows, V, targets.data(), nll.data());
-          for (int64_t i = 0; i < rows; ++i) nll_sum += nll[i], nll_sq += double(nll[i]) * nll[i];
-          nll_n += rows;
-        }
+        const int64_t r0 = s * o.ctx + first;  // the chunk's scored rows in the batch
+        for (int64_t i = 0; i < scored; ++i) targets[i] = batch.tokens[static_cast<size_t>(r0 + i + 1)];
+        model.hidden_nll(normed.data() + r0 * c.hidden_size, scored, targets.data(), nll.data());
+        for (float v : nll) nll_sum += v, nll_sq += double(v) * v;
+        nll_n += scored;
       }
     }
     bar.update(c1);

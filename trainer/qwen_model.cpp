@@ -275,20 +275,25 @@ std::vector<float> QwenModel::forward_logits(const PackedBatch& b, KvCacheDType 
 int64_t QwenModel::next_token_nll(const PackedBatch& b, std::vector<float>* nll) const {
   std::vector<float> hidden;
   forward_hidden(b, &hidden);
-  const int64_t T = b.num_tokens(), V = cfg_.vocab_size, C = cfg_.hidden_size;
+  const int64_t T = b.num_tokens();
   std::vector<int32_t> targets(T, kIgnoreIndex);
   for (int64_t s = 0; s < b.num_seqs(); ++s) {
     for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
   }
   nll->assign(T, 0.f);
+  return hidden_nll(hidden.data(), T, targets.data(), nll->data());
+}
+
+int64_t QwenModel::hidden_nll(const float* hidden, int64_t rows, const int32_t* targets, float* nll) const {
+  const int64_t V = cfg_.vocab_size, C = cfg_.hidden_size;
   // About 64 MB of logits per chunk whatever the vocabulary (152K vocab -> ~100 rows).
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{16} << 20) / V));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{16} << 20) / V));
   std::vector<float> lg(chunk * V);
   int64_t counted = 0;
-  for (int64_t r0 = 0; r0 < T; r0 += chunk) {
-    const int64_t rows = std::min(chunk, T - r0);
-    logits(hidden.data() + r0 * C, rows, lg.data());
-    counted += cross_entropy_forward_ref(lg.data(), rows, V, targets.data() + r0, nll->data() + r0);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, rows - r0);
+    logits(hidden + r0 * C, n, lg.data());
+    counted += cross_entropy_forward_ref(lg.data(), n, V, targets + r0, nll + r0);
   }
   return counted;
 }

@@ -111,6 +111,9 @@ class QwenModel {
   // sequence; the last position of each sequence gets 0 and is not counted. The lm_head runs over chunks of
   // rows so that the [T, V] logits never exist at once. Returns the number of counted positions.
   int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll) const;
+  // The same for final hidden states already computed: nll[r] = -log softmax(hidden[r] · lm_headᵀ)[targets[r]]
+  // (kIgnoreIndex rows: 0, not counted), the lm_head over chunks of rows (~64 MB of logits at a time).
+  int64_t hidden_nll(const float* hidden, int64_t rows, const int32_t* targets, float* nll) const;
 
   // Incremental decoding of one sequence: appends `tokens` at positions cache->length.. and returns the
   // logits [V] of the last one. The cache's dtype decides how its rows are stored (KvCacheDType).
