@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/files.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
@@ -17,24 +19,30 @@
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
+#include "trainer/quantize_output.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
 
 using test::error_of;
 
+// GPTQ keeps at most this share of RTN's rms logit error on its own calibration windows (tiny MoE models, 3 bits).
+constexpr double kGptqMoeOverRtn = 0.75;  // measured 0.53 (tiny-moe), 0.45 (tiny-moe-shared)
+// GPTQ's output error on an expert's own X_e (1 to 6 rows of 64 inputs) over RTN's.
+constexpr double kGptqFewRowsOverRtn = 0.2;
+
 std::string make_tiny(const std::string& dir) { return test::make_tiny_model(dir, /*seed=*/5); }
 
-// Copies `src` with every decoder Linear replaced by `fake(W, N, K)` (fp32).
+// Copies `src` (fp32) with every decoder Linear replaced by `fake(W, N, K)` (fp32).
 template <typename Fake>
 std::string fake_quant_copy(const std::string& src, const std::string& dst, Fake&& fake) {
   Checkpoint ckpt(src);
   SafetensorsWriter w;
   std::vector<std::vector<float>> keep;
-  const std::regex linear(R"(^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$)");
   for (const auto& name : ckpt.names()) {
     const TensorView& t = ckpt.get(name);
-    if (std::regex_match(name, linear)) {
+    if (std::regex_match(name, kDecoderLinearRe)) {  // MoE experts too; routers stay dense
       keep.push_back(fake(t.as<float>(), t.shape[0], t.shape[1]));
       w.add(name, DType::F32, t.shape, keep.back().data());
     } else {
@@ -316,7 +324,6 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
   EXPECT_GT(nf4, base);
   EXPECT_LT(nf4, base * 1.25);
 }
-
 }  // namespace
 }  // namespace qwenq
 
@@ -383,6 +390,180 @@ TEST(QuantizeModel, GptqRefusesShortCalibration) {
   err = error_of([&] { gptq_quantize_model(g); });
   EXPECT_NE(err.find("gptq: chunk_tokens must be positive, got 0"), std::string::npos) << err;
   EXPECT_FALSE(dir_exists(g.out.out_dir));
+}
+
+// Mixtures of experts: every expert (and qwen2_moe's shared expert) packed like any Linear, the routers kept dense,
+// quantization_config naming what transformers must (not) convert; GPTQ with a Hessian per expert.
+TEST(QuantizeModel, MoeRtnAndNf4LoadAsTheirFakeQuantWeights) {
+  const std::string root = test::scratch_dir();
+  const std::string q3 = test::make_random_model(root + "/q3", "tiny-moe", DType::F32, 11);
+  const std::string q2 = test::make_random_model(root + "/q2", "tiny-moe-shared", DType::F32, 12);
+  struct Case {
+    const char* name;
+    std::string src;
+    QuantizeOptions::Method method;
+    IntLayout layout;
+    int64_t linears;  // tiny-moe: 3 x 4 attention + 2 x 8 x 3 experts + 3 dense; tiny-moe-shared: 2 x (4 + 7 x 3)
+  };
+  const Case cases[] = {{"q3_gptq", q3, QuantizeOptions::Method::Rtn, IntLayout::GptqV1, 63},
+                        {"q3_nf4", q3, QuantizeOptions::Method::Nf4, IntLayout::GptqV1, 63},
+                        {"q2_awq", q2, QuantizeOptions::Method::Rtn, IntLayout::AwqGemm, 50},
+                        {"q2_gptq_v2", q2, QuantizeOptions::Method::Rtn, IntLayout::GptqV2, 50}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    QuantizeOptions o;
+    o.model_dir = c.src;
+    o.out_dir = root + "/" + c.name;
+    o.method = c.method;
+    o.layout = c.layout;
+    o.group_size = 32;
+    o.sym = c.layout == IntLayout::GptqV1;
+    o.quiet = true;
+    EXPECT_EQ(quantize_model(o).linears, c.linears);
+    const GridRule rule = c.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
+    const std::string fake = fake_quant_copy(c.src, o.out_dir + "_fake", [&](const float* W, int64_t N, int64_t K) {
+      if (c.method == QuantizeOptions::Method::Nf4) {
+        Nf4Options no;
+        no.double_quant = o.double_quant;
+        no.blocksize = o.blocksize;
+        return nf4_dequantize(nf4_quantize(W, N * K, no));
+      }
+      GroupGrid g = find_grid(W, N, K, 4, 32, o.sym, rule);
+      return dequantize_codes(quantize_rtn(W, g).data(), g);
+    });
+    EXPECT_EQ(logits_of(o.out_dir), logits_of(fake));
+    const Checkpoint out(o.out_dir);
+    EXPECT_TRUE(out.has("model.layers.0.mlp.gate.weight"));  // the router as it was
+    EXPECT_TRUE(c.method == QuantizeOptions::Method::Nf4  // bitsandbytes keeps the packed bytes as .weight
+                    ? out.get("model.layers.0.mlp.experts.3.up_proj.weight").dtype == DType::U8
+                    : out.has("model.layers.0.mlp.experts.3.up_proj.qweight"));
+    const nlohmann::json qc = nlohmann::json::parse(read_file(o.out_dir + "/config.json"))["quantization_config"];
+    if (c.method == QuantizeOptions::Method::Nf4) {
+      EXPECT_EQ(qc["llm_int8_skip_modules"], nlohmann::json({"lm_head", "gate"}));
+    } else if (c.layout == IntLayout::AwqGemm) {
+      EXPECT_EQ(qc["modules_to_not_convert"], nlohmann::json({"mlp.gate", "mlp.shared_expert_gate"}));
+      EXPECT_TRUE(out.has("model.layers.1.mlp.shared_expert_gate.weight"));
+      EXPECT_TRUE(out.has("model.layers.1.mlp.shared_expert.down_proj.qweight"));
+    } else {
+      const nlohmann::json& lists = qc["modules_in_block_to_quantize"];
+      ASSERT_EQ(lists.size(), 4u);
+      EXPECT_EQ(lists[0], nlohmann::json({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}));
+      EXPECT_EQ(lists[2][0], "mlp.experts.0.gate_proj");
+      // Experts' gate and up, then the shared expert's or the dense layers' (tiny-moe's layer 1).
+      EXPECT_EQ(lists[2].size(), c.src == q3 ? 2u * 8 + 2 : 2u * 6 + 2);
+      EXPECT_EQ(lists[3].back(), c.src == q3 ? "mlp.down_proj" : "mlp.shared_expert.down_proj");
+    }
+  }
+  // AutoAWQ's substring rule cannot keep tiny-moe's routers dense without also keeping its dense layer's gate_proj.
+  QuantizeOptions o;
+  o.model_dir = q3;
+  o.out_dir = root + "/q3_awq";
+  o.layout = IntLayout::AwqGemm;
+  o.sym = false;
+  test::expect_error([&] { quantize_model(o); }, "the AutoAWQ layout cannot mark a MoE model's routers unquantized");
+  EXPECT_FALSE(dir_exists(o.out_dir));
+}
+
+// GPTQ per expert. The quantized model, run on the calibration window, routes exactly as the driver did (the
+// routers and every earlier Linear are what the driver saw), so it tells which tokens reached which expert: an
+// expert none reached is quantized with H = I, exactly RTN; one that some did gets GPTQ on those tokens' inputs X_e,
+// which, with fewer rows than inputs, leaves much less output error ||X_e (W - Ŵ)ᵀ|| there than RTN (a Hessian from
+// another expert's tokens would not).
+TEST(QuantizeModel, GptqMoeQuantizesEachExpertOnItsOwnTokens) {
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_random_model(root + "/fp32", "tiny-moe", DType::F32, 13);
+  GptqModelOptions g;
+  g.out.model_dir = src;
+  g.out.out_dir = root + "/gptq";
+  g.out.group_size = 32;
+  g.out.quiet = true;
+  g.calib_path = test::write_random_words(root + "/calib.txt", 2000, 3);
+  g.calib_samples = 1;
+  g.calib_seq_len = 6;  // 12 choices of 8 experts per layer: some idle, the others with 1 to 6 rows (K = 64)
+  EXPECT_EQ(gptq_quantize_model(g).linears, 63);
+  const QwenModel fp(src), q(g.out.out_dir);
+  const QwenConfig& c = q.config();
+  const PackedBatch b = PackedBatch::from_sequences(
+      calibration_windows(g.calib_path, "text", 1, 6, g.seed, Tokenizer::from_dir(src)));
+  std::vector<float> x;
+  q.embed_batch(b, &x);
+  int idle = 0, active = 0;
+  double worst = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<std::vector<float>> X(c.num_experts);  // the gate_proj inputs each expert saw
+    q.block_forward(l, b, x.data(), nullptr, [&](BlockLinear at, int64_t e, const float* in, int64_t rows) {
+      if (at == BlockLinear::GateUp) X[e].insert(X[e].end(), in, in + rows * c.hidden_size);
+    });
+    if (!c.is_moe_layer(l)) continue;
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      SCOPED_TRACE("layer " + std::to_string(l) + " expert " + std::to_string(e));
+      const LinearWeight& w = fp.weights().layers[l].moe.experts[e].gate;
+      const std::vector<float> W = w.dequantize(), got = q.weights().layers[l].moe.experts[e].gate.dequantize();
+      GroupGrid grid = find_grid(W.data(), w.N, w.K, 4, 32, g.out.sym, GridRule::Gptq);
+      const std::vector<float> rtn = dequantize_codes(quantize_rtn(W.data(), grid).data(), grid);
+      if (X[e].empty()) {
+        ++idle;
+        EXPECT_EQ(got, rtn);
+        continue;
+      }
+      ++active;
+      auto out_err = [&](const std::vector<float>& Wq) {
+        double s = 0;
+        const int64_t rows = static_cast<int64_t>(X[e].size()) / w.K;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t n = 0; n < w.N; ++n) {
+            double d = 0;
+            for (int64_t k = 0; k < w.K; ++k) d += (W[n * w.K + k] - Wq[n * w.K + k]) * X[e][r * w.K + k];
+            s += d * d;
+          }
+        return s;
+      };
+      const double ratio = out_err(got) / out_err(rtn);
+      worst = std::max(worst, ratio);
+      EXPECT_LT(ratio, kGptqFewRowsOverRtn);
+    }
+  }
+  std::printf("tiny-moe, one window of 6 tokens: %d idle experts (= RTN), %d active, worst GPTQ/RTN output error on "
+              "their own tokens %.3g\n", idle, active, worst);
+  EXPECT_GT(idle, 0);
+  EXPECT_GT(active, 0);
+  const nlohmann::json qc = nlohmann::json::parse(read_file(g.out.out_dir + "/config.json"))["quantization_config"];
+  EXPECT_EQ(qc["modules_in_block_to_quantize"].size(), 4u);
+}
+
+// GPTQ's per-expert Hessians make each MoE block's output closer to the original than RTN on the calibration text.
+TEST(QuantizeModel, GptqMoeBeatsRtnOnItsCalibration) {
+  const std::string root = test::scratch_dir();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 14);
+    QuantizeOptions rtn;
+    rtn.model_dir = src;
+    rtn.out_dir = root + "/" + preset + "_rtn";
+    rtn.bits = 3;
+    rtn.group_size = 32;
+    rtn.quiet = true;
+    quantize_model(rtn);
+    GptqModelOptions g;
+    g.out = rtn;
+    g.out.out_dir = root + "/" + preset + "_gptq";
+    g.calib_path = test::write_random_words(root + "/calib.txt", 40000, 4);
+    g.calib_samples = 16;
+    g.calib_seq_len = 64;
+    gptq_quantize_model(g);
+    const auto windows = calibration_windows(g.calib_path, "text", 16, 64, 0, Tokenizer::from_dir(src));
+    const PackedBatch b = PackedBatch::from_sequences(windows);
+    const std::vector<float> want = QwenModel(src).forward_logits(b);
+    auto err = [&](const std::string& dir) {
+      const std::vector<float> got = QwenModel(dir).forward_logits(b);
+      double s = 0;
+      for (size_t i = 0; i < got.size(); ++i) s += (got[i] - want[i]) * (got[i] - want[i]);
+      return std::sqrt(s / got.size());
+    };
+    const double e_rtn = err(rtn.out_dir), e_gptq = err(g.out.out_dir);
+    std::printf("%s 3-bit g32: rms logit error on the calibration windows: rtn %.4g, gptq %.4g\n", preset, e_rtn, e_gptq);
+    EXPECT_LT(e_gptq, kGptqMoeOverRtn * e_rtn);
+  }
 }
 
 }  // namespace

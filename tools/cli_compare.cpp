@@ -28,6 +28,7 @@
 #include "trainer/compare_report.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/model_dir.h"
+#include "trainer/qwen_config.h"
 
 extern char** environ;
 
@@ -273,6 +274,13 @@ std::string base_name(const std::string& p) {
 void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
+  {  // AWQ and GGUF do not take mixtures of experts yet (RTN, GPTQ, NF4 and FP4 do): refused before any output
+    const QwenConfig cfg = load_qwen_config(model);
+    std::stringstream methods(a.methods);
+    for (std::string m; std::getline(methods, m, ',');) {
+      if (m.rfind("awq", 0) == 0 || m.rfind("gguf", 0) == 0) refuse_moe(cfg, "compare --methods " + m);
+    }
+  }
   // Both window lengths checked against the model's context now, not by each child after quantizing.
   a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
   a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");

@@ -55,6 +55,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   if (!a.model.empty()) {
     dir = resolve_model_dir(a.model);
     in.model = load_qwen_config(dir);
+    refuse_moe(in.model, "plan");
     in.model_name = a.model;
     in.dense_dtype = plan_dense_dtype(in.model.torch_dtype);
   } else {

@@ -220,6 +220,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
+  refuse_moe(cfg, "awq");
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
   const bool v_to_o = cfg.q_dim() == cfg.kv_dim();  // AutoAWQ: only when v_proj and o_proj have the same shape
   for (int i = 0; i < 7; ++i) {

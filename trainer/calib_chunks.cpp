@@ -61,6 +61,16 @@ std::vector<MemoryPart> gptq_cpu_memory_parts(const QwenConfig& cfg, int64_t win
   parts.push_back({"the widest Hessian [" + std::to_string(static_cast<int64_t>(K)) + ", " +
                        std::to_string(static_cast<int64_t>(K)) + "] fp32, twice",
                    saturate(2.0 * 4.0 * K * K)});
+  if (cfg.is_moe()) {  // a MoE group's Hessians exist together: one per expert (and the shared expert)
+    const double E = static_cast<double>(cfg.num_experts), Cd = static_cast<double>(C);
+    const double Is = static_cast<double>(cfg.shared_expert_intermediate_size);
+    const double Im = static_cast<double>(cfg.moe_intermediate_size);
+    const double gate_up = (E + (Is > 0 ? 1 : 0)) * Cd * Cd, down = E * Im * Im + Is * Is;
+    parts.push_back({"the experts' Hessians of one MoE group, " + std::to_string(cfg.num_experts +
+                                                                                 (Is > 0 ? 1 : 0)) + " x [" +
+                         std::to_string(C) + ", " + std::to_string(C) + "] fp32",
+                     saturate(4.0 * std::max(gate_up, down))});
+  }
   return parts;
 }
 

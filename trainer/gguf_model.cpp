@@ -120,6 +120,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   }
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
+  refuse_moe(c, "gguf");
   const QwenWeights& w = model.weights();
   const Tokenizer tok = Tokenizer::from_model(model_dir);  // a GGUF source too (re-quantization)
   QWENQ_CHECK(c.rope.type == RopeType::Default || c.rope.type == RopeType::Linear,

@@ -29,11 +29,25 @@ const BlockLinear kGptqGroups[4] = {BlockLinear::QKV, BlockLinear::O, BlockLinea
 std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve) {
   const BlockLinear group = slot.group;
   LinearWeight& lw = model_.linear_weight(l, slot.group, slot.index);
-  const std::string prefix = "model.layers." + std::to_string(l) + "." + slot.name;
-  const int64_t N = lw.N, K = lw.K;
   // Pad the MLP width with zero channels when asked: zero rows of gate/up, zero columns (dead inputs,
   // H = 0 there) of down.
-  const int64_t N2 = (group == BlockLinear::GateUp) ? I2_ : N, K2 = (group == BlockLinear::Down) ? I2_ : K;
+  const int64_t N2 = (group == BlockLinear::GateUp) ? I2_ : lw.N, K2 = (group == BlockLinear::Down) ? I2_ : lw.K;
+  return quantize(l, slot.name, lw, N2, K2, std::move(h), solve);
+}
+
+std::vector<float> GptqLinearStep::run_expert(int64_t l, int64_t expert, int which, Eigen::MatrixXf h,
+                                              GptqSolver solve) {
+  static const char* kProj[3] = {"gate_proj", "up_proj", "down_proj"};
+  const std::string name =
+      (expert < 0 ? std::string("mlp.shared_expert.") : "mlp.experts." + std::to_string(expert) + ".") + kProj[which];
+  LinearWeight& lw = model_.expert_linear(l, expert, which);
+  return quantize(l, name, lw, lw.N, lw.K, std::move(h), solve);
+}
+
+std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, LinearWeight& lw, int64_t N2,
+                                            int64_t K2, Eigen::MatrixXf h, GptqSolver solve) {
+  const std::string prefix = "model.layers." + std::to_string(l) + "." + name;
+  const int64_t N = lw.N, K = lw.K;
   std::vector<float> W = lw.dequantize();
   if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
   if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
@@ -51,12 +65,68 @@ std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::M
   ++rep_.linears;
   rep_.params_quantized += N * K;
   char extra[96];
-  std::snprintf(extra, sizeof extra, "layer %lld %s loss %.3g", (long long)l, slot.name, r.loss);
+  std::snprintf(extra, sizeof extra, "layer %lld %s loss %.3g", (long long)l, name.c_str(), r.loss);
   bar_.update(rep_.linears, extra);
   return back;
 }
 
 namespace {
+
+const LinearWeight& moe_expert_linear(const MoeExpertWeights& e, int which) {
+  return which == 0 ? e.gate : which == 1 ? e.up : e.down;
+}
+
+// GPTQ of one group (GateUp or Down) of MoE layer l on the CPU: one pass of every chunk through the block gives each
+// expert the Hessian of the inputs routed to it (the shared expert: of every token), then each expert's Linears of
+// the group are quantized with it and swapped in. An expert no calibration token chose has no Hessian: it is
+// quantized with H = I (round to nearest, GPTQ's error feedback then changes nothing) and named in a warning.
+void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const CalibChunks& chunks,
+                        const std::vector<float>& X, GptqLinearStep& step) {
+  const QwenConfig& cfg = model.config();
+  const int64_t C = cfg.hidden_size, E = cfg.num_experts;
+  const bool shared = cfg.shared_expert_intermediate_size > 0;
+  auto width = [&](int64_t e) {  // K of the group's Linears of expert e (-1: shared)
+    if (group == BlockLinear::GateUp) return C;
+    return e < 0 ? cfg.shared_expert_intermediate_size : cfg.moe_intermediate_size;
+  };
+  std::vector<HessianAccumulator> H;
+  for (int64_t e = 0; e < E; ++e) H.emplace_back(width(e));
+  if (shared) H.emplace_back(width(-1));
+  std::vector<float> work;
+  for (size_t c = 0; c < chunks.batches.size(); ++c) {
+    const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
+    work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
+    model.block_forward(l, chunks.batches[c], work.data(), nullptr,
+                        [&](BlockLinear at, int64_t e, const float* x, int64_t rows) {
+                          if (at == group) H[e < 0 ? E : e].add_batch(x, rows);
+                        });
+  }
+  std::vector<int64_t> idle;
+  for (int64_t s = 0; s < static_cast<int64_t>(H.size()); ++s) {
+    const int64_t e = s < E ? s : -1;
+    Eigen::MatrixXf h;
+    if (H[s].count() > 0) {
+      h = H[s].release();
+    } else {
+      h = Eigen::MatrixXf::Identity(width(e), width(e));
+      if (group == BlockLinear::GateUp) idle.push_back(e);
+    }
+    const std::vector<int> which = group == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2};
+    for (int w : which) {
+      LinearWeight& lw = model.expert_linear(l, e, w);
+      const int64_t N = lw.N, K = lw.K;
+      std::vector<float> back = step.run_expert(l, e, w, h, gptq_quantize);
+      lw = LinearWeight::from_fp32(std::move(back), N, K);
+    }
+  }
+  if (!idle.empty()) {
+    std::string list;
+    for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
+    std::fprintf(stderr, "gptq: layer %lld: %zu of %lld experts received no calibration token (%s): quantized round to "
+                         "nearest (H = I); more or longer calibration windows reach more experts\n",
+                 (long long)l, idle.size(), (long long)E, list.c_str());
+  }
+}
 
 // The CPU driver: the embedded windows X [T, C] on the host; per block and group, each chunk of whole windows
 // (trainer/calib_chunks.h) copied into `work` and run through the block (the earlier Linears already quantized),
@@ -78,7 +148,13 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     std::vector<LinearWeight> stored;
     for (const GptqSlot& slot : kDecoderLinears) stored.push_back(model.linear_weight(l, slot.group, slot.index));
+    const MoeWeights stored_moe = model.weights().layers[l].moe;  // views and shared packed forms: cheap
     for (BlockLinear group : kGptqGroups) {
+      if (cfg.is_moe_layer(l) && (group == BlockLinear::GateUp || group == BlockLinear::Down)) {
+        gptq_moe_group_cpu(model, l, group, chunks, X, step);
+        shards.maybe_flush();
+        continue;
+      }
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
       HessianAccumulator H(block_linear_inputs(cfg, group));
       for (size_t c = 0; c < chunks.batches.size(); ++c) {
@@ -106,6 +182,13 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
     for (size_t i = 0; i < stored.size(); ++i) {
       model.linear_weight(l, kDecoderLinears[i].group, kDecoderLinears[i].index) = stored[i];
     }
+    for (size_t e = 0; e < stored_moe.experts.size(); ++e) {
+      for (int which = 0; which < 3; ++which)
+        model.expert_linear(l, static_cast<int64_t>(e), which) = moe_expert_linear(stored_moe.experts[e], which);
+    }
+    if (stored_moe.shared.gate.N > 0) {
+      for (int which = 0; which < 3; ++which) model.expert_linear(l, -1, which) = moe_expert_linear(stored_moe.shared, which);
+    }
   }
 }
 
@@ -123,11 +206,18 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QWENQ_CHECK(g.chunk_tokens > 0, "gptq: chunk_tokens must be positive, got " << g.chunk_tokens);
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
+  if (g.device == Device::Cuda) refuse_moe(cfg, "gptq --device cuda");
+  if (o.loftq.r > 0) refuse_moe(cfg, "--loftq-rank");
+  nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
+  add_moe_module_lists(moe_lists, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
   for (auto [what, N, K] : {std::tuple<const char*, int64_t, int64_t>{"q_proj", cfg.q_dim(), C},
                             {"k_proj", cfg.kv_dim(), C}, {"o_proj", C, cfg.q_dim()}, {"gate_proj", I2, C},
-                            {"down_proj", C, I2}}) {
-    check_layout_fits(o, std::string(o.model_dir) + ": " + what, N, K);
+                            {"down_proj", C, I2}, {"experts.*.gate_proj", cfg.moe_intermediate_size, C},
+                            {"experts.*.down_proj", C, cfg.moe_intermediate_size},
+                            {"shared_expert.gate_proj", cfg.shared_expert_intermediate_size, C},
+                            {"shared_expert.down_proj", C, cfg.shared_expert_intermediate_size}}) {
+    if (N > 0 && K > 0) check_layout_fits(o, std::string(o.model_dir) + ": " + what, N, K);
   }
   if (g.device == Device::Cpu && g.calib_samples >= 1 && g.calib_seq_len >= 2) {  // calibration_windows checks those
     std::string source;
@@ -164,7 +254,11 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }
-  Progress bar("gptq", cfg.num_layers * 7, "layers", o.quiet);
+  int64_t n_linears = 0;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    n_linears += !cfg.is_moe_layer(l) ? 7 : 4 + 3 * cfg.num_experts + (cfg.shared_expert_intermediate_size > 0 ? 3 : 0);
+  }
+  Progress bar("gptq", n_linears, "layers", o.quiet);
   GptqLinearStep step(model, o, I2, go, shards, rep, bar);
 #ifdef QWENQ_HAVE_CUDA
   if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards);
@@ -179,6 +273,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
       o.layout == IntLayout::AwqGemm
           ? awq_quantization_config(o.bits, o.group_size)
           : gptq_quantization_config(o.bits, o.group_size, o.sym, g.desc_act, g.static_groups, g.damp, o.layout);
+  for (const auto& [key, value] : moe_lists.items()) config["quantization_config"][key] = value;
   if (!loftq) return finish_output(config, o.model_dir, shards, out, t0, rep);
   return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq.get(), o.quiet);
 }

@@ -40,8 +40,14 @@ class GptqLinearStep {
   // packed tensors go to the shard writer, the progress bar advances. Returns the dequantized weight [N, K]
   // (unpadded) that the rest of the block and the later blocks must see.
   std::vector<float> run(int64_t layer, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve);
+  // The same for Linear `which` (0 gate_proj, 1 up_proj, 2 down_proj) of expert `expert` of a MoE layer (-1: the
+  // shared expert), with the Hessian of that expert's own input (never padded).
+  std::vector<float> run_expert(int64_t layer, int64_t expert, int which, Eigen::MatrixXf h, GptqSolver solve);
 
  private:
+  std::vector<float> quantize(int64_t layer, const std::string& name, LinearWeight& lw, int64_t N2, int64_t K2,
+                              Eigen::MatrixXf h, GptqSolver solve);
+
   QwenModel& model_;
   const QuantizeOptions& out_;
   int64_t I2_;

@@ -60,6 +60,7 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   QWENQ_CHECK(o.ctx >= 2, "imatrix: --ctx must be at least 2 tokens, not " << o.ctx);
   QwenModel model(o.model);
   const QwenConfig& c = model.config();
+  refuse_moe(c, "imatrix");
   QWENQ_CHECK(o.ctx <= c.max_position_embeddings, "imatrix: --ctx " << o.ctx << " is longer than the model's context ("
                                                                     << c.max_position_embeddings << " tokens)");
   const Tokenizer tok = Tokenizer::from_model(o.model);

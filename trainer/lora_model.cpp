@@ -341,6 +341,7 @@ class Runner {
 }  // namespace
 
 LoraDims lora_dims_of(const QwenConfig& c) {
+  refuse_moe(c, "LoRA (training, merging or applying an adapter)");
   LoraDims d;
   d.hidden_size = c.hidden_size;
   d.intermediate_size = c.intermediate_size;

@@ -85,6 +85,13 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   check_not_quantized(o.model_dir);
   const QwenConfig cfg = load_qwen_config(o.model_dir);
   if (o.method == QuantizeOptions::Method::Rtn) check_int_options(o);
+  if (o.loftq.r > 0) refuse_moe(cfg, "--loftq-rank");
+  // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
+  nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
+  add_moe_module_lists(moe_lists, cfg,
+                       o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb
+                       : o.layout == IntLayout::AwqGemm         ? MoeListFor::Awq
+                                                                : MoeListFor::Gptq);
   Checkpoint ckpt(o.model_dir);
   const std::vector<std::string> names = ckpt.names();
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
@@ -266,6 +273,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     config["quantization_config"] = nf4_quantization_config_json(o.double_quant, torch_dtype_name(weight_dtype),
                                                                  o.method == QuantizeOptions::Method::Fp4);
   }
+  for (const auto& [key, value] : moe_lists.items()) config["quantization_config"][key] = value;
   if (!loftq || loftq_inline) return finish_output(config, o.model_dir, shards, out, t0, rep);
   return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq_adapter.get(), o.quiet);
 }
@@ -275,6 +283,7 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   QWENQ_CHECK(o.dtype == DType::BF16 || o.dtype == DType::F16 || o.dtype == DType::F32,
               "dequantize: --dtype must be bf16, fp16 or fp32");
   const QwenConfig cfg = load_qwen_config(o.model_dir);
+  refuse_moe(cfg, "dequantize");
   const QuantConfig quant = load_quant_config(o.model_dir);
   QWENQ_CHECK(quant.method != QuantConfig::Method::None,
               o.model_dir << " is not quantized (no quantization_config in config.json)");

@@ -14,7 +14,48 @@
 namespace qwenq {
 
 const std::regex kDecoderLinearRe(
-    R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight$)");
+    R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj|mlp\.(experts\.\d+|shared_expert)\.(gate|up|down)_proj)\.weight$)");
+
+void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeListFor format) {
+  if (!c.is_moe()) return;
+  bool dense_layers = false;
+  for (int64_t l = 0; l < c.num_layers; ++l) dense_layers = dense_layers || !c.is_moe_layer(l);
+  const bool shared = c.shared_expert_intermediate_size > 0;
+  if (format == MoeListFor::Gptq) {
+    nlohmann::ordered_json in = nlohmann::ordered_json::array(), down = nlohmann::ordered_json::array();
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string p = "mlp.experts." + std::to_string(e) + ".";
+      in.push_back(p + "gate_proj");
+      in.push_back(p + "up_proj");
+      down.push_back(p + "down_proj");
+    }
+    if (shared) {
+      in.push_back("mlp.shared_expert.gate_proj");
+      in.push_back("mlp.shared_expert.up_proj");
+      down.push_back("mlp.shared_expert.down_proj");
+    }
+    if (dense_layers) {
+      in.push_back("mlp.gate_proj");
+      in.push_back("mlp.up_proj");
+      down.push_back("mlp.down_proj");
+    }
+    qc["modules_in_block_to_quantize"] = {{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"},
+                                          {"self_attn.o_proj"}, in, down};
+    return;
+  }
+  if (format == MoeListFor::Awq) {
+    QWENQ_CHECK(!dense_layers, "the AutoAWQ layout cannot mark a MoE model's routers unquantized when it also has "
+                               "dense layers (mlp_only_layers / decoder_sparse_step): transformers skips modules by "
+                               "substring and \"mlp.gate\" would also skip their mlp.gate_proj; use --format gptq");
+    nlohmann::ordered_json skip = {"mlp.gate"};
+    if (shared) skip.push_back("mlp.shared_expert_gate");
+    qc["modules_to_not_convert"] = skip;
+    return;
+  }
+  nlohmann::ordered_json skip = {"lm_head", "gate"};
+  if (shared) skip.push_back("shared_expert_gate");
+  qc["llm_int8_skip_modules"] = skip;
+}
 
 void ShardedWriter::add_view(const std::string& name, const TensorView& t) {
   writer_.add(name, t.dtype, t.shape, t.data);

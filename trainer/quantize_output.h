@@ -55,8 +55,22 @@ class ShardedWriter {
   std::vector<std::pair<std::string, std::vector<std::string>>> files_;
 };
 
-// model.layers.N.{self_attn.(q|k|v|o)_proj, mlp.(gate|up|down)_proj}.weight
+// model.layers.N.{self_attn.(q|k|v|o)_proj, mlp.(gate|up|down)_proj}.weight, and a MoE layer's
+// mlp.experts.E.(gate|up|down)_proj / mlp.shared_expert.(gate|up|down)_proj: every Linear a quantizer packs. The
+// router (mlp.gate) and qwen2_moe's mlp.shared_expert_gate stay as they are, as in GPTQModel's, AutoAWQ's and
+// vLLM's MoE models.
 extern const std::regex kDecoderLinearRe;
+
+// What quantization_config must say of a MoE model (nothing for a dense one) for transformers to build the same
+// modules as the file holds, i.e. to leave the routers unquantized (transformers 4.51.3's loaders):
+//   Gptq: modules_in_block_to_quantize (optimum keeps only the Linears named there, by suffix): [q, k, v], [o],
+//         [every expert's gate/up (+ shared expert, + dense layers' mlp.gate_proj/up_proj)], [the down_projs];
+//   Awq:  modules_to_not_convert ["mlp.gate"(, "mlp.shared_expert_gate")] (matched as substrings of the module path:
+//         refused for a model with dense layers, whose mlp.gate_proj would match too);
+//   Bnb:  llm_int8_skip_modules ["lm_head", "gate"(, "shared_expert_gate")] (matched as the module's own name).
+// Our reader (trainer/qwen_weights.cpp) packs exactly the Linears whose packed tensors are present, so it reads all.
+enum class MoeListFor { Gptq, Awq, Bnb };
+void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeListFor format);
 
 const char* torch_dtype_name(DType t);
 

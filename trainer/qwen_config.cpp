@@ -152,7 +152,50 @@ void parse_rope_scaling(const json& rs, QwenConfig& c, const std::string& path) 
               path << ": field \"rope_scaling.attention_factor\" must be > 0, got " << r.attention_factor);
 }
 
+// The sparse-MoE fields of qwen2_moe / qwen3_moe, with transformers 4.51.3's defaults (Qwen2MoeConfig,
+// Qwen3MoeConfig) for the ones a config leaves out.
+void parse_moe(const json& j, QwenConfig& c, const std::string& path) {
+  const bool q3 = c.model_type == "qwen3_moe";
+  c.num_experts = optional_int(j, "num_experts", q3 ? 128 : 60, path);
+  c.experts_per_token = optional_int(j, "num_experts_per_tok", q3 ? 8 : 4, path);
+  c.moe_intermediate_size = optional_int(j, "moe_intermediate_size", q3 ? 768 : 1408, path);
+  if (!q3) c.shared_expert_intermediate_size = optional_int(j, "shared_expert_intermediate_size", 5632, path);
+  c.norm_topk_prob = optional_bool(j, "norm_topk_prob", false, path);
+  const int64_t step = optional_int(j, "decoder_sparse_step", 1, path);
+  QWENQ_CHECK(c.num_experts >= 0, path << ": field \"num_experts\" must be >= 0, got " << c.num_experts);
+  if (c.num_experts == 0) return;  // every layer dense (transformers: num_experts > 0 is required for a MoE block)
+  QWENQ_CHECK(c.experts_per_token >= 1 && c.experts_per_token <= c.num_experts,
+              path << ": field \"num_experts_per_tok\" " << c.experts_per_token << " must be in [1, num_experts "
+                   << c.num_experts << "]");
+  QWENQ_CHECK(c.moe_intermediate_size > 0,
+              path << ": field \"moe_intermediate_size\" must be positive, got " << c.moe_intermediate_size);
+  QWENQ_CHECK(c.shared_expert_intermediate_size >= 0, path << ": field \"shared_expert_intermediate_size\" must be >= 0, got "
+                                                            << c.shared_expert_intermediate_size);
+  QWENQ_CHECK(step >= 1, path << ": field \"decoder_sparse_step\" must be >= 1, got " << step);
+  QWENQ_CHECK(!optional_bool(j, "output_router_logits", false, path),
+              path << ": output_router_logits=true (the router's auxiliary loss) is not supported");
+  std::vector<bool> dense_only(c.num_layers, false);
+  if (j.contains("mlp_only_layers") && !j["mlp_only_layers"].is_null()) {
+    const json& m = j["mlp_only_layers"];
+    QWENQ_CHECK(m.is_array(), path << ": field \"mlp_only_layers\" must be a list of layer indices, got " << m.dump());
+    for (const json& v : m) {
+      QWENQ_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<int64_t>() < c.num_layers,
+                  path << ": field \"mlp_only_layers\" holds " << v.dump() << ", not a layer index in [0, "
+                       << c.num_layers << ")");
+      dense_only[v.get<int64_t>()] = true;
+    }
+  }
+  c.moe_layer.assign(c.num_layers, false);
+  for (int64_t l = 0; l < c.num_layers; ++l) c.moe_layer[l] = !dense_only[l] && (l + 1) % step == 0;
+}
+
 }  // namespace
+
+void refuse_moe(const QwenConfig& c, const std::string& what) {
+  QWENQ_CHECK(!c.is_moe(), what << " does not support mixture-of-experts models yet (model_type " << c.model_type << ", "
+                                << c.num_experts << " experts, top-" << c.experts_per_token
+                                << "); on the CPU, eval, generate, rtn, nf4, fp4 and gptq take them");
+}
 
 QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   json j;
@@ -166,9 +209,10 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   QWENQ_CHECK(j.contains("model_type") && j["model_type"].is_string(),
               path << ": missing required field \"model_type\" (expected \"qwen2\" or \"qwen3\")");
   c.model_type = j["model_type"].get<std::string>();
-  QWENQ_CHECK(c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "llama",
+  QWENQ_CHECK(c.model_type == "qwen2" || c.model_type == "qwen3" || c.model_type == "llama" ||
+                  c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe",
               path << ": model_type \"" << c.model_type
-                   << "\" is not supported (supported: qwen2 (Qwen1.5/2/2.5), qwen3, llama)");
+                   << "\" is not supported (supported: qwen2 (Qwen1.5/2/2.5), qwen3, llama, qwen2_moe, qwen3_moe)");
 
   c.vocab_size = require_int(j, "vocab_size", path);
   c.hidden_size = require_int(j, "hidden_size", path);
@@ -179,7 +223,8 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   QWENQ_CHECK(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
               path << ": num_attention_heads " << c.num_heads << " is not a multiple of num_key_value_heads "
                    << c.num_kv_heads);
-  c.head_dim = optional_int(j, "head_dim", 0, path);
+  // Qwen2-MoE's attention always splits hidden_size (transformers ignores a head_dim field there).
+  c.head_dim = c.model_type == "qwen2_moe" ? 0 : optional_int(j, "head_dim", 0, path);
   if (c.head_dim == 0) {
     QWENQ_CHECK(c.hidden_size % c.num_heads == 0, path << ": hidden_size " << c.hidden_size
                                                        << " is not divisible by num_attention_heads " << c.num_heads
@@ -195,7 +240,8 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   c.rms_norm_eps = static_cast<float>(optional_number(j, "rms_norm_eps", 1e-6, path));
 
   // RoPE: rope_theta at top level (released configs) or rope_parameters.rope_theta (newer transformers).
-  double theta = optional_number(j, "rope_theta", c.model_type == "llama" ? 10000.0 : 1e6, path);
+  // transformers 4.51.3 defaults rope_theta to 10000 for every supported model_type (released configs all set it).
+  double theta = optional_number(j, "rope_theta", 10000.0, path);
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
     const json& rp = j["rope_parameters"];
     theta = optional_number(rp, "rope_theta", theta, path);
@@ -216,10 +262,14 @@ QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   if (c.model_type == "qwen2") {
     c.qkv_bias = true;
     c.qk_norm = false;
+  } else if (c.model_type == "qwen2_moe") {
+    c.qkv_bias = optional_bool(j, "qkv_bias", true, path);
+    c.qk_norm = false;
   } else {
     c.qkv_bias = optional_bool(j, "attention_bias", false, path);
-    c.qk_norm = c.model_type == "qwen3";
+    c.qk_norm = c.model_type == "qwen3" || c.model_type == "qwen3_moe";
   }
+  if (c.model_type == "qwen2_moe" || c.model_type == "qwen3_moe") parse_moe(j, c, path);
   if (c.model_type == "llama") {
     QWENQ_CHECK(!optional_bool(j, "mlp_bias", false, path), path << ": mlp_bias=true is not supported");
   }

@@ -1,7 +1,11 @@
 // The architecture facts of a Qwen-family checkpoint, read from its config.json.
 //
 // Supported: model_type "qwen2" (Qwen1.5, Qwen2, Qwen2.5: q/k/v bias), "qwen3" (per-head q_norm/k_norm
-// RMSNorm before RoPE, no q/k/v bias, explicit head_dim), and "llama" (same block without biases). RoPE
+// RMSNorm before RoPE, no q/k/v bias, explicit head_dim), "llama" (same block without biases), and the mixtures
+// of experts "qwen3_moe" (Qwen3-30B-A3B, Qwen3-235B-A22B: Qwen3's attention, top-k routed SwiGLU experts) and
+// "qwen2_moe" (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B: Qwen2's attention, routed experts plus a sigmoid-gated shared
+// expert); MoE models run on the CPU in eval, generate, rtn, nf4/fp4 and gptq (refuse_moe names what does not
+// take them yet). RoPE
 // default, or rope_scaling of type linear, yarn or llama3 read as transformers 4.51.3 reads them (rope); tied or
 // untied embeddings; GQA. Anything else (sliding window on, dynamic/longrope/other rope_scaling, another
 // activation) is refused with one error naming config.json and the field, rather than computed wrongly.
@@ -9,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/rope_table.h"
 
@@ -34,9 +39,25 @@ struct QwenConfig {
   int32_t eos_token_id = -1;
   std::string torch_dtype;  // as written ("bfloat16", ...), informative only
 
+  // Mixture of experts (qwen2_moe, qwen3_moe; all zero for a dense model). Layer l's MLP is a sparse MoE block when
+  // moe_layer[l] (transformers: l not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0), else the dense
+  // SwiGLU of intermediate_size.
+  int64_t num_experts = 0;                      // E routed experts per MoE layer
+  int64_t experts_per_token = 0;                // k (num_experts_per_tok)
+  int64_t moe_intermediate_size = 0;            // each routed expert's SwiGLU width
+  int64_t shared_expert_intermediate_size = 0;  // qwen2_moe's shared expert (0: none)
+  bool norm_topk_prob = false;                  // renormalize the k routing weights to sum 1
+  std::vector<bool> moe_layer;                  // per layer (empty for a dense model)
+
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  bool is_moe() const { return num_experts > 0; }
+  bool is_moe_layer(int64_t l) const { return l >= 0 && l < static_cast<int64_t>(moe_layer.size()) && moe_layer[l]; }
 };
+
+// Throws, naming the model and `what` ("training", "GPTQ", "--device cuda", ...), when `c` is a mixture of experts:
+// the paths that do not take MoE models yet call this before any work.
+void refuse_moe(const QwenConfig& c, const std::string& what);
 
 // Parses `<dir>/config.json`. Throws naming the file and field on anything missing or unsupported. Prints
 // rope_warning to stderr, once per config.json path in a process.

@@ -14,6 +14,7 @@
 #include "kernels/norm.h"
 #include "kernels/rope.h"
 #include "trainer/gguf_model.h"
+#include "trainer/moe_block.h"
 
 namespace qwenq {
 
@@ -23,12 +24,8 @@ void linear(const float* x, int64_t M, const TensorView& w, const TensorView& bi
   linear_forward_ref(x, M, w.shape[1], w.data, w.dtype, w.shape[0], bias.data, bias.dtype, y);
 }
 
-// A packed Linear is widened to fp32 for the duration of the call (one layer at a time, never the model);
-// the fused dequant-matmul kernels replace this on the GPU.
 void linear(const float* x, int64_t M, const LinearWeight& w, const TensorView& bias, float* y) {
-  if (w.is_dense()) return linear(x, M, w.dense, bias, y);
-  const std::vector<float> W = w.dequantize();
-  linear_forward_ref(x, M, w.K, W.data(), DType::F32, w.N, bias.data, bias.dtype, y);
+  apply_linear(w, x, M, bias, y);
 }
 
 void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float* y) {
@@ -165,8 +162,12 @@ void QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const i
 }
 
 void QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook,
-                             float* out) const {
+                             const MoeInputHook& moe_hook, float* out) const {
   const QwenLayerWeights& L = w_.layers[l];
+  if (cfg_.is_moe_layer(l)) {
+    moe_block_forward(cfg_, L.moe, n, T, out, moe_hook);
+    return;
+  }
   if (hook) hook(BlockLinear::GateUp, n, T);
   linear(n, T, L.gate, TensorView{}, s.gate.data());
   linear(n, T, L.up, TensorView{}, s.up.data());
@@ -177,14 +178,14 @@ void QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, c
 
 template <typename AttnFn>
 void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                              const LinearInputHook& hook) const {
+                              const LinearInputHook& hook, const MoeInputHook& moe_hook) const {
   const int64_t C = cfg_.hidden_size;
   const QwenLayerWeights& L = w_.layers[l];
   rmsnorm(x, T, L.input_norm, cfg_.rms_norm_eps, s.n.data());
   attention_sublayer(l, s.n.data(), T, pos, attention, s, hook, s.n.data());
   for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
   rmsnorm(x, T, L.post_norm, cfg_.rms_norm_eps, s.n.data());
-  mlp_sublayer(l, s.n.data(), T, s, hook, s.n.data());
+  mlp_sublayer(l, s.n.data(), T, s, hook, moe_hook, s.n.data());
   for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
 }
 
@@ -200,13 +201,14 @@ void QwenModel::embed_batch(const PackedBatch& b, std::vector<float>* x) const {
   embed(b.tokens, x->data());
 }
 
-void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const LinearInputHook& hook) const {
+void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const LinearInputHook& hook,
+                              const MoeInputHook& moe_hook) const {
   QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "block_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
   const QwenConfig& c = cfg_;
   Scratch s(c, b.num_tokens());
   layer_forward(l, x, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
     attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
-  }, s, hook);
+  }, s, hook, moe_hook);
 }
 
 void QwenModel::attention_forward(int64_t l, const PackedBatch& b, const float* n, float* out) const {
@@ -221,7 +223,7 @@ void QwenModel::attention_forward(int64_t l, const PackedBatch& b, const float* 
 void QwenModel::mlp_forward(int64_t l, const float* n, int64_t T, float* out) const {
   QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "mlp_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
   Scratch s(cfg_, T);
-  mlp_sublayer(l, n, T, s, nullptr, out);
+  mlp_sublayer(l, n, T, s, nullptr, nullptr, out);
 }
 
 LinearWeight& QwenModel::linear_weight(int64_t l, BlockLinear which, int index) {
@@ -233,6 +235,15 @@ LinearWeight& QwenModel::linear_weight(int64_t l, BlockLinear which, int index) 
     case BlockLinear::Down: return L.down;
   }
   QWENQ_FAIL("linear_weight: bad selector");
+}
+
+LinearWeight& QwenModel::expert_linear(int64_t l, int64_t expert, int which) {
+  QWENQ_CHECK(cfg_.is_moe_layer(l), "expert_linear: layer " << l << " is not a mixture-of-experts layer");
+  MoeWeights& m = w_.layers.at(l).moe;
+  QWENQ_CHECK(expert >= -1 && expert < static_cast<int64_t>(m.experts.size()) && (expert >= 0 || m.shared.gate.N > 0),
+              "expert_linear: layer " << l << " has no expert " << expert);
+  MoeExpertWeights& e = expert < 0 ? m.shared : m.experts[expert];
+  return which == 0 ? e.gate : which == 1 ? e.up : e.down;
 }
 
 void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden, KvCacheDType kv) const {

@@ -8,9 +8,9 @@
 //   a   = softmax(q kᵀ / √D + causal mask) v                     (GQA: head h reads kv head h / (H/Hkv))
 //   x   = x + a Woᵀ
 //   n   = RMSNorm(x) · w_post
-//   x   = x + (silu(n Wgᵀ) ⊙ n Wuᵀ) Wdᵀ
+//   x   = x + (silu(n Wgᵀ) ⊙ n Wuᵀ) Wdᵀ                          (a MoE layer: x + moe(n), trainer/moe_block.h)
 // then logits = RMSNorm(x) · w_final · W_headᵀ. This is transformers' modeling_qwen2 / modeling_qwen3 with
-// every intermediate in fp32 (what it computes for torch_dtype=float32).
+// every intermediate in fp32 (what it computes for torch_dtype=float32); qwen2_moe / qwen3_moe likewise.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,7 @@
 
 #include "core/safetensors.h"
 #include "trainer/qwen_config.h"
+#include "trainer/moe_block.h"
 #include "trainer/qwen_weights.h"
 
 namespace qwenq {
@@ -63,6 +64,7 @@ inline int64_t decoder_linear_outputs(const QwenConfig& c, const DecoderLinear& 
                                           : c.hidden_size;
 }
 // Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
+// In a MoE layer it sees QKV and O only; the experts' inputs go to a MoeInputHook (trainer/moe_block.h).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
 // The storage of a KV cache (`generate --kv-cache f32|bf16`). F32 (the default) keeps the fp32 k and v rows. BF16
@@ -124,8 +126,12 @@ class QwenModel {
   // x [T, C] (hook sees each Linear group's input), and the Linear weights of a block (index: q=0,k=1,v=2 or
   // gate=0,up=1), which a quantizer may replace with their fake-quantized values.
   void embed_batch(const PackedBatch& batch, std::vector<float>* x) const;
-  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const LinearInputHook& hook) const;
+  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const LinearInputHook& hook,
+                     const MoeInputHook& moe_hook = nullptr) const;
   LinearWeight& linear_weight(int64_t layer, BlockLinear which, int index = 0);
+  // Linear `which` (0 gate_proj, 1 up_proj, 2 down_proj) of expert `expert` of MoE layer `layer` (-1: the shared
+  // expert); throws naming the layer when it has no such expert.
+  LinearWeight& expert_linear(int64_t layer, int64_t expert, int which);
   // The two halves of a block as modules (AWQ evaluates them): out [T, C] = self_attn(n) = o_proj(attention(q,k,v
   // of n)) and out [T, C] = mlp(n) = down(silu(gate(n)) ⊙ up(n)), for n the normalized input [T, C] (no
   // residual). out may alias n.
@@ -139,10 +145,11 @@ class QwenModel {
   template <typename AttnFn>
   void attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
                           const LinearInputHook& hook, float* out) const;
-  void mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook, float* out) const;
+  void mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook,
+                    const MoeInputHook& moe_hook, float* out) const;
   template <typename AttnFn>
   void layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                     const LinearInputHook& hook) const;
+                     const LinearInputHook& hook, const MoeInputHook& moe_hook = nullptr) const;
   void embed(const std::vector<int32_t>& tokens, float* x) const;
 
   std::string dir_;

@@ -430,6 +430,7 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   Impl& m = *impl_;
   m.cfg = model.config();
   const QwenConfig& c = m.cfg;
+  refuse_moe(c, "the GPU forward (--device cuda)");
   QWENQ_CHECK(uses_flash(c.head_dim) || c.head_dim <= kAttentionNaiveMaxHeadDim,
               "QwenModelCuda: head_dim " << c.head_dim << " is neither a compiled flash attention head dim ("
                                          << flash_attention_compiled_dims() << ") nor at "

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/gemm.h"
 
 namespace qwenq {
 
@@ -52,6 +53,15 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   return w;
 }
 
+void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
+  if (w.is_dense()) {
+    linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
+    return;
+  }
+  const std::vector<float> W = w.dequantize();
+  linear_forward_ref(x, M, w.K, W.data(), DType::F32, w.N, bias.data, bias.dtype, y);
+}
+
 LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K) {
   QWENQ_CHECK(static_cast<int64_t>(W.size()) == N * K, "LinearWeight::from_fp32: " << W.size() << " values for [" << N << ", " << K << "]");
   LinearWeight w;
@@ -71,6 +81,35 @@ std::vector<float> LinearWeight::dequantize() const {
   if (ggml) return dequantize_ggml_linear(*ggml);
   return tensor_to_f32(dense);
 }
+
+namespace {
+
+MoeExpertWeights bind_expert(const Checkpoint& ckpt, const QuantConfig& quant, const std::string& p, int64_t C,
+                             int64_t I) {
+  MoeExpertWeights e;
+  e.gate = load_linear(ckpt, quant, p + "gate_proj", I, C);
+  e.up = load_linear(ckpt, quant, p + "up_proj", I, C);
+  e.down = load_linear(ckpt, quant, p + "down_proj", C, I);
+  return e;
+}
+
+// "model.layers.<l>.mlp." of a MoE layer: gate (the router), experts.<e>.{gate,up,down}_proj, and qwen2_moe's
+// shared_expert.{gate,up,down}_proj and shared_expert_gate.
+MoeWeights bind_moe(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt, const std::string& p) {
+  const int64_t C = c.hidden_size;
+  MoeWeights m;
+  m.router = load_linear(ckpt, quant, p + "gate", c.num_experts, C);
+  m.experts.reserve(c.num_experts);
+  for (int64_t e = 0; e < c.num_experts; ++e)
+    m.experts.push_back(bind_expert(ckpt, quant, p + "experts." + std::to_string(e) + ".", C, c.moe_intermediate_size));
+  if (c.shared_expert_intermediate_size > 0) {
+    m.shared = bind_expert(ckpt, quant, p + "shared_expert.", C, c.shared_expert_intermediate_size);
+    m.shared_gate = load_linear(ckpt, quant, p + "shared_expert_gate", 1, C);
+  }
+  return m;
+}
+
+}  // namespace
 
 QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt) {
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
@@ -101,6 +140,10 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
       L.k_norm = fetch(ckpt, p + "self_attn.k_norm.weight", {c.head_dim});
     }
     L.post_norm = fetch(ckpt, p + "post_attention_layernorm.weight", {C});
+    if (c.is_moe_layer(l)) {
+      L.moe = bind_moe(c, quant, ckpt, p + "mlp.");
+      continue;
+    }
     L.gate = load_linear(ckpt, quant, p + "mlp.gate_proj", I, C);
     L.up = load_linear(ckpt, quant, p + "mlp.up_proj", I, C);
     L.down = load_linear(ckpt, quant, p + "mlp.down_proj", C, I);

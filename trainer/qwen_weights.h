@@ -30,13 +30,27 @@ struct LinearWeight {
   std::vector<float> dequantize() const;
 };
 
+// The sparse MoE block of a qwen2_moe / qwen3_moe layer (QwenConfig::is_moe_layer): the router [E, C], E routed
+// SwiGLU experts ([Im, C], [Im, C], [C, Im]) and, for qwen2_moe, a shared expert ([Is, C] ...) scaled per token by
+// sigmoid(x · shared_gate) ([1, C]). Each is an nn.Linear, dense or packed like any other.
+struct MoeExpertWeights {
+  LinearWeight gate, up, down;
+};
+struct MoeWeights {
+  LinearWeight router;  // mlp.gate
+  std::vector<MoeExpertWeights> experts;
+  MoeExpertWeights shared;   // absent (N = 0) without a shared expert
+  LinearWeight shared_gate;  // mlp.shared_expert_gate
+};
+
 struct QwenLayerWeights {
   TensorView input_norm;                       // [C]
   LinearWeight q, k, v, o;                     // [H*D, C], [Hkv*D, C], [Hkv*D, C], [C, H*D]
   TensorView q_bias, k_bias, v_bias;           // [H*D], [Hkv*D], [Hkv*D] (data null when absent)
   TensorView q_norm, k_norm;                   // [D] (Qwen3 only)
   TensorView post_norm;                        // [C]
-  LinearWeight gate, up, down;                 // [I, C], [I, C], [C, I]
+  LinearWeight gate, up, down;                 // [I, C], [I, C], [C, I] (a dense MLP; N = 0 in a MoE layer)
+  MoeWeights moe;                              // a MoE layer's MLP (no router / experts otherwise)
 };
 
 // Linear t of a layer in true-sequential order (q=0, k, v, o, gate, up, down=6; LoraTarget's and kDecoderLinears'):
@@ -61,6 +75,10 @@ struct QwenWeights {
   TensorView lm_head;     // [V, C] (= embed when tied)
   std::vector<std::shared_ptr<const std::vector<float>>> owned;  // backs views whose values were computed (GGUF)
 };
+
+// y[M, N] = x[M, K] · Wᵀ (+ bias when bias.data is set): a dense W in its stored dtype, a packed one widened to
+// fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without).
+void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);
 
 // The Linear `prefix` ("model.layers.0.mlp.up_proj") of shape [N, K]: packed when the checkpoint holds it packed
 // (per `quant`), else a dense view.

@@ -18,12 +18,18 @@ struct Preset {
   const char* name;
   int64_t layers, hidden, intermediate, heads, kv_heads, vocab;
   bool tied;
+  // Mixture of experts (model_type qwen3_moe, or qwen2_moe with a shared expert): experts, top-k, expert width,
+  // shared expert width, and one layer kept dense (mlp_only_layers; -1: none).
+  int64_t experts = 0, top_k = 0, moe_intermediate = 0, shared_intermediate = 0, dense_layer = -1;
 };
 // Qwen2.5 shapes (REFERENCE.md A6.4); head_dim = hidden / heads for all of them.
 constexpr Preset kPresets[] = {
     {"tiny", 2, 64, 128, 4, 2, 320, true},
     {"tiny256", 8, 256, 512, 4, 2, 320, false},  // rows that split into llama.cpp's 256-value k-quant blocks
     {"tiny896", 1, 896, 1024, 14, 2, 320, true},  // Qwen2.5-0.5B's width and 7:1 heads: llama.cpp's fallback types
+    // Qwen3-MoE's block (q/k norm, 8 experts, top 2, renormalized), layer 1 dense; Qwen2-MoE's with a shared expert.
+    {"tiny-moe", 3, 64, 128, 4, 2, 320, false, 8, 2, 32, 0, 1},
+    {"tiny-moe-shared", 2, 64, 128, 4, 2, 320, true, 6, 2, 32, 96, -1},
     {"qwen2.5-0.5b", 24, 896, 4864, 14, 2, 151936, true},
     {"qwen2.5-1.5b", 28, 1536, 8960, 12, 2, 151936, true},
     {"qwen2.5-3b", 36, 2048, 11008, 16, 2, 151936, true},
@@ -103,7 +109,7 @@ QwenConfig qwen_preset(const std::string& name) {
     names += std::string(names.empty() ? "" : ", ") + p.name;
     if (name != p.name) continue;
     QwenConfig c;
-    c.model_type = "qwen2";
+    c.model_type = p.experts == 0 ? "qwen2" : p.shared_intermediate > 0 ? "qwen2_moe" : "qwen3_moe";
     c.num_layers = p.layers;
     c.hidden_size = p.hidden;
     c.intermediate_size = p.intermediate;
@@ -115,7 +121,17 @@ QwenConfig qwen_preset(const std::string& name) {
     c.max_position_embeddings = 32768;
     c.rms_norm_eps = 1e-6f;
     c.rope = rope_spec_default(1e6);
-    c.qkv_bias = true;
+    c.qkv_bias = c.model_type != "qwen3_moe";
+    c.qk_norm = c.model_type == "qwen3_moe";
+    if (p.experts > 0) {
+      c.num_experts = p.experts;
+      c.experts_per_token = p.top_k;
+      c.moe_intermediate_size = p.moe_intermediate;
+      c.shared_expert_intermediate_size = p.shared_intermediate;
+      c.norm_topk_prob = c.model_type == "qwen3_moe";  // Qwen3-MoE's released configs renormalize; Qwen2-MoE's do not
+      c.moe_layer.assign(p.layers, true);
+      if (p.dense_layer >= 0) c.moe_layer[p.dense_layer] = false;
+    }
     c.bos_token_id = 256;  // <|endoftext|> in the byte-level tokenizer below
     c.eos_token_id = 256;
     return c;
@@ -125,7 +141,10 @@ QwenConfig qwen_preset(const std::string& name) {
 
 void write_random_model(const RandomModelOptions& opt) {
   QwenConfig c = qwen_preset(opt.preset);
-  if (opt.layers > 0) c.num_layers = opt.layers;
+  if (opt.layers > 0) {
+    c.num_layers = opt.layers;
+    if (c.is_moe()) c.moe_layer.resize(c.num_layers, true);
+  }
   if (opt.kv_heads > 0) {
     QWENQ_CHECK(c.num_heads % opt.kv_heads == 0,
                 "kv_heads " << opt.kv_heads << " must divide the preset's " << c.num_heads << " attention heads");
@@ -148,25 +167,47 @@ void write_random_model(const RandomModelOptions& opt) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add_const(p + "input_layernorm.weight", C, 1.f);
     add_random(p + "self_attn.q_proj.weight", {c.q_dim(), C});
-    add_const(p + "self_attn.q_proj.bias", c.q_dim(), 0.f);
+    if (c.qkv_bias) add_const(p + "self_attn.q_proj.bias", c.q_dim(), 0.f);
     add_random(p + "self_attn.k_proj.weight", {c.kv_dim(), C});
-    add_const(p + "self_attn.k_proj.bias", c.kv_dim(), 0.f);
+    if (c.qkv_bias) add_const(p + "self_attn.k_proj.bias", c.kv_dim(), 0.f);
     add_random(p + "self_attn.v_proj.weight", {c.kv_dim(), C});
-    add_const(p + "self_attn.v_proj.bias", c.kv_dim(), 0.f);
+    if (c.qkv_bias) add_const(p + "self_attn.v_proj.bias", c.kv_dim(), 0.f);
     add_random(p + "self_attn.o_proj.weight", {C, c.q_dim()});
+    if (c.qk_norm) {
+      add_const(p + "self_attn.q_norm.weight", c.head_dim, 1.f);
+      add_const(p + "self_attn.k_norm.weight", c.head_dim, 1.f);
+    }
     add_const(p + "post_attention_layernorm.weight", C, 1.f);
-    add_random(p + "mlp.gate_proj.weight", {I, C});
-    add_random(p + "mlp.up_proj.weight", {I, C});
-    add_random(p + "mlp.down_proj.weight", {C, I});
+    auto add_mlp = [&](const std::string& m, int64_t width) {
+      add_random(m + "gate_proj.weight", {width, C});
+      add_random(m + "up_proj.weight", {width, C});
+      add_random(m + "down_proj.weight", {C, width});
+    };
+    if (!c.is_moe_layer(l)) {
+      add_mlp(p + "mlp.", I);
+      continue;
+    }
+    // A router of std 0.02 would route almost uniformly; a wider one makes the choice of experts matter.
+    w.add_owned(p + "mlp.gate.weight", opt.dtype, {c.num_experts, C},
+                random_tensor(c.num_experts * C, opt.dtype, 0.5f, rng));
+    for (int64_t e = 0; e < c.num_experts; ++e)
+      add_mlp(p + "mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+    if (c.shared_expert_intermediate_size > 0) {
+      add_mlp(p + "mlp.shared_expert.", c.shared_expert_intermediate_size);
+      add_random(p + "mlp.shared_expert_gate.weight", {1, C});
+    }
   }
   add_const("model.norm.weight", C, 1.f);
   if (!c.tie_word_embeddings) add_random("lm_head.weight", {V, C});
   w.set_metadata("format", "pt");
   w.set_metadata("qwenq.source", "random weights, preset " + opt.preset + ", seed " + std::to_string(opt.seed));
 
+  const char* arch = c.model_type == "qwen3_moe"   ? "Qwen3MoeForCausalLM"
+                     : c.model_type == "qwen2_moe" ? "Qwen2MoeForCausalLM"
+                                                   : "Qwen2ForCausalLM";
   nlohmann::ordered_json cfg = {
-      {"architectures", {"Qwen2ForCausalLM"}},
-      {"model_type", "qwen2"},
+      {"architectures", {arch}},
+      {"model_type", c.model_type},
       {"vocab_size", V},
       {"hidden_size", C},
       {"intermediate_size", I},
@@ -183,6 +224,20 @@ void write_random_model(const RandomModelOptions& opt) {
       {"eos_token_id", c.eos_token_id},
       {"torch_dtype", opt.dtype == DType::BF16 ? "bfloat16" : opt.dtype == DType::F16 ? "float16" : "float32"},
   };
+  if (c.model_type != "qwen2") cfg["head_dim"] = c.head_dim;
+  if (c.model_type == "qwen3_moe") cfg["attention_bias"] = false;
+  if (c.is_moe()) {
+    cfg["num_experts"] = c.num_experts;
+    cfg["num_experts_per_tok"] = c.experts_per_token;
+    cfg["moe_intermediate_size"] = c.moe_intermediate_size;
+    if (c.shared_expert_intermediate_size > 0) cfg["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    cfg["norm_topk_prob"] = c.norm_topk_prob;
+    cfg["decoder_sparse_step"] = 1;
+    nlohmann::json dense = nlohmann::json::array();
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      if (!c.is_moe_layer(l)) dense.push_back(l);
+    cfg["mlp_only_layers"] = dense;
+  }
   StagedDir out(opt.out_dir, opt.overwrite);
   write_file_atomic(path_join(out.path(), "config.json"), cfg.dump(2) + "\n");
   write_byte_level_tokenizer(out.path(), V);

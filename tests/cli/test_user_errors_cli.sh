@@ -27,7 +27,9 @@
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
-#    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix.
+#    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix;
+#  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq), and
+#    one clear error from each command that does not take one yet, before any output.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -268,4 +270,24 @@ refuse cut0 "empty dataset (every example lost its response to max_len 32)" \
   > cut.txt 2>&1 || fail "train on long examples" cut.txt
 grep -q "warning: 8 of 8 training examples are longer than --seq-len 32 and are cut to it; 8 of them keep no response token" \
   cut.txt || fail "no warning about examples cut to --seq-len" cut.txt
+# --- mixtures of experts: quantize, evaluate, generate; the rest refuses by name ----------------------------------
+"$QQ" init-random --preset tiny-moe --out moe --dtype bf16 > /dev/null 2>&1 || fail "init-random tiny-moe"
+"$QQ" gptq --model moe --out moe_gptq --calib text.jsonl --calib-samples 4 --calib-seq-len 32 --group-size 32 -q \
+  > moe_gptq.txt 2>&1 || fail "gptq on a MoE model" moe_gptq.txt
+"$QQ" nf4 --model moe --out moe_nf4 -q > moe_nf4.txt 2>&1 || fail "nf4 on a MoE model" moe_nf4.txt
+for m in moe moe_gptq moe_nf4; do
+  "$QQ" eval --model $m --data text.jsonl --seq-len 64 -q > "eval_$m.txt" 2>&1 || fail "eval $m" "eval_$m.txt"
+  grep -q "^perplexity " "eval_$m.txt" || fail "eval $m printed no perplexity" "eval_$m.txt"
+done
+"$QQ" generate --model moe_gptq --prompt "Once upon" -n 4 > moe_gen.txt 2>&1 || fail "generate on GPTQ MoE" moe_gen.txt
+MOE="does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)"
+refuse moe_train "LoRA (training, merging or applying an adapter) $MOE" \
+  "$QL" train --model moe --data text.jsonl --out moe_run --max-steps 1 --seq-len 32 -q
+[ ! -e moe_run ] || fail "a refused MoE training left a run directory"
+refuse moe_awq "awq $MOE" "$QQ" awq --model moe --out moe_awq --calib text.jsonl --calib-seq-len 32 -q
+refuse moe_gguf "gguf $MOE" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
+refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
+refuse moe_compare "compare --methods awq $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,awq \
+  --data text.jsonl --calib text.jsonl
+for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"

@@ -1,4 +1,5 @@
-"""Oracle: our CPU forward pass against Hugging Face transformers on tiny random Qwen2 and Qwen3 models.
+"""Oracle: our CPU forward pass against Hugging Face transformers on tiny random Qwen2, Qwen3, Qwen2-MoE and
+Qwen3-MoE models.
 
 Builds the models with transformers itself (random weights, seeded), saves them as Hugging Face
 directories (fp32, and bf16 for the stored-dtype path), runs transformers in fp32 with eager attention on a
@@ -72,6 +73,22 @@ except ImportError:
 dirs.append(make_case("qwen3_headdim_fp32", Qwen3Config, Qwen3ForCausalLM, torch.float32,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e6,
                       tie_word_embeddings=True, **common))
+
+# Mixtures of experts: Qwen3-MoE (q/k norm, renormalized top-k, one dense layer via mlp_only_layers) and Qwen2-MoE
+# (q/k/v bias, a sigmoid-gated shared expert, top-k weights not renormalized, every second layer sparse).
+try:
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+except ImportError:
+    raise SystemExit("FAIL: this transformers has no Qwen2-MoE/Qwen3-MoE (pin transformers>=4.51)")
+moe = dict(common, num_hidden_layers=3)
+dirs.append(make_case("qwen3_moe_fp32", Qwen3MoeConfig, Qwen3MoeForCausalLM, torch.float32,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6,
+                      tie_word_embeddings=False, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48,
+                      norm_topk_prob=True, mlp_only_layers=[1], **moe))
+dirs.append(make_case("qwen2_moe_bf16", Qwen2MoeConfig, Qwen2MoeForCausalLM, torch.bfloat16,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True,
+                      num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40,
+                      shared_expert_intermediate_size=96, norm_topk_prob=False, decoder_sparse_step=2, **moe))
 
 run_gtest(args.build, "ModelOracle.*", {"QWENQ_ORACLE_MODEL_DIRS": ":".join(dirs)})
 print("PASS")

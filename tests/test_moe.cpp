@@ -1,0 +1,286 @@
+// Mixture-of-experts models (qwen2_moe, qwen3_moe) on the CPU: the top-k routing against a double-precision
+// brute force, a whole MoE block against the same formulas evaluated token by token in double from the stored
+// weights, KV-cache decoding against the packed forward, config.json's MoE fields (transformers 4.51.3's defaults,
+// mlp_only_layers and decoder_sparse_step, refusals), and the one clear error of every path that does not take MoE
+// models yet. The logits against transformers itself: tests/oracle/test_model_oracle.py (qwen3_moe_fp32,
+// qwen2_moe_bf16).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "core/files.h"
+#include "core/rng.h"
+#include "kernels/moe_route.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
+#include "trainer/gguf_model.h"
+#include "trainer/imatrix_model.h"
+#include "trainer/lora_model.h"
+#include "trainer/quantize_model.h"
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kRouteTolerance = 1e-6;   // fp32 softmax vs double, relative to the largest weight (1)
+constexpr double kBlockTolerance = 2e-5;   // fp32 block vs double, relative to the output's largest magnitude
+constexpr float kDecodeTolerance = 1e-4f;  // KV-cache steps vs the packed forward, absolute on logits of ~O(1)
+
+std::vector<float> random_values(int64_t n, float scale, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.normal() * scale);
+  return v;
+}
+
+// The k largest softmax probabilities in double, ties to the lower index, optionally renormalized.
+void route_in_double(const float* r, int64_t E, int64_t k, bool norm, std::vector<int32_t>* experts,
+                     std::vector<double>* weights) {
+  const double mx = *std::max_element(r, r + E);
+  std::vector<double> p(E);
+  double sum = 0;
+  for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(static_cast<double>(r[e]) - mx);
+  for (double& x : p) x /= sum;
+  std::vector<int32_t> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
+  experts->assign(order.begin(), order.begin() + k);
+  double kept = 0;
+  for (int64_t j = 0; j < k; ++j) kept += p[order[j]];
+  weights->resize(k);
+  for (int64_t j = 0; j < k; ++j) (*weights)[j] = norm ? p[order[j]] / kept : p[order[j]];
+}
+
+TEST(MoeRoute, MatchesDoubleBruteForce) {
+  const int64_t T = 37;
+  for (int64_t E : {1, 5, 8, 60, 128}) {
+    for (int64_t k : {int64_t{1}, std::min<int64_t>(2, E), std::min<int64_t>(8, E), E}) {
+      for (bool norm : {false, true}) {
+        SCOPED_TRACE("E " + std::to_string(E) + " k " + std::to_string(k) + (norm ? " norm" : ""));
+        const std::vector<float> logits = random_values(T * E, 2.f, 100 + E * 7 + k);
+        std::vector<int32_t> experts(T * k);
+        std::vector<float> weights(T * k);
+        moe_route_ref(logits.data(), T, E, k, norm, experts.data(), weights.data());
+        for (int64_t t = 0; t < T; ++t) {
+          std::vector<int32_t> want_e;
+          std::vector<double> want_w;
+          route_in_double(logits.data() + t * E, E, k, norm, &want_e, &want_w);
+          for (int64_t j = 0; j < k; ++j) {
+            EXPECT_EQ(experts[t * k + j], want_e[j]) << "token " << t << " choice " << j;
+            EXPECT_NEAR(weights[t * k + j], want_w[j], kRouteTolerance) << "token " << t << " choice " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MoeRoute, TiesGoToTheLowerIndex) {
+  const std::vector<float> logits = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, /*second token*/ 1.f, 3.f, 3.f, 1.f, 3.f, 0.f};
+  std::vector<int32_t> experts(2 * 3);
+  std::vector<float> weights(2 * 3);
+  moe_route_ref(logits.data(), 2, 6, 3, /*norm_topk_prob=*/true, experts.data(), weights.data());
+  EXPECT_EQ(std::vector<int32_t>(experts.begin(), experts.begin() + 3), (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(std::vector<int32_t>(experts.begin() + 3, experts.end()), (std::vector<int32_t>{1, 2, 4}));
+  for (float w : weights) EXPECT_NEAR(w, 1.0 / 3.0, 1e-7);
+}
+
+TEST(MoeRoute, RefusesKOutsideTheExperts) {
+  float logits[4] = {0, 0, 0, 0};
+  int32_t e[8];
+  float w[8];
+  test::expect_error([&] { moe_route_ref(logits, 1, 4, 5, false, e, w); }, "moe_route: top-5 of 4 experts");
+  test::expect_error([&] { moe_route_ref(logits, 1, 4, 0, false, e, w); }, "moe_route: top-0 of 4 experts");
+}
+
+// expert(x) = (silu(x W_gᵀ) ⊙ x W_uᵀ) W_dᵀ in double from the stored (dequantized) weights.
+std::vector<double> expert_in_double(const MoeExpertWeights& e, const float* x) {
+  const std::vector<float> G = e.gate.dequantize(), U = e.up.dequantize(), D = e.down.dequantize();
+  const int64_t I = e.gate.N, C = e.gate.K;
+  std::vector<double> h(I), y(C, 0.0);
+  for (int64_t i = 0; i < I; ++i) {
+    double g = 0, u = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      g += static_cast<double>(G[i * C + c]) * x[c];
+      u += static_cast<double>(U[i * C + c]) * x[c];
+    }
+    h[i] = g / (1 + std::exp(-g)) * u;
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < I; ++i) y[c] += static_cast<double>(D[c * I + i]) * h[i];
+  return y;
+}
+
+// The block's output for token x in double: the brute-force routing above, the experts, the shared expert.
+std::vector<double> moe_in_double(const QwenConfig& c, const MoeWeights& m, const float* x) {
+  const int64_t C = c.hidden_size, E = c.num_experts;
+  const std::vector<float> R = m.router.dequantize();
+  std::vector<float> r(E);
+  for (int64_t e = 0; e < E; ++e) {
+    double s = 0;
+    for (int64_t i = 0; i < C; ++i) s += static_cast<double>(R[e * C + i]) * x[i];
+    r[e] = static_cast<float>(s);
+  }
+  std::vector<int32_t> experts;
+  std::vector<double> weights;
+  route_in_double(r.data(), E, c.experts_per_token, c.norm_topk_prob, &experts, &weights);
+  std::vector<double> y(C, 0.0);
+  for (size_t j = 0; j < experts.size(); ++j) {
+    const std::vector<double> ye = expert_in_double(m.experts[experts[j]], x);
+    for (int64_t i = 0; i < C; ++i) y[i] += weights[j] * ye[i];
+  }
+  if (m.shared.gate.N > 0) {
+    const std::vector<double> ys = expert_in_double(m.shared, x);
+    const std::vector<float> Gs = m.shared_gate.dequantize();
+    double g = 0;
+    for (int64_t i = 0; i < C; ++i) g += static_cast<double>(Gs[i]) * x[i];
+    const double sg = 1 / (1 + std::exp(-g));
+    for (int64_t i = 0; i < C; ++i) y[i] += sg * ys[i];
+  }
+  return y;
+}
+
+TEST(MoeModel, BlockMatchesTokenByTokenInDouble) {
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string dir = test::make_random_model(path_join(test::scratch_dir(), preset), preset, DType::BF16, 5);
+    const QwenModel model(dir);
+    const QwenConfig& c = model.config();
+    ASSERT_TRUE(c.is_moe());
+    const int64_t T = 29, C = c.hidden_size;
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!c.is_moe_layer(l)) continue;
+      ++moe_layers;
+      const std::vector<float> n = random_values(T * C, 1.f, 40 + l);
+      std::vector<float> out(T * C);
+      model.mlp_forward(l, n.data(), T, out.data());
+      double worst = 0, scale = 0;
+      std::vector<int> used(c.num_experts, 0);
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<double> want = moe_in_double(c, model.weights().layers[l].moe, n.data() + t * C);
+        for (int64_t i = 0; i < C; ++i) {
+          worst = std::max(worst, std::fabs(out[t * C + i] - want[i]));
+          scale = std::max(scale, std::fabs(want[i]));
+        }
+      }
+      EXPECT_LE(worst, kBlockTolerance * scale) << "layer " << l << " (largest output " << scale << ")";
+    }
+    EXPECT_EQ(moe_layers, 2);
+  }
+}
+
+TEST(MoeModel, DenseLayersStayDense) {
+  const std::string dir = test::make_random_model(path_join(test::scratch_dir(), "m"), "tiny-moe", DType::F32, 6);
+  const QwenModel model(dir);
+  const QwenConfig& c = model.config();
+  EXPECT_EQ(c.moe_layer, (std::vector<bool>{true, false, true}));  // mlp_only_layers [1]
+  const QwenLayerWeights& dense = model.weights().layers[1];
+  EXPECT_EQ(dense.gate.N, c.intermediate_size);
+  EXPECT_TRUE(dense.moe.experts.empty());
+  const QwenLayerWeights& sparse = model.weights().layers[0];
+  EXPECT_EQ(sparse.gate.N, 0);
+  EXPECT_EQ(static_cast<int64_t>(sparse.moe.experts.size()), c.num_experts);
+  EXPECT_EQ(sparse.moe.experts[7].down.K, c.moe_intermediate_size);
+}
+
+TEST(MoeModel, KvCacheStepsMatchThePackedForward) {
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string dir = test::make_random_model(path_join(test::scratch_dir(), preset), preset, DType::F32, 7);
+    const QwenModel model(dir);
+    const int64_t V = model.config().vocab_size, n = 23;
+    const PackedBatch b = test::random_batch({n}, V, 8);
+    const std::vector<float> all = model.forward_logits(b);
+    KvCache cache = model.make_cache(n);
+    std::vector<float> step = model.forward_step(std::vector<int32_t>(b.tokens.begin(), b.tokens.begin() + 9), &cache);
+    float worst = 0;
+    for (int64_t t = 9; t <= n; ++t) {
+      for (int64_t v = 0; v < V; ++v) worst = std::max(worst, std::fabs(step[v] - all[(t - 1) * V + v]));
+      if (t < n) step = model.forward_step({b.tokens[t]}, &cache);
+    }
+    EXPECT_LE(worst, kDecodeTolerance);
+  }
+}
+
+std::string moe_config(const std::string& extra, const std::string& type = "qwen3_moe") {
+  return "{" + extra + R"("model_type":")" + type + R"(","vocab_size":100,"hidden_size":64,"intermediate_size":128,
+    "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2})";
+}
+
+TEST(MoeConfig, DefaultsAreTransformers) {
+  const QwenConfig q3 = parse_qwen_config(moe_config(""), "m/config.json");
+  EXPECT_EQ(q3.num_experts, 128);
+  EXPECT_EQ(q3.experts_per_token, 8);
+  EXPECT_EQ(q3.moe_intermediate_size, 768);
+  EXPECT_EQ(q3.shared_expert_intermediate_size, 0);
+  EXPECT_FALSE(q3.norm_topk_prob);
+  EXPECT_TRUE(q3.qk_norm);
+  EXPECT_FALSE(q3.qkv_bias);
+  EXPECT_EQ(q3.rope.theta, 10000.0);
+  EXPECT_EQ(q3.moe_layer, std::vector<bool>(4, true));
+  const QwenConfig q2 = parse_qwen_config(moe_config(R"("head_dim":8,)", "qwen2_moe"), "m/config.json");
+  EXPECT_EQ(q2.num_experts, 60);
+  EXPECT_EQ(q2.experts_per_token, 4);
+  EXPECT_EQ(q2.moe_intermediate_size, 1408);
+  EXPECT_EQ(q2.shared_expert_intermediate_size, 5632);
+  EXPECT_TRUE(q2.qkv_bias);
+  EXPECT_FALSE(q2.qk_norm);
+  EXPECT_EQ(q2.head_dim, 16);  // hidden / heads: Qwen2-MoE's attention ignores head_dim
+}
+
+TEST(MoeConfig, SparseLayersFollowStepAndMlpOnlyLayers) {
+  const QwenConfig c =
+      parse_qwen_config(moe_config(R"("decoder_sparse_step":2,"mlp_only_layers":[3],)"), "m/config.json");
+  EXPECT_EQ(c.moe_layer, (std::vector<bool>{false, true, false, false}));
+  const QwenConfig none = parse_qwen_config(moe_config(R"("num_experts":0,)"), "m/config.json");
+  EXPECT_FALSE(none.is_moe());
+  EXPECT_FALSE(none.is_moe_layer(0));
+}
+
+TEST(MoeConfig, RefusesBadFields) {
+  auto refused = [](const std::string& extra, const std::string& text) {
+    test::expect_error([&] { parse_qwen_config(moe_config(extra), "m/config.json"); }, {"m/config.json: ", text});
+  };
+  refused(R"("num_experts":4,"num_experts_per_tok":5,)", "\"num_experts_per_tok\" 5 must be in [1, num_experts 4]");
+  refused(R"("num_experts_per_tok":0,)", "\"num_experts_per_tok\" 0 must be in [1, num_experts 128]");
+  refused(R"("moe_intermediate_size":0,)", "\"moe_intermediate_size\" must be positive");
+  refused(R"("decoder_sparse_step":0,)", "\"decoder_sparse_step\" must be >= 1");
+  refused(R"("output_router_logits":true,)", "output_router_logits=true");
+  refused(R"("mlp_only_layers":[4],)", "\"mlp_only_layers\" holds 4, not a layer index in [0, 4)");
+  refused(R"("mlp_only_layers":3,)", "\"mlp_only_layers\" must be a list of layer indices");
+  refused(R"("num_experts":-1,)", "\"num_experts\" must be >= 0");
+}
+
+TEST(MoeModel, PathsWithoutMoeSupportRefuseClearly) {
+  const std::string root = test::scratch_dir();
+  const std::string dir = test::make_random_model(path_join(root, "moe"), "tiny-moe", DType::BF16, 9);
+  const std::string moe = "does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)";
+  const QwenModel model(dir);
+  test::expect_error([&] { lora_dims_of(model.config()); }, {"LoRA", moe});
+  const std::string calib = test::write_random_words(path_join(root, "calib.txt"), 4000, 1);
+  AwqModelOptions a;
+  a.out.model_dir = dir;
+  a.out.out_dir = path_join(root, "awq");
+  a.out.layout = IntLayout::AwqGemm;
+  a.calib_path = calib;
+  test::expect_error([&] { awq_quantize_model(a); }, {"awq ", moe});
+  QuantizeOptions q;
+  q.model_dir = dir;
+  q.out_dir = path_join(root, "rtn");
+  q.loftq.r = 4;
+  test::expect_error([&] { quantize_model(q); }, {"--loftq-rank ", moe});
+  test::expect_error([&] { export_gguf(dir, path_join(root, "m.gguf"), GgufExportOptions{}); }, {"gguf ", moe});
+  ImatrixOptions im;
+  im.model = dir;
+  im.calib_path = calib;
+  test::expect_error([&] { compute_imatrix(im, nullptr); }, {"imatrix ", moe});
+  for (const char* out : {"awq", "rtn", "m.gguf"}) EXPECT_FALSE(file_exists(path_join(root, out))) << out;
+}
+
+}  // namespace
+}  // namespace qwenq
