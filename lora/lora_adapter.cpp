@@ -29,7 +29,12 @@ LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_
                   << dims.intermediate_size << ", q_dim " << dims.q_dim << ", kv_dim " << dims.kv_dim
                   << ", layers " << dims.num_layers << ")");
   for (const LoraTargetInfo& info : kLoraTargets) {
-    if (config_.targets(info.target)) targets_.push_back(info.target);
+    if (!config_.targets(info.target)) continue;
+    QWENQ_CHECK(!dims.mlp_is_moe || std::string(info.parent) != "mlp",
+                "LoRA target " << info.name << " on a mixture-of-experts model: PEFT would adapt it in every expert, "
+                               "which is not supported yet; target the attention projections (q_proj, k_proj, v_proj, "
+                               "o_proj)");
+    targets_.push_back(info.target);
   }
   const int64_t r = config_.r;
   for (LoraTarget t : targets_) {

@@ -31,6 +31,9 @@ struct LoraDims {
   int64_t q_dim = 0;              // H·D
   int64_t kv_dim = 0;             // Hkv·D
   int64_t num_layers = 0;
+  // The model's MLPs are mixtures of experts (qwen2_moe / qwen3_moe): PEFT's gate_proj / up_proj / down_proj would
+  // adapt every expert, which this adapter cannot hold yet, so only the attention targets are accepted.
+  bool mlp_is_moe = false;
 };
 
 // (N, K) of a target's base weight [N, K].

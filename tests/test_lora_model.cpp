@@ -31,12 +31,16 @@ std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
   return test::make_tiny_model(dir, /*seed=*/21, kv_heads);
 }
 
-LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0) {
+const std::vector<std::string> kAllTargets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+const std::vector<std::string> kAttentionTargets = {"q_proj", "k_proj", "v_proj", "o_proj"};
+
+LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,
+                           const std::vector<std::string>& targets = kAllTargets) {
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 16;
   cfg.dropout = dropout;
-  cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  cfg.target_modules = targets;
   LoraAdapter a(lora_dims_of(m.config()), cfg);
   a.init_peft(3);
   Rng rng(4);
@@ -82,17 +86,24 @@ TEST(LoraModel, ZeroBIsTheBaseModel) {
 
 TEST(LoraModel, GradientsMatchFiniteDifferences) {
   // GQA and multi-head; and with dropout, whose masks are fixed by the step's seed (the loss is then a smooth
-  // function of the adapter, with x̃ = m ⊙ x in every branch).
+  // function of the adapter, with x̃ = m ⊙ x in every branch). And the mixtures of experts (attention adapters; the
+  // gradient of the earlier layers' adapters flows back through the MoE blocks: experts, routing weights, router,
+  // shared expert), whose routing is piecewise constant: the steps below move no token to another expert.
   struct Case {
     int64_t kv;
     double dropout;
+    const char* moe_preset;
   };
-  for (const Case cs : {Case{0, 0.0}, Case{4, 0.0}, Case{0, 0.1}}) {
+  for (const Case cs : {Case{0, 0.0, nullptr}, Case{4, 0.0, nullptr}, Case{0, 0.1, nullptr}, Case{0, 0.0, "tiny-moe"},
+                        Case{0, 0.1, "tiny-moe-shared"}}) {
     const int64_t kv = cs.kv;
-    SCOPED_TRACE(::testing::Message() << "kv heads " << kv << ", dropout " << cs.dropout);
-    const std::string dir = make_model(test::scratch_dir() + "/kv" + std::to_string(kv), kv);
+    SCOPED_TRACE(::testing::Message() << "kv heads " << kv << ", dropout " << cs.dropout << ", "
+                                      << (cs.moe_preset ? cs.moe_preset : "dense"));
+    const std::string where = test::scratch_dir() + "/kv" + std::to_string(kv) + (cs.moe_preset ? cs.moe_preset : "");
+    const std::string dir = cs.moe_preset ? test::make_random_model(where, cs.moe_preset, DType::F32, 22)
+                                          : make_model(where, kv);
     QwenModel m(dir);
-    LoraAdapter a = random_adapter(m, cs.dropout);
+    LoraAdapter a = random_adapter(m, cs.dropout, cs.moe_preset ? kAttentionTargets : kAllTargets);
     const PackedBatch b = test_batch();
     const std::vector<int32_t> targets = next_token_targets(b);
     LoraStepOptions opt;
@@ -169,6 +180,30 @@ TEST(LoraModel, RefusesAnAdapterForAnotherBase) {
   EXPECT_NE(test::error_of([&] { lora_loss_and_grad(m, a, b, next_token_targets(b), nullptr, {}); })
                 .find("the adapter was made for another base model"),
             std::string::npos);
+}
+
+// A MoE model takes adapters on the attention projections; an MLP target (PEFT would adapt every expert) is refused.
+// Recomputing the blocks (checkpointing) gives the kept activations' loss and gradients bit for bit.
+TEST(LoraModel, MoeModelsTakeAttentionAdapters) {
+  const std::string dir = test::make_random_model(test::scratch_dir() + "/moe", "tiny-moe-shared", DType::BF16, 23);
+  QwenModel m(dir);
+  test::expect_error([&] { random_adapter(m, 0.0, kAllTargets); },
+                     "LoRA target gate_proj on a mixture-of-experts model: PEFT would adapt it in every expert");
+  LoraAdapter a = random_adapter(m, 0.0, kAttentionTargets);
+  const PackedBatch b = test_batch();
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraStepOptions ck, keep;
+  keep.checkpointing = false;
+  LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
+  const auto r1 = lora_loss_and_grad(m, a, b, targets, &g1, ck);
+  const auto r2 = lora_loss_and_grad(m, a, b, targets, &g2, keep);
+  EXPECT_EQ(r1.nll_sum, r2.nll_sum);
+  for (LoraTarget t : a.targets()) {
+    for (int64_t l = 0; l < m.config().num_layers; ++l) {
+      EXPECT_EQ(g1.at(l, t).A, g2.at(l, t).A);
+      EXPECT_EQ(g1.at(l, t).B, g2.at(l, t).B);
+    }
+  }
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 // brute force, a whole MoE block against the same formulas evaluated token by token in double from the stored
 // weights, KV-cache decoding against the packed forward, config.json's MoE fields (transformers 4.51.3's defaults,
 // mlp_only_layers and decoder_sparse_step, refusals), and the one clear error of every path that does not take MoE
-// models yet. The logits against transformers itself: tests/oracle/test_model_oracle.py (qwen3_moe_fp32,
+// models yet (LoRA on MoE models: tests/test_lora_model.cpp). The logits against transformers itself: tests/oracle/test_model_oracle.py (qwen3_moe_fp32,
 // qwen2_moe_bf16).
 #include <gtest/gtest.h>
 
@@ -15,10 +15,12 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "kernels/moe_route.h"
+#include "trainer/moe_block.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
 #include "trainer/imatrix_model.h"
+#include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -29,6 +31,8 @@ namespace {
 constexpr double kRouteTolerance = 1e-6;   // fp32 softmax vs double, relative to the largest weight (1)
 constexpr double kBlockTolerance = 2e-5;   // fp32 block vs double, relative to the output's largest magnitude
 constexpr float kDecodeTolerance = 1e-4f;  // KV-cache steps vs the packed forward, absolute on logits of ~O(1)
+constexpr double kMoeFdStep = 1e-3;        // central differences of the block in fp32: error ~1e-7/h + h²
+constexpr double kMoeFdTolerance = 2e-3;   // relative to |directional derivative| + 1
 
 std::vector<float> random_values(int64_t n, float scale, uint64_t seed) {
   Rng rng(seed);
@@ -142,6 +146,67 @@ std::vector<double> moe_in_double(const QwenConfig& c, const MoeWeights& m, cons
     for (int64_t i = 0; i < C; ++i) y[i] += sg * ys[i];
   }
   return y;
+}
+
+// A MoE block with weights of transformers' scale in the oracles (1/√fan_in) and experts that matter.
+MoeWeights random_moe(const QwenConfig& c, uint64_t seed) {
+  const int64_t C = c.hidden_size;
+  uint64_t s = seed;
+  auto lin = [&](int64_t N, int64_t K) {
+    return LinearWeight::from_fp32(random_values(N * K, 1.f / std::sqrt(static_cast<float>(K)), ++s), N, K);
+  };
+  auto expert = [&](int64_t I) { return MoeExpertWeights{lin(I, C), lin(I, C), lin(C, I)}; };
+  MoeWeights m;
+  m.router = lin(c.num_experts, C);
+  for (int64_t e = 0; e < c.num_experts; ++e) m.experts.push_back(expert(c.moe_intermediate_size));
+  if (c.shared_expert_intermediate_size > 0) {
+    m.shared = expert(c.shared_expert_intermediate_size);
+    m.shared_gate = lin(1, C);
+  }
+  return m;
+}
+
+// dn of L = Σ dout ⊙ out(n) against central differences along random directions of n (the steps move no token to
+// another expert: the routing is piecewise constant).
+TEST(MoeBlock, BackwardMatchesFiniteDifferences) {
+  for (bool norm : {true, false}) {
+    for (int64_t shared : {0, 24}) {
+      SCOPED_TRACE(std::string(norm ? "renormalized" : "plain") + (shared ? ", shared expert" : ""));
+      QwenConfig c;
+      c.hidden_size = 16;
+      c.num_experts = 6;
+      c.experts_per_token = 2;
+      c.moe_intermediate_size = 12;
+      c.shared_expert_intermediate_size = shared;
+      c.norm_topk_prob = norm;
+      const MoeWeights m = random_moe(c, 50 + shared + norm);
+      const int64_t T = 9, C = c.hidden_size;
+      const std::vector<float> n = random_values(T * C, 1.f, 60), dout = random_values(T * C, 1.f, 61);
+      MoeBlockActs acts;
+      std::vector<float> out(T * C), dn(T * C, 0.f);
+      moe_block_forward(c, m, n.data(), T, out.data(), nullptr, &acts);
+      moe_block_backward(c, m, acts, T, dout.data(), dn.data());
+      auto loss = [&](const std::vector<float>& x) {
+        std::vector<float> y(T * C);
+        moe_block_forward(c, m, x.data(), T, y.data());
+        double l = 0;
+        for (int64_t i = 0; i < T * C; ++i) l += static_cast<double>(dout[i]) * y[i];
+        return l;
+      };
+      for (int trial = 0; trial < 4; ++trial) {
+        const std::vector<float> dir = random_values(T * C, 1.f, 70 + trial);
+        double analytic = 0;
+        for (int64_t i = 0; i < T * C; ++i) analytic += static_cast<double>(dn[i]) * dir[i];
+        auto at = [&](double h) {
+          std::vector<float> x = n;
+          for (int64_t i = 0; i < T * C; ++i) x[i] += static_cast<float>(h * dir[i]);
+          return loss(x);
+        };
+        const double h = kMoeFdStep, fd = (at(h) - at(-h)) / (2 * h);
+        EXPECT_NEAR(fd, analytic, kMoeFdTolerance * (std::fabs(analytic) + 1)) << "direction " << trial;
+      }
+    }
+  }
 }
 
 TEST(MoeModel, BlockMatchesTokenByTokenInDouble) {
@@ -261,7 +326,11 @@ TEST(MoeModel, PathsWithoutMoeSupportRefuseClearly) {
   const std::string dir = test::make_random_model(path_join(root, "moe"), "tiny-moe", DType::BF16, 9);
   const std::string moe = "does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)";
   const QwenModel model(dir);
-  test::expect_error([&] { lora_dims_of(model.config()); }, {"LoRA", moe});
+  MergeOptions mo;
+  mo.model_dir = dir;
+  mo.adapter_dir = path_join(root, "adapter");
+  mo.out_dir = path_join(root, "merged");
+  test::expect_error([&] { merge_adapter_to_dir(mo); }, {"merge ", moe});
   const std::string calib = test::write_random_words(path_join(root, "calib.txt"), 4000, 1);
   AwqModelOptions a;
   a.out.model_dir = dir;
@@ -279,7 +348,7 @@ TEST(MoeModel, PathsWithoutMoeSupportRefuseClearly) {
   im.model = dir;
   im.calib_path = calib;
   test::expect_error([&] { compute_imatrix(im, nullptr); }, {"imatrix ", moe});
-  for (const char* out : {"awq", "rtn", "m.gguf"}) EXPECT_FALSE(file_exists(path_join(root, out))) << out;
+  for (const char* out : {"awq", "rtn", "m.gguf", "merged"}) EXPECT_FALSE(file_exists(path_join(root, out))) << out;
 }
 
 }  // namespace

@@ -59,6 +59,7 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
 }
 
 LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir, LoraAdapter* adapter, bool quiet) {
+  refuse_moe(base.config(), "--loftq-model");
   QWENQ_CHECK(load_quant_config(dir).method == QuantConfig::Method::None,
               "--loftq-model " << dir << " is quantized (its config.json has a quantization_config); give the "
                                   "original bf16/fp16/fp32 model the base was quantized from");

@@ -128,6 +128,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   QWENQ_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32,
               "merge: the output dtype must be bf16, fp16 or fp32, not " << dtype_name(dtype));
   const QwenConfig cfg = load_qwen_config(o.model_dir);
+  refuse_moe(cfg, "merge");
   const QuantConfig quant = load_quant_config(o.model_dir);
   for (const std::string& src : {o.model_dir, o.adapter_dir}) {
     const std::string out_real = real_path(o.out_dir);

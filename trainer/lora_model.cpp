@@ -15,6 +15,7 @@
 #include "kernels/norm.h"
 #include "kernels/rope.h"
 #include "lora/lora_linear.h"
+#include "trainer/moe_block.h"
 
 namespace qwenq {
 
@@ -76,6 +77,7 @@ std::vector<float> dora_row_norms(const WeightRef& W, int64_t N, int64_t K, cons
 struct BlockActs {
   std::vector<float> n1, qpre, kpre, q, k, v, a, lse, h1, n2, gate, up, act;
   BranchActs br[7];
+  MoeBlockActs moe;  // a mixture-of-experts layer's MLP (trainer/moe_block.h)
 };
 
 class Runner {
@@ -215,6 +217,12 @@ class Runner {
     for (int64_t i = 0; i < T_ * C; ++i) s.h1[i] += x[i];
     s.n2.resize(T_ * C);
     rmsnorm_forward_ref(s.h1.data(), T_, C, L.post_norm.data, L.post_norm.dtype, eps, s.n2.data());
+    if (c_.is_moe_layer(l)) {  // no adapter on the experts (LoraDims::mlp_is_moe)
+      std::vector<float> mlp(T_ * C);
+      moe_block_forward(c_, L.moe, s.n2.data(), T_, mlp.data(), nullptr, &s.moe);
+      for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
+      return;
+    }
     s.gate.resize(T_ * I);
     s.up.resize(T_ * I);
     s.act.resize(T_ * I);
@@ -232,12 +240,16 @@ class Runner {
     const int64_t C = c_.hidden_size, I = c_.intermediate_size, H = c_.num_heads, Hkv = c_.num_kv_heads, D = c_.head_dim;
     const float eps = c_.rms_norm_eps;
     std::vector<float> tmp;
-    std::vector<float> dact(T_ * I, 0.f), dgate(T_ * I), dup(T_ * I);
-    linear_bwd(l, 6, dout, s.act.data(), s.br[6], dact.data(), grads, tmp);
-    swiglu_backward_ref(dact.data(), s.gate.data(), s.up.data(), T_ * I, dgate.data(), dup.data());
     std::vector<float> dn2(T_ * C, 0.f);
-    linear_bwd(l, 4, dgate.data(), s.n2.data(), s.br[4], dn2.data(), grads, tmp);
-    linear_bwd(l, 5, dup.data(), s.n2.data(), s.br[5], dn2.data(), grads, tmp);
+    if (c_.is_moe_layer(l)) {
+      moe_block_backward(c_, L.moe, s.moe, T_, dout, dn2.data());
+    } else {
+      std::vector<float> dact(T_ * I, 0.f), dgate(T_ * I), dup(T_ * I);
+      linear_bwd(l, 6, dout, s.act.data(), s.br[6], dact.data(), grads, tmp);
+      swiglu_backward_ref(dact.data(), s.gate.data(), s.up.data(), T_ * I, dgate.data(), dup.data());
+      linear_bwd(l, 4, dgate.data(), s.n2.data(), s.br[4], dn2.data(), grads, tmp);
+      linear_bwd(l, 5, dup.data(), s.n2.data(), s.br[5], dn2.data(), grads, tmp);
+    }
     std::vector<float> dh1(T_ * C);
     rmsnorm_backward_ref(dn2.data(), s.h1.data(), T_, C, L.post_norm.data, L.post_norm.dtype, eps, dh1.data());
     for (int64_t i = 0; i < T_ * C; ++i) dh1[i] += dout[i];
@@ -341,8 +353,8 @@ class Runner {
 }  // namespace
 
 LoraDims lora_dims_of(const QwenConfig& c) {
-  refuse_moe(c, "LoRA (training, merging or applying an adapter)");
   LoraDims d;
+  d.mlp_is_moe = c.is_moe();
   d.hidden_size = c.hidden_size;
   d.intermediate_size = c.intermediate_size;
   d.q_dim = c.q_dim();

@@ -1,16 +1,25 @@
 // The sparse mixture-of-experts MLP of a qwen2_moe / qwen3_moe layer on the CPU (transformers 4.51.3's
-// Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock), for the normalized tokens n[T, C]:
-//   r_t   = n_t · W_routerᵀ                                   (router logits [E])
-//   S_t, w_t = top-k routing of r_t                            (kernels/moe_route.h: softmax, top k, optional renorm)
-//   y_t   = Σ_{j<k} w_{t,j} · expert_{S_t[j]}(n_t)             expert(x) = (silu(x W_gᵀ) ⊙ x W_uᵀ) W_dᵀ
-//         + σ(n_t · w_sg) · shared(n_t)                        (qwen2_moe's shared expert, when present)
+// Qwen2MoeSparseMoeBlock / Qwen3MoeSparseMoeBlock), forward and backward, for the normalized tokens n[T, C]:
+//   r_t    = n_t · W_routerᵀ                                  (router logits [E])
+//   p_t    = softmax(r_t);  S_t = its k largest;  w_{t,j} = p_t[S_t[j]] (/ Z_t = Σ_j p_t[S_t[j]] with norm_topk_prob)
+//   y_{t,j} = expert_{S_t[j]}(n_t),  expert(x) = (silu(x W_gᵀ) ⊙ x W_uᵀ) W_dᵀ
+//   out_t  = Σ_j w_{t,j} · y_{t,j}  +  σ(g_t) · shared(n_t),  g_t = n_t · w_sg       (shared expert: qwen2_moe)
 // The experts run in index order, each on the tokens routed to it (gathered, in token order), and their weighted
-// outputs are added to y in that order, as transformers' loop over experts with index_add_ does. A packed expert is
-// widened to fp32 only when some token is routed to it.
+// outputs are added to out in that order, as transformers' loop over experts with index_add_ does.
+//
+// Backward (every weight frozen; the routing choice S is piecewise constant, so no gradient flows through it):
+//   dy_{t,j} = w_{t,j} · dout_t            → through expert S_t[j] (SwiGLU backward)  → dn_t
+//   dw_{t,j} = dout_t · y_{t,j}
+//   dp_t[S_t[j]] = dw_{t,j}   or, renormalized, (dw_{t,j} − Σ_j' dw_{t,j'} w_{t,j'}) / Z_t;   dp_t = 0 elsewhere
+//   dr_t     = p_t ⊙ (dp_t − Σ_e p_t[e] dp_t[e])                       (softmax backward)   → dn_t += dr_t W_router
+//   shared:  ds_t = σ(g_t) dout_t → through the shared expert → dn_t;  dg_t = (dout_t · shared(n_t)) σ(g_t)(1 − σ(g_t))
+//            → dn_t += dg_t w_sg
+// This is what autograd computes through transformers' module (tests/oracle/test_lora_grad_oracle.py, the MoE cases).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
@@ -23,8 +32,25 @@ namespace qwenq {
 enum class BlockLinear;
 using MoeInputHook = std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows)>;
 
-// out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs.
+// What the forward keeps for the backward. The T·k choices are grouped by expert: rows [start[e], start[e+1]) are
+// expert e's, row r is choice slot[r] of token token[r].
+struct MoeBlockActs {
+  std::vector<float> logits;           // [T, E] router logits
+  std::vector<int32_t> chosen;         // [T, k] S
+  std::vector<float> weight;           // [T, k] w
+  std::vector<int64_t> start, token;   // [E + 1], [T·k]
+  std::vector<int32_t> slot;           // [T·k]
+  std::vector<float> gate, up, act, y;  // per row: [T·k, Im] x 3, [T·k, C] (unweighted expert outputs)
+  std::vector<float> sgate, sup, sact, sy, g;  // shared expert: [T, Is] x 3, [T, C], [T] (its gate logit)
+};
+
+// out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs; acts
+// (may be null) receives what moe_block_backward needs.
 void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n, int64_t T, float* out,
-                       const MoeInputHook& hook = nullptr);
+                       const MoeInputHook& hook = nullptr, MoeBlockActs* acts = nullptr);
+
+// dn[T, C] += ∂L/∂n given dout[T, C] = ∂L/∂out, from the forward's acts (same n, T).
+void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlockActs& acts, int64_t T,
+                        const float* dout, float* dn);
 
 }  // namespace qwenq

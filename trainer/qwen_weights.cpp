@@ -62,6 +62,15 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
   linear_forward_ref(x, M, w.K, W.data(), DType::F32, w.N, bias.data, bias.dtype, y);
 }
 
+void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {
+  if (w.is_dense()) {
+    linear_backward_input_ref(dy, M, w.N, w.dense.data, w.dense.dtype, w.K, dx);
+    return;
+  }
+  const std::vector<float> W = w.dequantize();
+  linear_backward_input_ref(dy, M, w.N, W.data(), DType::F32, w.K, dx);
+}
+
 LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K) {
   QWENQ_CHECK(static_cast<int64_t>(W.size()) == N * K, "LinearWeight::from_fp32: " << W.size() << " values for [" << N << ", " << K << "]");
   LinearWeight w;

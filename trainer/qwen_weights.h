@@ -79,6 +79,8 @@ struct QwenWeights {
 // y[M, N] = x[M, K] · Wᵀ (+ bias when bias.data is set): a dense W in its stored dtype, a packed one widened to
 // fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without).
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);
+// dx[M, K] = dy[M, N] · W (written), W as apply_linear reads it.
+void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx);
 
 // The Linear `prefix` ("model.layers.0.mlp.up_proj") of shape [N, K]: packed when the checkpoint holds it packed
 // (per `quant`), else a dense view.

@@ -28,8 +28,8 @@
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
 #    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix;
-#  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq), and
-#    one clear error from each command that does not take one yet, before any output.
+#  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
+#    with attention targets), and one clear error from each command that does not take one yet, before any output.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -281,13 +281,18 @@ for m in moe moe_gptq moe_nf4; do
 done
 "$QQ" generate --model moe_gptq --prompt "Once upon" -n 4 > moe_gen.txt 2>&1 || fail "generate on GPTQ MoE" moe_gen.txt
 MOE="does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)"
-refuse moe_train "LoRA (training, merging or applying an adapter) $MOE" \
-  "$QL" train --model moe --data text.jsonl --out moe_run --max-steps 1 --seq-len 32 -q
+refuse moe_train_mlp "LoRA target gate_proj on a mixture-of-experts model: PEFT would adapt it in every expert" \
+  "$QL" train --model moe --data text.jsonl --out moe_run --max-steps 1 --seq-len 32 -q --target all-linear
 [ ! -e moe_run ] || fail "a refused MoE training left a run directory"
+"$QL" train --model moe_gptq --data text.jsonl --out moe_run --max-steps 3 --seq-len 32 -q \
+  --target q_proj,k_proj,v_proj,o_proj > moe_train.txt 2>&1 || fail "attention LoRA on a GPTQ MoE base" moe_train.txt
+"$QQ" eval --model moe_gptq --adapter moe_run --data text.jsonl --seq-len 64 -q > moe_eval_ad.txt 2>&1 \
+  || fail "eval --adapter on a MoE base" moe_eval_ad.txt
+refuse moe_merge "merge $MOE" "$QL" merge --model moe --adapter moe_run --out moe_merged
 refuse moe_awq "awq $MOE" "$QQ" awq --model moe --out moe_awq --calib text.jsonl --calib-seq-len 32 -q
 refuse moe_gguf "gguf $MOE" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
 refuse moe_compare "compare --methods awq $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,awq \
   --data text.jsonl --calib text.jsonl
-for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
+for d in moe_awq moe.gguf moe_cmp moe_merged; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"

@@ -7,7 +7,8 @@ the base model and the adapter (PEFT's own files). Two sequences of different le
 padding); the loss is the mean next-token cross-entropy over all predicted tokens; loss.backward() gives the
 adapter gradients. The gtest LoraGradOracle.* loads the same base and adapter with qwenq (our PEFT reader),
 computes the loss and gradients with its hand-written backward, and compares (tolerances in the C++ half).
-The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
+The cases qwen3_moe and qwen2_moe adapt the attention of tiny mixtures of experts (the gradient reaches the earlier
+layers through every MoE block's experts, routing weights, router and shared expert). The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
 so m/n is far from 1), and their gradients compared as well (PEFT detaches the norm n, as we do).
 """
 import os
@@ -27,7 +28,10 @@ print("transformers", transformers.__version__, "peft", peft.__version__, "torch
 torch.manual_seed(4321)
 out = work_dir(args.build, "lora_grad_oracle")
 
-def make_case(name, config, dora=False):
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def make_case(name, config, dora=False, targets=None):
     """Builds, randomizes and saves one base + PEFT adapter + expected loss/gradients under out/name."""
     case = os.path.join(out, name)
     base_dir, adapter_dir = os.path.join(case, "base"), os.path.join(case, "adapter")
@@ -42,7 +46,7 @@ def make_case(name, config, dora=False):
             else:
                 p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
     model.save_pretrained(base_dir, safe_serialization=True)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    targets = targets or ATTENTION + ["gate_proj", "up_proj", "down_proj"]
     lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
                            use_dora=dora)
     pm = peft.get_peft_model(model, lcfg)
@@ -82,7 +86,15 @@ yarn = dict(common, max_position_embeddings=8,
 cases = [make_case("qwen2", transformers.Qwen2Config(**common)),
          make_case("qwen3", transformers.Qwen3Config(head_dim=32, **common)),  # QK-norm; head_dim != hidden/heads
          make_case("qwen2_yarn", transformers.Qwen2Config(**yarn)),
-         make_case("qwen2_dora", transformers.Qwen2Config(**common), dora=True)]
+         make_case("qwen2_dora", transformers.Qwen2Config(**common), dora=True),
+         # Mixtures of experts, attention adapters: the gradients of the earlier layers flow back through the MoE
+         # blocks (experts, routing weights and router, shared expert). Three layers, the last dense in qwen3_moe.
+         make_case("qwen3_moe", transformers.Qwen3MoeConfig(
+             head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
+             mlp_only_layers=[2], **dict(common, num_hidden_layers=3)), targets=ATTENTION),
+         make_case("qwen2_moe", transformers.Qwen2MoeConfig(
+             num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, shared_expert_intermediate_size=96,
+             norm_topk_prob=False, **dict(common, num_hidden_layers=3)), targets=ATTENTION)]
 
 run_gtest(args.build, "LoraGradOracle.*", {"QWENQ_ORACLE_LORA_DIRS": ":".join(cases)})
 print("lora grad oracle: OK")

@@ -11,6 +11,8 @@ our own forward with that adapter, and the same greedy text.
 5. The same for a DoRA adapter: `qwen-qlora train --use-dora` (10 steps, dropout 0.05) into run_dora/; PEFT loads
    it (use_dora read back, every magnitude moved from its init), logits and greedy text as in 3 and 4 (our side:
    the CPU trainer's DoRA forward, and generate's in-memory merge).
+6. A tiny random Qwen3-MoE (`init-random --preset tiny-moe`): `train` on TinyStories lines with attention targets;
+   PEFT on transformers' Qwen3MoeForCausalLM gives the logits our forward gives (the gtest of 3).
 """
 import os
 
@@ -89,4 +91,30 @@ save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": dlogits},
 run_gtest(args.build, "TrainedAdapterOracle.*",
           {"QWENQ_ORACLE_TRAINED_DIR": out, "QWENQ_ORACLE_TRAINED_RUN": "run_dora"})
 check_generate(dora_dir, dmodel, "DoRA")
+
+# 6. A mixture of experts (tiny random Qwen3-MoE: 8 experts, top 2, one dense layer): `train` adapts the attention
+# (MoE models take attention targets); PEFT loads the adapter onto transformers' Qwen3MoeForCausalLM.
+moe_out = work_dir(args.build, "qlora_train_oracle_moe")
+moe_base, moe_run = os.path.join(moe_out, "base"), os.path.join(moe_out, "run")
+run([qq, "init-random", "--preset", "tiny-moe", "--dtype", "fp32", "--seed", "3", "--out", moe_base, "--overwrite"])
+import json  # noqa: E402
+with open(f"{data}/tinystories/tinystories_val.txt", encoding="utf-8") as f:
+    stories = [line.strip()[:400] for line in f if len(line.strip()) > 40][:64]
+with open(os.path.join(moe_out, "stories.jsonl"), "w", encoding="utf-8") as f:
+    for st in stories:
+        f.write(json.dumps({"text": st}) + "\n")
+run([ql, "train", "--model", moe_base, "--data", os.path.join(moe_out, "stories.jsonl"), "--out", moe_run,
+     "--overwrite", "--max-steps", "10", "--seq-len", "256", "--batch-size", "2", "--lr", "3e-3", "--lora-r", "4",
+     "--lora-alpha", "8", "--lora-dropout", "0.05", "--target", "q_proj,k_proj,v_proj,o_proj", "--quiet"])
+from transformers import AutoModelForCausalLM  # noqa: E402
+mbase = AutoModelForCausalLM.from_pretrained(moe_base, torch_dtype=torch.float32, attn_implementation="eager").eval()
+if type(mbase).__name__ != "Qwen3MoeForCausalLM":
+    raise SystemExit(f"FAIL: transformers built {type(mbase).__name__} from the tiny-moe config")
+mmodel = peft.PeftModel.from_pretrained(mbase, moe_run).eval()
+mids = torch.tensor([[ord(ch) for ch in "Once upon a time, a little fox found a red ball."]])
+with torch.no_grad():
+    mlogits = mmodel(mids).logits[0].float().contiguous()
+save_file({"input_ids": mids[0].to(torch.int32).contiguous(), "logits": mlogits},
+          os.path.join(moe_out, "expected.safetensors"))
+run_gtest(args.build, "TrainedAdapterOracle.*", {"QWENQ_ORACLE_TRAINED_DIR": moe_out})
 print("qlora train oracle: OK")
