@@ -20,6 +20,7 @@
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
 #include "trainer/imatrix_model.h"
+#include "lora/peft_io.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
@@ -326,11 +327,6 @@ TEST(MoeModel, PathsWithoutMoeSupportRefuseClearly) {
   const std::string dir = test::make_random_model(path_join(root, "moe"), "tiny-moe", DType::BF16, 9);
   const std::string moe = "does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)";
   const QwenModel model(dir);
-  MergeOptions mo;
-  mo.model_dir = dir;
-  mo.adapter_dir = path_join(root, "adapter");
-  mo.out_dir = path_join(root, "merged");
-  test::expect_error([&] { merge_adapter_to_dir(mo); }, {"merge ", moe});
   const std::string calib = test::write_random_words(path_join(root, "calib.txt"), 4000, 1);
   AwqModelOptions a;
   a.out.model_dir = dir;
@@ -348,7 +344,56 @@ TEST(MoeModel, PathsWithoutMoeSupportRefuseClearly) {
   im.model = dir;
   im.calib_path = calib;
   test::expect_error([&] { compute_imatrix(im, nullptr); }, {"imatrix ", moe});
-  for (const char* out : {"awq", "rtn", "m.gguf", "merged"}) EXPECT_FALSE(file_exists(path_join(root, out))) << out;
+  for (const char* out : {"awq", "rtn", "m.gguf"}) EXPECT_FALSE(file_exists(path_join(root, out))) << out;
+}
+
+// dequantize and merge walk every expert and router (trainer/qwen_weights.h's layer_linears): a GPTQ MoE model
+// dequantized to fp32 gives the packed model's logits bit for bit; an attention adapter merged into a 4-bit MoE base
+// gives the unmerged adapter's logits (the experts dequantized, the routers copied).
+TEST(MoeModel, DequantizeAndMergeKeepEveryExpert) {
+  const std::string root = test::scratch_dir();
+  const std::string fp = test::make_random_model(path_join(root, "fp"), "tiny-moe-shared", DType::F32, 31);
+  QuantizeOptions q;
+  q.model_dir = fp;
+  q.out_dir = path_join(root, "rtn");
+  q.group_size = 32;
+  q.quiet = true;
+  quantize_model(q);
+  DequantizeOptions d;
+  d.model_dir = q.out_dir;
+  d.out_dir = path_join(root, "dq");
+  d.dtype = DType::F32;
+  d.quiet = true;
+  EXPECT_EQ(dequantize_model(d).linears, 2 * (4 + 3 * 6 + 3));
+  const PackedBatch b = test::random_batch({9, 4}, 320, 32);
+  EXPECT_EQ(QwenModel(d.out_dir).forward_logits(b), QwenModel(q.out_dir).forward_logits(b));
+  EXPECT_EQ(QwenModel(d.out_dir).quant_config().method, QuantConfig::Method::None);
+
+  const QwenModel base(q.out_dir);
+  LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8;
+  lc.target_modules = {"q_proj", "v_proj", "o_proj"};
+  LoraAdapter a(lora_dims_of(base.config()), lc);
+  a.init_peft(5);
+  Rng rng(6);
+  for (LoraTarget t : a.targets())
+    for (int64_t l = 0; l < base.config().num_layers; ++l)
+      for (float& v : a.at(l, t).B) v = 0.3f * static_cast<float>(rng.normal());
+  save_peft_adapter(path_join(root, "adapter"), a);
+  MergeOptions mo;
+  mo.model_dir = q.out_dir;
+  mo.adapter_dir = path_join(root, "adapter");
+  mo.out_dir = path_join(root, "merged");
+  mo.dtype = DType::F32;
+  mo.quiet = true;
+  merge_adapter_to_dir(mo);
+  const std::vector<float> want = lora_forward_logits(base, a, b), got = QwenModel(mo.out_dir).forward_logits(b);
+  float worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  EXPECT_LE(worst, kDecodeTolerance);
+  EXPECT_TRUE(Checkpoint(mo.out_dir).has("model.layers.1.mlp.experts.5.down_proj.weight"));
+  EXPECT_TRUE(Checkpoint(mo.out_dir).has("model.layers.1.mlp.shared_expert_gate.weight"));
 }
 
 }  // namespace

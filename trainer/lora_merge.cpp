@@ -128,7 +128,6 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   QWENQ_CHECK(dtype == DType::BF16 || dtype == DType::F16 || dtype == DType::F32,
               "merge: the output dtype must be bf16, fp16 or fp32, not " << dtype_name(dtype));
   const QwenConfig cfg = load_qwen_config(o.model_dir);
-  refuse_moe(cfg, "merge");
   const QuantConfig quant = load_quant_config(o.model_dir);
   for (const std::string& src : {o.model_dir, o.adapter_dir}) {
     const std::string out_real = real_path(o.out_dir);
@@ -144,17 +143,18 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
   QuantizeReport rep;
-  std::vector<std::string> written;         // Linear weights written here (dense base: only ".weight")
-  std::vector<std::string> packed_prefixes;  // "model.layers.0.self_attn.q_proj." of packed Linears: all but bias
-  Progress bar("merge", cfg.num_layers * kNumLoraTargets, "linears", o.quiet);
+  std::vector<std::string> written;                 // Linear weights written here (dense base: only ".weight")
+  std::unordered_set<std::string> packed_prefixes;  // "model.layers.0.self_attn.q_proj" of packed Linears
+  int64_t n_linears = 0, done = 0;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) n_linears += static_cast<int64_t>(layer_linears(cfg, l).size());
+  Progress bar("merge", n_linears, "linears", o.quiet);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    for (int i = 0; i < kNumLoraTargets; ++i) {
-      const LoraTarget t = target_at(i);
-      const LoraShape shape = lora_target_shape(adapter.dims(), t);
-      const std::string prefix = linear_prefix(l, t);
-      const LinearWeight w = load_linear(ckpt, quant, prefix, shape.N, shape.K);
-      const bool merge = adapter.has(l, t);
-      bar.update(l * kNumLoraTargets + i + 1);
+    for (const LayerLinear& ll : layer_linears(cfg, l)) {  // a MoE layer's experts and routers: never adapted
+      const std::string prefix = "model.layers." + std::to_string(l) + "." + ll.name;
+      const LinearWeight w = load_linear(ckpt, quant, prefix, ll.N, ll.K);
+      const LoraTarget t = ll.decoder_index >= 0 ? target_at(ll.decoder_index) : LoraTarget{};
+      const bool merge = ll.decoder_index >= 0 && adapter.has(l, t);
+      bar.update(++done);
       // A dense Linear that is neither merged nor converted is copied with the other tensors below.
       if (!merge && w.is_dense() && w.dense.dtype == dtype) continue;
       std::vector<float> W = w.dequantize();
@@ -170,7 +170,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
       if (w.is_dense()) {
         written.push_back(prefix + ".weight");
       } else {
-        packed_prefixes.push_back(prefix + ".");
+        packed_prefixes.insert(prefix);
       }
       shards.maybe_flush();
     }
@@ -178,11 +178,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   std::sort(written.begin(), written.end());
   for (const auto& name : ckpt.names()) {
     if (std::binary_search(written.begin(), written.end(), name)) continue;
-    bool packed_part = false;
-    for (const auto& p : packed_prefixes) {
-      if (name.compare(0, p.size(), p) == 0 && name.substr(p.size()) != "bias") packed_part = true;
-    }
-    if (packed_part) continue;
+    if (is_packed_part(packed_prefixes, name)) continue;
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }

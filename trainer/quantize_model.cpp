@@ -283,7 +283,6 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   QWENQ_CHECK(o.dtype == DType::BF16 || o.dtype == DType::F16 || o.dtype == DType::F32,
               "dequantize: --dtype must be bf16, fp16 or fp32");
   const QwenConfig cfg = load_qwen_config(o.model_dir);
-  refuse_moe(cfg, "dequantize");
   const QuantConfig quant = load_quant_config(o.model_dir);
   QWENQ_CHECK(quant.method != QuantConfig::Method::None,
               o.model_dir << " is not quantized (no quantization_config in config.json)");
@@ -291,25 +290,21 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
   QuantizeReport rep;
-  std::vector<std::string> packed_prefixes;
-  const int64_t C = cfg.hidden_size, I = cfg.intermediate_size;
-  const std::pair<const char*, std::pair<int64_t, int64_t>> projs[] = {
-      {"self_attn.q_proj", {cfg.q_dim(), C}}, {"self_attn.k_proj", {cfg.kv_dim(), C}},
-      {"self_attn.v_proj", {cfg.kv_dim(), C}}, {"self_attn.o_proj", {C, cfg.q_dim()}},
-      {"mlp.gate_proj", {I, C}},               {"mlp.up_proj", {I, C}},
-      {"mlp.down_proj", {C, I}}};
-  Progress bar("dequantize", cfg.num_layers * 7, "layers", o.quiet);
+  std::unordered_set<std::string> packed_prefixes;
+  int64_t n_linears = 0;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) n_linears += static_cast<int64_t>(layer_linears(cfg, l).size());
+  Progress bar("dequantize", n_linears, "layers", o.quiet);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    for (const auto& [proj, shape] : projs) {
-      const std::string prefix = "model.layers." + std::to_string(l) + "." + proj;
-      LinearWeight w = load_linear(ckpt, quant, prefix, shape.first, shape.second);
+    for (const LayerLinear& ll : layer_linears(cfg, l)) {
+      const std::string prefix = "model.layers." + std::to_string(l) + "." + ll.name;
+      LinearWeight w = load_linear(ckpt, quant, prefix, ll.N, ll.K);
       if (w.is_dense()) continue;
       const std::vector<float> W = w.dequantize();
       std::vector<uint8_t> bytes(W.size() * dtype_size(o.dtype));
       from_f32(o.dtype, W.data(), bytes.data(), W.size());
       shards.current().add_owned(prefix + ".weight", o.dtype, {w.N, w.K}, std::move(bytes));
       shards.note_added(prefix + ".weight");
-      packed_prefixes.push_back(prefix + ".");
+      packed_prefixes.insert(prefix);
       ++rep.linears;
       rep.params_quantized += w.N * w.K;
       bar.update(rep.linears);
@@ -317,11 +312,7 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
     }
   }
   for (const auto& name : ckpt.names()) {
-    bool packed_part = false;
-    for (const auto& p : packed_prefixes) {
-      if (name.compare(0, p.size(), p) == 0 && name.substr(p.size()) != "bias") packed_part = true;
-    }
-    if (packed_part) continue;
+    if (is_packed_part(packed_prefixes, name)) continue;
     const TensorView& t = ckpt.get(name);
     shards.current().add(name, t.dtype, t.shape, t.data);
     shards.note_added(name);

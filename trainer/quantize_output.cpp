@@ -16,6 +16,13 @@ namespace qwenq {
 const std::regex kDecoderLinearRe(
     R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj|mlp\.(experts\.\d+|shared_expert)\.(gate|up|down)_proj)\.weight$)");
 
+bool is_packed_part(const std::unordered_set<std::string>& packed_prefixes, const std::string& name) {
+  for (size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
+    if (packed_prefixes.count(name.substr(0, dot)) && name.compare(dot + 1, std::string::npos, "bias") != 0) return true;
+  }
+  return false;
+}
+
 void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeListFor format) {
   if (!c.is_moe()) return;
   bool dense_layers = false;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <regex>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -70,6 +71,11 @@ extern const std::regex kDecoderLinearRe;
 //   Bnb:  llm_int8_skip_modules ["lm_head", "gate"(, "shared_expert_gate")] (matched as the module's own name).
 // Our reader (trainer/qwen_weights.cpp) packs exactly the Linears whose packed tensors are present, so it reads all.
 enum class MoeListFor { Gptq, Awq, Bnb };
+
+// True when checkpoint tensor `name` belongs to one of the packed Linears whose prefixes ("model.layers.0.mlp.up_proj",
+// no trailing dot) are given: any tensor below a prefix but its bias (qweight, qzeros, scales, g_idx; bitsandbytes'
+// weight and weight.*). A few hash lookups per name, so a MoE model's tens of thousands of tensors stay cheap.
+bool is_packed_part(const std::unordered_set<std::string>& packed_prefixes, const std::string& name);
 void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeListFor format);
 
 const char* torch_dtype_name(DType t);

@@ -53,6 +53,32 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   return w;
 }
 
+std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
+  const int64_t C = c.hidden_size, I = c.intermediate_size;
+  std::vector<LayerLinear> out = {{"self_attn.q_proj", c.q_dim(), C, 0},
+                                  {"self_attn.k_proj", c.kv_dim(), C, 1},
+                                  {"self_attn.v_proj", c.kv_dim(), C, 2},
+                                  {"self_attn.o_proj", C, c.q_dim(), 3}};
+  if (!c.is_moe_layer(l)) {
+    out.push_back({"mlp.gate_proj", I, C, 4});
+    out.push_back({"mlp.up_proj", I, C, 5});
+    out.push_back({"mlp.down_proj", C, I, 6});
+    return out;
+  }
+  auto expert = [&](const std::string& p, int64_t width) {
+    out.push_back({p + "gate_proj", width, C, -1});
+    out.push_back({p + "up_proj", width, C, -1});
+    out.push_back({p + "down_proj", C, width, -1});
+  };
+  out.push_back({"mlp.gate", c.num_experts, C, -1});
+  for (int64_t e = 0; e < c.num_experts; ++e) expert("mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+  if (c.shared_expert_intermediate_size > 0) {
+    expert("mlp.shared_expert.", c.shared_expert_intermediate_size);
+    out.push_back({"mlp.shared_expert_gate", 1, C, -1});
+  }
+  return out;
+}
+
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
   if (w.is_dense()) {
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);

@@ -76,6 +76,17 @@ struct QwenWeights {
   std::vector<std::shared_ptr<const std::vector<float>>> owned;  // backs views whose values were computed (GGUF)
 };
 
+// Every nn.Linear of decoder layer l as the checkpoint names it below "model.layers.<l>.": the seven of a dense layer
+// (decoder_index 0..6: q, k, v, o, gate, up, down), or in a MoE layer q, k, v, o then the router "mlp.gate", each
+// expert's "mlp.experts.<e>.{gate,up,down}_proj" and qwen2_moe's "mlp.shared_expert.*" and "mlp.shared_expert_gate"
+// (decoder_index -1 past o_proj). For the tools that walk a checkpoint's Linears (dequantize, merge).
+struct LayerLinear {
+  std::string name;
+  int64_t N = 0, K = 0;
+  int decoder_index = -1;
+};
+std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l);
+
 // y[M, N] = x[M, K] · Wᵀ (+ bias when bias.data is set): a dense W in its stored dtype, a packed one widened to
 // fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without).
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);

@@ -288,11 +288,12 @@ refuse moe_train_mlp "LoRA target gate_proj on a mixture-of-experts model: PEFT 
   --target q_proj,k_proj,v_proj,o_proj > moe_train.txt 2>&1 || fail "attention LoRA on a GPTQ MoE base" moe_train.txt
 "$QQ" eval --model moe_gptq --adapter moe_run --data text.jsonl --seq-len 64 -q > moe_eval_ad.txt 2>&1 \
   || fail "eval --adapter on a MoE base" moe_eval_ad.txt
-refuse moe_merge "merge $MOE" "$QL" merge --model moe --adapter moe_run --out moe_merged
+"$QL" merge --model moe_gptq --adapter moe_run --out moe_merged -q > moe_merge.txt 2>&1 || fail "merge into a GPTQ MoE base" moe_merge.txt
+"$QQ" eval --model moe_merged --data text.jsonl --seq-len 64 -q > moe_eval_m.txt 2>&1 || fail "eval of a merged MoE" moe_eval_m.txt
 refuse moe_awq "awq $MOE" "$QQ" awq --model moe --out moe_awq --calib text.jsonl --calib-seq-len 32 -q
 refuse moe_gguf "gguf $MOE" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
 refuse moe_compare "compare --methods awq $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,awq \
   --data text.jsonl --calib text.jsonl
-for d in moe_awq moe.gguf moe_cmp moe_merged; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
+for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"
