@@ -11,7 +11,7 @@ void register_init_random(CLI::App& app) {
   auto o = std::make_shared<RandomModelOptions>();
   auto dtype = std::make_shared<std::string>("bf16");
   CLI::App* cmd = app.add_subcommand("init-random", "Write a random-weight Qwen2 model (for benchmarks and first runs)");
-  cmd->add_option("--preset", o->preset, "tiny, tiny-moe (qwen3_moe), tiny-moe-shared (qwen2_moe), tiny256, tiny896, qwen2.5-0.5b, -1.5b, -3b, -7b, -14b, -32b, -72b")->capture_default_str();
+  cmd->add_option("--preset", o->preset, "tiny, tiny-moe (qwen3_moe), tiny-moe-shared (qwen2_moe), qwen3-30b-a3b, qwen1.5-moe-a2.7b, tiny256, tiny896, qwen2.5-0.5b, -1.5b, -3b, -7b, -14b, -32b, -72b")->capture_default_str();
   cmd->add_option("--layers", o->layers, "override the number of decoder layers (0: the preset's)")
       ->check(at_least(0, "NONNEGATIVE"));
   cmd->add_option("--dtype", *dtype, "fp32, bf16 or fp16")->check(CLI::IsMember({"fp32", "bf16", "fp16"}))->capture_default_str();

@@ -21,6 +21,7 @@ struct Preset {
   // Mixture of experts (model_type qwen3_moe, or qwen2_moe with a shared expert): experts, top-k, expert width,
   // shared expert width, and one layer kept dense (mlp_only_layers; -1: none).
   int64_t experts = 0, top_k = 0, moe_intermediate = 0, shared_intermediate = 0, dense_layer = -1;
+  int64_t head_dim = 0;  // 0: hidden / heads
 };
 // Qwen2.5 shapes (REFERENCE.md A6.4); head_dim = hidden / heads for all of them.
 constexpr Preset kPresets[] = {
@@ -37,6 +38,9 @@ constexpr Preset kPresets[] = {
     {"qwen2.5-14b", 48, 5120, 13824, 40, 8, 152064, false},
     {"qwen2.5-32b", 64, 5120, 27648, 40, 8, 152064, false},
     {"qwen2.5-72b", 80, 8192, 29568, 64, 8, 152064, false},
+    // Mixtures of experts in the shapes of their published config.json: Qwen3-30B-A3B, Qwen1.5-MoE-A2.7B.
+    {"qwen3-30b-a3b", 48, 2048, 6144, 32, 4, 151936, false, 128, 8, 768, 0, -1, 128},
+    {"qwen1.5-moe-a2.7b", 24, 2048, 5632, 16, 16, 151936, false, 60, 4, 1408, 5632, -1},
 };
 
 // GPT-2's byte -> printable-unicode map, which byte-level BPE vocabularies are spelled in.
@@ -115,7 +119,7 @@ QwenConfig qwen_preset(const std::string& name) {
     c.intermediate_size = p.intermediate;
     c.num_heads = p.heads;
     c.num_kv_heads = p.kv_heads;
-    c.head_dim = p.hidden / p.heads;
+    c.head_dim = p.head_dim > 0 ? p.head_dim : p.hidden / p.heads;
     c.vocab_size = p.vocab;
     c.tie_word_embeddings = p.tied;
     c.max_position_embeddings = 32768;

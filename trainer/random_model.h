@@ -13,7 +13,7 @@
 namespace qwenq {
 
 // "tiny", "tiny-moe" (qwen3_moe: 8 experts, top 2, layer 1 dense), "tiny-moe-shared" (qwen2_moe: 6 experts and a
-// shared expert), "tiny256" (8 untied layers of width 256: llama.cpp's k-quant blocks fit), "tiny896" (one tied layer of
+// shared expert), "qwen3-30b-a3b", "qwen1.5-moe-a2.7b" (real MoE shapes), "tiny256" (8 untied layers of width 256: llama.cpp's k-quant blocks fit), "tiny896" (one tied layer of
 // Qwen2.5-0.5B's width 896 and 7:1 heads, MLP 1024: llama.cpp's fallbacks for rows of 896), "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b",
 // "qwen2.5-72b". Throws listing the presets for anything else.
 QwenConfig qwen_preset(const std::string& name);
