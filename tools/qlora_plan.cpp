@@ -55,13 +55,13 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   if (!a.model.empty()) {
     dir = resolve_model_dir(a.model);
     in.model = load_qwen_config(dir);
-    refuse_moe(in.model, "plan");
     in.model_name = a.model;
     in.dense_dtype = plan_dense_dtype(in.model.torch_dtype);
   } else {
     in.model = qwen_preset(a.preset);
     in.model_name = a.preset;
   }
+  refuse_moe(in.model, "plan");  // before the flags' checks (plan_memory refuses too)
   if (a.layers > 0) {
     in.model.num_layers = a.layers;
     in.model_name += " (" + std::to_string(a.layers) + " layers)";

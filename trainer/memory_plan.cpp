@@ -359,6 +359,7 @@ uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
 }
 
 PlanResult plan_memory(const PlanInput& in) {
+  refuse_moe(in.model, "plan");  // its per-layer sums know dense MLPs only
   check_input(in);
   const QwenConfig& c = in.model;
   const LayerShape s = layer_shape(in);
