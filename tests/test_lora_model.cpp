@@ -2,8 +2,8 @@
 // base model; the adapter gradients agree with central finite differences of the loss along random directions
 // and along the gradient itself (fp32 checkpoints: tests/test_lora_bf16_checkpoints.cpp covers the bf16 ones);
 // checkpointing (recompute) and keeping activations give bit-identical results (with the default bf16 ones);
-// dropout masks are reproducible, and the gradients with dropout match finite differences too. PyTorch
-// autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
+// dropout masks are reproducible, and the gradients with dropout match finite differences too; the same on MoE models
+// with attention adapters. PyTorch autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -140,30 +140,35 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
 }
 
 TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
-  const std::string dir = make_model(test::scratch_dir() + "/m");
-  QwenModel m(dir);
-  for (double p : {0.0, 0.1}) {
-    LoraAdapter a = random_adapter(m, p);
-    const PackedBatch b = test_batch();
-    const std::vector<int32_t> targets = next_token_targets(b);
-    LoraStepOptions ck, keep;
-    ck.dropout_seed = keep.dropout_seed = 77;
-    keep.checkpointing = false;
-    LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
-    const auto r1 = lora_loss_and_grad(m, a, b, targets, &g1, ck);
-    const auto r2 = lora_loss_and_grad(m, a, b, targets, &g2, keep);
-    EXPECT_EQ(r1.nll_sum, r2.nll_sum) << "dropout " << p;
-    for (LoraTarget t : a.targets()) {
-      for (int64_t l = 0; l < m.config().num_layers; ++l) {
-        EXPECT_EQ(g1.at(l, t).A, g2.at(l, t).A) << "dropout " << p;
-        EXPECT_EQ(g1.at(l, t).B, g2.at(l, t).B) << "dropout " << p;
+  for (bool moe : {false, true}) {  // a dense model (every target) and a MoE one (attention adapters)
+    SCOPED_TRACE(moe ? "tiny-moe-shared" : "tiny");
+    const std::string root = test::scratch_dir();
+    const std::string dir = moe ? test::make_random_model(root + "/moe", "tiny-moe-shared", DType::BF16, 23)
+                                : make_model(root + "/m");
+    QwenModel m(dir);
+    for (double p : {0.0, 0.1}) {
+      LoraAdapter a = random_adapter(m, p, moe ? kAttentionTargets : kAllTargets);
+      const PackedBatch b = test_batch();
+      const std::vector<int32_t> targets = next_token_targets(b);
+      LoraStepOptions ck, keep;
+      ck.dropout_seed = keep.dropout_seed = 77;
+      keep.checkpointing = false;
+      LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
+      const auto r1 = lora_loss_and_grad(m, a, b, targets, &g1, ck);
+      const auto r2 = lora_loss_and_grad(m, a, b, targets, &g2, keep);
+      EXPECT_EQ(r1.nll_sum, r2.nll_sum) << "dropout " << p;
+      for (LoraTarget t : a.targets()) {
+        for (int64_t l = 0; l < m.config().num_layers; ++l) {
+          EXPECT_EQ(g1.at(l, t).A, g2.at(l, t).A) << "dropout " << p;
+          EXPECT_EQ(g1.at(l, t).B, g2.at(l, t).B) << "dropout " << p;
+        }
       }
+      // Another dropout seed changes the loss only when dropout is on.
+      ck.dropout_seed = 78;
+      const auto r3 = lora_loss_and_grad(m, a, b, targets, nullptr, ck);
+      if (p == 0.0) EXPECT_EQ(r3.nll_sum, r1.nll_sum);
+      else EXPECT_NE(r3.nll_sum, r1.nll_sum);
     }
-    // Another dropout seed changes the loss only when dropout is on.
-    ck.dropout_seed = 78;
-    const auto r3 = lora_loss_and_grad(m, a, b, targets, nullptr, ck);
-    if (p == 0.0) EXPECT_EQ(r3.nll_sum, r1.nll_sum);
-    else EXPECT_NE(r3.nll_sum, r1.nll_sum);
   }
 }
 
@@ -182,28 +187,13 @@ TEST(LoraModel, RefusesAnAdapterForAnotherBase) {
             std::string::npos);
 }
 
-// A MoE model takes adapters on the attention projections; an MLP target (PEFT would adapt every expert) is refused.
-// Recomputing the blocks (checkpointing) gives the kept activations' loss and gradients bit for bit.
-TEST(LoraModel, MoeModelsTakeAttentionAdapters) {
+// A MoE model takes adapters on the attention projections (checkpointing: CheckpointingAndDropoutAreReproducible); an
+// MLP target (PEFT would adapt every expert) is refused.
+TEST(LoraModel, MoeModelsRefuseMlpTargets) {
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe", "tiny-moe-shared", DType::BF16, 23);
   QwenModel m(dir);
   test::expect_error([&] { random_adapter(m, 0.0, kAllTargets); },
                      "LoRA target gate_proj on a mixture-of-experts model: PEFT would adapt it in every expert");
-  LoraAdapter a = random_adapter(m, 0.0, kAttentionTargets);
-  const PackedBatch b = test_batch();
-  const std::vector<int32_t> targets = next_token_targets(b);
-  LoraStepOptions ck, keep;
-  keep.checkpointing = false;
-  LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
-  const auto r1 = lora_loss_and_grad(m, a, b, targets, &g1, ck);
-  const auto r2 = lora_loss_and_grad(m, a, b, targets, &g2, keep);
-  EXPECT_EQ(r1.nll_sum, r2.nll_sum);
-  for (LoraTarget t : a.targets()) {
-    for (int64_t l = 0; l < m.config().num_layers; ++l) {
-      EXPECT_EQ(g1.at(l, t).A, g2.at(l, t).A);
-      EXPECT_EQ(g1.at(l, t).B, g2.at(l, t).B);
-    }
-  }
 }
 
 }  // namespace
