@@ -31,7 +31,8 @@ std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
   return test::make_tiny_model(dir, /*seed=*/21, kv_heads);
 }
 
-const std::vector<std::string> kAllTargets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+const std::vector<std::string> kAllTargets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                              "gate_proj", "up_proj", "down_proj"};
 const std::vector<std::string> kAttentionTargets = {"q_proj", "k_proj", "v_proj", "o_proj"};
 
 LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,

@@ -1,9 +1,10 @@
 // Mixture-of-experts models (qwen2_moe, qwen3_moe) on the CPU: the top-k routing against a double-precision
 // brute force, a whole MoE block against the same formulas evaluated token by token in double from the stored
-// weights, KV-cache decoding against the packed forward, config.json's MoE fields (transformers 4.51.3's defaults,
-// mlp_only_layers and decoder_sparse_step, refusals), and the one clear error of every path that does not take MoE
-// models yet (LoRA on MoE models: tests/test_lora_model.cpp). The logits against transformers itself: tests/oracle/test_model_oracle.py (qwen3_moe_fp32,
-// qwen2_moe_bf16).
+// weights and its backward against finite differences, KV-cache decoding against the packed forward, config.json's
+// MoE fields (transformers 4.51.3's defaults, mlp_only_layers and decoder_sparse_step, refusals), dequantize and
+// merge over every expert, and the one clear error of every path that does not take MoE models yet (LoRA on MoE
+// models: tests/test_lora_model.cpp). The logits against transformers itself: tests/oracle/test_model_oracle.py
+// (qwen3_moe_fp32, qwen2_moe_bf16).
 #include <gtest/gtest.h>
 
 #include <algorithm>
