@@ -24,6 +24,7 @@
 #include "lora/peft_io.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
+#include "trainer/quant_config.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
 
@@ -395,6 +396,21 @@ TEST(MoeModel, DequantizeAndMergeKeepEveryExpert) {
   EXPECT_LE(worst, kDecodeTolerance);
   EXPECT_TRUE(Checkpoint(mo.out_dir).has("model.layers.1.mlp.experts.5.down_proj.weight"));
   EXPECT_TRUE(Checkpoint(mo.out_dir).has("model.layers.1.mlp.shared_expert_gate.weight"));
+}
+
+// GPTQModel's "dynamic" rules (its MoE checkpoints use them to keep routers unquantized): "-:" rules are read (such
+// modules have no qweight and load dense); a rule giving modules other bits would be misread, so it is refused.
+TEST(MoeConfig, GptqDynamicRules) {
+  const std::string dir = test::scratch_dir();
+  auto with_dynamic = [&](const std::string& dynamic) {
+    write_file_atomic(path_join(dir, "config.json"),
+                      R"({"quantization_config":{"quant_method":"gptq","bits":4,"group_size":128,"dynamic":)" + dynamic +
+                          "}}");
+    return load_quant_config(dir);
+  };
+  EXPECT_EQ(with_dynamic(R"({"-:.*\\.mlp\\.gate$":{}})").method, QuantConfig::Method::Gptq);
+  test::expect_error([&] { with_dynamic(R"({"+:.*down_proj":{"bits":8}})"); },
+                     {"config.json: GPTQ \"dynamic\" rule \"+:.*down_proj\" gives some modules their own bits"});
 }
 
 }  // namespace

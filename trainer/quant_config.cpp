@@ -45,6 +45,16 @@ QuantConfig parse(const json& q, const std::string& path) {
     QWENQ_CHECK(gptq_bits_supported(bits), path << ": GPTQ with bits=" << bits << " is not supported (2, 3, 4 or 8)");
     QWENQ_CHECK(!q.contains("pack_dtype") || q["pack_dtype"] == "int32",
                 path << ": GPTQ pack_dtype " << q["pack_dtype"].dump() << " is not supported (int32)");
+    // GPTQModel's per-module rules: "-:<regex>" leaves modules unquantized (read as stored: a Linear without qweight
+    // is dense), "+:<regex>" or a bare regex overrides bits / group_size for some modules, which we would misread.
+    if (q.contains("dynamic") && !q["dynamic"].is_null()) {
+      QWENQ_CHECK(q["dynamic"].is_object(), path << ": GPTQ \"dynamic\" must be an object, got " << q["dynamic"].dump());
+      for (const auto& [rule, value] : q["dynamic"].items()) {
+        QWENQ_CHECK(rule.rfind("-:", 0) == 0,
+                    path << ": GPTQ \"dynamic\" rule \"" << rule << "\" gives some modules their own bits or group "
+                         << "size, which is not supported (only \"-:\" rules, modules left unquantized, are)");
+      }
+    }
   } else if (method == "awq") {
     c.method = QuantConfig::Method::Awq;
     c.bits = bits;
