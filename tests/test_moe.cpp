@@ -410,7 +410,7 @@ TEST(MoeConfig, GptqDynamicRules) {
   };
   EXPECT_EQ(with_dynamic(R"({"-:.*\\.mlp\\.gate$":{}})").method, QuantConfig::Method::Gptq);
   test::expect_error([&] { with_dynamic(R"({"+:.*down_proj":{"bits":8}})"); },
-                     {"config.json: GPTQ \"dynamic\" rule \"+:.*down_proj\" gives some modules their own bits"});
+                     {"config.json (quantization_config): GPTQ \"dynamic\" rule \"+:.*down_proj\" gives some modules their own bits"});
 }
 
 }  // namespace
