@@ -28,64 +28,80 @@ LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_
               "LoRA adapter: model dimensions must be positive (hidden " << dims.hidden_size << ", intermediate "
                   << dims.intermediate_size << ", q_dim " << dims.q_dim << ", kv_dim " << dims.kv_dim
                   << ", layers " << dims.num_layers << ")");
+  bool any_moe = false;
+  for (int64_t l = 0; l < dims.num_layers; ++l) any_moe = any_moe || dims.is_moe_layer(l);
   for (const LoraTargetInfo& info : kLoraTargets) {
     if (!config_.targets(info.target)) continue;
-    QWENQ_CHECK(!dims.mlp_is_moe || std::string(info.parent) != "mlp",
-                "LoRA target " << info.name << " on a mixture-of-experts model: PEFT would adapt it in every expert, "
-                               "which is not supported yet; target the attention projections (q_proj, k_proj, v_proj, "
-                               "o_proj)");
+    QWENQ_CHECK(!any_moe || !config_.use_dora || std::string(info.parent) != "mlp",
+                "DoRA on a mixture-of-experts model's MLP target " << info.name
+                                                                   << " (its experts) is not supported yet; use "
+                                                                      "plain LoRA there or target the attention");
     targets_.push_back(info.target);
   }
   const int64_t r = config_.r;
-  for (LoraTarget t : targets_) {
-    const LoraShape s = lora_target_shape(dims, t);
+  auto add = [&](int64_t l, LoraTarget t, int64_t expert, std::string path, LoraShape s) {
     QWENQ_CHECK(r <= std::min(s.N, s.K), "LoRA rank r=" << r << " exceeds min(N, K) = " << std::min(s.N, s.K)
-                                                        << " of model.layers.*." << lora_target_path(t) << " ["
-                                                        << s.N << ", " << s.K << "]; choose r <= "
-                                                        << std::min(s.N, s.K));
-  }
-  weights_.resize(static_cast<size_t>(dims.num_layers) * targets_.size());
+                                                        << " of model.layers." << l << "." << path << " [" << s.N
+                                                        << ", " << s.K << "]; choose r <= " << std::min(s.N, s.K));
+    slots_.push_back({l, t, expert, std::move(path)});
+    LoraWeights w;
+    w.N = s.N;
+    w.K = s.K;
+    w.r = r;
+    w.A.assign(static_cast<size_t>(r * s.K), 0.0f);
+    w.B.assign(static_cast<size_t>(s.N * r), 0.0f);
+    if (config_.use_dora) w.m.assign(static_cast<size_t>(s.N), 0.0f);
+    weights_.push_back(std::move(w));
+  };
   for (int64_t l = 0; l < dims.num_layers; ++l) {
+    first_.push_back(static_cast<int64_t>(slots_.size()));
     for (LoraTarget t : targets_) {
       const LoraShape s = lora_target_shape(dims, t);
-      LoraWeights& w = weights_[static_cast<size_t>(slot(l, t))];
-      w.N = s.N;
-      w.K = s.K;
-      w.r = r;
-      w.A.assign(static_cast<size_t>(r * s.K), 0.0f);
-      w.B.assign(static_cast<size_t>(s.N * r), 0.0f);
-      if (config_.use_dora) w.m.assign(static_cast<size_t>(s.N), 0.0f);
+      if (!dims.is_moe_layer(l) || std::string(kLoraTargets[static_cast<int>(t)].parent) != "mlp") {
+        add(l, t, kNoExpert, lora_target_path(t), s);
+        continue;
+      }
+      // An expert's Linear: the MLP shape at the expert's width.
+      auto expert_shape = [&](int64_t width) {
+        return t == LoraTarget::DownProj ? LoraShape{dims.hidden_size, width} : LoraShape{width, dims.hidden_size};
+      };
+      for (int64_t e = 0; e < dims.num_experts; ++e) {
+        add(l, t, e, "mlp.experts." + std::to_string(e) + "." + lora_target_name(t), expert_shape(dims.moe_intermediate_size));
+      }
+      if (dims.shared_expert_intermediate_size > 0) {
+        add(l, t, -1, std::string("mlp.shared_expert.") + lora_target_name(t),
+            expert_shape(dims.shared_expert_intermediate_size));
+      }
     }
   }
+  first_.push_back(static_cast<int64_t>(slots_.size()));
 }
 
 void LoraAdapter::init_peft(uint64_t seed) {
   Rng rng(seed);
-  for (int64_t l = 0; l < dims_.num_layers; ++l) {
-    for (LoraTarget t : targets_) {
-      LoraWeights& w = at(l, t);
-      const float bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(w.K)));
-      for (float& a : w.A) a = rng.uniform(-bound, bound);
-      std::fill(w.B.begin(), w.B.end(), 0.0f);
-    }
+  for (LoraWeights& w : weights_) {
+    const float bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(w.K)));
+    for (float& a : w.A) a = rng.uniform(-bound, bound);
+    std::fill(w.B.begin(), w.B.end(), 0.0f);
   }
 }
 
-int64_t LoraAdapter::slot(int64_t layer, LoraTarget t) const {
+int64_t LoraAdapter::find(int64_t layer, int64_t expert, LoraTarget t) const {
   if (layer < 0 || layer >= dims_.num_layers) return -1;
-  const auto it = std::find(targets_.begin(), targets_.end(), t);
-  if (it == targets_.end()) return -1;
-  return layer * static_cast<int64_t>(targets_.size()) + (it - targets_.begin());
+  for (int64_t i = first_[layer]; i < first_[layer + 1]; ++i) {
+    if (slots_[i].target == t && slots_[i].expert == expert) return i;
+  }
+  return -1;
 }
 
-bool LoraAdapter::has(int64_t layer, LoraTarget t) const { return slot(layer, t) >= 0; }
+bool LoraAdapter::has(int64_t layer, LoraTarget t) const { return find(layer, kNoExpert, t) >= 0; }
 
 LoraWeights& LoraAdapter::at(int64_t layer, LoraTarget t) {
   return const_cast<LoraWeights&>(static_cast<const LoraAdapter*>(this)->at(layer, t));
 }
 
 const LoraWeights& LoraAdapter::at(int64_t layer, LoraTarget t) const {
-  const int64_t s = slot(layer, t);
+  const int64_t s = find(layer, kNoExpert, t);
   if (s < 0) {
     std::string names;
     for (LoraTarget x : targets_) names += std::string(names.empty() ? "" : ", ") + lora_target_name(x);
@@ -93,6 +109,21 @@ const LoraWeights& LoraAdapter::at(int64_t layer, LoraTarget t) const {
                                                                    << " (it has " << dims_.num_layers
                                                                    << " layers and targets " << names << ")");
   }
+  return weights_[static_cast<size_t>(s)];
+}
+
+bool LoraAdapter::has_expert(int64_t layer, int64_t expert, LoraTarget t) const {
+  return expert != kNoExpert && find(layer, expert, t) >= 0;
+}
+
+LoraWeights& LoraAdapter::expert_at(int64_t layer, int64_t expert, LoraTarget t) {
+  return const_cast<LoraWeights&>(static_cast<const LoraAdapter*>(this)->expert_at(layer, expert, t));
+}
+
+const LoraWeights& LoraAdapter::expert_at(int64_t layer, int64_t expert, LoraTarget t) const {
+  const int64_t s = expert == kNoExpert ? -1 : find(layer, expert, t);
+  QWENQ_CHECK(s >= 0, "the LoRA adapter has no weights for " << lora_target_name(t) << " of expert " << expert
+                                                              << " in layer " << layer);
   return weights_[static_cast<size_t>(s)];
 }
 

@@ -1,5 +1,6 @@
 // The weights of a LoRA adapter for a whole model: for each decoder layer l and each targeted Linear
-// (N outputs, K inputs) A [r, K] and B [N, r], fp32 master copies (the optimizer keeps its state elsewhere).
+// (N outputs, K inputs) A [r, K] and B [N, r], fp32 master copies (the optimizer keeps its state elsewhere). In a
+// MoE layer an MLP target adapts each expert's Linear (and the shared expert's) with A, B of its own, as PEFT does.
 //
 // Shapes per target (C hidden, I intermediate, q_dim = H·D, kv_dim = Hkv·D):
 //   q_proj [q_dim, C]   k_proj, v_proj [kv_dim, C]   o_proj [C, q_dim]
@@ -31,9 +32,12 @@ struct LoraDims {
   int64_t q_dim = 0;              // H·D
   int64_t kv_dim = 0;             // Hkv·D
   int64_t num_layers = 0;
-  // The model's MLPs are mixtures of experts (qwen2_moe / qwen3_moe): PEFT's gate_proj / up_proj / down_proj would
-  // adapt every expert, which this adapter cannot hold yet, so only the attention targets are accepted.
-  bool mlp_is_moe = false;
+  // A mixture of experts (qwen2_moe / qwen3_moe): the layers whose MLP is a MoE block, their E experts of width
+  // moe_intermediate_size and the shared expert's width (0: none). There PEFT's gate_proj / up_proj / down_proj adapt
+  // every expert's Linear (mlp.experts.<e>.*, mlp.shared_expert.*), each with its own A and B.
+  std::vector<bool> moe_layer;  // empty for a dense model
+  int64_t num_experts = 0, moe_intermediate_size = 0, shared_expert_intermediate_size = 0;
+  bool is_moe_layer(int64_t l) const { return l >= 0 && l < static_cast<int64_t>(moe_layer.size()) && moe_layer[l]; }
 };
 
 // (N, K) of a target's base weight [N, K].
@@ -41,6 +45,17 @@ struct LoraShape {
   int64_t N = 0, K = 0;
 };
 LoraShape lora_target_shape(const LoraDims& dims, LoraTarget t);
+
+// Where an adapted Linear sits: layer, target, and for a MoE layer's MLP target the expert (-1: the shared expert;
+// kNoExpert: a layer's own Linear); path below "model.layers.<layer>.", e.g. "self_attn.q_proj",
+// "mlp.experts.3.up_proj", "mlp.shared_expert.down_proj" (PEFT's module path).
+constexpr int64_t kNoExpert = -2;
+struct LoraSlot {
+  int64_t layer = 0;
+  LoraTarget target{};
+  int64_t expert = kNoExpert;
+  std::string path;
+};
 
 // One adapted Linear.
 struct LoraWeights {
@@ -65,20 +80,32 @@ class LoraAdapter {
   double scaling() const { return config_.scaling(); }
   // The targeted Linears in table order.
   const std::vector<LoraTarget>& targets() const { return targets_; }
+  // A layer's own Linear (not an expert's): false for an MLP target on a MoE layer, whose experts hold the weights.
   bool has(int64_t layer, LoraTarget t) const;
   // Throws naming the layer and target when absent.
   LoraWeights& at(int64_t layer, LoraTarget t);
   const LoraWeights& at(int64_t layer, LoraTarget t) const;
+  // Expert `expert` (-1: shared) of MoE layer `layer`, MLP target t.
+  bool has_expert(int64_t layer, int64_t expert, LoraTarget t) const;
+  LoraWeights& expert_at(int64_t layer, int64_t expert, LoraTarget t);
+  const LoraWeights& expert_at(int64_t layer, int64_t expert, LoraTarget t) const;
+  // Every adapted Linear, layer by layer, within a layer in table order, an MLP target of a MoE layer expert by expert
+  // (then the shared expert): the order of init_peft, of the PEFT file and of the optimizer's state.
+  const std::vector<LoraSlot>& slots() const { return slots_; }
+  LoraWeights& weights(size_t i) { return weights_[i]; }
+  const LoraWeights& weights(size_t i) const { return weights_[i]; }
   bool use_dora() const { return config_.use_dora; }
   // Number of trainable values (Σ r·(N + K), plus Σ N with DoRA).
   int64_t num_parameters() const;
 
  private:
-  int64_t slot(int64_t layer, LoraTarget t) const;  // -1 when absent
+  int64_t find(int64_t layer, int64_t expert, LoraTarget t) const;  // index into slots_, -1 when absent
   LoraDims dims_;
   LoraConfig config_;
   std::vector<LoraTarget> targets_;
-  std::vector<LoraWeights> weights_;  // [layer][target index in targets_]
+  std::vector<LoraSlot> slots_;
+  std::vector<LoraWeights> weights_;  // one per slot
+  std::vector<int64_t> first_;        // per layer: the index of its first slot (num_layers + 1 entries)
 };
 
 // Throws "<what>: DoRA adapters run on the CPU only for now (--device cpu)" when `adapter` uses DoRA: the paths

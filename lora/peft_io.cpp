@@ -25,6 +25,15 @@ std::vector<uint8_t> encode(const std::vector<float>& v, DType dtype) {
 
 }  // namespace
 
+std::string peft_tensor_name(const LoraSlot& s, bool is_b) {
+  return "base_model.model.model.layers." + std::to_string(s.layer) + "." + s.path +
+         (is_b ? ".lora_B.weight" : ".lora_A.weight");
+}
+
+std::string peft_magnitude_name(const LoraSlot& s) {
+  return "base_model.model.model.layers." + std::to_string(s.layer) + "." + s.path + ".lora_magnitude_vector";
+}
+
 std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b) {
   return "base_model.model.model.layers." + std::to_string(layer) + "." + lora_target_path(t) +
          (is_b ? ".lora_B.weight" : ".lora_A.weight");
@@ -41,18 +50,17 @@ void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const
   const std::string config_json = lora_config_to_json(adapter.config());
   SafetensorsWriter writer;
   writer.set_metadata("format", "pt");  // what PEFT's save_pretrained writes
-  for (int64_t l = 0; l < adapter.dims().num_layers; ++l) {
-    for (LoraTarget t : adapter.targets()) {
-      const LoraWeights& w = adapter.at(l, t);
-      writer.add_owned(peft_tensor_name(l, t, false), options.dtype, {w.r, w.K}, encode(w.A, options.dtype));
-      writer.add_owned(peft_tensor_name(l, t, true), options.dtype, {w.N, w.r}, encode(w.B, options.dtype));
-      if (adapter.use_dora()) {
-        QWENQ_CHECK(static_cast<int64_t>(w.m.size()) == w.N, "save_peft_adapter: the DoRA magnitude of model.layers."
-                                                                  << l << "." << lora_target_path(t) << " holds "
-                                                                  << w.m.size() << " values, not " << w.N << " ("
-                                                                  << dir << ")");
-        writer.add_owned(peft_magnitude_name(l, t), options.dtype, {w.N}, encode(w.m, options.dtype));
-      }
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& sl = adapter.slots()[i];
+    const LoraWeights& w = adapter.weights(i);
+    writer.add_owned(peft_tensor_name(sl, false), options.dtype, {w.r, w.K}, encode(w.A, options.dtype));
+    writer.add_owned(peft_tensor_name(sl, true), options.dtype, {w.N, w.r}, encode(w.B, options.dtype));
+    if (adapter.use_dora()) {
+      QWENQ_CHECK(static_cast<int64_t>(w.m.size()) == w.N, "save_peft_adapter: the DoRA magnitude of model.layers."
+                                                                << sl.layer << "." << sl.path << " holds "
+                                                                << w.m.size() << " values, not " << w.N << " (" << dir
+                                                                << ")");
+      writer.add_owned(peft_magnitude_name(sl), options.dtype, {w.N}, encode(w.m, options.dtype));
     }
   }
   StagedDir staged(dir, options.overwrite);
@@ -74,43 +82,43 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
   LoraAdapter adapter(dims, config);
   SafetensorsFile file(path);
   std::set<std::string> expected;
-  for (int64_t l = 0; l < dims.num_layers; ++l) {
-    for (LoraTarget t : adapter.targets()) {
-      LoraWeights& w = adapter.at(l, t);
-      for (bool is_b : {false, true}) {
-        const std::string name = peft_tensor_name(l, t, is_b);
-        expected.insert(name);
-        QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json targets "
-                                         << lora_target_name(t) << " on every layer)");
-        const TensorView& v = file.get(name);
-        const std::vector<int64_t> want = is_b ? std::vector<int64_t>{w.N, w.r} : std::vector<int64_t>{w.r, w.K};
-        QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)
-                                          << ", expected " << shape_str(want) << " (r=" << w.r
-                                          << " from adapter_config.json; an adapter for a different base model?)");
-        QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
-                    path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
-                         << "; adapter weights must be F32, BF16 or F16");
-        std::vector<float>& dst = is_b ? w.B : w.A;
-        to_f32(v.dtype, v.data, dst.data(), dst.size());
-      }
-      if (config.use_dora) {
-        const std::string name = peft_magnitude_name(l, t);
-        expected.insert(name);
-        QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json has use_dora "
-                                         << "= true: every adapted Linear needs its DoRA magnitude vector)");
-        const TensorView& v = file.get(name);
-        QWENQ_CHECK(v.shape == std::vector<int64_t>{w.N},
-                    path << ": DoRA magnitude " << name << " has shape " << shape_str(v.shape) << ", expected ["
-                         << w.N << "] (one value per output row; an adapter for a different base model?)");
-        QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
-                    path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
-                         << "; adapter weights must be F32, BF16 or F16");
-        to_f32(v.dtype, v.data, w.m.data(), w.m.size());
-        for (int64_t i = 0; i < w.N; ++i) {
-          QWENQ_CHECK(std::isfinite(w.m[static_cast<size_t>(i)]),
-                      path << ": DoRA magnitude " << name << " has the non-finite value " << w.m[static_cast<size_t>(i)]
-                           << " at row " << i);
-        }
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& sl = adapter.slots()[i];
+    const LoraTarget t = sl.target;
+    LoraWeights& w = adapter.weights(i);
+    for (bool is_b : {false, true}) {
+      const std::string name = peft_tensor_name(sl, is_b);
+      expected.insert(name);
+      QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json targets "
+                                       << lora_target_name(t) << " on every layer)");
+      const TensorView& v = file.get(name);
+      const std::vector<int64_t> want = is_b ? std::vector<int64_t>{w.N, w.r} : std::vector<int64_t>{w.r, w.K};
+      QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)
+                                        << ", expected " << shape_str(want) << " (r=" << w.r
+                                        << " from adapter_config.json; an adapter for a different base model?)");
+      QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+                  path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
+                       << "; adapter weights must be F32, BF16 or F16");
+      std::vector<float>& dst = is_b ? w.B : w.A;
+      to_f32(v.dtype, v.data, dst.data(), dst.size());
+    }
+    if (config.use_dora) {
+      const std::string name = peft_magnitude_name(sl);
+      expected.insert(name);
+      QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json has use_dora "
+                                       << "= true: every adapted Linear needs its DoRA magnitude vector)");
+      const TensorView& v = file.get(name);
+      QWENQ_CHECK(v.shape == std::vector<int64_t>{w.N},
+                  path << ": DoRA magnitude " << name << " has shape " << shape_str(v.shape) << ", expected ["
+                       << w.N << "] (one value per output row; an adapter for a different base model?)");
+      QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+                  path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
+                       << "; adapter weights must be F32, BF16 or F16");
+      to_f32(v.dtype, v.data, w.m.data(), w.m.size());
+      for (int64_t row = 0; row < w.N; ++row) {
+        QWENQ_CHECK(std::isfinite(w.m[static_cast<size_t>(row)]),
+                    path << ": DoRA magnitude " << name << " has the non-finite value "
+                         << w.m[static_cast<size_t>(row)] << " at row " << row);
       }
     }
   }

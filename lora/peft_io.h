@@ -30,6 +30,9 @@ namespace qwenq {
 std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b);
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_magnitude_vector" (DoRA's m; PEFT drops ".weight").
 std::string peft_magnitude_name(int64_t layer, LoraTarget t);
+// The same for any adapted Linear, a MoE expert's too: "base_model.model.model.layers.3.mlp.experts.7.up_proj.lora_A.weight".
+std::string peft_tensor_name(const LoraSlot& s, bool is_b);
+std::string peft_magnitude_name(const LoraSlot& s);
 
 struct PeftSaveOptions {
   DType dtype = DType::F32;  // F32 or BF16

@@ -375,13 +375,12 @@ TEST(MoeModel, DequantizeAndMergeKeepEveryExpert) {
   LoraConfig lc;
   lc.r = 4;
   lc.alpha = 8;
-  lc.target_modules = {"q_proj", "v_proj", "o_proj"};
+  lc.target_modules = {"q_proj", "v_proj", "o_proj", "up_proj", "down_proj"};  // every expert's up and down too
   LoraAdapter a(lora_dims_of(base.config()), lc);
   a.init_peft(5);
   Rng rng(6);
-  for (LoraTarget t : a.targets())
-    for (int64_t l = 0; l < base.config().num_layers; ++l)
-      for (float& v : a.at(l, t).B) v = 0.3f * static_cast<float>(rng.normal());
+  for (size_t i = 0; i < a.slots().size(); ++i)
+    for (float& v : a.weights(i).B) v = 0.3f * static_cast<float>(rng.normal());
   save_peft_adapter(path_join(root, "adapter"), a);
   MergeOptions mo;
   mo.model_dir = q.out_dir;

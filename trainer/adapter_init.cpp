@@ -47,14 +47,12 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
   if (a.target_modules != b.target_modules)
     diff << " targets " << lora_targets_str(a.target_modules) << " (not " << lora_targets_str(b.target_modules) << ")";
   QWENQ_CHECK(diff.str().empty(), "--init-adapter " << dir << ": the adapter has" << diff.str());
-  for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
-    for (LoraTarget t : adapter->targets()) {
-      LoraWeights& w = adapter->at(l, t);
-      const LoraWeights& src = from.at(l, t);
-      w.A = src.A;
-      w.B = src.B;
-      w.m = src.m;
-    }
+  for (size_t i = 0; i < adapter->slots().size(); ++i) {  // same dims and config: the same slots
+    LoraWeights& w = adapter->weights(i);
+    const LoraWeights& src = from.weights(i);
+    w.A = src.A;
+    w.B = src.B;
+    w.m = src.m;
   }
 }
 

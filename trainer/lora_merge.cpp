@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -46,8 +47,6 @@ std::string linear_prefix(int64_t layer, LoraTarget t) {
   return "model.layers." + std::to_string(layer) + "." + lora_target_path(t);
 }
 
-// One LoraTarget per table entry, in table order.
-LoraTarget target_at(int i) { return kLoraTargets[i].target; }
 
 }  // namespace
 
@@ -90,14 +89,16 @@ void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
   check_dims_match(adapter.dims(), model.config(), "merge_adapter_in_memory (model " + model.dir() + ")");
   const float s = static_cast<float>(adapter.scaling());
   const int64_t L = model.config().num_layers;
-  for (int64_t l = 0; l < L; ++l) {
-    for (LoraTarget t : adapter.targets()) {
-      const LoraTargetSlot slot = lora_target_slot(t);
-      LinearWeight& w = model.linear_weight(l, slot.group, slot.index);
-      std::vector<float> W = w.dequantize();
-      merge_lora_weights(W.data(), w.N, w.K, adapter.at(l, t), s);
-      w = LinearWeight::from_fp32(std::move(W), w.N, w.K);
-    }
+  QWENQ_CHECK(adapter.dims().num_layers == L, "merge_adapter_in_memory: an adapter of " << adapter.dims().num_layers
+                                                                                      << " layers for " << L);
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& sl = adapter.slots()[i];
+    const LoraTargetSlot slot = lora_target_slot(sl.target);
+    LinearWeight& w = sl.expert == kNoExpert ? model.linear_weight(sl.layer, slot.group, slot.index)
+                                             : model.expert_linear(sl.layer, sl.expert, moe_expert_index(sl.target));
+    std::vector<float> W = w.dequantize();
+    merge_lora_weights(W.data(), w.N, w.K, adapter.weights(i), s);
+    w = LinearWeight::from_fp32(std::move(W), w.N, w.K);
   }
 }
 
@@ -147,19 +148,22 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   std::unordered_set<std::string> packed_prefixes;  // "model.layers.0.self_attn.q_proj" of packed Linears
   int64_t n_linears = 0, done = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l) n_linears += static_cast<int64_t>(layer_linears(cfg, l).size());
+  std::map<std::string, size_t> adapted;  // "model.layers.3.mlp.experts.7.up_proj" -> the adapter's slot
+  for (size_t i = 0; i < adapter.slots().size(); ++i)
+    adapted["model.layers." + std::to_string(adapter.slots()[i].layer) + "." + adapter.slots()[i].path] = i;
   Progress bar("merge", n_linears, "linears", o.quiet);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    for (const LayerLinear& ll : layer_linears(cfg, l)) {  // a MoE layer's experts and routers: never adapted
+    for (const LayerLinear& ll : layer_linears(cfg, l)) {  // every expert and router; the routers are never adapted
       const std::string prefix = "model.layers." + std::to_string(l) + "." + ll.name;
       const LinearWeight w = load_linear(ckpt, quant, prefix, ll.N, ll.K);
-      const LoraTarget t = ll.decoder_index >= 0 ? target_at(ll.decoder_index) : LoraTarget{};
-      const bool merge = ll.decoder_index >= 0 && adapter.has(l, t);
+      const auto hit = adapted.find(prefix);
+      const bool merge = hit != adapted.end();
       bar.update(++done);
       // A dense Linear that is neither merged nor converted is copied with the other tensors below.
       if (!merge && w.is_dense() && w.dense.dtype == dtype) continue;
       std::vector<float> W = w.dequantize();
       if (merge) {
-        merge_lora_weights(W.data(), w.N, w.K, adapter.at(l, t), s);
+        merge_lora_weights(W.data(), w.N, w.K, adapter.weights(hit->second), s);
         ++rep.linears;
         rep.params_quantized += w.N * w.K;
       }

@@ -217,9 +217,10 @@ class Runner {
     for (int64_t i = 0; i < T_ * C; ++i) s.h1[i] += x[i];
     s.n2.resize(T_ * C);
     rmsnorm_forward_ref(s.h1.data(), T_, C, L.post_norm.data, L.post_norm.dtype, eps, s.n2.data());
-    if (c_.is_moe_layer(l)) {  // no adapter on the experts (LoraDims::mlp_is_moe)
+    if (c_.is_moe_layer(l)) {  // MLP targets adapt each expert (LoraAdapter::expert_at)
       std::vector<float> mlp(T_ * C);
-      moe_block_forward(c_, L.moe, s.n2.data(), T_, mlp.data(), nullptr, &s.moe);
+      const MoeLora ml = moe_lora(l, nullptr);
+      moe_block_forward(c_, L.moe, s.n2.data(), T_, mlp.data(), nullptr, &s.moe, &ml);
       for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
       return;
     }
@@ -242,7 +243,8 @@ class Runner {
     std::vector<float> tmp;
     std::vector<float> dn2(T_ * C, 0.f);
     if (c_.is_moe_layer(l)) {
-      moe_block_backward(c_, L.moe, s.moe, T_, dout, dn2.data());
+      const MoeLora ml = moe_lora(l, grads);
+      moe_block_backward(c_, L.moe, s.moe, T_, dout, dn2.data(), &ml);
     } else {
       std::vector<float> dact(T_ * I, 0.f), dgate(T_ * I), dup(T_ * I);
       linear_bwd(l, 6, dout, s.act.data(), s.br[6], dact.data(), grads, tmp);
@@ -340,6 +342,8 @@ class Runner {
   // The dropout mask of Linear t (table order) of layer l in this step (kernels/dropout_mask.h); the GPU trainer
   // uses the same keys.
   uint64_t mask_key(int64_t l, int t) const { return dropout_key(opt_.dropout_seed, l, t); }
+  // The experts' adapters of MoE layer l (their masks: expert_dropout_key of the same seed).
+  MoeLora moe_lora(int64_t l, LoraAdapter* grads) const { return MoeLora{&ad_, l, p_, opt_.dropout_seed, grads}; }
   const QwenModel& m_;
   const QwenConfig& c_;
   const QwenWeights& w_;
@@ -354,7 +358,10 @@ class Runner {
 
 LoraDims lora_dims_of(const QwenConfig& c) {
   LoraDims d;
-  d.mlp_is_moe = c.is_moe();
+  d.moe_layer = c.moe_layer;
+  d.num_experts = c.num_experts;
+  d.moe_intermediate_size = c.moe_intermediate_size;
+  d.shared_expert_intermediate_size = c.shared_expert_intermediate_size;
   d.hidden_size = c.hidden_size;
   d.intermediate_size = c.intermediate_size;
   d.q_dim = c.q_dim();
@@ -366,12 +373,11 @@ LoraDims lora_dims_of(const QwenConfig& c) {
 void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
   QWENQ_CHECK(adapter->use_dora(), "init_dora_magnitudes: the adapter does not use DoRA");
   const float s = static_cast<float>(adapter->scaling());
-  for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
-    for (LoraTarget t : adapter->targets()) {
-      LoraWeights& lw = adapter->at(l, t);
-      const LinearWeight& w = layer_linear(model.weights().layers[l], static_cast<int>(t));
-      lw.m = dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
-    }
+  for (size_t i = 0; i < adapter->slots().size(); ++i) {  // no expert: DoRA on MoE experts is refused
+    const LoraSlot& sl = adapter->slots()[i];
+    LoraWeights& lw = adapter->weights(i);
+    const LinearWeight& w = layer_linear(model.weights().layers[sl.layer], static_cast<int>(sl.target));
+    lw.m = dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
   }
 }
 

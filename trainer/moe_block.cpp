@@ -6,43 +6,118 @@
 
 #include "core/error.h"
 #include "kernels/act.h"
+#include "kernels/dropout.h"
+#include "kernels/dropout_mask.h"
 #include "kernels/moe_route.h"
+#include "lora/lora_linear.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
 
 namespace {
 
-// gate, up, act [rows, I] and y [rows, C] of one expert on x [rows, C]; the hook sees expert `id`'s two inputs.
+const LoraTarget kExpertTargets[3] = {LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+
+// One expert's adapters during a pass: per Linear (gate, up, down) the weights (null: not adapted), their gradients,
+// the dropout key, and where that Linear's saved u = drop(x) Aᵀ [rows, r] and dropped input [rows, K] go.
+struct ExpertLora {
+  const LoraWeights* w[3] = {};
+  LoraWeights* g[3] = {};
+  uint64_t key[3] = {};
+  float* u[3] = {};
+  float* xd[3] = {};
+  float s = 1.f, p = 0.f;
+};
+
+// The adapters of expert e (-1: shared) of lora's layer; `row` is its first row in the saved arrays (stride r for u,
+// the Linear's K for xd).
+ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_t e, int64_t row) {
+  ExpertLora x;
+  if (!lora || !lora->adapter) return x;
+  x.s = static_cast<float>(lora->adapter->scaling());
+  x.p = lora->dropout;
+  for (int j = 0; j < 3; ++j) {
+    if (!lora->adapter->has_expert(lora->layer, e, kExpertTargets[j])) continue;
+    const LoraWeights& w = lora->adapter->expert_at(lora->layer, e, kExpertTargets[j]);
+    x.w[j] = &w;
+    if (lora->grads) x.g[j] = &lora->grads->expert_at(lora->layer, e, kExpertTargets[j]);
+    x.key[j] = expert_dropout_key(lora->dropout_seed, lora->layer, e, j);
+    std::vector<float>& u = shared ? a.su[j] : a.u[j];
+    x.u[j] = u.data() + row * w.r;
+    if (x.p > 0.f) x.xd[j] = (shared ? a.sxd[j] : a.xd[j]).data() + row * w.K;
+  }
+  return x;
+}
+
+// y[rows, N] += s·(drop(x) Aᵀ) Bᵀ for adapted Linear j, keeping u (and the dropped input).
+void branch_forward(const ExpertLora& L, int j, const float* x, int64_t rows, float* y) {
+  if (!L.w[j]) return;
+  const LoraWeights& w = *L.w[j];
+  const float* xin = x;
+  if (L.p > 0.f) {
+    dropout_forward_ref(x, rows * w.K, L.p, L.key[j], L.xd[j]);
+    xin = L.xd[j];
+  }
+  lora_forward_ref(xin, rows, w.K, w.A.data(), w.B.data(), w.r, w.N, L.s, y, L.u[j]);
+}
+
+// dA, dB of adapted Linear j accumulate; dx[rows, K] += its input gradient through the branch.
+void branch_backward(const ExpertLora& L, int j, const float* dy, const float* x, int64_t rows, float* dx) {
+  if (!L.w[j]) return;
+  const LoraWeights& w = *L.w[j];
+  LoraWeights& g = *L.g[j];
+  if (L.p > 0.f) {
+    std::vector<float> t(rows * w.K, 0.f);
+    lora_backward_ref(dy, L.xd[j], L.u[j], rows, w.K, w.N, w.r, w.A.data(), w.B.data(), L.s, g.A.data(), g.B.data(),
+                      t.data());
+    dropout_backward_ref(t.data(), rows * w.K, L.p, L.key[j], dx);
+    return;
+  }
+  lora_backward_ref(dy, x, L.u[j], rows, w.K, w.N, w.r, w.A.data(), w.B.data(), L.s, g.A.data(), g.B.data(), dx);
+}
+
+// gate, up, act [rows, I] and y [rows, C] of one expert on x [rows, C], with its adapters; the hook sees expert
+// `id`'s two inputs.
 void expert_forward(const MoeExpertWeights& e, int64_t id, const float* x, int64_t rows, float* gate, float* up,
-                    float* act, float* y, const MoeInputHook& hook) {
+                    float* act, float* y, const MoeInputHook& hook, const ExpertLora& L) {
   const int64_t I = e.gate.N;
   if (hook) hook(BlockLinear::GateUp, id, x, rows);
   apply_linear(e.gate, x, rows, TensorView{}, gate);
+  branch_forward(L, 0, x, rows, gate);
   apply_linear(e.up, x, rows, TensorView{}, up);
+  branch_forward(L, 1, x, rows, up);
   swiglu_forward_ref(gate, up, rows * I, act);
   if (hook) hook(BlockLinear::Down, id, act, rows);
   apply_linear(e.down, act, rows, TensorView{}, y);
+  branch_forward(L, 2, act, rows, y);
 }
 
-// dx [rows, C] (written) of one expert given dy [rows, C] and its forward's gate, up, act.
-void expert_backward(const MoeExpertWeights& e, const float* gate, const float* up, const float* dy, int64_t rows,
-                     float* dx) {
+// dx [rows, C] (written) of one expert given dy [rows, C], its input x and its forward's gate, up, act; the
+// adapters' gradients accumulate.
+void expert_backward(const MoeExpertWeights& e, const float* x, const float* gate, const float* up, const float* act,
+                     const float* dy, int64_t rows, float* dx, const ExpertLora& L) {
   const int64_t I = e.gate.N, C = e.gate.K;
   std::vector<float> dact(rows * I), dgate(rows * I), dup(rows * I), tmp(rows * C);
   apply_linear_backward_input(e.down, dy, rows, dact.data());
+  branch_backward(L, 2, dy, act, rows, dact.data());
   swiglu_backward_ref(dact.data(), gate, up, rows * I, dgate.data(), dup.data());
   apply_linear_backward_input(e.gate, dgate.data(), rows, dx);
   apply_linear_backward_input(e.up, dup.data(), rows, tmp.data());
   for (int64_t i = 0; i < rows * C; ++i) dx[i] += tmp[i];
+  branch_backward(L, 0, dgate.data(), x, rows, dx);
+  branch_backward(L, 1, dup.data(), x, rows, dx);
 }
 
 float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
 }  // namespace
 
+uint64_t expert_dropout_key(uint64_t seed, int64_t layer, int64_t expert, int which) {
+  return dropout_key(dropout_key(seed, layer, 7), expert + 1, which);
+}
+
 void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n, int64_t T, float* out,
-                       const MoeInputHook& hook, MoeBlockActs* acts) {
+                       const MoeInputHook& hook, MoeBlockActs* acts, const MoeLora* lora) {
   const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, Im = c.moe_intermediate_size;
   QWENQ_CHECK(static_cast<int64_t>(m.experts.size()) == E && m.router.N == E,
               "moe_block_forward: " << m.experts.size() << " experts bound for a config of " << E);
@@ -69,9 +144,27 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
     }
   }
 
-  // Kept for a backward: every row's intermediates. Otherwise one expert's at a time (T·k·(3·Im + C) floats less:
-  // 290 MB for 2048 tokens of Qwen3-30B-A3B).
-  const bool keep = acts != nullptr;
+  // Kept for a backward (and with adapters, whose saved u the pass needs anyway): every row's intermediates.
+  // Otherwise one expert's at a time (T·k·(3·Im + C) floats less: 290 MB for 2048 tokens of Qwen3-30B-A3B).
+  bool adapted = false;
+  if (lora && lora->adapter) {
+    for (const LoraTarget t : kExpertTargets)
+      adapted = adapted || lora->adapter->has_expert(lora->layer, 0, t) || lora->adapter->has_expert(lora->layer, -1, t);
+  }
+  const bool keep = acts != nullptr || adapted;
+  if (adapted) {
+    const int64_t r = lora->adapter->rank(), Is = c.shared_expert_intermediate_size;
+    a.n.assign(n, n + T * C);
+    a.xs.resize(T * k * C);
+    for (int j = 0; j < 3; ++j) {
+      a.u[j].resize(T * k * r);
+      a.su[j].resize(Is > 0 ? T * r : 0);
+      if (lora->dropout > 0.f) {
+        a.xd[j].resize(T * k * (j == 2 ? Im : C));
+        a.sxd[j].resize(Is > 0 ? T * (j == 2 ? Is : C) : 0);
+      }
+    }
+  }
   std::vector<float> gate, up, act, y;
   std::vector<float>& G = keep ? a.gate : gate;
   std::vector<float>& U = keep ? a.up : up;
@@ -87,8 +180,8 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = a.start[e], rows = a.start[e + 1] - r0;
     if (rows == 0) continue;
-    xs.resize(rows * C);
-    for (int64_t r = 0; r < rows; ++r) std::copy(n + a.token[r0 + r] * C, n + (a.token[r0 + r] + 1) * C, xs.data() + r * C);
+    float* x = adapted ? a.xs.data() + r0 * C : (xs.resize(rows * C), xs.data());  // the rows routed to e
+    for (int64_t r = 0; r < rows; ++r) std::copy(n + a.token[r0 + r] * C, n + (a.token[r0 + r] + 1) * C, x + r * C);
     const int64_t base = keep ? r0 : 0;  // this expert's first row in G, U, A, Y
     if (!keep) {
       G.resize(rows * Im);
@@ -96,8 +189,8 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
       A.resize(rows * Im);
       Y.resize(rows * C);
     }
-    expert_forward(m.experts[e], e, xs.data(), rows, G.data() + base * Im, U.data() + base * Im, A.data() + base * Im,
-                   Y.data() + base * C, hook);
+    expert_forward(m.experts[e], e, x, rows, G.data() + base * Im, U.data() + base * Im, A.data() + base * Im,
+                   Y.data() + base * C, hook, expert_lora(lora, a, false, e, r0));
     for (int64_t r = 0; r < rows; ++r) {
       const float w = a.weight[a.token[r0 + r] * k + a.slot[r0 + r]];
       float* dst = result.data() + a.token[r0 + r] * C;
@@ -112,7 +205,8 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
     a.sact.resize(T * Is);
     a.sy.resize(T * C);
     a.g.resize(T);
-    expert_forward(m.shared, -1, n, T, a.sgate.data(), a.sup.data(), a.sact.data(), a.sy.data(), hook);
+    expert_forward(m.shared, -1, n, T, a.sgate.data(), a.sup.data(), a.sact.data(), a.sy.data(), hook,
+                   expert_lora(lora, a, true, -1, 0));
     apply_linear(m.shared_gate, n, T, TensorView{}, a.g.data());
     for (int64_t t = 0; t < T; ++t) {
       const float sg = sigmoid(a.g[t]);
@@ -123,7 +217,11 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
 }
 
 void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlockActs& a, int64_t T, const float* dout,
-                        float* dn) {
+                        float* dn, const MoeLora* lora) {
+  MoeBlockActs& saved = const_cast<MoeBlockActs&>(a);  // expert_lora hands out pointers; the backward only reads them
+  const bool adapted = !a.xs.empty();
+  QWENQ_CHECK(!adapted || (lora && lora->adapter && lora->grads),
+              "moe_block_backward: the forward ran with adapters on the experts; give them and their gradients");
   const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, Im = c.moe_intermediate_size;
   QWENQ_CHECK(static_cast<int64_t>(a.chosen.size()) == T * k && static_cast<int64_t>(a.y.size()) == T * k * C,
               "moe_block_backward: the saved activations are not of this batch (" << T << " tokens)");
@@ -145,7 +243,9 @@ void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlock
       }
       dw[choice] = static_cast<float>(dot);
     }
-    expert_backward(m.experts[e], a.gate.data() + r0 * Im, a.up.data() + r0 * Im, dy.data(), rows, dx.data());
+    expert_backward(m.experts[e], adapted ? a.xs.data() + r0 * C : nullptr, a.gate.data() + r0 * Im,
+                    a.up.data() + r0 * Im, a.act.data() + r0 * Im, dy.data(), rows, dx.data(),
+                    adapted ? expert_lora(lora, saved, false, e, r0) : ExpertLora{});
     for (int64_t r = 0; r < rows; ++r) {
       float* dst = dn + a.token[r0 + r] * C;
       for (int64_t i = 0; i < C; ++i) dst[i] += dx[r * C + i];
@@ -188,7 +288,8 @@ void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlock
       }
       dg[t] = static_cast<float>(dot) * sg * (1.f - sg);
     }
-    expert_backward(m.shared, a.sgate.data(), a.sup.data(), ds.data(), T, tmp.data());
+    expert_backward(m.shared, adapted ? a.n.data() : nullptr, a.sgate.data(), a.sup.data(), a.sact.data(), ds.data(), T,
+                    tmp.data(), adapted ? expert_lora(lora, saved, true, -1, 0) : ExpertLora{});
     for (int64_t i = 0; i < T * C; ++i) dn[i] += tmp[i];
     apply_linear_backward_input(m.shared_gate, dg.data(), T, tmp.data());
     for (int64_t i = 0; i < T * C; ++i) dn[i] += tmp[i];

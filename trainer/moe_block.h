@@ -21,6 +21,7 @@
 #include <functional>
 #include <vector>
 
+#include "lora/lora_adapter.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
 
@@ -32,6 +33,24 @@ namespace qwenq {
 enum class BlockLinear;
 using MoeInputHook = std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows)>;
 
+// The LoRA adapters on one MoE layer's experts (PEFT's gate_proj / up_proj / down_proj targets there adapt every
+// expert's and the shared expert's Linear): y += s·(drop(x) Aᵀ) Bᵀ on each adapted one, x the rows that Linear sees.
+// Dropout masks: kernels/dropout_mask.h keyed by expert_dropout_key, indexed over those rows.
+struct MoeLora {
+  const LoraAdapter* adapter = nullptr;  // null: no adapter on the experts
+  int64_t layer = 0;
+  float dropout = 0.f;
+  uint64_t dropout_seed = 0;
+  LoraAdapter* grads = nullptr;  // the backward's dA, dB accumulate here (same slots as adapter)
+};
+// An MLP target's Linear in an expert: 0 gate_proj, 1 up_proj, 2 down_proj (QwenModel::expert_linear's `which`).
+inline int moe_expert_index(LoraTarget t) {
+  return static_cast<int>(t) - static_cast<int>(LoraTarget::GateProj);
+}
+// The mask key of Linear `which` (0 gate, 1 up, 2 down) of expert `expert` (-1: shared) of `layer`: a lane of its own,
+// apart from the seven layer-level Linears' keys (dropout_key(seed, layer, 0..6)).
+uint64_t expert_dropout_key(uint64_t seed, int64_t layer, int64_t expert, int which);
+
 // What the forward keeps for the backward. The T·k choices are grouped by expert: rows [start[e], start[e+1]) are
 // expert e's, row r is choice slot[r] of token token[r].
 struct MoeBlockActs {
@@ -42,15 +61,20 @@ struct MoeBlockActs {
   std::vector<int32_t> slot;           // [T·k]
   std::vector<float> gate, up, act, y;  // per row: [T·k, Im] x 3, [T·k, C] (unweighted expert outputs)
   std::vector<float> sgate, sup, sact, sy, g;  // shared expert: [T, Is] x 3, [T, C], [T] (its gate logit)
+  // With adapters on the experts: the block input, each row's input, and per Linear (gate, up, down) x Aᵀ [rows, r]
+  // and, with dropout, the dropped input; the shared expert's the same per token.
+  std::vector<float> n, xs, u[3], xd[3], su[3], sxd[3];
 };
 
 // out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs; acts
 // (may be null) receives what moe_block_backward needs.
+// lora (may be null) adds the experts' adapters (acts then required when a backward follows).
 void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n, int64_t T, float* out,
-                       const MoeInputHook& hook = nullptr, MoeBlockActs* acts = nullptr);
+                       const MoeInputHook& hook = nullptr, MoeBlockActs* acts = nullptr, const MoeLora* lora = nullptr);
 
-// dn[T, C] += ∂L/∂n given dout[T, C] = ∂L/∂out, from the forward's acts (same n, T).
+// dn[T, C] += ∂L/∂n given dout[T, C] = ∂L/∂out, from the forward's acts (same n, T, lora); the adapters' gradients
+// accumulate into lora->grads.
 void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlockActs& acts, int64_t T,
-                        const float* dout, float* dn);
+                        const float* dout, float* dn, const MoeLora* lora = nullptr);
 
 }  // namespace qwenq

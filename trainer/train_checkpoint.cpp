@@ -56,21 +56,20 @@ void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapte
   save_peft_adapter(path_join(staged.path(), "adapter"), adapter, po);
   SafetensorsWriter w;
   w.set_metadata("format", "qwenq-adamw");
-  for (int64_t l = 0; l < adapter.dims().num_layers; ++l) {
-    for (LoraTarget t : adapter.targets()) {
-      for (bool is_b : {false, true}) {
-        const std::string name = peft_tensor_name(l, t, is_b);
-        const LoraWeights& mw = m.at(l, t);
-        const LoraWeights& vw = v.at(l, t);
-        const std::vector<int64_t> shape = is_b ? std::vector<int64_t>{mw.N, mw.r} : std::vector<int64_t>{mw.r, mw.K};
-        w.add_owned("m." + name, DType::F32, shape, f32_bytes(is_b ? mw.B : mw.A));
-        w.add_owned("v." + name, DType::F32, shape, f32_bytes(is_b ? vw.B : vw.A));
-      }
-      if (adapter.use_dora()) {  // AdamW's moments of the DoRA magnitude [N]
-        const std::string name = peft_magnitude_name(l, t);
-        w.add_owned("m." + name, DType::F32, {m.at(l, t).N}, f32_bytes(m.at(l, t).m));
-        w.add_owned("v." + name, DType::F32, {v.at(l, t).N}, f32_bytes(v.at(l, t).m));
-      }
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& sl = adapter.slots()[i];
+    const LoraWeights& mw = m.weights(i);
+    const LoraWeights& vw = v.weights(i);
+    for (bool is_b : {false, true}) {
+      const std::string name = peft_tensor_name(sl, is_b);
+      const std::vector<int64_t> shape = is_b ? std::vector<int64_t>{mw.N, mw.r} : std::vector<int64_t>{mw.r, mw.K};
+      w.add_owned("m." + name, DType::F32, shape, f32_bytes(is_b ? mw.B : mw.A));
+      w.add_owned("v." + name, DType::F32, shape, f32_bytes(is_b ? vw.B : vw.A));
+    }
+    if (adapter.use_dora()) {  // AdamW's moments of the DoRA magnitude [N]
+      const std::string name = peft_magnitude_name(sl);
+      w.add_owned("m." + name, DType::F32, {mw.N}, f32_bytes(mw.m));
+      w.add_owned("v." + name, DType::F32, {vw.N}, f32_bytes(vw.m));
     }
   }
   w.write(path_join(staged.path(), "optimizer.safetensors"));
@@ -102,18 +101,18 @@ void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAda
   *m = *adapter;
   *v = *adapter;
   SafetensorsFile f(path_join(dir, "optimizer.safetensors"));
-  for (int64_t l = 0; l < dims.num_layers; ++l) {
-    for (LoraTarget t : adapter->targets()) {
-      for (int part = 0; part < (adapter->use_dora() ? 3 : 2); ++part) {  // A, B, DoRA's magnitude
-        const std::string name = part == 2 ? peft_magnitude_name(l, t) : peft_tensor_name(l, t, part == 1);
-        for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
-          QWENQ_CHECK(f.has(which + name), f.path() << ": no " << which << name);
-          const TensorView& tv = f.get(which + name);
-          std::vector<float>& out = part == 2 ? dst->at(l, t).m : part == 1 ? dst->at(l, t).B : dst->at(l, t).A;
-          QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
-                      f.path() << ": " << which << name << " is not F32 with " << out.size() << " values");
-          std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
-        }
+  for (size_t i = 0; i < adapter->slots().size(); ++i) {
+    const LoraSlot& sl = adapter->slots()[i];
+    for (int part = 0; part < (adapter->use_dora() ? 3 : 2); ++part) {  // A, B, DoRA's magnitude
+      const std::string name = part == 2 ? peft_magnitude_name(sl) : peft_tensor_name(sl, part == 1);
+      for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
+        QWENQ_CHECK(f.has(which + name), f.path() << ": no " << which << name);
+        const TensorView& tv = f.get(which + name);
+        LoraWeights& w = dst->weights(i);
+        std::vector<float>& out = part == 2 ? w.m : part == 1 ? w.B : w.A;
+        QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
+                    f.path() << ": " << which << name << " is not F32 with " << out.size() << " values");
+        std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
       }
     }
   }

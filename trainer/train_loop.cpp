@@ -116,12 +116,8 @@ void add_legacy_resume_keys(nlohmann::json* saved) {
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
   LoraAdapter z = a;
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
-      std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
-      std::fill(z.at(l, t).m.begin(), z.at(l, t).m.end(), 0.f);
-    }
+  for (size_t i = 0; i < z.slots().size(); ++i) {
+    for (std::vector<float>* v : {&z.weights(i).A, &z.weights(i).B, &z.weights(i).m}) std::fill(v->begin(), v->end(), 0.f);
   }
   return z;
 }
@@ -134,13 +130,11 @@ struct Tensors {
 };
 Tensors tensors_of(LoraAdapter& a) {
   Tensors t;
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget tg : a.targets()) {
-      for (std::vector<float>* v : {&a.at(l, tg).A, &a.at(l, tg).B, &a.at(l, tg).m}) {
-        if (v->empty()) continue;  // m without DoRA
-        t.ptr.push_back(v->data());
-        t.size.push_back(static_cast<int64_t>(v->size()));
-      }
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    for (std::vector<float>* v : {&a.weights(i).A, &a.weights(i).B, &a.weights(i).m}) {
+      if (v->empty()) continue;  // m without DoRA
+      t.ptr.push_back(v->data());
+      t.size.push_back(static_cast<int64_t>(v->size()));
     }
   }
   return t;

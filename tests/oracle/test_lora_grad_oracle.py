@@ -7,8 +7,9 @@ the base model and the adapter (PEFT's own files). Two sequences of different le
 padding); the loss is the mean next-token cross-entropy over all predicted tokens; loss.backward() gives the
 adapter gradients. The gtest LoraGradOracle.* loads the same base and adapter with qwenq (our PEFT reader),
 computes the loss and gradients with its hand-written backward, and compares (tolerances in the C++ half).
-The cases qwen3_moe and qwen2_moe adapt the attention of tiny mixtures of experts (the gradient reaches the earlier
-layers through every MoE block's experts, routing weights, router and shared expert). The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
+The cases qwen3_moe and qwen2_moe adapt tiny mixtures of experts, every expert's Linears too (PEFT's gate_proj etc.
+match each expert's; the gradient reaches the earlier layers through every MoE block's experts, routing weights,
+router and shared expert); qwen3_moe_attention adapts the attention alone. The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
 so m/n is far from 1), and their gradients compared as well (PEFT detaches the norm n, as we do).
 """
 import os
@@ -72,8 +73,9 @@ def make_case(name, config, dora=False, targets=None):
                 "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int32),
                 "loss": torch.tensor([loss.item()], dtype=torch.float64)}
     for pname, p in pm.named_parameters():
-        if p.requires_grad:
-            expected[pname.replace(".default", "") + ".grad"] = p.grad.detach().clone().contiguous()
+        if p.requires_grad:  # an expert no token was routed to never ran: no grad, i.e. zero
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            expected[pname.replace(".default", "") + ".grad"] = g.detach().clone().contiguous()
     save_file(expected, os.path.join(case, "expected.safetensors"))
     print(f"{name}: {len(expected) - 3} adapter gradients saved")
     return case
@@ -87,14 +89,18 @@ cases = [make_case("qwen2", transformers.Qwen2Config(**common)),
          make_case("qwen3", transformers.Qwen3Config(head_dim=32, **common)),  # QK-norm; head_dim != hidden/heads
          make_case("qwen2_yarn", transformers.Qwen2Config(**yarn)),
          make_case("qwen2_dora", transformers.Qwen2Config(**common), dora=True),
-         # Mixtures of experts, attention adapters: the gradients of the earlier layers flow back through the MoE
-         # blocks (experts, routing weights and router, shared expert). Three layers, the last dense in qwen3_moe.
+         # Mixtures of experts, all seven targets: PEFT adapts every expert's (and the shared expert's) gate/up/down;
+         # the gradients of the earlier layers flow back through the MoE blocks (experts, routing weights and
+         # router, shared expert). Three layers, the last dense in qwen3_moe; and attention adapters alone.
          make_case("qwen3_moe", transformers.Qwen3MoeConfig(
              head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
-             mlp_only_layers=[2], **dict(common, num_hidden_layers=3)), targets=ATTENTION),
+             mlp_only_layers=[2], **dict(common, num_hidden_layers=3))),
          make_case("qwen2_moe", transformers.Qwen2MoeConfig(
              num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, shared_expert_intermediate_size=96,
-             norm_topk_prob=False, **dict(common, num_hidden_layers=3)), targets=ATTENTION)]
+             norm_topk_prob=False, **dict(common, num_hidden_layers=3))),
+         make_case("qwen3_moe_attention", transformers.Qwen3MoeConfig(
+             head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
+             **dict(common, num_hidden_layers=2)), targets=ATTENTION)]
 
 run_gtest(args.build, "LoraGradOracle.*", {"QWENQ_ORACLE_LORA_DIRS": ":".join(cases)})
 print("lora grad oracle: OK")

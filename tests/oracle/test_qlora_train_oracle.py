@@ -11,8 +11,9 @@ our own forward with that adapter, and the same greedy text.
 5. The same for a DoRA adapter: `qwen-qlora train --use-dora` (10 steps, dropout 0.05) into run_dora/; PEFT loads
    it (use_dora read back, every magnitude moved from its init), logits and greedy text as in 3 and 4 (our side:
    the CPU trainer's DoRA forward, and generate's in-memory merge).
-6. A tiny random Qwen3-MoE (`init-random --preset tiny-moe`): `train` on TinyStories lines with attention targets;
-   PEFT on transformers' Qwen3MoeForCausalLM gives the logits our forward gives (the gtest of 3).
+6. A tiny random Qwen3-MoE (`init-random --preset tiny-moe`): `train` on TinyStories lines with all seven targets
+   (every expert's gate/up/down adapted); PEFT on transformers' Qwen3MoeForCausalLM gives the logits our forward gives
+   (the gtest of 3).
 """
 import os
 
@@ -92,8 +93,8 @@ run_gtest(args.build, "TrainedAdapterOracle.*",
           {"QWENQ_ORACLE_TRAINED_DIR": out, "QWENQ_ORACLE_TRAINED_RUN": "run_dora"})
 check_generate(dora_dir, dmodel, "DoRA")
 
-# 6. A mixture of experts (tiny random Qwen3-MoE: 8 experts, top 2, one dense layer): `train` adapts the attention
-# (MoE models take attention targets); PEFT loads the adapter onto transformers' Qwen3MoeForCausalLM.
+# 6. A mixture of experts (tiny random Qwen3-MoE: 8 experts, top 2, one dense layer): `train` adapts every Linear,
+# each expert's too; PEFT loads the adapter onto transformers' Qwen3MoeForCausalLM.
 moe_out = work_dir(args.build, "qlora_train_oracle_moe")
 moe_base, moe_run = os.path.join(moe_out, "base"), os.path.join(moe_out, "run")
 run([qq, "init-random", "--preset", "tiny-moe", "--dtype", "fp32", "--seed", "3", "--out", moe_base, "--overwrite"])
@@ -105,7 +106,7 @@ with open(os.path.join(moe_out, "stories.jsonl"), "w", encoding="utf-8") as f:
         f.write(json.dumps({"text": st}) + "\n")
 run([ql, "train", "--model", moe_base, "--data", os.path.join(moe_out, "stories.jsonl"), "--out", moe_run,
      "--overwrite", "--max-steps", "10", "--seq-len", "256", "--batch-size", "2", "--lr", "3e-3", "--lora-r", "4",
-     "--lora-alpha", "8", "--lora-dropout", "0.05", "--target", "q_proj,k_proj,v_proj,o_proj", "--quiet"])
+     "--lora-alpha", "8", "--lora-dropout", "0.05", "--target", "all-linear", "--quiet"])
 from transformers import AutoModelForCausalLM  # noqa: E402
 mbase = AutoModelForCausalLM.from_pretrained(moe_base, torch_dtype=torch.float32, attn_implementation="eager").eval()
 if type(mbase).__name__ != "Qwen3MoeForCausalLM":
