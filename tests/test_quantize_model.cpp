@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <regex>
 #include <string>
@@ -12,6 +13,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
 #include "tests/support/test_models.h"
@@ -29,6 +32,8 @@ using test::error_of;
 
 // GPTQ keeps at most this share of RTN's rms logit error on its own calibration windows (tiny MoE models, 3 bits).
 constexpr double kGptqMoeOverRtn = 0.75;  // measured 0.53 (tiny-moe), 0.45 (tiny-moe-shared)
+// The upcycled stories260K against stories260K: Σ_j w_j = 1 up to fp32 rounding, and experts summed in another order.
+constexpr double kUpcycledRelTol = 1e-4;
 // GPTQ's output error on an expert's own X_e (1 to 6 rows of 64 inputs) over RTN's.
 constexpr double kGptqFewRowsOverRtn = 0.2;
 
@@ -564,6 +569,108 @@ TEST(QuantizeModel, GptqMoeBeatsRtnOnItsCalibration) {
     std::printf("%s 3-bit g32: rms logit error on the calibration windows: rtn %.4g, gptq %.4g\n", preset, e_rtn, e_gptq);
     EXPECT_LT(e_gptq, kGptqMoeOverRtn * e_rtn);
   }
+}
+
+// stories260K (fp32) as a Qwen2-MoE with E copies of each layer's MLP as its experts (zero-padded from 172 to 192
+// channels, a function-preserving change that lets the 4-bit layouts pack them), top 2 of E with renormalized weights
+// and a random router: out = Σ_j w_j·MLP(x) = MLP(x), so the MoE model computes what stories260K does, while each
+// expert sees other tokens. No shared expert.
+std::string upcycle_stories260k(const std::string& dense, const std::string& dir, int64_t E) {
+  const QwenModel m(dense);
+  const QwenConfig& c = m.config();
+  const int64_t C = c.hidden_size, I = c.intermediate_size, I2 = 192;
+  Checkpoint ckpt(dense);
+  SafetensorsWriter w;
+  const std::regex mlp(R"(^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$)");
+  Rng rng(77);
+  for (const auto& name : ckpt.names()) {
+    const TensorView& t = ckpt.get(name);
+    std::smatch mm;
+    if (!std::regex_match(name, mm, mlp)) {
+      w.add(name, t.dtype, t.shape, t.data);
+      continue;
+    }
+    const bool down = mm[2] == "down";
+    std::vector<float> W(C * I2, 0.f);  // padded: zero rows of gate/up, zero columns of down
+    for (int64_t a = 0; a < (down ? C : I); ++a)
+      for (int64_t b = 0; b < (down ? I : C); ++b) W[down ? a * I2 + b : a * C + b] = t.as<float>()[a * (down ? I : C) + b];
+    std::vector<uint8_t> bytes(W.size() * 4);
+    std::memcpy(bytes.data(), W.data(), bytes.size());
+    const std::string p = "model.layers." + mm[1].str() + ".mlp.";
+    for (int64_t e = 0; e < E; ++e)
+      w.add_owned(p + "experts." + std::to_string(e) + "." + mm[2].str() + "_proj.weight", DType::F32,
+                  down ? std::vector<int64_t>{C, I2} : std::vector<int64_t>{I2, C}, bytes);
+    if (mm[2] == "gate") {
+      std::vector<uint8_t> router(E * C * 4);
+      for (int64_t i = 0; i < E * C; ++i) {
+        const float v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(C)));
+        std::memcpy(router.data() + 4 * i, &v, 4);
+      }
+      w.add_owned(p + "gate.weight", DType::F32, {E, C}, std::move(router));
+    }
+  }
+  EXPECT_EQ(std::system(("mkdir -p '" + dir + "'").c_str()), 0);
+  w.write(dir + "/model.safetensors");
+  nlohmann::json cfg = nlohmann::json::parse(read_file(dense + "/config.json"));
+  cfg["model_type"] = "qwen2_moe";
+  cfg["architectures"] = {"Qwen2MoeForCausalLM"};
+  cfg["num_experts"] = E;
+  cfg["num_experts_per_tok"] = 2;
+  cfg["moe_intermediate_size"] = I2;
+  cfg["shared_expert_intermediate_size"] = 0;
+  cfg["norm_topk_prob"] = true;
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+  for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.model"})
+    if (file_exists(dense + "/" + f)) write_file_atomic(dir + "/" + f, read_file(dense + "/" + f));
+  return dir;
+}
+
+// GPTQ on a trained mixture of experts: the upcycled stories260K keeps stories260K's perplexity; RTN treats its
+// identical experts identically (the dense RTN's perplexity); GPTQ, one Hessian per expert from the tokens routed to
+// it, keeps clearly less of RTN's perplexity increase, as on the dense model.
+TEST(QuantizeModel, GptqBeatsRtnOnAnUpcycledStories260KMoe) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir();
+  const std::string dense = test::import_stories260k(root + "/fp32");
+  const std::string moe = upcycle_stories260k(dense, root + "/moe", 4);
+  QuantizeOptions rtn;
+  rtn.model_dir = moe;
+  rtn.out_dir = root + "/rtn";
+  rtn.group_size = 64;
+  rtn.sym = false;
+  rtn.layout = IntLayout::GptqV2;
+  rtn.quiet = true;
+  quantize_model(rtn);
+  GptqModelOptions g;
+  g.out = rtn;
+  g.out.out_dir = root + "/gptq";
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 32;
+  g.calib_seq_len = 128;
+  g.seed = 1;
+  EXPECT_EQ(gptq_quantize_model(g).linears, 5 * (4 + 3 * 4));
+  QuantizeOptions rtn_dense = rtn;
+  rtn_dense.model_dir = dense;
+  rtn_dense.out_dir = root + "/rtn_dense";
+  rtn_dense.pad_intermediate = true;
+  quantize_model(rtn_dense);
+
+  std::vector<int32_t> ids = test::tinystories_tokens(dense);
+  ids.resize(32 * 256);
+  PerplexityOptions po;
+  po.seq_len = 256;
+  po.windows_per_batch = 8;
+  po.quiet = true;
+  auto ppl = [&](const std::string& dir) { return evaluate_perplexity(QwenModel(dir), ids, po).perplexity; };
+  const double base = ppl(dense), base_moe = ppl(moe), p_rtn = ppl(rtn.out_dir), p_rtn_dense = ppl(rtn_dense.out_dir),
+               p_gptq = ppl(g.out.out_dir);
+  std::printf("upcycled stories260K (4 experts, top 2), 4-bit g64 asym, 32 x 256 TinyStories tokens: dense %.4f, "
+              "MoE %.4f, rtn %.4f (dense rtn %.4f), gptq %.4f (+%.1f%% vs rtn +%.1f%%)\n",
+              base, base_moe, p_rtn, p_rtn_dense, p_gptq, 100 * (p_gptq / base - 1), 100 * (p_rtn / base - 1));
+  EXPECT_NEAR(base_moe, base, kUpcycledRelTol * base);
+  EXPECT_NEAR(p_rtn, p_rtn_dense, kUpcycledRelTol * p_rtn_dense);
+  EXPECT_LT(p_gptq - base, 0.9 * (p_rtn - base));
+  EXPECT_GT(p_gptq, base);
 }
 
 }  // namespace

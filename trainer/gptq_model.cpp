@@ -211,9 +211,12 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
   add_moe_module_lists(moe_lists, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
+  bool dense_mlp = false;  // some layer's MLP is dense (every layer of a dense model)
+  for (int64_t l = 0; l < cfg.num_layers; ++l) dense_mlp = dense_mlp || !cfg.is_moe_layer(l);
+  const int64_t Id = dense_mlp ? I2 : 0;
   for (auto [what, N, K] : {std::tuple<const char*, int64_t, int64_t>{"q_proj", cfg.q_dim(), C},
-                            {"k_proj", cfg.kv_dim(), C}, {"o_proj", C, cfg.q_dim()}, {"gate_proj", I2, C},
-                            {"down_proj", C, I2}, {"experts.*.gate_proj", cfg.moe_intermediate_size, C},
+                            {"k_proj", cfg.kv_dim(), C}, {"o_proj", C, cfg.q_dim()}, {"gate_proj", Id, C},
+                            {"down_proj", C, Id}, {"experts.*.gate_proj", cfg.moe_intermediate_size, C},
                             {"experts.*.down_proj", C, cfg.moe_intermediate_size},
                             {"shared_expert.gate_proj", cfg.shared_expert_intermediate_size, C},
                             {"shared_expert.down_proj", C, cfg.shared_expert_intermediate_size}}) {
