@@ -152,6 +152,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
       adapted = adapted || lora->adapter->has_expert(lora->layer, 0, t) || lora->adapter->has_expert(lora->layer, -1, t);
   }
   const bool keep = acts != nullptr || adapted;
+  if (!adapted) a.xs.clear();  // the backward reads an empty xs as "no adapters" (acts may be reused across calls)
   if (adapted) {
     const int64_t r = lora->adapter->rank(), Is = c.shared_expert_intermediate_size;
     a.n.assign(n, n + T * C);
