@@ -19,6 +19,7 @@
 #include "trainer/moe_block.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_random.h"
 #include "trainer/gguf_model.h"
 #include "trainer/imatrix_model.h"
 #include "lora/peft_io.h"
@@ -36,13 +37,6 @@ constexpr double kBlockTolerance = 2e-5;   // fp32 block vs double, relative to 
 constexpr float kDecodeTolerance = 1e-4f;  // KV-cache steps vs the packed forward, absolute on logits of ~O(1)
 constexpr double kMoeFdStep = 1e-3;        // central differences of the block in fp32: error ~1e-7/h + h²
 constexpr double kMoeFdTolerance = 2e-3;   // relative to |directional derivative| + 1
-
-std::vector<float> random_values(int64_t n, float scale, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> v(n);
-  for (float& x : v) x = static_cast<float>(rng.normal() * scale);
-  return v;
-}
 
 // The k largest softmax probabilities in double, ties to the lower index, optionally renormalized.
 void route_in_double(const float* r, int64_t E, int64_t k, bool norm, std::vector<int32_t>* experts,
@@ -68,7 +62,7 @@ TEST(MoeRoute, MatchesDoubleBruteForce) {
     for (int64_t k : {int64_t{1}, std::min<int64_t>(2, E), std::min<int64_t>(8, E), E}) {
       for (bool norm : {false, true}) {
         SCOPED_TRACE("E " + std::to_string(E) + " k " + std::to_string(k) + (norm ? " norm" : ""));
-        const std::vector<float> logits = random_values(T * E, 2.f, 100 + E * 7 + k);
+        const std::vector<float> logits = test::normal_vector(T * E, 100 + E * 7 + k, 2.f);
         std::vector<int32_t> experts(T * k);
         std::vector<float> weights(T * k);
         moe_route_ref(logits.data(), T, E, k, norm, experts.data(), weights.data());
@@ -156,7 +150,7 @@ MoeWeights random_moe(const QwenConfig& c, uint64_t seed) {
   const int64_t C = c.hidden_size;
   uint64_t s = seed;
   auto lin = [&](int64_t N, int64_t K) {
-    return LinearWeight::from_fp32(random_values(N * K, 1.f / std::sqrt(static_cast<float>(K)), ++s), N, K);
+    return LinearWeight::from_fp32(test::normal_vector(N * K, ++s, 1.f / std::sqrt(static_cast<float>(K))), N, K);
   };
   auto expert = [&](int64_t I) { return MoeExpertWeights{lin(I, C), lin(I, C), lin(C, I)}; };
   MoeWeights m;
@@ -184,7 +178,7 @@ TEST(MoeBlock, BackwardMatchesFiniteDifferences) {
       c.norm_topk_prob = norm;
       const MoeWeights m = random_moe(c, 50 + shared + norm);
       const int64_t T = 9, C = c.hidden_size;
-      const std::vector<float> n = random_values(T * C, 1.f, 60), dout = random_values(T * C, 1.f, 61);
+      const std::vector<float> n = test::normal_vector(T * C, 60, 1.f), dout = test::normal_vector(T * C, 61, 1.f);
       MoeBlockActs acts;
       std::vector<float> out(T * C), dn(T * C, 0.f);
       moe_block_forward(c, m, n.data(), T, out.data(), nullptr, &acts);
@@ -197,7 +191,7 @@ TEST(MoeBlock, BackwardMatchesFiniteDifferences) {
         return l;
       };
       for (int trial = 0; trial < 4; ++trial) {
-        const std::vector<float> dir = random_values(T * C, 1.f, 70 + trial);
+        const std::vector<float> dir = test::normal_vector(T * C, 70 + trial, 1.f);
         double analytic = 0;
         for (int64_t i = 0; i < T * C; ++i) analytic += static_cast<double>(dn[i]) * dir[i];
         auto at = [&](double h) {
@@ -224,7 +218,7 @@ TEST(MoeModel, BlockMatchesTokenByTokenInDouble) {
     for (int64_t l = 0; l < c.num_layers; ++l) {
       if (!c.is_moe_layer(l)) continue;
       ++moe_layers;
-      const std::vector<float> n = random_values(T * C, 1.f, 40 + l);
+      const std::vector<float> n = test::normal_vector(T * C, 40 + l, 1.f);
       std::vector<float> out(T * C);
       model.mlp_forward(l, n.data(), T, out.data());
       double worst = 0, scale = 0;

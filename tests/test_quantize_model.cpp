@@ -335,41 +335,62 @@ TEST(QuantizeModel, Stories260KAwkwardShapeAndNf4Perplexity) {
 namespace qwenq {
 namespace {
 
+// The GPTQ-against-RTN setting of the stories260K tests: 4-bit, group 64, asymmetric, GPTQ v2 files of `model` in
+// `out`; GPTQ calibrated on 32 windows of 128 tokens of C4 (seed 1).
+QuantizeOptions stories_rtn_options(const std::string& model, const std::string& out) {
+  QuantizeOptions rtn;
+  rtn.model_dir = model;
+  rtn.out_dir = out;
+  rtn.group_size = 64;
+  rtn.sym = false;
+  rtn.layout = IntLayout::GptqV2;
+  rtn.quiet = true;
+  return rtn;
+}
+
+GptqModelOptions stories_gptq_options(const QuantizeOptions& rtn, const std::string& out) {
+  GptqModelOptions g;
+  g.out = rtn;
+  g.out.out_dir = out;
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 32;
+  g.calib_seq_len = 128;
+  g.seed = 1;
+  return g;
+}
+
+// Perplexity of a model directory on the first 32 windows of 256 TinyStories tokens (stories260K's tokenizer).
+class TinyStoriesPerplexity {
+ public:
+  explicit TinyStoriesPerplexity(const std::string& stories_dir) : ids_(test::tinystories_tokens(stories_dir)) {
+    ids_.resize(32 * 256);
+    po_.seq_len = 256;
+    po_.windows_per_batch = 8;
+    po_.quiet = true;
+  }
+  double operator()(const std::string& dir) const { return evaluate_perplexity(QwenModel(dir), ids_, po_).perplexity; }
+
+ private:
+  std::vector<int32_t> ids_;
+  PerplexityOptions po_;
+};
+
 // The acceptance of the GPTQ driver on a real model: at the same bits, group size and grid, GPTQ calibrated on
 // C4 loses clearly less perplexity on TinyStories than round-to-nearest.
 TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
   const std::string fp32 = test::import_stories260k(root + "/fp32");
-  QuantizeOptions rtn;
-  rtn.model_dir = fp32;
-  rtn.out_dir = root + "/rtn";
-  rtn.group_size = 64;
-  rtn.sym = false;
-  rtn.layout = IntLayout::GptqV2;
+  QuantizeOptions rtn = stories_rtn_options(fp32, root + "/rtn");
   rtn.pad_intermediate = true;
-  rtn.quiet = true;
   quantize_model(rtn);
-  GptqModelOptions g;
-  g.out = rtn;
-  g.out.out_dir = root + "/gptq";
-  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
-  g.calib_samples = 32;
-  g.calib_seq_len = 128;
-  g.seed = 1;
+  const GptqModelOptions g = stories_gptq_options(rtn, root + "/gptq");
   QuantizeReport r = gptq_quantize_model(g);
   EXPECT_EQ(r.linears, 35);
   EXPECT_EQ(QwenModel(g.out.out_dir).config().intermediate_size, 192);
 
-  std::vector<int32_t> ids = test::tinystories_tokens(fp32);
-  ids.resize(32 * 256);
-  PerplexityOptions po;
-  po.seq_len = 256;
-  po.windows_per_batch = 8;
-  po.quiet = true;
-  const double base = evaluate_perplexity(QwenModel(fp32), ids, po).perplexity;
-  const double p_rtn = evaluate_perplexity(QwenModel(rtn.out_dir), ids, po).perplexity;
-  const double p_gptq = evaluate_perplexity(QwenModel(g.out.out_dir), ids, po).perplexity;
+  const TinyStoriesPerplexity ppl(fp32);
+  const double base = ppl(fp32), p_rtn = ppl(rtn.out_dir), p_gptq = ppl(g.out.out_dir);
   std::printf("stories260K, 4-bit g64 asym, 32 x 256 TinyStories tokens: fp32 %.4f, rtn %.4f (+%.1f%%), gptq %.4f (+%.1f%%)\n",
               base, p_rtn, 100 * (p_rtn / base - 1), p_gptq, 100 * (p_gptq / base - 1));
   // "Clearly less": GPTQ keeps at most 90% of RTN's perplexity increase (measured: 75%).
@@ -633,35 +654,15 @@ TEST(QuantizeModel, GptqBeatsRtnOnAnUpcycledStories260KMoe) {
   const std::string root = test::scratch_dir();
   const std::string dense = test::import_stories260k(root + "/fp32");
   const std::string moe = upcycle_stories260k(dense, root + "/moe", 4);
-  QuantizeOptions rtn;
-  rtn.model_dir = moe;
-  rtn.out_dir = root + "/rtn";
-  rtn.group_size = 64;
-  rtn.sym = false;
-  rtn.layout = IntLayout::GptqV2;
-  rtn.quiet = true;
+  const QuantizeOptions rtn = stories_rtn_options(moe, root + "/rtn");
   quantize_model(rtn);
-  GptqModelOptions g;
-  g.out = rtn;
-  g.out.out_dir = root + "/gptq";
-  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
-  g.calib_samples = 32;
-  g.calib_seq_len = 128;
-  g.seed = 1;
+  const GptqModelOptions g = stories_gptq_options(rtn, root + "/gptq");
   EXPECT_EQ(gptq_quantize_model(g).linears, 5 * (4 + 3 * 4));
-  QuantizeOptions rtn_dense = rtn;
-  rtn_dense.model_dir = dense;
-  rtn_dense.out_dir = root + "/rtn_dense";
+  QuantizeOptions rtn_dense = stories_rtn_options(dense, root + "/rtn_dense");
   rtn_dense.pad_intermediate = true;
   quantize_model(rtn_dense);
 
-  std::vector<int32_t> ids = test::tinystories_tokens(dense);
-  ids.resize(32 * 256);
-  PerplexityOptions po;
-  po.seq_len = 256;
-  po.windows_per_batch = 8;
-  po.quiet = true;
-  auto ppl = [&](const std::string& dir) { return evaluate_perplexity(QwenModel(dir), ids, po).perplexity; };
+  const TinyStoriesPerplexity ppl(dense);
   const double base = ppl(dense), base_moe = ppl(moe), p_rtn = ppl(rtn.out_dir), p_rtn_dense = ppl(rtn_dense.out_dir),
                p_gptq = ppl(g.out.out_dir);
   std::printf("upcycled stories260K (4 experts, top 2), 4-bit g64 asym, 32 x 256 TinyStories tokens: dense %.4f, "
