@@ -11,9 +11,9 @@
 
 namespace qwenq {
 
-// logits [T, E] fp32; experts [T, k] (indices in [0, E)) and weights [T, k] are written. Throws unless
-// 1 <= k <= E.
+// logits [T, E] fp32; experts [T, k] (indices in [0, E)) and weights [T, k] are written, and p [T, E] into probs
+// when it is given (the backward's softmax). Throws unless 1 <= k <= E.
 void moe_route_ref(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* experts,
-                   float* weights);
+                   float* weights, float* probs = nullptr);
 
 }  // namespace qwenq

@@ -11,7 +11,7 @@
 namespace qwenq {
 
 void moe_route_ref(const float* logits, int64_t T, int64_t E, int64_t k, bool norm_topk_prob, int32_t* experts,
-                   float* weights) {
+                   float* weights, float* probs) {
   QWENQ_CHECK(E >= 1 && k >= 1 && k <= E, "moe_route: top-" << k << " of " << E << " experts");
   parallel_for(T, 64, [&](int64_t begin, int64_t end) {
     std::vector<float> p(E);
@@ -25,6 +25,7 @@ void moe_route_ref(const float* logits, int64_t T, int64_t E, int64_t k, bool no
         sum += p[e];
       }
       for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+      if (probs) std::copy(p.begin(), p.end(), probs + t * E);
       std::iota(order.begin(), order.end(), 0);
       std::partial_sort(order.begin(), order.begin() + k, order.end(),
                         [&](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });

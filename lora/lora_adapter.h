@@ -35,7 +35,7 @@ struct LoraDims {
   // A mixture of experts (qwen2_moe / qwen3_moe): the layers whose MLP is a MoE block, their E experts of width
   // moe_intermediate_size and the shared expert's width (0: none). There PEFT's gate_proj / up_proj / down_proj adapt
   // every expert's Linear (mlp.experts.<e>.*, mlp.shared_expert.*), each with its own A and B.
-  std::vector<bool> moe_layer;  // empty for a dense model
+  std::vector<bool> moe_layer = {};  // empty for a dense model
   int64_t num_experts = 0, moe_intermediate_size = 0, shared_expert_intermediate_size = 0;
   bool is_moe_layer(int64_t l) const { return l >= 0 && l < static_cast<int64_t>(moe_layer.size()) && moe_layer[l]; }
 };

@@ -64,8 +64,8 @@ TEST(MoeRoute, MatchesDoubleBruteForce) {
         SCOPED_TRACE("E " + std::to_string(E) + " k " + std::to_string(k) + (norm ? " norm" : ""));
         const std::vector<float> logits = test::normal_vector(T * E, 100 + E * 7 + k, 2.f);
         std::vector<int32_t> experts(T * k);
-        std::vector<float> weights(T * k);
-        moe_route_ref(logits.data(), T, E, k, norm, experts.data(), weights.data());
+        std::vector<float> weights(T * k), probs(T * E);
+        moe_route_ref(logits.data(), T, E, k, norm, experts.data(), weights.data(), probs.data());
         for (int64_t t = 0; t < T; ++t) {
           std::vector<int32_t> want_e;
           std::vector<double> want_w;
@@ -73,7 +73,13 @@ TEST(MoeRoute, MatchesDoubleBruteForce) {
           for (int64_t j = 0; j < k; ++j) {
             EXPECT_EQ(experts[t * k + j], want_e[j]) << "token " << t << " choice " << j;
             EXPECT_NEAR(weights[t * k + j], want_w[j], kRouteTolerance) << "token " << t << " choice " << j;
+            if (!norm) {
+              EXPECT_EQ(probs[t * E + want_e[j]], weights[t * k + j]) << "the kept p, token " << t;
+            }
           }
+          double sum = 0;
+          for (int64_t e = 0; e < E; ++e) sum += probs[t * E + e];
+          EXPECT_NEAR(sum, 1.0, kRouteTolerance) << "token " << t;
         }
       }
     }

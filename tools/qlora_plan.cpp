@@ -61,7 +61,6 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
     in.model = qwen_preset(a.preset);
     in.model_name = a.preset;
   }
-  refuse_moe(in.model, "plan");  // before the flags' checks (plan_memory refuses too)
   if (a.layers > 0) {
     in.model.num_layers = a.layers;
     in.model_name += " (" + std::to_string(a.layers) + " layers)";

@@ -38,8 +38,7 @@ std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::M
 std::vector<float> GptqLinearStep::run_expert(int64_t l, int64_t expert, int which, Eigen::MatrixXf h,
                                               GptqSolver solve) {
   static const char* kProj[3] = {"gate_proj", "up_proj", "down_proj"};
-  const std::string name =
-      (expert < 0 ? std::string("mlp.shared_expert.") : "mlp.experts." + std::to_string(expert) + ".") + kProj[which];
+  const std::string name = moe_expert_path(expert) + kProj[which];
   LinearWeight& lw = model_.expert_linear(l, expert, which);
   return quantize(l, name, lw, lw.N, lw.K, std::move(h), solve);
 }
@@ -71,10 +70,6 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
 }
 
 namespace {
-
-const LinearWeight& moe_expert_linear(const MoeExpertWeights& e, int which) {
-  return which == 0 ? e.gate : which == 1 ? e.up : e.down;
-}
 
 // GPTQ of one group (GateUp or Down) of MoE layer l on the CPU: one pass of every chunk through the block gives each
 // expert the Hessian of the inputs routed to it (the shared expert: of every token), then each expert's Linears of
@@ -184,10 +179,10 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
     }
     for (size_t e = 0; e < stored_moe.experts.size(); ++e) {
       for (int which = 0; which < 3; ++which)
-        model.expert_linear(l, static_cast<int64_t>(e), which) = moe_expert_linear(stored_moe.experts[e], which);
+        model.expert_linear(l, static_cast<int64_t>(e), which) = expert_member(stored_moe.experts[e], which);
     }
     if (stored_moe.shared.gate.N > 0) {
-      for (int which = 0; which < 3; ++which) model.expert_linear(l, -1, which) = moe_expert_linear(stored_moe.shared, which);
+      for (int which = 0; which < 3; ++which) model.expert_linear(l, -1, which) = expert_member(stored_moe.shared, which);
     }
   }
 }
@@ -211,9 +206,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
   add_moe_module_lists(moe_lists, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
-  bool dense_mlp = false;  // some layer's MLP is dense (every layer of a dense model)
-  for (int64_t l = 0; l < cfg.num_layers; ++l) dense_mlp = dense_mlp || !cfg.is_moe_layer(l);
-  const int64_t Id = dense_mlp ? I2 : 0;
+  const int64_t Id = cfg.has_dense_mlp() ? I2 : 0;  // no dense MLP to check in a MoE model without dense layers
   for (auto [what, N, K] : {std::tuple<const char*, int64_t, int64_t>{"q_proj", cfg.q_dim(), C},
                             {"k_proj", cfg.kv_dim(), C}, {"o_proj", C, cfg.q_dim()}, {"gate_proj", Id, C},
                             {"down_proj", C, Id}, {"experts.*.gate_proj", cfg.moe_intermediate_size, C},

@@ -123,11 +123,12 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
               "moe_block_forward: " << m.experts.size() << " experts bound for a config of " << E);
   MoeBlockActs local;
   MoeBlockActs& a = acts ? *acts : local;
-  a.logits.resize(T * E);
-  apply_linear(m.router, n, T, TensorView{}, a.logits.data());
+  std::vector<float> logits(T * E);
+  apply_linear(m.router, n, T, TensorView{}, logits.data());
   a.chosen.resize(T * k);
   a.weight.resize(T * k);
-  moe_route_ref(a.logits.data(), T, E, k, c.norm_topk_prob, a.chosen.data(), a.weight.data());
+  a.probs.resize(T * E);
+  moe_route_ref(logits.data(), T, E, k, c.norm_topk_prob, a.chosen.data(), a.weight.data(), a.probs.data());
 
   // Choices grouped by expert (a counting sort, token order kept within an expert).
   a.start.assign(E + 1, 0);
@@ -253,13 +254,9 @@ void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlock
     }
   }
   // Routing weights -> softmax probabilities -> router logits -> dn (the router's weight is frozen).
-  std::vector<float> dr(T * E, 0.f), p(E);
+  std::vector<float> dr(T * E, 0.f);
   for (int64_t t = 0; t < T; ++t) {
-    const float* r = a.logits.data() + t * E;
-    const float mx = *std::max_element(r, r + E);
-    float sum = 0.f;
-    for (int64_t e = 0; e < E; ++e) sum += p[e] = std::exp(r[e] - mx);
-    for (int64_t e = 0; e < E; ++e) p[e] /= sum;
+    const float* p = a.probs.data() + t * E;
     float* d = dr.data() + t * E;  // holds dp, then dr
     if (c.norm_topk_prob) {
       double z = 0, mean = 0;

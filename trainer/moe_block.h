@@ -11,7 +11,8 @@
 //   dy_{t,j} = w_{t,j} · dout_t            → through expert S_t[j] (SwiGLU backward)  → dn_t
 //   dw_{t,j} = dout_t · y_{t,j}
 //   dp_t[S_t[j]] = dw_{t,j}   or, renormalized, (dw_{t,j} − Σ_j' dw_{t,j'} w_{t,j'}) / Z_t;   dp_t = 0 elsewhere
-//   dr_t     = p_t ⊙ (dp_t − Σ_e p_t[e] dp_t[e])                       (softmax backward)   → dn_t += dr_t W_router
+//   dr_t     = p_t ⊙ (dp_t − Σ_e p_t[e] dp_t[e])                       (softmax backward, p as the forward kept it)
+//                                                                                          → dn_t += dr_t W_router
 //   shared:  ds_t = σ(g_t) dout_t → through the shared expert → dn_t;  dg_t = (dout_t · shared(n_t)) σ(g_t)(1 − σ(g_t))
 //            → dn_t += dg_t w_sg
 // This is what autograd computes through transformers' module (tests/oracle/test_lora_grad_oracle.py, the MoE cases).
@@ -54,7 +55,7 @@ uint64_t expert_dropout_key(uint64_t seed, int64_t layer, int64_t expert, int wh
 // What the forward keeps for the backward. The T·k choices are grouped by expert: rows [start[e], start[e+1]) are
 // expert e's, row r is choice slot[r] of token token[r].
 struct MoeBlockActs {
-  std::vector<float> logits;           // [T, E] router logits
+  std::vector<float> probs;            // [T, E] p, the softmax of the router logits
   std::vector<int32_t> chosen;         // [T, k] S
   std::vector<float> weight;           // [T, k] w
   std::vector<int64_t> start, token;   // [E + 1], [T·k]

@@ -25,22 +25,18 @@ bool is_packed_part(const std::unordered_set<std::string>& packed_prefixes, cons
 
 void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeListFor format) {
   if (!c.is_moe()) return;
-  bool dense_layers = false;
-  for (int64_t l = 0; l < c.num_layers; ++l) dense_layers = dense_layers || !c.is_moe_layer(l);
+  const bool dense_layers = c.has_dense_mlp();
   const bool shared = c.shared_expert_intermediate_size > 0;
   if (format == MoeListFor::Gptq) {
     nlohmann::ordered_json in = nlohmann::ordered_json::array(), down = nlohmann::ordered_json::array();
-    for (int64_t e = 0; e < c.num_experts; ++e) {
-      const std::string p = "mlp.experts." + std::to_string(e) + ".";
+    auto add = [&](int64_t e) {
+      const std::string p = moe_expert_path(e);
       in.push_back(p + "gate_proj");
       in.push_back(p + "up_proj");
       down.push_back(p + "down_proj");
-    }
-    if (shared) {
-      in.push_back("mlp.shared_expert.gate_proj");
-      in.push_back("mlp.shared_expert.up_proj");
-      down.push_back("mlp.shared_expert.down_proj");
-    }
+    };
+    for (int64_t e = 0; e < c.num_experts; ++e) add(e);
+    if (shared) add(-1);  // the shared expert after the routed ones
     if (dense_layers) {
       in.push_back("mlp.gate_proj");
       in.push_back("mlp.up_proj");

@@ -53,6 +53,12 @@ struct QwenConfig {
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   bool is_moe() const { return num_experts > 0; }
   bool is_moe_layer(int64_t l) const { return l >= 0 && l < static_cast<int64_t>(moe_layer.size()) && moe_layer[l]; }
+  // Some layer's MLP is the dense SwiGLU (every layer of a dense model; a MoE model's mlp_only_layers).
+  bool has_dense_mlp() const {
+    for (int64_t l = 0; l < num_layers; ++l)
+      if (!is_moe_layer(l)) return true;
+    return false;
+  }
 };
 
 // Throws, naming the model and `what` ("training", "GPTQ", "--device cuda", ...), when `c` is a mixture of experts:

@@ -242,8 +242,7 @@ LinearWeight& QwenModel::expert_linear(int64_t l, int64_t expert, int which) {
   MoeWeights& m = w_.layers.at(l).moe;
   QWENQ_CHECK(expert >= -1 && expert < static_cast<int64_t>(m.experts.size()) && (expert >= 0 || m.shared.gate.N > 0),
               "expert_linear: layer " << l << " has no expert " << expert);
-  MoeExpertWeights& e = expert < 0 ? m.shared : m.experts[expert];
-  return which == 0 ? e.gate : which == 1 ? e.up : e.down;
+  return expert_member(expert < 0 ? m.shared : m.experts[expert], which);
 }
 
 void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden, KvCacheDType kv) const {

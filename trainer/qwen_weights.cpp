@@ -53,6 +53,10 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   return w;
 }
 
+std::string moe_expert_path(int64_t expert) {
+  return expert < 0 ? std::string("mlp.shared_expert.") : "mlp.experts." + std::to_string(expert) + ".";
+}
+
 std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
   const int64_t C = c.hidden_size, I = c.intermediate_size;
   std::vector<LayerLinear> out = {{"self_attn.q_proj", c.q_dim(), C, 0},
@@ -71,9 +75,9 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
     out.push_back({p + "down_proj", C, width, -1});
   };
   out.push_back({"mlp.gate", c.num_experts, C, -1});
-  for (int64_t e = 0; e < c.num_experts; ++e) expert("mlp.experts." + std::to_string(e) + ".", c.moe_intermediate_size);
+  for (int64_t e = 0; e < c.num_experts; ++e) expert(moe_expert_path(e), c.moe_intermediate_size);
   if (c.shared_expert_intermediate_size > 0) {
-    expert("mlp.shared_expert.", c.shared_expert_intermediate_size);
+    expert(moe_expert_path(-1), c.shared_expert_intermediate_size);
     out.push_back({"mlp.shared_expert_gate", 1, C, -1});
   }
   return out;
@@ -128,18 +132,18 @@ MoeExpertWeights bind_expert(const Checkpoint& ckpt, const QuantConfig& quant, c
   return e;
 }
 
-// "model.layers.<l>.mlp." of a MoE layer: gate (the router), experts.<e>.{gate,up,down}_proj, and qwen2_moe's
-// shared_expert.{gate,up,down}_proj and shared_expert_gate.
+// "model.layers.<l>." (p) of a MoE layer: mlp.gate (the router), mlp.experts.<e>.{gate,up,down}_proj, and qwen2_moe's
+// mlp.shared_expert.{gate,up,down}_proj and mlp.shared_expert_gate.
 MoeWeights bind_moe(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt, const std::string& p) {
   const int64_t C = c.hidden_size;
   MoeWeights m;
-  m.router = load_linear(ckpt, quant, p + "gate", c.num_experts, C);
+  m.router = load_linear(ckpt, quant, p + "mlp.gate", c.num_experts, C);
   m.experts.reserve(c.num_experts);
   for (int64_t e = 0; e < c.num_experts; ++e)
-    m.experts.push_back(bind_expert(ckpt, quant, p + "experts." + std::to_string(e) + ".", C, c.moe_intermediate_size));
+    m.experts.push_back(bind_expert(ckpt, quant, p + moe_expert_path(e), C, c.moe_intermediate_size));
   if (c.shared_expert_intermediate_size > 0) {
-    m.shared = bind_expert(ckpt, quant, p + "shared_expert.", C, c.shared_expert_intermediate_size);
-    m.shared_gate = load_linear(ckpt, quant, p + "shared_expert_gate", 1, C);
+    m.shared = bind_expert(ckpt, quant, p + moe_expert_path(-1), C, c.shared_expert_intermediate_size);
+    m.shared_gate = load_linear(ckpt, quant, p + "mlp.shared_expert_gate", 1, C);
   }
   return m;
 }
@@ -176,7 +180,7 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
     }
     L.post_norm = fetch(ckpt, p + "post_attention_layernorm.weight", {C});
     if (c.is_moe_layer(l)) {
-      L.moe = bind_moe(c, quant, ckpt, p + "mlp.");
+      L.moe = bind_moe(c, quant, ckpt, p);
       continue;
     }
     L.gate = load_linear(ckpt, quant, p + "mlp.gate_proj", I, C);

@@ -36,6 +36,15 @@ struct LinearWeight {
 struct MoeExpertWeights {
   LinearWeight gate, up, down;
 };
+// "mlp.experts.<e>." below "model.layers.<l>.", or "mlp.shared_expert." for expert -1: the prefix of an expert's
+// gate_proj / up_proj / down_proj in checkpoints and PEFT adapters.
+std::string moe_expert_path(int64_t expert);
+// Linear `which` (0 gate_proj, 1 up_proj, 2 down_proj) of an expert (MoeExpertWeights, const or not).
+template <typename Expert>
+auto& expert_member(Expert& e, int which) {
+  return which == 0 ? e.gate : which == 1 ? e.up : e.down;
+}
+
 struct MoeWeights {
   LinearWeight router;  // mlp.gate
   std::vector<MoeExpertWeights> experts;
