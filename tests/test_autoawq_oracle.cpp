@@ -1,6 +1,7 @@
 // The C++ half of tests/oracle/test_autoawq_oracle.py: an AWQ checkpoint quantized and written by AutoAWQ itself
 // (scaled norms, AutoAWQ GEMM tensors), loaded by qwenq; logits against a dense model built from AutoAWQ's own
-// unpacking. Skipped unless the script points QWENQ_ORACLE_AUTOAWQ_DIR at its fixture.
+// unpacking; and our AWQ against AutoAWQ's on the same calibration (a dense Qwen2 and a Qwen3-MoE, the script runs
+// both). Skipped unless the script points QWENQ_ORACLE_AUTOAWQ_DIR at its fixture.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,6 +11,8 @@
 #include "core/dtype.h"
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "core/tensor.h"
+#include "trainer/awq_runner.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -45,6 +48,33 @@ TEST(AutoAwqOracle, CheckpointMadeByAutoAwqGivesItsLogits) {
 namespace qwenq {
 namespace {
 
+// Each MoE layer's top-k expert set of every token of `batch` (the fp32 residual stream of m itself), layer by layer.
+std::vector<std::vector<int64_t>> routing_of(const QwenModel& m, const PackedBatch& batch) {
+  const QwenConfig& c = m.config();
+  std::vector<float> x;
+  m.embed_batch(batch, &x);
+  std::vector<std::vector<int64_t>> sets;  // per (layer, token): a bit set of experts
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<int64_t> chosen(static_cast<size_t>(batch.num_tokens()), 0);
+    m.block_forward(l, batch, x.data(), nullptr, [&](BlockLinear at, int64_t e, const float*, int64_t rows,
+                                                     const int64_t* tok) {
+      if (at != BlockLinear::GateUp || e < 0) return;
+      for (int64_t r = 0; r < rows; ++r) chosen[tok[r]] |= int64_t{1} << e;
+    });
+    if (c.is_moe_layer(l)) sets.push_back(std::move(chosen));
+  }
+  return sets;
+}
+
+// The share of (layer, token) expert sets of a equal to b's.
+double agreement(const std::vector<std::vector<int64_t>>& a, const std::vector<std::vector<int64_t>>& b) {
+  int64_t same = 0, n = 0;
+  for (size_t l = 0; l < a.size(); ++l) {
+    for (size_t t = 0; t < a[l].size(); ++t) same += a[l][t] == b[l][t], ++n;
+  }
+  return n ? static_cast<double>(same) / n : 1.0;
+}
+
 std::vector<float> logits_of(const QwenModel& m) {
   return m.forward_logits(PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99}, {7, 8, 9, 10}}));
 }
@@ -61,6 +91,8 @@ double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // be bit-identical because AutoAWQ rounds the scaled weights to fp16 before its final rounding.
 constexpr double kNormRelTol = 1e-5;
 constexpr double kGroupScaleRelTol = 2.5e-3;  // 2^-10 is one fp16 ulp relative
+// Our router against the source's times the folded scales (the norms' ratio): fp32 roundings.
+constexpr double kRouterRelTol = 1e-5;
 
 TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
   const char* theirs_dir = std::getenv("QWENQ_ORACLE_AUTOAWQ_DIR");
@@ -86,16 +118,42 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
     (is_norm ? norms : groups) += static_cast<int64_t>(va.size());
   }
   QwenModel theirs(theirs_dir), ours(ours_dir), src(src_dir);
-  const std::pair<BlockLinear, int> slots[] = {{BlockLinear::QKV, 0}, {BlockLinear::QKV, 1}, {BlockLinear::QKV, 2},
-                                               {BlockLinear::O, 0},   {BlockLinear::GateUp, 0}, {BlockLinear::GateUp, 1},
-                                               {BlockLinear::Down, 0}};
-  for (int64_t l = 0; l < src.config().num_layers; ++l) {
-    for (const auto& [which, idx] : slots) {
-      const std::vector<float> a = theirs.linear_weight(l, which, idx).dequantize();
-      const std::vector<float> b = ours.linear_weight(l, which, idx).dequantize();
+  const QwenConfig& c = src.config();
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    for (const AwqLinear& lin : awq_layer_linears(c, l)) {
+      const std::vector<float> a = awq_linear_weight(theirs, l, lin).dequantize();
+      const std::vector<float> b = awq_linear_weight(ours, l, lin).dequantize();
       for (size_t i = 0; i < a.size(); ++i) same += a[i] == b[i];
       total += static_cast<int64_t>(a.size());
     }
+  }
+  if (c.is_moe()) {
+    // The routers: AutoAWQ leaves mlp.gate as it was while dividing post_attention_layernorm by s; ours takes s on its
+    // columns (its scales: the norms' ratio), so that norm · router is the model's own.
+    double theirs_moved = 0, ours_off = 0;
+    SafetensorsFile fs(path_join(src_dir, "model.safetensors"));
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!c.is_moe_layer(l)) continue;
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      const std::vector<float> ln = tensor_to_f32(fs.get(pre + "post_attention_layernorm.weight")),
+                               ln_o = tensor_to_f32(fo.get(pre + "post_attention_layernorm.weight")),
+                               r = tensor_to_f32(fs.get(pre + "mlp.gate.weight")),
+                               r_t = tensor_to_f32(ft.get(pre + "mlp.gate.weight")),
+                               r_o = tensor_to_f32(fo.get(pre + "mlp.gate.weight"));
+      const size_t C = ln.size();
+      for (size_t i = 0; i < r.size(); ++i) {
+        const double s = static_cast<double>(ln[i % C]) / ln_o[i % C];
+        theirs_moved = std::max<double>(theirs_moved, std::fabs(r_t[i] - r[i]) / std::fabs(r[i]));
+        ours_off = std::max(ours_off, std::fabs(r_o[i] - r[i] * s) / std::fabs(r[i] * s));
+      }
+    }
+    const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99}, {7, 8, 9, 10}});
+    const std::vector<std::vector<int64_t>> want = routing_of(src, batch);
+    const double agree_theirs = agreement(routing_of(theirs, batch), want), agree_ours = agreement(routing_of(ours, batch), want);
+    std::printf("MoE routers: AutoAWQ's changed by %.3g relative (unscaled), ours within %.3g of router x s; top-k sets "
+                "equal to the fp32 model's: AutoAWQ %.1f%%, ours %.1f%%\n",
+                theirs_moved, ours_off, 100 * agree_theirs, 100 * agree_ours);
+    EXPECT_LE(ours_off, kRouterRelTol);
   }
   const std::vector<float> ref = logits_of(src);
   const double e_theirs = rms_diff(logits_of(theirs), ref), e_ours = rms_diff(logits_of(ours), ref);

@@ -359,22 +359,6 @@ GptqModelOptions stories_gptq_options(const QuantizeOptions& rtn, const std::str
   return g;
 }
 
-// Perplexity of a model directory on the first 32 windows of 256 TinyStories tokens (stories260K's tokenizer).
-class TinyStoriesPerplexity {
- public:
-  explicit TinyStoriesPerplexity(const std::string& stories_dir) : ids_(test::tinystories_tokens(stories_dir)) {
-    ids_.resize(32 * 256);
-    po_.seq_len = 256;
-    po_.windows_per_batch = 8;
-    po_.quiet = true;
-  }
-  double operator()(const std::string& dir) const { return evaluate_perplexity(QwenModel(dir), ids_, po_).perplexity; }
-
- private:
-  std::vector<int32_t> ids_;
-  PerplexityOptions po_;
-};
-
 // The acceptance of the GPTQ driver on a real model: at the same bits, group size and grid, GPTQ calibrated on
 // C4 loses clearly less perplexity on TinyStories than round-to-nearest.
 TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
@@ -389,7 +373,7 @@ TEST(QuantizeModel, GptqBeatsRtnOnStories260K) {
   EXPECT_EQ(r.linears, 35);
   EXPECT_EQ(QwenModel(g.out.out_dir).config().intermediate_size, 192);
 
-  const TinyStoriesPerplexity ppl(fp32);
+  const test::TinyStoriesPerplexity ppl(fp32);
   const double base = ppl(fp32), p_rtn = ppl(rtn.out_dir), p_gptq = ppl(g.out.out_dir);
   std::printf("stories260K, 4-bit g64 asym, 32 x 256 TinyStories tokens: fp32 %.4f, rtn %.4f (+%.1f%%), gptq %.4f (+%.1f%%)\n",
               base, p_rtn, 100 * (p_rtn / base - 1), p_gptq, 100 * (p_gptq / base - 1));
@@ -517,7 +501,7 @@ TEST(QuantizeModel, GptqMoeQuantizesEachExpertOnItsOwnTokens) {
   double worst = 0;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     std::vector<std::vector<float>> X(c.num_experts);  // the gate_proj inputs each expert saw
-    q.block_forward(l, b, x.data(), nullptr, [&](BlockLinear at, int64_t e, const float* in, int64_t rows) {
+    q.block_forward(l, b, x.data(), nullptr, [&](BlockLinear at, int64_t e, const float* in, int64_t rows, const int64_t*) {
       if (at == BlockLinear::GateUp) X[e].insert(X[e].end(), in, in + rows * c.hidden_size);
     });
     if (!c.is_moe_layer(l)) continue;
@@ -592,60 +576,6 @@ TEST(QuantizeModel, GptqMoeBeatsRtnOnItsCalibration) {
   }
 }
 
-// stories260K (fp32) as a Qwen2-MoE with E copies of each layer's MLP as its experts (zero-padded from 172 to 192
-// channels, a function-preserving change that lets the 4-bit layouts pack them), top 2 of E with renormalized weights
-// and a random router: out = Σ_j w_j·MLP(x) = MLP(x), so the MoE model computes what stories260K does, while each
-// expert sees other tokens. No shared expert.
-std::string upcycle_stories260k(const std::string& dense, const std::string& dir, int64_t E) {
-  const QwenModel m(dense);
-  const QwenConfig& c = m.config();
-  const int64_t C = c.hidden_size, I = c.intermediate_size, I2 = 192;
-  Checkpoint ckpt(dense);
-  SafetensorsWriter w;
-  const std::regex mlp(R"(^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$)");
-  Rng rng(77);
-  for (const auto& name : ckpt.names()) {
-    const TensorView& t = ckpt.get(name);
-    std::smatch mm;
-    if (!std::regex_match(name, mm, mlp)) {
-      w.add(name, t.dtype, t.shape, t.data);
-      continue;
-    }
-    const bool down = mm[2] == "down";
-    std::vector<float> W(C * I2, 0.f);  // padded: zero rows of gate/up, zero columns of down
-    for (int64_t a = 0; a < (down ? C : I); ++a)
-      for (int64_t b = 0; b < (down ? I : C); ++b) W[down ? a * I2 + b : a * C + b] = t.as<float>()[a * (down ? I : C) + b];
-    std::vector<uint8_t> bytes(W.size() * 4);
-    std::memcpy(bytes.data(), W.data(), bytes.size());
-    const std::string p = "model.layers." + mm[1].str() + ".mlp.";
-    for (int64_t e = 0; e < E; ++e)
-      w.add_owned(p + "experts." + std::to_string(e) + "." + mm[2].str() + "_proj.weight", DType::F32,
-                  down ? std::vector<int64_t>{C, I2} : std::vector<int64_t>{I2, C}, bytes);
-    if (mm[2] == "gate") {
-      std::vector<uint8_t> router(E * C * 4);
-      for (int64_t i = 0; i < E * C; ++i) {
-        const float v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(C)));
-        std::memcpy(router.data() + 4 * i, &v, 4);
-      }
-      w.add_owned(p + "gate.weight", DType::F32, {E, C}, std::move(router));
-    }
-  }
-  EXPECT_EQ(std::system(("mkdir -p '" + dir + "'").c_str()), 0);
-  w.write(dir + "/model.safetensors");
-  nlohmann::json cfg = nlohmann::json::parse(read_file(dense + "/config.json"));
-  cfg["model_type"] = "qwen2_moe";
-  cfg["architectures"] = {"Qwen2MoeForCausalLM"};
-  cfg["num_experts"] = E;
-  cfg["num_experts_per_tok"] = 2;
-  cfg["moe_intermediate_size"] = I2;
-  cfg["shared_expert_intermediate_size"] = 0;
-  cfg["norm_topk_prob"] = true;
-  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
-  for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.model"})
-    if (file_exists(dense + "/" + f)) write_file_atomic(dir + "/" + f, read_file(dense + "/" + f));
-  return dir;
-}
-
 // GPTQ on a trained mixture of experts: the upcycled stories260K keeps stories260K's perplexity; RTN treats its
 // identical experts identically (the dense RTN's perplexity); GPTQ, one Hessian per expert from the tokens routed to
 // it, keeps clearly less of RTN's perplexity increase, as on the dense model.
@@ -653,7 +583,7 @@ TEST(QuantizeModel, GptqBeatsRtnOnAnUpcycledStories260KMoe) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
   const std::string dense = test::import_stories260k(root + "/fp32");
-  const std::string moe = upcycle_stories260k(dense, root + "/moe", 4);
+  const std::string moe = test::upcycle_stories260k(dense, root + "/moe", 4);
   const QuantizeOptions rtn = stories_rtn_options(moe, root + "/rtn");
   quantize_model(rtn);
   const GptqModelOptions g = stories_gptq_options(rtn, root + "/gptq");
@@ -662,7 +592,7 @@ TEST(QuantizeModel, GptqBeatsRtnOnAnUpcycledStories260KMoe) {
   rtn_dense.pad_intermediate = true;
   quantize_model(rtn_dense);
 
-  const TinyStoriesPerplexity ppl(dense);
+  const test::TinyStoriesPerplexity ppl(dense);
   const double base = ppl(dense), base_moe = ppl(moe), p_rtn = ppl(rtn.out_dir), p_rtn_dense = ppl(rtn_dense.out_dir),
                p_gptq = ppl(g.out.out_dir);
   std::printf("upcycled stories260K (4 experts, top 2), 4-bit g64 asym, 32 x 256 TinyStories tokens: dense %.4f, "

@@ -28,6 +28,7 @@
 #include "trainer/compare_report.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/model_dir.h"
+#include "trainer/quantize_output.h"
 #include "trainer/qwen_config.h"
 
 extern char** environ;
@@ -271,14 +272,32 @@ std::string base_name(const std::string& p) {
   return dot == std::string::npos ? b : b.substr(0, dot);
 }
 
+// Whether a method spec writes AutoAWQ's GEMM layout: awq (without -v2) and rtn-...-awq.
+bool writes_awq_layout(const std::string& spec) {
+  std::vector<std::string> parts;
+  std::stringstream ss(spec);
+  for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
+  if (parts.empty()) return false;
+  const auto has = [&](const char* p) { return std::find(parts.begin() + 1, parts.end(), p) != parts.end(); };
+  return (parts[0] == "awq" && !has("v2")) || (parts[0] == "rtn" && has("awq"));
+}
+
 void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
-  {  // AWQ and GGUF do not take mixtures of experts yet (RTN, GPTQ, NF4 and FP4 do): refused before any output
+  {  // Refused before any output: GGUF does not take mixtures of experts yet, and AutoAWQ's layout cannot keep a MoE
+     // model's routers unquantized when it has dense layers too (awq-v2 / rtn without -awq can).
     const QwenConfig cfg = load_qwen_config(model);
     std::stringstream methods(a.methods);
     for (std::string m; std::getline(methods, m, ',');) {
-      if (m.rfind("awq", 0) == 0 || m.rfind("gguf", 0) == 0) refuse_moe(cfg, "compare --methods " + m);
+      if (m.rfind("gguf", 0) == 0) refuse_moe(cfg, "compare --methods " + m);
+      if (!cfg.is_moe() || !writes_awq_layout(m)) continue;
+      try {
+        nlohmann::ordered_json qc;
+        add_moe_module_lists(qc, cfg, MoeListFor::Awq);
+      } catch (const Error& e) {
+        QWENQ_FAIL("compare --methods " << m << ": " << e.what() << " (in compare: awq-v2, or rtn without -awq)");
+      }
     }
   }
   // Both window lengths checked against the model's context now, not by each child after quantizing.

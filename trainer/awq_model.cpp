@@ -31,16 +31,66 @@
 
 namespace qwenq {
 
+std::vector<AwqLinear> awq_layer_linears(const QwenConfig& c, int64_t l) {
+  std::vector<AwqLinear> out;
+  const int dense_slots = c.is_moe_layer(l) ? 4 : 7;
+  for (int s = 0; s < dense_slots; ++s) {
+    const DecoderLinear& d = kDecoderLinears[s];
+    AwqLinear a{d.name, decoder_linear_outputs(c, d), block_linear_inputs(c, d.group), d.group};
+    a.slot = s;
+    a.clipped = s > 1;
+    out.push_back(std::move(a));
+  }
+  if (dense_slots == 7) return out;
+  const int64_t C = c.hidden_size;
+  auto add_expert = [&](int64_t e, int64_t I) {
+    const std::string p = moe_expert_path(e);
+    const char* names[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int which = 0; which < 3; ++which) {
+      AwqLinear a{p + names[which], which == 2 ? C : I, which == 2 ? I : C,
+                  AwqInput(which == 2 ? BlockLinear::Down : BlockLinear::GateUp, e)};
+      a.expert = e;
+      a.which = which;
+      out.push_back(std::move(a));
+    }
+  };
+  for (int64_t e = 0; e < c.num_experts; ++e) add_expert(e, c.moe_intermediate_size);
+  if (c.shared_expert_intermediate_size > 0) add_expert(-1, c.shared_expert_intermediate_size);
+  return out;
+}
+
+LinearWeight& awq_linear_weight(QwenModel& model, int64_t l, const AwqLinear& a) {
+  if (a.slot >= 0) return model.linear_weight(l, kDecoderLinears[a.slot].group, kDecoderLinears[a.slot].index);
+  return model.expert_linear(l, a.expert, a.which);
+}
+
+std::vector<AwqScaleGroup> awq_layer_groups(const QwenConfig& c, int64_t l) {
+  std::vector<AwqScaleGroup> out = {kAwqGroups[0]};
+  if (c.q_dim() == c.kv_dim()) out.push_back(kAwqGroups[1]);  // AutoAWQ: only when v_proj and o_proj have one shape
+  if (!c.is_moe_layer(l)) {
+    out.push_back(kAwqGroups[2]);
+    out.push_back(kAwqGroups[3]);
+    return out;
+  }
+  const std::vector<AwqLinear> lin = awq_layer_linears(c, l);
+  AwqScaleGroup in{"post_attention_layernorm", -1, {}, BlockLinear::GateUp, AwqModule::Mlp, {"mlp.gate"}};
+  if (c.shared_expert_intermediate_size > 0) in.dense_readers.push_back("mlp.shared_expert_gate");
+  std::vector<AwqScaleGroup> outs;
+  for (int i = 4; i < static_cast<int>(lin.size()); i += 3) {  // gate, up, down of each expert (the shared one last)
+    in.slots.push_back(i);
+    in.slots.push_back(i + 1);
+    outs.push_back({lin[i + 1].name, i + 1, {i + 2}, lin[i + 2].input, AwqModule::Single});
+  }
+  out.push_back(std::move(in));
+  out.insert(out.end(), outs.begin(), outs.end());
+  return out;
+}
+
 namespace {
 
-// The seven Linears of a block (trainer/qwen_model.h's kDecoderLinears), by index; AutoAWQ searches clip bounds for
-// all but q and k, whose errors the attention softmax amplifies (AutoAWQ's clip skip list).
-const DecoderLinear* const kSlots = kDecoderLinears;
-constexpr int kV = kAwqV, kGate = kAwqGate, kUp = kAwqUp, kDown = kAwqDown;
-constexpr bool clips(int slot) { return slot > 1; }
+constexpr int kGate = kAwqGate, kUp = kAwqUp, kDown = kAwqDown;
 using ScaleGroup = AwqScaleGroup;
 using Module = AwqModule;
-const AwqScaleGroup (&kGroups)[4] = kAwqGroups;
 
 int input_index(BlockLinear b) { return static_cast<int>(b); }
 
@@ -57,19 +107,21 @@ std::vector<float> matmul(const float* x, int64_t T, int64_t K, const std::vecto
   return y;
 }
 
-void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vector<float>& v, DType dtype) {
+void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vector<float>& v,
+                const std::vector<int64_t>& shape, DType dtype) {
   std::vector<uint8_t> bytes(v.size() * dtype_size(dtype));
   from_f32(dtype, v.data(), bytes.data(), v.size());
-  shards.current().add_owned(name, dtype, {static_cast<int64_t>(v.size())}, std::move(bytes));
+  shards.current().add_owned(name, dtype, shape, std::move(bytes));
   shards.note_added(name);
 }
 
-// The CPU: the calibration batch's residual stream X [T, C] and the captured group inputs in host memory;
-// QwenModel's attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens each), the
-// candidates swapped into the model for the call and the originals restored after it; a single Linear is a fp32
-// matmul. The reference of the attention and MLP groups is computed with the model's own weights (W unused there).
-// Candidates and clip bounds come from quant/awq_search.h's CPU twins (the former awq_fake_quantize(W·s)/s and
-// awq_search_clip, bit for bit).
+// The CPU: the calibration batch's residual stream X [T, C] and the captured inputs in host memory; QwenModel's
+// attention_forward / mlp_forward over the calibration pieces (at most chunk_tokens tokens each), the candidates
+// swapped into the model for the call and the originals restored after it; a single Linear is a fp32 matmul. The
+// reference of the attention and MLP groups is computed with the model's own weights (W unused there). Candidates
+// and clip bounds come from quant/awq_search.h's CPU twins (the former awq_fake_quantize(W·s)/s and awq_search_clip,
+// bit for bit). In a MoE layer the experts' gate/up inputs are the block input's rows of the tokens routed to them
+// (kept as token lists), their down_proj inputs are kept as the block produced them.
 class CpuBlockRunner final : public AwqBlockRunner {
  public:
   CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
@@ -84,20 +136,49 @@ class CpuBlockRunner final : public AwqBlockRunner {
   }
   int64_t tokens() const override { return pieces_.total_tokens; }
 
-  // The block on each piece in place (one piece's activations at a time), every group's input rows kept.
+  // The block on each piece in place (one piece's activations at a time), every input kept.
   void capture(int64_t l) override {
-    const int64_t C = model_.config().hidden_size;
-    for (int g = 0; g < 4; ++g) feats_[g].resize(static_cast<size_t>(tokens() * width(static_cast<BlockLinear>(g))));
+    const QwenConfig& c = model_.config();
+    const int64_t C = c.hidden_size, E = c.num_experts;
+    layer_ = l;
+    lin_ = awq_layer_linears(c, l);
+    const bool moe = c.is_moe_layer(l);
+    for (int g = 0; g < 4; ++g) {
+      const BlockLinear at = static_cast<BlockLinear>(g);
+      feats_[g].assign(moe && at == BlockLinear::Down ? 0 : static_cast<size_t>(tokens() * width(at)), 0.f);
+    }
+    routed_.assign(moe ? E : 0, {});
+    down_.assign(moe ? E + 1 : 0, {});
     for (size_t p = 0; p < pieces_.batches.size(); ++p) {
       const int64_t off = pieces_.offsets[p];
-      model_.block_forward(l, pieces_.batches[p], X_.data() + off * C, [&](BlockLinear at, const float* x, int64_t rows) {
-        std::copy(x, x + rows * width(at), feats_[input_index(at)].begin() + off * width(at));
-      });
+      const MoeInputHook experts = [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int64_t* tok) {
+        if (at == BlockLinear::GateUp) {
+          if (e >= 0) {
+            for (int64_t r = 0; r < rows; ++r) routed_[e].push_back(off + tok[r]);
+          }
+          return;
+        }
+        std::vector<float>& d = down_[e < 0 ? E : e];
+        d.insert(d.end(), x, x + rows * width(AwqInput(at, e)));
+      };
+      model_.block_forward(
+          l, pieces_.batches[p], X_.data() + off * C,
+          [&](BlockLinear at, const float* x, int64_t rows) {
+            std::copy(x, x + rows * width(at), feats_[input_index(at)].begin() + off * width(at));
+          },
+          moe ? experts : MoeInputHook{});
     }
   }
 
-  std::vector<float> input_mean(BlockLinear g) override {
-    return awq_activation_mean(feats_[input_index(g)].data(), tokens(), width(g));
+  int64_t rows(const AwqInput& in) const override {
+    if (in.is_block() || in.expert < 0) return tokens();
+    return static_cast<int64_t>(routed_.at(in.expert).size());
+  }
+
+  std::vector<float> input_mean(const AwqInput& in) override {
+    std::vector<float> scratch;
+    const float* x = rows_of(in, &scratch);
+    return awq_activation_mean(x, rows(in), width(in));
   }
 
   void set_reference(int64_t l, const ScaleGroup& grp, const std::vector<float>* W) override {
@@ -116,56 +197,79 @@ class CpuBlockRunner final : public AwqBlockRunner {
                      const AwqSearchOptions& opt) override {
     const int64_t K = width(grp.input);
     QWENQ_CHECK(static_cast<int64_t>(s.size()) == K, "awq: " << s.size() << " scales for " << K << " input columns");
-    std::vector<float> cand[3];
+    std::vector<std::vector<float>> cand(grp.slots.size());
     for (size_t j = 0; j < grp.slots.size(); ++j) {
       const std::vector<float>& w = W[grp.slots[j]];
       const int64_t N = static_cast<int64_t>(w.size()) / K;
       cand[j].resize(w.size());
       awq_candidate_ref(w.data(), N, K, s.data(), opt.bits, opt.group_size, cand[j].data());
     }
-    return loss(l, grp, cand);
+    return loss(l, grp, cand.data());
   }
 
-  std::vector<float> search_clip(BlockLinear g, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
+  std::vector<float> search_clip(const AwqInput& in, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
                                  const AwqSearchOptions& opt) override {
-    const int64_t T = tokens(), K0 = width(g), step = awq_clip_token_step(T, opt), S = awq_clip_rows(T, step);
+    const int64_t R = rows(in), K0 = width(in);
+    QWENQ_CHECK(R > 0, "awq: no calibration rows reach the Linear whose clip bounds are asked for");
+    const int64_t step = awq_clip_token_step(R, opt), S = awq_clip_rows(R, step);
     QWENQ_CHECK(s.empty() || static_cast<int64_t>(s.size()) == K0,
                 "awq: " << s.size() << " scales for " << K0 << " input columns");
-    std::vector<float> x(static_cast<size_t>(S * K));
-    awq_clip_inputs_ref(feats_[input_index(g)].data(), T, K0, step, s.empty() ? nullptr : s.data(), K, x.data());
+    std::vector<float> scratch, x(static_cast<size_t>(S * K));
+    awq_clip_inputs_ref(rows_of(in, &scratch), R, K0, step, s.empty() ? nullptr : s.data(), K, x.data());
     const int64_t G = opt.group_size > 0 ? opt.group_size : K;
     std::vector<float> max_val(static_cast<size_t>(N * ((K + G - 1) / G)));
     awq_clip_search_ref(W, N, K, x.data(), S, opt, max_val.data());
     return max_val;
   }
 
-  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
-    const int64_t T = tokens(), K = width(g), S = (T + step - 1) / step;
-    const std::vector<float>& x = feats_[input_index(g)];
-    std::vector<float> rows(static_cast<size_t>(S * K));
-    for (int64_t i = 0; i < S; ++i) std::copy_n(x.data() + i * step * K, K, rows.data() + i * K);
-    return rows;
+  std::vector<float> sampled_rows(const AwqInput& in, int64_t step) override {
+    const int64_t R = rows(in), K = width(in), S = (R + step - 1) / step;
+    std::vector<float> scratch;
+    const float* x = rows_of(in, &scratch);
+    std::vector<float> out(static_cast<size_t>(S * K));
+    for (int64_t i = 0; i < S; ++i) std::copy_n(x + i * step * K, K, out.data() + i * K);
+    return out;
   }
 
  private:
-  int64_t width(BlockLinear g) const { return block_linear_inputs(model_.config(), g); }
+  int64_t width(const AwqInput& in) const {
+    const QwenConfig& c = model_.config();
+    if (in.is_block()) return block_linear_inputs(c, in.at);
+    if (in.at == BlockLinear::GateUp) return c.hidden_size;
+    return in.expert < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;
+  }
 
-  // The module's output [T, N] over the kept input of grp, with the group's Linears at candidate (non-null) or,
+  // The rows [rows(in), width(in)] of a kept input: a block input or an expert's down_proj input as kept, an
+  // expert's gate/up input gathered into *scratch.
+  const float* rows_of(const AwqInput& in, std::vector<float>* scratch) const {
+    if (in.is_block()) return feats_[input_index(in.at)].data();
+    if (in.at == BlockLinear::Down) return down_.at(in.expert < 0 ? down_.size() - 1 : in.expert).data();
+    const std::vector<float>& n = feats_[input_index(BlockLinear::GateUp)];
+    if (in.expert < 0) return n.data();
+    const int64_t C = model_.config().hidden_size;
+    const std::vector<int64_t>& tok = routed_.at(in.expert);
+    scratch->resize(tok.size() * C);
+    for (size_t r = 0; r < tok.size(); ++r) std::copy_n(n.data() + tok[r] * C, C, scratch->data() + r * C);
+    return scratch->data();
+  }
+
+  // The module's output [rows, C] over the kept input of grp, with the group's Linears at candidate (non-null) or,
   // for a single Linear, at W[slot]; otherwise the model's own.
   std::vector<float> output(int64_t l, const ScaleGroup& grp, const std::vector<float>* W,
                             const std::vector<float>* candidate) {
+    QWENQ_CHECK(l == layer_, "awq: layer " << l << " evaluated after capturing layer " << layer_);
     const int64_t C = model_.config().hidden_size, T = tokens();
-    const std::vector<float>& x = feats_[input_index(grp.input)];
     if (grp.module == Module::Single) {
       const int s = grp.slots[0];
       const std::vector<float>& w = candidate ? candidate[0] : W[s];
-      const int64_t K = static_cast<int64_t>(x.size()) / T, N = static_cast<int64_t>(w.size()) / K;
-      return matmul(x.data(), T, K, w, N);
+      const int64_t K = width(grp.input), N = static_cast<int64_t>(w.size()) / K;
+      std::vector<float> scratch;
+      return matmul(rows_of(grp.input, &scratch), rows(grp.input), K, w, N);
     }
-    LinearWeight original[3];
+    const std::vector<float>& x = feats_[input_index(grp.input.at)];
+    std::vector<LinearWeight> original(grp.slots.size());
     for (size_t j = 0; j < grp.slots.size(); ++j) {
-      const int s = grp.slots[j];
-      LinearWeight& lw = model_.linear_weight(l, kSlots[s].group, kSlots[s].index);
+      LinearWeight& lw = awq_linear_weight(model_, l, lin_[grp.slots[j]]);
       original[j] = lw;
       if (candidate) lw = LinearWeight::from_fp32(candidate[j], lw.N, lw.K);
     }
@@ -178,17 +282,18 @@ class CpuBlockRunner final : public AwqBlockRunner {
         model_.mlp_forward(l, x.data() + off * C, pieces_.batches[p].num_tokens(), y.data() + off * C);
       }
     }
-    for (size_t j = 0; j < grp.slots.size(); ++j) {
-      const int s = grp.slots[j];
-      model_.linear_weight(l, kSlots[s].group, kSlots[s].index) = original[j];
-    }
+    for (size_t j = 0; j < grp.slots.size(); ++j) awq_linear_weight(model_, l, lin_[grp.slots[j]]) = original[j];
     return y;
   }
 
   QwenModel& model_;
   CalibChunks pieces_;
   std::vector<float> X_;         // residual stream [T, C]: the input of the next block to capture
-  std::vector<float> feats_[4];  // group inputs [T, K] of the last captured block
+  int64_t layer_ = -1;           // the captured block
+  std::vector<AwqLinear> lin_;   // its Linears
+  std::vector<float> feats_[4];  // block inputs [T, K] of the last captured block (a MoE layer: no Down)
+  std::vector<std::vector<int64_t>> routed_;  // MoE: the tokens routed to each expert, in the block's row order
+  std::vector<std::vector<float>> down_;      // MoE: each expert's down_proj inputs [rows, Im] (the shared one last)
   std::vector<float> reference_;
 };
 
@@ -220,13 +325,29 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
-  refuse_moe(cfg, "awq");
+  if (a.device == Device::Cuda) refuse_moe(cfg, "awq --device cuda");
+  // The quantization_config first: its MoE module lists refuse what the layout cannot describe before any work.
+  nlohmann::ordered_json qconfig =
+      o.layout == IntLayout::AwqGemm ? awq_quantization_config(o.bits, o.group_size)
+                                     : gptq_quantization_config(o.bits, o.group_size, false, false, false, 0.0, o.layout);
+  // AutoAWQ's config says nothing of the method (it is always AWQ); a GPTQ-layout file records it for readers.
+  if (o.layout != IntLayout::AwqGemm) qconfig["qwenq_method"] = "awq";
+  add_moe_module_lists(qconfig, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
-  const bool v_to_o = cfg.q_dim() == cfg.kv_dim();  // AutoAWQ: only when v_proj and o_proj have the same shape
-  for (int i = 0; i < 7; ++i) {
-    const LinearWeight& w = model.linear_weight(0, kSlots[i].group, kSlots[i].index);
-    const int64_t N2 = (i == kGate || i == kUp) ? I2 : w.N, K2 = i == kDown ? I2 : w.K;
-    check_layout_fits(o, o.model_dir + ": model.layers.*." + kSlots[i].name, N2, K2);
+  // The Linears and scaling groups of every layer; the written shapes (a dense MLP padded when asked) refused before
+  // any work.
+  std::vector<std::vector<AwqLinear>> linears(L);
+  std::vector<std::vector<AwqScaleGroup>> groups(L);
+  int64_t total_steps = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    linears[l] = awq_layer_linears(cfg, l);
+    groups[l] = awq_layer_groups(cfg, l);
+    total_steps += static_cast<int64_t>(groups[l].size()) + 1;
+    if (l > 0 && cfg.is_moe_layer(l) == cfg.is_moe_layer(l - 1)) continue;  // the shapes of the layer before
+    for (const AwqLinear& x : linears[l]) {
+      const int64_t N2 = (x.slot == kGate || x.slot == kUp) ? I2 : x.N, K2 = x.slot == kDown ? I2 : x.K;
+      check_layout_fits(o, o.model_dir + ": model.layers." + std::to_string(l) + "." + x.name, N2, K2);
+    }
   }
 
   const bool loaded = !a.load_search.empty();
@@ -281,8 +402,9 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   auto layer_prefix = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
-  // Everything but the decoder Linears, the norms that absorb scales and (with v -> o scaling) v_proj's bias
-  // passes through from the map.
+  // Everything but the decoder Linears, the norms that absorb scales, (with v -> o scaling) v_proj's bias and the
+  // routers that take the scales passes through from the map.
+  const bool v_to_o = cfg.q_dim() == cfg.kv_dim();
   for (const auto& name : ckpt.names()) {
     if (std::regex_match(name, kDecoderLinearRe)) continue;
     const auto ends_with = [&](const std::string& s) {
@@ -290,7 +412,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     };
     if (name.rfind("model.layers.", 0) == 0 &&
         (ends_with(".input_layernorm.weight") || ends_with(".post_attention_layernorm.weight") ||
-         (v_to_o && ends_with(".self_attn.v_proj.bias")))) {
+         (v_to_o && ends_with(".self_attn.v_proj.bias")) ||
+         (cfg.is_moe() && (ends_with(".mlp.gate.weight") || ends_with(".mlp.shared_expert_gate.weight"))))) {
       continue;
     }
     shards.add_view(name, ckpt.get(name));
@@ -298,16 +421,18 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   }
 
   QuantizeReport rep;
-  Progress bar("awq", L * 5, "steps", o.quiet);
+  Progress bar("awq", total_steps, "steps", o.quiet);
   int64_t steps = 0;
   for (int64_t l = 0; l < L; ++l) {
     const std::string pre = layer_prefix(l);
-    // fp32 working copies of the block's Linears and of the ops that absorb the scales.
-    std::vector<float> W[7];
-    int64_t N[7], K[7];
-    LinearWeight original[7];
-    for (int i = 0; i < 7; ++i) {
-      LinearWeight& lw = model.linear_weight(l, kSlots[i].group, kSlots[i].index);
+    const std::vector<AwqLinear>& lin = linears[l];
+    const size_t n_lin = lin.size();
+    // fp32 working copies of the layer's Linears and of the ops that absorb the scales.
+    std::vector<std::vector<float>> W(n_lin);
+    std::vector<int64_t> N(n_lin), K(n_lin);
+    std::vector<LinearWeight> original(n_lin);
+    for (size_t i = 0; i < n_lin; ++i) {
+      LinearWeight& lw = awq_linear_weight(model, l, lin[i]);
       original[i] = lw;
       W[i] = lw.dequantize();
       N[i] = lw.N;
@@ -322,15 +447,14 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     // 1. Inputs of every Linear group from the original block; its output feeds the next block.
     if (!loaded) runner->capture(l);
 
-    // 2. Scales per group, searched against the module's output with the original weights everywhere else.
-    std::vector<float> scales[4];
-    for (int gi = 0; gi < 4; ++gi) {
-      const ScaleGroup& grp = kGroups[gi];
+    // 2. Scales per group, searched against the module's output with the original weights everywhere else. An
+    //    expert no calibration token reached keeps s = 1 (saved so, so that a loaded search knows it).
+    const std::vector<AwqScaleGroup>& grps = groups[l];
+    std::vector<std::vector<float>> scales(grps.size());
+    std::vector<int64_t> idle;
+    for (size_t gi = 0; gi < grps.size(); ++gi) {
+      const ScaleGroup& grp = grps[gi];
       const std::string key = pre + grp.prev;
-      if (gi == 1 && !v_to_o) {
-        bar.update(++steps);
-        continue;
-      }
       const int64_t width = K[grp.slots[0]];
       if (loaded) {
         auto it = found.scales.find(key);
@@ -339,6 +463,13 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
                     a.load_search << ": " << key << ".awq_scales has " << it->second.size() << " values, the model needs "
                                   << width);
         scales[gi] = it->second;
+        bar.update(++steps);
+        continue;
+      }
+      if (runner->rows(grp.input) == 0) {
+        idle.push_back(grp.input.expert);
+        scales[gi].assign(width, 1.f);
+        found.scales[key] = scales[gi];
         bar.update(++steps);
         continue;
       }
@@ -351,74 +482,101 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
       const std::vector<float> x_mean = runner->input_mean(grp.input);
       const std::vector<float> w_mean = awq_weight_mean(ws, rows, width, o.group_size);
       // The module's output with the original weights, and the loss of candidate weights Q(W·s)/s against it.
-      runner->set_reference(l, grp, W);
+      runner->set_reference(l, grp, W.data());
       const AwqScaleResult r = awq_search_scale(
-          x_mean, w_mean, so, [&](const std::vector<float>& s) { return runner->loss_scaled(l, grp, W, s, so); });
+          x_mean, w_mean, so, [&](const std::vector<float>& s) { return runner->loss_scaled(l, grp, W.data(), s, so); });
       scales[gi] = r.scales;
       found.scales[key] = r.scales;
-      char extra[96];
-      std::snprintf(extra, sizeof extra, "layer %lld %s alpha %.2f", (long long)l, grp.prev, r.best_alpha);
+      char extra[160];
+      std::snprintf(extra, sizeof extra, "layer %lld %s alpha %.2f", (long long)l, grp.prev.c_str(), r.best_alpha);
       bar.update(++steps, extra);
     }
+    if (!idle.empty() && !o.quiet) {
+      std::string list;
+      for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
+      std::fprintf(stderr, "awq: layer %lld: %zu of %lld experts received no calibration token (%s): their down_proj "
+                           "is not scaled (s = 1) and no clip bound is searched for them; more or longer calibration "
+                           "windows reach more experts\n",
+                   (long long)l, idle.size(), (long long)cfg.num_experts, list.c_str());
+    }
 
-    // 3. Fold the scales in: previous op's output channels / s, the group's input columns · s (inputs / s).
-    for (int gi = 0; gi < 4; ++gi) {
-      if (scales[gi].empty()) continue;
-      const ScaleGroup& grp = kGroups[gi];
+    // 3. Fold the scales in: previous op's output channels / s, the group's input columns · s (inputs / s), and the
+    //    columns of the dense Linears reading the same input (routers) · s.
+    std::vector<const std::vector<float>*> input_scale(n_lin, nullptr);  // what each Linear's inputs were divided by
+    std::vector<std::pair<std::string, std::vector<float>>> readers;       // scaled routers, written after the layer
+    for (size_t gi = 0; gi < grps.size(); ++gi) {
+      const ScaleGroup& grp = grps[gi];
       const std::vector<float>& s = scales[gi];
       if (grp.prev_slot < 0) {
-        std::vector<float>& ln = norms[gi == 0 ? 0 : 1];
+        std::vector<float>& ln = norms[grp.prev == "input_layernorm" ? 0 : 1];
         for (size_t k = 0; k < ln.size(); ++k) ln[k] /= s[k];
       } else {
         const int p = grp.prev_slot;
         for (int64_t n = 0; n < N[p]; ++n) {
           for (int64_t k = 0; k < K[p]; ++k) W[p][n * K[p] + k] /= s[n];
         }
-        if (p == kV && has_v_bias) {
+        if (lin[p].slot == kAwqV && has_v_bias) {
           for (size_t n = 0; n < v_bias.size(); ++n) v_bias[n] /= s[n];
         }
       }
-      for (int sl : grp.slots) scale_columns(W[sl], N[sl], K[sl], s, false);
+      for (int sl : grp.slots) {
+        scale_columns(W[sl], N[sl], K[sl], s, false);
+        input_scale[sl] = &s;
+      }
+      for (const std::string& r : grp.dense_readers) {
+        std::vector<float> w = tensor_to_f32(ckpt.get(pre + r + ".weight"));
+        const int64_t width = static_cast<int64_t>(s.size());
+        scale_columns(w, static_cast<int64_t>(w.size()) / width, width, s, false);
+        readers.emplace_back(r, std::move(w));
+      }
     }
 
-    // 4. Pad the MLP width (zero gate/up rows, zero down columns and inputs), search and apply clip bounds,
+    // 4. Pad a dense MLP's width (zero gate/up rows, zero down columns and inputs), search and apply clip bounds,
     //    round onto the grid, write.
-    if (I2 != I) {
+    if (I2 != I && !cfg.is_moe_layer(l)) {
       for (int sl : {kGate, kUp}) W[sl] = pad_matrix(W[sl], N[sl], K[sl], I2, K[sl]), N[sl] = I2;
       W[kDown] = pad_matrix(W[kDown], N[kDown], K[kDown], N[kDown], I2);
       K[kDown] = I2;
     }
     // The clip search runs where the activations live, on the tokens it samples (awq_clip_token_step) of the
-    // Linear's group input, divided by the group's scales like the folded weights' inputs, the MLP width padded
-    // with zero columns.
-    for (int i = 0; i < 7; ++i) {
-      const std::string prefix = pre + kSlots[i].name;
-      const int64_t groups = (K[i] + o.group_size - 1) / o.group_size;
+    // Linear's input, divided by the scales its columns took, the MLP width padded with zero columns.
+    for (size_t i = 0; i < n_lin; ++i) {
+      const std::string prefix = pre + lin[i].name;
+      const int64_t groups_k = (K[i] + o.group_size - 1) / o.group_size;
       if (loaded) {
         auto it = found.clips.find(prefix);
         if (it != found.clips.end()) {
-          QWENQ_CHECK(it->second.second == (std::vector<int64_t>{N[i], groups}),
-                      a.load_search << ": " << prefix << ".awq_clip is not [" << N[i] << ", " << groups << "]");
+          QWENQ_CHECK(it->second.second == (std::vector<int64_t>{N[i], groups_k}),
+                      a.load_search << ": " << prefix << ".awq_clip is not [" << N[i] << ", " << groups_k << "]");
           awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, it->second.first);
         }
-      } else if (a.clip && clips(i)) {
-        const BlockLinear g = kSlots[i].group;
-        std::vector<float> mx = runner->search_clip(g, scales[input_index(g)], W[i].data(), N[i], K[i], so);
+      } else if (a.clip && lin[i].clipped && runner->rows(lin[i].input) > 0) {
+        static const std::vector<float> kUnscaled;
+        std::vector<float> mx = runner->search_clip(lin[i].input, input_scale[i] ? *input_scale[i] : kUnscaled,
+                                                    W[i].data(), N[i], K[i], so);
         awq_apply_clip(W[i].data(), N[i], K[i], o.group_size, mx);
-        found.clips[prefix] = {std::move(mx), {N[i], groups}};
+        found.clips[prefix] = {std::move(mx), {N[i], groups_k}};
       }
       const GroupGrid grid = find_grid(W[i].data(), N[i], K[i], o.bits, o.group_size, /*sym=*/false, GridRule::Awq);
       const std::vector<uint8_t> codes = quantize_rtn(W[i].data(), grid);
       shards.add_int_linear(prefix, pack_int_linear(codes.data(), grid, nullptr, o.layout));
+      std::vector<float>().swap(W[i]);
       ++rep.linears;
       rep.params_quantized += N[i] * K[i];
     }
     for (const LinearWeight& w : original) {
       if (w.is_dense() && !w.owned) release_mapped_pages(w.dense.data, w.dense.nbytes());  // a view of the map
     }
-    add_f32_as(shards, pre + "input_layernorm.weight", norms[0], ln1_view.dtype);
-    add_f32_as(shards, pre + "post_attention_layernorm.weight", norms[1], ln2_view.dtype);
-    if (v_to_o && has_v_bias) add_f32_as(shards, pre + "self_attn.v_proj.bias", v_bias, ckpt.get(pre + "self_attn.v_proj.bias").dtype);
+    add_f32_as(shards, pre + "input_layernorm.weight", norms[0], ln1_view.shape, ln1_view.dtype);
+    add_f32_as(shards, pre + "post_attention_layernorm.weight", norms[1], ln2_view.shape, ln2_view.dtype);
+    if (v_to_o && has_v_bias) {
+      const TensorView& b = ckpt.get(pre + "self_attn.v_proj.bias");
+      add_f32_as(shards, pre + "self_attn.v_proj.bias", v_bias, b.shape, b.dtype);
+    }
+    for (const auto& [name, w] : readers) {
+      const TensorView& v = ckpt.get(pre + name + ".weight");
+      add_f32_as(shards, pre + name + ".weight", w, v.shape, v.dtype);
+    }
     shards.maybe_flush();
     char extra[64];
     std::snprintf(extra, sizeof extra, "layer %lld quantized", (long long)l);
@@ -433,11 +591,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
   if (I2 != I) config["intermediate_size"] = I2;
-  config["quantization_config"] = o.layout == IntLayout::AwqGemm
-                                      ? awq_quantization_config(o.bits, o.group_size)
-                                      : gptq_quantization_config(o.bits, o.group_size, false, false, false, 0.0, o.layout);
-  // AutoAWQ's config says nothing of the method (it is always AWQ); a GPTQ-layout file records it for readers.
-  if (o.layout != IntLayout::AwqGemm) config["quantization_config"]["qwenq_method"] = "awq";
+  config["quantization_config"] = qconfig;
   return finish_output(config, o.model_dir, shards, out, t0, rep);
 }
 

@@ -111,7 +111,13 @@ class CudaBlockRunner final : public AwqBlockRunner {
     }
   }
 
-  std::vector<float> input_mean(BlockLinear g) override {
+  int64_t rows(const AwqInput& in) const override {
+    block_input(in);
+    return T_;
+  }
+
+  std::vector<float> input_mean(const AwqInput& in) override {
+    const BlockLinear g = block_input(in);
     const int64_t K = width(g);
     QWENQ_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, static_cast<size_t>(K) * sizeof(double), s_));
     column_abs_sum_cuda(feats_[static_cast<int>(g)].as<float>(), T_, K, sums_.as<double>(), s_);
@@ -144,7 +150,7 @@ class CudaBlockRunner final : public AwqBlockRunner {
                      const AwqSearchOptions& opt) override {
     QWENQ_CHECK(ref_layer_ == l && ref_group_ == grp.prev,
                 "awq: loss_scaled for layer " << l << " " << grp.prev << " without its set_reference");
-    const int64_t K = width(grp.input);
+    const int64_t K = width(block_input(grp.input));
     QWENQ_CHECK(static_cast<int64_t>(s.size()) == K, "awq: " << s.size() << " scales for " << K << " input columns");
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(s_dev_.get(), s.data(), f32_bytes(1, K), cudaMemcpyHostToDevice, s_));
     for (size_t j = 0; j < grp.slots.size(); ++j) {
@@ -160,8 +166,9 @@ class CudaBlockRunner final : public AwqBlockRunner {
     return candidate_loss(l, grp);
   }
 
-  std::vector<float> search_clip(BlockLinear g, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
+  std::vector<float> search_clip(const AwqInput& in, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
                                  const AwqSearchOptions& opt) override {
+    const BlockLinear g = block_input(in);
     const int64_t K0 = width(g), step = awq_clip_token_step(T_, opt), S = awq_clip_rows(T_, step);
     QWENQ_CHECK(s.empty() || static_cast<int64_t>(s.size()) == K0,
                 "awq: " << s.size() << " scales for " << K0 << " input columns");
@@ -183,7 +190,8 @@ class CudaBlockRunner final : public AwqBlockRunner {
     return max_val;
   }
 
-  std::vector<float> sampled_rows(BlockLinear g, int64_t step) override {
+  std::vector<float> sampled_rows(const AwqInput& in, int64_t step) override {
+    const BlockLinear g = block_input(in);
     QWENQ_CHECK(step >= 1, "awq: token step " << step);
     const int64_t K = width(g), S = (T_ + step - 1) / step;
     std::vector<float> rows(static_cast<size_t>(S * K));
@@ -212,6 +220,11 @@ class CudaBlockRunner final : public AwqBlockRunner {
   }
 
   int64_t width(BlockLinear g) const { return block_linear_inputs(cfg_, g); }
+  // The runner keeps block inputs only: the GPU model refuses MoE layers, whose experts read their own rows.
+  static BlockLinear block_input(const AwqInput& in) {
+    QWENQ_CHECK(in.is_block(), "awq: the GPU runner has no per-expert inputs (expert " << in.expert << ")");
+    return in.at;
+  }
   int64_t max_width() const { return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size}); }
 
   // Output rows N of the Linear in slot `slot` (its K is width(kDecoderLinears[slot].group)).
@@ -251,7 +264,8 @@ class CudaBlockRunner final : public AwqBlockRunner {
   void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, const DeviceAllocation* weights, float* out) {
     const PackedBatch& b = chunks_[c];
     const int64_t rows = b.num_tokens();
-    const float* x = feats_[static_cast<int>(grp.input)].as<float>() + offset_[c] * width(grp.input);
+    const BlockLinear at = block_input(grp.input);
+    const float* x = feats_[static_cast<int>(at)].as<float>() + offset_[c] * width(at);
     const float* w[3] = {weights[0].as<float>(), weights[1].as<float>(), weights[2].as<float>()};
     switch (grp.module) {
       case AwqModule::SelfAttn:

@@ -83,6 +83,20 @@ std::vector<MemoryPart> awq_cpu_memory_parts(const QwenConfig& cfg, int64_t wind
   parts.push_back({"the captured Linear inputs " + shape(windows, seq_len, inputs, "width"), saturate(4.0 * T * inputs)});
   parts.push_back({"the reference and candidate module outputs, 2 x " + shape(windows, seq_len, C, "hidden"),
                    saturate(2.0 * 4.0 * T * C)});
+  if (cfg.is_moe()) {
+    // Each token's k experts' down_proj inputs (and the shared expert's), the routed token lists, and one MoE layer's
+    // experts in fp32 twice over: the working copies and a grid point's gate/up candidates.
+    const double E = static_cast<double>(cfg.num_experts), k = static_cast<double>(cfg.experts_per_token);
+    const double Im = static_cast<double>(cfg.moe_intermediate_size);
+    const double Is = static_cast<double>(cfg.shared_expert_intermediate_size), Cd = static_cast<double>(C);
+    parts.push_back({"the experts' down_proj inputs " + shape(windows, seq_len, cfg.experts_per_token *
+                                                                                     cfg.moe_intermediate_size +
+                                                                                 cfg.shared_expert_intermediate_size,
+                                                              "width"),
+                     saturate(4.0 * T * (k * Im + Is) + 8.0 * T * k)});
+    parts.push_back({"one MoE layer's experts in fp32, working copies and candidates",
+                     saturate(4.0 * (3.0 * Cd * (E * Im + Is) + 2.0 * Cd * (E * Im + Is)))});
+  }
   return parts;
 }
 

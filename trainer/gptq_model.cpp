@@ -92,7 +92,7 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
     const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
     work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
     model.block_forward(l, chunks.batches[c], work.data(), nullptr,
-                        [&](BlockLinear at, int64_t e, const float* x, int64_t rows) {
+                        [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int64_t*) {
                           if (at == group) H[e < 0 ? E : e].add_batch(x, rows);
                         });
   }

@@ -76,18 +76,18 @@ void branch_backward(const ExpertLora& L, int j, const float* dy, const float* x
   lora_backward_ref(dy, x, L.u[j], rows, w.K, w.N, w.r, w.A.data(), w.B.data(), L.s, g.A.data(), g.B.data(), dx);
 }
 
-// gate, up, act [rows, I] and y [rows, C] of one expert on x [rows, C], with its adapters; the hook sees expert
-// `id`'s two inputs.
-void expert_forward(const MoeExpertWeights& e, int64_t id, const float* x, int64_t rows, float* gate, float* up,
-                    float* act, float* y, const MoeInputHook& hook, const ExpertLora& L) {
+// gate, up, act [rows, I] and y [rows, C] of one expert on x [rows, C] (row r: token tokens[r], null for every
+// token in order), with its adapters; the hook sees expert `id`'s two inputs.
+void expert_forward(const MoeExpertWeights& e, int64_t id, const float* x, int64_t rows, const int64_t* tokens,
+                    float* gate, float* up, float* act, float* y, const MoeInputHook& hook, const ExpertLora& L) {
   const int64_t I = e.gate.N;
-  if (hook) hook(BlockLinear::GateUp, id, x, rows);
+  if (hook) hook(BlockLinear::GateUp, id, x, rows, tokens);
   apply_linear(e.gate, x, rows, TensorView{}, gate);
   branch_forward(L, 0, x, rows, gate);
   apply_linear(e.up, x, rows, TensorView{}, up);
   branch_forward(L, 1, x, rows, up);
   swiglu_forward_ref(gate, up, rows * I, act);
-  if (hook) hook(BlockLinear::Down, id, act, rows);
+  if (hook) hook(BlockLinear::Down, id, act, rows, tokens);
   apply_linear(e.down, act, rows, TensorView{}, y);
   branch_forward(L, 2, act, rows, y);
 }
@@ -130,15 +130,17 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
   a.probs.resize(T * E);
   moe_route_ref(logits.data(), T, E, k, c.norm_topk_prob, a.chosen.data(), a.weight.data(), a.probs.data());
 
-  // Choices grouped by expert (a counting sort, token order kept within an expert).
+  // Choices grouped by expert (a counting sort) in transformers' order within an expert: torch.where over its
+  // [k, T] mask, the tokens that chose it first, then second, ..., each in token order. (Each token meets an expert
+  // at most once, so the order changes no token's sum; it decides which rows AWQ's clip search samples.)
   a.start.assign(E + 1, 0);
   for (int64_t i = 0; i < T * k; ++i) ++a.start[a.chosen[i] + 1];
   for (int64_t e = 0; e < E; ++e) a.start[e + 1] += a.start[e];
   std::vector<int64_t> fill(a.start.begin(), a.start.end() - 1);
   a.token.resize(T * k);
   a.slot.resize(T * k);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t j = 0; j < k; ++j) {
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0; t < T; ++t) {
       const int64_t r = fill[a.chosen[t * k + j]]++;
       a.token[r] = t;
       a.slot[r] = static_cast<int32_t>(j);
@@ -191,7 +193,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
       A.resize(rows * Im);
       Y.resize(rows * C);
     }
-    expert_forward(m.experts[e], e, x, rows, G.data() + base * Im, U.data() + base * Im, A.data() + base * Im,
+    expert_forward(m.experts[e], e, x, rows, a.token.data() + r0, G.data() + base * Im, U.data() + base * Im, A.data() + base * Im,
                    Y.data() + base * C, hook, expert_lora(lora, a, false, e, r0));
     for (int64_t r = 0; r < rows; ++r) {
       const float w = a.weight[a.token[r0 + r] * k + a.slot[r0 + r]];
@@ -207,7 +209,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
     a.sact.resize(T * Is);
     a.sy.resize(T * C);
     a.g.resize(T);
-    expert_forward(m.shared, -1, n, T, a.sgate.data(), a.sup.data(), a.sact.data(), a.sy.data(), hook,
+    expert_forward(m.shared, -1, n, T, nullptr, a.sgate.data(), a.sup.data(), a.sact.data(), a.sy.data(), hook,
                    expert_lora(lora, a, true, -1, 0));
     apply_linear(m.shared_gate, n, T, TensorView{}, a.g.data());
     for (int64_t t = 0; t < T; ++t) {

@@ -4,8 +4,9 @@
 //   p_t    = softmax(r_t);  S_t = its k largest;  w_{t,j} = p_t[S_t[j]] (/ Z_t = Σ_j p_t[S_t[j]] with norm_topk_prob)
 //   y_{t,j} = expert_{S_t[j]}(n_t),  expert(x) = (silu(x W_gᵀ) ⊙ x W_uᵀ) W_dᵀ
 //   out_t  = Σ_j w_{t,j} · y_{t,j}  +  σ(g_t) · shared(n_t),  g_t = n_t · w_sg       (shared expert: qwen2_moe)
-// The experts run in index order, each on the tokens routed to it (gathered, in token order), and their weighted
-// outputs are added to out in that order, as transformers' loop over experts with index_add_ does.
+// The experts run in index order, each on the tokens routed to it (gathered in transformers' order: those that chose
+// it first, then second, ..., each in token order), and their weighted outputs are added to out in that order, as
+// transformers' loop over experts with index_add_ does.
 //
 // Backward (every weight frozen; the routing choice S is piecewise constant, so no gradient flows through it):
 //   dy_{t,j} = w_{t,j} · dout_t            → through expert S_t[j] (SwiGLU backward)  → dn_t
@@ -29,10 +30,12 @@
 namespace qwenq {
 
 // Sees the inputs of one expert's Linears as the block runs: expert e in [0, E) or -1 for the shared expert; `at` =
-// GateUp: x [rows, C] the tokens routed to it (in token order; every token for the shared expert), Down: x [rows, Im]
-// the SwiGLU output entering its down_proj. An expert no token chose is not called. (GPTQ's Hessians per expert.)
+// GateUp: x [rows, C] the tokens routed to it (in the block's row order above; every token for the shared expert),
+// Down: x [rows, Im] the SwiGLU output entering its down_proj. Row r is token tokens[r] of the block's input (tokens
+// null: the shared expert, row r is token r). An expert no token chose is not called. (GPTQ's Hessians and AWQ's inputs per expert.)
 enum class BlockLinear;
-using MoeInputHook = std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows)>;
+using MoeInputHook =
+    std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows, const int64_t* tokens)>;
 
 // The LoRA adapters on one MoE layer's experts (PEFT's gate_proj / up_proj / down_proj targets there adapt every
 // expert's and the shared expert's Linear): y += s·(drop(x) Aᵀ) Bᵀ on each adapted one, x the rows that Linear sees.

@@ -49,7 +49,7 @@ void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeLi
   if (format == MoeListFor::Awq) {
     QWENQ_CHECK(!dense_layers, "the AutoAWQ layout cannot mark a MoE model's routers unquantized when it also has "
                                "dense layers (mlp_only_layers / decoder_sparse_step): transformers skips modules by "
-                               "substring and \"mlp.gate\" would also skip their mlp.gate_proj; use --format gptq");
+                               "substring and \"mlp.gate\" would also skip their mlp.gate_proj; use --format gptq_v2 (or, for rtn, gptq)");
     nlohmann::ordered_json skip = {"mlp.gate"};
     if (shared) skip.push_back("mlp.shared_expert_gate");
     qc["modules_to_not_convert"] = skip;

@@ -165,6 +165,7 @@ void QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, c
                              const MoeInputHook& moe_hook, float* out) const {
   const QwenLayerWeights& L = w_.layers[l];
   if (cfg_.is_moe_layer(l)) {
+    if (hook) hook(BlockLinear::GateUp, n, T);  // the block's input: the router's and (a subset) every expert's
     moe_block_forward(cfg_, L.moe, n, T, out, moe_hook);
     return;
   }

@@ -64,7 +64,8 @@ inline int64_t decoder_linear_outputs(const QwenConfig& c, const DecoderLinear& 
                                           : c.hidden_size;
 }
 // Sees the input [T, K] of each Linear group as a block runs (GPTQ calibration accumulates Hessians from it).
-// In a MoE layer it sees QKV and O only; the experts' inputs go to a MoeInputHook (trainer/moe_block.h).
+// In a MoE layer it sees QKV, O and GateUp (the MoE block's input n [T, C], which the router reads and each expert a
+// subset of); the experts' own inputs go to a MoeInputHook (trainer/moe_block.h).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
 
 // The storage of a KV cache (`generate --kv-cache f32|bf16`). F32 (the default) keeps the fp32 k and v rows. BF16

@@ -290,10 +290,16 @@ refuse moe_train_dora "DoRA on a mixture-of-experts model's MLP target gate_proj
   || fail "eval --adapter on a MoE base" moe_eval_ad.txt
 "$QL" merge --model moe_gptq --adapter moe_run --out moe_merged -q > moe_merge.txt 2>&1 || fail "merge into a GPTQ MoE base" moe_merge.txt
 "$QQ" eval --model moe_merged --data text.jsonl --seq-len 64 -q > moe_eval_m.txt 2>&1 || fail "eval of a merged MoE" moe_eval_m.txt
-refuse moe_awq "awq $MOE" "$QQ" awq --model moe --out moe_awq --calib text.jsonl --calib-seq-len 32 -q
+refuse moe_awq "the AutoAWQ layout cannot mark a MoE model's routers unquantized" "$QQ" awq --model moe --out moe_awq \
+  --calib text.jsonl --calib-seq-len 32 -q
 refuse moe_gguf "gguf $MOE" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
-refuse moe_compare "compare --methods awq $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,awq \
+refuse moe_compare "compare --methods gguf-q4_0 $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
   --data text.jsonl --calib text.jsonl
+refuse moe_compare_awq "compare --methods awq: the AutoAWQ layout cannot mark" "$QQ" compare --model moe --out moe_cmp \
+  --methods rtn,awq --data text.jsonl --calib text.jsonl
+"$QQ" awq --model moe --out moe_awq2 --format gptq_v2 --calib text.jsonl --calib-seq-len 32 --calib-samples 8 -q \
+  > moe_awq2.txt 2>&1 || fail "awq --format gptq_v2 on a MoE model" moe_awq2.txt
+"$QQ" eval --model moe_awq2 --data text.jsonl --seq-len 64 -q > moe_awq2_eval.txt 2>&1 || fail "eval of an AWQ MoE" moe_awq2_eval.txt
 for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"

@@ -14,6 +14,12 @@ AutoAWQ's own unpacking describes.
    scales folded into the norms (the search's choices), every Linear's stored scales (the clip choices and the
    grid), and the logits error against the fp32 model. They cannot be bit-identical: AutoAWQ rounds the scaled,
    clipped weights to fp16 before its final rounding (`_apply_quant`: `.half()`), qwenq quantizes them in fp32.
+5. The same for a tiny random Qwen3-MoE (8 experts, top 2; AutoAWQ's awq/models/qwen3_moe.py groups: every expert's
+   gate/up after post_attention_layernorm over the MoE block, each expert's up -> down on its own tokens), the routers
+   kept unquantized (modules_to_not_convert ["mlp.gate"]). AutoAWQ folds 1/s into post_attention_layernorm but leaves
+   the router mlp.gate unscaled, so its file routes tokens differently from the model it quantized; qwenq scales the
+   router's columns by s too. The gtest checks that, compares the routing of both files with the fp32 model's, and
+   still requires the same scales, clip choices and an error no larger than AutoAWQ's.
 """
 import importlib.machinery
 import json
@@ -42,29 +48,11 @@ except ImportError as e:  # pragma: no cover
     skip(f"torch/transformers/autoawq not importable: {e}")
 
 out = work_dir(args.build, "autoawq_oracle")
-src, qdir = os.path.join(out, "fp32"), os.path.join(out, "awq")
 GROUP = 32
-torch.manual_seed(11)
-cfg = transformers.Qwen2Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
-                               tie_word_embeddings=False)
-model = transformers.Qwen2ForCausalLM(cfg)
-with torch.no_grad():
-    for pname, p in model.named_parameters():
-        if pname.endswith("norm.weight"):
-            p.copy_(1.0 + 0.3 * torch.randn_like(p))
-        elif pname.endswith("bias"):
-            p.copy_(0.2 * torch.randn_like(p))
-        else:
-            p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
-model.save_pretrained(src, safe_serialization=True)
-# Tokenizer files: the byte-level BPE of `qwen-quant init-random` (vocab 320), read by transformers too.
 qq = os.path.join(args.build, "qwen-quant")
+# Tokenizer files: the byte-level BPE of `qwen-quant init-random` (vocab 320), read by transformers too.
 tk = os.path.join(out, "tokenizer-source")
 run([qq, "init-random", "--preset", "tiny", "--out", tk, "--overwrite"])
-for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-    shutil.copy(os.path.join(tk, f), os.path.join(src, f))
-tok = transformers.AutoTokenizer.from_pretrained(src)
 
 # Calibration documents, the same for AutoAWQ and for `qwen-quant awq --calib-concat` (AutoAWQ's convention).
 words = "the a cat dog bird fish sat ran sang ate on in to park mat song food house tree big small red".split()
@@ -76,6 +64,24 @@ with open(docs, "w") as f:
     for t in texts:
         f.write(json.dumps({"text": t}) + "\n")
 DOCS, SEQ = 200, 64
+
+
+def random_model(model_cls, cfg, src):
+    """A random model in fp32 (norms near 1, small biases, weights ~ 1/sqrt(fan-in)) with the tokenizer files."""
+    model = model_cls(cfg)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif pname.endswith("bias"):
+                p.copy_(0.2 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
+    model.save_pretrained(src, safe_serialization=True)
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tk, f), os.path.join(src, f))
+
+
 # AutoAWQ's scale search saves the module's weights with `{k: v.cpu() for k, v in state_dict().items()}` and scales
 # them in place: on a GPU .cpu() copies, on the CPU it aliases, so from the second grid point on every candidate is
 # tried on already-scaled weights (the losses jump: 0.00313, 0.00406, ... where the algorithm gives 0.00313,
@@ -114,33 +120,61 @@ def _pseudo_quantize_fp16_scale(self, w):
 awq_quantizer.AwqQuantizer.pseudo_quantize_tensor = _pseudo_quantize_fp16_scale
 
 
-awq_model = AutoAWQForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
-awq_model.quantize(tok, quant_config={"zero_point": True, "q_group_size": GROUP, "w_bit": 4, "version": "GEMM"},
-                   calib_data=texts, max_calib_samples=DOCS, max_calib_seq_len=SEQ)
-awq_model.save_quantized(qdir)
-print("AutoAWQ wrote", sorted(os.listdir(qdir)))
 
-# Reference: AutoAWQ's own unpacking into a dense model.
-state = load_file(os.path.join(qdir, "model.safetensors"))
-dense = {}
-for name, t in state.items():
-    if name.endswith(".qweight"):
-        prefix = name[: -len(".qweight")]
-        w = dequantize_gemm(t, state[prefix + ".qzeros"], state[prefix + ".scales"].float(), 4, GROUP)
-        dense[prefix + ".weight"] = w.t().contiguous().float()
-    elif not name.endswith((".qzeros", ".scales")):
-        dense[name] = t.float()
-ref = transformers.Qwen2ForCausalLM(cfg).eval()
-missing, unexpected = ref.load_state_dict(dense, strict=False)
-assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
-ids = torch.tensor([[1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99]])
-with torch.no_grad():
-    logits = ref(ids).logits[0].float().contiguous()
-save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": logits}, os.path.join(qdir, "expected.safetensors"))
-# Our AWQ on the same model and the same calibration blocks.
-ours = os.path.join(out, "ours")
-run([qq, "awq", "--model", src, "--out", ours, "--overwrite", "--quiet", "--calib", docs, "--calib-concat",
-     "--calib-samples", str(DOCS), "--calib-seq-len", str(SEQ), "--group-size", str(GROUP), "--threads", "1"])
-run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours,
-                                           "QWENQ_ORACLE_AWQ_SOURCE": src})
+
+def quantize_both(tag, model_cls, cfg, not_convert=None):
+    """AutoAWQ and qwen-quant awq on one random model; returns the three directories (source, AutoAWQ's, ours)."""
+    src, qdir, ours = (os.path.join(out, tag + suffix) for suffix in ("-fp32", "-awq", "-ours"))
+    random_model(model_cls, cfg, src)
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    quant_config = {"zero_point": True, "q_group_size": GROUP, "w_bit": 4, "version": "GEMM"}
+    if not_convert:
+        quant_config["modules_to_not_convert"] = not_convert
+    awq_model = AutoAWQForCausalLM.from_pretrained(src, torch_dtype=torch.float32)
+    awq_model.quantize(tok, quant_config=quant_config, calib_data=texts, max_calib_samples=DOCS, max_calib_seq_len=SEQ)
+    awq_model.save_quantized(qdir)
+    print("AutoAWQ wrote", sorted(os.listdir(qdir)))
+
+    # Reference: AutoAWQ's own unpacking into a dense model.
+    state = load_file(os.path.join(qdir, "model.safetensors"))
+    dense = {}
+    for name, t in state.items():
+        if name.endswith(".qweight"):
+            prefix = name[: -len(".qweight")]
+            w = dequantize_gemm(t, state[prefix + ".qzeros"], state[prefix + ".scales"].float(), 4, GROUP)
+            dense[prefix + ".weight"] = w.t().contiguous().float()
+        elif not name.endswith((".qzeros", ".scales")):
+            dense[name] = t.float()
+    ref = model_cls(cfg).eval()
+    missing, unexpected = ref.load_state_dict(dense, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    ids = torch.tensor([[1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99]])
+    with torch.no_grad():
+        logits = ref(ids).logits[0].float().contiguous()
+    save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": logits},
+              os.path.join(qdir, "expected.safetensors"))
+    # Our AWQ on the same model and the same calibration blocks.
+    run([qq, "awq", "--model", src, "--out", ours, "--overwrite", "--quiet", "--calib", docs, "--calib-concat",
+         "--calib-samples", str(DOCS), "--calib-seq-len", str(SEQ), "--group-size", str(GROUP), "--threads", "1"])
+    return src, qdir, ours
+
+
+def check(tag, dirs):
+    src, qdir, ours = dirs
+    print(f"--- {tag}")
+    run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours,
+                                               "QWENQ_ORACLE_AWQ_SOURCE": src})
+
+
+torch.manual_seed(11)
+check("qwen2", quantize_both("qwen2", transformers.Qwen2ForCausalLM, transformers.Qwen2Config(
+    hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)))
+# Every Linear's N a multiple of 64 (AutoAWQ's clip search): experts 64 wide, heads of 32.
+torch.manual_seed(12)
+check("qwen3_moe", quantize_both("qwen3_moe", transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig(
+    hidden_size=128, intermediate_size=256, moe_intermediate_size=64, num_experts=8, num_experts_per_tok=2,
+    norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=32, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False),
+    not_convert=["mlp.gate"]))
 print("autoawq oracle: OK")

@@ -1,7 +1,16 @@
 #include "tests/support/test_models.h"
 
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
 #include "core/files.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "tests/support/test_paths.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/random_model.h"
@@ -66,6 +75,68 @@ std::string write_random_words(const std::string& path, size_t bytes, uint64_t s
   }
   write_file_atomic(path, text);
   return path;
+}
+
+std::string upcycle_stories260k(const std::string& dense, const std::string& dir, int64_t E) {
+  const QwenModel m(dense);
+  const QwenConfig& c = m.config();
+  const int64_t C = c.hidden_size, I = c.intermediate_size, I2 = 192;
+  Checkpoint ckpt(dense);
+  SafetensorsWriter w;
+  const std::regex mlp(R"(^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$)");
+  Rng rng(77);
+  for (const auto& name : ckpt.names()) {
+    const TensorView& t = ckpt.get(name);
+    std::smatch mm;
+    if (!std::regex_match(name, mm, mlp)) {
+      w.add(name, t.dtype, t.shape, t.data);
+      continue;
+    }
+    const bool down = mm[2] == "down";
+    std::vector<float> W(C * I2, 0.f);  // padded: zero rows of gate/up, zero columns of down
+    for (int64_t a = 0; a < (down ? C : I); ++a)
+      for (int64_t b = 0; b < (down ? I : C); ++b) W[down ? a * I2 + b : a * C + b] = t.as<float>()[a * (down ? I : C) + b];
+    std::vector<uint8_t> bytes(W.size() * 4);
+    std::memcpy(bytes.data(), W.data(), bytes.size());
+    const std::string p = "model.layers." + mm[1].str() + ".mlp.";
+    for (int64_t e = 0; e < E; ++e)
+      w.add_owned(p + "experts." + std::to_string(e) + "." + mm[2].str() + "_proj.weight", DType::F32,
+                  down ? std::vector<int64_t>{C, I2} : std::vector<int64_t>{I2, C}, bytes);
+    if (mm[2] == "gate") {
+      std::vector<uint8_t> router(E * C * 4);
+      for (int64_t i = 0; i < E * C; ++i) {
+        const float v = static_cast<float>(rng.normal() / std::sqrt(static_cast<double>(C)));
+        std::memcpy(router.data() + 4 * i, &v, 4);
+      }
+      w.add_owned(p + "gate.weight", DType::F32, {E, C}, std::move(router));
+    }
+  }
+  QWENQ_CHECK(std::system(("mkdir -p '" + dir + "'").c_str()) == 0, "upcycle_stories260k: cannot create " << dir);
+  w.write(dir + "/model.safetensors");
+  nlohmann::json cfg = nlohmann::json::parse(read_file(dense + "/config.json"));
+  cfg["model_type"] = "qwen2_moe";
+  cfg["architectures"] = {"Qwen2MoeForCausalLM"};
+  cfg["num_experts"] = E;
+  cfg["num_experts_per_tok"] = 2;
+  cfg["moe_intermediate_size"] = I2;
+  cfg["shared_expert_intermediate_size"] = 0;
+  cfg["norm_topk_prob"] = true;
+  write_file_atomic(dir + "/config.json", cfg.dump(2) + "\n");
+  for (const char* f : {"vocab.json", "merges.txt", "tokenizer_config.json", "tokenizer.json", "tokenizer.model"})
+    if (file_exists(dense + "/" + f)) write_file_atomic(dir + "/" + f, read_file(dense + "/" + f));
+  return dir;
+}
+
+
+TinyStoriesPerplexity::TinyStoriesPerplexity(const std::string& stories_dir) : ids_(tinystories_tokens(stories_dir)) {
+  ids_.resize(32 * 256);
+  po_.seq_len = 256;
+  po_.windows_per_batch = 8;
+  po_.quiet = true;
+}
+
+double TinyStoriesPerplexity::operator()(const std::string& dir) const {
+  return evaluate_perplexity(QwenModel(dir), ids_, po_).perplexity;
 }
 
 }  // namespace qwenq::test

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq::test {
@@ -34,5 +35,23 @@ std::string write_random_words(const std::string& path, size_t bytes, uint64_t s
 
 // One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
+
+// stories260K (fp32, from dense) as a Qwen2-MoE in dir with E copies of each layer's MLP as its experts (zero-padded
+// from 172 to 192 channels, a function-preserving change that lets the 4-bit layouts pack them), top 2 of E with
+// renormalized weights and a random router: out = Σ_j w_j·MLP(x) = MLP(x), so the MoE model computes what
+// stories260K does, while each expert sees other tokens. No shared expert. Returns dir.
+std::string upcycle_stories260k(const std::string& dense, const std::string& dir, int64_t E);
+
+// Perplexity of a model directory on the first 32 windows of 256 TinyStories tokens (stories260K's tokenizer; call
+// QWENQ_REQUIRE_SHARED_DATA first).
+class TinyStoriesPerplexity {
+ public:
+  explicit TinyStoriesPerplexity(const std::string& stories_dir);
+  double operator()(const std::string& dir) const;
+
+ private:
+  std::vector<int32_t> ids_;
+  PerplexityOptions po_;
+};
 
 }  // namespace qwenq::test
