@@ -27,6 +27,7 @@
 #include "tools/cli_common.h"
 #include "trainer/compare_report.h"
 #include "trainer/gguf_file_type.h"
+#include "trainer/gguf_model.h"
 #include "trainer/model_dir.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_config.h"
@@ -285,12 +286,18 @@ bool writes_awq_layout(const std::string& spec) {
 void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
-  {  // Refused before any output: GGUF does not take mixtures of experts yet, and AutoAWQ's layout cannot keep a MoE
-     // model's routers unquantized when it has dense layers too (awq-v2 / rtn without -awq can).
+  {  // Refused before any output: a mixture of experts GGUF cannot describe (dense layers, ...) or with an imatrix, and
+     // AutoAWQ's layout where it cannot keep a MoE model's routers unquantized (dense layers too; awq-v2 / rtn without
+     // -awq can).
     const QwenConfig cfg = load_qwen_config(model);
     std::stringstream methods(a.methods);
     for (std::string m; std::getline(methods, m, ',');) {
-      if (m.rfind("gguf", 0) == 0) refuse_moe(cfg, "compare --methods " + m);
+      if (m.rfind("gguf", 0) == 0) {
+        check_gguf_moe(cfg, "compare --methods " + m + ": " + path_join(model, "config.json"));
+        QWENQ_CHECK(!cfg.is_moe() || m.find("imatrix") == std::string::npos,
+                    "compare --methods " << m << ": an importance matrix of a mixture-of-experts model is not "
+                                                 "supported yet");
+      }
       if (!cfg.is_moe() || !writes_awq_layout(m)) continue;
       try {
         nlohmann::ordered_json qc;

@@ -49,7 +49,7 @@ const GgufFileType& gguf_file_type(const std::string& name) {
 }
 
 GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, int64_t n_layers, int64_t ne0,
-                          bool tied, bool* fell_back, int64_t n_gqa, bool imatrix) {
+                          bool tied, bool* fell_back, int64_t n_gqa, bool imatrix, int64_t n_expert) {
   *fell_back = false;
   GgmlType t = ft.base;
   if (!ft.llama_quantize) {
@@ -70,6 +70,12 @@ GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, 
     else if (n == "q4_k_s") t = layer < 4 ? GgmlType::Q5_K : t;
     else if ((n == "iq4_nl" || n == "iq4_xs") && n_gqa >= 4) t = GgmlType::Q5_K;
     if (n_layers == 80 && (t == GgmlType::Q3_K || t == GgmlType::Q4_K)) t = GgmlType::Q5_K;
+    if (n_expert == 8) t = GgmlType::Q8_0;
+  } else if (role == GgufRole::AttnK) {
+    if (n_expert == 8) t = GgmlType::Q8_0;
+  } else if (role == GgufRole::AttnOutput && n_expert == 8) {
+    for (const char* m : {"q2_k", "q3_k_s", "q3_k_m", "q4_k_s", "q4_k_m", "iq4_nl", "iq4_xs"})
+      if (n == m) t = GgmlType::Q5_K;
   } else if (role == GgufRole::FfnDown) {
     if (n == "q2_k") t = GgmlType::Q3_K;
     else if (n == "q3_k_m") t = layer < n_layers / 16 ? GgmlType::Q5_K : GgmlType::Q4_K;

@@ -16,6 +16,10 @@
 //     use_more_bits; q4_k_s Q5_K in the first n/8; iq4_nl / iq4_xs without an importance matrix Q5_K in the first n/8;
 //     q4_0 / q5_0 with an importance matrix Q4_1 / Q5_1 in the first n/8;
 //   attn_output: q2_k Q3_K, q3_k_m Q4_K, q3_k_l Q5_K;
+//   with exactly 8 experts (llama.cpp's Mixtral rule): attn_v and attn_k Q8_0 in every llama-quantize type, attn_output
+//     Q5_K for q2_k, q3_k_s, q3_k_m, q4_k_s, q4_k_m, iq4_nl, iq4_xs and the base type otherwise; an expert stack's
+//     layer is the one its name says (ffn_down_exps and ffn_down_shexp of layer i both count as layer i of n);
+//   ffn_gate_inp (a MoE router) is never quantized: F32 as convert_hf_to_gguf.py writes it;
 //   everything else the base type (Q2_K, Q3_K for q3_k_*, Q4_K for q4_k_*, Q5_K for q5_k_*, IQ4_NL, IQ4_XS).
 //   use_more_bits(i, n) = i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2.
 //   A type whose blocks do not divide the rows falls back: Q2_K, Q3_K -> Q4_0 (older llama.cpp: IQ4_NL), IQ4_XS ->
@@ -46,12 +50,13 @@ const GgufFileType& gguf_file_type(const std::string& name);
 std::string gguf_file_type_names();
 std::vector<std::string> gguf_file_type_list();
 
-enum class GgufRole { TokenEmbd, Output, AttnV, AttnOutput, FfnDown, OtherLinear };
+enum class GgufRole { TokenEmbd, Output, AttnV, AttnK, AttnOutput, FfnDown, OtherLinear };
 
 // The ggml type of a 2-D tensor of role `role` in layer `layer` of `n_layers`, rows of `ne0` values. `tied`: the model
 // has no output tensor (the embedding is the output). n_gqa: attention heads per kv head. imatrix: an importance
-// matrix is given (llama-quantize's has_imatrix). *fell_back is set when the rows forced another type.
+// matrix is given (llama-quantize's has_imatrix). n_expert: the model's routed experts (0: dense). *fell_back is set
+// when the rows forced another type. A 3-D expert stack (ffn_*_exps) takes its 2-D name's rule.
 GgmlType gguf_tensor_type(const GgufFileType& ft, GgufRole role, int64_t layer, int64_t n_layers, int64_t ne0,
-                          bool tied, bool* fell_back, int64_t n_gqa = 1, bool imatrix = false);
+                          bool tied, bool* fell_back, int64_t n_gqa = 1, bool imatrix = false, int64_t n_expert = 0);
 
 }  // namespace qwenq

@@ -62,7 +62,31 @@ TensorView view_of(const GgufTensor& t, std::vector<int64_t> shape,
   return v;
 }
 
+// llama.cpp's architecture name of a model_type ("qwen3_moe" -> "qwen3moe").
+std::string gguf_arch_of(const std::string& model_type) {
+  if (model_type == "qwen3_moe") return "qwen3moe";
+  if (model_type == "qwen2_moe") return "qwen2moe";
+  return model_type;
+}
+
 }  // namespace
+
+// llama.cpp's qwen3moe / qwen2moe graphs make every layer sparse, renormalize the top-k weights for qwen3moe only
+// and always run qwen2moe's shared expert: a MoE config they would compute differently is refused.
+void check_gguf_moe(const QwenConfig& c, const std::string& where) {
+  if (!c.is_moe()) return;
+  QWENQ_CHECK(!c.has_dense_mlp(), where << ": a mixture of experts with dense layers (mlp_only_layers / "
+                                           "decoder_sparse_step) has no GGUF form: llama.cpp's "
+                                        << gguf_arch_of(c.model_type) << " makes every layer sparse");
+  const bool qwen3 = c.model_type == "qwen3_moe";
+  QWENQ_CHECK(c.norm_topk_prob == qwen3, where << ": norm_topk_prob=" << (c.norm_topk_prob ? "true" : "false")
+                                               << " has no GGUF form: llama.cpp's " << gguf_arch_of(c.model_type)
+                                               << (qwen3 ? " always renormalizes" : " never renormalizes")
+                                               << " the top-k routing weights");
+  QWENQ_CHECK(qwen3 || c.shared_expert_intermediate_size > 0,
+              where << ": a qwen2_moe model without a shared expert has no GGUF form (llama.cpp's qwen2moe always "
+                       "runs one)");
+}
 
 std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
   const int64_t C = c.hidden_size, V = c.vocab_size;
@@ -71,8 +95,9 @@ std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
   v.push_back({"token_embd.weight", "model.embed_tokens.weight", {V, C}, 0});
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    const bool moe = c.is_moe_layer(l);
     v.push_back({blk(l, "attn_norm.weight"), p + "input_layernorm.weight", {C}, 0});
-    for (int t = 0; t < 7; ++t) {
+    for (int t = 0; t < (moe ? 4 : 7); ++t) {
       const DecoderLinear& d = kDecoderLinears[t];
       v.push_back({blk(l, std::string(kLinearNames[t]) + ".weight"), p + d.name + ".weight",
                    {decoder_linear_outputs(c, d), block_linear_inputs(c, d.group)}, llama && t < 2 ? c.head_dim : 0});
@@ -85,6 +110,18 @@ std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& c) {
       v.push_back({blk(l, "attn_k_norm.weight"), p + "self_attn.k_norm.weight", {c.head_dim}, 0});
     }
     v.push_back({blk(l, "ffn_norm.weight"), p + "post_attention_layernorm.weight", {C}, 0});
+    if (!moe) continue;
+    const int64_t E = c.num_experts, Im = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
+    v.push_back({blk(l, "ffn_gate_inp.weight"), p + "mlp.gate.weight", {E, C}, 0});
+    v.push_back({blk(l, "ffn_gate_exps.weight"), p + "mlp.experts.{}.gate_proj.weight", {Im, C}, 0, E});
+    v.push_back({blk(l, "ffn_up_exps.weight"), p + "mlp.experts.{}.up_proj.weight", {Im, C}, 0, E});
+    v.push_back({blk(l, "ffn_down_exps.weight"), p + "mlp.experts.{}.down_proj.weight", {C, Im}, 0, E});
+    if (Is > 0) {
+      v.push_back({blk(l, "ffn_gate_inp_shexp.weight"), p + "mlp.shared_expert_gate.weight", {1, C}, 0});
+      v.push_back({blk(l, "ffn_gate_shexp.weight"), p + "mlp.shared_expert.gate_proj.weight", {Is, C}, 0});
+      v.push_back({blk(l, "ffn_up_shexp.weight"), p + "mlp.shared_expert.up_proj.weight", {Is, C}, 0});
+      v.push_back({blk(l, "ffn_down_shexp.weight"), p + "mlp.shared_expert.down_proj.weight", {C, Is}, 0});
+    }
   }
   v.push_back({"output_norm.weight", "model.norm.weight", {C}, 0});
   if (!c.tie_word_embeddings) v.push_back({"output.weight", "lm_head.weight", {V, C}, 0});
@@ -96,13 +133,22 @@ const char* gguf_linear_name(int index) {
   return kLinearNames[index];
 }
 
+std::string gguf_expert_hf(const GgufModelTensor& t, int64_t e) {
+  const size_t at = t.hf.find("{}");
+  QWENQ_CHECK(t.experts > 0 && at != std::string::npos, "gguf_expert_hf: " << t.gguf << " is not an expert stack");
+  return t.hf.substr(0, at) + std::to_string(e) + t.hf.substr(at + 2);
+}
+
 void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t) {
   const GgufTensor& x = f.tensor(t.gguf);
-  int64_t n = 1;
+  int64_t n = std::max<int64_t>(1, t.experts);
   for (int64_t d : t.shape) n *= d;
-  QWENQ_CHECK(x.numel() == n && x.ne[0] == t.shape.back(),
+  std::vector<int64_t> want = t.shape;
+  if (t.experts > 0) want.insert(want.begin(), t.experts);
+  QWENQ_CHECK(x.numel() == n && x.ne[0] == t.shape.back() &&
+                  (t.experts == 0 || (x.ne.size() == 3 && x.ne[2] == t.experts)),
               f.path() << ": tensor '" << t.gguf << "' has ne " << shape_str(x.ne) << " but the metadata implies "
-                       << shape_str(t.shape) << " (torch order; ne lists the row length first)");
+                       << shape_str(want) << " (torch order; ne lists the row length first)");
   QWENQ_CHECK(ggml_type_supported(x.type), f.path() << ": tensor '" << t.gguf << "' has type "
                                                     << ggml_type_info(static_cast<uint32_t>(x.type))->name
                                                     << ", which qwenq cannot read yet");
@@ -120,13 +166,16 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   }
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
-  refuse_moe(c, "gguf");
+  check_gguf_moe(c, path_join(model_dir, "config.json"));
+  QWENQ_CHECK(!c.is_moe() || o.imatrix_path.empty(),
+              "gguf: --imatrix with a mixture-of-experts model is not supported yet (the expert stacks' importance "
+              "per expert); export without it");
   const QwenWeights& w = model.weights();
   const Tokenizer tok = Tokenizer::from_model(model_dir);  // a GGUF source too (re-quantization)
   QWENQ_CHECK(c.rope.type == RopeType::Default || c.rope.type == RopeType::Linear,
               path_join(model_dir, "config.json") << ": rope_scaling of type " << rope_type_name(c.rope.type)
                                                   << " is not exported to GGUF yet (default and linear RoPE are)");
-  const std::string arch = c.model_type;
+  const std::string arch = gguf_arch_of(c.model_type);
   const bool llama = arch == "llama";
   QWENQ_CHECK(!(llama && c.qkv_bias), path_join(model_dir, "config.json")
                                           << ": a llama model with attention_bias is not exported to GGUF");
@@ -171,14 +220,23 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   g.set(arch + ".context_length", GgufValue::u32(static_cast<uint32_t>(c.max_position_embeddings)));
   g.set(arch + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(c.hidden_size)));
   const int64_t pad_to = std::max<int64_t>(32, ggml_type_info(static_cast<uint32_t>(ft.base))->block);
-  const int64_t I = c.intermediate_size, I2 = o.pad_intermediate ? (I + pad_to - 1) / pad_to * pad_to : I;
+  const int64_t I = c.intermediate_size;
+  const int64_t I2 = o.pad_intermediate && !c.is_moe() ? (I + pad_to - 1) / pad_to * pad_to : I;
   rep.intermediate = I2;
   g.set(arch + ".feed_forward_length", GgufValue::u32(static_cast<uint32_t>(I2)));
   g.set(arch + ".attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.num_heads)));
   g.set(arch + ".attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.num_kv_heads)));
   g.set(arch + ".rope.freq_base", GgufValue::f32(static_cast<float>(c.rope.theta)));
   g.set(arch + ".attention.layer_norm_rms_epsilon", GgufValue::f32(c.rms_norm_eps));
-  if (c.head_dim * c.num_heads != c.hidden_size || arch == "qwen3") {
+  if (c.is_moe()) {
+    g.set(arch + ".expert_count", GgufValue::u32(static_cast<uint32_t>(c.num_experts)));
+    g.set(arch + ".expert_used_count", GgufValue::u32(static_cast<uint32_t>(c.experts_per_token)));
+    g.set(arch + ".expert_feed_forward_length", GgufValue::u32(static_cast<uint32_t>(c.moe_intermediate_size)));
+    if (c.shared_expert_intermediate_size > 0)
+      g.set(arch + ".expert_shared_feed_forward_length",
+            GgufValue::u32(static_cast<uint32_t>(c.shared_expert_intermediate_size)));
+  }
+  if (c.head_dim * c.num_heads != c.hidden_size || arch == "qwen3" || arch == "qwen3moe") {
     g.set(arch + ".attention.key_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim)));
     g.set(arch + ".attention.value_length", GgufValue::u32(static_cast<uint32_t>(c.head_dim)));
   }
@@ -204,7 +262,8 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   auto type_of = [&](GgufRole role, int64_t layer, int64_t ne0) {
     bool fell_back = false;
     const GgmlType t = gguf_tensor_type(ft, role, layer, c.num_layers, ne0, c.tie_word_embeddings, &fell_back,
-                                        c.num_heads / std::max<int64_t>(1, c.num_kv_heads), !o.imatrix_path.empty());
+                                        c.num_heads / std::max<int64_t>(1, c.num_kv_heads), !o.imatrix_path.empty(),
+                                        c.num_experts);
     rep.fallbacks += fell_back;
     ++rep.types[ggml_type_info(static_cast<uint32_t>(t))->name];
     return t;
@@ -239,14 +298,62 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
     });
   };
   add_table("token_embd.weight", GgufRole::TokenEmbd, w.embed);
+  // A dense (router) matrix in F32, ne {K, N}.
+  auto add_f32_matrix = [&](const std::string& gname, const LinearWeight& lw) {
+    g.add_tensor(gname, GgmlType::F32, {lw.K, lw.N}, [&lw] {
+      const std::vector<float> v = lw.dequantize();
+      return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                  reinterpret_cast<const uint8_t*>(v.data() + v.size()));
+    });
+  };
+  // A MoE layer's router, expert stacks (one expert dequantized at a time) and shared expert.
+  auto add_moe = [&](int64_t l, const MoeWeights& m) {
+    add_f32_matrix(blk(l, "ffn_gate_inp.weight"), m.router);
+    const char* stacks[3] = {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"};
+    const int64_t E = static_cast<int64_t>(m.experts.size());
+    for (int which = 0; which < 3; ++which) {
+      const LinearWeight& first = expert_member(m.experts[0], which);
+      const int64_t N = first.N, K = first.K;
+      const GgmlType ty = type_of(which == 2 ? GgufRole::FfnDown : GgufRole::OtherLinear, l, K);
+      g.add_tensor(blk(l, stacks[which]), ty, {K, N, E}, [&m, which, ty, N, K] {
+        std::vector<uint8_t> out;
+        for (const MoeExpertWeights& e : m.experts) {
+          const LinearWeight& lw = expert_member(e, which);
+          const std::vector<float> W = lw.dequantize();
+          if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
+          const std::vector<uint8_t> q = quantize_ggml(ty, W.data(), N, K, nullptr);
+          out.insert(out.end(), q.begin(), q.end());
+        }
+        return out;
+      });
+    }
+    if (m.shared.gate.N == 0) return;
+    g.add_tensor(blk(l, "ffn_gate_inp_shexp.weight"), GgmlType::F32, {m.shared_gate.K}, [&m] {
+      const std::vector<float> v = m.shared_gate.dequantize();
+      return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
+                                  reinterpret_cast<const uint8_t*>(v.data() + v.size()));
+    });
+    const char* shexp[3] = {"ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"};
+    for (int which = 0; which < 3; ++which) {
+      const LinearWeight& lw = expert_member(m.shared, which);
+      const GgmlType ty = type_of(which == 2 ? GgufRole::FfnDown : GgufRole::OtherLinear, l, lw.K);
+      add_matrix(blk(l, shexp[which]), ty, lw.N, lw.K, {}, [&lw] {
+        std::vector<float> W = lw.dequantize();
+        if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
+        return W;
+      });
+    }
+  };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const QwenLayerWeights& L = w.layers[l];
+    const bool moe = c.is_moe_layer(l);
     add_vector(blk(l, "attn_norm.weight"), L.input_norm);
-    for (int t = 0; t < 7; ++t) {
+    for (int t = 0; t < (moe ? 4 : 7); ++t) {
       const LinearWeight& lw = layer_linear(L, t);
       const bool permute = llama && t < 2;
       const int64_t N2 = (t == 4 || t == 5) ? I2 : lw.N, K2 = t == 6 ? I2 : lw.K;
-      const GgufRole role = t == 2   ? GgufRole::AttnV
+      const GgufRole role = t == 1   ? GgufRole::AttnK
+                            : t == 2 ? GgufRole::AttnV
                             : t == 3 ? GgufRole::AttnOutput
                             : t == 6 ? GgufRole::FfnDown
                                      : GgufRole::OtherLinear;
@@ -268,6 +375,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       }
       if (t == 3) add_vector(blk(l, "ffn_norm.weight"), L.post_norm);
     }
+    if (moe) add_moe(l, L.moe);
   }
   add_vector("output_norm.weight", w.final_norm);
   if (!c.tie_word_embeddings) {
@@ -307,28 +415,37 @@ QuantizeReport gguf_to_hf(const DequantizeOptions& o) {
   int64_t done = 0;
   for (const GgufModelTensor& it : items) {
     // Row by row from the mapped blocks into the output dtype: one row in fp32 at a time.
+    // An expert stack becomes one tensor per expert (its it.shape[0] rows each).
     const GgufTensor& t = f.tensor(it.gguf);
-    const int64_t n = t.ne[0];
+    const int64_t n = t.ne[0], parts = std::max<int64_t>(1, it.experts), part_rows = t.rows() / parts;
     const size_t out_row = static_cast<size_t>(n) * dtype_size(o.dtype);
-    std::vector<uint8_t> bytes(out_row * t.rows());
+    std::vector<std::vector<uint8_t>> bytes(static_cast<size_t>(parts), std::vector<uint8_t>(out_row * part_rows));
     dequantize_ggml_rows({t.type, t.data, t.rows(), n, it.rope_head_dim}, [&](int64_t r, const float* v) {
-      from_f32(o.dtype, v, bytes.data() + r * out_row, static_cast<size_t>(n));
+      from_f32(o.dtype, v, bytes[r / part_rows].data() + (r % part_rows) * out_row, static_cast<size_t>(n));
     });
     release_mapped_pages(t.data, t.bytes);
-    shards.current().add_owned(it.hf, o.dtype, it.shape, std::move(bytes));
-    shards.note_added(it.hf);
-    shards.maybe_flush();
-    if (it.shape.size() == 2 && it.hf.rfind("model.layers.", 0) == 0) {
-      ++rep.linears;
-      rep.params_quantized += it.shape[0] * it.shape[1];
+    for (int64_t e = 0; e < parts; ++e) {
+      const std::string hf = it.experts > 0 ? gguf_expert_hf(it, e) : it.hf;
+      shards.current().add_owned(hf, o.dtype, it.shape, std::move(bytes[e]));
+      shards.note_added(hf);
+      shards.maybe_flush();
+    }
+    const std::string gate = ".mlp.gate.weight";  // a router (and qwen2moe's shared-expert gate) is no Linear we count
+    const bool router = (it.hf.size() > gate.size() && it.hf.compare(it.hf.size() - gate.size(), gate.size(), gate) == 0) ||
+                        it.hf.find("shared_expert_gate") != std::string::npos;
+    if (it.shape.size() == 2 && it.hf.rfind("model.layers.", 0) == 0 && !router) {
+      rep.linears += parts;
+      rep.params_quantized += parts * it.shape[0] * it.shape[1];
     }
     bar.update(++done);
   }
   shards.finish();
   bar.finish();
-  const std::string arch_class = c.model_type == "qwen3" ? "Qwen3ForCausalLM"
-                                 : c.model_type == "llama" ? "LlamaForCausalLM"
-                                                           : "Qwen2ForCausalLM";
+  const std::string arch_class = c.model_type == "qwen3"       ? "Qwen3ForCausalLM"
+                                 : c.model_type == "llama"     ? "LlamaForCausalLM"
+                                 : c.model_type == "qwen3_moe" ? "Qwen3MoeForCausalLM"
+                                 : c.model_type == "qwen2_moe" ? "Qwen2MoeForCausalLM"
+                                                               : "Qwen2ForCausalLM";
   nlohmann::ordered_json cfg = {
       {"architectures", {arch_class}},
       {"model_type", c.model_type},
@@ -346,7 +463,17 @@ QuantizeReport gguf_to_hf(const DequantizeOptions& o) {
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"torch_dtype", torch_dtype_name(o.dtype)},
   };
-  if (c.model_type == "llama") cfg["attention_bias"] = false;
+  if (c.model_type == "llama" || c.model_type == "qwen3_moe") cfg["attention_bias"] = false;
+  if (c.is_moe()) {  // llama.cpp's MoE graphs: every layer sparse
+    cfg["num_experts"] = c.num_experts;
+    cfg["num_experts_per_tok"] = c.experts_per_token;
+    cfg["moe_intermediate_size"] = c.moe_intermediate_size;
+    if (c.model_type == "qwen2_moe") cfg["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+    cfg["norm_topk_prob"] = c.norm_topk_prob;
+    cfg["decoder_sparse_step"] = 1;
+    cfg["mlp_only_layers"] = nlohmann::ordered_json::array();
+    if (c.intermediate_size == 0) cfg.erase("intermediate_size");  // not in the file: transformers' default
+  }
   if (c.model_type != "llama") cfg["use_sliding_window"] = false;
   if (c.rope.type == RopeType::Linear) cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", c.rope.factor}};
   if (c.bos_token_id >= 0) cfg["bos_token_id"] = c.bos_token_id;
@@ -361,17 +488,33 @@ QwenConfig load_model_config(const std::string& dir_or_gguf) {
 
 QwenConfig qwen_config_from_gguf(const GgufFile& f) {
   const std::string& arch = f.get_string("general.architecture");
-  QWENQ_CHECK(arch == "qwen2" || arch == "qwen3" || arch == "llama",
-              f.path() << ": general.architecture '" << arch << "' is not supported (qwen2, qwen3 and llama are)");
+  QWENQ_CHECK(arch == "qwen2" || arch == "qwen3" || arch == "llama" || arch == "qwen2moe" || arch == "qwen3moe",
+              f.path() << ": general.architecture '" << arch
+                       << "' is not supported (qwen2, qwen3, llama, qwen2moe and qwen3moe are)");
   QwenConfig c;
-  c.model_type = arch;
+  const bool moe = arch == "qwen2moe" || arch == "qwen3moe";
+  c.model_type = arch == "qwen2moe" ? "qwen2_moe" : arch == "qwen3moe" ? "qwen3_moe" : arch;
   auto u = [&](const std::string& key) { return f.get_int(arch + "." + key); };
   c.hidden_size = u("embedding_length");
   c.num_layers = u("block_count");
-  c.intermediate_size = u("feed_forward_length");
+  c.intermediate_size = moe ? f.get_int_or(arch + ".feed_forward_length", 0) : u("feed_forward_length");
   c.num_heads = u("attention.head_count");
   c.num_kv_heads = f.get_int_or(arch + ".attention.head_count_kv", c.num_heads);
-  QWENQ_CHECK(c.hidden_size > 0 && c.num_layers > 0 && c.intermediate_size > 0 && c.num_heads > 0 &&
+  if (moe) {  // llama.cpp's graphs: every layer sparse; qwen3moe renormalizes the top k, qwen2moe has a shared expert
+    c.num_experts = u("expert_count");
+    c.experts_per_token = u("expert_used_count");
+    c.moe_intermediate_size = u("expert_feed_forward_length");
+    c.shared_expert_intermediate_size = arch == "qwen2moe" ? u("expert_shared_feed_forward_length") : 0;
+    c.norm_topk_prob = arch == "qwen3moe";
+    QWENQ_CHECK(c.num_experts > 0 && c.experts_per_token >= 1 && c.experts_per_token <= c.num_experts &&
+                    c.num_experts <= 4096 && c.moe_intermediate_size > 0 &&
+                    (arch == "qwen3moe" || c.shared_expert_intermediate_size > 0),
+                f.path() << ": implausible " << arch << " expert sizes (" << c.num_experts << " experts, "
+                         << c.experts_per_token << " used, width " << c.moe_intermediate_size << ", shared "
+                         << c.shared_expert_intermediate_size << ")");
+    c.moe_layer.assign(static_cast<size_t>(std::max<int64_t>(0, c.num_layers)), true);
+  }
+  QWENQ_CHECK(c.hidden_size > 0 && c.num_layers > 0 && (moe || c.intermediate_size > 0) && c.num_heads > 0 &&
                   c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0,
               f.path() << ": implausible " << arch << ".* sizes (embedding " << c.hidden_size << ", blocks "
                        << c.num_layers << ", feed-forward " << c.intermediate_size << ", heads " << c.num_heads << "/"
@@ -439,7 +582,39 @@ QwenWeights bind_gguf_weights(const QwenConfig& c, const GgufFile& f) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     L.input_norm = dense(p + "input_layernorm.weight");
     L.post_norm = dense(p + "post_attention_layernorm.weight");
-    for (int t = 0; t < 7; ++t) layer_linear(L, t) = linear(p + kDecoderLinears[t].name + ".weight");
+    const bool moe = c.is_moe_layer(l);
+    for (int t = 0; t < (moe ? 4 : 7); ++t) layer_linear(L, t) = linear(p + kDecoderLinears[t].name + ".weight");
+    if (moe) {
+      auto dense_linear = [&](const std::string& hf) {
+        const GgufModelTensor& it = *by_hf.at(hf);
+        LinearWeight lw;
+        lw.N = it.shape[0];
+        lw.K = it.shape[1];
+        lw.dense = dense(hf);
+        return lw;
+      };
+      MoeWeights& m = L.moe;
+      m.router = dense_linear(p + "mlp.gate.weight");
+      m.experts.resize(static_cast<size_t>(c.num_experts));
+      const char* names[3] = {"gate_proj", "up_proj", "down_proj"};
+      for (int which = 0; which < 3; ++which) {
+        const GgufModelTensor& it = *by_hf.at(p + "mlp.experts.{}." + names[which] + ".weight");
+        const GgufTensor& t = f.tensor(it.gguf);
+        const int64_t N = it.shape[0], K = it.shape[1];
+        const uint64_t stride = ggml_row_bytes(t.type, K) * static_cast<uint64_t>(N);
+        for (int64_t e = 0; e < c.num_experts; ++e) {
+          LinearWeight& lw = expert_member(m.experts[e], which);
+          lw.N = N;
+          lw.K = K;
+          lw.ggml = std::make_shared<GgmlLinear>(GgmlLinear{t.type, t.data + e * stride, N, K, 0});
+        }
+      }
+      if (c.shared_expert_intermediate_size > 0) {
+        m.shared_gate = dense_linear(p + "mlp.shared_expert_gate.weight");
+        for (int which = 0; which < 3; ++which)
+          expert_member(m.shared, which) = linear(p + "mlp.shared_expert." + names[which] + ".weight");
+      }
+    }
     if (c.qkv_bias) {
       L.q_bias = dense(p + "self_attn.q_proj.bias");
       L.k_bias = dense(p + "self_attn.k_proj.bias");

@@ -1,5 +1,12 @@
-// Qwen2 / Qwen3 / Llama models as GGUF files (llama.cpp): export from any checkpoint we read, and read back for
-// eval, generate and compare.
+// Qwen2 / Qwen3 / Llama models and the Qwen mixtures of experts as GGUF files (llama.cpp): export from any checkpoint
+// we read, and read back for eval, generate and compare.
+//
+// Mixtures of experts as llama.cpp's qwen3moe / qwen2moe architectures (every layer sparse; qwen3moe renormalizes the
+// top-k weights, qwen2moe does not and always has its shared expert: other configs are refused): the router
+// mlp.gate -> ffn_gate_inp (F32, [E, C]), each layer's experts stacked into ffn_{gate,up,down}_exps (ne {C, Im, E}
+// and {Im, C, E}, the stack of the experts' torch rows), qwen2moe's shared expert -> ffn_{gate,up,down}_shexp and its
+// gate mlp.shared_expert_gate -> ffn_gate_inp_shexp (F32, ne {C}); {arch}.expert_count, expert_used_count,
+// expert_feed_forward_length, expert_shared_feed_forward_length.
 //
 // Export maps names and metadata as llama.cpp's convert_hf_to_gguf.py does:
 //   model.embed_tokens -> token_embd, model.norm -> output_norm, lm_head -> output (absent when tied),
@@ -70,6 +77,11 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
 // tokenizer.json. For fine-tuning or re-quantizing a model published only as GGUF.
 QuantizeReport gguf_to_hf(const DequantizeOptions& o);
 
+// Throws, naming `where`, when a mixture-of-experts config has no GGUF form: dense layers (llama.cpp's qwen3moe and
+// qwen2moe make every layer sparse), norm_topk_prob other than the architecture's (qwen3moe renormalizes, qwen2moe
+// does not), or a qwen2_moe without its shared expert. Nothing for a dense model.
+void check_gguf_moe(const QwenConfig& c, const std::string& where);
+
 // config.json of a model directory, or the metadata of a GGUF file.
 QwenConfig load_model_config(const std::string& dir_or_gguf);
 
@@ -79,11 +91,16 @@ QwenConfig qwen_config_from_gguf(const GgufFile& f);
 
 // One tensor of a model in a GGUF file: its GGUF and Hugging Face names, its torch shape, and for Llama's q/k the
 // head dim whose RoPE pairs its rows store interleaved (GgmlLinear::rope_head_dim; 0 otherwise).
+// A MoE layer's expert stack (ffn_{gate,up,down}_exps: ne {K, N, E}) is one entry with experts = E: hf holds "{}"
+// where the expert index goes (gguf_expert_hf), shape is one expert's [N, K].
 struct GgufModelTensor {
   std::string gguf, hf;
   std::vector<int64_t> shape;
   int64_t rope_head_dim = 0;
+  int64_t experts = 0;
 };
+// The Hugging Face name of expert e of a stack ("model.layers.0.mlp.experts.3.up_proj.weight").
+std::string gguf_expert_hf(const GgufModelTensor& t, int64_t e);
 // Every tensor `cfg` calls for, embedding first, in llama.cpp's order.
 std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& cfg);
 // Refuses, naming the file and tensor, one that is missing, of another shape, or of a type we cannot read.

@@ -292,9 +292,15 @@ refuse moe_train_dora "DoRA on a mixture-of-experts model's MLP target gate_proj
 "$QQ" eval --model moe_merged --data text.jsonl --seq-len 64 -q > moe_eval_m.txt 2>&1 || fail "eval of a merged MoE" moe_eval_m.txt
 refuse moe_awq "the AutoAWQ layout cannot mark a MoE model's routers unquantized" "$QQ" awq --model moe --out moe_awq \
   --calib text.jsonl --calib-seq-len 32 -q
-refuse moe_gguf "gguf $MOE" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
+refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe --out moe.gguf --type q4_0 -q
+"$QQ" init-random --preset tiny-moe-shared --out moe_shared --dtype fp32 > /dev/null 2>&1 || fail "init-random tiny-moe-shared"
+"$QQ" gguf --model moe_shared --out moe_shared.gguf --type q4_k_m -q > moe_shared_gguf.txt 2>&1 \
+  || fail "gguf of an all-sparse Qwen2-MoE" moe_shared_gguf.txt
+"$QQ" eval --model moe_shared.gguf --data text.jsonl --seq-len 64 -q > moe_shared_eval.txt 2>&1 \
+  || fail "eval of a qwen2moe GGUF" moe_shared_eval.txt
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
-refuse moe_compare "compare --methods gguf-q4_0 $MOE" "$QQ" compare --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
+refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
+  --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
   --data text.jsonl --calib text.jsonl
 refuse moe_compare_awq "compare --methods awq: the AutoAWQ layout cannot mark" "$QQ" compare --model moe --out moe_cmp \
   --methods rtn,awq --data text.jsonl --calib text.jsonl

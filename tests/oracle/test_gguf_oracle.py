@@ -10,6 +10,8 @@
    llama.cpp's fp32, which we follow: tests/test_gguf_kquants.cpp). The tokenizer keys: tokens = the vocabulary,
    merges = merges.txt. `qwen-quant eval` of the F32 file gives the directory's perplexity exactly.
    `--split-max-size` writes gguf-split's layout (checked with gguf-py: key types, metadata in the first file, tensors).
+   Tiny Qwen3-MoE (8 experts: llama-quantize's 8-expert rules) and Qwen2-MoE (shared expert) models as qwen3moe /
+   qwen2moe files: names in gguf-py's lists for the architecture, expert stacks, keys, types and bytes likewise.
 2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant, 5-bit and IQ4 types, whose quantizers gguf-py lacks
    (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS; random blocks with sane scales; our quantizers' bytes
    are llama.cpp's, tests/test_gguf_kquants.cpp), is read by `qwen-quant dequantize`: every tensor equals
@@ -87,10 +89,11 @@ FALLBACK = {QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
 ROUNDING_DIFFERS = (QT.Q4_0, QT.Q5_0)
 
 
-def expected_type(tname, g, shape, tied, n_layers):
-    """The type convert_hf_to_gguf.py / llama-quantize (no imatrix) give a tensor, restated from llama.cpp."""
+def expected_type(tname, g, shape, tied, n_layers, n_expert=0):
+    """The type convert_hf_to_gguf.py / llama-quantize (no imatrix) give a tensor, restated from llama.cpp (a MoE
+    router always F32; with exactly 8 experts attn_v and attn_k Q8_0 and q4_k_m's attn_output Q5_K)."""
     base, llama_quantize, _ = TYPES[tname]
-    if len(shape) == 1:
+    if len(shape) == 1 or g.endswith("ffn_gate_inp.weight"):
         return QT.F32
     ne0 = shape[-1]
     t = base
@@ -99,7 +102,11 @@ def expected_type(tname, g, shape, tied, n_layers):
         more = layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
         if g == "output.weight" or (g == "token_embd.weight" and tied):
             t = QT.Q6_K
-        elif tname == "q4_k_m" and (g.endswith("attn_v.weight") or g.endswith("ffn_down.weight")) and more:
+        elif n_expert == 8 and (g.endswith("attn_v.weight") or g.endswith("attn_k.weight")):
+            t = QT.Q8_0
+        elif n_expert == 8 and g.endswith("attn_output.weight") and tname == "q4_k_m":
+            t = QT.Q5_K
+        elif tname == "q4_k_m" and (g.endswith("attn_v.weight") or "ffn_down" in g) and more:
             t = QT.Q6_K
         if ne0 % gguf.GGML_QUANT_SIZES[t][0] != 0:
             t = FALLBACK.get(t, t)
@@ -199,6 +206,101 @@ for arch, d in models.items():
                                    "--quiet"]))["perplexity"])
     check(ppl[0] == ppl[1], f"{arch}: perplexity of the F32 GGUF {ppl[1]} != the directory's {ppl[0]}")
     print(f"{arch}: {len(TYPES)} file types checked; perplexity {ppl[0]:.6f} from both", flush=True)
+
+# Mixtures of experts as llama.cpp's qwen3moe / qwen2moe: every tensor name is one of gguf-py's for the architecture,
+# the experts of a layer stacked into ffn_{gate,up,down}_exps (ne {K, N, E}: the experts' rows one after another), the
+# router and qwen2moe's shared-expert gate F32, the expert keys llama.cpp reads, every tensor's type by the rules above
+# and its bytes gguf.quants.quantize's of the stacked weights; the F32 file scores exactly as the directory.
+from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM  # noqa: E402
+
+moe_models = {
+    "qwen3moe": make_model("qwen3moe", Qwen3MoeConfig, Qwen3MoeForCausalLM, intermediate_size=96,
+                           moe_intermediate_size=64, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e6,
+                           tie_word_embeddings=False, **common),
+    "qwen2moe": make_model("qwen2moe", Qwen2MoeConfig, Qwen2MoeForCausalLM, intermediate_size=96,
+                           moe_intermediate_size=32, shared_expert_intermediate_size=96, num_experts=4,
+                           num_experts_per_tok=2, norm_topk_prob=False, num_attention_heads=4, num_key_value_heads=2,
+                           rope_theta=1e6, tie_word_embeddings=True, **common),
+}
+MOE_NAMES = {"mlp.gate.weight": "ffn_gate_inp.weight", "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
+             "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+             "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+             "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight"}
+MOE_TYPES = ("f32", "q8_0", "q4_0", "q4_k_m")
+for arch, d in moe_models.items():
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    weights = load_file(os.path.join(d, "model.safetensors"))
+    E = cfg["num_experts"]
+    # The GGUF tensors the directory calls for: experts stacked [E, N, K], the shared-expert gate a vector.
+    want_tensors = {}
+    for hf, w in weights.items():
+        parts = hf.split(".")
+        rest = ".".join(parts[3:]) if hf.startswith("model.layers.") else ""
+        if rest.startswith("mlp.experts."):
+            if parts[5] != "0":
+                continue
+            kind = parts[6]  # gate_proj, up_proj, down_proj
+            g = f"blk.{parts[2]}.ffn_{kind[:-5]}_exps.weight"
+            want_tensors[g] = np.stack([weights[f"model.layers.{parts[2]}.mlp.experts.{e}.{kind}.weight"]
+                                        for e in range(E)]).astype(np.float32)
+        elif rest in MOE_NAMES:
+            g = f"blk.{parts[2]}.{MOE_NAMES[rest]}"
+            want_tensors[g] = w.astype(np.float32).reshape(-1) if rest == "mlp.shared_expert_gate.weight" \
+                else w.astype(np.float32)
+        else:
+            want_tensors[gguf_name(hf)] = w.astype(np.float32)
+    gguf_arch = {a_name: a for a, a_name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    known = {gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[gguf_arch]
+             for b in range(cfg["num_hidden_layers"])}
+    check(all(g.rsplit(".", 1)[0] in known for g in want_tensors),
+          f"{arch}: names outside gguf-py's {arch} list: {sorted(g for g in want_tensors if g.rsplit('.', 1)[0] not in known)}")
+    for tname in MOE_TYPES:
+        qt, _, file_type = TYPES[tname]
+        path = os.path.join(out, f"{arch}-{tname}.gguf")
+        run([qq, "gguf", "--model", d, "--out", path, "--type", tname, "--overwrite", "--quiet"])
+        r = GGUFReader(path)
+        where = f"{arch} {tname}"
+        check(field(r, "general.architecture") == arch, f"{where}: architecture {field(r, 'general.architecture')}")
+        keys = [("expert_count", E), ("expert_used_count", cfg["num_experts_per_tok"]),
+                ("expert_feed_forward_length", cfg["moe_intermediate_size"]), ("block_count", cfg["num_hidden_layers"]),
+                ("feed_forward_length", cfg["intermediate_size"])]
+        if arch == "qwen2moe":
+            keys.append(("expert_shared_feed_forward_length", cfg["shared_expert_intermediate_size"]))
+        else:
+            keys.append(("attention.key_length", 32))
+        for key, want in keys:
+            check(field(r, f"{arch}.{key}") == want, f"{where}: {key} {field(r, f'{arch}.{key}')} != {want}")
+        tensors = {t.name: t for t in r.tensors}
+        check(set(tensors) == set(want_tensors),
+              f"{where}: tensors {sorted(set(tensors) ^ set(want_tensors))} differ from the expected set")
+        for g, w in want_tensors.items():
+            if g not in tensors:
+                continue
+            t = tensors[g]
+            want = expected_type(tname, g, w.shape, cfg["tie_word_embeddings"], cfg["num_hidden_layers"], E)
+            check(t.tensor_type == want, f"{where}: {g} is {t.tensor_type.name}, expected {want.name}")
+            check(list(t.shape) == list(reversed(w.shape)), f"{where}: {g} shape {list(t.shape)} for {w.shape}")
+            if t.tensor_type != want:
+                continue
+            flat = w.reshape(-1, w.shape[-1])  # a stack's experts' rows one after another
+            if want in (QT.Q4_K, QT.Q5_K, QT.Q6_K):
+                back = dequantize(np.asarray(t.data), want).reshape(flat.shape)
+                rel = float(np.sqrt(((back - flat) ** 2).sum() / (flat ** 2).sum()))
+                check(rel < 0.15, f"{where}: {g} ({want.name}) round trip relative error {rel:.3f}")
+                continue
+            a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
+            b = np.frombuffer(np.ascontiguousarray(quantize(flat, want)).tobytes(), np.uint8)
+            differ = int((a != b).sum()) if len(a) == len(b) else len(b)
+            allowed = len(b) // 1000 if want in ROUNDING_DIFFERS else 0
+            check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
+                                     f"{differ} of {len(b)} bytes (allowed {allowed})")
+    words = os.path.join(out, f"{arch}-words.txt")
+    open(words, "w").write(" ".join(f"word{i % 37} and more text" for i in range(300)))
+    ppl = [json.loads(run([qq, "eval", "--model", m, "--data", words, "--seq-len", "128", "--json", "--quiet"]))
+           ["perplexity"] for m in (d, os.path.join(out, f"{arch}-f32.gguf"))]
+    check(ppl[0] == ppl[1], f"{arch}: perplexity of the F32 GGUF {ppl[1]} != the directory's {ppl[0]}")
+    print(f"{arch}: {len(MOE_TYPES)} file types checked; perplexity {ppl[0]:.6f} from both", flush=True)
 
 # Split files (--split-max-size, gguf-split's layout): gguf-py reads each; the keys' types are llama.cpp's (u16, u16,
 # i32), the metadata only in the first, and the tensors of all files are the single file's, byte for byte.

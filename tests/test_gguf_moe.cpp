@@ -1,0 +1,142 @@
+// Mixtures of experts as GGUF files (llama.cpp's qwen3moe / qwen2moe; trainer/gguf_model.h): an F32 file reads back
+// to the directory's logits exactly and dequantizes back to its tensors, quantized files stay within their rounding,
+// llama-quantize's 8-expert type rules, and the configs llama.cpp's graphs would compute differently are refused.
+// gguf-py's view of the same files (names, stacks, keys, types, bytes) is tests/oracle/test_gguf_oracle.py.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "core/gguf.h"
+#include "core/safetensors.h"
+#include "tests/support/test_errors.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
+#include "trainer/gguf_file_type.h"
+#include "trainer/gguf_model.h"
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+namespace {
+
+// Relative RMS error of the logits read back from a q8_0 / q4_k_m file (measured on these models: ~5e-3 and ~0.05;
+// 3x over): a stack written in the wrong expert order or a wrong router gives O(1).
+constexpr double kQ8RelTol = 2e-2;
+constexpr double kQ4KmRelTol = 0.2;
+
+std::string export_to(const std::string& model_dir, const std::string& path, const std::string& type) {
+  GgufExportOptions o;
+  o.type = type;
+  o.quiet = true;
+  export_gguf(model_dir, path, o);
+  return path;
+}
+
+double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
+  double d = 0, n = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    d += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    n += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(d / n);
+}
+
+TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
+  const std::string root = test::scratch_dir();
+  // qwen2moe: 6 experts top 2 with a shared expert; qwen3moe: tiny-moe cut to its first layer (every layer sparse).
+  for (const auto& [preset, layers] : {std::make_pair("tiny-moe-shared", 0), std::make_pair("tiny-moe", 1)}) {
+    SCOPED_TRACE(preset);
+    const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 31, layers);
+    const QwenModel want(src);
+    const QwenConfig& c = want.config();
+    ASSERT_FALSE(c.has_dense_mlp());
+    const PackedBatch batch = test::random_batch({13, 7}, c.vocab_size, 5);
+    const std::vector<float> ref = want.forward_logits(batch);
+
+    const std::string f32 = export_to(src, root + "/" + preset + "-f32.gguf", "f32");
+    const QwenModel back(f32);
+    const QwenConfig& b = back.config();
+    EXPECT_EQ(b.model_type, c.model_type);
+    EXPECT_EQ(b.num_experts, c.num_experts);
+    EXPECT_EQ(b.experts_per_token, c.experts_per_token);
+    EXPECT_EQ(b.moe_intermediate_size, c.moe_intermediate_size);
+    EXPECT_EQ(b.shared_expert_intermediate_size, c.shared_expert_intermediate_size);
+    EXPECT_EQ(b.norm_topk_prob, c.norm_topk_prob);
+    EXPECT_EQ(back.forward_logits(batch), ref);  // the same fp32 values in the same order: bit for bit
+
+    // Dequantized back: every tensor of the source, each expert its own again.
+    DequantizeOptions d;
+    d.model_dir = f32;
+    d.out_dir = root + "/" + preset + "-back";
+    d.dtype = DType::F32;
+    d.quiet = true;
+    gguf_to_hf(d);
+    Checkpoint a(src), z(d.out_dir);
+    for (const std::string& name : a.names()) {
+      ASSERT_TRUE(z.has(name)) << name;
+      const TensorView &x = a.get(name), &y = z.get(name);
+      EXPECT_EQ(x.numel(), y.numel()) << name;
+      EXPECT_EQ(tensor_to_f32(x), tensor_to_f32(y)) << name;
+    }
+    EXPECT_EQ(QwenModel(d.out_dir).forward_logits(batch), ref);
+
+    EXPECT_LE(rel_rms(QwenModel(export_to(src, root + "/" + preset + "-q8_0.gguf", "q8_0")).forward_logits(batch), ref),
+              kQ8RelTol);
+    const double q4 =
+        rel_rms(QwenModel(export_to(src, root + "/" + preset + "-q4_k_m.gguf", "q4_k_m")).forward_logits(batch), ref);
+    EXPECT_LE(q4, kQ4KmRelTol);
+    EXPECT_GT(q4, 0.0);
+  }
+}
+
+// llama-quantize's rules for a model of exactly 8 experts (Mixtral's bump), and none for other counts.
+TEST(GgufMoe, EightExpertTypeRules) {
+  bool fb = false;
+  const GgufFileType& q4km = gguf_file_type("q4_k_m");
+  const GgufFileType& q4_0 = gguf_file_type("q4_0");
+  const GgufFileType& q3kl = gguf_file_type("q3_k_l");
+  const int64_t L = 48, row = 2048, layer = 10;  // layer 10 of 48: not one use_more_bits picks
+  EXPECT_EQ(gguf_tensor_type(q4km, GgufRole::AttnV, layer, L, row, false, &fb, 4, false, 8), GgmlType::Q8_0);
+  EXPECT_EQ(gguf_tensor_type(q4_0, GgufRole::AttnK, layer, L, row, false, &fb, 4, false, 8), GgmlType::Q8_0);
+  EXPECT_EQ(gguf_tensor_type(q4km, GgufRole::AttnOutput, layer, L, row, false, &fb, 4, false, 8), GgmlType::Q5_K);
+  EXPECT_EQ(gguf_tensor_type(q3kl, GgufRole::AttnOutput, layer, L, row, false, &fb, 4, false, 8), GgmlType::Q3_K);
+  // 128 experts (Qwen3-30B-A3B): the dense rules.
+  EXPECT_EQ(gguf_tensor_type(q4km, GgufRole::AttnV, layer, L, row, false, &fb, 4, false, 128), GgmlType::Q4_K);
+  EXPECT_EQ(gguf_tensor_type(q4_0, GgufRole::AttnK, layer, L, row, false, &fb, 4, false, 128), GgmlType::Q4_0);
+  EXPECT_EQ(gguf_tensor_type(q4km, GgufRole::AttnOutput, layer, L, row, false, &fb, 4, false, 128), GgmlType::Q4_K);
+  EXPECT_EQ(gguf_tensor_type(q3kl, GgufRole::AttnOutput, layer, L, row, false, &fb, 4, false, 128), GgmlType::Q5_K);
+  // The rules of convert_hf_to_gguf's types ignore experts.
+  EXPECT_EQ(gguf_tensor_type(gguf_file_type("q8_0"), GgufRole::AttnV, layer, L, row, false, &fb, 4, false, 8),
+            GgmlType::Q8_0);
+  EXPECT_EQ(gguf_tensor_type(gguf_file_type("f16"), GgufRole::AttnK, layer, L, row, false, &fb, 4, false, 8),
+            GgmlType::F16);
+}
+
+// Configs llama.cpp's qwen3moe / qwen2moe would compute differently, and an importance matrix for expert stacks:
+// one error naming the config and the reason, no file.
+TEST(GgufMoe, ConfigsWithoutAGgufFormAreRefused) {
+  const std::string root = test::scratch_dir();
+  const std::string mixed = test::make_random_model(root + "/mixed", "tiny-moe", DType::F32, 3);  // layer 1 dense
+  test::expect_error([&] { export_to(mixed, root + "/mixed.gguf", "q8_0"); },
+                     {mixed + "/config.json: a mixture of experts with dense layers", "qwen3moe makes every layer sparse"});
+  const std::string shared = test::make_random_model(root + "/shared", "tiny-moe-shared", DType::F32, 3);
+  nlohmann::json cfg = nlohmann::json::parse(read_file(shared + "/config.json"));
+  cfg["norm_topk_prob"] = true;
+  write_file_atomic(shared + "/config.json", cfg.dump(2));
+  test::expect_error([&] { export_to(shared, root + "/shared.gguf", "q8_0"); },
+                     {"norm_topk_prob=true has no GGUF form: llama.cpp's qwen2moe never renormalizes"});
+  cfg["norm_topk_prob"] = false;
+  write_file_atomic(shared + "/config.json", cfg.dump(2));
+  GgufExportOptions o;
+  o.imatrix_path = root + "/none.gguf";
+  test::expect_error([&] { export_gguf(shared, root + "/imatrix.gguf", o); },
+                     {"--imatrix with a mixture-of-experts model is not supported yet"});
+  for (const char* f : {"mixed.gguf", "shared.gguf", "imatrix.gguf"}) EXPECT_FALSE(file_exists(root + "/" + f)) << f;
+}
+
+}  // namespace
+}  // namespace qwenq
