@@ -1,10 +1,12 @@
 // Mixtures of experts as GGUF files (llama.cpp's qwen3moe / qwen2moe; trainer/gguf_model.h): an F32 file reads back
 // to the directory's logits exactly and dequantizes back to its tensors, quantized files stay within their rounding,
-// llama-quantize's 8-expert type rules, and the configs llama.cpp's graphs would compute differently are refused.
+// llama-quantize's 8-expert type rules, importance matrices with one matrix per expert, and the configs llama.cpp's
+// graphs would compute differently are refused.
 // gguf-py's view of the same files (names, stacks, keys, types, bytes) is tests/oracle/test_gguf_oracle.py.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,7 @@
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/gguf_model.h"
+#include "trainer/imatrix_model.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -129,13 +132,68 @@ TEST(GgufMoe, ConfigsWithoutAGgufFormAreRefused) {
   write_file_atomic(shared + "/config.json", cfg.dump(2));
   test::expect_error([&] { export_to(shared, root + "/shared.gguf", "q8_0"); },
                      {"norm_topk_prob=true has no GGUF form: llama.cpp's qwen2moe never renormalizes"});
-  cfg["norm_topk_prob"] = false;
-  write_file_atomic(shared + "/config.json", cfg.dump(2));
+  for (const char* f : {"mixed.gguf", "shared.gguf"}) EXPECT_FALSE(file_exists(root + "/" + f)) << f;
+  ImatrixOptions io;
+  io.model = mixed;
+  io.calib_path = test::write_random_words(root + "/calib.txt", 4000, 2);
+  io.quiet = true;
+  test::expect_error([&] { compute_imatrix(io); }, {"imatrix: " + mixed + ": a mixture of experts with dense layers"});
+}
+
+// llama-imatrix's view of a MoE model: the router reads every token, each expert's stack matrix the tokens routed to
+// it (k per token in all), the shared expert every token; llama-quantize --imatrix then weighs each expert's rows by
+// its own matrix. (The sums themselves against transformers' hooks: tests/oracle/test_imatrix_oracle.py.)
+TEST(GgufMoe, ImatrixWeighsEachExpertByItsOwnTokens) {
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 41);
+  const QwenConfig c = QwenModel(src).config();
+  ImatrixOptions io;
+  io.model = src;
+  io.calib_path = test::write_random_words(root + "/calib.txt", 20000, 3);
+  io.ctx = 32;
+  io.chunks = 8;
+  io.no_ppl = true;
+  io.quiet = true;
+  const Imatrix m = compute_imatrix(io);
+  const float T = 8 * 32;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    EXPECT_EQ(m.entries.at(p + "ffn_gate_inp.weight").counts, std::vector<float>{T});
+    EXPECT_EQ(m.entries.at(p + "ffn_gate_inp_shexp.weight").counts, std::vector<float>{T});
+    EXPECT_EQ(m.entries.at(p + "ffn_down_shexp.weight").counts, std::vector<float>{T});
+    const ImatrixEntry& g = m.entries.at(p + "ffn_gate_exps.weight");
+    ASSERT_EQ(static_cast<int64_t>(g.counts.size()), c.num_experts);
+    EXPECT_EQ(g.columns(), c.hidden_size);
+    float routed = 0;
+    for (float n : g.counts) routed += n;
+    EXPECT_EQ(routed, T * static_cast<float>(c.experts_per_token));
+    EXPECT_EQ(m.entries.at(p + "ffn_up_exps.weight").sum2, g.sum2);
+    const ImatrixEntry& d = m.entries.at(p + "ffn_down_exps.weight");
+    EXPECT_EQ(d.counts, g.counts);
+    EXPECT_EQ(d.columns(), c.moe_intermediate_size);
+  }
+  const std::string imatrix = root + "/imatrix.gguf";
+  write_imatrix_gguf(m, imatrix);
   GgufExportOptions o;
-  o.imatrix_path = root + "/none.gguf";
-  test::expect_error([&] { export_gguf(shared, root + "/imatrix.gguf", o); },
-                     {"--imatrix with a mixture-of-experts model is not supported yet"});
-  for (const char* f : {"mixed.gguf", "shared.gguf", "imatrix.gguf"}) EXPECT_FALSE(file_exists(root + "/" + f)) << f;
+  o.type = "q4_0";
+  o.quiet = true;
+  export_gguf(src, root + "/plain.gguf", o);
+  o.imatrix_path = imatrix;
+  const GgufExportReport rep = export_gguf(src, root + "/weighted.gguf", o);
+  EXPECT_GT(rep.imatrix_tensors, 3 * c.num_layers);  // the stacks at least
+  const GgufFile plain(root + "/plain.gguf"), weighted(root + "/weighted.gguf");
+  const GgufTensor &a = plain.tensor("blk.0.ffn_down_exps.weight"), &b = weighted.tensor("blk.0.ffn_down_exps.weight");
+  ASSERT_EQ(a.bytes, b.bytes);
+  EXPECT_NE(0, std::memcmp(a.data, b.data, a.bytes)) << "the importance changed no block of the expert stack";
+
+  // An imatrix of another model (8 experts, not 6) is refused naming the entry.
+  const std::string other = test::make_random_model(root + "/other", "tiny-moe", DType::F32, 41, 1);
+  io.model = other;
+  write_imatrix_gguf(compute_imatrix(io), root + "/other.gguf");
+  o.imatrix_path = root + "/other.gguf";
+  test::expect_error([&] { export_gguf(src, root + "/bad.gguf", o); },
+                     {"imatrix entry blk.0.ffn_gate_exps.weight has", "x 6 experts (an imatrix of another model?)"});
+  EXPECT_FALSE(file_exists(root + "/bad.gguf"));
 }
 
 }  // namespace

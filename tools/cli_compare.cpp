@@ -286,7 +286,7 @@ bool writes_awq_layout(const std::string& spec) {
 void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
-  {  // Refused before any output: a mixture of experts GGUF cannot describe (dense layers, ...) or with an imatrix, and
+  {  // Refused before any output: a mixture of experts GGUF cannot describe (dense layers, ...), and
      // AutoAWQ's layout where it cannot keep a MoE model's routers unquantized (dense layers too; awq-v2 / rtn without
      // -awq can).
     const QwenConfig cfg = load_qwen_config(model);
@@ -294,9 +294,6 @@ void run_compare(CompareArgs& a) {
     for (std::string m; std::getline(methods, m, ',');) {
       if (m.rfind("gguf", 0) == 0) {
         check_gguf_moe(cfg, "compare --methods " + m + ": " + path_join(model, "config.json"));
-        QWENQ_CHECK(!cfg.is_moe() || m.find("imatrix") == std::string::npos,
-                    "compare --methods " << m << ": an importance matrix of a mixture-of-experts model is not "
-                                                 "supported yet");
       }
       if (!cfg.is_moe() || !writes_awq_layout(m)) continue;
       try {

@@ -167,9 +167,6 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   QwenModel model(model_dir);
   const QwenConfig& c = model.config();
   check_gguf_moe(c, path_join(model_dir, "config.json"));
-  QWENQ_CHECK(!c.is_moe() || o.imatrix_path.empty(),
-              "gguf: --imatrix with a mixture-of-experts model is not supported yet (the expert stacks' importance "
-              "per expert); export without it");
   const QwenWeights& w = model.weights();
   const Tokenizer tok = Tokenizer::from_model(model_dir);  // a GGUF source too (re-quantization)
   QWENQ_CHECK(c.rope.type == RopeType::Default || c.rope.type == RopeType::Linear,
@@ -186,13 +183,16 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   // The importance of a 2-D tensor's K columns (padded with zeros to K2), or empty when the imatrix has no entry for
   // it (as llama-quantize, which then quantizes that tensor without one); an entry of another width is refused.
   // Counted in the report when the tensor's type `ty` uses it (not the float types or Q8_0, which ggml ignores it for).
-  auto importance_of = [&](const std::string& gname, int64_t K, int64_t K2, GgmlType ty) {
+  // An expert stack's entry holds `mats` matrices (one per expert, K values each: llama-quantize weighs expert e's rows
+  // by the e-th).
+  auto importance_of = [&](const std::string& gname, int64_t K, int64_t K2, GgmlType ty, int64_t mats = 1) {
     std::vector<float> v = imatrix.importance(gname);
     if (v.empty()) return v;
-    QWENQ_CHECK(static_cast<int64_t>(v.size()) == K,
+    QWENQ_CHECK(static_cast<int64_t>(v.size()) == K * mats,
                 o.imatrix_path << ": imatrix entry " << gname << " has " << v.size() << " values but the tensor has "
-                               << K << " columns (an imatrix of another model?)");
-    v.resize(static_cast<size_t>(K2), 0.0f);
+                               << K << " columns" << (mats > 1 ? " x " + std::to_string(mats) + " experts" : "")
+                               << " (an imatrix of another model?)");
+    if (mats == 1) v.resize(static_cast<size_t>(K2), 0.0f);
     const bool used = ty != GgmlType::F32 && ty != GgmlType::F16 && ty != GgmlType::BF16 && ty != GgmlType::Q8_0;
     rep.imatrix_tensors += used;
     return v;
@@ -315,13 +315,14 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       const LinearWeight& first = expert_member(m.experts[0], which);
       const int64_t N = first.N, K = first.K;
       const GgmlType ty = type_of(which == 2 ? GgufRole::FfnDown : GgufRole::OtherLinear, l, K);
-      g.add_tensor(blk(l, stacks[which]), ty, {K, N, E}, [&m, which, ty, N, K] {
+      std::vector<float> imp = importance_of(blk(l, stacks[which]), K, K, ty, E);
+      g.add_tensor(blk(l, stacks[which]), ty, {K, N, E}, [&m, which, ty, N, K, imp = std::move(imp)] {
         std::vector<uint8_t> out;
-        for (const MoeExpertWeights& e : m.experts) {
-          const LinearWeight& lw = expert_member(e, which);
+        for (size_t e = 0; e < m.experts.size(); ++e) {
+          const LinearWeight& lw = expert_member(m.experts[e], which);
           const std::vector<float> W = lw.dequantize();
           if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
-          const std::vector<uint8_t> q = quantize_ggml(ty, W.data(), N, K, nullptr);
+          const std::vector<uint8_t> q = quantize_ggml(ty, W.data(), N, K, imp.empty() ? nullptr : imp.data() + e * K);
           out.insert(out.end(), q.begin(), q.end());
         }
         return out;
@@ -337,7 +338,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
     for (int which = 0; which < 3; ++which) {
       const LinearWeight& lw = expert_member(m.shared, which);
       const GgmlType ty = type_of(which == 2 ? GgufRole::FfnDown : GgufRole::OtherLinear, l, lw.K);
-      add_matrix(blk(l, shexp[which]), ty, lw.N, lw.K, {}, [&lw] {
+      add_matrix(blk(l, shexp[which]), ty, lw.N, lw.K, importance_of(blk(l, shexp[which]), lw.K, lw.K, ty), [&lw] {
         std::vector<float> W = lw.dequantize();
         if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());
         return W;

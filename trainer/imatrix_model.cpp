@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "kernels/norm.h"
 #include "trainer/gguf_model.h"
+#include "trainer/moe_block.h"
 #include "trainer/qwen_model.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
@@ -19,34 +20,49 @@ namespace qwenq {
 
 namespace {
 
-// Running sums of one input group (the Linears that share it), in double.
+// Running sums of one input (the Linears that share it), in double: one matrix, or one per expert of a MoE layer's
+// stack (rows of the tokens routed to it).
 struct GroupSums {
   std::vector<double> sum2, sum;
-  int64_t count = 0;
-  void add(const float* x, int64_t T, int64_t K) {
-    if (sum2.empty()) sum2.assign(static_cast<size_t>(K), 0.0), sum.assign(static_cast<size_t>(K), 0.0);
-    QWENQ_CHECK(static_cast<int64_t>(sum2.size()) == K, "imatrix: an input of " << K << " columns after "
-                                                                                 << sum2.size());
+  std::vector<int64_t> count;  // tokens per matrix
+  int64_t K = 0;
+  void init(int64_t mats, int64_t width) {
+    K = width;
+    sum2.assign(static_cast<size_t>(mats * K), 0.0);
+    sum.assign(static_cast<size_t>(mats * K), 0.0);
+    count.assign(static_cast<size_t>(mats), 0);
+  }
+  void add(const float* x, int64_t T, int64_t width, int64_t mat = 0) {
+    if (sum2.empty()) init(1, width);
+    QWENQ_CHECK(width == K && mat >= 0 && mat < static_cast<int64_t>(count.size()),
+                "imatrix: an input of " << width << " columns for matrix " << mat << " of sums " << K << " wide");
+    double* s2 = sum2.data() + mat * K;
+    double* s1 = sum.data() + mat * K;
     // Columns in parallel, tokens in order inside a column: the same sums at any thread count.
     parallel_for(K, 64, [&](int64_t j0, int64_t j1) {
       for (int64_t t = 0; t < T; ++t) {
         const float* row = x + t * K;
         for (int64_t j = j0; j < j1; ++j) {
           const double v = row[j];
-          sum2[j] += v * v;
-          sum[j] += v;
+          s2[j] += v * v;
+          s1[j] += v;
         }
       }
     });
-    count += T;
+    count[static_cast<size_t>(mat)] += T;
   }
   ImatrixEntry entry() const {
     ImatrixEntry e;
     e.sum2.assign(sum2.begin(), sum2.end());
     e.sum.assign(sum.begin(), sum.end());
-    e.counts = {static_cast<float>(count)};
+    for (int64_t c : count) e.counts.push_back(static_cast<float>(c));
     return e;
   }
+};
+
+// A MoE layer's expert inputs: the stacks' (one matrix per expert) and the shared expert's.
+struct MoeSums {
+  GroupSums exps_in, exps_down, shexp_in, shexp_down;
 };
 
 int group_index(BlockLinear g) {
@@ -60,7 +76,7 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   QWENQ_CHECK(o.ctx >= 2, "imatrix: --ctx must be at least 2 tokens, not " << o.ctx);
   QwenModel model(o.model);
   const QwenConfig& c = model.config();
-  refuse_moe(c, "imatrix");
+  check_gguf_moe(c, "imatrix: " + o.model);  // the entries are named for the GGUF file they weigh
   QWENQ_CHECK(o.ctx <= c.max_position_embeddings, "imatrix: --ctx " << o.ctx << " is longer than the model's context ("
                                                                     << c.max_position_embeddings << " tokens)");
   const Tokenizer tok = Tokenizer::from_model(o.model);
@@ -75,6 +91,17 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   const int64_t per_batch = std::max<int64_t>(1, o.batch_tokens / o.ctx);
 
   std::vector<std::array<GroupSums, 4>> sums(static_cast<size_t>(c.num_layers));
+  std::vector<MoeSums> moe(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    MoeSums& m = moe[static_cast<size_t>(l)];
+    m.exps_in.init(c.num_experts, c.hidden_size);
+    m.exps_down.init(c.num_experts, c.moe_intermediate_size);
+    if (c.shared_expert_intermediate_size > 0) {
+      m.shexp_in.init(1, c.hidden_size);
+      m.shexp_down.init(1, c.shared_expert_intermediate_size);
+    }
+  }
   GroupSums out_sums;
   double nll_sum = 0, nll_sq = 0;
   int64_t nll_n = 0;
@@ -94,9 +121,17 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
     const int64_t T = batch.num_tokens();
     model.embed_batch(batch, &x);
     for (int64_t l = 0; l < c.num_layers; ++l) {
-      model.block_forward(l, batch, x.data(), [&](BlockLinear g, const float* in, int64_t rows) {
-        sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(g))].add(in, rows, block_linear_inputs(c, g));
-      });
+      MoeSums& m = moe[static_cast<size_t>(l)];
+      const MoeInputHook experts = [&](BlockLinear g, int64_t e, const float* in, int64_t rows, const int64_t*) {
+        GroupSums& s = g == BlockLinear::GateUp ? (e < 0 ? m.shexp_in : m.exps_in) : (e < 0 ? m.shexp_down : m.exps_down);
+        s.add(in, rows, s.K, e < 0 ? 0 : e);
+      };
+      model.block_forward(
+          l, batch, x.data(),
+          [&](BlockLinear g, const float* in, int64_t rows) {
+            sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(g))].add(in, rows, block_linear_inputs(c, g));
+          },
+          c.is_moe_layer(l) ? experts : MoeInputHook{});
     }
     if (output || !o.no_ppl) {
       const TensorView& fn = model.weights().final_norm;
@@ -125,10 +160,26 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   m.chunk_count = static_cast<uint32_t>(n_chunks);
   m.chunk_size = static_cast<uint32_t>(o.ctx);
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (int i = 0; i < 7; ++i) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    const bool sparse = c.is_moe_layer(l);
+    for (int i = 0; i < (sparse ? 4 : 7); ++i) {
       const DecoderLinear& d = kDecoderLinears[i];
       const GroupSums& s = sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(d.group))];
-      m.entries["blk." + std::to_string(l) + "." + gguf_linear_name(i) + ".weight"] = s.entry();
+      m.entries[p + gguf_linear_name(i) + ".weight"] = s.entry();
+    }
+    if (!sparse) continue;
+    // The router (and qwen2moe's shared-expert gate) read the MoE block's input; each stack has one matrix per expert.
+    const GroupSums& n = sums[static_cast<size_t>(l)][static_cast<size_t>(group_index(BlockLinear::GateUp))];
+    const MoeSums& x = moe[static_cast<size_t>(l)];
+    m.entries[p + "ffn_gate_inp.weight"] = n.entry();
+    m.entries[p + "ffn_gate_exps.weight"] = x.exps_in.entry();
+    m.entries[p + "ffn_up_exps.weight"] = x.exps_in.entry();
+    m.entries[p + "ffn_down_exps.weight"] = x.exps_down.entry();
+    if (c.shared_expert_intermediate_size > 0) {
+      m.entries[p + "ffn_gate_inp_shexp.weight"] = n.entry();
+      m.entries[p + "ffn_gate_shexp.weight"] = x.shexp_in.entry();
+      m.entries[p + "ffn_up_shexp.weight"] = x.shexp_in.entry();
+      m.entries[p + "ffn_down_shexp.weight"] = x.shexp_down.entry();
     }
   }
   if (output) m.entries["output.weight"] = out_sums.entry();

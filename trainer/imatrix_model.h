@@ -10,6 +10,10 @@
 // output), ffn_gate, ffn_up (the normalized hidden state after attention) and ffn_down (silu(gate) ⊙ up); with
 // process_output also output.weight (the final normalized hidden state; an untied model only: a tied output is the
 // embedding, which llama-imatrix does not collect either). Sums run in double and are stored as fp32.
+// A mixture of experts (the configs GGUF takes: check_gguf_moe) as llama-imatrix sees llama.cpp's qwen3moe / qwen2moe
+// graphs: ffn_gate_inp (the router; and ffn_gate_inp_shexp) reads the MoE block's input; ffn_gate_exps / ffn_up_exps
+// and ffn_down_exps hold one matrix per expert (n_mat = E), each over the rows of the tokens routed to it, with its
+// own count (0 for an expert no token reached: llama-quantize then weighs it 1.0); ffn_*_shexp as dense Linears.
 // Unless no_ppl, it also reports llama-imatrix's perplexity estimate of the pass: exp of the mean next-token NLL over
 // the second half of every chunk (positions ctx/2 .. ctx-2 predicting the next token), ± ppl·sqrt(var(NLL)/(n−1)).
 // The result is written with quant/ggml_imatrix.h and read by `qwen-quant gguf --imatrix` and llama-quantize.

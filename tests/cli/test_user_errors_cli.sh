@@ -298,6 +298,10 @@ refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe 
   || fail "gguf of an all-sparse Qwen2-MoE" moe_shared_gguf.txt
 "$QQ" eval --model moe_shared.gguf --data text.jsonl --seq-len 64 -q > moe_shared_eval.txt 2>&1 \
   || fail "eval of a qwen2moe GGUF" moe_shared_eval.txt
+"$QQ" imatrix --model moe_shared --calib text.jsonl --ctx 32 --chunks 4 --out moe_shared_imatrix.gguf -q \
+  > moe_shared_imatrix.txt 2>&1 || fail "imatrix of a Qwen2-MoE" moe_shared_imatrix.txt
+"$QQ" gguf --model moe_shared --out moe_shared_im.gguf --type q4_k_m --imatrix moe_shared_imatrix.gguf -q \
+  > moe_shared_gguf_im.txt 2>&1 || fail "gguf --imatrix of a Qwen2-MoE" moe_shared_gguf_im.txt
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
 refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
   --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
