@@ -52,13 +52,15 @@ QuantizeOptions loftq_quantize(const std::string& dense, const std::string& out,
   return q;
 }
 
+// Every adapted Linear (each expert's of a MoE layer too) holds the same A and B.
 void expect_same_adapter(const LoraAdapter& a, const LoraAdapter& b) {
-  for (int64_t l = 0; l < a.dims().num_layers; ++l)
-    for (LoraTarget t : a.targets()) {
-      SCOPED_TRACE(testing::Message() << "layer " << l << " " << lora_target_name(t));
-      EXPECT_EQ(a.at(l, t).A, b.at(l, t).A);
-      EXPECT_EQ(a.at(l, t).B, b.at(l, t).B);
-    }
+  ASSERT_EQ(a.slots().size(), b.slots().size());
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    SCOPED_TRACE(testing::Message() << "layer " << a.slots()[i].layer << " " << a.slots()[i].path);
+    EXPECT_EQ(a.slots()[i].path, b.slots()[i].path);
+    EXPECT_EQ(a.weights(i).A, b.weights(i).A);
+    EXPECT_EQ(a.weights(i).B, b.weights(i).B);
+  }
 }
 
 // Mean |logit − the original model's logit| over a seeded batch.
@@ -171,6 +173,45 @@ TEST(LoftqModel, AdapterBringsLogitsTowardTheOriginal) {
     errors[iters == 1 ? 0 : 1] = corrected;
   }
   EXPECT_LT(errors[1], errors[0]);
+}
+
+// A mixture of experts (Qwen2-MoE with a shared expert): every expert's Linear gets its own rank-r correction (PEFT's
+// mlp.experts.<e>.* names), both where the quantizer iterates (rtn, 3 iterations) and one-shot on the stored base
+// (nf4, 1 iteration: the same as loftq_init_adapter recomputes), and the corrected model is closer to the original.
+TEST(LoftqModel, MoeAdaptsEveryExpert) {
+  const std::string root = test::scratch_dir();
+  const std::string dense = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 6);
+  const QwenModel orig(dense);
+  const QwenConfig& c = orig.config();
+  const PackedBatch batch = test::random_batch({40, 25}, c.vocab_size, 9);
+  LoraAdapter zero(lora_dims_of(c), loftq_config(4, 8));
+  const std::vector<float> ref = lora_forward_logits(orig, zero, batch);
+  const int64_t slots = c.num_layers * (4 + 3 * (c.num_experts + 1));
+  for (const auto& [method, iters] : {std::make_pair(QuantizeOptions::Method::Nf4, 1),
+                                      std::make_pair(QuantizeOptions::Method::Rtn, 3)}) {
+    SCOPED_TRACE(iters);
+    const std::string out = root + "/q" + std::to_string(iters);
+    const QuantizeReport rep = quantize_model(loftq_quantize(dense, out, method, iters));
+    EXPECT_LT(rep.loftq_error, rep.loftq_plain_error);
+    const QwenModel base(out);
+    const LoraAdapter written = load_peft_adapter(path_join(out, "loftq_init"), lora_dims_of(base.config()));
+    EXPECT_EQ(static_cast<int64_t>(written.slots().size()), slots);
+    EXPECT_TRUE(written.has_expert(0, 3, LoraTarget::DownProj) && written.has_expert(1, -1, LoraTarget::GateProj));
+    if (iters == 1) {
+      LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+      const LoftqInitReport r = loftq_init_adapter(base, dense, &oneshot, true);
+      EXPECT_EQ(r.linears, slots);
+      expect_same_adapter(written, oneshot);
+    }
+    LoraAdapter none(lora_dims_of(base.config()), loftq_config(4, 8));
+    const double plain = logit_error(base, none, ref, batch), corrected = logit_error(base, written, ref, batch);
+    std::printf("tiny-moe-shared, LoftQ r4, %d iteration(s): mean |logit error| %.5f -> %.5f\n", iters, plain,
+                corrected);
+    // Measured: -1 % at 1 iteration, -21 % at 3 (the dense tiny model: -10 % at 1). A token whose routing the
+    // rounding flipped is one no rank-r correction of the experts undoes (not measured apart), so one iteration must
+    // only not hurt.
+    EXPECT_LT(corrected, (iters == 1 ? 1.0 : kLogitGain) * plain);
+  }
 }
 
 TEST(LoftqModel, TrainStartsFromTheLoftqAdapter) {

@@ -12,6 +12,7 @@
 #include "lora/loftq.h"
 #include "lora/peft_io.h"
 #include "quant/quantize_step.h"
+#include "trainer/moe_block.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 
@@ -57,7 +58,6 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
 }
 
 LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir, LoraAdapter* adapter, bool quiet) {
-  refuse_moe(base.config(), "--loftq-model");
   QWENQ_CHECK(load_quant_config(dir).method == QuantConfig::Method::None,
               "--loftq-model " << dir << " is quantized (its config.json has a quantization_config); give the "
                                   "original bf16/fp16/fp32 model the base was quantized from");
@@ -65,7 +65,9 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
   const QwenConfig oc = load_qwen_config(dir);
   QWENQ_CHECK(oc.hidden_size == bc.hidden_size && oc.num_layers == bc.num_layers && oc.num_heads == bc.num_heads &&
                   oc.num_kv_heads == bc.num_kv_heads && oc.head_dim == bc.head_dim &&
-                  oc.intermediate_size <= bc.intermediate_size,
+                  oc.intermediate_size <= bc.intermediate_size && oc.num_experts == bc.num_experts &&
+                  oc.moe_intermediate_size == bc.moe_intermediate_size &&
+                  oc.shared_expert_intermediate_size == bc.shared_expert_intermediate_size,
               "--loftq-model " << dir << " is another architecture: hidden " << oc.hidden_size << ", intermediate "
                                << oc.intermediate_size << ", " << oc.num_layers << " layers, " << oc.num_heads << "/"
                                << oc.num_kv_heads << " heads of " << oc.head_dim << " (the base: " << bc.hidden_size
@@ -76,16 +78,26 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
   const int64_t r = adapter->rank();
   LoftqInitReport rep;
   double q2 = 0, c2 = 0;
-  const int64_t total = adapter->dims().num_layers * static_cast<int64_t>(adapter->targets().size());
+  const int64_t total = static_cast<int64_t>(adapter->slots().size());
   Progress bar("loftq", total, "linears", quiet);
-  for (int64_t l = 0; l < adapter->dims().num_layers; ++l) {
+  int64_t checked_layer = -1;
+  for (size_t i = 0; i < adapter->slots().size(); ++i) {  // every adapted Linear, each expert's of a MoE layer too
+    const LoraSlot& sl = adapter->slots()[i];
+    const int64_t l = sl.layer;
+    const LoraTarget t = sl.target;
     const QwenLayerWeights& L = base.weights().layers[l];
     const std::string lp = "model.layers." + std::to_string(l) + ".";
-    check_same_norm(L.input_norm, ckpt, lp + "input_layernorm.weight", dir);
-    check_same_norm(L.post_norm, ckpt, lp + "post_attention_layernorm.weight", dir);
-    for (LoraTarget t : adapter->targets()) {
-      const LinearWeight& bw = layer_linear(L, static_cast<int>(t));
-      const std::string name = lp + kDecoderLinears[static_cast<int>(t)].name + ".weight";
+    if (l != checked_layer) {
+      check_same_norm(L.input_norm, ckpt, lp + "input_layernorm.weight", dir);
+      check_same_norm(L.post_norm, ckpt, lp + "post_attention_layernorm.weight", dir);
+      checked_layer = l;
+    }
+    {
+      const LinearWeight& bw =
+          sl.expert == kNoExpert
+              ? layer_linear(L, static_cast<int>(t))
+              : expert_member(sl.expert < 0 ? L.moe.shared : L.moe.experts[sl.expert], moe_expert_index(t));
+      const std::string name = lp + sl.path + ".weight";
       const TensorView& ow = ckpt.get(name);
       QWENQ_CHECK(ow.shape.size() == 2 && ow.shape[0] <= bw.N && ow.shape[1] <= bw.K,
                   "--loftq-model " << dir << ": " << name << " is " << shape_str(ow.shape) << ", the base's is ["
@@ -93,17 +105,17 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
       std::vector<float> W(bw.N * bw.K);
       weight_to_f32_ref(ow.dtype, ow.data, ow.shape[0], ow.shape[1], bw.N, bw.K, W.data());  // zero-padded
       const std::vector<float> Q = bw.dequantize();
-      const std::string what = "loftq: layer " + std::to_string(l) + " " + lora_target_name(t);
+      const std::string what = "loftq: layer " + std::to_string(l) + " " + sl.path;
       const LoftqFactors f = loftq_factors(W.data(), Q.data(), bw.N, bw.K, r, s, {}, what.c_str());
       // A rounding of W stays well inside ‖W‖ (4-bit: ~0.1 ‖W‖, 2-bit RTN: ~0.5); another model's weights are ~√2 ‖W‖
       // away, and the rank-r correction of such a "residual" would be noise.
       double w2 = 0;
       for (float x : W) w2 += double(x) * x;
       QWENQ_CHECK(f.quant_error <= std::sqrt(w2),
-                  "--loftq-model " << dir << ": the base's layer " << l << " " << lora_target_name(t)
+                  "--loftq-model " << dir << ": the base's layer " << l << " " << sl.path
                                    << " is not a rounding of this model's (||W - Q|| = " << f.quant_error / std::sqrt(w2)
                                    << " ||W||): the base was not made from this model by rounding alone");
-      LoraWeights& lw = adapter->at(l, t);
+      LoraWeights& lw = adapter->weights(i);
       lw.A = f.A;
       lw.B = f.B;
       q2 += f.quant_error * f.quant_error;

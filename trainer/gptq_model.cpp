@@ -202,7 +202,6 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
   if (g.device == Device::Cuda) refuse_moe(cfg, "gptq --device cuda");
-  if (o.loftq.r > 0) refuse_moe(cfg, "--loftq-rank");
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
   add_moe_module_lists(moe_lists, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);

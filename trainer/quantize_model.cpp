@@ -38,12 +38,21 @@ namespace {
 
 // "model.layers.12.mlp.up_proj.weight" -> (12, up_proj), from kDecoderLinearRe's groups (layer; q|k|v|o or
 // gate|up|down).
-std::pair<int64_t, LoraTarget> layer_and_target(const std::string& name) {
+// The layer, LoRA target and expert (kNoExpert for a block's own Linear, -1 the shared expert) of a decoder Linear.
+struct LinearSlot {
+  int64_t layer = 0;
+  LoraTarget target{};
+  int64_t expert = kNoExpert;
+};
+LinearSlot linear_slot(const std::string& name) {
   std::smatch m;
   QWENQ_CHECK(std::regex_match(name, m, kDecoderLinearRe), name << ": not a decoder Linear");
-  LoraTarget t{};
-  QWENQ_CHECK(lora_target_from_name((m[3].matched ? m[3].str() : m[4].str()) + "_proj", &t), name << ": not a LoRA target");
-  return {std::stoll(m[1].str()), t};
+  LinearSlot s;
+  const std::string proj = m[3].matched ? m[3].str() : m[4].matched ? m[4].str() : m[6].str();
+  QWENQ_CHECK(lora_target_from_name(proj + "_proj", &s.target), name << ": not a LoRA target");
+  s.layer = std::stoll(m[1].str());
+  if (m[5].matched) s.expert = m[5].str() == "shared_expert" ? -1 : std::stoll(m[5].str().substr(8));  // "experts.<e>"
+  return s;
 }
 
 // The RTN grid of an [N, K] Linear, scales and zeros to be filled.
@@ -85,7 +94,6 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   check_not_quantized(o.model_dir);
   const QwenConfig cfg = load_qwen_config(o.model_dir);
   if (o.method == QuantizeOptions::Method::Rtn) check_int_options(o);
-  if (o.loftq.r > 0) refuse_moe(cfg, "--loftq-rank");
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
   add_moe_module_lists(moe_lists, cfg,
@@ -191,16 +199,17 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
       if (loftq_inline) {
-        const std::pair<int64_t, LoraTarget> lt = layer_and_target(name);  // not a structured binding: the lambda
-        const int64_t layer = lt.first;                                    // below captures these (C++17)
-        const LoraTarget target = lt.second;
-        if (loftq_adapter->has(layer, target)) {
+        const LinearSlot ls = linear_slot(name);
+        const bool adapted = ls.expert == kNoExpert ? loftq_adapter->has(ls.layer, ls.target)
+                                                    : loftq_adapter->has_expert(ls.layer, ls.expert, ls.target);
+        if (adapted) {
           named([&] {
-            const std::string what = "loftq: layer " + std::to_string(layer) + " " + lora_target_name(target);
+            const std::string what = "loftq: " + prefix;
             LoftqIterResult lq = loftq_iterate(
                 W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters,
                 [&](const std::vector<float>& X) { return round_trip(o, X, N, K); }, {}, what.c_str());
-            LoraWeights& lw = loftq_adapter->at(layer, target);
+            LoraWeights& lw = ls.expert == kNoExpert ? loftq_adapter->at(ls.layer, ls.target)
+                                                     : loftq_adapter->expert_at(ls.layer, ls.expert, ls.target);
             lw.A = std::move(lq.factors.A);
             lw.B = std::move(lq.factors.B);
             loftq_plain2 += lq.plain_error * lq.plain_error;

@@ -7,6 +7,7 @@
 #include "core/progress.h"
 #include "core/rng.h"
 #include "trainer/adapter_init.h"
+#include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
@@ -138,7 +139,9 @@ std::unique_ptr<LoraAdapter> loftq_adapter_for(const QuantizeOptions& o, const Q
   lc.base_model = o.out_dir;
   lc.validate();
   try {
-    return std::make_unique<LoraAdapter>(LoraDims{cfg.hidden_size, I2, cfg.q_dim(), cfg.kv_dim(), cfg.num_layers}, lc);
+    LoraDims dims = lora_dims_of(cfg);  // a MoE model's experts each get their own A and B (LoraSlot)
+    dims.intermediate_size = I2;
+    return std::make_unique<LoraAdapter>(dims, lc);
   } catch (const Error& e) {
     throw Error(std::string("--loftq-rank: ") + e.what());
   }

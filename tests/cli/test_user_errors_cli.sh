@@ -302,6 +302,9 @@ refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe 
   > moe_shared_imatrix.txt 2>&1 || fail "imatrix of a Qwen2-MoE" moe_shared_imatrix.txt
 "$QQ" gguf --model moe_shared --out moe_shared_im.gguf --type q4_k_m --imatrix moe_shared_imatrix.gguf -q \
   > moe_shared_gguf_im.txt 2>&1 || fail "gguf --imatrix of a Qwen2-MoE" moe_shared_gguf_im.txt
+"$QQ" nf4 --model moe_shared --out moe_lq --loftq-rank 4 -q > moe_lq.txt 2>&1 || fail "nf4 --loftq-rank of a MoE" moe_lq.txt
+"$QL" train --model moe_lq --data text.jsonl --out moe_lq_run --max-steps 2 --seq-len 32 -q \
+  --init-adapter moe_lq/loftq_init > moe_lq_run.txt 2>&1 || fail "train --init-adapter LoftQ on a MoE" moe_lq_run.txt
 refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
 refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
   --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
