@@ -186,11 +186,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
   }
 
   double loss(int64_t l, const ScaleGroup& grp, const std::vector<float>* candidate) override {
-    const std::vector<float> y = output(l, grp, nullptr, candidate);
-    QWENQ_CHECK(y.size() == reference_.size(), "awq: the module output changed size between calls");
-    double sum = 0.0;
-    sum_sq_diff_ref(y.data(), reference_.data(), static_cast<int64_t>(y.size()), &sum);
-    return sum / static_cast<double>(y.size());
+    return loss_of(l, grp, std::vector<std::vector<float>>(candidate, candidate + grp.slots.size()));
   }
 
   double loss_scaled(int64_t l, const ScaleGroup& grp, const std::vector<float>* W, const std::vector<float>& s,
@@ -204,7 +200,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
       cand[j].resize(w.size());
       awq_candidate_ref(w.data(), N, K, s.data(), opt.bits, opt.group_size, cand[j].data());
     }
-    return loss(l, grp, cand.data());
+    return loss_of(l, grp, std::move(cand));
   }
 
   std::vector<float> search_clip(const AwqInput& in, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
@@ -253,10 +249,19 @@ class CpuBlockRunner final : public AwqBlockRunner {
     return scratch->data();
   }
 
-  // The module's output [rows, C] over the kept input of grp, with the group's Linears at candidate (non-null) or,
-  // for a single Linear, at W[slot]; otherwise the model's own.
+  // loss() of candidates it may consume (moved into the model for the call: a MoE layer's are every expert's).
+  double loss_of(int64_t l, const ScaleGroup& grp, std::vector<std::vector<float>> candidate) {
+    const std::vector<float> y = output(l, grp, nullptr, candidate.data());
+    QWENQ_CHECK(y.size() == reference_.size(), "awq: the module output changed size between calls");
+    double sum = 0.0;
+    sum_sq_diff_ref(y.data(), reference_.data(), static_cast<int64_t>(y.size()), &sum);
+    return sum / static_cast<double>(y.size());
+  }
+
+  // The module's output [rows, C] over the kept input of grp, with the group's Linears at candidate (non-null; a
+  // module's are moved into the model for the call) or, for a single Linear, at W[slot]; otherwise the model's own.
   std::vector<float> output(int64_t l, const ScaleGroup& grp, const std::vector<float>* W,
-                            const std::vector<float>* candidate) {
+                            std::vector<float>* candidate) {
     QWENQ_CHECK(l == layer_, "awq: layer " << l << " evaluated after capturing layer " << layer_);
     const int64_t C = model_.config().hidden_size, T = tokens();
     if (grp.module == Module::Single) {
@@ -271,7 +276,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
     for (size_t j = 0; j < grp.slots.size(); ++j) {
       LinearWeight& lw = awq_linear_weight(model_, l, lin_[grp.slots[j]]);
       original[j] = lw;
-      if (candidate) lw = LinearWeight::from_fp32(candidate[j], lw.N, lw.K);
+      if (candidate) lw = LinearWeight::from_fp32(std::move(candidate[j]), lw.N, lw.K);
     }
     std::vector<float> y(T * C);
     for (size_t p = 0; p < pieces_.batches.size(); ++p) {

@@ -28,7 +28,7 @@ import shutil
 import sys
 import types
 
-from oracle_common import parse_args, run, run_gtest, skip, work_dir
+from oracle_common import parse_args, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 # scripts/oracle_env.sh installs AutoAWQ apart from the rest (peft would import it everywhere).
@@ -67,16 +67,10 @@ DOCS, SEQ = 200, 64
 
 
 def random_model(model_cls, cfg, src):
-    """A random model in fp32 (norms near 1, small biases, weights ~ 1/sqrt(fan-in)) with the tokenizer files."""
+    """A random model in fp32 (spread_weights: norms near 1, small biases, weights ~ 1/sqrt(fan-in)) with the
+    tokenizer files."""
     model = model_cls(cfg)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("norm.weight"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif pname.endswith("bias"):
-                p.copy_(0.2 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
+    spread_weights(model)
     model.save_pretrained(src, safe_serialization=True)
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         shutil.copy(os.path.join(tk, f), os.path.join(src, f))

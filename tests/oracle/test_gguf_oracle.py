@@ -115,6 +115,23 @@ def expected_type(tname, g, shape, tied, n_layers, n_expert=0):
     return t
 
 
+def check_bytes(where, g, t, w):
+    """Tensor t of our file (of the expected type) against the weight rows w [rows, K]: bit for bit against
+    gguf.quants.quantize (Q4_0/Q5_0: up to 0.1 % of bytes), the k-quants (no gguf-py quantizer) by their round trip."""
+    want = t.tensor_type
+    if want in (QT.Q4_K, QT.Q5_K, QT.Q6_K):
+        back = dequantize(np.asarray(t.data), want).reshape(w.shape)
+        rel = float(np.sqrt(((back - w) ** 2).sum() / (w ** 2).sum()))
+        check(rel < 0.15, f"{where}: {g} ({want.name}) round trip relative error {rel:.3f}")
+        return
+    a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
+    b = np.frombuffer(np.ascontiguousarray(quantize(w, want)).tobytes(), np.uint8)
+    differ = int((a != b).sum()) if len(a) == len(b) else len(b)
+    allowed = len(b) // 1000 if want in ROUNDING_DIFFERS else 0
+    check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
+                             f"{differ} of {len(b)} bytes (allowed {allowed})")
+
+
 def gguf_name(hf):
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
@@ -183,19 +200,8 @@ for arch, d in models.items():
             want = expected_type(tname, g, w.shape, tied, cfg["num_hidden_layers"])
             check(t.tensor_type == want, f"{where}: {g} is {t.tensor_type.name}, expected {want.name}")
             check(list(t.shape) == list(reversed(w.shape)), f"{where}: {g} shape {list(t.shape)} for {w.shape}")
-            if t.tensor_type != want:
-                continue
-            if want in (QT.Q4_K, QT.Q5_K, QT.Q6_K):  # gguf-py has no k-quant quantizer: the round trip's error
-                back = dequantize(np.asarray(t.data), want).reshape(w.shape)
-                rel = float(np.sqrt(((back - w) ** 2).sum() / (w ** 2).sum()))
-                check(rel < 0.15, f"{where}: {g} ({want.name}) round trip relative error {rel:.3f}")
-                continue
-            a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
-            b = np.frombuffer(np.ascontiguousarray(quantize(w, want)).tobytes(), np.uint8)
-            differ = int((a != b).sum()) if len(a) == len(b) else len(b)
-            allowed = len(b) // 1000 if want in ROUNDING_DIFFERS else 0
-            check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
-                                     f"{differ} of {len(b)} bytes (allowed {allowed})")
+            if t.tensor_type == want:
+                check_bytes(where, g, t, w)
         check(set(tensors) == expected_names, f"{where}: extra tensors {sorted(set(tensors) - expected_names)}")
     # Read back: the F32 file scores exactly as the directory (Qwen3's q/k norms, Llama's q/k rows put back).
     words = os.path.join(out, f"{arch}-words.txt")
@@ -281,20 +287,8 @@ for arch, d in moe_models.items():
             want = expected_type(tname, g, w.shape, cfg["tie_word_embeddings"], cfg["num_hidden_layers"], E)
             check(t.tensor_type == want, f"{where}: {g} is {t.tensor_type.name}, expected {want.name}")
             check(list(t.shape) == list(reversed(w.shape)), f"{where}: {g} shape {list(t.shape)} for {w.shape}")
-            if t.tensor_type != want:
-                continue
-            flat = w.reshape(-1, w.shape[-1])  # a stack's experts' rows one after another
-            if want in (QT.Q4_K, QT.Q5_K, QT.Q6_K):
-                back = dequantize(np.asarray(t.data), want).reshape(flat.shape)
-                rel = float(np.sqrt(((back - flat) ** 2).sum() / (flat ** 2).sum()))
-                check(rel < 0.15, f"{where}: {g} ({want.name}) round trip relative error {rel:.3f}")
-                continue
-            a = np.frombuffer(np.asarray(t.data).tobytes(), np.uint8)
-            b = np.frombuffer(np.ascontiguousarray(quantize(flat, want)).tobytes(), np.uint8)
-            differ = int((a != b).sum()) if len(a) == len(b) else len(b)
-            allowed = len(b) // 1000 if want in ROUNDING_DIFFERS else 0
-            check(differ <= allowed, f"{where}: {g} ({want.name}) bytes differ from gguf.quants.quantize: "
-                                     f"{differ} of {len(b)} bytes (allowed {allowed})")
+            if t.tensor_type == want:
+                check_bytes(where, g, t, w.reshape(-1, w.shape[-1]))  # a stack: its experts' rows one after another
     words = os.path.join(out, f"{arch}-words.txt")
     open(words, "w").write(" ".join(f"word{i % 37} and more text" for i in range(300)))
     ppl = [json.loads(run([qq, "eval", "--model", m, "--data", words, "--seq-len", "128", "--json", "--quiet"]))
