@@ -22,7 +22,7 @@ namespace {
 // everything is fp32; only summation orders differ.
 constexpr double kLogitRelTol = 1e-5;
 
-TEST(AutoAwqOracle, CheckpointMadeByAutoAwqGivesItsLogits) {
+TEST(AutoAwqOracle, CheckpointGivesTheLogitsOfAutoAwqsUnpacking) {
   const char* dir = std::getenv("QWENQ_ORACLE_AUTOAWQ_DIR");
   if (!dir) GTEST_SKIP() << "QWENQ_ORACLE_AUTOAWQ_DIR not set (run tests/oracle/test_autoawq_oracle.py)";
   QwenModel model(dir);
@@ -38,7 +38,7 @@ TEST(AutoAwqOracle, CheckpointMadeByAutoAwqGivesItsLogits) {
     scale = std::max(scale, (double)std::fabs(want.as<float>()[i]));
     worst = std::max(worst, (double)std::fabs(got[i] - want.as<float>()[i]));
   }
-  std::printf("AutoAWQ checkpoint: max |ours - reference| = %.3g, max |logit| = %.3g\n", worst, scale);
+  std::printf("%s: max |ours - AutoAWQ unpacking| = %.3g, max |logit| = %.3g\n", dir, worst, scale);
   EXPECT_LE(worst, kLogitRelTol * scale);
 }
 

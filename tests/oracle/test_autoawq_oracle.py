@@ -8,7 +8,8 @@ AutoAWQ's own unpacking describes.
    save_quantized writes the AutoAWQ GEMM checkpoint with the scaled norms.
 3. The reference: every Linear dequantized with AutoAWQ's dequantize_gemm (scales widened to fp32 first, so the
    products are exact), put into a dense transformers model together with the checkpoint's other tensors; its
-   fp32 logits on a fixed sequence. The gtest AutoAwqOracle.* loads the AutoAWQ directory with qwenq and compares.
+   fp32 logits on a fixed sequence. The gtest AutoAwqOracle.* loads the AutoAWQ directory with qwenq and compares;
+   the same for our own AWQ file (its logits in qwenq = AutoAWQ's unpacking of it in transformers).
 4. `qwen-quant awq --calib-concat` quantizes the same model on the same calibration blocks (AutoAWQ's convention:
    the first 200 documents, concatenated, cut into blocks of 64 tokens); the gtest compares the two results: the
    scales folded into the norms (the search's choices), every Linear's stored scales (the clip choices and the
@@ -129,7 +130,18 @@ def quantize_both(tag, model_cls, cfg, not_convert=None):
     awq_model.save_quantized(qdir)
     print("AutoAWQ wrote", sorted(os.listdir(qdir)))
 
-    # Reference: AutoAWQ's own unpacking into a dense model.
+    # Our AWQ on the same model and the same calibration blocks.
+    run([qq, "awq", "--model", src, "--out", ours, "--overwrite", "--quiet", "--calib", docs, "--calib-concat",
+         "--calib-samples", str(DOCS), "--calib-seq-len", str(SEQ), "--group-size", str(GROUP), "--threads", "1"])
+    # References: each AWQ GEMM file unpacked by AutoAWQ's own dequantize_gemm into a dense model (ours too: the file
+    # as the Python stack reads it).
+    for d in (qdir, ours):
+        write_reference(d, model_cls, cfg)
+    return src, qdir, ours
+
+
+def write_reference(qdir, model_cls, cfg):
+    """expected.safetensors in qdir: the fp32 logits of the dense model AutoAWQ's unpacking of qdir's file gives."""
     state = load_file(os.path.join(qdir, "model.safetensors"))
     dense = {}
     for name, t in state.items():
@@ -147,10 +159,6 @@ def quantize_both(tag, model_cls, cfg, not_convert=None):
         logits = ref(ids).logits[0].float().contiguous()
     save_file({"input_ids": ids[0].to(torch.int32).contiguous(), "logits": logits},
               os.path.join(qdir, "expected.safetensors"))
-    # Our AWQ on the same model and the same calibration blocks.
-    run([qq, "awq", "--model", src, "--out", ours, "--overwrite", "--quiet", "--calib", docs, "--calib-concat",
-         "--calib-samples", str(DOCS), "--calib-seq-len", str(SEQ), "--group-size", str(GROUP), "--threads", "1"])
-    return src, qdir, ours
 
 
 def check(tag, dirs):
@@ -158,6 +166,9 @@ def check(tag, dirs):
     print(f"--- {tag}")
     run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours,
                                                "QWENQ_ORACLE_AWQ_SOURCE": src})
+    print(f"--- {tag}: our file as AutoAWQ unpacks it")
+    run_gtest(args.build, "AutoAwqOracle.CheckpointGivesTheLogitsOfAutoAwqsUnpacking",
+              {"QWENQ_ORACLE_AUTOAWQ_DIR": ours})
 
 
 torch.manual_seed(11)
