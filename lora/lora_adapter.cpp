@@ -28,15 +28,8 @@ LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_
               "LoRA adapter: model dimensions must be positive (hidden " << dims.hidden_size << ", intermediate "
                   << dims.intermediate_size << ", q_dim " << dims.q_dim << ", kv_dim " << dims.kv_dim
                   << ", layers " << dims.num_layers << ")");
-  bool any_moe = false;
-  for (int64_t l = 0; l < dims.num_layers; ++l) any_moe = any_moe || dims.is_moe_layer(l);
   for (const LoraTargetInfo& info : kLoraTargets) {
-    if (!config_.targets(info.target)) continue;
-    QWENQ_CHECK(!any_moe || !config_.use_dora || std::string(info.parent) != "mlp",
-                "DoRA on a mixture-of-experts model's MLP target " << info.name
-                                                                   << " (its experts) is not supported yet; use "
-                                                                      "plain LoRA there or target the attention");
-    targets_.push_back(info.target);
+    if (config_.targets(info.target)) targets_.push_back(info.target);
   }
   const int64_t r = config_.r;
   auto add = [&](int64_t l, LoraTarget t, int64_t expert, std::string path, LoraShape s) {

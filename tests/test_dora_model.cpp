@@ -3,7 +3,8 @@
 // directions and along the gradient itself, with and without dropout, on a dense and on a 4-bit (NF4) base. The
 // norms n are detached in the backward (PEFT's DoRA), so the differences run with n held at the unperturbed
 // adapter's values (LoraStepOptions::dora_norms_from). PyTorch + PEFT is the oracle in
-// tests/oracle/test_lora_grad_oracle.py (case qwen2_dora).
+// tests/oracle/test_lora_grad_oracle.py (cases qwen2_dora and qwen3_moe_dora). On mixtures of experts DoRA adapts every
+// expert's Linear too (trainer/moe_block.h).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,6 +22,8 @@ namespace {
 
 // As tests/test_lora_model.cpp: Richardson-extrapolated central differences of the fp32 loss (~75).
 constexpr double kFdStep = 2e-3;
+// MoE models along the gradient: a smaller step, so that no token changes experts inside it (tests/test_lora_model.cpp).
+constexpr double kFdStepMoe = 1e-3;
 constexpr double kFdRelTol = 5e-3;
 constexpr double kFdAbsTol = 2e-3;
 
@@ -36,11 +39,9 @@ LoraAdapter dora_adapter(const QwenModel& m, double dropout, bool randomize) {
   init_dora_magnitudes(m, &a);
   if (!randomize) return a;
   Rng rng(4);
-  for (LoraTarget t : a.targets()) {
-    for (int64_t l = 0; l < m.config().num_layers; ++l) {
-      for (auto& b : a.at(l, t).B) b = 0.3f * static_cast<float>(rng.normal());
-      for (auto& v : a.at(l, t).m) v *= 1.f + 0.3f * static_cast<float>(rng.normal());  // m/n far from 1
-    }
+  for (size_t i = 0; i < a.slots().size(); ++i) {  // every adapted Linear, each expert's of a MoE layer too
+    for (auto& b : a.weights(i).B) b = 0.3f * static_cast<float>(rng.normal());
+    for (auto& v : a.weights(i).m) v *= 1.f + 0.3f * static_cast<float>(rng.normal());  // m/n far from 1
   }
   return a;
 }
@@ -63,12 +64,10 @@ PackedBatch test_batch() {
 
 template <typename F>
 void for_each_value(LoraAdapter& a, F&& f) {
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (auto& v : a.at(l, t).A) f(v);
-      for (auto& v : a.at(l, t).B) f(v);
-      for (auto& v : a.at(l, t).m) f(v);
-    }
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    for (auto& v : a.weights(i).A) f(v);
+    for (auto& v : a.weights(i).B) f(v);
+    for (auto& v : a.weights(i).m) f(v);
   }
 }
 
@@ -83,10 +82,16 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
   struct Case {
     double dropout;
     bool nf4;
+    const char* moe_preset;  // a mixture of experts: DoRA on every expert's Linear too (trainer/moe_block.h)
   };
-  for (const Case cs : {Case{0.0, false}, Case{0.1, false}, Case{0.0, true}}) {
-    SCOPED_TRACE(::testing::Message() << "dropout " << cs.dropout << (cs.nf4 ? ", NF4 base" : ", dense base"));
-    const std::string dir = cs.nf4 ? nf4_model(test::scratch_dir()) : test::make_tiny_model(test::scratch_dir() + "/m", 21);
+  for (const Case cs : {Case{0.0, false, nullptr}, Case{0.1, false, nullptr}, Case{0.0, true, nullptr},
+                        Case{0.0, false, "tiny-moe-shared"}, Case{0.1, false, "tiny-moe"}}) {
+    SCOPED_TRACE(::testing::Message() << "dropout " << cs.dropout << (cs.nf4 ? ", NF4 base" : ", dense base") << ", "
+                                      << (cs.moe_preset ? cs.moe_preset : "tiny"));
+    const std::string dir =
+        cs.moe_preset ? test::make_random_model(test::scratch_dir() + "/" + cs.moe_preset, cs.moe_preset, DType::F32, 22)
+        : cs.nf4      ? nf4_model(test::scratch_dir())
+                      : test::make_tiny_model(test::scratch_dir() + "/m", 21);
     QwenModel m(dir);
     const LoraAdapter a = dora_adapter(m, cs.dropout, true);
     const PackedBatch b = test_batch();
@@ -100,11 +105,11 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
     lora_loss_and_grad(m, a, b, targets, &g, opt);
     std::vector<float> grad;
     for_each_value(g, [&](float& v) { grad.push_back(v); });
-    double mnorm = 0;
-    for (int64_t l = 0; l < a.dims().num_layers; ++l)
-      for (LoraTarget t : a.targets())
-        for (float v : g.at(l, t).m) mnorm += double(v) * v;
+    double mnorm = 0, expert_mnorm = 0;
+    for (size_t i = 0; i < g.slots().size(); ++i)
+      for (float v : g.weights(i).m) (g.slots()[i].expert == kNoExpert ? mnorm : expert_mnorm) += double(v) * v;
     ASSERT_GT(mnorm, 0.0) << "no magnitude gradient: the test would prove nothing about m";
+    if (cs.moe_preset) ASSERT_GT(expert_mnorm, 0.0) << "no expert magnitude gradient";
     auto loss_at = [&](const std::vector<float>& d, double h) {
       LoraAdapter p = a;
       size_t i = 0;
@@ -123,7 +128,8 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
       double analytic = 0;
       for (size_t i = 0; i < d.size(); ++i) analytic += static_cast<double>(grad[i]) * d[i];
       auto central = [&](double h) { return (loss_at(d, h) - loss_at(d, -h)) / (2 * h); };
-      const double fd = (4 * central(kFdStep / 2) - central(kFdStep)) / 3;
+      const double h = cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep;
+      const double fd = (4 * central(h / 2) - central(h)) / 3;
       EXPECT_NEAR(fd, analytic, kFdRelTol * std::fabs(analytic) + kFdAbsTol) << "direction " << trial;
     }
   }

@@ -198,11 +198,13 @@ TEST(LoraModel, MoeMlpTargetsAdaptEveryExpert) {
   EXPECT_EQ(a.expert_at(1, 5, LoraTarget::DownProj).K, m.config().moe_intermediate_size);
   EXPECT_EQ(a.expert_at(1, -1, LoraTarget::UpProj).N, m.config().shared_expert_intermediate_size);
   EXPECT_EQ(a.slots()[5].path, "mlp.experts.1.gate_proj");
-  LoraConfig dora;
+  LoraConfig dora;  // DoRA: a magnitude per output row of every expert's Linear too
   dora.use_dora = true;
   dora.target_modules = {"q_proj", "up_proj"};
-  test::expect_error([&] { LoraAdapter(lora_dims_of(m.config()), dora); },
-                     "DoRA on a mixture-of-experts model's MLP target up_proj (its experts) is not supported yet");
+  const LoraAdapter d(lora_dims_of(m.config()), dora);
+  EXPECT_EQ(static_cast<int64_t>(d.expert_at(1, 5, LoraTarget::UpProj).m.size()), m.config().moe_intermediate_size);
+  EXPECT_EQ(static_cast<int64_t>(d.expert_at(1, -1, LoraTarget::UpProj).m.size()),
+            m.config().shared_expert_intermediate_size);
 }
 
 }  // namespace

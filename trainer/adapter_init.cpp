@@ -12,7 +12,7 @@
 #include "lora/loftq.h"
 #include "lora/peft_io.h"
 #include "quant/quantize_step.h"
-#include "trainer/moe_block.h"
+#include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 
@@ -84,7 +84,6 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
   for (size_t i = 0; i < adapter->slots().size(); ++i) {  // every adapted Linear, each expert's of a MoE layer too
     const LoraSlot& sl = adapter->slots()[i];
     const int64_t l = sl.layer;
-    const LoraTarget t = sl.target;
     const QwenLayerWeights& L = base.weights().layers[l];
     const std::string lp = "model.layers." + std::to_string(l) + ".";
     if (l != checked_layer) {
@@ -93,10 +92,7 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
       checked_layer = l;
     }
     {
-      const LinearWeight& bw =
-          sl.expert == kNoExpert
-              ? layer_linear(L, static_cast<int>(t))
-              : expert_member(sl.expert < 0 ? L.moe.shared : L.moe.experts[sl.expert], moe_expert_index(t));
+      const LinearWeight& bw = slot_linear(base.weights(), sl);
       const std::string name = lp + sl.path + ".weight";
       const TensorView& ow = ckpt.get(name);
       QWENQ_CHECK(ow.shape.size() == 2 && ow.shape[0] <= bw.N && ow.shape[1] <= bw.K,

@@ -343,7 +343,9 @@ class Runner {
   // uses the same keys.
   uint64_t mask_key(int64_t l, int t) const { return dropout_key(opt_.dropout_seed, l, t); }
   // The experts' adapters of MoE layer l (their masks: expert_dropout_key of the same seed).
-  MoeLora moe_lora(int64_t l, LoraAdapter* grads) const { return MoeLora{&ad_, l, p_, opt_.dropout_seed, grads}; }
+  MoeLora moe_lora(int64_t l, LoraAdapter* grads) const {
+    return MoeLora{&ad_, l, p_, opt_.dropout_seed, grads, opt_.dora_norms_from};
+  }
   const QwenModel& m_;
   const QwenConfig& c_;
   const QwenWeights& w_;
@@ -370,14 +372,23 @@ LoraDims lora_dims_of(const QwenConfig& c) {
   return d;
 }
 
+const LinearWeight& slot_linear(const QwenWeights& w, const LoraSlot& sl) {
+  const QwenLayerWeights& L = w.layers.at(static_cast<size_t>(sl.layer));
+  if (sl.expert == kNoExpert) return layer_linear(L, static_cast<int>(sl.target));
+  return expert_member(sl.expert < 0 ? L.moe.shared : L.moe.experts.at(static_cast<size_t>(sl.expert)),
+                       moe_expert_index(sl.target));
+}
+
+std::vector<float> dora_row_norms(const LinearWeight& w, const LoraWeights& lw, float s) {
+  return dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
+}
+
 void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
   QWENQ_CHECK(adapter->use_dora(), "init_dora_magnitudes: the adapter does not use DoRA");
   const float s = static_cast<float>(adapter->scaling());
-  for (size_t i = 0; i < adapter->slots().size(); ++i) {  // no expert: DoRA on MoE experts is refused
-    const LoraSlot& sl = adapter->slots()[i];
+  for (size_t i = 0; i < adapter->slots().size(); ++i) {  // every slot, each expert's of a MoE layer too
     LoraWeights& lw = adapter->weights(i);
-    const LinearWeight& w = layer_linear(model.weights().layers[sl.layer], static_cast<int>(sl.target));
-    lw.m = dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
+    lw.m = dora_row_norms(slot_linear(model.weights(), adapter->slots()[i]), lw, s);
   }
 }
 

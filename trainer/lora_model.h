@@ -71,6 +71,13 @@ struct LoraStepResult {
 // The adapter shapes a model calls for.
 LoraDims lora_dims_of(const QwenConfig& c);
 
+// The base Linear an adapter slot adapts: a block's own, or an expert's (-1: the shared expert's) in a MoE layer.
+const LinearWeight& slot_linear(const QwenWeights& w, const LoraSlot& slot);
+
+// DoRA's detached norms n[j] = ‖W[j, :] + s·(B A)[j, :]‖₂ of base w (dense or packed, dequantized for the call) and
+// adapter weights lw, as PEFT's DoraLinearLayer.get_weight_norm (sums of squares in double, rounded to fp32).
+std::vector<float> dora_row_norms(const LinearWeight& w, const LoraWeights& lw, float s);
+
 // targets [T]: the token each position must predict, or kIgnoreIndex. When grads is not null (same config and
 // shapes as adapter), the gradient of grad_scale·Σ nll is *added* to it.
 LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch,

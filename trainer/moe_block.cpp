@@ -10,6 +10,7 @@
 #include "kernels/dropout_mask.h"
 #include "kernels/moe_route.h"
 #include "lora/lora_linear.h"
+#include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -27,6 +28,11 @@ struct ExpertLora {
   float* u[3] = {};
   float* xd[3] = {};
   float s = 1.f, p = 0.f;
+  // DoRA: where the norms come from (the adapter, or dora_norms_from), and where z, v [rows, N] and n [N] are saved.
+  const LoraWeights* nw[3] = {};
+  float* z[3] = {};
+  float* v[3] = {};
+  float* norm[3] = {};
 };
 
 // The adapters of expert e (-1: shared) of lora's layer; `row` is its first row in the saved arrays (stride r for u,
@@ -45,12 +51,18 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
     std::vector<float>& u = shared ? a.su[j] : a.u[j];
     x.u[j] = u.data() + row * w.r;
     if (x.p > 0.f) x.xd[j] = (shared ? a.sxd[j] : a.xd[j]).data() + row * w.K;
+    if (w.m.empty()) continue;
+    x.nw[j] = lora->dora_norms_from ? &lora->dora_norms_from->expert_at(lora->layer, e, kExpertTargets[j]) : &w;
+    x.z[j] = (shared ? a.sz[j] : a.z[j]).data() + row * w.N;
+    x.v[j] = (shared ? a.sv[j] : a.v[j]).data() + row * w.N;
+    x.norm[j] = shared ? a.snorm[j].data() : a.norm[j].data() + e * w.N;
   }
   return x;
 }
 
-// y[rows, N] += s·(drop(x) Aᵀ) Bᵀ for adapted Linear j, keeping u (and the dropped input).
-void branch_forward(const ExpertLora& L, int j, const float* x, int64_t rows, float* y) {
+// y[rows, N] += s·(drop(x) Aᵀ) Bᵀ for adapted Linear j of base W (y holds x Wᵀ), keeping u (and the dropped input);
+// with DoRA, y += (g − 1) ⊙ z + g ⊙ v instead, keeping z, v and n (moe_block.h).
+void branch_forward(const ExpertLora& L, int j, const LinearWeight& W, const float* x, int64_t rows, float* y) {
   if (!L.w[j]) return;
   const LoraWeights& w = *L.w[j];
   const float* xin = x;
@@ -58,14 +70,58 @@ void branch_forward(const ExpertLora& L, int j, const float* x, int64_t rows, fl
     dropout_forward_ref(x, rows * w.K, L.p, L.key[j], L.xd[j]);
     xin = L.xd[j];
   }
-  lora_forward_ref(xin, rows, w.K, w.A.data(), w.B.data(), w.r, w.N, L.s, y, L.u[j]);
+  if (w.m.empty()) {
+    lora_forward_ref(xin, rows, w.K, w.A.data(), w.B.data(), w.r, w.N, L.s, y, L.u[j]);
+    return;
+  }
+  const int64_t N = w.N;
+  const std::vector<float> n = dora_row_norms(W, *L.nw[j], L.s);
+  std::copy(n.begin(), n.end(), L.norm[j]);
+  if (L.p > 0.f) {
+    apply_linear(W, xin, rows, TensorView{}, L.z[j]);
+  } else {
+    std::copy(y, y + rows * N, L.z[j]);  // the base output (experts have no bias)
+  }
+  std::fill(L.v[j], L.v[j] + rows * N, 0.f);
+  lora_forward_ref(xin, rows, w.K, w.A.data(), w.B.data(), w.r, N, L.s, L.v[j], L.u[j]);
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t c = 0; c < N; ++c) {
+      const float g = w.m[c] / n[c];
+      y[t * N + c] += (g - 1.f) * L.z[j][t * N + c] + g * L.v[j][t * N + c];
+    }
+  }
 }
 
-// dA, dB of adapted Linear j accumulate; dx[rows, K] += its input gradient through the branch.
-void branch_backward(const ExpertLora& L, int j, const float* dy, const float* x, int64_t rows, float* dx) {
+// dA, dB (and DoRA's dm) of adapted Linear j accumulate; dx[rows, K] += its input gradient through the branch.
+void branch_backward(const ExpertLora& L, int j, const LinearWeight& W, const float* dy, const float* x, int64_t rows,
+                     float* dx) {
   if (!L.w[j]) return;
   const LoraWeights& w = *L.w[j];
   LoraWeights& g = *L.g[j];
+  if (!w.m.empty()) {
+    const int64_t N = w.N, K = w.K;
+    std::vector<float> dz(rows * N), dv(rows * N), tmp(rows * K);
+    std::vector<double> dm(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t c = 0; c < N; ++c) {
+        const int64_t i = t * N + c;
+        const float gn = w.m[c] / L.norm[j][c];
+        dm[c] += static_cast<double>(dy[i]) * (L.z[j][i] + L.v[j][i]);
+        dz[i] = (gn - 1.f) * dy[i];
+        dv[i] = gn * dy[i];
+      }
+    }
+    for (int64_t c = 0; c < N; ++c) g.m[c] += static_cast<float>(dm[c] / L.norm[j][c]);
+    apply_linear_backward_input(W, dz.data(), rows, tmp.data());  // dx̃ = dz W, then + the branch's
+    lora_backward_ref(dv.data(), L.p > 0.f ? L.xd[j] : x, L.u[j], rows, K, N, w.r, w.A.data(), w.B.data(), L.s,
+                      g.A.data(), g.B.data(), tmp.data());
+    if (L.p > 0.f) {
+      dropout_backward_ref(tmp.data(), rows * K, L.p, L.key[j], dx);
+    } else {
+      for (int64_t i = 0; i < rows * K; ++i) dx[i] += tmp[i];
+    }
+    return;
+  }
   if (L.p > 0.f) {
     std::vector<float> t(rows * w.K, 0.f);
     lora_backward_ref(dy, L.xd[j], L.u[j], rows, w.K, w.N, w.r, w.A.data(), w.B.data(), L.s, g.A.data(), g.B.data(),
@@ -83,13 +139,13 @@ void expert_forward(const MoeExpertWeights& e, int64_t id, const float* x, int64
   const int64_t I = e.gate.N;
   if (hook) hook(BlockLinear::GateUp, id, x, rows, tokens);
   apply_linear(e.gate, x, rows, TensorView{}, gate);
-  branch_forward(L, 0, x, rows, gate);
+  branch_forward(L, 0, e.gate, x, rows, gate);
   apply_linear(e.up, x, rows, TensorView{}, up);
-  branch_forward(L, 1, x, rows, up);
+  branch_forward(L, 1, e.up, x, rows, up);
   swiglu_forward_ref(gate, up, rows * I, act);
   if (hook) hook(BlockLinear::Down, id, act, rows, tokens);
   apply_linear(e.down, act, rows, TensorView{}, y);
-  branch_forward(L, 2, act, rows, y);
+  branch_forward(L, 2, e.down, act, rows, y);
 }
 
 // dx [rows, C] (written) of one expert given dy [rows, C], its input x and its forward's gate, up, act; the
@@ -99,13 +155,13 @@ void expert_backward(const MoeExpertWeights& e, const float* x, const float* gat
   const int64_t I = e.gate.N, C = e.gate.K;
   std::vector<float> dact(rows * I), dgate(rows * I), dup(rows * I), tmp(rows * C);
   apply_linear_backward_input(e.down, dy, rows, dact.data());
-  branch_backward(L, 2, dy, act, rows, dact.data());
+  branch_backward(L, 2, e.down, dy, act, rows, dact.data());
   swiglu_backward_ref(dact.data(), gate, up, rows * I, dgate.data(), dup.data());
   apply_linear_backward_input(e.gate, dgate.data(), rows, dx);
   apply_linear_backward_input(e.up, dup.data(), rows, tmp.data());
   for (int64_t i = 0; i < rows * C; ++i) dx[i] += tmp[i];
-  branch_backward(L, 0, dgate.data(), x, rows, dx);
-  branch_backward(L, 1, dup.data(), x, rows, dx);
+  branch_backward(L, 0, e.gate, dgate.data(), x, rows, dx);
+  branch_backward(L, 1, e.up, dup.data(), x, rows, dx);
 }
 
 float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
@@ -166,6 +222,15 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
       if (lora->dropout > 0.f) {
         a.xd[j].resize(T * k * (j == 2 ? Im : C));
         a.sxd[j].resize(Is > 0 ? T * (j == 2 ? Is : C) : 0);
+      }
+      if (lora->adapter->use_dora()) {  // N of Linear j: the expert's width for gate/up, C for down
+        const int64_t N = j == 2 ? C : Im, Ns = j == 2 ? C : Is;
+        a.z[j].resize(T * k * N);
+        a.v[j].resize(T * k * N);
+        a.norm[j].resize(E * N);
+        a.sz[j].resize(Is > 0 ? T * Ns : 0);
+        a.sv[j].resize(Is > 0 ? T * Ns : 0);
+        a.snorm[j].resize(Is > 0 ? Ns : 0);
       }
     }
   }

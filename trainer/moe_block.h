@@ -40,12 +40,18 @@ using MoeInputHook =
 // The LoRA adapters on one MoE layer's experts (PEFT's gate_proj / up_proj / down_proj targets there adapt every
 // expert's and the shared expert's Linear): y += s·(drop(x) Aᵀ) Bᵀ on each adapted one, x the rows that Linear sees.
 // Dropout masks: kernels/dropout_mask.h keyed by expert_dropout_key, indexed over those rows.
+// DoRA (the adapter's use_dora; PEFT's DoraLinearLayer, as trainer/lora_model.h's dense Linears), per adapted Linear
+// W [N, K] of an expert on its rows x:
+//   x̃ = drop(x), u = x̃ Aᵀ, v = s·u Bᵀ, z = x̃ Wᵀ (= the base output without dropout), n_j = ‖W_j + s(B A)_j‖ (detached),
+//   g = m / n,   y = x Wᵀ + (g − 1) ⊙ z + g ⊙ v
+// backward: dm_j = Σ_t dy_tj (z_tj + v_tj) / n_j;  dz = (g − 1) ⊙ dy, dv = g ⊙ dy;  dx̃ = dz W + (LoRA's backward of dv).
 struct MoeLora {
   const LoraAdapter* adapter = nullptr;  // null: no adapter on the experts
   int64_t layer = 0;
   float dropout = 0.f;
   uint64_t dropout_seed = 0;
-  LoraAdapter* grads = nullptr;  // the backward's dA, dB accumulate here (same slots as adapter)
+  LoraAdapter* grads = nullptr;  // the backward's dA, dB (and DoRA's dm) accumulate here (same slots as adapter)
+  const LoraAdapter* dora_norms_from = nullptr;  // tests: DoRA's n from this adapter's A, B (LoraStepOptions)
 };
 // An MLP target's Linear in an expert: 0 gate_proj, 1 up_proj, 2 down_proj (QwenModel::expert_linear's `which`).
 inline int moe_expert_index(LoraTarget t) {
@@ -68,6 +74,9 @@ struct MoeBlockActs {
   // With adapters on the experts: the block input, each row's input, and per Linear (gate, up, down) x Aᵀ [rows, r]
   // and, with dropout, the dropped input; the shared expert's the same per token.
   std::vector<float> n, xs, u[3], xd[3], su[3], sxd[3];
+  // DoRA on the experts: per row z = x̃ Wᵀ and v = s·u Bᵀ [T·k, N] and each expert's detached norms [E, N]; the shared
+  // expert's per token [T, N] and [N].
+  std::vector<float> z[3], v[3], norm[3], sz[3], sv[3], snorm[3];
 };
 
 // out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs; acts

@@ -10,7 +10,8 @@ computes the loss and gradients with its hand-written backward, and compares (to
 The cases qwen3_moe and qwen2_moe adapt tiny mixtures of experts, every expert's Linears too (PEFT's gate_proj etc.
 match each expert's; the gradient reaches the earlier layers through every MoE block's experts, routing weights,
 router and shared expert); qwen3_moe_attention adapts the attention alone. The case qwen2_dora does the same with LoraConfig(use_dora=True): magnitudes randomized too (m = ‖W‖·(1 + 0.3·N(0,1)),
-so m/n is far from 1), and their gradients compared as well (PEFT detaches the norm n, as we do).
+so m/n is far from 1), and their gradients compared as well (PEFT detaches the norm n, as we do); qwen2_moe_dora
+likewise on a Qwen2-MoE, every expert's Linear a DoRA layer.
 """
 import os
 
@@ -98,6 +99,10 @@ cases = [make_case("qwen2", transformers.Qwen2Config(**common)),
          make_case("qwen2_moe", transformers.Qwen2MoeConfig(
              num_experts=6, num_experts_per_tok=3, moe_intermediate_size=40, shared_expert_intermediate_size=96,
              norm_topk_prob=False, **dict(common, num_hidden_layers=3))),
+         # DoRA on every expert's Linear (and the attention's) of a Qwen2-MoE with its shared expert.
+         make_case("qwen2_moe_dora", transformers.Qwen2MoeConfig(
+             num_experts=6, num_experts_per_tok=2, moe_intermediate_size=40, shared_expert_intermediate_size=96,
+             norm_topk_prob=False, **common), dora=True),
          make_case("qwen3_moe_attention", transformers.Qwen3MoeConfig(
              head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
              **dict(common, num_hidden_layers=2)), targets=ATTENTION)]
