@@ -18,6 +18,7 @@
 #include "core/safetensors.h"
 #include "core/tensor.h"
 #include "quant/awq.h"
+#include "tests/support/test_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/quantize_model.h"
@@ -54,15 +55,6 @@ AwqModelOptions options(const std::string& model, const std::string& out, const 
 
 std::vector<float> f32_of(const Checkpoint& c, const std::string& name) { return tensor_to_f32(c.get(name)); }
 
-// ‖got − want‖ / ‖want‖.
-double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
-  double d = 0, n = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    d += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-    n += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(d / n);
-}
 
 // W [N, K] with column k times cs[k] (cs empty: 1) and row n divided by rs[n] (rs empty: 1).
 std::vector<float> scaled(std::vector<float> W, int64_t N, int64_t K, const std::vector<float>& cs,
@@ -145,9 +137,11 @@ TEST(AwqMoe, SearchedScalesAreFoldedIntoExpertsAndRouters) {
         const MoeExpertWeights& ws = e < 0 ? src_moe.shared : src_moe.experts[e];
         const MoeExpertWeights& wq = e < 0 ? q_moe.shared : q_moe.experts[e];
         const int64_t Ie = ws.gate.N, C = ws.gate.K;
-        worst_weight = std::max(worst_weight, rel_err(wq.gate.dequantize(), scaled(ws.gate.dequantize(), Ie, C, s, {})));
-        worst_weight = std::max(worst_weight, rel_err(wq.up.dequantize(), scaled(ws.up.dequantize(), Ie, C, s, se)));
-        worst_weight = std::max(worst_weight, rel_err(wq.down.dequantize(), scaled(ws.down.dequantize(), C, Ie, se, {})));
+        const double errs[3] = {
+            test::relative_l2(wq.gate.dequantize(), scaled(ws.gate.dequantize(), Ie, C, s, {})),
+            test::relative_l2(wq.up.dequantize(), scaled(ws.up.dequantize(), Ie, C, s, se)),
+            test::relative_l2(wq.down.dequantize(), scaled(ws.down.dequantize(), C, Ie, se, {}))};
+        for (double e : errs) worst_weight = std::max(worst_weight, e);
         ++experts_checked;
       }
     }

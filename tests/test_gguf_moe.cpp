@@ -16,6 +16,7 @@
 #include "core/gguf.h"
 #include "core/safetensors.h"
 #include "tests/support/test_errors.h"
+#include "tests/support/test_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_file_type.h"
@@ -39,14 +40,6 @@ std::string export_to(const std::string& model_dir, const std::string& path, con
   return path;
 }
 
-double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
-  double d = 0, n = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    d += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
-    n += static_cast<double>(want[i]) * want[i];
-  }
-  return std::sqrt(d / n);
-}
 
 TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
   const std::string root = test::scratch_dir();
@@ -87,10 +80,10 @@ TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
     }
     EXPECT_EQ(QwenModel(d.out_dir).forward_logits(batch), ref);
 
-    EXPECT_LE(rel_rms(QwenModel(export_to(src, root + "/" + preset + "-q8_0.gguf", "q8_0")).forward_logits(batch), ref),
-              kQ8RelTol);
-    const double q4 =
-        rel_rms(QwenModel(export_to(src, root + "/" + preset + "-q4_k_m.gguf", "q4_k_m")).forward_logits(batch), ref);
+    const QwenModel q8(export_to(src, root + "/" + preset + "-q8_0.gguf", "q8_0"));
+    EXPECT_LE(test::relative_l2(q8.forward_logits(batch), ref), kQ8RelTol);
+    const QwenModel q4km(export_to(src, root + "/" + preset + "-q4_k_m.gguf", "q4_k_m"));
+    const double q4 = test::relative_l2(q4km.forward_logits(batch), ref);
     EXPECT_LE(q4, kQ4KmRelTol);
     EXPECT_GT(q4, 0.0);
   }
