@@ -133,6 +133,28 @@ TEST(GgufMoe, ConfigsWithoutAGgufFormAreRefused) {
   test::expect_error([&] { compute_imatrix(io); }, {"imatrix: " + mixed + ": a mixture of experts with dense layers"});
 }
 
+// A file whose expert count disagrees with its tensors (the key patched from 6 to 8 in place): refused when opened,
+// naming the file, the first tensor that disagrees (the router) and both shapes.
+TEST(GgufMoe, ExpertCountThatDisagreesWithTheStacksIsRefused) {
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 43);
+  const std::string path = export_to(src, root + "/m.gguf", "f32");
+  std::string bytes = read_file(path);
+  const std::string key = "qwen2moe.expert_count";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  uint32_t type = 0, value = 0;  // GGUF: the key, then its u32 value type (4) and the value
+  std::memcpy(&type, bytes.data() + at + key.size(), 4);
+  std::memcpy(&value, bytes.data() + at + key.size() + 4, 4);
+  ASSERT_EQ(type, 4u);
+  ASSERT_EQ(value, 6u);
+  const uint32_t eight = 8;
+  std::memcpy(&bytes[at + key.size() + 4], &eight, 4);
+  write_file_atomic(path, bytes);
+  test::expect_error([&] { QwenModel m(path); },
+                     {path, "tensor 'blk.0.ffn_gate_inp.weight' has ne [64, 6]", "the metadata implies [8, 64]"});
+}
+
 // llama-imatrix's view of a MoE model: the router reads every token, each expert's stack matrix the tokens routed to
 // it (k per token in all), the shared expert every token; llama-quantize --imatrix then weighs each expert's rows by
 // its own matrix. (The sums themselves against transformers' hooks: tests/oracle/test_imatrix_oracle.py.)
