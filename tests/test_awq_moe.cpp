@@ -39,19 +39,6 @@ constexpr double kAwqOverRtn = 1.5;
 // stories260K upcycled: AWQ keeps at most this share of RTN's perplexity increase (the dense test's bound).
 constexpr double kStoriesAwqShare = 0.9;
 
-AwqModelOptions options(const std::string& model, const std::string& out, const std::string& calib, IntLayout layout) {
-  AwqModelOptions a;
-  a.out.model_dir = model;
-  a.out.out_dir = out;
-  a.out.group_size = 32;
-  a.out.layout = layout;
-  a.out.quiet = true;
-  a.calib_path = calib;
-  a.calib_samples = 8;
-  a.calib_seq_len = 64;
-  a.seed = 3;
-  return a;
-}
 
 std::vector<float> f32_of(const Checkpoint& c, const std::string& name) { return tensor_to_f32(c.get(name)); }
 
@@ -96,7 +83,7 @@ TEST(AwqMoe, SearchedScalesAreFoldedIntoExpertsAndRouters) {
                                        std::make_pair("tiny-moe", IntLayout::GptqV2)}) {
     SCOPED_TRACE(preset);
     const std::string src = test::make_random_model(root + "/" + std::string(preset), preset, DType::F32, 21);
-    AwqModelOptions a = options(src, root + "/" + std::string(preset) + "_awq", calib, layout);
+    AwqModelOptions a = test::awq_test_options(src, root + "/" + std::string(preset) + "_awq", calib, layout);
     a.save_search = root + "/" + std::string(preset) + "_search.safetensors";
     const QuantizeReport rep = awq_quantize_model(a);
     const QwenConfig c = QwenModel(src).config();
@@ -153,7 +140,7 @@ TEST(AwqMoe, SearchedScalesAreFoldedIntoExpertsAndRouters) {
     EXPECT_LE(worst_weight, kFoldedWeightRelErr);
 
     // A saved search reloads to the same files.
-    AwqModelOptions b = options(src, root + "/" + std::string(preset) + "_loaded", "", layout);
+    AwqModelOptions b = test::awq_test_options(src, root + "/" + std::string(preset) + "_loaded", "", layout);
     b.load_search = a.save_search;
     awq_quantize_model(b);
     expect_same_tensors(a.out.out_dir, b.out.out_dir);
@@ -175,7 +162,7 @@ TEST(AwqMoe, ExpertsNoTokenReachedKeepUnitScalesAndNoClip) {
   const std::string root = test::scratch_dir();
   const std::string src = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 23);
   const std::string calib = test::write_random_words(root + "/calib.txt", 4000, 6);
-  AwqModelOptions a = options(src, root + "/awq", calib, IntLayout::AwqGemm);
+  AwqModelOptions a = test::awq_test_options(src, root + "/awq", calib);
   a.calib_samples = 1;
   a.calib_seq_len = 3;
   a.save_search = root + "/search.safetensors";
@@ -226,7 +213,7 @@ TEST(AwqMoe, BeatsRtnOnAnUpcycledStories260KMoe) {
   const std::string root = test::scratch_dir();
   const std::string dense = test::import_stories260k(root + "/fp32");
   const std::string moe = test::upcycle_stories260k(dense, root + "/moe", 4);
-  AwqModelOptions a = options(moe, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl", IntLayout::AwqGemm);
+  AwqModelOptions a = test::awq_test_options(moe, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
   a.out.group_size = 64;
   a.calib_samples = 32;
   a.calib_seq_len = 128;

@@ -109,7 +109,9 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
     for (size_t i = 0; i < g.slots().size(); ++i)
       for (float v : g.weights(i).m) (g.slots()[i].expert == kNoExpert ? mnorm : expert_mnorm) += double(v) * v;
     ASSERT_GT(mnorm, 0.0) << "no magnitude gradient: the test would prove nothing about m";
-    if (cs.moe_preset) ASSERT_GT(expert_mnorm, 0.0) << "no expert magnitude gradient";
+    if (cs.moe_preset) {
+      ASSERT_GT(expert_mnorm, 0.0) << "no expert magnitude gradient";
+    }
     auto loss_at = [&](const std::vector<float>& d, double h) {
       LoraAdapter p = a;
       size_t i = 0;

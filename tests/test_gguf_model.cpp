@@ -39,19 +39,12 @@ double mean_nll(const QwenModel& m, const std::vector<int32_t>& tokens) {
   return s / static_cast<double>(n);
 }
 
-std::string export_to(const std::string& model_dir, const std::string& path, const std::string& type) {
-  GgufExportOptions o;
-  o.type = type;
-  o.quiet = true;
-  export_gguf(model_dir, path, o);
-  return path;
-}
 
 TEST(GgufModel, Stories260kF32ReadsBackExactly) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
-  const std::string gguf = export_to(hf, dir + "/s.gguf", "f32");
+  const std::string gguf = test::export_gguf_to(hf, dir + "/s.gguf", "f32");
   const QwenModel a(hf), b(gguf);
   EXPECT_TRUE(b.is_gguf());
   EXPECT_EQ(b.config().hidden_size, a.config().hidden_size);
@@ -95,7 +88,7 @@ TEST(GgufModel, Stories260kMatchesLlamaCpp) {
   for (const Case& c : {Case{"f32", kLlamaCppNllF32, kNllTolF32}, Case{"q8_0", kLlamaCppNllQ8_0, kNllTolQuantized},
                         Case{"q4_0", kLlamaCppNllQ4_0, kNllTolQuantized}}) {
     const std::string name = c.type;
-    const QwenModel m(export_to(hf, dir + "/" + name + ".gguf", c.type));
+    const QwenModel m(test::export_gguf_to(hf, dir + "/" + name + ".gguf", c.type));
     EXPECT_NEAR(mean_nll(m, tokens), c.golden, c.tol) << name;
   }
 }
@@ -104,7 +97,7 @@ TEST(GgufModel, TypesPerTensorFollowConvertHfToGguf) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
-  const GgufFile f(export_to(hf, dir + "/q4.gguf", "q4_0"));
+  const GgufFile f(test::export_gguf_to(hf, dir + "/q4.gguf", "q4_0"));
   EXPECT_EQ(f.get_string("general.architecture"), "qwen2");
   EXPECT_EQ(f.get_int("general.file_type"), 2);  // MOSTLY_Q4_0
   EXPECT_EQ(f.get_int("qwen2.block_count"), 5);
@@ -155,7 +148,7 @@ TEST(GgufModel, RandomModelRoundTripsEveryType) {
   for (const Case& c : {Case{"f32", 0.0}, Case{"f16", 1e-3}, Case{"bf16", 8e-3}, Case{"q8_0", 2.5e-2},
                         Case{"q4_0", 0.3}, Case{"q4_1", 0.3}, Case{"q5_0", 0.15}, Case{"q5_1", 0.15}}) {
     const std::string name = c.type;
-    const double rel = ref.relative_error(export_to(hf, dir + "/" + name + ".gguf", c.type));
+    const double rel = ref.relative_error(test::export_gguf_to(hf, dir + "/" + name + ".gguf", c.type));
     EXPECT_LE(rel, c.max_rel) << name;
     if (name != "f32") {
       EXPECT_GT(rel, 0.0) << name << ": no rounding at all?";
@@ -179,7 +172,7 @@ TEST(GgufModel, KQuantFilesRunForward) {
   for (const Case& c : {Case{"q2_k", 0.8}, Case{"q3_k_s", 0.6}, Case{"q3_k_m", 0.4}, Case{"q3_k_l", 0.36},
                         Case{"q4_k_s", 0.26}, Case{"q5_k_s", 0.16}, Case{"q6_k", 0.09}, Case{"iq4_nl", 0.3},
                         Case{"iq4_xs", 0.3}}) {
-    const double rel = ref.relative_error(export_to(hf, dir + "/" + c.type + ".gguf", c.type));
+    const double rel = ref.relative_error(test::export_gguf_to(hf, dir + "/" + c.type + ".gguf", c.type));
     EXPECT_LE(rel, c.max_rel) << c.type << ": relative RMS " << rel;
     EXPECT_GT(rel, 0.0) << c.type;
     rels.push_back(rel);
@@ -210,7 +203,7 @@ TEST(GgufModel, SplitFilesLoadAsOneModel) {
 TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_tiny_model(dir + "/hf", 13);
-  const std::string gguf = export_to(hf, dir + "/m.gguf", "q4_0");
+  const std::string gguf = test::export_gguf_to(hf, dir + "/m.gguf", "q4_0");
   DequantizeOptions o;
   o.model_dir = gguf;
   o.out_dir = dir + "/back";
@@ -229,7 +222,7 @@ TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
 TEST(GgufModel, BadInputIsRefusedByName) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_tiny_model(dir + "/hf", 12);
-  const std::string out = export_to(hf, dir + "/m.gguf", "q8_0");
+  const std::string out = test::export_gguf_to(hf, dir + "/m.gguf", "q8_0");
   GgufExportOptions o;
   expect_error([&] { export_gguf(hf, out, o); }, {out, "already exists", "--overwrite"});
   o.type = "iq2_xxs";

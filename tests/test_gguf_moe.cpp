@@ -32,13 +32,6 @@ namespace {
 constexpr double kQ8RelTol = 2e-2;
 constexpr double kQ4KmRelTol = 0.2;
 
-std::string export_to(const std::string& model_dir, const std::string& path, const std::string& type) {
-  GgufExportOptions o;
-  o.type = type;
-  o.quiet = true;
-  export_gguf(model_dir, path, o);
-  return path;
-}
 
 
 TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
@@ -53,7 +46,7 @@ TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
     const PackedBatch batch = test::random_batch({13, 7}, c.vocab_size, 5);
     const std::vector<float> ref = want.forward_logits(batch);
 
-    const std::string f32 = export_to(src, root + "/" + preset + "-f32.gguf", "f32");
+    const std::string f32 = test::export_gguf_to(src, root + "/" + preset + "-f32.gguf", "f32");
     const QwenModel back(f32);
     const QwenConfig& b = back.config();
     EXPECT_EQ(b.model_type, c.model_type);
@@ -80,9 +73,9 @@ TEST(GgufMoe, RoundTripsThroughLlamaCppsLayout) {
     }
     EXPECT_EQ(QwenModel(d.out_dir).forward_logits(batch), ref);
 
-    const QwenModel q8(export_to(src, root + "/" + preset + "-q8_0.gguf", "q8_0"));
+    const QwenModel q8(test::export_gguf_to(src, root + "/" + preset + "-q8_0.gguf", "q8_0"));
     EXPECT_LE(test::relative_l2(q8.forward_logits(batch), ref), kQ8RelTol);
-    const QwenModel q4km(export_to(src, root + "/" + preset + "-q4_k_m.gguf", "q4_k_m"));
+    const QwenModel q4km(test::export_gguf_to(src, root + "/" + preset + "-q4_k_m.gguf", "q4_k_m"));
     const double q4 = test::relative_l2(q4km.forward_logits(batch), ref);
     EXPECT_LE(q4, kQ4KmRelTol);
     EXPECT_GT(q4, 0.0);
@@ -117,13 +110,13 @@ TEST(GgufMoe, EightExpertTypeRules) {
 TEST(GgufMoe, ConfigsWithoutAGgufFormAreRefused) {
   const std::string root = test::scratch_dir();
   const std::string mixed = test::make_random_model(root + "/mixed", "tiny-moe", DType::F32, 3);  // layer 1 dense
-  test::expect_error([&] { export_to(mixed, root + "/mixed.gguf", "q8_0"); },
+  test::expect_error([&] { test::export_gguf_to(mixed, root + "/mixed.gguf", "q8_0"); },
                      {mixed + "/config.json: a mixture of experts with dense layers", "qwen3moe makes every layer sparse"});
   const std::string shared = test::make_random_model(root + "/shared", "tiny-moe-shared", DType::F32, 3);
   nlohmann::json cfg = nlohmann::json::parse(read_file(shared + "/config.json"));
   cfg["norm_topk_prob"] = true;
   write_file_atomic(shared + "/config.json", cfg.dump(2));
-  test::expect_error([&] { export_to(shared, root + "/shared.gguf", "q8_0"); },
+  test::expect_error([&] { test::export_gguf_to(shared, root + "/shared.gguf", "q8_0"); },
                      {"norm_topk_prob=true has no GGUF form: llama.cpp's qwen2moe never renormalizes"});
   for (const char* f : {"mixed.gguf", "shared.gguf"}) EXPECT_FALSE(file_exists(root + "/" + f)) << f;
   ImatrixOptions io;
@@ -138,7 +131,7 @@ TEST(GgufMoe, ConfigsWithoutAGgufFormAreRefused) {
 TEST(GgufMoe, ExpertCountThatDisagreesWithTheStacksIsRefused) {
   const std::string root = test::scratch_dir();
   const std::string src = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 43);
-  const std::string path = export_to(src, root + "/m.gguf", "f32");
+  const std::string path = test::export_gguf_to(src, root + "/m.gguf", "f32");
   std::string bytes = read_file(path);
   const std::string key = "qwen2moe.expert_count";
   const size_t at = bytes.find(key);

@@ -185,19 +185,6 @@ std::string make_random(const std::string& dir, int64_t kv_heads = 0) {
 
 std::string make_calib(const std::string& path) { return test::write_random_words(path, 40000, kSeed); }
 
-AwqModelOptions awq_options(const std::string& model, const std::string& out, const std::string& calib) {
-  AwqModelOptions a;
-  a.out.model_dir = model;
-  a.out.out_dir = out;
-  a.out.group_size = 32;
-  a.out.layout = IntLayout::AwqGemm;
-  a.out.quiet = true;
-  a.calib_path = calib;
-  a.calib_samples = 8;
-  a.calib_seq_len = 64;
-  a.seed = 3;
-  return a;
-}
 
 // Every tensor of two single-file directories, compared byte for byte.
 void expect_same_tensors(const std::string& a, const std::string& b) {
@@ -222,7 +209,7 @@ double logits_error(const std::string& a, const std::string& b) {
 TEST(AwqModel, ZeroSearchStrengthWritesRtnFilesExactly) {
   const std::string root = test::scratch_dir();
   const std::string src = make_random(root + "/fp32"), calib = make_calib(root + "/calib.txt");
-  AwqModelOptions a = awq_options(src, root + "/awq", calib);
+  AwqModelOptions a = test::awq_test_options(src, root + "/awq", calib);
   a.search.n_grid = 1;           // alpha = 0 only
   a.search.duo_scaling = false;  // s = x^0 = 1
   a.clip = false;
@@ -238,13 +225,13 @@ TEST(AwqModel, ZeroSearchStrengthWritesRtnFilesExactly) {
 TEST(AwqModel, SavedSearchReloadsToTheSameFiles) {
   const std::string root = test::scratch_dir();
   const std::string src = make_random(root + "/fp32"), calib = make_calib(root + "/calib.txt");
-  AwqModelOptions a = awq_options(src, root + "/searched", calib);
+  AwqModelOptions a = test::awq_test_options(src, root + "/searched", calib);
   a.save_search = root + "/search.safetensors";
   awq_quantize_model(a);
   const AwqSearchResult saved = load_awq_search(a.save_search);
   EXPECT_EQ(saved.scales.size(), 2u * 3u);  // per layer: input_layernorm, post_attention_layernorm, up_proj (GQA: no v)
   EXPECT_EQ(saved.clips.size(), 2u * 5u);   // v, o, gate, up, down
-  AwqModelOptions b = awq_options(src, root + "/loaded", "");
+  AwqModelOptions b = test::awq_test_options(src, root + "/loaded", "");
   b.load_search = a.save_search;
   awq_quantize_model(b);
   expect_same_tensors(a.out.out_dir, b.out.out_dir);
@@ -267,7 +254,7 @@ TEST(AwqModel, FoldedScalesKeepTheFunctionWithAndWithoutGqa) {
     SCOPED_TRACE(::testing::Message() << "kv heads " << (kv ? kv : 2));
     const std::string root = test::scratch_dir() + "/kv" + std::to_string(kv);
     const std::string src = make_random(root + "/fp32", kv), calib = make_calib(root + "/calib.txt");
-    AwqModelOptions a = awq_options(src, root + "/awq", calib);
+    AwqModelOptions a = test::awq_test_options(src, root + "/awq", calib);
     a.save_search = root + "/search.safetensors";
     awq_quantize_model(a);
     EXPECT_EQ(load_awq_search(a.save_search).scales.count("model.layers.0.self_attn.v_proj"), kv == 4 ? 1u : 0u);
@@ -286,7 +273,7 @@ TEST(AwqModel, FoldedScalesKeepTheFunctionWithAndWithoutGqa) {
 TEST(AwqModel, RefusalsLeaveNoOutput) {
   const std::string root = test::scratch_dir();
   const std::string src = make_random(root + "/fp32"), calib = make_calib(root + "/calib.txt");
-  AwqModelOptions a = awq_options(src, root + "/awq", calib);
+  AwqModelOptions a = test::awq_test_options(src, root + "/awq", calib);
   a.out.bits = 3;
   EXPECT_NE(error_of([&] { awq_quantize_model(a); }).find("only 4-bit AWQ is supported"), std::string::npos);
   a.out.bits = 4;
@@ -303,7 +290,7 @@ TEST(AwqModel, RefusalsLeaveNoOutput) {
   a.out.group_size = 32;
   awq_quantize_model(a);
   EXPECT_NE(error_of([&] { awq_quantize_model(a); }).find("exists (pass --overwrite to replace it)"), std::string::npos);
-  AwqModelOptions again = awq_options(a.out.out_dir, root + "/again", calib);
+  AwqModelOptions again = test::awq_test_options(a.out.out_dir, root + "/again", calib);
   EXPECT_NE(error_of([&] { awq_quantize_model(again); }).find("is already quantized"), std::string::npos);
   EXPECT_FALSE(dir_exists(again.out.out_dir));
 }
@@ -314,7 +301,7 @@ TEST(AwqModel, BeatsRtnOnStories260K) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
   const std::string fp32 = test::import_stories260k(root + "/fp32");
-  AwqModelOptions a = awq_options(fp32, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
+  AwqModelOptions a = test::awq_test_options(fp32, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
   a.out.group_size = 64;
   a.out.pad_intermediate = true;
   a.calib_samples = 32;

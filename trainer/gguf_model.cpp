@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <map>
 
@@ -251,12 +252,16 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   tok.write_gguf(g, c.vocab_size, c.bos_token_id, c.eos_token_id);
 
   // 1-D tensors: F32 always.
-  auto add_vector = [&](const std::string& gname, const TensorView& t) {
-    g.add_tensor(gname, GgmlType::F32, {t.numel()}, [&t] {
-      const std::vector<float> v = tensor_to_f32(t);
+  // An F32 tensor of shape ne whose values `values` gives when the file is written.
+  auto add_f32 = [&](const std::string& gname, std::vector<int64_t> ne, std::function<std::vector<float>()> values) {
+    g.add_tensor(gname, GgmlType::F32, std::move(ne), [values = std::move(values)] {
+      const std::vector<float> v = values();
       return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
                                   reinterpret_cast<const uint8_t*>(v.data() + v.size()));
     });
+  };
+  auto add_vector = [&](const std::string& gname, const TensorView& t) {
+    add_f32(gname, {t.numel()}, [&t] { return tensor_to_f32(t); });
   };
   // The ggml type of a 2-D tensor (trainer/gguf_file_type.h), counted in the report.
   auto type_of = [&](GgufRole role, int64_t layer, int64_t ne0) {
@@ -299,16 +304,9 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   };
   add_table("token_embd.weight", GgufRole::TokenEmbd, w.embed);
   // A dense (router) matrix in F32, ne {K, N}.
-  auto add_f32_matrix = [&](const std::string& gname, const LinearWeight& lw) {
-    g.add_tensor(gname, GgmlType::F32, {lw.K, lw.N}, [&lw] {
-      const std::vector<float> v = lw.dequantize();
-      return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
-                                  reinterpret_cast<const uint8_t*>(v.data() + v.size()));
-    });
-  };
-  // A MoE layer's router, expert stacks (one expert dequantized at a time) and shared expert.
+  // A MoE layer's router (F32, ne {C, E}), expert stacks (one expert dequantized at a time) and shared expert.
   auto add_moe = [&](int64_t l, const MoeWeights& m) {
-    add_f32_matrix(blk(l, "ffn_gate_inp.weight"), m.router);
+    add_f32(blk(l, "ffn_gate_inp.weight"), {m.router.K, m.router.N}, [&m] { return m.router.dequantize(); });
     const char* stacks[3] = {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"};
     const int64_t E = static_cast<int64_t>(m.experts.size());
     for (int which = 0; which < 3; ++which) {
@@ -329,11 +327,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
       });
     }
     if (m.shared.gate.N == 0) return;
-    g.add_tensor(blk(l, "ffn_gate_inp_shexp.weight"), GgmlType::F32, {m.shared_gate.K}, [&m] {
-      const std::vector<float> v = m.shared_gate.dequantize();
-      return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(v.data()),
-                                  reinterpret_cast<const uint8_t*>(v.data() + v.size()));
-    });
+    add_f32(blk(l, "ffn_gate_inp_shexp.weight"), {m.shared_gate.K}, [&m] { return m.shared_gate.dequantize(); });
     const char* shexp[3] = {"ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"};
     for (int which = 0; which < 3; ++which) {
       const LinearWeight& lw = expert_member(m.shared, which);
@@ -431,9 +425,8 @@ QuantizeReport gguf_to_hf(const DequantizeOptions& o) {
       shards.note_added(hf);
       shards.maybe_flush();
     }
-    const std::string gate = ".mlp.gate.weight";  // a router (and qwen2moe's shared-expert gate) is no Linear we count
-    const bool router = (it.hf.size() > gate.size() && it.hf.compare(it.hf.size() - gate.size(), gate.size(), gate) == 0) ||
-                        it.hf.find("shared_expert_gate") != std::string::npos;
+    // A router (ffn_gate_inp, and qwen2moe's ffn_gate_inp_shexp) is no Linear we count.
+    const bool router = it.gguf.find(".ffn_gate_inp") != std::string::npos;
     if (it.shape.size() == 2 && it.hf.rfind("model.layers.", 0) == 0 && !router) {
       rep.linears += parts;
       rep.params_quantized += parts * it.shape[0] * it.shape[1];

@@ -47,7 +47,6 @@ std::string linear_prefix(int64_t layer, LoraTarget t) {
   return "model.layers." + std::to_string(layer) + "." + lora_target_path(t);
 }
 
-
 }  // namespace
 
 LoraTargetSlot lora_target_slot(LoraTarget t) {
@@ -143,12 +142,11 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   QuantizeReport rep;
   std::vector<std::string> written;                 // Linear weights written here (dense base: only ".weight")
   std::unordered_set<std::string> packed_prefixes;  // "model.layers.0.self_attn.q_proj" of packed Linears
-  int64_t n_linears = 0, done = 0;
-  for (int64_t l = 0; l < cfg.num_layers; ++l) n_linears += static_cast<int64_t>(layer_linears(cfg, l).size());
+  int64_t done = 0;
   std::map<std::string, size_t> adapted;  // "model.layers.3.mlp.experts.7.up_proj" -> the adapter's slot
   for (size_t i = 0; i < adapter.slots().size(); ++i)
     adapted["model.layers." + std::to_string(adapter.slots()[i].layer) + "." + adapter.slots()[i].path] = i;
-  Progress bar("merge", n_linears, "linears", o.quiet);
+  Progress bar("merge", count_layer_linears(cfg), "linears", o.quiet);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     for (const LayerLinear& ll : layer_linears(cfg, l)) {  // every expert and router; the routers are never adapted
       const std::string prefix = "model.layers." + std::to_string(l) + "." + ll.name;

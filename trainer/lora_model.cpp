@@ -124,14 +124,7 @@ class Runner {
     }
     br->v.assign(T_ * N, 0.f);
     lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, s_, br->v.data(), br->u.data());
-    std::vector<float> g(static_cast<size_t>(N));
-    for (int64_t j = 0; j < N; ++j) g[j] = lw.m[j] / br->n[j];
-    for (int64_t t = 0; t < T_; ++t) {
-      const float* z = br->z.data() + t * N;
-      const float* v = br->v.data() + t * N;
-      float* yt = y + t * N;
-      for (int64_t j = 0; j < N; ++j) yt[j] += (g[j] - 1.f) * z[j] + g[j] * v[j];
-    }
+    dora_combine(lw.m.data(), br->n.data(), br->z.data(), br->v.data(), T_, N, y);
   }
 
   // dx += dy W (+ the adapter's input gradient); the adapter's dA, dB accumulate into grads.
@@ -164,18 +157,8 @@ class Runner {
   void dora_bwd(const LoraWeights& lw, LoraWeights& g, const LinearWeight& w, const WeightRef& W, const float* dy,
                 const float* xin, const BranchActs& br, uint64_t key, float* dx, std::vector<float>& tmp) const {
     const int64_t N = w.N, K = w.K;
-    std::vector<float> dz(T_ * N), dv(T_ * N), gn(static_cast<size_t>(N));
-    std::vector<double> dm(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
-    for (int64_t j = 0; j < N; ++j) gn[j] = lw.m[j] / br.n[j];
-    for (int64_t t = 0; t < T_; ++t) {
-      for (int64_t j = 0; j < N; ++j) {
-        const int64_t i = t * N + j;
-        dm[j] += static_cast<double>(dy[i]) * (br.z[i] + br.v[i]);
-        dz[i] = (gn[j] - 1.f) * dy[i];
-        dv[i] = gn[j] * dy[i];
-      }
-    }
-    for (int64_t j = 0; j < N; ++j) g.m[j] += static_cast<float>(dm[j] / br.n[j]);
+    std::vector<float> dz(T_ * N), dv(T_ * N);
+    dora_split_grad(lw.m.data(), br.n.data(), br.z.data(), br.v.data(), dy, T_, N, g.m.data(), dz.data(), dv.data());
     tmp.resize(T_ * K);
     linear_backward_input_ref(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
     lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
@@ -381,6 +364,30 @@ const LinearWeight& slot_linear(const QwenWeights& w, const LoraSlot& sl) {
 
 std::vector<float> dora_row_norms(const LinearWeight& w, const LoraWeights& lw, float s) {
   return dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
+}
+
+void dora_combine(const float* m, const float* n, const float* z, const float* v, int64_t rows, int64_t N, float* y) {
+  std::vector<float> g(static_cast<size_t>(N));
+  for (int64_t j = 0; j < N; ++j) g[j] = m[j] / n[j];
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < N; ++j) y[t * N + j] += (g[j] - 1.f) * z[t * N + j] + g[j] * v[t * N + j];
+  }
+}
+
+void dora_split_grad(const float* m, const float* n, const float* z, const float* v, const float* dy, int64_t rows,
+                     int64_t N, float* dm, float* dz, float* dv) {
+  std::vector<float> g(static_cast<size_t>(N));
+  std::vector<double> sum(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
+  for (int64_t j = 0; j < N; ++j) g[j] = m[j] / n[j];
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t j = 0; j < N; ++j) {
+      const int64_t i = t * N + j;
+      sum[j] += static_cast<double>(dy[i]) * (z[i] + v[i]);
+      dz[i] = (g[j] - 1.f) * dy[i];
+      dv[i] = g[j] * dy[i];
+    }
+  }
+  for (int64_t j = 0; j < N; ++j) dm[j] += static_cast<float>(sum[j] / n[j]);
 }
 
 void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {

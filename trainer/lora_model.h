@@ -77,6 +77,13 @@ const LinearWeight& slot_linear(const QwenWeights& w, const LoraSlot& slot);
 // DoRA's detached norms n[j] = ‖W[j, :] + s·(B A)[j, :]‖₂ of base w (dense or packed, dequantized for the call) and
 // adapter weights lw, as PEFT's DoraLinearLayer.get_weight_norm (sums of squares in double, rounded to fp32).
 std::vector<float> dora_row_norms(const LinearWeight& w, const LoraWeights& lw, float s);
+// DoRA's last forward step for rows [rows, N] of one adapted Linear (a block's or an expert's): with g = m / n,
+//   y += (g − 1) ⊙ z + g ⊙ v.
+void dora_combine(const float* m, const float* n, const float* z, const float* v, int64_t rows, int64_t N, float* y);
+// DoRA's first backward step: dm[j] += Σ_t dy·(z + v) / n_j (summed in double, t ascending), dz = (g − 1) ⊙ dy and
+// dv = g ⊙ dy [rows, N] (written).
+void dora_split_grad(const float* m, const float* n, const float* z, const float* v, const float* dy, int64_t rows,
+                     int64_t N, float* dm, float* dz, float* dv);
 
 // targets [T]: the token each position must predict, or kIgnoreIndex. When grads is not null (same config and
 // shapes as adapter), the gradient of grad_scale·Σ nll is *added* to it.

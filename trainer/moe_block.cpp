@@ -84,12 +84,7 @@ void branch_forward(const ExpertLora& L, int j, const LinearWeight& W, const flo
   }
   std::fill(L.v[j], L.v[j] + rows * N, 0.f);
   lora_forward_ref(xin, rows, w.K, w.A.data(), w.B.data(), w.r, N, L.s, L.v[j], L.u[j]);
-  for (int64_t t = 0; t < rows; ++t) {
-    for (int64_t c = 0; c < N; ++c) {
-      const float g = w.m[c] / n[c];
-      y[t * N + c] += (g - 1.f) * L.z[j][t * N + c] + g * L.v[j][t * N + c];
-    }
-  }
+  dora_combine(w.m.data(), L.norm[j], L.z[j], L.v[j], rows, N, y);
 }
 
 // dA, dB (and DoRA's dm) of adapted Linear j accumulate; dx[rows, K] += its input gradient through the branch.
@@ -101,17 +96,7 @@ void branch_backward(const ExpertLora& L, int j, const LinearWeight& W, const fl
   if (!w.m.empty()) {
     const int64_t N = w.N, K = w.K;
     std::vector<float> dz(rows * N), dv(rows * N), tmp(rows * K);
-    std::vector<double> dm(static_cast<size_t>(N), 0.0);  // Σ_t dy·(z + v), t ascending
-    for (int64_t t = 0; t < rows; ++t) {
-      for (int64_t c = 0; c < N; ++c) {
-        const int64_t i = t * N + c;
-        const float gn = w.m[c] / L.norm[j][c];
-        dm[c] += static_cast<double>(dy[i]) * (L.z[j][i] + L.v[j][i]);
-        dz[i] = (gn - 1.f) * dy[i];
-        dv[i] = gn * dy[i];
-      }
-    }
-    for (int64_t c = 0; c < N; ++c) g.m[c] += static_cast<float>(dm[c] / L.norm[j][c]);
+    dora_split_grad(w.m.data(), L.norm[j], L.z[j], L.v[j], dy, rows, N, g.m.data(), dz.data(), dv.data());
     apply_linear_backward_input(W, dz.data(), rows, tmp.data());  // dx̃ = dz W, then + the branch's
     lora_backward_ref(dv.data(), L.p > 0.f ? L.xd[j] : x, L.u[j], rows, K, N, w.r, w.A.data(), w.B.data(), L.s,
                       g.A.data(), g.B.data(), tmp.data());

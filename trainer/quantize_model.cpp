@@ -36,9 +36,8 @@ namespace qwenq {
 
 namespace {
 
-// "model.layers.12.mlp.up_proj.weight" -> (12, up_proj), from kDecoderLinearRe's groups (layer; q|k|v|o or
-// gate|up|down).
-// The layer, LoRA target and expert (kNoExpert for a block's own Linear, -1 the shared expert) of a decoder Linear.
+// The layer, LoRA target and expert (kNoExpert for a block's own Linear, -1 the shared expert) of a decoder Linear,
+// from kDecoderLinearRe's groups: "model.layers.12.mlp.experts.3.up_proj.weight" -> (12, up_proj, 3).
 struct LinearSlot {
   int64_t layer = 0;
   LoraTarget target{};
@@ -300,9 +299,7 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   ShardedWriter shards(out.path(), o.max_shard_bytes);
   QuantizeReport rep;
   std::unordered_set<std::string> packed_prefixes;
-  int64_t n_linears = 0;
-  for (int64_t l = 0; l < cfg.num_layers; ++l) n_linears += static_cast<int64_t>(layer_linears(cfg, l).size());
-  Progress bar("dequantize", n_linears, "layers", o.quiet);
+  Progress bar("dequantize", count_layer_linears(cfg), "layers", o.quiet);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     for (const LayerLinear& ll : layer_linears(cfg, l)) {
       const std::string prefix = "model.layers." + std::to_string(l) + "." + ll.name;

@@ -57,6 +57,12 @@ std::string moe_expert_path(int64_t expert) {
   return expert < 0 ? std::string("mlp.shared_expert.") : "mlp.experts." + std::to_string(expert) + ".";
 }
 
+int64_t count_layer_linears(const QwenConfig& c) {
+  int64_t n = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) n += static_cast<int64_t>(layer_linears(c, l).size());
+  return n;
+}
+
 std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
   const int64_t C = c.hidden_size, I = c.intermediate_size;
   std::vector<LayerLinear> out = {{"self_attn.q_proj", c.q_dim(), C, 0},

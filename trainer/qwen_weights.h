@@ -95,6 +95,8 @@ struct LayerLinear {
   int decoder_index = -1;
 };
 std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l);
+// Σ over the layers of layer_linears(c, l).size() (the progress of the tools that walk them).
+int64_t count_layer_linears(const QwenConfig& c);
 
 // y[M, N] = x[M, K] · Wᵀ (+ bias when bias.data is set): a dense W in its stored dtype, a packed one widened to
 // fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without).

@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "tests/support/test_paths.h"
+#include "trainer/gguf_model.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/random_model.h"
 #include "trainer/tokenizer.h"
@@ -137,6 +138,29 @@ TinyStoriesPerplexity::TinyStoriesPerplexity(const std::string& stories_dir) : i
 
 double TinyStoriesPerplexity::operator()(const std::string& dir) const {
   return evaluate_perplexity(QwenModel(dir), ids_, po_).perplexity;
+}
+
+std::string export_gguf_to(const std::string& model_dir, const std::string& path, const std::string& type) {
+  GgufExportOptions o;
+  o.type = type;
+  o.quiet = true;
+  export_gguf(model_dir, path, o);
+  return path;
+}
+
+AwqModelOptions awq_test_options(const std::string& model, const std::string& out, const std::string& calib,
+                                 IntLayout layout) {
+  AwqModelOptions a;
+  a.out.model_dir = model;
+  a.out.out_dir = out;
+  a.out.group_size = 32;
+  a.out.layout = layout;
+  a.out.quiet = true;
+  a.calib_path = calib;
+  a.calib_samples = 8;
+  a.calib_seq_len = 64;
+  a.seed = 3;
+  return a;
 }
 
 }  // namespace qwenq::test

@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "trainer/perplexity.h"
+#include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq::test {
@@ -53,5 +54,13 @@ class TinyStoriesPerplexity {
   std::vector<int32_t> ids_;
   PerplexityOptions po_;
 };
+
+// `model_dir` written as a GGUF file of `type` at `path` (quiet). Returns path.
+std::string export_gguf_to(const std::string& model_dir, const std::string& path, const std::string& type);
+
+// The AWQ setting of the driver tests: `model` into `out` in `layout`, group 32, calibrated on 8 random windows of 64
+// tokens of `calib` (seed 3), quiet.
+AwqModelOptions awq_test_options(const std::string& model, const std::string& out, const std::string& calib,
+                                 IntLayout layout = IntLayout::AwqGemm);
 
 }  // namespace qwenq::test
