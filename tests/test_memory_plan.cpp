@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -26,6 +27,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/memory_plan.h"
 #include "trainer/qwen_model.h"
+#include "trainer/qwen_weights.h"
 #include "trainer/quantize_model.h"
 #include "trainer/random_model.h"
 
@@ -110,11 +112,32 @@ TEST(MemoryPlan, GptqAndAwqBaseBytesEqualTheWrittenFiles) {
 }
 
 // The quant_state JSON holds nested_offset, whose digits depend on the weights: the plan writes kPlanNestedOffset.
-// Everything else is exact, so the file equals the plan plus the per-Linear difference of those digit strings.
+// Σ over the quant_states of `dir` of (their digits - the planned digits); *count = how many quant_states.
+int64_t nf4_offset_digits_diff(const std::string& dir, bool double_quant, int64_t* count) {
+  const std::string planned_offset = python_float_repr(kPlanNestedOffset);
+  Checkpoint ck(dir);
+  int64_t digits_diff = 0;
+  *count = 0;
+  for (const auto& name : ck.names()) {
+    if (name.find(".quant_state.") == std::string::npos) continue;
+    ++*count;
+    const TensorView& t = ck.get(name);
+    const std::string json(static_cast<const char*>(t.data), t.nbytes());
+    const std::string key = "\"nested_offset\": ";
+    const size_t at = json.find(key);
+    EXPECT_EQ(at != std::string::npos, double_quant) << json;
+    if (at == std::string::npos) continue;
+    const size_t begin = at + key.size(), end = json.find('}', begin);
+    digits_diff += static_cast<int64_t>(end - begin) - static_cast<int64_t>(planned_offset.size());
+  }
+  return digits_diff;
+}
+
+// NF4: everything but nested_offset's digits is exact, so the file equals the plan plus the per-Linear difference of
+// those digit strings.
 TEST(MemoryPlan, Nf4BaseBytesEqualTheWrittenFiles) {
   const std::string scratch = test::scratch_dir();
   const std::string dense = write_tiny(scratch + "/m");
-  const std::string planned_offset = python_float_repr(kPlanNestedOffset);
   for (bool dq : {true, false}) {
     QuantizeOptions q;
     q.method = QuantizeOptions::Method::Nf4;
@@ -127,20 +150,8 @@ TEST(MemoryPlan, Nf4BaseBytesEqualTheWrittenFiles) {
     in.double_quant = dq;
     const PlanResult p = plan_memory(in);
 
-    Checkpoint ck(q.out_dir);
-    int64_t digits_diff = 0, quant_states = 0;
-    for (const auto& name : ck.names()) {
-      if (name.find(".quant_state.") == std::string::npos) continue;
-      ++quant_states;
-      const TensorView& t = ck.get(name);
-      const std::string json(static_cast<const char*>(t.data), t.nbytes());
-      const std::string key = "\"nested_offset\": ";
-      const size_t at = json.find(key);
-      ASSERT_EQ(at != std::string::npos, dq) << json;
-      if (!dq) continue;
-      const size_t begin = at + key.size(), end = json.find('}', begin);
-      digits_diff += static_cast<int64_t>(end - begin) - static_cast<int64_t>(planned_offset.size());
-    }
+    int64_t quant_states = 0;
+    const int64_t digits_diff = nf4_offset_digits_diff(q.out_dir, dq, &quant_states);
     EXPECT_EQ(quant_states, 7 * in.model.num_layers);
     const uint64_t file = checkpoint_tensor_bytes(q.out_dir);
     EXPECT_EQ(static_cast<int64_t>(file), static_cast<int64_t>(p.base_weight_bytes) + digits_diff)
@@ -292,7 +303,7 @@ TEST(MemoryPlan, RejectsWhatItCannotPlan) {
   in.model = qwen_preset("tiny");
   in.gpus = 1;
   in.lora.r = 40;  // k_proj of tiny is [32, 64]
-  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("LoRA rank 40 is larger than k_proj"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("LoRA rank 40 is larger than self_attn.k_proj"), std::string::npos);
 }
 
 // ---- measured -----------------------------------------------------------------------------------------------
@@ -351,11 +362,12 @@ PackedBatch token_batch(int64_t B, int64_t S, int64_t vocab, uint64_t seed) {
 // Runs one lora_loss_and_grad step on `dir` (after a short warm-up step that maps every weight page, starts the
 // threads and sizes the grads) and compares the peak RSS it adds with the CPU plan's activations + workspace.
 void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S, int64_t r, bool checkpointing = true,
-                    bool dora = false) {
+                    bool dora = false, double dropout = 0) {
   const QwenModel model(dir);
   PlanInput in = plan_for_dir(dir, base);
   in.lora = all_linear(r);
   in.lora.use_dora = dora;
+  in.lora.dropout = dropout;
   in.batch_size = B;
   in.seq_len = S;
   in.cpu_threads = num_threads();
@@ -378,11 +390,11 @@ void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S,
   const uint64_t measured = measure_peak_increase(
       [&] { lora_loss_and_grad(model, adapter, batch, targets, &grads, opt); }, &how);
   const uint64_t predicted = d.activations + d.workspace;
-  std::printf("%s, %s base, %lld x %lld tokens, r=%lld, checkpointing %s, %d threads: predicted activations + "
+  std::printf("%s, %s base, %lld x %lld tokens, r=%lld%s%s, checkpointing %s, %d threads: predicted activations + "
               "workspace %s (checkpoints %s, block %s, backward %s, loss %s, dequant %s, logits %s, threads %s); "
               "measured peak RSS increase %s (%s); measured/predicted = %.3f\n",
               model.config().model_type.c_str(), plan_base_name(base), (long long)B, (long long)S, (long long)r,
-              checkpointing ? "on" : "off", in.cpu_threads, format_bytes(predicted).c_str(),
+              dora ? " DoRA" : "", dropout > 0 ? " dropout" : "", checkpointing ? "on" : "off", in.cpu_threads, format_bytes(predicted).c_str(),
               format_bytes(d.act_checkpoints).c_str(),
               format_bytes(d.act_block).c_str(), format_bytes(d.act_backward).c_str(),
               format_bytes(d.act_loss).c_str(), format_bytes(d.ws_dequant).c_str(), format_bytes(d.ws_logits).c_str(),
@@ -426,6 +438,136 @@ TEST(MemoryPlanMeasured, TinyGptqDoraActivationsMatchRss) {
   q.group_size = 32;
   quantize_model(q);
   check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, true, /*dora=*/true);
+}
+
+
+// ---- mixtures of experts (the CPU plan) ---------------------------------------------------------------------
+
+// Every tensor our writers put in a MoE checkpoint, to the byte: each routed expert's and the shared expert's
+// Linears packed, the routers (mlp.gate, mlp.shared_expert_gate) in bf16. tiny-moe has a dense layer among its MoE
+// layers; tiny-moe-shared has a shared expert.
+TEST(MemoryPlanMoe, BaseBytesEqualTheWrittenFiles) {
+  const std::string scratch = test::scratch_dir();
+  for (const std::string preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string dense = write_tiny(scratch + "/" + preset, preset);
+    EXPECT_EQ(plan_memory(plan_for_dir(dense, PlanBase::Bf16)).base_weight_bytes, checkpoint_tensor_bytes(dense))
+        << preset << " bf16";
+    struct Case {
+      IntLayout layout;
+      int bits;
+      int64_t group;
+    };
+    std::vector<Case> cases = {{IntLayout::GptqV1, 4, 32}, {IntLayout::GptqV2, 3, 32}, {IntLayout::GptqV2, 8, -1}};
+    if (preset == "tiny-moe-shared") cases.push_back({IntLayout::AwqGemm, 4, 32});  // no dense layer (AutoAWQ's)
+    for (const Case& c : cases) {
+      QuantizeOptions q;
+      q.model_dir = dense;
+      q.out_dir = scratch + "/" + preset + "_q" + std::to_string(static_cast<int>(c.layout)) + "_" +
+                  std::to_string(c.bits);
+      q.bits = c.bits;
+      q.group_size = c.group;
+      q.layout = c.layout;
+      q.quiet = true;
+      quantize_model(q);
+      PlanInput in = plan_for_dir(q.out_dir, PlanBase::Gptq);
+      plan_base_from_model_dir(q.out_dir, &in);
+      const PlanResult p = plan_memory(in);
+      EXPECT_EQ(p.base_weight_bytes, checkpoint_tensor_bytes(q.out_dir))
+          << preset << " " << int_layout_name(c.layout) << " " << c.bits << "-bit group " << c.group;
+    }
+    QuantizeOptions q;
+    q.method = QuantizeOptions::Method::Nf4;
+    q.model_dir = dense;
+    q.out_dir = scratch + "/" + preset + "_nf4";
+    q.quiet = true;
+    quantize_model(q);
+    PlanInput in = plan_for_dir(q.out_dir, PlanBase::Nf4);
+    plan_base_from_model_dir(q.out_dir, &in);
+    ASSERT_TRUE(in.double_quant);
+    int64_t quant_states = 0;
+    const int64_t digits_diff = nf4_offset_digits_diff(q.out_dir, true, &quant_states);
+    EXPECT_EQ(static_cast<int64_t>(checkpoint_tensor_bytes(q.out_dir)),
+              static_cast<int64_t>(plan_memory(in).base_weight_bytes) + digits_diff)
+        << preset << " nf4: nested_offset digits differ by " << digits_diff << " over " << quant_states << " Linears";
+    EXPECT_EQ(quant_states, count_layer_linears(in.model) - (preset == "tiny-moe" ? 2 : 4));  // routers unquantized
+  }
+}
+
+// PEFT's MLP targets adapt every expert and the shared expert: the plan's count is LoraAdapter's.
+TEST(MemoryPlanMoe, AdapterParamsEqualLoraAdapter) {
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared", "qwen3-30b-a3b", "qwen1.5-moe-a2.7b"}) {
+    PlanInput in;
+    in.model = qwen_preset(preset);
+    in.model.num_layers = std::min<int64_t>(in.model.num_layers, 2);  // the released shapes, 2 layers
+    in.model.moe_layer.resize(in.model.num_layers);
+    in.device = PlanDevice::Cpu;
+    for (const char* targets : {"all-linear", "q_proj,down_proj", "up_proj"}) {
+      for (bool dora : {false, true}) {
+        in.lora = all_linear(8);
+        in.lora.target_modules = parse_lora_targets(targets);
+        in.lora.use_dora = dora;
+        const PlanResult p = plan_memory(in);
+        EXPECT_EQ(p.lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
+            << preset << " " << targets << (dora ? " DoRA" : "");
+        EXPECT_EQ(p.devices[0].lora_params, p.lora_params);
+      }
+    }
+  }
+}
+
+TEST(MemoryPlanMoe, GpuPlanRefusesAndNamesTheModel) {
+  PlanInput in;
+  in.model = qwen_preset("qwen3-30b-a3b");
+  in.lora = all_linear(8);
+  in.device = PlanDevice::Cuda;
+  in.gpus = 1;
+  const std::string err = test::error_of([&] { plan_memory(in); });
+  EXPECT_NE(err.find("plan --device cuda (the GPU trainer) does not support mixture-of-experts"), std::string::npos)
+      << err;
+  in.device = PlanDevice::Cpu;
+  const PlanResult p = plan_memory(in);
+  const std::string table = format_plan_table(p);
+  EXPECT_NE(table.find("48 MoE layers: 128 experts x 768, top-8"), std::string::npos) << table;
+  const auto j = nlohmann::json::parse(plan_to_json(p));
+  EXPECT_EQ(j.at("config").at("moe").at("experts").get<int64_t>(), 128);
+}
+
+// A MoE model's step measured against the plan: tiny-moe (8 experts, top-2, a dense layer between two MoE layers)
+// with checkpointing on and off, and tiny-moe-shared (6 experts and a shared expert) with DoRA and dropout.
+TEST(MemoryPlanMeasured, TinyMoeGptqActivationsMatchRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m", "tiny-moe");
+  q.out_dir = scratch + "/gptq";
+  q.group_size = 32;
+  q.quiet = true;
+  quantize_model(q);
+  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8);
+  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
+}
+
+TEST(MemoryPlanMeasured, TinyMoeSharedDoraDropoutMatchesRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m", "tiny-moe-shared");
+  q.out_dir = scratch + "/gptq";
+  q.group_size = 32;
+  q.quiet = true;
+  quantize_model(q);
+  check_measured(q.out_dir, PlanBase::Gptq, 4, 2048, 8, true, /*dora=*/true, /*dropout=*/0.1);
+}
+
+// One Qwen3-30B-A3B-shaped layer (128 experts of 768, top-8), GPTQ g128, 512 tokens: the real shapes, where the
+// experts' saved rows (T·k = 4096) and the 151,936-row vocabulary's chunk and widening buffers dominate.
+TEST(MemoryPlanMeasured, Qwen3MoeOneLayerGptqMatchesRss) {
+  const std::string scratch = test::scratch_dir();
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m", "qwen3-30b-a3b", 1);
+  q.out_dir = scratch + "/gptq";
+  q.quiet = true;
+  quantize_model(q);
+  std::filesystem::remove_all(q.model_dir);  // 2.4 GB of bf16 no longer needed
+  check_measured(q.out_dir, PlanBase::Gptq, 1, 512, 16);
 }
 
 }  // namespace

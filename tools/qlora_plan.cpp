@@ -111,7 +111,7 @@ void register_qlora_plan(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("plan", "Predict the memory a LoRA/QLoRA training step needs on each device "
                                              "(base weights, adapters, gradients, AdamW, activations, workspace)");
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (only config.json is read)");
-  cmd->add_option("--preset", a->preset, "a Qwen2.5 shape instead: tiny, qwen2.5-0.5b ... qwen2.5-72b");
+  cmd->add_option("--preset", a->preset, "a model shape instead (init-random's presets: tiny, qwen2.5-0.5b ... qwen2.5-72b, qwen3-30b-a3b, ...)");
   cmd->add_option("--layers", a->layers, "override the number of decoder layers")->check(at_least(1, "POSITIVE"));
   cmd->add_option("--base", a->base, "frozen base format: auto (the directory's; bf16 for a preset), bf16, gptq, awq, "
                                      "nf4")

@@ -20,6 +20,7 @@
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_weight_arena.h"
+#include "trainer/qwen_weights.h"
 
 namespace qwenq {
 
@@ -44,17 +45,12 @@ LoraDims dims_of(const QwenConfig& c) {
 
 int64_t num_groups(const PlanInput& in, int64_t K) { return in.group_size == -1 ? 1 : ceil_div(K, in.group_size); }
 
-// The per-layer facts every formula needs.
+// The per-layer facts every formula needs (a dense layer's Linears; layer_totals sees a MoE layer's experts).
 struct LayerShape {
   int64_t C, I, H, qd, kvd, D, V, T, r;
   LoraShape shape[kNumLoraTargets];
   bool adapted[kNumLoraTargets];
-  int64_t sum_r = 0;        // Σ r over adapted Linears
-  int64_t lora_params = 0;  // Σ r·(N + K)
-  int64_t dropout_k = 0;    // Σ K over adapted Linears when dropout > 0
-  int64_t max_adapted_n = 0;
-  int64_t dora_n = 0;       // Σ N over adapted Linears with DoRA (0 without)
-  int64_t max_dora_n = 0;   // the largest of those N
+  int64_t max_adapted_n = 0;  // the largest N over adapted Linears
 };
 
 LayerShape layer_shape(const PlanInput& in) {
@@ -73,19 +69,7 @@ LayerShape layer_shape(const PlanInput& in) {
   for (int t = 0; t < kNumLoraTargets; ++t) {
     s.shape[t] = lora_target_shape(dims, kAll[t]);
     s.adapted[t] = in.lora.targets(kAll[t]);
-    if (!s.adapted[t]) continue;
-    QWENQ_CHECK(s.r <= std::min(s.shape[t].N, s.shape[t].K),
-                "LoRA rank " << s.r << " is larger than " << lora_target_name(kAll[t]) << " [" << s.shape[t].N << ", "
-                             << s.shape[t].K << "] allows");
-    s.sum_r += s.r;
-    s.lora_params += s.r * (s.shape[t].N + s.shape[t].K);
-    if (in.lora.use_dora) {  // the magnitude m [N]
-      s.lora_params += s.shape[t].N;
-      s.dora_n += s.shape[t].N;
-      s.max_dora_n = std::max(s.max_dora_n, s.shape[t].N);
-    }
-    if (in.lora.dropout > 0) s.dropout_k += s.shape[t].K;
-    s.max_adapted_n = std::max(s.max_adapted_n, s.shape[t].N);
+    if (s.adapted[t]) s.max_adapted_n = std::max(s.max_adapted_n, s.shape[t].N);
   }
   return s;
 }
@@ -95,32 +79,80 @@ int64_t layer_dense_values(const QwenConfig& c) {
   return 2 * c.hidden_size + (c.qkv_bias ? c.q_dim() + 2 * c.kv_dim() : 0) + (c.qk_norm ? 2 * c.head_dim : 0);
 }
 
-// ---- CPU (trainer/lora_model.cpp) -------------------------------------------------------------------------
-
-// fp32 values of one block's BlockActs.
-int64_t cpu_block_values(const PlanInput& in, const LayerShape& s) {
-  return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + 3 * s.I + s.sum_r +
-                (in.model.qk_norm ? s.qd + s.kvd : 0) + s.dropout_k) +
-         (2 * s.T + 1) * s.dora_n;  // DoRA: z, v [T, N] and n [N] per adapted Linear
+// The LoRA target (table index 0..6) an entry of layer_linears is adapted by, or -1 for a router (mlp.gate,
+// mlp.shared_expert_gate: never adapted, never quantized; kept in the dense dtype).
+int linear_target(const LayerLinear& x) {
+  if (x.decoder_index >= 0) return x.decoder_index;
+  for (int t = 4; t < kNumLoraTargets; ++t) {  // an expert's gate/up/down_proj
+    const std::string suffix = lora_target_name(kAll[t]);
+    if (x.name.size() > suffix.size() && x.name.compare(x.name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return t;
+  }
+  return -1;
 }
 
-// The largest set of fp32 buffers alive at once inside block_bwd (and during a recompute), in values.
-int64_t cpu_backward_values(const PlanInput& in, const LayerShape& s) {
-  const int64_t T = s.T, C = s.C, I = s.I, qd = s.qd, kvd = s.kvd;
-  auto lora = [&](LoraTarget t) -> int64_t {  // lora_backward_ref: g, su [T, r] and t [T, K]
-    const int i = static_cast<int>(t);
-    // DoRA adds dora_bwd's dz, dv [T, N]
-    return s.adapted[i] ? 2 * T * s.r + T * s.shape[i].K + (s.dora_n > 0 ? 2 * T * s.shape[i].N : 0) : 0;
-  };
-  const int64_t base = 3 * T * I + T * I;  // dact, dgate, dup + linear_bwd's tmp (capacity T·I from down_proj on)
-  const int64_t down = base + lora(LoraTarget::DownProj);
-  const int64_t gate_up = base + T * C + std::max(lora(LoraTarget::GateProj), lora(LoraTarget::UpProj));
-  const int64_t o = base + 2 * T * C + T * qd + lora(LoraTarget::OProj);
-  const int64_t attn = base + 2 * T * C + 2 * T * qd + 2 * T * kvd + T * s.H;
-  const int64_t qkv = base + 3 * T * C + 2 * T * qd + 2 * T * kvd +
-                      std::max({lora(LoraTarget::QProj), lora(LoraTarget::KProj), lora(LoraTarget::VProj)});
-  const int64_t recompute = in.checkpointing ? 2 * T * C + T * s.max_adapted_n : 0;
-  return std::max({down, gate_up, o, attn, qkv, recompute});
+// One decoder layer's weights and adapters: a dense layer, or a MoE layer (its attention, router, E experts and the
+// shared expert). Every layer of one kind is alike.
+struct LayerTotals {
+  uint64_t linear_bytes = 0;  // the packed (or bf16) Linears
+  uint64_t dense_bytes = 0;   // norms, biases and the routers, in dense_dtype
+  int64_t linear_params = 0;  // Σ N·K of the packed Linears (routers not included)
+  int64_t lora_params = 0;    // Σ r·(N + K) (+ N with DoRA) over the adapted Linears
+};
+LayerTotals layer_totals(const PlanInput& in, int64_t l) {
+  const QwenConfig& c = in.model;
+  const uint64_t dsz = dtype_size(in.dense_dtype);
+  LayerTotals t;
+  t.dense_bytes = u64(layer_dense_values(c)) * dsz;
+  for (const LayerLinear& x : layer_linears(c, l)) {
+    const int target = linear_target(x);
+    if (target < 0) {
+      t.dense_bytes += u64(x.N * x.K) * dsz;
+      continue;
+    }
+    t.linear_bytes += plan_linear_bytes(in, x.N, x.K);
+    t.linear_params += x.N * x.K;
+    if (!in.lora.targets(kAll[target])) continue;
+    QWENQ_CHECK(in.lora.r <= std::min(x.N, x.K), "LoRA rank " << in.lora.r << " is larger than " << x.name << " ["
+                                                               << x.N << ", " << x.K << "] allows");
+    t.lora_params += in.lora.r * (x.N + x.K) + (in.lora.use_dora ? x.N : 0);
+  }
+  return t;
+}
+
+// The first layer of each kind (-1: none): layer_totals of one stands for all of that kind.
+struct LayerKinds {
+  int64_t dense = -1, moe = -1;
+};
+LayerKinds layer_kinds(const QwenConfig& c) {
+  LayerKinds k;
+  for (int64_t l = c.num_layers - 1; l >= 0; --l) (c.is_moe_layer(l) ? k.moe : k.dense) = l;
+  return k;
+}
+
+// ---- CPU (trainer/lora_model.cpp) -------------------------------------------------------------------------
+
+// fp32 values of one block's BlockActs outside the MLP: the attention half (and its adapters).
+int64_t cpu_attn_values(const PlanInput& in, const LayerShape& s) {
+  int64_t adapted = 0, dora_n = 0;
+  for (int t = 0; t < 4; ++t) {
+    if (!s.adapted[t]) continue;
+    adapted += s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0);  // u [T, r] and the dropped input
+    if (in.lora.use_dora) dora_n += s.shape[t].N;
+  }
+  return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + (in.model.qk_norm ? s.qd + s.kvd : 0) + adapted) +
+         (2 * s.T + 1) * dora_n;  // DoRA: z, v [T, N] and n [N] per adapted Linear
+}
+
+// fp32 values of a dense layer's MLP in BlockActs: gate, up, act and the adapters of gate/up/down_proj.
+int64_t cpu_dense_mlp_values(const PlanInput& in, const LayerShape& s) {
+  int64_t adapted = 0, dora_n = 0;
+  for (int t = 4; t < kNumLoraTargets; ++t) {
+    if (!s.adapted[t]) continue;
+    adapted += s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0);
+    if (in.lora.use_dora) dora_n += s.shape[t].N;
+  }
+  return s.T * (3 * s.I + adapted) + (2 * s.T + 1) * dora_n;
 }
 
 // kernels/gemm_ref.cpp's per-thread fp32 copy of a 16-bit weight [N, K]: forward nb rows, backward kb columns.
@@ -131,35 +163,177 @@ uint64_t widen_bytes(int64_t N, int64_t K) {
   return u64(std::max(nb * K, N * kb) * 4);
 }
 
-uint64_t cpu_dequant_bytes(const PlanInput& in, const LayerShape& s) {
-  if (in.base == PlanBase::Bf16) return 0;
-  uint64_t best = 0;
-  for (int t = 0; t < kNumLoraTargets; ++t) {
-    const int64_t N = s.shape[t].N, K = s.shape[t].K;
-    uint64_t b = u64(4 * N * K);
-    if (in.base == PlanBase::Nf4)
-      b += u64(4 * ceil_div(N * K, in.nf4_blocksize));  // nf4_block_absmax
-    else
-      b += u64(N * K + num_groups(in, K) * N);  // dequantize_int_linear's codes and zeros, one byte each
-    best = std::max(best, b);
+// Where one dense layer's backward peaks: always 3·T·I (dact, dgate, dup) + T·I (linear_bwd's tmp, sized by down_proj
+// first and never shrunk) held through the attention half too, plus each phase's buffers (memory_plan.h).
+// lora_backward_ref's g, su [T, r] and t [T, K] (DoRA adds dora_bwd's dz, dv [T, N]) of adapted Linear t.
+int64_t cpu_lora_bwd_values(const PlanInput& in, const LayerShape& s, LoraTarget target) {
+  const int i = static_cast<int>(target);
+  if (!s.adapted[i]) return 0;
+  return 2 * s.T * s.r + s.T * s.shape[i].K + (in.lora.use_dora ? 2 * s.T * s.shape[i].N : 0);
+}
+
+// The attention half of block_bwd (o_proj, attention, q/k/v) with `base` values held from the MLP half.
+int64_t cpu_attn_backward_values(const PlanInput& in, const LayerShape& s, int64_t base) {
+  const int64_t T = s.T, C = s.C, qd = s.qd, kvd = s.kvd;
+  auto lora = [&](LoraTarget t) { return cpu_lora_bwd_values(in, s, t); };
+  const int64_t o = base + 2 * T * C + T * qd + lora(LoraTarget::OProj);
+  const int64_t attn = base + 2 * T * C + 2 * T * qd + 2 * T * kvd + T * s.H;
+  const int64_t qkv = base + 3 * T * C + 2 * T * qd + 2 * T * kvd +
+                      std::max({lora(LoraTarget::QProj), lora(LoraTarget::KProj), lora(LoraTarget::VProj)});
+  return std::max({o, attn, qkv});
+}
+
+// The largest set of fp32 buffers alive at once inside a dense layer's block_bwd (and its recompute), in values.
+int64_t cpu_dense_backward_values(const PlanInput& in, const LayerShape& s) {
+  const int64_t T = s.T, C = s.C, I = s.I;
+  auto lora = [&](LoraTarget t) { return cpu_lora_bwd_values(in, s, t); };
+  const int64_t base = 3 * T * I + T * I;
+  const int64_t down = base + lora(LoraTarget::DownProj);
+  const int64_t gate_up = base + T * C + std::max(lora(LoraTarget::GateProj), lora(LoraTarget::UpProj));
+  const int64_t recompute = in.checkpointing ? 2 * T * C + T * s.max_adapted_n : 0;  // out, mlp, LoRA's t
+  return std::max({down, gate_up, cpu_attn_backward_values(in, s, base), recompute});
+}
+
+// ---- CPU, a MoE layer's MLP (trainer/moe_block.cpp) ----
+// R, the rows of the busiest expert, decides the per-expert temporaries; routing is not known before training, so
+// the plan takes its bound R = T (every token choosing one expert). The saved rows are exactly T·k whatever the
+// routing (each token picks k distinct experts).
+struct MoeShape {
+  int64_t T, C, E, k, Im, Is, r, R;
+  bool adapted[3];  // the experts' gate, up, down_proj
+  bool any;         // some expert Linear adapted: the block keeps n, xs and u for all three
+  bool dropout, dora;
+};
+MoeShape moe_shape(const PlanInput& in, const LayerShape& s) {
+  const QwenConfig& c = in.model;
+  MoeShape m{};
+  m.T = s.T;
+  m.C = s.C;
+  m.E = c.num_experts;
+  m.k = c.experts_per_token;
+  m.Im = c.moe_intermediate_size;
+  m.Is = c.shared_expert_intermediate_size;
+  m.r = s.r;
+  m.R = s.T;
+  for (int j = 0; j < 3; ++j) {
+    m.adapted[j] = s.adapted[4 + j];
+    m.any = m.any || m.adapted[j];
   }
-  return best;
+  m.dropout = in.lora.dropout > 0;
+  m.dora = in.lora.use_dora;
+  return m;
+}
+// K and N of an expert's Linear j (0 gate, 1 up, 2 down) of width w.
+int64_t moe_k(const MoeShape& m, int j, int64_t w) { return j == 2 ? w : m.C; }
+int64_t moe_n(const MoeShape& m, int j, int64_t w) { return j == 2 ? m.C : w; }
+
+// Bytes of MoeBlockActs: the routing (probs, weight fp32, chosen and slot int32, token int64, start int64 [E + 1]),
+// gate, up, act, y per row, the shared expert's per token, and with adapters on the experts n, xs, u (all three
+// Linears'), the dropped inputs, DoRA's z, v per row and n per expert.
+uint64_t cpu_moe_block_bytes(const MoeShape& m) {
+  const int64_t T = m.T, Tk = m.T * m.k, C = m.C, E = m.E, Im = m.Im, Is = m.Is, sh = m.Is > 0 ? 1 : 0;
+  int64_t f = T * E + Tk + Tk * (3 * Im + C) + sh * (3 * T * Is + T * C + T);
+  if (m.any) {
+    f += T * C + Tk * C + 3 * Tk * m.r + sh * 3 * T * m.r;
+    if (m.dropout) f += Tk * (2 * C + Im) + sh * T * (2 * C + Is);
+    if (m.dora) f += 2 * Tk * (2 * Im + C) + E * (2 * Im + C) + sh * (2 * T * (2 * Is + C) + 2 * Is + C);
+  }
+  return u64(f) * 4 + u64(Tk) * (4 + 4 + 8) + u64(E + 1) * 8;
+}
+
+// Values of expert_backward's temporaries on `rows` rows of an expert of width w: dact, dgate, dup [rows, w] and tmp
+// [rows, C], plus the largest branch_backward (lora_backward_ref's g, su, t; with dropout or DoRA a [rows, K] of its
+// own; DoRA's dz, dv [rows, N]).
+int64_t cpu_expert_bwd_values(const MoeShape& m, int64_t rows, int64_t w) {
+  int64_t branch = 0;
+  for (int j = 0; j < 3; ++j) {
+    if (!m.adapted[j]) continue;
+    const int64_t K = moe_k(m, j, w), N = moe_n(m, j, w);
+    branch = std::max(branch, 2 * rows * m.r + rows * K + (m.dropout || m.dora ? rows * K : 0) +
+                                  (m.dora ? 2 * rows * N : 0));
+  }
+  return 3 * rows * w + rows * m.C + branch;
+}
+
+// Values at moe_block_backward's peak, with block_bwd's dn2 [T, C]: dw [T·k], dy and dx [R, C] held throughout;
+// then either one routed expert's temporaries, or the router's dr [T, E] and tmp [T, C] with the shared expert's
+// ds [T, C], dg [T] and its temporaries on all T tokens.
+int64_t cpu_moe_backward_values(const MoeShape& m) {
+  const int64_t T = m.T, C = m.C;
+  const int64_t held = T * C + T * m.k + 2 * m.R * C;
+  const int64_t experts = held + cpu_expert_bwd_values(m, m.R, m.Im);
+  const int64_t router = held + T * m.E + T * C + (m.Is > 0 ? T * C + T + cpu_expert_bwd_values(m, T, m.Is) : 0);
+  return std::max(experts, router);
+}
+
+// Values of a MoE block's recompute: run()'s out, block_fwd's mlp, moe_block_forward's result [T, C] and router
+// logits [T, E], the gathered rows [R, C] (kept in the acts when adapted), lora_forward_ref's t [rows, N].
+int64_t cpu_moe_recompute_values(const MoeShape& m) {
+  int64_t t = 0;
+  for (int j = 0; j < 3; ++j) {
+    if (!m.adapted[j]) continue;
+    t = std::max({t, m.R * moe_n(m, j, m.Im), m.Is > 0 ? m.T * moe_n(m, j, m.Is) : int64_t{0}});
+  }
+  return 3 * m.T * m.C + m.T * m.E + (m.any ? 0 : m.R * m.C) + t;
+}
+
+// A MoE layer's block_bwd: the MoE block's peak, then the attention half holding linear_bwd's tmp (T·max(qd, C):
+// o_proj sizes it first), and the recompute.
+int64_t cpu_moe_layer_backward_values(const PlanInput& in, const LayerShape& s, const MoeShape& m) {
+  int64_t attn_n = 0;
+  for (int t = 0; t < 4; ++t)
+    if (s.adapted[t]) attn_n = std::max(attn_n, s.shape[t].N);
+  const int64_t recompute =
+      in.checkpointing ? std::max(2 * s.T * s.C + s.T * attn_n, cpu_moe_recompute_values(m)) : 0;
+  return std::max({cpu_moe_backward_values(m), cpu_attn_backward_values(in, s, s.T * std::max(s.qd, s.C)), recompute});
+}
+
+// dequantize's fp32 copy of one packed Linear [N, K] and its unpacked codes (apply_linear dequantizes one Linear at
+// a time); 0 for a bf16 base (read in place).
+uint64_t cpu_dequant_bytes(const PlanInput& in, int64_t N, int64_t K) {
+  if (in.base == PlanBase::Bf16) return 0;
+  uint64_t b = u64(4 * N * K);
+  if (in.base == PlanBase::Nf4)
+    b += u64(4 * ceil_div(N * K, in.nf4_blocksize));  // nf4_block_absmax
+  else
+    b += u64(N * K + num_groups(in, K) * N);  // dequantize_int_linear's codes and zeros, one byte each
+  return b;
 }
 
 int64_t logits_rows(const LayerShape& s) { return std::max<int64_t>(1, std::min(s.T, kPlanLogitsPerChunk / s.V)); }
 
-void plan_cpu_device(const PlanInput& in, const LayerShape& s, DevicePlan* d) {
-  const int64_t L = in.model.num_layers, T = s.T, C = s.C;
+// The CPU device holds every layer: n_dense dense layers and n_moe MoE layers (kinds: a layer of each).
+void plan_cpu_device(const PlanInput& in, const LayerShape& s, const LayerKinds& kinds, DevicePlan* d) {
+  const QwenConfig& c = in.model;
+  const int64_t L = c.num_layers, T = s.T, C = s.C;
+  int64_t n_moe = 0;
+  for (int64_t l = 0; l < L; ++l) n_moe += c.is_moe_layer(l) ? 1 : 0;
+  const int64_t n_dense = L - n_moe;
+  const uint64_t attn = u64(cpu_attn_values(in, s)) * 4, dense_mlp = u64(cpu_dense_mlp_values(in, s)) * 4;
+  const MoeShape m = moe_shape(in, s);
+  const uint64_t moe = n_moe > 0 ? cpu_moe_block_bytes(m) : 0;
   d->act_checkpoints = u64((L + 1) * T * C * 4);
-  d->act_block = u64((in.checkpointing ? 1 : L) * cpu_block_values(in, s) * 4);
-  d->act_backward = u64(cpu_backward_values(in, s) * 4);
+  // Checkpointed, one BlockActs serves every layer, its buffers grown to the largest of each (a dense layer's MLP
+  // buffers and a MoE layer's stay side by side); otherwise each layer keeps its own.
+  d->act_block = in.checkpointing ? attn + (n_dense > 0 ? dense_mlp : 0) + moe
+                                  : u64(n_dense) * (attn + dense_mlp) + u64(n_moe) * (attn + moe);
+  int64_t bwd = n_dense > 0 ? cpu_dense_backward_values(in, s) : 0;
+  if (n_moe > 0) bwd = std::max(bwd, cpu_moe_layer_backward_values(in, s, m));
+  d->act_backward = u64(bwd) * 4;
   d->act_loss = u64(3 * T * C * 4);
-  d->ws_dequant = cpu_dequant_bytes(in, s);
   const int64_t rows = logits_rows(s);
   d->ws_logits = u64((rows * s.V + rows) * 4);
-  uint64_t widen = dtype_size(in.dense_dtype) == 2 ? widen_bytes(s.V, C) : 0;  // lm_head
-  if (in.base == PlanBase::Bf16) {
-    for (const LoraShape& sh : s.shape) widen = std::max(widen, widen_bytes(sh.N, sh.K));
+  // Per thread, the widest widening buffer of a 16-bit weight: the lm_head, the routers, and with a bf16 base every
+  // Linear. The largest dequantized Linear.
+  const bool dense16 = dtype_size(in.dense_dtype) == 2;
+  uint64_t widen = dense16 ? widen_bytes(s.V, C) : 0;
+  for (const int64_t l : {kinds.dense, kinds.moe}) {
+    if (l < 0) continue;
+    for (const LayerLinear& x : layer_linears(c, l)) {
+      const bool router = linear_target(x) < 0;
+      if ((router && dense16) || (!router && in.base == PlanBase::Bf16)) widen = std::max(widen, widen_bytes(x.N, x.K));
+      if (!router) d->ws_dequant = std::max(d->ws_dequant, cpu_dequant_bytes(in, x.N, x.K));
+    }
   }
   d->ws_threads = u64(in.cpu_threads) * widen;
 }
@@ -289,6 +463,7 @@ void check_input(const PlanInput& in) {
   QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
+    refuse_moe(c, "plan --device cuda (the GPU trainer)");  // the GPU forward refuses them
     QWENQ_CHECK(!in.lora.use_dora, "plan: --use-dora with --device cuda: DoRA adapters run on the CPU only for now "
                                    "(--device cpu)");
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
@@ -359,26 +534,32 @@ uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
 }
 
 PlanResult plan_memory(const PlanInput& in) {
-  refuse_moe(in.model, "plan");  // its per-layer sums know dense MLPs only
   check_input(in);
   const QwenConfig& c = in.model;
   const LayerShape s = layer_shape(in);
   const int64_t L = c.num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
+  const LayerKinds kinds = layer_kinds(c);
+  const LayerTotals dense_layer = kinds.dense >= 0 ? layer_totals(in, kinds.dense) : LayerTotals{};
+  const LayerTotals moe_layer = kinds.moe >= 0 ? layer_totals(in, kinds.moe) : LayerTotals{};
+  // Σ over layers [first, first + n) of one LayerTotals field.
+  auto sum = [&](int64_t first, int64_t n, auto field) {
+    decltype(field(dense_layer)) total = 0;
+    for (int64_t l = first; l < first + n; ++l) total += field(c.is_moe_layer(l) ? moe_layer : dense_layer);
+    return total;
+  };
+  auto linear_bytes = [](const LayerTotals& t) { return t.linear_bytes; };
+  auto dense_bytes = [](const LayerTotals& t) { return t.dense_bytes; };
+  auto lora_params = [](const LayerTotals& t) { return t.lora_params; };
 
   PlanResult res;
   res.input = in;
   res.tokens = s.T;
-  uint64_t layer_linear = 0;
-  for (const LoraShape& sh : s.shape) {
-    layer_linear += plan_linear_bytes(in, sh.N, sh.K);
-    res.linear_params += L * sh.N * sh.K;
-  }
-  const uint64_t layer_dense = u64(layer_dense_values(c)) * dsz;
+  res.linear_params = sum(0, L, [](const LayerTotals& t) { return t.linear_params; });
   const uint64_t embed = u64(c.vocab_size * c.hidden_size) * dsz, final_norm = u64(c.hidden_size) * dsz;
-  res.lora_params = L * s.lora_params;
-  res.base_linear_bytes = u64(L) * layer_linear;
-  res.base_dense_bytes = u64(L) * layer_dense + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
+  res.lora_params = sum(0, L, lora_params);
+  res.base_linear_bytes = sum(0, L, linear_bytes);
+  res.base_dense_bytes = sum(0, L, dense_bytes) + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
   res.base_weight_bytes = res.base_linear_bytes + res.base_dense_bytes;
 
   const int G = in.device == PlanDevice::Cpu ? 1 : in.gpus;
@@ -391,18 +572,18 @@ PlanResult plan_memory(const PlanInput& in) {
     next_layer += d.num_layers;
     d.has_embeddings = i == 0;
     d.has_lm_head = i == G - 1;
-    d.base_linear = u64(d.num_layers) * layer_linear;
-    d.base_dense = u64(d.num_layers) * layer_dense;
+    d.base_linear = sum(d.first_layer, d.num_layers, linear_bytes);
+    d.base_dense = sum(d.first_layer, d.num_layers, dense_bytes);
     if (d.has_embeddings) d.base_dense += embed;
     // lm_head: its own tensor when untied; a second copy of the embeddings when tied but on another device.
     if (d.has_lm_head) d.base_dense += final_norm + (!c.tie_word_embeddings || !d.has_embeddings ? embed : 0);
     d.base_weights = d.base_linear + d.base_dense;
-    d.lora_params = d.num_layers * s.lora_params;
+    d.lora_params = sum(d.first_layer, d.num_layers, lora_params);
     d.adapters = u64(d.lora_params) * 4;
     d.gradients = u64(d.lora_params) * 4;
     d.optimizer = u64(d.lora_params) * 8;
     if (in.device == PlanDevice::Cpu)
-      plan_cpu_device(in, s, &d);
+      plan_cpu_device(in, s, kinds, &d);
     else
       plan_gpu_device(in, s, i, &d);
     d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
@@ -454,6 +635,18 @@ std::string base_description(const PlanInput& in) {
   return os.str();
 }
 
+// ", 48 MoE layers: 128 experts x 768, top-8, shared 5632" (empty for a dense model).
+std::string moe_description(const QwenConfig& c) {
+  if (!c.is_moe()) return "";
+  int64_t n = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l) n += c.is_moe_layer(l) ? 1 : 0;
+  std::ostringstream os;
+  os << ", " << n << " MoE layer" << (n == 1 ? "" : "s") << ": " << c.num_experts << " experts x "
+     << c.moe_intermediate_size << ", top-" << c.experts_per_token;
+  if (c.shared_expert_intermediate_size > 0) os << ", shared " << c.shared_expert_intermediate_size;
+  return os.str();
+}
+
 std::string targets_list(const LoraConfig& l) {
   std::string s;
   for (const auto& t : l.target_modules) s += (s.empty() ? "" : ",") + t;
@@ -478,14 +671,16 @@ std::string format_plan_table(const PlanResult& p) {
   const QwenConfig& c = in.model;
   std::ostringstream os;
   char buf[256];
-  os << "qwen-qlora plan: " << in.model_name << " (" << c.num_layers << " layers, hidden " << c.hidden_size
-     << ", intermediate " << c.intermediate_size << ", heads " << c.num_heads << "/" << c.num_kv_heads << " x "
-     << c.head_dim << ", vocab " << c.vocab_size << (c.tie_word_embeddings ? ", tied" : "") << ")\n";
+  os << "qwen-qlora plan: " << in.model_name << " (" << c.num_layers << " layers, hidden " << c.hidden_size;
+  if (c.has_dense_mlp()) os << ", intermediate " << c.intermediate_size;  // every layer's MLP but a MoE block's
+  os << ", heads " << c.num_heads << "/" << c.num_kv_heads << " x "
+     << c.head_dim << ", vocab " << c.vocab_size << (c.tie_word_embeddings ? ", tied" : "") << moe_description(c)
+     << ")\n";
   const double lp = static_cast<double>(p.linear_params);
   std::snprintf(buf, sizeof buf, lp >= 1e9 ? "%.3f B" : "%.3f M", lp >= 1e9 ? lp / 1e9 : lp / 1e6);
   os << "base: " << base_description(in) << "; " << format_bytes(p.base_weight_bytes) << " for the whole model ("
-     << buf << " Linear params in " << format_bytes(p.base_linear_bytes) << ", embeddings/lm_head/norms/biases "
-     << dtype_name(in.dense_dtype) << " " << format_bytes(p.base_dense_bytes) << ")\n";
+     << buf << " Linear params in " << format_bytes(p.base_linear_bytes) << ", embeddings/lm_head/norms/biases"
+     << (c.is_moe() ? "/routers " : " ") << dtype_name(in.dense_dtype) << " " << format_bytes(p.base_dense_bytes) << ")\n";
   std::snprintf(buf, sizeof buf, "%.2f M", static_cast<double>(p.lora_params) / 1e6);
   os << "LoRA: r=" << in.lora.r << " on " << targets_list(in.lora) << "; " << buf
      << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
@@ -555,6 +750,15 @@ std::string plan_to_json(const PlanResult& p) {
                  {"intermediate_size", c.intermediate_size}, {"heads", c.num_heads},
                  {"kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
                  {"vocab_size", c.vocab_size}, {"tied", c.tie_word_embeddings}};
+  if (c.is_moe()) {
+    int64_t n = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l) n += c.is_moe_layer(l) ? 1 : 0;
+    j["config"]["moe"] = {{"layers", n},
+                          {"experts", c.num_experts},
+                          {"experts_per_token", c.experts_per_token},
+                          {"moe_intermediate_size", c.moe_intermediate_size},
+                          {"shared_expert_intermediate_size", c.shared_expert_intermediate_size}};
+  }
   j["base"] = {{"format", plan_base_name(in.base)},
                {"bits", in.base == PlanBase::Bf16 ? 16 : in.bits},
                {"group_size", in.group_size},

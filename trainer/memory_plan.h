@@ -36,6 +36,26 @@
 //                   q/k/v:   2·T·C + 2·T·qd + 2·T·kvd + dn1 T·C + LoRA 2·T·r + T·C
 //                   recompute (checkpointing): out, mlp 2·T·C + the LoRA product T·max(N)
 //   loss          hidden, dhidden, d: 3·T·C (alive through the backward)
+// MIXTURE OF EXPERTS, CPU (qwen3_moe, qwen2_moe; trainer/moe_block.cpp exactly as written). E experts of width Im,
+//   top-k, a shared expert of width Is (0: none); R = rows of the busiest expert, taken as its bound T (routing is not
+//   known before training: every token could choose one expert); a MoE layer's attention half as above.
+//   base          per MoE layer the attention Linears, 3·E expert Linears [Im, C], [Im, C], [C, Im] and the shared
+//                 expert's, in the base format; the routers mlp.gate [E, C] and mlp.shared_expert_gate [1, C] in
+//                 dense_dtype (never quantized, never adapted; counted with the dense tensors)
+//   LoRA          an MLP target adapts every expert's Linear and the shared expert's (PEFT): Σ r·(N + K) over them
+//   block         the attention half's buffers, plus MoeBlockActs: probs T·E and weight T·k fp32, chosen and slot
+//                 T·k int32, token T·k int64, start (E + 1) int64; gate, up, act T·k·Im, y T·k·C; shared
+//                 3·T·Is + T·C + T; with an adapted expert Linear n T·C, xs T·k·C, u 3·T·k·r (+ 3·T·r shared),
+//                 dropout T·k·(2C + Im) (+ T·(2C + Is)), DoRA z, v 2·T·k·(2Im + C) and n E·(2Im + C) (+ the
+//                 shared expert's). Checkpointed, the one scratch BlockActs holds a dense layer's MLP buffers and a
+//                 MoE layer's side by side when the model has both.
+//   backward      max of: dn2 T·C + dw T·k + dy, dx 2·R·C held, plus one expert's 3·R·Im + R·C and its largest
+//                 adapter backward (2·R·r + R·K, + R·K with dropout or DoRA, + DoRA's 2·R·N); or those held
+//                 plus the router's dr T·E and tmp T·C and the shared expert's ds T·C, dg T and temporaries on T
+//                 rows; the attention half holding linear_bwd's tmp T·max(qd, C); the recompute: out, mlp,
+//                 result 3·T·C, router logits T·E, gathered rows R·C (unadapted), the LoRA product R·max(N)
+//   workspace     the largest dequantized Linear and widening buffer over every Linear (experts, routers) too
+//   GPU           refused (the GPU trainer does not take MoE models yet).
 // WORKSPACE, CPU:
 //   dequant       packed bases: the largest Linear dequantized, fp32 4·N·K, plus its unpacked codes (GPTQ/AWQ
 //                 1 byte per weight + G·N zeros; NF4 4·nb absmax); 0 for a bf16 base (read in place)

@@ -306,7 +306,9 @@ refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe 
 "$QQ" nf4 --model moe_shared --out moe_lq --loftq-rank 4 -q > moe_lq.txt 2>&1 || fail "nf4 --loftq-rank of a MoE" moe_lq.txt
 "$QL" train --model moe_lq --data text.jsonl --out moe_lq_run --max-steps 2 --seq-len 32 -q \
   --init-adapter moe_lq/loftq_init > moe_lq_run.txt 2>&1 || fail "train --init-adapter LoftQ on a MoE" moe_lq_run.txt
-refuse moe_plan "plan $MOE" "$QL" plan --model moe --device cpu
+"$QL" plan --model moe --device cpu --cpu-mem-gb 8 --seq-len 64 > moe_plan.txt 2>&1 || fail "plan of a MoE model on the CPU" moe_plan.txt
+grep -q "2 MoE layers: 8 experts x 32, top-2" moe_plan.txt || fail "plan names the MoE layers" moe_plan.txt
+refuse moe_plan_gpu "plan --device cuda (the GPU trainer) $MOE" "$QL" plan --model moe --device cuda
 refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
   --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
   --data text.jsonl --calib text.jsonl
