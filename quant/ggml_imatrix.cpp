@@ -179,6 +179,12 @@ void merge_imatrix(Imatrix* into, const Imatrix& from, const std::string& from_p
       continue;
     }
     ImatrixEntry& d = it->second;
+    // One count for several matrices (a legacy file's entry, which keeps one ncall for all experts) is every matrix's
+    // count, as llama-imatrix broadcasts it.
+    if (d.sum2.size() == e.sum2.size() && d.counts.size() != e.counts.size()) {
+      if (e.counts.size() == 1) e.counts.assign(d.counts.size(), e.counts[0]);
+      if (d.counts.size() == 1) d.counts.assign(e.counts.size(), d.counts[0]);
+    }
     QWENQ_CHECK(d.sum2.size() == e.sum2.size() && d.counts.size() == e.counts.size(),
                 from_path << ": imatrix entry " << kv.first << " has " << e.sum2.size() << " values in "
                           << e.counts.size() << " matrices, the others " << d.sum2.size() << " in " << d.counts.size()
@@ -220,21 +226,27 @@ void write_imatrix_gguf(const Imatrix& m, const std::string& path) {
 void write_imatrix_dat(const Imatrix& m, const std::string& path) {
   std::string out;
   auto put_i32 = [&out](int32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); };
-  put_i32(static_cast<int32_t>(m.entries.size()));
+  // llama-imatrix's legacy writer leaves out an entry no token reached (every matrix counted 0).
+  auto counted = [](const ImatrixEntry& e) { return std::any_of(e.counts.begin(), e.counts.end(), [](float c) { return c > 0; }); };
+  int32_t stored = 0;
+  for (const auto& kv : m.entries) stored += m.legacy || counted(kv.second) ? 1 : 0;
+  put_i32(stored);
   const float chunk = m.chunk_size > 0 ? static_cast<float>(m.chunk_size) : 1.0f;
   for (const auto& [name, e] : m.entries) {
+    if (!m.legacy && !counted(e)) continue;
     put_i32(static_cast<int32_t>(name.size()));
     out += name;
     float most = 0;
     for (float c : e.counts) most = std::max(most, c);
-    // llama-imatrix's legacy writer: ncall = ⌈count / chunk_size⌉, values E[x²]·ncall (a matrix never counted: 1).
+    // llama-imatrix's legacy writer: ncall = ⌈most tokens of a matrix / chunk_size⌉, values E[x²]·ncall; a matrix never
+    // counted (an expert no token was routed to) stores 1·ncall, which reads back as 1.0 as in the GGUF form.
     const int32_t ncall = m.legacy ? static_cast<int32_t>(most) : static_cast<int32_t>(std::ceil(most / chunk));
     put_i32(ncall);
     put_i32(static_cast<int32_t>(e.sum2.size()));
     const size_t K = static_cast<size_t>(e.columns());
     for (size_t i = 0; i < e.sum2.size(); ++i) {
       const float c = e.counts[i / K];
-      const float v = m.legacy ? e.sum2[i] : c > 0 ? e.sum2[i] / c * static_cast<float>(ncall) : 1.0f;
+      const float v = m.legacy ? e.sum2[i] : (c > 0 ? e.sum2[i] / c : 1.0f) * static_cast<float>(ncall);
       out.append(reinterpret_cast<const char*>(&v), 4);
     }
   }

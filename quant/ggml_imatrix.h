@@ -10,8 +10,10 @@
 //     "<name>.counts" (F32, ne {1, n_mat}) and optionally "<name>.in_sum" (F32, ne {K, n_mat}). n_mat > 1 only for
 //     merged MoE experts (one row per expert); the dense models we write have n_mat = 1.
 //   Legacy .dat: i32 entry count; per entry i32 name length, the name, i32 ncall, i32 nval, nval f32 values
-//     = E[x²]·ncall (ncall = the chunks, ⌈T / chunk_size⌉); then i32 chunk count and i32 length + the dataset name.
-//     Reading gives importance = value / ncall (the raw values when ncall is 0), as llama-quantize does.
+//     = E[x²]·ncall (ncall = the chunks, ⌈T / chunk_size⌉ for the most-counted matrix; one ncall for all of an
+//     entry's matrices, a matrix never counted stored as 1·ncall; an entry never counted at all left out); then i32
+//     chunk count and i32 length + the dataset name. Reading gives importance = value / ncall (the raw values when
+//     ncall is 0), as llama-quantize does; a read entry has one count, whatever its number of matrices.
 // Every reading error is one qwenq::Error naming the file and what is wrong (truncated, a size that does not match,
 // a missing half of a pair, a non-finite or negative sum).
 #pragma once
@@ -48,7 +50,8 @@ Imatrix read_imatrix(const std::string& path);
 // Adds `from` (read from from_path) into `into`, as llama-imatrix --in-file does: per entry the sums and counts add (an
 // entry new to `into` is copied; in_sum is kept only where both have it), chunk counts add, datasets are appended. A
 // legacy `from` is first turned into sums as llama-imatrix reads one: sums = value·chunk_size, counts = ncall·chunk_size
-// for chunk_size = into->chunk_size. An entry of another width or matrix count is refused naming from_path.
+// for chunk_size = into->chunk_size; one count against several matrices is broadcast to each, as llama-imatrix does.
+// An entry of another width or matrix count is refused naming from_path.
 void merge_imatrix(Imatrix* into, const Imatrix& from, const std::string& from_path);
 // Writes the GGUF form (entries in name order, as llama-imatrix), to a temporary name renamed when complete.
 void write_imatrix_gguf(const Imatrix& m, const std::string& path);

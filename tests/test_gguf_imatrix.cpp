@@ -96,6 +96,21 @@ TEST(GgufImatrix, LegacyDatFileReadAsLlamaQuantizeReadsIt) {
   EXPECT_EQ(back.importance("blk.0.attn_q.weight"), m.importance("blk.0.attn_q.weight"));
   EXPECT_EQ(back.chunk_count, 3u);
   EXPECT_EQ(back.datasets, (std::vector<std::string>{"b.jsonl"}));
+  // Merged experts, as save_imatrix_legacy writes them: one ncall = ⌈10 / 512⌉ = 1 for the entry, the expert no
+  // token reached stored as 1·ncall; read back, the same importance as the GGUF form gives ({1, 2} and 1.0). An
+  // entry no token reached at all is left out.
+  Imatrix moe = two_entries();
+  ImatrixEntry never;
+  never.sum2 = {0.0f, 0.0f};
+  never.counts = {0.0f};
+  moe.entries["blk.1.ffn_up_exps.weight"] = never;
+  write_imatrix_dat(moe, dir + "/moe.dat");
+  const Imatrix moe_back = read_imatrix(dir + "/moe.dat");
+  EXPECT_EQ(moe_back.entries.size(), 2u);
+  EXPECT_EQ(moe_back.entries.count("blk.1.ffn_up_exps.weight"), 0u);
+  EXPECT_EQ(moe_back.entries.at("blk.0.ffn_down_exps.weight").counts, (std::vector<float>{1.0f}));
+  EXPECT_EQ(moe_back.importance("blk.0.ffn_down_exps.weight"), (std::vector<float>{1.0f, 2.0f, 1.0f, 1.0f}));
+  EXPECT_EQ(moe_back.importance("blk.0.ffn_down_exps.weight"), moe.importance("blk.0.ffn_down_exps.weight"));
 
   // Every truncation of the entries is refused with the file's name (the trailing chunk count and dataset name are
   // optional, as llama.cpp reads them).
@@ -132,6 +147,16 @@ TEST(GgufImatrix, MergeAddsSumsAsLlamaImatrixDoes) {
   EXPECT_EQ(q.counts, (std::vector<float>{3072.0f + 1024.0f}));
   EXPECT_EQ(q.sum2, (std::vector<float>{3072.0f + 2048.0f, 1536.0f + 4096.0f, 6144.0f, 6144.0f + 8192.0f}));
   EXPECT_TRUE(q.sum.empty());
+  // A legacy entry of merged experts (one ncall for both) into one with a count per expert: broadcast to each.
+  ImatrixEntry lm;
+  lm.sum2 = {2.0f, 2.0f, 4.0f, 4.0f};
+  lm.counts = {2.0f};
+  legacy.entries.clear();
+  legacy.entries["blk.0.ffn_down_exps.weight"] = lm;
+  merge_imatrix(&into, legacy, "old.dat");
+  const ImatrixEntry& x = into.entries.at("blk.0.ffn_down_exps.weight");
+  EXPECT_EQ(x.counts, (std::vector<float>{20.0f + 1024.0f, 0.0f + 1024.0f}));
+  EXPECT_EQ(x.sum2, (std::vector<float>{20.0f + 1024.0f, 40.0f + 1024.0f, 10.0f + 2048.0f, 10.0f + 2048.0f}));
   ImatrixEntry wide;
   wide.sum2.assign(8, 1.0f);
   wide.counts = {1.0f};

@@ -2,12 +2,18 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/rng.h"
+#include "kernels/gemm.h"
+#include "kernels/loss.h"
+#include "quant/ggml_blocks.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
+#include "trainer/lora_model.h"
 #include "trainer/model_dir.h"
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
@@ -179,6 +185,84 @@ TEST(GgufModel, KQuantFilesRunForward) {
   }
   // More bits, less error: q2_k > q3_k_s > q3_k_m > q4_k_s > q5_k_s > q6_k.
   for (size_t i : {1, 2, 4, 5, 6}) EXPECT_LT(rels[i], rels[i == 4 ? 2 : i - 1]) << i;
+}
+
+// A quantized token_embd / output stays in its blocks (QwenWeights::embed_q, lm_head_q): each embedding row is its
+// blocks dequantized, and the logits equal the product with the whole table dequantized (the block-of-rows product
+// changes no element's sum). Training, which reads the lm_head in place for its backward, refuses such a model.
+TEST(GgufModel, QuantizedTablesStayInTheirBlocks) {
+  const std::string dir = test::scratch_dir();
+  const std::string hf = test::make_random_model(dir + "/hf", "tiny256", DType::F32, 4, 2);
+  const std::string path = test::export_gguf_to(hf, dir + "/m.gguf", "q4_k_m");
+  const QwenModel m(path);
+  const QwenWeights& w = m.weights();
+  ASSERT_TRUE(w.embed_q && w.lm_head_q);
+  EXPECT_EQ(w.embed.data, nullptr);
+  EXPECT_EQ(w.lm_head.data, nullptr);
+  const GgufFile f(path);
+  EXPECT_EQ(f.tensor("token_embd.weight").type, GgmlType::Q4_K);
+  EXPECT_EQ(f.tensor("output.weight").type, GgmlType::Q6_K);
+  const int64_t V = m.config().vocab_size, C = m.config().hidden_size;
+  const std::vector<float> embed = dequantize_ggml(f.tensor("token_embd.weight"));
+  const std::vector<float> head = dequantize_ggml(f.tensor("output.weight"));
+  const std::vector<int32_t> ids = {0, 7, 319, 100};
+  std::vector<float> x;
+  m.embed_batch(PackedBatch::from_sequences({ids}), &x);
+  for (size_t t = 0; t < ids.size(); ++t)
+    for (int64_t i = 0; i < C; ++i) ASSERT_EQ(x[t * C + i], embed[ids[t] * C + i]) << "token " << ids[t];
+  Rng rng(3);
+  const int64_t M = 37;
+  std::vector<float> hidden(M * C), got(M * V), want(M * V);
+  for (float& v : hidden) v = static_cast<float>(rng.normal());
+  m.logits(hidden.data(), M, got.data());
+  linear_forward_ref(hidden.data(), M, C, head.data(), DType::F32, V, nullptr, DType::F32, want.data());
+  EXPECT_EQ(got, want);
+  // 6 blocks of 48 rows and one of 32: the GEMM's vector width over N changes some elements' summation order.
+  lm_head_forward(w, hidden.data(), M, got.data(), /*block_rows=*/48);
+  float worst_block = 0, largest = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    worst_block = std::max(worst_block, std::fabs(got[i] - want[i]));
+    largest = std::max(largest, std::fabs(want[i]));
+  }
+  std::printf("blocked lm_head: max |diff| %.3g, max |logit| %.3g\n", worst_block, largest);
+  EXPECT_LE(worst_block, 2e-6f * largest);
+  // The streamed loss (a running max and Σ exp per row over blocks of the table) against cross-entropy over the
+  // whole logits, with an ignored row and targets at both ends of the vocabulary.
+  std::vector<int32_t> targets(M);
+  for (int64_t r = 0; r < M; ++r) targets[r] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+  targets[0] = 0;
+  targets[1] = static_cast<int32_t>(V - 1);
+  targets[2] = kIgnoreIndex;
+  std::vector<float> nll_want(M), nll_got(M);
+  const int64_t counted = cross_entropy_forward_ref(want.data(), M, V, targets.data(), nll_want.data());
+  for (int64_t block_rows : {int64_t{0}, int64_t{48}, int64_t{1}}) {
+    EXPECT_EQ(lm_head_nll(w, hidden.data(), M, targets.data(), nll_got.data(), block_rows), counted);
+    EXPECT_EQ(nll_got[2], 0.f);
+    for (int64_t r = 0; r < M; ++r) EXPECT_NEAR(nll_got[r], nll_want[r], 2e-6 * (1 + nll_want[r])) << "row " << r;
+  }
+  targets[3] = static_cast<int32_t>(V);
+  expect_error([&] { lm_head_nll(w, hidden.data(), M, targets.data(), nll_got.data()); },
+               "target 320 of row 3 is outside the vocabulary [0, 320)");
+  // The eval path end to end: the same next-token losses as before the change would give (the tables' values are
+  // the same fp32 numbers), checked against a dense directory of the dequantized file.
+  DequantizeOptions d;
+  d.model_dir = path;
+  d.out_dir = dir + "/dq";
+  d.dtype = DType::F32;
+  d.quiet = true;
+  gguf_to_hf(d);
+  const PackedBatch batch = test::random_batch({19, 33}, V, 8);
+  const std::vector<float> a = m.forward_logits(batch), b = QwenModel(d.out_dir).forward_logits(batch);
+  float worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  EXPECT_LE(worst, 1e-4f);  // the layers' GEMMs sum in another blocking (packed vs dense weights); the tables do not
+  LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8;
+  lc.target_modules = parse_lora_targets("q_proj");
+  LoraAdapter adapter(lora_dims_of(m.config()), lc), grads(lora_dims_of(m.config()), lc);
+  expect_error([&] { lora_loss_and_grad(m, adapter, batch, next_token_targets(batch), &grads, LoraStepOptions{}); },
+               "LoRA training reads the embedding and output tables in place");
 }
 
 TEST(GgufModel, SplitFilesLoadAsOneModel) {

@@ -283,26 +283,28 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   // The embedding and output rows go straight from the mapped view into blocks (one fp32 row at a time, not a 7B's
   // 2.2 GB table), and every source's mapped pages are dropped once converted, so resident memory stays near one
   // tensor instead of growing with the whole mapped checkpoint.
-  auto add_table = [&](const std::string& gname, GgufRole role, const TensorView& t) {
+  auto add_table = [&](const std::string& gname, GgufRole role, const TensorView& t, const GgmlLinear* q) {
     const int64_t N = t.shape[0], K = t.shape[1];
     const GgmlType ty = type_of(role, 0, K);
     std::vector<float> imp = importance_of(gname, K, K, ty);
-    g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t, imp = std::move(imp)] {
+    g.add_tensor(gname, ty, {K, N}, [ty, N, K, &t, q, imp = std::move(imp)] {
       const uint64_t row_bytes = ggml_row_bytes(ty, K);
-      const size_t src_row = static_cast<size_t>(K) * dtype_size(t.dtype);
       std::vector<uint8_t> out(row_bytes * N);
       parallel_for(N, 64, [&](int64_t r0, int64_t r1) {
         std::vector<float> row(static_cast<size_t>(K));
         for (int64_t r = r0; r < r1; ++r) {
-          to_f32(t.dtype, static_cast<const char*>(t.data) + r * src_row, row.data(), static_cast<size_t>(K));
+          table_row_f32(t, q, r, row.data());
           quantize_ggml_row(ty, row.data(), K, out.data() + r * row_bytes, imp.empty() ? nullptr : imp.data());
         }
       });
-      release_mapped_pages(t.data, t.nbytes());
+      if (q)
+        release_mapped_pages(q->data, ggml_row_bytes(q->type, K) * static_cast<uint64_t>(N));
+      else
+        release_mapped_pages(t.data, t.nbytes());
       return out;
     });
   };
-  add_table("token_embd.weight", GgufRole::TokenEmbd, w.embed);
+  add_table("token_embd.weight", GgufRole::TokenEmbd, w.embed, w.embed_q.get());
   // A dense (router) matrix in F32, ne {K, N}.
   // A MoE layer's router (F32, ne {C, E}), expert stacks (one expert dequantized at a time) and shared expert.
   auto add_moe = [&](int64_t l, const MoeWeights& m) {
@@ -374,7 +376,7 @@ GgufExportReport export_gguf(const std::string& model_dir, const std::string& ou
   }
   add_vector("output_norm.weight", w.final_norm);
   if (!c.tie_word_embeddings) {
-    add_table("output.weight", GgufRole::Output, w.lm_head);
+    add_table("output.weight", GgufRole::Output, w.lm_head, w.lm_head_q.get());
   }
   rep.tensors = static_cast<int64_t>(g.tensor_count());
   Progress progress("gguf " + std::string(ft.name), rep.tensors, "tensors", o.quiet);
@@ -567,9 +569,27 @@ QwenWeights bind_gguf_weights(const QwenConfig& c, const GgufFile& f) {
     lw.ggml = std::make_shared<GgmlLinear>(GgmlLinear{t.type, t.data, lw.N, lw.K, it.rope_head_dim});
     return lw;
   };
-  w.embed = dense("model.embed_tokens.weight");
+  // A quantized table stays in its blocks (QwenWeights::embed_q); F32/F16/BF16 ones are read in place.
+  auto table = [&](const std::string& hf, TensorView* view, std::shared_ptr<const GgmlLinear>* q) {
+    const GgufModelTensor& it = *by_hf.at(hf);
+    const GgufTensor& t = f.tensor(it.gguf);
+    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+      *view = view_of(t, it.shape, &w.owned);
+      return;
+    }
+    view->shape = it.shape;
+    view->dtype = DType::F32;
+    view->data = nullptr;
+    *q = std::make_shared<const GgmlLinear>(GgmlLinear{t.type, t.data, it.shape[0], it.shape[1], 0});
+  };
+  table("model.embed_tokens.weight", &w.embed, &w.embed_q);
   w.final_norm = dense("model.norm.weight");
-  w.lm_head = c.tie_word_embeddings ? w.embed : dense("lm_head.weight");
+  if (c.tie_word_embeddings) {
+    w.lm_head = w.embed;
+    w.lm_head_q = w.embed_q;
+  } else {
+    table("lm_head.weight", &w.lm_head, &w.lm_head_q);
+  }
   w.layers.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     QwenLayerWeights& L = w.layers[l];

@@ -107,8 +107,8 @@ std::vector<GgufModelTensor> gguf_model_tensors(const QwenConfig& cfg);
 void check_gguf_tensor(const GgufFile& f, const GgufModelTensor& t);
 
 // Views of every tensor the config calls for. Linears stay in their stored ggml type (dequantized one at a time by
-// LinearWeight::dequantize); the embedding and norms are views when F32/F16/BF16, else dequantized into memory the
-// result owns. "llama" q/k rows are permuted back to rotate-half while dequantizing.
+// LinearWeight::dequantize); the embedding and output tables are views when F32/F16/BF16, else kept in their blocks
+// (QwenWeights::embed_q, lm_head_q); norms are views, or dequantized into memory the result owns. "llama" q/k rows are permuted back to rotate-half while dequantizing.
 QwenWeights bind_gguf_weights(const QwenConfig& cfg, const GgufFile& f);
 
 }  // namespace qwenq

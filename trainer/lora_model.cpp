@@ -278,27 +278,30 @@ class Runner {
     rmsnorm_forward_ref(xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps, hidden.data());
     if (logits_out) {
       logits_out->resize(T_ * V);
-      linear_forward_ref(hidden.data(), T_, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
-                         logits_out->data());
+      lm_head_forward(w_, hidden.data(), T_, logits_out->data());
       return {};
     }
-    // Loss over chunks of rows; each chunk's dlogits goes into dhidden at once.
     LoraStepResult res;
+    if (!grads) {  // the loss alone (lm_head_nll: a GGUF table dequantized once, not once per chunk)
+      std::vector<float> nll(T_);
+      res.counted = lm_head_nll(w_, hidden.data(), T_, targets.data(), nll.data());
+      for (float v : nll) res.nll_sum += v;
+      QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
+      return res;
+    }
+    // Loss over chunks of rows; each chunk's dlogits goes into dhidden at once.
     std::vector<float> dhidden(T_ * C, 0.f);
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T_, (int64_t{16} << 20) / V));
     std::vector<float> lg(chunk * V), nll(chunk);
     for (int64_t r0 = 0; r0 < T_; r0 += chunk) {
       const int64_t rows = std::min(chunk, T_ - r0);
-      linear_forward_ref(hidden.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
-                         lg.data());
+      lm_head_forward(w_, hidden.data() + r0 * C, rows, lg.data());
       res.counted += cross_entropy_forward_ref(lg.data(), rows, V, targets.data() + r0, nll.data());
       for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[i];
-      if (!grads) continue;
       cross_entropy_backward_ref(lg.data(), rows, V, targets.data() + r0, static_cast<float>(opt_.grad_scale), lg.data());
       linear_backward_input_ref(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dhidden.data() + r0 * C);
     }
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
-    if (!grads) return res;
     std::vector<float> d(T_ * C);
     rmsnorm_backward_ref(dhidden.data(), xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps,
                          d.data());
@@ -417,6 +420,7 @@ LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& ada
                   << d.intermediate_size << ", " << d.num_layers << " layers; the model has " << c.hidden_size << ", "
                   << c.intermediate_size << ", " << c.num_layers << ")");
   QWENQ_CHECK(batch.num_tokens() > 0, "lora_loss_and_grad: empty batch");
+  if (grads) require_dense_tables(model.weights(), "LoRA training");  // the backward reads the lm_head in place
   return Runner(model, adapter, batch, opt).run(targets, grads, nullptr);
 }
 

@@ -130,13 +130,11 @@ QwenModel::~QwenModel() = default;
 
 void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
   const int64_t C = cfg_.hidden_size;
-  const size_t row_bytes = C * dtype_size(w_.embed.dtype);
   for (size_t t = 0; t < tokens.size(); ++t) {
     const int32_t id = tokens[t];
     QWENQ_CHECK(id >= 0 && id < cfg_.vocab_size,
                 "token id " << id << " at position " << t << " is outside the vocabulary [0, " << cfg_.vocab_size << ")");
-    const char* row = static_cast<const char*>(w_.embed.data) + row_bytes * id;
-    to_f32(w_.embed.dtype, row, x + t * C, C);
+    table_row_f32(w_.embed, w_.embed_q.get(), id, x + t * C);
   }
 }
 
@@ -272,7 +270,7 @@ void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden,
 }
 
 void QwenModel::logits(const float* hidden, int64_t rows, float* out) const {
-  linear(hidden, rows, w_.lm_head, TensorView{}, out);
+  lm_head_forward(w_, hidden, rows, out);
 }
 
 std::vector<float> QwenModel::forward_logits(const PackedBatch& b, KvCacheDType kv) const {
@@ -296,17 +294,7 @@ int64_t QwenModel::next_token_nll(const PackedBatch& b, std::vector<float>* nll)
 }
 
 int64_t QwenModel::hidden_nll(const float* hidden, int64_t rows, const int32_t* targets, float* nll) const {
-  const int64_t V = cfg_.vocab_size, C = cfg_.hidden_size;
-  // About 64 MB of logits per chunk whatever the vocabulary (152K vocab -> ~100 rows).
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{16} << 20) / V));
-  std::vector<float> lg(chunk * V);
-  int64_t counted = 0;
-  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, rows - r0);
-    logits(hidden + r0 * C, n, lg.data());
-    counted += cross_entropy_forward_ref(lg.data(), n, V, targets + r0, nll + r0);
-  }
-  return counted;
+  return lm_head_nll(w_, hidden, rows, targets, nll);
 }
 
 KvCache QwenModel::make_cache(int64_t capacity, KvCacheDType dtype) const {

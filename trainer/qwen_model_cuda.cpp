@@ -438,6 +438,7 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   QWENQ_CHECK(c.head_dim <= kRopeMaxHeadDim && c.head_dim % 2 == 0,
               "QwenModelCuda: head_dim " << c.head_dim << " must be even and at most " << kRopeMaxHeadDim << " (RoPE)");
   const QwenWeights& w = model.weights();
+  require_dense_tables(w, "the GPU forward (--device cuda)");
   if (options.upload_embedding || w.embed.data == w.lm_head.data)  // a tied table is the lm_head as well
     m.embed = m.upload(w.embed, "model.embed_tokens.weight");
   m.final_norm = m.upload(w.final_norm, "model.norm.weight");

@@ -1,9 +1,13 @@
 #include "trainer/qwen_weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/gemm.h"
+#include "kernels/loss.h"
 
 namespace qwenq {
 
@@ -87,6 +91,98 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
     out.push_back({"mlp.shared_expert_gate", 1, C, -1});
   }
   return out;
+}
+
+void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out) {
+  if (q) {
+    dequantize_ggml_row(q->type, q->data + static_cast<size_t>(r) * ggml_row_bytes(q->type, q->K), q->K, out);
+    return;
+  }
+  const int64_t C = view.shape.at(1);
+  to_f32(view.dtype, static_cast<const char*>(view.data) + static_cast<size_t>(r * C) * dtype_size(view.dtype), out,
+         static_cast<size_t>(C));
+}
+
+void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows) {
+  if (!w.lm_head_q) {
+    const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
+    linear_forward_ref(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
+    return;
+  }
+  const GgmlLinear& q = *w.lm_head_q;
+  const int64_t V = q.N, C = q.K;
+  const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
+  std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(M * nb));
+  for (int64_t v0 = 0; v0 < V; v0 += nb) {
+    const int64_t n = std::min(nb, V - v0);
+    parallel_for(n, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) table_row_f32(TensorView{}, &q, v0 + r, W.data() + r * C);
+    });
+    linear_forward_ref(hidden, M, C, W.data(), DType::F32, n, nullptr, DType::F32, y.data());
+    for (int64_t m = 0; m < M; ++m) std::copy(y.data() + m * n, y.data() + (m + 1) * n, logits + m * V + v0);
+  }
+}
+
+int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, const int32_t* targets, float* nll,
+                    int64_t block_rows) {
+  const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
+  if (!w.lm_head_q) {
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{16} << 20) / V));
+    std::vector<float> lg(static_cast<size_t>(chunk * V));
+    int64_t counted = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t n = std::min(chunk, rows - r0);
+      lm_head_forward(w, hidden + r0 * C, n, lg.data());
+      counted += cross_entropy_forward_ref(lg.data(), n, V, targets + r0, nll + r0);
+    }
+    return counted;
+  }
+  int64_t counted = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t t = targets[r];
+    QWENQ_CHECK(t == kIgnoreIndex || (t >= 0 && t < V), "lm_head_nll: target " << t << " of row " << r
+                                                             << " is outside the vocabulary [0, " << V
+                                                             << ") and is not the ignore index " << kIgnoreIndex);
+    if (t != kIgnoreIndex) ++counted;
+  }
+  const GgmlLinear& q = *w.lm_head_q;
+  const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
+  std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(rows * nb));
+  std::vector<float> mx(static_cast<size_t>(rows), -INFINITY), target_logit(static_cast<size_t>(rows), 0.f);
+  std::vector<double> sum(static_cast<size_t>(rows), 0.0);
+  for (int64_t v0 = 0; v0 < V; v0 += nb) {
+    const int64_t n = std::min(nb, V - v0);
+    parallel_for(n, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) table_row_f32(TensorView{}, &q, v0 + r, W.data() + r * C);
+    });
+    linear_forward_ref(hidden, rows, C, W.data(), DType::F32, n, nullptr, DType::F32, y.data());
+    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* l = y.data() + r * n;
+        float m = mx[r];
+        for (int64_t v = 0; v < n; ++v) m = std::max(m, l[v]);
+        if (m > mx[r] && sum[r] > 0) sum[r] *= std::exp(static_cast<double>(mx[r]) - static_cast<double>(m));
+        mx[r] = m;
+        double s = 0.0;
+        for (int64_t v = 0; v < n; ++v) s += static_cast<double>(std::exp(l[v] - m));
+        sum[r] += s;
+        const int32_t t = targets[r];
+        if (t >= v0 && t < v0 + n) target_logit[r] = l[t - v0];
+      }
+    });
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    nll[r] = targets[r] == kIgnoreIndex
+                 ? 0.f
+                 : static_cast<float>(static_cast<double>(mx[r]) + std::log(sum[r]) - static_cast<double>(target_logit[r]));
+  return counted;
+}
+
+void require_dense_tables(const QwenWeights& w, const std::string& what) {
+  QWENQ_CHECK(!w.embed_q && !w.lm_head_q, what << " reads the embedding and output tables in place, and this GGUF "
+                                                  "model holds them quantized: GGUF models run eval, generate and "
+                                                  "imatrix on the CPU only (qwen-quant dequantize turns one into a "
+                                                  "directory)");
 }
 
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {

@@ -78,12 +78,32 @@ auto& layer_linear(Layer& L, int t) {
 }
 
 struct QwenWeights {
-  TensorView embed;       // [V, C]
+  TensorView embed;       // [V, C] (no data when embed_q holds the table)
   std::vector<QwenLayerWeights> layers;
   TensorView final_norm;  // [C]
-  TensorView lm_head;     // [V, C] (= embed when tied)
+  TensorView lm_head;     // [V, C] (= embed when tied; no data when lm_head_q holds the table)
+  // GGUF: a quantized token_embd / output table kept in its blocks and dequantized a row at a time as it is read,
+  // instead of widened to fp32 at load (2.2 GB each for a 7B's 152,064 x 3,584). Null for every other table.
+  std::shared_ptr<const GgmlLinear> embed_q, lm_head_q;
   std::vector<std::shared_ptr<const std::vector<float>>> owned;  // backs views whose values were computed (GGUF)
 };
+
+// Row r of a [V, C] table in fp32: `view` widened from its stored dtype, or q's blocks dequantized (q non-null).
+void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out);
+// logits[M, V] = hidden[M, C] · lm_headᵀ, the table read in place, or (lm_head_q) dequantized block_rows rows at a
+// time (0: kTableBlockFloats / C, at least 64) into fp32 rows that are multiplied and dropped.
+void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows = 0);
+constexpr int64_t kTableBlockFloats = int64_t{1} << 22;  // 16 MiB of dequantized rows
+// nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
+// 0, not counted; returns the counted rows). A table read in place: logits in chunks of about 2^24 values, each
+// through cross_entropy_forward_ref. lm_head_q: each block of block_rows table rows (as lm_head_forward) is
+// dequantized once for all rows, and every row keeps a running max m and Σ exp(l − m) (exp in fp32, the sum in
+// double, rescaled by exp(m_old − m_new) when the max grows) and its target's logit.
+int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, const int32_t* targets, float* nll,
+                    int64_t block_rows = 0);
+// Throws naming `what` when a table is held in GGUF blocks: the paths that read the tables in place (training, the
+// GPU upload) call this.
+void require_dense_tables(const QwenWeights& w, const std::string& what);
 
 // Every nn.Linear of decoder layer l as the checkpoint names it below "model.layers.<l>.": the seven of a dense layer
 // (decoder_index 0..6: q, k, v, o, gate, up, down), or in a MoE layer q, k, v, o then the router "mlp.gate", each
