@@ -267,8 +267,18 @@ void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t,
 
 std::vector<float> dequantize_ggml_linear(const GgmlLinear& w) {
   std::vector<float> out(static_cast<size_t>(w.N * w.K));
-  dequantize_ggml_rows(w, [&](int64_t r, const float* v) { std::copy(v, v + w.K, out.begin() + r * w.K); });
+  dequantize_ggml_linear_into(w, out.data());
   return out;
+}
+
+void dequantize_ggml_linear_into(const GgmlLinear& w, float* out) {
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
+      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out + r * w.K);
+    }
+  });
 }
 
 }  // namespace qwenq

@@ -59,6 +59,7 @@ struct GgmlLinear {
 void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t, const float*)>& sink);
 // The fp32 [N, K] values in Hugging Face row order.
 std::vector<float> dequantize_ggml_linear(const GgmlLinear& w);
+void dequantize_ggml_linear_into(const GgmlLinear& w, float* out);  // out [N·K]
 // Row r of a [heads * D, K] rotate-half weight is stored at row rope_interleaved_row(r, D) of the interleaved one.
 inline int64_t rope_interleaved_row(int64_t r, int64_t D) {
   const int64_t h = r / D, i = r % D;

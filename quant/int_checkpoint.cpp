@@ -1,10 +1,12 @@
 #include "quant/int_checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/threads.h"
 #include "quant/format/int_pack.h"
 
 namespace qwenq {
@@ -77,25 +79,76 @@ PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, con
 }
 
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p) {
-  const int64_t G = p.num_groups();
-  std::vector<uint8_t> codes(p.K * p.N), zeros(G * p.N);
+  std::vector<float> W(static_cast<size_t>(p.N * p.K));
+  dequantize_int_linear_into(p, W.data());
+  return W;
+}
+
+void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
+  const int64_t G = p.num_groups(), K = p.K, N = p.N;
+  std::vector<uint8_t> zeros(G * N);
   if (is_gptq(p.layout)) {
-    const GptqFormat fmt = p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2;
-    gptq_unpack_qweight(p.qweight.data(), p.K, p.N, p.bits, codes.data());
-    gptq_unpack_qzeros(p.qzeros.data(), G, p.N, p.bits, fmt, zeros.data());
+    gptq_unpack_qzeros(p.qzeros.data(), G, N, p.bits,
+                       p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2, zeros.data());
   } else {
-    awq_unpack(p.qweight.data(), p.K, p.N, codes.data());
-    awq_unpack(p.qzeros.data(), G, p.N, zeros.data());
+    awq_unpack(p.qzeros.data(), G, N, zeros.data());
   }
-  std::vector<float> W(p.N * p.K);
-  for (int64_t k = 0; k < p.K; ++k) {
+  std::vector<int32_t> group_of(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
     const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
     QWENQ_CHECK(g >= 0 && g < G, "g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
-    for (int64_t n = 0; n < p.N; ++n) {
-      W[n * p.K + k] = dequantize_value(codes[k * p.N + n], f16_to_f32(p.scales[g * p.N + n]), zeros[g * p.N + n]);
-    }
+    group_of[k] = static_cast<int32_t>(g);
   }
-  return W;
+  std::vector<float> scale(static_cast<size_t>(G * N));
+  parallel_for(G * N, int64_t{1} << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) scale[i] = f16_to_f32(p.scales[i]);
+  });
+  // The code of input k, output n read straight from the packed words: GPTQ's 2/4/8-bit words hold 32/bits
+  // consecutive inputs of one output (low bits first), AWQ's hold 8 outputs of one input in kAwqOrder. GPTQ 3-bit
+  // codes cross words: unpacked first.
+  std::vector<uint8_t> codes;
+  const bool crossing = is_gptq(p.layout) && p.bits == 3;
+  if (crossing) {
+    codes.resize(static_cast<size_t>(K * N));
+    gptq_unpack_qweight(p.qweight.data(), K, N, p.bits, codes.data());
+  }
+  const int per = gptq_pack_multiple(p.bits);
+  const uint32_t mask = (1u << p.bits) - 1;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  // Tiles of kTileN outputs x kTileK inputs: within a tile, input by input, the kTileN outputs' codes come from
+  // adjacent words (and scales, zeros) and go to kTileN W rows that stay in cache while the tile's kTileK inputs are
+  // written. (Output by output instead, reading each word and scale across the inputs' stride, measured 1.5x slower.)
+  constexpr int64_t kTileN = 16, kTileK = 512;
+  const bool gptq = is_gptq(p.layout);
+  parallel_for((N + kTileN - 1) / kTileN, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * kTileN, n1 = std::min(N, n0 + kTileN);
+      for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
+        const int64_t k1 = std::min(K, k0 + kTileK);
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t g = group_of[k];
+          const float* s = scale.data() + g * N;
+          const uint8_t* z = zeros.data() + g * N;
+          float* out = W + k;
+          if (crossing) {
+            const uint8_t* c = codes.data() + k * N;
+            for (int64_t n = n0; n < n1; ++n) out[n * K] = dequantize_value(c[n], s[n], z[n]);
+          } else if (gptq) {
+            const uint32_t* row = qw + (k / per) * N;
+            const int shift = p.bits * static_cast<int>(k % per);
+            for (int64_t n = n0; n < n1; ++n)
+              out[n * K] = dequantize_value(static_cast<uint8_t>((row[n] >> shift) & mask), s[n], z[n]);
+          } else {
+            const uint32_t* row = qw + k * (N / 8);
+            for (int64_t n = n0; n < n1; ++n) {
+              const uint32_t code = (row[n >> 3] >> (4 * kAwqReverseOrder[n & 7])) & 15u;
+              out[n * K] = dequantize_value(static_cast<uint8_t>(code), s[n], z[n]);
+            }
+          }
+        }
+      }
+    }
+  });
 }
 
 void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p) {

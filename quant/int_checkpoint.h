@@ -36,8 +36,9 @@ struct PackedIntLinear {
 // multiple of 32/bits, N not a multiple of 8 for AWQ, a zero point of 0 in GPTQ v1, act-order in AWQ).
 PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, const int32_t* g_idx, IntLayout layout);
 
-// ŵ [N, K] (nn.Linear orientation), computed as the format's readers do.
+// ŵ [N, K] (nn.Linear orientation), computed as the format's readers do; _into writes it to W [N·K floats].
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p);
+void dequantize_int_linear_into(const PackedIntLinear& p, float* W);
 
 void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p);
 // Reads and validates the tensors of `prefix` (dtypes, shapes against K, N, bits, group; g_idx in range);

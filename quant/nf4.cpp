@@ -169,24 +169,32 @@ std::vector<float> nf4_block_absmax(const Nf4Tensor& t) {
   if (!t.double_quant) return t.absmax;
   const int64_t nb = t.num_blocks();
   std::vector<float> a(nb);
-  for (int64_t i = 0; i < nb; ++i)
-    a[i] = mul_then_add(t.nested_code[t.absmax_q[i]], t.nested_absmax[i / t.nested_blocksize], t.nested_offset);
+  parallel_for(nb, int64_t{1} << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      a[i] = mul_then_add(t.nested_code[t.absmax_q[i]], t.nested_absmax[i / t.nested_blocksize], t.nested_offset);
+  });
   return a;
 }
 
 std::vector<float> nf4_dequantize(const Nf4Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.n));
+  nf4_dequantize_into(t, out.data());
+  return out;
+}
+
+void nf4_dequantize_into(const Nf4Tensor& t, float* out) {
   const std::vector<float> absmax = nf4_block_absmax(t);
   const float* code = code_book(t.fp4);
-  std::vector<float> out(t.n);
   parallel_for(t.num_blocks(), 64, [&](int64_t b0, int64_t b1) {
-    const int64_t end = std::min(t.n, b1 * t.blocksize);
-    for (int64_t i = b0 * t.blocksize; i < end; ++i) {
-      const uint8_t byte = t.packed[i / 2];
-      const uint8_t c = i % 2 == 0 ? byte >> 4 : byte & 0x0F;
-      out[i] = code[c] * absmax[i / t.blocksize];
+    for (int64_t b = b0; b < b1; ++b) {  // a block's scale once; its codes two to a byte, high nibble first
+      const float a = absmax[b];
+      const int64_t begin = b * t.blocksize, end = std::min(t.n, begin + t.blocksize);
+      for (int64_t i = begin; i < end; ++i) {
+        const uint8_t byte = t.packed[i >> 1];
+        out[i] = code[(i & 1) == 0 ? byte >> 4 : byte & 0x0F] * a;
+      }
     }
   });
-  return out;
 }
 
 }  // namespace qwenq

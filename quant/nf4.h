@@ -69,5 +69,6 @@ Nf4Tensor nf4_from_blocks(const Nf4Options& opts, int64_t n, std::vector<uint8_t
 std::vector<float> nf4_block_absmax(const Nf4Tensor& t);
 // ŵ, [n], float32, exactly as bnb computes it before casting to the compute dtype.
 std::vector<float> nf4_dequantize(const Nf4Tensor& t);
+void nf4_dequantize_into(const Nf4Tensor& t, float* out);  // out [t.n]
 
 }  // namespace qwenq

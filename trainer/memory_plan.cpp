@@ -293,10 +293,12 @@ int64_t cpu_moe_layer_backward_values(const PlanInput& in, const LayerShape& s, 
 uint64_t cpu_dequant_bytes(const PlanInput& in, int64_t N, int64_t K) {
   if (in.base == PlanBase::Bf16) return 0;
   uint64_t b = u64(4 * N * K);
-  if (in.base == PlanBase::Nf4)
+  if (in.base == PlanBase::Nf4) {
     b += u64(4 * ceil_div(N * K, in.nf4_blocksize));  // nf4_block_absmax
-  else
-    b += u64(N * K + num_groups(in, K) * N);  // dequantize_int_linear's codes and zeros, one byte each
+  } else {
+    const int64_t G = num_groups(in, K);  // dequantize_int_linear_into's tables
+    b += u64(5 * G * N + 4 * K + (in.bits == 3 && in.base == PlanBase::Gptq ? N * K : 0));
+  }
   return b;
 }
 

@@ -57,8 +57,10 @@
 //   workspace     the largest dequantized Linear and widening buffer over every Linear (experts, routers) too
 //   GPU           refused (the GPU trainer does not take MoE models yet).
 // WORKSPACE, CPU:
-//   dequant       packed bases: the largest Linear dequantized, fp32 4·N·K, plus its unpacked codes (GPTQ/AWQ
-//                 1 byte per weight + G·N zeros; NF4 4·nb absmax); 0 for a bf16 base (read in place)
+//   dequant       packed bases: the largest Linear dequantized, fp32 4·N·K (apply_linear's per-thread buffer,
+//                 kept), plus its tables: GPTQ/AWQ the unpacked zeros G·N, the scales in fp32 4·G·N and each
+//                 input's group 4·K (GPTQ 3-bit also its codes, 1 byte per weight); NF4 4·nb absmax; 0 for a bf16 base
+//                 (read in place)
 //   logits        one chunk of rows = max(1, min(T, 2^24 / V)) rows: (rows·V + rows)·4 (logits, nll)
 //   threads       per thread, the widest bf16 -> fp32 widened weight block of kernels/gemm_ref.cpp (forward
 //                 nb·K with nb = clamp(2^20/(4K), 64, 512); backward N·kb with kb = clamp(2^20/(4N), 16, 128))

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "core/error.h"
@@ -185,13 +186,31 @@ void require_dense_tables(const QwenWeights& w, const std::string& what) {
                                                   "directory)");
 }
 
+namespace {
+
+// This thread's buffer for one dequantized Linear, grown (never shrunk) to the largest met: the same bytes the
+// memory plan's dequant workspace counts, kept instead of mapped afresh for every product.
+float* dequant_scratch(int64_t n) {
+  thread_local std::unique_ptr<float[]> buf;
+  thread_local int64_t capacity = 0;
+  if (capacity < n) {
+    buf.reset();
+    buf.reset(new float[static_cast<size_t>(n)]);
+    capacity = n;
+  }
+  return buf.get();
+}
+
+}  // namespace
+
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
   if (w.is_dense()) {
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
-  const std::vector<float> W = w.dequantize();
-  linear_forward_ref(x, M, w.K, W.data(), DType::F32, w.N, bias.data, bias.dtype, y);
+  float* W = dequant_scratch(w.N * w.K);
+  w.dequantize_into(W);
+  linear_forward_ref(x, M, w.K, W, DType::F32, w.N, bias.data, bias.dtype, y);
 }
 
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {
@@ -199,8 +218,9 @@ void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t
     linear_backward_input_ref(dy, M, w.N, w.dense.data, w.dense.dtype, w.K, dx);
     return;
   }
-  const std::vector<float> W = w.dequantize();
-  linear_backward_input_ref(dy, M, w.N, W.data(), DType::F32, w.K, dx);
+  float* W = dequant_scratch(w.N * w.K);
+  w.dequantize_into(W);
+  linear_backward_input_ref(dy, M, w.N, W, DType::F32, w.K, dx);
 }
 
 LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K) {
@@ -221,6 +241,19 @@ std::vector<float> LinearWeight::dequantize() const {
   if (nf4) return nf4_dequantize(nf4->q);
   if (ggml) return dequantize_ggml_linear(*ggml);
   return tensor_to_f32(dense);
+}
+
+void LinearWeight::dequantize_into(float* W) const {
+  if (packed) {
+    dequantize_int_linear_into(*packed, W);
+  } else if (nf4) {
+    nf4_dequantize_into(nf4->q, W);
+  } else if (ggml) {
+    dequantize_ggml_linear_into(*ggml, W);
+  } else {
+    const std::vector<float> v = tensor_to_f32(dense);
+    std::copy(v.begin(), v.end(), W);
+  }
 }
 
 namespace {

@@ -26,8 +26,10 @@ struct LinearWeight {
   std::shared_ptr<const std::vector<float>> owned;  // backs `dense` when the values were computed (fake-quant)
   bool is_dense() const { return dense.data != nullptr; }
   static LinearWeight from_fp32(std::vector<float> W, int64_t N, int64_t K);
-  // The fp32 values [N, K] the packed form stands for (exactly what the format's readers compute).
+  // The fp32 values [N, K] the packed form stands for (exactly what the format's readers compute); _into writes
+  // them to W [N·K floats].
   std::vector<float> dequantize() const;
+  void dequantize_into(float* W) const;
 };
 
 // The sparse MoE block of a qwen2_moe / qwen3_moe layer (QwenConfig::is_moe_layer): the router [E, C], E routed
@@ -119,7 +121,9 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l);
 int64_t count_layer_linears(const QwenConfig& c);
 
 // y[M, N] = x[M, K] · Wᵀ (+ bias when bias.data is set): a dense W in its stored dtype, a packed one widened to
-// fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without).
+// fp32 for the duration of the call (one Linear at a time, never the model; the GPU's fused kernels do without),
+// into one buffer per thread that grows to the largest Linear met and is reused (a fresh 271 MB of a Qwen2.5-7B
+// MLP weight costs ~150 ms in page faults alone on a 2-core machine: benchmarks/bench_dequant_cpu.cpp).
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);
 // dx[M, K] = dy[M, N] · W (written), W as apply_linear reads it.
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx);

@@ -1,0 +1,159 @@
+// The CPU path of a packed Linear, y[M, N] = x[M, K] · ŵᵀ through apply_linear (trainer/qwen_weights.h): the weight
+// dequantized to fp32 (dequantize_int_linear, nf4_dequantize, dequantize_ggml_linear), then linear_forward_ref. At
+// the Qwen2.5-7B MLP shapes (K 3584 -> N 18944 gate/up, K 18944 -> N 3584 down), M in {1, 512} tokens, for
+//   gptq   GPTQ v1 4-bit, group 128        awq    AWQ GEMM 4-bit, group 128
+//   nf4    NF4, block 64, double quant     q4_k   GGUF Q4_K
+// against the same product on the fp32 weight in the same run (dense_f32, no dequantization). Also the
+// dequantization alone (dequant_*). Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
+//
+//   build/bench_dequant_cpu [--benchmark_filter=gptq] [benchmark flags]      (threads: OMP_NUM_THREADS)
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/threads.h"
+#include "kernels/gemm.h"
+#include "quant/ggml_blocks.h"
+#include "quant/grid.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+#include "quant/quantize_step.h"
+#include "trainer/qwen_weights.h"
+
+namespace {
+
+using namespace qwenq;
+
+struct Shape {
+  int64_t K, N;
+};
+constexpr Shape kShapes[] = {{3584, 18944}, {18944, 3584}};
+constexpr int64_t kRows[] = {1, 512};
+
+std::vector<float> random_vec(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (auto& f : v) f = rng.uniform(-1.f, 1.f);
+  return v;
+}
+
+// The fp32 weight [N, K], and the packed formats the benchmark reads (the GGUF blocks are kept alive by `bytes`).
+struct Weights {
+  std::vector<float> dense;
+  LinearWeight gptq, awq, nf4, q4k;
+  std::vector<uint8_t> ggml_bytes;
+};
+
+LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLayout layout) {
+  const GridRule rule = layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
+  GroupGrid grid;
+  grid.bits = 4;
+  grid.group = 128;
+  grid.K = K;
+  grid.N = N;
+  grid.scale.resize(static_cast<size_t>(grid.num_groups() * N));
+  grid.zero.resize(grid.scale.size());
+  std::vector<uint8_t> codes(static_cast<size_t>(N * K));
+  rtn_quantize_ref(W.data(), N, K, 4, 128, layout != IntLayout::AwqGemm, rule, grid.scale.data(), grid.zero.data(),
+                   codes.data());
+  LinearWeight w;
+  w.N = N;
+  w.K = K;
+  w.packed = std::make_shared<PackedIntLinear>(pack_int_linear(codes.data(), grid, nullptr, layout));
+  return w;
+}
+
+const Weights& weights_for(int64_t K, int64_t N) {
+  static std::unique_ptr<Weights> cached[2];
+  const int slot = K < N ? 0 : 1;
+  if (cached[slot]) return *cached[slot];
+  auto w = std::make_unique<Weights>();
+  w->dense = random_vec(static_cast<size_t>(N * K), 2);
+  w->gptq = packed_int(w->dense, N, K, IntLayout::GptqV1);
+  w->awq = packed_int(w->dense, N, K, IntLayout::AwqGemm);
+  Nf4Options o;
+  o.double_quant = true;
+  auto nf4 = std::make_shared<Nf4Linear>();
+  nf4->q = nf4_quantize(w->dense.data(), N * K, o);
+  nf4->shape = {N, K};
+  w->nf4.N = N;
+  w->nf4.K = K;
+  w->nf4.nf4 = nf4;
+  w->ggml_bytes = quantize_ggml(GgmlType::Q4_K, w->dense.data(), N, K, nullptr);
+  w->q4k.N = N;
+  w->q4k.K = K;
+  w->q4k.ggml = std::make_shared<GgmlLinear>(GgmlLinear{GgmlType::Q4_K, w->ggml_bytes.data(), N, K, 0});
+  cached[slot] = std::move(w);
+  return *cached[slot];
+}
+
+const LinearWeight& format(const Weights& w, const std::string& name) {
+  if (name == "gptq") return w.gptq;
+  if (name == "awq") return w.awq;
+  if (name == "nf4") return w.nf4;
+  return w.q4k;
+}
+
+void counters(benchmark::State& state, int64_t M, int64_t K, int64_t N, bool dequantizes) {
+  if (M > 0)
+    state.counters["GFLOP/s"] = benchmark::Counter(2.0 * M * N * K / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  if (dequantizes)
+    state.counters["Gvalues/s"] = benchmark::Counter(static_cast<double>(N * K) / 1e9,
+                                                     benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = num_threads();
+}
+
+void bm_apply(benchmark::State& state, std::string fmt, int64_t M, int64_t K, int64_t N) {
+  const Weights& w = weights_for(K, N);
+  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
+  std::vector<float> y(static_cast<size_t>(M * N));
+  for (auto _ : state) {
+    if (fmt == "dense_f32")
+      linear_forward_ref(x.data(), M, K, w.dense.data(), DType::F32, N, nullptr, DType::F32, y.data());
+    else
+      apply_linear(format(w, fmt), x.data(), M, TensorView{}, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  counters(state, M, K, N, fmt != "dense_f32");
+}
+
+void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) {
+  const Weights& w = weights_for(K, N);
+  for (auto _ : state) {
+    std::vector<float> W = format(w, fmt).dequantize();
+    benchmark::DoNotOptimize(W.data());
+    benchmark::ClobberMemory();
+  }
+  counters(state, 0, K, N, true);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (const Shape& s : kShapes) {
+    const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N);
+    for (const char* fmt : {"gptq", "awq", "nf4", "q4_k"}) {
+      benchmark::RegisterBenchmark((std::string("dequant_") + fmt + shape).c_str(), bm_dequant, fmt, s.K, s.N)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+    for (int64_t M : kRows) {
+      for (const char* fmt : {"dense_f32", "gptq", "awq", "nf4", "q4_k"}) {
+        benchmark::RegisterBenchmark((std::string("linear_") + fmt + shape + "/M" + std::to_string(M)).c_str(),
+                                     bm_apply, fmt, M, s.K, s.N)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+    }
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
