@@ -37,6 +37,17 @@ constexpr size_t kLlamaCppTokensFirst20k = 9603;
 constexpr double kNllTolF32 = 1e-4;
 constexpr double kNllTolQuantized = 4e-3;
 
+// The GGUF file `gguf` as an fp32 Hugging Face directory `out` (gguf_to_hf, qwen-quant dequantize). Returns out.
+std::string fp32_directory_of(const std::string& gguf, const std::string& out) {
+  DequantizeOptions o;
+  o.model_dir = gguf;
+  o.out_dir = out;
+  o.dtype = DType::F32;
+  o.quiet = true;
+  gguf_to_hf(o);
+  return out;
+}
+
 double mean_nll(const QwenModel& m, const std::vector<int32_t>& tokens) {
   std::vector<float> nll;
   const int64_t n = m.next_token_nll(PackedBatch::from_sequences({tokens}), &nll);
@@ -245,14 +256,9 @@ TEST(GgufModel, QuantizedTablesStayInTheirBlocks) {
                "target 320 of row 3 is outside the vocabulary [0, 320)");
   // The eval path end to end: the same next-token losses as before the change would give (the tables' values are
   // the same fp32 numbers), checked against a dense directory of the dequantized file.
-  DequantizeOptions d;
-  d.model_dir = path;
-  d.out_dir = dir + "/dq";
-  d.dtype = DType::F32;
-  d.quiet = true;
-  gguf_to_hf(d);
   const PackedBatch batch = test::random_batch({19, 33}, V, 8);
-  const std::vector<float> a = m.forward_logits(batch), b = QwenModel(d.out_dir).forward_logits(batch);
+  const std::vector<float> a = m.forward_logits(batch);
+  const std::vector<float> b = QwenModel(fp32_directory_of(path, dir + "/dq")).forward_logits(batch);
   float worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
   EXPECT_LE(worst, 1e-4f);  // the layers' GEMMs sum in another blocking (packed vs dense weights); the tables do not
@@ -288,19 +294,14 @@ TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   const std::string dir = test::scratch_dir();
   const std::string hf = test::make_tiny_model(dir + "/hf", 13);
   const std::string gguf = test::export_gguf_to(hf, dir + "/m.gguf", "q4_0");
-  DequantizeOptions o;
-  o.model_dir = gguf;
-  o.out_dir = dir + "/back";
-  o.dtype = DType::F32;
-  o.quiet = true;
-  gguf_to_hf(o);
+  const std::string back = fp32_directory_of(gguf, dir + "/back");
   // The directory is a model of its own: the same logits as the GGUF it came from, the same tokenizer.
-  const QwenModel a(gguf), b(o.out_dir);
+  const QwenModel a(gguf), b(back);
   const PackedBatch batch = test::random_batch({11, 6}, a.config().vocab_size, 8);
   EXPECT_EQ(b.forward_logits(batch), a.forward_logits(batch));
   EXPECT_EQ(b.config().model_type, "qwen2");
   const std::string text = "hello world, the GGUF round trip";
-  EXPECT_EQ(Tokenizer::from_dir(o.out_dir).encode(text), Tokenizer::from_dir(hf).encode(text));
+  EXPECT_EQ(Tokenizer::from_dir(back).encode(text), Tokenizer::from_dir(hf).encode(text));
 }
 
 TEST(GgufModel, BadInputIsRefusedByName) {

@@ -56,6 +56,20 @@ std::string write_tiny(const std::string& dir, const std::string& preset = "tiny
   return dir;
 }
 
+// `preset` (layers 0: the preset's) written to scratch/m and quantized by RTN into GPTQ v1 4-bit groups of `group` in
+// scratch/gptq; the bf16 directory is removed when drop_dense (a large one). Returns the GPTQ directory.
+std::string gptq_model(const std::string& scratch, const std::string& preset, int64_t layers, int64_t group,
+                       bool drop_dense = false) {
+  QuantizeOptions q;
+  q.model_dir = write_tiny(scratch + "/m", preset, layers);
+  q.out_dir = scratch + "/gptq";
+  q.group_size = group;
+  q.quiet = true;
+  quantize_model(q);
+  if (drop_dense) std::filesystem::remove_all(q.model_dir);
+  return q.out_dir;
+}
+
 uint64_t checkpoint_tensor_bytes(const std::string& dir) {
   Checkpoint ck(dir);
   uint64_t sum = 0;
@@ -405,39 +419,20 @@ void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S,
 
 // tiny (C 64, I 128, V 320) with 16k packed tokens: activations are nearly everything.
 TEST(MemoryPlanMeasured, TinyGptqActivationsMatchRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m");
-  q.out_dir = scratch + "/gptq";
-  q.group_size = 32;
-  q.quiet = true;
-  quantize_model(q);
-  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8);
-  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
+  const std::string dir = gptq_model(test::scratch_dir(), "tiny", 0, 32);
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8);
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
 }
 
 // One Qwen2.5-0.5B-shaped layer, GPTQ g128, 512 tokens: the dequantized Linear, the 110-row logits chunk over
 // V = 151936 and the widening buffers of the bf16 lm_head are a large part of the total.
 TEST(MemoryPlanMeasured, Qwen05bOneLayerGptqMatchesRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m", "qwen2.5-0.5b", 1);
-  q.out_dir = scratch + "/gptq";
-  q.quiet = true;
-  quantize_model(q);
-  check_measured(q.out_dir, PlanBase::Gptq, 1, 512, 16);
+  check_measured(gptq_model(test::scratch_dir(), "qwen2.5-0.5b", 1, 128), PlanBase::Gptq, 1, 512, 16);
 }
 
 // DoRA's z, v, n and backward temporaries counted in the CPU plan.
 TEST(MemoryPlanMeasured, TinyGptqDoraActivationsMatchRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m");
-  q.out_dir = scratch + "/gptq";
-  q.quiet = true;
-  q.group_size = 32;
-  quantize_model(q);
-  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, true, /*dora=*/true);
+  check_measured(gptq_model(test::scratch_dir(), "tiny", 0, 32), PlanBase::Gptq, 8, 2048, 8, true, /*dora=*/true);
 }
 
 
@@ -535,39 +530,22 @@ TEST(MemoryPlanMoe, GpuPlanRefusesAndNamesTheModel) {
 // A MoE model's step measured against the plan: tiny-moe (8 experts, top-2, a dense layer between two MoE layers)
 // with checkpointing on and off, and tiny-moe-shared (6 experts and a shared expert) with DoRA and dropout.
 TEST(MemoryPlanMeasured, TinyMoeGptqActivationsMatchRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m", "tiny-moe");
-  q.out_dir = scratch + "/gptq";
-  q.group_size = 32;
-  q.quiet = true;
-  quantize_model(q);
-  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8);
-  check_measured(q.out_dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
+  const std::string dir = gptq_model(test::scratch_dir(), "tiny-moe", 0, 32);
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8);
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false);
 }
 
 TEST(MemoryPlanMeasured, TinyMoeSharedDoraDropoutMatchesRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m", "tiny-moe-shared");
-  q.out_dir = scratch + "/gptq";
-  q.group_size = 32;
-  q.quiet = true;
-  quantize_model(q);
-  check_measured(q.out_dir, PlanBase::Gptq, 4, 2048, 8, true, /*dora=*/true, /*dropout=*/0.1);
+  check_measured(gptq_model(test::scratch_dir(), "tiny-moe-shared", 0, 32), PlanBase::Gptq, 4, 2048, 8, true,
+                 /*dora=*/true, /*dropout=*/0.1);
 }
 
 // One Qwen3-30B-A3B-shaped layer (128 experts of 768, top-8), GPTQ g128, 512 tokens: the real shapes, where the
 // experts' saved rows (T·k = 4096) and the 151,936-row vocabulary's chunk and widening buffers dominate.
 TEST(MemoryPlanMeasured, Qwen3MoeOneLayerGptqMatchesRss) {
-  const std::string scratch = test::scratch_dir();
-  QuantizeOptions q;
-  q.model_dir = write_tiny(scratch + "/m", "qwen3-30b-a3b", 1);
-  q.out_dir = scratch + "/gptq";
-  q.quiet = true;
-  quantize_model(q);
-  std::filesystem::remove_all(q.model_dir);  // 2.4 GB of bf16 no longer needed
-  check_measured(q.out_dir, PlanBase::Gptq, 1, 512, 16);
+  // 2.4 GB of bf16 removed once quantized
+  check_measured(gptq_model(test::scratch_dir(), "qwen3-30b-a3b", 1, 128, /*drop_dense=*/true), PlanBase::Gptq, 1, 512,
+                 16);
 }
 
 }  // namespace
