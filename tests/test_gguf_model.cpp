@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <utility>
 
 #include "core/files.h"
 #include "core/gguf.h"
@@ -262,6 +264,16 @@ TEST(GgufModel, QuantizedTablesStayInTheirBlocks) {
   float worst = 0;
   for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
   EXPECT_LE(worst, 1e-4f);  // the layers' GEMMs sum in another blocking (packed vs dense weights); the tables do not
+  // Re-quantizing this file (gguf --model m.gguf): each table row dequantized from its blocks, then quantized again,
+  // byte for byte what quantizing the whole dequantized table gives.
+  const GgufFile re(test::export_gguf_to(path, dir + "/re.gguf", "q8_0"));
+  for (const auto& [name, values] : {std::pair<std::string, const std::vector<float>*>{"token_embd.weight", &embed},
+                                     {"output.weight", &head}}) {
+    const GgufTensor& t = re.tensor(name);
+    const std::vector<uint8_t> want_bytes = quantize_ggml(t.type, values->data(), V, C, nullptr);
+    ASSERT_EQ(t.bytes, want_bytes.size()) << name;
+    EXPECT_EQ(std::memcmp(t.data, want_bytes.data(), want_bytes.size()), 0) << name;
+  }
   LoraConfig lc;
   lc.r = 4;
   lc.alpha = 8;

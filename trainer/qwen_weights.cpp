@@ -110,6 +110,7 @@ void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float
     linear_forward_ref(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
     return;
   }
+  if (M == 0) return;
   const GgmlLinear& q = *w.lm_head_q;
   const int64_t V = q.N, C = q.K;
   const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
@@ -146,6 +147,7 @@ int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, con
                                                              << ") and is not the ignore index " << kIgnoreIndex);
     if (t != kIgnoreIndex) ++counted;
   }
+  if (rows == 0) return 0;
   const GgmlLinear& q = *w.lm_head_q;
   const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
   std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(rows * nb));
