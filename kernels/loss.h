@@ -13,6 +13,10 @@ namespace qwenq {
 
 constexpr int32_t kIgnoreIndex = -100;
 
+// Checks the shape (rows >= 0, V > 0) and every host-side target (in [0, V), or kIgnoreIndex), each error starting
+// with `name`; returns the number of counted rows. The forward and backward (CPU and GPU) check with it.
+int64_t cross_entropy_count_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets);
+
 // logits: [rows, V] fp32. Returns the number of counted rows.
 int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
                                   float* nll);

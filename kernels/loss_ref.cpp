@@ -16,8 +16,20 @@ namespace qwenq {
 
 namespace {
 
-// Checks shapes and targets (`name` starts the messages); returns the number of counted rows.
-int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets) {
+// Max of the row and Σ exp(l − max) (exp in fp32, sum in double: ~150k terms stay exact to fp32).
+void row_max_and_sum(const float* l, int64_t V, float* mx_out, double* sum_out) {
+  float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+  for (int64_t v = 0; v < V; ++v) mx = std::max(mx, l[v]);
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
+  *mx_out = mx;
+  *sum_out = sum;
+}
+
+}  // namespace
+
+int64_t cross_entropy_count_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets) {
   QWENQ_CHECK(rows >= 0 && V > 0, name << ": bad shape rows=" << rows << " V=" << V);
   if (rows == 0) return 0;
   QWENQ_CHECK(targets != nullptr, name << ": null pointer");
@@ -32,22 +44,9 @@ int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* 
   return counted;
 }
 
-// Max of the row and Σ exp(l − max) (exp in fp32, sum in double: ~150k terms stay exact to fp32).
-void row_max_and_sum(const float* l, int64_t V, float* mx_out, double* sum_out) {
-  float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-  for (int64_t v = 0; v < V; ++v) mx = std::max(mx, l[v]);
-  double sum = 0.0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
-  *mx_out = mx;
-  *sum_out = sum;
-}
-
-}  // namespace
-
 int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
                                   float* nll) {
-  const int64_t counted = check_targets("cross_entropy_forward_ref", rows, V, targets);
+  const int64_t counted = cross_entropy_count_targets("cross_entropy_forward_ref", rows, V, targets);
   if (rows == 0) return 0;
   QWENQ_CHECK(logits != nullptr && nll != nullptr, "cross_entropy_forward_ref: null pointer");
   parallel_for(rows, std::max<int64_t>(1, 65536 / V), [&](int64_t r0, int64_t r1) {
@@ -68,7 +67,7 @@ int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, 
 
 void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
                                 float dnll_scale, float* dlogits) {
-  check_targets("cross_entropy_backward_ref", rows, V, targets);
+  cross_entropy_count_targets("cross_entropy_backward_ref", rows, V, targets);
   if (rows == 0) return;
   QWENQ_CHECK(logits != nullptr && dlogits != nullptr, "cross_entropy_backward_ref: null pointer");
   QWENQ_CHECK(std::isfinite(dnll_scale), "cross_entropy_backward_ref: dnll_scale must be finite, got " << dnll_scale);

@@ -253,13 +253,22 @@ std::vector<float> dequantize_ggml(const GgufTensor& t) {
   return dequantize_ggml_linear({t.type, t.data, t.rows(), t.ne[0], 0});
 }
 
+namespace {
+
+// Row r of w (Hugging Face order) dequantized into out [K]: stored at rope_interleaved_row(r) for a permuted q/k.
+void dequantize_linear_row(const GgmlLinear& w, uint64_t row_bytes, int64_t r, float* out) {
+  const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
+  dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+}
+
+}  // namespace
+
 void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t, const float*)>& sink) {
   const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
   parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
     std::vector<float> row(static_cast<size_t>(w.K));
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
-      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, row.data());
+      dequantize_linear_row(w, row_bytes, r, row.data());
       sink(r, row.data());
     }
   });
@@ -274,10 +283,7 @@ std::vector<float> dequantize_ggml_linear(const GgmlLinear& w) {
 void dequantize_ggml_linear_into(const GgmlLinear& w, float* out) {
   const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
   parallel_for(w.N, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
-      dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out + r * w.K);
-    }
+    for (int64_t r = r0; r < r1; ++r) dequantize_linear_row(w, row_bytes, r, out + r * w.K);
   });
 }
 

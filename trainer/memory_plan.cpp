@@ -132,27 +132,27 @@ LayerKinds layer_kinds(const QwenConfig& c) {
 
 // ---- CPU (trainer/lora_model.cpp) -------------------------------------------------------------------------
 
+// fp32 values the BranchActs of the adapted Linears among table entries [t0, t1) keep: u [T, r], with dropout the
+// dropped input [T, K], with DoRA z, v [T, N] and n [N].
+int64_t cpu_branch_values(const PlanInput& in, const LayerShape& s, int t0, int t1) {
+  int64_t v = 0;
+  for (int t = t0; t < t1; ++t) {
+    if (!s.adapted[t]) continue;
+    v += s.T * (s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0));
+    if (in.lora.use_dora) v += (2 * s.T + 1) * s.shape[t].N;
+  }
+  return v;
+}
+
 // fp32 values of one block's BlockActs outside the MLP: the attention half (and its adapters).
 int64_t cpu_attn_values(const PlanInput& in, const LayerShape& s) {
-  int64_t adapted = 0, dora_n = 0;
-  for (int t = 0; t < 4; ++t) {
-    if (!s.adapted[t]) continue;
-    adapted += s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0);  // u [T, r] and the dropped input
-    if (in.lora.use_dora) dora_n += s.shape[t].N;
-  }
-  return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + (in.model.qk_norm ? s.qd + s.kvd : 0) + adapted) +
-         (2 * s.T + 1) * dora_n;  // DoRA: z, v [T, N] and n [N] per adapted Linear
+  return s.T * (3 * s.C + 2 * s.qd + 2 * s.kvd + s.H + (in.model.qk_norm ? s.qd + s.kvd : 0)) +
+         cpu_branch_values(in, s, 0, 4);
 }
 
 // fp32 values of a dense layer's MLP in BlockActs: gate, up, act and the adapters of gate/up/down_proj.
 int64_t cpu_dense_mlp_values(const PlanInput& in, const LayerShape& s) {
-  int64_t adapted = 0, dora_n = 0;
-  for (int t = 4; t < kNumLoraTargets; ++t) {
-    if (!s.adapted[t]) continue;
-    adapted += s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0);
-    if (in.lora.use_dora) dora_n += s.shape[t].N;
-  }
-  return s.T * (3 * s.I + adapted) + (2 * s.T + 1) * dora_n;
+  return s.T * 3 * s.I + cpu_branch_values(in, s, 4, kNumLoraTargets);
 }
 
 // kernels/gemm_ref.cpp's per-thread fp32 copy of a 16-bit weight [N, K]: forward nb rows, backward kb columns.
@@ -288,8 +288,8 @@ int64_t cpu_moe_layer_backward_values(const PlanInput& in, const LayerShape& s, 
   return std::max({cpu_moe_backward_values(m), cpu_attn_backward_values(in, s, s.T * std::max(s.qd, s.C)), recompute});
 }
 
-// dequantize's fp32 copy of one packed Linear [N, K] and its unpacked codes (apply_linear dequantizes one Linear at
-// a time); 0 for a bf16 base (read in place).
+// apply_linear's fp32 copy of one packed Linear [N, K] and the tables its dequantization builds (memory_plan.h);
+// 0 for a bf16 base (read in place).
 uint64_t cpu_dequant_bytes(const PlanInput& in, int64_t N, int64_t K) {
   if (in.base == PlanBase::Bf16) return 0;
   uint64_t b = u64(4 * N * K);
@@ -308,9 +308,7 @@ int64_t logits_rows(const LayerShape& s) { return std::max<int64_t>(1, std::min(
 void plan_cpu_device(const PlanInput& in, const LayerShape& s, const LayerKinds& kinds, DevicePlan* d) {
   const QwenConfig& c = in.model;
   const int64_t L = c.num_layers, T = s.T, C = s.C;
-  int64_t n_moe = 0;
-  for (int64_t l = 0; l < L; ++l) n_moe += c.is_moe_layer(l) ? 1 : 0;
-  const int64_t n_dense = L - n_moe;
+  const int64_t n_moe = c.num_moe_layers(), n_dense = L - n_moe;
   const uint64_t attn = u64(cpu_attn_values(in, s)) * 4, dense_mlp = u64(cpu_dense_mlp_values(in, s)) * 4;
   const MoeShape m = moe_shape(in, s);
   const uint64_t moe = n_moe > 0 ? cpu_moe_block_bytes(m) : 0;
@@ -640,8 +638,7 @@ std::string base_description(const PlanInput& in) {
 // ", 48 MoE layers: 128 experts x 768, top-8, shared 5632" (empty for a dense model).
 std::string moe_description(const QwenConfig& c) {
   if (!c.is_moe()) return "";
-  int64_t n = 0;
-  for (int64_t l = 0; l < c.num_layers; ++l) n += c.is_moe_layer(l) ? 1 : 0;
+  const int64_t n = c.num_moe_layers();
   std::ostringstream os;
   os << ", " << n << " MoE layer" << (n == 1 ? "" : "s") << ": " << c.num_experts << " experts x "
      << c.moe_intermediate_size << ", top-" << c.experts_per_token;
@@ -753,9 +750,7 @@ std::string plan_to_json(const PlanResult& p) {
                  {"kv_heads", c.num_kv_heads}, {"head_dim", c.head_dim},
                  {"vocab_size", c.vocab_size}, {"tied", c.tie_word_embeddings}};
   if (c.is_moe()) {
-    int64_t n = 0;
-    for (int64_t l = 0; l < c.num_layers; ++l) n += c.is_moe_layer(l) ? 1 : 0;
-    j["config"]["moe"] = {{"layers", n},
+    j["config"]["moe"] = {{"layers", c.num_moe_layers()},
                           {"experts", c.num_experts},
                           {"experts_per_token", c.experts_per_token},
                           {"moe_intermediate_size", c.moe_intermediate_size},

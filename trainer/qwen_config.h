@@ -52,12 +52,14 @@ struct QwenConfig {
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   bool is_moe() const { return num_experts > 0; }
   bool is_moe_layer(int64_t l) const { return l >= 0 && l < static_cast<int64_t>(moe_layer.size()) && moe_layer[l]; }
-  // Some layer's MLP is the dense SwiGLU (every layer of a dense model; a MoE model's mlp_only_layers).
-  bool has_dense_mlp() const {
-    for (int64_t l = 0; l < num_layers; ++l)
-      if (!is_moe_layer(l)) return true;
-    return false;
+  // How many layers' MLPs are sparse MoE blocks (0 for a dense model).
+  int64_t num_moe_layers() const {
+    int64_t n = 0;
+    for (int64_t l = 0; l < num_layers; ++l) n += is_moe_layer(l) ? 1 : 0;
+    return n;
   }
+  // Some layer's MLP is the dense SwiGLU (every layer of a dense model; a MoE model's mlp_only_layers).
+  bool has_dense_mlp() const { return num_moe_layers() < num_layers; }
 };
 
 // Throws, naming the model and `what` ("training", "GPTQ", "--device cuda", ...), when `c` is a mixture of experts:

@@ -20,10 +20,6 @@ namespace qwenq {
 
 namespace {
 
-void linear(const float* x, int64_t M, const TensorView& w, const TensorView& bias, float* y) {
-  linear_forward_ref(x, M, w.shape[1], w.data, w.dtype, w.shape[0], bias.data, bias.dtype, y);
-}
-
 void linear(const float* x, int64_t M, const LinearWeight& w, const TensorView& bias, float* y) {
   apply_linear(w, x, M, bias, y);
 }

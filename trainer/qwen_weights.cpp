@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -104,14 +105,12 @@ void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float
          static_cast<size_t>(C));
 }
 
-void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows) {
-  if (!w.lm_head_q) {
-    const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
-    linear_forward_ref(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
-    return;
-  }
-  if (M == 0) return;
-  const GgmlLinear& q = *w.lm_head_q;
+namespace {
+
+// The GGUF output table q [V, C] in blocks of block_rows rows (0: kTableBlockFloats / C, at least 64), each dequantized
+// once: fn(v0, n, y) gets y [M, n] = hidden[M, C] · rows [v0, v0 + n)ᵀ.
+void for_each_table_block(const GgmlLinear& q, const float* hidden, int64_t M, int64_t block_rows,
+                          const std::function<void(int64_t, int64_t, const float*)>& fn) {
   const int64_t V = q.N, C = q.K;
   const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
   std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(M * nb));
@@ -121,8 +120,23 @@ void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float
       for (int64_t r = r0; r < r1; ++r) table_row_f32(TensorView{}, &q, v0 + r, W.data() + r * C);
     });
     linear_forward_ref(hidden, M, C, W.data(), DType::F32, n, nullptr, DType::F32, y.data());
-    for (int64_t m = 0; m < M; ++m) std::copy(y.data() + m * n, y.data() + (m + 1) * n, logits + m * V + v0);
+    fn(v0, n, y.data());
   }
+}
+
+}  // namespace
+
+void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows) {
+  if (!w.lm_head_q) {
+    const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
+    linear_forward_ref(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
+    return;
+  }
+  if (M == 0) return;
+  const int64_t V = w.lm_head_q->N;
+  for_each_table_block(*w.lm_head_q, hidden, M, block_rows, [&](int64_t v0, int64_t n, const float* y) {
+    for (int64_t m = 0; m < M; ++m) std::copy(y + m * n, y + (m + 1) * n, logits + m * V + v0);
+  });
 }
 
 int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, const int32_t* targets, float* nll,
@@ -139,29 +153,14 @@ int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, con
     }
     return counted;
   }
-  int64_t counted = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t t = targets[r];
-    QWENQ_CHECK(t == kIgnoreIndex || (t >= 0 && t < V), "lm_head_nll: target " << t << " of row " << r
-                                                             << " is outside the vocabulary [0, " << V
-                                                             << ") and is not the ignore index " << kIgnoreIndex);
-    if (t != kIgnoreIndex) ++counted;
-  }
+  const int64_t counted = cross_entropy_count_targets("lm_head_nll", rows, V, targets);
   if (rows == 0) return 0;
-  const GgmlLinear& q = *w.lm_head_q;
-  const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
-  std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(rows * nb));
   std::vector<float> mx(static_cast<size_t>(rows), -INFINITY), target_logit(static_cast<size_t>(rows), 0.f);
   std::vector<double> sum(static_cast<size_t>(rows), 0.0);
-  for (int64_t v0 = 0; v0 < V; v0 += nb) {
-    const int64_t n = std::min(nb, V - v0);
-    parallel_for(n, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) table_row_f32(TensorView{}, &q, v0 + r, W.data() + r * C);
-    });
-    linear_forward_ref(hidden, rows, C, W.data(), DType::F32, n, nullptr, DType::F32, y.data());
+  for_each_table_block(*w.lm_head_q, hidden, rows, block_rows, [&](int64_t v0, int64_t n, const float* y) {
     parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const float* l = y.data() + r * n;
+        const float* l = y + r * n;
         float m = mx[r];
         for (int64_t v = 0; v < n; ++v) m = std::max(m, l[v]);
         if (m > mx[r] && sum[r] > 0) sum[r] *= std::exp(static_cast<double>(mx[r]) - static_cast<double>(m));
@@ -173,7 +172,7 @@ int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, con
         if (t >= v0 && t < v0 + n) target_logit[r] = l[t - v0];
       }
     });
-  }
+  });
   for (int64_t r = 0; r < rows; ++r)
     nll[r] = targets[r] == kIgnoreIndex
                  ? 0.f
@@ -192,14 +191,16 @@ namespace {
 
 // This thread's buffer for one dequantized Linear, grown (never shrunk) to the largest met: the same bytes the
 // memory plan's dequant workspace counts, kept instead of mapped afresh for every product.
-float* dequant_scratch(int64_t n) {
+// Returns w's values dequantized into it.
+const float* dequantized_in_scratch(const LinearWeight& w) {
   thread_local std::unique_ptr<float[]> buf;
   thread_local int64_t capacity = 0;
-  if (capacity < n) {
+  if (capacity < w.N * w.K) {
     buf.reset();
-    buf.reset(new float[static_cast<size_t>(n)]);
-    capacity = n;
+    buf.reset(new float[static_cast<size_t>(w.N * w.K)]);
+    capacity = w.N * w.K;
   }
+  w.dequantize_into(buf.get());
   return buf.get();
 }
 
@@ -210,9 +211,7 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
-  float* W = dequant_scratch(w.N * w.K);
-  w.dequantize_into(W);
-  linear_forward_ref(x, M, w.K, W, DType::F32, w.N, bias.data, bias.dtype, y);
+  linear_forward_ref(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);
 }
 
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {
@@ -220,9 +219,7 @@ void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t
     linear_backward_input_ref(dy, M, w.N, w.dense.data, w.dense.dtype, w.K, dx);
     return;
   }
-  float* W = dequant_scratch(w.N * w.K);
-  w.dequantize_into(W);
-  linear_backward_input_ref(dy, M, w.N, W, DType::F32, w.K, dx);
+  linear_backward_input_ref(dy, M, w.N, dequantized_in_scratch(w), DType::F32, w.K, dx);
 }
 
 LinearWeight LinearWeight::from_fp32(std::vector<float> W, int64_t N, int64_t K) {
