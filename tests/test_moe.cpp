@@ -17,6 +17,7 @@
 #include "core/rng.h"
 #include "kernels/moe_route.h"
 #include "trainer/moe_block.h"
+#include "tests/support/test_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_random.h"
@@ -365,7 +366,8 @@ TEST(MoeModel, DequantizeAndMergeKeepEveryExpert) {
   d.quiet = true;
   EXPECT_EQ(dequantize_model(d).linears, 2 * (4 + 3 * 6 + 3));
   const PackedBatch b = test::random_batch({9, 4}, 320, 32);
-  EXPECT_EQ(QwenModel(d.out_dir).forward_logits(b), QwenModel(q.out_dir).forward_logits(b));
+  EXPECT_LE(test::max_rel_diff(QwenModel(d.out_dir).forward_logits(b), QwenModel(q.out_dir).forward_logits(b)),
+            test::kSumOrderTol);
   EXPECT_EQ(QwenModel(d.out_dir).quant_config().method, QuantConfig::Method::None);
 
   const QwenModel base(q.out_dir);

@@ -1,6 +1,8 @@
 // Whole-model RTN (GPTQ v1/v2, AWQ GEMM files) and NF4/FP4 quantization, and loading the results: the logits of
-// a quantized directory must equal, bit for bit, those of a dense fp32 model holding the fake-quantized weights
-// computed independently from quant/ primitives. Plus sharding, refusals and no half-written outputs.
+// a quantized directory must equal those of a dense fp32 model holding the fake-quantized weights computed
+// independently from quant/ primitives, up to the order of the fp32 sums (test::kSumOrderTol: a batch of a few
+// tokens multiplies the packed weights directly, quant/packed_matvec.h). Plus sharding, refusals and no
+// half-written outputs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +19,7 @@
 #include "core/safetensors.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
+#include "tests/support/test_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/perplexity.h"
@@ -100,7 +103,7 @@ TEST(QuantizeModel, RtnDirectoriesLoadAsTheirFakeQuantWeights) {
     });
     EXPECT_EQ(QwenModel(o.out_dir).quant_config().method,
               c.layout == IntLayout::AwqGemm ? QuantConfig::Method::Awq : QuantConfig::Method::Gptq);
-    EXPECT_EQ(logits_of(o.out_dir), logits_of(fake));
+    EXPECT_LE(test::max_rel_diff(logits_of(o.out_dir), logits_of(fake)), test::kSumOrderTol);
   }
 }
 
@@ -123,7 +126,7 @@ TEST(QuantizeModel, Nf4AndFp4DirectoriesLoadAsTheirFakeQuantWeights) {
         return nf4_dequantize(nf4_quantize(W, N * K, no));
       });
       EXPECT_EQ(QwenModel(o.out_dir).quant_config().method, QuantConfig::Method::Bnb4);
-      EXPECT_EQ(logits_of(o.out_dir), logits_of(fake)) << o.out_dir;
+      EXPECT_LE(test::max_rel_diff(logits_of(o.out_dir), logits_of(fake)), test::kSumOrderTol) << o.out_dir;
     }
   }
 }
@@ -146,7 +149,8 @@ TEST(QuantizeModel, DequantizeGivesTheFakeQuantModel) {
     QuantizeReport r = dequantize_model(d);
     EXPECT_EQ(r.linears, 14);
     EXPECT_EQ(QwenModel(d.out_dir).quant_config().method, QuantConfig::Method::None);
-    EXPECT_EQ(logits_of(d.out_dir), logits_of(o.out_dir));  // q/k/v biases passed through
+    // q/k/v biases passed through
+    EXPECT_LE(test::max_rel_diff(logits_of(d.out_dir), logits_of(o.out_dir)), test::kSumOrderTol);
   }
   EXPECT_NE(error_of([&] {
               DequantizeOptions d;
@@ -441,7 +445,7 @@ TEST(QuantizeModel, MoeRtnAndNf4LoadAsTheirFakeQuantWeights) {
       GroupGrid g = find_grid(W, N, K, 4, 32, o.sym, rule);
       return dequantize_codes(quantize_rtn(W, g).data(), g);
     });
-    EXPECT_EQ(logits_of(o.out_dir), logits_of(fake));
+    EXPECT_LE(test::max_rel_diff(logits_of(o.out_dir), logits_of(fake)), test::kSumOrderTol);
     const Checkpoint out(o.out_dir);
     EXPECT_TRUE(out.has("model.layers.0.mlp.gate.weight"));  // the router as it was
     EXPECT_TRUE(c.method == QuantizeOptions::Method::Nf4  // bitsandbytes keeps the packed bytes as .weight

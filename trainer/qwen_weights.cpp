@@ -8,8 +8,10 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/convert.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "quant/packed_matvec.h"
 
 namespace qwenq {
 
@@ -209,6 +211,21 @@ const float* dequantized_in_scratch(const LinearWeight& w) {
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
   if (w.is_dense()) {
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
+    return;
+  }
+  // Decode and small batches: read the packed bytes once, without an fp32 copy. GGUF's float types (F32, F16, BF16)
+  // keep the dense path, so that an F32 GGUF computes exactly what its source directory does.
+  const bool ggml_float = w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 ||
+                                     w.ggml->type == GgmlType::BF16);
+  if (M <= kPackedMatvecMaxRows && !ggml_float) {
+    if (w.packed) {
+      int_linear_matvec(*w.packed, x, M, y);
+    } else if (w.nf4) {
+      nf4_linear_matvec(w.nf4->q, w.N, w.K, x, M, y);
+    } else {
+      ggml_linear_matvec(*w.ggml, x, M, y);
+    }
+    if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
     return;
   }
   linear_forward_ref(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);

@@ -1,0 +1,446 @@
+// Small-M products with packed Linears (see packed_matvec.h for the math and the layouts' walk).
+#include "quant/packed_matvec.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/threads.h"
+#include "quant/format/int_pack.h"
+#include "quant/format/nf4_pack.h"
+#include "quant/grid.h"
+
+namespace qwenq {
+namespace {
+
+constexpr int kMaxRows = 8;  // rows of x per pass over the packed weight
+
+// 16 lanes in the compiler's vector extension (GCC, Clang): AVX-512 registers here, pairs of AVX2 or quads of SSE
+// registers elsewhere. This file is compiled with -ffp-contract=fast, so `a += b * c` is one fused multiply-add.
+using f32x16 = float __attribute__((vector_size(64)));
+using i32x16 = int32_t __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+template <typename V, typename T>
+V load16(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+
+void check_args(const float* x, int64_t M, const float* y, int64_t N, int64_t K, const char* what) {
+  QWENQ_CHECK(M >= 1 && N >= 1 && K >= 1, what << ": shapes must be positive, got M=" << M << " N=" << N << " K=" << K);
+  QWENQ_CHECK(x != nullptr && y != nullptr, what << ": null x or y");
+}
+
+// The width of the column tiles threads take: a multiple of `align` between max_tile / 2 and max_tile, the widest
+// whose busiest thread has at most 5 % more columns than with the most even choice (wide tiles read longer runs of
+// each packed row, which measured faster than a perfect balance).
+int64_t balanced_tile(int64_t total, int64_t max_tile, int64_t align) {
+  const int64_t threads = std::max(1, num_threads());
+  const auto load = [&](int64_t tile) { return ((total + tile - 1) / tile + threads - 1) / threads * tile; };
+  const int64_t lo = std::max(align, max_tile / 2);
+  int64_t best_load = INT64_MAX;
+  for (int64_t tile = max_tile; tile >= lo; tile -= align) best_load = std::min(best_load, load(tile));
+  int64_t tile = max_tile;
+  while (tile - align >= lo && load(tile) * 20 > best_load * 21) tile -= align;
+  return tile;
+}
+
+// Calls chunk(m0, R) over [0, M) in chunks of 8, then 4, 2, 1 rows, with R a compile-time row count.
+template <typename F>
+void for_row_chunks(int64_t M, F&& chunk) {
+  int64_t m = 0;
+  for (; m + 8 <= M; m += 8) chunk(m, std::integral_constant<int, 8>());
+  if (m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
+  if (m + 2 <= M) chunk(m, std::integral_constant<int, 2>()), m += 2;
+  if (m < M) chunk(m, std::integral_constant<int, 1>());
+}
+
+// ---- GPTQ / AWQ ------------------------------------------------------------------------------------------
+
+// The per-call tables: the group of each input and the fp32 scale and zero of each (group, column). For AWQ
+// the columns of a group are stored in nibble order (position p · N/8 + word c holds column 8c + kAwqOrder[p]),
+// the order the kernel meets them in.
+struct IntTables {
+  std::vector<int32_t> group_of;
+  bool ordered = true;  // group_of[k] = k / group for every k
+  std::vector<float> scale, zero;
+};
+
+// n fp16 values to fp32: F16C's conversion where the compiler targets it (exact, as f16_to_f32; a signaling NaN
+// comes out quiet, still a NaN), f16_to_f32 elsewhere.
+void f16_run_to_f32(const uint16_t* in, int64_t n, float* out) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+#endif
+  for (; i < n; ++i) out[i] = f16_to_f32(in[i]);
+}
+
+IntTables int_tables(const PackedIntLinear& p) {
+  const int64_t G = p.num_groups(), K = p.K, N = p.N;
+  IntTables t;
+  t.group_of.resize(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
+    QWENQ_CHECK(g >= 0 && g < G, "g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
+    t.group_of[k] = static_cast<int32_t>(g);
+    t.ordered = t.ordered && g == k / p.group;
+  }
+  t.scale.resize(static_cast<size_t>(G * N));
+  t.zero.resize(static_cast<size_t>(G * N));
+  const bool gptq = p.layout != IntLayout::AwqGemm;
+  std::vector<uint8_t> zeros3;  // 3-bit zeros cross words: unpacked by int_pack
+  if (gptq && p.bits == 3) {
+    zeros3.resize(static_cast<size_t>(G * N));
+    gptq_unpack_qzeros(p.qzeros.data(), G, N, 3, p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2,
+                       zeros3.data());
+  }
+  const int64_t words = N / 8;
+  const uint32_t* qz = reinterpret_cast<const uint32_t*>(p.qzeros.data());
+  parallel_for(G, std::max<int64_t>(1, 16384 / N), [&](int64_t g0, int64_t g1) {
+    std::vector<float> row(static_cast<size_t>(gptq ? 0 : N));
+    for (int64_t g = g0; g < g1; ++g) {
+      float* s = t.scale.data() + g * N;
+      float* z = t.zero.data() + g * N;
+      if (gptq) {
+        f16_run_to_f32(p.scales.data() + g * N, N, s);
+        if (p.bits == 3) {
+          for (int64_t n = 0; n < N; ++n) z[n] = zeros3[g * N + n];
+        } else {  // zero n in bits [b·(n % per), ...) of word n / per; v1 stores zero - 1 (readers add 1 after masking)
+          const int b = p.bits, per = 32 / b;
+          const uint32_t mask = (1u << b) - 1, add = p.layout == IntLayout::GptqV1 ? 1 : 0;
+          const uint32_t* zw = qz + g * (N / per);
+          for (int64_t n = 0; n < N; ++n)
+            z[n] = static_cast<float>(((zw[n / per] >> (b * (n % per))) & mask) + add);
+        }
+      } else {  // nibble order: position q · N/8 + c holds column 8c + kAwqOrder[q]
+        f16_run_to_f32(p.scales.data() + g * N, N, row.data());
+        for (int64_t n = 0; n < N; ++n) s[kAwqReverseOrder[n & 7] * words + (n >> 3)] = row[n];
+        const uint32_t* zw = qz + g * words;
+        for (int q = 0; q < 8; ++q)
+          for (int64_t c = 0; c < words; ++c) z[q * words + c] = static_cast<float>((zw[c] >> (4 * q)) & 15u);
+      }
+    }
+  });
+  return t;
+}
+
+// GPTQ: qweight [K·b/32, N]; a unit of U = 32/b inputs (32 for 3-bit) fills `unit_words` rows of words, input j
+// of a unit at bit j·b of the unit's bit stream (low bits first; 3-bit codes may cross into the next row).
+// Columns [n0, n0 + nt), rows m0 .. m0 + R of x.
+constexpr int64_t kGptqTile = 512;
+
+template <int R>
+void gptq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int64_t m0, int64_t n0, int64_t nt,
+               float* y) {
+  const int64_t K = p.K, N = p.N;
+  const int b = p.bits;
+  const int U = gptq_pack_multiple(b), unit_words = U * b / 32;
+  const uint32_t mask = (1u << b) - 1;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  float acc[R][kGptqTile] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += U) {
+    const uint32_t* unit = qw + (k0 / U) * unit_words * N + n0;
+    const int jn = static_cast<int>(std::min<int64_t>(U, K - k0));
+    for (int j = 0; j < jn; ++j) {
+      const int64_t k = k0 + j;
+      const int off = j * b, sh = off & 31;
+      const uint32_t* lo = unit + (off >> 5) * N;
+      const int64_t g = t.group_of[k];
+      const float* s = t.scale.data() + g * N + n0;
+      const float* z = t.zero.data() + g * N + n0;
+      float xv[R];
+      for (int r = 0; r < R; ++r) xv[r] = x[(m0 + r) * K + k];
+      if (sh + b <= 32) {
+        for (int64_t i = 0; i < nt; ++i) {
+          const float w = (static_cast<float>((lo[i] >> sh) & mask) - z[i]) * s[i];
+          for (int r = 0; r < R; ++r) acc[r][i] += w * xv[r];
+        }
+      } else {  // a 3-bit code split across two rows of words
+        const uint32_t* hi = lo + N;
+        for (int64_t i = 0; i < nt; ++i) {
+          const uint32_t v = (lo[i] >> sh) | (hi[i] << (32 - sh));
+          const float w = (static_cast<float>(v & mask) - z[i]) * s[i];
+          for (int r = 0; r < R; ++r) acc[r][i] += w * xv[r];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) std::copy(acc[r], acc[r] + nt, y + (m0 + r) * N + n0);
+}
+
+// GPTQ without act-order (g_idx[k] = k / group), 2/4/8-bit, groups of whole words: the sum over a group of
+// (q - zero)·x first, then times the group's scale, s·Σ(q - z)·x, which is Σ ŵ·x up to the fp32 rounding of the
+// sums. The packed word of 16 columns is loaded once for its U inputs.
+using u32x16 = uint32_t __attribute__((vector_size(64)));
+// The tile's slice of a row of words is 1 KiB of a row N·4 bytes long: the hardware prefetchers do not follow that
+// stride across pages, so the kernels prefetch the rows this far ahead themselves (a measured choice).
+constexpr int64_t kPrefetchRows = 8;
+
+template <int R, int BITS>
+void gptq_tile_grouped(const PackedIntLinear& p, const IntTables& t, const float* x, int64_t m0, int64_t n0, int64_t nt,
+                       float* y) {
+  constexpr int U = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  const int64_t K = p.K, N = p.N, nv = nt / kLanes * kLanes;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  float acc[R][kGptqTile] = {};
+  float part[R][kGptqTile];
+  for (int64_t kg = 0; kg < K; kg += p.group) {
+    const int64_t g = kg / p.group, kend = std::min(K, kg + p.group);
+    const float* s = t.scale.data() + g * N + n0;
+    const float* z = t.zero.data() + g * N + n0;
+    for (int r = 0; r < R; ++r) std::fill(part[r], part[r] + nt, 0.0f);
+    for (int64_t k0 = kg; k0 < kend; k0 += U) {
+      const uint32_t* row = qw + (k0 / U) * N + n0;
+      float xs[U][R];
+      for (int j = 0; j < U; ++j)
+        for (int r = 0; r < R; ++r) xs[j][r] = x[(m0 + r) * K + k0 + j];
+      for (int64_t i = 0; i < nv; i += kLanes) {
+        __builtin_prefetch(row + kPrefetchRows * N + i);
+        const u32x16 v = load16<u32x16>(row + i);
+        const f32x16 zv = load16<f32x16>(z + i);
+        f32x16 pr[R];
+        for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r] + i);
+        for (int j = 0; j < U; ++j) {
+          const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16) - zv;
+          for (int r = 0; r < R; ++r) pr[r] += q * xs[j][r];
+        }
+        for (int r = 0; r < R; ++r) store16(part[r] + i, pr[r]);
+      }
+      for (int64_t i = nv; i < nt; ++i)
+        for (int j = 0; j < U; ++j) {
+          const float q = static_cast<float>((row[i] >> (BITS * j)) & kMask) - z[i];
+          for (int r = 0; r < R; ++r) part[r][i] += q * xs[j][r];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int64_t i = 0; i < nt; ++i) acc[r][i] += s[i] * part[r][i];
+  }
+  for (int r = 0; r < R; ++r) std::copy(acc[r], acc[r] + nt, y + (m0 + r) * N + n0);
+}
+
+// AWQ: qweight [K, N/8], word c of input k holds columns 8c + kAwqOrder[q] in nibbles q = 0..7. Words
+// [c0, c0 + ct) of each input, rows m0 .. m0 + R of x; sums kept as [r][q][word] (the tables' nibble order), per
+// group Σ(q - z)·x first, then times the scale, as for GPTQ. Inputs go kKStep at a time, so that a partial sum is
+// loaded and stored once per kKStep rows of words.
+constexpr int64_t kAwqTileWords = 64;
+
+template <int R, int KSTEP>
+void awq_rows(const uint32_t* rows, int64_t words, const float* z, const float* xs, int64_t ct,
+              float (*part)[8][kAwqTileWords]) {
+  const int64_t cv = ct / kLanes * kLanes;
+  for (int64_t i = 0; i < cv; i += kLanes) {
+    u32x16 v[KSTEP];
+    for (int s = 0; s < KSTEP; ++s) {
+      __builtin_prefetch(rows + (s + kPrefetchRows) * words + i);
+      v[s] = load16<u32x16>(rows + s * words + i);
+    }
+    for (int q = 0; q < 8; ++q) {
+      const f32x16 zq = load16<f32x16>(z + q * words + i);
+      f32x16 pr[R];
+      for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r][q] + i);
+      for (int s = 0; s < KSTEP; ++s) {
+        const f32x16 c = __builtin_convertvector((i32x16)((v[s] >> (4 * q)) & 15u), f32x16) - zq;
+        for (int r = 0; r < R; ++r) pr[r] += c * xs[s * R + r];
+      }
+      for (int r = 0; r < R; ++r) store16(part[r][q] + i, pr[r]);
+    }
+  }
+  for (int64_t i = cv; i < ct; ++i)
+    for (int q = 0; q < 8; ++q)
+      for (int s = 0; s < KSTEP; ++s) {
+        const float c = static_cast<float>((rows[s * words + i] >> (4 * q)) & 15u) - z[q * words + i];
+        for (int r = 0; r < R; ++r) part[r][q][i] += c * xs[s * R + r];
+      }
+}
+
+template <int R>
+void awq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int64_t m0, int64_t c0, int64_t ct,
+              float* y) {
+  constexpr int kKStep = 4;
+  const int64_t K = p.K, N = p.N, words = N / 8;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  float acc[R][8][kAwqTileWords] = {};
+  float part[R][8][kAwqTileWords];
+  for (int64_t kg = 0; kg < K; kg += p.group) {
+    const int64_t g = kg / p.group, kend = std::min(K, kg + p.group);
+    const float* s = t.scale.data() + g * N + c0;
+    const float* z = t.zero.data() + g * N + c0;
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 8; ++q) std::fill(part[r][q], part[r][q] + ct, 0.0f);
+    int64_t k = kg;
+    float xs[kKStep * R];
+    for (; k + kKStep <= kend; k += kKStep) {
+      for (int st = 0; st < kKStep; ++st)
+        for (int r = 0; r < R; ++r) xs[st * R + r] = x[(m0 + r) * K + k + st];
+      awq_rows<R, kKStep>(qw + k * words + c0, words, z, xs, ct, part);
+    }
+    for (; k < kend; ++k) {
+      for (int r = 0; r < R; ++r) xs[r] = x[(m0 + r) * K + k];
+      awq_rows<R, 1>(qw + k * words + c0, words, z, xs, ct, part);
+    }
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 8; ++q)
+        for (int64_t i = 0; i < ct; ++i) acc[r][q][i] += s[q * words + i] * part[r][q][i];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int q = 0; q < 8; ++q)
+      for (int64_t i = 0; i < ct; ++i) y[(m0 + r) * N + 8 * (c0 + i) + kAwqOrder[q]] = acc[r][q][i];
+}
+
+// ---- dot products of dequantized rows with x -------------------------------------------------------------
+
+// out[r] = Σ_k w[k] · x[r·K + k] for r < R, with 16 interleaved partial sums per row (vectorizable).
+template <int R>
+void dot_rows(const float* w, const float* x, int64_t K, float* out) {
+  float part[R][16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    for (int r = 0; r < R; ++r)
+      for (int l = 0; l < 16; ++l) part[r][l] += w[k + l] * x[r * K + k + l];
+  for (int r = 0; r < R; ++r) {
+    float s = 0.0f;
+    for (int l = 0; l < 16; ++l) s += part[r][l];
+    for (int64_t kk = k; kk < K; ++kk) s += w[kk] * x[r * K + kk];
+    out[r] = s;
+  }
+}
+
+// y[:, n] for one dequantized row w [K] of output n.
+void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n, float* y) {
+  float out[kMaxRows];
+  for_row_chunks(M, [&](int64_t m0, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    dot_rows<R>(w, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r) y[(m0 + r) * N + n] = out[r];
+  });
+}
+
+// ---- NF4 / FP4 ------------------------------------------------------------------------------------------
+
+// Row n of the weight (elements [n·K, n·K + K) of the flattened tensor, which may start and end inside a block):
+// ŵ = code · absmax through a per-block table of the 16 scaled codes (the same product as nf4_dequantize).
+void nf4_row(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, float* out) {
+  const int64_t B = t.blocksize;
+  for (int64_t i = n * K, end = i + K; i < end;) {
+    const int64_t b = i / B, stop = std::min(end, (b + 1) * B);
+    float lut[16];
+    for (int v = 0; v < 16; ++v) lut[v] = code[v] * absmax[b];
+    for (; i < stop; ++i) {
+      const uint8_t byte = t.packed[i >> 1];
+      out[i - n * K] = lut[(i & 1) == 0 ? byte >> 4 : byte & 0x0F];
+    }
+  }
+}
+
+#ifdef __AVX512F__
+// The same ŵ, 16 at a time: 8 packed bytes spread to 16 nibble indices (high nibble first) that pick lanes of the
+// block's scaled-code vector (vpermps), then fused multiply-adds with R rows of x. K and the block size multiples
+// of 16 keep every run of 16 inside one block and starting on a byte.
+template <int R>
+void nf4_row_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n, const float* x, int64_t K,
+                  float* out) {
+  const int64_t B = t.blocksize;
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const int64_t base = n * K;
+  for (int64_t k = 0; k < K; k += 16) {
+    const int64_t i = base + k;
+    const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+    const __m512 w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + r * K + k), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+void nf4_row_avx512(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, const float* x, int64_t M,
+                    int64_t K, int64_t N, float* y) {
+  const __m512 codes = _mm512_loadu_ps(code);
+  float out[kMaxRows];
+  for_row_chunks(M, [&](int64_t m0, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    nf4_row_rows<R>(t, codes, absmax, n, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r) y[(m0 + r) * N + n] = out[r];
+  });
+}
+#endif
+
+}  // namespace
+
+void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, p.N, p.K, "int_linear_matvec");
+  const IntTables t = int_tables(p);
+  if (p.layout == IntLayout::AwqGemm) {
+    const int64_t words = p.N / 8, width = std::min(words, kAwqTileWords);
+    parallel_for((words + width - 1) / width, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const int64_t c0 = tile * width, ct = std::min(width, words - c0);
+        for_row_chunks(M, [&](int64_t m0, auto rows) { awq_tile<decltype(rows)::value>(p, t, x, m0, c0, ct, y); });
+      }
+    });
+    return;
+  }
+  // Act-order (a g_idx other than k / group), 3-bit codes or groups that end inside a word: ŵ per input.
+  const int U = gptq_pack_multiple(p.bits);
+  const bool grouped = p.bits != 3 && p.group % U == 0 && t.ordered;
+  const int64_t width = balanced_tile(p.N, kGptqTile, kLanes);
+  parallel_for((p.N + width - 1) / width, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t n0 = tile * width, nt = std::min(width, p.N - n0);
+      for_row_chunks(M, [&](int64_t m0, auto rows) {
+        constexpr int R = decltype(rows)::value;
+        if (!grouped) {
+          gptq_tile<R>(p, t, x, m0, n0, nt, y);
+        } else if (p.bits == 4) {
+          gptq_tile_grouped<R, 4>(p, t, x, m0, n0, nt, y);
+        } else if (p.bits == 8) {
+          gptq_tile_grouped<R, 8>(p, t, x, m0, n0, nt, y);
+        } else {
+          gptq_tile_grouped<R, 2>(p, t, x, m0, n0, nt, y);
+        }
+      });
+    }
+  });
+}
+
+void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, N, K, "nf4_linear_matvec");
+  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec: the tensor holds " << t.n << " weights, not " << N << " x " << K);
+  const std::vector<float> absmax = nf4_block_absmax(t);
+  const float* code = t.fp4 ? kFp4Code : kNf4Code;
+  parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
+    std::vector<float> row(static_cast<size_t>(K));
+    for (int64_t n = n0; n < n1; ++n) {
+#ifdef __AVX512F__
+      if (K % 16 == 0 && t.blocksize % 16 == 0) {
+        nf4_row_avx512(t, code, absmax.data(), n, x, M, K, N, y);
+        continue;
+      }
+#endif
+      nf4_row(t, code, absmax.data(), n, K, row.data());
+      dot_all_rows(row.data(), x, M, K, N, n, y);
+    }
+  });
+}
+
+void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, w.N, w.K, "ggml_linear_matvec");
+  dequantize_ggml_rows(w, [&](int64_t r, const float* row) { dot_all_rows(row, x, M, w.K, w.N, r, y); });
+}
+
+}  // namespace qwenq

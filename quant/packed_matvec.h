@@ -1,0 +1,40 @@
+// Products with a packed Linear for few rows of activations, without dequantizing the whole weight:
+//
+//   y[m, n] = Σ_k x[m, k] · ŵ[n, k]        x [M, K], y [M, N] row-major fp32 (y written, not accumulated)
+//
+// ŵ[n, k] is exactly the value the format's reader computes (dequantize_int_linear, nf4_dequantize,
+// dequantize_ggml_linear: the same float operations on the same stored numbers), so the only difference from
+// "dequantize, then multiply" is the order of the fp32 sums.
+//
+// Why: decoding a token (M = 1) with the dequantize-then-multiply path writes and re-reads 4 bytes per weight
+// for every Linear, and dequantizes all of it; a 4-bit weight stores half a byte. These read the packed bytes
+// once and multiply as they go, keeping only a tile of outputs' sums in cache:
+//   GPTQ (2/3/4/8-bit, act-order g_idx or not) and AWQ GEMM: a thread owns a tile of output columns and walks
+//     the packed rows down K; for each input k it turns the tile's codes into ŵ with the group's fp32 scale and
+//     zero and adds ŵ · x[m, k] into the tile's sums (AWQ: each word holds 8 outputs of one input, the tile's
+//     sums kept in the words' nibble order and put back in column order at the end);
+//   NF4 / FP4 (bitsandbytes, with or without double quantization): row by row, a block's 16 code values scaled
+//     by its absmax once (ŵ = code · absmax, bnb's one rounding), then table lookups and fused multiply-adds;
+//   GGUF blocks: row by row into a buffer of K floats with ggml's own dequantization, then M dot products.
+// Rows of x go in chunks of up to 8, so the packed weight is read once per 8 rows: meant for decode and small
+// batches (apply_linear uses them up to kPackedMatvecMaxRows rows, a measured crossover, benchmarks/bench_dequant_cpu).
+#pragma once
+
+#include <cstdint>
+
+#include "quant/ggml_blocks.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+
+namespace qwenq {
+
+// Up to this many rows of x, apply_linear multiplies packed weights with the functions below; beyond it,
+// dequantizing once into a buffer and running the GEMM is faster.
+constexpr int64_t kPackedMatvecMaxRows = 16;
+
+void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y);
+// t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
+void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);
+void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y);
+
+}  // namespace qwenq
