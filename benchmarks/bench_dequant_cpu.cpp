@@ -1,10 +1,16 @@
-// The CPU path of a packed Linear, y[M, N] = x[M, K] · ŵᵀ through apply_linear (trainer/qwen_weights.h): the weight
-// dequantized to fp32 (dequantize_int_linear, nf4_dequantize, dequantize_ggml_linear), then linear_forward_ref. At
-// the Qwen2.5-7B MLP shapes (K 3584 -> N 18944 gate/up, K 18944 -> N 3584 down), M in {1, 512} tokens, for
-//   gptq   GPTQ v1 4-bit, group 128        awq    AWQ GEMM 4-bit, group 128
+// The CPU path of a packed Linear, y[M, N] = x[M, K] · ŵᵀ through apply_linear (trainer/qwen_weights.h). Up to a
+// format's row limit (quant/packed_matvec.h) it multiplies the packed bytes directly; beyond, it dequantizes
+// the weight to fp32 (dequantize_int_linear, nf4_dequantize, dequantize_ggml_linear) and runs linear_forward_ref. At
+// the Qwen2.5-7B MLP shapes (K 3584 -> N 18944 gate/up, K 18944 -> N 3584 down), for
+//   gptq   GPTQ v1 4-bit, group 128        gptq_act  the same with act-order (a scattered g_idx)
+//   awq    AWQ GEMM 4-bit, group 128
 //   nf4    NF4, block 64, double quant     q4_k   GGUF Q4_K
-// against the same product on the fp32 weight in the same run (dense_f32, no dequantization). Also the
-// dequantization alone (dequant_*). Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
+// against the same product on the fp32 weight in the same run (dense_f32, no dequantization). Rows:
+//   linear_<fmt>/M   apply_linear, the path the programs take, M in {1, 512}
+//   matvec_<fmt>/M and dequant_gemm_<fmt>/M   each path forced, M from 1 to 512: where they cross sets the
+//                    format's limit
+//   dequant_<fmt>    the dequantization alone, into a new vector
+// Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
 //
 //   build/bench_dequant_cpu [--benchmark_filter=gptq] [benchmark flags]      (threads: OMP_NUM_THREADS)
 #include <benchmark/benchmark.h>
@@ -21,6 +27,7 @@
 #include "quant/grid.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
+#include "quant/packed_matvec.h"
 #include "quant/quantize_step.h"
 #include "trainer/qwen_weights.h"
 
@@ -33,6 +40,7 @@ struct Shape {
 };
 constexpr Shape kShapes[] = {{3584, 18944}, {18944, 3584}};
 constexpr int64_t kRows[] = {1, 512};
+constexpr int64_t kCrossoverRows[] = {1, 8, 16, 32, 64, 128, 256, 512};
 
 std::vector<float> random_vec(size_t n, uint64_t seed) {
   Rng rng(seed);
@@ -44,11 +52,11 @@ std::vector<float> random_vec(size_t n, uint64_t seed) {
 // The fp32 weight [N, K], and the packed formats the benchmark reads (the GGUF blocks are kept alive by `bytes`).
 struct Weights {
   std::vector<float> dense;
-  LinearWeight gptq, awq, nf4, q4k;
+  LinearWeight gptq, gptq_act, awq, nf4, q4k;
   std::vector<uint8_t> ggml_bytes;
 };
 
-LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLayout layout) {
+LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLayout layout, bool act_order = false) {
   const GridRule rule = layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
   GroupGrid grid;
   grid.bits = 4;
@@ -63,7 +71,11 @@ LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLa
   LinearWeight w;
   w.N = N;
   w.K = K;
-  w.packed = std::make_shared<PackedIntLinear>(pack_int_linear(codes.data(), grid, nullptr, layout));
+  std::vector<int32_t> g_idx(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) g_idx[k] = static_cast<int32_t>(k / grid.group);
+  Rng rng(3);  // act-order's scattered groups (the codes stay those of k / 128: only the access pattern matters)
+  for (int64_t k = K - 1; act_order && k > 0; --k) std::swap(g_idx[k], g_idx[rng.below(k + 1)]);
+  w.packed = std::make_shared<PackedIntLinear>(pack_int_linear(codes.data(), grid, g_idx.data(), layout));
   return w;
 }
 
@@ -74,6 +86,7 @@ const Weights& weights_for(int64_t K, int64_t N) {
   auto w = std::make_unique<Weights>();
   w->dense = random_vec(static_cast<size_t>(N * K), 2);
   w->gptq = packed_int(w->dense, N, K, IntLayout::GptqV1);
+  w->gptq_act = packed_int(w->dense, N, K, IntLayout::GptqV1, true);
   w->awq = packed_int(w->dense, N, K, IntLayout::AwqGemm);
   Nf4Options o;
   o.double_quant = true;
@@ -93,6 +106,7 @@ const Weights& weights_for(int64_t K, int64_t N) {
 
 const LinearWeight& format(const Weights& w, const std::string& name) {
   if (name == "gptq") return w.gptq;
+  if (name == "gptq_act") return w.gptq_act;
   if (name == "awq") return w.awq;
   if (name == "nf4") return w.nf4;
   return w.q4k;
@@ -122,6 +136,30 @@ void bm_apply(benchmark::State& state, std::string fmt, int64_t M, int64_t K, in
   counters(state, M, K, N, fmt != "dense_f32");
 }
 
+// One path forced: "matvec" (quant/packed_matvec.h) or "dequant_gemm" (dequantize into a reused buffer, then
+// linear_forward_ref), whatever M.
+void bm_path(benchmark::State& state, std::string fmt, std::string path, int64_t M, int64_t K, int64_t N) {
+  const Weights& w = weights_for(K, N);
+  const LinearWeight& lw = format(w, fmt);
+  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
+  std::vector<float> y(static_cast<size_t>(M * N)), W(path == "matvec" ? 0 : static_cast<size_t>(N * K));
+  for (auto _ : state) {
+    if (path == "dequant_gemm") {
+      lw.dequantize_into(W.data());
+      linear_forward_ref(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, y.data());
+    } else if (lw.packed) {
+      int_linear_matvec(*lw.packed, x.data(), M, y.data());
+    } else if (lw.nf4) {
+      nf4_linear_matvec(lw.nf4->q, N, K, x.data(), M, y.data());
+    } else {
+      ggml_linear_matvec(*lw.ggml, x.data(), M, y.data());
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  counters(state, M, K, N, true);
+}
+
 void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) {
   const Weights& w = weights_for(K, N);
   for (auto _ : state) {
@@ -143,11 +181,21 @@ int main(int argc, char** argv) {
           ->UseRealTime();
     }
     for (int64_t M : kRows) {
-      for (const char* fmt : {"dense_f32", "gptq", "awq", "nf4", "q4_k"}) {
+      for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k"}) {
         benchmark::RegisterBenchmark((std::string("linear_") + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                      bm_apply, fmt, M, s.K, s.N)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
+      }
+    }
+    for (int64_t M : kCrossoverRows) {
+      for (const char* path : {"matvec", "dequant_gemm"}) {
+        for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k"}) {
+          benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
+                                       bm_path, fmt, path, M, s.K, s.N)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
       }
     }
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -17,6 +18,10 @@
 #include "quant/format/nf4_pack.h"
 #include "quant/grid.h"
 
+// The 16-lane helpers below pass vectors by value; without AVX-512 the compilers warn that such an ABI differs
+// between targets. They are internal to this file and inlined, so no ABI is involved.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace qwenq {
 namespace {
 
@@ -28,13 +33,24 @@ using f32x16 = float __attribute__((vector_size(64)));
 using i32x16 = int32_t __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 
+// Scalar code spells its multiply-adds out: contraction is the compiler's choice per loop (its vectorizer may
+// leave a product unfused in one instantiation and fuse it in another), and a row of y must be the same bits
+// whatever M. Where the target has no fused instruction, nothing is contracted either.
+inline float fmadd(float a, float b, float c) {
+#ifdef __FP_FAST_FMAF
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 template <typename V, typename T>
 V load16(const T* p) {
   V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+inline void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof v); }
 
 void check_args(const float* x, int64_t M, const float* y, int64_t N, int64_t K, const char* what) {
   QWENQ_CHECK(M >= 1 && N >= 1 && K >= 1, what << ": shapes must be positive, got M=" << M << " N=" << N << " K=" << K);
@@ -55,12 +71,13 @@ int64_t balanced_tile(int64_t total, int64_t max_tile, int64_t align) {
   return tile;
 }
 
-// Calls chunk(m0, R) over [0, M) in chunks of 8, then 4, 2, 1 rows, with R a compile-time row count.
-template <typename F>
+// Calls chunk(m0, R) over [0, M) in chunks of kMax (8 or 4), then 4, 2, 1 rows, with R a compile-time row count.
+template <int kMax = kMaxRows, typename F>
 void for_row_chunks(int64_t M, F&& chunk) {
+  static_assert(kMax == 8 || kMax == 4, "chunks of 8 or 4 rows");
   int64_t m = 0;
-  for (; m + 8 <= M; m += 8) chunk(m, std::integral_constant<int, 8>());
-  if (m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
+  for (; m + kMax <= M; m += kMax) chunk(m, std::integral_constant<int, kMax>());
+  if (kMax == 8 && m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
   if (m + 2 <= M) chunk(m, std::integral_constant<int, 2>()), m += 2;
   if (m < M) chunk(m, std::integral_constant<int, 1>());
 }
@@ -165,14 +182,14 @@ void gptq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int
       if (sh + b <= 32) {
         for (int64_t i = 0; i < nt; ++i) {
           const float w = (static_cast<float>((lo[i] >> sh) & mask) - z[i]) * s[i];
-          for (int r = 0; r < R; ++r) acc[r][i] += w * xv[r];
+          for (int r = 0; r < R; ++r) acc[r][i] = fmadd(w, xv[r], acc[r][i]);
         }
       } else {  // a 3-bit code split across two rows of words
         const uint32_t* hi = lo + N;
         for (int64_t i = 0; i < nt; ++i) {
           const uint32_t v = (lo[i] >> sh) | (hi[i] << (32 - sh));
           const float w = (static_cast<float>(v & mask) - z[i]) * s[i];
-          for (int r = 0; r < R; ++r) acc[r][i] += w * xv[r];
+          for (int r = 0; r < R; ++r) acc[r][i] = fmadd(w, xv[r], acc[r][i]);
         }
       }
     }
@@ -222,11 +239,52 @@ void gptq_tile_grouped(const PackedIntLinear& p, const IntTables& t, const float
       for (int64_t i = nv; i < nt; ++i)
         for (int j = 0; j < U; ++j) {
           const float q = static_cast<float>((row[i] >> (BITS * j)) & kMask) - z[i];
-          for (int r = 0; r < R; ++r) part[r][i] += q * xs[j][r];
+          for (int r = 0; r < R; ++r) part[r][i] = fmadd(q, xs[j][r], part[r][i]);
         }
     }
     for (int r = 0; r < R; ++r)
-      for (int64_t i = 0; i < nt; ++i) acc[r][i] += s[i] * part[r][i];
+      for (int64_t i = 0; i < nt; ++i) acc[r][i] = fmadd(s[i], part[r][i], acc[r][i]);
+  }
+  for (int r = 0; r < R; ++r) std::copy(acc[r], acc[r] + nt, y + (m0 + r) * N + n0);
+}
+
+// GPTQ with act-order (g_idx scattered), 2/4/8-bit: each input's own group row of scales and zeros, so ŵ =
+// (q - z)·s per weight as the reader computes it, then ŵ·x; the packed word is still loaded once for its U inputs.
+template <int R, int BITS>
+void gptq_tile_scattered(const PackedIntLinear& p, const IntTables& t, const float* x, int64_t m0, int64_t n0,
+                         int64_t nt, float* y) {
+  constexpr int U = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  const int64_t K = p.K, N = p.N, nv = nt / kLanes * kLanes;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  float acc[R][kGptqTile] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += U) {
+    const uint32_t* row = qw + (k0 / U) * N + n0;
+    float xs[U][R];
+    const float* s[U];
+    const float* z[U];
+    for (int j = 0; j < U; ++j) {
+      for (int r = 0; r < R; ++r) xs[j][r] = x[(m0 + r) * K + k0 + j];
+      s[j] = t.scale.data() + t.group_of[k0 + j] * N + n0;
+      z[j] = t.zero.data() + t.group_of[k0 + j] * N + n0;
+    }
+    for (int64_t i = 0; i < nv; i += kLanes) {
+      __builtin_prefetch(row + kPrefetchRows * N + i);
+      const u32x16 v = load16<u32x16>(row + i);
+      f32x16 pr[R];
+      for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(acc[r] + i);
+      for (int j = 0; j < U; ++j) {
+        const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16);
+        const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
+        for (int r = 0; r < R; ++r) pr[r] += w * xs[j][r];
+      }
+      for (int r = 0; r < R; ++r) store16(acc[r] + i, pr[r]);
+    }
+    for (int64_t i = nv; i < nt; ++i)
+      for (int j = 0; j < U; ++j) {
+        const float w = (static_cast<float>((row[i] >> (BITS * j)) & kMask) - z[j][i]) * s[j][i];
+        for (int r = 0; r < R; ++r) acc[r][i] = fmadd(w, xs[j][r], acc[r][i]);
+      }
   }
   for (int r = 0; r < R; ++r) std::copy(acc[r], acc[r] + nt, y + (m0 + r) * N + n0);
 }
@@ -262,7 +320,7 @@ void awq_rows(const uint32_t* rows, int64_t words, const float* z, const float* 
     for (int q = 0; q < 8; ++q)
       for (int s = 0; s < KSTEP; ++s) {
         const float c = static_cast<float>((rows[s * words + i] >> (4 * q)) & 15u) - z[q * words + i];
-        for (int r = 0; r < R; ++r) part[r][q][i] += c * xs[s * R + r];
+        for (int r = 0; r < R; ++r) part[r][q][i] = fmadd(c, xs[s * R + r], part[r][q][i]);
       }
 }
 
@@ -293,7 +351,7 @@ void awq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int6
     }
     for (int r = 0; r < R; ++r)
       for (int q = 0; q < 8; ++q)
-        for (int64_t i = 0; i < ct; ++i) acc[r][q][i] += s[q * words + i] * part[r][q][i];
+        for (int64_t i = 0; i < ct; ++i) acc[r][q][i] = fmadd(s[q * words + i], part[r][q][i], acc[r][q][i]);
   }
   for (int r = 0; r < R; ++r)
     for (int q = 0; q < 8; ++q)
@@ -302,29 +360,61 @@ void awq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int6
 
 // ---- dot products of dequantized rows with x -------------------------------------------------------------
 
-// out[r] = Σ_k w[k] · x[r·K + k] for r < R, with 16 interleaved partial sums per row (vectorizable).
-template <int R>
-void dot_rows(const float* w, const float* x, int64_t K, float* out) {
-  float part[R][16] = {};
+// Rows of ŵ go J at a time against R rows of x (R·J sums in registers, each ŵ and x vector loaded once per block
+// instead of once per pair): out[r·J + j] = Σ_k w[j·K + k] · x[r·K + k], 16 interleaved partial sums added lane by
+// lane at the end, then the K % 16 tail in order. Every sum takes the same steps whatever R and J, so a row of y
+// is the same bits whatever M.
+constexpr int kDotRows = 4;  // J: weight rows per block
+
+template <int R, int J>
+void dot_block(const float* w, const float* x, int64_t K, float* out) {
+  f32x16 acc[R][J] = {};
   int64_t k = 0;
-  for (; k + 16 <= K; k += 16)
-    for (int r = 0; r < R; ++r)
-      for (int l = 0; l < 16; ++l) part[r][l] += w[k + l] * x[r * K + k + l];
-  for (int r = 0; r < R; ++r) {
-    float s = 0.0f;
-    for (int l = 0; l < 16; ++l) s += part[r][l];
-    for (int64_t kk = k; kk < K; ++kk) s += w[kk] * x[r * K + kk];
-    out[r] = s;
+  for (; k + kLanes <= K; k += kLanes) {
+    f32x16 wv[J];
+    for (int j = 0; j < J; ++j) wv[j] = load16<f32x16>(w + j * K + k);
+    for (int r = 0; r < R; ++r) {
+      const f32x16 xv = load16<f32x16>(x + r * K + k);
+      for (int j = 0; j < J; ++j) acc[r][j] += wv[j] * xv;
+    }
   }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      float sum = 0.0f;
+      for (int l = 0; l < kLanes; ++l) sum += acc[r][j][l];
+      for (int64_t kk = k; kk < K; ++kk) sum = fmadd(w[j * K + kk], x[r * K + kk], sum);
+      out[r * J + j] = sum;
+    }
 }
 
-// y[:, n] for one dequantized row w [K] of output n.
-void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n, float* y) {
-  float out[kMaxRows];
-  for_row_chunks(M, [&](int64_t m0, auto rows) {
+// y[:, n0 .. n0 + J) for J dequantized rows w [J, K] of outputs n0 ...
+template <int J>
+void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, float* y) {
+  float out[4 * J];
+  for_row_chunks<4>(M, [&](int64_t m0, auto rows) {
     constexpr int R = decltype(rows)::value;
-    dot_rows<R>(w, x + m0 * K, K, out);
-    for (int r = 0; r < R; ++r) y[(m0 + r) * N + n] = out[r];
+    dot_block<R, J>(w, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
+  });
+}
+
+// Rows [0, N) of a row-major format in blocks of kDotRows: fill(n, values[K]) dequantizes row n, then the block
+// meets every row of x. Parallel over blocks.
+template <typename Fill>
+void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, Fill fill) {
+  const int64_t blocks = (N + kDotRows - 1) / kDotRows;
+  parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
+    std::vector<float> w(static_cast<size_t>(kDotRows * K));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kDotRows, J = std::min<int64_t>(kDotRows, N - n0);
+      for (int64_t j = 0; j < J; ++j) fill(n0 + j, w.data() + j * K);
+      if (J == kDotRows) {
+        dot_all_rows<kDotRows>(w.data(), x, M, K, N, n0, y);
+      } else {
+        for (int64_t j = 0; j < J; ++j) dot_all_rows<1>(w.data() + j * K, x, M, K, N, n0 + j, y);
+      }
+    }
   });
 }
 
@@ -347,40 +437,57 @@ void nf4_row(const Nf4Tensor& t, const float* code, const float* absmax, int64_t
 
 #ifdef __AVX512F__
 // The same ŵ, 16 at a time: 8 packed bytes spread to 16 nibble indices (high nibble first) that pick lanes of the
-// block's scaled-code vector (vpermps), then fused multiply-adds with R rows of x. K and the block size multiples
-// of 16 keep every run of 16 inside one block and starting on a byte.
-template <int R>
-void nf4_row_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n, const float* x, int64_t K,
-                  float* out) {
+// block's scaled-code vector (vpermps). J rows of ŵ against R rows of x, as dot_block (each sum's steps the same
+// whatever R and J). K and the block size multiples of 16 keep every run of 16 inside one block and on a byte.
+template <int R, int J>
+void nf4_block_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x, int64_t K,
+                    float* out) {
   const int64_t B = t.blocksize;
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  __m512 acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
   const __m128i low4 = _mm_set1_epi8(0x0F);
-  const int64_t base = n * K;
   for (int64_t k = 0; k < K; k += 16) {
-    const int64_t i = base + k;
-    const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
-    const __m512 w = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + r * K + k), acc[r]);
+    __m512 w[J];
+    for (int j = 0; j < J; ++j) {
+      const int64_t i = (n0 + j) * K + k;
+      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+      w[j] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + r * K + k);
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
+    }
   }
-  for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) out[r * J + j] = _mm512_reduce_add_ps(acc[r][j]);
 }
 
-void nf4_row_avx512(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, const float* x, int64_t M,
-                    int64_t K, int64_t N, float* y) {
-  const __m512 codes = _mm512_loadu_ps(code);
-  float out[kMaxRows];
+constexpr int kNf4Rows = 2;  // J for NF4: decoding costs more than a dot, so the rows of x go up to 8 at a time
+
+template <int J>
+void nf4_rows_avx512(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x,
+                     int64_t M, int64_t K, int64_t N, float* y) {
+  float out[kMaxRows * J];
   for_row_chunks(M, [&](int64_t m0, auto rows) {
     constexpr int R = decltype(rows)::value;
-    nf4_row_rows<R>(t, codes, absmax, n, x + m0 * K, K, out);
-    for (int r = 0; r < R; ++r) y[(m0 + r) * N + n] = out[r];
+    nf4_block_rows<R, J>(t, codes, absmax, n0, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
   });
 }
 #endif
 
 }  // namespace
+
+int64_t int_linear_matvec_max_rows(const PackedIntLinear& p) {
+  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 16;
+  for (int64_t k = 0; k < static_cast<int64_t>(p.g_idx.size()); ++k)
+    if (p.g_idx[k] != k / p.group) return 256;
+  return 512;
+}
 
 void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
   check_args(x, M, y, p.N, p.K, "int_linear_matvec");
@@ -395,7 +502,8 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
     });
     return;
   }
-  // Act-order (a g_idx other than k / group), 3-bit codes or groups that end inside a word: ŵ per input.
+  // 3-bit codes cross words: one input at a time (gptq_tile). Act-order, or groups that end inside a word: each
+  // input's own scale and zero (gptq_tile_scattered).
   const int U = gptq_pack_multiple(p.bits);
   const bool grouped = p.bits != 3 && p.group % U == 0 && t.ordered;
   const int64_t width = balanced_tile(p.N, kGptqTile, kLanes);
@@ -404,8 +512,16 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
       const int64_t n0 = tile * width, nt = std::min(width, p.N - n0);
       for_row_chunks(M, [&](int64_t m0, auto rows) {
         constexpr int R = decltype(rows)::value;
-        if (!grouped) {
+        if (p.bits == 3) {
           gptq_tile<R>(p, t, x, m0, n0, nt, y);
+        } else if (!grouped) {
+          if (p.bits == 4) {
+            gptq_tile_scattered<R, 4>(p, t, x, m0, n0, nt, y);
+          } else if (p.bits == 8) {
+            gptq_tile_scattered<R, 8>(p, t, x, m0, n0, nt, y);
+          } else {
+            gptq_tile_scattered<R, 2>(p, t, x, m0, n0, nt, y);
+          }
         } else if (p.bits == 4) {
           gptq_tile_grouped<R, 4>(p, t, x, m0, n0, nt, y);
         } else if (p.bits == 8) {
@@ -423,24 +539,33 @@ void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x,
   QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec: the tensor holds " << t.n << " weights, not " << N << " x " << K);
   const std::vector<float> absmax = nf4_block_absmax(t);
   const float* code = t.fp4 ? kFp4Code : kNf4Code;
-  parallel_for(N, std::max<int64_t>(1, 16384 / K), [&](int64_t n0, int64_t n1) {
-    std::vector<float> row(static_cast<size_t>(K));
-    for (int64_t n = n0; n < n1; ++n) {
 #ifdef __AVX512F__
-      if (K % 16 == 0 && t.blocksize % 16 == 0) {
-        nf4_row_avx512(t, code, absmax.data(), n, x, M, K, N, y);
-        continue;
+  if (K % 16 == 0 && t.blocksize % 16 == 0) {
+    const __m512 codes = _mm512_loadu_ps(code);
+    const int64_t blocks = (N + kNf4Rows - 1) / kNf4Rows;
+    parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kNf4Rows;
+        if (n0 + kNf4Rows <= N) {
+          nf4_rows_avx512<kNf4Rows>(t, codes, absmax.data(), n0, x, M, K, N, y);
+        } else {
+          for (int64_t n = n0; n < N; ++n) nf4_rows_avx512<1>(t, codes, absmax.data(), n, x, M, K, N, y);
+        }
       }
+    });
+    return;
+  }
 #endif
-      nf4_row(t, code, absmax.data(), n, K, row.data());
-      dot_all_rows(row.data(), x, M, K, N, n, y);
-    }
-  });
+  rowwise_matvec(N, K, x, M, y, [&](int64_t n, float* out) { nf4_row(t, code, absmax.data(), n, K, out); });
 }
 
 void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y) {
   check_args(x, M, y, w.N, w.K, "ggml_linear_matvec");
-  dequantize_ggml_rows(w, [&](int64_t r, const float* row) { dot_all_rows(row, x, M, w.K, w.N, r, y); });
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t r, float* out) {
+    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
+    dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+  });
 }
 
 }  // namespace qwenq

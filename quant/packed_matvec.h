@@ -16,8 +16,15 @@
 //   NF4 / FP4 (bitsandbytes, with or without double quantization): row by row, a block's 16 code values scaled
 //     by its absmax once (ŵ = code · absmax, bnb's one rounding), then table lookups and fused multiply-adds;
 //   GGUF blocks: row by row into a buffer of K floats with ggml's own dequantization, then M dot products.
-// Rows of x go in chunks of up to 8, so the packed weight is read once per 8 rows: meant for decode and small
-// batches (apply_linear uses them up to kPackedMatvecMaxRows rows, a measured crossover, benchmarks/bench_dequant_cpu).
+// Rows of x go in chunks of up to 8 (the row-wise formats: 4 for GGUF, 8 for NF4, against blocks of 4 and 2 rows
+// of ŵ), so the packed weight is read once per chunk. Each row of y takes the same float steps whatever M and the
+// thread count: decoding a token alone and in a batch gives the same bits.
+//
+// When they pay: below the *_max_rows limits apply_linear (trainer/qwen_weights.h) calls these; above, it
+// dequantizes the weight once into a buffer and runs the fp32 GEMM. The limits are where the two cross on the
+// Qwen2.5-7B MLP shapes (benchmarks/bench_dequant_cpu, 2 cores with AVX-512;
+// benchmarks/results/2026-12-02-packed-matvec-cpu.md). The GPTQ/AWQ kernels run near the FMA peak, so they stay
+// ahead of the dequantize-then-GEMM path to 512 rows (act-order to 256); GGUF's rows cost ggml's dequantization.
 #pragma once
 
 #include <cstdint>
@@ -28,11 +35,13 @@
 
 namespace qwenq {
 
-// Up to this many rows of x, apply_linear multiplies packed weights with the functions below; beyond it,
-// dequantizing once into a buffer and running the GEMM is faster.
-constexpr int64_t kPackedMatvecMaxRows = 16;
-
 void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y);
+// 512 rows for GPTQ without act-order and AWQ, 256 with act-order (a scattered g_idx), 16 for 3-bit GPTQ (one input
+// at a time: its codes cross words; not measured beyond decode).
+int64_t int_linear_matvec_max_rows(const PackedIntLinear& p);
+constexpr int64_t kNf4MatvecMaxRows = 64;
+constexpr int64_t kGgmlMatvecMaxRows = 32;
+
 // t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
 void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y);

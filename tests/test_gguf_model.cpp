@@ -12,6 +12,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "quant/ggml_blocks.h"
+#include "quant/packed_matvec.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
@@ -307,9 +308,11 @@ TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   const std::string hf = test::make_tiny_model(dir + "/hf", 13);
   const std::string gguf = test::export_gguf_to(hf, dir + "/m.gguf", "q4_0");
   const std::string back = fp32_directory_of(gguf, dir + "/back");
-  // The directory is a model of its own: the same logits as the GGUF it came from, the same tokenizer.
+  // The directory is a model of its own: the same logits as the GGUF it came from, the same tokenizer. (Bit for
+  // bit with more than kGgmlMatvecMaxRows tokens, where the GGUF's Linears are dequantized for the GEMM too.)
   const QwenModel a(gguf), b(back);
-  const PackedBatch batch = test::random_batch({11, 6}, a.config().vocab_size, 8);
+  const PackedBatch batch = test::random_batch({23, 17}, a.config().vocab_size, 8);
+  static_assert(23 + 17 > kGgmlMatvecMaxRows, "the batch must take the dequantize-and-GEMM path");
   EXPECT_EQ(b.forward_logits(batch), a.forward_logits(batch));
   EXPECT_EQ(b.config().model_type, "qwen2");
   const std::string text = "hello world, the GGUF round trip";

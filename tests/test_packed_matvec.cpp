@@ -3,13 +3,14 @@
 // against the Python stack's readers by the oracle tests). Shapes include a real Qwen2.5-0.5B MLP, column counts
 // that leave a tail after the 16-lane vectors, act-order, 2/3/8-bit GPTQ, AWQ's partial last group, NF4 rows that
 // start inside a block and GGUF's permuted q/k rows. Also: each row's result is the same bits whatever M and the
-// thread count (decode and a batch agree), and apply_linear switches paths at kPackedMatvecMaxRows.
+// thread count (decode and a batch agree), and apply_linear switches paths at each format's limit.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <memory>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/rng.h"
@@ -192,32 +193,63 @@ TEST(PackedMatvec, GgufBlocksMatchTheirDequantization) {
 
 // ---- through apply_linear --------------------------------------------------------------------------------
 
-// Up to kPackedMatvecMaxRows rows apply_linear takes the packed path, beyond it the dequantize-and-GEMM one; both
-// match the oracle, with the bias added.
-TEST(PackedMatvec, ApplyLinearUsesItForFewRowsAndAddsTheBias) {
-  const IntCase c{"awq", IntLayout::AwqGemm, 4, 64, 256, 128, false};
-  LinearWeight w;
-  w.N = c.N;
-  w.K = c.K;
-  w.packed = std::make_shared<PackedIntLinear>(build_int(c));
-  const std::vector<float> W = w.dequantize();
-  const std::vector<float> bias_f = test::normal_vector(c.N, kSeed + 1);
-  std::vector<uint16_t> bias(c.N);
-  for (int64_t n = 0; n < c.N; ++n) bias[n] = f32_to_bf16(bias_f[n]);
-  const TensorView bias_view{bias.data(), DType::BF16, {c.N}};
-  for (int64_t M : {int64_t{1}, kPackedMatvecMaxRows, kPackedMatvecMaxRows + 1}) {
-    SCOPED_TRACE("M=" + std::to_string(M));
-    const std::vector<float> x = test::normal_vector(M * c.K, kSeed + M);
-    std::vector<float> y(static_cast<size_t>(M * c.N));
-    apply_linear(w, x.data(), M, bias_view, y.data());
-    std::vector<float> no_bias(y);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < c.N; ++n) no_bias[m * c.N + n] -= bf16_to_f32(bias[n]);
-    EXPECT_LE(worst_ratio(no_bias, x, W, M, c.N, c.K), 1.0);
-    if (M <= kPackedMatvecMaxRows) {
-      std::vector<float> direct(static_cast<size_t>(M * c.N));
-      int_linear_matvec(*w.packed, x.data(), M, direct.data());
-      for (int64_t i = 0; i < M * c.N; ++i) ASSERT_EQ(y[i], direct[i] + bf16_to_f32(bias[i % c.N])) << i;
+TEST(PackedMatvec, IntLimitsFollowTheKernel) {
+  EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[0])), 512);  // GPTQ, g_idx = k / group
+  EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[1])), 256);  // act-order
+  EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[3])), 16);   // 3-bit
+  EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[8])), 512);  // AWQ
+}
+
+// Up to a format's limit apply_linear takes the packed path (the same bits as calling it), one row more the
+// dequantize-and-GEMM one; both match the oracle, with the bias added.
+TEST(PackedMatvec, ApplyLinearSwitchesPathsAtTheLimitAndAddsTheBias) {
+  const int64_t N = 64, K = 256;
+  const IntCase c{"awq", IntLayout::AwqGemm, 4, N, K, 128, false};
+  LinearWeight awq;
+  awq.N = N;
+  awq.K = K;
+  awq.packed = std::make_shared<PackedIntLinear>(build_int(c));
+  const std::vector<float> Wsrc = test::normal_vector(N * K, kSeed + 2, 0.05f);
+  LinearWeight nf4 = awq;
+  nf4.packed = nullptr;
+  auto nl = std::make_shared<Nf4Linear>();
+  nl->q = nf4_quantize(Wsrc.data(), N * K, {});
+  nl->shape = {N, K};
+  nf4.nf4 = nl;
+  LinearWeight q4k = nf4;
+  q4k.nf4 = nullptr;
+  const std::vector<uint8_t> bytes = quantize_ggml(GgmlType::Q4_K, Wsrc.data(), N, K);
+  q4k.ggml = std::make_shared<GgmlLinear>(GgmlLinear{GgmlType::Q4_K, bytes.data(), N, K, 0});
+  const auto direct = [&](const LinearWeight& w, const float* x, int64_t M, float* y) {
+    if (w.packed) int_linear_matvec(*w.packed, x, M, y);
+    if (w.nf4) nf4_linear_matvec(w.nf4->q, N, K, x, M, y);
+    if (w.ggml) ggml_linear_matvec(*w.ggml, x, M, y);
+  };
+
+  const std::vector<float> bias_f = test::normal_vector(N, kSeed + 1);
+  std::vector<uint16_t> bias(N);
+  for (int64_t n = 0; n < N; ++n) bias[n] = f32_to_bf16(bias_f[n]);
+  const TensorView bias_view{bias.data(), DType::BF16, {N}};
+  for (const auto& [name, w, limit] : {std::make_tuple("awq", &awq, int64_t{512}),
+                                      std::make_tuple("nf4", &nf4, kNf4MatvecMaxRows),
+                                      std::make_tuple("q4_k", &q4k, kGgmlMatvecMaxRows)}) {
+    const std::vector<float> W = w->dequantize();
+    for (int64_t M : {int64_t{1}, limit, limit + 1}) {
+      SCOPED_TRACE(std::string(name) + " M=" + std::to_string(M));
+      const std::vector<float> x = test::normal_vector(M * K, kSeed + M);
+      std::vector<float> y(static_cast<size_t>(M * N)), alone(static_cast<size_t>(M * N));
+      apply_linear(*w, x.data(), M, bias_view, y.data());
+      std::vector<float> no_bias(y);
+      for (int64_t i = 0; i < M * N; ++i) no_bias[i] -= bf16_to_f32(bias[i % N]);
+      EXPECT_LE(worst_ratio(no_bias, x, W, M, N, K), 1.0);
+      direct(*w, x.data(), M, alone.data());
+      int64_t same = 0;
+      for (int64_t i = 0; i < M * N; ++i) same += y[i] == alone[i] + bf16_to_f32(bias[i % N]);
+      if (M <= limit) {
+        EXPECT_EQ(same, M * N) << "the packed path, bias added";
+      } else {
+        EXPECT_LT(same, M * N) << "beyond the limit, the GEMM's sums (some differ in the last bits)";
+      }
     }
   }
 }

@@ -213,11 +213,16 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
-  // Decode and small batches: read the packed bytes once, without an fp32 copy. GGUF's float types (F32, F16, BF16)
-  // keep the dense path, so that an F32 GGUF computes exactly what its source directory does.
+  // Up to each format's measured limit, multiply the packed bytes directly, without an fp32 copy of the weight
+  // (quant/packed_matvec.h). GGUF's float types (F32, F16, BF16) keep the dense path, so that an F32 GGUF computes
+  // exactly what its source directory does.
   const bool ggml_float = w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 ||
                                      w.ggml->type == GgmlType::BF16);
-  if (M <= kPackedMatvecMaxRows && !ggml_float) {
+  const int64_t max_rows = w.packed ? int_linear_matvec_max_rows(*w.packed)
+                           : w.nf4  ? kNf4MatvecMaxRows
+                           : ggml_float ? 0
+                                        : kGgmlMatvecMaxRows;
+  if (M <= max_rows) {
     if (w.packed) {
       int_linear_matvec(*w.packed, x, M, y);
     } else if (w.nf4) {
