@@ -8,7 +8,8 @@
 // against the same product on the fp32 weight in the same run (dense_f32, no dequantization). Rows:
 //   linear_<fmt>/M   apply_linear, the path the programs take, M in {1, 512}
 //   matvec_<fmt>/M and dequant_gemm_<fmt>/M   each path forced, M from 1 to 512: where they cross sets the
-//                    format's limit
+//                    format's limit; matvec_t_ and dequant_gemm_t_ the same for the transposed product
+//                    dx = dy · Ŵ (apply_linear_backward_input), M up to 64
 //   dequant_<fmt>    the dequantization alone, into a new vector
 // Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
 //
@@ -137,14 +138,26 @@ void bm_apply(benchmark::State& state, std::string fmt, int64_t M, int64_t K, in
 }
 
 // One path forced: "matvec" (quant/packed_matvec.h) or "dequant_gemm" (dequantize into a reused buffer, then
-// linear_forward_ref), whatever M.
-void bm_path(benchmark::State& state, std::string fmt, std::string path, int64_t M, int64_t K, int64_t N) {
+// linear_forward_ref), whatever M; `transposed`: the input-gradient product dx = dy · Ŵ of each path.
+void bm_path(benchmark::State& state, std::string fmt, std::string path, bool transposed, int64_t M, int64_t K,
+             int64_t N) {
   const Weights& w = weights_for(K, N);
   const LinearWeight& lw = format(w, fmt);
   const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
   std::vector<float> y(static_cast<size_t>(M * N)), W(path == "matvec" ? 0 : static_cast<size_t>(N * K));
+  std::vector<float> dy(transposed ? static_cast<size_t>(M * N) : 0), dx(transposed ? static_cast<size_t>(M * K) : 0);
+  for (float& v : dy) v = 0.5f;
   for (auto _ : state) {
-    if (path == "dequant_gemm") {
+    if (transposed && path == "dequant_gemm") {
+      lw.dequantize_into(W.data());
+      linear_backward_input_ref(dy.data(), M, N, W.data(), DType::F32, K, dx.data());
+    } else if (transposed && lw.packed) {
+      int_linear_matvec_t(*lw.packed, dy.data(), M, dx.data());
+    } else if (transposed && lw.nf4) {
+      nf4_linear_matvec_t(lw.nf4->q, N, K, dy.data(), M, dx.data());
+    } else if (transposed) {
+      ggml_linear_matvec_t(*lw.ggml, dy.data(), M, dx.data());
+    } else if (path == "dequant_gemm") {
       lw.dequantize_into(W.data());
       linear_forward_ref(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, y.data());
     } else if (lw.packed) {
@@ -192,7 +205,12 @@ int main(int argc, char** argv) {
       for (const char* path : {"matvec", "dequant_gemm"}) {
         for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k"}) {
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
-                                       bm_path, fmt, path, M, s.K, s.N)
+                                       bm_path, fmt, path, false, M, s.K, s.N)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+          if (M > 64) continue;
+          benchmark::RegisterBenchmark((std::string(path) + "_t_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
+                                       bm_path, fmt, path, true, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
         }

@@ -26,6 +26,7 @@ namespace qwenq {
 namespace {
 
 constexpr int kMaxRows = 8;  // rows of x per pass over the packed weight
+constexpr int64_t kTransposedChunk = 512;  // inputs per thread task in the row-major transposed products
 
 // 16 lanes in the compiler's vector extension (GCC, Clang): AVX-512 registers here, pairs of AVX2 or quads of SSE
 // registers elsewhere. This file is compiled with -ffp-contract=fast, so `a += b * c` is one fused multiply-add.
@@ -71,14 +72,18 @@ int64_t balanced_tile(int64_t total, int64_t max_tile, int64_t align) {
   return tile;
 }
 
-// Calls chunk(m0, R) over [0, M) in chunks of kMax (8 or 4), then 4, 2, 1 rows, with R a compile-time row count.
+// Calls chunk(m0, R) over [0, M) in chunks of kMax (8, 4 or 2), then 4, 2, 1 rows, with R a compile-time count.
 template <int kMax = kMaxRows, typename F>
 void for_row_chunks(int64_t M, F&& chunk) {
-  static_assert(kMax == 8 || kMax == 4, "chunks of 8 or 4 rows");
+  static_assert(kMax == 8 || kMax == 4 || kMax == 2, "chunks of 8, 4 or 2 rows");
   int64_t m = 0;
   for (; m + kMax <= M; m += kMax) chunk(m, std::integral_constant<int, kMax>());
-  if (kMax == 8 && m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
-  if (m + 2 <= M) chunk(m, std::integral_constant<int, 2>()), m += 2;
+  if constexpr (kMax == 8) {
+    if (m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
+  }
+  if constexpr (kMax >= 4) {
+    if (m + 2 <= M) chunk(m, std::integral_constant<int, 2>()), m += 2;
+  }
   if (m < M) chunk(m, std::integral_constant<int, 1>());
 }
 
@@ -420,17 +425,32 @@ void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, F
 
 // ---- NF4 / FP4 ------------------------------------------------------------------------------------------
 
-// Row n of the weight (elements [n·K, n·K + K) of the flattened tensor, which may start and end inside a block):
-// ŵ = code · absmax through a per-block table of the 16 scaled codes (the same product as nf4_dequantize).
-void nf4_row(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, float* out) {
-  const int64_t B = t.blocksize;
-  for (int64_t i = n * K, end = i + K; i < end;) {
+// Values [k0, k0 + len) of row n of the weight (elements n·K + k of the flattened tensor; a row may start and end
+// inside a block): ŵ = code · absmax through a per-block table of the 16 scaled codes (nf4_dequantize's product).
+void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, int64_t k0,
+                 int64_t len, float* out) {
+  const int64_t B = t.blocksize, first = n * K + k0;
+  int64_t i = first;
+  const int64_t end = first + len;
+#ifdef __AVX512F__
+  if (first % 16 == 0 && B % 16 == 0) {  // 16 at a time, as nf4_block_rows below
+    const __m512 codes = _mm512_loadu_ps(code);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (; i + 16 <= end; i += 16) {
+      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+      _mm512_storeu_ps(out + (i - first), _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut));
+    }
+  }
+#endif
+  while (i < end) {
     const int64_t b = i / B, stop = std::min(end, (b + 1) * B);
     float lut[16];
     for (int v = 0; v < 16; ++v) lut[v] = code[v] * absmax[b];
     for (; i < stop; ++i) {
       const uint8_t byte = t.packed[i >> 1];
-      out[i - n * K] = lut[(i & 1) == 0 ? byte >> 4 : byte & 0x0F];
+      out[i - first] = lut[(i & 1) == 0 ? byte >> 4 : byte & 0x0F];
     }
   }
 }
@@ -480,13 +500,122 @@ void nf4_rows_avx512(const Nf4Tensor& t, const __m512 codes, const float* absmax
 }
 #endif
 
+// ---- transposed: dx[M, K] = dy[M, N] · Ŵ ----------------------------------------------------------------
+
+// GPTQ 2/4/8-bit (act-order or not): word rows [kw0, kw1); for each, the U inputs' sums over all N outputs as
+// 16-lane partial sums (ŵ = (q - z)·s with each input's own group row), added lane by lane at the end, then the
+// N % 16 tail in order. R rows of dy at a time (U·R accumulators).
+template <int R, int BITS>
+void gptq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dy, int64_t m0, int64_t kw0, int64_t kw1,
+                 float* dx) {
+  constexpr int U = 32 / BITS;
+  constexpr uint32_t kMask = (1u << BITS) - 1;
+  const int64_t K = p.K, N = p.N, nv = N / kLanes * kLanes;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  for (int64_t kw = kw0; kw < kw1; ++kw) {
+    const int64_t k0 = kw * U;
+    const uint32_t* row = qw + kw * N;
+    const float* s[U];
+    const float* z[U];
+    for (int j = 0; j < U; ++j) {
+      s[j] = t.scale.data() + t.group_of[k0 + j] * N;
+      z[j] = t.zero.data() + t.group_of[k0 + j] * N;
+    }
+    f32x16 acc[U][R] = {};
+    for (int64_t i = 0; i < nv; i += kLanes) {
+      const u32x16 v = load16<u32x16>(row + i);
+      f32x16 d[R];
+      for (int r = 0; r < R; ++r) d[r] = load16<f32x16>(dy + (m0 + r) * N + i);
+      for (int j = 0; j < U; ++j) {
+        const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16);
+        const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
+        for (int r = 0; r < R; ++r) acc[j][r] += w * d[r];
+      }
+    }
+    for (int j = 0; j < U; ++j)
+      for (int r = 0; r < R; ++r) {
+        float sum = 0.0f;
+        for (int l = 0; l < kLanes; ++l) sum += acc[j][r][l];
+        for (int64_t i = nv; i < N; ++i) {
+          const float w = (static_cast<float>((row[i] >> (BITS * j)) & kMask) - z[j][i]) * s[j][i];
+          sum = fmadd(w, dy[(m0 + r) * N + i], sum);
+        }
+        dx[(m0 + r) * K + k0 + j] = sum;
+      }
+  }
+}
+
+// AWQ: inputs [k0, k1); input k's word row against dy in the nibble order of the tables (dyp, [M, N]).
+template <int R>
+void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, int64_t m0, int64_t k0, int64_t k1,
+                float* dx) {
+  const int64_t K = p.K, N = p.N, words = N / 8, cv = words / kLanes * kLanes;
+  const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  for (int64_t k = k0; k < k1; ++k) {
+    const uint32_t* row = qw + k * words;
+    const int64_t g = t.group_of[k];
+    const float* s = t.scale.data() + g * N;
+    const float* z = t.zero.data() + g * N;
+    f32x16 acc[R] = {};
+    for (int64_t c = 0; c < cv; c += kLanes) {
+      const u32x16 v = load16<u32x16>(row + c);
+      for (int q = 0; q < 8; ++q) {
+        const int64_t at = q * words + c;
+        const f32x16 w = (__builtin_convertvector((i32x16)((v >> (4 * q)) & 15u), f32x16) - load16<f32x16>(z + at)) *
+                         load16<f32x16>(s + at);
+        for (int r = 0; r < R; ++r) acc[r] += w * load16<f32x16>(dyp + (m0 + r) * N + at);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float sum = 0.0f;
+      for (int l = 0; l < kLanes; ++l) sum += acc[r][l];
+      for (int64_t c = cv; c < words; ++c)
+        for (int q = 0; q < 8; ++q) {
+          const int64_t at = q * words + c;
+          const float w = (static_cast<float>((row[c] >> (4 * q)) & 15u) - z[at]) * s[at];
+          sum = fmadd(w, dyp[(m0 + r) * N + at], sum);
+        }
+      dx[(m0 + r) * K + k] = sum;
+    }
+  }
+}
+
+// Row-major formats (NF4, GGUF): each thread owns chunks of `chunk` inputs (a multiple of the format's block) and
+// walks all N rows: fill(n, k0, len, values) dequantizes row n's inputs [k0, k0 + len), then dx[m, k] += dy[m, n]·ŵ
+// for every row of dy, n in order. The sums do not depend on M or the thread count.
+template <typename Fill>
+void rowwise_matvec_t(int64_t N, int64_t K, int64_t chunk, const float* dy, int64_t M, float* dx, Fill fill) {
+  const int64_t chunks = (K + chunk - 1) / chunk;
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> w(static_cast<size_t>(chunk)), acc(static_cast<size_t>(M * chunk));
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t k0 = c * chunk, len = std::min(chunk, K - k0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        fill(n, k0, len, w.data());
+        for (int64_t m = 0; m < M; ++m) {
+          const float d = dy[m * N + n];
+          float* a = acc.data() + m * len;
+          for (int64_t k = 0; k < len; ++k) a[k] = fmadd(w[k], d, a[k]);
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) std::copy(acc.data() + m * len, acc.data() + (m + 1) * len, dx + m * K + k0);
+    }
+  });
+}
+
+// Whether a GPTQ g_idx is act-order's (anything but k / group).
+bool scattered_groups(const PackedIntLinear& p) {
+  for (int64_t k = 0; k < static_cast<int64_t>(p.g_idx.size()); ++k)
+    if (p.g_idx[k] != k / p.group) return true;
+  return false;
+}
+
 }  // namespace
 
 int64_t int_linear_matvec_max_rows(const PackedIntLinear& p) {
   if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 16;
-  for (int64_t k = 0; k < static_cast<int64_t>(p.g_idx.size()); ++k)
-    if (p.g_idx[k] != k / p.group) return 256;
-  return 512;
+  return scattered_groups(p) ? 256 : 512;
 }
 
 void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
@@ -556,7 +685,7 @@ void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x,
     return;
   }
 #endif
-  rowwise_matvec(N, K, x, M, y, [&](int64_t n, float* out) { nf4_row(t, code, absmax.data(), n, K, out); });
+  rowwise_matvec(N, K, x, M, y, [&](int64_t n, float* out) { nf4_segment(t, code, absmax.data(), n, K, 0, K, out); });
 }
 
 void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y) {
@@ -565,6 +694,64 @@ void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y
   rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t r, float* out) {
     const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
     dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+  });
+}
+
+int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p) {
+  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 0;
+  return scattered_groups(p) ? 32 : 64;
+}
+
+void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, p.N, p.K, "int_linear_matvec_t");
+  QWENQ_CHECK(p.layout == IntLayout::AwqGemm || p.bits != 3,
+              "int_linear_matvec_t: 3-bit GPTQ codes cross words; dequantize the weight instead");
+  const IntTables t = int_tables(p);
+  if (p.layout == IntLayout::AwqGemm) {
+    const int64_t N = p.N, words = N / 8;
+    std::vector<float> dyp(static_cast<size_t>(M * N));  // dy in the tables' nibble order
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) dyp[m * N + kAwqReverseOrder[n & 7] * words + (n >> 3)] = dy[m * N + n];
+    parallel_for(p.K, 16, [&](int64_t k0, int64_t k1) {
+      for_row_chunks(M, [&](int64_t m0, auto rows) { awq_rows_t<decltype(rows)::value>(p, t, dyp.data(), m0, k0, k1, dx); });
+    });
+    return;
+  }
+  const int U = gptq_pack_multiple(p.bits);
+  parallel_for(p.K / U, 4, [&](int64_t kw0, int64_t kw1) {
+    for_row_chunks<2>(M, [&](int64_t m0, auto rows) {
+      constexpr int R = decltype(rows)::value;
+      if (p.bits == 4) {
+        gptq_rows_t<R, 4>(p, t, dy, m0, kw0, kw1, dx);
+      } else if (p.bits == 8) {
+        gptq_rows_t<R, 8>(p, t, dy, m0, kw0, kw1, dx);
+      } else {
+        gptq_rows_t<R, 2>(p, t, dy, m0, kw0, kw1, dx);
+      }
+    });
+  });
+}
+
+void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, N, K, "nf4_linear_matvec_t");
+  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec_t: the tensor holds " << t.n << " weights, not " << N << " x " << K);
+  const std::vector<float> absmax = nf4_block_absmax(t);
+  const float* code = t.fp4 ? kFp4Code : kNf4Code;
+  rowwise_matvec_t(N, K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
+    nf4_segment(t, code, absmax.data(), n, K, k0, len, out);
+  });
+}
+
+void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, w.N, w.K, "ggml_linear_matvec_t");
+  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(w.type));
+  QWENQ_CHECK(info != nullptr && kTransposedChunk % info->block == 0,
+              "ggml_linear_matvec_t: type " << static_cast<uint32_t>(w.type) << " has no block size dividing "
+                                            << kTransposedChunk);
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  rowwise_matvec_t(w.N, w.K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
+    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(n, w.rope_head_dim) : n;
+    dequantize_ggml_row(w.type, w.data + src * row_bytes + k0 / info->block * info->bytes, len, out);
   });
 }
 

@@ -42,6 +42,21 @@ int64_t int_linear_matvec_max_rows(const PackedIntLinear& p);
 constexpr int64_t kNf4MatvecMaxRows = 64;
 constexpr int64_t kGgmlMatvecMaxRows = 32;
 
+// The transposed product, the gradient with respect to the input (apply_linear_backward_input):
+//   dx[M, K] = dy[M, N] · Ŵ        dx[m, k] = Σ_n dy[m, n] · ŵ[n, k]   (dx written)
+// GPTQ/AWQ: a thread owns inputs and sums over all N outputs (16-lane partial sums, then the lanes, then the tail);
+// NF4/GGUF: a thread owns chunks of 512 inputs and adds dy[m, n]·ŵ[n, :] row by row, n in order. 3-bit GPTQ is
+// not covered (int_linear_matvec_t throws; its limit is 0). Same bits whatever M and the thread count.
+void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx);
+void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* dy, int64_t M, float* dx);
+// The type's block must divide 512 (every type qwenq reads).
+void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx);
+// Where the transposed products stop paying (same benchmark): 64 rows for GPTQ and AWQ, 32 with act-order, 0 for
+// 3-bit GPTQ; 16 for NF4 and 8 for GGUF, whose row-by-row sums load and store dx for every row of Ŵ.
+int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p);
+constexpr int64_t kNf4MatvecTMaxRows = 16;
+constexpr int64_t kGgmlMatvecTMaxRows = 8;
+
 // t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
 void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);
 void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y);

@@ -80,6 +80,14 @@ void check_matvec(const std::string& name, const std::vector<float>& W, int64_t 
   EXPECT_EQ(three_threads, alone);
 }
 
+// Ŵᵀ [K, N] of ŵ [N, K]: the transposed product dx = dy · Ŵ is the forward product with Ŵᵀ.
+std::vector<float> transposed(const std::vector<float>& W, int64_t N, int64_t K) {
+  std::vector<float> T(W.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) T[k * N + n] = W[n * K + k];
+  return T;
+}
+
 // ---- GPTQ / AWQ ------------------------------------------------------------------------------------------
 
 struct IntCase {
@@ -126,8 +134,14 @@ PackedIntLinear build_int(const IntCase& c) {
 TEST(PackedMatvec, IntLinearsMatchTheirDequantization) {
   for (const IntCase& c : kIntCases) {
     const PackedIntLinear p = build_int(c);
-    check_matvec(c.name, dequantize_int_linear(p), c.N, c.K,
-                 [&](const float* x, int64_t M, float* y) { int_linear_matvec(p, x, M, y); });
+    const std::vector<float> W = dequantize_int_linear(p);
+    check_matvec(c.name, W, c.N, c.K, [&](const float* x, int64_t M, float* y) { int_linear_matvec(p, x, M, y); });
+    if (c.bits == 3) {
+      EXPECT_EQ(int_linear_matvec_t_max_rows(p), 0);
+      continue;
+    }
+    check_matvec(std::string(c.name) + " transposed", transposed(W, c.N, c.K), c.K, c.N,
+                 [&](const float* dy, int64_t M, float* dx) { int_linear_matvec_t(p, dy, M, dx); });
   }
 }
 
@@ -154,8 +168,11 @@ TEST(PackedMatvec, Nf4MatchesItsDequantization) {
     o.blocksize = c.blocksize;
     o.double_quant = c.double_quant;
     const Nf4Tensor t = nf4_quantize(W.data(), c.N * c.K, o);
-    check_matvec(c.name, nf4_dequantize(t), c.N, c.K,
+    const std::vector<float> Wq = nf4_dequantize(t);
+    check_matvec(c.name, Wq, c.N, c.K,
                  [&](const float* x, int64_t M, float* y) { nf4_linear_matvec(t, c.N, c.K, x, M, y); });
+    check_matvec(std::string(c.name) + " transposed", transposed(Wq, c.N, c.K), c.K, c.N,
+                 [&](const float* dy, int64_t M, float* dx) { nf4_linear_matvec_t(t, c.N, c.K, dy, M, dx); });
   }
 }
 
@@ -181,13 +198,16 @@ TEST(PackedMatvec, GgufBlocksMatchTheirDequantization) {
   };
   const Case cases[] = {{"q4_k_rope_rows", GgmlType::Q4_K, 24, 256, 8},
                         {"q8_0", GgmlType::Q8_0, 20, 96, 0},
-                        {"q6_k", GgmlType::Q6_K, 16, 512, 0}};
+                        {"q6_k", GgmlType::Q6_K, 16, 512, 0},
+                        {"q4_0_K1056_chunks", GgmlType::Q4_0, 12, 1056, 0}};
   for (const Case& c : cases) {
     const std::vector<float> W = test::normal_vector(c.N * c.K, kSeed + c.N, 0.05f);
     const std::vector<uint8_t> bytes = quantize_ggml(c.type, W.data(), c.N, c.K);
     const GgmlLinear g{c.type, bytes.data(), c.N, c.K, c.rope_head_dim};
-    check_matvec(c.name, dequantize_ggml_linear(g), c.N, c.K,
-                 [&](const float* x, int64_t M, float* y) { ggml_linear_matvec(g, x, M, y); });
+    const std::vector<float> Wq = dequantize_ggml_linear(g);
+    check_matvec(c.name, Wq, c.N, c.K, [&](const float* x, int64_t M, float* y) { ggml_linear_matvec(g, x, M, y); });
+    check_matvec(std::string(c.name) + " transposed", transposed(Wq, c.N, c.K), c.K, c.N,
+                 [&](const float* dy, int64_t M, float* dx) { ggml_linear_matvec_t(g, dy, M, dx); });
   }
 }
 
@@ -198,6 +218,10 @@ TEST(PackedMatvec, IntLimitsFollowTheKernel) {
   EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[1])), 256);  // act-order
   EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[3])), 16);   // 3-bit
   EXPECT_EQ(int_linear_matvec_max_rows(build_int(kIntCases[8])), 512);  // AWQ
+  EXPECT_EQ(int_linear_matvec_t_max_rows(build_int(kIntCases[0])), 64);
+  EXPECT_EQ(int_linear_matvec_t_max_rows(build_int(kIntCases[1])), 32);
+  EXPECT_EQ(int_linear_matvec_t_max_rows(build_int(kIntCases[3])), 0);
+  EXPECT_EQ(int_linear_matvec_t_max_rows(build_int(kIntCases[8])), 64);
 }
 
 // Up to a format's limit apply_linear takes the packed path (the same bits as calling it), one row more the

@@ -194,6 +194,11 @@ namespace {
 // This thread's buffer for one dequantized Linear, grown (never shrunk) to the largest met: the same bytes the
 // memory plan's dequant workspace counts, kept instead of mapped afresh for every product.
 // Returns w's values dequantized into it.
+// GGUF's F32, F16 and BF16 tensors: the products keep the dense path for them.
+bool is_ggml_float(const LinearWeight& w) {
+  return w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 || w.ggml->type == GgmlType::BF16);
+}
+
 const float* dequantized_in_scratch(const LinearWeight& w) {
   thread_local std::unique_ptr<float[]> buf;
   thread_local int64_t capacity = 0;
@@ -216,12 +221,10 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
   // Up to each format's measured limit, multiply the packed bytes directly, without an fp32 copy of the weight
   // (quant/packed_matvec.h). GGUF's float types (F32, F16, BF16) keep the dense path, so that an F32 GGUF computes
   // exactly what its source directory does.
-  const bool ggml_float = w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 ||
-                                     w.ggml->type == GgmlType::BF16);
   const int64_t max_rows = w.packed ? int_linear_matvec_max_rows(*w.packed)
                            : w.nf4  ? kNf4MatvecMaxRows
-                           : ggml_float ? 0
-                                        : kGgmlMatvecMaxRows;
+                           : is_ggml_float(w) ? 0
+                                              : kGgmlMatvecMaxRows;
   if (M <= max_rows) {
     if (w.packed) {
       int_linear_matvec(*w.packed, x, M, y);
@@ -239,6 +242,21 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {
   if (w.is_dense()) {
     linear_backward_input_ref(dy, M, w.N, w.dense.data, w.dense.dtype, w.K, dx);
+    return;
+  }
+  // A few rows (an MoE expert's tokens): the transposed product on the packed bytes, as apply_linear does.
+  const int64_t max_rows = w.packed ? int_linear_matvec_t_max_rows(*w.packed)
+                           : w.nf4  ? kNf4MatvecTMaxRows
+                           : is_ggml_float(w) ? 0
+                                              : kGgmlMatvecTMaxRows;
+  if (M <= max_rows) {
+    if (w.packed) {
+      int_linear_matvec_t(*w.packed, dy, M, dx);
+    } else if (w.nf4) {
+      nf4_linear_matvec_t(w.nf4->q, w.N, w.K, dy, M, dx);
+    } else {
+      ggml_linear_matvec_t(*w.ggml, dy, M, dx);
+    }
     return;
   }
   linear_backward_input_ref(dy, M, w.N, dequantized_in_scratch(w), DType::F32, w.K, dx);
