@@ -127,16 +127,26 @@ void dequantize_q45_k(const uint8_t* in, float* y, bool five) {
 
 // Q6_K: ql[128], qh[64], scales[16] (int8), d. Value v: h = v/128; low 4 bits from ql[64h + v%64] (low nibble
 // for v%128 < 64, else high), top 2 bits from qh[32h + v%32] >> 2((v%128)/32); scale scales[v/16].
+// Written as four runs of 32 per half (v = 128h + 32i + l), so that the compiler vectorizes over l.
 void dequantize_q6_k(const uint8_t* in, float* y) {
-  const uint8_t* ql = in;
-  const uint8_t* qh = in + 128;
   const int8_t* scales = reinterpret_cast<const int8_t*>(in + 192);
   const float d = load_f16(in + 208);
-  for (int v = 0; v < kQKK; ++v) {
-    const int h = v / 128, r = v % 128;
-    const int lo = (ql[64 * h + r % 64] >> (r < 64 ? 0 : 4)) & 0xF;
-    const int top = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
-    y[v] = d * static_cast<float>(scales[v / 16]) * static_cast<float>((lo | (top << 4)) - 32);
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* ql = in + 64 * h;
+    const uint8_t* qh = in + 128 + 32 * h;
+    for (int i = 0; i < 4; ++i) {  // r = 32i + l: low nibble of ql[l] (i = 0), ql[32 + l] (1), then high nibbles
+      const uint8_t* low = ql + 32 * (i % 2);
+      const int shift = i < 2 ? 0 : 4;
+      for (int half = 0; half < 2; ++half) {  // 16 values of one scale: ŵ = (d · scale) · (q - 32), ggml's order
+        const float ds = d * static_cast<float>(scales[8 * h + 2 * i + half]);
+        float* out = y + 128 * h + 32 * i + 16 * half;
+        for (int l = 16 * half; l < 16 * half + 16; ++l) {
+          const int lo = (low[l] >> shift) & 0xF;
+          const int top = (qh[l] >> (2 * i)) & 3;
+          out[l - 16 * half] = ds * static_cast<float>((lo | (top << 4)) - 32);
+        }
+      }
+    }
   }
 }
 
