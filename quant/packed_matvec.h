@@ -23,7 +23,7 @@
 // When they pay: below the *_max_rows limits apply_linear (trainer/qwen_weights.h) calls these; above, it
 // dequantizes the weight once into a buffer and runs the fp32 GEMM. The limits are where the two cross on the
 // Qwen2.5-7B MLP shapes (benchmarks/bench_dequant_cpu, 2 cores with AVX-512;
-// benchmarks/results/2026-12-01-packed-matvec-cpu.md). The GPTQ/AWQ kernels run near the FMA peak, so they stay
+// benchmarks/results/2026-12-02-packed-matvec-cpu.md). The GPTQ/AWQ kernels run near the FMA peak, so they stay
 // ahead of the dequantize-then-GEMM path to 512 rows (act-order to 256); GGUF's rows cost ggml's dequantization.
 #pragma once
 
