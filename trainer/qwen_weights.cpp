@@ -194,11 +194,6 @@ namespace {
 // This thread's buffer for one dequantized Linear, grown (never shrunk) to the largest met: the same bytes the
 // memory plan's dequant workspace counts, kept instead of mapped afresh for every product.
 // Returns w's values dequantized into it.
-// GGUF's F32, F16 and BF16 tensors: the products keep the dense path for them.
-bool is_ggml_float(const LinearWeight& w) {
-  return w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 || w.ggml->type == GgmlType::BF16);
-}
-
 const float* dequantized_in_scratch(const LinearWeight& w) {
   thread_local std::unique_ptr<float[]> buf;
   thread_local int64_t capacity = 0;
@@ -211,6 +206,31 @@ const float* dequantized_in_scratch(const LinearWeight& w) {
   return buf.get();
 }
 
+// The packed product (quant/packed_matvec.h) of w with M rows, forward (y = x·Ŵᵀ) or transposed (dx = dy·Ŵ),
+// when M is within the format's measured row limit; false otherwise (dense weights, GGUF's float types: F32, F16
+// and BF16 keep the dense path, so that an F32 GGUF computes exactly what its source directory does).
+bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* out, bool transposed) {
+  const bool ggml_float = w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 ||
+                                     w.ggml->type == GgmlType::BF16);
+  int64_t max_rows = 0;
+  if (w.packed) {
+    max_rows = transposed ? int_linear_matvec_t_max_rows(*w.packed) : int_linear_matvec_max_rows(*w.packed);
+  } else if (w.nf4) {
+    max_rows = transposed ? kNf4MatvecTMaxRows : kNf4MatvecMaxRows;
+  } else if (w.ggml && !ggml_float) {
+    max_rows = transposed ? kGgmlMatvecTMaxRows : kGgmlMatvecMaxRows;
+  }
+  if (M > max_rows) return false;
+  if (w.packed) {
+    (transposed ? int_linear_matvec_t : int_linear_matvec)(*w.packed, in, M, out);
+  } else if (w.nf4) {
+    (transposed ? nf4_linear_matvec_t : nf4_linear_matvec)(w.nf4->q, w.N, w.K, in, M, out);
+  } else {
+    (transposed ? ggml_linear_matvec_t : ggml_linear_matvec)(*w.ggml, in, M, out);
+  }
+  return true;
+}
+
 }  // namespace
 
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
@@ -218,21 +238,7 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
     linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
-  // Up to each format's measured limit, multiply the packed bytes directly, without an fp32 copy of the weight
-  // (quant/packed_matvec.h). GGUF's float types (F32, F16, BF16) keep the dense path, so that an F32 GGUF computes
-  // exactly what its source directory does.
-  const int64_t max_rows = w.packed ? int_linear_matvec_max_rows(*w.packed)
-                           : w.nf4  ? kNf4MatvecMaxRows
-                           : is_ggml_float(w) ? 0
-                                              : kGgmlMatvecMaxRows;
-  if (M <= max_rows) {
-    if (w.packed) {
-      int_linear_matvec(*w.packed, x, M, y);
-    } else if (w.nf4) {
-      nf4_linear_matvec(w.nf4->q, w.N, w.K, x, M, y);
-    } else {
-      ggml_linear_matvec(*w.ggml, x, M, y);
-    }
+  if (packed_product(w, x, M, y, false)) {  // decode and small batches: no fp32 copy of the weight
     if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
     return;
   }
@@ -244,21 +250,7 @@ void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t
     linear_backward_input_ref(dy, M, w.N, w.dense.data, w.dense.dtype, w.K, dx);
     return;
   }
-  // A few rows (an MoE expert's tokens): the transposed product on the packed bytes, as apply_linear does.
-  const int64_t max_rows = w.packed ? int_linear_matvec_t_max_rows(*w.packed)
-                           : w.nf4  ? kNf4MatvecTMaxRows
-                           : is_ggml_float(w) ? 0
-                                              : kGgmlMatvecTMaxRows;
-  if (M <= max_rows) {
-    if (w.packed) {
-      int_linear_matvec_t(*w.packed, dy, M, dx);
-    } else if (w.nf4) {
-      nf4_linear_matvec_t(w.nf4->q, w.N, w.K, dy, M, dx);
-    } else {
-      ggml_linear_matvec_t(*w.ggml, dy, M, dx);
-    }
-    return;
-  }
+  if (packed_product(w, dy, M, dx, true)) return;  // a few rows (an MoE expert's tokens)
   linear_backward_input_ref(dy, M, w.N, dequantized_in_scratch(w), DType::F32, w.K, dx);
 }
 

@@ -1,62 +1,23 @@
-// Small-M products with packed Linears (see packed_matvec.h for the math and the layouts' walk).
-#include "quant/packed_matvec.h"
-
+// GPTQ (2/3/4/8-bit, act-order or not) and AWQ GEMM products with few rows, forward and transposed, straight from
+// the packed words (see packed_matvec.h for the math and each layout's walk).
 #include <algorithm>
 #include <climits>
-#include <cmath>
-#include <cstring>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#ifdef __F16C__
 #include <immintrin.h>
 #endif
 
 #include "core/dtype.h"
-#include "core/error.h"
 #include "core/threads.h"
 #include "quant/format/int_pack.h"
-#include "quant/format/nf4_pack.h"
-#include "quant/grid.h"
-
-// The 16-lane helpers below pass vectors by value; without AVX-512 the compilers warn that such an ABI differs
-// between targets. They are internal to this file and inlined, so no ABI is involved.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "quant/packed_matvec.h"
+#include "quant/packed_matvec_simd.h"
 
 namespace qwenq {
 namespace {
 
-constexpr int kMaxRows = 8;  // rows of x per pass over the packed weight
-constexpr int64_t kTransposedChunk = 512;  // inputs per thread task in the row-major transposed products
-
-// 16 lanes in the compiler's vector extension (GCC, Clang): AVX-512 registers here, pairs of AVX2 or quads of SSE
-// registers elsewhere. This file is compiled with -ffp-contract=fast, so `a += b * c` is one fused multiply-add.
-using f32x16 = float __attribute__((vector_size(64)));
-using i32x16 = int32_t __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
-
-// Scalar code spells its multiply-adds out: contraction is the compiler's choice per loop (its vectorizer may
-// leave a product unfused in one instantiation and fuse it in another), and a row of y must be the same bits
-// whatever M. Where the target has no fused instruction, nothing is contracted either.
-inline float fmadd(float a, float b, float c) {
-#ifdef __FP_FAST_FMAF
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
-}
-
-template <typename V, typename T>
-V load16(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof v); }
-
-void check_args(const float* x, int64_t M, const float* y, int64_t N, int64_t K, const char* what) {
-  QWENQ_CHECK(M >= 1 && N >= 1 && K >= 1, what << ": shapes must be positive, got M=" << M << " N=" << N << " K=" << K);
-  QWENQ_CHECK(x != nullptr && y != nullptr, what << ": null x or y");
-}
+using namespace packed_detail;
 
 // The width of the column tiles threads take: a multiple of `align` between max_tile / 2 and max_tile, the widest
 // whose busiest thread has at most 5 % more columns than with the most even choice (wide tiles read longer runs of
@@ -72,19 +33,16 @@ int64_t balanced_tile(int64_t total, int64_t max_tile, int64_t align) {
   return tile;
 }
 
-// Calls chunk(m0, R) over [0, M) in chunks of kMax (8, 4 or 2), then 4, 2, 1 rows, with R a compile-time count.
-template <int kMax = kMaxRows, typename F>
-void for_row_chunks(int64_t M, F&& chunk) {
-  static_assert(kMax == 8 || kMax == 4 || kMax == 2, "chunks of 8, 4 or 2 rows");
-  int64_t m = 0;
-  for (; m + kMax <= M; m += kMax) chunk(m, std::integral_constant<int, kMax>());
-  if constexpr (kMax == 8) {
-    if (m + 4 <= M) chunk(m, std::integral_constant<int, 4>()), m += 4;
+// Calls f(B) with B = bits (2, 4 or 8: codes that stay inside their 32-bit word) as a compile-time constant.
+template <typename F>
+void with_word_bits(int bits, F&& f) {
+  if (bits == 4) {
+    f(std::integral_constant<int, 4>());
+  } else if (bits == 8) {
+    f(std::integral_constant<int, 8>());
+  } else {
+    f(std::integral_constant<int, 2>());
   }
-  if constexpr (kMax >= 4) {
-    if (m + 2 <= M) chunk(m, std::integral_constant<int, 2>()), m += 2;
-  }
-  if (m < M) chunk(m, std::integral_constant<int, 1>());
 }
 
 // ---- GPTQ / AWQ ------------------------------------------------------------------------------------------
@@ -205,7 +163,6 @@ void gptq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int
 // GPTQ without act-order (g_idx[k] = k / group), 2/4/8-bit, groups of whole words: the sum over a group of
 // (q - zero)·x first, then times the group's scale, s·Σ(q - z)·x, which is Σ ŵ·x up to the fp32 rounding of the
 // sums. The packed word of 16 columns is loaded once for its U inputs.
-using u32x16 = uint32_t __attribute__((vector_size(64)));
 // The tile's slice of a row of words is 1 KiB of a row N·4 bytes long: the hardware prefetchers do not follow that
 // stride across pages, so the kernels prefetch the rows this far ahead themselves (a measured choice).
 constexpr int64_t kPrefetchRows = 8;
@@ -363,143 +320,6 @@ void awq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int6
       for (int64_t i = 0; i < ct; ++i) y[(m0 + r) * N + 8 * (c0 + i) + kAwqOrder[q]] = acc[r][q][i];
 }
 
-// ---- dot products of dequantized rows with x -------------------------------------------------------------
-
-// Rows of ŵ go J at a time against R rows of x (R·J sums in registers, each ŵ and x vector loaded once per block
-// instead of once per pair): out[r·J + j] = Σ_k w[j·K + k] · x[r·K + k], 16 interleaved partial sums added lane by
-// lane at the end, then the K % 16 tail in order. Every sum takes the same steps whatever R and J, so a row of y
-// is the same bits whatever M.
-constexpr int kDotRows = 4;  // J: weight rows per block
-
-template <int R, int J>
-void dot_block(const float* w, const float* x, int64_t K, float* out) {
-  f32x16 acc[R][J] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= K; k += kLanes) {
-    f32x16 wv[J];
-    for (int j = 0; j < J; ++j) wv[j] = load16<f32x16>(w + j * K + k);
-    for (int r = 0; r < R; ++r) {
-      const f32x16 xv = load16<f32x16>(x + r * K + k);
-      for (int j = 0; j < J; ++j) acc[r][j] += wv[j] * xv;
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) {
-      float sum = 0.0f;
-      for (int l = 0; l < kLanes; ++l) sum += acc[r][j][l];
-      for (int64_t kk = k; kk < K; ++kk) sum = fmadd(w[j * K + kk], x[r * K + kk], sum);
-      out[r * J + j] = sum;
-    }
-}
-
-// y[:, n0 .. n0 + J) for J dequantized rows w [J, K] of outputs n0 ...
-template <int J>
-void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, float* y) {
-  float out[4 * J];
-  for_row_chunks<4>(M, [&](int64_t m0, auto rows) {
-    constexpr int R = decltype(rows)::value;
-    dot_block<R, J>(w, x + m0 * K, K, out);
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
-  });
-}
-
-// Rows [0, N) of a row-major format in blocks of kDotRows: fill(n, values[K]) dequantizes row n, then the block
-// meets every row of x. Parallel over blocks.
-template <typename Fill>
-void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, Fill fill) {
-  const int64_t blocks = (N + kDotRows - 1) / kDotRows;
-  parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
-    std::vector<float> w(static_cast<size_t>(kDotRows * K));
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * kDotRows, J = std::min<int64_t>(kDotRows, N - n0);
-      for (int64_t j = 0; j < J; ++j) fill(n0 + j, w.data() + j * K);
-      if (J == kDotRows) {
-        dot_all_rows<kDotRows>(w.data(), x, M, K, N, n0, y);
-      } else {
-        for (int64_t j = 0; j < J; ++j) dot_all_rows<1>(w.data() + j * K, x, M, K, N, n0 + j, y);
-      }
-    }
-  });
-}
-
-// ---- NF4 / FP4 ------------------------------------------------------------------------------------------
-
-// Values [k0, k0 + len) of row n of the weight (elements n·K + k of the flattened tensor; a row may start and end
-// inside a block): ŵ = code · absmax through a per-block table of the 16 scaled codes (nf4_dequantize's product).
-void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, int64_t k0,
-                 int64_t len, float* out) {
-  const int64_t B = t.blocksize, first = n * K + k0;
-  int64_t i = first;
-  const int64_t end = first + len;
-#ifdef __AVX512F__
-  if (first % 16 == 0 && B % 16 == 0) {  // 16 at a time, as nf4_block_rows below
-    const __m512 codes = _mm512_loadu_ps(code);
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    for (; i + 16 <= end; i += 16) {
-      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
-      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
-      _mm512_storeu_ps(out + (i - first), _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut));
-    }
-  }
-#endif
-  while (i < end) {
-    const int64_t b = i / B, stop = std::min(end, (b + 1) * B);
-    float lut[16];
-    for (int v = 0; v < 16; ++v) lut[v] = code[v] * absmax[b];
-    for (; i < stop; ++i) {
-      const uint8_t byte = t.packed[i >> 1];
-      out[i - first] = lut[(i & 1) == 0 ? byte >> 4 : byte & 0x0F];
-    }
-  }
-}
-
-#ifdef __AVX512F__
-// The same ŵ, 16 at a time: 8 packed bytes spread to 16 nibble indices (high nibble first) that pick lanes of the
-// block's scaled-code vector (vpermps). J rows of ŵ against R rows of x, as dot_block (each sum's steps the same
-// whatever R and J). K and the block size multiples of 16 keep every run of 16 inside one block and on a byte.
-template <int R, int J>
-void nf4_block_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x, int64_t K,
-                    float* out) {
-  const int64_t B = t.blocksize;
-  __m512 acc[R][J];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
-  const __m128i low4 = _mm_set1_epi8(0x0F);
-  for (int64_t k = 0; k < K; k += 16) {
-    __m512 w[J];
-    for (int j = 0; j < J; ++j) {
-      const int64_t i = (n0 + j) * K + k;
-      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
-      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
-      w[j] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
-    }
-    for (int r = 0; r < R; ++r) {
-      const __m512 xv = _mm512_loadu_ps(x + r * K + k);
-      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < J; ++j) out[r * J + j] = _mm512_reduce_add_ps(acc[r][j]);
-}
-
-constexpr int kNf4Rows = 2;  // J for NF4: decoding costs more than a dot, so the rows of x go up to 8 at a time
-
-template <int J>
-void nf4_rows_avx512(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x,
-                     int64_t M, int64_t K, int64_t N, float* y) {
-  float out[kMaxRows * J];
-  for_row_chunks(M, [&](int64_t m0, auto rows) {
-    constexpr int R = decltype(rows)::value;
-    nf4_block_rows<R, J>(t, codes, absmax, n0, x + m0 * K, K, out);
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
-  });
-}
-#endif
-
 // ---- transposed: dx[M, K] = dy[M, N] · Ŵ ----------------------------------------------------------------
 
 // GPTQ 2/4/8-bit (act-order or not): word rows [kw0, kw1); for each, the U inputs' sums over all N outputs as
@@ -580,30 +400,6 @@ void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, 
   }
 }
 
-// Row-major formats (NF4, GGUF): each thread owns chunks of `chunk` inputs (a multiple of the format's block) and
-// walks all N rows: fill(n, k0, len, values) dequantizes row n's inputs [k0, k0 + len), then dx[m, k] += dy[m, n]·ŵ
-// for every row of dy, n in order. The sums do not depend on M or the thread count.
-template <typename Fill>
-void rowwise_matvec_t(int64_t N, int64_t K, int64_t chunk, const float* dy, int64_t M, float* dx, Fill fill) {
-  const int64_t chunks = (K + chunk - 1) / chunk;
-  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> w(static_cast<size_t>(chunk)), acc(static_cast<size_t>(M * chunk));
-    for (int64_t c = c0; c < c1; ++c) {
-      const int64_t k0 = c * chunk, len = std::min(chunk, K - k0);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        fill(n, k0, len, w.data());
-        for (int64_t m = 0; m < M; ++m) {
-          const float d = dy[m * N + n];
-          float* a = acc.data() + m * len;
-          for (int64_t k = 0; k < len; ++k) a[k] = fmadd(w[k], d, a[k]);
-        }
-      }
-      for (int64_t m = 0; m < M; ++m) std::copy(acc.data() + m * len, acc.data() + (m + 1) * len, dx + m * K + k0);
-    }
-  });
-}
-
 // Whether a GPTQ g_idx is act-order's (anything but k / group).
 bool scattered_groups(const PackedIntLinear& p) {
   for (int64_t k = 0; k < static_cast<int64_t>(p.g_idx.size()); ++k)
@@ -643,57 +439,18 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
         constexpr int R = decltype(rows)::value;
         if (p.bits == 3) {
           gptq_tile<R>(p, t, x, m0, n0, nt, y);
-        } else if (!grouped) {
-          if (p.bits == 4) {
-            gptq_tile_scattered<R, 4>(p, t, x, m0, n0, nt, y);
-          } else if (p.bits == 8) {
-            gptq_tile_scattered<R, 8>(p, t, x, m0, n0, nt, y);
-          } else {
-            gptq_tile_scattered<R, 2>(p, t, x, m0, n0, nt, y);
-          }
-        } else if (p.bits == 4) {
-          gptq_tile_grouped<R, 4>(p, t, x, m0, n0, nt, y);
-        } else if (p.bits == 8) {
-          gptq_tile_grouped<R, 8>(p, t, x, m0, n0, nt, y);
-        } else {
-          gptq_tile_grouped<R, 2>(p, t, x, m0, n0, nt, y);
+          return;
         }
+        with_word_bits(p.bits, [&](auto bits) {
+          constexpr int B = decltype(bits)::value;
+          if (grouped) {
+            gptq_tile_grouped<R, B>(p, t, x, m0, n0, nt, y);
+          } else {
+            gptq_tile_scattered<R, B>(p, t, x, m0, n0, nt, y);
+          }
+        });
       });
     }
-  });
-}
-
-void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
-  check_args(x, M, y, N, K, "nf4_linear_matvec");
-  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec: the tensor holds " << t.n << " weights, not " << N << " x " << K);
-  const std::vector<float> absmax = nf4_block_absmax(t);
-  const float* code = t.fp4 ? kFp4Code : kNf4Code;
-#ifdef __AVX512F__
-  if (K % 16 == 0 && t.blocksize % 16 == 0) {
-    const __m512 codes = _mm512_loadu_ps(code);
-    const int64_t blocks = (N + kNf4Rows - 1) / kNf4Rows;
-    parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n0 = b * kNf4Rows;
-        if (n0 + kNf4Rows <= N) {
-          nf4_rows_avx512<kNf4Rows>(t, codes, absmax.data(), n0, x, M, K, N, y);
-        } else {
-          for (int64_t n = n0; n < N; ++n) nf4_rows_avx512<1>(t, codes, absmax.data(), n, x, M, K, N, y);
-        }
-      }
-    });
-    return;
-  }
-#endif
-  rowwise_matvec(N, K, x, M, y, [&](int64_t n, float* out) { nf4_segment(t, code, absmax.data(), n, K, 0, K, out); });
-}
-
-void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y) {
-  check_args(x, M, y, w.N, w.K, "ggml_linear_matvec");
-  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
-  rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t r, float* out) {
-    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
-    dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
   });
 }
 
@@ -720,38 +477,10 @@ void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, f
   const int U = gptq_pack_multiple(p.bits);
   parallel_for(p.K / U, 4, [&](int64_t kw0, int64_t kw1) {
     for_row_chunks<2>(M, [&](int64_t m0, auto rows) {
-      constexpr int R = decltype(rows)::value;
-      if (p.bits == 4) {
-        gptq_rows_t<R, 4>(p, t, dy, m0, kw0, kw1, dx);
-      } else if (p.bits == 8) {
-        gptq_rows_t<R, 8>(p, t, dy, m0, kw0, kw1, dx);
-      } else {
-        gptq_rows_t<R, 2>(p, t, dy, m0, kw0, kw1, dx);
-      }
+      with_word_bits(p.bits, [&](auto bits) {
+        gptq_rows_t<decltype(rows)::value, decltype(bits)::value>(p, t, dy, m0, kw0, kw1, dx);
+      });
     });
-  });
-}
-
-void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* dy, int64_t M, float* dx) {
-  check_args(dy, M, dx, N, K, "nf4_linear_matvec_t");
-  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec_t: the tensor holds " << t.n << " weights, not " << N << " x " << K);
-  const std::vector<float> absmax = nf4_block_absmax(t);
-  const float* code = t.fp4 ? kFp4Code : kNf4Code;
-  rowwise_matvec_t(N, K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
-    nf4_segment(t, code, absmax.data(), n, K, k0, len, out);
-  });
-}
-
-void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx) {
-  check_args(dy, M, dx, w.N, w.K, "ggml_linear_matvec_t");
-  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(w.type));
-  QWENQ_CHECK(info != nullptr && kTransposedChunk % info->block == 0,
-              "ggml_linear_matvec_t: type " << static_cast<uint32_t>(w.type) << " has no block size dividing "
-                                            << kTransposedChunk);
-  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
-  rowwise_matvec_t(w.N, w.K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
-    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(n, w.rope_head_dim) : n;
-    dequantize_ggml_row(w.type, w.data + src * row_bytes + k0 / info->block * info->bytes, len, out);
   });
 }
 

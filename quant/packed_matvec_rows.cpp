@@ -1,0 +1,242 @@
+// NF4/FP4 and GGUF products with few rows, forward and transposed: rows of the weight decoded a block at a time
+// into cache-sized buffers, never the whole weight (see packed_matvec.h for the math).
+#include <algorithm>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "core/threads.h"
+#include "quant/format/nf4_pack.h"
+#include "quant/packed_matvec.h"
+#include "quant/packed_matvec_simd.h"
+
+namespace qwenq {
+namespace {
+
+using namespace packed_detail;
+
+constexpr int64_t kTransposedChunk = 512;  // inputs per thread task in the transposed products
+
+// ---- dot products of dequantized rows with x -------------------------------------------------------------
+
+// Rows of ŵ go J at a time against R rows of x (R·J sums in registers, each ŵ and x vector loaded once per block
+// instead of once per pair): out[r·J + j] = Σ_k w[j·K + k] · x[r·K + k], 16 interleaved partial sums added lane by
+// lane at the end, then the K % 16 tail in order. Every sum takes the same steps whatever R and J, so a row of y
+// is the same bits whatever M.
+constexpr int kDotRows = 4;  // J: weight rows per block
+
+template <int R, int J>
+void dot_block(const float* w, const float* x, int64_t K, float* out) {
+  f32x16 acc[R][J] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    f32x16 wv[J];
+    for (int j = 0; j < J; ++j) wv[j] = load16<f32x16>(w + j * K + k);
+    for (int r = 0; r < R; ++r) {
+      const f32x16 xv = load16<f32x16>(x + r * K + k);
+      for (int j = 0; j < J; ++j) acc[r][j] += wv[j] * xv;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) {
+      float sum = 0.0f;
+      for (int l = 0; l < kLanes; ++l) sum += acc[r][j][l];
+      for (int64_t kk = k; kk < K; ++kk) sum = fmadd(w[j * K + kk], x[r * K + kk], sum);
+      out[r * J + j] = sum;
+    }
+}
+
+// y[:, n0 .. n0 + J) for J dequantized rows w [J, K] of outputs n0 ...
+template <int J>
+void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, float* y) {
+  float out[4 * J];
+  for_row_chunks<4>(M, [&](int64_t m0, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    dot_block<R, J>(w, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
+  });
+}
+
+// Rows [0, N) of a row-major format in blocks of kDotRows: fill(n, values[K]) dequantizes row n, then the block
+// meets every row of x. Parallel over blocks.
+template <typename Fill>
+void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, Fill fill) {
+  const int64_t blocks = (N + kDotRows - 1) / kDotRows;
+  parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
+    std::vector<float> w(static_cast<size_t>(kDotRows * K));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kDotRows, J = std::min<int64_t>(kDotRows, N - n0);
+      for (int64_t j = 0; j < J; ++j) fill(n0 + j, w.data() + j * K);
+      if (J == kDotRows) {
+        dot_all_rows<kDotRows>(w.data(), x, M, K, N, n0, y);
+      } else {
+        for (int64_t j = 0; j < J; ++j) dot_all_rows<1>(w.data() + j * K, x, M, K, N, n0 + j, y);
+      }
+    }
+  });
+}
+
+// ---- NF4 / FP4 ------------------------------------------------------------------------------------------
+
+// Values [k0, k0 + len) of row n of the weight (elements n·K + k of the flattened tensor; a row may start and end
+// inside a block): ŵ = code · absmax through a per-block table of the 16 scaled codes (nf4_dequantize's product).
+void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, int64_t k0,
+                 int64_t len, float* out) {
+  const int64_t B = t.blocksize, first = n * K + k0;
+  int64_t i = first;
+  const int64_t end = first + len;
+#ifdef __AVX512F__
+  if (first % 16 == 0 && B % 16 == 0) {  // 16 at a time, as nf4_block_rows below
+    const __m512 codes = _mm512_loadu_ps(code);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (; i + 16 <= end; i += 16) {
+      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+      _mm512_storeu_ps(out + (i - first), _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut));
+    }
+  }
+#endif
+  while (i < end) {
+    const int64_t b = i / B, stop = std::min(end, (b + 1) * B);
+    float lut[16];
+    for (int v = 0; v < 16; ++v) lut[v] = code[v] * absmax[b];
+    for (; i < stop; ++i) {
+      const uint8_t byte = t.packed[i >> 1];
+      out[i - first] = lut[(i & 1) == 0 ? byte >> 4 : byte & 0x0F];
+    }
+  }
+}
+
+#ifdef __AVX512F__
+// The same ŵ, 16 at a time: 8 packed bytes spread to 16 nibble indices (high nibble first) that pick lanes of the
+// block's scaled-code vector (vpermps). J rows of ŵ against R rows of x, as dot_block (each sum's steps the same
+// whatever R and J). K and the block size multiples of 16 keep every run of 16 inside one block and on a byte.
+template <int R, int J>
+void nf4_block_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x, int64_t K,
+                    float* out) {
+  const int64_t B = t.blocksize;
+  __m512 acc[R][J];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int64_t k = 0; k < K; k += 16) {
+    __m512 w[J];
+    for (int j = 0; j < J; ++j) {
+      const int64_t i = (n0 + j) * K + k;
+      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
+      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+      w[j] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_loadu_ps(x + r * K + k);
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < J; ++j) out[r * J + j] = _mm512_reduce_add_ps(acc[r][j]);
+}
+
+constexpr int kNf4Rows = 2;  // J for NF4: decoding costs more than a dot, so the rows of x go up to 8 at a time
+
+template <int J>
+void nf4_rows_avx512(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x,
+                     int64_t M, int64_t K, int64_t N, float* y) {
+  float out[kMaxRows * J];
+  for_row_chunks(M, [&](int64_t m0, auto rows) {
+    constexpr int R = decltype(rows)::value;
+    nf4_block_rows<R, J>(t, codes, absmax, n0, x + m0 * K, K, out);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) y[(m0 + r) * N + n0 + j] = out[r * J + j];
+  });
+}
+#endif
+
+// Row-major formats (NF4, GGUF): each thread owns chunks of `chunk` inputs (a multiple of the format's block) and
+// walks all N rows: fill(n, k0, len, values) dequantizes row n's inputs [k0, k0 + len), then dx[m, k] += dy[m, n]·ŵ
+// for every row of dy, n in order. The sums do not depend on M or the thread count.
+template <typename Fill>
+void rowwise_matvec_t(int64_t N, int64_t K, int64_t chunk, const float* dy, int64_t M, float* dx, Fill fill) {
+  const int64_t chunks = (K + chunk - 1) / chunk;
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<float> w(static_cast<size_t>(chunk)), acc(static_cast<size_t>(M * chunk));
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t k0 = c * chunk, len = std::min(chunk, K - k0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        fill(n, k0, len, w.data());
+        for (int64_t m = 0; m < M; ++m) {
+          const float d = dy[m * N + n];
+          float* a = acc.data() + m * len;
+          for (int64_t k = 0; k < len; ++k) a[k] = fmadd(w[k], d, a[k]);
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) std::copy(acc.data() + m * len, acc.data() + (m + 1) * len, dx + m * K + k0);
+    }
+  });
+}
+
+}  // namespace
+
+void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, N, K, "nf4_linear_matvec");
+  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec: the tensor holds " << t.n << " weights, not " << N << " x " << K);
+  const std::vector<float> absmax = nf4_block_absmax(t);
+  const float* code = t.fp4 ? kFp4Code : kNf4Code;
+#ifdef __AVX512F__
+  if (K % 16 == 0 && t.blocksize % 16 == 0) {
+    const __m512 codes = _mm512_loadu_ps(code);
+    const int64_t blocks = (N + kNf4Rows - 1) / kNf4Rows;
+    parallel_for(blocks, std::max<int64_t>(1, 4096 / K), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kNf4Rows;
+        if (n0 + kNf4Rows <= N) {
+          nf4_rows_avx512<kNf4Rows>(t, codes, absmax.data(), n0, x, M, K, N, y);
+        } else {
+          for (int64_t n = n0; n < N; ++n) nf4_rows_avx512<1>(t, codes, absmax.data(), n, x, M, K, N, y);
+        }
+      }
+    });
+    return;
+  }
+#endif
+  rowwise_matvec(N, K, x, M, y, [&](int64_t n, float* out) { nf4_segment(t, code, absmax.data(), n, K, 0, K, out); });
+}
+
+void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, w.N, w.K, "ggml_linear_matvec");
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t r, float* out) {
+    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
+    dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+  });
+}
+
+void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, N, K, "nf4_linear_matvec_t");
+  QWENQ_CHECK(t.n == N * K, "nf4_linear_matvec_t: the tensor holds " << t.n << " weights, not " << N << " x " << K);
+  const std::vector<float> absmax = nf4_block_absmax(t);
+  const float* code = t.fp4 ? kFp4Code : kNf4Code;
+  rowwise_matvec_t(N, K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
+    nf4_segment(t, code, absmax.data(), n, K, k0, len, out);
+  });
+}
+
+void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, w.N, w.K, "ggml_linear_matvec_t");
+  const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(w.type));
+  QWENQ_CHECK(info != nullptr && kTransposedChunk % info->block == 0,
+              "ggml_linear_matvec_t: type " << static_cast<uint32_t>(w.type) << " has no block size dividing "
+                                            << kTransposedChunk);
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  rowwise_matvec_t(w.N, w.K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
+    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(n, w.rope_head_dim) : n;
+    dequantize_ggml_row(w.type, w.data + src * row_bytes + k0 / info->block * info->bytes, len, out);
+  });
+}
+
+}  // namespace qwenq
