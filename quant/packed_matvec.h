@@ -15,7 +15,7 @@
 //     sums kept in the words' nibble order and put back in column order at the end);
 //   NF4 / FP4 (bitsandbytes, with or without double quantization): row by row, a block's 16 code values scaled
 //     by its absmax once (ŵ = code · absmax, bnb's one rounding), then table lookups and fused multiply-adds;
-//   GGUF blocks: row by row into a buffer of K floats with ggml's own dequantization, then M dot products.
+//   GGUF blocks: 4 rows at a time into a buffer with ggml's own dequantization, then dot products.
 // Rows of x go in chunks of up to 8 (the row-wise formats: 4 for GGUF, 8 for NF4, against blocks of 4 and 2 rows
 // of ŵ), so the packed weight is read once per chunk. Each row of y takes the same float steps whatever M and the
 // thread count: decoding a token alone and in a batch gives the same bits.
@@ -45,17 +45,18 @@ constexpr int64_t kGgmlMatvecMaxRows = 32;
 // The transposed product, the gradient with respect to the input (apply_linear_backward_input):
 //   dx[M, K] = dy[M, N] · Ŵ        dx[m, k] = Σ_n dy[m, n] · ŵ[n, k]   (dx written)
 // GPTQ/AWQ: a thread owns inputs and sums over all N outputs (16-lane partial sums, then the lanes, then the tail);
-// NF4/GGUF: a thread owns chunks of 512 inputs and adds dy[m, n]·ŵ[n, :] row by row, n in order. 3-bit GPTQ is
-// not covered (int_linear_matvec_t throws; its limit is 0). Same bits whatever M and the thread count.
+// NF4/GGUF: a thread owns chunks of 512 inputs and adds dy[m, n]·ŵ[n, :] row by row (4 rows per pass), n in
+// order. 3-bit GPTQ is not covered (int_linear_matvec_t throws; its limit is 0). Same bits whatever M and the
+// thread count.
 void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx);
 void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* dy, int64_t M, float* dx);
 // The type's block must divide 512 (every type qwenq reads).
 void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx);
 // Where the transposed products stop paying (same benchmark): 64 rows for GPTQ and AWQ, 32 with act-order, 0 for
-// 3-bit GPTQ; 16 for NF4 and 8 for GGUF, whose row-by-row sums load and store dx for every row of Ŵ.
+// 3-bit GPTQ; 32 for NF4 and 16 for GGUF (ggml's row dequantization is the cost there).
 int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p);
-constexpr int64_t kNf4MatvecTMaxRows = 16;
-constexpr int64_t kGgmlMatvecTMaxRows = 8;
+constexpr int64_t kNf4MatvecTMaxRows = 32;
+constexpr int64_t kGgmlMatvecTMaxRows = 16;
 
 // t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
 void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);

@@ -157,22 +157,32 @@ void nf4_rows_avx512(const Nf4Tensor& t, const __m512 codes, const float* absmax
 #endif
 
 // Row-major formats (NF4, GGUF): each thread owns chunks of `chunk` inputs (a multiple of the format's block) and
-// walks all N rows: fill(n, k0, len, values) dequantizes row n's inputs [k0, k0 + len), then dx[m, k] += dy[m, n]·ŵ
-// for every row of dy, n in order. The sums do not depend on M or the thread count.
+// walks all N rows, 4 at a time: fill(n, k0, len, values) dequantizes row n's inputs [k0, k0 + len), then
+// dx[m, k] += dy[m, n]·ŵ[n, k] for every row of dy, n in order (one load and store of dx per 4 rows of Ŵ). The
+// sums do not depend on M or the thread count.
 template <typename Fill>
 void rowwise_matvec_t(int64_t N, int64_t K, int64_t chunk, const float* dy, int64_t M, float* dx, Fill fill) {
+  constexpr int J = 4;
   const int64_t chunks = (K + chunk - 1) / chunk;
   parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<float> w(static_cast<size_t>(chunk)), acc(static_cast<size_t>(M * chunk));
+    std::vector<float> w(static_cast<size_t>(J * chunk)), acc(static_cast<size_t>(M * chunk));
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t k0 = c * chunk, len = std::min(chunk, K - k0);
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t n = 0; n < N; ++n) {
-        fill(n, k0, len, w.data());
+      for (int64_t n0 = 0; n0 < N; n0 += J) {
+        const int64_t rows = std::min<int64_t>(J, N - n0);
+        for (int64_t j = 0; j < rows; ++j) fill(n0 + j, k0, len, w.data() + j * len);
+        const float *w0 = w.data(), *w1 = w0 + len, *w2 = w1 + len, *w3 = w2 + len;
         for (int64_t m = 0; m < M; ++m) {
-          const float d = dy[m * N + n];
+          const float* d = dy + m * N + n0;
           float* a = acc.data() + m * len;
-          for (int64_t k = 0; k < len; ++k) a[k] = fmadd(w[k], d, a[k]);
+          if (rows == J) {
+            for (int64_t k = 0; k < len; ++k)
+              a[k] = fmadd(w3[k], d[3], fmadd(w2[k], d[2], fmadd(w1[k], d[1], fmadd(w0[k], d[0], a[k]))));
+          } else {
+            for (int64_t j = 0; j < rows; ++j)
+              for (int64_t k = 0; k < len; ++k) a[k] = fmadd(w[j * len + k], d[j], a[k]);
+          }
         }
       }
       for (int64_t m = 0; m < M; ++m) std::copy(acc.data() + m * len, acc.data() + (m + 1) * len, dx + m * K + k0);
