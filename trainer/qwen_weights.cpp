@@ -135,6 +135,10 @@ void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float
     return;
   }
   if (M == 0) return;
+  if (block_rows == 0 && M <= kGgmlMatvecMaxRows) {  // decode: the table's rows multiplied from their blocks
+    ggml_linear_matvec(*w.lm_head_q, hidden, M, logits);
+    return;
+  }
   const int64_t V = w.lm_head_q->N;
   for_each_table_block(*w.lm_head_q, hidden, M, block_rows, [&](int64_t v0, int64_t n, const float* y) {
     for (int64_t m = 0; m < M; ++m) std::copy(y + m * n, y + (m + 1) * n, logits + m * V + v0);

@@ -93,7 +93,8 @@ struct QwenWeights {
 // Row r of a [V, C] table in fp32: `view` widened from its stored dtype, or q's blocks dequantized (q non-null).
 void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out);
 // logits[M, V] = hidden[M, C] · lm_headᵀ, the table read in place, or (lm_head_q) dequantized block_rows rows at a
-// time (0: kTableBlockFloats / C, at least 64) into fp32 rows that are multiplied and dropped.
+// time (0: kTableBlockFloats / C, at least 64) into fp32 rows that are multiplied and dropped; with block_rows 0 and
+// at most kGgmlMatvecMaxRows rows (decode), ggml_linear_matvec (quant/packed_matvec.h) instead.
 void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows = 0);
 constexpr int64_t kTableBlockFloats = int64_t{1} << 22;  // 16 MiB of dequantized rows
 // nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
