@@ -73,6 +73,8 @@ struct GgmlTypeInfo {
   int64_t block;     // values per block
   int64_t bytes;     // bytes per block
 };
+// F32, F16 and BF16: values stored as plain floats, no blocks.
+inline bool ggml_type_is_float(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 // nullptr for a type id this table does not know.
 const GgmlTypeInfo* ggml_type_info(uint32_t type);
 // Bytes of `n` values (n a multiple of the block size; throws otherwise).

@@ -267,8 +267,7 @@ namespace {
 
 // Row r of w (Hugging Face order) dequantized into out [K]: stored at rope_interleaved_row(r) for a permuted q/k.
 void dequantize_linear_row(const GgmlLinear& w, uint64_t row_bytes, int64_t r, float* out) {
-  const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
-  dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+  dequantize_ggml_row(w.type, w.data + w.stored_row(r) * row_bytes, w.K, out);
 }
 
 }  // namespace

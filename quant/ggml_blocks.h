@@ -45,6 +45,12 @@ std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int
 // A whole tensor's values (numel of it), rows in parallel.
 std::vector<float> dequantize_ggml(const GgufTensor& t);
 
+// Row r of a [heads * D, K] rotate-half weight is stored at row rope_interleaved_row(r, D) of the interleaved one.
+inline int64_t rope_interleaved_row(int64_t r, int64_t D) {
+  const int64_t h = r / D, i = r % D;
+  return h * D + (i < D / 2 ? 2 * i : 2 * (i - D / 2) + 1);
+}
+
 // A Linear weight [N, K] stored as N ggml rows of K values in a mapped GGUF file. `rope_head_dim` D > 0 (the q and k
 // of llama.cpp's "llama" architecture) means the rows of each head of D rows hold the RoPE pairs interleaved
 // (2i, 2i+1); reading puts them back in rotate-half order (i, D/2 + i).
@@ -53,6 +59,8 @@ struct GgmlLinear {
   const uint8_t* data = nullptr;
   int64_t N = 0, K = 0;
   int64_t rope_head_dim = 0;
+  // The stored row that holds Hugging Face row r.
+  int64_t stored_row(int64_t r) const { return rope_head_dim > 0 ? rope_interleaved_row(r, rope_head_dim) : r; }
 };
 // Row r (Hugging Face order) of w dequantized, for every r in parallel: sink(r, values[K]) (values valid during the
 // call), for writers that convert row by row instead of holding the fp32 matrix.
@@ -60,10 +68,4 @@ void dequantize_ggml_rows(const GgmlLinear& w, const std::function<void(int64_t,
 // The fp32 [N, K] values in Hugging Face row order.
 std::vector<float> dequantize_ggml_linear(const GgmlLinear& w);
 void dequantize_ggml_linear_into(const GgmlLinear& w, float* out);  // out [N·K]
-// Row r of a [heads * D, K] rotate-half weight is stored at row rope_interleaved_row(r, D) of the interleaved one.
-inline int64_t rope_interleaved_row(int64_t r, int64_t D) {
-  const int64_t h = r / D, i = r % D;
-  return h * D + (i < D / 2 ? 2 * i : 2 * (i - D / 2) + 1);
-}
-
 }  // namespace qwenq

@@ -84,6 +84,17 @@ std::vector<float> dequantize_int_linear(const PackedIntLinear& p) {
   return W;
 }
 
+std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p) {
+  const int64_t G = p.num_groups();
+  std::vector<int32_t> group_of(static_cast<size_t>(p.K));
+  for (int64_t k = 0; k < p.K; ++k) {
+    const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
+    QWENQ_CHECK(g >= 0 && g < G, "g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
+    group_of[k] = static_cast<int32_t>(g);
+  }
+  return group_of;
+}
+
 void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
   const int64_t G = p.num_groups(), K = p.K, N = p.N;
   std::vector<uint8_t> zeros(G * N);
@@ -93,12 +104,7 @@ void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
   } else {
     awq_unpack(p.qzeros.data(), G, N, zeros.data());
   }
-  std::vector<int32_t> group_of(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
-    QWENQ_CHECK(g >= 0 && g < G, "g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
-    group_of[k] = static_cast<int32_t>(g);
-  }
+  const std::vector<int32_t> group_of = int_linear_group_of(p);
   std::vector<float> scale(static_cast<size_t>(G * N));
   parallel_for(G * N, int64_t{1} << 14, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) scale[i] = f16_to_f32(p.scales[i]);

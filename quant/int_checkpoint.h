@@ -36,6 +36,9 @@ struct PackedIntLinear {
 // multiple of 32/bits, N not a multiple of 8 for AWQ, a zero point of 0 in GPTQ v1, act-order in AWQ).
 PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, const int32_t* g_idx, IntLayout layout);
 
+// The group of each input k: g_idx[k] (GPTQ), or k / group; throws naming the first g_idx outside [0, G).
+std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p);
+
 // ŵ [N, K] (nn.Linear orientation), computed as the format's readers do; _into writes it to W [N·K floats].
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p);
 void dequantize_int_linear_into(const PackedIntLinear& p, float* W);

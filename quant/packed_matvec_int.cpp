@@ -52,7 +52,6 @@ void with_word_bits(int bits, F&& f) {
 // the order the kernel meets them in.
 struct IntTables {
   std::vector<int32_t> group_of;
-  bool ordered = true;  // group_of[k] = k / group for every k
   std::vector<float> scale, zero;
 };
 
@@ -68,15 +67,9 @@ void f16_run_to_f32(const uint16_t* in, int64_t n, float* out) {
 }
 
 IntTables int_tables(const PackedIntLinear& p) {
-  const int64_t G = p.num_groups(), K = p.K, N = p.N;
+  const int64_t G = p.num_groups(), N = p.N;
   IntTables t;
-  t.group_of.resize(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
-    QWENQ_CHECK(g >= 0 && g < G, "g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
-    t.group_of[k] = static_cast<int32_t>(g);
-    t.ordered = t.ordered && g == k / p.group;
-  }
+  t.group_of = int_linear_group_of(p);
   t.scale.resize(static_cast<size_t>(G * N));
   t.zero.resize(static_cast<size_t>(G * N));
   const bool gptq = p.layout != IntLayout::AwqGemm;
@@ -160,12 +153,13 @@ void gptq_tile(const PackedIntLinear& p, const IntTables& t, const float* x, int
   for (int r = 0; r < R; ++r) std::copy(acc[r], acc[r] + nt, y + (m0 + r) * N + n0);
 }
 
+// The tile's slice of a row of words is 1-2 KiB of a row N·4 bytes long: the hardware prefetchers do not follow
+// that stride across pages, so the kernels prefetch the rows this far ahead themselves (a measured choice).
+constexpr int64_t kPrefetchRows = 8;
+
 // GPTQ without act-order (g_idx[k] = k / group), 2/4/8-bit, groups of whole words: the sum over a group of
 // (q - zero)·x first, then times the group's scale, s·Σ(q - z)·x, which is Σ ŵ·x up to the fp32 rounding of the
 // sums. The packed word of 16 columns is loaded once for its U inputs.
-// The tile's slice of a row of words is 1 KiB of a row N·4 bytes long: the hardware prefetchers do not follow that
-// stride across pages, so the kernels prefetch the rows this far ahead themselves (a measured choice).
-constexpr int64_t kPrefetchRows = 8;
 
 template <int R, int BITS>
 void gptq_tile_grouped(const PackedIntLinear& p, const IntTables& t, const float* x, int64_t m0, int64_t n0, int64_t nt,
@@ -193,7 +187,7 @@ void gptq_tile_grouped(const PackedIntLinear& p, const IntTables& t, const float
         f32x16 pr[R];
         for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r] + i);
         for (int j = 0; j < U; ++j) {
-          const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16) - zv;
+          const f32x16 q = fields16(v, BITS * j, kMask) - zv;
           for (int r = 0; r < R; ++r) pr[r] += q * xs[j][r];
         }
         for (int r = 0; r < R; ++r) store16(part[r] + i, pr[r]);
@@ -236,7 +230,7 @@ void gptq_tile_scattered(const PackedIntLinear& p, const IntTables& t, const flo
       f32x16 pr[R];
       for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(acc[r] + i);
       for (int j = 0; j < U; ++j) {
-        const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16);
+        const f32x16 q = fields16(v, BITS * j, kMask);
         const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
         for (int r = 0; r < R; ++r) pr[r] += w * xs[j][r];
       }
@@ -272,7 +266,7 @@ void awq_rows(const uint32_t* rows, int64_t words, const float* z, const float* 
       f32x16 pr[R];
       for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r][q] + i);
       for (int s = 0; s < KSTEP; ++s) {
-        const f32x16 c = __builtin_convertvector((i32x16)((v[s] >> (4 * q)) & 15u), f32x16) - zq;
+        const f32x16 c = fields16(v[s], 4 * q, 15u) - zq;
         for (int r = 0; r < R; ++r) pr[r] += c * xs[s * R + r];
       }
       for (int r = 0; r < R; ++r) store16(part[r][q] + i, pr[r]);
@@ -347,7 +341,7 @@ void gptq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dy, 
       f32x16 d[R];
       for (int r = 0; r < R; ++r) d[r] = load16<f32x16>(dy + (m0 + r) * N + i);
       for (int j = 0; j < U; ++j) {
-        const f32x16 q = __builtin_convertvector((i32x16)((v >> (BITS * j)) & kMask), f32x16);
+        const f32x16 q = fields16(v, BITS * j, kMask);
         const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
         for (int r = 0; r < R; ++r) acc[j][r] += w * d[r];
       }
@@ -381,8 +375,7 @@ void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, 
       const u32x16 v = load16<u32x16>(row + c);
       for (int q = 0; q < 8; ++q) {
         const int64_t at = q * words + c;
-        const f32x16 w = (__builtin_convertvector((i32x16)((v >> (4 * q)) & 15u), f32x16) - load16<f32x16>(z + at)) *
-                         load16<f32x16>(s + at);
+        const f32x16 w = (fields16(v, 4 * q, 15u) - load16<f32x16>(z + at)) * load16<f32x16>(s + at);
         for (int r = 0; r < R; ++r) acc[r] += w * load16<f32x16>(dyp + (m0 + r) * N + at);
       }
     }
@@ -430,7 +423,7 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
   // 3-bit codes cross words: one input at a time (gptq_tile). Act-order, or groups that end inside a word: each
   // input's own scale and zero (gptq_tile_scattered).
   const int U = gptq_pack_multiple(p.bits);
-  const bool grouped = p.bits != 3 && p.group % U == 0 && t.ordered;
+  const bool grouped = p.bits != 3 && p.group % U == 0 && !scattered_groups(p);
   const int64_t width = balanced_tile(p.N, kGptqTile, kLanes);
   parallel_for((p.N + width - 1) / width, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t tile = t0; tile < t1; ++tile) {

@@ -81,6 +81,18 @@ void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, F
 
 // ---- NF4 / FP4 ------------------------------------------------------------------------------------------
 
+#ifdef __AVX512F__
+// Weights i .. i + 15 of the flattened tensor (i a multiple of 16, the block size too): 8 packed bytes spread to 16
+// nibble indices (high nibble first) that pick lanes of the block's scaled code book (codes · absmax, vpermps).
+inline __m512 nf4_decode16(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t i) {
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / t.blocksize]));
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+  return _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
+}
+#endif
+
 // Values [k0, k0 + len) of row n of the weight (elements n·K + k of the flattened tensor; a row may start and end
 // inside a block): ŵ = code · absmax through a per-block table of the 16 scaled codes (nf4_dequantize's product).
 void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, int64_t k0,
@@ -89,15 +101,9 @@ void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int
   int64_t i = first;
   const int64_t end = first + len;
 #ifdef __AVX512F__
-  if (first % 16 == 0 && B % 16 == 0) {  // 16 at a time, as nf4_block_rows below
+  if (first % 16 == 0 && B % 16 == 0) {
     const __m512 codes = _mm512_loadu_ps(code);
-    const __m128i low4 = _mm_set1_epi8(0x0F);
-    for (; i + 16 <= end; i += 16) {
-      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
-      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
-      _mm512_storeu_ps(out + (i - first), _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut));
-    }
+    for (; i + 16 <= end; i += 16) _mm512_storeu_ps(out + (i - first), nf4_decode16(t, codes, absmax, i));
   }
 #endif
   while (i < end) {
@@ -112,26 +118,17 @@ void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int
 }
 
 #ifdef __AVX512F__
-// The same ŵ, 16 at a time: 8 packed bytes spread to 16 nibble indices (high nibble first) that pick lanes of the
-// block's scaled-code vector (vpermps). J rows of ŵ against R rows of x, as dot_block (each sum's steps the same
+// J rows of ŵ decoded 16 at a time (nf4_decode16) against R rows of x, as dot_block (each sum's steps the same
 // whatever R and J). K and the block size multiples of 16 keep every run of 16 inside one block and on a byte.
 template <int R, int J>
 void nf4_block_rows(const Nf4Tensor& t, const __m512 codes, const float* absmax, int64_t n0, const float* x, int64_t K,
                     float* out) {
-  const int64_t B = t.blocksize;
   __m512 acc[R][J];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) acc[r][j] = _mm512_setzero_ps();
-  const __m128i low4 = _mm_set1_epi8(0x0F);
   for (int64_t k = 0; k < K; k += 16) {
     __m512 w[J];
-    for (int j = 0; j < J; ++j) {
-      const int64_t i = (n0 + j) * K + k;
-      const __m512 lut = _mm512_mul_ps(codes, _mm512_set1_ps(absmax[i / B]));
-      const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(t.packed.data() + (i >> 1)));
-      const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
-      w[j] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo)), lut);
-    }
+    for (int j = 0; j < J; ++j) w[j] = nf4_decode16(t, codes, absmax, (n0 + j) * K + k);
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_loadu_ps(x + r * K + k);
       for (int j = 0; j < J; ++j) acc[r][j] = _mm512_fmadd_ps(w[j], xv, acc[r][j]);
@@ -221,8 +218,7 @@ void ggml_linear_matvec(const GgmlLinear& w, const float* x, int64_t M, float* y
   check_args(x, M, y, w.N, w.K, "ggml_linear_matvec");
   const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
   rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t r, float* out) {
-    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(r, w.rope_head_dim) : r;
-    dequantize_ggml_row(w.type, w.data + src * row_bytes, w.K, out);
+    dequantize_ggml_row(w.type, w.data + w.stored_row(r) * row_bytes, w.K, out);
   });
 }
 
@@ -244,8 +240,7 @@ void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float
                                             << kTransposedChunk);
   const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
   rowwise_matvec_t(w.N, w.K, kTransposedChunk, dy, M, dx, [&](int64_t n, int64_t k0, int64_t len, float* out) {
-    const int64_t src = w.rope_head_dim > 0 ? rope_interleaved_row(n, w.rope_head_dim) : n;
-    dequantize_ggml_row(w.type, w.data + src * row_bytes + k0 / info->block * info->bytes, len, out);
+    dequantize_ggml_row(w.type, w.data + w.stored_row(n) * row_bytes + k0 / info->block * info->bytes, len, out);
   });
 }
 

@@ -42,6 +42,10 @@ V load16(const T* p) {
   return v;
 }
 inline void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof v); }
+// The bit fields (v >> shift) & mask of 16 packed words, as floats (exact: fields of at most 8 bits).
+inline f32x16 fields16(const u32x16& v, int shift, uint32_t mask) {
+  return __builtin_convertvector((i32x16)((v >> shift) & mask), f32x16);
+}
 
 inline void check_args(const float* x, int64_t M, const float* y, int64_t N, int64_t K, const char* what) {
   QWENQ_CHECK(M >= 1 && N >= 1 && K >= 1, what << ": shapes must be positive, got M=" << M << " N=" << N << " K=" << K);

@@ -51,7 +51,7 @@ TensorView view_of(const GgufTensor& t, std::vector<int64_t> shape,
                    std::vector<std::shared_ptr<const std::vector<float>>>* owned) {
   TensorView v;
   v.shape = std::move(shape);
-  if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+  if (ggml_type_is_float(t.type)) {
     v.dtype = t.type == GgmlType::F32 ? DType::F32 : t.type == GgmlType::F16 ? DType::F16 : DType::BF16;
     v.data = t.data;
     return v;
@@ -573,7 +573,7 @@ QwenWeights bind_gguf_weights(const QwenConfig& c, const GgufFile& f) {
   auto table = [&](const std::string& hf, TensorView* view, std::shared_ptr<const GgmlLinear>* q) {
     const GgufModelTensor& it = *by_hf.at(hf);
     const GgufTensor& t = f.tensor(it.gguf);
-    if (t.type == GgmlType::F32 || t.type == GgmlType::F16 || t.type == GgmlType::BF16) {
+    if (ggml_type_is_float(t.type)) {
       *view = view_of(t, it.shape, &w.owned);
       return;
     }

@@ -214,14 +214,12 @@ const float* dequantized_in_scratch(const LinearWeight& w) {
 // when M is within the format's measured row limit; false otherwise (dense weights, GGUF's float types: F32, F16
 // and BF16 keep the dense path, so that an F32 GGUF computes exactly what its source directory does).
 bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* out, bool transposed) {
-  const bool ggml_float = w.ggml && (w.ggml->type == GgmlType::F32 || w.ggml->type == GgmlType::F16 ||
-                                     w.ggml->type == GgmlType::BF16);
   int64_t max_rows = 0;
   if (w.packed) {
     max_rows = transposed ? int_linear_matvec_t_max_rows(*w.packed) : int_linear_matvec_max_rows(*w.packed);
   } else if (w.nf4) {
     max_rows = transposed ? kNf4MatvecTMaxRows : kNf4MatvecMaxRows;
-  } else if (w.ggml && !ggml_float) {
+  } else if (w.ggml && !ggml_type_is_float(w.ggml->type)) {
     max_rows = transposed ? kGgmlMatvecTMaxRows : kGgmlMatvecMaxRows;
   }
   if (M > max_rows) return false;
