@@ -41,8 +41,9 @@ inline uint8_t quantize_value(float w, float scale, uint8_t zero, int maxq) {
   q = q < 0 ? 0 : (q > maxq ? maxq : q);
   return static_cast<uint8_t>(q);
 }
-inline float dequantize_value(uint8_t q, float scale, uint8_t zero) {
-  return scale * static_cast<float>(static_cast<int>(q) - static_cast<int>(zero));
+// zero is an int: a GPTQ v1 file may hold 2^bits (see gptq_unpack_qzeros).
+inline float dequantize_value(uint8_t q, float scale, int zero) {
+  return scale * static_cast<float>(static_cast<int>(q) - zero);
 }
 
 // Round-to-nearest codes [K, N] of W [N, K] on the grid (g_idx: k / G).

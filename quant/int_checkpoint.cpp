@@ -97,12 +97,14 @@ std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p) {
 
 void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
   const int64_t G = p.num_groups(), K = p.K, N = p.N;
-  std::vector<uint8_t> zeros(G * N);
+  std::vector<uint16_t> zeros(G * N);
   if (is_gptq(p.layout)) {
     gptq_unpack_qzeros(p.qzeros.data(), G, N, p.bits,
                        p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2, zeros.data());
   } else {
-    awq_unpack(p.qzeros.data(), G, N, zeros.data());
+    std::vector<uint8_t> awq_zeros(G * N);
+    awq_unpack(p.qzeros.data(), G, N, awq_zeros.data());
+    zeros.assign(awq_zeros.begin(), awq_zeros.end());
   }
   const std::vector<int32_t> group_of = int_linear_group_of(p);
   std::vector<float> scale(static_cast<size_t>(G * N));
@@ -134,7 +136,7 @@ void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
         for (int64_t k = k0; k < k1; ++k) {
           const int64_t g = group_of[k];
           const float* s = scale.data() + g * N;
-          const uint8_t* z = zeros.data() + g * N;
+          const uint16_t* z = zeros.data() + g * N;
           float* out = W + k;
           if (crossing) {
             const uint8_t* c = codes.data() + k * N;

@@ -73,7 +73,7 @@ IntTables int_tables(const PackedIntLinear& p) {
   t.scale.resize(static_cast<size_t>(G * N));
   t.zero.resize(static_cast<size_t>(G * N));
   const bool gptq = p.layout != IntLayout::AwqGemm;
-  std::vector<uint8_t> zeros3;  // 3-bit zeros cross words: unpacked by int_pack
+  std::vector<uint16_t> zeros3;  // 3-bit zeros cross words: unpacked by int_pack
   if (gptq && p.bits == 3) {
     zeros3.resize(static_cast<size_t>(G * N));
     gptq_unpack_qzeros(p.qzeros.data(), G, N, 3, p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2,

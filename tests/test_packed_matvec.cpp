@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "quant/format/qgemm_layout.h"
 #include "quant/ggml_blocks.h"
 #include "quant/grid.h"
 #include "quant/int_checkpoint.h"
@@ -142,6 +143,33 @@ TEST(PackedMatvec, IntLinearsMatchTheirDequantization) {
     }
     check_matvec(std::string(c.name) + " transposed", transposed(W, c.N, c.K), c.K, c.N,
                  [&](const float* dy, int64_t M, float* dx) { int_linear_matvec_t(p, dy, M, dx); });
+  }
+}
+
+// A GPTQ v1 zero field of all ones reads as 2^bits (gptq_unpack_qzeros); the dequantization, the packed products
+// and the repacked Q4 layout must all read it so. Every fourth column's zero set to all ones, in 8- and 4-bit.
+TEST(PackedMatvec, GptqV1FieldOfAllOnesIsTwoToTheBitsEverywhere) {
+  for (int bits : {8, 4}) {
+    const IntCase c{"gptq_v1_all_ones_zero", IntLayout::GptqV1, bits, 48, 256, 64, false};
+    PackedIntLinear p = build_int(c);
+    const int per = 32 / bits;
+    const uint32_t mask = (1u << bits) - 1;
+    for (int64_t g = 0; g < p.num_groups(); ++g)
+      for (int64_t n = 0; n < c.N; n += 4) {
+        uint32_t& word = reinterpret_cast<uint32_t&>(p.qzeros[g * (c.N / per) + n / per]);
+        word |= mask << (bits * (n % per));
+      }
+    const std::vector<float> W = dequantize_int_linear(p);
+    // Column 0, input 0: ŵ = scale · (code - 2^bits).
+    const uint32_t code = static_cast<uint32_t>(p.qweight[0]) & mask;
+    EXPECT_EQ(W[0], f16_to_f32(p.scales[0]) * static_cast<float>(static_cast<int>(code) - (1 << bits)));
+    const std::string name = c.name + std::string(" ") + std::to_string(bits) + "-bit";
+    check_matvec(name, W, c.N, c.K, [&](const float* x, int64_t M, float* y) { int_linear_matvec(p, x, M, y); });
+    check_matvec(name + " transposed", transposed(W, c.N, c.K), c.K, c.N,
+                 [&](const float* dy, int64_t M, float* dx) { int_linear_matvec_t(p, dy, M, dx); });
+    if (bits == 4) {
+      EXPECT_EQ(q4_unpack(q4_from_int_linear(p).view()), W) << "the GPU's Q4 layout";
+    }
   }
 }
 

@@ -83,9 +83,9 @@ TEST(GptqPack, RoundTripsBitExactly) {
       for (GptqFormat fmt : {GptqFormat::V1, GptqFormat::V2}) {
         std::vector<int32_t> qz(G * N * bits / 32);
         gptq_pack_qzeros(zeros.data(), G, N, bits, fmt, qz.data());
-        std::vector<uint8_t> zb(G * N);
+        std::vector<uint16_t> zb(G * N);
         gptq_unpack_qzeros(qz.data(), G, N, bits, fmt, zb.data());
-        ASSERT_EQ(zb, zeros);
+        ASSERT_EQ(zb, std::vector<uint16_t>(zeros.begin(), zeros.end()));
       }
     }
   }
@@ -111,6 +111,21 @@ TEST(GptqPack, RefusesWhatTheFormatCannotHold) {
     EXPECT_NE(std::string(e.what()).find("K=12 is not a multiple of 8"), std::string::npos) << e.what();
   }
   EXPECT_THROW(gptq_pack_qweight(codes.data(), 12, 8, 3, qw.data()), Error);
+}
+
+// Another packer's v1 zero of 0 leaves a field of all ones; readers add 1 to the masked field (REFERENCE A1.3,
+// AutoGPTQ's torch path in int16 for 8-bit), so it reads as 2^bits: 4, 8, 16, 256. v2 reads the field as stored.
+TEST(GptqPack, V1FieldOfAllOnesReadsTwoToTheBits) {
+  for (int bits : {2, 3, 4, 8}) {
+    SCOPED_TRACE("bits " + std::to_string(bits));
+    const int64_t N = 32, words = N * bits / 32;
+    std::vector<int32_t> qz(words, -1);  // every field all ones
+    std::vector<uint16_t> z(N);
+    gptq_unpack_qzeros(qz.data(), 1, N, bits, GptqFormat::V1, z.data());
+    EXPECT_EQ(z, std::vector<uint16_t>(N, static_cast<uint16_t>(1 << bits)));
+    gptq_unpack_qzeros(qz.data(), 1, N, bits, GptqFormat::V2, z.data());
+    EXPECT_EQ(z, std::vector<uint16_t>(N, static_cast<uint16_t>((1 << bits) - 1)));
+  }
 }
 
 // GPTQ's stream written out as its definition (REFERENCE A1.2), one bit at a time: bit t of element i of a
@@ -158,9 +173,9 @@ TEST(GptqPack, ParallelWordsAreTheLayoutsBitsAtAnyThreadCount) {
           std::vector<int32_t> qz(G * words, -1);
           gptq_pack_qzeros(zeros.data(), G, N, bits, fmt, qz.data());
           ASSERT_EQ(qz, rows_of(fmt == GptqFormat::V1 ? expect_v1 : expect_v2)) << "threads " << threads;
-          std::vector<uint8_t> zb(G * N, 255);
+          std::vector<uint16_t> zb(G * N, 255);
           gptq_unpack_qzeros(qz.data(), G, N, bits, fmt, zb.data());
-          ASSERT_EQ(zb, zeros) << "threads " << threads;
+          ASSERT_EQ(zb, std::vector<uint16_t>(zeros.begin(), zeros.end())) << "threads " << threads;
         }
       }
     }

@@ -126,7 +126,7 @@ void gptq_pack_qzeros(const uint8_t* zeros, int64_t G, int64_t N, int bits, Gptq
   });
 }
 
-void gptq_unpack_qzeros(const int32_t* qzeros, int64_t G, int64_t N, int bits, GptqFormat fmt, uint8_t* zeros) {
+void gptq_unpack_qzeros(const int32_t* qzeros, int64_t G, int64_t N, int bits, GptqFormat fmt, uint16_t* zeros) {
   check_bits(bits);
   const int per = gptq_pack_multiple(bits);
   QWENQ_CHECK(N % per == 0, "GPTQ qzeros: N=" << N << " is not a multiple of " << per);
@@ -137,7 +137,7 @@ void gptq_unpack_qzeros(const int32_t* qzeros, int64_t G, int64_t N, int bits, G
           N, bits, [&](int64_t c) { return static_cast<uint32_t>(qzeros[g * words + c]); },
           [&](int64_t n, uint8_t z) {
             // v1 readers compute (stored + 1) with the field already masked (AutoGPTQ, ExLlamaV2).
-            zeros[g * N + n] = static_cast<uint8_t>(fmt == GptqFormat::V1 ? z + 1 : z);
+            zeros[g * N + n] = static_cast<uint16_t>(fmt == GptqFormat::V1 ? z + 1 : z);
           });
     }
   });

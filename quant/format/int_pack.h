@@ -35,7 +35,9 @@ void gptq_unpack_qweight(const int32_t* qweight, int64_t K, int64_t N, int bits,
 // zeros [G, N] (true zero points) -> qzeros [G, N·bits/32]. N must be a multiple of gptq_pack_multiple(bits). With V1 a zero
 // of 0 cannot be stored (it becomes -1, which the format wraps to 2^bits - 1): gptq_pack_qzeros throws for it.
 void gptq_pack_qzeros(const uint8_t* zeros, int64_t G, int64_t N, int bits, GptqFormat fmt, int32_t* qzeros);
-void gptq_unpack_qzeros(const int32_t* qzeros, int64_t G, int64_t N, int bits, GptqFormat fmt, uint8_t* zeros);
+// qzeros -> zero points. V1 readers add 1 to the masked field, so a field of all ones (what another packer's zero 0
+// leaves) reads as 2^bits: 16 for 4-bit, 256 for 8-bit, as in AutoGPTQ's torch path (hence 16-bit zeros).
+void gptq_unpack_qzeros(const int32_t* qzeros, int64_t G, int64_t N, int bits, GptqFormat fmt, uint16_t* zeros);
 
 // AWQ GEMM, 4-bit only: codes [R, N] (R = K for qweight, G for qzeros) -> [R, N/8]. N must be a multiple of 8.
 void awq_pack(const uint8_t* codes, int64_t R, int64_t N, int32_t* packed);

@@ -70,15 +70,19 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
               what << " (" << int_layout_name(p.layout) << ", K=" << K << ", N=" << N << "): qweight holds "
                    << p.qweight.size() << " words (expected " << qw << "), qzeros " << p.qzeros.size() << " (expected "
                    << qz << "); the packed axes must be multiples of 8");
-  // Source codes [K, N] and true zero points [G, N], by the format's own unpackers.
-  std::vector<uint8_t> codes(K * N), zeros(G * N);
+  // Source codes [K, N] and true zero points [G, N] (0..16: a GPTQ v1 field of all ones reads 16), by the format's
+  // own unpackers.
+  std::vector<uint8_t> codes(K * N);
+  std::vector<uint16_t> zeros(G * N);
   if (gptq) {
     const GptqFormat fmt = p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2;
     gptq_unpack_qweight(p.qweight.data(), K, N, 4, codes.data());
     gptq_unpack_qzeros(p.qzeros.data(), G, N, 4, fmt, zeros.data());
   } else {
+    std::vector<uint8_t> awq_zeros(G * N);
     awq_unpack(p.qweight.data(), K, N, codes.data());
-    awq_unpack(p.qzeros.data(), G, N, zeros.data());
+    awq_unpack(p.qzeros.data(), G, N, awq_zeros.data());
+    zeros.assign(awq_zeros.begin(), awq_zeros.end());
   }
 
   // Group of every source row; act-order when it is not k / group.
@@ -112,14 +116,16 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   Q4Layout q = empty_layout(Q4Kind::Int, N, K, group);
   QWENQ_CHECK(q.num_groups() == G, what << ": " << q.num_groups() << " layout groups for " << G << " source groups");
   for (int64_t g = 0; g < G; ++g) {
-    for (int64_t n = 0; n < N; ++n) q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], zeros[g * N + n]);
+    for (int64_t n = 0; n < N; ++n) q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], static_cast<uint8_t>(zeros[g * N + n]));
   }
   std::vector<uint8_t> lcodes(q.Kp * q.Np, 0);
   for (int64_t kk = 0; kk < q.Kp; ++kk) {
     const int64_t g = std::min<int64_t>(kk / group, G - 1);
     for (int64_t n = 0; n < N; ++n) {
-      // Padding rows take the zero point: (z - z)·s = +0 exactly.
-      lcodes[kk * q.Np + n] = kk < K ? codes[(perm.empty() ? kk : perm[kk]) * N + n] : zeros[g * N + n];
+      // Padding rows take the zero point: (z - z)·s = +0 exactly (code 15 for a zero of 16, which no code can
+      // equal: those padding rows are -s, read only against the zero x past K).
+      lcodes[kk * q.Np + n] = kk < K ? codes[(perm.empty() ? kk : perm[kk]) * N + n]
+                                     : static_cast<uint8_t>(std::min<uint16_t>(zeros[g * N + n], 15));
     }
   }
   for (int64_t kk = 0; kk < q.Kp; ++kk)
