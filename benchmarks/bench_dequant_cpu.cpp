@@ -5,6 +5,7 @@
 //   gptq   GPTQ v1 4-bit, group 128        gptq_act  the same with act-order (a scattered g_idx)
 //   awq    AWQ GEMM 4-bit, group 128
 //   nf4    NF4, block 64, double quant     q4_k   GGUF Q4_K
+//   q6_k   GGUF Q6_K (Q4_K_M files hold it for half the down_proj and the output table)   q8_0   GGUF Q8_0
 // against the same product on the fp32 weight in the same run (dense_f32, no dequantization). Rows:
 //   linear_<fmt>/M   apply_linear, the path the programs take, M in {1, 512}
 //   matvec_<fmt>/M and dequant_gemm_<fmt>/M   each path forced, M from 1 to 512: where they cross sets the
@@ -53,8 +54,8 @@ std::vector<float> random_vec(size_t n, uint64_t seed) {
 // The fp32 weight [N, K], and the packed formats the benchmark reads (the GGUF blocks are kept alive by `bytes`).
 struct Weights {
   std::vector<float> dense;
-  LinearWeight gptq, gptq_act, awq, nf4, q4k;
-  std::vector<uint8_t> ggml_bytes;
+  LinearWeight gptq, gptq_act, awq, nf4, q4k, q6k, q80;
+  std::vector<uint8_t> q4k_bytes, q6k_bytes, q80_bytes;
 };
 
 LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLayout layout, bool act_order = false) {
@@ -97,10 +98,15 @@ const Weights& weights_for(int64_t K, int64_t N) {
   w->nf4.N = N;
   w->nf4.K = K;
   w->nf4.nf4 = nf4;
-  w->ggml_bytes = quantize_ggml(GgmlType::Q4_K, w->dense.data(), N, K, nullptr);
-  w->q4k.N = N;
-  w->q4k.K = K;
-  w->q4k.ggml = std::make_shared<GgmlLinear>(GgmlLinear{GgmlType::Q4_K, w->ggml_bytes.data(), N, K, 0});
+  const auto ggml = [&](GgmlType type, std::vector<uint8_t>& bytes, LinearWeight& lw) {
+    bytes = quantize_ggml(type, w->dense.data(), N, K, nullptr);
+    lw.N = N;
+    lw.K = K;
+    lw.ggml = std::make_shared<GgmlLinear>(GgmlLinear{type, bytes.data(), N, K, 0});
+  };
+  ggml(GgmlType::Q4_K, w->q4k_bytes, w->q4k);
+  ggml(GgmlType::Q6_K, w->q6k_bytes, w->q6k);
+  ggml(GgmlType::Q8_0, w->q80_bytes, w->q80);
   cached[slot] = std::move(w);
   return *cached[slot];
 }
@@ -110,6 +116,8 @@ const LinearWeight& format(const Weights& w, const std::string& name) {
   if (name == "gptq_act") return w.gptq_act;
   if (name == "awq") return w.awq;
   if (name == "nf4") return w.nf4;
+  if (name == "q6_k") return w.q6k;
+  if (name == "q8_0") return w.q80;
   return w.q4k;
 }
 
@@ -188,13 +196,13 @@ void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) 
 int main(int argc, char** argv) {
   for (const Shape& s : kShapes) {
     const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N);
-    for (const char* fmt : {"gptq", "awq", "nf4", "q4_k"}) {
+    for (const char* fmt : {"gptq", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
       benchmark::RegisterBenchmark((std::string("dequant_") + fmt + shape).c_str(), bm_dequant, fmt, s.K, s.N)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     }
     for (int64_t M : kRows) {
-      for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k"}) {
+      for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
         benchmark::RegisterBenchmark((std::string("linear_") + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                      bm_apply, fmt, M, s.K, s.N)
             ->Unit(benchmark::kMillisecond)
@@ -203,7 +211,7 @@ int main(int argc, char** argv) {
     }
     for (int64_t M : kCrossoverRows) {
       for (const char* path : {"matvec", "dequant_gemm"}) {
-        for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k"}) {
+        for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                        bm_path, fmt, path, false, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)

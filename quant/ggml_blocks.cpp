@@ -1,5 +1,6 @@
 // ggml block formats: quantize and dequantize F32, F16, BF16, Q8_0, Q4_0, Q4_1 here, Q5_0, Q5_1 and the k-quants
-// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers. The math is at the top of quant/ggml_blocks.h.
+// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers; Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are read by
+// quant/ggml_decode_vec.cpp. The math is at the top of quant/ggml_blocks.h.
 #include "quant/ggml_blocks.h"
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/threads.h"
+#include "quant/ggml_decode_vec.h"
 #include "quant/ggml_kquants.h"
 
 namespace qwenq {
@@ -56,19 +58,6 @@ void quantize_q4_1(const float* x, uint8_t* out, const float* w) {
   ggml_detail::pack_nibbles(q, out + 4);
 }
 
-void dequantize_q8_0(const uint8_t* in, float* y) {
-  const float d = load_f16(in);
-  for (int64_t j = 0; j < kQK; ++j) y[j] = static_cast<float>(static_cast<int8_t>(in[2 + j])) * d;
-}
-
-void dequantize_q4_0(const uint8_t* in, float* y) {
-  const float d = load_f16(in);
-  for (int64_t j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>((in[2 + j] & 0xF) - 8) * d;
-    y[j + kQK / 2] = static_cast<float>((in[2 + j] >> 4) - 8) * d;
-  }
-}
-
 void dequantize_q4_1(const uint8_t* in, float* y) {
   const float d = load_f16(in), m = load_f16(in + 2);
   for (int64_t j = 0; j < kQK / 2; ++j) {
@@ -91,62 +80,6 @@ void dequantize_q5(const uint8_t* in, float* y, bool with_min) {
     const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
     y[j] = static_cast<float>(lo - offset) * d + m;
     y[j + kQK / 2] = static_cast<float>(hi - offset) * d + m;
-  }
-}
-
-// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
-void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *mn = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-// Q4_K (qh null) and Q5_K: d, dmin, scales[12], [qh[32]], qs[128]; sub-block j's low 4 bits are the low (even j)
-// or high (odd j) nibbles of qs[32 (j/2) .. +32), its fifth bit bit j of qh[l].
-void dequantize_q45_k(const uint8_t* in, float* y, bool five) {
-  const float d = load_f16(in), dmin = load_f16(in + 2);
-  const uint8_t* scales = in + 4;
-  const uint8_t* qh = five ? in + 16 : nullptr;
-  const uint8_t* qs = in + (five ? 48 : 16);
-  for (int j = 0; j < 8; ++j) {
-    int sc, mn;
-    k_scale_min(scales, j, &sc, &mn);
-    const float dl = d * static_cast<float>(sc), ml = dmin * static_cast<float>(mn);
-    const uint8_t* q = qs + 32 * (j / 2);
-    for (int l = 0; l < 32; ++l) {
-      int v = (j % 2 == 0) ? (q[l] & 0xF) : (q[l] >> 4);
-      if (five) v |= ((qh[l] >> j) & 1) << 4;
-      y[32 * j + l] = dl * static_cast<float>(v) - ml;
-    }
-  }
-}
-
-// Q6_K: ql[128], qh[64], scales[16] (int8), d. Value v: h = v/128; low 4 bits from ql[64h + v%64] (low nibble
-// for v%128 < 64, else high), top 2 bits from qh[32h + v%32] >> 2((v%128)/32); scale scales[v/16].
-// Written as four runs of 32 per half (v = 128h + 32i + l), so that the compiler vectorizes over l.
-void dequantize_q6_k(const uint8_t* in, float* y) {
-  const int8_t* scales = reinterpret_cast<const int8_t*>(in + 192);
-  const float d = load_f16(in + 208);
-  for (int h = 0; h < 2; ++h) {
-    const uint8_t* ql = in + 64 * h;
-    const uint8_t* qh = in + 128 + 32 * h;
-    for (int i = 0; i < 4; ++i) {  // r = 32i + l: low nibble of ql[l] (i = 0), ql[32 + l] (1), then high nibbles
-      const uint8_t* low = ql + 32 * (i % 2);
-      const int shift = i < 2 ? 0 : 4;
-      for (int half = 0; half < 2; ++half) {  // 16 values of one scale: ŵ = (d · scale) · (q - 32), ggml's order
-        const float ds = d * static_cast<float>(scales[8 * h + 2 * i + half]);
-        float* out = y + 128 * h + 32 * i + 16 * half;
-        for (int l = 16 * half; l < 16 * half + 16; ++l) {
-          const int lo = (low[l] >> shift) & 0xF;
-          const int top = (qh[l] >> (2 * i)) & 3;
-          out[l - 16 * half] = ds * static_cast<float>((lo | (top << 4)) - 32);
-        }
-      }
-    }
   }
 }
 
@@ -230,22 +163,19 @@ void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
       return;
     default: break;
   }
+  if (ggml_detail::dequantize_row_vec(t, in, n, y)) return;  // Q8_0, Q4_0, Q4_K, Q5_K, Q6_K
   for (int64_t b = 0; b < n / info->block; ++b) {
     const uint8_t* p = in + b * info->bytes;
     float* o = y + b * info->block;
     switch (t) {
-      case GgmlType::Q8_0: dequantize_q8_0(p, o); break;
-      case GgmlType::Q4_0: dequantize_q4_0(p, o); break;
       case GgmlType::Q4_1: dequantize_q4_1(p, o); break;
       case GgmlType::Q5_0: dequantize_q5(p, o, false); break;
       case GgmlType::Q5_1: dequantize_q5(p, o, true); break;
       case GgmlType::Q2_K: ggml_detail::dequantize_q2_k(p, o); break;
       case GgmlType::Q3_K: ggml_detail::dequantize_q3_k(p, o); break;
-      case GgmlType::Q4_K: dequantize_q45_k(p, o, false); break;
       case GgmlType::IQ4_NL: ggml_detail::dequantize_iq4_nl(p, o); break;
       case GgmlType::IQ4_XS: ggml_detail::dequantize_iq4_xs(p, o); break;
-      case GgmlType::Q5_K: dequantize_q45_k(p, o, true); break;
-      default: dequantize_q6_k(p, o); break;
+      default: QWENQ_FAIL(info->name << ": no reader");  // row_type refused it
     }
   }
 }

@@ -15,7 +15,8 @@
 //     sums kept in the words' nibble order and put back in column order at the end);
 //   NF4 / FP4 (bitsandbytes, with or without double quantization): row by row, a block's 16 code values scaled
 //     by its absmax once (ŵ = code · absmax, bnb's one rounding), then table lookups and fused multiply-adds;
-//   GGUF blocks: 4 rows at a time into a buffer with ggml's own dequantization, then dot products.
+//   GGUF blocks: 4 rows at a time into a buffer with dequantize_ggml_row (16 values per vector operation for Q8_0,
+//     Q4_0, Q4_K, Q5_K and Q6_K: quant/ggml_decode_vec.cpp), then dot products.
 // Rows of x go in chunks of up to 8 (the row-wise formats: 4 for GGUF, 8 for NF4, against blocks of 4 and 2 rows
 // of ŵ), so the packed weight is read once per chunk. Each row of y takes the same float steps whatever M and the
 // thread count: decoding a token alone and in a batch gives the same bits.
@@ -24,7 +25,7 @@
 // dequantizes the weight once into a buffer and runs the fp32 GEMM. The limits are where the two cross on the
 // Qwen2.5-7B MLP shapes (benchmarks/bench_dequant_cpu, 2 cores with AVX-512;
 // benchmarks/results/2026-12-02-packed-matvec-cpu.md). The GPTQ/AWQ kernels run near the FMA peak, so they stay
-// ahead of the dequantize-then-GEMM path to 512 rows (act-order to 256); GGUF's rows cost ggml's dequantization.
+// ahead of the dequantize-then-GEMM path to 512 rows (act-order to 256); GGUF's and NF4's rows cost their decoding.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +41,7 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
 // at a time: its codes cross words; not measured beyond decode).
 int64_t int_linear_matvec_max_rows(const PackedIntLinear& p);
 constexpr int64_t kNf4MatvecMaxRows = 64;
-constexpr int64_t kGgmlMatvecMaxRows = 32;
+constexpr int64_t kGgmlMatvecMaxRows = 64;
 
 // The transposed product, the gradient with respect to the input (apply_linear_backward_input):
 //   dx[M, K] = dy[M, N] · Ŵ        dx[m, k] = Σ_n dy[m, n] · ŵ[n, k]   (dx written)
@@ -53,10 +54,10 @@ void nf4_linear_matvec_t(const Nf4Tensor& t, int64_t N, int64_t K, const float* 
 // The type's block must divide 512 (every type qwenq reads).
 void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float* dx);
 // Where the transposed products stop paying (same benchmark): 64 rows for GPTQ and AWQ, 32 with act-order, 0 for
-// 3-bit GPTQ; 32 for NF4 and 16 for GGUF (ggml's row dequantization is the cost there).
+// 3-bit GPTQ; 32 for NF4 and for GGUF.
 int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p);
 constexpr int64_t kNf4MatvecTMaxRows = 32;
-constexpr int64_t kGgmlMatvecTMaxRows = 16;
+constexpr int64_t kGgmlMatvecTMaxRows = 32;
 
 // t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
 void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);

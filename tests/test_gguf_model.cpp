@@ -225,7 +225,8 @@ TEST(GgufModel, QuantizedTablesStayInTheirBlocks) {
   for (size_t t = 0; t < ids.size(); ++t)
     for (int64_t i = 0; i < C; ++i) ASSERT_EQ(x[t * C + i], embed[ids[t] * C + i]) << "token " << ids[t];
   Rng rng(3);
-  const int64_t M = 37;
+  const int64_t M = 67;  // the whole-table GEMM: more rows than the decode path (ggml_linear_matvec) takes
+  static_assert(M > kGgmlMatvecMaxRows, "M must take the dequantize-and-GEMM path");
   std::vector<float> hidden(M * C), got(M * V), want(M * V);
   for (float& v : hidden) v = static_cast<float>(rng.normal());
   m.logits(hidden.data(), M, got.data());
@@ -311,8 +312,8 @@ TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   // The directory is a model of its own: the same logits as the GGUF it came from, the same tokenizer. (Bit for
   // bit with more than kGgmlMatvecMaxRows tokens, where the GGUF's Linears are dequantized for the GEMM too.)
   const QwenModel a(gguf), b(back);
-  const PackedBatch batch = test::random_batch({23, 17}, a.config().vocab_size, 8);
-  static_assert(23 + 17 > kGgmlMatvecMaxRows, "the batch must take the dequantize-and-GEMM path");
+  const PackedBatch batch = test::random_batch({43, 29}, a.config().vocab_size, 8);
+  static_assert(43 + 29 > kGgmlMatvecMaxRows, "the batch must take the dequantize-and-GEMM path");
   EXPECT_EQ(b.forward_logits(batch), a.forward_logits(batch));
   EXPECT_EQ(b.config().model_type, "qwen2");
   const std::string text = "hello world, the GGUF round trip";

@@ -13,8 +13,9 @@
    Tiny Qwen3-MoE (8 experts: llama-quantize's 8-expert rules) and Qwen2-MoE (shared expert) models as qwen3moe /
    qwen2moe files: names in gguf-py's lists for the architecture, expert stacks, keys, types and bytes likewise.
 2. A file gguf-py writes (GGUFWriter) with the llama.cpp k-quant, 5-bit and IQ4 types, whose quantizers gguf-py lacks
-   (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS; random blocks with sane scales; our quantizers' bytes
-   are llama.cpp's, tests/test_gguf_kquants.cpp), is read by `qwen-quant dequantize`: every tensor equals
+   (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, Q2_K, Q3_K, IQ4_NL, IQ4_XS; our quantizers' bytes are llama.cpp's,
+   tests/test_gguf_kquants.cpp), and Q8_0, Q4_0, Q4_1 (random blocks reach every code; all with sane fp16 scales),
+   is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/gguf not importable).
 """
@@ -340,8 +341,10 @@ for key, f in src.fields.items():
 rng = np.random.default_rng(7)
 # Where each type keeps its fp16 scales (d, and dmin / m), so random blocks decode to sane values.
 SCALE_BYTES = {QT.Q4_K: [0, 2], QT.Q5_K: [0, 2], QT.Q6_K: [208], QT.Q5_0: [0], QT.Q5_1: [0, 2], QT.Q2_K: [80, 82],
-               QT.Q3_K: [108], QT.IQ4_NL: [0], QT.IQ4_XS: [0]}
-cycle = [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1, QT.Q2_K, QT.Q3_K, QT.IQ4_NL, QT.IQ4_XS]
+               QT.Q3_K: [108], QT.IQ4_NL: [0], QT.IQ4_XS: [0], QT.Q8_0: [0], QT.Q4_0: [0], QT.Q4_1: [0, 2]}
+# Q8_0, Q4_0 and Q4_1 too: random blocks reach every code, which quantized weights may not.
+cycle = [QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q5_0, QT.Q5_1, QT.Q2_K, QT.Q3_K, QT.IQ4_NL, QT.IQ4_XS, QT.Q8_0, QT.Q4_0,
+         QT.Q4_1]
 written = {}
 n_linear = 0
 for t in src.tensors:

@@ -1,0 +1,162 @@
+// The readers of the common GGUF block types, 16 values per vector operation (the math is at the top of
+// quant/ggml_blocks.h):
+//   Q8_0 (32 values, 34 bytes)   ŵ = d · q                 q int8
+//   Q4_0 (32 values, 18 bytes)   ŵ = d · (q − 8)           the low nibbles of qs[16], then the high ones
+//   Q4_K (256 values, 144 bytes) ŵ = (d·s_j) · q − dmin·m_j  sub-block j of 32: 6-bit s_j, m_j in 12 scale bytes
+//   Q5_K (256 values, 176 bytes) the same with a fifth bit of q, bit j of qh[l]
+//   Q6_K (256 values, 210 bytes) ŵ = (d·s_v) · (q − 32)     int8 s_v per 16 values; 4 low bits in ql, 2 in qh
+// Each value takes ggml's float operations in ggml's order (the file is compiled -ffp-contract=off, so the Q4_K/Q5_K
+// product rounds before the subtraction), so the results are dequantize_row_*'s bits; gguf-py's dequantize agrees
+// bit for bit (tests/oracle/test_gguf_oracle.py) and tests/test_ggml_decode.cpp restates each layout byte by byte.
+//
+// Why vectors: the packed products decode a row per use (quant/packed_matvec.h), and ggml's scalar loops were the cost
+// there: a one-token Qwen2.5-7B gate_proj in Q6_K took 32 ms on 2 cores against 10 ms decoded this way.
+#include "quant/ggml_decode_vec.h"
+
+#include <cstring>
+#include <utility>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "core/dtype.h"
+#include "quant/packed_matvec_simd.h"
+
+namespace qwenq::ggml_detail {
+namespace {
+
+using packed_detail::f32x16;
+using packed_detail::i32x16;
+using packed_detail::kLanes;
+using packed_detail::load16;
+using packed_detail::store16;
+using u8x16 = uint8_t __attribute__((vector_size(16)));
+using i8x16 = int8_t __attribute__((vector_size(16)));
+
+// Bytes widened to 32-bit lanes, then converted. GCC's generic conversions of byte vectors go lane by lane (bytes
+// straight to floats always, and bytes loaded from memory to ints too), so x86 gets the widening instructions.
+template <bool kSigned, typename V>
+inline i32x16 widen(const V& v) {
+#if defined(__AVX512F__)
+  return (i32x16)(kSigned ? _mm512_cvtepi8_epi32((__m128i)v) : _mm512_cvtepu8_epi32((__m128i)v));
+#elif defined(__AVX2__)
+  const __m128i x = (__m128i)v, hi = _mm_srli_si128(x, 8);
+  const __m256i w[2] = {kSigned ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x),
+                        kSigned ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi)};
+  i32x16 out;
+  std::memcpy(&out, w, 64);
+  return out;
+#else
+  return __builtin_convertvector(v, i32x16);
+#endif
+}
+inline f32x16 to_f32(const u8x16& v) { return __builtin_convertvector(widen<false>(v), f32x16); }
+inline f32x16 to_f32(const i8x16& v) { return __builtin_convertvector(widen<true>(v), f32x16); }
+// A broadcast (a lane-by-lane loop here compiles to 16 masked inserts).
+inline f32x16 splat(float v) { return f32x16{v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
+
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
+inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+inline float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+// A type's block: kBlock values in kBytes; run<v>(in, d) returns values 16v .. 16v + 15, d the block's fp16 scales
+// (f16_to_f32 is a call: once per block). The 6- and 8-bit sub-block scales are read where they are used, not
+// gathered into an array first: GCC assembles such an array in vector registers and stores it whole, and the scalar
+// loads after it stall on that store (2x slower).
+struct Scales {
+  float d, dmin;
+};
+
+struct Q8_0 {
+  static constexpr int64_t kBlock = 32, kBytes = 34;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    return splat(s.d) * to_f32(load16<i8x16>(in + 2 + 16 * v));
+  }
+};
+
+struct Q4_0 {
+  static constexpr int64_t kBlock = 32, kBytes = 18;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    const u8x16 b = load16<u8x16>(in + 2);
+    return splat(s.d) * (to_f32(v == 0 ? (b & 15) : (b >> 4)) - 8.0f);
+  }
+};
+
+template <bool kFive>
+struct Q45_K {
+  static constexpr int64_t kBlock = 256, kBytes = kFive ? 176 : 144;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), f16_at(in + 2)}; }
+  // Sub-block j = v / 2: the low (even j) or high nibbles of qs[32 (j/2) + l], this run l in [16 (v%2), +16).
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    constexpr int j = v / 2, half = v % 2;
+    int sc, mn;
+    k_scale_min(in + 4, j, &sc, &mn);
+    const float dl = s.d * static_cast<float>(sc), ml = s.dmin * static_cast<float>(mn);
+    const u8x16 b = load16<u8x16>(in + (kFive ? 48 : 16) + 32 * (j / 2) + 16 * half);
+    u8x16 q = j % 2 == 0 ? (b & 15) : (b >> 4);
+    if constexpr (kFive) q |= ((load16<u8x16>(in + 16 + 16 * half) >> j) & 1) << 4;
+    return splat(dl) * to_f32(q) - ml;
+  }
+};
+
+// Values 128h + 32i + l: low 4 bits of ql[64h + 32(i%2) + l] (shifted 4 for i >= 2), top 2 of qh[32h + l] >> 2i;
+// v = 8h + 2i + l/16 is also the index of the run's scale.
+struct Q6_K {
+  static constexpr int64_t kBlock = 256, kBytes = 210;
+  static Scales scales(const uint8_t* in) { return {f16_at(in + 208), 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    constexpr int h = v / 8, i = (v % 8) / 2, half = v % 2;
+    const float ds = s.d * static_cast<float>(static_cast<int8_t>(in[192 + v]));
+    const u8x16 lo = (load16<u8x16>(in + 64 * h + 32 * (i % 2) + 16 * half) >> (i < 2 ? 0 : 4)) & 15;
+    const u8x16 top = (load16<u8x16>(in + 128 + 32 * h + 16 * half) >> (2 * i)) & 3;
+    return splat(ds) * (to_f32(lo | (top << 4)) - 32.0f);
+  }
+};
+
+// Every run of every block, each v a compile-time constant (the shifts and offsets fold).
+template <typename D, int... v>
+void decode_blocks(const uint8_t* in, int64_t blocks, float* out, std::integer_sequence<int, v...>) {
+  for (int64_t b = 0; b < blocks; ++b, in += D::kBytes, out += D::kBlock) {
+    const Scales s = D::scales(in);
+    (store16(out + kLanes * v, D::template run<v>(in, s)), ...);
+  }
+}
+template <typename D>
+void decode(const uint8_t* in, int64_t n, float* out) {
+  decode_blocks<D>(in, n / D::kBlock, out, std::make_integer_sequence<int, static_cast<int>(D::kBlock / kLanes)>());
+}
+
+}  // namespace
+
+bool dequantize_row_vec(GgmlType t, const uint8_t* in, int64_t n, float* out) {
+  switch (t) {
+    case GgmlType::Q8_0: decode<Q8_0>(in, n, out); return true;
+    case GgmlType::Q4_0: decode<Q4_0>(in, n, out); return true;
+    case GgmlType::Q4_K: decode<Q45_K<false>>(in, n, out); return true;
+    case GgmlType::Q5_K: decode<Q45_K<true>>(in, n, out); return true;
+    case GgmlType::Q6_K: decode<Q6_K>(in, n, out); return true;
+    default: return false;
+  }
+}
+
+}  // namespace qwenq::ggml_detail

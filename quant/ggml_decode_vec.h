@@ -1,0 +1,15 @@
+// Internal to quant/: the vector readers of the common GGUF block types (quant/ggml_decode_vec.cpp), behind
+// dequantize_ggml_row (quant/ggml_blocks.h).
+#pragma once
+
+#include <cstdint>
+
+#include "core/gguf.h"
+
+namespace qwenq::ggml_detail {
+
+// The n values (a whole number of blocks) of a row of type t at `in` into out, as ggml's dequantize_row_* computes
+// them; false, writing nothing, for a type other than Q8_0, Q4_0, Q4_K, Q5_K and Q6_K.
+bool dequantize_row_vec(GgmlType t, const uint8_t* in, int64_t n, float* out);
+
+}  // namespace qwenq::ggml_detail

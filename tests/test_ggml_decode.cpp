@@ -1,0 +1,141 @@
+// dequantize_ggml_row for the types quant/ggml_decode_vec.cpp reads with vectors (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)
+// against each layout restated here as ggml-quants.c's dequantize_row_* loops walk it (blocks in order, ggml's
+// pointer steps and bit masks, ggml's float expressions): bit for bit, over random bytes (every code, 6-bit scale and
+// min, qh bit and int8 scale pattern) with finite fp16 block scales, one block and a 7-block row. The Python oracle
+// (tests/oracle/test_gguf_oracle.py) checks the same readers against gguf-py's dequantize.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "quant/ggml_blocks.h"
+
+namespace qwenq {
+namespace {
+
+constexpr uint64_t kSeed = 4711;
+
+float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+// ggml's get_scale_min_k4.
+void scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+  if (j < 4) {
+    *d = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+void ref_q8_0(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
+}
+
+void ref_q4_0(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>((b[2 + j] & 0x0F) - 8) * d;
+    y[j + 16] = static_cast<float>((b[2 + j] >> 4) - 8) * d;
+  }
+}
+
+// Q4_K (qh null) and Q5_K: 64 values per step, two sub-blocks sharing 32 bytes of qs (low nibbles, then high).
+void ref_q45_k(const uint8_t* b, float* y, bool five) {
+  const float d = f16_at(b), min = f16_at(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qh = five ? b + 16 : nullptr;
+  const uint8_t* q = b + (five ? 48 : 16);
+  int is = 0;
+  uint8_t u1 = 1, u2 = 2;
+  for (int j = 0; j < 256; j += 64) {
+    uint8_t sc, m;
+    scale_min_k4(is + 0, scales, &sc, &m);
+    const float d1 = d * sc, m1 = min * m;
+    scale_min_k4(is + 1, scales, &sc, &m);
+    const float d2 = d * sc, m2 = min * m;
+    for (int l = 0; l < 32; ++l) *y++ = d1 * ((q[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0)) - m1;
+    for (int l = 0; l < 32; ++l) *y++ = d2 * ((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - m2;
+    q += 32;
+    is += 2;
+    u1 <<= 2;
+    u2 <<= 2;
+  }
+}
+
+void ref_q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = f16_at(b + 208);
+  for (int n = 0; n < 256; n += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = static_cast<int8_t>((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = static_cast<int8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = static_cast<int8_t>((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = static_cast<int8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l + 0] = d * sc[is + 0] * q1;
+      y[l + 32] = d * sc[is + 2] * q2;
+      y[l + 64] = d * sc[is + 4] * q3;
+      y[l + 96] = d * sc[is + 6] * q4;
+    }
+    y += 128;
+    ql += 64;
+    qh += 32;
+    sc += 8;
+  }
+}
+
+struct Layout {
+  const char* name;
+  GgmlType type;
+  int block, bytes;
+  std::vector<int> fp16_at;  // where the block's fp16 scales are: kept finite and sane
+  void (*ref)(const uint8_t*, float*);
+};
+
+TEST(GgmlDecode, VectorReadersEqualGgmlsLoopsBitForBit) {
+  const Layout layouts[] = {
+      {"Q8_0", GgmlType::Q8_0, 32, 34, {0}, ref_q8_0},
+      {"Q4_0", GgmlType::Q4_0, 32, 18, {0}, ref_q4_0},
+      {"Q4_K", GgmlType::Q4_K, 256, 144, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, false); }},
+      {"Q5_K", GgmlType::Q5_K, 256, 176, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, true); }},
+      {"Q6_K", GgmlType::Q6_K, 256, 210, {208}, ref_q6_k},
+  };
+  Rng rng(kSeed);
+  for (const Layout& t : layouts) {
+    for (int blocks : {1, 7}) {
+      SCOPED_TRACE(std::string(t.name) + ", " + std::to_string(blocks) + " blocks");
+      std::vector<uint8_t> row(static_cast<size_t>(blocks * t.bytes));
+      for (auto& b : row) b = static_cast<uint8_t>(rng.next_u64());
+      for (int b = 0; b < blocks; ++b)
+        for (int at : t.fp16_at) {
+          const uint16_t h = f32_to_f16(static_cast<float>(rng.uniform() * 0.01 + 1e-4));
+          std::memcpy(row.data() + b * t.bytes + at, &h, 2);
+        }
+      const int64_t n = int64_t{blocks} * t.block;
+      std::vector<float> got(static_cast<size_t>(n), NAN), want(static_cast<size_t>(n), NAN);
+      dequantize_ggml_row(t.type, row.data(), n, got.data());
+      for (int b = 0; b < blocks; ++b) t.ref(row.data() + b * t.bytes, want.data() + b * t.block);
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0) << [&] {
+        for (int64_t i = 0; i < n; ++i)
+          if (std::memcmp(&got[i], &want[i], 4) != 0)
+            return "first difference at value " + std::to_string(i) + ": " + std::to_string(got[i]) + " vs " +
+                   std::to_string(want[i]);
+        return std::string();
+      }();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace qwenq
