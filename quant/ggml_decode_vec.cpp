@@ -16,7 +16,7 @@
 #include <cstring>
 #include <utility>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -67,14 +67,21 @@ inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
   }
 }
 
+// F16C's conversion where the compiler targets it: f16_to_f32 is a call, and the vector registers live across it
+// cost more than the rest of a Q4_K block (exact either way; a signaling NaN comes out quiet, which every use, a
+// multiplication, would do anyway).
 inline float f16_at(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
   return f16_to_f32(h);
+#endif
 }
 
 // A type's block: kBlock values in kBytes; run<v>(in, d) returns values 16v .. 16v + 15, d the block's fp16 scales
-// (f16_to_f32 is a call: once per block). The 6- and 8-bit sub-block scales are read where they are used, not
+// read once per block. The 6- and 8-bit sub-block scales are read where they are used, not
 // gathered into an array first: GCC assembles such an array in vector registers and stores it whole, and the scalar
 // loads after it stall on that store (2x slower).
 struct Scales {
