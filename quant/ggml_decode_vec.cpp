@@ -10,7 +10,8 @@
 // bit for bit (tests/oracle/test_gguf_oracle.py) and tests/test_ggml_decode.cpp restates each layout byte by byte.
 //
 // Why vectors: the packed products decode a row per use (quant/packed_matvec.h), and ggml's scalar loops were the cost
-// there: a one-token Qwen2.5-7B gate_proj in Q6_K took 32 ms on 2 cores against 10 ms decoded this way.
+// there: a one-token Qwen2.5-7B gate_proj in Q6_K took 39 ms on 2 cores against 11 ms decoded this way
+// (benchmarks/results/2026-12-02-gguf-decode-cpu.md).
 #include "quant/ggml_decode_vec.h"
 
 #include <cstring>
@@ -80,10 +81,10 @@ inline float f16_at(const uint8_t* p) {
 #endif
 }
 
-// A type's block: kBlock values in kBytes; run<v>(in, d) returns values 16v .. 16v + 15, d the block's fp16 scales
-// read once per block. The 6- and 8-bit sub-block scales are read where they are used, not
-// gathered into an array first: GCC assembles such an array in vector registers and stores it whole, and the scalar
-// loads after it stall on that store (2x slower).
+// A type's block: kBlock values in kBytes; run<v>(in, s) returns values 16v .. 16v + 15, s the block's fp16 scales
+// read once per block. The 6- and 8-bit sub-block scales are read where they are used, not gathered into an array
+// first: GCC assembles such an array in vector registers and stores it whole, and the scalar loads after it stall on
+// that store (2x slower).
 struct Scales {
   float d, dmin;
 };

@@ -83,7 +83,7 @@ void rowwise_matvec(int64_t N, int64_t K, const float* x, int64_t M, float* y, F
 // ---- NF4 / FP4 ------------------------------------------------------------------------------------------
 
 // The block of flattened weight i: a shift for the power-of-two block sizes bitsandbytes writes, a division
-// otherwise (a 64-bit division per 16 weights cost 3x the rest of the transposed product's decoding).
+// otherwise (instead of a 64-bit division per 16 weights).
 struct Nf4Blocks {
   int64_t size;
   int shift;  // -1: not a power of two
