@@ -95,17 +95,23 @@ std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p) {
   return group_of;
 }
 
-void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
-  const int64_t G = p.num_groups(), K = p.K, N = p.N;
-  std::vector<uint16_t> zeros(G * N);
+std::vector<uint16_t> int_linear_zeros(const PackedIntLinear& p) {
+  const int64_t G = p.num_groups(), N = p.N;
+  std::vector<uint16_t> zeros(static_cast<size_t>(G * N));
   if (is_gptq(p.layout)) {
     gptq_unpack_qzeros(p.qzeros.data(), G, N, p.bits,
                        p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2, zeros.data());
   } else {
-    std::vector<uint8_t> awq_zeros(G * N);
-    awq_unpack(p.qzeros.data(), G, N, awq_zeros.data());
-    zeros.assign(awq_zeros.begin(), awq_zeros.end());
+    std::vector<uint8_t> stored(zeros.size());
+    awq_unpack(p.qzeros.data(), G, N, stored.data());
+    zeros.assign(stored.begin(), stored.end());
   }
+  return zeros;
+}
+
+void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
+  const int64_t G = p.num_groups(), K = p.K, N = p.N;
+  const std::vector<uint16_t> zeros = int_linear_zeros(p);
   const std::vector<int32_t> group_of = int_linear_group_of(p);
   std::vector<float> scale(static_cast<size_t>(G * N));
   parallel_for(G * N, int64_t{1} << 14, [&](int64_t i0, int64_t i1) {

@@ -38,6 +38,9 @@ PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, con
 
 // The group of each input k: g_idx[k] (GPTQ), or k / group; throws naming the first g_idx outside [0, G).
 std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p);
+// The true zero point of each group and output [G, N], by the format's unpacker: GPTQ v1 adds 1 to the stored field
+// (so up to 2^bits, hence 16 bits), v2 and AWQ as stored.
+std::vector<uint16_t> int_linear_zeros(const PackedIntLinear& p);
 
 // ŵ [N, K] (nn.Linear orientation), computed as the format's readers do; _into writes it to W [N·K floats].
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p);

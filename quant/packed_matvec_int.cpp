@@ -73,12 +73,8 @@ IntTables int_tables(const PackedIntLinear& p) {
   t.scale.resize(static_cast<size_t>(G * N));
   t.zero.resize(static_cast<size_t>(G * N));
   const bool gptq = p.layout != IntLayout::AwqGemm;
-  std::vector<uint16_t> zeros3;  // 3-bit zeros cross words: unpacked by int_pack
-  if (gptq && p.bits == 3) {
-    zeros3.resize(static_cast<size_t>(G * N));
-    gptq_unpack_qzeros(p.qzeros.data(), G, N, 3, p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2,
-                       zeros3.data());
-  }
+  // 3-bit zeros cross words: unpacked by int_pack.
+  const std::vector<uint16_t> zeros3 = gptq && p.bits == 3 ? int_linear_zeros(p) : std::vector<uint16_t>();
   const int64_t words = N / 8;
   const uint32_t* qz = reinterpret_cast<const uint32_t*>(p.qzeros.data());
   parallel_for(G, std::max<int64_t>(1, 16384 / N), [&](int64_t g0, int64_t g1) {
@@ -91,7 +87,7 @@ IntTables int_tables(const PackedIntLinear& p) {
         if (p.bits == 3) {
           for (int64_t n = 0; n < N; ++n) z[n] = zeros3[g * N + n];
         } else {  // zero n in bits [b·(n % per), ...) of word n / per; v1 stores zero - 1 (readers add 1 after masking).
-          // Read here rather than through gptq_unpack_qzeros' bytes: that extra pass measured 1 ms of a 4 ms decode
+          // Read here rather than through int_linear_zeros: that extra pass measured 1 ms of a 4 ms decode
           // product (Qwen2.5-7B down_proj).
           const int b = p.bits, per = 32 / b;
           const uint32_t mask = (1u << b) - 1, add = p.layout == IntLayout::GptqV1 ? 1 : 0;

@@ -73,17 +73,12 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   // Source codes [K, N] and true zero points [G, N] (0..16: a GPTQ v1 field of all ones reads 16), by the format's
   // own unpackers.
   std::vector<uint8_t> codes(K * N);
-  std::vector<uint16_t> zeros(G * N);
   if (gptq) {
-    const GptqFormat fmt = p.layout == IntLayout::GptqV1 ? GptqFormat::V1 : GptqFormat::V2;
     gptq_unpack_qweight(p.qweight.data(), K, N, 4, codes.data());
-    gptq_unpack_qzeros(p.qzeros.data(), G, N, 4, fmt, zeros.data());
   } else {
-    std::vector<uint8_t> awq_zeros(G * N);
     awq_unpack(p.qweight.data(), K, N, codes.data());
-    awq_unpack(p.qzeros.data(), G, N, awq_zeros.data());
-    zeros.assign(awq_zeros.begin(), awq_zeros.end());
   }
+  const std::vector<uint16_t> zeros = int_linear_zeros(p);
 
   // Group of every source row; act-order when it is not k / group.
   std::vector<int64_t> group_of(K);
@@ -116,7 +111,8 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   Q4Layout q = empty_layout(Q4Kind::Int, N, K, group);
   QWENQ_CHECK(q.num_groups() == G, what << ": " << q.num_groups() << " layout groups for " << G << " source groups");
   for (int64_t g = 0; g < G; ++g) {
-    for (int64_t n = 0; n < N; ++n) q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], static_cast<uint8_t>(zeros[g * N + n]));
+    for (int64_t n = 0; n < N; ++n)
+      q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], static_cast<uint8_t>(zeros[g * N + n]));
   }
   std::vector<uint8_t> lcodes(q.Kp * q.Np, 0);
   for (int64_t kk = 0; kk < q.Kp; ++kk) {
