@@ -7,11 +7,13 @@ The model is `qwen-quant init-random --preset qwen2.5-7b --layers L` (random bf1
 rows of 3584 and 18944, untied 152064 x 3584 embedding and output), exported by `qwen-quant gguf --type T`. For each
 file, alternating, --rounds times:
 - ours: `qwen-quant generate --model F --prompt P -n N --threads T` (greedy, f32 KV cache); its last line reports
-  the decode rate after the first token;
+  the decode rate after the first token; once exact (fp32 activations, the default) and once with
+  `--int8-activations` (llama.cpp's scheme, quant/ggml_dot_int8.h);
 - llama.cpp: Llama(n_threads=T), the same prompt token ids (our tokenizer's, so both see the same count) evaluated,
   then N greedy tokens one llama_decode at a time; the decode rate over those N (wall clock, argmax included).
 Both keep the weights in their blocks; llama.cpp multiplies them against int8-quantized activations (Q8_K / Q8_0
-dot products), we dequantize rows to fp32 (quant/packed_matvec.h), so its products round more and read less.
+dot products); our exact path dequantizes rows to fp32 (quant/packed_matvec.h), so its products round less and read
+more; with --int8-activations ours computes llama.cpp's kind of product.
 Writes benchmarks/results/<date>-decode-vs-llamacpp.md.
 """
 import argparse
@@ -58,9 +60,9 @@ for t in args.types.split(","):
     files[t] = path
 
 
-def ours(path):
+def ours(path, extra=()):
     r = run([qq, "generate", "--model", path, "--prompt", args.prompt, "-n", str(args.tokens), "--threads",
-             str(args.threads)])
+             str(args.threads), *extra])
     last = r.stderr.strip().splitlines()[-1]
     m = re.search(r"then ([0-9.]+) tok/s", last)
     if not m:
@@ -86,14 +88,15 @@ def llama(path, ids):
 rows = []
 for t, path in files.items():
     ids = json.loads(run([qq, "tokenize", "--model", path, "--text", args.prompt]).stdout)["ids"]
-    a, b, line = [], [], ""
+    a, a8, b, line = [], [], [], ""
     for _ in range(args.rounds):
         rate, line = ours(path)
         a.append(rate)
+        a8.append(ours(path, ["--int8-activations"])[0])
         b.append(llama(path, ids))
     size = os.path.getsize(path) / 2**20
-    rows.append((t, size, a, b, len(ids)))
-    print(f"{t}: ours {a} tok/s, llama.cpp {b} tok/s ({line})", flush=True)
+    rows.append((t, size, a, a8, b, len(ids)))
+    print(f"{t}: ours {a} tok/s, ours int8 {a8} tok/s, llama.cpp {b} tok/s ({line})", flush=True)
 
 day = datetime.date.today().isoformat()
 commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
@@ -104,12 +107,13 @@ with open(out, "w") as f:
     f.write(f"- commit {commit}; llama-cpp-python {__import__('llama_cpp').__version__}; {cpu}, {os.cpu_count()} "
             f"cores, {args.threads} threads each; no GPU\n")
     f.write(f"- model: `qwen-quant init-random --preset qwen2.5-7b --layers {args.layers}` exported by "
-            f"`qwen-quant gguf`; prompt of {rows[0][4]} tokens, then {args.tokens} greedy tokens; {args.rounds} "
+            f"`qwen-quant gguf`; prompt of {rows[0][5]} tokens, then {args.tokens} greedy tokens; {args.rounds} "
             f"alternating rounds\n")
     f.write("- command: `benchmarks/bench_decode_vs_llamacpp.py` (its docstring says what each side measures)\n\n")
-    f.write("| file | size MiB | qwen-quant decode tok/s | llama.cpp decode tok/s | ratio (best of each) |\n")
-    f.write("|---|---|---|---|---|\n")
-    for t, size, a, b, _ in rows:
-        f.write(f"| {t} | {size:.0f} | {', '.join('%.2f' % v for v in a)} | {', '.join('%.2f' % v for v in b)} | "
-                f"{max(a) / max(b):.2f} |\n")
+    f.write("| file | size MiB | qwen-quant exact tok/s | qwen-quant --int8-activations tok/s | llama.cpp tok/s | "
+            "exact / llama.cpp | int8 / llama.cpp (best of each) |\n")
+    f.write("|---|---|---|---|---|---|---|\n")
+    for t, size, a, a8, b, _ in rows:
+        f.write(f"| {t} | {size:.0f} | {', '.join('%.2f' % v for v in a)} | {', '.join('%.2f' % v for v in a8)} | "
+                f"{', '.join('%.2f' % v for v in b)} | {max(a) / max(b):.2f} | {max(a8) / max(b):.2f} |\n")
 print("wrote", out)

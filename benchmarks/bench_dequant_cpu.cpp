@@ -11,6 +11,8 @@
 //   matvec_<fmt>/M and dequant_gemm_<fmt>/M   each path forced, M from 1 to 512: where they cross sets the
 //                    format's limit; matvec_t_ and dequant_gemm_t_ the same for the transposed product
 //                    dx = dy · Ŵ (apply_linear_backward_input), M up to 64
+//   int8_<fmt>/M     the GGUF formats through llama.cpp's int8 products (quant/ggml_dot_int8.h: activations rounded to
+//                    8 bits, integer sums; `--int8-activations`), against matvec_<fmt> (exact)
 //   dequant_<fmt>    the dequantization alone, into a new vector
 // Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
 //
@@ -26,6 +28,7 @@
 #include "core/threads.h"
 #include "kernels/gemm.h"
 #include "quant/ggml_blocks.h"
+#include "quant/ggml_dot_int8.h"
 #include "quant/grid.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
@@ -145,8 +148,8 @@ void bm_apply(benchmark::State& state, std::string fmt, int64_t M, int64_t K, in
   counters(state, M, K, N, fmt != "dense_f32");
 }
 
-// One path forced: "matvec" (quant/packed_matvec.h) or "dequant_gemm" (dequantize into a reused buffer, then
-// linear_forward_ref), whatever M; `transposed`: the input-gradient product dx = dy · Ŵ of each path.
+// One path forced: "matvec" (quant/packed_matvec.h), "int8" (quant/ggml_dot_int8.h, GGUF only) or "dequant_gemm"
+// (dequantize into a reused buffer, then linear_forward_ref), whatever M; `transposed`: the input-gradient product dx = dy · Ŵ of each path.
 void bm_path(benchmark::State& state, std::string fmt, std::string path, bool transposed, int64_t M, int64_t K,
              int64_t N) {
   const Weights& w = weights_for(K, N);
@@ -165,6 +168,8 @@ void bm_path(benchmark::State& state, std::string fmt, std::string path, bool tr
       nf4_linear_matvec_t(lw.nf4->q, N, K, dy.data(), M, dx.data());
     } else if (transposed) {
       ggml_linear_matvec_t(*lw.ggml, dy.data(), M, dx.data());
+    } else if (path == "int8") {
+      ggml_linear_matvec_int8(*lw.ggml, x.data(), M, y.data());
     } else if (path == "dequant_gemm") {
       lw.dequantize_into(W.data());
       linear_forward_ref(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, y.data());
@@ -210,13 +215,14 @@ int main(int argc, char** argv) {
       }
     }
     for (int64_t M : kCrossoverRows) {
-      for (const char* path : {"matvec", "dequant_gemm"}) {
+      for (const char* path : {"matvec", "dequant_gemm", "int8"}) {
         for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+          if (std::string(path) == "int8" && std::string(fmt).rfind("q", 0) != 0) continue;
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                        bm_path, fmt, path, false, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();
-          if (M > 64) continue;
+          if (M > 64 || std::string(path) == "int8") continue;
           benchmark::RegisterBenchmark((std::string(path) + "_t_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                        bm_path, fmt, path, true, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)

@@ -21,7 +21,7 @@
 #include <immintrin.h>
 #endif
 
-#include "core/dtype.h"
+#include "quant/ggml_block_fields.h"
 #include "quant/packed_matvec_simd.h"
 
 namespace qwenq::ggml_detail {
@@ -56,30 +56,6 @@ inline f32x16 to_f32(const u8x16& v) { return __builtin_convertvector(widen<fals
 inline f32x16 to_f32(const i8x16& v) { return __builtin_convertvector(widen<true>(v), f32x16); }
 // A broadcast (a lane-by-lane loop here compiles to 16 masked inserts).
 inline f32x16 splat(float v) { return f32x16{v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
-
-// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
-inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *mn = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-// F16C's conversion where the compiler targets it: f16_to_f32 is a call, and the vector registers live across it
-// cost more than the rest of a Q4_K block (exact either way; a signaling NaN comes out quiet, which every use, a
-// multiplication, would do anyway).
-inline float f16_at(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-#ifdef __F16C__
-  return _cvtsh_ss(h);
-#else
-  return f16_to_f32(h);
-#endif
-}
 
 // A type's block: kBlock values in kBytes; run<v>(in, s) returns values 16v .. 16v + 15, s the block's fp16 scales
 // read once per block. The 6- and 8-bit sub-block scales are read where they are used, not gathered into an array

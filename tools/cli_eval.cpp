@@ -29,12 +29,13 @@ namespace {
 
 struct EvalArgs {
   std::string model, adapter, data, field = "text", json_out;
-  bool json = false, quiet = false, no_bos = false, seq_len_given = false;
+  bool json = false, quiet = false, no_bos = false, seq_len_given = false, int8_activations = false;
   PerplexityOptions ppl;
   CommonOptions common;
 };
 
 void run_eval(const EvalArgs& a) {
+  apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the evaluation");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
@@ -94,6 +95,7 @@ void run_eval(const EvalArgs& a) {
                               {"tokens_per_s", r.tokens_per_s},
                               {"peak_rss_bytes", peak_rss_bytes()}};
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
+  if (a.int8_activations) j["int8_activations"] = true;
   std::string device_peak;
   if (device_peak_allocated >= 0) {
     j["device_peak_allocated_bytes"] = device_peak_allocated;
@@ -105,7 +107,8 @@ void run_eval(const EvalArgs& a) {
   else
     std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",
                 r.perplexity, (long long)r.windows, (long long)opt.seq_len, a.data.c_str(), (long long)r.scored_tokens,
-                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(), device_peak.c_str());
+                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(),
+                (device_peak + (a.int8_activations ? ", int8 activations" : "")).c_str());
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
@@ -131,6 +134,7 @@ void register_eval(CLI::App& app) {
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
   cmd->add_flag("--no-bos", a->no_bos, "do not let the tokenizer add its BOS token");
+  add_int8_activations_flag(cmd, &a->int8_activations);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
   cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");
   cmd->add_flag("--quiet,-q", a->quiet, "no progress bar");

@@ -1,6 +1,7 @@
 // qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding, on the CPU
 // (trainer/generate.h) or, with --device cuda, on the GPU (trainer/qwen_decode_cuda.h: same sampling, same seed use).
 // --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
+// --int8-activations: a GGUF model's products as llama.cpp computes them on a CPU (quant/ggml_dot_int8.h).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -19,13 +20,14 @@ namespace {
 struct GenerateArgs {
   std::string model, prompt, system;
   std::string kv_cache = "f32";
-  bool chat = false;
+  bool chat = false, int8_activations = false;
   SamplingOptions sampling;
   CommonOptions common;
 };
 
 void run_generate(const GenerateArgs& a) {
   const KvCacheDType kv = parse_kv_cache_dtype(a.kv_cache, "--kv-cache");
+  apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
@@ -80,6 +82,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
   cmd->add_option("--system", a->system, "system message for --chat");
+  add_int8_activations_flag(cmd, &a->int8_activations);
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate");
   add_common_options(cmd, &a->common);
   cmd->callback([a]() { run_generate(*a); });

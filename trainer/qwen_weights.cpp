@@ -1,6 +1,7 @@
 #include "trainer/qwen_weights.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -11,6 +12,7 @@
 #include "kernels/convert.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
+#include "quant/ggml_dot_int8.h"
 #include "quant/packed_matvec.h"
 
 namespace qwenq {
@@ -97,6 +99,16 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
   return out;
 }
 
+namespace {
+std::atomic<bool> g_gguf_int8_activations{false};
+}  // namespace
+
+void set_gguf_int8_activations(bool on) { g_gguf_int8_activations.store(on); }
+bool gguf_int8_activations() { return g_gguf_int8_activations.load(); }
+bool uses_int8_activations(const GgmlLinear* q) {
+  return q != nullptr && gguf_int8_activations() && ggml_int8_product_supported(q->type);
+}
+
 void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out) {
   if (q) {
     dequantize_ggml_row(q->type, q->data + static_cast<size_t>(r) * ggml_row_bytes(q->type, q->K), q->K, out);
@@ -115,7 +127,18 @@ void for_each_table_block(const GgmlLinear& q, const float* hidden, int64_t M, i
                           const std::function<void(int64_t, int64_t, const float*)>& fn) {
   const int64_t V = q.N, C = q.K;
   const int64_t nb = std::min(V, block_rows > 0 ? block_rows : std::max<int64_t>(64, kTableBlockFloats / C));
-  std::vector<float> W(static_cast<size_t>(nb * C)), y(static_cast<size_t>(M * nb));
+  std::vector<float> y(static_cast<size_t>(M * nb));
+  if (uses_int8_activations(&q)) {  // the hidden rows quantized once, each block's rows multiplied from their bytes
+    GgmlInt8Rows a;
+    quantize_int8_rows(ggml_int8_activation_type(q.type), hidden, M, C, &a);
+    for (int64_t v0 = 0; v0 < V; v0 += nb) {
+      const int64_t n = std::min(nb, V - v0);
+      ggml_linear_matvec_int8(GgmlLinear{q.type, q.data + v0 * ggml_row_bytes(q.type, C), n, C, 0}, a, y.data());
+      fn(v0, n, y.data());
+    }
+    return;
+  }
+  std::vector<float> W(static_cast<size_t>(nb * C));
   for (int64_t v0 = 0; v0 < V; v0 += nb) {
     const int64_t n = std::min(nb, V - v0);
     parallel_for(n, 16, [&](int64_t r0, int64_t r1) {
@@ -135,6 +158,10 @@ void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float
     return;
   }
   if (M == 0) return;
+  if (uses_int8_activations(w.lm_head_q.get())) {
+    ggml_linear_matvec_int8(*w.lm_head_q, hidden, M, logits);
+    return;
+  }
   if (block_rows == 0 && M <= kGgmlMatvecMaxRows) {  // decode: the table's rows multiplied from their blocks
     ggml_linear_matvec(*w.lm_head_q, hidden, M, logits);
     return;
@@ -214,6 +241,10 @@ const float* dequantized_in_scratch(const LinearWeight& w) {
 // when M is within the format's measured row limit; false otherwise (dense weights, GGUF's float types: F32, F16
 // and BF16 keep the dense path, so that an F32 GGUF computes exactly what its source directory does).
 bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* out, bool transposed) {
+  if (!transposed && uses_int8_activations(w.ggml.get())) {
+    ggml_linear_matvec_int8(*w.ggml, in, M, out);
+    return true;
+  }
   int64_t max_rows = 0;
   if (w.packed) {
     max_rows = transposed ? int_linear_matvec_t_max_rows(*w.packed) : int_linear_matvec_max_rows(*w.packed);

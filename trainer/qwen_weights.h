@@ -94,13 +94,14 @@ struct QwenWeights {
 void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out);
 // logits[M, V] = hidden[M, C] · lm_headᵀ, the table read in place, or (lm_head_q) dequantized block_rows rows at a
 // time (0: kTableBlockFloats / C, at least 64) into fp32 rows that are multiplied and dropped; with block_rows 0 and
-// at most kGgmlMatvecMaxRows rows (decode), ggml_linear_matvec (quant/packed_matvec.h) instead.
+// at most kGgmlMatvecMaxRows rows (decode), ggml_linear_matvec (quant/packed_matvec.h) instead; with the int8 switch
+// (set_gguf_int8_activations below) and a supported type, ggml_linear_matvec_int8 for any M.
 void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows = 0);
 constexpr int64_t kTableBlockFloats = int64_t{1} << 22;  // 16 MiB of dequantized rows
 // nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
 // 0, not counted; returns the counted rows). A table read in place: logits in chunks of about 2^24 values, each
 // through cross_entropy_forward_ref. lm_head_q: each block of block_rows table rows (as lm_head_forward) is
-// dequantized once for all rows, and every row keeps a running max m and Σ exp(l − m) (exp in fp32, the sum in
+// dequantized once for all rows (with the int8 switch: multiplied from its bytes with the rows quantized once), and every row keeps a running max m and Σ exp(l − m) (exp in fp32, the sum in
 // double, rescaled by exp(m_old − m_new) when the max grows) and its target's logit.
 int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, const int32_t* targets, float* nll,
                     int64_t block_rows = 0);
@@ -126,6 +127,15 @@ int64_t count_layer_linears(const QwenConfig& c);
 // into one buffer per thread that grows to the largest Linear met and is reused (a fresh 271 MB of a Qwen2.5-7B
 // MLP weight costs ~150 ms in page faults alone on a 2-core machine: benchmarks/bench_dequant_cpu.cpp).
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);
+// The CPU's forward products with GGUF block weights (apply_linear, lm_head_forward, lm_head_nll): exact by default
+// (quant/packed_matvec.h up to its row limit, the dequantized GEMM above), or, switched on process-wide by
+// `--int8-activations`, llama.cpp's int8 products for every M (quant/ggml_dot_int8.h: each activation row rounded to
+// 8 bits per block, integer sums) for the Q8_0, Q4_0, Q4_K, Q5_K and Q6_K tensors; other types and the backward
+// products stay exact.
+void set_gguf_int8_activations(bool on);
+bool gguf_int8_activations();
+// True when the int8 products apply to q (non-null, a supported type, the switch on).
+bool uses_int8_activations(const GgmlLinear* q);
 // dx[M, K] = dy[M, N] · W (written), W as apply_linear reads it.
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx);
 

@@ -26,6 +26,7 @@
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
+#  - (new flag, --int8-activations) a model that is not a GGUF file, --device cuda;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
 #    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix;
 #  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
@@ -223,6 +224,13 @@ refuse gguf_cut "cut.gguf: metadata 'tokenizer.ggml.tokens' claims 320 array ele
 refuse gguf_not_dir "notes.txt: not a directory nor a GGUF file" "$QQ" eval --model notes.txt --data text.jsonl
 "$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q > gguf_eval.txt 2>&1 || fail "eval of a GGUF" gguf_eval.txt
 grep -q "perplexity" gguf_eval.txt || fail "eval of a GGUF printed no perplexity" gguf_eval.txt
+# --int8-activations: GGUF files on the CPU only; with one, eval says so in its line and its JSON.
+refuse int8_not_gguf "--int8-activations: tiny is not a GGUF file" "$QQ" eval --model tiny --data text.jsonl --int8-activations
+refuse int8_cuda "--int8-activations: the int8 products run on the CPU" \
+  "$QQ" generate --model tiny.gguf --prompt hi --int8-activations --device cuda
+"$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q --int8-activations --json > gguf_int8.txt 2>&1 ||
+  fail "eval --int8-activations of a GGUF" gguf_int8.txt
+grep -q '"int8_activations":true' gguf_int8.txt || fail "eval --int8-activations did not say so" gguf_int8.txt
 [ ! -e x.gguf ] && [ ! -e g_gguf ] || fail "a refused command left an output"
 
 # --- imatrix and gguf --imatrix -------------------------------------------------------------------------------------

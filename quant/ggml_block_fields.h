@@ -1,0 +1,40 @@
+// Internal to quant/: the fields of GGUF blocks that more than one reader takes apart (the vector readers,
+// quant/ggml_decode_vec.cpp, and the int8 products, quant/ggml_dot_int8.cpp). Layouts: quant/ggml_blocks.h.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "core/dtype.h"
+
+namespace qwenq::ggml_detail {
+
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
+inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *mn = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// The fp16 at p, with F16C's conversion where the compiler targets it: f16_to_f32 is a call, and the vector registers
+// live across it cost more than the rest of a Q4_K block (exact either way; a signaling NaN comes out quiet, which
+// every use, a multiplication, would do anyway).
+inline float f16_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#else
+  return f16_to_f32(h);
+#endif
+}
+
+}  // namespace qwenq::ggml_detail

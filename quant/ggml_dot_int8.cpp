@@ -1,0 +1,497 @@
+// The int8 products of GGUF weights (the math is at the top of quant/ggml_dot_int8.h): the activations' quantizers,
+// the portable dot products (one loop per type, the twin), their AVX-512 VNNI versions and the row-parallel product.
+//
+// AVX-512 VNNI layout: one vpdpbusd multiplies 64 unsigned weight codes by 64 signed activations and leaves 16 int32
+// lanes, lane l the sum of values 4l .. 4l + 3. The codes are put in the activations' order first: a Q4_K chunk of
+// 32 bytes holds values 0..31 in its low nibbles and 32..63 in its high ones (two sub-blocks), a Q6_K half-block's
+// 64 ql bytes hold values 0..63 in their low nibbles and 64..127 in their high ones, with two bits each from qh.
+// Lanes are multiplied by their sub-block's integer scale (lanes 8s..8s+7 for sub-blocks of 32, 4s..4s+3 for 16)
+// and summed in int32 over a super-block; the mins and Q6_K's −32 offsets come from the activations' 16-value sums.
+// Signed weights (Q8_0, Q4_0 − 8) multiply as |w| · (a with w's sign), ggml's trick: a is in [−127, 127], so
+// negating it cannot overflow.
+#include "quant/ggml_dot_int8.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define QWENQ_INT8_VNNI 1
+#endif
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "quant/ggml_block_fields.h"
+#include "quant/ggml_search.h"
+
+namespace qwenq {
+
+using ggml_detail::f16_at;
+using ggml_detail::k_scale_min;
+
+bool ggml_int8_product_supported(GgmlType t) {
+  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
+         t == GgmlType::Q6_K;
+}
+
+GgmlType ggml_int8_activation_type(GgmlType t) {
+  QWENQ_CHECK(ggml_int8_product_supported(t), "the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type "
+                                                  << static_cast<uint32_t>(t));
+  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 ? GgmlType::Q8_0 : GgmlType::Q8_K;
+}
+
+namespace {
+
+// quantize_row_q8_0_ref: d = amax / 127 (stored fp16), codes roundf(x · (1/d)) with the fp32 d.
+void quantize_q8_0(const float* x, int64_t K, int8_t* q, float* d) {
+  for (int64_t b = 0; b < K / 32; ++b) {
+    const float* xb = x + 32 * b;
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float db = amax / 127.0f;
+    const float id = db != 0.0f ? 1.0f / db : 0.0f;
+    for (int i = 0; i < 32; ++i) q[32 * b + i] = static_cast<int8_t>(std::round(xb[i] * id));
+    d[b] = f16_to_f32(f32_to_f16(db));
+  }
+}
+
+// quantize_row_q8_K_ref: the x of largest |x| (first on ties) sets iscale = −127/max, codes nearest_int(iscale·x)
+// capped at 127, d = 1/iscale; a block of zeros gets d = 0 and zero codes.
+void quantize_q8_k(const float* x, int64_t K, int8_t* q, float* d) {
+  for (int64_t b = 0; b < K / 256; ++b) {
+    const float* xb = x + 256 * b;
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < 256; ++i) {
+      if (std::fabs(xb[i]) > amax) {
+        amax = std::fabs(xb[i]);
+        max = xb[i];
+      }
+    }
+    if (amax == 0.0f) {
+      std::fill(q + 256 * b, q + 256 * (b + 1), int8_t{0});
+      d[b] = 0.0f;
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    for (int i = 0; i < 256; ++i) {
+      const float v = iscale * xb[i];  // rounded to fp32 before nearest_int's addition (no contraction here)
+      q[256 * b + i] = static_cast<int8_t>(std::min(127, ggml_detail::nearest_int(v)));
+    }
+    d[b] = 1.0f / iscale;
+  }
+}
+
+// ---- portable dot products: weight row w (nb blocks), activation codes a, scales da, 16-value sums bs ----
+//
+// Not vectorized where the target has VNNI: GCC 12.2 turns the signed × signed byte sum of dot_q8_0_portable into one
+// vpdpbusd, which reads one side as unsigned, and the sums come out wrong for negative weights (seen with
+// -march=native on this AMD EPYC; the test's random bytes catch it). These loops are the twin there, not the fast path.
+#if defined(__AVX512VNNI__) || defined(__AVXVNNI__)
+#define QWENQ_PORTABLE_DOT __attribute__((optimize("no-tree-vectorize")))
+#else
+#define QWENQ_PORTABLE_DOT
+#endif
+
+// Σ q_i · a_i over n values (the loops GCC vectorizes without VNNI: widening multiply-adds).
+template <typename Q>
+QWENQ_PORTABLE_DOT int32_t int_dot(const Q* q, const int8_t* a, int n) {
+  int32_t s = 0;
+  for (int i = 0; i < n; ++i) s += static_cast<int32_t>(q[i]) * a[i];
+  return s;
+}
+
+QWENQ_PORTABLE_DOT float dot_q8_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*, int64_t nb) {
+  float sum = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + 34 * b;
+    const int32_t s = int_dot(reinterpret_cast<const int8_t*>(blk + 2), a + 32 * b, 32);
+    sum += f16_at(blk) * da[b] * static_cast<float>(s);
+  }
+  return sum;
+}
+
+QWENQ_PORTABLE_DOT float dot_q4_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*, int64_t nb) {
+  float sum = 0.0f;
+  int8_t q[32];
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + 18 * b;
+    for (int i = 0; i < 16; ++i) {
+      q[i] = static_cast<int8_t>((blk[2 + i] & 15) - 8);
+      q[16 + i] = static_cast<int8_t>((blk[2 + i] >> 4) - 8);
+    }
+    sum += f16_at(blk) * da[b] * static_cast<float>(int_dot(q, a + 32 * b, 32));
+  }
+  return sum;
+}
+
+template <bool kFive>
+QWENQ_PORTABLE_DOT float dot_q45_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
+                                            int64_t nb) {
+  constexpr int64_t kBytes = kFive ? 176 : 144;
+  float sum = 0.0f;
+  uint8_t q[256];
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + kBytes * B;
+    const uint8_t* qh = blk + 16;
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    // Sub-block j: the low (even j) or high nibbles of qs[32 (j/2) + l], plus bit j of qh[l] as bit 4 (Q5_K).
+    for (int j = 0; j < 8; ++j)
+      for (int l = 0; l < 32; ++l)
+        q[32 * j + l] = static_cast<uint8_t>(((qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 15) |
+                                             (kFive ? ((qh[l] >> j) & 1) << 4 : 0));
+    int32_t isum = 0, msum = 0;
+    for (int j = 0; j < 8; ++j) {
+      int sc, mn;
+      k_scale_min(blk + 4, j, &sc, &mn);
+      isum += sc * int_dot(q + 32 * j, a + 256 * B + 32 * j, 32);
+      msum += mn * (bs[16 * B + 2 * j] + bs[16 * B + 2 * j + 1]);
+    }
+    sum += f16_at(blk) * da[B] * static_cast<float>(isum) - f16_at(blk + 2) * da[B] * static_cast<float>(msum);
+  }
+  return sum;
+}
+
+QWENQ_PORTABLE_DOT float dot_q6_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  float sum = 0.0f;
+  uint8_t q[256];
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 210 * B;
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    // Values 128h + 32i + l: the low or high nibble of ql[64h + 32(i%2) + l], bits 2i, 2i+1 of qh[32h + l] on top.
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 4; ++i)
+        for (int l = 0; l < 32; ++l)
+          q[128 * h + 32 * i + l] = static_cast<uint8_t>(((ql[64 * h + 32 * (i % 2) + l] >> (4 * (i / 2))) & 15) |
+                                                         (((qh[32 * h + l] >> (2 * i)) & 3) << 4));
+    int32_t isum = 0;
+    for (int v = 0; v < 16; ++v)
+      isum += sc[v] * (int_dot(q + 16 * v, a + 256 * B + 16 * v, 16) - 32 * bs[16 * B + v]);
+    sum += f16_at(blk + 208) * da[B] * static_cast<float>(isum);
+  }
+  return sum;
+}
+
+using DotFn = float (*)(const uint8_t*, const int8_t*, const float*, const int16_t*, int64_t);
+
+DotFn portable_dot(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return dot_q8_0_portable;
+    case GgmlType::Q4_0: return dot_q4_0_portable;
+    case GgmlType::Q4_K: return dot_q45_k_portable<false>;
+    case GgmlType::Q5_K: return dot_q45_k_portable<true>;
+    case GgmlType::Q6_K: return dot_q6_k_portable;
+    default: break;
+  }
+  QWENQ_FAIL("the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type " << static_cast<uint32_t>(t));
+}
+
+// R rows of quantized activations, for kernels that unpack a weight block once and multiply it with each row.
+template <int R>
+struct Acts {
+  const int8_t* q[R];
+  const float* d[R];
+  const int16_t* bs[R];
+};
+template <int R>
+using RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, float*);
+
+template <int R>
+void portable_rows(DotFn fn, const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  for (int r = 0; r < R; ++r) out[r] = fn(w, a.q[r], a.d[r], a.bs[r], nb);
+}
+
+#ifdef QWENQ_INT8_VNNI
+
+// ---- AVX-512 VNNI ----
+
+inline __m512i dot_u8s8(__m512i u, __m512i s) { return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s); }
+inline __m512i load64(const void* p) { return _mm512_loadu_si512(p); }
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m128i load16(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+// The sum of 16 lanes, once per row (GCC 12's reductions and shuffles trip -Wuninitialized in its own headers).
+inline float hsum(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  for (int w = 8; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+// s0 in lanes 0..7 and s1 in lanes 8..15 (two blocks of 32 values).
+inline __m512 two_scales(float s0, float s1) { return _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1); }
+
+// Blocks of 32 values with one fp16 scale each (Q8_0, Q4_0), two per step (lanes 0..7 the first): codes(b0, b1)
+// gives the 64 signed weights of blocks b0, b1; they multiply as |w| · (a negated where w < 0).
+template <int R, typename Codes>
+void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t nb, float* out, Codes codes) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b += 2) {
+    const bool pair = b + 1 < nb;  // else an odd last block: the step's second half zero
+    const uint8_t* b0 = w + bytes * b;
+    const uint8_t* b1 = pair ? b0 + bytes : b0;
+    const __mmask64 keep = pair ? ~0ull : 0xffffffffull;
+    const __m512i wv = _mm512_maskz_mov_epi8(keep, codes(b0, b1));
+    const __m512i wabs = _mm512_abs_epi8(wv);
+    const __mmask64 neg = _mm512_movepi8_mask(wv);
+    const float dw0 = f16_at(b0), dw1 = pair ? f16_at(b1) : 0.0f;
+    for (int r = 0; r < R; ++r) {
+      const __m512i av = _mm512_maskz_loadu_epi8(keep, a.q[r] + 32 * b);
+      const __m512i dp = dot_u8s8(wabs, _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av));
+      const float da1 = pair ? a.d[r][b + 1] : 0.0f;
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), two_scales(dw0 * a.d[r][b], dw1 * da1), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int R>
+void q8_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  blocks32_vnni<R>(w, 34, a, nb, out, [](const uint8_t* b0, const uint8_t* b1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(b0 + 2)), load32(b1 + 2), 1);
+  });
+}
+
+template <int R>
+void q4_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  blocks32_vnni<R>(w, 18, a, nb, out, [](const uint8_t* b0, const uint8_t* b1) {
+    const __m128i x0 = load16(b0 + 2), x1 = load16(b1 + 2);
+    __m512i v = _mm512_castsi128_si512(x0);
+    v = _mm512_inserti32x4(v, _mm_srli_epi16(x0, 4), 1);
+    v = _mm512_inserti32x4(v, x1, 2);
+    v = _mm512_inserti32x4(v, _mm_srli_epi16(x1, 4), 3);
+    return _mm512_sub_epi8(_mm512_and_si512(v, _mm512_set1_epi8(15)), _mm512_set1_epi8(8));
+  });
+}
+
+// The 8 scales of a Q4_K/Q5_K super-block in lanes 0..7 and its 8 mins in lanes 8..15, from the 12 packed bytes as
+// three little-endian words w0, w1, w2 (k_scale_min's fields, four at a time): s_0..3 = w0 & 63, m_0..3 = w1 & 63,
+// s_4..7 = (w2 & 15) | (top 2 bits of w0's bytes) << 4, m_4..7 = (w2 >> 4 & 15) | (top 2 bits of w1's bytes) << 4.
+inline __m512i k_scales_mins(const uint8_t* packed) {
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  const uint32_t six = 0x3f3f3f3fu, four = 0x0f0f0f0fu, two = 0x03030303u;
+  const uint32_t s_lo = w[0] & six, m_lo = w[1] & six;
+  const uint32_t s_hi = (w[2] & four) | (((w[0] >> 6) & two) << 4);
+  const uint32_t m_hi = ((w[2] >> 4) & four) | (((w[1] >> 6) & two) << 4);
+  return _mm512_cvtepu8_epi32(_mm_set_epi32(static_cast<int>(m_hi), static_cast<int>(m_lo), static_cast<int>(s_hi),
+                                            static_cast<int>(s_lo)));
+}
+
+template <int R, bool kFive>
+void q45_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  constexpr int64_t kBytes = kFive ? 176 : 144;
+  const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16);
+  // Lane l of chunk c (values 64c .. 64c + 63) takes sub-block 2c + l/8; the mins' lane l sub-block l/2 (lane 8 + l/2
+  // of k_scales_mins).
+  const __m512i sub_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i min_of_lane = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + kBytes * B;
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    const __m512i sm = k_scales_mins(blk + 4);
+    const __m256i qh = kFive ? load32(blk + 16) : _mm256_setzero_si256();
+    __m512i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bytes = load32(qs + 32 * c);
+      __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      if (kFive) {  // bit 2c of qh[l] for the low nibbles, bit 2c + 1 for the high ones, as bit 4
+        const __m256i h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+      }
+      const __m512i codes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      const __m512i lane_sc = _mm512_permutexvar_epi32(_mm512_add_epi32(sub_of_lane, _mm512_set1_epi32(2 * c)), sm);
+      for (int r = 0; r < R; ++r)
+        isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(dot_u8s8(codes, load64(a.q[r] + 256 * B + 64 * c)), lane_sc));
+    }
+    const __m512i lane_mn = _mm512_permutexvar_epi32(min_of_lane, sm);
+    const float d = f16_at(blk), dmin = f16_at(blk + 2);
+    for (int r = 0; r < R; ++r) {
+      const __m512i sums = _mm512_cvtepi16_epi32(load32(a.bs[r] + 16 * B));
+      const float da = a.d[r][B];
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * da), acc[r]);
+      acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sums, lane_mn)), _mm512_set1_ps(dmin * da), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int R>
+void q6_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  const __m512i low4 = _mm512_set1_epi8(15), two = _mm512_set1_epi8(3);
+  // Lane l of the 64-value chunk c takes the 16-value sub-block 4c + l/4.
+  const __m512i sub_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 210 * B;
+    const __m512i sc = _mm512_cvtepi8_epi32(load16(blk + 192));
+    __m512i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm512_setzero_si512();
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = load64(blk + 64 * h);
+      const __m256i qh = load32(blk + 128 + 32 * h);
+      // Values 0..31 of the half take bits 0-1 of qh[l], values 32..63 bits 2-3; 64..127 bits 4-5 and 6-7.
+      const __m512i qh2 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+      const __m512i codes[2] = {
+          _mm512_or_si512(_mm512_and_si512(ql, low4), _mm512_slli_epi16(_mm512_and_si512(qh2, two), 4)),
+          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh2, 4), two), 4))};
+      for (int c = 0; c < 2; ++c) {
+        const int chunk = 2 * h + c;
+        const __m512i lane_sc = _mm512_permutexvar_epi32(_mm512_add_epi32(sub_of_lane, _mm512_set1_epi32(4 * chunk)), sc);
+        for (int r = 0; r < R; ++r)
+          isum[r] = _mm512_add_epi32(isum[r],
+                                     _mm512_mullo_epi32(dot_u8s8(codes[c], load64(a.q[r] + 256 * B + 64 * chunk)), lane_sc));
+      }
+    }
+    const float d = f16_at(blk + 208);
+    for (int r = 0; r < R; ++r) {
+      // − 32 · Σ_v s_v · Σ_{i∈v} a_i, lane v.
+      const __m512i sums = _mm512_cvtepi16_epi32(load32(a.bs[r] + 16 * B));
+      const __m512i total = _mm512_sub_epi32(isum[r], _mm512_slli_epi32(_mm512_mullo_epi32(sums, sc), 5));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d * a.d[r][B]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+template <int R>
+RowsFn<R> fast_rows(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return q8_0_vnni<R>;
+    case GgmlType::Q4_0: return q4_0_vnni<R>;
+    case GgmlType::Q4_K: return q45_k_vnni<R, false>;
+    case GgmlType::Q5_K: return q45_k_vnni<R, true>;
+    case GgmlType::Q6_K: return q6_k_vnni<R>;
+    default: break;
+  }
+  QWENQ_FAIL("the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type " << static_cast<uint32_t>(t));
+}
+#endif
+
+// One weight row times R activation rows: the VNNI kernels where compiled, else the portable loops row by row.
+template <int R>
+struct RowsDot {
+  explicit RowsDot(GgmlType t, bool portable) : dot(portable_dot(t)) {
+#ifdef QWENQ_INT8_VNNI
+    if (!portable) fast = fast_rows<R>(t);
+#else
+    (void)portable;
+#endif
+  }
+  void operator()(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) const {
+    if (fast != nullptr) fast(w, a, nb, out);
+    else portable_rows<R>(dot, w, a, nb, out);
+  }
+  DotFn dot;
+  RowsFn<R> fast = nullptr;
+};
+
+int64_t act_block(GgmlType act) { return act == GgmlType::Q8_K ? 256 : 32; }
+
+// Activation rows per pass over a weight row (each row's sums take the same steps whatever the pass).
+constexpr int kInt8Rows = 4;
+
+template <int R>
+Acts<R> acts_at(const GgmlInt8Rows& a, int64_t m) {
+  Acts<R> v;
+  for (int r = 0; r < R; ++r) {
+    v.q[r] = a.q.data() + (m + r) * a.K;
+    v.d[r] = a.d.data() + (m + r) * (a.K / a.block);
+    v.bs[r] = a.bsums.data() + (m + r) * (a.K / 16);
+  }
+  return v;
+}
+
+float dot_with(bool portable, GgmlType t, const uint8_t* w, const GgmlInt8Rows& a, int64_t m) {
+  QWENQ_CHECK(ggml_int8_activation_type(t) == a.act && m >= 0 && m < a.M,
+              "ggml_int8_dot: row " << m << " of " << a.M << " activations quantized as type "
+                                    << static_cast<uint32_t>(a.act) << " for weights of type "
+                                    << static_cast<uint32_t>(t));
+  float out;
+  RowsDot<1>(t, portable)(w, acts_at<1>(a, m), a.K / ggml_type_info(static_cast<uint32_t>(t))->block, &out);
+  return out;
+}
+
+}  // namespace
+
+void quantize_int8_rows(GgmlType act, const float* x, int64_t M, int64_t K, GgmlInt8Rows* out) {
+  QWENQ_CHECK(act == GgmlType::Q8_0 || act == GgmlType::Q8_K,
+              "quantize_int8_rows: activations are quantized to Q8_0 or Q8_K, not type " << static_cast<uint32_t>(act));
+  const int64_t block = act_block(act);
+  QWENQ_CHECK(M >= 0 && K > 0 && K % block == 0,
+              "quantize_int8_rows: K = " << K << " is not a positive multiple of " << block);
+  out->act = act;
+  out->M = M;
+  out->K = K;
+  out->block = block;
+  out->q.resize(static_cast<size_t>(M * K));
+  out->d.resize(static_cast<size_t>(M * (K / block)));
+  out->bsums.resize(static_cast<size_t>(M * (K / 16)));
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      int8_t* q = out->q.data() + m * K;
+      (act == GgmlType::Q8_K ? quantize_q8_k : quantize_q8_0)(x + m * K, K, q, out->d.data() + m * (K / block));
+      for (int64_t s = 0; s < K / 16; ++s) {
+        int sum = 0;
+        for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
+        out->bsums[static_cast<size_t>(m * (K / 16) + s)] = static_cast<int16_t>(sum);
+      }
+    }
+  });
+}
+
+float ggml_int8_dot(GgmlType t, const uint8_t* w, const GgmlInt8Rows& a, int64_t m) {
+  return dot_with(false, t, w, a, m);
+}
+
+float ggml_int8_dot_portable(GgmlType t, const uint8_t* w, const GgmlInt8Rows& a, int64_t m) {
+  return dot_with(true, t, w, a, m);
+}
+
+void ggml_linear_matvec_int8(const GgmlLinear& w, const GgmlInt8Rows& a, float* y) {
+  QWENQ_CHECK(w.N >= 1 && a.M >= 1 && a.K == w.K && a.act == ggml_int8_activation_type(w.type) && y != nullptr,
+              "ggml_linear_matvec_int8: " << a.M << " rows of " << a.K << " activations quantized as type "
+                                          << static_cast<uint32_t>(a.act) << " for a [" << w.N << ", " << w.K
+                                          << "] weight of type " << static_cast<uint32_t>(w.type));
+  const RowsDot<kInt8Rows> dot_rows(w.type, false);
+  const RowsDot<1> dot_row(w.type, false);
+  const uint64_t row_bytes = ggml_row_bytes(w.type, w.K);
+  const int64_t nb = w.K / ggml_type_info(static_cast<uint32_t>(w.type))->block;
+  parallel_for(w.N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* wr = w.data + w.stored_row(n) * row_bytes;
+      float out[kInt8Rows];
+      int64_t m = 0;
+      for (; m + kInt8Rows <= a.M; m += kInt8Rows) {
+        dot_rows(wr, acts_at<kInt8Rows>(a, m), nb, out);
+        for (int r = 0; r < kInt8Rows; ++r) y[(m + r) * w.N + n] = out[r];
+      }
+      for (; m < a.M; ++m) {
+        dot_row(wr, acts_at<1>(a, m), nb, out);
+        y[m * w.N + n] = out[0];
+      }
+    }
+  });
+}
+
+void ggml_linear_matvec_int8(const GgmlLinear& w, const float* x, int64_t M, float* y) {
+  QWENQ_CHECK(M >= 1 && w.N >= 1 && w.K >= 1 && x != nullptr && y != nullptr,
+              "ggml_linear_matvec_int8: shapes must be positive and pointers set, got M=" << M << " N=" << w.N
+                                                                                         << " K=" << w.K);
+  const GgmlType act = ggml_int8_activation_type(w.type);
+  constexpr int64_t kRowsPerPass = 64;  // rows of x quantized at a time (64 x 18944 int8: 1.2 MB)
+  GgmlInt8Rows a;
+  for (int64_t m0 = 0; m0 < M; m0 += kRowsPerPass) {
+    quantize_int8_rows(act, x + m0 * w.K, std::min(kRowsPerPass, M - m0), w.K, &a);
+    ggml_linear_matvec_int8(w, a, y + m0 * w.N);
+  }
+}
+
+}  // namespace qwenq
