@@ -14,7 +14,7 @@ file, alternating, --rounds times:
 Both keep the weights in their blocks; llama.cpp multiplies them against int8-quantized activations (Q8_K / Q8_0
 dot products); our exact path dequantizes rows to fp32 (quant/packed_matvec.h), so its products round less and read
 more; with --int8-activations ours computes llama.cpp's kind of product.
-Writes benchmarks/results/<date>-decode-vs-llamacpp.md.
+Writes benchmarks/results/<date>-<--name>.md (default decode-vs-llamacpp).
 """
 import argparse
 import datetime
@@ -36,6 +36,7 @@ p.add_argument("--tokens", type=int, default=16, help="new tokens per run")
 p.add_argument("--rounds", type=int, default=2)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--work", default="/tmp/qwenq-bench-decode")
+p.add_argument("--name", default="decode-vs-llamacpp", help="results file: benchmarks/results/<date>-<name>.md")
 p.add_argument("--prompt", default="Once upon a time there was a little robot who wanted to learn how to paint.")
 args = p.parse_args()
 qq = os.path.join(args.build, "qwen-quant")
@@ -64,10 +65,10 @@ def ours(path, extra=()):
     r = run([qq, "generate", "--model", path, "--prompt", args.prompt, "-n", str(args.tokens), "--threads",
              str(args.threads), *extra])
     last = r.stderr.strip().splitlines()[-1]
-    m = re.search(r"then ([0-9.]+) tok/s", last)
+    m = re.search(r"first token after ([0-9.]+)s, then ([0-9.]+) tok/s", last)
     if not m:
         raise SystemExit(f"no decode rate in: {last}")
-    return float(m.group(1)), last
+    return float(m.group(2)), last, float(m.group(1))
 
 
 def llama(path, ids):
@@ -88,20 +89,23 @@ def llama(path, ids):
 rows = []
 for t, path in files.items():
     ids = json.loads(run([qq, "tokenize", "--model", path, "--text", args.prompt]).stdout)["ids"]
-    a, a8, b, line = [], [], [], ""
+    a, a8, b, line, first, first8 = [], [], [], "", [], []
     for _ in range(args.rounds):
-        rate, line = ours(path)
+        rate, line, secs = ours(path)
         a.append(rate)
-        a8.append(ours(path, ["--int8-activations"])[0])
+        first.append(secs)
+        rate, _, secs = ours(path, ["--int8-activations"])
+        a8.append(rate)
+        first8.append(secs)
         b.append(llama(path, ids))
     size = os.path.getsize(path) / 2**20
-    rows.append((t, size, a, a8, b, len(ids)))
+    rows.append((t, size, a, a8, b, len(ids), first, first8))
     print(f"{t}: ours {a} tok/s, ours int8 {a8} tok/s, llama.cpp {b} tok/s ({line})", flush=True)
 
 day = datetime.date.today().isoformat()
 commit = run(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{day}-decode-vs-llamacpp.md")
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"{day}-{args.name}.md")
 with open(out, "w") as f:
     f.write(f"# One-token decode on the CPU: qwen-quant generate vs llama.cpp, {day}\n\n")
     f.write(f"- commit {commit}; llama-cpp-python {__import__('llama_cpp').__version__}; {cpu}, {os.cpu_count()} "
@@ -113,7 +117,10 @@ with open(out, "w") as f:
     f.write("| file | size MiB | qwen-quant exact tok/s | qwen-quant --int8-activations tok/s | llama.cpp tok/s | "
             "exact / llama.cpp | int8 / llama.cpp (best of each) |\n")
     f.write("|---|---|---|---|---|---|---|\n")
-    for t, size, a, a8, b, _ in rows:
+    for t, size, a, a8, b, *_ in rows:
         f.write(f"| {t} | {size:.0f} | {', '.join('%.2f' % v for v in a)} | {', '.join('%.2f' % v for v in a8)} | "
                 f"{', '.join('%.2f' % v for v in b)} | {max(a) / max(b):.2f} | {max(a8) / max(b):.2f} |\n")
+    f.write("\nOurs, time to the first token (the prompt's prefill, s; exact, then --int8-activations):\n\n")
+    for t, _, _, _, _, _, first, first8 in rows:
+        f.write(f"- {t}: {', '.join('%.2f' % v for v in first)}; {', '.join('%.2f' % v for v in first8)}\n")
 print("wrote", out)

@@ -194,8 +194,6 @@ struct Acts {
   const float* d[R];
   const int16_t* bs[R];
 };
-template <int R>
-using RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, float*);
 
 template <int R>
 void portable_rows(DotFn fn, const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
@@ -224,11 +222,10 @@ inline __m512 two_scales(float s0, float s1) { return _mm512_insertf32x8(_mm512_
 // Blocks of 32 values with one fp16 scale each (Q8_0, Q4_0), two per step (lanes 0..7 the first): codes(b0, b1)
 // gives the 64 signed weights of blocks b0, b1; they multiply as |w| · (a negated where w < 0).
 template <int R, typename Codes>
-void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t nb, float* out, Codes codes) {
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; b += 2) {
-    const bool pair = b + 1 < nb;  // else an odd last block: the step's second half zero
+void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc,
+                   Codes codes) {
+  for (int64_t b = b0; b < b1; b += 2) {
+    const bool pair = b + 1 < b1;  // else an odd last block: the step's second half zero
     const uint8_t* b0 = w + bytes * b;
     const uint8_t* b1 = pair ? b0 + bytes : b0;
     const __mmask64 keep = pair ? ~0ull : 0xffffffffull;
@@ -243,19 +240,18 @@ void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t nb
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), two_scales(dw0 * a.d[r][b], dw1 * da1), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 template <int R>
-void q8_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
-  blocks32_vnni<R>(w, 34, a, nb, out, [](const uint8_t* b0, const uint8_t* b1) {
+void q8_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R>(w, 34, a, b0, b1, acc, [](const uint8_t* b0, const uint8_t* b1) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load32(b0 + 2)), load32(b1 + 2), 1);
   });
 }
 
 template <int R>
-void q4_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
-  blocks32_vnni<R>(w, 18, a, nb, out, [](const uint8_t* b0, const uint8_t* b1) {
+void q4_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R>(w, 18, a, b0, b1, acc, [](const uint8_t* b0, const uint8_t* b1) {
     const __m128i x0 = load16(b0 + 2), x1 = load16(b1 + 2);
     __m512i v = _mm512_castsi128_si512(x0);
     v = _mm512_inserti32x4(v, _mm_srli_epi16(x0, 4), 1);
@@ -280,16 +276,14 @@ inline __m512i k_scales_mins(const uint8_t* packed) {
 }
 
 template <int R, bool kFive>
-void q45_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+void q45_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
   constexpr int64_t kBytes = kFive ? 176 : 144;
   const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16);
   // Lane l of chunk c (values 64c .. 64c + 63) takes sub-block 2c + l/8; the mins' lane l sub-block l/2 (lane 8 + l/2
   // of k_scales_mins).
   const __m512i sub_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   const __m512i min_of_lane = _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t B = 0; B < nb; ++B) {
+  for (int64_t B = b0; B < b1; ++B) {
     const uint8_t* blk = w + kBytes * B;
     const uint8_t* qs = blk + (kFive ? 48 : 16);
     const __m512i sm = k_scales_mins(blk + 4);
@@ -318,17 +312,14 @@ void q45_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
       acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sums, lane_mn)), _mm512_set1_ps(dmin * da), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
 template <int R>
-void q6_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+void q6_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
   const __m512i low4 = _mm512_set1_epi8(15), two = _mm512_set1_epi8(3);
   // Lane l of the 64-value chunk c takes the 16-value sub-block 4c + l/4.
   const __m512i sub_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  for (int64_t B = 0; B < nb; ++B) {
+  for (int64_t B = b0; B < b1; ++B) {
     const uint8_t* blk = w + 210 * B;
     const __m512i sc = _mm512_cvtepi8_epi32(load16(blk + 192));
     __m512i isum[R];
@@ -358,8 +349,11 @@ void q6_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d * a.d[r][B]), acc[r]);
     }
   }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
+
+// A kernel adds blocks [b0, b1) of weight row w times R activation rows into acc[R] (16 lanes each; hsum at the end).
+template <int R>
+using RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, int64_t, __m512*);
 
 template <int R>
 RowsFn<R> fast_rows(GgmlType t) {
@@ -386,11 +380,21 @@ struct RowsDot {
 #endif
   }
   void operator()(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) const {
-    if (fast != nullptr) fast(w, a, nb, out);
-    else portable_rows<R>(dot, w, a, nb, out);
+#ifdef QWENQ_INT8_VNNI
+    if (fast != nullptr) {
+      __m512 acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+      fast(w, a, 0, nb, acc);
+      for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+      return;
+    }
+#endif
+    portable_rows<R>(dot, w, a, nb, out);
   }
   DotFn dot;
+#ifdef QWENQ_INT8_VNNI
   RowsFn<R> fast = nullptr;
+#endif
 };
 
 int64_t act_block(GgmlType act) { return act == GgmlType::Q8_K ? 256 : 32; }
