@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
@@ -43,10 +44,24 @@ GgmlType ggml_int8_activation_type(GgmlType t) {
 
 namespace {
 
+// A block holding an inf or a NaN gets zero codes and d = NaN, so the products it enters come out NaN, as the exact
+// product's would (ggml casts the non-finite quotients to int8 instead: undefined, in practice arbitrary codes).
+bool finite_block(const float* x, int n, int8_t* q, float* d) {
+  for (int i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) {
+      std::fill(q, q + n, int8_t{0});
+      *d = std::numeric_limits<float>::quiet_NaN();
+      return false;
+    }
+  }
+  return true;
+}
+
 // quantize_row_q8_0_ref: d = amax / 127 (stored fp16), codes roundf(x · (1/d)) with the fp32 d.
 void quantize_q8_0(const float* x, int64_t K, int8_t* q, float* d) {
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* xb = x + 32 * b;
+    if (!finite_block(xb, 32, q + 32 * b, d + b)) continue;
     float amax = 0.0f;
     for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
     const float db = amax / 127.0f;
@@ -61,6 +76,7 @@ void quantize_q8_0(const float* x, int64_t K, int8_t* q, float* d) {
 void quantize_q8_k(const float* x, int64_t K, int8_t* q, float* d) {
   for (int64_t b = 0; b < K / 256; ++b) {
     const float* xb = x + 256 * b;
+    if (!finite_block(xb, 256, q + 256 * b, d + b)) continue;
     float amax = 0.0f, max = 0.0f;
     for (int i = 0; i < 256; ++i) {
       if (std::fabs(xb[i]) > amax) {

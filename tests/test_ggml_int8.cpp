@@ -9,11 +9,13 @@
 //     at their largest), Qwen2.5 row lengths and odd block counts;
 //   - the row-parallel product: each y[m, n] equal (bits) to the single dot, for M across the 64-row passes, with
 //     Llama's interleaved q/k rows;
-//   - against the exact product (fp32 x times ŵ): the activations' 8-bit rounding, within kInt8RelErr.
+//   - against the exact product (fp32 x times ŵ): the activations' 8-bit rounding, within kInt8RelErr;
+//   - a NaN or inf activation: NaN out for its row, the other rows untouched.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -213,6 +215,25 @@ TEST(GgmlInt8, StaysWithinTheActivationRoundingOfTheExactProduct) {
     const double rel = std::sqrt(err / norm);
     EXPECT_LT(rel, kInt8RelErr) << type_name(t);
     EXPECT_GT(rel, 0.0) << type_name(t) << ": the activations were not rounded";
+  }
+}
+
+// A NaN or an inf in the activations makes the products it enters NaN (the exact product's NaN or inf), not the
+// arbitrary codes ggml's float-to-int8 casts would give.
+TEST(GgmlInt8, NonFiniteActivationsGiveNaN) {
+  Rng rng(kSeed + 5);
+  for (GgmlType t : kTypes) {
+    const int64_t K = 512;
+    const std::vector<uint8_t> row = random_row(t, K, rng);
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      std::vector<float> x = normals(rng, 2 * K);
+      x[K + 300] = bad;  // row 1 only
+      GgmlInt8Rows a;
+      quantize_int8_rows(ggml_int8_activation_type(t), x.data(), 2, K, &a);
+      EXPECT_TRUE(std::isfinite(ggml_int8_dot(t, row.data(), a, 0))) << type_name(t);
+      EXPECT_TRUE(std::isnan(ggml_int8_dot(t, row.data(), a, 1))) << type_name(t) << " " << bad;
+      EXPECT_TRUE(std::isnan(ggml_int8_dot_portable(t, row.data(), a, 1))) << type_name(t) << " " << bad;
+    }
   }
 }
 
