@@ -1,5 +1,6 @@
 // Internal to quant/: the fields of GGUF blocks that more than one reader takes apart (the vector readers,
-// quant/ggml_decode_vec.cpp, and the int8 products, quant/ggml_dot_int8.cpp). Layouts: quant/ggml_blocks.h.
+// quant/ggml_decode_vec.cpp, the IQ4 formats, quant/ggml_iquants.cpp, and the int8 products,
+// quant/ggml_dot_int8.cpp). Layouts: quant/ggml_blocks.h.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,9 @@
 #include "core/dtype.h"
 
 namespace qwenq::ggml_detail {
+
+// IQ4_NL's and IQ4_XS's 16 non-linear levels (x ≈ scale · kIq4nlLevels[q]).
+constexpr int8_t kIq4nlLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 // The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block from its 12 packed bytes.
 inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {

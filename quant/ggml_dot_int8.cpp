@@ -12,6 +12,7 @@
 #include "quant/ggml_dot_int8.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -31,15 +32,24 @@ namespace qwenq {
 using ggml_detail::f16_at;
 using ggml_detail::k_scale_min;
 
+namespace {
+constexpr const char* kUnsupported =
+    "the int8 products read Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS weights, not type ";
+}  // namespace
+
 bool ggml_int8_product_supported(GgmlType t) {
-  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
-         t == GgmlType::Q6_K;
+  switch (t) {
+    case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
+    case GgmlType::IQ4_NL: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::IQ4_XS:
+      return true;
+    default:
+      return false;
+  }
 }
 
 GgmlType ggml_int8_activation_type(GgmlType t) {
-  QWENQ_CHECK(ggml_int8_product_supported(t), "the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type "
-                                                  << static_cast<uint32_t>(t));
-  return t == GgmlType::Q8_0 || t == GgmlType::Q4_0 ? GgmlType::Q8_0 : GgmlType::Q8_K;
+  QWENQ_CHECK(ggml_int8_product_supported(t), kUnsupported << static_cast<uint32_t>(t));
+  return ggml_type_info(static_cast<uint32_t>(t))->block == 32 ? GgmlType::Q8_0 : GgmlType::Q8_K;
 }
 
 namespace {
@@ -117,26 +127,90 @@ QWENQ_PORTABLE_DOT int32_t int_dot(const Q* q, const int8_t* a, int n) {
   return s;
 }
 
-QWENQ_PORTABLE_DOT float dot_q8_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*, int64_t nb) {
+// Blocks of 32 values with an fp16 d at byte 0 and, kMin, an fp16 m at byte 2: w = d·c + m with the 32 signed codes
+// c that codes(block, c) writes; the min term is m·da·Σa (the activations' 16-value sums).
+template <int64_t kBytes, bool kMin, typename Codes>
+QWENQ_PORTABLE_DOT float blocks32_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
+                                           int64_t nb, Codes codes) {
   float sum = 0.0f;
+  int8_t c[32];
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = w + 34 * b;
-    const int32_t s = int_dot(reinterpret_cast<const int8_t*>(blk + 2), a + 32 * b, 32);
-    sum += f16_at(blk) * da[b] * static_cast<float>(s);
+    const uint8_t* blk = w + kBytes * b;
+    codes(blk, c);
+    sum += f16_at(blk) * da[b] * static_cast<float>(int_dot(c, a + 32 * b, 32));
+    if (kMin) sum += f16_at(blk + 2) * da[b] * static_cast<float>(bs[2 * b] + bs[2 * b + 1]);
   }
   return sum;
 }
 
-QWENQ_PORTABLE_DOT float dot_q4_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*, int64_t nb) {
+// The 32 values of a block whose 16 bytes hold values j (low nibble) and j + 16 (high nibble) in byte j, each
+// mapped by level(nibble, j) (j the value's index).
+template <typename Level>
+inline void nibble_codes(const uint8_t* qs, int8_t* c, Level level) {
+  for (int j = 0; j < 16; ++j) {
+    c[j] = static_cast<int8_t>(level(qs[j] & 15, j));
+    c[16 + j] = static_cast<int8_t>(level(qs[j] >> 4, 16 + j));
+  }
+}
+
+// Q5_0 / Q5_1: the fifth bit of value j is bit j of the u32 qh.
+inline uint32_t u32_at(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+float dot_q8_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<34, false>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) { std::memcpy(c, blk + 2, 32); });
+}
+float dot_q4_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<18, false>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) {
+    nibble_codes(blk + 2, c, [](int q, int) { return q - 8; });
+  });
+}
+float dot_q4_1_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<20, true>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) {
+    nibble_codes(blk + 4, c, [](int q, int) { return q; });
+  });
+}
+float dot_q5_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<22, false>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) {
+    const uint32_t qh = u32_at(blk + 2);
+    nibble_codes(blk + 6, c, [qh](int q, int j) { return (q | ((qh >> j) & 1) << 4) - 16; });
+  });
+}
+float dot_q5_1_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<24, true>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) {
+    const uint32_t qh = u32_at(blk + 4);
+    nibble_codes(blk + 8, c, [qh](int q, int j) { return q | ((qh >> j) & 1) << 4; });
+  });
+}
+float dot_iq4_nl_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
+  return blocks32_portable<18, false>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) {
+    nibble_codes(blk + 2, c, [](int q, int) { return ggml_detail::kIq4nlLevels[q]; });
+  });
+}
+
+// IQ4_XS (136 bytes per 256): fp16 d, u16 scales_h, scales_l[4], qs[128]; sub-block i of 32 has the integer scale
+// ls_i − 32, ls_i = (nibble i of scales_l) | (bits 2i, 2i+1 of scales_h) << 4, and IQ4_NL's levels.
+inline int iq4_xs_scale(const uint8_t* blk, int i) {
+  uint16_t h;
+  std::memcpy(&h, blk + 2, 2);
+  return (((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | (((h >> (2 * i)) & 3) << 4)) - 32;
+}
+
+QWENQ_PORTABLE_DOT float dot_iq4_xs_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*,
+                                             int64_t nb) {
   float sum = 0.0f;
-  int8_t q[32];
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* blk = w + 18 * b;
-    for (int i = 0; i < 16; ++i) {
-      q[i] = static_cast<int8_t>((blk[2 + i] & 15) - 8);
-      q[16 + i] = static_cast<int8_t>((blk[2 + i] >> 4) - 8);
+  int8_t c[32];
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 136 * B;
+    int32_t isum = 0;
+    for (int i = 0; i < 8; ++i) {
+      nibble_codes(blk + 8 + 16 * i, c, [](int q, int) { return ggml_detail::kIq4nlLevels[q]; });
+      isum += iq4_xs_scale(blk, i) * int_dot(c, a + 256 * B + 32 * i, 32);
     }
-    sum += f16_at(blk) * da[b] * static_cast<float>(int_dot(q, a + 32 * b, 32));
+    sum += f16_at(blk) * da[B] * static_cast<float>(isum);
   }
   return sum;
 }
@@ -195,12 +269,17 @@ DotFn portable_dot(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0: return dot_q8_0_portable;
     case GgmlType::Q4_0: return dot_q4_0_portable;
+    case GgmlType::Q4_1: return dot_q4_1_portable;
+    case GgmlType::Q5_0: return dot_q5_0_portable;
+    case GgmlType::Q5_1: return dot_q5_1_portable;
+    case GgmlType::IQ4_NL: return dot_iq4_nl_portable;
     case GgmlType::Q4_K: return dot_q45_k_portable<false>;
     case GgmlType::Q5_K: return dot_q45_k_portable<true>;
     case GgmlType::Q6_K: return dot_q6_k_portable;
+    case GgmlType::IQ4_XS: return dot_iq4_xs_portable;
     default: break;
   }
-  QWENQ_FAIL("the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type " << static_cast<uint32_t>(t));
+  QWENQ_FAIL(kUnsupported << static_cast<uint32_t>(t));
 }
 
 // R rows of quantized activations, for kernels that unpack a weight block once and multiply it with each row.
@@ -235,9 +314,10 @@ inline float hsum(__m512 v) {
 // s0 in lanes 0..7 and s1 in lanes 8..15 (two blocks of 32 values).
 inline __m512 two_scales(float s0, float s1) { return _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1); }
 
-// Blocks of 32 values with one fp16 scale each (Q8_0, Q4_0), two per step (lanes 0..7 the first): codes(b0, b1)
-// gives the 64 signed weights of blocks b0, b1; they multiply as |w| · (a negated where w < 0).
-template <int R, typename Codes>
+// Blocks of 32 values with an fp16 d at byte 0 (and, kMin, an fp16 m at byte 2), two per step (lanes 0..7 the
+// first): codes(b0, b1) gives the 64 signed codes c of blocks b0, b1 (w = d·c + m); they multiply as
+// |c| · (a negated where c < 0). The min term m·da·Σa of both blocks goes into lane 0.
+template <int R, bool kMin, typename Codes>
 void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc,
                    Codes codes) {
   for (int64_t b = b0; b < b1; b += 2) {
@@ -254,27 +334,112 @@ void blocks32_vnni(const uint8_t* w, int64_t bytes, const Acts<R>& a, int64_t b0
       const __m512i dp = dot_u8s8(wabs, _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av));
       const float da1 = pair ? a.d[r][b + 1] : 0.0f;
       acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), two_scales(dw0 * a.d[r][b], dw1 * da1), acc[r]);
+      if (kMin) {
+        const int16_t* bs = a.bs[r] + 2 * b;
+        float term = f16_at(b0 + 2) * a.d[r][b] * static_cast<float>(bs[0] + bs[1]);
+        if (pair) term += f16_at(b1 + 2) * da1 * static_cast<float>(bs[2] + bs[3]);
+        acc[r] = _mm512_mask_add_ps(acc[r], 1, acc[r], _mm512_set1_ps(term));
+      }
     }
   }
 }
 
-template <int R>
-void q8_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
-  blocks32_vnni<R>(w, 34, a, b0, b1, acc, [](const uint8_t* b0, const uint8_t* b1) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(b0 + 2)), load32(b1 + 2), 1);
-  });
+// Two blocks' 16-byte nibble runs as 64 codes 0..15 in value order: [low b0, high b0, low b1, high b1].
+inline __m512i nibbles64(const uint8_t* qs0, const uint8_t* qs1) {
+  const __m128i x0 = load16(qs0), x1 = load16(qs1);
+  __m512i v = _mm512_castsi128_si512(x0);
+  v = _mm512_inserti32x4(v, _mm_srli_epi16(x0, 4), 1);
+  v = _mm512_inserti32x4(v, x1, 2);
+  v = _mm512_inserti32x4(v, _mm_srli_epi16(x1, 4), 3);
+  return _mm512_and_si512(v, _mm512_set1_epi8(15));
+}
+// Q5_0 / Q5_1: bit j of a block's u32 qh is the fifth bit of its value j, so the two words are the byte mask.
+inline __m512i fifth_bits(__m512i nibbles, const uint8_t* qh0, const uint8_t* qh1) {
+  const __mmask64 bits = static_cast<__mmask64>(u32_at(qh0)) | static_cast<__mmask64>(u32_at(qh1)) << 32;
+  return _mm512_mask_add_epi8(nibbles, bits, nibbles, _mm512_set1_epi8(16));
+}
+// IQ4_NL's levels in each 128-bit lane, for vpshufb.
+inline __m512i iq4nl_table() {
+  static const std::array<int8_t, 64> levels = [] {
+    std::array<int8_t, 64> t{};
+    for (int i = 0; i < 64; ++i) t[static_cast<size_t>(i)] = ggml_detail::kIq4nlLevels[i % 16];
+    return t;
+  }();
+  return load64(levels.data());
 }
 
 template <int R>
-void q4_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
-  blocks32_vnni<R>(w, 18, a, b0, b1, acc, [](const uint8_t* b0, const uint8_t* b1) {
-    const __m128i x0 = load16(b0 + 2), x1 = load16(b1 + 2);
-    __m512i v = _mm512_castsi128_si512(x0);
-    v = _mm512_inserti32x4(v, _mm_srli_epi16(x0, 4), 1);
-    v = _mm512_inserti32x4(v, x1, 2);
-    v = _mm512_inserti32x4(v, _mm_srli_epi16(x1, 4), 3);
-    return _mm512_sub_epi8(_mm512_and_si512(v, _mm512_set1_epi8(15)), _mm512_set1_epi8(8));
+void q8_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R, false>(w, 34, a, b0, b1, acc, [](const uint8_t* p0, const uint8_t* p1) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(p0 + 2)), load32(p1 + 2), 1);
   });
+}
+template <int R>
+void q4_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R, false>(w, 18, a, b0, b1, acc, [](const uint8_t* p0, const uint8_t* p1) {
+    return _mm512_sub_epi8(nibbles64(p0 + 2, p1 + 2), _mm512_set1_epi8(8));
+  });
+}
+template <int R>
+void q4_1_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R, true>(w, 20, a, b0, b1, acc,
+                         [](const uint8_t* p0, const uint8_t* p1) { return nibbles64(p0 + 4, p1 + 4); });
+}
+template <int R>
+void q5_0_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R, false>(w, 22, a, b0, b1, acc, [](const uint8_t* p0, const uint8_t* p1) {
+    return _mm512_sub_epi8(fifth_bits(nibbles64(p0 + 6, p1 + 6), p0 + 2, p1 + 2), _mm512_set1_epi8(16));
+  });
+}
+template <int R>
+void q5_1_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  blocks32_vnni<R, true>(w, 24, a, b0, b1, acc, [](const uint8_t* p0, const uint8_t* p1) {
+    return fifth_bits(nibbles64(p0 + 8, p1 + 8), p0 + 4, p1 + 4);
+  });
+}
+template <int R>
+void iq4_nl_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  const __m512i table = iq4nl_table();
+  blocks32_vnni<R, false>(w, 18, a, b0, b1, acc, [&table](const uint8_t* p0, const uint8_t* p1) {
+    return _mm512_shuffle_epi8(table, nibbles64(p0 + 2, p1 + 2));
+  });
+}
+
+// IQ4_XS: per 64 values (sub-blocks 2c, 2c + 1) the levels of 32 bytes of qs, lanes 0..7 the first sub-block, times
+// the sub-blocks' integer scales ls − 32 (lane vector of iq4_xs_scale), summed in int32 over the super-block.
+template <int R>
+void iq4_xs_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  const __m512i table = iq4nl_table();
+  const __m512i sub_of_lane = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i low_shift = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 28, 24, 20, 16, 12, 8, 4, 0);
+  const __m512i high_shift = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 14, 12, 10, 8, 6, 4, 2, 0);
+  for (int64_t B = b0; B < b1; ++B) {
+    const uint8_t* blk = w + 136 * B;
+    uint16_t h;
+    std::memcpy(&h, blk + 2, 2);
+    // ls_i = (scales_l >> 4i & 15) | (scales_h >> 2i & 3) << 4, lanes 0..7.
+    const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(u32_at(blk + 4))), low_shift),
+                                        _mm512_set1_epi32(15));
+    const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(h), high_shift), _mm512_set1_epi32(3));
+    const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+    __m512i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      const uint8_t* qs = blk + 8 + 32 * c;
+      const __m512i codes = _mm512_shuffle_epi8(table, nibbles64(qs, qs + 16));
+      const __m512i wabs = _mm512_abs_epi8(codes);
+      const __mmask64 neg = _mm512_movepi8_mask(codes);
+      const __m512i lane_sc = _mm512_permutexvar_epi32(_mm512_add_epi32(sub_of_lane, _mm512_set1_epi32(2 * c)), ls);
+      for (int r = 0; r < R; ++r) {
+        const __m512i av = load64(a.q[r] + 256 * B + 64 * c);
+        const __m512i dp = dot_u8s8(wabs, _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av));
+        isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(dp, lane_sc));
+      }
+    }
+    const float d = f16_at(blk);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * a.d[r][B]), acc[r]);
+  }
 }
 
 // The 8 scales of a Q4_K/Q5_K super-block in lanes 0..7 and its 8 mins in lanes 8..15, from the 12 packed bytes as
@@ -376,12 +541,17 @@ RowsFn<R> fast_rows(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0: return q8_0_vnni<R>;
     case GgmlType::Q4_0: return q4_0_vnni<R>;
+    case GgmlType::Q4_1: return q4_1_vnni<R>;
+    case GgmlType::Q5_0: return q5_0_vnni<R>;
+    case GgmlType::Q5_1: return q5_1_vnni<R>;
+    case GgmlType::IQ4_NL: return iq4_nl_vnni<R>;
     case GgmlType::Q4_K: return q45_k_vnni<R, false>;
     case GgmlType::Q5_K: return q45_k_vnni<R, true>;
     case GgmlType::Q6_K: return q6_k_vnni<R>;
+    case GgmlType::IQ4_XS: return iq4_xs_vnni<R>;
     default: break;
   }
-  QWENQ_FAIL("the int8 products read Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weights, not type " << static_cast<uint32_t>(t));
+  QWENQ_FAIL(kUnsupported << static_cast<uint32_t>(t));
 }
 #endif
 

@@ -3,24 +3,31 @@
 // product (quant/packed_matvec.h: x in fp32 times the exact ŵ), offered because it is how llama.cpp decodes on a CPU.
 //
 // Activations (a row x of K values; llama.cpp's vec_dot_type of each weight type):
-//   Q8_0, for Q8_0 and Q4_0 weights, per block b of 32:  da_b = fp16(d), d = max|x_b| / 127, a = roundf(x · (1/d))
-//         (quantize_row_q8_0_ref, the same bytes as quantize_ggml_row(Q8_0))
-//   Q8_K, for Q4_K, Q5_K and Q6_K weights, per block B of 256: da_B = −max/127 in fp32 with max the x of largest |x|,
-//         a = min(127, nearest_int(x · (−127/max)))          (quantize_row_q8_K_ref; a in [−127, 127])
+//   Q8_0, for the blocks of 32 (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL), per block b:
+//         da_b = fp16(d), d = max|x_b| / 127, a = roundf(x · (1/d))
+//         (quantize_row_q8_0_ref, the same bytes as quantize_ggml_row(Q8_0); llama.cpp's Q8_1 for Q4_1 and Q5_1 holds
+//         the same codes)
+//   Q8_K, for the super-blocks of 256 (Q4_K, Q5_K, Q6_K, IQ4_XS), per block B:
+//         da_B = −max/127 in fp32 with max the x of largest |x|, a = min(127, nearest_int(x · (−127/max)))
+//         (quantize_row_q8_K_ref; a in [−127, 127])
 //   so x ≈ da · a; sums of 16 consecutive a are kept (ggml's bsums) for the weights' offsets and mins.
 //
 // Products, with every sum Σ over codes exact in int32 (|Σ| < 2^31 for any block):
-//   Q8_0:  y = Σ_b fp16(dw_b)·da_b · Σ_{i∈b} q_i·a_i
-//   Q4_0:  y = Σ_b fp16(dw_b)·da_b · Σ_{i∈b} (q_i − 8)·a_i
+//   blocks of 32 with ŵ = d·c + m (Q8_0: c = q; Q4_0: q − 8; Q5_0: q − 16; IQ4_NL: level[q]; Q4_1, Q5_1: c = q
+//   and a min m, 0 for the others):
+//          y = Σ_b fp16(d_b)·da_b · Σ_{i∈b} c_i·a_i  +  fp16(m_b)·da_b · Σ_{i∈b} a_i
 //   Q4_K, Q5_K (sub-blocks j of 32, 6-bit s_j and m_j):
 //          y = Σ_B da_B·fp16(d) · Σ_j s_j·Σ_{i∈j} q_i·a_i  −  da_B·fp16(dmin) · Σ_j m_j·Σ_{i∈j} a_i
 //   Q6_K (sub-blocks v of 16, int8 s_v):
 //          y = Σ_B da_B·fp16(d) · Σ_v s_v·(Σ_{i∈v} q_i·a_i − 32·Σ_{i∈v} a_i)
+//   IQ4_XS (sub-blocks j of 32, 6-bit ls_j):
+//          y = Σ_B da_B·fp16(d) · Σ_j (ls_j − 32)·Σ_{i∈j} level[q_i]·a_i
 // which is Σ_i ŵ_i·(da·a_i) up to the fp32 rounding of the per-block terms: the only error against the exact product
 // is the activations' 8-bit rounding (relative ~0.4 % of a block's largest |x| per value).
 //
 // Why: the exact products decode every weight to fp32 and spend a fused multiply-add per weight and row; here 64
-// codes take one AVX-512 VNNI instruction (vpdpbusd, u8 × s8 → s32), the rest is unpacking nibbles. Without
+// codes take one AVX-512 VNNI instruction (vpdpbusd, u8 × s8 → s32), the rest is unpacking nibbles (and, for the IQ4
+// levels, one byte shuffle). Without
 // AVX-512 VNNI the same sums run in portable loops (the twin the tests compare against).
 #pragma once
 
@@ -31,7 +38,8 @@
 
 namespace qwenq {
 
-// Q8_0, Q4_0, Q4_K, Q5_K and Q6_K; the other types keep the exact products.
+// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS; the others (Q2_K, Q3_K and the float types)
+// keep the exact products.
 bool ggml_int8_product_supported(GgmlType t);
 // The activation type (Q8_0 or Q8_K) weights of type t are multiplied with; throws for an unsupported t.
 GgmlType ggml_int8_activation_type(GgmlType t);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quant/ggml_block_fields.h"
 #include "quant/ggml_kquants.h"
 #include "quant/ggml_search.h"
 
@@ -19,7 +20,7 @@ namespace qwenq::ggml_detail {
 
 namespace {
 
-constexpr int8_t kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+constexpr const int8_t* kIq4nl = kIq4nlLevels;
 
 // The index of the level nearest to x (the lower one on a tie), by bisection as ggml's best_index_int8.
 int nearest_level(float x) {

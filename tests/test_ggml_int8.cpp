@@ -35,7 +35,8 @@ constexpr double kDotRelTol = 2e-6;
 // 256 values (measured ~0.5-0.9 %).
 constexpr double kInt8RelErr = 0.02;
 
-const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,   GgmlType::Q5_0, GgmlType::Q5_1,
+                           GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS};
 
 std::string type_name(GgmlType t) { return ggml_type_info(static_cast<uint32_t>(t))->name; }
 
@@ -50,8 +51,8 @@ void put_f16(uint8_t* p, float v) {
   std::memcpy(p, &h, 2);
 }
 
-// A row of K values of type t from random bytes, with finite fp16 scales of ~0.01 (every code and sub-block scale
-// pattern; Q6_K's int8 scales of either sign). saturate: every code at its largest.
+// A row of K values of type t from random bytes, with finite fp16 scales (and Q4_1/Q5_1 mins) of ~0.01 (every code
+// and sub-block scale pattern; Q6_K's int8 scales of either sign). saturate: every code at its largest.
 std::vector<uint8_t> random_row(GgmlType t, int64_t K, Rng& rng, bool saturate = false) {
   const GgmlTypeInfo* info = ggml_type_info(static_cast<uint32_t>(t));
   std::vector<uint8_t> row(static_cast<size_t>(ggml_row_bytes(t, K)));
@@ -64,7 +65,8 @@ std::vector<uint8_t> random_row(GgmlType t, int64_t K, Rng& rng, bool saturate =
       if (saturate) std::memset(blk + 192, 127, 16);
     } else {
       put_f16(blk, d);
-      if (t == GgmlType::Q4_K || t == GgmlType::Q5_K) put_f16(blk + 2, dmin);
+      if (t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q4_1 || t == GgmlType::Q5_1)
+        put_f16(blk + 2, dmin);  // dmin, or the block's m
       if (saturate && t == GgmlType::Q8_0) std::memset(blk + 2, 127, 32);
     }
   }
@@ -247,7 +249,8 @@ TEST(GgmlInt8, RefusesOtherTypesAndShapes) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("not type 10"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::IQ4_XS));
+  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::Q3_K));
+  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::F16));
   GgmlInt8Rows a;
   EXPECT_THROW(quantize_int8_rows(GgmlType::Q8_K, x.data(), 1, 100, &a), std::exception);
 }

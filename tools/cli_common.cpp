@@ -121,15 +121,15 @@ Device resolve_experimental_device(const CommonOptions& opt, const std::string& 
 
 void add_int8_activations_flag(CLI::App* cmd, bool* on) {
   cmd->add_flag("--int8-activations", *on,
-                "GGUF models on the CPU: round each activation row to 8 bits per block and multiply the Q8_0/Q4_0/"
-                "Q4_K/Q5_K/Q6_K tensors in integers, as llama.cpp does (faster; not the exact product)");
+                "GGUF models on the CPU: round each activation row to 8 bits per block and multiply the quantized "
+                "tensors (all but Q2_K/Q3_K) in integers, as llama.cpp does (faster; not the exact product)");
 }
 
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common) {
   if (!on) return;
   QWENQ_CHECK(is_gguf_file(model_path), "--int8-activations: " << model_path
                                                                 << " is not a GGUF file (the int8 products read "
-                                                                   "llama.cpp's blocks: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)");
+                                                                   "llama.cpp's blocks)");
   QWENQ_CHECK(common.device != "cuda", "--int8-activations: the int8 products run on the CPU; GGUF models run there "
                                       "anyway (drop --device cuda)");
   set_gguf_int8_activations(true);
