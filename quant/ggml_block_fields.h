@@ -28,6 +28,13 @@ inline void k_scale_min(const uint8_t* s, int j, int* sc, int* mn) {
   }
 }
 
+// Sub-block j's 6-bit Q3_K scale code (0..63) from the 12 packed bytes: the low 4 bits in nibble j of bytes 0..7
+// (bytes 0..7 low nibbles for j < 8, high for j >= 8), the top 2 bits at bits 2(j/4) of byte 8 + j%4.
+inline int q3_scale_code(const uint8_t* sc, int j) {
+  const int lo = j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4;
+  return lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4);
+}
+
 // The fp16 at p, with F16C's conversion where the compiler targets it: f16_to_f32 is a call, and the vector registers
 // live across it cost more than the rest of a Q4_K block (exact either way; a signaling NaN comes out quiet, which
 // every use, a multiplication, would do anyway).

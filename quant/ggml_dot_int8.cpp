@@ -34,13 +34,15 @@ using ggml_detail::k_scale_min;
 
 namespace {
 constexpr const char* kUnsupported =
-    "the int8 products read Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS weights, not type ";
+    "the int8 products read the quantized GGUF types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K ... Q6_K, IQ4_XS), "
+    "not type ";
 }  // namespace
 
 bool ggml_int8_product_supported(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0: case GgmlType::Q4_0: case GgmlType::Q4_1: case GgmlType::Q5_0: case GgmlType::Q5_1:
-    case GgmlType::IQ4_NL: case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::IQ4_XS:
+    case GgmlType::IQ4_NL: case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K: case GgmlType::Q5_K:
+    case GgmlType::Q6_K: case GgmlType::IQ4_XS:
       return true;
     default:
       return false;
@@ -263,6 +265,52 @@ QWENQ_PORTABLE_DOT float dot_q6_k_portable(const uint8_t* w, const int8_t* a, co
   return sum;
 }
 
+// Q2_K (84 bytes per 256): scales[16] (low nibble the scale, high the min of sub-block s of 16), qs[64], fp16 d and
+// dmin; Q3_K (110 bytes): hmask[32], qs[64], 12 bytes of 6-bit scale codes, fp16 d. Value 128h + 32j + l takes bits
+// 2j, 2j+1 of qs[32h + l] (and, Q3_K, bit 4h + j of hmask[l]: set means +4 over the 2 bits' value − 4).
+template <bool kThree>
+inline void low_k_codes(const uint8_t* qs, const uint8_t* hmask, uint8_t* q) {
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j)
+      for (int l = 0; l < 32; ++l)
+        q[128 * h + 32 * j + l] = static_cast<uint8_t>(((qs[32 * h + l] >> (2 * j)) & 3) |
+                                                       (kThree ? ((hmask[l] >> (4 * h + j)) & 1) << 2 : 0));
+}
+
+QWENQ_PORTABLE_DOT float dot_q2_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
+                                           int64_t nb) {
+  float sum = 0.0f;
+  uint8_t q[256];
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 84 * B;
+    low_k_codes<false>(blk + 16, nullptr, q);
+    int32_t isum = 0, msum = 0;
+    for (int s = 0; s < 16; ++s) {
+      isum += (blk[s] & 15) * int_dot(q + 16 * s, a + 256 * B + 16 * s, 16);
+      msum += (blk[s] >> 4) * bs[16 * B + s];
+    }
+    sum += f16_at(blk + 80) * da[B] * static_cast<float>(isum) - f16_at(blk + 82) * da[B] * static_cast<float>(msum);
+  }
+  return sum;
+}
+
+// Q3_K's codes u = 2 bits + 4·hmask bit (0..7) stand for u − 4: Σ (u − 4)·a = Σ u·a − 4·Σ a per sub-block.
+QWENQ_PORTABLE_DOT float dot_q3_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
+                                           int64_t nb) {
+  float sum = 0.0f;
+  uint8_t q[256];
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 110 * B;
+    low_k_codes<true>(blk + 32, blk, q);
+    int32_t isum = 0;
+    for (int s = 0; s < 16; ++s)
+      isum += (ggml_detail::q3_scale_code(blk + 96, s) - 32) *
+              (int_dot(q + 16 * s, a + 256 * B + 16 * s, 16) - 4 * bs[16 * B + s]);
+    sum += f16_at(blk + 108) * da[B] * static_cast<float>(isum);
+  }
+  return sum;
+}
+
 using DotFn = float (*)(const uint8_t*, const int8_t*, const float*, const int16_t*, int64_t);
 
 DotFn portable_dot(GgmlType t) {
@@ -277,6 +325,8 @@ DotFn portable_dot(GgmlType t) {
     case GgmlType::Q5_K: return dot_q45_k_portable<true>;
     case GgmlType::Q6_K: return dot_q6_k_portable;
     case GgmlType::IQ4_XS: return dot_iq4_xs_portable;
+    case GgmlType::Q2_K: return dot_q2_k_portable;
+    case GgmlType::Q3_K: return dot_q3_k_portable;
     default: break;
   }
   QWENQ_FAIL(kUnsupported << static_cast<uint32_t>(t));
@@ -532,6 +582,69 @@ void q6_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m51
   }
 }
 
+// Q2_K and Q3_K: 64 values per step (chunk 2h + p: bit pairs 4p and 4p + 2 of 32 bytes of qs, Q3_K's hmask bits
+// 4h + 2p and 4h + 2p + 1 as bit 2), sub-blocks of 16 (lane l of chunk c: sub-block 4c + l/4) with integer scales;
+// the mins (Q2_K) and the −4 offset (Q3_K) come from the activations' 16-value sums, lane s.
+// Q3_K's 16 scale codes − 32, from the 12 packed bytes as words w0, w1, w2 (q3_scale_code, four at a time).
+inline __m512i q3_k_scales(const uint8_t* packed) {
+  uint32_t w[3];
+  std::memcpy(w, packed, 12);
+  const uint32_t four = 0x0f0f0f0fu, two = 0x03030303u;
+  const uint32_t s0 = (w[0] & four) | ((w[2] & two) << 4), s1 = (w[1] & four) | (((w[2] >> 2) & two) << 4);
+  const uint32_t s2 = ((w[0] >> 4) & four) | (((w[2] >> 4) & two) << 4);
+  const uint32_t s3 = ((w[1] >> 4) & four) | (((w[2] >> 6) & two) << 4);
+  const __m128i codes =
+      _mm_set_epi32(static_cast<int>(s3), static_cast<int>(s2), static_cast<int>(s1), static_cast<int>(s0));
+  return _mm512_sub_epi32(_mm512_cvtepu8_epi32(codes), _mm512_set1_epi32(32));
+}
+
+template <int R, bool kThree>
+void low_k_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
+  constexpr int64_t kBytes = kThree ? 110 : 84;
+  const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  const __m512i sub_of_lane = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  for (int64_t B = b0; B < b1; ++B) {
+    const uint8_t* blk = w + kBytes * B;
+    const uint8_t* qs = blk + (kThree ? 32 : 16);
+    const __m512i packed = kThree ? _mm512_setzero_si512() : _mm512_cvtepu8_epi32(load16(blk));
+    const __m512i sc = kThree ? q3_k_scales(blk + 96) : _mm512_and_si512(packed, _mm512_set1_epi32(15));
+    const __m256i hm = kThree ? load32(blk) : _mm256_setzero_si256();
+    __m512i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm512_setzero_si512();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bytes = load32(qs + 32 * h);
+      for (int p = 0; p < 2; ++p) {
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * p)), three);
+        __m256i hi = _mm256_and_si256(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * p + 2)), three);
+        if (kThree) {
+          const __m256i bits = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + 2 * p));
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(bits, one), 2));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 1), one), 2));
+        }
+        const int chunk = 2 * h + p;
+        const __m512i codes = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        const __m512i lane_sc = _mm512_permutexvar_epi32(_mm512_add_epi32(sub_of_lane, _mm512_set1_epi32(4 * chunk)), sc);
+        for (int r = 0; r < R; ++r)
+          isum[r] = _mm512_add_epi32(isum[r],
+                                     _mm512_mullo_epi32(dot_u8s8(codes, load64(a.q[r] + 256 * B + 64 * chunk)), lane_sc));
+      }
+    }
+    const float d = f16_at(blk + (kThree ? 108 : 80));
+    for (int r = 0; r < R; ++r) {
+      const __m512i sums = _mm512_cvtepi16_epi32(load32(a.bs[r] + 16 * B));
+      const float da = a.d[r][B];
+      if (kThree) {  // − 4 · Σ_s sc_s · Σ_{i∈s} a_i
+        const __m512i total = _mm512_sub_epi32(isum[r], _mm512_slli_epi32(_mm512_mullo_epi32(sums, sc), 2));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d * da), acc[r]);
+      } else {
+        const __m512i msum = _mm512_mullo_epi32(sums, _mm512_srli_epi32(packed, 4));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), _mm512_set1_ps(d * da), acc[r]);
+        acc[r] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_set1_ps(f16_at(blk + 82) * da), acc[r]);
+      }
+    }
+  }
+}
+
 // A kernel adds blocks [b0, b1) of weight row w times R activation rows into acc[R] (16 lanes each; hsum at the end).
 template <int R>
 using RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, int64_t, __m512*);
@@ -549,6 +662,8 @@ RowsFn<R> fast_rows(GgmlType t) {
     case GgmlType::Q5_K: return q45_k_vnni<R, true>;
     case GgmlType::Q6_K: return q6_k_vnni<R>;
     case GgmlType::IQ4_XS: return iq4_xs_vnni<R>;
+    case GgmlType::Q2_K: return low_k_vnni<R, false>;
+    case GgmlType::Q3_K: return low_k_vnni<R, true>;
     default: break;
   }
   QWENQ_FAIL(kUnsupported << static_cast<uint32_t>(t));

@@ -7,7 +7,7 @@
 //         da_b = fp16(d), d = max|x_b| / 127, a = roundf(x · (1/d))
 //         (quantize_row_q8_0_ref, the same bytes as quantize_ggml_row(Q8_0); llama.cpp's Q8_1 for Q4_1 and Q5_1 holds
 //         the same codes)
-//   Q8_K, for the super-blocks of 256 (Q4_K, Q5_K, Q6_K, IQ4_XS), per block B:
+//   Q8_K, for the super-blocks of 256 (Q2_K ... Q6_K, IQ4_XS), per block B:
 //         da_B = −max/127 in fp32 with max the x of largest |x|, a = min(127, nearest_int(x · (−127/max)))
 //         (quantize_row_q8_K_ref; a in [−127, 127])
 //   so x ≈ da · a; sums of 16 consecutive a are kept (ggml's bsums) for the weights' offsets and mins.
@@ -20,15 +20,19 @@
 //          y = Σ_B da_B·fp16(d) · Σ_j s_j·Σ_{i∈j} q_i·a_i  −  da_B·fp16(dmin) · Σ_j m_j·Σ_{i∈j} a_i
 //   Q6_K (sub-blocks v of 16, int8 s_v):
 //          y = Σ_B da_B·fp16(d) · Σ_v s_v·(Σ_{i∈v} q_i·a_i − 32·Σ_{i∈v} a_i)
+//   Q3_K (sub-blocks v of 16, 6-bit codes s_v; u = 2 low bits + 4·hmask bit):
+//          y = Σ_B da_B·fp16(d) · Σ_v (s_v − 32)·(Σ_{i∈v} u_i·a_i − 4·Σ_{i∈v} a_i)
+//   Q2_K (sub-blocks v of 16, 4-bit scale s_v and min m_v, 2-bit q):
+//          y = Σ_B da_B·fp16(d) · Σ_v s_v·Σ_{i∈v} q_i·a_i  −  da_B·fp16(dmin) · Σ_v m_v·Σ_{i∈v} a_i
 //   IQ4_XS (sub-blocks j of 32, 6-bit ls_j):
 //          y = Σ_B da_B·fp16(d) · Σ_j (ls_j − 32)·Σ_{i∈j} level[q_i]·a_i
 // which is Σ_i ŵ_i·(da·a_i) up to the fp32 rounding of the per-block terms: the only error against the exact product
 // is the activations' 8-bit rounding (relative ~0.4 % of a block's largest |x| per value).
 //
 // Why: the exact products decode every weight to fp32 and spend a fused multiply-add per weight and row; here 64
-// codes take one AVX-512 VNNI instruction (vpdpbusd, u8 × s8 → s32), the rest is unpacking nibbles (and, for the IQ4
-// levels, one byte shuffle). Without
-// AVX-512 VNNI the same sums run in portable loops (the twin the tests compare against).
+// codes take one AVX-512 VNNI instruction (vpdpbusd, u8 × s8 → s32), the rest is unpacking bit fields (and, for the
+// IQ4 levels, one byte shuffle). Without AVX-512 VNNI the same sums run in portable loops (the twin the tests compare
+// against).
 #pragma once
 
 #include <cstdint>
@@ -38,8 +42,8 @@
 
 namespace qwenq {
 
-// Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K and IQ4_XS; the others (Q2_K, Q3_K and the float types)
-// keep the exact products.
+// Every quantized type qwenq reads: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K ... Q6_K and IQ4_XS (not F32, F16,
+// BF16).
 bool ggml_int8_product_supported(GgmlType t);
 // The activation type (Q8_0 or Q8_K) weights of type t are multiplied with; throws for an unsupported t.
 GgmlType ggml_int8_activation_type(GgmlType t);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quant/ggml_block_fields.h"
 #include "quant/ggml_kquants.h"
 #include "quant/ggml_search.h"
 
@@ -25,12 +26,6 @@ void pack_2bit(const uint8_t* L, uint8_t* qs) {
   for (int j = 0; j < kQKK; j += 128)
     for (int l = 0; l < 32; ++l)
       qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
-}
-
-// Sub-block j's 6-bit Q3_K scale code (0..63) from the 12 packed bytes.
-int q3_scale_code(const uint8_t* sc, int j) {
-  const int lo = j < 8 ? sc[j] & 0xF : sc[j - 8] >> 4;
-  return lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4);
 }
 
 void put_q3_scale_code(uint8_t* sc, int j, int l) {

@@ -35,8 +35,9 @@ constexpr double kDotRelTol = 2e-6;
 // 256 values (measured ~0.5-0.9 %).
 constexpr double kInt8RelErr = 0.02;
 
-const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,   GgmlType::Q5_0, GgmlType::Q5_1,
-                           GgmlType::IQ4_NL, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS};
+const GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                           GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                           GgmlType::Q6_K, GgmlType::IQ4_XS};
 
 std::string type_name(GgmlType t) { return ggml_type_info(static_cast<uint32_t>(t))->name; }
 
@@ -63,6 +64,11 @@ std::vector<uint8_t> random_row(GgmlType t, int64_t K, Rng& rng, bool saturate =
     if (t == GgmlType::Q6_K) {
       put_f16(blk + 208, d);
       if (saturate) std::memset(blk + 192, 127, 16);
+    } else if (t == GgmlType::Q2_K) {
+      put_f16(blk + 80, d);
+      put_f16(blk + 82, dmin);
+    } else if (t == GgmlType::Q3_K) {
+      put_f16(blk + 108, d);
     } else {
       put_f16(blk, d);
       if (t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q4_1 || t == GgmlType::Q5_1)
@@ -240,17 +246,17 @@ TEST(GgmlInt8, NonFiniteActivationsGiveNaN) {
 }
 
 TEST(GgmlInt8, RefusesOtherTypesAndShapes) {
-  std::vector<uint8_t> data(static_cast<size_t>(ggml_row_bytes(GgmlType::Q2_K, 256)));
-  const GgmlLinear w{GgmlType::Q2_K, data.data(), 1, 256, 0};
+  std::vector<uint8_t> data(static_cast<size_t>(ggml_row_bytes(GgmlType::F16, 256)));
+  const GgmlLinear w{GgmlType::F16, data.data(), 1, 256, 0};
   std::vector<float> x(256), y(1);
   try {
     ggml_linear_matvec_int8(w, x.data(), 1, y.data());
-    FAIL() << "Q2_K accepted";
+    FAIL() << "F16 accepted";
   } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("not type 10"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not type 1"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::Q3_K));
-  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::F16));
+  for (GgmlType t : kTypes) EXPECT_TRUE(ggml_int8_product_supported(t)) << type_name(t);
+  EXPECT_FALSE(ggml_int8_product_supported(GgmlType::BF16));
   GgmlInt8Rows a;
   EXPECT_THROW(quantize_int8_rows(GgmlType::Q8_K, x.data(), 1, 100, &a), std::exception);
 }

@@ -122,7 +122,7 @@ Device resolve_experimental_device(const CommonOptions& opt, const std::string& 
 void add_int8_activations_flag(CLI::App* cmd, bool* on) {
   cmd->add_flag("--int8-activations", *on,
                 "GGUF models on the CPU: round each activation row to 8 bits per block and multiply the quantized "
-                "tensors (all but Q2_K/Q3_K) in integers, as llama.cpp does (faster; not the exact product)");
+                "tensors in integers, as llama.cpp does (faster; not the exact product)");
 }
 
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common) {

@@ -53,9 +53,9 @@ void apply_common_options(const CommonOptions& opt);
 // ask for the GPU. Prints the device line; returns where `what` runs (Device::Cpu in a build without CUDA).
 Device resolve_experimental_device(const CommonOptions& opt, const std::string& what);
 
-// --int8-activations (generate, eval): llama.cpp's int8 products for a GGUF model's tensors on the CPU, all types but
-// Q2_K, Q3_K and the float types (trainer/qwen_weights.h, set_gguf_int8_activations). apply_int8_activations refuses
-// it, before any work, for a model that is not a GGUF file and with --device cuda, and otherwise switches it on.
+// --int8-activations (generate, eval): llama.cpp's int8 products for a GGUF model's quantized tensors on the CPU
+// (trainer/qwen_weights.h, set_gguf_int8_activations). apply_int8_activations refuses it, before any work, for a model
+// that is not a GGUF file and with --device cuda, and otherwise switches it on.
 void add_int8_activations_flag(CLI::App* cmd, bool* on);
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common);
 

@@ -130,9 +130,8 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 // The CPU's forward products with GGUF block weights (apply_linear, lm_head_forward, lm_head_nll): exact by default
 // (quant/packed_matvec.h up to its row limit, the dequantized GEMM above), or, switched on process-wide by
 // `--int8-activations`, llama.cpp's int8 products for every M (quant/ggml_dot_int8.h: each activation row rounded to
-// 8 bits per block, integer sums) for the tensors of the types it reads (ggml_int8_product_supported: all but Q2_K,
-// Q3_K and the float types); other types and the backward
-// products stay exact.
+// 8 bits per block, integer sums) for every quantized tensor (ggml_int8_product_supported); F32/F16/BF16 tensors
+// and the backward products stay exact.
 void set_gguf_int8_activations(bool on);
 bool gguf_int8_activations();
 // True when the int8 products apply to q (non-null, a supported type, the switch on).
