@@ -1,6 +1,6 @@
 // ggml block formats: quantize and dequantize F32, F16, BF16, Q8_0, Q4_0, Q4_1 here, Q5_0, Q5_1 and the k-quants
-// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers; Q8_0, Q4_0, Q4_K, Q5_K and Q6_K are read by
-// quant/ggml_decode_vec.cpp. The math is at the top of quant/ggml_blocks.h.
+// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers; Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL and IQ4_XS are read
+// by quant/ggml_decode_vec.cpp. The math is at the top of quant/ggml_blocks.h.
 #include "quant/ggml_blocks.h"
 
 #include <algorithm>
@@ -163,7 +163,7 @@ void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
       return;
     default: break;
   }
-  if (ggml_detail::dequantize_row_vec(t, in, n, y)) return;  // Q8_0, Q4_0, Q4_K, Q5_K, Q6_K
+  if (ggml_detail::dequantize_row_vec(t, in, n, y)) return;  // Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS
   for (int64_t b = 0; b < n / info->block; ++b) {
     const uint8_t* p = in + b * info->bytes;
     float* o = y + b * info->block;
@@ -171,10 +171,6 @@ void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
       case GgmlType::Q4_1: dequantize_q4_1(p, o); break;
       case GgmlType::Q5_0: dequantize_q5(p, o, false); break;
       case GgmlType::Q5_1: dequantize_q5(p, o, true); break;
-      case GgmlType::Q2_K: ggml_detail::dequantize_q2_k(p, o); break;
-      case GgmlType::Q3_K: ggml_detail::dequantize_q3_k(p, o); break;
-      case GgmlType::IQ4_NL: ggml_detail::dequantize_iq4_nl(p, o); break;
-      case GgmlType::IQ4_XS: ggml_detail::dequantize_iq4_xs(p, o); break;
       default: QWENQ_FAIL(info->name << ": no reader");  // row_type refused it
     }
   }

@@ -5,6 +5,9 @@
 //   Q4_K (256 values, 144 bytes) ŵ = (d·s_j) · q − dmin·m_j  sub-block j of 32: 6-bit s_j, m_j in 12 scale bytes
 //   Q5_K (256 values, 176 bytes) the same with a fifth bit of q, bit j of qh[l]
 //   Q6_K (256 values, 210 bytes) ŵ = (d·s_v) · (q − 32)     int8 s_v per 16 values; 4 low bits in ql, 2 in qh
+//   Q2_K (256 values, 84 bytes)  ŵ = (d·s_v) · q − dmin·m_v  4-bit s_v, m_v per 16 values; 2-bit q
+//   Q3_K (256 values, 110 bytes) ŵ = (d·(s_v − 32)) · (q − 4 + 4·hbit)   6-bit s_v per 16 values
+//   IQ4_NL (32, 18), IQ4_XS (256, 136: 6-bit ls per 32)  ŵ = (d or d·(ls − 32)) · level[q]
 // Each value takes ggml's float operations in ggml's order (the file is compiled -ffp-contract=off, so the Q4_K/Q5_K
 // product rounds before the subtraction), so the results are dequantize_row_*'s bits; gguf-py's dequantize agrees
 // bit for bit (tests/oracle/test_gguf_oracle.py) and tests/test_ggml_decode.cpp restates each layout byte by byte.
@@ -117,6 +120,61 @@ struct Q6_K {
   }
 };
 
+// Q2_K and Q3_K: run v is sub-block v of 16, values 128h + 32j + 16·half + l (v = 8h + 2j + half): bits 2j, 2j+1 of
+// qs[32h + 16·half + l]. Q2_K: ŵ = (d·(sc_v & 15))·q − dmin·(sc_v >> 4); Q3_K: ŵ = (d·(s_v − 32))·(q − 4 + 4·bit), the
+// bit 4h + j of hmask[16·half + l] (the integer formed exactly in fp32, then one rounding as ggml's int-to-float).
+template <bool kThree>
+struct LowK {
+  static constexpr int64_t kBlock = 256, kBytes = kThree ? 110 : 84;
+  static Scales scales(const uint8_t* in) {
+    return kThree ? Scales{f16_at(in + 108), 0.0f} : Scales{f16_at(in + 80), f16_at(in + 82)};
+  }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    constexpr int h = v / 8, j = (v % 8) / 2, half = v % 2;
+    const u8x16 q = (load16<u8x16>(in + (kThree ? 32 : 16) + 32 * h + 16 * half) >> (2 * j)) & 3;
+    if constexpr (kThree) {
+      const float dl = s.d * static_cast<float>(q3_scale_code(in + 96, v) - 32);
+      const u8x16 bit = (load16<u8x16>(in + 16 * half) >> (4 * h + j)) & 1;
+      return splat(dl) * (to_f32(u8x16(q | (bit << 2))) - 4.0f);
+    } else {
+      const float dl = s.d * static_cast<float>(in[v] & 15), ml = s.dmin * static_cast<float>(in[v] >> 4);
+      return splat(dl) * to_f32(q) - ml;
+    }
+  }
+};
+
+// IQ4_NL (block 32) and IQ4_XS (256; sub-block v/2 of 32 with the integer scale ls − 32): ŵ = dl · level[q], the
+// low nibbles of the sub-block's 16 bytes for its first 16 values, the high ones for the next.
+inline i8x16 iq4_levels(const u8x16& q) {
+  i8x16 table;
+  std::memcpy(&table, kIq4nlLevels, 16);
+  return __builtin_shuffle(table, q);
+}
+struct IQ4_NL {
+  static constexpr int64_t kBlock = 32, kBytes = 18;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    const u8x16 b = load16<u8x16>(in + 2);
+    return splat(s.d) * to_f32(iq4_levels(v == 0 ? (b & 15) : (b >> 4)));
+  }
+};
+struct IQ4_XS {
+  static constexpr int64_t kBlock = 256, kBytes = 136;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    constexpr int ib = v / 2;
+    uint16_t h;
+    std::memcpy(&h, in + 2, 2);
+    const int ls = ((in[4 + ib / 2] >> (4 * (ib % 2))) & 15) | (((h >> (2 * ib)) & 3) << 4);
+    const float dl = s.d * static_cast<float>(ls - 32);
+    const u8x16 b = load16<u8x16>(in + 8 + 16 * ib);
+    return splat(dl) * to_f32(iq4_levels(v % 2 == 0 ? (b & 15) : (b >> 4)));
+  }
+};
+
 // Every run of every block, each v a compile-time constant (the shifts and offsets fold).
 template <typename D, int... v>
 void decode_blocks(const uint8_t* in, int64_t blocks, float* out, std::integer_sequence<int, v...>) {
@@ -139,6 +197,10 @@ bool dequantize_row_vec(GgmlType t, const uint8_t* in, int64_t n, float* out) {
     case GgmlType::Q4_K: decode<Q45_K<false>>(in, n, out); return true;
     case GgmlType::Q5_K: decode<Q45_K<true>>(in, n, out); return true;
     case GgmlType::Q6_K: decode<Q6_K>(in, n, out); return true;
+    case GgmlType::Q2_K: decode<LowK<false>>(in, n, out); return true;
+    case GgmlType::Q3_K: decode<LowK<true>>(in, n, out); return true;
+    case GgmlType::IQ4_NL: decode<IQ4_NL>(in, n, out); return true;
+    case GgmlType::IQ4_XS: decode<IQ4_XS>(in, n, out); return true;
     default: return false;
   }
 }

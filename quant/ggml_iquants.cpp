@@ -134,28 +134,4 @@ void quantize_iq4_xs(const float* x, uint8_t* out, const float* qw) {
   for (int i = 0; i < 8; ++i) pack_nibbles(L + 32 * i, out + 8 + 16 * i);
 }
 
-void dequantize_iq4_nl(const uint8_t* in, float* y) {
-  const float d = load_f16(in);
-  for (int j = 0; j < 16; ++j) {
-    y[j] = d * static_cast<float>(kIq4nl[in[2 + j] & 0xF]);
-    y[j + 16] = d * static_cast<float>(kIq4nl[in[2 + j] >> 4]);
-  }
-}
-
-void dequantize_iq4_xs(const uint8_t* in, float* y) {
-  const float d = load_f16(in);
-  uint16_t scales_h;
-  std::memcpy(&scales_h, in + 2, 2);
-  const uint8_t* scales_l = in + 4;
-  const uint8_t* qs = in + 8;
-  for (int ib = 0; ib < 8; ++ib) {
-    const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
-    const float dl = d * static_cast<float>(ls - 32);
-    for (int j = 0; j < 16; ++j) {
-      y[32 * ib + j] = dl * static_cast<float>(kIq4nl[qs[16 * ib + j] & 0xF]);
-      y[32 * ib + j + 16] = dl * static_cast<float>(kIq4nl[qs[16 * ib + j] >> 4]);
-    }
-  }
-}
-
 }  // namespace qwenq::ggml_detail

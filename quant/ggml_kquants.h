@@ -84,16 +84,13 @@ void quantize_q5_1(const float* x, uint8_t* out, const float* w = nullptr);
 void quantize_q4_k(const float* x, uint8_t* out, const float* qw = nullptr);
 void quantize_q5_k(const float* x, uint8_t* out, const float* qw = nullptr);
 void quantize_q6_k(const float* x, uint8_t* out, const float* qw = nullptr);
-// Q2_K (84 bytes) and Q3_K (110 bytes), quant/ggml_kquants_low.cpp (layouts there), and their dequantization.
+// Q2_K (84 bytes) and Q3_K (110 bytes), quant/ggml_kquants_low.cpp (layouts there; read by quant/ggml_decode_vec.cpp).
 void quantize_q2_k(const float* x, uint8_t* out, const float* qw = nullptr);
 void quantize_q3_k(const float* x, uint8_t* out, const float* qw = nullptr);
-void dequantize_q2_k(const uint8_t* in, float* y);
-void dequantize_q3_k(const uint8_t* in, float* y);
-// IQ4_NL (18 bytes per 32) and IQ4_XS (136 bytes per 256), quant/ggml_iquants.cpp (layouts there): qw the importance
+// IQ4_NL (18 bytes per 32) and IQ4_XS (136 bytes per 256), quant/ggml_iquants.cpp (layouts there; read by
+// quant/ggml_decode_vec.cpp): qw the importance
 // of the block's columns, or null (weights x² then, as ggml's quantize_iq4_nl / quantize_iq4_xs).
 void quantize_iq4_nl(const float* x, uint8_t* out, const float* qw = nullptr);
 void quantize_iq4_xs(const float* x, uint8_t* out, const float* qw = nullptr);
-void dequantize_iq4_nl(const uint8_t* in, float* y);
-void dequantize_iq4_xs(const uint8_t* in, float* y);
 
 }  // namespace qwenq::ggml_detail

@@ -162,29 +162,4 @@ void quantize_q3_k(const float* x, uint8_t* out, const float* qw) {
   pack_2bit(low, qs);
 }
 
-void dequantize_q2_k(const uint8_t* in, float* y) {
-  const uint8_t* sc = in;
-  const uint8_t* qs = in + 16;
-  const float d = load_f16(in + 80), dmin = load_f16(in + 82);
-  for (int v = 0; v < kQKK; ++v) {
-    const int h = v / 128, j = (v % 128) / 32, k = v % 32;
-    const uint8_t s = sc[v / 16];
-    const float dl = d * static_cast<float>(s & 0xF), ml = dmin * static_cast<float>(s >> 4);
-    y[v] = dl * static_cast<float>(static_cast<int8_t>((qs[32 * h + k] >> (2 * j)) & 3)) - ml;
-  }
-}
-
-void dequantize_q3_k(const uint8_t* in, float* y) {
-  const uint8_t* hmask = in;
-  const uint8_t* qs = in + 32;
-  const uint8_t* sc = in + 96;
-  const float d = load_f16(in + 108);
-  for (int v = 0; v < kQKK; ++v) {
-    const int h = v / 128, j = (v % 128) / 32, k = v % 32;
-    const float dl = d * static_cast<float>(q3_scale_code(sc, v / 16) - 32);
-    const int q = ((qs[32 * h + k] >> (2 * j)) & 3) - ((hmask[k] >> (4 * h + j)) & 1 ? 0 : 4);
-    y[v] = dl * static_cast<float>(q);
-  }
-}
-
 }  // namespace qwenq::ggml_detail

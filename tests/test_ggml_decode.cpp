@@ -1,4 +1,5 @@
-// dequantize_ggml_row for the types quant/ggml_decode_vec.cpp reads with vectors (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)
+// dequantize_ggml_row for the types quant/ggml_decode_vec.cpp reads with vectors (Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL,
+// IQ4_XS)
 // against each layout restated here as ggml-quants.c's dequantize_row_* loops walk it (blocks in order, ggml's
 // pointer steps and bit masks, ggml's float expressions): bit for bit, over random bytes (every code, 6-bit scale and
 // min, qh bit and int8 scale pattern) with finite fp16 block scales, one block and a 7-block row. The Python oracle
@@ -95,6 +96,86 @@ void ref_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+void ref_q2_k(const uint8_t* b, float* y) {
+  const uint8_t* scales = b;
+  const uint8_t* q = b + 16;
+  const float d = f16_at(b + 80), min = f16_at(b + 82);
+  int is = 0;
+  for (int n = 0; n < 256; n += 128) {
+    int shift = 0;
+    for (int j = 0; j < 4; ++j) {
+      uint8_t sc = scales[is++];
+      float dl = d * (sc & 0xF), ml = min * (sc >> 4);
+      for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<int8_t>((q[l] >> shift) & 3) - ml;
+      sc = scales[is++];
+      dl = d * (sc & 0xF);
+      ml = min * (sc >> 4);
+      for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<int8_t>((q[l + 16] >> shift) & 3) - ml;
+      shift += 2;
+    }
+    q += 32;
+  }
+}
+
+// ggml's Q3_K scale unpacking: the 12 bytes as three words, rebuilt into 16 bytes with its kmask1/kmask2 steps.
+void ref_q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* q = b + 32;
+  const float d_all = f16_at(b + 108);
+  uint32_t aux[4];
+  std::memcpy(aux, b + 96, 12);
+  const uint32_t kmask1 = 0x03030303, kmask2 = 0x0f0f0f0f, tmp = aux[2];
+  aux[2] = ((aux[0] >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4);
+  aux[3] = ((aux[1] >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4);
+  aux[0] = (aux[0] & kmask2) | (((tmp >> 0) & kmask1) << 4);
+  aux[1] = (aux[1] & kmask2) | (((tmp >> 2) & kmask1) << 4);
+  int8_t scales[16];
+  std::memcpy(scales, aux, 16);
+  int is = 0;
+  uint8_t m = 1;
+  for (int n = 0; n < 256; n += 128) {
+    int shift = 0;
+    for (int j = 0; j < 4; ++j) {
+      float dl = d_all * (scales[is++] - 32);
+      for (int l = 0; l < 16; ++l) *y++ = dl * (static_cast<int8_t>((q[l] >> shift) & 3) - ((hm[l] & m) ? 0 : 4));
+      dl = d_all * (scales[is++] - 32);
+      for (int l = 0; l < 16; ++l)
+        *y++ = dl * (static_cast<int8_t>((q[l + 16] >> shift) & 3) - ((hm[l + 16] & m) ? 0 : 4));
+      shift += 2;
+      m <<= 1;
+    }
+    q += 32;
+  }
+}
+
+constexpr int8_t kIq4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+void ref_iq4_nl(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * kIq4Values[b[2 + j] & 0xf];
+    y[j + 16] = d * kIq4Values[b[2 + j] >> 4];
+  }
+}
+
+void ref_iq4_xs(const uint8_t* b, float* y) {
+  const float d = f16_at(b);
+  uint16_t scales_h;
+  std::memcpy(&scales_h, b + 2, 2);
+  const uint8_t* scales_l = b + 4;
+  const uint8_t* qs = b + 8;
+  for (int ib = 0; ib < 8; ++ib) {
+    const int ls = ((scales_l[ib / 2] >> 4 * (ib % 2)) & 0xf) | (((scales_h >> 2 * ib) & 3) << 4);
+    const float dl = d * (ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * kIq4Values[qs[j] & 0xf];
+      y[j + 16] = dl * kIq4Values[qs[j] >> 4];
+    }
+    y += 32;
+    qs += 16;
+  }
+}
+
 struct Layout {
   const char* name;
   GgmlType type;
@@ -110,6 +191,10 @@ TEST(GgmlDecode, VectorReadersEqualGgmlsLoopsBitForBit) {
       {"Q4_K", GgmlType::Q4_K, 256, 144, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, false); }},
       {"Q5_K", GgmlType::Q5_K, 256, 176, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, true); }},
       {"Q6_K", GgmlType::Q6_K, 256, 210, {208}, ref_q6_k},
+      {"Q2_K", GgmlType::Q2_K, 256, 84, {80, 82}, ref_q2_k},
+      {"Q3_K", GgmlType::Q3_K, 256, 110, {108}, ref_q3_k},
+      {"IQ4_NL", GgmlType::IQ4_NL, 32, 18, {0}, ref_iq4_nl},
+      {"IQ4_XS", GgmlType::IQ4_XS, 256, 136, {0}, ref_iq4_xs},
   };
   Rng rng(kSeed);
   for (const Layout& t : layouts) {
