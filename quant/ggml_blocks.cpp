@@ -1,6 +1,6 @@
 // ggml block formats: quantize and dequantize F32, F16, BF16, Q8_0, Q4_0, Q4_1 here, Q5_0, Q5_1 and the k-quants
-// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers; Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL and IQ4_XS are read
-// by quant/ggml_decode_vec.cpp. The math is at the top of quant/ggml_blocks.h.
+// Q4_K, Q5_K, Q6_K with quant/ggml_kquants.cpp's quantizers; every quantized type is read by
+// quant/ggml_decode_vec.cpp. The math is at the top of quant/ggml_blocks.h.
 #include "quant/ggml_blocks.h"
 
 #include <algorithm>
@@ -56,31 +56,6 @@ void quantize_q4_1(const float* x, uint8_t* out, const float* w) {
                               : ggml_detail::block_codes_1(x, 16, q, &min)));
   store_u16(out + 2, f32_to_f16(min));
   ggml_detail::pack_nibbles(q, out + 4);
-}
-
-void dequantize_q4_1(const uint8_t* in, float* y) {
-  const float d = load_f16(in), m = load_f16(in + 2);
-  for (int64_t j = 0; j < kQK / 2; ++j) {
-    y[j] = static_cast<float>(in[4 + j] & 0xF) * d + m;
-    y[j + kQK / 2] = static_cast<float>(in[4 + j] >> 4) * d + m;
-  }
-}
-
-// Q5_0 (min = false) and Q5_1 (min = true): the fifth bit of value j is bit j of the u32 qh.
-void dequantize_q5(const uint8_t* in, float* y, bool with_min) {
-  const float d = load_f16(in);
-  const float m = with_min ? load_f16(in + 2) : 0.0f;
-  const uint8_t* p = in + (with_min ? 4 : 2);
-  uint32_t qh;
-  std::memcpy(&qh, p, 4);
-  const uint8_t* qs = p + 4;
-  const int offset = with_min ? 0 : 16;
-  for (int64_t j = 0; j < kQK / 2; ++j) {
-    const int lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
-    const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-    y[j] = static_cast<float>(lo - offset) * d + m;
-    y[j + kQK / 2] = static_cast<float>(hi - offset) * d + m;
-  }
 }
 
 // The type of a row of n values, refused (`doing`: "quantizing to", "reading") when we do not handle it or n is not a
@@ -163,17 +138,8 @@ void dequantize_ggml_row(GgmlType t, const uint8_t* in, int64_t n, float* y) {
       return;
     default: break;
   }
-  if (ggml_detail::dequantize_row_vec(t, in, n, y)) return;  // Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS
-  for (int64_t b = 0; b < n / info->block; ++b) {
-    const uint8_t* p = in + b * info->bytes;
-    float* o = y + b * info->block;
-    switch (t) {
-      case GgmlType::Q4_1: dequantize_q4_1(p, o); break;
-      case GgmlType::Q5_0: dequantize_q5(p, o, false); break;
-      case GgmlType::Q5_1: dequantize_q5(p, o, true); break;
-      default: QWENQ_FAIL(info->name << ": no reader");  // row_type refused it
-    }
-  }
+  // Every quantized type (row_type refused the others).
+  QWENQ_CHECK(ggml_detail::dequantize_row_vec(t, in, n, y), info->name << ": no reader");
 }
 
 std::vector<uint8_t> quantize_ggml(GgmlType t, const float* x, int64_t rows, int64_t n, const float* importance) {

@@ -1,7 +1,8 @@
-// The readers of the common GGUF block types, 16 values per vector operation (the math is at the top of
+// The readers of every quantized GGUF block type qwenq reads, 16 values per vector operation (the math is at the top of
 // quant/ggml_blocks.h):
 //   Q8_0 (32 values, 34 bytes)   ŵ = d · q                 q int8
 //   Q4_0 (32 values, 18 bytes)   ŵ = d · (q − 8)           the low nibbles of qs[16], then the high ones
+//   Q4_1, Q5_0, Q5_1 (32 values) ŵ = q·d + m, (q − 16)·d, q·d + m   Q5: bit j of a u32 qh as bit 4 of value j
 //   Q4_K (256 values, 144 bytes) ŵ = (d·s_j) · q − dmin·m_j  sub-block j of 32: 6-bit s_j, m_j in 12 scale bytes
 //   Q5_K (256 values, 176 bytes) the same with a fifth bit of q, bit j of qh[l]
 //   Q6_K (256 values, 210 bytes) ŵ = (d·s_v) · (q − 32)     int8 s_v per 16 values; 4 low bits in ql, 2 in qh
@@ -35,6 +36,7 @@ using packed_detail::i32x16;
 using packed_detail::kLanes;
 using packed_detail::load16;
 using packed_detail::store16;
+using packed_detail::u32x16;
 using u8x16 = uint8_t __attribute__((vector_size(16)));
 using i8x16 = int8_t __attribute__((vector_size(16)));
 
@@ -85,6 +87,31 @@ struct Q4_0 {
     const u8x16 b = load16<u8x16>(in + 2);
     return splat(s.d) * (to_f32(v == 0 ? (b & 15) : (b >> 4)) - 8.0f);
   }
+};
+
+// Q4_1 (20 bytes: d, m, qs[16]), Q5_0 (22: d, u32 qh, qs) and Q5_1 (24: d, m, qh, qs): value j of 32 is nibble
+// j % 16 (low for j < 16) with, for the 5-bit types, bit j of qh as bit 4; ŵ = q·d + m (Q4_1, Q5_1: two roundings,
+// as ggml's x·d + m) or (q − 16)·d (Q5_0).
+template <bool kFive, bool kMin>
+struct Q45_1 {
+  static constexpr int64_t kBlock = 32, kBytes = kFive ? (kMin ? 24 : 22) : 20;
+  static constexpr int64_t kQs = kFive ? (kMin ? 8 : 6) : 4;
+  static Scales scales(const uint8_t* in) { return {f16_at(in), kMin ? f16_at(in + 2) : 0.0f}; }
+  template <int v>
+  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+    const u8x16 b = load16<u8x16>(in + kQs);
+    i32x16 q = widen<false>(u8x16(v == 0 ? (b & 15) : (b >> 4)));
+    if constexpr (kFive) {
+      uint32_t qh;
+      std::memcpy(&qh, in + (kMin ? 4 : 2), 4);
+      const u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+      const u32x16 bits = (u32x16{} + qh) >> (lane + 16u * v);
+      q |= (i32x16)((bits & 1u) << 4u);
+    }
+    if constexpr (!kMin) return to_float(q - 16) * splat(s.d);
+    else return to_float(q) * splat(s.d) + splat(s.dmin);
+  }
+  static f32x16 to_float(const i32x16& q) { return __builtin_convertvector(q, f32x16); }
 };
 
 template <bool kFive>
@@ -197,6 +224,9 @@ bool dequantize_row_vec(GgmlType t, const uint8_t* in, int64_t n, float* out) {
     case GgmlType::Q4_K: decode<Q45_K<false>>(in, n, out); return true;
     case GgmlType::Q5_K: decode<Q45_K<true>>(in, n, out); return true;
     case GgmlType::Q6_K: decode<Q6_K>(in, n, out); return true;
+    case GgmlType::Q4_1: decode<Q45_1<false, true>>(in, n, out); return true;
+    case GgmlType::Q5_0: decode<Q45_1<true, false>>(in, n, out); return true;
+    case GgmlType::Q5_1: decode<Q45_1<true, true>>(in, n, out); return true;
     case GgmlType::Q2_K: decode<LowK<false>>(in, n, out); return true;
     case GgmlType::Q3_K: decode<LowK<true>>(in, n, out); return true;
     case GgmlType::IQ4_NL: decode<IQ4_NL>(in, n, out); return true;

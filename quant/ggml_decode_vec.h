@@ -9,7 +9,7 @@
 namespace qwenq::ggml_detail {
 
 // The n values (a whole number of blocks) of a row of type t at `in` into out, as ggml's dequantize_row_* computes
-// them; false, writing nothing, for a type other than Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL and IQ4_XS.
+// them; false, writing nothing, for a type that is not quantized (F32, F16, BF16) or that qwenq does not read.
 bool dequantize_row_vec(GgmlType t, const uint8_t* in, int64_t n, float* out);
 
 }  // namespace qwenq::ggml_detail

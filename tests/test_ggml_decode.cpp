@@ -1,5 +1,4 @@
-// dequantize_ggml_row for the types quant/ggml_decode_vec.cpp reads with vectors (Q8_0, Q4_0, Q2_K ... Q6_K, IQ4_NL,
-// IQ4_XS)
+// dequantize_ggml_row for every quantized type (quant/ggml_decode_vec.cpp reads them all with vectors)
 // against each layout restated here as ggml-quants.c's dequantize_row_* loops walk it (blocks in order, ggml's
 // pointer steps and bit masks, ggml's float expressions): bit for bit, over random bytes (every code, 6-bit scale and
 // min, qh bit and int8 scale pattern) with finite fp16 block scales, one block and a 7-block row. The Python oracle
@@ -93,6 +92,34 @@ void ref_q6_k(const uint8_t* b, float* y) {
     ql += 64;
     qh += 32;
     sc += 8;
+  }
+}
+
+void ref_q4_1(const uint8_t* b, float* y) {
+  const float d = f16_at(b), m = f16_at(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    const int x0 = b[4 + j] & 0x0F, x1 = b[4 + j] >> 4;
+    y[j] = x0 * d + m;
+    y[j + 16] = x1 * d + m;
+  }
+}
+
+// Q5_0 and Q5_1: ggml's xh_0 / xh_1 (bit j and bit j + 16 of qh moved to bit 4).
+void ref_q5(const uint8_t* b, float* y, bool with_min) {
+  const float d = f16_at(b), m = with_min ? f16_at(b + 2) : 0.0f;
+  uint32_t qh;
+  std::memcpy(&qh, b + (with_min ? 4 : 2), 4);
+  const uint8_t* qs = b + (with_min ? 8 : 6);
+  for (int j = 0; j < 16; ++j) {
+    const uint8_t xh_0 = ((qh >> (j + 0)) << 4) & 0x10;
+    const uint8_t xh_1 = ((qh >> (j + 12))) & 0x10;
+    if (with_min) {
+      y[j] = ((qs[j] & 0x0F) | xh_0) * d + m;
+      y[j + 16] = ((qs[j] >> 4) | xh_1) * d + m;
+    } else {
+      y[j] = (((qs[j] & 0x0F) | xh_0) - 16) * d;
+      y[j + 16] = (((qs[j] >> 4) | xh_1) - 16) * d;
+    }
   }
 }
 
@@ -191,6 +218,9 @@ TEST(GgmlDecode, VectorReadersEqualGgmlsLoopsBitForBit) {
       {"Q4_K", GgmlType::Q4_K, 256, 144, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, false); }},
       {"Q5_K", GgmlType::Q5_K, 256, 176, {0, 2}, [](const uint8_t* b, float* y) { ref_q45_k(b, y, true); }},
       {"Q6_K", GgmlType::Q6_K, 256, 210, {208}, ref_q6_k},
+      {"Q4_1", GgmlType::Q4_1, 32, 20, {0, 2}, ref_q4_1},
+      {"Q5_0", GgmlType::Q5_0, 32, 22, {0}, [](const uint8_t* b, float* y) { ref_q5(b, y, false); }},
+      {"Q5_1", GgmlType::Q5_1, 32, 24, {0, 2}, [](const uint8_t* b, float* y) { ref_q5(b, y, true); }},
       {"Q2_K", GgmlType::Q2_K, 256, 84, {80, 82}, ref_q2_k},
       {"Q3_K", GgmlType::Q3_K, 256, 110, {108}, ref_q3_k},
       {"IQ4_NL", GgmlType::IQ4_NL, 32, 18, {0}, ref_iq4_nl},
