@@ -4,10 +4,11 @@
 // AVX-512 VNNI layout: one vpdpbusd multiplies 64 unsigned weight codes by 64 signed activations and leaves 16 int32
 // lanes, lane l the sum of values 4l .. 4l + 3. The codes are put in the activations' order first: a Q4_K chunk of
 // 32 bytes holds values 0..31 in its low nibbles and 32..63 in its high ones (two sub-blocks), a Q6_K half-block's
-// 64 ql bytes hold values 0..63 in their low nibbles and 64..127 in their high ones, with two bits each from qh.
-// Lanes are multiplied by their sub-block's integer scale (lanes 8s..8s+7 for sub-blocks of 32, 4s..4s+3 for 16)
-// and summed in int32 over a super-block; the mins and Q6_K's −32 offsets come from the activations' 16-value sums.
-// Signed weights (Q8_0, Q4_0 − 8) multiply as |w| · (a with w's sign), ggml's trick: a is in [−127, 127], so
+// 64 ql bytes hold values 0..63 in their low nibbles and 64..127 in their high ones, with two bits each from qh;
+// Q2_K/Q3_K take bit pairs of 32 bytes, the blocks of 32 two 16-byte nibble runs per block. Lanes are multiplied by
+// their sub-block's integer scale (lanes 8s..8s+7 for sub-blocks of 32, 4s..4s+3 for 16) and summed in int32 over a
+// super-block; the mins and the Q6_K/Q3_K offsets come from the activations' 16-value sums. Signed codes (Q8_0,
+// Q4_0 − 8, Q5_0 − 16, the IQ4 levels) multiply as |c| · (a with c's sign), ggml's trick: a is in [−127, 127], so
 // negating it cannot overflow.
 #include "quant/ggml_dot_int8.h"
 
