@@ -35,6 +35,21 @@ inline int q3_scale_code(const uint8_t* sc, int j) {
   return lo | (((sc[8 + j % 4] >> (2 * (j / 4))) & 3) << 4);
 }
 
+// IQ4_XS sub-block i's 6-bit scale code ls_i (its scale is d·(ls_i − 32)): nibble i of scales_l (bytes 4..7, low
+// nibble for even i) with bits 2i, 2i+1 of the u16 scales_h (bytes 2, 3) on top.
+inline int iq4_xs_scale_code(const uint8_t* blk, int i) {
+  uint16_t h;
+  std::memcpy(&h, blk + 2, 2);
+  return ((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | (((h >> (2 * i)) & 3) << 4);
+}
+
+// The little-endian u32 at p (Q5_0/Q5_1's qh: bit j is the fifth bit of value j).
+inline uint32_t u32_at(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
 // The fp16 at p, with F16C's conversion where the compiler targets it: f16_to_f32 is a call, and the vector registers
 // live across it cost more than the rest of a Q4_K block (exact either way; a signaling NaN comes out quiet, which
 // every use, a multiplication, would do anyway).

@@ -102,8 +102,7 @@ struct Q45_1 {
     const u8x16 b = load16<u8x16>(in + kQs);
     i32x16 q = widen<false>(u8x16(v == 0 ? (b & 15) : (b >> 4)));
     if constexpr (kFive) {
-      uint32_t qh;
-      std::memcpy(&qh, in + (kMin ? 4 : 2), 4);
+      const uint32_t qh = u32_at(in + (kMin ? 4 : 2));
       const u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
       const u32x16 bits = (u32x16{} + qh) >> (lane + 16u * v);
       q |= (i32x16)((bits & 1u) << 4u);
@@ -193,10 +192,7 @@ struct IQ4_XS {
   template <int v>
   [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
     constexpr int ib = v / 2;
-    uint16_t h;
-    std::memcpy(&h, in + 2, 2);
-    const int ls = ((in[4 + ib / 2] >> (4 * (ib % 2))) & 15) | (((h >> (2 * ib)) & 3) << 4);
-    const float dl = s.d * static_cast<float>(ls - 32);
+    const float dl = s.d * static_cast<float>(iq4_xs_scale_code(in, ib) - 32);
     const u8x16 b = load16<u8x16>(in + 8 + 16 * ib);
     return splat(dl) * to_f32(iq4_levels(v % 2 == 0 ? (b & 15) : (b >> 4)));
   }

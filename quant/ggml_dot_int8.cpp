@@ -31,7 +31,9 @@
 namespace qwenq {
 
 using ggml_detail::f16_at;
+using ggml_detail::iq4_xs_scale_code;
 using ggml_detail::k_scale_min;
+using ggml_detail::u32_at;
 
 namespace {
 constexpr const char* kUnsupported =
@@ -70,17 +72,16 @@ bool finite_block(const float* x, int n, int8_t* q, float* d) {
   return true;
 }
 
-// quantize_row_q8_0_ref: d = amax / 127 (stored fp16), codes roundf(x · (1/d)) with the fp32 d.
+// Each finite block through quantize_ggml_row(Q8_0) (ggml's quantize_row_q8_0_ref: d = amax / 127 stored fp16,
+// codes roundf(x · (1/d)) with the fp32 d), its 34 bytes unpacked into codes and d.
 void quantize_q8_0(const float* x, int64_t K, int8_t* q, float* d) {
+  uint8_t block[34];
   for (int64_t b = 0; b < K / 32; ++b) {
     const float* xb = x + 32 * b;
     if (!finite_block(xb, 32, q + 32 * b, d + b)) continue;
-    float amax = 0.0f;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const float db = amax / 127.0f;
-    const float id = db != 0.0f ? 1.0f / db : 0.0f;
-    for (int i = 0; i < 32; ++i) q[32 * b + i] = static_cast<int8_t>(std::round(xb[i] * id));
-    d[b] = f16_to_f32(f32_to_f16(db));
+    quantize_ggml_row(GgmlType::Q8_0, xb, 32, block);
+    std::memcpy(q + 32 * b, block + 2, 32);
+    d[b] = f16_at(block);
   }
 }
 
@@ -156,13 +157,6 @@ inline void nibble_codes(const uint8_t* qs, int8_t* c, Level level) {
   }
 }
 
-// Q5_0 / Q5_1: the fifth bit of value j is bit j of the u32 qh.
-inline uint32_t u32_at(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
 float dot_q8_0_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs, int64_t nb) {
   return blocks32_portable<34, false>(w, a, da, bs, nb, [](const uint8_t* blk, int8_t* c) { std::memcpy(c, blk + 2, 32); });
 }
@@ -195,13 +189,7 @@ float dot_iq4_nl_portable(const uint8_t* w, const int8_t* a, const float* da, co
 }
 
 // IQ4_XS (136 bytes per 256): fp16 d, u16 scales_h, scales_l[4], qs[128]; sub-block i of 32 has the integer scale
-// ls_i − 32, ls_i = (nibble i of scales_l) | (bits 2i, 2i+1 of scales_h) << 4, and IQ4_NL's levels.
-inline int iq4_xs_scale(const uint8_t* blk, int i) {
-  uint16_t h;
-  std::memcpy(&h, blk + 2, 2);
-  return (((blk[4 + i / 2] >> (4 * (i % 2))) & 15) | (((h >> (2 * i)) & 3) << 4)) - 32;
-}
-
+// iq4_xs_scale_code − 32 and IQ4_NL's levels.
 QWENQ_PORTABLE_DOT float dot_iq4_xs_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t*,
                                              int64_t nb) {
   float sum = 0.0f;
@@ -211,7 +199,7 @@ QWENQ_PORTABLE_DOT float dot_iq4_xs_portable(const uint8_t* w, const int8_t* a, 
     int32_t isum = 0;
     for (int i = 0; i < 8; ++i) {
       nibble_codes(blk + 8 + 16 * i, c, [](int q, int) { return ggml_detail::kIq4nlLevels[q]; });
-      isum += iq4_xs_scale(blk, i) * int_dot(c, a + 256 * B + 32 * i, 32);
+      isum += (iq4_xs_scale_code(blk, i) - 32) * int_dot(c, a + 256 * B + 32 * i, 32);
     }
     sum += f16_at(blk) * da[B] * static_cast<float>(isum);
   }
@@ -278,36 +266,28 @@ inline void low_k_codes(const uint8_t* qs, const uint8_t* hmask, uint8_t* q) {
                                                        (kThree ? ((hmask[l] >> (4 * h + j)) & 1) << 2 : 0));
 }
 
-QWENQ_PORTABLE_DOT float dot_q2_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
-                                           int64_t nb) {
+// Q3_K's codes u = 2 bits + 4·hmask bit (0..7) stand for u − 4: Σ (u − 4)·a = Σ u·a − 4·Σ a per sub-block.
+template <bool kThree>
+QWENQ_PORTABLE_DOT float dot_low_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
+                                            int64_t nb) {
+  constexpr int64_t kBytes = kThree ? 110 : 84;
   float sum = 0.0f;
   uint8_t q[256];
   for (int64_t B = 0; B < nb; ++B) {
-    const uint8_t* blk = w + 84 * B;
-    low_k_codes<false>(blk + 16, nullptr, q);
+    const uint8_t* blk = w + kBytes * B;
+    low_k_codes<kThree>(blk + (kThree ? 32 : 16), blk, q);
     int32_t isum = 0, msum = 0;
     for (int s = 0; s < 16; ++s) {
-      isum += (blk[s] & 15) * int_dot(q + 16 * s, a + 256 * B + 16 * s, 16);
-      msum += (blk[s] >> 4) * bs[16 * B + s];
+      const int32_t dot = int_dot(q + 16 * s, a + 256 * B + 16 * s, 16);
+      if (kThree) {
+        isum += (ggml_detail::q3_scale_code(blk + 96, s) - 32) * (dot - 4 * bs[16 * B + s]);
+      } else {
+        isum += (blk[s] & 15) * dot;
+        msum += (blk[s] >> 4) * bs[16 * B + s];
+      }
     }
-    sum += f16_at(blk + 80) * da[B] * static_cast<float>(isum) - f16_at(blk + 82) * da[B] * static_cast<float>(msum);
-  }
-  return sum;
-}
-
-// Q3_K's codes u = 2 bits + 4·hmask bit (0..7) stand for u − 4: Σ (u − 4)·a = Σ u·a − 4·Σ a per sub-block.
-QWENQ_PORTABLE_DOT float dot_q3_k_portable(const uint8_t* w, const int8_t* a, const float* da, const int16_t* bs,
-                                           int64_t nb) {
-  float sum = 0.0f;
-  uint8_t q[256];
-  for (int64_t B = 0; B < nb; ++B) {
-    const uint8_t* blk = w + 110 * B;
-    low_k_codes<true>(blk + 32, blk, q);
-    int32_t isum = 0;
-    for (int s = 0; s < 16; ++s)
-      isum += (ggml_detail::q3_scale_code(blk + 96, s) - 32) *
-              (int_dot(q + 16 * s, a + 256 * B + 16 * s, 16) - 4 * bs[16 * B + s]);
-    sum += f16_at(blk + 108) * da[B] * static_cast<float>(isum);
+    const float scaled = f16_at(blk + (kThree ? 108 : 80)) * da[B] * static_cast<float>(isum);
+    sum += kThree ? scaled : scaled - f16_at(blk + 82) * da[B] * static_cast<float>(msum);
   }
   return sum;
 }
@@ -326,8 +306,8 @@ DotFn portable_dot(GgmlType t) {
     case GgmlType::Q5_K: return dot_q45_k_portable<true>;
     case GgmlType::Q6_K: return dot_q6_k_portable;
     case GgmlType::IQ4_XS: return dot_iq4_xs_portable;
-    case GgmlType::Q2_K: return dot_q2_k_portable;
-    case GgmlType::Q3_K: return dot_q3_k_portable;
+    case GgmlType::Q2_K: return dot_low_k_portable<false>;
+    case GgmlType::Q3_K: return dot_low_k_portable<true>;
     default: break;
   }
   QWENQ_FAIL(kUnsupported << static_cast<uint32_t>(t));
@@ -457,7 +437,7 @@ void iq4_nl_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m
 }
 
 // IQ4_XS: per 64 values (sub-blocks 2c, 2c + 1) the levels of 32 bytes of qs, lanes 0..7 the first sub-block, times
-// the sub-blocks' integer scales ls − 32 (lane vector of iq4_xs_scale), summed in int32 over the super-block.
+// the sub-blocks' integer scales ls − 32 (iq4_xs_scale_code, 8 lanes at once), summed in int32 over the super-block.
 template <int R>
 void iq4_xs_vnni(const uint8_t* w, const Acts<R>& a, int64_t b0, int64_t b1, __m512* acc) {
   const __m512i table = iq4nl_table();
