@@ -12,7 +12,8 @@
 //                    format's limit; matvec_t_ and dequant_gemm_t_ the same for the transposed product
 //                    dx = dy · Ŵ (apply_linear_backward_input), M up to 64
 //   int8_<fmt>/M     the GGUF formats through llama.cpp's int8 products (quant/ggml_dot_int8.h: activations rounded to
-//                    8 bits, integer sums; `--int8-activations`), against matvec_<fmt> (exact)
+//                    8 bits, integer sums; `--int8-activations`), and GPTQ through quant/int_dot_int8.h (AWQ runs
+//                    the same code after its load-time repack), against matvec_<fmt> (exact)
 //   dequant_<fmt>    the dequantization alone, into a new vector
 // Counters: Gvalues/s (weights dequantized per second) and GFLOP/s (2·M·N·K).
 //
@@ -31,6 +32,7 @@
 #include "quant/ggml_dot_int8.h"
 #include "quant/grid.h"
 #include "quant/int_checkpoint.h"
+#include "quant/int_dot_int8.h"
 #include "quant/nf4.h"
 #include "quant/packed_matvec.h"
 #include "quant/quantize_step.h"
@@ -148,7 +150,7 @@ void bm_apply(benchmark::State& state, std::string fmt, int64_t M, int64_t K, in
   counters(state, M, K, N, fmt != "dense_f32");
 }
 
-// One path forced: "matvec" (quant/packed_matvec.h), "int8" (quant/ggml_dot_int8.h, GGUF only) or "dequant_gemm"
+// One path forced: "matvec" (quant/packed_matvec.h), "int8" (quant/ggml_dot_int8.h, quant/int_dot_int8.h) or "dequant_gemm"
 // (dequantize into a reused buffer, then linear_forward_ref), whatever M; `transposed`: the input-gradient product dx = dy · Ŵ of each path.
 void bm_path(benchmark::State& state, std::string fmt, std::string path, bool transposed, int64_t M, int64_t K,
              int64_t N) {
@@ -168,6 +170,8 @@ void bm_path(benchmark::State& state, std::string fmt, std::string path, bool tr
       nf4_linear_matvec_t(lw.nf4->q, N, K, dy.data(), M, dx.data());
     } else if (transposed) {
       ggml_linear_matvec_t(*lw.ggml, dy.data(), M, dx.data());
+    } else if (path == "int8" && lw.packed) {
+      int_linear_matvec_int8(*lw.packed, x.data(), M, y.data());
     } else if (path == "int8") {
       ggml_linear_matvec_int8(*lw.ggml, x.data(), M, y.data());
     } else if (path == "dequant_gemm") {
@@ -217,7 +221,7 @@ int main(int argc, char** argv) {
     for (int64_t M : kCrossoverRows) {
       for (const char* path : {"matvec", "dequant_gemm", "int8"}) {
         for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
-          if (std::string(path) == "int8" && std::string(fmt).rfind("q", 0) != 0) continue;
+          if (std::string(path) == "int8" && std::string(fmt).rfind("q", 0) != 0 && std::string(fmt) != "gptq") continue;
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                        bm_path, fmt, path, false, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)

@@ -78,6 +78,29 @@ PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, con
   return p;
 }
 
+PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p) {
+  if (p.layout != IntLayout::AwqGemm) return p;
+  PackedIntLinear out;
+  out.layout = IntLayout::GptqV2;
+  out.bits = p.bits;
+  out.K = p.K;
+  out.N = p.N;
+  out.group = p.group;
+  out.scales = p.scales;
+  const int64_t G = p.num_groups();
+  std::vector<uint8_t> codes(static_cast<size_t>(p.K * p.N));
+  awq_unpack(p.qweight.data(), p.K, p.N, codes.data());
+  out.qweight.resize(static_cast<size_t>(p.K * p.bits / 32 * p.N));
+  gptq_pack_qweight(codes.data(), p.K, p.N, p.bits, out.qweight.data());
+  codes.resize(static_cast<size_t>(G * p.N));
+  awq_unpack(p.qzeros.data(), G, p.N, codes.data());
+  out.qzeros.resize(static_cast<size_t>(G * p.N * p.bits / 32));
+  gptq_pack_qzeros(codes.data(), G, p.N, p.bits, GptqFormat::V2, out.qzeros.data());
+  out.g_idx.resize(static_cast<size_t>(p.K));
+  for (int64_t k = 0; k < p.K; ++k) out.g_idx[static_cast<size_t>(k)] = static_cast<int32_t>(k / p.group);
+  return out;
+}
+
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p) {
   std::vector<float> W(static_cast<size_t>(p.N * p.K));
   dequantize_int_linear_into(p, W.data());

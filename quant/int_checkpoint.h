@@ -36,6 +36,11 @@ struct PackedIntLinear {
 // multiple of 32/bits, N not a multiple of 8 for AWQ, a zero point of 0 in GPTQ v1, act-order in AWQ).
 PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, const int32_t* g_idx, IntLayout layout);
 
+// The same Linear in the GPTQ v2 layout (AWQ GEMM words and zeros unpacked and packed along K; scales and ŵ bit for
+// bit the same; g_idx = k / group); a GPTQ Linear is returned as it is. For the int8 products
+// (quant/int_dot_int8.h), which read GPTQ words. AWQ's K must be a multiple of 8 (every Qwen shape is).
+PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p);
+
 // The group of each input k: g_idx[k] (GPTQ), or k / group; throws naming the first g_idx outside [0, G).
 std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p);
 // The true zero point of each group and output [G, N], by the format's unpacker: GPTQ v1 adds 1 to the stored field

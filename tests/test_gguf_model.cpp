@@ -123,8 +123,8 @@ TEST(GgufModel, Stories260kMatchesLlamaCpp) {
     const PackedBatch few = PackedBatch::from_sequences({{1, 2, 3}});
     const std::vector<float> few_exact = m.forward_logits(few);
     struct Int8On {
-      Int8On() { set_gguf_int8_activations(true); }
-      ~Int8On() { set_gguf_int8_activations(false); }
+      Int8On() { set_int8_activations(true); }
+      ~Int8On() { set_int8_activations(false); }
     } on;
     const double int8 = mean_nll(m, tokens);
     EXPECT_NE(int8, exact) << name << ": the switch changed nothing";

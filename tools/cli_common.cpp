@@ -10,6 +10,8 @@
 #include "core/threads.h"
 #include "kernels/device.h"
 #include "trainer/gguf_model.h"
+#include "trainer/model_dir.h"
+#include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
 
@@ -121,18 +123,24 @@ Device resolve_experimental_device(const CommonOptions& opt, const std::string& 
 
 void add_int8_activations_flag(CLI::App* cmd, bool* on) {
   cmd->add_flag("--int8-activations", *on,
-                "GGUF models on the CPU: round each activation row to 8 bits per block and multiply the quantized "
-                "tensors in integers, as llama.cpp does (faster; not the exact product)");
+                "GGUF and GPTQ/AWQ models on the CPU: round each activation row to 8 bits per block and multiply the "
+                "quantized weights in integers, as llama.cpp does (faster; not the exact product)");
 }
 
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common) {
   if (!on) return;
-  QWENQ_CHECK(is_gguf_file(model_path), "--int8-activations: " << model_path
-                                                                << " is not a GGUF file (the int8 products read "
-                                                                   "llama.cpp's blocks)");
-  QWENQ_CHECK(common.device != "cuda", "--int8-activations: the int8 products run on the CPU; GGUF models run there "
-                                      "anyway (drop --device cuda)");
-  set_gguf_int8_activations(true);
+  QWENQ_CHECK(common.device != "cuda", "--int8-activations: the int8 products run on the CPU (drop --device cuda)");
+  if (!is_gguf_file(model_path)) {
+    const std::string dir = resolve_model_dir(model_path, "main", /*allow_gguf=*/true);
+    const QuantConfig q = load_quant_config(dir);
+    QWENQ_CHECK(q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq,
+                "--int8-activations: " << model_path << " is neither a GGUF file nor a GPTQ/AWQ checkpoint (its "
+                                       << q.method_name() << " weights have no int8 product)");
+    if (q.method == QuantConfig::Method::Gptq && (q.desc_act || (q.bits != 4 && q.bits != 8)))
+      std::fprintf(stderr, "--int8-activations: %s is %d-bit GPTQ%s; its Linears keep the exact product\n",
+                   model_path.c_str(), q.bits, q.desc_act ? " with act-order (desc_act)" : "");
+  }
+  set_int8_activations(true);
 }
 
 void GenerationTimer::on_token() {

@@ -53,9 +53,11 @@ void apply_common_options(const CommonOptions& opt);
 // ask for the GPU. Prints the device line; returns where `what` runs (Device::Cpu in a build without CUDA).
 Device resolve_experimental_device(const CommonOptions& opt, const std::string& what);
 
-// --int8-activations (generate, eval): llama.cpp's int8 products for a GGUF model's quantized tensors on the CPU
-// (trainer/qwen_weights.h, set_gguf_int8_activations). apply_int8_activations refuses it, before any work, for a model
-// that is not a GGUF file and with --device cuda, and otherwise switches it on.
+// --int8-activations (generate, eval): int8-activation products on the CPU for a GGUF model's quantized tensors
+// (llama.cpp's) and a GPTQ/AWQ checkpoint's 4- and 8-bit Linears (trainer/qwen_weights.h, set_int8_activations).
+// apply_int8_activations refuses it, before any work, for a model that is neither (dense, NF4) and with --device
+// cuda, says so when a GPTQ checkpoint's Linears keep the exact product (act-order, 2/3 bits), and otherwise
+// switches it on; call it before loading the model.
 void add_int8_activations_flag(CLI::App* cmd, bool* on);
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common);
 

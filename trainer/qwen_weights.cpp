@@ -13,6 +13,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "quant/ggml_dot_int8.h"
+#include "quant/int_dot_int8.h"
 #include "quant/packed_matvec.h"
 
 namespace qwenq {
@@ -49,7 +50,11 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   const bool int_packed = (q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq) &&
                           ckpt.has(prefix + ".qweight");
   if (int_packed && !skipped(q, prefix)) {
-    w.packed = std::make_shared<PackedIntLinear>(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
+    PackedIntLinear packed = read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N);
+    // With the int8 switch, AWQ words are repacked along K once (the same ŵ) so the int8 products can read them.
+    if (int8_activations() && packed.layout == IntLayout::AwqGemm && K % 32 == 0 && packed.group % 32 == 0)
+      packed = int_linear_to_gptq_v2(packed);
+    w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
     auto nf4 = std::make_shared<Nf4Linear>(read_nf4_linear(ckpt, prefix));
     QWENQ_CHECK(nf4->shape == std::vector<int64_t>({N, K}),
@@ -100,13 +105,16 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
 }
 
 namespace {
-std::atomic<bool> g_gguf_int8_activations{false};
+std::atomic<bool> g_int8_activations{false};
 }  // namespace
 
-void set_gguf_int8_activations(bool on) { g_gguf_int8_activations.store(on); }
-bool gguf_int8_activations() { return g_gguf_int8_activations.load(); }
+void set_int8_activations(bool on) { g_int8_activations.store(on); }
+bool int8_activations() { return g_int8_activations.load(); }
 bool uses_int8_activations(const GgmlLinear* q) {
-  return q != nullptr && gguf_int8_activations() && ggml_int8_product_supported(q->type);
+  return q != nullptr && int8_activations() && ggml_int8_product_supported(q->type);
+}
+bool uses_int8_activations(const PackedIntLinear* p) {
+  return p != nullptr && int8_activations() && int_int8_product_supported(*p);
 }
 
 void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out) {
@@ -243,6 +251,10 @@ const float* dequantized_in_scratch(const LinearWeight& w) {
 bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* out, bool transposed) {
   if (!transposed && uses_int8_activations(w.ggml.get())) {
     ggml_linear_matvec_int8(*w.ggml, in, M, out);
+    return true;
+  }
+  if (!transposed && uses_int8_activations(w.packed.get())) {
+    int_linear_matvec_int8(*w.packed, in, M, out);
     return true;
   }
   int64_t max_rows = 0;

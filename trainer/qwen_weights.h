@@ -95,7 +95,7 @@ void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float
 // logits[M, V] = hidden[M, C] · lm_headᵀ, the table read in place, or (lm_head_q) dequantized block_rows rows at a
 // time (0: kTableBlockFloats / C, at least 64) into fp32 rows that are multiplied and dropped; with block_rows 0 and
 // at most kGgmlMatvecMaxRows rows (decode), ggml_linear_matvec (quant/packed_matvec.h) instead; with the int8 switch
-// (set_gguf_int8_activations below) and a supported type, ggml_linear_matvec_int8 for any M.
+// (set_int8_activations below) and a supported type, ggml_linear_matvec_int8 for any M.
 void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows = 0);
 constexpr int64_t kTableBlockFloats = int64_t{1} << 22;  // 16 MiB of dequantized rows
 // nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
@@ -127,15 +127,19 @@ int64_t count_layer_linears(const QwenConfig& c);
 // into one buffer per thread that grows to the largest Linear met and is reused (a fresh 271 MB of a Qwen2.5-7B
 // MLP weight costs ~150 ms in page faults alone on a 2-core machine: benchmarks/bench_dequant_cpu.cpp).
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y);
-// The CPU's forward products with GGUF block weights (apply_linear, lm_head_forward, lm_head_nll): exact by default
-// (quant/packed_matvec.h up to its row limit, the dequantized GEMM above), or, switched on process-wide by
-// `--int8-activations`, llama.cpp's int8 products for every M (quant/ggml_dot_int8.h: each activation row rounded to
-// 8 bits per block, integer sums) for every quantized tensor (ggml_int8_product_supported); F32/F16/BF16 tensors
-// and the backward products stay exact.
-void set_gguf_int8_activations(bool on);
-bool gguf_int8_activations();
-// True when the int8 products apply to q (non-null, a supported type, the switch on).
+// The CPU's forward products with GGUF block weights (apply_linear, lm_head_forward, lm_head_nll) and GPTQ/AWQ
+// weights (apply_linear): exact by default (quant/packed_matvec.h up to its row limit, the dequantized GEMM above),
+// or, switched on process-wide by `--int8-activations`, int8 products for every M (each activation row rounded to
+// 8 bits per block, integer sums): llama.cpp's for every quantized GGUF tensor (quant/ggml_dot_int8.h,
+// ggml_int8_product_supported), and the same idea for 4- and 8-bit GPTQ and AWQ Linears without act-order
+// (quant/int_dot_int8.h, int_int8_product_supported; AWQ's words are repacked along K at load when the switch is on,
+// so set it before loading). F32/F16/BF16 tensors, dense and NF4 Linears, act-order and 2/3-bit GPTQ, and the
+// backward products stay exact.
+void set_int8_activations(bool on);
+bool int8_activations();
+// True when the int8 products apply to q / p (non-null, a supported type or layout, the switch on).
 bool uses_int8_activations(const GgmlLinear* q);
+bool uses_int8_activations(const PackedIntLinear* p);
 // dx[M, K] = dy[M, N] · W (written), W as apply_linear reads it.
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx);
 

@@ -26,7 +26,7 @@
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
-#  - (new flag, --int8-activations) a model that is not a GGUF file, --device cuda;
+#  - (new flag, --int8-activations) a model that is not a GGUF file or a GPTQ/AWQ checkpoint, --device cuda;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
 #    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix;
 #  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
@@ -224,8 +224,17 @@ refuse gguf_cut "cut.gguf: metadata 'tokenizer.ggml.tokens' claims 320 array ele
 refuse gguf_not_dir "notes.txt: not a directory nor a GGUF file" "$QQ" eval --model notes.txt --data text.jsonl
 "$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q > gguf_eval.txt 2>&1 || fail "eval of a GGUF" gguf_eval.txt
 grep -q "perplexity" gguf_eval.txt || fail "eval of a GGUF printed no perplexity" gguf_eval.txt
-# --int8-activations: GGUF files on the CPU only; with one, eval says so in its line and its JSON.
-refuse int8_not_gguf "--int8-activations: tiny is not a GGUF file" "$QQ" eval --model tiny --data text.jsonl --int8-activations
+# --int8-activations: GGUF files and GPTQ/AWQ checkpoints on the CPU only; with one, eval says so in its line and its
+# JSON, and a GPTQ model's perplexity stays within 1 % of the exact product's.
+refuse int8_not_gguf "--int8-activations: tiny is neither a GGUF file nor a GPTQ/AWQ checkpoint" \
+  "$QQ" eval --model tiny --data text.jsonl --int8-activations
+"$QQ" eval --model g --data text.jsonl --seq-len 64 -q --json > g_exact.txt 2>&1 || fail "eval of a GPTQ model" g_exact.txt
+"$QQ" eval --model g --data text.jsonl --seq-len 64 -q --int8-activations --json > g_int8.txt 2>&1 ||
+  fail "eval --int8-activations of a GPTQ model" g_int8.txt
+grep -q '"int8_activations":true' g_int8.txt || fail "eval --int8-activations of GPTQ did not say so" g_int8.txt
+ppl() { sed -n 's/.*"perplexity":\([0-9.e+-]*\).*/\1/p' "$1"; }
+awk -v a="$(ppl g_exact.txt)" -v b="$(ppl g_int8.txt)" 'BEGIN { exit !(a > 0 && b != a && (b - a) / a < 0.01 && (a - b) / a < 0.01) }' ||
+  fail "GPTQ perplexity with int8 activations $(ppl g_int8.txt) vs exact $(ppl g_exact.txt)" g_int8.txt
 refuse int8_cuda "--int8-activations: the int8 products run on the CPU" \
   "$QQ" generate --model tiny.gguf --prompt hi --int8-activations --device cuda
 "$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q --int8-activations --json > gguf_int8.txt 2>&1 ||
