@@ -15,8 +15,16 @@
 #include <sstream>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
 #define QWENQ_INT_INT8_VNNI 1
+#endif
+// The AVX2 kernel is compiled into every x86-64 build (function target attributes) and chosen at run time when the
+// build has no VNNI kernel, so CI machines test it whatever -march they build for.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QWENQ_INT_INT8_AVX2 1
+#define QWENQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#endif
+#if defined(QWENQ_INT_INT8_VNNI) || defined(QWENQ_INT_INT8_AVX2)
+#include <immintrin.h>
 #endif
 
 #include "core/dtype.h"
@@ -32,6 +40,16 @@ constexpr int64_t kTileCols = 64;  // columns a thread takes at a time
 
 // Position of input i (0..7) of a 4-bit word in the stored activation order 0 2 4 6 1 3 5 7.
 constexpr int kNibbleSlot[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+constexpr int64_t kPrefetchRows = 16;   // word-rows ahead: the rows of a column tile lie N words apart
+constexpr int64_t kChunkInputs = 1024;  // inputs per chunk: 64 columns x 1024 4-bit inputs = 32 KiB of words
+
+// The 4 activation codes at q as one 32-bit word (broadcast to every lane by the kernels).
+inline int32_t act_word(const int8_t* q) {
+  int32_t v;
+  std::memcpy(&v, q, 4);
+  return v;
+}
 
 // The true zero point of (group g, column n) as the format's unpacker reads it (v1 adds 1 back).
 inline float zero_at(const PackedIntLinear& p, int64_t g, int64_t n) {
@@ -89,16 +107,7 @@ void portable_columns(const PackedIntLinear& p, const IntInt8Rows& a, int64_t n0
 
 #ifdef QWENQ_INT_INT8_VNNI
 
-constexpr int64_t kPrefetchRows = 16;    // word-rows ahead: the rows of a column tile lie N words apart
-constexpr int64_t kChunkInputs = 1024;  // inputs per chunk: 64 columns x 1024 4-bit inputs = 32 KiB of words
-
 inline __mmask16 lanes(int64_t cols) { return cols >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cols) - 1); }
-
-inline int32_t act_word(const int8_t* q) {
-  int32_t v;
-  std::memcpy(&v, q, 4);
-  return v;
-}
 
 // The zero points of 16 columns from n (n a multiple of 16; the masked lanes read nothing) of group g as floats.
 template <int BITS>
@@ -191,45 +200,180 @@ void tile_vnni(const PackedIntLinear& p, const IntInt8Rows& a, int64_t m, int64_
     for (int c = 0; c < C; ++c) _mm512_mask_storeu_ps(y + (m + r) * N + n + 16 * c, mask[c], acc[r][c]);
 }
 
-// Rows [0, M) times columns [n0, n1) (n0 a multiple of 16) into y (zeroed first): 4 rows x 16 columns per pass, 1..3
-// leftover rows with wider passes, so every pass keeps 4 column-row accumulator sets in registers; the inputs in
-// chunks of whole groups (~kChunkInputs) so all passes over the rows reuse a chunk's 64 columns of words from L1/L2.
 template <int BITS>
-void vnni_columns(const PackedIntLinear& p, const IntInt8Rows& a, int64_t n0, int64_t n1, float* y) {
+struct VnniTile {
+  template <int R, int C>
+  static void run(const PackedIntLinear& p, const IntInt8Rows& a, int64_t m, int64_t n, int64_t cols, int64_t g0,
+                  int64_t g1, float* y) {
+    tile_vnni<BITS, R, C>(p, a, m, n, cols, g0, g1, y);
+  }
+};
+
+#endif  // QWENQ_INT_INT8_VNNI
+
+// ---- AVX2 ----------------------------------------------------------------------------------------------------
+//
+// 8 columns per ymm. vpmaddubsw multiplies unsigned weight bytes by signed activation bytes and adds adjacent pairs
+// into int16: 4-bit codes give pairs of at most 2·15·127 = 3810, so a block's 8 products (4 word-rows, low and high
+// nibbles) add up in int16 (≤ 30480) before one vpmaddwd by 1 widens them to int32. 8-bit codes q would overflow the
+// pairs, so they multiply as c = q − 128: |c| (≤ 128) times a with c's sign (vpsignb; pairs ≤ 32512), widened per
+// word-row, and the block adds 128·Σa back. The same integer sums, then the twin's float operations.
+
+#ifdef QWENQ_INT_INT8_AVX2
+
+QWENQ_AVX2_FN inline __m256 zeros8(const PackedIntLinear& p, int64_t g, int64_t n, bool v1) {
+  const auto* zw = reinterpret_cast<const uint8_t*>(p.qzeros.data());
+  __m128i bytes;
+  if (p.bits == 4) {  // 8 nibbles in 4 bytes, column n + 2j in the low nibble of byte j
+    int32_t word;
+    std::memcpy(&word, zw + g * (p.N / 2) + n / 2, 4);
+    const __m128i b = _mm_cvtsi32_si128(word);
+    const __m128i lo = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+    bytes = _mm_unpacklo_epi8(lo, hi);
+  } else {
+    bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(zw + g * p.N + n));
+  }
+  __m256i z = _mm256_cvtepu8_epi32(bytes);
+  if (v1) z = _mm256_add_epi32(z, _mm256_set1_epi32(1));
+  return _mm256_cvtepi32_ps(z);
+}
+
+// R rows from m times C whole vectors of 8 columns from n (vectors past `cols` skipped), groups [g0, g1), added to y.
+template <int BITS, int R, int C>
+QWENQ_AVX2_FN void tile_avx2(const PackedIntLinear& p, const IntInt8Rows& a, int64_t m, int64_t n, int64_t cols,
+                             int64_t g0, int64_t g1, float* y) {
+  const int64_t N = p.N, K = p.K, G = p.num_groups(), nb = K / kBlock, blocks_per_group = p.group / kBlock;
+  constexpr int64_t kWordsPerBlock = kBlock * BITS / 32;
+  constexpr int64_t kInputsPerWord = 32 / BITS;
+  const bool v1 = p.layout == IntLayout::GptqV1;
+  const int vecs = static_cast<int>(std::min<int64_t>(C, cols / 8));
+  const int8_t* q[R];
+  for (int r = 0; r < R; ++r) q[r] = a.q.data() + (m + r) * K;
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), top = _mm256_set1_epi8(-128);
+  __m256 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = c < vecs ? _mm256_loadu_ps(y + (m + r) * N + n + 8 * c) : _mm256_setzero_ps();
+  for (int64_t g = g0; g < g1; ++g) {
+    __m256 gacc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) gacc[r][c] = _mm256_setzero_ps();
+    for (int64_t b = g * blocks_per_group; b < std::min(nb, (g + 1) * blocks_per_group); ++b) {
+      __m256i sum[R][C];
+      for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) sum[r][c] = _mm256_setzero_si256();
+      for (int64_t j = 0; j < kWordsPerBlock; ++j) {
+        const int64_t wr = b * kWordsPerBlock + j;
+        const int32_t* words = p.qweight.data() + wr * N + n;
+        for (int c = 0; c < C; ++c) {
+          if (c >= vecs) break;
+          _mm_prefetch(reinterpret_cast<const char*>(words + kPrefetchRows * N + 8 * c), _MM_HINT_T0);
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 8 * c));
+          if (BITS == 4) {  // int16 sums over the block
+            const __m256i lo = _mm256_and_si256(w, nibble);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(w, 4), nibble);
+            for (int r = 0; r < R; ++r) {
+              const int8_t* qa = q[r] + wr * kInputsPerWord;
+              const __m256i pe = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(act_word(qa)));
+              const __m256i po = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(act_word(qa + 4)));
+              sum[r][c] = _mm256_add_epi16(sum[r][c], _mm256_add_epi16(pe, po));
+            }
+          } else {  // int32 sums of (q − 128)·a
+            const __m256i cw = _mm256_xor_si256(w, top);
+            const __m256i mag = _mm256_abs_epi8(cw);
+            for (int r = 0; r < R; ++r) {
+              const __m256i av = _mm256_sign_epi8(_mm256_set1_epi32(act_word(q[r] + wr * kInputsPerWord)), cw);
+              sum[r][c] = _mm256_add_epi32(sum[r][c], _mm256_madd_epi16(_mm256_maddubs_epi16(mag, av), ones));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256 db = _mm256_set1_ps(a.d[static_cast<size_t>((m + r) * nb + b)]);
+        const __m256i back = _mm256_set1_epi32(128 * a.bsum[static_cast<size_t>((m + r) * nb + b)]);
+        for (int c = 0; c < vecs; ++c) {
+          const __m256i s32 = BITS == 4 ? _mm256_madd_epi16(sum[r][c], ones) : _mm256_add_epi32(sum[r][c], back);
+          gacc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), db, gacc[r][c]);
+        }
+      }
+    }
+    for (int c = 0; c < vecs; ++c) {
+      const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p.scales.data() + g * N + n + 8 * c)));
+      const __m256 z = zeros8(p, g, n + 8 * c, v1);
+      for (int r = 0; r < R; ++r) {
+        const __m256 gs = _mm256_set1_ps(a.gsum[static_cast<size_t>((m + r) * G + g)]);
+        acc[r][c] = _mm256_fmadd_ps(s, _mm256_fnmadd_ps(z, gs, gacc[r][c]), acc[r][c]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < vecs; ++c) _mm256_storeu_ps(y + (m + r) * N + n + 8 * c, acc[r][c]);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
+  return has;
+}
+
+template <int BITS>
+struct Avx2Tile {
+  template <int R, int C>
+  static void run(const PackedIntLinear& p, const IntInt8Rows& a, int64_t m, int64_t n, int64_t cols, int64_t g0,
+                  int64_t g1, float* y) {
+    tile_avx2<BITS, R, C>(p, a, m, n, cols, g0, g1, y);
+  }
+};
+
+#endif  // QWENQ_INT_INT8_AVX2
+
+// Rows [0, M) times columns [n0, n1) (n0 a multiple of 64) into y (zeroed first) with a tile kernel of L lanes:
+// 4 rows x L columns per pass, 1..3 leftover rows with wider passes, so every pass keeps 4 column-row accumulator
+// sets in registers; the inputs in chunks of whole groups (~kChunkInputs) so all passes over the rows reuse a
+// chunk's 64 columns of words from L1/L2. The columns past the last whole vector go to the twin (AVX2: an 8-bit
+// weight's N may end in half a vector; the VNNI kernel masks its tails).
+template <int L, class Tile>
+void simd_columns(const PackedIntLinear& p, const IntInt8Rows& a, int64_t n0, int64_t n1, float* y) {
   const int64_t G = p.num_groups(), chunk = std::max<int64_t>(1, kChunkInputs / p.group);
-  for (int64_t m = 0; m < a.M; ++m) std::fill(y + m * p.N + n0, y + m * p.N + n1, 0.0f);
-  for (int64_t n = n0; n < n1; n += 64) {
-    const int64_t cols = std::min<int64_t>(64, n1 - n);
+  const int64_t whole = L == 16 ? n1 : n0 + (n1 - n0) / L * L;
+  for (int64_t m = 0; m < a.M; ++m) std::fill(y + m * p.N + n0, y + m * p.N + whole, 0.0f);
+  for (int64_t n = n0; n < whole; n += 64) {
+    const int64_t cols = std::min<int64_t>(64, whole - n);
     for (int64_t g0 = 0; g0 < G; g0 += chunk) {
       const int64_t g1 = std::min(G, g0 + chunk);
       int64_t m = 0;
       for (; m + 4 <= a.M; m += 4)
-        for (int64_t c = 0; c < cols; c += 16) tile_vnni<BITS, 4, 1>(p, a, m, n + c, cols - c, g0, g1, y);
+        for (int64_t c = 0; c < cols; c += L) Tile::template run<4, 1>(p, a, m, n + c, cols - c, g0, g1, y);
       const int64_t left = a.M - m;
       if (left == 3) {
-        for (int64_t c = 0; c < cols; c += 16) tile_vnni<BITS, 3, 1>(p, a, m, n + c, cols - c, g0, g1, y);
+        for (int64_t c = 0; c < cols; c += L) Tile::template run<3, 1>(p, a, m, n + c, cols - c, g0, g1, y);
       } else if (left == 2) {
-        for (int64_t c = 0; c < cols; c += 32) tile_vnni<BITS, 2, 2>(p, a, m, n + c, cols - c, g0, g1, y);
+        for (int64_t c = 0; c < cols; c += 2 * L) Tile::template run<2, 2>(p, a, m, n + c, cols - c, g0, g1, y);
       } else if (left == 1) {
-        tile_vnni<BITS, 1, 4>(p, a, m, n, cols, g0, g1, y);
+        for (int64_t c = 0; c < cols; c += 4 * L) Tile::template run<1, 4>(p, a, m, n + c, cols - c, g0, g1, y);
       }
     }
   }
+  if (whole < n1) portable_columns(p, a, whole, n1, y);
 }
 
-#endif  // QWENQ_INT_INT8_VNNI
+enum class Kernel { Best, Avx2, Portable };
 
-void matvec(const PackedIntLinear& p, const IntInt8Rows& a, float* y, bool portable) {
+void matvec(const PackedIntLinear& p, const IntInt8Rows& a, float* y, Kernel kernel) {
   const int64_t tiles = (p.N + kTileCols - 1) / kTileCols;
   parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
     const int64_t n0 = t0 * kTileCols, n1 = std::min(p.N, t1 * kTileCols);
 #ifdef QWENQ_INT_INT8_VNNI
-    if (!portable) {
-      (p.bits == 4 ? vnni_columns<4> : vnni_columns<8>)(p, a, n0, n1, y);
+    if (kernel == Kernel::Best) {
+      (p.bits == 4 ? simd_columns<16, VnniTile<4>> : simd_columns<16, VnniTile<8>>)(p, a, n0, n1, y);
       return;
     }
-#else
-    (void)portable;
+#endif
+#ifdef QWENQ_INT_INT8_AVX2
+    if (kernel != Kernel::Portable && cpu_has_avx2()) {
+      (p.bits == 4 ? simd_columns<8, Avx2Tile<4>> : simd_columns<8, Avx2Tile<8>>)(p, a, n0, n1, y);
+      return;
+    }
 #endif
     portable_columns(p, a, n0, n1, y);
   });
@@ -273,6 +417,7 @@ void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t 
   out->q.resize(static_cast<size_t>(M * K));
   out->d.resize(static_cast<size_t>(M * nb));
   out->gsum.resize(static_cast<size_t>(M * G));
+  out->bsum.resize(static_cast<size_t>(M * nb));
   parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const float* xr = x + m * K;
@@ -306,6 +451,7 @@ void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t 
           const int slot = p.bits == 4 ? (i & ~7) + kNibbleSlot[i & 7] : i;
           qr[b * kBlock + slot] = codes[i];
         }
+        out->bsum[static_cast<size_t>(m * nb + b)] = sum;
         const int64_t g = b / blocks_per_group;
         gs[g] = std::fma(dr[b], static_cast<float>(sum), gs[g]);
       }
@@ -315,12 +461,23 @@ void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t 
 
 void int_linear_matvec_int8(const PackedIntLinear& p, const IntInt8Rows& a, float* y) {
   check_rows(p, a, y, "int_linear_matvec_int8");
-  matvec(p, a, y, false);
+  matvec(p, a, y, Kernel::Best);
+}
+
+bool int_linear_matvec_int8_avx2(const PackedIntLinear& p, const IntInt8Rows& a, float* y) {
+  check_rows(p, a, y, "int_linear_matvec_int8_avx2");
+#ifdef QWENQ_INT_INT8_AVX2
+  if (!cpu_has_avx2()) return false;
+  matvec(p, a, y, Kernel::Avx2);
+  return true;
+#else
+  return false;
+#endif
 }
 
 void int_linear_matvec_int8_portable(const PackedIntLinear& p, const IntInt8Rows& a, float* y) {
   check_rows(p, a, y, "int_linear_matvec_int8_portable");
-  matvec(p, a, y, true);
+  matvec(p, a, y, Kernel::Portable);
 }
 
 void int_linear_matvec_int8(const PackedIntLinear& p, const float* x, int64_t M, float* y) {

@@ -18,7 +18,8 @@
 // agree bit for bit. The only error against the exact product is the activations' 8-bit rounding.
 //
 // Why: the exact product decodes every weight to fp32 and spends a fused multiply-add per weight and row; here one
-// AVX-512 VNNI vpdpbusd multiplies 64 unsigned codes by 64 signed activations. A GPTQ word already holds 8 (4-bit)
+// AVX-512 VNNI vpdpbusd multiplies 64 unsigned codes by 64 signed activations (AVX2's vpmaddubsw + vpmaddwd do 32
+// in two instructions). A GPTQ word already holds 8 (4-bit)
 // or 4 (8-bit) consecutive inputs of one column: the 8-bit word is a vpdpbusd lane as it is; the 4-bit word's low
 // nibbles are inputs 0, 2, 4, 6 and its high nibbles 1, 3, 5, 7, so the activations are stored in that order
 // (per 8 inputs: 0 2 4 6 1 3 5 7) and a word costs one AND, one shift and two vpdpbusd for 16 columns at once.
@@ -44,15 +45,19 @@ struct IntInt8Rows {
   std::vector<int8_t> q;    // [M, K]: codes, 4-bit: per 8 inputs in the order 0 2 4 6 1 3 5 7; 8-bit: in order
   std::vector<float> d;     // [M, K / 32]: x ≈ d · a per block of 32
   std::vector<float> gsum;  // [M, ceil(K / group)]: S_g
+  std::vector<int32_t> bsum;  // [M, K / 32]: Σ a per block (the AVX2 kernel's 8-bit offset)
 };
 // x [M, K] row-major. A block holding an inf or a NaN gets zero codes and d = NaN (its row's outputs come out NaN,
 // as the exact product's would).
 void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t M, IntInt8Rows* out);
 
-// y [a.M, p.N] = the product above (p supported, a quantized for p). The vector kernel where the build targets
-// AVX-512 VNNI, else the portable loops; _portable always runs the loops (the twin the tests compare against).
+// y [a.M, p.N] = the product above (p supported, a quantized for p): the AVX-512 VNNI kernel where the build targets
+// it, else the AVX2 kernel where the CPU has AVX2, FMA and F16C (compiled into every x86-64 build), else the portable
+// loops. _portable always runs the loops (the twin the tests compare against); _avx2 runs the AVX2 kernel and
+// returns false, computing nothing, on a CPU without it (for the tests, whatever the build's target).
 void int_linear_matvec_int8(const PackedIntLinear& p, const IntInt8Rows& a, float* y);
 void int_linear_matvec_int8_portable(const PackedIntLinear& p, const IntInt8Rows& a, float* y);
+bool int_linear_matvec_int8_avx2(const PackedIntLinear& p, const IntInt8Rows& a, float* y);
 // Quantizes x [M, K] in passes of 64 rows and multiplies.
 void int_linear_matvec_int8(const PackedIntLinear& p, const float* x, int64_t M, float* y);
 

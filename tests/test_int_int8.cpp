@@ -4,14 +4,17 @@
 //   - the product, AVX-512 VNNI and portable: Σ_k ŵ[n, k] · (d · a_k) in double with ŵ from dequantize_int_linear
 //     (the formats' exact reader), within kDotRelTol of Σ|ŵ · d · a|, over random codes, zero points and scales
 //     (4- and 8-bit, GPTQ v1 with zero points up to 2^bits, v2, AWQ repacked), saturated words (the int32 sums at
-//     their largest), column tails, partial last groups, per-channel grids, a real Qwen2.5 shape; the two kernels
-//     equal bit for bit, and the same bits at 1 and 2 threads and across the 64-row passes;
+//     their largest, the AVX2 kernel's int16 pair sums at theirs), column tails (an 8-bit half vector), partial
+//     last groups, per-channel grids, a real Qwen2.5 shape; the build's kernel, the AVX2 kernel (run on any CPU
+//     that has it, whatever the build's target) and the portable twin equal bit for bit, and the same bits at 1 and
+//     2 threads and across the 64-row passes;
 //   - AWQ repacked to GPTQ v2: the same ŵ, bit for bit;
 //   - against the exact product (fp32 x times ŵ): the activations' 8-bit rounding, within kInt8RelErr;
 //   - a NaN or inf activation: NaN out for its row, the other rows untouched; unsupported weights refused by name.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -54,6 +57,7 @@ const Case kCases[] = {
     {"gptq_v2_8bit_perchannel", IntLayout::GptqV2, 8, 24, 160, -1, 2},
     {"gptq_v1_8bit_g64_N136", IntLayout::GptqV1, 8, 136, 256, 64, 7},
     {"gptq_v2_8bit_saturated", IntLayout::GptqV2, 8, 32, 128, 32, 1, true},
+    {"gptq_v1_8bit_N36_half_vector", IntLayout::GptqV1, 8, 36, 128, 32, 3},
     {"awq_g128_N136", IntLayout::AwqGemm, 4, 136, 896, 128, 4},
     {"awq_g64_N64", IntLayout::AwqGemm, 4, 64, 192, 64, 6},
 };
@@ -184,9 +188,15 @@ TEST(IntInt8, ProductsMatchTheDoubleOracleAndEachOther) {
     quantize_int_activations(p, x.data(), c.M, &a);
     std::vector<double> ref, mag;
     oracle(W, a, c.N, &ref, &mag);
-    std::vector<float> fast(static_cast<size_t>(c.M * c.N)), portable(fast.size()), one_thread(fast.size());
+    std::vector<float> fast(static_cast<size_t>(c.M * c.N)), portable(fast.size()), one_thread(fast.size()),
+        avx2(fast.size());
     int_linear_matvec_int8(p, a, fast.data());
     int_linear_matvec_int8_portable(p, a, portable.data());
+    if (int_linear_matvec_int8_avx2(p, a, avx2.data())) {
+      EXPECT_EQ(std::memcmp(avx2.data(), portable.data(), avx2.size() * sizeof(float)), 0) << "AVX2 vs portable";
+    } else {
+      std::printf("[ note ] no AVX2/FMA/F16C on this CPU: the AVX2 kernel is not checked\n");
+    }
     {
       test::ScopedThreads threads(1);
       int_linear_matvec_int8(p, a, one_thread.data());
