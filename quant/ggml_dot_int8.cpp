@@ -19,9 +19,18 @@
 #include <limits>
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#include <immintrin.h>
 #define QWENQ_INT8_VNNI 1
 #endif
+// The AVX2 kernels are compiled into every x86-64 build (function target attributes) and chosen at run time when the
+// build has no VNNI kernels, so any x86-64 CI machine tests them.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QWENQ_INT8_AVX2 1
+#define QWENQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#endif
+#if defined(QWENQ_INT8_VNNI) || defined(QWENQ_INT8_AVX2)
+#include <immintrin.h>
+#endif
+#include <atomic>
 
 #include "core/error.h"
 #include "core/threads.h"
@@ -651,14 +660,252 @@ RowsFn<R> fast_rows(GgmlType t) {
 }
 #endif
 
-// One weight row times R activation rows: the VNNI kernels where compiled, else the portable loops row by row.
+// ---- AVX2 ----
+//
+// 8 int32 lanes per ymm; vpmaddubsw + vpmaddwd stand in for vpdpbusd (lane l: the 4 products 4l .. 4l + 3). They are
+// exact where every adjacent pair of products fits int16: codes up to 63 (Q6_K) times |a| ≤ 127 give ≤ 16002, signed
+// codes multiply as |c| (≤ 128) times a with c's sign (vpsignb) for ≤ 32512. A sub-block's integer scale goes into the
+// vpmaddwd in place of the ones where the 32 values of a ymm share it (Q4_K, Q5_K, IQ4_XS; Q6_K: one per 128-bit
+// half). Compiled into every x86-64 build (function target attributes) and chosen at run time when the build has no
+// VNNI kernels; Q2_K and Q3_K keep the portable loops there.
+
+#ifdef QWENQ_INT8_AVX2
+
+QWENQ_AVX2_FN inline __m256i ld32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+QWENQ_AVX2_FN inline __m256i dot4(__m256i u, __m256i s, __m256i w16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), w16);
+}
+QWENQ_AVX2_FN inline float hsum8(__m256 v) {
+  alignas(32) float t[8];
+  _mm256_store_ps(t, v);
+  for (int w = 4; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) t[i] += t[i + w];
+  return t[0];
+}
+QWENQ_AVX2_FN inline float h2f(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+// A 16-byte nibble run as 32 codes 0..15 in value order: the low nibbles, then the high ones.
+QWENQ_AVX2_FN inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(x, 4), x), _mm256_set1_epi8(15));
+}
+// 16 where bit j of the u32 at qh is set (Q5_0/Q5_1's fifth bits), 0 elsewhere.
+QWENQ_AVX2_FN inline __m256i fifth_bits32(const uint8_t* qh) {
+  const __m256i v = _mm256_set1_epi32(static_cast<int>(u32_at(qh)));
+  const __m256i byte_of = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                           2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, byte_of), bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+QWENQ_AVX2_FN inline __m256i iq4nl_table32() {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ggml_detail::kIq4nlLevels));
+  return _mm256_set_m128i(t, t);
+}
+
+enum class Block32 { Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL };
+
+// One block's 32 signed codes c (w = d·c + m) in value order.
+template <Block32 T>
+QWENQ_AVX2_FN inline __m256i codes32(const uint8_t* p, __m256i table) {
+  if constexpr (T == Block32::Q8_0) return ld32(p + 2);
+  if constexpr (T == Block32::Q4_0) return _mm256_sub_epi8(nibbles32(p + 2), _mm256_set1_epi8(8));
+  if constexpr (T == Block32::Q4_1) return nibbles32(p + 4);
+  if constexpr (T == Block32::Q5_0)
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(p + 6), fifth_bits32(p + 2)), _mm256_set1_epi8(16));
+  if constexpr (T == Block32::Q5_1) return _mm256_or_si256(nibbles32(p + 8), fifth_bits32(p + 4));
+  if constexpr (T == Block32::IQ4_NL) return _mm256_shuffle_epi8(table, nibbles32(p + 2));
+}
+
+constexpr int64_t block32_bytes(Block32 t) {
+  return t == Block32::Q8_0 ? 34 : t == Block32::Q4_1 ? 20 : t == Block32::Q5_0 ? 22 : t == Block32::Q5_1 ? 24 : 18;
+}
+
+// Blocks of 32 (fp16 d at byte 0; Q4_1/Q5_1 an fp16 m at byte 2, whose term m·da·Σa goes into lane 0).
+template <Block32 T, int R>
+QWENQ_AVX2_FN void blocks32_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  constexpr bool kMin = T == Block32::Q4_1 || T == Block32::Q5_1;
+  const __m256i ones = _mm256_set1_epi16(1), table = iq4nl_table32();
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + block32_bytes(T) * b;
+    const __m256i wv = codes32<T>(blk, table);
+    const __m256i wabs = _mm256_abs_epi8(wv);
+    const float dw = h2f(blk);
+    for (int r = 0; r < R; ++r) {
+      const __m256i dp = dot4(wabs, _mm256_sign_epi8(ld32(a.q[r] + 32 * b), wv), ones);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dp), _mm256_set1_ps(dw * a.d[r][b]), acc[r]);
+      if (kMin) {
+        const float sum = static_cast<float>(a.bs[r][2 * b] + a.bs[r][2 * b + 1]);
+        acc[r] = _mm256_fmadd_ps(_mm256_setr_ps(sum, 0, 0, 0, 0, 0, 0, 0), _mm256_set1_ps(h2f(blk + 2) * a.d[r][b]),
+                                 acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
+}
+
+// Q4_K / Q5_K: per 64 values (sub-blocks 2c, 2c + 1) the low and high nibbles of 32 bytes of qs (Q5_K: bit 2c / 2c + 1
+// of qh as bit 4), each ymm times its sub-block's 6-bit scale in the vpmaddwd; the mins from the activations' sums.
+template <bool kFive, int R>
+QWENQ_AVX2_FN void q45_k_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  constexpr int64_t kBytes = kFive ? 176 : 144;
+  const __m256i low4 = _mm256_set1_epi8(15), bit4 = _mm256_set1_epi8(16);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + kBytes * B;
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    int sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) k_scale_min(blk + 4, j, &sc[j], &mn[j]);
+    const __m256i qh = kFive ? ld32(blk + 16) : _mm256_setzero_si256();
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i bytes = ld32(qs + 32 * c);
+      __m256i lo = _mm256_and_si256(bytes, low4), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low4);
+      if (kFive) {
+        const __m256i h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c));
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(h, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(h, 3), bit4));
+      }
+      const __m256i s0 = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * c]));
+      const __m256i s1 = _mm256_set1_epi16(static_cast<int16_t>(sc[2 * c + 1]));
+      for (int r = 0; r < R; ++r) {
+        const int8_t* q = a.q[r] + 256 * B + 64 * c;
+        isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(dot4(lo, ld32(q), s0), dot4(hi, ld32(q + 32), s1)));
+      }
+    }
+    const float d = h2f(blk), dmin = h2f(blk + 2);
+    for (int r = 0; r < R; ++r) {
+      const int16_t* bs = a.bs[r] + 16 * B;
+      int msum = 0;
+      for (int j = 0; j < 8; ++j) msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+      const float da = a.d[r][B];
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * da), acc[r]);
+      acc[r] = _mm256_fnmadd_ps(_mm256_setr_ps(static_cast<float>(msum), 0, 0, 0, 0, 0, 0, 0), _mm256_set1_ps(dmin * da),
+                                acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
+}
+
+// Q6_K: per half-block h the values 128h + 32g + l (g = 0..3) from ql and qh as in q6_k_vnni; the 32 values of group
+// g span the 16-value sub-blocks 2q and 2q + 1 (q = 4h + g), one per 128-bit half of the ymm; − 32·Σ_v s_v·Σa in
+// int32 into lane 0.
+template <int R>
+QWENQ_AVX2_FN void q6_k_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 210 * B;
+    const auto* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = ld32(blk + 64 * h), ql1 = ld32(blk + 64 * h + 32), qh = ld32(blk + 128 + 32 * h);
+      const __m256i codes[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4))};
+      for (int g = 0; g < 4; ++g) {
+        const int q = 4 * h + g;
+        const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * q + 1]), _mm_set1_epi16(sc[2 * q]));
+        for (int r = 0; r < R; ++r)
+          isum[r] = _mm256_add_epi32(isum[r], dot4(codes[g], ld32(a.q[r] + 256 * B + 32 * q), s));
+      }
+    }
+    const float d = h2f(blk + 208);
+    for (int r = 0; r < R; ++r) {
+      const int16_t* bs = a.bs[r] + 16 * B;
+      int off = 0;
+      for (int v = 0; v < 16; ++v) off += sc[v] * bs[v];
+      const __m256i total = _mm256_sub_epi32(isum[r], _mm256_setr_epi32(32 * off, 0, 0, 0, 0, 0, 0, 0));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * a.d[r][B]), acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
+}
+
+// IQ4_XS: per 32-value sub-block j the levels of its 16 bytes, times ls_j − 32 in the vpmaddwd.
+template <int R>
+QWENQ_AVX2_FN void iq4_xs_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  const __m256i table = iq4nl_table32();
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + 136 * B;
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i codes = _mm256_shuffle_epi8(table, nibbles32(blk + 8 + 16 * j));
+      const __m256i wabs = _mm256_abs_epi8(codes);
+      const __m256i ls = _mm256_set1_epi16(static_cast<int16_t>(iq4_xs_scale_code(blk, j) - 32));
+      for (int r = 0; r < R; ++r)
+        isum[r] = _mm256_add_epi32(isum[r], dot4(wabs, _mm256_sign_epi8(ld32(a.q[r] + 256 * B + 32 * j), codes), ls));
+    }
+    const float d = h2f(blk);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * a.d[r][B]), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
+}
+
+// A kernel multiplies the nb blocks of weight row w with R activation rows into out[R].
+template <int R>
+using Avx2RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, float*);
+
+// The AVX2 kernel of t, or null (Q2_K, Q3_K: the portable loops).
+template <int R>
+Avx2RowsFn<R> avx2_rows(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return blocks32_avx2<Block32::Q8_0, R>;
+    case GgmlType::Q4_0: return blocks32_avx2<Block32::Q4_0, R>;
+    case GgmlType::Q4_1: return blocks32_avx2<Block32::Q4_1, R>;
+    case GgmlType::Q5_0: return blocks32_avx2<Block32::Q5_0, R>;
+    case GgmlType::Q5_1: return blocks32_avx2<Block32::Q5_1, R>;
+    case GgmlType::IQ4_NL: return blocks32_avx2<Block32::IQ4_NL, R>;
+    case GgmlType::Q4_K: return q45_k_avx2<false, R>;
+    case GgmlType::Q5_K: return q45_k_avx2<true, R>;
+    case GgmlType::Q6_K: return q6_k_avx2<R>;
+    case GgmlType::IQ4_XS: return iq4_xs_avx2<R>;
+    default: return nullptr;
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool has =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  return has;
+}
+
+#endif  // QWENQ_INT8_AVX2
+
+std::atomic<bool> g_force_avx2{false};
+
+// One weight row times R activation rows: the VNNI kernels where compiled, else the AVX2 kernels where the CPU has
+// them (or forced by the tests), else the portable loops row by row.
 template <int R>
 struct RowsDot {
   explicit RowsDot(GgmlType t, bool portable) : dot(portable_dot(t)) {
+    if (portable) return;
 #ifdef QWENQ_INT8_VNNI
-    if (!portable) fast = fast_rows<R>(t);
-#else
-    (void)portable;
+    if (!g_force_avx2.load()) {
+      fast = fast_rows<R>(t);
+      return;
+    }
+#endif
+#ifdef QWENQ_INT8_AVX2
+    if (cpu_has_avx2()) avx2 = avx2_rows<R>(t);
 #endif
   }
   void operator()(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) const {
@@ -671,11 +918,20 @@ struct RowsDot {
       return;
     }
 #endif
+#ifdef QWENQ_INT8_AVX2
+    if (avx2 != nullptr) {
+      avx2(w, a, nb, out);
+      return;
+    }
+#endif
     portable_rows<R>(dot, w, a, nb, out);
   }
   DotFn dot;
 #ifdef QWENQ_INT8_VNNI
   RowsFn<R> fast = nullptr;
+#endif
+#ifdef QWENQ_INT8_AVX2
+  Avx2RowsFn<R> avx2 = nullptr;
 #endif
 };
 
@@ -731,6 +987,16 @@ void quantize_int8_rows(GgmlType act, const float* x, int64_t M, int64_t K, Ggml
       }
     }
   });
+}
+
+bool ggml_int8_force_avx2(bool on) {
+#ifdef QWENQ_INT8_AVX2
+  if (on && !cpu_has_avx2()) return false;
+  g_force_avx2.store(on);
+  return true;
+#else
+  return !on;
+#endif
 }
 
 float ggml_int8_dot(GgmlType t, const uint8_t* w, const GgmlInt8Rows& a, int64_t m) {

@@ -3,7 +3,7 @@
 //     gguf-py by tests/oracle/test_gguf_oracle.py);
 //   - Q8_K activations: ggml's quantize_row_q8_K_ref's properties: the x of largest |x| gets code −127, every code
 //     within half a step of x / d and in [−127, 127], the 16-value sums, zero blocks;
-//   - the dot products, AVX-512 VNNI and portable: Σ_i ŵ_i · (d · a_i) in double, with ŵ from dequantize_ggml_row
+//   - the dot products, AVX-512 VNNI, AVX2 (forced, on any CPU that has it) and portable: Σ_i ŵ_i · (d · a_i) in double, with ŵ from dequantize_ggml_row
 //     (the exact reader) and the activations as quantized, within kDotRelTol of Σ|ŵ_i · d · a_i|, over random
 //     bytes (every code and scale pattern), weights quantized from random floats, saturated blocks (the int32 sums
 //     at their largest), Qwen2.5 row lengths and odd block counts;
@@ -156,7 +156,7 @@ TEST(GgmlInt8, Q8_KActivationsFollowGgmlsRule) {
   EXPECT_LT(a.d[0], 0.0f);
 }
 
-TEST(GgmlInt8, DotsMatchTheExactWeightsTimesTheQuantizedActivations) {
+void check_dots_against_oracle() {
   Rng rng(kSeed + 2);
   for (GgmlType t : kTypes) {
     const bool k_quant = ggml_type_info(static_cast<uint32_t>(t))->block == 256;
@@ -177,7 +177,7 @@ TEST(GgmlInt8, DotsMatchTheExactWeightsTimesTheQuantizedActivations) {
   }
 }
 
-TEST(GgmlInt8, MatvecIsTheRowDotForAnyRowCount) {
+void check_matvec_is_the_row_dot() {
   Rng rng(kSeed + 3);
   for (GgmlType t : kTypes) {
     const int64_t N = 37, K = 512, D = 8;  // 37 rows, q/k-style interleaving of heads of 8 rows (the last partial)
@@ -202,6 +202,20 @@ TEST(GgmlInt8, MatvecIsTheRowDotForAnyRowCount) {
       }
     }
   }
+}
+
+TEST(GgmlInt8, DotsMatchTheExactWeightsTimesTheQuantizedActivations) { check_dots_against_oracle(); }
+TEST(GgmlInt8, MatvecIsTheRowDotForAnyRowCount) { check_matvec_is_the_row_dot(); }
+
+// The AVX2 kernels (the run-time choice of builds without VNNI) on any CPU that has AVX2, in place of the VNNI ones:
+// the same oracle and the same bits for any row count (Q2_K and Q3_K run the portable loops there).
+TEST(GgmlInt8, Avx2KernelsMatchTheOracleAndTheRowDot) {
+  if (!ggml_int8_force_avx2(true)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
+  struct Reset {
+    ~Reset() { ggml_int8_force_avx2(false); }
+  } reset;
+  check_dots_against_oracle();
+  check_matvec_is_the_row_dot();
 }
 
 TEST(GgmlInt8, StaysWithinTheActivationRoundingOfTheExactProduct) {
