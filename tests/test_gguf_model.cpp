@@ -54,14 +54,6 @@ std::string fp32_directory_of(const std::string& gguf, const std::string& out) {
   return out;
 }
 
-double mean_nll(const QwenModel& m, const std::vector<int32_t>& tokens) {
-  std::vector<float> nll;
-  const int64_t n = m.next_token_nll(PackedBatch::from_sequences({tokens}), &nll);
-  double s = 0;
-  for (float v : nll) s += v;
-  return s / static_cast<double>(n);
-}
-
 
 TEST(GgufModel, Stories260kF32ReadsBackExactly) {
   QWENQ_REQUIRE_SHARED_DATA();
@@ -101,9 +93,7 @@ TEST(GgufModel, Stories260kMatchesLlamaCpp) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
-  const std::string text = read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt").substr(0, 20000);
-  std::vector<int32_t> tokens = Tokenizer::from_dir(hf).encode(text);
-  tokens.resize(512);
+  const std::vector<int32_t> tokens = test::tinystories_prefix_tokens(hf, 512);
   struct Case {
     const char* type;
     double golden, tol;
@@ -112,7 +102,7 @@ TEST(GgufModel, Stories260kMatchesLlamaCpp) {
                         Case{"q4_0", kLlamaCppNllQ4_0, kNllTolQuantized}}) {
     const std::string name = c.type;
     const QwenModel m(test::export_gguf_to(hf, dir + "/" + name + ".gguf", c.type));
-    const double exact = mean_nll(m, tokens);
+    const double exact = test::mean_next_token_nll(m, tokens);
     EXPECT_NEAR(exact, c.golden, c.tol) << name;
     if (name == "f32") continue;
     // --int8-activations: the Q8_0 and Q4_0 tensors multiply as llama.cpp's CPU does (activations rounded to Q8_0
@@ -122,11 +112,8 @@ TEST(GgufModel, Stories260kMatchesLlamaCpp) {
     // of its F16 tensors (stories260K's down_proj, width 172) to fp16, and at 64 wide these move the NLL as much.
     const PackedBatch few = PackedBatch::from_sequences({{1, 2, 3}});
     const std::vector<float> few_exact = m.forward_logits(few);
-    struct Int8On {
-      Int8On() { set_int8_activations(true); }
-      ~Int8On() { set_int8_activations(false); }
-    } on;
-    const double int8 = mean_nll(m, tokens);
+    const test::ScopedInt8Activations on;
+    const double int8 = test::mean_next_token_nll(m, tokens);
     EXPECT_NE(int8, exact) << name << ": the switch changed nothing";
     EXPECT_NEAR(int8, c.golden, kNllTolQuantized) << name;
     EXPECT_NEAR(int8, exact, kNllInt8Shift) << name;

@@ -13,7 +13,6 @@
 #include <string>
 #include <vector>
 
-#include "core/files.h"
 #include "quant/int_checkpoint.h"
 #include "quant/int_dot_int8.h"
 #include "tests/support/test_models.h"
@@ -21,28 +20,12 @@
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_weights.h"
-#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
 
 // |mean NLL with int8 activations − exact| on 512 tokens: measured 1.1e-3 (GPTQ) and 6e-4 (AWQ).
 constexpr double kNllInt8Shift = 3e-3;
-
-struct Int8On {
-  Int8On() { set_int8_activations(true); }
-  ~Int8On() { set_int8_activations(false); }
-  Int8On(const Int8On&) = delete;
-  Int8On& operator=(const Int8On&) = delete;
-};
-
-double mean_nll(const QwenModel& m, const std::vector<int32_t>& tokens) {
-  std::vector<float> nll;
-  const int64_t n = m.next_token_nll(PackedBatch::from_sequences({tokens}), &nll);
-  double s = 0;
-  for (float v : nll) s += v;
-  return s / static_cast<double>(n);
-}
 
 std::string rtn_to(const std::string& hf, const std::string& out, IntLayout layout) {
   QuantizeOptions o;
@@ -61,9 +44,7 @@ TEST(Int8ActivationsModel, GptqAndAwqStories260kMoveByTheRoundingOnly) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
-  const std::string text = read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt").substr(0, 20000);
-  std::vector<int32_t> tokens = Tokenizer::from_dir(hf).encode(text);
-  tokens.resize(512);
+  const std::vector<int32_t> tokens = test::tinystories_prefix_tokens(hf, 512);
   const PackedBatch few = PackedBatch::from_sequences({{1, 2, 3}});
   for (const IntLayout layout : {IntLayout::GptqV1, IntLayout::AwqGemm}) {
     const std::string name = int_layout_name(layout);
@@ -72,16 +53,16 @@ TEST(Int8ActivationsModel, GptqAndAwqStories260kMoveByTheRoundingOnly) {
     const LinearWeight& up = exact_model.weights().layers[0].up;
     ASSERT_TRUE(up.packed) << name;
     EXPECT_EQ(up.packed->layout, layout) << name << ": repacked without the switch";
-    const double exact = mean_nll(exact_model, tokens);
+    const double exact = test::mean_next_token_nll(exact_model, tokens);
     const std::vector<float> few_exact = exact_model.forward_logits(few);
-    Int8On on;
+    const test::ScopedInt8Activations on;
     const QwenModel m(q);  // loaded with the switch on: AWQ repacked along K
     const LinearWeight& up8 = m.weights().layers[0].up;
     EXPECT_EQ(up8.packed->layout, layout == IntLayout::AwqGemm ? IntLayout::GptqV2 : layout) << name;
     EXPECT_TRUE(uses_int8_activations(up8.packed.get())) << name << ": " << int_int8_unsupported_reason(*up8.packed);
     const std::vector<float> w = up.dequantize(), w8 = up8.dequantize();
     EXPECT_EQ(std::memcmp(w.data(), w8.data(), w.size() * sizeof(float)), 0) << name << ": the repack changed ŵ";
-    const double int8 = mean_nll(m, tokens);
+    const double int8 = test::mean_next_token_nll(m, tokens);
     EXPECT_NE(int8, exact) << name << ": the switch changed nothing";
     EXPECT_NEAR(int8, exact, kNllInt8Shift) << name;
     std::printf("[ %s ] mean NLL exact %.6f, int8 activations %.6f\n", name.c_str(), exact, int8);
@@ -104,7 +85,7 @@ TEST(Int8ActivationsModel, ActOrderGptqKeepsTheExactProduct) {
   std::vector<float> y_exact(static_cast<size_t>(3 * up.N)), y(y_exact.size()), act_exact(y.size()), act_on(y.size());
   apply_linear(up, x.data(), 3, TensorView{}, y_exact.data());
   apply_linear(act, x.data(), 3, TensorView{}, act_exact.data());
-  Int8On on;
+  const test::ScopedInt8Activations on;
   apply_linear(up, x.data(), 3, TensorView{}, y.data());
   apply_linear(act, x.data(), 3, TensorView{}, act_on.data());
   EXPECT_NE(y, y_exact) << "the in-order weight took the int8 product";

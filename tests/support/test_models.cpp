@@ -14,6 +14,7 @@
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
 #include "trainer/llama2c_import.h"
+#include "trainer/qwen_weights.h"
 #include "trainer/random_model.h"
 #include "trainer/tokenizer.h"
 
@@ -54,6 +55,25 @@ std::string import_stories260k(const std::string& dir) {
 std::vector<int32_t> tinystories_tokens(const std::string& model_dir) {
   return Tokenizer::from_dir(model_dir).encode(read_file(shared_data_dir() + "/tinystories/tinystories_val.txt"));
 }
+
+std::vector<int32_t> tinystories_prefix_tokens(const std::string& model_dir, size_t n) {
+  const std::string text = read_file(shared_data_dir() + "/tinystories/tinystories_val.txt").substr(0, 20000);
+  std::vector<int32_t> tokens = Tokenizer::from_dir(model_dir).encode(text);
+  QWENQ_CHECK(tokens.size() >= n, "tinystories_prefix_tokens: " << tokens.size() << " tokens, not " << n);
+  tokens.resize(n);
+  return tokens;
+}
+
+double mean_next_token_nll(const QwenModel& m, const std::vector<int32_t>& tokens) {
+  std::vector<float> nll;
+  const int64_t n = m.next_token_nll(PackedBatch::from_sequences({tokens}), &nll);
+  double s = 0;
+  for (float v : nll) s += v;
+  return s / static_cast<double>(n);
+}
+
+ScopedInt8Activations::ScopedInt8Activations() { set_int8_activations(true); }
+ScopedInt8Activations::~ScopedInt8Activations() { set_int8_activations(false); }
 
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
   Rng rng(seed);

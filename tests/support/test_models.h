@@ -34,6 +34,19 @@ std::vector<int32_t> tinystories_tokens(const std::string& model_dir);
 // Returns path.
 std::string write_random_words(const std::string& path, size_t bytes, uint64_t seed);
 
+// The first n tokens of the first 20,000 characters of TinyStories (model_dir's tokenizer; call
+// QWENQ_REQUIRE_SHARED_DATA first).
+std::vector<int32_t> tinystories_prefix_tokens(const std::string& model_dir, size_t n);
+// The mean next-token NLL of m over one sequence (QwenModel::next_token_nll).
+double mean_next_token_nll(const QwenModel& m, const std::vector<int32_t>& tokens);
+// `--int8-activations` switched on (trainer/qwen_weights.h's set_int8_activations) for a test section, off on exit.
+class ScopedInt8Activations {
+ public:
+  ScopedInt8Activations();
+  ~ScopedInt8Activations();
+  ScopedInt8Activations(const ScopedInt8Activations&) = delete;
+  ScopedInt8Activations& operator=(const ScopedInt8Activations&) = delete;
+};
 // One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed);
 
