@@ -42,6 +42,7 @@ namespace qwenq {
 using ggml_detail::f16_at;
 using ggml_detail::iq4_xs_scale_code;
 using ggml_detail::k_scale_min;
+using ggml_detail::q3_scale_code;
 using ggml_detail::u32_at;
 
 namespace {
@@ -666,8 +667,8 @@ RowsFn<R> fast_rows(GgmlType t) {
 // exact where every adjacent pair of products fits int16: codes up to 63 (Q6_K) times |a| ≤ 127 give ≤ 16002, signed
 // codes multiply as |c| (≤ 128) times a with c's sign (vpsignb) for ≤ 32512. A sub-block's integer scale goes into the
 // vpmaddwd in place of the ones where the 32 values of a ymm share it (Q4_K, Q5_K, IQ4_XS; Q6_K: one per 128-bit
-// half). Compiled into every x86-64 build (function target attributes) and chosen at run time when the build has no
-// VNNI kernels; Q2_K and Q3_K keep the portable loops there.
+// half; Q2_K, Q3_K). Compiled into every x86-64 build (function target attributes) and chosen at run time when the
+// build has no VNNI kernels.
 
 #ifdef QWENQ_INT8_AVX2
 
@@ -860,11 +861,68 @@ QWENQ_AVX2_FN void iq4_xs_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, f
   for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
 }
 
+// Q2_K / Q3_K: per 128-value half h and bit-pair step p the values 128h + 64p + l (bits 4p of qs) and + 32 + l (bits
+// 4p + 2; Q3_K: hmask bits 4h + 2p and 4h + 2p + 1 as bit 2), as in low_k_vnni; each 32 values span the 16-value
+// sub-blocks 2q, 2q + 1 (q = 4h + 2p or + 1), one per 128-bit half. Q2_K: 4-bit scales and mins; Q3_K: 6-bit scale
+// codes − 32 and the −4 offset, both from the activations' 16-value sums.
+template <bool kThree, int R>
+QWENQ_AVX2_FN void low_k_avx2(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) {
+  constexpr int64_t kBytes = kThree ? 110 : 84;
+  const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  __m256 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t B = 0; B < nb; ++B) {
+    const uint8_t* blk = w + kBytes * B;
+    const uint8_t* qs = blk + (kThree ? 32 : 16);
+    int sc[16];
+    for (int v = 0; v < 16; ++v) sc[v] = kThree ? q3_scale_code(blk + 96, v) - 32 : blk[v] & 15;
+    const __m256i hm = kThree ? ld32(blk) : _mm256_setzero_si256();
+    __m256i isum[R];
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i bytes = ld32(qs + 32 * h);
+      for (int p = 0; p < 2; ++p) {
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * p)), three);
+        __m256i hi = _mm256_and_si256(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * p + 2)), three);
+        if (kThree) {
+          const __m256i bits = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(4 * h + 2 * p));
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(bits, one), 2));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 1), one), 2));
+        }
+        const __m256i codes[2] = {lo, hi};
+        for (int k = 0; k < 2; ++k) {
+          const int q = 4 * h + 2 * p + k;
+          const __m256i s16 = _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(sc[2 * q + 1])),
+                                               _mm_set1_epi16(static_cast<int16_t>(sc[2 * q])));
+          for (int r = 0; r < R; ++r)
+            isum[r] = _mm256_add_epi32(isum[r], dot4(codes[k], ld32(a.q[r] + 256 * B + 32 * q), s16));
+        }
+      }
+    }
+    const float d = h2f(blk + (kThree ? 108 : 80));
+    for (int r = 0; r < R; ++r) {
+      const int16_t* bs = a.bs[r] + 16 * B;
+      const float da = a.d[r][B];
+      int extra = 0;  // Q3_K: Σ_v s_v·Σa (times −4); Q2_K: Σ_v m_v·Σa (times −dmin)
+      for (int v = 0; v < 16; ++v) extra += (kThree ? sc[v] : blk[v] >> 4) * bs[v];
+      if (kThree) {
+        const __m256i total = _mm256_sub_epi32(isum[r], _mm256_setr_epi32(4 * extra, 0, 0, 0, 0, 0, 0, 0));
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(d * da), acc[r]);
+      } else {
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * da), acc[r]);
+        acc[r] = _mm256_fnmadd_ps(_mm256_setr_ps(static_cast<float>(extra), 0, 0, 0, 0, 0, 0, 0),
+                                  _mm256_set1_ps(h2f(blk + 82) * da), acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum8(acc[r]);
+}
+
 // A kernel multiplies the nb blocks of weight row w with R activation rows into out[R].
 template <int R>
 using Avx2RowsFn = void (*)(const uint8_t*, const Acts<R>&, int64_t, float*);
 
-// The AVX2 kernel of t, or null (Q2_K, Q3_K: the portable loops).
+// The AVX2 kernel of t (null for a type without one).
 template <int R>
 Avx2RowsFn<R> avx2_rows(GgmlType t) {
   switch (t) {
@@ -878,6 +936,8 @@ Avx2RowsFn<R> avx2_rows(GgmlType t) {
     case GgmlType::Q5_K: return q45_k_avx2<true, R>;
     case GgmlType::Q6_K: return q6_k_avx2<R>;
     case GgmlType::IQ4_XS: return iq4_xs_avx2<R>;
+    case GgmlType::Q2_K: return low_k_avx2<false, R>;
+    case GgmlType::Q3_K: return low_k_avx2<true, R>;
     default: return nullptr;
   }
 }

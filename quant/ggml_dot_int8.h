@@ -32,7 +32,7 @@
 // Why: the exact products decode every weight to fp32 and spend a fused multiply-add per weight and row; here 64
 // codes take one AVX-512 VNNI instruction (vpdpbusd, u8 × s8 → s32), the rest is unpacking bit fields (and, for the
 // IQ4 levels, one byte shuffle). Without AVX-512 VNNI, AVX2's vpmaddubsw + vpmaddwd do 32 codes in two instructions
-// (every type but Q2_K and Q3_K), else the same sums run in portable loops (the twin the tests compare against).
+// (every type), else the same sums run in portable loops (the twin the tests compare against).
 #pragma once
 
 #include <cstdint>
@@ -59,7 +59,7 @@ struct GgmlInt8Rows {
 void quantize_int8_rows(GgmlType act, const float* x, int64_t M, int64_t K, GgmlInt8Rows* out);
 
 // The product of one weight row (K values of type t at w) with row m of a: AVX-512 VNNI where compiled for it, else
-// AVX2 where the CPU has AVX2, FMA and F16C (every type but Q2_K and Q3_K; compiled into every x86-64 build), else the
+// AVX2 where the CPU has AVX2, FMA and F16C (compiled into every x86-64 build), else the
 // portable loops; ggml_int8_dot_portable is always the portable loops.
 // For the tests: ggml_int8_force_avx2(true) makes every product (dot and matvec) take the AVX2 kernels instead of the
 // VNNI ones until ggml_int8_force_avx2(false); returns false, changing nothing, on a CPU without AVX2.

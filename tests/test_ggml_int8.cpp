@@ -208,7 +208,7 @@ TEST(GgmlInt8, DotsMatchTheExactWeightsTimesTheQuantizedActivations) { check_dot
 TEST(GgmlInt8, MatvecIsTheRowDotForAnyRowCount) { check_matvec_is_the_row_dot(); }
 
 // The AVX2 kernels (the run-time choice of builds without VNNI) on any CPU that has AVX2, in place of the VNNI ones:
-// the same oracle and the same bits for any row count (Q2_K and Q3_K run the portable loops there).
+// the same oracle and the same bits for any row count.
 TEST(GgmlInt8, Avx2KernelsMatchTheOracleAndTheRowDot) {
   if (!ggml_int8_force_avx2(true)) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU";
   struct Reset {
