@@ -136,11 +136,19 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
     QWENQ_CHECK(q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq,
                 "--int8-activations: " << model_path << " is neither a GGUF file nor a GPTQ/AWQ checkpoint (its "
                                        << q.method_name() << " weights have no int8 product)");
-    if (q.method == QuantConfig::Method::Gptq && (q.desc_act || (q.bits != 4 && q.bits != 8)))
-      std::fprintf(stderr, "--int8-activations: %s is %d-bit GPTQ%s; its Linears keep the exact product\n",
-                   model_path.c_str(), q.bits, q.desc_act ? " with act-order (desc_act)" : "");
   }
   set_int8_activations(true);
+}
+
+Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet) {
+  const Int8Coverage c = int8_coverage(w);
+  if (!int8_activations() || quiet) return c;
+  std::fprintf(stderr, "int8 activations: %lld of %lld Linears%s%s\n", (long long)c.int8, (long long)c.linears,
+               c.lm_head ? " and the output table" : "",
+               c.int8 < c.linears ? " (the others multiply exactly: dense or merged, NF4, F16/F32 tensors, act-order or "
+                                    "2/3-bit GPTQ, shapes not in blocks of 32)"
+                                  : "");
+  return c;
 }
 
 void GenerationTimer::on_token() {

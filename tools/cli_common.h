@@ -12,6 +12,7 @@
 
 #include "kernels/device.h"
 #include "trainer/generate.h"
+#include "trainer/qwen_weights.h"
 
 namespace qwenq::cli {
 
@@ -56,10 +57,12 @@ Device resolve_experimental_device(const CommonOptions& opt, const std::string& 
 // --int8-activations (generate, eval): int8-activation products on the CPU for a GGUF model's quantized tensors
 // (llama.cpp's) and a GPTQ/AWQ checkpoint's 4- and 8-bit Linears (trainer/qwen_weights.h, set_int8_activations).
 // apply_int8_activations refuses it, before any work, for a model that is neither (dense, NF4) and with --device
-// cuda, says so when a GPTQ checkpoint's Linears keep the exact product (act-order, 2/3 bits), and otherwise
-// switches it on; call it before loading the model.
+// cuda, and otherwise switches it on; call it before loading the model.
 void add_int8_activations_flag(CLI::App* cmd, bool* on);
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common);
+// With the switch on and not quiet: one stderr line saying how many of the loaded model's Linears (and whether its
+// output table) take the int8 products, and why the rest do not. Returns the coverage (int8_coverage).
+Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 
 // Wall time of a generation, for the line `generate` prints to stderr at the end:
 //   "12 prompt tokens, 128 new tokens in 1.93s (66.3 tok/s; first token after 0.41s, then 83.6 tok/s)"

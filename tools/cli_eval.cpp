@@ -56,6 +56,7 @@ void run_eval(const EvalArgs& a) {
                    adapter->scaling());
     }
   }
+  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::string text = load_text_corpus(a.data, a.field);
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
@@ -95,7 +96,12 @@ void run_eval(const EvalArgs& a) {
                               {"tokens_per_s", r.tokens_per_s},
                               {"peak_rss_bytes", peak_rss_bytes()}};
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
-  if (a.int8_activations) j["int8_activations"] = true;
+  if (a.int8_activations) {
+    j["int8_activations"] = true;
+    j["int8_linears"] = int8.int8;
+    j["linears"] = int8.linears;
+    j["int8_output_table"] = int8.lm_head;
+  }
   std::string device_peak;
   if (device_peak_allocated >= 0) {
     j["device_peak_allocated_bytes"] = device_peak_allocated;
@@ -108,7 +114,9 @@ void run_eval(const EvalArgs& a) {
     std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",
                 r.perplexity, (long long)r.windows, (long long)opt.seq_len, a.data.c_str(), (long long)r.scored_tokens,
                 r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(),
-                (device_peak + (a.int8_activations ? ", int8 activations" : "")).c_str());
+                (device_peak + (a.int8_activations ? ", int8 activations in " + std::to_string(int8.int8) + " of " +
+                                                          std::to_string(int8.linears) + " Linears"
+                                                    : "")).c_str());
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 

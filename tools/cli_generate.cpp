@@ -1,7 +1,8 @@
 // qwen-quant generate: continue a prompt (or a ChatML conversation) with greedy or sampled decoding, on the CPU
 // (trainer/generate.h) or, with --device cuda, on the GPU (trainer/qwen_decode_cuda.h: same sampling, same seed use).
 // --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
-// --int8-activations: a GGUF model's products as llama.cpp computes them on a CPU (quant/ggml_dot_int8.h).
+// --int8-activations: a GGUF or GPTQ/AWQ model's products with int8 activation rows on a CPU (quant/ggml_dot_int8.h,
+// quant/int_dot_int8.h), as llama.cpp computes them.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -37,6 +38,7 @@ void run_generate(const GenerateArgs& a) {
 #else
   (void)device;
 #endif
+  report_int8_coverage(model.weights());
   Tokenizer tok = Tokenizer::from_model(dir);
   std::vector<int32_t> prompt;
   if (a.chat) {

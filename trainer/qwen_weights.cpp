@@ -117,6 +117,25 @@ bool uses_int8_activations(const PackedIntLinear* p) {
   return p != nullptr && int8_activations() && int_int8_product_supported(*p);
 }
 
+Int8Coverage int8_coverage(const QwenWeights& w) {
+  Int8Coverage c;
+  const auto count = [&c](const LinearWeight& lw) {
+    if (lw.N == 0) return;
+    ++c.linears;
+    if (uses_int8_activations(lw.ggml.get()) || uses_int8_activations(lw.packed.get())) ++c.int8;
+  };
+  for (const QwenLayerWeights& L : w.layers) {
+    for (int t = 0; t < 7; ++t) count(layer_linear(L, t));
+    count(L.moe.router);
+    for (const MoeExpertWeights& e : L.moe.experts)
+      for (int which = 0; which < 3; ++which) count(expert_member(e, which));
+    for (int which = 0; which < 3; ++which) count(expert_member(L.moe.shared, which));
+    count(L.moe.shared_gate);
+  }
+  c.lm_head = uses_int8_activations(w.lm_head_q.get());
+  return c;
+}
+
 void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float* out) {
   if (q) {
     dequantize_ggml_row(q->type, q->data + static_cast<size_t>(r) * ggml_row_bytes(q->type, q->K), q->K, out);

@@ -140,6 +140,13 @@ bool int8_activations();
 // True when the int8 products apply to q / p (non-null, a supported type or layout, the switch on).
 bool uses_int8_activations(const GgmlLinear* q);
 bool uses_int8_activations(const PackedIntLinear* p);
+// How much of a model the switch reaches: of its `linears` nn.Linear weights (every decoder Linear, MoE routers,
+// experts and shared experts included), `int8` take the int8 products; `lm_head` whether the output table does.
+struct Int8Coverage {
+  int64_t int8 = 0, linears = 0;
+  bool lm_head = false;
+};
+Int8Coverage int8_coverage(const QwenWeights& w);
 // dx[M, K] = dy[M, N] · W (written), W as apply_linear reads it.
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx);
 

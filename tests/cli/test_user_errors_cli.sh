@@ -232,6 +232,17 @@ refuse int8_not_gguf "--int8-activations: tiny is neither a GGUF file nor a GPTQ
 "$QQ" eval --model g --data text.jsonl --seq-len 64 -q --int8-activations --json > g_int8.txt 2>&1 ||
   fail "eval --int8-activations of a GPTQ model" g_int8.txt
 grep -q '"int8_activations":true' g_int8.txt || fail "eval --int8-activations of GPTQ did not say so" g_int8.txt
+int8_n=$(sed -n 's/.*"int8_linears":\([0-9]*\).*/\1/p' g_int8.txt)
+all_n=$(sed -n 's/.*"linears":\([0-9]*\).*/\1/p' g_int8.txt)
+[ -n "$int8_n" ] && [ "$int8_n" -gt 0 ] && [ "$int8_n" = "$all_n" ] ||
+  fail "GPTQ g32: $int8_n of $all_n Linears took the int8 products" g_int8.txt
+# act-order GPTQ keeps the exact product, and the coverage line says so.
+"$QQ" gptq --model tiny --out g_act --calib text.jsonl --calib-samples 2 --group-size 32 --desc-act --threads 1 \
+  > gptq_act.txt 2>&1 || fail "gptq --desc-act" gptq_act.txt
+"$QQ" eval --model g_act --data text.jsonl --seq-len 64 --int8-activations > g_act_int8.txt 2>&1 ||
+  fail "eval --int8-activations of an act-order GPTQ model" g_act_int8.txt
+grep -q "int8 activations: 0 of $all_n Linears (the others multiply exactly" g_act_int8.txt ||
+  fail "act-order: no coverage line saying the Linears multiply exactly" g_act_int8.txt
 ppl() { sed -n 's/.*"perplexity":\([0-9.e+-]*\).*/\1/p' "$1"; }
 awk -v a="$(ppl g_exact.txt)" -v b="$(ppl g_int8.txt)" 'BEGIN { exit !(a > 0 && b != a && (b - a) / a < 0.01 && (a - b) / a < 0.01) }' ||
   fail "GPTQ perplexity with int8 activations $(ppl g_int8.txt) vs exact $(ppl g_exact.txt)" g_int8.txt
