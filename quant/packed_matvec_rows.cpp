@@ -1,10 +1,11 @@
 // NF4/FP4 and GGUF products with few rows, forward and transposed: rows of the weight decoded a block at a time
 // into cache-sized buffers, never the whole weight (see packed_matvec.h for the math).
 #include <algorithm>
+#include <cstring>
 #include <utility>
 #include <vector>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -26,24 +27,43 @@ constexpr int64_t kTransposedChunk = 512;  // inputs per thread task in the tran
 // instead of once per pair): out[r·J + j] = Σ_k w[j·K + k] · x[r·K + k], 16 interleaved partial sums added lane by
 // lane at the end, then the K % 16 tail in order. Every sum takes the same steps whatever R and J, so a row of y
 // is the same bits whatever M.
-constexpr int kDotRows = 4;  // J: weight rows per block
+//
+// The 16 partial sums live in registers of the target's width: one zmm, or two ymm halves (lanes 0..7, 8..15) without
+// AVX-512, where GCC 12 moves arrays of 64-byte generic vectors through the stack 16 bytes at a time (an x86-64-v3
+// build's 8-row Q4_K product of a Qwen2.5-7B gate_proj took 111 ms against 13.5 with AVX-512). Each lane takes the
+// same operations either way, so the bits do not depend on the target; J and the rows per pass are smaller without
+// AVX-512 so that the accumulators fit its 16 registers.
+#ifdef __AVX512F__
+using f32xW = f32x16;
+constexpr int kDotRows = 4;   // J: weight rows per block
+constexpr int kDotXRows = 4;  // R: rows of x at most per pass (4 x 4 accumulators: 16 of the 32 zmm registers)
+#else
+using f32xW = float __attribute__((vector_size(32)));
+constexpr int kDotRows = 2;
+constexpr int kDotXRows = 2;
+#endif
+constexpr int kHalves = static_cast<int>(kLanes * sizeof(float) / sizeof(f32xW));
 
 template <int R, int J>
 void dot_block(const float* w, const float* x, int64_t K, float* out) {
-  f32x16 acc[R][J] = {};
+  constexpr int kW = kLanes / kHalves;
+  f32xW acc[R][J][kHalves] = {};
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    f32x16 wv[J];
-    for (int j = 0; j < J; ++j) wv[j] = load16<f32x16>(w + j * K + k);
-    for (int r = 0; r < R; ++r) {
-      const f32x16 xv = load16<f32x16>(x + r * K + k);
-      for (int j = 0; j < J; ++j) acc[r][j] += wv[j] * xv;
-    }
+    f32xW wv[J][kHalves];
+    for (int j = 0; j < J; ++j)
+      for (int h = 0; h < kHalves; ++h) wv[j][h] = load16<f32xW>(w + j * K + k + h * kW);
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < kHalves; ++h) {
+        const f32xW xv = load16<f32xW>(x + r * K + k + h * kW);
+        for (int j = 0; j < J; ++j) acc[r][j][h] += wv[j][h] * xv;
+      }
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) {
       float sum = 0.0f;
-      for (int l = 0; l < kLanes; ++l) sum += acc[r][j][l];
+      for (int h = 0; h < kHalves; ++h)
+        for (int l = 0; l < kW; ++l) sum += acc[r][j][h][l];
       for (int64_t kk = k; kk < K; ++kk) sum = fmadd(w[j * K + kk], x[r * K + kk], sum);
       out[r * J + j] = sum;
     }
@@ -52,8 +72,8 @@ void dot_block(const float* w, const float* x, int64_t K, float* out) {
 // y[:, n0 .. n0 + J) for J dequantized rows w [J, K] of outputs n0 ...
 template <int J>
 void dot_all_rows(const float* w, const float* x, int64_t M, int64_t K, int64_t N, int64_t n0, float* y) {
-  float out[4 * J];
-  for_row_chunks<4>(M, [&](int64_t m0, auto rows) {
+  float out[kDotXRows * J];
+  for_row_chunks<kDotXRows>(M, [&](int64_t m0, auto rows) {
     constexpr int R = decltype(rows)::value;
     dot_block<R, J>(w, x + m0 * K, K, out);
     for (int r = 0; r < R; ++r)
@@ -104,6 +124,24 @@ inline __m512 nf4_decode16(const Nf4Tensor& t, const __m512 codes, const float* 
 }
 #endif
 
+#if !defined(__AVX512F__) && defined(__AVX2__)
+// The same for weights i .. i + 7 (i and the block size multiples of 8) with AVX2: 4 packed bytes, the 16-entry table
+// as two 8-entry halves picked by vpermps and blended on the index's bit 3 (the scalar path took 48 ms for a one-row
+// Qwen2.5-7B gate_proj in an x86-64-v3 build).
+inline __m256 nf4_decode8(const Nf4Tensor& t, const __m256 codes_lo, const __m256 codes_hi, const float* absmax,
+                          const Nf4Blocks& blocks, int64_t i) {
+  const __m256 scale = _mm256_set1_ps(absmax[blocks.of(i)]);
+  int32_t four;
+  std::memcpy(&four, t.packed.data() + (i >> 1), 4);
+  const __m128i bytes = _mm_cvtsi32_si128(four), low4 = _mm_set1_epi8(0x0F);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4), lo = _mm_and_si128(bytes, low4);
+  const __m256i idx = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+  const __m256 from_lo = _mm256_permutevar8x32_ps(_mm256_mul_ps(codes_lo, scale), idx);
+  const __m256 from_hi = _mm256_permutevar8x32_ps(_mm256_mul_ps(codes_hi, scale), idx);
+  return _mm256_blendv_ps(from_lo, from_hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+}
+#endif
+
 // Values [k0, k0 + len) of row n of the weight (elements n·K + k of the flattened tensor; a row may start and end
 // inside a block): ŵ = code · absmax through a per-block table of the 16 scaled codes (nf4_dequantize's product).
 void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int64_t n, int64_t K, int64_t k0,
@@ -116,6 +154,12 @@ void nf4_segment(const Nf4Tensor& t, const float* code, const float* absmax, int
     const __m512 codes = _mm512_loadu_ps(code);
     const Nf4Blocks blocks(B);
     for (; i + 16 <= end; i += 16) _mm512_storeu_ps(out + (i - first), nf4_decode16(t, codes, absmax, blocks, i));
+  }
+#elif defined(__AVX2__)
+  if (first % 8 == 0 && B % 8 == 0) {
+    const __m256 lo = _mm256_loadu_ps(code), hi = _mm256_loadu_ps(code + 8);
+    const Nf4Blocks blocks(B);
+    for (; i + 8 <= end; i += 8) _mm256_storeu_ps(out + (i - first), nf4_decode8(t, lo, hi, absmax, blocks, i));
   }
 #endif
   while (i < end) {
