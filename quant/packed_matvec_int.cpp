@@ -178,17 +178,17 @@ void gptq_tile_grouped(const PackedIntLinear& p, const IntTables& t, const float
       float xs[U][R];
       for (int j = 0; j < U; ++j)
         for (int r = 0; r < R; ++r) xs[j][r] = x[(m0 + r) * K + k0 + j];
-      for (int64_t i = 0; i < nv; i += kLanes) {
-        __builtin_prefetch(row + kPrefetchRows * N + i);
-        const u32x16 v = load16<u32x16>(row + i);
-        const f32x16 zv = load16<f32x16>(z + i);
-        f32x16 pr[R];
-        for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r] + i);
+      for (int64_t i = 0; i < nv; i += kVLanes) {
+        if (i % kLanes == 0) __builtin_prefetch(row + kPrefetchRows * N + i);
+        const u32xV v = load16<u32xV>(row + i);
+        const f32xV zv = load16<f32xV>(z + i);
+        f32xV pr[R];
+        for (int r = 0; r < R; ++r) pr[r] = load16<f32xV>(part[r] + i);
         for (int j = 0; j < U; ++j) {
-          const f32x16 q = fields16(v, BITS * j, kMask) - zv;
+          const f32xV q = fieldsV(v, BITS * j, kMask) - zv;
           for (int r = 0; r < R; ++r) pr[r] += q * xs[j][r];
         }
-        for (int r = 0; r < R; ++r) store16(part[r] + i, pr[r]);
+        for (int r = 0; r < R; ++r) storeV(part[r] + i, pr[r]);
       }
       for (int64_t i = nv; i < nt; ++i)
         for (int j = 0; j < U; ++j) {
@@ -222,17 +222,17 @@ void gptq_tile_scattered(const PackedIntLinear& p, const IntTables& t, const flo
       s[j] = t.scale.data() + t.group_of[k0 + j] * N + n0;
       z[j] = t.zero.data() + t.group_of[k0 + j] * N + n0;
     }
-    for (int64_t i = 0; i < nv; i += kLanes) {
-      __builtin_prefetch(row + kPrefetchRows * N + i);
-      const u32x16 v = load16<u32x16>(row + i);
-      f32x16 pr[R];
-      for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(acc[r] + i);
+    for (int64_t i = 0; i < nv; i += kVLanes) {
+      if (i % kLanes == 0) __builtin_prefetch(row + kPrefetchRows * N + i);
+      const u32xV v = load16<u32xV>(row + i);
+      f32xV pr[R];
+      for (int r = 0; r < R; ++r) pr[r] = load16<f32xV>(acc[r] + i);
       for (int j = 0; j < U; ++j) {
-        const f32x16 q = fields16(v, BITS * j, kMask);
-        const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
+        const f32xV q = fieldsV(v, BITS * j, kMask);
+        const f32xV w = (q - load16<f32xV>(z[j] + i)) * load16<f32xV>(s[j] + i);
         for (int r = 0; r < R; ++r) pr[r] += w * xs[j][r];
       }
-      for (int r = 0; r < R; ++r) store16(acc[r] + i, pr[r]);
+      for (int r = 0; r < R; ++r) storeV(acc[r] + i, pr[r]);
     }
     for (int64_t i = nv; i < nt; ++i)
       for (int j = 0; j < U; ++j) {
@@ -253,21 +253,21 @@ template <int R, int KSTEP>
 void awq_rows(const uint32_t* rows, int64_t words, const float* z, const float* xs, int64_t ct,
               float (*part)[8][kAwqTileWords]) {
   const int64_t cv = ct / kLanes * kLanes;
-  for (int64_t i = 0; i < cv; i += kLanes) {
-    u32x16 v[KSTEP];
+  for (int64_t i = 0; i < cv; i += kVLanes) {
+    u32xV v[KSTEP];
     for (int s = 0; s < KSTEP; ++s) {
-      __builtin_prefetch(rows + (s + kPrefetchRows) * words + i);
-      v[s] = load16<u32x16>(rows + s * words + i);
+      if (i % kLanes == 0) __builtin_prefetch(rows + (s + kPrefetchRows) * words + i);
+      v[s] = load16<u32xV>(rows + s * words + i);
     }
     for (int q = 0; q < 8; ++q) {
-      const f32x16 zq = load16<f32x16>(z + q * words + i);
-      f32x16 pr[R];
-      for (int r = 0; r < R; ++r) pr[r] = load16<f32x16>(part[r][q] + i);
+      const f32xV zq = load16<f32xV>(z + q * words + i);
+      f32xV pr[R];
+      for (int r = 0; r < R; ++r) pr[r] = load16<f32xV>(part[r][q] + i);
       for (int s = 0; s < KSTEP; ++s) {
-        const f32x16 c = fields16(v[s], 4 * q, 15u) - zq;
+        const f32xV c = fieldsV(v[s], 4 * q, 15u) - zq;
         for (int r = 0; r < R; ++r) pr[r] += c * xs[s * R + r];
       }
-      for (int r = 0; r < R; ++r) store16(part[r][q] + i, pr[r]);
+      for (int r = 0; r < R; ++r) storeV(part[r][q] + i, pr[r]);
     }
   }
   for (int64_t i = cv; i < ct; ++i)
@@ -333,21 +333,25 @@ void gptq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dy, 
       s[j] = t.scale.data() + t.group_of[k0 + j] * N;
       z[j] = t.zero.data() + t.group_of[k0 + j] * N;
     }
-    f32x16 acc[U][R] = {};
+    f32xV acc[U][R][kHalves] = {};
     for (int64_t i = 0; i < nv; i += kLanes) {
-      const u32x16 v = load16<u32x16>(row + i);
-      f32x16 d[R];
-      for (int r = 0; r < R; ++r) d[r] = load16<f32x16>(dy + (m0 + r) * N + i);
-      for (int j = 0; j < U; ++j) {
-        const f32x16 q = fields16(v, BITS * j, kMask);
-        const f32x16 w = (q - load16<f32x16>(z[j] + i)) * load16<f32x16>(s[j] + i);
-        for (int r = 0; r < R; ++r) acc[j][r] += w * d[r];
+      for (int h = 0; h < kHalves; ++h) {
+        const int64_t at = i + h * kVLanes;
+        const u32xV v = load16<u32xV>(row + at);
+        f32xV d[R];
+        for (int r = 0; r < R; ++r) d[r] = load16<f32xV>(dy + (m0 + r) * N + at);
+        for (int j = 0; j < U; ++j) {
+          const f32xV q = fieldsV(v, BITS * j, kMask);
+          const f32xV w = (q - load16<f32xV>(z[j] + at)) * load16<f32xV>(s[j] + at);
+          for (int r = 0; r < R; ++r) acc[j][r][h] += w * d[r];
+        }
       }
     }
     for (int j = 0; j < U; ++j)
       for (int r = 0; r < R; ++r) {
         float sum = 0.0f;
-        for (int l = 0; l < kLanes; ++l) sum += acc[j][r][l];
+        for (int h = 0; h < kHalves; ++h)
+          for (int l = 0; l < kVLanes; ++l) sum += acc[j][r][h][l];
         for (int64_t i = nv; i < N; ++i) {
           const float w = (static_cast<float>((row[i] >> (BITS * j)) & kMask) - z[j][i]) * s[j][i];
           sum = fmadd(w, dy[(m0 + r) * N + i], sum);
@@ -368,18 +372,21 @@ void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, 
     const int64_t g = t.group_of[k];
     const float* s = t.scale.data() + g * N;
     const float* z = t.zero.data() + g * N;
-    f32x16 acc[R] = {};
+    f32xV acc[R][kHalves] = {};
     for (int64_t c = 0; c < cv; c += kLanes) {
-      const u32x16 v = load16<u32x16>(row + c);
-      for (int q = 0; q < 8; ++q) {
-        const int64_t at = q * words + c;
-        const f32x16 w = (fields16(v, 4 * q, 15u) - load16<f32x16>(z + at)) * load16<f32x16>(s + at);
-        for (int r = 0; r < R; ++r) acc[r] += w * load16<f32x16>(dyp + (m0 + r) * N + at);
+      for (int h = 0; h < kHalves; ++h) {
+        const u32xV v = load16<u32xV>(row + c + h * kVLanes);
+        for (int q = 0; q < 8; ++q) {
+          const int64_t at = q * words + c + h * kVLanes;
+          const f32xV w = (fieldsV(v, 4 * q, 15u) - load16<f32xV>(z + at)) * load16<f32xV>(s + at);
+          for (int r = 0; r < R; ++r) acc[r][h] += w * load16<f32xV>(dyp + (m0 + r) * N + at);
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
       float sum = 0.0f;
-      for (int l = 0; l < kLanes; ++l) sum += acc[r][l];
+      for (int h = 0; h < kHalves; ++h)
+        for (int l = 0; l < kVLanes; ++l) sum += acc[r][h][l];
       for (int64_t c = cv; c < words; ++c)
         for (int q = 0; q < 8; ++q) {
           const int64_t at = q * words + c;

@@ -27,35 +27,28 @@ constexpr int64_t kTransposedChunk = 512;  // inputs per thread task in the tran
 // instead of once per pair): out[r·J + j] = Σ_k w[j·K + k] · x[r·K + k], 16 interleaved partial sums added lane by
 // lane at the end, then the K % 16 tail in order. Every sum takes the same steps whatever R and J, so a row of y
 // is the same bits whatever M.
-//
-// The 16 partial sums live in registers of the target's width: one zmm, or two ymm halves (lanes 0..7, 8..15) without
-// AVX-512, where GCC 12 moves arrays of 64-byte generic vectors through the stack 16 bytes at a time (an x86-64-v3
-// build's 8-row Q4_K product of a Qwen2.5-7B gate_proj took 111 ms against 13.5 with AVX-512). Each lane takes the
-// same operations either way, so the bits do not depend on the target; J and the rows per pass are smaller without
-// AVX-512 so that the accumulators fit its 16 registers.
+// The 16 partial sums are kHalves vectors of the target's width (packed_matvec_simd.h: one zmm, or two ymm halves,
+// the same bits); J and the rows per pass are smaller without AVX-512 so that the accumulators fit its 16 registers.
 #ifdef __AVX512F__
-using f32xW = f32x16;
 constexpr int kDotRows = 4;   // J: weight rows per block
 constexpr int kDotXRows = 4;  // R: rows of x at most per pass (4 x 4 accumulators: 16 of the 32 zmm registers)
 #else
-using f32xW = float __attribute__((vector_size(32)));
 constexpr int kDotRows = 2;
 constexpr int kDotXRows = 2;
 #endif
-constexpr int kHalves = static_cast<int>(kLanes * sizeof(float) / sizeof(f32xW));
 
 template <int R, int J>
 void dot_block(const float* w, const float* x, int64_t K, float* out) {
-  constexpr int kW = kLanes / kHalves;
-  f32xW acc[R][J][kHalves] = {};
+  constexpr int kW = static_cast<int>(kVLanes);
+  f32xV acc[R][J][kHalves] = {};
   int64_t k = 0;
   for (; k + kLanes <= K; k += kLanes) {
-    f32xW wv[J][kHalves];
+    f32xV wv[J][kHalves];
     for (int j = 0; j < J; ++j)
-      for (int h = 0; h < kHalves; ++h) wv[j][h] = load16<f32xW>(w + j * K + k + h * kW);
+      for (int h = 0; h < kHalves; ++h) wv[j][h] = load16<f32xV>(w + j * K + k + h * kW);
     for (int r = 0; r < R; ++r)
       for (int h = 0; h < kHalves; ++h) {
-        const f32xW xv = load16<f32xW>(x + r * K + k + h * kW);
+        const f32xV xv = load16<f32xV>(x + r * K + k + h * kW);
         for (int j = 0; j < J; ++j) acc[r][j][h] += wv[j][h] * xv;
       }
   }
