@@ -21,13 +21,10 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define QWENQ_INT8_VNNI 1
 #endif
-// The AVX2 kernels are compiled into every x86-64 build (function target attributes) and chosen at run time when the
-// build has no VNNI kernels, so any x86-64 CI machine tests them.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define QWENQ_INT8_AVX2 1
-#define QWENQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#endif
-#if defined(QWENQ_INT8_VNNI) || defined(QWENQ_INT8_AVX2)
+// The AVX2 kernels are compiled into every x86-64 build (core/cpu_features.h) and chosen at run time when the build
+// has no VNNI kernels, so any x86-64 CI machine tests them.
+#include "core/cpu_features.h"
+#if defined(QWENQ_INT8_VNNI) || defined(QWENQ_HAVE_AVX2_TARGET)
 #include <immintrin.h>
 #endif
 #include <atomic>
@@ -670,7 +667,7 @@ RowsFn<R> fast_rows(GgmlType t) {
 // half; Q2_K, Q3_K). Compiled into every x86-64 build (function target attributes) and chosen at run time when the
 // build has no VNNI kernels.
 
-#ifdef QWENQ_INT8_AVX2
+#ifdef QWENQ_HAVE_AVX2_TARGET
 
 QWENQ_AVX2_FN inline __m256i ld32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 QWENQ_AVX2_FN inline __m256i dot4(__m256i u, __m256i s, __m256i w16) {
@@ -942,13 +939,7 @@ Avx2RowsFn<R> avx2_rows(GgmlType t) {
   }
 }
 
-bool cpu_has_avx2() {
-  static const bool has =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return has;
-}
-
-#endif  // QWENQ_INT8_AVX2
+#endif  // QWENQ_HAVE_AVX2_TARGET
 
 std::atomic<bool> g_force_avx2{false};
 
@@ -964,8 +955,8 @@ struct RowsDot {
       return;
     }
 #endif
-#ifdef QWENQ_INT8_AVX2
-    if (cpu_has_avx2()) avx2 = avx2_rows<R>(t);
+#ifdef QWENQ_HAVE_AVX2_TARGET
+    if (cpu_has_avx2_fma_f16c()) avx2 = avx2_rows<R>(t);
 #endif
   }
   void operator()(const uint8_t* w, const Acts<R>& a, int64_t nb, float* out) const {
@@ -978,7 +969,7 @@ struct RowsDot {
       return;
     }
 #endif
-#ifdef QWENQ_INT8_AVX2
+#ifdef QWENQ_HAVE_AVX2_TARGET
     if (avx2 != nullptr) {
       avx2(w, a, nb, out);
       return;
@@ -990,7 +981,7 @@ struct RowsDot {
 #ifdef QWENQ_INT8_VNNI
   RowsFn<R> fast = nullptr;
 #endif
-#ifdef QWENQ_INT8_AVX2
+#ifdef QWENQ_HAVE_AVX2_TARGET
   Avx2RowsFn<R> avx2 = nullptr;
 #endif
 };
@@ -1050,8 +1041,8 @@ void quantize_int8_rows(GgmlType act, const float* x, int64_t M, int64_t K, Ggml
 }
 
 bool ggml_int8_force_avx2(bool on) {
-#ifdef QWENQ_INT8_AVX2
-  if (on && !cpu_has_avx2()) return false;
+#ifdef QWENQ_HAVE_AVX2_TARGET
+  if (on && !cpu_has_avx2_fma_f16c()) return false;
   g_force_avx2.store(on);
   return true;
 #else

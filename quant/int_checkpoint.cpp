@@ -107,6 +107,19 @@ std::vector<float> dequantize_int_linear(const PackedIntLinear& p) {
   return W;
 }
 
+bool int_linear_groups_in_order(const PackedIntLinear& p) {
+  int32_t group = 0;
+  int64_t left = p.group;
+  for (const int32_t g : p.g_idx) {
+    if (g != group) return false;
+    if (--left == 0) {
+      ++group;
+      left = p.group;
+    }
+  }
+  return true;
+}
+
 std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p) {
   const int64_t G = p.num_groups();
   std::vector<int32_t> group_of(static_cast<size_t>(p.K));

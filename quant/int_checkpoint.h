@@ -41,6 +41,10 @@ PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, con
 // (quant/int_dot_int8.h), which read GPTQ words. AWQ's K must be a multiple of 8 (every Qwen shape is).
 PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p);
 
+// True when every input's group is its position's, g_idx[k] = k / group (or there is no g_idx: AWQ); false for
+// act-order. One pass without a division per input: the packed products ask on every call.
+bool int_linear_groups_in_order(const PackedIntLinear& p);
+
 // The group of each input k: g_idx[k] (GPTQ), or k / group; throws naming the first g_idx outside [0, G).
 std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p);
 // The true zero point of each group and output [G, N], by the format's unpacker: GPTQ v1 adds 1 to the stored field

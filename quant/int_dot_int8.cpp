@@ -17,13 +17,10 @@
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define QWENQ_INT_INT8_VNNI 1
 #endif
-// The AVX2 kernel is compiled into every x86-64 build (function target attributes) and chosen at run time when the
-// build has no VNNI kernel, so CI machines test it whatever -march they build for.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define QWENQ_INT_INT8_AVX2 1
-#define QWENQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#endif
-#if defined(QWENQ_INT_INT8_VNNI) || defined(QWENQ_INT_INT8_AVX2)
+// The AVX2 kernel is compiled into every x86-64 build (core/cpu_features.h) and chosen at run time when the build
+// has no VNNI kernel, so CI machines test it whatever -march they build for.
+#include "core/cpu_features.h"
+#if defined(QWENQ_INT_INT8_VNNI) || defined(QWENQ_HAVE_AVX2_TARGET)
 #include <immintrin.h>
 #endif
 
@@ -219,7 +216,7 @@ struct VnniTile {
 // pairs, so they multiply as c = q − 128: |c| (≤ 128) times a with c's sign (vpsignb; pairs ≤ 32512), widened per
 // word-row, and the block adds 128·Σa back. The same integer sums, then the twin's float operations.
 
-#ifdef QWENQ_INT_INT8_AVX2
+#ifdef QWENQ_HAVE_AVX2_TARGET
 
 QWENQ_AVX2_FN inline __m256 zeros8(const PackedIntLinear& p, int64_t g, int64_t n, bool v1) {
   const auto* zw = reinterpret_cast<const uint8_t*>(p.qzeros.data());
@@ -310,12 +307,6 @@ QWENQ_AVX2_FN void tile_avx2(const PackedIntLinear& p, const IntInt8Rows& a, int
     for (int c = 0; c < vecs; ++c) _mm256_storeu_ps(y + (m + r) * N + n + 8 * c, acc[r][c]);
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-}
-
 template <int BITS>
 struct Avx2Tile {
   template <int R, int C>
@@ -325,7 +316,7 @@ struct Avx2Tile {
   }
 };
 
-#endif  // QWENQ_INT_INT8_AVX2
+#endif  // QWENQ_HAVE_AVX2_TARGET
 
 // Rows [0, M) times columns [n0, n1) (n0 a multiple of 64) into y (zeroed first) with a tile kernel of L lanes:
 // 4 rows x L columns per pass, 1..3 leftover rows with wider passes, so every pass keeps 4 column-row accumulator
@@ -369,8 +360,8 @@ void matvec(const PackedIntLinear& p, const IntInt8Rows& a, float* y, Kernel ker
       return;
     }
 #endif
-#ifdef QWENQ_INT_INT8_AVX2
-    if (kernel != Kernel::Portable && cpu_has_avx2()) {
+#ifdef QWENQ_HAVE_AVX2_TARGET
+    if (kernel != Kernel::Portable && cpu_has_avx2_fma_f16c()) {
       (p.bits == 4 ? simd_columns<8, Avx2Tile<4>> : simd_columns<8, Avx2Tile<8>>)(p, a, n0, n1, y);
       return;
     }
@@ -384,7 +375,7 @@ void matvec(const PackedIntLinear& p, const IntInt8Rows& a, float* y, Kernel ker
 std::string int_int8_unsupported_reason(const PackedIntLinear& p) {
   std::ostringstream why;
   if (p.layout == IntLayout::AwqGemm) {
-    why << "AWQ GEMM words are multiplied after repacking to the GPTQ layout (int_linear_to_gptq_v2)";
+    why << "AWQ GEMM words are multiplied after repacking to the GPTQ layout (int_linear_for_int8)";
   } else if (p.bits != 4 && p.bits != 8) {
     why << "the int8 products read 4- and 8-bit GPTQ weights, not " << p.bits << "-bit";
   } else if (p.K % kBlock != 0 || p.group % kBlock != 0) {
@@ -392,19 +383,23 @@ std::string int_int8_unsupported_reason(const PackedIntLinear& p) {
         << ", group " << p.group << ")";
   } else if (static_cast<int64_t>(p.g_idx.size()) != p.K) {
     why << "g_idx holds " << p.g_idx.size() << " entries for " << p.K << " inputs";
-  } else {
-    for (int64_t k = 0; k < p.K; ++k) {
-      if (p.g_idx[static_cast<size_t>(k)] != k / p.group) {
-        why << "act-order weights (g_idx[" << k << "] = " << p.g_idx[static_cast<size_t>(k)] << ", not " << k / p.group
-            << ") keep the exact product";
-        break;
-      }
-    }
+  } else if (!int_linear_groups_in_order(p)) {
+    why << "act-order weights (g_idx is not k / " << p.group << ") keep the exact product";
   }
   return why.str();
 }
 
-bool int_int8_product_supported(const PackedIntLinear& p) { return int_int8_unsupported_reason(p).empty(); }
+// The conditions above without building a message: the products check them on every call.
+bool int_int8_product_supported(const PackedIntLinear& p) {
+  return p.layout != IntLayout::AwqGemm && (p.bits == 4 || p.bits == 8) && p.K % kBlock == 0 &&
+         p.group % kBlock == 0 && static_cast<int64_t>(p.g_idx.size()) == p.K && int_linear_groups_in_order(p);
+}
+
+PackedIntLinear int_linear_for_int8(PackedIntLinear p) {
+  if (p.layout == IntLayout::AwqGemm && p.bits == 4 && p.K % kBlock == 0 && p.group % kBlock == 0)
+    return int_linear_to_gptq_v2(p);
+  return p;
+}
 
 void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t M, IntInt8Rows* out) {
   QWENQ_CHECK(int_int8_product_supported(p), "quantize_int_activations: " << int_int8_unsupported_reason(p));
@@ -466,8 +461,8 @@ void int_linear_matvec_int8(const PackedIntLinear& p, const IntInt8Rows& a, floa
 
 bool int_linear_matvec_int8_avx2(const PackedIntLinear& p, const IntInt8Rows& a, float* y) {
   check_rows(p, a, y, "int_linear_matvec_int8_avx2");
-#ifdef QWENQ_INT_INT8_AVX2
-  if (!cpu_has_avx2()) return false;
+#ifdef QWENQ_HAVE_AVX2_TARGET
+  if (!cpu_has_avx2_fma_f16c()) return false;
   matvec(p, a, y, Kernel::Avx2);
   return true;
 #else

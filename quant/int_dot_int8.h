@@ -6,7 +6,7 @@
 // Weights: GPTQ v1/v2 qweight [K·bits/32, N] (word r of column n holds inputs r·(32/bits) + j at bits·j), fp16
 // scales s[g, n], zero points z[g, n] (v1 stores z − 1), groups in input order (g(k) = k / group: no act-order),
 // ŵ[n, k] = (q[k, n] − z[g(k), n]) · s[g(k), n]. AWQ GEMM weights are first repacked into this layout
-// (int_linear_to_gptq_v2 in quant/int_checkpoint.h; lossless: the same ŵ bit for bit).
+// (int_linear_for_int8 below, through int_linear_to_gptq_v2 in quant/int_checkpoint.h; the same ŵ bit for bit).
 //
 // Activations (a row x of K values, blocks b of 32):
 //   d_b = max_{i∈b} |x_i| / 127 (fp32),  a_i = round-half-even(x_i · (127 / max|x|)) ∈ [−127, 127],  x_i ≈ d_b · a_i;
@@ -37,6 +37,9 @@ namespace qwenq {
 bool int_int8_product_supported(const PackedIntLinear& p);
 // Why int_int8_product_supported(p) is false, for messages ("" when it is true).
 std::string int_int8_unsupported_reason(const PackedIntLinear& p);
+// An AWQ Linear the int8 products can read once repacked (4-bit, K and group multiples of 32) in the GPTQ v2 layout
+// (int_linear_to_gptq_v2: the same ŵ); any other Linear as it is. The loader calls it when the switch is on.
+PackedIntLinear int_linear_for_int8(PackedIntLinear p);
 
 // M rows of K activations quantized for weights of `bits` bits and `group` inputs per group.
 struct IntInt8Rows {

@@ -398,18 +398,11 @@ void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, 
   }
 }
 
-// Whether a GPTQ g_idx is act-order's (anything but k / group).
-bool scattered_groups(const PackedIntLinear& p) {
-  for (int64_t k = 0; k < static_cast<int64_t>(p.g_idx.size()); ++k)
-    if (p.g_idx[k] != k / p.group) return true;
-  return false;
-}
-
 }  // namespace
 
 int64_t int_linear_matvec_max_rows(const PackedIntLinear& p) {
   if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 16;
-  return scattered_groups(p) ? 256 : 512;
+  return !int_linear_groups_in_order(p) ? 256 : 512;
 }
 
 void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
@@ -428,7 +421,7 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
   // 3-bit codes cross words: one input at a time (gptq_tile). Act-order, or groups that end inside a word: each
   // input's own scale and zero (gptq_tile_scattered).
   const int U = gptq_pack_multiple(p.bits);
-  const bool grouped = p.bits != 3 && p.group % U == 0 && !scattered_groups(p);
+  const bool grouped = p.bits != 3 && p.group % U == 0 && !!int_linear_groups_in_order(p);
   const int64_t width = balanced_tile(p.N, kGptqTile, kLanes);
   parallel_for((p.N + width - 1) / width, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t tile = t0; tile < t1; ++tile) {
@@ -454,7 +447,7 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
 
 int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p) {
   if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 0;
-  return scattered_groups(p) ? 32 : 64;
+  return !int_linear_groups_in_order(p) ? 32 : 64;
 }
 
 void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx) {

@@ -52,8 +52,7 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   if (int_packed && !skipped(q, prefix)) {
     PackedIntLinear packed = read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N);
     // With the int8 switch, AWQ words are repacked along K once (the same ŵ) so the int8 products can read them.
-    if (int8_activations() && packed.layout == IntLayout::AwqGemm && K % 32 == 0 && packed.group % 32 == 0)
-      packed = int_linear_to_gptq_v2(packed);
+    if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
     auto nf4 = std::make_shared<Nf4Linear>(read_nf4_linear(ckpt, prefix));
