@@ -59,7 +59,7 @@ std::vector<float> random_vec(size_t n, uint64_t seed) {
 // The fp32 weight [N, K], and the packed formats the benchmark reads (the GGUF blocks are kept alive by `bytes`).
 struct Weights {
   std::vector<float> dense;
-  LinearWeight gptq, gptq_act, awq, nf4, q4k, q6k, q80;
+  LinearWeight gptq, gptq_act, gptq_act_sorted, awq, nf4, q4k, q6k, q80;
   std::vector<uint8_t> q4k_bytes, q6k_bytes, q80_bytes;
 };
 
@@ -94,6 +94,9 @@ const Weights& weights_for(int64_t K, int64_t N) {
   w->dense = random_vec(static_cast<size_t>(N * K), 2);
   w->gptq = packed_int(w->dense, N, K, IntLayout::GptqV1);
   w->gptq_act = packed_int(w->dense, N, K, IntLayout::GptqV1, true);
+  // As `--int8-activations` loads it: rows sorted by group (quant/int_checkpoint.h), x gathered on every call.
+  w->gptq_act_sorted = w->gptq_act;
+  w->gptq_act_sorted.packed = std::make_shared<PackedIntLinear>(int_linear_for_int8(*w->gptq_act.packed));
   w->awq = packed_int(w->dense, N, K, IntLayout::AwqGemm);
   Nf4Options o;
   o.double_quant = true;
@@ -119,6 +122,7 @@ const Weights& weights_for(int64_t K, int64_t N) {
 const LinearWeight& format(const Weights& w, const std::string& name) {
   if (name == "gptq") return w.gptq;
   if (name == "gptq_act") return w.gptq_act;
+  if (name == "gptq_act_sorted") return w.gptq_act_sorted;
   if (name == "awq") return w.awq;
   if (name == "nf4") return w.nf4;
   if (name == "q6_k") return w.q6k;
@@ -190,6 +194,17 @@ void bm_path(benchmark::State& state, std::string fmt, std::string path, bool tr
   counters(state, M, K, N, true);
 }
 
+// The sort of an act-order Linear's rows by group (what a load with `--int8-activations` adds per Linear).
+void bm_sort_inputs(benchmark::State& state, int64_t K, int64_t N) {
+  const Weights& w = weights_for(K, N);
+  for (auto _ : state) {
+    PackedIntLinear sorted = int_linear_sort_inputs_by_group(*w.gptq_act.packed);
+    benchmark::DoNotOptimize(sorted.qweight.data());
+    benchmark::ClobberMemory();
+  }
+  counters(state, 0, K, N, true);
+}
+
 void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) {
   const Weights& w = weights_for(K, N);
   for (auto _ : state) {
@@ -205,11 +220,14 @@ void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) 
 int main(int argc, char** argv) {
   for (const Shape& s : kShapes) {
     const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N);
-    for (const char* fmt : {"gptq", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+    for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
       benchmark::RegisterBenchmark((std::string("dequant_") + fmt + shape).c_str(), bm_dequant, fmt, s.K, s.N)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
     }
+    benchmark::RegisterBenchmark(("sort_inputs_gptq_act" + shape).c_str(), bm_sort_inputs, s.K, s.N)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     for (int64_t M : kRows) {
       for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
         benchmark::RegisterBenchmark((std::string("linear_") + fmt + shape + "/M" + std::to_string(M)).c_str(),
@@ -220,8 +238,9 @@ int main(int argc, char** argv) {
     }
     for (int64_t M : kCrossoverRows) {
       for (const char* path : {"matvec", "dequant_gemm", "int8"}) {
-        for (const char* fmt : {"gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
-          if (std::string(path) == "int8" && std::string(fmt).rfind("q", 0) != 0 && std::string(fmt) != "gptq") continue;
+        for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+          const std::string f = fmt;
+          if (std::string(path) == "int8" && f.rfind("q", 0) != 0 && f != "gptq" && f != "gptq_act_sorted") continue;
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                        bm_path, fmt, path, false, M, s.K, s.N)
               ->Unit(benchmark::kMillisecond)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -101,6 +102,51 @@ PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p) {
   return out;
 }
 
+PackedIntLinear int_linear_sort_inputs_by_group(const PackedIntLinear& p) {
+  if (!is_gptq(p.layout) || !p.perm.empty() || int_linear_groups_in_order(p)) return p;
+  const int64_t K = p.K, N = p.N;
+  const std::vector<int32_t> group_of = int_linear_group_of(p);
+  std::vector<int32_t> order(static_cast<size_t>(K));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return group_of[a] < group_of[b]; });
+  PackedIntLinear out;
+  out.layout = p.layout;
+  out.bits = p.bits;
+  out.K = K;
+  out.N = N;
+  out.group = p.group;
+  out.qzeros = p.qzeros;
+  out.scales = p.scales;
+  out.g_idx.resize(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) out.g_idx[i] = group_of[order[i]];
+  out.qweight.assign(p.qweight.size(), 0);
+  if (p.bits == 3) {  // codes cross words: through the format's unpacker
+    std::vector<uint8_t> codes(static_cast<size_t>(K * N)), sorted(codes.size());
+    gptq_unpack_qweight(p.qweight.data(), K, N, p.bits, codes.data());
+    for (int64_t i = 0; i < K; ++i) std::memcpy(&sorted[i * N], &codes[order[i] * N], static_cast<size_t>(N));
+    gptq_pack_qweight(sorted.data(), K, N, p.bits, out.qweight.data());
+  } else {
+    // Word row r of the output holds sorted rows r·per + j at bits·j; each comes from its source row's word.
+    const int per = gptq_pack_multiple(p.bits);
+    const uint32_t mask = (1u << p.bits) - 1;
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(p.qweight.data());
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out.qweight.data());
+    parallel_for(K / per, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        uint32_t* o = dst + r * N;
+        for (int j = 0; j < per; ++j) {
+          const int64_t k = order[r * per + j];
+          const uint32_t* s = src + (k / per) * N;
+          const int from = p.bits * static_cast<int>(k % per), to = p.bits * j;
+          for (int64_t n = 0; n < N; ++n) o[n] |= ((s[n] >> from) & mask) << to;
+        }
+      }
+    });
+  }
+  out.perm = std::move(order);
+  return out;
+}
+
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p) {
   std::vector<float> W(static_cast<size_t>(p.N * p.K));
   dequantize_int_linear_into(p, W.data());
@@ -170,16 +216,23 @@ void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
   // written. (Output by output instead, reading each word and scale across the inputs' stride, measured 1.5x slower.)
   constexpr int64_t kTileN = 16, kTileK = 512;
   const bool gptq = is_gptq(p.layout);
+  // Rows sorted by group (p.perm): column k of W comes from stored row row_of[k], so the writes stay in order.
+  std::vector<int32_t> row_of;
+  if (!p.perm.empty()) {
+    row_of.resize(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) row_of[p.perm[i]] = static_cast<int32_t>(i);
+  }
   parallel_for((N + kTileN - 1) / kTileN, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kTileN, n1 = std::min(N, n0 + kTileN);
       for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
         const int64_t k1 = std::min(K, k0 + kTileK);
-        for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t col = k0; col < k1; ++col) {
+          const int64_t k = row_of.empty() ? col : row_of[col];  // the stored row
           const int64_t g = group_of[k];
           const float* s = scale.data() + g * N;
           const uint16_t* z = zeros.data() + g * N;
-          float* out = W + k;
+          float* out = W + col;
           if (crossing) {
             const uint8_t* c = codes.data() + k * N;
             for (int64_t n = n0; n < n1; ++n) out[n * K] = dequantize_value(c[n], s[n], z[n]);
@@ -202,6 +255,8 @@ void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
 }
 
 void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p) {
+  QWENQ_CHECK(p.perm.empty(), prefix << ": this Linear's rows were sorted by group in memory (for the int8 "
+                                        "products); no checkpoint layout holds that order, so it cannot be written");
   const int64_t G = p.num_groups();
   if (is_gptq(p.layout)) {
     w.add_owned(prefix + ".qweight", DType::I32, {p.K * p.bits / 32, p.N}, bytes_of(p.qweight));

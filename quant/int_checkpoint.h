@@ -29,6 +29,10 @@ struct PackedIntLinear {
   int64_t K = 0, N = 0, group = 128;  // group = K for one group per column (group_size -1)
   std::vector<int32_t> qweight, qzeros, g_idx;  // g_idx empty for AWQ
   std::vector<uint16_t> scales;                 // fp16 bits, [G, N]
+  // Empty: stored row k holds input k (as every file does). Else stored row i holds input perm[i] (g_idx[i] is that
+  // row's group): int_linear_sort_inputs_by_group below, in memory only; readers and products gather x[perm] or
+  // scatter to perm, and writers refuse it.
+  std::vector<int32_t> perm;
   int64_t num_groups() const { return (K + group - 1) / group; }
 };
 
@@ -41,20 +45,29 @@ PackedIntLinear pack_int_linear(const uint8_t* codes, const GroupGrid& grid, con
 // (quant/int_dot_int8.h), which read GPTQ words. AWQ's K must be a multiple of 8 (every Qwen shape is).
 PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p);
 
+// The same GPTQ Linear with its stored rows (qweight rows and g_idx entries) stably sorted by group and `perm`
+// recording each row's input: act-order (desc_act) weights then have contiguous groups, g_idx[i] = i / group, as the
+// int8 products need (quant/int_dot_int8.h), and ŵ is the same bit for bit (dequantize_int_linear undoes the order).
+// Returned as it is when the groups already follow the inputs, for AWQ, or when it has a perm already.
+PackedIntLinear int_linear_sort_inputs_by_group(const PackedIntLinear& p);
+
 // True when every input's group is its position's, g_idx[k] = k / group (or there is no g_idx: AWQ); false for
 // act-order. One pass without a division per input: the packed products ask on every call.
 bool int_linear_groups_in_order(const PackedIntLinear& p);
 
-// The group of each input k: g_idx[k] (GPTQ), or k / group; throws naming the first g_idx outside [0, G).
+// The group of each stored row k (input k, or perm[k] when sorted): g_idx[k] (GPTQ), or k / group; throws naming
+// the first g_idx outside [0, G).
 std::vector<int32_t> int_linear_group_of(const PackedIntLinear& p);
 // The true zero point of each group and output [G, N], by the format's unpacker: GPTQ v1 adds 1 to the stored field
 // (so up to 2^bits, hence 16 bits), v2 and AWQ as stored.
 std::vector<uint16_t> int_linear_zeros(const PackedIntLinear& p);
 
-// ŵ [N, K] (nn.Linear orientation), computed as the format's readers do; _into writes it to W [N·K floats].
+// ŵ [N, K] (nn.Linear orientation), computed as the format's readers do (column perm[i] from stored row i when p
+// has a perm); _into writes it to W [N·K floats].
 std::vector<float> dequantize_int_linear(const PackedIntLinear& p);
 void dequantize_int_linear_into(const PackedIntLinear& p, float* W);
 
+// Throws for a Linear with a perm (rows sorted in memory: no file layout holds that order).
 void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p);
 // Reads and validates the tensors of `prefix` (dtypes, shapes against K, N, bits, group; g_idx in range);
 // errors name the tensor and the file.

@@ -384,7 +384,8 @@ std::string int_int8_unsupported_reason(const PackedIntLinear& p) {
   } else if (static_cast<int64_t>(p.g_idx.size()) != p.K) {
     why << "g_idx holds " << p.g_idx.size() << " entries for " << p.K << " inputs";
   } else if (!int_linear_groups_in_order(p)) {
-    why << "act-order weights (g_idx is not k / " << p.group << ") keep the exact product";
+    why << "g_idx is not k / " << p.group << " (act-order); int_linear_for_int8 sorts the inputs by group, which "
+        << "makes the groups contiguous only when each holds " << p.group << " inputs";
   }
   return why.str();
 }
@@ -396,8 +397,12 @@ bool int_int8_product_supported(const PackedIntLinear& p) {
 }
 
 PackedIntLinear int_linear_for_int8(PackedIntLinear p) {
-  if (p.layout == IntLayout::AwqGemm && p.bits == 4 && p.K % kBlock == 0 && p.group % kBlock == 0)
-    return int_linear_to_gptq_v2(p);
+  if (p.K % kBlock != 0 || p.group % kBlock != 0) return p;
+  if (p.layout == IntLayout::AwqGemm) return p.bits == 4 ? int_linear_to_gptq_v2(p) : p;
+  if ((p.bits == 4 || p.bits == 8) && p.perm.empty() && !int_linear_groups_in_order(p)) {
+    PackedIntLinear sorted = int_linear_sort_inputs_by_group(p);
+    if (int_int8_product_supported(sorted)) return sorted;
+  }
   return p;
 }
 
@@ -414,8 +419,13 @@ void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t 
   out->gsum.resize(static_cast<size_t>(M * G));
   out->bsum.resize(static_cast<size_t>(M * nb));
   parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    std::vector<float> gathered(p.perm.empty() ? 0 : static_cast<size_t>(K));
     for (int64_t m = m0; m < m1; ++m) {
       const float* xr = x + m * K;
+      if (!p.perm.empty()) {  // rows sorted by group: stored row i multiplies input perm[i]
+        for (int64_t i = 0; i < K; ++i) gathered[i] = xr[p.perm[i]];
+        xr = gathered.data();
+      }
       int8_t* qr = out->q.data() + m * K;
       float* dr = out->d.data() + m * nb;
       float* gs = out->gsum.data() + m * G;

@@ -4,9 +4,12 @@
 // times the exact ŵ), the same trade llama.cpp makes on a CPU (quant/ggml_dot_int8.h for GGUF weights).
 //
 // Weights: GPTQ v1/v2 qweight [K·bits/32, N] (word r of column n holds inputs r·(32/bits) + j at bits·j), fp16
-// scales s[g, n], zero points z[g, n] (v1 stores z − 1), groups in input order (g(k) = k / group: no act-order),
+// scales s[g, n], zero points z[g, n] (v1 stores z − 1), groups in input order (g(k) = k / group),
 // ŵ[n, k] = (q[k, n] − z[g(k), n]) · s[g(k), n]. AWQ GEMM weights are first repacked into this layout
-// (int_linear_for_int8 below, through int_linear_to_gptq_v2 in quant/int_checkpoint.h; the same ŵ bit for bit).
+// (int_linear_for_int8 below, through int_linear_to_gptq_v2 in quant/int_checkpoint.h; the same ŵ bit for bit), and
+// act-order (desc_act) weights have their rows sorted by group (int_linear_sort_inputs_by_group: stored row i is
+// input perm[i]), so every x below is read as x[perm[i]] when the activations are quantized, as ExLlama and vLLM
+// reorder an act-order weight's rows once and gather the activations on every call.
 //
 // Activations (a row x of K values, blocks b of 32):
 //   d_b = max_{i∈b} |x_i| / 127 (fp32),  a_i = round-half-even(x_i · (127 / max|x|)) ∈ [−127, 127],  x_i ≈ d_b · a_i;
@@ -32,13 +35,15 @@
 
 namespace qwenq {
 
-// True for GPTQ v1/v2 weights of 4 or 8 bits whose groups follow the inputs (g_idx[k] = k / group) with group and K
-// multiples of 32; the others (act-order, 2/3 bits, AWQ before repacking) keep the exact product.
+// True for GPTQ v1/v2 weights of 4 or 8 bits whose groups follow the stored rows (g_idx[i] = i / group) with group
+// and K multiples of 32; the others (act-order before sorting, 2/3 bits, AWQ before repacking) keep the exact product.
 bool int_int8_product_supported(const PackedIntLinear& p);
 // Why int_int8_product_supported(p) is false, for messages ("" when it is true).
 std::string int_int8_unsupported_reason(const PackedIntLinear& p);
 // An AWQ Linear the int8 products can read once repacked (4-bit, K and group multiples of 32) in the GPTQ v2 layout
-// (int_linear_to_gptq_v2: the same ŵ); any other Linear as it is. The loader calls it when the switch is on.
+// (int_linear_to_gptq_v2: the same ŵ); an act-order 4/8-bit GPTQ Linear with its rows sorted by group when that makes
+// it supported (every group `group` inputs long, as GPTQ's desc_act writes them); any other Linear as it is. The
+// loader calls it when the switch is on.
 PackedIntLinear int_linear_for_int8(PackedIntLinear p);
 
 // M rows of K activations quantized for weights of `bits` bits and `group` inputs per group.
@@ -50,7 +55,7 @@ struct IntInt8Rows {
   std::vector<float> gsum;  // [M, ceil(K / group)]: S_g
   std::vector<int32_t> bsum;  // [M, K / 32]: Σ a per block (the AVX2 kernel's 8-bit offset)
 };
-// x [M, K] row-major. A block holding an inf or a NaN gets zero codes and d = NaN (its row's outputs come out NaN,
+// x [M, K] row-major (read as x[m, perm[i]] when p has a perm). A block holding an inf or a NaN gets zero codes and d = NaN (its row's outputs come out NaN,
 // as the exact product's would).
 void quantize_int_activations(const PackedIntLinear& p, const float* x, int64_t M, IntInt8Rows* out);
 

@@ -12,7 +12,8 @@
 //   GPTQ (2/3/4/8-bit, act-order g_idx or not) and AWQ GEMM: a thread owns a tile of output columns and walks
 //     the packed rows down K; for each input k it turns the tile's codes into ŵ with the group's fp32 scale and
 //     zero and adds ŵ · x[m, k] into the tile's sums (AWQ: each word holds 8 outputs of one input, the tile's
-//     sums kept in the words' nibble order and put back in column order at the end);
+//     sums kept in the words' nibble order and put back in column order at the end); a Linear whose rows were
+//     sorted by group in memory (PackedIntLinear::perm) multiplies x's columns gathered in that order (dx scattered);
 //   NF4 / FP4 (bitsandbytes, with or without double quantization): row by row, a block's 16 code values scaled
 //     by its absmax once (ŵ = code · absmax, bnb's one rounding), then table lookups and fused multiply-adds;
 //   GGUF blocks: 4 rows at a time into a buffer with dequantize_ggml_row (16 values per vector operation for Q8_0,
@@ -37,6 +38,12 @@
 namespace qwenq {
 
 void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y);
+// An act-order (desc_act) 2/4/8-bit GPTQ Linear with its rows sorted by group (int_linear_sort_inputs_by_group, when
+// that makes every group contiguous, as GPTQ's g_idx always does); any other as it is. The loader calls it: the
+// grouped kernels then read one scale row per group instead of one per input, and x is gathered once per call
+// (Qwen2.5-7B MLP shapes, 2 cores: forward 1.8x faster at 1 to 512 rows, transposed 1.4-1.6x; the sort ~30 ms per
+// Linear at load; benchmarks/results/2026-12-02-act-order-sorted-cpu.md).
+PackedIntLinear int_linear_for_products(PackedIntLinear p);
 // 512 rows for GPTQ without act-order and AWQ, 256 with act-order (a scattered g_idx), 16 for 3-bit GPTQ (one input
 // at a time: its codes cross words; not measured beyond decode).
 int64_t int_linear_matvec_max_rows(const PackedIntLinear& p);

@@ -398,15 +398,8 @@ void awq_rows_t(const PackedIntLinear& p, const IntTables& t, const float* dyp, 
   }
 }
 
-}  // namespace
-
-int64_t int_linear_matvec_max_rows(const PackedIntLinear& p) {
-  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 16;
-  return !int_linear_groups_in_order(p) ? 256 : 512;
-}
-
-void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
-  check_args(x, M, y, p.N, p.K, "int_linear_matvec");
+// The forward product over the stored rows (x's columns in the stored order).
+void matvec_stored(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
   const IntTables t = int_tables(p);
   if (p.layout == IntLayout::AwqGemm) {
     const int64_t words = p.N / 8, width = std::min(words, kAwqTileWords);
@@ -445,15 +438,8 @@ void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, floa
   });
 }
 
-int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p) {
-  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 0;
-  return !int_linear_groups_in_order(p) ? 32 : 64;
-}
-
-void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx) {
-  check_args(dy, M, dx, p.N, p.K, "int_linear_matvec_t");
-  QWENQ_CHECK(p.layout == IntLayout::AwqGemm || p.bits != 3,
-              "int_linear_matvec_t: 3-bit GPTQ codes cross words; dequantize the weight instead");
+// The transposed product into the stored rows' order.
+void matvec_t_stored(const PackedIntLinear& p, const float* dy, int64_t M, float* dx) {
   const IntTables t = int_tables(p);
   if (p.layout == IntLayout::AwqGemm) {
     const int64_t N = p.N, words = N / 8;
@@ -473,6 +459,47 @@ void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, f
       });
     });
   });
+}
+
+}  // namespace
+
+PackedIntLinear int_linear_for_products(PackedIntLinear p) {
+  if (p.layout == IntLayout::AwqGemm || p.bits == 3 || !p.perm.empty() || int_linear_groups_in_order(p)) return p;
+  PackedIntLinear sorted = int_linear_sort_inputs_by_group(p);
+  return int_linear_groups_in_order(sorted) ? sorted : p;
+}
+
+int64_t int_linear_matvec_max_rows(const PackedIntLinear& p) {
+  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 16;
+  return !int_linear_groups_in_order(p) ? 256 : 512;
+}
+
+int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p) {
+  if (p.layout != IntLayout::AwqGemm && p.bits == 3) return 0;
+  return !int_linear_groups_in_order(p) ? 32 : 64;
+}
+
+void int_linear_matvec(const PackedIntLinear& p, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, p.N, p.K, "int_linear_matvec");
+  if (p.perm.empty()) return matvec_stored(p, x, M, y);
+  // Rows sorted by group (int_linear_sort_inputs_by_group): the stored rows times x's columns gathered in their order.
+  const int64_t K = p.K;
+  std::vector<float> xs(static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < K; ++i) xs[m * K + i] = x[m * K + p.perm[i]];
+  matvec_stored(p, xs.data(), M, y);
+}
+
+void int_linear_matvec_t(const PackedIntLinear& p, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, p.N, p.K, "int_linear_matvec_t");
+  QWENQ_CHECK(p.layout == IntLayout::AwqGemm || p.bits != 3,
+              "int_linear_matvec_t: 3-bit GPTQ codes cross words; dequantize the weight instead");
+  if (p.perm.empty()) return matvec_t_stored(p, dy, M, dx);
+  const int64_t K = p.K;
+  std::vector<float> ds(static_cast<size_t>(M * K));
+  matvec_t_stored(p, dy, M, ds.data());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < K; ++i) dx[m * K + p.perm[i]] = ds[m * K + i];
 }
 
 }  // namespace qwenq

@@ -4,7 +4,10 @@
 //     kNllInt8Shift (as the GGUF products' test in test_gguf_model.cpp), and it does move;
 //   - AWQ words are repacked to GPTQ v2 at load when the switch is on (the same ŵ bit for bit as the AWQ reader's),
 //     and left as they are otherwise;
-//   - decode-sized batches (a few rows) take the int8 path too; act-order GPTQ keeps the exact product.
+//   - decode-sized batches (a few rows) take the int8 path too;
+//   - act-order GPTQ (`gptq --desc-act`): every Linear's rows sorted by group at load (the same ŵ bit for bit as the
+//     file's), all of them on the int8 products with the switch, the NLL within kNllInt8Shift; an act-order Linear
+//     that was not sorted keeps the exact product bit for bit.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -70,7 +73,44 @@ TEST(Int8ActivationsModel, GptqAndAwqStories260kMoveByTheRoundingOnly) {
   }
 }
 
-TEST(Int8ActivationsModel, ActOrderGptqKeepsTheExactProduct) {
+TEST(Int8ActivationsModel, ActOrderGptqIsSortedAtLoadAndMovesByTheRoundingOnly) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  const std::string hf = test::import_stories260k(dir + "/hf");
+  GptqModelOptions g;
+  g.out.model_dir = hf;
+  g.out.out_dir = dir + "/act";
+  g.out.group_size = 32;
+  g.out.pad_intermediate = true;
+  g.out.quiet = true;
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 16;
+  g.calib_seq_len = 128;
+  g.desc_act = true;
+  gptq_quantize_model(g);
+  const std::vector<int32_t> tokens = test::tinystories_prefix_tokens(hf, 512);
+  const QwenModel exact_model(g.out.out_dir);
+  const LinearWeight& up = exact_model.weights().layers[0].up;
+  ASSERT_TRUE(up.packed);
+  // Sorted at load with or without the switch (int_linear_for_products): the file's g_idx was act-order.
+  ASSERT_EQ(up.packed->perm.size(), static_cast<size_t>(up.K)) << "gptq --desc-act wrote an in-order g_idx?";
+  const Checkpoint file(g.out.out_dir);
+  const PackedIntLinear stored = read_int_linear(file, "model.layers.0.mlp.up_proj", IntLayout::GptqV1, 4, 32, up.K, up.N);
+  ASSERT_FALSE(int_linear_groups_in_order(stored)) << "gptq --desc-act wrote an in-order g_idx";
+  const std::vector<float> w_file = dequantize_int_linear(stored), w_loaded = up.dequantize();
+  EXPECT_EQ(std::memcmp(w_file.data(), w_loaded.data(), w_file.size() * sizeof(float)), 0) << "the sort changed ŵ";
+  const double exact = test::mean_next_token_nll(exact_model, tokens);
+  const test::ScopedInt8Activations on;
+  const QwenModel m(g.out.out_dir);  // loaded with the switch on: rows sorted by group
+  const Int8Coverage c = int8_coverage(m.weights());
+  EXPECT_EQ(c.int8, c.linears) << "act-order Linears left on the exact product";
+  const double int8 = test::mean_next_token_nll(m, tokens);
+  EXPECT_NE(int8, exact) << "the switch changed nothing";
+  EXPECT_NEAR(int8, exact, kNllInt8Shift);
+  std::printf("[ gptq desc_act ] mean NLL exact %.6f, int8 activations %.6f\n", exact, int8);
+}
+
+TEST(Int8ActivationsModel, UnsortedActOrderKeepsTheExactProduct) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
@@ -78,7 +118,7 @@ TEST(Int8ActivationsModel, ActOrderGptqKeepsTheExactProduct) {
   const LinearWeight& up = m.weights().layers[0].up;
   LinearWeight act = up;
   auto scattered = std::make_shared<PackedIntLinear>(*up.packed);
-  std::swap(scattered->g_idx[0], scattered->g_idx[40]);  // groups no longer follow the inputs
+  std::swap(scattered->g_idx[0], scattered->g_idx[40]);  // groups no longer follow the inputs, rows not sorted
   act.packed = scattered;
   std::vector<float> x(static_cast<size_t>(3 * up.K));
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37) % 11) - 5.0f;
@@ -89,7 +129,7 @@ TEST(Int8ActivationsModel, ActOrderGptqKeepsTheExactProduct) {
   apply_linear(up, x.data(), 3, TensorView{}, y.data());
   apply_linear(act, x.data(), 3, TensorView{}, act_on.data());
   EXPECT_NE(y, y_exact) << "the in-order weight took the int8 product";
-  EXPECT_EQ(act_on, act_exact) << "act-order: the exact product, bit for bit";
+  EXPECT_EQ(act_on, act_exact) << "an act-order Linear not sorted at load: the exact product, bit for bit";
 }
 
 }  // namespace

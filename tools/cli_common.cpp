@@ -145,8 +145,8 @@ Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet) {
   if (!int8_activations() || quiet) return c;
   std::fprintf(stderr, "int8 activations: %lld of %lld Linears%s%s\n", (long long)c.int8, (long long)c.linears,
                c.lm_head ? " and the output table" : "",
-               c.int8 < c.linears ? " (the others multiply exactly: dense or merged, NF4, F16/F32 tensors, act-order or "
-                                    "2/3-bit GPTQ, shapes not in blocks of 32)"
+               c.int8 < c.linears ? " (the others multiply exactly: dense or merged, NF4, F16/F32 tensors, 2/3-bit "
+                                    "GPTQ, shapes not in blocks of 32, act-order groups of unequal sizes)"
                                   : "");
   return c;
 }

@@ -50,8 +50,9 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   const bool int_packed = (q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq) &&
                           ckpt.has(prefix + ".qweight");
   if (int_packed && !skipped(q, prefix)) {
-    PackedIntLinear packed = read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N);
-    // With the int8 switch, AWQ words are repacked along K once (the same ŵ) so the int8 products can read them.
+    // Act-order rows sorted by group once (the same ŵ; the packed products' grouped kernels), and with the int8
+    // switch AWQ words repacked along K (the same ŵ) so the int8 products can read them.
+    PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
     if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {

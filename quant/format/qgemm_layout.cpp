@@ -129,6 +129,16 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
       QWENQ_CHECK(lcodes[kk * q.Np + n] < 16, what << ": code/zero " << int(lcodes[kk * q.Np + n]) << " at row " << kk
                                                   << ", column " << n << " does not fit 4 bits");
   pack_words(lcodes, &q);
+  // Rows already sorted in memory (int_linear_sort_inputs_by_group): layout row kk holds stored row perm[kk], whose
+  // input is p.perm of it.
+  if (!p.perm.empty()) {
+    QWENQ_CHECK(p.perm.size() == static_cast<size_t>(K), what << ": perm holds " << p.perm.size() << " entries for K=" << K);
+    if (perm.empty()) {
+      perm = p.perm;
+    } else {
+      for (int32_t& r : perm) r = p.perm[r];
+    }
+  }
   q.perm = std::move(perm);
   return q;
 }
