@@ -31,41 +31,57 @@
 namespace qwenq::ggml_detail {
 namespace {
 
-using packed_detail::f32x16;
-using packed_detail::i32x16;
+using packed_detail::f32xV;
+using packed_detail::i32xV;
+using packed_detail::kHalves;
 using packed_detail::kLanes;
+using packed_detail::kVLanes;
 using packed_detail::load16;
-using packed_detail::store16;
-using packed_detail::u32x16;
+using packed_detail::storeV;
+using packed_detail::u32xV;
 using u8x16 = uint8_t __attribute__((vector_size(16)));
 using i8x16 = int8_t __attribute__((vector_size(16)));
 
-// Bytes widened to 32-bit lanes, then converted. GCC's generic conversions of byte vectors go lane by lane (bytes
-// straight to floats always, and bytes loaded from memory to ints too), so x86 gets the widening instructions.
-template <bool kSigned, typename V>
-inline i32x16 widen(const V& v) {
+// A run is 16 values, computed as bytes (u8x16: one SSE register on every x86 target) and widened to floats in the
+// target's own vectors: one of 16 lanes with AVX-512, two halves of 8 elsewhere (part 0, 1: bytes 0-7, 8-15). GCC 12
+// moves 64-byte generic vectors through the stack when the target has no 64-byte registers (an x86-64-v3 build's
+// one-row Q4_K product of a Qwen2.5-7B gate_proj spent 15 ms against 8.8 ms natively, most of it here). Each lane
+// takes the same operations at either width: the same bits. `part` below is that half.
+template <bool kSigned, int part, typename V>
+inline i32xV widen(const V& v) {
 #if defined(__AVX512F__)
-  return (i32x16)(kSigned ? _mm512_cvtepi8_epi32((__m128i)v) : _mm512_cvtepu8_epi32((__m128i)v));
+  static_assert(part == 0, "one vector of 16 lanes");
+  return (i32xV)(kSigned ? _mm512_cvtepi8_epi32((__m128i)v) : _mm512_cvtepu8_epi32((__m128i)v));
 #elif defined(__AVX2__)
-  const __m128i x = (__m128i)v, hi = _mm_srli_si128(x, 8);
-  const __m256i w[2] = {kSigned ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x),
-                        kSigned ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi)};
-  i32x16 out;
-  std::memcpy(&out, w, 64);
-  return out;
+  const __m128i x = part == 0 ? (__m128i)v : _mm_srli_si128((__m128i)v, 8);
+  return (i32xV)(kSigned ? _mm256_cvtepi8_epi32(x) : _mm256_cvtepu8_epi32(x));
 #else
-  return __builtin_convertvector(v, i32x16);
+  i32xV out;
+  for (int i = 0; i < kVLanes; ++i) out[i] = v[kVLanes * part + i];
+  return out;
 #endif
 }
-inline f32x16 to_f32(const u8x16& v) { return __builtin_convertvector(widen<false>(v), f32x16); }
-inline f32x16 to_f32(const i8x16& v) { return __builtin_convertvector(widen<true>(v), f32x16); }
-// A broadcast (a lane-by-lane loop here compiles to 16 masked inserts).
-inline f32x16 splat(float v) { return f32x16{v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
+template <int part>
+inline f32xV to_f32(const u8x16& v) {
+  return __builtin_convertvector(widen<false, part>(v), f32xV);
+}
+template <int part>
+inline f32xV to_f32(const i8x16& v) {
+  return __builtin_convertvector(widen<true, part>(v), f32xV);
+}
+// A broadcast (a lane-by-lane loop compiles to masked inserts).
+inline f32xV splat(float v) {
+#if defined(__AVX512F__)
+  return f32xV{v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v};
+#else
+  return f32xV{v, v, v, v, v, v, v, v};
+#endif
+}
 
-// A type's block: kBlock values in kBytes; run<v>(in, s) returns values 16v .. 16v + 15, s the block's fp16 scales
-// read once per block. The 6- and 8-bit sub-block scales are read where they are used, not gathered into an array
-// first: GCC assembles such an array in vector registers and stores it whole, and the scalar loads after it stall on
-// that store (2x slower).
+// A type's block: kBlock values in kBytes; run<v, part>(in, s) returns values 16v + kVLanes·part .. + kVLanes − 1, s the
+// block's fp16 scales read once per block. The 6- and 8-bit sub-block scales are read where they are used, not
+// gathered into an array first: GCC assembles such an array in vector registers and stores it whole, and the scalar
+// loads after it stall on that store (2x slower).
 struct Scales {
   float d, dmin;
 };
@@ -73,19 +89,19 @@ struct Scales {
 struct Q8_0 {
   static constexpr int64_t kBlock = 32, kBytes = 34;
   static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
-    return splat(s.d) * to_f32(load16<i8x16>(in + 2 + 16 * v));
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
+    return splat(s.d) * to_f32<part>(load16<i8x16>(in + 2 + 16 * v));
   }
 };
 
 struct Q4_0 {
   static constexpr int64_t kBlock = 32, kBytes = 18;
   static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     const u8x16 b = load16<u8x16>(in + 2);
-    return splat(s.d) * (to_f32(v == 0 ? (b & 15) : (b >> 4)) - 8.0f);
+    return splat(s.d) * (to_f32<part>(u8x16(v == 0 ? (b & 15) : (b >> 4))) - 8.0f);
   }
 };
 
@@ -97,20 +113,21 @@ struct Q45_1 {
   static constexpr int64_t kBlock = 32, kBytes = kFive ? (kMin ? 24 : 22) : 20;
   static constexpr int64_t kQs = kFive ? (kMin ? 8 : 6) : 4;
   static Scales scales(const uint8_t* in) { return {f16_at(in), kMin ? f16_at(in + 2) : 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     const u8x16 b = load16<u8x16>(in + kQs);
-    i32x16 q = widen<false>(u8x16(v == 0 ? (b & 15) : (b >> 4)));
+    i32xV q = widen<false, part>(u8x16(v == 0 ? (b & 15) : (b >> 4)));
     if constexpr (kFive) {
       const uint32_t qh = u32_at(in + (kMin ? 4 : 2));
-      const u32x16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-      const u32x16 bits = (u32x16{} + qh) >> (lane + 16u * v);
-      q |= (i32x16)((bits & 1u) << 4u);
+      u32xV shift;  // the lanes' values j = 16v + kVLanes·part + lane
+      for (int i = 0; i < kVLanes; ++i) shift[i] = static_cast<uint32_t>(16 * v + kVLanes * part + i);
+      const u32xV bits = (u32xV{} + qh) >> shift;
+      q |= (i32xV)((bits & 1u) << 4u);
     }
     if constexpr (!kMin) return to_float(q - 16) * splat(s.d);
     else return to_float(q) * splat(s.d) + splat(s.dmin);
   }
-  static f32x16 to_float(const i32x16& q) { return __builtin_convertvector(q, f32x16); }
+  static f32xV to_float(const i32xV& q) { return __builtin_convertvector(q, f32xV); }
 };
 
 template <bool kFive>
@@ -118,8 +135,8 @@ struct Q45_K {
   static constexpr int64_t kBlock = 256, kBytes = kFive ? 176 : 144;
   static Scales scales(const uint8_t* in) { return {f16_at(in), f16_at(in + 2)}; }
   // Sub-block j = v / 2: the low (even j) or high nibbles of qs[32 (j/2) + l], this run l in [16 (v%2), +16).
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     constexpr int j = v / 2, half = v % 2;
     int sc, mn;
     k_scale_min(in + 4, j, &sc, &mn);
@@ -127,7 +144,7 @@ struct Q45_K {
     const u8x16 b = load16<u8x16>(in + (kFive ? 48 : 16) + 32 * (j / 2) + 16 * half);
     u8x16 q = j % 2 == 0 ? (b & 15) : (b >> 4);
     if constexpr (kFive) q |= ((load16<u8x16>(in + 16 + 16 * half) >> j) & 1) << 4;
-    return splat(dl) * to_f32(q) - ml;
+    return splat(dl) * to_f32<part>(q) - ml;
   }
 };
 
@@ -136,13 +153,13 @@ struct Q45_K {
 struct Q6_K {
   static constexpr int64_t kBlock = 256, kBytes = 210;
   static Scales scales(const uint8_t* in) { return {f16_at(in + 208), 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     constexpr int h = v / 8, i = (v % 8) / 2, half = v % 2;
     const float ds = s.d * static_cast<float>(static_cast<int8_t>(in[192 + v]));
     const u8x16 lo = (load16<u8x16>(in + 64 * h + 32 * (i % 2) + 16 * half) >> (i < 2 ? 0 : 4)) & 15;
     const u8x16 top = (load16<u8x16>(in + 128 + 32 * h + 16 * half) >> (2 * i)) & 3;
-    return splat(ds) * (to_f32(lo | (top << 4)) - 32.0f);
+    return splat(ds) * (to_f32<part>(u8x16(lo | (top << 4))) - 32.0f);
   }
 };
 
@@ -155,17 +172,17 @@ struct LowK {
   static Scales scales(const uint8_t* in) {
     return kThree ? Scales{f16_at(in + 108), 0.0f} : Scales{f16_at(in + 80), f16_at(in + 82)};
   }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     constexpr int h = v / 8, j = (v % 8) / 2, half = v % 2;
     const u8x16 q = (load16<u8x16>(in + (kThree ? 32 : 16) + 32 * h + 16 * half) >> (2 * j)) & 3;
     if constexpr (kThree) {
       const float dl = s.d * static_cast<float>(q3_scale_code(in + 96, v) - 32);
       const u8x16 bit = (load16<u8x16>(in + 16 * half) >> (4 * h + j)) & 1;
-      return splat(dl) * (to_f32(u8x16(q | (bit << 2))) - 4.0f);
+      return splat(dl) * (to_f32<part>(u8x16(q | (bit << 2))) - 4.0f);
     } else {
       const float dl = s.d * static_cast<float>(in[v] & 15), ml = s.dmin * static_cast<float>(in[v] >> 4);
-      return splat(dl) * to_f32(q) - ml;
+      return splat(dl) * to_f32<part>(q) - ml;
     }
   }
 };
@@ -180,30 +197,43 @@ inline i8x16 iq4_levels(const u8x16& q) {
 struct IQ4_NL {
   static constexpr int64_t kBlock = 32, kBytes = 18;
   static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     const u8x16 b = load16<u8x16>(in + 2);
-    return splat(s.d) * to_f32(iq4_levels(v == 0 ? (b & 15) : (b >> 4)));
+    return splat(s.d) * to_f32<part>(iq4_levels(v == 0 ? (b & 15) : (b >> 4)));
   }
 };
 struct IQ4_XS {
   static constexpr int64_t kBlock = 256, kBytes = 136;
   static Scales scales(const uint8_t* in) { return {f16_at(in), 0.0f}; }
-  template <int v>
-  [[gnu::always_inline]] static f32x16 run(const uint8_t* in, const Scales& s) {
+  template <int v, int part>
+  [[gnu::always_inline]] static f32xV run(const uint8_t* in, const Scales& s) {
     constexpr int ib = v / 2;
     const float dl = s.d * static_cast<float>(iq4_xs_scale_code(in, ib) - 32);
     const u8x16 b = load16<u8x16>(in + 8 + 16 * ib);
-    return splat(dl) * to_f32(iq4_levels(v % 2 == 0 ? (b & 15) : (b >> 4)));
+    return splat(dl) * to_f32<part>(iq4_levels(v % 2 == 0 ? (b & 15) : (b >> 4)));
   }
 };
+
+// Run v of a block into out + 16v, as kHalves native vectors, both computed before either is stored: a store may
+// alias the block's bytes (uint8_t), so the halves' shared loads and scales fold into one only before it.
+template <typename D, int v>
+[[gnu::always_inline]] inline void store_run(const uint8_t* in, const Scales& s, float* out) {
+  if constexpr (kHalves == 2) {
+    const f32xV lo = D::template run<v, 0>(in, s), hi = D::template run<v, 1>(in, s);
+    storeV(out, lo);
+    storeV(out + kVLanes, hi);
+  } else {
+    storeV(out, D::template run<v, 0>(in, s));
+  }
+}
 
 // Every run of every block, each v a compile-time constant (the shifts and offsets fold).
 template <typename D, int... v>
 void decode_blocks(const uint8_t* in, int64_t blocks, float* out, std::integer_sequence<int, v...>) {
   for (int64_t b = 0; b < blocks; ++b, in += D::kBytes, out += D::kBlock) {
     const Scales s = D::scales(in);
-    (store16(out + kLanes * v, D::template run<v>(in, s)), ...);
+    (store_run<D, v>(in, s, out + kLanes * v), ...);
   }
 }
 template <typename D>
