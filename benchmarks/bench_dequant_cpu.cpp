@@ -59,8 +59,8 @@ std::vector<float> random_vec(size_t n, uint64_t seed) {
 // The fp32 weight [N, K], and the packed formats the benchmark reads (the GGUF blocks are kept alive by `bytes`).
 struct Weights {
   std::vector<float> dense;
-  LinearWeight gptq, gptq_act, gptq_act_sorted, awq, nf4, q4k, q6k, q80;
-  std::vector<uint8_t> q4k_bytes, q6k_bytes, q80_bytes;
+  LinearWeight gptq, gptq_act, gptq_act_sorted, awq, nf4, q4k, q6k, q80, fp8;
+  std::vector<uint8_t> q4k_bytes, q6k_bytes, q80_bytes, fp8_bytes;
 };
 
 LinearWeight packed_int(const std::vector<float>& W, int64_t N, int64_t K, IntLayout layout, bool act_order = false) {
@@ -112,6 +112,21 @@ const Weights& weights_for(int64_t K, int64_t N) {
     lw.K = K;
     lw.ggml = std::make_shared<GgmlLinear>(GgmlLinear{type, bytes.data(), N, K, 0});
   };
+  // Block-wise FP8 (128 x 128, as Qwen's releases): random finite codes and scales (only the access pattern and the
+  // decoding matter for speed).
+  {
+    Rng rng(4);
+    w->fp8_bytes.resize(static_cast<size_t>(N * K));
+    for (auto& b : w->fp8_bytes) b = static_cast<uint8_t>(rng.below(126)) | static_cast<uint8_t>(rng.below(2) << 7);
+    auto f = std::make_shared<Fp8Linear>();
+    f->N = N;
+    f->K = K;
+    f->data = w->fp8_bytes.data();
+    f->scale_inv.assign(static_cast<size_t>(((N + 127) / 128) * f->scale_cols()), 1e-3f);
+    w->fp8.N = N;
+    w->fp8.K = K;
+    w->fp8.fp8 = f;
+  }
   ggml(GgmlType::Q4_K, w->q4k_bytes, w->q4k);
   ggml(GgmlType::Q6_K, w->q6k_bytes, w->q6k);
   ggml(GgmlType::Q8_0, w->q80_bytes, w->q80);
@@ -127,6 +142,7 @@ const LinearWeight& format(const Weights& w, const std::string& name) {
   if (name == "nf4") return w.nf4;
   if (name == "q6_k") return w.q6k;
   if (name == "q8_0") return w.q80;
+  if (name == "fp8") return w.fp8;
   return w.q4k;
 }
 
@@ -170,6 +186,8 @@ void bm_path(benchmark::State& state, std::string fmt, std::string path, bool tr
       linear_backward_input_ref(dy.data(), M, N, W.data(), DType::F32, K, dx.data());
     } else if (transposed && lw.packed) {
       int_linear_matvec_t(*lw.packed, dy.data(), M, dx.data());
+    } else if (transposed && lw.fp8) {
+      fp8_linear_matvec_t(*lw.fp8, dy.data(), M, dx.data());
     } else if (transposed && lw.nf4) {
       nf4_linear_matvec_t(lw.nf4->q, N, K, dy.data(), M, dx.data());
     } else if (transposed) {
@@ -185,6 +203,8 @@ void bm_path(benchmark::State& state, std::string fmt, std::string path, bool tr
       int_linear_matvec(*lw.packed, x.data(), M, y.data());
     } else if (lw.nf4) {
       nf4_linear_matvec(lw.nf4->q, N, K, x.data(), M, y.data());
+    } else if (lw.fp8) {
+      fp8_linear_matvec(*lw.fp8, x.data(), M, y.data());
     } else {
       ggml_linear_matvec(*lw.ggml, x.data(), M, y.data());
     }
@@ -220,7 +240,7 @@ void bm_dequant(benchmark::State& state, std::string fmt, int64_t K, int64_t N) 
 int main(int argc, char** argv) {
   for (const Shape& s : kShapes) {
     const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N);
-    for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+    for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0", "fp8"}) {
       benchmark::RegisterBenchmark((std::string("dequant_") + fmt + shape).c_str(), bm_dequant, fmt, s.K, s.N)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
@@ -229,7 +249,7 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
     for (int64_t M : kRows) {
-      for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+      for (const char* fmt : {"dense_f32", "gptq", "gptq_act", "awq", "nf4", "q4_k", "q6_k", "q8_0", "fp8"}) {
         benchmark::RegisterBenchmark((std::string("linear_") + fmt + shape + "/M" + std::to_string(M)).c_str(),
                                      bm_apply, fmt, M, s.K, s.N)
             ->Unit(benchmark::kMillisecond)
@@ -238,7 +258,7 @@ int main(int argc, char** argv) {
     }
     for (int64_t M : kCrossoverRows) {
       for (const char* path : {"matvec", "dequant_gemm", "int8"}) {
-        for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0"}) {
+        for (const char* fmt : {"gptq", "gptq_act", "gptq_act_sorted", "awq", "nf4", "q4_k", "q6_k", "q8_0", "fp8"}) {
           const std::string f = fmt;
           if (std::string(path) == "int8" && f.rfind("q", 0) != 0 && f != "gptq" && f != "gptq_act_sorted") continue;
           benchmark::RegisterBenchmark((std::string(path) + "_" + fmt + shape + "/M" + std::to_string(M)).c_str(),

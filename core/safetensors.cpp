@@ -130,13 +130,14 @@ int layout_rank(DType t) {
     case DType::BOOL: return 0;
     case DType::U8: return 1;
     case DType::I8: return 2;
-    case DType::I16: return 3;
-    case DType::F16: return 4;
-    case DType::BF16: return 5;
-    case DType::I32: return 6;
-    case DType::F32: return 7;
-    case DType::F64: return 8;
-    case DType::I64: return 9;
+    case DType::F8_E4M3: return 3;  // safetensors' Dtype enum: ..., I8, F8_E5M2, F8_E4M3, I16, ...
+    case DType::I16: return 4;
+    case DType::F16: return 5;
+    case DType::BF16: return 6;
+    case DType::I32: return 7;
+    case DType::F32: return 8;
+    case DType::F64: return 9;
+    case DType::I64: return 10;
   }
   return 0;
 }

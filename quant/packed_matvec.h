@@ -31,6 +31,7 @@
 
 #include <cstdint>
 
+#include "quant/fp8.h"
 #include "quant/ggml_blocks.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
@@ -65,6 +66,14 @@ void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float
 int64_t int_linear_matvec_t_max_rows(const PackedIntLinear& p);
 constexpr int64_t kNf4MatvecTMaxRows = 32;
 constexpr int64_t kGgmlMatvecTMaxRows = 32;
+// Block-wise FP8 (quant/fp8.h), forward and transposed: rows of ŵ decoded 16 (AVX-512) or 8 (AVX2) bytes at a time
+// times the block's scale (fp8_row), as GGUF's rows are. The limits are where they meet dequantize-then-GEMM at the
+// Qwen2.5-7B gate_proj shape (forward 94 vs 90 ms at 64 rows, transposed 68 vs 81 at 32;
+// benchmarks/results/2026-12-02-fp8-cpu.md).
+void fp8_linear_matvec(const Fp8Linear& w, const float* x, int64_t M, float* y);
+void fp8_linear_matvec_t(const Fp8Linear& w, const float* dy, int64_t M, float* dx);
+constexpr int64_t kFp8MatvecMaxRows = 64;
+constexpr int64_t kFp8MatvecTMaxRows = 32;
 
 // t holds the weight [N, K] flattened row-major (bnb's layout for an nn.Linear).
 void nf4_linear_matvec(const Nf4Tensor& t, int64_t N, int64_t K, const float* x, int64_t M, float* y);

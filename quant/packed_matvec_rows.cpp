@@ -315,4 +315,17 @@ void ggml_linear_matvec_t(const GgmlLinear& w, const float* dy, int64_t M, float
       segment);
 }
 
+void fp8_linear_matvec(const Fp8Linear& w, const float* x, int64_t M, float* y) {
+  check_args(x, M, y, w.N, w.K, "fp8_linear_matvec");
+  rowwise_matvec(w.N, w.K, x, M, y, [&](int64_t n, float* out) { fp8_row(w, n, 0, w.K, out); });
+}
+
+void fp8_linear_matvec_t(const Fp8Linear& w, const float* dy, int64_t M, float* dx) {
+  check_args(dy, M, dx, w.N, w.K, "fp8_linear_matvec_t");
+  rowwise_matvec_t(
+      w.N, w.K, kTransposedChunk, dy, M, dx,
+      [&](int64_t n, int64_t k0, int64_t len, float* out) { fp8_row(w, n, k0, len, out); },
+      [&](int64_t n, int64_t k0, int64_t len) { return std::pair<const uint8_t*, int64_t>(w.data + n * w.K + k0, len); });
+}
+
 }  // namespace qwenq

@@ -125,7 +125,10 @@ TEST(DType, NamesAndSizes) {
   EXPECT_STREQ(dtype_name(DType::I64), "I64");
   EXPECT_EQ(dtype_size(DType::F64), 8u);
   EXPECT_EQ(dtype_size(DType::BOOL), 1u);
-  EXPECT_FALSE(dtype_from_name("F8_E4M3", &t));
+  ASSERT_TRUE(dtype_from_name("F8_E4M3", &t));  // FP8 checkpoints' weights (quant/fp8.h)
+  EXPECT_EQ(t, DType::F8_E4M3);
+  EXPECT_EQ(dtype_size(t), 1u);
+  EXPECT_FALSE(dtype_from_name("F8_E5M2", &t));
   EXPECT_FALSE(dtype_from_name("U16", &t));
   EXPECT_FALSE(dtype_from_name("bf16", &t));
 }

@@ -283,9 +283,9 @@ TEST(SafetensorsBad, HeaderNotJson) {
 
 TEST(SafetensorsBad, UnsupportedDtype) {
   const std::string path = write_raw(test::scratch_dir() + "/f8.safetensors",
-                                     R"({"w":{"dtype":"F8_E4M3","shape":[4],"data_offsets":[0,4]}})",
+                                     R"({"w":{"dtype":"F8_E5M2","shape":[4],"data_offsets":[0,4]}})",
                                      std::string(4, '\0'));
-  expect_bad(path, "tensor 'w' has dtype F8_E4M3, which qwenq does not support");
+  expect_bad(path, "tensor 'w' has dtype F8_E5M2, which qwenq does not support");
 }
 
 TEST(SafetensorsBad, OffsetsDoNotMatchShape) {

@@ -88,7 +88,7 @@ void register_qlora_train(CLI::App& app) {
   TrainOptions& o = a->opt;
   CLI::App* c = app.add_subcommand("train", "Train a LoRA adapter on a frozen bf16 or 4-bit (GPTQ/AWQ/NF4) base");
   c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes; the command line wins)");
-  c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, or GPTQ/AWQ/bnb-4bit)");
+  c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();

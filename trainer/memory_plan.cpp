@@ -824,6 +824,10 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
     case QuantConfig::Method::None: in->base = PlanBase::Bf16; return;
     case QuantConfig::Method::Gptq: in->base = PlanBase::Gptq; break;
     case QuantConfig::Method::Awq: in->base = PlanBase::Awq; break;
+    case QuantConfig::Method::Fp8:
+      QWENQ_FAIL(dir << ": an FP8 checkpoint; plan the model it becomes (`qwen-quant dequantize` to bf16, or a 4-bit "
+                        "quantization of that)");
+      return;
     case QuantConfig::Method::Bnb4: {
       in->base = PlanBase::Nf4;  // fp4 packs the same way
       const auto cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));

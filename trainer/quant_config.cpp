@@ -73,8 +73,26 @@ QuantConfig parse(const json& q, const std::string& path) {
     c.method = QuantConfig::Method::Bnb4;
     c.bits = 4;
     c.skip_modules = string_list(q, "llm_int8_skip_modules");
+  } else if (method == "fp8") {
+    c.method = QuantConfig::Method::Fp8;
+    c.bits = 8;
+    const std::string fmt = q.value("fmt", std::string("e4m3"));
+    QWENQ_CHECK(fmt == "e4m3", path << ": FP8 fmt \"" << fmt << "\" is not supported (e4m3)");
+    const std::string act = q.value("activation_scheme", std::string("dynamic"));
+    QWENQ_CHECK(act == "dynamic", path << ": FP8 activation_scheme \"" << act << "\" is not supported (dynamic: "
+                                       << "static input scales are not read)");
+    QWENQ_CHECK(q.contains("weight_block_size") && q["weight_block_size"].is_array() &&
+                    q["weight_block_size"].size() == 2 && q["weight_block_size"][0].is_number_integer() &&
+                    q["weight_block_size"][1].is_number_integer(),
+                path << ": FP8 without \"weight_block_size\": [n, k] (per-tensor FP8) is not supported; "
+                     << "block-wise FP8 (Qwen's and DeepSeek's releases) is");
+    c.block_n = q["weight_block_size"][0].get<int64_t>();
+    c.block_k = q["weight_block_size"][1].get<int64_t>();
+    QWENQ_CHECK(c.block_n > 0 && c.block_k > 0, path << ": FP8 weight_block_size " << q["weight_block_size"].dump()
+                                                     << " must be positive");
+    c.skip_modules = string_list(q, "modules_to_not_convert");
   } else {
-    QWENQ_FAIL(path << ": quant_method \"" << method << "\" is not supported (gptq, awq, bitsandbytes)");
+    QWENQ_FAIL(path << ": quant_method \"" << method << "\" is not supported (gptq, awq, bitsandbytes, fp8)");
   }
   return c;
 }
@@ -87,6 +105,7 @@ const char* QuantConfig::method_name() const {
     case Method::Gptq: return "gptq";
     case Method::Awq: return "awq";
     case Method::Bnb4: return "bitsandbytes-4bit";
+    case Method::Fp8: return "fp8";
   }
   return "?";
 }

@@ -191,7 +191,11 @@ void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_
 }
 
 void check_not_quantized(const std::string& model_dir) {
-  QWENQ_CHECK(load_quant_config(model_dir).method == QuantConfig::Method::None,
+  const QuantConfig q = load_quant_config(model_dir);
+  QWENQ_CHECK(q.method != QuantConfig::Method::Fp8,
+              model_dir << " is an FP8 checkpoint; `qwen-quant dequantize --model " << model_dir
+                        << " --out DIR` writes the bf16 model to quantize from");
+  QWENQ_CHECK(q.method == QuantConfig::Method::None,
               model_dir << " is already quantized (its config.json has a quantization_config); give the original "
                            "bf16/fp16/fp32 model");
 }

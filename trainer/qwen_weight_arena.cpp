@@ -44,6 +44,8 @@ struct Builder {
       r.dense = tensor(w.dense);
     } else {
       try {
+        QWENQ_CHECK(!w.fp8, "FP8 checkpoints run on the CPU only (--device cpu); for the GPU, `qwen-quant dequantize` "
+                            "one to bf16 first");
         QWENQ_CHECK(w.packed || w.nf4, "GGUF models run on the CPU only (--device cpu); the GPU reads dense, GPTQ, "
                                        "AWQ and bitsandbytes 4-bit checkpoints");
         a.repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));

@@ -55,6 +55,8 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
     PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
     if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
+  } else if (q.method == QuantConfig::Method::Fp8 && has_fp8_linear(ckpt, prefix) && !skipped(q, prefix)) {
+    w.fp8 = std::make_shared<Fp8Linear>(read_fp8_linear(ckpt, prefix, q.block_n, q.block_k, N, K));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
     auto nf4 = std::make_shared<Nf4Linear>(read_nf4_linear(ckpt, prefix));
     QWENQ_CHECK(nf4->shape == std::vector<int64_t>({N, K}),
@@ -283,12 +285,16 @@ bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* ou
     max_rows = transposed ? kNf4MatvecTMaxRows : kNf4MatvecMaxRows;
   } else if (w.ggml && !ggml_type_is_float(w.ggml->type)) {
     max_rows = transposed ? kGgmlMatvecTMaxRows : kGgmlMatvecMaxRows;
+  } else if (w.fp8) {
+    max_rows = transposed ? kFp8MatvecTMaxRows : kFp8MatvecMaxRows;
   }
   if (M > max_rows) return false;
   if (w.packed) {
     (transposed ? int_linear_matvec_t : int_linear_matvec)(*w.packed, in, M, out);
   } else if (w.nf4) {
     (transposed ? nf4_linear_matvec_t : nf4_linear_matvec)(w.nf4->q, w.N, w.K, in, M, out);
+  } else if (w.fp8) {
+    (transposed ? fp8_linear_matvec_t : fp8_linear_matvec)(*w.fp8, in, M, out);
   } else {
     (transposed ? ggml_linear_matvec_t : ggml_linear_matvec)(*w.ggml, in, M, out);
   }
@@ -335,6 +341,11 @@ std::vector<float> LinearWeight::dequantize() const {
   if (packed) return dequantize_int_linear(*packed);
   if (nf4) return nf4_dequantize(nf4->q);
   if (ggml) return dequantize_ggml_linear(*ggml);
+  if (fp8) {
+    std::vector<float> W(static_cast<size_t>(N * K));
+    dequantize_fp8_linear_into(*fp8, W.data());
+    return W;
+  }
   return tensor_to_f32(dense);
 }
 
@@ -345,6 +356,8 @@ void LinearWeight::dequantize_into(float* W) const {
     nf4_dequantize_into(nf4->q, W);
   } else if (ggml) {
     dequantize_ggml_linear_into(*ggml, W);
+  } else if (fp8) {
+    dequantize_fp8_linear_into(*fp8, W);
   } else {
     const std::vector<float> v = tensor_to_f32(dense);
     std::copy(v.begin(), v.end(), W);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "quant/fp8.h"
 #include "quant/ggml_blocks.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4_checkpoint.h"
@@ -23,6 +24,7 @@ struct LinearWeight {
   std::shared_ptr<const PackedIntLinear> packed;  // GPTQ / AWQ
   std::shared_ptr<const Nf4Linear> nf4;           // bitsandbytes 4-bit
   std::shared_ptr<const GgmlLinear> ggml;         // GGUF (llama.cpp) blocks
+  std::shared_ptr<const Fp8Linear> fp8;           // block-wise FP8 (quant/fp8.h)
   std::shared_ptr<const std::vector<float>> owned;  // backs `dense` when the values were computed (fake-quant)
   bool is_dense() const { return dense.data != nullptr; }
   static LinearWeight from_fp32(std::vector<float> W, int64_t N, int64_t K);

@@ -102,6 +102,8 @@ np_save(order_tensors, os.path.join(d, "py_order.safetensors"), metadata={"forma
 if torch is not None:  # BF16 only through torch; the same file then, with one BF16 tensor more
     order_t = {k: torch.from_numpy(v) for k, v in order_tensors.items()}
     order_t["g_bf16"] = torch.from_numpy(f_float(3)).to(torch.bfloat16)
+    if hasattr(torch, "float8_e4m3fn"):  # F8_E4M3 (FP8 checkpoints): its rank among the byte-sized dtypes
+        order_t["e_f8"] = torch.from_numpy(f_float(5)).to(torch.float8_e4m3fn)
     torch_save(order_t, os.path.join(d, "py_order.safetensors"), metadata={"format": "np"})
 
 run_gtest(args.build, "SafetensorsOracle.*", env={"QWENQ_ORACLE_ST_DIR": d})
