@@ -5,7 +5,8 @@
 //     blocks in both directions; BF16 scales; codes by brute force over the 254 finite values) loads with ŵ equal bit
 //     for bit to value(code)·scale in fp32, and its logits equal, within kLogitTol of the largest, those of an F32
 //     checkpoint holding exactly those ŵ (few rows through the FP8 row product, many through the dequantized GEMM);
-//     the forward and transposed row products against double, also on a weight wider than one transposed task;
+//     the forward and transposed row products against double, also on a weight wider than one transposed task; a
+//     Qwen3-MoE whose experts are FP8 (the router written dense) computes its F32 twin's logits;
 //   - `dequantize` writes those ŵ bit for bit (F32); quantizers, the plan and the GPU refuse FP8 with one message
 //     naming what to do; a wrong scale shape, fmt "e5m2", a missing weight_block_size and a static activation scheme
 //     are refused naming the tensor or the field;
@@ -233,6 +234,25 @@ void expect_products_match_double(const Fp8Linear& w, const std::vector<float>& 
       ASSERT_NEAR(y[m * w.N + n], s, kDotRelTol * mag + 1e-30) << "row " << m << " output " << n;
     }
   }
+}
+
+TEST(Fp8, MixtureOfExpertsLoadsEveryExpert) {
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_random_model(root + "/src", "tiny-moe", DType::F32, /*seed=*/33);
+  write_fp8_pair(src, root + "/fp8", root + "/ref", qwen_fp8_config());
+  const QwenModel fp8(root + "/fp8"), ref(root + "/ref");
+  const QwenLayerWeights& l = fp8.weights().layers[0];
+  ASSERT_FALSE(l.moe.experts.empty()) << "tiny-moe's layer 0 is sparse";
+  EXPECT_TRUE(l.moe.experts[3].down.fp8) << "an expert did not load as FP8";
+  EXPECT_TRUE(l.moe.router.is_dense()) << "the router (mlp.gate) was written dense";
+  const PackedBatch batch = test::random_batch({5, 19}, fp8.config().vocab_size, 6);
+  const std::vector<float> a = fp8.forward_logits(batch), b = ref.forward_logits(batch);
+  double top = 0.0, err = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    top = std::max(top, std::fabs(double(b[i])));
+    err = std::max(err, std::fabs(double(a[i]) - b[i]));
+  }
+  EXPECT_LE(err, kLogitTol * top);
 }
 
 TEST_F(Fp8Pair, ProductsMatchDouble) {
