@@ -7,7 +7,7 @@
 //     checkpoint holding exactly those ŵ (few rows through the FP8 row product, many through the dequantized GEMM);
 //     the forward and transposed row products against double, also on a weight wider than one transposed task; a
 //     Qwen3-MoE whose experts are FP8 (the router written dense) computes its F32 twin's logits;
-//   - `dequantize` writes those ŵ bit for bit (F32); quantizers, the plan and the GPU refuse FP8 with one message
+//   - `dequantize` writes those ŵ bit for bit (F32), `gguf` the F32 twin's file byte for byte; quantizers, the plan and the GPU refuse FP8 with one message
 //     naming what to do; a wrong scale shape, fmt "e5m2", a missing weight_block_size and a static activation scheme
 //     are refused naming the tensor or the field;
 //   - Fp8Oracle.*: the C++ half of tests/oracle/test_fp8_oracle.py (checkpoints torch wrote).
@@ -302,6 +302,13 @@ TEST_F(Fp8Pair, DequantizeWritesTheWeightsAndOthersRefuseWithWhatToDo) {
   }
   for (const std::string& name : out.names()) EXPECT_EQ(name.find("scale_inv"), std::string::npos) << name;
   EXPECT_FALSE(nlohmann::json::parse(read_file(d.out_dir + "/config.json")).contains("quantization_config"));
+
+  // llama.cpp's file from the FP8 directory: the same bytes as from the F32 twin (both named "m": the name is in the
+  // file's metadata).
+  write_fp8_pair(test::make_tiny_model(root + "/src2", /*seed=*/31), root + "/x/m", root + "/y/m", qwen_fp8_config());
+  const std::string from_fp8 = read_file(test::export_gguf_to(root + "/x/m", root + "/x.gguf", "q8_0"));
+  EXPECT_TRUE(from_fp8 == read_file(test::export_gguf_to(root + "/y/m", root + "/y.gguf", "q8_0")))
+      << "gguf of the FP8 directory differs from its F32 twin's";
 
   QuantizeOptions q;
   q.model_dir = root + "/fp8";
