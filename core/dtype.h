@@ -50,12 +50,8 @@ inline float f8_e4m3_to_f32(uint8_t b) {
   if ((b & 0x7Fu) == 0x7Fu) return std::numeric_limits<float>::quiet_NaN();
   float f;
   if (e == 0) {
-    f = static_cast<float>(m) * 0x1p-9f;  // subnormal: m · 2^−9, exact
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    bits |= sign;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    f = static_cast<float>(m) * 0x1p-9f;  // subnormal: m · 2^−9, exact (−0.0 for 0x80)
+    return sign ? -f : f;
   }
   const uint32_t bits = sign | ((e + 120u) << 23) | (m << 20);
   std::memcpy(&f, &bits, 4);

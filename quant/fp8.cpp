@@ -28,6 +28,36 @@ const std::array<float, 256>& fp8_values() {
   return table;
 }
 
+// A float8_e4m3fn byte b as fp32 bits without a table: |b| << 20 puts the exponent field e and the mantissa m in
+// fp32's fields, and adding 120 << 23 rebiases e (7 -> 127), giving 2^(e − 7)·(1 + m/8) exactly. For e = 0 that is
+// 2^−7·(1 + m/8); (f − 2^−7)·2 = m·2^−9 is the subnormal value, exactly. |b| = 0x7F is NaN; the sign bit is b's top
+// bit. Then one multiply by the block's scale, as the table path does: the same bits (NaN stays NaN).
+#if defined(__AVX512F__)
+inline __m512 fp8_decode16(const uint8_t* p, __m512 scale) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
+  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
+  const __mmask16 sub = _mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8));
+  f = _mm512_mask_mul_ps(f, sub, _mm512_sub_ps(f, _mm512_set1_ps(0x1p-7f)), _mm512_set1_ps(2.0f));
+  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)),
+                         _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
+  return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign)), scale);
+}
+#elif defined(__AVX2__)
+inline __m256 fp8_decode8(const uint8_t* p, __m256 scale) {
+  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
+  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
+  const __m256 sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
+  f = _mm256_blendv_ps(f, _mm256_mul_ps(_mm256_sub_ps(f, _mm256_set1_ps(0x1p-7f)), _mm256_set1_ps(2.0f)), sub);
+  const __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
+  f = _mm256_blendv_ps(f, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), nan);
+  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+  return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign)), scale);
+}
+#endif
+
 }  // namespace
 
 bool has_fp8_linear(const Checkpoint& ckpt, const std::string& prefix) {
@@ -71,40 +101,6 @@ Fp8Linear read_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, int
   }
   return f;
 }
-
-// A float8_e4m3fn byte b as fp32 bits without a table: |b| << 20 puts the exponent field e and the mantissa m in
-// fp32's fields, and adding 120 << 23 rebiases e (7 -> 127), giving 2^(e − 7)·(1 + m/8) exactly. For e = 0 that is
-// 2^−7·(1 + m/8); (f − 2^−7)·2 = m·2^−9 is the subnormal value, exactly. |b| = 0x7F is NaN; the sign bit is b's top
-// bit. Then one multiply by the block's scale, as the table path does: the same bits (NaN stays NaN).
-namespace {
-
-#if defined(__AVX512F__)
-inline __m512 fp8_decode16(const uint8_t* p, __m512 scale) {
-  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m512i mag = _mm512_and_si512(b, _mm512_set1_epi32(0x7F));
-  __m512 f = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23)));
-  const __mmask16 sub = _mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8));
-  f = _mm512_mask_mul_ps(f, sub, _mm512_sub_ps(f, _mm512_set1_ps(0x1p-7f)), _mm512_set1_ps(2.0f));
-  f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F)),
-                         _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
-  const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
-  return _mm512_mul_ps(_mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign)), scale);
-}
-#elif defined(__AVX2__)
-inline __m256 fp8_decode8(const uint8_t* p, __m256 scale) {
-  const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7F));
-  __m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20), _mm256_set1_epi32(120 << 23)));
-  const __m256 sub = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), mag));
-  f = _mm256_blendv_ps(f, _mm256_mul_ps(_mm256_sub_ps(f, _mm256_set1_ps(0x1p-7f)), _mm256_set1_ps(2.0f)), sub);
-  const __m256 nan = _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, _mm256_set1_epi32(0x7F)));
-  f = _mm256_blendv_ps(f, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), nan);
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-  return _mm256_mul_ps(_mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign)), scale);
-}
-#endif
-
-}  // namespace
 
 void fp8_row(const Fp8Linear& w, int64_t n, int64_t k0, int64_t len, float* out) {
   const std::array<float, 256>& value = fp8_values();

@@ -255,8 +255,8 @@ void dequantize_int_linear_into(const PackedIntLinear& p, float* W) {
 }
 
 void add_int_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p) {
-  QWENQ_CHECK(p.perm.empty(), prefix << ": this Linear's rows were sorted by group in memory (for the int8 "
-                                        "products); no checkpoint layout holds that order, so it cannot be written");
+  QWENQ_CHECK(p.perm.empty(), prefix << ": this Linear's rows were sorted by group in memory (for the "
+                                        "packed products); no checkpoint layout holds that order, so it cannot be written");
   const int64_t G = p.num_groups();
   if (is_gptq(p.layout)) {
     w.add_owned(prefix + ".qweight", DType::I32, {p.K * p.bits / 32, p.N}, bytes_of(p.qweight));

@@ -47,7 +47,8 @@ PackedIntLinear int_linear_to_gptq_v2(const PackedIntLinear& p);
 
 // The same GPTQ Linear with its stored rows (qweight rows and g_idx entries) stably sorted by group and `perm`
 // recording each row's input: act-order (desc_act) weights then have contiguous groups, g_idx[i] = i / group, as the
-// int8 products need (quant/int_dot_int8.h), and ŵ is the same bit for bit (dequantize_int_linear undoes the order).
+// grouped packed products and the int8 products read them (the loader sorts through int_linear_for_products in
+// quant/packed_matvec.h), and ŵ is the same bit for bit (dequantize_int_linear undoes the order).
 // Returned as it is when the groups already follow the inputs, for AWQ, or when it has a perm already.
 PackedIntLinear int_linear_sort_inputs_by_group(const PackedIntLinear& p);
 

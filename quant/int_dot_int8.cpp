@@ -28,6 +28,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "quant/format/int_pack.h"
+#include "quant/packed_matvec.h"
 
 namespace qwenq {
 namespace {
@@ -399,10 +400,9 @@ bool int_int8_product_supported(const PackedIntLinear& p) {
 PackedIntLinear int_linear_for_int8(PackedIntLinear p) {
   if (p.K % kBlock != 0 || p.group % kBlock != 0) return p;
   if (p.layout == IntLayout::AwqGemm) return p.bits == 4 ? int_linear_to_gptq_v2(p) : p;
-  if ((p.bits == 4 || p.bits == 8) && p.perm.empty() && !int_linear_groups_in_order(p)) {
-    PackedIntLinear sorted = int_linear_sort_inputs_by_group(p);
-    if (int_int8_product_supported(sorted)) return sorted;
-  }
+  // Act-order rows sorted as the loader sorts them for every product (a no-op when it already did): with K and the
+  // group multiples of 32, the sorted 4/8-bit Linear is supported exactly when its groups came out contiguous.
+  if (p.bits == 4 || p.bits == 8) return int_linear_for_products(std::move(p));
   return p;
 }
 

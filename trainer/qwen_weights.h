@@ -134,8 +134,8 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 // or, switched on process-wide by `--int8-activations`, int8 products for every M (each activation row rounded to
 // 8 bits per block, integer sums): llama.cpp's for every quantized GGUF tensor (quant/ggml_dot_int8.h,
 // ggml_int8_product_supported), and the same idea for 4- and 8-bit GPTQ and AWQ Linears (quant/int_dot_int8.h,
-// int_int8_product_supported; when the switch is on, AWQ's words are repacked along K and act-order GPTQ rows sorted
-// by group at load, so set it before loading). F32/F16/BF16 tensors, dense and NF4 Linears, 2/3-bit GPTQ, act-order
+// int_int8_product_supported; act-order GPTQ rows are sorted by group at load whatever the switch, and when it is on
+// AWQ's words are repacked along K at load, so set it before loading). F32/F16/BF16 tensors, dense and NF4 Linears, 2/3-bit GPTQ, act-order
 // GPTQ whose groups are not all group_size inputs long, and the backward products stay exact.
 void set_int8_activations(bool on);
 bool int8_activations();
