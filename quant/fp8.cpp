@@ -67,8 +67,14 @@ bool has_fp8_linear(const Checkpoint& ckpt, const std::string& prefix) {
 
 Fp8Linear read_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t block_n, int64_t block_k,
                           int64_t N, int64_t K) {
+  return read_fp8_linear_scaled(ckpt, prefix, "weight_scale_inv", "the per-block scales of quant_method fp8", block_n,
+                                block_k, N, K);
+}
+
+Fp8Linear read_fp8_linear_scaled(const Checkpoint& ckpt, const std::string& prefix, const std::string& scale,
+                                 const char* what, int64_t block_n, int64_t block_k, int64_t N, int64_t K) {
   QWENQ_CHECK(block_n > 0 && block_k > 0, "FP8 weight_block_size must be positive, got [" << block_n << ", " << block_k << "]");
-  const std::string wname = prefix + ".weight", sname = prefix + ".weight_scale_inv";
+  const std::string wname = prefix + ".weight", sname = prefix + "." + scale;
   QWENQ_CHECK(ckpt.has(wname), "tensor '" << wname << "' not found in checkpoint " << ckpt.dir());
   const TensorView& w = ckpt.get(wname);
   QWENQ_CHECK(w.dtype == DType::F8_E4M3, ckpt.file_of(wname) << ": tensor '" << wname << "' has dtype "
@@ -83,13 +89,15 @@ Fp8Linear read_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, int
   f.block_k = block_k;
   f.data = static_cast<const uint8_t*>(w.data);
   const std::vector<int64_t> sshape = {(N + block_n - 1) / block_n, (K + block_k - 1) / block_k};
-  QWENQ_CHECK(ckpt.has(sname), ckpt.file_of(wname) << ": FP8 weight '" << wname << "' has no '" << sname
-                                                   << "' (the per-block scales of quant_method fp8)");
+  QWENQ_CHECK(ckpt.has(sname), ckpt.file_of(wname) << ": FP8 weight '" << wname << "' has no '" << sname << "' ("
+                                                   << what << ")");
   const TensorView& s = ckpt.get(sname);
   QWENQ_CHECK(s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16,
               ckpt.file_of(sname) << ": tensor '" << sname << "' has dtype " << dtype_name(s.dtype)
                                   << ", expected F32, BF16 or F16");
-  QWENQ_CHECK(s.shape == sshape, ckpt.file_of(sname) << ": tensor '" << sname << "' has shape " << shape_str(s.shape)
+  // One scale for the whole tensor may be stored as [1] or as a scalar too.
+  const bool one = sshape == std::vector<int64_t>({1, 1}) && s.numel() == 1 && s.shape.size() <= 2;
+  QWENQ_CHECK(s.shape == sshape || one, ckpt.file_of(sname) << ": tensor '" << sname << "' has shape " << shape_str(s.shape)
                                                      << ", expected " << shape_str(sshape) << " (blocks of " << block_n
                                                      << " x " << block_k << " over [" << N << ", " << K << "])");
   f.scale_inv.resize(static_cast<size_t>(s.numel()));

@@ -29,6 +29,10 @@ struct Fp8Linear {
 // and that every scale is finite; errors name the tensor and the file.
 Fp8Linear read_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, int64_t block_n, int64_t block_k,
                           int64_t N, int64_t K);
+// The same with the scales in <prefix>.<scale> (`what` names them in errors), e.g. compressed-tensors' weight_scale
+// ([N, 1] per channel: block 1 x K; [1], [] or [1, 1] per tensor: block N x K).
+Fp8Linear read_fp8_linear_scaled(const Checkpoint& ckpt, const std::string& prefix, const std::string& scale,
+                                 const char* what, int64_t block_n, int64_t block_k, int64_t N, int64_t K);
 // True when <prefix>.weight is stored as F8_E4M3.
 bool has_fp8_linear(const Checkpoint& ckpt, const std::string& prefix);
 

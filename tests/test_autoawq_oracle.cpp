@@ -13,6 +13,7 @@
 #include "core/safetensors.h"
 #include "core/tensor.h"
 #include "trainer/awq_runner.h"
+#include "tests/support/oracle_logits.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -27,19 +28,9 @@ TEST(AutoAwqOracle, CheckpointGivesTheLogitsOfAutoAwqsUnpacking) {
   if (!dir) GTEST_SKIP() << "QWENQ_ORACLE_AUTOAWQ_DIR not set (run tests/oracle/test_autoawq_oracle.py)";
   QwenModel model(dir);
   ASSERT_EQ(model.quant_config().method, QuantConfig::Method::Awq);
-  SafetensorsFile expected(path_join(dir, "expected.safetensors"));
-  const TensorView& ids = expected.get("input_ids");
-  const TensorView& want = expected.get("logits");
-  const std::vector<int32_t> seq(ids.as<int32_t>(), ids.as<int32_t>() + ids.numel());
-  const std::vector<float> got = model.forward_logits(PackedBatch::from_sequences({seq}));
-  ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
-  double scale = 0, worst = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    scale = std::max(scale, (double)std::fabs(want.as<float>()[i]));
-    worst = std::max(worst, (double)std::fabs(got[i] - want.as<float>()[i]));
-  }
-  std::printf("%s: max |ours - AutoAWQ unpacking| = %.3g, max |logit| = %.3g\n", dir, worst, scale);
-  EXPECT_LE(worst, kLogitRelTol * scale);
+  const test::LogitGap g = test::logits_against_expected(model, dir);
+  std::printf("%s: max |ours - AutoAWQ unpacking| = %.3g, max |logit| = %.3g\n", dir, g.worst, g.scale);
+  EXPECT_LE(g.worst, kLogitRelTol * g.scale);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "tests/support/oracle_logits.h"
 #include "trainer/qwen_model.h"
 
 namespace qwenq {
@@ -29,19 +30,9 @@ TEST(BnbPythonOracle, CheckpointsMadeByBitsandbytesGiveItsLogits) {
     SCOPED_TRACE(dir);
     QwenModel model(dir);
     ASSERT_NE(model.quant_config().method, QuantConfig::Method::None) << "the checkpoint should load as 4-bit";
-    SafetensorsFile expected(path_join(dir, "expected.safetensors"));
-    const TensorView& ids = expected.get("input_ids");
-    const TensorView& want = expected.get("logits");
-    const std::vector<int32_t> seq(ids.as<int32_t>(), ids.as<int32_t>() + ids.numel());
-    const std::vector<float> got = model.forward_logits(PackedBatch::from_sequences({seq}));
-    ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
-    double scale = 0, worst = 0;
-    for (int64_t i = 0; i < want.numel(); ++i) {
-      scale = std::max(scale, (double)std::fabs(want.as<float>()[i]));
-      worst = std::max(worst, (double)std::fabs(got[i] - want.as<float>()[i]));
-    }
-    std::printf("%s: max |ours - bitsandbytes| = %.3g, max |logit| = %.3g\n", dir.c_str(), worst, scale);
-    EXPECT_LE(worst, kLogitRelTol * scale);
+    const test::LogitGap g = test::logits_against_expected(model, dir);
+    std::printf("%s: max |ours - bitsandbytes| = %.3g, max |logit| = %.3g\n", dir.c_str(), g.worst, g.scale);
+    EXPECT_LE(g.worst, kLogitRelTol * g.scale);
     ++cases;
   }
   EXPECT_EQ(cases, 2);

@@ -133,8 +133,10 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
   if (!is_gguf_file(model_path)) {
     const std::string dir = resolve_model_dir(model_path, "main", /*allow_gguf=*/true);
     const QuantConfig q = load_quant_config(dir);
-    QWENQ_CHECK(q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq,
-                "--int8-activations: " << model_path << " is neither a GGUF file nor a GPTQ/AWQ checkpoint (its "
+    QWENQ_CHECK(q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq ||
+                    (q.method == QuantConfig::Method::CompressedTensors && q.ct_has_int()),
+                "--int8-activations: " << model_path << " is neither a GGUF file nor a GPTQ/AWQ/compressed-tensors "
+                                       << "integer checkpoint (its "
                                        << q.method_name() << " weights have no int8 product)");
   }
   set_int8_activations(true);

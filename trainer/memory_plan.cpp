@@ -828,6 +828,17 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
       QWENQ_FAIL(dir << ": an FP8 checkpoint; plan the model it becomes (`qwen-quant dequantize` to bf16, or a 4-bit "
                         "quantization of that)");
       return;
+    case QuantConfig::Method::CompressedTensors: {
+      // Planned as the GPTQ v2 Linears its integer weights load into, when one scheme covers them all.
+      const bool one_int = q.ct_schemes.size() == 1 && !q.ct_schemes[0].weights.is_float &&
+                           q.ct_schemes[0].weights.strategy != CtStrategy::Tensor;
+      QWENQ_CHECK(one_int, dir << ": a compressed-tensors checkpoint with "
+                               << (q.ct_has_int() ? "several weight schemes" : "float8 weights")
+                               << "; plan the model it becomes (`qwen-quant dequantize` to bf16, or a 4-bit "
+                                  "quantization of that)");
+      in->base = PlanBase::Gptq;
+      break;
+    }
     case QuantConfig::Method::Bnb4: {
       in->base = PlanBase::Nf4;  // fp4 packs the same way
       const auto cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));

@@ -91,8 +91,11 @@ QuantConfig parse(const json& q, const std::string& path) {
     QWENQ_CHECK(c.block_n > 0 && c.block_k > 0, path << ": FP8 weight_block_size " << q["weight_block_size"].dump()
                                                      << " must be positive");
     c.skip_modules = string_list(q, "modules_to_not_convert");
+  } else if (method == "compressed-tensors") {
+    return parse_compressed_tensors_config(q, path);
   } else {
-    QWENQ_FAIL(path << ": quant_method \"" << method << "\" is not supported (gptq, awq, bitsandbytes, fp8)");
+    QWENQ_FAIL(path << ": quant_method \"" << method
+                    << "\" is not supported (gptq, awq, bitsandbytes, fp8, compressed-tensors)");
   }
   return c;
 }
@@ -106,6 +109,7 @@ const char* QuantConfig::method_name() const {
     case Method::Awq: return "awq";
     case Method::Bnb4: return "bitsandbytes-4bit";
     case Method::Fp8: return "fp8";
+    case Method::CompressedTensors: return "compressed-tensors";
   }
   return "?";
 }

@@ -192,7 +192,9 @@ void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_
 
 void check_not_quantized(const std::string& model_dir) {
   const QuantConfig q = load_quant_config(model_dir);
-  QWENQ_CHECK(q.method != QuantConfig::Method::Fp8,
+  const bool fp8 = q.method == QuantConfig::Method::Fp8 ||
+                   (q.method == QuantConfig::Method::CompressedTensors && !q.ct_has_int());
+  QWENQ_CHECK(!fp8,
               model_dir << " is an FP8 checkpoint; `qwen-quant dequantize --model " << model_dir
                         << " --out DIR` writes the bf16 model to quantize from");
   QWENQ_CHECK(q.method == QuantConfig::Method::None,

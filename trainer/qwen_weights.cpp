@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
@@ -41,6 +42,43 @@ bool skipped(const QuantConfig& q, const std::string& prefix) {
   return false;
 }
 
+// A compressed-tensors Linear covered by scheme `s`: by what its tensors hold (weight_packed: packed integers;
+// weight I8: unpacked int8; weight F8_E4M3: float8), else dense (a module the scheme did not reach).
+void load_ct_linear(const Checkpoint& ckpt, const CtScheme& s, const std::string& prefix, LinearWeight* w) {
+  const std::string wname = prefix + ".weight";
+  const bool packed = ckpt.has(prefix + ".weight_packed");
+  const DType stored = !packed && ckpt.has(wname) ? ckpt.get(wname).dtype : DType::F32;
+  if (!packed && stored != DType::I8 && stored != DType::F8_E4M3) {
+    w->dense = fetch(ckpt, wname, {w->N, w->K});
+    return;
+  }
+  QWENQ_CHECK(packed == s.packed && (stored == DType::F8_E4M3) == s.weights.is_float,
+              ckpt.file_of(packed ? prefix + ".weight_packed" : wname)
+                  << ": " << prefix << " is stored as " << (packed ? "weight_packed" : dtype_name(stored))
+                  << " but its compressed-tensors scheme \"" << s.name << "\" says "
+                  << (s.weights.is_float ? "float" : "int") << s.weights.bits << (s.packed ? ", packed" : ", unpacked"));
+  if (s.weights.is_float) {
+    w->fp8 = std::make_shared<Fp8Linear>(read_ct_fp8_linear(ckpt, prefix, s.weights, w->N, w->K));
+    return;
+  }
+  CtIntLinear c = packed ? read_ct_packed_linear(ckpt, prefix, s.weights, w->N, w->K)
+                         : read_ct_int8_linear(ckpt, prefix, s.weights, w->N, w->K);
+  if (!c.scales_f32.empty()) {
+    // GPTQ v2 holds fp16 scales; this Linear's are not all exact there, so it is kept as its exact fp32 ŵ (said
+    // once per process: a checkpoint with F32 scales has many such Linears).
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true)) {
+      std::fprintf(stderr, "note: %s (and maybe other Linears): compressed-tensors scales that fp16 cannot hold "
+                   "exactly; such Linears are kept as fp32 weights (4 bytes per weight)\n", prefix.c_str());
+    }
+    *w = LinearWeight::from_fp32(dequantize_ct_int_linear(c), w->N, w->K);
+    return;
+  }
+  PackedIntLinear p = int_linear_for_products(std::move(c.packed));
+  if (int8_activations()) p = int_linear_for_int8(std::move(p));
+  w->packed = std::make_shared<PackedIntLinear>(std::move(p));
+}
+
 }  // namespace
 
 LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std::string& prefix, int64_t N, int64_t K) {
@@ -55,6 +93,8 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
     PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
     if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
+  } else if (q.method == QuantConfig::Method::CompressedTensors && q.ct_scheme_for(prefix)) {
+    load_ct_linear(ckpt, *q.ct_scheme_for(prefix), prefix, &w);
   } else if (q.method == QuantConfig::Method::Fp8 && has_fp8_linear(ckpt, prefix) && !skipped(q, prefix)) {
     w.fp8 = std::make_shared<Fp8Linear>(read_fp8_linear(ckpt, prefix, q.block_n, q.block_k, N, K));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
@@ -401,6 +441,10 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed;
   } else {
+    QWENQ_CHECK(!ckpt.has("lm_head.weight_packed") && !ckpt.has("lm_head.qweight"),
+                ckpt.file_of(ckpt.has("lm_head.qweight") ? "lm_head.qweight" : "lm_head.weight_packed")
+                    << ": the output layer lm_head is quantized, which qwenq does not read (it keeps lm_head dense, "
+                       "as the quantizers do by default)");
     w.lm_head = fetch(ckpt, "lm_head.weight", {V, C});
   }
   w.layers.resize(c.num_layers);

@@ -226,7 +226,7 @@ refuse gguf_not_dir "notes.txt: not a directory nor a GGUF file" "$QQ" eval --mo
 grep -q "perplexity" gguf_eval.txt || fail "eval of a GGUF printed no perplexity" gguf_eval.txt
 # --int8-activations: GGUF files and GPTQ/AWQ checkpoints on the CPU only; with one, eval says so in its line and its
 # JSON, and a GPTQ model's perplexity stays within 1 % of the exact product's.
-refuse int8_not_gguf "--int8-activations: tiny is neither a GGUF file nor a GPTQ/AWQ checkpoint" \
+refuse int8_not_gguf "--int8-activations: tiny is neither a GGUF file nor a GPTQ/AWQ/compressed-tensors integer checkpoint" \
   "$QQ" eval --model tiny --data text.jsonl --int8-activations
 "$QQ" eval --model g --data text.jsonl --seq-len 64 -q --json > g_exact.txt 2>&1 || fail "eval of a GPTQ model" g_exact.txt
 "$QQ" eval --model g --data text.jsonl --seq-len 64 -q --int8-activations --json > g_int8.txt 2>&1 ||

@@ -1,0 +1,259 @@
+#include "quant/compressed_tensors.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "quant/format/int_pack.h"
+
+namespace qwenq {
+
+namespace {
+
+const TensorView& tensor(const Checkpoint& ckpt, const std::string& name, const char* what) {
+  QWENQ_CHECK(ckpt.has(name), "tensor '" << name << "' (" << what << ") not found in checkpoint " << ckpt.dir());
+  return ckpt.get(name);
+}
+
+void check_dtype(const Checkpoint& ckpt, const std::string& name, const TensorView& t, DType want) {
+  QWENQ_CHECK(t.dtype == want, ckpt.file_of(name) << ": tensor '" << name << "' has dtype " << dtype_name(t.dtype)
+                                                  << ", expected " << dtype_name(want));
+}
+
+void check_shape(const Checkpoint& ckpt, const std::string& name, const TensorView& t, const std::vector<int64_t>& s) {
+  QWENQ_CHECK(t.shape == s, ckpt.file_of(name) << ": tensor '" << name << "' has shape " << shape_str(t.shape)
+                                               << ", expected " << shape_str(s));
+}
+
+// Scale columns per output for the strategy (1 for channel and tensor).
+int64_t scale_columns(const CtWeightArgs& a, int64_t K) {
+  return a.strategy == CtStrategy::Group ? (K + a.group_size - 1) / a.group_size : 1;
+}
+
+// weight_scale as fp32 [N, G] (a per-tensor scale repeated over N), every value finite.
+std::vector<float> read_scales(const Checkpoint& ckpt, const std::string& prefix, const CtWeightArgs& a, int64_t N,
+                               int64_t G) {
+  const std::string name = prefix + ".weight_scale";
+  const TensorView& t = tensor(ckpt, name, "the quantization scales");
+  QWENQ_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+              ckpt.file_of(name) << ": tensor '" << name << "' has dtype " << dtype_name(t.dtype)
+                                 << ", expected F32, BF16 or F16");
+  std::vector<float> s(static_cast<size_t>(N * G));
+  if (a.strategy == CtStrategy::Tensor) {
+    QWENQ_CHECK(t.numel() == 1 && t.shape.size() <= 2, ckpt.file_of(name) << ": tensor '" << name << "' has shape "
+                                                                          << shape_str(t.shape)
+                                                                          << ", expected one scale (strategy tensor)");
+    float v = 0;
+    to_f32(t.dtype, t.data, &v, 1);
+    std::fill(s.begin(), s.end(), v);
+  } else {
+    check_shape(ckpt, name, t, {N, G});
+    to_f32(t.dtype, t.data, s.data(), s.size());
+  }
+  for (size_t i = 0; i < s.size(); ++i) {
+    QWENQ_CHECK(std::isfinite(s[i]), ckpt.file_of(name) << ": tensor '" << name << "' holds " << s[i] << " at "
+                                                        << i << " (corrupt file?)");
+  }
+  return s;
+}
+
+void check_weight_shape(const Checkpoint& ckpt, const std::string& prefix, int64_t N, int64_t K) {
+  const std::string name = prefix + ".weight_shape";
+  if (!ckpt.has(name)) return;  // the packed shape and config.json already fix it
+  const TensorView& t = ckpt.get(name);
+  QWENQ_CHECK((t.dtype == DType::I32 || t.dtype == DType::I64) && t.numel() == 2,
+              ckpt.file_of(name) << ": tensor '" << name << "' must hold 2 integers, has dtype " << dtype_name(t.dtype)
+                                 << " and shape " << shape_str(t.shape));
+  int64_t v[2];
+  for (int i = 0; i < 2; ++i) {
+    v[i] = t.dtype == DType::I32 ? static_cast<const int32_t*>(t.data)[i] : static_cast<const int64_t*>(t.data)[i];
+  }
+  QWENQ_CHECK(v[0] == N && v[1] == K, ckpt.file_of(name) << ": tensor '" << name << "' says [" << v[0] << ", " << v[1]
+                                                         << "] but config.json implies " << shape_str({N, K}));
+}
+
+// The transposed scales [G, N] in fp16 when every one is exact there; else scales_f32 keeps them.
+void set_scales(const std::vector<float>& nk, int64_t N, int64_t G, CtIntLinear* c) {
+  std::vector<uint16_t>& h = c->packed.scales;
+  h.resize(static_cast<size_t>(G * N));
+  bool exact = true;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t g = 0; g < G; ++g) {
+      const float v = nk[n * G + g];
+      const uint16_t b = f32_to_f16(v);
+      exact = exact && f16_to_f32(b) == v;
+      h[g * N + n] = b;
+    }
+  }
+  if (exact) return;
+  c->scales_f32.resize(h.size());
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) c->scales_f32[g * N + n] = nk[n * G + g];
+  std::fill(h.begin(), h.end(), uint16_t{0x3C00});  // 1.0: packed then dequantizes to q - zero exactly
+}
+
+// weight_g_idx when stored (each in [0, G)), else k / group.
+std::vector<int32_t> read_g_idx(const Checkpoint& ckpt, const std::string& prefix, int64_t K, int64_t group, int64_t G) {
+  std::vector<int32_t> g(static_cast<size_t>(K));
+  const std::string name = prefix + ".weight_g_idx";
+  if (!ckpt.has(name)) {
+    for (int64_t k = 0; k < K; ++k) g[k] = static_cast<int32_t>(k / group);
+    return g;
+  }
+  const TensorView& t = ckpt.get(name);
+  QWENQ_CHECK(t.dtype == DType::I32 || t.dtype == DType::I64, ckpt.file_of(name) << ": tensor '" << name
+                                                                                  << "' has dtype " << dtype_name(t.dtype)
+                                                                                  << ", expected I32 or I64");
+  check_shape(ckpt, name, t, {K});
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t v = t.dtype == DType::I32 ? static_cast<const int32_t*>(t.data)[k]
+                                            : static_cast<const int64_t*>(t.data)[k];
+    QWENQ_CHECK(v >= 0 && v < G, ckpt.file_of(name) << ": " << name << "[" << k << "] = " << v << " is outside [0, "
+                                                    << G << ")");
+    g[k] = static_cast<int32_t>(v);
+  }
+  return g;
+}
+
+PackedIntLinear empty_v2(int bits, int64_t N, int64_t K, int64_t group) {
+  PackedIntLinear p;
+  p.layout = IntLayout::GptqV2;
+  p.bits = bits;
+  p.N = N;
+  p.K = K;
+  p.group = group;
+  return p;
+}
+
+}  // namespace
+
+CtIntLinear read_ct_packed_linear(const Checkpoint& ckpt, const std::string& prefix, const CtWeightArgs& a, int64_t N,
+                                  int64_t K) {
+  QWENQ_CHECK(!a.is_float && (a.bits == 2 || a.bits == 4 || a.bits == 8),
+              prefix << ": pack-quantized " << (a.is_float ? "float" : "int") << a.bits
+                     << " is not supported (int2, int4 or int8)");
+  QWENQ_CHECK(a.strategy != CtStrategy::Block, prefix << ": integer weights with strategy block are not supported");
+  const int f = 32 / a.bits;
+  QWENQ_CHECK(K % f == 0 && N % f == 0, prefix << ": [" << N << ", " << K << "] does not pack into int32 words of "
+                                               << f << " codes along both sides (GPTQ's words, which qwenq computes "
+                                                  "with); dequantize it with compressed-tensors instead");
+  const int64_t G = scale_columns(a, K);
+  const int64_t group = a.strategy == CtStrategy::Group ? a.group_size : K;
+  CtIntLinear c;
+  c.packed = empty_v2(a.bits, N, K, group);
+  PackedIntLinear& p = c.packed;
+  check_weight_shape(ckpt, prefix, N, K);
+
+  const std::string wname = prefix + ".weight_packed";
+  const TensorView& w = tensor(ckpt, wname, "the packed codes");
+  check_dtype(ckpt, wname, w, DType::I32);
+  check_shape(ckpt, wname, w, {N, K / f});
+  // Word (n, j) holds inputs j·f .. j·f + f - 1 of output n: GPTQ's word (j, n), the same fields.
+  const int32_t* src = static_cast<const int32_t*>(w.data);
+  const int64_t words = K / f;
+  p.qweight.resize(static_cast<size_t>(words * N));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < words; ++j) p.qweight[j * N + n] = src[n * words + j];
+
+  const int64_t zw = N / f;
+  p.qzeros.resize(static_cast<size_t>(G * zw));
+  if (a.sym) {
+    // Every zero 2^(b-1): q - 0 in the signed codes.
+    uint32_t word = 0;
+    for (int i = 0; i < f; ++i) word |= uint32_t{1} << (a.bits - 1) << (a.bits * i);
+    std::fill(p.qzeros.begin(), p.qzeros.end(), static_cast<int32_t>(word));
+  } else {
+    const std::string zname = prefix + ".weight_zero_point";
+    const TensorView& z = tensor(ckpt, zname, "the packed zero points of an asymmetric scheme");
+    check_dtype(ckpt, zname, z, DType::I32);
+    check_shape(ckpt, zname, z, {zw, G});
+    // Word (j, g) holds the zeros of outputs j·f + i, stored + 2^(b-1) as the codes: GPTQ v2's word (g, j).
+    const int32_t* zs = static_cast<const int32_t*>(z.data);
+    for (int64_t j = 0; j < zw; ++j)
+      for (int64_t g = 0; g < G; ++g) p.qzeros[g * zw + j] = zs[j * G + g];
+  }
+  p.g_idx = read_g_idx(ckpt, prefix, K, group, G);
+  set_scales(read_scales(ckpt, prefix, a, N, G), N, G, &c);
+  return c;
+}
+
+CtIntLinear read_ct_int8_linear(const Checkpoint& ckpt, const std::string& prefix, const CtWeightArgs& a, int64_t N,
+                                int64_t K) {
+  QWENQ_CHECK(!a.is_float && a.bits == 8, prefix << ": integer weights stored unpacked must be int8, not "
+                                                 << (a.is_float ? "float" : "int") << a.bits);
+  QWENQ_CHECK(a.strategy != CtStrategy::Block, prefix << ": integer weights with strategy block are not supported");
+  QWENQ_CHECK(K % 4 == 0 && N % 4 == 0, prefix << ": [" << N << ", " << K << "] is not a multiple of 4 on both sides "
+                                                  "(the int32 words of GPTQ's 8-bit codes and zero points)");
+  const int64_t G = scale_columns(a, K);
+  const int64_t group = a.strategy == CtStrategy::Group ? a.group_size : K;
+  CtIntLinear c;
+  c.packed = empty_v2(8, N, K, group);
+  PackedIntLinear& p = c.packed;
+  const std::string wname = prefix + ".weight";
+  const TensorView& w = tensor(ckpt, wname, "the int8 codes");
+  check_dtype(ckpt, wname, w, DType::I8);
+  check_shape(ckpt, wname, w, {N, K});
+  const int8_t* q = static_cast<const int8_t*>(w.data);
+  p.qweight.assign(static_cast<size_t>(K / 4 * N), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      const uint32_t u = static_cast<uint8_t>(q[n * K + k] + 128);
+      uint32_t& word = reinterpret_cast<uint32_t&>(p.qweight[(k / 4) * N + n]);
+      word |= u << (8 * (k % 4));
+    }
+  }
+  std::vector<uint8_t> zero(static_cast<size_t>(G * N), 128);
+  if (!a.sym) {
+    const std::string zname = prefix + ".weight_zero_point";
+    const TensorView& z = tensor(ckpt, zname, "the zero points of an asymmetric scheme");
+    check_dtype(ckpt, zname, z, DType::I8);
+    const int8_t* zs = static_cast<const int8_t*>(z.data);
+    if (a.strategy == CtStrategy::Tensor) {
+      QWENQ_CHECK(z.numel() == 1, ckpt.file_of(zname) << ": tensor '" << zname << "' has shape " << shape_str(z.shape)
+                                                      << ", expected one zero point (strategy tensor)");
+      std::fill(zero.begin(), zero.end(), static_cast<uint8_t>(zs[0] + 128));
+    } else {
+      check_shape(ckpt, zname, z, {N, G});
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t g = 0; g < G; ++g) zero[g * N + n] = static_cast<uint8_t>(zs[n * G + g] + 128);
+    }
+  }
+  p.qzeros.assign(static_cast<size_t>(G * N / 4), 0);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t n = 0; n < N; ++n)
+      reinterpret_cast<uint32_t&>(p.qzeros[(g * N + n) / 4]) |= uint32_t{zero[g * N + n]} << (8 * (n % 4));
+  p.g_idx = read_g_idx(ckpt, prefix, K, group, G);
+  set_scales(read_scales(ckpt, prefix, a, N, G), N, G, &c);
+  return c;
+}
+
+std::vector<float> dequantize_ct_int_linear(const CtIntLinear& c) {
+  std::vector<float> W = dequantize_int_linear(c.packed);  // q - zero (scales 1.0), or the final ŵ
+  if (c.scales_f32.empty()) return W;
+  const PackedIntLinear& p = c.packed;
+  const std::vector<int32_t> group = int_linear_group_of(p);
+  const std::vector<int32_t>& in = p.perm;
+  for (int64_t i = 0; i < p.K; ++i) {
+    const int64_t k = in.empty() ? i : in[i];
+    const float* s = c.scales_f32.data() + static_cast<int64_t>(group[i]) * p.N;
+    for (int64_t n = 0; n < p.N; ++n) W[n * p.K + k] *= s[n];
+  }
+  return W;
+}
+
+Fp8Linear read_ct_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, const CtWeightArgs& a, int64_t N,
+                             int64_t K) {
+  QWENQ_CHECK(a.is_float && a.bits == 8, prefix << ": float weights must be float8 (e4m3), not " << a.bits << " bits");
+  int64_t bn = 1, bk = K;
+  switch (a.strategy) {
+    case CtStrategy::Tensor: bn = N; break;
+    case CtStrategy::Channel: break;
+    case CtStrategy::Group: bk = a.group_size; break;
+    case CtStrategy::Block: bn = a.block_n, bk = a.block_k; break;
+  }
+  return read_fp8_linear_scaled(ckpt, prefix, "weight_scale", "the scales of a compressed-tensors float8 weight", bn,
+                                bk, N, K);
+}
+
+}  // namespace qwenq

@@ -1,0 +1,189 @@
+"""Oracle: checkpoints written by the `compressed-tensors` library itself (what llm-compressor saves) load in qwenq
+with the weights and logits that library's own decompression gives.
+
+1. transformers builds a tiny random Qwen2 (hidden 128, 4 heads of 32, 2 KV heads, MLP 256, 2 layers), fp32.
+2. For each scheme below compressed-tensors 0.9.4 attaches its quantization parameters (apply_quantization_config),
+   we fill the scales and zero points with its calculate_qparams from each group's min and max, and its
+   ModelCompressor compresses the state dict and writes quantization_config (update_config), as llm-compressor's
+   save does. lm_head is ignored, as llm-compressor's recipes do.
+     w4_g32_actorder  pack-quantized int4 symmetric, group 32, actorder "group" (a shuffled weight_g_idx), BF16 scales
+     w4_g32_asym      pack-quantized int4 asymmetric, group 32 (packed zero points), BF16 scales
+     w2_g16           pack-quantized int2 symmetric, group 16, BF16 scales
+     w8_channel_pack  pack-quantized int8 symmetric, per channel, BF16 scales
+     w8a8_int         int-quantized int8 per channel + dynamic per-token int8 activations (W8A8), BF16 scales
+     fp8_dynamic      float-quantized float8 e4m3 per channel + dynamic per-token activations (FP8-dynamic)
+     fp8_tensor       float-quantized float8 e4m3 per tensor, weights only
+     w4_channel_f32   pack-quantized int4 per channel with F32 scales that fp16 cannot hold (qwenq keeps fp32 ŵ)
+3. expected.safetensors in each directory: every quantized Linear's ŵ as compressed-tensors' decompress_weight computes
+   it with the scales widened to fp32 (its own unpack_from_int32 + dequantize for the packed zero points, which 0.9.4's
+   decompressor refuses), and the fp32 logits of the dense transformers model holding those ŵ. The gtest
+   CompressedTensorsOracle.* loads each directory with qwenq and requires ŵ bit for bit and the logits within 1e-5.
+4. Where transformers itself runs the checkpoint (weight-only symmetric schemes, through compressed-tensors'
+   CompressedLinear), its logits are checked against that reference too: they differ only by the rounding of ŵ to the
+   scales' dtype that CompressedLinear applies.
+Exit 0 pass, 1 fail, 77 skip (torch/transformers/compressed-tensors missing).
+"""
+import json
+import os
+
+from oracle_common import check, finish, parse_args, run_gtest, skip, spread_weights, work_dir
+
+args = parse_args(__doc__)
+try:
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+    import compressed_tensors
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.compressors.quantized_compressors.pack_quantized import unpack_from_int32
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
+                                                 apply_quantization_config)
+    from compressed_tensors.quantization.lifecycle.forward import dequantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+except ImportError as e:
+    skip(f"torch/transformers/compressed-tensors not importable: {e}")
+print("torch", torch.__version__, "transformers", transformers.__version__, "compressed-tensors",
+      compressed_tensors.__version__)
+
+root = work_dir(args.build, "compressed_tensors")
+cfg = transformers.Qwen2Config(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                               tie_word_embeddings=False, torch_dtype="float32")
+torch.manual_seed(11)
+base = transformers.Qwen2ForCausalLM(cfg).float().eval()
+spread_weights(base)
+base_state = {k: v.clone() for k, v in base.state_dict().items()}
+ids = torch.tensor([[1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99, 250, 0, 318]], dtype=torch.int64)
+
+
+def weights(**kw):
+    return QuantizationArgs(**kw)
+
+
+DYN_INT = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+DYN_FP8 = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True)
+CASES = [
+    ("w4_g32_actorder", "pack-quantized", weights(num_bits=4, type="int", symmetric=True, strategy="group",
+                                                  group_size=32, actorder="group"), None, torch.bfloat16),
+    ("w4_g32_asym", "pack-quantized", weights(num_bits=4, type="int", symmetric=False, strategy="group",
+                                              group_size=32), None, torch.bfloat16),
+    ("w2_g16", "pack-quantized", weights(num_bits=2, type="int", symmetric=True, strategy="group", group_size=16),
+     None, torch.bfloat16),
+    ("w8_channel_pack", "pack-quantized", weights(num_bits=8, type="int", symmetric=True, strategy="channel"), None,
+     torch.bfloat16),
+    ("w8a8_int", "int-quantized", weights(num_bits=8, type="int", symmetric=True, strategy="channel"), DYN_INT,
+     torch.bfloat16),
+    ("fp8_dynamic", "float-quantized", weights(num_bits=8, type="float", symmetric=True, strategy="channel"), DYN_FP8,
+     torch.bfloat16),
+    ("fp8_tensor", "float-quantized", weights(num_bits=8, type="float", symmetric=True, strategy="tensor"), None,
+     torch.bfloat16),
+    ("w4_channel_f32", "pack-quantized", weights(num_bits=4, type="int", symmetric=True, strategy="channel"), None,
+     torch.float32),
+]
+
+
+def group_columns(K, a, g_idx):
+    """The input columns of each scale column."""
+    if a.strategy == "group":
+        return [torch.nonzero(g_idx == g).flatten() for g in range(K // a.group_size)]
+    return [torch.arange(K)]
+
+
+def fill_qparams(module, a, scale_dtype, gen):
+    w = module.weight.data
+    N, K = w.shape
+    g_idx = None
+    if a.strategy == "group":
+        g_idx = torch.arange(K) // a.group_size
+        if a.actorder is not None:
+            g_idx = g_idx[torch.randperm(K, generator=gen)]
+            module.weight_g_idx.data = g_idx.to(module.weight_g_idx.dtype)
+    if a.strategy == "tensor":
+        mn, mx = w.amin().reshape(1), w.amax().reshape(1)
+    else:
+        cols = group_columns(K, a, g_idx)
+        mn = torch.stack([w[:, c].amin(1) for c in cols], 1)
+        mx = torch.stack([w[:, c].amax(1) for c in cols], 1)
+    s, zp = calculate_qparams(mn, mx, a)
+    s = s.to(scale_dtype).to(torch.float32)  # the stored scale dtype's values, so the codes are made with them
+    module.weight_scale.data = s.reshape(module.weight_scale.shape).to(module.weight_scale.dtype)
+    module.weight_zero_point.data = zp.reshape(module.weight_zero_point.shape).to(module.weight_zero_point.dtype)
+
+
+def expected_weight(sd, prefix, a, fmt, comp):
+    """ŵ as compressed-tensors decompresses it, scales widened to fp32."""
+    scale = sd[prefix + ".weight_scale"].to(torch.float32)
+    g_idx = sd.get(prefix + ".weight_g_idx")
+    if fmt == "pack-quantized":
+        shape = torch.Size(sd[prefix + ".weight_shape"].tolist())
+        q = unpack_from_int32(sd[prefix + ".weight_packed"], a.num_bits, shape)
+        zp = None
+        if not a.symmetric:
+            zp = unpack_from_int32(sd[prefix + ".weight_zero_point"], a.num_bits, (shape[0], scale.shape[-1]),
+                                   packed_dim=0)
+        w = dequantize(x_q=q, scale=scale, zero_point=zp, g_idx=g_idx)
+        if a.symmetric:  # the library's own decompressor (0.9.4 refuses packed zero points)
+            data = {"weight_packed": sd[prefix + ".weight_packed"], "weight_scale": scale,
+                    "weight_shape": sd[prefix + ".weight_shape"]}
+            if g_idx is not None:
+                data["weight_g_idx"] = g_idx
+            check(torch.equal(comp.quantization_compressor.decompress_weight(data, a), w),
+                  f"{prefix}: decompress_weight differs from unpack_from_int32 + dequantize")
+        return w
+    data = {"weight": sd[prefix + ".weight"], "weight_scale": scale}
+    return comp.quantization_compressor.decompress_weight(data, a)
+
+
+def logits_of(state):
+    m = transformers.Qwen2ForCausalLM(cfg).float().eval()
+    m.load_state_dict(state)
+    with torch.no_grad():
+        return m(ids).logits[0].contiguous()
+
+
+for name, fmt, wargs, act, scale_dtype in CASES:
+    out = os.path.join(root, name)
+    os.makedirs(out, exist_ok=True)
+    model = transformers.Qwen2ForCausalLM(cfg).float().eval()
+    model.load_state_dict(base_state)
+    qc = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=wargs,
+                                                                         input_activations=act)},
+                            ignore=["lm_head"], format=fmt)
+    apply_quantization_config(model, qc)
+    gen = torch.Generator().manual_seed(3)
+    linears = []
+    for mname, module in model.named_modules():
+        if getattr(module, "quantization_scheme", None) is not None:
+            fill_qparams(module, wargs, scale_dtype, gen)
+            linears.append(mname)
+    comp = ModelCompressor.from_pretrained_model(model, quantization_format=fmt)
+    sd = comp.compress(model)
+    sd = {k: (v.to(scale_dtype) if k.endswith(".weight_scale") else v).contiguous() for k, v in sd.items()}
+    model.save_pretrained(out, state_dict=sd, safe_serialization=True)
+    comp.update_config(out)
+    qcfg = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+    print(name, "format", qcfg["format"], "tensors of q_proj:",
+          sorted(k.split("q_proj.")[1] + ":" + str(v.dtype).replace("torch.", "") + str(list(v.shape))
+                 for k, v in sd.items() if k.startswith("model.layers.0.self_attn.q_proj.")))
+
+    expected, dense = {}, dict(base_state)
+    for prefix in linears:
+        w = expected_weight(sd, prefix, wargs, fmt, comp).to(torch.float32).contiguous()
+        expected[prefix] = w
+        dense[prefix + ".weight"] = w
+    ref = logits_of(dense)
+    expected["input_ids"] = ids[0].to(torch.int32)
+    expected["logits"] = ref
+    save_file(expected, os.path.join(out, "expected.safetensors"))
+
+    if act is None and wargs.symmetric:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            got = hf(ids).logits[0]
+        err = (got - ref).abs().max().item()
+        print(f"{name}: transformers (CompressedLinear) vs the fp32-scale reference: max |diff| {err:.3g}, "
+              f"max |logit| {ref.abs().max().item():.3g}")
+        check(err <= 2e-2 * ref.abs().max().item(), f"{name}: transformers' logits are far from the reference")
+
+run_gtest(args.build, "CompressedTensorsOracle.*", env={"QWENQ_ORACLE_CT_DIR": root})
+finish()
