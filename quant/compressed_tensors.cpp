@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/files.h"
 #include "quant/format/int_pack.h"
 
 namespace qwenq {
@@ -50,6 +51,7 @@ std::vector<float> read_scales(const Checkpoint& ckpt, const std::string& prefix
   } else {
     check_shape(ckpt, name, t, {N, G});
     to_f32(t.dtype, t.data, s.data(), s.size());
+    release_mapped_pages(t.data, t.nbytes());
   }
   for (size_t i = 0; i < s.size(); ++i) {
     QWENQ_CHECK(std::isfinite(s[i]), ckpt.file_of(name) << ": tensor '" << name << "' holds " << s[i] << " at "
@@ -155,6 +157,7 @@ CtIntLinear read_ct_packed_linear(const Checkpoint& ckpt, const std::string& pre
   p.qweight.resize(static_cast<size_t>(words * N));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < words; ++j) p.qweight[j * N + n] = src[n * words + j];
+  release_mapped_pages(w.data, w.nbytes());  // the transposed copy is what stays resident
 
   const int64_t zw = N / f;
   p.qzeros.resize(static_cast<size_t>(G * zw));
@@ -203,6 +206,7 @@ CtIntLinear read_ct_int8_linear(const Checkpoint& ckpt, const std::string& prefi
       word |= u << (8 * (k % 4));
     }
   }
+  release_mapped_pages(w.data, w.nbytes());
   std::vector<uint8_t> zero(static_cast<size_t>(G * N), 128);
   if (!a.sym) {
     const std::string zname = prefix + ".weight_zero_point";
