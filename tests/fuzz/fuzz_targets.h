@@ -3,7 +3,8 @@
 // allocation sized by the file. run_fuzz_target returns normally after an Error; anything else escapes.
 //
 //   safetensors              the bytes as a .safetensors file: open, then read every tensor's bytes
-//   model_config:<m>         the bytes as config.json of the tiny model <m> (dense, gptq, awq, nf4): load, forward 3
+//   model_config:<m>         the bytes as config.json of the tiny model <m> (dense, gptq, awq, nf4, ct: compressed-
+//                            tensors pack-quantized): load, forward 3
 //                            tokens (quantization_config included: shapes, bits, group sizes, formats)
 //   model_header:<m>         the bytes as the JSON header of <m>'s model.safetensors over its real payload: load,
 //                            forward 3 tokens (every dtype, shape and offset the packed readers check)

@@ -2,6 +2,7 @@
 # Fills OUT with the fixtures and seed inputs of the fuzz targets (tests/fuzz/fuzz_targets.h):
 #   OUT/models/{dense,gptq,awq,nf4}   a random tiny Qwen2 model (1 layer, bf16) and its 4-bit copies (qwen-quant rtn
 #                                     GPTQ and AWQ layouts, groups of 32; nf4)
+#   OUT/models/ct                     the GPTQ copy rewritten in compressed-tensors' pack-quantized layout
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
@@ -65,12 +66,59 @@ def put(target, name, data):
     d = os.path.join(out, "seeds", target.replace(":", "-"))
     os.makedirs(d, exist_ok=True)
     open(os.path.join(d, name), "wb").write(data)
-for m in ("dense", "gptq", "awq", "nf4"):
+# models/ct: the GPTQ copy rewritten as compressed-tensors pack-quantized (int4 symmetric, group 32): each Linear's
+# int32 words and fp16 scales transposed (compressed-tensors packs along each row), zeros and g_idx dropped.
+import array, json
+def read_st(path):
+    b = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", b[:8])
+    return json.loads(b[8:8 + n]), b[8 + n:]
+def transposed(data, rows, cols, code):
+    a = array.array(code, data)
+    return array.array(code, (a[r * cols + c] for c in range(cols) for r in range(rows))).tobytes()
+meta, payload = read_st(os.path.join(out, "models", "gptq", "model.safetensors"))
+tensors = {}
+for name, t in meta.items():
+    if name == "__metadata__":
+        continue
+    data = payload[t["data_offsets"][0]:t["data_offsets"][1]]
+    prefix, leaf = name.rsplit(".", 1)
+    rows, cols = (t["shape"] + [1])[:2]
+    if leaf == "qweight":
+        tensors[prefix + ".weight_packed"] = ("I32", [cols, rows], transposed(data, rows, cols, "i"))
+        tensors[prefix + ".weight_shape"] = ("I64", [2], struct.pack("<2q", cols, rows * 8))
+    elif leaf == "scales":
+        tensors[prefix + ".weight_scale"] = ("F16", [cols, rows], transposed(data, rows, cols, "H"))
+    elif leaf not in ("qzeros", "g_idx"):
+        tensors[name] = (t["dtype"], t["shape"], data)
+ct = os.path.join(out, "models", "ct")
+os.makedirs(ct, exist_ok=True)
+width = {"I64": 8, "I32": 4, "F32": 4, "F16": 2, "BF16": 2}
+order = sorted(tensors, key=lambda n: (-width.get(tensors[n][0], 1), n))  # every tensor aligned to its element
+entries, offset = {}, 0
+for n in order:
+    entries[n] = {"dtype": tensors[n][0], "shape": tensors[n][1], "data_offsets": [offset, offset + len(tensors[n][2])]}
+    offset += len(tensors[n][2])
+hb = json.dumps(entries).encode()
+hb += b" " * (-len(hb) % 8)
+with open(os.path.join(ct, "model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(hb)) + hb + b"".join(tensors[n][2] for n in order))
+for f in os.listdir(os.path.join(out, "models", "gptq")):
+    if f != "model.safetensors":
+        shutil.copy(os.path.join(out, "models", "gptq", f), ct)
+cfg = json.load(open(os.path.join(ct, "config.json")))
+cfg["quantization_config"] = {
+    "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+    "ignore": ["lm_head", "re:.*mlp[.]gate$"], "kv_cache_scheme": None,
+    "config_groups": {"group_0": {"targets": ["Linear"], "input_activations": None, "output_activations": None,
+                                  "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
+                                              "group_size": 32, "dynamic": False, "actorder": None}}}}
+json.dump(cfg, open(os.path.join(ct, "config.json"), "w"), indent=2)
+for m in ("dense", "gptq", "awq", "nf4", "ct"):
     put("model_config:" + m, "config.json", open(os.path.join(out, "models", m, "config.json"), "rb").read())
     put("model_header:" + m, "header.json", header(os.path.join(out, "models", m, "model.safetensors")))
     put("safetensors", m + ".safetensors", open(os.path.join(out, "models", m, "model.safetensors"), "rb").read())
 # config.json with each rope_scaling type the loader accepts (kernels/rope_table.h), as more seeds of the dense model.
-import json
 dense_cfg = json.load(open(os.path.join(out, "models", "dense", "config.json")))
 for name, rs in (("yarn", {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}),
                  ("yarn_attn", {"rope_type": "yarn", "factor": 2.0, "attention_factor": 1.3, "beta_fast": 16}),
