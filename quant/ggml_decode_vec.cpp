@@ -21,7 +21,7 @@
 #include <cstring>
 #include <utility>
 
-#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__) || defined(__SSSE3__)
 #include <immintrin.h>
 #endif
 
@@ -192,7 +192,21 @@ struct LowK {
 inline i8x16 iq4_levels(const u8x16& q) {
   i8x16 table;
   std::memcpy(&table, kIq4nlLevels, 16);
+#if defined(__clang__) && defined(__SSSE3__)  // clang has no variable-index __builtin_shuffle; q < 16: the same bytes
+  __m128i t, idx;
+  std::memcpy(&t, &table, 16);
+  std::memcpy(&idx, &q, 16);
+  const __m128i r = _mm_shuffle_epi8(t, idx);
+  i8x16 out;
+  std::memcpy(&out, &r, 16);
+  return out;
+#elif defined(__clang__)
+  i8x16 out;
+  for (int i = 0; i < 16; ++i) out[i] = table[q[i] & 15];
+  return out;
+#else
   return __builtin_shuffle(table, q);
+#endif
 }
 struct IQ4_NL {
   static constexpr int64_t kBlock = 32, kBytes = 18;

@@ -1,6 +1,9 @@
 // qwen-quant compare: quantize one model with several methods, evaluate all of them and the original on the
 // same texts, and write the accuracy-loss table (Markdown, CSV, JSON) and an SVG chart.
 //
+// `--quantized NAME=PATH` adds rows for models quantized elsewhere (AutoGPTQ/GPTQModel, AutoAWQ, llm-compressor,
+// bitsandbytes through transformers, llama.cpp, an earlier run), evaluated on the same texts and windows.
+//
 // Every quantization and evaluation runs as a child process of this same binary (posix_spawn of
 // /proc/self/exe), so each method's time and peak memory are its own (wait4's ru_maxrss) and a method that
 // fails (e.g. a shape its file format cannot hold) becomes a line in the log instead of ending the run.
@@ -23,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/compare_report.h"
@@ -30,6 +34,7 @@
 #include "trainer/gguf_model.h"
 #include "trainer/model_dir.h"
 #include "trainer/quantize_output.h"
+#include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
 
 extern char** environ;
@@ -48,6 +53,7 @@ struct CompareArgs {
   int64_t seq_len = 2048, max_windows = 0, batch = 1;
   bool seq_len_given = false, calib_seq_len_given = false;
   bool keep_models = false;
+  std::vector<std::string> quantized;  // NAME=PATH
   CommonOptions common;
 };
 
@@ -283,6 +289,90 @@ bool writes_awq_layout(const std::string& spec) {
   return (parts[0] == "awq" && !has("v2")) || (parts[0] == "rtn" && has("awq"));
 }
 
+// The table's description of a model quantized elsewhere: its layout, bits and group from its own config.
+void describe_given(const std::string& path, CompareRow* row) {
+  if (is_gguf_file(path)) {
+    const GgufFile f(path);
+    const int64_t ftype = f.get_int_or("general.file_type", -1);
+    row->format = "gguf";
+    for (const std::string& n : gguf_file_type_list()) {
+      const GgufFileType& ft = gguf_file_type(n);
+      if (static_cast<int64_t>(ft.ftype) != ftype) continue;
+      const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
+      row->format = std::string("gguf ") + ft.name;
+      const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
+      row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
+      row->group_size = info.block;
+    }
+    return;
+  }
+  const QuantConfig q = load_quant_config(path);
+  const nlohmann::json cfg = nlohmann::json::parse(read_file(path_join(path, "config.json")));
+  switch (q.method) {
+    case QuantConfig::Method::None: {
+      const std::string dtype = cfg.value("torch_dtype", "bfloat16");
+      row->format = "safetensors " + dtype;
+      row->bits = dtype == "float32" ? 32 : 16;
+      return;
+    }
+    case QuantConfig::Method::Gptq:
+      row->format = std::string(int_layout_name(q.layout)) + (q.desc_act ? " act-order" : "");
+      break;
+    case QuantConfig::Method::Awq: row->format = "awq-gemm"; break;
+    case QuantConfig::Method::Bnb4: {
+      const nlohmann::json& qc = cfg.at("quantization_config");
+      row->format = "bnb-" + qc.value("bnb_4bit_quant_type", std::string("fp4")) +
+                    (qc.value("bnb_4bit_use_double_quant", false) ? "+dq" : "");
+      row->bits = 4;
+      row->group_size = 64;
+      return;
+    }
+    case QuantConfig::Method::Fp8:
+      row->format = "fp8 e4m3 blocks " + std::to_string(q.block_n) + "x" + std::to_string(q.block_k);
+      row->bits = 8;
+      row->group_size = q.block_k;
+      return;
+    case QuantConfig::Method::CompressedTensors: {
+      const CtWeightArgs& w = q.ct_schemes.front().weights;
+      row->format = std::string("compressed-tensors ") + (w.is_float ? "float" : "int") + std::to_string(w.bits) +
+                    (q.ct_schemes.size() > 1 ? " (mixed)" : "");
+      row->bits = w.bits;
+      row->group_size = w.strategy == CtStrategy::Group ? w.group_size : w.strategy == CtStrategy::Channel ? -1 : 0;
+      return;
+    }
+  }
+  row->bits = q.bits;
+  row->group_size = q.group_size;
+}
+
+// --quantized NAME=PATH entries, checked before any work: a name, a model we read, the original's vocabulary and
+// shape (perplexities are comparable only over the same tokens).
+std::vector<std::pair<std::string, std::string>> given_models(const CompareArgs& a, const std::string& original,
+                                                              const std::vector<std::string>& specs) {
+  const QwenConfig oc = load_qwen_config(original);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const std::string& q : a.quantized) {
+    const size_t eq = q.find('=');
+    QWENQ_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < q.size(),
+                "compare --quantized " << q << ": expected NAME=PATH (e.g. autogptq-g128=/models/qwen-gptq)");
+    const std::string name = q.substr(0, eq);
+    QWENQ_CHECK(name.find_first_of("/ ,|") == std::string::npos,
+                "compare --quantized " << q << ": NAME must not contain '/', ' ', ',' or '|'");
+    QWENQ_CHECK(name != "original" && std::find(specs.begin(), specs.end(), name) == specs.end(),
+                "compare --quantized " << q << ": the name " << name << " is already a row of the table");
+    for (const auto& [n, p] : out) QWENQ_CHECK(n != name, "compare --quantized: the name " << name << " is given twice");
+    const std::string path = resolve_model_dir(q.substr(eq + 1), "main", /*allow_gguf=*/true);
+    const QwenConfig c = load_model_config(path);
+    QWENQ_CHECK(c.vocab_size == oc.vocab_size && c.hidden_size == oc.hidden_size && c.num_layers == oc.num_layers,
+                "compare --quantized " << q << ": " << path << " is not a quantization of " << original << " (vocab "
+                                       << c.vocab_size << ", hidden " << c.hidden_size << ", " << c.num_layers
+                                       << " layers against " << oc.vocab_size << ", " << oc.hidden_size << ", "
+                                       << oc.num_layers << ")");
+    out.emplace_back(name, path);
+  }
+  return out;
+}
+
 void run_compare(CompareArgs& a) {
   apply_common_options(a.common);
   const std::string model = resolve_model_dir(a.model);
@@ -328,9 +418,11 @@ void run_compare(CompareArgs& a) {
     planned_args.push_back(method_args(m, a, &row));
     planned.push_back(row);
   }
+  const std::vector<std::pair<std::string, std::string>> given = given_models(a, model, specs);
+  QWENQ_CHECK(!specs.empty() || !given.empty(), "compare: no --methods and no --quantized models to compare");
 
-  std::fprintf(stderr, "compare: %s on %zu text(s), %zu method(s); outputs in %s\n", model.c_str(), a.data.size(),
-               specs.size(), a.out.c_str());
+  std::fprintf(stderr, "compare: %s on %zu text(s), %zu method(s), %zu given model(s); outputs in %s\n",
+               model.c_str(), a.data.size(), specs.size(), given.size(), a.out.c_str());
   CompareRow orig;
   orig.method = "original";
   const std::string dtype = nlohmann::json::parse(read_file(path_join(model, "config.json"))).value("torch_dtype", "bfloat16");
@@ -382,6 +474,23 @@ void run_compare(CompareArgs& a) {
     t.rows.push_back(row);
     if (!a.keep_models) std::system(("rm -rf '" + qdir + "' '" + qdir + ".imatrix.gguf'").c_str());
   }
+  for (size_t i = 0; i < given.size(); ++i) {
+    const auto& [name, path] = given[i];
+    std::fprintf(stderr, "[given %zu/%zu] %s: %s\n", i + 1, given.size(), name.c_str(), path.c_str());
+    CompareRow row;
+    row.method = name;
+    row.given = true;
+    describe_given(path, &row);
+    row.size_bytes = dir_size(path);
+    try {
+      row.perplexity = evaluate_all(a, path, name, logs);
+    } catch (const Error& e) {
+      failed.push_back(name + ": " + e.what());
+      std::fprintf(stderr, "  %s failed: %s\n", name.c_str(), failed.back().c_str());
+      continue;
+    }
+    t.rows.push_back(row);
+  }
   write_file_atomic(path_join(a.out, "compare.md"), compare_markdown(t));
   write_file_atomic(path_join(a.out, "compare.csv"), compare_csv(t));
   write_file_atomic(path_join(a.out, "compare.json"), compare_json(t));
@@ -413,6 +522,10 @@ void register_compare(CLI::App& app) {
                       "tokens per calibration window (at most the model's context)")
           ->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
+  cmd->add_option("--quantized", a->quantized,
+                  "NAME=PATH: also a row for a model quantized elsewhere (a directory or repo id any loader reads: "
+                  "AutoGPTQ/GPTQModel, AutoAWQ, bitsandbytes, FP8, compressed-tensors; or a GGUF file), evaluated on "
+                  "the same texts; repeat for several");
   add_common_options(cmd, &a->common);
   cmd->callback([a, seq_len, calib_seq_len]() {
     a->seq_len_given = seq_len->count() > 0;

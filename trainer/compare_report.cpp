@@ -51,8 +51,8 @@ std::string compare_markdown(const CompareTable& t) {
     for (size_t d = 0; d < t.datasets.size(); ++d) {
       s += fmt("%.4f", r.perplexity[d]) + " | " + (base ? std::string("-") : fmt("%+.2f%%", delta_pct(t, r, d))) + " | ";
     }
-    s += (base ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
-         (base ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
+    s += (base || r.given ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
+         (base || r.given ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
   }
   return s;
 }
@@ -65,7 +65,7 @@ std::string compare_csv(const CompareTable& t) {
     s += r.method + "," + r.format + "," + std::to_string(r.bits) + "," + std::to_string(r.group_size) + "," +
          std::to_string(r.size_bytes);
     for (size_t d = 0; d < t.datasets.size(); ++d) s += "," + fmt("%.6f", r.perplexity[d]) + "," + fmt("%.4f", delta_pct(t, r, d));
-    s += "," + fmt("%.3f", r.quant_seconds) + "," + std::to_string(r.quant_peak_rss) + "\n";
+    s += r.given ? std::string(",,\n") : "," + fmt("%.3f", r.quant_seconds) + "," + std::to_string(r.quant_peak_rss) + "\n";
   }
   return s;
 }
@@ -81,8 +81,14 @@ std::string compare_json(const CompareTable& t) {
       row["perplexity"][t.datasets[d]] = r.perplexity[d];
       row["delta_pct"][t.datasets[d]] = delta_pct(t, r, d);
     }
-    row["quant_seconds"] = r.quant_seconds;
-    row["quant_peak_rss_bytes"] = r.quant_peak_rss;
+    if (r.given) {
+      row["given"] = true;  // quantized elsewhere: no time or memory of ours
+      row["quant_seconds"] = nullptr;
+      row["quant_peak_rss_bytes"] = nullptr;
+    } else {
+      row["quant_seconds"] = r.quant_seconds;
+      row["quant_peak_rss_bytes"] = r.quant_peak_rss;
+    }
     j["rows"].push_back(row);
   }
   return j.dump(2) + "\n";

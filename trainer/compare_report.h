@@ -18,6 +18,7 @@ struct CompareRow {
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
   bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
+  bool given = false;           // quantized elsewhere (compare --quantized): no quantization time or memory
 };
 
 struct CompareTable {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End to end through the command line: a random tiny model, `qwen-quant compare` with RTN, NF4, GPTQ, LoftQ and
-# GGUF methods, and the four report files with one row per method plus the original.
+# GGUF methods, and the four report files with one row per method plus the original; models quantized elsewhere as
+# more rows (--quantized).
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -38,6 +39,33 @@ if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --calib "$SRC/READ
   echo "gptq with LoftQ iterations accepted"; exit 1
 fi
 grep -q "GPTQ's LoftQ is one-shot" "$WORK/bad4.txt" || { cat "$WORK/bad4.txt"; exit 1; }
+# Models quantized elsewhere (--quantized NAME=PATH): rows evaluated on the same text. The RTN file the rtn-g32 method
+# writes, made apart and given back, scores exactly what that method's row scores; a GGUF file is described from its
+# header; the rows have no quantization time of ours.
+"$QQ" rtn --model "$WORK/tiny" --out "$WORK/given-rtn" --group-size 32 --quiet
+"$QQ" gguf --model "$WORK/tiny" --out "$WORK/given.gguf" --type q8_0 --quiet
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "mine=$WORK/given-rtn" \
+  --quantized "q8=$WORK/given.gguf" --seq-len 128 --out "$WORK/cmp5" --threads 1 > "$WORK/out5.txt" 2>&1 \
+  || { cat "$WORK/out5.txt"; exit 1; }
+grep -q '^| mine | gptq | 4 | 32 |' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
+grep -q '^| q8 | gguf q8_0 | 8 | 32 |.* | - | - |$' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
+python3 - "$WORK/cmp5/compare.json" <<'PY'
+import json, sys
+rows = {r["method"]: r for r in json.load(open(sys.argv[1]))["rows"]}
+assert set(rows) == {"original", "rtn-g32", "mine", "q8"}, rows.keys()
+assert rows["mine"]["perplexity"] == rows["rtn-g32"]["perplexity"], (rows["mine"], rows["rtn-g32"])
+assert rows["mine"]["given"] and rows["mine"]["quant_seconds"] is None and "given" not in rows["rtn-g32"]
+assert rows["q8"]["size_bytes"] > 0
+PY
+"$QQ" init-random --preset tiny256 --layers 2 --out "$WORK/other" >/dev/null
+for bad in "x=$WORK/other|is not a quantization of" "$WORK/given-rtn|expected NAME=PATH" "rtn-g32=$WORK/given-rtn|already a row"; do
+  if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "${bad%%|*}" \
+    --out "$WORK/cmp6" > "$WORK/bad6.txt" 2>&1; then
+    echo "--quantized ${bad%%|*} accepted"; exit 1
+  fi
+  grep -q "${bad#*|}" "$WORK/bad6.txt" || { cat "$WORK/bad6.txt"; exit 1; }
+  [ ! -e "$WORK/cmp6/compare.md" ] || { echo "--quantized ${bad%%|*}: refused after work"; exit 1; }
+done
 # A method that cannot exist is refused before any work.
 if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods bogus --out "$WORK/cmp2" > "$WORK/bad.txt" 2>&1; then
   echo "bogus method accepted"; exit 1
