@@ -39,7 +39,7 @@ void setup_check(bool ok, const std::string& what) {
   if (!ok) throw SetupError(what);
 }
 
-const char* const kModels[] = {"dense", "gptq", "awq", "nf4", "ct"};
+const char* const kModels[] = {"dense", "gptq", "awq", "nf4", "ct", "fp8"};
 const char* const kModelFiles[] = {"config.json", "model.safetensors", "tokenizer_config.json", "vocab.json",
                                    "merges.txt"};
 

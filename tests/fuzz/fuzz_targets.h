@@ -4,7 +4,7 @@
 //
 //   safetensors              the bytes as a .safetensors file: open, then read every tensor's bytes
 //   model_config:<m>         the bytes as config.json of the tiny model <m> (dense, gptq, awq, nf4, ct: compressed-
-//                            tensors pack-quantized): load, forward 3
+//                            tensors pack-quantized, fp8: block-wise FP8): load, forward 3
 //                            tokens (quantization_config included: shapes, bits, group sizes, formats)
 //   model_header:<m>         the bytes as the JSON header of <m>'s model.safetensors over its real payload: load,
 //                            forward 3 tokens (every dtype, shape and offset the packed readers check)

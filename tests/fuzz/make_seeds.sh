@@ -3,6 +3,7 @@
 #   OUT/models/{dense,gptq,awq,nf4}   a random tiny Qwen2 model (1 layer, bf16) and its 4-bit copies (qwen-quant rtn
 #                                     GPTQ and AWQ layouts, groups of 32; nf4)
 #   OUT/models/ct                     the GPTQ copy rewritten in compressed-tensors' pack-quantized layout
+#   OUT/models/fp8                    the dense model with block-wise FP8 Linears (seeded bytes, F32 block scales)
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
@@ -76,6 +77,23 @@ def read_st(path):
 def transposed(data, rows, cols, code):
     a = array.array(code, data)
     return array.array(code, (a[r * cols + c] for c in range(cols) for r in range(rows))).tobytes()
+def write_st(directory, tensors):
+    width = {"I64": 8, "I32": 4, "F32": 4, "F16": 2, "BF16": 2}
+    order = sorted(tensors, key=lambda n: (-width.get(tensors[n][0], 1), n))  # every tensor aligned to its element
+    entries, offset = {}, 0
+    for n in order:
+        entries[n] = {"dtype": tensors[n][0], "shape": tensors[n][1],
+                      "data_offsets": [offset, offset + len(tensors[n][2])]}
+        offset += len(tensors[n][2])
+    hb = json.dumps(entries).encode()
+    hb += b" " * (-len(hb) % 8)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(hb)) + hb + b"".join(tensors[n][2] for n in order))
+def copy_side_files(src, dst):
+    os.makedirs(dst, exist_ok=True)
+    for f in os.listdir(src):
+        if f != "model.safetensors":
+            shutil.copy(os.path.join(src, f), dst)
 meta, payload = read_st(os.path.join(out, "models", "gptq", "model.safetensors"))
 tensors = {}
 for name, t in meta.items():
@@ -92,20 +110,8 @@ for name, t in meta.items():
     elif leaf not in ("qzeros", "g_idx"):
         tensors[name] = (t["dtype"], t["shape"], data)
 ct = os.path.join(out, "models", "ct")
-os.makedirs(ct, exist_ok=True)
-width = {"I64": 8, "I32": 4, "F32": 4, "F16": 2, "BF16": 2}
-order = sorted(tensors, key=lambda n: (-width.get(tensors[n][0], 1), n))  # every tensor aligned to its element
-entries, offset = {}, 0
-for n in order:
-    entries[n] = {"dtype": tensors[n][0], "shape": tensors[n][1], "data_offsets": [offset, offset + len(tensors[n][2])]}
-    offset += len(tensors[n][2])
-hb = json.dumps(entries).encode()
-hb += b" " * (-len(hb) % 8)
-with open(os.path.join(ct, "model.safetensors"), "wb") as f:
-    f.write(struct.pack("<Q", len(hb)) + hb + b"".join(tensors[n][2] for n in order))
-for f in os.listdir(os.path.join(out, "models", "gptq")):
-    if f != "model.safetensors":
-        shutil.copy(os.path.join(out, "models", "gptq", f), ct)
+copy_side_files(os.path.join(out, "models", "gptq"), ct)
+write_st(ct, tensors)
 cfg = json.load(open(os.path.join(ct, "config.json")))
 cfg["quantization_config"] = {
     "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
@@ -114,7 +120,36 @@ cfg["quantization_config"] = {
                                   "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group",
                                               "group_size": 32, "dynamic": False, "actorder": None}}}}
 json.dump(cfg, open(os.path.join(ct, "config.json"), "w"), indent=2)
-for m in ("dense", "gptq", "awq", "nf4", "ct"):
+# models/fp8: the dense model's Linears as block-wise FP8 (quant_method fp8, blocks of 32 x 48: partial blocks both
+# ways): seeded finite float8 bytes (not a rounding of the weights; the readers' checks are what is fuzzed) and F32
+# scales.
+meta, payload = read_st(os.path.join(out, "models", "dense", "model.safetensors"))
+tensors, state = {}, 12345
+for name, t in meta.items():
+    if name == "__metadata__":
+        continue
+    data = payload[t["data_offsets"][0]:t["data_offsets"][1]]
+    if name.startswith("model.layers.") and name.endswith("_proj.weight"):
+        n, k = t["shape"]
+        codes = bytearray(n * k)
+        for i in range(n * k):
+            state = (state * 1103515245 + 12345) % 2**31
+            codes[i] = (state >> 16) & 0xFF
+            if codes[i] & 0x7F == 0x7F:
+                codes[i] &= 0xFE  # not NaN
+        tensors[name] = ("F8_E4M3", [n, k], bytes(codes))
+        sn, sk = -(-n // 32), -(-k // 48)
+        tensors[name + "_scale_inv"] = ("F32", [sn, sk], struct.pack("<%df" % (sn * sk), *[1e-3] * (sn * sk)))
+    else:
+        tensors[name] = (t["dtype"], t["shape"], data)
+fp8 = os.path.join(out, "models", "fp8")
+copy_side_files(os.path.join(out, "models", "dense"), fp8)
+write_st(fp8, tensors)
+cfg = json.load(open(os.path.join(fp8, "config.json")))
+cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                              "weight_block_size": [32, 48]}
+json.dump(cfg, open(os.path.join(fp8, "config.json"), "w"), indent=2)
+for m in ("dense", "gptq", "awq", "nf4", "ct", "fp8"):
     put("model_config:" + m, "config.json", open(os.path.join(out, "models", m, "config.json"), "rb").read())
     put("model_header:" + m, "header.json", header(os.path.join(out, "models", m, "model.safetensors")))
     put("safetensors", m + ".safetensors", open(os.path.join(out, "models", m, "model.safetensors"), "rb").read())
