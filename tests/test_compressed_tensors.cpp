@@ -463,6 +463,14 @@ TEST(CompressedTensors, CorruptTensorsAreRefusedNamingTheTensor) {
   // An int8 tensor where the scheme says packed, and a K the words cannot hold.
   e = load_edited("i8", with(prefix + ".weight_packed", prefix + ".weight", DType::I8, {32, 64}, std::vector<uint8_t>(2048)));
   EXPECT_NE(e.find("stored as I8 but its compressed-tensors scheme \"group_0\" says int4, packed"), std::string::npos) << e;
+  // A packed Linear that the config's ignore list names (or no group targets).
+  json ignoring = qc;
+  ignoring["ignore"] = {"re:.*q_proj"};
+  {
+    CtFixture fx = packed_fixture(prefix, c, 300);
+    e = test::error_of([&] { load_from(fx, ignoring, prefix, c.N, c.K, "ignored"); });
+    EXPECT_NE(e.find("q_proj is stored quantized, but no compressed-tensors config group"), std::string::npos) << e;
+  }
   CtFixture odd;
   odd.tensors.add_owned(prefix + ".weight_packed", DType::I32, {32, 3}, std::vector<uint8_t>(32 * 3 * 4));
   e = test::error_of([&] { load_from(odd, qc, prefix, 32, 20, "oddk"); });

@@ -42,9 +42,10 @@ bool skipped(const QuantConfig& q, const std::string& prefix) {
   return false;
 }
 
-// A compressed-tensors Linear covered by scheme `s`: by what its tensors hold (weight_packed: packed integers;
-// weight I8: unpacked int8; weight F8_E4M3: float8), else dense (a module the scheme did not reach).
-void load_ct_linear(const Checkpoint& ckpt, const CtScheme& s, const std::string& prefix, LinearWeight* w) {
+// A compressed-tensors Linear whose scheme is `scheme` (null: ignored or not targeted): by what its tensors hold
+// (weight_packed: packed integers; weight I8: unpacked int8; weight F8_E4M3: float8), else dense (a module the
+// quantizer did not reach).
+void load_ct_linear(const Checkpoint& ckpt, const CtScheme* scheme, const std::string& prefix, LinearWeight* w) {
   const std::string wname = prefix + ".weight";
   const bool packed = ckpt.has(prefix + ".weight_packed");
   const DType stored = !packed && ckpt.has(wname) ? ckpt.get(wname).dtype : DType::F32;
@@ -52,6 +53,10 @@ void load_ct_linear(const Checkpoint& ckpt, const CtScheme& s, const std::string
     w->dense = fetch(ckpt, wname, {w->N, w->K});
     return;
   }
+  QWENQ_CHECK(scheme, ckpt.file_of(packed ? prefix + ".weight_packed" : wname)
+                          << ": " << prefix << " is stored quantized, but no compressed-tensors config group in "
+                          << "config.json targets it (or \"ignore\" names it)");
+  const CtScheme& s = *scheme;
   QWENQ_CHECK(packed == s.packed && (stored == DType::F8_E4M3) == s.weights.is_float,
               ckpt.file_of(packed ? prefix + ".weight_packed" : wname)
                   << ": " << prefix << " is stored as " << (packed ? "weight_packed" : dtype_name(stored))
@@ -93,8 +98,8 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
     PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
     if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
-  } else if (q.method == QuantConfig::Method::CompressedTensors && q.ct_scheme_for(prefix)) {
-    load_ct_linear(ckpt, *q.ct_scheme_for(prefix), prefix, &w);
+  } else if (q.method == QuantConfig::Method::CompressedTensors) {
+    load_ct_linear(ckpt, q.ct_scheme_for(prefix), prefix, &w);
   } else if (q.method == QuantConfig::Method::Fp8 && has_fp8_linear(ckpt, prefix) && !skipped(q, prefix)) {
     w.fp8 = std::make_shared<Fp8Linear>(read_fp8_linear(ckpt, prefix, q.block_n, q.block_k, N, K));
   } else if (q.method == QuantConfig::Method::Bnb4 && has_nf4_linear(ckpt, prefix) && !skipped(q, prefix)) {
