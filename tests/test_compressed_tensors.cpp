@@ -410,7 +410,7 @@ TEST(CompressedTensors, UnreadableConfigsAreRefusedNamingTheField) {
   json sparse = scheme_config("pack-quantized", w4);
   sparse["sparsity_config"] = {{"format", "sparse-24-bitmask"}};
   refused(sparse, {"sparse"});
-  refused(scheme_config("pack-quantized", w4, {"re:(?<=x)y"}), {"re:(?<=x)y", "regular expression"});
+  refused(scheme_config("pack-quantized", w4, {"re:(?<=x)y"}), {"ignore", "\"(?<=x)y\"", "regular expression"});
   json none = scheme_config("pack-quantized", w4);
   none.erase("config_groups");
   refused(none, {"config_groups"});

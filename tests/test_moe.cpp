@@ -397,7 +397,8 @@ TEST(MoeModel, DequantizeAndMergeKeepEveryExpert) {
 }
 
 // GPTQModel's "dynamic" rules (its MoE checkpoints use them to keep routers unquantized): "-:" rules are read (such
-// modules have no qweight and load dense); a rule giving modules other bits would be misread, so it is refused.
+// modules have no qweight and load dense); "+:" rules give modules their own bits / group size, the first matching
+// rule in the file's order winning (tests/test_gptq_dynamic.cpp loads such a checkpoint).
 TEST(MoeConfig, GptqDynamicRules) {
   const std::string dir = test::scratch_dir();
   auto with_dynamic = [&](const std::string& dynamic) {
@@ -407,8 +408,25 @@ TEST(MoeConfig, GptqDynamicRules) {
     return load_quant_config(dir);
   };
   EXPECT_EQ(with_dynamic(R"({"-:.*\\.mlp\\.gate$":{}})").method, QuantConfig::Method::Gptq);
-  test::expect_error([&] { with_dynamic(R"({"+:.*down_proj":{"bits":8}})"); },
-                     {"config.json (quantization_config): GPTQ \"dynamic\" rule \"+:.*down_proj\" gives some modules their own bits"});
+  // The file's order, not the keys' alphabetical one ("+:" sorts before "."): the layer-1 rule comes first and wins.
+  const QuantConfig q = with_dynamic(R"({".*layers\\.1\\.":{"group_size":32},"+:.*down_proj":{"bits":8},"-:.*gate$":{}})");
+  int bits = 0;
+  int64_t group = 0;
+  q.gptq_params_for("model.layers.1.mlp.down_proj", &bits, &group);
+  EXPECT_EQ(bits, 4);
+  EXPECT_EQ(group, 32);
+  q.gptq_params_for("model.layers.0.mlp.down_proj", &bits, &group);
+  EXPECT_EQ(bits, 8);
+  EXPECT_EQ(group, 128);
+  q.gptq_params_for("model.layers.0.mlp.up_proj", &bits, &group);  // no rule: the config's
+  EXPECT_EQ(bits, 4);
+  EXPECT_EQ(group, 128);
+  EXPECT_TRUE(q.gptq_mixed());
+  EXPECT_FALSE(with_dynamic(R"({"-:.*\\.mlp\\.gate$":{}})").gptq_mixed());
+  test::expect_error([&] { with_dynamic(R"({"+:.*down_proj":{"bits":5}})"); },
+                     {"config.json (quantization_config): GPTQ \"dynamic\" rule \"+:.*down_proj\": bits 5 is not supported"});
+  test::expect_error([&] { with_dynamic(R"({"+:(?<=x)down":{"bits":8}})"); },
+                     {"rule \"+:(?<=x)down\"", "is not a regular expression qwenq can read"});
 }
 
 }  // namespace

@@ -847,6 +847,8 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
       return;
     }
   }
+  QWENQ_CHECK(!q.gptq_mixed(), dir << ": a GPTQ checkpoint whose \"dynamic\" rules give some modules their own bits "
+                                     "or group size; the plan counts one setting for every Linear");
   in->bits = q.bits;
   in->group_size = q.group_size;
 }

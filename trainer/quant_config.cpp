@@ -12,7 +12,7 @@ namespace qwenq {
 
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;  // GPTQModel's "dynamic" rules apply in the file's order
 
 std::vector<std::string> string_list(const json& q, const char* key) {
   std::vector<std::string> out;
@@ -45,14 +45,32 @@ QuantConfig parse(const json& q, const std::string& path) {
     QWENQ_CHECK(gptq_bits_supported(bits), path << ": GPTQ with bits=" << bits << " is not supported (2, 3, 4 or 8)");
     QWENQ_CHECK(!q.contains("pack_dtype") || q["pack_dtype"] == "int32",
                 path << ": GPTQ pack_dtype " << q["pack_dtype"].dump() << " is not supported (int32)");
-    // GPTQModel's per-module rules: "-:<regex>" leaves modules unquantized (read as stored: a Linear without qweight
-    // is dense), "+:<regex>" or a bare regex overrides bits / group_size for some modules, which we would misread.
+    // GPTQModel's per-module rules, in the file's order: "-:<regex>" leaves modules unquantized (read as stored: a
+    // Linear without qweight is dense), "+:<regex>" or a bare regex gives them their own bits / group_size.
     if (q.contains("dynamic") && !q["dynamic"].is_null()) {
       QWENQ_CHECK(q["dynamic"].is_object(), path << ": GPTQ \"dynamic\" must be an object, got " << q["dynamic"].dump());
       for (const auto& [rule, value] : q["dynamic"].items()) {
-        QWENQ_CHECK(rule.rfind("-:", 0) == 0,
-                    path << ": GPTQ \"dynamic\" rule \"" << rule << "\" gives some modules their own bits or group "
-                         << "size, which is not supported (only \"-:\" rules, modules left unquantized, are)");
+        const std::string where = path + ": GPTQ \"dynamic\" rule \"" + rule + "\"";
+        QWENQ_CHECK(value.is_object(), where << " must map to an object, got " << value.dump());
+        GptqDynamicRule r;
+        r.skip = rule.rfind("-:", 0) == 0;
+        r.pattern = rule.substr(rule.rfind("-:", 0) == 0 || rule.rfind("+:", 0) == 0 ? 2 : 0);
+        r.re = python_regex(r.pattern, where);
+        if (!r.skip) {
+          for (const auto& [key, v] : value.items()) {
+            if (key == "bits" || key == "w_bit") {
+              QWENQ_CHECK(v.is_number_integer() && gptq_bits_supported(v.get<int>()),
+                          where << ": bits " << v.dump() << " is not supported (2, 3, 4 or 8)");
+              r.bits = v.get<int>();
+            } else if (key == "group_size" || key == "q_group_size") {
+              QWENQ_CHECK(v.is_number_integer() && (v.get<int64_t>() > 0 || v.get<int64_t>() == -1),
+                          where << ": group_size " << v.dump() << " must be positive or -1");
+              r.group_size = v.get<int64_t>();
+            }
+            // sym, desc_act and the rest do not change how the stored tensors read (zeros and g_idx are stored).
+          }
+        }
+        c.gptq_dynamic.push_back(std::move(r));
       }
     }
   } else if (method == "awq") {
@@ -92,7 +110,7 @@ QuantConfig parse(const json& q, const std::string& path) {
                                                      << " must be positive");
     c.skip_modules = string_list(q, "modules_to_not_convert");
   } else if (method == "compressed-tensors") {
-    return parse_compressed_tensors_config(q, path);
+    return parse_compressed_tensors_config(nlohmann::json(q), path);
   } else {
     QWENQ_FAIL(path << ": quant_method \"" << method
                     << "\" is not supported (gptq, awq, bitsandbytes, fp8, compressed-tensors)");
@@ -112,6 +130,26 @@ const char* QuantConfig::method_name() const {
     case Method::CompressedTensors: return "compressed-tensors";
   }
   return "?";
+}
+
+void QuantConfig::gptq_params_for(const std::string& prefix, int* bits, int64_t* group_size) const {
+  *bits = this->bits;
+  *group_size = this->group_size;
+  for (const GptqDynamicRule& r : gptq_dynamic) {
+    if (!python_re_match(prefix, *r.re)) continue;
+    if (!r.skip) {
+      if (r.bits) *bits = r.bits;
+      if (r.group_size) *group_size = r.group_size;
+    }
+    return;
+  }
+}
+
+bool QuantConfig::gptq_mixed() const {
+  for (const GptqDynamicRule& r : gptq_dynamic) {
+    if (!r.skip && ((r.bits && r.bits != bits) || (r.group_size && r.group_size != group_size))) return true;
+  }
+  return false;
 }
 
 QuantConfig load_quant_config(const std::string& dir) {

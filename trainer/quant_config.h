@@ -31,6 +31,17 @@ struct CtScheme {
   bool packed = true;                 // pack-quantized (weight_packed) or stored unpacked (weight)
 };
 
+// GPTQModel's per-module "dynamic" rules, in the file's order (the first whose pattern matches wins, as its
+// dynamic_get does): "-:<regex>" leaves the module unquantized (stored dense), "+:<regex>" or a bare regex gives it
+// its own bits and/or group_size.
+struct GptqDynamicRule {
+  std::string pattern;
+  std::shared_ptr<const std::regex> re;
+  bool skip = false;
+  int bits = 0;            // 0: the config's
+  int64_t group_size = 0;  // 0: the config's
+};
+
 struct QuantConfig {
   enum class Method { None, Gptq, Awq, Bnb4, Fp8, CompressedTensors };
   Method method = Method::None;
@@ -41,16 +52,27 @@ struct QuantConfig {
   IntLayout layout = IntLayout::GptqV1;  // GPTQ/AWQ only
   int64_t block_n = 128, block_k = 128;  // FP8 only: weight_block_size
   std::vector<std::string> skip_modules;  // modules_to_not_convert / llm_int8_skip_modules
+  std::vector<GptqDynamicRule> gptq_dynamic;  // GPTQ only
   std::vector<CtScheme> ct_schemes;       // compressed-tensors only
   std::vector<std::string> ct_ignore;
   std::vector<std::shared_ptr<const std::regex>> ct_ignore_regexes;
   const char* method_name() const;
+  // GPTQ: the bits and group size of module `prefix` (the first matching "dynamic" rule's, else the config's).
+  void gptq_params_for(const std::string& prefix, int* bits, int64_t* group_size) const;
+  // GPTQ: some "dynamic" rule gives modules their own bits or group size.
+  bool gptq_mixed() const;
   // compressed-tensors: the scheme of the Linear `prefix` (a name match before a class match), or null when it is
   // ignored or no scheme with weights covers it; throws when two schemes that differ both claim it.
   const CtScheme* ct_scheme_for(const std::string& prefix) const;
   // compressed-tensors: true when some scheme stores integer weights (false: float8 only).
   bool ct_has_int() const;
 };
+
+// A Python regular expression (compressed-tensors' "re:" targets, GPTQModel's dynamic rules) as a std::regex
+// (ECMAScript: the common syntax is the same; what it cannot read is refused naming `where` and the pattern), and
+// Python's re.match: a match from the start of `name`, not necessarily to its end.
+std::shared_ptr<const std::regex> python_regex(const std::string& pattern, const std::string& where);
+bool python_re_match(const std::string& name, const std::regex& re);
 
 // config.json's "quantization_config" of quant_method compressed-tensors (trainer/quant_config_ct.cpp); `path` names
 // it in errors.

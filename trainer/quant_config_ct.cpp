@@ -19,13 +19,10 @@ namespace {
 
 using nlohmann::json;
 
+// A "re:" target as a regex; null for a class or module name.
 std::shared_ptr<const std::regex> compile(const std::string& target, const std::string& path) {
   if (target.rfind("re:", 0) != 0) return nullptr;
-  try {
-    return std::make_shared<const std::regex>(target.substr(3), std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    QWENQ_FAIL(path << ": the pattern \"" << target << "\" is not a regular expression qwenq can read: " << e.what());
-  }
+  return python_regex(target.substr(3), path);
 }
 
 std::vector<std::string> strings(const json& j, const std::string& path, const char* key) {
@@ -105,13 +102,23 @@ bool same_weights(const CtScheme& a, const CtScheme& b) {
          x.strategy == y.strategy && x.group_size == y.group_size && x.block_n == y.block_n && x.block_k == y.block_k;
 }
 
-// Python's re.match: the pattern must match at the start of the name (not necessarily to its end).
 bool matches(const std::string& name, const std::string& target, const std::regex* re) {
-  if (re) return std::regex_search(name, *re, std::regex_constants::match_continuous);
-  return target == name;
+  return re ? python_re_match(name, *re) : target == name;
 }
 
 }  // namespace
+
+std::shared_ptr<const std::regex> python_regex(const std::string& pattern, const std::string& where) {
+  try {
+    return std::make_shared<const std::regex>(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    QWENQ_FAIL(where << ": the pattern \"" << pattern << "\" is not a regular expression qwenq can read: " << e.what());
+  }
+}
+
+bool python_re_match(const std::string& name, const std::regex& re) {
+  return std::regex_search(name, re, std::regex_constants::match_continuous);
+}
 
 QuantConfig parse_compressed_tensors_config(const json& q, const std::string& path) {
   QuantConfig c;

@@ -95,7 +95,10 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   if (int_packed && !skipped(q, prefix)) {
     // Act-order rows sorted by group once (the same ŵ; the packed products' grouped kernels), and with the int8
     // switch AWQ words repacked along K (the same ŵ) so the int8 products can read them.
-    PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, q.bits, q.group_size, K, N));
+    int bits = q.bits;
+    int64_t group = q.group_size;
+    q.gptq_params_for(prefix, &bits, &group);  // GPTQModel's per-module overrides
+    PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, bits, group, K, N));
     if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
     w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
   } else if (q.method == QuantConfig::Method::CompressedTensors) {
