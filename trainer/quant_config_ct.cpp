@@ -8,6 +8,8 @@
 // packed, 8-bit unpacked; tensor, channel or group scales; symmetric or not; g_idx) and float8 e4m3 weights (tensor,
 // channel, group or block scales). Dynamic input activations are accepted and not applied (qwenq computes with ŵ,
 // as the weight-only dequantized model). Everything else is refused here, naming the field.
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -109,6 +111,13 @@ bool matches(const std::string& name, const std::string& target, const std::rege
 }  // namespace
 
 std::shared_ptr<const std::regex> python_regex(const std::string& pattern, const std::string& where) {
+  // std::regex compiles and matches recursively: a pattern far longer or more nested than module names need is
+  // refused rather than allowed to exhaust the stack.
+  int depth = 0, deepest = 0;
+  for (char ch : pattern) deepest = std::max(deepest, depth += ch == '(' ? 1 : ch == ')' ? -1 : 0);
+  QWENQ_CHECK(pattern.size() <= 512 && deepest <= 16,
+              where << ": the pattern \"" << pattern.substr(0, 64) << (pattern.size() > 64 ? "..." : "")
+                    << "\" is longer than 512 characters or nests more than 16 groups");
   try {
     return std::make_shared<const std::regex>(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
