@@ -14,7 +14,9 @@
 #include "core/tensor.h"
 #include "trainer/awq_runner.h"
 #include "tests/support/oracle_logits.h"
+#include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq {
 namespace {
@@ -155,6 +157,33 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
   EXPECT_LE(worst_norm, kNormRelTol);
   EXPECT_LE(worst_scale, kGroupScaleRelTol);
   EXPECT_LE(e_ours, 1.05 * e_theirs);
+}
+
+}  // namespace
+}  // namespace qwenq
+
+namespace qwenq {
+namespace {
+
+// The blocks `--calib-concat` feeds AWQ (and GPTQ) equal AutoAWQ's get_calib_dataset, token for token.
+TEST(AutoAwqOracle, CalibrationBlocksAreAutoAwqs) {
+  const char* dir = std::getenv("QWENQ_ORACLE_AWQ_CALIB");
+  if (!dir) GTEST_SKIP() << "QWENQ_ORACLE_AWQ_CALIB not set (run tests/oracle/test_autoawq_oracle.py)";
+  const int64_t docs = std::atoll(std::getenv("QWENQ_ORACLE_AWQ_CALIB_DOCS"));
+  const int64_t seq = std::atoll(std::getenv("QWENQ_ORACLE_AWQ_CALIB_SEQ"));
+  const Tokenizer tok = Tokenizer::from_dir(dir);
+  const std::vector<std::vector<int32_t>> got =
+      calibration_blocks_concat(path_join(dir, "calib.jsonl"), "text", docs, seq, tok);
+  SafetensorsFile expected(path_join(dir, "expected_blocks.safetensors"));
+  const TensorView& want = expected.get("blocks");
+  ASSERT_EQ(want.shape.size(), 2u);
+  ASSERT_EQ(static_cast<int64_t>(got.size()), want.shape[0]);
+  for (int64_t b = 0; b < want.shape[0]; ++b) {
+    ASSERT_EQ(static_cast<int64_t>(got[b].size()), seq);
+    for (int64_t t = 0; t < seq; ++t) {
+      ASSERT_EQ(got[b][t], want.as<int32_t>()[b * seq + t]) << "block " << b << ", token " << t;
+    }
+  }
 }
 
 }  // namespace

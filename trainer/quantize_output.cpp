@@ -243,7 +243,9 @@ std::vector<std::vector<int32_t>> calibration_blocks_concat(const std::string& p
   for (const std::string& doc : load_text_documents(path, text_field)) {
     const size_t b = doc.find_first_not_of(" \t\r\n\f\v"), e = doc.find_last_not_of(" \t\r\n\f\v");
     if (b == std::string::npos) continue;
-    const std::vector<int32_t> ids = tok.encode(doc.substr(b, e - b + 1), false);
+    // With the tokenizer's special tokens, as AutoAWQ's tokenizer.encode(line) adds them (a BOS for Llama-style
+    // tokenizers; nothing for Qwen's).
+    const std::vector<int32_t> ids = tok.encode(doc.substr(b, e - b + 1), true);
     if (ids.empty() || static_cast<int64_t>(ids.size()) > seq_len) continue;  // AutoAWQ skips longer documents
     all.insert(all.end(), ids.begin(), ids.end());
     if (++used == documents) break;

@@ -21,6 +21,8 @@ AutoAWQ's own unpacking describes.
    the router mlp.gate unscaled, so its file routes tokens differently from the model it quantized; qwenq scales the
    router's columns by s too. The gtest checks that, compares the routing of both files with the fp32 model's, and
    still requires the same scales, clip choices and an error no larger than AutoAWQ's.
+6. AutoAWQ's calibration blocks (get_calib_dataset) equal ours (--calib-concat) token for token, with a tokenizer
+   without BOS and with stories260K's, which adds one to every document.
 """
 import json
 import os
@@ -114,8 +116,8 @@ def write_reference(qdir, model_cls, cfg):
 def check(tag, dirs):
     src, qdir, ours = dirs
     print(f"--- {tag}")
-    run_gtest(args.build, "AutoAwqOracle.*", {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours,
-                                               "QWENQ_ORACLE_AWQ_SOURCE": src})
+    run_gtest(args.build, "AutoAwqOracle.*-AutoAwqOracle.CalibrationBlocksAreAutoAwqs",
+              {"QWENQ_ORACLE_AUTOAWQ_DIR": qdir, "QWENQ_ORACLE_AWQ_OURS": ours, "QWENQ_ORACLE_AWQ_SOURCE": src})
     print(f"--- {tag}: our file as AutoAWQ unpacks it")
     run_gtest(args.build, "AutoAwqOracle.CheckpointGivesTheLogitsOfAutoAwqsUnpacking",
               {"QWENQ_ORACLE_AUTOAWQ_DIR": ours})
@@ -132,4 +134,37 @@ check("qwen3_moe", quantize_both("qwen3_moe", transformers.Qwen3MoeForCausalLM, 
     norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=32, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False),
     not_convert=["mlp.gate"]))
+
+# 6. The calibration blocks themselves: AutoAWQ's get_calib_dataset against `calibration_blocks_concat` (what
+#    --calib-concat feeds both quantizers above), with the tiny byte-level tokenizer (no BOS) and, with ../shared, the
+#    imported stories260K's (a Llama tokenizer: AutoAWQ's tokenizer.encode(line) puts a BOS before every document).
+from awq.utils.calib_data import get_calib_dataset  # noqa: E402 (AutoAWQ is importable once autoawq_cpu.load ran)
+
+
+def calib_case(name, tokenizer_dir):
+    d = os.path.join(out, "calib-" + name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(tokenizer_dir):
+        if f.startswith(("tokenizer", "vocab", "merges", "special_tokens", "config")):
+            shutil.copy(os.path.join(tokenizer_dir, f), d)
+    shutil.copy(docs, os.path.join(d, "calib.jsonl"))
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    blocks = get_calib_dataset(data=texts, tokenizer=tok, n_samples=DOCS, max_seq_len=SEQ)
+    save_file({"blocks": torch.cat(blocks, 0).to(torch.int32).contiguous()}, os.path.join(d, "expected_blocks.safetensors"))
+    print(f"--- calibration blocks, {name} tokenizer: {len(blocks)} blocks of {SEQ}; bos {tok.bos_token_id} "
+          f"first ids {blocks[0][0, :6].tolist()}")
+    run_gtest(args.build, "AutoAwqOracle.CalibrationBlocksAreAutoAwqs", {"QWENQ_ORACLE_AWQ_CALIB": d,
+                                                                        "QWENQ_ORACLE_AWQ_CALIB_DOCS": str(DOCS),
+                                                                        "QWENQ_ORACLE_AWQ_CALIB_SEQ": str(SEQ)})
+
+
+calib_case("bytelevel", tk)
+stories = os.path.join(args.shared, "data", "stories260K")
+if os.path.isdir(stories):
+    sdir = os.path.join(out, "stories260K")
+    run([qq, "import-llama2c", "--checkpoint", os.path.join(stories, "stories260K.bin"), "--tokenizer",
+         os.path.join(stories, "tok512.bin"), "--out", sdir, "--overwrite"])
+    calib_case("llama", sdir)
+else:
+    print("calibration blocks with a BOS-adding tokenizer: skipped (no ../shared/data/stories260K)")
 print("autoawq oracle: OK")
