@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -378,6 +379,20 @@ void write_safetensors_index(const std::string& path, const std::map<std::string
     QWENQ_FAIL("cannot write " << path << ": " << e.what());
   }
   write_file_atomic(path, text);
+}
+
+std::vector<float> read_finite_f32(const Checkpoint& ckpt, const std::string& name) {
+  const TensorView& t = ckpt.get(name);
+  QWENQ_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+              ckpt.file_of(name) << ": tensor '" << name << "' has dtype " << dtype_name(t.dtype)
+                                 << ", expected F32, BF16 or F16");
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  to_f32(t.dtype, t.data, v.data(), v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    QWENQ_CHECK(std::isfinite(v[i]), ckpt.file_of(name) << ": tensor '" << name << "' holds " << v[i] << " at index "
+                                                        << i << " (corrupt file?)");
+  }
+  return v;
 }
 
 }  // namespace qwenq

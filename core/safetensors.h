@@ -99,6 +99,10 @@ class Checkpoint {
   mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> shards_;
 };
 
+// The F32, BF16 or F16 tensor `name` of ckpt widened to fp32, every value finite (quantization scales); errors name
+// the tensor and its file.
+std::vector<float> read_finite_f32(const Checkpoint& ckpt, const std::string& name);
+
 // Writes an index.json for shards (weight_map: tensor -> file; total_size: payload bytes), atomically.
 void write_safetensors_index(const std::string& path, const std::map<std::string, std::string>& weight_map,
                              uint64_t total_size);

@@ -1,12 +1,10 @@
 #include "quant/compressed_tensors.h"
 
-#include <cmath>
-#include <cstring>
+#include <algorithm>
 
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/files.h"
-#include "quant/format/int_pack.h"
 
 namespace qwenq {
 
@@ -37,26 +35,16 @@ std::vector<float> read_scales(const Checkpoint& ckpt, const std::string& prefix
                                int64_t G) {
   const std::string name = prefix + ".weight_scale";
   const TensorView& t = tensor(ckpt, name, "the quantization scales");
-  QWENQ_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
-              ckpt.file_of(name) << ": tensor '" << name << "' has dtype " << dtype_name(t.dtype)
-                                 << ", expected F32, BF16 or F16");
-  std::vector<float> s(static_cast<size_t>(N * G));
   if (a.strategy == CtStrategy::Tensor) {
     QWENQ_CHECK(t.numel() == 1 && t.shape.size() <= 2, ckpt.file_of(name) << ": tensor '" << name << "' has shape "
                                                                           << shape_str(t.shape)
                                                                           << ", expected one scale (strategy tensor)");
-    float v = 0;
-    to_f32(t.dtype, t.data, &v, 1);
-    std::fill(s.begin(), s.end(), v);
   } else {
     check_shape(ckpt, name, t, {N, G});
-    to_f32(t.dtype, t.data, s.data(), s.size());
-    release_mapped_pages(t.data, t.nbytes());
   }
-  for (size_t i = 0; i < s.size(); ++i) {
-    QWENQ_CHECK(std::isfinite(s[i]), ckpt.file_of(name) << ": tensor '" << name << "' holds " << s[i] << " at "
-                                                        << i << " (corrupt file?)");
-  }
+  std::vector<float> s = read_finite_f32(ckpt, name);
+  release_mapped_pages(t.data, t.nbytes());
+  if (a.strategy == CtStrategy::Tensor) s.assign(static_cast<size_t>(N * G), s[0]);
   return s;
 }
 

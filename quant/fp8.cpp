@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <limits>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -92,21 +91,12 @@ Fp8Linear read_fp8_linear_scaled(const Checkpoint& ckpt, const std::string& pref
   QWENQ_CHECK(ckpt.has(sname), ckpt.file_of(wname) << ": FP8 weight '" << wname << "' has no '" << sname << "' ("
                                                    << what << ")");
   const TensorView& s = ckpt.get(sname);
-  QWENQ_CHECK(s.dtype == DType::F32 || s.dtype == DType::BF16 || s.dtype == DType::F16,
-              ckpt.file_of(sname) << ": tensor '" << sname << "' has dtype " << dtype_name(s.dtype)
-                                  << ", expected F32, BF16 or F16");
   // One scale for the whole tensor may be stored as [1] or as a scalar too.
   const bool one = sshape == std::vector<int64_t>({1, 1}) && s.numel() == 1 && s.shape.size() <= 2;
   QWENQ_CHECK(s.shape == sshape || one, ckpt.file_of(sname) << ": tensor '" << sname << "' has shape " << shape_str(s.shape)
                                                      << ", expected " << shape_str(sshape) << " (blocks of " << block_n
                                                      << " x " << block_k << " over [" << N << ", " << K << "])");
-  f.scale_inv.resize(static_cast<size_t>(s.numel()));
-  to_f32(s.dtype, s.data, f.scale_inv.data(), f.scale_inv.size());
-  for (size_t i = 0; i < f.scale_inv.size(); ++i) {
-    QWENQ_CHECK(std::isfinite(f.scale_inv[i]), ckpt.file_of(sname) << ": tensor '" << sname << "' holds "
-                                                                    << f.scale_inv[i] << " at block " << i
-                                                                    << " (corrupt file?)");
-  }
+  f.scale_inv = read_finite_f32(ckpt, sname);
   return f;
 }
 

@@ -14,7 +14,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <memory>
 #include <tuple>
 #include <string>
@@ -158,14 +157,19 @@ CtFixture packed_fixture(const std::string& prefix, const IntCase& c, uint64_t s
   return fx;
 }
 
-// Loads `prefix` [N, K] from `fx` written to a fresh directory, under quantization_config `qc`.
+// Loads `prefix` [N, K] of the checkpoint in `dir`, under quantization_config `qc`.
+LinearWeight load_dir(const std::string& dir, const json& qc, const std::string& prefix, int64_t N, int64_t K) {
+  static std::vector<std::unique_ptr<Checkpoint>> keep;  // the weights view the mapping
+  keep.push_back(std::make_unique<Checkpoint>(dir));
+  return load_linear(*keep.back(), parse_compressed_tensors_config(qc, "test config"), prefix, N, K);
+}
+
+// The same for `fx` written to a fresh directory `name`.
 LinearWeight load_from(CtFixture& fx, const json& qc, const std::string& prefix, int64_t N, int64_t K,
                        const std::string& name) {
   const std::string dir = fresh_dir(name);
   fx.tensors.write(path_join(dir, "model.safetensors"));
-  static std::vector<std::unique_ptr<Checkpoint>> keep;  // the weights view the mapping
-  keep.push_back(std::make_unique<Checkpoint>(dir));
-  return load_linear(*keep.back(), parse_compressed_tensors_config(qc, "test config"), prefix, N, K);
+  return load_dir(dir, qc, prefix, N, K);
 }
 
 void expect_bit_equal(const std::vector<float>& got, const std::vector<float>& want, const std::string& what) {
@@ -420,48 +424,36 @@ TEST(CompressedTensors, CorruptTensorsAreRefusedNamingTheTensor) {
   const std::string prefix = "model.layers.0.self_attn.q_proj";
   const IntCase c{4, false, "group", 32, true, 32, 64, false};
   const json qc = scheme_config("pack-quantized", int_weights(4, false, "group", 32));
-  const auto load_edited = [&](const std::string& name, const std::function<void(CtFixture*)>& edit) {
-    CtFixture fx = packed_fixture(prefix, c, 300);
-    edit(&fx);
-    return test::error_of([&] { load_from(fx, qc, prefix, c.N, c.K, name); });
+  // The fixture's file with tensor `drop` replaced by `name` (left out when name is empty), loaded: its error.
+  const auto load_edited = [&](const std::string& dir_name, const std::string& drop, const std::string& name, DType dt,
+                               std::vector<int64_t> shape, std::vector<uint8_t> bytes) {
+    const std::string dir = fresh_dir(dir_name), file = path_join(dir, "model.safetensors");
+    packed_fixture(prefix, c, 300).tensors.write(file);
+    test::rewrite_safetensors(file, [&](const std::string& n, const TensorView& v, std::vector<uint8_t> b,
+                                        SafetensorsWriter& w) {
+      if (n != drop) w.add_owned(n, v.dtype, v.shape, std::move(b));
+      else if (!name.empty()) w.add_owned(name, dt, shape, bytes);
+    });
+    return test::error_of([&] { load_dir(dir, qc, prefix, c.N, c.K); });
   };
-  // A fixture whose tensors are replaced by name (SafetensorsWriter keeps the last one written... so rebuild).
-  const auto with = [&](const std::string& drop, const std::string& name, DType dt, std::vector<int64_t> shape,
-                        std::vector<uint8_t> bytes) {
-    return [=](CtFixture* fx) {
-      CtFixture src = packed_fixture(prefix, c, 300);
-      const std::string dir = fresh_dir("edit_src");
-      src.tensors.write(path_join(dir, "model.safetensors"));
-      SafetensorsWriter w;
-      SafetensorsFile f(path_join(dir, "model.safetensors"));
-      for (const std::string& n : f.names()) {
-        if (n == drop) continue;
-        const TensorView& v = f.get(n);
-        const uint8_t* p = static_cast<const uint8_t*>(v.data);
-        w.add_owned(n, v.dtype, v.shape, std::vector<uint8_t>(p, p + v.nbytes()));
-      }
-      if (!name.empty()) w.add_owned(name, dt, shape, bytes);
-      fx->tensors = std::move(w);
-    };
-  };
-  std::string e = load_edited("short", with(prefix + ".weight_packed", prefix + ".weight_packed", DType::I32, {32, 7},
-                                            std::vector<uint8_t>(32 * 7 * 4)));
+  std::string e = load_edited("short", prefix + ".weight_packed", prefix + ".weight_packed", DType::I32, {32, 7},
+                      std::vector<uint8_t>(32 * 7 * 4));
   EXPECT_NE(e.find("weight_packed' has shape [32, 7], expected [32, 8]"), std::string::npos) << e;
   EXPECT_NE(e.find("model.safetensors"), std::string::npos) << e;
   std::vector<int32_t> bad(64, 0);
   bad[5] = 2;  // G = 2
-  e = load_edited("gidx", with(prefix + ".weight_g_idx", prefix + ".weight_g_idx", DType::I32, {64}, bytes_of(bad)));
+  e = load_edited("gidx", prefix + ".weight_g_idx", prefix + ".weight_g_idx", DType::I32, {64}, bytes_of(bad));
   EXPECT_NE(e.find("weight_g_idx[5] = 2 is outside [0, 2)"), std::string::npos) << e;
-  e = load_edited("shape", with(prefix + ".weight_shape", prefix + ".weight_shape", DType::I64, {2},
-                                bytes_of(std::vector<int64_t>{32, 56})));
+  e = load_edited("shape", prefix + ".weight_shape", prefix + ".weight_shape", DType::I64, {2},
+                  bytes_of(std::vector<int64_t>{32, 56}));
   EXPECT_NE(e.find("weight_shape' says [32, 56]"), std::string::npos) << e;
-  e = load_edited("nozp", with(prefix + ".weight_zero_point", "", DType::I32, {}, {}));
+  e = load_edited("nozp", prefix + ".weight_zero_point", "", DType::I32, {}, {});
   EXPECT_NE(e.find("weight_zero_point' (the packed zero points"), std::string::npos) << e;
   std::vector<uint16_t> inf(64, 0x7F80);
-  e = load_edited("inf", with(prefix + ".weight_scale", prefix + ".weight_scale", DType::BF16, {32, 2}, bytes_of(inf)));
+  e = load_edited("inf", prefix + ".weight_scale", prefix + ".weight_scale", DType::BF16, {32, 2}, bytes_of(inf));
   EXPECT_NE(e.find("weight_scale' holds inf"), std::string::npos) << e;
   // An int8 tensor where the scheme says packed, and a K the words cannot hold.
-  e = load_edited("i8", with(prefix + ".weight_packed", prefix + ".weight", DType::I8, {32, 64}, std::vector<uint8_t>(2048)));
+  e = load_edited("i8", prefix + ".weight_packed", prefix + ".weight", DType::I8, {32, 64}, std::vector<uint8_t>(2048));
   EXPECT_NE(e.find("stored as I8 but its compressed-tensors scheme \"group_0\" says int4, packed"), std::string::npos) << e;
   // A packed Linear that the config's ignore list names (or no group targets).
   json ignoring = qc;

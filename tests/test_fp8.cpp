@@ -207,33 +207,33 @@ TEST_F(Fp8Pair, LoadsTheSameWeightsAndLogitsAsF32) {
   }
 }
 
+// out[m, o] against Σ_i in[m, i]·weight(o, i) in double, for M rows, within kDotRelTol of Σ|terms|.
+template <typename Weight>
+void expect_rows_match_double(const float* out, const float* in, int64_t M, int64_t outs, int64_t ins, Weight weight,
+                              const char* what) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t o = 0; o < outs; ++o) {
+      double s = 0.0, mag = 0.0;
+      for (int64_t i = 0; i < ins; ++i) {
+        s += double(in[m * ins + i]) * weight(o, i);
+        mag += std::fabs(double(in[m * ins + i]) * weight(o, i));
+      }
+      ASSERT_NEAR(out[m * outs + o], s, kDotRelTol * mag + 1e-30) << "row " << m << " " << what << " " << o;
+    }
+  }
+}
+
 // The transposed and forward row products of w (ŵ = W) on M random rows against double.
 void expect_products_match_double(const Fp8Linear& w, const std::vector<float>& W, int64_t M) {
   Rng rng(7);
   std::vector<float> dy(static_cast<size_t>(M * w.N)), dx(static_cast<size_t>(M * w.K)), y(static_cast<size_t>(M * w.N));
   for (auto& v : dy) v = static_cast<float>(rng.normal());
   fp8_linear_matvec_t(w, dy.data(), M, dx.data());
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < w.K; ++k) {
-      double s = 0.0, mag = 0.0;
-      for (int64_t n = 0; n < w.N; ++n) {
-        s += double(dy[m * w.N + n]) * W[n * w.K + k];
-        mag += std::fabs(double(dy[m * w.N + n]) * W[n * w.K + k]);
-      }
-      ASSERT_NEAR(dx[m * w.K + k], s, kDotRelTol * mag + 1e-30) << "row " << m << " input " << k;
-    }
-  }
+  expect_rows_match_double(dx.data(), dy.data(), M, w.K, w.N, [&](int64_t k, int64_t n) { return W[n * w.K + k]; },
+                           "input");
   fp8_linear_matvec(w, dx.data(), M, y.data());  // forward on those rows: against double too
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t n = 0; n < w.N; ++n) {
-      double s = 0.0, mag = 0.0;
-      for (int64_t k = 0; k < w.K; ++k) {
-        s += double(dx[m * w.K + k]) * W[n * w.K + k];
-        mag += std::fabs(double(dx[m * w.K + k]) * W[n * w.K + k]);
-      }
-      ASSERT_NEAR(y[m * w.N + n], s, kDotRelTol * mag + 1e-30) << "row " << m << " output " << n;
-    }
-  }
+  expect_rows_match_double(y.data(), dx.data(), M, w.N, w.K, [&](int64_t n, int64_t k) { return W[n * w.K + k]; },
+                           "output");
 }
 
 TEST(Fp8, MixtureOfExpertsLoadsEveryExpert) {

@@ -140,6 +140,15 @@ LoftqSpec take_loftq_options(const std::string& spec, std::vector<std::string>* 
   return lq;
 }
 
+// A GGUF file type's row: nominal bits of its base type's codes (Q4_K, IQ4_XS: 4), as the other rows count them,
+// and the base type's block as the group.
+void set_gguf_bits(const GgufFileType& ft, CompareRow* row) {
+  const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
+  const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
+  row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
+  row->group_size = info.block;
+}
+
 // The subcommand arguments of a spec split into `parts` (its LoftQ options taken out), and the row's format.
 std::vector<std::string> quantize_args(const std::string& spec, const std::vector<std::string>& parts,
                                        const CompareArgs& a, CompareRow* row) {
@@ -216,12 +225,8 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
     QWENQ_CHECK(parts.size() == 2 || imatrix, "compare: method '" << spec << "': gguf takes one type and optionally "
                                               "imatrix, e.g. gguf-q4_k_m or gguf-q4_k_m-imatrix");
     const GgufFileType& ft = gguf_file_type(parts[1]);  // refuses an unknown type before any work
-    const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
     row->format = std::string("gguf ") + ft.name + (imatrix ? " +imatrix" : "") + " (llama.cpp)";
-    // Nominal bits of the base type's codes (Q4_K, IQ4_XS: 4), as the other rows count them.
-    const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
-    row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
-    row->group_size = info.block;
+    set_gguf_bits(ft, row);
     std::vector<std::string> args = {"gguf", "--type", parts[1], "--pad-intermediate"};
     if (imatrix) {  // run_compare computes the matrix first, on the calibration text, into this file
       QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
@@ -298,11 +303,8 @@ void describe_given(const std::string& path, CompareRow* row) {
     for (const std::string& n : gguf_file_type_list()) {
       const GgufFileType& ft = gguf_file_type(n);
       if (static_cast<int64_t>(ft.ftype) != ftype) continue;
-      const GgmlTypeInfo& info = *ggml_type_info(static_cast<uint32_t>(ft.base));
       row->format = std::string("gguf ") + ft.name;
-      const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
-      row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
-      row->group_size = info.block;
+      set_gguf_bits(ft, row);
     }
     return;
   }

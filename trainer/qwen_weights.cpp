@@ -42,6 +42,14 @@ bool skipped(const QuantConfig& q, const std::string& prefix) {
   return false;
 }
 
+// A GPTQ/AWQ Linear as every packed one is held: act-order rows sorted by group once (the same ŵ; the packed
+// products' grouped kernels), and with the int8 switch AWQ words repacked along K (the same ŵ) for the int8 products.
+std::shared_ptr<const PackedIntLinear> packed_for_products(PackedIntLinear p) {
+  p = int_linear_for_products(std::move(p));
+  if (int8_activations()) p = int_linear_for_int8(std::move(p));
+  return std::make_shared<const PackedIntLinear>(std::move(p));
+}
+
 // A compressed-tensors Linear whose scheme is `scheme` (null: ignored or not targeted): by what its tensors hold
 // (weight_packed: packed integers; weight I8: unpacked int8; weight F8_E4M3: float8), else dense (a module the
 // quantizer did not reach).
@@ -79,9 +87,7 @@ void load_ct_linear(const Checkpoint& ckpt, const CtScheme* scheme, const std::s
     *w = LinearWeight::from_fp32(dequantize_ct_int_linear(c), w->N, w->K);
     return;
   }
-  PackedIntLinear p = int_linear_for_products(std::move(c.packed));
-  if (int8_activations()) p = int_linear_for_int8(std::move(p));
-  w->packed = std::make_shared<PackedIntLinear>(std::move(p));
+  w->packed = packed_for_products(std::move(c.packed));
 }
 
 }  // namespace
@@ -93,14 +99,10 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& q, const std
   const bool int_packed = (q.method == QuantConfig::Method::Gptq || q.method == QuantConfig::Method::Awq) &&
                           ckpt.has(prefix + ".qweight");
   if (int_packed && !skipped(q, prefix)) {
-    // Act-order rows sorted by group once (the same ŵ; the packed products' grouped kernels), and with the int8
-    // switch AWQ words repacked along K (the same ŵ) so the int8 products can read them.
     int bits = q.bits;
     int64_t group = q.group_size;
     q.gptq_params_for(prefix, &bits, &group);  // GPTQModel's per-module overrides
-    PackedIntLinear packed = int_linear_for_products(read_int_linear(ckpt, prefix, q.layout, bits, group, K, N));
-    if (int8_activations()) packed = int_linear_for_int8(std::move(packed));
-    w.packed = std::make_shared<PackedIntLinear>(std::move(packed));
+    w.packed = packed_for_products(read_int_linear(ckpt, prefix, q.layout, bits, group, K, N));
   } else if (q.method == QuantConfig::Method::CompressedTensors) {
     load_ct_linear(ckpt, q.ct_scheme_for(prefix), prefix, &w);
   } else if (q.method == QuantConfig::Method::Fp8 && has_fp8_linear(ckpt, prefix) && !skipped(q, prefix)) {

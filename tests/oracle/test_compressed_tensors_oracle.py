@@ -56,29 +56,26 @@ base_state = {k: v.clone() for k, v in base.state_dict().items()}
 ids = torch.tensor([[1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 99, 250, 0, 318]], dtype=torch.int64)
 
 
-def weights(**kw):
-    return QuantizationArgs(**kw)
-
-
 DYN_INT = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
 DYN_FP8 = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="token", dynamic=True)
-CASES = [
-    ("w4_g32_actorder", "pack-quantized", weights(num_bits=4, type="int", symmetric=True, strategy="group",
-                                                  group_size=32, actorder="group"), None, torch.bfloat16),
-    ("w4_g32_asym", "pack-quantized", weights(num_bits=4, type="int", symmetric=False, strategy="group",
-                                              group_size=32), None, torch.bfloat16),
-    ("w2_g16", "pack-quantized", weights(num_bits=2, type="int", symmetric=True, strategy="group", group_size=16),
+CASES = [  # name, format, weight args, input activations, scale dtype
+    ("w4_g32_actorder", "pack-quantized",
+     QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32, actorder="group"),
      None, torch.bfloat16),
-    ("w8_channel_pack", "pack-quantized", weights(num_bits=8, type="int", symmetric=True, strategy="channel"), None,
-     torch.bfloat16),
-    ("w8a8_int", "int-quantized", weights(num_bits=8, type="int", symmetric=True, strategy="channel"), DYN_INT,
-     torch.bfloat16),
-    ("fp8_dynamic", "float-quantized", weights(num_bits=8, type="float", symmetric=True, strategy="channel"), DYN_FP8,
-     torch.bfloat16),
-    ("fp8_tensor", "float-quantized", weights(num_bits=8, type="float", symmetric=True, strategy="tensor"), None,
-     torch.bfloat16),
-    ("w4_channel_f32", "pack-quantized", weights(num_bits=4, type="int", symmetric=True, strategy="channel"), None,
-     torch.float32),
+    ("w4_g32_asym", "pack-quantized",
+     QuantizationArgs(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32), None, torch.bfloat16),
+    ("w2_g16", "pack-quantized",
+     QuantizationArgs(num_bits=2, type="int", symmetric=True, strategy="group", group_size=16), None, torch.bfloat16),
+    ("w8_channel_pack", "pack-quantized",
+     QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel"), None, torch.bfloat16),
+    ("w8a8_int", "int-quantized",
+     QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel"), DYN_INT, torch.bfloat16),
+    ("fp8_dynamic", "float-quantized",
+     QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel"), DYN_FP8, torch.bfloat16),
+    ("fp8_tensor", "float-quantized",
+     QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="tensor"), None, torch.bfloat16),
+    ("w4_channel_f32", "pack-quantized",
+     QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="channel"), None, torch.float32),
 ]
 
 
