@@ -1,6 +1,7 @@
 #include "quant/compressed_tensors.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -246,6 +247,92 @@ Fp8Linear read_ct_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, 
   }
   return read_fp8_linear_scaled(ckpt, prefix, "weight_scale", "the scales of a compressed-tensors float8 weight", bn,
                                 bk, N, K);
+}
+
+namespace {
+template <typename T>
+std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
+  std::vector<uint8_t> b(v.size() * sizeof(T));
+  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+}  // namespace
+
+void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& src, bool sym,
+                          bool g_idx) {
+  QWENQ_CHECK(src.perm.empty(), prefix << ": this Linear's rows were sorted by group in memory (for the packed "
+                                          "products); no checkpoint layout holds that order, so it cannot be written");
+  QWENQ_CHECK(src.bits == 2 || src.bits == 4 || src.bits == 8,
+              prefix << ": compressed-tensors pack-quantized files are written with 2, 4 or 8-bit codes, not "
+                     << src.bits);
+  const PackedIntLinear p = int_linear_to_gptq_v2(src);  // GPTQ words along K (v1 keeps its zero - 1 fields)
+  const int f = 32 / p.bits;
+  const int64_t N = p.N, K = p.K, G = p.num_groups(), words = K / f;
+  if (!g_idx) {
+    QWENQ_CHECK(int_linear_groups_in_order(p), prefix << ": act-order groups (g_idx out of input order) need "
+                                                         "actorder \"group\" and a stored weight_g_idx");
+  }
+  // Word (j, n) of qweight holds inputs j·f .. j·f + f - 1 of output n: the file's word (n, j), the same fields
+  // (unsigned code = signed code + 2^(b-1)).
+  std::vector<int32_t> packed(static_cast<size_t>(N * words));
+  for (int64_t j = 0; j < words; ++j)
+    for (int64_t n = 0; n < N; ++n) packed[n * words + j] = p.qweight[j * N + n];
+  w.add_owned(prefix + ".weight_packed", DType::I32, {N, words}, bytes_of(packed));
+
+  const std::vector<uint16_t> zeros = int_linear_zeros(p);  // [G, N], true zero points
+  const uint16_t mid = static_cast<uint16_t>(1u << (p.bits - 1));
+  if (sym) {
+    for (size_t i = 0; i < zeros.size(); ++i) {
+      QWENQ_CHECK(zeros[i] == mid, prefix << ": zero point " << zeros[i] << " of group " << i / N << ", output "
+                                          << i % N << " is not " << mid << ", so the grid is not symmetric");
+    }
+  } else {
+    // The signed zero z - 2^(b-1) stored + 2^(b-1): the true zero itself, f outputs per word along N.
+    QWENQ_CHECK(N % f == 0, prefix << ": N=" << N << " is not a multiple of " << f << " (zero points per word)");
+    std::vector<int32_t> zp(static_cast<size_t>(N / f * G), 0);
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t n = 0; n < N; ++n) {
+        const uint32_t z = zeros[g * N + n];
+        QWENQ_CHECK(z < (1u << p.bits), prefix << ": zero point " << z << " does not fit " << p.bits << " bits");
+        reinterpret_cast<uint32_t&>(zp[(n / f) * G + g]) |= z << (p.bits * (n % f));
+      }
+    }
+    w.add_owned(prefix + ".weight_zero_point", DType::I32, {N / f, G}, bytes_of(zp));
+  }
+
+  std::vector<uint16_t> scales(static_cast<size_t>(N * G));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t n = 0; n < N; ++n) scales[n * G + g] = p.scales[g * N + n];
+  w.add_owned(prefix + ".weight_scale", DType::F16, {N, G}, bytes_of(scales));
+  w.add_owned(prefix + ".weight_shape", DType::I64, {2}, bytes_of(std::vector<int64_t>{N, K}));
+  if (g_idx) w.add_owned(prefix + ".weight_g_idx", DType::I32, {K}, bytes_of(int_linear_group_of(p)));
+}
+
+nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool sym, const char* actorder,
+                                              const std::vector<std::string>& ignore) {
+  using nlohmann::ordered_json;
+  const bool channel = group_size <= 0;
+  ordered_json weights = {{"actorder", actorder && !channel ? ordered_json(actorder) : ordered_json(nullptr)},
+                          {"block_structure", nullptr},
+                          {"dynamic", false},
+                          {"group_size", channel ? ordered_json(nullptr) : ordered_json(group_size)},
+                          {"num_bits", bits},
+                          {"observer", "minmax"},
+                          {"observer_kwargs", ordered_json::object()},
+                          {"strategy", channel ? "channel" : "group"},
+                          {"symmetric", sym},
+                          {"type", "int"}};
+  ordered_json group = {{"input_activations", nullptr},
+                        {"output_activations", nullptr},
+                        {"targets", ordered_json::array({"Linear"})},
+                        {"weights", weights}};
+  return {{"config_groups", {{"group_0", group}}},
+          {"format", "pack-quantized"},
+          {"global_compression_ratio", nullptr},
+          {"ignore", ignore},
+          {"kv_cache_scheme", nullptr},
+          {"quant_method", "compressed-tensors"},
+          {"quantization_status", "compressed"}};
 }
 
 }  // namespace qwenq

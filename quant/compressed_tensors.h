@@ -22,11 +22,15 @@
 // [G, N]; ŵ is the same fp32 product bit for bit. GPTQ v2 keeps scales as fp16: a scale fp16 cannot hold exactly
 // (an F32 scale, or a BF16 one below 2^-17) is kept in fp32 instead (CtIntLinear::scales_f32), for the caller to
 // compute with.
+// Writing (qwen-quant --format compressed-tensors) is the same transposition backwards, from any GPTQ/AWQ Linear:
+// its codes and true zero points (int_linear_zeros) repacked along the rows, its fp16 scales stored as F16 [N, G].
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/safetensors.h"
 #include "quant/fp8.h"
@@ -66,5 +70,21 @@ std::vector<float> dequantize_ct_int_linear(const CtIntLinear& c);
 // tensor: N x K, group: 1 x group_size, block: bn x bk).
 Fp8Linear read_ct_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, const CtWeightArgs& a, int64_t N,
                              int64_t K);
+
+// pack-quantized tensors of a GPTQ (v1/v2) or AWQ GEMM Linear under `prefix`: weight_packed, weight_scale (F16, the
+// grid's own scales), weight_shape (I64 [N, K]), weight_zero_point (asymmetric: `sym` false) and weight_g_idx
+// (`g_idx` true: act-order; false requires the groups in input order). The file dequantizes to the same ŵ bit for
+// bit. Throws naming `prefix` for what the format cannot say: 3-bit codes, a symmetric scheme whose zero points are
+// not all 2^(bits-1), rows sorted in memory (a perm).
+void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& p, bool sym,
+                          bool g_idx);
+
+// config.json "quantization_config" for such files, as compressed-tensors 0.9.4's ModelCompressor writes it: one
+// config group targeting every Linear, weights int `bits`, strategy group (or channel for group_size -1), `actorder`
+// ("group": act-order g_idx stored; "weight": act-order with groups in input order; nullptr: none), format
+// pack-quantized, status compressed; `ignore` lists the Linears kept dense (module names, or "re:" patterns matched
+// from the start).
+nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool sym, const char* actorder,
+                                              const std::vector<std::string>& ignore);
 
 }  // namespace qwenq

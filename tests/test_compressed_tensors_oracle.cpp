@@ -1,7 +1,8 @@
 // The C++ half of tests/oracle/test_compressed_tensors_oracle.py: checkpoints the compressed-tensors library wrote
 // (pack-quantized int2/int4/int8 with g_idx, packed zero points and per-channel scales; int-quantized W8A8;
-// float-quantized FP8 per channel and per tensor) load in qwenq with every Linear's ŵ bit for bit what the library's
-// decompression gives with fp32 scales, and the logits of the dense transformers model holding those ŵ. Skipped
+// float-quantized FP8 per channel and per tensor), and those qwen-quant wrote with --format compressed-tensors (the
+// "ours_*" directories), load in qwenq with every Linear's ŵ bit for bit what the library's decompression gives with
+// fp32 scales, and the logits of the dense transformers model holding those ŵ. Skipped
 // unless the script points QWENQ_ORACLE_CT_DIR at its fixture.
 #include <gtest/gtest.h>
 
@@ -35,7 +36,10 @@ TEST(CompressedTensorsOracle, LibraryCheckpointsLoadWithItsWeightsAndLogits) {
   for (const Case& c : {Case{"w4_g32_actorder", Want::Packed}, Case{"w4_g32_asym", Want::Packed},
                         Case{"w2_g16", Want::Packed}, Case{"w8_channel_pack", Want::Packed},
                         Case{"w8a8_int", Want::Packed}, Case{"fp8_dynamic", Want::Fp8}, Case{"fp8_tensor", Want::Fp8},
-                        Case{"w4_channel_f32", Want::Fp32}}) {
+                        Case{"w4_channel_f32", Want::Fp32}, Case{"ours_rtn_w4_g32", Want::Packed},
+                        Case{"ours_rtn_w4_g32_asym", Want::Packed}, Case{"ours_rtn_w8_channel", Want::Packed},
+                        Case{"ours_rtn_w2_g16", Want::Packed}, Case{"ours_gptq_actorder", Want::Packed},
+                        Case{"ours_awq", Want::Packed}}) {
     SCOPED_TRACE(c.name);
     const std::string dir = path_join(root, c.name);
     QwenModel model(dir);

@@ -53,6 +53,12 @@ void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
   add_common_options(cmd, &a->common);
 }
 
+// --format: the layout the codes are made in, and whether they are written as compressed-tensors (from GPTQ v2 codes).
+void apply_format(const std::string& format, QuantizeOptions* o) {
+  o->compressed_tensors = format == "compressed-tensors";
+  o->layout = format == "awq" ? IntLayout::AwqGemm : format == "gptq" ? IntLayout::GptqV1 : IntLayout::GptqV2;
+}
+
 // The LoftQ flags into the options, and the summary line after the work.
 void apply_loftq_args(QuantizeArgs& a, QuantizeOptions* opt) {
   if (a.loftq_rank <= 0) return;
@@ -77,7 +83,7 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.sym = !a.asym;
   a.opt.double_quant = !a.no_double_quant;
   a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
-  a.opt.layout = a.format == "awq" ? IntLayout::AwqGemm : a.format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+  apply_format(a.format, &a.opt);
   apply_loftq_args(a, &a.opt);
   QuantizeReport r = quantize_model(a.opt);
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
@@ -97,8 +103,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--group-size", rtn->opt.group_size, "input rows per scale; -1 = one group per output channel")
       ->capture_default_str();
   cmd->add_flag("--asym", rtn->asym, "asymmetric grid with a zero point (default: symmetric, as Qwen's GPTQ releases)");
-  cmd->add_option("--format", rtn->format, "gptq (v1, what transformers/vLLM/ExLlamaV2 read), gptq_v2 or awq")
-      ->check(CLI::IsMember({"gptq", "gptq_v2", "awq"}))
+  cmd->add_option("--format", rtn->format,
+                  "gptq (v1, what transformers/vLLM/ExLlamaV2 read), gptq_v2, awq or compressed-tensors (llm-compressor's "
+                  "pack-quantized, what vLLM reads natively)")
+      ->check(CLI::IsMember({"gptq", "gptq_v2", "awq", "compressed-tensors"}))
       ->capture_default_str();
   cmd->add_flag("--pad-intermediate", rtn->opt.pad_intermediate,
                 "zero-pad the MLP intermediate size when the layout cannot hold it (exact: same outputs)");
@@ -119,7 +127,9 @@ void register_quantize(CLI::App& app) {
   gc->add_option("--bits", g->opt.bits, "2, 3, 4 or 8")->capture_default_str();
   gc->add_option("--group-size", g->opt.group_size, "-1 = one group per output channel")->capture_default_str();
   gc->add_flag("--asym", g->asym, "asymmetric grid (written as gptq_v2 unless --format says otherwise)");
-  gc->add_option("--format", g->format, "gptq (v1) or gptq_v2")->check(CLI::IsMember({"gptq", "gptq_v2"}))->capture_default_str();
+  gc->add_option("--format", g->format, "gptq (v1), gptq_v2 or compressed-tensors (llm-compressor's pack-quantized)")
+      ->check(CLI::IsMember({"gptq", "gptq_v2", "compressed-tensors"}))
+      ->capture_default_str();
   gc->add_option("--damp", gopt->damp, "dampening: fraction of mean(diag H) (raised automatically if Cholesky fails)")
       ->capture_default_str();
   gc->add_flag("--desc-act", gopt->desc_act, "act-order: quantize columns by decreasing Hessian diagonal");
@@ -137,7 +147,7 @@ void register_quantize(CLI::App& app) {
         window_len_for_model(gopt->out.model_dir, gopt->calib_seq_len, g_seq_len->count() > 0, "--calib-seq-len");
     gopt->out.sym = !g->asym;
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
-    gopt->out.layout = g->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+    apply_format(g->format, &gopt->out);
     apply_loftq_args(*g, &gopt->out);
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
@@ -164,8 +174,10 @@ void register_quantize(CLI::App& app) {
                "AutoAWQ's calibration: the first --calib-samples documents of at most --calib-seq-len tokens, "
                "concatenated and cut into blocks (default: random windows)");
   wc->add_option("--group-size", w->opt.group_size, "input rows per scale (w_bit is 4)")->capture_default_str();
-  wc->add_option("--format", w->format, "awq (AutoAWQ GEMM, what transformers/vLLM read) or gptq_v2")
-      ->check(CLI::IsMember({"awq", "gptq_v2"}))
+  wc->add_option("--format", w->format,
+                 "awq (AutoAWQ GEMM, what transformers/vLLM read), gptq_v2 or compressed-tensors (llm-compressor's "
+                 "pack-quantized with zero points)")
+      ->check(CLI::IsMember({"awq", "gptq_v2", "compressed-tensors"}))
       ->capture_default_str();
   wc->add_option("--n-grid", wopt->search.n_grid, "scale exponents tried per group (alpha = i/n, i < n)")->capture_default_str();
   wc->add_flag("--no-duo-scaling", *no_duo, "scales from activations only (s = x^alpha), not x^alpha / w^(1-alpha)");
@@ -186,7 +198,7 @@ void register_quantize(CLI::App& app) {
           window_len_for_model(wopt->out.model_dir, wopt->calib_seq_len, w_seq_len->count() > 0, "--calib-seq-len");
     }
     wopt->out.max_shard_bytes = static_cast<uint64_t>(w->max_shard_gb * 1e9);
-    wopt->out.layout = w->format == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::AwqGemm;
+    apply_format(w->format, &wopt->out);
     wopt->clip = !*no_clip;
     wopt->search.duo_scaling = !*no_duo;
     QuantizeReport r = awq_quantize_model(*wopt);

@@ -332,12 +332,10 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   const QwenConfig& cfg = model.config();
   if (a.device == Device::Cuda) refuse_moe(cfg, "awq --device cuda");
   // The quantization_config first: its MoE module lists refuse what the layout cannot describe before any work.
-  nlohmann::ordered_json qconfig =
-      o.layout == IntLayout::AwqGemm ? awq_quantization_config(o.bits, o.group_size)
-                                     : gptq_quantization_config(o.bits, o.group_size, false, false, false, 0.0, o.layout);
+  nlohmann::ordered_json qconfig = int_quantization_config(o);
   // AutoAWQ's config says nothing of the method (it is always AWQ); a GPTQ-layout file records it for readers.
-  if (o.layout != IntLayout::AwqGemm) qconfig["qwenq_method"] = "awq";
-  add_moe_module_lists(qconfig, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
+  if (o.compressed_tensors || o.layout != IntLayout::AwqGemm) qconfig["qwenq_method"] = "awq";
+  add_moe_module_lists(qconfig, cfg, moe_list_for(o));
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I), L = cfg.num_layers;
   // The Linears and scaling groups of every layer; the written shapes (a dense MLP padded when asked) refused before
   // any work.
@@ -407,6 +405,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   auto layer_prefix = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
+  set_int_output(shards, o);
   // Everything but the decoder Linears, the norms that absorb scales, (with v -> o scaling) v_proj's bias and the
   // routers that take the scales passes through from the map.
   const bool v_to_o = cfg.q_dim() == cfg.kv_dim();

@@ -203,7 +203,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   const QwenConfig& cfg = model.config();
   if (g.device == Device::Cuda) refuse_moe(cfg, "gptq --device cuda");
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
-  add_moe_module_lists(moe_lists, cfg, o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq);
+  add_moe_module_lists(moe_lists, cfg, moe_list_for(o));
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
   const int64_t Id = cfg.has_dense_mlp() ? I2 : 0;  // no dense MLP to check in a MoE model without dense layers
   for (auto [what, N, K] : {std::tuple<const char*, int64_t, int64_t>{"q_proj", cfg.q_dim(), C},
@@ -243,6 +243,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
+  set_int_output(shards, o, g.desc_act, g.static_groups);
   QuantizeReport rep;
   for (const auto& name : ckpt.names()) {  // everything that is not a decoder Linear passes through
     if (std::regex_match(name, kDecoderLinearRe)) continue;
@@ -264,10 +265,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
   if (I2 != I) config["intermediate_size"] = I2;
-  config["quantization_config"] =
-      o.layout == IntLayout::AwqGemm
-          ? awq_quantization_config(o.bits, o.group_size)
-          : gptq_quantization_config(o.bits, o.group_size, o.sym, g.desc_act, g.static_groups, g.damp, o.layout);
+  config["quantization_config"] = int_quantization_config(o, g.desc_act, g.static_groups, g.damp);
   for (const auto& [key, value] : moe_lists.items()) config["quantization_config"][key] = value;
   if (!loftq) return finish_output(config, o.model_dir, shards, out, t0, rep);
   return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq.get(), o.quiet);

@@ -95,10 +95,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   if (o.method == QuantizeOptions::Method::Rtn) check_int_options(o);
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
-  add_moe_module_lists(moe_lists, cfg,
-                       o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb
-                       : o.layout == IntLayout::AwqGemm         ? MoeListFor::Awq
-                                                                : MoeListFor::Gptq);
+  add_moe_module_lists(moe_lists, cfg, o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb : moe_list_for(o));
   Checkpoint ckpt(o.model_dir);
   const std::vector<std::string> names = ckpt.names();
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
@@ -140,6 +137,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
 
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
+  set_int_output(shards, o);
   QuantizeReport rep;
   Progress bar("quantize", n_linear, "layers", o.quiet);
   // With the GPU (or host_overlap), the host half of each Linear (packing, double quantization, adding it to the
@@ -273,9 +271,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     if (!o.quiet) std::fprintf(stderr, "padded intermediate_size %lld -> %lld with zero channels\n", (long long)I, (long long)I2);
   }
   if (o.method == QuantizeOptions::Method::Rtn) {
-    config["quantization_config"] = o.layout == IntLayout::AwqGemm
-                                        ? awq_quantization_config(o.bits, o.group_size)
-                                        : gptq_quantization_config(o.bits, o.group_size, o.sym, false, false, 0.0, o.layout);
+    config["quantization_config"] = int_quantization_config(o);
     config["quantization_config"]["qwenq_method"] = "rtn";
   } else {
     config["quantization_config"] = nf4_quantization_config_json(o.double_quant, torch_dtype_name(weight_dtype),

@@ -31,6 +31,10 @@ struct QuantizeOptions {
   int64_t group_size = 128;  // -1: one group per output channel
   bool sym = true;
   IntLayout layout = IntLayout::GptqV1;
+  // Write the integer codes as llm-compressor's compressed-tensors "pack-quantized" Linears (quant/compressed_tensors.h;
+  // what vLLM and transformers with compressed-tensors load) instead of the layout's own tensors. The codes are made
+  // as for `layout`, which must then be GptqV2 (any zero point, g_idx): the same ŵ bit for bit.
+  bool compressed_tensors = false;
   // Zero-pad the MLP's intermediate size (gate/up rows, down columns; config.json updated) up to a multiple the
   // layout and group size accept, when it does not already fit (stories260K's 172). The padded model computes
   // exactly the same function: the extra channels are silu(0)·0 = 0 and their down_proj columns are 0.

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "quant/compressed_tensors.h"
 #include "trainer/adapter_init.h"
 #include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
@@ -28,6 +29,12 @@ void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeLi
   if (!c.is_moe()) return;
   const bool dense_layers = c.has_dense_mlp();
   const bool shared = c.shared_expert_intermediate_size > 0;
+  if (format == MoeListFor::Ct) {  // patterns that end at "gate": a dense layer's mlp.gate_proj stays quantized
+    nlohmann::ordered_json ignore = {"lm_head", "re:.*mlp\\.gate$"};
+    if (shared) ignore.push_back("re:.*mlp\\.shared_expert_gate$");
+    qc["ignore"] = ignore;  // the whole list (lm_head too): callers copy these keys over the config's
+    return;
+  }
   if (format == MoeListFor::Gptq) {
     nlohmann::ordered_json in = nlohmann::ordered_json::array(), down = nlohmann::ordered_json::array();
     auto add = [&](int64_t e) {
@@ -68,6 +75,13 @@ void ShardedWriter::add_view(const std::string& name, const TensorView& t) {
 }
 
 void ShardedWriter::add_int_linear(const std::string& prefix, const PackedIntLinear& p) {
+  if (ct_) {
+    add_ct_packed_linear(writer_, prefix, p, ct_sym_, ct_g_idx_);
+    for (const char* suffix : {".weight_packed", ".weight_scale", ".weight_shape"}) note_added(prefix + suffix);
+    if (!ct_sym_) note_added(prefix + ".weight_zero_point");
+    if (ct_g_idx_) note_added(prefix + ".weight_g_idx");
+    return;
+  }
   qwenq::add_int_linear(writer_, prefix, p);
   for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) {
     if (p.layout != IntLayout::AwqGemm || std::string(suffix) != ".g_idx") note_added(prefix + suffix);
@@ -99,6 +113,31 @@ void ShardedWriter::flush() {
   for (const auto& [p, n] : views_) release_mapped_pages(p, n);
   views_.clear();
   writer_ = SafetensorsWriter();
+}
+
+MoeListFor moe_list_for(const QuantizeOptions& o) {
+  return o.compressed_tensors ? MoeListFor::Ct : o.layout == IntLayout::AwqGemm ? MoeListFor::Awq : MoeListFor::Gptq;
+}
+
+namespace {
+// Act-order groups out of input order, stored as weight_g_idx (static groups keep them in order).
+bool ct_g_idx(const QuantizeOptions& o, bool desc_act, bool static_groups) {
+  return desc_act && !static_groups && o.group_size > 0;
+}
+}  // namespace
+
+nlohmann::ordered_json int_quantization_config(const QuantizeOptions& o, bool desc_act, bool static_groups,
+                                               double damp) {
+  if (o.compressed_tensors) {
+    const char* actorder = !desc_act || o.group_size <= 0 ? nullptr : static_groups ? "weight" : "group";
+    return ct_quantization_config(o.bits, o.group_size, o.sym, actorder, {"lm_head"});
+  }
+  if (o.layout == IntLayout::AwqGemm) return awq_quantization_config(o.bits, o.group_size);
+  return gptq_quantization_config(o.bits, o.group_size, o.sym, desc_act, static_groups, damp, o.layout);
+}
+
+void set_int_output(ShardedWriter& shards, const QuantizeOptions& o, bool desc_act, bool static_groups) {
+  if (o.compressed_tensors) shards.write_compressed_tensors(o.sym, ct_g_idx(o, desc_act, static_groups));
 }
 
 const char* torch_dtype_name(DType t) {
@@ -166,6 +205,10 @@ void check_int_options(const QuantizeOptions& o) {
   QWENQ_CHECK(o.layout != IntLayout::AwqGemm || o.bits == 4, "AWQ GEMM files hold 4-bit codes only, not " << o.bits);
   QWENQ_CHECK(o.group_size == -1 || o.group_size >= 8, "--group-size must be -1 or at least 8, got " << o.group_size);
   QWENQ_CHECK(o.layout != IntLayout::AwqGemm || o.group_size > 0, "AWQ needs a positive --group-size");
+  QWENQ_CHECK(!o.compressed_tensors || o.layout == IntLayout::GptqV2,
+              "compressed-tensors output is made from GPTQ v2 codes, not " << int_layout_name(o.layout));
+  QWENQ_CHECK(!o.compressed_tensors || o.bits != 3,
+              "compressed-tensors pack-quantized files are written with 2, 4 or 8-bit codes, not 3 (use --format gptq)");
   QWENQ_CHECK(!(o.layout == IntLayout::GptqV1 && !o.sym),
               "asymmetric grids can have a zero point of 0, which GPTQ v1 files cannot store; use --format gptq_v2 "
               "or --sym");

@@ -36,8 +36,16 @@ class ShardedWriter {
   void note_added(const std::string& name) { pending_.push_back(name); }
   // add + note_added for a tensor that stays valid until the shard is flushed (a view into a mapping).
   void add_view(const std::string& name, const TensorView& t);
-  // add_int_linear + note_added for the tensors the layout has (AWQ has no g_idx).
+  // add_int_linear + note_added for the tensors the layout has (AWQ has no g_idx), or, after write_compressed_tensors,
+  // add_ct_packed_linear's.
   void add_int_linear(const std::string& prefix, const PackedIntLinear& p);
+  // Integer Linears from now on as compressed-tensors pack-quantized tensors (`sym`: no zero points; `g_idx`: act-order
+  // weight_g_idx stored).
+  void write_compressed_tensors(bool sym, bool g_idx) {
+    ct_ = true;
+    ct_sym_ = sym;
+    ct_g_idx_ = g_idx;
+  }
   void maybe_flush() {
     if (writer_.payload_bytes() >= max_bytes_) flush();
   }
@@ -50,6 +58,7 @@ class ShardedWriter {
   std::string dir_;
   uint64_t max_bytes_;
   uint64_t total_ = 0;
+  bool ct_ = false, ct_sym_ = true, ct_g_idx_ = false;
   SafetensorsWriter writer_;
   std::vector<std::string> pending_;
   std::vector<std::pair<const void*, size_t>> views_;  // mapped input released once its shard is written
@@ -70,7 +79,20 @@ extern const std::regex kDecoderLinearRe;
 //         refused for a model with dense layers, whose mlp.gate_proj would match too);
 //   Bnb:  llm_int8_skip_modules ["lm_head", "gate"(, "shared_expert_gate")] (matched as the module's own name).
 // Our reader (trainer/qwen_weights.cpp) packs exactly the Linears whose packed tensors are present, so it reads all.
-enum class MoeListFor { Gptq, Awq, Bnb };
+//   Ct:   ignore (the whole list) ["lm_head", "re:.*mlp\\.gate$"(, "re:.*mlp\\.shared_expert_gate$")] (compressed-tensors' patterns, matched
+//         from the start of the module path).
+enum class MoeListFor { Gptq, Awq, Bnb, Ct };
+// The lists an integer-code output (rtn, gptq, awq) needs: by o.compressed_tensors, then o.layout.
+MoeListFor moe_list_for(const QuantizeOptions& o);
+
+// quantization_config of an integer-code output as `o` asks for it: compressed-tensors (o.compressed_tensors; actorder
+// "group" with g_idx when desc_act without static_groups, "weight" with static groups), AutoAWQ GEMM (o.layout
+// AwqGemm) or GPTQ v1/v2 (desc_act, static_groups and damp recorded). Without the MoE lists.
+nlohmann::ordered_json int_quantization_config(const QuantizeOptions& o, bool desc_act = false,
+                                               bool static_groups = false, double damp = 0.0);
+// Makes `shards` write what int_quantization_config(o, desc_act, static_groups) describes (compressed-tensors only;
+// the other layouts need nothing).
+void set_int_output(ShardedWriter& shards, const QuantizeOptions& o, bool desc_act = false, bool static_groups = false);
 
 // True when checkpoint tensor `name` belongs to one of the packed Linears whose prefixes ("model.layers.0.mlp.up_proj",
 // no trailing dot) are given: any tensor below a prefix but its bias (qweight, qzeros, scales, g_idx; bitsandbytes'

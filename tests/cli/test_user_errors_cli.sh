@@ -30,7 +30,8 @@
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
 #    model or a cut one given to gguf --imatrix (nothing written), a model file given as the imatrix;
 #  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
-#    with attention targets), and one clear error from each command that does not take one yet, before any output.
+#    with attention targets), and one clear error from each command that does not take one yet, before any output;
+#  - (new format, compressed-tensors) written files compute as the GPTQ file of the same codes; 3-bit refused.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -251,6 +252,23 @@ grep -q "int8 activations: $all_n of $all_n Linears" g_act_int8.txt ||
   fail "act-order: the coverage line does not say every Linear took the int8 products" g_act_int8.txt
 awk -v a="$(ppl g_act_exact.txt)" -v b="$(ppl g_act_int8.txt)" 'BEGIN { exit !(a > 0 && b != a && (b - a) / a < 0.01 && (a - b) / a < 0.01) }' ||
   fail "act-order GPTQ perplexity with int8 activations $(ppl g_act_int8.txt) vs exact $(ppl g_act_exact.txt)" g_act_int8.txt
+# (new format, compressed-tensors) gptq --format compressed-tensors writes the same codes in llm-compressor's layout:
+# the same perplexity as the act-order GPTQ file above, and the int8 products on every Linear; what the format
+# cannot hold is refused before any output.
+"$QQ" gptq --model tiny --out g_ct --format compressed-tensors --calib text.jsonl --calib-samples 2 --group-size 32 \
+  --desc-act --threads 1 > gptq_ct.txt 2>&1 || fail "gptq --format compressed-tensors" gptq_ct.txt
+grep -q '"quant_method": "compressed-tensors"' g_ct/config.json || fail "gptq --format compressed-tensors: config" g_ct/config.json
+"$QQ" eval --model g_ct --data text.jsonl --seq-len 64 -q --json > g_ct_exact.txt 2>&1 ||
+  fail "eval of a compressed-tensors model written by gptq" g_ct_exact.txt
+[ "$(ppl g_ct_exact.txt)" = "$(ppl g_act_exact.txt)" ] ||
+  fail "compressed-tensors perplexity $(ppl g_ct_exact.txt) vs the GPTQ file's $(ppl g_act_exact.txt)" g_ct_exact.txt
+"$QQ" eval --model g_ct --data text.jsonl --seq-len 64 --json --int8-activations > g_ct_int8.txt 2>&1 ||
+  fail "eval --int8-activations of a compressed-tensors model" g_ct_int8.txt
+grep -q "int8 activations: $all_n of $all_n Linears" g_ct_int8.txt ||
+  fail "compressed-tensors: not every Linear took the int8 products" g_ct_int8.txt
+refuse ct_3bit "compressed-tensors pack-quantized files are written with 2, 4 or 8-bit codes, not 3" \
+  "$QQ" rtn --model tiny --out ct3 --bits 3 --format compressed-tensors
+[ ! -e ct3 ] || fail "a refused rtn --format compressed-tensors left ct3"
 refuse int8_cuda "--int8-activations: the int8 products run on the CPU" \
   "$QQ" generate --model tiny.gguf --prompt hi --int8-activations --device cuda
 "$QQ" eval --model tiny.gguf --data text.jsonl --seq-len 64 -q --int8-activations --json > gguf_int8.txt 2>&1 ||
@@ -349,6 +367,14 @@ refuse moe_compare_awq "compare --methods awq: the AutoAWQ layout cannot mark" "
   --methods rtn,awq --data text.jsonl --calib text.jsonl
 "$QQ" awq --model moe --out moe_awq2 --format gptq_v2 --calib text.jsonl --calib-seq-len 32 --calib-samples 8 -q \
   > moe_awq2.txt 2>&1 || fail "awq --format gptq_v2 on a MoE model" moe_awq2.txt
-"$QQ" eval --model moe_awq2 --data text.jsonl --seq-len 64 -q > moe_awq2_eval.txt 2>&1 || fail "eval of an AWQ MoE" moe_awq2_eval.txt
+"$QQ" eval --model moe_awq2 --data text.jsonl --seq-len 64 -q --json > moe_awq2_eval.txt 2>&1 || fail "eval of an AWQ MoE" moe_awq2_eval.txt
+# compressed-tensors ignores the routers by pattern, so AWQ's MoE with dense layers needs no GPTQ layout either.
+"$QQ" awq --model moe --out moe_awq_ct --format compressed-tensors --calib text.jsonl --calib-seq-len 32 \
+  --calib-samples 8 -q > moe_awq_ct.txt 2>&1 || fail "awq --format compressed-tensors on a MoE model" moe_awq_ct.txt
+grep -qF '"re:.*mlp\\.gate$"' moe_awq_ct/config.json || fail "compressed-tensors MoE: routers not ignored" moe_awq_ct/config.json
+"$QQ" eval --model moe_awq_ct --data text.jsonl --seq-len 64 -q --json > moe_awq_ct_eval.txt 2>&1 ||
+  fail "eval of a compressed-tensors AWQ MoE" moe_awq_ct_eval.txt
+[ "$(ppl moe_awq_ct_eval.txt)" = "$(ppl moe_awq2_eval.txt)" ] ||
+  fail "compressed-tensors AWQ MoE perplexity $(ppl moe_awq_ct_eval.txt) vs gptq_v2's $(ppl moe_awq2_eval.txt)" moe_awq_ct_eval.txt
 for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"

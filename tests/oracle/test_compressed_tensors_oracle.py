@@ -21,12 +21,20 @@ with the weights and logits that library's own decompression gives.
 4. Where transformers itself runs the checkpoint (weight-only symmetric schemes, through compressed-tensors'
    CompressedLinear), its logits are checked against that reference too: they differ only by the rounding of ŵ to the
    scales' dtype that CompressedLinear applies.
+5. The other way: `qwen-quant rtn|gptq|awq --format compressed-tensors` write the same fp32 model (rtn int4 group 32
+   symmetric and asymmetric, int8 per channel, int2 group 16; GPTQ with act-order; AWQ). The library must parse each
+   quantization_config to the weight arguments asked for and decompress every Linear to ŵ within the grid's error of
+   the fp32 weights; those ŵ and their dense logits are the expected values of the same gtest (qwenq reading its own
+   file gives the library's ŵ bit for bit), and transformers loads the symmetric ones with no missing or unexpected
+   tensor and logits near the reference.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/compressed-tensors missing).
 """
 import json
 import os
+import random
+import shutil
 
-from oracle_common import check, finish, parse_args, run_gtest, skip, spread_weights, work_dir
+from oracle_common import check, finish, parse_args, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -178,6 +186,85 @@ for name, fmt, wargs, act, scale_dtype in CASES:
         with torch.no_grad():
             got = hf(ids).logits[0]
         err = (got - ref).abs().max().item()
+        print(f"{name}: transformers (CompressedLinear) vs the fp32-scale reference: max |diff| {err:.3g}, "
+              f"max |logit| {ref.abs().max().item():.3g}")
+        check(err <= 2e-2 * ref.abs().max().item(), f"{name}: transformers' logits are far from the reference")
+
+# 5. Checkpoints qwenq writes (`qwen-quant rtn|gptq|awq --format compressed-tensors`) from the same fp32 model: the
+#    library parses their quantization_config, decompresses every Linear (the expected ŵ and logits for the gtest, as
+#    above), and transformers loads the symmetric ones with no missing or unexpected tensor.
+qq = os.path.join(args.build, "qwen-quant")
+src = os.path.join(root, "ours_source")
+base.save_pretrained(src, safe_serialization=True)
+tk = os.path.join(root, "tokenizer-source")  # the byte-level BPE of `qwen-quant init-random` (vocab 320)
+run([qq, "init-random", "--preset", "tiny", "--out", tk, "--overwrite"])
+for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+    shutil.copy(os.path.join(tk, f), src)
+calib = os.path.join(root, "calib.txt")
+rng = random.Random(5)
+words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "to", "see", "big", "red", "dog"]
+with open(calib, "w") as fh:
+    for _ in range(400):
+        fh.write(" ".join(rng.choice(words) for _ in range(12)) + ".\n")
+CAL = ["--calib", calib, "--calib-samples", "8", "--calib-seq-len", "64"]
+OURS = [  # name, qwen-quant arguments, the weight args the file must declare
+    ("ours_rtn_w4_g32", ["rtn", "--group-size", "32"],
+     dict(num_bits=4, symmetric=True, strategy="group", group_size=32, actorder=None)),
+    ("ours_rtn_w4_g32_asym", ["rtn", "--group-size", "32", "--asym"],
+     dict(num_bits=4, symmetric=False, strategy="group", group_size=32, actorder=None)),
+    ("ours_rtn_w8_channel", ["rtn", "--bits", "8", "--group-size", "-1"],
+     dict(num_bits=8, symmetric=True, strategy="channel", group_size=None, actorder=None)),
+    ("ours_rtn_w2_g16", ["rtn", "--bits", "2", "--group-size", "16"],
+     dict(num_bits=2, symmetric=True, strategy="group", group_size=16, actorder=None)),
+    ("ours_gptq_actorder", ["gptq", "--group-size", "32", "--desc-act"] + CAL,
+     dict(num_bits=4, symmetric=True, strategy="group", group_size=32, actorder="group")),
+    ("ours_awq", ["awq", "--group-size", "32"] + CAL,
+     dict(num_bits=4, symmetric=False, strategy="group", group_size=32, actorder=None)),
+]
+for name, qargs, want in OURS:
+    out = os.path.join(root, name)
+    run([qq] + qargs + ["--model", src, "--out", out, "--format", "compressed-tensors", "--overwrite", "--quiet"])
+    comp = ModelCompressor.from_pretrained(out)
+    qcfg = comp.quantization_config
+    check(qcfg.format == "pack-quantized" and list(qcfg.config_groups) == ["group_0"] and qcfg.ignore == ["lm_head"],
+          f"{name}: format {qcfg.format}, groups {list(qcfg.config_groups)}, ignore {qcfg.ignore}")
+    wargs = qcfg.config_groups["group_0"].weights
+    got = {k: (getattr(wargs, k).value if hasattr(getattr(wargs, k), "value") else getattr(wargs, k)) for k in want}
+    check(got == want and wargs.type == "int", f"{name}: the library reads weights {got}, expected {want}")
+    sd = load_file(os.path.join(out, "model.safetensors"))
+    linears = sorted({k.rsplit(".", 1)[0] for k in sd if k.endswith(".weight_packed")})
+    check(len(linears) == 14, f"{name}: {len(linears)} packed Linears, expected 14")
+    # The dense model: the file's other tensors (AWQ's scaled norms) and the library's ŵ.
+    expected = {}
+    dense = {k: v.to(torch.float32) for k, v in sd.items() if ".weight_" not in k}
+    rel = []
+    for prefix in linears:
+        w = expected_weight(sd, prefix, wargs, "pack-quantized", comp).to(torch.float32).contiguous()
+        expected[prefix] = w
+        dense[prefix + ".weight"] = w
+        orig = base_state[prefix + ".weight"]
+        rel.append(((w - orig).norm() / orig.norm()).item())
+    if name != "ours_awq":  # AWQ's ŵ are of W·diag(s), its norms divided by s
+        # The grid's rounding error, not a layout error: a transposed or misplaced code would be O(1).
+        print(f"{name}: relative error of the library's ŵ against the fp32 weights: max {max(rel):.3g}")
+        check(max(rel) < (0.6 if want["num_bits"] == 2 else 0.2), f"{name}: ŵ far from the weights ({max(rel):.3g})")
+    ref = logits_of(dense)
+    fp32 = logits_of(base_state)
+    gap = ((ref - fp32).norm() / fp32.norm()).item()
+    print(f"{name}: logits of the library's model against the fp32 model's: relative RMS difference {gap:.3g}")
+    # For AWQ the check that its scaled Linears and norms still compute the model (codes of the wrong outputs give 1.3).
+    check(want["num_bits"] == 2 or gap < 0.35, f"{name}: the quantized model is far from the fp32 one")
+    expected["input_ids"] = ids[0].to(torch.int32)
+    expected["logits"] = ref
+    save_file(expected, os.path.join(out, "expected.safetensors"))
+    if want["symmetric"]:  # compressed-tensors 0.9.4 cannot load packed zero points (see above)
+        hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32,
+                                                                     output_loading_info=True)
+        check(not info["missing_keys"] and not info["unexpected_keys"],
+              f"{name}: transformers: missing {info['missing_keys'][:4]}, unexpected {info['unexpected_keys'][:4]}")
+        with torch.no_grad():
+            got_logits = hf.eval()(ids).logits[0]
+        err = (got_logits - ref).abs().max().item()
         print(f"{name}: transformers (CompressedLinear) vs the fp32-scale reference: max |diff| {err:.3g}, "
               f"max |logit| {ref.abs().max().item():.3g}")
         check(err <= 2e-2 * ref.abs().max().item(), f"{name}: transformers' logits are far from the reference")
