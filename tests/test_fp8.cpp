@@ -7,8 +7,8 @@
 //     checkpoint holding exactly those ŵ (few rows through the FP8 row product, many through the dequantized GEMM);
 //     the forward and transposed row products against double, also on a weight wider than one transposed task; a
 //     Qwen3-MoE whose experts are FP8 (the router written dense) computes its F32 twin's logits;
-//   - `dequantize` writes those ŵ bit for bit (F32), `gguf` the F32 twin's file byte for byte; quantizers, the plan and the GPU refuse FP8 with one message
-//     naming what to do; a wrong scale shape, fmt "e5m2", a missing weight_block_size and a static activation scheme
+//   - `dequantize` writes those ŵ bit for bit (F32), `gguf` the F32 twin's file byte for byte; the plan and the GPU
+//     refuse FP8 with one message naming what to do (the quantizers read it: tests/test_fp8_source.cpp); a wrong scale shape, fmt "e5m2", a missing weight_block_size and a static activation scheme
 //     are refused naming the tensor or the field;
 //   - Fp8Oracle.*: the C++ half of tests/oracle/test_fp8_oracle.py (checkpoints torch wrote).
 #include <gtest/gtest.h>
@@ -32,6 +32,7 @@
 #include "core/safetensors.h"
 #include "quant/fp8.h"
 #include "quant/packed_matvec.h"
+#include "tests/support/fp8_fixtures.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/memory_plan.h"
@@ -41,19 +42,16 @@
 namespace qwenq {
 namespace {
 
-constexpr int64_t kBlockN = 16, kBlockK = 48;
+using test::e4m3_definition;
+using test::kBlockK;
+using test::kBlockN;
+using test::qwen_fp8_config;
+using test::write_fp8_pair;
 // Logits of the same ŵ through the FP8 products and through the F32 checkpoint's: only the fp32 summation order
 // differs (relative to the largest logit).
 constexpr double kLogitTol = 1e-5;
 // dx = dy·Ŵ in fp32 against double, relative to Σ|dy·ŵ|.
 constexpr double kDotRelTol = 1e-5;
-
-double e4m3_definition(int b) {
-  const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
-  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
-  const double mag = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
-  return s ? -mag : mag;
-}
 
 TEST(Fp8, E4m3ValuesAreTheFormatsDefinition) {
   for (int b = 0; b < 256; ++b) {
@@ -89,89 +87,6 @@ TEST(Fp8, E4m3ValuesAreTheFormatsDefinition) {
   EXPECT_EQ(f8_e4m3_to_f32(0x7E), 448.0f);
   EXPECT_EQ(f8_e4m3_to_f32(0x01), 0x1p-9f);
   EXPECT_EQ(f8_e4m3_to_f32(0x08), 0x1p-6f);
-}
-
-// This test's quantizer of one weight [N, K]: per block, scale = bf16(max|w| / 448) (1 for an all-zero block), code
-// = the finite e4m3 value nearest w / scale (brute force; ties to the lower byte). ŵ = value(code)·scale in fp32.
-struct Quantized {
-  std::vector<uint8_t> codes;
-  std::vector<uint16_t> scales;  // bf16 [ceil(N / bn), ceil(K / bk)]
-  std::vector<float> w_hat;
-};
-Quantized quantize_fp8(const float* W, int64_t N, int64_t K) {
-  const int64_t SN = (N + kBlockN - 1) / kBlockN, SK = (K + kBlockK - 1) / kBlockK;
-  Quantized q;
-  q.codes.resize(static_cast<size_t>(N * K));
-  q.scales.resize(static_cast<size_t>(SN * SK));
-  q.w_hat.resize(q.codes.size());
-  for (int64_t bn = 0; bn < SN; ++bn) {
-    for (int64_t bk = 0; bk < SK; ++bk) {
-      float amax = 0.0f;
-      for (int64_t n = bn * kBlockN; n < std::min(N, (bn + 1) * kBlockN); ++n)
-        for (int64_t k = bk * kBlockK; k < std::min(K, (bk + 1) * kBlockK); ++k) amax = std::max(amax, std::fabs(W[n * K + k]));
-      const uint16_t sb = f32_to_bf16(amax > 0.0f ? amax / 448.0f : 1.0f);
-      const float s = bf16_to_f32(sb);
-      q.scales[static_cast<size_t>(bn * SK + bk)] = sb;
-      for (int64_t n = bn * kBlockN; n < std::min(N, (bn + 1) * kBlockN); ++n) {
-        for (int64_t k = bk * kBlockK; k < std::min(K, (bk + 1) * kBlockK); ++k) {
-          const double target = W[n * K + k] / double(s);
-          int best = 0;
-          for (int b = 1; b < 256; ++b) {
-            if ((b & 0x7F) == 0x7F) continue;
-            if (std::fabs(e4m3_definition(b) - target) < std::fabs(e4m3_definition(best) - target)) best = b;
-          }
-          q.codes[static_cast<size_t>(n * K + k)] = static_cast<uint8_t>(best);
-          q.w_hat[static_cast<size_t>(n * K + k)] = static_cast<float>(e4m3_definition(best)) * s;
-        }
-      }
-    }
-  }
-  return q;
-}
-
-// `src` (an F32 tiny model) written twice: fp8_dir with every decoder Linear in FP8 (quantization_config `qc`), ref_dir
-// with the same ŵ in F32.
-void write_fp8_pair(const std::string& src, const std::string& fp8_dir, const std::string& ref_dir,
-                    const nlohmann::json& qc) {
-  const std::regex linear(R"(model\.layers\.\d+\..*_proj\.weight)");
-  const Checkpoint ckpt(src);
-  SafetensorsWriter fp8, ref;
-  for (const std::string& name : ckpt.names()) {
-    const TensorView& t = ckpt.get(name);
-    if (!std::regex_match(name, linear)) {
-      fp8.add(name, t.dtype, t.shape, t.data);
-      ref.add(name, t.dtype, t.shape, t.data);
-      continue;
-    }
-    ASSERT_EQ(t.dtype, DType::F32);
-    const int64_t N = t.shape[0], K = t.shape[1];
-    Quantized q = quantize_fp8(static_cast<const float*>(t.data), N, K);
-    const std::string prefix = name.substr(0, name.size() - 7);
-    fp8.add_owned(name, DType::F8_E4M3, {N, K}, std::move(q.codes));
-    std::vector<uint8_t> sbytes(q.scales.size() * 2);
-    std::memcpy(sbytes.data(), q.scales.data(), sbytes.size());
-    fp8.add_owned(prefix + ".weight_scale_inv", DType::BF16,
-                  {(N + kBlockN - 1) / kBlockN, (K + kBlockK - 1) / kBlockK}, std::move(sbytes));
-    std::vector<uint8_t> wbytes(q.w_hat.size() * 4);
-    std::memcpy(wbytes.data(), q.w_hat.data(), wbytes.size());
-    ref.add_owned(name, DType::F32, {N, K}, std::move(wbytes));
-  }
-  for (const std::string& dir : {fp8_dir, ref_dir}) {
-    std::filesystem::create_directories(dir);
-    for (const auto& e : std::filesystem::directory_iterator(src)) {
-      if (e.path().extension() != ".safetensors") std::filesystem::copy(e.path(), dir + "/" + e.path().filename().string());
-    }
-  }
-  fp8.write(fp8_dir + "/model.safetensors");
-  ref.write(ref_dir + "/model.safetensors");
-  nlohmann::json cfg = nlohmann::json::parse(read_file(fp8_dir + "/config.json"));
-  cfg["quantization_config"] = qc;
-  write_file_atomic(fp8_dir + "/config.json", cfg.dump(2));
-}
-
-nlohmann::json qwen_fp8_config() {
-  return {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"}, {"quant_method", "fp8"},
-          {"weight_block_size", {kBlockN, kBlockK}}};
 }
 
 struct Fp8Pair : ::testing::Test {
@@ -286,7 +201,7 @@ TEST_F(Fp8Pair, ProductsMatchDouble) {
   expect_products_match_double(w, W, 5);
 }
 
-TEST_F(Fp8Pair, DequantizeWritesTheWeightsAndOthersRefuseWithWhatToDo) {
+TEST_F(Fp8Pair, DequantizeAndGgufWriteTheWeightsAndPlanRefusesWithWhatToDo) {
   DequantizeOptions d;
   d.model_dir = root + "/fp8";
   d.out_dir = root + "/dense";
@@ -310,11 +225,6 @@ TEST_F(Fp8Pair, DequantizeWritesTheWeightsAndOthersRefuseWithWhatToDo) {
   EXPECT_TRUE(from_fp8 == read_file(test::export_gguf_to(root + "/y/m", root + "/y.gguf", "q8_0")))
       << "gguf of the FP8 directory differs from its F32 twin's";
 
-  QuantizeOptions q;
-  q.model_dir = root + "/fp8";
-  q.out_dir = root + "/rtn";
-  q.quiet = true;
-  EXPECT_NE(test::error_of([&] { quantize_model(q); }).find("qwen-quant dequantize"), std::string::npos);
   PlanInput in;
   EXPECT_NE(test::error_of([&] { plan_base_from_model_dir(root + "/fp8", &in); }).find("FP8"), std::string::npos);
 }

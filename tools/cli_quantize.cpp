@@ -42,7 +42,9 @@ void add_loftq_options(CLI::App* cmd, QuantizeArgs* a, bool iterative = true) {
 }
 
 void add_io_options(CLI::App* cmd, QuantizeArgs* a) {
-  cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (bf16/fp16/fp32)")->required();
+  cmd->add_option("--model,-m", a->model,
+                  "model directory or Hugging Face repo id (bf16/fp16/fp32, or FP8: read as its dequantized weights)")
+      ->required();
   cmd->add_option("--out,-o", a->opt.out_dir, "output directory (written under a temporary name, renamed when complete)")
       ->required();
   cmd->add_flag("--overwrite", a->opt.overwrite, "replace an existing output directory");

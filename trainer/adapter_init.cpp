@@ -1,5 +1,6 @@
 #include "trainer/adapter_init.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -15,6 +16,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
+#include "trainer/qwen_weights.h"
 
 namespace qwenq {
 namespace {
@@ -58,9 +60,11 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
 }
 
 LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir, LoraAdapter* adapter, bool quiet) {
-  QWENQ_CHECK(load_quant_config(dir).method == QuantConfig::Method::None,
+  // An FP8 original (what the quantizers also start from) is read as its fp32 ŵ.
+  const QuantConfig oq = load_quant_config(dir);
+  QWENQ_CHECK(oq.method == QuantConfig::Method::None || oq.float8_weights(),
               "--loftq-model " << dir << " is quantized (its config.json has a quantization_config); give the "
-                                  "original bf16/fp16/fp32 model the base was quantized from");
+                                  "original bf16/fp16/fp32 (or FP8) model the base was quantized from");
   const QwenConfig& bc = base.config();
   const QwenConfig oc = load_qwen_config(dir);
   QWENQ_CHECK(oc.hidden_size == bc.hidden_size && oc.num_layers == bc.num_layers && oc.num_heads == bc.num_heads &&
@@ -99,7 +103,13 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
                   "--loftq-model " << dir << ": " << name << " is " << shape_str(ow.shape) << ", the base's is ["
                                    << bw.N << ", " << bw.K << "]");
       std::vector<float> W(bw.N * bw.K);
-      weight_to_f32_ref(ow.dtype, ow.data, ow.shape[0], ow.shape[1], bw.N, bw.K, W.data());  // zero-padded
+      if (oq.method == QuantConfig::Method::None) {
+        weight_to_f32_ref(ow.dtype, ow.data, ow.shape[0], ow.shape[1], bw.N, bw.K, W.data());  // zero-padded
+      } else {
+        const std::vector<float> w = load_linear(ckpt, oq, lp + sl.path, ow.shape[0], ow.shape[1]).dequantize();
+        for (int64_t n = 0; n < ow.shape[0]; ++n)  // zero-padded
+          std::copy(w.begin() + n * ow.shape[1], w.begin() + (n + 1) * ow.shape[1], W.begin() + n * bw.K);
+      }
       const std::vector<float> Q = bw.dequantize();
       const std::string what = "loftq: layer " + std::to_string(l) + " " + sl.path;
       const LoftqFactors f = loftq_factors(W.data(), Q.data(), bw.N, bw.K, r, s, {}, what.c_str());

@@ -319,7 +319,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   QWENQ_CHECK(o.layout != IntLayout::GptqV1,
               "awq: AWQ grids can have a zero point of 0, which GPTQ v1 files cannot store; use --format awq or gptq_v2");
   check_int_options(o);
-  check_not_quantized(o.model_dir);
+  check_quantizable_source(o.model_dir);
   AwqSearchOptions so = a.search;
   so.bits = o.bits;
   so.group_size = o.group_size;
@@ -410,7 +410,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   // routers that take the scales passes through from the map.
   const bool v_to_o = cfg.q_dim() == cfg.kv_dim();
   for (const auto& name : ckpt.names()) {
-    if (std::regex_match(name, kDecoderLinearRe)) continue;
+    if (std::regex_match(name, kDecoderLinearRe) || is_source_scale(name)) continue;
     const auto ends_with = [&](const std::string& s) {
       return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
     };

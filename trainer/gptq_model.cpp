@@ -194,7 +194,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QuantizeOptions o = g.out;
   o.method = QuantizeOptions::Method::Rtn;  // the integer-layout rules (bits, layout, padding) are shared with RTN
   check_int_options(o);
-  check_not_quantized(o.model_dir);
+  check_quantizable_source(o.model_dir);
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(g.device == Device::Cpu, "gptq: --device cuda needs a build with the CUDA backend (this one has none)");
 #endif
@@ -246,7 +246,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   set_int_output(shards, o, g.desc_act, g.static_groups);
   QuantizeReport rep;
   for (const auto& name : ckpt.names()) {  // everything that is not a decoder Linear passes through
-    if (std::regex_match(name, kDecoderLinearRe)) continue;
+    if (std::regex_match(name, kDecoderLinearRe) || is_source_scale(name)) continue;
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }

@@ -825,8 +825,8 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
     case QuantConfig::Method::Gptq: in->base = PlanBase::Gptq; break;
     case QuantConfig::Method::Awq: in->base = PlanBase::Awq; break;
     case QuantConfig::Method::Fp8:
-      QWENQ_FAIL(dir << ": an FP8 checkpoint; plan the model it becomes (`qwen-quant dequantize` to bf16, or a 4-bit "
-                        "quantization of that)");
+      QWENQ_FAIL(dir << ": an FP8 checkpoint; plan the model it becomes (`qwen-quant dequantize` to bf16, or its 4-bit "
+                        "quantization: qwen-quant rtn/nf4/gptq/awq read FP8 models)");
       return;
     case QuantConfig::Method::CompressedTensors: {
       // Planned as the GPTQ v2 Linears its integer weights load into, when one scheme covers them all.
@@ -834,8 +834,8 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
                            q.ct_schemes[0].weights.strategy != CtStrategy::Tensor;
       QWENQ_CHECK(one_int, dir << ": a compressed-tensors checkpoint with "
                                << (q.ct_has_int() ? "several weight schemes" : "float8 weights")
-                               << "; plan the model it becomes (`qwen-quant dequantize` to bf16, or a 4-bit "
-                                  "quantization of that)");
+                               << "; plan the model it becomes (`qwen-quant dequantize` to bf16, or its 4-bit "
+                                  "quantization: qwen-quant rtn/nf4/gptq/awq read float8 models)");
       in->base = PlanBase::Gptq;
       break;
     }

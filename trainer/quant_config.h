@@ -66,6 +66,10 @@ struct QuantConfig {
   const CtScheme* ct_scheme_for(const std::string& prefix) const;
   // compressed-tensors: true when some scheme stores integer weights (false: float8 only).
   bool ct_has_int() const;
+  // Block-wise FP8, or compressed-tensors with float8 schemes only: weights a quantizer can start from (read as ŵ).
+  bool float8_weights() const {
+    return method == Method::Fp8 || (method == Method::CompressedTensors && !ct_has_int());
+  }
 };
 
 // A Python regular expression (compressed-tensors' "re:" targets, GPTQModel's dynamic rules) as a std::regex

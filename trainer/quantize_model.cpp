@@ -90,9 +90,14 @@ std::vector<float> round_trip(const QuantizeOptions& o, const std::vector<float>
 
 QuantizeReport quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
-  check_not_quantized(o.model_dir);
+  // An FP8 source: each Linear is read as its fp32 ŵ, and its scale tensors are dropped with it.
+  const QuantConfig source_quant = check_quantizable_source(o.model_dir);
+  const bool fp8_source = source_quant.method != QuantConfig::Method::None;
   const QwenConfig cfg = load_qwen_config(o.model_dir);
   if (o.method == QuantizeOptions::Method::Rtn) check_int_options(o);
+  QWENQ_CHECK(!fp8_source || o.device == Device::Cpu,
+              o.model_dir << " is an FP8 model: its weights are decoded on the CPU; quantize it with --device cpu, or "
+                             "`qwen-quant dequantize` it first");
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
   add_moe_module_lists(moe_lists, cfg, o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb : moe_list_for(o));
@@ -107,13 +112,15 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   };
   // Refuse awkward shapes before writing anything.
   std::vector<const TensorView*> linears;  // in the order they are written (the GPU uploads the next one early)
-  DType weight_dtype = DType::BF16;
+  // The original weights' dtype (an FP8 model's: its embedding's, what it computes in), for NF4's quant state.
+  DType weight_dtype = fp8_source && ckpt.has("model.embed_tokens.weight") ? ckpt.get("model.embed_tokens.weight").dtype
+                                                                           : DType::BF16;
   for (const auto& name : names) {
     if (!std::regex_match(name, kDecoderLinearRe)) continue;
     const TensorView& t = ckpt.get(name);
     const auto [N2, K2] = out_shape(name, t.shape[0], t.shape[1]);
     check_layout_fits(o, ckpt.file_of(name) + ": " + name, N2, K2);
-    weight_dtype = t.dtype;
+    if (!fp8_source) weight_dtype = t.dtype;
     linears.push_back(&t);
   }
   const int64_t n_linear = static_cast<int64_t>(linears.size());
@@ -165,6 +172,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   int64_t li = 0;  // the Linear being quantized (rep.linears counts those handed to the writer)
   for (const auto& name : names) {
     const TensorView& t = ckpt.get(name);
+    if (is_source_scale(name)) continue;  // read with its FP8 weight
     if (!std::regex_match(name, kDecoderLinearRe)) {
       join_host_half();
       shards.add_view(name, t);  // pass-through, straight from the map
@@ -192,8 +200,15 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     if (!gpu)
 #endif
     {
-      W.resize(N * K);
-      weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
+      if (fp8_source) {  // ŵ of the Linear as the FP8 model computes with it (dense Linears of it as they are)
+        named([&] {
+          W = load_linear(ckpt, source_quant, prefix, t.shape[0], t.shape[1]).dequantize();
+          if (t.shape[0] != N || t.shape[1] != K) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
+        });
+      } else {
+        W.resize(N * K);
+        weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
+      }
       release_mapped_pages(t.data, t.nbytes());
       if (loftq_inline) {
         const LinearSlot ls = linear_slot(name);
@@ -247,7 +262,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       else
 #endif
         named([&] { nf4_quantize_blocks(W.data(), N * K, no.blocksize, no.fp4, packed.data(), absmax.data()); });
-      hand_over([&, prefix, N, K, no, dtype = std::string(torch_dtype_name(t.dtype)),
+      hand_over([&, prefix, N, K, no, dtype = std::string(torch_dtype_name(fp8_source ? weight_dtype : t.dtype)),
                  packed = std::move(packed), absmax = std::move(absmax)]() mutable {
         const Nf4Tensor q = nf4_from_blocks(no, N * K, std::move(packed), std::move(absmax));
         add_nf4_linear(shards.current(), prefix, q, {N, K}, dtype);

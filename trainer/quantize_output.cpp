@@ -1,6 +1,7 @@
 #include "trainer/quantize_output.h"
 
 #include <cstdio>
+#include <cstring>
 #include <map>
 
 #include "core/error.h"
@@ -233,16 +234,22 @@ void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_
   }
 }
 
-void check_not_quantized(const std::string& model_dir) {
-  const QuantConfig q = load_quant_config(model_dir);
-  const bool fp8 = q.method == QuantConfig::Method::Fp8 ||
-                   (q.method == QuantConfig::Method::CompressedTensors && !q.ct_has_int());
-  QWENQ_CHECK(!fp8,
-              model_dir << " is an FP8 checkpoint; `qwen-quant dequantize --model " << model_dir
-                        << " --out DIR` writes the bf16 model to quantize from");
-  QWENQ_CHECK(q.method == QuantConfig::Method::None,
+QuantConfig check_quantizable_source(const std::string& model_dir) {
+  QuantConfig q = load_quant_config(model_dir);
+  QWENQ_CHECK(q.float8_weights() || q.method == QuantConfig::Method::None,
               model_dir << " is already quantized (its config.json has a quantization_config); give the original "
-                           "bf16/fp16/fp32 model");
+                           "bf16/fp16/fp32 model (or an FP8 one)");
+  return q;
+}
+
+bool is_source_scale(const std::string& name) {
+  for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale"}) {
+    const size_t n = std::strlen(suffix);
+    if (name.size() > n && name.compare(name.size() - n, n, suffix) == 0) {
+      return std::regex_match(name.substr(0, name.size() - n) + ".weight", kDecoderLinearRe);
+    }
+  }
+  return false;
 }
 
 int64_t padded_intermediate(const QuantizeOptions& o, int64_t I) {

@@ -20,6 +20,7 @@
 #include "core/safetensors.h"
 #include "lora/lora_adapter.h"
 #include "quant/int_checkpoint.h"
+#include "trainer/quant_config.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_config.h"
 
@@ -126,8 +127,13 @@ QuantizeReport finish_output_with_loftq(const nlohmann::ordered_json& config, co
 void check_int_options(const QuantizeOptions& o);
 // Refuses a Linear [N, K] the integer layout cannot hold, naming it.
 void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_t N, int64_t K);
-// Refuses a model directory whose config.json already has a quantization_config.
-void check_not_quantized(const std::string& model_dir);
+// What a quantizer may start from: a dense model (quantization_config absent: method None) or an FP8 one (block-wise
+// "fp8", or compressed-tensors float8 without integer schemes), whose Linears are then read as their fp32 ŵ (the
+// weights the FP8 model computes with). Refuses any other quantized directory, and returns the config.
+QuantConfig check_quantizable_source(const std::string& model_dir);
+// True for the tensors that come with an FP8 source Linear's weight (a decoder Linear's weight_scale_inv,
+// weight_scale or input_scale): the quantizers drop them with the weight.
+bool is_source_scale(const std::string& name);
 
 // The intermediate size to write: I itself, or with pad_intermediate the next multiple of what the layout
 // needs (32/bits codes per word along K and N; AWQ: 8 along N; whole groups along down_proj's K).

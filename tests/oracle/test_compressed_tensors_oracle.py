@@ -27,6 +27,7 @@ with the weights and logits that library's own decompression gives.
    the fp32 weights; those ŵ and their dense logits are the expected values of the same gtest (qwenq reading its own
    file gives the library's ŵ bit for bit), and transformers loads the symmetric ones with no missing or unexpected
    tensor and logits near the reference.
+6. `qwen-quant rtn` from the library's float8 checkpoints writes the bytes it writes from their dequantized model.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/compressed-tensors missing).
 """
 import json
@@ -268,6 +269,17 @@ for name, qargs, want in OURS:
         print(f"{name}: transformers (CompressedLinear) vs the fp32-scale reference: max |diff| {err:.3g}, "
               f"max |logit| {ref.abs().max().item():.3g}")
         check(err <= 2e-2 * ref.abs().max().item(), f"{name}: transformers' logits are far from the reference")
+
+# 6. The library's float8 checkpoints are quantizer sources: `qwen-quant rtn` from them writes the same bytes as from
+#    their `dequantize`d fp32 model (each Linear read as ŵ, its weight_scale dropped).
+for name in ("fp8_dynamic", "fp8_tensor"):
+    d = os.path.join(root, name)
+    run([qq, "rtn", "--model", d, "--out", d + "-rtn", "--group-size", "32", "--overwrite", "--quiet"])
+    run([qq, "dequantize", "--model", d, "--out", d + "-dense", "--dtype", "fp32", "--overwrite", "--quiet"])
+    run([qq, "rtn", "--model", d + "-dense", "--out", d + "-dense-rtn", "--group-size", "32", "--overwrite", "--quiet"])
+    same = open(os.path.join(d + "-rtn", "model.safetensors"), "rb").read() == \
+        open(os.path.join(d + "-dense-rtn", "model.safetensors"), "rb").read()
+    check(same, f"{name}: rtn from the float8 checkpoint differs from rtn of its dequantized model")
 
 run_gtest(args.build, "CompressedTensorsOracle.*", env={"QWENQ_ORACLE_CT_DIR": root})
 finish()
