@@ -427,9 +427,7 @@ void run_compare(CompareArgs& a) {
                model.c_str(), a.data.size(), specs.size(), given.size(), a.out.c_str());
   CompareRow orig;
   orig.method = "original";
-  const std::string dtype = nlohmann::json::parse(read_file(path_join(model, "config.json"))).value("torch_dtype", "bfloat16");
-  orig.format = "safetensors " + dtype;
-  orig.bits = dtype == "float32" ? 32 : 16;
+  describe_given(model, &orig);  // its dtype, or an FP8 model's float8 (the methods start from its ŵ)
   orig.size_bytes = dir_size(model);
   orig.perplexity = evaluate_all(a, model, "original", logs);
   t.rows.push_back(orig);

@@ -47,6 +47,7 @@ grep -q "GPTQ's LoftQ is one-shot" "$WORK/bad4.txt" || { cat "$WORK/bad4.txt"; e
 "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "mine=$WORK/given-rtn" \
   --quantized "q8=$WORK/given.gguf" --seq-len 128 --out "$WORK/cmp5" --threads 1 > "$WORK/out5.txt" 2>&1 \
   || { cat "$WORK/out5.txt"; exit 1; }
+grep -q '^| original | safetensors float32 | 32 |' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
 grep -q '^| mine | gptq | 4 | 32 |' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
 grep -q '^| q8 | gguf q8_0 | 8 | 32 |.* | - | - |$' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
 python3 - "$WORK/cmp5/compare.json" <<'PY'

@@ -27,7 +27,8 @@ with the weights and logits that library's own decompression gives.
    the fp32 weights; those ŵ and their dense logits are the expected values of the same gtest (qwenq reading its own
    file gives the library's ŵ bit for bit), and transformers loads the symmetric ones with no missing or unexpected
    tensor and logits near the reference.
-6. `qwen-quant rtn` from the library's float8 checkpoints writes the bytes it writes from their dequantized model.
+6. `qwen-quant rtn` from the library's float8 checkpoints writes the bytes it writes from their dequantized model, and
+   `compare` from one describes it as float8.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/compressed-tensors missing).
 """
 import json
@@ -280,6 +281,15 @@ for name in ("fp8_dynamic", "fp8_tensor"):
     same = open(os.path.join(d + "-rtn", "model.safetensors"), "rb").read() == \
         open(os.path.join(d + "-dense-rtn", "model.safetensors"), "rb").read()
     check(same, f"{name}: rtn from the float8 checkpoint differs from rtn of its dequantized model")
+# `compare` from a float8 model: its row says so, and the methods start from its ŵ.
+fp8 = os.path.join(root, "fp8_dynamic")
+for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+    shutil.copy(os.path.join(tk, f), fp8)
+run([qq, "compare", "--model", fp8, "--methods", "rtn-g32", "--data", calib, "--seq-len", "64", "--out",
+     os.path.join(root, "fp8_compare"), "--threads", "1"])
+rows = {r["method"]: r for r in json.load(open(os.path.join(root, "fp8_compare", "compare.json")))["rows"]}
+check(rows["original"]["format"] == "compressed-tensors float8" and rows["original"]["bits"] == 8,
+      f"compare: the float8 original is described as {rows['original']['format']}, {rows['original']['bits']} bits")
 
 run_gtest(args.build, "CompressedTensorsOracle.*", env={"QWENQ_ORACLE_CT_DIR": root})
 finish()
