@@ -308,6 +308,35 @@ void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const
   if (g_idx) w.add_owned(prefix + ".weight_g_idx", DType::I32, {K}, bytes_of(int_linear_group_of(p)));
 }
 
+namespace {
+nlohmann::ordered_json ct_config(const nlohmann::ordered_json& weights, const nlohmann::ordered_json& inputs,
+                                 const char* format, const std::vector<std::string>& ignore) {
+  using nlohmann::ordered_json;
+  ordered_json group = {{"input_activations", inputs},
+                        {"output_activations", nullptr},
+                        {"targets", ordered_json::array({"Linear"})},
+                        {"weights", weights}};
+  return {{"config_groups", {{"group_0", group}}},
+          {"format", format},
+          {"global_compression_ratio", nullptr},
+          {"ignore", ignore},
+          {"kv_cache_scheme", nullptr},
+          {"quant_method", "compressed-tensors"},
+          {"quantization_status", "compressed"}};
+}
+}  // namespace
+
+nlohmann::ordered_json ct_fp8_dynamic_quantization_config(const std::vector<std::string>& ignore) {
+  using nlohmann::ordered_json;
+  const auto args = [](const char* strategy, bool dynamic, const ordered_json& observer) {
+    return ordered_json{{"actorder", nullptr},     {"block_structure", nullptr}, {"dynamic", dynamic},
+                        {"group_size", nullptr},   {"num_bits", 8},              {"observer", observer},
+                        {"observer_kwargs", ordered_json::object()},             {"strategy", strategy},
+                        {"symmetric", true},       {"type", "float"}};
+  };
+  return ct_config(args("channel", false, "minmax"), args("token", true, nullptr), "float-quantized", ignore);
+}
+
 nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool sym, const char* actorder,
                                               const std::vector<std::string>& ignore) {
   using nlohmann::ordered_json;
@@ -322,17 +351,7 @@ nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool
                           {"strategy", channel ? "channel" : "group"},
                           {"symmetric", sym},
                           {"type", "int"}};
-  ordered_json group = {{"input_activations", nullptr},
-                        {"output_activations", nullptr},
-                        {"targets", ordered_json::array({"Linear"})},
-                        {"weights", weights}};
-  return {{"config_groups", {{"group_0", group}}},
-          {"format", "pack-quantized"},
-          {"global_compression_ratio", nullptr},
-          {"ignore", ignore},
-          {"kv_cache_scheme", nullptr},
-          {"quant_method", "compressed-tensors"},
-          {"quantization_status", "compressed"}};
+  return ct_config(weights, nullptr, "pack-quantized", ignore);
 }
 
 }  // namespace qwenq

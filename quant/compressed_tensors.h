@@ -86,5 +86,8 @@ void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const
 // from the start).
 nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool sym, const char* actorder,
                                               const std::vector<std::string>& ignore);
+// The same for float8 e4m3 weights per output channel (weight F8_E4M3 [N, K], weight_scale [N, 1]) with dynamic
+// per-token float8 input activations: llm-compressor's FP8_DYNAMIC scheme, format float-quantized.
+nlohmann::ordered_json ct_fp8_dynamic_quantization_config(const std::vector<std::string>& ignore);
 
 }  // namespace qwenq

@@ -39,7 +39,7 @@ TEST(CompressedTensorsOracle, LibraryCheckpointsLoadWithItsWeightsAndLogits) {
                         Case{"w4_channel_f32", Want::Fp32}, Case{"ours_rtn_w4_g32", Want::Packed},
                         Case{"ours_rtn_w4_g32_asym", Want::Packed}, Case{"ours_rtn_w8_channel", Want::Packed},
                         Case{"ours_rtn_w2_g16", Want::Packed}, Case{"ours_gptq_actorder", Want::Packed},
-                        Case{"ours_awq", Want::Packed}}) {
+                        Case{"ours_awq", Want::Packed}, Case{"ours_fp8_dynamic", Want::Fp8}}) {
     SCOPED_TRACE(c.name);
     const std::string dir = path_join(root, c.name);
     QwenModel model(dir);

@@ -79,6 +79,7 @@ void print_loftq_summary(const QuantizeArgs& a, const QuantizeOptions& opt, cons
 void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.device = resolve_experimental_device(a.common, method == QuantizeOptions::Method::Rtn   ? "RTN"
                                                        : method == QuantizeOptions::Method::Nf4 ? "NF4"
+                                                       : method == QuantizeOptions::Method::Fp8 ? "FP8"
                                                                                                 : "FP4");
   a.opt.method = method;
   a.opt.model_dir = resolve_model_dir(a.model);
@@ -240,6 +241,23 @@ void register_quantize(CLI::App& app) {
     c->add_flag("--no-double-quant", a->no_double_quant, "keep the absmax scales in fp32 (default: 8-bit, block 256)");
     c->callback([a, fp4]() { run(*a, fp4 ? QuantizeOptions::Method::Fp4 : QuantizeOptions::Method::Nf4); });
   }
+
+  auto f8 = std::make_shared<QuantizeArgs>();
+  f8->format = "compressed-tensors";
+  auto f8_block = std::make_shared<int64_t>(128);
+  CLI::App* fc = app.add_subcommand("fp8", "float8 e4m3 weights with fp32 scales (CPU): compressed-tensors FP8_DYNAMIC "
+                                           "per channel (vLLM's W8A8 FP8) or Qwen's block-wise fp8");
+  add_io_options(fc, f8.get());
+  fc->add_option("--format", f8->format,
+                 "compressed-tensors (a scale per output channel, dynamic per-token float8 activations: llm-compressor's "
+                 "FP8_DYNAMIC) or fp8 (a scale per --block x --block weights, as Qwen's FP8 releases; dense models)")
+      ->check(CLI::IsMember({"compressed-tensors", "fp8"}))
+      ->capture_default_str();
+  fc->add_option("--block", *f8_block, "block side of --format fp8")->check(at_least(1, "POSITIVE"))->capture_default_str();
+  fc->callback([f8, f8_block]() {
+    f8->opt.fp8_block = f8->format == "fp8" ? *f8_block : 0;
+    run(*f8, QuantizeOptions::Method::Fp8);
+  });
 }
 
 }  // namespace qwenq::cli

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <map>
@@ -20,7 +21,9 @@
 #include "lora/loftq.h"
 #include "lora/lora_adapter.h"
 #include "lora/peft_io.h"
+#include "quant/compressed_tensors.h"
 #include "quant/format/nf4_pack.h"
+#include "quant/fp8_quantize.h"
 #include "quant/grid.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
@@ -66,6 +69,19 @@ GroupGrid rtn_grid(const QuantizeOptions& o, int64_t N, int64_t K) {
   return grid;
 }
 
+// An FP8 Linear's tensors: weight F8_E4M3 [N, K] and its F32 scales, compressed-tensors' weight_scale [N, 1] (per
+// channel) or the block-wise format's weight_scale_inv [ceil(N / B), ceil(K / B)].
+void add_fp8_linear(ShardedWriter& shards, const std::string& prefix, Fp8Blocks q, bool block) {
+  const int64_t rows = (q.N + q.block_n - 1) / q.block_n, cols = (q.K + q.block_k - 1) / q.block_k;
+  std::vector<uint8_t> scale(q.scale.size() * sizeof(float));
+  std::memcpy(scale.data(), q.scale.data(), scale.size());
+  shards.current().add_owned(prefix + ".weight", DType::F8_E4M3, {q.N, q.K}, std::move(q.codes));
+  shards.note_added(prefix + ".weight");
+  const std::string sname = prefix + (block ? ".weight_scale_inv" : ".weight_scale");
+  shards.current().add_owned(sname, DType::F32, {rows, cols}, std::move(scale));
+  shards.note_added(sname);
+}
+
 // q(X): the values the stored form of X stands for, with this run's quantizer (the same calls as below).
 std::vector<float> round_trip(const QuantizeOptions& o, const std::vector<float>& X, int64_t N, int64_t K) {
   if (o.method == QuantizeOptions::Method::Rtn) {
@@ -100,7 +116,16 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
                              "`qwen-quant dequantize` it first");
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
-  add_moe_module_lists(moe_lists, cfg, o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb : moe_list_for(o));
+  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || o.fp8_block >= 0, "fp8: --block must be 0 or positive");
+  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || o.fp8_block == 0 || !cfg.is_moe(),
+              "fp8 --format fp8 (block-wise) cannot mark a mixture of experts' routers unquantized for every loader; "
+              "use --format compressed-tensors");
+  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || (o.device == Device::Cpu && o.loftq.r == 0),
+              "fp8 runs on the CPU (--device cpu) and without LoftQ (an 8-bit base needs no correction)");
+  add_moe_module_lists(moe_lists, cfg,
+                       o.method == QuantizeOptions::Method::Fp8 ? MoeListFor::Ct
+                       : o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb
+                                                                  : moe_list_for(o));
   Checkpoint ckpt(o.model_dir);
   const std::vector<std::string> names = ckpt.names();
   const int64_t I = cfg.intermediate_size, I2 = padded_intermediate(o, I);
@@ -231,7 +256,14 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
         }
       }
     }
-    if (o.method == QuantizeOptions::Method::Rtn) {
+    if (o.method == QuantizeOptions::Method::Fp8) {
+      Fp8Blocks q;
+      named([&] { q = quantize_fp8_blocks(W.data(), N, K, o.fp8_block ? o.fp8_block : 1, o.fp8_block ? o.fp8_block : K); });
+      hand_over([&, prefix, N, K, q = std::move(q)]() mutable {
+        add_fp8_linear(shards, prefix, std::move(q), o.fp8_block > 0);
+        linear_done(prefix, N * K);
+      });
+    } else if (o.method == QuantizeOptions::Method::Rtn) {
       const GridRule rule = o.layout == IntLayout::AwqGemm ? GridRule::Awq : GridRule::Gptq;
       GroupGrid grid = rtn_grid(o, N, K);
       std::vector<uint8_t> codes(N * K);
@@ -285,7 +317,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     config["intermediate_size"] = I2;
     if (!o.quiet) std::fprintf(stderr, "padded intermediate_size %lld -> %lld with zero channels\n", (long long)I, (long long)I2);
   }
-  if (o.method == QuantizeOptions::Method::Rtn) {
+  if (o.method == QuantizeOptions::Method::Fp8) {
+    config["quantization_config"] = o.fp8_block ? fp8_block_quantization_config(o.fp8_block)
+                                                : ct_fp8_dynamic_quantization_config({"lm_head"});
+  } else if (o.method == QuantizeOptions::Method::Rtn) {
     config["quantization_config"] = int_quantization_config(o);
     config["quantization_config"]["qwenq_method"] = "rtn";
   } else {

@@ -22,7 +22,7 @@
 namespace qwenq {
 
 struct QuantizeOptions {
-  enum class Method { Rtn, Nf4, Fp4 };
+  enum class Method { Rtn, Nf4, Fp4, Fp8 };
   Method method = Method::Rtn;
   std::string model_dir, out_dir;
   bool overwrite = false;
@@ -39,6 +39,10 @@ struct QuantizeOptions {
   // layout and group size accept, when it does not already fit (stories260K's 172). The padded model computes
   // exactly the same function: the extra channels are silu(0)·0 = 0 and their down_proj columns are 0.
   bool pad_intermediate = false;
+  // FP8 (quant/fp8_quantize.h; CPU only): fp8_block 0 scales each output channel, written as compressed-tensors'
+  // FP8_DYNAMIC (float-quantized, dynamic per-token float8 activations, what vLLM runs as W8A8 on Hopper/Ada);
+  // fp8_block B > 0 scales blocks of B x B, written as the block-wise "fp8" of Qwen's FP8 releases (dense models).
+  int64_t fp8_block = 0;
   // NF4 / FP4
   bool double_quant = true;
   int64_t blocksize = 64;

@@ -27,6 +27,9 @@ with the weights and logits that library's own decompression gives.
    the fp32 weights; those ŵ and their dense logits are the expected values of the same gtest (qwenq reading its own
    file gives the library's ŵ bit for bit), and transformers loads the symmetric ones with no missing or unexpected
    tensor and logits near the reference.
+   `qwen-quant fp8` writes float8 weights: per channel as compressed-tensors FP8_DYNAMIC and in Qwen's block-wise
+   "fp8"; every code and scale equals torch's own float8 cast of the same weights, and the library decompresses the
+   FP8_DYNAMIC file to the ŵ qwenq loads (the gtest, "ours_fp8_dynamic").
 6. `qwen-quant rtn` from the library's float8 checkpoints writes the bytes it writes from their dequantized model, and
    `compare` from one describes it as float8.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/compressed-tensors missing).
@@ -270,6 +273,56 @@ for name, qargs, want in OURS:
         print(f"{name}: transformers (CompressedLinear) vs the fp32-scale reference: max |diff| {err:.3g}, "
               f"max |logit| {ref.abs().max().item():.3g}")
         check(err <= 2e-2 * ref.abs().max().item(), f"{name}: transformers' logits are far from the reference")
+
+# 5b. `qwen-quant fp8` (compressed-tensors FP8_DYNAMIC per channel, and Qwen's block-wise fp8 in blocks of 32): every
+#     code and scale is what torch computes from the same fp32 weights (scale = max(amax / 448, eps), codes
+#     (w / scale).clamp(-448, 448).to(float8_e4m3fn)); the FP8_DYNAMIC directory also goes to the gtest like the above.
+def torch_fp8(w, bn, bk):
+    N, K = w.shape
+    scales = torch.empty((N + bn - 1) // bn, (K + bk - 1) // bk)
+    codes = torch.empty(N, K, dtype=torch.float8_e4m3fn)
+    for i in range(scales.shape[0]):
+        for j in range(scales.shape[1]):
+            blk = w[i * bn:(i + 1) * bn, j * bk:(j + 1) * bk]
+            s = torch.clamp(blk.abs().max() / 448.0, min=torch.finfo(torch.float32).eps)
+            scales[i, j] = s
+            codes[i * bn:(i + 1) * bn, j * bk:(j + 1) * bk] = (blk / s).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return codes, scales
+
+
+for name, fargs, scale_key in (("ours_fp8_dynamic", [], "weight_scale"),
+                               ("ours_fp8_block", ["--format", "fp8", "--block", "32"], "weight_scale_inv")):
+    out = os.path.join(root, name)
+    run([qq, "fp8", "--model", src, "--out", out, "--overwrite", "--quiet"] + fargs)
+    sd = load_file(os.path.join(out, "model.safetensors"))
+    linears = sorted({k[:-len(".weight")] for k, v in sd.items() if v.dtype == torch.float8_e4m3fn})
+    check(len(linears) == 14, f"{name}: {len(linears)} float8 Linears, expected 14")
+    bad = 0
+    for prefix in linears:
+        w = base_state[prefix + ".weight"]
+        bn, bk = (1, w.shape[1]) if scale_key == "weight_scale" else (32, 32)
+        codes, scales = torch_fp8(w, bn, bk)
+        same = torch.equal(sd[prefix + ".weight"].view(torch.uint8), codes.view(torch.uint8)) and \
+            torch.equal(sd[prefix + "." + scale_key], scales)
+        bad += not same
+    check(bad == 0, f"{name}: {bad} Linears whose codes or scales differ from torch's float8 cast")
+    print(f"{name}: {len(linears)} Linears, codes and scales equal to torch's float8 cast: {bad == 0}")
+    if name == "ours_fp8_dynamic":
+        comp = ModelCompressor.from_pretrained(out)
+        wargs = comp.quantization_config.config_groups["group_0"].weights
+        iargs = comp.quantization_config.config_groups["group_0"].input_activations
+        check(comp.quantization_config.format == "float-quantized" and wargs.type == "float" and
+              wargs.strategy == "channel" and iargs.dynamic and iargs.strategy == "token",
+              f"{name}: the library reads {comp.quantization_config.format}, {wargs}, {iargs}")
+        expected, dense = {}, {k: v.to(torch.float32) for k, v in sd.items()
+                               if v.dtype != torch.float8_e4m3fn and not k.endswith(".weight_scale")}
+        for prefix in linears:
+            w = expected_weight(sd, prefix, wargs, "float-quantized", comp).to(torch.float32).contiguous()
+            expected[prefix] = w
+            dense[prefix + ".weight"] = w
+        expected["input_ids"] = ids[0].to(torch.int32)
+        expected["logits"] = logits_of(dense)
+        save_file(expected, os.path.join(out, "expected.safetensors"))
 
 # 6. The library's float8 checkpoints are quantizer sources: `qwen-quant rtn` from them writes the same bytes as from
 #    their `dequantize`d fp32 model (each Linear read as ŵ, its weight_scale dropped).
