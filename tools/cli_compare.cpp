@@ -207,6 +207,23 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
     if (!clip) args.push_back("--no-clip"), row->format += " no-clip";
     return args;
   }
+  if (base == "fp8") {
+    int64_t block = 0;  // per output channel (compressed-tensors FP8_DYNAMIC)
+    for (size_t i = 1; i < parts.size(); ++i) {
+      const std::string& p = parts[i];
+      QWENQ_CHECK(p.size() > 1 && p[0] == 'b' && p.find_first_not_of("0123456789", 1) == std::string::npos,
+                  "compare: unknown option '" << p << "' in method '" << spec
+                                              << "' (fp8 options: b<N>, blocks of N x N as Qwen's block-wise fp8)");
+      block = std::stoll(p.substr(1));
+    }
+    row->format = block ? "fp8 e4m3 blocks " + std::to_string(block) + "x" + std::to_string(block)
+                        : std::string("compressed-tensors float8");
+    row->bits = 8;
+    row->group_size = block ? block : -1;
+    std::vector<std::string> args = {"fp8"};
+    if (block) args.insert(args.end(), {"--format", "fp8", "--block", std::to_string(block)});
+    return args;
+  }
   if (base == "nf4" || base == "fp4") {
     bool dq = true;
     for (size_t i = 1; i < parts.size(); ++i) {
@@ -247,7 +264,8 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
   row->method = spec;
   // AWQ's rescaled base has no LoftQ: there lq<R> stays and is refused as an unknown option.
-  const LoftqSpec lq = parts[0] == "awq" || parts[0] == "gguf" ? LoftqSpec{} : take_loftq_options(spec, &parts);
+  const LoftqSpec lq =
+      parts[0] == "awq" || parts[0] == "gguf" || parts[0] == "fp8" ? LoftqSpec{} : take_loftq_options(spec, &parts);
   QWENQ_CHECK(parts[0] != "gptq" || lq.iters == 1, "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
   std::vector<std::string> args = quantize_args(spec, parts, a, row);
   if (lq.rank > 0) {
@@ -507,7 +525,7 @@ void register_compare(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("compare", "Quantize with several methods and tabulate the accuracy loss of each");
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
-  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], gguf-<type>[-imatrix] (llama.cpp: q8_0, q4_0, q4_k_m, ...; -imatrix: with an importance matrix over --calib); "
+  cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], fp8[-b<N>], gguf-<type>[-imatrix] (llama.cpp: q8_0, q4_0, q4_k_m, ...; -imatrix: with an importance matrix over --calib); "
                   "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();

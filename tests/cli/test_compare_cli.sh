@@ -44,7 +44,7 @@ grep -q "GPTQ's LoftQ is one-shot" "$WORK/bad4.txt" || { cat "$WORK/bad4.txt"; e
 # header; the rows have no quantization time of ours.
 "$QQ" rtn --model "$WORK/tiny" --out "$WORK/given-rtn" --group-size 32 --quiet
 "$QQ" gguf --model "$WORK/tiny" --out "$WORK/given.gguf" --type q8_0 --quiet
-"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "mine=$WORK/given-rtn" \
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,fp8,fp8-b32 --quantized "mine=$WORK/given-rtn" \
   --quantized "q8=$WORK/given.gguf" --seq-len 128 --out "$WORK/cmp5" --threads 1 > "$WORK/out5.txt" 2>&1 \
   || { cat "$WORK/out5.txt"; exit 1; }
 grep -q '^| original | safetensors float32 | 32 |' "$WORK/cmp5/compare.md" || { cat "$WORK/cmp5/compare.md"; exit 1; }
@@ -53,7 +53,13 @@ grep -q '^| q8 | gguf q8_0 | 8 | 32 |.* | - | - |$' "$WORK/cmp5/compare.md" || {
 python3 - "$WORK/cmp5/compare.json" <<'PY'
 import json, sys
 rows = {r["method"]: r for r in json.load(open(sys.argv[1]))["rows"]}
-assert set(rows) == {"original", "rtn-g32", "mine", "q8"}, rows.keys()
+assert set(rows) == {"original", "rtn-g32", "fp8", "fp8-b32", "mine", "q8"}, rows.keys()
+assert rows["fp8"]["format"] == "compressed-tensors float8" and rows["fp8"]["bits"] == 8, rows["fp8"]
+assert rows["fp8-b32"]["format"] == "fp8 e4m3 blocks 32x32", rows["fp8-b32"]
+# 8 bits lose far less than 4: the FP8 models sit between the original and RTN.
+orig = rows["original"]["perplexity"]["README"]
+for m in ("fp8", "fp8-b32"):
+    assert abs(rows[m]["perplexity"]["README"] - orig) < abs(rows["rtn-g32"]["perplexity"]["README"] - orig), (rows[m], rows["rtn-g32"])
 assert rows["mine"]["perplexity"] == rows["rtn-g32"]["perplexity"], (rows["mine"], rows["rtn-g32"])
 assert rows["mine"]["given"] and rows["mine"]["quant_seconds"] is None and "given" not in rows["rtn-g32"]
 assert rows["q8"]["size_bytes"] > 0
