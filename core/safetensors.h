@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -54,6 +55,18 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
   std::vector<std::vector<uint64_t>> aligned_copies_;  // of the tensors stored misaligned in the file
 };
+
+// The bytes of n values of a trivially copyable T (for SafetensorsWriter::add_owned), and of a whole vector.
+template <typename T>
+std::vector<uint8_t> bytes_of(const T* p, size_t n) {
+  std::vector<uint8_t> b(n * sizeof(T));
+  if (n) std::memcpy(b.data(), p, b.size());
+  return b;
+}
+template <typename T>
+std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
+  return bytes_of(v.data(), v.size());
+}
 
 class SafetensorsWriter {
  public:

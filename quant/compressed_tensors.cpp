@@ -249,15 +249,6 @@ Fp8Linear read_ct_fp8_linear(const Checkpoint& ckpt, const std::string& prefix, 
                                 bk, N, K);
 }
 
-namespace {
-template <typename T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-}  // namespace
-
 void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const PackedIntLinear& src, bool sym,
                           bool g_idx) {
   QWENQ_CHECK(src.perm.empty(), prefix << ": this Linear's rows were sorted by group in memory (for the packed "

@@ -15,13 +15,6 @@ namespace qwenq {
 namespace {
 
 template <typename T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  if (!v.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
-template <typename T>
 std::vector<T> fetch(const Checkpoint& ckpt, const std::string& name, DType dtype, std::vector<int64_t> shape) {
   QWENQ_CHECK(ckpt.has(name), "tensor '" << name << "' not found in checkpoint " << ckpt.dir());
   const TensorView& t = ckpt.get(name);

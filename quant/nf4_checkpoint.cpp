@@ -19,13 +19,6 @@ using Json = nlohmann::json;
 
 bool known_dtype(const std::string& d) { return d == "bfloat16" || d == "float16" || d == "float32"; }
 
-template <typename T>
-std::vector<uint8_t> bytes_of(const T* p, size_t n) {
-  std::vector<uint8_t> b(n * sizeof(T));
-  if (n) std::memcpy(b.data(), p, b.size());
-  return b;
-}
-
 // Where tensors come from: a Checkpoint directory or one safetensors file.
 struct Source {
   std::function<bool(const std::string&)> has;

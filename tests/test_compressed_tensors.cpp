@@ -26,6 +26,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "quant/int_checkpoint.h"
+#include "tests/support/checkpoint_compare.h"
 #include "tests/support/ct_fixtures.h"
 #include "tests/support/safetensors_edit.h"
 #include "tests/support/test_models.h"
@@ -54,13 +55,6 @@ std::string fresh_dir(const std::string& name) {
 using test::gptq_v2_to_compressed_tensors;
 using test::int_weights;
 using test::scheme_config;
-
-template <typename T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
 
 // One Linear's tensors and the ŵ its definition gives.
 struct CtFixture {
@@ -293,21 +287,7 @@ void expect_same_as_gptq(const std::string& root, const std::string& preset) {
   const std::vector<float> a = gptq.forward_logits(batch), b = ct.forward_logits(batch);
   expect_bit_equal(b, a, "logits");
   // dequantize writes the same dense model.
-  for (const std::string& m : {std::string("gptq"), std::string("ct")}) {
-    DequantizeOptions d;
-    d.model_dir = root + "/" + m;
-    d.out_dir = root + "/" + m + "-dense";
-    d.dtype = DType::F32;
-    d.quiet = true;
-    dequantize_model(d);
-  }
-  SafetensorsFile da(root + "/gptq-dense/model.safetensors"), db(root + "/ct-dense/model.safetensors");
-  ASSERT_EQ(da.names(), db.names());
-  for (const std::string& name : da.names()) {
-    const TensorView &x = da.get(name), &y = db.get(name);
-    ASSERT_EQ(x.shape, y.shape) << name;
-    EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << name;
-  }
+  test::expect_same_dequantized(root + "/gptq", root + "/ct");
   // The int8 products reach every packed Linear (all but the MoE routers, stored dense), as for the GPTQ file.
   test::ScopedInt8Activations on;
   const Int8Coverage cov = int8_coverage(QwenModel(root + "/ct").weights());

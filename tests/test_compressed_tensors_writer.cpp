@@ -28,6 +28,7 @@
 #include "quant/compressed_tensors.h"
 #include "quant/grid.h"
 #include "quant/int_checkpoint.h"
+#include "tests/support/checkpoint_compare.h"
 #include "tests/support/ct_fixtures.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
@@ -193,21 +194,7 @@ void expect_same_model(const std::string& a, const std::string& b) {
   const std::vector<float> la = ma.forward_logits(batch), lb = mb.forward_logits(batch);
   ASSERT_EQ(la.size(), lb.size());
   EXPECT_EQ(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)), 0) << "logits differ";
-  for (const std::string& m : {a, b}) {
-    DequantizeOptions d;
-    d.model_dir = m;
-    d.out_dir = m + "-dense";
-    d.dtype = DType::F32;
-    d.quiet = true;
-    dequantize_model(d);
-  }
-  SafetensorsFile da(a + "-dense/model.safetensors"), db(b + "-dense/model.safetensors");
-  ASSERT_EQ(da.names(), db.names());
-  for (const std::string& name : da.names()) {
-    const TensorView &x = da.get(name), &y = db.get(name);
-    ASSERT_EQ(x.shape, y.shape) << name;
-    EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << name;
-  }
+  test::expect_same_dequantized(a, b);
 }
 
 TEST(CompressedTensorsWriter, RtnFileIsTheDefinitionsLayoutOfItsGptqCodes) {
@@ -217,14 +204,7 @@ TEST(CompressedTensorsWriter, RtnFileIsTheDefinitionsLayoutOfItsGptqCodes) {
   quantize_model(tiny_options(src, root + "/ct", true));
   // Tensor for tensor what the test's own converter (the format's definition) makes of the GPTQ v2 file.
   test::gptq_v2_to_compressed_tensors(root + "/gptq", root + "/converted", 4, 32);
-  SafetensorsFile ours(root + "/ct/model.safetensors"), conv(root + "/converted/model.safetensors");
-  ASSERT_EQ(ours.names(), conv.names());
-  for (const std::string& name : ours.names()) {
-    const TensorView &x = ours.get(name), &y = conv.get(name);
-    ASSERT_EQ(x.dtype, y.dtype) << name;
-    ASSERT_EQ(x.shape, y.shape) << name;
-    EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << name;
-  }
+  test::expect_same_tensors(root + "/ct", root + "/converted");
   const json qc = json::parse(read_file(root + "/ct/config.json"))["quantization_config"];
   EXPECT_EQ(qc["ignore"], json::array({"lm_head"}));
   EXPECT_EQ(qc["qwenq_method"], "rtn");

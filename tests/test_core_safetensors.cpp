@@ -60,13 +60,6 @@ void expect_bad(const std::string& path, const std::string& problem) {
   EXPECT_NE(err.find(problem), std::string::npos) << "message does not say '" << problem << "': " << err;
 }
 
-template <typename T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-
 // ---- round trips --------------------------------------------------------------------------------------------
 
 TEST(SafetensorsRoundTrip, SeveralDtypesScalarEmptyAndMetadata) {

@@ -16,6 +16,7 @@
 
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "tests/support/checkpoint_compare.h"
 #include "tests/support/fp8_fixtures.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
@@ -30,13 +31,8 @@ using nlohmann::json;
 
 // Every tensor of `a` and `b` (directories) byte for byte, none of them an FP8 scale, and their quantization_configs.
 void expect_same_output(const std::string& a, const std::string& b) {
-  const Checkpoint ca(a), cb(b);
-  ASSERT_EQ(ca.names(), cb.names());
-  for (const std::string& name : ca.names()) {
-    const TensorView &x = ca.get(name), &y = cb.get(name);
-    ASSERT_EQ(x.dtype, y.dtype) << name;
-    ASSERT_EQ(x.shape, y.shape) << name;
-    EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << name;
+  test::expect_same_tensors(a, b);
+  for (const std::string& name : Checkpoint(a).names()) {
     EXPECT_EQ(name.find("weight_scale_inv"), std::string::npos) << name << ": the FP8 source's scales passed through";
   }
   EXPECT_EQ(json::parse(read_file(a + "/config.json"))["quantization_config"],

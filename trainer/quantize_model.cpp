@@ -73,8 +73,7 @@ GroupGrid rtn_grid(const QuantizeOptions& o, int64_t N, int64_t K) {
 // channel) or the block-wise format's weight_scale_inv [ceil(N / B), ceil(K / B)].
 void add_fp8_linear(ShardedWriter& shards, const std::string& prefix, Fp8Blocks q, bool block) {
   const int64_t rows = (q.N + q.block_n - 1) / q.block_n, cols = (q.K + q.block_k - 1) / q.block_k;
-  std::vector<uint8_t> scale(q.scale.size() * sizeof(float));
-  std::memcpy(scale.data(), q.scale.data(), scale.size());
+  std::vector<uint8_t> scale = bytes_of(q.scale);
   shards.current().add_owned(prefix + ".weight", DType::F8_E4M3, {q.N, q.K}, std::move(q.codes));
   shards.note_added(prefix + ".weight");
   const std::string sname = prefix + (block ? ".weight_scale_inv" : ".weight_scale");

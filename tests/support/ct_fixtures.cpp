@@ -10,15 +10,6 @@
 
 namespace qwenq::test {
 
-namespace {
-template <typename T>
-std::vector<uint8_t> bytes_of(const std::vector<T>& v) {
-  std::vector<uint8_t> b(v.size() * sizeof(T));
-  std::memcpy(b.data(), v.data(), b.size());
-  return b;
-}
-}  // namespace
-
 using nlohmann::json;
 
 json scheme_config(const std::string& format, const json& weights, const json& ignore) {
