@@ -6,8 +6,8 @@
 //     the nearest e4m3 value to w / scale (by the definition), on per-channel and partial 32 x 48 blocks;
 //   - `quantize_model` with Method::Fp8 on a tiny model (both formats) and a tiny Qwen3-MoE (compressed-tensors):
 //     the files load through the FP8 readers with ŵ = value(code)·scale bit for bit, the logits stay within
-//     kFp8LogitTol of the fp32 model's, and the MoE routers stay dense, ignored by pattern; what cannot be written
-//     is refused.
+//     kFp8LogitTol of the fp32 model's, and the MoE routers stay dense (ignored by pattern, or listed by path in the
+//     block-wise format); the GPU and LoftQ are refused before any output.
 // The Python side (tests/oracle/test_compressed_tensors_oracle.py) checks the bytes against torch's own float8 cast
 // and the compressed-tensors library's decompression.
 #include <gtest/gtest.h>
@@ -195,17 +195,24 @@ TEST(Fp8Quantize, ModelsLoadAsTheirCodesAndScales) {
   EXPECT_TRUE(QwenModel(root + "/moe-ct").weights().layers[0].moe.router.is_dense());
   EXPECT_EQ(nlohmann::json::parse(read_file(root + "/moe-ct/config.json"))["quantization_config"]["ignore"][1],
             "re:.*mlp\\.gate$");
+  // Block-wise: the routers listed by their whole paths, one per sparse layer (tiny-moe's layer 1 is dense).
+  quantize_model(fp8_options(moe, root + "/moe-block", 32));
+  expect_fp8_model(moe, root + "/moe-block", ".weight_scale_inv");
+  const nlohmann::json skip =
+      nlohmann::json::parse(read_file(root + "/moe-block/config.json"))["quantization_config"]["modules_to_not_convert"];
+  EXPECT_EQ(skip, nlohmann::json::array({"lm_head", "model.layers.0.mlp.gate", "model.layers.2.mlp.gate"}));
 }
 
 TEST(Fp8Quantize, RefusesWhatItCannotWrite) {
   const std::string root = test::scratch_dir();
-  const std::string moe = test::make_random_model(root + "/moe", "tiny-moe", DType::F32, 53);
-  test::expect_error([&] { quantize_model(fp8_options(moe, root + "/moe-block", 128)); },
-                     {"fp8 --format fp8 (block-wise) cannot mark a mixture of experts' routers", "compressed-tensors"});
-  QuantizeOptions gpu = fp8_options(moe, root + "/gpu", 0);
+  const std::string src = test::make_tiny_model(root + "/src", /*seed=*/53);
+  QuantizeOptions gpu = fp8_options(src, root + "/gpu", 0);
   gpu.device = Device::Cuda;
   test::expect_error([&] { quantize_model(gpu); }, {"fp8 runs on the CPU (--device cpu)"});
-  for (const char* d : {"/moe-block", "/gpu"}) EXPECT_FALSE(std::filesystem::exists(root + d)) << d;
+  QuantizeOptions lq = fp8_options(src, root + "/lq", 0);
+  lq.loftq.r = 4;
+  test::expect_error([&] { quantize_model(lq); }, {"without LoftQ"});
+  for (const char* d : {"/gpu", "/lq"}) EXPECT_FALSE(std::filesystem::exists(root + d)) << d;
 }
 
 }  // namespace

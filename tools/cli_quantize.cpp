@@ -250,7 +250,7 @@ void register_quantize(CLI::App& app) {
   add_io_options(fc, f8.get());
   fc->add_option("--format", f8->format,
                  "compressed-tensors (a scale per output channel, dynamic per-token float8 activations: llm-compressor's "
-                 "FP8_DYNAMIC) or fp8 (a scale per --block x --block weights, as Qwen's FP8 releases; dense models)")
+                 "FP8_DYNAMIC) or fp8 (a scale per --block x --block weights, as Qwen's FP8 releases)")
       ->check(CLI::IsMember({"compressed-tensors", "fp8"}))
       ->capture_default_str();
   fc->add_option("--block", *f8_block, "block side of --format fp8")->check(at_least(1, "POSITIVE"))->capture_default_str();

@@ -116,13 +116,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
   QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || o.fp8_block >= 0, "fp8: --block must be 0 or positive");
-  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || o.fp8_block == 0 || !cfg.is_moe(),
-              "fp8 --format fp8 (block-wise) cannot mark a mixture of experts' routers unquantized for every loader; "
-              "use --format compressed-tensors");
   QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || (o.device == Device::Cpu && o.loftq.r == 0),
               "fp8 runs on the CPU (--device cpu) and without LoftQ (an 8-bit base needs no correction)");
   add_moe_module_lists(moe_lists, cfg,
-                       o.method == QuantizeOptions::Method::Fp8 ? MoeListFor::Ct
+                       o.method == QuantizeOptions::Method::Fp8   ? (o.fp8_block ? MoeListFor::Fp8Block : MoeListFor::Ct)
                        : o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb
                                                                   : moe_list_for(o));
   Checkpoint ckpt(o.model_dir);

@@ -30,6 +30,17 @@ void add_moe_module_lists(nlohmann::ordered_json& qc, const QwenConfig& c, MoeLi
   if (!c.is_moe()) return;
   const bool dense_layers = c.has_dense_mlp();
   const bool shared = c.shared_expert_intermediate_size > 0;
+  if (format == MoeListFor::Fp8Block) {
+    nlohmann::ordered_json skip = {"lm_head"};
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!c.is_moe_layer(l)) continue;
+      const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+      skip.push_back(p + "gate");
+      if (shared) skip.push_back(p + "shared_expert_gate");
+    }
+    qc["modules_to_not_convert"] = skip;
+    return;
+  }
   if (format == MoeListFor::Ct) {  // patterns that end at "gate": a dense layer's mlp.gate_proj stays quantized
     nlohmann::ordered_json ignore = {"lm_head", "re:.*mlp\\.gate$"};
     if (shared) ignore.push_back("re:.*mlp\\.shared_expert_gate$");

@@ -82,7 +82,10 @@ extern const std::regex kDecoderLinearRe;
 // Our reader (trainer/qwen_weights.cpp) packs exactly the Linears whose packed tensors are present, so it reads all.
 //   Ct:   ignore (the whole list) ["lm_head", "re:.*mlp\\.gate$"(, "re:.*mlp\\.shared_expert_gate$")] (compressed-tensors' patterns, matched
 //         from the start of the module path).
-enum class MoeListFor { Gptq, Awq, Bnb, Ct };
+//   Fp8Block: modules_to_not_convert ["lm_head", "model.layers.<l>.mlp.gate"(, "...mlp.shared_expert_gate") for
+//         every sparse layer] (whole paths, as Qwen's MoE FP8 releases list them: transformers matches them as
+//         substrings, and a path with its layer number cannot catch another layer's mlp.gate_proj).
+enum class MoeListFor { Gptq, Awq, Bnb, Ct, Fp8Block };
 // The lists an integer-code output (rtn, gptq, awq) needs: by o.compressed_tensors, then o.layout.
 MoeListFor moe_list_for(const QuantizeOptions& o);
 

@@ -32,7 +32,7 @@
 #  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
 #    with attention targets), and one clear error from each command that does not take one yet, before any output;
 #  - (new format, compressed-tensors) written files compute as the GPTQ file of the same codes; 3-bit refused;
-#  - (new command, fp8) its output loads and is a quantizer's source; block-wise FP8 of a MoE refused.
+#  - (new command, fp8) its output loads (a MoE's too, in both formats) and is a quantizer's source.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -268,7 +268,7 @@ grep -q '"quant_method": "compressed-tensors"' g_ct/config.json || fail "gptq --
 grep -q "int8 activations: $all_n of $all_n Linears" g_ct_int8.txt ||
   fail "compressed-tensors: not every Linear took the int8 products" g_ct_int8.txt
 # (new command, fp8) float8 weights per channel (compressed-tensors) load and evaluate; an FP8 model is a source for
-# the 4-bit quantizers (the same bytes as from its dequantized fp32 twin); block-wise FP8 of a MoE is refused.
+# the 4-bit quantizers (the same bytes as from its dequantized fp32 twin).
 "$QQ" fp8 --model tiny --out f8 -q > fp8.txt 2>&1 || fail "fp8" fp8.txt
 "$QQ" eval --model f8 --data text.jsonl --seq-len 64 -q > f8_eval.txt 2>&1 || fail "eval of an fp8 model" f8_eval.txt
 "$QQ" rtn --model f8 --out f8_rtn --group-size 32 -q > f8_rtn.txt 2>&1 || fail "rtn from an fp8 model" f8_rtn.txt
@@ -385,7 +385,8 @@ grep -qF '"re:.*mlp\\.gate$"' moe_awq_ct/config.json || fail "compressed-tensors
   fail "eval of a compressed-tensors AWQ MoE" moe_awq_ct_eval.txt
 [ "$(ppl moe_awq_ct_eval.txt)" = "$(ppl moe_awq2_eval.txt)" ] ||
   fail "compressed-tensors AWQ MoE perplexity $(ppl moe_awq_ct_eval.txt) vs gptq_v2's $(ppl moe_awq2_eval.txt)" moe_awq_ct_eval.txt
-refuse moe_fp8_block "fp8 --format fp8 (block-wise) cannot mark a mixture of experts' routers unquantized" \
-  "$QQ" fp8 --model moe --out moe_f8 --format fp8
-for d in moe_awq moe.gguf moe_cmp moe_f8; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
+"$QQ" fp8 --model moe --out moe_f8 --format fp8 -q > moe_f8.txt 2>&1 || fail "fp8 --format fp8 of a MoE model" moe_f8.txt
+grep -q '"model.layers.0.mlp.gate"' moe_f8/config.json || fail "block-wise fp8 MoE: routers not listed" moe_f8/config.json
+"$QQ" eval --model moe_f8 --data text.jsonl --seq-len 64 -q > moe_f8_eval.txt 2>&1 || fail "eval of a fp8 MoE" moe_f8_eval.txt
+for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
 echo "user errors CLI: OK"
