@@ -13,17 +13,8 @@ cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 WORK=${2:-/tmp/qwenq-bench-autoawq}
 WINDOWS=${WINDOWS:-128}
-QQ="$BUILD/qwen-quant"
-PY=.venv-oracle/bin/python
-DATA=../shared/data
-[ -d "$DATA/stories260K" ] || { echo "needs ../shared/data"; exit 1; }
-[ -x "$PY" ] || { echo "needs the oracle environment: bash scripts/oracle_env.sh"; exit 1; }
-export OMP_WAIT_POLICY=PASSIVE
-day=$(date -u +%Y-%m-%d)
+source benchmarks/stories_oracle_setup.sh
 res=benchmarks/results/${day}-awq-vs-autoawq-stories260K.md
-rm -rf "$WORK" && mkdir -p "$WORK"
-"$QQ" import-llama2c --checkpoint "$DATA/stories260K/stories260K.bin" --tokenizer "$DATA/stories260K/tok512.bin" \
-  --out "$WORK/fp32" --overwrite >/dev/null
 
 t0=$(date +%s.%N)
 PYTHONPATH=tests/oracle "$PY" - "$WORK" "$DATA/c4/c4_demo.jsonl" > "$WORK/autoawq.log" 2>&1 <<'PY'

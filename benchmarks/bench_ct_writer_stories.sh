@@ -12,18 +12,9 @@ cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 WORK=${2:-/tmp/qwenq-bench-ct-writer}
 WINDOWS=${WINDOWS:-200}
-QQ="$BUILD/qwen-quant"
-PY=.venv-oracle/bin/python
-DATA=../shared/data
-[ -d "$DATA/stories260K" ] || { echo "needs ../shared/data"; exit 1; }
-[ -x "$PY" ] || { echo "needs the oracle environment: bash scripts/oracle_env.sh"; exit 1; }
-export OMP_WAIT_POLICY=PASSIVE
-day=$(date -u +%Y-%m-%d)
+source benchmarks/stories_oracle_setup.sh
 res=benchmarks/results/${day}-compressed-tensors-writer-stories260K.md
 text="$DATA/tinystories/tinystories_val.txt"
-rm -rf "$WORK" && mkdir -p "$WORK"
-"$QQ" import-llama2c --checkpoint "$DATA/stories260K/stories260K.bin" --tokenizer "$DATA/stories260K/tok512.bin" \
-  --out "$WORK/fp32" --overwrite >/dev/null
 
 declare -A secs ppl
 for f in gptq compressed-tensors; do

@@ -64,23 +64,28 @@ void check_weight_shape(const Checkpoint& ckpt, const std::string& prefix, int64
                                                          << "] but config.json implies " << shape_str({N, K}));
 }
 
+// src [rows, cols] as [cols, rows]: the file's row-major tensors and GPTQ's column-major words are each other's
+// transposes, element for element (words, zero-point words, scales).
+template <typename T>
+std::vector<T> transposed(const T* src, int64_t rows, int64_t cols) {
+  std::vector<T> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = src[r * cols + c];
+  return out;
+}
+
 // The transposed scales [G, N] in fp16 when every one is exact there; else scales_f32 keeps them.
 void set_scales(const std::vector<float>& nk, int64_t N, int64_t G, CtIntLinear* c) {
+  std::vector<float> gn = transposed(nk.data(), N, G);
   std::vector<uint16_t>& h = c->packed.scales;
-  h.resize(static_cast<size_t>(G * N));
+  h.resize(gn.size());
   bool exact = true;
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float v = nk[n * G + g];
-      const uint16_t b = f32_to_f16(v);
-      exact = exact && f16_to_f32(b) == v;
-      h[g * N + n] = b;
-    }
+  for (size_t i = 0; i < gn.size(); ++i) {
+    h[i] = f32_to_f16(gn[i]);
+    exact = exact && f16_to_f32(h[i]) == gn[i];
   }
   if (exact) return;
-  c->scales_f32.resize(h.size());
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t g = 0; g < G; ++g) c->scales_f32[g * N + n] = nk[n * G + g];
+  c->scales_f32 = std::move(gn);
   std::fill(h.begin(), h.end(), uint16_t{0x3C00});  // 1.0: packed then dequantizes to q - zero exactly
 }
 
@@ -141,11 +146,7 @@ CtIntLinear read_ct_packed_linear(const Checkpoint& ckpt, const std::string& pre
   check_dtype(ckpt, wname, w, DType::I32);
   check_shape(ckpt, wname, w, {N, K / f});
   // Word (n, j) holds inputs j·f .. j·f + f - 1 of output n: GPTQ's word (j, n), the same fields.
-  const int32_t* src = static_cast<const int32_t*>(w.data);
-  const int64_t words = K / f;
-  p.qweight.resize(static_cast<size_t>(words * N));
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t j = 0; j < words; ++j) p.qweight[j * N + n] = src[n * words + j];
+  p.qweight = transposed(static_cast<const int32_t*>(w.data), N, K / f);
   release_mapped_pages(w.data, w.nbytes());  // the transposed copy is what stays resident
 
   const int64_t zw = N / f;
@@ -161,9 +162,7 @@ CtIntLinear read_ct_packed_linear(const Checkpoint& ckpt, const std::string& pre
     check_dtype(ckpt, zname, z, DType::I32);
     check_shape(ckpt, zname, z, {zw, G});
     // Word (j, g) holds the zeros of outputs j·f + i, stored + 2^(b-1) as the codes: GPTQ v2's word (g, j).
-    const int32_t* zs = static_cast<const int32_t*>(z.data);
-    for (int64_t j = 0; j < zw; ++j)
-      for (int64_t g = 0; g < G; ++g) p.qzeros[g * zw + j] = zs[j * G + g];
+    p.qzeros = transposed(static_cast<const int32_t*>(z.data), zw, G);
   }
   p.g_idx = read_g_idx(ckpt, prefix, K, group, G);
   set_scales(read_scales(ckpt, prefix, a, N, G), N, G, &c);
@@ -265,10 +264,7 @@ void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const
   }
   // Word (j, n) of qweight holds inputs j·f .. j·f + f - 1 of output n: the file's word (n, j), the same fields
   // (unsigned code = signed code + 2^(b-1)).
-  std::vector<int32_t> packed(static_cast<size_t>(N * words));
-  for (int64_t j = 0; j < words; ++j)
-    for (int64_t n = 0; n < N; ++n) packed[n * words + j] = p.qweight[j * N + n];
-  w.add_owned(prefix + ".weight_packed", DType::I32, {N, words}, bytes_of(packed));
+  w.add_owned(prefix + ".weight_packed", DType::I32, {N, words}, bytes_of(transposed(p.qweight.data(), words, N)));
 
   const std::vector<uint16_t> zeros = int_linear_zeros(p);  // [G, N], true zero points
   const uint16_t mid = static_cast<uint16_t>(1u << (p.bits - 1));
@@ -291,15 +287,22 @@ void add_ct_packed_linear(SafetensorsWriter& w, const std::string& prefix, const
     w.add_owned(prefix + ".weight_zero_point", DType::I32, {N / f, G}, bytes_of(zp));
   }
 
-  std::vector<uint16_t> scales(static_cast<size_t>(N * G));
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t n = 0; n < N; ++n) scales[n * G + g] = p.scales[g * N + n];
-  w.add_owned(prefix + ".weight_scale", DType::F16, {N, G}, bytes_of(scales));
+  w.add_owned(prefix + ".weight_scale", DType::F16, {N, G}, bytes_of(transposed(p.scales.data(), G, N)));
   w.add_owned(prefix + ".weight_shape", DType::I64, {2}, bytes_of(std::vector<int64_t>{N, K}));
   if (g_idx) w.add_owned(prefix + ".weight_g_idx", DType::I32, {K}, bytes_of(int_linear_group_of(p)));
 }
 
 namespace {
+// A QuantizationArgs as the library dumps it (every field, in its order).
+nlohmann::ordered_json quant_args(const char* type, int bits, bool sym, const char* strategy,
+                                  const nlohmann::ordered_json& group_size, const nlohmann::ordered_json& actorder,
+                                  bool dynamic, const nlohmann::ordered_json& observer) {
+  using nlohmann::ordered_json;
+  return {{"actorder", actorder}, {"block_structure", nullptr}, {"dynamic", dynamic}, {"group_size", group_size},
+          {"num_bits", bits},     {"observer", observer},        {"observer_kwargs", ordered_json::object()},
+          {"strategy", strategy}, {"symmetric", sym},            {"type", type}};
+}
+
 nlohmann::ordered_json ct_config(const nlohmann::ordered_json& weights, const nlohmann::ordered_json& inputs,
                                  const char* format, const std::vector<std::string>& ignore) {
   using nlohmann::ordered_json;
@@ -318,31 +321,18 @@ nlohmann::ordered_json ct_config(const nlohmann::ordered_json& weights, const nl
 }  // namespace
 
 nlohmann::ordered_json ct_fp8_dynamic_quantization_config(const std::vector<std::string>& ignore) {
-  using nlohmann::ordered_json;
-  const auto args = [](const char* strategy, bool dynamic, const ordered_json& observer) {
-    return ordered_json{{"actorder", nullptr},     {"block_structure", nullptr}, {"dynamic", dynamic},
-                        {"group_size", nullptr},   {"num_bits", 8},              {"observer", observer},
-                        {"observer_kwargs", ordered_json::object()},             {"strategy", strategy},
-                        {"symmetric", true},       {"type", "float"}};
-  };
-  return ct_config(args("channel", false, "minmax"), args("token", true, nullptr), "float-quantized", ignore);
+  return ct_config(quant_args("float", 8, true, "channel", nullptr, nullptr, false, "minmax"),
+                   quant_args("float", 8, true, "token", nullptr, nullptr, true, nullptr), "float-quantized", ignore);
 }
 
 nlohmann::ordered_json ct_quantization_config(int bits, int64_t group_size, bool sym, const char* actorder,
                                               const std::vector<std::string>& ignore) {
   using nlohmann::ordered_json;
   const bool channel = group_size <= 0;
-  ordered_json weights = {{"actorder", actorder && !channel ? ordered_json(actorder) : ordered_json(nullptr)},
-                          {"block_structure", nullptr},
-                          {"dynamic", false},
-                          {"group_size", channel ? ordered_json(nullptr) : ordered_json(group_size)},
-                          {"num_bits", bits},
-                          {"observer", "minmax"},
-                          {"observer_kwargs", ordered_json::object()},
-                          {"strategy", channel ? "channel" : "group"},
-                          {"symmetric", sym},
-                          {"type", "int"}};
-  return ct_config(weights, nullptr, "pack-quantized", ignore);
+  const ordered_json group = channel ? ordered_json(nullptr) : ordered_json(group_size);
+  const ordered_json order = actorder && !channel ? ordered_json(actorder) : ordered_json(nullptr);
+  return ct_config(quant_args("int", bits, sym, channel ? "channel" : "group", group, order, false, "minmax"), nullptr,
+                   "pack-quantized", ignore);
 }
 
 }  // namespace qwenq

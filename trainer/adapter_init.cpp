@@ -1,6 +1,5 @@
 #include "trainer/adapter_init.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -12,11 +11,10 @@
 #include "core/safetensors.h"
 #include "lora/loftq.h"
 #include "lora/peft_io.h"
-#include "quant/quantize_step.h"
 #include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
-#include "trainer/qwen_weights.h"
+#include "trainer/quantize_output.h"
 
 namespace qwenq {
 namespace {
@@ -102,14 +100,7 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
       QWENQ_CHECK(ow.shape.size() == 2 && ow.shape[0] <= bw.N && ow.shape[1] <= bw.K,
                   "--loftq-model " << dir << ": " << name << " is " << shape_str(ow.shape) << ", the base's is ["
                                    << bw.N << ", " << bw.K << "]");
-      std::vector<float> W(bw.N * bw.K);
-      if (oq.method == QuantConfig::Method::None) {
-        weight_to_f32_ref(ow.dtype, ow.data, ow.shape[0], ow.shape[1], bw.N, bw.K, W.data());  // zero-padded
-      } else {
-        const std::vector<float> w = load_linear(ckpt, oq, lp + sl.path, ow.shape[0], ow.shape[1]).dequantize();
-        for (int64_t n = 0; n < ow.shape[0]; ++n)  // zero-padded
-          std::copy(w.begin() + n * ow.shape[1], w.begin() + (n + 1) * ow.shape[1], W.begin() + n * bw.K);
-      }
+      const std::vector<float> W = source_linear_f32(ckpt, oq, lp + sl.path, ow, bw.N, bw.K);  // zero-padded
       const std::vector<float> Q = bw.dequantize();
       const std::string what = "loftq: layer " + std::to_string(l) + " " + sl.path;
       const LoftqFactors f = loftq_factors(W.data(), Q.data(), bw.N, bw.K, r, s, {}, what.c_str());

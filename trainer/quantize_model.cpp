@@ -221,15 +221,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     if (!gpu)
 #endif
     {
-      if (fp8_source) {  // ŵ of the Linear as the FP8 model computes with it (dense Linears of it as they are)
-        named([&] {
-          W = load_linear(ckpt, source_quant, prefix, t.shape[0], t.shape[1]).dequantize();
-          if (t.shape[0] != N || t.shape[1] != K) W = pad_matrix(W, t.shape[0], t.shape[1], N, K);
-        });
-      } else {
-        W.resize(N * K);
-        weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());  // converted and padded
-      }
+      named([&] { W = source_linear_f32(ckpt, source_quant, prefix, t, N, K); });  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
       if (loftq_inline) {
         const LinearSlot ls = linear_slot(name);
@@ -254,7 +246,8 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     }
     if (o.method == QuantizeOptions::Method::Fp8) {
       Fp8Blocks q;
-      named([&] { q = quantize_fp8_blocks(W.data(), N, K, o.fp8_block ? o.fp8_block : 1, o.fp8_block ? o.fp8_block : K); });
+      const int64_t bn = o.fp8_block ? o.fp8_block : 1, bk = o.fp8_block ? o.fp8_block : K;  // block, or channel
+      named([&] { q = quantize_fp8_blocks(W.data(), N, K, bn, bk); });
       hand_over([&, prefix, N, K, q = std::move(q)]() mutable {
         add_fp8_linear(shards, prefix, std::move(q), o.fp8_block > 0);
         linear_done(prefix, N * K);

@@ -41,8 +41,8 @@ struct QuantizeOptions {
   bool pad_intermediate = false;
   // FP8 (quant/fp8_quantize.h; CPU only): fp8_block 0 scales each output channel, written as compressed-tensors'
   // FP8_DYNAMIC (float-quantized, dynamic per-token float8 activations, what vLLM runs as W8A8 on Hopper/Ada);
-  // fp8_block B > 0 scales blocks of B x B, written as the block-wise "fp8" of Qwen's FP8 releases (a MoE model's routers listed in
-  // modules_to_not_convert by their whole paths).
+  // fp8_block B > 0 scales blocks of B x B, written as the block-wise "fp8" of Qwen's FP8 releases (a MoE model's
+  // routers listed in modules_to_not_convert by their whole paths).
   int64_t fp8_block = 0;
   // NF4 / FP4
   bool double_quant = true;

@@ -8,9 +8,11 @@
 #include "core/progress.h"
 #include "core/rng.h"
 #include "quant/compressed_tensors.h"
+#include "quant/quantize_step.h"
 #include "trainer/adapter_init.h"
 #include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
+#include "trainer/qwen_weights.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
 
@@ -141,7 +143,10 @@ bool ct_g_idx(const QuantizeOptions& o, bool desc_act, bool static_groups) {
 nlohmann::ordered_json int_quantization_config(const QuantizeOptions& o, bool desc_act, bool static_groups,
                                                double damp) {
   if (o.compressed_tensors) {
-    const char* actorder = !desc_act || o.group_size <= 0 ? nullptr : static_groups ? "weight" : "group";
+    // Act-order is "group" when its g_idx is stored, "weight" when static groups keep the groups in input order.
+    const char* actorder = ct_g_idx(o, desc_act, static_groups) ? "group"
+                           : desc_act && o.group_size > 0        ? "weight"
+                                                                 : nullptr;
     return ct_quantization_config(o.bits, o.group_size, o.sym, actorder, {"lm_head"});
   }
   if (o.layout == IntLayout::AwqGemm) return awq_quantization_config(o.bits, o.group_size);
@@ -251,6 +256,17 @@ QuantConfig check_quantizable_source(const std::string& model_dir) {
               model_dir << " is already quantized (its config.json has a quantization_config); give the original "
                            "bf16/fp16/fp32 model (or an FP8 one)");
   return q;
+}
+
+std::vector<float> source_linear_f32(const Checkpoint& ckpt, const QuantConfig& quant, const std::string& prefix,
+                                     const TensorView& t, int64_t N, int64_t K) {
+  if (quant.method == QuantConfig::Method::None) {
+    std::vector<float> W(static_cast<size_t>(N * K));
+    weight_to_f32_ref(t.dtype, t.data, t.shape[0], t.shape[1], N, K, W.data());
+    return W;
+  }
+  std::vector<float> W = load_linear(ckpt, quant, prefix, t.shape[0], t.shape[1]).dequantize();
+  return t.shape[0] == N && t.shape[1] == K ? W : pad_matrix(W, t.shape[0], t.shape[1], N, K);
 }
 
 bool is_source_scale(const std::string& name) {

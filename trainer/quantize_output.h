@@ -80,8 +80,8 @@ extern const std::regex kDecoderLinearRe;
 //         refused for a model with dense layers, whose mlp.gate_proj would match too);
 //   Bnb:  llm_int8_skip_modules ["lm_head", "gate"(, "shared_expert_gate")] (matched as the module's own name).
 // Our reader (trainer/qwen_weights.cpp) packs exactly the Linears whose packed tensors are present, so it reads all.
-//   Ct:   ignore (the whole list) ["lm_head", "re:.*mlp\\.gate$"(, "re:.*mlp\\.shared_expert_gate$")] (compressed-tensors' patterns, matched
-//         from the start of the module path).
+//   Ct:   ignore (the whole list) ["lm_head", "re:.*mlp\\.gate$"(, "re:.*mlp\\.shared_expert_gate$")]
+//         (compressed-tensors' patterns, matched from the start of the module path).
 //   Fp8Block: modules_to_not_convert ["lm_head", "model.layers.<l>.mlp.gate"(, "...mlp.shared_expert_gate") for
 //         every sparse layer] (whole paths, as Qwen's MoE FP8 releases list them: transformers matches them as
 //         substrings, and a path with its layer number cannot catch another layer's mlp.gate_proj).
@@ -134,6 +134,11 @@ void check_layout_fits(const QuantizeOptions& o, const std::string& name, int64_
 // "fp8", or compressed-tensors float8 without integer schemes), whose Linears are then read as their fp32 ŵ (the
 // weights the FP8 model computes with). Refuses any other quantized directory, and returns the config.
 QuantConfig check_quantizable_source(const std::string& model_dir);
+// The fp32 weight of the source Linear `prefix` (`t` its .weight tensor, possibly smaller) zero-padded to [N, K]: a
+// dense weight converted (quant.method None), an FP8 one decoded to the ŵ the FP8 model computes with (errors name its
+// tensors).
+std::vector<float> source_linear_f32(const Checkpoint& ckpt, const QuantConfig& quant, const std::string& prefix,
+                                     const TensorView& t, int64_t N, int64_t K);
 // True for the tensors that come with an FP8 source Linear's weight (a decoder Linear's weight_scale_inv,
 // weight_scale or input_scale): the quantizers drop them with the weight.
 bool is_source_scale(const std::string& name);
