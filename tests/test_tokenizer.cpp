@@ -12,6 +12,7 @@
 #include "core/files.h"
 #include "core/gguf.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_tokenizers.h"
 #include "trainer/tokenizer.h"
 #include "trainer/unicode_text.h"
 
@@ -131,40 +132,8 @@ TEST(QwenTokenizer, ChatTemplateTwoMessages) {
   EXPECT_EQ(t.decode(ids), two);
 }
 
-// A tokenizer directory with a given chat template (byte-level vocabulary of the 256 byte symbols).
 std::string write_tiny_byte_level_dir(const std::string& dir, const std::string& chat_template) {
-  std::string vocab = "{";
-  for (int b = 0; b < 256; ++b) {
-    const int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-    int cp = b;
-    if (!printable) {
-      int n = 0;
-      for (int x = 0; x < b; ++x) n += !((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255));
-      cp = 256 + n;
-    }
-    std::string sym;
-    unicode::append_utf8(&sym, static_cast<uint32_t>(cp));
-    if (sym == "\"" || sym == "\\") sym = "\\" + sym;
-    vocab += (b ? "," : "") + std::string("\"") + sym + "\":" + std::to_string(b);
-  }
-  vocab += "}";
-  write_file_atomic(dir + "/vocab.json", vocab);
-  write_file_atomic(dir + "/merges.txt", "#version: 0.2\n");
-  std::string cfg = R"({"added_tokens_decoder":{"256":{"content":"<|endoftext|>","special":true},
-    "257":{"content":"<|im_start|>","special":true},"258":{"content":"<|im_end|>","special":true}},
-    "eos_token":"<|im_end|>","tokenizer_class":"Qwen2Tokenizer","chat_template":)";
-  std::string quoted = "\"";
-  for (char c : chat_template) {
-    if (c == '"' || c == '\\') quoted += '\\';
-    if (c == '\n') {
-      quoted += "\\n";
-      continue;
-    }
-    quoted += c;
-  }
-  cfg += quoted + "\"}";
-  write_file_atomic(dir + "/tokenizer_config.json", cfg);
-  return dir;
+  return test::write_byte_tokenizer_dir(dir, chat_template);
 }
 
 TEST(QwenTokenizer, ChatTemplateVariants) {

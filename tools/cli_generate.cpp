@@ -21,7 +21,7 @@ namespace {
 struct GenerateArgs {
   std::string model, prompt, system;
   std::string kv_cache = "f32";
-  bool chat = false, int8_activations = false;
+  bool chat = false, int8_activations = false, no_thinking = false;
   SamplingOptions sampling;
   CommonOptions common;
 };
@@ -45,7 +45,12 @@ void run_generate(const GenerateArgs& a) {
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.prompt});
-    prompt = tok.encode(tok.apply_chat_template(msgs, true), false);
+    ChatOptions o;
+    o.add_generation_prompt = true;
+    o.enable_thinking = !a.no_thinking;
+    if (a.no_thinking && !tok.chat_template_has_thinking_switch())
+      std::fprintf(stderr, "--no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
+    prompt = tok.encode(tok.render_chat(msgs, o).text, false);
   } else {
     prompt = tok.encode(a.prompt, true);
   }
@@ -83,6 +88,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id")->required();
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
+  cmd->add_flag("--no-thinking", a->no_thinking, "with --chat: Qwen3's enable_thinking=False (an empty think block)");
   cmd->add_option("--system", a->system, "system message for --chat");
   add_int8_activations_flag(cmd, &a->int8_activations);
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate");

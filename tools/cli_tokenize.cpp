@@ -9,6 +9,9 @@
 // one is encoded as it is. That is what Python gets from data.split(b"\n") with the "\n" put back, and
 // what the oracle test feeds Hugging Face; concatenating the decoded lines gives the file back.
 // --jsonl takes one JSON string (or {"text": ...}) per line instead, for texts that contain newlines.
+// --chat takes one chat record per line ({"messages": [...], "tools": [...]}, trainer/chat_record.h) and writes
+// {"text": ..., "ids": [...]}: the tokenizer's chat template applied as transformers' apply_chat_template does
+// (--add-generation-prompt, --no-thinking = enable_thinking=False), then encoded without BOS/EOS.
 // Output: one JSON object {"ids":[...]} per input (line). Speed goes to stderr: tokens/s and MB/s of
 // the encoding itself (loading and writing excluded).
 #include <algorithm>
@@ -27,6 +30,7 @@
 #include "core/files.h"
 #include "core/gguf.h"
 #include "tools/cli.h"
+#include "trainer/chat_record.h"
 #include "trainer/model_dir.h"
 #include "trainer/tokenizer.h"
 
@@ -37,7 +41,7 @@ namespace {
 struct TokenizeArgs {
   std::string model, llama2c, text, file, out, save_hf;
   bool text_given = false, lines = false, jsonl = false, no_special = false, split_special = false, decode = false;
-  bool skip_special = false, quiet = false;
+  bool skip_special = false, quiet = false, chat = false, add_generation_prompt = false, no_thinking = false;
   int threads = 1;
 };
 
@@ -154,6 +158,44 @@ void save_hf_dir(const Tokenizer& tok, const std::string& dir) {
   staged.commit();
 }
 
+// --chat: every non-empty line is a chat record; writes {"text", "ids"} per record.
+std::string render_chat_records(const Tokenizer& tok, const TokenizeArgs& a, const std::string& input,
+                                const std::string& where) {
+  ChatOptions opt;
+  opt.add_generation_prompt = a.add_generation_prompt;
+  opt.enable_thinking = !a.no_thinking;
+  if (a.no_thinking && !tok.chat_template_has_thinking_switch())
+    std::fprintf(stderr, "tokenize: --no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
+  std::string out;
+  size_t line_no = 0;
+  for (const std::string& line : split_records(input, true)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    const std::string at = where + ":" + std::to_string(line_no);
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      QWENQ_FAIL(at << ": not valid JSON (" << e.what() << ")");
+    }
+    std::vector<ChatMessage> messages;
+    opt.tools.clear();
+    const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &opt.tools);
+    QWENQ_CHECK(why.empty(), at << ": " << why);
+    std::string text;
+    try {
+      text = tok.render_chat(messages, opt).text;
+    } catch (const Error& e) {
+      QWENQ_FAIL(at << ": " << e.what());
+    }
+    nlohmann::json rec;
+    rec["text"] = text;
+    rec["ids"] = tok.encode(text, /*add_special_tokens=*/false, /*parse_special=*/true);
+    out += rec.dump() + "\n";
+  }
+  return out;
+}
+
 void run_tokenize(const TokenizeArgs& a) {
   const auto t_load = std::chrono::steady_clock::now();
   const Tokenizer tok = load_tokenizer(a);
@@ -169,6 +211,14 @@ void run_tokenize(const TokenizeArgs& a) {
   }
   const std::string input = read_input(a);
   const std::string where = a.text_given ? std::string("--text") : a.file;
+
+  if (a.chat) {
+    QWENQ_CHECK(!a.decode && !a.lines && !a.jsonl, "tokenize: --chat reads its own records (one JSON per line); "
+                                                   "it cannot be combined with --decode, --lines or --jsonl");
+    write_output(a, render_chat_records(tok, a, input, where));
+    return;
+  }
+  QWENQ_CHECK(!a.add_generation_prompt && !a.no_thinking, "tokenize: --add-generation-prompt and --no-thinking need --chat");
 
   if (a.decode) {
     std::string out;
@@ -237,6 +287,12 @@ void register_tokenize(CLI::App& app) {
   cmd->add_flag("--decode", a->decode,
                 "input holds token ids ({\"ids\":[...]}, JSON arrays or integers; one record per line); print text");
   cmd->add_flag("--skip-special", a->skip_special, "with --decode: drop special tokens");
+  cmd->add_flag("--chat", a->chat,
+                "input lines are chat records {\"messages\": [...], \"tools\": [...]}: apply the chat template, "
+                "then encode; writes {\"text\", \"ids\"} per record");
+  cmd->add_flag("--add-generation-prompt", a->add_generation_prompt, "with --chat: end with the assistant's prompt");
+  cmd->add_flag("--no-thinking", a->no_thinking,
+                "with --chat: Qwen3's enable_thinking=False (an empty think block in the generation prompt)");
   cmd->add_option("--out,-o", a->out, "output file (default: stdout)");
   cmd->add_option("--save-hf", a->save_hf,
                   "write the tokenizer as a Hugging Face directory (tokenizer.json, tokenizer_config.json, ...)");

@@ -29,7 +29,7 @@ namespace {
 struct GenerateArgs {
   std::string model, adapter, prompt, system;
   std::string kv_cache = "f32";
-  bool chat = false;
+  bool chat = false, no_thinking = false;
   SamplingOptions sampling;
   CommonOptions common;
 };
@@ -55,6 +55,8 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
                                                 "tokenizer_config.json or chat_template.jinja), so a conversation "
                                                 "cannot be formatted; use `qwen-qlora generate` without --chat");
     tok.apply_chat_template({{"user", "x"}}, true);  // refuses a template that is not ChatML, before any work
+    if (a.no_thinking && !tok.chat_template_has_thinking_switch())
+      std::fprintf(stderr, "--no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
   }
   auto model = std::make_unique<QwenModel>(dir);
   std::unique_ptr<LoraAdapter> adapter;
@@ -111,6 +113,14 @@ std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt,
   return out;
 }
 
+// The generation prompt's options: add_generation_prompt, and Qwen3's enable_thinking from --no-thinking.
+ChatOptions chat_options(const GenerateArgs& a) {
+  ChatOptions o;
+  o.add_generation_prompt = true;
+  o.enable_thinking = !a.no_thinking;
+  return o;
+}
+
 void run_generate(const GenerateArgs& a) {
   Loaded m = load(a, a.chat);
   std::vector<int32_t> prompt;
@@ -118,7 +128,7 @@ void run_generate(const GenerateArgs& a) {
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.prompt});
-    prompt = m.tok.encode(m.tok.apply_chat_template(msgs, true), false);
+    prompt = m.tok.encode(m.tok.render_chat(msgs, chat_options(a)).text, false);
   } else {
     prompt = m.tok.encode(a.prompt, true);
   }
@@ -146,7 +156,7 @@ void run_chat(const GenerateArgs& a) {
       continue;
     }
     history.push_back({"user", line});
-    const std::vector<int32_t> prompt = m.tok.encode(m.tok.apply_chat_template(history, true), false);
+    const std::vector<int32_t> prompt = m.tok.encode(m.tok.render_chat(history, chat_options(a)).text, false);
     if (tty) std::fprintf(stderr, "assistant> ");
     try {
       const std::vector<int32_t> out = stream(m, prompt, opt);
@@ -161,6 +171,8 @@ void run_chat(const GenerateArgs& a) {
 void add_generate_options(CLI::App* cmd, GenerateArgs* a) {
   cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
+  cmd->add_flag("--no-thinking", a->no_thinking,
+                "chat, generate --chat: Qwen3's enable_thinking=False (the reply starts after an empty think block)");
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate (per reply)");
   add_common_options(cmd, &a->common);
 }

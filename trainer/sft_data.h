@@ -20,15 +20,16 @@
 //              "the request.\n\n### Instruction:\n{I}\n\n### Response:\n"
 //            Tokens: encode(prompt) ++ encode(O) ++ [EOS]; loss on the tokens of O and on EOS only. EOS is the
 //            tokenizer's eos_token (<|im_end|> for the Qwen2 instruct tokenizer in ../shared, </s> for Llama).
-//  * chat    {"messages": [{"role": "system"|"user"|"assistant", "content": C}, ...]}, at least one
-//            assistant turn. Rendered with the tokenizer's ChatML template (Tokenizer::apply_chat_template,
-//            add_generation_prompt=false), i.e. for Qwen:
+//  * chat    {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": C, ...}, ...], "tools": [...]}
+//            with at least one assistant message (trainer/chat_record.h: reasoning_content, tool_calls, null
+//            content beside tool calls). Rendered with the tokenizer's chat template as transformers'
+//            apply_chat_template renders it (Tokenizer::render_chat; Qwen1.5/2/2.5 ChatML, Qwen3), e.g. Qwen2.5:
 //              "<|im_start|>system\n{system or the template's default}<|im_end|>\n"
 //              "<|im_start|>user\n{C}<|im_end|>\n<|im_start|>assistant\n{C}<|im_end|>\n" ...
-//            Loss on each assistant turn's content and its closing <|im_end|> (not the "\n" after it, not
-//            "<|im_start|>assistant\n"). The span of assistant turn i is found by rendering prefixes: it
-//            starts where render(messages[0..i), add_generation_prompt=true) ends and is content + "<|im_end|>";
-//            a template for which that does not hold is refused. Tokenizers without a chat template
+//            Loss on what the model produces for each assistant message: everything after the generation prompt
+//            ("<|im_start|>assistant\n"; with Qwen3 and enable_thinking false, also its empty think block)
+//            through the closing <|im_end|> (its reasoning block, content and tool calls; not the "\n" after
+//            it). Tool responses, user and system turns are prompt. Tokenizers without a chat template
 //            (llama2.c's stories260K) refuse chat data.
 //
 // Tokenization: the rendered text is cut into alternating prompt / response pieces at the span boundaries
@@ -68,6 +69,7 @@ struct SftRecord {
   std::string text;                                // text
   std::string instruction, input, output;          // Alpaca
   std::vector<ChatMessage> messages;               // chat
+  std::vector<std::string> tools;                  // chat: the record's "tools" (JSON texts)
 };
 
 struct SftExample {
@@ -82,6 +84,7 @@ struct SftDataOptions {
   uint64_t seed = 0;          // train/eval split
   double eval_fraction = 0;   // in [0, 1): held-out share (rounded, at least 1 when > 0)
   int64_t eval_count = 0;     // or an exact number; set at most one of the two
+  bool enable_thinking = true;  // chat: Qwen3's switch; false makes an empty think block prompt, not response
 };
 
 struct SftDataStats {
@@ -118,8 +121,8 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
 std::string alpaca_prompt(const std::string& instruction, const std::string& input);
 
 // Record -> tokens + mask, untruncated. Throws (naming record.where) for chat data with a tokenizer that has
-// no chat template, or a template whose prefixes do not line up.
-SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok);
+// no chat template, or one the record cannot be rendered with. enable_thinking: Qwen3's switch (ChatOptions).
+SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok, bool enable_thinking = true);
 
 // Keeps the first max_len tokens; returns how many were cut.
 int64_t truncate_sft_example(SftExample* ex, int64_t max_len);

@@ -11,8 +11,6 @@ namespace qwenq {
 
 namespace {
 
-constexpr const char* kImEnd = "<|im_end|>";
-
 // Rendered text as alternating pieces; `loss` pieces are responses.
 struct Piece {
   std::string text;
@@ -43,29 +41,27 @@ void append_eos(SftExample* ex, const Tokenizer& tok, const std::string& where) 
   ex->loss_mask.push_back(ex->tokens.size() > 1 ? 1 : 0);
 }
 
-SftExample format_chat(const SftRecord& rec, const Tokenizer& tok) {
+SftExample format_chat(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking) {
   QWENQ_CHECK(tok.has_chat_template(),
               rec.where << ": chat records need a tokenizer with a chat template; " << tok.describe()
                         << " has none (use text or Alpaca records with it)");
-  const std::vector<ChatMessage>& msgs = rec.messages;
-  const std::string full = tok.apply_chat_template(msgs, /*add_generation_prompt=*/false);
-  std::vector<Piece> pieces;
-  size_t done = 0;  // characters of `full` already in pieces
-  for (size_t i = 0; i < msgs.size(); ++i) {
-    if (msgs[i].role != "assistant") continue;
-    const std::vector<ChatMessage> before(msgs.begin(), msgs.begin() + static_cast<std::ptrdiff_t>(i));
-    const std::string prefix = tok.apply_chat_template(before, /*add_generation_prompt=*/true);
-    const std::string response = msgs[i].content + kImEnd;
-    QWENQ_CHECK(prefix.size() >= done && full.compare(0, prefix.size(), prefix) == 0 &&
-                    full.compare(prefix.size(), response.size(), response) == 0,
-                rec.where << ": the chat template does not render assistant message " << i
-                          << " right after the generation prompt of the messages before it, so its loss span "
-                             "cannot be found");
-    pieces.push_back({full.substr(done, prefix.size() - done), false});
-    pieces.push_back({response, true});
-    done = prefix.size() + response.size();
+  ChatOptions opt;
+  opt.enable_thinking = enable_thinking;
+  opt.tools = rec.tools;
+  ChatRender r;
+  try {
+    r = tok.render_chat(rec.messages, opt);
+  } catch (const Error& e) {
+    QWENQ_FAIL(rec.where << ": " << e.what());
   }
-  pieces.push_back({full.substr(done), false});
+  std::vector<Piece> pieces;
+  size_t done = 0;  // characters of r.text already in pieces
+  for (const auto& span : r.assistant_spans) {
+    pieces.push_back({r.text.substr(done, span.first - done), false});
+    pieces.push_back({r.text.substr(span.first, span.second - span.first), true});
+    done = span.second;
+  }
+  pieces.push_back({r.text.substr(done), false});
   return encode_pieces(pieces, tok);
 }
 
@@ -82,7 +78,7 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
          instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
 }
 
-SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok) {
+SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking) {
   SftExample ex;
   switch (rec.format) {
     case SftFormat::kText:
@@ -94,7 +90,7 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok) {
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kChat:
-      ex = format_chat(rec, tok);
+      ex = format_chat(rec, tok, enable_thinking);
       break;
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");
@@ -134,7 +130,7 @@ SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const
   std::vector<SftExample> all;
   all.reserve(records.size());
   for (const SftRecord& rec : records) {
-    SftExample ex = format_sft_record(rec, tok);
+    SftExample ex = format_sft_record(rec, tok, opt.enable_thinking);
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     const int64_t cut = truncate_sft_example(&ex, opt.max_len);
     st.truncated += cut > 0;

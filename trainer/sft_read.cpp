@@ -3,17 +3,20 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "trainer/chat_record.h"
 #include "trainer/sft_data.h"
 
 namespace qwenq {
 
 namespace {
 
+using Json = nlohmann::ordered_json;
+
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-SftFormat detect_format(const nlohmann::json& j) {
+SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
   if (j.contains("messages")) return SftFormat::kChat;
   if (j.contains("instruction")) return SftFormat::kAlpaca;
@@ -22,7 +25,7 @@ SftFormat detect_format(const nlohmann::json& j) {
 }
 
 // "" when j[key] is a string (copied to *out), else why not.
-std::string get_string(const nlohmann::json& j, const char* key, std::string* out) {
+std::string get_string(const Json& j, const char* key, std::string* out) {
   auto it = j.find(key);
   if (it == j.end()) return std::string("missing field \"") + key + "\"";
   if (!it->is_string()) return std::string("field \"") + key + "\" is " + it->type_name() + ", expected a string";
@@ -31,7 +34,7 @@ std::string get_string(const nlohmann::json& j, const char* key, std::string* ou
 }
 
 // Fills `rec` from one parsed record; returns "" or the reason the record is malformed.
-std::string convert_record(const nlohmann::json& j, SftFormat format, SftRecord* rec) {
+std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
   if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
   rec->format = format;
   std::string err;
@@ -48,27 +51,8 @@ std::string convert_record(const nlohmann::json& j, SftFormat format, SftRecord*
       }
       return "";
     }
-    case SftFormat::kChat: {
-      auto it = j.find("messages");
-      if (it == j.end()) return "missing field \"messages\"";
-      if (!it->is_array()) return std::string("field \"messages\" is ") + it->type_name() + ", expected an array";
-      bool has_assistant = false;
-      for (size_t i = 0; i < it->size(); ++i) {
-        const nlohmann::json& m = (*it)[i];
-        const std::string at = "messages[" + std::to_string(i) + "]: ";
-        if (!m.is_object()) return at + "expected an object, got " + m.type_name();
-        ChatMessage msg;
-        if (!(err = get_string(m, "role", &msg.role)).empty()) return at + err;
-        if (!(err = get_string(m, "content", &msg.content)).empty()) return at + err;
-        if (msg.role != "system" && msg.role != "user" && msg.role != "assistant")
-          return at + "role \"" + msg.role + "\" is not system, user or assistant";
-        if (msg.role == "system" && i != 0) return at + "a system message must come first";
-        has_assistant |= msg.role == "assistant";
-        rec->messages.push_back(std::move(msg));
-      }
-      if (!has_assistant) return "no assistant message (nothing to train on)";
-      return "";
-    }
+    case SftFormat::kChat:
+      return parse_chat_record(j, /*need_assistant=*/true, &rec->messages, &rec->tools);
     case SftFormat::kAuto:
       break;
   }
@@ -87,7 +71,7 @@ struct Reader {
     if (stats->skipped++ < SftDataStats::kMaxReported) stats->first_skipped.push_back(where + ": " + why);
   }
 
-  void add(const nlohmann::json& j, const std::string& where) {
+  void add(const Json& j, const std::string& where) {
     if (format == SftFormat::kAuto) {
       format = detect_format(j);
       if (format == SftFormat::kAuto)
@@ -138,20 +122,20 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
       start = end + 1;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       const std::string where = path + ":" + std::to_string(line_no);
-      nlohmann::json j;
+      Json j;
       try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
+        j = Json::parse(line);
+      } catch (const Json::exception& e) {
         r.bad(where, std::string("not valid JSON: ") + e.what());
         continue;
       }
       r.add(j, where);
     }
   } else {
-    nlohmann::json all;
+    Json all;
     try {
-      all = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
+      all = Json::parse(text);
+    } catch (const Json::exception& e) {
       QWENQ_FAIL(path << ": not valid JSON: " << e.what());
     }
     QWENQ_CHECK(all.is_array(), path << ": expected a JSON array of records (or a .jsonl file), got "

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qwenq {
@@ -25,8 +26,40 @@ namespace qwenq {
 class GgufFile;
 class GgufWriter;
 
+// One function call an assistant message makes (OpenAI/Hugging Face `tool_calls`: {"function": {"name", "arguments"}}
+// or {"name", "arguments"}).
+struct ChatToolCall {
+  std::string name;
+  std::string arguments;            // JSON text as Python's json.dumps writes it (the template's `tojson`), or
+  bool arguments_is_string = false;  // the string itself when the record gave the arguments as a string
+};
+
+// One chat message as Hugging Face's apply_chat_template takes it.
 struct ChatMessage {
+  ChatMessage() = default;
+  ChatMessage(std::string r, std::string c) : role(std::move(r)), content(std::move(c)) {}
   std::string role, content;
+  std::string reasoning;             // `reasoning_content` (Qwen3 templates); used when has_reasoning
+  bool has_reasoning = false;
+  bool content_is_null = false;      // "content": null (an assistant message that only calls tools)
+  std::vector<ChatToolCall> tool_calls;
+};
+
+// apply_chat_template's keyword arguments.
+struct ChatOptions {
+  bool add_generation_prompt = false;
+  // Qwen3's switch: false closes an empty "<think>\n\n</think>\n\n" in the generation prompt (in training,
+  // that block is then prompt, not response). Templates without the switch ignore it.
+  bool enable_thinking = true;
+  std::vector<std::string> tools;    // each tool's JSON text (json.dumps style), for templates with a tools branch
+};
+
+// A rendered conversation: the text, and for each assistant message (in order) the span [begin, end) of what
+// the model produces for it: everything after the generation prompt (rendered with the same options) through
+// its "<|im_end|>".
+struct ChatRender {
+  std::string text;
+  std::vector<std::pair<size_t, size_t>> assistant_spans;
 };
 
 class Tokenizer {
@@ -68,9 +101,13 @@ class Tokenizer {
   std::string describe() const;
 
   bool has_chat_template() const;
-  // ChatML (Qwen): optional default system turn, then "<|im_start|>{role}\n{content}<|im_end|>\n" per
-  // message, then "<|im_start|>assistant\n" if add_generation_prompt.
+  // The tokenizer's chat template applied natively, as transformers' apply_chat_template renders it
+  // (trainer/tokenizer_chat.cpp: Qwen1.5/Qwen2/Qwen2.5 ChatML with default system turns and tools, Qwen3 with
+  // its reasoning blocks and tools). Other templates are refused, naming the file.
+  ChatRender render_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options) const;
   std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // Whether the template has Qwen3's enable_thinking switch (so ChatOptions::enable_thinking matters).
+  bool chat_template_has_thinking_switch() const;
 
   // Writes a Hugging Face tokenizer into `dir` (which must exist): tokenizer.json + tokenizer_config.json +
   // special_tokens_map.json, plus vocab.json + merges.txt for byte-level models.

@@ -1,19 +1,46 @@
-// ChatML chat templates (Qwen), applied natively instead of through a Jinja engine. We recognise a template
-// as ChatML when it contains "<|im_start|>" and reproduce the three variants Qwen models ship:
-//   * Qwen2.5 / Qwen1.5 / Qwen2-Instruct (and simpler ChatML): optional default system turn (only when the
-//     template spells one: "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." or
-//     "You are a helpful assistant."), then "<|im_start|>{role}\n{content}<|im_end|>\n" per message, then
-//     "<|im_start|>assistant\n" when add_generation_prompt;
-//   * the early Qwen2-Instruct template that writes "<|im_end|>\n<|im_start|>assistant\n" after every user
-//     turn itself, appends assistant replies right after it and ignores add_generation_prompt (and
-//     messages that are neither user nor assistant, apart from the leading system message).
-// Tool calls (Qwen2.5's "tools" branch) are not reproduced. Other templates are refused, naming the file.
+// Qwen's chat templates applied natively instead of through a Jinja engine: the text transformers'
+// apply_chat_template renders, and where each assistant message's output lies in it (for the SFT loss mask).
+// The template is recognised by what it spells; tests/oracle/test_chat_template_oracle.py checks every variant
+// against transformers 4.51.3 rendering the templates in tests/data/chat_templates/.
+//
+//   ChatML (Qwen1.5, Qwen2, Qwen2.5 and their -Coder/-Math kin):
+//     a system turn: messages[0] when it is a system message, else the template's default system text when it
+//       spells one ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. ...<|im_end|>\n");
+//       with tools (Qwen2.5's branch) that turn is "<|im_start|>system\n{system or default}\n\n# Tools ...<tools>"
+//       + "\n{tool json}" per tool + "\n</tools>\n\nFor each function call, ...</tool_call><|im_end|>\n";
+//     then per message "<|im_start|>{role}\n{content}<|im_end|>\n", except
+//       an assistant message with tool calls: "<|im_start|>assistant" + ("\n" + content if any) + per call
+//         "\n<tool_call>\n{\"name\": \"N\", \"arguments\": A}\n</tool_call>" (A = tojson(arguments)) + "<|im_end|>\n";
+//       tool messages: a run of them is one user turn, "<|im_start|>user" + per message
+//         "\n<tool_response>\n{content}\n</tool_response>" + "<|im_end|>\n";
+//     then "<|im_start|>assistant\n" when add_generation_prompt.
+//   early Qwen2-Instruct: "<|im_end|>\n<|im_start|>assistant\n" is written after every user turn, assistant
+//     replies follow it directly, add_generation_prompt and other roles are ignored.
+//   Qwen3 (and its -2507 kin): the system turn only when messages[0] is one (the tools branch writes
+//     "{system}\n\n# Tools ..." without a default); last_query = the index of the last user message that is not
+//     a "<tool_response>...</tool_response>" wrapper (the last message when there is none); an assistant
+//     message's reasoning is its reasoning_content when given, else, when its content holds "</think>", the
+//     text before the first "</think>" (right-stripped of "\n", after its last "<think>", left-stripped) with the
+//     content becoming the text after the last "</think>" (left-stripped); after last_query, the last message and
+//     every message with reasoning render "<|im_start|>assistant\n<think>\n{reasoning without outer \n}\n
+//     </think>\n\n{content left-stripped}", all others "<|im_start|>assistant\n{content}"; tool calls follow as
+//     "\n"-separated (no "\n" before the first when content is empty) "<tool_call>\n{...}\n</tool_call>" with
+//     A = the arguments string as given or tojson(arguments); the generation prompt "<|im_start|>assistant\n"
+//     closes an empty "<think>\n\n</think>\n\n" when enable_thinking is false (the hybrid models' switch) or
+//     opens "<think>\n" (a thinking-only template that spells that prompt).
+// Other templates (not ChatML, or a <think> template that is not Qwen3's, like QwQ's) are refused, naming the file.
+#include <algorithm>
+
 #include "core/error.h"
+#include "trainer/chat_record.h"
 #include "trainer/tokenizer_impl.h"
 
 namespace qwenq {
 
 namespace {
+
+constexpr const char* kImStart = "<|im_start|>";
+constexpr const char* kImEnd = "<|im_end|>";
 
 // Jinja string literals may spell a newline as "\n" (escape) or as a real newline; compare on one form.
 std::string unescape_newlines(const std::string& s) {
@@ -30,54 +57,281 @@ std::string unescape_newlines(const std::string& s) {
   return out;
 }
 
+bool contains(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
+bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
+bool ends_with(const std::string& s, const std::string& p) {
+  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
+}
+std::string lstrip_nl(const std::string& s) { return s.substr(std::min(s.find_first_not_of('\n'), s.size())); }
+std::string rstrip_nl(const std::string& s) {
+  const size_t e = s.find_last_not_of('\n');
+  return e == std::string::npos ? std::string() : s.substr(0, e + 1);
+}
+
+// The default system text a ChatML template spells: a string literal that continues right after
+// "<|im_start|>system\n" up to "<|im_end|>" (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...'), or the
+// `set system_message = '...'` of the early Qwen2 template. Jinja's \\ and \' escapes are undone.
+std::string default_system_text(const std::string& tpl) {
+  auto literal = [](const std::string& s) {
+    std::string out;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == '\\' || s[i + 1] == '\'' || s[i + 1] == '"')) ++i;
+      out.push_back(s[i]);
+    }
+    return out;
+  };
+  const std::string head = std::string(kImStart) + "system\n";
+  for (size_t at = tpl.find(head); at != std::string::npos; at = tpl.find(head, at + 1)) {
+    const size_t from = at + head.size();
+    if (from >= tpl.size() || tpl[from] == '\'' || tpl[from] == '"') continue;  // '... system\n' + variable
+    const size_t end = tpl.find(kImEnd, from);
+    if (end != std::string::npos) return literal(tpl.substr(from, end - from));
+  }
+  const std::string set = "set system_message = '";
+  const size_t s = tpl.find(set);
+  if (s != std::string::npos) {
+    size_t e = s + set.size();
+    while (e < tpl.size() && !(tpl[e] == '\'' && tpl[e - 1] != '\\')) ++e;
+    return literal(tpl.substr(s + set.size(), e - s - set.size()));
+  }
+  return "";
+}
+
+enum class ChatKind { kChatml, kEarlyQwen2, kQwen3 };
+
+struct TemplateTraits {
+  ChatKind kind = ChatKind::kChatml;
+  std::string default_system;    // ChatML: the system turn written when messages[0] is not one ("" = none)
+  bool tools = false;            // has the "# Tools" branch
+  bool thinking_switch = false;  // Qwen3: enable_thinking false closes an empty think block in the prompt
+  bool forced_think = false;     // Qwen3: the generation prompt opens "<think>\n"
+};
+
+TemplateTraits traits_of(const std::string& raw, const std::string& file) {
+  const std::string tpl = unescape_newlines(raw);
+  QWENQ_CHECK(contains(tpl, kImStart), file << ": the chat template is not ChatML (no <|im_start|>); only ChatML "
+                                               "templates (Qwen) are supported");
+  TemplateTraits t;
+  t.tools = contains(tpl, "<tools>") && contains(tpl, "tool_call");
+  if (contains(tpl, "last_query_index") && contains(tpl, "reasoning_content")) {
+    t.kind = ChatKind::kQwen3;
+    t.thinking_switch = contains(tpl, "enable_thinking");
+    t.forced_think = contains(tpl, "'<|im_start|>assistant\n<think>\n'");
+    return t;
+  }
+  QWENQ_CHECK(!contains(tpl, "<think>"),
+              file << ": the chat template handles <think> blocks but is not Qwen3's (QwQ's or another reasoning "
+                      "template); only Qwen1.5/Qwen2/Qwen2.5 ChatML and Qwen3 templates are supported");
+  t.kind = contains(tpl, "'<|im_end|>\n<|im_start|>assistant\n'") ? ChatKind::kEarlyQwen2 : ChatKind::kChatml;
+  t.default_system = default_system_text(tpl);
+  return t;
+}
+
+std::string tool_call_text(const ChatToolCall& c, bool raw_string_arguments) {
+  const std::string args =
+      c.arguments_is_string && !raw_string_arguments ? python_json_dumps(c.arguments) : c.arguments;  // a quoted string
+  return "<tool_call>\n{\"name\": \"" + c.name + "\", \"arguments\": " + args + "}\n</tool_call>";
+}
+
+std::string tools_system_turn(const std::string& system, const std::vector<std::string>& tools) {
+  std::string out = std::string(kImStart) + "system\n" + system +
+                    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+  for (const std::string& t : tools) out += "\n" + t;
+  return out +
+         "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+         "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+         "<args-json-object>}\n</tool_call>" + kImEnd + "\n";
+}
+
+// Appends "<|im_start|>user" ... for tool message i of a run (opening and closing the shared user turn).
+void append_tool_message(const std::vector<ChatMessage>& m, size_t i, std::string* out) {
+  if (i == 0 || m[i - 1].role != "tool") *out += std::string(kImStart) + "user";
+  *out += "\n<tool_response>\n" + m[i].content + "\n</tool_response>";
+  if (i + 1 == m.size() || m[i + 1].role != "tool") *out += std::string(kImEnd) + "\n";
+}
+
+class Renderer {
+ public:
+  Renderer(const TemplateTraits& t, const ChatOptions& o, const std::string& file) : t_(t), o_(o), file_(file) {}
+
+  ChatRender run(const std::vector<ChatMessage>& m) {
+    QWENQ_CHECK(o_.tools.empty() || t_.tools,
+                file_ << ": the chat template has no tools branch, so the record's tools cannot be rendered");
+    if (t_.kind == ChatKind::kQwen3) {
+      qwen3(m);
+    } else if (t_.kind == ChatKind::kEarlyQwen2) {
+      early_qwen2(m);
+    } else {
+      chatml(m);
+    }
+    return std::move(r_);
+  }
+
+ private:
+  // The generation prompt, as rendered after the messages.
+  std::string generation_prompt() const {
+    std::string g = std::string(kImStart) + "assistant\n";
+    if (t_.kind == ChatKind::kQwen3 && t_.thinking_switch && !o_.enable_thinking) g += "<think>\n\n</think>\n\n";
+    if (t_.kind == ChatKind::kQwen3 && t_.forced_think) g += "<think>\n";
+    return g;
+  }
+
+  // Appends an assistant turn `turn` (from its "<|im_start|>assistant" on) and records its span: after the
+  // generation prompt when the turn starts with it, else after "<|im_start|>assistant\n", through "<|im_end|>".
+  void assistant_turn(const std::string& turn) {
+    const std::string base = std::string(kImStart) + "assistant\n";
+    const std::string gen = generation_prompt();
+    QWENQ_CHECK(starts_with(turn, base) && ends_with(turn, kImEnd),
+                file_ << ": internal: an assistant turn does not start with the generation prompt");
+    const size_t skip = starts_with(turn, gen) ? gen.size() : base.size();
+    r_.assistant_spans.emplace_back(r_.text.size() + skip, r_.text.size() + turn.size());
+    r_.text += turn + "\n";
+  }
+
+  void turn(const std::string& role, const std::string& content) {
+    r_.text += std::string(kImStart) + role + "\n" + content + kImEnd + "\n";
+  }
+
+  void require_content(const ChatMessage& msg, size_t i) const {
+    QWENQ_CHECK(!msg.content_is_null, file_ << ": this chat template needs a string content in message " << i
+                                            << " (" << msg.role << "), got null");
+  }
+
+  void require_tools_branch(size_t i) const {
+    QWENQ_CHECK(t_.tools, file_ << ": message " << i << " calls tools but the chat template has no tools branch");
+  }
+
+  // The ChatML templates' system turn (messages[0] if it is one, else the default, if any; with tools, the tools
+  // section too); returns the index of the first message left to render.
+  size_t chatml_system_turn(const std::vector<ChatMessage>& m) {
+    const bool has_system = !m.empty() && m[0].role == "system";
+    if (!o_.tools.empty()) {
+      r_.text += tools_system_turn((has_system ? m[0].content : t_.default_system) + "\n\n", o_.tools);
+    } else if (has_system) {
+      turn("system", m[0].content);
+    } else if (!t_.default_system.empty()) {
+      turn("system", t_.default_system);
+    }
+    return has_system ? 1 : 0;
+  }
+
+  void chatml(const std::vector<ChatMessage>& m) {
+    for (size_t i = chatml_system_turn(m); i < m.size(); ++i) {
+      const ChatMessage& msg = m[i];
+      if (msg.role == "tool" && t_.tools) {
+        require_content(msg, i);
+        append_tool_message(m, i, &r_.text);
+      } else if (msg.role == "assistant" && !msg.tool_calls.empty()) {
+        require_tools_branch(i);
+        std::string t = std::string(kImStart) + "assistant";
+        if (!msg.content_is_null && !msg.content.empty()) t += "\n" + msg.content;
+        for (const ChatToolCall& c : msg.tool_calls) t += "\n" + tool_call_text(c, /*raw_string_arguments=*/false);
+        assistant_turn(t + kImEnd);
+      } else if (msg.role == "assistant") {
+        require_content(msg, i);
+        assistant_turn(std::string(kImStart) + "assistant\n" + msg.content + kImEnd);
+      } else {
+        require_content(msg, i);
+        turn(msg.role, msg.content);
+      }
+    }
+    if (o_.add_generation_prompt) r_.text += generation_prompt();
+  }
+
+  void early_qwen2(const std::vector<ChatMessage>& m) {
+    for (size_t i = chatml_system_turn(m); i < m.size(); ++i) {
+      const ChatMessage& msg = m[i];
+      if (!msg.tool_calls.empty()) require_tools_branch(i);
+      if (msg.role == "user") {
+        r_.text += std::string(kImStart) + "user\n" + msg.content + kImEnd + "\n" + kImStart + "assistant\n";
+      } else if (msg.role == "assistant") {
+        require_content(msg, i);
+        r_.assistant_spans.emplace_back(r_.text.size(), r_.text.size() + msg.content.size() + std::string(kImEnd).size());
+        r_.text += msg.content + kImEnd + "\n";
+      }
+    }
+  }
+
+  void qwen3(const std::vector<ChatMessage>& m) {
+    const size_t n = m.size();
+    const bool has_system = n > 0 && m[0].role == "system";
+    if (!o_.tools.empty()) {
+      r_.text += tools_system_turn(has_system ? m[0].content + "\n\n" : std::string(), o_.tools);
+    } else if (has_system) {
+      turn("system", m[0].content);
+    }
+    size_t last_query = n == 0 ? 0 : n - 1;
+    for (size_t k = n; k-- > 0;) {
+      const ChatMessage& msg = m[k];
+      if (msg.role == "user" && !msg.content_is_null &&
+          !(starts_with(msg.content, "<tool_response>") && ends_with(msg.content, "</tool_response>"))) {
+        last_query = k;
+        break;
+      }
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const ChatMessage& msg = m[i];
+      std::string content = msg.content_is_null ? std::string() : msg.content;
+      if (msg.role == "user" || (msg.role == "system" && i != 0)) {
+        turn(msg.role, content);
+      } else if (msg.role == "assistant") {
+        std::string reasoning;
+        if (msg.has_reasoning) {
+          reasoning = msg.reasoning;
+        } else if (contains(content, "</think>")) {
+          const std::string before = rstrip_nl(content.substr(0, content.find("</think>")));
+          const size_t open = before.rfind("<think>");
+          reasoning = lstrip_nl(open == std::string::npos ? before : before.substr(open + 7));
+          content = lstrip_nl(content.substr(content.rfind("</think>") + 8));
+        }
+        std::string t = std::string(kImStart) + "assistant\n";
+        if (i > last_query && (i + 1 == n || !reasoning.empty())) {
+          t += "<think>\n" + rstrip_nl(lstrip_nl(reasoning)) + "\n</think>\n\n" + lstrip_nl(content);
+        } else {
+          t += content;
+        }
+        for (size_t c = 0; c < msg.tool_calls.size(); ++c) {
+          require_tools_branch(i);
+          if (c > 0 || !content.empty()) t += "\n";
+          t += tool_call_text(msg.tool_calls[c], /*raw_string_arguments=*/true);
+        }
+        assistant_turn(t + kImEnd);
+      } else if (msg.role == "tool") {
+        append_tool_message(m, i, &r_.text);
+      }
+    }
+    if (o_.add_generation_prompt) r_.text += generation_prompt();
+  }
+
+  const TemplateTraits& t_;
+  const ChatOptions& o_;
+  const std::string& file_;
+  ChatRender r_;
+};
+
 }  // namespace
 
 bool Tokenizer::has_chat_template() const { return !impl_->chat_template.empty(); }
 
-std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages,
-                                           bool add_generation_prompt) const {
+bool Tokenizer::chat_template_has_thinking_switch() const {
+  if (impl_->chat_template.empty()) return false;
+  const TemplateTraits t = traits_of(impl_->chat_template, impl_->chat_template_file);
+  return t.kind == ChatKind::kQwen3 && t.thinking_switch;
+}
+
+ChatRender Tokenizer::render_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options) const {
   const Impl& t = *impl_;
   QWENQ_CHECK(!t.chat_template.empty(), t.source << ": the tokenizer has no chat template (looked for chat_template "
                                                     "in tokenizer_config.json, chat_template.jinja, chat_template.json)");
-  QWENQ_CHECK(t.chat_template.find("<|im_start|>") != std::string::npos,
-              t.chat_template_file << ": the chat template is not ChatML (no <|im_start|>); only ChatML templates "
-                                      "(Qwen) are supported");
-  const std::string tpl = unescape_newlines(t.chat_template);
-  std::string system_default;
-  for (const char* s : {"You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-                        "You are a helpful assistant."}) {
-    if (tpl.find(s) != std::string::npos) {
-      system_default = s;
-      break;
-    }
-  }
-  const bool user_adds_prompt = tpl.find("'<|im_end|>\n<|im_start|>assistant\n'") != std::string::npos;
+  const TemplateTraits traits = traits_of(t.chat_template, t.chat_template_file);
+  return Renderer(traits, options, t.chat_template_file).run(messages);
+}
 
-  std::string out;
-  auto turn = [&](const std::string& role, const std::string& content) {
-    out += "<|im_start|>" + role + "\n" + content + "<|im_end|>\n";
-  };
-  size_t first = 0;
-  if (!messages.empty() && messages[0].role == "system") {
-    turn("system", messages[0].content);
-    first = 1;
-  } else if (!system_default.empty()) {
-    turn("system", system_default);
-  }
-  if (user_adds_prompt) {
-    for (size_t i = first; i < messages.size(); ++i) {
-      const ChatMessage& m = messages[i];
-      if (m.role == "user") {
-        out += "<|im_start|>user\n" + m.content + "<|im_end|>\n<|im_start|>assistant\n";
-      } else if (m.role == "assistant") {
-        out += m.content + "<|im_end|>\n";
-      }
-    }
-    return out;
-  }
-  for (size_t i = first; i < messages.size(); ++i) turn(messages[i].role, messages[i].content);
-  if (add_generation_prompt) out += "<|im_start|>assistant\n";
-  return out;
+std::string Tokenizer::apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+  ChatOptions o;
+  o.add_generation_prompt = add_generation_prompt;
+  return render_chat(messages, o).text;
 }
 
 }  // namespace qwenq

@@ -168,19 +168,31 @@ bool tokenizer_target(const uint8_t* data, size_t size) {
   return true;
 }
 
+// Records that read are also rendered with Qwen2.5's and Qwen3's chat templates (both enable_thinking values).
 bool sft_target(const uint8_t* data, size_t size) {
+  static const Tokenizer q25 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen2.5"));
+  static const Tokenizer q3 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen3"));
   bool accepted = false;
   for (const char* ext : {".jsonl", ".json"}) {
     const std::string path = path_join(scratch(), std::string("sft") + ext);
     write_bytes(path, data, size);
     for (const char* format : {"auto", "text", "alpaca", "chat"})
       for (bool skip_bad : {false, true}) {
+        std::vector<SftRecord> records;
         try {
           SftDataStats stats;
-          (void)read_sft_records(path, parse_sft_format(format), skip_bad, &stats);
+          records = read_sft_records(path, parse_sft_format(format), skip_bad, &stats);
           accepted = true;
         } catch (const Error&) {
         }
+        for (size_t i = 0; i < records.size() && i < 16; ++i)
+          for (const Tokenizer* tok : {&q25, &q3})
+            for (bool thinking : {true, false}) {
+              try {
+                (void)format_sft_record(records[i], *tok, thinking);
+              } catch (const Error&) {
+              }
+            }
       }
   }
   return accepted;

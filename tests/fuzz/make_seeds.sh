@@ -5,6 +5,7 @@
 #   OUT/models/ct                     the GPTQ copy rewritten in compressed-tensors' pack-quantized layout
 #   OUT/models/fp8                    the dense model with block-wise FP8 Linears (seeded bytes, F32 block scales)
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
+#   OUT/chat/{qwen2.5,qwen3}          that tokenizer with Qwen2.5's and Qwen3's chat templates (tests/data/chat_templates)
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
 #   OUT/seeds/imatrix                 the dense model's importance matrix (qwen-quant imatrix), GGUF and legacy .dat
@@ -36,10 +37,22 @@ else
   mkdir -p "$OUT/tokenizer" && cp "$OUT"/models/dense/{vocab.json,merges.txt,tokenizer_config.json} "$OUT/tokenizer/"
 fi
 
+for t in qwen2.5 qwen3; do
+  mkdir -p "$OUT/chat/$t" && cp "$OUT"/tokenizer/{vocab.json,merges.txt} "$OUT/chat/$t/"
+  python3 - "$OUT/tokenizer/tokenizer_config.json" "$(dirname "$0")/../data/chat_templates/$t.jinja" \
+    "$OUT/chat/$t/tokenizer_config.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["chat_template"] = open(sys.argv[2]).read()
+json.dump(d, open(sys.argv[3], "w"))
+PY
+done
+
 seed() { mkdir -p "$OUT/seeds/$1" && printf '%s' "$3" > "$OUT/seeds/$1/$2"; }
 seed sft alpaca.json '[{"instruction": "Name a color.", "input": "", "output": "Blue."}, {"instruction": "Add", "input": "1 2", "output": "3"}]'
 seed sft chat.jsonl '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 {"instruction": "x", "output": "y"}'
+seed sft tools.jsonl '{"tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": 1.5}}}], "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": null, "reasoning_content": "r", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": [1, "y"]}}}, {"name": "g", "arguments": "raw"}]}, {"role": "tool", "content": "out"}, {"role": "user", "content": "<tool_response>\nz\n</tool_response>"}, {"role": "assistant", "content": "<think>\nt\n</think>\n\nfinal"}]}'
 seed sft text.jsonl '{"text": "Once upon a time there was a cat."}
 {"text": "The end."}'
 seed text a.txt ' = Title =

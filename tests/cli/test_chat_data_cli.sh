@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Chat data end to end with Qwen3's chat template (tests/data/chat_templates/qwen3.jinja) on a random tiny model:
+# `qwen-qlora data` shows the loss spans (the reasoning block and the answer; with --no-thinking the empty block is
+# prompt) and dumps the examples; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
+# reasoning and tool-call records; `generate --chat --no-thinking` runs; malformed records are named by file:line.
+# $1 is qwen-quant; qwen-qlora is built beside it.
+set -euo pipefail
+source "$(dirname "$0")/cli_setup.sh"
+
+"$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null 2>&1
+python3 - "$WORK/tiny/tokenizer_config.json" "$SRC/tests/data/chat_templates/qwen3.jinja" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["chat_template"] = open(sys.argv[2]).read()
+json.dump(d, open(sys.argv[1], "w"), indent=2)
+PY
+cat > "$WORK/chat.jsonl" <<'JSONL'
+{"messages": [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": "Rayleigh scattering.", "reasoning_content": "Short light scatters more."}]}
+{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+{"tools": [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}], "messages": [{"role": "user", "content": "Time?"}, {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_time", "arguments": {}}}]}, {"role": "tool", "content": "12:00"}, {"role": "assistant", "content": "Noon."}]}
+JSONL
+
+# data --show: the spans between the markers.
+"$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --show 3 > "$WORK/show.txt" 2>&1 || fail "data --show" "$WORK/show.txt"
+grep -q "⟦<think>$" "$WORK/show.txt" || fail "reasoning block not in the loss" "$WORK/show.txt"
+grep -qF "Rayleigh scattering.<|im_end|>⟧" "$WORK/show.txt" || fail "answer not in the loss" "$WORK/show.txt"
+grep -qF '⟦<tool_call>' "$WORK/show.txt" || fail "tool call not in the loss" "$WORK/show.txt"
+grep -qF '<tool_response>' "$WORK/show.txt" || fail "tool response missing" "$WORK/show.txt"
+if grep -qF '⟦<tool_response>' "$WORK/show.txt"; then fail "a tool response is in the loss" "$WORK/show.txt"; fi
+grep -q "chat.jsonl: chat, 3 records, .* tokens (.* in the loss)" "$WORK/show.txt" || fail "summary line" "$WORK/show.txt"
+# --no-thinking: "Hello." loses its empty think block from the loss; --dump writes one line per example.
+"$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --dump "$WORK/think.jsonl" > /dev/null 2>&1 || fail "data --dump"
+"$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --no-thinking --dump "$WORK/nothink.jsonl" \
+  > "$WORK/nothink.txt" 2>&1 || fail "data --no-thinking" "$WORK/nothink.txt"
+python3 - "$WORK/think.jsonl" "$WORK/nothink.jsonl" <<'PY' || fail "--no-thinking loss masks"
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+assert len(a) == len(b) == 3, (len(a), len(b))
+for x, y in zip(a, b):
+    assert x["ids"] == y["ids"] and x["text"] == y["text"], "the text must not change"
+    assert len(x["ids"]) == len(x["loss_mask"])
+assert sum(a[0]["loss_mask"]) == sum(b[0]["loss_mask"]), "a real reasoning block stays in the loss"
+assert sum(a[1]["loss_mask"]) == sum(b[1]["loss_mask"]) + len("<think>\n\n</think>\n\n".encode()), "empty block"
+assert a[1]["where"].endswith("chat.jsonl:2")
+PY
+
+# tokenize --chat: the generation prompt with and without the switch.
+rec='{"messages": [{"role": "user", "content": "hi"}]}'
+"$QQ" tokenize --model "$WORK/tiny" --chat --text "$rec" --add-generation-prompt --no-thinking -q > "$WORK/tok.json" \
+  2>&1 || fail "tokenize --chat" "$WORK/tok.json"
+python3 - "$WORK/tok.json" <<'PY' || fail "tokenize --chat text" "$WORK/tok.json"
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())
+assert r["text"] == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n", r["text"]
+assert len(r["ids"]) > 0
+PY
+
+# train on the records (reasoning, tool calls), then generate --chat --no-thinking.
+"$QL" train --model "$WORK/tiny" --data "$WORK/chat.jsonl" --out "$WORK/run" --max-steps 2 --seq-len 256 --threads 1 \
+  --no-thinking -q > "$WORK/train.txt" 2>&1 || fail "train on chat records" "$WORK/train.txt"
+"$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --no-thinking --prompt "Hi" -n 4 --threads 1 \
+  > "$WORK/gen.txt" 2>&1 || fail "generate --chat --no-thinking" "$WORK/gen.txt"
+
+# Malformed records: named by file:line, with the way out.
+printf '%s\n%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' \
+  '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "tool_calls": [{"function": {"arguments": {}}}]}]}' \
+  > "$WORK/bad.jsonl"
+if "$QL" data --model "$WORK/tiny" --data "$WORK/bad.jsonl" > "$WORK/bad.txt" 2>&1; then fail "data accepted a malformed record"; fi
+grep -qF "bad.jsonl:2: messages[1]: tool_calls[0]: expected a string \"name\" (pass --skip-bad" "$WORK/bad.txt" \
+  || fail "malformed-record message" "$WORK/bad.txt"
+if "$QQ" tokenize --model "$WORK/tiny" --chat --text '{"messages": 3}' > "$WORK/bad2.txt" 2>&1; then
+  fail "tokenize --chat accepted a malformed record"
+fi
+grep -qF -- '--text:1: field "messages" is number, expected an array' "$WORK/bad2.txt" || fail "tokenize --chat message" "$WORK/bad2.txt"
+echo "chat data CLI: OK"

@@ -1,0 +1,241 @@
+// Chat templates applied natively (trainer/tokenizer_chat.cpp) with Qwen2.5's and Qwen3's own templates
+// (tests/data/chat_templates/): rendered text and assistant spans written out by hand from the templates' Jinja,
+// chat records (trainer/chat_record.h) and Python's json.dumps, the SFT loss spans, and the refusals.
+// tests/oracle/test_chat_template_oracle.py checks the same renderer against transformers over many more cases.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/files.h"
+#include "tests/support/test_paths.h"
+#include "tests/support/test_tokenizers.h"
+#include "trainer/chat_record.h"
+#include "trainer/sft_data.h"
+
+namespace qwenq {
+namespace {
+
+using test::error_of;
+
+std::string fixture_template(const std::string& name) {
+  return read_file(std::string(QWENQ_SOURCE_DIR) + "/tests/data/chat_templates/" + name);
+}
+
+std::vector<std::string> spans_of(const ChatRender& r) {
+  std::vector<std::string> out;
+  for (const auto& s : r.assistant_spans) out.push_back(r.text.substr(s.first, s.second - s.first));
+  return out;
+}
+
+ChatMessage assistant_with_reasoning(const std::string& content, const std::string& reasoning) {
+  ChatMessage m("assistant", content);
+  m.reasoning = reasoning;
+  m.has_reasoning = true;
+  return m;
+}
+
+// A conversation with tools: the text opens with `head` (the system turn's start), lists `tool` in its <tools>
+// section, and is `rest` from the first occurrence of `rest_start` on.
+void expect_tools_turn_then(const std::string& text, const std::string& head, const std::string& tool,
+                            const std::string& rest_start, const std::string& rest) {
+  EXPECT_EQ(text.compare(0, head.size(), head), 0) << text;
+  EXPECT_NE(text.find("<tools>\n" + tool + "\n</tools>"), std::string::npos) << text;
+  const size_t at = text.find(rest_start);
+  ASSERT_NE(at, std::string::npos) << text;
+  EXPECT_EQ(text.substr(at), rest);
+}
+
+// The tokens of the loss, decoded (one-to-one onto bytes with the byte tokenizer).
+std::string loss_text(const SftExample& ex, const Tokenizer& tok) {
+  std::vector<int32_t> ids;
+  for (size_t t = 0; t < ex.tokens.size(); ++t)
+    if (ex.loss_mask[t]) ids.push_back(ex.tokens[t]);
+  return tok.decode(ids);
+}
+
+TEST(ChatTemplate, Qwen3ReasoningBlocksAndGenerationPrompt) {
+  const Tokenizer tok = test::byte_tokenizer(test::scratch_dir(), fixture_template("qwen3.jinja"));
+  EXPECT_TRUE(tok.chat_template_has_thinking_switch());
+  // History before the last user query loses its reasoning; the last answer gets a block, empty if need be.
+  const std::vector<ChatMessage> m = {{"user", "q1"}, {"assistant", "<think>r1</think>a1"}, {"user", "q2"}, {"assistant", "a2"}};
+  ChatOptions o;
+  ChatRender r = tok.render_chat(m, o);
+  EXPECT_EQ(r.text,
+            "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n<|im_start|>user\nq2<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\n\n</think>\n\na2<|im_end|>\n");
+  EXPECT_EQ(spans_of(r), (std::vector<std::string>{"a1<|im_end|>", "<think>\n\n</think>\n\na2<|im_end|>"}));
+  // enable_thinking=False: the same text; the empty block is the generation prompt's, so not in the span.
+  o.enable_thinking = false;
+  r = tok.render_chat(m, o);
+  EXPECT_EQ(spans_of(r), (std::vector<std::string>{"a1<|im_end|>", "a2<|im_end|>"}));
+  // Generation prompts.
+  o.add_generation_prompt = true;
+  EXPECT_EQ(tok.render_chat({{"user", "hi"}}, o).text, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+  o.enable_thinking = true;
+  EXPECT_EQ(tok.render_chat({{"system", "s"}, {"user", "hi"}}, o).text,
+            "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  // reasoning_content wins over <think> in the content (whose text then stays as it is); outer "\n" stripped.
+  r = tok.render_chat({{"user", "q"}, assistant_with_reasoning("\nx</think>y", "\n\nr\n")}, ChatOptions());
+  EXPECT_EQ(r.text, "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\nr\n</think>\n\nx</think>y<|im_end|>\n");
+  // A content's reasoning: before the first </think>, after the last <think> in that part; the answer after the
+  // last </think>.
+  r = tok.render_chat({{"user", "q"}, {"assistant", "<think>\na <think>\nb\n</think>mid</think>\n\nend"}}, ChatOptions());
+  EXPECT_EQ(spans_of(r), (std::vector<std::string>{"<think>\nb\n</think>\n\nend<|im_end|>"}));
+}
+
+TEST(ChatTemplate, Qwen3ToolsAndMultiStepQueries) {
+  const Tokenizer tok = test::byte_tokenizer(test::scratch_dir(), fixture_template("qwen3.jinja"));
+  ChatMessage call("assistant", "");
+  call.content_is_null = true;
+  call.tool_calls = {{"f", "{\"a\": 1}", false}, {"g", "raw text", true}};
+  call.reasoning = "plan";
+  call.has_reasoning = true;
+  // The last real query is message 0: a wrapped tool response in a user turn does not count, so every
+  // assistant message after it is "after the query": the last one gets a think block, and so does any other
+  // with reasoning.
+  const std::vector<ChatMessage> m = {{"user", "q"}, call, {"user", "<tool_response>\nok\n</tool_response>"},
+                                      {"tool", "t1"}, {"tool", "t2"}, {"assistant", "done"}};
+  ChatOptions o;
+  o.tools = {"{\"name\": \"f\"}"};
+  const ChatRender r = tok.render_chat(m, o);
+  expect_tools_turn_then(r.text, "<|im_start|>system\n# Tools\n\nYou may call one or more functions", "{\"name\": \"f\"}",
+                         "<|im_start|>user\nq<|im_end|>",
+                         "<|im_start|>user\nq<|im_end|>\n"
+                         "<|im_start|>assistant\n<think>\nplan\n</think>\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>\n"
+                         "<tool_call>\n{\"name\": \"g\", \"arguments\": raw text}\n</tool_call><|im_end|>\n"
+                         "<|im_start|>user\n<tool_response>\nok\n</tool_response><|im_end|>\n"
+                         "<|im_start|>user\n<tool_response>\nt1\n</tool_response>\n<tool_response>\nt2\n</tool_response><|im_end|>\n"
+                         "<|im_start|>assistant\n<think>\n\n</think>\n\ndone<|im_end|>\n");
+  EXPECT_EQ(spans_of(r).size(), 2u);
+}
+
+TEST(ChatTemplate, Qwen25DefaultSystemToolsAndStringArguments) {
+  const Tokenizer tok = test::byte_tokenizer(test::scratch_dir(), fixture_template("qwen2.5.jinja"));
+  EXPECT_FALSE(tok.chat_template_has_thinking_switch());
+  EXPECT_EQ(tok.apply_chat_template({{"user", "x"}}, true),
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n");
+  ChatMessage call("assistant", "Checking.");
+  call.tool_calls = {{"f", "{\"q\": \"x\"}", true}};  // a string: Qwen2.5's tojson quotes it
+  ChatOptions o;
+  o.tools = {"{\"name\": \"f\"}"};
+  const ChatRender r = tok.render_chat({{"user", "x"}, call, {"tool", "r"}, {"assistant", "done"}}, o);
+  expect_tools_turn_then(r.text, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.\n\n# Tools",
+                         "{\"name\": \"f\"}", "<|im_start|>user\nx<|im_end|>",
+                         "<|im_start|>user\nx<|im_end|>\n"
+                         "<|im_start|>assistant\nChecking.\n<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"q\\\": \\\"x\\\"}\"}\n"
+                         "</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nr\n</tool_response><|im_end|>\n"
+                         "<|im_start|>assistant\ndone<|im_end|>\n");
+  EXPECT_EQ(spans_of(r), (std::vector<std::string>{
+                             "Checking.\n<tool_call>\n{\"name\": \"f\", \"arguments\": \"{\\\"q\\\": \\\"x\\\"}\"}\n</tool_call><|im_end|>",
+                             "done<|im_end|>"}));
+}
+
+TEST(ChatTemplate, RefusesWhatItCannotRender) {
+  const std::string dir = test::scratch_dir();
+  // Tools with a template that has no tools branch; a reasoning template that is not Qwen3's (QwQ-like).
+  const Tokenizer plain = test::byte_tokenizer(dir + "/a",
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+      "{% endfor %}");
+  ChatOptions o;
+  o.tools = {"{}"};
+  EXPECT_NE(error_of([&] { plain.render_chat({{"user", "x"}}, o); }).find("tokenizer_config.json: the chat template has no tools branch"),
+            std::string::npos);
+  ChatMessage call("assistant", "");
+  call.tool_calls = {{"f", "{}", false}};
+  EXPECT_NE(error_of([&] { plain.render_chat({{"user", "x"}, call}, ChatOptions()); }).find("message 1 calls tools"),
+            std::string::npos);
+  const Tokenizer qwq = test::byte_tokenizer(dir + "/b",
+      "{%- for message in messages %}{%- set content = message.content.split('</think>')[-1] %}"
+      "{{ '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}{%- endfor %}"
+      "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}");
+  EXPECT_NE(error_of([&] { qwq.apply_chat_template({{"user", "x"}}, true); })
+                .find("handles <think> blocks but is not Qwen3's"),
+            std::string::npos);
+  // Null content outside a tool call.
+  const Tokenizer q25 = test::byte_tokenizer(dir + "/c", fixture_template("qwen2.5.jinja"));
+  ChatMessage null_msg("assistant", "");
+  null_msg.content_is_null = true;
+  EXPECT_NE(error_of([&] { q25.render_chat({{"user", "x"}, null_msg}, ChatOptions()); }).find("got null"), std::string::npos);
+}
+
+TEST(ChatRecord, ParsesMessagesToolsAndReasoning) {
+  const auto j = nlohmann::ordered_json::parse(R"({"messages": [
+      {"role": "user", "content": "q", "name": "ignored"},
+      {"role": "assistant", "content": null, "reasoning_content": "r",
+       "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"z": 1, "a": [true, null]}}},
+                      {"name": "g", "arguments": "s"}]},
+      {"role": "tool", "content": "out"},
+      {"role": "assistant", "content": "done", "reasoning_content": null}],
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"b": 2, "a": 1.5}}}]})");
+  std::vector<ChatMessage> m;
+  std::vector<std::string> tools;
+  ASSERT_EQ(parse_chat_record(j, true, &m, &tools), "");
+  ASSERT_EQ(m.size(), 4u);
+  EXPECT_TRUE(m[1].content_is_null);
+  EXPECT_TRUE(m[1].has_reasoning);
+  EXPECT_EQ(m[1].reasoning, "r");
+  ASSERT_EQ(m[1].tool_calls.size(), 2u);
+  EXPECT_EQ(m[1].tool_calls[0].arguments, "{\"z\": 1, \"a\": [true, null]}");  // keys in their order
+  EXPECT_TRUE(m[1].tool_calls[1].arguments_is_string);
+  EXPECT_FALSE(m[3].has_reasoning);
+  EXPECT_EQ(tools, (std::vector<std::string>{"{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"b\": 2, \"a\": 1.5}}}"}));
+
+  auto why = [](const char* text, bool need_assistant = true) {
+    std::vector<ChatMessage> mm;
+    std::vector<std::string> tt;
+    return parse_chat_record(nlohmann::ordered_json::parse(text), need_assistant, &mm, &tt);
+  };
+  EXPECT_EQ(why(R"({"messages": [{"role": "user", "content": "x"}]})"), "no assistant message (nothing to train on)");
+  EXPECT_EQ(why(R"({"messages": [{"role": "user", "content": "x"}]})", false), "");
+  EXPECT_EQ(why(R"({"messages": []})"), "\"messages\" is empty");
+  EXPECT_EQ(why(R"({"messages": [{"role": "assistant", "content": null}]})"),
+            "messages[0]: field \"content\" is null, expected a string");
+  EXPECT_EQ(why(R"({"messages": [{"role": "assistant", "content": "a", "reasoning_content": 3}]})"),
+            "messages[0]: \"reasoning_content\" is number, expected a string or null");
+  EXPECT_EQ(why(R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": [{"function": {"arguments": {}}}]}]})"),
+            "messages[0]: tool_calls[0]: expected a string \"name\"");
+  EXPECT_EQ(why(R"({"messages": [{"role": "assistant", "content": "a"}], "tools": [1]})"),
+            "tools[0]: expected an object, got number");
+}
+
+TEST(ChatRecord, PythonJsonDumps) {
+  // What Python 3's json.dumps(x, ensure_ascii=False) prints for each (repr of floats, ", " and ": ").
+  const std::pair<const char*, const char*> cases[] = {
+      {"0.25", "0.25"}, {"1e-7", "1e-07"}, {"1e20", "1e+20"}, {"100.0", "100.0"}, {"1e16", "1e+16"},
+      {"1234567890123456.0", "1234567890123456.0"}, {"0.0001", "0.0001"}, {"0.00001", "1e-05"}, {"-0.5", "-0.5"},
+      {"5e-324", "5e-324"}, {"1.7976931348623157e308", "1.7976931348623157e+308"}, {"0.30000000000000004", "0.30000000000000004"},
+      {"-0.0", "-0.0"}, {"123456789012345678", "123456789012345678"}, {"-3", "-3"}, {"[]", "[]"}, {"{}", "{}"},
+      {R"({"b": [1, {"c": null}], "a": false})", R"({"b": [1, {"c": null}], "a": false})"},
+      {R"("tab\t nl\n quote\" back\\ ctl\u0001 é 東 /")", "\"tab\\t nl\\n quote\\\" back\\\\ ctl\\u0001 é 東 /\""},
+  };
+  for (const auto& c : cases) EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::parse(c.first)), c.second) << c.first;
+}
+
+TEST(ChatTemplate, SftLossSpansFollowTheTemplate) {
+  const std::string dir = test::scratch_dir();
+  const Tokenizer tok = test::byte_tokenizer(dir, fixture_template("qwen3.jinja"));
+  SftRecord rec;
+  rec.format = SftFormat::kChat;
+  rec.where = "t.jsonl:1";
+  rec.messages = {{"user", "q1"}, {"assistant", "<think>r1</think>a1"}, {"user", "q2"}, assistant_with_reasoning("a2", "r2")};
+  const SftExample ex = format_sft_record(rec, tok);
+  EXPECT_EQ(tok.decode(ex.tokens),
+            "<|im_start|>user\nq1<|im_end|>\n<|im_start|>assistant\na1<|im_end|>\n<|im_start|>user\nq2<|im_end|>\n"
+            "<|im_start|>assistant\n<think>\nr2\n</think>\n\na2<|im_end|>\n");
+  EXPECT_EQ(loss_text(ex, tok), "a1<|im_end|><think>\nr2\n</think>\n\na2<|im_end|>");
+  // enable_thinking=False only moves an empty block into the prompt.
+  rec.messages.back() = {"assistant", "a2"};
+  EXPECT_EQ(loss_text(format_sft_record(rec, tok, true), tok), "a1<|im_end|><think>\n\n</think>\n\na2<|im_end|>");
+  EXPECT_EQ(loss_text(format_sft_record(rec, tok, false), tok), "a1<|im_end|>a2<|im_end|>");
+  // A record the template cannot render names the record.
+  rec.tools = {"{}"};
+  const Tokenizer plain = test::byte_tokenizer(dir + "/plain",
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}{% endfor %}");
+  const std::string err = error_of([&] { format_sft_record(rec, plain); });
+  EXPECT_NE(err.find("t.jsonl:1: "), std::string::npos) << err;
+  EXPECT_NE(err.find("no tools branch"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace qwenq

@@ -1,0 +1,105 @@
+// qwen-qlora data: what `train` makes of a dataset, without a model: the records read, each rendered with its
+// template (Alpaca's prompt, or the tokenizer's chat template as transformers applies it), tokenized, and the
+// tokens that count in the loss. Prints the dataset summary `train` prints; --show N prints the first N examples
+// with their loss spans between ⟦ and ⟧; --dump FILE writes one JSON line per example in file order:
+//   {"where": "data.jsonl:3", "ids": [...], "loss_mask": [0, 0, 1, ...], "text": the ids decoded}
+// (the oracle test's entry point for loss masks: tests/oracle/test_chat_template_oracle.py).
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/files.h"
+#include "tools/cli_common.h"
+#include "tools/qlora_cli.h"
+#include "trainer/model_dir.h"
+#include "trainer/sft_data.h"
+
+namespace qwenq::cli {
+
+namespace {
+
+struct DataArgs {
+  std::string model, data, format = "auto", dump;
+  int64_t max_len = 0, show = 0;
+  bool skip_bad = false, no_thinking = false;
+};
+
+// The example's text with each run of loss tokens between ⟦ and ⟧.
+std::string marked_text(const SftExample& ex, const Tokenizer& tok) {
+  std::string out;
+  size_t i = 0;
+  while (i < ex.tokens.size()) {
+    size_t j = i;
+    while (j < ex.tokens.size() && ex.loss_mask[j] == ex.loss_mask[i]) ++j;
+    const std::string piece = tok.decode(std::vector<int32_t>(ex.tokens.begin() + i, ex.tokens.begin() + j), false);
+    out += ex.loss_mask[i] ? "\u27e6" + piece + "\u27e7" : piece;
+    i = j;
+  }
+  return out;
+}
+
+void run_data(const DataArgs& a) {
+  QWENQ_CHECK(a.max_len >= 0 && a.show >= 0, "data: --max-len and --show must be >= 0");
+  // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
+  const Tokenizer tok = Tokenizer::from_model(dir_exists(a.model) ? a.model : resolve_model_dir(a.model));
+  if (a.no_thinking && !tok.chat_template_has_thinking_switch())
+    std::fprintf(stderr, "data: --no-thinking: the tokenizer's chat template has no enable_thinking switch; it changes nothing\n");
+  SftDataStats st;
+  const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
+  std::string dump;
+  int64_t shown = 0;
+  for (const SftRecord& rec : records) {
+    SftExample ex = format_sft_record(rec, tok, !a.no_thinking);
+    st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
+    if (a.max_len > 0) {
+      const int64_t cut = truncate_sft_example(&ex, a.max_len);
+      st.truncated += cut > 0;
+      st.truncated_tokens += cut;
+    }
+    int64_t loss = 0;
+    for (uint8_t m : ex.loss_mask) loss += m;
+    if (loss == 0) ++st.dropped_no_loss;
+    else ++st.records;
+    st.tokens += static_cast<int64_t>(ex.tokens.size());
+    st.loss_tokens += loss;
+    if (shown < a.show) {
+      std::printf("--- %s (%zu tokens, %lld in the loss)\n%s\n", rec.where.c_str(), ex.tokens.size(), (long long)loss,
+                  marked_text(ex, tok).c_str());
+      ++shown;
+    }
+    if (!a.dump.empty()) {
+      nlohmann::json j;
+      j["where"] = rec.where;
+      j["ids"] = ex.tokens;
+      j["loss_mask"] = ex.loss_mask;
+      j["text"] = tok.decode(ex.tokens, false);
+      dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  st.train_examples = st.records;
+  if (!a.dump.empty()) write_file_atomic(a.dump, dump);
+  std::printf("%s\n", st.summary().c_str());
+}
+
+}  // namespace
+
+void register_qlora_data(CLI::App& app) {
+  auto a = std::make_shared<DataArgs>();
+  CLI::App* c = app.add_subcommand("data", "Show what train makes of a dataset: rendered examples, tokens, loss spans");
+  c->add_option("--model,-m", a->model, "model directory or repo id (its tokenizer and chat template)")->required();
+  c->add_option("--data,-d", a->data, "training data: JSONL/JSON with text, Alpaca or chat messages")->required();
+  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
+  c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
+      ->capture_default_str();
+  c->add_flag("--no-thinking", a->no_thinking,
+              "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
+  c->add_option("--show", a->show, "print the first N examples, loss spans between \u27e6 and \u27e7")->capture_default_str();
+  c->add_option("--dump", a->dump, "write every example as a JSON line: where, ids, loss_mask, text");
+  c->callback([a]() { run_data(*a); });
+}
+
+}  // namespace qwenq::cli

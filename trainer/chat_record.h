@@ -1,0 +1,28 @@
+// Chat records as Hugging Face's chat datasets and apply_chat_template spell them, read into ChatMessage lists:
+//   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": C, ...}, ...], "tools": [T, ...]}
+// An assistant message may carry "reasoning_content" (a string or null; Qwen3's templates render it) and
+// "tool_calls": [{"type": "function", "function": {"name": N, "arguments": A}} or {"name": N, "arguments": A}]
+// with A a JSON object (or a string, kept as given); its content may then be null. "tools" are function
+// schemas, each kept as the JSON text the template's `tojson` writes (python_json_dumps). Every other key is
+// ignored, as the templates ignore it.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+// Fills messages (and tools, when the record has them) from a parsed record; returns "" or why the record is
+// malformed ("messages[2]: role \"bot\" is not system, user, assistant or tool"). Requires an assistant message
+// when need_assistant (training data), none otherwise (prompts).
+std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
+                              std::vector<ChatMessage>* messages, std::vector<std::string>* tools);
+
+// JSON text exactly as Python's json.dumps(value, ensure_ascii=False) writes it (transformers' `tojson` filter):
+// ", " and ": " separators, keys in their order, non-ASCII as is, floats as Python's repr.
+std::string python_json_dumps(const nlohmann::ordered_json& value);
+
+}  // namespace qwenq
