@@ -226,8 +226,15 @@ TEST(ChatTemplate, SftLossSpansFollowTheTemplate) {
   EXPECT_EQ(loss_text(ex, tok), "a1<|im_end|><think>\nr2\n</think>\n\na2<|im_end|>");
   // enable_thinking=False only moves an empty block into the prompt.
   rec.messages.back() = {"assistant", "a2"};
-  EXPECT_EQ(loss_text(format_sft_record(rec, tok, true), tok), "a1<|im_end|><think>\n\n</think>\n\na2<|im_end|>");
-  EXPECT_EQ(loss_text(format_sft_record(rec, tok, false), tok), "a1<|im_end|>a2<|im_end|>");
+  SftTemplateOptions o;
+  EXPECT_EQ(loss_text(format_sft_record(rec, tok, o), tok), "a1<|im_end|><think>\n\n</think>\n\na2<|im_end|>");
+  o.enable_thinking = false;
+  EXPECT_EQ(loss_text(format_sft_record(rec, tok, o), tok), "a1<|im_end|>a2<|im_end|>");
+  // train_on_prompt: every token but the first is a target.
+  o.train_on_prompt = true;
+  const SftExample all = format_sft_record(rec, tok, o);
+  EXPECT_EQ(loss_text(all, tok), tok.decode(std::vector<int32_t>(all.tokens.begin() + 1, all.tokens.end())));
+  EXPECT_EQ(all.tokens, format_sft_record(rec, tok).tokens);
   // A record the template cannot render names the record.
   rec.tools = {"{}"};
   const Tokenizer plain = test::byte_tokenizer(dir + "/plain",

@@ -24,7 +24,7 @@ namespace {
 struct DataArgs {
   std::string model, data, format = "auto", dump;
   int64_t max_len = 0, show = 0;
-  bool skip_bad = false, no_thinking = false;
+  bool skip_bad = false, no_thinking = false, train_on_prompt = false;
 };
 
 // The example's text with each run of loss tokens between ⟦ and ⟧.
@@ -52,7 +52,10 @@ void run_data(const DataArgs& a) {
   std::string dump;
   int64_t shown = 0;
   for (const SftRecord& rec : records) {
-    SftExample ex = format_sft_record(rec, tok, !a.no_thinking);
+    SftTemplateOptions to;
+    to.enable_thinking = !a.no_thinking;
+    to.train_on_prompt = a.train_on_prompt;
+    SftExample ex = format_sft_record(rec, tok, to);
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     if (a.max_len > 0) {
       const int64_t cut = truncate_sft_example(&ex, a.max_len);
@@ -97,6 +100,7 @@ void register_qlora_data(CLI::App& app) {
       ->capture_default_str();
   c->add_flag("--no-thinking", a->no_thinking,
               "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
+  c->add_flag("--train-on-prompt", a->train_on_prompt, "loss on every token, prompts included, as train --train-on-prompt");
   c->add_option("--show", a->show, "print the first N examples, loss spans between \u27e6 and \u27e7")->capture_default_str();
   c->add_option("--dump", a->dump, "write every example as a JSON line: where, ids, loss_mask, text");
   c->callback([a]() { run_data(*a); });

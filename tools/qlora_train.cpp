@@ -93,6 +93,9 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
   c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_flag("--train-on-prompt", o.data.templ.train_on_prompt,
+              "loss on every token of Alpaca and chat records (prompts, system and user turns, tool responses), not "
+              "only the responses");
   c->add_flag("--no-thinking", a->no_thinking,
               "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
   c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len)")
@@ -177,7 +180,7 @@ void register_qlora_train(CLI::App& app) {
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
     o.data.format = parse_sft_format(a->format);
     o.data.seed = o.seed;
-    o.data.enable_thinking = !a->no_thinking;
+    o.data.templ.enable_thinking = !a->no_thinking;
     QWENQ_CHECK(a->batch_mode == "packing" || a->batch_mode == "padding", "--batching must be packing or padding");
     o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");

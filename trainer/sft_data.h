@@ -31,6 +31,7 @@
 //            through the closing <|im_end|> (its reasoning block, content and tool calls; not the "\n" after
 //            it). Tool responses, user and system turns are prompt. Tokenizers without a chat template
 //            (llama2.c's stories260K) refuse chat data.
+// With SftTemplateOptions::train_on_prompt, Alpaca and chat examples count every token but the first, as text.
 //
 // Tokenization: the rendered text is cut into alternating prompt / response pieces at the span boundaries
 // and each piece is encoded on its own (specials parsed, as Hugging Face tokenizes a rendered chat), so a
@@ -77,6 +78,12 @@ struct SftExample {
   std::vector<uint8_t> loss_mask;  // same length; 1 = token t is a counted target (see above)
 };
 
+// How records become examples.
+struct SftTemplateOptions {
+  bool enable_thinking = true;   // chat: Qwen3's switch; false makes an empty think block prompt, not response
+  bool train_on_prompt = false;  // loss on every token (prompts, system and user turns, tool responses too)
+};
+
 struct SftDataOptions {
   SftFormat format = SftFormat::kAuto;
   bool skip_bad = false;      // skip malformed records (counted) instead of stopping at the first
@@ -84,7 +91,7 @@ struct SftDataOptions {
   uint64_t seed = 0;          // train/eval split
   double eval_fraction = 0;   // in [0, 1): held-out share (rounded, at least 1 when > 0)
   int64_t eval_count = 0;     // or an exact number; set at most one of the two
-  bool enable_thinking = true;  // chat: Qwen3's switch; false makes an empty think block prompt, not response
+  SftTemplateOptions templ;
 };
 
 struct SftDataStats {
@@ -121,8 +128,8 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
 std::string alpaca_prompt(const std::string& instruction, const std::string& input);
 
 // Record -> tokens + mask, untruncated. Throws (naming record.where) for chat data with a tokenizer that has
-// no chat template, or one the record cannot be rendered with. enable_thinking: Qwen3's switch (ChatOptions).
-SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok, bool enable_thinking = true);
+// no chat template, or one the record cannot be rendered with.
+SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok, const SftTemplateOptions& options = {});
 
 // Keeps the first max_len tokens; returns how many were cut.
 int64_t truncate_sft_example(SftExample* ex, int64_t max_len);

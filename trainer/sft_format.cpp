@@ -41,7 +41,7 @@ void append_eos(SftExample* ex, const Tokenizer& tok, const std::string& where) 
   ex->loss_mask.push_back(ex->tokens.size() > 1 ? 1 : 0);
 }
 
-SftExample format_chat(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking) {
+SftExample format_chat(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking, bool train_on_prompt) {
   QWENQ_CHECK(tok.has_chat_template(),
               rec.where << ": chat records need a tokenizer with a chat template; " << tok.describe()
                         << " has none (use text or Alpaca records with it)");
@@ -57,11 +57,11 @@ SftExample format_chat(const SftRecord& rec, const Tokenizer& tok, bool enable_t
   std::vector<Piece> pieces;
   size_t done = 0;  // characters of r.text already in pieces
   for (const auto& span : r.assistant_spans) {
-    pieces.push_back({r.text.substr(done, span.first - done), false});
+    pieces.push_back({r.text.substr(done, span.first - done), train_on_prompt});
     pieces.push_back({r.text.substr(span.first, span.second - span.first), true});
     done = span.second;
   }
-  pieces.push_back({r.text.substr(done), false});
+  pieces.push_back({r.text.substr(done), train_on_prompt});
   return encode_pieces(pieces, tok);
 }
 
@@ -78,7 +78,7 @@ std::string alpaca_prompt(const std::string& instruction, const std::string& inp
          instruction + "\n\n### Input:\n" + input + "\n\n### Response:\n";
 }
 
-SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking) {
+SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, const SftTemplateOptions& o) {
   SftExample ex;
   switch (rec.format) {
     case SftFormat::kText:
@@ -86,11 +86,11 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, bool en
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kAlpaca:
-      ex = encode_pieces({{alpaca_prompt(rec.instruction, rec.input), false}, {rec.output, true}}, tok);
+      ex = encode_pieces({{alpaca_prompt(rec.instruction, rec.input), o.train_on_prompt}, {rec.output, true}}, tok);
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kChat:
-      ex = format_chat(rec, tok, enable_thinking);
+      ex = format_chat(rec, tok, o.enable_thinking, o.train_on_prompt);
       break;
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");
@@ -130,7 +130,7 @@ SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const
   std::vector<SftExample> all;
   all.reserve(records.size());
   for (const SftRecord& rec : records) {
-    SftExample ex = format_sft_record(rec, tok, opt.enable_thinking);
+    SftExample ex = format_sft_record(rec, tok, opt.templ);
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     const int64_t cut = truncate_sft_example(&ex, opt.max_len);
     st.truncated += cut > 0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Chat data end to end with Qwen3's chat template (tests/data/chat_templates/qwen3.jinja) on a random tiny model:
 # `qwen-qlora data` shows the loss spans (the reasoning block and the answer; with --no-thinking the empty block is
-# prompt) and dumps the examples; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
+# prompt; --train-on-prompt counts every token) and dumps the examples; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
 # reasoning and tool-call records; `generate --chat --no-thinking` runs; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
@@ -32,6 +32,14 @@ grep -q "chat.jsonl: chat, 3 records, .* tokens (.* in the loss)" "$WORK/show.tx
 "$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --dump "$WORK/think.jsonl" > /dev/null 2>&1 || fail "data --dump"
 "$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --no-thinking --dump "$WORK/nothink.jsonl" \
   > "$WORK/nothink.txt" 2>&1 || fail "data --no-thinking" "$WORK/nothink.txt"
+"$QL" data --model "$WORK/tiny" --data "$WORK/chat.jsonl" --train-on-prompt --dump "$WORK/all.jsonl" > /dev/null 2>&1 \
+  || fail "data --train-on-prompt"
+python3 - "$WORK/all.jsonl" <<'PY' || fail "--train-on-prompt loss masks"
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    assert r["loss_mask"] == [0] + [1] * (len(r["ids"]) - 1), r["where"]
+PY
 python3 - "$WORK/think.jsonl" "$WORK/nothink.jsonl" <<'PY' || fail "--no-thinking loss masks"
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]

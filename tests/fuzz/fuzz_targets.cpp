@@ -189,7 +189,10 @@ bool sft_target(const uint8_t* data, size_t size) {
           for (const Tokenizer* tok : {&q25, &q3})
             for (bool thinking : {true, false}) {
               try {
-                (void)format_sft_record(records[i], *tok, thinking);
+                SftTemplateOptions o;
+                o.enable_thinking = thinking;
+                o.train_on_prompt = !thinking;
+                (void)format_sft_record(records[i], *tok, o);
               } catch (const Error&) {
               }
             }
