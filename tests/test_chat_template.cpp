@@ -4,13 +4,16 @@
 // tests/oracle/test_chat_template_oracle.py checks the same renderer against transformers over many more cases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_tokenizers.h"
 #include "trainer/chat_record.h"
+#include "trainer/quantize_output.h"
 #include "trainer/sft_data.h"
+#include "trainer/text_data.h"
 
 namespace qwenq {
 namespace {
@@ -242,6 +245,29 @@ TEST(ChatTemplate, SftLossSpansFollowTheTemplate) {
   const std::string err = error_of([&] { format_sft_record(rec, plain); });
   EXPECT_NE(err.find("t.jsonl:1: "), std::string::npos) << err;
   EXPECT_NE(err.find("no tools branch"), std::string::npos) << err;
+}
+
+// Calibration and evaluation text from chat records: each rendered without a generation prompt, joined with the
+// text records by "\n\n"; the calibration windows are slices of its encoding (special tokens parsed).
+TEST(ChatTemplate, CalibrationTextFromChatRecords) {
+  const std::string dir = test::scratch_dir();
+  const Tokenizer tok = test::byte_tokenizer(dir + "/tok", fixture_template("qwen3.jinja"));
+  write_file_atomic(dir + "/calib.jsonl",
+                    "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", \"content\": \"a\"}]}\n"
+                    "{\"text\": \"plain document\"}\n");
+  const std::string expected = tok.apply_chat_template({{"user", "q"}, {"assistant", "a"}}, false) + "\n\nplain document";
+  EXPECT_EQ(expected.substr(0, 30), "<|im_start|>user\nq<|im_end|>\n<");
+  EXPECT_EQ(load_text_corpus(dir + "/calib.jsonl", "text", &tok), expected);
+  const std::vector<int32_t> ids = tok.encode(expected, false);
+  EXPECT_EQ(ids.front(), 257);  // <|im_start|> parsed as the special token
+  for (const auto& w : calibration_windows(dir + "/calib.jsonl", "text", 8, 16, 1, tok))
+    EXPECT_NE(std::search(ids.begin(), ids.end(), w.begin(), w.end()), ids.end());
+  // Without a tokenizer (imatrix) a chat record is not text; a malformed one is named by its line.
+  EXPECT_NE(error_of([&] { load_text_corpus(dir + "/calib.jsonl"); }).find("calib.jsonl:1: expected an object with a string field \"text\""),
+            std::string::npos);
+  write_file_atomic(dir + "/bad.jsonl", "{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n");
+  EXPECT_NE(error_of([&] { load_text_corpus(dir + "/bad.jsonl", "text", &tok); }).find("bad.jsonl:1: messages[0]: role \"bot\""),
+            std::string::npos);
 }
 
 }  // namespace

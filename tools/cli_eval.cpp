@@ -58,7 +58,7 @@ void run_eval(const EvalArgs& a) {
   }
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   Tokenizer tok = Tokenizer::from_model(dir);
-  const std::string text = load_text_corpus(a.data, a.field);
+  const std::string text = load_text_corpus(a.data, a.field, &tok);
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
   // add nothing (transformers: tokenizer("\n\n".join(texts))).
   std::vector<int32_t> tokens = tok.encode(text, !a.no_bos);

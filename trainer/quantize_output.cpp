@@ -297,7 +297,7 @@ std::vector<std::vector<int32_t>> calibration_windows(const std::string& path, c
                                                       const Tokenizer& tok) {
   QWENQ_CHECK(samples >= 1 && seq_len >= 2, "--calib-samples and --calib-seq-len must be positive (got " << samples
                                                 << " and " << seq_len << ")");
-  const std::string text = load_text_corpus(path, text_field);
+  const std::string text = load_text_corpus(path, text_field, &tok);
   const std::vector<int32_t> ids = tok.encode(text, false);
   const int64_t n = static_cast<int64_t>(ids.size());
   QWENQ_CHECK(n > seq_len, path << ": " << n << " tokens, too short for one calibration window of --calib-seq-len "
@@ -317,7 +317,7 @@ std::vector<std::vector<int32_t>> calibration_blocks_concat(const std::string& p
                                                  << " and " << seq_len << ")");
   std::vector<int32_t> all;
   int64_t used = 0;
-  for (const std::string& doc : load_text_documents(path, text_field)) {
+  for (const std::string& doc : load_text_documents(path, text_field, &tok)) {
     const size_t b = doc.find_first_not_of(" \t\r\n\f\v"), e = doc.find_last_not_of(" \t\r\n\f\v");
     if (b == std::string::npos) continue;
     // With the tokenizer's special tokens, as AutoAWQ's tokenizer.encode(line) adds them (a BOS for Llama-style

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "trainer/chat_record.h"
 
 namespace qwenq {
 
@@ -21,7 +22,7 @@ bool looks_like_jsonl(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::vector<std::string> load_text_documents(const std::string& path, const std::string& field) {
+std::vector<std::string> load_text_documents(const std::string& path, const std::string& field, const Tokenizer* chat) {
   std::string text = read_file(path);
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
   const bool jsonl = looks_like_jsonl(path, text);
@@ -38,27 +39,40 @@ std::vector<std::string> load_text_documents(const std::string& path, const std:
       docs.push_back(std::move(line));
       continue;
     }
-    nlohmann::json j;
+    nlohmann::ordered_json j;
     try {
-      j = nlohmann::json::parse(line);
+      j = nlohmann::ordered_json::parse(line);
     } catch (const nlohmann::json::exception& e) {
       QWENQ_FAIL(path << ":" << line_no << ": not valid JSON: " << e.what());
     }
+    if (chat != nullptr && j.is_object() && !j.contains(field) && j.contains("messages")) {
+      ChatOptions o;
+      std::vector<ChatMessage> messages;
+      const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &o.tools);
+      QWENQ_CHECK(why.empty(), path << ":" << line_no << ": " << why);
+      try {
+        docs.push_back(chat->render_chat(messages, o).text);
+      } catch (const Error& e) {
+        QWENQ_FAIL(path << ":" << line_no << ": " << e.what());
+      }
+      continue;
+    }
     QWENQ_CHECK(j.is_object() && j.contains(field) && j[field].is_string(),
-                path << ":" << line_no << ": expected an object with a string field \"" << field << "\"");
+                path << ":" << line_no << ": expected an object with a string field \"" << field << "\""
+                     << (chat != nullptr ? " or a chat record with \"messages\"" : ""));
     docs.push_back(j[field].get<std::string>());
   }
   QWENQ_CHECK(!docs.empty(), path << ": no records");
   return docs;
 }
 
-std::string load_text_corpus(const std::string& path, const std::string& field) {
+std::string load_text_corpus(const std::string& path, const std::string& field, const Tokenizer* chat) {
   std::string text = read_file(path);
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
   if (!looks_like_jsonl(path, text)) return text;
   std::string out;
   size_t n = 0;
-  for (const std::string& doc : load_text_documents(path, field)) {
+  for (const std::string& doc : load_text_documents(path, field, chat)) {
     if (n++) out += "\n\n";
     out += doc;
   }

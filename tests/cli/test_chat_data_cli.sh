@@ -2,7 +2,8 @@
 # Chat data end to end with Qwen3's chat template (tests/data/chat_templates/qwen3.jinja) on a random tiny model:
 # `qwen-qlora data` shows the loss spans (the reasoning block and the answer; with --no-thinking the empty block is
 # prompt; --train-on-prompt counts every token) and dumps the examples; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
-# reasoning and tool-call records; `generate --chat --no-thinking` runs; malformed records are named by file:line.
+# reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --chat
+# --no-thinking` runs; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
@@ -69,6 +70,13 @@ PY
   --no-thinking -q > "$WORK/train.txt" 2>&1 || fail "train on chat records" "$WORK/train.txt"
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --no-thinking --prompt "Hi" -n 4 --threads 1 \
   > "$WORK/gen.txt" 2>&1 || fail "generate --chat --no-thinking" "$WORK/gen.txt"
+
+# Chat records as calibration (gptq) and evaluation text: rendered with the template, as text records are read.
+"$QQ" gptq --model "$WORK/tiny" --out "$WORK/gptq" --calib "$WORK/chat.jsonl" --calib-samples 4 --calib-seq-len 32 \
+  --group-size 32 --threads 1 -q > "$WORK/gptq.txt" 2>&1 || fail "gptq calibrated on chat records" "$WORK/gptq.txt"
+"$QQ" eval --model "$WORK/gptq" --data "$WORK/chat.jsonl" --seq-len 32 --threads 1 -q --json > "$WORK/eval.json" \
+  2> "$WORK/eval.err" || fail "eval on chat records" "$WORK/eval.err"
+grep -q '"perplexity"' "$WORK/eval.json" || fail "eval JSON" "$WORK/eval.json"
 
 # Malformed records: named by file:line, with the way out.
 printf '%s\n%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' \
