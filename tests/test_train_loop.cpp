@@ -122,12 +122,19 @@ TEST(TrainLoop, ResumeIsBitExact) {
   const std::string err = error_of([&] { train_lora(fp32); });
   EXPECT_NE(err.find("was made with other settings"), std::string::npos) << err;
   EXPECT_NE(err.find("\"checkpoints\""), std::string::npos) << err;
+  // Nor other loss masks.
+  TrainOptions prompt = part;
+  prompt.data.templ.train_on_prompt = true;
+  const std::string prompt_err = error_of([&] { train_lora(prompt); });
+  EXPECT_NE(prompt_err.find("\"train_on_prompt\" (--train-on-prompt): saved false, now true"), std::string::npos) << prompt_err;
   // A checkpoint written before that setting existed (no "checkpoints" key) kept fp32 block inputs: it resumes with
   // fp32 checkpoints only.
   const std::string state_path = latest_checkpoint(part.out_dir) + "/trainer_state.json";
   nlohmann::json state = nlohmann::json::parse(read_file(state_path));
   ASSERT_EQ(state["options"]["checkpoints"], "bf16");
   state["options"].erase("checkpoints");
+  state["options"].erase("thinking");  // from before the chat options: their defaults
+  state["options"].erase("train_on_prompt");
   write_file_atomic(state_path, state.dump());
   EXPECT_NE(error_of([&] { train_lora(part); }).find("was made with other settings"), std::string::npos);
   TrainOptions legacy = part;
