@@ -201,7 +201,9 @@ bool sft_target(const uint8_t* data, size_t size) {
   return accepted;
 }
 
+// Read as text, and with a chat template for the chat records among them (calibration, eval).
 bool text_target(const uint8_t* data, size_t size) {
+  static const Tokenizer q3 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen3"));
   bool accepted = false;
   for (const char* ext : {".txt", ".jsonl", ".json"}) {
     const std::string path = path_join(scratch(), std::string("corpus") + ext);
@@ -212,7 +214,7 @@ bool text_target(const uint8_t* data, size_t size) {
     } catch (const Error&) {
     }
     try {
-      (void)load_text_documents(path);
+      (void)load_text_documents(path, "text", &q3);
       accepted = true;
     } catch (const Error&) {
     }

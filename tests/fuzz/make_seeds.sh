@@ -58,7 +58,8 @@ seed sft text.jsonl '{"text": "Once upon a time there was a cat."}
 seed text a.txt ' = Title =
  Some text , with @-@ tokens and numbers 1 @,@ 000 .'
 seed text b.jsonl '{"text": "calibration document one"}
-{"text": "two", "meta": {"x": 1}}'
+{"text": "two", "meta": {"x": 1}}
+{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>r</think>a"}]}'
 seed tokenizer a.txt 'Hello world! 123 4567 — naïve café 🦙 <|im_start|>user
   tabs	and   spaces'
 seed tokenizer b.txt '<|endoftext|><|im_end|>ÅÉÎ  日本語のテキスト'
