@@ -270,5 +270,46 @@ TEST(ChatTemplate, CalibrationTextFromChatRecords) {
             std::string::npos);
 }
 
+// ShareGPT records read as the same conversation in the "messages" spelling; Alpaca records as LLaMA-Factory's
+// conversation (system, history pairs, instruction + "\n" + input, output) with --alpaca-prompt chat.
+TEST(ChatRecord, ShareGptAndAlpacaAsConversations) {
+  const auto parse = [](const char* text, std::vector<ChatMessage>* m, std::vector<std::string>* tools) {
+    return parse_chat_record(nlohmann::ordered_json::parse(text), true, m, tools);
+  };
+  std::vector<ChatMessage> a, b;
+  std::vector<std::string> ta, tb;
+  ASSERT_EQ(parse(R"({"system": "S", "tools": "[{\"name\": \"f\"}]", "conversations": [
+      {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "observation", "value": "o"},
+      {"from": "assistant", "value": "b"}]})", &a, &ta), "");
+  ASSERT_EQ(parse(R"({"tools": [{"name": "f"}], "messages": [{"role": "system", "content": "S"},
+      {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "o"},
+      {"role": "assistant", "content": "b"}]})", &b, &tb), "");
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].role + ":" + a[i].content, b[i].role + ":" + b[i].content);
+  EXPECT_EQ(ta, tb);
+  EXPECT_EQ(parse(R"({"conversations": [{"from": "bot", "value": "x"}]})", &a, &ta),
+            "conversations[0]: \"from\": \"bot\" is not human, gpt, system or tool (or user, assistant, model, observation)");
+  EXPECT_EQ(parse(R"({"conversations": [{"from": "gpt"}]})", &a, &ta), "conversations[0]: expected a string \"value\"");
+
+  const std::string dir = test::scratch_dir();
+  const Tokenizer tok = test::byte_tokenizer(dir, fixture_template("qwen2.5.jinja"));
+  SftRecord rec;
+  rec.format = SftFormat::kAlpaca;
+  rec.where = "a.json: record 1";
+  rec.system = "Be brief.";
+  rec.history = {{"h1", "r1"}};
+  rec.instruction = "Add";
+  rec.input = "1 2";
+  rec.output = "3";
+  SftTemplateOptions o;
+  o.alpaca_chat = true;
+  const SftExample ex = format_sft_record(rec, tok, o);
+  EXPECT_EQ(tok.decode(ex.tokens), tok.apply_chat_template({{"system", "Be brief."}, {"user", "h1"}, {"assistant", "r1"},
+                                                            {"user", "Add\n1 2"}, {"assistant", "3"}}, false));
+  EXPECT_EQ(loss_text(ex, tok), "r1<|im_end|>3<|im_end|>");
+  // The Stanford prompt ignores system and history.
+  EXPECT_EQ(tok.decode(format_sft_record(rec, tok).tokens), alpaca_prompt("Add", "1 2") + "3<|im_end|>");
+}
+
 }  // namespace
 }  // namespace qwenq

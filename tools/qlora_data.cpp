@@ -22,7 +22,7 @@ namespace qwenq::cli {
 namespace {
 
 struct DataArgs {
-  std::string model, data, format = "auto", dump;
+  std::string model, data, format = "auto", dump, alpaca_prompt = "stanford";
   int64_t max_len = 0, show = 0;
   bool skip_bad = false, no_thinking = false, train_on_prompt = false;
 };
@@ -47,6 +47,7 @@ void run_data(const DataArgs& a) {
   const Tokenizer tok = Tokenizer::from_model(dir_exists(a.model) ? a.model : resolve_model_dir(a.model));
   if (a.no_thinking && !tok.chat_template_has_thinking_switch())
     std::fprintf(stderr, "data: --no-thinking: the tokenizer's chat template has no enable_thinking switch; it changes nothing\n");
+  const bool alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
   std::string dump;
@@ -55,6 +56,7 @@ void run_data(const DataArgs& a) {
     SftTemplateOptions to;
     to.enable_thinking = !a.no_thinking;
     to.train_on_prompt = a.train_on_prompt;
+    to.alpaca_chat = alpaca_chat;
     SftExample ex = format_sft_record(rec, tok, to);
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     if (a.max_len > 0) {
@@ -100,6 +102,8 @@ void register_qlora_data(CLI::App& app) {
       ->capture_default_str();
   c->add_flag("--no-thinking", a->no_thinking,
               "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
+  c->add_option("--alpaca-prompt", a->alpaca_prompt, "Alpaca records: stanford or chat (as train --alpaca-prompt)")
+      ->capture_default_str();
   c->add_flag("--train-on-prompt", a->train_on_prompt, "loss on every token, prompts included, as train --train-on-prompt");
   c->add_option("--show", a->show, "print the first N examples, loss spans between \u27e6 and \u27e7")->capture_default_str();
   c->add_option("--dump", a->dump, "write every example as a JSON line: where, ids, loss_mask, text");

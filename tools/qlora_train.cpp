@@ -24,6 +24,7 @@ namespace {
 struct TrainArgs {
   TrainOptions opt;
   std::string model, targets = "all-linear", format = "auto", batch_mode = "packing", adapter_dtype = "fp32";
+  std::string alpaca_prompt = "stanford";
   std::string config;
   double eval_fraction = 0.0;
   bool no_checkpointing = false, fp32_checkpoints = false, no_thinking = false;  // plain flags: CLI11 shows "!--flag"s as "{false}"
@@ -93,6 +94,10 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
   c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_option("--alpaca-prompt", a->alpaca_prompt,
+                 "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "
+                 "tokenizer's chat template; \"system\" and \"history\" used)")
+      ->capture_default_str();
   c->add_flag("--train-on-prompt", o.data.templ.train_on_prompt,
               "loss on every token of Alpaca and chat records (prompts, system and user turns, tool responses), not "
               "only the responses");
@@ -181,6 +186,7 @@ void register_qlora_train(CLI::App& app) {
     o.data.format = parse_sft_format(a->format);
     o.data.seed = o.seed;
     o.data.templ.enable_thinking = !a->no_thinking;
+    o.data.templ.alpaca_chat = parse_alpaca_prompt(a->alpaca_prompt);
     QWENQ_CHECK(a->batch_mode == "packing" || a->batch_mode == "padding", "--batching must be packing or padding");
     o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");

@@ -149,6 +149,55 @@ std::string parse_tool_calls(const Json& calls, std::vector<ChatToolCall>* out) 
   return "";
 }
 
+// ShareGPT's speaker names -> the chat roles ("" when unknown).
+std::string sharegpt_role(const std::string& from) {
+  if (from == "human" || from == "user") return "user";
+  if (from == "gpt" || from == "assistant" || from == "model") return "assistant";
+  if (from == "system") return "system";
+  if (from == "tool" || from == "observation" || from == "function_response") return "tool";
+  return "";
+}
+
+// {"conversations": [{"from", "value"}], "system", "tools"} -> the same record in the "messages" spelling.
+std::string sharegpt_to_messages(const Json& j, Json* out) {
+  const Json& conv = j["conversations"];
+  if (!conv.is_array()) return std::string("field \"conversations\" is ") + conv.type_name() + ", expected an array";
+  Json msgs = Json::array();
+  auto sys = j.find("system");
+  if (sys != j.end() && !sys->is_null()) {
+    if (!sys->is_string()) return std::string("field \"system\" is ") + sys->type_name() + ", expected a string";
+    if (!sys->get_ref<const std::string&>().empty()) msgs.push_back({{"role", "system"}, {"content", *sys}});
+  }
+  for (size_t i = 0; i < conv.size(); ++i) {
+    const std::string at = "conversations[" + std::to_string(i) + "]: ";
+    const Json& t = conv[i];
+    if (!t.is_object()) return at + "expected an object, got " + t.type_name();
+    auto from = t.find("from");
+    if (from == t.end() || !from->is_string()) return at + "expected a string \"from\"";
+    const std::string role = sharegpt_role(from->get<std::string>());
+    if (role.empty())
+      return at + "\"from\": \"" + from->get<std::string>() + "\" is not human, gpt, system or tool (or user, assistant, "
+             "model, observation)";
+    auto value = t.find("value");
+    if (value == t.end()) value = t.find("content");
+    if (value == t.end() || !value->is_string()) return at + "expected a string \"value\"";
+    msgs.push_back({{"role", role}, {"content", *value}});
+  }
+  Json rec = {{"messages", msgs}};
+  auto tools = j.find("tools");
+  if (tools != j.end() && tools->is_string()) {
+    try {
+      rec["tools"] = tools->get_ref<const std::string&>().empty() ? Json() : Json::parse(tools->get<std::string>());
+    } catch (const nlohmann::json::exception&) {
+      return "field \"tools\" is a string that is not JSON";
+    }
+  } else if (tools != j.end()) {
+    rec["tools"] = *tools;
+  }
+  *out = std::move(rec);
+  return "";
+}
+
 }  // namespace
 
 std::string python_json_dumps(const nlohmann::ordered_json& value) {
@@ -157,9 +206,15 @@ std::string python_json_dumps(const nlohmann::ordered_json& value) {
   return out;
 }
 
-std::string parse_chat_record(const nlohmann::ordered_json& j, bool need_assistant, std::vector<ChatMessage>* messages,
-                              std::vector<std::string>* tools) {
-  if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
+std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
+                              std::vector<ChatMessage>* messages, std::vector<std::string>* tools) {
+  if (!record.is_object()) return std::string("expected a JSON object, got ") + record.type_name();
+  Json converted;
+  if (!record.contains("messages") && record.contains("conversations")) {
+    const std::string why = sharegpt_to_messages(record, &converted);
+    if (!why.empty()) return why;
+  }
+  const Json& j = converted.is_null() ? record : converted;
   auto it = j.find("messages");
   if (it == j.end()) return "missing field \"messages\"";
   if (!it->is_array()) return std::string("field \"messages\" is ") + it->type_name() + ", expected an array";

@@ -5,6 +5,10 @@
 // with A a JSON object (or a string, kept as given); its content may then be null. "tools" are function
 // schemas, each kept as the JSON text the template's `tojson` writes (python_json_dumps). Every other key is
 // ignored, as the templates ignore it.
+// ShareGPT records are read too (LLaMA-Factory's and axolotl's sharegpt format): {"conversations": [{"from": F,
+// "value": V}, ...], "system": S, "tools": T} with F human/user, gpt/assistant/model, system, or
+// tool/observation/function_response; a record-level "system" becomes the first message, "tools" may also be a
+// string holding the JSON array (as LLaMA-Factory stores it).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -15,8 +19,8 @@
 
 namespace qwenq {
 
-// Fills messages (and tools, when the record has them) from a parsed record; returns "" or why the record is
-// malformed ("messages[2]: role \"bot\" is not system, user, assistant or tool"). Requires an assistant message
+// Fills messages (and tools, when the record has them) from a parsed record ("messages", or ShareGPT's
+// "conversations"); returns "" or why the record is malformed ("messages[2]: role \"bot\" is not system, user, assistant or tool"). Requires an assistant message
 // when need_assistant (training data), none otherwise (prompts).
 std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
                               std::vector<ChatMessage>* messages, std::vector<std::string>* tools);

@@ -4,7 +4,7 @@
 // Files: `.jsonl` (one JSON object per line, blank lines ignored) or `.json` (one array of objects). Other
 // extensions: JSONL when the first non-blank byte is '{', an array when it is '['.
 //
-// Record formats (auto-detected from the first record's keys: "messages" -> chat, "instruction" -> Alpaca,
+// Record formats (auto-detected from the first record's keys: "messages" or "conversations" -> chat, "instruction" -> Alpaca,
 // "text" -> text; or forced with SftDataOptions::format). Extra keys are ignored.
 //
 //  * text    {"text": T}. Tokens: encode(T) (BOS first when the tokenizer adds one), then EOS.
@@ -32,6 +32,10 @@
 //            it). Tool responses, user and system turns are prompt. Tokenizers without a chat template
 //            (llama2.c's stories260K) refuse chat data.
 // With SftTemplateOptions::train_on_prompt, Alpaca and chat examples count every token but the first, as text.
+// With SftTemplateOptions::alpaca_chat, an Alpaca record is the conversation LLaMA-Factory makes of it (system:
+// "system"; each "history" pair as a user and an assistant message; user: instruction, plus "\n" + input when
+// there is one; assistant: output), rendered and masked as a chat record. The Stanford prompt ignores "system" and
+// "history".
 //
 // Tokenization: the rendered text is cut into alternating prompt / response pieces at the span boundaries
 // and each piece is encoded on its own (specials parsed, as Hugging Face tokenizes a rendered chat), so a
@@ -62,6 +66,7 @@ namespace qwenq {
 enum class SftFormat { kAuto, kText, kAlpaca, kChat };
 const char* sft_format_name(SftFormat f);
 SftFormat parse_sft_format(const std::string& name);  // "auto", "text", "alpaca", "chat"
+bool parse_alpaca_prompt(const std::string& name);    // "stanford" -> false, "chat" -> true (alpaca_chat)
 
 // One record as read from the file (only the fields of its format are set).
 struct SftRecord {
@@ -69,6 +74,8 @@ struct SftRecord {
   std::string where;  // "file:line" or "file: record N", for messages
   std::string text;                                // text
   std::string instruction, input, output;          // Alpaca
+  std::string system;                              // Alpaca: optional "system" (used with alpaca_chat)
+  std::vector<std::pair<std::string, std::string>> history;  // Alpaca: optional earlier [query, response] turns
   std::vector<ChatMessage> messages;               // chat
   std::vector<std::string> tools;                  // chat: the record's "tools" (JSON texts)
 };
@@ -82,6 +89,7 @@ struct SftExample {
 struct SftTemplateOptions {
   bool enable_thinking = true;   // chat: Qwen3's switch; false makes an empty think block prompt, not response
   bool train_on_prompt = false;  // loss on every token (prompts, system and user turns, tool responses too)
+  bool alpaca_chat = false;      // Alpaca records as a conversation in the tokenizer's chat template (below)
 };
 
 struct SftDataOptions {

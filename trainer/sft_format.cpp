@@ -41,16 +41,31 @@ void append_eos(SftExample* ex, const Tokenizer& tok, const std::string& where) 
   ex->loss_mask.push_back(ex->tokens.size() > 1 ? 1 : 0);
 }
 
-SftExample format_chat(const SftRecord& rec, const Tokenizer& tok, bool enable_thinking, bool train_on_prompt) {
+// An Alpaca record as a conversation (SftTemplateOptions::alpaca_chat).
+std::vector<ChatMessage> alpaca_messages(const SftRecord& rec) {
+  std::vector<ChatMessage> m;
+  if (!rec.system.empty()) m.emplace_back("system", rec.system);
+  for (const auto& h : rec.history) {
+    m.emplace_back("user", h.first);
+    m.emplace_back("assistant", h.second);
+  }
+  m.emplace_back("user", rec.input.empty() ? rec.instruction : rec.instruction + "\n" + rec.input);
+  m.emplace_back("assistant", rec.output);
+  return m;
+}
+
+SftExample format_chat(const SftRecord& rec, const std::vector<ChatMessage>& messages, const Tokenizer& tok,
+                       bool enable_thinking, bool train_on_prompt) {
   QWENQ_CHECK(tok.has_chat_template(),
-              rec.where << ": chat records need a tokenizer with a chat template; " << tok.describe()
-                        << " has none (use text or Alpaca records with it)");
+              rec.where << ": chat records need a tokenizer with a chat template (so do Alpaca records with "
+                           "--alpaca-prompt chat); " << tok.describe() << " has none (use text records, or Alpaca's "
+                           "Stanford prompt)");
   ChatOptions opt;
   opt.enable_thinking = enable_thinking;
   opt.tools = rec.tools;
   ChatRender r;
   try {
-    r = tok.render_chat(rec.messages, opt);
+    r = tok.render_chat(messages, opt);
   } catch (const Error& e) {
     QWENQ_FAIL(rec.where << ": " << e.what());
   }
@@ -86,11 +101,15 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, const S
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kAlpaca:
+      if (o.alpaca_chat) {
+        ex = format_chat(rec, alpaca_messages(rec), tok, o.enable_thinking, o.train_on_prompt);
+        break;
+      }
       ex = encode_pieces({{alpaca_prompt(rec.instruction, rec.input), o.train_on_prompt}, {rec.output, true}}, tok);
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kChat:
-      ex = format_chat(rec, tok, o.enable_thinking, o.train_on_prompt);
+      ex = format_chat(rec, rec.messages, tok, o.enable_thinking, o.train_on_prompt);
       break;
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");

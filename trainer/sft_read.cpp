@@ -18,7 +18,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
-  if (j.contains("messages")) return SftFormat::kChat;
+  if (j.contains("messages") || j.contains("conversations")) return SftFormat::kChat;
   if (j.contains("instruction")) return SftFormat::kAlpaca;
   if (j.contains("text")) return SftFormat::kText;
   return SftFormat::kAuto;
@@ -49,6 +49,21 @@ std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
         if (!it->is_string()) return std::string("field \"input\" is ") + it->type_name() + ", expected a string";
         rec->input = it->get<std::string>();
       }
+      it = j.find("system");
+      if (it != j.end() && !it->is_null()) {
+        if (!it->is_string()) return std::string("field \"system\" is ") + it->type_name() + ", expected a string";
+        rec->system = it->get<std::string>();
+      }
+      it = j.find("history");
+      if (it != j.end() && !it->is_null()) {
+        if (!it->is_array()) return std::string("field \"history\" is ") + it->type_name() + ", expected an array";
+        for (size_t h = 0; h < it->size(); ++h) {
+          const Json& p = (*it)[h];
+          if (!p.is_array() || p.size() != 2 || !p[0].is_string() || !p[1].is_string())
+            return "history[" + std::to_string(h) + "]: expected a [query, response] pair of strings";
+          rec->history.emplace_back(p[0].get<std::string>(), p[1].get<std::string>());
+        }
+      }
       return "";
     }
     case SftFormat::kChat:
@@ -75,7 +90,8 @@ struct Reader {
     if (format == SftFormat::kAuto) {
       format = detect_format(j);
       if (format == SftFormat::kAuto)
-        return bad(where, "cannot tell the record format: expected a \"messages\", \"instruction\" or \"text\" key");
+        return bad(where, "cannot tell the record format: expected a \"messages\" (or \"conversations\"), "
+                          "\"instruction\" or \"text\" key");
     }
     SftRecord rec;
     rec.where = where;
@@ -101,6 +117,11 @@ SftFormat parse_sft_format(const std::string& name) {
   for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat})
     if (name == sft_format_name(f)) return f;
   QWENQ_FAIL("unknown SFT data format \"" << name << "\" (expected auto, text, alpaca or chat)");
+}
+
+bool parse_alpaca_prompt(const std::string& name) {
+  QWENQ_CHECK(name == "stanford" || name == "chat", "--alpaca-prompt must be stanford or chat, not \"" << name << "\"");
+  return name == "chat";
 }
 
 std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,

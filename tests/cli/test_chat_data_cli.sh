@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Chat data end to end with Qwen3's chat template (tests/data/chat_templates/qwen3.jinja) on a random tiny model:
 # `qwen-qlora data` shows the loss spans (the reasoning block and the answer; with --no-thinking the empty block is
-# prompt; --train-on-prompt counts every token) and dumps the examples; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
+# prompt; --train-on-prompt counts every token) and dumps the examples; ShareGPT records and Alpaca records with
+# --alpaca-prompt chat give the examples of the same conversation in "messages"; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
 # reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --chat
 # --no-thinking` runs; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
@@ -53,6 +54,33 @@ assert sum(a[0]["loss_mask"]) == sum(b[0]["loss_mask"]), "a real reasoning block
 assert sum(a[1]["loss_mask"]) == sum(b[1]["loss_mask"]) + len("<think>\n\n</think>\n\n".encode()), "empty block"
 assert a[1]["where"].endswith("chat.jsonl:2")
 PY
+
+# The same conversations spelled as ShareGPT records, and as Alpaca records with --alpaca-prompt chat: the same
+# examples (ids, masks, text) as their "messages" spelling.
+cat > "$WORK/msgs.jsonl" <<'JSONL'
+{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Add\n1 2"}, {"role": "assistant", "content": "3"}]}
+JSONL
+cat > "$WORK/sharegpt.json" <<'JSON'
+[{"system": "Be brief.", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}, {"from": "human", "value": "Add\n1 2"}, {"from": "gpt", "value": "3"}]}]
+JSON
+cat > "$WORK/alpaca.json" <<'JSON'
+[{"system": "Be brief.", "history": [["Hi", "Hello."]], "instruction": "Add", "input": "1 2", "output": "3"}]
+JSON
+"$QL" data --model "$WORK/tiny" --data "$WORK/msgs.jsonl" --dump "$WORK/msgs.dump" > /dev/null 2>&1 || fail "data (messages)"
+"$QL" data --model "$WORK/tiny" --data "$WORK/sharegpt.json" --dump "$WORK/sharegpt.dump" > "$WORK/sharegpt.txt" 2>&1 \
+  || fail "data (ShareGPT)" "$WORK/sharegpt.txt"
+"$QL" data --model "$WORK/tiny" --data "$WORK/alpaca.json" --alpaca-prompt chat --dump "$WORK/alpaca.dump" \
+  > "$WORK/alpaca.txt" 2>&1 || fail "data --alpaca-prompt chat" "$WORK/alpaca.txt"
+python3 - "$WORK/msgs.dump" "$WORK/sharegpt.dump" "$WORK/alpaca.dump" <<'PY' || fail "ShareGPT / Alpaca-chat examples"
+import json, sys
+a, b, c = ([json.loads(l) for l in open(p)] for p in sys.argv[1:4])
+for other in (b, c):
+    assert [(r["ids"], r["loss_mask"], r["text"]) for r in a] == [(r["ids"], r["loss_mask"], r["text"]) for r in other]
+PY
+if "$QL" data --model "$WORK/tiny" --data "$WORK/alpaca.json" --alpaca-prompt jinja > "$WORK/ap.txt" 2>&1; then
+  fail "--alpaca-prompt jinja accepted"
+fi
+grep -q -- "--alpaca-prompt must be stanford or chat" "$WORK/ap.txt" || fail "--alpaca-prompt message" "$WORK/ap.txt"
 
 # tokenize --chat: the generation prompt with and without the switch.
 rec='{"messages": [{"role": "user", "content": "hi"}]}'
