@@ -142,7 +142,7 @@ TEST(ChatTemplate, RefusesWhatItCannotRender) {
       "{% endfor %}");
   ChatOptions o;
   o.tools = {"{}"};
-  EXPECT_NE(error_of([&] { plain.render_chat({{"user", "x"}}, o); }).find("tokenizer_config.json: the chat template has no tools branch"),
+  EXPECT_NE(error_of([&] { plain.render_chat({{"user", "x"}}, o); }).find("tokenizer_config.json: the record's tools cannot be rendered: the chat template has no tools branch"),
             std::string::npos);
   ChatMessage call("assistant", "");
   call.tool_calls = {{"f", "{}", false}};
@@ -154,6 +154,16 @@ TEST(ChatTemplate, RefusesWhatItCannotRender) {
       "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}");
   EXPECT_NE(error_of([&] { qwq.apply_chat_template({{"user", "x"}}, true); })
                 .find("handles <think> blocks but is not Qwen3's"),
+            std::string::npos);
+  // Tool calls in another format (a Qwen3-Coder-like XML call): plain turns render, tools are refused.
+  const Tokenizer xml = test::byte_tokenizer(dir + "/x",
+      "{%- for message in messages %}{{ '<|im_start|>' + message.role + '\\n' + message.content }}"
+      "{%- for tool_call in message.tool_calls %}{{ '<tool_call>\\n<function=' + tool_call.name + '>' }}{%- endfor %}"
+      "{{ '<|im_end|>\\n' }}{%- endfor %}");
+  EXPECT_EQ(xml.apply_chat_template({{"user", "x"}}, false), "<|im_start|>user\nx<|im_end|>\n");
+  EXPECT_NE(error_of([&] { xml.render_chat({{"user", "x"}, call}, ChatOptions()); }).find("format other than Qwen2.5/Qwen3's JSON"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { xml.render_chat({{"user", "x"}, {"tool", "r"}}, ChatOptions()); }).find("message 1 is a tool response"),
             std::string::npos);
   // Null content outside a tool call.
   const Tokenizer q25 = test::byte_tokenizer(dir + "/c", fixture_template("qwen2.5.jinja"));

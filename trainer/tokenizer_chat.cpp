@@ -102,7 +102,8 @@ enum class ChatKind { kChatml, kEarlyQwen2, kQwen3 };
 struct TemplateTraits {
   ChatKind kind = ChatKind::kChatml;
   std::string default_system;    // ChatML: the system turn written when messages[0] is not one ("" = none)
-  bool tools = false;            // has the "# Tools" branch
+  bool tools = false;            // has the "# Tools" branch with Qwen2.5/Qwen3's JSON <tool_call>s
+  bool other_tools = false;      // speaks of tool calls in another format (Qwen3-Coder's XML, ...)
   bool thinking_switch = false;  // Qwen3: enable_thinking false closes an empty think block in the prompt
   bool forced_think = false;     // Qwen3: the generation prompt opens "<think>\n"
 };
@@ -112,7 +113,8 @@ TemplateTraits traits_of(const std::string& raw, const std::string& file) {
   QWENQ_CHECK(contains(tpl, kImStart), file << ": the chat template is not ChatML (no <|im_start|>); only ChatML "
                                                "templates (Qwen) are supported");
   TemplateTraits t;
-  t.tools = contains(tpl, "<tools>") && contains(tpl, "tool_call");
+  t.tools = contains(tpl, "<tools>") && contains(tpl, "<tool_call>\n{\"name\": \"");
+  t.other_tools = !t.tools && contains(tpl, "tool_call");
   if (contains(tpl, "last_query_index") && contains(tpl, "reasoning_content")) {
     t.kind = ChatKind::kQwen3;
     t.thinking_switch = contains(tpl, "enable_thinking");
@@ -156,8 +158,10 @@ class Renderer {
   Renderer(const TemplateTraits& t, const ChatOptions& o, const std::string& file) : t_(t), o_(o), file_(file) {}
 
   ChatRender run(const std::vector<ChatMessage>& m) {
-    QWENQ_CHECK(o_.tools.empty() || t_.tools,
-                file_ << ": the chat template has no tools branch, so the record's tools cannot be rendered");
+    QWENQ_CHECK(o_.tools.empty() || t_.tools, file_ << ": the record's tools cannot be rendered: " << no_tools());
+    for (size_t i = 0; i < m.size(); ++i)
+      QWENQ_CHECK(m[i].role != "tool" || t_.tools || !t_.other_tools,
+                  file_ << ": message " << i << " is a tool response but " << no_tools());
     if (t_.kind == ChatKind::kQwen3) {
       qwen3(m);
     } else if (t_.kind == ChatKind::kEarlyQwen2) {
@@ -198,8 +202,14 @@ class Renderer {
                                             << " (" << msg.role << "), got null");
   }
 
+  std::string no_tools() const {
+    return t_.other_tools ? "the chat template writes tool calls in a format other than Qwen2.5/Qwen3's JSON "
+                            "<tool_call> (Qwen3-Coder's XML?), which is not supported"
+                          : "the chat template has no tools branch";
+  }
+
   void require_tools_branch(size_t i) const {
-    QWENQ_CHECK(t_.tools, file_ << ": message " << i << " calls tools but the chat template has no tools branch");
+    QWENQ_CHECK(t_.tools, file_ << ": message " << i << " calls tools but " << no_tools());
   }
 
   // The ChatML templates' system turn (messages[0] if it is one, else the default, if any; with tools, the tools
