@@ -317,6 +317,8 @@ TEST(ChatRecord, ShareGptAndAlpacaAsConversations) {
   EXPECT_EQ(tok.decode(ex.tokens), tok.apply_chat_template({{"system", "Be brief."}, {"user", "h1"}, {"assistant", "r1"},
                                                             {"user", "Add\n1 2"}, {"assistant", "3"}}, false));
   EXPECT_EQ(loss_text(ex, tok), "r1<|im_end|>3<|im_end|>");
+  o.mask_history = true;  // only the last answer
+  EXPECT_EQ(loss_text(format_sft_record(rec, tok, o), tok), "3<|im_end|>");
   // The Stanford prompt ignores system and history.
   EXPECT_EQ(tok.decode(format_sft_record(rec, tok).tokens), alpaca_prompt("Add", "1 2") + "3<|im_end|>");
 }

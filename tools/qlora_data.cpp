@@ -24,7 +24,7 @@ namespace {
 struct DataArgs {
   std::string model, data, format = "auto", dump, alpaca_prompt = "stanford";
   int64_t max_len = 0, show = 0;
-  bool skip_bad = false, no_thinking = false, train_on_prompt = false;
+  bool skip_bad = false, no_thinking = false, train_on_prompt = false, mask_history = false;
 };
 
 // The example's text with each run of loss tokens between ⟦ and ⟧.
@@ -57,6 +57,7 @@ void run_data(const DataArgs& a) {
     to.enable_thinking = !a.no_thinking;
     to.train_on_prompt = a.train_on_prompt;
     to.alpaca_chat = alpaca_chat;
+    to.mask_history = a.mask_history;
     SftExample ex = format_sft_record(rec, tok, to);
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     if (a.max_len > 0) {
@@ -104,6 +105,7 @@ void register_qlora_data(CLI::App& app) {
               "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
   c->add_option("--alpaca-prompt", a->alpaca_prompt, "Alpaca records: stanford or chat (as train --alpaca-prompt)")
       ->capture_default_str();
+  c->add_flag("--mask-history", a->mask_history, "chat data: only the last assistant message counts (as train)");
   c->add_flag("--train-on-prompt", a->train_on_prompt, "loss on every token, prompts included, as train --train-on-prompt");
   c->add_option("--show", a->show, "print the first N examples, loss spans between \u27e6 and \u27e7")->capture_default_str();
   c->add_option("--dump", a->dump, "write every example as a JSON line: where, ids, loss_mask, text");

@@ -98,6 +98,8 @@ void register_qlora_train(CLI::App& app) {
                  "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "
                  "tokenizer's chat template; \"system\" and \"history\" used)")
       ->capture_default_str();
+  c->add_flag("--mask-history", o.data.templ.mask_history,
+              "chat data: only the last assistant message of each conversation counts in the loss");
   c->add_flag("--train-on-prompt", o.data.templ.train_on_prompt,
               "loss on every token of Alpaca and chat records (prompts, system and user turns, tool responses), not "
               "only the responses");

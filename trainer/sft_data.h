@@ -31,7 +31,8 @@
 //            through the closing <|im_end|> (its reasoning block, content and tool calls; not the "\n" after
 //            it). Tool responses, user and system turns are prompt. Tokenizers without a chat template
 //            (llama2.c's stories260K) refuse chat data.
-// With SftTemplateOptions::train_on_prompt, Alpaca and chat examples count every token but the first, as text.
+// With SftTemplateOptions::train_on_prompt, Alpaca and chat examples count every token but the first, as text;
+// with mask_history, a conversation's assistant messages before the last one are prompt.
 // With SftTemplateOptions::alpaca_chat, an Alpaca record is the conversation LLaMA-Factory makes of it (system:
 // "system"; each "history" pair as a user and an assistant message; user: instruction, plus "\n" + input when
 // there is one; assistant: output), rendered and masked as a chat record. The Stanford prompt ignores "system" and
@@ -90,6 +91,7 @@ struct SftTemplateOptions {
   bool enable_thinking = true;   // chat: Qwen3's switch; false makes an empty think block prompt, not response
   bool train_on_prompt = false;  // loss on every token (prompts, system and user turns, tool responses too)
   bool alpaca_chat = false;      // Alpaca records as a conversation in the tokenizer's chat template (below)
+  bool mask_history = false;     // chat: only the last assistant message counts (LLaMA-Factory's mask_history)
 };
 
 struct SftDataOptions {

@@ -55,13 +55,13 @@ std::vector<ChatMessage> alpaca_messages(const SftRecord& rec) {
 }
 
 SftExample format_chat(const SftRecord& rec, const std::vector<ChatMessage>& messages, const Tokenizer& tok,
-                       bool enable_thinking, bool train_on_prompt) {
+                       const SftTemplateOptions& o) {
   QWENQ_CHECK(tok.has_chat_template(),
               rec.where << ": chat records need a tokenizer with a chat template (so do Alpaca records with "
                            "--alpaca-prompt chat); " << tok.describe() << " has none (use text records, or Alpaca's "
                            "Stanford prompt)");
   ChatOptions opt;
-  opt.enable_thinking = enable_thinking;
+  opt.enable_thinking = o.enable_thinking;
   opt.tools = rec.tools;
   ChatRender r;
   try {
@@ -71,12 +71,14 @@ SftExample format_chat(const SftRecord& rec, const std::vector<ChatMessage>& mes
   }
   std::vector<Piece> pieces;
   size_t done = 0;  // characters of r.text already in pieces
-  for (const auto& span : r.assistant_spans) {
-    pieces.push_back({r.text.substr(done, span.first - done), train_on_prompt});
-    pieces.push_back({r.text.substr(span.first, span.second - span.first), true});
+  for (size_t k = 0; k < r.assistant_spans.size(); ++k) {
+    const auto& span = r.assistant_spans[k];
+    const bool last = k + 1 == r.assistant_spans.size();
+    pieces.push_back({r.text.substr(done, span.first - done), o.train_on_prompt});
+    pieces.push_back({r.text.substr(span.first, span.second - span.first), last || !o.mask_history});
     done = span.second;
   }
-  pieces.push_back({r.text.substr(done), train_on_prompt});
+  pieces.push_back({r.text.substr(done), o.train_on_prompt});
   return encode_pieces(pieces, tok);
 }
 
@@ -102,14 +104,14 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, const S
       break;
     case SftFormat::kAlpaca:
       if (o.alpaca_chat) {
-        ex = format_chat(rec, alpaca_messages(rec), tok, o.enable_thinking, o.train_on_prompt);
+        ex = format_chat(rec, alpaca_messages(rec), tok, o);
         break;
       }
       ex = encode_pieces({{alpaca_prompt(rec.instruction, rec.input), o.train_on_prompt}, {rec.output, true}}, tok);
       append_eos(&ex, tok, rec.where);
       break;
     case SftFormat::kChat:
-      ex = format_chat(rec, rec.messages, tok, o.enable_thinking, o.train_on_prompt);
+      ex = format_chat(rec, rec.messages, tok, o);
       break;
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");

@@ -77,7 +77,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
           {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"},
           {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
-          {"alpaca_chat", o.data.templ.alpaca_chat}};
+          {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
 }
 
 // The keys of resume_key that differ, each with the flag that sets it: '"lr" (--lr): saved 0.0002, now 0.01; ...'
@@ -92,7 +92,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"scheduler", "--scheduler"}, {"warmup_steps", "--warmup-steps"}, {"warmup_ratio", "--warmup-ratio"},
       {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
       {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
-      {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"}};
+      {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
+      {"mask_history", "--mask-history"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -112,11 +113,12 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
 // A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
 // they resume (bit for bit) with --fp32-checkpoints, and the refusal below names the difference otherwise. One
 // from before DoRA has no "dora" key: it was plain LoRA. One from before the chat options has no "thinking",
-// "train_on_prompt" or "alpaca_chat": the defaults.
+// "train_on_prompt", "alpaca_chat" or "mask_history": the defaults.
 void add_legacy_resume_keys(nlohmann::json* saved) {
   if (saved->is_object() && !saved->contains("thinking")) (*saved)["thinking"] = true;
   if (saved->is_object() && !saved->contains("train_on_prompt")) (*saved)["train_on_prompt"] = false;
   if (saved->is_object() && !saved->contains("alpaca_chat")) (*saved)["alpaca_chat"] = false;
+  if (saved->is_object() && !saved->contains("mask_history")) (*saved)["mask_history"] = false;
   if (saved->is_object() && !saved->contains("checkpoints")) (*saved)["checkpoints"] = "fp32";
   if (saved->is_object() && !saved->contains("dora")) (*saved)["dora"] = false;  // before DoRA: plain LoRA
 }
