@@ -165,6 +165,14 @@ TEST(ChatTemplate, RefusesWhatItCannotRender) {
             std::string::npos);
   EXPECT_NE(error_of([&] { xml.render_chat({{"user", "x"}, {"tool", "r"}}, ChatOptions()); }).find("message 1 is a tool response"),
             std::string::npos);
+  // A Qwen3-style template with other reasoning rules (here: a block only where there is reasoning).
+  std::string q3 = fixture_template("qwen3.jinja");
+  const std::string rule = "loop.last or (not loop.last and reasoning_content)";
+  ASSERT_NE(q3.find(rule), std::string::npos);
+  q3.replace(q3.find(rule), rule.size(), "reasoning_content");
+  const Tokenizer q3x = test::byte_tokenizer(dir + "/q3x", q3);
+  EXPECT_NE(error_of([&] { q3x.apply_chat_template({{"user", "x"}}, true); }).find("whose reasoning rules are not worded as Qwen3's"),
+            std::string::npos);
   // Null content outside a tool call.
   const Tokenizer q25 = test::byte_tokenizer(dir + "/c", fixture_template("qwen2.5.jinja"));
   ChatMessage null_msg("assistant", "");

@@ -16,7 +16,7 @@
 //     then "<|im_start|>assistant\n" when add_generation_prompt.
 //   early Qwen2-Instruct: "<|im_end|>\n<|im_start|>assistant\n" is written after every user turn, assistant
 //     replies follow it directly, add_generation_prompt and other roles are ignored.
-//   Qwen3 (and its -2507 kin): the system turn only when messages[0] is one (the tools branch writes
+//   Qwen3 (its rules recognised by their wording; a variant worded otherwise is refused): the system turn only when messages[0] is one (the tools branch writes
 //     "{system}\n\n# Tools ..." without a default); last_query = the index of the last user message that is not
 //     a "<tool_response>...</tool_response>" wrapper (the last message when there is none); an assistant
 //     message's reasoning is its reasoning_content when given, else, when its content holds "</think>", the
@@ -116,6 +116,12 @@ TemplateTraits traits_of(const std::string& raw, const std::string& file) {
   t.tools = contains(tpl, "<tools>") && contains(tpl, "<tool_call>\n{\"name\": \"");
   t.other_tools = !t.tools && contains(tpl, "tool_call");
   if (contains(tpl, "last_query_index") && contains(tpl, "reasoning_content")) {
+    // Qwen3's rules, spelled as its template spells them; a variant that words them otherwise may render
+    // otherwise, so it is refused rather than guessed at.
+    QWENQ_CHECK(contains(tpl, "loop.last or (not loop.last and reasoning_content)") &&
+                    contains(tpl, "+ reasoning_content.strip(") && contains(tpl, "content.split('</think>')[-1]"),
+                file << ": a Qwen3-style chat template (reasoning_content, last_query_index) whose reasoning rules "
+                        "are not worded as Qwen3's; it is not supported");
     t.kind = ChatKind::kQwen3;
     t.thinking_switch = contains(tpl, "enable_thinking");
     t.forced_think = contains(tpl, "'<|im_start|>assistant\n<think>\n'");
