@@ -20,8 +20,8 @@
 namespace qwenq {
 
 // Fills messages (and tools, when the record has them) from a parsed record ("messages", or ShareGPT's
-// "conversations"); returns "" or why the record is malformed ("messages[2]: role \"bot\" is not system, user, assistant or tool"). Requires an assistant message
-// when need_assistant (training data), none otherwise (prompts).
+// "conversations"); returns "" or why the record is malformed ("messages[2]: role \"bot\" is not system, user,
+// assistant or tool"). Requires an assistant message when need_assistant (training data), none otherwise (prompts).
 std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
                               std::vector<ChatMessage>* messages, std::vector<std::string>* tools);
 

@@ -16,9 +16,10 @@
 //     then "<|im_start|>assistant\n" when add_generation_prompt.
 //   early Qwen2-Instruct: "<|im_end|>\n<|im_start|>assistant\n" is written after every user turn, assistant
 //     replies follow it directly, add_generation_prompt and other roles are ignored.
-//   Qwen3 (its rules recognised by their wording; a variant worded otherwise is refused): the system turn only when messages[0] is one (the tools branch writes
-//     "{system}\n\n# Tools ..." without a default); last_query = the index of the last user message that is not
-//     a "<tool_response>...</tool_response>" wrapper (the last message when there is none); an assistant
+//   Qwen3 (its rules recognised by their wording; a variant worded otherwise is refused): the system turn only
+//     when messages[0] is one (the tools branch writes "{system}\n\n# Tools ..." without a default);
+//     last_query = the index of the last user message that is not a "<tool_response>...</tool_response>"
+//     wrapper (the last message when there is none); an assistant
 //     message's reasoning is its reasoning_content when given, else, when its content holds "</think>", the
 //     text before the first "</think>" (right-stripped of "\n", after its last "<think>", left-stripped) with the
 //     content becoming the text after the last "</think>" (left-stripped); after last_query, the last message and
