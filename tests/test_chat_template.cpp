@@ -331,5 +331,44 @@ TEST(ChatRecord, ShareGptAndAlpacaAsConversations) {
   EXPECT_EQ(tok.decode(format_sft_record(rec, tok).tokens), alpaca_prompt("Add", "1 2") + "3<|im_end|>");
 }
 
+// TRL's prompt-completion records: standard (strings: loss on the completion and EOS) and conversational (message
+// lists: the whole conversation rendered, loss on the completion's assistant messages only).
+TEST(ChatRecord, PromptCompletionRecords) {
+  const std::string dir = test::scratch_dir();
+  const Tokenizer tok = test::byte_tokenizer(dir + "/tok", fixture_template("qwen2.5.jinja"));
+  write_file_atomic(dir + "/pc.jsonl",
+                    R"({"prompt": "Q: 1+1\nA:", "completion": " 2"})" "\n"
+                    R"({"prompt": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},)"
+                    R"( {"role": "user", "content": "q2"}], "completion": [{"role": "assistant", "content": "a2"}]})" "\n");
+  SftDataStats st;
+  const std::vector<SftRecord> recs = read_sft_records(dir + "/pc.jsonl", SftFormat::kAuto, false, &st);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(st.format, SftFormat::kPromptCompletion);
+  const SftExample plain = format_sft_record(recs[0], tok);
+  EXPECT_EQ(tok.decode(plain.tokens), "Q: 1+1\nA: 2<|im_end|>");
+  EXPECT_EQ(loss_text(plain, tok), " 2<|im_end|>");
+  const SftExample conv = format_sft_record(recs[1], tok);
+  EXPECT_EQ(tok.decode(conv.tokens), tok.apply_chat_template({{"user", "q1"}, {"assistant", "a1"}, {"user", "q2"},
+                                                              {"assistant", "a2"}}, false));
+  EXPECT_EQ(loss_text(conv, tok), "a2<|im_end|>");
+  SftTemplateOptions all;
+  all.train_on_prompt = true;
+  const SftExample every = format_sft_record(recs[1], tok, all);
+  EXPECT_EQ(std::count(every.loss_mask.begin(), every.loss_mask.end(), 1), static_cast<long>(every.tokens.size()) - 1);
+
+  const auto why = [&](const std::string& line) {
+    write_file_atomic(dir + "/bad.jsonl", line + "\n");
+    SftDataStats s2;
+    return error_of([&] { read_sft_records(dir + "/bad.jsonl", SftFormat::kAuto, false, &s2); });
+  };
+  EXPECT_NE(why(R"({"prompt": "x", "completion": [{"role": "assistant", "content": "y"}]})")
+                .find("bad.jsonl:1: \"prompt\" and \"completion\" must both be strings or both be message lists"),
+            std::string::npos);
+  EXPECT_NE(why(R"({"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "z"}],)"
+                R"( "completion": [{"role": "user", "content": "y"}]})")
+                .find("bad.jsonl:1: no assistant message in \"completion\""),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace qwenq

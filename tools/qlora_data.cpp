@@ -97,7 +97,7 @@ void register_qlora_data(CLI::App& app) {
   CLI::App* c = app.add_subcommand("data", "Show what train makes of a dataset: rendered examples, tokens, loss spans");
   c->add_option("--model,-m", a->model, "model directory or repo id (its tokenizer and chat template)")->required();
   c->add_option("--data,-d", a->data, "training data: JSONL/JSON with text, Alpaca or chat messages")->required();
-  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
+  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
       ->capture_default_str();

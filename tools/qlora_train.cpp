@@ -92,7 +92,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
-  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat")->capture_default_str();
+  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
   c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--alpaca-prompt", a->alpaca_prompt,
                  "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "

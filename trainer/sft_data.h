@@ -5,7 +5,8 @@
 // extensions: JSONL when the first non-blank byte is '{', an array when it is '['.
 //
 // Record formats (auto-detected from the first record's keys: "messages" or "conversations" -> chat, "instruction" -> Alpaca,
-// "text" -> text; or forced with SftDataOptions::format). Extra keys are ignored.
+// "prompt" and "completion" -> prompt-completion, "text" -> text; or forced with SftDataOptions::format). Extra keys
+// are ignored.
 //
 //  * text    {"text": T}. Tokens: encode(T) (BOS first when the tokenizer adds one), then EOS.
 //            Loss on every token (BOS excluded: it can never be a target).
@@ -31,6 +32,9 @@
 //            through the closing <|im_end|> (its reasoning block, content and tool calls; not the "\n" after
 //            it). Tool responses, user and system turns are prompt. Tokenizers without a chat template
 //            (llama2.c's stories260K) refuse chat data.
+//  * prompt-completion (TRL's dataset types) {"prompt": P, "completion": C}: tokens encode(P) ++ encode(C) ++
+//            [EOS], loss on C and EOS; or conversational, {"prompt": [messages], "completion": [messages], "tools"}:
+//            the concatenation rendered as a chat record, loss on the completion's assistant messages only.
 // With SftTemplateOptions::train_on_prompt, Alpaca and chat examples count every token but the first, as text;
 // with mask_history, a conversation's assistant messages before the last one are prompt.
 // With SftTemplateOptions::alpaca_chat, an Alpaca record is the conversation LLaMA-Factory makes of it (system:
@@ -64,9 +68,9 @@
 
 namespace qwenq {
 
-enum class SftFormat { kAuto, kText, kAlpaca, kChat };
+enum class SftFormat { kAuto, kText, kAlpaca, kChat, kPromptCompletion };
 const char* sft_format_name(SftFormat f);
-SftFormat parse_sft_format(const std::string& name);  // "auto", "text", "alpaca", "chat"
+SftFormat parse_sft_format(const std::string& name);  // "auto", "text", "alpaca", "chat", "prompt-completion"
 bool parse_alpaca_prompt(const std::string& name);    // "stanford" -> false, "chat" -> true (alpaca_chat)
 
 // One record as read from the file (only the fields of its format are set).
@@ -79,6 +83,8 @@ struct SftRecord {
   std::vector<std::pair<std::string, std::string>> history;  // Alpaca: optional earlier [query, response] turns
   std::vector<ChatMessage> messages;               // chat
   std::vector<std::string> tools;                  // chat: the record's "tools" (JSON texts)
+  std::string prompt, completion;                  // prompt-completion (standard)
+  size_t completion_from = 0;                      // conversational prompt-completion: messages[this..] complete
 };
 
 struct SftExample {

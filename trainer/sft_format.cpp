@@ -54,8 +54,9 @@ std::vector<ChatMessage> alpaca_messages(const SftRecord& rec) {
   return m;
 }
 
+// The chat example; assistant messages before messages[first_trained] are prompt (prompt-completion records).
 SftExample format_chat(const SftRecord& rec, const std::vector<ChatMessage>& messages, const Tokenizer& tok,
-                       const SftTemplateOptions& o) {
+                       const SftTemplateOptions& o, size_t first_trained = 0) {
   QWENQ_CHECK(tok.has_chat_template(),
               rec.where << ": chat records need a tokenizer with a chat template (so do Alpaca records with "
                            "--alpaca-prompt chat); " << tok.describe() << " has none (use text records, or Alpaca's "
@@ -69,13 +70,16 @@ SftExample format_chat(const SftRecord& rec, const std::vector<ChatMessage>& mes
   } catch (const Error& e) {
     QWENQ_FAIL(rec.where << ": " << e.what());
   }
+  size_t untrained = 0;  // assistant messages (spans) before messages[first_trained]
+  for (size_t i = 0; i < first_trained && i < messages.size(); ++i) untrained += messages[i].role == "assistant";
   std::vector<Piece> pieces;
   size_t done = 0;  // characters of r.text already in pieces
   for (size_t k = 0; k < r.assistant_spans.size(); ++k) {
     const auto& span = r.assistant_spans[k];
     const bool last = k + 1 == r.assistant_spans.size();
+    const bool trained = k >= untrained && (last || !o.mask_history);
     pieces.push_back({r.text.substr(done, span.first - done), o.train_on_prompt});
-    pieces.push_back({r.text.substr(span.first, span.second - span.first), last || !o.mask_history});
+    pieces.push_back({r.text.substr(span.first, span.second - span.first), trained || o.train_on_prompt});
     done = span.second;
   }
   pieces.push_back({r.text.substr(done), o.train_on_prompt});
@@ -112,6 +116,14 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, const S
       break;
     case SftFormat::kChat:
       ex = format_chat(rec, rec.messages, tok, o);
+      break;
+    case SftFormat::kPromptCompletion:
+      if (rec.messages.empty()) {
+        ex = encode_pieces({{rec.prompt, o.train_on_prompt}, {rec.completion, true}}, tok);
+        append_eos(&ex, tok, rec.where);
+      } else {
+        ex = format_chat(rec, rec.messages, tok, o, rec.completion_from);
+      }
       break;
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");

@@ -20,6 +20,7 @@ SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
   if (j.contains("messages") || j.contains("conversations")) return SftFormat::kChat;
   if (j.contains("instruction")) return SftFormat::kAlpaca;
+  if (j.contains("prompt") && j.contains("completion")) return SftFormat::kPromptCompletion;
   if (j.contains("text")) return SftFormat::kText;
   return SftFormat::kAuto;
 }
@@ -68,6 +69,27 @@ std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
     }
     case SftFormat::kChat:
       return parse_chat_record(j, /*need_assistant=*/true, &rec->messages, &rec->tools);
+    case SftFormat::kPromptCompletion: {
+      auto p = j.find("prompt"), c = j.find("completion");
+      if (p == j.end() || c == j.end()) return "expected \"prompt\" and \"completion\" fields";
+      if (p->is_string() && c->is_string()) {
+        rec->prompt = p->get<std::string>();
+        rec->completion = c->get<std::string>();
+        return "";
+      }
+      if (!p->is_array() || !c->is_array())
+        return "\"prompt\" and \"completion\" must both be strings or both be message lists";
+      Json conv = {{"messages", *p}};
+      for (const Json& m : *c) conv["messages"].push_back(m);
+      auto t = j.find("tools");
+      if (t != j.end()) conv["tools"] = *t;
+      rec->completion_from = p->size();
+      err = parse_chat_record(conv, /*need_assistant=*/true, &rec->messages, &rec->tools);
+      if (!err.empty()) return err;
+      for (size_t i = rec->completion_from; i < rec->messages.size(); ++i)
+        if (rec->messages[i].role == "assistant") return "";
+      return "no assistant message in \"completion\" (nothing to train on)";
+    }
     case SftFormat::kAuto:
       break;
   }
@@ -91,7 +113,7 @@ struct Reader {
       format = detect_format(j);
       if (format == SftFormat::kAuto)
         return bad(where, "cannot tell the record format: expected a \"messages\" (or \"conversations\"), "
-                          "\"instruction\" or \"text\" key");
+                          "\"instruction\", \"prompt\" and \"completion\", or \"text\" key");
     }
     SftRecord rec;
     rec.where = where;
@@ -109,14 +131,15 @@ const char* sft_format_name(SftFormat f) {
     case SftFormat::kText: return "text";
     case SftFormat::kAlpaca: return "alpaca";
     case SftFormat::kChat: return "chat";
+    case SftFormat::kPromptCompletion: return "prompt-completion";
   }
   return "?";
 }
 
 SftFormat parse_sft_format(const std::string& name) {
-  for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat})
+  for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat, SftFormat::kPromptCompletion})
     if (name == sft_format_name(f)) return f;
-  QWENQ_FAIL("unknown SFT data format \"" << name << "\" (expected auto, text, alpaca or chat)");
+  QWENQ_FAIL("unknown SFT data format \"" << name << "\" (expected auto, text, alpaca, chat or prompt-completion)");
 }
 
 bool parse_alpaca_prompt(const std::string& name) {

@@ -2,7 +2,8 @@
 # Chat data end to end with Qwen3's chat template (tests/data/chat_templates/qwen3.jinja) on a random tiny model:
 # `qwen-qlora data` shows the loss spans (the reasoning block and the answer; with --no-thinking the empty block is
 # prompt; --train-on-prompt counts every token) and dumps the examples; ShareGPT records and Alpaca records with
-# --alpaca-prompt chat give the examples of the same conversation in "messages"; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
+# --alpaca-prompt chat give the examples of the same conversation in "messages", TRL's prompt-completion spelling
+# those of "messages" with --mask-history; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
 # reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --chat
 # --no-thinking` runs; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
@@ -76,6 +77,20 @@ import json, sys
 a, b, c = ([json.loads(l) for l in open(p)] for p in sys.argv[1:4])
 for other in (b, c):
     assert [(r["ids"], r["loss_mask"], r["text"]) for r in a] == [(r["ids"], r["loss_mask"], r["text"]) for r in other]
+PY
+# TRL's conversational prompt-completion spelling of the same conversation: the same tokens, the loss on "3" only.
+cat > "$WORK/pc.jsonl" <<'JSONL'
+{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Add\n1 2"}], "completion": [{"role": "assistant", "content": "3"}]}
+JSONL
+"$QL" data --model "$WORK/tiny" --data "$WORK/pc.jsonl" --dump "$WORK/pc.dump" > "$WORK/pc.txt" 2>&1 \
+  || fail "data (prompt-completion)" "$WORK/pc.txt"
+grep -q "pc.jsonl: prompt-completion, 1 records" "$WORK/pc.txt" || fail "prompt-completion summary" "$WORK/pc.txt"
+"$QL" data --model "$WORK/tiny" --data "$WORK/msgs.jsonl" --mask-history --dump "$WORK/last.dump" > /dev/null 2>&1 \
+  || fail "data --mask-history"
+python3 - "$WORK/pc.dump" "$WORK/last.dump" <<'PY' || fail "prompt-completion != messages with --mask-history"
+import json, sys
+a, b = (json.loads(open(p).readline()) for p in sys.argv[1:3])
+assert (a["ids"], a["loss_mask"], a["text"]) == (b["ids"], b["loss_mask"], b["text"])
 PY
 if "$QL" data --model "$WORK/tiny" --data "$WORK/alpaca.json" --alpaca-prompt jinja > "$WORK/ap.txt" 2>&1; then
   fail "--alpaca-prompt jinja accepted"

@@ -53,6 +53,8 @@ seed sft alpaca.json '[{"instruction": "Name a color.", "input": "", "output": "
 seed sft chat.jsonl '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 {"instruction": "x", "output": "y"}'
 seed sft tools.jsonl '{"tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": 1.5}}}], "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": null, "reasoning_content": "r", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"x": [1, "y"]}}}, {"name": "g", "arguments": "raw"}]}, {"role": "tool", "content": "out"}, {"role": "user", "content": "<tool_response>\nz\n</tool_response>"}, {"role": "assistant", "content": "<think>\nt\n</think>\n\nfinal"}]}'
+seed sft pc.jsonl '{"prompt": "Q: 1+1\nA:", "completion": " 2"}
+{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}'
 seed sft text.jsonl '{"text": "Once upon a time there was a cat."}
 {"text": "The end."}'
 seed text a.txt ' = Title =
