@@ -5,21 +5,32 @@
 // stored (dense, or 4-bit GPTQ/AWQ/NF4/FP4 as Q4) and every adapted Linear adds s · (x Aᵀ) Bᵀ in fp32 after its base
 // product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU merges the adapter in memory.
 // --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
+// generate --prompts FILE --out FILE runs a whole evaluation set (one JSON record per line): chat records (a final
+// assistant message is the reference, not the prompt), {"prompt": text or messages, "completion": reference}
+// (TRL's prompt-only / prompt-completion), Alpaca records ("output" the reference); chat prompts are rendered with
+// the generation prompt, plain ones encoded as --prompt is (--chat wraps them as a user turn). Writes one JSON line
+// per record, {"where", "prompt", "output", "reference", "prompt_tokens", "new_tokens"}, atomically at the end.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
+#include "core/files.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/chat_record.h"
 #include "trainer/generate.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/qwen_decode_cuda.h"
+#include "trainer/sft_data.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq::cli {
@@ -27,7 +38,7 @@ namespace qwenq::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, adapter, prompt, system;
+  std::string model, adapter, prompt, system, prompts, out;
   std::string kv_cache = "f32";
   bool chat = false, no_thinking = false;
   SamplingOptions sampling;
@@ -121,7 +132,138 @@ ChatOptions chat_options(const GenerateArgs& a) {
   return o;
 }
 
+// One record of --prompts: the prompt as messages (chat) or text, and the reference answer when it has one.
+struct EvalPrompt {
+  std::string where, text, reference;
+  std::vector<ChatMessage> messages;
+  std::vector<std::string> tools;
+  bool chat = false, has_reference = false;
+};
+
+EvalPrompt parse_eval_prompt(const nlohmann::ordered_json& j, const std::string& where, const GenerateArgs& a) {
+  EvalPrompt p;
+  p.where = where;
+  QWENQ_CHECK(j.is_object(), where << ": expected a JSON object, got " << j.type_name());
+  const auto take_reference = [&p](const nlohmann::ordered_json& r) {
+    if (r.is_string()) {
+      p.reference = r.get<std::string>();
+    } else if (r.is_array() && !r.empty() && r.back().is_object() && r.back().value("content", nlohmann::ordered_json()).is_string()) {
+      p.reference = r.back()["content"].get<std::string>();
+    } else {
+      return;
+    }
+    p.has_reference = true;
+  };
+  const bool messages = j.contains("messages") || j.contains("conversations");
+  if (messages || (j.contains("prompt") && j["prompt"].is_array())) {
+    nlohmann::ordered_json rec = j;
+    if (!messages) rec = {{"messages", j["prompt"]}, {"tools", j.value("tools", nlohmann::ordered_json())}};
+    const std::string why = parse_chat_record(rec, /*need_assistant=*/false, &p.messages, &p.tools);
+    QWENQ_CHECK(why.empty(), where << ": " << why);
+    if (!p.messages.empty() && p.messages.back().role == "assistant") {
+      p.reference = p.messages.back().content;
+      p.has_reference = true;
+      p.messages.pop_back();
+    }
+    QWENQ_CHECK(!p.messages.empty(), where << ": nothing left to prompt with once the final assistant message is taken as the reference");
+    if (j.contains("completion")) take_reference(j["completion"]);
+    p.chat = true;
+    return p;
+  }
+  if (j.contains("instruction")) {
+    const std::string input = j.value("input", nlohmann::ordered_json()).is_string() ? j["input"].get<std::string>() : "";
+    QWENQ_CHECK(j["instruction"].is_string(), where << ": field \"instruction\" must be a string");
+    const std::string instruction = j["instruction"].get<std::string>();
+    if (j.contains("output")) take_reference(j["output"]);
+    if (a.chat) {
+      p.messages = {{"user", input.empty() ? instruction : instruction + "\n" + input}};
+      p.chat = true;
+    } else {
+      p.text = alpaca_prompt(instruction, input);
+    }
+    return p;
+  }
+  const char* key = j.contains("prompt") ? "prompt" : "text";
+  QWENQ_CHECK(j.contains(key) && j[key].is_string(), where << ": expected a chat record (\"messages\"), a \"prompt\", an "
+                                                            "Alpaca \"instruction\" or a \"text\"");
+  if (j.contains("completion")) take_reference(j["completion"]);
+  if (a.chat) {
+    p.messages = {{"user", j[key].get<std::string>()}};
+    p.chat = true;
+  } else {
+    p.text = j[key].get<std::string>();
+  }
+  return p;
+}
+
+void run_generate_file(const GenerateArgs& a) {
+  QWENQ_CHECK(!a.out.empty(), "generate --prompts needs --out (the JSONL file the outputs go to)");
+  QWENQ_CHECK(a.prompt.empty(), "generate: give --prompt or --prompts, not both");
+  std::vector<EvalPrompt> prompts;
+  const std::string text = read_file(a.prompts);
+  size_t line_no = 0, start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = a.prompts + ":" + std::to_string(line_no);
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      QWENQ_FAIL(where << ": not valid JSON: " << e.what());
+    }
+    prompts.push_back(parse_eval_prompt(j, where, a));
+  }
+  QWENQ_CHECK(!prompts.empty(), a.prompts << ": no records");
+  bool any_chat = false;
+  for (const EvalPrompt& p : prompts) any_chat |= p.chat;
+  Loaded m = load(a, any_chat);  // every record is read before the model loads: a bad line costs nothing
+  const SamplingOptions opt = generation_options(a, *m.model, m.tok);
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t new_tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EvalPrompt& p = prompts[i];
+    if (p.chat) {
+      if (!a.system.empty() && (p.messages.empty() || p.messages[0].role != "system"))
+        p.messages.insert(p.messages.begin(), ChatMessage("system", a.system));
+      ChatOptions o = chat_options(a);
+      o.tools = p.tools;
+      try {
+        p.text = m.tok.render_chat(p.messages, o).text;
+      } catch (const Error& e) {
+        QWENQ_FAIL(p.where << ": " << e.what());
+      }
+    }
+    const std::vector<int32_t> ids = m.tok.encode(p.text, /*add_special_tokens=*/!p.chat);
+    check_prompt_fits(ids.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens, p.where);
+    std::vector<int32_t> gen;
+#ifdef QWENQ_HAVE_CUDA
+    if (m.gpu) gen = generate_cuda(*m.gpu, ids, opt);
+    else
+#endif
+      gen = generate(*m.model, ids, opt);
+    new_tokens += static_cast<int64_t>(gen.size());
+    nlohmann::ordered_json r = {{"where", p.where}, {"prompt", p.text}, {"output", m.tok.decode(gen, true)}};
+    if (p.has_reference) r["reference"] = p.reference;
+    r["prompt_tokens"] = ids.size();
+    r["new_tokens"] = gen.size();
+    out += r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "generate: %zu/%zu records, %lld new tokens in %.1fs (%.1f tokens/s)\n", i + 1, prompts.size(),
+                 (long long)new_tokens, s, s > 0 ? new_tokens / s : 0.0);
+  }
+  write_file_atomic(a.out, out);
+  std::printf("wrote %s: %zu records, %lld new tokens\n", a.out.c_str(), prompts.size(), (long long)new_tokens);
+}
+
 void run_generate(const GenerateArgs& a) {
+  if (!a.prompts.empty()) return run_generate_file(a);
+  QWENQ_CHECK(!a.prompt.empty(), "generate needs --prompt (or --prompts FILE --out FILE)");
   Loaded m = load(a, a.chat);
   std::vector<int32_t> prompt;
   if (a.chat) {
@@ -185,7 +327,11 @@ void register_qlora_generate(CLI::App& app) {
                                                  "default)");
   cmd->add_option("--model,-m", g->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
       ->required();
-  cmd->add_option("--prompt,-p", g->prompt, "prompt text")->required();
+  cmd->add_option("--prompt,-p", g->prompt, "prompt text");
+  cmd->add_option("--prompts", g->prompts,
+                  "JSONL evaluation set: chat records (a final assistant message is the reference), {\"prompt\": text "
+                  "or messages, \"completion\": reference}, Alpaca or {\"text\"} records; with --out");
+  cmd->add_option("--out,-o", g->out, "with --prompts: JSONL of where, prompt, output, reference, token counts");
   cmd->add_flag("--chat", g->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
   add_generate_options(cmd, g.get());
   cmd->callback([g]() { run_generate(*g); });

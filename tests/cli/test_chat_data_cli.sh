@@ -4,8 +4,8 @@
 # prompt; --train-on-prompt counts every token) and dumps the examples; ShareGPT records and Alpaca records with
 # --alpaca-prompt chat give the examples of the same conversation in "messages", TRL's prompt-completion spelling
 # those of "messages" with --mask-history; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
-# reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --chat
-# --no-thinking` runs; malformed records are named by file:line.
+# reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --prompts` runs an
+# evaluation set as `generate --chat --no-thinking` does one prompt; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
@@ -120,6 +120,32 @@ PY
 "$QQ" eval --model "$WORK/gptq" --data "$WORK/chat.jsonl" --seq-len 32 --threads 1 -q --json > "$WORK/eval.json" \
   2> "$WORK/eval.err" || fail "eval on chat records" "$WORK/eval.err"
 grep -q '"perplexity"' "$WORK/eval.json" || fail "eval JSON" "$WORK/eval.json"
+
+# generate --prompts: a chat record (its final assistant message the reference), TRL's prompt + completion, Alpaca
+# with --chat; greedy outputs equal `generate --chat --prompt` on the same user turn.
+cat > "$WORK/eval.jsonl" <<'JSONL'
+{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+{"prompt": "Hi", "completion": "ref"}
+{"instruction": "Add", "input": "1 2", "output": "3"}
+JSONL
+"$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompts "$WORK/eval.jsonl" --out "$WORK/preds.jsonl" \
+  --chat --no-thinking -n 6 --threads 1 > "$WORK/preds.txt" 2>&1 || fail "generate --prompts" "$WORK/preds.txt"
+grep -q "wrote $WORK/preds.jsonl: 3 records" "$WORK/preds.txt" || fail "generate --prompts summary" "$WORK/preds.txt"
+"$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --no-thinking --prompt "Hi" -n 6 --threads 1 \
+  > "$WORK/one.txt" 2> /dev/null || fail "generate --chat"
+python3 - "$WORK/preds.jsonl" "$WORK/one.txt" <<'PY' || fail "generate --prompts records" "$WORK/preds.jsonl"
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+assert len(r) == 3
+think = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+assert r[0]["prompt"] == "<|im_start|>user\nHi<|im_end|>\n" + think and r[0]["reference"] == "Hello.", r[0]
+assert r[1]["prompt"] == r[0]["prompt"] and r[1]["reference"] == "ref", r[1]
+assert r[2]["prompt"] == "<|im_start|>user\nAdd\n1 2<|im_end|>\n" + think and r[2]["reference"] == "3", r[2]
+assert r[0]["output"] == r[1]["output"] == open(sys.argv[2]).read()[:-1], (r[0]["output"], open(sys.argv[2]).read())
+assert all(x["new_tokens"] >= 1 and x["prompt_tokens"] > 5 for x in r)
+PY
+if "$QL" generate --model "$WORK/tiny" --prompts "$WORK/bad.jsonl" > "$WORK/gp.txt" 2>&1; then fail "--prompts without --out ran"; fi
+grep -q -- "generate --prompts needs --out" "$WORK/gp.txt" || fail "--prompts without --out: message" "$WORK/gp.txt"
 
 # Malformed records: named by file:line, with the way out.
 printf '%s\n%s\n' '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}' \
