@@ -88,6 +88,18 @@ void check_output_dir_exists(const char* flag, const std::string& path) {
   QWENQ_CHECK(!dir_exists(path), flag << " " << path << " is a directory; give a file name");
 }
 
+void warn_if_no_thinking_switch(const Tokenizer& tok, bool no_thinking, const char* who) {
+  if (no_thinking && !tok.chat_template_has_thinking_switch())
+    std::fprintf(stderr, "%s: --no-thinking: the chat template has no enable_thinking switch; it changes nothing\n", who);
+}
+
+ChatOptions generation_chat_options(bool no_thinking) {
+  ChatOptions o;
+  o.add_generation_prompt = true;
+  o.enable_thinking = !no_thinking;
+  return o;
+}
+
 void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir) {
   QWENQ_CHECK(max_new_tokens == 0 || static_cast<int64_t>(prompt_tokens) < context,
               "--prompt is " << prompt_tokens << " tokens, which leaves no room for a new one in the model's context of "

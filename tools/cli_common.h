@@ -13,6 +13,7 @@
 #include "kernels/device.h"
 #include "trainer/generate.h"
 #include "trainer/qwen_weights.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq::cli {
 
@@ -43,6 +44,11 @@ void check_output_dir_exists(const char* flag, const std::string& path);
 // Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
 // the prompt is echoed, so the error is the only output).
 void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir);
+// --no-thinking given for a chat template without Qwen3's enable_thinking switch: one line on stderr, "<who>:
+// --no-thinking: ... it changes nothing".
+void warn_if_no_thinking_switch(const Tokenizer& tok, bool no_thinking, const char* who);
+// apply_chat_template's options for a generation prompt (add_generation_prompt; enable_thinking unless no_thinking).
+ChatOptions generation_chat_options(bool no_thinking);
 // The sampling flags of both tools' generate (and qwen-qlora chat), range-checked: --max-new-tokens/-n (help
 // `max_new_help`), --temperature/-t, --top-k, --top-p, --seed into `s`, and --kv-cache (f32 or bf16, parsed by the
 // command) into `kv_cache`.

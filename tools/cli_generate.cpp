@@ -45,12 +45,8 @@ void run_generate(const GenerateArgs& a) {
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.prompt});
-    ChatOptions o;
-    o.add_generation_prompt = true;
-    o.enable_thinking = !a.no_thinking;
-    if (a.no_thinking && !tok.chat_template_has_thinking_switch())
-      std::fprintf(stderr, "--no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
-    prompt = tok.encode(tok.render_chat(msgs, o).text, false);
+    warn_if_no_thinking_switch(tok, a.no_thinking, "generate");
+    prompt = tok.encode(tok.render_chat(msgs, generation_chat_options(a.no_thinking)).text, false);
   } else {
     prompt = tok.encode(a.prompt, true);
   }

@@ -30,6 +30,7 @@
 #include "core/files.h"
 #include "core/gguf.h"
 #include "tools/cli.h"
+#include "tools/cli_common.h"
 #include "trainer/chat_record.h"
 #include "trainer/model_dir.h"
 #include "trainer/tokenizer.h"
@@ -164,8 +165,7 @@ std::string render_chat_records(const Tokenizer& tok, const TokenizeArgs& a, con
   ChatOptions opt;
   opt.add_generation_prompt = a.add_generation_prompt;
   opt.enable_thinking = !a.no_thinking;
-  if (a.no_thinking && !tok.chat_template_has_thinking_switch())
-    std::fprintf(stderr, "tokenize: --no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
+  warn_if_no_thinking_switch(tok, a.no_thinking, "tokenize");
   std::string out;
   size_t line_no = 0;
   for (const std::string& line : split_records(input, true)) {

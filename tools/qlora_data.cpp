@@ -4,6 +4,7 @@
 // with their loss spans between ⟦ and ⟧; --dump FILE writes one JSON line per example in file order:
 //   {"where": "data.jsonl:3", "ids": [...], "loss_mask": [0, 0, 1, ...], "text": the ids decoded}
 // (the oracle test's entry point for loss masks: tests/oracle/test_chat_template_oracle.py).
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -45,34 +46,22 @@ void run_data(const DataArgs& a) {
   QWENQ_CHECK(a.max_len >= 0 && a.show >= 0, "data: --max-len and --show must be >= 0");
   // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
   const Tokenizer tok = Tokenizer::from_model(dir_exists(a.model) ? a.model : resolve_model_dir(a.model));
-  if (a.no_thinking && !tok.chat_template_has_thinking_switch())
-    std::fprintf(stderr, "data: --no-thinking: the tokenizer's chat template has no enable_thinking switch; it changes nothing\n");
-  const bool alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
+  warn_if_no_thinking_switch(tok, a.no_thinking, "data");
+  SftTemplateOptions to;
+  to.enable_thinking = !a.no_thinking;
+  to.train_on_prompt = a.train_on_prompt;
+  to.alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
+  to.mask_history = a.mask_history;
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
   std::string dump;
   int64_t shown = 0;
   for (const SftRecord& rec : records) {
-    SftTemplateOptions to;
-    to.enable_thinking = !a.no_thinking;
-    to.train_on_prompt = a.train_on_prompt;
-    to.alpaca_chat = alpaca_chat;
-    to.mask_history = a.mask_history;
-    SftExample ex = format_sft_record(rec, tok, to);
-    st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
-    if (a.max_len > 0) {
-      const int64_t cut = truncate_sft_example(&ex, a.max_len);
-      st.truncated += cut > 0;
-      st.truncated_tokens += cut;
-    }
-    int64_t loss = 0;
-    for (uint8_t m : ex.loss_mask) loss += m;
-    if (loss == 0) ++st.dropped_no_loss;
-    else ++st.records;
-    st.tokens += static_cast<int64_t>(ex.tokens.size());
-    st.loss_tokens += loss;
+    SftExample ex;
+    prepare_sft_example(rec, tok, to, a.max_len, &ex, &st);  // a dropped example is shown and dumped too
     if (shown < a.show) {
-      std::printf("--- %s (%zu tokens, %lld in the loss)\n%s\n", rec.where.c_str(), ex.tokens.size(), (long long)loss,
+      const long long loss = std::count(ex.loss_mask.begin(), ex.loss_mask.end(), 1);
+      std::printf("--- %s (%zu tokens, %lld in the loss)\n%s\n", rec.where.c_str(), ex.tokens.size(), loss,
                   marked_text(ex, tok).c_str());
       ++shown;
     }

@@ -66,8 +66,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
                                                 "tokenizer_config.json or chat_template.jinja), so a conversation "
                                                 "cannot be formatted; use `qwen-qlora generate` without --chat");
     tok.apply_chat_template({{"user", "x"}}, true);  // refuses a template that is not ChatML, before any work
-    if (a.no_thinking && !tok.chat_template_has_thinking_switch())
-      std::fprintf(stderr, "--no-thinking: the chat template has no enable_thinking switch; it changes nothing\n");
+    warn_if_no_thinking_switch(tok, a.no_thinking, "generate");
   }
   auto model = std::make_unique<QwenModel>(dir);
   std::unique_ptr<LoraAdapter> adapter;
@@ -124,14 +123,6 @@ std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt,
   return out;
 }
 
-// The generation prompt's options: add_generation_prompt, and Qwen3's enable_thinking from --no-thinking.
-ChatOptions chat_options(const GenerateArgs& a) {
-  ChatOptions o;
-  o.add_generation_prompt = true;
-  o.enable_thinking = !a.no_thinking;
-  return o;
-}
-
 // One record of --prompts: the prompt as messages (chat) or text, and the reference answer when it has one.
 struct EvalPrompt {
   std::string where, text, reference;
@@ -154,7 +145,7 @@ EvalPrompt parse_eval_prompt(const nlohmann::ordered_json& j, const std::string&
     }
     p.has_reference = true;
   };
-  const bool messages = j.contains("messages") || j.contains("conversations");
+  const bool messages = is_chat_record(j);
   if (messages || (j.contains("prompt") && j["prompt"].is_array())) {
     nlohmann::ordered_json rec = j;
     if (!messages) rec = {{"messages", j["prompt"]}, {"tools", j.value("tools", nlohmann::ordered_json())}};
@@ -231,7 +222,7 @@ void run_generate_file(const GenerateArgs& a) {
     if (p.chat) {
       if (!a.system.empty() && (p.messages.empty() || p.messages[0].role != "system"))
         p.messages.insert(p.messages.begin(), ChatMessage("system", a.system));
-      ChatOptions o = chat_options(a);
+      ChatOptions o = generation_chat_options(a.no_thinking);
       o.tools = p.tools;
       try {
         p.text = m.tok.render_chat(p.messages, o).text;
@@ -270,7 +261,7 @@ void run_generate(const GenerateArgs& a) {
     std::vector<ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.prompt});
-    prompt = m.tok.encode(m.tok.render_chat(msgs, chat_options(a)).text, false);
+    prompt = m.tok.encode(m.tok.render_chat(msgs, generation_chat_options(a.no_thinking)).text, false);
   } else {
     prompt = m.tok.encode(a.prompt, true);
   }
@@ -298,7 +289,7 @@ void run_chat(const GenerateArgs& a) {
       continue;
     }
     history.push_back({"user", line});
-    const std::vector<int32_t> prompt = m.tok.encode(m.tok.render_chat(history, chat_options(a)).text, false);
+    const std::vector<int32_t> prompt = m.tok.encode(m.tok.render_chat(history, generation_chat_options(a.no_thinking)).text, false);
     if (tty) std::fprintf(stderr, "assistant> ");
     try {
       const std::vector<int32_t> out = stream(m, prompt, opt);

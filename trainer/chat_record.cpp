@@ -200,6 +200,10 @@ std::string sharegpt_to_messages(const Json& j, Json* out) {
 
 }  // namespace
 
+bool is_chat_record(const nlohmann::ordered_json& record) {
+  return record.is_object() && (record.contains("messages") || record.contains("conversations"));
+}
+
 std::string python_json_dumps(const nlohmann::ordered_json& value) {
   std::string out;
   dump(value, &out);

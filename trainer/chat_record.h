@@ -19,6 +19,9 @@
 
 namespace qwenq {
 
+// Whether a parsed record is a chat record: an object with "messages" or ShareGPT's "conversations".
+bool is_chat_record(const nlohmann::ordered_json& record);
+
 // Fills messages (and tools, when the record has them) from a parsed record ("messages", or ShareGPT's
 // "conversations"); returns "" or why the record is malformed ("messages[2]: role \"bot\" is not system, user,
 // assistant or tool"). Requires an assistant message when need_assistant (training data), none otherwise (prompts).

@@ -150,6 +150,12 @@ SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok, cons
 // Keeps the first max_len tokens; returns how many were cut.
 int64_t truncate_sft_example(SftExample* ex, int64_t max_len);
 
+// format_sft_record, then truncate_sft_example to max_len (0: none), counted in *stats (longest, truncated, and
+// records, tokens and loss tokens of a kept example, or dropped_no_loss). Returns whether the example is kept: it
+// has a counted target left.
+bool prepare_sft_example(const SftRecord& record, const Tokenizer& tok, const SftTemplateOptions& options,
+                         int64_t max_len, SftExample* ex, SftDataStats* stats);
+
 // read -> format -> truncate -> split. Deterministic for (file, tokenizer, options).
 SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt);
 

@@ -155,6 +155,27 @@ std::string SftDataStats::summary() const {
   return os.str();
 }
 
+bool prepare_sft_example(const SftRecord& rec, const Tokenizer& tok, const SftTemplateOptions& options, int64_t max_len,
+                         SftExample* ex, SftDataStats* st) {
+  *ex = format_sft_record(rec, tok, options);
+  st->longest = std::max<int64_t>(st->longest, static_cast<int64_t>(ex->tokens.size()));
+  if (max_len > 0) {
+    const int64_t cut = truncate_sft_example(ex, max_len);
+    st->truncated += cut > 0;
+    st->truncated_tokens += cut;
+  }
+  int64_t loss = 0;
+  for (uint8_t m : ex->loss_mask) loss += m;
+  if (loss == 0) {
+    ++st->dropped_no_loss;
+    return false;
+  }
+  ++st->records;
+  st->tokens += static_cast<int64_t>(ex->tokens.size());
+  st->loss_tokens += loss;
+  return true;
+}
+
 SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt) {
   QWENQ_CHECK(opt.max_len >= 2, "max_len must be >= 2 (one input and one target), got " << opt.max_len);
   SftDataset ds;
@@ -163,21 +184,8 @@ SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const
   std::vector<SftExample> all;
   all.reserve(records.size());
   for (const SftRecord& rec : records) {
-    SftExample ex = format_sft_record(rec, tok, opt.templ);
-    st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
-    const int64_t cut = truncate_sft_example(&ex, opt.max_len);
-    st.truncated += cut > 0;
-    st.truncated_tokens += cut;
-    int64_t loss = 0;
-    for (uint8_t m : ex.loss_mask) loss += m;
-    if (loss == 0) {
-      ++st.dropped_no_loss;
-      continue;
-    }
-    ++st.records;
-    st.tokens += static_cast<int64_t>(ex.tokens.size());
-    st.loss_tokens += loss;
-    all.push_back(std::move(ex));
+    SftExample ex;
+    if (prepare_sft_example(rec, tok, opt.templ, opt.max_len, &ex, &st)) all.push_back(std::move(ex));
   }
   QWENQ_CHECK(!all.empty(), path << ": empty dataset (every example lost its response to max_len " << opt.max_len << ")");
 

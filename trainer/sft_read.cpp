@@ -18,7 +18,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
-  if (j.contains("messages") || j.contains("conversations")) return SftFormat::kChat;
+  if (is_chat_record(j)) return SftFormat::kChat;
   if (j.contains("instruction")) return SftFormat::kAlpaca;
   if (j.contains("prompt") && j.contains("completion")) return SftFormat::kPromptCompletion;
   if (j.contains("text")) return SftFormat::kText;

@@ -45,7 +45,7 @@ std::vector<std::string> load_text_documents(const std::string& path, const std:
     } catch (const nlohmann::json::exception& e) {
       QWENQ_FAIL(path << ":" << line_no << ": not valid JSON: " << e.what());
     }
-    if (chat != nullptr && j.is_object() && !j.contains(field) && (j.contains("messages") || j.contains("conversations"))) {
+    if (chat != nullptr && is_chat_record(j) && !j.contains(field)) {
       ChatOptions o;
       std::vector<ChatMessage> messages;
       const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &o.tools);

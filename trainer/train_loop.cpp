@@ -115,12 +115,11 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
 // from before DoRA has no "dora" key: it was plain LoRA. One from before the chat options has no "thinking",
 // "train_on_prompt", "alpaca_chat" or "mask_history": the defaults.
 void add_legacy_resume_keys(nlohmann::json* saved) {
-  if (saved->is_object() && !saved->contains("thinking")) (*saved)["thinking"] = true;
-  if (saved->is_object() && !saved->contains("train_on_prompt")) (*saved)["train_on_prompt"] = false;
-  if (saved->is_object() && !saved->contains("alpaca_chat")) (*saved)["alpaca_chat"] = false;
-  if (saved->is_object() && !saved->contains("mask_history")) (*saved)["mask_history"] = false;
-  if (saved->is_object() && !saved->contains("checkpoints")) (*saved)["checkpoints"] = "fp32";
-  if (saved->is_object() && !saved->contains("dora")) (*saved)["dora"] = false;  // before DoRA: plain LoRA
+  if (!saved->is_object()) return;
+  const nlohmann::json defaults = {{"checkpoints", "fp32"}, {"dora", false},        {"thinking", true},
+                                   {"train_on_prompt", false}, {"alpaca_chat", false}, {"mask_history", false}};
+  for (auto it = defaults.begin(); it != defaults.end(); ++it)
+    if (!saved->contains(it.key())) (*saved)[it.key()] = it.value();
 }
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
