@@ -46,5 +46,32 @@ TEST(CompareReport, DeltasAreRelativeToTheOriginal) {
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
 }
 
+TEST(CompareReport, KldColumnsOnlyWithKld) {
+  CompareTable t = table();
+  EXPECT_EQ(compare_markdown(t).find("KLD"), std::string::npos);
+  EXPECT_EQ(compare_csv(t).find("kld_"), std::string::npos);
+  t.kld = true;
+  t.rows[1].kld = {0.0123456, 0.5};
+  t.rows[1].same_top1 = {0.91234, 0.5};
+  const std::string md = compare_markdown(t);
+  EXPECT_NE(md.find("| ppl wiki | Δ wiki | KLD wiki | top-1 wiki | ppl c4 | Δ c4 | KLD c4 | top-1 c4 | quant time |"),
+            std::string::npos) << md;
+  EXPECT_NE(md.find("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"), std::string::npos) << md;
+  // The original has no KLD of its own: dashes.
+  EXPECT_NE(md.find("| original | safetensors bfloat16 | 16 | - | 1000 B | 10.0000 | - | - | - | 20.0000 | - | - | - |"),
+            std::string::npos) << md;
+  EXPECT_NE(md.find("| rtn | gptq | 4 | 128 | 300 B | 10.5000 | +5.00% | 0.012346 | 91.23% | 19.0000 | -5.00% | 0.500000 | 50.00% |"),
+            std::string::npos) << md;
+  const std::string csv = compare_csv(t);
+  EXPECT_NE(csv.find("ppl_wiki,delta_pct_wiki,kld_wiki,same_top1_wiki,ppl_c4"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("original,safetensors bfloat16,16,0,1000,10.000000,0.0000,,,20.000000,0.0000,,,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("rtn,gptq,4,128,300,10.500000,5.0000,0.01234560,0.912340,19.000000"), std::string::npos) << csv;
+  const auto j = nlohmann::json::parse(compare_json(t));
+  EXPECT_TRUE(j["kld"].get<bool>());
+  EXPECT_FALSE(j["rows"][0].contains("kld"));
+  EXPECT_DOUBLE_EQ(j["rows"][1]["kld"]["wiki"].get<double>(), 0.0123456);
+  EXPECT_DOUBLE_EQ(j["rows"][1]["same_top1"]["c4"].get<double>(), 0.5);
+}
+
 }  // namespace
 }  // namespace qwenq

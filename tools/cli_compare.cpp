@@ -53,6 +53,7 @@ struct CompareArgs {
   int64_t seq_len = 2048, max_windows = 0, batch = 1;
   bool seq_len_given = false, calib_seq_len_given = false;
   bool keep_models = false;
+  bool kld = false;  // each model's KL divergence from the original (eval --kl-base)
   std::vector<std::string> quantized;  // NAME=PATH
   CommonOptions common;
 };
@@ -277,9 +278,12 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   return args;
 }
 
-std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag,
-                                 const std::string& logs, const std::string& adapter = "") {
-  std::vector<double> ppl;
+// Each evaluation text's perplexity into row->perplexity; with --kld (and a base: every row but the original's) the
+// KL divergence from the original and the top-1 agreement too.
+void evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag, const std::string& logs,
+                  CompareRow* row, const std::string& adapter = "", const std::string& kl_base = "") {
+  std::vector<double>& ppl = row->perplexity;
+  ppl.clear();
   for (size_t d = 0; d < a.data.size(); ++d) {
     const std::string json = path_join(logs, tag + ".eval" + std::to_string(d) + ".json");
     std::vector<std::string> args = {"eval", "--model", model, "--data", a.data[d], "--seq-len",
@@ -287,12 +291,23 @@ std::vector<double> evaluate_all(const CompareArgs& a, const std::string& model,
                                      "--batch", std::to_string(a.batch), "--json-out", json, "--quiet",
                                      "--threads", std::to_string(a.common.threads), "--device", a.common.device};
     if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
+    if (!kl_base.empty()) args.insert(args.end(), {"--kl-base", kl_base});
     ChildResult r = run_self(args, path_join(logs, tag + ".log"));
     if (!ok(r)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
-    ppl.push_back(nlohmann::json::parse(read_file(json))["perplexity"].get<double>());
-    std::fprintf(stderr, "  %-16s %-28s perplexity %.4f (%.1fs)\n", tag.c_str(), a.data[d].c_str(), ppl.back(), r.seconds);
+    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    ppl.push_back(j["perplexity"].get<double>());
+    std::string kl;
+    if (!kl_base.empty()) {
+      const nlohmann::json& k = j.at("kl_divergence");
+      row->kld.push_back(k.at("kld").at("mean").get<double>());
+      row->same_top1.push_back(k.at("same_top1").get<double>());
+      char buf[96];
+      std::snprintf(buf, sizeof buf, ", KLD %.5f, same top-1 %.2f%%", row->kld.back(), 100 * row->same_top1.back());
+      kl = buf;
+    }
+    std::fprintf(stderr, "  %-16s %-28s perplexity %.4f%s (%.1fs)\n", tag.c_str(), a.data[d].c_str(), ppl.back(),
+                 kl.c_str(), r.seconds);
   }
-  return ppl;
 }
 
 std::string base_name(const std::string& p) {
@@ -414,6 +429,8 @@ void run_compare(CompareArgs& a) {
       }
     }
   }
+  QWENQ_CHECK(!a.kld || a.common.device != "cuda",
+              "compare --kld evaluates on the CPU (eval --kl-base: both models' full logits); use --device cpu or auto");
   // Both window lengths checked against the model's context now, not by each child after quantizing.
   a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
   a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");
@@ -424,6 +441,7 @@ void run_compare(CompareArgs& a) {
   t.model = model;
   t.seq_len = a.seq_len;
   t.max_windows = a.max_windows;
+  t.kld = a.kld;
   for (const auto& d : a.data) t.datasets.push_back(base_name(d));
 
   std::vector<std::string> specs;
@@ -447,7 +465,7 @@ void run_compare(CompareArgs& a) {
   orig.method = "original";
   describe_given(model, &orig);  // its dtype, or an FP8 model's float8 (the methods start from its ŵ)
   orig.size_bytes = dir_size(model);
-  orig.perplexity = evaluate_all(a, model, "original", logs);
+  evaluate_all(a, model, "original", logs, &orig);
   t.rows.push_back(orig);
 
   std::vector<std::string> failed;
@@ -488,7 +506,7 @@ void run_compare(CompareArgs& a) {
     row.quant_peak_rss = q.peak_rss;
     const std::string adapter = row.loftq ? path_join(qdir, "loftq_init") : "";  // counted in the size
     row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
-    row.perplexity = evaluate_all(a, qdir, specs[i], logs, adapter);
+    evaluate_all(a, qdir, specs[i], logs, &row, adapter, a.kld ? model : "");
     t.rows.push_back(row);
     if (!a.keep_models) std::system(("rm -rf '" + qdir + "' '" + qdir + ".imatrix.gguf'").c_str());
   }
@@ -501,7 +519,7 @@ void run_compare(CompareArgs& a) {
     describe_given(path, &row);
     row.size_bytes = dir_size(path);
     try {
-      row.perplexity = evaluate_all(a, path, name, logs);
+      evaluate_all(a, path, name, logs, &row, "", a.kld ? model : "");
     } catch (const Error& e) {
       failed.push_back(name + ": " + e.what());
       std::fprintf(stderr, "  %s failed: %s\n", name.c_str(), failed.back().c_str());
@@ -540,6 +558,9 @@ void register_compare(CLI::App& app) {
                       "tokens per calibration window (at most the model's context)")
           ->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
+  cmd->add_flag("--kld", a->kld,
+                "also each model's mean KL divergence from the original and the share of positions where both pick "
+                "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on the CPU)");
   cmd->add_option("--quantized", a->quantized,
                   "NAME=PATH: also a row for a model quantized elsewhere (a directory or repo id any loader reads: "
                   "AutoGPTQ/GPTQModel, AutoAWQ, bitsandbytes, FP8, compressed-tensors; or a GGUF file), evaluated on "

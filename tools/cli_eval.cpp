@@ -1,6 +1,7 @@
 // qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention), optionally with a LoRA
 // adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
-// (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does.
+// (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does. --kl-base DIR: also how far its next-token
+// distributions are from DIR's on the same windows (trainer/kl_divergence.h; both models on the CPU).
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -16,6 +17,7 @@
 #include "kernels/device_allocator.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
+#include "trainer/kl_divergence.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/perplexity.h"
@@ -28,16 +30,33 @@ namespace qwenq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, adapter, data, field = "text", json_out;
+  std::string model, adapter, data, field = "text", json_out, kl_base;
   bool json = false, quiet = false, no_bos = false, seq_len_given = false, int8_activations = false;
   PerplexityOptions ppl;
   CommonOptions common;
 };
 
+// KL divergence compares the two models position by position, so both must see the same tokens: the text is
+// tokenized again with the base's tokenizer and the ids compared.
+void check_same_tokens(const std::string& base_dir, const std::vector<int32_t>& tokens, const EvalArgs& a,
+                       const std::string& text) {
+  const std::vector<int32_t> base_tokens = Tokenizer::from_model(base_dir).encode(text, !a.no_bos);
+  size_t i = 0;
+  while (i < tokens.size() && i < base_tokens.size() && tokens[i] == base_tokens[i]) ++i;
+  QWENQ_CHECK(i == tokens.size() && i == base_tokens.size(),
+              "--kl-base " << base_dir << ": its tokenizer splits " << a.data << " differently from " << a.model
+                           << "'s (" << base_tokens.size() << " vs " << tokens.size()
+                           << " tokens, first difference at token " << i
+                           << "); KL divergence needs one tokenization for both models");
+}
+
 void run_eval(const EvalArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the evaluation");
+  QWENQ_CHECK(a.kl_base.empty() || device == Device::Cpu,
+              "eval --kl-base runs on the CPU (both models' full logits, position by position); use --device cpu");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
+  const std::string base_dir = a.kl_base.empty() ? "" : resolve_model_dir(a.kl_base, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
@@ -62,13 +81,19 @@ void run_eval(const EvalArgs& a) {
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
   // add nothing (transformers: tokenizer("\n\n".join(texts))).
   std::vector<int32_t> tokens = tok.encode(text, !a.no_bos);
+  if (!base_dir.empty()) check_same_tokens(base_dir, tokens, a, text);
   const double tok_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.quiet) {
     std::fprintf(stderr, "model %s (%s, %lld layers, hidden %lld), corpus %s: %zu bytes -> %zu tokens (%.1fs)\n",
                  dir.c_str(), model.config().model_type.c_str(), (long long)model.config().num_layers,
                  (long long)model.config().hidden_size, a.data.c_str(), text.size(), tokens.size(), tok_s);
   }
+  std::unique_ptr<QwenModel> base;
+  if (!base_dir.empty()) {
+    base = std::make_unique<QwenModel>(base_dir);
+  }
   PerplexityResult r;
+  std::unique_ptr<KlDivergenceResult> kl;
   int64_t device_peak_allocated = -1, device_peak_reserved = -1;  // the caching allocator's peaks; -1: CPU
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
@@ -82,7 +107,12 @@ void run_eval(const EvalArgs& a) {
     device_peak_reserved = static_cast<int64_t>(ds.peak_reserved);
   }
 #endif
-  if (device == Device::Cpu) r = evaluate_perplexity(model, tokens, opt);
+  if (device == Device::Cpu && base) {
+    kl = std::make_unique<KlDivergenceResult>(evaluate_kl_divergence(model, *base, tokens, opt));
+    r = kl->model;
+  } else if (device == Device::Cpu) {
+    r = evaluate_perplexity(model, tokens, opt);
+  }
 
   nlohmann::ordered_json j = {{"model", dir},
                               {"data", a.data},
@@ -96,6 +126,7 @@ void run_eval(const EvalArgs& a) {
                               {"tokens_per_s", r.tokens_per_s},
                               {"peak_rss_bytes", peak_rss_bytes()}};
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
+  if (kl) j["kl_divergence"] = kl_divergence_json(*kl, base_dir);
   if (a.int8_activations) {
     j["int8_activations"] = true;
     j["int8_linears"] = int8.int8;
@@ -117,6 +148,7 @@ void run_eval(const EvalArgs& a) {
                 (device_peak + (a.int8_activations ? ", int8 activations in " + std::to_string(int8.int8) + " of " +
                                                           std::to_string(int8.linears) + " Linears"
                                                     : "")).c_str());
+  if (kl && !a.json) std::printf("%s", kl_divergence_text(*kl, base_dir).c_str());
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
@@ -142,6 +174,11 @@ void register_eval(CLI::App& app) {
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
   cmd->add_flag("--no-bos", a->no_bos, "do not let the tokenizer add its BOS token");
+  cmd->add_option("--kl-base", a->kl_base,
+                  "also the KL divergence of the model's next-token distributions from this model's (the original: "
+                  "a directory, repo id or .gguf; same tokenizer and vocabulary), with top-1 agreement and the "
+                  "true token's probability change; CPU")
+      ->option_text("DIR");
   add_int8_activations_flag(cmd, &a->int8_activations);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
   cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");

@@ -23,6 +23,8 @@ double delta_pct(const CompareTable& t, const CompareRow& r, size_t d) {
   return 100.0 * (r.perplexity[d] - base) / base;
 }
 
+bool has_kld(const CompareRow& r, size_t d) { return d < r.kld.size() && d < r.same_top1.size(); }
+
 std::string group_str(const CompareRow& r) { return r.group_size == 0 ? "-" : std::to_string(r.group_size); }
 
 std::string xml_escape(const std::string& s) {
@@ -40,9 +42,12 @@ std::string xml_escape(const std::string& s) {
 
 std::string compare_markdown(const CompareTable& t) {
   std::string s = "| method | format | bits | group | size | ";
-  for (const auto& d : t.datasets) s += "ppl " + d + " | Δ " + d + " | ";
+  for (const auto& d : t.datasets) {
+    s += "ppl " + d + " | Δ " + d + " | ";
+    if (t.kld) s += "KLD " + d + " | top-1 " + d + " | ";
+  }
   s += "quant time | quant peak RSS |\n|---|---|---|---|---|";
-  for (size_t i = 0; i < t.datasets.size(); ++i) s += "---|---|";
+  for (size_t i = 0; i < t.datasets.size(); ++i) s += t.kld ? "---|---|---|---|" : "---|---|";
   s += "---|---|\n";
   for (const CompareRow& r : t.rows) {
     const bool base = &r == &t.rows.front();
@@ -50,6 +55,9 @@ std::string compare_markdown(const CompareTable& t) {
          format_bytes(r.size_bytes) + " | ";
     for (size_t d = 0; d < t.datasets.size(); ++d) {
       s += fmt("%.4f", r.perplexity[d]) + " | " + (base ? std::string("-") : fmt("%+.2f%%", delta_pct(t, r, d))) + " | ";
+      if (t.kld) {
+        s += has_kld(r, d) ? fmt("%.6f", r.kld[d]) + " | " + fmt("%.2f%%", 100 * r.same_top1[d]) + " | " : "- | - | ";
+      }
     }
     s += (base || r.given ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
          (base || r.given ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
@@ -59,12 +67,15 @@ std::string compare_markdown(const CompareTable& t) {
 
 std::string compare_csv(const CompareTable& t) {
   std::string s = "method,format,bits,group_size,size_bytes";
-  for (const auto& d : t.datasets) s += ",ppl_" + d + ",delta_pct_" + d;
+  for (const auto& d : t.datasets) s += ",ppl_" + d + ",delta_pct_" + d + (t.kld ? ",kld_" + d + ",same_top1_" + d : "");
   s += ",quant_seconds,quant_peak_rss_bytes\n";
   for (const CompareRow& r : t.rows) {
     s += r.method + "," + r.format + "," + std::to_string(r.bits) + "," + std::to_string(r.group_size) + "," +
          std::to_string(r.size_bytes);
-    for (size_t d = 0; d < t.datasets.size(); ++d) s += "," + fmt("%.6f", r.perplexity[d]) + "," + fmt("%.4f", delta_pct(t, r, d));
+    for (size_t d = 0; d < t.datasets.size(); ++d) {
+      s += "," + fmt("%.6f", r.perplexity[d]) + "," + fmt("%.4f", delta_pct(t, r, d));
+      if (t.kld) s += has_kld(r, d) ? "," + fmt("%.8f", r.kld[d]) + "," + fmt("%.6f", r.same_top1[d]) : ",,";
+    }
     s += r.given ? std::string(",,\n") : "," + fmt("%.3f", r.quant_seconds) + "," + std::to_string(r.quant_peak_rss) + "\n";
   }
   return s;
@@ -72,7 +83,7 @@ std::string compare_csv(const CompareTable& t) {
 
 std::string compare_json(const CompareTable& t) {
   nlohmann::ordered_json j = {{"model", t.model}, {"datasets", t.datasets}, {"seq_len", t.seq_len},
-                              {"max_windows", t.max_windows}};
+                              {"max_windows", t.max_windows}, {"kld", t.kld}};
   j["rows"] = nlohmann::ordered_json::array();
   for (const CompareRow& r : t.rows) {
     nlohmann::ordered_json row = {{"method", r.method}, {"format", r.format}, {"bits", r.bits},
@@ -80,6 +91,10 @@ std::string compare_json(const CompareTable& t) {
     for (size_t d = 0; d < t.datasets.size(); ++d) {
       row["perplexity"][t.datasets[d]] = r.perplexity[d];
       row["delta_pct"][t.datasets[d]] = delta_pct(t, r, d);
+      if (has_kld(r, d)) {
+        row["kld"][t.datasets[d]] = r.kld[d];
+        row["same_top1"][t.datasets[d]] = r.same_top1[d];
+      }
     }
     if (r.given) {
       row["given"] = true;  // quantized elsewhere: no time or memory of ours

@@ -1,5 +1,6 @@
 // The accuracy-loss comparison table of `qwen-quant compare`: one row per method (the unquantized model
-// first), rendered as Markdown, CSV, JSON and an SVG bar chart of the perplexity increase per method.
+// first), rendered as Markdown, CSV, JSON and an SVG bar chart of the perplexity increase per method; with --kld
+// also each method's mean KL divergence from the original and its top-1 agreement (trainer/kl_divergence.h).
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,8 @@ struct CompareRow {
   int64_t group_size = 0;   // 0: not applicable, -1: per channel, else G (NF4: block size)
   uint64_t size_bytes = 0;  // on disk, all files of the directory
   std::vector<double> perplexity;  // one per evaluation text
+  std::vector<double> kld;         // compare --kld: mean KL divergence from the original per text (empty: none)
+  std::vector<double> same_top1;   //   and the fraction of positions with the original's top-1 token
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
   bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
@@ -26,6 +29,7 @@ struct CompareTable {
   std::vector<std::string> datasets;  // names of the evaluation texts
   int64_t seq_len = 0;
   int64_t max_windows = 0;
+  bool kld = false;              // KLD and top-1 columns (rows without them, the original's, show "-")
   std::vector<CompareRow> rows;  // rows[0] is the unquantized reference
 };
 

@@ -64,6 +64,31 @@ assert rows["mine"]["perplexity"] == rows["rtn-g32"]["perplexity"], (rows["mine"
 assert rows["mine"]["given"] and rows["mine"]["quant_seconds"] is None and "given" not in rows["rtn-g32"]
 assert rows["q8"]["size_bytes"] > 0
 PY
+# --kld: each row's KL divergence from the original and its top-1 agreement beside the perplexity (eval --kl-base),
+# the perplexities the same to the bit as without it; a given model scores what the method that made it scores.
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4 --quantized "mine=$WORK/given-rtn" \
+  --seq-len 128 --kld --out "$WORK/cmp7" --threads 1 > "$WORK/out7.txt" 2>&1 || { cat "$WORK/out7.txt"; exit 1; }
+grep -q '| ppl README | Δ README | KLD README | top-1 README | quant time |' "$WORK/cmp7/compare.md" \
+  || { cat "$WORK/cmp7/compare.md"; exit 1; }
+grep -q '^| original | safetensors float32 | 32 | - | .* | - | - | - | - | - |$' "$WORK/cmp7/compare.md" \
+  || { cat "$WORK/cmp7/compare.md"; exit 1; }
+grep -q "\"base\": \"$WORK/tiny\"" "$WORK/cmp7/logs/nf4.eval0.json" \
+  || { echo "nf4 was not evaluated against the original"; cat "$WORK/cmp7/logs/nf4.eval0.json"; exit 1; }
+python3 - "$WORK/cmp7/compare.json" "$WORK/cmp5/compare.json" "$WORK/cmp7/compare.csv" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+rows = {r["method"]: r for r in t["rows"]}
+before = {r["method"]: r for r in json.load(open(sys.argv[2]))["rows"]}
+assert t["kld"] is True and "kld" not in rows["original"], rows["original"]
+for m in ("rtn-g32", "nf4", "mine"):
+    k, top = rows[m]["kld"]["README"], rows[m]["same_top1"]["README"]
+    assert 0 < k < 1 and 0.5 < top <= 1, (m, k, top)
+assert rows["mine"]["kld"] == rows["rtn-g32"]["kld"], (rows["mine"], rows["rtn-g32"])
+for m in ("original", "rtn-g32", "mine"):
+    assert rows[m]["perplexity"] == before[m]["perplexity"], (m, rows[m]["perplexity"], before[m]["perplexity"])
+header = open(sys.argv[3]).readline().strip().split(",")
+assert header[5:9] == ["ppl_README", "delta_pct_README", "kld_README", "same_top1_README"], header
+PY
 "$QQ" init-random --preset tiny256 --layers 2 --out "$WORK/other" >/dev/null
 for bad in "x=$WORK/other|is not a quantization of" "$WORK/given-rtn|expected NAME=PATH" "rtn-g32=$WORK/given-rtn|already a row"; do
   if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "${bad%%|*}" \

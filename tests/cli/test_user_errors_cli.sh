@@ -32,7 +32,9 @@
 #  - (new models, qwen3_moe / qwen2_moe) what runs on a mixture of experts (eval, generate, rtn, nf4, gptq, train
 #    with attention targets), and one clear error from each command that does not take one yet, before any output;
 #  - (new format, compressed-tensors) written files compute as the GPTQ file of the same codes; 3-bit refused;
-#  - (new command, fp8) its output loads (a MoE's too, in both formats) and is a quantizer's source.
+#  - (new command, fp8) its output loads (a MoE's too, in both formats) and is a quantizer's source;
+#  - (new flag, eval --kl-base) a base that tokenizes the text differently, or is missing: named before any
+#    evaluation.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -389,4 +391,17 @@ grep -qF '"re:.*mlp\\.gate$"' moe_awq_ct/config.json || fail "compressed-tensors
 grep -q '"model.layers.0.mlp.gate"' moe_f8/config.json || fail "block-wise fp8 MoE: routers not listed" moe_f8/config.json
 "$QQ" eval --model moe_f8 --data text.jsonl --seq-len 64 -q > moe_f8_eval.txt 2>&1 || fail "eval of a fp8 MoE" moe_f8_eval.txt
 for d in moe_awq moe.gguf moe_cmp; do [ ! -e $d ] || fail "a refused MoE command left $d"; done
+
+# --- eval --kl-base: both models must read the text as the same tokens ---------------------------------------------
+cp -r tiny tiny_swapped
+python3 - tiny_swapped/vocab.json <<'PY'
+import json, sys
+v = json.load(open(sys.argv[1]))
+a, b = "a", "b"  # two byte symbols trade ids: "a" and "b" in the text become each other's id
+v[a], v[b] = v[b], v[a]
+json.dump(v, open(sys.argv[1], "w"))
+PY
+refuse kl_tokens "--kl-base tiny_swapped: its tokenizer splits text.jsonl differently from tiny's" \
+  "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --kl-base tiny_swapped
+refuse kl_missing "cannot find model 'no_such_base'" "$QQ" eval --model tiny --data text.jsonl --kl-base no_such_base
 echo "user errors CLI: OK"

@@ -1,0 +1,275 @@
+#include "trainer/kl_divergence.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "core/threads.h"
+#include "kernels/loss.h"
+
+namespace qwenq {
+
+namespace {
+
+// max_v x_v and logsumexp(x) in double; *argmax the first index of the max.
+double log_sum_exp(const float* x, int64_t V, int64_t* argmax) {
+  int64_t a = 0;
+  for (int64_t v = 1; v < V; ++v) {
+    if (x[v] > x[a]) a = v;
+  }
+  const double m = x[a];
+  double s = 0;
+  for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(x[v]) - m);
+  *argmax = a;
+  return m + std::log(s);
+}
+
+double mean_of(const std::vector<double>& x) {
+  double s = 0;
+  for (double v : x) s += v;
+  return s / static_cast<double>(x.size());
+}
+
+// Sample standard deviation over √n; 0 for one value.
+double stderr_of(const std::vector<double>& x, double mean) {
+  const size_t n = x.size();
+  if (n < 2) return 0;
+  double ss = 0;
+  for (double v : x) ss += (v - mean) * (v - mean);
+  return std::sqrt(ss / static_cast<double>(n - 1) / static_cast<double>(n));
+}
+
+double pearson(const std::vector<double>& a, const std::vector<double>& b) {
+  const double ma = mean_of(a), mb = mean_of(b);
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    sab += (a[i] - ma) * (b[i] - mb);
+    saa += (a[i] - ma) * (a[i] - ma);
+    sbb += (b[i] - mb) * (b[i] - mb);
+  }
+  return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0;
+}
+
+// numpy's linear percentile of an ascending sample.
+double percentile_of_sorted(const std::vector<double>& x, double p) {
+  const double h = static_cast<double>(x.size() - 1) * p / 100.0;
+  const size_t i = static_cast<size_t>(std::floor(h));
+  if (i + 1 >= x.size()) return x.back();
+  return x[i] + (h - static_cast<double>(i)) * (x[i + 1] - x[i]);
+}
+
+}  // namespace
+
+KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target) {
+  KlPosition r;
+  int64_t top_b = 0, top_q = 0;
+  const double lse_b = log_sum_exp(base_logits, V, &top_b), lse_q = log_sum_exp(logits, V, &top_q);
+  double kld = 0;
+  for (int64_t v = 0; v < V; ++v) {
+    const double lp = static_cast<double>(base_logits[v]) - lse_b, lq = static_cast<double>(logits[v]) - lse_q;
+    kld += std::exp(lp) * (lp - lq);
+  }
+  r.kld = kld;
+  r.same_top1 = top_b == top_q;
+  if (target != kIgnoreIndex) {
+    r.nll_base = lse_b - base_logits[target];
+    r.nll = lse_q - logits[target];
+    r.p_base = std::exp(-r.nll_base);
+    r.p = std::exp(-r.nll);
+  }
+  return r;
+}
+
+double percentile_linear(std::vector<double> x, double p) {
+  QWENQ_CHECK(!x.empty(), "percentile of an empty sample");
+  std::sort(x.begin(), x.end());
+  return percentile_of_sorted(x, p);
+}
+
+SampleSummary summarize_sample(const std::vector<double>& x) {
+  QWENQ_CHECK(!x.empty(), "summary of an empty sample");
+  SampleSummary s;
+  s.mean = mean_of(x);
+  s.stderr_mean = stderr_of(x, s.mean);
+  double sq = 0;
+  for (double v : x) sq += v * v;
+  s.rms = std::sqrt(sq / static_cast<double>(x.size()));
+  std::vector<double> sorted = x;
+  std::sort(sorted.begin(), sorted.end());
+  s.min = sorted.front();
+  s.max = sorted.back();
+  for (int k = 0; k < kNumKlPercentiles; ++k) s.percentile[k] = percentile_of_sorted(sorted, kKlPercentiles[k]);
+  return s;
+}
+
+KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenModel& base,
+                                          const std::vector<int32_t>& tokens, const PerplexityOptions& opt,
+                                          int64_t logits_chunk_rows) {
+  QWENQ_CHECK(opt.seq_len >= 2, "--seq-len must be at least 2, got " << opt.seq_len);
+  QWENQ_CHECK(opt.windows_per_batch >= 1, "--batch must be at least 1, got " << opt.windows_per_batch);
+  const int64_t V = model.config().vocab_size, C = model.config().hidden_size, Cb = base.config().hidden_size;
+  QWENQ_CHECK(base.config().vocab_size == V, "the base model " << base.dir() << " has a vocabulary of "
+                                                               << base.config().vocab_size << " tokens, "
+                                                               << model.dir() << " one of " << V
+                                                               << ": KL divergence needs the same vocabulary");
+  const int64_t n_tok = static_cast<int64_t>(tokens.size());
+  int64_t windows = n_tok / opt.seq_len;
+  QWENQ_CHECK(windows >= 1, "the text has " << n_tok << " tokens, fewer than one window of --seq-len " << opt.seq_len
+                                            << "; give more text or a smaller --seq-len");
+  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
+
+  KlDivergenceResult r;
+  r.model.corpus_tokens = n_tok;
+  r.model.windows = windows;
+  std::vector<double> kld, dp, nll_b, nll_q;
+  std::vector<char> same;
+  Progress bar("kl-divergence", windows * opt.seq_len, "tok", opt.quiet);
+  double nll_sum = 0, nll_base_sum = 0, kld_sum = 0;
+  // Rows per logits chunk: lm_head_nll's (qwen_weights.cpp), so that for a table read in place the NLLs, and the
+  // perplexity, are the bits `eval` gives without a base.
+  const int64_t chunk_cap =
+      logits_chunk_rows > 0 ? logits_chunk_rows : std::max<int64_t>(1, (int64_t{16} << 20) / V);
+  std::vector<float> lg_q, lg_b, nq, nb;
+  for (int64_t w0 = 0; w0 < windows; w0 += opt.windows_per_batch) {
+    const int64_t nw = std::min(opt.windows_per_batch, windows - w0);
+    std::vector<std::vector<int32_t>> seqs;
+    for (int64_t w = w0; w < w0 + nw; ++w) {
+      seqs.emplace_back(tokens.begin() + w * opt.seq_len, tokens.begin() + (w + 1) * opt.seq_len);
+    }
+    const PackedBatch batch = PackedBatch::from_sequences(seqs);
+    const int64_t T = batch.num_tokens();
+    std::vector<int32_t> targets(T, kIgnoreIndex);
+    for (int64_t s = 0; s < batch.num_seqs(); ++s) {
+      for (int32_t t = batch.cu_seqlens[s]; t + 1 < batch.cu_seqlens[s + 1]; ++t) targets[t] = batch.tokens[t + 1];
+    }
+    std::vector<float> hq, hb;
+    model.forward_hidden(batch, &hq);
+    base.forward_hidden(batch, &hb);
+    const int64_t chunk = std::min(chunk_cap, T);
+    lg_q.resize(static_cast<size_t>(chunk * V));
+    lg_b.resize(static_cast<size_t>(chunk * V));
+    std::vector<float> nll_q_rows(T, 0.f), nll_b_rows(T, 0.f);
+    std::vector<KlPosition> pos(T);
+    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+      const int64_t n = std::min(chunk, T - r0);
+      model.logits(hq.data() + r0 * C, n, lg_q.data());
+      base.logits(hb.data() + r0 * Cb, n, lg_b.data());
+      r.model.scored_tokens += cross_entropy_forward_ref(lg_q.data(), n, V, targets.data() + r0, nll_q_rows.data() + r0);
+      cross_entropy_forward_ref(lg_b.data(), n, V, targets.data() + r0, nll_b_rows.data() + r0);
+      parallel_for(n, 4, [&](int64_t a, int64_t b) {
+        for (int64_t i = a; i < b; ++i) {
+          pos[r0 + i] = kl_position(lg_b.data() + i * V, lg_q.data() + i * V, V, targets[r0 + i]);
+        }
+      });
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      nll_sum += nll_q_rows[t];  // evaluate_perplexity's order: the batch's rows, ignored ones as 0
+      nll_base_sum += nll_b_rows[t];
+      if (targets[t] == kIgnoreIndex) continue;
+      const KlPosition& p = pos[t];
+      kld.push_back(p.kld);
+      kld_sum += p.kld;
+      dp.push_back(p.p - p.p_base);
+      nll_b.push_back(p.nll_base);
+      nll_q.push_back(p.nll);
+      same.push_back(p.same_top1 ? 1 : 0);
+    }
+    char extra[96];
+    std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", std::exp(nll_sum / r.model.scored_tokens),
+                  kld_sum / static_cast<double>(kld.size()));
+    bar.update((w0 + nw) * opt.seq_len, extra);
+  }
+  r.model.mean_nll = nll_sum / r.model.scored_tokens;
+  r.model.perplexity = std::exp(r.model.mean_nll);
+  r.base_perplexity = std::exp(nll_base_sum / r.model.scored_tokens);
+  r.model.seconds = bar.elapsed_s();
+  r.model.tokens_per_s = r.model.seconds > 0 ? windows * opt.seq_len / r.model.seconds : 0;
+  r.kld = summarize_sample(kld);
+  r.delta_p = summarize_sample(dp);
+  const double n = static_cast<double>(same.size());
+  double agree = 0;
+  for (char s : same) agree += s;
+  r.same_top1 = agree / n;
+  r.same_top1_stderr = n > 1 ? std::sqrt(r.same_top1 * (1 - r.same_top1) / (n - 1)) : 0;
+  std::vector<double> ln_ratio(nll_q.size());
+  for (size_t i = 0; i < ln_ratio.size(); ++i) ln_ratio[i] = nll_q[i] - nll_b[i];
+  r.ln_ppl_ratio = mean_of(ln_ratio);
+  r.ln_ppl_ratio_stderr = stderr_of(ln_ratio, r.ln_ppl_ratio);
+  r.nll_correlation = pearson(nll_q, nll_b);
+  char extra[96];
+  std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", r.model.perplexity, r.kld.mean);
+  bar.finish(extra);
+  return r;
+}
+
+namespace {
+
+nlohmann::ordered_json summary_json(const SampleSummary& s) {
+  nlohmann::ordered_json j = {{"mean", s.mean}, {"stderr", s.stderr_mean}, {"rms", s.rms}, {"max", s.max}};
+  for (int k = 0; k < kNumKlPercentiles; ++k) {
+    char key[16];
+    std::snprintf(key, sizeof key, "p%g", kKlPercentiles[k]);
+    j[key] = s.percentile[k];
+  }
+  j["min"] = s.min;
+  return j;
+}
+
+std::string line(const char* f, double a, double b = 0) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, f, a, b);
+  return buf;
+}
+
+// "  99.9% KLD" padded to the value column (29 columns; "Δ" is two bytes, one column).
+std::string percentile_label(double p, const std::string& what) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "  %g%% ", p);
+  std::string l = buf + what;
+  const size_t columns = l.size() - (what == "Δp" ? 1 : 0);
+  return l + std::string(columns < 29 ? 29 - columns : 1, ' ');
+}
+
+}  // namespace
+
+nlohmann::ordered_json kl_divergence_json(const KlDivergenceResult& r, const std::string& base) {
+  nlohmann::ordered_json j = {{"base", base},
+                              {"base_perplexity", r.base_perplexity},
+                              {"positions", static_cast<int64_t>(r.model.scored_tokens)},
+                              {"ln_ppl_ratio", r.ln_ppl_ratio},
+                              {"ln_ppl_ratio_stderr", r.ln_ppl_ratio_stderr},
+                              {"nll_correlation", r.nll_correlation},
+                              {"same_top1", r.same_top1},
+                              {"same_top1_stderr", r.same_top1_stderr}};
+  j["kld"] = summary_json(r.kld);
+  j["delta_p"] = summary_json(r.delta_p);
+  return j;
+}
+
+std::string kl_divergence_text(const KlDivergenceResult& r, const std::string& base) {
+  std::string s = "KL divergence from " + base + " over " + std::to_string(r.model.scored_tokens) + " positions:\n";
+  s += line("  PPL(base)                  %10.4f\n", r.base_perplexity);
+  s += line("  PPL(Q)                     %10.4f\n", r.model.perplexity);
+  s += line("  ln(PPL(Q)/PPL(base))       %10.6f ± %.6f\n", r.ln_ppl_ratio, r.ln_ppl_ratio_stderr);
+  s += line("  PPL(Q)/PPL(base)           %10.6f\n", std::exp(r.ln_ppl_ratio));
+  s += line("  Cor(NLL(Q), NLL(base))     %9.3f %%\n", 100 * r.nll_correlation);
+  s += line("  Mean KLD                   %10.6f ± %.6f\n", r.kld.mean, r.kld.stderr_mean);
+  s += line("  Maximum KLD                %10.6f\n", r.kld.max);
+  for (int k = 0; k < kNumKlPercentiles; ++k) {
+    s += percentile_label(kKlPercentiles[k], "KLD") + line("%10.6f\n", r.kld.percentile[k]);
+  }
+  s += line("  Minimum KLD                %10.6f\n", r.kld.min);
+  s += line("  Mean Δp                    %9.3f ± %.3f %%\n", 100 * r.delta_p.mean, 100 * r.delta_p.stderr_mean);
+  s += line("  Maximum Δp                 %9.3f %%\n", 100 * r.delta_p.max);
+  for (int k = 0; k < kNumKlPercentiles; ++k) {
+    s += percentile_label(kKlPercentiles[k], "Δp") + line("%9.3f %%\n", 100 * r.delta_p.percentile[k]);
+  }
+  s += line("  Minimum Δp                 %9.3f %%\n", 100 * r.delta_p.min);
+  s += line("  RMS Δp                     %9.3f %%\n", 100 * r.delta_p.rms);
+  s += line("  Same top-1 token           %9.3f ± %.3f %%\n", 100 * r.same_top1, 100 * r.same_top1_stderr);
+  return s;
+}
+
+}  // namespace qwenq
