@@ -13,17 +13,13 @@ namespace qwenq {
 
 namespace {
 
-// max_v x_v and logsumexp(x) in double; *argmax the first index of the max.
-double log_sum_exp(const float* x, int64_t V, int64_t* argmax) {
+// The first index of max_v x_v.
+int64_t argmax_of(const float* x, int64_t V) {
   int64_t a = 0;
   for (int64_t v = 1; v < V; ++v) {
     if (x[v] > x[a]) a = v;
   }
-  const double m = x[a];
-  double s = 0;
-  for (int64_t v = 0; v < V; ++v) s += std::exp(static_cast<double>(x[v]) - m);
-  *argmax = a;
-  return m + std::log(s);
+  return a;
 }
 
 double mean_of(const std::vector<double>& x) {
@@ -62,16 +58,22 @@ double percentile_of_sorted(const std::vector<double>& x, double p) {
 
 }  // namespace
 
+// With e_v = exp(b_v − max b) and s_b = Σ e_v: P_v = e_v / s_b, and
+//   KL = Σ P_v ((b_v − lse_b) − (q_v − lse_q)) = (Σ e_v (b_v − q_v)) / s_b − lse_b + lse_q,
+// one exp per value of each row (both sums in the same pass over b).
 KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target) {
   KlPosition r;
-  int64_t top_b = 0, top_q = 0;
-  const double lse_b = log_sum_exp(base_logits, V, &top_b), lse_q = log_sum_exp(logits, V, &top_q);
-  double kld = 0;
+  const int64_t top_b = argmax_of(base_logits, V), top_q = argmax_of(logits, V);
+  const double mb = base_logits[top_b], mq = logits[top_q];
+  double sb = 0, sq = 0, cross = 0;
   for (int64_t v = 0; v < V; ++v) {
-    const double lp = static_cast<double>(base_logits[v]) - lse_b, lq = static_cast<double>(logits[v]) - lse_q;
-    kld += std::exp(lp) * (lp - lq);
+    const double b = base_logits[v], q = logits[v], e = std::exp(b - mb);
+    sb += e;
+    cross += e * (b - q);
+    sq += std::exp(q - mq);
   }
-  r.kld = kld;
+  const double lse_b = mb + std::log(sb), lse_q = mq + std::log(sq);
+  r.kld = cross / sb - lse_b + lse_q;
   r.same_top1 = top_b == top_q;
   if (target != kIgnoreIndex) {
     r.nll_base = lse_b - base_logits[target];
