@@ -28,6 +28,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/jsonl.h"
 #include "core/gguf.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
@@ -113,20 +114,11 @@ std::vector<int32_t> parse_ids(const std::string& record, const std::string& whe
 // --jsonl: every non-empty line is a JSON string or an object with a "text" field.
 std::vector<std::string> parse_jsonl_records(const std::string& input, const std::string& where) {
   std::vector<std::string> out;
-  size_t line_no = 0;
-  for (const std::string& line : split_records(input, true)) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      QWENQ_FAIL(where << ":" << line_no << ": not valid JSON (" << e.what() << ")");
-    }
-    if (j.is_object() && j.contains("text")) j = j["text"];
-    QWENQ_CHECK(j.is_string(), where << ":" << line_no << ": expected a JSON string or {\"text\": ...}");
+  for_each_json_line(input, where, [&](const nlohmann::ordered_json& record, const std::string& at) {
+    const nlohmann::ordered_json& j = record.is_object() && record.contains("text") ? record["text"] : record;
+    QWENQ_CHECK(j.is_string(), at << ": expected a JSON string or {\"text\": ...}");
     out.push_back(j.get<std::string>());
-  }
+  });
   return out;
 }
 
@@ -167,17 +159,7 @@ std::string render_chat_records(const Tokenizer& tok, const TokenizeArgs& a, con
   opt.enable_thinking = !a.no_thinking;
   warn_if_no_thinking_switch(tok, a.no_thinking, "tokenize");
   std::string out;
-  size_t line_no = 0;
-  for (const std::string& line : split_records(input, true)) {
-    ++line_no;
-    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
-    const std::string at = where + ":" + std::to_string(line_no);
-    nlohmann::ordered_json j;
-    try {
-      j = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      QWENQ_FAIL(at << ": not valid JSON (" << e.what() << ")");
-    }
+  for_each_json_line(input, where, [&](const nlohmann::ordered_json& j, const std::string& at) {
     std::vector<ChatMessage> messages;
     opt.tools.clear();
     const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &opt.tools);
@@ -192,7 +174,7 @@ std::string render_chat_records(const Tokenizer& tok, const TokenizeArgs& a, con
     rec["text"] = text;
     rec["ids"] = tok.encode(text, /*add_special_tokens=*/false, /*parse_special=*/true);
     out += rec.dump() + "\n";
-  }
+  });
   return out;
 }
 

@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/jsonl.h"
 #include "trainer/chat_record.h"
 #include "trainer/sft_data.h"
 
@@ -157,24 +158,13 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
 
   Reader r{path, format, skip_bad, stats, {}};
   if (jsonl) {
-    size_t line_no = 0, start = 0;
-    while (start < text.size()) {
-      size_t end = text.find('\n', start);
-      if (end == std::string::npos) end = text.size();
-      ++line_no;
-      const std::string line = text.substr(start, end - start);
-      start = end + 1;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    for_each_nonblank_line(text, [&](const std::string& line, size_t line_no) {
       const std::string where = path + ":" + std::to_string(line_no);
       Json j;
-      try {
-        j = Json::parse(line);
-      } catch (const Json::exception& e) {
-        r.bad(where, std::string("not valid JSON: ") + e.what());
-        continue;
-      }
-      r.add(j, where);
-    }
+      const std::string why = parse_json_line(line, &j);
+      if (why.empty()) r.add(j, where);
+      else r.bad(where, why);  // a line that is not JSON is a malformed record: --skip-bad skips it too
+    });
   } else {
     Json all;
     try {

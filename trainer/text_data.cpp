@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/jsonl.h"
 #include "trainer/chat_record.h"
 
 namespace qwenq {
@@ -27,40 +28,27 @@ std::vector<std::string> load_text_documents(const std::string& path, const std:
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
   const bool jsonl = looks_like_jsonl(path, text);
   std::vector<std::string> docs;
-  size_t line_no = 0, start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    ++line_no;
-    std::string line = text.substr(start, end - start);
-    start = end + 1;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    if (!jsonl) {
-      docs.push_back(std::move(line));
-      continue;
-    }
-    nlohmann::ordered_json j;
-    try {
-      j = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      QWENQ_FAIL(path << ":" << line_no << ": not valid JSON: " << e.what());
-    }
-    if (chat != nullptr && is_chat_record(j) && !j.contains(field)) {
-      ChatOptions o;
-      std::vector<ChatMessage> messages;
-      const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &o.tools);
-      QWENQ_CHECK(why.empty(), path << ":" << line_no << ": " << why);
-      try {
-        docs.push_back(chat->render_chat(messages, o).text);
-      } catch (const Error& e) {
-        QWENQ_FAIL(path << ":" << line_no << ": " << e.what());
+  if (!jsonl) {
+    for_each_nonblank_line(text, [&](const std::string& line, size_t) { docs.push_back(line); });
+  } else {
+    for_each_json_line(text, path, [&](const nlohmann::ordered_json& j, const std::string& where) {
+      if (chat != nullptr && is_chat_record(j) && !j.contains(field)) {
+        ChatOptions o;
+        std::vector<ChatMessage> messages;
+        const std::string why = parse_chat_record(j, /*need_assistant=*/false, &messages, &o.tools);
+        QWENQ_CHECK(why.empty(), where << ": " << why);
+        try {
+          docs.push_back(chat->render_chat(messages, o).text);
+        } catch (const Error& e) {
+          QWENQ_FAIL(where << ": " << e.what());
+        }
+        return;
       }
-      continue;
-    }
-    QWENQ_CHECK(j.is_object() && j.contains(field) && j[field].is_string(),
-                path << ":" << line_no << ": expected an object with a string field \"" << field << "\""
-                     << (chat != nullptr ? " or a chat record with \"messages\"" : ""));
-    docs.push_back(j[field].get<std::string>());
+      QWENQ_CHECK(j.is_object() && j.contains(field) && j[field].is_string(),
+                  where << ": expected an object with a string field \"" << field << "\""
+                        << (chat != nullptr ? " or a chat record with \"messages\"" : ""));
+      docs.push_back(j[field].get<std::string>());
+    });
   }
   QWENQ_CHECK(!docs.empty(), path << ": no records");
   return docs;
