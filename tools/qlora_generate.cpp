@@ -23,6 +23,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/jsonl.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/chat_record.h"
@@ -192,23 +193,9 @@ void run_generate_file(const GenerateArgs& a) {
   QWENQ_CHECK(a.prompt.empty(), "generate: give --prompt or --prompts, not both");
   std::vector<EvalPrompt> prompts;
   const std::string text = read_file(a.prompts);
-  size_t line_no = 0, start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\n', start);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_no;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = a.prompts + ":" + std::to_string(line_no);
-    nlohmann::ordered_json j;
-    try {
-      j = nlohmann::ordered_json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      QWENQ_FAIL(where << ": not valid JSON: " << e.what());
-    }
+  for_each_json_line(text, a.prompts, [&](const nlohmann::ordered_json& j, const std::string& where) {
     prompts.push_back(parse_eval_prompt(j, where, a));
-  }
+  });
   QWENQ_CHECK(!prompts.empty(), a.prompts << ": no records");
   bool any_chat = false;
   for (const EvalPrompt& p : prompts) any_chat |= p.chat;
@@ -239,7 +226,13 @@ void run_generate_file(const GenerateArgs& a) {
 #endif
       gen = generate(*m.model, ids, opt);
     new_tokens += static_cast<int64_t>(gen.size());
-    nlohmann::ordered_json r = {{"where", p.where}, {"prompt", p.text}, {"output", m.tok.decode(gen, true)}};
+    const std::string output = m.tok.decode(gen, true);
+    nlohmann::ordered_json r = {{"where", p.where}, {"prompt", p.text}, {"output", output}};
+    if (p.chat) {  // the reply as the assistant message the template renders it from
+      const ChatReply reply = m.tok.parse_chat_reply(output);
+      r["message"] = chat_message_json(reply.message);
+      if (!reply.error.empty()) r["tool_call_error"] = reply.error;
+    }
     if (p.has_reference) r["reference"] = p.reference;
     r["prompt_tokens"] = ids.size();
     r["new_tokens"] = gen.size();

@@ -266,4 +266,19 @@ std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_as
   return "";
 }
 
+nlohmann::ordered_json chat_message_json(const ChatMessage& message) {
+  nlohmann::ordered_json j = {{"role", message.role}};
+  j["content"] = message.content_is_null ? nlohmann::ordered_json() : nlohmann::ordered_json(message.content);
+  if (message.has_reasoning) j["reasoning_content"] = message.reasoning;
+  if (!message.tool_calls.empty()) {
+    j["tool_calls"] = nlohmann::ordered_json::array();
+    for (const ChatToolCall& c : message.tool_calls) {
+      const nlohmann::ordered_json args =
+          c.arguments_is_string ? nlohmann::ordered_json(c.arguments) : nlohmann::ordered_json::parse(c.arguments);
+      j["tool_calls"].push_back({{"type", "function"}, {"function", {{"name", c.name}, {"arguments", args}}}});
+    }
+  }
+  return j;
+}
+
 }  // namespace qwenq

@@ -28,6 +28,12 @@ bool is_chat_record(const nlohmann::ordered_json& record);
 std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
                               std::vector<ChatMessage>* messages, std::vector<std::string>* tools);
 
+// One message as a chat record holds it, the inverse of parse_chat_record's reading: role, content (null when
+// content_is_null), "reasoning_content" when it has reasoning, "tool_calls" as [{"type": "function", "function":
+// {"name": N, "arguments": A}}] with A the object (or the string, when given as one): the form apply_chat_template
+// takes, so a generated reply can be appended to the conversation and rendered again.
+nlohmann::ordered_json chat_message_json(const ChatMessage& message);
+
 // JSON text exactly as Python's json.dumps(value, ensure_ascii=False) writes it (transformers' `tojson` filter):
 // ", " and ": " separators, keys in their order, non-ASCII as is, floats as Python's repr.
 std::string python_json_dumps(const nlohmann::ordered_json& value);

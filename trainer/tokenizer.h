@@ -62,6 +62,13 @@ struct ChatRender {
   std::vector<std::pair<size_t, size_t>> assistant_spans;
 };
 
+// A generated assistant reply read back into the message the template renders it from (Tokenizer::parse_chat_reply).
+// error: why its "<tool_call>" blocks were not read as tool calls (then the reply stays whole in content).
+struct ChatReply {
+  ChatMessage message;
+  std::string error;
+};
+
 class Tokenizer {
  public:
   // A model directory: tokenizer.json if present, else vocab.json + merges.txt; specials/added tokens and
@@ -108,6 +115,14 @@ class Tokenizer {
   std::string apply_chat_template(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
   // Whether the template has Qwen3's enable_thinking switch (so ChatOptions::enable_thinking matters).
   bool chat_template_has_thinking_switch() const;
+  // The inverse of one assistant turn: `generated`, the text decoded after render_chat's generation prompt, as the
+  // assistant message the template renders back to that text (tests/test_chat_reply.cpp: render, then parse, gives
+  // the message again, whatever the generation prompt). Qwen3 templates: the reasoning block split off by the
+  // template's own rule (reasoning_content when not empty);
+  // templates with Qwen2.5/Qwen3's tools branch: each "<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>"
+  // into a tool call, the text before the first as content (null when empty). A block that does not parse, is left
+  // open, or is followed by other text sets `error` and keeps the whole reply as content.
+  ChatReply parse_chat_reply(const std::string& generated) const;
 
   // Writes a Hugging Face tokenizer into `dir` (which must exist): tokenizer.json + tokenizer_config.json +
   // special_tokens_map.json, plus vocab.json + merges.txt for byte-level models.

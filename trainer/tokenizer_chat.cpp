@@ -136,6 +136,18 @@ TemplateTraits traits_of(const std::string& raw, const std::string& file) {
   return t;
 }
 
+// Qwen3's rule for reasoning written into content: when it holds "</think>", the reasoning is the text before the
+// first "</think>" (right-stripped of "\n", after its last "<think>", left-stripped) and the content the text after
+// the last "</think>" (left-stripped). Returns whether it applied.
+bool split_think_block(std::string* content, std::string* reasoning) {
+  if (!contains(*content, "</think>")) return false;
+  const std::string before = rstrip_nl(content->substr(0, content->find("</think>")));
+  const size_t open = before.rfind("<think>");
+  *reasoning = lstrip_nl(open == std::string::npos ? before : before.substr(open + 7));
+  *content = lstrip_nl(content->substr(content->rfind("</think>") + 8));
+  return true;
+}
+
 std::string tool_call_text(const ChatToolCall& c, bool raw_string_arguments) {
   const std::string args =
       c.arguments_is_string && !raw_string_arguments ? python_json_dumps(c.arguments) : c.arguments;  // a quoted string
@@ -296,11 +308,8 @@ class Renderer {
         std::string reasoning;
         if (msg.has_reasoning) {
           reasoning = msg.reasoning;
-        } else if (contains(content, "</think>")) {
-          const std::string before = rstrip_nl(content.substr(0, content.find("</think>")));
-          const size_t open = before.rfind("<think>");
-          reasoning = lstrip_nl(open == std::string::npos ? before : before.substr(open + 7));
-          content = lstrip_nl(content.substr(content.rfind("</think>") + 8));
+        } else {
+          split_think_block(&content, &reasoning);
         }
         std::string t = std::string(kImStart) + "assistant\n";
         if (i > last_query && (i + 1 == n || !reasoning.empty())) {
@@ -327,6 +336,46 @@ class Renderer {
   ChatRender r_;
 };
 
+// The "<tool_call>" blocks of `content` (Qwen2.5/Qwen3's JSON form) into msg->tool_calls and the text before the
+// first into msg->content; "" or why they cannot be read (msg untouched then).
+std::string read_tool_calls(const std::string& content, ChatMessage* msg) {
+  const std::string open = "<tool_call>", close = "</tool_call>";
+  const size_t first = content.find(open);
+  if (first == std::string::npos) return "";
+  std::vector<ChatToolCall> calls;
+  size_t at = first;
+  while (at < content.size()) {
+    const size_t body = at + open.size(), end = content.find(close, body);
+    if (end == std::string::npos) return "tool call " + std::to_string(calls.size() + 1) + " has no </tool_call>";
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(content.substr(body, end - body));
+    } catch (const nlohmann::json::exception& e) {
+      return "tool call " + std::to_string(calls.size() + 1) + " is not valid JSON: " + e.what();
+    }
+    if (!j.is_object() || !j.contains("name") || !j["name"].is_string() || !j.contains("arguments") ||
+        !(j["arguments"].is_object() || j["arguments"].is_string())) {
+      return "tool call " + std::to_string(calls.size() + 1) +
+             " is not {\"name\": string, \"arguments\": object or string}";
+    }
+    ChatToolCall c;
+    c.name = j["name"].get<std::string>();
+    c.arguments_is_string = j["arguments"].is_string();
+    c.arguments = c.arguments_is_string ? j["arguments"].get<std::string>() : python_json_dumps(j["arguments"]);
+    calls.push_back(std::move(c));
+    at = end + close.size();
+    const size_t next = content.find_first_not_of(" \t\r\n", at);
+    if (next == std::string::npos) break;
+    if (content.compare(next, open.size(), open) != 0)
+      return "text follows tool call " + std::to_string(calls.size()) + " (the template writes none there)";
+    at = next;
+  }
+  msg->content = rstrip_nl(content.substr(0, first));
+  msg->content_is_null = msg->content.empty();
+  msg->tool_calls = std::move(calls);
+  return "";
+}
+
 }  // namespace
 
 bool Tokenizer::has_chat_template() const { return !impl_->chat_template.empty(); }
@@ -335,6 +384,27 @@ bool Tokenizer::chat_template_has_thinking_switch() const {
   if (impl_->chat_template.empty()) return false;
   const TemplateTraits t = traits_of(impl_->chat_template, impl_->chat_template_file);
   return t.kind == ChatKind::kQwen3 && t.thinking_switch;
+}
+
+ChatReply Tokenizer::parse_chat_reply(const std::string& generated) const {
+  const Impl& t = *impl_;
+  QWENQ_CHECK(!t.chat_template.empty(), t.source << ": the tokenizer has no chat template to read a reply by");
+  const TemplateTraits traits = traits_of(t.chat_template, t.chat_template_file);
+  ChatReply r;
+  r.message.role = "assistant";
+  std::string content = generated;
+  if (traits.kind == ChatKind::kQwen3) {
+    // The split needs no "<think>": a thinking-only prompt's "<think>\n" is not in `generated`, and after a prompt
+    // that closed an empty block there is nothing to split.
+    std::string reasoning;
+    if (split_think_block(&content, &reasoning) && !reasoning.empty()) {
+      r.message.reasoning = reasoning;
+      r.message.has_reasoning = true;
+    }
+  }
+  r.message.content = content;
+  if (traits.tools) r.error = read_tool_calls(content, &r.message);
+  return r;
 }
 
 ChatRender Tokenizer::render_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options) const {

@@ -122,7 +122,8 @@ PY
 grep -q '"perplexity"' "$WORK/eval.json" || fail "eval JSON" "$WORK/eval.json"
 
 # generate --prompts: a chat record (its final assistant message the reference), TRL's prompt + completion, Alpaca
-# with --chat; greedy outputs equal `generate --chat --prompt` on the same user turn.
+# with --chat; greedy outputs equal `generate --chat --prompt` on the same user turn; each reply read back as a
+# message (reasoning and tool calls: tests/test_chat_reply.cpp).
 cat > "$WORK/eval.jsonl" <<'JSONL'
 {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 {"prompt": "Hi", "completion": "ref"}
@@ -143,6 +144,11 @@ assert r[1]["prompt"] == r[0]["prompt"] and r[1]["reference"] == "ref", r[1]
 assert r[2]["prompt"] == "<|im_start|>user\nAdd\n1 2<|im_end|>\n" + think and r[2]["reference"] == "3", r[2]
 assert r[0]["output"] == r[1]["output"] == open(sys.argv[2]).read()[:-1], (r[0]["output"], open(sys.argv[2]).read())
 assert all(x["new_tokens"] >= 1 and x["prompt_tokens"] > 5 for x in r)
+# Each reply also as the assistant message the template renders it from (6 random bytes: plain content).
+for x in r:
+    m = x["message"]
+    assert m["role"] == "assistant" and "tool_calls" not in m, x
+    assert m["content"] == x["output"] or "</think>" in x["output"] or "tool_call_error" in x, x
 PY
 if "$QL" generate --model "$WORK/tiny" --prompts "$WORK/bad.jsonl" > "$WORK/gp.txt" 2>&1; then fail "--prompts without --out ran"; fi
 grep -q -- "generate --prompts needs --out" "$WORK/gp.txt" || fail "--prompts without --out: message" "$WORK/gp.txt"

@@ -23,6 +23,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_model.h"
+#include "trainer/chat_record.h"
 #include "trainer/sft_data.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
@@ -201,9 +202,16 @@ bool sft_target(const uint8_t* data, size_t size) {
   return accepted;
 }
 
-// Read as text, and with a chat template for the chat records among them (calibration, eval).
+// Read as text, and with a chat template for the chat records among them (calibration, eval); the same bytes as a
+// generated reply read back into a message by both templates (generate --prompts; problems go into its error).
 bool text_target(const uint8_t* data, size_t size) {
   static const Tokenizer q3 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen3"));
+  static const Tokenizer q25 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen2.5"));
+  const std::string reply(reinterpret_cast<const char*>(data), size);
+  for (const Tokenizer* t : {&q3, &q25}) {
+    (void)chat_message_json(t->parse_chat_reply(reply).message)
+        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);  // as generate --prompts writes it
+  }
   bool accepted = false;
   for (const char* ext : {".txt", ".jsonl", ".json"}) {
     const std::string path = path_join(scratch(), std::string("corpus") + ext);
