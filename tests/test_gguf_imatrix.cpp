@@ -8,6 +8,8 @@
 #include <cstring>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "core/files.h"
 #include "core/gguf.h"
 #include "core/rng.h"
@@ -290,6 +292,49 @@ TEST(GgufImatrix, StatisticsOfTheTinyModel) {
   o.ctx = c.max_position_embeddings;
   o.chunks = -1;
   test::expect_error([&] { compute_imatrix(o); }, {"words.txt", "fewer than one chunk"});
+}
+
+// Chat records as calibration: rendered with the model's chat template, their special tokens parsed, the same
+// statistics as the pre-rendered text under --parse-special; without it the same text spells <|im_start|> in bytes.
+TEST(GgufImatrix, ChatRecordsAreTheRenderedTextWithSpecialTokens) {
+  const std::string dir = test::scratch_dir() + "/imatrix-chat";
+  const std::string model = test::make_tiny_model(dir + "/m", 6);
+  const std::string cfg_path = path_join(model, "tokenizer_config.json");
+  nlohmann::json cfg = nlohmann::json::parse(read_file(cfg_path));
+  cfg["chat_template"] = read_file(std::string(QWENQ_SOURCE_DIR) + "/tests/data/chat_templates/qwen2.5.jinja");
+  write_file_atomic(cfg_path, cfg.dump());
+  const Tokenizer tok = Tokenizer::from_model(model);
+  std::string jsonl, rendered;
+  for (int i = 0; i < 12; ++i) {
+    const std::vector<ChatMessage> m = {{"user", "question number " + std::to_string(i) + " about the cat"},
+                                        {"assistant", "an answer that runs for a while, number " + std::to_string(i)}};
+    jsonl += nlohmann::json({{"messages", {{{"role", "user"}, {"content", m[0].content}},
+                                           {{"role", "assistant"}, {"content", m[1].content}}}}}).dump() + "\n";
+    rendered += (i ? "\n\n" : "") + tok.render_chat(m, ChatOptions()).text;
+  }
+  write_file_atomic(dir + "/chat.jsonl", jsonl);
+  write_file_atomic(dir + "/rendered.txt", rendered);
+  ImatrixOptions o;
+  o.model = model;
+  o.ctx = 64;
+  o.quiet = true;
+  o.calib_path = dir + "/chat.jsonl";
+  ImatrixReport chat_rep;
+  const Imatrix from_chat = compute_imatrix(o, &chat_rep);
+  EXPECT_TRUE(chat_rep.chat_records);
+  o.calib_path = dir + "/rendered.txt";
+  o.parse_special = true;
+  ImatrixReport text_rep;
+  const Imatrix from_text = compute_imatrix(o, &text_rep);
+  EXPECT_FALSE(text_rep.chat_records);
+  EXPECT_EQ(chat_rep.text_tokens, text_rep.text_tokens);
+  EXPECT_EQ(chat_rep.text_tokens, static_cast<int64_t>(tok.encode(rendered, true, true).size()));
+  ASSERT_EQ(from_chat.entries.size(), from_text.entries.size());
+  for (const auto& [name, e] : from_chat.entries) EXPECT_EQ(e.sum2, from_text.entries.at(name).sum2) << name;
+  o.parse_special = false;  // llama-imatrix's default: "<|im_start|>" as its 12 bytes
+  ImatrixReport bytes_rep;
+  (void)compute_imatrix(o, &bytes_rep);
+  EXPECT_GT(bytes_rep.text_tokens, text_rep.text_tokens + 12 * 5 * 10);
 }
 
 // `gguf --imatrix`: an entry of another width (an imatrix of another model) is refused before anything is written;

@@ -31,7 +31,9 @@ void register_imatrix(CLI::App& app) {
   CLI::App* c = app.add_subcommand(
       "imatrix", "Compute an importance matrix over calibration text (llama-imatrix's statistics) for gguf --imatrix");
   c->add_option("--model,-m", a->model, "model directory or repo id (dense, GPTQ, AWQ or bitsandbytes 4-bit), or a GGUF file");
-  c->add_option("--calib,-f", a->o.calib_path, "calibration text or JSONL (e.g. C4 documents, WikiText train)")
+  c->add_option("--calib,-f", a->o.calib_path,
+                "calibration text or JSONL (e.g. C4 documents, WikiText train; chat records rendered with the chat "
+                "template, their special tokens parsed)")
       ->check(CLI::ExistingFile);
   c->add_option("--in-file", a->in_files,
                 "an earlier importance matrix (ours or llama-imatrix's, GGUF or .dat) to add to this one; repeatable, and "
@@ -48,6 +50,9 @@ void register_imatrix(CLI::App& app) {
   c->add_option("--chunks", a->o.chunks, "at most this many chunks (-1: all the text gives)")->capture_default_str();
   c->add_flag("--process-output", a->o.process_output,
               "also collect output.weight's input (untied models; llama-imatrix --process-output)");
+  c->add_flag("--parse-special", a->o.parse_special,
+              "encode special-token text (<|im_start|>, ...) of a plain text file as the special tokens "
+              "(llama-imatrix --parse-special)");
   c->add_flag("--no-ppl", a->o.no_ppl, "skip the perplexity estimate of the pass (llama-imatrix --no-ppl)");
   c->add_option("--batch-tokens", a->o.batch_tokens, "tokens forwarded at once (whole chunks; memory)")
       ->check(at_least(1, "POSITIVE"))
@@ -76,6 +81,9 @@ void register_imatrix(CLI::App& app) {
       write_imatrix_dat(m, a->out);
     } else {
       write_imatrix_gguf(m, a->out);
+    }
+    if (r.chat_records) {
+      std::fprintf(stderr, "imatrix: chat records rendered with the chat template, special tokens parsed\n");
     }
     if (r.tied_output) {
       std::fprintf(stderr, "imatrix: --process-output: the model's output is its embedding (tied), which llama.cpp "

@@ -80,8 +80,9 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   QWENQ_CHECK(o.ctx <= c.max_position_embeddings, "imatrix: --ctx " << o.ctx << " is longer than the model's context ("
                                                                     << c.max_position_embeddings << " tokens)");
   const Tokenizer tok = Tokenizer::from_model(o.model);
-  std::vector<int32_t> ids = tok.encode(load_text_corpus(o.calib_path, o.text_field), /*add_special_tokens=*/true,
-                                        /*parse_special=*/false);
+  bool chat = false;
+  const std::string text = load_text_corpus(o.calib_path, o.text_field, &tok, &chat);
+  std::vector<int32_t> ids = tok.encode(text, /*add_special_tokens=*/true, /*parse_special=*/o.parse_special || chat);
   int64_t n_chunks = static_cast<int64_t>(ids.size()) / o.ctx;
   if (o.chunks > 0) n_chunks = std::min(n_chunks, o.chunks);
   QWENQ_CHECK(n_chunks >= 1, o.calib_path << ": tokenizes to " << ids.size() << " tokens, fewer than one chunk of "
@@ -185,6 +186,7 @@ Imatrix compute_imatrix(const ImatrixOptions& o, ImatrixReport* report) {
   if (output) m.entries["output.weight"] = out_sums.entry();
   if (report) {
     report->text_tokens = static_cast<int64_t>(ids.size());
+    report->chat_records = chat;
     report->chunks = n_chunks;
     report->tokens = n_chunks * o.ctx;
     report->entries = static_cast<int64_t>(m.entries.size());

@@ -1,7 +1,9 @@
 // `qwen-quant imatrix`: llama-imatrix's importance matrix of a model over calibration text, computed by our CPU
 // forward (a model directory in any format we read, or a GGUF file).
 //
-// As llama-imatrix: the text is tokenized whole (BOS first when the tokenizer adds one, special tokens not parsed),
+// As llama-imatrix: the text is tokenized whole (BOS first when the tokenizer adds one, special tokens parsed only
+// with parse_special, llama-imatrix's --parse-special, or when chat records were rendered with the chat template:
+// their <|im_start|> ... are the template's special tokens),
 // cut into n = ⌊tokens / ctx⌋ chunks of ctx tokens (at most `chunks`), the first token of each chunk replaced by BOS
 // when the tokenizer adds one; every chunk runs through the model as its own sequence, and for every matrix
 // multiplication of a decoder block by a weight W [N, K] each of the ctx tokens' inputs x [K] is counted:
@@ -28,11 +30,12 @@ namespace qwenq {
 
 struct ImatrixOptions {
   std::string model;       // a resolved model directory or GGUF file
-  std::string calib_path;  // text or JSONL (trainer/text_data.h)
+  std::string calib_path;  // text or JSONL (trainer/text_data.h), chat records rendered with the chat template
   std::string text_field = "text";
   int64_t ctx = 512;        // tokens per chunk (llama-imatrix -c)
   int64_t chunks = -1;      // at most this many chunks (-1: all the text gives)
   bool process_output = false;
+  bool parse_special = false;  // llama-imatrix --parse-special (on by itself for rendered chat records)
   bool no_ppl = false;  // skip the perplexity estimate (its lm_head over half the tokens)
   int64_t batch_tokens = 4096;  // whole chunks forwarded together (memory ~ batch_tokens · (4C + 2I) floats)
   bool quiet = false;
@@ -40,6 +43,7 @@ struct ImatrixOptions {
 
 struct ImatrixReport {
   int64_t text_tokens = 0;  // the tokenized text
+  bool chat_records = false;  // chat records were rendered (and special tokens parsed)
   int64_t chunks = 0, tokens = 0;  // evaluated
   int64_t entries = 0;
   double ppl = 0, ppl_err = 0;  // the estimate and its standard error (0 with no_ppl)

@@ -23,7 +23,9 @@ bool looks_like_jsonl(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::vector<std::string> load_text_documents(const std::string& path, const std::string& field, const Tokenizer* chat) {
+std::vector<std::string> load_text_documents(const std::string& path, const std::string& field, const Tokenizer* chat,
+                                             bool* rendered_chat) {
+  if (rendered_chat != nullptr) *rendered_chat = false;
   std::string text = read_file(path);
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
   const bool jsonl = looks_like_jsonl(path, text);
@@ -42,6 +44,7 @@ std::vector<std::string> load_text_documents(const std::string& path, const std:
         } catch (const Error& e) {
           QWENQ_FAIL(where << ": " << e.what());
         }
+        if (rendered_chat != nullptr) *rendered_chat = true;
         return;
       }
       QWENQ_CHECK(j.is_object() && j.contains(field) && j[field].is_string(),
@@ -54,13 +57,15 @@ std::vector<std::string> load_text_documents(const std::string& path, const std:
   return docs;
 }
 
-std::string load_text_corpus(const std::string& path, const std::string& field, const Tokenizer* chat) {
+std::string load_text_corpus(const std::string& path, const std::string& field, const Tokenizer* chat,
+                             bool* rendered_chat) {
+  if (rendered_chat != nullptr) *rendered_chat = false;
   std::string text = read_file(path);
   QWENQ_CHECK(text.find_first_not_of(" \t\r\n") != std::string::npos, path << ": file is empty");
   if (!looks_like_jsonl(path, text)) return text;
   std::string out;
   size_t n = 0;
-  for (const std::string& doc : load_text_documents(path, field, chat)) {
+  for (const std::string& doc : load_text_documents(path, field, chat, rendered_chat)) {
     if (n++) out += "\n\n";
     out += doc;
   }

@@ -4,7 +4,7 @@
 # prompt; --train-on-prompt counts every token) and dumps the examples; ShareGPT records and Alpaca records with
 # --alpaca-prompt chat give the examples of the same conversation in "messages", TRL's prompt-completion spelling
 # those of "messages" with --mask-history; `qwen-quant tokenize --chat` renders generation prompts; `train` runs on
-# reasoning and tool-call records; `gptq` calibrates and `eval` scores on chat records; `generate --prompts` runs an
+# reasoning and tool-call records; `gptq` calibrates, `imatrix` collects and `eval` scores on chat records; `generate --prompts` runs an
 # evaluation set as `generate --chat --no-thinking` does one prompt; malformed records are named by file:line.
 # $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
@@ -120,6 +120,10 @@ PY
 "$QQ" eval --model "$WORK/gptq" --data "$WORK/chat.jsonl" --seq-len 32 --threads 1 -q --json > "$WORK/eval.json" \
   2> "$WORK/eval.err" || fail "eval on chat records" "$WORK/eval.err"
 grep -q '"perplexity"' "$WORK/eval.json" || fail "eval JSON" "$WORK/eval.json"
+"$QQ" imatrix --model "$WORK/tiny" --calib "$WORK/chat.jsonl" --ctx 32 --out "$WORK/imatrix.gguf" --threads 1 -q \
+  > "$WORK/imatrix.txt" 2>&1 || fail "imatrix on chat records" "$WORK/imatrix.txt"
+grep -q "chat records rendered with the chat template, special tokens parsed" "$WORK/imatrix.txt" \
+  || fail "imatrix did not render the chat records" "$WORK/imatrix.txt"
 
 # generate --prompts: a chat record (its final assistant message the reference), TRL's prompt + completion, Alpaca
 # with --chat; greedy outputs equal `generate --chat --prompt` on the same user turn; each reply read back as a
