@@ -65,6 +65,15 @@ def spread_weights(model):
                 p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
 
 
+def import_stories260k(build, shared, out_dir):
+    """The real stories260K from the shared data as an fp32 Hugging Face Qwen2 directory at out_dir
+    (`qwen-quant import-llama2c`); returns out_dir."""
+    stories = os.path.join(shared, "data", "stories260K")
+    run([os.path.join(build, "qwen-quant"), "import-llama2c", "--checkpoint", os.path.join(stories, "stories260K.bin"),
+         "--tokenizer", os.path.join(stories, "tok512.bin"), "--out", out_dir, "--overwrite"])
+    return out_dir
+
+
 def run(cmd, env=None):
     """Runs a command, echoing it and its stderr; returns its stdout; fails the test if it fails."""
     print("+", " ".join(cmd), flush=True)

@@ -29,7 +29,7 @@ import os
 import shutil
 
 import autoawq_cpu
-from oracle_common import parse_args, run, run_gtest, skip, spread_weights, work_dir
+from oracle_common import import_stories260k, parse_args, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -162,8 +162,7 @@ calib_case("bytelevel", tk)
 stories = os.path.join(args.shared, "data", "stories260K")
 if os.path.isdir(stories):
     sdir = os.path.join(out, "stories260K")
-    run([qq, "import-llama2c", "--checkpoint", os.path.join(stories, "stories260K.bin"), "--tokenizer",
-         os.path.join(stories, "tok512.bin"), "--out", sdir, "--overwrite"])
+    import_stories260k(args.build, args.shared, sdir)
     calib_case("llama", sdir)
 else:
     print("calibration blocks with a BOS-adding tokenizer: skipped (no ../shared/data/stories260K)")

@@ -18,7 +18,7 @@ Exit 0 pass, 1 fail, 77 skip (torch/peft/bitsandbytes not importable, or ../shar
 """
 import os
 
-from oracle_common import check, finish, parse_args, require_shared, run, skip, work_dir
+from oracle_common import check, finish, import_stories260k, parse_args, require_shared, run, skip, work_dir
 
 args = parse_args(__doc__)
 require_shared(args.shared)
@@ -38,8 +38,7 @@ qq = os.path.join(args.build, "qwen-quant")
 data = os.path.join(args.shared, "data")
 out = work_dir(args.build, "loftq_oracle")
 dense = os.path.join(out, "dense")
-run([qq, "import-llama2c", "--checkpoint", os.path.join(data, "stories260K", "stories260K.bin"),
-     "--tokenizer", os.path.join(data, "stories260K", "tok512.bin"), "--out", dense, "--overwrite"])
+import_stories260k(args.build, args.shared, dense)
 W_all = load_file(os.path.join(dense, "model.safetensors"))
 RANK = 8
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",

@@ -17,7 +17,7 @@ our own forward with that adapter, and the same greedy text.
 """
 import os
 
-from oracle_common import parse_args, require_shared, run, run_gtest, skip, work_dir
+from oracle_common import import_stories260k, parse_args, require_shared, run, run_gtest, skip, work_dir
 
 args = parse_args(__doc__)
 require_shared(args.shared)
@@ -34,8 +34,7 @@ qq = os.path.join(args.build, "qwen-quant")
 ql = os.path.join(args.build, "qwen-qlora")
 out = work_dir(args.build, "qlora_train_oracle")
 base_dir, run_dir = os.path.join(out, "base"), os.path.join(out, "run")
-run([qq, "import-llama2c", "--checkpoint", f"{data}/stories260K/stories260K.bin",
-     "--tokenizer", f"{data}/stories260K/tok512.bin", "--out", base_dir, "--overwrite"])
+import_stories260k(args.build, args.shared, base_dir)
 run([ql, "train", "--model", base_dir, "--data", f"{data}/alpaca/alpaca_en_demo.json", "--out", run_dir,
      "--overwrite", "--max-steps", "20", "--seq-len", "256", "--batch-size", "4", "--lr", "2e-3",
      "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.05", "--target", "all-linear", "--quiet"])

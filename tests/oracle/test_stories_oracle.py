@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from oracle_common import parse_args, require_shared, run, skip, work_dir
+from oracle_common import import_stories260k, parse_args, require_shared, run, skip, work_dir
 
 PPL_REL_TOL = 1e-3
 SEQ_LEN = 512
@@ -30,8 +30,7 @@ except ImportError as e:
 data = os.path.join(args.shared, "data")
 qq = os.path.join(args.build, "qwen-quant")
 model_dir = os.path.join(work_dir(args.build, "stories"), "stories260K-hf")
-run([qq, "import-llama2c", "--checkpoint", f"{data}/stories260K/stories260K.bin",
-     "--tokenizer", f"{data}/stories260K/tok512.bin", "--out", model_dir, "--overwrite"])
+import_stories260k(args.build, args.shared, model_dir)
 
 text_path = f"{data}/tinystories/tinystories_val.txt"
 ours = json.loads(run([qq, "eval", "--model", model_dir, "--data", text_path, "--seq-len", str(SEQ_LEN),
