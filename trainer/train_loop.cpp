@@ -62,7 +62,6 @@ double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
 namespace {
 
 // The length examples are cut to when the data loads: --max-len, or seq_len when it is 0.
-int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
 
 // What a resumed run must share with the run it continues (anything else would change the numbers).
 nlohmann::json resume_key(const TrainOptions& o) {
@@ -279,6 +278,13 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }
 
 }  // namespace
+
+int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
+
+std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o) {
+  return evaluate(model, adapter, nullptr, examples, o);
+}
 
 TrainReport train_lora(const TrainOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();

@@ -96,6 +96,14 @@ struct TrainReport {
 
 TrainReport train_lora(const TrainOptions& opt);
 
+// The held-out loss train_lora reports, on the CPU (`qwen-qlora eval`): the token-weighted mean next-token NLL over
+// the counted targets of `examples`, batched as o.batch_mode / seq_len / batch_size (at most o.eval_batches batches),
+// without dropout, with o.checkpointing / bf16_checkpoints. Returns the loss and the counted targets.
+std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o);
+// The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
+int64_t data_max_len(const TrainOptions& o);
+
 // The learning rate of step s (0-based) out of total.
 double lr_at_step(const TrainOptions& opt, int64_t step, int64_t total);
 

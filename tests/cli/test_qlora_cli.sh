@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# qwen-qlora merge / generate / chat end to end on a random tiny model: an adapter from a few `qwen-qlora train`
+# qwen-qlora merge / generate / chat / eval end to end on a random tiny model: an adapter from a few `qwen-qlora train`
 # steps (a large learning rate, so B is far from 0), merged into an fp32 directory; greedy text from the base with
 # --adapter (merged in memory) equals greedy text from the merged directory (the same fp32 weights); chat answers
 # each line until /exit and keeps the history; the refusals (no adapter directory, no chat template) are clear and
@@ -7,7 +7,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 
-for sub in merge generate chat; do
+for sub in merge generate eval chat; do
   "$QL" "$sub" --help > "$WORK/help.txt" || fail "$sub --help" "$WORK/help.txt"
   grep -q -- "--model" "$WORK/help.txt" || fail "$sub --help lacks --model" "$WORK/help.txt"
 done
@@ -149,4 +149,35 @@ if "$QL" generate --model "$WORK/tiny" --adapter "$WORK/nope" --prompt x > "$WOR
 fi
 grep -q "cannot apply the LoRA adapter $WORK/nope to the base model $WORK/tiny" "$WORK/nope2.txt" \
   || fail "generate missing-adapter message" "$WORK/nope2.txt"
-echo "qlora merge/generate/chat CLI: OK"
+# eval: train's held-out loss again, for the same split (--eval-count, --seed) and thread count: the trained adapter
+# gives the run's last eval_loss, the base alone (a zero adapter) its step-0 one, to the bit; without a split every
+# record counts; an adapter of another base is refused.
+for i in $(seq 1 12); do echo "{\"instruction\": \"Say $i\", \"input\": \"\", \"output\": \"Number $i it is.\"}"; done \
+  > "$WORK/alpaca.jsonl"
+"$QL" train --model "$WORK/tiny" --data "$WORK/alpaca.jsonl" --out "$WORK/erun" --max-steps 3 --lr 0.05 --seq-len 256 \
+  --eval-count 4 --seed 7 --threads 1 -q > "$WORK/etrain.txt" 2>&1 || fail "train with an eval split" "$WORK/etrain.txt"
+"$QL" eval --model "$WORK/tiny" --adapter "$WORK/erun" --data "$WORK/alpaca.jsonl" --seq-len 256 --eval-count 4 \
+  --seed 7 --threads 1 --json > "$WORK/eval_adapter.json" 2> "$WORK/eval.err" || fail "eval --adapter" "$WORK/eval.err"
+"$QL" eval --model "$WORK/tiny" --data "$WORK/alpaca.jsonl" --seq-len 256 --eval-count 4 --seed 7 --threads 1 --json \
+  > "$WORK/eval_base.json" 2> "$WORK/eval.err" || fail "eval of the base" "$WORK/eval.err"
+"$QL" eval --model "$WORK/tiny" --adapter "$WORK/erun" --data "$WORK/alpaca.jsonl" --seq-len 256 --threads 1 \
+  > "$WORK/eval_all.txt" 2> "$WORK/eval.err" || fail "eval of every record" "$WORK/eval.err"
+grep -q "^eval loss .* over 12 examples of $WORK/alpaca.jsonl, .* loss tokens; adapter $WORK/erun" "$WORK/eval_all.txt" \
+  || fail "eval summary line" "$WORK/eval_all.txt"
+python3 - "$WORK/erun/metrics.jsonl" "$WORK/eval_adapter.json" "$WORK/eval_base.json" <<'PY' || fail "eval vs train's eval_loss"
+import json, sys
+evals = [r for r in map(json.loads, open(sys.argv[1])) if "eval_loss" in r]
+adapter, base = (json.load(open(p)) for p in sys.argv[2:4])
+assert adapter["loss"] == evals[-1]["eval_loss"] and adapter["loss_tokens"] == evals[-1]["eval_tokens"], (adapter, evals)
+assert base["loss"] == evals[0]["eval_loss"] and base["adapter"] is None, (base, evals)
+assert adapter["examples"] == base["examples"] == 4 and adapter["split"] == "eval", adapter
+assert adapter["loss"] != base["loss"], (adapter, base)  # the trained adapter changed the answer losses
+PY
+"$QQ" init-random --preset tiny256 --layers 2 --out "$WORK/other" > /dev/null 2>&1
+if "$QL" eval --model "$WORK/other" --adapter "$WORK/erun" --data "$WORK/alpaca.jsonl" > "$WORK/eval_bad.txt" 2>&1; then
+  fail "eval ran an adapter of another base"
+fi
+grep -q "cannot apply the LoRA adapter $WORK/erun to the base model $WORK/other" "$WORK/eval_bad.txt" \
+  || fail "eval: adapter of another base message" "$WORK/eval_bad.txt"
+
+echo "qlora merge/generate/chat/eval CLI: OK"
