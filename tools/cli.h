@@ -15,5 +15,6 @@ void register_quantize(CLI::App& app);  // rtn, nf4, fp4, dequantize
 void register_compare(CLI::App& app);
 void register_gguf(CLI::App& app);
 void register_imatrix(CLI::App& app);
+void register_choices(CLI::App& app);  // multiple-choice
 
 }  // namespace qwenq::cli

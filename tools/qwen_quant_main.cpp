@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_compare(app);
   qwenq::cli::register_gguf(app);
   qwenq::cli::register_imatrix(app);
+  qwenq::cli::register_choices(app);
   try {
     qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     app.parse(argc, argv);

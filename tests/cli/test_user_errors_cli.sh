@@ -34,7 +34,7 @@
 #  - (new format, compressed-tensors) written files compute as the GPTQ file of the same codes; 3-bit refused;
 #  - (new command, fp8) its output loads (a MoE's too, in both formats) and is a quantizer's source;
 #  - (new flag, eval --kl-base) a base that tokenizes the text differently, or is missing: named before any
-#    evaluation.
+#    evaluation; (new command, multiple-choice) a malformed item, before the model loads.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -404,4 +404,10 @@ PY
 refuse kl_tokens "--kl-base tiny_swapped: its tokenizer splits text.jsonl differently from tiny's" \
   "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --kl-base tiny_swapped
 refuse kl_missing "cannot find model 'no_such_base'" "$QQ" eval --model tiny --data text.jsonl --kl-base no_such_base
+# --- multiple-choice: a bad item is named by file:line before the model loads; a good set scores -----------------
+printf '{"context": "a", "choices": [" b", " c"], "label": 0}\n{"context": "a", "choices": [" b", " c"], "label": 5}\n' > mc.jsonl
+refuse mc_label "mc.jsonl:2: \"label\" 5 is not one of the 2 choices" "$QQ" multiple-choice --model tiny --data mc.jsonl
+printf '{"context": "The cat", "choices": [" sat", " ran", " is"], "label": 1}\n' > mc_ok.jsonl
+"$QQ" multiple-choice --model tiny --data mc_ok.jsonl -q > mc_ok.txt 2>&1 || fail "multiple-choice" mc_ok.txt
+grep -q "^acc [01].0000 ± 0.0000, acc_norm [01].0000 ± 0.0000  (1 items of mc_ok.jsonl" mc_ok.txt || fail "multiple-choice line" mc_ok.txt
 echo "user errors CLI: OK"
