@@ -73,5 +73,23 @@ TEST(CompareReport, KldColumnsOnlyWithKld) {
   EXPECT_DOUBLE_EQ(j["rows"][1]["same_top1"]["c4"].get<double>(), 0.5);
 }
 
+TEST(CompareReport, AccuracyColumnsPerChoiceSet) {
+  CompareTable t = table();
+  t.choice_sets = {"arc"};
+  t.rows[0].acc = {0.5};
+  t.rows[0].acc_norm = {0.625};
+  t.rows[1].acc = {0.25};
+  t.rows[1].acc_norm = {0.375};
+  const std::string md = compare_markdown(t);
+  EXPECT_NE(md.find("| Δ c4 | acc arc | acc_norm arc | quant time |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 20.0000 | - | 50.00% | 62.50% | - | - |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| -5.00% | 25.00% | 37.50% | 1.50 s |"), std::string::npos) << md;
+  EXPECT_NE(compare_csv(t).find(",acc_arc,acc_norm_arc,quant_seconds"), std::string::npos);
+  EXPECT_NE(compare_csv(t).find("-5.0000,0.250000,0.375000,1.500"), std::string::npos) << compare_csv(t);
+  const auto j = nlohmann::json::parse(compare_json(t));
+  EXPECT_EQ(j["choice_sets"][0], "arc");
+  EXPECT_DOUBLE_EQ(j["rows"][1]["acc_norm"]["arc"].get<double>(), 0.375);
+}
+
 }  // namespace
 }  // namespace qwenq

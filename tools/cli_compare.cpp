@@ -54,6 +54,7 @@ struct CompareArgs {
   bool seq_len_given = false, calib_seq_len_given = false;
   bool keep_models = false;
   bool kld = false;  // each model's KL divergence from the original (eval --kl-base)
+  std::vector<std::string> choices;  // multiple-choice sets: each model's accuracy (qwen-quant multiple-choice)
   std::vector<std::string> quantized;  // NAME=PATH
   CommonOptions common;
 };
@@ -308,6 +309,21 @@ void evaluate_all(const CompareArgs& a, const std::string& model, const std::str
     std::fprintf(stderr, "  %-16s %-28s perplexity %.4f%s (%.1fs)\n", tag.c_str(), a.data[d].c_str(), ppl.back(),
                  kl.c_str(), r.seconds);
   }
+  row->acc.clear();
+  row->acc_norm.clear();
+  for (size_t c = 0; c < a.choices.size(); ++c) {
+    const std::string json = path_join(logs, tag + ".choices" + std::to_string(c) + ".json");
+    std::vector<std::string> args = {"multiple-choice", "--model", model, "--data", a.choices[c], "--json-out", json,
+                                     "--quiet", "--threads", std::to_string(a.common.threads)};
+    if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
+    ChildResult r = run_self(args, path_join(logs, tag + ".log"));
+    if (!ok(r)) throw Error("multiple-choice of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
+    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    row->acc.push_back(j.at("acc").get<double>());
+    row->acc_norm.push_back(j.at("acc_norm").get<double>());
+    std::fprintf(stderr, "  %-16s %-28s acc %.2f%%, acc_norm %.2f%% (%.1fs)\n", tag.c_str(), a.choices[c].c_str(),
+                 100 * row->acc.back(), 100 * row->acc_norm.back(), r.seconds);
+  }
 }
 
 std::string base_name(const std::string& p) {
@@ -442,6 +458,7 @@ void run_compare(CompareArgs& a) {
   t.seq_len = a.seq_len;
   t.max_windows = a.max_windows;
   t.kld = a.kld;
+  for (const auto& c : a.choices) t.choice_sets.push_back(base_name(c));
   for (const auto& d : a.data) t.datasets.push_back(base_name(d));
 
   std::vector<std::string> specs;
@@ -558,6 +575,10 @@ void register_compare(CLI::App& app) {
                       "tokens per calibration window (at most the model's context)")
           ->capture_default_str();
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
+  cmd->add_option("--choices", a->choices,
+                  "multiple-choice items (ARC or context/choices/label JSONL): also each model's acc and acc_norm "
+                  "(qwen-quant multiple-choice, CPU); repeat for several")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--kld", a->kld,
                 "also each model's mean KL divergence from the original and the share of positions where both pick "
                 "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on the CPU)");

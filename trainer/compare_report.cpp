@@ -24,6 +24,7 @@ double delta_pct(const CompareTable& t, const CompareRow& r, size_t d) {
 }
 
 bool has_kld(const CompareRow& r, size_t d) { return d < r.kld.size() && d < r.same_top1.size(); }
+bool has_acc(const CompareRow& r, size_t c) { return c < r.acc.size() && c < r.acc_norm.size(); }
 
 std::string group_str(const CompareRow& r) { return r.group_size == 0 ? "-" : std::to_string(r.group_size); }
 
@@ -46,8 +47,10 @@ std::string compare_markdown(const CompareTable& t) {
     s += "ppl " + d + " | Δ " + d + " | ";
     if (t.kld) s += "KLD " + d + " | top-1 " + d + " | ";
   }
+  for (const auto& c : t.choice_sets) s += "acc " + c + " | acc_norm " + c + " | ";
   s += "quant time | quant peak RSS |\n|---|---|---|---|---|";
   for (size_t i = 0; i < t.datasets.size(); ++i) s += t.kld ? "---|---|---|---|" : "---|---|";
+  for (size_t i = 0; i < t.choice_sets.size(); ++i) s += "---|---|";
   s += "---|---|\n";
   for (const CompareRow& r : t.rows) {
     const bool base = &r == &t.rows.front();
@@ -59,6 +62,9 @@ std::string compare_markdown(const CompareTable& t) {
         s += has_kld(r, d) ? fmt("%.6f", r.kld[d]) + " | " + fmt("%.2f%%", 100 * r.same_top1[d]) + " | " : "- | - | ";
       }
     }
+    for (size_t c = 0; c < t.choice_sets.size(); ++c) {
+      s += has_acc(r, c) ? fmt("%.2f%%", 100 * r.acc[c]) + " | " + fmt("%.2f%%", 100 * r.acc_norm[c]) + " | " : "- | - | ";
+    }
     s += (base || r.given ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
          (base || r.given ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
   }
@@ -68,6 +74,7 @@ std::string compare_markdown(const CompareTable& t) {
 std::string compare_csv(const CompareTable& t) {
   std::string s = "method,format,bits,group_size,size_bytes";
   for (const auto& d : t.datasets) s += ",ppl_" + d + ",delta_pct_" + d + (t.kld ? ",kld_" + d + ",same_top1_" + d : "");
+  for (const auto& c : t.choice_sets) s += ",acc_" + c + ",acc_norm_" + c;
   s += ",quant_seconds,quant_peak_rss_bytes\n";
   for (const CompareRow& r : t.rows) {
     s += r.method + "," + r.format + "," + std::to_string(r.bits) + "," + std::to_string(r.group_size) + "," +
@@ -76,6 +83,8 @@ std::string compare_csv(const CompareTable& t) {
       s += "," + fmt("%.6f", r.perplexity[d]) + "," + fmt("%.4f", delta_pct(t, r, d));
       if (t.kld) s += has_kld(r, d) ? "," + fmt("%.8f", r.kld[d]) + "," + fmt("%.6f", r.same_top1[d]) : ",,";
     }
+    for (size_t c = 0; c < t.choice_sets.size(); ++c)
+      s += has_acc(r, c) ? "," + fmt("%.6f", r.acc[c]) + "," + fmt("%.6f", r.acc_norm[c]) : ",,";
     s += r.given ? std::string(",,\n") : "," + fmt("%.3f", r.quant_seconds) + "," + std::to_string(r.quant_peak_rss) + "\n";
   }
   return s;
@@ -83,7 +92,7 @@ std::string compare_csv(const CompareTable& t) {
 
 std::string compare_json(const CompareTable& t) {
   nlohmann::ordered_json j = {{"model", t.model}, {"datasets", t.datasets}, {"seq_len", t.seq_len},
-                              {"max_windows", t.max_windows}, {"kld", t.kld}};
+                              {"max_windows", t.max_windows}, {"kld", t.kld}, {"choice_sets", t.choice_sets}};
   j["rows"] = nlohmann::ordered_json::array();
   for (const CompareRow& r : t.rows) {
     nlohmann::ordered_json row = {{"method", r.method}, {"format", r.format}, {"bits", r.bits},
@@ -95,6 +104,11 @@ std::string compare_json(const CompareTable& t) {
         row["kld"][t.datasets[d]] = r.kld[d];
         row["same_top1"][t.datasets[d]] = r.same_top1[d];
       }
+    }
+    for (size_t c = 0; c < t.choice_sets.size(); ++c) {
+      if (!has_acc(r, c)) continue;
+      row["acc"][t.choice_sets[c]] = r.acc[c];
+      row["acc_norm"][t.choice_sets[c]] = r.acc_norm[c];
     }
     if (r.given) {
       row["given"] = true;  // quantized elsewhere: no time or memory of ours

@@ -1,6 +1,7 @@
 // The accuracy-loss comparison table of `qwen-quant compare`: one row per method (the unquantized model
 // first), rendered as Markdown, CSV, JSON and an SVG bar chart of the perplexity increase per method; with --kld
-// also each method's mean KL divergence from the original and its top-1 agreement (trainer/kl_divergence.h).
+// also each method's mean KL divergence from the original and its top-1 agreement (trainer/kl_divergence.h); with
+// --choices each model's multiple-choice accuracy (trainer/multiple_choice.h).
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,7 @@ struct CompareRow {
   std::vector<double> perplexity;  // one per evaluation text
   std::vector<double> kld;         // compare --kld: mean KL divergence from the original per text (empty: none)
   std::vector<double> same_top1;   //   and the fraction of positions with the original's top-1 token
+  std::vector<double> acc, acc_norm;  // compare --choices: accuracy per multiple-choice set (empty: none)
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
   bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
@@ -30,6 +32,7 @@ struct CompareTable {
   int64_t seq_len = 0;
   int64_t max_windows = 0;
   bool kld = false;              // KLD and top-1 columns (rows without them, the original's, show "-")
+  std::vector<std::string> choice_sets;  // names of the multiple-choice sets: acc and acc_norm columns each
   std::vector<CompareRow> rows;  // rows[0] is the unquantized reference
 };
 

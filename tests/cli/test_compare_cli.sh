@@ -66,11 +66,16 @@ assert rows["q8"]["size_bytes"] > 0
 PY
 # --kld: each row's KL divergence from the original and its top-1 agreement beside the perplexity (eval --kl-base),
 # the perplexities the same to the bit as without it; a given model scores what the method that made it scores.
+# --choices: each row's multiple-choice accuracy (qwen-quant multiple-choice) too.
+for i in 1 2 3 4 5 6; do echo "{\"context\": \"Item $i: the model\", \"choices\": [\" runs\", \" reads\", \" is\"], \"label\": $((i % 3))}"; done \
+  > "$WORK/mc.jsonl"
 "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4 --quantized "mine=$WORK/given-rtn" \
-  --seq-len 128 --kld --out "$WORK/cmp7" --threads 1 > "$WORK/out7.txt" 2>&1 || { cat "$WORK/out7.txt"; exit 1; }
-grep -q '| ppl README | Δ README | KLD README | top-1 README | quant time |' "$WORK/cmp7/compare.md" \
+  --seq-len 128 --kld --choices "$WORK/mc.jsonl" --out "$WORK/cmp7" --threads 1 > "$WORK/out7.txt" 2>&1 \
+  || { cat "$WORK/out7.txt"; exit 1; }
+grep -q '| acc mc | acc_norm mc | quant time |' "$WORK/cmp7/compare.md" || { cat "$WORK/cmp7/compare.md"; exit 1; }
+grep -q '| ppl README | Δ README | KLD README | top-1 README | acc mc |' "$WORK/cmp7/compare.md" \
   || { cat "$WORK/cmp7/compare.md"; exit 1; }
-grep -q '^| original | safetensors float32 | 32 | - | .* | - | - | - | - | - |$' "$WORK/cmp7/compare.md" \
+grep -q '^| original | safetensors float32 | 32 | - | .* | - | - | - | [0-9.]*% | [0-9.]*% | - | - |$' "$WORK/cmp7/compare.md" \
   || { cat "$WORK/cmp7/compare.md"; exit 1; }
 grep -q "\"base\": \"$WORK/tiny\"" "$WORK/cmp7/logs/nf4.eval0.json" \
   || { echo "nf4 was not evaluated against the original"; cat "$WORK/cmp7/logs/nf4.eval0.json"; exit 1; }
@@ -86,6 +91,10 @@ for m in ("rtn-g32", "nf4", "mine"):
 assert rows["mine"]["kld"] == rows["rtn-g32"]["kld"], (rows["mine"], rows["rtn-g32"])
 for m in ("original", "rtn-g32", "mine"):
     assert rows[m]["perplexity"] == before[m]["perplexity"], (m, rows[m]["perplexity"], before[m]["perplexity"])
+for m in ("original", "rtn-g32", "nf4", "mine"):
+    acc = rows[m]["acc"]["mc"]
+    assert acc * 6 == round(acc * 6) and 0 <= rows[m]["acc_norm"]["mc"] <= 1, rows[m]
+assert rows["mine"]["acc"] == rows["rtn-g32"]["acc"], (rows["mine"], rows["rtn-g32"])
 header = open(sys.argv[3]).readline().strip().split(",")
 assert header[5:9] == ["ppl_README", "delta_pct_README", "kld_README", "same_top1_README"], header
 PY
