@@ -24,6 +24,7 @@
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_model.h"
 #include "trainer/chat_record.h"
+#include "trainer/multiple_choice.h"
 #include "trainer/sft_data.h"
 #include "trainer/text_data.h"
 #include "trainer/tokenizer.h"
@@ -202,8 +203,9 @@ bool sft_target(const uint8_t* data, size_t size) {
   return accepted;
 }
 
-// Read as text, and with a chat template for the chat records among them (calibration, eval); the same bytes as a
-// generated reply read back into a message by both templates (generate --prompts; problems go into its error).
+// Read as text, with a chat template for the chat records among them (calibration, eval), and as multiple-choice
+// items; the same bytes as a generated reply read back into a message by both templates (generate --prompts;
+// problems go into its error).
 bool text_target(const uint8_t* data, size_t size) {
   static const Tokenizer q3 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen3"));
   static const Tokenizer q25 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen2.5"));
@@ -223,6 +225,11 @@ bool text_target(const uint8_t* data, size_t size) {
     }
     try {
       (void)load_text_documents(path, "text", &q3);
+      accepted = true;
+    } catch (const Error&) {
+    }
+    try {
+      (void)read_choice_items(path);  // qwen-quant multiple-choice's items
       accepted = true;
     } catch (const Error&) {
     }
