@@ -101,7 +101,7 @@ TEST(MultipleChoice, LogLikelihoodsEqualTheBruteForceForEveryBatchSize) {
     int64_t pred = 0;
     for (size_t c = 0; c < items[i].choices.size(); ++c) {
       const ChoiceTokens t = encode_choice(tok, items[i].context, items[i].delimiter + items[i].choices[c]);
-      tokens += static_cast<int64_t>(t.context.size() + t.continuation.size());
+      tokens += static_cast<int64_t>(t.context.size() + t.continuation.size()) - 1;  // the last is only predicted
       const double ll = brute_force_loglik(m, t);
       EXPECT_NEAR(ref.items[i].loglik[c], ll, 1e-4) << i << " " << c;  // fp32 NLLs, packed vs one sequence
       if (ll > best) best = ll, pred = static_cast<int64_t>(c);
@@ -118,6 +118,38 @@ TEST(MultipleChoice, LogLikelihoodsEqualTheBruteForceForEveryBatchSize) {
         EXPECT_NEAR(r.items[i].loglik[c], ref.items[i].loglik[c], 1e-5) << batch << " " << i << " " << c;
     }
   }
+}
+
+// Inputs longer than the model's context keep their last max_position_embeddings tokens (lm-eval's left truncation:
+// the continuation's last token is predicted, never input, so max + 1 tokens of context and continuation take part).
+TEST(MultipleChoice, LongInputsKeepTheirLastTokensAsLmEval) {
+  const std::string dir = test::scratch_dir() + "/mc-trunc";
+  const std::string model_dir = test::make_random_model(dir + "/m", "tiny256", DType::F32, 10, /*layers=*/2);
+  const std::string cfg = path_join(model_dir, "config.json");
+  std::string text = read_file(cfg);
+  const size_t at = text.find("\"max_position_embeddings\": ");
+  ASSERT_NE(at, std::string::npos);
+  const size_t v0 = at + 27, v1 = text.find_first_of(",}", v0);
+  text.replace(v0, v1 - v0, "12");
+  write_file_atomic(cfg, text);
+  const QwenModel m(model_dir);
+  ASSERT_EQ(m.config().max_position_embeddings, 12);
+  const Tokenizer tok = Tokenizer::from_model(model_dir);
+  std::vector<ChoiceItem> items(1);
+  items[0] = {"i0", "a long context of many more than twelve bytes", "", {" xyz", " q"}, 0};
+  const ChoiceResult r = evaluate_choices(m, tok, items, 4096, true);
+  for (size_t c = 0; c < 2; ++c) {
+    const ChoiceTokens t = encode_choice(tok, items[0].context, items[0].choices[c]);
+    std::vector<int32_t> full = t.context;
+    full.insert(full.end(), t.continuation.begin(), t.continuation.end());
+    ChoiceTokens kept;  // the last 13 tokens: 12 inputs, the continuation's last one predicted
+    kept.context.assign(full.end() - 13, full.end() - static_cast<std::ptrdiff_t>(t.continuation.size()));
+    kept.continuation = t.continuation;
+    EXPECT_NEAR(r.items[0].loglik[c], brute_force_loglik(m, kept), 1e-4) << c;
+  }
+  EXPECT_EQ(r.tokens, 24);  // two choices, 12 inputs each
+  items[0].choices = {std::string(13, 'z'), "a"};  // a continuation longer than the context is refused
+  test::expect_error([&] { evaluate_choices(m, tok, items, 4096, true); }, {"i0: choice 0 is 13 tokens", "(12)"});
 }
 
 }  // namespace

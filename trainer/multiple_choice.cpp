@@ -9,6 +9,7 @@
 #include "core/files.h"
 #include "core/jsonl.h"
 #include "core/progress.h"
+#include "kernels/loss.h"
 
 namespace qwenq {
 
@@ -119,21 +120,22 @@ ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, cons
   const int64_t max_len = model.config().max_position_embeddings;
   struct Seq {
     size_t item, choice;
-    std::vector<int32_t> tokens;
-    int64_t cont = 0;  // the last `cont` tokens are the choice's
+    std::vector<int32_t> input;  // context + continuation without its last token (that token is only predicted)
+    int32_t last = 0;            // the continuation's last token
+    int64_t cont = 0;            // the last `cont` input positions predict the continuation's tokens
   };
   std::vector<Seq> seqs;
   for (size_t i = 0; i < items.size(); ++i) {
     for (size_t c = 0; c < items[i].choices.size(); ++c) {
       const ChoiceTokens t = encode_choice(tok, items[i].context, items[i].delimiter + items[i].choices[c]);
       QWENQ_CHECK(!t.continuation.empty(), items[i].where << ": choice " << c << " encodes to no tokens");
-      QWENQ_CHECK(static_cast<int64_t>(t.continuation.size()) < max_len,
+      QWENQ_CHECK(static_cast<int64_t>(t.continuation.size()) <= max_len,
                   items[i].where << ": choice " << c << " is " << t.continuation.size()
-                                 << " tokens, not shorter than the model's context (" << max_len << ")");
-      Seq s{i, c, t.context, static_cast<int64_t>(t.continuation.size())};
-      s.tokens.insert(s.tokens.end(), t.continuation.begin(), t.continuation.end());
-      if (static_cast<int64_t>(s.tokens.size()) > max_len) {  // lm-eval: the last tokens that fit
-        s.tokens.erase(s.tokens.begin(), s.tokens.end() - max_len);
+                                 << " tokens, longer than the model's context (" << max_len << ")");
+      Seq s{i, c, t.context, t.continuation.back(), static_cast<int64_t>(t.continuation.size())};
+      s.input.insert(s.input.end(), t.continuation.begin(), t.continuation.end() - 1);
+      if (static_cast<int64_t>(s.input.size()) > max_len) {  // lm-eval: the last max_len inputs
+        s.input.erase(s.input.begin(), s.input.end() - max_len);
       }
       seqs.push_back(std::move(s));
     }
@@ -142,25 +144,31 @@ ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, cons
   r.items.resize(items.size());
   for (size_t i = 0; i < items.size(); ++i) r.items[i].loglik.assign(items[i].choices.size(), 0.0);
   int64_t total = 0;
-  for (const Seq& s : seqs) total += static_cast<int64_t>(s.tokens.size());
+  for (const Seq& s : seqs) total += static_cast<int64_t>(s.input.size());
   Progress bar("choices", total, "tok", quiet);
   for (size_t s0 = 0; s0 < seqs.size();) {
     std::vector<std::vector<int32_t>> batch;
     size_t s1 = s0;
     int64_t n = 0;
-    while (s1 < seqs.size() && (s1 == s0 || n + static_cast<int64_t>(seqs[s1].tokens.size()) <= batch_tokens)) {
-      n += static_cast<int64_t>(seqs[s1].tokens.size());
-      batch.push_back(seqs[s1++].tokens);
+    while (s1 < seqs.size() && (s1 == s0 || n + static_cast<int64_t>(seqs[s1].input.size()) <= batch_tokens)) {
+      n += static_cast<int64_t>(seqs[s1].input.size());
+      batch.push_back(seqs[s1++].input);
     }
     const PackedBatch b = PackedBatch::from_sequences(batch);
-    std::vector<float> nll;
-    model.next_token_nll(b, &nll);
+    // Targets only where a continuation token is predicted: position t predicts input[t + 1], the last one `last`.
+    std::vector<int32_t> targets(static_cast<size_t>(n), kIgnoreIndex);
     for (size_t k = s0; k < s1; ++k) {
-      const Seq& s = seqs[k];
-      const int64_t end = b.cu_seqlens[k - s0 + 1];  // one past the sequence's last token
+      const int64_t end = b.cu_seqlens[k - s0 + 1];
+      for (int64_t t = end - seqs[k].cont; t < end; ++t) targets[t] = t + 1 < end ? b.tokens[t + 1] : seqs[k].last;
+    }
+    std::vector<float> hidden, nll(static_cast<size_t>(n), 0.f);
+    model.forward_hidden(b, &hidden);
+    model.hidden_nll(hidden.data(), n, targets.data(), nll.data());
+    for (size_t k = s0; k < s1; ++k) {
+      const int64_t end = b.cu_seqlens[k - s0 + 1];
       double ll = 0;
-      for (int64_t t = end - 1 - s.cont; t < end - 1; ++t) ll -= nll[t];  // position t predicts token t + 1
-      r.items[s.item].loglik[s.choice] = ll;
+      for (int64_t t = end - seqs[k].cont; t < end; ++t) ll -= nll[t];
+      r.items[seqs[k].item].loglik[seqs[k].choice] = ll;
     }
     r.tokens += n;
     bar.update(r.tokens);

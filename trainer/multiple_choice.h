@@ -6,8 +6,10 @@
 //                                                                                 task's delimiter)
 //   whole = encode(c' + x_i'),  ctx = encode(c'),  cont = whole[len(ctx):]        (no special tokens added; an empty
 //   ctx is the EOS token, lm-eval's prefix token)
-//   ll_i  = Σ_{t in cont} log P(t | everything before it)                        (inputs longer than the model's
-//                                                                                 context keep their last tokens)
+//   ll_i  = Σ_{t in cont} log P(t | everything before it)                        (the input is ctx + cont without
+//                                                                                 its last token, which is only
+//                                                                                 predicted; longer than the model's
+//                                                                                 context, its last tokens that fit)
 //   acc      = [argmax_i ll_i = label],   acc_norm = [argmax_i ll_i / chars(x_i) = label]   (chars: code points of
 //                                                                                 the choice as given; first index on
 //                                                                                 ties)
@@ -55,7 +57,7 @@ struct ChoiceItemResult {
 struct ChoiceResult {
   std::vector<ChoiceItemResult> items;
   double acc = 0, acc_stderr = 0, acc_norm = 0, acc_norm_stderr = 0;
-  int64_t tokens = 0;  // forwarded
+  int64_t tokens = 0;  // forwarded (each choice's context and continuation but its last token)
   double seconds = 0;
 };
 
