@@ -10,7 +10,6 @@
 
 #include "core/error.h"
 #include "core/files.h"
-#include "core/progress.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/lora_merge.h"

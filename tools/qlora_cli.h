@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "trainer/train_loop.h"
+
 namespace qwenq::cli {
 
 void register_qlora_train(CLI::App& app);
@@ -15,6 +17,18 @@ void register_qlora_generate(CLI::App& app);  // generate, chat
 void register_qlora_plan(CLI::App& app);
 void register_qlora_data(CLI::App& app);
 void register_qlora_eval(CLI::App& app);
+
+// The flags `train` and `eval` share that decide which examples an evaluation sees and how they are batched, so that
+// the same flags give `eval` the run's own held-out split and batches (tools/qlora_train.cpp).
+struct SftFlags {
+  std::string format = "auto", alpaca_prompt = "stanford", batch_mode = "packing";
+  bool no_thinking = false, fp32_checkpoints = false;  // plain flags: CLI11 shows "!--flag"s as "{false}"
+};
+// --format, --skip-bad, --alpaca-prompt, --mask-history, --train-on-prompt, --no-thinking, --max-len,
+// --eval-fraction, --eval-count (--batching, --fp32-checkpoints: each command places them beside its own batch flags).
+void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o);
+// The flags into o: data format and template switches, the split's seed (o->seed), batching, checkpoint precision.
+void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 
 // `train --config FILE.json`: the file's options inserted before the command line's (which then win).
 std::vector<std::string> expand_train_config(const std::vector<std::string>& args);

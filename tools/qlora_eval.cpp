@@ -29,8 +29,9 @@ namespace qwenq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, adapter, format = "auto", alpaca_prompt = "stanford", batch_mode = "packing", json_out;
-  bool no_thinking = false, fp32_checkpoints = false, json = false;
+  std::string model, adapter, json_out;
+  bool json = false;
+  SftFlags sft;  // train's data and batching flags
   TrainOptions opt;
   CommonOptions common;
 };
@@ -41,13 +42,7 @@ void run_sft_eval(EvalArgs& a) {
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   TrainOptions& o = a.opt;
   o.model_dir = resolve_model_dir(a.model);
-  o.data.format = parse_sft_format(a.format);
-  o.data.seed = o.seed;
-  o.data.templ.enable_thinking = !a.no_thinking;
-  o.data.templ.alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
-  QWENQ_CHECK(a.batch_mode == "packing" || a.batch_mode == "padding", "--batching must be packing or padding");
-  o.batch_mode = a.batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
-  o.bf16_checkpoints = !a.fp32_checkpoints;
+  apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(o.model_dir);
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
@@ -97,30 +92,17 @@ void register_qlora_eval(CLI::App& app) {
   c->add_option("--data,-d", o.data_path, "SFT data: JSONL/JSON with text, Alpaca or chat messages")
       ->required()
       ->check(CLI::ExistingFile);
-  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion (as train)")
-      ->capture_default_str();
-  c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
-  c->add_option("--alpaca-prompt", a->alpaca_prompt, "Alpaca records: stanford or chat (as train)")->capture_default_str();
-  c->add_flag("--mask-history", o.data.templ.mask_history, "chat data: only the last assistant message counts (as train)");
-  c->add_flag("--train-on-prompt", o.data.templ.train_on_prompt, "loss on every token, prompts included (as train)");
-  c->add_flag("--no-thinking", a->no_thinking, "chat data with a Qwen3 template: enable_thinking=False (as train)");
-  c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len; as train)")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  c->add_option("--eval-fraction", o.data.eval_fraction,
-                "evaluate train's held-out split of this share (with train's --seed) instead of every record")
-      ->capture_default_str();
-  c->add_option("--eval-count", o.data.eval_count, "or of this many examples")->capture_default_str();
+  add_sft_data_flags(c, &a->sft, &o);  // --eval-fraction / --eval-count: train's held-out split, not every record
   c->add_option("--seed", o.seed, "train's --seed (its held-out split)")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row (as train)")->capture_default_str();
   c->add_option("--batch-size", o.batch_size, "rows per batch (as train)")
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
-  c->add_option("--batching", a->batch_mode, "packing or padding (as train)")->capture_default_str();
+  c->add_option("--batching", a->sft.batch_mode, "packing or padding (as train)")->capture_default_str();
   c->add_option("--eval-batches", o.eval_batches, "at most N batches (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_flag("--fp32-checkpoints", a->fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
+  c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
   c->add_flag("--json", a->json, "print one JSON object instead of the human line");
   c->add_option("--json-out", a->json_out, "also write the JSON result to this file");
   add_common_options(c, &a->common);

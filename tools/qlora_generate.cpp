@@ -9,7 +9,9 @@
 // assistant message is the reference, not the prompt), {"prompt": text or messages, "completion": reference}
 // (TRL's prompt-only / prompt-completion), Alpaca records ("output" the reference); chat prompts are rendered with
 // the generation prompt, plain ones encoded as --prompt is (--chat wraps them as a user turn). Writes one JSON line
-// per record, {"where", "prompt", "output", "reference", "prompt_tokens", "new_tokens"}, atomically at the end.
+// per record, {"where", "prompt", "output", "message" (chat prompts: the reply as the assistant message the template
+// renders it from, Tokenizer::parse_chat_reply; "tool_call_error" when its tool calls do not read), "reference",
+// "prompt_tokens", "new_tokens"}, atomically at the end.
 #include <unistd.h>
 
 #include <chrono>

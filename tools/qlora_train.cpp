@@ -23,11 +23,10 @@ namespace {
 
 struct TrainArgs {
   TrainOptions opt;
-  std::string model, targets = "all-linear", format = "auto", batch_mode = "packing", adapter_dtype = "fp32";
-  std::string alpaca_prompt = "stanford";
+  SftFlags sft;
+  std::string model, targets = "all-linear", adapter_dtype = "fp32";
   std::string config;
-  double eval_fraction = 0.0;
-  bool no_checkpointing = false, fp32_checkpoints = false, no_thinking = false;  // plain flags: CLI11 shows "!--flag"s as "{false}"
+  bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
   CommonOptions common;
 };
 
@@ -84,6 +83,37 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
 
 }  // namespace
 
+void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
+  c->add_option("--format", f->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
+  c->add_flag("--skip-bad", o->data.skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_option("--alpaca-prompt", f->alpaca_prompt,
+                 "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "
+                 "tokenizer's chat template; \"system\" and \"history\" used)")
+      ->capture_default_str();
+  c->add_flag("--mask-history", o->data.templ.mask_history,
+              "chat data: only the last assistant message of each conversation counts in the loss");
+  c->add_flag("--train-on-prompt", o->data.templ.train_on_prompt,
+              "loss on every token of Alpaca and chat records (prompts, system and user turns, tool responses), not "
+              "only the responses");
+  c->add_flag("--no-thinking", f->no_thinking,
+              "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
+  c->add_option("--max-len", o->data.max_len, "truncate examples to this many tokens (0: --seq-len)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--eval-fraction", o->data.eval_fraction, "held-out share of the data for eval loss")->capture_default_str();
+  c->add_option("--eval-count", o->data.eval_count, "or an exact number of held-out examples")->capture_default_str();
+}
+
+void apply_sft_flags(const SftFlags& f, TrainOptions* o) {
+  o->data.format = parse_sft_format(f.format);
+  o->data.seed = o->seed;
+  o->data.templ.enable_thinking = !f.no_thinking;
+  o->data.templ.alpaca_chat = parse_alpaca_prompt(f.alpaca_prompt);
+  QWENQ_CHECK(f.batch_mode == "packing" || f.batch_mode == "padding", "--batching must be packing or padding");
+  o->batch_mode = f.batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
+  o->bf16_checkpoints = !f.fp32_checkpoints;
+}
+
 void register_qlora_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   TrainOptions& o = a->opt;
@@ -92,24 +122,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
-  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
-  c->add_flag("--skip-bad", o.data.skip_bad, "skip malformed records (counted) instead of stopping");
-  c->add_option("--alpaca-prompt", a->alpaca_prompt,
-                 "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "
-                 "tokenizer's chat template; \"system\" and \"history\" used)")
-      ->capture_default_str();
-  c->add_flag("--mask-history", o.data.templ.mask_history,
-              "chat data: only the last assistant message of each conversation counts in the loss");
-  c->add_flag("--train-on-prompt", o.data.templ.train_on_prompt,
-              "loss on every token of Alpaca and chat records (prompts, system and user turns, tool responses), not "
-              "only the responses");
-  c->add_flag("--no-thinking", a->no_thinking,
-              "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");
-  c->add_option("--max-len", o.data.max_len, "truncate examples to this many tokens (0: --seq-len)")
-      ->check(at_least(0, "NONNEGATIVE"))
-      ->capture_default_str();
-  c->add_option("--eval-fraction", o.data.eval_fraction, "held-out share of the data for eval loss")->capture_default_str();
-  c->add_option("--eval-count", o.data.eval_count, "or an exact number of held-out examples")->capture_default_str();
+  add_sft_data_flags(c, &a->sft, &o);
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
   c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
       ->check(greater_than(0, "POSITIVE"))
@@ -143,10 +156,10 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--batch-size", o.batch_size, "rows per micro-batch")->capture_default_str();
   c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
-  c->add_option("--batching", a->batch_mode, "packing (examples back to back, attention kept apart) or padding")
+  c->add_option("--batching", a->sft.batch_mode, "packing (examples back to back, attention kept apart) or padding")
       ->capture_default_str();
   c->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing them");
-  c->add_flag("--fp32-checkpoints", a->fp32_checkpoints,
+  c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints,
               "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
   c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
       ->check(at_least(0, "NONNEGATIVE"))
@@ -177,7 +190,6 @@ void register_qlora_train(CLI::App& app) {
   c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
-    o.bf16_checkpoints = !a->fp32_checkpoints;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
@@ -185,12 +197,7 @@ void register_qlora_train(CLI::App& app) {
     o.model_dir = resolve_model_dir(a->model);
     o.lora.target_modules = parse_lora_targets(a->targets);
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
-    o.data.format = parse_sft_format(a->format);
-    o.data.seed = o.seed;
-    o.data.templ.enable_thinking = !a->no_thinking;
-    o.data.templ.alpaca_chat = parse_alpaca_prompt(a->alpaca_prompt);
-    QWENQ_CHECK(a->batch_mode == "packing" || a->batch_mode == "padding", "--batching must be packing or padding");
-    o.batch_mode = a->batch_mode == "padding" ? SftBatchMode::kPadding : SftBatchMode::kPacking;
+    apply_sft_flags(a->sft, &o);
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
     const TrainReport r = train_lora(o);

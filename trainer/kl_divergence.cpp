@@ -109,18 +109,13 @@ SampleSummary summarize_sample(const std::vector<double>& x) {
 KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenModel& base,
                                           const std::vector<int32_t>& tokens, const PerplexityOptions& opt,
                                           int64_t logits_chunk_rows) {
-  QWENQ_CHECK(opt.seq_len >= 2, "--seq-len must be at least 2, got " << opt.seq_len);
-  QWENQ_CHECK(opt.windows_per_batch >= 1, "--batch must be at least 1, got " << opt.windows_per_batch);
   const int64_t V = model.config().vocab_size, C = model.config().hidden_size, Cb = base.config().hidden_size;
   QWENQ_CHECK(base.config().vocab_size == V, "the base model " << base.dir() << " has a vocabulary of "
                                                                << base.config().vocab_size << " tokens, "
                                                                << model.dir() << " one of " << V
                                                                << ": KL divergence needs the same vocabulary");
   const int64_t n_tok = static_cast<int64_t>(tokens.size());
-  int64_t windows = n_tok / opt.seq_len;
-  QWENQ_CHECK(windows >= 1, "the text has " << n_tok << " tokens, fewer than one window of --seq-len " << opt.seq_len
-                                            << "; give more text or a smaller --seq-len");
-  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
+  const int64_t windows = perplexity_windows(n_tok, opt);
 
   KlDivergenceResult r;
   r.model.corpus_tokens = n_tok;
@@ -136,16 +131,9 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
   std::vector<float> lg_q, lg_b, nq, nb;
   for (int64_t w0 = 0; w0 < windows; w0 += opt.windows_per_batch) {
     const int64_t nw = std::min(opt.windows_per_batch, windows - w0);
-    std::vector<std::vector<int32_t>> seqs;
-    for (int64_t w = w0; w < w0 + nw; ++w) {
-      seqs.emplace_back(tokens.begin() + w * opt.seq_len, tokens.begin() + (w + 1) * opt.seq_len);
-    }
-    const PackedBatch batch = PackedBatch::from_sequences(seqs);
+    const PackedBatch batch = perplexity_window_batch(tokens, opt.seq_len, w0, nw);
     const int64_t T = batch.num_tokens();
-    std::vector<int32_t> targets(T, kIgnoreIndex);
-    for (int64_t s = 0; s < batch.num_seqs(); ++s) {
-      for (int32_t t = batch.cu_seqlens[s]; t + 1 < batch.cu_seqlens[s + 1]; ++t) targets[t] = batch.tokens[t + 1];
-    }
+    const std::vector<int32_t> targets = next_token_targets(batch);
     std::vector<float> hq, hb;
     model.forward_hidden(batch, &hq);
     base.forward_hidden(batch, &hb);

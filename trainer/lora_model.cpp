@@ -402,14 +402,6 @@ void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
   }
 }
 
-std::vector<int32_t> next_token_targets(const PackedBatch& b) {
-  std::vector<int32_t> targets(b.num_tokens(), kIgnoreIndex);
-  for (int64_t s = 0; s < b.num_seqs(); ++s) {
-    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
-  }
-  return targets;
-}
-
 LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch,
                                   const std::vector<int32_t>& targets, LoraAdapter* grads, const LoraStepOptions& opt) {
   const QwenConfig& c = model.config();

@@ -94,10 +94,6 @@ LoraStepResult lora_loss_and_grad(const QwenModel& model, const LoraAdapter& ada
 // init_peft, m = ‖W‖). Throws when the adapter does not use DoRA.
 void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter);
 
-// Next-token targets of a packed batch: targets[t] = tokens[t+1] inside each sequence, kIgnoreIndex at the last
-// position of each sequence.
-std::vector<int32_t> next_token_targets(const PackedBatch& batch);
-
 // Logits [T, V] of the adapted model (tests, generation with an adapter).
 std::vector<float> lora_forward_logits(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch);
 

@@ -34,6 +34,12 @@ struct PerplexityResult {
 // provide it.
 using NextTokenNllFn = std::function<int64_t(const PackedBatch&, std::vector<float>*)>;
 
+// The windows evaluate_perplexity scores: ⌊n_tokens / seq_len⌋, at most max_windows (when > 0). Checks the options
+// (seq_len >= 2, windows_per_batch >= 1); fewer tokens than one window is an error naming --seq-len.
+int64_t perplexity_windows(int64_t n_tokens, const PerplexityOptions& opt);
+// Windows [w0, w0 + n) of seq_len tokens each, packed as one batch (positions restarting per window).
+PackedBatch perplexity_window_batch(const std::vector<int32_t>& tokens, int64_t seq_len, int64_t w0, int64_t n);
+
 PerplexityResult evaluate_perplexity(const NextTokenNllFn& next_token_nll, const std::vector<int32_t>& tokens,
                                      const PerplexityOptions& opt);
 // The CPU model: the function above with model.next_token_nll.

@@ -277,14 +277,19 @@ std::vector<float> QwenModel::forward_logits(const PackedBatch& b, KvCacheDType 
   return out;
 }
 
+std::vector<int32_t> next_token_targets(const PackedBatch& b) {
+  std::vector<int32_t> targets(b.num_tokens(), kIgnoreIndex);
+  for (int64_t s = 0; s < b.num_seqs(); ++s) {
+    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
+  }
+  return targets;
+}
+
 int64_t QwenModel::next_token_nll(const PackedBatch& b, std::vector<float>* nll) const {
   std::vector<float> hidden;
   forward_hidden(b, &hidden);
   const int64_t T = b.num_tokens();
-  std::vector<int32_t> targets(T, kIgnoreIndex);
-  for (int64_t s = 0; s < b.num_seqs(); ++s) {
-    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
-  }
+  const std::vector<int32_t> targets = next_token_targets(b);
   nll->assign(T, 0.f);
   return hidden_nll(hidden.data(), T, targets.data(), nll->data());
 }

@@ -38,6 +38,10 @@ struct PackedBatch {
   int64_t num_seqs() const { return static_cast<int64_t>(cu_seqlens.size()) - 1; }
 };
 
+// Next-token targets of a packed batch: targets[t] = tokens[t+1] inside each sequence, kIgnoreIndex (-100) at the
+// last position of each sequence.
+std::vector<int32_t> next_token_targets(const PackedBatch& batch);
+
 // The four places inside a decoder block where Linear layers read their input (q/k/v share one, gate/up one).
 enum class BlockLinear { QKV, O, GateUp, Down };
 // The seven Linears of a decoder block in true-sequential order (q, k, v, o, gate, up, down; also LoraTarget's

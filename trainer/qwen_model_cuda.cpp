@@ -488,10 +488,7 @@ int64_t QwenModelCuda::next_token_nll(const PackedBatch& b, std::vector<float>* 
   Impl& m = *impl_;
   m.forward_hidden(b);
   const int64_t T = b.num_tokens(), V = m.cfg.vocab_size;
-  std::vector<int32_t> targets(static_cast<size_t>(T), kIgnoreIndex);
-  for (int64_t s = 0; s < b.num_seqs(); ++s) {
-    for (int32_t t = b.cu_seqlens[s]; t + 1 < b.cu_seqlens[s + 1]; ++t) targets[t] = b.tokens[t + 1];
-  }
+  const std::vector<int32_t> targets = next_token_targets(b);
   QWENQ_CUDA_CHECK(
       cudaMemcpyAsync(m.targets.get(), targets.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
