@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -82,6 +83,14 @@ void release_mapped_pages(const void* data, size_t bytes) {
 void remove_tree(const std::string& path) {
   if (!path_exists(path)) return;
   (void)::nftw(path.c_str(), remove_entry, 32, FTW_DEPTH | FTW_PHYS);
+}
+
+uint64_t free_bytes_for(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  struct statvfs st;
+  if (statvfs(dir.c_str(), &st) != 0) return UINT64_MAX;
+  return static_cast<uint64_t>(st.f_bavail) * static_cast<uint64_t>(st.f_frsize);
 }
 
 int make_dirs(const std::string& path) {

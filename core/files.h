@@ -17,6 +17,9 @@ std::string path_join(const std::string& a, const std::string& b);
 // (MADV_DONTNEED; touching them again re-reads the file). Streaming quantizers call it on weights they are done
 // with, so resident memory stays near one block instead of growing with every page of the model read so far.
 void release_mapped_pages(const void* data, size_t bytes);
+// Bytes an unprivileged process may still write on the file system holding `path` (a file that need not exist yet:
+// its directory is asked; "" is the working directory); UINT64_MAX when that cannot be told.
+uint64_t free_bytes_for(const std::string& path);
 // rm -rf; never throws (used from destructors); a missing path is fine.
 void remove_tree(const std::string& path);
 // mkdir -p; returns 0 or an errno.

@@ -2,6 +2,9 @@
 // adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
 // (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does. --kl-base DIR: also how far its next-token
 // distributions are from DIR's on the same windows (trainer/kl_divergence.h; both models on the CPU).
+// llama-perplexity's KL-divergence base files (trainer/kld_file.h): --save-kld FILE writes one from the model over
+// --data, --kl-base FILE scores the model against one (its tokens, llama.cpp's chunks: the second half of each
+// chunk scored), so a base file made by either tool scores models of both.
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -18,6 +21,7 @@
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/kl_divergence.h"
+#include "trainer/kld_file.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/perplexity.h"
@@ -30,7 +34,7 @@ namespace qwenq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, adapter, data, field = "text", json_out, kl_base;
+  std::string model, adapter, data, field = "text", json_out, kl_base, save_kld;
   bool json = false, quiet = false, no_bos = false, seq_len_given = false, int8_activations = false;
   PerplexityOptions ppl;
   CommonOptions common;
@@ -50,31 +54,141 @@ void check_same_tokens(const std::string& base_dir, const std::vector<int32_t>& 
                            << "); KL divergence needs one tokenization for both models");
 }
 
+// The adapter (when given): merged into the CPU model, or loaded for the GPU to apply unmerged.
+std::unique_ptr<LoraAdapter> load_eval_adapter(const EvalArgs& a, const std::string& dir, Device device,
+                                               QwenModel& model) {
+  if (a.adapter.empty()) return nullptr;
+  auto adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
+  if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
+  if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
+  if (!a.quiet) {
+    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
+                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
+                 adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
+                 adapter->use_dora() ? " (DoRA)" : "", adapter->scaling());
+  }
+  return adapter;
+}
+
+// llama.cpp's chunks put BOS in each chunk's first position when the tokenizer adds one (and --no-bos is not given).
+int32_t chunk_bos(const Tokenizer& tok, const EvalArgs& a) { return !a.no_bos && tok.adds_bos() ? tok.bos_id() : -1; }
+
+void add_int8_json(const EvalArgs& a, const Int8Coverage& int8, nlohmann::ordered_json* j) {
+  if (!a.int8_activations) return;
+  (*j)["int8_activations"] = true;
+  (*j)["int8_linears"] = int8.int8;
+  (*j)["linears"] = int8.linears;
+  (*j)["int8_output_table"] = int8.lm_head;
+}
+
+void print_result(const EvalArgs& a, const nlohmann::ordered_json& j, const std::string& human) {
+  if (a.json) std::printf("%s\n", j.dump().c_str());
+  else std::printf("%s", human.c_str());
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
+nlohmann::ordered_json chunk_result_json(const std::string& dir, const PerplexityResult& r, int64_t n_ctx) {
+  return {{"model", dir},
+          {"scoring", "llama-perplexity: the second half of each chunk"},
+          {"perplexity", r.perplexity},
+          {"mean_nll", r.mean_nll},
+          {"seq_len", n_ctx},
+          {"windows", r.windows},
+          {"scored_tokens", r.scored_tokens},
+          {"corpus_tokens", r.corpus_tokens},
+          {"seconds", r.seconds},
+          {"tokens_per_s", r.tokens_per_s},
+          {"peak_rss_bytes", peak_rss_bytes()}};
+}
+
+std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const std::string& source) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "perplexity %.4f  (%lld chunks x %lld tokens of %s, the second half of each scored as "
+                "llama-perplexity does: %lld tokens, %.0f tok/s, peak RSS %s)\n",
+                r.perplexity, (long long)r.windows, (long long)n_ctx, source.c_str(), (long long)r.scored_tokens,
+                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str());
+  return buf;
+}
+
+// eval --save-kld FILE: the model's log-probabilities over the text's chunks, for llama-perplexity --kl-divergence or
+// eval --kl-base FILE to score other models against.
+void run_save_kld(const EvalArgs& a, const std::string& dir) {
+  const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
+  QwenModel model(dir);
+  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, Device::Cpu, model);
+  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
+  Tokenizer tok = Tokenizer::from_model(dir);
+  const std::vector<int32_t> tokens = tok.encode(load_text_corpus(a.data, a.field, &tok), !a.no_bos);
+  KldRunOptions opt;
+  opt.max_chunks = a.ppl.max_windows;
+  opt.chunks_per_batch = a.ppl.windows_per_batch;
+  opt.bos = chunk_bos(tok, a);
+  opt.quiet = a.quiet;
+  const PerplexityResult r = save_kld_file(model, tokens, n_ctx, opt, a.save_kld);
+  nlohmann::ordered_json j = chunk_result_json(dir, r, n_ctx);
+  j["data"] = a.data;
+  if (!a.adapter.empty()) j["adapter"] = a.adapter;
+  const uint64_t bytes = kld_file_bytes({static_cast<int32_t>(n_ctx), static_cast<int32_t>(model.config().vocab_size),
+                                         static_cast<int32_t>(r.windows)});
+  add_int8_json(a, int8, &j);
+  j["save_kld"] = a.save_kld;
+  j["save_kld_bytes"] = bytes;
+  print_result(a, j, chunk_result_line(r, n_ctx, a.data) + "saved the log-probabilities of those positions to " +
+                         a.save_kld + " (" + format_bytes(bytes) + ")\n");
+}
+
+// eval --kl-base FILE: the model over the file's tokens, each scored position against the file's row.
+void run_kld_file(const EvalArgs& a, const std::string& dir) {
+  const KldFile file(a.kl_base);
+  const int64_t n_ctx = file.header().n_ctx;
+  QWENQ_CHECK(!a.seq_len_given || a.ppl.seq_len == n_ctx,
+              "--seq-len " << a.ppl.seq_len << " differs from the n_ctx " << n_ctx << " of " << a.kl_base
+                           << ", whose chunks are scored; leave --seq-len out");
+  QwenModel model(dir);
+  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, Device::Cpu, model);
+  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
+  KldRunOptions opt;
+  opt.max_chunks = a.ppl.max_windows;
+  opt.chunks_per_batch = a.ppl.windows_per_batch;
+  opt.bos = chunk_bos(Tokenizer::from_model(dir), a);
+  opt.quiet = a.quiet;
+  const KlDivergenceResult kl = evaluate_kl_divergence_file(model, file, opt);
+  nlohmann::ordered_json j = chunk_result_json(dir, kl.model, n_ctx);
+  if (!a.adapter.empty()) j["adapter"] = a.adapter;
+  add_int8_json(a, int8, &j);
+  j["kl_divergence"] = kl_divergence_json(kl, a.kl_base);
+  print_result(a, j, chunk_result_line(kl.model, n_ctx, a.kl_base) + kl_divergence_text(kl, a.kl_base));
+}
+
 void run_eval(const EvalArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the evaluation");
+  const bool kl_file = !a.kl_base.empty() && is_kld_file(a.kl_base);
   QWENQ_CHECK(a.kl_base.empty() || device == Device::Cpu,
               "eval --kl-base runs on the CPU (both models' full logits, position by position); use --device cpu");
+  QWENQ_CHECK(a.save_kld.empty() || device == Device::Cpu,
+              "eval --save-kld runs on the CPU (the model's full logits, position by position); use --device cpu");
+  QWENQ_CHECK(a.save_kld.empty() || a.kl_base.empty(),
+              "--save-kld writes a base file from --model; --kl-base scores --model against a base: give one of them");
+  QWENQ_CHECK(!kl_file || a.data.empty(),
+              "--kl-base " << a.kl_base << " is a KL-divergence base file, which carries the tokens it scores; "
+                           << "leave --data out");
+  QWENQ_CHECK(kl_file || !a.data.empty(), "eval needs --data (the text to score)");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
+  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
+  if (!a.save_kld.empty()) {
+    check_output_dir_exists("--save-kld", a.save_kld);
+    return run_save_kld(a, dir);
+  }
+  if (kl_file) return run_kld_file(a, dir);
   const std::string base_dir = a.kl_base.empty() ? "" : resolve_model_dir(a.kl_base, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
-  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (!a.adapter.empty()) {
-    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
-    if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
-    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
-    if (!a.quiet) {
-      std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
-                   device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                   adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(), adapter->use_dora() ? " (DoRA)" : "",
-                   adapter->scaling());
-    }
-  }
+  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, device, model);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::string text = load_text_corpus(a.data, a.field, &tok);
@@ -127,12 +241,7 @@ void run_eval(const EvalArgs& a) {
                               {"peak_rss_bytes", peak_rss_bytes()}};
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   if (kl) j["kl_divergence"] = kl_divergence_json(*kl, base_dir);
-  if (a.int8_activations) {
-    j["int8_activations"] = true;
-    j["int8_linears"] = int8.int8;
-    j["linears"] = int8.linears;
-    j["int8_output_table"] = int8.lm_head;
-  }
+  add_int8_json(a, int8, &j);
   std::string device_peak;
   if (device_peak_allocated >= 0) {
     j["device_peak_allocated_bytes"] = device_peak_allocated;
@@ -140,16 +249,15 @@ void run_eval(const EvalArgs& a) {
     device_peak = ", peak device memory " + format_bytes(static_cast<uint64_t>(device_peak_allocated)) +
                   " allocated, " + format_bytes(static_cast<uint64_t>(device_peak_reserved)) + " reserved";
   }
-  if (a.json) std::printf("%s\n", j.dump().c_str());
-  else
-    std::printf("perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",
+  char human[1024];
+  std::snprintf(human, sizeof human,
+                "perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",
                 r.perplexity, (long long)r.windows, (long long)opt.seq_len, a.data.c_str(), (long long)r.scored_tokens,
                 r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(),
                 (device_peak + (a.int8_activations ? ", int8 activations in " + std::to_string(int8.int8) + " of " +
                                                           std::to_string(int8.linears) + " Linears"
                                                     : "")).c_str());
-  if (kl && !a.json) std::printf("%s", kl_divergence_text(*kl, base_dir).c_str());
-  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+  print_result(a, j, human + (kl ? kl_divergence_text(*kl, base_dir) : std::string()));
 }
 
 }  // namespace
@@ -161,7 +269,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--adapter,-a", a->adapter,
                   "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged "
                   "on the GPU");
-  cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field (not with --kl-base FILE)")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--text-field", a->field, "JSONL field holding the text")->capture_default_str();
   CLI::Option* seq_len =
       cmd->add_option("--seq-len", a->ppl.seq_len, "window length in tokens (default: 2048, or the model's context "
@@ -177,8 +286,14 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--kl-base", a->kl_base,
                   "also the KL divergence of the model's next-token distributions from this model's (the original: "
                   "a directory, repo id or .gguf; same tokenizer and vocabulary), with top-1 agreement and the "
-                  "true token's probability change; CPU")
-      ->option_text("DIR");
+                  "true token's probability change; or from a base file of --save-kld or llama-perplexity "
+                  "--kl-divergence-base (its tokens and chunks, no --data); CPU")
+      ->option_text("DIR|FILE");
+  cmd->add_option("--save-kld", a->save_kld,
+                  "write the model's log-probabilities over --data as a KL-divergence base file (llama-perplexity's "
+                  "--kl-divergence-base format: --seq-len chunks, the second half of each; about 2 bytes x vocabulary "
+                  "x seq-len/2 per chunk) for --kl-base FILE or llama-perplexity --kl-divergence; CPU")
+      ->option_text("FILE");
   add_int8_activations_flag(cmd, &a->int8_activations);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
   cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");

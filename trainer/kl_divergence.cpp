@@ -106,6 +106,28 @@ SampleSummary summarize_sample(const std::vector<double>& x) {
   return s;
 }
 
+void KlSample::add(const KlPosition& p) {
+  kld_.push_back(p.kld);
+  kld_sum_ += p.kld;
+  dp_.push_back(p.p - p.p_base);
+  nll_base_.push_back(p.nll_base);
+  nll_.push_back(p.nll);
+  same_ += p.same_top1 ? 1 : 0;
+}
+
+void KlSample::summarize(KlDivergenceResult* r) const {
+  r->kld = summarize_sample(kld_);
+  r->delta_p = summarize_sample(dp_);
+  const double n = static_cast<double>(kld_.size());
+  r->same_top1 = static_cast<double>(same_) / n;
+  r->same_top1_stderr = n > 1 ? std::sqrt(r->same_top1 * (1 - r->same_top1) / (n - 1)) : 0;
+  std::vector<double> ln_ratio(nll_.size());
+  for (size_t i = 0; i < ln_ratio.size(); ++i) ln_ratio[i] = nll_[i] - nll_base_[i];
+  r->ln_ppl_ratio = mean_of(ln_ratio);
+  r->ln_ppl_ratio_stderr = stderr_of(ln_ratio, r->ln_ppl_ratio);
+  r->nll_correlation = pearson(nll_, nll_base_);
+}
+
 KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenModel& base,
                                           const std::vector<int32_t>& tokens, const PerplexityOptions& opt,
                                           int64_t logits_chunk_rows) {
@@ -120,10 +142,9 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
   KlDivergenceResult r;
   r.model.corpus_tokens = n_tok;
   r.model.windows = windows;
-  std::vector<double> kld, dp, nll_b, nll_q;
-  std::vector<char> same;
+  KlSample sample;
   Progress bar("kl-divergence", windows * opt.seq_len, "tok", opt.quiet);
-  double nll_sum = 0, nll_base_sum = 0, kld_sum = 0;
+  double nll_sum = 0, nll_base_sum = 0;
   // Rows per logits chunk: lm_head_nll's (qwen_weights.cpp), so that for a table read in place the NLLs, and the
   // perplexity, are the bits `eval` gives without a base.
   const int64_t chunk_cap =
@@ -157,18 +178,11 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
     for (int64_t t = 0; t < T; ++t) {
       nll_sum += nll_q_rows[t];  // evaluate_perplexity's order: the batch's rows, ignored ones as 0
       nll_base_sum += nll_b_rows[t];
-      if (targets[t] == kIgnoreIndex) continue;
-      const KlPosition& p = pos[t];
-      kld.push_back(p.kld);
-      kld_sum += p.kld;
-      dp.push_back(p.p - p.p_base);
-      nll_b.push_back(p.nll_base);
-      nll_q.push_back(p.nll);
-      same.push_back(p.same_top1 ? 1 : 0);
+      if (targets[t] != kIgnoreIndex) sample.add(pos[t]);
     }
     char extra[96];
     std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", std::exp(nll_sum / r.model.scored_tokens),
-                  kld_sum / static_cast<double>(kld.size()));
+                  sample.kld_mean());
     bar.update((w0 + nw) * opt.seq_len, extra);
   }
   r.model.mean_nll = nll_sum / r.model.scored_tokens;
@@ -176,18 +190,7 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
   r.base_perplexity = std::exp(nll_base_sum / r.model.scored_tokens);
   r.model.seconds = bar.elapsed_s();
   r.model.tokens_per_s = r.model.seconds > 0 ? windows * opt.seq_len / r.model.seconds : 0;
-  r.kld = summarize_sample(kld);
-  r.delta_p = summarize_sample(dp);
-  const double n = static_cast<double>(same.size());
-  double agree = 0;
-  for (char s : same) agree += s;
-  r.same_top1 = agree / n;
-  r.same_top1_stderr = n > 1 ? std::sqrt(r.same_top1 * (1 - r.same_top1) / (n - 1)) : 0;
-  std::vector<double> ln_ratio(nll_q.size());
-  for (size_t i = 0; i < ln_ratio.size(); ++i) ln_ratio[i] = nll_q[i] - nll_b[i];
-  r.ln_ppl_ratio = mean_of(ln_ratio);
-  r.ln_ppl_ratio_stderr = stderr_of(ln_ratio, r.ln_ppl_ratio);
-  r.nll_correlation = pearson(nll_q, nll_b);
+  sample.summarize(&r);
   char extra[96];
   std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", r.model.perplexity, r.kld.mean);
   bar.finish(extra);

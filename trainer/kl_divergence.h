@@ -62,6 +62,21 @@ struct KlDivergenceResult {
   double nll_correlation = 0;         // Pearson, per-token NLLs of the two models
 };
 
+// The scored positions of an evaluation summarised into a KlDivergenceResult: its kld, delta_p, same_top1,
+// ln_ppl_ratio and nll_correlation with their errors (the perplexities and counts are the caller's).
+class KlSample {
+ public:
+  void add(const KlPosition& p);
+  int64_t size() const { return static_cast<int64_t>(kld_.size()); }
+  double kld_mean() const { return kld_.empty() ? 0.0 : kld_sum_ / static_cast<double>(kld_.size()); }
+  void summarize(KlDivergenceResult* r) const;
+
+ private:
+  std::vector<double> kld_, dp_, nll_base_, nll_;
+  int64_t same_ = 0;
+  double kld_sum_ = 0;
+};
+
 // Both models over the same windows (opt as evaluate_perplexity's, seq_len checked the same way), each window's
 // hidden states from both, logits a chunk of rows at a time (about 2^24 values per model), never the whole window's.
 // The models must share the vocabulary size (the tokens are the caller's: one tokenization for both).

@@ -34,7 +34,9 @@
 #  - (new format, compressed-tensors) written files compute as the GPTQ file of the same codes; 3-bit refused;
 #  - (new command, fp8) its output loads (a MoE's too, in both formats) and is a quantizer's source;
 #  - (new flag, eval --kl-base) a base that tokenizes the text differently, or is missing: named before any
-#    evaluation; (new command, multiple-choice) a malformed item, before the model loads.
+#    evaluation; (new command, multiple-choice) a malformed item, before the model loads;
+#  - (new flags, eval --save-kld / --kl-base FILE) text given with a base file (which carries its tokens), another
+#    --seq-len than the file's, both flags at once, a cut file, too little text: no file left behind.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -404,6 +406,34 @@ PY
 refuse kl_tokens "--kl-base tiny_swapped: its tokenizer splits text.jsonl differently from tiny's" \
   "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --kl-base tiny_swapped
 refuse kl_missing "cannot find model 'no_such_base'" "$QQ" eval --model tiny --data text.jsonl --kl-base no_such_base
+# --- eval --save-kld / --kl-base FILE: llama-perplexity's base file, written whole or not at all -------------------
+"$QQ" eval --model tiny --data text.jsonl --seq-len 64 --save-kld tiny.kld --json -q > save_kld.json 2> save_kld.err ||
+  fail "eval --save-kld" save_kld.err
+"$QQ" eval --model tiny --kl-base tiny.kld --json -q > kld_self.json 2> kld_self.err || fail "eval --kl-base FILE" kld_self.err
+python3 - save_kld.json kld_self.json tiny.kld <<'PY' || fail "eval --save-kld then --kl-base FILE: unexpected output" kld_self.json
+import json, os, sys
+saved, self_ = (json.load(open(p)) for p in sys.argv[1:3])
+assert saved["save_kld_bytes"] == os.path.getsize(sys.argv[3]) and saved["seq_len"] == 64, saved
+kl = self_["kl_divergence"]
+# the model against its own file: only the 16-bit encoding's error, the same positions and perplexity
+assert kl["positions"] == saved["scored_tokens"] == self_["scored_tokens"] > 0, (kl, saved)
+assert kl["kld"]["max"] < 1e-5 and kl["same_top1"] == 1.0, kl
+assert abs(self_["perplexity"] / saved["perplexity"] - 1) < 1e-3 and abs(kl["base_perplexity"] / saved["perplexity"] - 1) < 1e-3
+PY
+refuse kld_with_data "--kl-base tiny.kld is a KL-divergence base file, which carries the tokens it scores; leave --data out" \
+  "$QQ" eval --model tiny --kl-base tiny.kld --data text.jsonl
+refuse kld_seq_len "--seq-len 32 differs from the n_ctx 64 of tiny.kld" "$QQ" eval --model tiny --kl-base tiny.kld --seq-len 32
+refuse kld_both "--save-kld writes a base file from --model; --kl-base scores --model against a base: give one of them" \
+  "$QQ" eval --model tiny --data text.jsonl --kl-base tiny.kld --save-kld other.kld
+refuse kld_no_data "eval needs --data" "$QQ" eval --model tiny
+head -c 1000 tiny.kld > cut.kld
+refuse kld_cut "cut.kld is 1000 bytes; its header (n_ctx 64, n_vocab" "$QQ" eval --model tiny --kl-base cut.kld
+refuse kld_no_dir "--save-kld no_dir/x.kld: directory no_dir does not exist" \
+  "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --save-kld no_dir/x.kld
+echo "Once upon a time" > short.txt
+refuse kld_short "fewer than one chunk of --seq-len 128" "$QQ" eval --model tiny --data short.txt --save-kld short.kld
+[ ! -e short.kld ] && [ ! -e other.kld ] || fail "a refused --save-kld left a file"
+ls short.kld.tmp.* other.kld.tmp.* > /dev/null 2>&1 && fail "a refused --save-kld left a temporary file"
 # --- multiple-choice: a bad item is named by file:line before the model loads; a good set scores -----------------
 printf '{"context": "a", "choices": [" b", " c"], "label": 0}\n{"context": "a", "choices": [" b", " c"], "label": 5}\n' > mc.jsonl
 refuse mc_label "mc.jsonl:2: \"label\" 5 is not one of the 2 choices" "$QQ" multiple-choice --model tiny --data mc.jsonl

@@ -19,6 +19,7 @@
 #include "quant/ggml_blocks.h"
 #include "quant/ggml_imatrix.h"
 #include "trainer/gguf_model.h"
+#include "trainer/kld_file.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_config.h"
@@ -153,6 +154,19 @@ void imatrix_target(const uint8_t* data, size_t size) {
   export_gguf(path_join(fixtures(), "models/dense"), path_join(scratch(), "imatrix-out.gguf"), o);
 }
 
+// The bytes as a KL-divergence base file (llama-perplexity's --kl-divergence-base): open it, then score the dense
+// fixture model against it (a file of another vocabulary is refused there).
+void kld_target(const uint8_t* data, size_t size) {
+  const std::string path = path_join(scratch(), "input.kld");
+  write_bytes(path, data, size);
+  const KldFile f(path);
+  static const QwenModel model(path_join(fixtures(), "models/dense"));
+  KldRunOptions o;
+  o.quiet = true;
+  o.max_chunks = 4;
+  (void)evaluate_kl_divergence_file(model, f, o);
+}
+
 bool tokenizer_target(const uint8_t* data, size_t size) {
   static const Tokenizer tok = [] {
     const std::string dir = path_join(fixtures(), "tokenizer");
@@ -272,7 +286,7 @@ std::vector<std::string> fuzz_target_names() {
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
   for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
-                        "gguf", "imatrix"})
+                        "gguf", "imatrix", "kld"})
     names.push_back(t);
   return names;
 }
@@ -306,6 +320,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       gguf_target(data, size);
     } else if (target == "imatrix") {
       imatrix_target(data, size);
+    } else if (target == "kld") {
+      kld_target(data, size);
     } else {
       std::string all;
       for (const std::string& n : fuzz_target_names()) all += (all.empty() ? "" : ", ") + n;

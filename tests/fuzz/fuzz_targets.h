@@ -18,6 +18,8 @@
 //   llama2c_tokenizer        the bytes as a llama2.c tokenizer (a tiny checkpoint fixed): import
 //   gguf                     the bytes as a .gguf file: open, dequantize every tensor, load as a model (forward 3
 //                            tokens) and its tokenizer (encode, decode)
+//   imatrix                  the bytes as an importance matrix (GGUF or legacy .dat): read, export a Q4_K_M GGUF
+//   kld                      the bytes as a KL-divergence base file (llama-perplexity's): open, score the dense model
 //
 // The fixtures come from QWENQ_FUZZ_DIR, the directory tests/fuzz/make_seeds.sh fills (models/<m>, adapter/,
 // tokenizer/, llama2c/); scratch files go to QWENQ_FUZZ_SCRATCH (default /tmp), named by process id. Used by

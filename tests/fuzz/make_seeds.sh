@@ -9,6 +9,7 @@
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
 #   OUT/seeds/imatrix                 the dense model's importance matrix (qwen-quant imatrix), GGUF and legacy .dat
+#   OUT/seeds/kld                     the dense model's KL-divergence base file (qwen-quant eval --save-kld), 2 chunks
 #   OUT/llama2c/{tiny.bin,tok.bin}    a tiny llama2.c checkpoint written here and stories260K's tok512.bin (SHARED only)
 #   OUT/seeds/<target>                the seed inputs of each target (':' in a target's name becomes '-')
 #   tests/fuzz/make_seeds.sh BUILD OUT [SHARED]      (BUILD holds qwen-quant and qwen-qlora; python3 writes binaries)
@@ -31,6 +32,9 @@ for f in gguf dat; do
   "$QQ" imatrix --model "$OUT/models/dense" --calib "$OUT/imatrix.txt" --ctx 64 --out "$OUT/seeds/imatrix/dense.$f" \
     --output-format $f -q >> "$log" 2>&1
 done
+mkdir -p "$OUT/seeds/kld"
+"$QQ" eval --model "$OUT/models/dense" --data "$OUT/imatrix.txt" --seq-len 16 --max-windows 2 \
+  --save-kld "$OUT/seeds/kld/dense.kld" -q >> "$log" 2>&1
 if [ -n "$SHARED" ] && [ -d "$SHARED/data/qwen2-tokenizer" ]; then
   cp -r "$SHARED/data/qwen2-tokenizer" "$OUT/tokenizer"
 else
