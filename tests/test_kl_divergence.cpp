@@ -5,14 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
 #include <vector>
 
-#include "core/rng.h"
 
 #include "kernels/loss.h"
 #include "tests/support/test_models.h"
-#include "tests/support/safetensors_edit.h"
 #include "tests/support/test_paths.h"
 #include "trainer/kl_divergence.h"
 
@@ -110,36 +107,15 @@ BruteForce brute_force(const QwenModel& m, const QwenModel& base, const std::vec
   return r;
 }
 
-std::vector<int32_t> seeded_tokens(int64_t n, int64_t V, uint32_t seed) {
-  std::vector<int32_t> t(n);
-  uint32_t s = seed;
-  for (auto& v : t) {
-    s = s * 1664525u + 1013904223u;
-    v = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(V));
-  }
-  return t;
-}
-
 TEST(KlDivergence, ModelsEqualTheBruteForceInChunksAcrossWindows) {
   const std::string root = test::scratch_dir() + "/kld";
   // The base with its (untied) output table plus seeded noise of the table's own scale, so that the two models agree
   // on some top-1 tokens and not on others.
   const std::string base_dir = test::make_random_model(root + "/base", "tiny256", DType::F32, 4, /*layers=*/2);
-  std::filesystem::remove_all(root + "/noisy");
-  std::filesystem::copy(base_dir, root + "/noisy");
-  test::rewrite_safetensors(path_join(root + "/noisy", "model.safetensors"),
-                            [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
-                               SafetensorsWriter& w) {
-                              if (name == "lm_head.weight") {
-                                float* f = reinterpret_cast<float*>(bytes.data());
-                                Rng rng(17);
-                                for (int64_t i = 0; i < v.numel(); ++i) f[i] += 0.02f * rng.normal();
-                              }
-                              w.add_owned(name, v.dtype, v.shape, std::move(bytes));
-                            });
+  test::copy_with_noisy_lm_head(base_dir, root + "/noisy", 17, 0.02f);
   QwenModel m(root + "/noisy"), base(base_dir);
   const int64_t L = 24, V = m.config().vocab_size;
-  const std::vector<int32_t> tokens = seeded_tokens(5 * L + 7, V, 11);  // 5 windows and a dropped tail
+  const std::vector<int32_t> tokens = test::lcg_tokens(5 * L + 7, V, 11);  // 5 windows and a dropped tail
   const BruteForce bf = brute_force(m, base, tokens, L, 4);
   PerplexityOptions opt;
   opt.seq_len = L;
@@ -171,7 +147,7 @@ TEST(KlDivergence, ModelsEqualTheBruteForceInChunksAcrossWindows) {
 
 TEST(KlDivergence, AModelAgainstItselfIsZero) {
   QwenModel m(test::make_tiny_model(test::scratch_dir() + "/kld-self", 5));
-  const std::vector<int32_t> tokens = seeded_tokens(100, m.config().vocab_size, 2);
+  const std::vector<int32_t> tokens = test::lcg_tokens(100, m.config().vocab_size, 2);
   PerplexityOptions opt;
   opt.seq_len = 32;
   opt.quiet = true;
@@ -192,11 +168,11 @@ TEST(KlDivergence, RefusesTooLittleTextAndAnotherVocabulary) {
   PerplexityOptions opt;
   opt.seq_len = 64;
   opt.quiet = true;
-  test::expect_error([&] { evaluate_kl_divergence(m, m, seeded_tokens(50, 320, 1), opt); },
+  test::expect_error([&] { evaluate_kl_divergence(m, m, test::lcg_tokens(50, 320, 1), opt); },
                      {"50 tokens", "fewer than one window of --seq-len 64"});
   QWENQ_REQUIRE_SHARED_DATA();
   QwenModel stories(test::import_stories260k(test::scratch_dir() + "/kld-stories"));
-  test::expect_error([&] { evaluate_kl_divergence(m, stories, seeded_tokens(200, 320, 1), opt); },
+  test::expect_error([&] { evaluate_kl_divergence(m, stories, test::lcg_tokens(200, 320, 1), opt); },
                      {"has a vocabulary of 512 tokens", "one of 320", "needs the same vocabulary"});
 }
 

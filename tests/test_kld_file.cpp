@@ -7,14 +7,12 @@
 
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <vector>
 
 #include "core/files.h"
 #include "core/rng.h"
 #include "kernels/loss.h"
-#include "tests/support/safetensors_edit.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/kld_file.h"
@@ -194,16 +192,6 @@ TEST(KldFile, PositionAgainstARowMatchesExactLogits) {
   EXPECT_FALSE(kl_position_vs_row(row.data(), qt, 3, 0).same_top1);  // base 1, model 2
 }
 
-std::vector<int32_t> seeded_tokens(int64_t n, int64_t V, uint32_t seed) {
-  std::vector<int32_t> t(n);
-  uint32_t s = seed;
-  for (auto& v : t) {
-    s = s * 1664525u + 1013904223u;
-    v = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(V));
-  }
-  return t;
-}
-
 // Exact logits on the chunks' second halves (BOS in each first position when >= 0), kl_position in double.
 struct Exact {
   KlSample sample;
@@ -232,20 +220,10 @@ Exact exact_on_chunks(const QwenModel& m, const QwenModel& base, const std::vect
 TEST(KldFile, SavedThenScoredEqualsExactLogitsOnTheSecondHalves) {
   const std::string root = test::scratch_dir();
   const std::string base_dir = test::make_random_model(root + "/base", "tiny256", DType::F32, 4, /*layers=*/2);
-  std::filesystem::copy(base_dir, root + "/noisy");
-  test::rewrite_safetensors(path_join(root + "/noisy", "model.safetensors"),
-                            [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes,
-                               SafetensorsWriter& w) {
-                              if (name == "lm_head.weight") {
-                                float* f = reinterpret_cast<float*>(bytes.data());
-                                Rng rng(17);
-                                for (int64_t i = 0; i < v.numel(); ++i) f[i] += 0.02f * rng.normal();
-                              }
-                              w.add_owned(name, v.dtype, v.shape, std::move(bytes));
-                            });
+  test::copy_with_noisy_lm_head(base_dir, root + "/noisy", 17, 0.02f);
   QwenModel m(root + "/noisy"), base(base_dir);
   const int64_t n_ctx = 21, V = m.config().vocab_size;  // odd: 10 scored rows a chunk (positions 10..19)
-  const std::vector<int32_t> tokens = seeded_tokens(4 * n_ctx + 5, V, 3);
+  const std::vector<int32_t> tokens = test::lcg_tokens(4 * n_ctx + 5, V, 3);
   constexpr double kEncodingTol = 2.5e-4;  // per position, a base log-probability to within 16/65535/2 nats
   constexpr double kModelTol = 1e-5;       // fp32 logits of a packed batch vs one sequence
   // A model against its own file: Σ P δ with δ the encoding error of log P (decoded P need not sum to 1 exactly).
@@ -309,9 +287,9 @@ TEST(KldFile, RefusesAnotherVocabularyAndTooLittleText) {
   QwenModel m(test::make_tiny_model(root + "/tiny", 5));
   KldRunOptions opt;
   opt.quiet = true;
-  test::expect_error([&] { save_kld_file(m, seeded_tokens(10, 320, 1), 16, opt, root + "/x.kld"); },
+  test::expect_error([&] { save_kld_file(m, test::lcg_tokens(10, 320, 1), 16, opt, root + "/x.kld"); },
                      {"10 tokens", "fewer than one chunk of --seq-len 16"});
-  test::expect_error([&] { save_kld_file(m, seeded_tokens(10, 320, 1), 2, opt, root + "/x.kld"); },
+  test::expect_error([&] { save_kld_file(m, test::lcg_tokens(10, 320, 1), 2, opt, root + "/x.kld"); },
                      "at least 3 tokens");
   EXPECT_FALSE(file_exists(root + "/x.kld"));
   std::vector<uint16_t> rows(kld_row_values(100), 0);

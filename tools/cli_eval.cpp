@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/gguf.h"
 #include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/device.h"
@@ -87,18 +88,29 @@ void print_result(const EvalArgs& a, const nlohmann::ordered_json& j, const std:
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
-nlohmann::ordered_json chunk_result_json(const std::string& dir, const PerplexityResult& r, int64_t n_ctx) {
-  return {{"model", dir},
-          {"scoring", "llama-perplexity: the second half of each chunk"},
-          {"perplexity", r.perplexity},
-          {"mean_nll", r.mean_nll},
-          {"seq_len", n_ctx},
-          {"windows", r.windows},
-          {"scored_tokens", r.scored_tokens},
-          {"corpus_tokens", r.corpus_tokens},
-          {"seconds", r.seconds},
-          {"tokens_per_s", r.tokens_per_s},
-          {"peak_rss_bytes", peak_rss_bytes()}};
+// The result every mode prints; data "" (a base file's own tokens) leaves "data" out.
+nlohmann::ordered_json result_json(const std::string& dir, const std::string& data, const PerplexityResult& r,
+                                   int64_t seq_len) {
+  nlohmann::ordered_json j = {{"model", dir}};
+  if (!data.empty()) j["data"] = data;
+  j.update(nlohmann::ordered_json{{"perplexity", r.perplexity},
+                                  {"mean_nll", r.mean_nll},
+                                  {"seq_len", seq_len},
+                                  {"windows", r.windows},
+                                  {"scored_tokens", r.scored_tokens},
+                                  {"corpus_tokens", r.corpus_tokens},
+                                  {"seconds", r.seconds},
+                                  {"tokens_per_s", r.tokens_per_s},
+                                  {"peak_rss_bytes", peak_rss_bytes()}});
+  return j;
+}
+
+// llama.cpp's chunks: the same with how positions were scored.
+nlohmann::ordered_json chunk_result_json(const std::string& dir, const std::string& data, const PerplexityResult& r,
+                                         int64_t n_ctx) {
+  nlohmann::ordered_json j = result_json(dir, data, r, n_ctx);
+  j["scoring"] = "llama-perplexity: the second half of each chunk";
+  return j;
 }
 
 std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const std::string& source) {
@@ -126,8 +138,7 @@ void run_save_kld(const EvalArgs& a, const std::string& dir) {
   opt.bos = chunk_bos(tok, a);
   opt.quiet = a.quiet;
   const PerplexityResult r = save_kld_file(model, tokens, n_ctx, opt, a.save_kld);
-  nlohmann::ordered_json j = chunk_result_json(dir, r, n_ctx);
-  j["data"] = a.data;
+  nlohmann::ordered_json j = chunk_result_json(dir, a.data, r, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   const uint64_t bytes = kld_file_bytes({static_cast<int32_t>(n_ctx), static_cast<int32_t>(model.config().vocab_size),
                                          static_cast<int32_t>(r.windows)});
@@ -154,7 +165,7 @@ void run_kld_file(const EvalArgs& a, const std::string& dir) {
   opt.bos = chunk_bos(Tokenizer::from_model(dir), a);
   opt.quiet = a.quiet;
   const KlDivergenceResult kl = evaluate_kl_divergence_file(model, file, opt);
-  nlohmann::ordered_json j = chunk_result_json(dir, kl.model, n_ctx);
+  nlohmann::ordered_json j = chunk_result_json(dir, "", kl.model, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   add_int8_json(a, int8, &j);
   j["kl_divergence"] = kl_divergence_json(kl, a.kl_base);
@@ -165,6 +176,9 @@ void run_eval(const EvalArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   const Device device = resolve_experimental_device(a.common, "the evaluation");
   const bool kl_file = !a.kl_base.empty() && is_kld_file(a.kl_base);
+  if (!a.kl_base.empty() && !kl_file && file_exists(a.kl_base) && !dir_exists(a.kl_base) && !is_gguf_file(a.kl_base)) {
+    KldFile refuse(a.kl_base);  // neither a model nor a base file: the reader names what is wrong with it
+  }
   QWENQ_CHECK(a.kl_base.empty() || device == Device::Cpu,
               "eval --kl-base runs on the CPU (both models' full logits, position by position); use --device cpu");
   QWENQ_CHECK(a.save_kld.empty() || device == Device::Cpu,
@@ -228,17 +242,7 @@ void run_eval(const EvalArgs& a) {
     r = evaluate_perplexity(model, tokens, opt);
   }
 
-  nlohmann::ordered_json j = {{"model", dir},
-                              {"data", a.data},
-                              {"perplexity", r.perplexity},
-                              {"mean_nll", r.mean_nll},
-                              {"seq_len", opt.seq_len},
-                              {"windows", r.windows},
-                              {"scored_tokens", r.scored_tokens},
-                              {"corpus_tokens", r.corpus_tokens},
-                              {"seconds", r.seconds},
-                              {"tokens_per_s", r.tokens_per_s},
-                              {"peak_rss_bytes", peak_rss_bytes()}};
+  nlohmann::ordered_json j = result_json(dir, a.data, r, opt.seq_len);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   if (kl) j["kl_divergence"] = kl_divergence_json(*kl, base_dir);
   add_int8_json(a, int8, &j);

@@ -426,6 +426,8 @@ refuse kld_seq_len "--seq-len 32 differs from the n_ctx 64 of tiny.kld" "$QQ" ev
 refuse kld_both "--save-kld writes a base file from --model; --kl-base scores --model against a base: give one of them" \
   "$QQ" eval --model tiny --data text.jsonl --kl-base tiny.kld --save-kld other.kld
 refuse kld_no_data "eval needs --data" "$QQ" eval --model tiny
+refuse kld_text "text.jsonl does not start with \"_logits_\": not a KL-divergence base file" \
+  "$QQ" eval --model tiny --kl-base text.jsonl
 head -c 1000 tiny.kld > cut.kld
 refuse kld_cut "cut.kld is 1000 bytes; its header (n_ctx 64, n_vocab" "$QQ" eval --model tiny --kl-base cut.kld
 refuse kld_no_dir "--save-kld no_dir/x.kld: directory no_dir does not exist" \

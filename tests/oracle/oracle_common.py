@@ -74,6 +74,18 @@ def import_stories260k(build, shared, out_dir):
     return out_dir
 
 
+def stories260k_and_rtn4(build, shared, wd):
+    """stories260K imported (fp32) at wd/base, its 4-bit RTN (`qwen-quant rtn`: group 32, GPTQ layout, MLP padded) at
+    wd/rtn, and that dequantized to fp32 for transformers at wd/rtn-dense; returns the three directories."""
+    qq = os.path.join(build, "qwen-quant")
+    base_dir, rtn_dir, deq_dir = (os.path.join(wd, n) for n in ("base", "rtn", "rtn-dense"))
+    import_stories260k(build, shared, base_dir)
+    run([qq, "rtn", "--model", base_dir, "--out", rtn_dir, "--group-size", "32", "--pad-intermediate", "--overwrite",
+         "--quiet"])
+    run([qq, "dequantize", "--model", rtn_dir, "--out", deq_dir, "--dtype", "fp32", "--overwrite", "--quiet"])
+    return base_dir, rtn_dir, deq_dir
+
+
 def run(cmd, env=None):
     """Runs a command, echoing it and its stderr; returns its stdout; fails the test if it fails."""
     print("+", " ".join(cmd), flush=True)

@@ -21,7 +21,7 @@ import json
 import math
 import os
 
-from oracle_common import check, finish, import_stories260k, parse_args, require_shared, run, skip, work_dir
+from oracle_common import check, finish, parse_args, require_shared, run, skip, stories260k_and_rtn4, work_dir
 
 N_CTX = 256
 CHUNKS = 12
@@ -44,12 +44,8 @@ except ImportError as e:
 data = os.path.join(args.shared, "data")
 qq = os.path.join(args.build, "qwen-quant")
 wd = work_dir(args.build, "kld_file")
-base_dir, rtn_dir, deq_dir = (os.path.join(wd, n) for n in ("base", "rtn", "rtn-dense"))
+base_dir, rtn_dir, deq_dir = stories260k_and_rtn4(args.build, args.shared, wd)
 kld_path = os.path.join(wd, "base.kld")
-import_stories260k(args.build, args.shared, base_dir)
-run([qq, "rtn", "--model", base_dir, "--out", rtn_dir, "--group-size", "32", "--pad-intermediate", "--overwrite",
-     "--quiet"])
-run([qq, "dequantize", "--model", rtn_dir, "--out", deq_dir, "--dtype", "fp32", "--overwrite", "--quiet"])
 
 text_path = f"{data}/tinystories/tinystories_val.txt"
 saved = json.loads(run([qq, "eval", "--model", base_dir, "--data", text_path, "--seq-len", str(N_CTX), "--max-windows",

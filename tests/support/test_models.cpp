@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <regex>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "tests/support/safetensors_edit.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gguf_model.h"
 #include "trainer/llama2c_import.h"
@@ -74,6 +76,32 @@ double mean_next_token_nll(const QwenModel& m, const std::vector<int32_t>& token
 
 ScopedInt8Activations::ScopedInt8Activations() { set_int8_activations(true); }
 ScopedInt8Activations::~ScopedInt8Activations() { set_int8_activations(false); }
+
+std::string copy_with_noisy_lm_head(const std::string& src, const std::string& dst, uint64_t seed, float sigma) {
+  std::filesystem::remove_all(dst);
+  std::filesystem::copy(src, dst);
+  rewrite_safetensors(path_join(dst, "model.safetensors"),
+                      [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes, SafetensorsWriter& w) {
+                        if (name == "lm_head.weight") {
+                          QWENQ_CHECK(v.dtype == DType::F32, "copy_with_noisy_lm_head: an fp32 lm_head");
+                          float* f = reinterpret_cast<float*>(bytes.data());
+                          Rng rng(seed);
+                          for (int64_t i = 0; i < v.numel(); ++i) f[i] += sigma * rng.normal();
+                        }
+                        w.add_owned(name, v.dtype, v.shape, std::move(bytes));
+                      });
+  return dst;
+}
+
+std::vector<int32_t> lcg_tokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  uint32_t s = seed;
+  for (auto& v : t) {
+    s = s * 1664525u + 1013904223u;
+    v = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(vocab));
+  }
+  return t;
+}
 
 PackedBatch random_batch(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
   Rng rng(seed);
