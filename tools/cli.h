@@ -16,5 +16,6 @@ void register_compare(CLI::App& app);
 void register_gguf(CLI::App& app);
 void register_imatrix(CLI::App& app);
 void register_choices(CLI::App& app);  // multiple-choice
+void register_gsm8k(CLI::App& app);
 
 }  // namespace qwenq::cli

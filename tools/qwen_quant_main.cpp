@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_gguf(app);
   qwenq::cli::register_imatrix(app);
   qwenq::cli::register_choices(app);
+  qwenq::cli::register_gsm8k(app);
   try {
     qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     app.parse(argc, argv);

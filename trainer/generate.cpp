@@ -55,6 +55,7 @@ std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int3
     out.push_back(next);
     if (on_token) on_token(next);
     if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), next) != opt.stop_ids.end()) break;
+    if (opt.stop_when && opt.stop_when(out)) break;
     if (static_cast<int64_t>(out.size()) >= opt.max_new_tokens) break;
     if (length + 1 >= total) break;  // the context is full: no next token, so its logits are not needed
     logits = fns.step(next);

@@ -17,6 +17,9 @@ struct SamplingOptions {
   float top_p = 1.f;        // 1: off
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
+  // When set, generation also ends after a token for which it returns true; it sees every id generated so far (stop
+  // strings: the caller decodes and searches them).
+  std::function<bool(const std::vector<int32_t>&)> stop_when;
   // Not sampling, but generate's other choice: the KV cache's storage (trainer/qwen_model.h's KvCacheDType), on the
   // CPU (generate) and the GPU (generate_cuda) alike.
   KvCacheDType kv_cache = KvCacheDType::F32;

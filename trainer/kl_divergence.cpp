@@ -8,6 +8,7 @@
 #include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/loss.h"
+#include "trainer/sample_stats.h"
 
 namespace qwenq {
 
@@ -120,7 +121,7 @@ void KlSample::summarize(KlDivergenceResult* r) const {
   r->delta_p = summarize_sample(dp_);
   const double n = static_cast<double>(kld_.size());
   r->same_top1 = static_cast<double>(same_) / n;
-  r->same_top1_stderr = n > 1 ? std::sqrt(r->same_top1 * (1 - r->same_top1) / (n - 1)) : 0;
+  r->same_top1_stderr = binomial_stderr(r->same_top1, static_cast<int64_t>(n));
   std::vector<double> ln_ratio(nll_.size());
   for (size_t i = 0; i < ln_ratio.size(); ++i) ln_ratio[i] = nll_[i] - nll_base_[i];
   r->ln_ppl_ratio = mean_of(ln_ratio);

@@ -10,6 +10,7 @@
 #include "core/jsonl.h"
 #include "core/progress.h"
 #include "kernels/loss.h"
+#include "trainer/sample_stats.h"
 
 namespace qwenq {
 
@@ -88,8 +89,6 @@ ChoiceItem parse_item(const Json& j, const std::string& where) {
 int64_t argmax(const std::vector<double>& v) {
   return std::max_element(v.begin(), v.end()) - v.begin();
 }
-
-double binomial_stderr(double p, int64_t n) { return n > 1 ? std::sqrt(p * (1 - p) / static_cast<double>(n - 1)) : 0; }
 
 }  // namespace
 

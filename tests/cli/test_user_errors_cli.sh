@@ -36,7 +36,8 @@
 #  - (new flag, eval --kl-base) a base that tokenizes the text differently, or is missing: named before any
 #    evaluation; (new command, multiple-choice) a malformed item, before the model loads;
 #  - (new flags, eval --save-kld / --kl-base FILE) text given with a base file (which carries its tokens), another
-#    --seq-len than the file's, both flags at once, a cut file, too little text: no file left behind.
+#    --seq-len than the file's, both flags at once, a cut file, too little text: no file left behind;
+#  - (new command, gsm8k) a malformed record, before the model loads; --fewshot without --fewshot-data.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -406,6 +407,21 @@ PY
 refuse kl_tokens "--kl-base tiny_swapped: its tokenizer splits text.jsonl differently from tiny's" \
   "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --kl-base tiny_swapped
 refuse kl_missing "cannot find model 'no_such_base'" "$QQ" eval --model tiny --data text.jsonl --kl-base no_such_base
+# --- gsm8k: a bad record is named by file:line before the model loads; few-shot examples need their file ---------
+printf '{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n' > gsm.jsonl
+refuse gsm_record "gsm.jsonl:2: \"answer\" missing or not a string" "$QQ" gsm8k --model tiny --data gsm.jsonl
+refuse gsm_fewshot "--fewshot 5 draws its examples from --fewshot-data" "$QQ" gsm8k --model tiny --data gsm.jsonl --fewshot 5
+printf '{"question": "1+1?", "answer": "#### 2"}\n' > gsm_ok.jsonl
+"$QQ" gsm8k --model tiny --data gsm_ok.jsonl --fewshot 1 --fewshot-data gsm_ok.jsonl -n 8 --predictions gsm_preds.jsonl \
+  --json -q > gsm.json 2> gsm.err || fail "gsm8k on a tiny model" gsm.err
+python3 - gsm.json gsm_preds.jsonl <<'PY' || fail "gsm8k: unexpected output" gsm.json
+import json, sys
+j = json.load(open(sys.argv[1]))
+p = [json.loads(l) for l in open(sys.argv[2])]
+assert j["items"] == 1 and j["fewshot"] == 1 and 0 <= j["exact_match_flexible"] <= 1, j
+assert len(p) == 1 and p[0]["prompt"] == "Question: 1+1?\nAnswer: #### 2\n\nQuestion: 1+1?\nAnswer:", p
+assert 0 < p[0]["new_tokens"] <= 8, p
+PY
 # --- eval --save-kld / --kl-base FILE: llama-perplexity's base file, written whole or not at all -------------------
 "$QQ" eval --model tiny --data text.jsonl --seq-len 64 --save-kld tiny.kld --json -q > save_kld.json 2> save_kld.err ||
   fail "eval --save-kld" save_kld.err

@@ -19,6 +19,7 @@
 #include "quant/ggml_blocks.h"
 #include "quant/ggml_imatrix.h"
 #include "trainer/gguf_model.h"
+#include "trainer/gsm8k.h"
 #include "trainer/kld_file.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/lora_model.h"
@@ -244,6 +245,14 @@ bool text_target(const uint8_t* data, size_t size) {
     }
     try {
       (void)read_choice_items(path);  // qwen-quant multiple-choice's items
+      accepted = true;
+    } catch (const Error&) {
+    }
+    try {
+      for (const Gsm8kItem& it : read_gsm8k(path)) {  // qwen-quant gsm8k's records, scored as an output would be
+        (void)gsm8k_exact_match(gsm8k_flexible_extract(it.question), it.answer);
+        (void)gsm8k_exact_match(gsm8k_strict_match(it.answer), it.answer);
+      }
       accepted = true;
     } catch (const Error&) {
     }

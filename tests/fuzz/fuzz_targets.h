@@ -11,7 +11,8 @@
 //   tokenizer                the bytes as text: encode (with and without special tokens) and decode back; the bytes
 //                            read as token ids: decode
 //   sft                      the bytes as .jsonl and .json SFT data, every format, skip_bad on and off
-//   text                     the bytes as a .txt / .jsonl / .json evaluation or calibration corpus
+//   text                     the bytes as a .txt / .jsonl / .json evaluation or calibration corpus, multiple-choice
+//                            items and GSM8K records (their extractions and exact match run on the record's text)
 //   adapter_config           the bytes as adapter_config.json of a real adapter for the dense model: load it
 //   adapter_header           the bytes as the header of that adapter's adapter_model.safetensors: load it
 //   llama2c                  the bytes as a llama2.c checkpoint (the tokenizer fixed): import
