@@ -1,6 +1,7 @@
 // qwen-quant gsm8k: generation accuracy on GSM8K's math word problems as lm-evaluation-harness's gsm8k task scores
 // it (trainer/gsm8k.h: its prompt, few-shot draw, stop strings, strict and flexible extraction, exact match), for any
-// model we read, optionally with a LoRA adapter merged in memory.
+// model we read, optionally with a LoRA adapter (merged in memory on the CPU; with --device cuda, generation by
+// trainer/qwen_decode_cuda.h and the adapter applied unmerged, as `generate --device cuda`).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -14,6 +15,8 @@
 #include "trainer/gsm8k.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
+#include "trainer/qwen_decode_cuda.h"
+#include "trainer/qwen_model_cuda.h"
 
 namespace qwenq::cli {
 
@@ -28,7 +31,7 @@ struct Gsm8kArgs {
 };
 
 void run_gsm8k(Gsm8kArgs a) {
-  QWENQ_CHECK(resolve_experimental_device(a.common, "gsm8k") == Device::Cpu, "gsm8k runs on the CPU; use --device cpu");
+  const Device device = resolve_experimental_device(a.common, "gsm8k");
   for (const std::string* out : {&a.json_out, &a.predictions}) {
     if (!out->empty()) check_output_dir_exists(out == &a.json_out ? "--json-out" : "--predictions", *out);
   }
@@ -39,11 +42,23 @@ void run_gsm8k(Gsm8kArgs a) {
   const std::vector<Gsm8kItem> shots = a.fewshot_data.empty() ? std::vector<Gsm8kItem>{} : read_gsm8k(a.fewshot_data);
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
+  std::unique_ptr<LoraAdapter> adapter;
   if (!a.adapter.empty()) {
-    merge_adapter_in_memory(model, load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
+    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
+    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
+    else merge_adapter_in_memory(model, *adapter);
   }
   const Tokenizer tok = Tokenizer::from_model(dir);
-  const Gsm8kResult r = evaluate_gsm8k(model, tok, items, shots, a.opt);
+  Gsm8kResult r;
+#ifdef QWENQ_HAVE_CUDA
+  if (device == Device::Cuda) {  // generate_cuda: the same loop and sampling; an adapter applied unmerged
+    QwenModelCuda gpu(model);
+    if (adapter) gpu.attach_adapter(*adapter, a.adapter);
+    r = evaluate_gsm8k([&gpu](const std::vector<int32_t>& p, const SamplingOptions& so) { return generate_cuda(gpu, p, so); },
+                       model.config(), tok, items, shots, a.opt);
+  }
+#endif
+  if (device == Device::Cpu) r = evaluate_gsm8k(model, tok, items, shots, a.opt);
   const int64_t n = static_cast<int64_t>(r.items.size());
   nlohmann::ordered_json j = {{"model", dir},
                               {"data", a.data},

@@ -92,6 +92,14 @@ std::string gsm8k_normalize(std::string s) {
 
 Gsm8kResult evaluate_gsm8k(const QwenModel& model, const Tokenizer& tok, const std::vector<Gsm8kItem>& items,
                            const std::vector<Gsm8kItem>& fewshot_items, const Gsm8kOptions& opt) {
+  return evaluate_gsm8k(
+      [&model](const std::vector<int32_t>& prompt, const SamplingOptions& so) { return generate(model, prompt, so); },
+      model.config(), tok, items, fewshot_items, opt);
+}
+
+Gsm8kResult evaluate_gsm8k(const Gsm8kGenerateFn& gen, const QwenConfig& config, const Tokenizer& tok,
+                           const std::vector<Gsm8kItem>& items, const std::vector<Gsm8kItem>& fewshot_items,
+                           const Gsm8kOptions& opt) {
   QWENQ_CHECK(opt.fewshot >= 0 && opt.max_new_tokens >= 1 && opt.limit >= 0,
               "gsm8k: --fewshot and --limit must be >= 0, --max-new-tokens >= 1");
   QWENQ_CHECK(static_cast<int64_t>(fewshot_items.size()) >= opt.fewshot,
@@ -99,12 +107,12 @@ Gsm8kResult evaluate_gsm8k(const QwenModel& model, const Tokenizer& tok, const s
                            << fewshot_items.size());
   const int64_t n = opt.limit > 0 ? std::min<int64_t>(opt.limit, static_cast<int64_t>(items.size()))
                                   : static_cast<int64_t>(items.size());
-  const int64_t max_pos = model.config().max_position_embeddings;
+  const int64_t max_pos = config.max_position_embeddings;
   QWENQ_CHECK(opt.max_new_tokens < max_pos, "--max-new-tokens " << opt.max_new_tokens << " leaves no room for a "
                                                                 << "prompt in the model's context of " << max_pos);
   SamplingOptions so;
   so.max_new_tokens = opt.max_new_tokens;
-  for (int32_t id : {tok.eos_id(), model.config().eos_token_id}) {
+  for (int32_t id : {tok.eos_id(), config.eos_token_id}) {
     if (id >= 0) so.stop_ids.push_back(id);
   }
   so.stop_when = [&](const std::vector<int32_t>& ids) {
@@ -130,7 +138,7 @@ Gsm8kResult evaluate_gsm8k(const QwenModel& model, const Tokenizer& tok, const s
     const int64_t keep = max_pos - opt.max_new_tokens;  // lm-eval: the last max_length − max_gen_toks tokens
     if (static_cast<int64_t>(prompt.size()) > keep) prompt.erase(prompt.begin(), prompt.end() - keep);
     it.prompt_tokens = static_cast<int64_t>(prompt.size());
-    std::vector<int32_t> out = generate(model, prompt, so);
+    std::vector<int32_t> out = gen(prompt, so);
     it.new_tokens = static_cast<int64_t>(out.size());
     if (!out.empty() && std::find(so.stop_ids.begin(), so.stop_ids.end(), out.back()) != so.stop_ids.end()) {
       out.pop_back();

@@ -16,9 +16,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "trainer/generate.h"
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 
@@ -64,7 +66,16 @@ struct Gsm8kResult {
   double seconds = 0;
 };
 
-// Every item (at most opt.limit) through the CPU model greedily; the model's EOS ends generation too.
+// One generation: prompt ids in, new ids out, with generate's contract (trainer/generate.h) for the options given.
+using Gsm8kGenerateFn =
+    std::function<std::vector<int32_t>(const std::vector<int32_t>& prompt, const SamplingOptions& opt)>;
+
+// Every item (at most opt.limit) through `gen` greedily; config's EOS (and the tokenizer's) ends generation too, its
+// max_position_embeddings bounds prompt + new tokens. The GPU passes generate_cuda (qwen-quant gsm8k --device cuda).
+Gsm8kResult evaluate_gsm8k(const Gsm8kGenerateFn& gen, const QwenConfig& config, const Tokenizer& tok,
+                           const std::vector<Gsm8kItem>& items, const std::vector<Gsm8kItem>& fewshot_items,
+                           const Gsm8kOptions& opt);
+// The CPU model: the function above with generate(model, ...).
 Gsm8kResult evaluate_gsm8k(const QwenModel& model, const Tokenizer& tok, const std::vector<Gsm8kItem>& items,
                            const std::vector<Gsm8kItem>& fewshot_items, const Gsm8kOptions& opt);
 
