@@ -181,6 +181,8 @@ TEST(Gsm8k, EvaluationIsGreedyGenerationExtractedAndScored) {
   EXPECT_EQ(evaluate_gsm8k(model, tok, items, pool, opt).items.size(), 2u);
   opt.fewshot = 9;
   test::expect_error([&] { evaluate_gsm8k(model, tok, items, pool, opt); }, "--fewshot 9 needs as many");
+  opt.fewshot = 0;
+  test::expect_error([&] { evaluate_gsm8k(model, tok, {}, pool, opt); }, "no items to score");
 }
 
 TEST(Gsm8k, StopStringsEndGenerationAndCutTheOutput) {

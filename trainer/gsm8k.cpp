@@ -107,6 +107,7 @@ Gsm8kResult evaluate_gsm8k(const Gsm8kGenerateFn& gen, const QwenConfig& config,
                            << fewshot_items.size());
   const int64_t n = opt.limit > 0 ? std::min<int64_t>(opt.limit, static_cast<int64_t>(items.size()))
                                   : static_cast<int64_t>(items.size());
+  QWENQ_CHECK(n >= 1, "gsm8k: no items to score");
   const int64_t max_pos = config.max_position_embeddings;
   QWENQ_CHECK(opt.max_new_tokens < max_pos, "--max-new-tokens " << opt.max_new_tokens << " leaves no room for a "
                                                                 << "prompt in the model's context of " << max_pos);
