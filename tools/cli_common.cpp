@@ -10,6 +10,7 @@
 #include "core/threads.h"
 #include "kernels/device.h"
 #include "trainer/gguf_model.h"
+#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_config.h"
@@ -152,6 +153,22 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
                                        << q.method_name() << " weights have no int8 product)");
   }
   set_int8_activations(true);
+}
+
+std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
+                                                     Device device, QwenModel& model, bool quiet) {
+  if (adapter_dir.empty()) return nullptr;
+  auto adapter =
+      std::make_unique<LoraAdapter>(load_adapter_for_base(adapter_dir, model_dir, model.config(), AdapterUse::Apply));
+  if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + adapter_dir);
+  else merge_adapter_in_memory(model, *adapter);
+  if (!quiet) {
+    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),
+                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
+                 adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
+                 adapter->use_dora() ? " (DoRA)" : "", adapter->scaling());
+  }
+  return adapter;
 }
 
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet) {

@@ -5,13 +5,16 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
 #include "kernels/device.h"
+#include "lora/lora_adapter.h"
 #include "trainer/generate.h"
+#include "trainer/qwen_model.h"
 #include "trainer/qwen_weights.h"
 #include "trainer/tokenizer.h"
 
@@ -69,6 +72,12 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
 // With the switch on and not quiet: one stderr line saying how many of the loaded model's Linears (and whether its
 // output table) take the int8 products, and why the rest do not. Returns the coverage (int8_coverage).
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
+
+// --adapter for a command that evaluates or generates with `model`: nullptr when adapter_dir is ""; else the adapter
+// loaded for model_dir's base, merged into the CPU model, or (device Cuda) kept for the GPU to apply unmerged, DoRA
+// refused there; one line on stderr says which, unless quiet.
+std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
+                                                     Device device, QwenModel& model, bool quiet);
 
 // Wall time of a generation, for the line `generate` prints to stderr at the end:
 //   "12 prompt tokens, 128 new tokens in 1.93s (66.3 tok/s; first token after 0.41s, then 83.6 tok/s)"

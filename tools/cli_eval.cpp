@@ -23,7 +23,6 @@
 #include "tools/cli_common.h"
 #include "trainer/kl_divergence.h"
 #include "trainer/kld_file.h"
-#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model_cuda.h"
@@ -55,24 +54,16 @@ void check_same_tokens(const std::string& base_dir, const std::vector<int32_t>& 
                            << "); KL divergence needs one tokenization for both models");
 }
 
-// The adapter (when given): merged into the CPU model, or loaded for the GPU to apply unmerged.
-std::unique_ptr<LoraAdapter> load_eval_adapter(const EvalArgs& a, const std::string& dir, Device device,
-                                               QwenModel& model) {
-  if (a.adapter.empty()) return nullptr;
-  auto adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
-  if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
-  if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
-  if (!a.quiet) {
-    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
-                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                 adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
-                 adapter->use_dora() ? " (DoRA)" : "", adapter->scaling());
-  }
-  return adapter;
+// Both base-file modes: --max-windows chunks, --batch of them at a time; llama.cpp's chunks put BOS in each chunk's
+// first position when the tokenizer adds one (and --no-bos is not given).
+KldRunOptions kld_run_options(const EvalArgs& a, const Tokenizer& tok) {
+  KldRunOptions opt;
+  opt.max_chunks = a.ppl.max_windows;
+  opt.chunks_per_batch = a.ppl.windows_per_batch;
+  opt.bos = !a.no_bos && tok.adds_bos() ? tok.bos_id() : -1;
+  opt.quiet = a.quiet;
+  return opt;
 }
-
-// llama.cpp's chunks put BOS in each chunk's first position when the tokenizer adds one (and --no-bos is not given).
-int32_t chunk_bos(const Tokenizer& tok, const EvalArgs& a) { return !a.no_bos && tok.adds_bos() ? tok.bos_id() : -1; }
 
 void add_int8_json(const EvalArgs& a, const Int8Coverage& int8, nlohmann::ordered_json* j) {
   if (!a.int8_activations) return;
@@ -128,15 +119,11 @@ std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const st
 void run_save_kld(const EvalArgs& a, const std::string& dir) {
   const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, Device::Cpu, model);
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, Device::Cpu, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::vector<int32_t> tokens = tok.encode(load_text_corpus(a.data, a.field, &tok), !a.no_bos);
-  KldRunOptions opt;
-  opt.max_chunks = a.ppl.max_windows;
-  opt.chunks_per_batch = a.ppl.windows_per_batch;
-  opt.bos = chunk_bos(tok, a);
-  opt.quiet = a.quiet;
+  const KldRunOptions opt = kld_run_options(a, tok);
   const PerplexityResult r = save_kld_file(model, tokens, n_ctx, opt, a.save_kld);
   nlohmann::ordered_json j = chunk_result_json(dir, a.data, r, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
@@ -157,13 +144,9 @@ void run_kld_file(const EvalArgs& a, const std::string& dir) {
               "--seq-len " << a.ppl.seq_len << " differs from the n_ctx " << n_ctx << " of " << a.kl_base
                            << ", whose chunks are scored; leave --seq-len out");
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, Device::Cpu, model);
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, Device::Cpu, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
-  KldRunOptions opt;
-  opt.max_chunks = a.ppl.max_windows;
-  opt.chunks_per_batch = a.ppl.windows_per_batch;
-  opt.bos = chunk_bos(Tokenizer::from_model(dir), a);
-  opt.quiet = a.quiet;
+  const KldRunOptions opt = kld_run_options(a, Tokenizer::from_model(dir));
   const KlDivergenceResult kl = evaluate_kl_divergence_file(model, file, opt);
   nlohmann::ordered_json j = chunk_result_json(dir, "", kl.model, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
@@ -202,7 +185,7 @@ void run_eval(const EvalArgs& a) {
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_eval_adapter(a, dir, device, model);
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::string text = load_text_corpus(a.data, a.field, &tok);

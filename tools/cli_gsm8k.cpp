@@ -13,7 +13,6 @@
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/gsm8k.h"
-#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/qwen_decode_cuda.h"
 #include "trainer/qwen_model_cuda.h"
@@ -42,20 +41,17 @@ void run_gsm8k(Gsm8kArgs a) {
   const std::vector<Gsm8kItem> shots = a.fewshot_data.empty() ? std::vector<Gsm8kItem>{} : read_gsm8k(a.fewshot_data);
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (!a.adapter.empty()) {
-    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
-    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
-    else merge_adapter_in_memory(model, *adapter);
-  }
+  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.opt.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   Gsm8kResult r;
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {  // generate_cuda: the same loop and sampling; an adapter applied unmerged
     QwenModelCuda gpu(model);
     if (adapter) gpu.attach_adapter(*adapter, a.adapter);
-    r = evaluate_gsm8k([&gpu](const std::vector<int32_t>& p, const SamplingOptions& so) { return generate_cuda(gpu, p, so); },
-                       model.config(), tok, items, shots, a.opt);
+    const Gsm8kGenerateFn gen = [&gpu](const std::vector<int32_t>& p, const SamplingOptions& so) {
+      return generate_cuda(gpu, p, so);
+    };
+    r = evaluate_gsm8k(gen, model.config(), tok, items, shots, a.opt);
   }
 #endif
   if (device == Device::Cpu) r = evaluate_gsm8k(model, tok, items, shots, a.opt);

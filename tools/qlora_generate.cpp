@@ -30,7 +30,6 @@
 #include "tools/qlora_cli.h"
 #include "trainer/chat_record.h"
 #include "trainer/generate.h"
-#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/qwen_decode_cuda.h"
 #include "trainer/sft_data.h"
@@ -72,12 +71,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     warn_if_no_thinking_switch(tok, a.no_thinking, "generate");
   }
   auto model = std::make_unique<QwenModel>(dir);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (!a.adapter.empty()) {
-    adapter = std::make_unique<LoraAdapter>(load_adapter_for_base(a.adapter, dir, model->config(), AdapterUse::Apply));
-    if (device != Device::Cuda) merge_adapter_in_memory(*model, *adapter);
-    if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + a.adapter);
-  }
+  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, *model, /*quiet=*/false);
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
@@ -85,12 +79,6 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     if (adapter) out.gpu->attach_adapter(*adapter, a.adapter);
   }
 #endif
-  if (adapter) {
-    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", a.adapter.c_str(),
-                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                 adapter->targets().size(), (long long)out.model->config().num_layers, (long long)adapter->rank(), adapter->use_dora() ? " (DoRA)" : "",
-                 adapter->scaling());
-  }
   return out;
 }
 

@@ -14,15 +14,6 @@ namespace qwenq {
 
 namespace {
 
-// The first index of max_v x_v.
-int64_t argmax_of(const float* x, int64_t V) {
-  int64_t a = 0;
-  for (int64_t v = 1; v < V; ++v) {
-    if (x[v] > x[a]) a = v;
-  }
-  return a;
-}
-
 double mean_of(const std::vector<double>& x) {
   double s = 0;
   for (double v : x) s += v;
@@ -64,7 +55,9 @@ double percentile_of_sorted(const std::vector<double>& x, double p) {
 // one exp per value of each row (both sums in the same pass over b).
 KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target) {
   KlPosition r;
-  const int64_t top_b = argmax_of(base_logits, V), top_q = argmax_of(logits, V);
+  // The first index of the largest logit (torch.argmax's tie rule).
+  const int64_t top_b = std::max_element(base_logits, base_logits + V) - base_logits;
+  const int64_t top_q = std::max_element(logits, logits + V) - logits;
   const double mb = base_logits[top_b], mq = logits[top_q];
   double sb = 0, sq = 0, cross = 0;
   for (int64_t v = 0; v < V; ++v) {

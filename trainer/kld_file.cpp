@@ -16,14 +16,15 @@ int64_t kld_row_values(int64_t n_vocab) { return 2 * ((n_vocab + 1) / 2) + 4; }
 int64_t kld_rows_per_chunk(int64_t n_ctx) { return n_ctx - 1 - n_ctx / 2; }
 int64_t kld_first_scored(int64_t n_ctx) { return n_ctx / 2; }
 
-uint64_t kld_file_bytes(const KldFileHeader& h) {
-  const uint64_t chunks = static_cast<uint64_t>(h.n_chunk), ctx = static_cast<uint64_t>(h.n_ctx);
-  return kKldHeaderBytes + 4 * chunks * ctx +
+namespace {
+
+// kld_file_bytes in 128 bits: a corrupt header's product of three int32s may pass 2^64.
+unsigned __int128 file_bytes_wide(const KldFileHeader& h) {
+  const unsigned __int128 chunks = static_cast<uint32_t>(h.n_chunk);
+  return kKldHeaderBytes + 4 * chunks * static_cast<uint32_t>(h.n_ctx) +
          2 * chunks * static_cast<uint64_t>(kld_rows_per_chunk(h.n_ctx)) *
              static_cast<uint64_t>(kld_row_values(h.n_vocab));
 }
-
-namespace {
 
 float row_float(const uint16_t* row, int k) {
   float f;
@@ -31,15 +32,9 @@ float row_float(const uint16_t* row, int k) {
   return f;
 }
 
-int64_t argmax_of(const float* x, int64_t V) {
-  int64_t a = 0;
-  for (int64_t v = 1; v < V; ++v) {
-    if (x[v] > x[a]) a = v;
-  }
-  return a;
-}
-
 }  // namespace
+
+uint64_t kld_file_bytes(const KldFileHeader& h) { return static_cast<uint64_t>(file_bytes_wide(h)); }
 
 double kld_encode_row(const float* z, int64_t V, int32_t target, uint16_t* row) {
   float max_logit = z[0], min_logit = z[0];
@@ -60,8 +55,8 @@ double kld_encode_row(const float* z, int64_t V, int32_t target, uint16_t* row) 
     const float inv_scale = 1 / scale;
     for (int64_t v = 0; v < V; ++v) {
       // Round half to even, as llama.cpp's nearest_int (the default rounding mode).
-      q[v] = z[v] > min_logit ? static_cast<uint16_t>(static_cast<int32_t>(std::nearbyint(inv_scale * (z[v] - min_logit))))
-                              : uint16_t{0};
+      const float code = z[v] > min_logit ? std::nearbyint(inv_scale * (z[v] - min_logit)) : 0.f;
+      q[v] = static_cast<uint16_t>(static_cast<int32_t>(code));
     }
   } else {
     std::fill(q, q + V, uint16_t{0});
@@ -77,7 +72,7 @@ float kld_row_log_prob(const uint16_t* row, int64_t v) {
 // log Q in double: lse_q = max z' + log Σ exp(z' − max z'); the base's log P as decoded (float), promoted.
 KlPosition kl_position_vs_row(const uint16_t* base_row, const float* logits, int64_t V, int32_t target) {
   KlPosition r;
-  const int64_t top_q = argmax_of(logits, V);
+  const int64_t top_q = std::max_element(logits, logits + V) - logits;
   const double mq = logits[top_q];
   double sq = 0;
   for (int64_t v = 0; v < V; ++v) sq += std::exp(static_cast<double>(logits[v]) - mq);
@@ -124,11 +119,7 @@ KldFile::KldFile(const std::string& path) : path_(path), map_(std::make_unique<M
   QWENQ_CHECK(h_.n_ctx >= 3, path << ": n_ctx " << h_.n_ctx << " in its header; a chunk needs at least 3 tokens");
   QWENQ_CHECK(h_.n_vocab >= 1, path << ": n_vocab " << h_.n_vocab << " in its header");
   QWENQ_CHECK(h_.n_chunk >= 1, path << ": n_chunk " << h_.n_chunk << " in its header");
-  // kld_file_bytes in 128 bits: a corrupt header's product of three int32s may pass 2^64.
-  const unsigned __int128 want =
-      static_cast<unsigned __int128>(kKldHeaderBytes) + 4 * static_cast<unsigned __int128>(h_.n_chunk) * h_.n_ctx +
-      2 * static_cast<unsigned __int128>(h_.n_chunk) * static_cast<unsigned __int128>(kld_rows_per_chunk(h_.n_ctx)) *
-          static_cast<unsigned __int128>(kld_row_values(h_.n_vocab));
+  const unsigned __int128 want = file_bytes_wide(h_);
   QWENQ_CHECK(want == static_cast<unsigned __int128>(size),
               path << " is " << size << " bytes; its header (n_ctx " << h_.n_ctx << ", n_vocab " << h_.n_vocab
                    << ", n_chunk " << h_.n_chunk << ") needs "
