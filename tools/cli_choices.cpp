@@ -1,6 +1,7 @@
 // qwen-quant multiple-choice: accuracy on loglikelihood multiple-choice items (ARC as Hugging Face publishes it, or
 // any {"context", "choices", "label"} set) scored as lm-evaluation-harness scores them (trainer/multiple_choice.h),
-// for any model we read, optionally with a LoRA adapter merged in memory: the downstream number quantization
+// for any model we read, optionally with a LoRA adapter (merged in memory on the CPU, applied unmerged on the GPU),
+// on the CPU or with --device cuda on the GPU (trainer/logits_source.h): the downstream number quantization
 // comparisons quote beside perplexity.
 #include <cstdio>
 #include <memory>
@@ -12,7 +13,6 @@
 #include "core/files.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
-#include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
 #include "trainer/multiple_choice.h"
 
@@ -28,19 +28,24 @@ struct ChoiceArgs {
 };
 
 void run_choices(const ChoiceArgs& a) {
-  QWENQ_CHECK(resolve_experimental_device(a.common, "multiple-choice scoring") == Device::Cpu,
-              "multiple-choice runs on the CPU; use --device cpu");
+  const Device device = resolve_experimental_device(a.common, "multiple-choice scoring");
   for (const std::string* out : {&a.json_out, &a.predictions}) {
     if (!out->empty()) check_output_dir_exists(out == &a.json_out ? "--json-out" : "--predictions", *out);
   }
   const std::vector<ChoiceItem> items = read_choice_items(a.data);  // a bad record costs no model load
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
-  if (!a.adapter.empty()) {
-    merge_adapter_in_memory(model, load_adapter_for_base(a.adapter, dir, model.config(), AdapterUse::Apply));
-  }
+  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
-  const ChoiceResult r = evaluate_choices(model, tok, items, a.batch_tokens, a.quiet);
+  ChoiceResult r;
+#ifdef QWENQ_HAVE_CUDA
+  if (device == Device::Cuda) {  // the forward and the continuation NLLs on the GPU, the sums and argmaxes here
+    const std::unique_ptr<QwenModelCuda> gpu = upload_model_cuda(model, adapter.get(), a.adapter);
+    LogitsSource src = cuda_logits_source(*gpu, dir);
+    r = evaluate_choices(src, tok, items, a.batch_tokens, a.quiet);
+  }
+#endif
+  if (device == Device::Cpu) r = evaluate_choices(model, tok, items, a.batch_tokens, a.quiet);
   const int64_t n = static_cast<int64_t>(items.size());
   nlohmann::ordered_json j = {{"model", dir},       {"data", a.data},         {"items", n},
                               {"acc", r.acc},       {"acc_stderr", r.acc_stderr},

@@ -171,6 +171,15 @@ std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_
   return adapter;
 }
 
+#ifdef QWENQ_HAVE_CUDA
+std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const LoraAdapter* adapter,
+                                                 const std::string& adapter_dir) {
+  auto gpu = std::make_unique<QwenModelCuda>(model);
+  if (adapter) gpu->attach_adapter(*adapter, adapter_dir);
+  return gpu;
+}
+#endif
+
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet) {
   const Int8Coverage c = int8_coverage(w);
   if (!int8_activations() || quiet) return c;

@@ -15,6 +15,9 @@
 #include "lora/lora_adapter.h"
 #include "trainer/generate.h"
 #include "trainer/qwen_model.h"
+#ifdef QWENQ_HAVE_CUDA
+#include "trainer/qwen_model_cuda.h"
+#endif
 #include "trainer/qwen_weights.h"
 #include "trainer/tokenizer.h"
 
@@ -78,6 +81,13 @@ Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 // refused there; one line on stderr says which, unless quiet.
 std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
                                                      Device device, QwenModel& model, bool quiet);
+
+#ifdef QWENQ_HAVE_CUDA
+// `model` uploaded for an evaluation on the GPU, with load_adapter_for_device's adapter attached unmerged (adapter
+// null: none; adapter_dir names it in errors).
+std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const LoraAdapter* adapter,
+                                                 const std::string& adapter_dir);
+#endif
 
 // Wall time of a generation, for the line `generate` prints to stderr at the end:
 //   "12 prompt tokens, 128 new tokens in 1.93s (66.3 tok/s; first token after 0.41s, then 83.6 tok/s)"

@@ -314,7 +314,8 @@ void evaluate_all(const CompareArgs& a, const std::string& model, const std::str
   for (size_t c = 0; c < a.choices.size(); ++c) {
     const std::string json = path_join(logs, tag + ".choices" + std::to_string(c) + ".json");
     std::vector<std::string> args = {"multiple-choice", "--model", model, "--data", a.choices[c], "--json-out", json,
-                                     "--quiet", "--threads", std::to_string(a.common.threads)};
+                                     "--quiet", "--threads", std::to_string(a.common.threads), "--device",
+                                     a.common.device};
     if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
     ChildResult r = run_self(args, path_join(logs, tag + ".log"));
     if (!ok(r)) throw Error("multiple-choice of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
@@ -445,8 +446,6 @@ void run_compare(CompareArgs& a) {
       }
     }
   }
-  QWENQ_CHECK(!a.kld || a.common.device != "cuda",
-              "compare --kld evaluates on the CPU (eval --kl-base: both models' full logits); use --device cpu or auto");
   // Both window lengths checked against the model's context now, not by each child after quantizing.
   a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
   a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");
@@ -577,11 +576,11 @@ void register_compare(CLI::App& app) {
   cmd->add_flag("--keep-models", a->keep_models, "keep the quantized directories under OUT/models");
   cmd->add_option("--choices", a->choices,
                   "multiple-choice items (ARC or context/choices/label JSONL): also each model's acc and acc_norm "
-                  "(qwen-quant multiple-choice, CPU); repeat for several")
+                  "(qwen-quant multiple-choice, on --device); repeat for several")
       ->check(CLI::ExistingFile);
   cmd->add_flag("--kld", a->kld,
                 "also each model's mean KL divergence from the original and the share of positions where both pick "
-                "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on the CPU)");
+                "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on --device)");
   cmd->add_option("--quantized", a->quantized,
                   "NAME=PATH: also a row for a model quantized elsewhere (a directory or repo id any loader reads: "
                   "AutoGPTQ/GPTQModel, AutoAWQ, bitsandbytes, FP8, compressed-tensors; or a GGUF file), evaluated on "

@@ -1,14 +1,16 @@
 // qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention), optionally with a LoRA
 // adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
 // (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does. --kl-base DIR: also how far its next-token
-// distributions are from DIR's on the same windows (trainer/kl_divergence.h; both models on the CPU).
-// llama-perplexity's KL-divergence base files (trainer/kld_file.h): --save-kld FILE writes one from the model over
-// --data, --kl-base FILE scores the model against one (its tokens, llama.cpp's chunks: the second half of each
-// chunk scored), so a base file made by either tool scores models of both.
+// distributions are from DIR's on the same windows (trainer/kl_divergence.h). llama-perplexity's KL-divergence base
+// files (trainer/kld_file.h): --save-kld FILE writes one from the model over --data, --kl-base FILE scores the model
+// against one (its tokens, llama.cpp's chunks: the second half of each chunk scored), so a base file made by either
+// tool scores models of both. Every mode runs its forwards on the CPU or, with --device cuda, on the GPU (both
+// models of --kl-base DIR uploaded; trainer/logits_source.h), the statistics and the file's rows on the host.
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -65,6 +67,54 @@ KldRunOptions kld_run_options(const EvalArgs& a, const Tokenizer& tok) {
   return opt;
 }
 
+// Where every mode runs its model(s): on the CPU, or uploaded to the GPU (an adapter attached unmerged) for as long
+// as this lives, with the caching allocator's peaks reported beside the result.
+class EvalDevice {
+ public:
+  explicit EvalDevice(Device device) : device_(device) {
+#ifdef QWENQ_HAVE_CUDA
+    if (device_ == Device::Cuda) cuda_device_allocator().reset_peak();
+#endif
+  }
+  // The model as trainer/logits_source.h sees it (the CPU model, or its upload).
+  LogitsSource source(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
+#ifdef QWENQ_HAVE_CUDA
+    if (device_ == Device::Cuda) return cuda_logits_source(upload(model, adapter, adapter_dir), model.dir());
+#else
+    (void)adapter;
+    (void)adapter_dir;
+#endif
+    return cpu_logits_source(model);  // an adapter is merged into the CPU model already
+  }
+#ifdef QWENQ_HAVE_CUDA
+  QwenModelCuda& upload(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
+    gpus_.push_back(upload_model_cuda(model, adapter, adapter_dir));
+    return *gpus_.back();
+  }
+#endif
+  // "device_peak_*_bytes" in j and ", peak device memory ..." for the human line; nothing on the CPU.
+  std::string add_peaks(nlohmann::ordered_json* j) const {
+#ifdef QWENQ_HAVE_CUDA
+    if (device_ == Device::Cuda) {
+      const DeviceAllocatorStats ds = cuda_device_allocator().stats();
+      (*j)["device_peak_allocated_bytes"] = static_cast<int64_t>(ds.peak_allocated);
+      (*j)["device_peak_reserved_bytes"] = static_cast<int64_t>(ds.peak_reserved);
+      return ", peak device memory " + format_bytes(ds.peak_allocated) + " allocated, " +
+             format_bytes(ds.peak_reserved) + " reserved";
+    }
+#else
+    (void)j;
+#endif
+    return "";
+  }
+
+ private:
+  Device device_;
+#ifdef QWENQ_HAVE_CUDA
+  std::vector<std::unique_ptr<QwenModelCuda>> gpus_;
+#endif
+};
+
 void add_int8_json(const EvalArgs& a, const Int8Coverage& int8, nlohmann::ordered_json* j) {
   if (!a.int8_activations) return;
   (*j)["int8_activations"] = true;
@@ -104,27 +154,30 @@ nlohmann::ordered_json chunk_result_json(const std::string& dir, const std::stri
   return j;
 }
 
-std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const std::string& source) {
-  char buf[512];
+std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const std::string& source,
+                              const std::string& device_peak) {
+  char buf[768];
   std::snprintf(buf, sizeof buf,
                 "perplexity %.4f  (%lld chunks x %lld tokens of %s, the second half of each scored as "
-                "llama-perplexity does: %lld tokens, %.0f tok/s, peak RSS %s)\n",
+                "llama-perplexity does: %lld tokens, %.0f tok/s, peak RSS %s%s)\n",
                 r.perplexity, (long long)r.windows, (long long)n_ctx, source.c_str(), (long long)r.scored_tokens,
-                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str());
+                r.tokens_per_s, format_bytes(peak_rss_bytes()).c_str(), device_peak.c_str());
   return buf;
 }
 
 // eval --save-kld FILE: the model's log-probabilities over the text's chunks, for llama-perplexity --kl-divergence or
 // eval --kl-base FILE to score other models against.
-void run_save_kld(const EvalArgs& a, const std::string& dir) {
+void run_save_kld(const EvalArgs& a, const std::string& dir, Device device) {
   const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, Device::Cpu, model, a.quiet);
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::vector<int32_t> tokens = tok.encode(load_text_corpus(a.data, a.field, &tok), !a.no_bos);
   const KldRunOptions opt = kld_run_options(a, tok);
-  const PerplexityResult r = save_kld_file(model, tokens, n_ctx, opt, a.save_kld);
+  EvalDevice ed(device);
+  LogitsSource src = ed.source(model, adapter.get(), a.adapter);
+  const PerplexityResult r = save_kld_file(src, tokens, n_ctx, opt, a.save_kld);
   nlohmann::ordered_json j = chunk_result_json(dir, a.data, r, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   const uint64_t bytes = kld_file_bytes({static_cast<int32_t>(n_ctx), static_cast<int32_t>(model.config().vocab_size),
@@ -132,27 +185,32 @@ void run_save_kld(const EvalArgs& a, const std::string& dir) {
   add_int8_json(a, int8, &j);
   j["save_kld"] = a.save_kld;
   j["save_kld_bytes"] = bytes;
-  print_result(a, j, chunk_result_line(r, n_ctx, a.data) + "saved the log-probabilities of those positions to " +
-                         a.save_kld + " (" + format_bytes(bytes) + ")\n");
+  const std::string device_peak = ed.add_peaks(&j);
+  print_result(a, j, chunk_result_line(r, n_ctx, a.data, device_peak) +
+                         "saved the log-probabilities of those positions to " + a.save_kld + " (" +
+                         format_bytes(bytes) + ")\n");
 }
 
 // eval --kl-base FILE: the model over the file's tokens, each scored position against the file's row.
-void run_kld_file(const EvalArgs& a, const std::string& dir) {
+void run_kld_file(const EvalArgs& a, const std::string& dir, Device device) {
   const KldFile file(a.kl_base);
   const int64_t n_ctx = file.header().n_ctx;
   QWENQ_CHECK(!a.seq_len_given || a.ppl.seq_len == n_ctx,
               "--seq-len " << a.ppl.seq_len << " differs from the n_ctx " << n_ctx << " of " << a.kl_base
                            << ", whose chunks are scored; leave --seq-len out");
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, Device::Cpu, model, a.quiet);
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   const KldRunOptions opt = kld_run_options(a, Tokenizer::from_model(dir));
-  const KlDivergenceResult kl = evaluate_kl_divergence_file(model, file, opt);
+  EvalDevice ed(device);
+  LogitsSource src = ed.source(model, adapter.get(), a.adapter);
+  const KlDivergenceResult kl = evaluate_kl_divergence_file(src, file, opt);
   nlohmann::ordered_json j = chunk_result_json(dir, "", kl.model, n_ctx);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   add_int8_json(a, int8, &j);
   j["kl_divergence"] = kl_divergence_json(kl, a.kl_base);
-  print_result(a, j, chunk_result_line(kl.model, n_ctx, a.kl_base) + kl_divergence_text(kl, a.kl_base));
+  const std::string device_peak = ed.add_peaks(&j);
+  print_result(a, j, chunk_result_line(kl.model, n_ctx, a.kl_base, device_peak) + kl_divergence_text(kl, a.kl_base));
 }
 
 void run_eval(const EvalArgs& a) {
@@ -162,10 +220,6 @@ void run_eval(const EvalArgs& a) {
   if (!a.kl_base.empty() && !kl_file && file_exists(a.kl_base) && !dir_exists(a.kl_base) && !is_gguf_file(a.kl_base)) {
     KldFile refuse(a.kl_base);  // neither a model nor a base file: the reader names what is wrong with it
   }
-  QWENQ_CHECK(a.kl_base.empty() || device == Device::Cpu,
-              "eval --kl-base runs on the CPU (both models' full logits, position by position); use --device cpu");
-  QWENQ_CHECK(a.save_kld.empty() || device == Device::Cpu,
-              "eval --save-kld runs on the CPU (the model's full logits, position by position); use --device cpu");
   QWENQ_CHECK(a.save_kld.empty() || a.kl_base.empty(),
               "--save-kld writes a base file from --model; --kl-base scores --model against a base: give one of them");
   QWENQ_CHECK(!kl_file || a.data.empty(),
@@ -176,9 +230,9 @@ void run_eval(const EvalArgs& a) {
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   if (!a.save_kld.empty()) {
     check_output_dir_exists("--save-kld", a.save_kld);
-    return run_save_kld(a, dir);
+    return run_save_kld(a, dir, device);
   }
-  if (kl_file) return run_kld_file(a, dir);
+  if (kl_file) return run_kld_file(a, dir, device);
   const std::string base_dir = a.kl_base.empty() ? "" : resolve_model_dir(a.kl_base, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
@@ -205,37 +259,26 @@ void run_eval(const EvalArgs& a) {
   }
   PerplexityResult r;
   std::unique_ptr<KlDivergenceResult> kl;
-  int64_t device_peak_allocated = -1, device_peak_reserved = -1;  // the caching allocator's peaks; -1: CPU
-#ifdef QWENQ_HAVE_CUDA
-  if (device == Device::Cuda) {
-    cuda_device_allocator().reset_peak();
-    QwenModelCuda gpu(model);
-    if (adapter) gpu.attach_adapter(*adapter, a.adapter);
-    const auto nll_fn = [&gpu](const PackedBatch& b, std::vector<float>* nll) { return gpu.next_token_nll(b, nll); };
-    r = evaluate_perplexity(nll_fn, tokens, opt);
-    const DeviceAllocatorStats ds = cuda_device_allocator().stats();
-    device_peak_allocated = static_cast<int64_t>(ds.peak_allocated);
-    device_peak_reserved = static_cast<int64_t>(ds.peak_reserved);
-  }
-#endif
-  if (device == Device::Cpu && base) {
-    kl = std::make_unique<KlDivergenceResult>(evaluate_kl_divergence(model, *base, tokens, opt));
+  EvalDevice ed(device);
+  if (base) {  // both models' logits, from the CPU or the GPU; the statistics on the host
+    LogitsSource m = ed.source(model, adapter.get(), a.adapter), b = ed.source(*base, nullptr, "");
+    kl = std::make_unique<KlDivergenceResult>(evaluate_kl_divergence(m, b, tokens, opt));
     r = kl->model;
   } else if (device == Device::Cpu) {
     r = evaluate_perplexity(model, tokens, opt);
+  } else {
+#ifdef QWENQ_HAVE_CUDA
+    QwenModelCuda& gpu = ed.upload(model, adapter.get(), a.adapter);
+    const auto nll_fn = [&gpu](const PackedBatch& b, std::vector<float>* nll) { return gpu.next_token_nll(b, nll); };
+    r = evaluate_perplexity(nll_fn, tokens, opt);
+#endif
   }
 
   nlohmann::ordered_json j = result_json(dir, a.data, r, opt.seq_len);
   if (!a.adapter.empty()) j["adapter"] = a.adapter;
   if (kl) j["kl_divergence"] = kl_divergence_json(*kl, base_dir);
   add_int8_json(a, int8, &j);
-  std::string device_peak;
-  if (device_peak_allocated >= 0) {
-    j["device_peak_allocated_bytes"] = device_peak_allocated;
-    j["device_peak_reserved_bytes"] = device_peak_reserved;
-    device_peak = ", peak device memory " + format_bytes(static_cast<uint64_t>(device_peak_allocated)) +
-                  " allocated, " + format_bytes(static_cast<uint64_t>(device_peak_reserved)) + " reserved";
-  }
+  const std::string device_peak = ed.add_peaks(&j);
   char human[1024];
   std::snprintf(human, sizeof human,
                 "perplexity %.4f  (%lld windows x %lld tokens of %s, %lld tokens scored, %.0f tok/s, peak RSS %s%s)\n",

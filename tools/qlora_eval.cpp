@@ -3,7 +3,8 @@
 // (--eval-count / --eval-fraction with train's --seed), batched as train batches its evaluation, and the
 // token-weighted mean next-token NLL over the loss tokens (trainer/train_loop.h, sft_eval_loss). Without --adapter
 // the base alone (a zero adapter: train's step-0 evaluation of a PEFT-initialised run). Compares checkpoints,
-// adapters on 4-bit and bf16 bases, or a base before and after fine-tuning on the same answers.
+// adapters on 4-bit and bf16 bases, or a base before and after fine-tuning on the same answers. --device cuda
+// computes the losses with the GPU trainer's forward (trainer/lora_model_cuda.h), as train --device cuda evaluates.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -37,12 +38,12 @@ struct EvalArgs {
 };
 
 void run_sft_eval(EvalArgs& a) {
-  QWENQ_CHECK(resolve_experimental_device(a.common, "qwen-qlora eval") == Device::Cpu,
-              "qwen-qlora eval runs on the CPU; use --device cpu (train --device cuda evaluates on the GPU)");
+  const Device device = resolve_experimental_device(a.common, "qwen-qlora eval");
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   TrainOptions& o = a.opt;
   o.model_dir = resolve_model_dir(a.model);
   apply_sft_flags(a.sft, &o);
+  o.use_cuda = device == Device::Cuda;  // LoraModelCuda's loss, as train --device cuda evaluates
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(o.model_dir);
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);

@@ -75,8 +75,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
-    out.gpu = std::make_unique<QwenModelCuda>(*out.model);
-    if (adapter) out.gpu->attach_adapter(*adapter, a.adapter);
+    out.gpu = upload_model_cuda(*out.model, adapter.get(), a.adapter);
   }
 #endif
   return out;

@@ -122,14 +122,12 @@ void KlSample::summarize(KlDivergenceResult* r) const {
   r->nll_correlation = pearson(nll_, nll_base_);
 }
 
-KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenModel& base,
-                                          const std::vector<int32_t>& tokens, const PerplexityOptions& opt,
-                                          int64_t logits_chunk_rows) {
-  const int64_t V = model.config().vocab_size, C = model.config().hidden_size, Cb = base.config().hidden_size;
-  QWENQ_CHECK(base.config().vocab_size == V, "the base model " << base.dir() << " has a vocabulary of "
-                                                               << base.config().vocab_size << " tokens, "
-                                                               << model.dir() << " one of " << V
-                                                               << ": KL divergence needs the same vocabulary");
+KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& base, const std::vector<int32_t>& tokens,
+                                          const PerplexityOptions& opt, int64_t logits_chunk_rows) {
+  const int64_t V = model.vocab_size;
+  QWENQ_CHECK(base.vocab_size == V, "the base model " << base.name << " has a vocabulary of " << base.vocab_size
+                                                      << " tokens, " << model.name << " one of " << V
+                                                      << ": KL divergence needs the same vocabulary");
   const int64_t n_tok = static_cast<int64_t>(tokens.size());
   const int64_t windows = perplexity_windows(n_tok, opt);
 
@@ -149,9 +147,8 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
     const PackedBatch batch = perplexity_window_batch(tokens, opt.seq_len, w0, nw);
     const int64_t T = batch.num_tokens();
     const std::vector<int32_t> targets = next_token_targets(batch);
-    std::vector<float> hq, hb;
-    model.forward_hidden(batch, &hq);
-    base.forward_hidden(batch, &hb);
+    model.forward(batch);
+    base.forward(batch);
     const int64_t chunk = std::min(chunk_cap, T);
     lg_q.resize(static_cast<size_t>(chunk * V));
     lg_b.resize(static_cast<size_t>(chunk * V));
@@ -159,8 +156,8 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
     std::vector<KlPosition> pos(T);
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
       const int64_t n = std::min(chunk, T - r0);
-      model.logits(hq.data() + r0 * C, n, lg_q.data());
-      base.logits(hb.data() + r0 * Cb, n, lg_b.data());
+      model.logits(r0, n, lg_q.data());
+      base.logits(r0, n, lg_b.data());
       r.model.scored_tokens += cross_entropy_forward_ref(lg_q.data(), n, V, targets.data() + r0, nll_q_rows.data() + r0);
       cross_entropy_forward_ref(lg_b.data(), n, V, targets.data() + r0, nll_b_rows.data() + r0);
       parallel_for(n, 4, [&](int64_t a, int64_t b) {
@@ -189,6 +186,13 @@ KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenMode
   std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", r.model.perplexity, r.kld.mean);
   bar.finish(extra);
   return r;
+}
+
+KlDivergenceResult evaluate_kl_divergence(const QwenModel& model, const QwenModel& base,
+                                          const std::vector<int32_t>& tokens, const PerplexityOptions& opt,
+                                          int64_t logits_chunk_rows) {
+  LogitsSource m = cpu_logits_source(model), b = cpu_logits_source(base);
+  return evaluate_kl_divergence(m, b, tokens, opt, logits_chunk_rows);
 }
 
 namespace {

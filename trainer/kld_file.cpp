@@ -194,10 +194,10 @@ void check_run_options(const KldRunOptions& opt) {
 
 }  // namespace
 
-PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
+PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
                                const KldRunOptions& opt, const std::string& path) {
   check_run_options(opt);
-  const int64_t V = base.config().vocab_size, C = base.config().hidden_size;
+  const int64_t V = base.vocab_size;
   QWENQ_CHECK(n_ctx >= 3 && n_ctx <= INT32_MAX, "--seq-len " << n_ctx << ": a KL-divergence base file's chunks "
                                                              << "need at least 3 tokens");
   int64_t n_chunk = static_cast<int64_t>(tokens.size()) / n_ctx;
@@ -226,13 +226,12 @@ PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>
   Progress bar("save-kld", n_chunk * n_ctx, "tok", opt.quiet);
   for (int64_t c0 = 0; c0 < n_chunk; c0 += opt.chunks_per_batch) {
     const int64_t nc = std::min(opt.chunks_per_batch, n_chunk - c0);
-    std::vector<float> hidden;
-    base.forward_hidden(chunk_batch(tok, n_ctx, c0, nc, opt.bos), &hidden);
+    base.forward(chunk_batch(tok, n_ctx, c0, nc, opt.bos));
     for (int64_t k = 0; k < nc; ++k) {
       const int32_t* chunk_tok = tok + (c0 + k) * n_ctx;
       for (int64_t r0 = 0; r0 < R; r0 += cap) {
         const int64_t n = std::min(cap, R - r0);
-        base.logits(hidden.data() + (k * n_ctx + first + r0) * C, n, lg.data());
+        base.logits(k * n_ctx + first + r0, n, lg.data());
         parallel_for(n, 4, [&](int64_t a, int64_t b) {
           for (int64_t i = a; i < b; ++i) {
             nll[i] = kld_encode_row(lg.data() + i * V, V, chunk_tok[first + r0 + i + 1], enc.data() + i * nv);
@@ -258,12 +257,12 @@ PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>
   return r;
 }
 
-KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const KldFile& file, const KldRunOptions& opt) {
+KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFile& file, const KldRunOptions& opt) {
   check_run_options(opt);
   const KldFileHeader& h = file.header();
-  const int64_t V = model.config().vocab_size, C = model.config().hidden_size;
+  const int64_t V = model.vocab_size;
   QWENQ_CHECK(h.n_vocab == V, file.path() << " holds distributions over " << h.n_vocab << " tokens, the model "
-                                          << model.dir() << " has a vocabulary of " << V
+                                          << model.name << " has a vocabulary of " << V
                                           << ": KL divergence needs the same vocabulary");
   const int64_t n_ctx = h.n_ctx, R = kld_rows_per_chunk(n_ctx), first = kld_first_scored(n_ctx);
   const int64_t nv = kld_row_values(V);
@@ -279,8 +278,7 @@ KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const Kld
   Progress bar("kl-divergence", n_chunk * n_ctx, "tok", opt.quiet);
   for (int64_t c0 = 0; c0 < n_chunk; c0 += opt.chunks_per_batch) {
     const int64_t nc = std::min(opt.chunks_per_batch, n_chunk - c0);
-    std::vector<float> hidden;
-    model.forward_hidden(chunk_batch(file.tokens(0), n_ctx, c0, nc, opt.bos), &hidden);
+    model.forward(chunk_batch(file.tokens(0), n_ctx, c0, nc, opt.bos));
     for (int64_t k = 0; k < nc; ++k) {
       const int32_t* chunk_tok = file.tokens(c0 + k);
       const uint16_t* rows = file.rows(c0 + k);
@@ -294,7 +292,7 @@ KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const Kld
                                   << " and min_log_prob " << lo << "; a row's scale is finite and >= 0, its "
                                   << "min_log_prob finite and <= 0");
         }
-        model.logits(hidden.data() + (k * n_ctx + first + r0) * C, n, lg.data());
+        model.logits(k * n_ctx + first + r0, n, lg.data());
         parallel_for(n, 4, [&](int64_t a, int64_t b) {
           for (int64_t i = a; i < b; ++i) {
             pos[i] = kl_position_vs_row(rows + (r0 + i) * nv, lg.data() + i * V, V, chunk_tok[first + r0 + i + 1]);
@@ -325,6 +323,17 @@ KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const Kld
   std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", r.model.perplexity, r.kld.mean);
   bar.finish(extra);
   return r;
+}
+
+PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
+                               const KldRunOptions& opt, const std::string& path) {
+  LogitsSource src = cpu_logits_source(base);
+  return save_kld_file(src, tokens, n_ctx, opt, path);
+}
+
+KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const KldFile& file, const KldRunOptions& opt) {
+  LogitsSource src = cpu_logits_source(model);
+  return evaluate_kl_divergence_file(src, file, opt);
 }
 
 }  // namespace qwenq

@@ -33,6 +33,7 @@
 
 #include "core/files.h"
 #include "trainer/kl_divergence.h"
+#include "trainer/logits_source.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 
@@ -102,11 +103,16 @@ struct KldRunOptions {
 // their second halves encoded into `path`. Returns the perplexity over the scored positions, llama.cpp's
 // "Final estimate" (windows = chunks, seq_len = n_ctx). Refuses, before any work, a file larger than the free space
 // of its file system.
+// Any LogitsSource (trainer/logits_source.h: the CPU or the GPU forward; the encoding on the host); the QwenModel
+// overloads run on the CPU.
+PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
+                               const KldRunOptions& opt, const std::string& path);
 PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
                                const KldRunOptions& opt, const std::string& path);
 
 // llama-perplexity --kl-divergence: the model over the file's chunks (at most max_chunks), every scored position
 // against its row. The model's vocabulary must be the file's.
+KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFile& file, const KldRunOptions& opt);
 KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const KldFile& file, const KldRunOptions& opt);
 
 }  // namespace qwenq

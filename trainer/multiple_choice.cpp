@@ -114,9 +114,9 @@ ChoiceTokens encode_choice(const Tokenizer& tok, const std::string& context, con
   return r;
 }
 
-ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
+ChoiceResult evaluate_choices(LogitsSource& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
                               int64_t batch_tokens, bool quiet) {
-  const int64_t max_len = model.config().max_position_embeddings;
+  const int64_t max_len = model.max_positions;
   struct Seq {
     size_t item, choice;
     std::vector<int32_t> input;  // context + continuation without its last token (that token is only predicted)
@@ -160,9 +160,9 @@ ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, cons
       const int64_t end = b.cu_seqlens[k - s0 + 1];
       for (int64_t t = end - seqs[k].cont; t < end; ++t) targets[t] = t + 1 < end ? b.tokens[t + 1] : seqs[k].last;
     }
-    std::vector<float> hidden, nll(static_cast<size_t>(n), 0.f);
-    model.forward_hidden(b, &hidden);
-    model.hidden_nll(hidden.data(), n, targets.data(), nll.data());
+    std::vector<float> nll(static_cast<size_t>(n), 0.f);
+    model.forward(b);
+    model.nll(targets.data(), nll.data());
     for (size_t k = s0; k < s1; ++k) {
       const int64_t end = b.cu_seqlens[k - s0 + 1];
       double ll = 0;
@@ -192,6 +192,12 @@ ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, cons
   r.acc_norm_stderr = binomial_stderr(r.acc_norm, n);
   r.seconds = bar.elapsed_s();
   return r;
+}
+
+ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
+                              int64_t batch_tokens, bool quiet) {
+  LogitsSource src = cpu_logits_source(model);
+  return evaluate_choices(src, tok, items, batch_tokens, quiet);
 }
 
 }  // namespace qwenq

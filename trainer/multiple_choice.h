@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/logits_source.h"
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 
@@ -61,7 +62,10 @@ struct ChoiceResult {
   double seconds = 0;
 };
 
-// Every item's choices through the model, batch_tokens tokens (whole choices) per forward.
+// Every item's choices through the model, batch_tokens tokens (whole choices) per forward: any LogitsSource
+// (trainer/logits_source.h: the CPU or the GPU forward), or the CPU model.
+ChoiceResult evaluate_choices(LogitsSource& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
+                              int64_t batch_tokens = 4096, bool quiet = false);
 ChoiceResult evaluate_choices(const QwenModel& model, const Tokenizer& tok, const std::vector<ChoiceItem>& items,
                               int64_t batch_tokens = 4096, bool quiet = false);
 

@@ -79,6 +79,7 @@ struct QwenModelCuda::Impl {
   DeviceAllocation lora_u;  // [capacity, r] fp32: u = x Aᵀ of the adapter's branch (only with an adapter)
   DeviceAllocation logits;  // [logits_rows, V] fp32
   int64_t logits_rows = 0;
+  int64_t hidden_rows = 0;  // rows of x that hold the final hidden states of the last forward_hidden (0: none)
 
   CudaStream s() const { return stream.get(); }
 
@@ -272,6 +273,7 @@ struct QwenModelCuda::Impl {
 
   // Checks the batch, sizes the buffers for it and uploads its positions (RoPE).
   void begin_batch(const PackedBatch& b) {
+    hidden_rows = 0;  // x is about to be overwritten
     const int64_t T = b.num_tokens();
     QWENQ_CHECK(T > 0 && b.positions.size() == b.tokens.size() && b.num_seqs() >= 1 && b.cu_seqlens.back() == T,
                 "QwenModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
@@ -388,6 +390,7 @@ struct QwenModelCuda::Impl {
   }
 
   void reserve_rows(int64_t T, const char* fn) {
+    hidden_rows = 0;  // the module calls use the batch buffers
     QWENQ_CHECK(T > 0, "QwenModelCuda::" << fn << ": " << T << " tokens");
     reserve(T);
   }
@@ -485,12 +488,41 @@ std::vector<float> QwenModelCuda::forward_logits(const PackedBatch& b) {
 }
 
 int64_t QwenModelCuda::next_token_nll(const PackedBatch& b, std::vector<float>* nll) {
+  forward_hidden(b);
+  const std::vector<int32_t> targets = next_token_targets(b);
+  nll->assign(targets.size(), 0.f);
+  return hidden_nll(targets.data(), nll->data());
+}
+
+void QwenModelCuda::forward_hidden(const PackedBatch& b) {
   Impl& m = *impl_;
   m.forward_hidden(b);
-  const int64_t T = b.num_tokens(), V = m.cfg.vocab_size;
-  const std::vector<int32_t> targets = next_token_targets(b);
-  QWENQ_CUDA_CHECK(
-      cudaMemcpyAsync(m.targets.get(), targets.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
+  m.hidden_rows = b.num_tokens();
+}
+
+void QwenModelCuda::logits_rows(int64_t r0, int64_t rows, float* out) {
+  Impl& m = *impl_;
+  QWENQ_CHECK(r0 >= 0 && rows >= 0 && r0 + rows <= m.hidden_rows,
+              "QwenModelCuda::logits_rows: rows [" << r0 << ", " << r0 + rows << ") of " << m.hidden_rows
+                                                   << " hidden states (forward_hidden runs the batch first)");
+  const int64_t V = m.cfg.vocab_size;
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, kLogitsChunkFloats / V));
+  m.reserve_logits(chunk);
+  for (int64_t i = 0; i < rows; i += chunk) {
+    const int64_t n = std::min(chunk, rows - i);
+    m.lm_head_rows(r0 + i, n, m.logits.as<float>());
+    // Stream-ordered: the next chunk's lm_head writes the buffer only after this copy has read it.
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(out + i * V, m.logits.get(), static_cast<size_t>(n * V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, m.s()));
+  }
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+}
+
+int64_t QwenModelCuda::hidden_nll(const int32_t* targets, float* nll) {
+  Impl& m = *impl_;
+  const int64_t T = m.hidden_rows, V = m.cfg.vocab_size;
+  QWENQ_CHECK(T > 0, "QwenModelCuda::hidden_nll: no hidden states (forward_hidden runs the batch first)");
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.targets.get(), targets, T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T, kLogitsChunkFloats / V));
   m.reserve_logits(chunk);
   int64_t counted = 0;
@@ -500,8 +532,7 @@ int64_t QwenModelCuda::next_token_nll(const PackedBatch& b, std::vector<float>* 
     counted += cross_entropy_forward_cuda(m.logits.as<float>(), rows, V, m.targets.as<int32_t>() + r0,
                                           m.nll.as<float>() + r0, m.s());
   }
-  nll->assign(static_cast<size_t>(T), 0.f);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll->data(), m.nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll, m.nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, m.s()));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   return counted;
 }
@@ -588,6 +619,7 @@ void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string
   fresh->attach(m.layers);  // checks every Linear's shape before it changes any
   m.lora = std::move(fresh);  // frees the previous adapter, if any (no work of it is queued: every call syncs)
   m.capacity = 0;             // the next batch reallocates its buffers with the branch's scratch
+  m.hidden_rows = 0;          // hidden states of the model without this adapter
 }
 
 void QwenModelCuda::detach_adapter() {
@@ -596,6 +628,7 @@ void QwenModelCuda::detach_adapter() {
     for (DevLinear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) d->lora = LoraDeviceBranch{};
   }
   m.lora.reset();
+  m.hidden_rows = 0;
 }
 
 const LoraInferenceCuda* QwenModelCuda::adapter() const { return impl_->lora.get(); }

@@ -122,6 +122,16 @@ class QwenModelCuda {
   std::vector<float> forward_logits(const PackedBatch& batch);
   int64_t next_token_nll(const PackedBatch& batch, std::vector<float>* nll);
 
+  // ---- a batch's final hidden states kept on the device (KL divergence, multiple choice: trainer/logits_source.h)
+  // forward_hidden runs the batch and keeps its final hidden states [T, C] (after the final norm) on the device
+  // until the next call that runs a batch or a module. logits_rows then copies the logits of rows [r0, r0 + rows)
+  // to the host (out [rows, V] fp32: QwenModel::logits of those rows), the lm_head over chunks of at most 64 Mi
+  // logits; hidden_nll is QwenModel::hidden_nll's contract for all T rows (targets [T] on the host, kIgnoreIndex:
+  // 0 and not counted; nll [T] on the host) and returns the counted rows. Both refuse without hidden states.
+  void forward_hidden(const PackedBatch& batch);
+  void logits_rows(int64_t r0, int64_t rows, float* out);
+  int64_t hidden_nll(const int32_t* targets, float* nll);
+
   // The device copies of the weights (see QwenDeviceTensor).
   const QwenDeviceLayer& device_layer(int64_t l) const;
   QwenDeviceTensor device_embed() const;  // data null when the table was left on the host

@@ -283,7 +283,15 @@ int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data
 
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o) {
-  return evaluate(model, adapter, nullptr, examples, o);
+  if (!o.use_cuda) return evaluate(model, adapter, nullptr, examples, o);
+#ifdef QWENQ_HAVE_CUDA
+  refuse_dora_on_gpu(adapter, "qwen-qlora eval --device cuda");
+  LoraModelCuda gpu(model, adapter);
+  return evaluate(model, adapter, &gpu, examples, o);
+#else
+  QWENQ_FAIL("--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
+  return {};
+#endif
 }
 
 TrainReport train_lora(const TrainOptions& o) {

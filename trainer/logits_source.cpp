@@ -1,0 +1,46 @@
+// The two LogitsSources of trainer/logits_source.h.
+#include "trainer/logits_source.h"
+
+#include "core/error.h"
+
+namespace qwenq {
+
+LogitsSource cpu_logits_source(const QwenModel& model) {
+  LogitsSource s;
+  s.name = model.dir();
+  s.vocab_size = model.config().vocab_size;
+  s.max_positions = model.config().max_position_embeddings;
+  auto hidden = std::make_shared<std::vector<float>>();
+  auto rows = std::make_shared<int64_t>(0);
+  const int64_t C = model.config().hidden_size;
+  s.forward = [&model, hidden, rows](const PackedBatch& b) {
+    *rows = 0;
+    model.forward_hidden(b, hidden.get());
+    *rows = b.num_tokens();
+  };
+  s.logits = [&model, hidden, rows, C](int64_t r0, int64_t n, float* out) {
+    QWENQ_CHECK(r0 >= 0 && n >= 0 && r0 + n <= *rows, "cpu_logits_source: rows [" << r0 << ", " << r0 + n << ") of "
+                                                                                    << *rows << " hidden states");
+    if (n > 0) model.logits(hidden->data() + r0 * C, n, out);
+  };
+  s.nll = [&model, hidden, rows](const int32_t* targets, float* nll) {
+    QWENQ_CHECK(*rows > 0, "cpu_logits_source: no hidden states (forward runs the batch first)");
+    return model.hidden_nll(hidden->data(), *rows, targets, nll);
+  };
+  return s;
+}
+
+#ifdef QWENQ_HAVE_CUDA
+LogitsSource cuda_logits_source(QwenModelCuda& gpu, const std::string& name) {
+  LogitsSource s;
+  s.name = name;
+  s.vocab_size = gpu.config().vocab_size;
+  s.max_positions = gpu.config().max_position_embeddings;
+  s.forward = [&gpu](const PackedBatch& b) { gpu.forward_hidden(b); };
+  s.logits = [&gpu](int64_t r0, int64_t n, float* out) { gpu.logits_rows(r0, n, out); };
+  s.nll = [&gpu](const int32_t* targets, float* nll) { return gpu.hidden_nll(targets, nll); };
+  return s;
+}
+#endif
+
+}  // namespace qwenq
