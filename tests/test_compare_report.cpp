@@ -91,5 +91,37 @@ TEST(CompareReport, AccuracyColumnsPerChoiceSet) {
   EXPECT_DOUBLE_EQ(j["rows"][1]["acc_norm"]["arc"].get<double>(), 0.375);
 }
 
+TEST(CompareReport, Gsm8kColumnsOnlyWithAGsm8kSet) {
+  CompareTable t = table();
+  t.choice_sets = {"arc"};
+  t.rows[0].acc = {0.5};
+  t.rows[0].acc_norm = {0.625};
+  t.rows[1].acc = {0.25};
+  t.rows[1].acc_norm = {0.375};
+  t.rows[1].gsm8k_strict = 0.25;  // without a set: no column, whatever the rows hold
+  t.rows[1].gsm8k_flexible = 0.5;
+  EXPECT_EQ(compare_markdown(t).find("gsm8k"), std::string::npos);
+  EXPECT_EQ(compare_csv(t).find("gsm8k"), std::string::npos);
+  EXPECT_FALSE(nlohmann::json::parse(compare_json(t))["rows"][1].contains("gsm8k"));
+  t.gsm8k_set = "test";
+  t.gsm8k_fewshot = 5;
+  const std::string md = compare_markdown(t);
+  EXPECT_NE(md.find("| acc_norm arc | gsm8k strict test | gsm8k flexible test | quant time |"), std::string::npos) << md;
+  std::string rule = "\n";
+  for (int c = 0; c < 15; ++c) rule += "|---";  // 5 + 2 x 2 perplexity + 2 acc + 2 gsm8k + 2 quantization columns
+  EXPECT_NE(md.find(rule + "|\n"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 50.00% | 62.50% | - | - | - | - |"), std::string::npos) << md;  // the original: none
+  EXPECT_NE(md.find("| 25.00% | 37.50% | 25.00% | 50.00% | 1.50 s |"), std::string::npos) << md;
+  const std::string csv = compare_csv(t);
+  EXPECT_NE(csv.find(",acc_norm_arc,gsm8k_strict_test,gsm8k_flexible_test,quant_seconds"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("0.500000,0.625000,,,"), std::string::npos) << csv;
+  EXPECT_NE(csv.find("0.250000,0.375000,0.250000,0.500000,1.500"), std::string::npos) << csv;
+  const auto j = nlohmann::json::parse(compare_json(t));
+  EXPECT_EQ(j["gsm8k"]["set"], "test");
+  EXPECT_EQ(j["gsm8k"]["fewshot"], 5);
+  EXPECT_FALSE(j["rows"][0].contains("gsm8k"));
+  EXPECT_DOUBLE_EQ(j["rows"][1]["gsm8k"]["exact_match_flexible"].get<double>(), 0.5);
+}
+
 }  // namespace
 }  // namespace qwenq

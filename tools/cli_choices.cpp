@@ -82,7 +82,7 @@ void register_choices(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "multiple-choice", "Accuracy on multiple-choice items (ARC, or context/choices/label JSONL), lm-eval's scoring");
   cmd->add_option("--model,-m", a->model, "model directory, repo id (offline cache) or .gguf file")->required();
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout), merged in memory");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--data,-d", a->data,
                   "JSONL items: {\"context\", \"choices\": [...], \"label\"} or ARC's {\"question\", \"choices\": "
                   "{\"text\", \"label\"}, \"answerKey\"}")

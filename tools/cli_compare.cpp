@@ -3,6 +3,8 @@
 //
 // `--quantized NAME=PATH` adds rows for models quantized elsewhere (AutoGPTQ/GPTQModel, AutoAWQ, llm-compressor,
 // bitsandbytes through transformers, llama.cpp, an earlier run), evaluated on the same texts and windows.
+// Beside perplexity, optional columns per model: KL divergence from the original (--kld), multiple-choice accuracy
+// (--choices) and GSM8K exact match (--gsm8k), each from the same child evaluations a user would run by hand.
 //
 // Every quantization and evaluation runs as a child process of this same binary (posix_spawn of
 // /proc/self/exe), so each method's time and peak memory are its own (wait4's ru_maxrss) and a method that
@@ -32,6 +34,7 @@
 #include "trainer/compare_report.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/gguf_model.h"
+#include "trainer/gsm8k.h"
 #include "trainer/model_dir.h"
 #include "trainer/quantize_output.h"
 #include "trainer/quant_config.h"
@@ -55,6 +58,8 @@ struct CompareArgs {
   bool keep_models = false;
   bool kld = false;  // each model's KL divergence from the original (eval --kl-base)
   std::vector<std::string> choices;  // multiple-choice sets: each model's accuracy (qwen-quant multiple-choice)
+  std::string gsm8k, gsm8k_fewshot_data;  // GSM8K exact match of each model (qwen-quant gsm8k)
+  int64_t gsm8k_fewshot = 5, gsm8k_limit = 0, gsm8k_max_new_tokens = 256;
   std::vector<std::string> quantized;  // NAME=PATH
   CommonOptions common;
 };
@@ -325,6 +330,23 @@ void evaluate_all(const CompareArgs& a, const std::string& model, const std::str
     std::fprintf(stderr, "  %-16s %-28s acc %.2f%%, acc_norm %.2f%% (%.1fs)\n", tag.c_str(), a.choices[c].c_str(),
                  100 * row->acc.back(), 100 * row->acc_norm.back(), r.seconds);
   }
+  if (!a.gsm8k.empty()) {
+    const std::string json = path_join(logs, tag + ".gsm8k.json");
+    std::vector<std::string> args = {"gsm8k", "--model", model, "--data", a.gsm8k, "--fewshot",
+                                     std::to_string(a.gsm8k_fewshot), "--limit", std::to_string(a.gsm8k_limit),
+                                     "--max-new-tokens", std::to_string(a.gsm8k_max_new_tokens), "--json-out", json,
+                                     "--predictions", path_join(logs, tag + ".gsm8k.predictions.jsonl"), "--quiet",
+                                     "--threads", std::to_string(a.common.threads), "--device", a.common.device};
+    if (!a.gsm8k_fewshot_data.empty()) args.insert(args.end(), {"--fewshot-data", a.gsm8k_fewshot_data});
+    if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
+    ChildResult r = run_self(args, path_join(logs, tag + ".log"));
+    if (!ok(r)) throw Error("gsm8k of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
+    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    row->gsm8k_strict = j.at("exact_match_strict").get<double>();
+    row->gsm8k_flexible = j.at("exact_match_flexible").get<double>();
+    std::fprintf(stderr, "  %-16s %-28s gsm8k strict %.2f%%, flexible %.2f%% (%.1fs)\n", tag.c_str(),
+                 a.gsm8k.c_str(), 100 * row->gsm8k_strict, 100 * row->gsm8k_flexible, r.seconds);
+  }
 }
 
 std::string base_name(const std::string& p) {
@@ -446,6 +468,17 @@ void run_compare(CompareArgs& a) {
       }
     }
   }
+  if (!a.gsm8k.empty()) {  // the GSM8K files and the few-shot count, before any work (as gsm8k checks them)
+    const int64_t items = static_cast<int64_t>(read_gsm8k(a.gsm8k).size());
+    QWENQ_CHECK(a.gsm8k_fewshot == 0 || !a.gsm8k_fewshot_data.empty(),
+                "--gsm8k-fewshot " << a.gsm8k_fewshot << " draws its examples from --gsm8k-fewshot-data (GSM8K's "
+                                   << "train split); give it, or --gsm8k-fewshot 0");
+    const int64_t pool =
+        a.gsm8k_fewshot_data.empty() ? 0 : static_cast<int64_t>(read_gsm8k(a.gsm8k_fewshot_data).size());
+    QWENQ_CHECK(pool >= a.gsm8k_fewshot, "--gsm8k-fewshot " << a.gsm8k_fewshot << " needs as many records; "
+                                                           << a.gsm8k_fewshot_data << " has " << pool);
+    QWENQ_CHECK(items >= 1, a.gsm8k << ": no GSM8K records");
+  }
   // Both window lengths checked against the model's context now, not by each child after quantizing.
   a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
   a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");
@@ -458,6 +491,8 @@ void run_compare(CompareArgs& a) {
   t.max_windows = a.max_windows;
   t.kld = a.kld;
   for (const auto& c : a.choices) t.choice_sets.push_back(base_name(c));
+  if (!a.gsm8k.empty()) t.gsm8k_set = base_name(a.gsm8k);
+  t.gsm8k_fewshot = a.gsm8k_fewshot;
   for (const auto& d : a.data) t.datasets.push_back(base_name(d));
 
   std::vector<std::string> specs;
@@ -578,6 +613,21 @@ void register_compare(CLI::App& app) {
                   "multiple-choice items (ARC or context/choices/label JSONL): also each model's acc and acc_norm "
                   "(qwen-quant multiple-choice, on --device); repeat for several")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--gsm8k", a->gsm8k,
+                  "GSM8K JSONL ({\"question\", \"answer\"}, the test split): also each model's exact match, strict and "
+                  "flexible (qwen-quant gsm8k, greedy generation: slow on the CPU, see --gsm8k-limit)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--gsm8k-fewshot-data", a->gsm8k_fewshot_data, "GSM8K JSONL the few-shot examples come from (train)")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--gsm8k-fewshot", a->gsm8k_fewshot, "examples before each question (lm-eval's gsm8k: 5)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  cmd->add_option("--gsm8k-limit", a->gsm8k_limit, "score the first N GSM8K items only (0: all)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  cmd->add_option("--gsm8k-max-new-tokens", a->gsm8k_max_new_tokens, "tokens generated at most per GSM8K item")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_flag("--kld", a->kld,
                 "also each model's mean KL divergence from the original and the share of positions where both pick "
                 "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on --device)");

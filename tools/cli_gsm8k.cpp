@@ -100,7 +100,7 @@ void register_gsm8k(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "gsm8k", "Exact-match accuracy on GSM8K math word problems, greedy generation scored as lm-eval's gsm8k task");
   cmd->add_option("--model,-m", a->model, "model directory, repo id (offline cache) or .gguf file")->required();
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout), merged in memory");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged in memory on the CPU, applied unmerged on the GPU");
   cmd->add_option("--data,-d", a->data, "GSM8K JSONL to score ({\"question\", \"answer\"}: the test split)")
       ->required()
       ->check(CLI::ExistingFile);

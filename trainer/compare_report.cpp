@@ -25,6 +25,7 @@ double delta_pct(const CompareTable& t, const CompareRow& r, size_t d) {
 
 bool has_kld(const CompareRow& r, size_t d) { return d < r.kld.size() && d < r.same_top1.size(); }
 bool has_acc(const CompareRow& r, size_t c) { return c < r.acc.size() && c < r.acc_norm.size(); }
+bool has_gsm8k(const CompareRow& r) { return r.gsm8k_strict >= 0 && r.gsm8k_flexible >= 0; }
 
 std::string group_str(const CompareRow& r) { return r.group_size == 0 ? "-" : std::to_string(r.group_size); }
 
@@ -48,9 +49,11 @@ std::string compare_markdown(const CompareTable& t) {
     if (t.kld) s += "KLD " + d + " | top-1 " + d + " | ";
   }
   for (const auto& c : t.choice_sets) s += "acc " + c + " | acc_norm " + c + " | ";
+  if (!t.gsm8k_set.empty()) s += "gsm8k strict " + t.gsm8k_set + " | gsm8k flexible " + t.gsm8k_set + " | ";
   s += "quant time | quant peak RSS |\n|---|---|---|---|---|";
   for (size_t i = 0; i < t.datasets.size(); ++i) s += t.kld ? "---|---|---|---|" : "---|---|";
   for (size_t i = 0; i < t.choice_sets.size(); ++i) s += "---|---|";
+  if (!t.gsm8k_set.empty()) s += "---|---|";
   s += "---|---|\n";
   for (const CompareRow& r : t.rows) {
     const bool base = &r == &t.rows.front();
@@ -65,6 +68,10 @@ std::string compare_markdown(const CompareTable& t) {
     for (size_t c = 0; c < t.choice_sets.size(); ++c) {
       s += has_acc(r, c) ? fmt("%.2f%%", 100 * r.acc[c]) + " | " + fmt("%.2f%%", 100 * r.acc_norm[c]) + " | " : "- | - | ";
     }
+    if (!t.gsm8k_set.empty()) {
+      s += has_gsm8k(r) ? fmt("%.2f%%", 100 * r.gsm8k_strict) + " | " + fmt("%.2f%%", 100 * r.gsm8k_flexible) + " | "
+                        : "- | - | ";
+    }
     s += (base || r.given ? std::string("-") : fmt("%.2f s", r.quant_seconds)) + " | " +
          (base || r.given ? std::string("-") : format_bytes(r.quant_peak_rss)) + " |\n";
   }
@@ -75,6 +82,7 @@ std::string compare_csv(const CompareTable& t) {
   std::string s = "method,format,bits,group_size,size_bytes";
   for (const auto& d : t.datasets) s += ",ppl_" + d + ",delta_pct_" + d + (t.kld ? ",kld_" + d + ",same_top1_" + d : "");
   for (const auto& c : t.choice_sets) s += ",acc_" + c + ",acc_norm_" + c;
+  if (!t.gsm8k_set.empty()) s += ",gsm8k_strict_" + t.gsm8k_set + ",gsm8k_flexible_" + t.gsm8k_set;
   s += ",quant_seconds,quant_peak_rss_bytes\n";
   for (const CompareRow& r : t.rows) {
     s += r.method + "," + r.format + "," + std::to_string(r.bits) + "," + std::to_string(r.group_size) + "," +
@@ -85,6 +93,8 @@ std::string compare_csv(const CompareTable& t) {
     }
     for (size_t c = 0; c < t.choice_sets.size(); ++c)
       s += has_acc(r, c) ? "," + fmt("%.6f", r.acc[c]) + "," + fmt("%.6f", r.acc_norm[c]) : ",,";
+    if (!t.gsm8k_set.empty())
+      s += has_gsm8k(r) ? "," + fmt("%.6f", r.gsm8k_strict) + "," + fmt("%.6f", r.gsm8k_flexible) : ",,";
     s += r.given ? std::string(",,\n") : "," + fmt("%.3f", r.quant_seconds) + "," + std::to_string(r.quant_peak_rss) + "\n";
   }
   return s;
@@ -93,6 +103,7 @@ std::string compare_csv(const CompareTable& t) {
 std::string compare_json(const CompareTable& t) {
   nlohmann::ordered_json j = {{"model", t.model}, {"datasets", t.datasets}, {"seq_len", t.seq_len},
                               {"max_windows", t.max_windows}, {"kld", t.kld}, {"choice_sets", t.choice_sets}};
+  if (!t.gsm8k_set.empty()) j["gsm8k"] = {{"set", t.gsm8k_set}, {"fewshot", t.gsm8k_fewshot}};
   j["rows"] = nlohmann::ordered_json::array();
   for (const CompareRow& r : t.rows) {
     nlohmann::ordered_json row = {{"method", r.method}, {"format", r.format}, {"bits", r.bits},
@@ -109,6 +120,9 @@ std::string compare_json(const CompareTable& t) {
       if (!has_acc(r, c)) continue;
       row["acc"][t.choice_sets[c]] = r.acc[c];
       row["acc_norm"][t.choice_sets[c]] = r.acc_norm[c];
+    }
+    if (!t.gsm8k_set.empty() && has_gsm8k(r)) {
+      row["gsm8k"] = {{"exact_match_strict", r.gsm8k_strict}, {"exact_match_flexible", r.gsm8k_flexible}};
     }
     if (r.given) {
       row["given"] = true;  // quantized elsewhere: no time or memory of ours

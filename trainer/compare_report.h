@@ -1,7 +1,8 @@
 // The accuracy-loss comparison table of `qwen-quant compare`: one row per method (the unquantized model
 // first), rendered as Markdown, CSV, JSON and an SVG bar chart of the perplexity increase per method; with --kld
 // also each method's mean KL divergence from the original and its top-1 agreement (trainer/kl_divergence.h); with
-// --choices each model's multiple-choice accuracy (trainer/multiple_choice.h).
+// --choices each model's multiple-choice accuracy (trainer/multiple_choice.h); with --gsm8k each model's GSM8K exact
+// match, both of lm-eval's filters (trainer/gsm8k.h).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,7 @@ struct CompareRow {
   std::vector<double> kld;         // compare --kld: mean KL divergence from the original per text (empty: none)
   std::vector<double> same_top1;   //   and the fraction of positions with the original's top-1 token
   std::vector<double> acc, acc_norm;  // compare --choices: accuracy per multiple-choice set (empty: none)
+  double gsm8k_strict = -1, gsm8k_flexible = -1;  // compare --gsm8k: exact match (-1: none)
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
   bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
@@ -33,6 +35,8 @@ struct CompareTable {
   int64_t max_windows = 0;
   bool kld = false;              // KLD and top-1 columns (rows without them, the original's, show "-")
   std::vector<std::string> choice_sets;  // names of the multiple-choice sets: acc and acc_norm columns each
+  std::string gsm8k_set;                 // the GSM8K file's name: strict and flexible columns ("": none)
+  int64_t gsm8k_fewshot = 0;
   std::vector<CompareRow> rows;  // rows[0] is the unquantized reference
 };
 

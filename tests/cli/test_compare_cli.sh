@@ -69,13 +69,20 @@ PY
 # --choices: each row's multiple-choice accuracy (qwen-quant multiple-choice) too.
 for i in 1 2 3 4 5 6; do echo "{\"context\": \"Item $i: the model\", \"choices\": [\" runs\", \" reads\", \" is\"], \"label\": $((i % 3))}"; done \
   > "$WORK/mc.jsonl"
+# --gsm8k: each row's GSM8K exact match (qwen-quant gsm8k), 1-shot, 3 of 4 items, 12 new tokens.
+for i in 1 2 3 4; do echo "{\"question\": \"Tom has $i apples and gets $i more. How many?\", \"answer\": \"He has $i+$i=$((2 * i)).\\n#### $((2 * i))\"}"; done \
+  > "$WORK/gsm.jsonl"
 "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,nf4 --quantized "mine=$WORK/given-rtn" \
-  --seq-len 128 --kld --choices "$WORK/mc.jsonl" --out "$WORK/cmp7" --threads 1 > "$WORK/out7.txt" 2>&1 \
-  || { cat "$WORK/out7.txt"; exit 1; }
-grep -q '| acc mc | acc_norm mc | quant time |' "$WORK/cmp7/compare.md" || { cat "$WORK/cmp7/compare.md"; exit 1; }
+  --seq-len 128 --kld --choices "$WORK/mc.jsonl" --gsm8k "$WORK/gsm.jsonl" --gsm8k-fewshot 1 \
+  --gsm8k-fewshot-data "$WORK/gsm.jsonl" --gsm8k-limit 3 --gsm8k-max-new-tokens 12 --out "$WORK/cmp7" --threads 1 \
+  > "$WORK/out7.txt" 2>&1 || { cat "$WORK/out7.txt"; exit 1; }
+grep -q '| acc mc | acc_norm mc | gsm8k strict gsm | gsm8k flexible gsm | quant time |' "$WORK/cmp7/compare.md" \
+  || { cat "$WORK/cmp7/compare.md"; exit 1; }
+[ "$(wc -l < "$WORK/cmp7/logs/nf4.gsm8k.predictions.jsonl")" -eq 3 ] \
+  || { echo "nf4's gsm8k predictions are not the 3 items"; cat "$WORK/cmp7/logs/nf4.gsm8k.predictions.jsonl"; exit 1; }
 grep -q '| ppl README | Δ README | KLD README | top-1 README | acc mc |' "$WORK/cmp7/compare.md" \
   || { cat "$WORK/cmp7/compare.md"; exit 1; }
-grep -q '^| original | safetensors float32 | 32 | - | .* | - | - | - | [0-9.]*% | [0-9.]*% | - | - |$' "$WORK/cmp7/compare.md" \
+grep -q '^| original | safetensors float32 | 32 | - | .* | - | - | - | [0-9.]*% | [0-9.]*% | [0-9.]*% | [0-9.]*% | - | - |$' "$WORK/cmp7/compare.md" \
   || { cat "$WORK/cmp7/compare.md"; exit 1; }
 grep -q "\"base\": \"$WORK/tiny\"" "$WORK/cmp7/logs/nf4.eval0.json" \
   || { echo "nf4 was not evaluated against the original"; cat "$WORK/cmp7/logs/nf4.eval0.json"; exit 1; }
@@ -95,6 +102,12 @@ for m in ("original", "rtn-g32", "nf4", "mine"):
     acc = rows[m]["acc"]["mc"]
     assert acc * 6 == round(acc * 6) and 0 <= rows[m]["acc_norm"]["mc"] <= 1, rows[m]
 assert rows["mine"]["acc"] == rows["rtn-g32"]["acc"], (rows["mine"], rows["rtn-g32"])
+assert t["gsm8k"] == {"set": "gsm", "fewshot": 1}, t["gsm8k"]
+for m in ("original", "rtn-g32", "nf4", "mine"):
+    g = rows[m]["gsm8k"]
+    for k in ("exact_match_strict", "exact_match_flexible"):
+        assert g[k] * 3 == round(g[k] * 3) and 0 <= g[k] <= 1, (m, g)
+assert rows["mine"]["gsm8k"] == rows["rtn-g32"]["gsm8k"], (rows["mine"], rows["rtn-g32"])
 header = open(sys.argv[3]).readline().strip().split(",")
 assert header[5:9] == ["ppl_README", "delta_pct_README", "kld_README", "same_top1_README"], header
 PY

@@ -37,7 +37,8 @@
 #    evaluation; (new command, multiple-choice) a malformed item, before the model loads;
 #  - (new flags, eval --save-kld / --kl-base FILE) text given with a base file (which carries its tokens), another
 #    --seq-len than the file's, both flags at once, a cut file, too little text: no file left behind;
-#  - (new command, gsm8k) a malformed record, before the model loads; --fewshot without --fewshot-data.
+#  - (new command, gsm8k) a malformed record, before the model loads; --fewshot without --fewshot-data; compare
+#    --gsm8k the same, before any quantization.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 cd "$WORK"
@@ -412,6 +413,15 @@ printf '{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"}\n' > gsm.
 refuse gsm_record "gsm.jsonl:2: \"answer\" missing or not a string" "$QQ" gsm8k --model tiny --data gsm.jsonl
 refuse gsm_fewshot "--fewshot 5 draws its examples from --fewshot-data" "$QQ" gsm8k --model tiny --data gsm.jsonl --fewshot 5
 printf '{"question": "1+1?", "answer": "#### 2"}\n' > gsm_ok.jsonl
+# compare --gsm8k: the same checks before any quantization (nothing under the output directory).
+refuse cmp_gsm_record "gsm.jsonl:2: \"answer\" missing or not a string" "$QQ" compare --model tiny --data text.jsonl \
+  --methods rtn-g32 --seq-len 64 --gsm8k gsm.jsonl --out cmp_gsm
+refuse cmp_gsm_fewshot "--gsm8k-fewshot 5 draws its examples from --gsm8k-fewshot-data" "$QQ" compare --model tiny \
+  --data text.jsonl --methods rtn-g32 --seq-len 64 --gsm8k gsm_ok.jsonl --out cmp_gsm
+refuse cmp_gsm_pool "--gsm8k-fewshot 2 needs as many records; gsm_ok.jsonl has 1" "$QQ" compare --model tiny \
+  --data text.jsonl --methods rtn-g32 --seq-len 64 --gsm8k gsm_ok.jsonl --gsm8k-fewshot 2 --gsm8k-fewshot-data gsm_ok.jsonl \
+  --out cmp_gsm
+[ ! -e cmp_gsm ] || fail "a refused compare --gsm8k left cmp_gsm"
 "$QQ" gsm8k --model tiny --data gsm_ok.jsonl --fewshot 1 --fewshot-data gsm_ok.jsonl -n 8 --predictions gsm_preds.jsonl \
   --json -q > gsm.json 2> gsm.err || fail "gsm8k on a tiny model" gsm.err
 python3 - gsm.json gsm_preds.jsonl <<'PY' || fail "gsm8k: unexpected output" gsm.json
