@@ -68,6 +68,8 @@ TEST(CompareReport, KldColumnsOnlyWithKld) {
   EXPECT_NE(csv.find("rtn,gptq,4,128,300,10.500000,5.0000,0.01234560,0.912340,19.000000"), std::string::npos) << csv;
   const auto j = nlohmann::json::parse(compare_json(t));
   EXPECT_TRUE(j["kld"].get<bool>());
+  EXPECT_EQ(j["kld_scoring"], "windows: the original beside each model");  // compare --kld-file names its own
+  EXPECT_FALSE(nlohmann::json::parse(compare_json(table())).contains("kld_scoring"));
   EXPECT_FALSE(j["rows"][0].contains("kld"));
   EXPECT_DOUBLE_EQ(j["rows"][1]["kld"]["wiki"].get<double>(), 0.0123456);
   EXPECT_DOUBLE_EQ(j["rows"][1]["same_top1"]["c4"].get<double>(), 0.5);

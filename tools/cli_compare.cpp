@@ -3,7 +3,8 @@
 //
 // `--quantized NAME=PATH` adds rows for models quantized elsewhere (AutoGPTQ/GPTQModel, AutoAWQ, llm-compressor,
 // bitsandbytes through transformers, llama.cpp, an earlier run), evaluated on the same texts and windows.
-// Beside perplexity, optional columns per model: KL divergence from the original (--kld), multiple-choice accuracy
+// Beside perplexity, optional columns per model: KL divergence from the original (--kld, or --kld-file against a
+// llama-perplexity base file of the original per text, one model in memory at a time), multiple-choice accuracy
 // (--choices) and GSM8K exact match (--gsm8k), each from the same child evaluations a user would run by hand.
 //
 // Every quantization and evaluation runs as a child process of this same binary (posix_spawn of
@@ -29,6 +30,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/progress.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/compare_report.h"
@@ -57,6 +59,7 @@ struct CompareArgs {
   bool seq_len_given = false, calib_seq_len_given = false;
   bool keep_models = false;
   bool kld = false;  // each model's KL divergence from the original (eval --kl-base)
+  bool kld_file = false;  // the same against one base file of the original per text (eval --save-kld / --kl-base FILE)
   std::vector<std::string> choices;  // multiple-choice sets: each model's accuracy (qwen-quant multiple-choice)
   std::string gsm8k, gsm8k_fewshot_data;  // GSM8K exact match of each model (qwen-quant gsm8k)
   int64_t gsm8k_fewshot = 5, gsm8k_limit = 0, gsm8k_max_new_tokens = 256;
@@ -284,35 +287,55 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   return args;
 }
 
-// Each evaluation text's perplexity into row->perplexity; with --kld (and a base: every row but the original's) the
-// KL divergence from the original and the top-1 agreement too.
+// An `eval` child of `model` (plus an adapter) with the run's windows, device and threads and `extra` arguments; its
+// JSON result.
+nlohmann::json run_eval_child(const CompareArgs& a, const std::string& model, const std::string& tag,
+                              const std::string& logs, const std::string& json, const std::string& adapter,
+                              const std::vector<std::string>& extra, ChildResult* result) {
+  std::vector<std::string> args = {"eval", "--model", model, "--seq-len", std::to_string(a.seq_len),
+                                   "--max-windows", std::to_string(a.max_windows), "--batch", std::to_string(a.batch),
+                                   "--json-out", json, "--quiet", "--threads", std::to_string(a.common.threads),
+                                   "--device", a.common.device};
+  if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
+  args.insert(args.end(), extra.begin(), extra.end());
+  *result = run_self(args, path_join(logs, tag + ".log"));
+  if (!ok(*result)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
+  return nlohmann::json::parse(read_file(json));
+}
+
+// Each evaluation text's perplexity into row->perplexity; with KL bases (every row but the original's under --kld or
+// --kld-file: per text the original's directory, or its base file) the KL divergence from the original and the
+// top-1 agreement too: from the same eval under --kld (the original beside the model), from a second eval against
+// the text's base file under --kld-file (the perplexity eval stays the plain one).
 void evaluate_all(const CompareArgs& a, const std::string& model, const std::string& tag, const std::string& logs,
-                  CompareRow* row, const std::string& adapter = "", const std::string& kl_base = "") {
+                  CompareRow* row, const std::string& adapter = "", const std::vector<std::string>& kl_bases = {}) {
   std::vector<double>& ppl = row->perplexity;
   ppl.clear();
   for (size_t d = 0; d < a.data.size(); ++d) {
     const std::string json = path_join(logs, tag + ".eval" + std::to_string(d) + ".json");
-    std::vector<std::string> args = {"eval", "--model", model, "--data", a.data[d], "--seq-len",
-                                     std::to_string(a.seq_len), "--max-windows", std::to_string(a.max_windows),
-                                     "--batch", std::to_string(a.batch), "--json-out", json, "--quiet",
-                                     "--threads", std::to_string(a.common.threads), "--device", a.common.device};
-    if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
-    if (!kl_base.empty()) args.insert(args.end(), {"--kl-base", kl_base});
-    ChildResult r = run_self(args, path_join(logs, tag + ".log"));
-    if (!ok(r)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
-    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    const bool kl = d < kl_bases.size();
+    std::vector<std::string> extra = {"--data", a.data[d]};
+    if (kl && !a.kld_file) extra.insert(extra.end(), {"--kl-base", kl_bases[d]});
+    ChildResult r;
+    nlohmann::json j = run_eval_child(a, model, tag, logs, json, adapter, extra, &r);
     ppl.push_back(j["perplexity"].get<double>());
-    std::string kl;
-    if (!kl_base.empty()) {
+    if (kl && a.kld_file) {  // the model over the base file's tokens and chunks
+      ChildResult rk;
+      j = run_eval_child(a, model, tag, logs, path_join(logs, tag + ".kld" + std::to_string(d) + ".json"), adapter,
+                         {"--kl-base", kl_bases[d]}, &rk);
+      r.seconds += rk.seconds;
+    }
+    std::string kl_text;
+    if (kl) {
       const nlohmann::json& k = j.at("kl_divergence");
       row->kld.push_back(k.at("kld").at("mean").get<double>());
       row->same_top1.push_back(k.at("same_top1").get<double>());
       char buf[96];
       std::snprintf(buf, sizeof buf, ", KLD %.5f, same top-1 %.2f%%", row->kld.back(), 100 * row->same_top1.back());
-      kl = buf;
+      kl_text = buf;
     }
     std::fprintf(stderr, "  %-16s %-28s perplexity %.4f%s (%.1fs)\n", tag.c_str(), a.data[d].c_str(), ppl.back(),
-                 kl.c_str(), r.seconds);
+                 kl_text.c_str(), r.seconds);
   }
   row->acc.clear();
   row->acc_norm.clear();
@@ -489,7 +512,8 @@ void run_compare(CompareArgs& a) {
   t.model = model;
   t.seq_len = a.seq_len;
   t.max_windows = a.max_windows;
-  t.kld = a.kld;
+  t.kld = a.kld || a.kld_file;
+  if (a.kld_file) t.kld_scoring = "llama-perplexity chunks: the second half of each, against a base file of the original";
   for (const auto& c : a.choices) t.choice_sets.push_back(base_name(c));
   if (!a.gsm8k.empty()) t.gsm8k_set = base_name(a.gsm8k);
   t.gsm8k_fewshot = a.gsm8k_fewshot;
@@ -518,6 +542,22 @@ void run_compare(CompareArgs& a) {
   orig.size_bytes = dir_size(model);
   evaluate_all(a, model, "original", logs, &orig);
   t.rows.push_back(orig);
+  // The KL bases of the other rows, per text: the original itself (--kld), or its base file (--kld-file), written
+  // here over the text's chunks (refused by eval, before any work, when larger than the free space).
+  std::vector<std::string> kl_bases;
+  for (size_t d = 0; d < a.data.size() && (a.kld || a.kld_file); ++d) {
+    if (!a.kld_file) {
+      kl_bases.push_back(model);
+      continue;
+    }
+    kl_bases.push_back(path_join(logs, "original.text" + std::to_string(d) + ".kld"));
+    ChildResult r;
+    const nlohmann::json j = run_eval_child(a, model, "original", logs,
+                                            path_join(logs, "original.save-kld" + std::to_string(d) + ".json"), "",
+                                            {"--data", a.data[d], "--save-kld", kl_bases.back()}, &r);
+    std::fprintf(stderr, "  %-16s %-28s base file %s (%s, %.1fs)\n", "original", a.data[d].c_str(),
+                 kl_bases.back().c_str(), format_bytes(j.at("save_kld_bytes").get<uint64_t>()).c_str(), r.seconds);
+  }
 
   std::vector<std::string> failed;
   for (size_t i = 0; i < specs.size(); ++i) {
@@ -557,7 +597,7 @@ void run_compare(CompareArgs& a) {
     row.quant_peak_rss = q.peak_rss;
     const std::string adapter = row.loftq ? path_join(qdir, "loftq_init") : "";  // counted in the size
     row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
-    evaluate_all(a, qdir, specs[i], logs, &row, adapter, a.kld ? model : "");
+    evaluate_all(a, qdir, specs[i], logs, &row, adapter, kl_bases);
     t.rows.push_back(row);
     if (!a.keep_models) std::system(("rm -rf '" + qdir + "' '" + qdir + ".imatrix.gguf'").c_str());
   }
@@ -570,13 +610,16 @@ void run_compare(CompareArgs& a) {
     describe_given(path, &row);
     row.size_bytes = dir_size(path);
     try {
-      evaluate_all(a, path, name, logs, &row, "", a.kld ? model : "");
+      evaluate_all(a, path, name, logs, &row, "", kl_bases);
     } catch (const Error& e) {
       failed.push_back(name + ": " + e.what());
       std::fprintf(stderr, "  %s failed: %s\n", name.c_str(), failed.back().c_str());
       continue;
     }
     t.rows.push_back(row);
+  }
+  if (a.kld_file) {  // 2 bytes per vocabulary entry and scored position: not worth keeping
+    for (const std::string& f : kl_bases) std::remove(f.c_str());
   }
   write_file_atomic(path_join(a.out, "compare.md"), compare_markdown(t));
   write_file_atomic(path_join(a.out, "compare.csv"), compare_csv(t));
@@ -628,6 +671,11 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--gsm8k-max-new-tokens", a->gsm8k_max_new_tokens, "tokens generated at most per GSM8K item")
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
+  cmd->add_flag("--kld-file", a->kld_file,
+                "--kld's columns with one model in memory: the original's log-probabilities written once per text to a "
+                "llama-perplexity base file (eval --save-kld; 2 bytes x vocabulary x seq-len/2 per chunk, bound it "
+                "with --max-windows; removed at the end) and every model scored against it (eval --kl-base FILE: "
+                "the second half of each --seq-len chunk, as llama.cpp)");
   cmd->add_flag("--kld", a->kld,
                 "also each model's mean KL divergence from the original and the share of positions where both pick "
                 "the same top-1 token (eval --kl-base; each evaluation runs the original beside it, on --device)");

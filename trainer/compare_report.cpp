@@ -103,6 +103,7 @@ std::string compare_csv(const CompareTable& t) {
 std::string compare_json(const CompareTable& t) {
   nlohmann::ordered_json j = {{"model", t.model}, {"datasets", t.datasets}, {"seq_len", t.seq_len},
                               {"max_windows", t.max_windows}, {"kld", t.kld}, {"choice_sets", t.choice_sets}};
+  if (t.kld) j["kld_scoring"] = t.kld_scoring;
   if (!t.gsm8k_set.empty()) j["gsm8k"] = {{"set", t.gsm8k_set}, {"fewshot", t.gsm8k_fewshot}};
   j["rows"] = nlohmann::ordered_json::array();
   for (const CompareRow& r : t.rows) {

@@ -34,6 +34,7 @@ struct CompareTable {
   int64_t seq_len = 0;
   int64_t max_windows = 0;
   bool kld = false;              // KLD and top-1 columns (rows without them, the original's, show "-")
+  std::string kld_scoring = "windows: the original beside each model";  // which positions the KLD columns score
   std::vector<std::string> choice_sets;  // names of the multiple-choice sets: acc and acc_norm columns each
   std::string gsm8k_set;                 // the GSM8K file's name: strict and flexible columns ("": none)
   int64_t gsm8k_fewshot = 0;

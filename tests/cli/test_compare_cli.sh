@@ -111,6 +111,32 @@ assert rows["mine"]["gsm8k"] == rows["rtn-g32"]["gsm8k"], (rows["mine"], rows["r
 header = open(sys.argv[3]).readline().strip().split(",")
 assert header[5:9] == ["ppl_README", "delta_pct_README", "kld_README", "same_top1_README"], header
 PY
+# --kld-file: the same columns from one base file of the original per text (eval --save-kld) that every model is
+# scored against (eval --kl-base FILE, llama.cpp's chunks); the perplexities still those of the plain eval; the file
+# removed at the end.
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "mine=$WORK/given-rtn" \
+  --seq-len 128 --max-windows 6 --kld-file --out "$WORK/cmp8" --threads 1 > "$WORK/out8.txt" 2>&1 \
+  || { cat "$WORK/out8.txt"; exit 1; }
+grep -q '| ppl README | Δ README | KLD README | top-1 README | quant time |' "$WORK/cmp8/compare.md" \
+  || { cat "$WORK/cmp8/compare.md"; exit 1; }
+[ ! -e "$WORK/cmp8/logs/original.text0.kld" ] || { echo "--kld-file left its base file"; exit 1; }
+"$QQ" eval --model "$WORK/tiny" --data "$SRC/README.md" --seq-len 128 --max-windows 6 --batch 1 --threads 1 --json -q \
+  > "$WORK/plain8.json" 2>/dev/null || { echo "plain eval"; exit 1; }
+python3 - "$WORK/cmp8/compare.json" "$WORK/plain8.json" "$WORK/cmp8/logs" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+rows = {r["method"]: r for r in t["rows"]}
+assert t["kld"] is True and t["kld_scoring"].startswith("llama-perplexity chunks"), t
+assert rows["original"]["perplexity"]["README"] == json.load(open(sys.argv[2]))["perplexity"], rows["original"]
+saved = json.load(open(sys.argv[3] + "/original.save-kld0.json"))
+assert saved["windows"] == 6 and saved["save_kld_bytes"] > 0, saved
+for m in ("rtn-g32", "mine"):
+    k = json.load(open(sys.argv[3] + "/" + m + ".kld0.json"))["kl_divergence"]
+    assert k["positions"] == 6 * 63, k  # positions 64 .. 126 of each 128-token chunk
+    assert rows[m]["kld"]["README"] == k["kld"]["mean"] and rows[m]["same_top1"]["README"] == k["same_top1"], (m, k)
+    assert 0 < k["kld"]["mean"] < 1 and 0.5 < k["same_top1"] <= 1, k
+assert rows["mine"]["kld"] == rows["rtn-g32"]["kld"], (rows["mine"], rows["rtn-g32"])
+PY
 "$QQ" init-random --preset tiny256 --layers 2 --out "$WORK/other" >/dev/null
 for bad in "x=$WORK/other|is not a quantization of" "$WORK/given-rtn|expected NAME=PATH" "rtn-g32=$WORK/given-rtn|already a row"; do
   if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "${bad%%|*}" \
