@@ -75,13 +75,19 @@ TEST(CompareReport, KldColumnsOnlyWithKld) {
   EXPECT_DOUBLE_EQ(j["rows"][1]["same_top1"]["c4"].get<double>(), 0.5);
 }
 
-TEST(CompareReport, AccuracyColumnsPerChoiceSet) {
+// table() with one multiple-choice set "arc": the original 50 % / 62.5 %, rtn 25 % / 37.5 %.
+CompareTable table_with_arc() {
   CompareTable t = table();
   t.choice_sets = {"arc"};
   t.rows[0].acc = {0.5};
   t.rows[0].acc_norm = {0.625};
   t.rows[1].acc = {0.25};
   t.rows[1].acc_norm = {0.375};
+  return t;
+}
+
+TEST(CompareReport, AccuracyColumnsPerChoiceSet) {
+  const CompareTable t = table_with_arc();
   const std::string md = compare_markdown(t);
   EXPECT_NE(md.find("| Δ c4 | acc arc | acc_norm arc | quant time |"), std::string::npos) << md;
   EXPECT_NE(md.find("| 20.0000 | - | 50.00% | 62.50% | - | - |"), std::string::npos) << md;
@@ -94,12 +100,7 @@ TEST(CompareReport, AccuracyColumnsPerChoiceSet) {
 }
 
 TEST(CompareReport, Gsm8kColumnsOnlyWithAGsm8kSet) {
-  CompareTable t = table();
-  t.choice_sets = {"arc"};
-  t.rows[0].acc = {0.5};
-  t.rows[0].acc_norm = {0.625};
-  t.rows[1].acc = {0.25};
-  t.rows[1].acc_norm = {0.375};
+  CompareTable t = table_with_arc();
   t.rows[1].gsm8k_strict = 0.25;  // without a set: no column, whatever the rows hold
   t.rows[1].gsm8k_flexible = 0.5;
   EXPECT_EQ(compare_markdown(t).find("gsm8k"), std::string::npos);

@@ -9,6 +9,7 @@
 #include "core/gguf.h"
 #include "core/threads.h"
 #include "kernels/device.h"
+#include "trainer/generation_config.h"
 #include "trainer/gguf_model.h"
 #include "trainer/lora_merge.h"
 #include "trainer/model_dir.h"
@@ -211,13 +212,81 @@ void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cac
   cmd->add_option("--max-new-tokens,-n", s->max_new_tokens, max_new_help)
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  cmd->add_option("--temperature,-t", s->temperature, "0 = greedy")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
-  cmd->add_option("--top-k", s->top_k, "0 = off")->check(at_least(0, "NONNEGATIVE"))->capture_default_str();
-  cmd->add_option("--top-p", s->top_p, "1 = off")->check(in_range(0, 1, "(0, 1]", true))->capture_default_str();
+  const char* from_model = " (default: the model's generation_config.json, as transformers)";
+  cmd->add_option("--temperature,-t", s->temperature, std::string("0 = greedy; > 0 samples") + from_model)
+      ->check(at_least(0, "NONNEGATIVE"));
+  cmd->add_option("--top-k", s->top_k, std::string("0 = off") + from_model)->check(at_least(0, "NONNEGATIVE"));
+  cmd->add_option("--top-p", s->top_p, std::string("1 = off") + from_model)->check(in_range(0, 1, "(0, 1]", true));
+  cmd->add_option("--min-p", s->min_p, std::string("0 = off; keep tokens at least this fraction of the top one's "
+                                                   "probability") + from_model)
+      ->check(in_range(0, 1, "[0, 1]"));
+  cmd->add_option("--repetition-penalty", s->repetition_penalty,
+                  std::string("1 = off; > 1 divides positive (multiplies negative) logits of every token already in "
+                              "the prompt or output") + from_model)
+      ->check(greater_than(0, "POSITIVE"));
+  cmd->add_flag("--greedy", "greedy decoding, whatever the model's generation_config.json asks for");
   cmd->add_option("--seed", s->seed, "sampling seed")->capture_default_str();
   cmd->add_option("--kv-cache", *kv_cache,
                   "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
       ->capture_default_str();
+}
+
+SamplingGiven sampling_flags_given(const CLI::App* cmd) {
+  SamplingGiven g;
+  g.temperature = cmd->count("--temperature") > 0;
+  g.top_k = cmd->count("--top-k") > 0;
+  g.top_p = cmd->count("--top-p") > 0;
+  g.min_p = cmd->count("--min-p") > 0;
+  g.repetition_penalty = cmd->count("--repetition-penalty") > 0;
+  g.greedy = cmd->count("--greedy") > 0;
+  return g;
+}
+
+void apply_generation_config(const std::string& model_path, const SamplingGiven& given, SamplingOptions* opt,
+                             bool quiet) {
+  QWENQ_CHECK(!(given.greedy && given.temperature && opt->temperature > 0),
+              "--greedy and --temperature " << opt->temperature << " contradict each other: give one");
+  const GenerationConfig gc = load_generation_config(model_path);
+  bool defaulted = false;  // some setting came from the model (or transformers' defaults), not from a flag
+  const auto take = [&](bool flag_given, auto* field, auto value) {
+    if (flag_given) return;
+    *field = value;
+    defaulted = true;
+  };
+  take(given.repetition_penalty, &opt->repetition_penalty, gc.repetition_penalty);
+  defaulted = defaulted || (!given.greedy && !given.temperature);  // do_sample decides
+  const bool sample = !given.greedy && (given.temperature ? opt->temperature > 0 : gc.do_sample);
+  if (!sample) {
+    opt->temperature = 0.f;
+  } else {
+    take(given.temperature, &opt->temperature, gc.temperature);
+    take(given.top_k, &opt->top_k, gc.top_k);
+    take(given.top_p, &opt->top_p, gc.top_p);
+    take(given.min_p, &opt->min_p, gc.min_p);
+  }
+  for (int32_t id : gc.eos_token_ids) {
+    if (std::find(opt->stop_ids.begin(), opt->stop_ids.end(), id) == opt->stop_ids.end()) opt->stop_ids.push_back(id);
+  }
+  if (quiet) return;
+  std::string line = "sampling: ";
+  char buf[160];
+  if (!sample) {
+    line += "greedy";
+  } else {
+    std::snprintf(buf, sizeof buf, "temperature %g, top-k %lld, top-p %g", opt->temperature, (long long)opt->top_k,
+                  opt->top_p);
+    line += buf;
+    if (opt->min_p > 0) std::snprintf(buf, sizeof buf, ", min-p %g", opt->min_p), line += buf;
+    std::snprintf(buf, sizeof buf, ", seed %llu", (unsigned long long)opt->seed);
+    line += buf;
+  }
+  if (opt->repetition_penalty != 1.f) std::snprintf(buf, sizeof buf, ", repetition penalty %g", opt->repetition_penalty), line += buf;
+  if (defaulted) {
+    line += " (" + (gc.path.empty() ? std::string("transformers' defaults: the model has no generation_config.json")
+                                    : "from " + gc.path) +
+            "; flags override" + (sample ? ", --greedy decodes greedily)" : ")");
+  }
+  std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 }  // namespace qwenq::cli

@@ -56,9 +56,21 @@ void warn_if_no_thinking_switch(const Tokenizer& tok, bool no_thinking, const ch
 // apply_chat_template's options for a generation prompt (add_generation_prompt; enable_thinking unless no_thinking).
 ChatOptions generation_chat_options(bool no_thinking);
 // The sampling flags of both tools' generate (and qwen-qlora chat), range-checked: --max-new-tokens/-n (help
-// `max_new_help`), --temperature/-t, --top-k, --top-p, --seed into `s`, and --kv-cache (f32 or bf16, parsed by the
-// command) into `kv_cache`.
+// `max_new_help`), --temperature/-t, --top-k, --top-p, --min-p, --repetition-penalty, --seed into `s`, --greedy, and
+// --kv-cache (f32 or bf16, parsed by the command) into `kv_cache`.
 void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cache, const char* max_new_help);
+// Which of those the command line gave (after parsing): the others come from the model's generation_config.json.
+struct SamplingGiven {
+  bool temperature = false, top_k = false, top_p = false, min_p = false, repetition_penalty = false, greedy = false;
+};
+SamplingGiven sampling_flags_given(const CLI::App* cmd);
+// transformers' decoding defaults for `opt` (trainer/generation_config.h) where the command line gave none: greedy
+// unless the model's do_sample (or --temperature > 0) asks for sampling, then its temperature, top_k (transformers'
+// 50 when the file has none), top_p and min_p; its repetition_penalty either way; --greedy keeps greedy decoding
+// whatever the file says (the penalty still applies, as with do_sample false). Its eos_token_id(s) join
+// opt->stop_ids. One line on stderr says how tokens are picked and where the settings came from, unless quiet.
+void apply_generation_config(const std::string& model_path, const SamplingGiven& given, SamplingOptions* opt,
+                             bool quiet = false);
 // Applies --threads and resolves --device, printing one line to stderr saying where the work runs.
 void apply_common_options(const CommonOptions& opt);
 // For a subcommand whose GPU path is new (`what`, e.g. "the generation"): applies --threads and resolves --device

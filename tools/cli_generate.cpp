@@ -23,6 +23,7 @@ struct GenerateArgs {
   std::string kv_cache = "f32";
   bool chat = false, int8_activations = false, no_thinking = false;
   SamplingOptions sampling;
+  SamplingGiven given;  // the sampling flags on the command line (the rest: the model's generation_config.json)
   CommonOptions common;
 };
 
@@ -57,6 +58,7 @@ void run_generate(const GenerateArgs& a) {
     if (id >= 0) opt.stop_ids.push_back(id);
   }
   check_prompt_fits(prompt.size(), model.config().max_position_embeddings, opt.max_new_tokens, dir);
+  apply_generation_config(dir, a.given, &opt);
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
   GenerationTimer timer;
@@ -80,7 +82,7 @@ void run_generate(const GenerateArgs& a) {
 
 void register_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the model (greedy by default)");
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the model (decoding as the model's generation_config.json asks, greedy without one)");
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id")->required();
   cmd->add_option("--prompt,-p", a->prompt, "prompt text")->required();
   cmd->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
@@ -89,7 +91,10 @@ void register_generate(CLI::App& app) {
   add_int8_activations_flag(cmd, &a->int8_activations);
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate");
   add_common_options(cmd, &a->common);
-  cmd->callback([a]() { run_generate(*a); });
+  cmd->callback([a, cmd]() {
+    a->given = sampling_flags_given(cmd);
+    run_generate(*a);
+  });
 }
 
 }  // namespace qwenq::cli

@@ -44,6 +44,7 @@ struct GenerateArgs {
   std::string kv_cache = "f32";
   bool chat = false, no_thinking = false;
   SamplingOptions sampling;
+  SamplingGiven given;  // the sampling flags on the command line (the rest: the base's generation_config.json)
   CommonOptions common;
 };
 
@@ -89,6 +90,7 @@ SamplingOptions generation_options(const GenerateArgs& a, const QwenModel& model
                      tok.token_id("<|endoftext|>")}) {
     if (id >= 0) opt.stop_ids.push_back(id);
   }
+  apply_generation_config(model.dir(), a.given, &opt);
   return opt;
 }
 
@@ -296,8 +298,8 @@ void add_generate_options(CLI::App* cmd, GenerateArgs* a) {
 
 void register_qlora_generate(CLI::App& app) {
   auto g = std::make_shared<GenerateArgs>();
-  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the base model plus a LoRA adapter (greedy by "
-                                                 "default)");
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the base model plus a LoRA adapter (decoding "
+                                                 "as the base's generation_config.json asks, greedy without one)");
   cmd->add_option("--model,-m", g->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
       ->required();
   cmd->add_option("--prompt,-p", g->prompt, "prompt text");
@@ -307,7 +309,10 @@ void register_qlora_generate(CLI::App& app) {
   cmd->add_option("--out,-o", g->out, "with --prompts: JSONL of where, prompt, output, reference, token counts");
   cmd->add_flag("--chat", g->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
   add_generate_options(cmd, g.get());
-  cmd->callback([g]() { run_generate(*g); });
+  cmd->callback([g, cmd]() {
+    g->given = sampling_flags_given(cmd);
+    run_generate(*g);
+  });
 
   auto c = std::make_shared<GenerateArgs>();
   CLI::App* chat = app.add_subcommand("chat", "Interactive ChatML conversation on stdin (one user message per line; "
@@ -315,7 +320,10 @@ void register_qlora_generate(CLI::App& app) {
   chat->add_option("--model,-m", c->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
       ->required();
   add_generate_options(chat, c.get());
-  chat->callback([c]() { run_chat(*c); });
+  chat->callback([c, chat]() {
+    c->given = sampling_flags_given(chat);
+    run_chat(*c);
+  });
 }
 
 }  // namespace qwenq::cli

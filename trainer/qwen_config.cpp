@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "trainer/json_fields.h"
 
 namespace qwenq {
 
@@ -23,24 +24,6 @@ int64_t require_int(const json& j, const char* key, const std::string& path) {
   int64_t v = j[key].get<int64_t>();
   QWENQ_CHECK(v > 0, path << ": field \"" << key << "\" must be positive, got " << v);
   return v;
-}
-
-int64_t optional_int(const json& j, const char* key, int64_t fallback, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  QWENQ_CHECK(j[key].is_number_integer(), path << ": field \"" << key << "\" must be an integer, got " << j[key].dump());
-  return j[key].get<int64_t>();
-}
-
-double optional_number(const json& j, const char* key, double fallback, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  QWENQ_CHECK(j[key].is_number(), path << ": field \"" << key << "\" must be a number, got " << j[key].dump());
-  return j[key].get<double>();
-}
-
-bool optional_bool(const json& j, const char* key, bool fallback, const std::string& path) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  QWENQ_CHECK(j[key].is_boolean(), path << ": field \"" << key << "\" must be true or false, got " << j[key].dump());
-  return j[key].get<bool>();
 }
 
 // eos_token_id may be an int or a list (generation stops on any); the first is our primary.
