@@ -17,8 +17,12 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
+#include "trainer/lora_merge.h"
+#include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/train_checkpoint.h"
+#include "trainer/sft_data.h"
+#include "trainer/tokenizer.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -79,6 +83,35 @@ TEST(TrainLoop, LowersTheLossOfARandomModel) {
   EXPECT_EQ(r.device_peak_reserved, -1);
   // A second run into the same directory is refused unless resumed or overwritten.
   EXPECT_NE(error_of([&] { train_lora(o); }).find("holds a previous run (pass --resume to continue it, or --overwrite)"),
+            std::string::npos);
+}
+
+// --eval-data: every record of its own file is the held-out set (nothing split off --data): the first and final eval
+// losses are sft_eval_loss (qwen-qlora eval's function) of the initial (B = 0) and the saved adapter on those
+// examples; with a split asked for too, refused before any work.
+TEST(TrainLoop, EvalDataFileIsTheHeldOutSet) {
+  const std::string root = test::scratch_dir();
+  const std::string model_dir = make_model(root + "/m");
+  TrainOptions o = base_options(model_dir, make_text_data(root + "/train.jsonl", 120), root + "/run");
+  o.data.eval_count = 0;
+  o.eval_data_path = make_text_data(root + "/eval.jsonl", 20);
+  o.max_steps = 6;
+  const TrainReport r = train_lora(o);
+  const QwenModel model(model_dir);
+  SftDataOptions dopt = o.data;
+  dopt.max_len = data_max_len(o);
+  const SftDataset e = load_sft_dataset(o.eval_data_path, Tokenizer::from_dir(model_dir), dopt);
+  ASSERT_EQ(e.train.size(), 20u);
+  const LoraAdapter zero(lora_dims_of(model.config()), o.lora);
+  const auto [first, n] = sft_eval_loss(model, zero, e.train, o);
+  EXPECT_GT(n, 0);
+  EXPECT_NEAR(r.first_eval_loss, first, 1e-12);
+  const LoraAdapter trained = load_adapter_for_base(root + "/run", model_dir, model.config(), AdapterUse::Apply);
+  EXPECT_NEAR(r.eval_loss, sft_eval_loss(model, trained, e.train, o).first, 1e-9);
+  EXPECT_LT(r.eval_loss, r.first_eval_loss);
+  o.data.eval_count = 8;
+  o.overwrite = true;
+  EXPECT_NE(error_of([&] { train_lora(o); }).find("is the held-out set: give it or --eval-fraction / --eval-count, not both"),
             std::string::npos);
 }
 

@@ -121,6 +121,10 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes; the command line wins)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
+  c->add_option("--eval-data", o.eval_data_path,
+                "held-out data in a file of its own (every record, rendered as --data's; instead of --eval-fraction "
+                "or --eval-count)")
+      ->check(CLI::ExistingFile);
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   add_sft_data_flags(c, &a->sft, &o);
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();

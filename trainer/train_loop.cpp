@@ -61,11 +61,9 @@ double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
 
 namespace {
 
-// The length examples are cut to when the data loads: --max-len, or seq_len when it is 0.
-
 // What a resumed run must share with the run it continues (anything else would change the numbers).
 nlohmann::json resume_key(const TrainOptions& o) {
-  return {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
+  nlohmann::json k = {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
           {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
           {"dora", o.lora.use_dora},     {"targets", o.lora.target_modules},
           {"seq_len", o.seq_len},        {"batch_size", o.batch_size},   {"grad_accum", o.grad_accum},
@@ -77,7 +75,10 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"},
           {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
           {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
+  if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
+  return k;
 }
+
 
 // The keys of resume_key that differ, each with the flag that sets it: '"lr" (--lr): saved 0.0002, now 0.01; ...'
 // (one line; the two whole objects were two long lines to compare by eye).
@@ -92,7 +93,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
       {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
       {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
-      {"mask_history", "--mask-history"}};
+      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -309,6 +310,9 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
   o.lora.validate();
+  QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
+              "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
+                             << "not both");
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
@@ -325,6 +329,19 @@ TrainReport train_lora(const TrainOptions& o) {
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
   warn_cut_to_seq_len(data.train, o.seq_len);
+  // The held-out examples: the split of --data, or every record of --eval-data (file order, rendered as --data's).
+  const std::vector<SftExample>* eval_set = &data.eval;
+  SftDataset eval_file;
+  if (!o.eval_data_path.empty()) {
+    SftDataOptions eopt = dopt;
+    eopt.eval_fraction = 0;
+    eopt.eval_count = 0;
+    eval_file = load_sft_dataset(o.eval_data_path, tok, eopt);
+    if (!o.quiet) std::fprintf(stderr, "eval data: %s\n", eval_file.stats.summary().c_str());
+    QWENQ_CHECK(!eval_file.train.empty(),
+                "--eval-data " << o.eval_data_path << ": no examples (" << eval_file.stats.summary() << ")");
+    eval_set = &eval_file.train;
+  }
 
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
@@ -407,10 +424,10 @@ TrainReport train_lora(const TrainOptions& o) {
                  (long long)adapter.num_parameters());
   }
   auto run_eval = [&](int64_t step) {
-    if (data.eval.empty()) return;
+    if (eval_set->empty()) return;
     std::pair<double, int64_t> result;
     try {
-      result = evaluate(model, adapter, gpu.get(), data.eval, o);
+      result = evaluate(model, adapter, gpu.get(), *eval_set, o);
     } catch (const OutOfMemoryError& e) {
       throw_training_oom(e, "evaluation at step " + std::to_string(step) + ": ", o, model.config(), lcfg);
     }

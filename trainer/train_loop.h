@@ -51,6 +51,7 @@ inline SftDataOptions train_data_options() {
 
 struct TrainOptions {
   std::string model_dir, data_path, out_dir;
+  std::string eval_data_path;  // the held-out examples: every record of this file ("" : data's split, if any)
   LoraConfig lora;
   // format, skip_bad, max_len (0: seq_len; above seq_len the batcher still cuts examples to seq_len, warned), seed
   // (split), eval_fraction / eval_count
