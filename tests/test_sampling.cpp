@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <stdexcept>
 #include <map>
 #include <string>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "core/rng.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
+#include "trainer/generate.h"
 #include "trainer/generation_config.h"
 #include "trainer/sampling.h"
 
@@ -160,6 +163,24 @@ TEST(Sampling, DrawsFollowTheDistributionAndGreedyTakesThePenalizedArgmax) {
   EXPECT_FLOAT_EQ(l[2], 2.f / 1.5f);           // the penalty is applied in place
 }
 
+TEST(Sampling, SettingsOutsideTheirRangesAreRefusedBeforeAnyWork) {
+  const std::vector<std::pair<void (*)(SamplingOptions&), std::string>> bad = {
+      {[](SamplingOptions& o) { o.temperature = std::numeric_limits<float>::infinity(); }, "--temperature inf"},
+      {[](SamplingOptions& o) { o.temperature = -1.f; }, "--temperature -1: must be finite and >= 0"},
+      {[](SamplingOptions& o) { o.top_k = -2; }, "--top-k -2: must be >= 0"},
+      {[](SamplingOptions& o) { o.top_p = 0.f; }, "--top-p 0: must be in (0, 1]"},
+      {[](SamplingOptions& o) { o.min_p = 1.5f; }, "--min-p 1.5: must be in [0, 1]"},
+      {[](SamplingOptions& o) { o.repetition_penalty = 0.f; }, "--repetition-penalty 0: must be finite and > 0"},
+  };
+  for (const auto& [set, want] : bad) {
+    SamplingOptions o;
+    set(o);
+    DecodeFns fns;  // never called: the settings are refused first
+    fns.prefill = [](const std::vector<int32_t>&, int64_t) -> std::vector<float> { throw std::logic_error("ran"); };
+    test::expect_error([&] { generate_with(16, {1}, o, fns); }, {want});
+  }
+}
+
 void write(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
 
 TEST(GenerationConfig, TransformersDefaultsQwen2sFileAndRefusals) {
@@ -190,6 +211,7 @@ TEST(GenerationConfig, TransformersDefaultsQwen2sFileAndRefusals) {
       {R"({"eos_token_id": [1, "x"]})", "\"eos_token_id\" must be a token id or a list of them"},
       {R"([1])", "expected a JSON object"},
       {R"({"top_k": )", "not valid JSON"},
+      {R"({"repetition_penalty": 1e300})", "\"repetition_penalty\" is not a finite 32-bit float"},
   };
   for (const auto& [text, want] : bad) {
     write(f, text);

@@ -267,6 +267,7 @@ void apply_generation_config(const std::string& model_path, const SamplingGiven&
   for (int32_t id : gc.eos_token_ids) {
     if (std::find(opt->stop_ids.begin(), opt->stop_ids.end(), id) == opt->stop_ids.end()) opt->stop_ids.push_back(id);
   }
+  check_sampling_options(*opt);  // e.g. --temperature inf: refused before the line below
   if (quiet) return;
   std::string line = "sampling: ";
   char buf[160];

@@ -11,6 +11,7 @@ std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int3
                                    const SamplingOptions& opt, const DecodeFns& fns,
                                    const std::function<void(int32_t)>& on_token) {
   QWENQ_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
+  check_sampling_options(opt);
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   const int64_t total = std::min<int64_t>(prompt_len + opt.max_new_tokens, max_positions);
   QWENQ_CHECK(prompt_len < total || opt.max_new_tokens == 0,

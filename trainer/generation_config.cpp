@@ -1,7 +1,9 @@
 // trainer/generation_config.h: generation_config.json read with transformers' defaults and ranges.
 #include "trainer/generation_config.h"
 
+#include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -30,6 +32,10 @@ GenerationConfig load_generation_config(const std::string& model_path) {
   g.top_p = static_cast<float>(optional_number(j, "top_p", g.top_p, path));
   g.min_p = static_cast<float>(optional_number(j, "min_p", g.min_p, path));
   g.repetition_penalty = static_cast<float>(optional_number(j, "repetition_penalty", g.repetition_penalty, path));
+  for (const auto& [key, v] : {std::pair<const char*, float>{"temperature", g.temperature}, {"top_p", g.top_p},
+                                {"min_p", g.min_p}, {"repetition_penalty", g.repetition_penalty}}) {
+    QWENQ_CHECK(std::isfinite(v), path << ": \"" << key << "\" is not a finite 32-bit float");
+  }
   QWENQ_CHECK(!g.do_sample || g.temperature > 0,
               path << ": \"temperature\" " << g.temperature << " with \"do_sample\": true (sampling needs it above 0)");
   QWENQ_CHECK(g.top_p > 0 && g.top_p <= 1, path << ": \"top_p\" " << g.top_p << " outside (0, 1]");

@@ -10,6 +10,16 @@
 
 namespace qwenq {
 
+void check_sampling_options(const SamplingOptions& o) {
+  QWENQ_CHECK(std::isfinite(o.temperature) && o.temperature >= 0,
+              "--temperature " << o.temperature << ": must be finite and >= 0 (0: greedy)");
+  QWENQ_CHECK(o.top_k >= 0, "--top-k " << o.top_k << ": must be >= 0 (0: off)");
+  QWENQ_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p " << o.top_p << ": must be in (0, 1] (1: off)");
+  QWENQ_CHECK(o.min_p >= 0 && o.min_p <= 1, "--min-p " << o.min_p << ": must be in [0, 1] (0: off)");
+  QWENQ_CHECK(std::isfinite(o.repetition_penalty) && o.repetition_penalty > 0,
+              "--repetition-penalty " << o.repetition_penalty << ": must be finite and > 0 (1: off)");
+}
+
 void apply_repetition_penalty(std::vector<float>& logits, float penalty, const std::vector<int32_t>& context) {
   if (penalty == 1.f || context.empty()) return;
   const int64_t V = static_cast<int64_t>(logits.size());

@@ -43,6 +43,10 @@ struct SamplingOptions {
   KvCacheDType kv_cache = KvCacheDType::F32;
 };
 
+// Refuses settings outside the ranges above (temperature finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in
+// [0, 1], repetition_penalty finite and > 0), naming the flag; generate_with calls it before any work.
+void check_sampling_options(const SamplingOptions& opt);
+
 // The repetition penalty above, in place (ids outside [0, V) are an error).
 void apply_repetition_penalty(std::vector<float>& logits, float penalty, const std::vector<int32_t>& context);
 

@@ -55,6 +55,7 @@ refuse() {  # refuse NAME TEXT ARGS...: exits non-zero naming TEXT, one error li
 }
 refuse both "--greedy and --temperature 0.7 contradict each other" "$QQ" generate --model "$WORK/gc" --prompt x \
   --greedy --temperature 0.7
+refuse inf "--temperature inf: must be finite and >= 0" "$QQ" generate --model "$WORK/gc" --prompt x --temperature inf
 printf '{"do_sample": true, "temperature": "hot"}\n' > "$G"
 refuse bad_t "$G: field \"temperature\" must be a number, got \"hot\"" "$QQ" generate --model "$WORK/gc" --prompt x
 printf '{"do_sample": true, "top_p": 1.5}\n' > "$G"

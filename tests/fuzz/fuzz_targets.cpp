@@ -14,10 +14,12 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
 #include "quant/ggml_blocks.h"
 #include "quant/ggml_imatrix.h"
+#include "trainer/generation_config.h"
 #include "trainer/gguf_model.h"
 #include "trainer/gsm8k.h"
 #include "trainer/kld_file.h"
@@ -25,6 +27,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_model.h"
+#include "trainer/sampling.h"
 #include "trainer/chat_record.h"
 #include "trainer/multiple_choice.h"
 #include "trainer/sft_data.h"
@@ -275,6 +278,31 @@ void adapter_target(bool header, const uint8_t* data, size_t size) {
   (void)load_peft_adapter(dir, dims);
 }
 
+// The bytes as a model's generation_config.json: read it, then pick a token with its settings as generate would
+// (sampling when do_sample), from fixed logits over 64 ids with its eos ids (mod 64) as the penalty's context. The
+// token must be one of the 64.
+void generation_config_target(const uint8_t* data, size_t size) {
+  const std::string dir = path_join(scratch(), "gencfg");
+  setup_check(make_dirs(dir) == 0, "cannot create " + dir);
+  write_bytes(path_join(dir, "generation_config.json"), data, size);
+  const GenerationConfig g = load_generation_config(dir);
+  SamplingOptions o;
+  o.temperature = g.do_sample ? g.temperature : 0.f;
+  o.top_k = g.top_k;
+  o.top_p = g.top_p;
+  o.min_p = g.min_p;
+  o.repetition_penalty = g.repetition_penalty;
+  check_sampling_options(o);
+  constexpr int64_t V = 64;
+  std::vector<int32_t> context;
+  for (int32_t id : g.eos_token_ids) context.push_back(id % V);
+  std::vector<float> logits(V);
+  for (int64_t v = 0; v < V; ++v) logits[v] = static_cast<float>((v * 37) % 17) - 8.f;
+  Rng rng(1);
+  const int32_t t = sample_token(logits, o, rng, context);
+  if (t < 0 || t >= V) throw std::logic_error("sample_token returned " + std::to_string(t) + " of 64 ids");
+}
+
 void llama2c_target(bool tokenizer, const uint8_t* data, size_t size) {
   const std::string input = path_join(scratch(), tokenizer ? "tok.bin" : "model.bin");
   write_bytes(input, data, size);
@@ -295,7 +323,7 @@ std::vector<std::string> fuzz_target_names() {
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
   for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
-                        "gguf", "imatrix", "kld"})
+                        "gguf", "imatrix", "kld", "generation_config"})
     names.push_back(t);
   return names;
 }
@@ -331,6 +359,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       imatrix_target(data, size);
     } else if (target == "kld") {
       kld_target(data, size);
+    } else if (target == "generation_config") {
+      generation_config_target(data, size);
     } else {
       std::string all;
       for (const std::string& n : fuzz_target_names()) all += (all.empty() ? "" : ", ") + n;

@@ -21,6 +21,7 @@
 //                            tokens) and its tokenizer (encode, decode)
 //   imatrix                  the bytes as an importance matrix (GGUF or legacy .dat): read, export a Q4_K_M GGUF
 //   kld                      the bytes as a KL-divergence base file (llama-perplexity's): open, score the dense model
+//   generation_config        the bytes as a model's generation_config.json: read, then pick a token with its settings
 //
 // The fixtures come from QWENQ_FUZZ_DIR, the directory tests/fuzz/make_seeds.sh fills (models/<m>, adapter/,
 // tokenizer/, llama2c/); scratch files go to QWENQ_FUZZ_SCRATCH (default /tmp), named by process id. Used by

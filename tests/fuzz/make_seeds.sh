@@ -68,6 +68,9 @@ seed text b.jsonl '{"text": "calibration document one"}
 {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>r</think>a"}]}'
 seed tokenizer a.txt 'Hello world! 123 4567 — naïve café 🦙 <|im_start|>user
   tabs	and   spaces'
+seed generation_config qwen2.json '{"bos_token_id": 151643, "do_sample": true, "eos_token_id": [151645, 151643], "pad_token_id": 151643, "repetition_penalty": 1.1, "temperature": 0.5, "top_k": 40, "top_p": 0.7}'
+seed generation_config greedy.json '{"bos_token_id": 1, "eos_token_id": 2, "do_sample": false, "repetition_penalty": 1.3}'
+seed generation_config minp.json '{"do_sample": true, "temperature": 1.2, "top_k": 0, "top_p": 1.0, "min_p": 0.05, "eos_token_id": null}'
 seed tokenizer b.txt '<|endoftext|><|im_end|>ÅÉÎ  日本語のテキスト'
 
 mkdir -p "$OUT/seeds/text" "$OUT/seeds/sft"
