@@ -269,19 +269,19 @@ void apply_generation_config(const std::string& model_path, const SamplingGiven&
   }
   check_sampling_options(*opt);  // e.g. --temperature inf: refused before the line below
   if (quiet) return;
-  std::string line = "sampling: ";
-  char buf[160];
-  if (!sample) {
-    line += "greedy";
-  } else {
-    std::snprintf(buf, sizeof buf, "temperature %g, top-k %lld, top-p %g", opt->temperature, (long long)opt->top_k,
-                  opt->top_p);
-    line += buf;
-    if (opt->min_p > 0) std::snprintf(buf, sizeof buf, ", min-p %g", opt->min_p), line += buf;
-    std::snprintf(buf, sizeof buf, ", seed %llu", (unsigned long long)opt->seed);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "temperature %g, top-k %lld, top-p %g", opt->temperature, (long long)opt->top_k,
+                opt->top_p);
+  std::string line = std::string("sampling: ") + (sample ? buf : "greedy");
+  if (sample && opt->min_p > 0) {
+    std::snprintf(buf, sizeof buf, ", min-p %g", opt->min_p);
     line += buf;
   }
-  if (opt->repetition_penalty != 1.f) std::snprintf(buf, sizeof buf, ", repetition penalty %g", opt->repetition_penalty), line += buf;
+  if (sample) line += ", seed " + std::to_string(opt->seed);
+  if (opt->repetition_penalty != 1.f) {
+    std::snprintf(buf, sizeof buf, ", repetition penalty %g", opt->repetition_penalty);
+    line += buf;
+  }
   if (defaulted) {
     line += " (" + (gc.path.empty() ? std::string("transformers' defaults: the model has no generation_config.json")
                                     : "from " + gc.path) +
