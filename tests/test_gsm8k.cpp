@@ -120,6 +120,7 @@ std::string expected_output(const QwenModel& model, const Tokenizer& tok, const 
                             const Gsm8kOptions& opt) {
   SamplingOptions so;
   so.max_new_tokens = opt.max_new_tokens;
+  so.repetition_penalty = opt.repetition_penalty;
   for (int32_t id : {tok.eos_id(), model.config().eos_token_id})
     if (id >= 0) so.stop_ids.push_back(id);
   std::vector<int32_t> out = generate(model, tok.encode(prompt, false), so);
@@ -177,6 +178,17 @@ TEST(Gsm8k, EvaluationIsGreedyGenerationExtractedAndScored) {
   EXPECT_DOUBLE_EQ(r.flexible, 1.0 / 3.0);
   EXPECT_NEAR(r.flexible_stderr, std::sqrt(1.0 / 3 * 2.0 / 3 / 2), 1e-12);
   EXPECT_EQ(r.strict, 0.0);
+  // With a repetition penalty (the model's generation_config.json under lm-eval's hf backend): the penalized greedy
+  // tokens, which differ from the plain ones on at least one item.
+  Gsm8kOptions pen = opt;
+  pen.repetition_penalty = 3.f;
+  const Gsm8kResult rp = evaluate_gsm8k(model, tok, items, pool, pen);
+  int differ = 0;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(rp.items[i].output, expected_output(model, tok, prompts[i], pen)) << i;
+    differ += rp.items[i].output != want[i];
+  }
+  EXPECT_GE(differ, 1);
   opt.limit = 2;
   EXPECT_EQ(evaluate_gsm8k(model, tok, items, pool, opt).items.size(), 2u);
   opt.fewshot = 9;

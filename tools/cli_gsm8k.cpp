@@ -2,6 +2,7 @@
 // it (trainer/gsm8k.h: its prompt, few-shot draw, stop strings, strict and flexible extraction, exact match), for any
 // model we read, optionally with a LoRA adapter (merged in memory on the CPU; with --device cuda, generation by
 // trainer/qwen_decode_cuda.h and the adapter applied unmerged, as `generate --device cuda`).
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "core/files.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
+#include "trainer/generation_config.h"
 #include "trainer/gsm8k.h"
 #include "trainer/model_dir.h"
 #include "trainer/qwen_decode_cuda.h"
@@ -24,7 +26,7 @@ namespace {
 struct Gsm8kArgs {
   std::string model, adapter, data, fewshot_data, json_out, predictions;
   Gsm8kOptions opt;
-  bool json = false, until_given = false;
+  bool json = false, until_given = false, penalty_given = false;
   std::vector<std::string> until;
   CommonOptions common;
 };
@@ -43,6 +45,18 @@ void run_gsm8k(Gsm8kArgs a) {
   QwenModel model(dir);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.opt.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
+  // lm-eval's hf backend decodes with model.generate(do_sample=False) over the model's generation_config.json: its
+  // repetition_penalty and eos ids apply (greedy otherwise).
+  const GenerationConfig gc = load_generation_config(dir);
+  if (!a.penalty_given) a.opt.repetition_penalty = gc.repetition_penalty;
+  a.opt.stop_ids = gc.eos_token_ids;
+  QWENQ_CHECK(std::isfinite(a.opt.repetition_penalty) && a.opt.repetition_penalty > 0,
+              "--repetition-penalty " << a.opt.repetition_penalty << ": must be finite and > 0 (1: off)");
+  if (!a.opt.quiet && a.opt.repetition_penalty != 1.f) {
+    std::fprintf(stderr, "decoding: greedy, repetition penalty %g%s\n", a.opt.repetition_penalty,
+                 a.penalty_given ? "" : (" (from " + gc.path + ", as lm-eval's hf backend applies it; "
+                                         "--repetition-penalty 1 for plain greedy)").c_str());
+  }
   Gsm8kResult r;
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {  // generate_cuda: the same loop and sampling; an adapter applied unmerged
@@ -59,6 +73,7 @@ void run_gsm8k(Gsm8kArgs a) {
                               {"data", a.data},
                               {"items", n},
                               {"fewshot", a.opt.fewshot},
+                              {"repetition_penalty", a.opt.repetition_penalty},
                               {"exact_match_strict", r.strict},
                               {"exact_match_strict_stderr", r.strict_stderr},
                               {"exact_match_flexible", r.flexible},
@@ -115,6 +130,10 @@ void register_gsm8k(CLI::App& app) {
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
   cmd->add_option("--until", a->until, "stop strings (default: \"Question:\" \"</s>\" \"<|im_end|>\")");
+  cmd->add_option("--repetition-penalty", a->opt.repetition_penalty,
+                  "repetition penalty of the greedy decoding (default: the model's generation_config.json, as "
+                  "lm-eval's hf backend applies it; 1 = off)")
+      ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--limit", a->opt.limit, "score the first N items only (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
@@ -126,6 +145,7 @@ void register_gsm8k(CLI::App& app) {
   cmd->callback([a, cmd]() {
     Gsm8kArgs args = *a;
     args.until_given = cmd->count("--until") > 0;
+    args.penalty_given = cmd->count("--repetition-penalty") > 0;
     run_gsm8k(args);
   });
 }

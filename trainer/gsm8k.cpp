@@ -113,9 +113,11 @@ Gsm8kResult evaluate_gsm8k(const Gsm8kGenerateFn& gen, const QwenConfig& config,
                                                                 << "prompt in the model's context of " << max_pos);
   SamplingOptions so;
   so.max_new_tokens = opt.max_new_tokens;
+  so.repetition_penalty = opt.repetition_penalty;
   for (int32_t id : {tok.eos_id(), config.eos_token_id}) {
     if (id >= 0) so.stop_ids.push_back(id);
   }
+  so.stop_ids.insert(so.stop_ids.end(), opt.stop_ids.begin(), opt.stop_ids.end());
   so.stop_when = [&](const std::vector<int32_t>& ids) {
     const std::string text = tok.decode(ids);
     for (const std::string& s : opt.stops)

@@ -51,6 +51,11 @@ struct Gsm8kOptions {
   std::vector<std::string> stops = {"Question:", "</s>", "<|im_end|>"};
   int64_t limit = 0;              // 0: every item
   bool quiet = false;
+  // Greedy decoding as lm-eval's hf backend runs it: model.generate(do_sample=False) on top of the model's
+  // generation_config.json, whose repetition_penalty (Qwen2.5-Instruct: 1.05) and eos ids then apply too
+  // (qwen-quant gsm8k fills these from the file; trainer/sampling.h's penalty).
+  float repetition_penalty = 1.f;
+  std::vector<int32_t> stop_ids;  // besides the tokenizer's and config.json's eos
 };
 
 struct Gsm8kItemResult {

@@ -3,7 +3,8 @@
 # tiny model decodes greedily (transformers' do_sample false); with Qwen2's real file (do_sample, temperature 0.5,
 # top_k 40, top_p 0.7, repetition_penalty 1.1) both tools sample with those settings and say where they came from;
 # flags override each one; --greedy keeps greedy decoding (the penalty still applies); a malformed file is refused by
-# name. The settings' effect on the distribution is tests/test_sampling.cpp and tests/oracle/test_sampling_oracle.py.
+# name; gsm8k takes the file's repetition penalty for its greedy decoding, as lm-eval's hf backend. The settings'
+# effect on the distribution is tests/test_sampling.cpp and tests/oracle/test_sampling_oracle.py.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 
@@ -47,6 +48,21 @@ gen t0 "$QQ" generate "$WORK/gc" --temperature 0 --repetition-penalty 1
 cmp -s "$WORK/plain.txt" "$WORK/t0.txt" || fail "--temperature 0 is not greedy"
 gen greedy_pen "$QQ" generate "$WORK/gc" --greedy --repetition-penalty 5  # the tiny model repeats one byte
 cmp -s "$WORK/greedy_pen.txt" "$WORK/greedy_raw.txt" && fail "--repetition-penalty 5 changed nothing in 16 greedy tokens"
+
+# gsm8k decodes greedily as lm-eval's hf backend does: model.generate(do_sample=False) over the same file, so its
+# repetition_penalty applies unless --repetition-penalty says otherwise.
+printf '{"question": "1+1?", "answer": "#### 2"}\n' > "$WORK/gsm.jsonl"
+"$QQ" gsm8k --model "$WORK/gc" --data "$WORK/gsm.jsonl" -n 8 --json > "$WORK/gsm.json" 2> "$WORK/gsm.err" \
+  || fail "gsm8k with a generation config" "$WORK/gsm.err"
+says gsm "decoding: greedy, repetition penalty 1.1 (from $G, as lm-eval's hf backend applies it; --repetition-penalty 1 for plain greedy)"
+"$QQ" gsm8k --model "$WORK/gc" --data "$WORK/gsm.jsonl" -n 8 --json --repetition-penalty 1 > "$WORK/gsm1.json" \
+  2> "$WORK/gsm1.err" || fail "gsm8k --repetition-penalty 1" "$WORK/gsm1.err"
+grep -q "^decoding:" "$WORK/gsm1.err" && fail "gsm8k --repetition-penalty 1 still names a penalty" "$WORK/gsm1.err"
+python3 - "$WORK/gsm.json" "$WORK/gsm1.json" <<'PY' || fail "gsm8k's JSON lacks its repetition penalty" "$WORK/gsm.json"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert abs(a["repetition_penalty"] - 1.1) < 1e-6 and b["repetition_penalty"] == 1.0, (a, b)
+PY
 
 refuse() {  # refuse NAME TEXT ARGS...: exits non-zero naming TEXT, one error line
   local name="$1" want="$2"; shift 2
