@@ -37,15 +37,9 @@ void run_choices(const ChoiceArgs& a) {
   QwenModel model(dir);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
-  ChoiceResult r;
-#ifdef QWENQ_HAVE_CUDA
-  if (device == Device::Cuda) {  // the forward and the continuation NLLs on the GPU, the sums and argmaxes here
-    const std::unique_ptr<QwenModelCuda> gpu = upload_model_cuda(model, adapter.get(), a.adapter);
-    LogitsSource src = cuda_logits_source(*gpu, dir);
-    r = evaluate_choices(src, tok, items, a.batch_tokens, a.quiet);
-  }
-#endif
-  if (device == Device::Cpu) r = evaluate_choices(model, tok, items, a.batch_tokens, a.quiet);
+  EvalDevice ed(device);  // on the GPU: the forward and the continuation NLLs there, the sums and argmaxes here
+  LogitsSource src = ed.source(model, adapter.get(), a.adapter);
+  const ChoiceResult r = evaluate_choices(src, tok, items, a.batch_tokens, a.quiet);
   const int64_t n = static_cast<int64_t>(items.size());
   nlohmann::ordered_json j = {{"model", dir},       {"data", a.data},         {"items", n},
                               {"acc", r.acc},       {"acc_stderr", r.acc_stderr},

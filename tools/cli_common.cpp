@@ -7,8 +7,10 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/device.h"
+#include "kernels/device_allocator.h"
 #include "trainer/generation_config.h"
 #include "trainer/gguf_model.h"
 #include "trainer/lora_merge.h"
@@ -180,6 +182,44 @@ std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const L
   return gpu;
 }
 #endif
+
+EvalDevice::EvalDevice(Device device) : device_(device) {
+#ifdef QWENQ_HAVE_CUDA
+  if (device_ == Device::Cuda) cuda_device_allocator().reset_peak();
+#endif
+}
+
+LogitsSource EvalDevice::source(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
+#ifdef QWENQ_HAVE_CUDA
+  if (device_ == Device::Cuda) return cuda_logits_source(upload(model, adapter, adapter_dir), model.dir());
+#else
+  (void)adapter;
+  (void)adapter_dir;
+#endif
+  return cpu_logits_source(model);
+}
+
+#ifdef QWENQ_HAVE_CUDA
+QwenModelCuda& EvalDevice::upload(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
+  gpus_.push_back(upload_model_cuda(model, adapter, adapter_dir));
+  return *gpus_.back();
+}
+#endif
+
+std::string EvalDevice::add_peaks(nlohmann::ordered_json* j) const {
+#ifdef QWENQ_HAVE_CUDA
+  if (device_ == Device::Cuda) {
+    const DeviceAllocatorStats ds = cuda_device_allocator().stats();
+    (*j)["device_peak_allocated_bytes"] = static_cast<int64_t>(ds.peak_allocated);
+    (*j)["device_peak_reserved_bytes"] = static_cast<int64_t>(ds.peak_reserved);
+    return ", peak device memory " + format_bytes(ds.peak_allocated) + " allocated, " +
+           format_bytes(ds.peak_reserved) + " reserved";
+  }
+#else
+  (void)j;
+#endif
+  return "";
+}
 
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet) {
   const Int8Coverage c = int8_coverage(w);

@@ -10,10 +10,12 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "kernels/device.h"
 #include "lora/lora_adapter.h"
 #include "trainer/generate.h"
+#include "trainer/logits_source.h"
 #include "trainer/qwen_model.h"
 #ifdef QWENQ_HAVE_CUDA
 #include "trainer/qwen_model_cuda.h"
@@ -100,6 +102,29 @@ std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_
 std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const LoraAdapter* adapter,
                                                  const std::string& adapter_dir);
 #endif
+
+// Where an evaluation runs its model(s): on the CPU, or uploaded to the GPU (upload_model_cuda: an adapter attached
+// unmerged) for as long as this lives, with the caching allocator's peaks reported beside the result. Used by eval
+// (every mode) and multiple-choice.
+class EvalDevice {
+ public:
+  explicit EvalDevice(Device device);  // resets the device allocator's peaks on the GPU
+  // The model as trainer/logits_source.h sees it: the CPU model (an adapter already merged into it by
+  // load_adapter_for_device), or its upload with `adapter` attached.
+  LogitsSource source(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir);
+#ifdef QWENQ_HAVE_CUDA
+  QwenModelCuda& upload(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir);
+#endif
+  // "device_peak_allocated_bytes" / "device_peak_reserved_bytes" into j and ", peak device memory ..." for the
+  // human line; nothing on the CPU.
+  std::string add_peaks(nlohmann::ordered_json* j) const;
+
+ private:
+  Device device_;
+#ifdef QWENQ_HAVE_CUDA
+  std::vector<std::unique_ptr<QwenModelCuda>> gpus_;
+#endif
+};
 
 // Wall time of a generation, for the line `generate` prints to stderr at the end:
 //   "12 prompt tokens, 128 new tokens in 1.93s (66.3 tok/s; first token after 0.41s, then 83.6 tok/s)"

@@ -20,7 +20,6 @@
 #include "core/progress.h"
 #include "core/threads.h"
 #include "kernels/device.h"
-#include "kernels/device_allocator.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
 #include "trainer/kl_divergence.h"
@@ -66,54 +65,6 @@ KldRunOptions kld_run_options(const EvalArgs& a, const Tokenizer& tok) {
   opt.quiet = a.quiet;
   return opt;
 }
-
-// Where every mode runs its model(s): on the CPU, or uploaded to the GPU (an adapter attached unmerged) for as long
-// as this lives, with the caching allocator's peaks reported beside the result.
-class EvalDevice {
- public:
-  explicit EvalDevice(Device device) : device_(device) {
-#ifdef QWENQ_HAVE_CUDA
-    if (device_ == Device::Cuda) cuda_device_allocator().reset_peak();
-#endif
-  }
-  // The model as trainer/logits_source.h sees it (the CPU model, or its upload).
-  LogitsSource source(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
-#ifdef QWENQ_HAVE_CUDA
-    if (device_ == Device::Cuda) return cuda_logits_source(upload(model, adapter, adapter_dir), model.dir());
-#else
-    (void)adapter;
-    (void)adapter_dir;
-#endif
-    return cpu_logits_source(model);  // an adapter is merged into the CPU model already
-  }
-#ifdef QWENQ_HAVE_CUDA
-  QwenModelCuda& upload(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir) {
-    gpus_.push_back(upload_model_cuda(model, adapter, adapter_dir));
-    return *gpus_.back();
-  }
-#endif
-  // "device_peak_*_bytes" in j and ", peak device memory ..." for the human line; nothing on the CPU.
-  std::string add_peaks(nlohmann::ordered_json* j) const {
-#ifdef QWENQ_HAVE_CUDA
-    if (device_ == Device::Cuda) {
-      const DeviceAllocatorStats ds = cuda_device_allocator().stats();
-      (*j)["device_peak_allocated_bytes"] = static_cast<int64_t>(ds.peak_allocated);
-      (*j)["device_peak_reserved_bytes"] = static_cast<int64_t>(ds.peak_reserved);
-      return ", peak device memory " + format_bytes(ds.peak_allocated) + " allocated, " +
-             format_bytes(ds.peak_reserved) + " reserved";
-    }
-#else
-    (void)j;
-#endif
-    return "";
-  }
-
- private:
-  Device device_;
-#ifdef QWENQ_HAVE_CUDA
-  std::vector<std::unique_ptr<QwenModelCuda>> gpus_;
-#endif
-};
 
 void add_int8_json(const EvalArgs& a, const Int8Coverage& int8, nlohmann::ordered_json* j) {
   if (!a.int8_activations) return;

@@ -2,7 +2,6 @@
 // it (trainer/gsm8k.h: its prompt, few-shot draw, stop strings, strict and flexible extraction, exact match), for any
 // model we read, optionally with a LoRA adapter (merged in memory on the CPU; with --device cuda, generation by
 // trainer/qwen_decode_cuda.h and the adapter applied unmerged, as `generate --device cuda`).
-#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -50,8 +49,9 @@ void run_gsm8k(Gsm8kArgs a) {
   const GenerationConfig gc = load_generation_config(dir);
   if (!a.penalty_given) a.opt.repetition_penalty = gc.repetition_penalty;
   a.opt.stop_ids = gc.eos_token_ids;
-  QWENQ_CHECK(std::isfinite(a.opt.repetition_penalty) && a.opt.repetition_penalty > 0,
-              "--repetition-penalty " << a.opt.repetition_penalty << ": must be finite and > 0 (1: off)");
+  SamplingOptions decoding;  // the penalty checked by generate's own rule before the line below
+  decoding.repetition_penalty = a.opt.repetition_penalty;
+  check_sampling_options(decoding);
   if (!a.opt.quiet && a.opt.repetition_penalty != 1.f) {
     std::fprintf(stderr, "decoding: greedy, repetition penalty %g%s\n", a.opt.repetition_penalty,
                  a.penalty_given ? "" : (" (from " + gc.path + ", as lm-eval's hf backend applies it; "

@@ -139,8 +139,7 @@ KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& bas
   double nll_sum = 0, nll_base_sum = 0;
   // Rows per logits chunk: lm_head_nll's (qwen_weights.cpp), so that for a table read in place the NLLs, and the
   // perplexity, are the bits `eval` gives without a base.
-  const int64_t chunk_cap =
-      logits_chunk_rows > 0 ? logits_chunk_rows : std::max<int64_t>(1, (int64_t{16} << 20) / V);
+  const int64_t chunk_cap = logits_chunk_rows > 0 ? logits_chunk_rows : logits_block_rows(V);
   std::vector<float> lg_q, lg_b, nq, nb;
   for (int64_t w0 = 0; w0 < windows; w0 += opt.windows_per_batch) {
     const int64_t nw = std::min(opt.windows_per_batch, windows - w0);

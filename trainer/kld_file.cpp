@@ -184,7 +184,7 @@ PackedBatch chunk_batch(const int32_t* tokens, int64_t n_ctx, int64_t c0, int64_
 }
 
 int64_t logits_rows_cap(const KldRunOptions& opt, int64_t V) {
-  return opt.logits_chunk_rows > 0 ? opt.logits_chunk_rows : std::max<int64_t>(1, (int64_t{16} << 20) / V);
+  return opt.logits_chunk_rows > 0 ? opt.logits_chunk_rows : logits_block_rows(V);
 }
 
 void check_run_options(const KldRunOptions& opt) {

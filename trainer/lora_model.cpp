@@ -291,7 +291,7 @@ class Runner {
     }
     // Loss over chunks of rows; each chunk's dlogits goes into dhidden at once.
     std::vector<float> dhidden(T_ * C, 0.f);
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T_, (int64_t{16} << 20) / V));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T_, logits_block_rows(V)));
     std::vector<float> lg(chunk * V), nll(chunk);
     for (int64_t r0 = 0; r0 < T_; r0 += chunk) {
       const int64_t rows = std::min(chunk, T_ - r0);

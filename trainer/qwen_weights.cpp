@@ -255,7 +255,7 @@ int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, con
                     int64_t block_rows) {
   const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
   if (!w.lm_head_q) {
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{16} << 20) / V));
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows, logits_block_rows(V)));
     std::vector<float> lg(static_cast<size_t>(chunk * V));
     int64_t counted = 0;
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {

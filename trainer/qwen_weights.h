@@ -100,8 +100,14 @@ void table_row_f32(const TensorView& view, const GgmlLinear* q, int64_t r, float
 // (set_int8_activations below) and a supported type, ggml_linear_matvec_int8 for any M.
 void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows = 0);
 constexpr int64_t kTableBlockFloats = int64_t{1} << 22;  // 16 MiB of dequantized rows
+// Rows of logits computed at once on the CPU from a table read in place: about 2^24 values (64 MiB fp32), at least one
+// row. lm_head_nll's chunk, the LoRA loss's and the KL-divergence evaluations' (whose NLLs thereby are eval's to the
+// bit).
+inline int64_t logits_block_rows(int64_t vocab_size) {
+  return vocab_size >= (int64_t{16} << 20) ? 1 : (int64_t{16} << 20) / vocab_size;
+}
 // nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
-// 0, not counted; returns the counted rows). A table read in place: logits in chunks of about 2^24 values, each
+// 0, not counted; returns the counted rows). A table read in place: logits in chunks of logits_block_rows, each
 // through cross_entropy_forward_ref. lm_head_q: each block of block_rows table rows (as lm_head_forward) is
 // dequantized once for all rows (with the int8 switch: multiplied from its bytes with the rows quantized once), and every row keeps a running max m and Σ exp(l − m) (exp in fp32, the sum in
 // double, rescaled by exp(m_old − m_new) when the max grows) and its target's logit.
