@@ -6,7 +6,8 @@
 #   tests     every GPU test (ctest -L gpu: each CUDA kernel against its CPU twin, the GPU model paths against the
 #             CPU ones)                                                                          needs 60 s
 #   memcheck  compute-sanitizer memcheck over a small selection of each kernel family             needs 60 s
-#   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda needs 90 s
+#   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda,
+#             bench_kl_rows_cuda                                                                needs 90 s
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start)                           needs 150 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
@@ -51,7 +52,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQW
 # Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
 targets="qwen-quant qwen-qlora"
 { want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
-want bench && targets+=" bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda bench_gptq_cuda"
+want bench && targets+=" bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda bench_gptq_cuda bench_kl_rows_cuda"
 cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
   { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
 log "configure + build: ${SECONDS} s"
@@ -77,7 +78,7 @@ fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
   timeout $(( $(left) - 30 )) "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
-    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*' \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"
@@ -96,6 +97,7 @@ if start bench 90; then
   run_bench bench_attention_cuda
   run_bench bench_attention_decode_cuda
   run_bench bench_gptq_cuda --cpu none --reps 1
+  run_bench bench_kl_rows_cuda
 fi
 
 # A full QLoRA training step against transformers + peft (issue 5's >= 2x tokens/s at <= 40% memory): at most

@@ -6,7 +6,6 @@
 
 #include "core/error.h"
 #include "core/progress.h"
-#include "core/threads.h"
 #include "kernels/loss.h"
 #include "trainer/sample_stats.h"
 
@@ -50,32 +49,23 @@ double percentile_of_sorted(const std::vector<double>& x, double p) {
 
 }  // namespace
 
-// With e_v = exp(b_v − max b) and s_b = Σ e_v: P_v = e_v / s_b, and
-//   KL = Σ P_v ((b_v − lse_b) − (q_v − lse_q)) = (Σ e_v (b_v − q_v)) / s_b − lse_b + lse_q,
-// one exp per value of each row (both sums in the same pass over b).
-KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target) {
+KlPosition kl_position_of(const KlRow& row, int32_t target) {
   KlPosition r;
-  // The first index of the largest logit (torch.argmax's tie rule).
-  const int64_t top_b = std::max_element(base_logits, base_logits + V) - base_logits;
-  const int64_t top_q = std::max_element(logits, logits + V) - logits;
-  const double mb = base_logits[top_b], mq = logits[top_q];
-  double sb = 0, sq = 0, cross = 0;
-  for (int64_t v = 0; v < V; ++v) {
-    const double b = base_logits[v], q = logits[v], e = std::exp(b - mb);
-    sb += e;
-    cross += e * (b - q);
-    sq += std::exp(q - mq);
-  }
-  const double lse_b = mb + std::log(sb), lse_q = mq + std::log(sq);
-  r.kld = cross / sb - lse_b + lse_q;
-  r.same_top1 = top_b == top_q;
+  r.kld = row.kld;
+  r.same_top1 = row.top_base == row.top;
   if (target != kIgnoreIndex) {
-    r.nll_base = lse_b - base_logits[target];
-    r.nll = lse_q - logits[target];
+    r.nll_base = row.nll_base;
+    r.nll = row.nll;
     r.p_base = std::exp(-r.nll_base);
     r.p = std::exp(-r.nll);
   }
   return r;
+}
+
+KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target) {
+  KlRow row;
+  kl_rows_ref(base_logits, logits, 1, V, &target, &row);
+  return kl_position_of(row, target);
 }
 
 double percentile_linear(std::vector<double> x, double p) {
@@ -140,7 +130,14 @@ KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& bas
   // Rows per logits chunk: lm_head_nll's (qwen_weights.cpp), so that for a table read in place the NLLs, and the
   // perplexity, are the bits `eval` gives without a base.
   const int64_t chunk_cap = logits_chunk_rows > 0 ? logits_chunk_rows : logits_block_rows(V);
-  std::vector<float> lg_q, lg_b, nq, nb;
+  // Two GPU sources: the per-position statistics on the device (logits_source.h's device_kl_rows), the logits
+  // never copied to the host; otherwise on the host from each chunk of both sources' logits.
+#ifdef QWENQ_HAVE_CUDA
+  const bool on_device = model.device_logits && base.device_logits;
+#else
+  const bool on_device = false;
+#endif
+  std::vector<float> lg_q, lg_b;
   for (int64_t w0 = 0; w0 < windows; w0 += opt.windows_per_batch) {
     const int64_t nw = std::min(opt.windows_per_batch, windows - w0);
     const PackedBatch batch = perplexity_window_batch(tokens, opt.seq_len, w0, nw);
@@ -149,26 +146,37 @@ KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& bas
     model.forward(batch);
     base.forward(batch);
     const int64_t chunk = std::min(chunk_cap, T);
-    lg_q.resize(static_cast<size_t>(chunk * V));
-    lg_b.resize(static_cast<size_t>(chunk * V));
+    if (!on_device) {
+      lg_q.resize(static_cast<size_t>(chunk * V));
+      lg_b.resize(static_cast<size_t>(chunk * V));
+    }
     std::vector<float> nll_q_rows(T, 0.f), nll_b_rows(T, 0.f);
-    std::vector<KlPosition> pos(T);
-    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
-      const int64_t n = std::min(chunk, T - r0);
-      model.logits(r0, n, lg_q.data());
-      base.logits(r0, n, lg_b.data());
-      r.model.scored_tokens += cross_entropy_forward_ref(lg_q.data(), n, V, targets.data() + r0, nll_q_rows.data() + r0);
-      cross_entropy_forward_ref(lg_b.data(), n, V, targets.data() + r0, nll_b_rows.data() + r0);
-      parallel_for(n, 4, [&](int64_t a, int64_t b) {
-        for (int64_t i = a; i < b; ++i) {
-          pos[r0 + i] = kl_position(lg_b.data() + i * V, lg_q.data() + i * V, V, targets[r0 + i]);
-        }
-      });
+    std::vector<KlRow> rows(T);
+    if (on_device) {
+#ifdef QWENQ_HAVE_CUDA
+      // The perplexities from each source's own NLLs (`eval --device cuda`'s bits), the statistics from the device.
+      r.model.scored_tokens += model.nll(targets.data(), nll_q_rows.data());
+      base.nll(targets.data(), nll_b_rows.data());
+      for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+        const int64_t n = std::min(chunk, T - r0);
+        device_kl_rows(model, base, r0, n, targets.data() + r0, rows.data() + r0);
+      }
+#endif
+    } else {
+      for (int64_t r0 = 0; r0 < T; r0 += chunk) {
+        const int64_t n = std::min(chunk, T - r0);
+        model.logits(r0, n, lg_q.data());
+        base.logits(r0, n, lg_b.data());
+        const int32_t* tg = targets.data() + r0;
+        r.model.scored_tokens += cross_entropy_forward_ref(lg_q.data(), n, V, tg, nll_q_rows.data() + r0);
+        cross_entropy_forward_ref(lg_b.data(), n, V, tg, nll_b_rows.data() + r0);
+        kl_rows_ref(lg_b.data(), lg_q.data(), n, V, tg, rows.data() + r0);
+      }
     }
     for (int64_t t = 0; t < T; ++t) {
       nll_sum += nll_q_rows[t];  // evaluate_perplexity's order: the batch's rows, ignored ones as 0
       nll_base_sum += nll_b_rows[t];
-      if (targets[t] != kIgnoreIndex) sample.add(pos[t]);
+      if (targets[t] != kIgnoreIndex) sample.add(kl_position_of(rows[t], targets[t]));
     }
     char extra[96];
     std::snprintf(extra, sizeof extra, "ppl %.4f kld %.5f", std::exp(nll_sum / r.model.scored_tokens),

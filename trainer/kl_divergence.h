@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/kl_rows.h"
 #include "trainer/logits_source.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
@@ -38,7 +39,9 @@ struct KlPosition {
   double nll_base = 0, nll = 0;    // −log P_t, −log Q_t
   bool same_top1 = false;
 };
+// kl_rows_ref (kernels/kl_rows.h) on one row; kl_position_of turns a KlRow of either twin into a KlPosition.
 KlPosition kl_position(const float* base_logits, const float* logits, int64_t V, int32_t target);
+KlPosition kl_position_of(const KlRow& row, int32_t target);
 
 // A sample summarised: mean ± standard error, RMS, extremes and percentiles at kKlPercentiles.
 constexpr double kKlPercentiles[] = {99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1};

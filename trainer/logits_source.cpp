@@ -2,6 +2,9 @@
 #include "trainer/logits_source.h"
 
 #include "core/error.h"
+#ifdef QWENQ_HAVE_CUDA
+#include "kernels/cuda_check.cuh"
+#endif
 
 namespace qwenq {
 
@@ -39,7 +42,25 @@ LogitsSource cuda_logits_source(QwenModelCuda& gpu, const std::string& name) {
   s.forward = [&gpu](const PackedBatch& b) { gpu.forward_hidden(b); };
   s.logits = [&gpu](int64_t r0, int64_t n, float* out) { gpu.logits_rows(r0, n, out); };
   s.nll = [&gpu](const int32_t* targets, float* nll) { return gpu.hidden_nll(targets, nll); };
+  s.device_logits = [&gpu](int64_t r0, int64_t n) { return gpu.logits_device(r0, n); };
   return s;
+}
+
+void device_kl_rows(LogitsSource& model, LogitsSource& base, int64_t r0, int64_t rows, const int32_t* targets,
+                    KlRow* out) {
+  QWENQ_CHECK(model.device_logits && base.device_logits,
+              "device_kl_rows: " << (model.device_logits ? base.name : model.name) << " is not a GPU source");
+  QWENQ_CHECK(model.vocab_size == base.vocab_size, "device_kl_rows: vocabularies of " << model.vocab_size << " and "
+                                                                                      << base.vocab_size << " tokens");
+  if (rows == 0) return;
+  const float* q = model.device_logits(r0, rows);
+  const float* b = base.device_logits(r0, rows);
+  CudaStream s = nullptr;  // both buffers are complete (device_logits syncs); the default stream orders the rest
+  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dout(static_cast<size_t>(rows) * sizeof(KlRow), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  kl_rows_cuda(b, q, rows, model.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, dout.get(), rows * sizeof(KlRow), cudaMemcpyDeviceToHost, s));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 #endif
 

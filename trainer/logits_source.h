@@ -11,7 +11,9 @@
 // owns). cuda_logits_source (CUDA builds): QwenModelCuda's forward_hidden / logits_rows / hidden_nll, the hidden
 // states on the device and each requested block of logits copied to the host. Either way the statistics are the
 // caller's, computed on the host from the same fp32 logits, so a GPU run differs from the CPU's only by the forward's
-// rounding (trainer/qwen_model_cuda.h). A source is used by one thread at a time.
+// rounding (trainer/qwen_model_cuda.h); except KL divergence between two GPU sources, whose per-row statistics are
+// computed on the device (device_kl_rows: kl_rows_cuda, the twin of the host's kl_rows_ref) so that the logits
+// never cross PCIe. A source is used by one thread at a time.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kl_rows.h"
 #include "trainer/qwen_model.h"
 #ifdef QWENQ_HAVE_CUDA
 #include "trainer/qwen_model_cuda.h"
@@ -34,6 +37,9 @@ struct LogitsSource {
   std::function<void(const PackedBatch& batch)> forward;
   std::function<void(int64_t r0, int64_t rows, float* out)> logits;
   std::function<int64_t(const int32_t* targets, float* nll)> nll;
+  // GPU sources only (empty for the CPU's): the logits of rows [r0, r0 + rows) left in the source's device buffer
+  // (QwenModelCuda::logits_device: valid until the source's next call, finished when it returns).
+  std::function<const float*(int64_t r0, int64_t rows)> device_logits;
 };
 
 // The CPU model (must outlive the source).
@@ -42,6 +48,12 @@ LogitsSource cpu_logits_source(const QwenModel& model);
 #ifdef QWENQ_HAVE_CUDA
 // The GPU model (must outlive the source); `name` as the CPU model's dir().
 LogitsSource cuda_logits_source(QwenModelCuda& gpu, const std::string& name);
+
+// KL divergence without the logits leaving the GPU: rows [r0, r0 + rows) of both sources' logits on the device
+// (device_logits, so both must be GPU sources on the current device), kl_rows_cuda (kernels/kl_rows.h) over them,
+// and only the KlRows (40 bytes a row instead of 2·V·4) copied to the host. targets and out on the host.
+void device_kl_rows(LogitsSource& model, LogitsSource& base, int64_t r0, int64_t rows, const int32_t* targets,
+                    KlRow* out);
 #endif
 
 }  // namespace qwenq

@@ -518,6 +518,17 @@ void QwenModelCuda::logits_rows(int64_t r0, int64_t rows, float* out) {
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
 }
 
+const float* QwenModelCuda::logits_device(int64_t r0, int64_t rows) {
+  Impl& m = *impl_;
+  QWENQ_CHECK(r0 >= 0 && rows > 0 && r0 + rows <= m.hidden_rows,
+              "QwenModelCuda::logits_device: rows [" << r0 << ", " << r0 + rows << ") of " << m.hidden_rows
+                                                     << " hidden states (forward_hidden runs the batch first)");
+  m.reserve_logits(rows);
+  m.lm_head_rows(r0, rows, m.logits.as<float>());
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  return m.logits.as<float>();
+}
+
 int64_t QwenModelCuda::hidden_nll(const int32_t* targets, float* nll) {
   Impl& m = *impl_;
   const int64_t T = m.hidden_rows, V = m.cfg.vocab_size;

@@ -131,6 +131,10 @@ class QwenModelCuda {
   void forward_hidden(const PackedBatch& batch);
   void logits_rows(int64_t r0, int64_t rows, float* out);
   int64_t hidden_nll(const int32_t* targets, float* nll);
+  // The logits of rows [r0, r0 + rows) into the model's own device buffer [rows, V] fp32 (grown to `rows`, one
+  // lm_head product): valid until the model's next call, the work finished when it returns (the stream is synced),
+  // so work on any stream may read it. KL divergence on the device (kernels/kl_rows.h) reads two models' rows so.
+  const float* logits_device(int64_t r0, int64_t rows);
 
   // The device copies of the weights (see QwenDeviceTensor).
   const QwenDeviceLayer& device_layer(int64_t l) const;

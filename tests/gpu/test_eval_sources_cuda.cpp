@@ -96,6 +96,25 @@ TEST(EvalSourcesCuda, KlDivergenceOfTwoUploadedModelsIsTheCpus) {
   EXPECT_NEAR(got.same_top1, want.same_top1, 2.0 / want.model.scored_tokens + 1e-12);
   std::printf("[ kl-base DIR on stories260K ] mean KLD GPU %.6f CPU %.6f, same top-1 %.4f / %.4f\n", got.kld.mean,
               want.kld.mean, got.same_top1, want.same_top1);
+  // Two GPU sources take the device path (kl_rows_cuda on logits that never leave the GPU); the same sources
+  // without device_logits take the host path over copied logits (kl_rows_ref): the same forward, so they differ
+  // only by the lm_head's row blocks and the order of the double sums.
+  LogitsSource mh = m, bh = b;
+  mh.device_logits = nullptr;
+  bh.device_logits = nullptr;
+  const KlDivergenceResult host = evaluate_kl_divergence(mh, bh, tokens, opt, /*logits_chunk_rows=*/100);
+  EXPECT_EQ(got.model.scored_tokens, host.model.scored_tokens);
+  EXPECT_NEAR(got.model.mean_nll, host.model.mean_nll, kNllTol);
+  EXPECT_NEAR(got.kld.mean / host.kld.mean, 1.0, kStatTol);
+  EXPECT_NEAR(got.kld.max / host.kld.max, 1.0, kStatTol);
+  EXPECT_NEAR(got.delta_p.rms / host.delta_p.rms, 1.0, kStatTol);
+  EXPECT_NEAR(got.nll_correlation, host.nll_correlation, kStatTol);
+  EXPECT_NEAR(got.same_top1, host.same_top1, 2.0 / host.model.scored_tokens + 1e-12);
+  // device_kl_rows refuses a host source, and logits_device rows outside the batch.
+  LogitsSource c = cpu_logits_source(base);
+  test::expect_error([&] { std::vector<KlRow> o(1); const int32_t t = 0; device_kl_rows(m, c, 0, 1, &t, o.data()); },
+                     {"device_kl_rows", "is not a GPU source"});
+  test::expect_error([&] { gm.logits_device(0, 1 << 20); }, {"logits_device: rows [0, 1048576)"});
 }
 
 // eval --save-kld on the GPU writes the CPU's file up to one code step in a few entries; --kl-base FILE on the GPU
