@@ -4,8 +4,8 @@
 //   S_t      = the k experts of largest p_t, in descending order (a tie goes to the lower index)
 //   w_{t,j}  = p_t[S_t[j]]                          or, with norm_topk_prob, p_t[S_t[j]] / Σ_{j'} p_t[S_t[j']]
 // The block's output is then y_t = Σ_j w_{t,j} · expert_{S_t[j]}(x_t) (trainer/moe_block.h, which also holds the
-// backward through the weights, the softmax and the router, from the p this writes). CPU only: the GPU paths refuse
-// MoE models (issue 5).
+// backward through the weights, the softmax and the router, from the p this writes). Host only: the GPU forward
+// (trainer/qwen_model_cuda.cpp) copies a layer's router logits to the host and routes them with this function.
 #pragma once
 
 #include <cstdint>

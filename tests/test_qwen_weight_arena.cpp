@@ -12,6 +12,7 @@
 //   - refusals: a Linear the Q4 kernels cannot read names the Linear; a zero-byte piece.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -209,6 +210,85 @@ TEST(QwenWeightArena, RefusesWhatTheQ4KernelsCannotRead) {
   const std::string e = test::error_of([&] { qwen_layer_arena(w, "model.layers.3."); });
   EXPECT_NE(e.find("QwenModelCuda: cannot run 'model.layers.3.self_attn.k_proj' on the GPU"), std::string::npos) << e;
   EXPECT_NE(e.find("use --device cpu"), std::string::npos) << e;
+}
+
+// A mixture-of-experts MLP (qwen_moe_arena): a BF16 router, three experts in different formats, a shared expert
+// and its gate; every Linear reads back as its source, the pieces in order and disjoint; a bad expert is named.
+MoeWeights mixed_moe(Store& st) {
+  MoeWeights m;
+  m.router = st.dense(DType::BF16, 3, 64);
+  MoeExpertWeights e0{int_linear(IntLayout::GptqV1, 16, 64, 16, true, 7), int_linear(IntLayout::GptqV1, 16, 64, 16, true, 8),
+                      int_linear(IntLayout::GptqV1, 64, 16, 16, false, 9)};
+  MoeExpertWeights e1{nf4_linear(16, 64, false, true, 10), nf4_linear(16, 64, false, true, 11),
+                      nf4_linear(64, 16, false, true, 12)};
+  MoeExpertWeights e2{st.dense(DType::F32, 16, 64), st.dense(DType::F16, 16, 64), st.dense(DType::BF16, 64, 16)};
+  m.experts = {e0, e1, e2};
+  m.shared = {int_linear(IntLayout::AwqGemm, 24, 64, 16, false, 13), int_linear(IntLayout::AwqGemm, 24, 64, 16, false, 14),
+              st.dense(DType::BF16, 64, 24)};
+  m.shared_gate = st.dense(DType::BF16, 1, 64);
+  return m;
+}
+
+TEST(QwenWeightArena, MixtureOfExpertsLayerReadsBackAsItsSource) {
+  Store st;
+  const MoeWeights m = mixed_moe(st);
+  const QwenMoeArena a = qwen_moe_arena(m, "model.layers.1.");
+  ASSERT_EQ(a.experts.size(), 3u);
+  uint64_t sum = 0, end = 0;
+  for (const ArenaCopy& c : a.copies) {
+    EXPECT_EQ(c.offset % kWeightArenaAlignment, 0u);
+    EXPECT_GE(c.offset, end) << "pieces overlap";
+    end = c.offset + c.bytes;
+    sum += round_up(c.bytes);
+  }
+  EXPECT_EQ(a.bytes, sum);
+  EXPECT_EQ(a.linear_bytes, a.bytes);
+  std::vector<uint8_t> buf(a.bytes + kGuardBytes, kGuard);
+  for (const ArenaCopy& c : a.copies) std::memcpy(buf.data() + c.offset, c.src, c.bytes);
+  const auto check = [&](const ArenaLinear& al, const LinearWeight& lw, const std::string& what) {
+    SCOPED_TRACE(what);
+    EXPECT_EQ(al.N, lw.N);
+    EXPECT_EQ(al.K, lw.K);
+    EXPECT_FALSE(al.bias.present());
+    if (lw.is_dense()) {
+      ASSERT_FALSE(al.is_q4);
+      ASSERT_EQ(al.dense.bytes, lw.dense.nbytes());
+      EXPECT_EQ(std::memcmp(arena_ptr(buf.data(), al.dense), lw.dense.data, al.dense.bytes), 0);
+      return;
+    }
+    ASSERT_TRUE(al.is_q4);
+    const std::vector<float> got = q4_unpack(arena_q4_view(buf.data(), al)), want = lw.dequantize();
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "not the format's reader";
+  };
+  check(a.router, m.router, "router");
+  for (size_t e = 0; e < 3; ++e) {
+    check(a.experts[e][0], m.experts[e].gate, "expert gate " + std::to_string(e));
+    check(a.experts[e][1], m.experts[e].up, "expert up " + std::to_string(e));
+    check(a.experts[e][2], m.experts[e].down, "expert down " + std::to_string(e));
+  }
+  check(a.shared[0], m.shared.gate, "shared gate_proj");
+  check(a.shared[1], m.shared.up, "shared up_proj");
+  check(a.shared[2], m.shared.down, "shared down_proj");
+  check(a.shared_gate, m.shared_gate, "shared_expert_gate");
+  EXPECT_TRUE(std::all_of(buf.end() - kGuardBytes, buf.end(), [](uint8_t b) { return b == kGuard; }));
+
+  // Without a shared expert: its Linears absent (N = 0), no pieces for them.
+  MoeWeights plain = m;
+  plain.shared = {};
+  plain.shared_gate = {};
+  const QwenMoeArena p = qwen_moe_arena(plain, "model.layers.1.");
+  EXPECT_EQ(p.shared[0].N, 0);
+  EXPECT_EQ(p.shared_gate.N, 0);
+  EXPECT_LT(p.bytes, a.bytes);
+
+  MoeWeights bad = m;
+  PackedIntLinear three = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 16, 16, false, 15);
+  three.bits = 3;
+  bad.experts[2].down.packed = std::make_shared<PackedIntLinear>(three);
+  bad.experts[2].down.dense = {};
+  const std::string e = test::error_of([&] { qwen_moe_arena(bad, "model.layers.1."); });
+  EXPECT_NE(e.find("cannot run 'model.layers.1.mlp.experts.2.down_proj' on the GPU"), std::string::npos) << e;
 }
 
 }  // namespace

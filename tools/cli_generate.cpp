@@ -35,7 +35,10 @@ void run_generate(const GenerateArgs& a) {
   QwenModel model(dir);
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
-  if (device == Device::Cuda) gpu = std::make_unique<QwenModelCuda>(model);
+  if (device == Device::Cuda) {
+    refuse_moe(model.config(), "generate --device cuda");  // QwenDecodeCuda: dense MLPs only
+    gpu = std::make_unique<QwenModelCuda>(model);
+  }
 #else
   (void)device;
 #endif

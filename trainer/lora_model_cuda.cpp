@@ -541,8 +541,9 @@ struct LoraModelCuda::Impl {
 };
 
 LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter, const LoraModelCudaOptions& options)
-    : impl_((refuse_dora_on_gpu(adapter, "the GPU LoRA trainer"), std::make_unique<Impl>(model.config(), adapter,
-                                                                                          options))) {
+    : impl_((refuse_dora_on_gpu(adapter, "the GPU LoRA trainer"),
+             refuse_moe(model.config(), "the GPU LoRA trainer (train --device cuda)"),
+             std::make_unique<Impl>(model.config(), adapter, options))) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(options.logits_chunk_rows >= 0,

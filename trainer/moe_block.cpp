@@ -149,9 +149,51 @@ void expert_backward(const MoeExpertWeights& e, const float* x, const float* gat
   branch_backward(L, 1, e.up, dup.data(), x, rows, dx);
 }
 
-float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
-
 }  // namespace
+
+float moe_shared_gate(float g) { return 1.f / (1.f + std::exp(-g)); }
+
+MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T) {
+  const int64_t E = c.num_experts, k = c.experts_per_token, R = T * k;
+  std::vector<int32_t> chosen(static_cast<size_t>(R)), slot;
+  std::vector<float> weight(static_cast<size_t>(R));
+  moe_route_ref(router_logits, T, E, k, c.norm_topk_prob, chosen.data(), weight.data());
+  MoeDispatch d;
+  std::vector<int64_t> token;
+  moe_group_by_expert(chosen.data(), T, k, E, &d.start, &token, &slot);
+  d.gather.resize(static_cast<size_t>(R));
+  d.combine.resize(static_cast<size_t>(R));
+  d.weight.resize(static_cast<size_t>(R));
+  std::vector<int64_t> seen(static_cast<size_t>(T), 0);
+  for (int64_t r = 0; r < R; ++r) {  // grouped rows run over the experts in ascending order
+    const int64_t t = token[r], j = seen[t]++;
+    d.gather[r] = static_cast<int32_t>(t);
+    d.combine[t * k + j] = static_cast<int32_t>(r);
+    d.weight[t * k + j] = weight[t * k + slot[r]];
+  }
+  if (gate_logits != nullptr) {
+    d.shared_gate.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) d.shared_gate[t] = moe_shared_gate(gate_logits[t]);
+  }
+  return d;
+}
+
+void moe_group_by_expert(const int32_t* chosen, int64_t T, int64_t k, int64_t E, std::vector<int64_t>* start,
+                         std::vector<int64_t>* token, std::vector<int32_t>* slot) {
+  start->assign(E + 1, 0);
+  for (int64_t i = 0; i < T * k; ++i) ++(*start)[chosen[i] + 1];
+  for (int64_t e = 0; e < E; ++e) (*start)[e + 1] += (*start)[e];
+  std::vector<int64_t> fill(start->begin(), start->end() - 1);
+  token->resize(T * k);
+  slot->resize(T * k);
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = fill[chosen[t * k + j]]++;
+      (*token)[r] = t;
+      (*slot)[r] = static_cast<int32_t>(j);
+    }
+  }
+}
 
 uint64_t expert_dropout_key(uint64_t seed, int64_t layer, int64_t expert, int which) {
   return dropout_key(dropout_key(seed, layer, 7), expert + 1, which);
@@ -171,22 +213,8 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
   a.probs.resize(T * E);
   moe_route_ref(logits.data(), T, E, k, c.norm_topk_prob, a.chosen.data(), a.weight.data(), a.probs.data());
 
-  // Choices grouped by expert (a counting sort) in transformers' order within an expert: torch.where over its
-  // [k, T] mask, the tokens that chose it first, then second, ..., each in token order. (Each token meets an expert
-  // at most once, so the order changes no token's sum; it decides which rows AWQ's clip search samples.)
-  a.start.assign(E + 1, 0);
-  for (int64_t i = 0; i < T * k; ++i) ++a.start[a.chosen[i] + 1];
-  for (int64_t e = 0; e < E; ++e) a.start[e + 1] += a.start[e];
-  std::vector<int64_t> fill(a.start.begin(), a.start.end() - 1);
-  a.token.resize(T * k);
-  a.slot.resize(T * k);
-  for (int64_t j = 0; j < k; ++j) {
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = fill[a.chosen[t * k + j]]++;
-      a.token[r] = t;
-      a.slot[r] = static_cast<int32_t>(j);
-    }
-  }
+  // Choices grouped by expert in transformers' order (moe_block.h).
+  moe_group_by_expert(a.chosen.data(), T, k, E, &a.start, &a.token, &a.slot);
 
   // Kept for a backward (and with adapters, whose saved u the pass needs anyway): every row's intermediates.
   // Otherwise one expert's at a time (T·k·(3·Im + C) floats less: 290 MB for 2048 tokens of Qwen3-30B-A3B).
@@ -263,7 +291,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
                    expert_lora(lora, a, true, -1, 0));
     apply_linear(m.shared_gate, n, T, TensorView{}, a.g.data());
     for (int64_t t = 0; t < T; ++t) {
-      const float sg = sigmoid(a.g[t]);
+      const float sg = moe_shared_gate(a.g[t]);
       for (int64_t i = 0; i < C; ++i) result[t * C + i] += sg * a.sy[t * C + i];
     }
   }
@@ -330,7 +358,7 @@ void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlock
   if (m.shared.gate.N > 0) {
     std::vector<float> ds(T * C), dg(T);
     for (int64_t t = 0; t < T; ++t) {
-      const float sg = sigmoid(a.g[t]);
+      const float sg = moe_shared_gate(a.g[t]);
       double dot = 0;
       for (int64_t i = 0; i < C; ++i) {
         ds[t * C + i] = sg * dout[t * C + i];

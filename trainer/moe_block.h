@@ -79,6 +79,30 @@ struct MoeBlockActs {
   std::vector<float> z[3], v[3], norm[3], sz[3], sv[3], snorm[3];
 };
 
+// The T·k routing choices chosen [T, k] grouped by expert (a counting sort) in transformers' order within an expert
+// (torch.where over its [k, T] mask: the tokens that chose it first, then second, ..., each in token order): rows
+// [start[e], start[e+1]) are expert e's, row r is choice slot[r] of token token[r]. (Each token meets an expert at
+// most once, so the order changes no token's sum; it decides which rows AWQ's clip search samples.)
+void moe_group_by_expert(const int32_t* chosen, int64_t T, int64_t k, int64_t E, std::vector<int64_t>* start,
+                         std::vector<int64_t>* token, std::vector<int32_t>* slot);
+// σ(g), the shared expert's gate (Qwen2-MoE), as the block computes it.
+float moe_shared_gate(float g);
+
+// A block's routing as the index arrays of a gather / per-expert / combine evaluation (the GPU forward's,
+// trainer/qwen_model_cuda.cpp, whose kernels have CPU twins: embedding_gather_ref, moe_combine_ref): from the router
+// logits [T, E] (and the shared expert's gate logits [T], null without one) by moe_route_ref and moe_group_by_expert,
+// so the experts and the order are the CPU block's.
+//   rows [start[e], start[e+1]) of the grouped order are expert e's; gather[r] the token of grouped row r;
+//   combine[t·k + j] token t's grouped rows in ascending expert order, weight[t·k + j] their routing weights;
+//   shared_gate[t] = σ(g_t) (empty without a shared expert).
+// Then out_t = Σ_j weight[t·k + j] · y[combine[t·k + j]] + shared_gate[t] · shared(n_t) is moe_block_forward's out_t.
+struct MoeDispatch {
+  std::vector<int64_t> start;
+  std::vector<int32_t> gather, combine;
+  std::vector<float> weight, shared_gate;
+};
+MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T);
+
 // out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs; acts
 // (may be null) receives what moe_block_backward needs.
 // lora (may be null) adds the experts' adapters (acts then required when a backward follows).

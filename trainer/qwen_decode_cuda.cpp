@@ -239,7 +239,8 @@ struct QwenDecodeCuda::Impl {
 };
 
 QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv)
-    : impl_(std::make_unique<Impl>(model, capacity, kv)) {
+    : impl_((refuse_moe(model.config(), "generation on the GPU (generate/chat --device cuda)"),
+             std::make_unique<Impl>(model, capacity, kv))) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);

@@ -5,6 +5,7 @@
 #include "trainer/qwen_model_cuda.h"
 
 #include <algorithm>
+#include <array>
 #include <iterator>
 #include <map>
 #include <sstream>
@@ -20,11 +21,13 @@
 #include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
+#include "kernels/moe_combine.h"
 #include "kernels/norm.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
 #include "quant/format/qgemm_layout.h"
 #include "trainer/lora_inference.h"
+#include "trainer/moe_block.h"
 #include "trainer/qwen_weight_arena.h"
 
 namespace qwenq {
@@ -68,6 +71,15 @@ struct QwenModelCuda::Impl {
     bool holds_linears = true;  // false once the arena was cut down to the norms and biases (compact_layer)
   };
   std::vector<LayerStore> stores;
+  // A mixture-of-experts layer's MLP in an arena of its own (qwen_moe_arena): the router, each expert's gate, up and
+  // down, the shared expert's (N = 0: none) and its gate. moe[l] is null for a dense layer.
+  struct DevMoe {
+    DeviceAllocation arena;
+    DevLinear router, shared_gate;
+    std::vector<std::array<DevLinear, 3>> experts;
+    std::array<DevLinear, 3> shared;
+  };
+  std::vector<std::unique_ptr<DevMoe>> moe;
   std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
 
   // Activation buffers for batches of up to `capacity` tokens.
@@ -77,6 +89,10 @@ struct QwenModelCuda::Impl {
   DeviceAllocation act16, q16, k16, v16, a16;   // bf16
   DeviceAllocation tokens, positions, targets, nll;
   DeviceAllocation lora_u;  // [capacity, r] fp32: u = x Aᵀ of the adapter's branch (only with an adapter)
+  // A MoE model's: the rows routed to the experts and the experts' outputs [capacity·k, C], the router logits
+  // [capacity, E], the shared expert's gate logit [capacity] and output [capacity, C], the gather and combine
+  // indices [2·capacity·k] and the combine weights [capacity·k + capacity].
+  DeviceAllocation moe_x, moe_y, moe_logits, moe_g, moe_shared, moe_index, moe_weight;
   DeviceAllocation logits;  // [logits_rows, V] fp32
   int64_t logits_rows = 0;
   int64_t hidden_rows = 0;  // rows of x that hold the final hidden states of the last forward_hidden (0: none)
@@ -145,6 +161,43 @@ struct QwenModelCuda::Impl {
     st.holds_linears = true;
   }
 
+  // Layer l's mixture-of-experts MLP into an arena of its own, laid out by qwen_moe_arena.
+  void upload_moe(size_t l, const MoeWeights& hm) {
+    const std::string name = "model.layers." + std::to_string(l) + ".";
+    QwenMoeArena a = qwen_moe_arena(hm, name);  // throws naming a Linear the Q4 kernels cannot read
+    auto d = std::make_unique<DevMoe>();
+    d->arena = allocate(a.bytes, MemoryTag::Weights,
+                        "the mixture-of-experts MLP of layer " + std::to_string(l) + " (" +
+                            std::to_string(a.experts.size()) + " experts in one allocation)", s());
+    QWENQ_CHECK(reinterpret_cast<uintptr_t>(d->arena.get()) % kWeightArenaAlignment == 0,
+                "QwenModelCuda: the expert arena of layer " << l << " is not " << kWeightArenaAlignment
+                                                            << "-byte aligned");
+    uint8_t* base = d->arena.as<uint8_t>();
+    for (const ArenaCopy& c : a.copies) {
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(base + c.offset, c.src, c.bytes, cudaMemcpyHostToDevice, s()));
+    }
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));  // the copies read the repacks, freed with `a`
+    weight_bytes += static_cast<int64_t>(a.bytes);
+    const auto linear_of = [&](const ArenaLinear& al) {
+      DevLinear r;
+      r.N = al.N;
+      r.K = al.K;
+      if (al.is_q4) {
+        r.q4 = arena_q4_view(base, al);
+      } else {
+        r.dense = DevTensor{arena_ptr(base, al.dense), al.dense.dtype};
+      }
+      return r;
+    };
+    d->router = linear_of(a.router);
+    for (const auto& e : a.experts) d->experts.push_back({linear_of(e[0]), linear_of(e[1]), linear_of(e[2])});
+    if (a.shared[0].N > 0) {
+      d->shared = {linear_of(a.shared[0]), linear_of(a.shared[1]), linear_of(a.shared[2])};
+      d->shared_gate = linear_of(a.shared_gate);
+    }
+    moe[l] = std::move(d);
+  }
+
   // Whether device pointer p lies in layer l's arena.
   bool in_arena(size_t l, const void* p) const {
     const DeviceAllocation& m = stores[l].arena;
@@ -190,10 +243,11 @@ struct QwenModelCuda::Impl {
   void reserve(int64_t T) {
     if (T <= capacity) return;
     const QwenConfig& c = cfg;
-    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
+    const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = mlp_width();
     // Free the old set first: the new one replaces it.
     for (DeviceAllocation* b : {&x, &n, &q, &k, &v, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &tokens,
-                                &positions, &targets, &nll, &lora_u}) {
+                                &positions, &targets, &nll, &lora_u, &moe_x, &moe_y, &moe_logits, &moe_g, &moe_shared,
+                                &moe_index, &moe_weight}) {
       b->reset();
     }
     capacity = 0;
@@ -226,7 +280,30 @@ struct QwenModelCuda::Impl {
     targets = buffer(1, DType::I32, "the next-token targets");
     nll = f32(1, "the per-token losses");
     if (lora) lora_u = f32(lora->rank(), "the LoRA branch's x Aᵀ");
+    if (c.is_moe()) {
+      const int64_t k = c.experts_per_token;
+      moe_x = f32(k * C, "the rows routed to the experts");
+      moe_y = f32(k * C, "the experts' outputs");
+      moe_logits = f32(c.num_experts, "the router logits");
+      moe_index = buffer(2 * k, DType::I32, "the experts' gather and combine indices");
+      moe_weight = f32(k + 1, "the routing weights");
+      if (c.shared_expert_intermediate_size > 0) {
+        moe_g = f32(1, "the shared expert's gate logit");
+        moe_shared = f32(C, "the shared expert's output");
+      }
+    }
     capacity = T;
+  }
+
+  // The widest SwiGLU of any layer: a dense layer's intermediate_size, a MoE layer's experts and shared expert.
+  int64_t mlp_width() const {
+    const QwenConfig& c = cfg;
+    int64_t w = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      w = std::max(w, c.is_moe_layer(l) ? std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size)
+                                        : c.intermediate_size);
+    }
+    return w;
   }
 
   void reserve_logits(int64_t rows) {
@@ -331,6 +408,57 @@ struct QwenModelCuda::Impl {
     return true;
   }
 
+  // out [T, C] = the mixture-of-experts MLP of np [T, C] (trainer/moe_block.h's forward, after begin_batch); out may
+  // alias np. The router logits (and the shared expert's gate logit) are computed here and copied to the host, where
+  // the CPU's own routing turns them into index arrays (moe_dispatch: the same experts for the same logits); they go
+  // back up, the routed rows are gathered into one [T·k, C] buffer grouped
+  // by expert, each expert runs its three Linears on its slice, the shared expert on every token, and moe_combine
+  // adds each token's weighted rows in the CPU's order. One host round trip a layer; each expert's Linears are their
+  // own launches (no grouped GEMM yet).
+  void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out) {
+    const QwenConfig& c = cfg;
+    const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k;
+    const bool shared = M.shared[0].N > 0;
+    linear(M.router, np, T, moe_logits.as<float>());
+    std::vector<float> logits(static_cast<size_t>(T * E)), g(shared ? static_cast<size_t>(T) : 0);
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(logits.data(), moe_logits.get(), logits.size() * sizeof(float),
+                                     cudaMemcpyDeviceToHost, s()));
+    if (shared) {
+      linear(M.shared_gate, np, T, moe_g.as<float>());
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(g.data(), moe_g.get(), g.size() * sizeof(float), cudaMemcpyDeviceToHost, s()));
+    }
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
+    MoeDispatch d = moe_dispatch(c, logits.data(), shared ? g.data() : nullptr, T);
+    const std::vector<int64_t> start = std::move(d.start);
+    // One upload each: moe_index = gather then combine, moe_weight = the weights then σ(g).
+    std::vector<int32_t> idx = std::move(d.gather);
+    idx.insert(idx.end(), d.combine.begin(), d.combine.end());
+    std::vector<float> w = std::move(d.weight);
+    w.insert(w.end(), d.shared_gate.begin(), d.shared_gate.end());
+    upload_owned_async(moe_index.get(), std::move(idx), s());
+    upload_owned_async(moe_weight.get(), std::move(w), s());
+    embedding_gather_cuda(np, DType::F32, T, C, moe_index.as<int32_t>(), R, moe_x.as<float>(), s());
+    const int64_t Im = c.moe_intermediate_size;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = start[e], rows = start[e + 1] - r0;
+      if (rows == 0) continue;
+      const std::array<DevLinear, 3>& X = M.experts[static_cast<size_t>(e)];
+      linear(X[0], moe_x.as<float>() + r0 * C, rows, gate.as<float>());
+      linear(X[1], moe_x.as<float>() + r0 * C, rows, up.as<float>());
+      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), rows * Im, gate.as<float>(), s());
+      linear(X[2], gate.as<float>(), rows, moe_y.as<float>() + r0 * C);
+    }
+    if (shared) {
+      linear(M.shared[0], np, T, gate.as<float>());
+      linear(M.shared[1], np, T, up.as<float>());
+      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * M.shared[0].N, gate.as<float>(), s());
+      linear(M.shared[2], gate.as<float>(), T, moe_shared.as<float>());
+    }
+    moe_combine_cuda(moe_y.as<float>(), R, C, moe_index.as<int32_t>() + R, moe_weight.as<float>(), T, k,
+                     shared ? moe_shared.as<float>() : nullptr, shared ? moe_weight.as<float>() + R : nullptr, out,
+                     s());
+  }
+
   // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
   // group's input before the group runs; when it returns false the block stops there and this returns false.
   bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook) {
@@ -341,10 +469,23 @@ struct QwenModelCuda::Impl {
     if (!attention_sublayer(L, L.q, L.k, L.v, b, np, np, hook)) return false;
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
-    if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
-    if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) return false;
+    const size_t l = static_cast<size_t>(&L - layers.data());
+    if (l < moe.size() && moe[l]) {
+      moe_mlp(*moe[l], np, T, np);  // no hook: the block API refuses MoE layers (check_dense_mlp)
+    } else {
+      if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
+      if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) return false;
+    }
     add_inplace_cuda(xp, np, T * C, s());
     return true;
+  }
+
+  // The calibration API (hooks on a layer's Linear groups, replaced weights) runs dense MLPs only: GPTQ and AWQ on
+  // the GPU refuse MoE models before they get here; this names the call for anyone else.
+  void check_dense_mlp(int64_t layer, const char* fn) const {
+    QWENQ_CHECK(!cfg.is_moe_layer(layer), "QwenModelCuda::" << fn << ": layer " << layer
+                                                            << " is a mixture-of-experts layer; on the GPU it runs in "
+                                                            << "whole forwards only (evaluation)");
   }
 
   // The final hidden states (after model.norm) of the batch in x [T, C].
@@ -360,6 +501,7 @@ struct QwenModelCuda::Impl {
   DevLinear& linear_at(int64_t layer, BlockLinear which, int index) {
     QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
                 "QwenModelCuda: layer " << layer << " of " << layers.size());
+    if (which == BlockLinear::GateUp || which == BlockLinear::Down) check_dense_mlp(layer, "the MLP's Linears");
     DevLayer& L = layers[static_cast<size_t>(layer)];
     DevLinear* d = nullptr;
     switch (which) {
@@ -433,7 +575,6 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   Impl& m = *impl_;
   m.cfg = model.config();
   const QwenConfig& c = m.cfg;
-  refuse_moe(c, "the GPU forward (--device cuda)");
   QWENQ_CHECK(uses_flash(c.head_dim) || c.head_dim <= kAttentionNaiveMaxHeadDim,
               "QwenModelCuda: head_dim " << c.head_dim << " is neither a compiled flash attention head dim ("
                                          << flash_attention_compiled_dims() << ") nor at "
@@ -448,7 +589,11 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   m.lm_head = m.upload(w.lm_head, "lm_head.weight");  // the embedding's copy when tied
   m.layers.resize(w.layers.size());
   m.stores.resize(w.layers.size());
-  for (size_t l = 0; l < w.layers.size(); ++l) m.upload_layer(l, w.layers[l]);
+  m.moe.resize(w.layers.size());
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    m.upload_layer(l, w.layers[l]);
+    if (c.is_moe_layer(static_cast<int64_t>(l))) m.upload_moe(l, w.layers[l].moe);
+  }
   // The copies read the host data of the memory map, which lives with the model; waiting here orders them before
   // any other stream reads the weights and surfaces any upload error in the constructor.
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
@@ -559,6 +704,7 @@ void QwenModelCuda::embed_batch(const PackedBatch& b, float* x) {
 void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x, const DeviceLinearInputHook& hook) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "block_forward");
+  m.check_dense_mlp(layer, "block_forward");
   QWENQ_CHECK(x != nullptr, "QwenModelCuda::block_forward: null residual stream");
   m.begin_batch(b);
   m.block(L, b, x, &hook);
@@ -583,6 +729,7 @@ void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const
 void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "mlp_forward");
+  m.check_dense_mlp(layer, "mlp_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::mlp_forward: null input or output");
   m.reserve_rows(T, "mlp_forward");
   const DevLinear* use[2] = {&L.gate, &L.up};
@@ -626,6 +773,8 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {
   Impl& m = *impl_;
+  refuse_moe(m.cfg, "an unmerged adapter on the GPU (--adapter with --device cuda; `qwen-qlora merge` it first, or "
+                    "--device cpu)");
   auto fresh = std::make_unique<LoraInferenceCuda>(lora_inference_layout(adapter, m.cfg, source), source, m.s());
   fresh->attach(m.layers);  // checks every Linear's shape before it changes any
   m.lora = std::move(fresh);  // frees the previous adapter, if any (no work of it is queued: every call syncs)

@@ -20,6 +20,13 @@
 //   SwiGLU       fp32 (swiglu_forward_cuda)
 //   lm_head      fp32 final hidden -> fp32 logits, over chunks of rows (next_token_nll: [T, V] never exists), then
 //                cross_entropy_forward_cuda per chunk (nll fp32, the exp sum in double as the CPU's).
+//   MoE MLP      (qwen2_moe / qwen3_moe layers) router logits (and Qwen2-MoE's shared-expert gate logit) computed
+//                here, copied to the host and routed there by the CPU's function (moe_dispatch: the same experts for
+//                the same logits), the routed rows gathered (embedding_gather_cuda over the fp32 activations), each
+//                expert's Linears on its slice as above, the shared expert on every token, moe_combine_cuda adding
+//                each token's weighted rows in the CPU block's order. Each layer's router and experts are a second
+//                arena (qwen_moe_arena). The block API (hooks, replaced weights), adapters and QwenDecodeCuda refuse
+//                MoE layers.
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one

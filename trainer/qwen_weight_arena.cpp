@@ -15,14 +15,17 @@ uint64_t WeightArenaLayout::add(uint64_t bytes) {
 
 namespace {
 
+// Lays pieces out and records their copies (and the Q4 repacks they read) into an arena's lists.
 struct Builder {
-  QwenLayerArena& a;
+  std::vector<ArenaCopy>& copies;
+  std::vector<Q4Layout>& repacked;
+  uint64_t& linear_bytes;
   WeightArenaLayout layout;
 
   // A piece of `bytes` copied from `src`; returns its offset.
   int64_t piece(const void* src, uint64_t bytes) {
     const uint64_t at = layout.add(bytes);
-    a.copies.push_back({src, bytes, at});
+    copies.push_back({src, bytes, at});
     return static_cast<int64_t>(at);
   }
 
@@ -48,13 +51,13 @@ struct Builder {
                             "one to bf16 first");
         QWENQ_CHECK(w.packed || w.nf4, "GGUF models run on the CPU only (--device cpu); the GPU reads dense, GPTQ, "
                                        "AWQ and bitsandbytes 4-bit checkpoints");
-        a.repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
-        q4_check(a.repacked.back().view(), "the Q4 repack");
+        repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
+        q4_check(repacked.back().view(), "the Q4 repack");
       } catch (const Error& e) {
         throw Error("QwenModelCuda: cannot run '" + name + "' on the GPU, whose dequant-matmul reads 4-bit "
                     "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
       }
-      const Q4Layout& q = a.repacked.back();
+      const Q4Layout& q = repacked.back();
       r.is_q4 = true;
       r.q4 = q.view();
       r.q4.qweight = nullptr;
@@ -64,7 +67,7 @@ struct Builder {
       r.meta_offset = piece(q.meta.data(), q.meta.size() * sizeof(uint32_t));
       if (!q.perm.empty()) r.perm_offset = piece(q.perm.data(), q.perm.size() * sizeof(int32_t));
     }
-    a.linear_bytes += layout.bytes() - before;
+    linear_bytes += layout.bytes() - before;
     r.bias = tensor(bias);
     return r;
   }
@@ -74,10 +77,10 @@ struct Builder {
 
 QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& prefix) {
   QwenLayerArena a;
-  // The copies point into the repacks' vectors: reserving all seven up front keeps push_back from moving them
-  // (a move keeps a vector's buffer anyway; this makes it obvious).
+  // The copies point into the repacks' vectors, whose buffers stay where they are when push_back moves the
+  // vectors (a move keeps a vector's buffer); reserving all seven up front makes that obvious.
   a.repacked.reserve(7);
-  Builder b{a, {}};
+  Builder b{a.copies, a.repacked, a.linear_bytes, {}};
   a.input_norm = b.tensor(w.input_norm);
   a.post_norm = b.tensor(w.post_norm);
   a.q_norm = b.tensor(w.q_norm);
@@ -89,6 +92,27 @@ QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& pr
   a.gate = b.linear(w.gate, TensorView{}, prefix + "mlp.gate_proj");
   a.up = b.linear(w.up, TensorView{}, prefix + "mlp.up_proj");
   a.down = b.linear(w.down, TensorView{}, prefix + "mlp.down_proj");
+  a.bytes = b.layout.bytes();
+  return a;
+}
+
+QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix) {
+  QwenMoeArena a;
+  Builder b{a.copies, a.repacked, a.linear_bytes, {}};
+  const auto expert = [&](const MoeExpertWeights& e, const std::string& path) {
+    return std::array<ArenaLinear, 3>{b.linear(e.gate, TensorView{}, path + "gate_proj"),
+                                      b.linear(e.up, TensorView{}, path + "up_proj"),
+                                      b.linear(e.down, TensorView{}, path + "down_proj")};
+  };
+  a.router = b.linear(m.router, TensorView{}, prefix + "mlp.gate");
+  a.experts.reserve(m.experts.size());
+  for (size_t e = 0; e < m.experts.size(); ++e) {
+    a.experts.push_back(expert(m.experts[e], prefix + moe_expert_path(static_cast<int64_t>(e))));
+  }
+  if (m.shared.gate.N > 0) {
+    a.shared = expert(m.shared, prefix + moe_expert_path(-1));
+    a.shared_gate = b.linear(m.shared_gate, TensorView{}, prefix + "mlp.shared_expert_gate");
+  }
   a.bytes = b.layout.bytes();
   return a;
 }

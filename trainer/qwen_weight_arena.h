@@ -22,11 +22,13 @@
 // 4-byte elements.
 //
 // qwen_layer_arena builds the host half of one layer's upload: the offset of every tensor and the list of copies
-// (source pointer, bytes, offset), the Q4 repacks owned by the result until the caller's copies are done.
+// (source pointer, bytes, offset), the Q4 repacks owned by the result until the caller's copies are done;
+// qwen_moe_arena the same for a mixture-of-experts layer's MLP (its router and experts), a second arena of the layer.
 // arena_ptr / arena_q4_view turn offsets into pointers for an arena at `base` (device memory in QwenModelCuda,
 // a host buffer in the tests).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -88,6 +90,21 @@ struct QwenLayerArena {
 // Q4 GEMMs cannot read (not 4-bit, a group that is not a multiple of 8) throws naming the Linear:
 // "QwenModelCuda: cannot run 'model.layers.3.self_attn.q_proj' on the GPU, ...".
 QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& prefix);
+
+// A mixture-of-experts layer's MLP (qwen2_moe / qwen3_moe) in an arena of its own, laid out as above: the router
+// (`mlp.gate`), then each expert's gate_proj, up_proj, down_proj in expert order, then the shared expert's three and
+// its gate (Qwen2-MoE) when present (N = 0 otherwise). Refusals as qwen_layer_arena's, naming the expert's Linear.
+struct QwenMoeArena {
+  ArenaLinear router;
+  std::vector<std::array<ArenaLinear, 3>> experts;  // gate, up, down
+  std::array<ArenaLinear, 3> shared;
+  ArenaLinear shared_gate;
+  std::vector<ArenaCopy> copies;
+  std::vector<Q4Layout> repacked;
+  uint64_t bytes = 0;
+  uint64_t linear_bytes = 0;  // every piece here is a Linear's
+};
+QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix);
 
 // Where a tensor of an arena at `base` lives: null when absent.
 const void* arena_ptr(const void* base, const ArenaTensor& t);

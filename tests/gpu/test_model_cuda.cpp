@@ -40,8 +40,12 @@
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
+#include "trainer/lora_model_cuda.h"
 #include "trainer/perplexity.h"
+#include "trainer/qwen_decode_cuda.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
 #include "trainer/quantize_model.h"
@@ -238,6 +242,76 @@ TEST(QwenModelCuda, Stories260KPerplexityIsTheCpus) {
   std::printf("[ stories260K ] perplexity GPU %.6f, CPU %.6f (relative gap %.2e); GPU %.0f tok/s, CPU %.0f tok/s\n",
               got.perplexity, want.perplexity, std::fabs(got.perplexity / want.perplexity - 1), got.tokens_per_s,
               want.tokens_per_s);
+}
+
+// Mixture-of-experts models (qwen3_moe without, qwen2_moe with a gated shared expert; tiny presets in F32, D = 16:
+// nothing rounded to bf16, the routing computed on the host by the CPU's own function from the GPU's router
+// logits): the GPU forward is the CPU's within the fp32 tolerance. A near-tie of two experts' probabilities could
+// route one token differently under the reordered sums; with random weights and a few hundred tokens none occurs.
+TEST(QwenModelCuda, MixtureOfExpertsF32IsTheCpuForward) {
+  QWENQ_REQUIRE_GPU();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string dir = test::make_random_model(test::scratch_dir() + "/" + preset, preset, DType::F32, 12);
+    ASSERT_TRUE(QwenModel(dir).config().is_moe());
+    expect_gpu_matches_cpu(dir, kFp32RelTol, preset);
+  }
+}
+
+// A 4-bit MoE model (RTN into GPTQ tensors and NF4; the routers stay dense): the experts run through the Q4 kernels
+// with bf16 activations, so router logits move by bf16 rounding and a token near a tie may take another expert;
+// the comparison is the perplexity (kQuantMoePplRelTol), which a few rerouted tokens barely move.
+TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
+  QWENQ_REQUIRE_GPU();
+  constexpr double kQuantMoePplRelTol = 2e-2;
+  const std::string src = test::make_random_model(test::scratch_dir() + "/moe-src", "tiny-moe-shared", DType::BF16, 14);
+  for (const QuantizeOptions::Method method : {QuantizeOptions::Method::Rtn, QuantizeOptions::Method::Nf4}) {
+    QuantizeOptions q;
+    q.method = method;
+    q.group_size = 32;
+    q.model_dir = src;
+    q.out_dir = src + (method == QuantizeOptions::Method::Rtn ? "-rtn" : "-nf4");
+    q.quiet = true;
+    quantize_model(q);
+    const QwenModel cpu(q.out_dir);
+    int64_t l = 0;
+    while (!cpu.config().is_moe_layer(l)) ++l;
+    ASSERT_FALSE(cpu.weights().layers[l].moe.experts[0].gate.is_dense()) << q.out_dir << " holds packed experts";
+    QwenModelCuda gpu(cpu);
+    const PackedBatch b = random_batch({100, 65, 33}, cpu.config().vocab_size, 91);
+    std::vector<float> nc, ng;
+    const int64_t n = cpu.next_token_nll(b, &nc);
+    ASSERT_EQ(gpu.next_token_nll(b, &ng), n);
+    double sc = 0, sg = 0;
+    for (size_t t = 0; t < nc.size(); ++t) {
+      sc += nc[t];
+      sg += ng[t];
+    }
+    const double ppl_cpu = std::exp(sc / n), ppl_gpu = std::exp(sg / n);
+    EXPECT_NEAR(ppl_gpu / ppl_cpu, 1.0, kQuantMoePplRelTol) << q.out_dir;
+    std::printf("[ %s ] MoE perplexity GPU %.5f CPU %.5f\n", q.out_dir.c_str(), ppl_gpu, ppl_cpu);
+  }
+}
+
+// What runs MoE models on the CPU only says so: the GPU trainer, GPU generation, an unmerged adapter on the GPU, and
+// the calibration API's MLP calls on a MoE layer.
+TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
+  QWENQ_REQUIRE_GPU();
+  const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
+  const QwenModel cpu(dir);
+  QwenModelCuda gpu(cpu);
+  const LoraAdapter adapter = test::adapter_with_random_b(cpu.config(), {"q_proj", "v_proj"}, 4, 8.0, false, 3, 0.01f);
+  const std::string moe = "does not support mixture-of-experts models yet";
+  test::expect_error([&] { LoraModelCuda t(cpu, adapter); }, {"the GPU LoRA trainer (train --device cuda)", moe});
+  test::expect_error([&] { QwenDecodeCuda d(gpu, 64); }, {"generation on the GPU", moe});
+  test::expect_error([&] { gpu.attach_adapter(adapter, "adapter"); }, {"an unmerged adapter on the GPU", moe});
+  int64_t moe_layer = 0;
+  while (!cpu.config().is_moe_layer(moe_layer)) ++moe_layer;
+  std::vector<float> x(4 * cpu.config().hidden_size);
+  test::expect_error([&] { gpu.mlp_forward(moe_layer, x.data(), 4, x.data()); },
+                     {"mlp_forward: layer " + std::to_string(moe_layer) + " is a mixture-of-experts layer"});
+  // The model still evaluates after the refusals.
+  std::vector<float> nll;
+  EXPECT_GT(gpu.next_token_nll(random_batch({9}, cpu.config().vocab_size, 3), &nll), 0);
 }
 
 }  // namespace
