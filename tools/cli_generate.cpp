@@ -36,7 +36,6 @@ void run_generate(const GenerateArgs& a) {
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
   if (device == Device::Cuda) {
-    refuse_moe(model.config(), "generate --device cuda");  // QwenDecodeCuda: dense MLPs only
     gpu = std::make_unique<QwenModelCuda>(model);
   }
 #else

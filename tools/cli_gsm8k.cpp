@@ -60,7 +60,6 @@ void run_gsm8k(Gsm8kArgs a) {
   Gsm8kResult r;
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {  // generate_cuda: the same loop and sampling; an adapter applied unmerged
-    refuse_moe(model.config(), "gsm8k --device cuda");  // its generation (QwenDecodeCuda): dense MLPs only
     const std::unique_ptr<QwenModelCuda> gpu = upload_model_cuda(model, adapter.get(), a.adapter);
     const Gsm8kGenerateFn gen = [&gpu](const std::vector<int32_t>& p, const SamplingOptions& so) {
       return generate_cuda(*gpu, p, so);

@@ -76,7 +76,6 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
-    refuse_moe(out.model->config(), "generate/chat --device cuda");  // QwenDecodeCuda: dense MLPs only
     out.gpu = upload_model_cuda(*out.model, adapter.get(), a.adapter);
   }
 #endif

@@ -203,10 +203,14 @@ struct QwenDecodeCuda::Impl {
       linear(L.o, a.as<float>(), T, np);
       add_inplace_cuda(xp, np, T * C, s());
       rmsnorm(xp, T, C, L.post_norm, np);
-      linear(L.gate, np, T, gate.as<float>());
-      linear(L.up, np, T, up.as<float>());
-      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
-      linear(L.down, gate.as<float>(), T, np);
+      if (cfg.is_moe_layer(l)) {
+        model.moe_forward(l, np, T, np, s());  // the forward's MoE MLP, on the model's stream and buffers
+      } else {
+        linear(L.gate, np, T, gate.as<float>());
+        linear(L.up, np, T, up.as<float>());
+        swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, gate.as<float>(), s());
+        linear(L.down, gate.as<float>(), T, np);
+      }
       add_inplace_cuda(xp, np, T * C, s());
     }
     // The final norm and the lm_head of the last row only.
@@ -239,8 +243,7 @@ struct QwenDecodeCuda::Impl {
 };
 
 QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv)
-    : impl_((refuse_moe(model.config(), "generation on the GPU (generate/chat --device cuda)"),
-             std::make_unique<Impl>(model, capacity, kv))) {
+    : impl_(std::make_unique<Impl>(model, capacity, kv)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);

@@ -22,6 +22,9 @@
 // rounding of K and V. Needs an even head_dim (all Qwen models).
 // Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 GEMV kernel; beyond, x is rounded to bf16 for
 // the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
+// A mixture-of-experts layer's MLP (prefill and steps) is QwenModelCuda::moe_forward, the forward's own: routing on
+// the host, each expert's Linears as QwenModelCuda runs them (Q4 experts with bf16 activations, even at M = 1), on the
+// model's stream and buffers (synchronized with this one around the call).
 //
 // Numbers: with F32 weights and D not 64/128 (stories260K, the tiny test models) a step rounds nothing the CPU does
 // not; only the order of sums differs, so greedy decoding gives the CPU's tokens except where two logits are

@@ -742,6 +742,18 @@ void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float*
   m.mlp_sublayer(L, *use[0], *use[1], n, T, out, nullptr);
 }
 
+void QwenModelCuda::moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const {
+  Impl& m = *impl_;
+  m.layer_at(layer, "moe_forward");
+  QWENQ_CHECK(m.cfg.is_moe_layer(layer) && m.moe[static_cast<size_t>(layer)],
+              "QwenModelCuda::moe_forward: layer " << layer << " is not a mixture-of-experts layer");
+  QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::moe_forward: null input or output");
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(caller));  // n is complete
+  m.reserve_rows(T, "moe_forward");
+  m.moe_mlp(*m.moe[static_cast<size_t>(layer)], n, T, out);
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // out is complete for any stream
+}
+
 void QwenModelCuda::block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T,
                                          float* out, const float* W) {
   Impl& m = *impl_;

@@ -25,8 +25,8 @@
 //                the same logits), the routed rows gathered (embedding_gather_cuda over the fp32 activations), each
 //                expert's Linears on its slice as above, the shared expert on every token, moe_combine_cuda adding
 //                each token's weighted rows in the CPU block's order. Each layer's router and experts are a second
-//                arena (qwen_moe_arena). The block API (hooks, replaced weights), adapters and QwenDecodeCuda refuse
-//                MoE layers.
+//                arena (qwen_moe_arena); QwenDecodeCuda runs it through moe_forward. The block API (hooks,
+//                replaced weights) and adapters refuse MoE layers.
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one
@@ -193,6 +193,12 @@ class QwenModelCuda {
   void attention_forward(int64_t layer, const PackedBatch& batch, const float* n, float* out,
                          const float* const* qkv = nullptr);
   void mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up = nullptr);
+  // The mixture-of-experts MLP of MoE layer `layer` on device rows n [T, C] -> out [T, C] (may alias n), as the
+  // forward runs it, for another pass over this model's weights (QwenDecodeCuda's prompt and steps). Work queued on
+  // `caller` is waited for first, and the MLP is complete when this returns, so the caller's stream may read out.
+  // Uses this model's batch buffers (hence not for use while one of its own passes runs; const for the decoder,
+  // which holds a const model).
+  void moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const;
   void block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T, float* out,
                             const float* W = nullptr);
 

@@ -8,6 +8,8 @@
 //   - D = 64 models with every tensor non-trivial (tests/gpu/gpu_test_models.h): Qwen2 with q/k/v biases in F32 and
 //     RTN-quantized to GPTQ (the bias added after the Q4 GEMV), Qwen3 (q/k norm applied to the cache row) in BF16;
 //     a one-token prompt keeps the whole run on the fp32 path (no flash prefill), a 37-token one goes through flash;
+//   - mixture-of-experts presets in F32 (tiny-moe: Qwen3-MoE; tiny-moe-shared: Qwen2-MoE with the shared expert), the
+//     MoE MLPs through QwenModelCuda::moe_forward;
 //   - greedy generation of 200 tokens on the real stories260K imported from llama2.c: the GPU's tokens are the CPU's.
 //   - the bf16 KV cache (KvCacheDType::BF16) against the CPU's forward_step with a BF16 KvCache (the same rounding
 //     of every k/v row): tiny F32 (naive prefill, fp32 steps: the prefill's widened copies and
@@ -143,6 +145,17 @@ TEST(QwenDecodeCuda, TinyF32IsTheCpuForwardStep) {
   const std::string tmp = test::scratch_dir();
   const std::string dir = random_model(tmp + "/f32", "tiny", DType::F32);
   for (int len : {1, 37, 100}) expect_decode_matches_cpu(dir, len, kFp32RelTol, kFp32RelTol, "tiny F32");
+}
+
+// Mixture-of-experts layers in the prompt and the steps (QwenModelCuda::moe_forward: routing on the host from the
+// device's router logits, the experts on their rows, moe_combine), F32 so that only the order of sums differs.
+TEST(QwenDecodeCuda, MixtureOfExpertsF32IsTheCpuForwardStep) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string dir = random_model(tmp + "/" + preset, preset, DType::F32);
+    for (int len : {1, 37}) expect_decode_matches_cpu(dir, len, kFp32RelTol, kFp32RelTol, preset);
+  }
 }
 
 TEST(QwenDecodeCuda, TinyBf16) {

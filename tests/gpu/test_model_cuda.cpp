@@ -45,7 +45,6 @@
 #include "tests/support/test_training.h"
 #include "trainer/lora_model_cuda.h"
 #include "trainer/perplexity.h"
-#include "trainer/qwen_decode_cuda.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
 #include "trainer/quantize_model.h"
@@ -292,8 +291,8 @@ TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
   }
 }
 
-// What runs MoE models on the CPU only says so: the GPU trainer, GPU generation, an unmerged adapter on the GPU, and
-// the calibration API's MLP calls on a MoE layer.
+// What runs MoE models on the CPU only says so: the GPU trainer, an unmerged adapter on the GPU, and the calibration
+// API's MLP calls on a MoE layer; moe_forward (the decoder's) refuses a dense layer.
 TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
@@ -302,13 +301,16 @@ TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   const LoraAdapter adapter = test::adapter_with_random_b(cpu.config(), {"q_proj", "v_proj"}, 4, 8.0, false, 3, 0.01f);
   const std::string moe = "does not support mixture-of-experts models yet";
   test::expect_error([&] { LoraModelCuda t(cpu, adapter); }, {"the GPU LoRA trainer (train --device cuda)", moe});
-  test::expect_error([&] { QwenDecodeCuda d(gpu, 64); }, {"generation on the GPU", moe});
   test::expect_error([&] { gpu.attach_adapter(adapter, "adapter"); }, {"an unmerged adapter on the GPU", moe});
   int64_t moe_layer = 0;
   while (!cpu.config().is_moe_layer(moe_layer)) ++moe_layer;
   std::vector<float> x(4 * cpu.config().hidden_size);
   test::expect_error([&] { gpu.mlp_forward(moe_layer, x.data(), 4, x.data()); },
                      {"mlp_forward: layer " + std::to_string(moe_layer) + " is a mixture-of-experts layer"});
+  const std::string dense = test::make_random_model(test::scratch_dir() + "/dense-ref", "tiny", DType::F32, 15);
+  QwenModelCuda dense_gpu{QwenModel(dense)};
+  test::expect_error([&] { dense_gpu.moe_forward(0, x.data(), 4, x.data(), nullptr); },
+                     {"moe_forward: layer 0 is not a mixture-of-experts layer"});
   // The model still evaluates after the refusals.
   std::vector<float> nll;
   EXPECT_GT(gpu.next_token_nll(random_batch({9}, cpu.config().vocab_size, 3), &nll), 0);
