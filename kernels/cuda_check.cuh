@@ -95,6 +95,49 @@ __device__ __forceinline__ T block_sum(T v, T* scratch) {
   return warp_sum(v);
 }
 
+// A running arg-max: the value and its index, i = -1 before any value.
+struct ArgMax {
+  float m;
+  int64_t i;
+};
+
+// b (value bm at index bi; bi < 0: nothing) replaces a when larger, or equal at a smaller index: merged in any order,
+// the first index of the largest value (torch.argmax's tie rule). NaNs are the caller's to skip.
+__device__ __forceinline__ void merge_argmax(ArgMax& a, float bm, int64_t bi) {
+  if (bi < 0) return;
+  if (a.i < 0 || bm > a.m || (bm == a.m && bi < a.i)) {
+    a.m = bm;
+    a.i = bi;
+  }
+}
+
+// The block's arg-max of every thread's (blockDim.x a multiple of 32); every thread gets it. sm, si hold 32 entries;
+// barriers as block_sum's (consecutive calls may share them).
+__device__ __forceinline__ ArgMax block_argmax(ArgMax a, float* sm, int64_t* si) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, a.m, o);
+    const int64_t i2 = __shfl_xor_sync(0xffffffffu, a.i, o);
+    merge_argmax(a, m2, i2);
+  }
+  __syncthreads();
+  if (lane == 0) {
+    sm[warp] = a.m;
+    si[warp] = a.i;
+  }
+  __syncthreads();
+  a.m = lane < warps ? sm[lane] : 0.f;
+  a.i = lane < warps ? si[lane] : -1;
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, a.m, o);
+    const int64_t i2 = __shfl_xor_sync(0xffffffffu, a.i, o);
+    merge_argmax(a, m2, i2);
+  }
+  return a;
+}
+
 // 16-bit floats widened exactly as core/dtype.h's bf16_to_f32 / f16_to_f32, NaN payloads included. An F16 NaN
 // is rebuilt from its bits rather than through cvt.f32.f16, whose NaN output the PTX ISA does not promise to keep
 // the payload of; every other value converts exactly either way.

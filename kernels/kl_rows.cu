@@ -27,46 +27,6 @@ namespace {
 
 constexpr unsigned kThreads = 512;
 
-struct ArgMax {
-  float m;
-  int64_t i;  // -1: no value seen yet
-};
-
-// b replaces a when it is a larger value, or the same value at a smaller index.
-__device__ __forceinline__ void merge_argmax(ArgMax& a, float bm, int64_t bi) {
-  if (bi < 0) return;
-  if (a.i < 0 || bm > a.m || (bm == a.m && bi < a.i)) {
-    a.m = bm;
-    a.i = bi;
-  }
-}
-
-// The block's arg-max; every thread gets it. `sm`, `si` hold 32 entries each.
-__device__ ArgMax block_argmax(ArgMax a, float* sm, int64_t* si) {
-  const int lane = threadIdx.x % cuda::kWarp, warp = threadIdx.x / cuda::kWarp, warps = blockDim.x / cuda::kWarp;
-#pragma unroll
-  for (int o = cuda::kWarp / 2; o > 0; o /= 2) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, a.m, o);
-    const int64_t i2 = __shfl_xor_sync(0xffffffffu, a.i, o);
-    merge_argmax(a, m2, i2);
-  }
-  __syncthreads();
-  if (lane == 0) {
-    sm[warp] = a.m;
-    si[warp] = a.i;
-  }
-  __syncthreads();
-  a.m = lane < warps ? sm[lane] : 0.f;
-  a.i = lane < warps ? si[lane] : -1;
-#pragma unroll
-  for (int o = cuda::kWarp / 2; o > 0; o /= 2) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, a.m, o);
-    const int64_t i2 = __shfl_xor_sync(0xffffffffu, a.i, o);
-    merge_argmax(a, m2, i2);
-  }
-  return a;
-}
-
 __global__ void kl_rows_kernel(const float* base, const float* logits, int64_t V, const int32_t* targets, KlRow* out) {
   __shared__ float sm[32];
   __shared__ int64_t si[32];
@@ -75,14 +35,14 @@ __global__ void kl_rows_kernel(const float* base, const float* logits, int64_t V
   const float* b = base + row * V;
   const float* q = logits + row * V;
 
-  ArgMax ab{0.f, -1}, aq{0.f, -1};
+  cuda::ArgMax ab{0.f, -1}, aq{0.f, -1};
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     const float x = b[v], y = q[v];
     if (x == x && (ab.i < 0 || x > ab.m)) ab = {x, v};
     if (y == y && (aq.i < 0 || y > aq.m)) aq = {y, v};
   }
-  ab = block_argmax(ab, sm, si);
-  aq = block_argmax(aq, sm, si);
+  ab = cuda::block_argmax(ab, sm, si);
+  aq = cuda::block_argmax(aq, sm, si);
   const int64_t top_b = ab.i < 0 ? 0 : ab.i, top_q = aq.i < 0 ? 0 : aq.i;
   const double mb = b[top_b], mq = q[top_q];
 

@@ -21,6 +21,9 @@ struct KlRow {
   int64_t top_base = 0, top = 0;
 };
 
+// The first index of the largest non-NaN value of x[0, V) (0 when every value is NaN): both refs' arg-max.
+int64_t first_argmax_ref(const float* x, int64_t V);
+
 // Checks the shape (rows >= 0, V > 0) and every host-side target (in [0, V), or kIgnoreIndex), errors starting with
 // `name`. Both twins check with it.
 void kl_rows_check(const char* name, int64_t rows, int64_t V, const int32_t* targets);

@@ -11,24 +11,10 @@ namespace qwenq {
 
 namespace {
 
-// The first index of the largest non-NaN value (0 when every value is NaN).
-int64_t first_argmax(const float* x, int64_t V) {
-  int64_t top = 0;
-  bool found = false;
-  for (int64_t v = 0; v < V; ++v) {
-    if (x[v] != x[v]) continue;
-    if (!found || x[v] > x[top]) {
-      top = v;
-      found = true;
-    }
-  }
-  return top;
-}
-
 KlRow kl_row(const float* b, const float* q, int64_t V, int32_t target) {
   KlRow r;
-  r.top_base = first_argmax(b, V);
-  r.top = first_argmax(q, V);
+  r.top_base = first_argmax_ref(b, V);
+  r.top = first_argmax_ref(q, V);
   const double mb = b[r.top_base], mq = q[r.top];
   double sb = 0, sq = 0, cross = 0;
   for (int64_t v = 0; v < V; ++v) {
@@ -47,6 +33,19 @@ KlRow kl_row(const float* b, const float* q, int64_t V, int32_t target) {
 }
 
 }  // namespace
+
+int64_t first_argmax_ref(const float* x, int64_t V) {
+  int64_t top = 0;
+  bool found = false;
+  for (int64_t v = 0; v < V; ++v) {
+    if (x[v] != x[v]) continue;
+    if (!found || x[v] > x[top]) {
+      top = v;
+      found = true;
+    }
+  }
+  return top;
+}
 
 void kl_rows_check(const char* name, int64_t rows, int64_t V, const int32_t* targets) {
   cross_entropy_count_targets(name, rows, V, targets);

@@ -24,6 +24,9 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "tests/support/test_errors.h"
+#include "tests/support/test_models.h"
+#include "tests/support/test_paths.h"
+#include "trainer/qwen_model.h"
 #include "trainer/qwen_weight_arena.h"
 
 namespace qwenq {
@@ -281,6 +284,29 @@ TEST(QwenWeightArena, MixtureOfExpertsLayerReadsBackAsItsSource) {
   EXPECT_EQ(p.shared[0].N, 0);
   EXPECT_EQ(p.shared_gate.N, 0);
   EXPECT_LT(p.bytes, a.bytes);
+
+  // The upload's host half on whole MoE checkpoints (Qwen3-MoE with a dense layer, Qwen2-MoE with the shared expert):
+  // every layer's arena lays out, a MoE layer's without MLP pieces (its dense gate/up/down are absent), and its
+  // experts' arena with the router, E experts' three Linears and the shared expert's.
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const QwenModel model(test::make_random_model(test::scratch_dir() + "/arena-" + preset, preset, DType::BF16, 3));
+    const QwenConfig& c = model.config();
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const QwenLayerWeights& lw = model.weights().layers[l];
+      const QwenLayerArena la = qwen_layer_arena(lw, "model.layers." + std::to_string(l) + ".");
+      EXPECT_EQ(la.gate.N > 0, !c.is_moe_layer(l)) << "layer " << l;
+      EXPECT_EQ(la.down.dense.present(), !c.is_moe_layer(l)) << "layer " << l;
+      EXPECT_TRUE(la.q.dense.present() && la.o.dense.present());
+      if (!c.is_moe_layer(l)) continue;
+      const QwenMoeArena ma = qwen_moe_arena(lw.moe, "model.layers." + std::to_string(l) + ".");
+      EXPECT_EQ(static_cast<int64_t>(ma.experts.size()), c.num_experts);
+      EXPECT_EQ(ma.router.N, c.num_experts);
+      EXPECT_EQ(ma.shared[0].N, c.shared_expert_intermediate_size);
+      EXPECT_EQ(ma.copies.size(), 1 + 3 * static_cast<size_t>(c.num_experts) +
+                                      (c.shared_expert_intermediate_size > 0 ? 4 : 0));
+    }
+  }
 
   MoeWeights bad = m;
   PackedIntLinear three = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 16, 16, false, 15);

@@ -8,11 +8,11 @@
 
 #include "core/error.h"
 #include "core/progress.h"
-#include "core/threads.h"
+#include "kernels/kld_rows.h"
 
 namespace qwenq {
 
-int64_t kld_row_values(int64_t n_vocab) { return 2 * ((n_vocab + 1) / 2) + 4; }
+int64_t kld_row_values(int64_t n_vocab) { return kld_row_width(n_vocab); }
 int64_t kld_rows_per_chunk(int64_t n_ctx) { return n_ctx - 1 - n_ctx / 2; }
 int64_t kld_first_scored(int64_t n_ctx) { return n_ctx / 2; }
 
@@ -37,61 +37,17 @@ float row_float(const uint16_t* row, int k) {
 uint64_t kld_file_bytes(const KldFileHeader& h) { return static_cast<uint64_t>(file_bytes_wide(h)); }
 
 double kld_encode_row(const float* z, int64_t V, int32_t target, uint16_t* row) {
-  float max_logit = z[0], min_logit = z[0];
-  for (int64_t v = 1; v < V; ++v) {
-    max_logit = std::max(max_logit, z[v]);
-    min_logit = std::min(min_logit, z[v]);
-  }
-  min_logit = std::max(min_logit, max_logit - 16);
-  double sum_exp = 0;
-  for (int64_t v = 0; v < V; ++v) sum_exp += std::exp(z[v] - max_logit);  // float exp, double sum
-  const float log_sum_exp = static_cast<float>(std::log(sum_exp));
-  const float min_log_prob = min_logit - max_logit - log_sum_exp;
-  const float scale = (max_logit - min_logit) / 65535.f;
-  std::memcpy(row, &scale, sizeof scale);
-  std::memcpy(row + 2, &min_log_prob, sizeof min_log_prob);
-  uint16_t* q = row + 4;
-  if (scale != 0.f) {
-    const float inv_scale = 1 / scale;
-    for (int64_t v = 0; v < V; ++v) {
-      // Round half to even, as llama.cpp's nearest_int (the default rounding mode).
-      const float code = z[v] > min_logit ? std::nearbyint(inv_scale * (z[v] - min_logit)) : 0.f;
-      q[v] = static_cast<uint16_t>(static_cast<int32_t>(code));
-    }
-  } else {
-    std::fill(q, q + V, uint16_t{0});
-  }
-  if (V % 2 != 0) q[V] = 0;
-  return static_cast<double>(max_logit + log_sum_exp - z[target]);
+  float nll = 0;
+  kld_encode_rows_ref(z, 1, V, &target, row, &nll);
+  return nll;
 }
 
-float kld_row_log_prob(const uint16_t* row, int64_t v) {
-  return row_float(row, 0) * static_cast<float>(row[4 + v]) + row_float(row, 1);
-}
+float kld_row_log_prob(const uint16_t* row, int64_t v) { return kld_row_log_prob_ref(row, v); }
 
-// log Q in double: lse_q = max z' + log Σ exp(z' − max z'); the base's log P as decoded (float), promoted.
 KlPosition kl_position_vs_row(const uint16_t* base_row, const float* logits, int64_t V, int32_t target) {
-  KlPosition r;
-  const int64_t top_q = std::max_element(logits, logits + V) - logits;
-  const double mq = logits[top_q];
-  double sq = 0;
-  for (int64_t v = 0; v < V; ++v) sq += std::exp(static_cast<double>(logits[v]) - mq);
-  const double lse_q = mq + std::log(sq);
-  const uint16_t* q = base_row + 4;
-  int64_t top_b = 0;
-  double kld = 0;
-  for (int64_t v = 0; v < V; ++v) {
-    if (q[v] > q[top_b]) top_b = v;
-    const float lp = kld_row_log_prob(base_row, v);
-    if (lp > -16.f) kld += std::exp(static_cast<double>(lp)) * (lp - (logits[v] - lse_q));
-  }
-  r.kld = kld;
-  r.same_top1 = top_b == top_q;
-  r.nll_base = -static_cast<double>(kld_row_log_prob(base_row, target));
-  r.nll = lse_q - logits[target];
-  r.p_base = std::exp(-r.nll_base);
-  r.p = std::exp(-r.nll);
-  return r;
+  KlRow row;
+  kld_score_rows_ref(base_row, logits, 1, V, &target, &row);
+  return kl_position_of(row, target);
 }
 
 bool is_kld_file(const std::string& path) {
@@ -216,9 +172,15 @@ PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& t
 
   const int64_t R = kld_rows_per_chunk(n_ctx), first = kld_first_scored(n_ctx), nv = kld_row_values(V);
   const int64_t cap = std::min(logits_rows_cap(opt, V), R);
-  std::vector<float> lg(static_cast<size_t>(cap * V));
+  // A GPU source encodes on the device (logits_source.h's device_kld_encode_rows): only the 16-bit rows come back.
+#ifdef QWENQ_HAVE_CUDA
+  const bool on_device = static_cast<bool>(base.device_logits);
+#else
+  const bool on_device = false;
+#endif
+  std::vector<float> lg(on_device ? 0 : static_cast<size_t>(cap * V));
   std::vector<uint16_t> enc(static_cast<size_t>(cap * nv));
-  std::vector<double> nll(static_cast<size_t>(cap));
+  std::vector<float> nll(static_cast<size_t>(cap));
   PerplexityResult r;
   r.corpus_tokens = static_cast<int64_t>(tokens.size());
   r.windows = n_chunk;
@@ -231,12 +193,15 @@ PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& t
       const int32_t* chunk_tok = tok + (c0 + k) * n_ctx;
       for (int64_t r0 = 0; r0 < R; r0 += cap) {
         const int64_t n = std::min(cap, R - r0);
-        base.logits(k * n_ctx + first + r0, n, lg.data());
-        parallel_for(n, 4, [&](int64_t a, int64_t b) {
-          for (int64_t i = a; i < b; ++i) {
-            nll[i] = kld_encode_row(lg.data() + i * V, V, chunk_tok[first + r0 + i + 1], enc.data() + i * nv);
-          }
-        });
+        const int32_t* targets = chunk_tok + first + r0 + 1;  // row i predicts the token after it
+        if (on_device) {
+#ifdef QWENQ_HAVE_CUDA
+          device_kld_encode_rows(base, k * n_ctx + first + r0, n, targets, enc.data(), nll.data());
+#endif
+        } else {
+          base.logits(k * n_ctx + first + r0, n, lg.data());
+          kld_encode_rows_ref(lg.data(), n, V, targets, enc.data(), nll.data());
+        }
         writer.append_rows(enc.data(), n);
         for (int64_t i = 0; i < n; ++i) nll_sum += nll[i];
         r.scored_tokens += n;
@@ -268,8 +233,14 @@ KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFil
   const int64_t nv = kld_row_values(V);
   const int64_t n_chunk = opt.max_chunks > 0 ? std::min<int64_t>(h.n_chunk, opt.max_chunks) : h.n_chunk;
   const int64_t cap = std::min(logits_rows_cap(opt, V), R);
-  std::vector<float> lg(static_cast<size_t>(cap * V));
-  std::vector<KlPosition> pos(static_cast<size_t>(cap));
+  // A GPU source scores on the device (device_kld_score_rows): the rows go up, KlRows come back.
+#ifdef QWENQ_HAVE_CUDA
+  const bool on_device = static_cast<bool>(model.device_logits);
+#else
+  const bool on_device = false;
+#endif
+  std::vector<float> lg(on_device ? 0 : static_cast<size_t>(cap * V));
+  std::vector<KlRow> scored(static_cast<size_t>(cap));
   KlDivergenceResult r;
   r.model.corpus_tokens = static_cast<int64_t>(h.n_chunk) * n_ctx;
   r.model.windows = n_chunk;
@@ -292,16 +263,20 @@ KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFil
                                   << " and min_log_prob " << lo << "; a row's scale is finite and >= 0, its "
                                   << "min_log_prob finite and <= 0");
         }
-        model.logits(k * n_ctx + first + r0, n, lg.data());
-        parallel_for(n, 4, [&](int64_t a, int64_t b) {
-          for (int64_t i = a; i < b; ++i) {
-            pos[i] = kl_position_vs_row(rows + (r0 + i) * nv, lg.data() + i * V, V, chunk_tok[first + r0 + i + 1]);
-          }
-        });
+        const int32_t* targets = chunk_tok + first + r0 + 1;
+        if (on_device) {
+#ifdef QWENQ_HAVE_CUDA
+          device_kld_score_rows(model, rows + r0 * nv, k * n_ctx + first + r0, n, targets, scored.data());
+#endif
+        } else {
+          model.logits(k * n_ctx + first + r0, n, lg.data());
+          kld_score_rows_ref(rows + r0 * nv, lg.data(), n, V, targets, scored.data());
+        }
         for (int64_t i = 0; i < n; ++i) {
-          nll_sum += pos[i].nll;
-          nll_base_sum += pos[i].nll_base;
-          sample.add(pos[i]);
+          const KlPosition p = kl_position_of(scored[static_cast<size_t>(i)], targets[i]);
+          nll_sum += p.nll;
+          nll_base_sum += p.nll_base;
+          sample.add(p);
         }
         r.model.scored_tokens += n;
       }

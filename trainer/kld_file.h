@@ -9,7 +9,7 @@
 //   each chunk is context only): float32 scale, float32 min_log_prob, uint16 q[n_vocab], one uint16 0 more when
 //   n_vocab is odd; nv = 2·⌈n_vocab/2⌉ + 4 uint16 a row, n_ctx − 1 − n_ctx/2 rows a chunk.
 //
-// A row of logits z (float32; the arithmetic is llama.cpp's, in float):
+// A row of logits z (float32; the arithmetic is llama.cpp's, in float; kernels/kld_rows.h computes it, both devices):
 //   m = max z,  lo = max(min z, m − 16),  lse = log Σ_v exp(z_v − m)
 //   scale = (m − lo)/65535,  min_log_prob = lo − m − lse
 //   q_v = round((z_v − lo)/scale) for z_v > lo, else 0                (round half to even; every q 0 if scale = 0)
@@ -103,15 +103,17 @@ struct KldRunOptions {
 // their second halves encoded into `path`. Returns the perplexity over the scored positions, llama.cpp's
 // "Final estimate" (windows = chunks, seq_len = n_ctx). Refuses, before any work, a file larger than the free space
 // of its file system.
-// Any LogitsSource (trainer/logits_source.h: the CPU or the GPU forward; the encoding on the host); the QwenModel
-// overloads run on the CPU.
+// Any LogitsSource (trainer/logits_source.h): the CPU forward with the encoding on the host (kld_encode_rows_ref),
+// or a GPU source with the encoding on the device (kld_encode_rows_cuda: only the 16-bit rows cross PCIe); the
+// QwenModel overloads run on the CPU.
 PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
                                const KldRunOptions& opt, const std::string& path);
 PerplexityResult save_kld_file(const QwenModel& base, const std::vector<int32_t>& tokens, int64_t n_ctx,
                                const KldRunOptions& opt, const std::string& path);
 
 // llama-perplexity --kl-divergence: the model over the file's chunks (at most max_chunks), every scored position
-// against its row. The model's vocabulary must be the file's.
+// against its row (kernels/kld_rows.h: on the host, or on the device for a GPU source, the rows uploaded). The
+// model's vocabulary must be the file's.
 KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFile& file, const KldRunOptions& opt);
 KlDivergenceResult evaluate_kl_divergence_file(const QwenModel& model, const KldFile& file, const KldRunOptions& opt);
 

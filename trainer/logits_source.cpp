@@ -62,6 +62,45 @@ void device_kl_rows(LogitsSource& model, LogitsSource& base, int64_t r0, int64_t
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, dout.get(), rows * sizeof(KlRow), cudaMemcpyDeviceToHost, s));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 }
+
+namespace {
+
+const float* gpu_logits_of(LogitsSource& src, int64_t r0, int64_t rows, const char* fn) {
+  QWENQ_CHECK(src.device_logits, fn << ": " << src.name << " is not a GPU source");
+  return src.device_logits(r0, rows);
+}
+
+}  // namespace
+
+void device_kld_encode_rows(LogitsSource& src, int64_t r0, int64_t rows, const int32_t* targets, uint16_t* out,
+                            float* nll) {
+  if (rows == 0) return;
+  const float* z = gpu_logits_of(src, r0, rows, "device_kld_encode_rows");
+  const int64_t nv = kld_row_width(src.vocab_size);
+  CudaStream s = nullptr;  // the logits are complete (device_logits syncs)
+  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dnll(static_cast<size_t>(rows) * sizeof(float), s),
+      drows(static_cast<size_t>(rows * nv) * sizeof(uint16_t), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  kld_encode_rows_cuda(z, rows, src.vocab_size, dt.as<int32_t>(), drows.as<uint16_t>(), dnll.as<float>(), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, drows.get(), drows.bytes(), cudaMemcpyDeviceToHost, s));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll, dnll.get(), dnll.bytes(), cudaMemcpyDeviceToHost, s));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void device_kld_score_rows(LogitsSource& src, const uint16_t* base, int64_t r0, int64_t rows, const int32_t* targets,
+                           KlRow* out) {
+  if (rows == 0) return;
+  const float* z = gpu_logits_of(src, r0, rows, "device_kld_score_rows");
+  const int64_t nv = kld_row_width(src.vocab_size);
+  CudaStream s = nullptr;
+  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dout(static_cast<size_t>(rows) * sizeof(KlRow), s),
+      drows(static_cast<size_t>(rows * nv) * sizeof(uint16_t), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(drows.get(), base, drows.bytes(), cudaMemcpyHostToDevice, s));
+  kld_score_rows_cuda(drows.as<uint16_t>(), z, rows, src.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, dout.get(), dout.bytes(), cudaMemcpyDeviceToHost, s));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+}
 #endif
 
 }  // namespace qwenq

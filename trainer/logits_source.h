@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "kernels/kl_rows.h"
+#include "kernels/kld_rows.h"
 #include "trainer/qwen_model.h"
 #ifdef QWENQ_HAVE_CUDA
 #include "trainer/qwen_model_cuda.h"
@@ -54,6 +55,13 @@ LogitsSource cuda_logits_source(QwenModelCuda& gpu, const std::string& name);
 // and only the KlRows (40 bytes a row instead of 2·V·4) copied to the host. targets and out on the host.
 void device_kl_rows(LogitsSource& model, LogitsSource& base, int64_t r0, int64_t rows, const int32_t* targets,
                     KlRow* out);
+// llama.cpp's base-file rows on the device (kernels/kld_rows.h), for a GPU source: the encoding of its logits rows
+// [r0, r0 + rows) (out [rows, kld_row_width(V)] and nll [rows] on the host: 2 bytes a value cross PCIe instead of 4),
+// and the scoring of those rows against encoded base rows (base on the host, uploaded; KlRows back).
+void device_kld_encode_rows(LogitsSource& src, int64_t r0, int64_t rows, const int32_t* targets, uint16_t* out,
+                            float* nll);
+void device_kld_score_rows(LogitsSource& src, const uint16_t* base, int64_t r0, int64_t rows, const int32_t* targets,
+                           KlRow* out);
 #endif
 
 }  // namespace qwenq

@@ -157,7 +157,8 @@ struct QwenModelCuda::Impl {
       }
       d->bias = tensor(al->bias);
     }
-    st.linears_inside = 7;
+    st.linears_inside = 0;  // the Linears in the arena: 7, or 4 in a MoE layer (its MLP is the MoE arena)
+    for (const auto& [d, al] : linears) st.linears_inside += al->N > 0 ? 1 : 0;
     st.holds_linears = true;
   }
 

@@ -38,8 +38,10 @@ struct Builder {
     return r;
   }
 
+  // An absent Linear (N = 0: a MoE layer's dense MLP members, an absent shared expert) takes no piece.
   ArenaLinear linear(const LinearWeight& w, const TensorView& bias, const std::string& name) {
     ArenaLinear r;
+    if (w.N == 0) return r;
     r.N = w.N;
     r.K = w.K;
     const uint64_t before = layout.bytes();

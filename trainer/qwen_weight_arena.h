@@ -14,7 +14,8 @@
 //   then for q, k, v, o, gate, up, down: the dense weight as stored (BF16/F16/F32 [N, K]), or for a packed
 //   GPTQ/AWQ/NF4/FP4 Linear its Q4 repack (quant/format/qgemm_layout.h: qweight, meta, and perm with act-order),
 //   then the Linear's bias when it has one (q/k/v, Qwen2).
-// An absent tensor takes no piece. bytes = Σ over the pieces of round_up(piece bytes, 256); the allocator then
+// An absent tensor takes no piece, nor does an absent Linear (N = 0: the dense MLP of a mixture-of-experts layer,
+// whose experts are qwen_moe_arena's). bytes = Σ over the pieces of round_up(piece bytes, 256); the allocator then
 // holds round_size(bytes). The base of an allocator block is cudaMalloc's (blocks are never split), aligned to
 // at least 256 B, so every piece is 256-byte aligned in device memory: the Q4 GEMMs' 128-bit loads of qweight
 // and meta need 16 B (kernels/qgemm.cu checks it), cuBLASLt's algorithms for the dense weights are chosen for the

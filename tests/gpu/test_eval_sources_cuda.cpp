@@ -169,6 +169,30 @@ TEST(EvalSourcesCuda, KlDivergenceBaseFilesAreTheCpus) {
     EXPECT_NEAR(got.kld.mean / want.kld.mean, 1.0, kStatTol);
     EXPECT_NEAR(got.same_top1, want.same_top1, 2.0 / want.model.scored_tokens + 1e-12);
   }
+  // The GPU sources above encode and score on the device (kld_encode_rows_cuda, kld_score_rows_cuda); without
+  // device_logits the same sources take the host path over copied logits (the CPU twins): the same forward, so the
+  // files differ in at most a few codes by one step (the lm_head's row blocks) and the statistics by reordering.
+  LogitsSource bh = b, mh = m;
+  bh.device_logits = nullptr;
+  mh.device_logits = nullptr;
+  save_kld_file(bh, tokens, n_ctx, opt, root + "/gpu-host.kld");
+  const KldFile fh(root + "/gpu-host.kld");
+  int64_t diff = 0, far = 0;
+  for (int64_t c = 0; c < fh.header().n_chunk; ++c) {
+    for (int64_t i = 0; i < R * nv; ++i) {
+      if (i % nv < 4) continue;  // the float32 fields
+      const int d = std::abs(int(fh.rows(c)[i]) - int(fg.rows(c)[i]));
+      diff += d == 1;
+      far += d > 1;
+    }
+  }
+  EXPECT_EQ(far, 0);
+  EXPECT_LE(diff, codes / 100);
+  const KlDivergenceResult dev = evaluate_kl_divergence_file(m, fc, opt), host = evaluate_kl_divergence_file(mh, fc, opt);
+  EXPECT_NEAR(dev.model.mean_nll, host.model.mean_nll, kNllTol);
+  EXPECT_NEAR(dev.kld.mean / host.kld.mean, 1.0, kStatTol);
+  EXPECT_NEAR(dev.base_perplexity / host.base_perplexity, 1.0, kNllTol);
+  EXPECT_NEAR(dev.same_top1, host.same_top1, 2.0 / host.model.scored_tokens + 1e-12);
 }
 
 // multiple-choice on the GPU: every choice's log-likelihood within the NLL tolerance summed over its tokens, the same
