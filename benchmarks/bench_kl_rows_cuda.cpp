@@ -10,6 +10,9 @@
 // GB/s counts the unique bytes 2·rows·V·4 once, against the device's HBM peak. An L2 flush precedes every timed
 // kernel call. host_ms is the wall time of the two copies plus kl_rows_ref (std::chrono, median of the calls);
 // host_over_device is the speed-up of the statistics stage (the forwards and lm_head products are not in either).
+// A second table times llama.cpp's base-file rows (kernels/kld_rows.h) the same way: kld_encode_rows_cuda (eval
+// --save-kld: the logits stay, the 16-bit rows come back) and kld_score_rows_cuda (eval --kl-base FILE: the rows go
+// up) against the host path (the logits copied down, then the CPU twin), per block of rows, in the same run.
 // Without a CUDA device it prints one line and exits 0.
 #include <cuda_runtime.h>
 
@@ -24,6 +27,7 @@
 #include "benchmarks/cuda_bench.h"
 #include "core/threads.h"
 #include "kernels/kl_rows.h"
+#include "kernels/kld_rows.h"
 #include "tests/support/test_random.h"
 
 namespace {
@@ -48,7 +52,7 @@ int main(int argc, char** argv) {
   return bench::run_on_device(argv[0], [&](const bench::Stamp& stamp) {
     const bench::Peaks peaks = bench::device_peaks(stamp.device);
     std::ostringstream csv;
-    csv << "date,device,driver,commit,rows,V,device_us,device_GBs,device_pct_hbm_peak,host_ms,host_threads,"
+    csv << "date,device,driver,commit,op,rows,V,device_us,device_GBs,device_pct_hbm_peak,host_ms,host_threads,"
            "host_over_device\n";
     std::fprintf(stderr, "device: %s; %s; HBM peak %.0f GB/s; commit %s; V %lld; host threads %d\n",
                  stamp.device.c_str(), stamp.driver.c_str(), peaks.hbm_gbs, stamp.commit.c_str(),
@@ -87,8 +91,43 @@ int main(int argc, char** argv) {
       const double pct = peaks.hbm_gbs > 0 ? 100.0 * gbs / peaks.hbm_gbs : 0.0;
       std::fprintf(stderr, "%6lld | %10.1f %9.0f %7.1f | %10.2f | %9.1f\n", static_cast<long long>(rows), dev_ms * 1e3,
                    gbs, pct, host_ms, host_ms / dev_ms);
-      csv << stamp.csv() << "," << rows << "," << V << "," << dev_ms * 1e3 << "," << gbs << "," << pct << ","
+      csv << stamp.csv() << ",kl_rows," << rows << "," << V << "," << dev_ms * 1e3 << "," << gbs << "," << pct << ","
           << host_ms << "," << num_threads() << "," << host_ms / dev_ms << "\n";
+      // llama.cpp's base-file rows: encode b, score q against b's rows; the host side copies the logits down.
+      const int64_t nv = kld_row_width(V);
+      Dev<uint16_t> drows(static_cast<size_t>(rows * nv));
+      Dev<float> dnll(t.size());
+      std::vector<uint16_t> hrows(static_cast<size_t>(rows * nv));
+      std::vector<float> hnll(t.size());
+      const double enc_ms =
+          bench::time_ms([&] { kld_encode_rows_cuda(db.p, rows, V, dt.p, drows.p, dnll.p); }, reps, &flush);
+      const double score_ms =
+          bench::time_ms([&] { kld_score_rows_cuda(drows.p, dq.p, rows, V, dt.p, dout.p); }, reps, &flush);
+      std::vector<double> enc_host, score_host;
+      for (int i = 0; i < reps + 1; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        ck(cudaMemcpy(hb.data(), db.p, n * sizeof(float), cudaMemcpyDeviceToHost), "download b");
+        kld_encode_rows_ref(hb.data(), rows, V, t.data(), hrows.data(), hnll.data());
+        const auto t1 = std::chrono::steady_clock::now();
+        ck(cudaMemcpy(hq.data(), dq.p, n * sizeof(float), cudaMemcpyDeviceToHost), "download q");
+        kld_score_rows_ref(hrows.data(), hq.data(), rows, V, t.data(), out.data());
+        const auto t2 = std::chrono::steady_clock::now();
+        if (i == 0) continue;
+        enc_host.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+        score_host.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+      }
+      const struct {
+        const char* op;
+        double dev_ms, host_ms, bytes;
+      } kld_ops[] = {{"kld_encode", enc_ms, bench::median(enc_host), static_cast<double>(n) * 4 + rows * nv * 2.0},
+                     {"kld_score", score_ms, bench::median(score_host), static_cast<double>(n) * 4 + rows * nv * 2.0}};
+      for (const auto& o : kld_ops) {
+        const double g = o.bytes / (o.dev_ms * 1e6), pc = peaks.hbm_gbs > 0 ? 100.0 * g / peaks.hbm_gbs : 0.0;
+        std::fprintf(stderr, "%6lld | %10.1f %9.0f %7.1f | %10.2f | %9.1f  (%s)\n", static_cast<long long>(rows),
+                     o.dev_ms * 1e3, g, pc, o.host_ms, o.host_ms / o.dev_ms, o.op);
+        csv << stamp.csv() << "," << o.op << "," << rows << "," << V << "," << o.dev_ms * 1e3 << "," << g << "," << pc
+            << "," << o.host_ms << "," << num_threads() << "," << o.host_ms / o.dev_ms << "\n";
+      }
     }
     bench::write_csv(csv_path, csv.str());
   });
