@@ -80,7 +80,8 @@ __global__ void kld_encode_kernel(const float* logits, int64_t V, int64_t nv, co
   uint16_t* q = o + 4;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     const float x = z[v];
-    q[v] = zero || !(x > lo) ? uint16_t{0} : static_cast<uint16_t>(static_cast<int32_t>(rintf(__fmul_rn(inv, __fsub_rn(x, lo)))));
+    const float code = fminf(rintf(__fmul_rn(inv, __fsub_rn(x, lo))), 65535.f);
+    q[v] = zero || !(x > lo) ? uint16_t{0} : static_cast<uint16_t>(static_cast<int32_t>(code));
   }
   if (threadIdx.x == 0 && V % 2 != 0) q[V] = 0;
 }

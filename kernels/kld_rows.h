@@ -7,7 +7,8 @@
 // Encode a row of logits z [V] (nv = 2·⌈V/2⌉ + 4 uint16 a row):
 //   m = max z,  lo = max(min z, m − 16),  s = Σ_v exp(z_v − m)  (float exp, double sum),  lse = (float) log s
 //   scale = (m − lo) / 65535,  min_log_prob = (lo − m) − lse,  row = [scale (2 uint16), min_log_prob (2), q[V], 0?]
-//   q_v = (uint16) rint((1/scale)·(z_v − lo)) for z_v > lo, else 0 (round half to even; every q 0 when scale = 0)
+//   q_v = (uint16) min(rint((1/scale)·(z_v − lo)), 65535) for z_v > lo, else 0 (round half to even; every q 0 when
+//   scale = 0; the clamp only matters for a degenerate row whose subnormal scale makes 1/scale infinite)
 //   nll = (m + lse) − z_t                                        (float: −log P_t as llama.cpp computes it)
 // Score a model's logits z' [V] against a row, target t:
 //   log P_v = scale·q_v + min_log_prob (float),  lse' = max z' + log Σ exp(z' − max z') (double)
@@ -44,9 +45,10 @@ void kld_rows_check(const char* name, int64_t rows, int64_t V, const int32_t* ta
 namespace qwenq {
 
 // CUDA twins (kernels/kld_rows.cu), every array in device memory; each launcher copies the targets to the host to
-// check them with the ref's message (waiting for the work queued on `stream`). One block per row. Encoding: codes,
-// scale and nll as the ref's bit for bit but for the exponentials' sum (its order, and expf's last bit), which can
-// move lse, hence min_log_prob and nll, by an ulp. Scoring: the arg-maxima exact, the double sums in another order.
+// check them with the ref's message (waiting for the work queued on `stream`). One block per row. Encoding: codes
+// and scale as the ref's bit for bit; lse differs through the exponentials' sum (its order, and expf's last bits: a
+// few ulps of lse, more of a tiny lse when one logit dominates), which moves min_log_prob and nll by a few ulps of
+// their terms (|lo − m| + |lse|, |m| + |lse|). Scoring: the arg-maxima exact, the double sums in another order.
 void kld_encode_rows_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets, uint16_t* out,
                           float* nll, CudaStream stream = nullptr);
 void kld_score_rows_cuda(const uint16_t* base, const float* logits, int64_t rows, int64_t V, const int32_t* targets,

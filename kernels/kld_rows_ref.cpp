@@ -38,8 +38,9 @@ float encode_row(const float* z, int64_t V, int32_t target, uint16_t* row) {
   if (scale != 0.f) {
     const float inv_scale = 1 / scale;
     for (int64_t v = 0; v < V; ++v) {
-      // Round half to even, as llama.cpp's nearest_int (the default rounding mode).
-      const float code = z[v] > min_logit ? std::nearbyint(inv_scale * (z[v] - min_logit)) : 0.f;
+      // Round half to even, as llama.cpp's nearest_int (the default rounding mode); clamped to the code range so that
+      // a degenerate row (a subnormal scale: inv_scale = inf) converts the same on both twins (never met by logits).
+      const float code = z[v] > min_logit ? std::min(std::nearbyint(inv_scale * (z[v] - min_logit)), 65535.f) : 0.f;
       q[v] = static_cast<uint16_t>(static_cast<int32_t>(code));
     }
   } else {

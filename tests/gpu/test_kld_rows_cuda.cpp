@@ -1,12 +1,14 @@
 // kernels/kld_rows.h: the CUDA twins of llama.cpp's base-file encoding and scoring against the CPU twins, over widths
 // 1, 3, 17, 511..513, 4097 and Qwen's 151936 / 152064 (odd widths: the padding value), 1 to 110 rows (a logits
 // block at Qwen's vocabulary), logits with a tail more than 16 below the top (codes 0) and ties:
-//   encode  codes and scale bit for bit; min_log_prob and the nll within kLseUlps float ulps (the exponentials' sum
-//           in another order, expf's last bit); the padding 0;
+//   encode  codes and scale bit for bit; min_log_prob and the nll within kLseUlps float ulps of their terms' size
+//           (|lo − m| + |lse|, |m| + |lse|: lse moves with the exponentials' sum order and expf's last bits, and a
+//           difference like m + lse − z_t keeps that absolute error however small it is); the padding 0;
 //   score   (against the CPU's encoding) the arg-maxima exact, kld and the NLLs within the double reordering bound.
 // Also the refusals with the refs' messages.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -30,11 +32,8 @@ float field(const uint16_t* row, int k) {
   return f;
 }
 
-// |a − b| in units of b's last place (0 when equal, e.g. both 0 for a one-token vocabulary).
-double ulps_apart(float a, float b) {
-  if (a == b) return 0;
-  return std::fabs(double(a) - double(b)) / std::ldexp(1.0, (b == 0 ? -126 : std::ilogb(b)) - 23);
-}
+// One float ulp at magnitude x (> 0).
+double ulp_at(double x) { return std::ldexp(1.0, std::ilogb(x) - 23); }
 
 TEST(KldRowsCuda, EncodeAndScoreMatchTheTwins) {
   QWENQ_REQUIRE_GPU();
@@ -66,9 +65,15 @@ TEST(KldRowsCuda, EncodeAndScoreMatchTheTwins) {
       for (int64_t r = 0; r < rows; ++r) {
         const uint16_t* a = want.data() + r * nv;
         const uint16_t* b = got.data() + r * nv;
+        const float* zr = z.data() + r * V;
+        const double m = *std::max_element(zr, zr + V);
+        const double lse = double(nll_want[r]) - m + zr[t[r]];  // the CPU's lse, to the size of its terms
+        const double lo_m = std::fabs(double(field(a, 1)) + lse);  // |lo − m|
         EXPECT_EQ(field(b, 0), field(a, 0)) << "scale of row " << r;
-        EXPECT_LE(ulps_apart(field(b, 1), field(a, 1)), kLseUlps) << "min_log_prob of row " << r;
-        EXPECT_LE(ulps_apart(nll_got[r], nll_want[r]), kLseUlps) << "nll of row " << r;
+        EXPECT_LE(std::fabs(double(field(b, 1)) - field(a, 1)), kLseUlps * ulp_at(lo_m + std::fabs(lse) + 1e-30))
+            << "min_log_prob of row " << r;
+        EXPECT_LE(std::fabs(double(nll_got[r]) - nll_want[r]), kLseUlps * ulp_at(std::fabs(m) + std::fabs(lse) + 1e-30))
+            << "nll of row " << r;
         for (int64_t v = 4; v < nv; ++v) bad_codes += a[v] != b[v];
       }
       EXPECT_EQ(bad_codes, 0) << "codes (and padding) differ";
