@@ -85,7 +85,8 @@ class KlSample {
 // hidden states from both, logits a chunk of rows at a time (about 2^24 values per model), never the whole window's.
 // The models must share the vocabulary size (the tokens are the caller's: one tokenization for both).
 // logits_chunk_rows > 0 overrides the chunk (tests: chunks that straddle windows).
-// Any two LogitsSources (trainer/logits_source.h: the CPU or the GPU forward, the statistics on the host); the
+// Any two LogitsSources (trainer/logits_source.h: the CPU or the GPU forward; the per-position statistics on the host
+// by kl_rows_ref, or on the device by kl_rows_cuda when both are GPU sources, the summaries on the host); the
 // QwenModel overload runs both on the CPU.
 KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& base, const std::vector<int32_t>& tokens,
                                           const PerplexityOptions& opt, int64_t logits_chunk_rows = 0);

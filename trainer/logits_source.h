@@ -11,9 +11,10 @@
 // owns). cuda_logits_source (CUDA builds): QwenModelCuda's forward_hidden / logits_rows / hidden_nll, the hidden
 // states on the device and each requested block of logits copied to the host. Either way the statistics are the
 // caller's, computed on the host from the same fp32 logits, so a GPU run differs from the CPU's only by the forward's
-// rounding (trainer/qwen_model_cuda.h); except KL divergence between two GPU sources, whose per-row statistics are
-// computed on the device (device_kl_rows: kl_rows_cuda, the twin of the host's kl_rows_ref) so that the logits
-// never cross PCIe. A source is used by one thread at a time.
+// rounding (trainer/qwen_model_cuda.h); except KL divergence between two GPU sources and llama.cpp's base-file rows
+// of a GPU source, whose per-row work runs on the device (device_kl_rows, device_kld_encode_rows,
+// device_kld_score_rows: the CUDA twins of the host's kl_rows_ref / kld_*_rows_ref) so that the logits never cross
+// PCIe. A source is used by one thread at a time.
 #pragma once
 
 #include <cstdint>
