@@ -119,9 +119,7 @@ void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C,
   QWENQ_CHECK(table != nullptr && tokens != nullptr && out != nullptr, "embedding_gather_cuda: null pointer");
   QWENQ_CHECK(T <= INT_MAX, "embedding_gather_cuda: T=" << T << " exceeds the grid limit " << INT_MAX);
   // The ids are checked on a host copy, with the ref's message, before anything reads the table.
-  std::vector<int32_t> host(static_cast<size_t>(T));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), tokens, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const std::vector<int32_t> host = download_sync(tokens, T, stream);
   for (int64_t t = 0; t < T; ++t) {
     QWENQ_CHECK(host[t] >= 0 && host[t] < V,
                 "token id " << host[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");

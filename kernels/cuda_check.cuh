@@ -8,6 +8,7 @@
 //   QWENQ_CUDA_CHECK_LAUNCH(ctx)    after a <<<...>>> launch: cudaGetLastError() (which also clears a
 //                                   non-sticky error), thrown with `ctx`, a stream expression naming the kernel
 //                                   and its shapes: QWENQ_CUDA_CHECK_LAUNCH("rope_forward_cuda T=" << T << ...).
+//   download_sync(src, n, stream)   a device array copied to a host vector, complete on return (index checks)
 //   upload_owned_async(dst, host, stream)
 //                                   copies a host vector to device memory on `stream` and keeps the vector alive
 //                                   until the copy has read it (see below): for host data that dies when the
@@ -65,6 +66,18 @@ void upload_owned_async(void* dst, std::vector<T> host, cudaStream_t stream) {
                      __FILE__, __LINE__);
 }
 
+// n values from device memory `src`, on the host when this returns: the copy waits for the work queued before it on
+// `stream` (which may be producing them), then the stream is waited for. The launchers that check device-side
+// indices with their ref's messages (targets, token ids, row indices) read them so.
+template <typename T>
+std::vector<T> download_sync(const T* src, int64_t n, cudaStream_t stream) {
+  std::vector<T> host(static_cast<size_t>(n));
+  if (host.empty()) return host;
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), src, host.size() * sizeof(T), cudaMemcpyDeviceToHost, stream));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return host;
+}
+
 }  // namespace qwenq
 
 #ifdef __CUDACC__
@@ -110,6 +123,15 @@ __device__ __forceinline__ void merge_argmax(ArgMax& a, float bm, int64_t bi) {
     a.i = bi;
   }
 }
+
+// Offers value x at index v to a thread's running arg-max, v increasing: a NaN is skipped, only a strictly larger
+// value replaces the kept one (so the first index of a tie stays).
+__device__ __forceinline__ void offer_argmax(ArgMax& a, float x, int64_t v) {
+  if (x == x && (a.i < 0 || x > a.m)) a = {x, v};
+}
+
+// The index an arg-max settled on, 0 when it saw no value (a row of NaN): the refs' first_argmax_ref.
+__device__ __forceinline__ int64_t argmax_index(const ArgMax& a) { return a.i < 0 ? 0 : a.i; }
 
 // The block's arg-max of every thread's (blockDim.x a multiple of 32); every thread gets it. sm, si hold 32 entries;
 // barriers as block_sum's (consecutive calls may share them).

@@ -37,13 +37,12 @@ __global__ void kl_rows_kernel(const float* base, const float* logits, int64_t V
 
   cuda::ArgMax ab{0.f, -1}, aq{0.f, -1};
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = b[v], y = q[v];
-    if (x == x && (ab.i < 0 || x > ab.m)) ab = {x, v};
-    if (y == y && (aq.i < 0 || y > aq.m)) aq = {y, v};
+    cuda::offer_argmax(ab, b[v], v);
+    cuda::offer_argmax(aq, q[v], v);
   }
   ab = cuda::block_argmax(ab, sm, si);
   aq = cuda::block_argmax(aq, sm, si);
-  const int64_t top_b = ab.i < 0 ? 0 : ab.i, top_q = aq.i < 0 ? 0 : aq.i;
+  const int64_t top_b = cuda::argmax_index(ab), top_q = cuda::argmax_index(aq);
   const double mb = b[top_b], mq = q[top_q];
 
   double sb = 0, sq = 0, cross = 0;
@@ -80,11 +79,7 @@ void kl_rows_cuda(const float* base, const float* logits, int64_t rows, int64_t 
   if (rows == 0) return;
   QWENQ_CHECK(base != nullptr && logits != nullptr && targets != nullptr && out != nullptr, name << ": null pointer");
   // The ref's target check on a host copy (it waits for the work queued on `stream`, which may produce them).
-  std::vector<int32_t> host(static_cast<size_t>(rows));
-  QWENQ_CUDA_CHECK(
-      cudaMemcpyAsync(host.data(), targets, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  kl_rows_check(name, rows, V, host.data());
+  kl_rows_check(name, rows, V, download_sync(targets, rows, stream).data());
   kl_rows_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(base, logits, V, targets, out);
   QWENQ_CUDA_CHECK_LAUNCH(name << " rows=" << rows << " V=" << V);
 }

@@ -98,14 +98,12 @@ __global__ void kld_score_kernel(const uint16_t* base, const float* logits, int6
   const uint16_t* q = b + 4;
   cuda::ArgMax az{0.f, -1}, aq{0.f, -1};
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    const float x = z[v];
-    if (x == x && (az.i < 0 || x > az.m)) az = {x, v};
-    const float c = static_cast<float>(q[v]);  // codes < 2^16: exact in float, so the float order is the codes'
-    if (aq.i < 0 || c > aq.m) aq = {c, v};
+    cuda::offer_argmax(az, z[v], v);
+    cuda::offer_argmax(aq, static_cast<float>(q[v]), v);  // codes < 2^16: exact in float, the codes' order
   }
   az = cuda::block_argmax(az, sm, si);
   aq = cuda::block_argmax(aq, sm, si);
-  const int64_t top = az.i < 0 ? 0 : az.i;
+  const int64_t top = cuda::argmax_index(az);
   const double mq = z[top];
   double sq = 0;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) sq += exp(static_cast<double>(z[v]) - mq);
@@ -121,7 +119,7 @@ __global__ void kld_score_kernel(const uint16_t* base, const float* logits, int6
   const int32_t t = targets[row];
   KlRow r;
   r.top = top;
-  r.top_base = aq.i < 0 ? 0 : aq.i;
+  r.top_base = cuda::argmax_index(aq);
   r.kld = kld;
   r.nll_base = -static_cast<double>(__fadd_rn(__fmul_rn(scale, static_cast<float>(q[t])), lo));
   r.nll = lse_q - static_cast<double>(z[t]);
@@ -132,11 +130,7 @@ void check_launch(const char* name, int64_t rows, int64_t V, const int32_t* targ
   QWENQ_CHECK(rows >= 0 && V > 0, name << ": bad shape rows=" << rows << " V=" << V);
   QWENQ_CHECK(rows <= INT_MAX, name << ": rows=" << rows << " exceeds the grid limit " << INT_MAX);
   if (rows == 0) return;
-  std::vector<int32_t> host(static_cast<size_t>(rows));
-  QWENQ_CUDA_CHECK(
-      cudaMemcpyAsync(host.data(), targets, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  kld_rows_check(name, rows, V, host.data());
+  kld_rows_check(name, rows, V, download_sync(targets, rows, stream).data());
 }
 
 }  // namespace

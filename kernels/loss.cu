@@ -132,11 +132,7 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32
 // The ref's target check (cross_entropy_count_targets) on a host copy of the targets; returns the counted rows.
 // The copy waits for the work queued before it on `stream` (which may be producing the targets).
 int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets, CudaStream stream) {
-  std::vector<int32_t> host(static_cast<size_t>(rows));
-  QWENQ_CUDA_CHECK(
-      cudaMemcpyAsync(host.data(), targets, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return cross_entropy_count_targets(name, rows, V, host.data());
+  return cross_entropy_count_targets(name, rows, V, download_sync(targets, rows, stream).data());
 }
 
 void check_shape(const char* name, int64_t rows, int64_t V) {

@@ -35,10 +35,7 @@ void moe_combine_cuda(const float* y, int64_t R, int64_t C, const int32_t* rows,
                                                          << " k=" << k);
   if (T == 0) return;
   QWENQ_CHECK(y != nullptr && rows != nullptr && w != nullptr && out != nullptr, name << ": null pointer");
-  std::vector<int32_t> host(static_cast<size_t>(T * k));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), rows, host.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  moe_combine_check(name, R, C, host.data(), T, k, s, sw);
+  moe_combine_check(name, R, C, download_sync(rows, T * k, stream).data(), T, k, s, sw);
   constexpr int64_t kMaxGridY = 65535;  // tokens per launch (the grid's y limit)
   for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {
     const int64_t n = std::min(kMaxGridY, T - t0);

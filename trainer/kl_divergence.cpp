@@ -132,11 +132,7 @@ KlDivergenceResult evaluate_kl_divergence(LogitsSource& model, LogitsSource& bas
   const int64_t chunk_cap = logits_chunk_rows > 0 ? logits_chunk_rows : logits_block_rows(V);
   // Two GPU sources: the per-position statistics on the device (logits_source.h's device_kl_rows), the logits
   // never copied to the host; otherwise on the host from each chunk of both sources' logits.
-#ifdef QWENQ_HAVE_CUDA
-  const bool on_device = model.device_logits && base.device_logits;
-#else
-  const bool on_device = false;
-#endif
+  const bool on_device = model.device_logits && base.device_logits;  // empty in builds without CUDA
   std::vector<float> lg_q, lg_b;
   for (int64_t w0 = 0; w0 < windows; w0 += opt.windows_per_batch) {
     const int64_t nw = std::min(opt.windows_per_batch, windows - w0);

@@ -173,11 +173,7 @@ PerplexityResult save_kld_file(LogitsSource& base, const std::vector<int32_t>& t
   const int64_t R = kld_rows_per_chunk(n_ctx), first = kld_first_scored(n_ctx), nv = kld_row_values(V);
   const int64_t cap = std::min(logits_rows_cap(opt, V), R);
   // A GPU source encodes on the device (logits_source.h's device_kld_encode_rows): only the 16-bit rows come back.
-#ifdef QWENQ_HAVE_CUDA
-  const bool on_device = static_cast<bool>(base.device_logits);
-#else
-  const bool on_device = false;
-#endif
+  const bool on_device = static_cast<bool>(base.device_logits);  // empty in builds without CUDA
   std::vector<float> lg(on_device ? 0 : static_cast<size_t>(cap * V));
   std::vector<uint16_t> enc(static_cast<size_t>(cap * nv));
   std::vector<float> nll(static_cast<size_t>(cap));
@@ -234,11 +230,7 @@ KlDivergenceResult evaluate_kl_divergence_file(LogitsSource& model, const KldFil
   const int64_t n_chunk = opt.max_chunks > 0 ? std::min<int64_t>(h.n_chunk, opt.max_chunks) : h.n_chunk;
   const int64_t cap = std::min(logits_rows_cap(opt, V), R);
   // A GPU source scores on the device (device_kld_score_rows): the rows go up, KlRows come back.
-#ifdef QWENQ_HAVE_CUDA
-  const bool on_device = static_cast<bool>(model.device_logits);
-#else
-  const bool on_device = false;
-#endif
+  const bool on_device = static_cast<bool>(model.device_logits);  // empty in builds without CUDA
   std::vector<float> lg(on_device ? 0 : static_cast<size_t>(cap * V));
   std::vector<KlRow> scored(static_cast<size_t>(cap));
   KlDivergenceResult r;

@@ -46,60 +46,68 @@ LogitsSource cuda_logits_source(QwenModelCuda& gpu, const std::string& name) {
   return s;
 }
 
+namespace {
+
+// The device halves below run on the legacy default stream: the logits they read are complete (device_logits waits
+// for the source's stream), and each waits for the default stream before it returns.
+void require_gpu(const LogitsSource& src, const char* fn) {
+  QWENQ_CHECK(src.device_logits, fn << ": " << src.name << " is not a GPU source");
+}
+
+// `bytes` of host data in a device allocation of their own.
+DeviceMemory to_device(const void* host, size_t bytes) {
+  DeviceMemory d(bytes, nullptr);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(d.get(), host, bytes, cudaMemcpyHostToDevice, nullptr));
+  return d;
+}
+
+void to_host(void* host, const DeviceMemory& d) {
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(host, d.get(), d.bytes(), cudaMemcpyDeviceToHost, nullptr));
+}
+
+}  // namespace
+
 void device_kl_rows(LogitsSource& model, LogitsSource& base, int64_t r0, int64_t rows, const int32_t* targets,
                     KlRow* out) {
-  QWENQ_CHECK(model.device_logits && base.device_logits,
-              "device_kl_rows: " << (model.device_logits ? base.name : model.name) << " is not a GPU source");
+  require_gpu(model, "device_kl_rows");
+  require_gpu(base, "device_kl_rows");
   QWENQ_CHECK(model.vocab_size == base.vocab_size, "device_kl_rows: vocabularies of " << model.vocab_size << " and "
                                                                                       << base.vocab_size << " tokens");
   if (rows == 0) return;
   const float* q = model.device_logits(r0, rows);
   const float* b = base.device_logits(r0, rows);
-  CudaStream s = nullptr;  // both buffers are complete (device_logits syncs); the default stream orders the rest
-  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dout(static_cast<size_t>(rows) * sizeof(KlRow), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  kl_rows_cuda(b, q, rows, model.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, dout.get(), rows * sizeof(KlRow), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  const DeviceMemory dt = to_device(targets, static_cast<size_t>(rows) * sizeof(int32_t));
+  DeviceMemory dout(static_cast<size_t>(rows) * sizeof(KlRow), nullptr);
+  kl_rows_cuda(b, q, rows, model.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), nullptr);
+  to_host(out, dout);
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
-
-namespace {
-
-const float* gpu_logits_of(LogitsSource& src, int64_t r0, int64_t rows, const char* fn) {
-  QWENQ_CHECK(src.device_logits, fn << ": " << src.name << " is not a GPU source");
-  return src.device_logits(r0, rows);
-}
-
-}  // namespace
 
 void device_kld_encode_rows(LogitsSource& src, int64_t r0, int64_t rows, const int32_t* targets, uint16_t* out,
                             float* nll) {
+  require_gpu(src, "device_kld_encode_rows");
   if (rows == 0) return;
-  const float* z = gpu_logits_of(src, r0, rows, "device_kld_encode_rows");
-  const int64_t nv = kld_row_width(src.vocab_size);
-  CudaStream s = nullptr;  // the logits are complete (device_logits syncs)
-  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dnll(static_cast<size_t>(rows) * sizeof(float), s),
-      drows(static_cast<size_t>(rows * nv) * sizeof(uint16_t), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  kld_encode_rows_cuda(z, rows, src.vocab_size, dt.as<int32_t>(), drows.as<uint16_t>(), dnll.as<float>(), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, drows.get(), drows.bytes(), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(nll, dnll.get(), dnll.bytes(), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  const float* z = src.device_logits(r0, rows);
+  const DeviceMemory dt = to_device(targets, static_cast<size_t>(rows) * sizeof(int32_t));
+  DeviceMemory dnll(static_cast<size_t>(rows) * sizeof(float), nullptr),
+      drows(static_cast<size_t>(rows * kld_row_width(src.vocab_size)) * sizeof(uint16_t), nullptr);
+  kld_encode_rows_cuda(z, rows, src.vocab_size, dt.as<int32_t>(), drows.as<uint16_t>(), dnll.as<float>(), nullptr);
+  to_host(out, drows);
+  to_host(nll, dnll);
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 void device_kld_score_rows(LogitsSource& src, const uint16_t* base, int64_t r0, int64_t rows, const int32_t* targets,
                            KlRow* out) {
+  require_gpu(src, "device_kld_score_rows");
   if (rows == 0) return;
-  const float* z = gpu_logits_of(src, r0, rows, "device_kld_score_rows");
-  const int64_t nv = kld_row_width(src.vocab_size);
-  CudaStream s = nullptr;
-  DeviceMemory dt(static_cast<size_t>(rows) * sizeof(int32_t), s), dout(static_cast<size_t>(rows) * sizeof(KlRow), s),
-      drows(static_cast<size_t>(rows * nv) * sizeof(uint16_t), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(dt.get(), targets, rows * sizeof(int32_t), cudaMemcpyHostToDevice, s));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(drows.get(), base, drows.bytes(), cudaMemcpyHostToDevice, s));
-  kld_score_rows_cuda(drows.as<uint16_t>(), z, rows, src.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), s);
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(out, dout.get(), dout.bytes(), cudaMemcpyDeviceToHost, s));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  const float* z = src.device_logits(r0, rows);
+  const DeviceMemory dt = to_device(targets, static_cast<size_t>(rows) * sizeof(int32_t));
+  const DeviceMemory drows = to_device(base, static_cast<size_t>(rows * kld_row_width(src.vocab_size)) * sizeof(uint16_t));
+  DeviceMemory dout(static_cast<size_t>(rows) * sizeof(KlRow), nullptr);
+  kld_score_rows_cuda(drows.as<uint16_t>(), z, rows, src.vocab_size, dt.as<int32_t>(), dout.as<KlRow>(), nullptr);
+  to_host(out, dout);
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 #endif
 
