@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "core/error.h"
+
 namespace qwenq {
 
 int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows) {
@@ -10,10 +12,66 @@ int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows) {
   return std::max<int64_t>(1, std::min<int64_t>(T, rows));
 }
 
+void lora_arena_put(const LoraAdapter& a, int64_t stage_floats,
+                    const std::function<void(const float* data, int64_t offset, int64_t n)>& write) {
+  QWENQ_CHECK(stage_floats > 0, "lora_arena_put: the stage must hold at least one float, got " << stage_floats);
+  std::vector<float> stage;
+  stage.reserve(static_cast<size_t>(stage_floats));
+  int64_t at = 0;  // the arena offset of stage[0]
+  const auto flush = [&] {
+    if (stage.empty()) return;
+    write(stage.data(), at, static_cast<int64_t>(stage.size()));
+    at += static_cast<int64_t>(stage.size());
+    stage.clear();
+  };
+  for (size_t s = 0; s < a.slots().size(); ++s) {
+    for (const std::vector<float>* v : {&a.weights(s).A, &a.weights(s).B}) {
+      for (size_t i = 0; i < v->size();) {
+        const size_t n = std::min(v->size() - i, static_cast<size_t>(stage_floats) - stage.size());
+        stage.insert(stage.end(), v->begin() + static_cast<std::ptrdiff_t>(i),
+                     v->begin() + static_cast<std::ptrdiff_t>(i + n));
+        i += n;
+        if (static_cast<int64_t>(stage.size()) == stage_floats) flush();
+      }
+    }
+  }
+  flush();
+}
+
+void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
+                    const std::function<void(float* data, int64_t offset, int64_t n)>& read) {
+  QWENQ_CHECK(stage_floats > 0, "lora_arena_get: the stage must hold at least one float, got " << stage_floats);
+  int64_t total = 0;
+  for (size_t s = 0; s < a->slots().size(); ++s) {
+    total += static_cast<int64_t>(a->weights(s).A.size() + a->weights(s).B.size());
+  }
+  std::vector<float> stage;
+  int64_t at = 0;  // the arena offset of stage[0]
+  size_t next = 0;  // the next float of stage to hand out
+  for (size_t s = 0; s < a->slots().size(); ++s) {
+    for (std::vector<float>* v : {&a->weights(s).A, &a->weights(s).B}) {
+      for (size_t i = 0; i < v->size();) {
+        if (next == stage.size()) {  // the next stage: the floats after this one
+          at += static_cast<int64_t>(stage.size());
+          stage.resize(static_cast<size_t>(std::min(stage_floats, total - at)));
+          read(stage.data(), at, static_cast<int64_t>(stage.size()));
+          next = 0;
+        }
+        const size_t n = std::min(v->size() - i, stage.size() - next);
+        std::copy(stage.begin() + static_cast<std::ptrdiff_t>(next),
+                  stage.begin() + static_cast<std::ptrdiff_t>(next + n), v->begin() + static_cast<std::ptrdiff_t>(i));
+        i += n;
+        next += n;
+      }
+    }
+  }
+}
+
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
                                                     bool bf16_checkpoints, bool dropout) {
   const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
-                r = rank, wide = std::max({C, Q, I});
+                r = rank, Im = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size,
+                wide = std::max({C, Q, I, Im, Is, c.num_experts}), Idense = c.has_dense_mlp() ? I : 1;
   using Id = LoraCudaBufferId;
   using R = LoraCudaRole;
   const auto b16 = [](int64_t cols) { return (cols + 1) / 2; };  // bf16 values in 4-byte words
@@ -35,9 +93,9 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::Lse, R::Forward, "the attention lse", H},
       {Id::H1, R::Forward, "h1 (and dhidden)", C},
       {Id::N2, R::Forward, "n2", C},
-      {Id::Gate, R::Forward, "gate", I},
-      {Id::Up, R::Forward, "up (and dup)", I},
-      {Id::Act, R::Forward, "the SwiGLU output (and dact, dgate)", I},
+      {Id::Gate, R::Forward, "gate", Idense},
+      {Id::Up, R::Forward, "up (and dup)", Idense},
+      {Id::Act, R::Forward, "the SwiGLU output (and dact, dgate)", Idense},
       {Id::U, R::Forward, "the LoRA u = x Aᵀ", 7 * r},
       {Id::D, R::Backward, "the residual gradient", C},
       {Id::Dn2, R::Backward, "dn2 (and dn1, the MLP output)", C},
@@ -65,6 +123,32 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
     v.push_back({Id::K16, R::Forward, "bf16 k", b16(KV)});
     v.push_back({Id::V16, R::Forward, "bf16 v", b16(KV)});
     v.push_back({Id::A16, R::Forward, "bf16 attention output", b16(Q)});
+  }
+  if (c.is_moe()) {
+    const int64_t k = c.experts_per_token, E = c.num_experts, S = std::max<int64_t>(Is, 1), Sc = Is > 0 ? C : 1;
+    const std::vector<LoraCudaBuffer> moe = {
+        {Id::Mx, R::Forward, "the rows routed to the experts", k * C},
+        {Id::My, R::Forward, "the experts' output rows (and their dx)", k * C},
+        {Id::Mgate, R::Forward, "the experts' gate rows (and dgate)", k * Im},
+        {Id::Mup, R::Forward, "the experts' up rows (and dup)", k * Im},
+        {Id::Mact, R::Forward, "the experts' SwiGLU rows (and dact)", k * Im},
+        {Id::Mu, R::Forward, "the experts' LoRA u", std::max<int64_t>(3 * k * r, 1)},
+        {Id::Mlogits, R::Forward, "the router logits (and their gradient)", E},
+        {Id::Mindex, R::Forward, "the experts' gather and combine indices", 2 * k},
+        {Id::Mweight, R::Forward, "the routing weights", k + 1},
+        {Id::Sgate, R::Forward, "the shared expert's gate (and dgate)", S},
+        {Id::Sup, R::Forward, "the shared expert's up (and dup)", S},
+        {Id::Sact, R::Forward, "the shared expert's SwiGLU output (and dact)", S},
+        {Id::Sy, R::Forward, "the shared expert's output", Sc},
+        {Id::Su, R::Forward, "the shared expert's LoRA u", Is > 0 ? std::max<int64_t>(3 * r, 1) : 1},
+        {Id::Mg, R::Forward, "the shared expert's gate logit", 1},
+        {Id::Mdy, R::Backward, "the experts' output-row gradients", k * C},
+        {Id::Mdw, R::Backward, "the routing weights' gradients", k},
+        {Id::Ds, R::Backward, "the shared expert's dy and dx", Sc},
+        {Id::Dg, R::Backward, "the shared expert's gate-logit gradient", 1},
+        {Id::Mtmp, R::Backward, "the base input gradients of an accumulating Linear, the router's, the gate's", C},
+    };
+    v.insert(v.end(), moe.begin(), moe.end());
   }
   return v;
 }

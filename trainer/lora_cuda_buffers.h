@@ -51,6 +51,30 @@
 //   flash attention (q, k, v fp32 are dead once q16, k16, v16 exist; its backward reads the bf16 ones and a16):
 //   dq, dk, dv on q, k, v;  da on a (o_proj's input gradient over its input, as dact);  da16 on act16 (the bf16
 //   dy of a 4-bit o_proj is dead once da is computed)
+// Mixture-of-experts models (qwen2_moe, qwen3_moe) add, for their MoE layers' MLPs (k experts per token, Im each
+// routed expert's width, Is the shared expert's, E experts; W above then also covers Im and Is), per token:
+//   forward      mx         k·C                         the rows routed to the experts (n2 gathered), grouped by expert
+//                my         k·C (and the experts' dx)   the experts' output rows
+//                mgate, mup k·Im, k·Im (and dgate, dup) each row's gate and up projections
+//                mact       k·Im (and dact)             each row's SwiGLU output
+//                mu         3·k·r                       the experts' LoRA u, per Linear (gate, up, down)
+//                mlogits    E (and dr)                  the router logits; in the backward ∂L/∂logits from the host
+//                mindex     2·k (int32)                 the gather and combine indices (trainer/moe_block.h, MoeDispatch)
+//                mweight    k + 1                       the routing weights, then the shared expert's σ(g)
+//                sgate, sup Is, Is (and dgate, dup)     the shared expert's (Qwen2-MoE; 1 word each without one)
+//                sact, sy   Is, C (and dact)            its SwiGLU and down outputs
+//                su         3·r                         its LoRA u
+//                mg         1                           its gate logit
+//   backward     mdy        k·C                         each row's gradient w · dout
+//                mdw        k                           ∂L/∂w per (token, choice), copied to the host
+//                ds, dg     C, 1                        the shared expert's dy (and its dx) and ∂L/∂g
+//                mtmp       C                           the base dx of a Linear that accumulates (every input
+//                                                       gradient that accumulates has width C: k/v, up, an expert's
+//                                                       up), the router's and the shared gate's before they are added
+// The experts' Linears run on row slices of these (at most T rows each: a token picks an expert once), with the
+// dense tmp / g / act16 buffers as their scratch (W also covers E: a 4-bit router's bf16 dr); a dense layer of a MoE
+// model (qwen2_moe's mlp_only_layers) uses gate, up, act as any dense model does, and without one (qwen3_moe) they
+// are one word per token. In a MoE model mtmp, not gate, is the accumulate scratch of every Linear.
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
 // there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32), tied ones are gathered
 // on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
@@ -71,8 +95,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
+#include "lora/lora_adapter.h"
 #include "trainer/qwen_config.h"
 
 namespace qwenq {
@@ -88,7 +114,9 @@ enum class LoraCudaRole { Checkpoints, Forward, Backward, Loss };
 // The buffers with an allocation of their own (the shared ones above have none).
 enum class LoraCudaBufferId {
   Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, U, D, Dn2, Dh1, Da, Dq, Dk, Dv, Tmp, G, Nll,
-  Tokens, Positions, Targets, Act16, Q16, K16, V16, A16
+  Tokens, Positions, Targets, Act16, Q16, K16, V16, A16,
+  // mixture-of-experts layers (the table's MoE part below)
+  Mx, My, Mgate, Mup, Mact, Mu, Mdy, Mtmp, Mlogits, Mg, Mindex, Mweight, Mdw, Sgate, Sup, Sact, Sy, Su, Ds, Dg
 };
 
 struct LoraCudaBuffer {
@@ -98,6 +126,16 @@ struct LoraCudaBuffer {
   int64_t words;     // 4-byte words per token
   uint64_t bytes(int64_t T) const { return static_cast<uint64_t>(T * words) * 4; }
 };
+
+// The adapter arenas hold every adapted Linear's A then B, slot after slot in the adapter's slots() order (Σ r·(N + K)
+// floats). These walk an adapter's values in that order through a staging buffer of at most stage_floats (> 0):
+// lora_arena_put hands `write` each full stage (its floats and their offset in the arena), lora_arena_get asks
+// `read` to fill each stage from its offset and copies it into the adapter. So a large adapter (Qwen3-30B-A3B's
+// experts at r = 16: 844 M floats) never needs a second whole host copy. DoRA magnitudes are not part of the arena.
+void lora_arena_put(const LoraAdapter& a, int64_t stage_floats,
+                    const std::function<void(const float* data, int64_t offset, int64_t n)>& write);
+void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
+                    const std::function<void(float* data, int64_t offset, int64_t n)>& read);
 
 // The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
 // layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;

@@ -6,8 +6,10 @@
 #include "trainer/lora_model_cuda.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "kernels/act.h"
@@ -20,6 +22,8 @@
 #include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
+#include "kernels/moe_combine.h"
+#include "kernels/moe_combine_backward.h"
 #include "kernels/norm.h"
 #include "kernels/optim.h"
 #include "kernels/qgemm.h"
@@ -27,6 +31,7 @@
 #include "lora/lora_linear.h"
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/memory_plan.h"
+#include "trainer/moe_block.h"
 
 namespace qwenq {
 
@@ -67,10 +72,13 @@ class PinnedFloats {
   int64_t n_ = 0;
 };
 
-// One adapted Linear: where its A and B live in the arenas (in floats).
+// One adapted Linear: where its A and B live in the arenas (in floats). `index`: its place in the adapter's slots()
+// (the order of the arenas, of put/get and of gradient clipping); expert: kNoExpert for a layer's own Linear.
 struct Slot {
   int64_t layer = 0;
   LoraTarget target = LoraTarget::QProj;
+  int64_t expert = kNoExpert;
+  size_t index = 0;
   int64_t N = 0, K = 0, r = 0;
   int64_t a_off = 0, b_off = 0;
 };
@@ -78,7 +86,8 @@ struct Slot {
 }  // namespace
 
 struct LoraModelCuda::Impl {
-  Impl(const QwenConfig& c, const LoraAdapter& a, const LoraModelCudaOptions& o) : cfg(c), shape(a), options(o) {}
+  Impl(const QwenConfig& c, const LoraAdapter& a, const LoraModelCudaOptions& o)
+      : cfg(c), targets_(a.targets()), dims(a.dims()), rank(a.rank()), options(o) {}
   // Work an exception left queued may still read the pinned staging buffer, which is freed before the stream.
   ~Impl() { cudaStreamSynchronize(stream.get()); }  // nothing to report from a destructor
   Impl(const Impl&) = delete;
@@ -86,7 +95,10 @@ struct LoraModelCuda::Impl {
   OwnedCudaStream stream;  // first member: destroyed after every buffer below
   std::unique_ptr<QwenModelCuda> base;
   QwenConfig cfg;
-  LoraAdapter shape;  // the uploaded adapter's config and shapes (its values are not kept up to date)
+  // The uploaded adapter's targets, dimensions and rank (its slots are `slots`); no copy of its values.
+  std::vector<LoraTarget> targets_;
+  LoraDims dims;
+  int64_t rank = 0;
   LoraModelCudaOptions options;
   float s = 1.f;
   double dropout = 0.0;
@@ -94,6 +106,10 @@ struct LoraModelCuda::Impl {
   uint64_t drop_seed = 0;   // this call's LoraStepOptions::dropout_seed
   std::vector<Slot> slots;
   std::vector<int> slot_of;  // [layer · 7 + target index] -> index into slots, or -1
+  // Per layer: empty for a dense one; a MoE layer's [(E + 1) · 3]: (expert + 1) · 3 + which (0 gate, 1 up, 2 down)
+  // -> index into slots, or -1 (expert -1: the shared expert).
+  std::vector<std::vector<int>> expert_slot_of;
+  MoeDispatch disp;  // the routing of the MoE layer last run forward (its backward follows its recomputation)
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
 
@@ -107,12 +123,23 @@ struct LoraModelCuda::Impl {
       tmp, g, nll;
   DeviceAllocation tokens, positions, targets;
   DeviceAllocation act16, q16, k16, v16, a16;
+  // Mixture-of-experts layers (trainer/lora_cuda_buffers.h's MoE part).
+  DeviceAllocation mx, my, mgate, mup, mact, mu, mdy, mtmp, mlogits, mg, mindex, mweight, mdw, sgate, sup, sact, sy,
+      su, ds, dg;
   DeviceAllocation logits;
 
   CudaStream st() const { return stream.get(); }
 
   const Slot* slot(int64_t l, int t) const {
     const int i = slot_of[static_cast<size_t>(l * 7 + t)];
+    return i < 0 ? nullptr : &slots[static_cast<size_t>(i)];
+  }
+  // Linear `which` (0 gate, 1 up, 2 down) of expert e (-1: shared) of MoE layer l, or null when not adapted.
+  // (The constructor checked the adapter's MoE dimensions against the config: e < E.)
+  const Slot* expert_slot(int64_t l, int64_t e, int which) const {
+    const std::vector<int>& v = expert_slot_of[static_cast<size_t>(l)];
+    if (v.empty()) return nullptr;
+    const int i = v[static_cast<size_t>((e + 1) * 3 + which)];
     return i < 0 ? nullptr : &slots[static_cast<size_t>(i)];
   }
 
@@ -153,6 +180,26 @@ struct LoraModelCuda::Impl {
       case Id::K16: return k16;
       case Id::V16: return v16;
       case Id::A16: return a16;
+      case Id::Mx: return mx;
+      case Id::My: return my;
+      case Id::Mgate: return mgate;
+      case Id::Mup: return mup;
+      case Id::Mact: return mact;
+      case Id::Mu: return mu;
+      case Id::Mdy: return mdy;
+      case Id::Mtmp: return mtmp;
+      case Id::Mlogits: return mlogits;
+      case Id::Mg: return mg;
+      case Id::Mindex: return mindex;
+      case Id::Mweight: return mweight;
+      case Id::Mdw: return mdw;
+      case Id::Sgate: return sgate;
+      case Id::Sup: return sup;
+      case Id::Sact: return sact;
+      case Id::Sy: return sy;
+      case Id::Su: return su;
+      case Id::Ds: return ds;
+      case Id::Dg: return dg;
     }
     QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
   }
@@ -167,7 +214,7 @@ struct LoraModelCuda::Impl {
     const int64_t need = std::max(T, capacity);
     capacity = 0;
     xin.reset();  // absent from the fp32 table
-    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, shape.rank(), uses_flash(c.head_dim),
+    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, rank, uses_flash(c.head_dim),
                                                            bf16_checkpoints, dropout > 0)) {
       DeviceAllocation& slot = buffer(b.id);
       slot.reset();  // the old buffer first (scratch, nothing to keep): old and new are never held together
@@ -194,8 +241,9 @@ struct LoraModelCuda::Impl {
   float* dv_() const { return flash() ? v_.as<float>() : dv.as<float>(); }
   uint16_t* da16() const { return act16.as<uint16_t>(); }
   // The scratch of linear_bwd's accumulate path and of dropout: tmp with dropout, else gate's storage (only the
-  // up/k/v backward use it then, after swiglu_backward: trainer/lora_cuda_buffers.h).
-  float* scratch() const { return dropout > 0 ? tmp.as<float>() : gate.as<float>(); }
+  // up/k/v backward use it then, after swiglu_backward: trainer/lora_cuda_buffers.h), or in a MoE model mtmp
+  // ([T, C]; gate may be one word per token there, or narrower than C).
+  float* scratch() const { return dropout > 0 ? tmp.as<float>() : cfg.is_moe() ? mtmp.as<float>() : gate.as<float>(); }
 
   // Checkpoint slot i ([T, C], i = 0 .. L; the block inputs and the final residual) <- the fp32 src [T, C]:
   // rounded to bf16 (f32_to_bf16_cuda, round to nearest even: what the CPU trainer's rounding does) or copied.
@@ -263,36 +311,54 @@ struct LoraModelCuda::Impl {
     qgemm_int4_t_cuda(*L.q4, db, DType::BF16, T, dx, st());
   }
 
-  float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * shape.rank(); }
+  float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * rank; }
 
-  // The dropped LoRA input x̃ [T, K] of Linear t of layer l (kernels/dropout.h, the CPU trainer's key), into tmp:
-  // no other use of tmp is alive in the forward or around the adapter half of linear_bwd.
-  const float* dropped(int64_t l, int t, const float* x, int64_t T, int64_t K) {
+  // One Linear of a pass: its base weight, its adapter slot (null: not adapted), the key of its dropout mask, where
+  // its u = x̃ Aᵀ [rows, r] is kept, and the scratch [rows, K] of its backward's accumulate path.
+  struct Lin {
+    const QwenDeviceLinear* L = nullptr;
+    const Slot* sl = nullptr;
+    uint64_t key = 0;
+    float* u = nullptr;
+    float* scratch = nullptr;
+  };
+  // Linear t of layer l (a layer's own: attention, or a dense MLP).
+  Lin layer_lin(int64_t l, int t, int64_t T) {
+    return Lin{&layer_linear(base->device_layer(l), t), slot(l, t), dropout_key(drop_seed, l, t), u_of(t, T),
+               scratch()};
+  }
+  // Linear `which` of expert e (-1: shared) of MoE layer l, W its base weight; u its rows' u (moe_fwd).
+  Lin expert_lin(int64_t l, int64_t e, int which, const QwenDeviceLinear& W, float* ut) {
+    return Lin{&W, expert_slot(l, e, which), expert_dropout_key(drop_seed, l, e, which), ut, mtmp.as<float>()};
+  }
+
+  // The dropped LoRA input x̃ [T, K] of a Linear (kernels/dropout.h, the CPU trainer's key), into tmp: no other use
+  // of tmp is alive in the forward or around the adapter half of lin_bwd.
+  const float* dropped(uint64_t key, const float* x, int64_t T, int64_t K) {
     float* xd = tmp.as<float>();  // drop_p > 0: the adapter has dropout, so tmp is allocated
-    dropout_forward_cuda(x, T * K, drop_p, dropout_key(drop_seed, l, t), xd, st());
+    dropout_forward_cuda(x, T * K, drop_p, key, xd, st());
     return xd;
   }
 
   // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout).
-  void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) {
-    const QwenDeviceLinear& L = layer_linear(base->device_layer(l), t);
-    base_forward(L, x, T, y);
-    const Slot* sl = slot(l, t);
+  void lin_fwd(const Lin& f, const float* x, int64_t T, float* y) {
+    base_forward(*f.L, x, T, y);
+    const Slot* sl = f.sl;
     if (sl == nullptr) return;
     const float* A = params.as<float>() + sl->a_off;
     const float* B = params.as<float>() + sl->b_off;
-    float* ut = u_of(t, T);
-    const float* xin = drop_p > 0.f ? dropped(l, t, x, T, sl->K) : x;
-    lora_forward_cuda(xin, T, sl->K, A, B, sl->r, sl->N, s, y, ut, st());  // u = x̃ Aᵀ; y += s · u Bᵀ
+    const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl->K) : x;
+    lora_forward_cuda(xin, T, sl->K, A, B, sl->r, sl->N, s, y, f.u, st());  // u = x̃ Aᵀ; y += s · u Bᵀ
   }
+  void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) { lin_fwd(layer_lin(l, t, T), x, T, y); }
 
   // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).
   // With dropout: x̃ regenerated for dA += gᵀ x̃, and dx += m ⊙ (g A) through dropout_backward_cuda.
   // The adapter's gradients come first: they are the only readers of x, so dx may be x's storage (dact on act,
   // da on a with flash attention). Each buffer sees the same ops in the same order as with the base first.
-  void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
-    const QwenDeviceLinear& L = layer_linear(base->device_layer(l), t);
-    const Slot* sl = slot(l, t);
+  void lin_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    const QwenDeviceLinear& L = *f.L;
+    const Slot* sl = f.sl;
     const bool drop = drop_p > 0.f;
     float* gp = g.as<float>();
     BlasLt& lt = BlasLt::current();
@@ -300,7 +366,6 @@ struct LoraModelCuda::Impl {
       const float* B = params.as<float>() + sl->b_off;
       float* dA = grads.as<float>() + sl->a_off;
       float* dB = grads.as<float>() + sl->b_off;
-      const float* ut = u_of(t, T);
       {  // gᵀ[r, T] = s · (B as r×N, column-major) · dyᵀ(N×T): g [T, r] = s · dy B.
         LtGemm gm;
         gm.m = sl->r, gm.n = T, gm.k = sl->N;
@@ -313,14 +378,14 @@ struct LoraModelCuda::Impl {
         gm.trans_b = true;
         gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
         gm.accumulate = true;
-        lt.matmul(gm, ut, dy, dB, nullptr, s, st());
+        lt.matmul(gm, f.u, dy, dB, nullptr, s, st());
       }
-      const float* xin = drop ? dropped(l, t, x, T, sl->K) : x;    // x̃ in tmp, dead after dA's product
+      const float* xin = drop ? dropped(f.key, x, T, sl->K) : x;     // x̃ in tmp, dead after dA's product
       linear_backward_weight_cuda(gp, xin, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x̃
     }
     // x is not read below.
     if (accumulate) {
-      float* bx = scratch();
+      float* bx = f.scratch;
       base_backward(L, dy, T, bx);
       add_inplace_cuda(dx, bx, T * L.K, st());
     } else {
@@ -335,7 +400,10 @@ struct LoraModelCuda::Impl {
       gm.accumulate = !drop;
       lt.matmul(gm, A, gp, drop ? tmp.as<float>() : dx, nullptr, 1.f, st());  // tmp's base dx was added above
     }
-    if (drop) dropout_backward_cuda(tmp.as<float>(), T * sl->K, drop_p, dropout_key(drop_seed, l, t), dx, st());
+    if (drop) dropout_backward_cuda(tmp.as<float>(), T * sl->K, drop_p, f.key, dx, st());
+  }
+  void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    lin_bwd(layer_lin(l, t, T), dy, x, T, dx, accumulate);
   }
 
   void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
@@ -344,6 +412,123 @@ struct LoraModelCuda::Impl {
   void rmsnorm_bwd(const float* dy, const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w,
                    float* dx) {
     rmsnorm_backward_cuda(dy, x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, dx, st());
+  }
+
+  // The mixture-of-experts MLP of layer l on n [T, C] (trainer/moe_block.h's forward with the experts' adapters):
+  // the router logits (and the shared expert's gate logit) go to the host, where moe_dispatch routes them as the CPU
+  // block does and keeps what the backward needs (disp); the routed rows are gathered into mx grouped by expert, each
+  // expert runs its three Linears (with their adapters, dropout keyed by expert_dropout_key) on its slice, keeping
+  // gate, up, act and y per row, the shared expert the same on every token; out [T, C] = moe_combine of the rows
+  // (out null: the recomputation of the backward, which needs the intermediates only).
+  void moe_fwd(int64_t l, const float* n, int64_t T, float* out) {
+    const QwenConfig& c = cfg;
+    const QwenDeviceMoe& M = base->device_moe(l);
+    const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k,
+                  Im = c.moe_intermediate_size, r = rank;
+    const bool shared = M.shared[0].N > 0;
+    base_forward(M.router, n, T, mlogits.as<float>());
+    std::vector<float> lg(static_cast<size_t>(T * E)), gl(shared ? static_cast<size_t>(T) : 0);
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(lg.data(), mlogits.get(), lg.size() * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    if (shared) {
+      base_forward(M.shared_gate, n, T, mg.as<float>());
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(gl.data(), mg.get(), gl.size() * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    }
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    disp = moe_dispatch(c, lg.data(), shared ? gl.data() : nullptr, T, /*for_backward=*/true);
+    std::vector<int32_t> idx = disp.gather;  // mindex = gather then combine, mweight = the weights then σ(g)
+    idx.insert(idx.end(), disp.combine.begin(), disp.combine.end());
+    std::vector<float> w = disp.weight;
+    w.insert(w.end(), disp.shared_gate.begin(), disp.shared_gate.end());
+    upload_owned_async(mindex.get(), std::move(idx), st());
+    upload_owned_async(mweight.get(), std::move(w), st());
+    embedding_gather_cuda(n, DType::F32, T, C, mindex.as<int32_t>(), R, mx.as<float>(), st());
+    float* U = mu.as<float>();
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = disp.start[static_cast<size_t>(e)], rows = disp.start[static_cast<size_t>(e + 1)] - r0;
+      if (rows == 0) continue;
+      const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
+      const float* xe = mx.as<float>() + r0 * C;
+      float* ge = mgate.as<float>() + r0 * Im;
+      float* ue = mup.as<float>() + r0 * Im;
+      float* ae = mact.as<float>() + r0 * Im;
+      lin_fwd(expert_lin(l, e, 0, X[0], U + r0 * r), xe, rows, ge);
+      lin_fwd(expert_lin(l, e, 1, X[1], U + (R + r0) * r), xe, rows, ue);
+      swiglu_forward_cuda(ge, ue, rows * Im, ae, st());
+      lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + r0) * r), ae, rows, my.as<float>() + r0 * C);
+    }
+    if (shared) {
+      const int64_t Is = M.shared[0].N;
+      float* SU = su.as<float>();
+      lin_fwd(expert_lin(l, -1, 0, M.shared[0], SU), n, T, sgate.as<float>());
+      lin_fwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r), n, T, sup.as<float>());
+      swiglu_forward_cuda(sgate.as<float>(), sup.as<float>(), T * Is, sact.as<float>(), st());
+      lin_fwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r), sact.as<float>(), T, sy.as<float>());
+    }
+    if (out == nullptr) return;
+    moe_combine_cuda(my.as<float>(), R, C, mindex.as<int32_t>() + R, mweight.as<float>(), T, k,
+                     shared ? sy.as<float>() : nullptr, shared ? mweight.as<float>() + R : nullptr, out, st());
+  }
+
+  // dn [T, C] (written) = ∂L/∂n of layer l's MoE MLP given dout [T, C], after moe_fwd on the same n (moe_block.h's
+  // backward): moe_combine_backward gives each row's dy = w · dout, ∂L/∂w (to the host: the routing's softmax
+  // backward there, moe_router_backward, whose ∂L/∂logits come back into mlogits) and the shared expert's dy and
+  // ∂L/∂g; each expert's Linears backward on its slice (dx rows on my's storage: y is dead once read), the rows added
+  // back per token in ascending expert order (moe_scatter_add), then the router's dr W, the shared expert's dx and
+  // its gate's dg w_sg, in moe_block_backward's order.
+  void moe_bwd(int64_t l, const float* dout, const float* n, int64_t T, float* dn) {
+    const QwenConfig& c = cfg;
+    const QwenDeviceMoe& M = base->device_moe(l);
+    const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k,
+                  Im = c.moe_intermediate_size, r = rank;
+    const bool shared = M.shared[0].N > 0;
+    QWENQ_CHECK(static_cast<int64_t>(disp.choice.size()) == R,
+                "LoraModelCuda: the backward of MoE layer " << l << " without its forward's routing");
+    const int32_t* combine = mindex.as<int32_t>() + R;
+    moe_combine_backward_cuda(dout, my.as<float>(), R, C, combine, mweight.as<float>(), T, k,
+                              shared ? sy.as<float>() : nullptr, shared ? mweight.as<float>() + R : nullptr,
+                              mdy.as<float>(), mdw.as<float>(), shared ? ds.as<float>() : nullptr,
+                              shared ? dg.as<float>() : nullptr, st());
+    std::vector<float> dw_combine(static_cast<size_t>(R)), dw(static_cast<size_t>(R));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(dw_combine.data(), mdw.get(), R * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    for (int64_t i = 0; i < R; ++i) dw[static_cast<size_t>(disp.choice[i])] = dw_combine[static_cast<size_t>(i)];
+    std::vector<float> dr(static_cast<size_t>(T * E));
+    moe_router_backward(c, disp.probs.data(), disp.chosen.data(), disp.routed.data(), dw.data(), T, dr.data());
+    upload_owned_async(mlogits.get(), std::move(dr), st());  // the logits are dead since the routing
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(dn, 0, static_cast<size_t>(T * C) * sizeof(float), st()));
+    float* U = mu.as<float>();
+    float* dx = my.as<float>();  // the experts' dx rows: y was last read by moe_combine_backward
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = disp.start[static_cast<size_t>(e)], rows = disp.start[static_cast<size_t>(e + 1)] - r0;
+      if (rows == 0) continue;
+      const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
+      const float* xe = mx.as<float>() + r0 * C;
+      float* ge = mgate.as<float>() + r0 * Im;
+      float* ue = mup.as<float>() + r0 * Im;
+      float* ae = mact.as<float>() + r0 * Im;  // then dact, then dgate (as the dense MLP's act)
+      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + r0) * r), mdy.as<float>() + r0 * C, ae, rows, ae, false);
+      swiglu_backward_cuda(ae, ge, ue, rows * Im, ae, ue, st());  // in place: dgate on act, dup on up
+      lin_bwd(expert_lin(l, e, 0, X[0], U + r0 * r), ae, xe, rows, dx + r0 * C, false);
+      lin_bwd(expert_lin(l, e, 1, X[1], U + (R + r0) * r), ue, xe, rows, dx + r0 * C, true);
+    }
+    moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st());
+    float* tmp_c = mtmp.as<float>();
+    base_backward(M.router, mlogits.as<float>(), T, tmp_c);
+    add_inplace_cuda(dn, tmp_c, T * C, st());
+    if (!shared) return;
+    const int64_t Is = M.shared[0].N;
+    float* SU = su.as<float>();
+    float* sa = sact.as<float>();
+    lin_bwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r), ds.as<float>(), sa, T, sa, false);
+    swiglu_backward_cuda(sa, sgate.as<float>(), sup.as<float>(), T * Is, sa, sup.as<float>(), st());
+    float* sdx = ds.as<float>();  // dead once the down projection's backward read it
+    lin_bwd(expert_lin(l, -1, 0, M.shared[0], SU), sa, n, T, sdx, false);
+    lin_bwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r), sup.as<float>(), n, T, sdx, true);
+    add_inplace_cuda(dn, sdx, T * C, st());
+    base_backward(M.shared_gate, dg.as<float>(), T, tmp_c);
+    add_inplace_cuda(dn, tmp_c, T * C, st());
   }
 
   // Block l on x [T, C] (fp32); its output into checkpoint slot out_slot (save_slot; -1: intermediates only, the
@@ -380,11 +565,15 @@ struct LoraModelCuda::Impl {
     linear_fwd(l, 3, a.as<float>(), T, h1.as<float>());
     add_inplace_cuda(h1.as<float>(), x, T * C, st());
     rmsnorm(h1.as<float>(), T, C, L.post_norm, n2.as<float>());
-    linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
-    linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
-    swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
     float* mlp = mlp_out();
-    linear_fwd(l, 6, act.as<float>(), T, mlp);
+    if (c.is_moe_layer(l)) {
+      moe_fwd(l, n2.as<float>(), T, out_slot < 0 ? nullptr : mlp);
+    } else {
+      linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
+      linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
+      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
+      linear_fwd(l, 6, act.as<float>(), T, mlp);
+    }
     if (out_slot < 0) return;
     add_inplace_cuda(mlp, h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
     save_slot(out_slot, mlp, T);
@@ -398,10 +587,14 @@ struct LoraModelCuda::Impl {
     const QwenDeviceLayer& L = base->device_layer(l);
     const int64_t T = b.num_tokens(), C = c.hidden_size, I = c.intermediate_size, H = c.num_heads,
                   Hkv = c.num_kv_heads, D = c.head_dim;
-    linear_bwd(l, 6, dd, act.as<float>(), T, dact(), false);  // dact over act: its x, read first
-    swiglu_backward_cuda(dact(), gate.as<float>(), up.as<float>(), T * I, dgate(), dup(), st());  // in place
-    linear_bwd(l, 4, dgate(), n2.as<float>(), T, dn2.as<float>(), false);
-    linear_bwd(l, 5, dup(), n2.as<float>(), T, dn2.as<float>(), true);
+    if (c.is_moe_layer(l)) {
+      moe_bwd(l, dd, n2.as<float>(), T, dn2.as<float>());
+    } else {
+      linear_bwd(l, 6, dd, act.as<float>(), T, dact(), false);  // dact over act: its x, read first
+      swiglu_backward_cuda(dact(), gate.as<float>(), up.as<float>(), T * I, dgate(), dup(), st());  // in place
+      linear_bwd(l, 4, dgate(), n2.as<float>(), T, dn2.as<float>(), false);
+      linear_bwd(l, 5, dup(), n2.as<float>(), T, dn2.as<float>(), true);
+    }
     rmsnorm_bwd(dn2.as<float>(), h1.as<float>(), T, C, L.post_norm, dh1.as<float>());
     add_inplace_cuda(dh1.as<float>(), dd, T * C, st());
     float* dap = da_();
@@ -503,46 +696,56 @@ struct LoraModelCuda::Impl {
     return res;
   }
 
+  // `a` has the uploaded adapter's targets, dimensions (the MoE ones included) and, slot by slot, its Linears.
   void check_same(const LoraAdapter& a, const char* what) const {
-    QWENQ_CHECK(a.targets() == shape.targets() && a.rank() == shape.rank() &&
-                    a.dims().num_layers == shape.dims().num_layers && a.dims().hidden_size == shape.dims().hidden_size &&
-                    a.dims().intermediate_size == shape.dims().intermediate_size &&
-                    a.dims().q_dim == shape.dims().q_dim && a.dims().kv_dim == shape.dims().kv_dim,
-                "LoraModelCuda: " << what << " has other shapes or targets than the uploaded adapter (r "
-                                  << a.rank() << " vs " << shape.rank() << ", " << a.targets().size() << " vs "
-                                  << shape.targets().size() << " targets)");
+    const LoraDims& d = a.dims();
+    bool same = a.targets() == targets_ && a.rank() == rank && a.slots().size() == slots.size() &&
+                d.num_layers == dims.num_layers && d.hidden_size == dims.hidden_size &&
+                d.intermediate_size == dims.intermediate_size && d.q_dim == dims.q_dim && d.kv_dim == dims.kv_dim &&
+                d.moe_layer == dims.moe_layer && d.num_experts == dims.num_experts &&
+                d.moe_intermediate_size == dims.moe_intermediate_size &&
+                d.shared_expert_intermediate_size == dims.shared_expert_intermediate_size;
+    for (size_t i = 0; same && i < slots.size(); ++i) {
+      const LoraSlot& ls = a.slots()[i];
+      const LoraWeights& w = a.weights(i);
+      const Slot& sl = slots[i];
+      same = ls.layer == sl.layer && ls.target == sl.target && ls.expert == sl.expert && w.N == sl.N &&
+             w.K == sl.K && w.r == sl.r && static_cast<int64_t>(w.A.size()) == sl.r * sl.K &&
+             static_cast<int64_t>(w.B.size()) == sl.N * sl.r;
+    }
+    QWENQ_CHECK(same, "LoraModelCuda: " << what << " has other shapes or targets than the uploaded adapter (r "
+                                        << a.rank() << " vs " << rank << ", " << a.targets().size() << " vs "
+                                        << targets_.size() << " targets, " << a.slots().size() << " vs "
+                                        << slots.size() << " adapted Linears)");
   }
+
+  // Host <-> device through one staging buffer (lora_arena_put / get: the arenas are the slots' A then B in order,
+  // a_off and b_off), so a large adapter has no second whole host copy.
+  static constexpr int64_t kStageFloats = int64_t{16} << 20;
 
   void put(const DeviceAllocation& arena, const LoraAdapter& a, const char* what) {
     check_same(a, what);
-    std::vector<float> host(static_cast<size_t>(total));
-    for (const Slot& sl : slots) {
-      const LoraWeights& w = a.at(sl.layer, sl.target);
-      std::copy(w.A.begin(), w.A.end(), host.begin() + sl.a_off);
-      std::copy(w.B.begin(), w.B.end(), host.begin() + sl.b_off);
-    }
-    QWENQ_CUDA_CHECK(
-        cudaMemcpyAsync(arena.get(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice, st()));
-    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));  // host goes out of scope
+    lora_arena_put(a, kStageFloats, [&](const float* data, int64_t offset, int64_t n) {
+      QWENQ_CHECK(offset + n <= total, "LoraModelCuda: " << what << " overflows the arena of " << total << " floats");
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(arena.as<float>() + offset, data, static_cast<size_t>(n) * sizeof(float),
+                                       cudaMemcpyHostToDevice, st()));
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));  // the stage is refilled next
+    });
   }
 
   void get(const DeviceAllocation& arena, LoraAdapter* a, const char* what) const {
     check_same(*a, what);
-    std::vector<float> host(static_cast<size_t>(total));
-    QWENQ_CUDA_CHECK(
-        cudaMemcpyAsync(host.data(), arena.get(), host.size() * sizeof(float), cudaMemcpyDeviceToHost, st()));
-    QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
-    for (const Slot& sl : slots) {
-      LoraWeights& w = a->at(sl.layer, sl.target);
-      std::copy(host.begin() + sl.a_off, host.begin() + sl.a_off + sl.r * sl.K, w.A.begin());
-      std::copy(host.begin() + sl.b_off, host.begin() + sl.b_off + sl.N * sl.r, w.B.begin());
-    }
+    lora_arena_get(a, kStageFloats, [&](float* data, int64_t offset, int64_t n) {
+      QWENQ_CHECK(offset + n <= total, "LoraModelCuda: " << what << " overflows the arena of " << total << " floats");
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(data, arena.as<float>() + offset, static_cast<size_t>(n) * sizeof(float),
+                                       cudaMemcpyDeviceToHost, st()));
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+    });
   }
 };
 
 LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter, const LoraModelCudaOptions& options)
     : impl_((refuse_dora_on_gpu(adapter, "the GPU LoRA trainer"),
-             refuse_moe(model.config(), "the GPU LoRA trainer (train --device cuda)"),
              std::make_unique<Impl>(model.config(), adapter, options))) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
@@ -555,6 +758,14 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
               "the adapter was made for another base model (hidden " << d.hidden_size << ", intermediate "
                   << d.intermediate_size << ", " << d.num_layers << " layers; the model has " << c.hidden_size << ", "
                   << c.intermediate_size << ", " << c.num_layers << ")");
+  const LoraDims want = lora_dims_of(c);
+  QWENQ_CHECK(d.moe_layer == want.moe_layer && d.num_experts == want.num_experts &&
+                  d.moe_intermediate_size == want.moe_intermediate_size &&
+                  d.shared_expert_intermediate_size == want.shared_expert_intermediate_size,
+              "the adapter was made for another base model (" << d.num_experts << " experts of width "
+                  << d.moe_intermediate_size << ", shared expert " << d.shared_expert_intermediate_size
+                  << "; the model has " << want.num_experts << ", " << want.moe_intermediate_size << ", "
+                  << want.shared_expert_intermediate_size << ")");
   QwenModelCudaOptions up;
   up.upload_embedding = false;  // an untied table stays on the host: only a batch's rows are uploaded (embed)
   m.base = std::make_unique<QwenModelCuda>(model, up);
@@ -562,23 +773,31 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
   m.s = static_cast<float>(adapter.scaling());
   m.dropout = adapter.config().dropout;
   m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (int t = 0; t < 7; ++t) {
-      if (!adapter.has(l, kLoraTargets[t].target)) continue;
-      const LoraWeights& w = adapter.at(l, kLoraTargets[t].target);
-      Slot sl;
-      sl.layer = l;
-      sl.target = kLoraTargets[t].target;
-      sl.N = w.N, sl.K = w.K, sl.r = w.r;
-      sl.a_off = m.total;
-      sl.b_off = m.total + w.r * w.K;
-      m.total += w.r * (w.K + w.N);
-      m.slot_of[static_cast<size_t>(l * 7 + t)] = static_cast<int>(m.slots.size());
-      m.slots.push_back(sl);
+  m.expert_slot_of.assign(static_cast<size_t>(c.num_layers), {});
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& ls = adapter.slots()[i];
+    const LoraWeights& w = adapter.weights(i);
+    Slot sl;
+    sl.layer = ls.layer;
+    sl.target = ls.target;
+    sl.expert = ls.expert;
+    sl.index = i;
+    sl.N = w.N, sl.K = w.K, sl.r = w.r;
+    sl.a_off = m.total;
+    sl.b_off = m.total + w.r * w.K;
+    m.total += w.r * (w.K + w.N);
+    const int at = static_cast<int>(m.slots.size());
+    if (ls.expert == kNoExpert) {
+      m.slot_of[static_cast<size_t>(ls.layer * 7 + static_cast<int>(ls.target))] = at;
+    } else {
+      std::vector<int>& v = m.expert_slot_of[static_cast<size_t>(ls.layer)];
+      if (v.empty()) v.assign(static_cast<size_t>((c.num_experts + 1) * 3), -1);
+      v[static_cast<size_t>((ls.expert + 1) * 3 + moe_expert_index(ls.target))] = at;
     }
+    m.slots.push_back(sl);
   }
-  // The clip order of the CPU loop (layer, targets in table order, A then B) is the slots' order, provided the
-  // adapter's target list is in table order, which LoraAdapter guarantees.
+  // The clip order of the CPU loop (the adapter's slots: layer, targets in table order, a MoE layer's MLP targets
+  // expert by expert then the shared expert; A then B) is the slots' order.
   const size_t bytes = static_cast<size_t>(std::max<int64_t>(m.total, 1)) * sizeof(float);
   const std::string floats =
       " [" + std::to_string(m.total) + " floats, " + std::to_string(m.slots.size()) + " Linears]";

@@ -13,6 +13,20 @@
 // bf16 q/k/v/out/dout, fp32 grads) or attention_naive_backward_cuda (other D, fp32), and
 // cross_entropy_fused_cuda over chunks of lm_head rows, each chunk's dlogits multiplied into dhidden at once.
 //
+// Mixture-of-experts layers (qwen3_moe, qwen2_moe; the adapter's MLP targets there adapt every expert and the shared
+// expert, trainer/moe_block.h): the router logits (and Qwen2-MoE's shared-gate logit) go to the host, where the CPU
+// block's routing (moe_dispatch) picks the experts and keeps the softmax for the backward; the routed rows are gathered
+// into one [T·k, C] buffer grouped by expert, each expert runs its three Linears with their adapters on its rows
+// (dropout keyed by expert_dropout_key, the CPU's masks), the shared expert on every token, and moe_combine_cuda adds
+// them. Backward: moe_combine_backward_cuda gives each row's dy = w·dout, ∂L/∂w (to the host: moe_router_backward,
+// whose ∂L/∂logits come back for dr·W_router) and the shared expert's dy and gate gradient; each expert's Linears
+// backward on its rows; moe_scatter_add_cuda adds each token's rows back in ascending expert order. The host waits
+// for the device about 3 times per MoE layer in a forward (the routing, the gather's and combine's index checks) and
+// 3 in a backward (the combine backward's index check, ∂L/∂w, the scatter's check); each expert's GEMMs have its own
+// row count, so cuBLASLt's plan cache (kernels/blas_lt.h) gains entries per distinct count (at most T per shape).
+// tests/test_moe_lora_composition.cpp composes this from the kernels' CPU twins against the CPU block.
+// `qwen-qlora plan --device cuda` counts them (trainer/memory_plan.h: the expert arenas, the MoE buffer rows).
+//
 // Data types: the forward's of trainer/qwen_model_cuda.h (fp32 residual stream and activations; x rounded to
 // bf16 for a BF16 or Q4 W and for flash attention). Adapter A, B, their gradients and AdamW's m, v are fp32
 // device arrays, one allocation each, laid out layer by layer, targets in table order, A then B: the order of

@@ -369,11 +369,13 @@ void gpu_linear_pieces(const PlanInput& in, int64_t N, int64_t K, WeightArenaLay
 // Device bytes of one decoder layer: its weight arena (trainer/qwen_weight_arena.h), one allocation of the aligned
 // pieces, split for the report into the norms and biases (`dense`, their aligned pieces) and the Linears (the
 // rest: their pieces and the allocator's rounding of the whole arena). Σ round_up(piece, 256) does not depend on
-// the order of the pieces, so the two halves may be laid out apart.
+// the order of the pieces, so the two halves may be laid out apart. A MoE layer's arena has the attention's Linears
+// only; its router, experts and shared expert (with its gate) are a second allocation (qwen_moe_arena), counted
+// with the Linears: the routers as stored (dense_dtype), every expert Linear as the base's.
 struct GpuLayerBytes {
   uint64_t linear = 0, dense = 0;
 };
-GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s) {
+GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s, bool moe) {
   const QwenConfig& c = in.model;
   const uint64_t dsz = dtype_size(in.dense_dtype);
   WeightArenaLayout dense, linear;
@@ -388,10 +390,26 @@ GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s) {
     dense.add(u64(c.kv_dim()) * dsz);
     dense.add(u64(c.kv_dim()) * dsz);
   }
-  for (const LoraShape& sh : s.shape) gpu_linear_pieces(in, sh.N, sh.K, &linear);
+  const int linears = moe ? 4 : kNumLoraTargets;  // a MoE layer: q, k, v, o
+  for (int t = 0; t < linears; ++t) gpu_linear_pieces(in, s.shape[t].N, s.shape[t].K, &linear);
   GpuLayerBytes b;
   b.dense = dense.bytes();
   b.linear = held(dense.bytes() + linear.bytes()) - b.dense;
+  if (!moe) return b;
+  const int64_t C = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size;
+  WeightArenaLayout experts;
+  experts.add(u64(c.num_experts * C) * dsz);  // mlp.gate
+  const auto expert = [&](int64_t width) {
+    gpu_linear_pieces(in, width, C, &experts);  // gate_proj
+    gpu_linear_pieces(in, width, C, &experts);  // up_proj
+    gpu_linear_pieces(in, C, width, &experts);  // down_proj
+  };
+  for (int64_t e = 0; e < c.num_experts; ++e) expert(Im);
+  if (Is > 0) {
+    expert(Is);
+    experts.add(u64(C) * dsz);  // mlp.shared_expert_gate [1, C]
+  }
+  b.linear += held(experts.bytes());
   return b;
 }
 
@@ -405,6 +423,8 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
   if (d.has_lm_head && dsz == 2) b = std::max(b, u64(lora_cuda_logits_rows(s.T, s.V) * s.V) * dsz);
   if (in.base == PlanBase::Bf16 && dsz == 2 && d.num_layers > 0) {
     for (const LoraShape& sh : s.shape) b = std::max(b, u64(s.T * std::max(sh.N, sh.K) * 2));
+    const QwenConfig& c = in.model;  // an expert's rows are at most T
+    if (c.is_moe()) b = std::max(b, u64(s.T * std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size) * 2));
   }
   return b;
 }
@@ -414,12 +434,19 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   const int64_t T = s.T, n = d->num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
   // Base weights as uploaded (trainer/qwen_model_cuda.cpp): these replace the file bytes of the caller.
-  const GpuLayerBytes layer = gpu_layer_bytes(in, s);
+  const LayerKinds kinds = layer_kinds(c);
+  const GpuLayerBytes dense_layer = kinds.dense >= 0 ? gpu_layer_bytes(in, s, false) : GpuLayerBytes{};
+  const GpuLayerBytes moe_layer = kinds.moe >= 0 ? gpu_layer_bytes(in, s, true) : GpuLayerBytes{};
   // The input embedding stays on the host (its rows are gathered there) unless it is the lm_head: tied, the
   // last GPU holds it as the lm_head (on one GPU, the one allocation serves both).
   const uint64_t embed = held(u64(s.V * s.C) * dsz);
-  d->base_linear = u64(n) * layer.linear;
-  d->base_dense = u64(n) * layer.dense;
+  d->base_linear = 0;
+  d->base_dense = 0;
+  for (int64_t l = d->first_layer; l < d->first_layer + n; ++l) {
+    const GpuLayerBytes& layer = c.is_moe_layer(l) ? moe_layer : dense_layer;
+    d->base_linear += layer.linear;
+    d->base_dense += layer.dense;
+  }
   if (d->has_lm_head) d->base_dense += held(u64(s.C) * dsz) + embed;
   d->base_weights = d->base_linear + d->base_dense;
   // A/B, gradients, m, v: one fp32 array each of max(P, 1) floats.
@@ -463,7 +490,6 @@ void check_input(const PlanInput& in) {
   QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
-    refuse_moe(c, "plan --device cuda (the GPU trainer)");  // the GPU forward refuses them
     QWENQ_CHECK(!in.lora.use_dora, "plan: --use-dora with --device cuda: DoRA adapters run on the CPU only for now "
                                    "(--device cpu)");
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);

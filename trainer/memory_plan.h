@@ -55,7 +55,11 @@
 //                 rows; the attention half holding linear_bwd's tmp T·max(qd, C); the recompute: out, mlp,
 //                 result 3·T·C, router logits T·E, gathered rows R·C (unadapted), the LoRA product R·max(N)
 //   workspace     the largest dequantized Linear and widening buffer over every Linear (experts, routers) too
-//   GPU           refused (the GPU trainer does not take MoE models yet).
+//   GPU           (trainer/lora_model_cuda.h) per MoE layer the layer arena (norms, biases, q/k/v/o) plus a second
+//                 allocation of the router, the experts and the shared expert with its gate (qwen_moe_arena: the
+//                 routers as stored, the experts dense or Q4 repacks); the MoE rows of trainer/lora_cuda_buffers.h's
+//                 table (k·T routed rows of C and Im, the shared expert's T rows, router logits, indices) on top of
+//                 the dense table (whose gate/up/act [T, I] are one word per token without a dense MLP layer).
 // WORKSPACE, CPU:
 //   dequant       packed bases: the largest Linear dequantized, fp32 4·N·K (apply_linear's per-thread buffer,
 //                 kept), plus its tables: GPTQ/AWQ the unpacked zeros G·N, the scales in fp32 4·G·N and each

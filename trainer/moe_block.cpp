@@ -153,23 +153,32 @@ void expert_backward(const MoeExpertWeights& e, const float* x, const float* gat
 
 float moe_shared_gate(float g) { return 1.f / (1.f + std::exp(-g)); }
 
-MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T) {
+MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T,
+                         bool for_backward) {
   const int64_t E = c.num_experts, k = c.experts_per_token, R = T * k;
   std::vector<int32_t> chosen(static_cast<size_t>(R)), slot;
   std::vector<float> weight(static_cast<size_t>(R));
-  moe_route_ref(router_logits, T, E, k, c.norm_topk_prob, chosen.data(), weight.data());
   MoeDispatch d;
+  if (for_backward) d.probs.resize(static_cast<size_t>(T * E));
+  moe_route_ref(router_logits, T, E, k, c.norm_topk_prob, chosen.data(), weight.data(),
+                for_backward ? d.probs.data() : nullptr);
   std::vector<int64_t> token;
   moe_group_by_expert(chosen.data(), T, k, E, &d.start, &token, &slot);
   d.gather.resize(static_cast<size_t>(R));
   d.combine.resize(static_cast<size_t>(R));
   d.weight.resize(static_cast<size_t>(R));
+  if (for_backward) d.choice.resize(static_cast<size_t>(R));
   std::vector<int64_t> seen(static_cast<size_t>(T), 0);
   for (int64_t r = 0; r < R; ++r) {  // grouped rows run over the experts in ascending order
     const int64_t t = token[r], j = seen[t]++;
     d.gather[r] = static_cast<int32_t>(t);
     d.combine[t * k + j] = static_cast<int32_t>(r);
     d.weight[t * k + j] = weight[t * k + slot[r]];
+    if (for_backward) d.choice[t * k + j] = static_cast<int32_t>(t * k + slot[r]);
+  }
+  if (for_backward) {
+    d.chosen = std::move(chosen);
+    d.routed = std::move(weight);
   }
   if (gate_logits != nullptr) {
     d.shared_gate.resize(static_cast<size_t>(T));
@@ -197,6 +206,30 @@ void moe_group_by_expert(const int32_t* chosen, int64_t T, int64_t k, int64_t E,
 
 uint64_t expert_dropout_key(uint64_t seed, int64_t layer, int64_t expert, int which) {
   return dropout_key(dropout_key(seed, layer, 7), expert + 1, which);
+}
+
+void moe_router_backward(const QwenConfig& c, const float* probs, const int32_t* chosen, const float* weight,
+                         const float* dw, int64_t T, float* dr) {
+  const int64_t E = c.num_experts, k = c.experts_per_token;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* p = probs + t * E;
+    const int32_t* S = chosen + t * k;
+    float* d = dr + t * E;  // holds dp, then dr
+    std::fill(d, d + E, 0.f);
+    if (c.norm_topk_prob) {
+      double z = 0, mean = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        z += p[S[j]];
+        mean += static_cast<double>(dw[t * k + j]) * weight[t * k + j];
+      }
+      for (int64_t j = 0; j < k; ++j) d[S[j]] = static_cast<float>((dw[t * k + j] - mean) / z);
+    } else {
+      for (int64_t j = 0; j < k; ++j) d[S[j]] = dw[t * k + j];
+    }
+    double pdp = 0;
+    for (int64_t j = 0; j < k; ++j) pdp += static_cast<double>(p[S[j]]) * d[S[j]];
+    for (int64_t e = 0; e < E; ++e) d[e] = p[e] * (d[e] - static_cast<float>(pdp));
+  }
 }
 
 void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n, int64_t T, float* out,
@@ -334,24 +367,8 @@ void moe_block_backward(const QwenConfig& c, const MoeWeights& m, const MoeBlock
     }
   }
   // Routing weights -> softmax probabilities -> router logits -> dn (the router's weight is frozen).
-  std::vector<float> dr(T * E, 0.f);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* p = a.probs.data() + t * E;
-    float* d = dr.data() + t * E;  // holds dp, then dr
-    if (c.norm_topk_prob) {
-      double z = 0, mean = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        z += p[a.chosen[t * k + j]];
-        mean += static_cast<double>(dw[t * k + j]) * a.weight[t * k + j];
-      }
-      for (int64_t j = 0; j < k; ++j) d[a.chosen[t * k + j]] = static_cast<float>((dw[t * k + j] - mean) / z);
-    } else {
-      for (int64_t j = 0; j < k; ++j) d[a.chosen[t * k + j]] = dw[t * k + j];
-    }
-    double pdp = 0;
-    for (int64_t j = 0; j < k; ++j) pdp += static_cast<double>(p[a.chosen[t * k + j]]) * d[a.chosen[t * k + j]];
-    for (int64_t e = 0; e < E; ++e) d[e] = p[e] * (d[e] - static_cast<float>(pdp));
-  }
+  std::vector<float> dr(T * E);
+  moe_router_backward(c, a.probs.data(), a.chosen.data(), a.weight.data(), dw.data(), T, dr.data());
   std::vector<float> tmp(T * C);
   apply_linear_backward_input(m.router, dr.data(), T, tmp.data());
   for (int64_t i = 0; i < T * C; ++i) dn[i] += tmp[i];

@@ -96,12 +96,25 @@ float moe_shared_gate(float g);
 //   combine[t·k + j] token t's grouped rows in ascending expert order, weight[t·k + j] their routing weights;
 //   shared_gate[t] = σ(g_t) (empty without a shared expert).
 // Then out_t = Σ_j weight[t·k + j] · y[combine[t·k + j]] + shared_gate[t] · shared(n_t) is moe_block_forward's out_t.
+// With for_backward (the GPU trainer, kernels/moe_combine_backward.h), also what moe_router_backward needs: the
+// softmax p [T, E], the choices chosen [T, k] and their weights routed [T, k] in the routing's order (largest first),
+// and choice[t·k + j] = the routing slot t·k + j' of combine entry t·k + j.
 struct MoeDispatch {
   std::vector<int64_t> start;
   std::vector<int32_t> gather, combine;
   std::vector<float> weight, shared_gate;
+  std::vector<float> probs, routed;  // for_backward only
+  std::vector<int32_t> chosen, choice;
 };
-MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T);
+MoeDispatch moe_dispatch(const QwenConfig& c, const float* router_logits, const float* gate_logits, int64_t T,
+                         bool for_backward = false);
+
+// The routing's backward (the router is frozen; the choice S is piecewise constant): from dw [T, k] = ∂L/∂w_{t,j} in
+// the routing's slot order, the softmax p [T, E], the choices chosen [T, k] and their weights [T, k], writes
+// dr [T, E] = ∂L/∂r_t (moe_block.h's formulas: through the renormalization when norm_topk_prob, then the softmax).
+// moe_block_backward's and the GPU trainer's (which then adds dr · W_router into dn on the device).
+void moe_router_backward(const QwenConfig& c, const float* probs, const int32_t* chosen, const float* weight,
+                         const float* dw, int64_t T, float* dr);
 
 // out[T, C] = the block's output for n[T, C]; out may alias n. hook (may be empty) sees each expert's inputs; acts
 // (may be null) receives what moe_block_backward needs.

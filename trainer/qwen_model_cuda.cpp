@@ -73,11 +73,8 @@ struct QwenModelCuda::Impl {
   std::vector<LayerStore> stores;
   // A mixture-of-experts layer's MLP in an arena of its own (qwen_moe_arena): the router, each expert's gate, up and
   // down, the shared expert's (N = 0: none) and its gate. moe[l] is null for a dense layer.
-  struct DevMoe {
+  struct DevMoe : QwenDeviceMoe {
     DeviceAllocation arena;
-    DevLinear router, shared_gate;
-    std::vector<std::array<DevLinear, 3>> experts;
-    std::array<DevLinear, 3> shared;
   };
   std::vector<std::unique_ptr<DevMoe>> moe;
   std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
@@ -614,6 +611,11 @@ const QwenDeviceLayer& QwenModelCuda::device_layer(int64_t l) const {
   QWENQ_CHECK(l >= 0 && l < static_cast<int64_t>(impl_->layers.size()),
               "QwenModelCuda: layer " << l << " of " << impl_->layers.size());
   return impl_->layers[static_cast<size_t>(l)];
+}
+const QwenDeviceMoe& QwenModelCuda::device_moe(int64_t l) const {
+  QWENQ_CHECK(l >= 0 && l < static_cast<int64_t>(impl_->moe.size()) && impl_->moe[static_cast<size_t>(l)],
+              "QwenModelCuda: layer " << l << " is not a mixture-of-experts layer");
+  return *impl_->moe[static_cast<size_t>(l)];
 }
 QwenDeviceTensor QwenModelCuda::device_embed() const { return impl_->embed; }
 QwenDeviceTensor QwenModelCuda::device_final_norm() const { return impl_->final_norm; }

@@ -25,8 +25,9 @@
 //                the same logits), the routed rows gathered (embedding_gather_cuda over the fp32 activations), each
 //                expert's Linears on its slice as above, the shared expert on every token, moe_combine_cuda adding
 //                each token's weighted rows in the CPU block's order. Each layer's router and experts are a second
-//                arena (qwen_moe_arena); QwenDecodeCuda runs it through moe_forward. The block API (hooks,
-//                replaced weights) and adapters refuse MoE layers.
+//                arena (qwen_moe_arena); QwenDecodeCuda runs it through moe_forward, the GPU trainer
+//                (trainer/lora_model_cuda.h) through device_moe's weights. The block API (hooks, replaced weights) and
+//                attached adapters refuse MoE layers.
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one
@@ -61,6 +62,7 @@
 
 #ifdef QWENQ_HAVE_CUDA
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -95,6 +97,13 @@ struct QwenDeviceLinear {
 struct QwenDeviceLayer {
   QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
   QwenDeviceLinear q, k, v, o, gate, up, down;
+};
+// A mixture-of-experts layer's MLP (its own arena): the router [E, C], each expert's gate, up, down, and the shared
+// expert's with its gate [1, C] (N = 0 in all four: no shared expert).
+struct QwenDeviceMoe {
+  QwenDeviceLinear router, shared_gate;
+  std::vector<std::array<QwenDeviceLinear, 3>> experts;
+  std::array<QwenDeviceLinear, 3> shared;
 };
 
 // Sees the input x [T, K] (fp32, device memory, valid until the block continues) of each Linear group of a block on
@@ -145,6 +154,8 @@ class QwenModelCuda {
 
   // The device copies of the weights (see QwenDeviceTensor).
   const QwenDeviceLayer& device_layer(int64_t l) const;
+  // Throws naming the layer unless it is a mixture-of-experts layer (its device_layer's gate/up/down are then empty).
+  const QwenDeviceMoe& device_moe(int64_t l) const;
   QwenDeviceTensor device_embed() const;  // data null when the table was left on the host
   QwenDeviceTensor device_final_norm() const;
   QwenDeviceTensor device_lm_head() const;

@@ -346,7 +346,6 @@ for m in moe moe_gptq moe_nf4; do
   grep -q "^perplexity " "eval_$m.txt" || fail "eval $m printed no perplexity" "eval_$m.txt"
 done
 "$QQ" generate --model moe_gptq --prompt "Once upon" -n 4 > moe_gen.txt 2>&1 || fail "generate on GPTQ MoE" moe_gen.txt
-MOE="does not support mixture-of-experts models yet (model_type qwen3_moe, 8 experts, top-2)"
 "$QL" train --model moe --data text.jsonl --out moe_dora_run --max-steps 2 --seq-len 32 -q --target all-linear \
   --use-dora > moe_dora.txt 2>&1 || fail "DoRA on every expert of a MoE" moe_dora.txt
 "$QL" merge --model moe --adapter moe_dora_run --out moe_dora_merged -q > moe_dora_merge.txt 2>&1 \
@@ -374,7 +373,8 @@ refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe 
   --init-adapter moe_lq/loftq_init > moe_lq_run.txt 2>&1 || fail "train --init-adapter LoftQ on a MoE" moe_lq_run.txt
 "$QL" plan --model moe --device cpu --cpu-mem-gb 8 --seq-len 64 > moe_plan.txt 2>&1 || fail "plan of a MoE model on the CPU" moe_plan.txt
 grep -q "2 MoE layers: 8 experts x 32, top-2" moe_plan.txt || fail "plan names the MoE layers" moe_plan.txt
-refuse moe_plan_gpu "plan --device cuda (the GPU trainer) $MOE" "$QL" plan --model moe --device cuda
+"$QL" plan --model moe --device cuda --gpus 1 --seq-len 64 > moe_plan_gpu.txt 2>&1 || fail "plan of a MoE model on the GPU" moe_plan_gpu.txt
+grep -q "2 MoE layers: 8 experts x 32, top-2" moe_plan_gpu.txt || fail "the GPU plan names the MoE layers" moe_plan_gpu.txt
 refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
   --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
   --data text.jsonl --calib text.jsonl

@@ -131,32 +131,27 @@ LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout =
   LoraAdapter a(lora_dims_of(model.config()), cfg);
   a.init_peft(seed);
   Rng rng(seed + 1);
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (float& b : a.at(l, t).B) b = 0.05f * static_cast<float>(rng.normal());
-    }
+  for (size_t i = 0; i < a.slots().size(); ++i) {  // layer by layer, targets in table order; a MoE layer's experts
+    for (float& b : a.weights(i).B) b = 0.05f * static_cast<float>(rng.normal());
   }
   return a;
 }
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
   LoraAdapter z = a;
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
-      std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
-    }
+  for (size_t i = 0; i < z.slots().size(); ++i) {
+    std::fill(z.weights(i).A.begin(), z.weights(i).A.end(), 0.f);
+    std::fill(z.weights(i).B.begin(), z.weights(i).B.end(), 0.f);
   }
   return z;
 }
 
+// Every A and B in the adapter's slot order (the trainer's and clip_grad_norm's order).
 std::vector<std::vector<float>*> tensors(LoraAdapter& a) {
   std::vector<std::vector<float>*> out;
-  for (int64_t l = 0; l < a.dims().num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      out.push_back(&a.at(l, t).A);
-      out.push_back(&a.at(l, t).B);
-    }
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    out.push_back(&a.weights(i).A);
+    out.push_back(&a.weights(i).B);
   }
   return out;
 }
@@ -174,8 +169,9 @@ double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, do
     }
     const double tol = rel_tol * std::max(mx, 1e-30);
     worst = std::max(worst, err / tol * rel_tol);
-    EXPECT_LE(err, tol) << ctx << ": tensor " << i << " (layer " << i / (2 * 7) << ", " << (i % 2 ? "B" : "A")
-                        << "): max error " << err << ", max |grad| " << mx;
+    const LoraSlot& sl = want.slots()[i / 2];
+    EXPECT_LE(err, tol) << ctx << ": tensor " << i << " (layer " << sl.layer << " " << sl.path << ", "
+                        << (i % 2 ? "B" : "A") << "): max error " << err << ", max |grad| " << mx;
   }
   return worst;
 }
@@ -422,6 +418,26 @@ TEST(LoraModelCuda, SeveralLogitsChunks) {
   EXPECT_NE(e.find("logits_chunk_rows must be 0 (the default chunk) or positive, got -1"), std::string::npos) << e;
 }
 
+// Mixture-of-experts models (tiny-moe: Qwen3-MoE, 8 experts, k = 2, norm_topk_prob, a dense layer between two MoE
+// layers; tiny-moe-shared: Qwen2-MoE, 6 experts and the gated shared expert), every expert adapted (PEFT's MLP targets on a MoE layer): the step on the pure-fp32 path
+// (F32 weights, naive attention, fp32 checkpoints) with and without dropout at the fp32 tolerances, and the 4-bit
+// base (RTN GPTQ of the experts; the router stays dense) at the bf16 ones. The routing is recomputed on each side
+// from its own router logits: a near-tie of two experts' probabilities could pick another expert on the GPU (a jump
+// of the loss, not a rounding), which random F32 weights make unlikely (the evaluation tests of test_model_cuda.cpp
+// rely on the same).
+TEST(LoraModelCuda, MixtureOfExpertsIsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string dir = test::make_random_model(tmp + "/" + preset, preset, DType::F32, 57);
+    ASSERT_TRUE(QwenModel(dir).config().is_moe());
+    expect_step_matches_cpu(dir, kFp32RelTol, kFp32RelTol, std::string(preset) + " F32, fp32 checkpoints", 0.0, false);
+    expect_step_matches_cpu(dir, kFp32RelTol, kFp32RelTol, std::string(preset) + " F32, dropout 0.1", 0.1, false);
+    const std::string q4 = quantize_rtn_gptq(dir);
+    expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, std::string(preset) + " rtn-gptq 4-bit");
+  }
+}
+
 using test::losses_of;
 
 // 50 steps of train_lora on the GPU and on the CPU from the same model, data and seed.
@@ -458,6 +474,8 @@ TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32-dropout", 0.1);
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 55, tiny));
   expect_training_matches_cpu(q4, data, tmp, "qlora-d64");
+  const std::string moe = test::make_random_model(tmp + "/moe", "tiny-moe-shared", DType::F32, 58);
+  expect_training_matches_cpu(moe, data, tmp, "tiny-moe-shared-f32");
 }
 
 TEST(LoraModelCuda, Stories260KStep) {
@@ -529,6 +547,11 @@ TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   expect_device_bytes_are_the_plan(q3, "qwen3 D=64 BF16, untied: the input embedding stays on the host");
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
   expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64 (flash attention)");
+  // Mixtures of experts: the expert arenas and the MoE rows of the buffer table.
+  const std::string moe = test::make_random_model(tmp + "/moe", "tiny-moe-shared", DType::F32, 59);
+  expect_device_bytes_are_the_plan(moe, "tiny-moe-shared F32 (shared expert)");
+  const std::string moe_q4 = quantize_rtn_gptq(test::make_random_model(tmp + "/moe3", "tiny-moe", DType::BF16, 60));
+  expect_device_bytes_are_the_plan(moe_q4, "tiny-moe rtn-gptq 4-bit (a dense layer among MoE layers)");
 }
 
 }  // namespace

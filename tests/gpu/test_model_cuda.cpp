@@ -43,7 +43,6 @@
 #include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
-#include "trainer/lora_model_cuda.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
@@ -291,8 +290,9 @@ TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
   }
 }
 
-// What runs MoE models on the CPU only says so: the GPU trainer, an unmerged adapter on the GPU, and the calibration
-// API's MLP calls on a MoE layer; moe_forward (the decoder's) refuses a dense layer.
+// What runs MoE models on the CPU only says so: an unmerged adapter on the GPU and the calibration API's MLP calls on
+// a MoE layer; moe_forward (the decoder's) and device_moe refuse a dense layer. (The GPU trainer takes MoE models:
+// tests/gpu/test_lora_model_cuda.cpp.)
 TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
@@ -300,7 +300,6 @@ TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QwenModelCuda gpu(cpu);
   const LoraAdapter adapter = test::adapter_with_random_b(cpu.config(), {"q_proj", "v_proj"}, 4, 8.0, false, 3, 0.01f);
   const std::string moe = "does not support mixture-of-experts models yet";
-  test::expect_error([&] { LoraModelCuda t(cpu, adapter); }, {"the GPU LoRA trainer (train --device cuda)", moe});
   test::expect_error([&] { gpu.attach_adapter(adapter, "adapter"); }, {"an unmerged adapter on the GPU", moe});
   int64_t moe_layer = 0;
   while (!cpu.config().is_moe_layer(moe_layer)) ++moe_layer;
@@ -311,6 +310,8 @@ TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QwenModelCuda dense_gpu{QwenModel(dense)};
   test::expect_error([&] { dense_gpu.moe_forward(0, x.data(), 4, x.data(), nullptr); },
                      {"moe_forward: layer 0 is not a mixture-of-experts layer"});
+  test::expect_error([&] { dense_gpu.device_moe(0); }, {"layer 0 is not a mixture-of-experts layer"});
+  EXPECT_EQ(static_cast<int64_t>(gpu.device_moe(moe_layer).experts.size()), cpu.config().num_experts);
   // The model still evaluates after the refusals.
   std::vector<float> nll;
   EXPECT_GT(gpu.next_token_nll(random_batch({9}, cpu.config().vocab_size, 3), &nll), 0);
