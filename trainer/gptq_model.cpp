@@ -201,7 +201,6 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QWENQ_CHECK(g.chunk_tokens > 0, "gptq: chunk_tokens must be positive, got " << g.chunk_tokens);
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
-  if (g.device == Device::Cuda) refuse_moe(cfg, "gptq --device cuda");
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
   add_moe_module_lists(moe_lists, cfg, moe_list_for(o));
   const int64_t C = cfg.hidden_size, I = cfg.intermediate_size, I2 = padded_intermediate(o, I);

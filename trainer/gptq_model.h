@@ -62,7 +62,9 @@ class GptqLinearStep {
 // [windows·seq_len, C] fp32, and per block and group runs the block on chunks of at most chunk_tokens tokens
 // (whole windows, at least one) up to the group's input, accumulating its Hessian on the device over the chunks;
 // downloads it (K² floats), quantizes each Linear of the group with gptq_quantize_cuda through `step`, uploads the
-// dequantized weight; then runs the quantized block on every chunk for the next block's input.
+// dequantized weight; then runs the quantized block on every chunk for the next block's input. A MoE layer's experts
+// get a Hessian each from the rows routed to them (the CPU driver's per-expert rule) and are freed on the device once
+// the layer is done.
 void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
                       GptqLinearStep& step, ShardedWriter& shards);
 #endif

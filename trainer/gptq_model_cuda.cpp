@@ -10,11 +10,20 @@
 //     H_g downloaded (lower triangle, K² floats) and each Linear of g quantized by GptqLinearStep with
 //       gptq_quantize_cuda; the dequantized weight replaces the Linear on the device (fp32) for the later groups;
 //   then X[chunk] = block l (quantized) of X[chunk] for every chunk (but after the last block).
+// A mixture-of-experts layer's GateUp and Down groups (gptq_moe_group_cuda): one pass of every chunk through the block
+// gives each expert (and the shared expert) the Hessian of the rows routed to it (block_forward's expert hook,
+// hessian_accumulate_cuda per expert with its own row count: the CPU driver's HessianAccumulator per expert), then each
+// expert's Linears of the group are quantized with it (GptqLinearStep::run_expert, gptq_quantize_cuda) and replaced
+// on the device (set_expert_weight, fp32); an expert no calibration token chose is quantized with H = I and named in
+// the CPU's warning. Once the next block's inputs are computed the layer's experts are freed (release_experts), so
+// the fp32 replacements of one layer at a time are held.
 // Device memory: the model's weights, X, one work chunk [chunk, C], the block's activation buffers for a chunk, one
-// Hessian [K_max, K_max] fp32 (K_max = max(C, q_dim, I)), and gptq_quantize_cuda's own (quant/gptq_cuda.h).
+// Hessian [K_max, K_max] fp32 (K_max = max(C, q_dim, I)), and gptq_quantize_cuda's own (quant/gptq_cuda.h); a MoE
+// layer adds (E + 1) Hessians of its group's width (C for gate/up: 2.2 GB at Qwen3-30B-A3B) and its experts in fp32.
 #ifdef QWENQ_HAVE_CUDA
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -38,6 +47,68 @@ DeviceAllocation allocate_named(size_t bytes, MemoryTag tag, const std::string& 
   } catch (const OutOfMemoryError& e) {
     throw Error(std::string(e.what()) + "\ngptq: fewer --calib-samples, a shorter --calib-seq-len or a smaller "
                 "--chunk-tokens lower it");
+  }
+}
+
+// GPTQ of one group (GateUp or Down) of MoE layer l on the GPU (see the top of the file): the CPU driver's
+// gptq_moe_group_cpu with the Hessians on the device.
+void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockLinear group, const CalibChunks& split,
+                         const float* x_all, float* work, GptqLinearStep& step) {
+  const QwenConfig& cfg = model.config();
+  const int64_t C = cfg.hidden_size, E = cfg.num_experts;
+  const bool shared = cfg.shared_expert_intermediate_size > 0;
+  const CudaStream s = gpu.stream();
+  auto width = [&](int64_t e) {  // K of the group's Linears of expert e (-1: shared)
+    if (group == BlockLinear::GateUp) return C;
+    return e < 0 ? cfg.shared_expert_intermediate_size : cfg.moe_intermediate_size;
+  };
+  const int64_t S = E + (shared ? 1 : 0), K_max = std::max(width(0), shared ? width(-1) : int64_t{0});
+  const size_t stride = static_cast<size_t>(K_max * K_max);  // floats between two experts' Hessians
+  DeviceAllocation dH = allocate_named(static_cast<size_t>(S) * stride * sizeof(float), MemoryTag::Workspace,
+                                       "the experts' Hessians (" + std::to_string(S) + " x [" + std::to_string(K_max) +
+                                           ", " + std::to_string(K_max) + "] fp32)",
+                                       s);
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, static_cast<size_t>(S) * stride * sizeof(float), s));
+  std::vector<int64_t> count(static_cast<size_t>(S), 0);
+  const int64_t C_bytes = C * static_cast<int64_t>(sizeof(float));
+  for (size_t c = 0; c < split.batches.size(); ++c) {
+    const int64_t T = split.batches[c].num_tokens();
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(work, x_all + split.offsets[c] * C, static_cast<size_t>(T * C_bytes),
+                                     cudaMemcpyDeviceToDevice, s));
+    gpu.block_forward(l, split.batches[c], work, nullptr, [&](BlockLinear at, int64_t e, const float* x, int64_t rows) {
+      if (at != group) return;
+      const size_t i = static_cast<size_t>(e < 0 ? E : e);
+      hessian_accumulate_cuda(dH.as<float>() + i * stride, width(e), count[i], x, rows, s);
+      count[i] += rows;
+    });
+  }
+  std::vector<int64_t> idle;
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t e = i < E ? i : -1, K = width(e);
+    Eigen::MatrixXf h;
+    if (count[static_cast<size_t>(i)] > 0) {
+      h.resize(K, K);  // only the lower triangle is meaningful (and read)
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), dH.as<float>() + static_cast<size_t>(i) * stride,
+                                       static_cast<size_t>(K * K) * sizeof(float), cudaMemcpyDeviceToHost, s));
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    } else {
+      h = Eigen::MatrixXf::Identity(K, K);
+      if (group == BlockLinear::GateUp) idle.push_back(e);
+    }
+    const std::vector<int> which = group == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2};
+    for (int w : which) {
+      const LinearWeight& lw = model.expert_linear(l, e, w);
+      const int64_t N = lw.N, Kw = lw.K;
+      const std::vector<float> back = step.run_expert(l, e, w, h, gptq_quantize_cuda);
+      gpu.set_expert_weight(l, e, w, back.data(), N, Kw);
+    }
+  }
+  if (!idle.empty()) {
+    std::string list;
+    for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
+    std::fprintf(stderr, "gptq: layer %lld: %zu of %lld experts received no calibration token (%s): quantized round to "
+                         "nearest (H = I); more or longer calibration windows reach more experts\n",
+                 (long long)l, idle.size(), (long long)E, list.c_str());
   }
 }
 
@@ -69,6 +140,11 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
 
   for (int64_t l = 0; l < L; ++l) {
     for (BlockLinear group : kGptqGroups) {
+      if (cfg.is_moe_layer(l) && (group == BlockLinear::GateUp || group == BlockLinear::Down)) {
+        gptq_moe_group_cuda(gpu, model, l, group, split, x_all, work.as<float>(), step);
+        shards.maybe_flush();
+        continue;
+      }
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
       const int64_t K = block_linear_inputs(cfg, group);
       QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, rows_bytes(K, K), s));
@@ -96,8 +172,10 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
       shards.maybe_flush();
     }
     // Inputs of the next block, through the quantized block (the last block's output is not needed).
-    if (l + 1 == L) break;
-    for (size_t c = 0; c < chunks.size(); ++c) gpu.block_forward(l, chunks[c], x_all + offset[c] * C, nullptr);
+    if (l + 1 < L) {
+      for (size_t c = 0; c < chunks.size(); ++c) gpu.block_forward(l, chunks[c], x_all + offset[c] * C, nullptr);
+    }
+    if (cfg.is_moe_layer(l)) gpu.release_experts(l);  // its fp32 experts are not needed any more
   }
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 }

@@ -75,6 +75,7 @@ struct QwenModelCuda::Impl {
   // down, the shared expert's (N = 0: none) and its gate. moe[l] is null for a dense layer.
   struct DevMoe : QwenDeviceMoe {
     DeviceAllocation arena;
+    std::vector<DeviceAllocation> replaced;  // set_expert_weight's fp32 weights
   };
   std::vector<std::unique_ptr<DevMoe>> moe;
   std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
@@ -413,7 +414,8 @@ struct QwenModelCuda::Impl {
   // by expert, each expert runs its three Linears on its slice, the shared expert on every token, and moe_combine
   // adds each token's weighted rows in the CPU's order. One host round trip a layer; each expert's Linears are their
   // own launches (no grouped GEMM yet).
-  void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out) {
+  void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out, const DeviceExpertInputHook* eh = nullptr) {
+    const bool see = eh != nullptr && *eh;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k;
     const bool shared = M.shared[0].N > 0;
@@ -441,15 +443,19 @@ struct QwenModelCuda::Impl {
       const int64_t r0 = start[e], rows = start[e + 1] - r0;
       if (rows == 0) continue;
       const std::array<DevLinear, 3>& X = M.experts[static_cast<size_t>(e)];
+      if (see) (*eh)(BlockLinear::GateUp, e, moe_x.as<float>() + r0 * C, rows);
       linear(X[0], moe_x.as<float>() + r0 * C, rows, gate.as<float>());
       linear(X[1], moe_x.as<float>() + r0 * C, rows, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), rows * Im, gate.as<float>(), s());
+      if (see) (*eh)(BlockLinear::Down, e, gate.as<float>(), rows);
       linear(X[2], gate.as<float>(), rows, moe_y.as<float>() + r0 * C);
     }
     if (shared) {
+      if (see) (*eh)(BlockLinear::GateUp, -1, np, T);
       linear(M.shared[0], np, T, gate.as<float>());
       linear(M.shared[1], np, T, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * M.shared[0].N, gate.as<float>(), s());
+      if (see) (*eh)(BlockLinear::Down, -1, gate.as<float>(), T);
       linear(M.shared[2], gate.as<float>(), T, moe_shared.as<float>());
     }
     moe_combine_cuda(moe_y.as<float>(), R, C, moe_index.as<int32_t>() + R, moe_weight.as<float>(), T, k,
@@ -459,7 +465,8 @@ struct QwenModelCuda::Impl {
 
   // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
   // group's input before the group runs; when it returns false the block stops there and this returns false.
-  bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook) {
+  bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook,
+             const DeviceExpertInputHook* expert_hook = nullptr) {
     const int64_t T = b.num_tokens(), C = cfg.hidden_size;
     float* np = n.as<float>();
     rmsnorm(xp, T, C, L.input_norm, np);
@@ -468,8 +475,9 @@ struct QwenModelCuda::Impl {
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
     const size_t l = static_cast<size_t>(&L - layers.data());
-    if (l < moe.size() && moe[l]) {
-      moe_mlp(*moe[l], np, T, np);  // no hook: the block API refuses MoE layers (check_dense_mlp)
+    if (cfg.is_moe_layer(static_cast<int64_t>(l))) {
+      QWENQ_CHECK(l < moe.size() && moe[l], "QwenModelCuda: the experts of layer " << l << " were released");
+      moe_mlp(*moe[l], np, T, np, expert_hook);  // the dense hook sees QKV and O only
     } else {
       if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
       if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) return false;
@@ -478,8 +486,8 @@ struct QwenModelCuda::Impl {
     return true;
   }
 
-  // The calibration API (hooks on a layer's Linear groups, replaced weights) runs dense MLPs only: GPTQ and AWQ on
-  // the GPU refuse MoE models before they get here; this names the call for anyone else.
+  // The module API (mlp_forward, a dense MLP Linear by index) runs dense MLPs only; a MoE layer's experts are reached
+  // through block_forward's expert hook and set_expert_weight. This names the call for anyone else.
   void check_dense_mlp(int64_t layer, const char* fn) const {
     QWENQ_CHECK(!cfg.is_moe_layer(layer), "QwenModelCuda::" << fn << ": layer " << layer
                                                             << " is a mixture-of-experts layer; on the GPU it runs in "
@@ -704,13 +712,13 @@ void QwenModelCuda::embed_batch(const PackedBatch& b, float* x) {
   impl_->embed_into(b, x);
 }
 
-void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x, const DeviceLinearInputHook& hook) {
+void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x, const DeviceLinearInputHook& hook,
+                                  const DeviceExpertInputHook& expert_hook) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "block_forward");
-  m.check_dense_mlp(layer, "block_forward");
   QWENQ_CHECK(x != nullptr, "QwenModelCuda::block_forward: null residual stream");
   m.begin_batch(b);
-  m.block(L, b, x, &hook);
+  m.block(L, b, x, &hook, &expert_hook);
 }
 
 void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const float* n, float* out,
@@ -784,6 +792,49 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   m.replace_dense(static_cast<size_t>(layer), d, std::move(mem));
+}
+
+void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N,
+                                      int64_t K) {
+  Impl& m = *impl_;
+  const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(c.is_moe_layer(layer) && static_cast<size_t>(layer) < m.moe.size() && m.moe[static_cast<size_t>(layer)],
+              "QwenModelCuda::set_expert_weight: layer " << layer << " has no experts on the device");
+  Impl::DevMoe& M = *m.moe[static_cast<size_t>(layer)];
+  QWENQ_CHECK(expert >= -1 && expert < c.num_experts && which >= 0 && which < 3 &&
+                  (expert >= 0 || M.shared[0].N > 0),
+              "QwenModelCuda::set_expert_weight: layer " << layer << " has no Linear " << which << " of expert "
+                                                         << expert);
+  DevLinear& d = expert < 0 ? M.shared[static_cast<size_t>(which)]
+                            : M.experts[static_cast<size_t>(expert)][static_cast<size_t>(which)];
+  QWENQ_CHECK(W != nullptr && N == d.N && K == d.K, "QwenModelCuda::set_expert_weight: layer "
+                                                        << layer << " expert " << expert << " Linear " << which
+                                                        << " is [" << d.N << ", " << d.K << "], got [" << N << ", "
+                                                        << K << "]");
+  const size_t bytes = static_cast<size_t>(N * K) * sizeof(float);
+  DeviceAllocation mem = allocate(bytes, MemoryTag::Weights,
+                                  "the replaced weight of layer " + std::to_string(layer) + " expert " +
+                                      std::to_string(expert) + " [" + std::to_string(N) + ", " + std::to_string(K) +
+                                      "] fp32",
+                                  m.s());
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  m.weight_bytes += static_cast<int64_t>(mem.bytes());
+  d.q4.reset();
+  d.dense = DevTensor{mem.get(), DType::F32};
+  M.replaced.push_back(std::move(mem));
+}
+
+void QwenModelCuda::release_experts(int64_t layer) {
+  Impl& m = *impl_;
+  QWENQ_CHECK(m.cfg.is_moe_layer(layer) && static_cast<size_t>(layer) < m.moe.size(),
+              "QwenModelCuda::release_experts: layer " << layer << " is not a mixture-of-experts layer");
+  std::unique_ptr<Impl::DevMoe>& M = m.moe[static_cast<size_t>(layer)];
+  if (!M) return;
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // no queued work reads them any more
+  m.weight_bytes -= static_cast<int64_t>(M->arena.bytes());
+  for (const DeviceAllocation& r : M->replaced) m.weight_bytes -= static_cast<int64_t>(r.bytes());
+  M.reset();
 }
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {

@@ -111,6 +111,12 @@ struct QwenDeviceMoe {
 // Work on x must be queued on QwenModelCuda::stream() (or wait for it). Returning false stops the block there: the
 // group and everything after it in the block are not computed (x of block_forward is then not the block's output).
 using DeviceLinearInputHook = std::function<bool(BlockLinear, const float* x, int64_t T)>;
+// Sees the rows one expert's Linears take in a mixture-of-experts layer's block_forward (GPTQ's per-expert Hessians),
+// as MoeInputHook does on the CPU: expert e in [0, E) or -1 (the shared expert); at = GateUp: x [rows, C] the rows
+// routed to it (in the CPU block's grouped order; the shared expert: every token), Down: x [rows, width] its SwiGLU
+// output. Device memory valid during the call; work on x on QwenModelCuda::stream(). An expert no token chose is not
+// called.
+using DeviceExpertInputHook = std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows)>;
 
 struct QwenModelCudaOptions {
   bool upload_embedding = true;  // false: an untied embedding table stays on the host (see the header comment)
@@ -168,8 +174,10 @@ class QwenModelCuda {
   // Decoder block `layer` applied in place to x [T, C] (device; QwenModel::block_forward's contract and this
   // class's data types), the hook (may be empty) called before each Linear group: QKV (the normalized input),
   // O (the attention output), GateUp (the normalized residual), Down (silu(gate)·up). x must not alias the
-  // model's own buffers (the hook's pointers).
-  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const DeviceLinearInputHook& hook);
+  // model's own buffers (the hook's pointers). A mixture-of-experts layer offers `hook` QKV and O only; expert_hook
+  // (may be empty) sees its experts' inputs.
+  void block_forward(int64_t layer, const PackedBatch& batch, float* x, const DeviceLinearInputHook& hook,
+                     const DeviceExpertInputHook& expert_hook = nullptr);
   // Replaces the weight of Linear `index` of group `which` in block `layer` (q=0,k=1,v=2 / gate=0,up=1, as
   // QwenModel::linear_weight) by the dense fp32 W [N, K] (host, row-major; N, K must be the Linear's), so that
   // every later pass computes with it (a true fp32 GEMM); its bias is kept. The new weight is an allocation of its
@@ -177,6 +185,13 @@ class QwenModelCuda {
   // arena is freed too (its norms and biases moved to a small allocation first: device_layer's pointers change).
   // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
   void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
+  // The same for Linear `which` (0 gate, 1 up, 2 down) of expert `expert` (-1: the shared expert) of MoE layer
+  // `layer`: an fp32 allocation of its own, kept with the layer's experts (their arena is not freed).
+  void set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N, int64_t K);
+  // Frees MoE layer `layer`'s router, experts and their replacements (GPTQ's driver, once the layer is quantized and
+  // the next block's inputs computed: a layer of fp32 expert replacements is 2.4 GB at Qwen3-30B-A3B); any later
+  // pass over the layer throws.
+  void release_experts(int64_t layer);
 
   // ---- an unmerged LoRA adapter (trainer/lora_inference_cuda.h) ----
   // Uploads `adapter` (fp32 A and B) and from then on adds its branch after every Linear it targets, in every

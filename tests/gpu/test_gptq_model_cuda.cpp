@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -52,6 +53,7 @@
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_compare.h"
 #include "tests/gpu/gpu_test_models.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
@@ -149,6 +151,94 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
             std::string::npos);
 }
 
+// The MoE half of the block API (GPTQ's per-expert Hessians): block_forward's expert hook on each MoE layer of the
+// tiny Qwen3-MoE (a dense layer between two MoE layers) and Qwen2-MoE (shared expert) F32 models sees, for every
+// expert and the shared expert, the same rows as the CPU block's MoeInputHook (same count, same grouped order: the
+// same routing) within kFp32RelTol; the dense hook sees QKV and O only there; set_expert_weight on an expert's down
+// and the shared expert's gate equals the CPU with the same replacement; release_experts makes a later pass throw.
+TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
+  QWENQ_REQUIRE_GPU();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string dir = test::make_random_model(test::scratch_dir() + "/" + preset, preset, DType::F32, 19);
+    QwenModel cpu(dir);
+    const QwenConfig& c = cpu.config();
+    QwenModelCuda gpu(cpu);
+    const CudaStream s = gpu.stream();
+    const PackedBatch b = test::random_batch({7, 33, 1, 20}, c.vocab_size, 3);
+    const int64_t T = b.num_tokens(), C = c.hidden_size;
+    std::vector<float> x_cpu;
+    cpu.embed_batch(b, &x_cpu);
+    DeviceMemory x(static_cast<size_t>(T * C) * sizeof(float), s);
+    gpu.embed_batch(b, x.as<float>());
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!c.is_moe_layer(l)) {
+        cpu.block_forward(l, b, x_cpu.data(), nullptr);
+        gpu.block_forward(l, b, x.as<float>(), nullptr);
+        continue;
+      }
+      // key: (group, expert + 1) -> rows [rows, K]
+      std::map<std::pair<int, int64_t>, std::vector<float>> want, got;
+      const auto width = [&](BlockLinear at, int64_t e) {
+        return at == BlockLinear::GateUp ? C : e < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;
+      };
+      cpu.block_forward(l, b, x_cpu.data(), nullptr,
+                        [&](BlockLinear at, int64_t e, const float* in, int64_t rows, const int64_t*) {
+                          want[{static_cast<int>(at), e}].assign(in, in + rows * width(at, e));
+                        });
+      std::vector<int> dense_seen;
+      gpu.block_forward(
+          l, b, x.as<float>(),
+          [&](BlockLinear at, const float*, int64_t) {
+            dense_seen.push_back(static_cast<int>(at));
+            return true;
+          },
+          [&](BlockLinear at, int64_t e, const float* in, int64_t rows) {
+            got[{static_cast<int>(at), e}] = download(in, rows * width(at, e), s);
+          });
+      EXPECT_EQ(dense_seen, (std::vector<int>{0, 1})) << "layer " << l << ": the dense hook sees QKV and O only";
+      ASSERT_EQ(got.size(), want.size()) << "layer " << l << ": experts seen";
+      for (const auto& [key, rows] : want) {
+        ASSERT_TRUE(got.count(key)) << "layer " << l << " group " << key.first << " expert " << key.second;
+        ASSERT_EQ(got[key].size(), rows.size()) << "layer " << l << " expert " << key.second;
+        EXPECT_LE(rel_max_error(got[key], rows), kFp32RelTol) << "layer " << l << " expert " << key.second;
+      }
+      EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x_cpu), kFp32RelTol) << "block " << l << " output";
+    }
+    // set_expert_weight on the first MoE layer, then release_experts.
+    int64_t l = 0;
+    while (!c.is_moe_layer(l)) ++l;
+    Rng rng(11);
+    std::vector<float> x0;
+    cpu.embed_batch(b, &x0);
+    gpu.embed_batch(b, x.as<float>());
+    for (int64_t k = 0; k < l; ++k) {
+      cpu.block_forward(k, b, x0.data(), nullptr);
+      gpu.block_forward(k, b, x.as<float>(), nullptr);
+    }
+    std::vector<std::pair<int64_t, int>> swaps = {{1, 2}};
+    if (c.shared_expert_intermediate_size > 0) swaps.push_back({-1, 0});
+    for (auto [e, which] : swaps) {
+      LinearWeight& lw = cpu.expert_linear(l, e, which);
+      std::vector<float> W(static_cast<size_t>(lw.N * lw.K));
+      for (auto& w : W) w = static_cast<float>(rng.normal()) * 0.05f;
+      gpu.set_expert_weight(l, e, which, W.data(), lw.N, lw.K);
+      const int64_t N = lw.N, K = lw.K;
+      lw = LinearWeight::from_fp32(std::move(W), N, K);
+    }
+    cpu.block_forward(l, b, x0.data(), nullptr);
+    gpu.block_forward(l, b, x.as<float>(), nullptr);
+    EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x0), kFp32RelTol) << "after set_expert_weight";
+    test::expect_error([&] { gpu.set_expert_weight(l, 0, 1, x0.data(), 3, 5); }, {"expert 0 Linear 1 is ["});
+    test::expect_error([&] { gpu.set_expert_weight(l, c.num_experts, 0, x0.data(), 3, 5); }, {"has no Linear 0"});
+    const int64_t bytes = gpu.weight_bytes();
+    gpu.release_experts(l);
+    EXPECT_LT(gpu.weight_bytes(), bytes);
+    test::expect_error([&] { gpu.block_forward(l, b, x.as<float>(), nullptr); },
+                       {"the experts of layer " + std::to_string(l) + " were released"});
+  }
+}
+
 // set_linear_weight on every Linear of one layer (what the GPTQ driver does, group by group): once the last one has
 // left the layer's weight arena (trainer/qwen_weight_arena.h), the arena is freed and the layer's norms and biases
 // live on in a small allocation of their own. On the D = 64 Qwen2 model in F32 with non-trivial norms and q/k/v
@@ -217,13 +307,22 @@ double weight_agreement(const std::string& a, const std::string& b, bool first_g
     for (auto [which, count] : {std::pair<BlockLinear, int>{BlockLinear::QKV, 3}, {BlockLinear::O, 1},
                                 {BlockLinear::GateUp, 2}, {BlockLinear::Down, 1}}) {
       if (first_group_only && which != BlockLinear::QKV) continue;
-      for (int i = 0; i < count; ++i) {
-        const std::vector<float> wa = ma.linear_weight(l, which, i).dequantize();
-        const std::vector<float> wb = mb.linear_weight(l, which, i).dequantize();
+      const auto compare = [&](const LinearWeight& la, const LinearWeight& lb) {
+        const std::vector<float> wa = la.dequantize(), wb = lb.dequantize();
         EXPECT_EQ(wa.size(), wb.size());
         for (size_t j = 0; j < std::min(wa.size(), wb.size()); ++j) equal += wa[j] == wb[j];
         total += static_cast<int64_t>(wa.size());
+      };
+      const QwenConfig& c = ma.config();
+      if (c.is_moe_layer(l) && which != BlockLinear::QKV && which != BlockLinear::O) {  // every expert's
+        const int64_t first = c.shared_expert_intermediate_size > 0 ? -1 : 0;
+        for (int64_t e = first; e < c.num_experts; ++e) {
+          for (int w : which == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2})
+            compare(ma.expert_linear(l, e, w), mb.expert_linear(l, e, w));
+        }
+        continue;
       }
+      for (int i = 0; i < count; ++i) compare(ma.linear_weight(l, which, i), mb.linear_weight(l, which, i));
     }
   }
   return total > 0 ? static_cast<double>(equal) / total : 0.0;
@@ -276,6 +375,43 @@ TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
   EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
   std::printf("[ tiny ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
               agree, p_cpu, p_gpu, cpu_s, gpu_s);
+}
+
+// Mixtures of experts: tiny Qwen3-MoE (8 experts, top-2, a dense layer between two MoE layers) and Qwen2-MoE (shared
+// expert) in F32, quantized on both devices (every expert with the Hessian of the rows routed to it; several
+// chunks): the first group's codes agree as on a dense model, the perplexities as kPplRelTol says. The routing
+// of a later layer may send a token elsewhere on the other device once an earlier Linear's codes differ (a jump, not
+// a rounding), which the whole-model agreement, printed, shows.
+TEST(GptqModelCuda, MixtureOfExpertsLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 31);
+    GptqModelOptions g;
+    g.out.model_dir = src;
+    g.out.out_dir = root + "/gptq-" + preset;
+    g.out.group_size = 32;
+    g.out.quiet = true;
+    g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
+    g.calib_samples = 12;
+    g.calib_seq_len = 64;
+    g.chunk_tokens = 5 * 64;
+    double cpu_s = 0, gpu_s = 0;
+    const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
+    const double agree = weight_agreement(cpu_dir, gpu_dir);
+    EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
+    std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
+    ids.resize(std::min<size_t>(ids.size(), 8 * 128));
+    PerplexityOptions po;
+    po.seq_len = 128;
+    po.quiet = true;
+    const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
+    const double p_gpu = evaluate_perplexity(QwenModel(gpu_dir), ids, po).perplexity;
+    EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
+    std::printf("[ %s ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
+                preset, agree, p_cpu, p_gpu, cpu_s, gpu_s);
+  }
 }
 
 std::string tinystories_sft(const std::string& path, int n) {
