@@ -111,15 +111,17 @@ void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream)
 }
 
 void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C, const int32_t* tokens, int64_t T,
-                           float* out, CudaStream stream) {
+                           float* out, CudaStream stream, const int32_t* host_tokens) {
   QWENQ_CHECK(V > 0 && C > 0 && T >= 0, "embedding_gather_cuda: bad shape V=" << V << " C=" << C << " T=" << T);
   QWENQ_CHECK(is_float_dtype(dtype),
               "embedding_gather_cuda: table dtype " << dtype_name(dtype) << " is not supported (F32, BF16 or F16)");
   if (T == 0) return;
   QWENQ_CHECK(table != nullptr && tokens != nullptr && out != nullptr, "embedding_gather_cuda: null pointer");
   QWENQ_CHECK(T <= INT_MAX, "embedding_gather_cuda: T=" << T << " exceeds the grid limit " << INT_MAX);
-  // The ids are checked on a host copy, with the ref's message, before anything reads the table.
-  const std::vector<int32_t> host = download_sync(tokens, T, stream);
+  // The ids are checked on a host copy (the caller's, or downloaded), with the ref's message, before anything reads
+  // the table.
+  const std::vector<int32_t> fetched = host_tokens ? std::vector<int32_t>{} : download_sync(tokens, T, stream);
+  const int32_t* host = host_tokens ? host_tokens : fetched.data();
   for (int64_t t = 0; t < T; ++t) {
     QWENQ_CHECK(host[t] >= 0 && host[t] < V,
                 "token id " << host[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");

@@ -45,9 +45,11 @@ void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream 
 void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream = nullptr);
 // tokens in device memory: the launcher copies them to the host to check them against V with the ref's message
 // before the launch, so the call waits for the work already queued on `stream` (as cross_entropy_forward_cuda
-// does with its targets). One block row per token, the C columns of the row across the threads.
+// does with its targets). One block row per token, the C columns of the row across the threads. host_tokens (may
+// be null): the host's copy of the ids the device array holds (a caller that just uploaded them, as the MoE layers'
+// gather): checked instead, so the call does not wait for the stream.
 void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C, const int32_t* tokens, int64_t T,
-                           float* out, CudaStream stream = nullptr);
+                           float* out, CudaStream stream = nullptr, const int32_t* host_tokens = nullptr);
 void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream = nullptr);
 void add_bias_rows_cuda(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype,
                         CudaStream stream = nullptr);

@@ -29,13 +29,13 @@ __global__ void moe_combine_kernel(const float* y, int64_t C, const int32_t* row
 }  // namespace
 
 void moe_combine_cuda(const float* y, int64_t R, int64_t C, const int32_t* rows, const float* w, int64_t T, int64_t k,
-                      const float* s, const float* sw, float* out, CudaStream stream) {
+                      const float* s, const float* sw, float* out, CudaStream stream, const int32_t* host_rows) {
   const char* name = "moe_combine_cuda";
   QWENQ_CHECK(R >= 0 && C > 0 && T >= 0 && k >= 1, name << ": bad shape R=" << R << " C=" << C << " T=" << T
                                                          << " k=" << k);
   if (T == 0) return;
   QWENQ_CHECK(y != nullptr && rows != nullptr && w != nullptr && out != nullptr, name << ": null pointer");
-  moe_combine_check(name, R, C, download_sync(rows, T * k, stream).data(), T, k, s, sw);
+  moe_combine_check(name, R, C, host_rows ? host_rows : download_sync(rows, T * k, stream).data(), T, k, s, sw);
   constexpr int64_t kMaxGridY = 65535;  // tokens per launch (the grid's y limit)
   for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {
     const int64_t n = std::min(kMaxGridY, T - t0);

@@ -30,10 +30,12 @@ void moe_combine_ref(const float* y, int64_t R, int64_t C, const int32_t* rows, 
 namespace qwenq {
 
 // The CUDA twin (kernels/moe_combine.cu): every array in device memory. The launcher copies rows to the host to
-// check them with the ref's message, so it waits for the work already queued on `stream`. One block row per token,
-// the C columns across its threads.
+// check them with the ref's message, so it waits for the work already queued on `stream`; host_rows (may be null),
+// the host's copy of what rows holds (a caller that just uploaded them), is checked instead, without the wait. One
+// block row per token, the C columns across its threads.
 void moe_combine_cuda(const float* y, int64_t R, int64_t C, const int32_t* rows, const float* w, int64_t T, int64_t k,
-                      const float* s, const float* sw, float* out, CudaStream stream = nullptr);
+                      const float* s, const float* sw, float* out, CudaStream stream = nullptr,
+                      const int32_t* host_rows = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

@@ -70,7 +70,7 @@ __global__ void moe_scatter_add_kernel(const float* dx, int64_t C, const int32_t
 
 void moe_combine_backward_cuda(const float* dout, const float* y, int64_t R, int64_t C, const int32_t* rows,
                                const float* w, int64_t T, int64_t k, const float* s, const float* sw, float* dy,
-                               float* dw, float* ds, float* dg, CudaStream stream) {
+                               float* dw, float* ds, float* dg, CudaStream stream, const int32_t* host_rows) {
   const char* name = "moe_combine_backward_cuda";
   if (T == 0) {  // the shapes and the shared pointers still checked (no index to read); nothing to launch
     moe_combine_backward_check(name, R, C, nullptr, 0, k, s, sw, ds, dg);
@@ -81,8 +81,10 @@ void moe_combine_backward_cuda(const float* dout, const float* y, int64_t R, int
   QWENQ_CHECK(T <= INT_MAX, name << ": T=" << T << " tokens exceed the grid limit " << INT_MAX);
   QWENQ_CHECK(dout != nullptr && y != nullptr && rows != nullptr && w != nullptr && dy != nullptr && dw != nullptr,
               name << ": null pointer");
-  // The ref's checks on a host copy of the indices (it waits for the work queued on `stream`, which may make them).
-  moe_combine_backward_check(name, R, C, download_sync(rows, T * k, stream).data(), T, k, s, sw, ds, dg);
+  // The ref's checks on a host copy of the indices: the caller's, or downloaded (that waits for the work queued on
+  // `stream`, which may make them).
+  moe_combine_backward_check(name, R, C, host_rows ? host_rows : download_sync(rows, T * k, stream).data(), T, k, s,
+                             sw, ds, dg);
   moe_combine_backward_kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(dout, y, C, rows, w, k, s, sw, dy, dw,
                                                                                   ds, dg);
   QWENQ_CUDA_CHECK_LAUNCH(name << " R=" << R << " C=" << C << " T=" << T << " k=" << k << " shared "
@@ -90,7 +92,7 @@ void moe_combine_backward_cuda(const float* dout, const float* y, int64_t R, int
 }
 
 void moe_scatter_add_cuda(const float* dx, int64_t R, int64_t C, const int32_t* rows, int64_t T, int64_t k, float* dn,
-                          CudaStream stream) {
+                          CudaStream stream, const int32_t* host_rows) {
   const char* name = "moe_scatter_add_cuda";
   if (T == 0) {
     moe_combine_backward_check(name, R, C, nullptr, 0, k, nullptr, nullptr, nullptr, nullptr);
@@ -99,8 +101,8 @@ void moe_scatter_add_cuda(const float* dx, int64_t R, int64_t C, const int32_t* 
   QWENQ_CHECK(R >= 0 && C > 0 && T > 0 && k >= 1, name << ": bad shape R=" << R << " C=" << C << " T=" << T
                                                         << " k=" << k);
   QWENQ_CHECK(dx != nullptr && rows != nullptr && dn != nullptr, name << ": null pointer");
-  moe_combine_backward_check(name, R, C, download_sync(rows, T * k, stream).data(), T, k, nullptr, nullptr, nullptr,
-                             nullptr);
+  moe_combine_backward_check(name, R, C, host_rows ? host_rows : download_sync(rows, T * k, stream).data(), T, k,
+                             nullptr, nullptr, nullptr, nullptr);
   constexpr int64_t kMaxGridY = 65535;  // tokens per launch (the grid's y limit)
   for (int64_t t0 = 0; t0 < T; t0 += kMaxGridY) {
     const int64_t n = std::min(kMaxGridY, T - t0);

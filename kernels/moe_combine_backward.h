@@ -45,13 +45,15 @@ void moe_scatter_add_ref(const float* dx, int64_t R, int64_t C, const int32_t* r
 namespace qwenq {
 
 // The CUDA twins (kernels/moe_combine_backward.cu): every array in device memory. Each launcher copies rows to the
-// host to check them with the ref's message, so it waits for the work already queued on `stream`. One block per
-// token; the double sums in a fixed order (the same bits run to run).
+// host to check them with the ref's message, so it waits for the work already queued on `stream`; host_rows (may be
+// null), the host's copy of what rows holds (a caller that just uploaded them), is checked instead, without the
+// wait. One block per token; the double sums in a fixed order (the same bits run to run).
 void moe_combine_backward_cuda(const float* dout, const float* y, int64_t R, int64_t C, const int32_t* rows,
                                const float* w, int64_t T, int64_t k, const float* s, const float* sw, float* dy,
-                               float* dw, float* ds, float* dg, CudaStream stream = nullptr);
+                               float* dw, float* ds, float* dg, CudaStream stream = nullptr,
+                               const int32_t* host_rows = nullptr);
 void moe_scatter_add_cuda(const float* dx, int64_t R, int64_t C, const int32_t* rows, int64_t T, int64_t k, float* dn,
-                          CudaStream stream = nullptr);
+                          CudaStream stream = nullptr, const int32_t* host_rows = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

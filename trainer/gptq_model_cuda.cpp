@@ -19,7 +19,8 @@
 // the fp32 replacements of one layer at a time are held.
 // Device memory: the model's weights, X, one work chunk [chunk, C], the block's activation buffers for a chunk, one
 // Hessian [K_max, K_max] fp32 (K_max = max(C, q_dim, I)), and gptq_quantize_cuda's own (quant/gptq_cuda.h); a MoE
-// layer adds (E + 1) Hessians of its group's width (C for gate/up: 2.2 GB at Qwen3-30B-A3B) and its experts in fp32.
+// layer adds one Hessian per expert of its input width (C for gate/up: 128 x 2048² x 4 B = 2.2 GB at Qwen3-30B-A3B;
+// Im for down, the shared expert's Is), and its experts in fp32.
 #ifdef QWENQ_HAVE_CUDA
 
 #include <algorithm>
@@ -62,13 +63,21 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
     if (group == BlockLinear::GateUp) return C;
     return e < 0 ? cfg.shared_expert_intermediate_size : cfg.moe_intermediate_size;
   };
-  const int64_t S = E + (shared ? 1 : 0), K_max = std::max(width(0), shared ? width(-1) : int64_t{0});
-  const size_t stride = static_cast<size_t>(K_max * K_max);  // floats between two experts' Hessians
-  DeviceAllocation dH = allocate_named(static_cast<size_t>(S) * stride * sizeof(float), MemoryTag::Workspace,
-                                       "the experts' Hessians (" + std::to_string(S) + " x [" + std::to_string(K_max) +
-                                           ", " + std::to_string(K_max) + "] fp32)",
+  // Slot i's Hessian [K_i, K_i] (column-major, leading dimension K_i) at float offset off[i]: the routed experts' of
+  // one width, Qwen2-MoE's shared expert's of its own (its down_proj input is wider: 20480 vs 2560 at Qwen2-57B-A14B).
+  const int64_t S = E + (shared ? 1 : 0);
+  std::vector<size_t> off(static_cast<size_t>(S) + 1, 0);
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t K = width(i < E ? i : -1);
+    off[static_cast<size_t>(i) + 1] = off[static_cast<size_t>(i)] + static_cast<size_t>(K * K);
+  }
+  const size_t floats = off[static_cast<size_t>(S)];
+  DeviceAllocation dH = allocate_named(floats * sizeof(float), MemoryTag::Workspace,
+                                       "the experts' Hessians (" + std::to_string(S) + " of [" +
+                                           std::to_string(width(0)) + ", " + std::to_string(width(0)) + "]" +
+                                           (shared ? " and the shared expert's" : "") + ", fp32)",
                                        s);
-  QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, static_cast<size_t>(S) * stride * sizeof(float), s));
+  QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, floats * sizeof(float), s));
   std::vector<int64_t> count(static_cast<size_t>(S), 0);
   const int64_t C_bytes = C * static_cast<int64_t>(sizeof(float));
   for (size_t c = 0; c < split.batches.size(); ++c) {
@@ -78,7 +87,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
     gpu.block_forward(l, split.batches[c], work, nullptr, [&](BlockLinear at, int64_t e, const float* x, int64_t rows) {
       if (at != group) return;
       const size_t i = static_cast<size_t>(e < 0 ? E : e);
-      hessian_accumulate_cuda(dH.as<float>() + i * stride, width(e), count[i], x, rows, s);
+      hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s);
       count[i] += rows;
     });
   }
@@ -88,7 +97,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
     Eigen::MatrixXf h;
     if (count[static_cast<size_t>(i)] > 0) {
       h.resize(K, K);  // only the lower triangle is meaningful (and read)
-      QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), dH.as<float>() + static_cast<size_t>(i) * stride,
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(h.data(), dH.as<float>() + off[static_cast<size_t>(i)],
                                        static_cast<size_t>(K * K) * sizeof(float), cudaMemcpyDeviceToHost, s));
       QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
     } else {
@@ -132,7 +141,10 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
                                                             ", " + std::to_string(C) + "] fp32", s);
   DeviceAllocation work = allocate_named(rows_bytes(largest, C), MemoryTag::Activations, "one chunk of the residual stream", s);
   int64_t K_max = 0;
-  for (BlockLinear group : kGptqGroups) K_max = std::max(K_max, block_linear_inputs(cfg, group));
+  for (BlockLinear group : kGptqGroups) {
+    if (group == BlockLinear::Down && !cfg.has_dense_mlp()) continue;  // every MLP is a MoE block's (own Hessians)
+    K_max = std::max(K_max, block_linear_inputs(cfg, group));
+  }
   DeviceAllocation dH = allocate_named(rows_bytes(K_max, K_max), MemoryTag::Workspace, "a Hessian [" + std::to_string(K_max) + ", " +
                                                                   std::to_string(K_max) + "] fp32", s);
   float* x_all = X.as<float>();

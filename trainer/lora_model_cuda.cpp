@@ -283,7 +283,7 @@ struct LoraModelCuda::Impl {
                                        cudaMemcpyHostToDevice, st()));
     } else {
       const QwenDeviceTensor emb = base->device_embed();
-      embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, dst, st());
+      embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, dst, st(), b.tokens.data());
     }
     save_slot(0, dst, T);
   }
@@ -442,7 +442,8 @@ struct LoraModelCuda::Impl {
     w.insert(w.end(), disp.shared_gate.begin(), disp.shared_gate.end());
     upload_owned_async(mindex.get(), std::move(idx), st());
     upload_owned_async(mweight.get(), std::move(w), st());
-    embedding_gather_cuda(n, DType::F32, T, C, mindex.as<int32_t>(), R, mx.as<float>(), st());
+    // The launchers check the indices on disp's host copies (no wait for the stream).
+    embedding_gather_cuda(n, DType::F32, T, C, mindex.as<int32_t>(), R, mx.as<float>(), st(), disp.gather.data());
     float* U = mu.as<float>();
     for (int64_t e = 0; e < E; ++e) {
       const int64_t r0 = disp.start[static_cast<size_t>(e)], rows = disp.start[static_cast<size_t>(e + 1)] - r0;
@@ -467,7 +468,8 @@ struct LoraModelCuda::Impl {
     }
     if (out == nullptr) return;
     moe_combine_cuda(my.as<float>(), R, C, mindex.as<int32_t>() + R, mweight.as<float>(), T, k,
-                     shared ? sy.as<float>() : nullptr, shared ? mweight.as<float>() + R : nullptr, out, st());
+                     shared ? sy.as<float>() : nullptr, shared ? mweight.as<float>() + R : nullptr, out, st(),
+                     disp.combine.data());
   }
 
   // dn [T, C] (written) = ∂L/∂n of layer l's MoE MLP given dout [T, C], after moe_fwd on the same n (moe_block.h's
@@ -488,7 +490,7 @@ struct LoraModelCuda::Impl {
     moe_combine_backward_cuda(dout, my.as<float>(), R, C, combine, mweight.as<float>(), T, k,
                               shared ? sy.as<float>() : nullptr, shared ? mweight.as<float>() + R : nullptr,
                               mdy.as<float>(), mdw.as<float>(), shared ? ds.as<float>() : nullptr,
-                              shared ? dg.as<float>() : nullptr, st());
+                              shared ? dg.as<float>() : nullptr, st(), disp.combine.data());
     std::vector<float> dw_combine(static_cast<size_t>(R)), dw(static_cast<size_t>(R));
     QWENQ_CUDA_CHECK(
         cudaMemcpyAsync(dw_combine.data(), mdw.get(), R * sizeof(float), cudaMemcpyDeviceToHost, st()));
@@ -513,7 +515,7 @@ struct LoraModelCuda::Impl {
       lin_bwd(expert_lin(l, e, 0, X[0], U + r0 * r), ae, xe, rows, dx + r0 * C, false);
       lin_bwd(expert_lin(l, e, 1, X[1], U + (R + r0) * r), ue, xe, rows, dx + r0 * C, true);
     }
-    moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st());
+    moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st(), disp.combine.data());
     float* tmp_c = mtmp.as<float>();
     base_backward(M.router, mlogits.as<float>(), T, tmp_c);
     add_inplace_cuda(dn, tmp_c, T * C, st());

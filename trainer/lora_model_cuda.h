@@ -21,8 +21,8 @@
 // them. Backward: moe_combine_backward_cuda gives each row's dy = w·dout, ∂L/∂w (to the host: moe_router_backward,
 // whose ∂L/∂logits come back for dr·W_router) and the shared expert's dy and gate gradient; each expert's Linears
 // backward on its rows; moe_scatter_add_cuda adds each token's rows back in ascending expert order. The host waits
-// for the device about 3 times per MoE layer in a forward (the routing, the gather's and combine's index checks) and
-// 3 in a backward (the combine backward's index check, ∂L/∂w, the scatter's check); each expert's GEMMs have its own
+// for the device once per MoE layer in a forward (the routing) and once in a backward (∂L/∂w): the launchers check
+// the indices on the host's copies (MoeDispatch) instead of downloading them; each expert's GEMMs have its own
 // row count, so cuBLASLt's plan cache (kernels/blas_lt.h) gains entries per distinct count (at most T per shape).
 // tests/test_moe_lora_composition.cpp composes this from the kernels' CPU twins against the CPU block.
 // `qwen-qlora plan --device cuda` counts them (trainer/memory_plan.h: the expert arenas, the MoE buffer rows).

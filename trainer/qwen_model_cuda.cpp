@@ -364,7 +364,9 @@ struct QwenModelCuda::Impl {
     QWENQ_CHECK(embed.data != nullptr, "QwenModelCuda: the input embedding table was left on the host "
                                        "(QwenModelCudaOptions::upload_embedding = false): this model cannot embed");
     upload_owned_async(tokens.get(), b.tokens, s());  // as begin_batch: the batch may go before the copy runs
-    embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s());
+    // The ids checked on the batch's own copy (no wait for the stream).
+    embedding_gather_cuda(embed.data, embed.dtype, cfg.vocab_size, cfg.hidden_size, tokens.as<int32_t>(), T, out, s(),
+                          b.tokens.data());
   }
 
   // Whether the block goes on past Linear group `at` (whose input is `in`): no hook, an empty one, or its answer.
@@ -412,8 +414,8 @@ struct QwenModelCuda::Impl {
   // the CPU's own routing turns them into index arrays (moe_dispatch: the same experts for the same logits); they go
   // back up, the routed rows are gathered into one [T·k, C] buffer grouped
   // by expert, each expert runs its three Linears on its slice, the shared expert on every token, and moe_combine
-  // adds each token's weighted rows in the CPU's order. One host round trip a layer; each expert's Linears are their
-  // own launches (no grouped GEMM yet).
+  // adds each token's weighted rows in the CPU's order. One host round trip a layer (the launchers check the indices
+  // on the host's copy); each expert's Linears are their own launches (no grouped GEMM yet).
   void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out, const DeviceExpertInputHook* eh = nullptr) {
     const bool see = eh != nullptr && *eh;
     const QwenConfig& c = cfg;
@@ -430,14 +432,15 @@ struct QwenModelCuda::Impl {
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
     MoeDispatch d = moe_dispatch(c, logits.data(), shared ? g.data() : nullptr, T);
     const std::vector<int64_t> start = std::move(d.start);
-    // One upload each: moe_index = gather then combine, moe_weight = the weights then σ(g).
-    std::vector<int32_t> idx = std::move(d.gather);
+    // One upload each: moe_index = gather then combine, moe_weight = the weights then σ(g). d keeps the host copies of
+    // the indices, which the gather and combine launchers check instead of downloading them (no wait).
+    std::vector<int32_t> idx = d.gather;
     idx.insert(idx.end(), d.combine.begin(), d.combine.end());
     std::vector<float> w = std::move(d.weight);
     w.insert(w.end(), d.shared_gate.begin(), d.shared_gate.end());
     upload_owned_async(moe_index.get(), std::move(idx), s());
     upload_owned_async(moe_weight.get(), std::move(w), s());
-    embedding_gather_cuda(np, DType::F32, T, C, moe_index.as<int32_t>(), R, moe_x.as<float>(), s());
+    embedding_gather_cuda(np, DType::F32, T, C, moe_index.as<int32_t>(), R, moe_x.as<float>(), s(), d.gather.data());
     const int64_t Im = c.moe_intermediate_size;
     for (int64_t e = 0; e < E; ++e) {
       const int64_t r0 = start[e], rows = start[e + 1] - r0;
@@ -460,7 +463,7 @@ struct QwenModelCuda::Impl {
     }
     moe_combine_cuda(moe_y.as<float>(), R, C, moe_index.as<int32_t>() + R, moe_weight.as<float>(), T, k,
                      shared ? moe_shared.as<float>() : nullptr, shared ? moe_weight.as<float>() + R : nullptr, out,
-                     s());
+                     s(), d.combine.data());
   }
 
   // One decoder block on xp [T, C] in place (after begin_batch). `hook` (null or empty: none) sees each Linear
@@ -621,8 +624,9 @@ const QwenDeviceLayer& QwenModelCuda::device_layer(int64_t l) const {
   return impl_->layers[static_cast<size_t>(l)];
 }
 const QwenDeviceMoe& QwenModelCuda::device_moe(int64_t l) const {
-  QWENQ_CHECK(l >= 0 && l < static_cast<int64_t>(impl_->moe.size()) && impl_->moe[static_cast<size_t>(l)],
-              "QwenModelCuda: layer " << l << " is not a mixture-of-experts layer");
+  QWENQ_CHECK(impl_->cfg.is_moe_layer(l), "QwenModelCuda: layer " << l << " is not a mixture-of-experts layer");
+  QWENQ_CHECK(static_cast<size_t>(l) < impl_->moe.size() && impl_->moe[static_cast<size_t>(l)],
+              "QwenModelCuda: the experts of layer " << l << " were released");
   return *impl_->moe[static_cast<size_t>(l)];
 }
 QwenDeviceTensor QwenModelCuda::device_embed() const { return impl_->embed; }
@@ -756,8 +760,10 @@ void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float*
 void QwenModelCuda::moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const {
   Impl& m = *impl_;
   m.layer_at(layer, "moe_forward");
-  QWENQ_CHECK(m.cfg.is_moe_layer(layer) && m.moe[static_cast<size_t>(layer)],
+  QWENQ_CHECK(m.cfg.is_moe_layer(layer),
               "QwenModelCuda::moe_forward: layer " << layer << " is not a mixture-of-experts layer");
+  QWENQ_CHECK(m.moe[static_cast<size_t>(layer)],
+              "QwenModelCuda::moe_forward: the experts of layer " << layer << " were released");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::moe_forward: null input or output");
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(caller));  // n is complete
   m.reserve_rows(T, "moe_forward");
@@ -821,7 +827,14 @@ void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, 
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
   m.weight_bytes += static_cast<int64_t>(mem.bytes());
   d.q4.reset();
+  const void* old = d.dense.data;
   d.dense = DevTensor{mem.get(), DType::F32};
+  for (DeviceAllocation& r : M.replaced) {  // replaced before: that copy goes (the arena stays until release)
+    if (r.get() != old) continue;
+    m.weight_bytes -= static_cast<int64_t>(r.bytes());
+    r = std::move(mem);
+    return;
+  }
   M.replaced.push_back(std::move(mem));
 }
 

@@ -164,6 +164,12 @@ TEST(ConvertCuda, EmbeddingGatherIsTheRefsRows) {
       embedding_gather_cuda(d_table.get(), dtype, cs.V, cs.C, d_tokens.get(), cs.T, d_out.get());
       QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
       expect_same_bits(d_out.download(), want, n, ctx);
+      // The ids checked on the caller's host copy instead of a download: the same rows.
+      DeviceBuffer<float> d_out2(std::vector<float>(n + kGuard, bits_to_float(kGuard32)));
+      embedding_gather_cuda(d_table.get(), dtype, cs.V, cs.C, d_tokens.get(), cs.T, d_out2.get(), nullptr,
+                            tokens.data());
+      QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+      expect_same_bits(d_out2.download(), want, n, ctx + " (host copy of the ids)");
     }
   }
 }
@@ -191,6 +197,14 @@ TEST(ConvertCuda, EmbeddingGatherRefusesOutOfRangeIdsWithTheRefsMessage) {
   }
   EXPECT_NE(ref_err.find(want), std::string::npos) << ref_err;
   EXPECT_NE(cuda_err.find(want), std::string::npos) << cuda_err;
+  // A host copy of the ids is what is checked (here the same bad ids, on the host only: the device's are good).
+  const std::vector<int32_t> good = {1, 2, 3, 9, 4};
+  DeviceBuffer<int32_t> d_good(good);
+  test::expect_error(
+      [&] {
+        embedding_gather_cuda(d_table.get(), DType::F32, V, C, d_good.get(), 5, d_out.get(), nullptr, tokens.data());
+      },
+      {want});
   // Nothing was launched: the output is untouched.
   for (float f : d_out.download()) ASSERT_EQ(float_bits(f), kGuard32);
 }

@@ -177,7 +177,7 @@ TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
         gpu.block_forward(l, b, x.as<float>(), nullptr);
         continue;
       }
-      // key: (group, expert + 1) -> rows [rows, K]
+      // key: (group, expert) -> its rows [rows, K]
       std::map<std::pair<int, int64_t>, std::vector<float>> want, got;
       const auto width = [&](BlockLinear at, int64_t e) {
         return at == BlockLinear::GateUp ? C : e < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;

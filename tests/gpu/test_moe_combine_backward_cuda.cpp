@@ -169,6 +169,17 @@ TEST(MoeCombineBackwardCuda, RefusesRowsOutsideTheExpertsOutput) {
                                   dw.get(), nullptr, nullptr);
       },
       {"moe_combine_backward_cuda", "go together"});
+  // The caller's host copy is what is checked (here bad on the host only).
+  DeviceBuffer<int32_t> good(std::vector<int32_t>{0, 1, 2, 2});
+  const std::vector<int32_t> bad = {0, 1, 2, 3};
+  test::expect_error(
+      [&] {
+        moe_combine_backward_cuda(dout.get(), y.get(), 3, 2, good.get(), w.get(), 2, 2, nullptr, nullptr, dy.get(),
+                                  dw.get(), nullptr, nullptr, nullptr, bad.data());
+      },
+      {"moe_combine_backward_cuda", "row 3 of choice 1 of token 1"});
+  test::expect_error([&] { moe_scatter_add_cuda(y.get(), 3, 2, good.get(), 2, 2, dn.get(), nullptr, bad.data()); },
+                     {"moe_scatter_add_cuda", "row 3 of choice 1 of token 1"});
   // No tokens: no launch, nothing read.
   moe_combine_backward_cuda(nullptr, nullptr, 0, 2, nullptr, nullptr, 0, 2, nullptr, nullptr, nullptr, nullptr, nullptr,
                             nullptr);

@@ -49,6 +49,12 @@ TEST(MoeCombineCuda, MatchesTheTwinBitForBit) {
       QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
       const std::vector<float> got = dout.download();
       EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
+      DeviceBuffer<float> dout2(want.size());  // the rows checked on the host copy: the same bits
+      moe_combine_cuda(dy.get(), R, cs.C, drows.get(), dw.get(), cs.T, cs.k, shared ? ds.get() : nullptr,
+                       shared ? dsw.get() : nullptr, dout2.get(), nullptr, rows.data());
+      QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+      const std::vector<float> got2 = dout2.download();
+      EXPECT_EQ(std::memcmp(got2.data(), want.data(), want.size() * sizeof(float)), 0) << "host copy of the rows";
     }
   }
 }
@@ -59,6 +65,14 @@ TEST(MoeCombineCuda, RefusesRowsOutsideTheExpertsOutput) {
   DeviceBuffer<int32_t> rows(std::vector<int32_t>{0, 1, 2, 3});
   test::expect_error([&] { moe_combine_cuda(y.get(), 3, 2, rows.get(), w.get(), 2, 2, nullptr, nullptr, out.get()); },
                      {"moe_combine_cuda", "row 3 of choice 1 of token 1", "the experts' 3 rows"});
+  // The caller's host copy is what is checked (here bad on the host only).
+  DeviceBuffer<int32_t> good(std::vector<int32_t>{0, 1, 2, 2});
+  const std::vector<int32_t> bad = {0, 1, 2, 3};
+  test::expect_error(
+      [&] {
+        moe_combine_cuda(y.get(), 3, 2, good.get(), w.get(), 2, 2, nullptr, nullptr, out.get(), nullptr, bad.data());
+      },
+      {"moe_combine_cuda", "row 3 of choice 1 of token 1"});
   moe_combine_cuda(nullptr, 0, 2, nullptr, nullptr, 0, 2, nullptr, nullptr, nullptr);  // no tokens: no launch
 }
 
