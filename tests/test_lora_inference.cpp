@@ -28,6 +28,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
+#include "trainer/random_model.h"
 
 namespace qwenq {
 namespace {
@@ -95,6 +96,43 @@ TEST(LoraInferenceLayout, EveryAdaptedLinearGetsItsAAndB) {
   // The plain scaling without rsLoRA.
   const LoraAdapter plain = random_adapter(c, {"k_proj"}, false, 4, 12);
   EXPECT_EQ(lora_inference_layout(plain, c, kSource).scaling, 2.f);
+}
+
+// A mixture of experts (tiny Qwen2-MoE: 6 experts and a shared expert): the arena holds the adapter's slots in order,
+// every expert's and the shared expert's Linear with its own width and exactly its A and B (find by expert), and an
+// adapter for other expert widths is refused naming them.
+TEST(LoraInferenceLayout, MixtureOfExpertsSlotsEveryExpert) {
+  const QwenConfig c = qwen_preset("tiny-moe-shared");
+  const LoraAdapter a = random_adapter(c, {"q_proj", "up_proj", "down_proj"}, false, 2, 13);
+  const LoraInferenceLayout lay = lora_inference_layout(a, c, kSource);
+  ASSERT_EQ(lay.slots.size(), a.slots().size());
+  int64_t experts = 0;
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    const LoraSlot& ls = a.slots()[i];
+    const LoraArenaSlot& sl = lay.slots[i];
+    SCOPED_TRACE(ls.path);
+    EXPECT_EQ(sl.layer, ls.layer);
+    EXPECT_EQ(sl.target, ls.target);
+    EXPECT_EQ(sl.expert, ls.expert);
+    EXPECT_EQ(lay.find(ls.layer, ls.target, ls.expert), &sl);
+    const LoraWeights& w = a.weights(i);
+    EXPECT_EQ(sl.N, w.N);
+    EXPECT_EQ(sl.K, w.K);
+    if (ls.expert != kNoExpert) {
+      ++experts;
+      const int64_t width = ls.expert < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;
+      EXPECT_EQ(ls.target == LoraTarget::DownProj ? sl.K : sl.N, width);
+    }
+    EXPECT_TRUE(std::equal(w.A.begin(), w.A.end(), lay.arena.begin() + sl.a_off)) << "A";
+    EXPECT_TRUE(std::equal(w.B.begin(), w.B.end(), lay.arena.begin() + sl.b_off)) << "B";
+  }
+  EXPECT_EQ(experts, 2 * (c.num_experts + 1) * c.num_moe_layers());  // up and down of every expert and the shared one
+  EXPECT_EQ(lay.find(0, LoraTarget::UpProj), nullptr) << "a MoE layer's up_proj is its experts'";
+  QwenConfig other = c;
+  other.moe_intermediate_size = 48;
+  EXPECT_NE(error_of([&] { lora_inference_layout(a, other, kSource); })
+                .find(std::string(kSource) + ": the LoRA adapter was made for another base model (6 experts of width 32"),
+            std::string::npos);
 }
 
 // For every Linear of `model`: the arena's branch on top of the base equals the merged model's Linear.

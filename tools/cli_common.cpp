@@ -177,10 +177,6 @@ std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_
 #ifdef QWENQ_HAVE_CUDA
 std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const LoraAdapter* adapter,
                                                  const std::string& adapter_dir) {
-  if (adapter) {  // before the upload: the GPU applies adapters to dense MLPs only
-    refuse_moe(model.config(), "an unmerged adapter on the GPU (--adapter with --device cuda; `qwen-qlora merge` it "
-                               "first, or --device cpu)");
-  }
   auto gpu = std::make_unique<QwenModelCuda>(model);
   if (adapter) gpu->attach_adapter(*adapter, adapter_dir);
   return gpu;

@@ -15,9 +15,9 @@ namespace {
 int64_t align_up(int64_t n) { return (n + kLoraArenaAlignFloats - 1) / kLoraArenaAlignFloats * kLoraArenaAlignFloats; }
 
 // Refuses a tensor of `got` floats where `rows`·`cols` are due, or holding a value that is not finite.
-void check_tensor(const std::vector<float>& v, int64_t rows, int64_t cols, int64_t layer, LoraTarget t, bool is_b,
+void check_tensor(const std::vector<float>& v, int64_t rows, int64_t cols, const LoraSlot& slot, bool is_b,
                   const std::string& source) {
-  const std::string name = peft_tensor_name(layer, t, is_b);
+  const std::string name = peft_tensor_name(slot, is_b);
   QWENQ_CHECK(static_cast<int64_t>(v.size()) == rows * cols,
               source << ": the LoRA tensor " << name << " holds " << v.size() << " values, but its Linear calls for ["
                      << rows << ", " << cols << "] (" << rows * cols << "): an adapter for a different base model");
@@ -30,9 +30,9 @@ void check_tensor(const std::vector<float>& v, int64_t rows, int64_t cols, int64
 
 }  // namespace
 
-const LoraArenaSlot* LoraInferenceLayout::find(int64_t layer, LoraTarget t) const {
+const LoraArenaSlot* LoraInferenceLayout::find(int64_t layer, LoraTarget t, int64_t expert) const {
   for (const LoraArenaSlot& s : slots) {
-    if (s.layer == layer && s.target == t) return &s;
+    if (s.layer == layer && s.target == t && s.expert == expert) return &s;
   }
   return nullptr;
 }
@@ -48,6 +48,13 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
                      << ", " << d.num_layers << " layers; the model has " << want.hidden_size << ", "
                      << want.intermediate_size << ", " << want.q_dim << ", " << want.kv_dim << ", "
                      << want.num_layers << ")");
+  QWENQ_CHECK(d.moe_layer == want.moe_layer && d.num_experts == want.num_experts &&
+                  d.moe_intermediate_size == want.moe_intermediate_size &&
+                  d.shared_expert_intermediate_size == want.shared_expert_intermediate_size,
+              source << ": the LoRA adapter was made for another base model (" << d.num_experts << " experts of width "
+                     << d.moe_intermediate_size << ", shared expert " << d.shared_expert_intermediate_size
+                     << "; the model has " << want.num_experts << ", " << want.moe_intermediate_size << ", "
+                     << want.shared_expert_intermediate_size << ")");
   const double s = adapter.scaling();
   QWENQ_CHECK(std::isfinite(s), source << ": the LoRA scaling " << s << " is not finite");
   LoraInferenceLayout out;
@@ -55,33 +62,38 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
   out.rank = adapter.rank();
   out.num_layers = d.num_layers;
   int64_t total = 0;
-  for (int64_t l = 0; l < d.num_layers; ++l) {
-    for (const LoraTargetInfo& info : kLoraTargets) {  // table order, whatever order targets() lists
-      if (!adapter.has(l, info.target)) continue;
-      const LoraWeights& w = adapter.at(l, info.target);
-      const LoraShape shape = lora_target_shape(d, info.target);
-      const std::string name = peft_tensor_name(l, info.target, false);
-      QWENQ_CHECK(w.N == shape.N && w.K == shape.K && w.r == out.rank,
-                  source << ": the LoRA pair " << name << " / lora_B has r " << w.r << ", N " << w.N << ", K " << w.K
-                         << "; the Linear is [" << shape.N << ", " << shape.K << "] and the adapter's r is "
-                         << out.rank);
-      check_tensor(w.A, w.r, w.K, l, info.target, false, source);
-      check_tensor(w.B, w.N, w.r, l, info.target, true, source);
-      LoraArenaSlot sl;
-      sl.layer = l;
-      sl.target = info.target;
-      sl.N = w.N, sl.K = w.K, sl.r = w.r;
-      sl.a_off = total;
-      sl.b_off = align_up(total + w.r * w.K);
-      total = align_up(sl.b_off + w.N * w.r);
-      out.slots.push_back(sl);
+  // The adapter's slots: layer by layer, targets in table order (whatever order targets() lists), a MoE layer's MLP
+  // target expert by expert then the shared expert.
+  for (size_t i = 0; i < adapter.slots().size(); ++i) {
+    const LoraSlot& ls = adapter.slots()[i];
+    const LoraWeights& w = adapter.weights(i);
+    LoraShape shape = lora_target_shape(d, ls.target);
+    if (ls.expert != kNoExpert) {  // an expert's Linear: its own width
+      const int64_t width = ls.expert < 0 ? d.shared_expert_intermediate_size : d.moe_intermediate_size;
+      shape = ls.target == LoraTarget::DownProj ? LoraShape{d.hidden_size, width} : LoraShape{width, d.hidden_size};
     }
+    const std::string name = peft_tensor_name(ls, false);
+    QWENQ_CHECK(w.N == shape.N && w.K == shape.K && w.r == out.rank,
+                source << ": the LoRA pair " << name << " / lora_B has r " << w.r << ", N " << w.N << ", K " << w.K
+                       << "; the Linear is [" << shape.N << ", " << shape.K << "] and the adapter's r is "
+                       << out.rank);
+    check_tensor(w.A, w.r, w.K, ls, false, source);
+    check_tensor(w.B, w.N, w.r, ls, true, source);
+    LoraArenaSlot sl;
+    sl.layer = ls.layer;
+    sl.target = ls.target;
+    sl.expert = ls.expert;
+    sl.N = w.N, sl.K = w.K, sl.r = w.r;
+    sl.a_off = total;
+    sl.b_off = align_up(total + w.r * w.K);
+    total = align_up(sl.b_off + w.N * w.r);
+    out.slots.push_back(sl);
   }
   out.arena.assign(static_cast<size_t>(total), 0.f);
-  for (const LoraArenaSlot& sl : out.slots) {
-    const LoraWeights& w = adapter.at(sl.layer, sl.target);
-    std::copy(w.A.begin(), w.A.end(), out.arena.begin() + sl.a_off);
-    std::copy(w.B.begin(), w.B.end(), out.arena.begin() + sl.b_off);
+  for (size_t i = 0; i < out.slots.size(); ++i) {
+    const LoraWeights& w = adapter.weights(i);
+    std::copy(w.A.begin(), w.A.end(), out.arena.begin() + out.slots[i].a_off);
+    std::copy(w.B.begin(), w.B.end(), out.arena.begin() + out.slots[i].b_off);
   }
   return out;
 }

@@ -6,14 +6,16 @@
 // (inference). This equals the merged model of trainer/lora_merge.h, x (W + s·B A)ᵀ, up to fp32 reassociation.
 //
 // Layout: one fp32 arena holding, layer by layer and within a layer the targets in table order (q, k, v, o, gate,
-// up, down; untargeted ones absent), A [r, K] row-major then B [N, r] row-major. Every A and B starts at a multiple
+// up, down; untargeted ones absent; on a mixture-of-experts layer an MLP target expert by expert, then the shared
+// expert: the adapter's slots() order), A [r, K] row-major then B [N, r] row-major. Every A and B starts at a multiple
 // of kLoraArenaAlignFloats floats (16 bytes), so each is as aligned as the arena for cuBLASLt's vectorized loads;
 // the gaps are zero. fp32, not bf16: the branch then adds no rounding of its own (the CPU's merged W + s·B A is fp32
 // too), and it costs r·(N + K)·4 bytes per Linear (Qwen2.5-7B, r = 16, all seven targets: 161 MB, 1% of the bf16
 // base).
 //
 // Checks, each refusal naming `source` (the adapter directory, or whatever the caller passes): the adapter's
-// dimensions are the model's (hidden, intermediate, q_dim, kv_dim, layers), every A and B has the shape its Linear
+// dimensions are the model's (hidden, intermediate, q_dim, kv_dim, layers; experts, their widths, which layers are
+// MoE layers), every A and B has the shape its Linear
 // calls for (named by its PEFT tensor name, lora/peft_io.h: "base_model.model.model.layers.3.mlp.up_proj.lora_B.weight"),
 // and every value is finite (a NaN in an adapter would turn every logit into NaN with no hint where it came from).
 // A DoRA adapter (use_dora) is refused: the unmerged GPU path has no magnitude code yet (refuse_dora_on_gpu).
@@ -30,10 +32,12 @@ namespace qwenq {
 
 constexpr int64_t kLoraArenaAlignFloats = 4;
 
-// One adapted Linear: its shape and where its A and B start in the arena (in floats).
+// One adapted Linear: its shape and where its A and B start in the arena (in floats). expert: kNoExpert for a
+// layer's own Linear, else the expert of a MoE layer's MLP target (-1: the shared expert).
 struct LoraArenaSlot {
   int64_t layer = 0;
   LoraTarget target = LoraTarget::QProj;
+  int64_t expert = kNoExpert;
   int64_t N = 0, K = 0, r = 0;
   int64_t a_off = 0, b_off = 0;
 };
@@ -45,8 +49,9 @@ struct LoraInferenceLayout {
   std::vector<LoraArenaSlot> slots;  // arena order
   std::vector<float> arena;          // every A and B at its slot's offsets; zero between them
 
-  // The slot of Linear `t` in `layer`, or null when the adapter does not target it.
-  const LoraArenaSlot* find(int64_t layer, LoraTarget t) const;
+  // The slot of Linear `t` in `layer` (of expert `expert` on a MoE layer's MLP), or null when the adapter does not
+  // target it.
+  const LoraArenaSlot* find(int64_t layer, LoraTarget t, int64_t expert = kNoExpert) const;
   int64_t bytes() const { return static_cast<int64_t>(arena.size() * sizeof(float)); }
 };
 

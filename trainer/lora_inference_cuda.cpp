@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
 #include "lora/lora_linear.h"
+#include "trainer/moe_block.h"
 #include "trainer/qwen_model_cuda.h"
 
 namespace qwenq {
@@ -25,6 +26,20 @@ QwenDeviceLinear& linear_of(QwenDeviceLayer& L, LoraTarget t) {
     case LoraTarget::DownProj: return L.down;
   }
   QWENQ_FAIL("LoraInferenceCuda: unknown LoRA target " << static_cast<int>(t));
+}
+
+// The Linear of arena slot `sl`: a layer's own, or an expert's (moe[layer] must hold the layer's experts).
+QwenDeviceLinear& slot_linear(std::vector<QwenDeviceLayer>& layers, const std::vector<QwenDeviceMoe*>& moe,
+                              const LoraArenaSlot& sl, const std::string& source) {
+  if (sl.expert == kNoExpert) return linear_of(layers[static_cast<size_t>(sl.layer)], sl.target);
+  QwenDeviceMoe* M = static_cast<size_t>(sl.layer) < moe.size() ? moe[static_cast<size_t>(sl.layer)] : nullptr;
+  const int which = moe_expert_index(sl.target);
+  QWENQ_CHECK(M != nullptr && which >= 0 && which < 3 && sl.expert >= -1 &&
+                  sl.expert < static_cast<int64_t>(M->experts.size()) && (sl.expert >= 0 || M->shared[0].N > 0),
+              source << ": layer " << sl.layer << " has no expert " << sl.expert << " " << lora_target_path(sl.target)
+                     << " on the GPU");
+  return sl.expert < 0 ? M->shared[static_cast<size_t>(which)]
+                       : M->experts[static_cast<size_t>(sl.expert)][static_cast<size_t>(which)];
 }
 
 }  // namespace
@@ -49,21 +64,30 @@ LoraInferenceCuda::LoraInferenceCuda(const LoraInferenceLayout& layout, const st
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host arena may go; upload errors surface here
 }
 
-void LoraInferenceCuda::attach(std::vector<QwenDeviceLayer>& layers) const {
+void LoraInferenceCuda::attach(std::vector<QwenDeviceLayer>& layers, const std::vector<QwenDeviceMoe*>& moe) const {
   QWENQ_CHECK(static_cast<int64_t>(layers.size()) == num_layers_,
               source_ << ": the LoRA adapter has " << num_layers_ << " layers, the model " << layers.size());
   for (const LoraArenaSlot& sl : slots_) {  // every check before any change
-    const QwenDeviceLinear& d = linear_of(layers[static_cast<size_t>(sl.layer)], sl.target);
+    const QwenDeviceLinear& d = slot_linear(layers, moe, sl, source_);
     QWENQ_CHECK(d.N == sl.N && d.K == sl.K,
-                source_ << ": layer " << sl.layer << " " << lora_target_path(sl.target) << " is [" << d.N << ", "
-                        << d.K << "] on the GPU, the LoRA adapter's is [" << sl.N << ", " << sl.K << "]");
+                source_ << ": layer " << sl.layer << " " << lora_target_path(sl.target)
+                        << (sl.expert == kNoExpert ? std::string() : " of expert " + std::to_string(sl.expert))
+                        << " is [" << d.N << ", " << d.K << "] on the GPU, the LoRA adapter's is [" << sl.N << ", "
+                        << sl.K << "]");
   }
   for (QwenDeviceLayer& L : layers) {
     for (const LoraTargetInfo& info : kLoraTargets) linear_of(L, info.target).lora = LoraDeviceBranch{};
   }
+  for (QwenDeviceMoe* M : moe) {
+    if (M == nullptr) continue;
+    for (auto& e : M->experts) {
+      for (QwenDeviceLinear& d : e) d.lora = LoraDeviceBranch{};
+    }
+    for (QwenDeviceLinear& d : M->shared) d.lora = LoraDeviceBranch{};
+  }
   const float* base = arena_.as<float>();
   for (const LoraArenaSlot& sl : slots_) {
-    LoraDeviceBranch& b = linear_of(layers[static_cast<size_t>(sl.layer)], sl.target).lora;
+    LoraDeviceBranch& b = slot_linear(layers, moe, sl, source_).lora;
     b.A = base + sl.a_off;
     b.B = base + sl.b_off;
     b.r = sl.r;

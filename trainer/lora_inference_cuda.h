@@ -7,7 +7,9 @@
 //   y += s · (x Aᵀ) Bᵀ          lora_branch_forward_cuda -> lora_forward_cuda (lora/lora_linear.h)
 // two fp32 cuBLASLt matmuls (for M = 1 two GEMVs, r·(N + K) multiply-adds against the base's N·K), with u = x Aᵀ in
 // a scratch [T, r] fp32 the caller owns. x is the Linear's fp32 input: the branch never sees the bf16 copy a Q4 or
-// BF16 base multiplies, so it adds no rounding beyond fp32 summation order. Which Linears are adapted, the rank and
+// BF16 base multiplies, so it adds no rounding beyond fp32 summation order. On a mixture-of-experts layer the MLP
+// targets adapt each expert's and the shared expert's Linears (QwenDeviceMoe): the branch follows each expert
+// Linear's product on its routed rows in the MoE MLP. Which Linears are adapted, the rank and
 // the scaling (alpha / r or rsLoRA's alpha / √r) are the adapter's; dropout is off (inference).
 //
 // Every base, dense or packed, takes this path on the GPU (qwen-qlora generate/chat --device cuda): one code path,
@@ -28,6 +30,7 @@
 namespace qwenq {
 
 struct QwenDeviceLayer;
+struct QwenDeviceMoe;
 
 // The branch of one Linear: A [r, K], B [N, r] fp32 in device memory, s the scaling. r == 0: no adapter.
 struct LoraDeviceBranch {
@@ -49,9 +52,11 @@ class LoraInferenceCuda {
   // the adapter (source) when it does not fit.
   LoraInferenceCuda(const LoraInferenceLayout& layout, const std::string& source, CudaStream stream);
 
-  // Points every Linear the adapter targets at its A and B and clears every other Linear's branch. Throws, before
-  // changing anything, naming source, layer and Linear when a Linear's [N, K] is not the adapter's.
-  void attach(std::vector<QwenDeviceLayer>& layers) const;
+  // Points every Linear the adapter targets at its A and B and clears every other Linear's branch; moe[l] (one per
+  // layer, null for a dense one) holds a mixture-of-experts layer's experts, whose Linears the adapter's MLP targets
+  // adapt there. Throws, before changing anything, naming source, layer and Linear when a Linear's [N, K] is not the
+  // adapter's or the Linear is not on the device.
+  void attach(std::vector<QwenDeviceLayer>& layers, const std::vector<QwenDeviceMoe*>& moe) const;
 
   int64_t rank() const { return rank_; }
   float scaling() const { return scaling_; }

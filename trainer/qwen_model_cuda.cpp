@@ -96,6 +96,12 @@ struct QwenModelCuda::Impl {
   int64_t hidden_rows = 0;  // rows of x that hold the final hidden states of the last forward_hidden (0: none)
 
   CudaStream s() const { return stream.get(); }
+  // Each layer's experts on the device (null: a dense layer, or released), for the adapter's wiring.
+  std::vector<QwenDeviceMoe*> moe_views() {
+    std::vector<QwenDeviceMoe*> v(layers.size(), nullptr);
+    for (size_t l = 0; l < moe.size() && l < v.size(); ++l) v[l] = moe[l].get();
+    return v;
+  }
 
   DevTensor upload(const TensorView& t, const std::string& name) {
     if (t.data == nullptr) return {};
@@ -852,10 +858,8 @@ void QwenModelCuda::release_experts(int64_t layer) {
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {
   Impl& m = *impl_;
-  refuse_moe(m.cfg, "an unmerged adapter on the GPU (--adapter with --device cuda; `qwen-qlora merge` it first, or "
-                    "--device cpu)");
   auto fresh = std::make_unique<LoraInferenceCuda>(lora_inference_layout(adapter, m.cfg, source), source, m.s());
-  fresh->attach(m.layers);  // checks every Linear's shape before it changes any
+  fresh->attach(m.layers, m.moe_views());  // checks every Linear's shape before it changes any
   m.lora = std::move(fresh);  // frees the previous adapter, if any (no work of it is queued: every call syncs)
   m.capacity = 0;             // the next batch reallocates its buffers with the branch's scratch
   m.hidden_rows = 0;          // hidden states of the model without this adapter
@@ -865,6 +869,13 @@ void QwenModelCuda::detach_adapter() {
   Impl& m = *impl_;
   for (DevLayer& L : m.layers) {
     for (DevLinear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) d->lora = LoraDeviceBranch{};
+  }
+  for (QwenDeviceMoe* M : m.moe_views()) {
+    if (M == nullptr) continue;
+    for (auto& e : M->experts) {
+      for (DevLinear& d : e) d.lora = LoraDeviceBranch{};
+    }
+    for (DevLinear& d : M->shared) d.lora = LoraDeviceBranch{};
   }
   m.lora.reset();
   m.hidden_rows = 0;

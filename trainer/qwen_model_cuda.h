@@ -26,8 +26,9 @@
 //                expert's Linears on its slice as above, the shared expert on every token, moe_combine_cuda adding
 //                each token's weighted rows in the CPU block's order. Each layer's router and experts are a second
 //                arena (qwen_moe_arena); QwenDecodeCuda runs it through moe_forward, the GPU trainer
-//                (trainer/lora_model_cuda.h) through device_moe's weights. The block API (hooks, replaced weights) and
-//                attached adapters refuse MoE layers.
+//                (trainer/lora_model_cuda.h) through device_moe's weights; block_forward's expert hook and
+//                set_expert_weight serve GPTQ; an attached adapter adapts every expert. The module API (mlp_forward,
+//                a dense MLP Linear by index) refuses MoE layers.
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one

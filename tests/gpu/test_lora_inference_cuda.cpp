@@ -180,7 +180,7 @@ void expect_forward_matches_merged(const std::string& dir, const LoraAdapter& a,
   gpu.attach_adapter(a, "adapter of " + what);
   ASSERT_NE(gpu.adapter(), nullptr);
   EXPECT_EQ(gpu.adapter()->rank(), a.rank());
-  EXPECT_EQ(gpu.adapter()->num_linears(), static_cast<int64_t>(a.targets().size()) * base.config().num_layers);
+  EXPECT_EQ(gpu.adapter()->num_linears(), static_cast<int64_t>(a.slots().size()));  // a MoE layer's experts each
   const int64_t V = base.config().vocab_size;
   const std::vector<std::vector<int64_t>> batches = {{1, 7, 33}, {100, 65}};
   for (size_t bi = 0; bi < batches.size(); ++bi) {
@@ -352,6 +352,26 @@ TEST(LoraInferenceCuda, DecodeStepsOnDenseAndPackedBases) {
   const LoraAdapter q2 = test_adapter(QwenModel(qwen2).config(), kAllTargets, 4, false, 17);
   expect_decode_matches_merged(qwen2, q2, 1, kFp32RelTol, kFp32RelTol, false, "qwen2 biases D=64 rtn-gptq");
   expect_decode_matches_merged(qwen2, q2, 37, kBf16RelTol, kBf16RelTol, false, "qwen2 biases D=64 rtn-gptq (flash)");
+}
+
+// Mixtures of experts (tiny Qwen3-MoE with a dense layer among its MoE layers, tiny Qwen2-MoE with the shared
+// expert; F32: the fp32 path): every expert's and the shared expert's Linear adapted (the MLP targets), unmerged on
+// the GPU (the branch after each expert Linear in the MoE MLP) against the CPU's merged model, in the forward and in
+// decoding (prefill and steps through moe_forward). The routing is recomputed from each side's router logits.
+TEST(LoraInferenceCuda, MixtureOfExpertsUnmergedAreTheMergedModel) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string dir = test::make_random_model(tmp + "/" + preset, preset, DType::F32, 23);
+    const QwenConfig c = QwenModel(dir).config();
+    ASSERT_TRUE(c.is_moe());
+    const LoraAdapter all = test_adapter(c, kAllTargets, 4, false, 24, 0.3f);
+    expect_forward_matches_merged(dir, all, kFp32RelTol, std::string(preset) + " F32, all targets");
+    expect_decode_matches_merged(dir, all, 37, kFp32RelTol, kFp32RelTol, false, std::string(preset) + " F32");
+    const LoraAdapter mlp = test_adapter(c, {"up_proj", "down_proj"}, 8, true, 25, 0.3f);
+    expect_decode_matches_merged(dir, mlp, 5, kFp32RelTol, kFp32RelTol, true,
+                                 std::string(preset) + " F32, experts' up/down rsLoRA, attached late");
+  }
 }
 
 // Greedy tokens of the GPU (base + adapter unmerged) and of the CPU's merged model: equal up to a tie.

@@ -290,17 +290,14 @@ TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
   }
 }
 
-// What runs MoE models on the CPU only says so: an unmerged adapter on the GPU and the calibration API's MLP calls on
-// a MoE layer; moe_forward (the decoder's) and device_moe refuse a dense layer. (The GPU trainer takes MoE models:
-// tests/gpu/test_lora_model_cuda.cpp.)
+// What runs MoE models on the CPU only says so: the module API's MLP call on a MoE layer; moe_forward (the decoder's)
+// and device_moe refuse a dense layer. (The GPU trainer, unmerged adapters and GPTQ take MoE models:
+// tests/gpu/test_lora_model_cuda.cpp, test_lora_inference_cuda.cpp, test_gptq_model_cuda.cpp.)
 TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
   const QwenModel cpu(dir);
   QwenModelCuda gpu(cpu);
-  const LoraAdapter adapter = test::adapter_with_random_b(cpu.config(), {"q_proj", "v_proj"}, 4, 8.0, false, 3, 0.01f);
-  const std::string moe = "does not support mixture-of-experts models yet";
-  test::expect_error([&] { gpu.attach_adapter(adapter, "adapter"); }, {"an unmerged adapter on the GPU", moe});
   int64_t moe_layer = 0;
   while (!cpu.config().is_moe_layer(moe_layer)) ++moe_layer;
   std::vector<float> x(4 * cpu.config().hidden_size);

@@ -63,10 +63,8 @@ LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> 
   LoraAdapter a(lora_dims_of(c), cfg);
   a.init_peft(seed);
   Rng rng(seed + 1);
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (LoraTarget t : a.targets()) {
-      for (float& b : a.at(l, t).B) b = b_scale * static_cast<float>(rng.normal());
-    }
+  for (size_t i = 0; i < a.slots().size(); ++i) {  // layer by layer, targets in table order (a MoE layer's experts)
+    for (float& b : a.weights(i).B) b = b_scale * static_cast<float>(rng.normal());
   }
   return a;
 }

@@ -31,7 +31,7 @@ std::vector<double> losses_of(const std::string& metrics);
 
 // An adapter for `c` on `targets` (rank r, lora_alpha alpha, rsLoRA or not): PEFT's initialisation from `seed`
 // (A random, B zero), then every B replaced by b_scale·N(0, 1) drawn from Rng(seed + 1), layer by layer, targets in
-// table order, so that the adapter changes the model.
+// table order (a MoE layer's MLP targets expert by expert: the adapter's slots), so that the adapter changes the model.
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
                                   bool rslora, uint64_t seed, float b_scale);
 
