@@ -15,8 +15,10 @@
 // hessian_accumulate_cuda per expert with its own row count: the CPU driver's HessianAccumulator per expert), then each
 // expert's Linears of the group are quantized with it (GptqLinearStep::run_expert, gptq_quantize_cuda) and replaced
 // on the device (set_expert_weight, fp32); an expert no calibration token chose is quantized with H = I and named in
-// the CPU's warning. Once the next block's inputs are computed the layer's experts are freed (release_experts), so
-// the fp32 replacements of one layer at a time are held.
+// the CPU's warning.
+// Once the next block's inputs are computed the layer's weights are freed (release_layer): the device holds the
+// uploaded model (its unquantized layers as stored) plus the fp32 replacements of one layer, not a model growing to
+// fp32 layer by layer (2x a bf16 model by the end; a 32B model's 64 GB would reach 128 GB).
 // Device memory: the model's weights, X, one work chunk [chunk, C], the block's activation buffers for a chunk, one
 // Hessian [K_max, K_max] fp32 (K_max = max(C, q_dim, I)), and gptq_quantize_cuda's own (quant/gptq_cuda.h); a MoE
 // layer adds one Hessian per expert of its input width (C for gate/up: 128 x 2048² x 4 B = 2.2 GB at Qwen3-30B-A3B;
@@ -187,7 +189,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
     if (l + 1 < L) {
       for (size_t c = 0; c < chunks.size(); ++c) gpu.block_forward(l, chunks[c], x_all + offset[c] * C, nullptr);
     }
-    if (cfg.is_moe_layer(l)) gpu.release_experts(l);  // its fp32 experts are not needed any more
+    gpu.release_layer(l);  // its fp32 weights (a MoE layer's experts too) are not needed any more
   }
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 }

@@ -71,6 +71,7 @@ struct QwenModelCuda::Impl {
     bool holds_linears = true;  // false once the arena was cut down to the norms and biases (compact_layer)
   };
   std::vector<LayerStore> stores;
+  std::vector<bool> released;  // release_layer'd: nothing of the layer is on the device
   // A mixture-of-experts layer's MLP in an arena of its own (qwen_moe_arena): the router, each expert's gate, up and
   // down, the shared expert's (N = 0: none) and its gate. moe[l] is null for a dense layer.
   struct DevMoe : QwenDeviceMoe {
@@ -484,6 +485,7 @@ struct QwenModelCuda::Impl {
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
     const size_t l = static_cast<size_t>(&L - layers.data());
+    check_kept(static_cast<int64_t>(l));
     if (cfg.is_moe_layer(static_cast<int64_t>(l))) {
       QWENQ_CHECK(l < moe.size() && moe[l], "QwenModelCuda: the experts of layer " << l << " were released");
       moe_mlp(*moe[l], np, T, np, expert_hook);  // the dense hook sees QKV and O only
@@ -516,6 +518,7 @@ struct QwenModelCuda::Impl {
   DevLinear& linear_at(int64_t layer, BlockLinear which, int index) {
     QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
                 "QwenModelCuda: layer " << layer << " of " << layers.size());
+    check_kept(layer);
     if (which == BlockLinear::GateUp || which == BlockLinear::Down) check_dense_mlp(layer, "the MLP's Linears");
     DevLayer& L = layers[static_cast<size_t>(layer)];
     DevLinear* d = nullptr;
@@ -532,7 +535,12 @@ struct QwenModelCuda::Impl {
   const DevLayer& layer_at(int64_t layer, const char* fn) const {
     QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
                 "QwenModelCuda::" << fn << ": layer " << layer << " outside [0, " << layers.size() << ")");
+    check_kept(layer);
     return layers[static_cast<size_t>(layer)];
+  }
+  void check_kept(int64_t layer) const {
+    QWENQ_CHECK(!released[static_cast<size_t>(layer)],
+                "QwenModelCuda: the weights of layer " << layer << " were released (release_layer)");
   }
 
   // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
@@ -605,6 +613,7 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   m.layers.resize(w.layers.size());
   m.stores.resize(w.layers.size());
   m.moe.resize(w.layers.size());
+  m.released.assign(w.layers.size(), false);
   for (size_t l = 0; l < w.layers.size(); ++l) {
     m.upload_layer(l, w.layers[l]);
     if (c.is_moe_layer(static_cast<int64_t>(l))) m.upload_moe(l, w.layers[l].moe);
@@ -627,6 +636,7 @@ const char* QwenModelCuda::attention_kernel() const {
 const QwenDeviceLayer& QwenModelCuda::device_layer(int64_t l) const {
   QWENQ_CHECK(l >= 0 && l < static_cast<int64_t>(impl_->layers.size()),
               "QwenModelCuda: layer " << l << " of " << impl_->layers.size());
+  impl_->check_kept(l);
   return impl_->layers[static_cast<size_t>(l)];
 }
 const QwenDeviceMoe& QwenModelCuda::device_moe(int64_t l) const {
@@ -844,16 +854,31 @@ void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, 
   M.replaced.push_back(std::move(mem));
 }
 
-void QwenModelCuda::release_experts(int64_t layer) {
+void QwenModelCuda::release_layer(int64_t layer) {
   Impl& m = *impl_;
-  QWENQ_CHECK(m.cfg.is_moe_layer(layer) && static_cast<size_t>(layer) < m.moe.size(),
-              "QwenModelCuda::release_experts: layer " << layer << " is not a mixture-of-experts layer");
-  std::unique_ptr<Impl::DevMoe>& M = m.moe[static_cast<size_t>(layer)];
-  if (!M) return;
+  QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(m.layers.size()),
+              "QwenModelCuda::release_layer: layer " << layer << " outside [0, " << m.layers.size() << ")");
+  const size_t l = static_cast<size_t>(layer);
+  if (m.released[l]) return;
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));  // no queued work reads them any more
-  m.weight_bytes -= static_cast<int64_t>(M->arena.bytes());
-  for (const DeviceAllocation& r : M->replaced) m.weight_bytes -= static_cast<int64_t>(r.bytes());
-  M.reset();
+  DevLayer& L = m.layers[l];
+  for (const DevLinear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {  // set_linear_weight's copies
+    for (auto it = m.owned.begin(); it != m.owned.end(); ++it) {
+      if (d->dense.data == nullptr || it->get() != d->dense.data) continue;
+      m.weight_bytes -= static_cast<int64_t>(it->bytes());
+      m.owned.erase(it);
+      break;
+    }
+  }
+  m.weight_bytes -= static_cast<int64_t>(m.stores[l].arena.bytes());
+  m.stores[l].arena.reset();
+  if (l < m.moe.size() && m.moe[l]) {
+    m.weight_bytes -= static_cast<int64_t>(m.moe[l]->arena.bytes());
+    for (const DeviceAllocation& r : m.moe[l]->replaced) m.weight_bytes -= static_cast<int64_t>(r.bytes());
+    m.moe[l].reset();
+  }
+  L = DevLayer{};
+  m.released[l] = true;
 }
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {

@@ -189,10 +189,12 @@ class QwenModelCuda {
   // The same for Linear `which` (0 gate, 1 up, 2 down) of expert `expert` (-1: the shared expert) of MoE layer
   // `layer`: an fp32 allocation of its own, kept with the layer's experts (their arena is not freed).
   void set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N, int64_t K);
-  // Frees MoE layer `layer`'s router, experts and their replacements (GPTQ's driver, once the layer is quantized and
-  // the next block's inputs computed: a layer of fp32 expert replacements is 2.4 GB at Qwen3-30B-A3B); any later
-  // pass over the layer throws.
-  void release_experts(int64_t layer);
+  // Frees every weight of decoder layer `layer`: its arena (or its norms and biases once every Linear was replaced),
+  // its replaced fp32 weights, a MoE layer's router, experts and their replacements. GPTQ's driver calls it once a
+  // layer is quantized and the next block's inputs computed, so it holds the uploaded model plus one layer in fp32
+  // (not the whole model growing to fp32: 2x a bf16 model's bytes by the last layer; one MoE layer's fp32 experts
+  // are 2.4 GB at Qwen3-30B-A3B). Any later use of the layer (a pass, device_layer, a replacement) throws.
+  void release_layer(int64_t layer);
 
   // ---- an unmerged LoRA adapter (trainer/lora_inference_cuda.h) ----
   // Uploads `adapter` (fp32 A and B) and from then on adds its branch after every Linear it targets, in every

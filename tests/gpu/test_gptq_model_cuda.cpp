@@ -39,6 +39,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -149,13 +150,28 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   EXPECT_NE(test::error_of([&] { gpu.set_linear_weight(0, BlockLinear::GateUp, 2, x0.data(), 3, 5); })
                 .find("has no Linear 2"),
             std::string::npos);
+
+  // release_layer(0) (GPTQ's driver after a layer): its arena and its two replaced weights freed, exactly their
+  // requested bytes; layer 0 then refuses every use, layer 1 still runs as the CPU's.
+  const int64_t before = gpu.weight_bytes();
+  gpu.release_layer(0);
+  EXPECT_LT(gpu.weight_bytes(), before);
+  for (const auto& call : std::vector<std::function<void()>>{
+           [&] { gpu.block_forward(0, b, x.as<float>(), nullptr); }, [&] { gpu.device_layer(0); },
+           [&] { gpu.set_linear_weight(0, BlockLinear::O, 0, x0.data(), 3, 5); }}) {
+    test::expect_error(call, {"the weights of layer 0 were released"});
+  }
+  gpu.release_layer(0);  // again: nothing
+  cpu.block_forward(1, b, x0.data(), nullptr);
+  gpu.block_forward(1, b, x.as<float>(), nullptr);
+  EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x0), kFp32RelTol) << "layer 1 after releasing layer 0";
 }
 
 // The MoE half of the block API (GPTQ's per-expert Hessians): block_forward's expert hook on each MoE layer of the
 // tiny Qwen3-MoE (a dense layer between two MoE layers) and Qwen2-MoE (shared expert) F32 models sees, for every
 // expert and the shared expert, the same rows as the CPU block's MoeInputHook (same count, same grouped order: the
 // same routing) within kFp32RelTol; the dense hook sees QKV and O only there; set_expert_weight on an expert's down
-// and the shared expert's gate equals the CPU with the same replacement; release_experts makes a later pass throw.
+// and the shared expert's gate equals the CPU with the same replacement; release_layer makes a later pass throw.
 TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
   QWENQ_REQUIRE_GPU();
   for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
@@ -205,7 +221,7 @@ TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
       }
       EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x_cpu), kFp32RelTol) << "block " << l << " output";
     }
-    // set_expert_weight on the first MoE layer, then release_experts.
+    // set_expert_weight on the first MoE layer, then release_layer.
     int64_t l = 0;
     while (!c.is_moe_layer(l)) ++l;
     Rng rng(11);
@@ -232,10 +248,12 @@ TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
     test::expect_error([&] { gpu.set_expert_weight(l, 0, 1, x0.data(), 3, 5); }, {"expert 0 Linear 1 is ["});
     test::expect_error([&] { gpu.set_expert_weight(l, c.num_experts, 0, x0.data(), 3, 5); }, {"has no Linear 0"});
     const int64_t bytes = gpu.weight_bytes();
-    gpu.release_experts(l);
+    gpu.release_layer(l);
     EXPECT_LT(gpu.weight_bytes(), bytes);
-    test::expect_error([&] { gpu.block_forward(l, b, x.as<float>(), nullptr); },
-                       {"the experts of layer " + std::to_string(l) + " were released"});
+    const std::string gone = "the weights of layer " + std::to_string(l) + " were released";
+    test::expect_error([&] { gpu.block_forward(l, b, x.as<float>(), nullptr); }, {gone});
+    test::expect_error([&] { gpu.device_layer(l); }, {gone});
+    test::expect_error([&] { gpu.device_moe(l); }, {"the experts of layer " + std::to_string(l) + " were released"});
   }
 }
 
