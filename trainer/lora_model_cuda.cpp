@@ -414,6 +414,25 @@ struct LoraModelCuda::Impl {
     rmsnorm_backward_cuda(dy, x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, dx, st());
   }
 
+  // Expert e's rows of the MoE buffers under disp (rows == 0: no token chose it): its routed inputs, gate, up and
+  // SwiGLU rows (the backward's dact, dgate and dup live on act and up).
+  struct ExpertRows {
+    int64_t r0 = 0, rows = 0;
+    const float* x = nullptr;
+    float *gate = nullptr, *up = nullptr, *act = nullptr;
+  };
+  ExpertRows expert_rows(int64_t e) const {
+    const int64_t C = cfg.hidden_size, Im = cfg.moe_intermediate_size;
+    ExpertRows x;
+    x.r0 = disp.start[static_cast<size_t>(e)];
+    x.rows = disp.start[static_cast<size_t>(e + 1)] - x.r0;
+    x.x = mx.as<float>() + x.r0 * C;
+    x.gate = mgate.as<float>() + x.r0 * Im;
+    x.up = mup.as<float>() + x.r0 * Im;
+    x.act = mact.as<float>() + x.r0 * Im;
+    return x;
+  }
+
   // The mixture-of-experts MLP of layer l on n [T, C] (trainer/moe_block.h's forward with the experts' adapters):
   // the router logits (and the shared expert's gate logit) go to the host, where moe_dispatch routes them as the CPU
   // block does and keeps what the backward needs (disp); the routed rows are gathered into mx grouped by expert, each
@@ -446,17 +465,13 @@ struct LoraModelCuda::Impl {
     embedding_gather_cuda(n, DType::F32, T, C, mindex.as<int32_t>(), R, mx.as<float>(), st(), disp.gather.data());
     float* U = mu.as<float>();
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = disp.start[static_cast<size_t>(e)], rows = disp.start[static_cast<size_t>(e + 1)] - r0;
-      if (rows == 0) continue;
+      const ExpertRows x = expert_rows(e);
+      if (x.rows == 0) continue;
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      const float* xe = mx.as<float>() + r0 * C;
-      float* ge = mgate.as<float>() + r0 * Im;
-      float* ue = mup.as<float>() + r0 * Im;
-      float* ae = mact.as<float>() + r0 * Im;
-      lin_fwd(expert_lin(l, e, 0, X[0], U + r0 * r), xe, rows, ge);
-      lin_fwd(expert_lin(l, e, 1, X[1], U + (R + r0) * r), xe, rows, ue);
-      swiglu_forward_cuda(ge, ue, rows * Im, ae, st());
-      lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + r0) * r), ae, rows, my.as<float>() + r0 * C);
+      lin_fwd(expert_lin(l, e, 0, X[0], U + x.r0 * r), x.x, x.rows, x.gate);
+      lin_fwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r), x.x, x.rows, x.up);
+      swiglu_forward_cuda(x.gate, x.up, x.rows * Im, x.act, st());
+      lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r), x.act, x.rows, my.as<float>() + x.r0 * C);
     }
     if (shared) {
       const int64_t Is = M.shared[0].N;
@@ -503,17 +518,14 @@ struct LoraModelCuda::Impl {
     float* U = mu.as<float>();
     float* dx = my.as<float>();  // the experts' dx rows: y was last read by moe_combine_backward
     for (int64_t e = 0; e < E; ++e) {
-      const int64_t r0 = disp.start[static_cast<size_t>(e)], rows = disp.start[static_cast<size_t>(e + 1)] - r0;
-      if (rows == 0) continue;
+      const ExpertRows x = expert_rows(e);  // act then holds dact, then dgate (as the dense MLP's act); up dup
+      if (x.rows == 0) continue;
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      const float* xe = mx.as<float>() + r0 * C;
-      float* ge = mgate.as<float>() + r0 * Im;
-      float* ue = mup.as<float>() + r0 * Im;
-      float* ae = mact.as<float>() + r0 * Im;  // then dact, then dgate (as the dense MLP's act)
-      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + r0) * r), mdy.as<float>() + r0 * C, ae, rows, ae, false);
-      swiglu_backward_cuda(ae, ge, ue, rows * Im, ae, ue, st());  // in place: dgate on act, dup on up
-      lin_bwd(expert_lin(l, e, 0, X[0], U + r0 * r), ae, xe, rows, dx + r0 * C, false);
-      lin_bwd(expert_lin(l, e, 1, X[1], U + (R + r0) * r), ue, xe, rows, dx + r0 * C, true);
+      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r), mdy.as<float>() + x.r0 * C, x.act, x.rows, x.act,
+              false);
+      swiglu_backward_cuda(x.act, x.gate, x.up, x.rows * Im, x.act, x.up, st());  // in place
+      lin_bwd(expert_lin(l, e, 0, X[0], U + x.r0 * r), x.act, x.x, x.rows, dx + x.r0 * C, false);
+      lin_bwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r), x.up, x.x, x.rows, dx + x.r0 * C, true);
     }
     moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st(), disp.combine.data());
     float* tmp_c = mtmp.as<float>();

@@ -364,17 +364,17 @@ std::pair<std::string, std::string> quantize_both(GptqModelOptions opt, double* 
   return {base + "-cpu", base + "-gpu"};
 }
 
-TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
-  QWENQ_REQUIRE_GPU();
-  const std::string root = test::scratch_dir();
-  const std::string src = test::make_tiny_model(root + "/tiny", 29);
-  // Calibration text: the repository's README (any text; the tiny tokenizer is byte-level).
+// GPTQ of `src` (group 32, 12 windows of 64 tokens of the repository's README, three chunks) on both devices: the
+// first group's agreement asserted, the whole model's printed, the perplexities (CPU evaluation on the calibration
+// text itself) within kPplRelTol.
+void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir, const std::string& what) {
+  SCOPED_TRACE(what);
   GptqModelOptions g;
   g.out.model_dir = src;
-  g.out.out_dir = root + "/gptq";
+  g.out.out_dir = out_dir;
   g.out.group_size = 32;
   g.out.quiet = true;
-  g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
+  g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";  // any text; the tiny tokenizer is byte-level
   g.calib_samples = 12;
   g.calib_seq_len = 64;
   g.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
@@ -382,7 +382,6 @@ TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
   const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
   const double agree = weight_agreement(cpu_dir, gpu_dir);
   EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
-  // Perplexity of each on the calibration text itself (CPU evaluation).
   std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
   ids.resize(std::min<size_t>(ids.size(), 8 * 128));
   PerplexityOptions po;
@@ -391,44 +390,27 @@ TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
   const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
   const double p_gpu = evaluate_perplexity(QwenModel(gpu_dir), ids, po).perplexity;
   EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
-  std::printf("[ tiny ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
-              agree, p_cpu, p_gpu, cpu_s, gpu_s);
+  std::printf("[ %s ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
+              what.c_str(), agree, p_cpu, p_gpu, cpu_s, gpu_s);
+}
+
+TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  expect_gptq_like_the_cpu(test::make_tiny_model(root + "/tiny", 29), root + "/gptq", "tiny");
 }
 
 // Mixtures of experts: tiny Qwen3-MoE (8 experts, top-2, a dense layer between two MoE layers) and Qwen2-MoE (shared
-// expert) in F32, quantized on both devices (every expert with the Hessian of the rows routed to it; several
-// chunks): the first group's codes agree as on a dense model, the perplexities as kPplRelTol says. The routing
-// of a later layer may send a token elsewhere on the other device once an earlier Linear's codes differ (a jump, not
-// a rounding), which the whole-model agreement, printed, shows.
+// expert) in F32, quantized on both devices (every expert with the Hessian of the rows routed to it): the first
+// group's codes agree as on a dense model, the perplexities as kPplRelTol says. The routing of a later layer may send
+// a token elsewhere on the other device once an earlier Linear's codes differ (a jump, not a rounding), which the
+// whole-model agreement, printed, shows.
 TEST(GptqModelCuda, MixtureOfExpertsLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
   const std::string root = test::scratch_dir();
   for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
-    SCOPED_TRACE(preset);
     const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 31);
-    GptqModelOptions g;
-    g.out.model_dir = src;
-    g.out.out_dir = root + "/gptq-" + preset;
-    g.out.group_size = 32;
-    g.out.quiet = true;
-    g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
-    g.calib_samples = 12;
-    g.calib_seq_len = 64;
-    g.chunk_tokens = 5 * 64;
-    double cpu_s = 0, gpu_s = 0;
-    const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
-    const double agree = weight_agreement(cpu_dir, gpu_dir);
-    EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
-    std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
-    ids.resize(std::min<size_t>(ids.size(), 8 * 128));
-    PerplexityOptions po;
-    po.seq_len = 128;
-    po.quiet = true;
-    const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
-    const double p_gpu = evaluate_perplexity(QwenModel(gpu_dir), ids, po).perplexity;
-    EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
-    std::printf("[ %s ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
-                preset, agree, p_cpu, p_gpu, cpu_s, gpu_s);
+    expect_gptq_like_the_cpu(src, root + "/gptq-" + preset, preset);
   }
 }
 
