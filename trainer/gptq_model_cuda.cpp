@@ -75,9 +75,12 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
   }
   const size_t floats = off[static_cast<size_t>(S)];
   DeviceAllocation dH = allocate_named(floats * sizeof(float), MemoryTag::Workspace,
-                                       "the experts' Hessians (" + std::to_string(S) + " of [" +
+                                       "the experts' Hessians (" + std::to_string(E) + " of [" +
                                            std::to_string(width(0)) + ", " + std::to_string(width(0)) + "]" +
-                                           (shared ? " and the shared expert's" : "") + ", fp32)",
+                                           (shared ? " and the shared expert's [" + std::to_string(width(-1)) + ", " +
+                                                         std::to_string(width(-1)) + "]"
+                                                   : std::string()) +
+                                           ", fp32)",
                                        s);
   QWENQ_CUDA_CHECK(cudaMemsetAsync(dH.get(), 0, floats * sizeof(float), s));
   std::vector<int64_t> count(static_cast<size_t>(S), 0);

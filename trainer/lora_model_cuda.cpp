@@ -652,10 +652,11 @@ struct LoraModelCuda::Impl {
     drop_p = train && opt->train ? static_cast<float>(dropout) : 0.f;  // as the CPU Runner's p_
     drop_seed = train ? opt->dropout_seed : 0;
     reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), b.tokens.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
-    QWENQ_CUDA_CHECK(
-        cudaMemcpyAsync(positions.get(), b.positions.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(targets.get(), tg.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, st()));
+    // Copies the stream owns (upload_owned_async): an error before the step's first wait leaves nothing queued that
+    // reads the caller's batch.
+    upload_owned_async(tokens.get(), b.tokens, st());
+    upload_owned_async(positions.get(), b.positions, st());
+    upload_owned_async(targets.get(), tg, st());
     embed(b);
     // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
     // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation

@@ -478,16 +478,15 @@ struct QwenModelCuda::Impl {
   bool block(const DevLayer& L, const PackedBatch& b, float* xp, const DeviceLinearInputHook* hook,
              const DeviceExpertInputHook* expert_hook = nullptr) {
     const int64_t T = b.num_tokens(), C = cfg.hidden_size;
+    const size_t l = static_cast<size_t>(&L - layers.data());
+    check_kept(static_cast<int64_t>(l));  // before anything is queued
     float* np = n.as<float>();
     rmsnorm(xp, T, C, L.input_norm, np);
     if (!go_on(hook, BlockLinear::QKV, np, T)) return false;
     if (!attention_sublayer(L, L.q, L.k, L.v, b, np, np, hook)) return false;
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
-    const size_t l = static_cast<size_t>(&L - layers.data());
-    check_kept(static_cast<int64_t>(l));
     if (cfg.is_moe_layer(static_cast<int64_t>(l))) {
-      QWENQ_CHECK(l < moe.size() && moe[l], "QwenModelCuda: the experts of layer " << l << " were released");
       moe_mlp(*moe[l], np, T, np, expert_hook);  // the dense hook sees QKV and O only
     } else {
       if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
@@ -501,8 +500,8 @@ struct QwenModelCuda::Impl {
   // through block_forward's expert hook and set_expert_weight. This names the call for anyone else.
   void check_dense_mlp(int64_t layer, const char* fn) const {
     QWENQ_CHECK(!cfg.is_moe_layer(layer), "QwenModelCuda::" << fn << ": layer " << layer
-                                                            << " is a mixture-of-experts layer; on the GPU it runs in "
-                                                            << "whole forwards only (evaluation)");
+                                                            << " is a mixture-of-experts layer; its experts are "
+                                                            << "reached through block_forward's expert hook");
   }
 
   // The final hidden states (after model.norm) of the batch in x [T, C].
@@ -820,6 +819,9 @@ void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, 
                                       int64_t K) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(m.layers.size()),
+              "QwenModelCuda::set_expert_weight: layer " << layer << " outside [0, " << m.layers.size() << ")");
+  m.check_kept(layer);
   QWENQ_CHECK(c.is_moe_layer(layer) && static_cast<size_t>(layer) < m.moe.size() && m.moe[static_cast<size_t>(layer)],
               "QwenModelCuda::set_expert_weight: layer " << layer << " has no experts on the device");
   Impl::DevMoe& M = *m.moe[static_cast<size_t>(layer)];
@@ -883,9 +885,11 @@ void QwenModelCuda::release_layer(int64_t layer) {
 
 void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string& source) {
   Impl& m = *impl_;
+  for (size_t l = 0; l < m.layers.size(); ++l) m.check_kept(static_cast<int64_t>(l));
   auto fresh = std::make_unique<LoraInferenceCuda>(lora_inference_layout(adapter, m.cfg, source), source, m.s());
   fresh->attach(m.layers, m.moe_views());  // checks every Linear's shape before it changes any
-  m.lora = std::move(fresh);  // frees the previous adapter, if any (no work of it is queued: every call syncs)
+  // Frees the previous adapter, if any: back to this stream's cache, so work of it still queued finishes first.
+  m.lora = std::move(fresh);
   m.capacity = 0;             // the next batch reallocates its buffers with the branch's scratch
   m.hidden_rows = 0;          // hidden states of the model without this adapter
 }

@@ -155,7 +155,12 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   // requested bytes; layer 0 then refuses every use, layer 1 still runs as the CPU's.
   const int64_t before = gpu.weight_bytes();
   gpu.release_layer(0);
-  EXPECT_LT(gpu.weight_bytes(), before);
+  const QwenModel stored(dir);  // layer 0's arena as uploaded (cpu's Linears were replaced above)
+  const LinearWeight& v0 = cpu.linear_weight(0, BlockLinear::QKV, 2);
+  const LinearWeight& down0 = cpu.linear_weight(0, BlockLinear::Down, 0);
+  const int64_t replaced = 4 * (v0.N * v0.K + down0.N * down0.K);  // their fp32 replacements
+  EXPECT_EQ(before - gpu.weight_bytes(),
+            static_cast<int64_t>(qwen_layer_arena(stored.weights().layers[0], "model.layers.0.").bytes) + replaced);
   for (const auto& call : std::vector<std::function<void()>>{
            [&] { gpu.block_forward(0, b, x.as<float>(), nullptr); }, [&] { gpu.device_layer(0); },
            [&] { gpu.set_linear_weight(0, BlockLinear::O, 0, x0.data(), 3, 5); }}) {
