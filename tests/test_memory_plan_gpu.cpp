@@ -166,7 +166,9 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
   for (const Case& k : {Case{"0.5b", qwen_preset("qwen2.5-0.5b"), 16, 2048},
                         Case{"7b", qwen_preset("qwen2.5-7b"), 8, 4096}, Case{"qk-norm", qk, 4, 1000},
                         Case{"72b", qwen_preset("qwen2.5-72b"), 16, 2048},
-                        Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33}}) {
+                        Case{"tiny (D = 16: no flash)", qwen_preset("tiny"), 8, 33},
+                        Case{"qwen3-30b-a3b (MoE)", qwen_preset("qwen3-30b-a3b"), 16, 2048},
+                        Case{"tiny-moe-shared (MoE, shared expert)", qwen_preset("tiny-moe-shared"), 4, 77}}) {
     for (int variant = 0; variant < 3; ++variant) {
       const bool bf16 = variant != 1, dropout = variant == 2;
       SCOPED_TRACE(std::string(k.name) + (bf16 ? ", bf16 checkpoints" : ", fp32 checkpoints") +
@@ -189,6 +191,48 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
       EXPECT_EQ(s.bytes_of(MemoryTag::Logits), d.ws_logits);
     }
   }
+}
+
+// The MoE rows of the buffer table (trainer/lora_cuda_buffers.h), word for word: Qwen3-30B-A3B (k 8, E 128, Im 768,
+// no shared expert, no dense MLP layer: gate/up/act one word) and Qwen1.5-MoE-A2.7B (k 4, E 60, Im 1408, shared
+// expert 5632: wider than C, so tmp and act16 cover it); a dense model has none of them.
+TEST(MemoryPlanGpu, MixtureOfExpertsRowsOfTheBufferTable) {
+  using Id = LoraCudaBufferId;
+  const auto words = [](const std::vector<LoraCudaBuffer>& t, Id id) -> int64_t {
+    for (const LoraCudaBuffer& b : t)
+      if (b.id == id) return b.words;
+    return -1;
+  };
+  for (const char* preset : {"qwen3-30b-a3b", "qwen1.5-moe-a2.7b"}) {
+    SCOPED_TRACE(preset);
+    const QwenConfig c = qwen_preset(preset);
+    const int64_t r = 16, C = c.hidden_size, k = c.experts_per_token, Im = c.moe_intermediate_size,
+                  Is = c.shared_expert_intermediate_size;
+    ASSERT_TRUE(c.is_moe());
+    const std::vector<LoraCudaBuffer> t = lora_cuda_batch_buffers(c, c.num_layers, r, true, true, /*dropout=*/true);
+    EXPECT_EQ(words(t, Id::Mx), k * C);
+    EXPECT_EQ(words(t, Id::My), k * C);
+    EXPECT_EQ(words(t, Id::Mdy), k * C);
+    for (Id id : {Id::Mgate, Id::Mup, Id::Mact}) EXPECT_EQ(words(t, id), k * Im);
+    EXPECT_EQ(words(t, Id::Mu), 3 * k * r);
+    EXPECT_EQ(words(t, Id::Mlogits), c.num_experts);
+    EXPECT_EQ(words(t, Id::Mindex), 2 * k);
+    EXPECT_EQ(words(t, Id::Mweight), k + 1);
+    EXPECT_EQ(words(t, Id::Mdw), k);
+    EXPECT_EQ(words(t, Id::Mtmp), C);
+    for (Id id : {Id::Sgate, Id::Sup, Id::Sact}) EXPECT_EQ(words(t, id), Is > 0 ? Is : 1);
+    EXPECT_EQ(words(t, Id::Sy), Is > 0 ? C : 1);
+    EXPECT_EQ(words(t, Id::Su), Is > 0 ? 3 * r : 1);
+    EXPECT_EQ(words(t, Id::Ds), Is > 0 ? C : 1);
+    ASSERT_FALSE(c.has_dense_mlp());
+    for (Id id : {Id::Gate, Id::Up, Id::Act}) EXPECT_EQ(words(t, id), 1) << "no dense MLP layer";
+    const int64_t wide = std::max({C, c.q_dim(), c.intermediate_size, Im, Is, c.num_experts});
+    EXPECT_EQ(words(t, Id::Tmp), wide);
+    EXPECT_EQ(words(t, Id::Act16), (wide + 1) / 2);
+  }
+  const std::vector<LoraCudaBuffer> dense = lora_cuda_batch_buffers(qwen_preset("qwen2.5-7b"), 28, 16, true, true, false);
+  EXPECT_EQ(words(dense, Id::Mx), -1);
+  EXPECT_EQ(words(dense, Id::Gate), qwen_preset("qwen2.5-7b").intermediate_size);
 }
 
 // QwenModelCuda's upload for the trainer (QwenModelCudaOptions::upload_embedding = false) replayed: the input
