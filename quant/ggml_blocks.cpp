@@ -18,7 +18,6 @@ namespace qwenq {
 namespace {
 
 constexpr int64_t kQK = 32;    // values per block of the 32-blocks
-constexpr int64_t kQKK = 256;  // values per k-quant super-block
 
 uint16_t load_u16(const uint8_t* p) {
   uint16_t v;
