@@ -164,14 +164,15 @@ struct QwenDecodeCuda::Impl {
 
   // T tokens (ids in `ids`, positions p0.. in `pos`) through every layer; k and v go to cache rows p0..p0+T-1.
   // T == 1 with p0 >= 0 attends over the cache with the decode kernel (lens at `len_dev`); T > 1 needs p0 == 0.
-  std::vector<float> run(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev) {
+  // host_ids: the host's copy of the T ids (checked by the gather instead of a download: no wait before the end).
+  std::vector<float> run(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev, const int32_t* host_ids) {
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, D = c.head_dim, KV = c.kv_dim(), I = c.intermediate_size;
     const QwenDeviceTensor embed = model.device_embed();
     float* xp = x.as<float>();
     float* np = n.as<float>();
     float* qp = q.as<float>();
-    embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, ids.as<int32_t>(), T, xp, s());
+    embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, ids.as<int32_t>(), T, xp, s(), host_ids);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const QwenDeviceLayer& L = model.device_layer(l);
       // fp32 k, v rows: straight into an F32 cache; into kf/vf for a BF16 one, rounded into it after RoPE.
@@ -229,10 +230,11 @@ struct QwenDecodeCuda::Impl {
   // One token at position p: ids holds {token, p, p + 1} (id, RoPE position, keys to attend).
   std::vector<float> run_token(int32_t token, int64_t p) {
     reserve(1);
-    const int32_t host[3] = {token, static_cast<int32_t>(p), static_cast<int32_t>(p + 1)};
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(ids.get(), host, sizeof(host), cudaMemcpyHostToDevice, s()));
+    // A copy the stream owns: nothing waits for it before run()'s end.
+    upload_owned_async(ids.get(), std::vector<int32_t>{token, static_cast<int32_t>(p), static_cast<int32_t>(p + 1)},
+                       s());
     const int32_t* dev = ids.as<int32_t>();
-    return run(1, p, dev + 1, dev + 2);
+    return run(1, p, dev + 1, dev + 2, &token);
   }
 
   void check_token(int32_t id, int64_t position) const {
@@ -288,11 +290,11 @@ std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
   m.reserve(T);
   std::vector<int32_t> pos(static_cast<size_t>(T));
   for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(t);
-  // prompt and pos outlive the copies: run() waits for the stream (first in embedding_gather_cuda's id check)
-  // before it returns (a pageable source need not be staged when cudaMemcpyAsync returns).
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.ids.get(), prompt.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.positions.get(), pos.data(), T * sizeof(int32_t), cudaMemcpyHostToDevice, m.s()));
-  std::vector<float> out = m.run(T, 0, m.positions.as<int32_t>(), nullptr);
+  // Copies the stream owns (nothing waits for them before run()'s end; a pageable source need not be staged when
+  // cudaMemcpyAsync returns).
+  upload_owned_async(m.ids.get(), prompt, m.s());
+  upload_owned_async(m.positions.get(), std::move(pos), m.s());
+  std::vector<float> out = m.run(T, 0, m.positions.as<int32_t>(), nullptr, prompt.data());
   m.length = T;
   return out;
 }
