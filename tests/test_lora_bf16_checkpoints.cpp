@@ -53,16 +53,7 @@ LoraAdapter random_adapter(const QwenModel& m, float b_scale) {
   return a;
 }
 
-LoraAdapter zero_like(const LoraAdapter& a) {
-  LoraAdapter z = a;
-  for (LoraTarget t : z.targets()) {
-    for (int64_t l = 0; l < z.dims().num_layers; ++l) {
-      std::fill(z.at(l, t).A.begin(), z.at(l, t).A.end(), 0.f);
-      std::fill(z.at(l, t).B.begin(), z.at(l, t).B.end(), 0.f);
-    }
-  }
-  return z;
-}
+using test::zeros_like;
 
 void round_bf16(std::vector<float>* x) {
   for (float& v : *x) v = bf16_to_f32(f32_to_bf16(v));
@@ -108,7 +99,7 @@ void expect_step_close(const QwenModel& m, const LoraAdapter& a, const PackedBat
   const std::vector<int32_t> targets = next_token_targets(b);
   LoraStepOptions o16, o32;
   o32.bf16_checkpoints = false;
-  LoraAdapter g16 = zero_like(a), g32 = zero_like(a);
+  LoraAdapter g16 = zeros_like(a), g32 = zeros_like(a);
   const LoraStepResult r16 = lora_loss_and_grad(m, a, b, targets, &g16, o16);
   const LoraStepResult r32 = lora_loss_and_grad(m, a, b, targets, &g32, o32);
   const double loss_rel = std::fabs(r16.nll_sum / r32.nll_sum - 1);

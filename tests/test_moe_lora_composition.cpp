@@ -31,6 +31,7 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_random.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_model.h"
 #include "trainer/moe_block.h"
 #include "trainer/qwen_model.h"
@@ -235,15 +236,6 @@ LoraAdapter expert_adapter(const QwenConfig& c, double dropout) {
   return a;
 }
 
-LoraAdapter zeros_like(const LoraAdapter& a) {
-  LoraAdapter z = a;
-  for (size_t i = 0; i < z.slots().size(); ++i) {
-    std::fill(z.weights(i).A.begin(), z.weights(i).A.end(), 0.f);
-    std::fill(z.weights(i).B.begin(), z.weights(i).B.end(), 0.f);
-  }
-  return z;
-}
-
 TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
   for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
     const std::string dir =
@@ -261,7 +253,7 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
       SCOPED_TRACE(::testing::Message() << preset << " layer " << layer << " dropout " << p);
       const LoraAdapter a = expert_adapter(c, p);
       // The oracle: the CPU block with the adapters.
-      LoraAdapter want_g = zeros_like(a);
+      LoraAdapter want_g = test::zeros_like(a);
       MoeLora ml;
       ml.adapter = &a;
       ml.layer = layer;
@@ -273,7 +265,7 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
       moe_block_forward(c, m, n.data(), T, want_out.data(), nullptr, &acts, &ml);
       moe_block_backward(c, m, acts, T, dout.data(), want_dn.data(), &ml);
       // The GPU trainer's composition.
-      LoraAdapter got_g = zeros_like(a);
+      LoraAdapter got_g = test::zeros_like(a);
       Emu emu;
       emu.a = &a;
       emu.grads = &got_g;
@@ -294,7 +286,7 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
       }
       EXPECT_EQ(checked, 3 * (c.num_experts + (m.shared.gate.N > 0 ? 1 : 0)));
       // The choice map matters: ∂L/∂w handed over in the combine order moves dn (k > 1 in both presets).
-      LoraAdapter wrong_g = zeros_like(a);
+      LoraAdapter wrong_g = test::zeros_like(a);
       emu.grads = &wrong_g;
       const Composed wrong = compose(c, m, emu, n, dout, T, /*map_choice=*/false);
       double worst = 0;

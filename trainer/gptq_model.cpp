@@ -69,6 +69,24 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   return back;
 }
 
+int64_t gptq_expert_input_width(const QwenConfig& c, BlockLinear group, int64_t expert) {
+  if (group == BlockLinear::GateUp) return c.hidden_size;
+  return expert < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;
+}
+
+std::vector<int> gptq_expert_linears(BlockLinear group) {
+  return group == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2};
+}
+
+void warn_idle_experts(int64_t layer, const std::vector<int64_t>& idle, int64_t num_experts) {
+  if (idle.empty()) return;
+  std::string list;
+  for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
+  std::fprintf(stderr, "gptq: layer %lld: %zu of %lld experts received no calibration token (%s): quantized round to "
+                       "nearest (H = I); more or longer calibration windows reach more experts\n",
+               (long long)layer, idle.size(), (long long)num_experts, list.c_str());
+}
+
 namespace {
 
 // GPTQ of one group (GateUp or Down) of MoE layer l on the CPU: one pass of every chunk through the block gives each
@@ -80,10 +98,7 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size, E = cfg.num_experts;
   const bool shared = cfg.shared_expert_intermediate_size > 0;
-  auto width = [&](int64_t e) {  // K of the group's Linears of expert e (-1: shared)
-    if (group == BlockLinear::GateUp) return C;
-    return e < 0 ? cfg.shared_expert_intermediate_size : cfg.moe_intermediate_size;
-  };
+  auto width = [&](int64_t e) { return gptq_expert_input_width(cfg, group, e); };
   std::vector<HessianAccumulator> H;
   for (int64_t e = 0; e < E; ++e) H.emplace_back(width(e));
   if (shared) H.emplace_back(width(-1));
@@ -106,21 +121,14 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
       h = Eigen::MatrixXf::Identity(width(e), width(e));
       if (group == BlockLinear::GateUp) idle.push_back(e);
     }
-    const std::vector<int> which = group == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2};
-    for (int w : which) {
+    for (int w : gptq_expert_linears(group)) {
       LinearWeight& lw = model.expert_linear(l, e, w);
       const int64_t N = lw.N, K = lw.K;
       std::vector<float> back = step.run_expert(l, e, w, h, gptq_quantize);
       lw = LinearWeight::from_fp32(std::move(back), N, K);
     }
   }
-  if (!idle.empty()) {
-    std::string list;
-    for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
-    std::fprintf(stderr, "gptq: layer %lld: %zu of %lld experts received no calibration token (%s): quantized round to "
-                         "nearest (H = I); more or longer calibration windows reach more experts\n",
-                 (long long)l, idle.size(), (long long)E, list.c_str());
-  }
+  warn_idle_experts(l, idle, E);
 }
 
 // The CPU driver: the embedded windows X [T, C] on the host; per block and group, each chunk of whole windows

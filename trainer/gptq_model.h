@@ -57,6 +57,13 @@ class GptqLinearStep {
   Progress& bar_;
 };
 
+// A MoE layer's GateUp or Down group on either driver: the input width of expert e's Linears of the group (-1: the
+// shared expert; C for GateUp, the expert's width for Down), which of its Linears the group holds (0 gate_proj,
+// 1 up_proj / 2 down_proj), and the warning naming the experts no calibration token chose (quantized with H = I).
+int64_t gptq_expert_input_width(const QwenConfig& c, BlockLinear group, int64_t expert);
+std::vector<int> gptq_expert_linears(BlockLinear group);
+void warn_idle_experts(int64_t layer, const std::vector<int64_t>& idle, int64_t num_experts);
+
 #ifdef QWENQ_HAVE_CUDA
 // The GPU driver (gptq_model_cuda.cpp): uploads the model, embeds the windows into a device residual stream
 // [windows·seq_len, C] fp32, and per block and group runs the block on chunks of at most chunk_tokens tokens

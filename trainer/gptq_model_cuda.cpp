@@ -26,7 +26,6 @@
 #ifdef QWENQ_HAVE_CUDA
 
 #include <algorithm>
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -61,10 +60,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
   const int64_t C = cfg.hidden_size, E = cfg.num_experts;
   const bool shared = cfg.shared_expert_intermediate_size > 0;
   const CudaStream s = gpu.stream();
-  auto width = [&](int64_t e) {  // K of the group's Linears of expert e (-1: shared)
-    if (group == BlockLinear::GateUp) return C;
-    return e < 0 ? cfg.shared_expert_intermediate_size : cfg.moe_intermediate_size;
-  };
+  auto width = [&](int64_t e) { return gptq_expert_input_width(cfg, group, e); };
   // Slot i's Hessian [K_i, K_i] (column-major, leading dimension K_i) at float offset off[i]: the routed experts' of
   // one width, Qwen2-MoE's shared expert's of its own (its down_proj input is wider: 20480 vs 2560 at Qwen2-57B-A14B).
   const int64_t S = E + (shared ? 1 : 0);
@@ -109,21 +105,14 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
       h = Eigen::MatrixXf::Identity(K, K);
       if (group == BlockLinear::GateUp) idle.push_back(e);
     }
-    const std::vector<int> which = group == BlockLinear::GateUp ? std::vector<int>{0, 1} : std::vector<int>{2};
-    for (int w : which) {
+    for (int w : gptq_expert_linears(group)) {
       const LinearWeight& lw = model.expert_linear(l, e, w);
       const int64_t N = lw.N, Kw = lw.K;
       const std::vector<float> back = step.run_expert(l, e, w, h, gptq_quantize_cuda);
       gpu.set_expert_weight(l, e, w, back.data(), N, Kw);
     }
   }
-  if (!idle.empty()) {
-    std::string list;
-    for (int64_t e : idle) list += (list.empty() ? "" : ", ") + std::to_string(e);
-    std::fprintf(stderr, "gptq: layer %lld: %zu of %lld experts received no calibration token (%s): quantized round to "
-                         "nearest (H = I); more or longer calibration windows reach more experts\n",
-                 (long long)l, idle.size(), (long long)E, list.c_str());
-  }
+  warn_idle_experts(l, idle, E);
 }
 
 }  // namespace

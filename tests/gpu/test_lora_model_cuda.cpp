@@ -137,14 +137,7 @@ LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout =
   return a;
 }
 
-LoraAdapter zeros_like(const LoraAdapter& a) {
-  LoraAdapter z = a;
-  for (size_t i = 0; i < z.slots().size(); ++i) {
-    std::fill(z.weights(i).A.begin(), z.weights(i).A.end(), 0.f);
-    std::fill(z.weights(i).B.begin(), z.weights(i).B.end(), 0.f);
-  }
-  return z;
-}
+using test::zeros_like;
 
 // Every A and B in the adapter's slot order (the trainer's and clip_grad_norm's order).
 std::vector<std::vector<float>*> tensors(LoraAdapter& a) {

@@ -1,5 +1,6 @@
 #include "tests/support/test_training.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -67,6 +68,15 @@ LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> 
     for (float& b : a.weights(i).B) b = b_scale * static_cast<float>(rng.normal());
   }
   return a;
+}
+
+LoraAdapter zeros_like(const LoraAdapter& a) {
+  LoraAdapter z = a;
+  for (size_t i = 0; i < z.slots().size(); ++i) {
+    std::fill(z.weights(i).A.begin(), z.weights(i).A.end(), 0.f);
+    std::fill(z.weights(i).B.begin(), z.weights(i).B.end(), 0.f);
+  }
+  return z;
 }
 
 }  // namespace qwenq::test

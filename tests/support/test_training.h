@@ -35,4 +35,7 @@ std::vector<double> losses_of(const std::string& metrics);
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
                                   bool rslora, uint64_t seed, float b_scale);
 
+// `a` with every A and B zero (every slot, a MoE layer's experts too): where gradients accumulate.
+LoraAdapter zeros_like(const LoraAdapter& a);
+
 }  // namespace qwenq::test
