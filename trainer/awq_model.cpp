@@ -330,7 +330,6 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
-  if (a.device == Device::Cuda) refuse_moe(cfg, "awq --device cuda");
   // The quantization_config first: its MoE module lists refuse what the layout cannot describe before any work.
   nlohmann::ordered_json qconfig = int_quantization_config(o);
   // AutoAWQ's config says nothing of the method (it is always AWQ); a GPTQ-layout file records it for readers.

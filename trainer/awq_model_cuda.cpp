@@ -5,37 +5,53 @@
 //   chunks   whole windows of at most chunk_tokens tokens (at least one), each a PackedBatch of its own (positions
 //            restart per window, so chunking changes nothing in a block's or module's function)
 //   capture(l)        per chunk: QwenModelCuda::block_forward(l) in place on X[chunk] (the model's own weights, as
-//                     AutoAWQ), its hook copying each Linear group's input into feats[g] [T, K_g] (device)
-//   input_mean(g)     column_abs_sum_cuda over feats[g] (double), K doubles downloaded, mean = (float)(sum / T): the
-//                     CPU's awq_activation_mean up to the order of the double sums
+//                     AutoAWQ), its hook copying each Linear group's input into feats[g] [T, K_g] (device). A
+//                     mixture-of-experts layer: feats keeps QKV, O and GateUp (the MoE block's input n); the expert
+//                     hook gives each routed row's token (kept on the host: routed[e], in the CPU block's order) and
+//                     each expert's down_proj input, copied in capture order into a staging buffer [T·k·Im (+ T·Is),
+//                     1] and, once every chunk ran, compacted into one buffer with each expert's rows contiguous
+//                     (chunk order within an expert: the CPU runner's down_[e]).
+//   input_mean(in)    column_abs_sum_cuda over the kept rows (double), K doubles downloaded, mean = (float)(sum / R):
+//                     the CPU's awq_activation_mean up to the order of the double sums. An expert's gate/up input
+//                     (its routed rows of n) is gathered first (embedding_gather_cuda over n by routed[e]).
 //   set_reference     the group's fp32 working weights uploaded once into wref[j] and used as the module's
 //                     replacement weights (so reference and candidates are both true fp32 GEMMs, whatever dtype the
 //                     model stores), the module run per chunk (QwenModelCuda::attention_forward / mlp_forward /
-//                     block_linear_forward) into ref [T, C]
+//                     block_linear_forward; a MoE layer's MLP group: mlp_forward with every expert's gate/up
+//                     replaced, the routing recomputed per call from the unchanged router) into ref [T, C]; an
+//                     expert's up -> down group: its down_proj rows times wref[0]ᵀ (linear_forward_cuda, fp32) into
+//                     ref [R, C]
 //   loss_scaled(s)    s (K floats) uploaded, awq_candidate_cuda(wref[j], s) -> cand[j] on the device (bit for bit the
 //                     CPU's candidates), then as loss
-//   loss(candidate)   host candidates uploaded into cand[j]; the module run per chunk into one chunk buffer with the
-//                     group's Linears at cand, sum_sq_diff_cuda(out, ref[chunk]) accumulated in one device double
-//                     over the chunks; that one double is downloaded: loss = sum / (T·C), as the CPU
-//                     (kernels/sum_reduce.h: double terms and sums, a different order). The stored weights are never
-//                     touched: nothing needs restoring.
-//   search_clip       the folded weight [N, K] and s uploaded, awq_clip_inputs_cuda gathers feats[g]'s sampled rows
-//                     / s (zero-padded to K) into xclip [S, K], awq_clip_search_cuda -> bounds [N, ⌈K/G⌉] downloaded
-//   sampled_rows      (tests) rows 0, step, 2·step, ... of feats[g], one strided copy back to the host
-// Device memory: the model's weights, X, feats (T·(2C + q_dim + I) fp32), ref [T, C], one chunk output [chunk, C],
-// the largest group's working weights and candidates (fp32: 2·I·C each for gate/up), the clip search's weight
-// [N, K], sampled inputs [S, K] (S < 2·n_sample_tokens) and bounds, and the module's activation buffers for a chunk.
+//   loss(candidate)   host candidates uploaded into cand[j]; the module run per chunk (an expert's down_proj: per
+//                     piece of at most one chunk's rows) into one chunk buffer with the group's Linears at cand,
+//                     sum_sq_diff_cuda(out, ref[rows]) accumulated in one device double; that one double is
+//                     downloaded: loss = sum / (R·C), as the CPU (kernels/sum_reduce.h: double terms and sums, a
+//                     different order). The stored weights are never touched: nothing needs restoring.
+//   search_clip       the folded weight [N, K] and s uploaded, awq_clip_inputs_cuda gathers the kept rows' sampled
+//                     rows / s (zero-padded to K) into xclip [S, K], awq_clip_search_cuda -> bounds [N, ⌈K/G⌉]
+//                     downloaded
+//   sampled_rows      (tests) rows 0, step, 2·step, ... of the kept rows, one strided copy back to the host
+// Device memory: the model's weights, X, feats (T·(2C + q_dim) fp32, + T·I with a dense MLP), ref [T, C], one chunk
+// output [chunk, C], the largest group's working weights and candidates (fp32: 2·I·C each for a dense gate/up, every
+// expert's gate and up for a MoE layer: 2·E·Im·C each, 1.6 GB at Qwen3-30B-A3B), the clip search's weight [N, K],
+// sampled inputs [S, K] (S < 2·n_sample_tokens) and bounds, and the module's activation buffers for a chunk. A MoE
+// layer adds its experts' down_proj inputs T·(k·Im + Is) fp32 (twice while capture compacts them) and one expert's
+// gathered rows [R, C].
 // Everything runs on QwenModelCuda's stream; the host waits once per loss (the double), per statistic and per clip
-// search (its bounds).
+// search (its bounds), and once per chunk of a MoE layer's MLP (its routing).
 #ifdef QWENQ_HAVE_CUDA
 
 #include <algorithm>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/blas_lt.h"
+#include "kernels/convert.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_allocator.h"
 #include "kernels/sum_reduce.h"
@@ -75,19 +91,22 @@ class CudaBlockRunner final : public AwqBlockRunner {
     chunks_ = std::move(split.batches);
     offset_ = std::move(split.offsets);
     T_ = split.total_tokens;
-    const int64_t largest = split.largest;
+    largest_ = split.largest;
     QWENQ_CHECK(T_ > 0, "awq: the calibration windows hold no tokens");
+    QWENQ_CHECK(T_ <= std::numeric_limits<int32_t>::max(),
+                "awq: " << T_ << " calibration tokens: the GPU runner indexes them with 32-bit integers");
     const int64_t C = cfg_.hidden_size;
     X_ = allocate_named(f32_bytes(T_, C), MemoryTag::Activations, "the calibration residual stream " + dims(T_, C), s_);
     for (int g = 0; g < 4; ++g) {
       const BlockLinear at = static_cast<BlockLinear>(g);
-      feats_[g] = allocate_named(f32_bytes(T_, width(at)), MemoryTag::Activations,
+      if (at == BlockLinear::Down && !cfg_.has_dense_mlp()) continue;  // every Down input is an expert's
+      feats_[g] = allocate_named(f32_bytes(T_, block_width(at)), MemoryTag::Activations,
                                  "the captured inputs of Linear group " + std::to_string(g) + " " +
-                                     dims(T_, width(at)), s_);
+                                     dims(T_, block_width(at)), s_);
     }
     ref_ = allocate_named(f32_bytes(T_, C), MemoryTag::Activations, "the reference module output " + dims(T_, C), s_);
-    out_ = allocate_named(f32_bytes(largest, C), MemoryTag::Activations,
-                          "one chunk of the candidate module output " + dims(largest, C), s_);
+    out_ = allocate_named(f32_bytes(largest_, C), MemoryTag::Activations,
+                          "one chunk of the candidate module output " + dims(largest_, C), s_);
     sums_ = allocate_named(static_cast<size_t>(std::max<int64_t>(1, max_width())) * sizeof(double),
                            MemoryTag::Workspace, "the reduction sums", s_);
     s_dev_ = allocate_named(f32_bytes(1, max_width()), MemoryTag::Workspace, "the scales", s_);
@@ -97,49 +116,115 @@ class CudaBlockRunner final : public AwqBlockRunner {
   int64_t tokens() const override { return T_; }
 
   void capture(int64_t l) override {
-    const int64_t C = cfg_.hidden_size;
-    for (size_t c = 0; c < chunks_.size(); ++c) {
-      const int64_t off = offset_[c];
-      gpu_.block_forward(l, chunks_[c], X_.as<float>() + off * C, [&](BlockLinear at, const float* x, int64_t rows) {
-        const int64_t K = width(at);
-        QWENQ_CHECK(rows == chunks_[c].num_tokens(), "awq: block " << l << " saw " << rows << " rows, not "
-                                                                   << chunks_[c].num_tokens());
-        float* dst = feats_[static_cast<int>(at)].as<float>() + off * K;
-        QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, x, f32_bytes(rows, K), cudaMemcpyDeviceToDevice, s_));
-        return true;  // the whole block: its output is the next block's input
-      });
+    const int64_t C = cfg_.hidden_size, E = cfg_.num_experts;
+    layer_ = l;
+    lin_ = awq_layer_linears(cfg_, l);
+    moe_ = cfg_.is_moe_layer(l);
+    ref_group_.clear();
+    routed_.assign(moe_ ? static_cast<size_t>(E) : 0, {});
+    down_.reset();
+    down_off_.assign(moe_ ? static_cast<size_t>(E) + 2 : 0, 0);
+    // A MoE layer's down_proj inputs in capture order: (slot, offset in floats, rows) per expert call.
+    struct Piece {
+      size_t slot;
+      int64_t offset, rows;
+    };
+    std::vector<Piece> pieces;
+    DeviceAllocation stage;
+    int64_t staged = 0, stage_floats = 0;
+    if (moe_) {
+      stage_floats = T_ * (cfg_.experts_per_token * cfg_.moe_intermediate_size + cfg_.shared_expert_intermediate_size);
+      stage = allocate_named(f32_bytes(stage_floats, 1), MemoryTag::Activations,
+                             "the experts' down_proj inputs of layer " + std::to_string(l) + " (staged, " +
+                                 std::to_string(stage_floats) + " fp32)", s_);
     }
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      const int64_t off = offset_[c], T = chunks_[c].num_tokens();
+      const DeviceExpertInputHook experts = [&](BlockLinear at, int64_t e, const float* x, int64_t rows,
+                                                const int32_t* tok) {
+        if (at == BlockLinear::GateUp) {
+          if (e < 0) return;  // the shared expert reads every token: n itself
+          QWENQ_CHECK(tok != nullptr, "awq: layer " << l << " expert " << e << ": no token indices");
+          std::vector<int32_t>& r = routed_[static_cast<size_t>(e)];
+          for (int64_t i = 0; i < rows; ++i) r.push_back(static_cast<int32_t>(off + tok[i]));
+          return;
+        }
+        const int64_t floats = rows * expert_width(e);
+        QWENQ_CHECK(staged + floats <= stage_floats, "awq: layer " << l << ": the experts' down_proj inputs exceed "
+                                                                   << stage_floats << " floats");
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(stage.as<float>() + staged, x, f32_bytes(floats, 1),
+                                         cudaMemcpyDeviceToDevice, s_));
+        pieces.push_back({expert_slot(e), staged, rows});
+        staged += floats;
+      };
+      gpu_.block_forward(
+          l, chunks_[c], X_.as<float>() + off * C,
+          [&](BlockLinear at, const float* x, int64_t rows) {
+            QWENQ_CHECK(rows == T, "awq: block " << l << " saw " << rows << " rows, not " << T);
+            const int64_t K = block_width(at);
+            float* dst = feats_[static_cast<int>(at)].as<float>() + off * K;
+            QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, x, f32_bytes(rows, K), cudaMemcpyDeviceToDevice, s_));
+            return true;  // the whole block: its output is the next block's input
+          },
+          moe_ ? experts : DeviceExpertInputHook{});
+    }
+    if (!moe_) return;
+    // Each expert's rows contiguous, in capture order within it; the shared expert's last.
+    std::vector<int64_t> rows_in(static_cast<size_t>(E) + 1, 0);
+    for (const Piece& p : pieces) rows_in[p.slot] += p.rows;
+    for (size_t i = 0; i <= static_cast<size_t>(E); ++i)
+      down_off_[i + 1] = down_off_[i] + rows_in[i] * expert_width(i < static_cast<size_t>(E) ? int64_t(i) : -1);
+    if (staged == 0) return;
+    down_ = allocate_named(f32_bytes(staged, 1), MemoryTag::Activations,
+                           "the experts' down_proj inputs of layer " + std::to_string(l) + " (" +
+                               std::to_string(staged) + " fp32)", s_);
+    std::vector<int64_t> filled(down_off_.begin(), down_off_.end() - 1);
+    for (const Piece& p : pieces) {
+      const int64_t floats = p.rows * expert_width(p.slot < static_cast<size_t>(E) ? int64_t(p.slot) : -1);
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(down_.as<float>() + filled[p.slot], stage.as<float>() + p.offset,
+                                       f32_bytes(floats, 1), cudaMemcpyDeviceToDevice, s_));
+      filled[p.slot] += floats;
+    }
+    // stage goes back to the stream's cache: reused only by work queued after these copies.
   }
 
   int64_t rows(const AwqInput& in) const override {
-    block_input(in);
-    return T_;
+    check_input(in);
+    if (in.is_block() || in.expert < 0) return T_;
+    return static_cast<int64_t>(routed_[static_cast<size_t>(in.expert)].size());
   }
 
   std::vector<float> input_mean(const AwqInput& in) override {
-    const BlockLinear g = block_input(in);
-    const int64_t K = width(g);
+    const int64_t R = rows(in), K = width(in);
+    QWENQ_CHECK(R > 0, "awq: no calibration rows reach expert " << in.expert << " of layer " << layer_);
     QWENQ_CUDA_CHECK(cudaMemsetAsync(sums_.get(), 0, static_cast<size_t>(K) * sizeof(double), s_));
-    column_abs_sum_cuda(feats_[static_cast<int>(g)].as<float>(), T_, K, sums_.as<double>(), s_);
+    column_abs_sum_cuda(kept_rows(in), R, K, sums_.as<double>(), s_);
     std::vector<double> sum(static_cast<size_t>(K));
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(sum.data(), sums_.get(), sum.size() * sizeof(double), cudaMemcpyDeviceToHost, s_));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
     std::vector<float> mean(static_cast<size_t>(K));
-    for (int64_t k = 0; k < K; ++k) mean[k] = static_cast<float>(sum[k] / T_);
+    for (int64_t k = 0; k < K; ++k) mean[k] = static_cast<float>(sum[k] / R);
     return mean;
   }
 
   void set_reference(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W) override {
+    check_group(l, grp);
     std::vector<const std::vector<float>*> weights;
     for (int slot : grp.slots) weights.push_back(&W[slot]);
     upload_weights(l, grp, weights, wref_);
-    ref_layer_ = l;
     ref_group_ = grp.prev;
+    if (expert_single(grp)) {
+      const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
+      linear_forward_cuda(kept_rows(grp.input), rows(grp.input), a.K, wref_[0].get(), DType::F32, a.N, nullptr,
+                          DType::F32, ref_.get(), DType::F32, s_);
+      return;
+    }
     const int64_t C = cfg_.hidden_size;
     for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, wref_, ref_.as<float>() + offset_[c] * C);
   }
 
   double loss(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* candidate) override {
+    check_group(l, grp);
     std::vector<const std::vector<float>*> weights;
     for (size_t j = 0; j < grp.slots.size(); ++j) weights.push_back(&candidate[j]);
     upload_weights(l, grp, weights, cand_);
@@ -148,19 +233,20 @@ class CudaBlockRunner final : public AwqBlockRunner {
 
   double loss_scaled(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W, const std::vector<float>& s,
                      const AwqSearchOptions& opt) override {
-    QWENQ_CHECK(ref_layer_ == l && ref_group_ == grp.prev,
+    check_group(l, grp);
+    QWENQ_CHECK(ref_group_ == grp.prev,
                 "awq: loss_scaled for layer " << l << " " << grp.prev << " without its set_reference");
-    const int64_t K = width(block_input(grp.input));
+    const int64_t K = width(grp.input);
     QWENQ_CHECK(static_cast<int64_t>(s.size()) == K, "awq: " << s.size() << " scales for " << K << " input columns");
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(s_dev_.get(), s.data(), f32_bytes(1, K), cudaMemcpyHostToDevice, s_));
+    cand_.resize(grp.slots.size());
     for (size_t j = 0; j < grp.slots.size(); ++j) {
-      const int64_t N = rows_of(grp.slots[j]);
-      QWENQ_CHECK(static_cast<int64_t>(W[grp.slots[j]].size()) == N * K,
-                  "awq: layer " << l << " " << kDecoderLinears[grp.slots[j]].name << " weight has "
-                                << W[grp.slots[j]].size() << " values, not " << N << " x " << K);
-      ensure(cand_[j], f32_bytes(N, K), std::string("the candidate ") + kDecoderLinears[grp.slots[j]].name + " " +
-                                            dims(N, K));
-      awq_candidate_cuda(wref_[j].as<float>(), N, K, s_dev_.as<float>(), opt.bits, opt.group_size,
+      const Lin& a = lin_[static_cast<size_t>(grp.slots[j])];
+      QWENQ_CHECK(a.K == K && static_cast<int64_t>(W[grp.slots[j]].size()) == a.N * K,
+                  "awq: layer " << l << " " << a.name << " weight has " << W[grp.slots[j]].size() << " values, not "
+                                << a.N << " x " << K);
+      ensure(cand_[j], f32_bytes(a.N, K), "the candidate " + a.name + " " + dims(a.N, K));
+      awq_candidate_cuda(wref_[j].as<float>(), a.N, K, s_dev_.as<float>(), opt.bits, opt.group_size,
                          cand_[j].as<float>(), s_);
     }
     return candidate_loss(l, grp);
@@ -168,11 +254,12 @@ class CudaBlockRunner final : public AwqBlockRunner {
 
   std::vector<float> search_clip(const AwqInput& in, const std::vector<float>& s, const float* W, int64_t N, int64_t K,
                                  const AwqSearchOptions& opt) override {
-    const BlockLinear g = block_input(in);
-    const int64_t K0 = width(g), step = awq_clip_token_step(T_, opt), S = awq_clip_rows(T_, step);
+    const int64_t R = rows(in), K0 = width(in);
+    QWENQ_CHECK(R > 0, "awq: no calibration rows reach the Linear whose clip bounds are asked for");
+    const int64_t step = awq_clip_token_step(R, opt), S = awq_clip_rows(R, step);
     QWENQ_CHECK(s.empty() || static_cast<int64_t>(s.size()) == K0,
                 "awq: " << s.size() << " scales for " << K0 << " input columns");
-    awq_clip_inputs_check_args(T_, K0, step, K);
+    awq_clip_inputs_check_args(R, K0, step, K);
     awq_clip_search_check_args(N, K, S, opt);
     const int64_t G = opt.group_size > 0 ? opt.group_size : K, groups = (K + G - 1) / G;
     ensure(wclip_, f32_bytes(N, K), "the clipped weight " + dims(N, K));
@@ -181,8 +268,8 @@ class CudaBlockRunner final : public AwqBlockRunner {
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(wclip_.get(), W, f32_bytes(N, K), cudaMemcpyHostToDevice, s_));
     if (!s.empty())
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(s_dev_.get(), s.data(), f32_bytes(1, K0), cudaMemcpyHostToDevice, s_));
-    awq_clip_inputs_cuda(feats_[static_cast<int>(g)].as<float>(), T_, K0, step, s.empty() ? nullptr : s_dev_.as<float>(),
-                         K, xclip_.as<float>(), s_);
+    awq_clip_inputs_cuda(kept_rows(in), R, K0, step, s.empty() ? nullptr : s_dev_.as<float>(), K, xclip_.as<float>(),
+                         s_);
     awq_clip_search_cuda(wclip_.as<float>(), N, K, xclip_.as<float>(), S, opt, bounds_.as<float>(), s_);
     std::vector<float> max_val(static_cast<size_t>(N * groups));
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(max_val.data(), bounds_.get(), f32_bytes(N, groups), cudaMemcpyDeviceToHost, s_));
@@ -191,44 +278,124 @@ class CudaBlockRunner final : public AwqBlockRunner {
   }
 
   std::vector<float> sampled_rows(const AwqInput& in, int64_t step) override {
-    const BlockLinear g = block_input(in);
     QWENQ_CHECK(step >= 1, "awq: token step " << step);
-    const int64_t K = width(g), S = (T_ + step - 1) / step;
-    std::vector<float> rows(static_cast<size_t>(S * K));
-    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(rows.data(), K * sizeof(float), feats_[static_cast<int>(g)].get(),
-                                       static_cast<size_t>(step * K) * sizeof(float), K * sizeof(float),
-                                       static_cast<size_t>(S), cudaMemcpyDeviceToHost, s_));
+    const int64_t R = rows(in), K = width(in), S = (R + step - 1) / step;
+    std::vector<float> out(static_cast<size_t>(S * K));
+    if (S == 0) return out;
+    const float* x = kept_rows(in);
+    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(out.data(), K * sizeof(float), x, static_cast<size_t>(step * K) * sizeof(float),
+                                       K * sizeof(float), static_cast<size_t>(S), cudaMemcpyDeviceToHost, s_));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
-    return rows;
+    return out;
   }
 
  private:
-  // The module over every chunk with the group's Linears at cand_, against ref_: mean squared difference.
+  using Lin = AwqLinear;
+
+  // The module over every chunk (an expert's down_proj: its rows in pieces of at most one chunk) with the group's
+  // Linears at cand_, against ref_: mean squared difference.
   double candidate_loss(int64_t l, const AwqScaleGroup& grp) {
     const int64_t C = cfg_.hidden_size;
     double* acc = sums_.as<double>();
     QWENQ_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), s_));
-    for (size_t c = 0; c < chunks_.size(); ++c) {
-      run_module(l, grp, c, cand_, out_.as<float>());
-      const int64_t rows = chunks_[c].num_tokens();
-      sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, rows * C, acc, s_);
+    const int64_t R = rows(grp.input);
+    if (expert_single(grp)) {
+      const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
+      const float* x = kept_rows(grp.input);
+      for (int64_t r0 = 0; r0 < R; r0 += largest_) {
+        const int64_t n = std::min(largest_, R - r0);
+        linear_forward_cuda(x + r0 * a.K, n, a.K, cand_[0].get(), DType::F32, a.N, nullptr, DType::F32, out_.get(),
+                            DType::F32, s_);
+        sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + r0 * C, n * C, acc, s_);
+      }
+    } else {
+      for (size_t c = 0; c < chunks_.size(); ++c) {
+        run_module(l, grp, c, cand_, out_.as<float>());
+        sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, chunks_[c].num_tokens() * C, acc, s_);
+      }
     }
     double sum = 0.0;
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(&sum, acc, sizeof(double), cudaMemcpyDeviceToHost, s_));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
-    return sum / static_cast<double>(T_ * C);
+    return sum / static_cast<double>(R * C);
   }
 
-  int64_t width(BlockLinear g) const { return block_linear_inputs(cfg_, g); }
-  // The runner keeps block inputs only: the GPU model refuses MoE layers, whose experts read their own rows.
-  static BlockLinear block_input(const AwqInput& in) {
-    QWENQ_CHECK(in.is_block(), "awq: the GPU runner has no per-expert inputs (expert " << in.expert << ")");
-    return in.at;
+  int64_t block_width(BlockLinear g) const { return block_linear_inputs(cfg_, g); }
+  // Input columns of expert e's down_proj (-1: the shared expert's).
+  int64_t expert_width(int64_t e) const {
+    return e < 0 ? cfg_.shared_expert_intermediate_size : cfg_.moe_intermediate_size;
   }
-  int64_t max_width() const { return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.intermediate_size}); }
+  size_t expert_slot(int64_t e) const { return static_cast<size_t>(e < 0 ? cfg_.num_experts : e); }
+  int64_t width(const AwqInput& in) const {
+    if (in.is_block()) return block_width(in.at);
+    return in.at == BlockLinear::GateUp ? cfg_.hidden_size : expert_width(in.expert);
+  }
+  int64_t max_width() const {
+    return std::max({cfg_.hidden_size, cfg_.q_dim(), cfg_.has_dense_mlp() ? cfg_.intermediate_size : int64_t{0},
+                     cfg_.is_moe() ? std::max(cfg_.moe_intermediate_size, cfg_.shared_expert_intermediate_size)
+                                   : int64_t{0}});
+  }
 
-  // Output rows N of the Linear in slot `slot` (its K is width(kDecoderLinears[slot].group)).
-  int64_t rows_of(int slot) const { return decoder_linear_outputs(cfg_, kDecoderLinears[slot]); }
+  // The captured layer keeps `in`: a block input of it (a MoE layer has no Down input of its own), or an expert's.
+  void check_input(const AwqInput& in) const {
+    QWENQ_CHECK(layer_ >= 0, "awq: no block captured yet");
+    if (in.is_block()) {
+      QWENQ_CHECK(!(moe_ && in.at == BlockLinear::Down),
+                  "awq: layer " << layer_ << " is a mixture-of-experts layer: its down_proj inputs are its experts'");
+      return;
+    }
+    QWENQ_CHECK(moe_ && in.expert >= -1 && in.expert < cfg_.num_experts &&
+                    (in.expert >= 0 || cfg_.shared_expert_intermediate_size > 0) &&
+                    (in.at == BlockLinear::GateUp || in.at == BlockLinear::Down),
+                "awq: layer " << layer_ << " has no expert " << in.expert << " input");
+  }
+
+  // The device rows [rows(in), width(in)] of a kept input: a block input as kept, an expert's down_proj input in the
+  // compacted buffer, the shared expert's gate/up input (n itself), a routed expert's gathered into gather_ (valid
+  // until the next call).
+  const float* kept_rows(const AwqInput& in) {
+    check_input(in);
+    if (in.is_block()) return feats_[static_cast<int>(in.at)].as<float>();
+    if (in.at == BlockLinear::Down) return down_.as<float>() + down_off_[expert_slot(in.expert)];
+    const float* n = feats_[static_cast<int>(BlockLinear::GateUp)].as<float>();
+    if (in.expert < 0) return n;
+    const std::vector<int32_t>& tok = routed_[static_cast<size_t>(in.expert)];
+    const int64_t R = static_cast<int64_t>(tok.size()), C = cfg_.hidden_size;
+    if (R == 0) return nullptr;
+    ensure(gather_idx_, static_cast<size_t>(R) * sizeof(int32_t), "the routed rows' token indices");
+    ensure(gather_, f32_bytes(R, C), "the rows routed to expert " + std::to_string(in.expert) + " " + dims(R, C));
+    upload_owned_async(gather_idx_.get(), tok, s_);
+    embedding_gather_cuda(n, DType::F32, T_, C, gather_idx_.as<int32_t>(), R, gather_.as<float>(), s_, tok.data());
+    return gather_.as<float>();
+  }
+
+  // A routed or shared expert's up_proj -> down_proj group: a single Linear on the expert's own rows.
+  static bool expert_single(const AwqScaleGroup& grp) {
+    return grp.module == AwqModule::Single && !grp.input.is_block();
+  }
+
+  // grp belongs to the captured layer l and its slots to lin_: a MoE layer's MLP group lists every expert's gate and
+  // up in mlp_forward's replacement order (expert e's at 2e, 2e + 1; the shared expert's last).
+  void check_group(int64_t l, const AwqScaleGroup& grp) const {
+    QWENQ_CHECK(l == layer_, "awq: layer " << l << " evaluated after capturing layer " << layer_);
+    QWENQ_CHECK(!grp.slots.empty(), "awq: the group of " << grp.prev << " has no Linears");
+    for (int sl : grp.slots) {
+      QWENQ_CHECK(sl >= 0 && sl < static_cast<int>(lin_.size()),
+                  "awq: layer " << l << " has no Linear " << sl << " (group of " << grp.prev << ")");
+    }
+    check_input(grp.input);
+    if (!(moe_ && grp.module == AwqModule::Mlp)) return;
+    const int64_t E = cfg_.num_experts, S = E + (cfg_.shared_expert_intermediate_size > 0 ? 1 : 0);
+    QWENQ_CHECK(static_cast<int64_t>(grp.slots.size()) == 2 * S,
+                "awq: layer " << l << "'s MoE group has " << grp.slots.size() << " Linears, not " << 2 * S);
+    for (int64_t i = 0; i < S; ++i) {
+      for (int which = 0; which < 2; ++which) {
+        const Lin& a = lin_[static_cast<size_t>(grp.slots[static_cast<size_t>(2 * i + which)])];
+        QWENQ_CHECK(a.expert == (i < E ? i : -1) && a.which == which,
+                    "awq: layer " << l << "'s MoE group lists " << a.name << " at position " << 2 * i + which);
+      }
+    }
+  }
 
   // buf holds at least `bytes` (reallocated, contents lost, when smaller). Reallocation is stream-ordered: the
   // caching allocator reuses the old block only after the work queued on s_ before the release.
@@ -243,39 +410,42 @@ class CudaBlockRunner final : public AwqBlockRunner {
   // overwriting them safe. The host vectors (the driver's working weights, the candidates) live until the next
   // loss or statistic has waited for the stream, so the copies never depend on pageable memory being staged.
   void upload_weights(int64_t l, const AwqScaleGroup& grp, const std::vector<const std::vector<float>*>& weights,
-                      DeviceAllocation* dst) {
-    QWENQ_CHECK(weights.size() == grp.slots.size() && weights.size() <= 3, "awq: " << weights.size()
-                                                                                   << " weights for a group of "
-                                                                                   << grp.slots.size());
+                      std::vector<DeviceAllocation>& dst) {
+    QWENQ_CHECK(weights.size() == grp.slots.size(), "awq: " << weights.size() << " weights for a group of "
+                                                            << grp.slots.size());
+    dst.resize(weights.size());
     for (size_t j = 0; j < weights.size(); ++j) {
-      const DecoderLinear& d = kDecoderLinears[grp.slots[j]];
-      const int64_t N = rows_of(grp.slots[j]), K = width(d.group);
-      QWENQ_CHECK(static_cast<int64_t>(weights[j]->size()) == N * K,
-                  "awq: layer " << l << " " << d.name << " weight has " << weights[j]->size() << " values, not "
-                                << N << " x " << K);
-      const size_t bytes = f32_bytes(N, K);
-      ensure(dst[j], bytes, std::string("the ") + (dst == wref_ ? "working weight " : "candidate ") + d.name + " " +
-                                dims(N, K));
+      const Lin& a = lin_[static_cast<size_t>(grp.slots[j])];
+      QWENQ_CHECK(static_cast<int64_t>(weights[j]->size()) == a.N * a.K,
+                  "awq: layer " << l << " " << a.name << " weight has " << weights[j]->size() << " values, not "
+                                << a.N << " x " << a.K);
+      const size_t bytes = f32_bytes(a.N, a.K);
+      ensure(dst[j], bytes, std::string(&dst == &wref_ ? "the working weight " : "the candidate ") + a.name + " " +
+                                dims(a.N, a.K));
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst[j].get(), weights[j]->data(), bytes, cudaMemcpyHostToDevice, s_));
     }
   }
 
-  // grp's module over chunk c of its kept input, with the group's Linears at weights[j], into out [rows, C].
-  void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, const DeviceAllocation* weights, float* out) {
+  // grp's module (not an expert's single Linear) over chunk c of its kept input, with the group's Linears at
+  // weights[j], into out [rows, C].
+  void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, const std::vector<DeviceAllocation>& weights,
+                  float* out) {
     const PackedBatch& b = chunks_[c];
     const int64_t rows = b.num_tokens();
-    const BlockLinear at = block_input(grp.input);
-    const float* x = feats_[static_cast<int>(at)].as<float>() + offset_[c] * width(at);
-    const float* w[3] = {weights[0].as<float>(), weights[1].as<float>(), weights[2].as<float>()};
+    const BlockLinear at = grp.input.at;
+    const float* x = feats_[static_cast<int>(at)].as<float>() + offset_[c] * block_width(at);
+    std::vector<const float*> w(weights.size());
+    for (size_t j = 0; j < w.size(); ++j) w[j] = weights[j].as<float>();
     switch (grp.module) {
       case AwqModule::SelfAttn:
-        gpu_.attention_forward(l, b, x, out, w);
+        gpu_.attention_forward(l, b, x, out, w.data());
         break;
-      case AwqModule::Mlp:
-        gpu_.mlp_forward(l, x, rows, out, w);
+      case AwqModule::Mlp:  // a MoE layer's: every expert's gate/up replaced (check_group's order)
+        gpu_.mlp_forward(l, x, rows, out, w.data());
         break;
       case AwqModule::Single: {
-        const DecoderLinear& d = kDecoderLinears[grp.slots[0]];
+        const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
+        const DecoderLinear& d = kDecoderLinears[a.slot];
         gpu_.block_linear_forward(l, d.group, d.index, x, rows, out, w[0]);
         break;
       }
@@ -287,10 +457,18 @@ class CudaBlockRunner final : public AwqBlockRunner {
   CudaStream s_;
   std::vector<PackedBatch> chunks_;
   std::vector<int64_t> offset_;  // first token of each chunk in X
-  int64_t T_ = 0;
-  DeviceAllocation X_, feats_[4], ref_, out_, sums_, s_dev_, wref_[3], cand_[3], wclip_, xclip_, bounds_;
-  int64_t ref_layer_ = -1;
-  std::string ref_group_;  // grp.prev of the last set_reference
+  int64_t T_ = 0, largest_ = 0;
+  DeviceAllocation X_, feats_[4], ref_, out_, sums_, s_dev_, wclip_, xclip_, bounds_;
+  std::vector<DeviceAllocation> wref_, cand_;  // per slot of the group (a MoE layer's MLP group: 2·(E + shared))
+  int64_t layer_ = -1;                         // the captured block
+  bool moe_ = false;                           // ... is a mixture-of-experts layer
+  std::vector<AwqLinear> lin_;                 // its Linears (awq_layer_linears)
+  std::string ref_group_;                      // grp.prev of the last set_reference
+  // A captured MoE layer: the tokens routed to each expert (indices into the calibration set, the CPU block's
+  // order); each expert's down_proj inputs (the shared expert's last) at float offsets down_off_ of down_.
+  std::vector<std::vector<int32_t>> routed_;
+  DeviceAllocation down_, gather_, gather_idx_;
+  std::vector<int64_t> down_off_;
 };
 
 }  // namespace

@@ -117,7 +117,7 @@ std::unique_ptr<AwqBlockRunner> make_awq_cpu_runner(QwenModel& model, const std:
 
 #ifdef QWENQ_HAVE_CUDA
 // The GPU runner (awq_model_cuda.cpp) over `model` uploaded to the current device; the windows are run in chunks
-// of whole windows of at most chunk_tokens tokens (at least one window each). Dense layers only (block inputs).
+// of whole windows of at most chunk_tokens tokens (at least one window each). Dense and MoE layers.
 std::unique_ptr<AwqBlockRunner> make_awq_cuda_runner(const QwenModel& model,
                                                      const std::vector<std::vector<int32_t>>& windows,
                                                      int64_t chunk_tokens);

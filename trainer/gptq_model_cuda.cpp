@@ -85,7 +85,8 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
     const int64_t T = split.batches[c].num_tokens();
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(work, x_all + split.offsets[c] * C, static_cast<size_t>(T * C_bytes),
                                      cudaMemcpyDeviceToDevice, s));
-    gpu.block_forward(l, split.batches[c], work, nullptr, [&](BlockLinear at, int64_t e, const float* x, int64_t rows) {
+    gpu.block_forward(l, split.batches[c], work, nullptr,
+                      [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int32_t*) {
       if (at != group) return;
       const size_t i = static_cast<size_t>(e < 0 ? E : e);
       hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s);

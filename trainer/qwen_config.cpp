@@ -174,13 +174,6 @@ void parse_moe(const json& j, QwenConfig& c, const std::string& path) {
 
 }  // namespace
 
-void refuse_moe(const QwenConfig& c, const std::string& what) {
-  QWENQ_CHECK(!c.is_moe(), what << " does not support mixture-of-experts models yet (model_type " << c.model_type << ", "
-                                << c.num_experts << " experts, top-" << c.experts_per_token
-                                << "); on the CPU, eval, generate, rtn, nf4, fp4, gptq, awq, gguf, imatrix, dequantize, merge, LoRA "
-                                   "training and plan take them");
-}
-
 QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
   json j;
   try {

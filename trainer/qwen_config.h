@@ -4,8 +4,7 @@
 // RMSNorm before RoPE, no q/k/v bias, explicit head_dim), "llama" (same block without biases), and the mixtures
 // of experts "qwen3_moe" (Qwen3-30B-A3B, Qwen3-235B-A22B: Qwen3's attention, top-k routed SwiGLU experts) and
 // "qwen2_moe" (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B: Qwen2's attention, routed experts plus a sigmoid-gated shared
-// expert); MoE models run on the CPU in every command, on the GPU in evaluation, generation (adapters unmerged too),
-// GPTQ and LoRA training (refuse_moe names the GPU paths that do not take them yet: AWQ). RoPE
+// expert); MoE models run in every command, on the CPU and on the GPU (DoRA adapters stay CPU-only, for every model). RoPE
 // default, or rope_scaling of type linear, yarn or llama3 read as transformers 4.51.3 reads them (rope); tied or
 // untied embeddings; GQA. Anything else (sliding window on, dynamic/longrope/other rope_scaling, another
 // activation) is refused with one error naming config.json and the field, rather than computed wrongly.
@@ -62,10 +61,6 @@ struct QwenConfig {
   // Some layer's MLP is the dense SwiGLU (every layer of a dense model; a MoE model's mlp_only_layers).
   bool has_dense_mlp() const { return num_moe_layers() < num_layers; }
 };
-
-// Throws, naming the model and `what` ("training", "GPTQ", "--device cuda", ...), when `c` is a mixture of experts:
-// the paths that do not take MoE models yet call this before any work.
-void refuse_moe(const QwenConfig& c, const std::string& what);
 
 // Parses `<dir>/config.json`. Throws naming the file and field on anything missing or unsupported. Prints
 // rope_warning to stderr, once per config.json path in a process.

@@ -423,7 +423,10 @@ struct QwenModelCuda::Impl {
   // by expert, each expert runs its three Linears on its slice, the shared expert on every token, and moe_combine
   // adds each token's weighted rows in the CPU's order. One host round trip a layer (the launchers check the indices
   // on the host's copy); each expert's Linears are their own launches (no grouped GEMM yet).
-  void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out, const DeviceExpertInputHook* eh = nullptr) {
+  // gate_up (may be null): replacement gate/up weights for this call (mlp_forward's layout: expert e's at 2e and
+  // 2e + 1, the shared expert's after the routed ones; a null entry keeps the stored weight).
+  void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out, const DeviceExpertInputHook* eh = nullptr,
+               const float* const* gate_up = nullptr) {
     const bool see = eh != nullptr && *eh;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k;
@@ -453,19 +456,20 @@ struct QwenModelCuda::Impl {
       const int64_t r0 = start[e], rows = start[e + 1] - r0;
       if (rows == 0) continue;
       const std::array<DevLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      if (see) (*eh)(BlockLinear::GateUp, e, moe_x.as<float>() + r0 * C, rows);
-      linear(X[0], moe_x.as<float>() + r0 * C, rows, gate.as<float>());
-      linear(X[1], moe_x.as<float>() + r0 * C, rows, up.as<float>());
+      const int32_t* tok = d.gather.data() + r0;  // the batch row of each of its rows
+      if (see) (*eh)(BlockLinear::GateUp, e, moe_x.as<float>() + r0 * C, rows, tok);
+      linear(replaced(X[0], gate_up, 2 * e), moe_x.as<float>() + r0 * C, rows, gate.as<float>());
+      linear(replaced(X[1], gate_up, 2 * e + 1), moe_x.as<float>() + r0 * C, rows, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), rows * Im, gate.as<float>(), s());
-      if (see) (*eh)(BlockLinear::Down, e, gate.as<float>(), rows);
+      if (see) (*eh)(BlockLinear::Down, e, gate.as<float>(), rows, tok);
       linear(X[2], gate.as<float>(), rows, moe_y.as<float>() + r0 * C);
     }
     if (shared) {
-      if (see) (*eh)(BlockLinear::GateUp, -1, np, T);
-      linear(M.shared[0], np, T, gate.as<float>());
-      linear(M.shared[1], np, T, up.as<float>());
+      if (see) (*eh)(BlockLinear::GateUp, -1, np, T, nullptr);
+      linear(replaced(M.shared[0], gate_up, 2 * E), np, T, gate.as<float>());
+      linear(replaced(M.shared[1], gate_up, 2 * E + 1), np, T, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * M.shared[0].N, gate.as<float>(), s());
-      if (see) (*eh)(BlockLinear::Down, -1, gate.as<float>(), T);
+      if (see) (*eh)(BlockLinear::Down, -1, gate.as<float>(), T, nullptr);
       linear(M.shared[2], gate.as<float>(), T, moe_shared.as<float>());
     }
     moe_combine_cuda(moe_y.as<float>(), R, C, moe_index.as<int32_t>() + R, moe_weight.as<float>(), T, k,
@@ -486,22 +490,14 @@ struct QwenModelCuda::Impl {
     if (!attention_sublayer(L, L.q, L.k, L.v, b, np, np, hook)) return false;
     add_inplace_cuda(xp, np, T * C, s());
     rmsnorm(xp, T, C, L.post_norm, np);
+    if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;  // a MoE layer's: the router's and experts' input
     if (cfg.is_moe_layer(static_cast<int64_t>(l))) {
-      moe_mlp(*moe[l], np, T, np, expert_hook);  // the dense hook sees QKV and O only
-    } else {
-      if (!go_on(hook, BlockLinear::GateUp, np, T)) return false;
-      if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) return false;
+      moe_mlp(*moe[l], np, T, np, expert_hook);  // the dense hook sees no Down: each expert's goes to expert_hook
+    } else if (!mlp_sublayer(L, L.gate, L.up, np, T, np, hook)) {
+      return false;
     }
     add_inplace_cuda(xp, np, T * C, s());
     return true;
-  }
-
-  // The module API (mlp_forward, a dense MLP Linear by index) runs dense MLPs only; a MoE layer's experts are reached
-  // through block_forward's expert hook and set_expert_weight. This names the call for anyone else.
-  void check_dense_mlp(int64_t layer, const char* fn) const {
-    QWENQ_CHECK(!cfg.is_moe_layer(layer), "QwenModelCuda::" << fn << ": layer " << layer
-                                                            << " is a mixture-of-experts layer; its experts are "
-                                                            << "reached through block_forward's expert hook");
   }
 
   // The final hidden states (after model.norm) of the batch in x [T, C].
@@ -518,7 +514,11 @@ struct QwenModelCuda::Impl {
     QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
                 "QwenModelCuda: layer " << layer << " of " << layers.size());
     check_kept(layer);
-    if (which == BlockLinear::GateUp || which == BlockLinear::Down) check_dense_mlp(layer, "the MLP's Linears");
+    // A MoE layer has no dense MLP Linear: its experts' are reached through block_forward's expert hook,
+    // mlp_forward's replacements and set_expert_weight.
+    QWENQ_CHECK(!cfg.is_moe_layer(layer) || which == BlockLinear::QKV || which == BlockLinear::O,
+                "QwenModelCuda: layer " << layer << " is a mixture-of-experts layer; its MLP's Linears are its "
+                                        << "experts' (block_forward's expert hook, mlp_forward, set_expert_weight)");
     DevLayer& L = layers[static_cast<size_t>(layer)];
     DevLinear* d = nullptr;
     switch (which) {
@@ -544,6 +544,11 @@ struct QwenModelCuda::Impl {
 
   // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
   // replacement of one module call (the module API below), which leaves d itself untouched.
+  // d, or d with weight W when the replacement array has a non-null entry i (moe_mlp's per-call replacements).
+  static DevLinear replaced(const DevLinear& d, const float* const* W, int64_t i) {
+    return W != nullptr && W[i] != nullptr ? with_weight(d, W[i]) : d;
+  }
+
   static DevLinear with_weight(const DevLinear& d, const float* W) {
     DevLinear r;
     r.N = d.N;
@@ -759,9 +764,14 @@ void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const
 void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "mlp_forward");
-  m.check_dense_mlp(layer, "mlp_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::mlp_forward: null input or output");
   m.reserve_rows(T, "mlp_forward");
+  if (m.cfg.is_moe_layer(layer)) {
+    QWENQ_CHECK(m.moe[static_cast<size_t>(layer)],
+                "QwenModelCuda::mlp_forward: the experts of layer " << layer << " were released");
+    m.moe_mlp(*m.moe[static_cast<size_t>(layer)], n, T, out, nullptr, gate_up);
+    return;
+  }
   const DevLinear* use[2] = {&L.gate, &L.up};
   DevLinear replaced[2];
   for (int i = 0; i < 2; ++i) {

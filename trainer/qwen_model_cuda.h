@@ -27,8 +27,9 @@
 //                each token's weighted rows in the CPU block's order. Each layer's router and experts are a second
 //                arena (qwen_moe_arena); QwenDecodeCuda runs it through moe_forward, the GPU trainer
 //                (trainer/lora_model_cuda.h) through device_moe's weights; block_forward's expert hook and
-//                set_expert_weight serve GPTQ; an attached adapter adapts every expert. The module API (mlp_forward,
-//                a dense MLP Linear by index) refuses MoE layers.
+//                set_expert_weight serve GPTQ; mlp_forward with every expert's gate/up replaced serves AWQ; an attached
+//                adapter adapts every expert. A dense MLP Linear by index (set_linear_weight, block_linear_forward)
+//                does not exist in a MoE layer.
 // With F32 weights and D not 64/128 nothing is rounded to bf16: only the order of sums differs from the CPU.
 //
 // Memory: the weights once (dense as stored, packed as Q4: ~4.25 bits per weight), each decoder layer's in one
@@ -115,9 +116,11 @@ using DeviceLinearInputHook = std::function<bool(BlockLinear, const float* x, in
 // Sees the rows one expert's Linears take in a mixture-of-experts layer's block_forward (GPTQ's per-expert Hessians),
 // as MoeInputHook does on the CPU: expert e in [0, E) or -1 (the shared expert); at = GateUp: x [rows, C] the rows
 // routed to it (in the CPU block's grouped order; the shared expert: every token), Down: x [rows, width] its SwiGLU
-// output. Device memory valid during the call; work on x on QwenModelCuda::stream(). An expert no token chose is not
-// called.
-using DeviceExpertInputHook = std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows)>;
+// output. tokens (host memory, valid during the call): the batch row (token) each of x's rows comes from, for a
+// routed expert (both calls); null for the shared expert (row r is token r). Device memory valid during the call;
+// work on x on QwenModelCuda::stream(). An expert no token chose is not called.
+using DeviceExpertInputHook =
+    std::function<void(BlockLinear at, int64_t expert, const float* x, int64_t rows, const int32_t* tokens)>;
 
 struct QwenModelCudaOptions {
   bool upload_embedding = true;  // false: an untied embedding table stays on the host (see the header comment)
@@ -175,8 +178,8 @@ class QwenModelCuda {
   // Decoder block `layer` applied in place to x [T, C] (device; QwenModel::block_forward's contract and this
   // class's data types), the hook (may be empty) called before each Linear group: QKV (the normalized input),
   // O (the attention output), GateUp (the normalized residual), Down (silu(gate)·up). x must not alias the
-  // model's own buffers (the hook's pointers). A mixture-of-experts layer offers `hook` QKV and O only; expert_hook
-  // (may be empty) sees its experts' inputs.
+  // model's own buffers (the hook's pointers). A mixture-of-experts layer offers `hook` QKV, O and GateUp (the MoE
+  // block's input, as the CPU's hook); expert_hook (may be empty) sees its experts' inputs.
   void block_forward(int64_t layer, const PackedBatch& batch, float* x, const DeviceLinearInputHook& hook,
                      const DeviceExpertInputHook& expert_hook = nullptr);
   // Replaces the weight of Linear `index` of group `which` in block `layer` (q=0,k=1,v=2 / gate=0,up=1, as
@@ -215,7 +218,11 @@ class QwenModelCuda {
   // needs restoring, and a replaced Linear is a true fp32 GEMM (its bias kept).
   //   attention_forward  out [T, C] = o_proj(attention(q, k, v of n)) for the normalized input n [T, C] (T =
   //                      batch.num_tokens(); positions and sequences from batch); qkv: q, k, v replacements
-  //   mlp_forward        out [T, C] = down(silu(gate(n)) ⊙ up(n)); gate_up: gate, up replacements
+  //   mlp_forward        out [T, C] = down(silu(gate(n)) ⊙ up(n)); gate_up: gate, up replacements. A
+  //                      mixture-of-experts layer: out = its MoE block (routing as the forward: one host wait for
+  //                      the router logits), gate_up (null, or 2·(E + 1 if a shared expert) entries) expert e's gate
+  //                      and up at 2e and 2e + 1, the shared expert's at 2E and 2E + 1; the routers and down_projs
+  //                      as stored
   //   block_linear_forward  out [T, N] = x [T, K] · Wᵀ (+ bias) for Linear `index` of group `which` (numbered as
   //                      set_linear_weight); W: its replacement
   // out may alias n (not x); n, x and out must not alias the model's own buffers.

@@ -51,7 +51,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -62,6 +61,7 @@
 #include "kernels/gemm.h"
 #include "quant/awq.h"
 #include "quant/awq_search.h"
+#include "tests/gpu/awq_device_compare.h"
 #include "tests/support/awq_search_cases.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_compare.h"
@@ -70,7 +70,6 @@
 #include "tests/support/test_paths.h"
 #include "tests/support/test_random.h"
 #include "trainer/awq_runner.h"
-#include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_model.h"
@@ -92,10 +91,8 @@ constexpr double kClipNearTie = 1e-3;
 constexpr double kClipFlipShare = 1e-2;
 constexpr int64_t kClipFlipFloor = 2;
 
-using test::Clock;
 using test::download;
 using test::rel_max_error;
-using test::seconds_since;
 
 int64_t group_width(const QwenConfig& c, BlockLinear g) {
   return g == BlockLinear::O ? c.q_dim() : g == BlockLinear::Down ? c.intermediate_size : c.hidden_size;
@@ -349,73 +346,12 @@ TEST(AwqModelCuda, RunnerMatchesTheCpuRunner) {
   }
 }
 
-// Share of scaling groups with the same α (scales within kScaleMatchRelTol) in two saved searches, and share of
-// clip bounds within 1e-6 relative.
-std::pair<double, double> search_agreement(const std::string& a, const std::string& b) {
-  const AwqSearchResult ra = load_awq_search(a), rb = load_awq_search(b);
-  EXPECT_EQ(ra.scales.size(), rb.scales.size());
-  int same = 0;
-  for (const auto& [key, sa] : ra.scales) {
-    auto it = rb.scales.find(key);
-    if (it == rb.scales.end() || it->second.size() != sa.size()) continue;
-    bool eq = true;
-    for (size_t k = 0; k < sa.size(); ++k) eq = eq && std::fabs(sa[k] - it->second[k]) <= kScaleMatchRelTol * std::fabs(sa[k]);
-    same += eq;
-  }
-  int64_t clips_same = 0, clips = 0;
-  for (const auto& [key, ca] : ra.clips) {
-    auto it = rb.clips.find(key);
-    if (it == rb.clips.end()) continue;
-    for (size_t i = 0; i < std::min(ca.first.size(), it->second.first.size()); ++i)
-      clips_same += std::fabs(ca.first[i] - it->second.first[i]) <= 1e-6 * std::fabs(ca.first[i]);
-    clips += static_cast<int64_t>(ca.first.size());
-  }
-  return {ra.scales.empty() ? 0.0 : static_cast<double>(same) / ra.scales.size(),
-          clips ? static_cast<double>(clips_same) / clips : 1.0};
-}
-
-// Share of equal dequantized weights over every Linear of two quantized directories of the same model.
-double weight_agreement(const std::string& a, const std::string& b) {
-  QwenModel ma(a), mb(b);
-  int64_t equal = 0, total = 0;
-  for (int64_t l = 0; l < ma.config().num_layers; ++l) {
-    for (const DecoderLinear& d : kDecoderLinears) {
-      const std::vector<float> wa = ma.linear_weight(l, d.group, d.index).dequantize();
-      const std::vector<float> wb = mb.linear_weight(l, d.group, d.index).dequantize();
-      EXPECT_EQ(wa.size(), wb.size());
-      for (size_t j = 0; j < std::min(wa.size(), wb.size()); ++j) equal += wa[j] == wb[j];
-      total += static_cast<int64_t>(wa.size());
-    }
-  }
-  return total > 0 ? static_cast<double>(equal) / total : 0.0;
-}
-
-// AWQ of `opt` on both devices into out_dir + "-cpu" / "-gpu" (searches saved beside them), compared; perplexity
-// of both outputs on `ids` (CPU evaluation).
-void compare_devices(AwqModelOptions opt, const std::vector<int32_t>& ids, int64_t seq_len, const char* label) {
-  const std::string base = opt.out.out_dir;
-  double secs[2];
-  for (int d = 0; d < 2; ++d) {
-    opt.device = d == 0 ? Device::Cpu : Device::Cuda;
-    opt.out.out_dir = base + (d == 0 ? "-cpu" : "-gpu");
-    opt.save_search = opt.out.out_dir + ".search.safetensors";
-    const auto t0 = Clock::now();
-    awq_quantize_model(opt);
-    secs[d] = seconds_since(t0);
-  }
-  const auto [alpha, clip] = search_agreement(base + "-cpu.search.safetensors", base + "-gpu.search.safetensors");
-  const double agree = weight_agreement(base + "-cpu", base + "-gpu");
-  PerplexityOptions po;
-  po.seq_len = seq_len;
-  po.quiet = true;
-  const double p_cpu = evaluate_perplexity(QwenModel(base + "-cpu"), ids, po).perplexity;
-  const double p_gpu = evaluate_perplexity(QwenModel(base + "-gpu"), ids, po).perplexity;
-  EXPECT_GE(alpha, kAlphaAgreement);
-  EXPECT_GE(agree, kWeightAgreement);
-  EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
-  std::printf("[ %s ] scaling groups with equal alpha %.3f, equal clip bounds %.4f, equal weights %.5f; perplexity "
-              "CPU-quantized %.4f GPU-quantized %.4f; AWQ %.2fs CPU %.2fs GPU\n",
-              label, alpha, clip, agree, p_cpu, p_gpu, secs[0], secs[1]);
+// AWQ of `opt` on both devices (tests/gpu/awq_device_compare.h), held to this file's agreements and perplexity.
+void compare_devices(const AwqModelOptions& opt, const std::vector<int32_t>& ids, int64_t seq_len, const char* label) {
+  const test::AwqAgreement r = test::awq_compare_devices(opt, ids, seq_len, kScaleMatchRelTol, label);
+  EXPECT_GE(r.alpha, kAlphaAgreement);
+  EXPECT_GE(r.weights, kWeightAgreement);
+  EXPECT_NEAR(r.ppl_gpu, r.ppl_cpu, kPplRelTol * r.ppl_cpu);
 }
 
 TEST(AwqModelCuda, TinyRandomLikeTheCpu) {

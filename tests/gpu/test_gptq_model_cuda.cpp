@@ -175,7 +175,8 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
 // The MoE half of the block API (GPTQ's per-expert Hessians): block_forward's expert hook on each MoE layer of the
 // tiny Qwen3-MoE (a dense layer between two MoE layers) and Qwen2-MoE (shared expert) F32 models sees, for every
 // expert and the shared expert, the same rows as the CPU block's MoeInputHook (same count, same grouped order: the
-// same routing) within kFp32RelTol; the dense hook sees QKV and O only there; set_expert_weight on an expert's down
+// same routing, the same token of each row) within kFp32RelTol; the dense hook sees QKV, O and GateUp (the MoE
+// block's input) there; set_expert_weight on an expert's down
 // and the shared expert's gate equals the CPU with the same replacement; release_layer makes a later pass throw.
 TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
   QWENQ_REQUIRE_GPU();
@@ -200,12 +201,19 @@ TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
       }
       // key: (group, expert) -> its rows [rows, K]
       std::map<std::pair<int, int64_t>, std::vector<float>> want, got;
+      std::map<std::pair<int, int64_t>, std::vector<int64_t>> want_tok, got_tok;  // each row's token (-1: none given)
+      const auto tokens_of = [](const auto* tok, int64_t rows) {
+        std::vector<int64_t> t(static_cast<size_t>(rows), -1);
+        for (int64_t r = 0; tok != nullptr && r < rows; ++r) t[static_cast<size_t>(r)] = tok[r];
+        return t;
+      };
       const auto width = [&](BlockLinear at, int64_t e) {
         return at == BlockLinear::GateUp ? C : e < 0 ? c.shared_expert_intermediate_size : c.moe_intermediate_size;
       };
       cpu.block_forward(l, b, x_cpu.data(), nullptr,
-                        [&](BlockLinear at, int64_t e, const float* in, int64_t rows, const int64_t*) {
+                        [&](BlockLinear at, int64_t e, const float* in, int64_t rows, const int64_t* tok) {
                           want[{static_cast<int>(at), e}].assign(in, in + rows * width(at, e));
+                          want_tok[{static_cast<int>(at), e}] = tokens_of(tok, rows);
                         });
       std::vector<int> dense_seen;
       gpu.block_forward(
@@ -214,10 +222,12 @@ TEST(GptqModelCuda, ExpertHookAndWeightSwap) {
             dense_seen.push_back(static_cast<int>(at));
             return true;
           },
-          [&](BlockLinear at, int64_t e, const float* in, int64_t rows) {
+          [&](BlockLinear at, int64_t e, const float* in, int64_t rows, const int32_t* tok) {
             got[{static_cast<int>(at), e}] = download(in, rows * width(at, e), s);
+            got_tok[{static_cast<int>(at), e}] = tokens_of(tok, rows);
           });
-      EXPECT_EQ(dense_seen, (std::vector<int>{0, 1})) << "layer " << l << ": the dense hook sees QKV and O only";
+      EXPECT_EQ(dense_seen, (std::vector<int>{0, 1, 2})) << "layer " << l << ": the dense hook sees QKV, O, GateUp";
+      EXPECT_EQ(got_tok, want_tok) << "layer " << l << ": each routed row's token";
       ASSERT_EQ(got.size(), want.size()) << "layer " << l << ": experts seen";
       for (const auto& [key, rows] : want) {
         ASSERT_TRUE(got.count(key)) << "layer " << l << " group " << key.first << " expert " << key.second;

@@ -290,9 +290,10 @@ TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
   }
 }
 
-// What runs MoE models on the CPU only says so: the module API's MLP call on a MoE layer; moe_forward (the decoder's)
-// and device_moe refuse a dense layer. (The GPU trainer, unmerged adapters and GPTQ take MoE models:
-// tests/gpu/test_lora_model_cuda.cpp, test_lora_inference_cuda.cpp, test_gptq_model_cuda.cpp.)
+// What a MoE layer does not have says so: a dense MLP Linear by index (block_linear_forward, set_linear_weight);
+// moe_forward (the decoder's) and device_moe refuse a dense layer. (The GPU trainer, unmerged adapters, GPTQ and
+// AWQ's mlp_forward take MoE models: tests/gpu/test_lora_model_cuda.cpp, test_lora_inference_cuda.cpp,
+// test_gptq_model_cuda.cpp, test_awq_model_cuda.cpp.)
 TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
@@ -301,8 +302,13 @@ TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   int64_t moe_layer = 0;
   while (!cpu.config().is_moe_layer(moe_layer)) ++moe_layer;
   std::vector<float> x(4 * cpu.config().hidden_size);
-  test::expect_error([&] { gpu.mlp_forward(moe_layer, x.data(), 4, x.data()); },
-                     {"mlp_forward: layer " + std::to_string(moe_layer) + " is a mixture-of-experts layer"});
+  std::vector<float> w(static_cast<size_t>(cpu.config().moe_intermediate_size * cpu.config().hidden_size));
+  for (BlockLinear g : {BlockLinear::GateUp, BlockLinear::Down}) {
+    test::expect_error([&] { gpu.block_linear_forward(moe_layer, g, 0, x.data(), 4, x.data() + 1); },
+                       {"layer " + std::to_string(moe_layer) + " is a mixture-of-experts layer", "experts'"});
+  }
+  test::expect_error([&] { gpu.set_linear_weight(moe_layer, BlockLinear::GateUp, 1, w.data(), 1, 1); },
+                     {"layer " + std::to_string(moe_layer) + " is a mixture-of-experts layer"});
   const std::string dense = test::make_random_model(test::scratch_dir() + "/dense-ref", "tiny", DType::F32, 15);
   QwenModelCuda dense_gpu{QwenModel(dense)};
   test::expect_error([&] { dense_gpu.moe_forward(0, x.data(), 4, x.data(), nullptr); },
