@@ -8,9 +8,11 @@
 //                     AutoAWQ), its hook copying each Linear group's input into feats[g] [T, K_g] (device). A
 //                     mixture-of-experts layer: feats keeps QKV, O and GateUp (the MoE block's input n); the expert
 //                     hook gives each routed row's token (kept on the host: routed[e], in the CPU block's order) and
-//                     each expert's down_proj input, copied in capture order into a staging buffer [T·k·Im (+ T·Is),
-//                     1] and, once every chunk ran, compacted into one buffer with each expert's rows contiguous
-//                     (chunk order within an expert: the CPU runner's down_[e]).
+//                     each expert's down_proj input, copied into one buffer: the shared expert's [T, Is] at its
+//                     tokens' rows, then the routed experts' pieces in capture order (T·k·Im floats in all; an
+//                     expert's rows put end to end are the CPU runner's down_[e], copied so into a scratch when a
+//                     group asks for them). The layer captured before is released from the device first
+//                     (QwenModelCuda::release_layer: the search is done with it).
 //   input_mean(in)    column_abs_sum_cuda over the kept rows (double), K doubles downloaded, mean = (float)(sum / R):
 //                     the CPU's awq_activation_mean up to the order of the double sums. An expert's gate/up input
 //                     (its routed rows of n) is gathered first (embedding_gather_cuda over n by routed[e]).
@@ -20,7 +22,7 @@
 //                     block_linear_forward; a MoE layer's MLP group: mlp_forward with every expert's gate/up
 //                     replaced, the routing recomputed per call from the unchanged router) into ref [T, C]; an
 //                     expert's up -> down group: its down_proj rows times wref[0]ᵀ (linear_forward_cuda, fp32) into
-//                     ref [R, C]
+//                     ref [R, C], in pieces of at most one chunk's rows (the candidates' GEMM shapes)
 //   loss_scaled(s)    s (K floats) uploaded, awq_candidate_cuda(wref[j], s) -> cand[j] on the device (bit for bit the
 //                     CPU's candidates), then as loss
 //   loss(candidate)   host candidates uploaded into cand[j]; the module run per chunk (an expert's down_proj: per
@@ -36,8 +38,9 @@
 // output [chunk, C], the largest group's working weights and candidates (fp32: 2·I·C each for a dense gate/up, every
 // expert's gate and up for a MoE layer: 2·E·Im·C each, 1.6 GB at Qwen3-30B-A3B), the clip search's weight [N, K],
 // sampled inputs [S, K] (S < 2·n_sample_tokens) and bounds, and the module's activation buffers for a chunk. A MoE
-// layer adds its experts' down_proj inputs T·(k·Im + Is) fp32 (twice while capture compacts them) and one expert's
-// gathered rows [R, C].
+// layer adds its experts' down_proj inputs T·(k·Im + Is) fp32 (1.6 GB for 128 x 512 tokens of Qwen3-30B-A3B, 10.7 GB
+// of Qwen2-57B-A14B) and one expert's gathered rows [R, max(C, Im)]. The model's layers leave the device as the
+// search passes them.
 // Everything runs on QwenModelCuda's stream; the host waits once per loss (the double), per statistic and per clip
 // search (its bounds), and once per chunk of a MoE layer's MLP (its routing).
 #ifdef QWENQ_HAVE_CUDA
@@ -116,27 +119,26 @@ class CudaBlockRunner final : public AwqBlockRunner {
   int64_t tokens() const override { return T_; }
 
   void capture(int64_t l) override {
-    const int64_t C = cfg_.hidden_size, E = cfg_.num_experts;
+    const int64_t C = cfg_.hidden_size, E = cfg_.num_experts, Is = cfg_.shared_expert_intermediate_size;
+    // The layer searched before is done (the driver goes block by block): its weights leave the device, so that the
+    // model shrinks as the search advances (GPTQ's driver does the same).
+    if (layer_ >= 0 && layer_ != l) gpu_.release_layer(layer_);
     layer_ = l;
     lin_ = awq_layer_linears(cfg_, l);
     moe_ = cfg_.is_moe_layer(l);
     ref_group_.clear();
     routed_.assign(moe_ ? static_cast<size_t>(E) : 0, {});
+    pieces_.assign(moe_ ? static_cast<size_t>(E) : 0, {});
     down_.reset();
-    down_off_.assign(moe_ ? static_cast<size_t>(E) + 2 : 0, 0);
-    // A MoE layer's down_proj inputs in capture order: (slot, offset in floats, rows) per expert call.
-    struct Piece {
-      size_t slot;
-      int64_t offset, rows;
-    };
-    std::vector<Piece> pieces;
-    DeviceAllocation stage;
-    int64_t staged = 0, stage_floats = 0;
+    // A MoE layer's down_proj inputs: the shared expert's [T, Is] first (each chunk's rows at its token offset), then
+    // the routed experts' pieces in capture order (T·k rows of Im in all: each token picks k distinct experts).
+    int64_t routed_floats = 0;
+    const int64_t shared_floats = T_ * Is;
     if (moe_) {
-      stage_floats = T_ * (cfg_.experts_per_token * cfg_.moe_intermediate_size + cfg_.shared_expert_intermediate_size);
-      stage = allocate_named(f32_bytes(stage_floats, 1), MemoryTag::Activations,
-                             "the experts' down_proj inputs of layer " + std::to_string(l) + " (staged, " +
-                                 std::to_string(stage_floats) + " fp32)", s_);
+      const int64_t floats = shared_floats + T_ * cfg_.experts_per_token * cfg_.moe_intermediate_size;
+      down_ = allocate_named(f32_bytes(floats, 1), MemoryTag::Activations,
+                             "the experts' down_proj inputs of layer " + std::to_string(l) + " (" +
+                                 std::to_string(floats) + " fp32)", s_);
     }
     for (size_t c = 0; c < chunks_.size(); ++c) {
       const int64_t off = offset_[c], T = chunks_[c].num_tokens();
@@ -149,13 +151,19 @@ class CudaBlockRunner final : public AwqBlockRunner {
           for (int64_t i = 0; i < rows; ++i) r.push_back(static_cast<int32_t>(off + tok[i]));
           return;
         }
-        const int64_t floats = rows * expert_width(e);
-        QWENQ_CHECK(staged + floats <= stage_floats, "awq: layer " << l << ": the experts' down_proj inputs exceed "
-                                                                   << stage_floats << " floats");
-        QWENQ_CUDA_CHECK(cudaMemcpyAsync(stage.as<float>() + staged, x, f32_bytes(floats, 1),
-                                         cudaMemcpyDeviceToDevice, s_));
-        pieces.push_back({expert_slot(e), staged, rows});
-        staged += floats;
+        float* dst = nullptr;
+        if (e < 0) {
+          QWENQ_CHECK(rows == T, "awq: layer " << l << ": the shared expert saw " << rows << " rows, not " << T);
+          dst = down_.as<float>() + off * Is;
+        } else {
+          const int64_t floats = rows * cfg_.moe_intermediate_size;
+          QWENQ_CHECK(shared_floats + routed_floats + floats <= static_cast<int64_t>(down_.bytes() / sizeof(float)),
+                      "awq: layer " << l << ": the routed experts' down_proj inputs exceed T·k rows");
+          dst = down_.as<float>() + shared_floats + routed_floats;
+          pieces_[static_cast<size_t>(e)].push_back({shared_floats + routed_floats, rows});
+          routed_floats += floats;
+        }
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, x, f32_bytes(rows, expert_width(e)), cudaMemcpyDeviceToDevice, s_));
       };
       gpu_.block_forward(
           l, chunks_[c], X_.as<float>() + off * C,
@@ -168,24 +176,9 @@ class CudaBlockRunner final : public AwqBlockRunner {
           },
           moe_ ? experts : DeviceExpertInputHook{});
     }
-    if (!moe_) return;
-    // Each expert's rows contiguous, in capture order within it; the shared expert's last.
-    std::vector<int64_t> rows_in(static_cast<size_t>(E) + 1, 0);
-    for (const Piece& p : pieces) rows_in[p.slot] += p.rows;
-    for (size_t i = 0; i <= static_cast<size_t>(E); ++i)
-      down_off_[i + 1] = down_off_[i] + rows_in[i] * expert_width(i < static_cast<size_t>(E) ? int64_t(i) : -1);
-    if (staged == 0) return;
-    down_ = allocate_named(f32_bytes(staged, 1), MemoryTag::Activations,
-                           "the experts' down_proj inputs of layer " + std::to_string(l) + " (" +
-                               std::to_string(staged) + " fp32)", s_);
-    std::vector<int64_t> filled(down_off_.begin(), down_off_.end() - 1);
-    for (const Piece& p : pieces) {
-      const int64_t floats = p.rows * expert_width(p.slot < static_cast<size_t>(E) ? int64_t(p.slot) : -1);
-      QWENQ_CUDA_CHECK(cudaMemcpyAsync(down_.as<float>() + filled[p.slot], stage.as<float>() + p.offset,
-                                       f32_bytes(floats, 1), cudaMemcpyDeviceToDevice, s_));
-      filled[p.slot] += floats;
-    }
-    // stage goes back to the stream's cache: reused only by work queued after these copies.
+    QWENQ_CHECK(!moe_ || routed_floats == T_ * cfg_.experts_per_token * cfg_.moe_intermediate_size,
+                "awq: layer " << l << ": the routed experts saw " << routed_floats / cfg_.moe_intermediate_size
+                              << " rows, not T·k = " << T_ * cfg_.experts_per_token);
   }
 
   int64_t rows(const AwqInput& in) const override {
@@ -213,10 +206,14 @@ class CudaBlockRunner final : public AwqBlockRunner {
     for (int slot : grp.slots) weights.push_back(&W[slot]);
     upload_weights(l, grp, weights, wref_);
     ref_group_ = grp.prev;
-    if (expert_single(grp)) {
+    if (expert_single(grp)) {  // in the pieces candidate_loss uses: the same GEMM shapes, the same sums
       const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
-      linear_forward_cuda(kept_rows(grp.input), rows(grp.input), a.K, wref_[0].get(), DType::F32, a.N, nullptr,
-                          DType::F32, ref_.get(), DType::F32, s_);
+      const float* x = kept_rows(grp.input);
+      const int64_t R = rows(grp.input), C = cfg_.hidden_size;
+      for (int64_t r0 = 0; r0 < R; r0 += largest_) {
+        linear_forward_cuda(x + r0 * a.K, std::min(largest_, R - r0), a.K, wref_[0].get(), DType::F32, a.N, nullptr,
+                            DType::F32, ref_.as<float>() + r0 * C, DType::F32, s_);
+      }
       return;
     }
     const int64_t C = cfg_.hidden_size;
@@ -325,7 +322,6 @@ class CudaBlockRunner final : public AwqBlockRunner {
   int64_t expert_width(int64_t e) const {
     return e < 0 ? cfg_.shared_expert_intermediate_size : cfg_.moe_intermediate_size;
   }
-  size_t expert_slot(int64_t e) const { return static_cast<size_t>(e < 0 ? cfg_.num_experts : e); }
   int64_t width(const AwqInput& in) const {
     if (in.is_block()) return block_width(in.at);
     return in.at == BlockLinear::GateUp ? cfg_.hidden_size : expert_width(in.expert);
@@ -356,7 +352,7 @@ class CudaBlockRunner final : public AwqBlockRunner {
   const float* kept_rows(const AwqInput& in) {
     check_input(in);
     if (in.is_block()) return feats_[static_cast<int>(in.at)].as<float>();
-    if (in.at == BlockLinear::Down) return down_.as<float>() + down_off_[expert_slot(in.expert)];
+    if (in.at == BlockLinear::Down) return expert_down_rows(in.expert);
     const float* n = feats_[static_cast<int>(BlockLinear::GateUp)].as<float>();
     if (in.expert < 0) return n;
     const std::vector<int32_t>& tok = routed_[static_cast<size_t>(in.expert)];
@@ -366,6 +362,24 @@ class CudaBlockRunner final : public AwqBlockRunner {
     ensure(gather_, f32_bytes(R, C), "the rows routed to expert " + std::to_string(in.expert) + " " + dims(R, C));
     upload_owned_async(gather_idx_.get(), tok, s_);
     embedding_gather_cuda(n, DType::F32, T_, C, gather_idx_.as<int32_t>(), R, gather_.as<float>(), s_, tok.data());
+    return gather_.as<float>();
+  }
+
+  // Expert e's down_proj inputs [R, width]: the shared expert's as kept; a routed expert's piece when a single chunk
+  // gave it rows, else its pieces copied in capture order into gather_ (valid until the next call).
+  const float* expert_down_rows(int64_t e) {
+    if (e < 0) return down_.as<float>();
+    const std::vector<DownPiece>& ps = pieces_[static_cast<size_t>(e)];
+    if (ps.empty()) return nullptr;
+    if (ps.size() == 1) return down_.as<float>() + ps[0].offset;
+    const int64_t Im = cfg_.moe_intermediate_size, R = rows(AwqInput(BlockLinear::Down, e));
+    ensure(gather_, f32_bytes(R, Im), "the down_proj inputs of expert " + std::to_string(e) + " " + dims(R, Im));
+    int64_t at = 0;
+    for (const DownPiece& p : ps) {
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(gather_.as<float>() + at * Im, down_.as<float>() + p.offset,
+                                       f32_bytes(p.rows, Im), cudaMemcpyDeviceToDevice, s_));
+      at += p.rows;
+    }
     return gather_.as<float>();
   }
 
@@ -465,10 +479,14 @@ class CudaBlockRunner final : public AwqBlockRunner {
   std::vector<AwqLinear> lin_;                 // its Linears (awq_layer_linears)
   std::string ref_group_;                      // grp.prev of the last set_reference
   // A captured MoE layer: the tokens routed to each expert (indices into the calibration set, the CPU block's
-  // order); each expert's down_proj inputs (the shared expert's last) at float offsets down_off_ of down_.
+  // order); down_ holds the shared expert's down_proj inputs [T, Is] and then each routed expert's pieces (one per
+  // chunk that routed tokens to it, in capture order: the CPU runner's down_[e] when put end to end).
+  struct DownPiece {
+    int64_t offset, rows;  // floats into down_, rows of Im
+  };
   std::vector<std::vector<int32_t>> routed_;
+  std::vector<std::vector<DownPiece>> pieces_;
   DeviceAllocation down_, gather_, gather_idx_;
-  std::vector<int64_t> down_off_;
 };
 
 }  // namespace

@@ -16,8 +16,8 @@
 //
 // Both devices route from their own router logits (fp32, ~1e-6 apart): a token at a near tie between two experts
 // may be routed differently, which shows as a row count mismatch in one expert (RunnerMatchesTheCpuRunner) and as
-// one changed scaling group in the whole runs. On these seeds and inputs there is none; if one appears on a GPU,
-// that is the cause (see the note of session 25 on the MoE GPU tests).
+// one changed scaling group in the whole runs. A flip needs two router logits within ~1e-6 of each other (rare on
+// these seeds); if a row count differs on a GPU, that is the cause.
 //
 // Tolerances (test_awq_model_cuda.cpp's, whose header gives the reasons):
 //   kFp32RelTol 1e-4 of max |value| (F32 weights, the naive fp32 attention: only the order of sums differs);

@@ -293,7 +293,7 @@ TEST(QwenModelCuda, MixtureOfExpertsQuantizedPerplexityIsTheCpus) {
 // What a MoE layer does not have says so: a dense MLP Linear by index (block_linear_forward, set_linear_weight);
 // moe_forward (the decoder's) and device_moe refuse a dense layer. (The GPU trainer, unmerged adapters, GPTQ and
 // AWQ's mlp_forward take MoE models: tests/gpu/test_lora_model_cuda.cpp, test_lora_inference_cuda.cpp,
-// test_gptq_model_cuda.cpp, test_awq_model_cuda.cpp.)
+// test_gptq_model_cuda.cpp, test_awq_moe_cuda.cpp.)
 TEST(QwenModelCuda, MixtureOfExpertsRefusals) {
   QWENQ_REQUIRE_GPU();
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe-ref", "tiny-moe", DType::F32, 15);
