@@ -109,7 +109,7 @@ class LoraAdapter {
 };
 
 // Throws "<what>: DoRA adapters run on the CPU only for now (--device cpu)" when `adapter` uses DoRA: the paths
-// that have no magnitude code yet (the GPU's unmerged inference and the GPU trainer) call it rather than ignore m.
+// that have no magnitude code yet (the GPU trainer and its plan) call it rather than ignore m.
 void refuse_dora_on_gpu(const LoraAdapter& adapter, const std::string& what);
 
 }  // namespace qwenq

@@ -1,8 +1,9 @@
 // DoRA adapters (use_dora; lora/lora_adapter.h, trainer/lora_merge.h): the magnitude vectors in PEFT's file
 // layout (round trip, every refusal), the merge W' = (m/n) ⊙ (W + s·B A) against a plain double evaluation, and
-// the refusals of the paths that cannot run DoRA yet (the GPU). The PEFT oracle is tests/oracle/test_dora_oracle.py.
+// the magnitudes in the layout of the unmerged GPU path. The PEFT oracle is tests/oracle/test_dora_oracle.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -190,8 +191,11 @@ TEST(Dora, MergeScalesEachRowByMagnitudeOverNorm) {
   }
 }
 
-TEST(Dora, GpuPathsRefuse) {
-  const LoraAdapter a = random_dora(dims2(), 7);
+// The unmerged GPU path's layout (trainer/lora_inference.h) carries each Linear's magnitude after its B, aligned and
+// bit for bit; a magnitude of another size or with a non-finite value is refused naming the adapter and the tensor.
+// (That the gains it yields give the merged model: tests/test_lora_inference.cpp's DoRA cases.)
+TEST(Dora, InferenceLayoutCarriesTheMagnitudes) {
+  LoraAdapter a = random_dora(dims2(), 7);
   QwenConfig cfg;
   cfg.hidden_size = 64;
   cfg.intermediate_size = 128;
@@ -199,9 +203,26 @@ TEST(Dora, GpuPathsRefuse) {
   cfg.num_kv_heads = 2;
   cfg.head_dim = 16;
   cfg.num_layers = 2;
-  const std::string e = error_of([&] { lora_inference_layout(a, cfg, "/adapters/dora"); });
-  EXPECT_NE(e.find("/adapters/dora: DoRA adapters run on the CPU only for now (--device cpu)"), std::string::npos)
+  const LoraInferenceLayout lay = lora_inference_layout(a, cfg, "/adapters/dora");
+  ASSERT_EQ(lay.slots.size(), a.slots().size());
+  for (size_t i = 0; i < lay.slots.size(); ++i) {
+    const LoraArenaSlot& sl = lay.slots[i];
+    const std::vector<float>& m = a.weights(i).m;
+    ASSERT_EQ(static_cast<int64_t>(m.size()), sl.N);
+    EXPECT_GE(sl.m_off, sl.b_off + sl.N * sl.r);
+    EXPECT_EQ(sl.m_off % kLoraArenaAlignFloats, 0);
+    EXPECT_TRUE(std::equal(m.begin(), m.end(), lay.arena.begin() + sl.m_off)) << "slot " << i;
+  }
+  LoraAdapter shorter = a;
+  shorter.at(1, LoraTarget::UpProj).m.pop_back();
+  std::string e = error_of([&] { lora_inference_layout(shorter, cfg, "/adapters/dora"); });
+  EXPECT_NE(e.find("/adapters/dora: the DoRA magnitude base_model.model.model.layers.1.mlp.up_proj."
+                   "lora_magnitude_vector holds 127 values"),
+            std::string::npos)
       << e;
+  a.at(0, LoraTarget::VProj).m[3] = std::numeric_limits<float>::infinity();
+  e = error_of([&] { lora_inference_layout(a, cfg, "/adapters/dora"); });
+  EXPECT_NE(e.find("lora_magnitude_vector [32] has the non-finite value inf at row 3"), std::string::npos) << e;
 }
 
 }  // namespace

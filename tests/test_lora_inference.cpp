@@ -6,7 +6,9 @@
 //   - The arena's branch is the merge: for every adapted Linear of a dense and of a GPTQ (RTN, group 32) base,
 //     x Wᵀ + lora_forward_ref(x, arena A, arena B, s) equals x W'ᵀ with W' the Linear of the model merged by
 //     merge_adapter_in_memory (the CPU path the GPU must match), within kMergeRelTol; untargeted Linears of the merged
-//     model are the base's, bit for bit.
+//     model are the base's, bit for bit. DoRA adapters (dense and GPTQ bases, a seeded bias on every Linear): the branch, then
+//     kernels/dora.h's CPU twins (row norms of the base and the arena's A, B; g = m / n; y = g·y + (1 − g)·b), which
+//     the GPU runs at attach and after each adapted Linear, equal the merged DoRA Linear.
 //   - Refusals, each naming the adapter (source) and the tensor: dimensions of another model, an A or B of the wrong
 //     size, a slot whose N/K/r differ from its Linear, a non-finite value.
 #include <gtest/gtest.h>
@@ -18,6 +20,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "kernels/dora.h"
 #include "kernels/gemm.h"
 #include "lora/lora_linear.h"
 #include "tests/support/test_models.h"
@@ -144,7 +147,7 @@ void expect_branch_is_the_merge(const std::string& dir, const LoraAdapter& a, co
   const LoraInferenceLayout lay = lora_inference_layout(a, base.config(), kSource);
   constexpr int64_t M = 5;
   Rng rng(99);
-  int checked = 0;
+  int checked = 0, dora_checked = 0;
   for (int64_t l = 0; l < base.config().num_layers; ++l) {
     for (const LoraTargetInfo& info : kLoraTargets) {
       SCOPED_TRACE("layer " + std::to_string(l) + " " + info.name);
@@ -161,11 +164,28 @@ void expect_branch_is_the_merge(const std::string& dir, const LoraAdapter& a, co
       std::vector<float> x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N)), want(y.size()),
           u(static_cast<size_t>(M * sl->r));
       for (float& v : x) v = static_cast<float>(rng.normal());
-      linear_forward_ref(x.data(), M, K, Wb.data(), DType::F32, N, nullptr, DType::F32, y.data());
+      // A seeded bias on every Linear (the random bases' q/k/v biases are zero): DoRA's scaling must leave it out.
+      std::vector<float> b(static_cast<size_t>(N));
+      for (float& v : b) v = static_cast<float>(rng.normal());
+      struct {
+        const void* data;
+        DType dtype;
+      } const bias{b.data(), DType::F32};
+      linear_forward_ref(x.data(), M, K, Wb.data(), DType::F32, N, bias.data, bias.dtype, y.data());
       const std::vector<float> y_base = y;
       lora_forward_ref(x.data(), M, K, lay.arena.data() + sl->a_off, lay.arena.data() + sl->b_off, sl->r, N,
                        lay.scaling, y.data(), u.data());
-      linear_forward_ref(x.data(), M, K, Wm.data(), DType::F32, N, nullptr, DType::F32, want.data());
+      if (sl->m_off >= 0) {  // DoRA: the GPU's gains from the base as stored (kernels/dora.h's CPU twins)
+        DoraBaseWeight W;
+        W.dense = Wb.data();  // the Q4 decoding of a packed base is kernels/dora.h's own test
+        std::vector<float> n(static_cast<size_t>(N)), g(static_cast<size_t>(N));
+        dora_row_norms_ref(W, N, K, lay.arena.data() + sl->a_off, lay.arena.data() + sl->b_off, sl->r, lay.scaling,
+                           n.data());
+        dora_gain_ref(lay.arena.data() + sl->m_off, n.data(), N, g.data());
+        dora_scale_rows_ref(y.data(), M, N, g.data(), bias.data, bias.dtype);
+        ++dora_checked;
+      }
+      linear_forward_ref(x.data(), M, K, Wm.data(), DType::F32, N, bias.data, bias.dtype, want.data());
       double mx = 0, err = 0, effect = 0;
       for (size_t i = 0; i < want.size(); ++i) {
         mx = std::max(mx, static_cast<double>(std::fabs(want[i])));
@@ -178,6 +198,7 @@ void expect_branch_is_the_merge(const std::string& dir, const LoraAdapter& a, co
     }
   }
   EXPECT_EQ(checked, static_cast<int>(lay.slots.size()));
+  EXPECT_EQ(dora_checked, a.use_dora() ? checked : 0);
 }
 
 TEST(LoraInferenceLayout, TheBranchIsTheMergedLinearOnDenseAndGptqBases) {
@@ -196,6 +217,12 @@ TEST(LoraInferenceLayout, TheBranchIsTheMergedLinearOnDenseAndGptqBases) {
   expect_branch_is_the_merge(dense, random_adapter(c, all, false, 4, 21), "dense, all targets");
   expect_branch_is_the_merge(q.out_dir, random_adapter(c, all, true, 8, 22), "gptq, all targets, rsLoRA r 8");
   expect_branch_is_the_merge(q.out_dir, random_adapter(c, {"o_proj", "up_proj"}, false, 2, 23), "gptq, o and up");
+  // DoRA: the branch, then y = g·y + (1 − g)·b with the gains the GPU computes at attach, is the merged DoRA Linear
+  // (W' = g ⊙ (W + s·B A), bias kept).
+  expect_branch_is_the_merge(dense, test::dora_with_random_b(QwenModel(dense), all, 4, 8, 24, 0.3f), "dense, DoRA");
+  expect_branch_is_the_merge(q.out_dir, test::dora_with_random_b(QwenModel(q.out_dir), {"q_proj", "v_proj", "down_proj"}, 8,
+                                                                 16, 25, 0.3f),
+                             "gptq, DoRA on q, v, down");
 }
 
 TEST(LoraInferenceLayout, RefusesAnAdapterThatDoesNotFitNamingFileAndTensor) {

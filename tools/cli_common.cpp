@@ -163,8 +163,7 @@ std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_
   if (adapter_dir.empty()) return nullptr;
   auto adapter =
       std::make_unique<LoraAdapter>(load_adapter_for_base(adapter_dir, model_dir, model.config(), AdapterUse::Apply));
-  if (device == Device::Cuda) refuse_dora_on_gpu(*adapter, "--adapter " + adapter_dir);
-  else merge_adapter_in_memory(model, *adapter);
+  if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
   if (!quiet) {
     std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),
                  device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",

@@ -91,8 +91,8 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 
 // --adapter for a command that evaluates or generates with `model`: nullptr when adapter_dir is ""; else the adapter
-// loaded for model_dir's base, merged into the CPU model, or (device Cuda) kept for the GPU to apply unmerged, DoRA
-// refused there; one line on stderr says which, unless quiet.
+// loaded for model_dir's base, merged into the CPU model, or (device Cuda) kept for the GPU to apply unmerged (DoRA
+// too); one line on stderr says which, unless quiet.
 std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
                                                      Device device, QwenModel& model, bool quiet);
 

@@ -28,6 +28,17 @@ void check_tensor(const std::vector<float>& v, int64_t rows, int64_t cols, const
   }
 }
 
+// Refuses a DoRA magnitude that is not [N] or holds a value that is not finite (as the CPU's merge takes any other).
+void check_magnitude(const std::vector<float>& m, int64_t N, const LoraSlot& slot, const std::string& source) {
+  const std::string name = peft_magnitude_name(slot);
+  QWENQ_CHECK(static_cast<int64_t>(m.size()) == N, source << ": the DoRA magnitude " << name << " holds " << m.size()
+                                                          << " values, but its Linear has " << N << " output rows");
+  for (size_t j = 0; j < m.size(); ++j) {
+    QWENQ_CHECK(std::isfinite(m[j]), source << ": the DoRA magnitude " << name << " [" << N << "] has the non-finite "
+                                            << "value " << m[j] << " at row " << j);
+  }
+}
+
 }  // namespace
 
 const LoraArenaSlot* LoraInferenceLayout::find(int64_t layer, LoraTarget t, int64_t expert) const {
@@ -39,7 +50,6 @@ const LoraArenaSlot* LoraInferenceLayout::find(int64_t layer, LoraTarget t, int6
 
 LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const QwenConfig& cfg,
                                           const std::string& source) {
-  refuse_dora_on_gpu(adapter, source);
   const LoraDims want = lora_dims_of(cfg), d = adapter.dims();
   QWENQ_CHECK(d.hidden_size == want.hidden_size && d.intermediate_size == want.intermediate_size &&
                   d.q_dim == want.q_dim && d.kv_dim == want.kv_dim && d.num_layers == want.num_layers,
@@ -79,6 +89,7 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
                        << out.rank);
     check_tensor(w.A, w.r, w.K, ls, false, source);
     check_tensor(w.B, w.N, w.r, ls, true, source);
+    if (adapter.use_dora()) check_magnitude(w.m, w.N, ls, source);
     LoraArenaSlot sl;
     sl.layer = ls.layer;
     sl.target = ls.target;
@@ -87,6 +98,10 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
     sl.a_off = total;
     sl.b_off = align_up(total + w.r * w.K);
     total = align_up(sl.b_off + w.N * w.r);
+    if (adapter.use_dora()) {
+      sl.m_off = total;
+      total = align_up(total + w.N);
+    }
     out.slots.push_back(sl);
   }
   out.arena.assign(static_cast<size_t>(total), 0.f);
@@ -94,6 +109,7 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
     const LoraWeights& w = adapter.weights(i);
     std::copy(w.A.begin(), w.A.end(), out.arena.begin() + out.slots[i].a_off);
     std::copy(w.B.begin(), w.B.end(), out.arena.begin() + out.slots[i].b_off);
+    if (out.slots[i].m_off >= 0) std::copy(w.m.begin(), w.m.end(), out.arena.begin() + out.slots[i].m_off);
   }
   return out;
 }

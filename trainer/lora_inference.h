@@ -9,7 +9,7 @@
 // up, down; untargeted ones absent; on a mixture-of-experts layer an MLP target expert by expert, then the shared
 // expert: the adapter's slots() order), A [r, K] row-major then B [N, r] row-major. Every A and B starts at a multiple
 // of kLoraArenaAlignFloats floats (16 bytes), so each is as aligned as the arena for cuBLASLt's vectorized loads;
-// the gaps are zero. fp32, not bf16: the branch then adds no rounding of its own (the CPU's merged W + s·B A is fp32
+// the gaps are zero (a DoRA adapter's m [N] follows B, aligned the same way). fp32, not bf16: the branch then adds no rounding of its own (the CPU's merged W + s·B A is fp32
 // too), and it costs r·(N + K)·4 bytes per Linear (Qwen2.5-7B, r = 16, all seven targets: 161 MB, 1% of the bf16
 // base).
 //
@@ -18,7 +18,10 @@
 // MoE layers), every A and B has the shape its Linear
 // calls for (named by its PEFT tensor name, lora/peft_io.h: "base_model.model.model.layers.3.mlp.up_proj.lora_B.weight"),
 // and every value is finite (a NaN in an adapter would turn every logit into NaN with no hint where it came from).
-// A DoRA adapter (use_dora) is refused: the unmerged GPU path has no magnitude code yet (refuse_dora_on_gpu).
+// A DoRA adapter (use_dora, PEFT's DoraLinearLayer) also carries each Linear's magnitude m [N] (its m_off in the arena;
+// -1 without DoRA): the GPU then computes, once at attach, g = m / ‖W + s·B A‖ per output row (kernels/dora.h) and
+// scales each adapted output, y = g·(x Wᵀ + s·(x Aᵀ) Bᵀ) + b, which is the merged DoRA Linear (trainer/lora_merge.h)
+// up to fp32 reassociation.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +43,7 @@ struct LoraArenaSlot {
   int64_t expert = kNoExpert;
   int64_t N = 0, K = 0, r = 0;
   int64_t a_off = 0, b_off = 0;
+  int64_t m_off = -1;  // DoRA: the magnitude m [N]; -1 without DoRA
 };
 
 struct LoraInferenceLayout {

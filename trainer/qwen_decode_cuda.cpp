@@ -127,7 +127,7 @@ struct QwenDecodeCuda::Impl {
       if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }
     // The adapter's branch (no-op without one): two fp32 matmuls, for a step two GEMVs of r·(N + K) terms.
-    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, s());
+    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, L.bias.data, L.bias.dtype, s());
   }
 
   void rmsnorm(const float* x_in, int64_t n_rows, int64_t cols, const QwenDeviceTensor& w, float* y) {

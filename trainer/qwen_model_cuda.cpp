@@ -332,7 +332,8 @@ struct QwenModelCuda::Impl {
       qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, s());
       if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, s());
     }
-    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, s());  // no-op without an adapter
+    // No-op without an adapter; DoRA scales y and keeps the bias.
+    lora_branch_forward_cuda(L.lora, x_in, T, L.K, L.N, lora_u.as<float>(), y, L.bias.data, L.bias.dtype, s());
   }
 
   void rmsnorm(const float* x_in, int64_t rows, int64_t cols, const DevTensor& w, float* y) {

@@ -9,6 +9,7 @@
 //     branch), against the CPU's merged model; detach_adapter gives the base again; a refused adapter changes nothing;
 //   - QwenDecodeCuda prefill (37 and 100 tokens) and 24 steps with the adapter against the CPU's merged
 //     forward_step, including an adapter attached after the decoder was made;
+//   - DoRA adapters unmerged (the gains m / ‖W + s·B A‖ computed on the GPU at attach) against the merged DoRA model;
 //   - greedy generation (64 tokens on the tiny GPTQ model; 100 on stories260K RTN-quantized with a padded MLP, when
 //     the shared data is there): the GPU's tokens are the CPU merged model's up to a tie.
 //
@@ -372,6 +373,51 @@ TEST(LoraInferenceCuda, MixtureOfExpertsUnmergedAreTheMergedModel) {
     expect_decode_matches_merged(dir, mlp, 5, kFp32RelTol, kFp32RelTol, true,
                                  std::string(preset) + " F32, experts' up/down rsLoRA, attached late");
   }
+}
+
+// DoRA adapters (use_dora; magnitudes PEFT's start times seeded factors in [0.8, 1.2], B ~ 0.3·N(0, 1)) unmerged on
+// the GPU — the branch, then y = g·y + (1 − g)·b with g = m / ‖W + s·B A‖ computed at attach from the weights as
+// uploaded (kernels/dora.h) — against the CPU's merged DoRA model (W' = g ⊙ (W + s·B A)): tiny F32 (every target, the
+// fp32 path), RTN-GPTQ and NF4 bases (the row norms from the Q4 codes), the D = 64 Qwen2 with q/k/v biases (the bias
+// kept out of the scaling), a tiny Qwen2-MoE (every expert's Linear a DoRA layer), in the forward and in decoding;
+// a magnitude of the wrong size is refused and leaves the attached adapter.
+TEST(LoraInferenceCuda, DoraUnmergedIsTheMergedModel) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string f32 = test::make_random_model(tmp + "/f32", "tiny", DType::F32, 31);
+  const QwenModel fm(f32);
+  const LoraAdapter all = test::dora_with_random_b(fm, kAllTargets, 4, 8, 32, 0.3f);
+  expect_forward_matches_merged(f32, all, kFp32RelTol, "tiny F32, DoRA all targets");
+  expect_decode_matches_merged(f32, all, 37, kFp32RelTol, kFp32RelTol, false, "tiny F32, DoRA");
+  for (const auto& [method, name] : {std::pair{QuantizeOptions::Method::Rtn, "rtn-gptq g32"},
+                                     std::pair{QuantizeOptions::Method::Nf4, "nf4"}}) {
+    const std::string dir = quantized(f32, method, tmp + (method == QuantizeOptions::Method::Rtn ? "/gptq" : "/nf4"));
+    const LoraAdapter a = test::dora_with_random_b(QwenModel(dir), {"q_proj", "o_proj", "up_proj", "down_proj"}, 8,
+                                                   16, 33, 0.3f);
+    expect_forward_matches_merged(dir, a, kBf16RelTol, std::string(name) + ", DoRA q/o/up/down r 8");
+    expect_decode_matches_merged(dir, a, 37, kFp32RelTol, kFp32RelTol, false, std::string(name) + ", DoRA");
+  }
+  test::write_gpu_test_model(tmp + "/qwen2", test::kGpuQwen2Bias, DType::F32, 34);
+  const std::string qwen2 = quantized(tmp + "/qwen2", QuantizeOptions::Method::Rtn, tmp + "/qwen2-gptq");
+  expect_forward_matches_merged(qwen2, test::dora_with_random_b(QwenModel(qwen2), kAllTargets, 4, 8, 35, 0.3f),
+                                kBf16RelTol, "qwen2 biases D=64 rtn-gptq, DoRA");
+  const std::string moe = test::make_random_model(tmp + "/moe", "tiny-moe-shared", DType::F32, 36);
+  const LoraAdapter ma = test::dora_with_random_b(QwenModel(moe), kAllTargets, 4, 8, 37, 0.3f);
+  expect_forward_matches_merged(moe, ma, kFp32RelTol, "tiny-moe-shared F32, DoRA on every expert");
+  expect_decode_matches_merged(moe, ma, 5, kFp32RelTol, kFp32RelTol, true, "tiny-moe-shared F32, DoRA attached late");
+
+  QwenModelCuda gpu(fm);
+  gpu.attach_adapter(all, "good");
+  const PackedBatch b = test::random_batch({9, 20}, fm.config().vocab_size, 5);
+  const std::vector<float> before = gpu.forward_logits(b);
+  LoraAdapter bad = all;
+  bad.at(1, LoraTarget::KProj).m.resize(2);
+  const std::string e = error_of([&] { gpu.attach_adapter(bad, "runs/bad-dora"); });
+  EXPECT_NE(e.find("runs/bad-dora: the DoRA magnitude base_model.model.model.layers.1.self_attn.k_proj."
+                   "lora_magnitude_vector holds 2 values"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(gpu.forward_logits(b), before) << "a refused DoRA adapter must leave the attached one";
 }
 
 // Greedy tokens of the GPU (base + adapter unmerged) and of the CPU's merged model: equal up to a tie.

@@ -70,6 +70,24 @@ LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> 
   return a;
 }
 
+LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> targets, int64_t r, double alpha,
+                               uint64_t seed, float b_scale) {
+  const LoraAdapter plain = adapter_with_random_b(model.config(), targets, r, alpha, false, seed, b_scale);
+  LoraConfig cfg = plain.config();
+  cfg.use_dora = true;
+  LoraAdapter a(lora_dims_of(model.config()), cfg);
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    a.weights(i).A = plain.weights(i).A;
+    a.weights(i).B = plain.weights(i).B;
+  }
+  init_dora_magnitudes(model, &a);
+  Rng rng(seed + 2);
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
+  }
+  return a;
+}
+
 LoraAdapter zeros_like(const LoraAdapter& a) {
   LoraAdapter z = a;
   for (size_t i = 0; i < z.slots().size(); ++i) {

@@ -10,6 +10,7 @@
 
 #include "lora/lora_adapter.h"
 #include "trainer/qwen_config.h"
+#include "trainer/qwen_model.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq::test {
@@ -34,6 +35,12 @@ std::vector<double> losses_of(const std::string& metrics);
 // table order (a MoE layer's MLP targets expert by expert: the adapter's slots), so that the adapter changes the model.
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
                                   bool rslora, uint64_t seed, float b_scale);
+
+// adapter_with_random_b's adapter made a DoRA adapter (use_dora) on `model`: the magnitudes start as PEFT's (the row
+// norms of W + s·B A: init_dora_magnitudes) and each is then multiplied by a factor uniform in [0.8, 1.2] from
+// Rng(seed + 2), so that the gains g = m / ‖W + s·B A‖ are not all 1.
+LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> targets, int64_t r, double alpha,
+                               uint64_t seed, float b_scale);
 
 // `a` with every A and B zero (every slot, a MoE layer's experts too): where gradients accumulate.
 LoraAdapter zeros_like(const LoraAdapter& a);
