@@ -126,8 +126,4 @@ int64_t LoraAdapter::num_parameters() const {
   return n;
 }
 
-void refuse_dora_on_gpu(const LoraAdapter& adapter, const std::string& what) {
-  QWENQ_CHECK(!adapter.use_dora(), what << ": DoRA adapters run on the CPU only for now (--device cpu)");
-}
-
 }  // namespace qwenq

@@ -108,8 +108,4 @@ class LoraAdapter {
   std::vector<int64_t> first_;        // per layer: the index of its first slot (num_layers + 1 entries)
 };
 
-// Throws "<what>: DoRA adapters run on the CPU only for now (--device cpu)" when `adapter` uses DoRA: the paths
-// that have no magnitude code yet (the GPU trainer and its plan) call it rather than ignore m.
-void refuse_dora_on_gpu(const LoraAdapter& adapter, const std::string& what);
-
 }  // namespace qwenq

@@ -202,8 +202,18 @@ TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
     in.device = PlanDevice::Cpu;
     EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
         << c.preset << " DoRA";
-    in.device = PlanDevice::Cuda;
-    EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("DoRA adapters run on the CPU only"), std::string::npos);
+    in.device = PlanDevice::Cuda;  // the GPU plan takes DoRA on dense models (m in every arena)
+    EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
+        << c.preset << " DoRA on the GPU";
+  }
+  {  // ... but not on a mixture of experts (its experts' DoRA layers train on the CPU only)
+    PlanInput moe;
+    moe.model = qwen_preset("qwen3-30b-a3b");
+    moe.device = PlanDevice::Cuda;
+    moe.lora = all_linear(8);
+    moe.lora.use_dora = true;
+    EXPECT_NE(test::error_of([&] { plan_memory(moe); }).find("--use-dora with --device cuda on a mixture of experts"),
+              std::string::npos);
   }
   // 72B all-linear r=16 (too large to allocate here): REFERENCE B5's 210.5 M, Σ r·(N + K) per layer x 80.
   PlanInput in;

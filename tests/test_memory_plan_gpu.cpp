@@ -25,6 +25,7 @@
 #include "quant/nf4_checkpoint.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_cuda_buffers.h"
+#include "trainer/lora_model.h"
 #include "trainer/memory_plan.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -140,14 +141,30 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
 }
 
 // The allocations LoraModelCuda's constructor, reserve(T) and logits chunk make, replayed on a fake device.
+// dora_targets: a DoRA adapter's (empty: none), whose row norms are one more adapter allocation of Σ N floats.
 void replay_lora_model_cuda(DeviceAllocator& a, const QwenConfig& c, int64_t lora_params, int64_t r, int64_t T,
-                            bool flash, bool bf16_checkpoints, bool dropout, std::vector<DeviceAllocation>* keep) {
+                            bool flash, bool bf16_checkpoints, bool dropout, std::vector<DeviceAllocation>* keep,
+                            const std::vector<LoraTarget>& dora_targets = {}) {
   const size_t arena = static_cast<size_t>(std::max<int64_t>(lora_params, 1)) * sizeof(float);
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Adapter, "A and B"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Gradients, "grads"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "m"));
   keep->push_back(a.allocate(arena, nullptr, MemoryTag::Optimizer, "v"));
-  for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, flash, bf16_checkpoints, dropout))
+  if (!dora_targets.empty()) {  // LoraModelCuda's norms: one N per adapted Linear (every layer)
+    const LoraAdapter ad(lora_dims_of(c), [&] {
+      LoraConfig lc;
+      lc.r = r;
+      lc.use_dora = true;
+      lc.target_modules.clear();
+      for (LoraTarget t : dora_targets) lc.target_modules.push_back(lora_target_path(t).substr(lora_target_path(t).rfind('.') + 1));
+      return lc;
+    }());
+    int64_t n = 0;
+    for (size_t i = 0; i < ad.slots().size(); ++i) n += ad.weights(i).N;
+    keep->push_back(a.allocate(static_cast<size_t>(n) * sizeof(float), nullptr, MemoryTag::Adapter, "DoRA norms"));
+  }
+  for (const LoraCudaBuffer& b :
+       lora_cuda_batch_buffers(c, c.num_layers, r, flash, bf16_checkpoints, dropout, dora_targets))
     keep->push_back(a.allocate(static_cast<size_t>(b.bytes(T)), nullptr, MemoryTag::Activations, b.what));
   const int64_t rows = lora_cuda_logits_rows(T, c.vocab_size);
   keep->push_back(a.allocate(static_cast<size_t>(rows * c.vocab_size) * 4, nullptr, MemoryTag::Logits, "logits"));
@@ -189,6 +206,57 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
       EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
       EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
       EXPECT_EQ(s.bytes_of(MemoryTag::Logits), d.ws_logits);
+    }
+  }
+}
+
+// DoRA on the GPU (dense models): the plan's adapter bytes (the arenas with m, plus the row norms) and activations
+// (the DoRA rows) equal what LoraModelCuda requests, for all seven targets and for q/v only, with and without dropout;
+// the DoRA rows word for word (Qwen2.5-7B: Q = C = 3584, KV = 512, I = 18944).
+TEST(MemoryPlanGpu, DoraRowsAndNormsAreWhatLoraModelCudaRequests) {
+  using Id = LoraCudaBufferId;
+  const auto words = [](const std::vector<LoraCudaBuffer>& t, Id id) -> int64_t {
+    for (const LoraCudaBuffer& b : t)
+      if (b.id == id) return b.words;
+    return -1;
+  };
+  const QwenConfig c = qwen_preset("qwen2.5-7b");
+  const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size;
+  const std::vector<LoraTarget> all = {LoraTarget::QProj, LoraTarget::KProj,    LoraTarget::VProj, LoraTarget::OProj,
+                                       LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+  const std::vector<LoraTarget> qv = {LoraTarget::QProj, LoraTarget::VProj};
+  const std::vector<LoraCudaBuffer> t = lora_cuda_batch_buffers(c, c.num_layers, 16, true, true, false, all);
+  EXPECT_EQ(words(t, Id::DoraZ), Q + 2 * KV + C + 2 * I + C);
+  EXPECT_EQ(words(t, Id::DoraV), Q + 2 * KV + C + 2 * I + C);
+  EXPECT_EQ(words(t, Id::DoraDz), I);
+  EXPECT_EQ(words(t, Id::DoraDv), I);
+  EXPECT_EQ(words(t, Id::DoraTmp), I);  // down_proj's K
+  const std::vector<LoraCudaBuffer> tq = lora_cuda_batch_buffers(c, c.num_layers, 16, true, true, false, qv);
+  EXPECT_EQ(words(tq, Id::DoraZ), Q + KV);
+  EXPECT_EQ(words(tq, Id::DoraDz), Q);
+  EXPECT_EQ(words(tq, Id::DoraTmp), C);
+  EXPECT_EQ(words(lora_cuda_batch_buffers(c, c.num_layers, 16, true, true, false), Id::DoraZ), -1) << "no DoRA";
+  EXPECT_EQ(lora_cuda_dora_shape(c, qv, LoraTarget::VProj).offset, Q) << "v's z after q's";
+  EXPECT_EQ(lora_cuda_dora_shape(c, all, LoraTarget::DownProj).offset, Q + 2 * KV + C + 2 * I);
+  for (const auto& targets : {all, qv}) {
+    for (bool dropout : {false, true}) {
+      SCOPED_TRACE(std::to_string(targets.size()) + " targets" + (dropout ? ", dropout" : ""));
+      const int64_t r = 8, T = 2048;
+      PlanInput in = one_gpu(c, PlanBase::Nf4, r, T);
+      in.lora.use_dora = true;
+      in.lora.dropout = dropout ? 0.1 : 0.0;
+      in.lora.target_modules = targets.size() == 2 ? std::vector<std::string>{"q_proj", "v_proj"}
+                                                   : parse_lora_targets("all-linear");
+      const PlanResult p = plan_memory(in);
+      const DevicePlan& d = p.devices.at(0);
+      DeviceAllocator alloc(std::make_unique<FakeDevice>());
+      std::vector<DeviceAllocation> keep;
+      replay_lora_model_cuda(alloc, c, p.lora_params, r, T, true, true, dropout, &keep, targets);
+      const DeviceAllocatorStats s = alloc.stats();
+      EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
+      EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "trainer/lora_model.h"
 
 namespace qwenq {
 
@@ -25,7 +26,7 @@ void lora_arena_put(const LoraAdapter& a, int64_t stage_floats,
     stage.clear();
   };
   for (size_t s = 0; s < a.slots().size(); ++s) {
-    for (const std::vector<float>* v : {&a.weights(s).A, &a.weights(s).B}) {
+    for (const std::vector<float>* v : {&a.weights(s).A, &a.weights(s).B, &a.weights(s).m}) {  // m: DoRA only
       for (size_t i = 0; i < v->size();) {
         const size_t n = std::min(v->size() - i, static_cast<size_t>(stage_floats) - stage.size());
         stage.insert(stage.end(), v->begin() + static_cast<std::ptrdiff_t>(i),
@@ -43,13 +44,13 @@ void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
   QWENQ_CHECK(stage_floats > 0, "lora_arena_get: the stage must hold at least one float, got " << stage_floats);
   int64_t total = 0;
   for (size_t s = 0; s < a->slots().size(); ++s) {
-    total += static_cast<int64_t>(a->weights(s).A.size() + a->weights(s).B.size());
+    total += static_cast<int64_t>(a->weights(s).A.size() + a->weights(s).B.size() + a->weights(s).m.size());
   }
   std::vector<float> stage;
   int64_t at = 0;  // the arena offset of stage[0]
   size_t next = 0;  // the next float of stage to hand out
   for (size_t s = 0; s < a->slots().size(); ++s) {
-    for (std::vector<float>* v : {&a->weights(s).A, &a->weights(s).B}) {
+    for (std::vector<float>* v : {&a->weights(s).A, &a->weights(s).B, &a->weights(s).m}) {
       for (size_t i = 0; i < v->size();) {
         if (next == stage.size()) {  // the next stage: the floats after this one
           at += static_cast<int64_t>(stage.size());
@@ -67,8 +68,25 @@ void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
   }
 }
 
+LoraCudaDoraShape lora_cuda_dora_shape(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets, LoraTarget t) {
+  const LoraDims d = lora_dims_of(c);
+  LoraCudaDoraShape out;
+  for (const LoraTargetInfo& info : kLoraTargets) {  // table order
+    if (std::find(dora_targets.begin(), dora_targets.end(), info.target) == dora_targets.end()) continue;
+    const LoraShape sh = lora_target_shape(d, info.target);
+    if (info.target == t) {
+      out.N = sh.N;
+      out.K = sh.K;
+      return out;
+    }
+    out.offset += sh.N;
+  }
+  QWENQ_FAIL("lora_cuda_dora_shape: " << lora_target_path(t) << " is not one of the DoRA adapter's targets");
+}
+
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
-                                                    bool bf16_checkpoints, bool dropout) {
+                                                    bool bf16_checkpoints, bool dropout,
+                                                    const std::vector<LoraTarget>& dora_targets) {
   const int64_t C = c.hidden_size, Q = c.q_dim(), KV = c.kv_dim(), I = c.intermediate_size, H = c.num_heads,
                 r = rank, Im = c.moe_intermediate_size, Is = c.shared_expert_intermediate_size,
                 wide = std::max({C, Q, I, Im, Is, c.num_experts}), Idense = c.has_dense_mlp() ? I : 1;
@@ -149,6 +167,24 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
         {Id::Mtmp, R::Backward, "the base input gradients of an accumulating Linear, the router's, the gate's", C},
     };
     v.insert(v.end(), moe.begin(), moe.end());
+  }
+  if (!dora_targets.empty()) {
+    const LoraDims d = lora_dims_of(c);
+    int64_t sum_n = 0, max_n = 0, max_k = 0;
+    for (LoraTarget t : dora_targets) {
+      const LoraShape sh = lora_target_shape(d, t);
+      sum_n += sh.N;
+      max_n = std::max(max_n, sh.N);
+      max_k = std::max(max_k, sh.K);
+    }
+    const std::vector<LoraCudaBuffer> dora = {
+        {Id::DoraZ, R::Forward, "DoRA's z = x Wᵀ of the adapted Linears", sum_n},
+        {Id::DoraV, R::Forward, "DoRA's v = s·u Bᵀ of the adapted Linears", sum_n},
+        {Id::DoraDz, R::Backward, "DoRA's dz of one Linear", max_n},
+        {Id::DoraDv, R::Backward, "DoRA's dv of one Linear", max_n},
+        {Id::DoraTmp, R::Backward, "DoRA's input gradient of one Linear before it is added", max_k},
+    };
+    v.insert(v.end(), dora.begin(), dora.end());
   }
   return v;
 }

@@ -89,8 +89,17 @@
 // (~4.9 ms), a few ms of a step of some hundred ms; and the cross-entropy launcher waits once per chunk (it counts
 // the targets on the host), 19 times instead of 5. Tests force smaller chunks
 // (LoraModelCudaOptions::logits_chunk_rows) to cover several on their small vocabularies.
-// Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (A/B, their
-// gradients, AdamW m, v; one allocation each, max(P, 1) floats).
+// DoRA adapters (use_dora; dense layers: the GPU trainer refuses DoRA on a mixture-of-experts model) add, for the
+// adapted Linears t of the block in flight (N_t, K_t their output rows and input columns; the sums and maxima over
+// the adapter's targets):
+//   forward      DoraZ      Σ N_t                       z = x̃ Wᵀ of each adapted Linear, [T, N_t] at T·offset_t
+//                DoraV      Σ N_t                       v = s·u Bᵀ, likewise
+//   backward     DoraDz     max N_t                     dz = (g − 1)·dy of the Linear in its backward
+//                DoraDv     max N_t                     dv = g·dy
+//                DoraTmp    max K_t                     dz W + (s·dv B) A before it is added into dx
+// Adapter: four fp32 arrays of P floats each, P = Σ r·(N + K) over the adapted Linears of every layer (+ Σ N for a
+// DoRA adapter's magnitudes) (A/B (m), their gradients, AdamW m, v; one allocation each, max(P, 1) floats); DoRA adds
+// the row norms n of every adapted Linear, Σ N floats (computed once a step).
 // Base weights: trainer/qwen_model_cuda.h's upload, one allocation per decoder layer (trainer/qwen_weight_arena.h).
 #pragma once
 
@@ -116,7 +125,9 @@ enum class LoraCudaBufferId {
   Xs, Xin, N1, Qpre, Kpre, Q, K, V, A, Lse, H1, N2, Gate, Up, Act, U, D, Dn2, Dh1, Da, Dq, Dk, Dv, Tmp, G, Nll,
   Tokens, Positions, Targets, Act16, Q16, K16, V16, A16,
   // mixture-of-experts layers (the table's MoE part below)
-  Mx, My, Mgate, Mup, Mact, Mu, Mdy, Mtmp, Mlogits, Mg, Mindex, Mweight, Mdw, Sgate, Sup, Sact, Sy, Su, Ds, Dg
+  Mx, My, Mgate, Mup, Mact, Mu, Mdy, Mtmp, Mlogits, Mg, Mindex, Mweight, Mdw, Sgate, Sup, Sact, Sy, Su, Ds, Dg,
+  // DoRA adapters (the table's DoRA part below)
+  DoraZ, DoraV, DoraDz, DoraDv, DoraTmp
 };
 
 struct LoraCudaBuffer {
@@ -127,11 +138,11 @@ struct LoraCudaBuffer {
   uint64_t bytes(int64_t T) const { return static_cast<uint64_t>(T * words) * 4; }
 };
 
-// The adapter arenas hold every adapted Linear's A then B, slot after slot in the adapter's slots() order (Σ r·(N + K)
-// floats). These walk an adapter's values in that order through a staging buffer of at most stage_floats (> 0):
-// lora_arena_put hands `write` each full stage (its floats and their offset in the arena), lora_arena_get asks
-// `read` to fill each stage from its offset and copies it into the adapter. So a large adapter (Qwen3-30B-A3B's
-// experts at r = 16: 844 M floats) never needs a second whole host copy. DoRA magnitudes are not part of the arena.
+// The adapter arenas hold every adapted Linear's A then B (then a DoRA adapter's magnitude m), slot after slot in the
+// adapter's slots() order (Σ r·(N + K) floats, + Σ N with DoRA). These walk an adapter's values in that order through
+// a staging buffer of at most stage_floats (> 0): lora_arena_put hands `write` each full stage (its floats and their
+// offset in the arena), lora_arena_get asks `read` to fill each stage from its offset and copies it into the adapter.
+// So a large adapter (Qwen3-30B-A3B's experts at r = 16: 844 M floats) never needs a second whole host copy.
 void lora_arena_put(const LoraAdapter& a, int64_t stage_floats,
                     const std::function<void(const float* data, int64_t offset, int64_t n)>& write);
 void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
@@ -140,8 +151,17 @@ void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
 // The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
 // layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;
 // `flash`: the head dim runs flash attention (bf16 q/k/v copies; dq, dk, dv, da shared); `bf16_checkpoints`: xs
-// in bf16 plus xin; `dropout`: the adapter's lora_dropout > 0 (tmp allocated).
+// in bf16 plus xin; `dropout`: the adapter's lora_dropout > 0 (tmp allocated); `dora_targets`: a DoRA adapter's
+// targets (empty: no DoRA), which size the DoRA rows.
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
-                                                    bool bf16_checkpoints, bool dropout);
+                                                    bool bf16_checkpoints, bool dropout,
+                                                    const std::vector<LoraTarget>& dora_targets = {});
+// A DoRA adapter's target t in a dense layer: its Linear's output rows N and input columns K (q: Q x C, k/v: KV x C,
+// o: C x Q, gate/up: I x C, down: C x I), and the column offset of its z and v in DoraZ / DoraV: the sum of the N
+// of the targets before it in table order (each Linear's [T, N] block at element T·offset).
+struct LoraCudaDoraShape {
+  int64_t N = 0, K = 0, offset = 0;
+};
+LoraCudaDoraShape lora_cuda_dora_shape(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets, LoraTarget t);
 
 }  // namespace qwenq

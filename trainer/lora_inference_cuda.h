@@ -71,6 +71,8 @@ class LoraInferenceCuda {
   float scaling() const { return scaling_; }
   int64_t num_linears() const { return static_cast<int64_t>(slots_.size()); }
   int64_t bytes() const { return static_cast<int64_t>(arena_.bytes() + gains_.bytes()); }
+  // A DoRA adapter: its gains were computed from the weights at attach (a replaced weight would need new ones).
+  bool has_gains() const { return static_cast<bool>(gains_); }
 
  private:
   void compute_gains(std::vector<QwenDeviceLayer>& layers, const std::vector<QwenDeviceMoe*>& moe);

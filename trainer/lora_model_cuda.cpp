@@ -20,6 +20,7 @@
 #include "kernels/dropout_mask.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/device_allocator.h"
+#include "kernels/dora.h"
 #include "kernels/flash_attention.h"
 #include "kernels/loss.h"
 #include "kernels/moe_combine.h"
@@ -81,6 +82,8 @@ struct Slot {
   size_t index = 0;
   int64_t N = 0, K = 0, r = 0;
   int64_t a_off = 0, b_off = 0;
+  int64_t m_off = -1;  // DoRA: the magnitude m [N] in the arenas (its gradient, AdamW's moments); -1 without DoRA
+  int64_t n_off = -1;  // DoRA: the row norms n [N] in `norms`
 };
 
 }  // namespace
@@ -112,6 +115,12 @@ struct LoraModelCuda::Impl {
   MoeDispatch disp;  // the routing of the MoE layer last run forward (its backward follows its recomputation)
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
+  // DoRA: the adapter's targets (they size the DoRA buffers; empty without DoRA), the column offset of each target's
+  // z and v in DoraZ / DoraV (by target index; lora_cuda_dora_shape), and every slot's row norms ‖W + s·B A‖
+  // (recomputed at the start of each call from the current A and B: PEFT's norms, detached).
+  std::vector<LoraTarget> dora_targets;
+  int64_t dora_col[7] = {};
+  DeviceAllocation norms;
 
   // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
   TensorView host_embed;
@@ -126,6 +135,8 @@ struct LoraModelCuda::Impl {
   // Mixture-of-experts layers (trainer/lora_cuda_buffers.h's MoE part).
   DeviceAllocation mx, my, mgate, mup, mact, mu, mdy, mtmp, mlogits, mg, mindex, mweight, mdw, sgate, sup, sact, sy,
       su, ds, dg;
+  // DoRA (trainer/lora_cuda_buffers.h's DoRA part).
+  DeviceAllocation dora_z, dora_v, dora_dz, dora_dv, dora_tmp;
   DeviceAllocation logits;
 
   CudaStream st() const { return stream.get(); }
@@ -200,6 +211,11 @@ struct LoraModelCuda::Impl {
       case Id::Su: return su;
       case Id::Ds: return ds;
       case Id::Dg: return dg;
+      case Id::DoraZ: return dora_z;
+      case Id::DoraV: return dora_v;
+      case Id::DoraDz: return dora_dz;
+      case Id::DoraDv: return dora_dv;
+      case Id::DoraTmp: return dora_tmp;
     }
     QWENQ_FAIL("LoraModelCuda: unknown buffer " << static_cast<int>(id));
   }
@@ -215,7 +231,7 @@ struct LoraModelCuda::Impl {
     capacity = 0;
     xin.reset();  // absent from the fp32 table
     for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, rank, uses_flash(c.head_dim),
-                                                           bf16_checkpoints, dropout > 0)) {
+                                                           bf16_checkpoints, dropout > 0, dora_targets)) {
       DeviceAllocation& slot = buffer(b.id);
       slot.reset();  // the old buffer first (scratch, nothing to keep): old and new are never held together
       slot = cuda_device_allocator().allocate(static_cast<size_t>(b.bytes(need)), st(), MemoryTag::Activations,
@@ -288,16 +304,18 @@ struct LoraModelCuda::Impl {
     save_slot(0, dst, T);
   }
 
-  // y [T, N] = x Wᵀ (+ b), fp32 in and out (qwen_model_cuda.cpp's Linear).
-  void base_forward(const QwenDeviceLinear& L, const float* x, int64_t T, float* y) {
+  // y [T, N] = x Wᵀ (+ b unless !bias), fp32 in and out (qwen_model_cuda.cpp's Linear).
+  void base_forward(const QwenDeviceLinear& L, const float* x, int64_t T, float* y, bool bias = true) {
+    const bool add = bias && L.bias.data != nullptr;
     if (!L.q4) {
-      linear_forward_cuda(x, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32, st());
+      linear_forward_cuda(x, T, L.K, L.dense.data, L.dense.dtype, L.N, add ? L.bias.data : nullptr, L.bias.dtype, y,
+                          DType::F32, st());
       return;
     }
     uint16_t* xb = act16.as<uint16_t>();
     f32_to_bf16_cuda(x, T * L.K, xb, st());
     qgemm_int4_cuda(*L.q4, xb, DType::BF16, T, y, st());
-    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
+    if (add) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
   }
 
   // dx [T, K] = dy W (written), fp32 in and out.
@@ -315,17 +333,24 @@ struct LoraModelCuda::Impl {
 
   // One Linear of a pass: its base weight, its adapter slot (null: not adapted), the key of its dropout mask, where
   // its u = x̃ Aᵀ [rows, r] is kept, and the scratch [rows, K] of its backward's accumulate path.
+  // A DoRA slot also keeps its z = x̃ Wᵀ and v = s·u Bᵀ [rows, N] from the forward to the backward.
   struct Lin {
     const QwenDeviceLinear* L = nullptr;
     const Slot* sl = nullptr;
     uint64_t key = 0;
     float* u = nullptr;
     float* scratch = nullptr;
+    float* z = nullptr;
+    float* v = nullptr;
   };
   // Linear t of layer l (a layer's own: attention, or a dense MLP).
   Lin layer_lin(int64_t l, int t, int64_t T) {
-    return Lin{&layer_linear(base->device_layer(l), t), slot(l, t), dropout_key(drop_seed, l, t), u_of(t, T),
-               scratch()};
+    Lin f{&layer_linear(base->device_layer(l), t), slot(l, t), dropout_key(drop_seed, l, t), u_of(t, T), scratch()};
+    if (f.sl != nullptr && f.sl->m_off >= 0) {
+      f.z = dora_z.as<float>() + T * dora_col[t];
+      f.v = dora_v.as<float>() + T * dora_col[t];
+    }
+    return f;
   }
   // Linear `which` of expert e (-1: shared) of MoE layer l, W its base weight; u its rows' u (moe_fwd).
   Lin expert_lin(int64_t l, int64_t e, int which, const QwenDeviceLinear& W, float* ut) {
@@ -340,8 +365,9 @@ struct LoraModelCuda::Impl {
     return xd;
   }
 
-  // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout).
+  // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout). DoRA: dora_fwd.
   void lin_fwd(const Lin& f, const float* x, int64_t T, float* y) {
+    if (f.sl != nullptr && f.sl->m_off >= 0) return dora_fwd(f, x, T, y);
     base_forward(*f.L, x, T, y);
     const Slot* sl = f.sl;
     if (sl == nullptr) return;
@@ -352,11 +378,37 @@ struct LoraModelCuda::Impl {
   }
   void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) { lin_fwd(layer_lin(l, t, T), x, T, y); }
 
+  // DoRA's forward (trainer/lora_model.h; the CPU Runner's linear_fwd): y = x Wᵀ + b + (g − 1) ⊙ z + g ⊙ v with
+  // g = m / n, z = x̃ Wᵀ, v = s·(x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ; z and v kept for the backward. Without dropout z is the base
+  // product itself (the CPU's y − b) and y = z + b; with it z is the base product of x̃ (in tmp).
+  void dora_fwd(const Lin& f, const float* x, int64_t T, float* y) {
+    const Slot& sl = *f.sl;
+    const QwenDeviceLinear& L = *f.L;
+    const int64_t N = sl.N;
+    const float* A = params.as<float>() + sl.a_off;
+    const float* B = params.as<float>() + sl.b_off;
+    const float* xin = x;
+    if (drop_p > 0.f) {
+      base_forward(L, x, T, y);
+      xin = dropped(f.key, x, T, sl.K);
+      base_forward(L, xin, T, f.z, /*bias=*/false);
+    } else {
+      base_forward(L, x, T, f.z, /*bias=*/false);
+      QWENQ_CUDA_CHECK(cudaMemcpyAsync(y, f.z, static_cast<size_t>(T * N) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                       st()));
+      if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, N, L.bias.data, L.bias.dtype, st());
+    }
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(f.v, 0, static_cast<size_t>(T * N) * sizeof(float), st()));
+    lora_forward_cuda(xin, T, sl.K, A, B, sl.r, N, s, f.v, f.u, st());  // u = x̃ Aᵀ; v = s · u Bᵀ
+    dora_combine_cuda(params.as<float>() + sl.m_off, norms.as<float>() + sl.n_off, f.z, f.v, T, N, y, st());
+  }
+
   // dx (+)= dy W + s · (dy B) A; dB += s · dyᵀ u, dA += (s · dy B)ᵀ x. accumulate: dx += (else dx is written).
   // With dropout: x̃ regenerated for dA += gᵀ x̃, and dx += m ⊙ (g A) through dropout_backward_cuda.
   // The adapter's gradients come first: they are the only readers of x, so dx may be x's storage (dact on act,
   // da on a with flash attention). Each buffer sees the same ops in the same order as with the base first.
   void lin_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    if (f.sl != nullptr && f.sl->m_off >= 0) return dora_bwd(f, dy, x, T, dx, accumulate);
     const QwenDeviceLinear& L = *f.L;
     const Slot* sl = f.sl;
     const bool drop = drop_p > 0.f;
@@ -404,6 +456,77 @@ struct LoraModelCuda::Impl {
   }
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
     lin_bwd(layer_lin(l, t, T), dy, x, T, dx, accumulate);
+  }
+
+  // DoRA's backward (the CPU Runner's linear_bwd + dora_bwd, in its order of contributions): dm += Σ_t dy·(z + v) / n,
+  // dz = (g − 1)·dy, dv = g·dy (dora_split_grad_cuda); the LoRA gradients of v: G = s·dv B, dB += s·dvᵀ u,
+  // dA += Gᵀ x̃ (x's last read: dx may be its storage); dx (+)= dy W; then t = dz W + G A and dx += t (with dropout
+  // dx += mask ⊙ t / (1 − p), dropout_backward_cuda).
+  void dora_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    const QwenDeviceLinear& L = *f.L;
+    const Slot& sl = *f.sl;
+    const bool drop = drop_p > 0.f;
+    const int64_t N = sl.N, K = sl.K, r = sl.r;
+    float* gp = g.as<float>();
+    float* dz = dora_dz.as<float>();
+    float* dv = dora_dv.as<float>();
+    float* t = dora_tmp.as<float>();
+    BlasLt& lt = BlasLt::current();
+    const float* A = params.as<float>() + sl.a_off;
+    const float* B = params.as<float>() + sl.b_off;
+    dora_split_grad_cuda(params.as<float>() + sl.m_off, norms.as<float>() + sl.n_off, f.z, f.v, dy, T, N,
+                         grads.as<float>() + sl.m_off, dz, dv, st());
+    {  // gᵀ[r, T] = s · (B as r×N, column-major) · dvᵀ(N×T): G [T, r] = s · dv B.
+      LtGemm gm;
+      gm.m = r, gm.n = T, gm.k = N;
+      gm.lda = r, gm.ldb = N, gm.ldd = r;
+      lt.matmul(gm, B, dv, gp, nullptr, s, st());
+    }
+    {  // dBᵀ[r, N] += s · uᵀ(r×T) · dv(T×N): dB [N, r] += s · dvᵀ u.
+      LtGemm gm;
+      gm.m = r, gm.n = N, gm.k = T;
+      gm.trans_b = true;
+      gm.lda = r, gm.ldb = N, gm.ldd = r;
+      gm.accumulate = true;
+      lt.matmul(gm, f.u, dv, grads.as<float>() + sl.b_off, nullptr, s, st());
+    }
+    const float* xin = drop ? dropped(f.key, x, T, K) : x;  // x̃ in tmp, dead after dA's product
+    linear_backward_weight_cuda(gp, xin, T, r, K, grads.as<float>() + sl.a_off, st());  // dA [r, K] += Gᵀ x̃
+    // x is not read below.
+    if (accumulate) {
+      base_backward(L, dy, T, f.scratch);
+      add_inplace_cuda(dx, f.scratch, T * K, st());
+    } else {
+      base_backward(L, dy, T, dx);
+    }
+    base_backward(L, dz, T, t);  // t = dz W
+    {  // tᵀ[K, T] += (A as K×r) · Gᵀ(r×T): t += G A.
+      LtGemm gm;
+      gm.m = K, gm.n = T, gm.k = r;
+      gm.lda = K, gm.ldb = r, gm.ldd = K;
+      gm.accumulate = true;
+      lt.matmul(gm, A, gp, t, nullptr, 1.f, st());
+    }
+    if (drop) {
+      dropout_backward_cuda(t, T * K, drop_p, f.key, dx, st());
+    } else {
+      add_inplace_cuda(dx, t, T * K, st());
+    }
+  }
+
+  // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
+  // or the Q4 codes the dequant-matmul reads).
+  void dora_norms() {
+    for (const Slot& sl : slots) {
+      if (sl.m_off < 0) continue;
+      const QwenDeviceLinear& L = layer_linear(base->device_layer(sl.layer), static_cast<int>(sl.target));
+      DoraBaseWeight W;
+      W.dense = L.dense.data;
+      W.dtype = L.dense.dtype;
+      W.q4 = L.q4 ? &*L.q4 : nullptr;
+      dora_row_norms_cuda(W, sl.N, sl.K, params.as<float>() + sl.a_off, params.as<float>() + sl.b_off, sl.r, s,
+                          norms.as<float>() + sl.n_off, st());
+    }
   }
 
   void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
@@ -657,6 +780,7 @@ struct LoraModelCuda::Impl {
     upload_owned_async(tokens.get(), b.tokens, st());
     upload_owned_async(positions.get(), b.positions, st());
     upload_owned_async(targets.get(), tg, st());
+    dora_norms();  // no-op without DoRA
     embed(b);
     // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
     // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation
@@ -726,7 +850,8 @@ struct LoraModelCuda::Impl {
       const Slot& sl = slots[i];
       same = ls.layer == sl.layer && ls.target == sl.target && ls.expert == sl.expert && w.N == sl.N &&
              w.K == sl.K && w.r == sl.r && static_cast<int64_t>(w.A.size()) == sl.r * sl.K &&
-             static_cast<int64_t>(w.B.size()) == sl.N * sl.r;
+             static_cast<int64_t>(w.B.size()) == sl.N * sl.r &&
+             static_cast<int64_t>(w.m.size()) == (sl.m_off >= 0 ? sl.N : 0);
     }
     QWENQ_CHECK(same, "LoraModelCuda: " << what << " has other shapes or targets than the uploaded adapter (r "
                                         << a.rank() << " vs " << rank << ", " << a.targets().size() << " vs "
@@ -760,10 +885,12 @@ struct LoraModelCuda::Impl {
 };
 
 LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter, const LoraModelCudaOptions& options)
-    : impl_((refuse_dora_on_gpu(adapter, "the GPU LoRA trainer"),
-             std::make_unique<Impl>(model.config(), adapter, options))) {
+    : impl_(std::make_unique<Impl>(model.config(), adapter, options)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(!adapter.use_dora() || !c.is_moe(),
+              "the GPU LoRA trainer: DoRA on a mixture-of-experts model (its experts' DoRA layers) runs on the CPU only "
+              "for now (--device cpu)");
   QWENQ_CHECK(options.logits_chunk_rows >= 0,
               "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
                   << options.logits_chunk_rows);
@@ -788,6 +915,12 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
   m.s = static_cast<float>(adapter.scaling());
   m.dropout = adapter.config().dropout;
   m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
+  int64_t norm_floats = 0;
+  if (adapter.use_dora()) {
+    m.dora_targets = adapter.targets();
+    for (LoraTarget t : m.dora_targets)
+      m.dora_col[static_cast<int>(t)] = lora_cuda_dora_shape(c, m.dora_targets, t).offset;
+  }
   m.expert_slot_of.assign(static_cast<size_t>(c.num_layers), {});
   for (size_t i = 0; i < adapter.slots().size(); ++i) {
     const LoraSlot& ls = adapter.slots()[i];
@@ -801,6 +934,15 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
     sl.a_off = m.total;
     sl.b_off = m.total + w.r * w.K;
     m.total += w.r * (w.K + w.N);
+    if (adapter.use_dora()) {  // m after B (lora_arena_put's order); its row norms at n_off of `norms`
+      QWENQ_CHECK(static_cast<int64_t>(w.m.size()) == w.N,
+                  "LoraModelCuda: the DoRA magnitude of adapted Linear " << i << " has " << w.m.size()
+                                                                         << " values, not " << w.N);
+      sl.m_off = m.total;
+      m.total += w.N;
+      sl.n_off = norm_floats;
+      norm_floats += w.N;
+    }
     const int at = static_cast<int>(m.slots.size());
     if (ls.expert == kNoExpert) {
       m.slot_of[static_cast<size_t>(ls.layer * 7 + static_cast<int>(ls.target))] = at;
@@ -821,6 +963,10 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
   m.grads = alloc.allocate(bytes, m.st(), MemoryTag::Gradients, "LoraModelCuda: the adapter gradients" + floats);
   m.m = alloc.allocate(bytes, m.st(), MemoryTag::Optimizer, "LoraModelCuda: AdamW's m" + floats);
   m.v = alloc.allocate(bytes, m.st(), MemoryTag::Optimizer, "LoraModelCuda: AdamW's v" + floats);
+  if (norm_floats > 0) {
+    m.norms = alloc.allocate(static_cast<size_t>(norm_floats) * sizeof(float), m.st(), MemoryTag::Adapter,
+                             "LoraModelCuda: DoRA's row norms [" + std::to_string(norm_floats) + " floats]");
+  }
   m.put(m.params, adapter, "the adapter");
   QWENQ_CUDA_CHECK(cudaMemsetAsync(m.grads.get(), 0, bytes, m.st()));
   QWENQ_CUDA_CHECK(cudaMemsetAsync(m.m.get(), 0, bytes, m.st()));
@@ -845,11 +991,14 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
   Impl& m = *impl_;
   std::vector<float*> ptr;
   std::vector<int64_t> size;
-  for (const Slot& sl : m.slots) {
+  for (const Slot& sl : m.slots) {  // the CPU loop's order: A, B (and DoRA's m) per slot
     ptr.push_back(m.grads.as<float>() + sl.a_off);
     size.push_back(sl.r * sl.K);
     ptr.push_back(m.grads.as<float>() + sl.b_off);
     size.push_back(sl.N * sl.r);
+    if (sl.m_off < 0) continue;
+    ptr.push_back(m.grads.as<float>() + sl.m_off);
+    size.push_back(sl.N);
   }
   const float norm = clip_grad_norm_cuda(ptr.data(), size.data(), static_cast<int>(ptr.size()),
                                          static_cast<float>(max_grad_norm > 0 ? max_grad_norm : INFINITY), m.st());

@@ -27,10 +27,18 @@
 // tests/test_moe_lora_composition.cpp composes this from the kernels' CPU twins against the CPU block.
 // `qwen-qlora plan --device cuda` counts them (trainer/memory_plan.h: the expert arenas, the MoE buffer rows).
 //
+// DoRA adapters (use_dora; dense models: a mixture of experts with DoRA is refused, its experts' DoRA layers train on
+// the CPU), the CPU Runner's formulas (trainer/lora_model.h) on kernels/dora.h: at the start of each call the row
+// norms n = ‖W + s·B A‖ of every adapted Linear from the current A, B and the base as uploaded (dense, or the Q4
+// codes); each adapted Linear's forward keeps z = x̃ Wᵀ and v = s·u Bᵀ (the DoRA rows of trainer/lora_cuda_buffers.h,
+// one block's worth) and adds (g − 1) ⊙ z + g ⊙ v (dora_combine_cuda, g = m / n); its backward takes dm, dz, dv
+// (dora_split_grad_cuda), the LoRA gradients of v, dx = dy W + dz W + (s·dv B) A (through the dropout mask when
+// there is one). m sits after B in the arenas, so it is clipped and updated with A and B (the CPU loop's order).
+//
 // Data types: the forward's of trainer/qwen_model_cuda.h (fp32 residual stream and activations; x rounded to
 // bf16 for a BF16 or Q4 W and for flash attention). Adapter A, B, their gradients and AdamW's m, v are fp32
-// device arrays, one allocation each, laid out layer by layer, targets in table order, A then B: the order of
-// the CPU trainer's tensor list, so gradient clipping sums the same tensors in the same order.
+// device arrays, one allocation each, laid out layer by layer, targets in table order, A then B (then DoRA's m): the
+// order of the CPU trainer's tensor list, so gradient clipping sums the same tensors in the same order.
 //
 // Activation checkpointing is always on: the forward keeps each block's input [T, C] (L + 1 of them, the last
 // the final residual), the backward recomputes the block's intermediates from it into one set of buffers.

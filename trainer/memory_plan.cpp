@@ -120,6 +120,15 @@ LayerTotals layer_totals(const PlanInput& in, int64_t l) {
   return t;
 }
 
+// The adapted targets in table order (a DoRA adapter's: they size the GPU trainer's DoRA buffers).
+std::vector<LoraTarget> plan_targets(const LoraConfig& l) {
+  std::vector<LoraTarget> out;
+  for (const LoraTargetInfo& info : kLoraTargets) {
+    if (l.targets(info.target)) out.push_back(info.target);
+  }
+  return out;
+}
+
 // The first layer of each kind (-1: none): layer_totals of one stands for all of that kind.
 struct LayerKinds {
   int64_t dense = -1, moe = -1;
@@ -454,9 +463,16 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->adapters = arena;
   d->gradients = arena;
   d->optimizer = 2 * arena;
+  if (in.lora.use_dora) {  // the row norms ‖W + s·B A‖ of every adapted Linear: one allocation of Σ N floats
+    int64_t per_layer = 0;
+    const std::vector<LoraTarget> targets = plan_targets(in.lora);
+    for (LoraTarget t : targets) per_layer += lora_cuda_dora_shape(c, targets, t).N;
+    d->adapters += held(u64(per_layer * n) * 4);
+  }
   // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
   for (const LoraCudaBuffer& b :
-       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0)) {
+       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0,
+                               in.lora.use_dora ? plan_targets(in.lora) : std::vector<LoraTarget>{})) {
     const uint64_t bytes = held(b.bytes(T));
     switch (b.role) {
       case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
@@ -490,8 +506,8 @@ void check_input(const PlanInput& in) {
   QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
-    QWENQ_CHECK(!in.lora.use_dora, "plan: --use-dora with --device cuda: DoRA adapters run on the CPU only for now "
-                                   "(--device cpu)");
+    QWENQ_CHECK(!in.lora.use_dora || !c.is_moe(), "plan: --use-dora with --device cuda on a mixture of experts: its "
+                                                  "experts' DoRA layers train on the CPU only for now (--device cpu)");
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
     QWENQ_CHECK(in.gpus <= c.num_layers, "plan: " << in.gpus << " GPUs for a pipeline of " << c.num_layers
                                                   << " layers leaves a GPU without a layer; use at most "

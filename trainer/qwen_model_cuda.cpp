@@ -532,6 +532,13 @@ struct QwenModelCuda::Impl {
     return *d;
   }
 
+  // A DoRA adapter's gains m / ‖W + s·B A‖ were computed from the weights at attach: replacing a weight under it
+  // would leave them stale (GPTQ's replacements never run with an adapter attached).
+  void check_no_gains(const char* fn) const {
+    QWENQ_CHECK(!lora || !lora->has_gains(), "QwenModelCuda::" << fn << ": a DoRA adapter is attached (its gains are "
+                                                               << "those of the current weights); detach it first");
+  }
+
   const DevLayer& layer_at(int64_t layer, const char* fn) const {
     QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(layers.size()),
                 "QwenModelCuda::" << fn << ": layer " << layer << " outside [0, " << layers.size() << ")");
@@ -815,6 +822,7 @@ void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int inde
                                       int64_t K) {
   Impl& m = *impl_;
   DevLinear& d = m.linear_at(layer, which, index);
+  m.check_no_gains("set_linear_weight");
   QWENQ_CHECK(W != nullptr && N == d.N && K == d.K, "QwenModelCuda::set_linear_weight: layer "
                                                         << layer << " Linear " << index << " is [" << d.N << ", "
                                                         << d.K << "], got [" << N << ", " << K << "]");
@@ -835,6 +843,7 @@ void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, 
   m.check_kept(layer);
   QWENQ_CHECK(c.is_moe_layer(layer) && static_cast<size_t>(layer) < m.moe.size() && m.moe[static_cast<size_t>(layer)],
               "QwenModelCuda::set_expert_weight: layer " << layer << " has no experts on the device");
+  m.check_no_gains("set_expert_weight");
   Impl::DevMoe& M = *m.moe[static_cast<size_t>(layer)];
   QWENQ_CHECK(expert >= -1 && expert < c.num_experts && which >= 0 && which < 3 &&
                   (expert >= 0 || M.shared[0].N > 0),

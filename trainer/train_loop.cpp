@@ -286,7 +286,6 @@ std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapt
                                          const std::vector<SftExample>& examples, const TrainOptions& o) {
   if (!o.use_cuda) return evaluate(model, adapter, nullptr, examples, o);
 #ifdef QWENQ_HAVE_CUDA
-  refuse_dora_on_gpu(adapter, "qwen-qlora eval --device cuda");
   LoraModelCuda gpu(model, adapter);
   return evaluate(model, adapter, &gpu, examples, o);
 #else
@@ -304,8 +303,6 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
-  QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora),
-              "--use-dora with --device cuda: DoRA adapters run on the CPU only for now (--device cpu)");
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
@@ -323,6 +320,9 @@ TrainReport train_lora(const TrainOptions& o) {
   }
 
   QwenModel model(o.model_dir);
+  QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora && model.config().is_moe()),
+              "--use-dora with --device cuda: " << o.model_dir << " is a mixture of experts, whose experts' DoRA layers "
+                                                << "train on the CPU only for now (--device cpu)");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);

@@ -121,12 +121,14 @@ std::string quantize_rtn_gptq(const std::string& src) {
 
 using test::random_batch;
 
-// PEFT's A and a seeded nonzero B (0.05 · N(0, 1)), all seven targets, r = 4, alpha = 8.
-LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout = 0.0) {
+// PEFT's A and a seeded nonzero B (0.05 · N(0, 1)), all seven targets, r = 4, alpha = 8. dora: a DoRA adapter, its
+// magnitudes PEFT's start (the row norms of W + s·B A) times seeded factors in [0.8, 1.2] (g = m / n not all 1).
+LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout = 0.0, bool dora = false) {
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 8;
   cfg.dropout = dropout;
+  cfg.use_dora = dora;
   cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   LoraAdapter a(lora_dims_of(model.config()), cfg);
   a.init_peft(seed);
@@ -134,18 +136,36 @@ LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout =
   for (size_t i = 0; i < a.slots().size(); ++i) {  // layer by layer, targets in table order; a MoE layer's experts
     for (float& b : a.weights(i).B) b = 0.05f * static_cast<float>(rng.normal());
   }
+  if (dora) {
+    init_dora_magnitudes(model, &a);
+    for (size_t i = 0; i < a.slots().size(); ++i) {
+      for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
+    }
+  }
   return a;
 }
 
 using test::zeros_like;
 
-// Every A and B in the adapter's slot order (the trainer's and clip_grad_norm's order).
+// Every A and B (and a DoRA adapter's m) in the adapter's slot order (the trainer's and clip_grad_norm's order), with
+// the slot and the name of each.
+struct TensorRef {
+  std::vector<float>* v;
+  size_t slot;
+  const char* name;
+};
+std::vector<TensorRef> tensor_refs(LoraAdapter& a) {
+  std::vector<TensorRef> out;
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    out.push_back({&a.weights(i).A, i, "A"});
+    out.push_back({&a.weights(i).B, i, "B"});
+    if (!a.weights(i).m.empty()) out.push_back({&a.weights(i).m, i, "m"});
+  }
+  return out;
+}
 std::vector<std::vector<float>*> tensors(LoraAdapter& a) {
   std::vector<std::vector<float>*> out;
-  for (size_t i = 0; i < a.slots().size(); ++i) {
-    out.push_back(&a.weights(i).A);
-    out.push_back(&a.weights(i).B);
-  }
+  for (const TensorRef& t : tensor_refs(a)) out.push_back(t.v);
   return out;
 }
 
@@ -156,9 +176,10 @@ std::vector<std::vector<float>*> tensors(LoraAdapter& a) {
 double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, double rel_tol, const std::string& ctx,
                           bool experts_by_norm = false) {
   const auto g = tensors(got), w = tensors(want);
+  const std::vector<TensorRef> refs = tensor_refs(want);
   double worst = 0, norm_got = 0, norm_want = 0;
   for (size_t i = 0; i < w.size(); ++i) {
-    if (experts_by_norm && want.slots()[i / 2].expert != kNoExpert) {
+    if (experts_by_norm && want.slots()[refs[i].slot].expert != kNoExpert) {
       for (float f : *g[i]) norm_got += static_cast<double>(f) * f;
       for (float f : *w[i]) norm_want += factor * factor * static_cast<double>(f) * f;
       continue;
@@ -171,9 +192,9 @@ double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, do
     }
     const double tol = rel_tol * std::max(mx, 1e-30);
     worst = std::max(worst, err / tol * rel_tol);
-    const LoraSlot& sl = want.slots()[i / 2];
-    EXPECT_LE(err, tol) << ctx << ": tensor " << i << " (layer " << sl.layer << " " << sl.path << ", "
-                        << (i % 2 ? "B" : "A") << "): max error " << err << ", max |grad| " << mx;
+    const LoraSlot& sl = want.slots()[refs[i].slot];
+    EXPECT_LE(err, tol) << ctx << ": tensor " << i << " (layer " << sl.layer << " " << sl.path << ", " << refs[i].name
+                        << "): max error " << err << ", max |grad| " << mx;
   }
   if (experts_by_norm) {
     EXPECT_GT(norm_want, 0) << ctx << ": no expert gradient";
@@ -186,11 +207,12 @@ double expect_grads_close(LoraAdapter& got, LoraAdapter& want, double factor, do
 // One loss-and-gradient step (and one AdamW step) on the GPU against the CPU, for each batch; with dropout > 0
 // both draw the masks of the same dropout_seed (kernels/dropout_mask.h), so the tolerances are dropout 0's.
 void expect_step_matches_cpu(const std::string& dir, double loss_tol, double grad_tol, const std::string& what,
-                             double dropout = 0.0, bool bf16_checkpoints = true, bool experts_by_norm = false) {
+                             double dropout = 0.0, bool bf16_checkpoints = true, bool experts_by_norm = false,
+                             bool dora = false) {
   SCOPED_TRACE(what);
   const QwenModel cpu(dir);
   const int64_t V = cpu.config().vocab_size;
-  LoraAdapter adapter = test_adapter(cpu, 17, dropout);
+  LoraAdapter adapter = test_adapter(cpu, 17, dropout, dora);
   const std::vector<std::vector<int64_t>> batches = {{1, 7, 33}, {100, 65}};
   for (size_t bi = 0; bi < batches.size(); ++bi) {
     const uint64_t seed = 91 + bi;
@@ -365,6 +387,27 @@ TEST(LoraModelCuda, DropoutIsTheCpuStep) {
   expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, dropout 0.1", 0.1);
 }
 
+// DoRA (every target a DoRA layer: the row norms on the device from the base as uploaded, z and v kept per Linear,
+// dm with dA and dB; m in the arenas, clipped and updated with A and B) against the CPU trainer: the pure-fp32 path,
+// dropout 0.1 (z from the dropped input), flash attention in BF16 and a 4-bit base (the norms from the Q4 codes).
+TEST(LoraModelCuda, DoraIsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), DoRA", 0.0, false, false, true);
+  expect_step_matches_cpu(tok, kFp32RelTol, kFp32RelTol, "tiny F32 (naive), DoRA, dropout 0.1", 0.1, false, false,
+                          true);
+  const std::string bf16 = write_d64_model(tmp + "/qwen2_bf16", kGpuQwen2Bias, DType::BF16, 21, tok);
+  expect_step_matches_cpu(bf16, kBf16LossRelTol, kBf16GradRelTol, "qwen2 D=64 BF16, DoRA", 0.0, true, false, true);
+  const std::string q4 = quantize_rtn_gptq(bf16);
+  expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, DoRA, dropout 0.1", 0.1, true,
+                          false, true);
+  // A mixture of experts (its experts' DoRA layers) is refused by name, before anything is uploaded.
+  const QwenModel moe(test::make_random_model(tmp + "/moe", "tiny-moe", DType::F32, 3));
+  const std::string e = test::error_of([&] { LoraModelCuda gpu(moe, test_adapter(moe, 5, 0.0, true)); });
+  EXPECT_NE(e.find("DoRA on a mixture-of-experts model"), std::string::npos) << e;
+}
+
 // The lm_head in chunks of `rows` rows (1, 7, 64: for the batches of 41 and 165 tokens several chunks with a partial
 // last one, and for 41 one chunk of T < rows) against the CPU step (loss and every gradient) and against the same
 // trainer in its default single chunk (loss, evaluation loss); the logits buffer is rows·V fp32.
@@ -452,10 +495,11 @@ using test::losses_of;
 
 // 50 steps of train_lora on the GPU and on the CPU from the same model, data and seed.
 void expect_training_matches_cpu(const std::string& model, const std::string& data, const std::string& tmp,
-                                 const std::string& what, double dropout = 0.0) {
+                                 const std::string& what, double dropout = 0.0, bool dora = false) {
   SCOPED_TRACE(what);
   TrainOptions o = test::small_lora_options(model, data, tmp + "/" + what + "-cpu", 50);
   o.lora.dropout = dropout;
+  o.lora.use_dora = dora;
   o.save_every = 25;  // exercises the download before a checkpoint
   const TrainReport cpu = train_lora(o);
   o.out_dir = tmp + "/" + what + "-gpu";
@@ -482,6 +526,7 @@ TEST(LoraModelCuda, TrainFiftyStepsLikeTheCpu) {
   const std::string tiny = tiny_random(tmp + "/tiny", DType::F32);
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32");
   expect_training_matches_cpu(tiny, data, tmp, "tiny-f32-dropout", 0.1);
+  expect_training_matches_cpu(tiny, data, tmp, "tiny-f32-dora", 0.0, /*dora=*/true);
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 55, tiny));
   expect_training_matches_cpu(q4, data, tmp, "qlora-d64");
   const std::string moe = test::make_random_model(tmp + "/moe", "tiny-moe-shared", DType::F32, 58);
@@ -518,10 +563,11 @@ TEST(LoraModelCuda, Stories260KStep) {
 // (trainer/memory_plan.h, from trainer/lora_cuda_buffers.h and the Q4 sizes): base weights, A/B, gradients, m and
 // v, the per-batch buffers and the logits chunk. Live allocations only (the allocator's cache is not counted),
 // taken as the difference to what the process held before the trainer was made.
-void expect_device_bytes_are_the_plan(const std::string& dir, const std::string& what, bool bf16_checkpoints = true) {
+void expect_device_bytes_are_the_plan(const std::string& dir, const std::string& what, bool bf16_checkpoints = true,
+                                      bool dora = false) {
   SCOPED_TRACE(what);
   const QwenModel cpu(dir);
-  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const LoraAdapter adapter = test_adapter(cpu, 17, 0.0, dora);
   const PackedBatch b = random_batch({100, 65}, cpu.config().vocab_size, 7);
   const std::vector<int32_t> targets = next_token_targets(b);
   const DeviceAllocatorStats before = cuda_device_allocator().stats();  // anything an earlier test still holds
@@ -557,6 +603,8 @@ TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   expect_device_bytes_are_the_plan(q3, "qwen3 D=64 BF16, untied: the input embedding stays on the host");
   const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
   expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64 (flash attention)");
+  expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64, DoRA (m in the arenas, the norms, the DoRA rows)", true,
+                                   true);
   // Mixtures of experts: the expert arenas and the MoE rows of the buffer table.
   const std::string moe = test::make_random_model(tmp + "/moe", "tiny-moe-shared", DType::F32, 59);
   expect_device_bytes_are_the_plan(moe, "tiny-moe-shared F32 (shared expert)");
