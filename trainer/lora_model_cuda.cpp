@@ -380,7 +380,8 @@ struct LoraModelCuda::Impl {
 
   // DoRA's forward (trainer/lora_model.h; the CPU Runner's linear_fwd): y = x Wᵀ + b + (g − 1) ⊙ z + g ⊙ v with
   // g = m / n, z = x̃ Wᵀ, v = s·(x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ; z and v kept for the backward. Without dropout z is the base
-  // product itself (the CPU's y − b) and y = z + b; with it z is the base product of x̃ (in tmp).
+  // product itself and y = z + b (the CPU takes z = y − b: the same up to the last bit); with it z is the base
+  // product of x̃ (in tmp).
   void dora_fwd(const Lin& f, const float* x, int64_t T, float* y) {
     const Slot& sl = *f.sl;
     const QwenDeviceLinear& L = *f.L;
@@ -774,6 +775,8 @@ struct LoraModelCuda::Impl {
                 "lora_loss_and_grad: " << tg.size() << " targets for " << T << " tokens");
     drop_p = train && opt->train ? static_cast<float>(dropout) : 0.f;  // as the CPU Runner's p_
     drop_seed = train ? opt->dropout_seed : 0;
+    QWENQ_CHECK((train ? opt : &eval)->dora_norms_from == nullptr,
+                "LoraModelCuda: LoraStepOptions::dora_norms_from (a CPU test hook) is not supported on the GPU");
     reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
     // Copies the stream owns (upload_owned_async): an error before the step's first wait leaves nothing queued that
     // reads the caller's batch.
@@ -859,8 +862,8 @@ struct LoraModelCuda::Impl {
                                         << slots.size() << " adapted Linears)");
   }
 
-  // Host <-> device through one staging buffer (lora_arena_put / get: the arenas are the slots' A then B in order,
-  // a_off and b_off), so a large adapter has no second whole host copy.
+  // Host <-> device through one staging buffer (lora_arena_put / get: the arenas are the slots' A then B (then DoRA's
+  // m) in order, a_off, b_off, m_off), so a large adapter has no second whole host copy.
   static constexpr int64_t kStageFloats = int64_t{16} << 20;
 
   void put(const DeviceAllocation& arena, const LoraAdapter& a, const char* what) {

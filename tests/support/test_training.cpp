@@ -93,6 +93,7 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
   for (size_t i = 0; i < z.slots().size(); ++i) {
     std::fill(z.weights(i).A.begin(), z.weights(i).A.end(), 0.f);
     std::fill(z.weights(i).B.begin(), z.weights(i).B.end(), 0.f);
+    std::fill(z.weights(i).m.begin(), z.weights(i).m.end(), 0.f);  // DoRA's magnitudes (empty otherwise)
   }
   return z;
 }

@@ -42,7 +42,8 @@ LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> 
 LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> targets, int64_t r, double alpha,
                                uint64_t seed, float b_scale);
 
-// `a` with every A and B zero (every slot, a MoE layer's experts too): where gradients accumulate.
+// `a` with every A and B (and a DoRA adapter's m) zero (every slot, a MoE layer's experts too): where gradients
+// accumulate.
 LoraAdapter zeros_like(const LoraAdapter& a);
 
 }  // namespace qwenq::test
