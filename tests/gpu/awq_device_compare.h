@@ -25,6 +25,20 @@
 
 namespace qwenq::test {
 
+// The GPU AWQ tests' tolerances (test_awq_model_cuda.cpp's header gives the reason for each).
+namespace awq_tol {
+constexpr double kFp32RelTol = 1e-4;
+constexpr double kMeanRelTol = 1e-4;
+constexpr double kLossRelTol = 2e-3;
+constexpr double kScaleMatchRelTol = 1e-4;
+constexpr double kAlphaAgreement = 0.75;
+constexpr double kWeightAgreement = 0.7;
+constexpr double kPplRelTol = 1e-2;
+constexpr double kClipNearTie = 1e-3;
+constexpr double kClipFlipShare = 1e-2;
+constexpr int64_t kClipFlipFloor = 2;
+}  // namespace awq_tol
+
 struct AwqAgreement {
   double alpha = 0;    // scaling groups whose scales agree within scale_tol relative per channel (the same α)
   double clip = 0;     // clip bounds within 1e-6 relative

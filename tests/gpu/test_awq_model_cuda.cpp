@@ -79,17 +79,8 @@
 namespace qwenq {
 namespace {
 
-constexpr double kFp32RelTol = 1e-4;
+using namespace test::awq_tol;  // the tolerances above (tests/gpu/awq_device_compare.h), shared with the MoE tests
 constexpr double kBf16RelTol = 2e-2;
-constexpr double kMeanRelTol = 1e-4;
-constexpr double kLossRelTol = 2e-3;
-constexpr double kScaleMatchRelTol = 1e-4;
-constexpr double kAlphaAgreement = 0.75;
-constexpr double kWeightAgreement = 0.7;
-constexpr double kPplRelTol = 1e-2;
-constexpr double kClipNearTie = 1e-3;
-constexpr double kClipFlipShare = 1e-2;
-constexpr int64_t kClipFlipFloor = 2;
 
 using test::download;
 using test::rel_max_error;

@@ -54,16 +54,7 @@
 namespace qwenq {
 namespace {
 
-constexpr double kFp32RelTol = 1e-4;
-constexpr double kMeanRelTol = 1e-4;
-constexpr double kLossRelTol = 2e-3;
-constexpr double kScaleMatchRelTol = 1e-4;
-constexpr double kAlphaAgreement = 0.75;
-constexpr double kWeightAgreement = 0.7;
-constexpr double kPplRelTol = 1e-2;
-constexpr double kClipNearTie = 1e-3;
-constexpr double kClipFlipShare = 1e-2;
-constexpr int64_t kClipFlipFloor = 2;
+using namespace test::awq_tol;  // tests/gpu/awq_device_compare.h
 
 constexpr const char* kPresets[] = {"tiny-moe", "tiny-moe-shared"};
 
