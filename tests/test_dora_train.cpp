@@ -85,25 +85,6 @@ TEST(DoraTrain, ResumeIsBitExact) {
   EXPECT_NE(e.find("\"dora\" (--use-dora): saved true, now false"), std::string::npos) << e;
 }
 
-// The GPU trainer takes DoRA on dense models; on a mixture of experts (its experts' DoRA layers) it refuses by name,
-// right after reading the model's config (before any device work).
-TEST(DoraTrain, GpuRefusesAMixtureOfExperts) {
-  const std::string tmp = test::scratch_dir();
-  TrainOptions o;
-  o.use_cuda = true;
-  o.lora.use_dora = true;
-  o.model_dir = test::make_random_model(tmp + "/moe", "tiny-moe", DType::F32, 3);
-  o.data_path = tmp + "/none.jsonl";
-  o.out_dir = tmp + "/run";
-  o.max_steps = 1;
-  const std::string e = error_of([&] { train_lora(o); });
-#ifdef QWENQ_HAVE_CUDA
-  EXPECT_NE(e.find("--use-dora with --device cuda: " + o.model_dir + " is a mixture of experts"), std::string::npos)
-      << e;
-#else
-  EXPECT_NE(e.find("this build has no CUDA backend"), std::string::npos) << e;
-#endif
-}
 
 }  // namespace
 }  // namespace qwenq

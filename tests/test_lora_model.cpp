@@ -186,8 +186,8 @@ TEST(LoraModel, RefusesAnAdapterForAnotherBase) {
             std::string::npos);
 }
 
-// On a MoE model an MLP target adapts every expert (and the shared expert), each with its own A and B, as PEFT does;
-// DoRA there is refused (its magnitudes per expert are not written yet).
+// On a MoE model an MLP target adapts every expert (and the shared expert), each with its own A and B (and with DoRA
+// its own magnitude), as PEFT does.
 TEST(LoraModel, MoeMlpTargetsAdaptEveryExpert) {
   const std::string dir = test::make_random_model(test::scratch_dir() + "/moe", "tiny-moe-shared", DType::BF16, 23);
   QwenModel m(dir);

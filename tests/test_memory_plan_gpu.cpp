@@ -238,10 +238,37 @@ TEST(MemoryPlanGpu, DoraRowsAndNormsAreWhatLoraModelCudaRequests) {
   EXPECT_EQ(words(lora_cuda_batch_buffers(c, c.num_layers, 16, true, true, false), Id::DoraZ), -1) << "no DoRA";
   EXPECT_EQ(lora_cuda_dora_shape(c, qv, LoraTarget::VProj).offset, Q) << "v's z after q's";
   EXPECT_EQ(lora_cuda_dora_shape(c, all, LoraTarget::DownProj).offset, Q + 2 * KV + C + 2 * I);
-  for (const auto& targets : {all, qv}) {
+  // A mixture of experts: the attention's columns, then per MLP target the routed experts' k·N_e and the shared
+  // expert's N_s (tiny-moe-shared: C 64, Q 64, KV 32, k 2, Im 32, Is 96).
+  {
+    const QwenConfig m = qwen_preset("tiny-moe-shared");
+    const int64_t mC = m.hidden_size, mQ = m.q_dim(), mKV = m.kv_dim(), k = m.experts_per_token,
+                  Im = m.moe_intermediate_size, Is = m.shared_expert_intermediate_size;
+    const LoraCudaDoraMoe moe = lora_cuda_dora_moe(m, all);
+    const int64_t attn = mQ + 2 * mKV + mC;
+    EXPECT_EQ(moe.routed[0], attn);
+    EXPECT_EQ(moe.shared[0], attn + k * Im);
+    EXPECT_EQ(moe.routed[1], attn + k * Im + Is);
+    EXPECT_EQ(moe.routed[2], attn + 2 * (k * Im + Is));
+    EXPECT_EQ(moe.shared[2], attn + 2 * (k * Im + Is) + k * mC);
+    EXPECT_EQ(moe.words, attn + 2 * (k * Im + Is) + k * mC + mC);
+    const std::vector<LoraCudaBuffer> tm = lora_cuda_batch_buffers(m, m.num_layers, 4, false, true, false, all);
+    EXPECT_EQ(words(tm, Id::DoraZ), moe.words) << "no dense MLP layer: the MoE layout is the wider";
+    EXPECT_EQ(words(tm, Id::DoraDz), std::max({mC, mQ, Im, Is}));
+    EXPECT_EQ(words(tm, Id::DoraTmp), std::max({mC, mQ, Im, Is}));
+  }
+  struct PlanCase {
+    QwenConfig c;
+    std::vector<LoraTarget> targets;
+  };
+  for (const PlanCase& pc : {PlanCase{c, all}, PlanCase{c, qv}, PlanCase{qwen_preset("tiny-moe-shared"), all},
+                             PlanCase{qwen_preset("tiny-moe"), all}}) {
+    const QwenConfig& c = pc.c;
+    const std::vector<LoraTarget>& targets = pc.targets;
     for (bool dropout : {false, true}) {
-      SCOPED_TRACE(std::to_string(targets.size()) + " targets" + (dropout ? ", dropout" : ""));
-      const int64_t r = 8, T = 2048;
+      SCOPED_TRACE(std::to_string(targets.size()) + " targets" + (dropout ? ", dropout" : "") +
+                   (c.is_moe() ? ", MoE" : ""));
+      const int64_t r = c.is_moe() ? 4 : 8, T = c.is_moe() ? 77 : 2048;
       PlanInput in = one_gpu(c, PlanBase::Nf4, r, T);
       in.lora.use_dora = true;
       in.lora.dropout = dropout ? 0.1 : 0.0;
@@ -251,7 +278,8 @@ TEST(MemoryPlanGpu, DoraRowsAndNormsAreWhatLoraModelCudaRequests) {
       const DevicePlan& d = p.devices.at(0);
       DeviceAllocator alloc(std::make_unique<FakeDevice>());
       std::vector<DeviceAllocation> keep;
-      replay_lora_model_cuda(alloc, c, p.lora_params, r, T, true, true, dropout, &keep, targets);
+      replay_lora_model_cuda(alloc, c, p.lora_params, r, T, c.head_dim == 64 || c.head_dim == 128, true, dropout,
+                             &keep, targets);
       const DeviceAllocatorStats s = alloc.stats();
       EXPECT_EQ(s.bytes_of(MemoryTag::Activations), d.activations);
       EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);

@@ -9,13 +9,16 @@
 //     moe_router_backward from the combine order's ∂L/∂w mapped back to the routing order, MoeDispatch::choice);
 //   - every expert's and the shared expert's dA, dB (the adapters' gradients, in another order of the same sums);
 // on tiny Qwen3-MoE (no shared expert, norm_topk_prob) and Qwen2-MoE (shared expert with its gate) models, with and
-// without LoRA dropout (the same counter-based masks, expert_dropout_key). Mapping ∂L/∂w back in the combine order
+// without LoRA dropout (the same counter-based masks, expert_dropout_key), LoRA and DoRA (the trainer's dora_fwd /
+// dora_bwd on kernels/dora.h's twins: the row norms, z, v, dm compared too). Mapping ∂L/∂w back in the combine order
 // instead, or leaving out the router's or the shared gate's term, fails every case.
 // tests/gpu/test_lora_model_cuda.cpp runs the trainer itself on the GPU against the CPU trainer on the same models.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -23,6 +26,7 @@
 #include "core/rng.h"
 #include "kernels/act.h"
 #include "kernels/convert.h"
+#include "kernels/dora.h"
 #include "kernels/dropout.h"
 #include "kernels/moe_combine.h"
 #include "kernels/moe_combine_backward.h"
@@ -73,18 +77,49 @@ struct Emu {
   uint64_t seed = 0;
   std::vector<float> tmp, scratch, g;  // the trainer's tmp (dropout), the accumulate scratch (mtmp), g = s dy B
 
+  // DoRA: each expert Linear's z, v [rows, N] and n [N] from its forward, by (expert, which) (the trainer's DoraZ /
+  // DoraV columns and norms array).
+  std::map<std::pair<int64_t, int>, std::vector<float>> z, v, n;
+
   struct Lin {
     const LinearWeight* W;
     const LoraWeights* w;  // null: not adapted
     LoraWeights* dw;
     uint64_t key;
     float* u;
+    std::pair<int64_t, int> id;
   };
   Lin lin(int64_t e, int which, const LinearWeight& W, float* u) {
     const LoraTarget t = which == 0 ? LoraTarget::GateProj : which == 1 ? LoraTarget::UpProj : LoraTarget::DownProj;
     const bool has = a->has_expert(layer, e, t);
     return Lin{&W, has ? &a->expert_at(layer, e, t) : nullptr, has ? &grads->expert_at(layer, e, t) : nullptr,
-               expert_dropout_key(seed, layer, e, which), u};
+               expert_dropout_key(seed, layer, e, which), u, {e, which}};
+  }
+  // dora_fwd of the trainer: n from the base and A, B; z = x̃ Wᵀ (x Wᵀ itself without dropout, y = z); v = s·u Bᵀ;
+  // y += (g − 1) z + g v.
+  void dora_fwd(const Lin& f, const float* x, int64_t rows, float* y) {
+    const int64_t N = f.w->N, K = f.w->K;
+    std::vector<float>& nn = n[f.id];
+    std::vector<float>& zz = z[f.id];
+    std::vector<float>& vv = v[f.id];
+    nn.resize(static_cast<size_t>(N));
+    DoraBaseWeight W;
+    W.dense = f.W->dense.data;
+    W.dtype = f.W->dense.dtype;
+    dora_row_norms_ref(W, N, K, f.w->A.data(), f.w->B.data(), f.w->r, s, nn.data());
+    zz.resize(static_cast<size_t>(rows * N));
+    const float* xin = x;
+    if (p > 0.f) {
+      apply_linear(*f.W, x, rows, TensorView{}, y);
+      xin = dropped(f, x, rows);
+      apply_linear(*f.W, xin, rows, TensorView{}, zz.data());
+    } else {
+      apply_linear(*f.W, x, rows, TensorView{}, zz.data());
+      std::copy(zz.begin(), zz.end(), y);
+    }
+    vv.assign(static_cast<size_t>(rows * N), 0.f);
+    lora_forward_ref(xin, rows, K, f.w->A.data(), f.w->B.data(), f.w->r, N, s, vv.data(), f.u);
+    dora_combine_ref(f.w->m.data(), nn.data(), zz.data(), vv.data(), rows, N, y);
   }
   const float* dropped(const Lin& f, const float* x, int64_t rows) {
     tmp.resize(static_cast<size_t>(rows * f.w->K));
@@ -92,13 +127,24 @@ struct Emu {
     return tmp.data();
   }
   void fwd(const Lin& f, const float* x, int64_t rows, float* y) {
+    if (f.w && !f.w->m.empty()) return dora_fwd(f, x, rows, y);
     apply_linear(*f.W, x, rows, TensorView{}, y);
     if (!f.w) return;
     const float* xin = p > 0.f ? dropped(f, x, rows) : x;
     lora_forward_ref(xin, rows, f.w->K, f.w->A.data(), f.w->B.data(), f.w->r, f.w->N, s, y, f.u);
   }
-  void bwd(const Lin& f, const float* dy, const float* x, int64_t rows, float* dx, bool accumulate) {
+  void bwd(const Lin& f, const float* dy_in, const float* x, int64_t rows, float* dx, bool accumulate) {
     const int64_t N = f.W->N, K = f.W->K;
+    // DoRA (dora_bwd): dm, dz, dv first; the adapter's gradients then take dv where LoRA takes dy, and dz W joins g A.
+    const bool dora = f.w && !f.w->m.empty();
+    std::vector<float> dz, dv;
+    if (dora) {
+      dz.resize(static_cast<size_t>(rows * N));
+      dv.resize(static_cast<size_t>(rows * N));
+      dora_split_grad_ref(f.w->m.data(), n[f.id].data(), z[f.id].data(), v[f.id].data(), dy_in, rows, N,
+                          f.dw->m.data(), dz.data(), dv.data());
+    }
+    const float* dy = dora ? dv.data() : dy_in;  // the adapter's gradient input
     if (f.w) {
       const int64_t r = f.w->r;
       g.assign(static_cast<size_t>(rows * r), 0.f);
@@ -124,14 +170,15 @@ struct Emu {
     }
     if (accumulate) {
       scratch.resize(static_cast<size_t>(rows * K));
-      apply_linear_backward_input(*f.W, dy, rows, scratch.data());
+      apply_linear_backward_input(*f.W, dy_in, rows, scratch.data());
       for (int64_t i = 0; i < rows * K; ++i) dx[i] += scratch[i];
     } else {
-      apply_linear_backward_input(*f.W, dy, rows, dx);
+      apply_linear_backward_input(*f.W, dy_in, rows, dx);
     }
     if (!f.w) return;
     const int64_t r = f.w->r;
-    std::vector<float> ga(static_cast<size_t>(rows * K), 0.f);  // g A
+    std::vector<float> ga(static_cast<size_t>(rows * K), 0.f);  // g A (DoRA: dz W, then + g A)
+    if (dora) apply_linear_backward_input(*f.W, dz.data(), rows, ga.data());
     for (int64_t t = 0; t < rows; ++t)
       for (int64_t j = 0; j < r; ++j)
         for (int64_t c = 0; c < K; ++c) ga[t * K + c] += g[t * r + j] * f.w->A[j * K + c];
@@ -221,17 +268,25 @@ Composed compose(const QwenConfig& c, const MoeWeights& m, Emu& emu, const std::
   return res;
 }
 
-LoraAdapter expert_adapter(const QwenConfig& c, double dropout) {
+// dora: every adapted Linear a DoRA layer, its magnitudes PEFT's start times factors in [0.8, 1.2].
+LoraAdapter expert_adapter(const QwenModel& model, double dropout, bool dora) {
   LoraConfig lc;
   lc.r = 4;
   lc.alpha = 16;
   lc.dropout = dropout;
+  lc.use_dora = dora;
   lc.target_modules = {"q_proj", "gate_proj", "up_proj", "down_proj"};
-  LoraAdapter a(lora_dims_of(c), lc);
+  LoraAdapter a(lora_dims_of(model.config()), lc);
   a.init_peft(3);
   Rng rng(4);
   for (size_t i = 0; i < a.slots().size(); ++i) {
     for (float& b : a.weights(i).B) b = 0.3f * static_cast<float>(rng.normal());  // every gradient flows
+  }
+  if (dora) {
+    init_dora_magnitudes(model, &a);
+    for (size_t i = 0; i < a.slots().size(); ++i) {
+      for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
+    }
   }
   return a;
 }
@@ -249,9 +304,11 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
     const MoeWeights& m = model.weights().layers[static_cast<size_t>(layer)].moe;
     const int64_t T = 29, C = c.hidden_size;
     const std::vector<float> n = test::normal_vector(T * C, 42), dout = test::normal_vector(T * C, 43);
-    for (double p : {0.0, 0.1}) {
-      SCOPED_TRACE(::testing::Message() << preset << " layer " << layer << " dropout " << p);
-      const LoraAdapter a = expert_adapter(c, p);
+    for (int variant = 0; variant < 4; ++variant) {
+      const double p = variant % 2 ? 0.1 : 0.0;
+      const bool dora = variant >= 2;
+      SCOPED_TRACE(::testing::Message() << preset << " layer " << layer << " dropout " << p << (dora ? " DoRA" : ""));
+      const LoraAdapter a = expert_adapter(model, p, dora);
       // The oracle: the CPU block with the adapters.
       LoraAdapter want_g = test::zeros_like(a);
       MoeLora ml;
@@ -282,6 +339,7 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
         if (a.slots()[i].layer != layer) continue;
         expect_close(got_g.weights(i).A, want_g.weights(i).A, kGradTol, a.slots()[i].path + " dA");
         expect_close(got_g.weights(i).B, want_g.weights(i).B, kGradTol, a.slots()[i].path + " dB");
+        if (dora) expect_close(got_g.weights(i).m, want_g.weights(i).m, kGradTol, a.slots()[i].path + " dm");
         ++checked;
       }
       EXPECT_EQ(checked, 3 * (c.num_experts + (m.shared.gate.N > 0 ? 1 : 0)));

@@ -126,7 +126,7 @@ void register_qlora_plan(CLI::App& app) {
       ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs on the CPU; none on the GPU)")
       ->capture_default_str();
-  cmd->add_flag("--use-dora", a->use_dora, "DoRA: a magnitude per output row and its activations (GPU: dense models only)");
+  cmd->add_flag("--use-dora", a->use_dora, "DoRA: a magnitude per output row and its activations");
   cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "sequences per micro-batch (B)")->capture_default_str();

@@ -134,7 +134,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--lora-dropout", o.lora.dropout, "dropout on the adapter branch's input")->capture_default_str();
   c->add_flag("--rslora", o.lora.use_rslora, "rank-stabilized scaling s = alpha / sqrt(r)");
   c->add_flag("--use-dora", o.lora.use_dora,
-              "DoRA (PEFT use_dora=True): a trained magnitude per output row of each adapted Linear (GPU: dense models only)");
+              "DoRA (PEFT use_dora=True): a trained magnitude per output row of each adapted Linear");
   c->add_option("--target", a->targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear")
       ->capture_default_str();
   c->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();

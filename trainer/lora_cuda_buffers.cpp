@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "trainer/lora_model.h"
+#include "trainer/moe_block.h"
 
 namespace qwenq {
 
@@ -82,6 +83,36 @@ LoraCudaDoraShape lora_cuda_dora_shape(const QwenConfig& c, const std::vector<Lo
     out.offset += sh.N;
   }
   QWENQ_FAIL("lora_cuda_dora_shape: " << lora_target_path(t) << " is not one of the DoRA adapter's targets");
+}
+
+namespace {
+
+bool is_attention(LoraTarget t) {
+  return t == LoraTarget::QProj || t == LoraTarget::KProj || t == LoraTarget::VProj || t == LoraTarget::OProj;
+}
+
+// An expert's Linear `which` (0 gate, 1 up, 2 down) of width I: [N, K].
+LoraShape expert_shape(const QwenConfig& c, int which, int64_t I) {
+  return which == 2 ? LoraShape{c.hidden_size, I} : LoraShape{I, c.hidden_size};
+}
+
+}  // namespace
+
+LoraCudaDoraMoe lora_cuda_dora_moe(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets) {
+  LoraCudaDoraMoe out;
+  for (LoraTarget t : dora_targets) {
+    if (is_attention(t)) out.words += lora_target_shape(lora_dims_of(c), t).N;
+  }
+  const LoraTarget mlp[3] = {LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+  for (int which = 0; which < 3; ++which) {
+    if (std::find(dora_targets.begin(), dora_targets.end(), mlp[which]) == dora_targets.end()) continue;
+    out.routed[which] = out.words;
+    out.words += c.experts_per_token * expert_shape(c, which, c.moe_intermediate_size).N;
+    if (c.shared_expert_intermediate_size <= 0) continue;
+    out.shared[which] = out.words;
+    out.words += expert_shape(c, which, c.shared_expert_intermediate_size).N;
+  }
+  return out;
 }
 
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
@@ -171,12 +202,23 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
   if (!dora_targets.empty()) {
     const LoraDims d = lora_dims_of(c);
     int64_t sum_n = 0, max_n = 0, max_k = 0;
-    for (LoraTarget t : dora_targets) {
-      const LoraShape sh = lora_target_shape(d, t);
-      sum_n += sh.N;
+    const auto widest = [&](const LoraShape& sh) {
       max_n = std::max(max_n, sh.N);
       max_k = std::max(max_k, sh.K);
+    };
+    for (LoraTarget t : dora_targets) {
+      const bool attention = is_attention(t);
+      if (attention || c.has_dense_mlp()) {  // a dense layer's Linear (a MoE-only model has no dense MLP)
+        const LoraShape sh = lora_target_shape(d, t);
+        sum_n += sh.N;
+        widest(sh);
+      }
+      if (attention || !c.is_moe()) continue;
+      const int which = moe_expert_index(t);
+      widest(expert_shape(c, which, c.moe_intermediate_size));
+      if (c.shared_expert_intermediate_size > 0) widest(expert_shape(c, which, c.shared_expert_intermediate_size));
     }
+    if (c.is_moe()) sum_n = std::max(sum_n, lora_cuda_dora_moe(c, dora_targets).words);
     const std::vector<LoraCudaBuffer> dora = {
         {Id::DoraZ, R::Forward, "DoRA's z = x Wᵀ of the adapted Linears", sum_n},
         {Id::DoraV, R::Forward, "DoRA's v = s·u Bᵀ of the adapted Linears", sum_n},

@@ -89,11 +89,13 @@
 // (~4.9 ms), a few ms of a step of some hundred ms; and the cross-entropy launcher waits once per chunk (it counts
 // the targets on the host), 19 times instead of 5. Tests force smaller chunks
 // (LoraModelCudaOptions::logits_chunk_rows) to cover several on their small vocabularies.
-// DoRA adapters (use_dora; dense layers: the GPU trainer refuses DoRA on a mixture-of-experts model) add, for the
-// adapted Linears t of the block in flight (N_t, K_t their output rows and input columns; the sums and maxima over
-// the adapter's targets):
-//   forward      DoraZ      Σ N_t                       z = x̃ Wᵀ of each adapted Linear, [T, N_t] at T·offset_t
-//                DoraV      Σ N_t                       v = s·u Bᵀ, likewise
+// DoRA adapters (use_dora) add, for the adapted Linears t of the block in flight (N_t, K_t their output rows and input
+// columns; the sums and maxima over the adapter's targets, a MoE layer's experts' and shared expert's shapes
+// included):
+//   forward      DoraZ      Σ N_t                       z = x̃ Wᵀ of each adapted Linear, [T, N_t] at T·offset_t; a
+//                                                       MoE model: the larger of that and the attention's Σ N_t plus
+//                                                       the MoE region (lora_cuda_dora_moe: k·N_e + N_s per MLP target)
+//                DoraV      as DoraZ                    v = s·u Bᵀ, likewise
 //   backward     DoraDz     max N_t                     dz = (g − 1)·dy of the Linear in its backward
 //                DoraDv     max N_t                     dv = g·dy
 //                DoraTmp    max K_t                     dz W + (s·dv B) A before it is added into dx
@@ -163,5 +165,16 @@ struct LoraCudaDoraShape {
   int64_t N = 0, K = 0, offset = 0;
 };
 LoraCudaDoraShape lora_cuda_dora_shape(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets, LoraTarget t);
+// A mixture-of-experts layer's DoRA columns in DoraZ / DoraV, after the attention targets' (which keep their
+// lora_cuda_dora_shape offsets): for each adapted MLP target in the order gate, up, down (which = 0, 1, 2), the routed
+// experts' rows [T·k, N_e] (expert e's at its grouped rows) at routed[which], then the shared expert's [T, N_s] at
+// shared[which] (-1: not adapted, or no shared expert); offsets in words per token (a block at element T·offset).
+// words: the end of the region.
+struct LoraCudaDoraMoe {
+  int64_t routed[3] = {-1, -1, -1};
+  int64_t shared[3] = {-1, -1, -1};
+  int64_t words = 0;
+};
+LoraCudaDoraMoe lora_cuda_dora_moe(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets);
 
 }  // namespace qwenq

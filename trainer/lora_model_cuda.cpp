@@ -120,6 +120,7 @@ struct LoraModelCuda::Impl {
   // (recomputed at the start of each call from the current A and B: PEFT's norms, detached).
   std::vector<LoraTarget> dora_targets;
   int64_t dora_col[7] = {};
+  LoraCudaDoraMoe dora_moe;  // a MoE layer's expert columns (lora_cuda_dora_moe)
   DeviceAllocation norms;
 
   // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
@@ -352,9 +353,16 @@ struct LoraModelCuda::Impl {
     }
     return f;
   }
-  // Linear `which` of expert e (-1: shared) of MoE layer l, W its base weight; u its rows' u (moe_fwd).
-  Lin expert_lin(int64_t l, int64_t e, int which, const QwenDeviceLinear& W, float* ut) {
-    return Lin{&W, expert_slot(l, e, which), expert_dropout_key(drop_seed, l, e, which), ut, mtmp.as<float>()};
+  // Linear `which` of expert e (-1: shared) of MoE layer l, W its base weight; u its rows' u (moe_fwd); r0 its first
+  // grouped row (routed experts; 0 for the shared expert) of a batch of T tokens, where a DoRA slot keeps its z and v.
+  Lin expert_lin(int64_t l, int64_t e, int which, const QwenDeviceLinear& W, float* ut, int64_t T, int64_t r0) {
+    Lin f{&W, expert_slot(l, e, which), expert_dropout_key(drop_seed, l, e, which), ut, mtmp.as<float>()};
+    if (f.sl != nullptr && f.sl->m_off >= 0) {
+      const int64_t col = e < 0 ? dora_moe.shared[which] : dora_moe.routed[which];
+      f.z = dora_z.as<float>() + T * col + r0 * W.N;
+      f.v = dora_v.as<float>() + T * col + r0 * W.N;
+    }
+    return f;
   }
 
   // The dropped LoRA input x̃ [T, K] of a Linear (kernels/dropout.h, the CPU trainer's key), into tmp: no other use
@@ -515,12 +523,20 @@ struct LoraModelCuda::Impl {
     }
   }
 
+  // The base Linear of slot sl: a layer's own, or an expert's (-1: the shared expert's) of a MoE layer.
+  const QwenDeviceLinear& slot_base(const Slot& sl) const {
+    if (sl.expert == kNoExpert) return layer_linear(base->device_layer(sl.layer), static_cast<int>(sl.target));
+    const QwenDeviceMoe& M = base->device_moe(sl.layer);
+    const size_t which = static_cast<size_t>(moe_expert_index(sl.target));
+    return sl.expert < 0 ? M.shared[which] : M.experts[static_cast<size_t>(sl.expert)][which];
+  }
+
   // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
   // or the Q4 codes the dequant-matmul reads).
   void dora_norms() {
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
-      const QwenDeviceLinear& L = layer_linear(base->device_layer(sl.layer), static_cast<int>(sl.target));
+      const QwenDeviceLinear& L = slot_base(sl);
       DoraBaseWeight W;
       W.dense = L.dense.data;
       W.dtype = L.dense.dtype;
@@ -592,18 +608,18 @@ struct LoraModelCuda::Impl {
       const ExpertRows x = expert_rows(e);
       if (x.rows == 0) continue;
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      lin_fwd(expert_lin(l, e, 0, X[0], U + x.r0 * r), x.x, x.rows, x.gate);
-      lin_fwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r), x.x, x.rows, x.up);
+      lin_fwd(expert_lin(l, e, 0, X[0], U + x.r0 * r, T, x.r0), x.x, x.rows, x.gate);
+      lin_fwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r, T, x.r0), x.x, x.rows, x.up);
       swiglu_forward_cuda(x.gate, x.up, x.rows * Im, x.act, st());
-      lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r), x.act, x.rows, my.as<float>() + x.r0 * C);
+      lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0), x.act, x.rows, my.as<float>() + x.r0 * C);
     }
     if (shared) {
       const int64_t Is = M.shared[0].N;
       float* SU = su.as<float>();
-      lin_fwd(expert_lin(l, -1, 0, M.shared[0], SU), n, T, sgate.as<float>());
-      lin_fwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r), n, T, sup.as<float>());
+      lin_fwd(expert_lin(l, -1, 0, M.shared[0], SU, T, 0), n, T, sgate.as<float>());
+      lin_fwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r, T, 0), n, T, sup.as<float>());
       swiglu_forward_cuda(sgate.as<float>(), sup.as<float>(), T * Is, sact.as<float>(), st());
-      lin_fwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r), sact.as<float>(), T, sy.as<float>());
+      lin_fwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r, T, 0), sact.as<float>(), T, sy.as<float>());
     }
     if (out == nullptr) return;
     moe_combine_cuda(my.as<float>(), R, C, mindex.as<int32_t>() + R, mweight.as<float>(), T, k,
@@ -645,11 +661,12 @@ struct LoraModelCuda::Impl {
       const ExpertRows x = expert_rows(e);  // act then holds dact, then dgate (as the dense MLP's act); up dup
       if (x.rows == 0) continue;
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r), mdy.as<float>() + x.r0 * C, x.act, x.rows, x.act,
+      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0), mdy.as<float>() + x.r0 * C, x.act, x.rows,
+              x.act,
               false);
       swiglu_backward_cuda(x.act, x.gate, x.up, x.rows * Im, x.act, x.up, st());  // in place
-      lin_bwd(expert_lin(l, e, 0, X[0], U + x.r0 * r), x.act, x.x, x.rows, dx + x.r0 * C, false);
-      lin_bwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r), x.up, x.x, x.rows, dx + x.r0 * C, true);
+      lin_bwd(expert_lin(l, e, 0, X[0], U + x.r0 * r, T, x.r0), x.act, x.x, x.rows, dx + x.r0 * C, false);
+      lin_bwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r, T, x.r0), x.up, x.x, x.rows, dx + x.r0 * C, true);
     }
     moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st(), disp.combine.data());
     float* tmp_c = mtmp.as<float>();
@@ -659,11 +676,11 @@ struct LoraModelCuda::Impl {
     const int64_t Is = M.shared[0].N;
     float* SU = su.as<float>();
     float* sa = sact.as<float>();
-    lin_bwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r), ds.as<float>(), sa, T, sa, false);
+    lin_bwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r, T, 0), ds.as<float>(), sa, T, sa, false);
     swiglu_backward_cuda(sa, sgate.as<float>(), sup.as<float>(), T * Is, sa, sup.as<float>(), st());
     float* sdx = ds.as<float>();  // dead once the down projection's backward read it
-    lin_bwd(expert_lin(l, -1, 0, M.shared[0], SU), sa, n, T, sdx, false);
-    lin_bwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r), sup.as<float>(), n, T, sdx, true);
+    lin_bwd(expert_lin(l, -1, 0, M.shared[0], SU, T, 0), sa, n, T, sdx, false);
+    lin_bwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r, T, 0), sup.as<float>(), n, T, sdx, true);
     add_inplace_cuda(dn, sdx, T * C, st());
     base_backward(M.shared_gate, dg.as<float>(), T, tmp_c);
     add_inplace_cuda(dn, tmp_c, T * C, st());
@@ -891,9 +908,7 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
     : impl_(std::make_unique<Impl>(model.config(), adapter, options)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
-  QWENQ_CHECK(!adapter.use_dora() || !c.is_moe(),
-              "the GPU LoRA trainer: DoRA on a mixture-of-experts model (its experts' DoRA layers) runs on the CPU only "
-              "for now (--device cpu)");
+
   QWENQ_CHECK(options.logits_chunk_rows >= 0,
               "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
                   << options.logits_chunk_rows);
@@ -923,6 +938,7 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
     m.dora_targets = adapter.targets();
     for (LoraTarget t : m.dora_targets)
       m.dora_col[static_cast<int>(t)] = lora_cuda_dora_shape(c, m.dora_targets, t).offset;
+    if (c.is_moe()) m.dora_moe = lora_cuda_dora_moe(c, m.dora_targets);
   }
   m.expert_slot_of.assign(static_cast<size_t>(c.num_layers), {});
   for (size_t i = 0; i < adapter.slots().size(); ++i) {

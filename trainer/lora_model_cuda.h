@@ -27,8 +27,8 @@
 // tests/test_moe_lora_composition.cpp composes this from the kernels' CPU twins against the CPU block.
 // `qwen-qlora plan --device cuda` counts them (trainer/memory_plan.h: the expert arenas, the MoE buffer rows).
 //
-// DoRA adapters (use_dora; dense models: a mixture of experts with DoRA is refused, its experts' DoRA layers train on
-// the CPU), the CPU Runner's formulas (trainer/lora_model.h) on kernels/dora.h: at the start of each call the row
+// DoRA adapters (use_dora; every adapted Linear, a MoE layer's experts' included: their z and v in the MoE columns of
+// the DoRA rows, lora_cuda_dora_moe), the CPU Runner's and MoE block's formulas (trainer/lora_model.h) on kernels/dora.h: at the start of each call the row
 // norms n = ‖W + s·B A‖ of every adapted Linear from the current A, B and the base as uploaded (dense, or the Q4
 // codes); each adapted Linear's forward keeps z = x̃ Wᵀ and v = s·u Bᵀ (the DoRA rows of trainer/lora_cuda_buffers.h,
 // one block's worth) and adds (g − 1) ⊙ z + g ⊙ v (dora_combine_cuda, g = m / n); its backward takes dm, dz, dv

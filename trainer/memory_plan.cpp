@@ -17,6 +17,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "trainer/lora_cuda_buffers.h"
+#include "trainer/moe_block.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_weight_arena.h"
@@ -464,10 +465,22 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->gradients = arena;
   d->optimizer = 2 * arena;
   if (in.lora.use_dora) {  // the row norms ‖W + s·B A‖ of every adapted Linear: one allocation of Σ N floats
-    int64_t per_layer = 0;
-    const std::vector<LoraTarget> targets = plan_targets(in.lora);
-    for (LoraTarget t : targets) per_layer += lora_cuda_dora_shape(c, targets, t).N;
-    d->adapters += held(u64(per_layer * n) * 4);
+    const LoraDims dims = dims_of(c);
+    int64_t norms = 0;
+    for (int64_t l = d->first_layer; l < d->first_layer + n; ++l) {
+      for (LoraTarget t : plan_targets(in.lora)) {
+        const bool expert = c.is_moe_layer(l) && moe_expert_index(t) >= 0;
+        if (!expert) {
+          norms += lora_target_shape(dims, t).N;
+          continue;
+        }
+        // every expert's Linear and the shared expert's: down_proj's N is C, gate/up's their widths
+        const bool down = t == LoraTarget::DownProj;
+        norms += c.num_experts * (down ? c.hidden_size : c.moe_intermediate_size);
+        if (c.shared_expert_intermediate_size > 0) norms += down ? c.hidden_size : c.shared_expert_intermediate_size;
+      }
+    }
+    d->adapters += held(u64(norms) * 4);
   }
   // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
   for (const LoraCudaBuffer& b :
@@ -506,8 +519,6 @@ void check_input(const PlanInput& in) {
   QWENQ_CHECK(in.dense_dtype == DType::F32 || in.dense_dtype == DType::BF16 || in.dense_dtype == DType::F16,
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
-    QWENQ_CHECK(!in.lora.use_dora || !c.is_moe(), "plan: --use-dora with --device cuda on a mixture of experts: its "
-                                                  "experts' DoRA layers train on the CPU only for now (--device cpu)");
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
     QWENQ_CHECK(in.gpus <= c.num_layers, "plan: " << in.gpus << " GPUs for a pipeline of " << c.num_layers
                                                   << " layers leaves a GPU without a layer; use at most "

@@ -21,7 +21,7 @@
 //   = 4·P (fp32 masters), gradients = 4·P (fp32), optimizer = 8·P (AdamW m and v, fp32: kernels/optim.h).
 //   DoRA also keeps z, v [T, N] and n [N] per adapted Linear in the block's activations and dz, dv [T, N] among
 //   that Linear's backward temporaries (the GPU: trainer/lora_cuda_buffers.h's DoRA rows and one array of every
-//   adapted Linear's n; the GPU plan refuses DoRA on a mixture of experts, whose expert DoRA layers are CPU-only).
+//   adapted Linear's n, every expert's included).
 //
 // ACTIVATIONS, CPU (trainer/lora_model.cpp exactly as written; fp32, 4 bytes per value):
 //   checkpoints   (L+1)·T·C          every block input x_l, plus the final one (kept with or without checkpointing)

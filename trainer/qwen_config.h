@@ -4,7 +4,7 @@
 // RMSNorm before RoPE, no q/k/v bias, explicit head_dim), "llama" (same block without biases), and the mixtures
 // of experts "qwen3_moe" (Qwen3-30B-A3B, Qwen3-235B-A22B: Qwen3's attention, top-k routed SwiGLU experts) and
 // "qwen2_moe" (Qwen1.5-MoE-A2.7B, Qwen2-57B-A14B: Qwen2's attention, routed experts plus a sigmoid-gated shared
-// expert); MoE models run in every command, on the CPU and on the GPU (GPU DoRA training refused, for every model). RoPE
+// expert); MoE models run in every command, on the CPU and on the GPU. RoPE
 // default, or rope_scaling of type linear, yarn or llama3 read as transformers 4.51.3 reads them (rope); tied or
 // untied embeddings; GQA. Anything else (sliding window on, dynamic/longrope/other rope_scaling, another
 // activation) is refused with one error naming config.json and the field, rather than computed wrongly.

@@ -320,9 +320,6 @@ TrainReport train_lora(const TrainOptions& o) {
   }
 
   QwenModel model(o.model_dir);
-  QWENQ_CHECK(!(o.use_cuda && o.lora.use_dora && model.config().is_moe()),
-              "--use-dora with --device cuda: " << o.model_dir << " is a mixture of experts, whose experts' DoRA layers "
-                                                << "train on the CPU only for now (--device cpu)");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);

@@ -100,7 +100,7 @@ TrainReport train_lora(const TrainOptions& opt);
 // The held-out loss train_lora reports (`qwen-qlora eval`): the token-weighted mean next-token NLL over the counted
 // targets of `examples`, batched as o.batch_mode / seq_len / batch_size (at most o.eval_batches batches), without
 // dropout, with o.checkpointing / bf16_checkpoints; on the GPU with o.use_cuda (LoraModelCuda's loss, as train
-// --device cuda evaluates; DoRA refused). Returns the loss and the counted targets.
+// --device cuda evaluates, DoRA included). Returns the loss and the counted targets.
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.

@@ -390,6 +390,7 @@ TEST(LoraModelCuda, DropoutIsTheCpuStep) {
 // DoRA (every target a DoRA layer: the row norms on the device from the base as uploaded, z and v kept per Linear,
 // dm with dA and dB; m in the arenas, clipped and updated with A and B) against the CPU trainer: the pure-fp32 path,
 // dropout 0.1 (z from the dropped input), flash attention in BF16 and a 4-bit base (the norms from the Q4 codes).
+// Mixtures of experts with DoRA: MixtureOfExpertsIsTheCpuStep.
 TEST(LoraModelCuda, DoraIsTheCpuStep) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
@@ -402,10 +403,6 @@ TEST(LoraModelCuda, DoraIsTheCpuStep) {
   const std::string q4 = quantize_rtn_gptq(bf16);
   expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, DoRA, dropout 0.1", 0.1, true,
                           false, true);
-  // A mixture of experts (its experts' DoRA layers) is refused by name, before anything is uploaded.
-  const QwenModel moe(test::make_random_model(tmp + "/moe", "tiny-moe", DType::F32, 3));
-  const std::string e = test::error_of([&] { LoraModelCuda gpu(moe, test_adapter(moe, 5, 0.0, true)); });
-  EXPECT_NE(e.find("DoRA on a mixture-of-experts model"), std::string::npos) << e;
 }
 
 // The lm_head in chunks of `rows` rows (1, 7, 64: for the batches of 41 and 165 tokens several chunks with a partial
@@ -488,6 +485,12 @@ TEST(LoraModelCuda, MixtureOfExpertsIsTheCpuStep) {
     const std::string q4 = quantize_rtn_gptq(dir);
     expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, std::string(preset) + " rtn-gptq 4-bit", 0.0, true,
                             /*experts_by_norm=*/true);
+    // DoRA on every expert's Linear (and the attention's): z, v in the MoE columns of DoraZ / DoraV.
+    expect_step_matches_cpu(dir, kFp32RelTol, kFp32RelTol, std::string(preset) + " F32, DoRA", 0.0, false, false, true);
+    expect_step_matches_cpu(dir, kFp32RelTol, kFp32RelTol, std::string(preset) + " F32, DoRA, dropout 0.1", 0.1, false,
+                            false, true);
+    expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, std::string(preset) + " rtn-gptq 4-bit, DoRA", 0.0,
+                            true, /*experts_by_norm=*/true, true);
   }
 }
 
