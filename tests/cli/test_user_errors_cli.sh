@@ -375,6 +375,8 @@ refuse moe_gguf "a mixture of experts with dense layers" "$QQ" gguf --model moe 
 grep -q "2 MoE layers: 8 experts x 32, top-2" moe_plan.txt || fail "plan names the MoE layers" moe_plan.txt
 "$QL" plan --model moe --device cuda --gpus 1 --seq-len 64 > moe_plan_gpu.txt 2>&1 || fail "plan of a MoE model on the GPU" moe_plan_gpu.txt
 grep -q "2 MoE layers: 8 experts x 32, top-2" moe_plan_gpu.txt || fail "the GPU plan names the MoE layers" moe_plan_gpu.txt
+"$QL" plan --model moe --device cuda --gpus 1 --seq-len 64 --use-dora > moe_plan_dora.txt 2>&1 \
+  || fail "plan of DoRA on a MoE model on the GPU" moe_plan_dora.txt
 refuse moe_compare "compare --methods gguf-q4_0: moe/config.json: a mixture of experts with dense layers" "$QQ" compare \
   --model moe --out moe_cmp --methods rtn,gguf-q4_0 \
   --data text.jsonl --calib text.jsonl
