@@ -12,11 +12,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
+#include "core/rng.h"
 #include "core/safetensors.h"
 #include "kernels/device_allocator.h"
 #include "quant/format/qgemm_layout.h"
@@ -26,6 +28,7 @@
 #include "tests/support/test_paths.h"
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/lora_model.h"
+#include "trainer/moe_block.h"
 #include "trainer/memory_plan.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -285,6 +288,86 @@ TEST(MemoryPlanGpu, DoraRowsAndNormsAreWhatLoraModelCudaRequests) {
       EXPECT_EQ(s.bytes_of(MemoryTag::Adapter), d.adapters);
       EXPECT_EQ(s.bytes_of(MemoryTag::Gradients), d.gradients);
       EXPECT_EQ(s.bytes_of(MemoryTag::Optimizer), d.optimizer);
+    }
+  }
+}
+
+// Where LoraModelCuda keeps each DoRA Linear's z and v (lora_cuda_dora_shape's columns for a layer's own Linears,
+// lora_cuda_dora_expert_offset for a MoE layer's experts, the trainer's own pointer arithmetic): in every layer kind,
+// for a seeded routing (some experts idle, none over T rows), every Linear's block lies inside the DoraZ rows of the
+// table and no two blocks of one layer overlap. Qwen3-MoE with a dense layer, Qwen2-MoE with a shared expert narrower
+// and (Qwen1.5-MoE-A2.7B) wider than C; all seven targets and q/up/down.
+TEST(MemoryPlanGpu, DoraColumnsOfEveryLinearAreDisjoint) {
+  const auto words_of = [](const std::vector<LoraCudaBuffer>& t) -> int64_t {
+    for (const LoraCudaBuffer& b : t)
+      if (b.id == LoraCudaBufferId::DoraZ) return b.words;
+    return -1;
+  };
+  const std::vector<LoraTarget> all = {LoraTarget::QProj, LoraTarget::KProj,    LoraTarget::VProj, LoraTarget::OProj,
+                                       LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
+  const std::vector<LoraTarget> some = {LoraTarget::QProj, LoraTarget::UpProj, LoraTarget::DownProj};
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"}) {
+    for (const auto& targets : {all, some}) {
+      SCOPED_TRACE(std::string(preset) + ", " + std::to_string(targets.size()) + " targets");
+      const QwenConfig c = qwen_preset(preset);
+      const int64_t T = 13, k = c.experts_per_token, E = c.num_experts;
+      const int64_t words = words_of(lora_cuda_batch_buffers(c, c.num_layers, 4, true, true, false, targets));
+      ASSERT_GT(words, 0);
+      const LoraCudaDoraMoe moe = lora_cuda_dora_moe(c, targets);
+      // [begin, end) in floats of each Linear's block, per layer kind.
+      const auto check = [&](std::vector<std::pair<int64_t, int64_t>> blocks, const char* kind) {
+        std::sort(blocks.begin(), blocks.end());
+        for (size_t i = 0; i < blocks.size(); ++i) {
+          EXPECT_GE(blocks[i].first, 0) << kind;
+          EXPECT_LE(blocks[i].second, words * T) << kind << ": a block past the DoraZ rows";
+          if (i > 0) {
+            EXPECT_GE(blocks[i].first, blocks[i - 1].second) << kind << ": two blocks overlap";
+          }
+        }
+      };
+      std::vector<std::pair<int64_t, int64_t>> attention;
+      for (LoraTarget t : targets) {
+        if (moe_expert_index(t) >= 0) continue;
+        const LoraCudaDoraShape sh = lora_cuda_dora_shape(c, targets, t);
+        attention.push_back({T * sh.offset, T * (sh.offset + sh.N)});
+      }
+      if (c.has_dense_mlp()) {
+        std::vector<std::pair<int64_t, int64_t>> dense = attention;
+        for (LoraTarget t : targets) {
+          if (moe_expert_index(t) < 0) continue;
+          const LoraCudaDoraShape sh = lora_cuda_dora_shape(c, targets, t);
+          dense.push_back({T * sh.offset, T * (sh.offset + sh.N)});
+        }
+        check(dense, "a dense layer");
+      }
+      // A seeded routing: T·k rows over the experts, at most T each (a token picks an expert once); with E > k some
+      // experts stay idle.
+      Rng rng(5);
+      std::vector<int64_t> rows(static_cast<size_t>(E), 0);
+      for (int64_t left = T * k; left > 0;) {
+        const int64_t e = static_cast<int64_t>(rng.below(static_cast<uint64_t>(E)));
+        if (rows[e] < T) ++rows[e], --left;
+      }
+      std::vector<std::pair<int64_t, int64_t>> blocks = attention;
+      for (LoraTarget t : targets) {
+        const int which = moe_expert_index(t);
+        if (which < 0) continue;
+        const int64_t Ne = which == 2 ? c.hidden_size : c.moe_intermediate_size;
+        int64_t r0 = 0;
+        for (int64_t e = 0; e < E; ++e) {
+          if (rows[e] > 0) {
+            const int64_t at = lora_cuda_dora_expert_offset(moe, which, e, T, r0, Ne);
+            blocks.push_back({at, at + rows[e] * Ne});
+          }
+          r0 += rows[e];
+        }
+        if (c.shared_expert_intermediate_size > 0) {
+          const int64_t Ns = which == 2 ? c.hidden_size : c.shared_expert_intermediate_size;
+          const int64_t at = lora_cuda_dora_expert_offset(moe, which, -1, T, 0, Ns);
+          blocks.push_back({at, at + T * Ns});
+        }
+      }
+      check(blocks, "a MoE layer");
     }
   }
 }

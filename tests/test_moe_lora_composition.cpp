@@ -18,8 +18,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/files.h"

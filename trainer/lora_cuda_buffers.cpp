@@ -115,6 +115,15 @@ LoraCudaDoraMoe lora_cuda_dora_moe(const QwenConfig& c, const std::vector<LoraTa
   return out;
 }
 
+int64_t lora_cuda_dora_expert_offset(const LoraCudaDoraMoe& m, int which, int64_t expert, int64_t T, int64_t r0,
+                                     int64_t N) {
+  QWENQ_CHECK(which >= 0 && which < 3, "lora_cuda_dora_expert_offset: no expert Linear " << which);
+  const int64_t col = expert < 0 ? m.shared[which] : m.routed[which];
+  QWENQ_CHECK(col >= 0, "lora_cuda_dora_expert_offset: Linear " << which << " of expert " << expert
+                                                                << " is not a DoRA target");
+  return T * col + (expert < 0 ? 0 : r0 * N);
+}
+
 std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t layers, int64_t rank, bool flash,
                                                     bool bf16_checkpoints, bool dropout,
                                                     const std::vector<LoraTarget>& dora_targets) {

@@ -176,5 +176,10 @@ struct LoraCudaDoraMoe {
   int64_t words = 0;
 };
 LoraCudaDoraMoe lora_cuda_dora_moe(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets);
+// Where LoraModelCuda keeps one expert Linear's z (and v) in DoraZ (DoraV), in floats from the buffer's start, for a
+// batch of T tokens: Linear `which` of routed expert `expert` at T·routed[which] + r0·N (r0 its first grouped row, N
+// its output rows), the shared expert's (expert -1) at T·shared[which]. Throws when that Linear has no column.
+int64_t lora_cuda_dora_expert_offset(const LoraCudaDoraMoe& m, int which, int64_t expert, int64_t T, int64_t r0,
+                                     int64_t N);
 
 }  // namespace qwenq

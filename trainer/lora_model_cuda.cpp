@@ -122,6 +122,7 @@ struct LoraModelCuda::Impl {
   int64_t dora_col[7] = {};
   LoraCudaDoraMoe dora_moe;  // a MoE layer's expert columns (lora_cuda_dora_moe)
   DeviceAllocation norms;
+  bool norms_stale = true;   // A or B changed (construction, upload, an AdamW step) since the norms were computed
 
   // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
   TensorView host_embed;
@@ -358,9 +359,9 @@ struct LoraModelCuda::Impl {
   Lin expert_lin(int64_t l, int64_t e, int which, const QwenDeviceLinear& W, float* ut, int64_t T, int64_t r0) {
     Lin f{&W, expert_slot(l, e, which), expert_dropout_key(drop_seed, l, e, which), ut, mtmp.as<float>()};
     if (f.sl != nullptr && f.sl->m_off >= 0) {
-      const int64_t col = e < 0 ? dora_moe.shared[which] : dora_moe.routed[which];
-      f.z = dora_z.as<float>() + T * col + r0 * W.N;
-      f.v = dora_v.as<float>() + T * col + r0 * W.N;
+      const int64_t at = lora_cuda_dora_expert_offset(dora_moe, which, e, T, r0, W.N);
+      f.z = dora_z.as<float>() + at;
+      f.v = dora_v.as<float>() + at;
     }
     return f;
   }
@@ -532,8 +533,9 @@ struct LoraModelCuda::Impl {
   }
 
   // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
-  // or the Q4 codes the dequant-matmul reads).
+  // or the Q4 codes the dequant-matmul reads). Queued on the stream before the call's first use.
   void dora_norms() {
+    norms_stale = false;
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
       const QwenDeviceLinear& L = slot_base(sl);
@@ -661,9 +663,8 @@ struct LoraModelCuda::Impl {
       const ExpertRows x = expert_rows(e);  // act then holds dact, then dgate (as the dense MLP's act); up dup
       if (x.rows == 0) continue;
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
-      lin_bwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0), mdy.as<float>() + x.r0 * C, x.act, x.rows,
-              x.act,
-              false);
+      const Lin down = expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0);
+      lin_bwd(down, mdy.as<float>() + x.r0 * C, x.act, x.rows, x.act, false);
       swiglu_backward_cuda(x.act, x.gate, x.up, x.rows * Im, x.act, x.up, st());  // in place
       lin_bwd(expert_lin(l, e, 0, X[0], U + x.r0 * r, T, x.r0), x.act, x.x, x.rows, dx + x.r0 * C, false);
       lin_bwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r, T, x.r0), x.up, x.x, x.rows, dx + x.r0 * C, true);
@@ -800,7 +801,7 @@ struct LoraModelCuda::Impl {
     upload_owned_async(tokens.get(), b.tokens, st());
     upload_owned_async(positions.get(), b.positions, st());
     upload_owned_async(targets.get(), tg, st());
-    dora_norms();  // no-op without DoRA
+    if (norms_stale) dora_norms();  // no-op without DoRA; A and B change only between calls
     embed(b);
     // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
     // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation
@@ -885,6 +886,7 @@ struct LoraModelCuda::Impl {
 
   void put(const DeviceAllocation& arena, const LoraAdapter& a, const char* what) {
     check_same(a, what);
+    if (&arena == &params) norms_stale = true;
     lora_arena_put(a, kStageFloats, [&](const float* data, int64_t offset, int64_t n) {
       QWENQ_CHECK(offset + n <= total, "LoraModelCuda: " << what << " overflows the arena of " << total << " floats");
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(arena.as<float>() + offset, data, static_cast<size_t>(n) * sizeof(float),
@@ -908,7 +910,6 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
     : impl_(std::make_unique<Impl>(model.config(), adapter, options)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
-
   QWENQ_CHECK(options.logits_chunk_rows >= 0,
               "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
                   << options.logits_chunk_rows);
@@ -1024,6 +1025,7 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
   if (!std::isfinite(norm)) return norm;
   // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop.
   if (m.total > 0) {
+    m.norms_stale = true;
     adamw_step_cuda(m.params.as<float>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(), m.total, lr, beta1,
                     beta2, eps, weight_decay, step, m.st());
   }
