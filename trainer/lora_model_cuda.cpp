@@ -535,7 +535,6 @@ struct LoraModelCuda::Impl {
   // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
   // or the Q4 codes the dequant-matmul reads). Queued on the stream before the call's first use.
   void dora_norms() {
-    norms_stale = false;
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
       const QwenDeviceLinear& L = slot_base(sl);
@@ -546,6 +545,7 @@ struct LoraModelCuda::Impl {
       dora_row_norms_cuda(W, sl.N, sl.K, params.as<float>() + sl.a_off, params.as<float>() + sl.b_off, sl.r, s,
                           norms.as<float>() + sl.n_off, st());
     }
+    norms_stale = false;  // only once every launch was queued (an error leaves them stale)
   }
 
   void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
