@@ -211,19 +211,14 @@ TEST(AwqMoe, ExpertsNoTokenReachedKeepUnitScalesAndNoClip) {
 TEST(AwqMoe, BeatsRtnOnAnUpcycledStories260KMoe) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
-  const std::string dense = test::import_stories260k(root + "/fp32");
-  const std::string moe = test::upcycle_stories260k(dense, root + "/moe", 4);
-  AwqModelOptions a = test::awq_test_options(moe, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
-  a.out.group_size = 64;
-  a.calib_samples = 32;
-  a.calib_seq_len = 128;
-  EXPECT_EQ(awq_quantize_model(a).linears, 5 * (4 + 3 * 4));
-  QuantizeOptions rtn = a.out;
+  const test::UpcycledAwq u = test::upcycled_stories260k_awq(root);
+  EXPECT_EQ(awq_quantize_model(u.options).linears, 5 * (4 + 3 * 4));
+  QuantizeOptions rtn = u.options.out;
   rtn.out_dir = root + "/rtn";
   rtn.sym = false;
   quantize_model(rtn);
-  const test::TinyStoriesPerplexity ppl(dense);
-  const double base = ppl(moe), p_rtn = ppl(rtn.out_dir), p_awq = ppl(a.out.out_dir);
+  const test::TinyStoriesPerplexity ppl(u.dense);
+  const double base = ppl(u.moe), p_rtn = ppl(rtn.out_dir), p_awq = ppl(u.options.out.out_dir);
   std::printf("upcycled stories260K (4 experts, top 2), 4-bit g64 AWQ grid, 32 x 256 TinyStories tokens: MoE %.4f, "
               "rtn %.4f (+%.1f%%), awq %.4f (+%.1f%%)\n",
               base, p_rtn, 100 * (p_rtn / base - 1), p_awq, 100 * (p_awq / base - 1));

@@ -282,12 +282,7 @@ LoraAdapter expert_adapter(const QwenModel& model, double dropout, bool dora) {
   for (size_t i = 0; i < a.slots().size(); ++i) {
     for (float& b : a.weights(i).B) b = 0.3f * static_cast<float>(rng.normal());  // every gradient flows
   }
-  if (dora) {
-    init_dora_magnitudes(model, &a);
-    for (size_t i = 0; i < a.slots().size(); ++i) {
-      for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
-    }
-  }
+  if (dora) test::perturbed_dora_magnitudes(model, &a, 5);
   return a;
 }
 

@@ -100,8 +100,9 @@ LoraShape expert_shape(const QwenConfig& c, int which, int64_t I) {
 
 LoraCudaDoraMoe lora_cuda_dora_moe(const QwenConfig& c, const std::vector<LoraTarget>& dora_targets) {
   LoraCudaDoraMoe out;
+  const LoraDims d = lora_dims_of(c);
   for (LoraTarget t : dora_targets) {
-    if (is_attention(t)) out.words += lora_target_shape(lora_dims_of(c), t).N;
+    if (is_attention(t)) out.words += lora_target_shape(d, t).N;
   }
   const LoraTarget mlp[3] = {LoraTarget::GateProj, LoraTarget::UpProj, LoraTarget::DownProj};
   for (int which = 0; which < 3; ++which) {

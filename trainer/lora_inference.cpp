@@ -12,8 +12,6 @@ namespace qwenq {
 
 namespace {
 
-int64_t align_up(int64_t n) { return (n + kLoraArenaAlignFloats - 1) / kLoraArenaAlignFloats * kLoraArenaAlignFloats; }
-
 // Refuses a tensor of `got` floats where `rows`·`cols` are due, or holding a value that is not finite.
 void check_tensor(const std::vector<float>& v, int64_t rows, int64_t cols, const LoraSlot& slot, bool is_b,
                   const std::string& source) {
@@ -96,11 +94,11 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
     sl.expert = ls.expert;
     sl.N = w.N, sl.K = w.K, sl.r = w.r;
     sl.a_off = total;
-    sl.b_off = align_up(total + w.r * w.K);
-    total = align_up(sl.b_off + w.N * w.r);
+    sl.b_off = lora_arena_align_up(total + w.r * w.K);
+    total = lora_arena_align_up(sl.b_off + w.N * w.r);
     if (adapter.use_dora()) {
       sl.m_off = total;
-      total = align_up(total + w.N);
+      total = lora_arena_align_up(total + w.N);
     }
     out.slots.push_back(sl);
   }

@@ -34,6 +34,11 @@
 namespace qwenq {
 
 constexpr int64_t kLoraArenaAlignFloats = 4;
+// n rounded up to a multiple of kLoraArenaAlignFloats (where the next tensor of the arena, or of the GPU's gains,
+// starts).
+inline int64_t lora_arena_align_up(int64_t n) {
+  return (n + kLoraArenaAlignFloats - 1) / kLoraArenaAlignFloats * kLoraArenaAlignFloats;
+}
 
 // One adapted Linear: its shape and where its A and B start in the arena (in floats). expert: kNoExpert for a
 // layer's own Linear, else the expert of a MoE layer's MLP target (-1: the shared expert).

@@ -113,7 +113,7 @@ void LoraInferenceCuda::compute_gains(std::vector<QwenDeviceLayer>& layers, cons
   for (size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].m_off < 0) continue;
     gain_off_[i] = total;
-    total += (slots_[i].N + kLoraArenaAlignFloats - 1) / kLoraArenaAlignFloats * kLoraArenaAlignFloats;
+    total += lora_arena_align_up(slots_[i].N);
     widest = std::max(widest, slots_[i].N);
   }
   if (total == 0) return;
@@ -126,12 +126,8 @@ void LoraInferenceCuda::compute_gains(std::vector<QwenDeviceLayer>& layers, cons
   for (size_t i = 0; i < slots_.size(); ++i) {
     const LoraArenaSlot& sl = slots_[i];
     if (sl.m_off < 0) continue;
-    const QwenDeviceLinear& d = slot_linear(layers, moe, sl, source_);
-    DoraBaseWeight W;
-    W.dense = d.dense.data;
-    W.dtype = d.dense.dtype;
-    W.q4 = d.q4 ? &*d.q4 : nullptr;
-    dora_row_norms_cuda(W, sl.N, sl.K, base + sl.a_off, base + sl.b_off, sl.r, scaling_, norms.as<float>(), stream_);
+    dora_row_norms_cuda(dora_base_weight(slot_linear(layers, moe, sl, source_)), sl.N, sl.K, base + sl.a_off,
+                        base + sl.b_off, sl.r, scaling_, norms.as<float>(), stream_);
     dora_gain_cuda(base + sl.m_off, norms.as<float>(), sl.N, gains.as<float>() + gain_off_[i], stream_);
   }
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // errors surface here, before any branch points at gains

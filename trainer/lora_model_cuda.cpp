@@ -419,51 +419,57 @@ struct LoraModelCuda::Impl {
   // da on a with flash attention). Each buffer sees the same ops in the same order as with the base first.
   void lin_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
     if (f.sl != nullptr && f.sl->m_off >= 0) return dora_bwd(f, dy, x, T, dx, accumulate);
-    const QwenDeviceLinear& L = *f.L;
-    const Slot* sl = f.sl;
     const bool drop = drop_p > 0.f;
+    if (f.sl != nullptr) adapter_grads(f, dy, x, T);
+    // x is not read below.
+    base_input_grad(f, dy, T, dx, accumulate);
+    if (f.sl == nullptr) return;
+    // dx += g A; with dropout tmp = g A, then dx += m ⊙ tmp (tmp's base dx was added above).
+    adapter_input_grad(*f.sl, T, drop ? tmp.as<float>() : dx, !drop);
+    if (drop) dropout_backward_cuda(tmp.as<float>(), T * f.sl->K, drop_p, f.key, dx, st());
+  }
+
+  // The adapter's gradients of slot f.sl from the gradient dyp [T, N] of its branch's output (dy for LoRA, DoRA's dv):
+  // g [T, r] = s · dyp B (kept in `g` for adapter_input_grad), dB += s · dypᵀ u, dA += gᵀ x̃ (x̃ regenerated into tmp
+  // with dropout). The last read of x.
+  void adapter_grads(const Lin& f, const float* dyp, const float* x, int64_t T) {
+    const Slot& sl = *f.sl;
     float* gp = g.as<float>();
     BlasLt& lt = BlasLt::current();
-    if (sl != nullptr) {
-      const float* B = params.as<float>() + sl->b_off;
-      float* dA = grads.as<float>() + sl->a_off;
-      float* dB = grads.as<float>() + sl->b_off;
-      {  // gᵀ[r, T] = s · (B as r×N, column-major) · dyᵀ(N×T): g [T, r] = s · dy B.
-        LtGemm gm;
-        gm.m = sl->r, gm.n = T, gm.k = sl->N;
-        gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
-        lt.matmul(gm, B, dy, gp, nullptr, s, st());
-      }
-      {  // dBᵀ[r, N] += s · uᵀ(r×T) · dy(T×N): dB [N, r] += s · dyᵀ u.
-        LtGemm gm;
-        gm.m = sl->r, gm.n = sl->N, gm.k = T;
-        gm.trans_b = true;
-        gm.lda = sl->r, gm.ldb = sl->N, gm.ldd = sl->r;
-        gm.accumulate = true;
-        lt.matmul(gm, f.u, dy, dB, nullptr, s, st());
-      }
-      const float* xin = drop ? dropped(f.key, x, T, sl->K) : x;     // x̃ in tmp, dead after dA's product
-      linear_backward_weight_cuda(gp, xin, T, sl->r, sl->K, dA, st());  // dA [r, K] += gᵀ x̃
-    }
-    // x is not read below.
-    if (accumulate) {
-      float* bx = f.scratch;
-      base_backward(L, dy, T, bx);
-      add_inplace_cuda(dx, bx, T * L.K, st());
-    } else {
-      base_backward(L, dy, T, dx);
-    }
-    if (sl == nullptr) return;
-    const float* A = params.as<float>() + sl->a_off;
-    {  // dxᵀ[K, T] += (A as K×r) · gᵀ(r×T): dx [T, K] += g A (with dropout: tmp = g A, then dx += m ⊙ tmp).
+    {  // gᵀ[r, T] = s · (B as r×N, column-major) · dypᵀ(N×T): g [T, r] = s · dyp B.
       LtGemm gm;
-      gm.m = sl->K, gm.n = T, gm.k = sl->r;
-      gm.lda = sl->K, gm.ldb = sl->r, gm.ldd = sl->K;
-      gm.accumulate = !drop;
-      lt.matmul(gm, A, gp, drop ? tmp.as<float>() : dx, nullptr, 1.f, st());  // tmp's base dx was added above
+      gm.m = sl.r, gm.n = T, gm.k = sl.N;
+      gm.lda = sl.r, gm.ldb = sl.N, gm.ldd = sl.r;
+      lt.matmul(gm, params.as<float>() + sl.b_off, dyp, gp, nullptr, s, st());
     }
-    if (drop) dropout_backward_cuda(tmp.as<float>(), T * sl->K, drop_p, f.key, dx, st());
+    {  // dBᵀ[r, N] += s · uᵀ(r×T) · dyp(T×N): dB [N, r] += s · dypᵀ u.
+      LtGemm gm;
+      gm.m = sl.r, gm.n = sl.N, gm.k = T;
+      gm.trans_b = true;
+      gm.lda = sl.r, gm.ldb = sl.N, gm.ldd = sl.r;
+      gm.accumulate = true;
+      lt.matmul(gm, f.u, dyp, grads.as<float>() + sl.b_off, nullptr, s, st());
+    }
+    const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl.K) : x;  // x̃ in tmp, dead after dA's product
+    linear_backward_weight_cuda(gp, xin, T, sl.r, sl.K, grads.as<float>() + sl.a_off, st());  // dA [r, K] += gᵀ x̃
   }
+
+  // dst [T, K] (+)= g A, g from adapter_grads: written, or added when accumulate.
+  void adapter_input_grad(const Slot& sl, int64_t T, float* dst, bool accumulate) {
+    LtGemm gm;  // dstᵀ[K, T] (+)= (A as K×r) · gᵀ(r×T)
+    gm.m = sl.K, gm.n = T, gm.k = sl.r;
+    gm.lda = sl.K, gm.ldb = sl.r, gm.ldd = sl.K;
+    gm.accumulate = accumulate;
+    BlasLt::current().matmul(gm, params.as<float>() + sl.a_off, g.as<float>(), dst, nullptr, 1.f, st());
+  }
+
+  // dx (+)= dy W of the base: written, or (accumulate) through the Linear's scratch and added.
+  void base_input_grad(const Lin& f, const float* dy, int64_t T, float* dx, bool accumulate) {
+    if (!accumulate) return base_backward(*f.L, dy, T, dx);
+    base_backward(*f.L, dy, T, f.scratch);
+    add_inplace_cuda(dx, f.scratch, T * f.L->K, st());
+  }
+
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
     lin_bwd(layer_lin(l, t, T), dy, x, T, dx, accumulate);
   }
@@ -473,56 +479,24 @@ struct LoraModelCuda::Impl {
   // dA += Gᵀ x̃ (x's last read: dx may be its storage); dx (+)= dy W; then t = dz W + G A and dx += t (with dropout
   // dx += mask ⊙ t / (1 − p), dropout_backward_cuda).
   void dora_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
-    const QwenDeviceLinear& L = *f.L;
     const Slot& sl = *f.sl;
-    const bool drop = drop_p > 0.f;
-    const int64_t N = sl.N, K = sl.K, r = sl.r;
-    float* gp = g.as<float>();
     float* dz = dora_dz.as<float>();
     float* dv = dora_dv.as<float>();
     float* t = dora_tmp.as<float>();
-    BlasLt& lt = BlasLt::current();
-    const float* A = params.as<float>() + sl.a_off;
-    const float* B = params.as<float>() + sl.b_off;
-    dora_split_grad_cuda(params.as<float>() + sl.m_off, norms.as<float>() + sl.n_off, f.z, f.v, dy, T, N,
+    dora_split_grad_cuda(params.as<float>() + sl.m_off, norms.as<float>() + sl.n_off, f.z, f.v, dy, T, sl.N,
                          grads.as<float>() + sl.m_off, dz, dv, st());
-    {  // gᵀ[r, T] = s · (B as r×N, column-major) · dvᵀ(N×T): G [T, r] = s · dv B.
-      LtGemm gm;
-      gm.m = r, gm.n = T, gm.k = N;
-      gm.lda = r, gm.ldb = N, gm.ldd = r;
-      lt.matmul(gm, B, dv, gp, nullptr, s, st());
-    }
-    {  // dBᵀ[r, N] += s · uᵀ(r×T) · dv(T×N): dB [N, r] += s · dvᵀ u.
-      LtGemm gm;
-      gm.m = r, gm.n = N, gm.k = T;
-      gm.trans_b = true;
-      gm.lda = r, gm.ldb = N, gm.ldd = r;
-      gm.accumulate = true;
-      lt.matmul(gm, f.u, dv, grads.as<float>() + sl.b_off, nullptr, s, st());
-    }
-    const float* xin = drop ? dropped(f.key, x, T, K) : x;  // x̃ in tmp, dead after dA's product
-    linear_backward_weight_cuda(gp, xin, T, r, K, grads.as<float>() + sl.a_off, st());  // dA [r, K] += Gᵀ x̃
+    adapter_grads(f, dv, x, T);
     // x is not read below.
-    if (accumulate) {
-      base_backward(L, dy, T, f.scratch);
-      add_inplace_cuda(dx, f.scratch, T * K, st());
+    base_input_grad(f, dy, T, dx, accumulate);
+    base_backward(*f.L, dz, T, t);  // t = dz W
+    adapter_input_grad(sl, T, t, /*accumulate=*/true);  // t += G A
+    if (drop_p > 0.f) {
+      dropout_backward_cuda(t, T * sl.K, drop_p, f.key, dx, st());
     } else {
-      base_backward(L, dy, T, dx);
-    }
-    base_backward(L, dz, T, t);  // t = dz W
-    {  // tᵀ[K, T] += (A as K×r) · Gᵀ(r×T): t += G A.
-      LtGemm gm;
-      gm.m = K, gm.n = T, gm.k = r;
-      gm.lda = K, gm.ldb = r, gm.ldd = K;
-      gm.accumulate = true;
-      lt.matmul(gm, A, gp, t, nullptr, 1.f, st());
-    }
-    if (drop) {
-      dropout_backward_cuda(t, T * K, drop_p, f.key, dx, st());
-    } else {
-      add_inplace_cuda(dx, t, T * K, st());
+      add_inplace_cuda(dx, t, T * sl.K, st());
     }
   }
+
 
   // The base Linear of slot sl: a layer's own, or an expert's (-1: the shared expert's) of a MoE layer.
   const QwenDeviceLinear& slot_base(const Slot& sl) const {
@@ -537,13 +511,8 @@ struct LoraModelCuda::Impl {
   void dora_norms() {
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
-      const QwenDeviceLinear& L = slot_base(sl);
-      DoraBaseWeight W;
-      W.dense = L.dense.data;
-      W.dtype = L.dense.dtype;
-      W.q4 = L.q4 ? &*L.q4 : nullptr;
-      dora_row_norms_cuda(W, sl.N, sl.K, params.as<float>() + sl.a_off, params.as<float>() + sl.b_off, sl.r, s,
-                          norms.as<float>() + sl.n_off, st());
+      dora_row_norms_cuda(dora_base_weight(slot_base(sl)), sl.N, sl.K, params.as<float>() + sl.a_off,
+                          params.as<float>() + sl.b_off, sl.r, s, norms.as<float>() + sl.n_off, st());
     }
     norms_stale = false;  // only once every launch was queued (an error leaves them stale)
   }

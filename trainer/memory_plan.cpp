@@ -17,7 +17,6 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "trainer/lora_cuda_buffers.h"
-#include "trainer/moe_block.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_weight_arena.h"
@@ -99,6 +98,7 @@ struct LayerTotals {
   uint64_t dense_bytes = 0;   // norms, biases and the routers, in dense_dtype
   int64_t linear_params = 0;  // Σ N·K of the packed Linears (routers not included)
   int64_t lora_params = 0;    // Σ r·(N + K) (+ N with DoRA) over the adapted Linears
+  int64_t dora_norms = 0;     // DoRA: Σ N over the adapted Linears (the GPU trainer's row norms; 0 without DoRA)
 };
 LayerTotals layer_totals(const PlanInput& in, int64_t l) {
   const QwenConfig& c = in.model;
@@ -117,6 +117,7 @@ LayerTotals layer_totals(const PlanInput& in, int64_t l) {
     QWENQ_CHECK(in.lora.r <= std::min(x.N, x.K), "LoRA rank " << in.lora.r << " is larger than " << x.name << " ["
                                                                << x.N << ", " << x.K << "] allows");
     t.lora_params += in.lora.r * (x.N + x.K) + (in.lora.use_dora ? x.N : 0);
+    if (in.lora.use_dora) t.dora_norms += x.N;
   }
   return t;
 }
@@ -439,7 +440,8 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
   return b;
 }
 
-void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, DevicePlan* d) {
+// dora_norms: Σ N over the device's adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA.
+void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_t dora_norms, DevicePlan* d) {
   const QwenConfig& c = in.model;
   const int64_t T = s.T, n = d->num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
@@ -464,24 +466,8 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, Device
   d->adapters = arena;
   d->gradients = arena;
   d->optimizer = 2 * arena;
-  if (in.lora.use_dora) {  // the row norms ‖W + s·B A‖ of every adapted Linear: one allocation of Σ N floats
-    const LoraDims dims = dims_of(c);
-    int64_t norms = 0;
-    for (int64_t l = d->first_layer; l < d->first_layer + n; ++l) {
-      for (LoraTarget t : plan_targets(in.lora)) {
-        const bool expert = c.is_moe_layer(l) && moe_expert_index(t) >= 0;
-        if (!expert) {
-          norms += lora_target_shape(dims, t).N;
-          continue;
-        }
-        // every expert's Linear and the shared expert's: down_proj's N is C, gate/up's their widths
-        const bool down = t == LoraTarget::DownProj;
-        norms += c.num_experts * (down ? c.hidden_size : c.moe_intermediate_size);
-        if (c.shared_expert_intermediate_size > 0) norms += down ? c.hidden_size : c.shared_expert_intermediate_size;
-      }
-    }
-    d->adapters += held(u64(norms) * 4);
-  }
+  // DoRA: the row norms ‖W + s·B A‖ of every adapted Linear (each expert's too), one allocation of Σ N floats.
+  if (dora_norms > 0) d->adapters += held(u64(dora_norms) * 4);
   // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
   for (const LoraCudaBuffer& b :
        lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0,
@@ -638,7 +624,8 @@ PlanResult plan_memory(const PlanInput& in) {
     if (in.device == PlanDevice::Cpu)
       plan_cpu_device(in, s, kinds, &d);
     else
-      plan_gpu_device(in, s, i, &d);
+      plan_gpu_device(in, s, i, sum(d.first_layer, d.num_layers, [](const LayerTotals& t) { return t.dora_norms; }),
+                      &d);
     d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
     d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
     d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;

@@ -550,13 +550,14 @@ struct QwenModelCuda::Impl {
                 "QwenModelCuda: the weights of layer " << layer << " were released (release_layer)");
   }
 
-  // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
-  // replacement of one module call (the module API below), which leaves d itself untouched.
-  // d, or d with weight W when the replacement array has a non-null entry i (moe_mlp's per-call replacements).
+  // d, or d with weight W[i] when the replacement array W (may be null) has a non-null entry i: the per-call
+  // replacements of the module API below (attention_forward, mlp_forward, a MoE layer's experts in moe_mlp).
   static DevLinear replaced(const DevLinear& d, const float* const* W, int64_t i) {
     return W != nullptr && W[i] != nullptr ? with_weight(d, W[i]) : d;
   }
 
+  // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
+  // replacement of one module call, which leaves d itself untouched.
   static DevLinear with_weight(const DevLinear& d, const float* W) {
     DevLinear r;
     r.N = d.N;
@@ -759,14 +760,8 @@ void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const
   const DevLayer& L = m.layer_at(layer, "attention_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::attention_forward: null input or output");
   m.begin_batch(b);
-  const DevLinear* use[3] = {&L.q, &L.k, &L.v};
-  DevLinear replaced[3];
-  for (int i = 0; i < 3; ++i) {
-    if (qkv == nullptr || qkv[i] == nullptr) continue;
-    replaced[i] = Impl::with_weight(*use[i], qkv[i]);
-    use[i] = &replaced[i];
-  }
-  m.attention_sublayer(L, *use[0], *use[1], *use[2], b, n, out, nullptr);
+  m.attention_sublayer(L, Impl::replaced(L.q, qkv, 0), Impl::replaced(L.k, qkv, 1), Impl::replaced(L.v, qkv, 2), b, n,
+                       out, nullptr);
 }
 
 void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up) {
@@ -774,20 +769,11 @@ void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float*
   const DevLayer& L = m.layer_at(layer, "mlp_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::mlp_forward: null input or output");
   m.reserve_rows(T, "mlp_forward");
-  if (m.cfg.is_moe_layer(layer)) {
-    QWENQ_CHECK(m.moe[static_cast<size_t>(layer)],
-                "QwenModelCuda::mlp_forward: the experts of layer " << layer << " were released");
+  if (m.cfg.is_moe_layer(layer)) {  // layer_at refused a released layer: its experts are there
     m.moe_mlp(*m.moe[static_cast<size_t>(layer)], n, T, out, nullptr, gate_up);
     return;
   }
-  const DevLinear* use[2] = {&L.gate, &L.up};
-  DevLinear replaced[2];
-  for (int i = 0; i < 2; ++i) {
-    if (gate_up == nullptr || gate_up[i] == nullptr) continue;
-    replaced[i] = Impl::with_weight(*use[i], gate_up[i]);
-    use[i] = &replaced[i];
-  }
-  m.mlp_sublayer(L, *use[0], *use[1], n, T, out, nullptr);
+  m.mlp_sublayer(L, Impl::replaced(L.gate, gate_up, 0), Impl::replaced(L.up, gate_up, 1), n, T, out, nullptr);
 }
 
 void QwenModelCuda::moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const {

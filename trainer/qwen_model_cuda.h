@@ -73,6 +73,7 @@
 #include <vector>
 
 #include "kernels/cuda_check.h"
+#include "kernels/dora.h"
 #include "kernels/qgemm.h"
 #include "lora/lora_adapter.h"
 #include "trainer/lora_inference_cuda.h"
@@ -96,6 +97,15 @@ struct QwenDeviceLinear {
   QwenDeviceTensor bias;
   LoraDeviceBranch lora;  // an attached adapter's A and B (r == 0: none); added after the base and the bias
 };
+// A Linear's base weight as the DoRA kernels read it (kernels/dora.h): its dense tensor, or its Q4 view (the row
+// norms of a DoRA adapter: trainer/lora_inference_cuda.h at attach, trainer/lora_model_cuda.h every step).
+inline DoraBaseWeight dora_base_weight(const QwenDeviceLinear& L) {
+  DoraBaseWeight W;
+  W.dense = L.dense.data;
+  W.dtype = L.dense.dtype;
+  W.q4 = L.q4 ? &*L.q4 : nullptr;
+  return W;
+}
 struct QwenDeviceLayer {
   QwenDeviceTensor input_norm, post_norm, q_norm, k_norm;
   QwenDeviceLinear q, k, v, o, gate, up, down;

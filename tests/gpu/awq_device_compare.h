@@ -2,8 +2,8 @@
 // mixtures of experts): awq_quantize_model with device Cpu and Cuda into <out>-cpu / <out>-gpu (searches saved
 // beside them), then the share of scaling groups with the same α, of equal clip bounds and of equal dequantized
 // weights (every Linear awq_layer_linears lists: a MoE layer's experts too), and the perplexity of both outputs (CPU
-// evaluation). The thresholds and their reasons are test_awq_model_cuda.cpp's (kAlphaAgreement, kWeightAgreement,
-// kPplRelTol), passed in by the caller.
+// evaluation), held to the thresholds of awq_tol below (their reasons: test_awq_model_cuda.cpp's header); and the
+// tiny models' AWQ setting both files use.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -16,12 +16,14 @@
 #include <utility>
 #include <vector>
 
+#include "core/files.h"
 #include "quant/awq.h"
 #include "tests/gpu/gpu_test_compare.h"
 #include "trainer/awq_runner.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq::test {
 
@@ -89,7 +91,7 @@ inline double awq_weight_agreement(const std::string& a, const std::string& b) {
 // AWQ of `opt` on both devices (out_dir + "-cpu" / "-gpu"), compared; perplexity of both outputs on `ids` at
 // seq_len (CPU evaluation). Prints one line under `label`.
 inline AwqAgreement awq_compare_devices(AwqModelOptions opt, const std::vector<int32_t>& ids, int64_t seq_len,
-                                        double scale_tol, const char* label) {
+                                        const char* label) {
   const std::string base = opt.out.out_dir;
   double secs[2];
   for (int d = 0; d < 2; ++d) {
@@ -102,7 +104,8 @@ inline AwqAgreement awq_compare_devices(AwqModelOptions opt, const std::vector<i
   }
   AwqAgreement r;
   std::tie(r.alpha, r.clip) =
-      awq_search_agreement(base + "-cpu.search.safetensors", base + "-gpu.search.safetensors", scale_tol);
+      awq_search_agreement(base + "-cpu.search.safetensors", base + "-gpu.search.safetensors",
+                           awq_tol::kScaleMatchRelTol);
   r.weights = awq_weight_agreement(base + "-cpu", base + "-gpu");
   PerplexityOptions po;
   po.seq_len = seq_len;
@@ -113,6 +116,38 @@ inline AwqAgreement awq_compare_devices(AwqModelOptions opt, const std::vector<i
               "CPU-quantized %.4f GPU-quantized %.4f; AWQ %.2fs CPU %.2fs GPU\n",
               label, r.alpha, r.clip, r.weights, r.ppl_cpu, r.ppl_gpu, secs[0], secs[1]);
   return r;
+}
+
+// awq_compare_devices held to the agreements and the perplexity of awq_tol.
+inline void expect_awq_devices_agree(const AwqModelOptions& opt, const std::vector<int32_t>& ids, int64_t seq_len,
+                                     const char* label) {
+  const AwqAgreement r = awq_compare_devices(opt, ids, seq_len, label);
+  EXPECT_GE(r.alpha, awq_tol::kAlphaAgreement);
+  EXPECT_GE(r.weights, awq_tol::kWeightAgreement);
+  EXPECT_NEAR(r.ppl_gpu, r.ppl_cpu, awq_tol::kPplRelTol * r.ppl_cpu);
+}
+
+// The tiny models' setting: `src` into `out`, group 32, calibrated on 12 windows of 64 tokens of the repository's
+// README (any text: the tiny tokenizers are byte-level) in three chunks of 5, 5 and 2 windows, quiet.
+inline AwqModelOptions tiny_awq_options(const std::string& src, const std::string& out) {
+  AwqModelOptions a;
+  a.out.model_dir = src;
+  a.out.out_dir = out;
+  a.out.group_size = 32;
+  a.out.quiet = true;
+  a.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
+  a.calib_samples = 12;
+  a.calib_seq_len = 64;
+  a.chunk_tokens = 5 * 64;
+  return a;
+}
+
+// The first 8 x 128 tokens of the README by src's tokenizer: the tiny models' perplexity text.
+inline std::vector<int32_t> tiny_awq_eval_tokens(const std::string& src) {
+  std::vector<int32_t> ids =
+      Tokenizer::from_dir(src).encode(read_file(std::string(QWENQ_SOURCE_DIR) + "/README.md"));
+  ids.resize(std::min<size_t>(ids.size(), 8 * 128));
+  return ids;
 }
 
 }  // namespace qwenq::test

@@ -337,30 +337,12 @@ TEST(AwqModelCuda, RunnerMatchesTheCpuRunner) {
   }
 }
 
-// AWQ of `opt` on both devices (tests/gpu/awq_device_compare.h), held to this file's agreements and perplexity.
-void compare_devices(const AwqModelOptions& opt, const std::vector<int32_t>& ids, int64_t seq_len, const char* label) {
-  const test::AwqAgreement r = test::awq_compare_devices(opt, ids, seq_len, kScaleMatchRelTol, label);
-  EXPECT_GE(r.alpha, kAlphaAgreement);
-  EXPECT_GE(r.weights, kWeightAgreement);
-  EXPECT_NEAR(r.ppl_gpu, r.ppl_cpu, kPplRelTol * r.ppl_cpu);
-}
-
 TEST(AwqModelCuda, TinyRandomLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
   const std::string root = test::scratch_dir();
   const std::string src = test::make_tiny_model(root + "/tiny", 29, /*kv_heads=*/4);  // v -> o scaled too
-  AwqModelOptions a;
-  a.out.model_dir = src;
-  a.out.out_dir = root + "/awq";
-  a.out.group_size = 32;
-  a.out.quiet = true;
-  a.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
-  a.calib_samples = 12;
-  a.calib_seq_len = 64;
-  a.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
-  std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(a.calib_path));
-  ids.resize(std::min<size_t>(ids.size(), 8 * 128));
-  compare_devices(a, ids, 128, "tiny");
+  test::expect_awq_devices_agree(test::tiny_awq_options(src, root + "/awq"), test::tiny_awq_eval_tokens(src), 128,
+                                 "tiny");
 }
 
 TEST(AwqModelCuda, Stories260KLikeTheCpu) {
@@ -383,7 +365,7 @@ TEST(AwqModelCuda, Stories260KLikeTheCpu) {
   std::vector<int32_t> ids = test::tinystories_tokens(fp32);
   ASSERT_GE(ids.size(), 32u * 256u);
   ids.resize(32 * 256);
-  compare_devices(a, ids, 256, "stories260K");
+  test::expect_awq_devices_agree(a, ids, 256, "stories260K");
 }
 
 }  // namespace

@@ -258,32 +258,16 @@ TEST(AwqMoeCuda, RunnerMatchesTheCpuRunner) {
   for (const char* preset : kPresets) check_runner(preset);
 }
 
-void expect_agreement(const test::AwqAgreement& r) {
-  EXPECT_GE(r.alpha, kAlphaAgreement);
-  EXPECT_GE(r.weights, kWeightAgreement);
-  EXPECT_NEAR(r.ppl_gpu, r.ppl_cpu, kPplRelTol * r.ppl_cpu);
-}
-
 TEST(AwqMoeCuda, TinyMoeLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
   const std::string root = test::scratch_dir();
   for (const char* preset : kPresets) {
     SCOPED_TRACE(preset);
     const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 29);
-    AwqModelOptions a;
-    a.out.model_dir = src;
-    a.out.out_dir = root + "/awq-" + preset;
-    a.out.group_size = 32;
+    AwqModelOptions a = test::tiny_awq_options(src, root + "/awq-" + preset);
     // tiny-moe in GPTQ v2 (tests/test_awq_moe.cpp: AutoAWQ's layout cannot keep its routers dense).
     a.out.layout = std::string(preset) == "tiny-moe" ? IntLayout::GptqV2 : IntLayout::AwqGemm;
-    a.out.quiet = true;
-    a.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
-    a.calib_samples = 12;
-    a.calib_seq_len = 64;
-    a.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
-    std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(a.calib_path));
-    ids.resize(std::min<size_t>(ids.size(), 8 * 128));
-    expect_agreement(test::awq_compare_devices(a, ids, 128, kScaleMatchRelTol, preset));
+    test::expect_awq_devices_agree(a, test::tiny_awq_eval_tokens(src), 128, preset);
   }
 }
 
@@ -292,18 +276,13 @@ TEST(AwqMoeCuda, TinyMoeLikeTheCpu) {
 TEST(AwqMoeCuda, UpcycledStories260KLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
   QWENQ_REQUIRE_SHARED_DATA();
-  const std::string root = test::scratch_dir();
-  const std::string dense = test::import_stories260k(root + "/fp32");
-  const std::string moe = test::upcycle_stories260k(dense, root + "/moe", 4);
-  AwqModelOptions a = test::awq_test_options(moe, root + "/awq", test::shared_data_dir() + "/c4/c4_demo.jsonl");
-  a.out.group_size = 64;
-  a.calib_samples = 32;
-  a.calib_seq_len = 128;
+  const test::UpcycledAwq u = test::upcycled_stories260k_awq(test::scratch_dir());
+  AwqModelOptions a = u.options;
   a.chunk_tokens = 1024;  // four chunks of 8 windows
-  std::vector<int32_t> ids = test::tinystories_tokens(dense);
+  std::vector<int32_t> ids = test::tinystories_tokens(u.dense);
   ASSERT_GE(ids.size(), 32u * 256u);
   ids.resize(32 * 256);
-  expect_agreement(test::awq_compare_devices(a, ids, 256, kScaleMatchRelTol, "upcycled stories260K"));
+  test::expect_awq_devices_agree(a, ids, 256, "upcycled stories260K");
 }
 
 }  // namespace

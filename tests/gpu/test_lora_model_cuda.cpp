@@ -136,12 +136,7 @@ LoraAdapter test_adapter(const QwenModel& model, uint64_t seed, double dropout =
   for (size_t i = 0; i < a.slots().size(); ++i) {  // layer by layer, targets in table order; a MoE layer's experts
     for (float& b : a.weights(i).B) b = 0.05f * static_cast<float>(rng.normal());
   }
-  if (dora) {
-    init_dora_magnitudes(model, &a);
-    for (size_t i = 0; i < a.slots().size(); ++i) {
-      for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
-    }
-  }
+  if (dora) test::perturbed_dora_magnitudes(model, &a, seed + 2);
   return a;
 }
 

@@ -211,4 +211,15 @@ AwqModelOptions awq_test_options(const std::string& model, const std::string& ou
   return a;
 }
 
+UpcycledAwq upcycled_stories260k_awq(const std::string& root) {
+  UpcycledAwq u;
+  u.dense = import_stories260k(root + "/fp32");
+  u.moe = upcycle_stories260k(u.dense, root + "/moe", 4);
+  u.options = awq_test_options(u.moe, root + "/awq", shared_data_dir() + "/c4/c4_demo.jsonl");
+  u.options.out.group_size = 64;
+  u.options.calib_samples = 32;
+  u.options.calib_seq_len = 128;
+  return u;
+}
+
 }  // namespace qwenq::test

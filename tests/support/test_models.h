@@ -82,4 +82,14 @@ std::string export_gguf_to(const std::string& model_dir, const std::string& path
 AwqModelOptions awq_test_options(const std::string& model, const std::string& out, const std::string& calib,
                                  IntLayout layout = IntLayout::AwqGemm);
 
+// The acceptance setting of AWQ on a trained mixture of experts (tests/test_awq_moe.cpp and its GPU twin in
+// tests/gpu/test_awq_moe_cuda.cpp): stories260K imported into root/fp32 and upcycled to 4 experts top 2 in root/moe;
+// AWQ of it into root/awq, 4-bit g64, calibrated on 32 windows of 128 tokens of the shared C4 documents (call
+// QWENQ_REQUIRE_SHARED_DATA first).
+struct UpcycledAwq {
+  std::string dense, moe;
+  AwqModelOptions options;
+};
+UpcycledAwq upcycled_stories260k_awq(const std::string& root);
+
 }  // namespace qwenq::test

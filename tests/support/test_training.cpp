@@ -80,12 +80,16 @@ LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> 
     a.weights(i).A = plain.weights(i).A;
     a.weights(i).B = plain.weights(i).B;
   }
-  init_dora_magnitudes(model, &a);
-  Rng rng(seed + 2);
-  for (size_t i = 0; i < a.slots().size(); ++i) {
-    for (float& m : a.weights(i).m) m *= rng.uniform(0.8f, 1.2f);
-  }
+  perturbed_dora_magnitudes(model, &a, seed + 2);
   return a;
+}
+
+void perturbed_dora_magnitudes(const QwenModel& model, LoraAdapter* a, uint64_t seed) {
+  init_dora_magnitudes(model, a);
+  Rng rng(seed);
+  for (size_t i = 0; i < a->slots().size(); ++i) {
+    for (float& m : a->weights(i).m) m *= rng.uniform(0.8f, 1.2f);
+  }
 }
 
 LoraAdapter zeros_like(const LoraAdapter& a) {

@@ -36,9 +36,13 @@ std::vector<double> losses_of(const std::string& metrics);
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,
                                   bool rslora, uint64_t seed, float b_scale);
 
-// adapter_with_random_b's adapter made a DoRA adapter (use_dora) on `model`: the magnitudes start as PEFT's (the row
-// norms of W + s·B A: init_dora_magnitudes) and each is then multiplied by a factor uniform in [0.8, 1.2] from
-// Rng(seed + 2), so that the gains g = m / ‖W + s·B A‖ are not all 1.
+// The magnitudes of a DoRA adapter `a` on `model` as PEFT starts them (the row norms of W + s·B A:
+// init_dora_magnitudes), each then multiplied by a factor uniform in [0.8, 1.2] from Rng(seed), so that the gains
+// g = m / ‖W + s·B A‖ are not all 1.
+void perturbed_dora_magnitudes(const QwenModel& model, LoraAdapter* a, uint64_t seed);
+
+// adapter_with_random_b's adapter made a DoRA adapter (use_dora) on `model`, its magnitudes
+// perturbed_dora_magnitudes(seed + 2).
 LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> targets, int64_t r, double alpha,
                                uint64_t seed, float b_scale);
 
