@@ -15,7 +15,8 @@
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
 // (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device, driver and commit, and a last
-// column `path` (decode or tc); in tc rows the GB/s columns use the same byte formulas, cublas_t_us is the
+// column `path` (decode, tc, or wgmma: the Hopper kernels qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda on
+// sm_90, their own rows); in tc rows the GB/s columns use the same byte formulas, cublas_t_us is the
 // cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
 // the device's dense bf16 peak (benchmarks/cuda_bench.h).
 // Without a CUDA device it prints one line and exits 0.
@@ -198,8 +199,9 @@ int main(int argc, char** argv) {
     // M >= 2048). The Q4 kernels write fp32 outputs, cuBLASLt bf16 ones (the byte formulas above).
     if (!tc_Ms.empty()) {
       std::fprintf(stderr, "\nprefill (tensor cores): TFLOP/s, ratio = cuBLASLt time / Q4 time\n");
-      std::fprintf(stderr, "%-4s %-14s %5s %6s %6s | %8s %8s %6s | %8s %8s %6s\n", "mdl", "layer", "M", "K", "N",
-                   "q4 TF/s", "cub TF/s", "ratio", "q4ᵀ TF/s", "cubᵀ TF/s", "ratioᵀ");
+      std::fprintf(stderr, "%-4s %-14s %5s %6s %6s | %8s %8s %6s | %8s %8s %6s%s\n", "mdl", "layer", "M", "K", "N",
+                   "q4 TF/s", "cub TF/s", "ratio", "q4ᵀ TF/s", "cubᵀ TF/s", "ratioᵀ",
+                   qgemm_wgmma_supported() ? " | wgmma TF/s  ratio  wgmmaᵀ TF/s ratioᵀ" : "");
     }
     for (const Layer& L : tc_Ms.empty() ? std::vector<Layer>{} : all) {
       if (("," + models + ",").find(std::string(",") + L.model + ",") == std::string::npos) continue;
@@ -218,14 +220,25 @@ int main(int argc, char** argv) {
             time_us([&] { qgemm_int4_tc_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
         const double t_q4t =
             time_us([&] { qgemm_int4_t_tc_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);
+        // The Hopper kernels (kernels/qgemm_wgmma.cu) where the device runs them: timed the same way, reported
+        // in their own columns and as a CSV row with path wgmma (q4_us / q4t_us = their forward / dx times).
+        const bool wg = qgemm_wgmma_supported();
+        const double t_wg =
+            wg ? time_us([&] { qgemm_int4_wgmma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush) : 0.0;
+        const double t_wgt =
+            wg ? time_us([&] { qgemm_int4_t_wgmma_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush) : 0.0;
         const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush);
         const double t_cubt = time_us([&] { lt_t.run(Wd.p, dy.p, dxb.p); }, reps, flush);
         const double flops = 2.0 * M * L.N * L.K;
         const double tf = flops / (t_q4 * 1e6), tft = flops / (t_q4t * 1e6);
         const double ctf = flops / (t_cub * 1e6), ctft = flops / (t_cubt * 1e6);
-        std::fprintf(stderr, "%-4s %-14s %5lld %6lld %6lld | %8.1f %8.1f %5.2fx | %8.1f %8.1f %5.2fx\n", L.model,
+        std::fprintf(stderr, "%-4s %-14s %5lld %6lld %6lld | %8.1f %8.1f %5.2fx | %8.1f %8.1f %5.2fx", L.model,
                      L.name, static_cast<long long>(M), static_cast<long long>(L.K), static_cast<long long>(L.N), tf,
                      ctf, t_cub / t_q4, tft, ctft, t_cubt / t_q4t);
+        if (wg)
+          std::fprintf(stderr, " | %8.1f %5.2fx %8.1f %5.2fx", flops / (t_wg * 1e6), t_cub / t_wg,
+                       flops / (t_wgt * 1e6), t_cubt / t_wgt);
+        std::fprintf(stderr, "\n");
         const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
         const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
         const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
@@ -235,6 +248,14 @@ int main(int argc, char** argv) {
             << (peak_gbs > 0 ? 100.0 * q4_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_q4t * 1e3) << ","
             << cub_bytes / (t_cub * 1e3) << "," << tf << "," << ctf << "," << t_cub / t_q4 << "," << tft << ","
             << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0) << ",tc\n";
+        if (wg) {
+          const double wtf = flops / (t_wg * 1e6), wtft = flops / (t_wgt * 1e6), wg_gbs = q4_bytes / (t_wg * 1e3);
+          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
+              << t_wg << "," << t_wgt << "," << t_cub << "," << wg_gbs << ","
+              << (peak_gbs > 0 ? 100.0 * wg_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_wgt * 1e3) << ","
+              << cub_bytes / (t_cub * 1e3) << "," << wtf << "," << ctf << "," << t_cub / t_wg << "," << wtft << ","
+              << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * wtf / peaks.bf16_tflops : 0.0) << ",wgmma\n";
+        }
       }
     }
     bench::write_csv(csv_path, csv.str());

@@ -76,6 +76,19 @@ void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M
 void qgemm_int4_t_tc_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                           void* stream = nullptr);
 
+// The Hopper kernels (kernels/qgemm_wgmma.cu): the tensor-core kernels' products, arguments and numerics
+// (bf16(ŵ), fp32 sums, only the summation order differs) on wgmma, 128 x 128 x 64 tiles, two warpgroups.
+// They need an sm_90 device running this build's sm_90a code (qgemm_wgmma_supported(); refused with a message
+// otherwise). qgemm_int4_cuda / qgemm_int4_t_cuda take them instead of the mma.sync kernels for M > 64 and BF16
+// only when qgemm_wgmma_enabled(): the environment has QWENQ_QGEMM_WGMMA=1 and the device supports them. They
+// stay opt-in until a GPU session has run tests/gpu/test_qgemm_tc_cuda.cpp and benchmarks/bench_qgemm_cuda.cu.
+bool qgemm_wgmma_supported();
+bool qgemm_wgmma_enabled();
+void qgemm_int4_wgmma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
+                           void* stream = nullptr);
+void qgemm_int4_t_wgmma_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
+                             void* stream = nullptr);
+
 // A Q4 weight copied to the device through the caching allocator (kernels/device_allocator.h, tag weights;
 // `name` goes into its out-of-memory message), the copies queued on `stream` and waited for. RAII: the arrays
 // return to the allocator's cache of `stream` on destruction. view() has device pointers.

@@ -49,9 +49,9 @@
 //   buffer when K % 8 != 0, x is misaligned, or the layout has an act-order perm (the gather x[:, perm]
 //   happens there, as in the decode path); dy (transposed) is staged to [M, round_up(N, 8)] when N % 8 != 0
 //   or misaligned. Otherwise the kernel reads the caller's buffer directly.
-// - mma.sync (sm_80 and later, runs on sm_90a) rather than Hopper's wgmma: Machete's authors measured
-//   Ampere-style mma at no more than ~75% of Hopper's dense peak (REFERENCE B3); a wgmma/TMA version with a
-//   warp-specialized dequant producer is the planned next step once this one is measured.
+// - mma.sync (sm_80 and later, runs on sm_90a): Machete's authors measured Ampere-style mma at no more than
+//   ~75% of Hopper's dense peak (REFERENCE B3); the wgmma versions are kernels/qgemm_wgmma.cu (opt-in until
+//   measured).
 #include "kernels/qgemm.h"
 
 #include <cuda_bf16.h>
@@ -64,12 +64,15 @@
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
+#include "kernels/qgemm_tc_common.cuh"
 
 namespace qwenq {
 namespace {
 
+using namespace qgemm_tc_detail;
+
 constexpr int kThreads = 256;  // 8 warps
-constexpr int kBM = 128;       // block rows (M)
+constexpr int kBM = kTcBlockRows;  // block rows (M)
 constexpr int kBN = 128;       // block output columns (n forward, kk transposed)
 constexpr int kBK = 32;        // reduction depth per stage (k forward, n transposed)
 constexpr int kStages = 4;     // cp.async pipeline depth (3 tiles in flight while one is consumed)
@@ -93,12 +96,6 @@ constexpr size_t kWBytes = size_t(2) * kWElems * 2;
 constexpr size_t kSmemBytes = kABytes + 2 * kRawBytes + kWBytes;  // 77824
 static_assert(kABytes % 16 == 0 && kRawBytes % 16 == 0, "16-byte aligned shared sub-buffers");
 
-__constant__ float c_tc_books[2][16] = {
-    {kNf4Code[0], kNf4Code[1], kNf4Code[2], kNf4Code[3], kNf4Code[4], kNf4Code[5], kNf4Code[6], kNf4Code[7],
-     kNf4Code[8], kNf4Code[9], kNf4Code[10], kNf4Code[11], kNf4Code[12], kNf4Code[13], kNf4Code[14], kNf4Code[15]},
-    {kFp4Code[0], kFp4Code[1], kFp4Code[2], kFp4Code[3], kFp4Code[4], kFp4Code[5], kFp4Code[6], kFp4Code[7],
-     kFp4Code[8], kFp4Code[9], kFp4Code[10], kFp4Code[11], kFp4Code[12], kFp4Code[13], kFp4Code[14], kFp4Code[15]}};
-
 struct TcParams {
   const uint16_t* a;  // x or dy, bf16 [M, lda]
   int64_t lda;
@@ -111,68 +108,6 @@ struct TcParams {
   int64_t Kp, Np, group;
   int k_tiles;          // ceil(reduction length / kBK): Kp forward, Np transposed
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses L1 (.cg: each byte is used once per block from shared memory);
-// src_size 0 writes 16 zero bytes and reads nothing (tails).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Four 8x8 bf16 matrices; lane l supplies the row address of matrix l / 8, row l % 8.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// D = A·B + D, A 16x16 (row), B 16x8 (col), bf16 in, fp32 accumulate (exact products).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low half
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
-
-// The 8 weights of one Q4 word as bf16, each the fp32 q4_dequant value rounded to nearest even.
-// Int: 0x4B000000 | q is the float 2^23 + q, so subtracting 2^23 + z gives q - z exactly with one LOP3 and
-// one FADD (an I2F per weight would run at a quarter of the FADD rate); then one FMUL, as q4_dequant.
-template <Q4Kind KIND>
-__device__ __forceinline__ uint4 dequant_word(uint32_t word, uint32_t meta, const float* book) {
-  float v[8];
-  if constexpr (KIND == Q4Kind::Int) {
-    const float scale = __half2float(__ushort_as_half(static_cast<unsigned short>(meta & 0xFFFFu)));
-    const float bias = 8388608.0f + static_cast<float>((meta >> 16) & 0xFFu);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = (__uint_as_float(0x4B000000u | ((word >> (4 * j)) & 15u)) - bias) * scale;
-  } else {
-    const float absmax = __uint_as_float(meta);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = book[(word >> (4 * j)) & 15u] * absmax;
-  }
-  return make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]),
-                    pack_bf16x2(v[6], v[7]));
-}
 
 template <Q4Kind KIND, bool TRANS>
 __global__ void __launch_bounds__(kThreads, 2) qgemm_tc_kernel(TcParams p) {
@@ -336,8 +271,21 @@ __global__ void tc_stage_kernel(const uint16_t* src, const int32_t* perm, int64_
   }
 }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+template <bool TRANS>
+void launch_tc(Q4Kind kind, const TcParams& p, dim3 grid, cudaStream_t s) {
+  const auto go = [&](auto kernel) {
+    QWENQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(kSmemBytes)));
+    kernel<<<grid, kThreads, kSmemBytes, s>>>(p);
+  };
+  if (kind == Q4Kind::Int) go(qgemm_tc_kernel<Q4Kind::Int, TRANS>);
+  else if (kind == Q4Kind::Nf4) go(qgemm_tc_kernel<Q4Kind::Nf4, TRANS>);
+  else go(qgemm_tc_kernel<Q4Kind::Fp4, TRANS>);
+}
+
+}  // namespace
+
+namespace qgemm_tc_detail {
 
 std::string tc_context(const char* fn, const Q4View& w, int64_t M, DType dt) {
   return std::string(fn) + " M=" + std::to_string(M) + " K=" + std::to_string(w.K) + " N=" + std::to_string(w.N) +
@@ -346,8 +294,8 @@ std::string tc_context(const char* fn, const Q4View& w, int64_t M, DType dt) {
 
 void check_tc_args(const Q4View& w, const void* a, DType dtype, int64_t M, const float* out, const char* fn) {
   q4_check(w, fn);
-  QWENQ_CHECK(M >= 1 && ceil_div(M, kBM) <= 65535,
-              fn << ": M=" << M << " must be in [1, " << int64_t{kBM} * 65535 << "] (K=" << w.K << " N=" << w.N << ")");
+  QWENQ_CHECK(M >= 1 && ceil_div(M, kTcBlockRows) <= 65535,
+              fn << ": M=" << M << " must be in [1, " << int64_t{kTcBlockRows} * 65535 << "] (K=" << w.K << " N=" << w.N << ")");
   QWENQ_CHECK(a != nullptr && out != nullptr, fn << ": null activation or output pointer");
   QWENQ_CHECK(dtype == DType::BF16, fn << ": the tensor-core kernel takes BF16 activations, not " << dtype_name(dtype)
                                        << " (M=" << M << " K=" << w.K << " N=" << w.N
@@ -363,20 +311,7 @@ void check_tc_args(const Q4View& w, const void* a, DType dtype, int64_t M, const
               fn << ": the Q4View's arrays must be device memory (use Q4DeviceWeight)");
 }
 
-template <bool TRANS>
-void launch_tc(Q4Kind kind, const TcParams& p, dim3 grid, cudaStream_t s) {
-  const auto go = [&](auto kernel) {
-    QWENQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(kSmemBytes)));
-    kernel<<<grid, kThreads, kSmemBytes, s>>>(p);
-  };
-  if (kind == Q4Kind::Int) go(qgemm_tc_kernel<Q4Kind::Int, TRANS>);
-  else if (kind == Q4Kind::Nf4) go(qgemm_tc_kernel<Q4Kind::Nf4, TRANS>);
-  else go(qgemm_tc_kernel<Q4Kind::Fp4, TRANS>);
-}
 
-// Stages a bf16 [M, valid] activation into [M, width] (gathered through perm, zero-padded) when the kernel
-// cannot read it directly; returns the pointer and leading dimension the kernel reads.
 const uint16_t* maybe_stage(const void* src, const int32_t* perm, int64_t M, int64_t valid, DeviceMemory* buf,
                             int64_t* lda, int64_t* width, cudaStream_t s, const std::string& ctx) {
   const bool aligned = reinterpret_cast<uintptr_t>(src) % 16 == 0;
@@ -401,7 +336,7 @@ const uint16_t* maybe_stage(const void* src, const int32_t* perm, int64_t M, int
   return buf->as<const uint16_t>();
 }
 
-}  // namespace
+}  // namespace qgemm_tc_detail
 
 void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   check_tc_args(w, x, x_dtype, M, y, "qgemm_int4_tc_cuda");

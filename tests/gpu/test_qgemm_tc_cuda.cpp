@@ -111,18 +111,26 @@ std::vector<float> gather_rows(const std::vector<float>& a, const std::vector<in
 }
 
 // One case: forward and transposed tensor-core kernels vs the CPU twin on the checked rows.
+// wgmma: the Hopper kernels (qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda) instead of the mma.sync ones.
 void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::vector<float>& W, int64_t M,
-              uint64_t seed) {
+              uint64_t seed, bool wgmma = false) {
   const int64_t K = q.K, N = q.N;
-  const std::string what = std::string(src_name(src)) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+  const std::string what = std::string(wgmma ? "wgmma " : "") + src_name(src) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
                            " N=" + std::to_string(N) + " seed=" + std::to_string(seed);
   SCOPED_TRACE(what);
   const std::vector<uint16_t> x = random_bf16(M * K, seed + 1), dy = random_bf16(M * N, seed + 2);
   std::vector<float> y_gpu, dx_gpu;
   ASSERT_NO_FATAL_FAILURE(run_guarded(
-      x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_tc_cuda(dw.view(), a, DType::BF16, M, y); },
-      [&](const uint16_t* a, float* dx) { qgemm_int4_t_tc_cuda(dw.view(), a, DType::BF16, M, dx); }, &y_gpu,
-      &dx_gpu));
+      x, dy, M, K, N,
+      [&](const uint16_t* a, float* y) {
+        if (wgmma) qgemm_int4_wgmma_cuda(dw.view(), a, DType::BF16, M, y);
+        else qgemm_int4_tc_cuda(dw.view(), a, DType::BF16, M, y);
+      },
+      [&](const uint16_t* a, float* dx) {
+        if (wgmma) qgemm_int4_t_wgmma_cuda(dw.view(), a, DType::BF16, M, dx);
+        else qgemm_int4_t_tc_cuda(dw.view(), a, DType::BF16, M, dx);
+      },
+      &y_gpu, &dx_gpu));
 
   const std::vector<int64_t> rows = checked_rows(M);
   const int64_t R = static_cast<int64_t>(rows.size());
@@ -182,6 +190,104 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
                          ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
                          [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
 
+// The Hopper kernels (qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda) under the same bounds: Qwen shapes (7B
+// gate/up at M = 512 and 2048), and the tails (N = 17 / 260, K = 172 staged, K = 200 / 136 / 520 a partial
+// 64-deep stage, K = 8 one word-row, M not a multiple of 64 or 128). Skipped unless the device is sm_90 running
+// the sm_90a build.
+#define QWENQ_REQUIRE_WGMMA()                                                                         \
+  do {                                                                                               \
+    QWENQ_REQUIRE_GPU();                                                                             \
+    if (!qgemm_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
+  } while (0)
+
+class QgemmWgmmaCuda : public ::testing::TestWithParam<Src> {};
+
+TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnQwenShapes) {
+  QWENQ_REQUIRE_WGMMA();
+  const Src src = GetParam();
+  uint64_t seed = 23000 + 1000 * static_cast<uint64_t>(src);
+  const std::vector<KN> shapes = {{896, 4864}, {4864, 896}, {3584, 18944}};
+  for (const KN& s : shapes) {
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : {65, 512, 2048}) {
+      if (s.N == 18944 && M == 65) continue;
+      run_case(src, q, dw, W, M, ++seed, /*wgmma=*/true);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
+  QWENQ_REQUIRE_WGMMA();
+  const Src src = GetParam();
+  uint64_t seed = 29000 + 1000 * static_cast<uint64_t>(src);
+  const std::vector<KN> shapes = {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}};
+  for (const KN& s : shapes) {
+    if (!holds(src, s.K, s.N)) continue;
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : {1, 17, 65, 129, 257}) {
+      run_case(src, q, dw, W, M, ++seed, /*wgmma=*/true);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSources, QgemmWgmmaCuda,
+                         ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
+                         [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
+
+// Exact inputs: the wgmma kernels must give the CPU's bits on every row and column, and the same bits run to run.
+TEST(QgemmWgmmaCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
+  QWENQ_REQUIRE_WGMMA();
+  const std::vector<KN> shapes = {{3584, 512}, {136, 24}, {200, 16}, {4864, 136}};
+  for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
+    for (const KN& s : shapes) {
+      if (!holds(src, s.K, s.N)) continue;
+      for (int64_t M : {65, 130, 300}) {
+        SCOPED_TRACE(std::string(src_name(src)) + " M=" + std::to_string(M) + " K=" + std::to_string(s.K) +
+                     " N=" + std::to_string(s.N));
+        const Q4Layout q = make_layout(src, s.K, s.N, 41 + M, /*exact=*/true);
+        const Q4DeviceWeight dw(q);
+        const std::vector<uint16_t> x = random_bf16(M * s.K, 42 + M, true), dy = random_bf16(M * s.N, 43 + M, true);
+        std::vector<float> y(M * s.N), dx(M * s.K);
+        qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, y.data());
+        qgemm_int4_t_ref(q.view(), dy.data(), DType::BF16, M, dx.data());
+        test::DeviceBuffer<uint16_t> gx(x), gdy(dy);
+        test::DeviceBuffer<float> gy(M * s.N), gy2(M * s.N), gdx(M * s.K), gdx2(M * s.K);
+        for (int run = 0; run < 2; ++run) {
+          qgemm_int4_wgmma_cuda(dw.view(), gx.get(), DType::BF16, M, (run ? gy2 : gy).get());
+          qgemm_int4_t_wgmma_cuda(dw.view(), gdy.get(), DType::BF16, M, (run ? gdx2 : gdx).get());
+        }
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(gy.download(), y) << "forward";
+        EXPECT_EQ(gy2.download(), y) << "forward, second run";
+        EXPECT_EQ(gdx.download(), dx) << "transposed";
+        EXPECT_EQ(gdx2.download(), dx) << "transposed, second run";
+      }
+    }
+  }
+}
+
+TEST(QgemmWgmmaCudaExact, RejectsBadArguments) {
+  QWENQ_REQUIRE_GPU();
+  const Q4Layout q = make_layout(Src::Awq, 64, 8, 1);
+  const Q4DeviceWeight dw(q);
+  test::DeviceBuffer<float> x(64 * 128), y(8 * 128);
+  expect_error([&] { qgemm_int4_wgmma_cuda(dw.view(), x.get(), DType::F32, 128, y.get()); },
+               "qgemm_int4_wgmma_cuda: the tensor-core kernel takes BF16 activations, not F32 (M=128 K=64 N=8");
+  expect_error([&] { qgemm_int4_wgmma_cuda(q.view(), x.get(), DType::BF16, 128, y.get()); }, "must be device memory");
+  expect_error([&] { qgemm_int4_t_wgmma_cuda(dw.view(), x.get(), DType::BF16, 0, y.get()); },
+               "qgemm_int4_t_wgmma_cuda: M=0");
+  if (!qgemm_wgmma_supported()) {
+    expect_error([&] { qgemm_int4_wgmma_cuda(dw.view(), x.get(), DType::BF16, 128, y.get()); },
+                 "needs an sm_90 GPU (H100/H200) and a build with the sm_90a target");
+  }
+}
+
 // Power-of-two scales make ŵ = (q - z)·2^e exact in bf16 and integer activations make every product and
 // partial sum exact in fp32: GPU and CPU must agree bit for bit on every row and column.
 TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
@@ -211,7 +317,8 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
   }
 }
 
-// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels, M > 64 with BF16 -> tensor cores.
+// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels, M > 64 with BF16 -> tensor cores
+// (the wgmma kernels when QWENQ_QGEMM_WGMMA=1 on a device that supports them).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   QWENQ_REQUIRE_GPU();
@@ -228,8 +335,13 @@ TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
     qgemm_int4_cuda(dw.view(), gx.get(), DType::BF16, M, y_auto.get());
     qgemm_int4_t_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_auto.get());
     if (M > kQgemmDecodeMaxM) {
-      qgemm_int4_tc_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
-      qgemm_int4_t_tc_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
+      if (qgemm_wgmma_enabled()) {
+        qgemm_int4_wgmma_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
+        qgemm_int4_t_wgmma_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
+      } else {
+        qgemm_int4_tc_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
+        qgemm_int4_t_tc_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
+      }
     } else {
       qgemm_int4_decode_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
       qgemm_int4_t_decode_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());

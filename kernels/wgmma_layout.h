@@ -1,0 +1,86 @@
+// Shared-memory layout of Hopper's wgmma operands, as plain integer code for host and device: the kernels
+// (kernels/qgemm_wgmma.cu) store their tiles with these functions and build their matrix descriptors with
+// them, and tests/test_wgmma_layout.cpp checks on the CPU that what the kernels store is where the tensor
+// cores read (the hardware's addressing, below, emulated from the PTX ISA's description).
+//
+// The one layout used: a K-major bf16 tile of R rows x 64 elements (128 bytes per row) in the 128-byte
+// swizzle mode. Rows are 128 bytes apart; 8 rows (1024 bytes, a "swizzle atom") are one unit whose base is
+// 1024-byte aligned; inside an atom the 16-byte chunk c of row r sits at chunk c ^ (r % 8):
+//
+//   byte offset of element (r, k) = r·128 + ((k / 8) ^ (r % 8))·16 + (k % 8)·2
+//
+// The tensor cores' view (PTX ISA, "Matrix Descriptor Format" of wgmma): a 64-bit descriptor holds
+//   bits  0..13  start address >> 4 (shared-memory byte address of the operand's first element)
+//   bits 16..29  leading dimension byte offset >> 4 (unused by swizzled K-major layouts; conventionally 1)
+//   bits 32..45  stride dimension byte offset >> 4 (the distance between 8-row groups: 1024 here)
+//   bits 49..51  base offset (0: every atom is 1024-byte aligned)
+//   bits 62..63  swizzle mode (1 = 128-byte swizzle)
+// and a k16 step of an m64nNk16 operand reads, for row r and k in [0, 16), the byte at
+//   a = start + (r / 8)·SBO + (r % 8)·128 + k·2,  then the swizzle: bits 4..6 of a ^= bits 7..9 of a.
+// The kernels advance `start` by 32 bytes per k16 step inside the 128-byte row, the usual way to walk K.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define QWENQ_WGMMA_HD __host__ __device__
+#else
+#define QWENQ_WGMMA_HD
+#endif
+
+namespace qwenq {
+
+constexpr int kWgmmaRowBytes = 128;   // one row: 64 bf16 of K
+constexpr int kWgmmaAtomBytes = 1024; // 8 rows
+constexpr int kWgmmaTileK = 64;       // bf16 elements per row
+
+// Byte offset of the 16-byte chunk `chunk` (0..7, i.e. k = 8·chunk..8·chunk + 7) of row `row` in a tile.
+QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_chunk_offset(uint32_t row, uint32_t chunk) {
+  return row * kWgmmaRowBytes + ((chunk ^ (row & 7u)) << 4);
+}
+
+// Byte offset of element (row, k), k in [0, 64).
+QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_element_offset(uint32_t row, uint32_t k) {
+  return wgmma_sw128_chunk_offset(row, k >> 3) + ((k & 7u) << 1);
+}
+
+// The descriptor of a K-major 128-byte-swizzled operand starting at shared byte address `start` (a tile's
+// 1024-aligned base plus 32 bytes per k16 step).
+QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_descriptor(uint32_t start) {
+  return (static_cast<uint64_t>((start & 0x3FFFFu) >> 4)) |               // start address
+         (static_cast<uint64_t>(1) << 16) |                               // leading byte offset (unused)
+         (static_cast<uint64_t>(kWgmmaAtomBytes >> 4) << 32) |            // stride byte offset: 1024
+         (static_cast<uint64_t>(1) << 62);                                // 128-byte swizzle
+}
+
+// The hardware's address of element (row, k) of a k16 step (k in [0, 16)) read through descriptor `desc`,
+// emulated from the PTX ISA's description (see the top of this file). Host only: tests.
+inline uint32_t wgmma_emulated_read_address(uint64_t desc, uint32_t row, uint32_t k) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
+  const uint32_t mode = static_cast<uint32_t>(desc >> 62);
+  uint32_t a = start + (row / 8) * sbo + (row % 8) * kWgmmaRowBytes + k * 2;
+  if (mode == 1) a ^= ((a >> 7) & 7u) << 4;
+  return a;
+}
+
+// Two 32-bit words each holding a bf16 pair (element 0 in the low half): the pair (a's element h, b's element
+// h), element 0 in the low half. The transposed kernel's register transpose of dequantized words.
+QWENQ_WGMMA_HD constexpr uint32_t wgmma_pick_halves(uint32_t a, uint32_t b, int h) {
+  return h == 0 ? (a & 0xFFFFu) | (b << 16) : (a >> 16) | (b & 0xFFFF0000u);
+}
+
+// The transposed kernel's store of dequantized words: thread (word-row rl, quad q) holds the words of columns
+// n = 4q .. 4q + 3 of word-row rl; value j of each goes to tile row kk = 8·rl + j, columns 4q .. 4q + 3, i.e.
+// the 8-byte piece at this offset.
+QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_quad_offset(uint32_t row, uint32_t q) {
+  return wgmma_sw128_chunk_offset(row, q >> 1) + (q & 1u) * 8;
+}
+
+// The accumulator fragment of wgmma m64nNk16 with f32 D (PTX ISA, "Register Fragments" of wgmma): thread t of
+// the warpgroup (warp w = t / 32, lane l) holds, for each 8-column block j, d[4j + e] at
+//   row 16·w + l / 4 + 8·(e / 2),  column 8·j + 2·(l % 4) + e % 2.
+QWENQ_WGMMA_HD constexpr int wgmma_acc_row(int thread, int e) { return 16 * (thread / 32) + (thread % 32) / 4 + 8 * (e / 2); }
+QWENQ_WGMMA_HD constexpr int wgmma_acc_col(int thread, int j, int e) { return 8 * j + 2 * (thread % 4) + e % 2; }
+
+}  // namespace qwenq
