@@ -41,21 +41,17 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / cuda::kWarp;
-constexpr int kTileRows = 32;                         // row norms: output rows per block
+constexpr int kTileRows = static_cast<int>(kDoraNormTileRows);  // row norms: output rows per block
 constexpr int kRowsPerWarp = kTileRows / kWarps;      // 4
-constexpr int kChunk = 64;                            // row norms: layout columns per chunk (2 per lane)
+constexpr int kChunk = static_cast<int>(kDoraNormChunk);  // row norms: layout columns per chunk (2 per lane)
 constexpr int kWordRowsPerChunk = kChunk / kQ4CodesPerWord;
 constexpr int kRankChunk = 64;                        // row norms: ranks staged at once
-constexpr int64_t kTargetBlocks = 1024;
-constexpr int64_t kMinChunksPerSlice = 4;
 static_assert(kRowsPerWarp == 4, "a warp's rows are one float4 of B");
 static_assert(kTileRows * kWordRowsPerChunk == kThreads, "one Q4 word per thread and chunk");
 static_assert(kChunk == 2 * cuda::kWarp, "two columns per lane");
 
 constexpr int kColTile = 32;  // split grad: columns per block (one warp wide)
 constexpr int kRowLanes = 8;  // split grad: rows in flight per column
-constexpr int64_t kMaxSlices = 64;
-constexpr int64_t kMinSliceRows = 256;
 constexpr int64_t kMaxRowStrides = 1024;  // scale rows / combine: grid rows
 
 // Where ŵ comes from: dense F32/BF16/F16, or the Q4 layout of one kind.
@@ -327,11 +323,9 @@ void dora_row_norms_cuda(const DoraBaseWeight& W, int64_t N, int64_t K, const fl
   const int64_t tiles = (N + kTileRows - 1) / kTileRows;
   QWENQ_CHECK(tiles <= INT_MAX, name << ": N=" << N << " exceeds the grid limit");
   const int64_t chunks = (K + kChunk - 1) / kChunk;
-  int64_t slices = std::min((kTargetBlocks + tiles - 1) / tiles, (chunks + kMinChunksPerSlice - 1) / kMinChunksPerSlice);
-  slices = std::max<int64_t>(1, std::min(slices, kDoraNormMaxSlices));
+  const int64_t slices = dora_row_norm_slices(N, K);
   const int64_t per = (chunks + slices - 1) / slices;
-  slices = (chunks + per - 1) / per;  // no empty slice
-  DeviceMemory partial(slices > 1 ? static_cast<size_t>(slices * N) * sizeof(double) : 0, stream);
+  DeviceMemory partial(dora_row_norms_scratch_bytes(N, K), stream);
 
   NormParams p{};
   p.dense = W.dense;
@@ -418,9 +412,9 @@ void dora_split_grad_cuda(const float* m, const float* n, const float* z, const 
   dora_rows_check(name, rows, N, "m, n, z, v, dy, dm, dz, dv", {m, n, z, v, dy, dm, dz, dv});
   const int64_t tiles = (N + kColTile - 1) / kColTile;
   QWENQ_CHECK(tiles <= INT_MAX, name << ": N=" << N << " exceeds the grid limit");
-  const int64_t slices = std::max<int64_t>(1, std::min(kMaxSlices, (rows + kMinSliceRows - 1) / kMinSliceRows));
+  const int64_t slices = dora_split_grad_slices(rows, N);
   const int64_t slice_rows = (rows + slices - 1) / slices;
-  DeviceMemory partial(static_cast<size_t>(slices * N) * sizeof(double), stream);
+  DeviceMemory partial(dora_split_grad_scratch_bytes(rows, N), stream);
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(slices));
   dora_split_grad_kernel<<<grid, dim3(kColTile, kRowLanes), 0, stream>>>(m, n, z, v, dy, rows, N, slice_rows, dz, dv,
                                                                         partial.as<double>());

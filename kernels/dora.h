@@ -48,6 +48,19 @@ namespace qwenq {
 
 // The CUDA row norms' K slices (at most), see above.
 constexpr int64_t kDoraNormMaxSlices = 64;
+// The CUDA launchers' partition, shared with the memory plan (trainer/memory_plan.cpp counts their scratch):
+// row norms in 32-row tiles of 64-column chunks, about 1024 blocks, at least 4 chunks a slice; split grad in
+// at most 64 row slices of at least 256 rows.
+constexpr int64_t kDoraNormTileRows = 32, kDoraNormChunk = 64, kDoraNormTargetBlocks = 1024,
+                  kDoraNormMinChunksPerSlice = 4;
+constexpr int64_t kDoraSplitMaxSlices = 64, kDoraSplitMinSliceRows = 256;
+// The slices each launcher cuts (kernels/dora_ref.cpp, host code in every build) and the bytes of the
+// stream-ordered scratch one launch allocates for their partial double sums: the row norms S·N doubles when
+// S > 1 (one slice finishes in place), the split grad S·N doubles.
+int64_t dora_row_norm_slices(int64_t N, int64_t K);
+int64_t dora_split_grad_slices(int64_t rows, int64_t N);
+uint64_t dora_row_norms_scratch_bytes(int64_t N, int64_t K);
+uint64_t dora_split_grad_scratch_bytes(int64_t rows, int64_t N);
 
 struct DoraBaseWeight;
 

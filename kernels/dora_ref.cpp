@@ -1,6 +1,7 @@
 // The CPU twins of kernels/dora.h. One rounding per float operation (this file is compiled with -ffp-contract=off),
 // so every elementwise output is the CUDA twin's bits; the row norms sum k ascending and dm sums t ascending in
 // double, trainer/lora_model.cpp's orders. Parallel over output rows j (row norms, split grad) or rows t.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -155,6 +156,31 @@ void dora_split_grad_ref(const float* m, const float* n, const float* z, const f
     }
     for (int64_t j = j0; j < j1; ++j) dm[j] += static_cast<float>(sum[j - j0] / n[j]);
   });
+}
+
+// The CUDA launchers' partition (kernels/dora.cu), host code so the memory plan can count the scratch.
+int64_t dora_row_norm_slices(int64_t N, int64_t K) {
+  const int64_t tiles = (N + kDoraNormTileRows - 1) / kDoraNormTileRows;
+  const int64_t chunks = (K + kDoraNormChunk - 1) / kDoraNormChunk;
+  int64_t slices = std::min((kDoraNormTargetBlocks + tiles - 1) / tiles,
+                            (chunks + kDoraNormMinChunksPerSlice - 1) / kDoraNormMinChunksPerSlice);
+  slices = std::max<int64_t>(1, std::min(slices, kDoraNormMaxSlices));
+  const int64_t per = (chunks + slices - 1) / slices;
+  return (chunks + per - 1) / per;  // no empty slice
+}
+
+int64_t dora_split_grad_slices(int64_t rows, int64_t N) {
+  (void)N;
+  return std::max<int64_t>(1, std::min(kDoraSplitMaxSlices, (rows + kDoraSplitMinSliceRows - 1) / kDoraSplitMinSliceRows));
+}
+
+uint64_t dora_row_norms_scratch_bytes(int64_t N, int64_t K) {
+  const int64_t slices = dora_row_norm_slices(N, K);
+  return slices > 1 ? static_cast<uint64_t>(slices * N) * sizeof(double) : 0;
+}
+
+uint64_t dora_split_grad_scratch_bytes(int64_t rows, int64_t N) {
+  return static_cast<uint64_t>(dora_split_grad_slices(rows, N) * N) * sizeof(double);
 }
 
 }  // namespace qwenq

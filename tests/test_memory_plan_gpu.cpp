@@ -21,6 +21,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "kernels/device_allocator.h"
+#include "kernels/dora.h"
 #include "quant/format/qgemm_layout.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
@@ -595,6 +596,30 @@ TEST(MemoryPlanGpu, LayerArenaOfQwenShapesIsThePlans) {
       EXPECT_EQ(d.base_dense, arena.bytes - arena.linear_bytes + rest);
     }
   }
+}
+
+// DoRA's kernels allocate stream-ordered partial sums (kernels/dora.h): the plan's kernel scratch is at least the
+// largest of them. Qwen2.5-7B with fp32 dense weights (no cast copy), T = 2048: without DoRA the scratch is
+// attention's δ [T, H]; all-linear DoRA adds gate/up's split grad (8 row slices x 18944 doubles); q/v-only DoRA
+// q_proj's row norms (10 K slices x 3584), larger than its split grad (8 x 3584) and δ.
+TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
+  EXPECT_EQ(dora_row_norm_slices(896, 4864), 19) << "kernels/dora.cu's worked example: 28 tiles x 19 slices";
+  EXPECT_EQ(dora_row_norm_slices(18944, 3584), 2) << "592 tiles x 2 slices";
+  EXPECT_EQ(dora_row_norms_scratch_bytes(64, 64), 0u) << "one slice finishes in place";
+  EXPECT_EQ(dora_split_grad_slices(2048, 1), 8);
+  EXPECT_EQ(dora_split_grad_slices(1, 1), 1);
+  EXPECT_EQ(dora_split_grad_slices(1 << 20, 1), kDoraSplitMaxSlices);
+  const QwenConfig c = qwen_preset("qwen2.5-7b");
+  const int64_t T = 2048;
+  PlanInput in = one_gpu(c, PlanBase::Nf4, 16, T);
+  in.dense_dtype = DType::F32;
+  const uint64_t delta = static_cast<uint64_t>(T * c.num_heads * 4);
+  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, delta);
+  in.lora.use_dora = true;
+  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, 8u * 18944 * 8);
+  in.lora.target_modules = {"q_proj", "v_proj"};
+  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, 10u * 3584 * 8);
+  EXPECT_GT(10u * 3584 * 8, std::max<uint64_t>(delta, 8u * 3584 * 8));
 }
 
 // A float32 checkpoint's dense Linears are uploaded as fp32: twice the bf16 file-bytes formula.

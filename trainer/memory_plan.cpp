@@ -11,6 +11,7 @@
 #include "core/progress.h"
 #include "lora/lora_adapter.h"
 #include "kernels/device_allocator.h"
+#include "kernels/dora.h"
 #include "quant/format/int_pack.h"
 #include "quant/format/nf4_pack.h"
 #include "quant/format/qgemm_layout.h"
@@ -99,6 +100,8 @@ struct LayerTotals {
   int64_t linear_params = 0;  // Σ N·K of the packed Linears (routers not included)
   int64_t lora_params = 0;    // Σ r·(N + K) (+ N with DoRA) over the adapted Linears
   int64_t dora_norms = 0;     // DoRA: Σ N over the adapted Linears (the GPU trainer's row norms; 0 without DoRA)
+  uint64_t dora_scratch = 0;  // DoRA: the largest scratch of one of its GPU launches (kernels/dora.h): the row
+                              // norms of an [N, K] Linear or the split grad of T rows (an expert's rows are <= T)
 };
 LayerTotals layer_totals(const PlanInput& in, int64_t l) {
   const QwenConfig& c = in.model;
@@ -117,7 +120,12 @@ LayerTotals layer_totals(const PlanInput& in, int64_t l) {
     QWENQ_CHECK(in.lora.r <= std::min(x.N, x.K), "LoRA rank " << in.lora.r << " is larger than " << x.name << " ["
                                                                << x.N << ", " << x.K << "] allows");
     t.lora_params += in.lora.r * (x.N + x.K) + (in.lora.use_dora ? x.N : 0);
-    if (in.lora.use_dora) t.dora_norms += x.N;
+    if (in.lora.use_dora) {
+      t.dora_norms += x.N;
+      const int64_t T = in.batch_size * in.seq_len;
+      t.dora_scratch = std::max({t.dora_scratch, dora_row_norms_scratch_bytes(x.N, x.K),
+                                 dora_split_grad_scratch_bytes(T, x.N)});
+    }
   }
   return t;
 }
@@ -425,7 +433,7 @@ GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s, bool moe
 }
 
 // The largest stream-ordered kernel scratch of a step (one launch's; they are freed in stream order, not alive
-// together): flash / naive attention's backward δ [T, H] fp32; cuBLASLt's 16-bit copy of fp32 activations for a
+// together; DoRA's partial sums are LayerTotals::dora_scratch): flash / naive attention's backward δ [T, H] fp32; cuBLASLt's 16-bit copy of fp32 activations for a
 // 16-bit weight (kernels/blas_lt.h): the lm_head's dlogits chunk rows·V (its forward input rows·C is smaller), and
 // for a 16-bit dense base each Linear's x [T, K] or dy [T, N].
 uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const DevicePlan& d) {
@@ -440,8 +448,10 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
   return b;
 }
 
-// dora_norms: Σ N over the device's adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA.
-void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_t dora_norms, DevicePlan* d) {
+// dora_norms: Σ N over the device's adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA;
+// dora_scratch: the largest LayerTotals::dora_scratch of its layers.
+void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_t dora_norms, uint64_t dora_scratch,
+                     DevicePlan* d) {
   const QwenConfig& c = in.model;
   const int64_t T = s.T, n = d->num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
@@ -482,7 +492,7 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_
   }
   // Pipeline (an assumption of the plan): a received fp32 activation and a received fp32 gradient [T, C].
   d->act_pipeline = u64((index > 0 ? 1 : 0) + (index + 1 < in.gpus ? 1 : 0)) * held(u64(T * s.C * 4));
-  d->ws_scratch = gpu_scratch_bytes(in, s, *d);
+  d->ws_scratch = std::max(gpu_scratch_bytes(in, s, *d), dora_scratch);
   d->ws_logits = d->has_lm_head ? held(u64(lora_cuda_logits_rows(T, s.V) * s.V * 4)) : 0;
   d->ws_reserve = kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + (in.gpus > 1 ? kNcclBytes : 0);
 }
@@ -587,6 +597,12 @@ PlanResult plan_memory(const PlanInput& in) {
     for (int64_t l = first; l < first + n; ++l) total += field(c.is_moe_layer(l) ? moe_layer : dense_layer);
     return total;
   };
+  // The largest of one LayerTotals field over layers [first, first + n).
+  auto largest = [&](int64_t first, int64_t n, auto field) {
+    decltype(field(dense_layer)) most = 0;
+    for (int64_t l = first; l < first + n; ++l) most = std::max(most, field(c.is_moe_layer(l) ? moe_layer : dense_layer));
+    return most;
+  };
   auto linear_bytes = [](const LayerTotals& t) { return t.linear_bytes; };
   auto dense_bytes = [](const LayerTotals& t) { return t.dense_bytes; };
   auto lora_params = [](const LayerTotals& t) { return t.lora_params; };
@@ -625,7 +641,7 @@ PlanResult plan_memory(const PlanInput& in) {
       plan_cpu_device(in, s, kinds, &d);
     else
       plan_gpu_device(in, s, i, sum(d.first_layer, d.num_layers, [](const LayerTotals& t) { return t.dora_norms; }),
-                      &d);
+                      largest(d.first_layer, d.num_layers, [](const LayerTotals& t) { return t.dora_scratch; }), &d);
     d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
     d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
     d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;

@@ -116,7 +116,9 @@
 //   scratch       the largest stream-ordered kernel scratch of one launch (freed in stream order, never two
 //                 at once): attention's backward δ T·H·4; cuBLASLt's 16-bit copy of fp32 activations for a 16-bit
 //                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
-//                 x [T, K] or dy [T, N] (max over the Linears). Not rounded (cudaMallocAsync's pool). Assumes
+//                 x [T, K] or dy [T, N] (max over the Linears); with DoRA the partial double sums of its row
+//                 norms (S·N·8 over S ≤ 64 K slices) and split grad (S·N·8, S = ceil(T / 256) ≤ 64), as
+//                 kernels/dora.h's *_scratch_bytes give them. Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
 //   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))
 //                 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says why)
