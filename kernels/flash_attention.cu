@@ -60,52 +60,22 @@
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/flash_attention.h"
+#include "kernels/flash_attention_common.cuh"
 
 namespace qwenq {
 
 namespace {
 
-using bf16 = __nv_bfloat16;
+using namespace flash_detail;
 
-constexpr int kTile = 64;                 // rows of a query or key tile
-constexpr int kWarps = 4;                 // each owns 16 rows of the block's tile
-constexpr int kThreads = kWarps * cuda::kWarp;
-constexpr int kPad = 8;                   // bf16 elements of padding per smem row (bank-conflict-free loads)
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kPad = 8;  // bf16 elements of padding per smem row (bank-conflict-free loads)
 
 template <int D>
 constexpr int kStride = D + kPad;  // smem row stride in elements
 
-// One tile of rows [row0, row1) of the sequence [seq_begin, seq_end): int4 so that a block reads it in one load.
-//   x = row0, y = row1, z = seq_begin, w = seq_end
-
-// Everything the kernels read: plain pointers and sizes, passed by value.
-struct FlashParams {
-  const bf16 *q, *k, *v;  // [T, H, D], [T, Hkv, D], [T, Hkv, D]
-  const bf16 *out, *dout;  // backward inputs, [T, H, D]
-  bf16* o;                 // forward output, [T, H, D]
-  float* lse;              // forward output [T, H] (may be null)
-  const float* lse_in;     // backward input [T, H]
-  float* delta;            // backward scratch [T, H]: written by the dq pass, read by the dk/dv pass
-  float *dq, *dk, *dv;     // backward outputs, fp32
-  const int4* tiles;       // the tiles in the order the blocks take them
-  int H, Hkv, group;
-  float scale;       // 1/sqrt(D) rounded to fp32, as the ref
-  float scale_log2;  // scale · log2(e)
-};
-
 // ---- device building blocks ----------------------------------------------------------------------------------
 
 __device__ __forceinline__ uint32_t lds32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-// Two fp32 -> one register of two bf16 (round to nearest even); `lo` in the low half, the lower column.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t r;
-  memcpy(&r, &v, sizeof r);
-  return r;
-}
 
 // c += a·b on the tensor cores: a 16x16 (row), b 16x8 (col), bf16, c 16x8 fp32. Fragment ownership, lane =
 // 4·gid + tig: a = {A[gid][2tig..+1], A[gid+8][2tig..+1], A[gid][2tig+8..+9], A[gid+8][2tig+8..+9]},
@@ -126,15 +96,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* 
                : "r"(a)
                : "memory");
 }
-
-// 16 bytes global -> shared without passing through registers; `valid` false writes 16 zero bytes instead.
-__device__ __forceinline__ void cp_async_16(bf16* smem, const bf16* gmem, bool valid) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Queues the copy of rows [row0, row0 + n_rows) (n_rows >= 1) of one head into a kTile-row smem tile; the rest of
 // the tile is zero-filled. `g` points at row 0 of the head (base + head·D), `stride` is the row stride in elements.
@@ -188,28 +149,6 @@ __device__ __forceinline__ void gemm_pb(float (&acc)[D / 8][4], const uint32_t (
       mma_bf16_16816(acc[2 * np + 1], p[kk], b[2], b[3]);
     }
   }
-}
-
-// The accumulators of a 16 x NT·8 block, rounded to bf16, as NT/2 A fragments of 16 columns each.
-template <int NT>
-__device__ __forceinline__ void to_a_fragments(const float (&acc)[NT][4], uint32_t (&f)[NT / 2][4]) {
-#pragma unroll
-  for (int kk = 0; kk < NT / 2; ++kk) {
-    f[kk][0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);          // row gid,   columns 2tig, 2tig+1
-    f[kk][1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);          // row gid+8
-    f[kk][2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);  // row gid,   columns 8 + 2tig, 8 + 2tig+1
-    f[kk][3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);  // row gid+8
-  }
-}
-
-// Max and sum over the 4 lanes of a quad (the lanes that share a row).
-__device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 // ---- forward -----------------------------------------------------------------------------------------------------
@@ -503,6 +442,32 @@ constexpr size_t kDqSmem = 4 * kTile * kStride<D> * sizeof(bf16);
 template <int D>
 constexpr size_t kDkDvSmem = 4 * kTile * kStride<D> * sizeof(bf16) + 2 * kTile * sizeof(float);
 
+template <int D>
+void launch_forward(const FlashParams& p, int n_tiles, cudaStream_t stream) {
+  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kForwardSmem<D>)));
+  flash_forward_kernel<D><<<static_cast<unsigned>(n_tiles) * static_cast<unsigned>(p.H), kThreads, kForwardSmem<D>,
+                            stream>>>(p);
+}
+
+template <int D>
+void launch_backward(FlashParams p, const TilePlan& plan, cudaStream_t stream) {
+  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kDqSmem<D>)));
+  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kDkDvSmem<D>)));
+  p.tiles = plan.by_queries;
+  flash_backward_dq_kernel<D>
+      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.H), kThreads, kDqSmem<D>, stream>>>(p);
+  p.tiles = plan.by_keys;  // after the dq pass on the same stream: δ is complete
+  flash_backward_dkdv_kernel<D>
+      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.Hkv), kThreads, kDkDvSmem<D>, stream>>>(p);
+}
+
+}  // namespace
+
+namespace flash_detail {
+
 // The shape and cu_seqlens checks of attention_ref.cpp (same messages), then this file's own: D compiled, BF16,
 // sizes within int32 (row indices are int in the kernels). Returns T.
 int64_t check_args(const char* name, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D,
@@ -528,18 +493,6 @@ void check_aligned(const char* name, const char* what, const void* p) {
   QWENQ_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0,
               name << ": " << what << " must be 16-byte aligned (cp.async), got address " << p);
 }
-
-// The 64-row tiles of every sequence, uploaded to the device in the orders the kernels take them:
-//   by_queries  longest key range first (row1 − seq_begin): the forward and the dq pass
-//   by_keys     longest query range first (seq_end − row0): the dk/dv pass
-// Both lists live in one allocation on `stream`; the host vector is handed to upload_owned_async, which frees it
-// once the copy has read it (the launcher returns without waiting, and a pageable copy need not be staged).
-struct TilePlan {
-  DeviceMemory mem;
-  const int4* by_queries = nullptr;
-  const int4* by_keys = nullptr;
-  int n_tiles = 0;
-};
 
 TilePlan plan_tiles(const char* name, const int32_t* cu_seqlens, int64_t n_seqs, int64_t heads_per_tile,
                     bool both, cudaStream_t stream) {
@@ -567,28 +520,6 @@ TilePlan plan_tiles(const char* name, const int32_t* cu_seqlens, int64_t n_seqs,
   return plan;
 }
 
-template <int D>
-void launch_forward(const FlashParams& p, int n_tiles, cudaStream_t stream) {
-  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kForwardSmem<D>)));
-  flash_forward_kernel<D><<<static_cast<unsigned>(n_tiles) * static_cast<unsigned>(p.H), kThreads, kForwardSmem<D>,
-                            stream>>>(p);
-}
-
-template <int D>
-void launch_backward(FlashParams p, const TilePlan& plan, cudaStream_t stream) {
-  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dq_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kDqSmem<D>)));
-  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dkdv_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kDkDvSmem<D>)));
-  p.tiles = plan.by_queries;
-  flash_backward_dq_kernel<D>
-      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.H), kThreads, kDqSmem<D>, stream>>>(p);
-  p.tiles = plan.by_keys;  // after the dq pass on the same stream: δ is complete
-  flash_backward_dkdv_kernel<D>
-      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.Hkv), kThreads, kDkDvSmem<D>, stream>>>(p);
-}
-
 FlashParams base_params(int64_t H, int64_t Hkv, int64_t D) {
   FlashParams p{};
   p.H = static_cast<int>(H);
@@ -599,7 +530,29 @@ FlashParams base_params(int64_t H, int64_t Hkv, int64_t D) {
   return p;
 }
 
-}  // namespace
+int64_t check_forward_args(const char* name, const void* q, const void* k, const void* v, const int32_t* cu_seqlens,
+                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, const void* out, DType dtype) {
+  const int64_t T = check_args(name, cu_seqlens, n_seqs, H, Hkv, D, dtype);
+  if (T == 0) return 0;
+  check_aligned(name, "q", q);
+  check_aligned(name, "k", k);
+  check_aligned(name, "v", v);
+  check_aligned(name, "out", out);
+  return T;
+}
+
+FlashParams forward_params(const void* q, const void* k, const void* v, void* out, float* lse, int64_t H, int64_t Hkv,
+                           int64_t D) {
+  FlashParams p = base_params(H, Hkv, D);
+  p.q = static_cast<const bf16*>(q);
+  p.k = static_cast<const bf16*>(k);
+  p.v = static_cast<const bf16*>(v);
+  p.o = static_cast<bf16*>(out);
+  p.lse = lse;
+  return p;
+}
+
+}  // namespace flash_detail
 
 bool flash_attention_compiled(int64_t D) {
 #ifdef QWENQ_FLASH_D64
@@ -627,18 +580,9 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
                             int64_t H, int64_t Hkv, int64_t D, void* out, float* lse, DType dtype,
                             CudaStream stream) {
   const char* name = "attention_forward_cuda";
-  const int64_t T = check_args(name, cu_seqlens, n_seqs, H, Hkv, D, dtype);
+  const int64_t T = check_forward_args(name, q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, dtype);
   if (T == 0) return;
-  check_aligned(name, "q", q);
-  check_aligned(name, "k", k);
-  check_aligned(name, "v", v);
-  check_aligned(name, "out", out);
-  FlashParams p = base_params(H, Hkv, D);
-  p.q = static_cast<const bf16*>(q);
-  p.k = static_cast<const bf16*>(k);
-  p.v = static_cast<const bf16*>(v);
-  p.o = static_cast<bf16*>(out);
-  p.lse = lse;
+  FlashParams p = forward_params(q, k, v, out, lse, H, Hkv, D);
   const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, H, false, stream);
   p.tiles = plan.by_queries;
 #ifdef QWENQ_FLASH_D64

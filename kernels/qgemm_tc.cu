@@ -96,18 +96,6 @@ constexpr size_t kWBytes = size_t(2) * kWElems * 2;
 constexpr size_t kSmemBytes = kABytes + 2 * kRawBytes + kWBytes;  // 77824
 static_assert(kABytes % 16 == 0 && kRawBytes % 16 == 0, "16-byte aligned shared sub-buffers");
 
-struct TcParams {
-  const uint16_t* a;  // x or dy, bf16 [M, lda]
-  int64_t lda;
-  int64_t a_width;    // valid reduction columns of a (a multiple of 8); chunks at or past it read as zeros
-  const uint32_t* qweight;
-  const uint32_t* meta;
-  const int32_t* perm;  // transposed only: dx column of layout row kk; null = identity
-  float* out;           // [M, n_out] fp32
-  int64_t M, n_out;     // n_out = N (forward) or K (transposed)
-  int64_t Kp, Np, group;
-  int k_tiles;          // ceil(reduction length / kBK): Kp forward, Np transposed
-};
 
 template <Q4Kind KIND, bool TRANS>
 __global__ void __launch_bounds__(kThreads, 2) qgemm_tc_kernel(TcParams p) {
@@ -336,6 +324,25 @@ const uint16_t* maybe_stage(const void* src, const int32_t* perm, int64_t M, int
   return buf->as<const uint16_t>();
 }
 
+TcParams tc_params(const Q4View& w, const void* a, int64_t M, float* out, bool trans, int stage_depth,
+                   DeviceMemory* staged, cudaStream_t s, const std::string& ctx) {
+  TcParams p{};
+  // Forward: x gathered through perm when staged, y columns in order. Transposed: dy as is, dx[:, perm[kk]] =
+  // column kk of the product.
+  p.a = maybe_stage(a, trans ? nullptr : w.perm, M, trans ? w.N : w.K, staged, &p.lda, &p.a_width, s, ctx);
+  p.qweight = w.qweight;
+  p.meta = w.meta;
+  p.perm = trans ? w.perm : nullptr;
+  p.out = out;
+  p.M = M;
+  p.n_out = trans ? w.K : w.N;
+  p.Kp = w.Kp;
+  p.Np = w.Np;
+  p.group = w.group;
+  p.k_tiles = static_cast<int>(ceil_div(trans ? w.Np : w.Kp, stage_depth));
+  return p;
+}
+
 }  // namespace qgemm_tc_detail
 
 void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
@@ -343,18 +350,7 @@ void qgemm_int4_tc_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M
   const std::string ctx = tc_context("qgemm_int4_tc_cuda", w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   DeviceMemory staged;
-  TcParams p{};
-  p.a = maybe_stage(x, w.perm, M, w.K, &staged, &p.lda, &p.a_width, s, ctx);
-  p.qweight = w.qweight;
-  p.meta = w.meta;
-  p.perm = nullptr;  // the forward gathers x through perm when staging; y columns are not permuted
-  p.out = y;
-  p.M = M;
-  p.n_out = w.N;
-  p.Kp = w.Kp;
-  p.Np = w.Np;
-  p.group = w.group;
-  p.k_tiles = static_cast<int>(ceil_div(w.Kp, kBK));
+  const TcParams p = tc_params(w, x, M, y, /*trans=*/false, kBK, &staged, s, ctx);
   const dim3 grid(static_cast<unsigned>(ceil_div(w.N, kBN)), static_cast<unsigned>(ceil_div(M, kBM)));
   launch_tc<false>(w.kind, p, grid, s);
   QWENQ_CUDA_CHECK_LAUNCH("qgemm_tc_kernel (forward) " << ctx);
@@ -365,18 +361,7 @@ void qgemm_int4_t_tc_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64
   const std::string ctx = tc_context("qgemm_int4_t_tc_cuda", w, M, dy_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   DeviceMemory staged;
-  TcParams p{};
-  p.a = maybe_stage(dy, nullptr, M, w.N, &staged, &p.lda, &p.a_width, s, ctx);
-  p.qweight = w.qweight;
-  p.meta = w.meta;
-  p.perm = w.perm;  // dx[:, perm[kk]] = column kk of the product
-  p.out = dx;
-  p.M = M;
-  p.n_out = w.K;
-  p.Kp = w.Kp;
-  p.Np = w.Np;
-  p.group = w.group;
-  p.k_tiles = static_cast<int>(ceil_div(w.Np, kBK));
+  const TcParams p = tc_params(w, dy, M, dx, /*trans=*/true, kBK, &staged, s, ctx);
   // Output columns are layout rows kk < K; tiles of 128 kk = 16 word-rows.
   const dim3 grid(static_cast<unsigned>(ceil_div(w.K, kBN)), static_cast<unsigned>(ceil_div(M, kBM)));
   launch_tc<true>(w.kind, p, grid, s);

@@ -44,7 +44,7 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // Four 8x8 bf16 matrices; lane l supplies the row address of matrix l / 8, row l % 8.
@@ -92,6 +92,26 @@ __device__ __forceinline__ uint4 dequant_word(uint32_t word, uint32_t meta, cons
   return make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]), pack_bf16x2(v[4], v[5]),
                     pack_bf16x2(v[6], v[7]));
 }
+
+// The kernels' parameters: C[m, c] = Σ_r A[m, r] · B[r, c] with A = x (forward) or dy (transposed).
+struct TcParams {
+  const uint16_t* a;  // x or dy, bf16 [M, lda]
+  int64_t lda;
+  int64_t a_width;    // valid reduction columns of a (a multiple of 8); chunks at or past it read as zeros
+  const uint32_t* qweight;
+  const uint32_t* meta;
+  const int32_t* perm;  // transposed only: dx column of layout row kk; null = identity
+  float* out;           // [M, n_out] fp32
+  int64_t M, n_out;     // n_out = N (forward) or K (transposed)
+  int64_t Kp, Np, group;
+  int k_tiles;          // ceil(reduction length / kBK): Kp forward, Np transposed
+};
+
+// The parameters of a launch of either kernel (TRANS: dx = dy·Ŵ) with reduction stages of `stage_depth`: the
+// activation staged when the kernel cannot read it directly (into *staged, on stream s), the forward's x gathered
+// through perm, the transposed product's output scattered through it.
+TcParams tc_params(const Q4View& w, const void* a, int64_t M, float* out, bool trans, int stage_depth,
+                   DeviceMemory* staged, cudaStream_t s, const std::string& ctx);
 
 // "fn M=.. K=.. N=.. group=.. kind=.. act=..": the context of the kernels' error messages.
 std::string tc_context(const char* fn, const Q4View& w, int64_t M, DType dt);

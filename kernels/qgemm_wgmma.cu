@@ -54,6 +54,7 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/qgemm.h"
 #include "kernels/qgemm_tc_common.cuh"
+#include "kernels/wgmma.cuh"
 #include "kernels/wgmma_layout.h"
 
 namespace qwenq {
@@ -80,46 +81,7 @@ constexpr uint32_t kSmemUsed = kRawMOff + kStages * kRawWords * 4;  // 131072
 constexpr size_t kSmemBytes = kSmemUsed + kWgmmaAtomBytes;            // slack for the 1024-byte alignment
 static_assert(kWOff % kWgmmaAtomBytes == 0 && kTileBytes % kWgmmaAtomBytes == 0, "swizzle atoms stay aligned");
 
-struct WgParams {
-  const uint16_t* a;  // x or dy, bf16 [M, lda]
-  int64_t lda;
-  int64_t a_width;    // valid reduction columns of a (a multiple of 8); chunks at or past it read as zeros
-  const uint32_t* qweight;
-  const uint32_t* meta;
-  const int32_t* perm;  // transposed only: dx column of layout row kk; null = identity
-  float* out;           // [M, n_out] fp32
-  int64_t M, n_out;     // n_out = N (forward) or K (transposed)
-  int64_t Kp, Np, group;
-  int k_tiles;          // ceil(reduction length / 64): Kp forward, Np transposed
-};
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-
-// d (64 x 128, fp32, this thread's 64 values) += A (64 x 16, K-major smem) · B (16 x 128, K-major smem: B's
-// column n is Ŵ's row n).
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
-      "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
-      "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
-      "%62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-#endif
 
 // C[m, c] = Σ_r A[m, r] · B[r, c]: forward A = x, r = k, c = n, B[k][n] = ŵ[n, k]; transposed A = dy, r = n,
 // c = kk, B[n][kk] = ŵ[n, kk]. In both the B tile is stored "K-major" for wgmma: row c of the tile holds the 64
@@ -129,7 +91,7 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
 // writes, for each of its 8 kk, the 4 values as one 8-byte piece of row kk (a register transpose by byte
 // permutes).
 template <Q4Kind KIND, bool TRANS>
-__global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(WgParams p) {
+__global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float book[16];
@@ -211,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(WgParams p) {
     wgmma_fence();
 #pragma unroll
     for (int k16 = 0; k16 < kBK / 16; ++k16)
-      wgmma_m64n128k16(acc, wgmma_sw128_descriptor(a_addr + k16 * 32), wgmma_sw128_descriptor(w_addr + k16 * 32));
+      wgmma_ss_m64n128k16(acc, wgmma_sw128_descriptor(a_addr + k16 * 32), wgmma_sw128_descriptor(w_addr + k16 * 32));
     wgmma_commit();
   };
 
@@ -228,11 +190,11 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(WgParams p) {
     fence_proxy_async();           // this thread's dequant stores and landed copies, for the tensor cores
     __syncthreads();
     const int tn = t + kStages - 1;
-    if (tn < p.k_tiles) load_tile(tn, tn % kStages);  // the stage stage t - 1 used; its wgmmas were waited for
+    if (tn < p.k_tiles) load_tile(tn, tn % kStages);  // the stage tile t - 1 used; its wgmmas were waited for
     cp_async_commit();
     issue_mma(t % kStages, t & 1);
     if (t + 1 < p.k_tiles) dequant_tile((t + 1) % kStages, (t + 1) & 1);
-    wgmma_wait_all();
+    wgmma_wait<0>();
   }
   cp_async_wait<0>();
 
@@ -287,19 +249,31 @@ bool qgemm_wgmma_supported() {
     int major = 0, minor = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    int yes = 0;
-    if (major == 9 && minor == 0) {
+    if (major != 9 || minor != 0) {
+      known[dev] = 0;
+    } else {
+      // Someone else's pending error is not ours to consume, and a transient failure (out of memory, a capture
+      // in progress) must not be cached as "no": both answer false now and probe again next time.
+      if (cudaPeekAtLastError() != cudaSuccess) return false;
+      int yes = 0;
       int* flag = nullptr;
-      if (cudaMalloc(&flag, sizeof(int)) == cudaSuccess) {
+      cudaError_t e = cudaMalloc(&flag, sizeof(int));
+      if (e == cudaSuccess) {
         wgmma_probe_kernel<<<1, 1>>>(flag);
-        if (cudaGetLastError() != cudaSuccess || cudaMemcpy(&yes, flag, sizeof(int), cudaMemcpyDeviceToHost) !=
-                                                     cudaSuccess)
-          yes = 0;
+        e = cudaGetLastError();
+        if (e == cudaSuccess) e = cudaMemcpy(&yes, flag, sizeof(int), cudaMemcpyDeviceToHost);
         cudaFree(flag);
       }
-      cudaGetLastError();
+      if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction) {
+        cudaGetLastError();
+        known[dev] = 0;  // no image of this file for the device: the build lacks its architecture
+      } else if (e != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+      } else {
+        known[dev] = yes;
+      }
     }
-    known[dev] = yes;
   }
   return known[dev] == 1;
 }
@@ -321,19 +295,7 @@ void launch_wgmma(const Q4View& w, const void* a, DType dtype, int64_t M, float*
   const std::string ctx = tc_context(fn, w, M, dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   DeviceMemory staged;
-  WgParams p{};
-  // Forward: x gathered through perm when staged, y columns in order. Transposed: dy as is, dx scattered.
-  p.a = maybe_stage(a, TRANS ? nullptr : w.perm, M, TRANS ? w.N : w.K, &staged, &p.lda, &p.a_width, s, ctx);
-  p.qweight = w.qweight;
-  p.meta = w.meta;
-  p.perm = TRANS ? w.perm : nullptr;
-  p.out = out;
-  p.M = M;
-  p.n_out = TRANS ? w.K : w.N;
-  p.Kp = w.Kp;
-  p.Np = w.Np;
-  p.group = w.group;
-  p.k_tiles = static_cast<int>(ceil_div(TRANS ? w.Np : w.Kp, kBK));
+  const TcParams p = tc_params(w, a, M, out, TRANS, kBK, &staged, s, ctx);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n_out, kBN)), static_cast<unsigned>(ceil_div(M, kBM)));
   const auto go = [&](auto kernel) {
     QWENQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -53,6 +53,35 @@ QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_descriptor(uint32_t start) {
          (static_cast<uint64_t>(1) << 62);                                // 128-byte swizzle
 }
 
+// A tile wider than 64 elements (attention's head dim 128) is stored as 64-column panels, each R rows x 128
+// bytes as above, panel p at p·R·128: the byte offset of element (row, col) of such an R-row tile.
+QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_panel_offset(uint32_t rows, uint32_t row, uint32_t col) {
+  return (col / kWgmmaTileK) * rows * kWgmmaRowBytes + wgmma_sw128_element_offset(row, col % kWgmmaTileK);
+}
+
+// The descriptor of an MN-major 128-byte-swizzled operand (a B whose N runs along the 128-byte rows: attention's
+// V tile [keys][head dim], keys = the reduction K). The PTX ISA's canonical layout ((T,8,m),(8,k)) :
+// ((1,T,LBO),(8T,SBO)), T = 8 bf16: 64 consecutive N in a 128-byte row, 8 K-rows of one atom 128 bytes apart,
+// the next 8 K-rows SBO = 1024 bytes on, the next 64 N (panel) LBO = `panel_bytes` on. `start` is the panel-0
+// base of the k16 step (+ 16 rows = 2048 bytes per step).
+QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_mn_descriptor(uint32_t start, uint32_t panel_bytes) {
+  return (static_cast<uint64_t>((start & 0x3FFFFu) >> 4)) |
+         (static_cast<uint64_t>((panel_bytes >> 4) & 0x3FFFu) << 16) |
+         (static_cast<uint64_t>(kWgmmaAtomBytes >> 4) << 32) |
+         (static_cast<uint64_t>(1) << 62);
+}
+
+// The hardware's address of element (k, n) (k in [0, 16), n < N) of an MN-major operand read through `desc`:
+// start + (n / 64)·LBO + (k / 8)·SBO + (k % 8)·128 + (n % 64)·2, then the 128-byte swizzle. Host only: tests.
+inline uint32_t wgmma_emulated_read_address_mn(uint64_t desc, uint32_t k, uint32_t n) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
+  const uint32_t lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFFu) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
+  uint32_t a = start + (n / 64) * lbo + (k / 8) * sbo + (k % 8) * kWgmmaRowBytes + (n % 64) * 2;
+  if ((desc >> 62) == 1) a ^= ((a >> 7) & 7u) << 4;
+  return a;
+}
+
 // The hardware's address of element (row, k) of a k16 step (k in [0, 16)) read through descriptor `desc`,
 // emulated from the PTX ISA's description (see the top of this file). Host only: tests.
 inline uint32_t wgmma_emulated_read_address(uint64_t desc, uint32_t row, uint32_t k) {

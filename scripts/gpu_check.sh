@@ -87,7 +87,7 @@ fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
   timeout $(( $(left) - 30 )) "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
-    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert' \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"

@@ -143,6 +143,53 @@ TEST(WgmmaLayout, PickHalvesTransposesBf16Pairs) {
   }
 }
 
+// Flash attention's tiles (kernels/flash_attention_wgmma.cu): 64 rows, head dim D in 64-column panels of 8 KB.
+// Q and K are read K-major (the head dim is the reduction: panel kk / 4, 32 bytes per k16 step inside it); V is
+// read MN-major (keys = the reduction, 16 rows = 2048 bytes per step; head dim = N across panels LBO = 8 KB apart).
+// Every element the copies store (load_tile_sw: row r, head-dim column d at wgmma_sw128_panel_offset(64, r, d))
+// is where those descriptors read it.
+TEST(WgmmaLayout, AttentionTilesAreReadWhereTheCopiesStoredThem) {
+  constexpr uint32_t kRows = 64, kPanel = kRows * kWgmmaRowBytes;
+  for (uint32_t D : {64u, 128u}) {
+    int64_t bad_k = 0, bad_v = 0;
+    for (uint32_t kk = 0; kk < D / 16; ++kk) {
+      const uint64_t desc = wgmma_sw128_descriptor(kBase + (kk / 4) * kPanel + (kk % 4) * 32);
+      for (uint32_t r = 0; r < kRows; ++r)
+        for (uint32_t k = 0; k < 16; ++k)
+          bad_k += wgmma_emulated_read_address(desc, r, k) != kBase + wgmma_sw128_panel_offset(kRows, r, 16 * kk + k);
+    }
+    for (uint32_t kk = 0; kk < 4; ++kk) {
+      const uint64_t desc = wgmma_sw128_mn_descriptor(kBase + kk * 16 * kWgmmaRowBytes, kPanel);
+      EXPECT_EQ((desc >> 16) & 0x3FFFu, kPanel >> 4) << "LBO: the next 64 head-dim columns";
+      EXPECT_EQ((desc >> 32) & 0x3FFFu, 1024u >> 4) << "SBO: the next 8 keys";
+      for (uint32_t k = 0; k < 16; ++k)
+        for (uint32_t n = 0; n < D; ++n)
+          bad_v += wgmma_emulated_read_address_mn(desc, k, n) != kBase + wgmma_sw128_panel_offset(kRows, 16 * kk + k, n);
+    }
+    EXPECT_EQ(bad_k, 0) << "Q/K, D=" << D;
+    EXPECT_EQ(bad_v, 0) << "V, D=" << D;
+    // The copies cover the tile once, and 8 consecutive threads' 16-byte chunks fall in 8 bank groups.
+    std::vector<int> hits((D / 64) * kPanel, 0);
+    for (uint32_t c = 0; c < kRows * D / 8; ++c) {
+      const uint32_t r = c / (D / 8), col = (c % (D / 8)) * 8;
+      const uint32_t off = wgmma_sw128_panel_offset(kRows, r, col);
+      for (uint32_t b = 0; b < 16; ++b) ++hits[off + b];
+    }
+    for (size_t i = 0; i < hits.size(); ++i) ASSERT_EQ(hits[i], 1) << "D=" << D << " byte " << i;
+    for (uint32_t c0 = 0; c0 < kRows * D / 8; c0 += 8) {
+      std::set<uint32_t> groups;
+      for (uint32_t c = c0; c < c0 + 8; ++c)
+        groups.insert((wgmma_sw128_panel_offset(kRows, c / (D / 8), (c % (D / 8)) * 8) / 16) % 8);
+      EXPECT_EQ(groups.size(), 8u) << "D=" << D << " chunks " << c0;
+    }
+  }
+  // A V descriptor with the panel stride wrong (LBO = 0) reads the second panel's columns from the first.
+  int64_t bad = 0;
+  const uint64_t wrong = wgmma_sw128_mn_descriptor(kBase, 0);
+  for (uint32_t n = 64; n < 128; ++n) bad += wgmma_emulated_read_address_mn(wrong, 0, n) != kBase + wgmma_sw128_panel_offset(64, 0, n);
+  EXPECT_GT(bad, 0);
+}
+
 TEST(WgmmaLayout, AccumulatorFragmentsCoverTheOutputOnce) {
   std::vector<int> hits(64 * 128, 0);
   for (int t = 0; t < 128; ++t)

@@ -1,4 +1,5 @@
-// attention_forward_cuda / attention_backward_cuda (kernels/flash_attention.cu) against the fp32 CPU reference,
+// attention_forward_cuda / attention_backward_cuda (kernels/flash_attention.cu) and the Hopper forward
+// attention_forward_wgmma_cuda (kernels/flash_attention_wgmma.cu) against the fp32 CPU reference,
 // with FlashAttention's tolerance rule: the kernel's error may be at most twice the error of a naive
 // implementation in the same precision (bf16), plus a tiny term for the cases where the naive one is exact.
 //
@@ -228,8 +229,9 @@ std::string lengths_str(const Lengths& lens) {
   return s;
 }
 
-// Runs one case: the kernels on the whole problem, the references on the compared kv groups.
-void check_case(const Shape& sh, const Lengths& lens) {
+// Runs one case: the kernels on the whole problem, the references on the compared kv groups. wgmma: the forward
+// is the Hopper kernel (attention_forward_wgmma_cuda), run twice for the same bits; the backward is fed its outputs.
+void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
   const int64_t H = sh.H, Hkv = sh.Hkv, D = sh.D, group = H / Hkv;
   if (!flash_attention_compiled(D))
     GTEST_SKIP() << "head dim " << D << " is not in this build's QWENQ_FLASH_HEAD_DIMS ("
@@ -239,7 +241,7 @@ void check_case(const Shape& sh, const Lengths& lens) {
   const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(lens.size());
   const uint64_t seed = 7000 + static_cast<uint64_t>(H * 1009 + Hkv * 101 + D * 7 + T);
   std::ostringstream ctx_os;
-  ctx_os << "H=" << H << " Hkv=" << Hkv << " D=" << D << " lengths " << lengths_str(lens) << " seed " << seed;
+  ctx_os << (wgmma ? "wgmma " : "") << "H=" << H << " Hkv=" << Hkv << " D=" << D << " lengths " << lengths_str(lens) << " seed " << seed;
   const std::string ctx = ctx_os.str();
 
   Rng rng(seed);
@@ -257,8 +259,13 @@ void check_case(const Shape& sh, const Lengths& lens) {
   DeviceBuffer<uint16_t> d_q(to_bf16(q)), d_k(to_bf16(k)), d_v(to_bf16(v)), d_dout(to_bf16(dout));
   DeviceBuffer<uint16_t> d_out(guarded_bf16(nq));
   DeviceBuffer<float> d_lse(guarded_f32(nl)), d_dq(guarded_f32(nq)), d_dk(guarded_f32(nkv)), d_dv(guarded_f32(nkv));
-  attention_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, H, Hkv, D, d_out.get(), d_lse.get(),
-                         DType::BF16);
+  if (wgmma) {
+    attention_forward_wgmma_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, H, Hkv, D, d_out.get(),
+                                 d_lse.get(), DType::BF16);
+  } else {
+    attention_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, H, Hkv, D, d_out.get(), d_lse.get(),
+                           DType::BF16);
+  }
   attention_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(), n_seqs, H,
                           Hkv, D, d_dq.get(), d_dk.get(), d_dv.get(), DType::BF16);
   QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
@@ -272,6 +279,16 @@ void check_case(const Shape& sh, const Lengths& lens) {
   expect_guard_intact(dv_k, nkv, "dv " + ctx);
   std::vector<float> out_k(nq);
   for (size_t i = 0; i < nq; ++i) out_k[i] = bf16_to_f32(out_bits[i]);
+  if (wgmma) {
+    DeviceBuffer<uint16_t> d_out2(guarded_bf16(nq));
+    DeviceBuffer<float> d_lse2(guarded_f32(nl));
+    attention_forward_wgmma_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, H, Hkv, D, d_out2.get(),
+                                 d_lse2.get(), DType::BF16);
+    QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(d_out2.download(), out_bits) << "wgmma out not deterministic, " << ctx;
+    EXPECT_EQ(0, std::memcmp(d_lse2.download().data(), lse_k.data(), nl * sizeof(float)))
+        << "wgmma lse not deterministic, " << ctx;
+  }
 
   // The same backward again: the same bits (no atomics, fixed order).
   attention_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(), n_seqs, H,
@@ -339,6 +356,26 @@ TEST_P(FlashAttentionCudaLong, WithinTwiceTheNaiveBf16Error) {
   check_case(std::get<0>(GetParam()), std::get<1>(GetParam()));
 }
 
+// The Hopper forward under the same rule (skipped unless the device is sm_90 running the sm_90a build).
+class FlashAttentionWgmmaCudaSmall : public ::testing::TestWithParam<FlashParam> {};
+class FlashAttentionWgmmaCudaLong : public ::testing::TestWithParam<FlashParam> {};
+
+#define QWENQ_REQUIRE_FLASH_WGMMA()                                                                         \
+  do {                                                                                                     \
+    QWENQ_REQUIRE_GPU();                                                                                   \
+    if (!flash_attention_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
+  } while (0)
+
+TEST_P(FlashAttentionWgmmaCudaSmall, WithinTwiceTheNaiveBf16Error) {
+  QWENQ_REQUIRE_FLASH_WGMMA();
+  check_case(std::get<0>(GetParam()), std::get<1>(GetParam()), /*wgmma=*/true);
+}
+
+TEST_P(FlashAttentionWgmmaCudaLong, WithinTwiceTheNaiveBf16Error) {
+  QWENQ_REQUIRE_FLASH_WGMMA();
+  check_case(std::get<0>(GetParam()), std::get<1>(GetParam()), /*wgmma=*/true);
+}
+
 std::string flash_name(const ::testing::TestParamInfo<FlashParam>& info) {
   const Shape sh = std::get<0>(info.param);
   return "H" + std::to_string(sh.H) + "_Hkv" + std::to_string(sh.Hkv) + "_D" + std::to_string(sh.D) + "_len" +
@@ -355,8 +392,33 @@ INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionCudaSmall,
                          flash_name);
 INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionCudaLong, ::testing::Combine(kShapes, ::testing::Values(Lengths{2048})),
                          flash_name);
+INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionWgmmaCudaSmall,
+                         ::testing::Combine(kShapes, ::testing::Values(Lengths{1}, Lengths{17}, Lengths{128},
+                                                                       Lengths{1, 7, 300}, Lengths{63, 0, 64, 65})),
+                         flash_name);
+INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionWgmmaCudaLong,
+                         ::testing::Combine(kShapes, ::testing::Values(Lengths{2048})), flash_name);
 
 // ---- argument errors ------------------------------------------------------------------------------------------------
+
+// The Hopper forward checks what the mma.sync forward checks, with its own name; and refuses a device or build
+// without sm_90a code.
+TEST(FlashAttentionCudaErrors, WgmmaForwardNamesItself) {
+  QWENQ_REQUIRE_GPU();
+  DeviceBuffer<uint16_t> x(4 * 4 * 128);
+  DeviceBuffer<float> f(4 * 4 * 128);
+  void* p = x.get();
+  float* fp = f.get();
+  const std::vector<int32_t> cu{0, 4};
+  expect_error([&] { attention_forward_wgmma_cuda(p, p, p, cu.data(), 1, 4, 2, 96, p, fp, DType::BF16); },
+               {"attention_forward_wgmma_cuda", "head dim D=96 is not compiled (this build has"});
+  expect_error([&] { attention_forward_wgmma_cuda(p, p, p, cu.data(), 1, 4, 2, 64, p, fp, DType::F32); },
+               {"attention_forward_wgmma_cuda", "dtype F32 is not supported (BF16 only)"});
+  if (!flash_attention_wgmma_supported()) {
+    expect_error([&] { attention_forward_wgmma_cuda(p, p, p, cu.data(), 1, 4, 2, 64, p, fp, DType::BF16); },
+                 {"attention_forward_wgmma_cuda", "needs an sm_90 GPU (H100/H200)"});
+  }
+}
 
 TEST(FlashAttentionCudaErrors, BadArgumentsNameTheValues) {
   QWENQ_REQUIRE_GPU();

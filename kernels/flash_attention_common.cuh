@@ -1,0 +1,115 @@
+// What the two flash attention forward kernels share: kernels/flash_attention.cu (mma.sync, sm_80+; also the
+// backward) and kernels/flash_attention_wgmma.cu (wgmma, sm_90a): the 64-row tiles and their table, the kernel
+// parameters, the argument checks, and the softmax's register helpers. For .cu files only.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "kernels/cuda_check.cuh"
+
+namespace qwenq {
+namespace flash_detail {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kTile = 64;                 // rows of a query or key tile
+constexpr int kWarps = 4;                 // each owns 16 rows of the block's tile
+constexpr int kThreads = kWarps * cuda::kWarp;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// One tile of rows [row0, row1) of the sequence [seq_begin, seq_end): int4 so that a block reads it in one load.
+//   x = row0, y = row1, z = seq_begin, w = seq_end
+
+// Everything the kernels read: plain pointers and sizes, passed by value.
+struct FlashParams {
+  const bf16 *q, *k, *v;  // [T, H, D], [T, Hkv, D], [T, Hkv, D]
+  const bf16 *out, *dout;  // backward inputs, [T, H, D]
+  bf16* o;                 // forward output, [T, H, D]
+  float* lse;              // forward output [T, H] (may be null)
+  const float* lse_in;     // backward input [T, H]
+  float* delta;            // backward scratch [T, H]: written by the dq pass, read by the dk/dv pass
+  float *dq, *dk, *dv;     // backward outputs, fp32
+  const int4* tiles;       // the tiles in the order the blocks take them
+  int H, Hkv, group;
+  float scale;       // 1/sqrt(D) rounded to fp32, as the ref
+  float scale_log2;  // scale · log2(e)
+};
+
+// Two fp32 -> one register of two bf16 (round to nearest even); `lo` in the low half, the lower column.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t r;
+  memcpy(&r, &v, sizeof r);
+  return r;
+}
+
+// 16 bytes global -> shared without passing through registers; `valid` false writes 16 zero bytes instead.
+__device__ __forceinline__ void cp_async_16(bf16* smem, const bf16* gmem, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// The accumulators of a 16 x NT·8 block, rounded to bf16, as NT/2 A fragments of 16 columns each.
+template <int NT>
+__device__ __forceinline__ void to_a_fragments(const float (&acc)[NT][4], uint32_t (&f)[NT / 2][4]) {
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) {
+    f[kk][0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);          // row gid,   columns 2tig, 2tig+1
+    f[kk][1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);          // row gid+8
+    f[kk][2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);  // row gid,   columns 8 + 2tig, 8 + 2tig+1
+    f[kk][3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);  // row gid+8
+  }
+}
+
+// Max and sum over the 4 lanes of a quad (the lanes that share a row).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// ---- host side (defined in kernels/flash_attention.cu) ----
+
+// The shape and cu_seqlens checks of attention_ref.cpp (same messages), then the kernels' own: D compiled, BF16,
+// sizes within int32 (row indices are int in the kernels). Returns T.
+int64_t check_args(const char* name, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D,
+                   DType dtype);
+// Non-null and 16-byte aligned (cp.async), else an error naming `what`.
+void check_aligned(const char* name, const char* what, const void* p);
+
+// The 64-row tiles of every sequence, uploaded to the device in the orders the kernels take them:
+//   by_queries  longest key range first (row1 − seq_begin): the forward and the dq pass
+//   by_keys     longest query range first (seq_end − row0): the dk/dv pass (only when `both`)
+struct TilePlan {
+  DeviceMemory mem;
+  const int4* by_queries = nullptr;
+  const int4* by_keys = nullptr;
+  int n_tiles = 0;
+};
+TilePlan plan_tiles(const char* name, const int32_t* cu_seqlens, int64_t n_seqs, int64_t heads_per_tile, bool both,
+                    cudaStream_t stream);
+
+// H, Hkv, the group and the fp32 scales of head dim D.
+FlashParams base_params(int64_t H, int64_t Hkv, int64_t D);
+
+// The forwards' checks (check_args, then q, k, v, out non-null and 16-byte aligned); returns T (0: nothing to do).
+int64_t check_forward_args(const char* name, const void* q, const void* k, const void* v, const int32_t* cu_seqlens,
+                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, const void* out, DType dtype);
+// base_params with the forward's pointers.
+FlashParams forward_params(const void* q, const void* k, const void* v, void* out, float* lse, int64_t H, int64_t Hkv,
+                           int64_t D);
+
+}  // namespace flash_detail
+}  // namespace qwenq
