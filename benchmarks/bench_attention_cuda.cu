@@ -1,5 +1,5 @@
-// Flash attention (kernels/flash_attention.cu), forward and backward, and on sm_90 the Hopper forward
-// (kernels/flash_attention_wgmma.cu, its own columns, wgmma_* in the CSV: 0 where not run), in the FlashAttention-2/3 papers' setting
+// Flash attention (kernels/flash_attention.cu), forward and backward, and on sm_90 the Hopper kernels
+// (kernels/flash_attention_wgmma.cu, their own columns, wgmma_* in the CSV: 0 where not run), in the FlashAttention-2/3 papers' setting
 // (REFERENCE B4): bf16, causal, head dim 128, batch chosen so that the tokens total 16K, sequence lengths
 // 2K..16K; heads H = 32 query / Hkv = 8 kv (GQA as Qwen2.5-7B..72B; hidden 4096).
 //
@@ -53,13 +53,14 @@ int main(int argc, char** argv) {
     const bench::Peaks peaks = bench::device_peaks(device);
     std::ostringstream csv;
     csv << "date,device,driver,commit,seqlen,batch,H,Hkv,D,causal,fwd_ms,bwd_ms,fwd_TFLOPs,bwd_TFLOPs,fwdbwd_TFLOPs,"
-           "fwd_pct_peak,bwd_pct_peak,wgmma_fwd_ms,wgmma_fwd_TFLOPs,wgmma_fwd_pct_peak\n";
+           "fwd_pct_peak,bwd_pct_peak,wgmma_fwd_ms,wgmma_fwd_TFLOPs,wgmma_fwd_pct_peak,wgmma_bwd_ms,wgmma_bwd_TFLOPs,"
+           "wgmma_bwd_pct_peak\n";
     std::fprintf(stderr, "device: %s; %s; dense bf16 peak %.0f TFLOP/s; commit %s; H=%lld Hkv=%lld D=%lld causal, %lld tokens per call\n",
                  device.c_str(), stamp.driver.c_str(), peaks.bf16_tflops, stamp.commit.c_str(), static_cast<long long>(H), static_cast<long long>(Hkv),
                  static_cast<long long>(D), static_cast<long long>(tokens));
-    const bool wg = flash_attention_wgmma_supported();  // the Hopper forward (kernels/flash_attention_wgmma.cu)
+    const bool wg = cuda_wgmma_supported();  // the Hopper kernels (kernels/flash_attention_wgmma.cu)
     std::fprintf(stderr, "%7s %5s | %9s %9s | %9s %9s %9s%s\n", "seqlen", "batch", "fwd ms", "bwd ms", "fwd TF/s",
-                 "bwd TF/s", "f+b TF/s", wg ? " | wgmma fwd ms  TF/s" : "");
+                 "bwd TF/s", "f+b TF/s", wg ? " | wgmma fwd ms  TF/s  bwd ms  TF/s" : "");
     for (int64_t L : bench::parse_list(seqs_arg)) {
       const int64_t batch = std::max<int64_t>(1, tokens / L), T = batch * L;
       std::vector<int32_t> cu(static_cast<size_t>(batch + 1));
@@ -87,19 +88,27 @@ int main(int argc, char** argv) {
                                    },
                                    reps)
                              : 0.0;
+      const double t_wgb = wg ? bench::time_ms(
+                                    [&] {
+                                      attention_backward_wgmma_cuda(dout.p, q.p, k.p, v.p, out.p, lse.p, cu.data(),
+                                                                    batch, H, Hkv, D, dq.p, dk.p, dv.p, DType::BF16);
+                                    },
+                                    reps)
+                              : 0.0;
       const double fwd_flops = 4.0 * static_cast<double>(L) * L * D * H * batch / 2.0;  // causal
       const double bwd_flops = 2.5 * fwd_flops;
       const double fwd_tf = fwd_flops / (t_fwd * 1e9), bwd_tf = bwd_flops / (t_bwd * 1e9);
       const double all_tf = (fwd_flops + bwd_flops) / ((t_fwd + t_bwd) * 1e9);
-      const double wg_tf = wg ? fwd_flops / (t_wg * 1e9) : 0.0;
+      const double wg_tf = wg ? fwd_flops / (t_wg * 1e9) : 0.0, wgb_tf = wg ? bwd_flops / (t_wgb * 1e9) : 0.0;
       std::fprintf(stderr, "%7lld %5lld | %9.3f %9.3f | %9.1f %9.1f %9.1f", static_cast<long long>(L),
                    static_cast<long long>(batch), t_fwd, t_bwd, fwd_tf, bwd_tf, all_tf);
-      if (wg) std::fprintf(stderr, " | %12.3f %5.1f", t_wg, wg_tf);
+      if (wg) std::fprintf(stderr, " | %12.3f %5.1f %7.3f %5.1f", t_wg, wg_tf, t_wgb, wgb_tf);
       std::fprintf(stderr, "\n");
       const auto pct = [&](double tf) { return peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0; };
       csv << stamp.csv() << "," << L << "," << batch << "," << H << "," << Hkv
           << "," << D << ",1," << t_fwd << "," << t_bwd << "," << fwd_tf << "," << bwd_tf << "," << all_tf << "," << pct(fwd_tf) << ","
-          << pct(bwd_tf) << "," << t_wg << "," << wg_tf << "," << pct(wg_tf) << "\n";
+          << pct(bwd_tf) << "," << t_wg << "," << wg_tf << "," << pct(wg_tf) << "," << t_wgb << "," << wgb_tf << ","
+          << pct(wgb_tf) << "\n";
     }
     bench::write_csv(csv_path, csv.str());
   });

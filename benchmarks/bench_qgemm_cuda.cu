@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "\nprefill (tensor cores): TFLOP/s, ratio = cuBLASLt time / Q4 time\n");
       std::fprintf(stderr, "%-4s %-14s %5s %6s %6s | %8s %8s %6s | %8s %8s %6s%s\n", "mdl", "layer", "M", "K", "N",
                    "q4 TF/s", "cub TF/s", "ratio", "q4ᵀ TF/s", "cubᵀ TF/s", "ratioᵀ",
-                   qgemm_wgmma_supported() ? " | wgmma TF/s  ratio  wgmmaᵀ TF/s ratioᵀ" : "");
+                   cuda_wgmma_supported() ? " | wgmma TF/s  ratio  wgmmaᵀ TF/s ratioᵀ" : "");
     }
     for (const Layer& L : tc_Ms.empty() ? std::vector<Layer>{} : all) {
       if (("," + models + ",").find(std::string(",") + L.model + ",") == std::string::npos) continue;
@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
             time_us([&] { qgemm_int4_t_tc_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);
         // The Hopper kernels (kernels/qgemm_wgmma.cu) where the device runs them: timed the same way, reported
         // in their own columns and as a CSV row with path wgmma (q4_us / q4t_us = their forward / dx times).
-        const bool wg = qgemm_wgmma_supported();
+        const bool wg = cuda_wgmma_supported();
         const double t_wg =
             wg ? time_us([&] { qgemm_int4_wgmma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush) : 0.0;
         const double t_wgt =

@@ -58,4 +58,12 @@ class DeviceMemory {
   CudaStream stream_ = nullptr;
 };
 
+// The Hopper kernels (wgmma: kernels/qgemm_wgmma.cu, kernels/flash_attention_wgmma.cu) run only on an sm_90 device
+// that loaded this build's sm_90a code: cuda_wgmma_supported() probes that once per device (kernels/wgmma_probe.cu;
+// false without a device, on other GPUs, or with a build lacking 90a). cuda_wgmma_enabled(): supported and the
+// environment has QWENQ_WGMMA=1, the switch the models' dispatchers (qgemm_int4_cuda, qgemm_int4_t_cuda,
+// attention_forward_cuda, attention_backward_cuda) read until a GPU session has validated and measured them.
+bool cuda_wgmma_supported();
+bool cuda_wgmma_enabled();
+
 }  // namespace qwenq

@@ -552,6 +552,52 @@ FlashParams forward_params(const void* q, const void* k, const void* v, void* ou
   return p;
 }
 
+void attention_backward_impl(const char* name, const void* dout, const void* q, const void* k, const void* v,
+                             const void* out, const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H,
+                             int64_t Hkv, int64_t D, float* dq, float* dk, float* dv, DType dtype, cudaStream_t stream,
+                             bool wgmma) {
+  const int64_t T = check_args(name, cu_seqlens, n_seqs, H, Hkv, D, dtype);
+  if (T == 0) return;
+  check_aligned(name, "dout", dout);
+  check_aligned(name, "q", q);
+  check_aligned(name, "k", k);
+  check_aligned(name, "v", v);
+  check_aligned(name, "out", out);
+  QWENQ_CHECK(lse != nullptr, name << ": null lse (the forward's lse is required)");
+  QWENQ_CHECK(dq != nullptr && dk != nullptr && dv != nullptr, name << ": null output pointer");
+  QWENQ_CHECK(reinterpret_cast<uintptr_t>(dq) % 8 == 0 && reinterpret_cast<uintptr_t>(dk) % 8 == 0 &&
+                  reinterpret_cast<uintptr_t>(dv) % 8 == 0,
+              name << ": dq, dk and dv must be 8-byte aligned (float2 stores)");
+  QWENQ_CHECK(!wgmma || cuda_wgmma_supported(),
+              name << ": needs an sm_90 GPU (H100/H200) and a build with the sm_90a target (QWENQ_CUDA_ARCHS "
+                      "contains 90a); attention_backward_cuda runs elsewhere");
+  FlashParams p = base_params(H, Hkv, D);
+  p.q = static_cast<const bf16*>(q);
+  p.k = static_cast<const bf16*>(k);
+  p.v = static_cast<const bf16*>(v);
+  p.out = static_cast<const bf16*>(out);
+  p.dout = static_cast<const bf16*>(dout);
+  p.lse_in = lse;
+  p.dq = dq;
+  p.dk = dk;
+  p.dv = dv;
+  const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, std::max(H, Hkv), true, stream);
+  const DeviceMemory delta(static_cast<size_t>(T * H) * sizeof(float), stream);
+  p.delta = delta.as<float>();
+  if (wgmma) {
+    launch_backward_wgmma(p, plan, D, stream);
+  } else {
+#ifdef QWENQ_FLASH_D64
+    if (D == 64) launch_backward<64>(p, plan, stream);
+#endif
+#ifdef QWENQ_FLASH_D128
+    if (D == 128) launch_backward<128>(p, plan, stream);
+#endif
+  }
+  QWENQ_CUDA_CHECK_LAUNCH(name << " T=" << T << " n_seqs=" << n_seqs << " H=" << H << " Hkv=" << Hkv << " D=" << D
+                               << " tiles=" << plan.n_tiles);
+}
+
 }  // namespace flash_detail
 
 bool flash_attention_compiled(int64_t D) {
@@ -582,6 +628,10 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
   const char* name = "attention_forward_cuda";
   const int64_t T = check_forward_args(name, q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, dtype);
   if (T == 0) return;
+  if (cuda_wgmma_enabled()) {  // QWENQ_WGMMA=1 on an sm_90 device: the Hopper kernel (flash_attention_wgmma.cu)
+    attention_forward_wgmma_cuda(q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, lse, dtype, stream);
+    return;
+  }
   FlashParams p = forward_params(q, k, v, out, lse, H, Hkv, D);
   const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, H, false, stream);
   p.tiles = plan.by_queries;
@@ -598,40 +648,8 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
 void attention_backward_cuda(const void* dout, const void* q, const void* k, const void* v, const void* out,
                              const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv,
                              int64_t D, float* dq, float* dk, float* dv, DType dtype, CudaStream stream) {
-  const char* name = "attention_backward_cuda";
-  const int64_t T = check_args(name, cu_seqlens, n_seqs, H, Hkv, D, dtype);
-  if (T == 0) return;
-  check_aligned(name, "dout", dout);
-  check_aligned(name, "q", q);
-  check_aligned(name, "k", k);
-  check_aligned(name, "v", v);
-  check_aligned(name, "out", out);
-  QWENQ_CHECK(lse != nullptr, name << ": null lse (the forward's lse is required)");
-  QWENQ_CHECK(dq != nullptr && dk != nullptr && dv != nullptr, name << ": null output pointer");
-  QWENQ_CHECK(reinterpret_cast<uintptr_t>(dq) % 8 == 0 && reinterpret_cast<uintptr_t>(dk) % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(dv) % 8 == 0,
-              name << ": dq, dk and dv must be 8-byte aligned (float2 stores)");
-  FlashParams p = base_params(H, Hkv, D);
-  p.q = static_cast<const bf16*>(q);
-  p.k = static_cast<const bf16*>(k);
-  p.v = static_cast<const bf16*>(v);
-  p.out = static_cast<const bf16*>(out);
-  p.dout = static_cast<const bf16*>(dout);
-  p.lse_in = lse;
-  p.dq = dq;
-  p.dk = dk;
-  p.dv = dv;
-  const TilePlan plan = plan_tiles(name, cu_seqlens, n_seqs, std::max(H, Hkv), true, stream);
-  const DeviceMemory delta(static_cast<size_t>(T * H) * sizeof(float), stream);
-  p.delta = delta.as<float>();
-#ifdef QWENQ_FLASH_D64
-  if (D == 64) launch_backward<64>(p, plan, stream);
-#endif
-#ifdef QWENQ_FLASH_D128
-  if (D == 128) launch_backward<128>(p, plan, stream);
-#endif
-  QWENQ_CUDA_CHECK_LAUNCH(name << " T=" << T << " n_seqs=" << n_seqs << " H=" << H << " Hkv=" << Hkv << " D=" << D
-                               << " tiles=" << plan.n_tiles);
+  attention_backward_impl("attention_backward_cuda", dout, q, k, v, out, lse, cu_seqlens, n_seqs, H, Hkv, D, dq, dk,
+                          dv, dtype, stream, cuda_wgmma_enabled());
 }
 
 }  // namespace qwenq

@@ -48,13 +48,18 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
 
 // The Hopper forward (kernels/flash_attention_wgmma.cu): attention_forward_cuda's arguments, outputs and bound on
 // wgmma; only the order of the fp32 sums in the tensor cores differs. It needs an sm_90 device running this
-// build's sm_90a code (flash_attention_wgmma_supported(); refused with a message otherwise). Callers choose it
-// explicitly (tests, benchmarks/bench_attention_cuda.cu); the models keep attention_forward_cuda until a GPU
-// session has measured it.
-bool flash_attention_wgmma_supported();
+// build's sm_90a code (cuda_wgmma_supported(), kernels/cuda_check.h; refused with a message otherwise).
+// attention_forward_cuda runs it instead of the mma.sync kernel when cuda_wgmma_enabled() (QWENQ_WGMMA=1), until
+// a GPU session has measured it.
 void attention_forward_wgmma_cuda(const void* q, const void* k, const void* v, const int32_t* cu_seqlens,
                                   int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, void* out, float* lse,
                                   DType dtype, CudaStream stream = nullptr);
+// The Hopper backward (kernels/flash_attention_wgmma.cu): attention_backward_cuda's arguments, outputs, two
+// deterministic passes and bound on wgmma. attention_backward_cuda runs it when cuda_wgmma_enabled().
+void attention_backward_wgmma_cuda(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                                   const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H,
+                                   int64_t Hkv, int64_t D, float* dq, float* dk, float* dv, DType dtype,
+                                   CudaStream stream = nullptr);
 
 // dout, q, out: [T, H, D] and k, v: [T, Hkv, D] in `dtype` (BF16), device memory, 16-byte aligned; lse: [T, H]
 // fp32 from attention_forward_cuda (required). dq: [T, H, D], dk and dv: [T, Hkv, D], fp32, written. cu_seqlens

@@ -111,5 +111,14 @@ int64_t check_forward_args(const char* name, const void* q, const void* k, const
 FlashParams forward_params(const void* q, const void* k, const void* v, void* out, float* lse, int64_t H, int64_t Hkv,
                            int64_t D);
 
+// attention_backward_cuda and attention_backward_wgmma_cuda (the checks under `name`, δ, the tile plan), launching
+// the mma.sync kernels or, with `wgmma`, launch_backward_wgmma's (refused without sm_90a support).
+void attention_backward_impl(const char* name, const void* dout, const void* q, const void* k, const void* v,
+                             const void* out, const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H,
+                             int64_t Hkv, int64_t D, float* dq, float* dk, float* dv, DType dtype, cudaStream_t stream,
+                             bool wgmma);
+// The wgmma backward's two passes for head dim D (kernels/flash_attention_wgmma.cu).
+void launch_backward_wgmma(const FlashParams& p, const TilePlan& plan, int64_t D, cudaStream_t stream);
+
 }  // namespace flash_detail
 }  // namespace qwenq

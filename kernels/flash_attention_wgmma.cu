@@ -21,7 +21,8 @@
 //
 // Numerics differ from the mma.sync kernel only in the order of the fp32 sums inside the tensor cores; the test
 // bound is the same (error within 2x a naive bf16 implementation's, tests/gpu/test_flash_attention_cuda.cpp).
-// Built only into the sm_90a image; attention_forward_wgmma_cuda refuses elsewhere (flash_attention_wgmma_supported).
+// Built only into the sm_90a image; attention_forward_wgmma_cuda refuses elsewhere (cuda_wgmma_supported,
+// kernels/cuda_check.h); attention_forward_cuda dispatches here when cuda_wgmma_enabled() (QWENQ_WGMMA=1).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -32,7 +33,6 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/flash_attention.h"
 #include "kernels/flash_attention_common.cuh"
-#include "kernels/qgemm.h"
 #include "kernels/wgmma.cuh"
 #include "kernels/wgmma_layout.h"
 
@@ -106,6 +106,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     float s[32];  // s[4n + e]: key k0 + 8n + 2·tig + (e & 1) of row e >> 1
 #pragma unroll
     for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    wgmma_fence_operand(s);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -114,6 +115,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     }
     wgmma_commit();
     wgmma_wait<0>();
+    wgmma_fence_operand(s);
 
     const bool diag = k0 == row0;
 #pragma unroll
@@ -163,6 +165,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
       load_tile_sw<D>(sK, kh, kv_stride, k0 + kTile, min(kTile, row1 - k0 - kTile));
       cp_async_commit();
     }
+    wgmma_fence_operand(o);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -172,6 +175,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     }
     wgmma_commit();
     wgmma_wait<0>();
+    wgmma_fence_operand(o);
   }
 
 #pragma unroll
@@ -187,7 +191,287 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
           __floats2bfloat162_rn(o[4 * n + 2 * r] * inv, o[4 * n + 2 * r + 1] * inv);
     if (p.lse != nullptr && tig == 0) p.lse[static_cast<int64_t>(i) * p.H + h] = (m[r] + log2f(l_row)) * kLn2;
   }
+#else
+  __trap();  // never launched without sm_90a code (the launcher checks cuda_wgmma_supported)
 #endif
+}
+
+// ---- backward ---------------------------------------------------------------------------------------------------
+// The mma.sync backward's two deterministic passes (kernels/flash_attention.cu has the math), on wgmma:
+//   dq pass    per query tile and head: S = Q·Kᵀ and dP = dO·Vᵀ by m64n64k16 (ss), dS = P ⊙ (dP − δ) in registers,
+//              dq += dS·K by m64nDk16 with dS from registers and K read MN-major (the same swizzled K tile that
+//              Q·Kᵀ reads K-major); it also writes δ.
+//   dk/dv pass per key tile and kv head, over the group's query heads and the query tiles that see the keys, in
+//              halves of 32 queries: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ by m64n32k16 (ss), then dv += Pᵀ·dO and
+//              dk += dSᵀ·Q by m64nDk16 with Pᵀ, dSᵀ from registers and dO, Q read MN-major.
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const FlashParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
+  unsigned char* sQ = smem_raw + pad;
+  unsigned char* sdO = sQ + kTileBytes<D>;
+  unsigned char* sK = sdO + kTileBytes<D>;
+  unsigned char* sV = sK + kTileBytes<D>;
+  const uint32_t aQ = raw_addr + pad, adO = aQ + kTileBytes<D>, aK = adO + kTileBytes<D>, aV = aK + kTileBytes<D>;
+
+  const int4 tile = p.tiles[blockIdx.x / p.H];
+  const int h = static_cast<int>(blockIdx.x % p.H), row0 = tile.x, row1 = tile.y, b = tile.z;
+  const int warp = static_cast<int>(threadIdx.x) / cuda::kWarp, lane = static_cast<int>(threadIdx.x) % cuda::kWarp;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int64_t q_stride = static_cast<int64_t>(p.H) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+  const bf16* kh = p.k + (h / p.group) * D;
+  const bf16* vh = p.v + (h / p.group) * D;
+
+  load_tile_sw<D>(sQ, p.q + h * D, q_stride, row0, row1 - row0);
+  load_tile_sw<D>(sdO, p.dout + h * D, q_stride, row0, row1 - row0);
+  cp_async_commit();
+
+  // δ and lse as the mma.sync dq pass: rows past the tile's end get δ = 0 and lse = +inf (P = 0).
+  float delta[2] = {0.f, 0.f}, lse2[2] = {INFINITY, INFINITY};
+  const int i_row[2] = {row0 + warp * 16 + gid, row0 + warp * 16 + gid + 8};
+#pragma unroll 1
+  for (int r = 0; r < 16; ++r) {
+    const int i = row0 + warp * 16 + r;
+    float sum = 0.f;
+    if (i < row1) {
+      const bf16* orow = p.out + i * q_stride + h * D;
+      const bf16* drow = p.dout + i * q_stride + h * D;
+#pragma unroll
+      for (int c = 2 * lane; c < D; c += 2 * cuda::kWarp) {
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(orow + c));
+        const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(drow + c));
+        sum += a.x * d.x + a.y * d.y;
+      }
+    }
+    sum = cuda::warp_sum(sum);
+    if (i < row1 && lane == 0) p.delta[static_cast<int64_t>(i) * p.H + h] = sum;
+    if (r == gid) delta[0] = sum;
+    if (r == gid + 8) delta[1] = sum;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+    if (i_row[r] < row1) lse2[r] = p.lse_in[static_cast<int64_t>(i_row[r]) * p.H + h] * kLog2e;
+
+  float dq[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+
+  const int n_key_tiles = (row1 - b + kTile - 1) / kTile;
+  for (int it = 0; it < n_key_tiles; ++it) {
+    const int k0 = b + it * kTile, nk = min(kTile, row1 - k0);
+    load_tile_sw<D>(sK, kh, kv_stride, k0, nk);
+    load_tile_sw<D>(sV, vh, kv_stride, k0, nk);
+    cp_async_commit();
+    cp_async_wait_all();
+    fence_proxy_async();
+    __syncthreads();  // Q, dO (first time), K and V in shared memory
+
+    float s[32], dp[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) s[i] = dp[i] = 0.f;
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;
+      wgmma_ss_m64n64k16(s, wgmma_sw128_descriptor(aQ + off), wgmma_sw128_descriptor(aK + off));
+      wgmma_ss_m64n64k16(dp, wgmma_sw128_descriptor(adO + off), wgmma_sw128_descriptor(aV + off));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(s);
+    wgmma_fence_operand(dp);
+
+    const bool diag = k0 == row0;
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = k0 + n * 8 + 2 * tig + (e & 1), r = e >> 1;
+        const float pr = (diag && j > i_row[r]) ? 0.f : exp2f(s[4 * n + e] * p.scale_log2 - lse2[r]);
+        s[4 * n + e] = pr * (dp[4 * n + e] - delta[r]);  // dS
+      }
+    uint32_t dsf[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int f = 0; f < 4; ++f) dsf[kk][f] = pack_bf16(s[8 * kk + 2 * f], s[8 * kk + 2 * f + 1]);
+    wgmma_fence_operand(dq);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t dk_desc = wgmma_sw128_mn_descriptor(aK + kk * 16 * kWgmmaRowBytes, kPanelBytes);
+      if constexpr (D == 128) wgmma_rs_m64n128k16_tb(dq, dsf[kk], dk_desc);
+      else wgmma_rs_m64n64k16_tb(dq, dsf[kk], dk_desc);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    wgmma_fence_operand(dq);
+    __syncthreads();  // every warp's wgmmas on K and V are complete before the next tile overwrites them
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = i_row[r];
+    if (i >= row1) continue;
+    float* dst = p.dq + i * q_stride + h * D + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n)
+      *reinterpret_cast<float2*>(dst + n * 8) =
+          make_float2(dq[4 * n + 2 * r] * p.scale, dq[4 * n + 2 * r + 1] * p.scale);
+  }
+#else
+  __trap();
+#endif
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(const FlashParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float s_lse2[kTile], s_delta[kTile];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
+  unsigned char* sK = smem_raw + pad;
+  unsigned char* sV = sK + kTileBytes<D>;
+  unsigned char* sQ = sV + kTileBytes<D>;
+  unsigned char* sdO = sQ + kTileBytes<D>;
+  const uint32_t aK = raw_addr + pad, aV = aK + kTileBytes<D>, aQ = aV + kTileBytes<D>, adO = aQ + kTileBytes<D>;
+
+  const int4 tile = p.tiles[blockIdx.x / p.Hkv];
+  const int g = static_cast<int>(blockIdx.x % p.Hkv), row0 = tile.x, row1 = tile.y, e_seq = tile.w;
+  const int warp = static_cast<int>(threadIdx.x) / cuda::kWarp, lane = static_cast<int>(threadIdx.x) % cuda::kWarp;
+  const int gid = lane >> 2, tig = lane & 3;
+  const int64_t q_stride = static_cast<int64_t>(p.H) * D, kv_stride = static_cast<int64_t>(p.Hkv) * D;
+
+  load_tile_sw<D>(sK, p.k + g * D, kv_stride, row0, row1 - row0);
+  load_tile_sw<D>(sV, p.v + g * D, kv_stride, row0, row1 - row0);
+  cp_async_commit();
+
+  const int j_row[2] = {row0 + warp * 16 + gid, row0 + warp * 16 + gid + 8};  // this thread's key rows
+  float dk[D / 2], dv[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+  for (int hh = 0; hh < p.group; ++hh) {
+    const int h = g * p.group + hh;
+    for (int i0 = row0; i0 < e_seq; i0 += kTile) {
+      const int ni = min(kTile, e_seq - i0);
+      load_tile_sw<D>(sQ, p.q + h * D, q_stride, i0, ni);
+      load_tile_sw<D>(sdO, p.dout + h * D, q_stride, i0, ni);
+      cp_async_commit();
+      if (threadIdx.x < kTile) {
+        const int r = static_cast<int>(threadIdx.x);
+        const int64_t at = static_cast<int64_t>(i0 + r) * p.H + h;
+        s_lse2[r] = r < ni ? p.lse_in[at] * kLog2e : INFINITY;  // rows past the end: P = 0
+        s_delta[r] = r < ni ? p.delta[at] : 0.f;
+      }
+      cp_async_wait_all();
+      fence_proxy_async();
+      __syncthreads();  // K, V (first time), Q, dO, lse and δ in shared memory
+
+      const bool diag = i0 == row0;
+#pragma unroll 1
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t q_rows = half * 32 * kWgmmaRowBytes;  // this half's first query row (a whole atom)
+        float st[16], dpt[16];  // Sᵀ and dPᵀ: rows = the keys, columns = 32 queries; st[4n + e] as the forward's s
+#pragma unroll
+        for (int i = 0; i < 16; ++i) st[i] = dpt[i] = 0.f;
+        wgmma_fence_operand(st);
+        wgmma_fence_operand(dpt);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;
+          wgmma_ss_m64n32k16(st, wgmma_sw128_descriptor(aK + off), wgmma_sw128_descriptor(aQ + q_rows + off));
+          wgmma_ss_m64n32k16(dpt, wgmma_sw128_descriptor(aV + off), wgmma_sw128_descriptor(adO + q_rows + off));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(st);
+        wgmma_fence_operand(dpt);
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = half * 32 + n * 8 + 2 * tig + (e & 1);
+            const float pr =
+                (diag && j_row[e >> 1] > i0 + col) ? 0.f : exp2f(st[4 * n + e] * p.scale_log2 - s_lse2[col]);
+            st[4 * n + e] = pr;
+            dpt[4 * n + e] = pr * (dpt[4 * n + e] - s_delta[col]);  // dSᵀ
+          }
+        uint32_t pf[2][4], dsf[2][4];
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk)
+#pragma unroll
+          for (int f = 0; f < 4; ++f) {
+            pf[kk][f] = pack_bf16(st[8 * kk + 2 * f], st[8 * kk + 2 * f + 1]);
+            dsf[kk][f] = pack_bf16(dpt[8 * kk + 2 * f], dpt[8 * kk + 2 * f + 1]);
+          }
+        wgmma_fence_operand(dv);
+        wgmma_fence_operand(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          const uint32_t rows = q_rows + kk * 16 * kWgmmaRowBytes;  // queries half·32 + 16kk.. = the reduction
+          const uint64_t do_desc = wgmma_sw128_mn_descriptor(adO + rows, kPanelBytes);
+          const uint64_t q_desc = wgmma_sw128_mn_descriptor(aQ + rows, kPanelBytes);
+          if constexpr (D == 128) {
+            wgmma_rs_m64n128k16_tb(dv, pf[kk], do_desc);
+            wgmma_rs_m64n128k16_tb(dk, dsf[kk], q_desc);
+          } else {
+            wgmma_rs_m64n64k16_tb(dv, pf[kk], do_desc);
+            wgmma_rs_m64n64k16_tb(dk, dsf[kk], q_desc);
+          }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(dv);
+        wgmma_fence_operand(dk);
+      }
+      __syncthreads();  // every warp's wgmmas on Q and dO, and its reads of lse and δ, are complete
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int j = j_row[r];
+    if (j >= row1) continue;
+    float* dk_dst = p.dk + j * kv_stride + g * D + 2 * tig;
+    float* dv_dst = p.dv + j * kv_stride + g * D + 2 * tig;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<float2*>(dk_dst + n * 8) =
+          make_float2(dk[4 * n + 2 * r] * p.scale, dk[4 * n + 2 * r + 1] * p.scale);
+      *reinterpret_cast<float2*>(dv_dst + n * 8) = make_float2(dv[4 * n + 2 * r], dv[4 * n + 2 * r + 1]);
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
+template <int D>
+constexpr size_t kWgBackwardSmem = 4 * kTileBytes<D> + kWgmmaAtomBytes;
+
+template <int D>
+void launch_backward_wgmma_d(FlashParams p, const TilePlan& plan, cudaStream_t stream) {
+  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dq_wgmma_kernel<D>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kWgBackwardSmem<D>)));
+  QWENQ_CUDA_CHECK(cudaFuncSetAttribute(flash_backward_dkdv_wgmma_kernel<D>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kWgBackwardSmem<D>)));
+  p.tiles = plan.by_queries;
+  flash_backward_dq_wgmma_kernel<D>
+      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.H), kThreads, kWgBackwardSmem<D>, stream>>>(p);
+  p.tiles = plan.by_keys;  // after the dq pass on the same stream: δ is complete
+  flash_backward_dkdv_wgmma_kernel<D>
+      <<<static_cast<unsigned>(plan.n_tiles) * static_cast<unsigned>(p.Hkv), kThreads, kWgBackwardSmem<D>, stream>>>(p);
 }
 
 template <int D>
@@ -200,7 +484,26 @@ void launch_forward_wgmma(const FlashParams& p, int n_tiles, cudaStream_t stream
 
 }  // namespace
 
-bool flash_attention_wgmma_supported() { return qgemm_wgmma_supported(); }
+namespace flash_detail {
+
+void launch_backward_wgmma(const FlashParams& p, const TilePlan& plan, int64_t D, cudaStream_t stream) {
+#ifdef QWENQ_FLASH_D64
+  if (D == 64) launch_backward_wgmma_d<64>(p, plan, stream);
+#endif
+#ifdef QWENQ_FLASH_D128
+  if (D == 128) launch_backward_wgmma_d<128>(p, plan, stream);
+#endif
+}
+
+}  // namespace flash_detail
+
+void attention_backward_wgmma_cuda(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                                   const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H,
+                                   int64_t Hkv, int64_t D, float* dq, float* dk, float* dv, DType dtype,
+                                   CudaStream stream) {
+  attention_backward_impl("attention_backward_wgmma_cuda", dout, q, k, v, out, lse, cu_seqlens, n_seqs, H, Hkv, D, dq,
+                          dk, dv, dtype, stream, /*wgmma=*/true);
+}
 
 void attention_forward_wgmma_cuda(const void* q, const void* k, const void* v, const int32_t* cu_seqlens,
                                   int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, void* out, float* lse,
@@ -208,7 +511,7 @@ void attention_forward_wgmma_cuda(const void* q, const void* k, const void* v, c
   const char* name = "attention_forward_wgmma_cuda";
   const int64_t T = check_forward_args(name, q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, dtype);
   if (T == 0) return;
-  QWENQ_CHECK(flash_attention_wgmma_supported(),
+  QWENQ_CHECK(cuda_wgmma_supported(),
               name << ": needs an sm_90 GPU (H100/H200) and a build with the sm_90a target (QWENQ_CUDA_ARCHS "
                       "contains 90a); attention_forward_cuda runs elsewhere");
   FlashParams p = forward_params(q, k, v, out, lse, H, Hkv, D);

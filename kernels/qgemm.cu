@@ -463,17 +463,17 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 }
 
 // Dispatch (kernels/qgemm.h): M <= 64 or F32 activations -> decode kernels above; M > 64 with BF16 ->
-// tensor-core kernels (kernels/qgemm_tc.cu, or kernels/qgemm_wgmma.cu when qgemm_wgmma_enabled()).
+// tensor-core kernels (kernels/qgemm_tc.cu, or kernels/qgemm_wgmma.cu when cuda_wgmma_enabled()).
 void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   if (qgemm_cuda_uses_tensor_cores(M, x_dtype)) {
-    if (qgemm_wgmma_enabled()) qgemm_int4_wgmma_cuda(w, x, x_dtype, M, y, stream);
+    if (cuda_wgmma_enabled()) qgemm_int4_wgmma_cuda(w, x, x_dtype, M, y, stream);
     else qgemm_int4_tc_cuda(w, x, x_dtype, M, y, stream);
   } else qgemm_int4_decode_cuda(w, x, x_dtype, M, y, stream);
 }
 
 void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
   if (qgemm_cuda_uses_tensor_cores(M, dy_dtype)) {
-    if (qgemm_wgmma_enabled()) qgemm_int4_t_wgmma_cuda(w, dy, dy_dtype, M, dx, stream);
+    if (cuda_wgmma_enabled()) qgemm_int4_t_wgmma_cuda(w, dy, dy_dtype, M, dx, stream);
     else qgemm_int4_t_tc_cuda(w, dy, dy_dtype, M, dx, stream);
   } else qgemm_int4_t_decode_cuda(w, dy, dy_dtype, M, dx, stream);
 }

@@ -38,8 +38,8 @@
 // and padding dequantizes to 0. Activations that the copies cannot read directly (act-order perm, K % 8 != 0,
 // misaligned) are staged first, as in the mma.sync kernel (qgemm_tc_common.cuh).
 //
-// Built only into the sm_90a image (the body needs __CUDA_ARCH_FEAT_SM90_ALL); qgemm_wgmma_supported() probes
-// the running device's image, and the launcher refuses with a message elsewhere.
+// Built only into the sm_90a image (the body needs __CUDA_ARCH_FEAT_SM90_ALL); cuda_wgmma_supported()
+// (kernels/wgmma_probe.cu) probes the running device's image, and the launcher refuses with a message elsewhere.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -150,9 +150,10 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
       // Words (rl, 4·q .. 4·q + 3): value j of word i is ŵ[n = 4q + i, kk = 8·rl + j] -> row 8·rl + j, bytes
       // 8q .. 8q + 7 of its 128 (chunk q / 2, half q % 2).
       const int rl = tid >> 4, q = tid & 15;
-      uint4 v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) v[i] = dequant_word<KIND>(rw[rl * 64 + 4 * q + i], rm[rl * 64 + 4 * q + i], book);
+      const uint4 w4 = *reinterpret_cast<const uint4*>(rw + rl * 64 + 4 * q);  // one 16-byte load each: the
+      const uint4 m4 = *reinterpret_cast<const uint4*>(rm + rl * 64 + 4 * q);  // quads of a warp, no conflicts
+      const uint4 v[4] = {dequant_word<KIND>(w4.x, m4.x, book), dequant_word<KIND>(w4.y, m4.y, book),
+                          dequant_word<KIND>(w4.z, m4.z, book), dequant_word<KIND>(w4.w, m4.w, book)};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const auto pair = [&](const uint4& u) { return j < 2 ? u.x : j < 4 ? u.y : j < 6 ? u.z : u.w; };
@@ -170,6 +171,7 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
   const auto issue_mma = [&](int s, int b) {
     const uint32_t a_addr = base + kAOff + s * kTileBytes + wg * 64 * kWgmmaRowBytes;
     const uint32_t w_addr = base + kWOff + b * kTileBytes;
+    wgmma_fence_operand(acc);
     wgmma_fence();
 #pragma unroll
     for (int k16 = 0; k16 < kBK / 16; ++k16)
@@ -195,6 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
     issue_mma(t % kStages, t & 1);
     if (t + 1 < p.k_tiles) dequant_tile((t + 1) % kStages, (t + 1) & 1);
     wgmma_wait<0>();
+    wgmma_fence_operand(acc);
   }
   cp_async_wait<0>();
 
@@ -221,67 +224,12 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
         if (c + 1 < p.n_out) row[p.perm ? p.perm[c + 1] : c + 1] = v1;
       }
     }
-#endif
-}
-
-// 1 when the running device loaded this file's sm_90a code (the kernel above has a body), else 0.
-__global__ void wgmma_probe_kernel(int* out) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  *out = 1;
 #else
-  *out = 0;
+  __trap();  // never launched without sm_90a code (the launchers check cuda_wgmma_supported)
 #endif
 }
 
 }  // namespace
-
-bool qgemm_wgmma_supported() {
-  static std::mutex mu;
-  static std::vector<int> known;  // per device ordinal: -1 unknown, 0 no, 1 yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  if (static_cast<int>(known.size()) <= dev) known.resize(dev + 1, -1);
-  if (known[dev] < 0) {
-    int major = 0, minor = 0;
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-    if (major != 9 || minor != 0) {
-      known[dev] = 0;
-    } else {
-      // Someone else's pending error is not ours to consume, and a transient failure (out of memory, a capture
-      // in progress) must not be cached as "no": both answer false now and probe again next time.
-      if (cudaPeekAtLastError() != cudaSuccess) return false;
-      int yes = 0;
-      int* flag = nullptr;
-      cudaError_t e = cudaMalloc(&flag, sizeof(int));
-      if (e == cudaSuccess) {
-        wgmma_probe_kernel<<<1, 1>>>(flag);
-        e = cudaGetLastError();
-        if (e == cudaSuccess) e = cudaMemcpy(&yes, flag, sizeof(int), cudaMemcpyDeviceToHost);
-        cudaFree(flag);
-      }
-      if (e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction) {
-        cudaGetLastError();
-        known[dev] = 0;  // no image of this file for the device: the build lacks its architecture
-      } else if (e != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-      } else {
-        known[dev] = yes;
-      }
-    }
-  }
-  return known[dev] == 1;
-}
-
-bool qgemm_wgmma_enabled() {
-  const char* v = std::getenv("QWENQ_QGEMM_WGMMA");
-  return v != nullptr && std::strcmp(v, "1") == 0 && qgemm_wgmma_supported();
-}
 
 namespace {
 
@@ -289,7 +237,7 @@ template <bool TRANS>
 void launch_wgmma(const Q4View& w, const void* a, DType dtype, int64_t M, float* out, void* stream,
                   const char* fn) {
   check_tc_args(w, a, dtype, M, out, fn);
-  QWENQ_CHECK(qgemm_wgmma_supported(), fn << ": needs an sm_90 GPU (H100/H200) and a build with the sm_90a target "
+  QWENQ_CHECK(cuda_wgmma_supported(), fn << ": needs an sm_90 GPU (H100/H200) and a build with the sm_90a target "
                                              "(QWENQ_CUDA_ARCHS contains 90a); use the mma.sync kernels elsewhere (M="
                                           << M << " K=" << w.K << " N=" << w.N << ")");
   const std::string ctx = tc_context(fn, w, M, dtype);

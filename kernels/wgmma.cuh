@@ -11,7 +11,8 @@
 //   the accumulators (and A registers) must not be touched in between.
 // d += A·B with fp32 accumulators, bf16 operands, scale-d = 1 (accumulate), imm-scale-a = imm-scale-b = 1.
 // "ss": A and B from shared-memory descriptors (A K-major); "rs": A from registers (the m16n8k16 A fragment of
-// each warp's 16 rows), B from a descriptor; "tb" = imm-trans-b 1 (B MN-major), else B K-major.
+// each warp's 16 rows), B from a descriptor; "tb" = imm-trans-b 1 (B MN-major), else B K-major. Users:
+// kernels/qgemm_wgmma.cu (ss m64n128), kernels/flash_attention_wgmma.cu (ss m64n64 / m64n32, rs m64n128 / m64n64).
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,15 @@ namespace qwenq {
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Pins the accumulators in place for the compiler: an empty asm that "reads and writes" each register, put
+// before wgmma_fence() and after wgmma_wait(), so no ordinary access to them moves into the window where the
+// tensor cores own them (undefined behaviour in the PTX ISA; ptxas would serialize the wgmmas at best).
+template <int N>
+__device__ __forceinline__ void wgmma_fence_operand(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
@@ -59,6 +69,18 @@ __device__ __forceinline__ void wgmma_ss_m64n64k16(float (&d)[32], uint64_t desc
         "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
         "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
         "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+// 64 x 32 (16 accumulators per thread) += A 64 x 16 · B 16 x 32, both K-major in shared memory.
+__device__ __forceinline__ void wgmma_ss_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, "
+      "0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "l"(desc_a), "l"(desc_b), "r"(1));
 }
 

@@ -1,10 +1,10 @@
 // Shared-memory layout of Hopper's wgmma operands, as plain integer code for host and device: the kernels
-// (kernels/qgemm_wgmma.cu) store their tiles with these functions and build their matrix descriptors with
-// them, and tests/test_wgmma_layout.cpp checks on the CPU that what the kernels store is where the tensor
-// cores read (the hardware's addressing, below, emulated from the PTX ISA's description).
+// (kernels/qgemm_wgmma.cu, kernels/flash_attention_wgmma.cu) store their tiles with these functions and build
+// their matrix descriptors with them, and tests/test_wgmma_layout.cpp checks on the CPU that what the kernels
+// store is where the tensor cores read (the hardware's addressing, below, emulated from the PTX ISA's description).
 //
-// The one layout used: a K-major bf16 tile of R rows x 64 elements (128 bytes per row) in the 128-byte
-// swizzle mode. Rows are 128 bytes apart; 8 rows (1024 bytes, a "swizzle atom") are one unit whose base is
+// The one swizzle used: bf16 tiles of R rows x 64 elements (128 bytes per row) in the 128-byte swizzle mode
+// (wider tiles as 64-column panels), read K-major, or MN-major for attention's V (below). Rows are 128 bytes apart; 8 rows (1024 bytes, a "swizzle atom") are one unit whose base is
 // 1024-byte aligned; inside an atom the 16-byte chunk c of row r sits at chunk c ^ (r % 8):
 //
 //   byte offset of element (r, k) = r·128 + ((k / 8) ^ (r % 8))·16 + (k % 8)·2

@@ -73,13 +73,13 @@ if start tests 60; then
   log "gpu tests skipped: $(grep -c '(Skipped)' "$LOGS/gpu_tests.log")"
   grep -m5 '(Skipped)' "$LOGS/gpu_tests.log" | tee -a "$OUT/summary.txt"
   grep -E "\(Failed\)|\*\*\*Failed|Exception|Timeout|Not Run" "$LOGS/gpu_tests.log" | head -40 | tee -a "$OUT/summary.txt"
-  # The models' 4-bit forwards again with the Hopper kernel dispatched (QWENQ_QGEMM_WGMMA=1, kernels/qgemm.h):
-  # what to read before making it the default.
+  # The models again with the Hopper kernels dispatched (QWENQ_WGMMA=1, kernels/cuda_check.h: the 4-bit GEMMs and
+  # flash attention on wgmma): what to read before making them the default.
   if [ "$(left)" -gt 240 ]; then
-    QWENQ_QGEMM_WGMMA=1 timeout 150 build-gpu/qwenq_gpu_tests --gtest_brief=1 \
-      --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
+    QWENQ_WGMMA=1 timeout 150 build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+      --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
       > "$LOGS/gpu_tests_wgmma.log" 2>&1
-    log "gpu tests with QWENQ_QGEMM_WGMMA=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
+    log "gpu tests with QWENQ_WGMMA=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_wgmma.log" | tee -a "$OUT/summary.txt"
   fi
 fi

@@ -1,4 +1,5 @@
-// kernels/wgmma_layout.h, the shared-memory layout of the Hopper W4A16 kernel (kernels/qgemm_wgmma.cu), checked
+// kernels/wgmma_layout.h, the shared-memory layout of the Hopper kernels (kernels/qgemm_wgmma.cu and, in
+// AttentionTilesAreReadWhereTheCopiesStoredThem, kernels/flash_attention_wgmma.cu), checked
 // on the CPU: every element the kernel stores (the x tile's cp.async chunks, the dequantized Ŵ tile's one
 // 16-byte chunk per packed word) is exactly where the tensor cores read it through the kernel's descriptors,
 // with the hardware's addressing emulated from the PTX ISA (start + (r / 8)·SBO + (r % 8)·128 + 2k, then
@@ -183,6 +184,29 @@ TEST(WgmmaLayout, AttentionTilesAreReadWhereTheCopiesStoredThem) {
       EXPECT_EQ(groups.size(), 8u) << "D=" << D << " chunks " << c0;
     }
   }
+  // The backward's dk/dv pass reads query halves of 32 rows: K-major as the N = 32 B of Sᵀ = K·Qᵀ (start at row
+  // 32·half, a whole number of atoms), and MN-major as the reduction of dv += Pᵀ·dO, dk += dSᵀ·Q (rows 32·half +
+  // 16·kk onward).
+  for (uint32_t D : {64u, 128u})
+    for (uint32_t half = 0; half < 2; ++half) {
+      int64_t bad_b = 0, bad_mn = 0;
+      for (uint32_t kk = 0; kk < D / 16; ++kk) {
+        const uint64_t desc = wgmma_sw128_descriptor(kBase + half * 32 * kWgmmaRowBytes + (kk / 4) * kPanel + (kk % 4) * 32);
+        for (uint32_t r = 0; r < 32; ++r)
+          for (uint32_t k = 0; k < 16; ++k)
+            bad_b += wgmma_emulated_read_address(desc, r, k) !=
+                     kBase + wgmma_sw128_panel_offset(kRows, 32 * half + r, 16 * kk + k);
+      }
+      for (uint32_t kk = 0; kk < 2; ++kk) {
+        const uint64_t desc = wgmma_sw128_mn_descriptor(kBase + (32 * half + 16 * kk) * kWgmmaRowBytes, kPanel);
+        for (uint32_t k = 0; k < 16; ++k)
+          for (uint32_t n = 0; n < D; ++n)
+            bad_mn += wgmma_emulated_read_address_mn(desc, k, n) !=
+                      kBase + wgmma_sw128_panel_offset(kRows, 32 * half + 16 * kk + k, n);
+      }
+      EXPECT_EQ(bad_b, 0) << "query half " << half << " as a K-major B, D=" << D;
+      EXPECT_EQ(bad_mn, 0) << "query half " << half << " as an MN-major B, D=" << D;
+    }
   // A V descriptor with the panel stride wrong (LBO = 0) reads the second panel's columns from the first.
   int64_t bad = 0;
   const uint64_t wrong = wgmma_sw128_mn_descriptor(kBase, 0);

@@ -1,5 +1,6 @@
-// attention_forward_cuda / attention_backward_cuda (kernels/flash_attention.cu) and the Hopper forward
-// attention_forward_wgmma_cuda (kernels/flash_attention_wgmma.cu) against the fp32 CPU reference,
+// attention_forward_cuda / attention_backward_cuda (kernels/flash_attention.cu) and the Hopper kernels
+// attention_forward_wgmma_cuda / attention_backward_wgmma_cuda (kernels/flash_attention_wgmma.cu) against the fp32
+// CPU reference,
 // with FlashAttention's tolerance rule: the kernel's error may be at most twice the error of a naive
 // implementation in the same precision (bf16), plus a tiny term for the cases where the naive one is exact.
 //
@@ -229,8 +230,8 @@ std::string lengths_str(const Lengths& lens) {
   return s;
 }
 
-// Runs one case: the kernels on the whole problem, the references on the compared kv groups. wgmma: the forward
-// is the Hopper kernel (attention_forward_wgmma_cuda), run twice for the same bits; the backward is fed its outputs.
+// Runs one case: the kernels on the whole problem, the references on the compared kv groups. wgmma: the Hopper
+// kernels (attention_forward_wgmma_cuda, run twice for the same bits, and attention_backward_wgmma_cuda).
 void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
   const int64_t H = sh.H, Hkv = sh.Hkv, D = sh.D, group = H / Hkv;
   if (!flash_attention_compiled(D))
@@ -266,8 +267,12 @@ void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
     attention_forward_cuda(d_q.get(), d_k.get(), d_v.get(), cu.data(), n_seqs, H, Hkv, D, d_out.get(), d_lse.get(),
                            DType::BF16);
   }
-  attention_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(), n_seqs, H,
-                          Hkv, D, d_dq.get(), d_dk.get(), d_dv.get(), DType::BF16);
+  const auto backward = [&] {
+    (wgmma ? attention_backward_wgmma_cuda : attention_backward_cuda)(
+        d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(), n_seqs, H, Hkv, D,
+        d_dq.get(), d_dk.get(), d_dv.get(), DType::BF16, nullptr);
+  };
+  backward();
   QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> out_bits = d_out.download();
   const std::vector<float> lse_k = d_lse.download(), dq_k = d_dq.download(), dk_k = d_dk.download(),
@@ -291,8 +296,7 @@ void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
   }
 
   // The same backward again: the same bits (no atomics, fixed order).
-  attention_backward_cuda(d_dout.get(), d_q.get(), d_k.get(), d_v.get(), d_out.get(), d_lse.get(), cu.data(), n_seqs, H,
-                          Hkv, D, d_dq.get(), d_dk.get(), d_dv.get(), DType::BF16);
+  backward();
   QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_EQ(0, std::memcmp(d_dq.download().data(), dq_k.data(), nq * sizeof(float))) << "dq not deterministic, " << ctx;
   EXPECT_EQ(0, std::memcmp(d_dk.download().data(), dk_k.data(), nkv * sizeof(float))) << "dk not deterministic, " << ctx;
@@ -356,14 +360,14 @@ TEST_P(FlashAttentionCudaLong, WithinTwiceTheNaiveBf16Error) {
   check_case(std::get<0>(GetParam()), std::get<1>(GetParam()));
 }
 
-// The Hopper forward under the same rule (skipped unless the device is sm_90 running the sm_90a build).
+// The Hopper kernels under the same rule (skipped unless the device is sm_90 running the sm_90a build).
 class FlashAttentionWgmmaCudaSmall : public ::testing::TestWithParam<FlashParam> {};
 class FlashAttentionWgmmaCudaLong : public ::testing::TestWithParam<FlashParam> {};
 
 #define QWENQ_REQUIRE_FLASH_WGMMA()                                                                         \
   do {                                                                                                     \
     QWENQ_REQUIRE_GPU();                                                                                   \
-    if (!flash_attention_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
+    if (!cuda_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
   } while (0)
 
 TEST_P(FlashAttentionWgmmaCudaSmall, WithinTwiceTheNaiveBf16Error) {
@@ -401,9 +405,9 @@ INSTANTIATE_TEST_SUITE_P(Sweep, FlashAttentionWgmmaCudaLong,
 
 // ---- argument errors ------------------------------------------------------------------------------------------------
 
-// The Hopper forward checks what the mma.sync forward checks, with its own name; and refuses a device or build
+// The Hopper kernels check what the mma.sync ones check, with their own names; and refuse a device or build
 // without sm_90a code.
-TEST(FlashAttentionCudaErrors, WgmmaForwardNamesItself) {
+TEST(FlashAttentionCudaErrors, WgmmaKernelsNameThemselves) {
   QWENQ_REQUIRE_GPU();
   DeviceBuffer<uint16_t> x(4 * 4 * 128);
   DeviceBuffer<float> f(4 * 4 * 128);
@@ -414,9 +418,15 @@ TEST(FlashAttentionCudaErrors, WgmmaForwardNamesItself) {
                {"attention_forward_wgmma_cuda", "head dim D=96 is not compiled (this build has"});
   expect_error([&] { attention_forward_wgmma_cuda(p, p, p, cu.data(), 1, 4, 2, 64, p, fp, DType::F32); },
                {"attention_forward_wgmma_cuda", "dtype F32 is not supported (BF16 only)"});
-  if (!flash_attention_wgmma_supported()) {
+  expect_error(
+      [&] { attention_backward_wgmma_cuda(p, p, p, p, p, nullptr, cu.data(), 1, 4, 2, 64, fp, fp, fp, DType::BF16); },
+      {"attention_backward_wgmma_cuda", "null lse"});
+  if (!cuda_wgmma_supported()) {
     expect_error([&] { attention_forward_wgmma_cuda(p, p, p, cu.data(), 1, 4, 2, 64, p, fp, DType::BF16); },
                  {"attention_forward_wgmma_cuda", "needs an sm_90 GPU (H100/H200)"});
+    expect_error(
+        [&] { attention_backward_wgmma_cuda(p, p, p, p, p, fp, cu.data(), 1, 4, 2, 64, fp, fp, fp, DType::BF16); },
+        {"attention_backward_wgmma_cuda", "needs an sm_90 GPU (H100/H200)"});
   }
 }
 

@@ -197,7 +197,7 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
 #define QWENQ_REQUIRE_WGMMA()                                                                         \
   do {                                                                                               \
     QWENQ_REQUIRE_GPU();                                                                             \
-    if (!qgemm_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
+    if (!cuda_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
   } while (0)
 
 class QgemmWgmmaCuda : public ::testing::TestWithParam<Src> {};
@@ -282,7 +282,7 @@ TEST(QgemmWgmmaCudaExact, RejectsBadArguments) {
   expect_error([&] { qgemm_int4_wgmma_cuda(q.view(), x.get(), DType::BF16, 128, y.get()); }, "must be device memory");
   expect_error([&] { qgemm_int4_t_wgmma_cuda(dw.view(), x.get(), DType::BF16, 0, y.get()); },
                "qgemm_int4_t_wgmma_cuda: M=0");
-  if (!qgemm_wgmma_supported()) {
+  if (!cuda_wgmma_supported()) {
     expect_error([&] { qgemm_int4_wgmma_cuda(dw.view(), x.get(), DType::BF16, 128, y.get()); },
                  "needs an sm_90 GPU (H100/H200) and a build with the sm_90a target");
   }
@@ -318,7 +318,7 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
 }
 
 // qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels, M > 64 with BF16 -> tensor cores
-// (the wgmma kernels when QWENQ_QGEMM_WGMMA=1 on a device that supports them).
+// (the wgmma kernels when QWENQ_WGMMA=1 on a device that supports them).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   QWENQ_REQUIRE_GPU();
@@ -335,7 +335,7 @@ TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
     qgemm_int4_cuda(dw.view(), gx.get(), DType::BF16, M, y_auto.get());
     qgemm_int4_t_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_auto.get());
     if (M > kQgemmDecodeMaxM) {
-      if (qgemm_wgmma_enabled()) {
+      if (cuda_wgmma_enabled()) {
         qgemm_int4_wgmma_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
         qgemm_int4_t_wgmma_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
       } else {
