@@ -1,6 +1,6 @@
-// What the two flash attention forward kernels share: kernels/flash_attention.cu (mma.sync, sm_80+; also the
-// backward) and kernels/flash_attention_wgmma.cu (wgmma, sm_90a): the 64-row tiles and their table, the kernel
-// parameters, the argument checks, and the softmax's register helpers. For .cu files only.
+// What the two flash attention implementations share: kernels/flash_attention.cu (mma.sync, sm_80+) and
+// kernels/flash_attention_wgmma.cu (wgmma, sm_90a): the 64-row tiles and their table, the kernel parameters, the
+// argument checks, the softmax's register helpers and the backward's host path. For .cu files only.
 #pragma once
 
 #include <cuda_bf16.h>

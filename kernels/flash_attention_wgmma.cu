@@ -1,6 +1,7 @@
-// Flash attention forward on Hopper's warpgroup MMA (sm_90a): attention_forward_wgmma_cuda (kernels/flash_attention.h),
-// the same math, tiles, arguments and outputs as attention_forward_cuda (kernels/flash_attention.cu, whose header
-// has the formulas): causal GQA over packed sequences, bf16 q/k/v/out, fp32 softmax statistics in the exp2
+// Flash attention on Hopper's warpgroup MMA (sm_90a): attention_forward_wgmma_cuda and attention_backward_wgmma_cuda
+// (kernels/flash_attention.h), the same math, tiles, arguments and outputs as attention_forward_cuda /
+// attention_backward_cuda (kernels/flash_attention.cu, whose header has the formulas; the backward's wgmma mapping
+// is described above its kernels below). The forward: causal GQA over packed sequences, bf16 q/k/v/out, fp32 softmax statistics in the exp2
 // domain, P rounded to bf16 before P·V, lse in natural log.
 //
 // What changes is the instruction. A block is one warpgroup (4 warps, 128 threads) on one 64-row query tile of
@@ -165,6 +166,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
       load_tile_sw<D>(sK, kh, kv_stride, k0 + kTile, min(kTile, row1 - k0 - kTile));
       cp_async_commit();
     }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(pf[kk]);
     wgmma_fence_operand(o);
     wgmma_fence();
 #pragma unroll
@@ -176,6 +179,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(o);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(pf[kk]);
   }
 
 #pragma unroll
@@ -300,6 +305,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const
     for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
       for (int f = 0; f < 4; ++f) dsf[kk][f] = pack_bf16(s[8 * kk + 2 * f], s[8 * kk + 2 * f + 1]);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(dsf[kk]);
     wgmma_fence_operand(dq);
     wgmma_fence();
 #pragma unroll
@@ -311,6 +318,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(dq);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(dsf[kk]);
     __syncthreads();  // every warp's wgmmas on K and V are complete before the next tile overwrites them
   }
 
@@ -412,6 +421,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(con
             pf[kk][f] = pack_bf16(st[8 * kk + 2 * f], st[8 * kk + 2 * f + 1]);
             dsf[kk][f] = pack_bf16(dpt[8 * kk + 2 * f], dpt[8 * kk + 2 * f + 1]);
           }
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          wgmma_fence_operand(pf[kk]);
+          wgmma_fence_operand(dsf[kk]);
+        }
         wgmma_fence_operand(dv);
         wgmma_fence_operand(dk);
         wgmma_fence();
@@ -432,6 +446,11 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(con
         wgmma_wait<0>();
         wgmma_fence_operand(dv);
         wgmma_fence_operand(dk);
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          wgmma_fence_operand(pf[kk]);
+          wgmma_fence_operand(dsf[kk]);
+        }
       }
       __syncthreads();  // every warp's wgmmas on Q and dO, and its reads of lse and δ, are complete
     }
