@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -78,6 +79,43 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The dq pass's row statistics (both backward implementations): δ_i = Σ_d dout·out for the warp's 16 rows of the
+// query tile [row0, row1) of head h (a warp-wide sum per row, straight from global memory), written to p.delta for
+// the dk/dv pass, and for this thread's rows gid and gid + 8 its δ and lse·log2(e). Rows past the tile's end get
+// δ = 0 and lse = +inf, so their P, and everything they feed, is 0.
+template <int D>
+__device__ __forceinline__ void dq_pass_row_stats(const FlashParams& p, int row0, int row1, int h, int warp, int lane,
+                                                  float (&delta)[2], float (&lse2)[2]) {
+  const int gid = lane >> 2;
+  const int64_t q_stride = static_cast<int64_t>(p.H) * D;
+  delta[0] = delta[1] = 0.f;
+  lse2[0] = lse2[1] = INFINITY;
+#pragma unroll 1
+  for (int r = 0; r < 16; ++r) {
+    const int i = row0 + warp * 16 + r;  // the same for the whole warp
+    float sum = 0.f;
+    if (i < row1) {
+      const bf16* orow = p.out + i * q_stride + h * D;
+      const bf16* drow = p.dout + i * q_stride + h * D;
+#pragma unroll
+      for (int c = 2 * lane; c < D; c += 2 * cuda::kWarp) {
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(orow + c));
+        const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(drow + c));
+        sum += a.x * d.x + a.y * d.y;
+      }
+    }
+    sum = cuda::warp_sum(sum);
+    if (i < row1 && lane == 0) p.delta[static_cast<int64_t>(i) * p.H + h] = sum;
+    if (r == gid) delta[0] = sum;
+    if (r == gid + 8) delta[1] = sum;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row0 + warp * 16 + gid + 8 * r;
+    if (i < row1) lse2[r] = p.lse_in[static_cast<int64_t>(i) * p.H + h] * kLog2e;
+  }
 }
 
 // ---- host side (defined in kernels/flash_attention.cu) ----

@@ -234,31 +234,10 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const
   load_tile_sw<D>(sdO, p.dout + h * D, q_stride, row0, row1 - row0);
   cp_async_commit();
 
-  // δ and lse as the mma.sync dq pass: rows past the tile's end get δ = 0 and lse = +inf (P = 0).
-  float delta[2] = {0.f, 0.f}, lse2[2] = {INFINITY, INFINITY};
+  // δ (written for the dk/dv pass) and lse·log2(e) of this thread's rows, as the mma.sync dq pass.
   const int i_row[2] = {row0 + warp * 16 + gid, row0 + warp * 16 + gid + 8};
-#pragma unroll 1
-  for (int r = 0; r < 16; ++r) {
-    const int i = row0 + warp * 16 + r;
-    float sum = 0.f;
-    if (i < row1) {
-      const bf16* orow = p.out + i * q_stride + h * D;
-      const bf16* drow = p.dout + i * q_stride + h * D;
-#pragma unroll
-      for (int c = 2 * lane; c < D; c += 2 * cuda::kWarp) {
-        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(orow + c));
-        const float2 d = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(drow + c));
-        sum += a.x * d.x + a.y * d.y;
-      }
-    }
-    sum = cuda::warp_sum(sum);
-    if (i < row1 && lane == 0) p.delta[static_cast<int64_t>(i) * p.H + h] = sum;
-    if (r == gid) delta[0] = sum;
-    if (r == gid + 8) delta[1] = sum;
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-    if (i_row[r] < row1) lse2[r] = p.lse_in[static_cast<int64_t>(i_row[r]) * p.H + h] * kLog2e;
+  float delta[2], lse2[2];
+  dq_pass_row_stats<D>(p, row0, row1, h, warp, lane, delta, lse2);
 
   float dq[D / 2];
 #pragma unroll
