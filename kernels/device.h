@@ -8,6 +8,8 @@
 // choose_device("cuda") throws qwenq::Error with the same reason when CUDA is unavailable; "cpu" always
 // succeeds; anything else throws. A missing driver (libcudart present, libcuda.so absent) is a reason, not a
 // crash. Device::Cuda tells callers that a GPU is there; they decide what runs on it (tools/cli_common.h).
+// With QWENQ_WGMMA=1 in the environment the line also says what that switch does there: "; QWENQ_WGMMA=1: the Hopper
+// wgmma kernels", "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU ..." or "; QWENQ_WGMMA=1 has no effect on the CPU".
 #pragma once
 
 #include <string>

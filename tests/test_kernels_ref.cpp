@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -616,6 +617,29 @@ TEST(KernelsRef, DeviceChoice) {
     EXPECT_EQ(choose_device("cuda").device, Device::Cuda);
   }
   EXPECT_ERROR_CONTAINS(choose_device("gpu"), "unknown device 'gpu' (expected auto, cpu or cuda)");
+}
+
+// QWENQ_WGMMA=1 (the Hopper kernels' switch, kernels/cuda_check.h) is explained on the device line, never silent:
+// on the CPU it does nothing; on a GPU it either runs the wgmma kernels or is ignored with the reason. Any other
+// value, or none, leaves the line as it was.
+TEST(KernelsRef, DeviceChoiceExplainsTheWgmmaSwitch) {
+  const char* before = std::getenv("QWENQ_WGMMA");
+  const std::string saved = before ? before : "";
+  ::setenv("QWENQ_WGMMA", "1", 1);
+  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested); QWENQ_WGMMA=1 has no effect on the CPU");
+  const DeviceChoice a = choose_device("auto");
+  if (a.device == Device::Cpu) {
+    EXPECT_NE(a.description.find("; QWENQ_WGMMA=1 has no effect on the CPU"), std::string::npos) << a.description;
+  } else {
+    EXPECT_TRUE(a.description.find("; QWENQ_WGMMA=1: the Hopper wgmma kernels") != std::string::npos ||
+                a.description.find("; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU") != std::string::npos)
+        << a.description;
+  }
+  EXPECT_EQ(a.description.find('\n'), std::string::npos);
+  ::setenv("QWENQ_WGMMA", "0", 1);
+  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
+  if (before) ::setenv("QWENQ_WGMMA", saved.c_str(), 1);
+  else ::unsetenv("QWENQ_WGMMA");
 }
 
 }  // namespace
