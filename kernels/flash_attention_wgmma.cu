@@ -66,16 +66,56 @@ __device__ __forceinline__ void load_tile_sw(unsigned char* s, const bf16* g, in
   }
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// acc (64 x N) += A·Bᵀ over the head dim D: A the 64 rows of the swizzled tile at a_addr, B the N rows at b_addr
+// (both K-major; D/16 k16 steps across the 64-column panels: panel kk / 4, then 32 bytes per step). N = 64 (S, dP)
+// or 32 (the dk/dv pass's query halves). Issues the wgmmas only: the caller fences, commits and waits.
+template <int D, int NACC>  // NACC = N / 2 accumulators per thread
+__device__ __forceinline__ void issue_abt(float (&acc)[NACC], uint32_t a_addr, uint32_t b_addr) {
+  constexpr int N = 2 * NACC;
+  static_assert(N == 64 || N == 32, "the S-shaped products are 64 x 64 or 64 x 32");
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;
+    if constexpr (N == 64) wgmma_ss_m64n64k16(acc, wgmma_sw128_descriptor(a_addr + off), wgmma_sw128_descriptor(b_addr + off));
+    else wgmma_ss_m64n32k16(acc, wgmma_sw128_descriptor(a_addr + off), wgmma_sw128_descriptor(b_addr + off));
+  }
+}
+
+// acc (64 x D) += P·B over KT·16 rows: P as KT register A fragments (to_a_fragments_flat), B the rows from b_addr
+// of a swizzled tile read MN-major (keys or queries = the reduction, 2048 bytes per k16 step; the head dim = N
+// across the 64-column panels, kPanelBytes apart). Issues the wgmmas only.
+template <int D, int KT>
+__device__ __forceinline__ void issue_pb(float (&acc)[D / 2], const uint32_t (&p)[KT][4], uint32_t b_addr) {
+#pragma unroll
+  for (int kk = 0; kk < KT; ++kk) {
+    const uint64_t desc = wgmma_sw128_mn_descriptor(b_addr + kk * 16 * kWgmmaRowBytes, kPanelBytes);
+    if constexpr (D == 128) wgmma_rs_m64n128k16_tb(acc, p[kk], desc);
+    else wgmma_rs_m64n64k16_tb(acc, p[kk], desc);
+  }
+}
+#endif
+
+// A 64 x KT·16 score block in the accumulator layout, flat (s[4n + e]: column 8n + 2·tig + (e & 1) of row e >> 1),
+// rounded to bf16 as KT A fragments of 16 columns each: {row gid, row gid + 8} x {columns 2tig.., 8 + 2tig..}
+// (to_a_fragments' order for the flat layout).
+template <int KT>
+__device__ __forceinline__ void to_a_fragments_flat(const float (&s)[KT * 8], uint32_t (&f)[KT][4]) {
+#pragma unroll
+  for (int kk = 0; kk < KT; ++kk)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) f[kk][q] = pack_bf16(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1]);
+}
+
 template <int D>
 __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const FlashParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
-  unsigned char* sQ = smem_raw + pad;
+  uint32_t aQ;
+  unsigned char* sQ = wgmma_align_smem(smem_raw, &aQ);
   unsigned char* sK = sQ + kTileBytes<D>;
   unsigned char* sV = sK + kTileBytes<D>;
-  const uint32_t aQ = raw_addr + pad, aK = aQ + kTileBytes<D>, aV = aK + kTileBytes<D>;
+  const uint32_t aK = aQ + kTileBytes<D>, aV = aK + kTileBytes<D>;
 
   const int4 tile = p.tiles[blockIdx.x / p.H];
   const int h = static_cast<int>(blockIdx.x % p.H), row0 = tile.x, row1 = tile.y, b = tile.z;
@@ -109,11 +149,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     for (int i = 0; i < 32; ++i) s[i] = 0.f;
     wgmma_fence_operand(s);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;  // panel of head-dim columns 16kk.., then 32 B/step
-      wgmma_ss_m64n64k16(s, wgmma_sw128_descriptor(aQ + off), wgmma_sw128_descriptor(aK + off));
-    }
+    issue_abt<D>(s, aQ, aK);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(s);
@@ -151,13 +187,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
     }
     // P as bf16 A fragments, 16 keys each: {row gid, row gid + 8} x {keys 2tig.., keys 8 + 2tig..}.
     uint32_t pf[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      pf[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pf[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pf[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pf[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    to_a_fragments_flat(s, pf);
 
     cp_async_wait_all();
     fence_proxy_async();
@@ -166,21 +196,14 @@ __global__ void __launch_bounds__(kThreads) flash_forward_wgmma_kernel(const Fla
       load_tile_sw<D>(sK, kh, kv_stride, k0 + kTile, min(kTile, row1 - k0 - kTile));
       cp_async_commit();
     }
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(pf[kk]);
+    wgmma_fence_operand(pf);
     wgmma_fence_operand(o);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t dv = wgmma_sw128_mn_descriptor(aV + kk * 16 * kWgmmaRowBytes, kPanelBytes);
-      if constexpr (D == 128) wgmma_rs_m64n128k16_tb(o, pf[kk], dv);
-      else wgmma_rs_m64n64k16_tb(o, pf[kk], dv);
-    }
+    issue_pb<D>(o, pf, aV);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(pf[kk]);
+    wgmma_fence_operand(pf);
   }
 
 #pragma unroll
@@ -214,13 +237,12 @@ template <int D>
 __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const FlashParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
-  unsigned char* sQ = smem_raw + pad;
+  uint32_t aQ;
+  unsigned char* sQ = wgmma_align_smem(smem_raw, &aQ);
   unsigned char* sdO = sQ + kTileBytes<D>;
   unsigned char* sK = sdO + kTileBytes<D>;
   unsigned char* sV = sK + kTileBytes<D>;
-  const uint32_t aQ = raw_addr + pad, adO = aQ + kTileBytes<D>, aK = adO + kTileBytes<D>, aV = aK + kTileBytes<D>;
+  const uint32_t adO = aQ + kTileBytes<D>, aK = adO + kTileBytes<D>, aV = aK + kTileBytes<D>;
 
   const int4 tile = p.tiles[blockIdx.x / p.H];
   const int h = static_cast<int>(blockIdx.x % p.H), row0 = tile.x, row1 = tile.y, b = tile.z;
@@ -259,12 +281,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const
     wgmma_fence_operand(s);
     wgmma_fence_operand(dp);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;
-      wgmma_ss_m64n64k16(s, wgmma_sw128_descriptor(aQ + off), wgmma_sw128_descriptor(aK + off));
-      wgmma_ss_m64n64k16(dp, wgmma_sw128_descriptor(adO + off), wgmma_sw128_descriptor(aV + off));
-    }
+    issue_abt<D>(s, aQ, aK);
+    issue_abt<D>(dp, adO, aV);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(s);
@@ -280,25 +298,15 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dq_wgmma_kernel(const
         s[4 * n + e] = pr * (dp[4 * n + e] - delta[r]);  // dS
       }
     uint32_t dsf[4][4];
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int f = 0; f < 4; ++f) dsf[kk][f] = pack_bf16(s[8 * kk + 2 * f], s[8 * kk + 2 * f + 1]);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(dsf[kk]);
+    to_a_fragments_flat(s, dsf);
+    wgmma_fence_operand(dsf);
     wgmma_fence_operand(dq);
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t dk_desc = wgmma_sw128_mn_descriptor(aK + kk * 16 * kWgmmaRowBytes, kPanelBytes);
-      if constexpr (D == 128) wgmma_rs_m64n128k16_tb(dq, dsf[kk], dk_desc);
-      else wgmma_rs_m64n64k16_tb(dq, dsf[kk], dk_desc);
-    }
+    issue_pb<D>(dq, dsf, aK);
     wgmma_commit();
     wgmma_wait<0>();
     wgmma_fence_operand(dq);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_fence_operand(dsf[kk]);
+    wgmma_fence_operand(dsf);
     __syncthreads();  // every warp's wgmmas on K and V are complete before the next tile overwrites them
   }
 
@@ -322,13 +330,12 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(con
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float s_lse2[kTile], s_delta[kTile];
-  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
-  unsigned char* sK = smem_raw + pad;
+  uint32_t aK;
+  unsigned char* sK = wgmma_align_smem(smem_raw, &aK);
   unsigned char* sV = sK + kTileBytes<D>;
   unsigned char* sQ = sV + kTileBytes<D>;
   unsigned char* sdO = sQ + kTileBytes<D>;
-  const uint32_t aK = raw_addr + pad, aV = aK + kTileBytes<D>, aQ = aV + kTileBytes<D>, adO = aQ + kTileBytes<D>;
+  const uint32_t aV = aK + kTileBytes<D>, aQ = aV + kTileBytes<D>, adO = aQ + kTileBytes<D>;
 
   const int4 tile = p.tiles[blockIdx.x / p.Hkv];
   const int g = static_cast<int>(blockIdx.x % p.Hkv), row0 = tile.x, row1 = tile.y, e_seq = tile.w;
@@ -372,12 +379,8 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(con
         wgmma_fence_operand(st);
         wgmma_fence_operand(dpt);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          const uint32_t off = (kk / 4) * kPanelBytes + (kk % 4) * 32;
-          wgmma_ss_m64n32k16(st, wgmma_sw128_descriptor(aK + off), wgmma_sw128_descriptor(aQ + q_rows + off));
-          wgmma_ss_m64n32k16(dpt, wgmma_sw128_descriptor(aV + off), wgmma_sw128_descriptor(adO + q_rows + off));
-        }
+        issue_abt<D>(st, aK, aQ + q_rows);
+        issue_abt<D>(dpt, aV, adO + q_rows);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(st);
@@ -393,43 +396,21 @@ __global__ void __launch_bounds__(kThreads) flash_backward_dkdv_wgmma_kernel(con
             dpt[4 * n + e] = pr * (dpt[4 * n + e] - s_delta[col]);  // dSᵀ
           }
         uint32_t pf[2][4], dsf[2][4];
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk)
-#pragma unroll
-          for (int f = 0; f < 4; ++f) {
-            pf[kk][f] = pack_bf16(st[8 * kk + 2 * f], st[8 * kk + 2 * f + 1]);
-            dsf[kk][f] = pack_bf16(dpt[8 * kk + 2 * f], dpt[8 * kk + 2 * f + 1]);
-          }
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          wgmma_fence_operand(pf[kk]);
-          wgmma_fence_operand(dsf[kk]);
-        }
+        to_a_fragments_flat(st, pf);
+        to_a_fragments_flat(dpt, dsf);
+        wgmma_fence_operand(pf);
+        wgmma_fence_operand(dsf);
         wgmma_fence_operand(dv);
         wgmma_fence_operand(dk);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          const uint32_t rows = q_rows + kk * 16 * kWgmmaRowBytes;  // queries half·32 + 16kk.. = the reduction
-          const uint64_t do_desc = wgmma_sw128_mn_descriptor(adO + rows, kPanelBytes);
-          const uint64_t q_desc = wgmma_sw128_mn_descriptor(aQ + rows, kPanelBytes);
-          if constexpr (D == 128) {
-            wgmma_rs_m64n128k16_tb(dv, pf[kk], do_desc);
-            wgmma_rs_m64n128k16_tb(dk, dsf[kk], q_desc);
-          } else {
-            wgmma_rs_m64n64k16_tb(dv, pf[kk], do_desc);
-            wgmma_rs_m64n64k16_tb(dk, dsf[kk], q_desc);
-          }
-        }
+        issue_pb<D>(dv, pf, adO + q_rows);  // the half's 32 queries are the reduction
+        issue_pb<D>(dk, dsf, aQ + q_rows);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(dv);
         wgmma_fence_operand(dk);
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          wgmma_fence_operand(pf[kk]);
-          wgmma_fence_operand(dsf[kk]);
-        }
+        wgmma_fence_operand(pf);
+        wgmma_fence_operand(dsf);
       }
       __syncthreads();  // every warp's wgmmas on Q and dO, and its reads of lse and δ, are complete
     }

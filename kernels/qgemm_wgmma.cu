@@ -44,11 +44,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <mutex>
 #include <string>
-#include <vector>
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
@@ -99,10 +95,8 @@ __global__ void __launch_bounds__(kThreads, 1) qgemm_wgmma_kernel(TcParams p) {
     if (threadIdx.x < 16) book[threadIdx.x] = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][threadIdx.x];
   }
   // The swizzle is a function of address bits 4..9: every tile starts on a 1024-byte boundary.
-  const uint32_t raw_addr = smem_addr(smem_raw);
-  const uint32_t pad = (kWgmmaAtomBytes - (raw_addr & (kWgmmaAtomBytes - 1))) & (kWgmmaAtomBytes - 1);
-  unsigned char* smem = smem_raw + pad;
-  const uint32_t base = raw_addr + pad;
+  uint32_t base;
+  unsigned char* smem = wgmma_align_smem(smem_raw, &base);
   uint32_t* raw_w = reinterpret_cast<uint32_t*>(smem + kRawWOff);  // [kStages][8][128]
   uint32_t* raw_m = reinterpret_cast<uint32_t*>(smem + kRawMOff);  // [kStages][8][128]
 

@@ -40,6 +40,23 @@ __device__ __forceinline__ void wgmma_fence_operand(uint32_t (&a)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
+// The same for KT register A fragments of four bf16 pairs each (uint32_t[KT][4]).
+template <int KT>
+__device__ __forceinline__ void wgmma_fence_operand(uint32_t (&a)[KT][4]) {
+#pragma unroll
+  for (int kk = 0; kk < KT; ++kk) wgmma_fence_operand(a[kk]);
+}
+
+// The dynamic shared memory rounded up to the 1024-byte grid the 128-byte swizzle is defined on (its bits 4..9 are
+// address bits): returns the generic pointer and sets *addr to its shared-state address. Kernels allocate
+// kWgmmaAtomBytes of slack for it (at most 1008 bytes are skipped).
+__device__ __forceinline__ unsigned char* wgmma_align_smem(unsigned char* raw, uint32_t* addr) {
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  const uint32_t pad = (1024u - (raw_addr & 1023u)) & 1023u;
+  *addr = raw_addr + pad;
+  return raw + pad;
+}
+
 template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_check.h"
 #include "kernels/device.h"
 
 namespace qwenq::test {
@@ -53,4 +54,12 @@ class DeviceBuffer {
     std::string qwenq_gpu_why;                                                     \
     if (!::qwenq::test::gpu_available(&qwenq_gpu_why))                             \
       GTEST_SKIP() << "no CUDA device (" << qwenq_gpu_why << "); GPU test skipped"; \
+  } while (0)
+
+// Skips the current test, with the reason, unless the device runs this build's Hopper (wgmma) kernels
+// (cuda_wgmma_supported, kernels/cuda_check.h: an sm_90 GPU and the sm_90a target).
+#define QWENQ_REQUIRE_WGMMA()                                                                               \
+  do {                                                                                                      \
+    QWENQ_REQUIRE_GPU();                                                                                    \
+    if (!::qwenq::cuda_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
   } while (0)

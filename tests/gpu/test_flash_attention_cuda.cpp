@@ -364,19 +364,13 @@ TEST_P(FlashAttentionCudaLong, WithinTwiceTheNaiveBf16Error) {
 class FlashAttentionWgmmaCudaSmall : public ::testing::TestWithParam<FlashParam> {};
 class FlashAttentionWgmmaCudaLong : public ::testing::TestWithParam<FlashParam> {};
 
-#define QWENQ_REQUIRE_FLASH_WGMMA()                                                                         \
-  do {                                                                                                     \
-    QWENQ_REQUIRE_GPU();                                                                                   \
-    if (!cuda_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
-  } while (0)
-
 TEST_P(FlashAttentionWgmmaCudaSmall, WithinTwiceTheNaiveBf16Error) {
-  QWENQ_REQUIRE_FLASH_WGMMA();
+  QWENQ_REQUIRE_WGMMA();
   check_case(std::get<0>(GetParam()), std::get<1>(GetParam()), /*wgmma=*/true);
 }
 
 TEST_P(FlashAttentionWgmmaCudaLong, WithinTwiceTheNaiveBf16Error) {
-  QWENQ_REQUIRE_FLASH_WGMMA();
+  QWENQ_REQUIRE_WGMMA();
   check_case(std::get<0>(GetParam()), std::get<1>(GetParam()), /*wgmma=*/true);
 }
 

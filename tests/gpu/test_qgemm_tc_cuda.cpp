@@ -145,6 +145,23 @@ void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::v
   expect_close(gather_rows(dx_gpu, rows, K), dx_cpu, abs_sum, round_sum, N, "transposed " + what);
 }
 
+// The sweep of one source: for each shape the source holds, a layout (seed + 1, + 2, ...), then run_case at each
+// M that keep(shape, M) accepts (the next seed each); stops at the first fatal failure.
+void run_sweep(Src src, const std::vector<KN>& shapes, const std::vector<int64_t>& Ms, uint64_t seed, bool wgmma,
+               const std::function<bool(const KN&, int64_t)>& keep = [](const KN&, int64_t) { return true; }) {
+  for (const KN& s : shapes) {
+    if (!holds(src, s.K, s.N)) continue;
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : Ms) {
+      if (!keep(s, M)) continue;
+      run_case(src, q, dw, W, M, ++seed, wgmma);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+  }
+}
+
 class QgemmTcCuda : public ::testing::TestWithParam<Src> {};
 
 // Qwen2.5-0.5B gate/up (896 -> 4864) and down (4864 -> 896), 72B k/v (8192 -> 1024) at every M; 7B gate/up
@@ -152,18 +169,9 @@ class QgemmTcCuda : public ::testing::TestWithParam<Src> {};
 TEST_P(QgemmTcCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
-  uint64_t seed = 17000 + 1000 * static_cast<uint64_t>(src);
-  const std::vector<KN> shapes = {{896, 4864}, {4864, 896}, {8192, 1024}, {3584, 18944}};
-  for (const KN& s : shapes) {
-    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
-    const Q4DeviceWeight dw(q);
-    const std::vector<float> W = q4_unpack(q.view());
-    for (int64_t M : {65, 512, 1000, 2048}) {
-      if (s.N == 18944 && M != 512) continue;
-      run_case(src, q, dw, W, M, ++seed);
-      if (HasFatalFailure()) return;
-    }
-  }
+  run_sweep(src, {{896, 4864}, {4864, 896}, {8192, 1024}, {3584, 18944}}, {65, 512, 1000, 2048},
+            17000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/false,
+            [](const KN& s, int64_t M) { return s.N != 18944 || M == 512; });
 }
 
 // Tails: N = 17 (Np = 20: a partial 16-byte chunk of columns), K = 172 (Kp = 176: K % 8 != 0, staged x),
@@ -172,18 +180,8 @@ TEST_P(QgemmTcCuda, MatchesTheCpuTwinOnQwenShapes) {
 TEST_P(QgemmTcCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
-  uint64_t seed = 19000 + 1000 * static_cast<uint64_t>(src);
-  const std::vector<KN> shapes = {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}};
-  for (const KN& s : shapes) {
-    if (!holds(src, s.K, s.N)) continue;
-    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
-    const Q4DeviceWeight dw(q);
-    const std::vector<float> W = q4_unpack(q.view());
-    for (int64_t M : {1, 17, 65, 129, 257}) {
-      run_case(src, q, dw, W, M, ++seed);
-      if (HasFatalFailure()) return;
-    }
-  }
+  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}}, {1, 17, 65, 129, 257},
+            19000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/false);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
@@ -194,46 +192,20 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
 // gate/up at M = 512 and 2048), and the tails (N = 17 / 260, K = 172 staged, K = 200 / 136 / 520 a partial
 // 64-deep stage, K = 8 one word-row, M not a multiple of 64 or 128). Skipped unless the device is sm_90 running
 // the sm_90a build.
-#define QWENQ_REQUIRE_WGMMA()                                                                         \
-  do {                                                                                               \
-    QWENQ_REQUIRE_GPU();                                                                             \
-    if (!cuda_wgmma_supported()) GTEST_SKIP() << "needs an sm_90 GPU (H100/H200) and the sm_90a build"; \
-  } while (0)
-
 class QgemmWgmmaCuda : public ::testing::TestWithParam<Src> {};
 
 TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
-  uint64_t seed = 23000 + 1000 * static_cast<uint64_t>(src);
-  const std::vector<KN> shapes = {{896, 4864}, {4864, 896}, {3584, 18944}};
-  for (const KN& s : shapes) {
-    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
-    const Q4DeviceWeight dw(q);
-    const std::vector<float> W = q4_unpack(q.view());
-    for (int64_t M : {65, 512, 2048}) {
-      if (s.N == 18944 && M == 65) continue;
-      run_case(src, q, dw, W, M, ++seed, /*wgmma=*/true);
-      if (HasFatalFailure()) return;
-    }
-  }
+  run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, 23000 + 1000 * static_cast<uint64_t>(src),
+            /*wgmma=*/true, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
 }
 
 TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
-  uint64_t seed = 29000 + 1000 * static_cast<uint64_t>(src);
-  const std::vector<KN> shapes = {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}};
-  for (const KN& s : shapes) {
-    if (!holds(src, s.K, s.N)) continue;
-    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
-    const Q4DeviceWeight dw(q);
-    const std::vector<float> W = q4_unpack(q.view());
-    for (int64_t M : {1, 17, 65, 129, 257}) {
-      run_case(src, q, dw, W, M, ++seed, /*wgmma=*/true);
-      if (HasFatalFailure()) return;
-    }
-  }
+  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
+            29000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSources, QgemmWgmmaCuda,
