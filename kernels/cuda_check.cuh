@@ -16,6 +16,8 @@
 // Launches are asynchronous: a fault inside a kernel surfaces at the next synchronizing call on that stream.
 #pragma once
 
+#include <cstdint>
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 

@@ -5,8 +5,9 @@
 //   E         [N, kMaxBlock] row-major: E[n, i] = (w − ŵ)/U[p, p] of the block's column i; cuBLAS: Eᵀ, ld 128
 //   codes_p   [K, N] in processing order (row p = column order[p]); un-permuted on the host by K row copies
 //   grid      scale [groups, N] fp32, zero [groups, N] uint8, as GroupGrid
-// Eigen is used on the host only (the Hessian argument); without this it compiles its CUDA device paths too.
-#define EIGEN_NO_CUDA 1
+// No Eigen here: nvcc compiles this file's host code without the -march=native of the C++ files, and Eigen's
+// heap alignment follows the instruction set (64 bytes with AVX-512, 16 without), so an Eigen matrix allocated
+// in one kind of file and freed in the other corrupts the heap. The Eigen half is gptq_cuda.cpp.
 
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
@@ -27,7 +28,7 @@
 
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
-#include "quant/gptq_cuda.h"
+#include "quant/gptq_cuda_device.h"
 
 namespace qwenq {
 
@@ -414,20 +415,6 @@ constexpr size_t kBlockSmemBytes = sizeof(float) * (kMaxBlock * kMaxBlock + kRow
 
 // ---- host helpers ----------------------------------------------------------------------------------------------
 
-void check_inputs(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& o) {
-  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
-  QWENQ_CHECK(H.rows() == K && H.cols() == K,
-              "Hessian is " << H.rows() << " x " << H.cols() << " but the weight has K = " << K << " inputs");
-  QWENQ_CHECK(o.bits >= 2 && o.bits <= 8, "bits must be in 2..8, got " << o.bits);
-  QWENQ_CHECK(o.group_size == -1 || o.group_size > 0, "group size must be positive or -1, got " << o.group_size);
-  QWENQ_CHECK(o.block_size > 0, "block size must be positive, got " << o.block_size);
-  QWENQ_CHECK(std::isfinite(o.damp) && o.damp >= 0, "damp must be finite and >= 0, got " << o.damp);
-  QWENQ_CHECK(o.max_damp_retries >= 0, "max_damp_retries must be >= 0, got " << o.max_damp_retries);
-  // cuBLAS and cuSOLVER's 32-bit arguments, and the block kernel's grid.
-  QWENQ_CHECK(K <= INT_MAX && N <= INT_MAX && (N + kRowsPerCta - 1) / kRowsPerCta <= INT_MAX,
-              "gptq_quantize_cuda: N = " << N << ", K = " << K << " exceed the 32-bit limits of cuBLAS");
-}
-
 template <typename T>
 DeviceMemory upload(const T* host, size_t count, cudaStream_t stream) {
   DeviceMemory d(count * sizeof(T), stream);
@@ -508,9 +495,10 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
 
 }  // namespace
 
-GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& o) {
-  check_inputs(N, K, H, o);
-  QWENQ_CHECK(W != nullptr, "gptq_quantize_cuda: null weight");
+GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const float* H, const GptqCudaHost& host,
+                                     const GptqOptions& o) {
+  QWENQ_CHECK(K <= INT_MAX && N <= INT_MAX && (N + kRowsPerCta - 1) / kRowsPerCta <= INT_MAX,
+              "gptq_quantize_cuda: N = " << N << ", K = " << K << " exceed the 32-bit limits of cuBLAS");
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   cudaStream_t s = ctx.stream;
@@ -519,9 +507,9 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
   DeviceMemory dW = upload(W, static_cast<size_t>(N * K), s);
   if (const int64_t bad = first_nonfinite(dW.as<float>(), N * K, 0, s); bad >= 0)
     QWENQ_FAIL("weight [" << bad / K << ", " << bad % K << "] is " << W[bad]);
-  DeviceMemory dH = upload(H.data(), static_cast<size_t>(K * K), s);
+  DeviceMemory dH = upload(H, static_cast<size_t>(K * K), s);
   if (const int64_t bad = first_nonfinite(dH.as<float>(), K * K, K, s); bad >= 0)
-    QWENQ_FAIL("Hessian entry (" << bad % K << ", " << bad / K << ") is " << H.data()[bad]
+    QWENQ_FAIL("Hessian entry (" << bad % K << ", " << bad / K << ") is " << H[bad]
                                  << "; the calibration activations or their accumulation overflowed");
 
   GptqResult r;
@@ -530,12 +518,12 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
   std::vector<float> diag(K);
   std::vector<uint8_t> dead(K, 0);
   for (int64_t k = 0; k < K; ++k) {
-    diag[k] = H(k, k);
+    diag[k] = H[k * K + k];
     QWENQ_CHECK(diag[k] >= 0.f, "Hessian diagonal entry " << k << " is " << diag[k]
                                                          << " < 0: not a sum of squared activations");
     if (diag[k] == 0.f) dead[k] = 1, diag[k] = 1.f;
   }
-  H = Eigen::MatrixXf();  // the device copy is all that is needed from here on
+  host.release_h();  // the device copy is all that is needed from here on
 
   std::vector<int64_t> order(K);
   std::iota(order.begin(), order.end(), int64_t{0});
@@ -550,9 +538,9 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
   for (int64_t p = 0; p < K; ++p) group_of_pos[p] = r.g_idx[order[p]];
   std::vector<int64_t> q(K);  // row i of M = J·P·H·Pᵀ·J is original column order[K-1-i]
   for (int64_t i = 0; i < K; ++i) q[i] = order[K - 1 - i];
-  Eigen::VectorXf diag_m(K);  // M's diagonal, in M's order, so the mean is summed exactly as gptq.cpp sums it
+  std::vector<float> diag_m(K);  // M's diagonal, in M's order, so the mean is summed exactly as gptq.cpp sums it
   for (int64_t i = 0; i < K; ++i) diag_m[i] = diag[q[i]];
-  const double mean_diag = diag_m.cast<double>().mean();
+  const double mean_diag = host.mean(diag_m);
 
   DeviceMemory ddead = upload(dead.data(), dead.size(), s);
   DeviceMemory dorder = upload(order.data(), order.size(), s);

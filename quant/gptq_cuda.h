@@ -46,22 +46,13 @@
 #include <Eigen/Core>
 #include <cstdint>
 
-#include "kernels/cuda_check.h"
 #include "quant/gptq.h"
+#include "quant/gptq_cuda_device.h"
 
 namespace qwenq {
 
 // W [N, K] row-major (host); H [K, K] symmetric (host), only its lower triangle is read.
 GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& options);
-
-// The HessianAccumulator::add_batch update on device memory (cublasSsyrk, lower triangle only):
-//   H ← H · count/(count + rows) + (2/(count + rows)) · XᵀX
-// H: [K, K] column-major fp32 (only the lower triangle is read and written; zero it before the first batch);
-// x: [rows, K] row-major fp32 (read column-major it is Xᵀ [K, rows], so no copy); count: rows already in H.
-// Non-finite activations throw the CPU's message (the check reads one flag back, so the call waits for
-// `stream`). The caller keeps count += rows.
-void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows,
-                             CudaStream stream = nullptr);
 
 }  // namespace qwenq
 

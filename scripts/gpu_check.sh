@@ -66,17 +66,32 @@ if want qlora; then
 fi
 
 if start tests 60; then
-  (cd build-gpu && timeout $(( $(left) - 30 )) ctest -L gpu -j 4 --timeout 240 --output-on-failure) \
-    > "$LOGS/gpu_tests.log" 2>&1
-  log "gpu tests: $(grep -E 'tests passed|tests failed' "$LOGS/gpu_tests.log" | tail -1)"
-  # A GTEST_SKIP counts as passed in ctest's total: a device the tests cannot use would read "100% passed".
-  log "gpu tests skipped: $(grep -c '(Skipped)' "$LOGS/gpu_tests.log")"
-  grep -m5 '(Skipped)' "$LOGS/gpu_tests.log" | tee -a "$OUT/summary.txt"
-  grep -E "\(Failed\)|\*\*\*Failed|Exception|Timeout|Not Run" "$LOGS/gpu_tests.log" | head -40 | tee -a "$OUT/summary.txt"
+  # The test binary itself in 4 shards at once (gtest's sharding), not ctest: one CUDA context per shard instead
+  # of one per test, and no dependence on the CMake version's test discovery. Line-buffered, so that a crash
+  # leaves the log up to the test that crashed.
+  shard_t=$(( $(left) - 30 )); [ "$shard_t" -gt 200 ] && shard_t=200
+  pids=""
+  for i in 0 1 2 3; do
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL build-gpu/qwenq_gpu_tests \
+      > "$LOGS/gpu_tests_$i.log" 2>&1 &
+    pids+=" $!"
+  done
+  wait $pids
+  for i in 0 1 2 3; do
+    l="$LOGS/gpu_tests_$i.log"
+    # A shard that did not reach gtest's summary crashed or timed out: name the test it was in.
+    grep -q '^\[==========\] .* ran\.' "$l" ||
+      log "shard $i did not finish: last test started: $(grep '^\[ RUN      \]' "$l" | tail -1); $(tail -2 "$l" | tr '\n' ' ')"
+  done
+  cat "$LOGS"/gpu_tests_?.log > "$LOGS/gpu_tests.log"
+  names() { grep -E "^\\[  $1 *\\] [A-Za-z]" "$LOGS/gpu_tests.log" | sed -E 's/^\[ +[A-Z]+ +\] //; s/[ ,].*//' | sort -u; }
+  log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests | grep -c '^  ') tests"
+  names SKIPPED | head -8 | sed 's/^/skipped: /' | tee -a "$OUT/summary.txt"
+  names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
   # The models again with the Hopper kernels dispatched (QWENQ_WGMMA=1, kernels/cuda_check.h: the 4-bit GEMMs and
   # flash attention on wgmma): what to read before making them the default.
   if [ "$(left)" -gt 240 ]; then
-    QWENQ_WGMMA=1 timeout 150 build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+    QWENQ_WGMMA=1 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
       > "$LOGS/gpu_tests_wgmma.log" 2>&1
     log "gpu tests with QWENQ_WGMMA=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
@@ -86,7 +101,7 @@ fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
-  timeout $(( $(left) - 30 )) "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
+  timeout $(( $(left) - 30 )) stdbuf -oL -eL "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
     --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
@@ -99,7 +114,7 @@ if start bench 90; then
     [ -x "build-gpu/$b" ] || { log "$b not built"; return; }
     local t=$(( $(left) - 20 )); [ "$t" -gt 150 ] && t=150
     [ "$t" -lt 20 ] && { log "$b skipped: out of time"; return; }
-    timeout "$t" "build-gpu/$b" --csv "$OUT/$b.csv" "$@" > "$LOGS/$b.log" 2>&1
+    timeout "$t" stdbuf -oL -eL "build-gpu/$b" --csv "$OUT/$b.csv" "$@" > "$LOGS/$b.log" 2>&1
     log "$b exit $?"; tail -40 "$LOGS/$b.log" >> "$OUT/summary.txt"
   }
   run_bench bench_qgemm_cuda --reps 10

@@ -107,7 +107,7 @@ void check_modules(const ModuleCase& mc) {
   std::vector<float> x;
   cpu.embed_batch(b, &x);
   DeviceMemory din(static_cast<size_t>(T * std::max({C, c.q_dim(), c.intermediate_size})) * sizeof(float), s);
-  DeviceMemory dout(static_cast<size_t>(T * C) * sizeof(float), s);
+  DeviceMemory dout(static_cast<size_t>(T * std::max(C, c.q_dim())) * sizeof(float), s);  // q's Linear: q_dim
   DeviceMemory dw(static_cast<size_t>(2 * c.intermediate_size * C + c.q_dim() * C + 2 * c.kv_dim() * C) * sizeof(float), s);
   Rng seeds(101);
   for (int64_t l = 0; l < c.num_layers; ++l) {

@@ -1,0 +1,39 @@
+// The device half of gptq_quantize_cuda (quant/gptq_cuda.h) and the Hessian update, declared without Eigen:
+// quant/gptq_cuda.cu is compiled by nvcc, whose host code is not built with the C++ files' -march=native, and
+// Eigen's heap alignment depends on the instruction set (an Eigen matrix allocated on one side and freed on the
+// other corrupts the heap). gptq_cuda.cpp holds the Eigen half: the argument checks and the two host steps below.
+#pragma once
+
+#ifdef QWENQ_HAVE_CUDA
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "kernels/cuda_check.h"
+#include "quant/gptq_types.h"
+
+namespace qwenq {
+
+// What the device half asks of the caller's Eigen side.
+struct GptqCudaHost {
+  std::function<void()> release_h;                         // free the host H (uploaded; no longer read)
+  std::function<double(const std::vector<float>&)> mean;  // mean in double, summed as gptq.cpp sums it
+};
+
+// gptq_quantize_cuda after its argument checks: H [K, K] column-major on the host (lower triangle read).
+GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const float* H, const GptqCudaHost& host,
+                                     const GptqOptions& options);
+
+// The HessianAccumulator::add_batch update on device memory (cublasSsyrk, lower triangle only):
+//   H ← H · count/(count + rows) + (2/(count + rows)) · XᵀX
+// H: [K, K] column-major fp32 (only the lower triangle is read and written; zero it before the first batch);
+// x: [rows, K] row-major fp32 (read column-major it is Xᵀ [K, rows], so no copy); count: rows already in H.
+// Non-finite activations throw the CPU's message (the check reads one flag back, so the call waits for
+// `stream`). The caller keeps count += rows.
+void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows,
+                             CudaStream stream = nullptr);
+
+}  // namespace qwenq
+
+#endif  // QWENQ_HAVE_CUDA
