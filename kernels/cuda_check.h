@@ -61,8 +61,10 @@ class DeviceMemory {
 // The Hopper kernels (wgmma: kernels/qgemm_wgmma.cu, kernels/flash_attention_wgmma.cu) run only on an sm_90 device
 // that loaded this build's sm_90a code: cuda_wgmma_supported() probes that once per device (kernels/wgmma_probe.cu;
 // false without a device, on other GPUs, or with a build lacking 90a). cuda_wgmma_enabled(): supported and the
-// environment has QWENQ_WGMMA=1, the switch the models' dispatchers (qgemm_int4_cuda, qgemm_int4_t_cuda,
-// attention_forward_cuda, attention_backward_cuda) read until a GPU session has validated and measured them.
+// environment does not say QWENQ_WGMMA=0; the models' dispatchers (qgemm_int4_cuda, qgemm_int4_t_cuda,
+// attention_forward_cuda, attention_backward_cuda) read it. Default on since the H200 run of 2026-12-04 (every wgmma
+// test against the CPU twins passed; flash attention 1.6x the mma.sync kernels, the 4-bit GEMMs 1.1x:
+// benchmarks/results/2026-12-04-h200-first-gpu-run.md).
 bool cuda_wgmma_supported();
 bool cuda_wgmma_enabled();
 

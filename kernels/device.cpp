@@ -24,16 +24,20 @@ bool cuda_available(std::string* what) {
 #endif
 }
 
-// With QWENQ_WGMMA=1 in the environment (kernels/cuda_check.h), what it does on the chosen device, appended to the
-// device line: nothing on the CPU, the Hopper kernels on an sm_90 GPU with this build's sm_90a code, else ignored.
+// Which 4-bit GEMM and flash attention kernels a GPU runs (kernels/cuda_check.h), appended to the device line: the
+// Hopper wgmma ones by default on an sm_90 GPU with this build's sm_90a code, the mma.sync ones with QWENQ_WGMMA=0;
+// a QWENQ_WGMMA=0/1 that cannot apply (the CPU; QWENQ_WGMMA=1 on another GPU or build) is said to be ignored.
 std::string wgmma_remark(bool cuda) {
   const char* v = std::getenv("QWENQ_WGMMA");
-  if (v == nullptr || std::strcmp(v, "1") != 0) return "";
-  if (!cuda) return "; QWENQ_WGMMA=1 has no effect on the CPU";
+  const bool off = v != nullptr && std::strcmp(v, "0") == 0, on = v != nullptr && std::strcmp(v, "1") == 0;
+  if (!cuda) return off || on ? std::string("; QWENQ_WGMMA=") + v + " has no effect on the CPU" : "";
+  bool supported = false;
 #ifdef QWENQ_HAVE_CUDA
-  if (cuda_wgmma_supported()) return "; QWENQ_WGMMA=1: the Hopper wgmma kernels";
+  supported = cuda_wgmma_supported();
 #endif
-  return "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU (H100/H200) and a build with the sm_90a target";
+  if (!supported) return on ? "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU (H100/H200) and a build with the sm_90a target" : "";
+  if (off) return "; QWENQ_WGMMA=0: the mma.sync kernels, not the Hopper wgmma ones";
+  return on ? "; QWENQ_WGMMA=1: the Hopper wgmma kernels" : "; the Hopper wgmma kernels (QWENQ_WGMMA=0: the mma.sync ones)";
 }
 
 }  // namespace

@@ -8,8 +8,10 @@
 // choose_device("cuda") throws qwenq::Error with the same reason when CUDA is unavailable; "cpu" always
 // succeeds; anything else throws. A missing driver (libcudart present, libcuda.so absent) is a reason, not a
 // crash. Device::Cuda tells callers that a GPU is there; they decide what runs on it (tools/cli_common.h).
-// With QWENQ_WGMMA=1 in the environment the line also says what that switch does there: "; QWENQ_WGMMA=1: the Hopper
-// wgmma kernels", "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU ..." or "; QWENQ_WGMMA=1 has no effect on the CPU".
+// On an sm_90 GPU running this build's sm_90a code the line ends with the kernels it runs: "; the Hopper wgmma kernels
+// (QWENQ_WGMMA=0: the mma.sync ones)" or, with QWENQ_WGMMA=0, "; QWENQ_WGMMA=0: the mma.sync kernels, not the Hopper
+// wgmma ones". A QWENQ_WGMMA=0/1 that cannot apply says so: "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU ..." or
+// "; QWENQ_WGMMA=0 has no effect on the CPU".
 #pragma once
 
 #include <string>

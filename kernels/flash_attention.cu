@@ -604,7 +604,7 @@ void attention_forward_cuda(const void* q, const void* k, const void* v, const i
   const char* name = "attention_forward_cuda";
   const int64_t T = check_forward_args(name, q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, dtype);
   if (T == 0) return;
-  if (cuda_wgmma_enabled()) {  // QWENQ_WGMMA=1 on an sm_90 device: the Hopper kernel (flash_attention_wgmma.cu)
+  if (cuda_wgmma_enabled()) {  // an sm_90 device, unless QWENQ_WGMMA=0: the Hopper kernel (flash_attention_wgmma.cu)
     attention_forward_wgmma_cuda(q, k, v, cu_seqlens, n_seqs, H, Hkv, D, out, lse, dtype, stream);
     return;
   }

@@ -23,7 +23,7 @@
 // Numerics differ from the mma.sync kernel only in the order of the fp32 sums inside the tensor cores; the test
 // bound is the same (error within 2x a naive bf16 implementation's, tests/gpu/test_flash_attention_cuda.cpp).
 // Built only into the sm_90a image; attention_forward_wgmma_cuda refuses elsewhere (cuda_wgmma_supported,
-// kernels/cuda_check.h); attention_forward_cuda dispatches here when cuda_wgmma_enabled() (QWENQ_WGMMA=1).
+// kernels/cuda_check.h); attention_forward_cuda dispatches here when cuda_wgmma_enabled() (default; QWENQ_WGMMA=0: no).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

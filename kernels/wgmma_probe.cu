@@ -69,7 +69,7 @@ bool cuda_wgmma_supported() {
 
 bool cuda_wgmma_enabled() {
   const char* v = std::getenv("QWENQ_WGMMA");
-  return v != nullptr && std::strcmp(v, "1") == 0 && cuda_wgmma_supported();
+  return !(v != nullptr && std::strcmp(v, "0") == 0) && cuda_wgmma_supported();
 }
 
 }  // namespace qwenq

@@ -3,7 +3,7 @@
 # dependencies scripts/gpu_prepare.sh copied into .gpu-deps, then runs the phases named in QWENQ_GPU_PHASES, in
 # this order, each only when its minimum time is left of QWENQ_GPU_BUDGET_S (default 520 s, for a call with
 # timeout_s=540):
-#   tests     every GPU test (ctest -L gpu: each CUDA kernel against its CPU twin, the GPU model paths against the
+#   tests     every GPU test (4 gtest shards: each CUDA kernel against its CPU twin, the GPU model paths against the
 #             CPU ones)                                                                          needs 60 s
 #   memcheck  compute-sanitizer memcheck over a small selection of each kernel family             needs 60 s
 #   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda,
@@ -40,8 +40,9 @@ start() {
 pack() { tar czf "$OUT/logs.tar.gz" -C build-gpu logs 2>/dev/null; }
 trap pack EXIT
 
-# The benchmarks stamp their CSV rows with QWENQ_COMMIT (benchmarks/cuda_bench.h).
-export QWENQ_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat .gpu-deps/COMMIT 2>/dev/null || echo unknown)
+# The benchmarks stamp their CSV rows with QWENQ_COMMIT (benchmarks/cuda_bench.h): the commit gpu_prepare.sh saw here
+# first (the device copy's .git can be older than the working tree it carries).
+export QWENQ_COMMIT=$(cat .gpu-deps/COMMIT 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
@@ -70,14 +71,16 @@ if start tests 60; then
   # of one per test, and no dependence on the CMake version's test discovery. Line-buffered, so that a crash
   # leaves the log up to the test that crashed.
   shard_t=$(( $(left) - 30 )); [ "$shard_t" -gt 200 ] && shard_t=200
-  pids=""
+  pids="" serial='DeviceAllocatorCuda.*'
   for i in 0 1 2 3; do
     GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL build-gpu/qwenq_gpu_tests \
-      > "$LOGS/gpu_tests_$i.log" 2>&1 &
+      --gtest_filter="-$serial" > "$LOGS/gpu_tests_$i.log" 2>&1 &
     pids+=" $!"
   done
   wait $pids
-  for i in 0 1 2 3; do
+  # Then, alone on the GPU, the tests that read the device's free memory (the other shards would move it).
+  timeout 60 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_filter="$serial" > "$LOGS/gpu_tests_4.log" 2>&1
+  for i in 0 1 2 3 4; do
     l="$LOGS/gpu_tests_$i.log"
     # A shard that did not reach gtest's summary crashed or timed out: name the test it was in.
     grep -q '^\[==========\] .* ran\.' "$l" ||
@@ -88,13 +91,13 @@ if start tests 60; then
   log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests | grep -c '^  ') tests"
   names SKIPPED | head -8 | sed 's/^/skipped: /' | tee -a "$OUT/summary.txt"
   names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
-  # The models again with the Hopper kernels dispatched (QWENQ_WGMMA=1, kernels/cuda_check.h: the 4-bit GEMMs and
-  # flash attention on wgmma): what to read before making them the default.
+  # The models again with the mma.sync kernels (QWENQ_WGMMA=0, kernels/cuda_check.h; the Hopper wgmma kernels are
+  # the default on sm_90): the fallback every non-Hopper GPU runs.
   if [ "$(left)" -gt 240 ]; then
-    QWENQ_WGMMA=1 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+    QWENQ_WGMMA=0 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
       > "$LOGS/gpu_tests_wgmma.log" 2>&1
-    log "gpu tests with QWENQ_WGMMA=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
+    log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_wgmma.log" | tee -a "$OUT/summary.txt"
   fi
 fi

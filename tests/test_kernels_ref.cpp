@@ -619,9 +619,9 @@ TEST(KernelsRef, DeviceChoice) {
   EXPECT_ERROR_CONTAINS(choose_device("gpu"), "unknown device 'gpu' (expected auto, cpu or cuda)");
 }
 
-// QWENQ_WGMMA=1 (the Hopper kernels' switch, kernels/cuda_check.h) is explained on the device line, never silent:
-// on the CPU it does nothing; on a GPU it either runs the wgmma kernels or is ignored with the reason. Any other
-// value, or none, leaves the line as it was.
+// QWENQ_WGMMA=0/1 (the Hopper kernels' switch, kernels/cuda_check.h) is explained on the device line, never silent:
+// on the CPU it does nothing; on a GPU =1 either runs the wgmma kernels or is ignored with the reason. Any other
+// value, or none, leaves a CPU line as it was.
 TEST(KernelsRef, DeviceChoiceExplainsTheWgmmaSwitch) {
   const char* before = std::getenv("QWENQ_WGMMA");
   const std::string saved = before ? before : "";
@@ -637,6 +637,8 @@ TEST(KernelsRef, DeviceChoiceExplainsTheWgmmaSwitch) {
   }
   EXPECT_EQ(a.description.find('\n'), std::string::npos);
   ::setenv("QWENQ_WGMMA", "0", 1);
+  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested); QWENQ_WGMMA=0 has no effect on the CPU");
+  ::setenv("QWENQ_WGMMA", "yes", 1);
   EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
   if (before) ::setenv("QWENQ_WGMMA", saved.c_str(), 1);
   else ::unsetenv("QWENQ_WGMMA");

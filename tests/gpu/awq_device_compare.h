@@ -134,6 +134,7 @@ inline AwqModelOptions tiny_awq_options(const std::string& src, const std::strin
   a.out.model_dir = src;
   a.out.out_dir = out;
   a.out.group_size = 32;
+  a.out.layout = IntLayout::AwqGemm;  // AutoAWQ's (the default GPTQ v1 cannot store AWQ's zero points of 0)
   a.out.quiet = true;
   a.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
   a.calib_samples = 12;

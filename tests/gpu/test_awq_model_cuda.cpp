@@ -356,6 +356,7 @@ TEST(AwqModelCuda, Stories260KLikeTheCpu) {
   a.out.model_dir = fp32;
   a.out.out_dir = root + "/awq";
   a.out.group_size = 64;
+  a.out.layout = IntLayout::AwqGemm;
   a.out.pad_intermediate = true;
   a.out.quiet = true;
   a.calib_path = data + "/tinystories/tinystories_val.txt";

@@ -38,14 +38,15 @@ using test::expect_error;
 // On top of that, where the GPU rounds an input the ref keeps:
 //   * F32 activations against a BF16/F16 weight are rounded to the weight's dtype before the GEMM. That moves y
 //     by Σ_k w_k·(x̃_k − x_k), bounded by R = Σ_k |w_k|·|x̃_k − x_k| (computed from the same rounding; R is at
-//     most 2^-9·S for bf16, 2^-12·S for f16, typically sqrt(K) times smaller);
+//     most 2^-8·S for bf16, 2^-11·S for f16, typically sqrt(K) times smaller);
 //   * a BF16/F16 output is y rounded once: half an ulp, kOutRel(dtype)·|y|;
 //   * an F32 bias given to a 16-bit output is rounded to it first: kOutRel·|b|.
 // S and R are themselves computed with the CPU GEMM on |x| and |w| (fp32 is ample for a tolerance).
 constexpr double kU = 1.0 / 16777216.0;
 constexpr double kGemmUlps = 8;
 
-double out_rel(DType t) { return t == DType::BF16 ? 1.0 / 512 : t == DType::F16 ? 1.0 / 4096 : 0.0; }
+// Half an ulp relative to |y|: the unit roundoff 2^-8 of bf16's 8 significant bits, 2^-11 of f16's 11.
+double out_rel(DType t) { return t == DType::BF16 ? 1.0 / 256 : t == DType::F16 ? 1.0 / 2048 : 0.0; }
 
 constexpr size_t kGuard = 32;
 constexpr uint8_t kGuardByte = 0xA5;

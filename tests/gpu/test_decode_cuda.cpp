@@ -190,8 +190,9 @@ TEST(QwenDecodeCuda, Qwen25HalfBShapeOnFlashPrefill) {
   expect_decode_matches_cpu(dir, 37, kBf16RelTol, kBf16RelTol, "qwen2.5-0.5b x2 layers BF16");
 }
 
-const test::GpuTestArch kQwen2Bias{"qwen2", 128, 256, 4, 2, 64, 384, 2, true, ""};
-const test::GpuTestArch kQwen3{"qwen3", 128, 256, 4, 2, 64, 384, 2, false, ""};
+// The shared D = 64 models (a Qwen2 config has no head_dim: its heads x 64 must be the hidden size).
+const test::GpuTestArch& kQwen2Bias = test::kGpuQwen2Bias;
+const test::GpuTestArch& kQwen3 = test::kGpuQwen3;
 
 TEST(QwenDecodeCuda, Qwen2BiasesAndQwen3QkNormAtD64) {
   QWENQ_REQUIRE_GPU();

@@ -290,7 +290,7 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
 }
 
 // qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels, M > 64 with BF16 -> tensor cores
-// (the wgmma kernels when QWENQ_WGMMA=1 on a device that supports them).
+// (the wgmma kernels on a device that supports them, unless QWENQ_WGMMA=0).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   QWENQ_REQUIRE_GPU();
