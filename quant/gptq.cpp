@@ -24,6 +24,17 @@
 
 namespace qwenq {
 
+void check_gptq_shapes_and_options(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& o) {
+  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
+  QWENQ_CHECK(H.rows() == K && H.cols() == K,
+              "Hessian is " << H.rows() << " x " << H.cols() << " but the weight has K = " << K << " inputs");
+  QWENQ_CHECK(o.bits >= 2 && o.bits <= 8, "bits must be in 2..8, got " << o.bits);
+  QWENQ_CHECK(o.group_size == -1 || o.group_size > 0, "group size must be positive or -1, got " << o.group_size);
+  QWENQ_CHECK(o.block_size > 0, "block size must be positive, got " << o.block_size);
+  QWENQ_CHECK(std::isfinite(o.damp) && o.damp >= 0, "damp must be finite and >= 0, got " << o.damp);
+  QWENQ_CHECK(o.max_damp_retries >= 0, "max_damp_retries must be >= 0, got " << o.max_damp_retries);
+}
+
 namespace {
 
 constexpr int64_t kRowChunk = 64;
@@ -40,14 +51,7 @@ struct Plan {
 };
 
 void check_inputs(const float* W, int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& o) {
-  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
-  QWENQ_CHECK(H.rows() == K && H.cols() == K,
-              "Hessian is " << H.rows() << " x " << H.cols() << " but the weight has K = " << K << " inputs");
-  QWENQ_CHECK(o.bits >= 2 && o.bits <= 8, "bits must be in 2..8, got " << o.bits);
-  QWENQ_CHECK(o.group_size == -1 || o.group_size > 0, "group size must be positive or -1, got " << o.group_size);
-  QWENQ_CHECK(o.block_size > 0, "block size must be positive, got " << o.block_size);
-  QWENQ_CHECK(std::isfinite(o.damp) && o.damp >= 0, "damp must be finite and >= 0, got " << o.damp);
-  QWENQ_CHECK(o.max_damp_retries >= 0, "max_damp_retries must be >= 0, got " << o.max_damp_retries);
+  check_gptq_shapes_and_options(N, K, H, o);
   for (int64_t i = 0; i < N * K; ++i)
     QWENQ_CHECK(std::isfinite(W[i]), "weight [" << i / K << ", " << i % K << "] is " << W[i]);
 }

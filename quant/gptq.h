@@ -41,4 +41,7 @@ namespace qwenq {
 // W [N, K] row-major (nn.Linear weight); H [K, K] symmetric, only its lower triangle is read.
 GptqResult gptq_quantize(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& options);
 
+// The checks gptq_quantize and gptq_quantize_cuda share: N, K > 0, H is K x K, the options in range.
+void check_gptq_shapes_and_options(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& options);
+
 }  // namespace qwenq
