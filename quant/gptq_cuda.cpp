@@ -4,8 +4,6 @@
 
 #include "quant/gptq_cuda.h"
 
-#include <utility>
-
 #include "core/error.h"
 
 namespace qwenq {

@@ -96,9 +96,9 @@ if start tests 60; then
   if [ "$(left)" -gt 240 ]; then
     QWENQ_WGMMA=0 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
-      > "$LOGS/gpu_tests_wgmma.log" 2>&1
-    log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_wgmma.log" | tr '\n' ' '))"
-    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_wgmma.log" | tee -a "$OUT/summary.txt"
+      > "$LOGS/gpu_tests_mma_sync.log" 2>&1
+    log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_mma_sync.log" | tr '\n' ' '))"
+    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_mma_sync.log" | tee -a "$OUT/summary.txt"
   fi
 fi
 
