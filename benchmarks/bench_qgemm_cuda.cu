@@ -1,10 +1,13 @@
 // W4A16 GEMM on the Q4 layout vs a cuBLASLt bf16 GEMM (cublasLtMatmul, fp32 accumulation) on Qwen2.5-7B and
 // -72B Linear shapes, in two sections:
 //   decode:  qgemm_int4_decode_cuda (and the transposed qgemm_int4_t_decode_cuda), M = 1, 4, 16, 64 (--ms):
-//            memory bound, reported as GB/s, % of HBM peak and speed-up over cuBLASLt.
-//   prefill: the tensor-core qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda, M = 512, 2048, 8192 (--tc-ms): compute
-//            bound, reported as TFLOP/s against cuBLASLt's forward (y = x·Wᵀ) and data-gradient (dx = dy·W)
-//            GEMMs and the ratio cuBLASLt time / Q4 time (target >= 0.9 at M >= 2048); --tc-ms "" skips it.
+//            memory bound, reported as GB/s, % of HBM peak and speed-up over cuBLASLt; then the forward on tensor
+//            cores, qgemm_int4_decode_mma_cuda, in rows of its own (path decode_mma, no transposed time).
+//   prefill: the tensor-core qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda (the wgmma kernels on sm_90 and the
+//            dense path qgemm_int4_dense_cuda, bf16 Ŵ + cuBLASLt, in rows of their own), M = 512, 2048, 8192
+//            (--tc-ms): compute bound, reported as TFLOP/s against cuBLASLt's forward (y = x·Wᵀ) and
+//            data-gradient (dx = dy·W) GEMMs and the ratio cuBLASLt time / Q4 time (target >= 0.9 at
+//            M >= 2048); --tc-ms "" skips it.
 //
 //   bench_qgemm_cuda [--csv out.csv] [--reps 20] [--peak-gbs 4800] [--models 7b,72b] [--ms 1,4,16,64]
 //                    [--tc-ms 512,2048,8192]
@@ -15,9 +18,9 @@
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
 // (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device, driver and commit, and a last
-// column `path` (decode, tc, or wgmma: the Hopper kernels qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda on
-// sm_90, their own rows); in tc rows the GB/s columns use the same byte formulas, cublas_t_us is the
-// cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
+// column `path` (decode, decode_mma, tc, dense, or wgmma: the Hopper kernels qgemm_int4_wgmma_cuda /
+// qgemm_int4_t_wgmma_cuda on sm_90, their own rows); in tc, wgmma and dense rows the GB/s columns use the same
+// byte formulas, cublas_t_us is the cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
 // the device's dense bf16 peak (benchmarks/cuda_bench.h).
 // Without a CUDA device it prints one line and exits 0.
 #include <cublasLt.h>
@@ -191,6 +194,20 @@ int main(int argc, char** argv) {
             << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << "," << pct << ","
             << q4t_gbs << "," << cub_gbs << "," << flops / (t_q4 * 1e6) << "," << flops / (t_cub * 1e6) << ","
             << t_cub / t_q4 << "," << flops / (t_q4t * 1e6) << ",,," << "decode\n";
+        // The forward on tensor cores (kernels/qgemm_decode_mma.cu), same bytes, its own row (path decode_mma).
+        if (qgemm_decode_mma_supports(dw.view())) {
+          const double t_mma =
+              time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
+          const double mma_gbs = q4_bytes / (t_mma * 1e3);
+          const double mma_pct = peak_gbs > 0 ? 100.0 * mma_gbs / peak_gbs : 0.0;
+          std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (mma)\n",
+                       L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
+                       static_cast<long long>(L.N), t_mma, "-", t_cub, mma_gbs, mma_pct, cub_gbs, t_cub / t_mma);
+          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
+              << t_mma << ",," << t_cub << "," << mma_gbs << "," << mma_pct << ",," << cub_gbs << ","
+              << flops / (t_mma * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_mma << ",,,,"
+              << "decode_mma\n";
+        }
       }
     }
 
@@ -227,6 +244,11 @@ int main(int argc, char** argv) {
             wg ? time_us([&] { qgemm_int4_wgmma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush) : 0.0;
         const double t_wgt =
             wg ? time_us([&] { qgemm_int4_t_wgmma_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush) : 0.0;
+        // The dense path (kernels/qgemm_dense.cu: Ŵ dequantized to bf16, then cuBLASLt), its own row (path dense).
+        const double t_dn =
+            time_us([&] { qgemm_int4_dense_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
+        const double t_dnt =
+            time_us([&] { qgemm_int4_t_dense_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);
         const double t_cub = time_us([&] { lt.run(Wd.p, x.p, yb.p); }, reps, flush);
         const double t_cubt = time_us([&] { lt_t.run(Wd.p, dy.p, dxb.p); }, reps, flush);
         const double flops = 2.0 * M * L.N * L.K;
@@ -238,24 +260,23 @@ int main(int argc, char** argv) {
         if (wg)
           std::fprintf(stderr, " | %8.1f %5.2fx %8.1f %5.2fx", flops / (t_wg * 1e6), t_cub / t_wg,
                        flops / (t_wgt * 1e6), t_cubt / t_wgt);
-        std::fprintf(stderr, "\n");
+        std::fprintf(stderr, " | dense %8.1f %5.2fx %8.1f %5.2fx\n", flops / (t_dn * 1e6), t_cub / t_dn,
+                     flops / (t_dnt * 1e6), t_cubt / t_dnt);
         const double q4_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.K + 4.0 * M * L.N;
         const double q4t_bytes = static_cast<double>(dw.bytes()) + 2.0 * M * L.N + 4.0 * M * L.K;
         const double cub_bytes = 2.0 * L.N * L.K + 2.0 * M * L.K + 2.0 * M * L.N;
-        const double q4_gbs = q4_bytes / (t_q4 * 1e3);
-        csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << ","
-            << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << ","
-            << (peak_gbs > 0 ? 100.0 * q4_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_q4t * 1e3) << ","
-            << cub_bytes / (t_cub * 1e3) << "," << tf << "," << ctf << "," << t_cub / t_q4 << "," << tft << ","
-            << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * tf / peaks.bf16_tflops : 0.0) << ",tc\n";
-        if (wg) {
-          const double wtf = flops / (t_wg * 1e6), wtft = flops / (t_wgt * 1e6), wg_gbs = q4_bytes / (t_wg * 1e3);
-          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
-              << t_wg << "," << t_wgt << "," << t_cub << "," << wg_gbs << ","
-              << (peak_gbs > 0 ? 100.0 * wg_gbs / peak_gbs : 0.0) << "," << q4t_bytes / (t_wgt * 1e3) << ","
-              << cub_bytes / (t_cub * 1e3) << "," << wtf << "," << ctf << "," << t_cub / t_wg << "," << wtft << ","
-              << t_cubt << "," << (peaks.bf16_tflops > 0 ? 100.0 * wtf / peaks.bf16_tflops : 0.0) << ",wgmma\n";
-        }
+        // One CSV row of a path with forward time t and dx time tt.
+        const auto row = [&](double t, double tt, const char* path) {
+          const double f = flops / (t * 1e6), ft = flops / (tt * 1e6), gbs = q4_bytes / (t * 1e3);
+          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << "," << t
+              << "," << tt << "," << t_cub << "," << gbs << "," << (peak_gbs > 0 ? 100.0 * gbs / peak_gbs : 0.0) << ","
+              << q4t_bytes / (tt * 1e3) << "," << cub_bytes / (t_cub * 1e3) << "," << f << "," << ctf << ","
+              << t_cub / t << "," << ft << "," << t_cubt << ","
+              << (peaks.bf16_tflops > 0 ? 100.0 * f / peaks.bf16_tflops : 0.0) << "," << path << "\n";
+        };
+        row(t_q4, t_q4t, "tc");
+        if (wg) row(t_wg, t_wgt, "wgmma");
+        row(t_dn, t_dnt, "dense");
       }
     }
     bench::write_csv(csv_path, csv.str());

@@ -58,6 +58,10 @@ class DeviceMemory {
   CudaStream stream_ = nullptr;
 };
 
+// Streaming multiprocessors of the current device, read once per process (the launch-shape heuristics of the
+// kernels; 132, an H100 SXM's, when the query fails).
+int cuda_sm_count();
+
 // The Hopper kernels (wgmma: kernels/qgemm_wgmma.cu, kernels/flash_attention_wgmma.cu) run only on an sm_90 device
 // that loaded this build's sm_90a code: cuda_wgmma_supported() probes that once per device (kernels/wgmma_probe.cu;
 // false without a device, on other GPUs, or with a build lacking 90a). cuda_wgmma_enabled(): supported and the

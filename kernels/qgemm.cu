@@ -26,6 +26,8 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "kernels/cuda_check.h"
+#include "kernels/qgemm_decode_common.cuh"
 
 namespace qwenq {
 namespace {
@@ -44,16 +46,6 @@ constexpr int kTWarps = 4;                           // transposed: 4 word-rows 
 constexpr int kTColsPerWarpStep = 32 * 4;            // 128 columns per warp iteration
 constexpr int kMinRowsPerSplit = 16;                 // forward: >= 128 K per block, so setup amortizes
 constexpr int kMinStepsPerSplit = 4;                 // transposed: >= 512 columns per warp
-
-// Streaming load of 4 packed words: read once, so keep them out of L1 (L1::no_allocate) and leave L1 to the
-// activations and meta words, which every thread re-reads. .nc: read-only for the kernel's lifetime.
-__device__ __forceinline__ uint4 ld_stream(const uint32_t* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ uint32_t u4_get(const uint4& v, int c) {
   return c == 0 ? v.x : (c == 1 ? v.y : (c == 2 ? v.z : v.w));
@@ -297,34 +289,9 @@ __global__ void __launch_bounds__(kTWarps * 32) qgemm_t_kernel(TParams p) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// 3. reduce: out[m, idx(j)] = Σ_s ws[s, m, j] for m < M, j < valid (idx = perm or identity), in split order.
-__global__ void reduce_kernel(const float* ws, int splits, int64_t M, int64_t Mpad, int64_t ld, int64_t valid,
-                              const int32_t* perm, float* out) {
-  const int64_t total = M * valid;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / valid, j = i % valid;
-    float s = 0.0f;
-    for (int k = 0; k < splits; ++k) s += ws[(k * Mpad + m) * ld + j];
-    out[m * valid + (perm ? perm[j] : j)] = s;
-  }
-}
+// 3. reduce: reduce_kernel (kernels/qgemm_decode_common.cuh).
 
 // ---------------------------------------------------------------------------------------------------------
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) !=
-                                                  cudaSuccess) {
-      cudaGetLastError();
-      return 132;  // H100 SXM; only a launch-shape heuristic
-    }
-    return v;
-  }();
-  return n;
-}
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int m_tile(int64_t M) { return M == 1 ? 1 : (M == 2 ? 2 : (M <= 4 ? 4 : 8)); }
@@ -354,7 +321,7 @@ template <typename T>
 void launch_stage(const void* src, const int32_t* perm, int64_t M, int64_t valid, int64_t rows, int64_t ld, float* dst,
                   cudaStream_t s) {
   const int64_t total = rows * ld;
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(total, 256), 8 * sm_count()));
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(total, 256), 8 * cuda_sm_count()));
   stage_kernel<T><<<blocks, 256, 0, s>>>(static_cast<const T*>(src), perm, M, valid, rows, ld, dst);
 }
 
@@ -400,7 +367,7 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
   const int64_t col_blocks = ceil_div(w.Np, kFwdColsPerBlock);
   // Split K until there are ~4 blocks per SM (small N, e.g. k/v_proj at M = 1, would otherwise leave most SMs
   // idle), keeping >= kMinRowsPerSplit word-rows per block.
-  const int64_t want = ceil_div(4 * sm_count(), col_blocks * mtiles);
+  const int64_t want = ceil_div(4 * cuda_sm_count(), col_blocks * mtiles);
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, rows / kMinRowsPerSplit, 65535}));
   const int64_t rows_per_split = ceil_div(rows, splits);
   splits = ceil_div(rows, rows_per_split);
@@ -421,7 +388,7 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
   p.out = ws.as<float>();
   dispatch<FwdLaunch>(w.kind, mt, p, grid, dim3(kFwdThreads), s);
   cuda_ok(cudaGetLastError(), "qgemm_fwd_kernel launch", ctx);
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * sm_count()));
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * cuda_sm_count()));
   reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Np, w.N, nullptr, y);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
@@ -435,7 +402,7 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
   const int64_t rows = w.Kp / 8;
   const int64_t row_blocks = ceil_div(rows, kTWarps);
   const int64_t steps = ceil_div(w.Np, kTColsPerWarpStep);  // 128-column steps of one warp over all of N
-  const int64_t want = ceil_div(4 * sm_count(), row_blocks * mtiles);
+  const int64_t want = ceil_div(4 * cuda_sm_count(), row_blocks * mtiles);
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>({want, steps / kMinStepsPerSplit, 65535}));
   const int64_t cols_per_split = ceil_div(steps, splits) * kTColsPerWarpStep;
   splits = ceil_div(w.Np, cols_per_split);
@@ -457,23 +424,29 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
   p.out = ws.as<float>();
   dispatch<TLaunch>(w.kind, mt, p, grid, dim3(kTWarps * 32), s);
   cuda_ok(cudaGetLastError(), "qgemm_t_kernel launch", ctx);
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * sm_count()));
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * cuda_sm_count()));
   reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 
-// Dispatch (kernels/qgemm.h): M <= 64 or F32 activations -> decode kernels above; M > 64 with BF16 ->
-// tensor-core kernels (kernels/qgemm_tc.cu, or kernels/qgemm_wgmma.cu when cuda_wgmma_enabled()).
+// Dispatch (kernels/qgemm.h): M <= 64 or F32 activations -> decode kernels above (the forward's on tensor cores,
+// kernels/qgemm_decode_mma.cu, when qgemm_decode_mma_enabled() and it supports the weight); M > 64 with BF16 ->
+// the dense path (kernels/qgemm_dense.cu) when qgemm_dense_enabled(), else the tensor-core kernels
+// (kernels/qgemm_tc.cu, or kernels/qgemm_wgmma.cu when cuda_wgmma_enabled()).
 void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   if (qgemm_cuda_uses_tensor_cores(M, x_dtype)) {
-    if (cuda_wgmma_enabled()) qgemm_int4_wgmma_cuda(w, x, x_dtype, M, y, stream);
+    if (qgemm_dense_enabled()) qgemm_int4_dense_cuda(w, x, x_dtype, M, y, stream);
+    else if (cuda_wgmma_enabled()) qgemm_int4_wgmma_cuda(w, x, x_dtype, M, y, stream);
     else qgemm_int4_tc_cuda(w, x, x_dtype, M, y, stream);
+  } else if (x_dtype == DType::BF16 && qgemm_decode_mma_enabled() && qgemm_decode_mma_supports(w)) {
+    qgemm_int4_decode_mma_cuda(w, x, x_dtype, M, y, stream);
   } else qgemm_int4_decode_cuda(w, x, x_dtype, M, y, stream);
 }
 
 void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
   if (qgemm_cuda_uses_tensor_cores(M, dy_dtype)) {
-    if (cuda_wgmma_enabled()) qgemm_int4_t_wgmma_cuda(w, dy, dy_dtype, M, dx, stream);
+    if (qgemm_dense_enabled()) qgemm_int4_t_dense_cuda(w, dy, dy_dtype, M, dx, stream);
+    else if (cuda_wgmma_enabled()) qgemm_int4_t_wgmma_cuda(w, dy, dy_dtype, M, dx, stream);
     else qgemm_int4_t_tc_cuda(w, dy, dy_dtype, M, dx, stream);
   } else qgemm_int4_t_decode_cuda(w, dy, dy_dtype, M, dx, stream);
 }

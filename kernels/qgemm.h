@@ -51,6 +51,11 @@ namespace qwenq {
 void qgemm_int4_ref(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y);
 void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx);
 
+// Ŵ as bf16 in layout order: out[n·Kp + kk] = bf16(q4_dequant(code of layout row kk, column n)) for n < N, kk < Kp
+// (rounded to nearest even; the padding rows kk >= K dequantize to +0). out: [N, Kp], 16-byte aligned. The dense
+// prefill path's first step (qgemm_int4_dense_cuda below); the CUDA twin gives the same bits.
+void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out);
+
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
 // atomics): the split-K partial sums are reduced in a fixed order and the tensor-core path does not split.
@@ -69,6 +74,26 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
                             void* stream = nullptr);
 void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                               void* stream = nullptr);
+// The decode product on tensor cores (kernels/qgemm_decode_mma.cu): Int-kind weights (GPTQ, AWQ) whose layout
+// group is a multiple of 32 or spans K (qgemm_decode_mma_supports), BF16 activations, any M >= 1 (meant for
+// M <= 64): mma.sync with the exact integers q − z as B and the group scale applied to the fp32 partial sums, so ŵ
+// is never rounded (against the CPU twin only the summation order differs, as for the FMA kernels). Opt-in
+// until it has run on a GPU: qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a
+// supported weight only when qgemm_decode_mma_enabled() (QWENQ_DECODE_MMA=1).
+bool qgemm_decode_mma_supports(const Q4View& w);
+bool qgemm_decode_mma_enabled();
+void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
+                                void* stream = nullptr);
+// The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once
+// per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
+// accumulation and output. Same arguments and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any
+// kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. Opt-in until it has run on a GPU:
+// qgemm_int4_cuda / qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_enabled() (QWENQ_QGEMM_DENSE=1).
+bool qgemm_dense_enabled();
+void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = nullptr);
+void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
+void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
+                             void* stream = nullptr);
 // The tensor-core kernels (kernels/qgemm_tc.cu): any M >= 1 (meant for M > 64), BF16 activations only (F32
 // throws), ŵ rounded to bf16. The act-order gather of x (forward) and any unaligned or K % 8 != 0 (N % 8 != 0
 // for dy) activation go through a bf16 staging copy on the stream first.

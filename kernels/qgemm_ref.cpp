@@ -71,4 +71,17 @@ void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M
   });
 }
 
+void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out) {
+  q4_check(w, "q4_dequantize_bf16_ref");
+  QWENQ_CHECK(out != nullptr, "q4_dequantize_bf16_ref: null output");
+  parallel_for(w.N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t kk = 0; kk < w.Kp; ++kk) {
+        const uint32_t word = w.qweight[kk / kQ4CodesPerWord * w.Np + n];
+        const uint32_t code = (word >> (kQ4Bits * (kk % kQ4CodesPerWord))) & 15u;
+        out[n * w.Kp + kk] = f32_to_bf16(q4_dequant(w.kind, code, w.meta[kk / w.group * w.Np + n]));
+      }
+  });
+}
+
 }  // namespace qwenq

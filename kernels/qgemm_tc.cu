@@ -311,13 +311,7 @@ const uint16_t* maybe_stage(const void* src, const int32_t* perm, int64_t M, int
   *width = round_up(valid, 8);
   *lda = *width;
   *buf = DeviceMemory(static_cast<size_t>(M * *width) * sizeof(uint16_t), s);
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-                                                cudaSuccess) {
-    cudaGetLastError();
-    sms = 132;
-  }
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * *width, 256), 8 * int64_t{sms}));
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * *width, 256), 8 * int64_t{cuda_sm_count()}));
   tc_stage_kernel<<<blocks, 256, 0, s>>>(static_cast<const uint16_t*>(src), perm, M, valid, *width,
                                          buf->as<uint16_t>());
   QWENQ_CUDA_CHECK_LAUNCH("tc_stage_kernel for " << ctx);

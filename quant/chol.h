@@ -13,9 +13,10 @@
 // computed by one thread, so results are the same for any number of threads.
 #pragma once
 
-#include <Eigen/Core>
 #include <cstdint>
 #include <functional>
+
+#include "core/eigen_core.h"
 
 namespace qwenq {
 

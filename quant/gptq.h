@@ -31,9 +31,9 @@
 // the caller's; pass H with std::move to avoid a third). K = 18944: 1.4 GB per matrix.
 #pragma once
 
-#include <Eigen/Core>
 #include <cstdint>
 
+#include "core/eigen_core.h"
 #include "quant/gptq_types.h"
 
 namespace qwenq {

@@ -43,9 +43,9 @@
 
 #ifdef QWENQ_HAVE_CUDA
 
-#include <Eigen/Core>
 #include <cstdint>
 
+#include "core/eigen_core.h"
 #include "quant/gptq.h"
 #include "quant/gptq_cuda_device.h"
 

@@ -13,8 +13,9 @@
 // of H⁻¹ entries) except the scale of the loss it reports.
 #pragma once
 
-#include <Eigen/Core>
 #include <cstdint>
+
+#include "core/eigen_core.h"
 
 namespace qwenq {
 

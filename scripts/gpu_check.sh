@@ -100,6 +100,16 @@ if start tests 60; then
     log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_mma_sync.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_mma_sync.log" | tee -a "$OUT/summary.txt"
   fi
+  # The models with the two opt-in 4-bit paths of kernels/qgemm.h (opt-in until they have passed here): the decode
+  # product on tensor cores (QWENQ_DECODE_MMA=1: generation, small batches) and the dense prefill path
+  # (QWENQ_QGEMM_DENSE=1: bf16 Ŵ + cuBLASLt for M > 64, training).
+  if [ "$(left)" -gt 220 ]; then
+    QWENQ_DECODE_MMA=1 QWENQ_QGEMM_DENSE=1 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+      --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
+      > "$LOGS/gpu_tests_opt_in.log" 2>&1
+    log "gpu tests with QWENQ_DECODE_MMA=1 QWENQ_QGEMM_DENSE=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_opt_in.log" | tr '\n' ' '))"
+    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_opt_in.log" | tee -a "$OUT/summary.txt"
+  fi
 fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)

@@ -80,10 +80,17 @@ double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Our AWQ against AutoAWQ's on the same model and calibration blocks. The search must pick the same scales (the
 // scaled norms agree to fp32 rounding; a different grid point would move them by several percent) and the same clip
-// bounds (every stored group scale within 2 fp16 ulps: a different clip step moves it by >= 5%); the weights cannot
+// bounds (group scales within 2 fp16 ulps: a different clip step moves one by a few percent); the weights cannot
 // be bit-identical because AutoAWQ rounds the scaled weights to fp16 before its final rounding.
+// Clip ties: a group whose two best clip steps have the same error up to fp32 rounding picks either, and which one
+// depends on the summation order, i.e. on the machine (our -march=native code and torch's CPU kernels). On an AVX2
+// machine (2026-12-04) 1 of 9216 groups of the dense model took the neighbouring step (2.9 % off; on the AVX-512
+// machines before, none did). So up to kClipTiesPerGroup of the groups may sit a clip step away (at most
+// kClipStepRelTol), and the logits check below still holds the whole model to AutoAWQ's error.
 constexpr double kNormRelTol = 1e-5;
 constexpr double kGroupScaleRelTol = 2.5e-3;  // 2^-10 is one fp16 ulp relative
+constexpr double kClipTiesPerGroup = 1e-3;    // share of groups allowed a neighbouring clip step
+constexpr double kClipStepRelTol = 0.1;       // a neighbouring step moves a scale by a few percent, never 10 %
 // Our router against the source's times the folded scales (the norms' ratio): fp32 roundings.
 constexpr double kRouterRelTol = 1e-5;
 
@@ -93,7 +100,7 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
   const char* src_dir = std::getenv("QWENQ_ORACLE_AWQ_SOURCE");
   if (!theirs_dir || !ours_dir || !src_dir) GTEST_SKIP() << "run tests/oracle/test_autoawq_oracle.py";
   SafetensorsFile ft(path_join(theirs_dir, "model.safetensors")), fo(path_join(ours_dir, "model.safetensors"));
-  int64_t groups = 0, norms = 0, same = 0, total = 0;
+  int64_t groups = 0, norms = 0, same = 0, total = 0, scales_off = 0;
   double worst_norm = 0, worst_scale = 0;
   for (const std::string& name : ft.names()) {
     const TensorView &a = ft.get(name), &b = fo.get(name);
@@ -107,6 +114,10 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
     for (size_t i = 0; i < va.size(); ++i) {
       const double rel = std::fabs(va[i] - vb[i]) / std::max(std::fabs(vb[i]), 1e-12f);
       (is_norm ? worst_norm : worst_scale) = std::max(is_norm ? worst_norm : worst_scale, rel);
+      if (!is_norm && rel > kGroupScaleRelTol) {
+        ++scales_off;
+        std::printf("clip tie? %s[%zu]: AutoAWQ %.6g, ours %.6g (%.3g relative)\n", name.c_str(), i, va[i], vb[i], rel);
+      }
     }
     (is_norm ? norms : groups) += static_cast<int64_t>(va.size());
   }
@@ -155,7 +166,9 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
               "ours %.4g\n", (long long)norms, worst_norm, (long long)groups, worst_scale, 100.0 * same / total, e_theirs,
               e_ours);
   EXPECT_LE(worst_norm, kNormRelTol);
-  EXPECT_LE(worst_scale, kGroupScaleRelTol);
+  EXPECT_LE(static_cast<double>(scales_off), kClipTiesPerGroup * groups)
+      << scales_off << " of " << groups << " group scales more than 2 fp16 ulps from AutoAWQ's";
+  EXPECT_LE(worst_scale, kClipStepRelTol);
   EXPECT_LE(e_ours, 1.05 * e_theirs);
 }
 

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
-
 #include "kernels/loss.h"
+#include "tests/support/safetensors_edit.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/kl_divergence.h"
@@ -161,6 +163,42 @@ TEST(KlDivergence, AModelAgainstItselfIsZero) {
   EXPECT_NEAR(r.nll_correlation, 1.0, 1e-12);
   EXPECT_EQ(r.base_perplexity, r.model.perplexity);
   EXPECT_EQ(r.model.scored_tokens, 3 * 31);
+}
+
+// The noisy copy of a tied model (stories260K has no lm_head.weight) is untied, its lm_head the embedding plus the
+// noise: the GPU KL tests compare against it, and a copy equal to the model (KLD 0) made their ratios 0 / 0 on the
+// first H200 run.
+TEST(KlDivergence, NoisyCopyOfATiedModelIsUntiedAndDiffers) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir() + "/kld-tied";
+  const std::string base_dir = test::import_stories260k(root + "/stories");
+  test::copy_with_noisy_lm_head(base_dir, root + "/noisy", 17, 0.02f);
+  const QwenModel base(base_dir), noisy(root + "/noisy");
+  ASSERT_TRUE(base.config().tie_word_embeddings);
+  EXPECT_FALSE(noisy.config().tie_word_embeddings);
+  const TensorView& e = noisy.weights().embed;
+  const TensorView& h = noisy.weights().lm_head;
+  ASSERT_NE(e.data, h.data);
+  ASSERT_EQ(h.numel(), e.numel());
+  double rms = 0;
+  for (int64_t i = 0; i < e.numel(); ++i) {
+    const double d = double(static_cast<const float*>(h.data)[i]) - static_cast<const float*>(e.data)[i];
+    rms += d * d;
+  }
+  EXPECT_NEAR(std::sqrt(rms / e.numel()), 0.02, 0.002);  // the noise, N(0, 0.02²)
+  PerplexityOptions opt;
+  opt.seq_len = 64;
+  opt.quiet = true;
+  const std::vector<int32_t> tokens = test::tinystories_prefix_tokens(base_dir, 3 * 64);
+  EXPECT_GT(evaluate_kl_divergence(noisy, base, tokens, opt).kld.mean, 0.0);
+  // A model with neither table to perturb is refused, not copied unchanged.
+  const std::string bare = root + "/bare";
+  test::copy_with_noisy_lm_head(base_dir, bare, 1, 0.f);
+  test::rewrite_safetensors(path_join(bare, "model.safetensors"),
+                      [](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes, SafetensorsWriter& w) {
+                        if (name != "lm_head.weight") w.add_owned(name, v.dtype, v.shape, std::move(bytes));
+                      });
+  test::expect_error([&] { test::copy_with_noisy_lm_head(bare, root + "/bare2", 1, 0.1f); }, "has no lm_head.weight");
 }
 
 TEST(KlDivergence, RefusesTooLittleTextAndAnotherVocabulary) {

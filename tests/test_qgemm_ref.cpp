@@ -170,6 +170,30 @@ TEST(QgemmRefExact, Bf16ActivationsEqualTheirFp32Widening) {
   EXPECT_EQ(c, d);
 }
 
+// q4_dequantize_bf16_ref (the dense prefill path's Ŵ) against q4_unpack, the layout's own fp32 reader in the
+// original K order: row n, layout row kk holds bf16(ŵ[n, perm[kk]]) rounded to nearest even, the padding rows
+// K..Kp-1 hold +0. Every source, act-order, NF4 with gcd(K, 64) = 8 and N % 4 != 0.
+TEST(QgemmRefExact, Bf16DequantizationIsTheUnpackedWeightRounded) {
+  struct Case { Src src; int64_t K, N; };
+  for (const Case& c : {Case{Src::GptqV1, 256, 24}, Case{Src::GptqActOrder, 384, 16}, Case{Src::Awq, 192, 40},
+                        Case{Src::Nf4Dq, 200, 17}, Case{Src::Fp4, 128, 6}}) {
+    SCOPED_TRACE(std::string(src_name(c.src)) + " K=" + std::to_string(c.K) + " N=" + std::to_string(c.N));
+    const Q4Layout q = make_layout(c.src, c.K, c.N, 5 + c.K);
+    const std::vector<float> W = q4_unpack(q.view());
+    std::vector<uint16_t> out(static_cast<size_t>(c.N * q.Kp), 0xFFFF);
+    q4_dequantize_bf16_ref(q.view(), out.data());
+    int64_t bad = 0, rounded = 0;
+    for (int64_t n = 0; n < c.N; ++n)
+      for (int64_t kk = 0; kk < q.Kp; ++kk) {
+        const float w = kk < c.K ? W[n * c.K + (q.perm.empty() ? kk : q.perm[kk])] : 0.0f;
+        bad += out[n * q.Kp + kk] != f32_to_bf16(w);
+        rounded += bf16_to_f32(f32_to_bf16(w)) != w;
+      }
+    EXPECT_EQ(bad, 0);
+    EXPECT_GT(rounded, 0) << "no weight needed rounding: the test would not see a truncation";
+  }
+}
+
 TEST(QgemmRefExact, RejectsBadArguments) {
   const Q4Layout q = make_layout(Src::Awq, 64, 8, 1);
   std::vector<float> x(64), y(8);

@@ -6,11 +6,11 @@
 // packed tensors and reports progress; the drivers only differ in where the activations live.
 #pragma once
 
-#include <Eigen/Core>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "core/eigen_core.h"
 #include "core/progress.h"
 #include "quant/gptq.h"
 #include "trainer/quantize_model.h"

@@ -1,9 +1,13 @@
 // The evaluations that read logits rows or chosen NLLs (trainer/logits_source.h) with the forward on the GPU against
 // the same evaluations on the CPU: QwenModelCuda's forward_hidden / logits_rows / hidden_nll against QwenModel's,
 // then `eval --kl-base DIR` (both models uploaded), `eval --save-kld` and `--kl-base FILE`, `multiple-choice` and
-// `qwen-qlora eval` (sft_eval_loss with use_cuda). The models are F32 with D = 8 or 64 dense Linears, where the GPU
-// rounds nothing to bf16 (only the order of sums differs): the tolerances below are fp32 reordering bounds, not
-// quantization ones. Skips without a device (and the stories260K cases without the shared data).
+// `qwen-qlora eval` (sft_eval_loss with use_cuda). The models are F32 with dense Linears. stories260K (D = 8) runs
+// the naive fp32 attention, so there the GPU rounds nothing to bf16 and the tolerances below are fp32 reordering
+// bounds. The D = 64 test models run flash attention, which takes bf16 q, k, v (tests/gpu/test_model_cuda.cpp's
+// kBf16RelTol): there the GPU's logits are held to the CPU's at that tolerance, and to the GPU's own
+// forward_logits at the fp32 one. (The first H200 run, 2026-12-04, failed these tests at 2e-4 absolute on the
+// Qwen2 model, up to 0.077 off, and on stories260K because its noisy copy was the model itself: see
+// copy_with_noisy_lm_head.) Skips without a device (and the stories260K cases without the shared data).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -30,11 +34,15 @@ namespace qwenq {
 namespace {
 
 constexpr double kLogitTol = 2e-4;      // fp32 logits, GPU vs CPU sums in another order (|z| up to ~20)
+constexpr double kSameForwardRelTol = 1e-5;  // two fp32 lm_head GEMMs of the same hidden rows, / max |logit|
+constexpr double kFlashRelTol = 2e-2;   // GPU (bf16 q/k/v in flash attention) vs CPU, / max |logit| (test_model_cuda)
+constexpr double kNllRelSlack = 1e-5;   // the log-sum-exp's fp32 roundings, / (1 + max |logit|)
 constexpr double kStatTol = 1e-3;       // a mean of per-position quantities from those logits, relative
 constexpr double kNllTol = 1e-4;        // a per-token NLL
 
-// Rows [r0, r0 + n) of a 3-sequence batch: logits_rows against QwenModel::logits, hidden_nll against hidden_nll, on
-// both test architectures (flash attention at D = 64) and rows that straddle sequences.
+// Rows [r0, r0 + n) of a 3-sequence batch: logits_rows against the GPU's own forward_logits (fp32 tolerance) and
+// QwenModel::logits (flash tolerance), hidden_nll against hidden_nll (within what the logits' gap allows), on both
+// test architectures (flash attention at D = 64) and rows that straddle sequences.
 TEST(EvalSourcesCuda, LogitsRowsAndChosenNllsAreTheCpus) {
   QWENQ_REQUIRE_GPU();
   for (const test::GpuTestArch* arch : {&test::kGpuQwen2Bias, &test::kGpuQwen3}) {
@@ -47,16 +55,27 @@ TEST(EvalSourcesCuda, LogitsRowsAndChosenNllsAreTheCpus) {
     const PackedBatch b = test::random_batch({5, 40, 17}, arch->V, 3);
     const int64_t T = b.num_tokens(), V = arch->V;
     test::expect_error([&] { g.logits(0, 1, nullptr); }, {"forward_hidden runs the batch first"});
+    const std::vector<float> whole = gpu.forward_logits(b);  // the same forward, all rows in one lm_head GEMM
     c.forward(b);
     g.forward(b);
+    double max_logit = 0, max_err = 0;
     for (const auto& [r0, n] : std::vector<std::pair<int64_t, int64_t>>{{0, T}, {3, 9}, {T - 1, 1}, {7, 0}}) {
       std::vector<float> want(static_cast<size_t>(n * V)), got(want.size());
       c.logits(r0, n, want.data());
       g.logits(r0, n, got.data());
-      double worst = 0;
-      for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::fabs(double(want[i]) - got[i]));
-      EXPECT_LE(worst, kLogitTol) << r0 << " " << n;
+      double worst = 0, worst_same = 0, top = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        top = std::max(top, std::fabs(double(want[i])));
+        worst = std::max(worst, std::fabs(double(want[i]) - got[i]));
+        worst_same = std::max(worst_same, std::fabs(double(whole[r0 * V + i]) - got[i]));
+      }
+      EXPECT_LE(worst_same, kSameForwardRelTol * top) << r0 << " " << n << ": logits_rows vs forward_logits";
+      EXPECT_LE(worst, kFlashRelTol * top) << r0 << " " << n << ": GPU vs CPU";
+      max_logit = std::max(max_logit, top);
+      max_err = std::max(max_err, worst);
     }
+    std::printf("[ %s ] logits_rows: max |dlogit| GPU vs CPU %.3g of max |logit| %.3g\n", arch->model_type.c_str(),
+                max_err, max_logit);
     test::expect_error([&] { std::vector<float> out(2 * V); g.logits(T - 1, 2, out.data()); },
                        {"rows [" + std::to_string(T - 1) + ", " + std::to_string(T + 1) + ")"});
     std::vector<int32_t> targets(static_cast<size_t>(T), kIgnoreIndex);
@@ -64,7 +83,8 @@ TEST(EvalSourcesCuda, LogitsRowsAndChosenNllsAreTheCpus) {
     std::vector<float> want(T), got(T);
     const int64_t nc = c.nll(targets.data(), want.data()), ng = g.nll(targets.data(), got.data());
     EXPECT_EQ(ng, nc);
-    for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(got[t], want[t], kNllTol) << t;
+    // nll = logsumexp(z) − z[target] moves by at most 2·max |Δz|.
+    for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(got[t], want[t], 2 * max_err + kNllRelSlack * (1 + max_logit)) << t;
   }
 }
 
@@ -83,6 +103,7 @@ TEST(EvalSourcesCuda, KlDivergenceOfTwoUploadedModelsIsTheCpus) {
   opt.windows_per_batch = 4;
   opt.quiet = true;
   const KlDivergenceResult want = evaluate_kl_divergence(model, base, tokens, opt);
+  ASSERT_GT(want.kld.mean, 0.0) << "the noisy copy must differ from the model (the ratios below divide by it)";
   QwenModelCuda gm(model), gb(base);
   LogitsSource m = cuda_logits_source(gm, model.dir()), b = cuda_logits_source(gb, base.dir());
   const KlDivergenceResult got = evaluate_kl_divergence(m, b, tokens, opt, /*logits_chunk_rows=*/100);
@@ -161,6 +182,7 @@ TEST(EvalSourcesCuda, KlDivergenceBaseFilesAreTheCpus) {
   EXPECT_EQ(worse, 0);
   EXPECT_LE(off_by_one, codes / 100);
   const KlDivergenceResult want = evaluate_kl_divergence_file(model, fc, opt);
+  ASSERT_GT(want.kld.mean, 0.0) << "the noisy copy must differ from the model (the ratios below divide by it)";
   QwenModelCuda gm(model);
   LogitsSource m = cuda_logits_source(gm, model.dir());
   for (const KldFile* f : {&fc, &fg}) {

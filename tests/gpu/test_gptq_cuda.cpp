@@ -1,10 +1,12 @@
 // GPTQ on the GPU (quant/gptq_cuda.h) against the CPU GPTQ (quant/gptq.h) on the same seeded W and correlated
 // calibration inputs: identical order and g_idx, identical static grids, ≥ 99.9 % equal codes, ≥ 99.8 % equal
-// grids elsewhere, losses within 1e-3, the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the GPU's own result, act-order,
-// static groups, symmetric grids, groups that straddle a 128-column block, one group per column, dead inputs,
-// the damping retries on an indefinite H, refusals with the CPU's messages; and hessian_accumulate_cuda against
-// HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down (4864 -> 896), Qwen2.5-7B down
-// (18944 -> 3584, GptqCudaLarge: the speed case), awkward (K 172 with groups of 64 and 96, N 17; K 300, G = -1).
+// grids elsewhere, losses within 1e-3 (7B down_proj, where fp32 differences alone make rows diverge: looser rates
+// and the damped objective of the same rows instead, see Tol), the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the
+// GPU's own result, act-order, static groups, symmetric grids, groups that straddle a 128-column block, one group
+// per column, dead inputs, the damping retries on an indefinite H, refusals with the CPU's messages; and
+// hessian_accumulate_cuda against HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down
+// (4864 -> 896), Qwen2.5-7B down (18944 -> 3584, GptqCudaLarge: the speed case), awkward (K 172 with groups of 64
+// and 96, N 17; K 300, G = -1).
 // Every test skips without a device; the rates, losses and times are printed.
 #include <gtest/gtest.h>
 
@@ -46,12 +48,37 @@ constexpr uint64_t kSeed = 20250611;
 // codes 0.99979-0.99996 equal, grids 0.99912-0.99974, losses within 2e-5; K 172 x N 2000 codes ≥ 0.99996, grids
 // ≥ 0.99933, loss ≤ 1.1e-4; K 172/300 x N 17 identical. The grid bound leaves room for the GPU's factorization
 // differing by more than one ulp of H; static grids must be identical.
+//
+// Qwen2.5-7B down_proj (GptqCudaLarge.DownProj7B: K 18944, H from 4096 rows, so rank H ≤ 4096 and the damping
+// alone makes it definite: cond(H + λI) ≈ 4.7e4, λ_max(H) ≈ 5.0e4, λ = 0.01·mean diag = 1.06) is past the point
+// where those rates mean anything. Each row's error feedback runs over 18944 columns, and one flipped code
+// changes every later weight of its row: the row diverges (afterwards only 81-82 % of its codes and 4 % of its
+// later grids are equal). Measured 2026-12-04 on the CPU alone, gptq_quantize against itself, this test's
+// generator, seed, desc_act and first 256 rows, H = test::hessian_of, one fp32 difference at a time:
+//   Cholesky blocks of 64 instead of 128 (chol.cpp): codes 0.9512, grids 0.7452, worst scale 9.0 %, loss 1.3e-4
+//   the factor computed in double, rounded once:     codes 0.9532, grids 0.7446, worst scale 8.3 %, loss 3.2e-4
+//   every off-diagonal H entry moved by ±1 ulp:      codes 0.9300, grids 0.6370, worst scale 8.7 %, loss 1.7e-4
+//   every off-diagonal H entry × (1 ± 2^-22):        codes 0.8942, grids 0.4587, worst scale 9.8 %, loss 5.2e-4
+// (45-135 of the 256 rows kept all their codes; "loss" is the relative difference of the losses.) The first H200
+// run gave codes 0.881, grids 0.401, worst scale 9.7 %: what an H moved by 2-4 ulps gives, so the CPU's 0.999 /
+// 0.998 cannot hold there for any fp32 implementation. What can fail on a real bug: order, g_idx and damp_used
+// equal; the rates above the level of rows that diverge at their start (a wrong factor or first block leaves
+// ≈ 0.82 / 0.04; with H rounded to TF32's precision, K 4864 analog: 0.65 / 0.04); the damped objective of the
+// GPU's rows against the CPU's loss for the same rows (fp32 differences: ≤ 5.2e-4); and the GPU's loss identity,
+// which fp32 keeps to 0.2-2.3e-7 on the CPU at this shape (K 4864 analog, 1024 rows: 1.9e-6 with H × (1 ± 2^-20),
+// 9.4e-5 with 2^-16, 7.9e-2 with 2^-11, where the objective is also 4.7 % worse).
 struct Tol {
   static constexpr double kCodeAgreement = 0.999;   // share of equal codes
   static constexpr double kGridAgreement = 0.998;   // share of equal (scale, zero) pairs (non-static grids)
   static constexpr double kLossRel = 1e-3;          // |loss_gpu − loss_cpu| / loss_cpu
   static constexpr double kLossIdentityRel = 2e-3;  // GPU loss vs ½·Δᵀ(H + λI)Δ of its own codes (CPU test's bound)
   static constexpr double kHessianRel = 1e-5;       // hessian_accumulate_cuda vs HessianAccumulator, / max |H|
+  // DownProj7B (measurements above): rates below the GPU's 0.881 / 0.401 with margin and above ≈ 0.82 / 0.04;
+  // objectives 4x the largest fp32 difference; the identity 400x above fp32's, far below a TF32-like factor's.
+  static constexpr double kCodeAgreement7B = 0.85;
+  static constexpr double kGridAgreement7B = 0.25;
+  static constexpr double kLossRel7B = 2e-3;          // |objective_gpu − loss_cpu| / loss_cpu on the same rows
+  static constexpr double kLossIdentityRel7B = 1e-4;  // GPU loss vs ½·Δᵀ(H + λI)Δ of its own codes
 };
 
 using test::Clock;
@@ -92,15 +119,40 @@ double damped_objective(const std::vector<float>& W, const GptqResult& r, int64_
   return 0.5 * (D * Hd).cwiseProduct(D).sum();
 }
 
+// Rows [0, rows) of a result over N rows (codes [K, N] and grids [groups, N] cut to their first `rows` columns),
+// for damped_objective. Its loss is NaN: the result's loss covers all N rows.
+GptqResult first_rows(const GptqResult& r, int64_t N, int64_t rows, int64_t K) {
+  GptqResult s;
+  s.grid.bits = r.grid.bits;
+  s.grid.group = r.grid.group;
+  s.grid.K = K;
+  s.grid.N = rows;
+  const int64_t groups = r.grid.num_groups();
+  for (int64_t g = 0; g < groups; ++g) {
+    s.grid.scale.insert(s.grid.scale.end(), r.grid.scale.begin() + g * N, r.grid.scale.begin() + g * N + rows);
+    s.grid.zero.insert(s.grid.zero.end(), r.grid.zero.begin() + g * N, r.grid.zero.begin() + g * N + rows);
+  }
+  for (int64_t k = 0; k < K; ++k)
+    s.codes.insert(s.codes.end(), r.codes.begin() + k * N, r.codes.begin() + k * N + rows);
+  s.g_idx = r.g_idx;
+  s.order = r.order;
+  s.damp_used = r.damp_used;
+  s.damp_retries = r.damp_retries;
+  s.loss = std::nan("");
+  return s;
+}
+
 std::string describe(const GptqOptions& o) {
   return "bits " + std::to_string(o.bits) + " group " + std::to_string(o.group_size) + (o.sym ? " sym" : " asym") +
          (o.desc_act ? " desc_act" : "") + (o.static_groups ? " static_groups" : "");
 }
 
 // Compares rows [0, rows) of the GPU result with the CPU result (which may cover only those rows), prints the
-// agreement, and checks it against Tol. `full` = both cover the same rows (then losses are compared too).
+// agreement, and checks it against Tol (or the given rates). `full` = both cover the same rows (then losses are
+// compared too).
 void compare(const GptqResult& gpu, int64_t N_gpu, const GptqResult& cpu, int64_t rows, int64_t K, bool full,
-             bool static_grid, const std::string& ctx) {
+             bool static_grid, const std::string& ctx, double min_codes = Tol::kCodeAgreement,
+             double min_grids = Tol::kGridAgreement) {
   EXPECT_EQ(gpu.order, cpu.order) << ctx;
   EXPECT_EQ(gpu.g_idx, cpu.g_idx) << ctx;
   EXPECT_EQ(gpu.damp_used, cpu.damp_used) << ctx;
@@ -125,11 +177,11 @@ void compare(const GptqResult& gpu, int64_t N_gpu, const GptqResult& cpu, int64_
               worst_scale_rel);
   if (full) std::printf(", loss gpu %.9g cpu %.9g (rel %.3g)", gpu.loss, cpu.loss, std::fabs(gpu.loss - cpu.loss) / cpu.loss);
   std::printf("\n");
-  EXPECT_GE(code_rate, Tol::kCodeAgreement) << ctx;
+  EXPECT_GE(code_rate, min_codes) << ctx;
   if (static_grid) {
     EXPECT_EQ(same_grid, groups * rows) << ctx << ": static grids are computed from the same weights";
   } else {
-    EXPECT_GE(grid_rate, Tol::kGridAgreement) << ctx;
+    EXPECT_GE(grid_rate, min_grids) << ctx;
   }
   if (full) {
     EXPECT_NEAR(gpu.loss, cpu.loss, Tol::kLossRel * cpu.loss) << ctx;
@@ -195,7 +247,10 @@ INSTANTIATE_TEST_SUITE_P(
     case_name);
 
 // Qwen2.5-7B down_proj (K 18944 -> N 3584) from 4096 activation rows: the whole layer on the GPU (timed), the CPU
-// on the first 256 rows (GPTQ's rows are independent: same U, their own weights), compared row for row.
+// on the first 256 rows (GPTQ's rows are independent: same U, their own weights), compared row for row with the
+// bounds of this shape (Tol's comment: fp32 differences alone make rows diverge here), and the quality of those
+// rows compared: the damped objective of the GPU's rows against the CPU's loss. A GPU run on the first 256 rows
+// alone (also the warm-up) gives a loss for exactly those rows, so the GPU's loss identity is checked on it.
 TEST(GptqCudaLarge, DownProj7B) {
   QWENQ_REQUIRE_GPU();
   const int64_t N = 3584, K = 18944, rows_cpu = 256;
@@ -209,7 +264,8 @@ TEST(GptqCudaLarge, DownProj7B) {
   const Eigen::MatrixXf H = hessian_gpu(x, K);
   std::printf("[ time     ] hessian_accumulate_cuda 4096 x %lld (+ download): %.3f s\n", static_cast<long long>(K),
               seconds_since(t0));
-  gptq_quantize_cuda(W.data(), 64, K, H, o);  // warm-up: handles, kernel attributes, cuSOLVER's first call
+  // The first rows alone; also the warm-up (handles, kernel attributes, cuSOLVER's first call).
+  const GptqResult gpu_rows = gptq_quantize_cuda(W.data(), rows_cpu, K, H, o);
   t0 = Clock::now();
   const GptqResult gpu = gptq_quantize_cuda(W.data(), N, K, H, o);
   const double t_gpu = seconds_since(t0);
@@ -218,8 +274,22 @@ TEST(GptqCudaLarge, DownProj7B) {
   const double t_cpu = seconds_since(t0);
   std::printf("[ time     ] 7B down_proj N=%lld K=%lld: gpu %.3f s (all rows); cpu %.3f s for %lld rows\n",
               static_cast<long long>(N), static_cast<long long>(K), t_gpu, t_cpu, static_cast<long long>(rows_cpu));
-  compare(gpu, N, cpu, rows_cpu, K, /*full=*/false, false, "7B down_proj, first 256 rows");
+  compare(gpu, N, cpu, rows_cpu, K, /*full=*/false, false, "7B down_proj, first 256 rows", Tol::kCodeAgreement7B,
+          Tol::kGridAgreement7B);
+  compare(gpu_rows, rows_cpu, cpu, rows_cpu, K, /*full=*/false, false, "7B down_proj, GPU on the 256 rows alone",
+          Tol::kCodeAgreement7B, Tol::kGridAgreement7B);
   EXPECT_TRUE(std::isfinite(gpu.loss) && gpu.loss > 0);
+
+  const double objective_rows = damped_objective(W, gpu_rows, rows_cpu, K, H);
+  const double objective_full = damped_objective(W, first_rows(gpu, N, rows_cpu, K), rows_cpu, K, H);
+  const auto rel = [](double a, double b) { return std::fabs(a - b) / b; };
+  std::printf("[ loss     ] 7B down_proj, first 256 rows: cpu loss %.9g; gpu alone: loss %.9g, objective %.9g "
+              "(identity rel %.3g, objective vs cpu %.3g); gpu full run: objective %.9g (vs cpu %.3g)\n",
+              cpu.loss, gpu_rows.loss, objective_rows, rel(gpu_rows.loss, objective_rows),
+              rel(objective_rows, cpu.loss), objective_full, rel(objective_full, cpu.loss));
+  EXPECT_NEAR(gpu_rows.loss, objective_rows, Tol::kLossIdentityRel7B * objective_rows);
+  EXPECT_NEAR(objective_rows, cpu.loss, Tol::kLossRel7B * cpu.loss);
+  EXPECT_NEAR(objective_full, cpu.loss, Tol::kLossRel7B * cpu.loss);
 }
 
 // ---- damping, dead inputs, refusals ---------------------------------------------------------------------------

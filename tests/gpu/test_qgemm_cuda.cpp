@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -158,6 +159,111 @@ TEST(QgemmCudaExact, Fp32ActivationsAndDeterminism) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_EQ(y1.download(), y2.download()) << "bf16 and its fp32 widening must give the same bits";
   EXPECT_EQ(y1.download(), y3.download()) << "two runs must give the same bits (no atomics)";
+}
+
+// ---- the decode product on tensor cores (kernels/qgemm_decode_mma.cu) ------------------------------------------
+// Same oracle and tolerance as above: q − z and x are exact in bf16, so every product is exact in the MMA's fp32
+// accumulator and only the order of the sums (and the group scale applied to a partial sum instead of to each
+// weight) differs from the CPU twin. Forward only: the transposed decode product stays on the FMA kernel.
+
+// y of the mma kernel against the CPU twin for one weight, M rows of seeded bf16 activations.
+void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string& what) {
+  SCOPED_TRACE(what + " M=" + std::to_string(M));
+  ASSERT_TRUE(qgemm_decode_mma_supports(q.view()));
+  const Q4DeviceWeight dw(q);
+  const int64_t K = q.K, N = q.N;
+  const std::vector<uint16_t> x = random_bf16(M * K, seed), dy(static_cast<size_t>(M * N), 0);
+  std::vector<float> y_cpu(M * N);
+  qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, y_cpu.data());
+  std::vector<float> y_gpu, unused;
+  ASSERT_NO_FATAL_FAILURE(run_guarded(
+      x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_decode_mma_cuda(dw.view(), a, DType::BF16, M, y); },
+      [](const uint16_t*, float*) {}, &y_gpu, &unused));
+  expect_close(y_gpu, y_cpu, abs_sums(x, q4_unpack(q.view()), M, K, N, false), K,
+               "decode mma " + what + " M=" + std::to_string(M));
+}
+
+class QgemmDecodeMmaCuda : public ::testing::TestWithParam<Src> {};
+
+// The Int sources on every real shape; M up to 64 crosses the kernel's 1, 2 and 4 row tiles of 16 (and 65 two tiles).
+TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  uint64_t seed = 17000 + 1000 * static_cast<uint64_t>(src);
+  for (const KN& s : kRealShapes) {
+    const bool huge = s.K * s.N > 50'000'000;  // the CPU twin's cost, as in QgemmCuda above
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    for (int64_t M : {1, 3, 16, 17, 33, 64}) {
+      if (huge && M > 3) continue;
+      run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// Groups of 32 and 128 (act-order), one group over all of K, K not a multiple of 32 (a tail iteration past the
+// last word-row), N not a multiple of 32 or 128 (a partial warp and block), M = 65 (two row tiles, the second of 1).
+TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  const IntLayout layout = src == Src::Awq ? IntLayout::AwqGemm : (src == Src::GptqV1 ? IntLayout::GptqV1 : IntLayout::GptqV2);
+  const bool act_order = src == Src::GptqV2ActOrder;
+  uint64_t seed = 19000 + 1000 * static_cast<uint64_t>(src);
+  struct Shape { int64_t K, N, group; };
+  for (const Shape& s : {Shape{64, 8, 32}, Shape{200, 24, -1}, Shape{136, 40, -1}, Shape{264, 136, 32},
+                         Shape{1032, 264, 128}, Shape{4864, 72, 32}, Shape{896, 4864, -1}}) {
+    if (act_order && s.group < 0) continue;  // act-order needs groups
+    const Q4Layout q = q4_from_int_linear(q4_synthetic_int_linear(layout, s.K, s.N, s.group, act_order, ++seed));
+    for (int64_t M : {1, 2, 5, 16, 17, 33, 64, 65}) {
+      run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" +
+                                     std::to_string(s.N) + " group=" + std::to_string(s.group));
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(IntSources, QgemmDecodeMmaCuda, ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq),
+                         [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
+
+// Integer activations and power-of-two scales make every sum exact: the CPU's bits, in every M regime, and the
+// same bits twice (no atomics); with QWENQ_DECODE_MMA=1 the dispatcher takes this kernel, otherwise the FMA one.
+TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
+  QWENQ_REQUIRE_GPU();
+  for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
+    const int64_t K = 3584, N = 512;
+    const Q4Layout q = make_layout(src, K, N, 51, /*exact=*/true);
+    const Q4DeviceWeight dw(q);
+    for (int64_t M : {1, 16, 40}) {
+      const std::vector<uint16_t> x = random_bf16(M * K, 52 + M, true);
+      std::vector<float> want(M * N);
+      qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, want.data());
+      test::DeviceBuffer<uint16_t> gx(x);
+      test::DeviceBuffer<float> y1(M * N), y2(M * N);
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::BF16, M, y1.get());
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::BF16, M, y2.get());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(y1.download(), want) << src_name(src) << " M=" << M;
+      EXPECT_EQ(y2.download(), y1.download()) << src_name(src) << " M=" << M << ": two runs differ";
+    }
+  }
+  ASSERT_EQ(setenv("QWENQ_DECODE_MMA", "1", 1), 0);
+  EXPECT_TRUE(qgemm_decode_mma_enabled());
+  ASSERT_EQ(unsetenv("QWENQ_DECODE_MMA"), 0);
+  EXPECT_FALSE(qgemm_decode_mma_enabled());
+}
+
+TEST(QgemmDecodeMmaCudaExact, RefusesWhatItCannotRun) {
+  QWENQ_REQUIRE_GPU();
+  const Q4Layout nf4 = make_layout(Src::Nf4Dq, 64, 8, 1), awq = make_layout(Src::Awq, 64, 8, 1);
+  const Q4DeviceWeight dn(nf4), da(awq);
+  test::DeviceBuffer<uint16_t> x(64);
+  test::DeviceBuffer<float> xf(64), y(8);
+  EXPECT_FALSE(qgemm_decode_mma_supports(nf4.view()));
+  expect_error([&] { qgemm_int4_decode_mma_cuda(dn.view(), x.get(), DType::BF16, 1, y.get()); },
+               {"qgemm_int4_decode_mma_cuda", "needs an Int-kind weight", "kind nf4"});
+  expect_error([&] { qgemm_int4_decode_mma_cuda(da.view(), xf.get(), DType::F32, 1, y.get()); }, "BF16");
+  const Q4Layout g16 = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 64, 8, 16, false, 2));
+  EXPECT_FALSE(qgemm_decode_mma_supports(g16.view()));
 }
 
 TEST(QgemmCudaExact, RejectsBadArguments) {

@@ -1,4 +1,5 @@
-// The tensor-core W4A16 kernels (qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda, kernels/qgemm_tc.cu) against the
+// The tensor-core W4A16 kernels (qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda, kernels/qgemm_tc.cu; the wgmma ones,
+// kernels/qgemm_wgmma.cu; and the dense path, kernels/qgemm_dense.cu) against the
 // CPU twins (kernels/qgemm.h) for every source format (GPTQ v1, v2 with act-order, AWQ GEMM, NF4 with double
 // quantization, FP4), forward and transposed, M in {65, 512, 1000, 2048} on Qwen2.5 shapes and awkward
 // tails (M = 65, 129, 257; N = 17; K = 172), plus the dispatch of qgemm_int4_cuda and rejected arguments.
@@ -110,26 +111,35 @@ std::vector<float> gather_rows(const std::vector<float>& a, const std::vector<in
   return out;
 }
 
-// One case: forward and transposed tensor-core kernels vs the CPU twin on the checked rows.
-// wgmma: the Hopper kernels (qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda) instead of the mma.sync ones.
+// The three implementations of the prefill products, all with bf16(ŵ) and fp32 sums: the mma.sync kernels
+// (qgemm_tc.cu), the Hopper wgmma kernels (qgemm_wgmma.cu) and the dense path (qgemm_dense.cu: Ŵ dequantized to
+// bf16, then cuBLASLt).
+enum class TcPath { MmaSync, Wgmma, Dense };
+const char* path_name(TcPath p) { return p == TcPath::MmaSync ? "" : (p == TcPath::Wgmma ? "wgmma " : "dense "); }
+void tc_forward(TcPath p, const Q4View& w, const void* x, int64_t M, float* y) {
+  if (p == TcPath::Wgmma) qgemm_int4_wgmma_cuda(w, x, DType::BF16, M, y);
+  else if (p == TcPath::Dense) qgemm_int4_dense_cuda(w, x, DType::BF16, M, y);
+  else qgemm_int4_tc_cuda(w, x, DType::BF16, M, y);
+}
+void tc_transposed(TcPath p, const Q4View& w, const void* dy, int64_t M, float* dx) {
+  if (p == TcPath::Wgmma) qgemm_int4_t_wgmma_cuda(w, dy, DType::BF16, M, dx);
+  else if (p == TcPath::Dense) qgemm_int4_t_dense_cuda(w, dy, DType::BF16, M, dx);
+  else qgemm_int4_t_tc_cuda(w, dy, DType::BF16, M, dx);
+}
+
+// One case: forward and transposed products of `path` vs the CPU twin on the checked rows.
 void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::vector<float>& W, int64_t M,
-              uint64_t seed, bool wgmma = false) {
+              uint64_t seed, TcPath path = TcPath::MmaSync) {
   const int64_t K = q.K, N = q.N;
-  const std::string what = std::string(wgmma ? "wgmma " : "") + src_name(src) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
+  const std::string what = std::string(path_name(path)) + src_name(src) + " M=" + std::to_string(M) + " K=" + std::to_string(K) +
                            " N=" + std::to_string(N) + " seed=" + std::to_string(seed);
   SCOPED_TRACE(what);
   const std::vector<uint16_t> x = random_bf16(M * K, seed + 1), dy = random_bf16(M * N, seed + 2);
   std::vector<float> y_gpu, dx_gpu;
   ASSERT_NO_FATAL_FAILURE(run_guarded(
       x, dy, M, K, N,
-      [&](const uint16_t* a, float* y) {
-        if (wgmma) qgemm_int4_wgmma_cuda(dw.view(), a, DType::BF16, M, y);
-        else qgemm_int4_tc_cuda(dw.view(), a, DType::BF16, M, y);
-      },
-      [&](const uint16_t* a, float* dx) {
-        if (wgmma) qgemm_int4_t_wgmma_cuda(dw.view(), a, DType::BF16, M, dx);
-        else qgemm_int4_t_tc_cuda(dw.view(), a, DType::BF16, M, dx);
-      },
+      [&](const uint16_t* a, float* y) { tc_forward(path, dw.view(), a, M, y); },
+      [&](const uint16_t* a, float* dx) { tc_transposed(path, dw.view(), a, M, dx); },
       &y_gpu, &dx_gpu));
 
   const std::vector<int64_t> rows = checked_rows(M);
@@ -147,7 +157,7 @@ void run_case(Src src, const Q4Layout& q, const Q4DeviceWeight& dw, const std::v
 
 // The sweep of one source: for each shape the source holds, a layout (seed + 1, + 2, ...), then run_case at each
 // M that keep(shape, M) accepts (the next seed each); stops at the first fatal failure.
-void run_sweep(Src src, const std::vector<KN>& shapes, const std::vector<int64_t>& Ms, uint64_t seed, bool wgmma,
+void run_sweep(Src src, const std::vector<KN>& shapes, const std::vector<int64_t>& Ms, uint64_t seed, TcPath path,
                const std::function<bool(const KN&, int64_t)>& keep = [](const KN&, int64_t) { return true; }) {
   for (const KN& s : shapes) {
     if (!holds(src, s.K, s.N)) continue;
@@ -156,7 +166,7 @@ void run_sweep(Src src, const std::vector<KN>& shapes, const std::vector<int64_t
     const std::vector<float> W = q4_unpack(q.view());
     for (int64_t M : Ms) {
       if (!keep(s, M)) continue;
-      run_case(src, q, dw, W, M, ++seed, wgmma);
+      run_case(src, q, dw, W, M, ++seed, path);
       if (::testing::Test::HasFatalFailure()) return;
     }
   }
@@ -170,7 +180,7 @@ TEST_P(QgemmTcCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
   run_sweep(src, {{896, 4864}, {4864, 896}, {8192, 1024}, {3584, 18944}}, {65, 512, 1000, 2048},
-            17000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/false,
+            17000 + 1000 * static_cast<uint64_t>(src), TcPath::MmaSync,
             [](const KN& s, int64_t M) { return s.N != 18944 || M == 512; });
 }
 
@@ -181,7 +191,7 @@ TEST_P(QgemmTcCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
   run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}}, {1, 17, 65, 129, 257},
-            19000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/false);
+            19000 + 1000 * static_cast<uint64_t>(src), TcPath::MmaSync);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
@@ -198,17 +208,61 @@ TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
   run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, 23000 + 1000 * static_cast<uint64_t>(src),
-            /*wgmma=*/true, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
+            TcPath::Wgmma, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
 }
 
 TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
   run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
-            29000 + 1000 * static_cast<uint64_t>(src), /*wgmma=*/true);
+            29000 + 1000 * static_cast<uint64_t>(src), TcPath::Wgmma);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSources, QgemmWgmmaCuda,
+                         ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
+                         [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
+
+// The dense path (Ŵ dequantized to bf16, then cuBLASLt) under the same bounds: Qwen shapes (7B gate/up at M = 512
+// and 2048), the tails (act-order, K = 172 staged, N = 17 / 260, M = 1 and not a multiple of 16), and the
+// dequantization itself bit for bit against its CPU twin.
+class QgemmDenseCuda : public ::testing::TestWithParam<Src> {};
+
+TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnQwenShapes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, 31000 + 1000 * static_cast<uint64_t>(src),
+            TcPath::Dense, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
+}
+
+TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnAwkwardSizes) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
+            37000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
+}
+
+TEST_P(QgemmDenseCuda, DequantizationIsTheCpuTwinBitForBit) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  uint64_t seed = 41000 + 1000 * static_cast<uint64_t>(src);
+  for (const KN& s : std::vector<KN>{{3584, 512}, {4864, 896}, {172, 8}, {200, 17}, {8192, 1024}}) {
+    if (!holds(src, s.K, s.N)) continue;
+    SCOPED_TRACE(std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    std::vector<uint16_t> want(static_cast<size_t>(s.N * q.Kp));
+    q4_dequantize_bf16_ref(q.view(), want.data());
+    test::DeviceBuffer<uint16_t> got(std::vector<uint16_t>(want.size() + 64, 0xABCD));  // + guards
+    q4_dequantize_bf16_cuda(dw.view(), got.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint16_t> g = got.download();
+    for (size_t i = want.size(); i < g.size(); ++i) ASSERT_EQ(g[i], 0xABCD) << "wrote past the output";
+    g.resize(want.size());
+    EXPECT_EQ(g, want);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSources, QgemmDenseCuda,
                          ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
                          [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
 
@@ -279,18 +333,21 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
         qgemm_int4_t_ref(q.view(), dy.data(), DType::BF16, M, dx.data());
         test::DeviceBuffer<uint16_t> gx(x), gdy(dy);
         test::DeviceBuffer<float> gy(M * s.N), gdx(M * s.K);
-        qgemm_int4_tc_cuda(dw.view(), gx.get(), DType::BF16, M, gy.get());
-        qgemm_int4_t_tc_cuda(dw.view(), gdy.get(), DType::BF16, M, gdx.get());
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        EXPECT_EQ(gy.download(), y) << "forward";
-        EXPECT_EQ(gdx.download(), dx) << "transposed";
+        for (TcPath path : {TcPath::MmaSync, TcPath::Dense}) {
+          tc_forward(path, dw.view(), gx.get(), M, gy.get());
+          tc_transposed(path, dw.view(), gdy.get(), M, gdx.get());
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          EXPECT_EQ(gy.download(), y) << path_name(path) << "forward";
+          EXPECT_EQ(gdx.download(), dx) << path_name(path) << "transposed";
+        }
       }
     }
   }
 }
 
-// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels, M > 64 with BF16 -> tensor cores
-// (the wgmma kernels on a device that supports them, unless QWENQ_WGMMA=0).
+// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels (the forward on tensor cores with
+// QWENQ_DECODE_MMA=1), M > 64 with BF16 -> the dense path with QWENQ_QGEMM_DENSE=1, else tensor cores (the wgmma
+// kernels on a device that supports them, unless QWENQ_WGMMA=0).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   QWENQ_REQUIRE_GPU();
@@ -307,7 +364,10 @@ TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
     qgemm_int4_cuda(dw.view(), gx.get(), DType::BF16, M, y_auto.get());
     qgemm_int4_t_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_auto.get());
     if (M > kQgemmDecodeMaxM) {
-      if (cuda_wgmma_enabled()) {
+      if (qgemm_dense_enabled()) {
+        qgemm_int4_dense_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
+        qgemm_int4_t_dense_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
+      } else if (cuda_wgmma_enabled()) {
         qgemm_int4_wgmma_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
         qgemm_int4_t_wgmma_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
       } else {
@@ -315,7 +375,8 @@ TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
         qgemm_int4_t_tc_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
       }
     } else {
-      qgemm_int4_decode_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
+      if (qgemm_decode_mma_enabled()) qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
+      else qgemm_int4_decode_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
       qgemm_int4_t_decode_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);

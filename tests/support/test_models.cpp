@@ -80,16 +80,34 @@ ScopedInt8Activations::~ScopedInt8Activations() { set_int8_activations(false); }
 std::string copy_with_noisy_lm_head(const std::string& src, const std::string& dst, uint64_t seed, float sigma) {
   std::filesystem::remove_all(dst);
   std::filesystem::copy(src, dst);
+  // A tied model (stories260K) has no lm_head.weight: the copy gets one, the embedding plus the noise, and
+  // tie_word_embeddings false. Without this the copy would be the model itself (KL divergence 0).
+  const std::string config_path = path_join(dst, "config.json");
+  nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(read_file(config_path));
+  const bool tied = cfg.value("tie_word_embeddings", false);
+  int noised = 0;
+  const auto noisy = [&](const TensorView& v, std::vector<uint8_t> bytes) {
+    QWENQ_CHECK(v.dtype == DType::F32, "copy_with_noisy_lm_head: an fp32 lm_head");
+    float* f = reinterpret_cast<float*>(bytes.data());
+    Rng rng(seed);
+    for (int64_t i = 0; i < v.numel(); ++i) f[i] += sigma * rng.normal();
+    ++noised;
+    return bytes;
+  };
   rewrite_safetensors(path_join(dst, "model.safetensors"),
                       [&](const std::string& name, const TensorView& v, std::vector<uint8_t> bytes, SafetensorsWriter& w) {
-                        if (name == "lm_head.weight") {
-                          QWENQ_CHECK(v.dtype == DType::F32, "copy_with_noisy_lm_head: an fp32 lm_head");
-                          float* f = reinterpret_cast<float*>(bytes.data());
-                          Rng rng(seed);
-                          for (int64_t i = 0; i < v.numel(); ++i) f[i] += sigma * rng.normal();
+                        if (tied && name == "model.embed_tokens.weight") {
+                          w.add_owned("lm_head.weight", v.dtype, v.shape, noisy(v, bytes));
+                        } else if (!tied && name == "lm_head.weight") {
+                          bytes = noisy(v, std::move(bytes));
                         }
                         w.add_owned(name, v.dtype, v.shape, std::move(bytes));
                       });
+  QWENQ_CHECK(noised == 1, "copy_with_noisy_lm_head: " << src << " has no " << (tied ? "embedding" : "lm_head.weight"));
+  if (tied) {
+    cfg["tie_word_embeddings"] = false;
+    write_file_atomic(config_path, cfg.dump(2));
+  }
   return dst;
 }
 

@@ -47,9 +47,10 @@ class ScopedInt8Activations {
   ScopedInt8Activations(const ScopedInt8Activations&) = delete;
   ScopedInt8Activations& operator=(const ScopedInt8Activations&) = delete;
 };
-// A copy of the model directory `src` at `dst` (replaced) whose untied lm_head.weight (fp32) has seeded N(0, sigma²)
-// noise added (Rng(seed)): a second model that agrees with the first on some top-1 tokens and not on others.
-// Returns dst.
+// A copy of the model directory `src` at `dst` (replaced) whose lm_head.weight (fp32) has seeded N(0, sigma²) noise
+// added (Rng(seed)): a second model that agrees with the first on some top-1 tokens and not on others. A tied model
+// (no lm_head.weight, e.g. stories260K) is untied in the copy: its lm_head is the embedding plus the noise. Returns
+// dst.
 std::string copy_with_noisy_lm_head(const std::string& src, const std::string& dst, uint64_t seed, float sigma);
 // n tokens in [0, vocab) from a 32-bit linear congruential generator seeded with `seed` (the same on every platform).
 std::vector<int32_t> lcg_tokens(int64_t n, int64_t vocab, uint32_t seed);

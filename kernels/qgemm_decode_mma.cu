@@ -1,0 +1,353 @@
+// The decode-regime W4A16 product on tensor cores: y = x·Ŵᵀ for M = 1..64 bf16 rows against an Int-kind Q4
+// weight (GPTQ v1/v2, AWQ; quant/format/qgemm_layout.h), one mma.sync m16n8k16 per 16 x 8 x 16 piece, with the
+// group scale taken out of the sum:
+//
+//   y[m, n] = Σ_g s[g, n] · C_g[m, n],    C_g[m, n] = Σ_{k in g} x[m, k] · (q[n, k] − z[g, n])
+//
+// q − z is an integer in [−16, 15], exact in bf16, and x is bf16, so every product x·(q − z) is exact in the
+// MMA's fp32 accumulator; the scale multiplies the fp32 partial sum once per group (and every kFlushIt
+// iterations within a long group, so that no accumulator sums more than 128 products' worth of MMA steps
+// before an IEEE rounding). Unlike the prefill kernels (qgemm_tc.cu, qgemm_wgmma.cu), ŵ is never rounded to
+// bf16: against the CPU twin, which rounds each ŵ = (q − z)·s to fp32, the difference is fp32 summation
+// order only (tests/gpu/test_qgemm_cuda.cpp's kQgemmGpuSumTol applies).
+//
+// Why tensor cores for a memory-bound product: the FMA decode kernel (qgemm.cu) spends ~5 instructions per
+// weight (extract, bias, scale, FMA), and at H200's 4.8 TB/s a 4-bit weight arrives every 0.1 ns per SM, so
+// it is instruction bound (2-19 % of HBM on the first H200 run, 2026-12-04) and gets worse with M. Here a pair
+// of weights costs one LOP3 (nibbles j and j + 4 of a word OR'ed into the mantissas of two bf16 128.0s) and
+// one bf16x2 subtraction of 128 + z, plus a quarter of a shift; the MMA does the multiply-adds for up to 16
+// rows at once, so the cost per weight does not grow with M.
+//
+// Work split. A block of 4 warps owns 128 output columns and a range of K (split-K across blockIdx.y, the
+// fp32 partial sums reduced in split order by reduce_kernel: deterministic); warp w owns columns
+// [32w, 32w + 32) of the block. One warp iteration covers 4 word-rows (32 K) x 32 columns: lane (g, t),
+// g = lane / 4, t = lane % 4, loads the 4 words of word-row 4·it + t at columns 4g..4g+3 with one 128-bit
+// streaming load (the warp reads 4 rows x 128 contiguous bytes), prefetched P iterations ahead.
+//
+// The MMA's k and n are permutations of ours, chosen so that each lane's own word feeds its B fragment:
+//   n: column j of n-tile i (i = 0..3) is our column 4j + i of the warp's 32, i.e. component i of the uint4
+//      of lane (j, ·); C's columns 2t and 2t + 1 of n-tile i are our 8t + i and 8t + 4 + i.
+//   k: for k-step s (s = 0, 1) the fragment's k = 2t, 2t+1, 2t+8, 2t+9 are nibbles 2s, 2s+4, 2s+1, 2s+5 of
+//      word-row 4·it + t; so b0 = pair(2s), b1 = pair(2s + 1), where pair(j) holds nibbles j (low) and j + 4.
+// The activations are staged once per block into shared memory in the same order: each 8-element run
+// (x0..x7) of a row becomes (x0, x4, x1, x5, x2, x6, x3, x7), so one 16-byte shared load gives a lane all
+// four A registers of its row for both k-steps. The block's group metas (scale and zero) are staged beside
+// them. Act-order, unaligned or K % 8 != 0 activations go through maybe_stage (a bf16 gather) first.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/qgemm.h"
+#include "kernels/qgemm_decode_common.cuh"
+#include "kernels/qgemm_tc_common.cuh"
+
+namespace qwenq {
+namespace {
+
+using qgemm_tc_detail::ceil_div;
+using qgemm_tc_detail::mma_bf16;
+using qgemm_tc_detail::round_up;
+
+constexpr int kDmWarps = 4;
+constexpr int kDmThreads = kDmWarps * 32;
+constexpr int kDmWarpCols = 32;                         // output columns per warp: 4 n-tiles of 8
+constexpr int kDmBlockCols = kDmWarps * kDmWarpCols;    // 128
+constexpr int kDmRowsPerIt = 4;                         // word-rows (32 K) per warp iteration
+constexpr int kDmFlushIt = 4;                           // iterations (128 K) between scale flushes at most
+constexpr int kDmMaxSmem = 64 * 1024;                   // dynamic shared memory per block, at most
+constexpr int kDmMinItPerSplit = 2;                     // >= 64 K per block
+
+struct DmParams {
+  const uint16_t* x;  // bf16 [M, lda]; columns >= x_width read as zeros
+  int64_t lda, x_width;
+  const uint32_t* qweight;  // [Kp/8, Np]
+  const uint32_t* meta;     // [num_groups, Np]
+  float* out;               // y [M, N] when splits == 1, else the workspace [splits, M, Np]
+  int64_t M, N, Np, Kp, group, num_groups;
+  int64_t rows_per_split;   // word-rows per blockIdx.y, a multiple of kDmRowsPerIt
+  int x_pitch;              // bf16 elements per shared row of x (≡ 32 mod 64: conflict-free 16-byte loads)
+  int64_t meta_offset;      // bytes from the start of shared memory to the metas (16-byte aligned)
+  int x_rows;               // shared rows of x: min(M, 16·MT)
+  int meta_rows;            // shared rows of metas: the most groups one split touches
+  int splits;
+};
+
+// pair(j) of a word minus (128 + z) in both halves: bf16x2 (q_j − z, q_{j+4} − z), exact.
+__device__ __forceinline__ uint32_t dq_pair(uint32_t word, int j, uint32_t bias2) {
+  const uint32_t v = ((word >> (4 * j)) & 0x000F000Fu) | 0x43004300u;  // bf16 128 + q in each half
+  const __nv_bfloat162 r =
+      __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), *reinterpret_cast<const __nv_bfloat162*>(&bias2));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+__device__ __forceinline__ float meta_scale(uint32_t meta) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(meta & 0xFFFFu)));
+}
+
+// bf16x2 of 128 + z in both halves (z <= 255: 128 + z is exact in bf16 up to 255, the unit in [128, 256) is 1).
+__device__ __forceinline__ uint32_t meta_bias2(uint32_t meta) {
+  return (0x4300u + ((meta >> 16) & 0xFFu)) * 0x00010001u;
+}
+
+__device__ __forceinline__ uint32_t u4_at(const uint4& v, int c) {
+  return c == 0 ? v.x : (c == 1 ? v.y : (c == 2 ? v.z : v.w));
+}
+
+// grid (ceil(Np / 128), splits, ceil(M / (16·MT))), block 128, dynamic shared memory (see the launcher). At
+// most 128 registers for MT = 1, so that 4 blocks (16 warps, 64 loads of 512 bytes in flight) fit on an SM.
+template <int MT, int P>
+__global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_kernel(DmParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint16_t* xs = reinterpret_cast<uint16_t*>(smem);
+  uint32_t* ms = reinterpret_cast<uint32_t*>(smem + p.meta_offset);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t rows = p.Kp / 8;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * p.rows_per_split;
+  const int64_t r1 = min(r0 + p.rows_per_split, (rows + kDmRowsPerIt - 1) / kDmRowsPerIt * kDmRowsPerIt);
+  const int n_it = static_cast<int>((r1 - r0) / kDmRowsPerIt);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.z) * 16 * MT;
+  const int xr = static_cast<int>(min(p.M - m0, int64_t{16 * MT}));  // valid rows of this m-tile
+  const int64_t nb = static_cast<int64_t>(blockIdx.x) * kDmBlockCols;
+  const int64_t n0 = nb + warp * kDmWarpCols;
+  const bool cols_ok = n0 + 4 * g < p.Np;  // Np % 4 == 0: the lane's 4 columns are all in or all out
+
+  // The first P iterations' words, in flight while the block stages x and the metas.
+  const auto load_w = [&](int it) {
+    const int64_t r = r0 + int64_t{kDmRowsPerIt} * it + t;
+    return it < n_it && r < rows && cols_ok ? ld_stream(p.qweight + r * p.Np + n0 + 4 * g) : make_uint4(0, 0, 0, 0);
+  };
+  uint4 wbuf[P];
+#pragma unroll
+  for (int i = 0; i < P; ++i) wbuf[i] = load_w(i);
+
+  // x rows [m0, m0 + xr), word-rows [r0, r1) into shared memory, each run of 8 reordered (see the top).
+  const int64_t runs = r1 - r0;
+  for (int64_t c = threadIdx.x; c < xr * runs; c += kDmThreads) {
+    const int64_t m = c / runs, j = c % runs, k0 = (r0 + j) * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (k0 < p.x_width) v = __ldg(reinterpret_cast<const uint4*>(p.x + (m0 + m) * p.lda + k0));
+    uint4 o;
+    o.x = __byte_perm(v.x, v.z, 0x5410);  // (x0, x4)
+    o.y = __byte_perm(v.x, v.z, 0x7632);  // (x1, x5)
+    o.z = __byte_perm(v.y, v.w, 0x5410);  // (x2, x6)
+    o.w = __byte_perm(v.y, v.w, 0x7632);  // (x3, x7)
+    *reinterpret_cast<uint4*>(xs + m * p.x_pitch + j * 8) = o;
+  }
+  // The metas of the groups the split touches, 128 columns each (zeros past Np).
+  const int64_t g_first = min(r0 * 8 / p.group, p.num_groups - 1);
+  const int64_t g_last = min((min(r1, rows) * 8 - 1) / p.group, p.num_groups - 1);
+  const int n_meta = static_cast<int>(g_last - g_first + 1) * (kDmBlockCols / 4);
+  for (int c = threadIdx.x; c < n_meta; c += kDmThreads) {
+    const int gl = c / (kDmBlockCols / 4), col = (c % (kDmBlockCols / 4)) * 4;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (nb + col < p.Np) v = __ldg(reinterpret_cast<const uint4*>(p.meta + (g_first + gl) * p.Np + nb + col));
+    *reinterpret_cast<uint4*>(ms + gl * kDmBlockCols + col) = v;
+  }
+  __syncthreads();
+
+  float acc[MT][4][4], cg[MT][4][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[a][i][e] = cg[a][i][e] = 0.0f;
+
+  // acc += s · cg with the scales of shared meta row gl (C columns 8t + i and 8t + 4 + i), then cg = 0.
+  const auto flush = [&](int gl) {
+    const uint32_t* mrow = ms + gl * kDmBlockCols + warp * kDmWarpCols + 8 * t;
+    const uint4 sa = *reinterpret_cast<const uint4*>(mrow), sb = *reinterpret_cast<const uint4*>(mrow + 4);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float s_even = meta_scale(u4_at(sa, i)), s_odd = meta_scale(u4_at(sb, i));
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        acc[a][i][0] = fmaf(s_even, cg[a][i][0], acc[a][i][0]);
+        acc[a][i][1] = fmaf(s_odd, cg[a][i][1], acc[a][i][1]);
+        acc[a][i][2] = fmaf(s_even, cg[a][i][2], acc[a][i][2]);
+        acc[a][i][3] = fmaf(s_odd, cg[a][i][3], acc[a][i][3]);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) cg[a][i][e] = 0.0f;
+      }
+    }
+  };
+
+  // The lane's shared rows of x (a·16 + g and a·16 + g + 8 of the tile) at its word-row t, as element offsets
+  // into xs (32-bit: fewer registers than pointers); -1 past the valid rows.
+  int xlo[MT], xhi[MT];
+#pragma unroll
+  for (int a = 0; a < MT; ++a) {
+    const int lo = a * 16 + g, hi = lo + 8;
+    xlo[a] = lo < xr ? lo * p.x_pitch + t * 8 : -1;
+    xhi[a] = hi < xr ? hi * p.x_pitch + t * 8 : -1;
+  }
+
+  int cur = -1, since_flush = 0;
+  uint32_t bias2[4] = {0, 0, 0, 0};  // per B column i: bf16x2 of 128 + z
+  for (int it0 = 0; it0 < n_it; it0 += P) {
+#pragma unroll
+    for (int u = 0; u < P; ++u) {
+      const int it = it0 + u;
+      if (it >= n_it) break;
+      const uint4 wq = wbuf[u];
+      wbuf[u] = load_w(it + P);
+      // The iteration's group (its 32 K lie in one: group % 32 == 0, or one group for all of K).
+      const int gl = static_cast<int>(
+          min((r0 + int64_t{kDmRowsPerIt} * it) * 8 / p.group, p.num_groups - 1) - g_first);
+      if (gl != cur || since_flush == kDmFlushIt) {
+        if (cur >= 0) flush(cur);
+        if (gl != cur) {
+          const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_at(zm, i));
+          cur = gl;
+        }
+        since_flush = 0;
+      }
+      ++since_flush;
+      // A: the lane's two rows at word-row 4·it + t of the split (zeros past the valid rows).
+      uint4 alo[MT], ahi[MT];
+      const int off = kDmRowsPerIt * 8 * it;
+#pragma unroll
+      for (int a = 0; a < MT; ++a) {
+        alo[a] = xlo[a] >= 0 ? *reinterpret_cast<const uint4*>(xs + xlo[a] + off) : make_uint4(0, 0, 0, 0);
+        ahi[a] = xhi[a] >= 0 ? *reinterpret_cast<const uint4*>(xs + xhi[a] + off) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t word = u4_at(wq, i);
+          const uint32_t b0 = dq_pair(word, 2 * s, bias2[i]), b1 = dq_pair(word, 2 * s + 1, bias2[i]);
+#pragma unroll
+          for (int a = 0; a < MT; ++a) {
+            const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
+                                    u4_at(ahi[a], 2 * s + 1)};
+            mma_bf16(cg[a][i], af, b0, b1);
+          }
+        }
+      }
+    }
+  }
+  if (cur >= 0) flush(cur);
+
+  // C element e of n-tile i: row g (e < 2) or g + 8, column 8t + i (e even) or 8t + 4 + i of the warp's 32.
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t m = m0 + a * 16 + g + (e >= 2 ? 8 : 0);
+        const int64_t n = n0 + 8 * t + i + (e & 1 ? 4 : 0);
+        if (m >= p.M) continue;
+        if (p.splits == 1) {
+          if (n < p.N) p.out[m * p.N + n] = acc[a][i][e];
+        } else if (n < p.Np) {
+          p.out[(static_cast<int64_t>(blockIdx.y) * p.M + m) * p.Np + n] = acc[a][i][e];
+        }
+      }
+}
+
+// Shared bytes of a split of `rps` word-rows: x [x_rows, pitch] bf16, then `meta_rows` x 128 metas.
+int64_t x_pitch_of(int64_t rps) {
+  // 16-byte units per row ≡ 4 (mod 8): the 8 lanes of a 16-byte load phase (g = 0, 1; t = 0..3) hit 8 distinct
+  // bank groups.
+  return (rps % 8 == 0 ? rps + 4 : rps) * 8;
+}
+int meta_rows_of(int64_t rps, int64_t group, int64_t num_groups) {
+  return static_cast<int>(std::min<int64_t>(num_groups, rps * 8 / group + 2));
+}
+int64_t meta_offset_of(int x_rows, int64_t rps) { return round_up(int64_t{x_rows} * x_pitch_of(rps) * 2, 16); }
+int64_t smem_bytes(int x_rows, int64_t rps, int meta_rows) {
+  return meta_offset_of(x_rows, rps) + int64_t{meta_rows} * kDmBlockCols * 4;
+}
+
+template <int MT, int P>
+void launch(const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
+  static const cudaError_t attr = cudaFuncSetAttribute(qgemm_decode_mma_kernel<MT, P>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kDmMaxSmem);
+  QWENQ_CUDA_CHECK(attr);
+  qgemm_decode_mma_kernel<MT, P><<<grid, kDmThreads, smem, s>>>(p);
+}
+
+}  // namespace
+
+bool qgemm_decode_mma_supports(const Q4View& w) {
+  return w.kind == Q4Kind::Int && (w.group % 32 == 0 || w.group >= w.Kp);
+}
+
+bool qgemm_decode_mma_enabled() {
+  const char* v = std::getenv("QWENQ_DECODE_MMA");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
+  const char* fn = "qgemm_int4_decode_mma_cuda";
+  qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
+  QWENQ_CHECK(qgemm_decode_mma_supports(w),
+              fn << ": needs an Int-kind weight (GPTQ, AWQ) whose layout group is a multiple of 32 or spans K, not kind "
+                 << q4_kind_name(w.kind) << " group " << w.group << " (K=" << w.K << " N=" << w.N
+                 << "; qgemm_int4_decode_cuda takes every weight)");
+  const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+
+  const int mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
+  const int64_t mtiles = ceil_div(M, 16 * mt);
+  QWENQ_CHECK(mtiles <= 65535, fn << ": M=" << M << " needs more than 65535 row tiles");
+  const int x_rows = static_cast<int>(std::min<int64_t>(M, 16 * mt));
+  const int64_t quads = ceil_div(w.Kp / 8, kDmRowsPerIt);
+  const int64_t col_blocks = ceil_div(w.Np, kDmBlockCols);
+  // Split K until there are ~4 blocks per SM (a 7B q_proj has 28 column blocks for 132 SMs), keeping >= 64 K
+  // per block, then further while the block's shared memory would exceed kDmMaxSmem.
+  int64_t splits = std::clamp<int64_t>(ceil_div(4 * cuda_sm_count(), col_blocks * mtiles), 1,
+                                       std::max<int64_t>(1, quads / kDmMinItPerSplit));
+  int64_t rps = 0;
+  for (;; ++splits) {
+    rps = ceil_div(quads, splits) * kDmRowsPerIt;
+    if (smem_bytes(x_rows, rps, meta_rows_of(rps, w.group, w.num_groups())) <= kDmMaxSmem || rps == kDmRowsPerIt)
+      break;
+  }
+  splits = ceil_div(quads * kDmRowsPerIt, rps);
+  QWENQ_CHECK(splits <= 65535, fn << ": " << splits << " K splits");
+  const int meta_rows = meta_rows_of(rps, w.group, w.num_groups());
+  const int64_t smem = smem_bytes(x_rows, rps, meta_rows);
+  QWENQ_CHECK(smem <= kDmMaxSmem, fn << ": " << smem << " bytes of shared memory for M=" << M);
+
+  DeviceMemory staged;
+  int64_t lda = 0, width = 0;
+  const uint16_t* xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
+
+  DmParams p{xa, lda, width, w.qweight, w.meta, y, M, w.N, w.Np, w.Kp, w.group, w.num_groups(), rps,
+             static_cast<int>(x_pitch_of(rps)), meta_offset_of(x_rows, rps), x_rows, meta_rows,
+             static_cast<int>(splits)};
+  DeviceMemory ws;
+  if (splits > 1) {
+    ws = DeviceMemory(static_cast<size_t>(splits * M * w.Np) * sizeof(float), s);
+    p.out = ws.as<float>();
+  }
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(mtiles));
+  switch (mt) {
+    case 1: launch<1, 6>(p, grid, static_cast<size_t>(smem), s); break;
+    case 2: launch<2, 6>(p, grid, static_cast<size_t>(smem), s); break;
+    default: launch<4, 4>(p, grid, static_cast<size_t>(smem), s); break;
+  }
+  QWENQ_CUDA_CHECK_LAUNCH("qgemm_decode_mma_kernel for " << ctx);
+  if (splits > 1) {
+    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * int64_t{cuda_sm_count()}));
+    reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, M, w.Np, w.N, nullptr, y);
+    QWENQ_CUDA_CHECK_LAUNCH("reduce_kernel for " << ctx);
+  }
+}
+
+}  // namespace qwenq

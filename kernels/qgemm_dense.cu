@@ -1,0 +1,158 @@
+// The prefill / training W4A16 products through a dense bf16 copy of Ŵ: dequantize once per call, then one
+// cuBLASLt GEMM (bf16 x bf16, fp32 accumulation, fp32 output):
+//
+//   Wb[n, kk] = bf16(q4_dequant(code(kk, n), meta(group(kk), n)))       [N, Kp], layout rows (kernel below)
+//   forward     y  = x[:, perm] · Wbᵀ       (x gathered through perm in a bf16 staging copy, as qgemm_tc.cu)
+//   transposed  dx[:, perm] = dy · Wb       (into a [M, Kp] scratch, scattered through perm, when perm or Kp > K)
+//
+// Numerics are those of the fused tensor-core kernels (qgemm_tc.cu, qgemm_wgmma.cu): ŵ computed in fp32 exactly
+// as the CPU twin's q4_dequant and rounded once to bf16, exact bf16 products, fp32 sums in cuBLASLt's order.
+//
+// Why: on the first H200 run (2026-12-04) the fused kernels reached 0.28-0.38x of cuBLASLt's bf16 GEMM at
+// M >= 512, because each 128-row block dequantizes its whole W tile again (M / 128 times per weight). Writing Wb
+// once costs N·K·(0.5 + 2) bytes of traffic, ~7 µs for a 7B q_proj at 4.8 TB/s, against a 78 µs GEMM at
+// M = 2048: the product runs at cuBLASLt's speed less that. The price is a transient bf16 copy of one weight
+// (N·Kp·2 bytes, from the stream's pool; 136 MB for a 7B gate_proj), what bitsandbytes' 4-bit training matmul
+// allocates too. The fused kernels stay for callers that cannot afford it.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/error.h"
+#include "kernels/blas_lt.h"
+#include "kernels/cuda_check.cuh"
+#include "kernels/qgemm.h"
+#include "kernels/qgemm_tc_common.cuh"
+
+namespace qwenq {
+namespace {
+
+using qgemm_tc_detail::c_tc_books;
+using qgemm_tc_detail::ceil_div;
+using qgemm_tc_detail::dequant_word;
+
+constexpr int kDqThreads = 256;
+constexpr int kDqRowsPerThread = 4;  // word-rows per thread: 4 x 16-byte stores, 64 contiguous bytes of Wb
+
+// grid (ceil(Np / 256), ceil(Kp / 8 / 4)): thread (n, r-block) reads words (r, n) .. (r + 3, n) (the warp's loads
+// are 128 contiguous bytes per word-row) and writes Wb[n, 8r .. 8r + 32) (64 contiguous bytes).
+template <Q4Kind KIND>
+__global__ void __launch_bounds__(kDqThreads) q4_dequant_bf16_kernel(const uint32_t* qweight, const uint32_t* meta,
+                                                                     int64_t N, int64_t Np, int64_t Kp, int64_t group,
+                                                                     uint16_t* out) {
+  __shared__ float book[16];
+  if constexpr (KIND != Q4Kind::Int) {
+    if (threadIdx.x < 16) book[threadIdx.x] = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][threadIdx.x];
+    __syncthreads();
+  }
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kDqThreads + threadIdx.x;
+  if (n >= N) return;  // Wb has N rows: the padding columns N..Np-1 are not written
+  const int64_t rows = Kp / 8;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kDqRowsPerThread;
+#pragma unroll
+  for (int i = 0; i < kDqRowsPerThread; ++i) {
+    const int64_t r = r0 + i;
+    if (r >= rows) break;
+    const uint32_t word = __ldg(qweight + r * Np + n);
+    const uint32_t m = __ldg(meta + (r * 8 / group) * Np + n);
+    *reinterpret_cast<uint4*>(out + n * Kp + r * 8) = dequant_word<KIND>(word, m, book);
+  }
+}
+
+// dx[m, perm ? perm[kk] : kk] = tmp[m, kk] for kk < K (tmp [M, Kp]).
+__global__ void scatter_columns_kernel(const float* tmp, const int32_t* perm, int64_t M, int64_t K, int64_t Kp,
+                                       float* dx) {
+  const int64_t total = M * K;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = i / K, kk = i % K;
+    dx[m * K + (perm ? perm[kk] : kk)] = tmp[m * Kp + kk];
+  }
+}
+
+// Wb [N, Kp] bf16 of w into a fresh stream-ordered allocation.
+DeviceMemory dequantized(const Q4View& w, cudaStream_t s, const std::string& ctx) {
+  DeviceMemory wb(static_cast<size_t>(w.N * w.Kp) * sizeof(uint16_t), s);
+  q4_dequantize_bf16_cuda(w, wb.as<uint16_t>(), s);
+  QWENQ_CUDA_CHECK_LAUNCH("q4_dequant_bf16_kernel for " << ctx);
+  return wb;
+}
+
+}  // namespace
+
+bool qgemm_dense_enabled() {
+  const char* v = std::getenv("QWENQ_QGEMM_DENSE");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream) {
+  q4_check(w, "q4_dequantize_bf16_cuda");
+  QWENQ_CHECK(out != nullptr && reinterpret_cast<uintptr_t>(out) % 16 == 0,
+              "q4_dequantize_bf16_cuda: the output must be a 16-byte aligned device pointer (16-byte stores)");
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const dim3 grid(static_cast<unsigned>(ceil_div(w.N, kDqThreads)),
+                  static_cast<unsigned>(ceil_div(w.Kp / 8, kDqRowsPerThread)));
+  QWENQ_CHECK(grid.y <= 65535, "q4_dequantize_bf16_cuda: K=" << w.K << " is too large");
+  switch (w.kind) {
+    case Q4Kind::Int:
+      q4_dequant_bf16_kernel<Q4Kind::Int><<<grid, kDqThreads, 0, s>>>(w.qweight, w.meta, w.N, w.Np, w.Kp, w.group, out);
+      break;
+    case Q4Kind::Nf4:
+      q4_dequant_bf16_kernel<Q4Kind::Nf4><<<grid, kDqThreads, 0, s>>>(w.qweight, w.meta, w.N, w.Np, w.Kp, w.group, out);
+      break;
+    default:
+      q4_dequant_bf16_kernel<Q4Kind::Fp4><<<grid, kDqThreads, 0, s>>>(w.qweight, w.meta, w.N, w.Np, w.Kp, w.group, out);
+      break;
+  }
+  QWENQ_CUDA_CHECK_LAUNCH("q4_dequant_bf16_kernel (K=" << w.K << " N=" << w.N << ")");
+}
+
+void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
+  const char* fn = "qgemm_int4_dense_cuda";
+  qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
+  const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const DeviceMemory wb = dequantized(w, s, ctx);
+  DeviceMemory staged;
+  int64_t lda = 0, width = 0;
+  const uint16_t* xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
+  QWENQ_CHECK(width == w.Kp, fn << ": staged width " << width << " is not Kp=" << w.Kp << " (" << ctx << ")");
+  // Column-major: yᵀ [N, M] = op_T(Wb as Kp x N) · xᵀ (Kp x M), as linear_forward_cuda.
+  LtGemm g;
+  g.m = w.N, g.n = M, g.k = w.Kp;
+  g.trans_a = true, g.trans_b = false;
+  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
+  g.lda = w.Kp, g.ldb = lda, g.ldd = w.N;
+  BlasLt::current().matmul(g, wb.get(), xa, y, nullptr, 1.f, s);
+}  // wb and the staging copy go back to the pool in stream order, after the matmul
+
+void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
+  const char* fn = "qgemm_int4_t_dense_cuda";
+  qgemm_tc_detail::check_tc_args(w, dy, dy_dtype, M, dx, fn);
+  const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, dy_dtype);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const DeviceMemory wb = dequantized(w, s, ctx);
+  // Column-major: dxᵀ [Kp, M] = (Wb as Kp x N) · dyᵀ (N x M), as linear_backward_input_cuda; straight into dx
+  // when its columns are the layout rows (no act-order, Kp == K), else into a scratch scattered afterwards.
+  const bool direct = w.perm == nullptr && w.Kp == w.K;
+  DeviceMemory tmp;
+  if (!direct) tmp = DeviceMemory(static_cast<size_t>(M * w.Kp) * sizeof(float), s);
+  LtGemm g;
+  g.m = w.Kp, g.n = M, g.k = w.N;
+  g.trans_a = false, g.trans_b = false;
+  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
+  g.lda = w.Kp, g.ldb = w.N, g.ldd = w.Kp;
+  BlasLt::current().matmul(g, wb.get(), dy, direct ? static_cast<void*>(dx) : tmp.get(), nullptr, 1.f, s);
+  if (!direct) {
+    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * int64_t{cuda_sm_count()}));
+    scatter_columns_kernel<<<blocks, 256, 0, s>>>(tmp.as<float>(), w.perm, M, w.K, w.Kp, dx);
+    QWENQ_CUDA_CHECK_LAUNCH("scatter_columns_kernel for " << ctx);
+  }
+}
+
+}  // namespace qwenq
