@@ -4,8 +4,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <utility>
 
 #include "core/error.h"
+#include "kernels/qgemm.h"
 #ifdef QWENQ_HAVE_CUDA
 #include "kernels/cuda_check.h"
 #endif
@@ -40,21 +43,36 @@ std::string wgmma_remark(bool cuda) {
   return on ? "; QWENQ_WGMMA=1: the Hopper wgmma kernels" : "; the Hopper wgmma kernels (QWENQ_WGMMA=0: the mma.sync ones)";
 }
 
+// The opt-in 4-bit paths of kernels/qgemm.h, when the environment turns them on: what runs, or that nothing
+// changes on the CPU.
+std::string opt_in_remark(bool cuda) {
+  const std::pair<bool, const char*> paths[] = {
+      {qgemm_decode_mma_enabled(), "QWENQ_DECODE_MMA=1: the 4-bit decode product on tensor cores"},
+      {qgemm_dense_enabled(), "QWENQ_QGEMM_DENSE=1: the 4-bit prefill products as bf16 W + cuBLASLt"}};
+  std::string r;
+  for (const auto& [on, what] : paths) {
+    if (!on) continue;
+    const std::string text = what;
+    r += "; " + (cuda ? text : text.substr(0, text.find(':')) + " has no effect on the CPU");
+  }
+  return r;
+}
+
 }  // namespace
 
 DeviceChoice choose_device(const std::string& request) {
   QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
               "unknown device '" << request << "' (expected auto, cpu or cuda)");
-  if (request == "cpu") return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false)};
+  if (request == "cpu") return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + opt_in_remark(false)};
 
   std::string what;
   const bool have_cuda = cuda_available(&what);
   if (have_cuda) {
-    return {Device::Cuda, "device: cuda available (" + what + ")" + wgmma_remark(true)};
+    return {Device::Cuda, "device: cuda available (" + what + ")" + wgmma_remark(true) + opt_in_remark(true)};
   }
   const std::string& reason = what;
   QWENQ_CHECK(request != "cuda", "--device cuda: CUDA is not available (" << reason << ")");
-  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false)};
+  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false) + opt_in_remark(false)};
 }
 
 }  // namespace qwenq

@@ -56,6 +56,11 @@ void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M
 // prefill path's first step (qgemm_int4_dense_cuda below); the CUDA twin gives the same bits.
 void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out);
 
+// The opt-in CUDA paths below, as the environment asks for them (kernels/qgemm_paths.cpp; every build, so that
+// the memory plan can count the dense path's scratch): QWENQ_DECODE_MMA=1 and QWENQ_QGEMM_DENSE=1.
+bool qgemm_decode_mma_enabled();
+bool qgemm_dense_enabled();
+
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
 // atomics): the split-K partial sums are reduced in a fixed order and the tensor-core path does not split.
@@ -79,17 +84,16 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 // M <= 64): mma.sync with the exact integers q − z as B and the group scale applied to the fp32 partial sums, so ŵ
 // is never rounded (against the CPU twin only the summation order differs, as for the FMA kernels). Opt-in
 // until it has run on a GPU: qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a
-// supported weight only when qgemm_decode_mma_enabled() (QWENQ_DECODE_MMA=1).
+// supported weight only when qgemm_decode_mma_enabled().
 bool qgemm_decode_mma_supports(const Q4View& w);
-bool qgemm_decode_mma_enabled();
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);
 // The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once
 // per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
 // accumulation and output. Same arguments and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any
 // kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. Opt-in until it has run on a GPU:
-// qgemm_int4_cuda / qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_enabled() (QWENQ_QGEMM_DENSE=1).
-bool qgemm_dense_enabled();
+// qgemm_int4_cuda / qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_enabled(). The memory plan
+// counts its buffer as kernel scratch when the switch is on.
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = nullptr);
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
 void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,

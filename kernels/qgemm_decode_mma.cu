@@ -39,8 +39,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -285,11 +283,6 @@ void launch(const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
 
 bool qgemm_decode_mma_supports(const Q4View& w) {
   return w.kind == Q4Kind::Int && (w.group % 32 == 0 || w.group >= w.Kp);
-}
-
-bool qgemm_decode_mma_enabled() {
-  const char* v = std::getenv("QWENQ_DECODE_MMA");
-  return v != nullptr && std::strcmp(v, "1") == 0;
 }
 
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {

@@ -19,8 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -84,11 +82,6 @@ DeviceMemory dequantized(const Q4View& w, cudaStream_t s, const std::string& ctx
 }
 
 }  // namespace
-
-bool qgemm_dense_enabled() {
-  const char* v = std::getenv("QWENQ_QGEMM_DENSE");
-  return v != nullptr && std::strcmp(v, "1") == 0;
-}
 
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream) {
   q4_check(w, "q4_dequantize_bf16_cuda");

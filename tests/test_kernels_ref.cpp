@@ -644,5 +644,29 @@ TEST(KernelsRef, DeviceChoiceExplainsTheWgmmaSwitch) {
   else ::unsetenv("QWENQ_WGMMA");
 }
 
+// The opt-in 4-bit paths (kernels/qgemm.h) are named on the device line when set to 1, and nothing otherwise.
+TEST(KernelsRef, DeviceChoiceNamesTheOptInGemmPaths) {
+  const char* wg = std::getenv("QWENQ_WGMMA");
+  const std::string saved_wg = wg ? wg : "";
+  ::unsetenv("QWENQ_WGMMA");
+  ::setenv("QWENQ_DECODE_MMA", "1", 1);
+  ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
+  EXPECT_EQ(choose_device("cpu").description,
+            "device: cpu (requested); QWENQ_DECODE_MMA=1 has no effect on the CPU; QWENQ_QGEMM_DENSE=1 has no effect "
+            "on the CPU");
+  const DeviceChoice a = choose_device("auto");
+  if (a.device == Device::Cuda) {
+    EXPECT_NE(a.description.find("; QWENQ_DECODE_MMA=1: the 4-bit decode product on tensor cores; QWENQ_QGEMM_DENSE=1: "
+                                 "the 4-bit prefill products as bf16 W + cuBLASLt"),
+              std::string::npos)
+        << a.description;
+  }
+  ::setenv("QWENQ_DECODE_MMA", "0", 1);
+  ::unsetenv("QWENQ_QGEMM_DENSE");
+  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
+  ::unsetenv("QWENQ_DECODE_MMA");
+  if (wg) ::setenv("QWENQ_WGMMA", saved_wg.c_str(), 1);
+}
+
 }  // namespace
 }  // namespace qwenq

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -620,6 +621,28 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
   in.lora.target_modules = {"q_proj", "v_proj"};
   EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, 10u * 3584 * 8);
   EXPECT_GT(10u * 3584 * 8, std::max<uint64_t>(delta, 8u * 3584 * 8));
+}
+
+// QWENQ_QGEMM_DENSE=1 (kernels/qgemm.h's opt-in dense 4-bit path) holds a bf16 copy of one Linear's Ŵ during its
+// product: the plan's kernel scratch is the largest, Qwen2.5-7B's gate/up (and down) 18944 x 3584 x 2 bytes, for a
+// 4-bit base; a bf16 base is unchanged (no 4-bit weight).
+TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
+  const char* before = std::getenv("QWENQ_QGEMM_DENSE");
+  const std::string saved = before ? before : "";
+  const QwenConfig c = qwen_preset("qwen2.5-7b");
+  PlanInput in = one_gpu(c, PlanBase::Gptq, 16, 2048);
+  ::unsetenv("QWENQ_QGEMM_DENSE");
+  const uint64_t off = plan_memory(in).devices.at(0).ws_scratch;
+  ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
+  const uint64_t on = plan_memory(in).devices.at(0).ws_scratch;
+  in.base = PlanBase::Bf16;
+  const uint64_t bf16_on = plan_memory(in).devices.at(0).ws_scratch;
+  ::unsetenv("QWENQ_QGEMM_DENSE");
+  const uint64_t bf16_off = plan_memory(in).devices.at(0).ws_scratch;
+  if (before) ::setenv("QWENQ_QGEMM_DENSE", saved.c_str(), 1);
+  EXPECT_EQ(on, 18944u * 3584 * 2);
+  EXPECT_LT(off, on);
+  EXPECT_EQ(bf16_on, bf16_off);
 }
 
 // A float32 checkpoint's dense Linears are uploaded as fp32: twice the bf16 file-bytes formula.
