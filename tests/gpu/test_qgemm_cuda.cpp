@@ -185,7 +185,8 @@ void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string
 
 class QgemmDecodeMmaCuda : public ::testing::TestWithParam<Src> {};
 
-// The Int sources on every real shape; M up to 64 crosses the kernel's 1, 2 and 4 row tiles of 16 (and 65 two tiles).
+// The Int sources on every real shape, M = 1, 17 and 33: the kernel's 1, 2 and 4 row tiles of 16 (the awkward sizes
+// below run every M; the host reference, single-threaded Σ|a·w| included, is the cost here).
 TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
@@ -193,8 +194,8 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   for (const KN& s : kRealShapes) {
     const bool huge = s.K * s.N > 50'000'000;  // the CPU twin's cost, as in QgemmCuda above
     const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
-    for (int64_t M : {1, 3, 16, 17, 33, 64}) {
-      if (huge && M > 3) continue;
+    for (int64_t M : {1, 17, 33}) {
+      if (huge && M > 1) continue;
       run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
       if (HasFatalFailure()) return;
     }
