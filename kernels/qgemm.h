@@ -79,12 +79,14 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
                             void* stream = nullptr);
 void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                               void* stream = nullptr);
-// The decode product on tensor cores (kernels/qgemm_decode_mma.cu): Int-kind weights (GPTQ, AWQ) whose layout
-// group is a multiple of 32 or spans K (qgemm_decode_mma_supports), BF16 activations, any M >= 1 (meant for
-// M <= 64): mma.sync with the exact integers q − z as B and the group scale applied to the fp32 partial sums, so ŵ
-// is never rounded (against the CPU twin only the summation order differs, as for the FMA kernels). Opt-in
-// until it has run on a GPU: qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a
-// supported weight only when qgemm_decode_mma_enabled().
+// The decode product on tensor cores (kernels/qgemm_decode_mma.cu): every kind whose layout group is a multiple
+// of 32 or spans K (qgemm_decode_mma_supports: GPTQ/AWQ groups of 32/64/128 or none, bnb blocks of 64 when
+// 64 | K), BF16 activations, any M >= 1 (meant for M <= 64): mma.sync with B the exact integers q − z (Int) or
+// the code book value split exactly into three bf16 pieces (Nf4/Fp4, three MMAs), the group scale applied to the
+// fp32 partial sums, so ŵ is never rounded (against the CPU twin only the summation order differs, as for the FMA
+// kernels). Opt-in until it has run on a GPU: qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for
+// M <= 64, BF16 and a supported weight only when qgemm_decode_mma_enabled() (then BF16 and F32 activations take
+// different kernels, and their bits may differ within the summation-order tolerance).
 bool qgemm_decode_mma_supports(const Q4View& w);
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);

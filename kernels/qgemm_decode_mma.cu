@@ -1,13 +1,16 @@
-// The decode-regime W4A16 product on tensor cores: y = x·Ŵᵀ for M = 1..64 bf16 rows against an Int-kind Q4
-// weight (GPTQ v1/v2, AWQ; quant/format/qgemm_layout.h), one mma.sync m16n8k16 per 16 x 8 x 16 piece, with the
-// group scale taken out of the sum:
+// The decode-regime W4A16 product on tensor cores: y = x·Ŵᵀ for M = 1..64 bf16 rows against a Q4 weight
+// (quant/format/qgemm_layout.h), one mma.sync m16n8k16 per 16 x 8 x 16 piece, with the group scale taken out of
+// the sum:
 //
-//   y[m, n] = Σ_g s[g, n] · C_g[m, n],    C_g[m, n] = Σ_{k in g} x[m, k] · (q[n, k] − z[g, n])
+//   Int (GPTQ, AWQ)   y[m, n] = Σ_g s[g, n] · C_g[m, n],   C_g[m, n] = Σ_{k in g} x[m, k] · (q[n, k] − z[g, n])
+//   Nf4 / Fp4 (bnb)   y[m, n] = Σ_g a[g, n] · C_g[m, n],   C_g[m, n] = Σ_{k in g} x[m, k] · book[q[n, k]]
 //
 // q − z is an integer in [−16, 15], exact in bf16, and x is bf16, so every product x·(q − z) is exact in the
-// MMA's fp32 accumulator; the scale multiplies the fp32 partial sum once per group (and every kFlushIt
-// iterations within a long group, so that no accumulator sums more than 128 products' worth of MMA steps
-// before an IEEE rounding). Unlike the prefill kernels (qgemm_tc.cu, qgemm_wgmma.cu), ŵ is never rounded to
+// MMA's fp32 accumulator. A code book value (24 significant bits) is split exactly into three bf16 pieces,
+// book = h + m + l (h = bf16(book), m = bf16(book − h), l = book − h − m, each difference exact in fp32), and
+// each piece is one MMA: three exact products per weight, summed in fp32. The scale (s, or the block absmax a)
+// multiplies the fp32 partial sum once per group (and every kFlushIt iterations within a long group, so that no
+// accumulator sums more than 128 products' worth of MMA steps before an IEEE rounding). Unlike the prefill kernels (qgemm_tc.cu, qgemm_wgmma.cu), ŵ is never rounded to
 // bf16: against the CPU twin, which rounds each ŵ = (q − z)·s to fp32, the difference is fp32 summation
 // order only (tests/gpu/test_qgemm_cuda.cpp's kQgemmGpuSumTol applies).
 //
@@ -15,8 +18,9 @@
 // weight (extract, bias, scale, FMA), and at H200's 4.8 TB/s a 4-bit weight arrives every 0.1 ns per SM, so
 // it is instruction bound (2-19 % of HBM on the first H200 run, 2026-12-04) and gets worse with M. Here a pair
 // of weights costs one LOP3 (nibbles j and j + 4 of a word OR'ed into the mantissas of two bf16 128.0s) and
-// one bf16x2 subtraction of 128 + z, plus a quarter of a shift; the MMA does the multiply-adds for up to 16
-// rows at once, so the cost per weight does not grow with M.
+// one bf16x2 subtraction of 128 + z, plus a quarter of a shift (a book kind: four integer ops for an 8-bit index
+// and three shared-memory lookups of bf16x2 pieces per pair); the MMA does the multiply-adds for up to 16 rows at
+// once, so the cost per weight does not grow with M.
 //
 // Work split. A block of 4 warps owns 128 output columns and a range of K (split-K across blockIdx.y, the
 // fp32 partial sums reduced in split order by reduce_kernel: deterministic); warp w owns columns
@@ -50,6 +54,7 @@
 namespace qwenq {
 namespace {
 
+using qgemm_tc_detail::c_tc_books;
 using qgemm_tc_detail::ceil_div;
 using qgemm_tc_detail::mma_bf16;
 using qgemm_tc_detail::round_up;
@@ -86,8 +91,17 @@ __device__ __forceinline__ uint32_t dq_pair(uint32_t word, int j, uint32_t bias2
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
+// The group's multiplier: Int, the fp16 scale in the low half; Nf4/Fp4, the fp32 absmax.
+template <Q4Kind KIND>
 __device__ __forceinline__ float meta_scale(uint32_t meta) {
-  return __half2float(__ushort_as_half(static_cast<unsigned short>(meta & 0xFFFFu)));
+  if constexpr (KIND == Q4Kind::Int) return __half2float(__ushort_as_half(static_cast<unsigned short>(meta & 0xFFFFu)));
+  else return __uint_as_float(meta);
+}
+
+// The 8-bit index of pair(j) of a word for the book tables: nibble j in bits 0..3, nibble j + 4 in bits 4..7.
+__device__ __forceinline__ uint32_t pair_index(uint32_t word, int j) {
+  const uint32_t v = (word >> (4 * j)) & 0x000F000Fu;
+  return (v | (v >> 12)) & 0xFFu;
 }
 
 // bf16x2 of 128 + z in both halves (z <= 255: 128 + z is exact in bf16 up to 255, the unit in [128, 256) is 1).
@@ -101,9 +115,24 @@ __device__ __forceinline__ uint32_t u4_at(const uint4& v, int c) {
 
 // grid (ceil(Np / 128), splits, ceil(M / (16·MT))), block 128, dynamic shared memory (see the launcher). At
 // most 128 registers for MT = 1, so that 4 blocks (16 warps, 64 loads of 512 bytes in flight) fit on an SM.
-template <int MT, int P>
+template <Q4Kind KIND, int MT, int P>
 __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_kernel(DmParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
+  // Book kinds: lut[piece][lo | hi << 4] = bf16x2 (piece of book[lo], piece of book[hi]), pieces h, m, l.
+  __shared__ uint32_t lut[KIND == Q4Kind::Int ? 1 : 3 * 256];
+  if constexpr (KIND != Q4Kind::Int) {
+    for (int e = threadIdx.x; e < 256; e += kDmThreads) {
+      float lo = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][e & 15], hi = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][e >> 4];
+#pragma unroll
+      for (int piece = 0; piece < 3; ++piece) {
+        const __nv_bfloat16 bl = __float2bfloat16_rn(lo), bh = __float2bfloat16_rn(hi);
+        lut[piece * 256 + e] = static_cast<uint32_t>(__bfloat16_as_ushort(bl)) |
+                               (static_cast<uint32_t>(__bfloat16_as_ushort(bh)) << 16);
+        lo -= __bfloat162float(bl);  // exact: bl is lo rounded
+        hi -= __bfloat162float(bh);
+      }
+    }
+  }
   uint16_t* xs = reinterpret_cast<uint16_t*>(smem);
   uint32_t* ms = reinterpret_cast<uint32_t*>(smem + p.meta_offset);
 
@@ -167,7 +196,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
     const uint4 sa = *reinterpret_cast<const uint4*>(mrow), sb = *reinterpret_cast<const uint4*>(mrow + 4);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float s_even = meta_scale(u4_at(sa, i)), s_odd = meta_scale(u4_at(sb, i));
+      const float s_even = meta_scale<KIND>(u4_at(sa, i)), s_odd = meta_scale<KIND>(u4_at(sb, i));
 #pragma unroll
       for (int a = 0; a < MT; ++a) {
         acc[a][i][0] = fmaf(s_even, cg[a][i][0], acc[a][i][0]);
@@ -205,9 +234,11 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       if (gl != cur || since_flush == kDmFlushIt) {
         if (cur >= 0) flush(cur);
         if (gl != cur) {
-          const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
+          if constexpr (KIND == Q4Kind::Int) {
+            const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_at(zm, i));
+            for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_at(zm, i));
+          }
           cur = gl;
         }
         since_flush = 0;
@@ -226,12 +257,26 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const uint32_t word = u4_at(wq, i);
-          const uint32_t b0 = dq_pair(word, 2 * s, bias2[i]), b1 = dq_pair(word, 2 * s + 1, bias2[i]);
+          if constexpr (KIND == Q4Kind::Int) {
+            const uint32_t b0 = dq_pair(word, 2 * s, bias2[i]), b1 = dq_pair(word, 2 * s + 1, bias2[i]);
 #pragma unroll
-          for (int a = 0; a < MT; ++a) {
-            const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
-                                    u4_at(ahi[a], 2 * s + 1)};
-            mma_bf16(cg[a][i], af, b0, b1);
+            for (int a = 0; a < MT; ++a) {
+              const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
+                                      u4_at(ahi[a], 2 * s + 1)};
+              mma_bf16(cg[a][i], af, b0, b1);
+            }
+          } else {
+            const uint32_t i0 = pair_index(word, 2 * s), i1 = pair_index(word, 2 * s + 1);
+#pragma unroll
+            for (int piece = 0; piece < 3; ++piece) {
+              const uint32_t b0 = lut[piece * 256 + i0], b1 = lut[piece * 256 + i1];
+#pragma unroll
+              for (int a = 0; a < MT; ++a) {
+                const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
+                                        u4_at(ahi[a], 2 * s + 1)};
+                mma_bf16(cg[a][i], af, b0, b1);
+              }
+            }
           }
         }
       }
@@ -271,26 +316,33 @@ int64_t smem_bytes(int x_rows, int64_t rps, int meta_rows) {
   return meta_offset_of(x_rows, rps) + int64_t{meta_rows} * kDmBlockCols * 4;
 }
 
-template <int MT, int P>
+template <Q4Kind KIND, int MT, int P>
 void launch(const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
-  static const cudaError_t attr = cudaFuncSetAttribute(qgemm_decode_mma_kernel<MT, P>,
+  static const cudaError_t attr = cudaFuncSetAttribute(qgemm_decode_mma_kernel<KIND, MT, P>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kDmMaxSmem);
   QWENQ_CUDA_CHECK(attr);
-  qgemm_decode_mma_kernel<MT, P><<<grid, kDmThreads, smem, s>>>(p);
+  qgemm_decode_mma_kernel<KIND, MT, P><<<grid, kDmThreads, smem, s>>>(p);
+}
+
+template <Q4Kind KIND>
+void launch_mt(int mt, const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
+  switch (mt) {
+    case 1: launch<KIND, 1, 6>(p, grid, smem, s); break;
+    case 2: launch<KIND, 2, 6>(p, grid, smem, s); break;
+    default: launch<KIND, 4, 4>(p, grid, smem, s); break;
+  }
 }
 
 }  // namespace
 
-bool qgemm_decode_mma_supports(const Q4View& w) {
-  return w.kind == Q4Kind::Int && (w.group % 32 == 0 || w.group >= w.Kp);
-}
+bool qgemm_decode_mma_supports(const Q4View& w) { return w.group % 32 == 0 || w.group >= w.Kp; }
 
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   const char* fn = "qgemm_int4_decode_mma_cuda";
   qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
   QWENQ_CHECK(qgemm_decode_mma_supports(w),
-              fn << ": needs an Int-kind weight (GPTQ, AWQ) whose layout group is a multiple of 32 or spans K, not kind "
-                 << q4_kind_name(w.kind) << " group " << w.group << " (K=" << w.K << " N=" << w.N
+              fn << ": needs a layout group that is a multiple of 32 or spans K, not " << w.group << " (kind "
+                 << q4_kind_name(w.kind) << " K=" << w.K << " N=" << w.N
                  << "; qgemm_int4_decode_cuda takes every weight)");
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -330,11 +382,9 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
     p.out = ws.as<float>();
   }
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(mtiles));
-  switch (mt) {
-    case 1: launch<1, 6>(p, grid, static_cast<size_t>(smem), s); break;
-    case 2: launch<2, 6>(p, grid, static_cast<size_t>(smem), s); break;
-    default: launch<4, 4>(p, grid, static_cast<size_t>(smem), s); break;
-  }
+  if (w.kind == Q4Kind::Int) launch_mt<Q4Kind::Int>(mt, p, grid, static_cast<size_t>(smem), s);
+  else if (w.kind == Q4Kind::Nf4) launch_mt<Q4Kind::Nf4>(mt, p, grid, static_cast<size_t>(smem), s);
+  else launch_mt<Q4Kind::Fp4>(mt, p, grid, static_cast<size_t>(smem), s);
   QWENQ_CUDA_CHECK_LAUNCH("qgemm_decode_mma_kernel for " << ctx);
   if (splits > 1) {
     const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * int64_t{cuda_sm_count()}));

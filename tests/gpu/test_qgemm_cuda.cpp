@@ -162,9 +162,10 @@ TEST(QgemmCudaExact, Fp32ActivationsAndDeterminism) {
 }
 
 // ---- the decode product on tensor cores (kernels/qgemm_decode_mma.cu) ------------------------------------------
-// Same oracle and tolerance as above: q − z and x are exact in bf16, so every product is exact in the MMA's fp32
-// accumulator and only the order of the sums (and the group scale applied to a partial sum instead of to each
-// weight) differs from the CPU twin. Forward only: the transposed decode product stays on the FMA kernel.
+// Same oracle and tolerance as above: q − z and x are exact in bf16 (a code book value is three exact bf16 pieces,
+// one MMA each), so every product is exact in the MMA's fp32 accumulator and only the order of the sums (and the
+// group scale applied to a partial sum instead of to each weight) differs from the CPU twin. Forward only: the
+// transposed decode product stays on the FMA kernel.
 
 // y of the mma kernel against the CPU twin for one weight, M rows of seeded bf16 activations.
 void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string& what) {
@@ -185,7 +186,7 @@ void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string
 
 class QgemmDecodeMmaCuda : public ::testing::TestWithParam<Src> {};
 
-// The Int sources on every real shape, M = 1, 17 and 33: the kernel's 1, 2 and 4 row tiles of 16 (the awkward sizes
+// Every source on every real shape, M = 1, 17 and 33: the kernel's 1, 2 and 4 row tiles of 16 (the awkward sizes
 // below run every M; the host reference, single-threaded Σ|a·w| included, is the cost here).
 TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_GPU();
@@ -204,17 +205,22 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
 
 // Groups of 32 and 128 (act-order), one group over all of K, K not a multiple of 32 (a tail iteration past the
 // last word-row), N not a multiple of 32 or 128 (a partial warp and block), M = 65 (two row tiles, the second of 1).
+// The book kinds' layout group is gcd(K, 64): K = 160 gives groups of 32, K = 4864 and 1024 of 64.
 TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
+  const bool book = src == Src::Nf4Dq || src == Src::Fp4;
   const IntLayout layout = src == Src::Awq ? IntLayout::AwqGemm : (src == Src::GptqV1 ? IntLayout::GptqV1 : IntLayout::GptqV2);
   const bool act_order = src == Src::GptqV2ActOrder;
   uint64_t seed = 19000 + 1000 * static_cast<uint64_t>(src);
   struct Shape { int64_t K, N, group; };
-  for (const Shape& s : {Shape{64, 8, 32}, Shape{200, 24, -1}, Shape{136, 40, -1}, Shape{264, 136, 32},
-                         Shape{1032, 264, 128}, Shape{4864, 72, 32}, Shape{896, 4864, -1}}) {
+  const std::vector<Shape> int_shapes = {{64, 8, 32},      {200, 24, -1},   {136, 40, -1}, {264, 136, 32},
+                                         {1032, 264, 128}, {4864, 72, 32}, {896, 4864, -1}};
+  const std::vector<Shape> book_shapes = {{64, 17, 0}, {160, 40, 0}, {1024, 260, 0}, {4864, 72, 0}, {896, 4864, 0}};
+  for (const Shape& s : book ? book_shapes : int_shapes) {
     if (act_order && s.group < 0) continue;  // act-order needs groups
-    const Q4Layout q = q4_from_int_linear(q4_synthetic_int_linear(layout, s.K, s.N, s.group, act_order, ++seed));
+    const Q4Layout q = book ? make_layout(src, s.K, s.N, ++seed)
+                            : q4_from_int_linear(q4_synthetic_int_linear(layout, s.K, s.N, s.group, act_order, ++seed));
     for (int64_t M : {1, 2, 5, 16, 17, 33, 64, 65}) {
       run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" +
                                      std::to_string(s.N) + " group=" + std::to_string(s.group));
@@ -223,7 +229,8 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(IntSources, QgemmDecodeMmaCuda, ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq),
+INSTANTIATE_TEST_SUITE_P(AllSources, QgemmDecodeMmaCuda,
+                         ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
                          [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
 
 // Integer activations and power-of-two scales make every sum exact: the CPU's bits, in every M regime, and the
@@ -253,18 +260,22 @@ TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
   EXPECT_FALSE(qgemm_decode_mma_enabled());
 }
 
+// Layout groups that are neither a multiple of 32 nor all of K (GPTQ groups of 16; NF4 with K = 200, gcd 8) and
+// F32 activations are refused with a message naming the way out.
 TEST(QgemmDecodeMmaCudaExact, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
-  const Q4Layout nf4 = make_layout(Src::Nf4Dq, 64, 8, 1), awq = make_layout(Src::Awq, 64, 8, 1);
-  const Q4DeviceWeight dn(nf4), da(awq);
+  const Q4Layout g16 = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 64, 8, 16, false, 2));
+  const Q4Layout nf4_g8 = make_layout(Src::Nf4Dq, 200, 8, 1), awq = make_layout(Src::Awq, 64, 8, 1);
+  EXPECT_FALSE(qgemm_decode_mma_supports(g16.view()));
+  EXPECT_FALSE(qgemm_decode_mma_supports(nf4_g8.view()));
+  EXPECT_TRUE(qgemm_decode_mma_supports(make_layout(Src::Nf4Dq, 256, 8, 1).view()));
+  const Q4DeviceWeight dg(g16), da(awq);
   test::DeviceBuffer<uint16_t> x(64);
   test::DeviceBuffer<float> xf(64), y(8);
-  EXPECT_FALSE(qgemm_decode_mma_supports(nf4.view()));
-  expect_error([&] { qgemm_int4_decode_mma_cuda(dn.view(), x.get(), DType::BF16, 1, y.get()); },
-               {"qgemm_int4_decode_mma_cuda", "needs an Int-kind weight", "kind nf4"});
+  expect_error([&] { qgemm_int4_decode_mma_cuda(dg.view(), x.get(), DType::BF16, 1, y.get()); },
+               {"qgemm_int4_decode_mma_cuda", "needs a layout group that is a multiple of 32 or spans K, not 16",
+                "qgemm_int4_decode_cuda takes every weight"});
   expect_error([&] { qgemm_int4_decode_mma_cuda(da.view(), xf.get(), DType::F32, 1, y.get()); }, "BF16");
-  const Q4Layout g16 = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 64, 8, 16, false, 2));
-  EXPECT_FALSE(qgemm_decode_mma_supports(g16.view()));
 }
 
 TEST(QgemmCudaExact, RejectsBadArguments) {
