@@ -47,9 +47,6 @@ constexpr int kTColsPerWarpStep = 32 * 4;            // 128 columns per warp ite
 constexpr int kMinRowsPerSplit = 16;                 // forward: >= 128 K per block, so setup amortizes
 constexpr int kMinStepsPerSplit = 4;                 // transposed: >= 512 columns per warp
 
-__device__ __forceinline__ uint32_t u4_get(const uint4& v, int c) {
-  return c == 0 ? v.x : (c == 1 ? v.y : (c == 2 ? v.z : v.w));
-}
 
 // Dequantization of nibble j of a word, bit-identical to q4_dequant on the host.
 // Int: (q - z)·s. 0x4B000000 | q is the float 2^23 + q (q < 2^23 sits in the mantissa), so
@@ -388,8 +385,7 @@ void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64
   p.out = ws.as<float>();
   dispatch<FwdLaunch>(w.kind, mt, p, grid, dim3(kFwdThreads), s);
   cuda_ok(cudaGetLastError(), "qgemm_fwd_kernel launch", ctx);
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * cuda_sm_count()));
-  reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Np, w.N, nullptr, y);
+  launch_reduce(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Np, w.N, nullptr, y, s);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 
@@ -424,8 +420,7 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
   p.out = ws.as<float>();
   dispatch<TLaunch>(w.kind, mt, p, grid, dim3(kTWarps * 32), s);
   cuda_ok(cudaGetLastError(), "qgemm_t_kernel launch", ctx);
-  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * cuda_sm_count()));
-  reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx);
+  launch_reduce(ws.as<float>(), static_cast<int>(splits), M, Mpad, w.Kp, w.K, w.perm, dx, s);
   cuda_ok(cudaGetLastError(), "reduce_kernel launch", ctx);
 }
 

@@ -10,9 +10,10 @@
 // book = h + m + l (h = bf16(book), m = bf16(book − h), l = book − h − m, each difference exact in fp32), and
 // each piece is one MMA: three exact products per weight, summed in fp32. The scale (s, or the block absmax a)
 // multiplies the fp32 partial sum once per group (and every kFlushIt iterations within a long group, so that no
-// accumulator sums more than 128 products' worth of MMA steps before an IEEE rounding). Unlike the prefill kernels (qgemm_tc.cu, qgemm_wgmma.cu), ŵ is never rounded to
-// bf16: against the CPU twin, which rounds each ŵ = (q − z)·s to fp32, the difference is fp32 summation
-// order only (tests/gpu/test_qgemm_cuda.cpp's kQgemmGpuSumTol applies).
+// accumulator sums more than 128 products' worth of MMA steps before an IEEE rounding). Unlike the prefill
+// kernels (qgemm_tc.cu, qgemm_wgmma.cu), ŵ is never rounded to bf16: against the CPU twin, which rounds each
+// ŵ = (q − z)·s to fp32, the difference is fp32 summation order only (tests/gpu/test_qgemm_cuda.cpp's
+// kQgemmGpuSumTol applies).
 //
 // Why tensor cores for a memory-bound product: the FMA decode kernel (qgemm.cu) spends ~5 instructions per
 // weight (extract, bias, scale, FMA), and at H200's 4.8 TB/s a 4-bit weight arrives every 0.1 ns per SM, so
@@ -109,10 +110,6 @@ __device__ __forceinline__ uint32_t meta_bias2(uint32_t meta) {
   return (0x4300u + ((meta >> 16) & 0xFFu)) * 0x00010001u;
 }
 
-__device__ __forceinline__ uint32_t u4_at(const uint4& v, int c) {
-  return c == 0 ? v.x : (c == 1 ? v.y : (c == 2 ? v.z : v.w));
-}
-
 // grid (ceil(Np / 128), splits, ceil(M / (16·MT))), block 128, dynamic shared memory (see the launcher). At
 // most 128 registers for MT = 1, so that 4 blocks (16 warps, 64 loads of 512 bytes in flight) fit on an SM.
 template <Q4Kind KIND, int MT, int P>
@@ -121,8 +118,9 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
   // Book kinds: lut[piece][lo | hi << 4] = bf16x2 (piece of book[lo], piece of book[hi]), pieces h, m, l.
   __shared__ uint32_t lut[KIND == Q4Kind::Int ? 1 : 3 * 256];
   if constexpr (KIND != Q4Kind::Int) {
+    const float* book = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0];
     for (int e = threadIdx.x; e < 256; e += kDmThreads) {
-      float lo = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][e & 15], hi = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][e >> 4];
+      float lo = book[e & 15], hi = book[e >> 4];
 #pragma unroll
       for (int piece = 0; piece < 3; ++piece) {
         const __nv_bfloat16 bl = __float2bfloat16_rn(lo), bh = __float2bfloat16_rn(hi);
@@ -196,7 +194,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
     const uint4 sa = *reinterpret_cast<const uint4*>(mrow), sb = *reinterpret_cast<const uint4*>(mrow + 4);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float s_even = meta_scale<KIND>(u4_at(sa, i)), s_odd = meta_scale<KIND>(u4_at(sb, i));
+      const float s_even = meta_scale<KIND>(u4_get(sa, i)), s_odd = meta_scale<KIND>(u4_get(sb, i));
 #pragma unroll
       for (int a = 0; a < MT; ++a) {
         acc[a][i][0] = fmaf(s_even, cg[a][i][0], acc[a][i][0]);
@@ -237,7 +235,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
           if constexpr (KIND == Q4Kind::Int) {
             const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_at(zm, i));
+            for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_get(zm, i));
           }
           cur = gl;
         }
@@ -254,28 +252,27 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       }
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
+        // The A fragments of k-step s: pairs 2s (k = 2t, 2t+1) and 2s + 1 (k = 2t+8, 2t+9) of rows g and g + 8.
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int a = 0; a < MT; ++a) {
+          af[a][0] = u4_get(alo[a], 2 * s), af[a][1] = u4_get(ahi[a], 2 * s);
+          af[a][2] = u4_get(alo[a], 2 * s + 1), af[a][3] = u4_get(ahi[a], 2 * s + 1);
+        }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const uint32_t word = u4_at(wq, i);
+          const uint32_t word = u4_get(wq, i);
           if constexpr (KIND == Q4Kind::Int) {
             const uint32_t b0 = dq_pair(word, 2 * s, bias2[i]), b1 = dq_pair(word, 2 * s + 1, bias2[i]);
 #pragma unroll
-            for (int a = 0; a < MT; ++a) {
-              const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
-                                      u4_at(ahi[a], 2 * s + 1)};
-              mma_bf16(cg[a][i], af, b0, b1);
-            }
+            for (int a = 0; a < MT; ++a) mma_bf16(cg[a][i], af[a], b0, b1);
           } else {
             const uint32_t i0 = pair_index(word, 2 * s), i1 = pair_index(word, 2 * s + 1);
 #pragma unroll
             for (int piece = 0; piece < 3; ++piece) {
               const uint32_t b0 = lut[piece * 256 + i0], b1 = lut[piece * 256 + i1];
 #pragma unroll
-              for (int a = 0; a < MT; ++a) {
-                const uint32_t af[4] = {u4_at(alo[a], 2 * s), u4_at(ahi[a], 2 * s), u4_at(alo[a], 2 * s + 1),
-                                        u4_at(ahi[a], 2 * s + 1)};
-                mma_bf16(cg[a][i], af, b0, b1);
-              }
+              for (int a = 0; a < MT; ++a) mma_bf16(cg[a][i], af[a], b0, b1);
             }
           }
         }
@@ -387,8 +384,7 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   else launch_mt<Q4Kind::Fp4>(mt, p, grid, static_cast<size_t>(smem), s);
   QWENQ_CUDA_CHECK_LAUNCH("qgemm_decode_mma_kernel for " << ctx);
   if (splits > 1) {
-    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.N, 256), 8 * int64_t{cuda_sm_count()}));
-    reduce_kernel<<<blocks, 256, 0, s>>>(ws.as<float>(), static_cast<int>(splits), M, M, w.Np, w.N, nullptr, y);
+    launch_reduce(ws.as<float>(), static_cast<int>(splits), M, M, w.Np, w.N, nullptr, y, s);
     QWENQ_CUDA_CHECK_LAUNCH("reduce_kernel for " << ctx);
   }
 }

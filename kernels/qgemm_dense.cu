@@ -17,7 +17,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -25,6 +24,7 @@
 #include "kernels/blas_lt.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/qgemm.h"
+#include "kernels/qgemm_decode_common.cuh"
 #include "kernels/qgemm_tc_common.cuh"
 
 namespace qwenq {
@@ -62,22 +62,10 @@ __global__ void __launch_bounds__(kDqThreads) q4_dequant_bf16_kernel(const uint3
   }
 }
 
-// dx[m, perm ? perm[kk] : kk] = tmp[m, kk] for kk < K (tmp [M, Kp]).
-__global__ void scatter_columns_kernel(const float* tmp, const int32_t* perm, int64_t M, int64_t K, int64_t Kp,
-                                       float* dx) {
-  const int64_t total = M * K;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / K, kk = i % K;
-    dx[m * K + (perm ? perm[kk] : kk)] = tmp[m * Kp + kk];
-  }
-}
-
 // Wb [N, Kp] bf16 of w into a fresh stream-ordered allocation.
-DeviceMemory dequantized(const Q4View& w, cudaStream_t s, const std::string& ctx) {
+DeviceMemory dequantized(const Q4View& w, cudaStream_t s) {
   DeviceMemory wb(static_cast<size_t>(w.N * w.Kp) * sizeof(uint16_t), s);
-  q4_dequantize_bf16_cuda(w, wb.as<uint16_t>(), s);
-  QWENQ_CUDA_CHECK_LAUNCH("q4_dequant_bf16_kernel for " << ctx);
+  q4_dequantize_bf16_cuda(w, wb.as<uint16_t>(), s);  // checks its launch
   return wb;
 }
 
@@ -110,7 +98,7 @@ void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_
   qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const DeviceMemory wb = dequantized(w, s, ctx);
+  const DeviceMemory wb = dequantized(w, s);
   DeviceMemory staged;
   int64_t lda = 0, width = 0;
   const uint16_t* xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
@@ -129,7 +117,7 @@ void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, in
   qgemm_tc_detail::check_tc_args(w, dy, dy_dtype, M, dx, fn);
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, dy_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const DeviceMemory wb = dequantized(w, s, ctx);
+  const DeviceMemory wb = dequantized(w, s);
   // Column-major: dxᵀ [Kp, M] = (Wb as Kp x N) · dyᵀ (N x M), as linear_backward_input_cuda; straight into dx
   // when its columns are the layout rows (no act-order, Kp == K), else into a scratch scattered afterwards.
   const bool direct = w.perm == nullptr && w.Kp == w.K;
@@ -142,9 +130,9 @@ void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, in
   g.lda = w.Kp, g.ldb = w.N, g.ldd = w.Kp;
   BlasLt::current().matmul(g, wb.get(), dy, direct ? static_cast<void*>(dx) : tmp.get(), nullptr, 1.f, s);
   if (!direct) {
-    const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * w.K, 256), 8 * int64_t{cuda_sm_count()}));
-    scatter_columns_kernel<<<blocks, 256, 0, s>>>(tmp.as<float>(), w.perm, M, w.K, w.Kp, dx);
-    QWENQ_CUDA_CHECK_LAUNCH("scatter_columns_kernel for " << ctx);
+    // dx[m, perm ? perm[kk] : kk] = tmp[m, kk] for kk < K: the split-K reduction with one split.
+    launch_reduce(tmp.as<float>(), 1, M, M, w.Kp, w.K, w.perm, dx, s);
+    QWENQ_CUDA_CHECK_LAUNCH("reduce_kernel (dx scatter) for " << ctx);
   }
 }
 

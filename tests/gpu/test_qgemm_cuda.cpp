@@ -167,11 +167,12 @@ TEST(QgemmCudaExact, Fp32ActivationsAndDeterminism) {
 // group scale applied to a partial sum instead of to each weight) differs from the CPU twin. Forward only: the
 // transposed decode product stays on the FMA kernel.
 
-// y of the mma kernel against the CPU twin for one weight, M rows of seeded bf16 activations.
-void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string& what) {
+// y of the mma kernel against the CPU twin for one weight (q, its device copy dw and ŵ = q4_unpack, made once
+// per weight by the caller), M rows of seeded bf16 activations.
+void run_mma_case(const Q4Layout& q, const Q4DeviceWeight& dw, const std::vector<float>& W, int64_t M, uint64_t seed,
+                  const std::string& what) {
   SCOPED_TRACE(what + " M=" + std::to_string(M));
   ASSERT_TRUE(qgemm_decode_mma_supports(q.view()));
-  const Q4DeviceWeight dw(q);
   const int64_t K = q.K, N = q.N;
   const std::vector<uint16_t> x = random_bf16(M * K, seed), dy(static_cast<size_t>(M * N), 0);
   std::vector<float> y_cpu(M * N);
@@ -180,7 +181,7 @@ void run_mma_case(const Q4Layout& q, int64_t M, uint64_t seed, const std::string
   ASSERT_NO_FATAL_FAILURE(run_guarded(
       x, dy, M, K, N, [&](const uint16_t* a, float* y) { qgemm_int4_decode_mma_cuda(dw.view(), a, DType::BF16, M, y); },
       [](const uint16_t*, float*) {}, &y_gpu, &unused));
-  expect_close(y_gpu, y_cpu, abs_sums(x, q4_unpack(q.view()), M, K, N, false), K,
+  expect_close(y_gpu, y_cpu, abs_sums(x, W, M, K, N, false), K,
                "decode mma " + what + " M=" + std::to_string(M));
 }
 
@@ -195,9 +196,11 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   for (const KN& s : kRealShapes) {
     const bool huge = s.K * s.N > 50'000'000;  // the CPU twin's cost, as in QgemmCuda above
     const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
     for (int64_t M : {1, 17, 33}) {
       if (huge && M > 1) continue;
-      run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
+      run_mma_case(q, dw, W, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
       if (HasFatalFailure()) return;
     }
   }
@@ -221,8 +224,10 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
     if (act_order && s.group < 0) continue;  // act-order needs groups
     const Q4Layout q = book ? make_layout(src, s.K, s.N, ++seed)
                             : q4_from_int_linear(q4_synthetic_int_linear(layout, s.K, s.N, s.group, act_order, ++seed));
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
     for (int64_t M : {1, 2, 5, 16, 17, 33, 64, 65}) {
-      run_mma_case(q, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" +
+      run_mma_case(q, dw, W, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" +
                                      std::to_string(s.N) + " group=" + std::to_string(s.group));
       if (HasFatalFailure()) return;
     }
