@@ -142,9 +142,10 @@ fi
 if [ -n "$qlora_prep" ] && start qlora 150; then
   wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
   qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt 230 ] && qlora_budget=230
-  BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget timeout -k 5 $((qlora_budget + 15)) \
+  # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=1" to measure an opt-in path.
+  env ${QWENQ_GPU_QLORA_ENV:-} BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget timeout -k 5 $((qlora_budget + 15)) \
     bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
-  log "bench_qlora_step exit $? (budget $qlora_budget s; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
+  log "bench_qlora_step exit $? (budget $qlora_budget s; ${QWENQ_GPU_QLORA_ENV:-default paths}; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
   grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
   sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"
 elif [ -n "$qlora_prep" ]; then
