@@ -18,8 +18,9 @@
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
 // (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device, driver and commit, and a last
-// column `path` (decode, decode_mma, tc, dense, or wgmma: the Hopper kernels qgemm_int4_wgmma_cuda /
-// qgemm_int4_t_wgmma_cuda on sm_90, their own rows); in tc, wgmma and dense rows the GB/s columns use the same
+// column `path` (decode, decode_mma, tc, dense, dequant: q4_dequantize_bf16_cuda alone, M = 0, or wgmma: the Hopper
+// kernels qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda on sm_90, their own rows); in tc, wgmma and dense rows the
+// GB/s columns use the same
 // byte formulas, cublas_t_us is the cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
 // the device's dense bf16 peak (benchmarks/cuda_bench.h).
 // Without a CUDA device it prints one line and exits 0.
@@ -226,6 +227,18 @@ int main(int argc, char** argv) {
       const Q4DeviceWeight dw(q);
       Dev<uint16_t> Wd(static_cast<size_t>(L.N) * L.K);
       bench::fill_bf16(Wd.p, L.N * L.K, 17, 0.1f);
+      {
+        // The dense path's first step alone (q4_dequantize_bf16_cuda into a kept buffer): packed words + metas
+        // read, bf16 Ŵ written; one line per layer, CSV path dequant (M = 0, q4_us its time).
+        Dev<uint16_t> wb(static_cast<size_t>(L.N) * q.Kp);
+        const double t_dq = time_us([&] { q4_dequantize_bf16_cuda(dw.view(), wb.p); }, reps, flush);
+        const double dq_bytes = static_cast<double>(dw.bytes()) + 2.0 * L.N * q.Kp;
+        const double dq_gbs = dq_bytes / (t_dq * 1e3), dq_pct = peak_gbs > 0 ? 100.0 * dq_gbs / peak_gbs : 0.0;
+        std::fprintf(stderr, "%-4s %-14s dequantize to bf16: %8.1f us, %6.0f GB/s, %5.1f%% HBM\n", L.model, L.name, t_dq,
+                     dq_gbs, dq_pct);
+        csv << stamp.csv() << "," << L.model << "," << L.name << ",0," << L.K << "," << L.N << "," << t_dq << ",,,"
+            << dq_gbs << "," << dq_pct << ",,,,,,,,,dequant\n";
+      }
       for (int64_t M : tc_Ms) {
         Dev<uint16_t> x(M * L.K), dy(M * L.N), yb(M * L.N), dxb(M * L.K);
         Dev<float> y(M * L.N), dx(M * L.K);

@@ -1,6 +1,8 @@
 // CUDA errors as qwenq::Error, and DeviceMemory (see kernels/cuda_check.h). No kernels here.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 #include <utility>
@@ -24,6 +26,30 @@ std::string describe(int code) {
   return std::string(cudaGetErrorName(err)) + " (" + cudaGetErrorString(err) + ")";
 }
 
+// Once per device, before its first DeviceMemory: the default stream-ordered pool keeps the memory freed into it
+// (release threshold: all of it) instead of the driver's default (threshold 0), which hands it back to the OS at
+// every stream, event or device synchronization, so that the next cudaMallocAsync maps fresh physical memory.
+// The scratch of a product (split-K partial sums, the dense path's bf16 Ŵ, staging copies) is freed at the end
+// of each call, and a decode step synchronizes once per token: with threshold 0 every call paid for new
+// mappings. The memory stays usable by later DeviceMemory only; the caching allocator trims the pool to zero
+// (release_unused) before it reports out of memory, and DeviceMemory's own retry goes through the same path.
+void keep_freed_scratch_mapped() {
+  static std::atomic<uint64_t> done{0};  // bit d: device d configured (devices 0..63; others are left as is)
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (dev < 0 || dev >= 64 || (done.load(std::memory_order_relaxed) >> dev & 1)) return;
+  cudaMemPool_t pool = nullptr;
+  uint64_t all = UINT64_MAX;
+  if (cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess ||
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &all) != cudaSuccess) {
+    cudaGetLastError();  // the driver's default stays: slower, not wrong
+  }
+  done.fetch_or(uint64_t{1} << dev, std::memory_order_relaxed);
+}
+
 }  // namespace
 
 void throw_cuda_failure(int code, const char* stmt, const char* func, const char* file, int line) {
@@ -43,6 +69,7 @@ void throw_cuda_launch_failure(int code, const std::string& context, const char*
 
 DeviceMemory::DeviceMemory(size_t bytes, CudaStream stream) : bytes_(bytes), stream_(stream) {
   if (bytes == 0) return;
+  keep_freed_scratch_mapped();
   cudaError_t e = cudaMallocAsync(&p_, bytes, stream_);
   if (e == cudaErrorMemoryAllocation) {
     // The caching allocator's idle blocks (kernels/device_allocator.h) may be what fills the device: release

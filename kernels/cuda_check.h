@@ -6,7 +6,9 @@
 //   DeviceMemory    RAII for one stream-ordered device allocation (cudaMallocAsync / cudaFreeAsync on its
 //                   stream): the library's scratch buffers. Move-only; a failed allocation throws (out of
 //                   memory: the caching allocator's idle blocks are released and it retries once, then
-//                   OutOfMemoryError with kernels/device_allocator.h's message).
+//                   OutOfMemoryError with kernels/device_allocator.h's message). The device's default pool keeps
+//                   freed scratch mapped for the next allocation rather than unmapping it at each
+//                   synchronization; the caching allocator trims it before it reports out of memory.
 //   throw_cuda_failure / throw_cuda_launch_failure
 //                   build the qwenq::Error behind QWENQ_CUDA_CHECK and QWENQ_CUDA_CHECK_LAUNCH, which live in
 //                   kernels/cuda_check.cuh with the other CUDA-side helpers (they need cudaError_t).

@@ -43,17 +43,24 @@ std::string wgmma_remark(bool cuda) {
   return on ? "; QWENQ_WGMMA=1: the Hopper wgmma kernels" : "; the Hopper wgmma kernels (QWENQ_WGMMA=0: the mma.sync ones)";
 }
 
-// The opt-in 4-bit paths of kernels/qgemm.h, when the environment turns them on: what runs, or that nothing
-// changes on the CPU.
-std::string opt_in_remark(bool cuda) {
-  const std::pair<bool, const char*> paths[] = {
-      {qgemm_decode_mma_enabled(), "QWENQ_DECODE_MMA=1: the 4-bit decode product on tensor cores"},
-      {qgemm_dense_enabled(), "QWENQ_QGEMM_DENSE=1: the 4-bit prefill products as bf16 W + cuBLASLt"}};
+// The 4-bit path switches of kernels/qgemm.h the environment sets (0 or 1; the defaults say nothing): what runs
+// instead, or that nothing changes on the CPU.
+std::string qgemm_remark(bool cuda) {
+  const struct {
+    const char* name;
+    const char* off;  // what "0" means
+    const char* on;   // what "1" means
+  } switches[] = {
+      {"QWENQ_DECODE_MMA", "the 4-bit decode products on CUDA cores (FMA), not tensor cores",
+       "the 4-bit decode product on tensor cores (the default)"},
+      {"QWENQ_QGEMM_DENSE", "the fused 4-bit prefill kernels for every M",
+       "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"}};
   std::string r;
-  for (const auto& [on, what] : paths) {
-    if (!on) continue;
-    const std::string text = what;
-    r += "; " + (cuda ? text : text.substr(0, text.find(':')) + " has no effect on the CPU");
+  for (const auto& sw : switches) {
+    const char* v = std::getenv(sw.name);
+    if (v == nullptr || (std::strcmp(v, "0") != 0 && std::strcmp(v, "1") != 0)) continue;
+    r += std::string("; ") + sw.name + "=" + v;
+    r += cuda ? std::string(": ") + (v[0] == '0' ? sw.off : sw.on) : std::string(" has no effect on the CPU");
   }
   return r;
 }
@@ -63,16 +70,16 @@ std::string opt_in_remark(bool cuda) {
 DeviceChoice choose_device(const std::string& request) {
   QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
               "unknown device '" << request << "' (expected auto, cpu or cuda)");
-  if (request == "cpu") return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + opt_in_remark(false)};
+  if (request == "cpu") return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + qgemm_remark(false)};
 
   std::string what;
   const bool have_cuda = cuda_available(&what);
   if (have_cuda) {
-    return {Device::Cuda, "device: cuda available (" + what + ")" + wgmma_remark(true) + opt_in_remark(true)};
+    return {Device::Cuda, "device: cuda available (" + what + ")" + wgmma_remark(true) + qgemm_remark(true)};
   }
   const std::string& reason = what;
   QWENQ_CHECK(request != "cuda", "--device cuda: CUDA is not available (" << reason << ")");
-  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false) + opt_in_remark(false)};
+  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false) + qgemm_remark(false)};
 }
 
 }  // namespace qwenq

@@ -7,8 +7,8 @@
 //                    context has reported it)
 //   memory_info      cudaMemGetInfo: free and total of the whole device, every process included
 //   synchronize      cudaDeviceSynchronize: a cached block may be the operand of work queued on any stream
-//   release_unused   trims the device's default stream-ordered pool to zero, which holds the freed scratch of
-//                    the kernels' DeviceMemory (cudaMallocAsync) until the next synchronization
+//   release_unused   trims the device's default stream-ordered pool to zero, which keeps the freed scratch of
+//                    the kernels' DeviceMemory (cudaMallocAsync) mapped for reuse (kernels/cuda_check.cu)
 #include <cuda_runtime.h>
 
 #include <string>

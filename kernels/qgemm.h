@@ -56,10 +56,25 @@ void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M
 // prefill path's first step (qgemm_int4_dense_cuda below); the CUDA twin gives the same bits.
 void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out);
 
-// The opt-in CUDA paths below, as the environment asks for them (kernels/qgemm_paths.cpp; every build, so that
-// the memory plan can count the dense path's scratch): QWENQ_DECODE_MMA=1 and QWENQ_QGEMM_DENSE=1.
+// The dispatch rule of qgemm_int4_cuda / qgemm_int4_t_cuda: M > 64 with BF16 activations is the prefill regime.
+constexpr int64_t kQgemmDecodeMaxM = 64;
+inline bool qgemm_cuda_uses_tensor_cores(int64_t M, DType act_dtype) {
+  return M > kQgemmDecodeMaxM && act_dtype == DType::BF16;
+}
+// Within it, the dense path from this M by default (H200, 2026-12-04: at M = 2048 it beat the fused wgmma
+// kernels on every 7B/72B shape, 0.37-0.63x cuBLASLt against 0.24-0.32x; at M = 512 it lost on the large ones).
+constexpr int64_t kQgemmDenseMinM = 1024;
+
+// The paths the dispatchers take, from the environment (kernels/qgemm_paths.cpp; every build, so that the memory
+// plan can count the dense path's scratch and the device line can name them):
+//   QWENQ_DECODE_MMA    unset or 1: the decode forward on tensor cores where it supports the weight; 0: the FMA
+//                       decode kernels for every weight
+//   QWENQ_QGEMM_DENSE   unset: the dense path for M >= kQgemmDenseMinM, the fused tensor-core kernels below it;
+//                       1: the dense path for every M > 64; 0: never
+// Values other than 0 and 1 are the default.
 bool qgemm_decode_mma_enabled();
-bool qgemm_dense_enabled();
+int64_t qgemm_dense_min_m();     // the smallest M the dense path runs for (INT64_MAX: never)
+bool qgemm_dense_for(int64_t M);  // the dense path for a prefill-regime product of M rows (M > 64)
 
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
@@ -67,12 +82,6 @@ bool qgemm_dense_enabled();
 void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
 void qgemm_int4_t_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                        void* stream = nullptr);
-
-// The dispatch rule of qgemm_int4_cuda / qgemm_int4_t_cuda.
-constexpr int64_t kQgemmDecodeMaxM = 64;
-inline bool qgemm_cuda_uses_tensor_cores(int64_t M, DType act_dtype) {
-  return M > kQgemmDecodeMaxM && act_dtype == DType::BF16;
-}
 
 // The decode kernels (kernels/qgemm.cu): any M, F32 or BF16 activations, exact fp32 ŵ.
 void qgemm_int4_decode_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
@@ -84,18 +93,19 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 // 64 | K), BF16 activations, any M >= 1 (meant for M <= 64): mma.sync with B the exact integers q − z (Int) or
 // the code book value split exactly into three bf16 pieces (Nf4/Fp4, three MMAs), the group scale applied to the
 // fp32 partial sums, so ŵ is never rounded (against the CPU twin only the summation order differs, as for the FMA
-// kernels). Opt-in until it has run on a GPU: qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for
-// M <= 64, BF16 and a supported weight only when qgemm_decode_mma_enabled() (then BF16 and F32 activations take
-// different kernels, and their bits may differ within the summation-order tolerance).
+// kernels). qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a supported weight
+// when qgemm_decode_mma_enabled() (the default since the H200 run of 2026-12-04: every test passed, and it beat
+// the FMA kernel at M >= 4 on every 7B/72B shape, up to 3.3x at M = 16); then BF16 and F32 activations take
+// different kernels, and their bits may differ within the summation-order tolerance.
 bool qgemm_decode_mma_supports(const Q4View& w);
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);
 // The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once
 // per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
 // accumulation and output. Same arguments and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any
-// kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. Opt-in until it has run on a GPU:
-// qgemm_int4_cuda / qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_enabled(). The memory plan
-// counts its buffer as kernel scratch when the switch is on.
+// kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. qgemm_int4_cuda /
+// qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_for(M) (by default M >= 1024); the memory plan
+// counts its buffer as kernel scratch for the step's token count.
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = nullptr);
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
 void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,

@@ -43,6 +43,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -146,19 +147,24 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
   const int64_t n0 = nb + warp * kDmWarpCols;
   const bool cols_ok = n0 + 4 * g < p.Np;  // Np % 4 == 0: the lane's 4 columns are all in or all out
 
-  // The first P iterations' words, in flight while the block stages x and the metas.
+  // The first P iterations' words, in flight while the block stages x and the metas. Iteration it reads
+  // word-row r0 + 4·it + t: a pointer and a row count stepped per iteration, no 64-bit products in the loop.
+  const uint32_t* wp = p.qweight + (r0 + t) * p.Np + n0 + 4 * g;
+  const int64_t w_step = int64_t{kDmRowsPerIt} * p.Np;
+  const int64_t rows_left = rows - r0 - t;  // iteration it is in range while 4·it < rows_left
   const auto load_w = [&](int it) {
-    const int64_t r = r0 + int64_t{kDmRowsPerIt} * it + t;
-    return it < n_it && r < rows && cols_ok ? ld_stream(p.qweight + r * p.Np + n0 + 4 * g) : make_uint4(0, 0, 0, 0);
+    return it < n_it && int64_t{kDmRowsPerIt} * it < rows_left && cols_ok ? ld_stream(wp + it * w_step)
+                                                                          : make_uint4(0, 0, 0, 0);
   };
   uint4 wbuf[P];
 #pragma unroll
   for (int i = 0; i < P; ++i) wbuf[i] = load_w(i);
 
   // x rows [m0, m0 + xr), word-rows [r0, r1) into shared memory, each run of 8 reordered (see the top).
-  const int64_t runs = r1 - r0;
-  for (int64_t c = threadIdx.x; c < xr * runs; c += kDmThreads) {
-    const int64_t m = c / runs, j = c % runs, k0 = (r0 + j) * 8;
+  const int runs = static_cast<int>(r1 - r0);  // <= 8192: the shared-memory limit
+  for (int c = threadIdx.x; c < xr * runs; c += kDmThreads) {
+    const int m = c / runs, j = c % runs;
+    const int64_t k0 = (r0 + j) * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (k0 < p.x_width) v = __ldg(reinterpret_cast<const uint4*>(p.x + (m0 + m) * p.lda + k0));
     uint4 o;
@@ -217,6 +223,15 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
     xhi[a] = hi < xr ? hi * p.x_pitch + t * 8 : -1;
   }
 
+  // The iteration's group, counted instead of divided (a 64-bit division per iteration cost more instructions
+  // than the iteration's MMAs): each iteration's 32 K lie in one group (group % 32 == 0, or one group for all
+  // of K), ipg iterations per group, the split starting at position pos of its first group.
+  const bool one_group = p.group >= p.Kp;
+  const int ipg = one_group ? INT_MAX : static_cast<int>(p.group / (8 * kDmRowsPerIt));
+  int pos = one_group ? 0 : static_cast<int>((r0 * 8 % p.group) / (8 * kDmRowsPerIt));
+  int gl = 0;
+  const int gl_max = static_cast<int>(g_last - g_first);
+
   int cur = -1, since_flush = 0;
   uint32_t bias2[4] = {0, 0, 0, 0};  // per B column i: bf16x2 of 128 + z
   for (int it0 = 0; it0 < n_it; it0 += P) {
@@ -226,9 +241,8 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       if (it >= n_it) break;
       const uint4 wq = wbuf[u];
       wbuf[u] = load_w(it + P);
-      // The iteration's group (its 32 K lie in one: group % 32 == 0, or one group for all of K).
-      const int gl = static_cast<int>(
-          min((r0 + int64_t{kDmRowsPerIt} * it) * 8 / p.group, p.num_groups - 1) - g_first);
+      if (pos == ipg) pos = 0, gl = min(gl + 1, gl_max);
+      ++pos;
       if (gl != cur || since_flush == kDmFlushIt) {
         if (cur >= 0) flush(cur);
         if (gl != cur) {
@@ -350,10 +364,12 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   const int x_rows = static_cast<int>(std::min<int64_t>(M, 16 * mt));
   const int64_t quads = ceil_div(w.Kp / 8, kDmRowsPerIt);
   const int64_t col_blocks = ceil_div(w.Np, kDmBlockCols);
-  // Split K until there are ~4 blocks per SM (a 7B q_proj has 28 column blocks for 132 SMs), keeping >= 64 K
-  // per block, then further while the block's shared memory would exceed kDmMaxSmem.
-  int64_t splits = std::clamp<int64_t>(ceil_div(4 * cuda_sm_count(), col_blocks * mtiles), 1,
-                                       std::max<int64_t>(1, quads / kDmMinItPerSplit));
+  // Split K for at most one wave of 4 blocks per SM (a 7B q_proj has 28 column blocks for 132 SMs: 18 splits,
+  // 504 of 528 places), keeping >= 64 K per block, then further while the block's shared memory would exceed
+  // kDmMaxSmem. Rounding down: a second, mostly empty wave costs more than the idle places of the first (72B
+  // gate/up, 231 column blocks: 3 splits were 1.31 waves, 2 fill 88 % of one).
+  const int64_t places = 4 * int64_t{cuda_sm_count()};
+  int64_t splits = std::clamp<int64_t>(places / (col_blocks * mtiles), 1, std::max<int64_t>(1, quads / kDmMinItPerSplit));
   int64_t rps = 0;
   for (;; ++splits) {
     rps = ceil_div(quads, splits) * kDmRowsPerIt;

@@ -34,31 +34,54 @@ using qgemm_tc_detail::c_tc_books;
 using qgemm_tc_detail::ceil_div;
 using qgemm_tc_detail::dequant_word;
 
+// The dequantization is a transpose: the packed words are [Kp/8, Np] (n fastest) and Wb is [N, Kp] (k fastest).
+// A block dequantizes a tile of kDqCols columns x kDqWordRows word-rows through shared memory, so that both
+// sides are coalesced: its loads are rows of kDqCols words (256 contiguous bytes), its stores rows of
+// kDqWordRows x 16 bytes (512 contiguous bytes of one Wb row per warp). (The first version stored each lane's
+// 16 bytes to another Wb row, 32 rows per warp store; the H200 run of 2026-12-04 put the whole dense path's
+// overhead at ~300 GB/s of Wb.)
 constexpr int kDqThreads = 256;
-constexpr int kDqRowsPerThread = 4;  // word-rows per thread: 4 x 16-byte stores, 64 contiguous bytes of Wb
+constexpr int kDqCols = 64;       // columns n per block
+constexpr int kDqWordRows = 32;   // word-rows (256 K) per block: one 16-byte Wb chunk per lane of a warp
+constexpr int kDqPitch = kDqWordRows + 1;  // uint4 per shared row: 8 lanes at a 528-byte stride hit 8 bank groups
 
-// grid (ceil(Np / 256), ceil(Kp / 8 / 4)): thread (n, r-block) reads words (r, n) .. (r + 3, n) (the warp's loads
-// are 128 contiguous bytes per word-row) and writes Wb[n, 8r .. 8r + 32) (64 contiguous bytes).
+// grid (ceil(N / kDqCols), ceil(Kp / 8 / kDqWordRows)). Load: thread (c = tid % 64, rr = tid / 64) dequantizes
+// words (r0 + rr + 4i, n0 + c), i = 0..7, into tile[c][rr + 4i]. Store: warp w writes the tile's rows c = w,
+// w + 8, ..., lane l the chunk tile[c][l] to Wb[n0 + c, 8(r0 + l) .. 8(r0 + l) + 8).
 template <Q4Kind KIND>
 __global__ void __launch_bounds__(kDqThreads) q4_dequant_bf16_kernel(const uint32_t* qweight, const uint32_t* meta,
                                                                      int64_t N, int64_t Np, int64_t Kp, int64_t group,
                                                                      uint16_t* out) {
+  __shared__ uint4 tile[kDqCols * kDqPitch];
   __shared__ float book[16];
   if constexpr (KIND != Q4Kind::Int) {
     if (threadIdx.x < 16) book[threadIdx.x] = c_tc_books[KIND == Q4Kind::Fp4 ? 1 : 0][threadIdx.x];
     __syncthreads();
   }
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kDqThreads + threadIdx.x;
-  if (n >= N) return;  // Wb has N rows: the padding columns N..Np-1 are not written
   const int64_t rows = Kp / 8;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kDqRowsPerThread;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kDqCols;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kDqWordRows;
+  {
+    const int c = threadIdx.x % kDqCols, rr = threadIdx.x / kDqCols;
+    const int64_t n = n0 + c;
+    if (n < N) {  // Wb has N rows: the padding columns N..Np-1 are not read
 #pragma unroll
-  for (int i = 0; i < kDqRowsPerThread; ++i) {
-    const int64_t r = r0 + i;
-    if (r >= rows) break;
-    const uint32_t word = __ldg(qweight + r * Np + n);
-    const uint32_t m = __ldg(meta + (r * 8 / group) * Np + n);
-    *reinterpret_cast<uint4*>(out + n * Kp + r * 8) = dequant_word<KIND>(word, m, book);
+      for (int i = 0; i < kDqWordRows / (kDqThreads / kDqCols); ++i) {
+        const int r = rr + i * (kDqThreads / kDqCols);
+        if (r0 + r >= rows) break;
+        const uint32_t word = __ldg(qweight + (r0 + r) * Np + n);
+        const uint32_t m = __ldg(meta + ((r0 + r) * 8 / group) * Np + n);
+        tile[c * kDqPitch + r] = dequant_word<KIND>(word, m, book);
+      }
+    }
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (r0 + lane >= rows) return;
+  for (int c = warp; c < kDqCols; c += kDqThreads / 32) {
+    const int64_t n = n0 + c;
+    if (n >= N) break;
+    *reinterpret_cast<uint4*>(out + n * Kp + (r0 + lane) * 8) = tile[c * kDqPitch + lane];
   }
 }
 
@@ -76,8 +99,7 @@ void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream) {
   QWENQ_CHECK(out != nullptr && reinterpret_cast<uintptr_t>(out) % 16 == 0,
               "q4_dequantize_bf16_cuda: the output must be a 16-byte aligned device pointer (16-byte stores)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const dim3 grid(static_cast<unsigned>(ceil_div(w.N, kDqThreads)),
-                  static_cast<unsigned>(ceil_div(w.Kp / 8, kDqRowsPerThread)));
+  const dim3 grid(static_cast<unsigned>(ceil_div(w.N, kDqCols)), static_cast<unsigned>(ceil_div(w.Kp / 8, kDqWordRows)));
   QWENQ_CHECK(grid.y <= 65535, "q4_dequantize_bf16_cuda: K=" << w.K << " is too large");
   switch (w.kind) {
     case Q4Kind::Int:

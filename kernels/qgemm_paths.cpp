@@ -1,21 +1,35 @@
-// The environment switches of the opt-in 4-bit paths (kernels/qgemm.h). Compiled in every build: the memory plan
+// The environment switches of the 4-bit CUDA paths (kernels/qgemm.h). Compiled in every build: the memory plan
 // (trainer/memory_plan.cpp) and the device line (kernels/device.cpp) read them without CUDA too.
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "kernels/qgemm.h"
 
 namespace qwenq {
 namespace {
 
-bool env_is_one(const char* name) {
+// "0", "1", or anything else (unset included) as -1: the default.
+int env_switch(const char* name) {
   const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  if (v == nullptr) return -1;
+  if (std::strcmp(v, "0") == 0) return 0;
+  if (std::strcmp(v, "1") == 0) return 1;
+  return -1;
 }
 
 }  // namespace
 
-bool qgemm_decode_mma_enabled() { return env_is_one("QWENQ_DECODE_MMA"); }
-bool qgemm_dense_enabled() { return env_is_one("QWENQ_QGEMM_DENSE"); }
+bool qgemm_decode_mma_enabled() { return env_switch("QWENQ_DECODE_MMA") != 0; }
+
+int64_t qgemm_dense_min_m() {
+  switch (env_switch("QWENQ_QGEMM_DENSE")) {
+    case 0: return std::numeric_limits<int64_t>::max();
+    case 1: return kQgemmDecodeMaxM + 1;
+    default: return kQgemmDenseMinM;
+  }
+}
+
+bool qgemm_dense_for(int64_t M) { return M > kQgemmDecodeMaxM && M >= qgemm_dense_min_m(); }
 
 }  // namespace qwenq

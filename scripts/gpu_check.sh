@@ -12,7 +12,10 @@
 #             its model is prepared in the background from the start)                           needs 150 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
 #             28 layers                                                                         needs 150 s
-# Default: all five. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
+# Default: all five. QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+# the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
+# QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
+# recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
 # machine stays warm 30 s after a call: a first session on a fresh GPU runs "tests,memcheck,bench" (build included)
 # in one call, then at once, while the machine is warm and its build-gpu kept, "qlora" or "gptq7b" with the time
 # left (QWENQ_GPU_BUDGET_S a little under that call's timeout_s). Device call (from the repo root, after
@@ -53,7 +56,16 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQW
 # Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
 targets="qwen-quant qwen-qlora"
 { want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
-want bench && targets+=" bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda bench_gptq_cuda bench_kl_rows_cuda"
+BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda}
+FILTER=${QWENQ_GPU_TEST_FILTER:-*}
+want bench && targets+=" ${BENCHES//,/ }"
+# Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
+reserve=0
+nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
+want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
+want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150))
+# rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
+rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
 cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
   { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
 log "configure + build: ${SECONDS} s"
@@ -70,16 +82,17 @@ if start tests 60; then
   # The test binary itself in 4 shards at once (gtest's sharding), not ctest: one CUDA context per shard instead
   # of one per test, and no dependence on the CMake version's test discovery. Line-buffered, so that a crash
   # leaves the log up to the test that crashed.
-  shard_t=$(( $(left) - 30 )); [ "$shard_t" -gt 200 ] && shard_t=200
+  shard_t=$(( $(left) - 30 - reserve )); [ "$shard_t" -gt 200 ] && shard_t=200; [ "$shard_t" -lt 40 ] && shard_t=40
   pids="" serial='DeviceAllocatorCuda.*'
   for i in 0 1 2 3; do
     GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL build-gpu/qwenq_gpu_tests \
-      --gtest_filter="-$serial" > "$LOGS/gpu_tests_$i.log" 2>&1 &
+      --gtest_filter="$FILTER-$serial" > "$LOGS/gpu_tests_$i.log" 2>&1 &
     pids+=" $!"
   done
   wait $pids
   # Then, alone on the GPU, the tests that read the device's free memory (the other shards would move it).
   timeout 60 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_filter="$serial" > "$LOGS/gpu_tests_4.log" 2>&1
+  # (the serial group always runs: a second or two)
   for i in 0 1 2 3 4; do
     l="$LOGS/gpu_tests_$i.log"
     # A shard that did not reach gtest's summary crashed or timed out: name the test it was in.
@@ -88,27 +101,28 @@ if start tests 60; then
   done
   cat "$LOGS"/gpu_tests_?.log > "$LOGS/gpu_tests.log"
   names() { grep -E "^\\[  $1 *\\] [A-Za-z]" "$LOGS/gpu_tests.log" | sed -E 's/^\[ +[A-Z]+ +\] //; s/[ ,].*//' | sort -u; }
-  log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests | grep -c '^  ') tests"
+  log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests --gtest_filter="$FILTER" | grep -c '^  ') tests (filter $FILTER)"
   names SKIPPED | head -8 | sed 's/^/skipped: /' | tee -a "$OUT/summary.txt"
   names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
+  # The models once more with the 4-bit switches of kernels/qgemm.h the other way: the FMA decode kernels
+  # (QWENQ_DECODE_MMA=0; the default decode forward is on tensor cores) and the dense prefill path for every M > 64
+  # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 1024, above the model tests' token counts, which therefore
+  # run the fused kernels above).
+  if rt=$(rerun_time); then
+    QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+      --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
+      > "$LOGS/gpu_tests_switched.log" 2>&1
+    log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
+    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_switched.log" | tee -a "$OUT/summary.txt"
+  fi
   # The models again with the mma.sync kernels (QWENQ_WGMMA=0, kernels/cuda_check.h; the Hopper wgmma kernels are
   # the default on sm_90): the fallback every non-Hopper GPU runs.
-  if [ "$(left)" -gt 240 ]; then
-    QWENQ_WGMMA=0 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+  if rt=$(rerun_time); then
+    QWENQ_WGMMA=0 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
       > "$LOGS/gpu_tests_mma_sync.log" 2>&1
     log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_mma_sync.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_mma_sync.log" | tee -a "$OUT/summary.txt"
-  fi
-  # The models with the two opt-in 4-bit paths of kernels/qgemm.h (opt-in until they have passed here): the decode
-  # product on tensor cores (QWENQ_DECODE_MMA=1: generation, small batches) and the dense prefill path
-  # (QWENQ_QGEMM_DENSE=1: bf16 Ŵ + cuBLASLt for M > 64, training).
-  if [ "$(left)" -gt 220 ]; then
-    QWENQ_DECODE_MMA=1 QWENQ_QGEMM_DENSE=1 timeout 100 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
-      --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
-      > "$LOGS/gpu_tests_opt_in.log" 2>&1
-    log "gpu tests with QWENQ_DECODE_MMA=1 QWENQ_QGEMM_DENSE=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_opt_in.log" | tr '\n' ' '))"
-    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_opt_in.log" | tee -a "$OUT/summary.txt"
   fi
 fi
 
@@ -124,6 +138,7 @@ fi
 if start bench 90; then
   run_bench() {  # name, extra arguments: its table into the summary, its CSV into $OUT
     local b=$1; shift
+    [[ ",$BENCHES," == *",$b,"* ]] || return 0
     [ -x "build-gpu/$b" ] || { log "$b not built"; return; }
     local t=$(( $(left) - 20 )); [ "$t" -gt 150 ] && t=150
     [ "$t" -lt 20 ] && { log "$b skipped: out of time"; return; }
@@ -142,7 +157,7 @@ fi
 if [ -n "$qlora_prep" ] && start qlora 150; then
   wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
   qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt 230 ] && qlora_budget=230
-  # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=1" to measure an opt-in path.
+  # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=0" to measure another path.
   env ${QWENQ_GPU_QLORA_ENV:-} BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget timeout -k 5 $((qlora_budget + 15)) \
     bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
   log "bench_qlora_step exit $? (budget $qlora_budget s; ${QWENQ_GPU_QLORA_ENV:-default paths}; $(tail -1 "$LOGS/qlora-step-prepare.log"))"

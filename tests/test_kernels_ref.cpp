@@ -24,6 +24,7 @@
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
+#include "kernels/qgemm.h"
 #include "kernels/rope.h"
 
 namespace qwenq {
@@ -644,28 +645,57 @@ TEST(KernelsRef, DeviceChoiceExplainsTheWgmmaSwitch) {
   else ::unsetenv("QWENQ_WGMMA");
 }
 
-// The opt-in 4-bit paths (kernels/qgemm.h) are named on the device line when set to 1, and nothing otherwise.
-TEST(KernelsRef, DeviceChoiceNamesTheOptInGemmPaths) {
+// The 4-bit path switches (kernels/qgemm.h) are named on the device line when set to 0 or 1, and nothing otherwise.
+TEST(KernelsRef, DeviceChoiceNamesTheGemmPathSwitches) {
   const char* wg = std::getenv("QWENQ_WGMMA");
   const std::string saved_wg = wg ? wg : "";
   ::unsetenv("QWENQ_WGMMA");
-  ::setenv("QWENQ_DECODE_MMA", "1", 1);
+  ::setenv("QWENQ_DECODE_MMA", "0", 1);
   ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
   EXPECT_EQ(choose_device("cpu").description,
-            "device: cpu (requested); QWENQ_DECODE_MMA=1 has no effect on the CPU; QWENQ_QGEMM_DENSE=1 has no effect "
+            "device: cpu (requested); QWENQ_DECODE_MMA=0 has no effect on the CPU; QWENQ_QGEMM_DENSE=1 has no effect "
             "on the CPU");
   const DeviceChoice a = choose_device("auto");
   if (a.device == Device::Cuda) {
-    EXPECT_NE(a.description.find("; QWENQ_DECODE_MMA=1: the 4-bit decode product on tensor cores; QWENQ_QGEMM_DENSE=1: "
-                                 "the 4-bit prefill products as bf16 W + cuBLASLt"),
+    EXPECT_NE(a.description.find("; QWENQ_DECODE_MMA=0: the 4-bit decode products on CUDA cores (FMA), not tensor "
+                                 "cores; QWENQ_QGEMM_DENSE=1: the 4-bit prefill products as bf16 W + cuBLASLt for "
+                                 "every M > 64"),
               std::string::npos)
         << a.description;
   }
-  ::setenv("QWENQ_DECODE_MMA", "0", 1);
-  ::unsetenv("QWENQ_QGEMM_DENSE");
-  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
+  // The defaults (unset, or a value other than 0 and 1) say nothing.
   ::unsetenv("QWENQ_DECODE_MMA");
+  ::setenv("QWENQ_QGEMM_DENSE", "yes", 1);
+  EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
+  ::unsetenv("QWENQ_QGEMM_DENSE");
   if (wg) ::setenv("QWENQ_WGMMA", saved_wg.c_str(), 1);
+}
+
+// The switches' rules (kernels/qgemm_paths.cpp): the tensor-core decode and the dense prefill from M = 1024 by
+// default; QWENQ_QGEMM_DENSE=1 from M = 65, =0 never; QWENQ_DECODE_MMA=0 turns the decode one off.
+TEST(KernelsRef, QgemmPathSwitches) {
+  const char* d0 = std::getenv("QWENQ_DECODE_MMA");
+  const char* q0 = std::getenv("QWENQ_QGEMM_DENSE");
+  const std::string sd = d0 ? d0 : "", sq = q0 ? q0 : "";
+  ::unsetenv("QWENQ_DECODE_MMA");
+  ::unsetenv("QWENQ_QGEMM_DENSE");
+  EXPECT_TRUE(qgemm_decode_mma_enabled());
+  EXPECT_EQ(qgemm_dense_min_m(), kQgemmDenseMinM);
+  EXPECT_FALSE(qgemm_dense_for(64));
+  EXPECT_FALSE(qgemm_dense_for(kQgemmDenseMinM - 1));
+  EXPECT_TRUE(qgemm_dense_for(kQgemmDenseMinM));
+  EXPECT_TRUE(qgemm_dense_for(16384));
+  ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
+  EXPECT_FALSE(qgemm_dense_for(64));  // the decode regime stays the decode kernels'
+  EXPECT_TRUE(qgemm_dense_for(65));
+  ::setenv("QWENQ_QGEMM_DENSE", "0", 1);
+  EXPECT_FALSE(qgemm_dense_for(16384));
+  ::setenv("QWENQ_DECODE_MMA", "0", 1);
+  EXPECT_FALSE(qgemm_decode_mma_enabled());
+  ::setenv("QWENQ_DECODE_MMA", "on", 1);  // not 0 or 1: the default
+  EXPECT_TRUE(qgemm_decode_mma_enabled());
+  if (d0) ::setenv("QWENQ_DECODE_MMA", sd.c_str(), 1); else ::unsetenv("QWENQ_DECODE_MMA");
+  if (q0) ::setenv("QWENQ_QGEMM_DENSE", sq.c_str(), 1); else ::unsetenv("QWENQ_QGEMM_DENSE");
 }
 
 }  // namespace

@@ -67,6 +67,29 @@ LoraConfig all_linear(int64_t r) {
   return l;
 }
 
+// Sets an environment variable (nullptr: unsets it) for its lifetime, then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* v = std::getenv(name);
+    had_ = v != nullptr;
+    if (had_) saved_ = v;
+    if (value) ::setenv(name, value, 1);
+    else ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (had_) ::setenv(name_, saved_.c_str(), 1);
+    else ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string saved_;
+};
+
 PlanInput one_gpu(const QwenConfig& c, PlanBase base, int64_t r, int64_t T) {
   PlanInput in;
   in.model_name = "test";
@@ -602,8 +625,10 @@ TEST(MemoryPlanGpu, LayerArenaOfQwenShapesIsThePlans) {
 // DoRA's kernels allocate stream-ordered partial sums (kernels/dora.h): the plan's kernel scratch is at least the
 // largest of them. Qwen2.5-7B with fp32 dense weights (no cast copy), T = 2048: without DoRA the scratch is
 // attention's δ [T, H]; all-linear DoRA adds gate/up's split grad (8 row slices x 18944 doubles); q/v-only DoRA
-// q_proj's row norms (10 K slices x 3584), larger than its split grad (8 x 3584) and δ.
+// q_proj's row norms (10 K slices x 3584), larger than its split grad (8 x 3584) and δ. The dense 4-bit path's bf16
+// Ŵ (larger than all of them at T = 2048; DenseQgemmPathHoldsOneBf16Weight) is turned off to see them.
 TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
+  const ScopedEnv fused("QWENQ_QGEMM_DENSE", "0");
   EXPECT_EQ(dora_row_norm_slices(896, 4864), 19) << "kernels/dora.cu's worked example: 28 tiles x 19 slices";
   EXPECT_EQ(dora_row_norm_slices(18944, 3584), 2) << "592 tiles x 2 slices";
   EXPECT_EQ(dora_row_norms_scratch_bytes(64, 64), 0u) << "one slice finishes in place";
@@ -623,26 +648,30 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
   EXPECT_GT(10u * 3584 * 8, std::max<uint64_t>(delta, 8u * 3584 * 8));
 }
 
-// QWENQ_QGEMM_DENSE=1 (kernels/qgemm.h's opt-in dense 4-bit path) holds a bf16 copy of one Linear's Ŵ during its
-// product: the plan's kernel scratch is the largest, Qwen2.5-7B's gate/up (and down) 18944 x 3584 x 2 bytes, for a
-// 4-bit base; a bf16 base is unchanged (no 4-bit weight).
+// The dense 4-bit path (kernels/qgemm.h: by default from 1024 tokens a step; QWENQ_QGEMM_DENSE=1 from 65, =0 never)
+// holds a bf16 copy of one Linear's Ŵ during its product: the plan's kernel scratch is the largest, Qwen2.5-7B's
+// gate/up (and down) 18944 x 3584 x 2 bytes, for a 4-bit base; a bf16 base is unchanged (no 4-bit weight).
 TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
   const char* before = std::getenv("QWENQ_QGEMM_DENSE");
   const std::string saved = before ? before : "";
   const QwenConfig c = qwen_preset("qwen2.5-7b");
-  PlanInput in = one_gpu(c, PlanBase::Gptq, 16, 2048);
-  ::unsetenv("QWENQ_QGEMM_DENSE");
-  const uint64_t off = plan_memory(in).devices.at(0).ws_scratch;
-  ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
-  const uint64_t on = plan_memory(in).devices.at(0).ws_scratch;
-  in.base = PlanBase::Bf16;
-  const uint64_t bf16_on = plan_memory(in).devices.at(0).ws_scratch;
-  ::unsetenv("QWENQ_QGEMM_DENSE");
-  const uint64_t bf16_off = plan_memory(in).devices.at(0).ws_scratch;
+  const auto scratch = [&](PlanBase base, int64_t seq, const char* env) {
+    PlanInput in = one_gpu(c, base, 16, seq);
+    if (env) ::setenv("QWENQ_QGEMM_DENSE", env, 1);
+    else ::unsetenv("QWENQ_QGEMM_DENSE");
+    return plan_memory(in).devices.at(0).ws_scratch;
+  };
+  // By default from 1024 tokens a step (kQgemmDenseMinM), then the largest Linear's Ŵ: gate/up [18944, 3584].
+  const uint64_t dflt = scratch(PlanBase::Gptq, 2048, nullptr), off = scratch(PlanBase::Gptq, 2048, "0");
+  const uint64_t short_dflt = scratch(PlanBase::Gptq, 512, nullptr), short_on = scratch(PlanBase::Gptq, 512, "1");
+  const uint64_t bf16_dflt = scratch(PlanBase::Bf16, 2048, nullptr), bf16_off = scratch(PlanBase::Bf16, 2048, "0");
   if (before) ::setenv("QWENQ_QGEMM_DENSE", saved.c_str(), 1);
-  EXPECT_EQ(on, 18944u * 3584 * 2);
-  EXPECT_LT(off, on);
-  EXPECT_EQ(bf16_on, bf16_off);
+  else ::unsetenv("QWENQ_QGEMM_DENSE");
+  EXPECT_EQ(dflt, 18944u * 3584 * 2);
+  EXPECT_LT(off, dflt);
+  EXPECT_EQ(short_on, 18944u * 3584 * 2);
+  EXPECT_LT(short_dflt, short_on);
+  EXPECT_EQ(bf16_dflt, bf16_off);  // a bf16 base has no 4-bit products
 }
 
 // A float32 checkpoint's dense Linears are uploaded as fp32: twice the bf16 file-bytes formula.
@@ -726,9 +755,17 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   EXPECT_EQ(mid.ws_logits, 0u);
   EXPECT_EQ(last.act_loss, 16 * KiB);
   EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
-  // δ = 2048·64·4 = 512 KiB on a middle GPU; the last one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
-  EXPECT_EQ(mid.ws_scratch, 512 * KiB);
-  EXPECT_EQ(last.ws_scratch, 110u * 152064 * 2);
+  // 2048 tokens take the dense 4-bit path (kQgemmDenseMinM): every GPU's largest scratch is gate/up's bf16 Ŵ,
+  // 29568·8192·2 B. Without it, δ = 2048·64·4 = 512 KiB on a middle GPU and the last one's dlogits copy
+  // 110·152064·2 (2^24 / 152064 = 110 rows).
+  EXPECT_EQ(mid.ws_scratch, 29568u * 8192 * 2);
+  EXPECT_EQ(last.ws_scratch, 29568u * 8192 * 2);
+  {
+    const ScopedEnv fused("QWENQ_QGEMM_DENSE", "0");
+    const PlanResult q = plan_memory(in);
+    EXPECT_EQ(q.devices.at(3).ws_scratch, 512 * KiB);
+    EXPECT_EQ(q.devices.at(7).ws_scratch, 110u * 152064 * 2);
+  }
   // logits 110·152064·4 = 66,908,160 B -> 32 blocks of 2 MiB.
   EXPECT_EQ(last.ws_logits, 64 * MiB);
 }

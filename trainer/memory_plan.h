@@ -118,8 +118,8 @@
 //                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
 //                 x [T, K] or dy [T, N] (max over the Linears); with DoRA the partial double sums of its row
 //                 norms (S·N·8 over S ≤ 64 K slices) and split grad (S·N·8, S = ceil(T / 256) ≤ 64), as
-//                 kernels/dora.h's *_scratch_bytes give them; with QWENQ_QGEMM_DENSE=1 (the opt-in dense 4-bit
-//                 path, kernels/qgemm.h) a 4-bit base's bf16 Ŵ of one Linear, N·round_up(K, 8)·2 (max over the
+//                 kernels/dora.h's *_scratch_bytes give them; when the T-row products take the dense 4-bit path
+//                 (qgemm_dense_for(T), kernels/qgemm.h: T >= 1024 by default) a 4-bit base's bf16 Ŵ of one Linear, N·round_up(K, 8)·2 (max over the
 //                 Linears, a MoE layer's experts included). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
 //   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))

@@ -1,7 +1,8 @@
 // The caching allocator on the real device (kernels/device_allocator_cuda.cu): a block is usable memory (a
 // pattern written and read back), it is reused on its stream without a new cudaMalloc, the driver's free memory
 // moves by the reserved bytes (cudaMemGetInfo), release_stream gives it back, an impossible request throws
-// OutOfMemoryError naming it and leaves no CUDA error behind; QwenModelCuda's buffers are tagged and all come back
+// OutOfMemoryError naming it and leaves no CUDA error behind; the default pool keeps DeviceMemory's freed scratch
+// mapped until the allocator trims it; QwenModelCuda's buffers are tagged and all come back
 // when it is destroyed. The policy itself is tested on the CPU (tests/test_device_allocator.cpp).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_check.h"
 #include "kernels/device_allocator.h"
 #include "tests/gpu/gpu_test.h"
 #include "trainer/qwen_model.h"
@@ -83,6 +85,39 @@ TEST(DeviceAllocatorCuda, AllocatesReusesAndReturnsRealMemory) {
   }
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   ok(cudaStreamDestroy(s));
+}
+
+uint64_t default_pool_reserved() {
+  int dev = 0;
+  EXPECT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  cudaMemPool_t pool = nullptr;
+  EXPECT_EQ(cudaDeviceGetDefaultMemPool(&pool, dev), cudaSuccess);
+  uint64_t v = 0;
+  EXPECT_EQ(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &v), cudaSuccess);
+  return v;
+}
+
+// DeviceMemory's scratch (the kernels' split-K sums, the dense path's bf16 Ŵ) stays mapped in the default pool
+// across synchronizations (kernels/cuda_check.cu: with the driver's default threshold every call after a sync
+// mapped new memory), the next allocation of that size maps nothing new, and the caching allocator's trim gives
+// it all back.
+TEST(DeviceAllocatorCuda, FreedScratchStaysMappedUntilTheAllocatorTrims) {
+  QWENQ_REQUIRE_GPU();
+  DeviceAllocator& a = cuda_device_allocator();
+  a.empty_cache();
+  EXPECT_EQ(default_pool_reserved(), 0u);
+  { const DeviceMemory m(32 * MiB); }  // freed in stream order on the default stream
+  ok(cudaDeviceSynchronize());
+  const uint64_t kept = default_pool_reserved();
+  EXPECT_GE(kept, 32 * MiB) << "the default pool handed freed scratch back at the synchronization";
+  {
+    const DeviceMemory m(32 * MiB);
+    ok(cudaMemsetAsync(m.get(), 0, 32 * MiB));
+  }
+  ok(cudaDeviceSynchronize());
+  EXPECT_EQ(default_pool_reserved(), kept) << "the same size again mapped new memory";
+  a.empty_cache();
+  EXPECT_EQ(default_pool_reserved(), 0u) << "empty_cache did not trim the default pool";
 }
 
 TEST(DeviceAllocatorCuda, QwenModelCudaTagsItsBuffersAndGivesThemBack) {

@@ -1,7 +1,7 @@
 // GPTQ on the GPU (quant/gptq_cuda.h) against the CPU GPTQ (quant/gptq.h) on the same seeded W and correlated
 // calibration inputs: identical order and g_idx, identical static grids, ≥ 99.9 % equal codes, ≥ 99.8 % equal
-// grids elsewhere, losses within 1e-3 (7B down_proj, where fp32 differences alone make rows diverge: looser rates
-// and the damped objective of the same rows instead, see Tol), the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the
+// grids elsewhere, losses within 1e-3 (looser rates where fp32 differences alone make rows diverge, see Tol: 0.5B
+// down_proj, K 4864; 7B down_proj, K 18944, with the damped objective of the same rows instead of the loss), the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the
 // GPU's own result, act-order, static groups, symmetric grids, groups that straddle a 128-column block, one group
 // per column, dead inputs, the damping retries on an indefinite H, refusals with the CPU's messages; and
 // hessian_accumulate_cuda against HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down
@@ -67,12 +67,21 @@ constexpr uint64_t kSeed = 20250611;
 // GPU's rows against the CPU's loss for the same rows (fp32 differences: ≤ 5.2e-4); and the GPU's loss identity,
 // which fp32 keeps to 0.2-2.3e-7 on the CPU at this shape (K 4864 analog, 1024 rows: 1.9e-6 with H × (1 ± 2^-20),
 // 9.4e-5 with 2^-16, 7.9e-2 with 2^-11, where the objective is also 4.7 % worse).
+//
+// Qwen2.5-0.5B down_proj (K 4864, H from 4096 rows: rank-deficient, definite by the damping alone) is between the
+// two: rows run 4864 columns of error feedback. CPU against CPU with the perturbations above (session 29's helper):
+// codes 0.9946-0.9967, grids 0.96-0.98; the H200 run of 2026-12-04 gave codes 0.9912, grids 0.9379, worst scale
+// 6.3 %, loss within 9.5e-5. A wrong factor there leaves codes ≈ 0.65, grids ≈ 0.04 (TF32-rounded H, above), so
+// kCodeAgreementLowRank / kGridAgreementLowRank below still fail on it, and the loss bound stays 1e-3.
 struct Tol {
   static constexpr double kCodeAgreement = 0.999;   // share of equal codes
   static constexpr double kGridAgreement = 0.998;   // share of equal (scale, zero) pairs (non-static grids)
   static constexpr double kLossRel = 1e-3;          // |loss_gpu − loss_cpu| / loss_cpu
   static constexpr double kLossIdentityRel = 2e-3;  // GPU loss vs ½·Δᵀ(H + λI)Δ of its own codes (CPU test's bound)
   static constexpr double kHessianRel = 1e-5;       // hessian_accumulate_cuda vs HessianAccumulator, / max |H|
+  // K > 1024 from 4096 rows (the 0.5B down_proj case above): the GPU's rates with margin, far above a wrong factor's.
+  static constexpr double kCodeAgreementLowRank = 0.98;
+  static constexpr double kGridAgreementLowRank = 0.85;
   // DownProj7B (measurements above): rates below the GPU's 0.881 / 0.401 with margin and above ≈ 0.82 / 0.04;
   // objectives 4x the largest fp32 difference; the identity 400x above fp32's, far below a TF32-like factor's.
   static constexpr double kCodeAgreement7B = 0.85;
@@ -218,7 +227,9 @@ TEST_P(GptqCuda, MatchesCpu) {
   const GptqResult cpu = gptq_quantize(W.data(), c.N, c.K, H, o);
   const double t_cpu = seconds_since(t0);
   std::printf("[ time     ] %s: gpu %.3f s, cpu %.3f s\n", ctx.c_str(), t_gpu, t_cpu);
-  compare(gpu, c.N, cpu, c.N, c.K, /*full=*/true, c.static_groups, ctx);
+  compare(gpu, c.N, cpu, c.N, c.K, /*full=*/true, c.static_groups, ctx,
+          small_k ? Tol::kCodeAgreement : Tol::kCodeAgreementLowRank,
+          small_k ? Tol::kGridAgreement : Tol::kGridAgreementLowRank);
   for (uint8_t q : gpu.codes) ASSERT_LE(q, (1 << o.bits) - 1) << ctx;
   // The GPU's codes, grid and g_idx are exactly what its error feedback used: its loss is their objective.
   const double objective = damped_objective(W, gpu, c.N, c.K, H);

@@ -239,7 +239,7 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmDecodeMmaCuda,
                          [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
 
 // Integer activations and power-of-two scales make every sum exact: the CPU's bits, in every M regime, and the
-// same bits twice (no atomics); with QWENQ_DECODE_MMA=1 the dispatcher takes this kernel, otherwise the FMA one.
+// same bits twice (no atomics); the dispatcher takes this kernel unless QWENQ_DECODE_MMA=0 (then the FMA one).
 TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
   QWENQ_REQUIRE_GPU();
   for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
@@ -259,10 +259,10 @@ TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
       EXPECT_EQ(y2.download(), y1.download()) << src_name(src) << " M=" << M << ": two runs differ";
     }
   }
-  ASSERT_EQ(setenv("QWENQ_DECODE_MMA", "1", 1), 0);
-  EXPECT_TRUE(qgemm_decode_mma_enabled());
-  ASSERT_EQ(unsetenv("QWENQ_DECODE_MMA"), 0);
+  ASSERT_EQ(setenv("QWENQ_DECODE_MMA", "0", 1), 0);
   EXPECT_FALSE(qgemm_decode_mma_enabled());
+  ASSERT_EQ(unsetenv("QWENQ_DECODE_MMA"), 0);
+  EXPECT_TRUE(qgemm_decode_mma_enabled());
 }
 
 // Layout groups that are neither a multiple of 32 nor all of K (GPTQ groups of 16; NF4 with K = 200, gcd 8) and

@@ -245,7 +245,8 @@ TEST_P(QgemmDenseCuda, DequantizationIsTheCpuTwinBitForBit) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
   uint64_t seed = 41000 + 1000 * static_cast<uint64_t>(src);
-  for (const KN& s : std::vector<KN>{{3584, 512}, {4864, 896}, {172, 8}, {200, 17}, {8192, 1024}}) {
+  // Tiles of 64 columns x 32 word-rows (kernels/qgemm_dense.cu): {1000, 104} ends in a partial tile both ways.
+  for (const KN& s : std::vector<KN>{{3584, 512}, {4864, 896}, {172, 8}, {200, 17}, {8192, 1024}, {1000, 104}}) {
     if (!holds(src, s.K, s.N)) continue;
     SCOPED_TRACE(std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
     const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
@@ -345,9 +346,9 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
   }
 }
 
-// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels (the forward on tensor cores with
-// QWENQ_DECODE_MMA=1), M > 64 with BF16 -> the dense path with QWENQ_QGEMM_DENSE=1, else tensor cores (the wgmma
-// kernels on a device that supports them, unless QWENQ_WGMMA=0).
+// qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels (the forward on tensor cores unless
+// QWENQ_DECODE_MMA=0), M > 64 with BF16 -> the dense path from M = 1024 (any M > 64 with QWENQ_QGEMM_DENSE=1,
+// none with 0), else tensor cores (the wgmma kernels on a device that supports them, unless QWENQ_WGMMA=0).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   QWENQ_REQUIRE_GPU();
@@ -357,14 +358,14 @@ TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
   const int64_t K = 896, N = 4864;
   const Q4Layout q = make_layout(Src::GptqV2ActOrder, K, N, 51);
   const Q4DeviceWeight dw(q);
-  for (int64_t M : {64, 65}) {
+  for (int64_t M : {int64_t{64}, int64_t{65}, kQgemmDenseMinM}) {
     const std::vector<uint16_t> x = random_bf16(M * K, 52), dy = random_bf16(M * N, 53);
     test::DeviceBuffer<uint16_t> gx(x), gdy(dy);
     test::DeviceBuffer<float> y_auto(M * N), y_path(M * N), dx_auto(M * K), dx_path(M * K);
     qgemm_int4_cuda(dw.view(), gx.get(), DType::BF16, M, y_auto.get());
     qgemm_int4_t_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_auto.get());
     if (M > kQgemmDecodeMaxM) {
-      if (qgemm_dense_enabled()) {
+      if (qgemm_dense_for(M)) {
         qgemm_int4_dense_cuda(dw.view(), gx.get(), DType::BF16, M, y_path.get());
         qgemm_int4_t_dense_cuda(dw.view(), gdy.get(), DType::BF16, M, dx_path.get());
       } else if (cuda_wgmma_enabled()) {
