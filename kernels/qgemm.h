@@ -61,9 +61,11 @@ constexpr int64_t kQgemmDecodeMaxM = 64;
 inline bool qgemm_cuda_uses_tensor_cores(int64_t M, DType act_dtype) {
   return M > kQgemmDecodeMaxM && act_dtype == DType::BF16;
 }
-// Within it, the dense path from this M by default (H200, 2026-12-04: at M = 2048 it beat the fused wgmma
-// kernels on every 7B/72B shape, 0.37-0.63x cuBLASLt against 0.24-0.32x; at M = 512 it lost on the large ones).
-constexpr int64_t kQgemmDenseMinM = 1024;
+// Within it, the dense path from this M by default. H200, 2026-12-04, with the dequantization at 2.8-3.3 TB/s on
+// the large 7B/72B shapes: 0.57-0.63x cuBLASLt's bf16 GEMM at M = 512 (the fused wgmma kernels 0.11-0.34x),
+// 0.80-0.88x at 2048, 0.92-1.09x at 8192. Below 512 it is not measured; the dequantization (16-186 µs) against
+// the wgmma kernels' extra time per row puts the crossover near M = 150-200.
+constexpr int64_t kQgemmDenseMinM = 512;
 
 // The paths the dispatchers take, from the environment (kernels/qgemm_paths.cpp; every build, so that the memory
 // plan can count the dense path's scratch and the device line can name them):
@@ -95,8 +97,8 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 // fp32 partial sums, so ŵ is never rounded (against the CPU twin only the summation order differs, as for the FMA
 // kernels). qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a supported weight
 // when qgemm_decode_mma_enabled() (the default since the H200 run of 2026-12-04: every test passed, and it beat
-// the FMA kernel at M >= 4 on every 7B/72B shape, up to 3.3x at M = 16); then BF16 and F32 activations take
-// different kernels, and their bits may differ within the summation-order tolerance.
+// the FMA kernel on every 7B/72B shape but one, 1.1-1.5x at M = 1, up to 4.2x at M = 64); then BF16 and F32
+// activations take different kernels, and their bits may differ within the summation-order tolerance.
 bool qgemm_decode_mma_supports(const Q4View& w);
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);
@@ -104,7 +106,7 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
 // per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
 // accumulation and output. Same arguments and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any
 // kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. qgemm_int4_cuda /
-// qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_for(M) (by default M >= 1024); the memory plan
+// qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_for(M) (by default M >= 512); the memory plan
 // counts its buffer as kernel scratch for the step's token count.
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = nullptr);
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);

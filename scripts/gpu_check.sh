@@ -106,7 +106,7 @@ if start tests 60; then
   names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
   # The models once more with the 4-bit switches of kernels/qgemm.h the other way: the FMA decode kernels
   # (QWENQ_DECODE_MMA=0; the default decode forward is on tensor cores) and the dense prefill path for every M > 64
-  # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 1024, above the model tests' token counts, which therefore
+  # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 512, above the model tests' token counts, which therefore
   # run the fused kernels above).
   if rt=$(rerun_time); then
     QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \

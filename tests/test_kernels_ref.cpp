@@ -671,7 +671,7 @@ TEST(KernelsRef, DeviceChoiceNamesTheGemmPathSwitches) {
   if (wg) ::setenv("QWENQ_WGMMA", saved_wg.c_str(), 1);
 }
 
-// The switches' rules (kernels/qgemm_paths.cpp): the tensor-core decode and the dense prefill from M = 1024 by
+// The switches' rules (kernels/qgemm_paths.cpp): the tensor-core decode and the dense prefill from M = 512 by
 // default; QWENQ_QGEMM_DENSE=1 from M = 65, =0 never; QWENQ_DECODE_MMA=0 turns the decode one off.
 TEST(KernelsRef, QgemmPathSwitches) {
   const char* d0 = std::getenv("QWENQ_DECODE_MMA");

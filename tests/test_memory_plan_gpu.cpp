@@ -648,7 +648,7 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
   EXPECT_GT(10u * 3584 * 8, std::max<uint64_t>(delta, 8u * 3584 * 8));
 }
 
-// The dense 4-bit path (kernels/qgemm.h: by default from 1024 tokens a step; QWENQ_QGEMM_DENSE=1 from 65, =0 never)
+// The dense 4-bit path (kernels/qgemm.h: by default from 512 tokens a step; QWENQ_QGEMM_DENSE=1 from 65, =0 never)
 // holds a bf16 copy of one Linear's Ŵ during its product: the plan's kernel scratch is the largest, Qwen2.5-7B's
 // gate/up (and down) 18944 x 3584 x 2 bytes, for a 4-bit base; a bf16 base is unchanged (no 4-bit weight).
 TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
@@ -661,9 +661,9 @@ TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
     else ::unsetenv("QWENQ_QGEMM_DENSE");
     return plan_memory(in).devices.at(0).ws_scratch;
   };
-  // By default from 1024 tokens a step (kQgemmDenseMinM), then the largest Linear's Ŵ: gate/up [18944, 3584].
+  // By default from 512 tokens a step (kQgemmDenseMinM), then the largest Linear's Ŵ: gate/up [18944, 3584].
   const uint64_t dflt = scratch(PlanBase::Gptq, 2048, nullptr), off = scratch(PlanBase::Gptq, 2048, "0");
-  const uint64_t short_dflt = scratch(PlanBase::Gptq, 512, nullptr), short_on = scratch(PlanBase::Gptq, 512, "1");
+  const uint64_t short_dflt = scratch(PlanBase::Gptq, 256, nullptr), short_on = scratch(PlanBase::Gptq, 256, "1");
   const uint64_t bf16_dflt = scratch(PlanBase::Bf16, 2048, nullptr), bf16_off = scratch(PlanBase::Bf16, 2048, "0");
   if (before) ::setenv("QWENQ_QGEMM_DENSE", saved.c_str(), 1);
   else ::unsetenv("QWENQ_QGEMM_DENSE");

@@ -437,7 +437,7 @@ GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s, bool moe
 // together; DoRA's partial sums are LayerTotals::dora_scratch): flash / naive attention's backward δ [T, H] fp32; cuBLASLt's 16-bit copy of fp32 activations for a
 // 16-bit weight (kernels/blas_lt.h): the lm_head's dlogits chunk rows·V (its forward input rows·C is smaller), and
 // for a 16-bit dense base each Linear's x [T, K] or dy [T, N]; a 4-bit base's bf16 Ŵ when its T-row products take
-// the dense path (qgemm_dense_for(T), kernels/qgemm.h: by default T >= 1024).
+// the dense path (qgemm_dense_for(T), kernels/qgemm.h: by default T >= 512).
 uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const DevicePlan& d) {
   uint64_t b = d.num_layers > 0 ? u64(s.T * s.H * 4) : 0;
   const uint64_t dsz = dtype_size(in.dense_dtype);

@@ -347,7 +347,7 @@ TEST(QgemmTcCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
 }
 
 // qgemm_int4_cuda / qgemm_int4_t_cuda: M <= 64 or F32 -> decode kernels (the forward on tensor cores unless
-// QWENQ_DECODE_MMA=0), M > 64 with BF16 -> the dense path from M = 1024 (any M > 64 with QWENQ_QGEMM_DENSE=1,
+// QWENQ_DECODE_MMA=0), M > 64 with BF16 -> the dense path from M = 512 (any M > 64 with QWENQ_QGEMM_DENSE=1,
 // none with 0), else tensor cores (the wgmma kernels on a device that supports them, unless QWENQ_WGMMA=0).
 // Each path is deterministic, so the dispatcher's bits equal the chosen path's bits.
 TEST(QgemmTcCudaDispatch, PicksTheKernelByMAndDtype) {
