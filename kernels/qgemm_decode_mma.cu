@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
   for (int i = 0; i < P; ++i) wbuf[i] = load_w(i);
 
   // x rows [m0, m0 + xr), word-rows [r0, r1) into shared memory, each run of 8 reordered (see the top).
-  const int runs = static_cast<int>(r1 - r0);  // <= 8192: the shared-memory limit
+  const int runs = static_cast<int>(r1 - r0);  // <= 4096: a row of x in shared memory fits kDmMaxSmem
   for (int c = threadIdx.x; c < xr * runs; c += kDmThreads) {
     const int m = c / runs, j = c % runs;
     const int64_t k0 = (r0 + j) * 8;

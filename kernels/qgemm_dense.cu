@@ -39,7 +39,8 @@ using qgemm_tc_detail::dequant_word;
 // sides are coalesced: its loads are rows of kDqCols words (256 contiguous bytes), its stores rows of
 // kDqWordRows x 16 bytes (512 contiguous bytes of one Wb row per warp). (The first version stored each lane's
 // 16 bytes to another Wb row, 32 rows per warp store; the H200 run of 2026-12-04 put the whole dense path's
-// overhead at ~300 GB/s of Wb.)
+// overhead at ~300 GB/s of Wb. This one, same day: 2.8-3.3 TB/s on the 7B/72B weights of 3584 x 18944 and up,
+// 16.5 µs for a 7B q_proj.)
 constexpr int kDqThreads = 256;
 constexpr int kDqCols = 64;       // columns n per block
 constexpr int kDqWordRows = 32;   // word-rows (256 K) per block: one 16-byte Wb chunk per lane of a warp

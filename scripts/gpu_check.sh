@@ -12,7 +12,9 @@
 #             its model is prepared in the background from the start)                           needs 150 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
 #             28 layers                                                                         needs 150 s
-# Default: all five. QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+#   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
+#             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
+# Default: the first five (ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
 # the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
@@ -28,6 +30,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 PHASES=",${QWENQ_GPU_PHASES:-tests,memcheck,bench,qlora,gptq7b},"
+# ncu profiles a launch of bench_qgemm_cuda: build it for that phase too.
+[[ "$PHASES" == *",ncu,"* ]] && [[ "$PHASES" != *",bench,"* ]] && NCU_ONLY_BENCH=1 || NCU_ONLY_BENCH=0
 BUDGET=${QWENQ_GPU_BUDGET_S:-520}
 LOGS=build-gpu/logs
 mkdir -p "$OUT" "$LOGS"
@@ -59,11 +63,12 @@ targets="qwen-quant qwen-qlora"
 BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda}
 FILTER=${QWENQ_GPU_TEST_FILTER:-*}
 want bench && targets+=" ${BENCHES//,/ }"
+[ "$NCU_ONLY_BENCH" = 1 ] && targets+=" bench_qgemm_cuda"
 # Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
 want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
-want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150))
+want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150)); want ncu && reserve=$((reserve + 60))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
 rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
 cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
@@ -189,6 +194,23 @@ if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
   done
   log "gptq 7B-shaped: $(awk -v a="${g7_t[1]}" -v b="${g7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }') (target < 300 s)"
   rm -rf "$g7"
+fi
+# Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 4 times per
+# layer with --reps 1, after q/o and k/v: the 9th launch of the kernel). ncu flushes the caches before it
+# (--cache-control all, its default) and leaves the clocks alone (--clock-control none, METHOD.md).
+if start ncu 60 && [ -x build-gpu/bench_qgemm_cuda ]; then
+  ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -z "$ncu_bin" ]; then
+    log "ncu skipped: no ncu"
+  else
+    timeout $(( $(left) - 10 )) "$ncu_bin" --clock-control none --kernel-name regex:qgemm_decode_mma_kernel \
+      --launch-skip 8 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
+      build-gpu/bench_qgemm_cuda --models 72b --ms 1 --tc-ms "" --reps 1 > "$OUT/ncu-decode-mma.txt" 2>&1
+    log "ncu exit $? ($(grep -c . "$OUT/ncu-decode-mma.txt") lines in ncu-decode-mma.txt)"
+    grep -E "Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|No Eligible|Issued Warp" \
+      "$OUT/ncu-decode-mma.txt" | head -12 | tee -a "$OUT/summary.txt"
+  fi
 fi
 log "done at ${SECONDS} s"
 cat "$OUT/summary.txt"
