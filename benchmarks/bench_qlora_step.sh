@@ -19,6 +19,8 @@
 #   BUILD (build)  DEVICE (cuda)  PRESET (qwen2.5-7b / tiny)  LAYERS (4 / 2)  LAYERS_BASE (1 / 1)  SEQ (2048 / 128)
 #   WARMUP (2 / 1)  STEPS (5 / 2)  QUANT (rtn: GPTQ layout, 4 bits, group 128; or nf4)  RANK (16)  ALPHA (32)
 #   BUDGET_S (230 / 0 = none): wall seconds for the whole run, each side under `timeout` so the report is written
+#   PROFILE (1 / 0): our runs with `--profile` (GPU time per phase, trainer/step_profile.h, in the report; a mark is
+#   one CUDA event, well under 1 % of a step)
 #   THREADS (all cores)  WORK (BUILD/qlora-step-bench, reused when prepared with the same settings)
 #   PY (.venv-oracle/bin/python if present, else python3: needs torch, transformers, peft, safetensors)
 #   OUT (benchmarks/results): where DATE-qlora-step-DEVICE.md goes
@@ -44,6 +46,7 @@ fi
 PRESET=${PRESET:-${d[0]}}; LAYERS=${LAYERS:-${d[1]}}; LAYERS_BASE=${LAYERS_BASE:-${d[2]}}; SEQ=${SEQ:-${d[3]}}
 WARMUP=${WARMUP:-${d[4]}}; STEPS=${STEPS:-${d[5]}}; BUDGET_S=${BUDGET_S:-${d[6]}}
 QUANT=${QUANT:-rtn}; RANK=${RANK:-16}; ALPHA=${ALPHA:-32}; THREADS=${THREADS:-$(nproc)}
+PROFILE=${PROFILE:-$([ "$DEVICE" = cuda ] && echo 1 || echo 0)}
 WORK=${WORK:-$BUILD/qlora-step-bench}
 case "$PRESET" in  # the preset's own depth (trainer/random_model.cpp), for the full-model extrapolation
   tiny) full=2 ;; qwen2.5-0.5b) full=24 ;; qwen2.5-3b) full=36 ;; qwen2.5-14b) full=48 ;; qwen2.5-32b) full=64 ;;
@@ -113,6 +116,7 @@ ours() {
     "$QL" train --model "$dir" --data "$WORK/data.jsonl" --out "$WORK/$tag" --overwrite --device "$DEVICE" \
     --threads "$THREADS" --max-steps $((WARMUP + STEPS)) --seq-len "$SEQ" --batch-size 1 --lora-r "$RANK" \
     --lora-alpha "$ALPHA" --lora-dropout 0 --target all-linear --scheduler constant --warmup-steps 0 -q \
+    $([ "$PROFILE" = 1 ] && echo --profile) \
     > "$WORK/$tag.log" 2>&1
   echo $? > "$WORK/$tag.rc"
   "$PY" "$HELP" ours --metrics "$WORK/$tag/metrics.jsonl" --rss "$WORK/$tag.rss" --rc "$(cat "$WORK/$tag.rc")" \

@@ -82,6 +82,9 @@ def cmd_ours(a):
         "peak_reserved_bytes": peak[-1].get("device_peak_reserved_bytes") if peak else None,
         "peak_rss_bytes": rss,
     })
+    prof = [r for r in recs if "profile_ms_per_step" in r]  # --profile (trainer/step_profile.h)
+    if prof:
+        out["profile_ms_per_step"] = prof[-1]["profile_ms_per_step"]
     print(json.dumps(out))
 
 
@@ -249,6 +252,22 @@ def cmd_report(a):
         for name, j in rows:
             w(f"| {name} | {j['tokens_per_step'] / j['tokens_per_s'] / L * 1e3:.1f} ms | "
               f"{mib(None if j.get(mem_key) is None else j[mem_key] / L)} |")
+    # Our step by phase (qwen-qlora train --profile: CUDA events; the first step left out), per layer from the pair.
+    p_l, p_0 = (ours or {}).get("profile_ms_per_step"), (ours0 or {}).get("profile_ms_per_step")
+    if p_l:
+        w("")
+        w("## Our step by phase (`--profile`, GPU milliseconds per step)")
+        w("")
+        per_layer = p_0 is not None and L0 > 0 and L > L0
+        w(f"| phase | {L} layers |" + (f" {L0} layer(s) | per layer |" if per_layer else ""))
+        w("|---|---|" + ("---|---|" if per_layer else ""))
+        last = {"unattributed": 1, "step": 2}  # the phases, largest first, then these two
+        for k in sorted(p_l, key=lambda k: (last.get(k, 0), -p_l[k])):
+            row = f"| {k} | {p_l[k]:.2f} |"
+            if per_layer:
+                b = p_0.get(k, 0.0)
+                row += f" {b:.2f} | {(p_l[k] - b) / (L - L0):.2f} |"
+            w(row)
     w("")
     w("## Raw JSON lines")
     w("")

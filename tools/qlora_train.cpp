@@ -189,6 +189,9 @@ void register_qlora_train(CLI::App& app) {
   c->add_flag("--overwrite", o.overwrite, "replace a previous run in --out");
   c->add_option("--stop-after", o.stop_after, "end after N steps of this invocation, without the final adapter (time-boxed runs, resume tests)")
       ->check(at_least(1, "POSITIVE"));
+  c->add_flag("--profile", o.profile,
+              "time each GPU step's phases (base Linears, LoRA, attention, norms, ...; CUDA events) and print them "
+              "at the end, also in metrics.jsonl's last record (--device cuda)");
   c->add_flag("--quiet,-q", o.quiet, "no progress bar");
   add_common_options(c, &a->common);
   c->callback([a, c]() {
@@ -225,6 +228,7 @@ void register_qlora_train(CLI::App& app) {
                   format_bytes(static_cast<uint64_t>(r.device_peak_reserved)).c_str());
     }
     std::printf("; adapter in %s\n", o.out_dir.c_str());
+    if (!r.profile.empty()) std::printf("GPU time per step by phase (--profile; the first step, a warm-up, left out when there are more):\n%s", r.profile.c_str());
   });
 }
 

@@ -33,6 +33,7 @@
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/memory_plan.h"
 #include "trainer/moe_block.h"
+#include "trainer/step_profile_cuda.h"
 
 namespace qwenq {
 
@@ -142,6 +143,30 @@ struct LoraModelCuda::Impl {
   DeviceAllocation logits;
 
   CudaStream st() const { return stream.get(); }
+
+  // --profile (trainer/step_profile.h): the phase the work queued now belongs to. A Phase scope switches to its
+  // phase and back to the enclosing one on exit, so a helper's work is its own phase wherever it is called from;
+  // marks are recorded only while `profiling` (a training call or AdamW step with a profile).
+  std::unique_ptr<StepProfile> prof;
+  bool profiling = false;
+  StepPhase phase_now = StepPhase::Embed;
+  void set_phase(StepPhase p) {
+    phase_now = p;
+    if (profiling) prof->mark(p);
+  }
+  struct Phase {
+    Impl* m;
+    StepPhase prev;
+    Phase(Impl* impl, StepPhase p) : m(impl), prev(impl->phase_now) { m->set_phase(p); }
+    ~Phase() {
+      try {
+        m->set_phase(prev);
+      } catch (...) {  // a failed event record while an error unwinds: the profile is the least of it
+      }
+    }
+    Phase(const Phase&) = delete;
+    Phase& operator=(const Phase&) = delete;
+  };
 
   const Slot* slot(int64_t l, int t) const {
     const int i = slot_of[static_cast<size_t>(l * 7 + t)];
@@ -266,6 +291,7 @@ struct LoraModelCuda::Impl {
   // Checkpoint slot i ([T, C], i = 0 .. L; the block inputs and the final residual) <- the fp32 src [T, C]:
   // rounded to bf16 (f32_to_bf16_cuda, round to nearest even: what the CPU trainer's rounding does) or copied.
   void save_slot(int64_t i, const float* src, int64_t T) {
+    const Phase ph(this, StepPhase::Checkpoint);
     const int64_t n = T * cfg.hidden_size;
     if (ckpt16) {
       f32_to_bf16_cuda(src, n, xs.as<uint16_t>() + i * n, st());
@@ -277,6 +303,7 @@ struct LoraModelCuda::Impl {
   // The fp32 view of checkpoint slot i: the slot itself (fp32), or its exact widening into xin (bf16; valid until
   // the next load_slot).
   float* load_slot(int64_t i, int64_t T) {
+    const Phase ph(this, StepPhase::Checkpoint);
     const int64_t n = T * cfg.hidden_size;
     if (!ckpt16) return xs.as<float>() + i * n;
     bf16_to_f32_cuda(xs.as<uint16_t>() + i * n, n, xin.as<float>(), st());
@@ -308,6 +335,7 @@ struct LoraModelCuda::Impl {
 
   // y [T, N] = x Wᵀ (+ b unless !bias), fp32 in and out (qwen_model_cuda.cpp's Linear).
   void base_forward(const QwenDeviceLinear& L, const float* x, int64_t T, float* y, bool bias = true) {
+    const Phase ph(this, StepPhase::Base);
     const bool add = bias && L.bias.data != nullptr;
     if (!L.q4) {
       linear_forward_cuda(x, T, L.K, L.dense.data, L.dense.dtype, L.N, add ? L.bias.data : nullptr, L.bias.dtype, y,
@@ -322,6 +350,7 @@ struct LoraModelCuda::Impl {
 
   // dx [T, K] = dy W (written), fp32 in and out.
   void base_backward(const QwenDeviceLinear& L, const float* dy, int64_t T, float* dx) {
+    const Phase ph(this, StepPhase::Base);
     if (!L.q4) {
       linear_backward_input_cuda(dy, T, L.N, L.dense.data, L.dense.dtype, L.K, dx, DType::F32, st());
       return;
@@ -382,6 +411,7 @@ struct LoraModelCuda::Impl {
     if (sl == nullptr) return;
     const float* A = params.as<float>() + sl->a_off;
     const float* B = params.as<float>() + sl->b_off;
+    const Phase ph(this, StepPhase::Lora);
     const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl->K) : x;
     lora_forward_cuda(xin, T, sl->K, A, B, sl->r, sl->N, s, y, f.u, st());  // u = x̃ Aᵀ; y += s · u Bᵀ
   }
@@ -392,6 +422,7 @@ struct LoraModelCuda::Impl {
   // product itself and y = z + b (the CPU takes z = y − b: the same up to the last bit); with it z is the base
   // product of x̃ (in tmp).
   void dora_fwd(const Lin& f, const float* x, int64_t T, float* y) {
+    const Phase ph(this, StepPhase::Dora);
     const Slot& sl = *f.sl;
     const QwenDeviceLinear& L = *f.L;
     const int64_t N = sl.N;
@@ -409,7 +440,10 @@ struct LoraModelCuda::Impl {
       if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, N, L.bias.data, L.bias.dtype, st());
     }
     QWENQ_CUDA_CHECK(cudaMemsetAsync(f.v, 0, static_cast<size_t>(T * N) * sizeof(float), st()));
-    lora_forward_cuda(xin, T, sl.K, A, B, sl.r, N, s, f.v, f.u, st());  // u = x̃ Aᵀ; v = s · u Bᵀ
+    {
+      const Phase lora(this, StepPhase::Lora);
+      lora_forward_cuda(xin, T, sl.K, A, B, sl.r, N, s, f.v, f.u, st());  // u = x̃ Aᵀ; v = s · u Bᵀ
+    }
     dora_combine_cuda(params.as<float>() + sl.m_off, norms.as<float>() + sl.n_off, f.z, f.v, T, N, y, st());
   }
 
@@ -426,6 +460,7 @@ struct LoraModelCuda::Impl {
     if (f.sl == nullptr) return;
     // dx += g A; with dropout tmp = g A, then dx += m ⊙ tmp (tmp's base dx was added above).
     adapter_input_grad(*f.sl, T, drop ? tmp.as<float>() : dx, !drop);
+    const Phase ph(this, StepPhase::Lora);
     if (drop) dropout_backward_cuda(tmp.as<float>(), T * f.sl->K, drop_p, f.key, dx, st());
   }
 
@@ -433,6 +468,7 @@ struct LoraModelCuda::Impl {
   // g [T, r] = s · dyp B (kept in `g` for adapter_input_grad), dB += s · dypᵀ u, dA += gᵀ x̃ (x̃ regenerated into tmp
   // with dropout). The last read of x.
   void adapter_grads(const Lin& f, const float* dyp, const float* x, int64_t T) {
+    const Phase ph(this, StepPhase::Lora);
     const Slot& sl = *f.sl;
     float* gp = g.as<float>();
     BlasLt& lt = BlasLt::current();
@@ -456,6 +492,7 @@ struct LoraModelCuda::Impl {
 
   // dst [T, K] (+)= g A, g from adapter_grads: written, or added when accumulate.
   void adapter_input_grad(const Slot& sl, int64_t T, float* dst, bool accumulate) {
+    const Phase ph(this, StepPhase::Lora);
     LtGemm gm;  // dstᵀ[K, T] (+)= (A as K×r) · gᵀ(r×T)
     gm.m = sl.K, gm.n = T, gm.k = sl.r;
     gm.lda = sl.K, gm.ldb = sl.r, gm.ldd = sl.K;
@@ -467,6 +504,7 @@ struct LoraModelCuda::Impl {
   void base_input_grad(const Lin& f, const float* dy, int64_t T, float* dx, bool accumulate) {
     if (!accumulate) return base_backward(*f.L, dy, T, dx);
     base_backward(*f.L, dy, T, f.scratch);
+    const Phase ph(this, StepPhase::Residual);
     add_inplace_cuda(dx, f.scratch, T * f.L->K, st());
   }
 
@@ -479,6 +517,7 @@ struct LoraModelCuda::Impl {
   // dA += Gᵀ x̃ (x's last read: dx may be its storage); dx (+)= dy W; then t = dz W + G A and dx += t (with dropout
   // dx += mask ⊙ t / (1 − p), dropout_backward_cuda).
   void dora_bwd(const Lin& f, const float* dy, const float* x, int64_t T, float* dx, bool accumulate) {
+    const Phase ph(this, StepPhase::Dora);
     const Slot& sl = *f.sl;
     float* dz = dora_dz.as<float>();
     float* dv = dora_dv.as<float>();
@@ -509,6 +548,7 @@ struct LoraModelCuda::Impl {
   // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
   // or the Q4 codes the dequant-matmul reads). Queued on the stream before the call's first use.
   void dora_norms() {
+    const Phase ph(this, StepPhase::Dora);
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
       dora_row_norms_cuda(dora_base_weight(slot_base(sl)), sl.N, sl.K, params.as<float>() + sl.a_off,
@@ -518,11 +558,27 @@ struct LoraModelCuda::Impl {
   }
 
   void rmsnorm(const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w, float* y) {
+    const Phase ph(this, StepPhase::Norm);
     rmsnorm_forward_cuda(x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, y, st());
   }
   void rmsnorm_bwd(const float* dy, const float* x, int64_t rows, int64_t cols, const QwenDeviceTensor& w,
                    float* dx) {
+    const Phase ph(this, StepPhase::Norm);
     rmsnorm_backward_cuda(dy, x, rows, cols, w.data, w.dtype, cfg.rms_norm_eps, dx, st());
+  }
+
+  void swiglu_fwd(const float* g, const float* u, int64_t n, float* out) {
+    const Phase ph(this, StepPhase::Activation);
+    swiglu_forward_cuda(g, u, n, out, st());
+  }
+  void swiglu_bwd(const float* dout, const float* g, const float* u, int64_t n, float* dg, float* du) {
+    const Phase ph(this, StepPhase::Activation);
+    swiglu_backward_cuda(dout, g, u, n, dg, du, st());
+  }
+  // a += b over n floats (a residual, or an accumulate path's sum).
+  void add(float* a, const float* b, int64_t n) {
+    const Phase ph(this, StepPhase::Residual);
+    add_inplace_cuda(a, b, n, st());
   }
 
   // Expert e's rows of the MoE buffers under disp (rows == 0: no token chose it): its routed inputs, gate, up and
@@ -551,6 +607,7 @@ struct LoraModelCuda::Impl {
   // gate, up, act and y per row, the shared expert the same on every token; out [T, C] = moe_combine of the rows
   // (out null: the recomputation of the backward, which needs the intermediates only).
   void moe_fwd(int64_t l, const float* n, int64_t T, float* out) {
+    const Phase ph(this, StepPhase::Moe);
     const QwenConfig& c = cfg;
     const QwenDeviceMoe& M = base->device_moe(l);
     const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k,
@@ -581,7 +638,7 @@ struct LoraModelCuda::Impl {
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
       lin_fwd(expert_lin(l, e, 0, X[0], U + x.r0 * r, T, x.r0), x.x, x.rows, x.gate);
       lin_fwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r, T, x.r0), x.x, x.rows, x.up);
-      swiglu_forward_cuda(x.gate, x.up, x.rows * Im, x.act, st());
+      swiglu_fwd(x.gate, x.up, x.rows * Im, x.act);
       lin_fwd(expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0), x.act, x.rows, my.as<float>() + x.r0 * C);
     }
     if (shared) {
@@ -589,7 +646,7 @@ struct LoraModelCuda::Impl {
       float* SU = su.as<float>();
       lin_fwd(expert_lin(l, -1, 0, M.shared[0], SU, T, 0), n, T, sgate.as<float>());
       lin_fwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r, T, 0), n, T, sup.as<float>());
-      swiglu_forward_cuda(sgate.as<float>(), sup.as<float>(), T * Is, sact.as<float>(), st());
+      swiglu_fwd(sgate.as<float>(), sup.as<float>(), T * Is, sact.as<float>());
       lin_fwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r, T, 0), sact.as<float>(), T, sy.as<float>());
     }
     if (out == nullptr) return;
@@ -605,6 +662,7 @@ struct LoraModelCuda::Impl {
   // back per token in ascending expert order (moe_scatter_add), then the router's dr W, the shared expert's dx and
   // its gate's dg w_sg, in moe_block_backward's order.
   void moe_bwd(int64_t l, const float* dout, const float* n, int64_t T, float* dn) {
+    const Phase ph(this, StepPhase::Moe);
     const QwenConfig& c = cfg;
     const QwenDeviceMoe& M = base->device_moe(l);
     const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k,
@@ -634,26 +692,26 @@ struct LoraModelCuda::Impl {
       const std::array<QwenDeviceLinear, 3>& X = M.experts[static_cast<size_t>(e)];
       const Lin down = expert_lin(l, e, 2, X[2], U + (2 * R + x.r0) * r, T, x.r0);
       lin_bwd(down, mdy.as<float>() + x.r0 * C, x.act, x.rows, x.act, false);
-      swiglu_backward_cuda(x.act, x.gate, x.up, x.rows * Im, x.act, x.up, st());  // in place
+      swiglu_bwd(x.act, x.gate, x.up, x.rows * Im, x.act, x.up);  // in place
       lin_bwd(expert_lin(l, e, 0, X[0], U + x.r0 * r, T, x.r0), x.act, x.x, x.rows, dx + x.r0 * C, false);
       lin_bwd(expert_lin(l, e, 1, X[1], U + (R + x.r0) * r, T, x.r0), x.up, x.x, x.rows, dx + x.r0 * C, true);
     }
     moe_scatter_add_cuda(dx, R, C, combine, T, k, dn, st(), disp.combine.data());
     float* tmp_c = mtmp.as<float>();
     base_backward(M.router, mlogits.as<float>(), T, tmp_c);
-    add_inplace_cuda(dn, tmp_c, T * C, st());
+    add(dn, tmp_c, T * C);
     if (!shared) return;
     const int64_t Is = M.shared[0].N;
     float* SU = su.as<float>();
     float* sa = sact.as<float>();
     lin_bwd(expert_lin(l, -1, 2, M.shared[2], SU + 2 * T * r, T, 0), ds.as<float>(), sa, T, sa, false);
-    swiglu_backward_cuda(sa, sgate.as<float>(), sup.as<float>(), T * Is, sa, sup.as<float>(), st());
+    swiglu_bwd(sa, sgate.as<float>(), sup.as<float>(), T * Is, sa, sup.as<float>());
     float* sdx = ds.as<float>();  // dead once the down projection's backward read it
     lin_bwd(expert_lin(l, -1, 0, M.shared[0], SU, T, 0), sa, n, T, sdx, false);
     lin_bwd(expert_lin(l, -1, 1, M.shared[1], SU + T * r, T, 0), sup.as<float>(), n, T, sdx, true);
-    add_inplace_cuda(dn, sdx, T * C, st());
+    add(dn, sdx, T * C);
     base_backward(M.shared_gate, dg.as<float>(), T, tmp_c);
-    add_inplace_cuda(dn, tmp_c, T * C, st());
+    add(dn, tmp_c, T * C);
   }
 
   // Block l on x [T, C] (fp32); its output into checkpoint slot out_slot (save_slot; -1: intermediates only, the
@@ -674,9 +732,12 @@ struct LoraModelCuda::Impl {
       rmsnorm(qpre.as<float>(), T * H, D, L.q_norm, qp);
       rmsnorm(kpre.as<float>(), T * Hkv, D, L.k_norm, kp);
     }
-    rope_forward_cuda(qp, T, H, D, positions.as<int32_t>(), c.rope, st());
-    rope_forward_cuda(kp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
-    if (uses_flash(D)) {
+    {
+      const Phase ph(this, StepPhase::Rope);
+      rope_forward_cuda(qp, T, H, D, positions.as<int32_t>(), c.rope, st());
+      rope_forward_cuda(kp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
+    }
+    if (const Phase ph(this, StepPhase::Attention); uses_flash(D)) {
       f32_to_bf16_cuda(qp, T * H * D, q16.as<uint16_t>(), st());
       f32_to_bf16_cuda(kp, T * Hkv * D, k16.as<uint16_t>(), st());
       f32_to_bf16_cuda(vp, T * Hkv * D, v16.as<uint16_t>(), st());
@@ -688,7 +749,7 @@ struct LoraModelCuda::Impl {
                                    lse.as<float>(), st());
     }
     linear_fwd(l, 3, a.as<float>(), T, h1.as<float>());
-    add_inplace_cuda(h1.as<float>(), x, T * C, st());
+    add(h1.as<float>(), x, T * C);
     rmsnorm(h1.as<float>(), T, C, L.post_norm, n2.as<float>());
     float* mlp = mlp_out();
     if (c.is_moe_layer(l)) {
@@ -696,11 +757,11 @@ struct LoraModelCuda::Impl {
     } else {
       linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
       linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
-      swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * I, act.as<float>(), st());
+      swiglu_fwd(gate.as<float>(), up.as<float>(), T * I, act.as<float>());
       linear_fwd(l, 6, act.as<float>(), T, mlp);
     }
     if (out_slot < 0) return;
-    add_inplace_cuda(mlp, h1.as<float>(), T * C, st());  // = h1 + mlp (fp32 addition commutes)
+    add(mlp, h1.as<float>(), T * C);  // = h1 + mlp (fp32 addition commutes)
     save_slot(out_slot, mlp, T);
   }
 
@@ -716,18 +777,18 @@ struct LoraModelCuda::Impl {
       moe_bwd(l, dd, n2.as<float>(), T, dn2.as<float>());
     } else {
       linear_bwd(l, 6, dd, act.as<float>(), T, dact(), false);  // dact over act: its x, read first
-      swiglu_backward_cuda(dact(), gate.as<float>(), up.as<float>(), T * I, dgate(), dup(), st());  // in place
+      swiglu_bwd(dact(), gate.as<float>(), up.as<float>(), T * I, dgate(), dup());  // in place
       linear_bwd(l, 4, dgate(), n2.as<float>(), T, dn2.as<float>(), false);
       linear_bwd(l, 5, dup(), n2.as<float>(), T, dn2.as<float>(), true);
     }
     rmsnorm_bwd(dn2.as<float>(), h1.as<float>(), T, C, L.post_norm, dh1.as<float>());
-    add_inplace_cuda(dh1.as<float>(), dd, T * C, st());
+    add(dh1.as<float>(), dd, T * C);
     float* dap = da_();
     float* dqp = dq_();
     float* dkp = dk_();
     float* dvp = dv_();
     linear_bwd(l, 3, dh1.as<float>(), a.as<float>(), T, dap, false);  // flash: da over a, its x, read first
-    if (flash()) {
+    if (const Phase ph(this, StepPhase::Attention); flash()) {
       f32_to_bf16_cuda(dap, T * H * D, da16(), st());
       attention_backward_cuda(da16(), q16.get(), k16.get(), v16.get(), a16.get(), lse.as<float>(),
                               b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dqp, dkp, dvp, DType::BF16, st());
@@ -736,8 +797,11 @@ struct LoraModelCuda::Impl {
                                     lse.as<float>(), b.cu_seqlens.data(), b.num_seqs(), H, Hkv, D, dqp, dkp, dvp,
                                     st());
     }
-    rope_backward_cuda(dqp, T, H, D, positions.as<int32_t>(), c.rope, st());
-    rope_backward_cuda(dkp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
+    {
+      const Phase ph(this, StepPhase::Rope);
+      rope_backward_cuda(dqp, T, H, D, positions.as<int32_t>(), c.rope, st());
+      rope_backward_cuda(dkp, T, Hkv, D, positions.as<int32_t>(), c.rope, st());
+    }
     if (c.qk_norm) {
       rmsnorm_bwd(dqp, qpre.as<float>(), T * H, D, L.q_norm, dqp);
       rmsnorm_bwd(dkp, kpre.as<float>(), T * Hkv, D, L.k_norm, dkp);
@@ -746,7 +810,7 @@ struct LoraModelCuda::Impl {
     linear_bwd(l, 1, dkp, n1.as<float>(), T, dn1(), true);
     linear_bwd(l, 2, dvp, n1.as<float>(), T, dn1(), true);
     rmsnorm_bwd(dn1(), x, T, C, L.input_norm, dd);
-    add_inplace_cuda(dd, dh1.as<float>(), T * C, st());
+    add(dd, dh1.as<float>(), T * C);
   }
 
   // opt: training (loss and gradients); null: evaluation, with eval's checkpoint dtype.
@@ -765,6 +829,8 @@ struct LoraModelCuda::Impl {
     QWENQ_CHECK((train ? opt : &eval)->dora_norms_from == nullptr,
                 "LoraModelCuda: LoraStepOptions::dora_norms_from (a CPU test hook) is not supported on the GPU");
     reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
+    profiling = prof != nullptr && train;  // evaluation calls are not profiled
+    set_phase(StepPhase::Embed);
     // Copies the stream owns (upload_owned_async): an error before the step's first wait leaves nothing queued that
     // reads the caller's batch.
     upload_owned_async(tokens.get(), b.tokens, st());
@@ -772,6 +838,7 @@ struct LoraModelCuda::Impl {
     upload_owned_async(targets.get(), tg, st());
     if (norms_stale) dora_norms();  // no-op without DoRA; A and B change only between calls
     embed(b);
+    set_phase(StepPhase::Gaps);  // every op of the blocks has its own phase (Phase scopes)
     // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
     // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation
     // will see.
@@ -794,6 +861,7 @@ struct LoraModelCuda::Impl {
       logits_rows = chunk;
     }
     LoraStepResult res;
+    set_phase(StepPhase::Head);
     for (int64_t r0 = 0; r0 < T; r0 += chunk) {
       const int64_t rows = std::min(chunk, T - r0);
       float* lg = logits.as<float>();
@@ -814,12 +882,15 @@ struct LoraModelCuda::Impl {
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad (GPU): the loss is not finite");
     if (!train) return res;
     float* dd = d.as<float>();
+    set_phase(StepPhase::Gaps);
     rmsnorm_bwd(dhid, xL, T, C, fn, dd);
     for (int64_t l = Lc - 1; l >= 0; --l) {
       const float* x = load_slot(l, T);
       block_fwd(l, b, x, -1);  // recompute the intermediates
       block_bwd(l, b, x, dd);
     }
+    if (profiling) prof->stop();  // the host's work between this call and the next is not the device's
+    profiling = false;
     // Surface an asynchronous fault here, with the step, rather than at the next call.
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
     return res;
@@ -965,6 +1036,13 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
 
 LoraModelCuda::~LoraModelCuda() = default;
 
+StepProfile* LoraModelCuda::enable_profile() {
+  if (!impl_->prof) impl_->prof = std::make_unique<StepProfile>(make_cuda_step_clock(impl_->st()));
+  return impl_->prof.get();
+}
+
+StepProfile* LoraModelCuda::profile() const { return impl_->prof.get(); }
+
 LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                             const LoraStepOptions& opt) {
   return impl_->run(batch, targets, &opt);
@@ -989,15 +1067,23 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
     ptr.push_back(m.grads.as<float>() + sl.m_off);
     size.push_back(sl.N);
   }
+  m.profiling = m.prof != nullptr;
+  m.set_phase(StepPhase::Optimizer);
   const float norm = clip_grad_norm_cuda(ptr.data(), size.data(), static_cast<int>(ptr.size()),
                                          static_cast<float>(max_grad_norm > 0 ? max_grad_norm : INFINITY), m.st());
-  if (!std::isfinite(norm)) return norm;
+  if (!std::isfinite(norm)) {
+    if (m.profiling) m.prof->stop();
+    m.profiling = false;
+    return norm;
+  }
   // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop.
   if (m.total > 0) {
     m.norms_stale = true;
     adamw_step_cuda(m.params.as<float>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(), m.total, lr, beta1,
                     beta2, eps, weight_decay, step, m.st());
   }
+  if (m.profiling) m.prof->stop();
+  m.profiling = false;
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
   return norm;
 }

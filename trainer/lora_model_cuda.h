@@ -76,6 +76,7 @@
 
 #include "lora/lora_adapter.h"
 #include "trainer/lora_model.h"
+#include "trainer/step_profile.h"
 #include "trainer/qwen_model_cuda.h"
 
 namespace qwenq {
@@ -124,6 +125,12 @@ class LoraModelCuda {
 
   // The uploaded base. Without its input embedding when untied: its embedding calls (forward_logits, ...) refuse.
   QwenModelCuda& base();
+
+  // `qwen-qlora train --profile` (trainer/step_profile.h): from now on each loss_and_grad and adamw_step marks its
+  // phases with CUDA events on the trainer's stream (evaluation calls do not); the caller ends each step
+  // (StepProfile::end_step). Returns the profile, which lives as long as the trainer. profile(): null until then.
+  StepProfile* enable_profile();
+  StepProfile* profile() const;
 
  private:
   struct Impl;

@@ -25,6 +25,7 @@
 #include "trainer/lora_model.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
+#include "trainer/step_profile.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
 #ifdef QWENQ_HAVE_CUDA
@@ -45,6 +46,8 @@ class LoraModelCuda {
   void download(LoraAdapter*) const {}
   void download_optimizer(LoraAdapter*, LoraAdapter*) const {}
   void upload_optimizer(const LoraAdapter&, const LoraAdapter&) {}
+  StepProfile* enable_profile() { return nullptr; }
+  StepProfile* profile() const { return nullptr; }
 };
 #endif
 
@@ -303,6 +306,7 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
+  QWENQ_CHECK(!o.profile || o.use_cuda, "--profile times the GPU trainer's phases: it needs --device cuda");
 #ifndef QWENQ_HAVE_CUDA
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
@@ -401,6 +405,7 @@ TrainReport train_lora(const TrainOptions& o) {
     try {
       gpu = std::make_unique<LoraModelCuda>(model, adapter);
       if (o.resume) gpu->upload_optimizer(m, v);
+      if (o.profile) gpu->enable_profile();
     } catch (const OutOfMemoryError& e) {
       throw_training_oom(e, "setting up the GPU trainer: ", o, model.config(), lcfg);
     }
@@ -486,6 +491,10 @@ TrainReport train_lora(const TrainOptions& o) {
     const float gnorm = gpu ? gpu_step()
                             : clip_grad_norm_ref(G.ptr.data(), G.size.data(), static_cast<int>(G.ptr.size()),
                                                  static_cast<float>(o.max_grad_norm > 0 ? o.max_grad_norm : INFINITY));
+    // The first step of the invocation is a warm-up (cuBLASLt plans, the allocator's first blocks): left out
+    // unless it is the only one.
+    if (StepProfile* prof = gpu ? gpu->profile() : nullptr)
+      prof->end_step(st.step > rep.start_step || total - rep.start_step == 1);
     QWENQ_CHECK(std::isfinite(loss) && std::isfinite(gnorm),
                 "step " << st.step + 1 << " (epoch " << micro[0].epoch << ", examples from " << micro[0].first_index
                         << "): loss " << loss << ", gradient norm " << gnorm << " is not finite; stopping. The last good "
@@ -552,6 +561,19 @@ TrainReport train_lora(const TrainOptions& o) {
   if (rep.device_peak_allocated >= 0) {
     summary["device_peak_allocated_bytes"] = rep.device_peak_allocated;
     summary["device_peak_reserved_bytes"] = rep.device_peak_reserved;
+  }
+  if (const StepProfile* prof = gpu ? gpu->profile() : nullptr) {
+    rep.profile = prof->table();
+    nlohmann::json ms;
+    const double n = static_cast<double>(std::max<int64_t>(prof->steps(), 1));
+    for (int p = 0; p < kStepPhases; ++p) {
+      const double t = prof->total_ms(static_cast<StepPhase>(p));
+      if (t > 0) ms[step_phase_name(static_cast<StepPhase>(p))] = t / n;
+    }
+    ms["unattributed"] = prof->unattributed_ms() / n;
+    ms["step"] = prof->wall_ms() / n;
+    summary["profile_ms_per_step"] = ms;
+    summary["profile_steps"] = prof->steps();
   }
   metrics << summary.dump() << "\n" << std::flush;
   // The loss curve over the whole run, from metrics.jsonl (which also holds the steps before a resume).

@@ -81,6 +81,9 @@ struct TrainOptions {
   // adapter comes to the host for checkpoints, evaluation stays on the device; dropout masks are the CPU's). Set
   // by an explicit `--device cuda`; the CPU path otherwise.
   bool use_cuda = false;
+  // Time each GPU training step's phases (trainer/step_profile.h; --profile): TrainReport::profile and the run's
+  // summary record get the milliseconds per step, the first step of the invocation (a warm-up) left out.
+  bool profile = false;
 };
 
 struct TrainReport {
@@ -93,6 +96,7 @@ struct TrainReport {
   uint64_t peak_rss = 0;
   // The caching allocator's peaks over a GPU run (kernels/device_allocator.h); -1 on the CPU.
   int64_t device_peak_allocated = -1, device_peak_reserved = -1;
+  std::string profile;  // with TrainOptions::profile: StepProfile::table()
 };
 
 TrainReport train_lora(const TrainOptions& opt);

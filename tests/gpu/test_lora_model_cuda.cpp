@@ -73,6 +73,7 @@
 #include "tests/support/test_training.h"
 #include "trainer/lora_model.h"
 #include "trainer/lora_model_cuda.h"
+#include "trainer/step_profile.h"
 #include "trainer/memory_plan.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
@@ -608,6 +609,58 @@ TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   expect_device_bytes_are_the_plan(moe, "tiny-moe-shared F32 (shared expert)");
   const std::string moe_q4 = quantize_rtn_gptq(test::make_random_model(tmp + "/moe3", "tiny-moe", DType::BF16, 60));
   expect_device_bytes_are_the_plan(moe_q4, "tiny-moe rtn-gptq 4-bit (a dense layer among MoE layers)");
+}
+
+// --profile (trainer/step_profile.h): two trainers on the same 4-bit model, one profiled; the profile changes no
+// bit of the loss, the gradients or the AdamW update, its phases cover the step (their sum plus the unattributed
+// time is the wall time), the base Linears, LoRA, attention, norms and the optimizer all took time, and an
+// evaluation call adds nothing to it.
+TEST(LoraModelCuda, ProfileTimesThePhasesAndChangesNothing) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  const QwenModel cpu(quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok)));
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({60, 33, 7}, cpu.config().vocab_size, 93);
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraModelCuda plain(cpu, adapter), timed(cpu, adapter);
+  EXPECT_EQ(timed.profile(), nullptr);
+  StepProfile* prof = timed.enable_profile();
+  ASSERT_NE(prof, nullptr);
+  EXPECT_EQ(timed.enable_profile(), prof) << "a second enable_profile must return the same profile";
+  LoraStepOptions so;
+  so.grad_scale = 1.0 / 100;
+  for (int step = 0; step < 2; ++step) {
+    const double a = plain.loss_and_grad(b, targets, so).nll_sum, t = timed.loss_and_grad(b, targets, so).nll_sum;
+    EXPECT_EQ(a, t) << "step " << step << ": the loss changed under --profile";
+    LoraAdapter ga = adapter, gt = adapter;
+    plain.download_grads(&ga);
+    timed.download_grads(&gt);
+    for (size_t i = 0; i < ga.slots().size(); ++i) {
+      EXPECT_EQ(ga.weights(i).A, gt.weights(i).A) << "step " << step << ", slot " << i << ": dA";
+      EXPECT_EQ(ga.weights(i).B, gt.weights(i).B) << "step " << step << ", slot " << i << ": dB";
+    }
+    EXPECT_EQ(plain.adamw_step(1e-3, 0.9, 0.999, 1e-8, 0.0, step + 1, 1.0),
+              timed.adamw_step(1e-3, 0.9, 0.999, 1e-8, 0.0, step + 1, 1.0));
+    prof->end_step();
+    plain.zero_grads();
+    timed.zero_grads();
+  }
+  timed.loss(b, targets);  // evaluation: not profiled
+  prof->end_step(false);
+  ASSERT_EQ(prof->steps(), 2);
+  double sum = 0;
+  for (int p = 0; p < kStepPhases; ++p) sum += prof->total_ms(static_cast<StepPhase>(p));
+  std::printf("%s", prof->table().c_str());
+  EXPECT_GT(prof->wall_ms(), 0.0);
+  EXPECT_NEAR(sum + prof->unattributed_ms(), prof->wall_ms(), 1e-9 * prof->wall_ms());
+  EXPECT_GE(prof->unattributed_ms(), -1e-3) << "the phases add up to more than the wall time";
+  for (StepPhase p : {StepPhase::Embed, StepPhase::Base, StepPhase::Lora, StepPhase::Attention, StepPhase::Norm,
+                      StepPhase::Rope, StepPhase::Activation, StepPhase::Residual, StepPhase::Head,
+                      StepPhase::Optimizer, StepPhase::Checkpoint})
+    EXPECT_GT(prof->total_ms(p), 0.0) << step_phase_name(p) << " took no time";
+  EXPECT_EQ(prof->total_ms(StepPhase::Moe), 0.0) << "a dense model has no MoE routing";
+  EXPECT_EQ(prof->total_ms(StepPhase::Dora), 0.0) << "no DoRA here";
 }
 
 }  // namespace
