@@ -17,9 +17,10 @@
 // They run asynchronously on that stream; errors in the arguments throw qwenq::Error naming the values.
 //
 // CUDA regimes. qgemm_int4_cuda / qgemm_int4_t_cuda dispatch on M and the activation dtype
-// (qgemm_cuda_uses_tensor_cores): M <= kQgemmDecodeMaxM or F32 activations -> the decode kernels, otherwise
-// (M > 64, BF16) -> the tensor-core kernels. Each regime also has its own launcher name, for tests and
-// benchmarks that must reach one path explicitly:
+// (qgemm_cuda_uses_tensor_cores): M <= kQgemmDecodeMaxM or F32 activations -> the decode kernels (the BF16
+// forward on tensor cores, qgemm_int4_decode_mma_cuda, where it supports the weight), otherwise (M > 64, BF16)
+// -> the tensor-core kernels, or from kQgemmDenseMinM rows the dense path (see the switches below). Each
+// regime also has its own launcher name, for tests and benchmarks that must reach one path explicitly:
 // - qgemm_int4_decode_cuda / qgemm_int4_t_decode_cuda (kernels/qgemm.cu): decode / small batch (M = 1..64,
 //   memory bound): streams the packed words once per tile of 8 rows of x with 128-bit loads, fp32 FMAs on
 //   CUDA cores with the exact fp32 ŵ, split-K across blocks with a deterministic reduction. It accepts any

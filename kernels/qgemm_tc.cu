@@ -50,8 +50,8 @@
 //   happens there, as in the decode path); dy (transposed) is staged to [M, round_up(N, 8)] when N % 8 != 0
 //   or misaligned. Otherwise the kernel reads the caller's buffer directly.
 // - mma.sync (sm_80 and later, runs on sm_90a): Machete's authors measured Ampere-style mma at no more than
-//   ~75% of Hopper's dense peak (REFERENCE B3); the wgmma versions are kernels/qgemm_wgmma.cu (opt-in until
-//   measured).
+//   ~75% of Hopper's dense peak (REFERENCE B3); the wgmma versions are kernels/qgemm_wgmma.cu (the default on
+//   sm_90 since the first H200 run), and from M = 512 the dense path (kernels/qgemm_dense.cu) runs instead of both.
 #include "kernels/qgemm.h"
 
 #include <cuda_bf16.h>
