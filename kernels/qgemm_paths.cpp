@@ -30,6 +30,7 @@ int64_t qgemm_dense_min_m() {
   }
 }
 
-bool qgemm_dense_for(int64_t M) { return M > kQgemmDecodeMaxM && M >= qgemm_dense_min_m(); }
+// qgemm_dense_min_m() is at least kQgemmDecodeMaxM + 1: the decode regime never takes the dense path.
+bool qgemm_dense_for(int64_t M) { return M >= qgemm_dense_min_m(); }
 
 }  // namespace qwenq

@@ -652,21 +652,15 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
 // holds a bf16 copy of one Linear's Ŵ during its product: the plan's kernel scratch is the largest, Qwen2.5-7B's
 // gate/up (and down) 18944 x 3584 x 2 bytes, for a 4-bit base; a bf16 base is unchanged (no 4-bit weight).
 TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
-  const char* before = std::getenv("QWENQ_QGEMM_DENSE");
-  const std::string saved = before ? before : "";
   const QwenConfig c = qwen_preset("qwen2.5-7b");
   const auto scratch = [&](PlanBase base, int64_t seq, const char* env) {
-    PlanInput in = one_gpu(c, base, 16, seq);
-    if (env) ::setenv("QWENQ_QGEMM_DENSE", env, 1);
-    else ::unsetenv("QWENQ_QGEMM_DENSE");
-    return plan_memory(in).devices.at(0).ws_scratch;
+    const ScopedEnv dense("QWENQ_QGEMM_DENSE", env);
+    return plan_memory(one_gpu(c, base, 16, seq)).devices.at(0).ws_scratch;
   };
   // By default from 512 tokens a step (kQgemmDenseMinM), then the largest Linear's Ŵ: gate/up [18944, 3584].
   const uint64_t dflt = scratch(PlanBase::Gptq, 2048, nullptr), off = scratch(PlanBase::Gptq, 2048, "0");
   const uint64_t short_dflt = scratch(PlanBase::Gptq, 256, nullptr), short_on = scratch(PlanBase::Gptq, 256, "1");
   const uint64_t bf16_dflt = scratch(PlanBase::Bf16, 2048, nullptr), bf16_off = scratch(PlanBase::Bf16, 2048, "0");
-  if (before) ::setenv("QWENQ_QGEMM_DENSE", saved.c_str(), 1);
-  else ::unsetenv("QWENQ_QGEMM_DENSE");
   EXPECT_EQ(dflt, 18944u * 3584 * 2);
   EXPECT_LT(off, dflt);
   EXPECT_EQ(short_on, 18944u * 3584 * 2);

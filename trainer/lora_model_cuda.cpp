@@ -154,6 +154,15 @@ struct LoraModelCuda::Impl {
     phase_now = p;
     if (profiling) prof->mark(p);
   }
+  // A profiled call starts in `first` (on) and ends with a stop: the host's work between calls is not the device's.
+  void begin_profiled(bool on, StepPhase first) {
+    profiling = on && prof != nullptr;
+    set_phase(first);
+  }
+  void end_profiled() {
+    if (profiling) prof->stop();
+    profiling = false;
+  }
   struct Phase {
     Impl* m;
     StepPhase prev;
@@ -829,8 +838,7 @@ struct LoraModelCuda::Impl {
     QWENQ_CHECK((train ? opt : &eval)->dora_norms_from == nullptr,
                 "LoraModelCuda: LoraStepOptions::dora_norms_from (a CPU test hook) is not supported on the GPU");
     reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
-    profiling = prof != nullptr && train;  // evaluation calls are not profiled
-    set_phase(StepPhase::Embed);
+    begin_profiled(train, StepPhase::Embed);  // evaluation calls are not profiled
     // Copies the stream owns (upload_owned_async): an error before the step's first wait leaves nothing queued that
     // reads the caller's batch.
     upload_owned_async(tokens.get(), b.tokens, st());
@@ -889,8 +897,7 @@ struct LoraModelCuda::Impl {
       block_fwd(l, b, x, -1);  // recompute the intermediates
       block_bwd(l, b, x, dd);
     }
-    if (profiling) prof->stop();  // the host's work between this call and the next is not the device's
-    profiling = false;
+    end_profiled();
     // Surface an asynchronous fault here, with the step, rather than at the next call.
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
     return res;
@@ -1067,13 +1074,11 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
     ptr.push_back(m.grads.as<float>() + sl.m_off);
     size.push_back(sl.N);
   }
-  m.profiling = m.prof != nullptr;
-  m.set_phase(StepPhase::Optimizer);
+  m.begin_profiled(true, StepPhase::Optimizer);
   const float norm = clip_grad_norm_cuda(ptr.data(), size.data(), static_cast<int>(ptr.size()),
                                          static_cast<float>(max_grad_norm > 0 ? max_grad_norm : INFINITY), m.st());
   if (!std::isfinite(norm)) {
-    if (m.profiling) m.prof->stop();
-    m.profiling = false;
+    m.end_profiled();
     return norm;
   }
   // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop.
@@ -1082,8 +1087,7 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
     adamw_step_cuda(m.params.as<float>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(), m.total, lr, beta1,
                     beta2, eps, weight_decay, step, m.st());
   }
-  if (m.profiling) m.prof->stop();
-  m.profiling = false;
+  m.end_profiled();
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
   return norm;
 }

@@ -204,18 +204,27 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmTcCuda,
 // the sm_90a build.
 class QgemmWgmmaCuda : public ::testing::TestWithParam<Src> {};
 
+// The sweeps of the wgmma and dense paths (each with its own seeds): Qwen shapes at M = 65 / 512 / 2048 (7B
+// gate/up only at 512 and 2048), and the tails at M = 1 .. 257.
+void qwen_shape_sweep(Src src, uint64_t seed, TcPath path) {
+  run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, seed, path,
+            [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
+}
+void awkward_sweep(Src src, uint64_t seed, TcPath path) {
+  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
+            seed, path);
+}
+
 TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
-  run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, 23000 + 1000 * static_cast<uint64_t>(src),
-            TcPath::Wgmma, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
+  qwen_shape_sweep(src, 23000 + 1000 * static_cast<uint64_t>(src), TcPath::Wgmma);
 }
 
 TEST_P(QgemmWgmmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_WGMMA();
   const Src src = GetParam();
-  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
-            29000 + 1000 * static_cast<uint64_t>(src), TcPath::Wgmma);
+  awkward_sweep(src, 29000 + 1000 * static_cast<uint64_t>(src), TcPath::Wgmma);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllSources, QgemmWgmmaCuda,
@@ -230,15 +239,13 @@ class QgemmDenseCuda : public ::testing::TestWithParam<Src> {};
 TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnQwenShapes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
-  run_sweep(src, {{896, 4864}, {4864, 896}, {3584, 18944}}, {65, 512, 2048}, 31000 + 1000 * static_cast<uint64_t>(src),
-            TcPath::Dense, [](const KN& s, int64_t M) { return s.N != 18944 || M != 65; });
+  qwen_shape_sweep(src, 31000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
 }
 
 TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
-  run_sweep(src, {{64, 17}, {200, 16}, {136, 24}, {172, 8}, {8, 8}, {264, 136}, {520, 260}}, {1, 17, 65, 129, 257},
-            37000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
+  awkward_sweep(src, 37000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
 }
 
 TEST_P(QgemmDenseCuda, DequantizationIsTheCpuTwinBitForBit) {
