@@ -2,11 +2,10 @@
 // backend; without it every request but "cuda" resolves to the CPU.
 #include "kernels/device.h"
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <utility>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "kernels/qgemm.h"
 #ifdef QWENQ_HAVE_CUDA
@@ -31,9 +30,9 @@ bool cuda_available(std::string* what) {
 // Hopper wgmma ones by default on an sm_90 GPU with this build's sm_90a code, the mma.sync ones with QWENQ_WGMMA=0;
 // a QWENQ_WGMMA=0/1 that cannot apply (the CPU; QWENQ_WGMMA=1 on another GPU or build) is said to be ignored.
 std::string wgmma_remark(bool cuda) {
-  const char* v = std::getenv("QWENQ_WGMMA");
-  const bool off = v != nullptr && std::strcmp(v, "0") == 0, on = v != nullptr && std::strcmp(v, "1") == 0;
-  if (!cuda) return off || on ? std::string("; QWENQ_WGMMA=") + v + " has no effect on the CPU" : "";
+  const int sw = env_switch("QWENQ_WGMMA");
+  const bool off = sw == 0, on = sw == 1;
+  if (!cuda) return off || on ? std::string("; QWENQ_WGMMA=") + (on ? "1" : "0") + " has no effect on the CPU" : "";
   bool supported = false;
 #ifdef QWENQ_HAVE_CUDA
   supported = cuda_wgmma_supported();
@@ -57,10 +56,10 @@ std::string qgemm_remark(bool cuda) {
        "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"}};
   std::string r;
   for (const auto& sw : switches) {
-    const char* v = std::getenv(sw.name);
-    if (v == nullptr || (std::strcmp(v, "0") != 0 && std::strcmp(v, "1") != 0)) continue;
-    r += std::string("; ") + sw.name + "=" + v;
-    r += cuda ? std::string(": ") + (v[0] == '0' ? sw.off : sw.on) : std::string(" has no effect on the CPU");
+    const int v = env_switch(sw.name);
+    if (v < 0) continue;
+    r += std::string("; ") + sw.name + "=" + (v == 1 ? "1" : "0");
+    r += cuda ? std::string(": ") + (v == 0 ? sw.off : sw.on) : std::string(" has no effect on the CPU");
   }
   return r;
 }

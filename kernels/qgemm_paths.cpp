@@ -1,24 +1,11 @@
 // The environment switches of the 4-bit CUDA paths (kernels/qgemm.h). Compiled in every build: the memory plan
 // (trainer/memory_plan.cpp) and the device line (kernels/device.cpp) read them without CUDA too.
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 
+#include "core/env_switch.h"
 #include "kernels/qgemm.h"
 
 namespace qwenq {
-namespace {
-
-// "0", "1", or anything else (unset included) as -1: the default.
-int env_switch(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr) return -1;
-  if (std::strcmp(v, "0") == 0) return 0;
-  if (std::strcmp(v, "1") == 0) return 1;
-  return -1;
-}
-
-}  // namespace
 
 bool qgemm_decode_mma_enabled() { return env_switch("QWENQ_DECODE_MMA") != 0; }
 

@@ -2,11 +2,10 @@
 // (declared in kernels/cuda_check.h).
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <vector>
 
+#include "core/env_switch.h"
 #include "kernels/cuda_check.h"
 
 namespace qwenq {
@@ -67,9 +66,6 @@ bool cuda_wgmma_supported() {
   return known[dev] == 1;
 }
 
-bool cuda_wgmma_enabled() {
-  const char* v = std::getenv("QWENQ_WGMMA");
-  return !(v != nullptr && std::strcmp(v, "0") == 0) && cuda_wgmma_supported();
-}
+bool cuda_wgmma_enabled() { return env_switch("QWENQ_WGMMA") != 0 && cuda_wgmma_supported(); }
 
 }  // namespace qwenq

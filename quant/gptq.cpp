@@ -25,9 +25,13 @@
 namespace qwenq {
 
 void check_gptq_shapes_and_options(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& o) {
-  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
+  check_gptq_shape_and_options(N, K, o);
   QWENQ_CHECK(H.rows() == K && H.cols() == K,
               "Hessian is " << H.rows() << " x " << H.cols() << " but the weight has K = " << K << " inputs");
+}
+
+void check_gptq_shape_and_options(int64_t N, int64_t K, const GptqOptions& o) {
+  QWENQ_CHECK(N > 0 && K > 0, "GPTQ needs a non-empty weight, got N = " << N << ", K = " << K);
   QWENQ_CHECK(o.bits >= 2 && o.bits <= 8, "bits must be in 2..8, got " << o.bits);
   QWENQ_CHECK(o.group_size == -1 || o.group_size > 0, "group size must be positive or -1, got " << o.group_size);
   QWENQ_CHECK(o.block_size > 0, "block size must be positive, got " << o.block_size);

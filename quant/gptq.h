@@ -43,5 +43,7 @@ GptqResult gptq_quantize(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H
 
 // The checks gptq_quantize and gptq_quantize_cuda share: N, K > 0, H is K x K, the options in range.
 void check_gptq_shapes_and_options(int64_t N, int64_t K, const Eigen::MatrixXf& H, const GptqOptions& options);
+// The same without a host H (gptq_quantize_cuda_device_h: H on the device, K x K by contract).
+void check_gptq_shape_and_options(int64_t N, int64_t K, const GptqOptions& options);
 
 }  // namespace qwenq

@@ -16,7 +16,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <mutex>
@@ -26,6 +28,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "kernels/cuda_check.cuh"
 #include "quant/gptq_cuda_device.h"
@@ -415,6 +418,43 @@ constexpr size_t kBlockSmemBytes = sizeof(float) * (kMaxBlock * kMaxBlock + kRow
 
 // ---- host helpers ----------------------------------------------------------------------------------------------
 
+// QWENQ_GPTQ_TRACE=1: one line per call on stderr with the wall milliseconds of each step (the stream waited for at
+// every mark, so the steps do not overlap; a diagnostic, off by default):
+//   gptq_cuda N=<N> K=<K>: upload W <ms>, upload H <ms>, prep <ms>, potrf <ms>, trtri <ms>, loop <ms>, download <ms>,
+//   unpermute <ms>   (potrf and trtri again for each damping retry; potrf includes building its input)
+class SolveTrace {
+ public:
+  SolveTrace(cudaStream_t s, int64_t N, int64_t K) : s_(s) {
+    on_ = env_switch("QWENQ_GPTQ_TRACE") == 1;
+    if (!on_) return;
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    line_ = "gptq_cuda N=" + std::to_string(N) + " K=" + std::to_string(K) + ":";
+    t_ = std::chrono::steady_clock::now();
+  }
+  ~SolveTrace() {
+    if (on_ && !line_.empty()) std::fprintf(stderr, "%s\n", line_.c_str());
+  }
+  SolveTrace(const SolveTrace&) = delete;
+  SolveTrace& operator=(const SolveTrace&) = delete;
+  // The time since the previous mark, named.
+  void mark(const char* step) {
+    if (!on_) return;
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s_));
+    const auto now = std::chrono::steady_clock::now();
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%s %s %.1f", line_.back() == ':' ? "" : ",", step,
+                  std::chrono::duration<double, std::milli>(now - t_).count());
+    line_ += buf;
+    t_ = now;
+  }
+
+ private:
+  cudaStream_t s_;
+  bool on_ = false;
+  std::string line_;
+  std::chrono::steady_clock::time_point t_;
+};
+
 template <typename T>
 DeviceMemory upload(const T* host, size_t count, cudaStream_t stream) {
   DeviceMemory d(count * sizeof(T), stream);
@@ -429,9 +469,9 @@ void download(std::vector<T>& host, const DeviceMemory& d, cudaStream_t stream) 
 }
 
 // U (row-major, device) from M built from dH, with gptq.cpp's damping schedule. Returns U's buffer.
-DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, const DeviceMemory& dq,
+DeviceMemory inverse_factor(Context& ctx, const float* dH, int64_t K, const DeviceMemory& dq,
                             const DeviceMemory& ddead, const std::vector<int64_t>& q, double mean_diag,
-                            const GptqOptions& o, GptqResult& r) {
+                            const GptqOptions& o, GptqResult& r, SolveTrace& trace) {
   cudaStream_t s = ctx.stream;
   QWENQ_CUSOLVER_CHECK(libs().solver_set_stream(ctx.solver, s));
   DeviceMemory dM(static_cast<size_t>(K * K) * sizeof(float), s);
@@ -449,7 +489,7 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
   for (int attempt = 0; attempt <= o.max_damp_retries; ++attempt) {
     const double lambda = damp * mean_diag;
     build_factor_input_kernel<<<blocks_for(K * K, 256, 1 << 20), 256, 0, s>>>(
-        dH.as<float>(), K, dq.as<int64_t>(), ddead.as<uint8_t>(), static_cast<float>(lambda), dM.as<float>());
+        dH, K, dq.as<int64_t>(), ddead.as<uint8_t>(), static_cast<float>(lambda), dM.as<float>());
     QWENQ_CUDA_CHECK_LAUNCH("gptq build_factor_input K=" << K);
     QWENQ_CUDA_CHECK(cudaMemsetAsync(dinfo.get(), 0, sizeof(int) * 2, s));
     QWENQ_CUSOLVER_CHECK(libs().potrf(ctx.solver, ctx.params, CUBLAS_FILL_MODE_UPPER, K, CUDA_R_32F, dM.get(), K,
@@ -458,6 +498,7 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
     int info[2] = {0, 0};
     QWENQ_CUDA_CHECK(cudaMemcpyAsync(&info[0], dinfo.get(), sizeof(int), cudaMemcpyDeviceToHost, s));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+    trace.mark("potrf");
     std::ostringstream why;
     if (info[0] == 0) {
       QWENQ_CUSOLVER_CHECK(libs().trtri(ctx.solver, CUBLAS_FILL_MODE_UPPER, CUBLAS_DIAG_NON_UNIT, K, CUDA_R_32F,
@@ -469,6 +510,7 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
       QWENQ_CUDA_CHECK_LAUNCH("gptq reverse_to_u K=" << K);
       QWENQ_CUDA_CHECK(cudaMemcpyAsync(info, dinfo.get(), sizeof info, cudaMemcpyDeviceToHost, s));
       QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+      trace.mark("trtri");
       if (info[0] == 0 && info[1] == 0) {
         r.damp_used = damp;
         r.damp_retries = attempt;
@@ -495,35 +537,51 @@ DeviceMemory inverse_factor(Context& ctx, const DeviceMemory& dH, int64_t K, con
 
 }  // namespace
 
-GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const float* H, const GptqCudaHost& host,
+GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqHessian H, const GptqCudaHost& host,
                                      const GptqOptions& o) {
+  QWENQ_CHECK((H.host == nullptr) != (H.device == nullptr), "gptq_quantize_cuda: give H on the host or the device");
   QWENQ_CHECK(K <= INT_MAX && N <= INT_MAX && (N + kRowsPerCta - 1) / kRowsPerCta <= INT_MAX,
               "gptq_quantize_cuda: N = " << N << ", K = " << K << " exceed the 32-bit limits of cuBLAS");
   Context& ctx = context();
   std::lock_guard<std::mutex> lock(ctx.mu);
   cudaStream_t s = ctx.stream;
+  SolveTrace trace(s, N, K);
 
   // Checks in gptq.cpp's order: W finite, then H's lower triangle finite, then its diagonal.
   DeviceMemory dW = upload(W, static_cast<size_t>(N * K), s);
   if (const int64_t bad = first_nonfinite(dW.as<float>(), N * K, 0, s); bad >= 0)
     QWENQ_FAIL("weight [" << bad / K << ", " << bad % K << "] is " << W[bad]);
-  DeviceMemory dH = upload(H, static_cast<size_t>(K * K), s);
-  if (const int64_t bad = first_nonfinite(dH.as<float>(), K * K, K, s); bad >= 0)
-    QWENQ_FAIL("Hessian entry (" << bad % K << ", " << bad / K << ") is " << H[bad]
+  trace.mark("upload W");
+  DeviceMemory dH_owned;  // the upload of a host H
+  const float* dH = H.device;
+  if (H.host != nullptr) {
+    dH_owned = upload(H.host, static_cast<size_t>(K * K), s);
+    dH = dH_owned.as<float>();
+  }
+  if (const int64_t bad = first_nonfinite(dH, K * K, K, s); bad >= 0)
+    QWENQ_FAIL("Hessian entry (" << bad % K << ", " << bad / K << ") is "
+                                 << (H.host != nullptr ? H.host[bad] : read_element(dH, bad, s))
                                  << "; the calibration activations or their accumulation overflowed");
+  trace.mark("upload H");
 
   GptqResult r;
   const int64_t G = o.group_size == -1 ? K : o.group_size;
   const int64_t groups = (K + G - 1) / G;
   std::vector<float> diag(K);
+  if (H.host != nullptr) {
+    for (int64_t k = 0; k < K; ++k) diag[k] = H.host[k * K + k];
+  } else {  // the diagonal alone: K floats K + 1 apart
+    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(diag.data(), sizeof(float), dH, static_cast<size_t>(K + 1) * sizeof(float),
+                                       sizeof(float), static_cast<size_t>(K), cudaMemcpyDeviceToHost, s));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
   std::vector<uint8_t> dead(K, 0);
   for (int64_t k = 0; k < K; ++k) {
-    diag[k] = H[k * K + k];
     QWENQ_CHECK(diag[k] >= 0.f, "Hessian diagonal entry " << k << " is " << diag[k]
                                                          << " < 0: not a sum of squared activations");
     if (diag[k] == 0.f) dead[k] = 1, diag[k] = 1.f;
   }
-  host.release_h();  // the device copy is all that is needed from here on
+  if (host.release_h) host.release_h();  // the device copy is all that is needed from here on
 
   std::vector<int64_t> order(K);
   std::iota(order.begin(), order.end(), int64_t{0});
@@ -567,9 +625,11 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const
                                                                         ddead.as<uint8_t>(), dWp.as<float>());
   QWENQ_CUDA_CHECK_LAUNCH("gptq permute_weight N=" << N << " K=" << K);
   dW = DeviceMemory();
+  trace.mark("prep");
 
-  DeviceMemory dU = inverse_factor(ctx, dH, K, dq, ddead, q, mean_diag, o, r);
-  dH = DeviceMemory();
+  DeviceMemory dU = inverse_factor(ctx, dH, K, dq, ddead, q, mean_diag, o, r, trace);
+  dH_owned = DeviceMemory();
+  dH = nullptr;
 
   // The blocked error-feedback loop.
   DeviceMemory dE(static_cast<size_t>(N) * kMaxBlock * sizeof(float), s);
@@ -615,6 +675,7 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const
     }
   }
 
+  trace.mark("loop");
   std::vector<uint8_t> codes_p(static_cast<size_t>(N * K));
   std::vector<double> row_loss(static_cast<size_t>(N));
   r.grid.scale.resize(static_cast<size_t>(groups * N));
@@ -625,6 +686,7 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const
   download(r.grid.zero, dzero, s);
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 
+  trace.mark("download");
   r.codes.resize(static_cast<size_t>(K * N));
   for (int64_t p = 0; p < K; ++p)
     std::memcpy(r.codes.data() + order[p] * N, codes_p.data() + p * N, static_cast<size_t>(N));
@@ -636,6 +698,7 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const
                 "GPTQ produced scale " << r.grid.scale[i] << " for group " << i / N << ", column " << i % N
                                        << " (damp " << r.damp_used << "): the Hessian is too ill-conditioned for fp32");
   r.order = std::move(order);
+  trace.mark("unpermute");
   return r;
 }
 

@@ -54,6 +54,14 @@ namespace qwenq {
 // W [N, K] row-major (host); H [K, K] symmetric (host), only its lower triangle is read.
 GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::MatrixXf H, const GptqOptions& options);
 
+// The same with H already on the device: dH [K, K] column-major fp32 (only the lower triangle is read; never
+// written), complete before the call (the stream that wrote it synchronized: the solver runs on a stream of its
+// own). The whole-model GPU driver's path (trainer/gptq_model_cuda.cpp): its Hessian is accumulated on the device,
+// and downloading it to pass it here would cost two K² transfers over PCIe and a host copy (2 x 1.4 GB for a
+// Qwen2.5-7B down_proj). Only the diagonal (K floats) comes to the host, for the dead inputs and act-order.
+GptqResult gptq_quantize_cuda_device_h(const float* W, int64_t N, int64_t K, const float* dH,
+                                       const GptqOptions& options);
+
 }  // namespace qwenq
 
 #endif  // QWENQ_HAVE_CUDA

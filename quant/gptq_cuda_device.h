@@ -17,12 +17,19 @@ namespace qwenq {
 
 // What the device half asks of the caller's Eigen side.
 struct GptqCudaHost {
-  std::function<void()> release_h;                         // free the host H (uploaded; no longer read)
+  std::function<void()> release_h;                         // free the host H (uploaded; no longer read); may be empty
   std::function<double(const std::vector<float>&)> mean;  // mean in double, summed as gptq.cpp sums it
 };
 
-// gptq_quantize_cuda after its argument checks: H [K, K] column-major on the host (lower triangle read).
-GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, const float* H, const GptqCudaHost& host,
+// Where the Hessian [K, K] column-major fp32 (lower triangle read) is: on the host (uploaded by the call), or on
+// the device (read in place, never written; complete before the call: the caller's stream synchronized).
+struct GptqHessian {
+  const float* host = nullptr;
+  const float* device = nullptr;
+};
+
+// gptq_quantize_cuda / gptq_quantize_cuda_device_h after their argument checks.
+GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqHessian H, const GptqCudaHost& host,
                                      const GptqOptions& options);
 
 // The HessianAccumulator::add_batch update on device memory (cublasSsyrk, lower triangle only):

@@ -11,7 +11,8 @@
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start)                           needs 150 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
-#             28 layers                                                                         needs 150 s
+#             28 layers, with --calib-dtype bf16 (QWENQ_GPU_GPTQ_DTYPES, default "bf16 fp32": also
+#             fp32 while time is left); each run's time by stage in the summary                needs 150 s
 #   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
 #             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
 # Default: the first five (ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
@@ -175,24 +176,33 @@ fi
 # Whole-model GPTQ on the GPU, 7B-shaped (issue 5's target: under 5 minutes on one GPU): `qwen-quant gptq
 # --device cuda` with its defaults (128 windows x 2048 tokens) on random qwen2.5-7b models of 1 and 2 layers;
 # per layer = t2 - t1, and the 28-layer time is extrapolated as t1 + 27 * (t2 - t1) (t1 includes the fixed costs:
-# loading, calibration, the 2.2 GB of embeddings written). Models in a temporary directory, not in $OUT.
+# loading, calibration, the 2.2 GB of embeddings written). Each --calib-dtype of QWENQ_GPU_GPTQ_DTYPES in turn
+# (bf16 first: the fast one), the next only while 60 s are left. QWENQ_GPTQ_TRACE=1 logs the solver's steps per
+# Linear (quant/gptq_cuda.cu; the 1-layer runs' lines go to the summary). Models in a temporary directory, not in $OUT.
 if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
   g7=$(mktemp -d)
   g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
   [ -f "$g7_calib" ] || g7_calib=README.md
-  declare -A g7_t=()
   for n in 1 2; do
-    build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$LOGS/gptq7b_$n.log" 2>&1
-    g7_s=$(date +%s.%N)
-    timeout $(( $(left) > 40 ? $(left) - 20 : 20 )) build-gpu/qwen-quant gptq --device cuda -m "$g7/m$n" \
-      -o "$g7/q$n" --calib "$g7_calib" >> "$LOGS/gptq7b_$n.log" 2>&1
-    g7_rc=$?
-    g7_t[$n]=$(awk -v a="$g7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-    log "gptq 7B-shaped, $n layer(s), 128 x 2048 calibration tokens, --device cuda: exit $g7_rc, ${g7_t[$n]} s"
-    tail -2 "$LOGS/gptq7b_$n.log" >> "$OUT/summary.txt"
-    rm -rf "$g7/q$n"
+    build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$LOGS/gptq7b_init_$n.log" 2>&1
   done
-  log "gptq 7B-shaped: $(awk -v a="${g7_t[1]}" -v b="${g7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }') (target < 300 s)"
+  for dt in ${QWENQ_GPU_GPTQ_DTYPES:-bf16 fp32}; do
+    [ "$(left)" -ge 60 ] || { log "gptq 7B-shaped --calib-dtype $dt skipped: $(left) s left"; continue; }
+    declare -A g7_t=()
+    for n in 1 2; do
+      g7_log="$LOGS/gptq7b_${dt}_$n.log"
+      g7_s=$(date +%s.%N)
+      QWENQ_GPTQ_TRACE=1 timeout $(( $(left) > 40 ? $(left) - 20 : 20 )) build-gpu/qwen-quant gptq --device cuda -m "$g7/m$n" \
+        -o "$g7/q$n" --calib "$g7_calib" --calib-dtype "$dt" > "$g7_log" 2>&1
+      g7_rc=$?
+      g7_t[$n]=$(awk -v a="$g7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+      log "gptq 7B-shaped, $n layer(s), 128 x 2048 calibration tokens, --device cuda --calib-dtype $dt: exit $g7_rc, ${g7_t[$n]} s"
+      grep -E "^gptq: time by stage|^wrote " "$g7_log" >> "$OUT/summary.txt"
+      [ "$n" = 1 ] && grep "^gptq_cuda N=" "$g7_log" >> "$OUT/summary.txt"  # the solver's steps per Linear
+      rm -rf "$g7/q$n"
+    done
+    log "gptq 7B-shaped --calib-dtype $dt: $(awk -v a="${g7_t[1]}" -v b="${g7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }') (target < 300 s)"
+  done
   rm -rf "$g7"
 fi
 # Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 4 times per

@@ -16,6 +16,7 @@
 
 #include "core/files.h"
 #include "core/progress.h"
+#include "tests/support/checkpoint_compare.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -30,6 +31,8 @@ namespace qwenq {
 namespace {
 
 using test::error_of;
+using test::flipped_fraction;
+using test::perplexity_on;
 
 // Chunked Hessians are the unchunked ones up to fp32 summation order. The first Linears solved see the same inputs,
 // so a code flips only on a rounding boundary (tests/gpu/test_gptq_cuda.cpp: >= 99.9 % per Linear); later ones see
@@ -106,33 +109,6 @@ TEST(CalibChunks, MemoryPartsOfAQwen7BShape) {
 
 std::string make_calib(const std::string& path) { return test::write_random_words(path, 30000, 7); }
 
-// Fraction of the dequantized decoder weights of two quantized directories that differ: every Linear, or with
-// first_group_only those of layer 0's q, k and v (the first solved: same inputs, Hessians summed in another order).
-double flipped_fraction(const std::string& a, const std::string& b, bool first_group_only = false) {
-  QwenModel ma(a), mb(b);
-  int64_t differ = 0, total = 0;
-  for (int64_t l = 0; l < (first_group_only ? 1 : ma.config().num_layers); ++l) {
-    for (const DecoderLinear& s : kDecoderLinears) {
-      if (first_group_only && s.group != BlockLinear::QKV) continue;
-      const std::vector<float> wa = ma.linear_weight(l, s.group, s.index).dequantize();
-      const std::vector<float> wb = mb.linear_weight(l, s.group, s.index).dequantize();
-      EXPECT_EQ(wa.size(), wb.size());
-      for (size_t i = 0; i < wa.size() && i < wb.size(); ++i) differ += wa[i] != wb[i];
-      total += static_cast<int64_t>(wa.size());
-    }
-  }
-  return static_cast<double>(differ) / static_cast<double>(total);
-}
-
-double perplexity_on(const std::string& dir, const std::string& text_path) {
-  std::vector<int32_t> ids = Tokenizer::from_dir(dir).encode(read_file(text_path));
-  ids.resize(std::min<size_t>(ids.size(), 8 * 128));
-  PerplexityOptions po;
-  po.seq_len = 128;
-  po.quiet = true;
-  return evaluate_perplexity(QwenModel(dir), ids, po).perplexity;
-}
-
 // Chunking changes only the order of fp32 sums (Hessians, and GEMMs over fewer rows), yet GPTQ turns a code
 // flipped on a rounding boundary into changed error feedback along its row, and into changed inputs, Hessians and
 // codes of every later Linear: whole-model code agreement is no tolerance (measured here 82 %; stories260K at
@@ -142,15 +118,7 @@ double perplexity_on(const std::string& dir, const std::string& text_path) {
 TEST(CalibChunks, GptqChunkByChunkIsTheWholeBatchUpToRounding) {
   const std::string root = test::scratch_dir();
   const std::string src = test::make_tiny_model(root + "/fp32", /*seed=*/9), calib = make_calib(root + "/calib.txt");
-  GptqModelOptions g;
-  g.out.model_dir = src;
-  g.out.group_size = 32;
-  g.out.quiet = true;
-  g.calib_path = calib;
-  g.calib_samples = 12;
-  g.calib_seq_len = 48;
-  g.seed = 2;
-  g.out.out_dir = root + "/whole";
+  GptqModelOptions g = test::tiny_gptq_options(src, calib, /*seed=*/2, root + "/whole");
   g.chunk_tokens = 1 << 30;  // one chunk
   gptq_quantize_model(g);
   g.out.out_dir = root + "/chunked";

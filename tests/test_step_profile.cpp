@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tests/support/scripted_clock.h"
 #include "tests/support/test_errors.h"
 #include "trainer/step_profile.h"
 #include "trainer/train_loop.h"
@@ -16,31 +17,7 @@
 namespace qwenq {
 namespace {
 
-// Mark i happens at times[i] milliseconds (of the step; the clock restarts after each step's reset).
-class ScriptedClock final : public StepClock {
- public:
-  explicit ScriptedClock(std::vector<double> times) : times_(std::move(times)) {}
-  int record() override { return recorded_++; }
-  std::vector<double> milliseconds() override {
-    ++waits_;
-    EXPECT_LE(static_cast<size_t>(recorded_), times_.size() - offset_) << "more marks than the script has";
-    std::vector<double> ms;
-    for (int i = 0; i < recorded_; ++i) ms.push_back(times_[offset_ + static_cast<size_t>(i)] - times_[offset_]);
-    return ms;
-  }
-  void reset() override {
-    offset_ += static_cast<size_t>(recorded_);
-    recorded_ = 0;
-  }
-  int recorded() const { return recorded_; }
-  int waits() const { return waits_; }
-
- private:
-  std::vector<double> times_;
-  size_t offset_ = 0;
-  int recorded_ = 0;
-  int waits_ = 0;
-};
+using test::ScriptedClock;
 
 TEST(StepProfile, PhasesGetTheTimeToTheNextMark) {
   // Step 1: Embed 0-1, Base 1-4, Lora 4-6, Base 6-10, stop at 10, gap to 12, Optimizer 12-13, stop 13.
@@ -79,6 +56,10 @@ TEST(StepProfile, PhasesGetTheTimeToTheNextMark) {
   EXPECT_NE(t.find("step (wall)             9.000   100.0%"), std::string::npos) << t;
   EXPECT_NE(t.find("(2 steps)"), std::string::npos) << t;
   EXPECT_EQ(t.find("attention"), std::string::npos) << "a phase that took no time is not listed:\n" << t;
+  // metrics.jsonl's numbers: the phases with time in StepPhase order, then the sums, per step.
+  const std::vector<std::pair<std::string, double>> want = {
+      {"embed", 0.5}, {"base linears", 6}, {"lora", 1}, {"optimizer", 0.5}, {"unattributed", 1}, {"step", 9}};
+  EXPECT_EQ(p.per_step_ms(), want);
 }
 
 TEST(StepProfile, DroppedStepAddsNothingButWaits) {

@@ -141,7 +141,15 @@ void register_quantize(CLI::App& app) {
   gc->add_flag("--pad-intermediate", g->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
   gc->add_option("--chunk-tokens", gopt->chunk_tokens,
                  "tokens forwarded through a block at a time (whole windows; activation memory)")->capture_default_str();
-  gc->callback([g, gopt, g_seq_len]() {
+  auto calib_dtype = std::make_shared<std::string>("fp32");
+  gc->add_option("--calib-dtype", *calib_dtype,
+                 "what the calibration computes with after a Linear is quantized: fp32 (its dequantized weight) or "
+                 "bf16 (rounded to bf16, as AutoGPTQ/GPTQModel write it back; with --device cuda the later GEMMs then "
+                 "run on bf16 tensor cores, several times faster)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  gc->callback([g, gopt, g_seq_len, calib_dtype]() {
+    gopt->calib_dtype = *calib_dtype == "bf16" ? DType::BF16 : DType::F32;
     gopt->device = resolve_experimental_device(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";
     gopt->out = g->opt;

@@ -26,13 +26,44 @@ namespace qwenq {
 
 const BlockLinear kGptqGroups[4] = {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down};
 
+GptqSolve GptqLinearStep::with_host_h(Eigen::MatrixXf& h, GptqSolver solve) {
+  return [&h, solve](const float* W, int64_t N2, int64_t K2, const GptqOptions& o) {
+    const int64_t K = h.rows();
+    if (K2 != K) {
+      Eigen::MatrixXf hp = Eigen::MatrixXf::Zero(K2, K2);
+      hp.topLeftCorner(K, K) = h;
+      h = std::move(hp);
+    }
+    return solve(W, N2, K2, std::move(h), o);
+  };
+}
+
 std::vector<float> GptqLinearStep::run(int64_t l, const GptqSlot& slot, Eigen::MatrixXf h, GptqSolver solve) {
+  return run_group_member(l, slot, with_host_h(h, solve));
+}
+
+std::vector<float> GptqLinearStep::run_group_member(int64_t l, const GptqSlot& slot, const GptqSolve& solve) {
   const BlockLinear group = slot.group;
   LinearWeight& lw = model_.linear_weight(l, slot.group, slot.index);
   // Pad the MLP width with zero channels when asked: zero rows of gate/up, zero columns (dead inputs,
   // H = 0 there) of down.
   const int64_t N2 = (group == BlockLinear::GateUp) ? I2_ : lw.N, K2 = (group == BlockLinear::Down) ? I2_ : lw.K;
-  return quantize(l, slot.name, lw, N2, K2, std::move(h), solve);
+  return quantize(l, slot.name, lw, N2, K2, solve);
+}
+
+void GptqLinearStep::run_group(int64_t l, BlockLinear group, Eigen::MatrixXf h, GptqSolver solve,
+                               const GptqUse& use) {
+  int left = 0;
+  for (const GptqSlot& slot : kDecoderLinears) left += slot.group == group;
+  for (const GptqSlot& slot : kDecoderLinears) {
+    if (slot.group != group) continue;
+    use(slot, --left == 0 ? run(l, slot, std::move(h), solve) : run(l, slot, h, solve));
+  }
+}
+
+void GptqLinearStep::run_group(int64_t l, BlockLinear group, const GptqSolve& solve, const GptqUse& use) {
+  for (const GptqSlot& slot : kDecoderLinears)
+    if (slot.group == group) use(slot, run_group_member(l, slot, solve));
 }
 
 std::vector<float> GptqLinearStep::run_expert(int64_t l, int64_t expert, int which, Eigen::MatrixXf h,
@@ -40,27 +71,30 @@ std::vector<float> GptqLinearStep::run_expert(int64_t l, int64_t expert, int whi
   static const char* kProj[3] = {"gate_proj", "up_proj", "down_proj"};
   const std::string name = moe_expert_path(expert) + kProj[which];
   LinearWeight& lw = model_.expert_linear(l, expert, which);
-  return quantize(l, name, lw, lw.N, lw.K, std::move(h), solve);
+  return quantize(l, name, lw, lw.N, lw.K, with_host_h(h, solve));
 }
 
 std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, LinearWeight& lw, int64_t N2,
-                                            int64_t K2, Eigen::MatrixXf h, GptqSolver solve) {
+                                            int64_t K2, const GptqSolve& solve) {
   const std::string prefix = "model.layers." + std::to_string(l) + "." + name;
   const int64_t N = lw.N, K = lw.K;
   std::vector<float> W = lw.dequantize();
   if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
   if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
-  if (K2 != K) {
-    Eigen::MatrixXf hp = Eigen::MatrixXf::Zero(K2, K2);
-    hp.topLeftCorner(K, K) = h;
-    h = std::move(hp);
+  GptqResult r;
+  {
+    const StageScope t(times_.solves);
+    r = solve(W.data(), N2, K2, gptq_);
   }
-  GptqResult r = solve(W.data(), N2, K2, std::move(h), gptq_);
   for (const auto& w : r.warnings) std::fprintf(stderr, "gptq: %s: %s\n", prefix.c_str(), w.c_str());
+  const StageScope t(times_.packing);
   shards_.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), out_.layout));
   std::vector<float> fq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
   std::vector<float> back(N * K);
   for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
+  if (calib_dtype_ == DType::BF16) {
+    for (float& v : back) v = bf16_to_f32(f32_to_bf16(v));
+  }
   ++rep_.linears;
   rep_.params_quantized += N * K;
   char extra[96];
@@ -94,7 +128,7 @@ namespace {
 // the group are quantized with it and swapped in. An expert no calibration token chose has no Hessian: it is
 // quantized with H = I (round to nearest, GPTQ's error feedback then changes nothing) and named in a warning.
 void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const CalibChunks& chunks,
-                        const std::vector<float>& X, GptqLinearStep& step) {
+                        const std::vector<float>& X, GptqLinearStep& step, GptqStageTimes& times) {
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size, E = cfg.num_experts;
   const bool shared = cfg.shared_expert_intermediate_size > 0;
@@ -103,19 +137,26 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
   for (int64_t e = 0; e < E; ++e) H.emplace_back(width(e));
   if (shared) H.emplace_back(width(-1));
   std::vector<float> work;
+  CalibPassTimer pass(make_host_step_clock());
+  pass.begin();
   for (size_t c = 0; c < chunks.batches.size(); ++c) {
     const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
     work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
     model.block_forward(l, chunks.batches[c], work.data(), nullptr,
                         [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int64_t*) {
-                          if (at == group) H[e < 0 ? E : e].add_batch(x, rows);
+                          if (at != group) return;
+                          pass.hessian_begin();
+                          H[e < 0 ? E : e].add_batch(x, rows);
+                          pass.hessian_end();
                         });
   }
+  pass.end(times);
   std::vector<int64_t> idle;
   for (int64_t s = 0; s < static_cast<int64_t>(H.size()); ++s) {
     const int64_t e = s < E ? s : -1;
     Eigen::MatrixXf h;
     if (H[s].count() > 0) {
+      const StageScope t(times.hessians);
       h = H[s].release();
     } else {
       h = Eigen::MatrixXf::Identity(width(e), width(e));
@@ -139,49 +180,63 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
 // every block they came to the whole model in fp32 (30 GB for a 7B). Host memory: X, one chunk's copy and block
 // activations (QwenModel's scratch), the Hessian, one block's dequantized Linears.
 void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
-                     GptqLinearStep& step, ShardedWriter& shards) {
+                     GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times) {
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size;
   const CalibChunks chunks = split_calibration(windows, chunk_tokens);
   std::vector<float> X(static_cast<size_t>(chunks.total_tokens * C)), work;
+  CalibPassTimer pass(make_host_step_clock());
+  pass.begin();
   for (size_t c = 0; c < chunks.batches.size(); ++c) {
     model.embed_batch(chunks.batches[c], &work);
     std::copy(work.begin(), work.end(), X.begin() + chunks.offsets[c] * C);
   }
+  pass.end(times);
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     std::vector<LinearWeight> stored;
     for (const GptqSlot& slot : kDecoderLinears) stored.push_back(model.linear_weight(l, slot.group, slot.index));
     const MoeWeights stored_moe = model.weights().layers[l].moe;  // views and shared packed forms: cheap
     for (BlockLinear group : kGptqGroups) {
       if (cfg.is_moe_layer(l) && (group == BlockLinear::GateUp || group == BlockLinear::Down)) {
-        gptq_moe_group_cpu(model, l, group, chunks, X, step);
+        gptq_moe_group_cpu(model, l, group, chunks, X, step, times);
+        const StageScope t(times.writing);
         shards.maybe_flush();
         continue;
       }
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
       HessianAccumulator H(block_linear_inputs(cfg, group));
+      pass.begin();
       for (size_t c = 0; c < chunks.batches.size(); ++c) {
         const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
         work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
         model.block_forward(l, chunks.batches[c], work.data(), [&](BlockLinear at, const float* x, int64_t rows) {
-          if (at == group) H.add_batch(x, rows);
+          if (at != group) return;
+          pass.hessian_begin();
+          H.add_batch(x, rows);
+          pass.hessian_end();
         });
       }
+      pass.end(times);
       QWENQ_CHECK(H.count() == chunks.total_tokens, "gptq: layer " << l << " never reached a Linear group");
-      const Eigen::MatrixXf h = H.release();
-      for (const GptqSlot& slot : kDecoderLinears) {
-        if (slot.group != group) continue;
-        // The rest of the block and the later blocks see the quantized layer.
+      Eigen::MatrixXf h;
+      {
+        const StageScope t(times.hessians);
+        h = H.release();
+      }
+      // The rest of the block and the later blocks see the quantized Linears.
+      step.run_group(l, group, std::move(h), gptq_quantize, [&](const GptqSlot& slot, std::vector<float> back) {
         LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
         const int64_t N = lw.N, K = lw.K;
-        std::vector<float> back = step.run(l, slot, h, gptq_quantize);
         lw = LinearWeight::from_fp32(std::move(back), N, K);
-      }
+      });
+      const StageScope t(times.writing);
       shards.maybe_flush();
     }
+    pass.begin();
     for (size_t c = 0; c < chunks.batches.size(); ++c) {  // inputs of the next block, through the quantized block
       model.block_forward(l, chunks.batches[c], X.data() + chunks.offsets[c] * C, nullptr);
     }
+    pass.end(times);
     for (size_t i = 0; i < stored.size(); ++i) {
       model.linear_weight(l, kDecoderLinears[i].group, kDecoderLinears[i].index) = stored[i];
     }
@@ -207,6 +262,8 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QWENQ_CHECK(g.device == Device::Cpu, "gptq: --device cuda needs a build with the CUDA backend (this one has none)");
 #endif
   QWENQ_CHECK(g.chunk_tokens > 0, "gptq: chunk_tokens must be positive, got " << g.chunk_tokens);
+  QWENQ_CHECK(g.calib_dtype == DType::F32 || g.calib_dtype == DType::BF16,
+              "gptq: the calibration dtype must be fp32 or bf16, got " << dtype_name(g.calib_dtype));
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
@@ -252,23 +309,34 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   ShardedWriter shards(out.path(), o.max_shard_bytes);
   set_int_output(shards, o, g.desc_act, g.static_groups);
   QuantizeReport rep;
-  for (const auto& name : ckpt.names()) {  // everything that is not a decoder Linear passes through
-    if (std::regex_match(name, kDecoderLinearRe) || is_source_scale(name)) continue;
-    shards.add_view(name, ckpt.get(name));
-    shards.maybe_flush();
+  GptqStageTimes times;
+  {
+    const StageScope t(times.writing);
+    for (const auto& name : ckpt.names()) {  // everything that is not a decoder Linear passes through
+      if (std::regex_match(name, kDecoderLinearRe) || is_source_scale(name)) continue;
+      shards.add_view(name, ckpt.get(name));
+      shards.maybe_flush();
+    }
   }
   int64_t n_linears = 0;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     n_linears += !cfg.is_moe_layer(l) ? 7 : 4 + 3 * cfg.num_experts + (cfg.shared_expert_intermediate_size > 0 ? 3 : 0);
   }
   Progress bar("gptq", n_linears, "layers", o.quiet);
-  GptqLinearStep step(model, o, I2, go, shards, rep, bar);
+  GptqLinearStep step(model, o, I2, go, g.calib_dtype, shards, rep, bar, times);
 #ifdef QWENQ_HAVE_CUDA
-  if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards);
+  if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, g.calib_dtype, step, shards, times);
 #endif
-  if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, g.chunk_tokens, step, shards);
-  shards.finish();
+  if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, g.chunk_tokens, step, shards, times);
+  {
+    const StageScope t(times.writing);
+    shards.finish();
+  }
   bar.finish();
+  if (!o.quiet) {
+    const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "gptq: time by stage: %s\n", times.line(total).c_str());
+  }
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
   if (I2 != I) config["intermediate_size"] = I2;

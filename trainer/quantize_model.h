@@ -109,6 +109,12 @@ struct GptqModelOptions {
   // on the device with Cuda); the CPU driver refuses up front a calibration whose lower bound of host memory
   // exceeds what is available (gptq_cpu_memory_parts).
   int64_t chunk_tokens = 16384;
+  // What the rest of the calibration computes with once a Linear is quantized (`--calib-dtype`): F32, its dequantized
+  // weight as is (the default), or BF16, that weight rounded to bf16, as AutoGPTQ and GPTQModel write Q.to(dtype) back
+  // into a bf16 model. Then on the GPU every later GEMM of the calibration runs on bf16 tensor cores (the activations
+  // rounded to bf16 at its input, kernels/blas_lt.h) instead of fp32 SIMT; on the CPU only the weight's rounding
+  // differs. The Hessians stay fp32 either way, and the first group of each block (QKV) sees the same input.
+  DType calib_dtype = DType::F32;
 };
 QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
 

@@ -577,8 +577,8 @@ struct QwenModelCuda::Impl {
   // the layer's arena (its first replacement: the arena is freed once no Linear is left in it) or an allocation
   // of an earlier replacement, freed here (stream-ordered, after the work already queued). Linear weights are
   // never shared (the upload map shares only the embedding with a tied lm_head).
-  void replace_dense(size_t l, DevLinear& d, DeviceAllocation mem) {
-    const DevTensor fresh{mem.get(), DType::F32};
+  void replace_dense(size_t l, DevLinear& d, DeviceAllocation mem, DType dtype) {
+    const DevTensor fresh{mem.get(), dtype};
     const int64_t fresh_bytes = static_cast<int64_t>(mem.bytes());
     const void* old = d.q4 ? static_cast<const void*>(d.q4->qweight) : d.dense.data;
     bool placed = false;
@@ -804,24 +804,47 @@ void QwenModelCuda::block_linear_forward(int64_t layer, BlockLinear which, int i
   }
 }
 
+namespace {
+
+// A replacement weight W [N, K] (host fp32) in `dtype` (F32 or BF16, rounded to nearest even) in a fresh device
+// allocation named `what`, uploaded and waited for.
+DeviceAllocation upload_replacement(const float* W, int64_t N, int64_t K, DType dtype, const std::string& what,
+                                    CudaStream s) {
+  QWENQ_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+              what << ": a replaced weight is fp32 or bf16, not " << dtype_name(dtype));
+  const size_t n = static_cast<size_t>(N * K);
+  std::vector<uint16_t> half;
+  const void* src = W;
+  if (dtype == DType::BF16) {
+    half.resize(n);
+    for (size_t i = 0; i < n; ++i) half[i] = f32_to_bf16(W[i]);
+    src = half.data();
+  }
+  const size_t bytes = n * dtype_size(dtype);
+  DeviceAllocation mem = allocate(bytes, MemoryTag::Weights, what + " " + dtype_name(dtype), s);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), src, bytes, cudaMemcpyHostToDevice, s));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));  // `half` and the caller's W may go
+  return mem;
+}
+
+}  // namespace
+
 void QwenModelCuda::set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N,
-                                      int64_t K) {
+                                      int64_t K, DType dtype) {
   Impl& m = *impl_;
   DevLinear& d = m.linear_at(layer, which, index);
   m.check_no_gains("set_linear_weight");
   QWENQ_CHECK(W != nullptr && N == d.N && K == d.K, "QwenModelCuda::set_linear_weight: layer "
                                                         << layer << " Linear " << index << " is [" << d.N << ", "
                                                         << d.K << "], got [" << N << ", " << K << "]");
-  const size_t bytes = static_cast<size_t>(N * K) * sizeof(float);
-  DeviceAllocation mem = allocate(bytes, MemoryTag::Weights, "the replaced weight of layer " + std::to_string(layer) + " [" +
-                                         std::to_string(N) + ", " + std::to_string(K) + "] fp32", m.s());
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
-  m.replace_dense(static_cast<size_t>(layer), d, std::move(mem));
+  DeviceAllocation mem = upload_replacement(W, N, K, dtype, "the replaced weight of layer " + std::to_string(layer) +
+                                                                " [" + std::to_string(N) + ", " + std::to_string(K) + "]",
+                                            m.s());
+  m.replace_dense(static_cast<size_t>(layer), d, std::move(mem), dtype);
 }
 
 void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N,
-                                      int64_t K) {
+                                      int64_t K, DType dtype) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(layer >= 0 && layer < static_cast<int64_t>(m.layers.size()),
@@ -841,18 +864,15 @@ void QwenModelCuda::set_expert_weight(int64_t layer, int64_t expert, int which, 
                                                         << layer << " expert " << expert << " Linear " << which
                                                         << " is [" << d.N << ", " << d.K << "], got [" << N << ", "
                                                         << K << "]");
-  const size_t bytes = static_cast<size_t>(N * K) * sizeof(float);
-  DeviceAllocation mem = allocate(bytes, MemoryTag::Weights,
-                                  "the replaced weight of layer " + std::to_string(layer) + " expert " +
-                                      std::to_string(expert) + " [" + std::to_string(N) + ", " + std::to_string(K) +
-                                      "] fp32",
-                                  m.s());
-  QWENQ_CUDA_CHECK(cudaMemcpyAsync(mem.get(), W, bytes, cudaMemcpyHostToDevice, m.s()));
-  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.s()));
+  DeviceAllocation mem = upload_replacement(W, N, K, dtype,
+                                            "the replaced weight of layer " + std::to_string(layer) + " expert " +
+                                                std::to_string(expert) + " [" + std::to_string(N) + ", " +
+                                                std::to_string(K) + "]",
+                                            m.s());
   m.weight_bytes += static_cast<int64_t>(mem.bytes());
   d.q4.reset();
   const void* old = d.dense.data;
-  d.dense = DevTensor{mem.get(), DType::F32};
+  d.dense = DevTensor{mem.get(), dtype};
   for (DeviceAllocation& r : M.replaced) {  // replaced before: that copy goes (the arena stays until release)
     if (r.get() != old) continue;
     m.weight_bytes -= static_cast<int64_t>(r.bytes());

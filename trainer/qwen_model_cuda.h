@@ -198,10 +198,15 @@ class QwenModelCuda {
   // own; the old one is freed when it had its own, and once every Linear of the layer has been replaced the layer's
   // arena is freed too (its norms and biases moved to a small allocation first: device_layer's pointers change).
   // Waits for the upload (W may be freed on return). Throws naming the layer when out of range or misshapen.
-  void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K);
+  // dtype BF16 stores W rounded to bf16 (to nearest even; half the bytes), and the later passes then multiply it on
+  // bf16 tensor cores with their activations rounded to bf16 (kernels/blas_lt.h's rule): GPTQ's --calib-dtype bf16.
+  void set_linear_weight(int64_t layer, BlockLinear which, int index, const float* W, int64_t N, int64_t K,
+                         DType dtype = DType::F32);
   // The same for Linear `which` (0 gate, 1 up, 2 down) of expert `expert` (-1: the shared expert) of MoE layer
-  // `layer`: an fp32 allocation of its own, kept with the layer's experts (their arena is not freed).
-  void set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N, int64_t K);
+  // `layer`: an allocation of its own (fp32 or, with dtype BF16, bf16), kept with the layer's experts (their arena is
+  // not freed).
+  void set_expert_weight(int64_t layer, int64_t expert, int which, const float* W, int64_t N, int64_t K,
+                         DType dtype = DType::F32);
   // Frees every weight of decoder layer `layer`: its arena (or its norms and biases once every Linear was replaced),
   // its replaced fp32 weights, a MoE layer's router, experts and their replacements. GPTQ's driver calls it once a
   // layer is quantized and the next block's inputs computed, so it holds the uploaded model plus one layer in fp32

@@ -100,23 +100,29 @@ double StepProfile::unattributed_ms() const {
   return wall_ - std::accumulate(totals_.begin(), totals_.end(), 0.0);
 }
 
-std::string StepProfile::table() const {
+std::vector<std::pair<std::string, double>> StepProfile::per_step_ms() const {
   const double n = static_cast<double>(std::max<int64_t>(steps_, 1));
-  std::vector<int> order(kStepPhases);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return totals_[a] > totals_[b]; });
+  std::vector<std::pair<std::string, double>> ms;
+  for (int p = 0; p < kStepPhases; ++p)
+    if (totals_[p] > 0) ms.emplace_back(step_phase_name(static_cast<StepPhase>(p)), totals_[p] / n);
+  ms.emplace_back("unattributed", unattributed_ms() / n);
+  ms.emplace_back("step", wall_ / n);
+  return ms;
+}
+
+std::string StepProfile::table() const {
+  std::vector<std::pair<std::string, double>> rows = per_step_ms();
+  std::stable_sort(rows.begin(), rows.end() - 2, [](const auto& a, const auto& b) { return a.second > b.second; });
+  rows.back().first = "step (wall)";
+  const double wall = rows.back().second;
   std::string out;
   char line[160];
   std::snprintf(line, sizeof line, "%-16s %12s %8s\n", "phase", "ms / step", "share");
   out += line;
-  const auto row = [&](const char* name, double ms) {
-    std::snprintf(line, sizeof line, "%-16s %12.3f %7.1f%%\n", name, ms / n, wall_ > 0 ? 100.0 * ms / wall_ : 0.0);
+  for (const auto& [name, ms] : rows) {
+    std::snprintf(line, sizeof line, "%-16s %12.3f %7.1f%%\n", name.c_str(), ms, wall > 0 ? 100.0 * ms / wall : 0.0);
     out += line;
-  };
-  for (int p : order)
-    if (totals_[p] > 0) row(step_phase_name(static_cast<StepPhase>(p)), totals_[p]);
-  row("unattributed", unattributed_ms());
-  row("step (wall)", wall_);
+  }
   std::snprintf(line, sizeof line, "(%lld steps)\n", static_cast<long long>(steps_));
   out += line;
   return out;

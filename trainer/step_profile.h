@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace qwenq {
@@ -69,7 +70,10 @@ class StepProfile {
   double total_ms(StepPhase p) const { return totals_[static_cast<int>(p)]; }
   double wall_ms() const { return wall_; }  // first mark to last, summed over the steps
   double unattributed_ms() const;           // wall minus the phases
-  // A table: each phase's milliseconds per step and share of the wall time, largest first, then the sums.
+  // Milliseconds per step: each phase with time (in StepPhase order, by step_phase_name), then "unattributed" and
+  // "step" (the wall time): metrics.jsonl's profile_ms_per_step.
+  std::vector<std::pair<std::string, double>> per_step_ms() const;
+  // A table of per_step_ms() with each row's share of the wall time: the phases largest first, then the sums.
   std::string table() const;
 
  private:

@@ -565,13 +565,7 @@ TrainReport train_lora(const TrainOptions& o) {
   if (const StepProfile* prof = gpu ? gpu->profile() : nullptr) {
     rep.profile = prof->table();
     nlohmann::json ms;
-    const double n = static_cast<double>(std::max<int64_t>(prof->steps(), 1));
-    for (int p = 0; p < kStepPhases; ++p) {
-      const double t = prof->total_ms(static_cast<StepPhase>(p));
-      if (t > 0) ms[step_phase_name(static_cast<StepPhase>(p))] = t / n;
-    }
-    ms["unattributed"] = prof->unattributed_ms() / n;
-    ms["step"] = prof->wall_ms() / n;
+    for (const auto& [name, t] : prof->per_step_ms()) ms[name] = t;
     summary["profile_ms_per_step"] = ms;
     summary["profile_steps"] = prof->steps();
   }

@@ -163,6 +163,9 @@ grep -q '"seq_len":128' eval_default.json || fail "the default window is not the
 "$QQ" gptq --model tiny --out g --calib text.jsonl --calib-samples 2 --group-size 32 --threads 1 > gptq.txt 2>&1 \
   || fail "gptq with the default --calib-seq-len on a 128-token model" gptq.txt
 grep -q "2 calibration windows x 128 tokens" gptq.txt || fail "gptq's default window is not the context" gptq.txt
+grep -q "gptq: time by stage: .*solves .* of " gptq.txt || fail "gptq printed no time by stage" gptq.txt
+refuse calib_dtype "--calib-dtype: fp16 not in {fp32,bf16}" \
+  "$QQ" gptq --model tiny --out g2 --calib text.jsonl --calib-samples 2 --group-size 32 --calib-dtype fp16
 
 # --- eval --json-out is checked before the evaluation ------------------------------------------------------------
 refuse json_out "--json-out nodir/x.json: directory nodir does not exist" \

@@ -4,6 +4,7 @@
 // down_proj, K 4864; 7B down_proj, K 18944, with the damped objective of the same rows instead of the loss), the loss identity Σ½e² = ½·Δᵀ(H + λI)Δ for the
 // GPU's own result, act-order, static groups, symmetric grids, groups that straddle a 128-column block, one group
 // per column, dead inputs, the damping retries on an indefinite H, refusals with the CPU's messages; and
+// gptq_quantize_cuda_device_h (H already on the device) bit for bit against the host-H entry, with its refusals;
 // hessian_accumulate_cuda against HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down
 // (4864 -> 896), Qwen2.5-7B down (18944 -> 3584, GptqCudaLarge: the speed case), awkward (K 172 with groups of 64
 // and 96, N 17; K 300, G = -1).
@@ -381,6 +382,79 @@ TEST(GptqCudaDamping, RefusesBadInputsWithTheCpuMessages) {
   const GptqResult r = gptq_quantize_cuda(W.data(), N, K, Eigen::MatrixXf::Identity(K, K), {});
   GptqOptions o;
   EXPECT_EQ(r.codes, quantize_rtn(W.data(), find_grid(W.data(), N, K, o.bits, o.group_size, o.sym, GridRule::Gptq)));
+}
+
+// ---- H already on the device (gptq_quantize_cuda_device_h, the whole-model driver's path) ----------------------
+
+// The device half is the same code after the upload, so the device-H entry must give gptq_quantize_cuda's result
+// bit for bit: codes, grids, g_idx, order, loss, damping; and refuse bad Hessians with the same messages (the
+// diagonal read back from the device, a non-finite entry's value too).
+std::vector<float> host_copy(const Eigen::MatrixXf& H) { return std::vector<float>(H.data(), H.data() + H.size()); }
+
+TEST(GptqCudaDeviceH, SameBitsAsTheHostHessian) {
+  QWENQ_REQUIRE_GPU();
+  struct Case {
+    int64_t N, K, G;
+    bool desc_act, sym, dead;
+  };
+  for (const Case& c : {Case{17, 172, 64, true, false, false}, Case{64, 896, 128, false, true, true},
+                        Case{17, 300, -1, true, true, false}}) {
+    SCOPED_TRACE("N=" + std::to_string(c.N) + " K=" + std::to_string(c.K));
+    auto x = correlated_inputs(2 * c.K + 64, c.K, kSeed + c.K);
+    if (c.dead)
+      for (int64_t r = 0; r < 2 * c.K + 64; ++r) x[r * c.K + 5] = 0.f;
+    const auto W = random_weights(c.N, c.K, kSeed + 3);
+    const Eigen::MatrixXf H = test::hessian_of(x, c.K);
+    GptqOptions o;
+    o.group_size = c.G, o.desc_act = c.desc_act, o.sym = c.sym;
+    const GptqResult host = gptq_quantize_cuda(W.data(), c.N, c.K, H, o);
+    DeviceBuffer<float> dH(host_copy(H));
+    const GptqResult dev = gptq_quantize_cuda_device_h(W.data(), c.N, c.K, dH.get(), o);
+    EXPECT_EQ(dev.codes, host.codes);
+    EXPECT_EQ(dev.grid.scale, host.grid.scale);
+    EXPECT_EQ(dev.grid.zero, host.grid.zero);
+    EXPECT_EQ(dev.g_idx, host.g_idx);
+    EXPECT_EQ(dev.order, host.order);
+    EXPECT_EQ(dev.loss, host.loss);
+    EXPECT_EQ(dev.damp_used, host.damp_used);
+    EXPECT_EQ(dH.download(), host_copy(H)) << "the device H must not be written";
+  }
+  // An indefinite H: the same retries from the untouched device copy.
+  const int64_t N = 8, K = 16;
+  Eigen::MatrixXf H = test::hessian_of(correlated_inputs(6, K, kSeed + 7), K);
+  H(0, 1) = H(1, 0) = 2.f * std::sqrt(H(0, 0) * H(1, 1));
+  const auto W = random_weights(N, K, kSeed + 8);
+  GptqOptions o;
+  o.damp = 0;
+  DeviceBuffer<float> dH(host_copy(H));
+  const GptqResult host = gptq_quantize_cuda(W.data(), N, K, H, o);
+  const GptqResult dev = gptq_quantize_cuda_device_h(W.data(), N, K, dH.get(), o);
+  EXPECT_GE(dev.damp_retries, 1);
+  EXPECT_EQ(dev.damp_retries, host.damp_retries);
+  EXPECT_EQ(dev.warnings, host.warnings);
+  EXPECT_EQ(dev.codes, host.codes);
+}
+
+TEST(GptqCudaDeviceH, RefusesBadHessiansWithTheCpuMessages) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t N = 4, K = 8;
+  const auto W = random_weights(N, K, kSeed);
+  Eigen::MatrixXf H = Eigen::MatrixXf::Identity(K, K);
+  H(3, 1) = std::nanf("");
+  DeviceBuffer<float> nan_h(host_copy(H));
+  std::string err = error_of([&] { gptq_quantize_cuda_device_h(W.data(), N, K, nan_h.get(), {}); });
+  EXPECT_NE(err.find("Hessian entry (3, 1) is nan"), std::string::npos) << err;
+  H = Eigen::MatrixXf::Identity(K, K);
+  H(6, 6) = -0.5f;
+  DeviceBuffer<float> neg_h(host_copy(H));
+  err = error_of([&] { gptq_quantize_cuda_device_h(W.data(), N, K, neg_h.get(), {}); });
+  EXPECT_NE(err.find("Hessian diagonal entry 6 is -0.5 < 0"), std::string::npos) << err;
+  err = error_of([&] { gptq_quantize_cuda_device_h(W.data(), N, K, nullptr, {}); });
+  EXPECT_NE(err.find("null weight or Hessian"), std::string::npos) << err;
+  GptqOptions bad;
+  bad.bits = 9;
+  err = error_of([&] { gptq_quantize_cuda_device_h(W.data(), N, K, neg_h.get(), bad); });
+  EXPECT_NE(err.find("bits must be in 2..8, got 9"), std::string::npos) << err;
 }
 
 // ---- Hessian accumulation -------------------------------------------------------------------------------------

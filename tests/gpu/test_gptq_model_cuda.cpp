@@ -4,7 +4,10 @@
 //     (D = 16, the naive fp32 attention): every Linear group's input seen by the hook, and each block's output,
 //     against QwenModel::block_forward's; a hook that returns false stops the block; set_linear_weight against the
 //     CPU model with the same LinearWeight::from_fp32 replacement;
-//   - TinyRandomLikeTheCpu: the tiny random model (qwen2, 2 layers) quantized on both devices, several chunks;
+//   - Bf16ReplacementsComputeLikeBf16WeightsOnTheCpu: set_linear_weight with dtype BF16 (--calib-dtype bf16) stores
+//     half the bytes and computes as the CPU does with the bf16-rounded weights;
+//   - TinyRandomLikeTheCpu: the tiny random model (qwen2, 2 layers) quantized on both devices, several chunks; the
+//     same with --calib-dtype bf16 on both (TinyRandomBf16CalibrationLikeTheCpu);
 //   - Stories260KEndToEnd (issue 5's GPU end-to-end test): the imported stories260K (D = 8, intermediate 172
 //     padded to 192) quantized by GPTQ (4-bit, group 64, asymmetric, GPTQ v2) on the GPU and on the CPU; the two
 //     outputs' weights compared; perplexity on TinyStories of each, on the CPU, and of the GPU-quantized model on
@@ -15,6 +18,10 @@
 //   kFp32RelTol       the block API on F32 weights with the naive attention: everything fp32 on both sides, only
 //                     the order of sums differs (~1e-6 relative per op); 1e-4 of the tensor's max |value|, as
 //                     tests/gpu/test_model_cuda.cpp.
+//   kBf16InputRelTol  a block with two bf16 replaced weights: the GPU rounds those Linears' inputs to bf16 (2^-9
+//                     relative per element, kernels/blas_lt.h), the CPU does not; a product of K terms with
+//                     independent roundings is off by ~2^-9/sqrt(K) of its terms' magnitude, carried through the
+//                     block's residual; 1e-2 of the tensor's max |value| (the GPU evaluation's 4-bit tolerance).
 //   kFirstGroupAgreement  share of equal dequantized weights (equal code and grid) over layer 0's q, k and v, the
 //                     first Linears solved: both paths are fp32 (F32 weights, naive attention) and see the same
 //                     embedded rows, so their Hessians and GPTQ factors differ in summation order only and a code
@@ -70,6 +77,7 @@ namespace qwenq {
 namespace {
 
 constexpr double kFp32RelTol = 1e-4;
+constexpr double kBf16InputRelTol = 1e-2;
 constexpr double kFirstGroupAgreement = 0.998;
 constexpr double kPplRelTol = 1e-2;
 constexpr double kGpuEvalPplRelTol = 1e-2;
@@ -80,20 +88,35 @@ using test::download;
 using test::rel_max_error;
 using test::seconds_since;
 
+// The block API tests' start: the tiny random F32 model (seed 17) on both devices and one packed batch of four
+// sequences embedded on each (x_cpu on the host, x on the device).
+struct TinyOnBoth {
+  std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny", 17);
+  QwenModel cpu{dir};
+  QwenModelCuda gpu{cpu};
+  CudaStream s = gpu.stream();
+  PackedBatch b = test::random_batch({7, 33, 1, 20}, cpu.config().vocab_size, 3);
+  int64_t T = b.num_tokens(), C = cpu.config().hidden_size;
+  std::vector<float> x_cpu;
+  DeviceMemory x{static_cast<size_t>(T * C) * sizeof(float), s};
+  TinyOnBoth() {
+    cpu.embed_batch(b, &x_cpu);
+    gpu.embed_batch(b, x.as<float>());
+  }
+};
+
 TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   QWENQ_REQUIRE_GPU();
-  const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny", 17);
-  QwenModel cpu(dir);
+  TinyOnBoth t;
+  const std::string& dir = t.dir;
+  QwenModel& cpu = t.cpu;
   const QwenConfig& c = cpu.config();
-  QwenModelCuda gpu(cpu);
-  const CudaStream s = gpu.stream();
-  const PackedBatch b = test::random_batch({7, 33, 1, 20}, c.vocab_size, 3);
-  const int64_t T = b.num_tokens(), C = c.hidden_size;
-
-  std::vector<float> x_cpu;
-  cpu.embed_batch(b, &x_cpu);
-  DeviceMemory x(static_cast<size_t>(T * C) * sizeof(float), s);
-  gpu.embed_batch(b, x.as<float>());
+  QwenModelCuda& gpu = t.gpu;
+  const CudaStream s = t.s;
+  const PackedBatch& b = t.b;
+  const int64_t T = t.T, C = t.C;
+  std::vector<float>& x_cpu = t.x_cpu;
+  DeviceMemory& x = t.x;
   EXPECT_EQ(download(x.as<float>(), T * C, s), x_cpu) << "embeddings are a gather: exact";
 
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -170,6 +193,46 @@ TEST(GptqModelCuda, BlockForwardHooksAndWeightSwap) {
   cpu.block_forward(1, b, x0.data(), nullptr);
   gpu.block_forward(1, b, x.as<float>(), nullptr);
   EXPECT_LE(rel_max_error(download(x.as<float>(), T * C, s), x0), kFp32RelTol) << "layer 1 after releasing layer 0";
+}
+
+// set_linear_weight(..., BF16), GPTQ's --calib-dtype bf16: layer 0's v_proj and down_proj replaced by seeded values
+// stored in bf16 (release_layer gives back the arena plus 2 bytes per replaced weight), and the block's output equals
+// the CPU's with the same values rounded to bf16 (LinearWeight::from_fp32) within kBf16InputRelTol.
+TEST(GptqModelCuda, Bf16ReplacementsComputeLikeBf16WeightsOnTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  TinyOnBoth t;
+  QwenModel& cpu = t.cpu;
+  const QwenConfig& c = cpu.config();
+  QwenModelCuda& gpu = t.gpu;
+  const PackedBatch& b = t.b;
+  std::vector<float>& x0 = t.x_cpu;
+  Rng rng(9);
+  int64_t replaced = 0;
+  for (auto [which, index] : {std::pair<BlockLinear, int>{BlockLinear::QKV, 2}, {BlockLinear::Down, 0}}) {
+    LinearWeight& lw = cpu.linear_weight(0, which, index);
+    const int64_t N = lw.N, K = lw.K;
+    std::vector<float> W(static_cast<size_t>(N * K));
+    for (auto& w : W) w = static_cast<float>(rng.normal()) * 0.05f;
+    gpu.set_linear_weight(0, which, index, W.data(), N, K, DType::BF16);
+    for (auto& w : W) w = bf16_to_f32(f32_to_bf16(w));
+    lw = LinearWeight::from_fp32(std::move(W), N, K);
+    replaced += 2 * N * K;
+  }
+  const std::vector<float> o(static_cast<size_t>(c.hidden_size * c.q_dim()), 0.5f);
+  EXPECT_NE(test::error_of([&] {
+              gpu.set_linear_weight(0, BlockLinear::O, 0, o.data(), c.hidden_size, c.q_dim(), DType::F16);
+            }).find("a replaced weight is fp32 or bf16, not"),
+            std::string::npos);
+  cpu.block_forward(0, b, x0.data(), nullptr);
+  gpu.block_forward(0, b, t.x.as<float>(), nullptr);
+  EXPECT_LE(rel_max_error(download(t.x.as<float>(), t.T * t.C, t.s), x0), kBf16InputRelTol)
+      << "after two bf16 replacements";
+  const int64_t before = gpu.weight_bytes();
+  gpu.release_layer(0);
+  const QwenModel stored(t.dir);
+  EXPECT_EQ(before - gpu.weight_bytes(),
+            static_cast<int64_t>(qwen_layer_arena(stored.weights().layers[0], "model.layers.0.").bytes) + replaced)
+      << "the replacements must be stored in bf16";
 }
 
 // The MoE half of the block API (GPTQ's per-expert Hessians): block_forward's expert hook on each MoE layer of the
@@ -382,9 +445,11 @@ std::pair<std::string, std::string> quantize_both(GptqModelOptions opt, double* 
 // GPTQ of `src` (group 32, 12 windows of 64 tokens of the repository's README, three chunks) on both devices: the
 // first group's agreement asserted, the whole model's printed, the perplexities (CPU evaluation on the calibration
 // text itself) within kPplRelTol.
-void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir, const std::string& what) {
+void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir, const std::string& what,
+                              DType calib_dtype = DType::F32) {
   SCOPED_TRACE(what);
   GptqModelOptions g;
+  g.calib_dtype = calib_dtype;
   g.out.model_dir = src;
   g.out.out_dir = out_dir;
   g.out.group_size = 32;
@@ -415,6 +480,15 @@ TEST(GptqModelCuda, TinyRandomLikeTheCpu) {
   expect_gptq_like_the_cpu(test::make_tiny_model(root + "/tiny", 29), root + "/gptq", "tiny");
 }
 
+// --calib-dtype bf16 on both devices: the GPU's later groups run bf16 GEMMs (inputs rounded), the CPU's fp32 ones on
+// the same bf16 weights; the first group sees neither, the rest is held to the same terms as the fp32 run.
+TEST(GptqModelCuda, TinyRandomBf16CalibrationLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  expect_gptq_like_the_cpu(test::make_tiny_model(root + "/tiny", 29), root + "/gptq", "tiny, bf16 calibration",
+                           DType::BF16);
+}
+
 // Mixtures of experts: tiny Qwen3-MoE (8 experts, top-2, a dense layer between two MoE layers) and Qwen2-MoE (shared
 // expert) in F32, quantized on both devices (every expert with the Hessian of the rows routed to it): the first
 // group's codes agree as on a dense model, the perplexities as kPplRelTol says. The routing of a later layer may send
@@ -426,6 +500,9 @@ TEST(GptqModelCuda, MixtureOfExpertsLikeTheCpu) {
   for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
     const std::string src = test::make_random_model(root + "/" + preset, preset, DType::F32, 31);
     expect_gptq_like_the_cpu(src, root + "/gptq-" + preset, preset);
+    // The experts' replacements in bf16 too (set_expert_weight).
+    expect_gptq_like_the_cpu(src, root + "/gptq-bf16-" + preset, std::string(preset) + ", bf16 calibration",
+                             DType::BF16);
   }
 }
 

@@ -2,10 +2,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <vector>
 
+#include "core/files.h"
 #include "core/safetensors.h"
+#include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
+#include "trainer/qwen_model.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq::test {
 
@@ -31,6 +38,31 @@ void expect_same_dequantized(const std::string& a, const std::string& b) {
     dequantize_model(d);
   }
   expect_same_tensors(a + "-dense", b + "-dense");
+}
+
+double flipped_fraction(const std::string& a, const std::string& b, bool first_group_only) {
+  QwenModel ma(a), mb(b);
+  int64_t differ = 0, total = 0;
+  for (int64_t l = 0; l < (first_group_only ? 1 : ma.config().num_layers); ++l) {
+    for (const DecoderLinear& s : kDecoderLinears) {
+      if (first_group_only && s.group != BlockLinear::QKV) continue;
+      const std::vector<float> wa = ma.linear_weight(l, s.group, s.index).dequantize();
+      const std::vector<float> wb = mb.linear_weight(l, s.group, s.index).dequantize();
+      EXPECT_EQ(wa.size(), wb.size());
+      for (size_t i = 0; i < wa.size() && i < wb.size(); ++i) differ += wa[i] != wb[i];
+      total += static_cast<int64_t>(wa.size());
+    }
+  }
+  return static_cast<double>(differ) / static_cast<double>(total);
+}
+
+double perplexity_on(const std::string& dir, const std::string& text_path) {
+  std::vector<int32_t> ids = Tokenizer::from_dir(dir).encode(read_file(text_path));
+  ids.resize(std::min<size_t>(ids.size(), 8 * 128));
+  PerplexityOptions po;
+  po.seq_len = 128;
+  po.quiet = true;
+  return evaluate_perplexity(QwenModel(dir), ids, po).perplexity;
 }
 
 }  // namespace qwenq::test

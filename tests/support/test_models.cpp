@@ -144,6 +144,20 @@ std::string write_random_words(const std::string& path, size_t bytes, uint64_t s
   return path;
 }
 
+GptqModelOptions tiny_gptq_options(const std::string& model_dir, const std::string& calib, uint64_t seed,
+                                   const std::string& out_dir) {
+  GptqModelOptions g;
+  g.out.model_dir = model_dir;
+  g.out.out_dir = out_dir;
+  g.out.group_size = 32;
+  g.out.quiet = true;
+  g.calib_path = calib;
+  g.calib_samples = 12;
+  g.calib_seq_len = 48;
+  g.seed = seed;
+  return g;
+}
+
 std::string upcycle_stories260k(const std::string& dense, const std::string& dir, int64_t E) {
   const QwenModel m(dense);
   const QwenConfig& c = m.config();

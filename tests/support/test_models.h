@@ -34,6 +34,11 @@ std::vector<int32_t> tinystories_tokens(const std::string& model_dir);
 // Returns path.
 std::string write_random_words(const std::string& path, size_t bytes, uint64_t seed);
 
+// GPTQ of a tiny random model for the CPU driver's tests: group 32, quiet, 12 windows of 48 tokens of `calib` drawn
+// with `seed`, written to out_dir (the defaults elsewhere: one chunk of 16384 tokens, fp32 calibration).
+GptqModelOptions tiny_gptq_options(const std::string& model_dir, const std::string& calib, uint64_t seed,
+                                   const std::string& out_dir);
+
 // The first n tokens of the first 20,000 characters of TinyStories (model_dir's tokenizer; call
 // QWENQ_REQUIRE_SHARED_DATA first).
 std::vector<int32_t> tinystories_prefix_tokens(const std::string& model_dir, size_t n);
