@@ -79,6 +79,24 @@ bool qgemm_decode_mma_enabled();
 int64_t qgemm_dense_min_m();     // the smallest M the dense path runs for (INT64_MAX: never)
 bool qgemm_dense_for(int64_t M);  // the dense path for a prefill-regime product of M rows (M > 64)
 
+// The dense path's overlap (kernels/qgemm_dense.cu): a weight of at least kQgemmOverlapMinElems values (N·Kp) is
+// dequantized and multiplied in kQgemmOverlapChunks pieces along the GEMM's reduction dimension (K for the forward,
+// N for the transposed product), each piece's dequantization on a side stream while the previous piece's GEMM runs,
+// through two piece buffers; QWENQ_QGEMM_OVERLAP=0: one piece (the whole Wb, then one GEMM), =1: pieces for every
+// weight (fewer when a dimension has fewer whole tiles than kQgemmOverlapChunks). Pieces are whole tiles
+// of the dequantization kernel: kQgemmDqWordRows word-rows (256 layout rows) along K, kQgemmDqCols columns along N.
+constexpr int64_t kQgemmOverlapMinElems = int64_t{8} << 20;  // 8M values: 20 MB of traffic, ~7 µs at 3 TB/s
+constexpr int64_t kQgemmOverlapChunks = 4;
+constexpr int64_t kQgemmDqCols = 64, kQgemmDqWordRows = 32;
+int64_t qgemm_dense_chunks(int64_t N, int64_t Kp);  // 1 or kQgemmOverlapChunks
+// The extent of each piece when `total` (word-rows or columns) is cut into `chunks` pieces of whole `unit`s:
+// ceil(ceil(total / chunks) / unit) · unit (the last piece holds the rest).
+int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit);
+// The dense path's device scratch for one [N, Kp] weight, the larger of its two products: N·Kp bf16 (one piece), or
+// its pieces' buffers (forward: N x 8·chunk(Kp/8); transposed: chunk(N) x Kp; two of them when the cut makes more
+// than one piece). The memory plan's count.
+int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp);
+
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
 // atomics): the split-K partial sums are reduced in a fixed order and the tensor-core path does not split.
@@ -105,8 +123,9 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
                                 void* stream = nullptr);
 // The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once
 // per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
-// accumulation and output. Same arguments and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any
-// kind, BF16 activations. Costs N·Kp·2 bytes of device memory during the call. qgemm_int4_cuda /
+// accumulation and output (a large weight in pieces overlapped with the GEMMs, see the overlap above). Same arguments
+// and numerics as the tensor-core kernels below (bf16(ŵ), fp32 sums); any kind, BF16 activations. Costs
+// qgemm_dense_scratch_bytes of device memory during the call (N·Kp·2, or two pieces). qgemm_int4_cuda /
 // qgemm_int4_t_cuda take it for M > 64 and BF16 when qgemm_dense_for(M) (by default M >= 512); the memory plan
 // counts its buffer as kernel scratch for the step's token count.
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = nullptr);

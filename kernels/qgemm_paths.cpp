@@ -1,5 +1,6 @@
 // The environment switches of the 4-bit CUDA paths (kernels/qgemm.h). Compiled in every build: the memory plan
 // (trainer/memory_plan.cpp) and the device line (kernels/device.cpp) read them without CUDA too.
+#include <algorithm>
 #include <limits>
 
 #include "core/env_switch.h"
@@ -19,5 +20,30 @@ int64_t qgemm_dense_min_m() {
 
 // qgemm_dense_min_m() is at least kQgemmDecodeMaxM + 1: the decode regime never takes the dense path.
 bool qgemm_dense_for(int64_t M) { return M >= qgemm_dense_min_m(); }
+
+int64_t qgemm_dense_chunks(int64_t N, int64_t Kp) {
+  switch (env_switch("QWENQ_QGEMM_OVERLAP")) {
+    case 0: return 1;
+    case 1: return kQgemmOverlapChunks;  // every weight (tests: the pieces of awkward sizes)
+    default:  // a small weight dequantizes in a few µs: the extra launches and events would cost about what they hide
+      return N * Kp >= kQgemmOverlapMinElems ? kQgemmOverlapChunks : 1;
+  }
+}
+
+int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit) {
+  const int64_t per = (total + chunks - 1) / chunks;
+  return (per + unit - 1) / unit * unit;
+}
+
+int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp) {
+  const int64_t chunks = qgemm_dense_chunks(N, Kp);
+  if (chunks == 1) return N * Kp * 2;
+  // bf16 buffers of one piece each: two when the cut makes more than one piece (the last may be shorter).
+  const auto held = [chunks](int64_t total, int64_t unit, int64_t piece_elems_per_unit) {
+    const int64_t piece = qgemm_dense_chunk(total, chunks, unit);
+    return (piece < total ? 2 : 1) * piece * piece_elems_per_unit * 2;
+  };
+  return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8), held(N, kQgemmDqCols, Kp));
+}
 
 }  // namespace qwenq

@@ -436,8 +436,9 @@ GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s, bool moe
 // The largest stream-ordered kernel scratch of a step (one launch's; they are freed in stream order, not alive
 // together; DoRA's partial sums are LayerTotals::dora_scratch): flash / naive attention's backward δ [T, H] fp32; cuBLASLt's 16-bit copy of fp32 activations for a
 // 16-bit weight (kernels/blas_lt.h): the lm_head's dlogits chunk rows·V (its forward input rows·C is smaller), and
-// for a 16-bit dense base each Linear's x [T, K] or dy [T, N]; a 4-bit base's bf16 Ŵ when its T-row products take
-// the dense path (qgemm_dense_for(T), kernels/qgemm.h: by default T >= 512).
+// for a 16-bit dense base each Linear's x [T, K] or dy [T, N]; a 4-bit base's bf16 Ŵ (or its two overlap pieces,
+// qgemm_dense_scratch_bytes) when its T-row products take the dense path (qgemm_dense_for(T), kernels/qgemm.h: by
+// default T >= 512).
 uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const DevicePlan& d) {
   uint64_t b = d.num_layers > 0 ? u64(s.T * s.H * 4) : 0;
   const uint64_t dsz = dtype_size(in.dense_dtype);
@@ -448,11 +449,12 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
     if (c.is_moe()) b = std::max(b, u64(s.T * std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size) * 2));
   }
   if (in.base != PlanBase::Bf16 && d.num_layers > 0 && qgemm_dense_for(s.T)) {  // the dense path's bf16 Ŵ
-    for (const LoraShape& sh : s.shape) b = std::max(b, u64(sh.N * q4_padded_k(sh.K) * 2));
+    for (const LoraShape& sh : s.shape) b = std::max(b, u64(qgemm_dense_scratch_bytes(sh.N, q4_padded_k(sh.K))));
     const QwenConfig& c = in.model;  // an expert's gate/up [Ie, C] and down [C, Ie]
     if (c.is_moe()) {
       const int64_t Ie = std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size);
-      b = std::max({b, u64(Ie * q4_padded_k(c.hidden_size) * 2), u64(c.hidden_size * q4_padded_k(Ie) * 2)});
+      b = std::max({b, u64(qgemm_dense_scratch_bytes(Ie, q4_padded_k(c.hidden_size))),
+                    u64(qgemm_dense_scratch_bytes(c.hidden_size, q4_padded_k(Ie)))});
     }
   }
   return b;

@@ -31,6 +31,7 @@
 #include "core/threads.h"
 #include "kernels/qgemm.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/scoped_env.h"
 #include "tests/support/test_errors.h"
 #include "tests/gpu/qgemm_cases.h"
 
@@ -246,6 +247,18 @@ TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
   const Src src = GetParam();
   awkward_sweep(src, 37000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
+}
+
+// The overlap's pieces (kernels/qgemm_dense.cu) on every size: QWENQ_QGEMM_OVERLAP=1 cuts even small weights, so
+// the tails run as pieces too, {520, 260} in 3 pieces both ways with a short last one (65 word-rows as 32 + 32 + 1;
+// 260 columns as 128 + 128 + 4); the Qwen shapes above already take 4 pieces at 7B gate/up.
+TEST_P(QgemmDenseCuda, OverlappedPiecesOnAwkwardSizes) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
+  ASSERT_EQ(qgemm_dense_chunk(65, kQgemmOverlapChunks, kQgemmDqWordRows), 32);
+  ASSERT_EQ(qgemm_dense_chunk(260, kQgemmOverlapChunks, kQgemmDqCols), 128);
+  const Src src = GetParam();
+  awkward_sweep(src, 43000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
 }
 
 TEST_P(QgemmDenseCuda, DequantizationIsTheCpuTwinBitForBit) {
