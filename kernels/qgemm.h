@@ -79,11 +79,12 @@ bool qgemm_decode_mma_enabled();
 int64_t qgemm_dense_min_m();     // the smallest M the dense path runs for (INT64_MAX: never)
 bool qgemm_dense_for(int64_t M);  // the dense path for a prefill-regime product of M rows (M > 64)
 
-// The dense path's overlap (kernels/qgemm_dense.cu): a weight of at least kQgemmOverlapMinElems values (N·Kp) is
-// dequantized and multiplied in kQgemmOverlapChunks pieces along the GEMM's reduction dimension (K for the forward,
-// N for the transposed product), each piece's dequantization on a side stream while the previous piece's GEMM runs,
-// through two piece buffers; QWENQ_QGEMM_OVERLAP=0: one piece (the whole Wb, then one GEMM), =1: pieces for every
-// weight (fewer when a dimension has fewer whole tiles than kQgemmOverlapChunks). Pieces are whole tiles
+// The dense path's overlap (kernels/qgemm_dense.cu), with QWENQ_QGEMM_OVERLAP=1 (opt-in: it has not run on a GPU
+// yet): a weight of at least kQgemmOverlapMinElems values (N·Kp) is dequantized and multiplied in
+// kQgemmOverlapChunks pieces along the GEMM's reduction dimension (K for the forward, N for the transposed product),
+// each piece's dequantization on a side stream while the previous piece's GEMM runs, through two piece buffers
+// (fewer pieces when a dimension has fewer whole tiles). Otherwise one piece: the whole Wb, then one GEMM. Pieces
+// are whole tiles
 // of the dequantization kernel: kQgemmDqWordRows word-rows (256 layout rows) along K, kQgemmDqCols columns along N.
 constexpr int64_t kQgemmOverlapMinElems = int64_t{8} << 20;  // 8M values: 20 MB of traffic, ~7 µs at 3 TB/s
 constexpr int64_t kQgemmOverlapChunks = 4;

@@ -13,7 +13,7 @@
 // once costs N·K·(0.5 + 2) bytes of traffic, ~7 µs for a 7B q_proj at 4.8 TB/s, against a 78 µs GEMM at
 // M = 2048: the product runs at cuBLASLt's speed less that, and the overlap below hides most of that too. The price
 // is a transient bf16 copy of one weight (N·Kp·2 bytes from the stream's pool, 136 MB for a 7B gate_proj; with the
-// overlap two pieces of it, 78 MB), what bitsandbytes' 4-bit training matmul allocates too. The fused kernels stay
+// overlap, QWENQ_QGEMM_OVERLAP=1, two pieces of it, 78 MB), what bitsandbytes' 4-bit training matmul allocates too. The fused kernels stay
 // for callers that cannot afford it.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

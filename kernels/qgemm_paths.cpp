@@ -22,12 +22,10 @@ int64_t qgemm_dense_min_m() {
 bool qgemm_dense_for(int64_t M) { return M >= qgemm_dense_min_m(); }
 
 int64_t qgemm_dense_chunks(int64_t N, int64_t Kp) {
-  switch (env_switch("QWENQ_QGEMM_OVERLAP")) {
-    case 0: return 1;
-    case 1: return kQgemmOverlapChunks;  // every weight (tests: the pieces of awkward sizes)
-    default:  // a small weight dequantizes in a few µs: the extra launches and events would cost about what they hide
-      return N * Kp >= kQgemmOverlapMinElems ? kQgemmOverlapChunks : 1;
-  }
+  // Opt-in until it has run on a GPU (then the default; the fused decode and dense paths went the same way). A small
+  // weight dequantizes in a few µs: the extra launches and events would cost about what they hide.
+  if (env_switch("QWENQ_QGEMM_OVERLAP") != 1) return 1;
+  return N * Kp >= kQgemmOverlapMinElems ? kQgemmOverlapChunks : 1;
 }
 
 int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit) {

@@ -630,11 +630,11 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
 }
 
 // The dense 4-bit path (kernels/qgemm.h: by default from 512 tokens a step; QWENQ_QGEMM_DENSE=1 from 65, =0 never)
-// holds bf16 Ŵ during its product: with the overlap (the default for weights of 8M values and up) two pieces of
-// it, else all of it. The plan's kernel scratch is the largest, for a 4-bit base: Qwen2.5-7B's gate/up [18944, 3584]
-// forward pieces, its 448 word-rows cut into 4 pieces of whole 32-word-row tiles (128 word-rows, 1024 inputs):
-// 2 x 18944 x 1024 x 2 bytes (its transposed pieces, 4736 x 3584, and down_proj's are smaller); with
-// QWENQ_QGEMM_OVERLAP=0 the whole 18944 x 3584 x 2. A bf16 base is unchanged (no 4-bit weight).
+// holds bf16 Ŵ during its product: all of it, or with the overlap (QWENQ_QGEMM_OVERLAP=1, for weights of 8M values
+// and up) two pieces of it. The plan's kernel scratch is the largest, for a 4-bit base: Qwen2.5-7B's gate/up
+// [18944, 3584], 18944 x 3584 x 2 bytes; with the overlap its forward pieces, its 448 word-rows cut into 4 pieces of
+// whole 32-word-row tiles (128 word-rows, 1024 inputs): 2 x 18944 x 1024 x 2 bytes (its transposed pieces,
+// 4736 x 3584, and down_proj's are smaller). A bf16 base is unchanged (no 4-bit weight).
 TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
   const QwenConfig c = qwen_preset("qwen2.5-7b");
   const auto scratch = [&](PlanBase base, int64_t seq, const char* env) {
@@ -645,14 +645,14 @@ TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
   const uint64_t dflt = scratch(PlanBase::Gptq, 2048, nullptr), off = scratch(PlanBase::Gptq, 2048, "0");
   const uint64_t short_dflt = scratch(PlanBase::Gptq, 256, nullptr), short_on = scratch(PlanBase::Gptq, 256, "1");
   const uint64_t bf16_dflt = scratch(PlanBase::Bf16, 2048, nullptr), bf16_off = scratch(PlanBase::Bf16, 2048, "0");
-  EXPECT_EQ(dflt, 2u * 18944 * 1024 * 2);
-  EXPECT_EQ(dflt, static_cast<uint64_t>(qgemm_dense_scratch_bytes(18944, 3584)));
+  EXPECT_EQ(dflt, 18944u * 3584 * 2);
   EXPECT_LT(off, dflt);
-  EXPECT_EQ(short_on, 2u * 18944 * 1024 * 2);
+  EXPECT_EQ(short_on, 18944u * 3584 * 2);
   EXPECT_LT(short_dflt, short_on);
   EXPECT_EQ(bf16_dflt, bf16_off);  // a bf16 base has no 4-bit products
-  const ScopedEnv serial("QWENQ_QGEMM_OVERLAP", "0");
-  EXPECT_EQ(scratch(PlanBase::Gptq, 2048, nullptr), 18944u * 3584 * 2);
+  const ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
+  EXPECT_EQ(scratch(PlanBase::Gptq, 2048, nullptr), 2u * 18944 * 1024 * 2);
+  EXPECT_EQ(qgemm_dense_scratch_bytes(18944, 3584), 2 * 18944 * 1024 * 2);
   // The pieces: whole tiles, the last one shorter.
   EXPECT_EQ(qgemm_dense_chunk(448, 4, kQgemmDqWordRows), 128);
   EXPECT_EQ(qgemm_dense_chunk(18944, 4, kQgemmDqCols), 4736);
@@ -743,12 +743,18 @@ TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
   EXPECT_EQ(mid.ws_logits, 0u);
   EXPECT_EQ(last.act_loss, 16 * KiB);
   EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
-  // 2048 tokens take the dense 4-bit path (kQgemmDenseMinM): every GPU's largest scratch is two overlap pieces of
-  // gate/up's bf16 Ŵ, its transposed product's 7424 of 29568 columns x 8192 (down_proj's forward pieces, 8192 x 8·928,
-  // are as large), 2·7424·8192·2 B. Without the dense path, δ = 2048·64·4 = 512 KiB on a middle GPU and the last
-  // one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
-  EXPECT_EQ(mid.ws_scratch, 2u * 7424 * 8192 * 2);
-  EXPECT_EQ(last.ws_scratch, 2u * 7424 * 8192 * 2);
+  // 2048 tokens take the dense 4-bit path (kQgemmDenseMinM): every GPU's largest scratch is gate/up's bf16 Ŵ,
+  // 29568·8192·2 B; with the overlap two pieces of it, its transposed product's 7424 of 29568 columns x 8192
+  // (down_proj's forward pieces, 8192 x 8·928, are as large). Without the dense path, δ = 2048·64·4 = 512 KiB on a
+  // middle GPU and the last one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
+  EXPECT_EQ(mid.ws_scratch, 29568u * 8192 * 2);
+  EXPECT_EQ(last.ws_scratch, 29568u * 8192 * 2);
+  {
+    const ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
+    const PlanResult q = plan_memory(in);
+    EXPECT_EQ(q.devices.at(3).ws_scratch, 2u * 7424 * 8192 * 2);
+    EXPECT_EQ(q.devices.at(7).ws_scratch, 2u * 7424 * 8192 * 2);
+  }
   {
     const ScopedEnv fused("QWENQ_QGEMM_DENSE", "0");
     const PlanResult q = plan_memory(in);

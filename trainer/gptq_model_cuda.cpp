@@ -231,7 +231,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
       for (size_t c = 0; c < chunks.size(); ++c) gpu.block_forward(l, chunks[c], x_all + offset[c] * C, nullptr);
       pass.end(times);
     }
-    gpu.release_layer(l);  // its fp32 weights (a MoE layer's experts too) are not needed any more
+    gpu.release_layer(l);  // its replaced weights (a MoE layer's experts too) are not needed any more
   }
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
 }

@@ -249,16 +249,19 @@ TEST_P(QgemmDenseCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   awkward_sweep(src, 37000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
 }
 
-// The overlap's pieces (kernels/qgemm_dense.cu) on every size: QWENQ_QGEMM_OVERLAP=1 cuts even small weights, so
-// the tails run as pieces too, {520, 260} in 3 pieces both ways with a short last one (65 word-rows as 32 + 32 + 1;
-// 260 columns as 128 + 128 + 4); the Qwen shapes above already take 4 pieces at 7B gate/up.
-TEST_P(QgemmDenseCuda, OverlappedPiecesOnAwkwardSizes) {
+// The overlap's pieces (kernels/qgemm_dense.cu, QWENQ_QGEMM_OVERLAP=1) under the same bounds: 7B gate/up / down
+// (4 whole pieces both ways) and an awkward weight just over the 8M-value threshold, K = 4104 (513 word-rows: pieces
+// of 160, the last 33) x N = 2056 (pieces of 576 columns, the last 328), at M = 1 .. 512 (the Qwen shapes at 512).
+TEST_P(QgemmDenseCuda, OverlappedPiecesMatchTheCpuTwin) {
   QWENQ_REQUIRE_GPU();
   const test::ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
-  ASSERT_EQ(qgemm_dense_chunk(65, kQgemmOverlapChunks, kQgemmDqWordRows), 32);
-  ASSERT_EQ(qgemm_dense_chunk(260, kQgemmOverlapChunks, kQgemmDqCols), 128);
+  ASSERT_EQ(qgemm_dense_chunks(2056, 4104), kQgemmOverlapChunks);
+  ASSERT_EQ(qgemm_dense_chunk(513, kQgemmOverlapChunks, kQgemmDqWordRows), 160);
+  ASSERT_EQ(qgemm_dense_chunk(2056, kQgemmOverlapChunks, kQgemmDqCols), 576);
   const Src src = GetParam();
-  awkward_sweep(src, 43000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense);
+  run_sweep(src, {{4104, 2056}, {3584, 18944}, {18944, 3584}}, {1, 17, 129, 512},
+            43000 + 1000 * static_cast<uint64_t>(src), TcPath::Dense,
+            [](const KN& s, int64_t M) { return s.K == 4104 || M == 512; });
 }
 
 TEST_P(QgemmDenseCuda, DequantizationIsTheCpuTwinBitForBit) {
