@@ -145,9 +145,7 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
     model.block_forward(l, chunks.batches[c], work.data(), nullptr,
                         [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int64_t*) {
                           if (at != group) return;
-                          pass.hessian_begin();
-                          H[e < 0 ? E : e].add_batch(x, rows);
-                          pass.hessian_end();
+                          pass.hessian([&] { H[e < 0 ? E : e].add_batch(x, rows); });
                         });
   }
   pass.end(times);
@@ -211,9 +209,7 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
         work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
         model.block_forward(l, chunks.batches[c], work.data(), [&](BlockLinear at, const float* x, int64_t rows) {
           if (at != group) return;
-          pass.hessian_begin();
-          H.add_batch(x, rows);
-          pass.hessian_end();
+          pass.hessian([&] { H.add_batch(x, rows); });
         });
       }
       pass.end(times);
@@ -325,7 +321,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   Progress bar("gptq", n_linears, "layers", o.quiet);
   GptqLinearStep step(model, o, I2, go, g.calib_dtype, shards, rep, bar, times);
 #ifdef QWENQ_HAVE_CUDA
-  if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, g.calib_dtype, step, shards, times);
+  if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards, times);
 #endif
   if (g.device == Device::Cpu) gptq_blocks_cpu(model, windows, g.chunk_tokens, step, shards, times);
   {

@@ -57,6 +57,7 @@ class GptqLinearStep {
   // The same for Linear `which` (0 gate_proj, 1 up_proj, 2 down_proj) of expert `expert` of a MoE layer (-1: the
   // shared expert), with the Hessian of that expert's own input (never padded).
   std::vector<float> run_expert(int64_t layer, int64_t expert, int which, Eigen::MatrixXf h, GptqSolver solve);
+  DType calib_dtype() const { return calib_dtype_; }
 
  private:
   std::vector<float> quantize(int64_t layer, const std::string& name, LinearWeight& lw, int64_t N2, int64_t K2,
@@ -92,10 +93,10 @@ void warn_idle_experts(int64_t layer, const std::vector<int64_t>& idle, int64_t 
 // dequantized weight; then runs the quantized block on every chunk for the next block's input. A MoE layer's experts
 // get a Hessian each from the rows routed to them (the CPU driver's per-expert rule) and are freed on the device once
 // the layer is done.
-// calib_dtype BF16 stores the replaced weights in bf16 on the device (their values are bf16 already, GptqLinearStep),
-// so that cuBLASLt multiplies them on tensor cores. The stages' times are added to `times`.
+// With the step's calib_dtype BF16 the replaced weights are stored in bf16 on the device (their values are bf16
+// already, GptqLinearStep), so that cuBLASLt multiplies them on tensor cores. The stages' times are added to `times`.
 void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
-                      DType calib_dtype, GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times);
+                      GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times);
 #endif
 
 }  // namespace qwenq

@@ -63,7 +63,7 @@ DeviceAllocation allocate_named(size_t bytes, MemoryTag tag, const std::string& 
 // GPTQ of one group (GateUp or Down) of MoE layer l on the GPU (see the top of the file): the CPU driver's
 // gptq_moe_group_cpu with the Hessians on the device.
 void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockLinear group, const CalibChunks& split,
-                         const float* x_all, float* work, DType calib_dtype, GptqLinearStep& step,
+                         const float* x_all, float* work, GptqLinearStep& step,
                          CalibPassTimer& pass, GptqStageTimes& times) {
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size, E = cfg.num_experts;
@@ -99,9 +99,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
                       [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int32_t*) {
       if (at != group) return;
       const size_t i = static_cast<size_t>(e < 0 ? E : e);
-      pass.hessian_begin();
-      hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s);
-      pass.hessian_end();
+      pass.hessian([&] { hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s); });
       count[i] += rows;
     });
   }
@@ -125,7 +123,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
       const int64_t N = lw.N, Kw = lw.K;
       const std::vector<float> back = step.run_expert(l, e, w, h, gptq_quantize_cuda);
       const StageScope t(times.transfers);
-      gpu.set_expert_weight(l, e, w, back.data(), N, Kw, calib_dtype);
+      gpu.set_expert_weight(l, e, w, back.data(), N, Kw, step.calib_dtype());
     }
   }
   warn_idle_experts(l, idle, E);
@@ -134,7 +132,7 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
 }  // namespace
 
 void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
-                      DType calib_dtype, GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times) {
+                      GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times) {
   QWENQ_CHECK(!windows.empty(), "gptq: no calibration windows");
   const QwenConfig& cfg = model.config();
   const int64_t C = cfg.hidden_size, L = cfg.num_layers;
@@ -172,7 +170,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
   for (int64_t l = 0; l < L; ++l) {
     for (BlockLinear group : kGptqGroups) {
       if (cfg.is_moe_layer(l) && (group == BlockLinear::GateUp || group == BlockLinear::Down)) {
-        gptq_moe_group_cuda(gpu, model, l, group, split, x_all, work.as<float>(), calib_dtype, step, pass, times);
+        gptq_moe_group_cuda(gpu, model, l, group, split, x_all, work.as<float>(), step, pass, times);
         const StageScope t(times.writing);
         shards.maybe_flush();
         continue;
@@ -187,9 +185,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
         QWENQ_CUDA_CHECK(cudaMemcpyAsync(work.get(), x_all + offset[c] * C, rows_bytes(T, C), cudaMemcpyDeviceToDevice, s));
         gpu.block_forward(l, chunks[c], work.as<float>(), [&](BlockLinear at, const float* x, int64_t rows) {
           if (at != group) return true;
-          pass.hessian_begin();
-          hessian_accumulate_cuda(dH.as<float>(), K, count, x, rows, s);
-          pass.hessian_end();
+          pass.hessian([&] { hessian_accumulate_cuda(dH.as<float>(), K, count, x, rows, s); });
           count += rows;
           return false;  // nothing after this group's input is needed
         });
@@ -220,7 +216,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
       step.run_group(l, group, solve, [&](const GptqSlot& slot, std::vector<float> back) {
         const LinearWeight& lw = model.linear_weight(l, slot.group, slot.index);
         const StageScope t(times.transfers);
-        gpu.set_linear_weight(l, slot.group, slot.index, back.data(), lw.N, lw.K, calib_dtype);
+        gpu.set_linear_weight(l, slot.group, slot.index, back.data(), lw.N, lw.K, step.calib_dtype());
       });
       const StageScope t(times.writing);
       shards.maybe_flush();

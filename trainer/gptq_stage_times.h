@@ -52,6 +52,13 @@ class CalibPassTimer {
   void begin();
   void hessian_begin();
   void hessian_end();
+  // accumulate() between a hessian_begin() and a hessian_end(): the drivers' form.
+  template <typename F>
+  void hessian(F&& accumulate) {
+    hessian_begin();
+    accumulate();
+    hessian_end();
+  }
   void end(GptqStageTimes& times);
 
  private:
