@@ -16,6 +16,8 @@
 // above on x̃ and maps the branch's input gradient back with dx += m ⊙ dx̃ (dropout_backward_ref, which
 // regenerates m from the key). The base path always sees the undropped x.
 //
+// lora_project_ref / lora_project_cuda: u = x Aᵀ alone, for a recomputation that needs the saved u but not y.
+//
 // lora_forward_cuda is the forward on the GPU (CUDA builds, lora/lora_linear_cuda.cpp), same arguments in device
 // memory plus a stream: two fp32 cuBLASLt matmuls (kernels/blas_lt.h, no TF32), u = x Aᵀ written by
 // linear_forward_cuda, then y += s · u Bᵀ as one matmul with alpha = s and beta = 1 (the scaling and the
@@ -32,6 +34,10 @@
 
 namespace qwenq {
 
+// u [M, r] = x Aᵀ (x [M, K], A [r, K]), written: the forward's first product alone, the same call and bits as
+// lora_forward_ref's. A recomputation whose y is not needed (the trainers' last Linear of a block) runs only this.
+void lora_project_ref(const float* x, int64_t M, int64_t K, const float* A, int64_t r, float* u);
+
 // x [M, K], A [r, K], B [N, r]; y [M, N] accumulates s·(x Aᵀ) Bᵀ; u [M, r] is written with x Aᵀ.
 void lora_forward_ref(const float* x, int64_t M, int64_t K, const float* A, const float* B, int64_t r, int64_t N,
                       float s, float* y, float* u);
@@ -42,6 +48,9 @@ void lora_backward_ref(const float* dy, const float* x, const float* u, int64_t 
                        const float* A, const float* B, float s, float* dA, float* dB, float* dx);
 
 #ifdef QWENQ_HAVE_CUDA
+// lora_project_ref's contract on the device (fp32 in and out, one cuBLASLt matmul: lora_forward_cuda's u).
+void lora_project_cuda(const float* x, int64_t M, int64_t K, const float* A, int64_t r, float* u, CudaStream stream);
+
 // lora_forward_ref's contract on the device: x [M, K], A [r, K], B [N, r] fp32; y [M, N] fp32 accumulates
 // s·(x Aᵀ) Bᵀ; u [M, r] fp32 is written with x Aᵀ. u must not overlap x or y. M = 0 queues nothing.
 void lora_forward_cuda(const float* x, int64_t M, int64_t K, const float* A, const float* B, int64_t r, int64_t N,

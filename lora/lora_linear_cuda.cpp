@@ -1,6 +1,6 @@
 // lora_forward_cuda (lora/lora_linear.h): the LoRA forward y += s·(x Aᵀ) Bᵀ on the GPU as two fp32 cuBLASLt
 // matmuls. Row-major [rows, cols] is column-major [cols, rows] (kernels/blas_lt.h), so:
-//   u [M, r] = x Aᵀ           linear_forward_cuda (A is the weight [r, K] of a bias-free Linear)
+//   u [M, r] = x Aᵀ           lora_project_cuda = linear_forward_cuda (A is the weight [r, K] of a bias-free Linear)
 //   yᵀ[N, M] += s · (B as r×N)ᵀ · (u as r×M)      one LtGemm: m = N, n = M, k = r, A-operand B transposed
 //                                                  (lda = r), B-operand u (ldb = r), D = y (ldd = N), alpha = s,
 //                                                  beta = 1
@@ -26,6 +26,17 @@ bool overlaps(const void* a, int64_t a_bytes, const void* b, int64_t b_bytes) {
 
 }  // namespace
 
+void lora_project_cuda(const float* x, int64_t M, int64_t K, const float* A, int64_t r, float* u, CudaStream stream) {
+  const char* name = "lora_project_cuda";
+  QWENQ_CHECK(M >= 0 && K > 0 && r > 0, name << ": bad shape M=" << M << " K=" << K << " r=" << r);
+  if (M == 0) return;
+  QWENQ_CHECK(x != nullptr && A != nullptr && u != nullptr,
+              name << ": null pointer (M=" << M << " K=" << K << " r=" << r << ")");
+  const int64_t f = static_cast<int64_t>(sizeof(float));
+  QWENQ_CHECK(!overlaps(u, M * r * f, x, M * K * f), name << ": u [" << M << ", " << r << "] overlaps x");
+  linear_forward_cuda(x, M, K, A, DType::F32, r, nullptr, DType::F32, u, DType::F32, stream);
+}
+
 void lora_forward_cuda(const float* x, int64_t M, int64_t K, const float* A, const float* B, int64_t r, int64_t N,
                        float s, float* y, float* u, CudaStream stream) {
   const char* name = "lora_forward_cuda";
@@ -37,7 +48,7 @@ void lora_forward_cuda(const float* x, int64_t M, int64_t K, const float* A, con
   const int64_t f = static_cast<int64_t>(sizeof(float));
   QWENQ_CHECK(!overlaps(u, M * r * f, x, M * K * f) && !overlaps(u, M * r * f, y, M * N * f),
               name << ": the scratch u [" << M << ", " << r << "] overlaps x or y");
-  linear_forward_cuda(x, M, K, A, DType::F32, r, nullptr, DType::F32, u, DType::F32, stream);
+  lora_project_cuda(x, M, K, A, r, u, stream);
   LtGemm g;
   g.m = N, g.n = M, g.k = r;
   g.trans_a = true, g.trans_b = false;

@@ -1,6 +1,6 @@
 // LoRA forward and backward on the CPU, composed from the dense reference GEMMs of kernels/gemm.h (fp32
 // products and sums):
-//   forward:  u = x Aᵀ;  t = u Bᵀ;  y += s·t
+//   forward:  u = x Aᵀ (lora_project_ref);  t = u Bᵀ;  y += s·t
 //   backward: g = dy B, then g *= s;  dB += dyᵀ (s·u);  dA += gᵀ x;  dx += g A
 // s is applied to the rank-r intermediates (M·r values) rather than to dy or to the outputs (M·N or M·K).
 #include <vector>
@@ -21,11 +21,17 @@ void check_dims(int64_t M, int64_t K, int64_t N, int64_t r) {
 
 }  // namespace
 
+void lora_project_ref(const float* x, int64_t M, int64_t K, const float* A, int64_t r, float* u) {
+  QWENQ_CHECK(M >= 0 && K > 0 && r > 0, "lora_project_ref: bad shape M=" << M << " K=" << K << " r=" << r);
+  if (M == 0) return;
+  linear_forward_ref(x, M, K, A, DType::F32, r, nullptr, DType::F32, u);
+}
+
 void lora_forward_ref(const float* x, int64_t M, int64_t K, const float* A, const float* B, int64_t r, int64_t N,
                       float s, float* y, float* u) {
   check_dims(M, K, N, r);
   if (M == 0) return;
-  linear_forward_ref(x, M, K, A, DType::F32, r, nullptr, DType::F32, u);
+  lora_project_ref(x, M, K, A, r, u);
   std::vector<float> t(static_cast<size_t>(M * N));
   linear_forward_ref(u, M, r, B, DType::F32, N, nullptr, DType::F32, t.data());
   for (size_t i = 0; i < t.size(); ++i) y[i] += s * t[i];

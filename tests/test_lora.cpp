@@ -121,6 +121,9 @@ TEST_P(LoraLinearGrad, MatchesFiniteDifferences) {
     for (int64_t j = 0; j < r; ++j)
       for (int64_t k = 0; k < K; ++k) u_ref[m * r + j] += double(x[m * K + k]) * A[j * K + k];
   EXPECT_LE(worst_error(u.data(), u_ref), kLoraForwardTol);
+  std::vector<float> u_alone(M * r + kGuard, kGuardValue);  // u alone: the forward's bits, nothing past it
+  lora_project_ref(x.data(), M, K, A.data(), r, u_alone.data());
+  EXPECT_EQ(u_alone, u) << "lora_project_ref against lora_forward_ref's u";
   std::vector<float> y_clean(M * N, 0.0f), u2(M * r);
   lora_forward_ref(x.data(), M, K, A.data(), B.data(), r, N, s, y_clean.data(), u2.data());
   EXPECT_LE(worst_error(y_clean.data(), y_ref), kLoraForwardTol);

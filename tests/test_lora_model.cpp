@@ -6,6 +6,7 @@
 // whose MLP targets adapt every expert. PyTorch autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -38,18 +39,22 @@ std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
 const std::vector<std::string> kAllTargets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                               "gate_proj", "up_proj", "down_proj"};
 
+// dora: magnitudes from the base (init_dora_magnitudes), then scaled so that m / n is far from 1.
 LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,
-                           const std::vector<std::string>& targets = kAllTargets) {
+                           const std::vector<std::string>& targets = kAllTargets, bool dora = false) {
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 16;
   cfg.dropout = dropout;
   cfg.target_modules = targets;
+  cfg.use_dora = dora;
   LoraAdapter a(lora_dims_of(m.config()), cfg);
   a.init_peft(3);
+  if (dora) init_dora_magnitudes(m, &a);
   Rng rng(4);
   for (size_t i = 0; i < a.slots().size(); ++i) {
     for (auto& b : a.weights(i).B) b = 0.3f * static_cast<float>(rng.normal());  // nonzero B: every gradient flows
+    for (auto& v : a.weights(i).m) v *= 1.f + 0.3f * static_cast<float>(rng.normal());
   }
   return a;
 }
@@ -70,6 +75,7 @@ void for_each_value(LoraAdapter& a, int64_t /*layers*/, F&& f) {
 LoraAdapter zero_like(const LoraAdapter& a) {
   LoraAdapter z = a;
   for_each_value(z, a.dims().num_layers, [](float& v) { v = 0.f; });
+  for (size_t i = 0; i < z.slots().size(); ++i) std::fill(z.weights(i).m.begin(), z.weights(i).m.end(), 0.f);  // DoRA
   return z;
 }
 
@@ -140,15 +146,29 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
   }
 }
 
+// The recomputation skips what no backward reads (a dense MLP's down-projection product: only its u = x̃ Aᵀ runs,
+// nothing for an unadapted one, the whole Linear for DoRA, whose backward reads z = x̃ Wᵀ), so the adapters vary:
+// every target, none on down_proj, down_proj alone, and DoRA on every target.
 TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
-  for (bool moe : {false, true}) {  // a dense model and a MoE one (every target: the experts' adapters too)
-    SCOPED_TRACE(moe ? "tiny-moe-shared" : "tiny");
+  struct Kind {
+    const char* name;
+    std::vector<std::string> targets;
+    bool dora;
+  };
+  const Kind kinds[] = {{"every target", kAllTargets, false},
+                        {"no down_proj", {"q_proj", "v_proj", "gate_proj"}, false},
+                        {"down_proj alone", {"down_proj"}, false},
+                        {"DoRA, every target", kAllTargets, true}};
+  for (bool moe : {false, true})  // a dense model and a MoE one (every target: the experts' adapters too)
+  for (const Kind& kind : kinds) {
+    if (moe && kind.targets.size() < kAllTargets.size()) continue;  // the MoE layers' MLP runs whole anyway
+    SCOPED_TRACE(std::string(moe ? "tiny-moe-shared, " : "tiny, ") + kind.name);
     const std::string root = test::scratch_dir();
     const std::string dir = moe ? test::make_random_model(root + "/moe", "tiny-moe-shared", DType::BF16, 23)
                                 : make_model(root + "/m");
     QwenModel m(dir);
     for (double p : {0.0, 0.1}) {
-      LoraAdapter a = random_adapter(m, p);
+      LoraAdapter a = random_adapter(m, p, kind.targets, kind.dora);
       const PackedBatch b = test_batch();
       const std::vector<int32_t> targets = next_token_targets(b);
       LoraStepOptions ck, keep;
@@ -161,6 +181,7 @@ TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
       for (size_t i = 0; i < a.slots().size(); ++i) {
         EXPECT_EQ(g1.weights(i).A, g2.weights(i).A) << "dropout " << p << ", " << a.slots()[i].path;
         EXPECT_EQ(g1.weights(i).B, g2.weights(i).B) << "dropout " << p << ", " << a.slots()[i].path;
+        EXPECT_EQ(g1.weights(i).m, g2.weights(i).m) << "dropout " << p << ", " << a.slots()[i].path;
       }
       // Another dropout seed changes the loss only when dropout is on.
       ck.dropout_seed = 78;

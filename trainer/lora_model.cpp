@@ -88,19 +88,29 @@ class Runner {
     p_ = opt.train ? static_cast<float>(adapter.config().dropout) : 0.f;
   }
 
-  // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ
+  // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ. y null: a recomputation that reads no output of this Linear (the dense
+  // MLP's down projection, whose output only fed the residual): just what its backward reads, x̃ and
+  // u = x̃ Aᵀ (lora_project_ref, the bits lora_forward_ref writes), without the base product; DoRA's backward
+  // reads z = x̃ Wᵀ as well, so a DoRA Linear still runs whole into a discarded y.
   void linear_fwd(int64_t l, int t, const float* x, const TensorView& bias, float* y, BranchActs* br) const {
     const LinearWeight& w = layer_linear(w_.layers[l], t);
+    const bool adapted = ad_.has(l, kLoraTargets[t].target);
+    if (y == nullptr) {
+      if (!adapted) return;
+      const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
+      if (!lw.m.empty()) {
+        std::vector<float> unread(static_cast<size_t>(T_ * w.N));
+        return linear_fwd(l, t, x, bias, unread.data(), br);
+      }
+      br->u.resize(T_ * lw.r);
+      lora_project_ref(branch_input(l, t, x, w.K, br), T_, w.K, lw.A.data(), lw.r, br->u.data());
+      return;
+    }
     const WeightRef W(w);
     linear_forward_ref(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
-    if (!ad_.has(l, kLoraTargets[t].target)) return;
+    if (!adapted) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
-    const float* xin = x;
-    if (p_ > 0.f) {
-      br->xd.resize(T_ * w.K);
-      dropout_forward_ref(x, T_ * w.K, p_, mask_key(l, t), br->xd.data());
-      xin = br->xd.data();
-    }
+    const float* xin = branch_input(l, t, x, w.K, br);
     br->u.resize(T_ * lw.r);
     if (lw.m.empty()) {
       lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, s_, y, br->u.data());
@@ -125,6 +135,14 @@ class Runner {
     br->v.assign(T_ * N, 0.f);
     lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, s_, br->v.data(), br->u.data());
     dora_combine(lw.m.data(), br->n.data(), br->z.data(), br->v.data(), T_, N, y);
+  }
+
+  // The LoRA branch's input x̃ of Linear t: x, or with dropout its dropped copy, kept in br->xd for the backward.
+  const float* branch_input(int64_t l, int t, const float* x, int64_t K, BranchActs* br) const {
+    if (p_ == 0.f) return x;
+    br->xd.resize(T_ * K);
+    dropout_forward_ref(x, T_ * K, p_, mask_key(l, t), br->xd.data());
+    return br->xd.data();
   }
 
   // dx += dy W (+ the adapter's input gradient); the adapter's dA, dB accumulate into grads.
@@ -171,6 +189,8 @@ class Runner {
   }
 
   // One block: x [T, C] in, out [T, C] (may alias x), intermediates into acts.
+  // Block l's forward on x; out null: the backward's recomputation, which keeps the intermediates in s and skips
+  // what no backward reads (a dense MLP's down-projection product and the residual sum).
   void block_fwd(int64_t l, const float* x, float* out, BlockActs& s) const {
     const QwenLayerWeights& L = w_.layers[l];
     const int64_t C = c_.hidden_size, I = c_.intermediate_size, H = c_.num_heads, Hkv = c_.num_kv_heads, D = c_.head_dim;
@@ -203,8 +223,9 @@ class Runner {
     if (c_.is_moe_layer(l)) {  // MLP targets adapt each expert (LoraAdapter::expert_at)
       std::vector<float> mlp(T_ * C);
       const MoeLora ml = moe_lora(l, nullptr);
-      moe_block_forward(c_, L.moe, s.n2.data(), T_, mlp.data(), nullptr, &s.moe, &ml);
-      for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
+      moe_block_forward(c_, L.moe, s.n2.data(), T_, mlp.data(), nullptr, &s.moe, &ml);  // y feeds ∂L/∂w: all run
+      if (out != nullptr)
+        for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
       return;
     }
     s.gate.resize(T_ * I);
@@ -213,6 +234,7 @@ class Runner {
     linear_fwd(l, 4, s.n2.data(), TensorView{}, s.gate.data(), &s.br[4]);
     linear_fwd(l, 5, s.n2.data(), TensorView{}, s.up.data(), &s.br[5]);
     swiglu_forward_ref(s.gate.data(), s.up.data(), T_ * I, s.act.data());
+    if (out == nullptr) return linear_fwd(l, 6, s.act.data(), TensorView{}, nullptr, &s.br[6]);
     std::vector<float> mlp(T_ * C);
     linear_fwd(l, 6, s.act.data(), TensorView{}, mlp.data(), &s.br[6]);
     for (int64_t i = 0; i < T_ * C; ++i) out[i] = s.h1[i] + mlp[i];
@@ -308,8 +330,7 @@ class Runner {
     for (int64_t l = Lc - 1; l >= 0; --l) {
       const BlockActs* acts = opt_.checkpointing ? nullptr : &kept[l];
       if (opt_.checkpointing) {
-        std::vector<float> out(T_ * C);
-        block_fwd(l, xs[l].data(), out.data(), scratch);  // recompute the intermediates
+        block_fwd(l, xs[l].data(), nullptr, scratch);  // recompute the intermediates
         acts = &scratch;
       }
       block_bwd(l, xs[l].data(), *acts, d.data(), d.data(), grads);

@@ -31,6 +31,9 @@
 // Activation checkpointing (default): the forward keeps only each block's input x_l; the backward recomputes the
 // block's intermediates from it, so memory grows with one block's activations plus L·T·C floats. Without it every
 // block's intermediates are kept from the forward. Both give bit-identical results (same operations, same order).
+// The recomputation skips only what no backward reads: a dense MLP's down-projection product, whose output fed just
+// the residual (its adapter's u = x̃ Aᵀ still runs; a DoRA Linear runs whole, its backward reads z). That is 29 % of
+// a Qwen2.5-7B block's Linear weights, about a tenth of the base products of a step.
 // bf16 checkpoints (LoraStepOptions::bf16_checkpoints, default on): every block input x_l and the final residual
 // x_L are rounded to bf16 (round to nearest even, core/dtype.h's f32_to_bf16) where the forward produces them, and
 // the block, the recomputation and the final norm read the rounded values; inside a block the residual stream

@@ -426,6 +426,18 @@ struct LoraModelCuda::Impl {
   }
   void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) { lin_fwd(layer_lin(l, t, T), x, T, y); }
 
+  // The recomputation of a Linear whose output nothing reads (the dense MLP's down projection, whose output only
+  // fed the residual): u = x̃ Aᵀ alone (lora_project_cuda, the bits lin_fwd keeps), no base product; nothing for an
+  // unadapted Linear. DoRA's backward also reads z = x̃ Wᵀ, so a DoRA Linear runs whole into `unread`.
+  void lin_recompute(const Lin& f, const float* x, int64_t T, float* unread) {
+    const Slot* sl = f.sl;
+    if (sl == nullptr) return;
+    if (sl->m_off >= 0) return dora_fwd(f, x, T, unread);
+    const Phase ph(this, StepPhase::Lora);
+    const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl->K) : x;
+    lora_project_cuda(xin, T, sl->K, params.as<float>() + sl->a_off, sl->r, f.u, st());
+  }
+
   // DoRA's forward (trainer/lora_model.h; the CPU Runner's linear_fwd): y = x Wᵀ + b + (g − 1) ⊙ z + g ⊙ v with
   // g = m / n, z = x̃ Wᵀ, v = s·(x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ; z and v kept for the backward. Without dropout z is the base
   // product itself and y = z + b (the CPU takes z = y − b: the same up to the last bit); with it z is the base
@@ -724,7 +736,7 @@ struct LoraModelCuda::Impl {
   }
 
   // Block l on x [T, C] (fp32); its output into checkpoint slot out_slot (save_slot; -1: intermediates only, the
-  // recomputation of the backward; the down projection still runs there, for its u).
+  // recomputation of the backward, where a dense MLP's down projection computes only its u: lin_recompute).
   void block_fwd(int64_t l, const PackedBatch& b, const float* x, int64_t out_slot) {
     const QwenConfig& c = cfg;
     const QwenDeviceLayer& L = base->device_layer(l);
@@ -767,6 +779,7 @@ struct LoraModelCuda::Impl {
       linear_fwd(l, 4, n2.as<float>(), T, gate.as<float>());
       linear_fwd(l, 5, n2.as<float>(), T, up.as<float>());
       swiglu_fwd(gate.as<float>(), up.as<float>(), T * I, act.as<float>());
+      if (out_slot < 0) return lin_recompute(layer_lin(l, 6, T), act.as<float>(), T, mlp);
       linear_fwd(l, 6, act.as<float>(), T, mlp);
     }
     if (out_slot < 0) return;

@@ -2,7 +2,8 @@
 // against the CPU path, which merges the adapter into the base in memory (trainer/lora_merge.h):
 //   - lora_forward_cuda (lora/lora_linear.h) against its twin lora_forward_ref over a sweep of shapes: M 1, 3, 17,
 //     127; (K, N) awkward (7, 5) and Qwen2.5-0.5B's q/k/gate/down (896/896, 896/128, 896/4864, 4864/896); r 1, 8, 16;
-//     y accumulates onto random values, guard floats after y and u stay untouched;
+//     y accumulates onto random values, guard floats after y and u stay untouched; lora_project_cuda (u alone, the
+//     trainers' recomputation of a down projection) writes lora_forward_cuda's u bit for bit and nothing past it;
 //   - QwenModelCuda forward_logits / next_token_nll with an adapter (all seven targets, r 4, nonzero B; and an rsLoRA
 //     one on q, v, down, r 8) on the tiny preset in F32 (D = 16, the fp32 path) and BF16, RTN-quantized to GPTQ v1
 //     (group 32) and to NF4, and the D = 64 Qwen2 with q/k/v biases RTN-quantized (flash attention, the bias before the
@@ -124,8 +125,11 @@ TEST(LoraForwardCuda, IsTheRefOverAShapeSweep) {
         u_host.insert(u_host.end(), kGuard, kGuardValue);
         test::DeviceBuffer<float> dx(x), dA(A), dB(B), dy(y_host), du(u_host);
         lora_forward_cuda(dx.get(), M, kn.K, dA.get(), dB.get(), r, kn.N, s, dy.get(), du.get(), nullptr);
+        test::DeviceBuffer<float> du_alone(u_host);
+        lora_project_cuda(dx.get(), M, kn.K, dA.get(), r, du_alone.get(), nullptr);
         QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
         const std::vector<float> y_got = dy.download(), u_got = du.download();
+        EXPECT_EQ(du_alone.download(), u_got) << "lora_project_cuda's u (and guards) against lora_forward_cuda's";
         const double ey = rel_err(y_got.data(), y_want.data(), y_want.size());
         const double eu = rel_err(u_got.data(), u_want.data(), u_want.size());
         EXPECT_LE(ey, kLoraFp32RelTol) << "y";
