@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
@@ -124,8 +125,9 @@ void add_f32_as(ShardedWriter& shards, const std::string& name, const std::vecto
 // (kept as token lists), their down_proj inputs are kept as the block produced them.
 class CpuBlockRunner final : public AwqBlockRunner {
  public:
-  CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
-      : model_(model), pieces_(split_calibration(windows, chunk_tokens)) {
+  CpuBlockRunner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
+                 DType calib_dtype)
+      : model_(model), pieces_(split_calibration(windows, chunk_tokens)), bf16_(calib_dtype == DType::BF16) {
     const int64_t C = model_.config().hidden_size;
     X_.resize(static_cast<size_t>(tokens() * C));
     std::vector<float> x;
@@ -182,7 +184,13 @@ class CpuBlockRunner final : public AwqBlockRunner {
   }
 
   void set_reference(int64_t l, const ScaleGroup& grp, const std::vector<float>* W) override {
-    reference_ = output(l, grp, W, nullptr);
+    if (!bf16_) {
+      reference_ = output(l, grp, W, nullptr);
+      return;
+    }
+    std::vector<std::vector<float>> rounded;  // bf16: the group's working copies rounded, as the candidates are
+    for (int slot : grp.slots) rounded.push_back(round_to_bf16(W[slot]));
+    reference_ = output(l, grp, nullptr, rounded.data());
   }
 
   double loss(int64_t l, const ScaleGroup& grp, const std::vector<float>* candidate) override {
@@ -249,8 +257,17 @@ class CpuBlockRunner final : public AwqBlockRunner {
     return scratch->data();
   }
 
-  // loss() of candidates it may consume (moved into the model for the call: a MoE layer's are every expert's).
+  // w with every value rounded to bf16 (nearest even), still as fp32.
+  static std::vector<float> round_to_bf16(std::vector<float> w) {
+    for (float& v : w) v = bf16_to_f32(f32_to_bf16(v));
+    return w;
+  }
+
+  // loss() of candidates it may consume (moved into the model for the call: a MoE layer's are every expert's),
+  // rounded to bf16 first with a bf16 calibration.
   double loss_of(int64_t l, const ScaleGroup& grp, std::vector<std::vector<float>> candidate) {
+    if (bf16_)
+      for (std::vector<float>& c : candidate) c = round_to_bf16(std::move(c));
     const std::vector<float> y = output(l, grp, nullptr, candidate.data());
     QWENQ_CHECK(y.size() == reference_.size(), "awq: the module output changed size between calls");
     double sum = 0.0;
@@ -293,6 +310,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
 
   QwenModel& model_;
   CalibChunks pieces_;
+  bool bf16_;                    // calib_dtype BF16: the group's Linears rounded to bf16 in every module evaluation
   std::vector<float> X_;         // residual stream [T, C]: the input of the next block to capture
   int64_t layer_ = -1;           // the captured block
   std::vector<AwqLinear> lin_;   // its Linears
@@ -304,10 +322,16 @@ class CpuBlockRunner final : public AwqBlockRunner {
 
 }  // namespace
 
+void check_awq_calib_dtype(DType calib_dtype) {
+  QWENQ_CHECK(calib_dtype == DType::F32 || calib_dtype == DType::BF16,
+              "awq: the calibration dtype must be fp32 or bf16, got " << dtype_name(calib_dtype));
+}
+
 std::unique_ptr<AwqBlockRunner> make_awq_cpu_runner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows,
-                                                    int64_t chunk_tokens) {
+                                                    int64_t chunk_tokens, DType calib_dtype) {
   QWENQ_CHECK(!windows.empty(), "awq: no calibration windows");
-  return std::make_unique<CpuBlockRunner>(model, windows, chunk_tokens);
+  check_awq_calib_dtype(calib_dtype);
+  return std::make_unique<CpuBlockRunner>(model, windows, chunk_tokens, calib_dtype);
 }
 
 QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
@@ -327,6 +351,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   QWENQ_CHECK(a.device == Device::Cpu, "awq: --device cuda needs a build with the CUDA backend (this one has none)");
 #endif
   QWENQ_CHECK(a.chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << a.chunk_tokens);
+  check_awq_calib_dtype(a.calib_dtype);
 
   QwenModel model(o.model_dir);
   const QwenConfig& cfg = model.config();
@@ -388,14 +413,15 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
                        : calibration_windows(a.calib_path, a.text_field, a.calib_samples, a.calib_seq_len, a.seed, tok);
     if (a.calib_concat) check_fits(static_cast<int64_t>(windows.size()));
     if (!o.quiet) {
-      std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s\n",
+      std::fprintf(stderr, "awq: %zu calibration windows x %lld tokens from %s; %lld layers; grid %d%s%s%s\n",
                    windows.size(), (long long)a.calib_seq_len, a.calib_path.c_str(), (long long)L, so.n_grid,
-                   so.duo_scaling ? ", duo scaling" : "", a.clip ? ", clip search" : ", no clip");
+                   so.duo_scaling ? ", duo scaling" : "", a.clip ? ", clip search" : ", no clip",
+                   a.calib_dtype == DType::BF16 ? ", bf16 module evaluations" : "");
     }
 #ifdef QWENQ_HAVE_CUDA
-    if (a.device == Device::Cuda) runner = make_awq_cuda_runner(model, windows, a.chunk_tokens);
+    if (a.device == Device::Cuda) runner = make_awq_cuda_runner(model, windows, a.chunk_tokens, a.calib_dtype);
 #endif
-    if (a.device == Device::Cpu) runner = make_awq_cpu_runner(model, windows, a.chunk_tokens);
+    if (a.device == Device::Cpu) runner = make_awq_cpu_runner(model, windows, a.chunk_tokens, a.calib_dtype);
   } else if (!o.quiet) {
     std::fprintf(stderr, "awq: applying the saved search %s (no calibration)\n", a.load_search.c_str());
   }

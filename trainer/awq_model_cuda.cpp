@@ -30,6 +30,10 @@
 //                     sum_sq_diff_cuda(out, ref[rows]) accumulated in one device double; that one double is
 //                     downloaded: loss = sum / (R·C), as the CPU (kernels/sum_reduce.h: double terms and sums, a
 //                     different order). The stored weights are never touched: nothing needs restoring.
+//   bf16 calibration  (calib_dtype BF16) the reference's and the candidates' fp32 weights are rounded into bf16
+//                     copies (f32_to_bf16_cuda, the CPU's rounding) and the module runs on those: bf16 tensor-core
+//                     GEMMs, the fp32 activations rounded to bf16 at each GEMM's input (kernels/blas_lt.h), fp32
+//                     sums and outputs; one bf16 copy of the group's weights more in memory
 //   search_clip       the folded weight [N, K] and s uploaded, awq_clip_inputs_cuda gathers the kept rows' sampled
 //                     rows / s (zero-padded to K) into xclip [S, K], awq_clip_search_cuda -> bounds [N, ⌈K/G⌉]
 //                     downloaded
@@ -86,8 +90,9 @@ std::string dims(int64_t rows, int64_t cols) {
 
 class CudaBlockRunner final : public AwqBlockRunner {
  public:
-  CudaBlockRunner(const QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens)
-      : cfg_(model.config()), gpu_(model), s_(gpu_.stream()) {
+  CudaBlockRunner(const QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
+                  DType calib_dtype)
+      : cfg_(model.config()), gpu_(model), s_(gpu_.stream()), bf16_(calib_dtype == DType::BF16) {
     QWENQ_CHECK(!windows.empty(), "awq: no calibration windows");
     QWENQ_CHECK(chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << chunk_tokens);
     CalibChunks split = split_calibration(windows, chunk_tokens);  // whole windows (trainer/calib_chunks.h)
@@ -205,19 +210,21 @@ class CudaBlockRunner final : public AwqBlockRunner {
     std::vector<const std::vector<float>*> weights;
     for (int slot : grp.slots) weights.push_back(&W[slot]);
     upload_weights(l, grp, weights, wref_);
+    to_module_dtype(grp, wref_, wref16_);
     ref_group_ = grp.prev;
+    const std::vector<DeviceAllocation>& wm = bf16_ ? wref16_ : wref_;
     if (expert_single(grp)) {  // in the pieces candidate_loss uses: the same GEMM shapes, the same sums
       const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
       const float* x = kept_rows(grp.input);
       const int64_t R = rows(grp.input), C = cfg_.hidden_size;
       for (int64_t r0 = 0; r0 < R; r0 += largest_) {
-        linear_forward_cuda(x + r0 * a.K, std::min(largest_, R - r0), a.K, wref_[0].get(), DType::F32, a.N, nullptr,
-                            DType::F32, ref_.as<float>() + r0 * C, DType::F32, s_);
+        linear_forward_cuda(x + r0 * a.K, std::min(largest_, R - r0), a.K, wm[0].get(), module_dtype(), a.N,
+                            nullptr, DType::F32, ref_.as<float>() + r0 * C, DType::F32, s_);
       }
       return;
     }
     const int64_t C = cfg_.hidden_size;
-    for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, wref_, ref_.as<float>() + offset_[c] * C);
+    for (size_t c = 0; c < chunks_.size(); ++c) run_module(l, grp, c, wm, ref_.as<float>() + offset_[c] * C);
   }
 
   double loss(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* candidate) override {
@@ -225,6 +232,7 @@ class CudaBlockRunner final : public AwqBlockRunner {
     std::vector<const std::vector<float>*> weights;
     for (size_t j = 0; j < grp.slots.size(); ++j) weights.push_back(&candidate[j]);
     upload_weights(l, grp, weights, cand_);
+    to_module_dtype(grp, cand_, cand16_);
     return candidate_loss(l, grp);
   }
 
@@ -246,6 +254,7 @@ class CudaBlockRunner final : public AwqBlockRunner {
       awq_candidate_cuda(wref_[j].as<float>(), a.N, K, s_dev_.as<float>(), opt.bits, opt.group_size,
                          cand_[j].as<float>(), s_);
     }
+    to_module_dtype(grp, cand_, cand16_);
     return candidate_loss(l, grp);
   }
 
@@ -296,18 +305,19 @@ class CudaBlockRunner final : public AwqBlockRunner {
     double* acc = sums_.as<double>();
     QWENQ_CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), s_));
     const int64_t R = rows(grp.input);
+    const std::vector<DeviceAllocation>& wm = bf16_ ? cand16_ : cand_;
     if (expert_single(grp)) {
       const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
       const float* x = kept_rows(grp.input);
       for (int64_t r0 = 0; r0 < R; r0 += largest_) {
         const int64_t n = std::min(largest_, R - r0);
-        linear_forward_cuda(x + r0 * a.K, n, a.K, cand_[0].get(), DType::F32, a.N, nullptr, DType::F32, out_.get(),
+        linear_forward_cuda(x + r0 * a.K, n, a.K, wm[0].get(), module_dtype(), a.N, nullptr, DType::F32, out_.get(),
                             DType::F32, s_);
         sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + r0 * C, n * C, acc, s_);
       }
     } else {
       for (size_t c = 0; c < chunks_.size(); ++c) {
-        run_module(l, grp, c, cand_, out_.as<float>());
+        run_module(l, grp, c, wm, out_.as<float>());
         sum_sq_diff_cuda(out_.as<float>(), ref_.as<float>() + offset_[c] * C, chunks_[c].num_tokens() * C, acc, s_);
       }
     }
@@ -440,27 +450,45 @@ class CudaBlockRunner final : public AwqBlockRunner {
     }
   }
 
+  // The dtype of the group's Linears in the module evaluations: bf16 with a bf16 calibration, else fp32.
+  DType module_dtype() const { return bf16_ ? DType::BF16 : DType::F32; }
+
+  // With a bf16 calibration, the group's fp32 weights src[j] rounded into dst[j] (bf16 [N, K], grown as needed)
+  // on the stream; nothing otherwise.
+  void to_module_dtype(const AwqScaleGroup& grp, const std::vector<DeviceAllocation>& src,
+                       std::vector<DeviceAllocation>& dst) {
+    if (!bf16_) return;
+    dst.resize(src.size());
+    for (size_t j = 0; j < src.size(); ++j) {
+      const Lin& a = lin_[static_cast<size_t>(grp.slots[j])];
+      ensure(dst[j], static_cast<size_t>(a.N * a.K) * sizeof(uint16_t),
+             "the bf16 copy of " + a.name + " [" + std::to_string(a.N) + ", " + std::to_string(a.K) + "]");
+      f32_to_bf16_cuda(src[j].as<float>(), a.N * a.K, dst[j].as<uint16_t>(), s_);
+    }
+  }
+
   // grp's module (not an expert's single Linear) over chunk c of its kept input, with the group's Linears at
-  // weights[j], into out [rows, C].
+  // weights[j] (module_dtype()), into out [rows, C].
   void run_module(int64_t l, const AwqScaleGroup& grp, size_t c, const std::vector<DeviceAllocation>& weights,
                   float* out) {
     const PackedBatch& b = chunks_[c];
     const int64_t rows = b.num_tokens();
     const BlockLinear at = grp.input.at;
     const float* x = feats_[static_cast<int>(at)].as<float>() + offset_[c] * block_width(at);
-    std::vector<const float*> w(weights.size());
-    for (size_t j = 0; j < w.size(); ++j) w[j] = weights[j].as<float>();
+    std::vector<const void*> w(weights.size());
+    for (size_t j = 0; j < w.size(); ++j) w[j] = weights[j].get();
+    const DType dt = module_dtype();
     switch (grp.module) {
       case AwqModule::SelfAttn:
-        gpu_.attention_forward(l, b, x, out, w.data());
+        gpu_.attention_forward(l, b, x, out, w.data(), dt);
         break;
       case AwqModule::Mlp:  // a MoE layer's: every expert's gate/up replaced (check_group's order)
-        gpu_.mlp_forward(l, x, rows, out, w.data());
+        gpu_.mlp_forward(l, x, rows, out, w.data(), dt);
         break;
       case AwqModule::Single: {
         const Lin& a = lin_[static_cast<size_t>(grp.slots[0])];
         const DecoderLinear& d = kDecoderLinears[a.slot];
-        gpu_.block_linear_forward(l, d.group, d.index, x, rows, out, w[0]);
+        gpu_.block_linear_forward(l, d.group, d.index, x, rows, out, w[0], dt);
         break;
       }
     }
@@ -474,6 +502,8 @@ class CudaBlockRunner final : public AwqBlockRunner {
   int64_t T_ = 0, largest_ = 0;
   DeviceAllocation X_, feats_[4], ref_, out_, sums_, s_dev_, wclip_, xclip_, bounds_;
   std::vector<DeviceAllocation> wref_, cand_;  // per slot of the group (a MoE layer's MLP group: 2·(E + shared))
+  bool bf16_ = false;                          // a bf16 calibration: the module evaluations read ...
+  std::vector<DeviceAllocation> wref16_, cand16_;  // ... these bf16 copies of wref_ and cand_
   int64_t layer_ = -1;                         // the captured block
   bool moe_ = false;                           // ... is a mixture-of-experts layer
   std::vector<AwqLinear> lin_;                 // its Linears (awq_layer_linears)
@@ -493,8 +523,9 @@ class CudaBlockRunner final : public AwqBlockRunner {
 
 std::unique_ptr<AwqBlockRunner> make_awq_cuda_runner(const QwenModel& model,
                                                      const std::vector<std::vector<int32_t>>& windows,
-                                                     int64_t chunk_tokens) {
-  return std::make_unique<CudaBlockRunner>(model, windows, chunk_tokens);
+                                                     int64_t chunk_tokens, DType calib_dtype) {
+  check_awq_calib_dtype(calib_dtype);
+  return std::make_unique<CudaBlockRunner>(model, windows, chunk_tokens, calib_dtype);
 }
 
 }  // namespace qwenq

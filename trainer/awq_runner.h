@@ -91,6 +91,8 @@ class AwqBlockRunner {
   virtual std::vector<float> input_mean(const AwqInput& in) = 0;
   // Keeps the reference: the output [rows, C] of grp's module over its kept input, the group's Linears at the fp32
   // working copies W[slot] (W: the layer's awq_layer_linears, by index), every other Linear as the model holds it.
+  // With a bf16 calibration (the runners' calib_dtype) the group's Linears, here and in every loss, are their
+  // values rounded to bf16 (nearest even), as AutoAWQ evaluates its candidates in the model's 16-bit dtype.
   virtual void set_reference(int64_t l, const AwqScaleGroup& grp, const std::vector<float>* W) = 0;
   // mean over the rows·C outputs of (module output − reference)², in double, with the group's Linears replaced by
   // candidate[j] (fp32 [N, K], in grp.slots order) for this call only.
@@ -110,17 +112,23 @@ class AwqBlockRunner {
   virtual std::vector<float> sampled_rows(const AwqInput& in, int64_t step) = 0;
 };
 
+// calib_dtype (AwqModelOptions::calib_dtype): F32 (every module evaluation in fp32) or BF16 (the group's Linears
+// rounded to bf16 in the reference and the candidates; the CPU keeps fp32 activations and sums, the GPU stores those
+// weights in bf16 and multiplies on tensor cores, the activations rounded to bf16 at each GEMM's input). Anything
+// else is refused.
+void check_awq_calib_dtype(DType calib_dtype);
+
 // The CPU runner (awq_model.cpp) over `model`, whose Linears it swaps for candidates during a call (and restores);
 // module evaluations run on pieces of whole windows of at most chunk_tokens tokens. Dense and MoE layers.
 std::unique_ptr<AwqBlockRunner> make_awq_cpu_runner(QwenModel& model, const std::vector<std::vector<int32_t>>& windows,
-                                                    int64_t chunk_tokens);
+                                                    int64_t chunk_tokens, DType calib_dtype = DType::F32);
 
 #ifdef QWENQ_HAVE_CUDA
 // The GPU runner (awq_model_cuda.cpp) over `model` uploaded to the current device; the windows are run in chunks
 // of whole windows of at most chunk_tokens tokens (at least one window each). Dense and MoE layers.
 std::unique_ptr<AwqBlockRunner> make_awq_cuda_runner(const QwenModel& model,
                                                      const std::vector<std::vector<int32_t>>& windows,
-                                                     int64_t chunk_tokens);
+                                                     int64_t chunk_tokens, DType calib_dtype = DType::F32);
 #endif
 
 }  // namespace qwenq

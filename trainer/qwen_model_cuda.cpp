@@ -427,7 +427,7 @@ struct QwenModelCuda::Impl {
   // gate_up (may be null): replacement gate/up weights for this call (mlp_forward's layout: expert e's at 2e and
   // 2e + 1, the shared expert's after the routed ones; a null entry keeps the stored weight).
   void moe_mlp(const DevMoe& M, const float* np, int64_t T, float* out, const DeviceExpertInputHook* eh = nullptr,
-               const float* const* gate_up = nullptr) {
+               const void* const* gate_up = nullptr, DType wdtype = DType::F32) {
     const bool see = eh != nullptr && *eh;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k;
@@ -459,16 +459,16 @@ struct QwenModelCuda::Impl {
       const std::array<DevLinear, 3>& X = M.experts[static_cast<size_t>(e)];
       const int32_t* tok = d.gather.data() + r0;  // the batch row of each of its rows
       if (see) (*eh)(BlockLinear::GateUp, e, moe_x.as<float>() + r0 * C, rows, tok);
-      linear(replaced(X[0], gate_up, 2 * e), moe_x.as<float>() + r0 * C, rows, gate.as<float>());
-      linear(replaced(X[1], gate_up, 2 * e + 1), moe_x.as<float>() + r0 * C, rows, up.as<float>());
+      linear(replaced(X[0], gate_up, 2 * e, wdtype), moe_x.as<float>() + r0 * C, rows, gate.as<float>());
+      linear(replaced(X[1], gate_up, 2 * e + 1, wdtype), moe_x.as<float>() + r0 * C, rows, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), rows * Im, gate.as<float>(), s());
       if (see) (*eh)(BlockLinear::Down, e, gate.as<float>(), rows, tok);
       linear(X[2], gate.as<float>(), rows, moe_y.as<float>() + r0 * C);
     }
     if (shared) {
       if (see) (*eh)(BlockLinear::GateUp, -1, np, T, nullptr);
-      linear(replaced(M.shared[0], gate_up, 2 * E), np, T, gate.as<float>());
-      linear(replaced(M.shared[1], gate_up, 2 * E + 1), np, T, up.as<float>());
+      linear(replaced(M.shared[0], gate_up, 2 * E, wdtype), np, T, gate.as<float>());
+      linear(replaced(M.shared[1], gate_up, 2 * E + 1, wdtype), np, T, up.as<float>());
       swiglu_forward_cuda(gate.as<float>(), up.as<float>(), T * M.shared[0].N, gate.as<float>(), s());
       if (see) (*eh)(BlockLinear::Down, -1, gate.as<float>(), T, nullptr);
       linear(M.shared[2], gate.as<float>(), T, moe_shared.as<float>());
@@ -550,19 +550,21 @@ struct QwenModelCuda::Impl {
                 "QwenModelCuda: the weights of layer " << layer << " were released (release_layer)");
   }
 
-  // d, or d with weight W[i] when the replacement array W (may be null) has a non-null entry i: the per-call
-  // replacements of the module API below (attention_forward, mlp_forward, a MoE layer's experts in moe_mlp).
-  static DevLinear replaced(const DevLinear& d, const float* const* W, int64_t i) {
-    return W != nullptr && W[i] != nullptr ? with_weight(d, W[i]) : d;
+  // d, or d with weight W[i] (in dtype) when the replacement array W (may be null) has a non-null entry i: the
+  // per-call replacements of the module API below (attention_forward, mlp_forward, a MoE layer's experts in moe_mlp).
+  static DevLinear replaced(const DevLinear& d, const void* const* W, int64_t i, DType dtype) {
+    return W != nullptr && W[i] != nullptr ? with_weight(d, W[i], dtype) : d;
   }
 
-  // d's shape and bias with the dense fp32 weight W [N, K] (device, not owned) in place of d's weight: the
+  // d's shape and bias with the dense weight W [N, K] (device, not owned; F32 or BF16) in place of d's weight: the
   // replacement of one module call, which leaves d itself untouched.
-  static DevLinear with_weight(const DevLinear& d, const float* W) {
+  static DevLinear with_weight(const DevLinear& d, const void* W, DType dtype) {
+    QWENQ_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+                "QwenModelCuda: a replacement weight is fp32 or bf16, not " << dtype_name(dtype));
     DevLinear r;
     r.N = d.N;
     r.K = d.K;
-    r.dense = {W, DType::F32};
+    r.dense = {W, dtype};
     r.bias = d.bias;
     return r;
   }
@@ -755,25 +757,27 @@ void QwenModelCuda::block_forward(int64_t layer, const PackedBatch& b, float* x,
 }
 
 void QwenModelCuda::attention_forward(int64_t layer, const PackedBatch& b, const float* n, float* out,
-                                      const float* const* qkv) {
+                                      const void* const* qkv, DType wdtype) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "attention_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::attention_forward: null input or output");
   m.begin_batch(b);
-  m.attention_sublayer(L, Impl::replaced(L.q, qkv, 0), Impl::replaced(L.k, qkv, 1), Impl::replaced(L.v, qkv, 2), b, n,
-                       out, nullptr);
+  m.attention_sublayer(L, Impl::replaced(L.q, qkv, 0, wdtype), Impl::replaced(L.k, qkv, 1, wdtype),
+                       Impl::replaced(L.v, qkv, 2, wdtype), b, n, out, nullptr);
 }
 
-void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up) {
+void QwenModelCuda::mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const void* const* gate_up,
+                                DType wdtype) {
   Impl& m = *impl_;
   const DevLayer& L = m.layer_at(layer, "mlp_forward");
   QWENQ_CHECK(n != nullptr && out != nullptr, "QwenModelCuda::mlp_forward: null input or output");
   m.reserve_rows(T, "mlp_forward");
   if (m.cfg.is_moe_layer(layer)) {  // layer_at refused a released layer: its experts are there
-    m.moe_mlp(*m.moe[static_cast<size_t>(layer)], n, T, out, nullptr, gate_up);
+    m.moe_mlp(*m.moe[static_cast<size_t>(layer)], n, T, out, nullptr, gate_up, wdtype);
     return;
   }
-  m.mlp_sublayer(L, Impl::replaced(L.gate, gate_up, 0), Impl::replaced(L.up, gate_up, 1), n, T, out, nullptr);
+  m.mlp_sublayer(L, Impl::replaced(L.gate, gate_up, 0, wdtype), Impl::replaced(L.up, gate_up, 1, wdtype), n, T, out,
+                 nullptr);
 }
 
 void QwenModelCuda::moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const {
@@ -791,7 +795,7 @@ void QwenModelCuda::moe_forward(int64_t layer, const float* n, int64_t T, float*
 }
 
 void QwenModelCuda::block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T,
-                                         float* out, const float* W) {
+                                         float* out, const void* W, DType wdtype) {
   Impl& m = *impl_;
   const DevLinear& d = m.linear_at(layer, which, index);
   QWENQ_CHECK(x != nullptr && out != nullptr && x != out,
@@ -800,7 +804,7 @@ void QwenModelCuda::block_linear_forward(int64_t layer, BlockLinear which, int i
   if (W == nullptr) {
     m.linear(d, x, T, out);
   } else {
-    m.linear(Impl::with_weight(d, W), x, T, out);
+    m.linear(Impl::with_weight(d, W, wdtype), x, T, out);
   }
 }
 

@@ -228,9 +228,10 @@ class QwenModelCuda {
 
   // ---- one module of a block (AWQ's scale search, trainer/awq_model_cuda.cpp) ----
   // QwenModel::attention_forward / mlp_forward's modules and one Linear on device buffers, this class's data types,
-  // asynchronous on stream(). Replacement weights (device, dense fp32 [N, K] row-major, the Linear's shape; a null
-  // array or entry keeps the stored weight) serve this call only: the stored weights are not touched, so nothing
-  // needs restoring, and a replaced Linear is a true fp32 GEMM (its bias kept).
+  // asynchronous on stream(). Replacement weights (device, dense [N, K] row-major in `wdtype`, F32 or BF16, the
+  // Linear's shape; a null array or entry keeps the stored weight) serve this call only: the stored weights are not
+  // touched, so nothing needs restoring. A replaced Linear is a dense GEMM (its bias kept): a true fp32 one for F32,
+  // bf16 tensor cores for BF16 (the fp32 activations rounded to bf16 at its input, kernels/blas_lt.h).
   //   attention_forward  out [T, C] = o_proj(attention(q, k, v of n)) for the normalized input n [T, C] (T =
   //                      batch.num_tokens(); positions and sequences from batch); qkv: q, k, v replacements
   //   mlp_forward        out [T, C] = down(silu(gate(n)) ⊙ up(n)); gate_up: gate, up replacements. A
@@ -242,8 +243,9 @@ class QwenModelCuda {
   //                      set_linear_weight); W: its replacement
   // out may alias n (not x); n, x and out must not alias the model's own buffers.
   void attention_forward(int64_t layer, const PackedBatch& batch, const float* n, float* out,
-                         const float* const* qkv = nullptr);
-  void mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const float* const* gate_up = nullptr);
+                         const void* const* qkv = nullptr, DType wdtype = DType::F32);
+  void mlp_forward(int64_t layer, const float* n, int64_t T, float* out, const void* const* gate_up = nullptr,
+                   DType wdtype = DType::F32);
   // The mixture-of-experts MLP of MoE layer `layer` on device rows n [T, C] -> out [T, C] (may alias n), as the
   // forward runs it, for another pass over this model's weights (QwenDecodeCuda's prompt and steps). Work queued on
   // `caller` is waited for first, and the MLP is complete when this returns, so the caller's stream may read out.
@@ -251,7 +253,7 @@ class QwenModelCuda {
   // which holds a const model).
   void moe_forward(int64_t layer, const float* n, int64_t T, float* out, CudaStream caller) const;
   void block_linear_forward(int64_t layer, BlockLinear which, int index, const float* x, int64_t T, float* out,
-                            const float* W = nullptr);
+                            const void* W = nullptr, DType wdtype = DType::F32);
 
  private:
   struct Impl;

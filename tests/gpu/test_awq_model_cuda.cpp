@@ -12,6 +12,10 @@
 //     device, so its loss equals its loss of the CPU-built candidates exactly), the clip search of every clipped
 //     Linear folded by scales (down padded by 8 columns): exactly the kernel's CPU replay
 //     (tests/support/awq_search_cases.h) and against the CPU runner's up to near ties; the sampled rows.
+//   - RunnerBf16MatchesTheCpuBf16Runner: both runners with a bf16 calibration (calib_dtype BF16: the group's
+//     Linears rounded to bf16, on the GPU stored in bf16 and multiplied on tensor cores): each group's loss of a
+//     candidate within kBf16LossRelTol, the working weights' loss exactly 0 on the GPU, loss_scaled = loss of the
+//     CPU-built candidates exactly.
 //   - TinyRandomLikeTheCpu, Stories260KLikeTheCpu: whole runs on both devices (saved searches kept): the share of
 //     scaling groups whose scales agree, the share of equal dequantized weights, the perplexity of both outputs.
 //
@@ -26,6 +30,9 @@
 //   kLossRelTol       loss = mean((y_cand − y_ref)²): both outputs move by ~1e-6·|y| between the devices but their
 //                     difference is the quantization error (~1e-2·|y|), so it moves by ~1e-4 relative, its square
 //                     by ~2e-4; 2e-3.
+//   kBf16LossRelTol   the bf16 calibration's loss: the GPU also rounds the module's activations to bf16 at each
+//                     GEMM (relative 2^-9 each), the same rounded x in candidate and reference, so their difference
+//                     x̃·(W_c − W_r) moves by ~2^-9 relative and the loss by ~2^-8 (0.4 %); 2e-2.
 //   kScaleMatchRelTol scales of the same α on both devices differ through x̄ (fp32 rounding of the mean, ~1e-7) and
 //                     w̄ (identical): 1e-4 relative per channel means "the same α".
 //   kAlphaAgreement   share of scaling groups with the same α. α is the argmin over n_grid losses; the two devices'
@@ -81,6 +88,7 @@ namespace {
 
 using namespace test::awq_tol;  // the tolerances above (tests/gpu/awq_device_compare.h), shared with the MoE tests
 constexpr double kBf16RelTol = 2e-2;
+constexpr double kBf16LossRelTol = 2e-2;
 
 using test::download;
 using test::rel_max_error;
@@ -123,7 +131,7 @@ void check_modules(const ModuleCase& mc) {
     // LinearWeight::from_fp32 until restore().
     std::vector<LinearWeight> saved;
     std::vector<std::pair<BlockLinear, int>> swapped;
-    const auto replace = [&](BlockLinear which, std::initializer_list<int> idx, std::vector<const float*>* ptrs) {
+    const auto replace = [&](BlockLinear which, std::initializer_list<int> idx, std::vector<const void*>* ptrs) {
       float* next = dw.as<float>();
       for (int i : idx) {
         LinearWeight& lw = cpu.linear_weight(l, which, i);
@@ -152,7 +160,7 @@ void check_modules(const ModuleCase& mc) {
     const std::vector<float> first = download(dout.as<float>(), T * C, s);
     EXPECT_LE(rel_max_error(first, want), mc.tol) << "layer " << l << " attention";
     {
-      std::vector<const float*> w;
+      std::vector<const void*> w;
       replace(BlockLinear::QKV, {0, 1, 2}, &w);
       cpu.attention_forward(l, b, n_attn.data(), want.data());
       gpu.attention_forward(l, b, din.as<float>(), dout.as<float>(), w.data());
@@ -173,7 +181,7 @@ void check_modules(const ModuleCase& mc) {
     const std::vector<float> mlp_first = download(dout.as<float>(), T * C, s);
     EXPECT_LE(rel_max_error(mlp_first, want), mc.tol) << "layer " << l << " mlp";
     {
-      std::vector<const float*> w;
+      std::vector<const void*> w;
       replace(BlockLinear::GateUp, {0, 1}, &w);
       cpu.mlp_forward(l, n_mlp.data(), T, want.data());
       gpu.mlp_forward(l, din.as<float>(), T, dout.as<float>(), w.data());
@@ -201,7 +209,7 @@ void check_modules(const ModuleCase& mc) {
       gpu.block_linear_forward(l, which, index, din.as<float>(), T, dout.as<float>());
       const std::vector<float> lin_first = download(dout.as<float>(), T * N, s);
       EXPECT_LE(rel_max_error(lin_first, cpu_linear(lw)), mc.tol) << "layer " << l << " Linear " << static_cast<int>(which);
-      std::vector<const float*> w;
+      std::vector<const void*> w;
       replace(which, {index}, &w);
       gpu.block_linear_forward(l, which, index, din.as<float>(), T, dout.as<float>(), w[0]);
       // A replaced Linear is a true fp32 GEMM on both sides.
@@ -333,6 +341,44 @@ TEST(AwqModelCuda, RunnerMatchesTheCpuRunner) {
         EXPECT_EQ(static_cast<int64_t>(rc.size()), (cpu->tokens() + step - 1) / step * group_width(c, at));
         EXPECT_LE(rel_max_error(rg, rc), kFp32RelTol) << "layer " << l << " group " << g << " step " << step;
       }
+    }
+  }
+}
+
+TEST(AwqModelCuda, RunnerBf16MatchesTheCpuBf16Runner) {
+  QWENQ_REQUIRE_GPU();
+  const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny-mha", 29, /*kv_heads=*/4);
+  QwenModel cpu_model(dir), gpu_model(dir);
+  const auto windows = readme_windows(dir, 10, 48);
+  auto cpu = make_awq_cpu_runner(cpu_model, windows, 4 * 48, DType::BF16);
+  auto gpu = make_awq_cuda_runner(gpu_model, windows, 4 * 48, DType::BF16);
+  const int64_t G = 32;
+  AwqSearchOptions so;
+  so.group_size = G;
+  for (int64_t l = 0; l < cpu_model.config().num_layers; ++l) {
+    cpu->capture(l);
+    gpu->capture(l);
+    std::vector<float> W[7];
+    for (int i = 0; i < 7; ++i) W[i] = cpu_model.linear_weight(l, kDecoderLinears[i].group, kDecoderLinears[i].index).dequantize();
+    for (const AwqScaleGroup& grp : kAwqGroups) {
+      SCOPED_TRACE("layer " + std::to_string(l) + " group " + grp.prev);
+      cpu->set_reference(l, grp, W);
+      gpu->set_reference(l, grp, W);
+      const std::vector<float> mean = cpu->input_mean(grp.input);
+      const std::vector<float> s = awq_candidate_scales(mean, mean, 0.5, /*duo_scaling=*/false);
+      const int64_t K = static_cast<int64_t>(s.size());
+      std::vector<float> cand[3], originals[3];
+      for (size_t j = 0; j < grp.slots.size(); ++j) {
+        const std::vector<float>& w = W[grp.slots[j]];
+        cand[j].resize(w.size());
+        awq_candidate_ref(w.data(), static_cast<int64_t>(w.size()) / K, K, s.data(), 4, G, cand[j].data());
+        originals[j] = w;
+      }
+      const double lc = cpu->loss(l, grp, cand), lg = gpu->loss(l, grp, cand);
+      EXPECT_GT(lc, 0.0);
+      EXPECT_NEAR(lg, lc, kBf16LossRelTol * lc);
+      EXPECT_EQ(gpu->loss(l, grp, originals), 0.0);  // the reference's own bf16 weights, the same GEMMs
+      EXPECT_EQ(gpu->loss_scaled(l, grp, W, s, so), lg);  // built on the device, rounded alike
     }
   }
 }

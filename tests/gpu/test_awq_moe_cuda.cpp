@@ -100,7 +100,7 @@ void check_moe_mlp(const std::string& preset) {
     EXPECT_LE(rel_max_error(first, want), kFp32RelTol) << "stored weights";
 
     // Every expert's gate and up (the shared expert's last), seeded, in mlp_forward's order.
-    std::vector<const float*> ptr(static_cast<size_t>(2 * S), nullptr);
+    std::vector<const void*> ptr(static_cast<size_t>(2 * S), nullptr);
     std::vector<std::vector<float>> host(static_cast<size_t>(2 * S));
     std::vector<LinearWeight> saved;
     float* next = dw.as<float>();
@@ -126,7 +126,7 @@ void check_moe_mlp(const std::string& preset) {
     // Expert 1's up_proj alone: the null entries keep the stored weights.
     std::vector<bool> one(static_cast<size_t>(2 * S), false);
     one[3] = true;
-    std::vector<const float*> ptr_one(ptr.size(), nullptr);
+    std::vector<const void*> ptr_one(ptr.size(), nullptr);
     ptr_one[3] = ptr[3];
     swap_in(one);
     cpu.mlp_forward(l, n.data(), T, want.data());
