@@ -10,6 +10,7 @@
 // in one kind of file and freed in the other corrupts the heap. The Eigen half is gptq_cuda.cpp.
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cusolverDn.h>
 
@@ -40,6 +41,7 @@ namespace {
 constexpr int kMaxBlock = 128;        // columns per block kernel: 4 per lane of a warp
 constexpr int kRowsPerCta = 16;       // warps (= rows of W) per thread block
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int64_t kHessianBf16PieceElems = int64_t{64} << 20;  // bf16 scratch of a BF16 Hessian update: 128 MB
 
 // ---- cuBLAS and cuSOLVER, opened on first use ---------------------------------------------------------------
 // Both are loaded with dlopen when GPTQ first runs on the GPU instead of being linked: linking them made every
@@ -50,12 +52,18 @@ constexpr unsigned kFull = 0xffffffffu;
 #define QWENQ_STR_(x) #x
 #define QWENQ_STR(x) QWENQ_STR_(x)
 
+// cublasGemmEx has a C++ overload in cublas_api.h (a cudaDataType compute type), so its type is spelled out.
+using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                                    const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                                    cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+
 struct SolverLibs {
   decltype(&cublasCreate_v2) blas_create = nullptr;
   decltype(&cublasSetMathMode) blas_set_math_mode = nullptr;
   decltype(&cublasSetStream_v2) blas_set_stream = nullptr;
   decltype(&cublasSgemm_v2) sgemm = nullptr;
   decltype(&cublasSsyrk_v2) ssyrk = nullptr;
+  GemmExFn gemm_ex = nullptr;
   decltype(&cublasGetStatusName) blas_status_name = nullptr;
   decltype(&cublasGetStatusString) blas_status_string = nullptr;
   decltype(&cusolverDnCreate) solver_create = nullptr;
@@ -94,6 +102,7 @@ const SolverLibs& libs() {
     load(blas, api.blas_set_stream, "cublasSetStream_v2");
     load(blas, api.sgemm, "cublasSgemm_v2");
     load(blas, api.ssyrk, "cublasSsyrk_v2");
+    load(blas, api.gemm_ex, "cublasGemmEx");
     load(blas, api.blas_status_name, "cublasGetStatusName");
     load(blas, api.blas_status_string, "cublasGetStatusString");
     load(solver, api.solver_create, "cusolverDnCreate");
@@ -175,6 +184,13 @@ Context& context() {
 
 unsigned blocks_for(int64_t n, unsigned threads, int64_t cap = 65535) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, cap)));
+}
+
+// y[i] = bf16(x[i]), round to nearest even (hessian_accumulate_cuda's BF16 inputs; HessianAccumulator's rounding).
+__global__ void round_bf16_kernel(const float* x, int64_t n, __nv_bfloat16* y) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    y[i] = __float2bfloat16_rn(x[i]);
 }
 
 // *first = the smallest index i < n with a[i] not finite (lower_of_K > 0: only lower-triangle entries of the
@@ -702,10 +718,13 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqH
   return r;
 }
 
-void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows, CudaStream stream) {
+void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows, CudaStream stream,
+                             DType input_dtype) {
   QWENQ_CHECK(K > 0, "Hessian size must be positive, got K = " << K);
   QWENQ_CHECK(rows >= 0, "row count must be non-negative, got " << rows);
   QWENQ_CHECK(count >= 0, "hessian_accumulate_cuda: count must be non-negative, got " << count);
+  QWENQ_CHECK(input_dtype == DType::F32 || input_dtype == DType::BF16,
+              "Hessian inputs are fp32 or rounded to bf16, not " << dtype_name(input_dtype));
   if (rows == 0) return;
   QWENQ_CHECK(H != nullptr && x != nullptr, "hessian_accumulate_cuda: null H or x");
   QWENQ_CHECK(K <= INT_MAX && rows <= INT_MAX,
@@ -719,9 +738,28 @@ void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x,
   const float beta = static_cast<float>(static_cast<double>(count) / n_new);
   const float alpha = static_cast<float>(2.0 / n_new);
   QWENQ_CUBLAS_CHECK(libs().blas_set_stream(ctx.blas, stream));
-  QWENQ_CUBLAS_CHECK(libs().ssyrk(ctx.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(K),
-                                 static_cast<int>(rows), &alpha, x, static_cast<int>(K), &beta, H,
-                                 static_cast<int>(K)));
+  if (input_dtype == DType::F32) {
+    QWENQ_CUBLAS_CHECK(libs().ssyrk(ctx.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(K),
+                                   static_cast<int>(rows), &alpha, x, static_cast<int>(K), &beta, H,
+                                   static_cast<int>(K)));
+    return;
+  }
+  // BF16: pieces of rows rounded into a bf16 scratch, each added by one tensor-core GEMM H ← b·H + α·X̃ᵀX̃ (fp32
+  // accumulation of exact products; b = beta for the first piece, 1 after). A GEMM writes both triangles: twice
+  // SSYRK's products, on tensor cores. The strict upper triangle stays unread.
+  const int64_t piece = std::max<int64_t>(1, std::min<int64_t>(rows, kHessianBf16PieceElems / K));
+  DeviceMemory xb(static_cast<size_t>(piece * K) * sizeof(__nv_bfloat16), stream);
+  for (int64_t r0 = 0; r0 < rows; r0 += piece) {
+    const int64_t n = std::min(piece, rows - r0);
+    round_bf16_kernel<<<blocks_for(n * K, 256, 1 << 16), 256, 0, stream>>>(x + r0 * K, n * K,
+                                                                          xb.as<__nv_bfloat16>());
+    QWENQ_CUDA_CHECK_LAUNCH("gptq round_bf16 K=" << K << " rows=" << n);
+    const float b = r0 == 0 ? beta : 1.f;
+    QWENQ_CUBLAS_CHECK(libs().gemm_ex(ctx.blas, CUBLAS_OP_N, CUBLAS_OP_T, static_cast<int>(K), static_cast<int>(K),
+                                      static_cast<int>(n), &alpha, xb.get(), CUDA_R_16BF, static_cast<int>(K),
+                                      xb.get(), CUDA_R_16BF, static_cast<int>(K), &b, H, CUDA_R_32F,
+                                      static_cast<int>(K), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
 }
 
 }  // namespace qwenq

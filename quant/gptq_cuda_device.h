@@ -10,6 +10,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/dtype.h"
 #include "kernels/cuda_check.h"
 #include "quant/gptq_types.h"
 
@@ -34,12 +35,15 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqH
 
 // The HessianAccumulator::add_batch update on device memory (cublasSsyrk, lower triangle only):
 //   H ← H · count/(count + rows) + (2/(count + rows)) · XᵀX
-// H: [K, K] column-major fp32 (only the lower triangle is read and written; zero it before the first batch);
+// H: [K, K] column-major fp32 (only the lower triangle is read; zero it before the first batch);
 // x: [rows, K] row-major fp32 (read column-major it is Xᵀ [K, rows], so no copy); count: rows already in H.
+// input_dtype BF16 (HessianAccumulator's BF16): X rounded to bf16 first, in pieces of at most 64M values into a
+// bf16 scratch, each piece one cublasGemmEx on bf16 tensor cores with fp32 accumulation (the products exact, the
+// sums fp32 as on the CPU, in another order); that GEMM also writes the strict upper triangle, which stays unread.
 // Non-finite activations throw the CPU's message (the check reads one flag back, so the call waits for
 // `stream`). The caller keeps count += rows.
 void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows,
-                             CudaStream stream = nullptr);
+                             CudaStream stream = nullptr, DType input_dtype = DType::F32);
 
 }  // namespace qwenq
 

@@ -1,6 +1,7 @@
 // x [rows, K] row-major is, read column-major, Xᵀ [K, rows]: the update is rank_update_lower(H, Xᵀ) with no copy.
 #include "quant/hessian.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -8,8 +9,10 @@
 
 namespace qwenq {
 
-HessianAccumulator::HessianAccumulator(int64_t K) : K_(K) {
+HessianAccumulator::HessianAccumulator(int64_t K, DType input_dtype) : K_(K), dtype_(input_dtype) {
   QWENQ_CHECK(K > 0, "Hessian size must be positive, got K = " << K);
+  QWENQ_CHECK(input_dtype == DType::F32 || input_dtype == DType::BF16,
+              "Hessian inputs are fp32 or rounded to bf16, not " << dtype_name(input_dtype));
   lower_ = Eigen::MatrixXf::Zero(K, K);
 }
 
@@ -23,8 +26,20 @@ void HessianAccumulator::add_batch(const float* x, int64_t rows) {
   const int64_t n_new = count_ + rows;
   const float beta = static_cast<float>(static_cast<double>(count_) / n_new);
   const float alpha = static_cast<float>(2.0 / n_new);
-  Eigen::Map<const Eigen::MatrixXf> xt(x, K_, rows);
-  rank_update_lower(lower_, xt, alpha, beta);
+  if (dtype_ == DType::F32) {
+    Eigen::Map<const Eigen::MatrixXf> xt(x, K_, rows);
+    rank_update_lower(lower_, xt, alpha, beta);
+  } else {  // the first block scales the old H, the others add to it
+    for (int64_t r0 = 0; r0 < rows; r0 += kBf16RoundRows) {
+      const int64_t n = std::min(kBf16RoundRows, rows - r0);
+      rounded_.resize(static_cast<size_t>(n * K_));
+      const float* src = x + r0 * K_;
+      for (int64_t i = 0; i < n * K_; ++i) rounded_[i] = bf16_to_f32(f32_to_bf16(src[i]));
+      Eigen::Map<const Eigen::MatrixXf> xt(rounded_.data(), K_, n);
+      rank_update_lower(lower_, xt, alpha, r0 == 0 ? beta : 1.f);
+    }
+    std::vector<float>().swap(rounded_);
+  }
   count_ = n_new;
 }
 

@@ -1,19 +1,26 @@
 // GPTQ's `--calib-dtype bf16` (GptqModelOptions::calib_dtype) and the stage times `qwen-quant gptq` prints
 // (trainer/gptq_stage_times.h).
 //
-// Oracles: the fp32 run of the same model and calibration. The first group of the first block (q, k, v) is solved
-// before any weight is replaced, so its Hessian and its codes are bit for bit the fp32 run's; every later group sees
-// weights rounded to bf16 (2^-9 relative), so some codes must flip, and the model must be as good (perplexity within
-// 1 %, as tests/test_calib_chunks.cpp allows for a change of summation order). The timers: a scripted clock.
-// The GPU driver's bf16 replacements (tensor-core GEMMs): tests/gpu/test_gptq_model_cuda.cpp.
+// Oracles: the Hessian of inputs rounded to bf16 is HessianAccumulator's fp32 one of the rounded inputs (bit for bit
+// in one block of rows, within fp32 summation order across blocks), and differs from the unrounded one. End to end,
+// the fp32 run of the same model and calibration: with bf16 even the first group of the first block (q, k, v), solved
+// before any weight is replaced, has a Hessian of rounded inputs, so some of its codes must flip, and so must later
+// groups' (which also see weights rounded to bf16, 2^-9 relative); the model must be as good (perplexity within 1 %,
+// as tests/test_calib_chunks.cpp allows for a change of summation order). The timers: a scripted clock.
+// The GPU driver's bf16 replacements (tensor-core GEMMs) and its tensor-core Hessian:
+// tests/gpu/test_gptq_model_cuda.cpp, tests/gpu/test_gptq_cuda.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/eigen_core.h"
+#include "core/rng.h"
+#include "quant/hessian.h"
 #include "tests/support/checkpoint_compare.h"
 #include "tests/support/scripted_clock.h"
 #include "tests/support/test_errors.h"
@@ -29,6 +36,9 @@ using test::error_of;
 using test::ScriptedClock;
 
 constexpr double kPplRelTol = 1e-2;
+// The bf16 Hessian in blocks of rows against one fp32 update of the same rounded rows: fp32 sums of 3000 terms in
+// another order, relative to max |H| (tests/gpu/test_gptq_cuda.cpp's kHessianRel for two implementations).
+constexpr double kHessianSumRel = 1e-5;
 
 TEST(GptqStageTimes, LineListsTheStagesLargestFirstThenWhatIsLeft) {
   GptqStageTimes t;
@@ -75,7 +85,37 @@ TEST(CalibPassTimer, RefusesMarksOutOfOrder) {
   EXPECT_EQ(t.forwards + t.hessians, 0.0);
 }
 
-TEST(GptqCalibDtype, Bf16ChangesWhatComesAfterTheFirstGroupOnly) {
+std::vector<float> rounded(std::vector<float> x) {
+  for (float& v : x) v = bf16_to_f32(f32_to_bf16(v));
+  return x;
+}
+
+// H of x [rows, K] through one accumulator of `dtype`, in batches of `batch` rows.
+Eigen::MatrixXf hessian(const std::vector<float>& x, int64_t K, DType dtype, int64_t batch) {
+  HessianAccumulator acc(K, dtype);
+  const int64_t rows = static_cast<int64_t>(x.size()) / K;
+  for (int64_t r0 = 0; r0 < rows; r0 += batch) acc.add_batch(x.data() + r0 * K, std::min(batch, rows - r0));
+  return acc.release();
+}
+
+TEST(GptqCalibDtype, Bf16HessianIsTheFp32OneOfTheRoundedInputs) {
+  const int64_t K = 40;
+  Rng rng(17);
+  std::vector<float> x(static_cast<size_t>(3000 * K));
+  for (float& v : x) v = static_cast<float>(rng.normal());
+  // Batches of at most HessianAccumulator::kBf16RoundRows rows: one rank update each way, bit for bit.
+  const std::vector<float> small(x.begin(), x.begin() + 700 * K);
+  const Eigen::MatrixXf h16 = hessian(small, K, DType::BF16, 300);
+  EXPECT_TRUE(h16 == hessian(rounded(small), K, DType::F32, 300));
+  EXPECT_FALSE(h16 == hessian(small, K, DType::F32, 300));
+  // 3000 rows in one batch: three blocks of rounded rows, the sums in another order than one fp32 update.
+  const Eigen::MatrixXf big16 = hessian(x, K, DType::BF16, 3000), big32 = hessian(rounded(x), K, DType::F32, 3000);
+  EXPECT_LE((big16 - big32).cwiseAbs().maxCoeff(), kHessianSumRel * big32.cwiseAbs().maxCoeff());
+  EXPECT_NE(error_of([] { HessianAccumulator bad(4, DType::F16); }).find("fp32 or rounded to bf16, not F16"),
+            std::string::npos);
+}
+
+TEST(GptqCalibDtype, Bf16ChangesEveryGroupAndKeepsTheQuality) {
   const std::string root = test::scratch_dir();
   const std::string src = test::make_tiny_model(root + "/fp32", /*seed=*/13);
   const std::string calib = test::write_random_words(root + "/calib.txt", 30000, 5);
@@ -88,10 +128,10 @@ TEST(GptqCalibDtype, Bf16ChangesWhatComesAfterTheFirstGroupOnly) {
   const double all = test::flipped_fraction(root + "/fp32-calib", root + "/bf16-calib");
   const double p32 = test::perplexity_on(root + "/fp32-calib", calib);
   const double p16 = test::perplexity_on(root + "/bf16-calib", calib);
-  std::printf("GPTQ with bf16 vs fp32 replaced weights: layer 0 q/k/v flipped %.5f, all %.5f; perplexity %.4f vs %.4f\n",
+  std::printf("GPTQ with bf16 vs fp32 calibration: layer 0 q/k/v flipped %.5f, all %.5f; perplexity %.4f vs %.4f\n",
               first, all, p16, p32);
-  EXPECT_EQ(first, 0.0) << "layer 0's q, k and v are solved before any weight is replaced";
-  EXPECT_GT(all, 0.0) << "the bf16 rounding never reached a later group's Hessian";
+  EXPECT_GT(first, 0.0) << "layer 0's q, k and v: their Hessian never read inputs rounded to bf16";
+  EXPECT_GT(all, first) << "the bf16 rounding never reached a later group";
   EXPECT_NEAR(p16, p32, kPplRelTol * p32);
 }
 

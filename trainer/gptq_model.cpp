@@ -134,8 +134,8 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
   const bool shared = cfg.shared_expert_intermediate_size > 0;
   auto width = [&](int64_t e) { return gptq_expert_input_width(cfg, group, e); };
   std::vector<HessianAccumulator> H;
-  for (int64_t e = 0; e < E; ++e) H.emplace_back(width(e));
-  if (shared) H.emplace_back(width(-1));
+  for (int64_t e = 0; e < E; ++e) H.emplace_back(width(e), step.calib_dtype());
+  if (shared) H.emplace_back(width(-1), step.calib_dtype());
   std::vector<float> work;
   CalibPassTimer pass(make_host_step_clock());
   pass.begin();
@@ -202,7 +202,7 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
         continue;
       }
       // Hessian of this group's input, with every earlier Linear of the block already quantized.
-      HessianAccumulator H(block_linear_inputs(cfg, group));
+      HessianAccumulator H(block_linear_inputs(cfg, group), step.calib_dtype());
       pass.begin();
       for (size_t c = 0; c < chunks.batches.size(); ++c) {
         const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();

@@ -5,7 +5,7 @@
 // GPU's own result, act-order, static groups, symmetric grids, groups that straddle a 128-column block, one group
 // per column, dead inputs, the damping retries on an indefinite H, refusals with the CPU's messages; and
 // gptq_quantize_cuda_device_h (H already on the device) bit for bit against the host-H entry, with its refusals;
-// hessian_accumulate_cuda against HessianAccumulator. Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down
+// hessian_accumulate_cuda against HessianAccumulator (fp32 inputs, and rounded to bf16). Shapes: Qwen2.5-0.5B gate/up (K 896 -> N 4864) and down
 // (4864 -> 896), Qwen2.5-7B down (18944 -> 3584, GptqCudaLarge: the speed case), awkward (K 172 with groups of 64
 // and 96, N 17; K 300, G = -1).
 // Every test skips without a device; the rates, losses and times are printed.
@@ -98,14 +98,15 @@ using test::correlated_inputs;
 using test::correlated_inputs_lowrank;
 using test::random_weights;
 
-// H on the device (hessian_accumulate_cuda, two uneven batches), returned symmetric on the host.
-Eigen::MatrixXf hessian_gpu(const std::vector<float>& x, int64_t K) {
+// H on the device (hessian_accumulate_cuda, two uneven batches), returned symmetric on the host (from its lower
+// triangle, the one the contract fills).
+Eigen::MatrixXf hessian_gpu(const std::vector<float>& x, int64_t K, DType input_dtype = DType::F32) {
   const int64_t rows = static_cast<int64_t>(x.size()) / K, half = rows / 3;
   DeviceBuffer<float> d_x(x);
   DeviceBuffer<float> d_H(static_cast<size_t>(K * K));
   QWENQ_CUDA_CHECK(cudaMemset(d_H.get(), 0, static_cast<size_t>(K * K) * sizeof(float)));
-  hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), half);
-  hessian_accumulate_cuda(d_H.get(), K, half, d_x.get() + half * K, rows - half);
+  hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), half, nullptr, input_dtype);
+  hessian_accumulate_cuda(d_H.get(), K, half, d_x.get() + half * K, rows - half, nullptr, input_dtype);
   QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
   Eigen::MatrixXf H(K, K);
   QWENQ_CUDA_CHECK(cudaMemcpy(H.data(), d_H.get(), static_cast<size_t>(K * K) * sizeof(float), cudaMemcpyDeviceToHost));
@@ -473,8 +474,43 @@ TEST(HessianCuda, MatchesTheCpuAccumulator) {
   std::vector<float> x(2 * K, 1.f);
   x[K + 3] = std::nanf("");
   DeviceBuffer<float> d_x(x), d_H(K * K);
-  const std::string err = error_of([&] { hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), 2); });
+  std::string err = error_of([&] { hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), 2); });
   EXPECT_NE(err.find("activation row 1, input 3 (of K = 5) is nan"), std::string::npos) << err;
+  err = error_of([&] { hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), 2, nullptr, DType::BF16); });
+  EXPECT_NE(err.find("activation row 1, input 3 (of K = 5) is nan"), std::string::npos) << err;
+  err = error_of([&] { hessian_accumulate_cuda(d_H.get(), K, 0, d_x.get(), 1, nullptr, DType::F16); });
+  EXPECT_NE(err.find("Hessian inputs are fp32 or rounded to bf16, not F16"), std::string::npos) << err;
+}
+
+// --calib-dtype bf16's Hessian: the inputs rounded to bf16, exact products summed in fp32 on tensor cores
+// (cublasGemmEx), against HessianAccumulator's BF16 (the same rounding, fp32 sums in another order): within
+// kHessianRel as the fp32 path. Against the fp32 accumulator the bf16 one must differ by more than that bound (the
+// rounding is there). Bf16InputsCrossThePieces: K = 8192 from 9000 rows crosses the device's 64M-value pieces (8192
+// rows each), so the second piece must add to the first without rescaling it.
+void check_bf16_hessian(int64_t K, int64_t rows) {
+  const auto x = correlated_inputs(rows, K, kSeed + 7 * K);
+  const Eigen::MatrixXf cpu = test::hessian_of(x, K, DType::BF16), gpu = hessian_gpu(x, K, DType::BF16);
+  const double scale = cpu.cwiseAbs().maxCoeff();
+  const double err = (cpu - gpu).cwiseAbs().maxCoeff();
+  std::printf("[ hessian  ] bf16 inputs, K=%lld, %lld rows: max |dH| / max |H| = %.3g\n", static_cast<long long>(K),
+              static_cast<long long>(rows), err / scale);
+  EXPECT_LE(err, Tol::kHessianRel * scale) << "K=" << K;
+  if (K >= 172) {
+    EXPECT_GT((test::hessian_of(x, K) - cpu).cwiseAbs().maxCoeff(), Tol::kHessianRel * scale) << "K=" << K;
+  }
+}
+
+TEST(HessianCuda, Bf16InputsCrossThePieces) {
+  QWENQ_REQUIRE_GPU();
+  check_bf16_hessian(8192, 9000);
+}
+
+TEST(HessianCuda, Bf16InputsMatchTheCpuAccumulator) {
+  QWENQ_REQUIRE_GPU();
+  for (auto [K, rows] : {std::pair<int64_t, int64_t>{3, 300}, {172, 300}, {896, 300}, {3584, 700}}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    check_bf16_hessian(K, rows);
+  }
 }
 
 }  // namespace

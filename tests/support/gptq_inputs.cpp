@@ -46,9 +46,9 @@ std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed) {
   return w;
 }
 
-Eigen::MatrixXf hessian_of(const std::vector<float>& x, int64_t K) {
+Eigen::MatrixXf hessian_of(const std::vector<float>& x, int64_t K, DType input_dtype) {
   const int64_t rows = static_cast<int64_t>(x.size()) / K;
-  HessianAccumulator acc(K);
+  HessianAccumulator acc(K, input_dtype);
   const int64_t half = rows / 3;
   acc.add_batch(x.data(), half);
   acc.add_batch(x.data() + half * K, rows - half);

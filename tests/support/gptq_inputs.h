@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace qwenq::test {
 
 // X [rows, K] = (Z·L)·diag(s): Z standard normal, L dense with entries N(0, 1/K), s_k = e^(0.75·N(0, 1)) (spread
@@ -21,7 +23,7 @@ std::vector<float> correlated_inputs_lowrank(int64_t rows, int64_t K, uint64_t s
 std::vector<float> random_weights(int64_t N, int64_t K, uint64_t seed);
 
 // H = (2/rows)·XᵀX of x [rows, K] by HessianAccumulator in two uneven batches (rows/3, then the rest), which
-// exercises its running rescale.
-Eigen::MatrixXf hessian_of(const std::vector<float>& x, int64_t K);
+// exercises its running rescale; input_dtype BF16: of x rounded to bf16 (HessianAccumulator's BF16).
+Eigen::MatrixXf hessian_of(const std::vector<float>& x, int64_t K, DType input_dtype = DType::F32);
 
 }  // namespace qwenq::test
