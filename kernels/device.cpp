@@ -53,7 +53,9 @@ std::string qgemm_remark(bool cuda) {
       {"QWENQ_DECODE_MMA", "the 4-bit decode products on CUDA cores (FMA), not tensor cores",
        "the 4-bit decode product on tensor cores (the default)"},
       {"QWENQ_QGEMM_DENSE", "the fused 4-bit prefill kernels for every M",
-       "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"}};
+       "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"},
+      {"QWENQ_QGEMM_OVERLAP", "the dense 4-bit path dequantizes each weight whole (the default)",
+       "the dense 4-bit path dequantizes weights of 8M values and up in 4 pieces overlapped with the GEMM"}};
   std::string r;
   for (const auto& sw : switches) {
     const int v = env_switch(sw.name);

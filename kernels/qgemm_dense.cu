@@ -137,7 +137,9 @@ void launch_dequant(const Q4View& w, const DqRegion& g, uint16_t* out, cudaStrea
 // event, which s waits for before its last GEMM, so the free after it is ordered after d's work.
 
 // The side stream of the current device (one per device, created on first use, never destroyed: the runtime may be
-// gone when static destructors run).
+// gone when static destructors run), at the device's greatest priority: the block scheduler then gives a queued
+// dequantization the SMs a GEMM frees before that GEMM's own next blocks, instead of only its last wave's tail
+// (cuBLASLt's Hopper GEMMs run many full waves).
 cudaStream_t side_stream() {
   static std::mutex mu;
   static std::vector<cudaStream_t> streams;
@@ -145,8 +147,12 @@ cudaStream_t side_stream() {
   QWENQ_CUDA_CHECK(cudaGetDevice(&dev));
   std::lock_guard<std::mutex> lock(mu);
   if (streams.size() <= static_cast<size_t>(dev)) streams.resize(static_cast<size_t>(dev) + 1, nullptr);
-  if (streams[static_cast<size_t>(dev)] == nullptr)
-    QWENQ_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[static_cast<size_t>(dev)], cudaStreamNonBlocking));
+  if (streams[static_cast<size_t>(dev)] == nullptr) {
+    int least = 0, greatest = 0;
+    QWENQ_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    QWENQ_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&streams[static_cast<size_t>(dev)], cudaStreamNonBlocking, greatest));
+  }
   return streams[static_cast<size_t>(dev)];
 }
 

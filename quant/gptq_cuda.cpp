@@ -5,6 +5,8 @@
 
 #include "quant/gptq_cuda.h"
 
+#include <cuda_runtime_api.h>
+
 #include "core/error.h"
 
 namespace qwenq {
@@ -33,6 +35,11 @@ GptqResult gptq_quantize_cuda(const float* W, int64_t N, int64_t K, Eigen::Matri
 GptqResult gptq_quantize_cuda_device_h(const float* W, int64_t N, int64_t K, const float* dH, const GptqOptions& o) {
   check_gptq_shape_and_options(N, K, o);
   QWENQ_CHECK(W != nullptr && dH != nullptr, "gptq_quantize_cuda_device_h: null weight or Hessian");
+  cudaPointerAttributes attr{};
+  const cudaError_t e = cudaPointerGetAttributes(&attr, dH);
+  if (e != cudaSuccess) cudaGetLastError();  // an unregistered host pointer: clear the error this call set
+  QWENQ_CHECK(e == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
+              "gptq_quantize_cuda_device_h: the Hessian must be device memory (gptq_quantize_cuda takes a host one)");
   GptqCudaHost host;
   host.mean = mean_as_cpu;
   GptqHessian h;

@@ -13,9 +13,11 @@
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
 #             28 layers, with --calib-dtype bf16 (QWENQ_GPU_GPTQ_DTYPES, default "bf16 fp32": also
 #             fp32 while time is left); each run's time by stage in the summary                needs 150 s
+#   awq7b     `qwen-quant awq --device cuda` on the same 7B-shaped models (AutoAWQ's 128 x 512 calibration tokens),
+#             --calib-dtype bf16 then fp32 (QWENQ_GPU_AWQ_DTYPES), extrapolated to 28 layers     needs 120 s
 #   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
 #             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
-# Default: the first five (ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+# Default: the first five (awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
 # the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
@@ -69,7 +71,8 @@ want bench && targets+=" ${BENCHES//,/ }"
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
 want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
-want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150)); want ncu && reserve=$((reserve + 60))
+want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
+want ncu && reserve=$((reserve + 60))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
 rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
 cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
@@ -135,7 +138,7 @@ fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
   timeout $(( $(left) - 30 )) stdbuf -oL -eL "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
-    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert:GptqCudaDeviceH.*:GptqModelCuda.Bf16Replacements*' \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert:GptqCudaDeviceH.*:GptqModelCuda.Bf16Replacements*:HessianCuda.MatchesTheCpuAccumulator:HessianCuda.Bf16InputsMatchTheCpuAccumulator:AwqModelCuda.RunnerBf16*' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"
@@ -179,13 +182,18 @@ fi
 # loading, calibration, the 2.2 GB of embeddings written). Each --calib-dtype of QWENQ_GPU_GPTQ_DTYPES in turn
 # (bf16 first: the fast one), the next only while 60 s are left. QWENQ_GPTQ_TRACE=1 logs the solver's steps per
 # Linear (quant/gptq_cuda.cu; the 1-layer runs' lines go to the summary). Models in a temporary directory, not in $OUT.
-if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
-  g7=$(mktemp -d)
-  g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
-  [ -f "$g7_calib" ] || g7_calib=README.md
+g7=$(mktemp -d)
+g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
+[ -f "$g7_calib" ] || g7_calib=README.md
+# The random qwen2.5-7b models of 1 and 2 layers both 7B phases quantize, made once.
+make_7b_models() {
   for n in 1 2; do
-    build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$LOGS/gptq7b_init_$n.log" 2>&1
+    [ -d "$g7/m$n" ] || build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" \
+      > "$LOGS/init7b_$n.log" 2>&1
   done
+}
+if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
+  make_7b_models
   for dt in ${QWENQ_GPU_GPTQ_DTYPES:-bf16 fp32}; do
     [ "$(left)" -ge 60 ] || { log "gptq 7B-shaped --calib-dtype $dt skipped: $(left) s left"; continue; }
     declare -A g7_t=()
@@ -203,8 +211,31 @@ if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
     done
     log "gptq 7B-shaped --calib-dtype $dt: $(awk -v a="${g7_t[1]}" -v b="${g7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }') (target < 300 s)"
   done
-  rm -rf "$g7"
 fi
+# Whole-model AWQ on the GPU, 7B-shaped, never timed before: its scale search runs every grid point's module (the
+# attention, the MLP, down_proj) over all calibration tokens, fp32 GEMMs by default, bf16 tensor cores with
+# --calib-dtype bf16. AutoAWQ's defaults (128 x 512 tokens, grid 20, clip search); per layer and extrapolation as
+# gptq7b's; bf16 first, fp32 while 50 s are left.
+if start awq7b 120 && [ -x build-gpu/qwen-quant ]; then
+  make_7b_models
+  for dt in ${QWENQ_GPU_AWQ_DTYPES:-bf16 fp32}; do
+    [ "$(left)" -ge 50 ] || { log "awq 7B-shaped --calib-dtype $dt skipped: $(left) s left"; continue; }
+    declare -A a7_t=()
+    for n in 1 2; do
+      a7_log="$LOGS/awq7b_${dt}_$n.log"
+      a7_s=$(date +%s.%N)
+      timeout $(( $(left) > 30 ? $(left) - 15 : 15 )) build-gpu/qwen-quant awq --device cuda -m "$g7/m$n" \
+        -o "$g7/a$n" --calib "$g7_calib" --calib-dtype "$dt" > "$a7_log" 2>&1
+      a7_rc=$?
+      a7_t[$n]=$(awk -v a="$a7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+      log "awq 7B-shaped, $n layer(s), 128 x 512 calibration tokens, --device cuda --calib-dtype $dt: exit $a7_rc, ${a7_t[$n]} s"
+      grep -E "^wrote " "$a7_log" >> "$OUT/summary.txt"
+      rm -rf "$g7/a$n"
+    done
+    log "awq 7B-shaped --calib-dtype $dt: $(awk -v a="${a7_t[1]}" -v b="${a7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }')"
+  done
+fi
+rm -rf "$g7"
 # Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 4 times per
 # layer with --reps 1, after q/o and k/v: the 9th launch of the kernel). ncu flushes the caches before it
 # (--cache-control all, its default) and leaves the clocks alone (--clock-control none, METHOD.md).

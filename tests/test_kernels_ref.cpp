@@ -652,19 +652,22 @@ TEST(KernelsRef, DeviceChoiceNamesTheGemmPathSwitches) {
   ::unsetenv("QWENQ_WGMMA");
   ::setenv("QWENQ_DECODE_MMA", "0", 1);
   ::setenv("QWENQ_QGEMM_DENSE", "1", 1);
+  ::setenv("QWENQ_QGEMM_OVERLAP", "1", 1);
   EXPECT_EQ(choose_device("cpu").description,
             "device: cpu (requested); QWENQ_DECODE_MMA=0 has no effect on the CPU; QWENQ_QGEMM_DENSE=1 has no effect "
-            "on the CPU");
+            "on the CPU; QWENQ_QGEMM_OVERLAP=1 has no effect on the CPU");
   const DeviceChoice a = choose_device("auto");
   if (a.device == Device::Cuda) {
     EXPECT_NE(a.description.find("; QWENQ_DECODE_MMA=0: the 4-bit decode products on CUDA cores (FMA), not tensor "
                                  "cores; QWENQ_QGEMM_DENSE=1: the 4-bit prefill products as bf16 W + cuBLASLt for "
-                                 "every M > 64"),
+                                 "every M > 64; QWENQ_QGEMM_OVERLAP=1: the dense 4-bit path dequantizes weights of 8M "
+                                 "values and up in 4 pieces overlapped with the GEMM"),
               std::string::npos)
         << a.description;
   }
   // The defaults (unset, or a value other than 0 and 1) say nothing.
   ::unsetenv("QWENQ_DECODE_MMA");
+  ::unsetenv("QWENQ_QGEMM_OVERLAP");
   ::setenv("QWENQ_QGEMM_DENSE", "yes", 1);
   EXPECT_EQ(choose_device("cpu").description, "device: cpu (requested)");
   ::unsetenv("QWENQ_QGEMM_DENSE");

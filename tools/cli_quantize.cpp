@@ -143,9 +143,9 @@ void register_quantize(CLI::App& app) {
                  "tokens forwarded through a block at a time (whole windows; activation memory)")->capture_default_str();
   auto calib_dtype = std::make_shared<std::string>("fp32");
   gc->add_option("--calib-dtype", *calib_dtype,
-                 "what the calibration computes with after a Linear is quantized: fp32 (its dequantized weight) or "
-                 "bf16 (rounded to bf16, as AutoGPTQ/GPTQModel write it back; with --device cuda the later GEMMs then "
-                 "run on bf16 tensor cores, several times faster)")
+                 "what the calibration computes with: fp32, or bf16 as a bf16 model under AutoGPTQ/GPTQModel (each "
+                 "quantized weight and each Hessian's inputs rounded to bf16; with --device cuda the later GEMMs and "
+                 "the Hessians then run on bf16 tensor cores, several times faster)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   gc->callback([g, gopt, g_seq_len, calib_dtype]() {
@@ -199,7 +199,14 @@ void register_quantize(CLI::App& app) {
   wc->add_flag("--pad-intermediate", w->opt.pad_intermediate, "zero-pad the MLP width when the layout cannot hold it");
   wc->add_option("--chunk-tokens", wopt->chunk_tokens,
                  "tokens a module evaluation runs at a time (whole windows; activation memory)")->capture_default_str();
-  wc->callback([w, wopt, no_clip, no_duo, w_seq_len]() {
+  auto w_calib_dtype = std::make_shared<std::string>("fp32");
+  wc->add_option("--calib-dtype", *w_calib_dtype,
+                 "what the scale search's module evaluations compute with: fp32, or bf16 (the searched Linears rounded "
+                 "to bf16, as AutoAWQ evaluates in fp16; with --device cuda its GEMMs then run on bf16 tensor cores)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
+  wc->callback([w, wopt, no_clip, no_duo, w_seq_len, w_calib_dtype]() {
+    wopt->calib_dtype = *w_calib_dtype == "bf16" ? DType::BF16 : DType::F32;
     wopt->device = resolve_experimental_device(w->common, "AWQ");
     wopt->out = w->opt;
     wopt->out.model_dir = resolve_model_dir(w->model);

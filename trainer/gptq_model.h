@@ -94,7 +94,9 @@ void warn_idle_experts(int64_t layer, const std::vector<int64_t>& idle, int64_t 
 // get a Hessian each from the rows routed to them (the CPU driver's per-expert rule) and are freed on the device once
 // the layer is done.
 // With the step's calib_dtype BF16 the replaced weights are stored in bf16 on the device (their values are bf16
-// already, GptqLinearStep), so that cuBLASLt multiplies them on tensor cores. The stages' times are added to `times`.
+// already, GptqLinearStep), so that cuBLASLt multiplies them on tensor cores, and the Hessians are accumulated from
+// the inputs rounded to bf16 on tensor cores (hessian_accumulate_cuda's BF16; the CPU driver's HessianAccumulator
+// does the same rounding). The stages' times are added to `times`.
 void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>& windows, int64_t chunk_tokens,
                       GptqLinearStep& step, ShardedWriter& shards, GptqStageTimes& times);
 #endif

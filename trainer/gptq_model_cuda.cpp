@@ -99,7 +99,9 @@ void gptq_moe_group_cuda(QwenModelCuda& gpu, QwenModel& model, int64_t l, BlockL
                       [&](BlockLinear at, int64_t e, const float* x, int64_t rows, const int32_t*) {
       if (at != group) return;
       const size_t i = static_cast<size_t>(e < 0 ? E : e);
-      pass.hessian([&] { hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s); });
+      pass.hessian([&] {
+        hessian_accumulate_cuda(dH.as<float>() + off[i], width(e), count[i], x, rows, s, step.calib_dtype());
+      });
       count[i] += rows;
     });
   }
@@ -185,12 +187,13 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
         QWENQ_CUDA_CHECK(cudaMemcpyAsync(work.get(), x_all + offset[c] * C, rows_bytes(T, C), cudaMemcpyDeviceToDevice, s));
         gpu.block_forward(l, chunks[c], work.as<float>(), [&](BlockLinear at, const float* x, int64_t rows) {
           if (at != group) return true;
-          pass.hessian([&] { hessian_accumulate_cuda(dH.as<float>(), K, count, x, rows, s); });
+          pass.hessian([&] { hessian_accumulate_cuda(dH.as<float>(), K, count, x, rows, s, step.calib_dtype()); });
           count += rows;
           return false;  // nothing after this group's input is needed
         });
       }
-      pass.end(times);  // waits for the pass: H is complete for the solver's own stream
+      pass.end(times);
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));  // H is complete for the solver, which runs on its own stream
       QWENQ_CHECK(count == total, "gptq: layer " << l << " never reached a Linear group");
       // The solver reads H where it was accumulated (only its diagonal comes to the host). A padded down_proj
       // (--pad-intermediate) gets a copy zero beyond the K real inputs, made once for the group.
@@ -198,8 +201,7 @@ void gptq_blocks_cuda(QwenModel& model, const std::vector<std::vector<int32_t>>&
       const GptqSolve solve = [&](const float* W, int64_t N2, int64_t K2, const GptqOptions& o) {
         const float* h = dH.as<float>();
         if (K2 != K) {
-          if (!padded) {
-            const StageScope t(times.transfers);
+          if (!padded) {  // timed with the solve that asks for it
             padded = allocate_named(rows_bytes(K2, K2), MemoryTag::Workspace, "the padded Hessian [" +
                                     std::to_string(K2) + ", " + std::to_string(K2) + "] fp32", s);
             QWENQ_CUDA_CHECK(cudaMemsetAsync(padded.get(), 0, rows_bytes(K2, K2), s));

@@ -109,11 +109,13 @@ struct GptqModelOptions {
   // on the device with Cuda); the CPU driver refuses up front a calibration whose lower bound of host memory
   // exceeds what is available (gptq_cpu_memory_parts).
   int64_t chunk_tokens = 16384;
-  // What the rest of the calibration computes with once a Linear is quantized (`--calib-dtype`): F32, its dequantized
-  // weight as is (the default), or BF16, that weight rounded to bf16, as AutoGPTQ and GPTQModel write Q.to(dtype) back
-  // into a bf16 model. Then on the GPU every later GEMM of the calibration runs on bf16 tensor cores (the activations
-  // rounded to bf16 at its input, kernels/blas_lt.h) instead of fp32 SIMT; on the CPU only the weight's rounding
-  // differs. The Hessians stay fp32 either way, and the first group of each block (QKV) sees the same input.
+  // What the calibration computes with (`--calib-dtype`): F32 (the default): the Hessians of the fp32 inputs, and
+  // once a Linear is quantized its dequantized weight as is. BF16, as a bf16 model runs under AutoGPTQ and GPTQModel:
+  // that weight rounded to bf16 (they write Q.to(dtype) back), and every Hessian of the Linears' inputs rounded to
+  // bf16 (what the bf16 model's Linear reads, and what their Hessians get: H of X̃ = bf16(X), the products exact,
+  // the sums fp32; quant/hessian.h). Then on the GPU every later GEMM of the calibration runs on bf16 tensor cores
+  // (the activations rounded to bf16 at its input, kernels/blas_lt.h) and so do the Hessians (cublasGemmEx) instead
+  // of fp32 SIMT; on the CPU the roundings alone differ.
   DType calib_dtype = DType::F32;
 };
 QuantizeReport gptq_quantize_model(const GptqModelOptions& opt);
@@ -147,6 +149,11 @@ struct AwqModelOptions {
   // and the losses stay on the device; the grid, the candidate weights, the folding and the clip search (on the
   // sampled tokens, downloaded) run on the host as on the CPU.
   Device device = Device::Cpu;
+  // What the scale search's module evaluations compute with: F32, or BF16 (the searched Linears' reference and
+  // candidates rounded to bf16, as AutoAWQ evaluates them in the model's fp16; on the GPU they are then bf16
+  // tensor-core GEMMs, the activations rounded to bf16 at each GEMM's input). The clip search, the folding and the
+  // written weights are the same either way (trainer/awq_runner.h).
+  DType calib_dtype = DType::F32;
 };
 QuantizeReport awq_quantize_model(const AwqModelOptions& opt);
 
