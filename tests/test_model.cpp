@@ -131,6 +131,53 @@ TEST(ModelForward, PackedBatchEqualsSequencesOneByOne) {
             std::string::npos);
 }
 
+// block_forward_to (the GPTQ passes): the input `at` sees is block_forward's hook's input for that group, bit for bit,
+// in dense and MoE layers, and nothing runs past it: the hook-driven block_forward of the same x sees every group,
+// while block_forward_to's x is left before the residual of the attention (QKV, O) or of the MLP (GateUp, Down).
+TEST(ModelForward, BlockForwardToStopsAtTheGroupsInput) {
+  for (const std::string preset : {"tiny", "tiny-moe-shared"}) {
+    SCOPED_TRACE(preset);
+    const std::string dir = test::scratch_dir() + "/" + preset;
+    RandomModelOptions o;
+    o.out_dir = dir;
+    o.preset = preset;
+    o.dtype = DType::F32;
+    write_random_model(o);
+    QwenModel model(dir);
+    const QwenConfig& c = model.config();
+    const PackedBatch b = PackedBatch::from_sequences({{1, 2, 3, 4, 5}, {7, 9}});
+    std::vector<float> x;
+    model.embed_batch(b, &x);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      std::vector<float> seen[4], y = x;
+      model.block_forward(l, b, y.data(), [&](BlockLinear at, const float* in, int64_t T) {
+        seen[static_cast<int>(at)].assign(in, in + T * block_linear_inputs(c, at));
+      });
+      for (BlockLinear g : {BlockLinear::QKV, BlockLinear::O, BlockLinear::GateUp, BlockLinear::Down}) {
+        SCOPED_TRACE("layer " + std::to_string(l) + " group " + std::to_string(static_cast<int>(g)));
+        std::vector<float> w = x, got;
+        if (c.is_moe_layer(l) && g == BlockLinear::Down) {
+          EXPECT_NE(error_of([&] { model.block_forward_to(l, b, w.data(), g, [](const float*, int64_t) {}); })
+                        .find("mixture-of-experts layer"),
+                    std::string::npos);
+          continue;
+        }
+        int calls = 0;
+        model.block_forward_to(l, b, w.data(), g, [&](const float* in, int64_t T) {
+          ++calls;
+          got.assign(in, in + T * block_linear_inputs(c, g));
+        });
+        EXPECT_EQ(calls, 1);
+        EXPECT_EQ(got, seen[static_cast<int>(g)]);
+        // Stopped: x has at most the attention's residual added (after O's input nothing of the block ran).
+        if (g == BlockLinear::QKV || g == BlockLinear::O) EXPECT_EQ(w, x);
+        else EXPECT_NE(w, y);
+      }
+      x = y;
+    }
+  }
+}
+
 TEST(TextData, JsonlJoinsRecordsAndNamesBadLines) {
   const std::string dir = test::scratch_dir();
   write_file_atomic(dir + "/a.jsonl", std::string("{\"text\": \"one\"}\n\n{\"text\": \"two\"}\n"));

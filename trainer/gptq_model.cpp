@@ -171,8 +171,9 @@ void gptq_moe_group_cpu(QwenModel& model, int64_t l, BlockLinear group, const Ca
 }
 
 // The CPU driver: the embedded windows X [T, C] on the host; per block and group, each chunk of whole windows
-// (trainer/calib_chunks.h) copied into `work` and run through the block (the earlier Linears already quantized),
-// its rows at the group's input added to the group's Hessian (HessianAccumulator's running mean over the chunks);
+// (trainer/calib_chunks.h) copied into `work` and run through the block up to the group's input (the earlier Linears
+// already quantized; QwenModel::block_forward_to, so the QKV pass is one RMSNorm and no pass runs what follows its
+// group, as the GPU driver's hook stops), its rows added to the group's Hessian (HessianAccumulator's running mean);
 // then every chunk of X through the quantized block, in place, for the next block, and the block's Linears back to
 // their stored (memory-mapped) form: the dequantized fp32 copies are needed only inside the block, and kept for
 // every block they came to the whole model in fp32 (30 GB for a 7B). Host memory: X, one chunk's copy and block
@@ -207,8 +208,7 @@ void gptq_blocks_cpu(QwenModel& model, const std::vector<std::vector<int32_t>>& 
       for (size_t c = 0; c < chunks.batches.size(); ++c) {
         const int64_t off = chunks.offsets[c], T = chunks.batches[c].num_tokens();
         work.assign(X.begin() + off * C, X.begin() + (off + T) * C);
-        model.block_forward(l, chunks.batches[c], work.data(), [&](BlockLinear at, const float* x, int64_t rows) {
-          if (at != group) return;
+        model.block_forward_to(l, chunks.batches[c], work.data(), group, [&](const float* x, int64_t rows) {
           pass.hessian([&] { H.add_batch(x, rows); });
         });
       }

@@ -135,12 +135,12 @@ void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
 }
 
 template <typename AttnFn>
-void QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention,
-                                   Scratch& s, const LinearInputHook& hook, float* out) const {
+bool QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention,
+                                   Scratch& s, const LinearInputStopHook& hook, float* out) const {
   const QwenConfig& c = cfg_;
   const int64_t D = c.head_dim;
   const QwenLayerWeights& L = w_.layers[l];
-  if (hook) hook(BlockLinear::QKV, n, T);
+  if (hook && !hook(BlockLinear::QKV, n, T)) return false;
   linear(n, T, L.q, L.q_bias, s.q.data());
   linear(n, T, L.k, L.k_bias, s.k.data());
   linear(n, T, L.v, L.v_bias, s.v.data());
@@ -151,37 +151,41 @@ void QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const i
   rope_forward_ref(s.q.data(), T, c.num_heads, D, pos, c.rope);
   rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope);
   attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
-  if (hook) hook(BlockLinear::O, s.a.data(), T);
+  if (hook && !hook(BlockLinear::O, s.a.data(), T)) return false;
   linear(s.a.data(), T, L.o, TensorView{}, out);
+  return true;
 }
 
-void QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook,
+bool QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputStopHook& hook,
                              const MoeInputHook& moe_hook, float* out) const {
   const QwenLayerWeights& L = w_.layers[l];
   if (cfg_.is_moe_layer(l)) {
-    if (hook) hook(BlockLinear::GateUp, n, T);  // the block's input: the router's and (a subset) every expert's
+    // The block's input: the router's and (a subset) every expert's.
+    if (hook && !hook(BlockLinear::GateUp, n, T)) return false;
     moe_block_forward(cfg_, L.moe, n, T, out, moe_hook);
-    return;
+    return true;
   }
-  if (hook) hook(BlockLinear::GateUp, n, T);
+  if (hook && !hook(BlockLinear::GateUp, n, T)) return false;
   linear(n, T, L.gate, TensorView{}, s.gate.data());
   linear(n, T, L.up, TensorView{}, s.up.data());
   swiglu_forward_ref(s.gate.data(), s.up.data(), T * cfg_.intermediate_size, s.gate.data());
-  if (hook) hook(BlockLinear::Down, s.gate.data(), T);
+  if (hook && !hook(BlockLinear::Down, s.gate.data(), T)) return false;
   linear(s.gate.data(), T, L.down, TensorView{}, out);
+  return true;
 }
 
 template <typename AttnFn>
-void QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                              const LinearInputHook& hook, const MoeInputHook& moe_hook) const {
+bool QwenModel::layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                              const LinearInputStopHook& hook, const MoeInputHook& moe_hook) const {
   const int64_t C = cfg_.hidden_size;
   const QwenLayerWeights& L = w_.layers[l];
   rmsnorm(x, T, L.input_norm, cfg_.rms_norm_eps, s.n.data());
-  attention_sublayer(l, s.n.data(), T, pos, attention, s, hook, s.n.data());
+  if (!attention_sublayer(l, s.n.data(), T, pos, attention, s, hook, s.n.data())) return false;
   for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
   rmsnorm(x, T, L.post_norm, cfg_.rms_norm_eps, s.n.data());
-  mlp_sublayer(l, s.n.data(), T, s, hook, moe_hook, s.n.data());
+  if (!mlp_sublayer(l, s.n.data(), T, s, hook, moe_hook, s.n.data())) return false;
   for (int64_t i = 0; i < T * C; ++i) x[i] += s.n[i];
+  return true;
 }
 
 template <typename AttnFn>
@@ -196,14 +200,37 @@ void QwenModel::embed_batch(const PackedBatch& b, std::vector<float>* x) const {
   embed(b.tokens, x->data());
 }
 
-void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const LinearInputHook& hook,
-                              const MoeInputHook& moe_hook) const {
-  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "block_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+void QwenModel::batch_layer(int64_t l, const PackedBatch& b, float* x, const LinearInputStopHook& hook,
+                            const MoeInputHook& moe_hook) const {
   const QwenConfig& c = cfg_;
   Scratch s(c, b.num_tokens());
   layer_forward(l, x, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
     attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
   }, s, hook, moe_hook);
+}
+
+void QwenModel::block_forward(int64_t l, const PackedBatch& b, float* x, const LinearInputHook& hook,
+                              const MoeInputHook& moe_hook) const {
+  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers, "block_forward: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+  LinearInputStopHook go_on;
+  if (hook) go_on = [&](BlockLinear at, const float* in, int64_t T) { hook(at, in, T); return true; };
+  batch_layer(l, b, x, go_on, moe_hook);
+}
+
+void QwenModel::block_forward_to(int64_t l, const PackedBatch& b, float* x, BlockLinear group,
+                                 const std::function<void(const float* x, int64_t T)>& at) const {
+  QWENQ_CHECK(l >= 0 && l < cfg_.num_layers,
+              "block_forward_to: layer " << l << " outside [0, " << cfg_.num_layers << ")");
+  QWENQ_CHECK(!(cfg_.is_moe_layer(l) && group == BlockLinear::Down),
+              "block_forward_to: layer " << l << " is a mixture-of-experts layer: its down_proj inputs are its experts'");
+  bool seen = false;
+  batch_layer(l, b, x, [&](BlockLinear g, const float* in, int64_t T) {
+    if (g != group) return true;
+    seen = true;
+    at(in, T);
+    return false;
+  }, nullptr);
+  QWENQ_CHECK(seen, "block_forward_to: layer " << l << " never reached Linear group " << static_cast<int>(group));
 }
 
 void QwenModel::attention_forward(int64_t l, const PackedBatch& b, const float* n, float* out) const {

@@ -71,6 +71,8 @@ inline int64_t decoder_linear_outputs(const QwenConfig& c, const DecoderLinear& 
 // In a MoE layer it sees QKV, O and GateUp (the MoE block's input n [T, C], which the router reads and each expert a
 // subset of); the experts' own inputs go to a MoeInputHook (trainer/moe_block.h).
 using LinearInputHook = std::function<void(BlockLinear, const float* x, int64_t T)>;
+// The same, returning whether the block goes on past that input (block_forward_to's passes stop at it).
+using LinearInputStopHook = std::function<bool(BlockLinear, const float* x, int64_t T)>;
 
 // The storage of a KV cache (`generate --kv-cache f32|bf16`). F32 (the default) keeps the fp32 k and v rows. BF16
 // rounds every k and v row to bf16 when it is written (round to nearest even, NaN kept: core/dtype.h) and attention
@@ -133,6 +135,12 @@ class QwenModel {
   void embed_batch(const PackedBatch& batch, std::vector<float>* x) const;
   void block_forward(int64_t layer, const PackedBatch& batch, float* x, const LinearInputHook& hook,
                      const MoeInputHook& moe_hook = nullptr) const;
+  // block_forward only until the input of Linear group `group`, which `at` sees; nothing after it runs, so x is
+  // left part-way through the block (pass a scratch copy). GPTQ's per-group passes need nothing more: a pass for the
+  // QKV group is one RMSNorm, not a block. In a MoE layer GateUp is the MoE block's input (its experts' own inputs
+  // need the whole block_forward with a MoeInputHook) and Down has no input of its own: refused.
+  void block_forward_to(int64_t layer, const PackedBatch& batch, float* x, BlockLinear group,
+                        const std::function<void(const float* x, int64_t T)>& at) const;
   LinearWeight& linear_weight(int64_t layer, BlockLinear which, int index = 0);
   // Linear `which` (0 gate_proj, 1 up_proj, 2 down_proj) of expert `expert` of MoE layer `layer` (-1: the shared
   // expert); throws naming the layer when it has no such expert.
@@ -147,14 +155,18 @@ class QwenModel {
   struct Scratch;
   template <typename AttnFn>
   void run_layers(float* x, int64_t T, const int32_t* pos, AttnFn&& attention) const;
+  // The sublayers and the layer return false when the hook stopped them (at a Linear group's input).
   template <typename AttnFn>
-  void attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                          const LinearInputHook& hook, float* out) const;
-  void mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputHook& hook,
+  bool attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                          const LinearInputStopHook& hook, float* out) const;
+  bool mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, const LinearInputStopHook& hook,
                     const MoeInputHook& moe_hook, float* out) const;
   template <typename AttnFn>
-  void layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
-                     const LinearInputHook& hook, const MoeInputHook& moe_hook = nullptr) const;
+  bool layer_forward(int64_t l, float* x, int64_t T, const int32_t* pos, AttnFn&& attention, Scratch& s,
+                     const LinearInputStopHook& hook, const MoeInputHook& moe_hook = nullptr) const;
+  // Layer l on a packed batch (its positions and sequences), as block_forward / block_forward_to run it.
+  void batch_layer(int64_t l, const PackedBatch& b, float* x, const LinearInputStopHook& hook,
+                   const MoeInputHook& moe_hook) const;
   void embed(const std::vector<int32_t>& tokens, float* x) const;
 
   std::string dir_;
