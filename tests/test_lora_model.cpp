@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "core/rng.h"
+#include "kernels/loss.h"
 #include "lora/lora_adapter.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -31,6 +32,9 @@ constexpr double kFdStep = 2e-3;
 constexpr double kFdStepMoe = 1e-3;
 constexpr double kFdRelTol = 5e-3;
 constexpr double kFdAbsTol = 2e-3;
+// The trainer's fp32 loss over the scored rows against a double cross-entropy of lora_forward_logits: fp32 logits
+// from two GEMM paths (different row counts) and fp32 softmax sums; ~1e-6 relative expected.
+constexpr double kMaskedLossRelTol = 1e-5;
 
 std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
   return test::make_tiny_model(dir, /*seed=*/21, kv_heads);
@@ -91,7 +95,7 @@ TEST(LoraModel, ZeroBIsTheBaseModel) {
 }
 
 TEST(LoraModel, GradientsMatchFiniteDifferences) {
-  // GQA and multi-head; and with dropout, whose masks are fixed by the step's seed (the loss is then a smooth
+  // Targets masked as SFT masks a prompt (the head sees only the scored rows); GQA and multi-head; and with dropout, whose masks are fixed by the step's seed (the loss is then a smooth
   // function of the adapter, with x̃ = m ⊙ x in every branch). And the mixtures of experts (every expert adapted; the
   // gradient of the earlier layers' adapters flows back through the MoE blocks: experts, routing weights, router,
   // shared expert), whose routing is piecewise constant: the steps below move no token to another expert.
@@ -111,13 +115,16 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
     QwenModel m(dir);
     LoraAdapter a = random_adapter(m, cs.dropout);
     const PackedBatch b = test_batch();
-    const std::vector<int32_t> targets = next_token_targets(b);
+    // SFT-style masking besides each sequence's last token: every third target ignored, so the head scores a
+    // gathered subset of rows and scatters its gradient back.
+    std::vector<int32_t> targets = next_token_targets(b);
+    for (size_t t = 0; t < targets.size(); t += 3) targets[t] = kIgnoreIndex;
     LoraStepOptions opt;
     opt.dropout_seed = 1234;
     opt.bf16_checkpoints = false;  // the exact fp32 model: bf16-rounded block inputs make the loss a step function
     LoraAdapter g = zero_like(a);
     const LoraStepResult r = lora_loss_and_grad(m, a, b, targets, &g, opt);
-    EXPECT_EQ(r.counted, 10 + 3 + 0);
+    EXPECT_EQ(r.counted, 8);  // 16 tokens less each sequence's last (10, 14, 15) and 0, 3, 6, 9, 12
     const int64_t L = m.config().num_layers;
     std::vector<float> grad;
     for_each_value(g, L, [&](float& v) { grad.push_back(v); });
@@ -149,6 +156,42 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
 // The recomputation skips what no backward reads (a dense MLP's down-projection product: only its u = x̃ Aᵀ runs,
 // nothing for an unadapted one, the whole Linear for DoRA, whose backward reads z = x̃ Wᵀ), so the adapters vary:
 // every target, none on down_proj, down_proj alone, and DoRA on every target.
+// The head scores only the rows whose target counts: the loss and its count are those of the full logits
+// (lora_forward_logits, every row) through a double-precision cross-entropy over the counted rows.
+TEST(LoraModel, MaskedTargetsAreScoredFromTheFullLogits) {
+  const std::string dir = make_model(test::scratch_dir() + "/m");
+  QwenModel m(dir);
+  const LoraAdapter a = random_adapter(m);
+  const PackedBatch b = test_batch();
+  std::vector<int32_t> targets = next_token_targets(b);
+  for (size_t t = 0; t < 6; ++t) targets[t] = kIgnoreIndex;  // a "prompt" of 6 tokens
+  const std::vector<float> logits = lora_forward_logits(m, a, b);
+  const int64_t V = m.config().vocab_size;
+  double want = 0;
+  int64_t counted = 0;
+  for (size_t t = 0; t < targets.size(); ++t) {
+    if (targets[t] == kIgnoreIndex) continue;
+    const float* row = logits.data() + t * V;
+    double mx = row[0], sum = 0;
+    for (int64_t v = 1; v < V; ++v) mx = std::max(mx, static_cast<double>(row[v]));
+    for (int64_t v = 0; v < V; ++v) sum += std::exp(row[v] - mx);
+    want += mx + std::log(sum) - row[targets[t]];
+    ++counted;
+  }
+  LoraStepOptions opt;
+  opt.bf16_checkpoints = false;  // lora_forward_logits is the fp32 model
+  LoraAdapter g = zero_like(a);
+  for (LoraAdapter* grads : {static_cast<LoraAdapter*>(nullptr), &g}) {  // the loss alone, and with gradients
+    const LoraStepResult r = lora_loss_and_grad(m, a, b, targets, grads, opt);
+    EXPECT_EQ(r.counted, counted);
+    EXPECT_NEAR(r.nll_sum, want, kMaskedLossRelTol * want);
+  }
+  targets[2] = static_cast<int32_t>(V);
+  EXPECT_NE(test::error_of([&] { lora_loss_and_grad(m, a, b, targets, nullptr, opt); })
+                .find("lora_loss_and_grad: target " + std::to_string(V) + " of row 2 is outside the vocabulary"),
+            std::string::npos);
+}
+
 TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
   struct Kind {
     const char* name;

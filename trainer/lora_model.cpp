@@ -304,26 +304,43 @@ class Runner {
       return {};
     }
     LoraStepResult res;
+    // Only the rows whose target counts reach the lm_head: an SFT batch's masked prompt tokens and each sequence's
+    // last token have no loss, so no logits. Their hidden rows are gathered (R of T), and dhidden gets the R rows'
+    // gradients back, zero elsewhere. Each row's logits are its own, so the loss and the gradients are the full
+    // head's up to the GEMM's summation order.
+    cross_entropy_count_targets("lora_loss_and_grad", T_, V, targets.data());  // names a bad target's batch row
+    std::vector<int64_t> scored;
+    for (int64_t t = 0; t < T_; ++t)
+      if (targets[t] != kIgnoreIndex) scored.push_back(t);
+    const int64_t R = static_cast<int64_t>(scored.size());
+    std::vector<float> hk(static_cast<size_t>(R * C));
+    std::vector<int32_t> tk(static_cast<size_t>(R));
+    for (int64_t i = 0; i < R; ++i) {
+      std::copy_n(hidden.data() + scored[i] * C, C, hk.data() + i * C);
+      tk[i] = targets[scored[i]];
+    }
     if (!grads) {  // the loss alone (lm_head_nll: a GGUF table dequantized once, not once per chunk)
-      std::vector<float> nll(T_);
-      res.counted = lm_head_nll(w_, hidden.data(), T_, targets.data(), nll.data());
+      std::vector<float> nll(static_cast<size_t>(R));
+      res.counted = lm_head_nll(w_, hk.data(), R, tk.data(), nll.data());
       for (float v : nll) res.nll_sum += v;
       QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
       return res;
     }
-    // Loss over chunks of rows; each chunk's dlogits goes into dhidden at once.
-    std::vector<float> dhidden(T_ * C, 0.f);
-    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(T_, logits_block_rows(V)));
+    // Loss over chunks of the scored rows; each chunk's dlogits goes into their dhidden at once.
+    std::vector<float> dk(static_cast<size_t>(R * C), 0.f);
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(R, logits_block_rows(V)));
     std::vector<float> lg(chunk * V), nll(chunk);
-    for (int64_t r0 = 0; r0 < T_; r0 += chunk) {
-      const int64_t rows = std::min(chunk, T_ - r0);
-      lm_head_forward(w_, hidden.data() + r0 * C, rows, lg.data());
-      res.counted += cross_entropy_forward_ref(lg.data(), rows, V, targets.data() + r0, nll.data());
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      const int64_t rows = std::min(chunk, R - r0);
+      lm_head_forward(w_, hk.data() + r0 * C, rows, lg.data());
+      res.counted += cross_entropy_forward_ref(lg.data(), rows, V, tk.data() + r0, nll.data());
       for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[i];
-      cross_entropy_backward_ref(lg.data(), rows, V, targets.data() + r0, static_cast<float>(opt_.grad_scale), lg.data());
-      linear_backward_input_ref(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dhidden.data() + r0 * C);
+      cross_entropy_backward_ref(lg.data(), rows, V, tk.data() + r0, static_cast<float>(opt_.grad_scale), lg.data());
+      linear_backward_input_ref(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dk.data() + r0 * C);
     }
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
+    std::vector<float> dhidden(T_ * C, 0.f);
+    for (int64_t i = 0; i < R; ++i) std::copy_n(dk.data() + i * C, C, dhidden.data() + scored[i] * C);
     std::vector<float> d(T_ * C);
     rmsnorm_backward_ref(dhidden.data(), xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps,
                          d.data());
