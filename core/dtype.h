@@ -40,6 +40,13 @@ inline uint16_t f32_to_bf16(float f) {
   return static_cast<uint16_t>((bits + rounding_bias) >> 16);
 }
 
+// f rounded to bf16 (f32_to_bf16) and widened back: the fp32 value a bf16 tensor holds for f.
+inline float bf16_round(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+// Each of v[0..n) so rounded, in place.
+inline void bf16_round_inplace(float* v, size_t n) {
+  for (size_t i = 0; i < n; ++i) v[i] = bf16_round(v[i]);
+}
+
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "quant/chol.h"
@@ -30,15 +31,14 @@ void HessianAccumulator::add_batch(const float* x, int64_t rows) {
     Eigen::Map<const Eigen::MatrixXf> xt(x, K_, rows);
     rank_update_lower(lower_, xt, alpha, beta);
   } else {  // the first block scales the old H, the others add to it
+    std::vector<float> rounded;
     for (int64_t r0 = 0; r0 < rows; r0 += kBf16RoundRows) {
       const int64_t n = std::min(kBf16RoundRows, rows - r0);
-      rounded_.resize(static_cast<size_t>(n * K_));
-      const float* src = x + r0 * K_;
-      for (int64_t i = 0; i < n * K_; ++i) rounded_[i] = bf16_to_f32(f32_to_bf16(src[i]));
-      Eigen::Map<const Eigen::MatrixXf> xt(rounded_.data(), K_, n);
+      rounded.assign(x + r0 * K_, x + (r0 + n) * K_);
+      bf16_round_inplace(rounded.data(), rounded.size());
+      Eigen::Map<const Eigen::MatrixXf> xt(rounded.data(), K_, n);
       rank_update_lower(lower_, xt, alpha, r0 == 0 ? beta : 1.f);
     }
-    std::vector<float>().swap(rounded_);
   }
   count_ = n_new;
 }

@@ -20,7 +20,6 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "core/dtype.h"
 #include "core/eigen_core.h"
@@ -49,7 +48,6 @@ class HessianAccumulator {
   int64_t K_;
   DType dtype_;
   int64_t count_ = 0;
-  std::vector<float> rounded_;  // BF16: one block of rounded rows
   Eigen::MatrixXf lower_;  // H in the lower triangle; the strict upper triangle is unused
 };
 

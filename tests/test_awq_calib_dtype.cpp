@@ -29,7 +29,7 @@ namespace {
 using test::error_of;
 
 std::vector<float> rounded(std::vector<float> w) {
-  for (float& v : w) v = bf16_to_f32(f32_to_bf16(v));
+  bf16_round_inplace(w.data(), w.size());
   return w;
 }
 

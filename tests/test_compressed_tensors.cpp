@@ -67,7 +67,7 @@ std::vector<float> random_scales(Rng& rng, int64_t n, bool f32) {
   std::vector<float> s(static_cast<size_t>(n));
   for (float& v : s) {
     v = 0.002f + 0.02f * rng.uniform();
-    if (!f32) v = bf16_to_f32(f32_to_bf16(v));
+    if (!f32) v = bf16_round(v);
   }
   return s;
 }

@@ -56,7 +56,7 @@ LoraAdapter random_adapter(const QwenModel& m, float b_scale) {
 using test::zeros_like;
 
 void round_bf16(std::vector<float>* x) {
-  for (float& v : *x) v = bf16_to_f32(f32_to_bf16(v));
+  bf16_round_inplace(x->data(), x->size());
 }
 
 TEST(LoraBf16Checkpoints, AreTheModelWithEveryBlockInputRounded) {

@@ -187,7 +187,7 @@ TEST(QgemmRefExact, Bf16DequantizationIsTheUnpackedWeightRounded) {
       for (int64_t kk = 0; kk < q.Kp; ++kk) {
         const float w = kk < c.K ? W[n * c.K + (q.perm.empty() ? kk : q.perm[kk])] : 0.0f;
         bad += out[n * q.Kp + kk] != f32_to_bf16(w);
-        rounded += bf16_to_f32(f32_to_bf16(w)) != w;
+        rounded += bf16_round(w) != w;
       }
     EXPECT_EQ(bad, 0);
     EXPECT_GT(rounded, 0) << "no weight needed rounding: the test would not see a truncation";

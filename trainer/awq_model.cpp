@@ -259,7 +259,7 @@ class CpuBlockRunner final : public AwqBlockRunner {
 
   // w with every value rounded to bf16 (nearest even), still as fp32.
   static std::vector<float> round_to_bf16(std::vector<float> w) {
-    for (float& v : w) v = bf16_to_f32(f32_to_bf16(v));
+    bf16_round_inplace(w.data(), w.size());
     return w;
   }
 

@@ -92,9 +92,7 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   std::vector<float> fq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
   std::vector<float> back(N * K);
   for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
-  if (calib_dtype_ == DType::BF16) {
-    for (float& v : back) v = bf16_to_f32(f32_to_bf16(v));
-  }
+  if (calib_dtype_ == DType::BF16) bf16_round_inplace(back.data(), back.size());
   ++rep_.linears;
   rep_.params_quantized += N * K;
   char extra[96];

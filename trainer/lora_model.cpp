@@ -188,9 +188,8 @@ class Runner {
     }
   }
 
-  // One block: x [T, C] in, out [T, C] (may alias x), intermediates into acts.
-  // Block l's forward on x; out null: the backward's recomputation, which keeps the intermediates in s and skips
-  // what no backward reads (a dense MLP's down-projection product and the residual sum).
+  // Block l: x [T, C] in, out [T, C] (may alias x), intermediates into s. out null: the backward's recomputation,
+  // which skips what no backward reads (a dense MLP's down-projection product and the residual sum).
   void block_fwd(int64_t l, const float* x, float* out, BlockActs& s) const {
     const QwenLayerWeights& L = w_.layers[l];
     const int64_t C = c_.hidden_size, I = c_.intermediate_size, H = c_.num_heads, Hkv = c_.num_kv_heads, D = c_.head_dim;
@@ -361,7 +360,7 @@ class Runner {
   // bit for bit what the GPU's f32_to_bf16_cuda stores; nothing with bf16_checkpoints off.
   void round_checkpoint(std::vector<float>* x) const {
     if (!opt_.bf16_checkpoints) return;
-    for (float& v : *x) v = bf16_to_f32(f32_to_bf16(v));
+    bf16_round_inplace(x->data(), x->size());
   }
   // The dropout mask of Linear t (table order) of layer l in this step (kernels/dropout_mask.h); the GPU trainer
   // uses the same keys.

@@ -281,8 +281,8 @@ void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden,
       kr.resize(n);
       vr.resize(n);
       for (int64_t i = 0; i < n; ++i) {
-        kr[i] = bf16_to_f32(f32_to_bf16(k[i]));
-        vr[i] = bf16_to_f32(f32_to_bf16(v[i]));
+        kr[i] = bf16_round(k[i]);
+        vr[i] = bf16_round(v[i]);
       }
       k = kr.data();
       v = vr.data();

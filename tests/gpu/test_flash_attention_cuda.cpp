@@ -65,8 +65,6 @@ constexpr size_t kGuard = 32;
 constexpr uint32_t kGuardF32 = 0x7fc5a5a5u;  // quiet NaNs with payloads no kernel produces
 constexpr uint16_t kGuardBF16 = 0x7fc5u;
 
-float bf16_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
-
 std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> r(v.size());
   for (size_t i = 0; i < v.size(); ++i) r[i] = f32_to_bf16(v[i]);

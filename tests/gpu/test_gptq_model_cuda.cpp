@@ -214,7 +214,7 @@ TEST(GptqModelCuda, Bf16ReplacementsComputeLikeBf16WeightsOnTheCpu) {
     std::vector<float> W(static_cast<size_t>(N * K));
     for (auto& w : W) w = static_cast<float>(rng.normal()) * 0.05f;
     gpu.set_linear_weight(0, which, index, W.data(), N, K, DType::BF16);
-    for (auto& w : W) w = bf16_to_f32(f32_to_bf16(w));
+    bf16_round_inplace(W.data(), W.size());
     lw = LinearWeight::from_fp32(std::move(W), N, K);
     replaced += 2 * N * K;
   }

@@ -70,7 +70,7 @@ void bounds(const std::vector<uint16_t>& a, const std::vector<float>& W, int64_t
       for (int64_t o = o0; o < o1; ++o) {
         const float w = transposed ? W[l * K + o] : W[o * K + l];
         const double wa = std::fabs(static_cast<double>(w));
-        const double wr = std::fabs(static_cast<double>(w) - static_cast<double>(bf16_to_f32(f32_to_bf16(w))));
+        const double wr = std::fabs(static_cast<double>(w) - static_cast<double>(bf16_round(w)));
         for (int64_t r = 0; r < R; ++r) {
           s[r * (o1 - o0) + (o - o0)] += av[r * L + l] * wa;
           e[r * (o1 - o0) + (o - o0)] += av[r * L + l] * wr;
