@@ -65,7 +65,8 @@ fail() { echo "bench_qlora_step: $*" >&2; exit 1; }
 [ "$LAYERS_BASE" -lt "$LAYERS" ] || fail "LAYERS_BASE ($LAYERS_BASE) must be below LAYERS ($LAYERS)"
 t_begin=$(date +%s)
 
-# The model (init-random, then 4-bit), its LAYERS_BASE-layer views, and the training text. CPU work only.
+# The model (init-random, then 4-bit), its LAYERS_BASE-layer views, and the training text. CPU work only (--device
+# cpu: gpu_check.sh makes it in the background while the GPU tests run).
 prepare() {
   local key="$PRESET layers=$LAYERS base=$LAYERS_BASE quant=$QUANT seq=$SEQ steps=$((WARMUP + STEPS))"
   if [ -f "$WORK/prepared.txt" ] && [ "$(head -1 "$WORK/prepared.txt")" = "$key" ]; then
@@ -77,9 +78,9 @@ prepare() {
     > "$WORK/prepare.log" 2>&1 || { cat "$WORK/prepare.log" >&2; fail "init-random failed"; }
   local t1=$(date +%s)
   if [ "$QUANT" = rtn ]; then
-    "$QQ" rtn --model "$WORK/base" --out "$WORK/q4" --bits 4 --group-size 128 -q --threads "$THREADS" >> "$WORK/prepare.log" 2>&1
+    "$QQ" rtn --model "$WORK/base" --out "$WORK/q4" --bits 4 --group-size 128 -q --threads "$THREADS" --device cpu >> "$WORK/prepare.log" 2>&1
   else
-    "$QQ" nf4 --model "$WORK/base" --out "$WORK/q4" -q --threads "$THREADS" >> "$WORK/prepare.log" 2>&1
+    "$QQ" nf4 --model "$WORK/base" --out "$WORK/q4" -q --threads "$THREADS" --device cpu >> "$WORK/prepare.log" 2>&1
   fi || { cat "$WORK/prepare.log" >&2; fail "$QUANT failed"; }
   local t2=$(date +%s)
   if [ "$LAYERS_BASE" -gt 0 ]; then  # the first LAYERS_BASE layers of the same files: the loaders skip the others

@@ -71,16 +71,34 @@ std::string qgemm_remark(bool cuda) {
 DeviceChoice choose_device(const std::string& request) {
   QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
               "unknown device '" << request << "' (expected auto, cpu or cuda)");
-  if (request == "cpu") return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + qgemm_remark(false)};
+  if (request == "cpu") {
+    return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + qgemm_remark(false), "", ""};
+  }
 
   std::string what;
   const bool have_cuda = cuda_available(&what);
   if (have_cuda) {
-    return {Device::Cuda, "device: cuda available (" + what + ")" + wgmma_remark(true) + qgemm_remark(true)};
+    const std::string remarks = wgmma_remark(true) + qgemm_remark(true);
+    return {Device::Cuda, "device: cuda available (" + what + ")" + remarks, what, remarks};
   }
   const std::string& reason = what;
   QWENQ_CHECK(request != "cuda", "--device cuda: CUDA is not available (" << reason << ")");
-  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false) + qgemm_remark(false)};
+  return {Device::Cpu, "device: cpu (" + reason + ")" + wgmma_remark(false) + qgemm_remark(false), "", ""};
+}
+
+DeviceChoice settle_device(const std::string& request, const DeviceChoice& found, const std::string& what,
+                           const std::string& refusal) {
+  QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
+              "unknown device '" << request << "' (expected auto, cpu or cuda)");
+  if (request == "cpu" || found.device == Device::Cpu) return found;
+  QWENQ_CHECK(request != "cuda" || refusal.empty(),
+              "--device cuda: " << what << " cannot run on the GPU: " << refusal << " (use --device cpu)");
+  if (!refusal.empty()) {
+    return {Device::Cpu, "device: cpu (a GPU is present, " + found.gpu + ", but " + what + " cannot run on it: " +
+                             refusal + ")", "", ""};
+  }
+  return {Device::Cuda, "device: cuda (" + found.gpu + "), " + what + " runs on the GPU" + found.remarks, found.gpu,
+          found.remarks};
 }
 
 }  // namespace qwenq

@@ -7,7 +7,8 @@
 //   "device: cuda available (NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB)"   (the caller says what runs where)
 // choose_device("cuda") throws qwenq::Error with the same reason when CUDA is unavailable; "cpu" always
 // succeeds; anything else throws. A missing driver (libcudart present, libcuda.so absent) is a reason, not a
-// crash. Device::Cuda tells callers that a GPU is there; they decide what runs on it (tools/cli_common.h).
+// crash. Device::Cuda tells callers that a GPU is there; settle_device decides what runs on it once the input is
+// known (tools/cli_common.h's DevicePick).
 // On an sm_90 GPU running this build's sm_90a code the line ends with the kernels it runs: "; the Hopper wgmma kernels
 // (QWENQ_WGMMA=0: the mma.sync ones)" or, with QWENQ_WGMMA=0, "; QWENQ_WGMMA=0: the mma.sync kernels, not the Hopper
 // wgmma ones". A QWENQ_WGMMA=0/1 that cannot apply says so: "; QWENQ_WGMMA=1 ignored: it needs an sm_90 GPU ..." or
@@ -23,9 +24,26 @@ enum class Device { Cpu, Cuda };
 struct DeviceChoice {
   Device device;
   std::string description;
+  std::string gpu;      // Device::Cuda: the device, "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"
+  std::string remarks;  // the kernel switches' remarks that end the description ("; the Hopper wgmma kernels ...")
 };
 
 DeviceChoice choose_device(const std::string& request /* "auto" | "cpu" | "cuda" */);
+
+// Where a command with a GPU path runs (`what`: "the evaluation"), once its input is known. `found`:
+// choose_device(request); `refusal`: why the GPU path cannot run the input, "" when it can (trainer/gpu_support.h).
+//   cpu                          the CPU: found's line.
+//   auto, no GPU                 the CPU: found's line ("device: cpu (no CUDA device: ...)").
+//   auto or cuda, GPU, no refusal
+//                                the GPU: "device: cuda (NVIDIA H200, sm_90, 139.8 GiB), the evaluation runs on the
+//                                GPU" and found's remarks.
+//   auto, GPU, a refusal         the CPU: "device: cpu (a GPU is present, NVIDIA H200 ..., but the evaluation cannot
+//                                run on it: <refusal>)".
+//   cuda, GPU, a refusal         throws "--device cuda: the evaluation cannot run on the GPU: <refusal> (use --device
+//                                cpu)".
+// The returned description is that line (the caller adds its thread count).
+DeviceChoice settle_device(const std::string& request, const DeviceChoice& found, const std::string& what,
+                           const std::string& refusal);
 
 #ifdef QWENQ_HAVE_CUDA
 // Asks the CUDA runtime for device 0. True: *name_or_error = "NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB"

@@ -620,6 +620,53 @@ TEST(KernelsRef, DeviceChoice) {
   EXPECT_ERROR_CONTAINS(choose_device("gpu"), "unknown device 'gpu' (expected auto, cpu or cuda)");
 }
 
+// Where a command with a GPU path runs once its input is known (settle_device): every request against a machine
+// with a GPU (a found choice made up here, as choose_device returns one) and without, with and without a refusal.
+TEST(KernelsRef, SettleDeviceTakesTheGpuWhenItCanRunTheInput) {
+  const DeviceChoice gpu{Device::Cuda, "device: cuda available (NVIDIA H200, sm_90, 139.8 GiB); the Hopper wgmma kernels",
+                         "NVIDIA H200, sm_90, 139.8 GiB", "; the Hopper wgmma kernels"};
+  const DeviceChoice none{Device::Cpu, "device: cpu (no NVIDIA GPU found)", "", ""};
+  const DeviceChoice cpu{Device::Cpu, "device: cpu (requested)", "", ""};
+  const std::string refusal = "'model.layers.0.self_attn.q_proj': FP8 checkpoints run on the CPU only";
+
+  // auto with a GPU that can run the input: the GPU, the line naming it and the kernels' remarks.
+  DeviceChoice d = settle_device("auto", gpu, "the evaluation", "");
+  EXPECT_EQ(d.device, Device::Cuda);
+  EXPECT_EQ(d.description,
+            "device: cuda (NVIDIA H200, sm_90, 139.8 GiB), the evaluation runs on the GPU; the Hopper wgmma kernels");
+  // cuda: the same.
+  d = settle_device("cuda", gpu, "the evaluation", "");
+  EXPECT_EQ(d.device, Device::Cuda);
+  EXPECT_EQ(d.description,
+            "device: cuda (NVIDIA H200, sm_90, 139.8 GiB), the evaluation runs on the GPU; the Hopper wgmma kernels");
+  // auto with an input the GPU cannot run: the CPU, saying which GPU stays idle and why.
+  d = settle_device("auto", gpu, "the evaluation", refusal);
+  EXPECT_EQ(d.device, Device::Cpu);
+  EXPECT_EQ(d.description, "device: cpu (a GPU is present, NVIDIA H200, sm_90, 139.8 GiB, but the evaluation cannot "
+                           "run on it: " + refusal + ")");
+  // cuda with that input: refused, before any work.
+  EXPECT_ERROR_CONTAINS(settle_device("cuda", gpu, "the evaluation", refusal),
+                        "--device cuda: the evaluation cannot run on the GPU: " + refusal + " (use --device cpu)");
+  // cpu, or no GPU: the CPU and choose_device's line, refusal or not.
+  for (const std::string& why : {std::string(), refusal}) {
+    d = settle_device("cpu", cpu, "the evaluation", why);
+    EXPECT_EQ(d.device, Device::Cpu);
+    EXPECT_EQ(d.description, "device: cpu (requested)");
+    d = settle_device("auto", none, "the evaluation", why);
+    EXPECT_EQ(d.device, Device::Cpu);
+    EXPECT_EQ(d.description, "device: cpu (no NVIDIA GPU found)");
+  }
+  EXPECT_ERROR_CONTAINS(settle_device("gpu", gpu, "the evaluation", ""), "unknown device 'gpu'");
+  // On this machine: auto settles where choose_device found a GPU, and no line has a line break.
+  const DeviceChoice here = choose_device("auto");
+  d = settle_device("auto", here, "the evaluation", "");
+  EXPECT_EQ(d.device, here.device);
+  EXPECT_EQ(d.description.find('\n'), std::string::npos);
+  if (here.device == Device::Cpu) {
+    EXPECT_EQ(d.description, here.description);
+  }
+}
+
 // QWENQ_WGMMA=0/1 (the Hopper kernels' switch, kernels/cuda_check.h) is explained on the device line, never silent:
 // on the CPU it does nothing; on a GPU =1 either runs the wgmma kernels or is ignored with the reason. Any other
 // value, or none, leaves a CPU line as it was.

@@ -20,12 +20,15 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "quant/fp8.h"
+#include "quant/ggml_blocks.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "trainer/gpu_support.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_weight_arena.h"
 
@@ -315,6 +318,150 @@ TEST(QwenWeightArena, MixtureOfExpertsLayerReadsBackAsItsSource) {
   bad.experts[2].down.dense = {};
   const std::string e = test::error_of([&] { qwen_moe_arena(bad, "model.layers.1."); });
   EXPECT_NE(e.find("cannot run 'model.layers.1.mlp.experts.2.down_proj' on the GPU"), std::string::npos) << e;
+}
+
+// --device auto's question before an upload (trainer/gpu_support.h): gpu_linear_refusal is the arenas' verdict,
+// Linear by Linear. Every format the arena holds passes; each one it refuses gives the reason the arena then throws.
+TEST(GpuSupport, LinearRefusalIsTheArenasVerdict) {
+  Store st;
+  struct Case {
+    std::string what;
+    LinearWeight w;
+    std::string refusal;  // "": the arena holds it
+  };
+  std::vector<Case> cases;
+  cases.push_back({"dense BF16", st.dense(DType::BF16, 16, 64), ""});
+  cases.push_back({"GPTQ v1 act-order", int_linear(IntLayout::GptqV1, 16, 64, 16, true, 21), ""});
+  cases.push_back({"GPTQ v2, one group over K = 200", int_linear(IntLayout::GptqV2, 24, 200, -1, false, 22), ""});
+  cases.push_back({"AutoAWQ GEMM", int_linear(IntLayout::AwqGemm, 16, 48, 16, false, 23), ""});
+  cases.push_back({"NF4 with double quantization", nf4_linear(12, 64, false, true, 24), ""});
+  cases.push_back({"FP4", nf4_linear(20, 128, true, false, 25), ""});
+  {
+    PackedIntLinear three = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 32, 32, false, 26);
+    three.bits = 3;
+    LinearWeight w;
+    w.N = 32;
+    w.K = 64;
+    w.packed = std::make_shared<PackedIntLinear>(three);
+    cases.push_back({"3-bit GPTQ", w, "only 4-bit codes have a Q4 layout, this weight is 3-bit"});
+  }
+  cases.push_back({"GPTQ group 4", int_linear(IntLayout::GptqV1, 16, 64, 4, false, 27), "group size 4 is not a multiple of 8"});
+  {
+    LinearWeight w = int_linear(IntLayout::GptqV1, 16, 64, 16, true, 28);
+    PackedIntLinear p = *w.packed;
+    const auto first0 = std::find(p.g_idx.begin(), p.g_idx.end(), 0);
+    ASSERT_NE(first0, p.g_idx.end());
+    *first0 = 1;  // group 0 now has 15 rows, group 1 17
+    w.packed = std::make_shared<PackedIntLinear>(p);
+    cases.push_back({"act-order groups of unequal sizes", w, "g_idx does not put exactly 16 rows in group"});
+  }
+  cases.push_back({"NF4 with gcd(K, blocksize) = 4", nf4_linear(16, 36, false, true, 29), "gcd(K=36, blocksize=64) = 4"});
+  {
+    LinearWeight w;
+    w.N = 16;
+    w.K = 64;
+    auto f = std::make_shared<Fp8Linear>();
+    f->N = 16;
+    f->K = 64;
+    w.fp8 = f;
+    cases.push_back({"FP8", w, "FP8 checkpoints run on the CPU only"});
+  }
+  {
+    LinearWeight w;
+    w.N = 16;
+    w.K = 256;
+    w.ggml = std::make_shared<GgmlLinear>(GgmlLinear{GgmlType::Q4_K, nullptr, 16, 256, 0});
+    cases.push_back({"GGUF Q4_K", w, "GGUF models run on the CPU only"});
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string why = gpu_linear_refusal(c.w);
+    QwenLayerWeights layer = mixed_layer(st);
+    layer.k = c.w;
+    const std::string arena_error = test::error_of([&] { qwen_layer_arena(layer, "model.layers.3."); });
+    if (c.refusal.empty()) {
+      EXPECT_EQ(why, "");
+      EXPECT_EQ(arena_error, "<no error>");
+    } else {
+      EXPECT_NE(why.find(c.refusal), std::string::npos) << why;
+      EXPECT_NE(arena_error.find("QwenModelCuda: cannot run 'model.layers.3.self_attn.k_proj' on the GPU"),
+                std::string::npos) << arena_error;
+      EXPECT_NE(arena_error.find(why), std::string::npos) << "the arena's reason is another: " << arena_error;
+    }
+  }
+  EXPECT_EQ(gpu_linear_refusal(LinearWeight{}), "") << "an absent Linear (N = 0) takes no piece";
+}
+
+// A whole model's weights: the first refusal in upload order (head_dim, the tables, then each layer's Linears: the
+// attention and dense MLP, the router, the routed experts, the shared expert, its gate), named by its path.
+TEST(GpuSupport, WeightsRefusalNamesTheFirstLinearInUploadOrder) {
+  Store st;
+  QwenConfig c;
+  c.head_dim = 8;
+  QwenWeights w;
+  w.layers.push_back(mixed_layer(st));
+  QwenLayerWeights moe_layer = mixed_layer(st);
+  moe_layer.gate = moe_layer.up = moe_layer.down = LinearWeight{};  // a MoE layer has no dense MLP
+  moe_layer.moe = mixed_moe(st);
+  w.layers.push_back(moe_layer);
+  EXPECT_EQ(gpu_weights_refusal(c, w, GpuUse::Forward), "");
+  EXPECT_EQ(gpu_weights_refusal(c, w, GpuUse::Decode), "");
+
+  const auto three_bit = [](int64_t N, int64_t K, uint64_t seed) {
+    PackedIntLinear p = q4_synthetic_int_linear(IntLayout::GptqV1, K, N, 16, false, seed);
+    p.bits = 3;
+    LinearWeight l;
+    l.N = N;
+    l.K = K;
+    l.packed = std::make_shared<PackedIntLinear>(p);
+    return l;
+  };
+  QwenWeights bad = w;
+  bad.layers[1].moe.shared.down = three_bit(64, 24, 31);
+  std::string why = gpu_weights_refusal(c, bad, GpuUse::Forward);
+  EXPECT_EQ(why.rfind("'model.layers.1.mlp.shared_expert.down_proj': ", 0), 0u) << why;
+  EXPECT_NE(why.find("this weight is 3-bit"), std::string::npos) << why;
+  // The arena refuses the same Linear.
+  EXPECT_NE(test::error_of([&] { qwen_moe_arena(bad.layers[1].moe, "model.layers.1."); })
+                .find("cannot run 'model.layers.1.mlp.shared_expert.down_proj' on the GPU"),
+            std::string::npos);
+  bad.layers[1].moe.experts[2].down = three_bit(64, 16, 32);  // a routed expert comes before the shared one
+  why = gpu_weights_refusal(c, bad, GpuUse::Forward);
+  EXPECT_EQ(why.rfind("'model.layers.1.mlp.experts.2.down_proj': ", 0), 0u) << why;
+  bad.layers[1].moe.router = three_bit(8, 64, 33);  // the router first
+  EXPECT_EQ(gpu_weights_refusal(c, bad, GpuUse::Forward).rfind("'model.layers.1.mlp.gate': ", 0), 0u);
+  bad.layers[1].o = three_bit(16, 48, 34);  // the attention before the MLP
+  EXPECT_EQ(gpu_weights_refusal(c, bad, GpuUse::Forward).rfind("'model.layers.1.self_attn.o_proj': ", 0), 0u);
+  bad.layers[0].down = three_bit(24, 208, 35);  // layer 0 before layer 1
+  EXPECT_EQ(gpu_weights_refusal(c, bad, GpuUse::Forward).rfind("'model.layers.0.mlp.down_proj': ", 0), 0u);
+
+  // A GGUF model's tables held quantized come before the Linears; its shape before everything.
+  QwenWeights gguf = bad;
+  gguf.lm_head_q = std::make_shared<GgmlLinear>(GgmlLinear{GgmlType::Q6_K, nullptr, 320, 256, 0});
+  why = gpu_weights_refusal(c, gguf, GpuUse::Forward);
+  EXPECT_NE(why.find("holds its embedding or output table quantized"), std::string::npos) << why;
+  QwenConfig odd = c;
+  odd.head_dim = 7;
+  why = gpu_weights_refusal(odd, gguf, GpuUse::Forward);
+  EXPECT_EQ(why, "head_dim 7: the GPU's RoPE and attention kernels need an even head_dim of at most 512");
+}
+
+// The shapes the GPU kernels take: an even head_dim of at most 512 for the forward, at most 256 for decoding.
+TEST(GpuSupport, ConfigRefusalIsTheKernelsHeadDimLimits) {
+  QwenConfig c;
+  for (int64_t D : {2, 64, 80, 128, 256}) {
+    c.head_dim = D;
+    EXPECT_EQ(gpu_config_refusal(c, GpuUse::Forward), "") << D;
+    EXPECT_EQ(gpu_config_refusal(c, GpuUse::Decode), "") << D;
+  }
+  c.head_dim = 384;
+  EXPECT_EQ(gpu_config_refusal(c, GpuUse::Forward), "");
+  EXPECT_EQ(gpu_config_refusal(c, GpuUse::Decode), "head_dim 384 exceeds the GPU decode attention's limit 256");
+  for (int64_t D : {63, 514, 1024}) {
+    c.head_dim = D;
+    EXPECT_NE(gpu_config_refusal(c, GpuUse::Forward).find("need an even head_dim of at most 512"), std::string::npos) << D;
+    EXPECT_EQ(gpu_config_refusal(c, GpuUse::Decode), gpu_config_refusal(c, GpuUse::Forward)) << D;
+  }
 }
 
 }  // namespace

@@ -28,13 +28,14 @@ struct ChoiceArgs {
 };
 
 void run_choices(const ChoiceArgs& a) {
-  const Device device = resolve_experimental_device(a.common, "multiple-choice scoring");
+  DevicePick pick(a.common, "multiple-choice scoring");
   for (const std::string* out : {&a.json_out, &a.predictions}) {
     if (!out->empty()) check_output_dir_exists(out == &a.json_out ? "--json-out" : "--predictions", *out);
   }
   const std::vector<ChoiceItem> items = read_choice_items(a.data);  // a bad record costs no model load
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
+  const Device device = pick.settle_for_model(model, GpuUse::Forward);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   EvalDevice ed(device);  // on the GPU: the forward and the continuation NLLs there, the sums and argmaxes here

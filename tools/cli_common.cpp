@@ -118,29 +118,39 @@ void apply_common_options(const CommonOptions& opt) {
   std::fprintf(stderr, "%s; %d CPU threads\n", d.description.c_str(), num_threads());
 }
 
-Device resolve_experimental_device(const CommonOptions& opt, const std::string& what) {
+DevicePick::DevicePick(const CommonOptions& opt, std::string what)
+    : request_(opt.device), what_(std::move(what)), found_(choose_device(opt.device)) {
   set_num_threads(opt.threads);
-  DeviceChoice d = choose_device(opt.device);
-  std::string line = d.description;
-#ifdef QWENQ_HAVE_CUDA
-  std::string gpu;
-  if (d.device == Device::Cuda && opt.device != "cuda") {
-    d.device = Device::Cpu;
-    line += " (" + what + " on the GPU is experimental: pass --device cuda to use it)";
-  } else if (d.device == Device::Cuda && cuda_device_query(&gpu)) {
-    line = "device: cuda (" + gpu + "), " + what + " runs on the GPU (experimental)";
-  }
-#else
-  (void)what;
-#endif
-  std::fprintf(stderr, "%s; %d CPU threads\n", line.c_str(), num_threads());
+}
+
+Device DevicePick::settle(const std::string& refusal) {
+  const DeviceChoice d = settle_device(request_, found_, what_, refusal);
+  std::fprintf(stderr, "%s; %d CPU threads\n", d.description.c_str(), num_threads());
   return d.device;
+}
+
+Device DevicePick::settle_for_model(const QwenModel& model, GpuUse use, const std::string& refusal) {
+  return settle_for_models({&model}, use, refusal);
+}
+
+Device DevicePick::settle_for_models(const std::vector<const QwenModel*>& models, GpuUse use,
+                                     const std::string& refusal) {
+  std::string why = refusal;
+  for (const QwenModel* m : models) {
+    if (!why.empty() || !gpu_possible()) break;
+    why = gpu_model_refusal(*m, use);
+  }
+  return settle(why);
 }
 
 void add_int8_activations_flag(CLI::App* cmd, bool* on) {
   cmd->add_flag("--int8-activations", *on,
                 "GGUF and GPTQ/AWQ models on the CPU: round each activation row to 8 bits per block and multiply the "
                 "quantized weights in integers, as llama.cpp does (faster; not the exact product)");
+}
+
+std::string int8_activations_refusal(bool on) {
+  return on ? "--int8-activations multiplies in integers on the CPU" : "";
 }
 
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common) {

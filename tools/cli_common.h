@@ -15,6 +15,7 @@
 #include "kernels/device.h"
 #include "lora/lora_adapter.h"
 #include "trainer/generate.h"
+#include "trainer/gpu_support.h"
 #include "trainer/logits_source.h"
 #include "trainer/qwen_model.h"
 #ifdef QWENQ_HAVE_CUDA
@@ -75,10 +76,26 @@ void apply_generation_config(const std::string& model_path, const SamplingGiven&
                              bool quiet = false);
 // Applies --threads and resolves --device, printing one line to stderr saying where the work runs.
 void apply_common_options(const CommonOptions& opt);
-// For a subcommand whose GPU path is new (`what`, e.g. "the generation"): applies --threads and resolves --device
-// as `eval` does. The GPU runs only when asked for by name (--device cuda); `auto` stays on the CPU and says how to
-// ask for the GPU. Prints the device line; returns where `what` runs (Device::Cpu in a build without CUDA).
-Device resolve_experimental_device(const CommonOptions& opt, const std::string& what);
+// Where a subcommand with a GPU path runs (`what`, e.g. "the generation"), in two steps. The constructor applies
+// --threads and looks for a GPU (--device cuda without one fails there, before any work). settle() decides once the
+// input is known (kernels/device.h's settle_device: `auto` takes the GPU when there is one and it can run the input,
+// else the CPU; `cuda` refuses an input the GPU cannot run), prints the one device line to stderr and returns the
+// device (Device::Cpu in a build without CUDA). settle_for_model asks trainer/gpu_support.h about a loaded model
+// (only while the GPU is still possible); `refusal` adds a reason of the command's own (a CPU-only flag).
+class DevicePick {
+ public:
+  DevicePick(const CommonOptions& opt, std::string what);
+  // True while the GPU may still be chosen (a GPU is there and --device is not cpu): compute refusals only then.
+  bool gpu_possible() const { return found_.device == Device::Cuda && request_ != "cpu"; }
+  Device settle(const std::string& refusal = "");
+  Device settle_for_model(const QwenModel& model, GpuUse use, const std::string& refusal = "");
+  // The same, with every model of a command (eval's model and its KL base): the first refusal counts.
+  Device settle_for_models(const std::vector<const QwenModel*>& models, GpuUse use, const std::string& refusal = "");
+
+ private:
+  std::string request_, what_;
+  DeviceChoice found_;
+};
 
 // --int8-activations (generate, eval): int8-activation products on the CPU for a GGUF model's quantized tensors
 // (llama.cpp's) and a GPTQ/AWQ checkpoint's 4- and 8-bit Linears (trainer/qwen_weights.h, set_int8_activations).
@@ -86,6 +103,8 @@ Device resolve_experimental_device(const CommonOptions& opt, const std::string& 
 // cuda, and otherwise switches it on; call it before loading the model.
 void add_int8_activations_flag(CLI::App* cmd, bool* on);
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common);
+// Why the GPU cannot run a command given --int8-activations (`on`), for DevicePick::settle: "" when off.
+std::string int8_activations_refusal(bool on);
 // With the switch on and not quiet: one stderr line saying how many of the loaded model's Linears (and whether its
 // output table) take the int8 products, and why the rest do not. Returns the coverage (int8_coverage).
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);

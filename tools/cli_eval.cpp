@@ -118,9 +118,10 @@ std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const st
 
 // eval --save-kld FILE: the model's log-probabilities over the text's chunks, for llama-perplexity --kl-divergence or
 // eval --kl-base FILE to score other models against.
-void run_save_kld(const EvalArgs& a, const std::string& dir, Device device) {
+void run_save_kld(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   QwenModel model(dir);
+  const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
   std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   Tokenizer tok = Tokenizer::from_model(dir);
@@ -143,13 +144,14 @@ void run_save_kld(const EvalArgs& a, const std::string& dir, Device device) {
 }
 
 // eval --kl-base FILE: the model over the file's tokens, each scored position against the file's row.
-void run_kld_file(const EvalArgs& a, const std::string& dir, Device device) {
+void run_kld_file(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   const KldFile file(a.kl_base);
   const int64_t n_ctx = file.header().n_ctx;
   QWENQ_CHECK(!a.seq_len_given || a.ppl.seq_len == n_ctx,
               "--seq-len " << a.ppl.seq_len << " differs from the n_ctx " << n_ctx << " of " << a.kl_base
                            << ", whose chunks are scored; leave --seq-len out");
   QwenModel model(dir);
+  const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
   std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   const KldRunOptions opt = kld_run_options(a, Tokenizer::from_model(dir));
@@ -166,7 +168,7 @@ void run_kld_file(const EvalArgs& a, const std::string& dir, Device device) {
 
 void run_eval(const EvalArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
-  const Device device = resolve_experimental_device(a.common, "the evaluation");
+  DevicePick pick(a.common, "the evaluation");
   const bool kl_file = !a.kl_base.empty() && is_kld_file(a.kl_base);
   if (!a.kl_base.empty() && !kl_file && file_exists(a.kl_base) && !dir_exists(a.kl_base) && !is_gguf_file(a.kl_base)) {
     KldFile refuse(a.kl_base);  // neither a model nor a base file: the reader names what is wrong with it
@@ -181,17 +183,15 @@ void run_eval(const EvalArgs& a) {
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   if (!a.save_kld.empty()) {
     check_output_dir_exists("--save-kld", a.save_kld);
-    return run_save_kld(a, dir, device);
+    return run_save_kld(a, dir, pick);
   }
-  if (kl_file) return run_kld_file(a, dir, device);
+  if (kl_file) return run_kld_file(a, dir, pick);
   const std::string base_dir = a.kl_base.empty() ? "" : resolve_model_dir(a.kl_base, "main", /*allow_gguf=*/true);
   PerplexityOptions opt = a.ppl;
   opt.quiet = a.quiet;
   opt.seq_len = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(dir);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
-  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::string text = load_text_corpus(a.data, a.field, &tok);
   // The tokenizer's own convention: Llama-style tokenizers prepend BOS once to the whole corpus, Qwen's
@@ -208,6 +208,12 @@ void run_eval(const EvalArgs& a) {
   if (!base_dir.empty()) {
     base = std::make_unique<QwenModel>(base_dir);
   }
+  // Both models on one device: the GPU when it can run each.
+  std::vector<const QwenModel*> models{&model};
+  if (base) models.push_back(base.get());
+  const Device device = pick.settle_for_models(models, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
+  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   PerplexityResult r;
   std::unique_ptr<KlDivergenceResult> kl;
   EvalDevice ed(device);

@@ -30,9 +30,10 @@ struct GenerateArgs {
 void run_generate(const GenerateArgs& a) {
   const KvCacheDType kv = parse_kv_cache_dtype(a.kv_cache, "--kv-cache");
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
-  const Device device = resolve_experimental_device(a.common, "the generation");
+  DevicePick pick(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
+  const Device device = pick.settle_for_model(model, GpuUse::Decode, int8_activations_refusal(a.int8_activations));
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
   if (device == Device::Cuda) {

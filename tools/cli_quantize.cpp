@@ -77,10 +77,10 @@ void print_loftq_summary(const QuantizeArgs& a, const QuantizeOptions& opt, cons
 }
 
 void run(QuantizeArgs& a, QuantizeOptions::Method method) {
-  a.opt.device = resolve_experimental_device(a.common, method == QuantizeOptions::Method::Rtn   ? "RTN"
-                                                       : method == QuantizeOptions::Method::Nf4 ? "NF4"
-                                                       : method == QuantizeOptions::Method::Fp8 ? "FP8"
-                                                                                                : "FP4");
+  DevicePick pick(a.common, method == QuantizeOptions::Method::Rtn   ? "RTN"
+                            : method == QuantizeOptions::Method::Nf4 ? "NF4"
+                            : method == QuantizeOptions::Method::Fp8 ? "FP8"
+                                                                     : "FP4");
   a.opt.method = method;
   a.opt.model_dir = resolve_model_dir(a.model);
   a.opt.sym = !a.asym;
@@ -88,6 +88,7 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
   apply_format(a.format, &a.opt);
   apply_loftq_args(a, &a.opt);
+  a.opt.device = pick.settle(pick.gpu_possible() ? quantize_gpu_refusal(a.opt) : "");
   QuantizeReport r = quantize_model(a.opt);
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
@@ -150,7 +151,7 @@ void register_quantize(CLI::App& app) {
       ->capture_default_str();
   gc->callback([g, gopt, g_seq_len, calib_dtype]() {
     gopt->calib_dtype = *calib_dtype == "bf16" ? DType::BF16 : DType::F32;
-    gopt->device = resolve_experimental_device(g->common, "GPTQ");
+    DevicePick pick(g->common, "GPTQ");
     if (g->asym && g->format == "gptq") g->format = "gptq_v2";
     gopt->out = g->opt;
     gopt->out.model_dir = resolve_model_dir(g->model);
@@ -160,6 +161,7 @@ void register_quantize(CLI::App& app) {
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
     apply_format(g->format, &gopt->out);
     apply_loftq_args(*g, &gopt->out);
+    gopt->device = pick.settle(pick.gpu_possible() ? gpu_source_refusal(gopt->out.model_dir) : "");
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
                 gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
@@ -207,7 +209,7 @@ void register_quantize(CLI::App& app) {
       ->capture_default_str();
   wc->callback([w, wopt, no_clip, no_duo, w_seq_len, w_calib_dtype]() {
     wopt->calib_dtype = *w_calib_dtype == "bf16" ? DType::BF16 : DType::F32;
-    wopt->device = resolve_experimental_device(w->common, "AWQ");
+    DevicePick pick(w->common, "AWQ");
     wopt->out = w->opt;
     wopt->out.model_dir = resolve_model_dir(w->model);
     if (!wopt->save_search.empty()) check_output_dir_exists("--save-search", wopt->save_search);
@@ -219,6 +221,7 @@ void register_quantize(CLI::App& app) {
     apply_format(w->format, &wopt->out);
     wopt->clip = !*no_clip;
     wopt->search.duo_scaling = !*no_duo;
+    wopt->device = pick.settle(pick.gpu_possible() ? gpu_source_refusal(wopt->out.model_dir) : "");
     QuantizeReport r = awq_quantize_model(*wopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with AWQ, %d shard(s), %.1fs, peak RSS %s\n",
                 wopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,

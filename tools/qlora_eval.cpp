@@ -38,14 +38,15 @@ struct EvalArgs {
 };
 
 void run_sft_eval(EvalArgs& a) {
-  const Device device = resolve_experimental_device(a.common, "qwen-qlora eval");
+  DevicePick pick(a.common, "qwen-qlora eval");
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   TrainOptions& o = a.opt;
   o.model_dir = resolve_model_dir(a.model);
   apply_sft_flags(a.sft, &o);
-  o.use_cuda = device == Device::Cuda;  // LoraModelCuda's loss, as train --device cuda evaluates
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(o.model_dir);
+  // LoraModelCuda's loss on the GPU, as train evaluates there.
+  o.use_cuda = pick.settle_for_model(model, GpuUse::Forward) == Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);

@@ -61,7 +61,7 @@ struct Loaded {
 
 Loaded load(const GenerateArgs& a, bool need_chat_template) {
   parse_kv_cache_dtype(a.kv_cache, "--kv-cache");  // refused before any work
-  const Device device = resolve_experimental_device(a.common, "the generation");
+  DevicePick pick(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   Tokenizer tok = Tokenizer::from_model(dir);
   if (need_chat_template) {
@@ -72,6 +72,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     warn_if_no_thinking_switch(tok, a.no_thinking, "generate");
   }
   auto model = std::make_unique<QwenModel>(dir);
+  const Device device = pick.settle_for_model(*model, GpuUse::Decode);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, *model, /*quiet=*/false);
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA

@@ -199,8 +199,11 @@ void register_qlora_train(CLI::App& app) {
     o.checkpointing = !a->no_checkpointing;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
-    // The GPU trainer (trainer/lora_model_cuda.h) is new: it runs on an explicit --device cuda only.
-    o.use_cuda = resolve_experimental_device(a->common, "training") == Device::Cuda;
+    // The GPU trainer (trainer/lora_model_cuda.h) when there is a GPU and it can run the model, decided once
+    // train_lora has loaded the model (which prints the device line then).
+    auto pick = std::make_shared<DevicePick>(a->common, "training");
+    o.use_cuda = pick->gpu_possible();
+    o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Forward) == Device::Cuda; };
     o.model_dir = resolve_model_dir(a->model);
     o.lora.target_modules = parse_lora_targets(a->targets);
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);

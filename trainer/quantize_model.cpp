@@ -103,6 +103,17 @@ std::vector<float> round_trip(const QuantizeOptions& o, const std::vector<float>
 
 }  // namespace
 
+std::string quantize_gpu_refusal(const QuantizeOptions& o) {
+  if (o.method == QuantizeOptions::Method::Fp8) return "fp8 quantizes on the CPU";
+  if (check_quantizable_source(o.model_dir).method != QuantConfig::Method::None) {
+    return o.model_dir + " is an FP8 model, whose weights are decoded on the CPU";
+  }
+  if (o.loftq.r > 0 && o.loftq_iters > 1) {
+    return "--loftq-iter " + std::to_string(o.loftq_iters) + " re-quantizes W - L R on the CPU at each iteration";
+  }
+  return "";
+}
+
 QuantizeReport quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   // An FP8 source: each Linear is read as its fp32 ŵ, and its scale tensors are dropped with it.

@@ -84,6 +84,9 @@ struct QuantizeReport {
 };
 
 QuantizeReport quantize_model(const QuantizeOptions& opt);
+// "" or why quantize_model cannot run `opt` on the GPU (`--device auto` then takes the CPU): fp8 output, an FP8
+// source (decoded on the CPU), LoftQ with more than one iteration (it re-quantizes on the CPU's copy of W).
+std::string quantize_gpu_refusal(const QuantizeOptions& opt);
 
 // GPTQ over a whole model, layer by layer (Frantar et al. 2022 as AutoGPTQ runs it): calibration windows are
 // embedded once; for each decoder block, in true-sequential order (q,k,v -> o -> gate,up -> down), the block is

@@ -20,6 +20,7 @@
 #include "kernels/norm.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
+#include "trainer/gpu_support.h"
 
 namespace qwenq {
 
@@ -249,9 +250,8 @@ QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvC
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);
-  QWENQ_CHECK(c.head_dim <= kAttentionDecodeMaxHeadDim,
-              "QwenDecodeCuda: head_dim " << c.head_dim << " exceeds the decode attention's limit "
-                                          << kAttentionDecodeMaxHeadDim);
+  const std::string shape_refusal = gpu_config_refusal(c, GpuUse::Decode);  // trainer/gpu_support.h
+  QWENQ_CHECK(shape_refusal.empty(), "QwenDecodeCuda: " << shape_refusal);
   QWENQ_CHECK(!m.bf16_cache() || c.head_dim % 2 == 0,
               "QwenDecodeCuda: a bf16 KV cache needs an even head_dim, the model's is " << c.head_dim
                                                                                         << "; use the f32 cache");

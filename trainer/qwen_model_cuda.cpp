@@ -26,6 +26,7 @@
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
 #include "quant/format/qgemm_layout.h"
+#include "trainer/gpu_support.h"
 #include "trainer/lora_inference.h"
 #include "trainer/moe_block.h"
 #include "trainer/qwen_weight_arena.h"
@@ -613,12 +614,8 @@ QwenModelCuda::QwenModelCuda(const QwenModel& model, const QwenModelCudaOptions&
   Impl& m = *impl_;
   m.cfg = model.config();
   const QwenConfig& c = m.cfg;
-  QWENQ_CHECK(uses_flash(c.head_dim) || c.head_dim <= kAttentionNaiveMaxHeadDim,
-              "QwenModelCuda: head_dim " << c.head_dim << " is neither a compiled flash attention head dim ("
-                                         << flash_attention_compiled_dims() << ") nor at "
-                                         << "most the naive kernel's " << kAttentionNaiveMaxHeadDim);
-  QWENQ_CHECK(c.head_dim <= kRopeMaxHeadDim && c.head_dim % 2 == 0,
-              "QwenModelCuda: head_dim " << c.head_dim << " must be even and at most " << kRopeMaxHeadDim << " (RoPE)");
+  const std::string shape_refusal = gpu_config_refusal(c, GpuUse::Forward);  // trainer/gpu_support.h
+  QWENQ_CHECK(shape_refusal.empty(), "QwenModelCuda: " << shape_refusal);
   const QwenWeights& w = model.weights();
   require_dense_tables(w, "the GPU forward (--device cuda)");
   if (options.upload_embedding || w.embed.data == w.lm_head.data)  // a tied table is the lm_head as well

@@ -13,6 +13,25 @@ uint64_t WeightArenaLayout::add(uint64_t bytes) {
   return at;
 }
 
+std::string gpu_linear_refusal(const LinearWeight& w) {
+  if (w.N == 0 || w.is_dense()) return "";
+  if (w.fp8) return "FP8 checkpoints run on the CPU only (--device cpu); for the GPU, `qwen-quant dequantize` one to bf16 first";
+  if (!w.packed && !w.nf4) {
+    return "GGUF models run on the CPU only (--device cpu); the GPU reads dense, GPTQ, AWQ and bitsandbytes 4-bit "
+           "checkpoints";
+  }
+  try {
+    if (w.packed) {
+      q4_check_int_linear(*w.packed);
+    } else {
+      q4_check_nf4(w.nf4->q, w.N, w.K);
+    }
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
 namespace {
 
 // Lays pieces out and records their copies (and the Q4 repacks they read) into an arena's lists.
@@ -48,16 +67,17 @@ struct Builder {
     if (w.is_dense()) {
       r.dense = tensor(w.dense);
     } else {
-      try {
-        QWENQ_CHECK(!w.fp8, "FP8 checkpoints run on the CPU only (--device cpu); for the GPU, `qwen-quant dequantize` "
-                            "one to bf16 first");
-        QWENQ_CHECK(w.packed || w.nf4, "GGUF models run on the CPU only (--device cpu); the GPU reads dense, GPTQ, "
-                                       "AWQ and bitsandbytes 4-bit checkpoints");
+      const auto refuse = [&](const std::string& why) {
+        return Error("QwenModelCuda: cannot run '" + name + "' on the GPU, whose dequant-matmul reads 4-bit "
+                     "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + why);
+      };
+      const std::string why = gpu_linear_refusal(w);
+      if (!why.empty()) throw refuse(why);
+      try {  // what is left to fail is the data itself (a code or zero point out of range)
         repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
         q4_check(repacked.back().view(), "the Q4 repack");
       } catch (const Error& e) {
-        throw Error("QwenModelCuda: cannot run '" + name + "' on the GPU, whose dequant-matmul reads 4-bit "
-                    "GPTQ/AWQ/NF4/FP4 weights with groups of a multiple of 8 (use --device cpu): " + e.what());
+        throw refuse(e.what());
       }
       const Q4Layout& q = repacked.back();
       r.is_q4 = true;

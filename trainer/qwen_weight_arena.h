@@ -87,6 +87,12 @@ struct QwenLayerArena {
   uint64_t linear_bytes = 0;
 };
 
+// Why an arena cannot hold the Linear w, "" when it can: a dense weight uploads as stored, a GPTQ/AWQ/bitsandbytes
+// one as its Q4 repack when it has one (q4_check_int_linear / q4_check_nf4: 4-bit codes, groups of whole Q4 words);
+// FP8 and GGUF weights stay on the CPU. The arenas below throw it, naming the Linear; trainer/gpu_support.h asks it
+// before an upload (`--device auto`).
+std::string gpu_linear_refusal(const LinearWeight& w);
+
 // The arena of one layer's weights (`prefix`: "model.layers.3."). Packed Linears are repacked to Q4 here; one the
 // Q4 GEMMs cannot read (not 4-bit, a group that is not a multiple of 8) throws naming the Linear:
 // "QwenModelCuda: cannot run 'model.layers.3.self_attn.q_proj' on the GPU, ...".

@@ -324,6 +324,9 @@ TrainReport train_lora(const TrainOptions& o) {
   }
 
   QwenModel model(o.model_dir);
+  const bool use_cuda = o.choose_device ? o.choose_device(model) : o.use_cuda;
+  QWENQ_CHECK(!o.profile || use_cuda, "--profile times the GPU trainer's phases: it needs the GPU, and this run trains "
+                                      "on the CPU");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
@@ -400,7 +403,7 @@ TrainReport train_lora(const TrainOptions& o) {
   Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
   std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
 #ifdef QWENQ_HAVE_CUDA
-  if (o.use_cuda) {
+  if (use_cuda) {
     cuda_device_allocator().reset_peak();  // the peaks reported at the end are this run's
     try {
       gpu = std::make_unique<LoraModelCuda>(model, adapter);

@@ -32,10 +32,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "core/dtype.h"
 #include "lora/lora_config.h"
+#include "trainer/qwen_model.h"
 #include "trainer/sft_data.h"
 
 namespace qwenq {
@@ -79,8 +81,11 @@ struct TrainOptions {
   DType adapter_dtype = DType::F32;  // of the final adapter (checkpoints are always fp32)
   // Train on the GPU (trainer/lora_model_cuda.h: forward, backward, clipping and AdamW on the device; the
   // adapter comes to the host for checkpoints, evaluation stays on the device; dropout masks are the CPU's). Set
-  // by an explicit `--device cuda`; the CPU path otherwise.
+  // by `--device cuda`, or by `--device auto` when a GPU is there (then choose_device has the last word).
   bool use_cuda = false;
+  // When set, decides use_cuda once the model is loaded (tools/cli_common.h's DevicePick: `auto` keeps the CPU for
+  // a model the GPU trainer cannot run) and prints the device line; train_lora only reads its answer.
+  std::function<bool(const QwenModel&)> choose_device;
   // Time each GPU training step's phases (trainer/step_profile.h; --profile): TrainReport::profile and the run's
   // summary record get the milliseconds per step, the first step of the invocation (a warm-up) left out.
   bool profile = false;

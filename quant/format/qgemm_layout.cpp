@@ -56,8 +56,16 @@ int64_t q4_int_layout_group(int64_t K, int64_t group_size) {
 
 int64_t q4_nf4_layout_group(int64_t K, int64_t blocksize) { return std::gcd(K, blocksize); }
 
-Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
-  const char* what = "Q4 repack of a GPTQ/AWQ weight";
+namespace {
+
+// The layout rows of an integer weight: perm (empty when g_idx is k / group), the layout group. Every check of
+// whether p has a Q4 form at all is here (q4_check_int_linear runs them alone).
+struct IntLayoutRows {
+  std::vector<int32_t> perm;
+  int64_t group = 0;
+};
+
+IntLayoutRows int_layout_rows(const PackedIntLinear& p, const char* what) {
   QWENQ_CHECK(p.bits == 4, what << ": only 4-bit codes have a Q4 layout, this weight is " << p.bits << "-bit");
   QWENQ_CHECK(p.K > 0 && p.N > 0 && p.group > 0, what << ": bad sizes K=" << p.K << " N=" << p.N << " group=" << p.group);
   const int64_t K = p.K, N = p.N, G = p.num_groups();
@@ -70,16 +78,6 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
               what << " (" << int_layout_name(p.layout) << ", K=" << K << ", N=" << N << "): qweight holds "
                    << p.qweight.size() << " words (expected " << qw << "), qzeros " << p.qzeros.size() << " (expected "
                    << qz << "); the packed axes must be multiples of 8");
-  // Source codes [K, N] and true zero points [G, N] (0..16: a GPTQ v1 field of all ones reads 16), by the format's
-  // own unpackers.
-  std::vector<uint8_t> codes(K * N);
-  if (gptq) {
-    gptq_unpack_qweight(p.qweight.data(), K, N, 4, codes.data());
-  } else {
-    awq_unpack(p.qweight.data(), K, N, codes.data());
-  }
-  const std::vector<uint16_t> zeros = int_linear_zeros(p);
-
   // Group of every source row; act-order when it is not k / group.
   std::vector<int64_t> group_of(K);
   bool identity = true;
@@ -89,27 +87,71 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
     group_of[k] = g;
     identity = identity && g == k / p.group;
   }
-  std::vector<int32_t> perm;
+  IntLayoutRows r;
   if (!identity) {
-    perm.resize(K);
-    std::iota(perm.begin(), perm.end(), 0);
-    std::stable_sort(perm.begin(), perm.end(), [&](int32_t a, int32_t b) { return group_of[a] < group_of[b]; });
+    r.perm.resize(K);
+    std::iota(r.perm.begin(), r.perm.end(), 0);
+    std::stable_sort(r.perm.begin(), r.perm.end(), [&](int32_t a, int32_t b) { return group_of[a] < group_of[b]; });
     // Sorted rows form contiguous groups only if every group has exactly `group` rows (the last: the rest).
     for (int64_t kk = 0; kk < K; ++kk) {
-      QWENQ_CHECK(group_of[perm[kk]] == kk / p.group,
+      QWENQ_CHECK(group_of[r.perm[kk]] == kk / p.group,
                   what << ": g_idx does not put exactly " << p.group << " rows in group " << kk / p.group
                        << " (act-order g_idx from GPTQ always does); layout row " << kk << " would hold a row of group "
-                       << group_of[perm[kk]]);
+                       << group_of[r.perm[kk]]);
     }
   }
-
   // Layout group: the format's, or the whole padded K when one group spans K (group_size -1).
-  const int64_t group = q4_int_layout_group(K, p.group);
-  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+  r.group = q4_int_layout_group(K, p.group);
+  QWENQ_CHECK(r.group % kQ4CodesPerWord == 0,
               what << ": group size " << p.group << " is not a multiple of " << kQ4CodesPerWord
                    << " (K=" << K << "): one Q4 word of 8 rows would straddle two groups");
+  QWENQ_CHECK((round_up(K, kQ4RowPad) + r.group - 1) / r.group == G,
+              what << ": " << (round_up(K, kQ4RowPad) + r.group - 1) / r.group << " layout groups for " << G
+                   << " source groups");
+  QWENQ_CHECK(p.perm.empty() || p.perm.size() == static_cast<size_t>(K),
+              what << ": perm holds " << p.perm.size() << " entries for K=" << K);
+  return r;
+}
+
+constexpr const char* kIntRepack = "Q4 repack of a GPTQ/AWQ weight";
+constexpr const char* kNf4Repack = "Q4 repack of a bitsandbytes 4-bit weight";
+
+// The layout group of a bitsandbytes weight [N, K], after the checks of whether it has a Q4 form.
+int64_t nf4_layout_group(const Nf4Tensor& t, int64_t N, int64_t K) {
+  nf4_check(t, kNf4Repack);
+  QWENQ_CHECK(N > 0 && K > 0 && N * K == t.n,
+              kNf4Repack << ": shape [" << N << ", " << K << "] does not hold " << t.n << " weights");
+  const int64_t B = t.blocksize;
+  const int64_t group = q4_nf4_layout_group(K, B);
+  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
+              kNf4Repack << ": gcd(K=" << K << ", blocksize=" << B << ") = " << group << " is not a multiple of "
+                         << kQ4CodesPerWord << ", so a Q4 word of 8 rows would straddle two absmax blocks");
+  return group;
+}
+
+}  // namespace
+
+void q4_check_int_linear(const PackedIntLinear& p) { int_layout_rows(p, kIntRepack); }
+
+void q4_check_nf4(const Nf4Tensor& t, int64_t N, int64_t K) { nf4_layout_group(t, N, K); }
+
+Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
+  const char* what = kIntRepack;
+  IntLayoutRows rows = int_layout_rows(p, what);
+  const int64_t K = p.K, N = p.N, G = p.num_groups();
+  const int64_t group = rows.group;
+  std::vector<int32_t> perm = std::move(rows.perm);
+  // Source codes [K, N] and true zero points [G, N] (0..16: a GPTQ v1 field of all ones reads 16), by the format's
+  // own unpackers.
+  std::vector<uint8_t> codes(K * N);
+  if (p.layout != IntLayout::AwqGemm) {
+    gptq_unpack_qweight(p.qweight.data(), K, N, 4, codes.data());
+  } else {
+    awq_unpack(p.qweight.data(), K, N, codes.data());
+  }
+  const std::vector<uint16_t> zeros = int_linear_zeros(p);
+
   Q4Layout q = empty_layout(Q4Kind::Int, N, K, group);
-  QWENQ_CHECK(q.num_groups() == G, what << ": " << q.num_groups() << " layout groups for " << G << " source groups");
   for (int64_t g = 0; g < G; ++g) {
     for (int64_t n = 0; n < N; ++n)
       q.meta[g * q.Np + n] = q4_int_meta(p.scales[g * N + n], static_cast<uint8_t>(zeros[g * N + n]));
@@ -132,7 +174,6 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   // Rows already sorted in memory (int_linear_sort_inputs_by_group): layout row kk holds stored row perm[kk], whose
   // input is p.perm of it.
   if (!p.perm.empty()) {
-    QWENQ_CHECK(p.perm.size() == static_cast<size_t>(K), what << ": perm holds " << p.perm.size() << " entries for K=" << K);
     if (perm.empty()) {
       perm = p.perm;
     } else {
@@ -144,14 +185,8 @@ Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
 }
 
 Q4Layout q4_from_nf4(const Nf4Tensor& t, int64_t N, int64_t K) {
-  const char* what = "Q4 repack of a bitsandbytes 4-bit weight";
-  nf4_check(t, what);
-  QWENQ_CHECK(N > 0 && K > 0 && N * K == t.n, what << ": shape [" << N << ", " << K << "] does not hold " << t.n << " weights");
+  const int64_t group = nf4_layout_group(t, N, K);
   const int64_t B = t.blocksize;
-  const int64_t group = q4_nf4_layout_group(K, B);
-  QWENQ_CHECK(group % kQ4CodesPerWord == 0,
-              what << ": gcd(K=" << K << ", blocksize=" << B << ") = " << group << " is not a multiple of "
-                   << kQ4CodesPerWord << ", so a Q4 word of 8 rows would straddle two absmax blocks");
   const std::vector<float> absmax = nf4_block_absmax(t);  // the CPU reader's exact fp32 scales (DQ decoded)
   Q4Layout q = empty_layout(t.fp4 ? Q4Kind::Fp4 : Q4Kind::Nf4, N, K, group);  // Kp == K: 8 | group | K
   const int64_t G = q.num_groups();

@@ -149,6 +149,11 @@ inline void q4_check(const Q4View& w, const char* what) {
 Q4Layout q4_from_int_linear(const PackedIntLinear& p);
 // bitsandbytes NF4/FP4 of a weight [N, K] (t.n == N·K), with or without double quantization.
 Q4Layout q4_from_nf4(const Nf4Tensor& t, int64_t N, int64_t K);
+// Whether a weight has a Q4 form at all, without the repack: the checks above alone (bits, packed axes, act-order
+// groups of equal sizes, layout groups of whole words), throwing the same errors. For a host to decide before an
+// upload which device can run a model (trainer/gpu_support.h).
+void q4_check_int_linear(const PackedIntLinear& p);
+void q4_check_nf4(const Nf4Tensor& t, int64_t N, int64_t K);
 // ŵ [N, K] fp32 (nn.Linear orientation), dropping the padding and undoing the permutation.
 std::vector<float> q4_unpack(const Q4View& w);
 
