@@ -37,12 +37,14 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kernels/device.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
+#include "trainer/gpu_support.h"
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/qwen_model_cuda.h"
@@ -214,6 +216,29 @@ TEST(QwenModelCuda, ClearErrors) {
   const QwenModel int8(q.out_dir);
   err = error_of([&] { QwenModelCuda g(int8); });
   EXPECT_NE(err.find("cannot run 'model.layers.0.self_attn.q_proj' on the GPU"), std::string::npos) << err;
+  // `--device auto` asks the same before the upload (trainer/gpu_support.h): the same Linear, the same reason; the
+  // models the GPU took above pass.
+  const std::string why = gpu_model_refusal(int8, GpuUse::Forward);
+  EXPECT_EQ(why.rfind("'model.layers.0.self_attn.q_proj': ", 0), 0u) << why;
+  EXPECT_NE(err.find(why.substr(why.find(": ") + 2)), std::string::npos) << err;
+  EXPECT_EQ(gpu_model_refusal(QwenModel(dir), GpuUse::Forward), "");
+  EXPECT_EQ(gpu_model_refusal(QwenModel(dir), GpuUse::Decode), "");
+}
+
+// `--device auto` on a machine with a GPU (kernels/device.h): choose_device finds it, settle_device takes it for an
+// input the GPU can run and keeps the CPU, naming the GPU, for one it cannot.
+TEST(QwenModelCuda, AutoSettlesOnTheGpu) {
+  QWENQ_REQUIRE_GPU();
+  const DeviceChoice found = choose_device("auto");
+  ASSERT_EQ(found.device, Device::Cuda) << found.description;
+  EXPECT_FALSE(found.gpu.empty());
+  const DeviceChoice gpu = settle_device("auto", found, "the evaluation", "");
+  EXPECT_EQ(gpu.device, Device::Cuda);
+  EXPECT_EQ(gpu.description.rfind("device: cuda (" + found.gpu + "), the evaluation runs on the GPU", 0), 0u)
+      << gpu.description;
+  const DeviceChoice cpu = settle_device("auto", found, "the evaluation", "a reason");
+  EXPECT_EQ(cpu.device, Device::Cpu);
+  EXPECT_NE(cpu.description.find(found.gpu), std::string::npos) << cpu.description;
 }
 
 TEST(QwenModelCuda, Stories260KPerplexityIsTheCpus) {
