@@ -15,6 +15,7 @@
 // "; QWENQ_WGMMA=0 has no effect on the CPU".
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace qwenq {
@@ -51,6 +52,8 @@ DeviceChoice settle_device(const std::string& request, const DeviceChoice& found
 // "no NVIDIA driver installed", "no NVIDIA GPU found", or "the NVIDIA driver supports CUDA 12.4, this build needs
 // CUDA 13.0: update the driver to use the GPU".
 bool cuda_device_query(std::string* name_or_error);
+// Device 0's free and total memory (cudaMemGetInfo; it makes the process's CUDA context). False: *error says why.
+bool cuda_device_memory(uint64_t* free_bytes, uint64_t* total_bytes, std::string* error);
 #endif
 
 }  // namespace qwenq

@@ -59,4 +59,17 @@ bool cuda_device_query(std::string* name_or_error) {
   return true;
 }
 
+bool cuda_device_memory(uint64_t* free_bytes, uint64_t* total_bytes, std::string* error) {
+  size_t f = 0, t = 0;
+  const cudaError_t err = cudaMemGetInfo(&f, &t);
+  if (err != cudaSuccess) {
+    *error = std::string("cudaMemGetInfo returned '") + cudaGetErrorString(err) + "'";
+    cudaGetLastError();
+    return false;
+  }
+  *free_bytes = f;
+  *total_bytes = t;
+  return true;
+}
+
 }  // namespace qwenq

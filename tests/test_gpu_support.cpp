@@ -6,11 +6,14 @@
 
 #include <string>
 
+#include "core/safetensors.h"
+#include "kernels/device_allocator.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/gpu_support.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
+#include "trainer/qwen_weight_arena.h"
 
 namespace qwenq {
 namespace {
@@ -80,6 +83,50 @@ TEST(GpuSupport, QuantizeRefusals) {
   quantize_model(fp8);
   const QuantizeOptions from_fp8 = quantize_options(root + "/fp8", root + "/out2", QuantizeOptions::Method::Rtn);
   EXPECT_EQ(quantize_gpu_refusal(from_fp8), root + "/fp8 is an FP8 model, whose weights are decoded on the CPU");
+}
+
+// The device bytes of a model's weights (gpu_weight_bytes) against the upload's own arenas and tables, each as the
+// allocator rounds it: dense and 4-bit, tied and untied tables, with and without the input table (the trainer's).
+TEST(GpuSupport, WeightBytesAreTheUploadsAllocations) {
+  const std::string root = test::scratch_dir() + "/gpu-support-bytes";
+  const std::string src = test::make_tiny_model(root + "/tiny", 13);
+  quantize_model(quantize_options(src, root + "/rtn4", QuantizeOptions::Method::Rtn));
+  const std::string moe = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::BF16, 14);
+  for (const std::string& dir : {src, root + "/rtn4", moe}) {
+    SCOPED_TRACE(dir);
+    const QwenModel m(dir);
+    const QwenWeights& w = m.weights();
+    const auto round = [](uint64_t b) { return static_cast<uint64_t>(DeviceAllocator::round_size(b)); };
+    uint64_t layers = 0;
+    for (size_t l = 0; l < w.layers.size(); ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      layers += round(qwen_layer_arena(w.layers[l], p).bytes);
+      if (m.config().is_moe_layer(static_cast<int64_t>(l))) layers += round(qwen_moe_arena(w.layers[l].moe, p).bytes);
+    }
+    const bool tied = w.embed.data == w.lm_head.data;
+    const uint64_t tables = round(w.final_norm.nbytes()) + round(w.lm_head.nbytes());
+    const uint64_t embed = tied ? 0 : round(w.embed.nbytes());
+    EXPECT_EQ(gpu_weight_bytes(m.config(), w, GpuUse::Forward), layers + tables + embed);
+    EXPECT_EQ(gpu_weight_bytes(m.config(), w, GpuUse::Decode), layers + tables + embed);
+    EXPECT_EQ(gpu_weight_bytes(m.config(), w, GpuUse::Train), layers + tables) << "the trainer keeps an untied "
+                                                                                  "input table on the host";
+  }
+  // A quantizer's source: every tensor of its checkpoint, each rounded.
+  uint64_t sum = 0;
+  const Checkpoint ckpt(src);
+  for (const std::string& name : ckpt.names()) sum += DeviceAllocator::round_size(ckpt.get(name).nbytes());
+  EXPECT_EQ(gpu_source_weight_bytes(src), sum);
+  EXPECT_GT(sum, 0u);
+}
+
+// `--device auto`'s room check: the weights plus kGpuAutoHeadroomBytes must fit the free memory.
+TEST(GpuSupport, FitRefusalKeepsRoomForTheWork) {
+  const uint64_t GiB = uint64_t{1} << 30;
+  EXPECT_EQ(gpu_fit_refusal(10 * GiB, 11 * GiB), "");
+  EXPECT_EQ(gpu_fit_refusal(10 * GiB, 10 * GiB + kGpuAutoHeadroomBytes), "");
+  EXPECT_EQ(gpu_fit_refusal(10 * GiB, 10 * GiB + kGpuAutoHeadroomBytes - 1),
+            "the weights take 10.00 GiB on the GPU, which has 11.00 GiB free (1.00 GiB is kept for the work)");
+  EXPECT_NE(gpu_fit_refusal(20 * GiB, 11 * GiB).find("the weights take 20.00 GiB"), std::string::npos);
 }
 
 }  // namespace

@@ -122,6 +122,8 @@ TEST(QwenWeightArena, LayoutOfAlignedDisjointPieces) {
   const QwenLayerArena a = qwen_layer_arena(w, "model.layers.3.");
   // 4 norms, q + bias, k (qweight, meta, perm) + bias, v (qweight, meta), o (2), gate (2), up, down (2).
   ASSERT_EQ(a.copies.size(), 4u + 2 + 4 + 2 + 2 + 2 + 1 + 2);
+  // Its size without the repacks (the host's sizing before an upload) is the same.
+  EXPECT_EQ(qwen_layer_arena_bytes(w, "model.layers.3."), a.bytes);
   uint64_t sum = 0, end = 0;
   for (const ArenaCopy& c : a.copies) {
     EXPECT_EQ(c.offset % kWeightArenaAlignment, 0u);
@@ -249,6 +251,7 @@ TEST(QwenWeightArena, MixtureOfExpertsLayerReadsBackAsItsSource) {
   }
   EXPECT_EQ(a.bytes, sum);
   EXPECT_EQ(a.linear_bytes, a.bytes);
+  EXPECT_EQ(qwen_moe_arena_bytes(m, "model.layers.1."), a.bytes);
   std::vector<uint8_t> buf(a.bytes + kGuardBytes, kGuard);
   for (const ArenaCopy& c : a.copies) std::memcpy(buf.data() + c.offset, c.src, c.bytes);
   const auto check = [&](const ArenaLinear& al, const LinearWeight& lw, const std::string& what) {
@@ -303,6 +306,7 @@ TEST(QwenWeightArena, MixtureOfExpertsLayerReadsBackAsItsSource) {
       EXPECT_TRUE(la.q.dense.present() && la.o.dense.present());
       if (!c.is_moe_layer(l)) continue;
       const QwenMoeArena ma = qwen_moe_arena(lw.moe, "model.layers." + std::to_string(l) + ".");
+      EXPECT_EQ(qwen_moe_arena_bytes(lw.moe, "model.layers." + std::to_string(l) + "."), ma.bytes);
       EXPECT_EQ(static_cast<int64_t>(ma.experts.size()), c.num_experts);
       EXPECT_EQ(ma.router.N, c.num_experts);
       EXPECT_EQ(ma.shared[0].N, c.shared_expert_intermediate_size);
@@ -379,9 +383,12 @@ TEST(GpuSupport, LinearRefusalIsTheArenasVerdict) {
     QwenLayerWeights layer = mixed_layer(st);
     layer.k = c.w;
     const std::string arena_error = test::error_of([&] { qwen_layer_arena(layer, "model.layers.3."); });
+    const std::string sizing_error = test::error_of([&] { qwen_layer_arena_bytes(layer, "model.layers.3."); });
+    EXPECT_EQ(sizing_error, arena_error) << "the sizing refuses as the arena does";
     if (c.refusal.empty()) {
       EXPECT_EQ(why, "");
       EXPECT_EQ(arena_error, "<no error>");
+      EXPECT_EQ(qwen_layer_arena_bytes(layer, "model.layers.3."), qwen_layer_arena(layer, "model.layers.3.").bytes);
     } else {
       EXPECT_NE(why.find(c.refusal), std::string::npos) << why;
       EXPECT_NE(arena_error.find("QwenModelCuda: cannot run 'model.layers.3.self_attn.k_proj' on the GPU"),

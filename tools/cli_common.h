@@ -81,7 +81,9 @@ void apply_common_options(const CommonOptions& opt);
 // input is known (kernels/device.h's settle_device: `auto` takes the GPU when there is one and it can run the input,
 // else the CPU; `cuda` refuses an input the GPU cannot run), prints the one device line to stderr and returns the
 // device (Device::Cpu in a build without CUDA). settle_for_model asks trainer/gpu_support.h about a loaded model
-// (only while the GPU is still possible); `refusal` adds a reason of the command's own (a CPU-only flag).
+// (only while the GPU is still possible): whether the GPU can run it, and for `auto` whether its weights fit the
+// GPU's free memory with kGpuAutoHeadroomBytes to spare; `refusal` adds a reason of the command's own (a CPU-only
+// flag).
 class DevicePick {
  public:
   DevicePick(const CommonOptions& opt, std::string what);
@@ -91,6 +93,8 @@ class DevicePick {
   Device settle_for_model(const QwenModel& model, GpuUse use, const std::string& refusal = "");
   // The same, with every model of a command (eval's model and its KL base): the first refusal counts.
   Device settle_for_models(const std::vector<const QwenModel*>& models, GpuUse use, const std::string& refusal = "");
+  // For a quantizer's source directory (gptq, awq): gpu_source_refusal, and for `auto` the fit of its tensors.
+  Device settle_for_source(const std::string& model_dir);
 
  private:
   std::string request_, what_;

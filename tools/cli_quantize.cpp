@@ -161,7 +161,7 @@ void register_quantize(CLI::App& app) {
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
     apply_format(g->format, &gopt->out);
     apply_loftq_args(*g, &gopt->out);
-    gopt->device = pick.settle(pick.gpu_possible() ? gpu_source_refusal(gopt->out.model_dir) : "");
+    gopt->device = pick.settle_for_source(gopt->out.model_dir);
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
                 gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
@@ -221,7 +221,7 @@ void register_quantize(CLI::App& app) {
     apply_format(w->format, &wopt->out);
     wopt->clip = !*no_clip;
     wopt->search.duo_scaling = !*no_duo;
-    wopt->device = pick.settle(pick.gpu_possible() ? gpu_source_refusal(wopt->out.model_dir) : "");
+    wopt->device = pick.settle_for_source(wopt->out.model_dir);
     QuantizeReport r = awq_quantize_model(*wopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with AWQ, %d shard(s), %.1fs, peak RSS %s\n",
                 wopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,

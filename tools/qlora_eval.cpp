@@ -46,7 +46,7 @@ void run_sft_eval(EvalArgs& a) {
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(o.model_dir);
   // LoraModelCuda's loss on the GPU, as train evaluates there.
-  o.use_cuda = pick.settle_for_model(model, GpuUse::Forward) == Device::Cuda;
+  o.use_cuda = pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);

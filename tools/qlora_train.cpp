@@ -203,7 +203,7 @@ void register_qlora_train(CLI::App& app) {
     // train_lora has loaded the model (which prints the device line then).
     auto pick = std::make_shared<DevicePick>(a->common, "training");
     o.use_cuda = pick->gpu_possible();
-    o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Forward) == Device::Cuda; };
+    o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Train) == Device::Cuda; };
     o.model_dir = resolve_model_dir(a->model);
     o.lora.target_modules = parse_lora_targets(a->targets);
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);

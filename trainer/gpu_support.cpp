@@ -4,8 +4,11 @@
 #include <algorithm>
 #include <sstream>
 
+#include "core/progress.h"
+#include "core/safetensors.h"
 #include "kernels/attention_decode.h"
 #include "kernels/attention_naive.h"
+#include "kernels/device_allocator.h"
 #include "kernels/rope.h"
 #include "trainer/quant_config.h"
 #include "trainer/qwen_weight_arena.h"
@@ -70,6 +73,38 @@ std::string gpu_weights_refusal(const QwenConfig& c, const QwenWeights& w, GpuUs
     if (!(why = linear_refusal(m.shared_gate, p + "mlp.shared_expert_gate")).empty()) return why;
   }
   return "";
+}
+
+uint64_t gpu_weight_bytes(const QwenConfig& c, const QwenWeights& w, GpuUse use) {
+  const auto table = [](const TensorView& t) -> uint64_t {
+    return t.data == nullptr ? 0 : DeviceAllocator::round_size(static_cast<size_t>(t.nbytes()));
+  };
+  const bool tied = w.embed.data != nullptr && w.embed.data == w.lm_head.data;
+  uint64_t total = table(w.final_norm) + table(w.lm_head);
+  if (!tied && use != GpuUse::Train) total += table(w.embed);
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    total += DeviceAllocator::round_size(static_cast<size_t>(qwen_layer_arena_bytes(w.layers[l], prefix)));
+    if (c.is_moe_layer(static_cast<int64_t>(l))) {
+      total += DeviceAllocator::round_size(static_cast<size_t>(qwen_moe_arena_bytes(w.layers[l].moe, prefix)));
+    }
+  }
+  return total;
+}
+
+std::string gpu_fit_refusal(uint64_t weight_bytes, uint64_t free_bytes) {
+  if (weight_bytes + kGpuAutoHeadroomBytes <= free_bytes) return "";
+  return "the weights take " + format_bytes(weight_bytes) + " on the GPU, which has " + format_bytes(free_bytes) +
+         " free (" + format_bytes(kGpuAutoHeadroomBytes) + " is kept for the work)";
+}
+
+uint64_t gpu_source_weight_bytes(const std::string& model_dir) {
+  const Checkpoint ckpt(model_dir);
+  uint64_t total = 0;
+  for (const std::string& name : ckpt.names()) {
+    total += DeviceAllocator::round_size(static_cast<size_t>(ckpt.get(name).nbytes()));
+  }
+  return total;
 }
 
 std::string gpu_source_refusal(const std::string& model_dir) {

@@ -34,17 +34,19 @@ std::string gpu_linear_refusal(const LinearWeight& w) {
 
 namespace {
 
-// Lays pieces out and records their copies (and the Q4 repacks they read) into an arena's lists.
+// Lays pieces out and records their copies (and the Q4 repacks they read) into an arena's lists. dry: the layout
+// alone (qwen_*_arena_bytes): no copies, a packed Linear's Q4 pieces sized without the repack.
 struct Builder {
   std::vector<ArenaCopy>& copies;
   std::vector<Q4Layout>& repacked;
   uint64_t& linear_bytes;
   WeightArenaLayout layout;
+  bool dry = false;
 
   // A piece of `bytes` copied from `src`; returns its offset.
   int64_t piece(const void* src, uint64_t bytes) {
     const uint64_t at = layout.add(bytes);
-    copies.push_back({src, bytes, at});
+    if (!dry) copies.push_back({src, bytes, at});
     return static_cast<int64_t>(at);
   }
 
@@ -73,6 +75,19 @@ struct Builder {
       };
       const std::string why = gpu_linear_refusal(w);
       if (!why.empty()) throw refuse(why);
+      if (dry) {  // the repack's sizes (quant/format/qgemm_layout.h)
+        const int64_t group = w.packed ? q4_int_layout_group(w.K, w.packed->group)
+                                       : q4_nf4_layout_group(w.K, w.nf4->q.blocksize);
+        r.is_q4 = true;
+        r.qweight_offset = piece(nullptr, static_cast<uint64_t>(q4_qweight_words(w.N, w.K)) * sizeof(uint32_t));
+        r.meta_offset = piece(nullptr, static_cast<uint64_t>(q4_meta_words(w.N, w.K, group)) * sizeof(uint32_t));
+        if (w.packed && q4_int_has_perm(*w.packed)) {
+          r.perm_offset = piece(nullptr, static_cast<uint64_t>(w.K) * sizeof(int32_t));
+        }
+        linear_bytes += layout.bytes() - before;
+        r.bias = tensor(bias);
+        return r;
+      }
       try {  // what is left to fail is the data itself (a code or zero point out of range)
         repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
         q4_check(repacked.back().view(), "the Q4 repack");
@@ -97,12 +112,14 @@ struct Builder {
 
 }  // namespace
 
-QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& prefix) {
+namespace {
+
+QwenLayerArena layer_arena(const QwenLayerWeights& w, const std::string& prefix, bool dry) {
   QwenLayerArena a;
   // The copies point into the repacks' vectors, whose buffers stay where they are when push_back moves the
   // vectors (a move keeps a vector's buffer); reserving all seven up front makes that obvious.
   a.repacked.reserve(7);
-  Builder b{a.copies, a.repacked, a.linear_bytes, {}};
+  Builder b{a.copies, a.repacked, a.linear_bytes, {}, dry};
   a.input_norm = b.tensor(w.input_norm);
   a.post_norm = b.tensor(w.post_norm);
   a.q_norm = b.tensor(w.q_norm);
@@ -118,9 +135,9 @@ QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& pr
   return a;
 }
 
-QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix) {
+QwenMoeArena moe_arena(const MoeWeights& m, const std::string& prefix, bool dry) {
   QwenMoeArena a;
-  Builder b{a.copies, a.repacked, a.linear_bytes, {}};
+  Builder b{a.copies, a.repacked, a.linear_bytes, {}, dry};
   const auto expert = [&](const MoeExpertWeights& e, const std::string& path) {
     return std::array<ArenaLinear, 3>{b.linear(e.gate, TensorView{}, path + "gate_proj"),
                                       b.linear(e.up, TensorView{}, path + "up_proj"),
@@ -138,6 +155,20 @@ QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix) {
   a.bytes = b.layout.bytes();
   return a;
 }
+
+}  // namespace
+
+QwenLayerArena qwen_layer_arena(const QwenLayerWeights& w, const std::string& prefix) {
+  return layer_arena(w, prefix, false);
+}
+
+QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix) { return moe_arena(m, prefix, false); }
+
+uint64_t qwen_layer_arena_bytes(const QwenLayerWeights& w, const std::string& prefix) {
+  return layer_arena(w, prefix, true).bytes;
+}
+
+uint64_t qwen_moe_arena_bytes(const MoeWeights& m, const std::string& prefix) { return moe_arena(m, prefix, true).bytes; }
 
 const void* arena_ptr(const void* base, const ArenaTensor& t) {
   return t.present() ? static_cast<const uint8_t*>(base) + t.offset : nullptr;

@@ -113,6 +113,12 @@ struct QwenMoeArena {
 };
 QwenMoeArena qwen_moe_arena(const MoeWeights& m, const std::string& prefix);
 
+// The bytes of qwen_layer_arena(w, prefix) / qwen_moe_arena(m, prefix) without making them: the same layout, a
+// packed Linear's Q4 pieces sized by the repack's formulas (no repack, no copies), the same refusals. For a host to
+// size an upload before it (trainer/gpu_support.h).
+uint64_t qwen_layer_arena_bytes(const QwenLayerWeights& w, const std::string& prefix);
+uint64_t qwen_moe_arena_bytes(const MoeWeights& m, const std::string& prefix);
+
 // Where a tensor of an arena at `base` lives: null when absent.
 const void* arena_ptr(const void* base, const ArenaTensor& t);
 // The Q4 view of a Q4 Linear of an arena at `base` (qweight, meta, perm pointers into it).

@@ -65,6 +65,14 @@ struct IntLayoutRows {
   int64_t group = 0;
 };
 
+// g_idx is k / group for every row (or absent): the layout rows are the stored rows.
+bool g_idx_is_identity(const PackedIntLinear& p) {
+  for (size_t k = 0; k < p.g_idx.size(); ++k) {
+    if (p.g_idx[k] != static_cast<int64_t>(k) / p.group) return false;
+  }
+  return true;
+}
+
 IntLayoutRows int_layout_rows(const PackedIntLinear& p, const char* what) {
   QWENQ_CHECK(p.bits == 4, what << ": only 4-bit codes have a Q4 layout, this weight is " << p.bits << "-bit");
   QWENQ_CHECK(p.K > 0 && p.N > 0 && p.group > 0, what << ": bad sizes K=" << p.K << " N=" << p.N << " group=" << p.group);
@@ -80,13 +88,12 @@ IntLayoutRows int_layout_rows(const PackedIntLinear& p, const char* what) {
                    << qz << "); the packed axes must be multiples of 8");
   // Group of every source row; act-order when it is not k / group.
   std::vector<int64_t> group_of(K);
-  bool identity = true;
   for (int64_t k = 0; k < K; ++k) {
     const int64_t g = p.g_idx.empty() ? k / p.group : p.g_idx[k];
     QWENQ_CHECK(g >= 0 && g < G, what << ": g_idx[" << k << "] = " << g << " is outside [0, " << G << ")");
     group_of[k] = g;
-    identity = identity && g == k / p.group;
   }
+  const bool identity = g_idx_is_identity(p);
   IntLayoutRows r;
   if (!identity) {
     r.perm.resize(K);
@@ -134,6 +141,8 @@ int64_t nf4_layout_group(const Nf4Tensor& t, int64_t N, int64_t K) {
 void q4_check_int_linear(const PackedIntLinear& p) { int_layout_rows(p, kIntRepack); }
 
 void q4_check_nf4(const Nf4Tensor& t, int64_t N, int64_t K) { nf4_layout_group(t, N, K); }
+
+bool q4_int_has_perm(const PackedIntLinear& p) { return !p.perm.empty() || !g_idx_is_identity(p); }
 
 Q4Layout q4_from_int_linear(const PackedIntLinear& p) {
   const char* what = kIntRepack;

@@ -154,6 +154,8 @@ Q4Layout q4_from_nf4(const Nf4Tensor& t, int64_t N, int64_t K);
 // upload which device can run a model (trainer/gpu_support.h).
 void q4_check_int_linear(const PackedIntLinear& p);
 void q4_check_nf4(const Nf4Tensor& t, int64_t N, int64_t K);
+// Whether q4_from_int_linear(p) has a permutation (perm, K entries): act-order g_idx, or rows stored sorted.
+bool q4_int_has_perm(const PackedIntLinear& p);
 // ŵ [N, K] fp32 (nn.Linear orientation), dropping the padding and undoing the permutation.
 std::vector<float> q4_unpack(const Q4View& w);
 

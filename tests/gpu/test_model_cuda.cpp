@@ -38,6 +38,7 @@
 
 #include "core/error.h"
 #include "kernels/device.h"
+#include "kernels/device_allocator.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
@@ -239,6 +240,29 @@ TEST(QwenModelCuda, AutoSettlesOnTheGpu) {
   const DeviceChoice cpu = settle_device("auto", found, "the evaluation", "a reason");
   EXPECT_EQ(cpu.device, Device::Cpu);
   EXPECT_NE(cpu.description.find(found.gpu), std::string::npos) << cpu.description;
+}
+
+// What `--device auto` sizes before an upload (gpu_weight_bytes) is what the upload allocates for weights: dense,
+// 4-bit and mixture-of-experts models, the caching allocator's weight bytes before and after the constructor.
+TEST(QwenModelCuda, WeightBytesAreTheHostsEstimate) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string dense = tiny_random(tmp + "/wb-dense", DType::BF16);
+  QuantizeOptions q;
+  q.group_size = 32;
+  q.model_dir = dense;
+  q.out_dir = tmp + "/wb-rtn4";
+  q.quiet = true;
+  quantize_model(q);
+  const std::string moe = test::make_random_model(tmp + "/wb-moe", "tiny-moe-shared", DType::BF16, 6);
+  for (const std::string& dir : {dense, q.out_dir, moe}) {
+    SCOPED_TRACE(dir);
+    const QwenModel m(dir);
+    const uint64_t before = cuda_device_allocator().stats().bytes_of(MemoryTag::Weights);
+    const QwenModelCuda gpu(m);
+    const uint64_t after = cuda_device_allocator().stats().bytes_of(MemoryTag::Weights);
+    EXPECT_EQ(after - before, gpu_weight_bytes(m.config(), m.weights(), GpuUse::Forward));
+  }
 }
 
 TEST(QwenModelCuda, Stories260KPerplexityIsTheCpus) {
