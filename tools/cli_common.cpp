@@ -140,28 +140,33 @@ Device DevicePick::settle_for_models(const std::vector<const QwenModel*>& models
     if (!why.empty() || !gpu_possible()) break;
     why = gpu_model_refusal(*m, use);
   }
+  if (why.empty()) {
+    why = auto_fit_refusal([&] {
+      uint64_t bytes = 0;
+      for (const QwenModel* m : models) bytes += gpu_weight_bytes(m->config(), m->weights(), use);
+      return bytes;
+    });
+  }
+  return settle(why);
+}
+
+std::string DevicePick::auto_fit_refusal(const std::function<uint64_t()>& weight_bytes) const {
 #ifdef QWENQ_HAVE_CUDA
-  // auto: weights that leave the GPU too little room keep the CPU (cuda tries, and an out-of-memory error explains).
+  // cuda tries whatever the room, and an out-of-memory error explains; a failed query leaves the GPU chosen.
   uint64_t free_bytes = 0, total_bytes = 0;
   std::string error;
-  if (why.empty() && gpu_possible() && request_ == "auto" && cuda_device_memory(&free_bytes, &total_bytes, &error)) {
-    uint64_t bytes = 0;
-    for (const QwenModel* m : models) bytes += gpu_weight_bytes(m->config(), m->weights(), use);
-    why = gpu_fit_refusal(bytes, free_bytes);
+  if (gpu_possible() && request_ == "auto" && cuda_device_memory(&free_bytes, &total_bytes, &error)) {
+    return gpu_fit_refusal(weight_bytes(), free_bytes);
   }
+#else
+  (void)weight_bytes;
 #endif
-  return settle(why);
+  return "";
 }
 
 Device DevicePick::settle_for_source(const std::string& model_dir) {
   std::string why = gpu_possible() ? gpu_source_refusal(model_dir) : "";
-#ifdef QWENQ_HAVE_CUDA
-  uint64_t free_bytes = 0, total_bytes = 0;
-  std::string error;
-  if (why.empty() && gpu_possible() && request_ == "auto" && cuda_device_memory(&free_bytes, &total_bytes, &error)) {
-    why = gpu_fit_refusal(gpu_source_weight_bytes(model_dir), free_bytes);
-  }
-#endif
+  if (why.empty()) why = auto_fit_refusal([&] { return gpu_source_weight_bytes(model_dir); });
   return settle(why);
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -97,6 +98,8 @@ class DevicePick {
   Device settle_for_source(const std::string& model_dir);
 
  private:
+  // auto with a GPU: gpu_fit_refusal of weight_bytes() against the free device memory; "" otherwise.
+  std::string auto_fit_refusal(const std::function<uint64_t()>& weight_bytes) const;
   std::string request_, what_;
   DeviceChoice found_;
 };
