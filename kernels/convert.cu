@@ -122,10 +122,7 @@ void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C,
   // the table.
   const std::vector<int32_t> fetched = host_tokens ? std::vector<int32_t>{} : download_sync(tokens, T, stream);
   const int32_t* host = host_tokens ? host_tokens : fetched.data();
-  for (int64_t t = 0; t < T; ++t) {
-    QWENQ_CHECK(host[t] >= 0 && host[t] < V,
-                "token id " << host[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");
-  }
+  check_token_ids(host, T, V);
   const unsigned threads = static_cast<unsigned>(std::min<int64_t>(kThreads, (C + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>(T));
   switch (dtype) {

@@ -26,6 +26,8 @@ void bf16_to_f32_ref(const uint16_t* x, int64_t n, float* y);
 // the error names the first one that is not and its position.
 void embedding_gather_ref(const void* table, DType dtype, int64_t V, int64_t C, const int32_t* tokens, int64_t T,
                           float* out);
+// The gathers' check of host token ids against [0, V): the first one outside, with its position.
+void check_token_ids(const int32_t* tokens, int64_t T, int64_t V);
 
 // y, x: [n] fp32; y += x. x may equal y (doubling).
 void add_inplace_ref(float* y, const float* x, int64_t n);

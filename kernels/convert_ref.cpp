@@ -39,13 +39,17 @@ void embedding_gather_ref(const void* table, DType dtype, int64_t V, int64_t C, 
               "embedding_gather_ref: table dtype " << dtype_name(dtype) << " is not supported (F32, BF16 or F16)");
   if (T == 0) return;
   QWENQ_CHECK(table != nullptr && tokens != nullptr && out != nullptr, "embedding_gather_ref: null pointer");
-  for (int64_t t = 0; t < T; ++t) {
-    QWENQ_CHECK(tokens[t] >= 0 && tokens[t] < V,
-                "token id " << tokens[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");
-  }
+  check_token_ids(tokens, T, V);
   const size_t row_bytes = static_cast<size_t>(C) * dtype_size(dtype);
   for (int64_t t = 0; t < T; ++t) {
     to_f32(dtype, static_cast<const char*>(table) + row_bytes * tokens[t], out + t * C, static_cast<size_t>(C));
+  }
+}
+
+void check_token_ids(const int32_t* tokens, int64_t T, int64_t V) {
+  for (int64_t t = 0; t < T; ++t) {
+    QWENQ_CHECK(tokens[t] >= 0 && tokens[t] < V,
+                "token id " << tokens[t] << " at position " << t << " is outside the vocabulary [0, " << V << ")");
   }
 }
 

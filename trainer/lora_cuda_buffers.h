@@ -76,8 +76,8 @@
 // model (qwen2_moe's mlp_only_layers) uses gate, up, act as any dense model does, and without one (qwen3_moe) they
 // are one word per token. In a MoE model mtmp, not gate, is the accumulate scratch of every Linear.
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
-// there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32), tied ones are gathered
-// on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
+// there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32) (a bf16 table's rows as
+// they are, through act16, widened on the device), tied ones are gathered on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
 // Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits): 2^24
 // logits = 64 MiB, 110 rows at V = 151936 or 152064. The lm_head's forward, the fused cross-entropy and dlogits·W
 // run chunk by chunk (the last one partial; one chunk of T rows when T < rows), each chunk's rows of dhidden

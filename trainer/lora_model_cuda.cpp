@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "core/error.h"
+#include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention_naive.h"
 #include "kernels/blas_lt.h"
@@ -320,9 +322,11 @@ struct LoraModelCuda::Impl {
   }
 
   // Checkpoint slot 0 <- the embeddings of the batch's tokens (after the tokens were uploaded). An untied table
-  // on the host: the rows are gathered there by embedding_gather_ref (the same exact widening as
-  // embedding_gather_cuda, and the same token-range error) into pinned memory and uploaded [T, C] fp32 (T·C·4
-  // bytes a step). A table on the device: embedding_gather_cuda.
+  // on the host: a bf16 one's rows are copied as they are into pinned memory by all threads, uploaded [T, C] bf16
+  // into act16 (free until the first block) and widened on the device (exact, as embedding_gather_ref widens them);
+  // another dtype's are gathered by embedding_gather_ref and uploaded fp32. The token-range error is the gathers'
+  // (check_token_ids). The GPU waits for the host's gather: half the bytes, on every core, keep that wait short.
+  // A table on the device: embedding_gather_cuda.
   void embed(const PackedBatch& b) {
     const QwenConfig& c = cfg;
     const int64_t T = b.num_tokens(), C = c.hidden_size, V = c.vocab_size;
@@ -331,10 +335,27 @@ struct LoraModelCuda::Impl {
       // The previous step's upload out of `staging` has finished before the host overwrites it (every call ends
       // synchronized, but an exception may have left one queued).
       QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
-      staging.reserve(T * C);
-      embedding_gather_ref(host_embed.data, host_embed.dtype, V, C, b.tokens.data(), T, staging.data());
-      QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, staging.data(), static_cast<size_t>(T * C) * sizeof(float),
-                                       cudaMemcpyHostToDevice, st()));
+      if (host_embed.dtype == DType::BF16) {
+        check_token_ids(b.tokens.data(), T, V);
+        staging.reserve((T * C + 1) / 2);
+        auto* rows = reinterpret_cast<uint16_t*>(staging.data());
+        const auto* table = static_cast<const uint16_t*>(host_embed.data);
+        const int32_t* ids = b.tokens.data();
+        parallel_for(T, 16, [&](int64_t t0, int64_t t1) {
+          for (int64_t t = t0; t < t1; ++t) {
+            std::memcpy(rows + t * C, table + static_cast<int64_t>(ids[t]) * C, static_cast<size_t>(C) * 2);
+          }
+        });
+        uint16_t* rows16 = act16.as<uint16_t>();
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(rows16, rows, static_cast<size_t>(T * C) * sizeof(uint16_t),
+                                         cudaMemcpyHostToDevice, st()));
+        bf16_to_f32_cuda(rows16, T * C, dst, st());
+      } else {
+        staging.reserve(T * C);
+        embedding_gather_ref(host_embed.data, host_embed.dtype, V, C, b.tokens.data(), T, staging.data());
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(dst, staging.data(), static_cast<size_t>(T * C) * sizeof(float),
+                                         cudaMemcpyHostToDevice, st()));
+      }
     } else {
       const QwenDeviceTensor emb = base->device_embed();
       embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, dst, st(), b.tokens.data());
