@@ -48,6 +48,9 @@
 //   mlp    on dn2     the down projection's output, forward only (dn2 lives in the backward only)
 //   hidden on n1      the final RMSNorm output and its gradient: the loss phase, when no block is in flight
 //   dhidden on h1
+//   the loss rows   when some row has no target, only those with one are scored: their hidden rows gathered on
+//                   n2, their dhidden rows (and a zero row) on dn2, their indices and targets on tokens and targets
+//                   (tokens is dead once the batch is embedded)
 //   flash attention (q, k, v fp32 are dead once q16, k16, v16 exist; its backward reads the bf16 ones and a16):
 //   dq, dk, dv on q, k, v;  da on a (o_proj's input gradient over its input, as dact);  da16 on act16 (the bf16
 //   dy of a 4-bit o_proj is dead once da is computed)

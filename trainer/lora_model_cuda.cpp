@@ -392,6 +392,13 @@ struct LoraModelCuda::Impl {
 
   float* u_of(int t, int64_t T) const { return u.as<float>() + t * T * rank; }
 
+  // The loss phase's row indices (at most T) uploaded on the tokens buffer, dead once the batch is embedded; the
+  // copy is ordered on the stream after every earlier reader.
+  const int32_t* upload_rows(const std::vector<int32_t>& idx) {
+    upload_owned_async(tokens.get(), idx, st());
+    return tokens.as<int32_t>();
+  }
+
   // One Linear of a pass: its base weight, its adapter slot (null: not adapted), the key of its dropout mask, where
   // its u = x̃ Aᵀ [rows, r] is kept, and the scratch [rows, K] of its backward's accumulate path.
   // A DoRA slot also keeps its z = x̃ Wᵀ and v = s·u Bᵀ [rows, N] from the forward to the backward.
@@ -904,21 +911,51 @@ struct LoraModelCuda::Impl {
     }
     LoraStepResult res;
     set_phase(StepPhase::Head);
-    for (int64_t r0 = 0; r0 < T; r0 += chunk) {
-      const int64_t rows = std::min(chunk, T - r0);
+    // Only the rows with a target get logits (an SFT batch's masked prompt and each sequence's last token get none),
+    // as on the CPU: when some row has none, the R rows that have one are gathered (rows[i], on tokens, dead since
+    // the embedding) into n2, their targets into targets, and their dhidden rows come back from dn2 (both dead until
+    // the first recomputation), a row without a target getting dn2's zero row R. Every row's logits depend on
+    // that row alone: the loss and gradients are the full head's up to the GEMMs' summation order.
+    std::vector<int32_t> rows;
+    for (int64_t t = 0; t < T; ++t) {
+      if (tg[static_cast<size_t>(t)] != kIgnoreIndex) rows.push_back(static_cast<int32_t>(t));
+    }
+    const int64_t R = static_cast<int64_t>(rows.size());
+    const bool compact = R < T;
+    const float* hrows = hid;
+    float* drows = dhid;
+    if (compact && R > 0) {
+      std::vector<int32_t> kept(static_cast<size_t>(R));
+      for (int64_t i = 0; i < R; ++i) kept[static_cast<size_t>(i)] = tg[static_cast<size_t>(rows[static_cast<size_t>(i)])];
+      embedding_gather_cuda(hid, DType::F32, T, C, upload_rows(rows), R, n2.as<float>(), st(), rows.data());
+      upload_owned_async(targets.get(), std::move(kept), st());
+      hrows = n2.as<float>();
+      drows = dn2.as<float>();
+    }
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      const int64_t n = std::min(chunk, R - r0);
       float* lg = logits.as<float>();
-      linear_forward_cuda(hid + r0 * C, rows, C, head.data, head.dtype, V, nullptr, DType::F32, lg,
-                          DType::F32, st());
+      linear_forward_cuda(hrows + r0 * C, n, C, head.data, head.dtype, V, nullptr, DType::F32, lg, DType::F32,
+                          st());
       if (!train) {
-        res.counted += cross_entropy_forward_cuda(lg, rows, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st());
+        res.counted += cross_entropy_forward_cuda(lg, n, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st());
         continue;
       }
-      res.counted += cross_entropy_fused_cuda(lg, rows, V, targets.as<int32_t>() + r0,
+      res.counted += cross_entropy_fused_cuda(lg, n, V, targets.as<int32_t>() + r0,
                                               static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st());
-      linear_backward_input_cuda(lg, rows, V, head.data, head.dtype, C, dhid + r0 * C, DType::F32, st());
+      linear_backward_input_cuda(lg, n, V, head.data, head.dtype, C, drows + r0 * C, DType::F32, st());
     }
-    std::vector<float> host_nll(static_cast<size_t>(T));
-    QWENQ_CUDA_CHECK(cudaMemcpyAsync(host_nll.data(), nll.get(), T * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    if (train && compact) {  // dhidden [T, C]: row t = drows[slot of t], slot R (zeros) for a row without a target
+      QWENQ_CUDA_CHECK(cudaMemsetAsync(drows + R * C, 0, static_cast<size_t>(C) * sizeof(float), st()));
+      std::vector<int32_t> slot(static_cast<size_t>(T), static_cast<int32_t>(R));
+      for (int64_t i = 0; i < R; ++i) slot[static_cast<size_t>(rows[static_cast<size_t>(i)])] = static_cast<int32_t>(i);
+      embedding_gather_cuda(drows, DType::F32, R + 1, C, upload_rows(slot), T, dhid, st(), slot.data());
+    }
+    std::vector<float> host_nll(static_cast<size_t>(R));
+    if (R > 0) {
+      QWENQ_CUDA_CHECK(
+          cudaMemcpyAsync(host_nll.data(), nll.get(), R * sizeof(float), cudaMemcpyDeviceToHost, st()));
+    }
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
     for (float f : host_nll) res.nll_sum += f;
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad (GPU): the loss is not finite");
