@@ -48,7 +48,7 @@
 //   mlp    on dn2     the down projection's output, forward only (dn2 lives in the backward only)
 //   hidden on n1      the final RMSNorm output and its gradient: the loss phase, when no block is in flight
 //   dhidden on h1
-//   the loss rows   when some row has no target, only those with one are scored: their hidden rows gathered on
+//   the loss rows   when a 16th of the rows or more have no target, only those with one are scored: their hidden rows gathered on
 //                   n2, their dhidden rows (and a zero row) on dn2, their indices and targets on tokens and targets
 //                   (tokens is dead once the batch is embedded)
 //   flash attention (q, k, v fp32 are dead once q16, k16, v16 exist; its backward reads the bf16 ones and a16):

@@ -912,7 +912,7 @@ struct LoraModelCuda::Impl {
     LoraStepResult res;
     set_phase(StepPhase::Head);
     // Only the rows with a target get logits (an SFT batch's masked prompt and each sequence's last token get none),
-    // as on the CPU: when some row has none, the R rows that have one are gathered (rows[i], on tokens, dead since
+    // as on the CPU: when enough rows have none (below), the R rows that have one are gathered (rows[i], on tokens, dead since
     // the embedding) into n2, their targets into targets, and their dhidden rows come back from dn2 (both dead until
     // the first recomputation), a row without a target getting dn2's zero row R. Every row's logits depend on
     // that row alone: the loss and gradients are the full head's up to the GEMMs' summation order.
@@ -921,7 +921,10 @@ struct LoraModelCuda::Impl {
       if (tg[static_cast<size_t>(t)] != kIgnoreIndex) rows.push_back(static_cast<int32_t>(t));
     }
     const int64_t R = static_cast<int64_t>(rows.size());
-    const bool compact = R < T;
+    // A batch with only a few rows without a target (plain text packs: each sequence's last token) keeps the direct
+    // path: the gather and scatter move 4·T·C floats, about what a dozen rows of a 7B head cost (2·2·C·V FLOP each).
+    const bool compact = (T - R) * 16 >= T;
+    const int64_t scored = compact ? R : T;  // the head's rows: the gathered ones, or every row (-100 counts nothing)
     const float* hrows = hid;
     float* drows = dhid;
     if (compact && R > 0) {
@@ -932,8 +935,8 @@ struct LoraModelCuda::Impl {
       hrows = n2.as<float>();
       drows = dn2.as<float>();
     }
-    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
-      const int64_t n = std::min(chunk, R - r0);
+    for (int64_t r0 = 0; r0 < scored; r0 += chunk) {
+      const int64_t n = std::min(chunk, scored - r0);
       float* lg = logits.as<float>();
       linear_forward_cuda(hrows + r0 * C, n, C, head.data, head.dtype, V, nullptr, DType::F32, lg, DType::F32,
                           st());
@@ -951,10 +954,10 @@ struct LoraModelCuda::Impl {
       for (int64_t i = 0; i < R; ++i) slot[static_cast<size_t>(rows[static_cast<size_t>(i)])] = static_cast<int32_t>(i);
       embedding_gather_cuda(drows, DType::F32, R + 1, C, upload_rows(slot), T, dhid, st(), slot.data());
     }
-    std::vector<float> host_nll(static_cast<size_t>(R));
-    if (R > 0) {
+    std::vector<float> host_nll(static_cast<size_t>(scored));
+    if (scored > 0) {
       QWENQ_CUDA_CHECK(
-          cudaMemcpyAsync(host_nll.data(), nll.get(), R * sizeof(float), cudaMemcpyDeviceToHost, st()));
+          cudaMemcpyAsync(host_nll.data(), nll.get(), scored * sizeof(float), cudaMemcpyDeviceToHost, st()));
     }
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
     for (float f : host_nll) res.nll_sum += f;
