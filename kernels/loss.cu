@@ -131,7 +131,10 @@ __global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32
 
 // The ref's target check (cross_entropy_count_targets) on a host copy of the targets; returns the counted rows.
 // The copy waits for the work queued before it on `stream` (which may be producing the targets).
-int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets, CudaStream stream) {
+// host_targets (may be null): the caller's host copy of the same targets, checked instead, without the wait.
+int64_t check_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets, CudaStream stream,
+                      const int32_t* host_targets = nullptr) {
+  if (host_targets != nullptr) return cross_entropy_count_targets(name, rows, V, host_targets);
   return cross_entropy_count_targets(name, rows, V, download_sync(targets, rows, stream).data());
 }
 
@@ -153,13 +156,13 @@ void launch(const char* name, const float* logits, int64_t rows, int64_t V, cons
 }  // namespace
 
 int64_t cross_entropy_forward_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets, float* nll,
-                                   CudaStream stream) {
+                                   CudaStream stream, const int32_t* host_targets) {
   const char* name = "cross_entropy_forward_cuda";
   check_shape(name, rows, V);
   if (rows == 0) return 0;
   QWENQ_CHECK(targets != nullptr, name << ": null pointer");
   QWENQ_CHECK(logits != nullptr && nll != nullptr, name << ": null pointer");
-  const int64_t counted = check_targets(name, rows, V, targets, stream);
+  const int64_t counted = check_targets(name, rows, V, targets, stream, host_targets);
   launch(name, logits, rows, V, targets, 0.f, nll, nullptr, stream);
   return counted;
 }
@@ -177,14 +180,14 @@ void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, c
 }
 
 int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                 float* nll, CudaStream stream) {
+                                 float* nll, CudaStream stream, const int32_t* host_targets) {
   const char* name = "cross_entropy_fused_cuda";
   check_shape(name, rows, V);
   if (rows == 0) return 0;
   QWENQ_CHECK(targets != nullptr, name << ": null pointer");
   QWENQ_CHECK(logits != nullptr && nll != nullptr, name << ": null pointer");
   QWENQ_CHECK(std::isfinite(dnll_scale), name << ": dnll_scale must be finite, got " << dnll_scale);
-  const int64_t counted = check_targets(name, rows, V, targets, stream);
+  const int64_t counted = check_targets(name, rows, V, targets, stream, host_targets);
   launch(name, logits, rows, V, targets, dnll_scale, nll, logits, stream);
   return counted;
 }

@@ -36,8 +36,10 @@ namespace qwenq {
 // row once with an online max/sum (exponentials in fp32, the sum in double, as the ref). The launchers copy the
 // `rows` targets (4 bytes each) to the host to check them with the ref's messages and to count rows: each call
 // therefore waits for the work already queued on `stream` (the kernels themselves are queued asynchronously).
+// host_targets (may be null; forward and fused): the caller's host copy of what targets holds (a trainer that
+// uploaded them), checked and counted instead, so the call does not wait for the stream.
 int64_t cross_entropy_forward_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
-                                   float* nll, CudaStream stream = nullptr);
+                                   float* nll, CudaStream stream = nullptr, const int32_t* host_targets = nullptr);
 void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
                                  float dnll_scale, float* dlogits, CudaStream stream = nullptr);
 
@@ -46,7 +48,7 @@ void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, c
 // them. Reads the [rows, V] logits twice and writes them once (separate forward and backward: three reads).
 // Returns the number of counted rows.
 int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                 float* nll, CudaStream stream = nullptr);
+                                 float* nll, CudaStream stream = nullptr, const int32_t* host_targets = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

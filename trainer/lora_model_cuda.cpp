@@ -927,11 +927,14 @@ struct LoraModelCuda::Impl {
     const int64_t scored = compact ? R : T;  // the head's rows: the gathered ones, or every row (-100 counts nothing)
     const float* hrows = hid;
     float* drows = dhid;
+    // The host's copy of what targets holds for the scored rows: the cross-entropy launchers check and count it
+    // without waiting for the stream, so the chunks' GEMMs queue back to back.
+    std::vector<int32_t> kept = tg;
     if (compact && R > 0) {
-      std::vector<int32_t> kept(static_cast<size_t>(R));
+      kept.resize(static_cast<size_t>(R));
       for (int64_t i = 0; i < R; ++i) kept[static_cast<size_t>(i)] = tg[static_cast<size_t>(rows[static_cast<size_t>(i)])];
       embedding_gather_cuda(hid, DType::F32, T, C, upload_rows(rows), R, n2.as<float>(), st(), rows.data());
-      upload_owned_async(targets.get(), std::move(kept), st());
+      upload_owned_async(targets.get(), kept, st());
       hrows = n2.as<float>();
       drows = dn2.as<float>();
     }
@@ -941,11 +944,13 @@ struct LoraModelCuda::Impl {
       linear_forward_cuda(hrows + r0 * C, n, C, head.data, head.dtype, V, nullptr, DType::F32, lg, DType::F32,
                           st());
       if (!train) {
-        res.counted += cross_entropy_forward_cuda(lg, n, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st());
+        res.counted += cross_entropy_forward_cuda(lg, n, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st(),
+                                                  kept.data() + r0);
         continue;
       }
       res.counted += cross_entropy_fused_cuda(lg, n, V, targets.as<int32_t>() + r0,
-                                              static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st());
+                                              static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st(),
+                                              kept.data() + r0);
       linear_backward_input_cuda(lg, n, V, head.data, head.dtype, C, drows + r0 * C, DType::F32, st());
     }
     if (train && compact) {  // dhidden [T, C]: row t = drows[slot of t], slot R (zeros) for a row without a target

@@ -515,6 +515,21 @@ TEST_P(CrossEntropyCuda, MatchesRef) {
     expect_close(dl.data(), dl_ref.data(), n, dl_tol, "xent fused dlogits " + ctx);
     expect_guard_intact(dl, n, "xent fused dlogits " + ctx);
     expect_guard_intact(nll, static_cast<size_t>(rows), "xent fused nll " + ctx);
+    // With the host's copy of the targets (no wait for the stream): the same count and the same bits.
+    DeviceBuffer<float> d_work2(guarded(logits));
+    DeviceBuffer<float> d_nll2(guarded(std::vector<float>(static_cast<size_t>(rows))));
+    EXPECT_EQ(cross_entropy_fused_cuda(d_work2.get(), rows, V, d_targets.get(), scale, d_nll2.get(), stream.get(),
+                                       targets.data()),
+              counted_ref);
+    DeviceBuffer<float> d_nll3(guarded(std::vector<float>(static_cast<size_t>(rows))));
+    EXPECT_EQ(cross_entropy_forward_cuda(d_logits.get(), rows, V, d_targets.get(), d_nll3.get(), stream.get(),
+                                         targets.data()),
+              counted_ref);
+    stream.sync();
+    EXPECT_TRUE(d_work2.download() == dl) << "host targets: other dlogits " << ctx;
+    EXPECT_TRUE(d_nll2.download() == nll) << "host targets: other nll " << ctx;
+    const std::vector<float> nll3 = d_nll3.download();
+    expect_close(nll3.data(), nll_ref.data(), static_cast<size_t>(rows), nll_tol, "xent forward, host targets " + ctx);
   }
 }
 
@@ -744,6 +759,9 @@ TEST(KernelsCudaErrors, BadArgumentsNameTheValues) {
   expect_error([&] { cross_entropy_forward_cuda(p, 3, 5, targets.get(), p + 100); },
                {"cross_entropy_forward_cuda", "target 7 of row 1 is outside the vocabulary [0, 5)"});
   expect_error([&] { cross_entropy_fused_cuda(p, 3, 5, targets.get(), 1.f, p + 100); }, {"target 7 of row 1"});
+  const std::vector<int32_t> host_bad = {0, 1, 9};  // the host copy is what is checked when given
+  expect_error([&] { cross_entropy_fused_cuda(p, 3, 5, targets.get(), 1.f, p + 100, nullptr, host_bad.data()); },
+               {"target 9 of row 2"});
   expect_error([&] { cross_entropy_backward_cuda(p, 3, 8, targets.get(), NAN, p); },
                {"cross_entropy_backward_cuda", "dnll_scale must be finite"});
   expect_error([&] { cross_entropy_backward_cuda(p, 2, 0, targets.get(), 1.f, p); }, {"bad shape rows=2 V=0"});
