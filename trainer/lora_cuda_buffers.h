@@ -89,8 +89,8 @@
 // reads the whole lm_head, and at M = 110 it is bound by that read (a GEMM of M rows does M FLOP per byte of a
 // bf16 weight; the H100/H200 bf16 ridge is ~200), so a step reads it 2·ceil(T/110) times instead of
 // 2·ceil(T/441): at 7B and T = 2048, 38 reads of 1.09 GB (~8.7 ms at 4.8 TB/s) instead of 10 compute-bound chunks
-// (~4.9 ms), a few ms of a step of some hundred ms; and the cross-entropy launcher waits once per chunk (it counts
-// the targets on the host), 19 times instead of 5. Tests force smaller chunks
+// (~4.9 ms), a few ms of a step of some hundred ms (the cross-entropy launcher counts the targets from the trainer's
+// host copy, so the chunks do not wait for each other). Tests force smaller chunks
 // (LoraModelCudaOptions::logits_chunk_rows) to cover several on their small vocabularies.
 // DoRA adapters (use_dora) add, for the adapted Linears t of the block in flight (N_t, K_t their output rows and input
 // columns; the sums and maxima over the adapter's targets, a MoE layer's experts' and shared expert's shapes
