@@ -66,11 +66,16 @@ std::string qgemm_remark(bool cuda) {
   return r;
 }
 
+// The requests --device takes.
+void check_device_request(const std::string& request) {
+  QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
+              "unknown device '" << request << "' (expected auto, cpu or cuda)");
+}
+
 }  // namespace
 
 DeviceChoice choose_device(const std::string& request) {
-  QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
-              "unknown device '" << request << "' (expected auto, cpu or cuda)");
+  check_device_request(request);
   if (request == "cpu") {
     return {Device::Cpu, "device: cpu (requested)" + wgmma_remark(false) + qgemm_remark(false), "", ""};
   }
@@ -88,8 +93,7 @@ DeviceChoice choose_device(const std::string& request) {
 
 DeviceChoice settle_device(const std::string& request, const DeviceChoice& found, const std::string& what,
                            const std::string& refusal) {
-  QWENQ_CHECK(request == "auto" || request == "cpu" || request == "cuda",
-              "unknown device '" << request << "' (expected auto, cpu or cuda)");
+  check_device_request(request);
   if (request == "cpu" || found.device == Device::Cpu) return found;
   QWENQ_CHECK(request != "cuda" || refusal.empty(),
               "--device cuda: " << what << " cannot run on the GPU: " << refusal << " (use --device cpu)");

@@ -88,8 +88,9 @@ void apply_common_options(const CommonOptions& opt);
 class DevicePick {
  public:
   DevicePick(const CommonOptions& opt, std::string what);
-  // True while the GPU may still be chosen (a GPU is there and --device is not cpu): compute refusals only then.
-  bool gpu_possible() const { return found_.device == Device::Cuda && request_ != "cpu"; }
+  // True while the GPU may still be chosen (a GPU is there; choose_device("cpu") looks for none): compute refusals
+  // only then.
+  bool gpu_possible() const { return found_.device == Device::Cuda; }
   Device settle(const std::string& refusal = "");
   Device settle_for_model(const QwenModel& model, GpuUse use, const std::string& refusal = "");
   // The same, with every model of a command (eval's model and its KL base): the first refusal counts.

@@ -75,34 +75,31 @@ struct Builder {
       };
       const std::string why = gpu_linear_refusal(w);
       if (!why.empty()) throw refuse(why);
+      r.is_q4 = true;
       if (dry) {  // the repack's sizes (quant/format/qgemm_layout.h)
         const int64_t group = w.packed ? q4_int_layout_group(w.K, w.packed->group)
                                        : q4_nf4_layout_group(w.K, w.nf4->q.blocksize);
-        r.is_q4 = true;
         r.qweight_offset = piece(nullptr, static_cast<uint64_t>(q4_qweight_words(w.N, w.K)) * sizeof(uint32_t));
         r.meta_offset = piece(nullptr, static_cast<uint64_t>(q4_meta_words(w.N, w.K, group)) * sizeof(uint32_t));
         if (w.packed && q4_int_has_perm(*w.packed)) {
           r.perm_offset = piece(nullptr, static_cast<uint64_t>(w.K) * sizeof(int32_t));
         }
-        linear_bytes += layout.bytes() - before;
-        r.bias = tensor(bias);
-        return r;
+      } else {
+        try {  // what is left to fail is the data itself (a code or zero point out of range)
+          repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
+          q4_check(repacked.back().view(), "the Q4 repack");
+        } catch (const Error& e) {
+          throw refuse(e.what());
+        }
+        const Q4Layout& q = repacked.back();
+        r.q4 = q.view();
+        r.q4.qweight = nullptr;
+        r.q4.meta = nullptr;
+        r.q4.perm = nullptr;
+        r.qweight_offset = piece(q.qweight.data(), q.qweight.size() * sizeof(uint32_t));
+        r.meta_offset = piece(q.meta.data(), q.meta.size() * sizeof(uint32_t));
+        if (!q.perm.empty()) r.perm_offset = piece(q.perm.data(), q.perm.size() * sizeof(int32_t));
       }
-      try {  // what is left to fail is the data itself (a code or zero point out of range)
-        repacked.push_back(w.packed ? q4_from_int_linear(*w.packed) : q4_from_nf4(w.nf4->q, w.N, w.K));
-        q4_check(repacked.back().view(), "the Q4 repack");
-      } catch (const Error& e) {
-        throw refuse(e.what());
-      }
-      const Q4Layout& q = repacked.back();
-      r.is_q4 = true;
-      r.q4 = q.view();
-      r.q4.qweight = nullptr;
-      r.q4.meta = nullptr;
-      r.q4.perm = nullptr;
-      r.qweight_offset = piece(q.qweight.data(), q.qweight.size() * sizeof(uint32_t));
-      r.meta_offset = piece(q.meta.data(), q.meta.size() * sizeof(uint32_t));
-      if (!q.perm.empty()) r.perm_offset = piece(q.perm.data(), q.perm.size() * sizeof(int32_t));
     }
     linear_bytes += layout.bytes() - before;
     r.bias = tensor(bias);

@@ -112,9 +112,8 @@ IntLayoutRows int_layout_rows(const PackedIntLinear& p, const char* what) {
   QWENQ_CHECK(r.group % kQ4CodesPerWord == 0,
               what << ": group size " << p.group << " is not a multiple of " << kQ4CodesPerWord
                    << " (K=" << K << "): one Q4 word of 8 rows would straddle two groups");
-  QWENQ_CHECK((round_up(K, kQ4RowPad) + r.group - 1) / r.group == G,
-              what << ": " << (round_up(K, kQ4RowPad) + r.group - 1) / r.group << " layout groups for " << G
-                   << " source groups");
+  const int64_t layout_groups = (q4_padded_k(K) + r.group - 1) / r.group;  // Q4Layout::num_groups()
+  QWENQ_CHECK(layout_groups == G, what << ": " << layout_groups << " layout groups for " << G << " source groups");
   QWENQ_CHECK(p.perm.empty() || p.perm.size() == static_cast<size_t>(K),
               what << ": perm holds " << p.perm.size() << " entries for K=" << K);
   return r;
