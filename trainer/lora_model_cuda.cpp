@@ -927,9 +927,7 @@ struct LoraModelCuda::Impl {
     const int64_t scored = compact ? R : T;  // the head's rows: the gathered ones, or every row (-100 counts nothing)
     const float* hrows = hid;
     float* drows = dhid;
-    // The host's copy of what targets holds for the scored rows: the cross-entropy launchers check and count it
-    // without waiting for the stream, so the chunks' GEMMs queue back to back.
-    std::vector<int32_t> kept = tg;
+    std::vector<int32_t> kept;  // the gathered rows' targets
     if (compact && R > 0) {
       kept.resize(static_cast<size_t>(R));
       for (int64_t i = 0; i < R; ++i) kept[static_cast<size_t>(i)] = tg[static_cast<size_t>(rows[static_cast<size_t>(i)])];
@@ -938,6 +936,9 @@ struct LoraModelCuda::Impl {
       hrows = n2.as<float>();
       drows = dn2.as<float>();
     }
+    // The host's copy of what targets holds for the scored rows: the cross-entropy launchers check and count it
+    // without waiting for the stream, so the chunks' GEMMs queue back to back.
+    const int32_t* host_targets = compact ? kept.data() : tg.data();
     for (int64_t r0 = 0; r0 < scored; r0 += chunk) {
       const int64_t n = std::min(chunk, scored - r0);
       float* lg = logits.as<float>();
@@ -945,12 +946,12 @@ struct LoraModelCuda::Impl {
                           st());
       if (!train) {
         res.counted += cross_entropy_forward_cuda(lg, n, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st(),
-                                                  kept.data() + r0);
+                                                  host_targets + r0);
         continue;
       }
       res.counted += cross_entropy_fused_cuda(lg, n, V, targets.as<int32_t>() + r0,
                                               static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st(),
-                                              kept.data() + r0);
+                                              host_targets + r0);
       linear_backward_input_cuda(lg, n, V, head.data, head.dtype, C, drows + r0 * C, DType::F32, st());
     }
     if (train && compact) {  // dhidden [T, C]: row t = drows[slot of t], slot R (zeros) for a row without a target
