@@ -120,6 +120,9 @@ int main(int argc, char** argv) {
         dH = std::make_unique<bench::DeviceArray<float>>(static_cast<size_t>(s.K * s.K));
         bench::ck(cudaMemcpy(dH->p, H.data(), static_cast<size_t>(s.K * s.K) * sizeof(float), cudaMemcpyHostToDevice),
                   "upload H");
+        // A copy from pageable memory may still be in flight when cudaMemcpy returns, and the device-H run reads dH
+        // on a non-blocking stream, which does not wait for the legacy one.
+        bench::ck(cudaDeviceSynchronize(), "upload H");
         cached_K = s.K;
         std::printf("  (Hessian K=%lld from %lld rows on the GPU: %.2f s incl. generation and transfers)\n",
                     static_cast<long long>(s.K), static_cast<long long>(rows), seconds_since(t0));

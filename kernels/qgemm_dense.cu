@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kDqThreads) q4_dequant_bf16_kernel(const uint3
 void launch_dequant(const Q4View& w, const DqRegion& g, uint16_t* out, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>(ceil_div(g.n_end - g.n_first, kDqCols)),
                   static_cast<unsigned>(ceil_div(g.r_end - g.r_first, kDqWordRows)));
-  QWENQ_CHECK(grid.y <= 65535, "q4_dequantize_bf16_cuda: K=" << w.K << " is too large");
+  QWENQ_CHECK(grid.y <= 65535, "the 4-bit dense path's dequantization: K=" << w.K << " is too large");
   switch (w.kind) {
     case Q4Kind::Int:
       q4_dequant_bf16_kernel<Q4Kind::Int><<<grid, kDqThreads, 0, s>>>(w.qweight, w.meta, w.Np, w.group, g, out);

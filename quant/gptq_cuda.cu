@@ -719,7 +719,7 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqH
 }
 
 void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows, CudaStream stream,
-                             DType input_dtype) {
+                             DType input_dtype, int64_t piece_rows) {
   QWENQ_CHECK(K > 0, "Hessian size must be positive, got K = " << K);
   QWENQ_CHECK(rows >= 0, "row count must be non-negative, got " << rows);
   QWENQ_CHECK(count >= 0, "hessian_accumulate_cuda: count must be non-negative, got " << count);
@@ -747,7 +747,8 @@ void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x,
   // BF16: pieces of rows rounded into a bf16 scratch, each added by one tensor-core GEMM H ← b·H + α·X̃ᵀX̃ (fp32
   // accumulation of exact products; b = beta for the first piece, 1 after). A GEMM writes both triangles: twice
   // SSYRK's products, on tensor cores. The strict upper triangle stays unread.
-  const int64_t piece = std::max<int64_t>(1, std::min<int64_t>(rows, kHessianBf16PieceElems / K));
+  int64_t piece = std::max<int64_t>(1, std::min<int64_t>(rows, kHessianBf16PieceElems / K));
+  if (piece_rows > 0) piece = std::min(piece, piece_rows);
   DeviceMemory xb(static_cast<size_t>(piece * K) * sizeof(__nv_bfloat16), stream);
   for (int64_t r0 = 0; r0 < rows; r0 += piece) {
     const int64_t n = std::min(piece, rows - r0);

@@ -38,12 +38,16 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqH
 // H: [K, K] column-major fp32 (only the lower triangle is read; zero it before the first batch);
 // x: [rows, K] row-major fp32 (read column-major it is Xᵀ [K, rows], so no copy); count: rows already in H.
 // input_dtype BF16 (HessianAccumulator's BF16): X rounded to bf16 first, in pieces of at most 64M values into a
-// bf16 scratch, each piece one cublasGemmEx on bf16 tensor cores with fp32 accumulation (the products exact, the
-// sums fp32 as on the CPU, in another order); that GEMM also writes the strict upper triangle, which stays unread.
+// bf16 scratch (or of at most piece_rows rows when that is positive: tests cross pieces on small shapes), each piece
+// one cublasGemmEx on bf16 tensor cores with fp32 accumulation (the products exact; the sums in fp32 registers in
+// another order than the CPU's, and the tensor cores' own alignment and rounding of each MMA step's sum is not
+// IEEE round-to-nearest); that GEMM also writes the strict upper triangle, which stays unread.
 // Non-finite activations throw the CPU's message (the check reads one flag back, so the call waits for
 // `stream`). The caller keeps count += rows.
+// The library's cuBLAS handle is shared: it is set to `stream` for the call, and a caller that switches streams
+// between calls synchronizes the first (the GPTQ drivers wait before every solve).
 void hessian_accumulate_cuda(float* H, int64_t K, int64_t count, const float* x, int64_t rows,
-                             CudaStream stream = nullptr, DType input_dtype = DType::F32);
+                             CudaStream stream = nullptr, DType input_dtype = DType::F32, int64_t piece_rows = 0);
 
 }  // namespace qwenq
 

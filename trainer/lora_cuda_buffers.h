@@ -83,8 +83,9 @@
 // they are, through act16, widened on the device), tied ones are gathered on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
 // Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits): 2^24
 // logits = 64 MiB, 110 rows at V = 151936 or 152064. The lm_head's forward, the fused cross-entropy and dlogits·W
-// run chunk by chunk (the last one partial; one chunk of T rows when T < rows), each chunk's rows of dhidden
-// written at once. Why 2^24 and not the 2^26 of before: 192 MiB less of logits and, for a 16-bit lm_head, 96 MiB
+// run chunk by chunk over the scored rows (the last chunk partial; one chunk when they are fewer than rows), each
+// chunk's rows of dhidden written at once. The scored rows are all T, or, when a 16th or more have no target, the R
+// that have one, gathered into n2 (their dhidden rows come back through dn2 and a zero row R). Why 2^24 and not the 2^26 of before: 192 MiB less of logits and, for a 16-bit lm_head, 96 MiB
 // less of cuBLASLt's bf16 copy of dlogits (kernel scratch). The price: each chunk's GEMM (M = rows, N = V, K = C)
 // reads the whole lm_head, and at M = 110 it is bound by that read (a GEMM of M rows does M FLOP per byte of a
 // bf16 weight; the H100/H200 bf16 ridge is ~200), so a step reads it 2·ceil(T/110) times instead of

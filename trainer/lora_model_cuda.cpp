@@ -129,7 +129,7 @@ struct LoraModelCuda::Impl {
 
   // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
   TensorView host_embed;
-  PinnedFloats staging;  // [T, C] fp32 rows gathered from host_embed
+  PinnedFloats staging;  // the rows gathered from host_embed: [T, C] bf16 for a bf16 table, else [T, C] fp32
 
   int64_t capacity = 0, logits_rows = 0;
   bool ckpt16 = true;  // the buffers hold bf16 checkpoints (xs bf16 + xin) rather than fp32 ones
@@ -874,6 +874,9 @@ struct LoraModelCuda::Impl {
                 "LoraModelCuda: malformed batch (" << T << " tokens, " << b.cu_seqlens.size() << " offsets)");
     QWENQ_CHECK(static_cast<int64_t>(tg.size()) == T,
                 "lora_loss_and_grad: " << tg.size() << " targets for " << T << " tokens");
+    // Before anything is queued, as the CPU trainer: a bad target's error names its batch row (the launchers' own
+    // check sees a chunk, of gathered rows on the compact head).
+    cross_entropy_count_targets("lora_loss_and_grad (GPU)", T, V, tg.data());
     drop_p = train && opt->train ? static_cast<float>(dropout) : 0.f;  // as the CPU Runner's p_
     drop_seed = train ? opt->dropout_seed : 0;
     QWENQ_CHECK((train ? opt : &eval)->dora_norms_from == nullptr,
@@ -925,16 +928,16 @@ struct LoraModelCuda::Impl {
     // path: the gather and scatter move 4·T·C floats, about what a dozen rows of a 7B head cost (2·2·C·V FLOP each).
     const bool compact = (T - R) * 16 >= T;
     const int64_t scored = compact ? R : T;  // the head's rows: the gathered ones, or every row (-100 counts nothing)
-    const float* hrows = hid;
-    float* drows = dhid;
+    // Compact: the scored rows live on n2 and their dhidden rows on dn2, even for R = 0 (every target masked), so
+    // that the zero row and the gather back never alias dhidden.
+    const float* hrows = compact ? n2.as<float>() : hid;
+    float* drows = compact ? dn2.as<float>() : dhid;
     std::vector<int32_t> kept;  // the gathered rows' targets
     if (compact && R > 0) {
       kept.resize(static_cast<size_t>(R));
       for (int64_t i = 0; i < R; ++i) kept[static_cast<size_t>(i)] = tg[static_cast<size_t>(rows[static_cast<size_t>(i)])];
       embedding_gather_cuda(hid, DType::F32, T, C, upload_rows(rows), R, n2.as<float>(), st(), rows.data());
       upload_owned_async(targets.get(), kept, st());
-      hrows = n2.as<float>();
-      drows = dn2.as<float>();
     }
     // The host's copy of what targets holds for the scored rows: the cross-entropy launchers check and count it
     // without waiting for the stream, so the chunks' GEMMs queue back to back.

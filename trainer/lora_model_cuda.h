@@ -11,7 +11,8 @@
 // the accumulation cost no extra pass). The block backward is lora_model.h's, kernel for kernel:
 // rmsnorm_backward_cuda, swiglu_backward_cuda, rope_backward_cuda, attention_backward_cuda (flash, D = 64/128:
 // bf16 q/k/v/out/dout, fp32 grads) or attention_naive_backward_cuda (other D, fp32), and
-// cross_entropy_fused_cuda over chunks of lm_head rows, each chunk's dlogits multiplied into dhidden at once.
+// cross_entropy_fused_cuda over chunks of lm_head rows (every row, or only the rows with a target, gathered, when a
+// 16th or more have none), each chunk's dlogits multiplied into dhidden at once.
 //
 // Mixture-of-experts layers (qwen3_moe, qwen2_moe; the adapter's MLP targets there adapt every expert and the shared
 // expert, trainer/moe_block.h): the router logits (and Qwen2-MoE's shared-gate logit) go to the host, where the CPU
@@ -49,8 +50,10 @@
 // block, and the gradient passes the rounding unchanged). bf16_checkpoints = false keeps fp32 slots (the math
 // of fp32 training; twice the memory), a choice per call that re-makes the buffers when it changes.
 // Input embedding: an untied table is not uploaded (QwenModelCudaOptions::upload_embedding = false): each step
-// gathers the batch's T rows on the host (embedding_gather_ref, exact) into pinned memory and uploads [T, C] fp32
-// on the trainer's stream (29 MB at T = 2048, C = 3584), so the QwenModel must outlive the trainer. A tied table
+// gathers the batch's T rows on the host into pinned memory and uploads them on the trainer's stream, so the
+// QwenModel must outlive the trainer: a bf16 table's rows as they are, by every thread, through act16 and widened on
+// the device (bf16_to_f32_cuda, exact; 15 MB at T = 2048, C = 3584); another dtype's widened on the host
+// (embedding_gather_ref) and uploaded [T, C] fp32. A tied table
 // is on the device anyway (the lm_head) and is gathered there.
 // Dropout (lora_dropout = p > 0, training only): the CPU trainer's counter-based masks, bit for bit
 // (kernels/dropout.h: key dropout_key(opt.dropout_seed, layer, target), element index into the [T, K] input).
@@ -64,7 +67,8 @@
 // words (fp32 checkpoints: (L + 1)·C, no xin; naive attention: + 2·H·D + 2·Hkv·D, no bf16 copies; dropout:
 // + max(C, H·D, I)), the backward's gradients living on the storage of forward buffers whose lifetimes end before
 // (the table lists each pair and why); and one chunk of logits (at most 64 MiB). That table is also what
-// `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered embeddings).
+// `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered embeddings; half of it for a
+// bf16 table).
 // Not thread-safe (the buffers are reused by every call).
 #pragma once
 

@@ -331,6 +331,42 @@ TEST(LoraModelCuda, CheckpointDtypeSwitchesPerCall) {
   EXPECT_NE(got[0], got[1]);
 }
 
+// The head's edge cases: a batch whose every target is masked (an SFT micro-batch whose answers were all cut off)
+// scores no row, as the CPU step: no count, no loss, zero gradients; a bad target is refused before anything is
+// queued, named by its batch row (not by its row in a gathered chunk), as the CPU trainer names it.
+TEST(LoraModelCuda, AllMaskedBatchAndBadTarget) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({60, 33, 7}, cpu.config().vocab_size, 93);
+  LoraModelCuda gpu(cpu, adapter);
+  const LoraStepOptions so;
+  const std::vector<int32_t> none(static_cast<size_t>(b.num_tokens()), kIgnoreIndex);
+  const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, none, nullptr, so);
+  ASSERT_EQ(want.counted, 0);
+  const LoraStepResult got = gpu.loss_and_grad(b, none, so);
+  EXPECT_EQ(got.counted, 0);
+  EXPECT_EQ(got.nll_sum, 0.0);
+  LoraAdapter g = zeros_like(adapter);
+  gpu.download_grads(&g);
+  size_t nonzero = 0;
+  for (auto* t : tensors(g))
+    for (float v : *t) nonzero += v != 0.f;
+  EXPECT_EQ(nonzero, 0u) << "gradients of a batch without a target";
+  EXPECT_EQ(gpu.loss(b, none, so).counted, 0);
+
+  // Half the rows masked (the compact head), a target outside the vocabulary at batch row 71.
+  std::vector<int32_t> bad = next_token_targets(b);
+  for (size_t t = 0; t < bad.size(); t += 2) bad[t] = kIgnoreIndex;
+  bad[71] = static_cast<int32_t>(cpu.config().vocab_size) + 3;
+  test::expect_error([&] { gpu.loss_and_grad(b, bad, so); }, {"lora_loss_and_grad (GPU)", "of row 71"});
+  // The trainer is still usable: the next step is the CPU's.
+  const std::vector<int32_t> targets = next_token_targets(b);
+  gpu.zero_grads();
+  const double w = lora_loss_and_grad(cpu, adapter, b, targets, nullptr, so).nll_sum;
+  EXPECT_NEAR(gpu.loss_and_grad(b, targets, so).nll_sum, w, kBf16LossRelTol * std::fabs(w));
+}
+
 TEST(LoraModelCuda, D64FlashAttentionF32AndBf16) {
   QWENQ_REQUIRE_GPU();
   const std::string tmp = test::scratch_dir();
