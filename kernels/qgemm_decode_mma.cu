@@ -27,17 +27,28 @@
 // fp32 partial sums reduced in split order by reduce_kernel: deterministic); warp w owns columns
 // [32w, 32w + 32) of the block. One warp iteration covers 4 word-rows (32 K) x 32 columns: lane (g, t),
 // g = lane / 4, t = lane % 4, loads the 4 words of word-row 4·it + t at columns 4g..4g+3 with one 128-bit
-// streaming load (the warp reads 4 rows x 128 contiguous bytes), prefetched P iterations ahead.
+// streaming load (the warp reads 4 rows x 128 contiguous bytes), prefetched: the load for iteration it + P is
+// issued when iteration it has consumed its slot, P − 1 iterations of loads in flight while a warp computes.
 //
 // The MMA's k and n are permutations of ours, chosen so that each lane's own word feeds its B fragment:
 //   n: column j of n-tile i (i = 0..3) is our column 4j + i of the warp's 32, i.e. component i of the uint4
 //      of lane (j, ·); C's columns 2t and 2t + 1 of n-tile i are our 8t + i and 8t + 4 + i.
 //   k: for k-step s (s = 0, 1) the fragment's k = 2t, 2t+1, 2t+8, 2t+9 are nibbles 2s, 2s+4, 2s+1, 2s+5 of
 //      word-row 4·it + t; so b0 = pair(2s), b1 = pair(2s + 1), where pair(j) holds nibbles j (low) and j + 4.
-// The activations are staged once per block into shared memory in the same order: each 8-element run
-// (x0..x7) of a row becomes (x0, x4, x1, x5, x2, x6, x3, x7), so one 16-byte shared load gives a lane all
-// four A registers of its row for both k-steps. The block's group metas (scale and zero) are staged beside
-// them. Act-order, unaligned or K % 8 != 0 activations go through maybe_stage (a bf16 gather) first.
+// The activations are staged once per block into shared memory in the A fragments' order: rows g and g + 8 of
+// a 16-row tile share a "row pair" slot, and each 8-element run (x0..x7) of the two rows is stored as the 8
+// bf16x2 words (x0,x4)_g (x0,x4)_g+8 (x1,x5)_g (x1,x5)_g+8 | (x2,x6)_g (x2,x6)_g+8 (x3,x7)_g (x3,x7)_g+8, so one
+// 16-byte shared load is the whole A fragment {a0, a1, a2, a3} of a k-step, in the four consecutive registers
+// the MMA reads (no register moves). The block's group metas (scale and zero) are staged beside them.
+// Act-order, unaligned or K % 8 != 0 activations go through maybe_stage (a bf16 gather) first.
+//
+// Instruction budget (why the loop is shaped as it is): a 4-bit weight arrives at H200's 4.8 TB/s every ~0.1 ns
+// per SM, so with 16 warps per SM and 4 schedulers a warp iteration (512 bytes, 1024 weights) must issue in about
+// 100 instructions to keep up. The first version issued ~225 (SASS of sm_90a, 2026-12-05): ~45 for a 64-bit
+// address product and three bounds tests per load, ~35 register moves (A fragments assembled from two row
+// loads, the prefetch buffer rotated), and two LOP3s per pair (one immediate per LOP3). Now: one predicated load
+// from a pointer stepped by a constant, one bound, the A fragments loaded in place, the prefetch slot refilled
+// after its words are consumed, and (q & 0x000F000F) | 0x43004300 as one LOP3 with both constants in registers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -78,19 +89,46 @@ struct DmParams {
   float* out;               // y [M, N] when splits == 1, else the workspace [splits, M, Np]
   int64_t M, N, Np, Kp, group, num_groups;
   int64_t rows_per_split;   // word-rows per blockIdx.y, a multiple of kDmRowsPerIt
-  int x_pitch;              // bf16 elements per shared row of x (≡ 32 mod 64: conflict-free 16-byte loads)
+  int x_pitch;              // 32-bit words per row-pair slot of x (≡ 4 mod 8: conflict-free 16-byte loads)
   int64_t meta_offset;      // bytes from the start of shared memory to the metas (16-byte aligned)
-  int x_rows;               // shared rows of x: min(M, 16·MT)
+  int x_rows;               // valid rows of x per block: min(M, 16·MT); x_pair_slots(x_rows) slots
   int meta_rows;            // shared rows of metas: the most groups one split touches
   int splits;
 };
 
-// pair(j) of a word minus (128 + z) in both halves: bf16x2 (q_j − z, q_{j+4} − z), exact.
-__device__ __forceinline__ uint32_t dq_pair(uint32_t word, int j, uint32_t bias2) {
-  const uint32_t v = ((word >> (4 * j)) & 0x000F000Fu) | 0x43004300u;  // bf16 128 + q in each half
+// (a & b) | c in one LOP3. Written out because SASS's LOP3 takes one immediate: from C++ the compiler emits an AND
+// and an OR for (a & 0x000F000F) | 0x43004300; here both constants come in registers, set once per thread.
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // 0xEA = (0xF0 & 0xCC) | 0xAA
+  return d;
+}
+
+// pair(j) of a word minus (128 + z) in both halves: bf16x2 (q_j − z, q_{j+4} − z), exact. mask = 0x000F000F and
+// magic = 0x43004300 (bf16 128.0 in each half) in registers.
+__device__ __forceinline__ uint32_t dq_pair(uint32_t word, int j, uint32_t bias2, uint32_t mask, uint32_t magic) {
+  const uint32_t v = and_or(word >> (4 * j), mask, magic);  // bf16 128 + q in each half
   const __nv_bfloat162 r =
       __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), *reinterpret_cast<const __nv_bfloat162*>(&bias2));
   return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// The streaming load of ld_stream when `on`, else zeros, without a branch: one predicated load.
+__device__ __forceinline__ uint4 ld_stream_if(const uint32_t* p, bool on) {
+  uint4 v;
+  asm volatile(
+      "{\n"
+      "  .reg .pred q;\n"
+      "  setp.ne.b32 q, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @q ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "r"(static_cast<int>(on)));
+  return v;
 }
 
 // The group's multiplier: Int, the fp16 scale in the low half; Nf4/Fp4, the fp32 absmax.
@@ -106,13 +144,21 @@ __device__ __forceinline__ uint32_t pair_index(uint32_t word, int j) {
   return (v | (v >> 12)) & 0xFFu;
 }
 
+// Row-pair slots of x for `rows` valid rows of a block (rows a·16 + g and a·16 + g + 8 share slot a·8 + g): every
+// slot of the full tiles, and of the last tile the slots whose first row is valid.
+__host__ __device__ __forceinline__ int x_pair_slots(int rows) {
+  const int full = rows / 16, rest = rows % 16;
+  return full * 8 + (rest < 8 ? rest : 8);
+}
+
 // bf16x2 of 128 + z in both halves (z <= 255: 128 + z is exact in bf16 up to 255, the unit in [128, 256) is 1).
 __device__ __forceinline__ uint32_t meta_bias2(uint32_t meta) {
   return (0x4300u + ((meta >> 16) & 0xFFu)) * 0x00010001u;
 }
 
 // grid (ceil(Np / 128), splits, ceil(M / (16·MT))), block 128, dynamic shared memory (see the launcher). At
-// most 128 registers for MT = 1, so that 4 blocks (16 warps, 64 loads of 512 bytes in flight) fit on an SM.
+// most 128 registers for MT = 1, so that 4 blocks fit on an SM (16 warps, each with P − 1 loads of 512 bytes in
+// flight while it computes: 40 KB per SM at P = 6).
 template <Q4Kind KIND, int MT, int P>
 __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_kernel(DmParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
@@ -132,7 +178,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       }
     }
   }
-  uint16_t* xs = reinterpret_cast<uint16_t*>(smem);
+  uint32_t* xs = reinterpret_cast<uint32_t*>(smem);
   uint32_t* ms = reinterpret_cast<uint32_t*>(smem + p.meta_offset);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -148,31 +194,40 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
   const bool cols_ok = n0 + 4 * g < p.Np;  // Np % 4 == 0: the lane's 4 columns are all in or all out
 
   // The first P iterations' words, in flight while the block stages x and the metas. Iteration it reads
-  // word-row r0 + 4·it + t: a pointer and a row count stepped per iteration, no 64-bit products in the loop.
-  const uint32_t* wp = p.qweight + (r0 + t) * p.Np + n0 + 4 * g;
+  // word-row r0 + 4·it + t, in range while it < n_load (4·it < rows - r0 - t, it < n_it, the lane's columns
+  // in Np): one bound, and a pointer stepped by a constant, no 64-bit product in the loop.
+  const int64_t rows_left = rows - r0 - t;
+  const int n_load = cols_ok && rows_left > 0
+                         ? static_cast<int>(min(int64_t{n_it}, (rows_left + kDmRowsPerIt - 1) / kDmRowsPerIt))
+                         : 0;
   const int64_t w_step = int64_t{kDmRowsPerIt} * p.Np;
-  const int64_t rows_left = rows - r0 - t;  // iteration it is in range while 4·it < rows_left
-  const auto load_w = [&](int it) {
-    return it < n_it && int64_t{kDmRowsPerIt} * it < rows_left && cols_ok ? ld_stream(wp + it * w_step)
-                                                                          : make_uint4(0, 0, 0, 0);
-  };
+  const uint32_t* wnext = p.qweight + (r0 + t) * p.Np + n0 + 4 * g;  // dereferenced only below n_load
   uint4 wbuf[P];
 #pragma unroll
-  for (int i = 0; i < P; ++i) wbuf[i] = load_w(i);
+  for (int i = 0; i < P; ++i) {
+    wbuf[i] = ld_stream_if(wnext, i < n_load);
+    wnext += w_step;
+  }
 
-  // x rows [m0, m0 + xr), word-rows [r0, r1) into shared memory, each run of 8 reordered (see the top).
+  // x rows [m0, m0 + xr), word-rows [r0, r1) into shared memory in fragment order (see the top): slot
+  // a·8 + g holds rows a·16 + g and a·16 + g + 8 (zeros for a row at or past xr), each run as 8 words.
   const int runs = static_cast<int>(r1 - r0);  // <= 4096: a row of x in shared memory fits kDmMaxSmem
-  for (int c = threadIdx.x; c < xr * runs; c += kDmThreads) {
-    const int m = c / runs, j = c % runs;
+  const int slots = x_pair_slots(xr);
+  for (int c = threadIdx.x; c < slots * runs; c += kDmThreads) {
+    const int j = c % runs, slot = c / runs;
+    const int m = (slot / 8) * 16 + slot % 8;  // the slot's rows m and m + 8
     const int64_t k0 = (r0 + j) * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (k0 < p.x_width) v = __ldg(reinterpret_cast<const uint4*>(p.x + (m0 + m) * p.lda + k0));
-    uint4 o;
-    o.x = __byte_perm(v.x, v.z, 0x5410);  // (x0, x4)
-    o.y = __byte_perm(v.x, v.z, 0x7632);  // (x1, x5)
-    o.z = __byte_perm(v.y, v.w, 0x5410);  // (x2, x6)
-    o.w = __byte_perm(v.y, v.w, 0x7632);  // (x3, x7)
-    *reinterpret_cast<uint4*>(xs + m * p.x_pitch + j * 8) = o;
+    uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
+    if (k0 < p.x_width) {
+      const uint16_t* src = p.x + (m0 + m) * p.lda + k0;
+      if (m < xr) lo = __ldg(reinterpret_cast<const uint4*>(src));
+      if (m + 8 < xr) hi = __ldg(reinterpret_cast<const uint4*>(src + 8 * p.lda));
+    }
+    uint4* o = reinterpret_cast<uint4*>(xs + slot * p.x_pitch + j * 8);
+    o[0] = make_uint4(__byte_perm(lo.x, lo.z, 0x5410), __byte_perm(hi.x, hi.z, 0x5410),   // (x0, x4) of m, m + 8
+                      __byte_perm(lo.x, lo.z, 0x7632), __byte_perm(hi.x, hi.z, 0x7632));  // (x1, x5)
+    o[1] = make_uint4(__byte_perm(lo.y, lo.w, 0x5410), __byte_perm(hi.y, hi.w, 0x5410),   // (x2, x6)
+                      __byte_perm(lo.y, lo.w, 0x7632), __byte_perm(hi.y, hi.w, 0x7632));  // (x3, x7)
   }
   // The metas of the groups the split touches, 128 columns each (zeros past Np).
   const int64_t g_first = min(r0 * 8 / p.group, p.num_groups - 1);
@@ -213,71 +268,64 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
     }
   };
 
-  // The lane's shared rows of x (a·16 + g and a·16 + g + 8 of the tile) at its word-row t, as element offsets
-  // into xs (32-bit: fewer registers than pointers); -1 past the valid rows.
-  int xlo[MT], xhi[MT];
+  // The lane's row-pair slot of tile a (rows a·16 + g and a·16 + g + 8) at its word-row t, as a word offset
+  // into xs. A lane whose two rows are both past the valid ones reads slot 0 or 1 instead (g's parity, so that
+  // it does not share a bank group with its valid neighbour of the load phase): an A row feeds only the same row
+  // of C, and the epilogue drops those rows, so the loads need no predicate and no zeroing.
+  int xoff[MT];
 #pragma unroll
-  for (int a = 0; a < MT; ++a) {
-    const int lo = a * 16 + g, hi = lo + 8;
-    xlo[a] = lo < xr ? lo * p.x_pitch + t * 8 : -1;
-    xhi[a] = hi < xr ? hi * p.x_pitch + t * 8 : -1;
-  }
+  for (int a = 0; a < MT; ++a) xoff[a] = (a * 16 + g < xr ? (a * 8 + g) : min(g & 1, xr - 1)) * p.x_pitch + t * 8;
+  const uint32_t mask = 0x000F000Fu, magic = 0x43004300u;
 
-  // The iteration's group, counted instead of divided (a 64-bit division per iteration cost more instructions
-  // than the iteration's MMAs): each iteration's 32 K lie in one group (group % 32 == 0, or one group for all
-  // of K), ipg iterations per group, the split starting at position pos of its first group.
+  // The iterations' groups, counted instead of divided (a 64-bit division per iteration cost more instructions
+  // than the iteration's MMAs): each iteration's 32 K lie in one group (group % 32 == 0, or one group for all of
+  // K), ipg iterations per group, the split starting left_in_group iterations before its first group ends. The
+  // MMA sums cg of a chunk of at most kDmFlushIt iterations within one group are scaled into acc at the chunk's
+  // end (flush): chunks start at every group start and every kDmFlushIt iterations after it. The loop pays a
+  // countdown per iteration; the group's bookkeeping runs once per chunk.
   const bool one_group = p.group >= p.Kp;
   const int ipg = one_group ? INT_MAX : static_cast<int>(p.group / (8 * kDmRowsPerIt));
-  int pos = one_group ? 0 : static_cast<int>((r0 * 8 % p.group) / (8 * kDmRowsPerIt));
+  int left_in_group = one_group ? INT_MAX : ipg - static_cast<int>((r0 * 8 % p.group) / (8 * kDmRowsPerIt));
   int gl = 0;
   const int gl_max = static_cast<int>(g_last - g_first);
-
-  int cur = -1, since_flush = 0;
-  uint32_t bias2[4] = {0, 0, 0, 0};  // per B column i: bf16x2 of 128 + z
+  uint32_t bias2[4] = {0, 0, 0, 0};  // per B column i: bf16x2 of 128 + z of group gl
+  const auto load_bias = [&] {
+    if constexpr (KIND == Q4Kind::Int) {
+      const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_get(zm, i));
+    }
+  };
+  load_bias();
+  int chunk = min(kDmFlushIt, left_in_group), until_flush = chunk;
   for (int it0 = 0; it0 < n_it; it0 += P) {
 #pragma unroll
     for (int u = 0; u < P; ++u) {
       const int it = it0 + u;
       if (it >= n_it) break;
       const uint4 wq = wbuf[u];
-      wbuf[u] = load_w(it + P);
-      if (pos == ipg) pos = 0, gl = min(gl + 1, gl_max);
-      ++pos;
-      if (gl != cur || since_flush == kDmFlushIt) {
-        if (cur >= 0) flush(cur);
-        if (gl != cur) {
-          if constexpr (KIND == Q4Kind::Int) {
-            const uint4 zm = *reinterpret_cast<const uint4*>(ms + gl * kDmBlockCols + warp * kDmWarpCols + 4 * g);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) bias2[i] = meta_bias2(u4_get(zm, i));
-          }
-          cur = gl;
-        }
-        since_flush = 0;
-      }
-      ++since_flush;
-      // A: the lane's two rows at word-row 4·it + t of the split (zeros past the valid rows).
-      uint4 alo[MT], ahi[MT];
+      // A: the fragments of both k-steps at word-row 4·it + t of the split, one 16-byte load each: for k-step s,
+      // pairs 2s (k = 2t, 2t+1) and 2s + 1 (k = 2t+8, 2t+9) of rows g and g + 8.
       const int off = kDmRowsPerIt * 8 * it;
+      uint4 afr[MT][2];
 #pragma unroll
       for (int a = 0; a < MT; ++a) {
-        alo[a] = xlo[a] >= 0 ? *reinterpret_cast<const uint4*>(xs + xlo[a] + off) : make_uint4(0, 0, 0, 0);
-        ahi[a] = xhi[a] >= 0 ? *reinterpret_cast<const uint4*>(xs + xhi[a] + off) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int s = 0; s < 2; ++s) afr[a][s] = *reinterpret_cast<const uint4*>(xs + xoff[a] + off + 4 * s);
       }
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
-        // The A fragments of k-step s: pairs 2s (k = 2t, 2t+1) and 2s + 1 (k = 2t+8, 2t+9) of rows g and g + 8.
         uint32_t af[MT][4];
 #pragma unroll
         for (int a = 0; a < MT; ++a) {
-          af[a][0] = u4_get(alo[a], 2 * s), af[a][1] = u4_get(ahi[a], 2 * s);
-          af[a][2] = u4_get(alo[a], 2 * s + 1), af[a][3] = u4_get(ahi[a], 2 * s + 1);
+          af[a][0] = afr[a][s].x, af[a][1] = afr[a][s].y, af[a][2] = afr[a][s].z, af[a][3] = afr[a][s].w;
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const uint32_t word = u4_get(wq, i);
           if constexpr (KIND == Q4Kind::Int) {
-            const uint32_t b0 = dq_pair(word, 2 * s, bias2[i]), b1 = dq_pair(word, 2 * s + 1, bias2[i]);
+            const uint32_t b0 = dq_pair(word, 2 * s, bias2[i], mask, magic),
+                           b1 = dq_pair(word, 2 * s + 1, bias2[i], mask, magic);
 #pragma unroll
             for (int a = 0; a < MT; ++a) mma_bf16(cg[a][i], af[a], b0, b1);
           } else {
@@ -291,9 +339,23 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
           }
         }
       }
+      // The slot's words are consumed: refill it for iteration it + P (the load stays P - 1 iterations ahead
+      // of its use, and the slot keeps its registers: no rotation).
+      wbuf[u] = ld_stream_if(wnext, it + P < n_load);
+      wnext += w_step;
+      if (--until_flush == 0) {
+        flush(gl);
+        left_in_group -= chunk;
+        if (left_in_group == 0) {
+          gl = min(gl + 1, gl_max);
+          left_in_group = ipg;
+          load_bias();
+        }
+        chunk = until_flush = min(kDmFlushIt, left_in_group);
+      }
     }
   }
-  if (cur >= 0) flush(cur);
+  if (until_flush != chunk) flush(gl);
 
   // C element e of n-tile i: row g (e < 2) or g + 8, column 8t + i (e even) or 8t + 4 + i of the warp's 32.
 #pragma unroll
@@ -313,16 +375,18 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       }
 }
 
-// Shared bytes of a split of `rps` word-rows: x [x_rows, pitch] bf16, then `meta_rows` x 128 metas.
+// Shared bytes of a split of `rps` word-rows: x [x_pair_slots(x_rows), pitch] words, then `meta_rows` x 128 metas.
 int64_t x_pitch_of(int64_t rps) {
-  // 16-byte units per row ≡ 4 (mod 8): the 8 lanes of a 16-byte load phase (g = 0, 1; t = 0..3) hit 8 distinct
-  // bank groups.
-  return (rps % 8 == 0 ? rps + 4 : rps) * 8;
+  // 8 words (32 bytes) per run, plus 4: a slot is ≡ 16 bytes (mod 32) long, so the 8 lanes of a 16-byte load
+  // phase (g = 0, 1 at slots g; t = 0..3 at runs 32 bytes apart) hit 8 distinct 16-byte bank groups.
+  return rps * 8 + 4;
 }
 int meta_rows_of(int64_t rps, int64_t group, int64_t num_groups) {
   return static_cast<int>(std::min<int64_t>(num_groups, rps * 8 / group + 2));
 }
-int64_t meta_offset_of(int x_rows, int64_t rps) { return round_up(int64_t{x_rows} * x_pitch_of(rps) * 2, 16); }
+int64_t meta_offset_of(int x_rows, int64_t rps) {
+  return round_up(int64_t{x_pair_slots(x_rows)} * x_pitch_of(rps) * 4, 16);
+}
 int64_t smem_bytes(int x_rows, int64_t rps, int meta_rows) {
   return meta_offset_of(x_rows, rps) + int64_t{meta_rows} * kDmBlockCols * 4;
 }

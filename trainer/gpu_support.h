@@ -30,7 +30,8 @@ std::string gpu_weights_refusal(const QwenConfig& c, const QwenWeights& w, GpuUs
 // The device bytes of a model's weights as QwenModelCuda uploads them for `use`, as the caching allocator holds them:
 // each decoder layer's arena and a MoE layer's expert arena (qwen_layer_arena_bytes / qwen_moe_arena_bytes), the
 // final norm, the output table and the input one (once when tied; not for Train unless tied), each allocation
-// rounded by DeviceAllocator::round_size. Throws what gpu_weights_refusal reports.
+// rounded by DeviceAllocator::round_size. Throws a Linear's refusal (gpu_linear_refusal) when the arenas could not
+// hold one; callers ask gpu_weights_refusal first, which also covers the tables and head_dim.
 uint64_t gpu_weight_bytes(const QwenConfig& c, const QwenWeights& w, GpuUse use);
 
 // The least device memory `--device auto` leaves for the work beyond the weights (cuBLASLt's workspace, a batch's

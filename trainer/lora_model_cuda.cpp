@@ -165,6 +165,11 @@ struct LoraModelCuda::Impl {
     if (profiling) prof->stop();
     profiling = false;
   }
+  // Ends a profiled call however it leaves (an exception too), so that no phase stays open until the next call.
+  struct ProfiledCall {
+    Impl* m;
+    ~ProfiledCall() { m->end_profiled(); }
+  };
   struct Phase {
     Impl* m;
     StepPhase prev;
@@ -883,6 +888,7 @@ struct LoraModelCuda::Impl {
                 "LoraModelCuda: LoraStepOptions::dora_norms_from (a CPU test hook) is not supported on the GPU");
     reserve(T, train ? opt->bf16_checkpoints : eval.bf16_checkpoints);
     begin_profiled(train, StepPhase::Embed);  // evaluation calls are not profiled
+    const ProfiledCall closes{this};
     // Copies the stream owns (upload_owned_async): an error before the step's first wait leaves nothing queued that
     // reads the caller's batch.
     upload_owned_async(tokens.get(), b.tokens, st());
@@ -1158,6 +1164,7 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
     size.push_back(sl.N);
   }
   m.begin_profiled(true, StepPhase::Optimizer);
+  const Impl::ProfiledCall closes{&m};
   const float norm = clip_grad_norm_cuda(ptr.data(), size.data(), static_cast<int>(ptr.size()),
                                          static_cast<float>(max_grad_norm > 0 ? max_grad_norm : INFINITY), m.st());
   if (!std::isfinite(norm)) {

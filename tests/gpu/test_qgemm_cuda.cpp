@@ -231,7 +231,7 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
                             : q4_from_int_linear(q4_synthetic_int_linear(layout, s.K, s.N, s.group, act_order, ++seed));
     const Q4DeviceWeight dw(q);
     const std::vector<float> W = q4_unpack(q.view());
-    for (int64_t M : {1, 2, 5, 16, 17, 33, 64, 65}) {
+    for (int64_t M : {1, 2, 5, 12, 16, 17, 33, 64, 65}) {
       run_mma_case(q, dw, W, M, ++seed, std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" +
                                      std::to_string(s.N) + " group=" + std::to_string(s.group));
       if (HasFatalFailure()) return;
@@ -268,6 +268,51 @@ TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
   EXPECT_FALSE(qgemm_decode_mma_enabled());
   ASSERT_EQ(unsetenv("QWENQ_DECODE_MMA"), 0);
   EXPECT_TRUE(qgemm_decode_mma_enabled());
+}
+
+// A lane whose two rows of a tile are past M reads row pair 0 (and 8) instead of zeros (the kernel's top): its
+// products land in rows the epilogue drops. Row 0 holds an Inf and a NaN here, so a product of those rows that
+// leaked into another row, or a dropped row that was written, shows. M = 3: lanes g = 3..7 read rows 0 and 8; M =
+// 12: rows 8..11 share slots with rows 0..3, rows 12..15 are zeros; M = 20: the second tile's lanes g = 4..7.
+TEST(QgemmDecodeMmaCudaExact, RowsPastMNeverReachTheOutput) {
+  QWENQ_REQUIRE_GPU();
+  for (Src src : {Src::GptqV1, Src::Nf4Dq}) {
+    const int64_t K = 1024, N = 264;
+    const Q4Layout q = make_layout(src, K, N, 61, /*exact=*/src != Src::Nf4Dq);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : {3, 12, 20}) {
+      SCOPED_TRACE(std::string(src_name(src)) + " M=" + std::to_string(M));
+      std::vector<uint16_t> x = random_bf16(M * K, 62 + M);
+      x[5] = 0x7F80;    // +Inf in row 0
+      x[700] = 0x7FC0;  // NaN in row 0
+      std::vector<float> want(M * N);
+      qgemm_int4_ref(q.view(), x.data(), DType::BF16, M, want.data());
+      test::DeviceBuffer<uint16_t> gx(x);
+      // One row of guard values past y: a dropped row written by mistake would overwrite them.
+      std::vector<float> guard((M + 1) * N, 12345.f);
+      test::DeviceBuffer<float> y(guard);
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::BF16, M, y.get());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<float> got = y.download();
+      const std::vector<double> sums = abs_sums(x, W, M, K, N, false);
+      int bad = 0;
+      for (int64_t m = 1; m < M; ++m) {
+        for (int64_t n = 0; n < N; ++n) {
+          const size_t i = static_cast<size_t>(m * N + n);
+          const double tol = kQgemmGpuSumTol * kU * std::sqrt(static_cast<double>(K)) * sums[i] + 1e-30;
+          if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tol) && bad++ < 5)
+            ADD_FAILURE() << "row " << m << " col " << n << ": " << got[i] << ", CPU " << want[i];
+        }
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        if (std::isfinite(got[static_cast<size_t>(n)]) && bad++ < 5)
+          ADD_FAILURE() << "row 0 col " << n << " is finite (" << got[static_cast<size_t>(n)] << ") with an Inf and a NaN in x";
+        if (got[static_cast<size_t>(M * N + n)] != 12345.f && bad++ < 5)
+          ADD_FAILURE() << "the guard row past y was written at col " << n;
+      }
+    }
+  }
 }
 
 // Layout groups that are neither a multiple of 32 nor all of K (GPTQ groups of 16; NF4 with K = 200, gcd 8) and

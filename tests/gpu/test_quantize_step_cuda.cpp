@@ -317,6 +317,22 @@ TEST(QuantizeModelCuda, TinyModelsLikeTheCpu) {
   }
 }
 
+// Mixtures of experts (tiny-moe: Qwen3-MoE, routed experts only; tiny-moe-shared: Qwen2-MoE, a shared expert and its
+// gate): every expert and the shared one quantized on the device like any Linear, the routers kept dense.
+TEST(QuantizeModelCuda, MixtureOfExpertsLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  int seed = 0;
+  for (const char* preset : {"tiny-moe", "tiny-moe-shared"}) {
+    const std::string p = preset;
+    const std::string m = test::make_random_model(root + "/" + p, p, DType::BF16, 71 + seed++);
+    expect_cpu_gpu_same(rtn(m, root + "/v1-" + p, 4, 32, true, IntLayout::GptqV1), p + " rtn gptq 4-bit g32");
+    expect_cpu_gpu_same(rtn(m, root + "/awq-" + p, 4, 32, false, IntLayout::AwqGemm), p + " rtn awq");
+    expect_cpu_gpu_same(four_bit(m, root + "/nf4-" + p, false, true, 64), p + " nf4");
+    expect_cpu_gpu_same(four_bit(m, root + "/fp4-" + p, true, false, 64), p + " fp4");
+  }
+}
+
 TEST(QuantizeModelCuda, Stories260KLikeTheCpu) {
   QWENQ_REQUIRE_GPU();
   QWENQ_REQUIRE_SHARED_DATA();
