@@ -41,6 +41,7 @@
 #include "benchmarks/cuda_bench.cuh"
 #include "core/rng.h"
 #include "kernels/qgemm.h"
+#include "tests/support/scoped_env.h"
 
 namespace {
 
@@ -79,32 +80,6 @@ Q4Layout random_q4(int64_t K, int64_t N, uint64_t seed) {
 // cuBLASLt: y[M, N] (bf16, row-major) = x[M, K] · W[N, K]ᵀ. cuBLAS is column-major, so row-major y is the
 // N x M matrix D (ld N) = op_T(A) · B with A = W seen as K x N (ld K) and B = x seen as K x M (ld K).
 // dgrad = true: dx[M, K] = dy[M, N] · W, i.e. D (K x M, ld K) = op_N(A) · B with B = dy seen as N x M (ld N).
-// Sets an environment switch for its lifetime and restores the user's value (or its absence) after, so that a
-// row's label says which path it timed whatever the caller exported.
-class EnvSwitch {
- public:
-  EnvSwitch(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv(name, value, 1);
-  }
-  ~EnvSwitch() {
-    if (had_) {
-      setenv(name_, old_.c_str(), 1);
-    } else {
-      unsetenv(name_);
-    }
-  }
-  EnvSwitch(const EnvSwitch&) = delete;
-  EnvSwitch& operator=(const EnvSwitch&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
-
 struct LtGemm {
   cublasLtHandle_t h = nullptr;
   cublasLtMatmulDesc_t op = nullptr;
@@ -284,11 +259,10 @@ int main(int argc, char** argv) {
             wg ? time_us([&] { qgemm_int4_wgmma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush) : 0.0;
         const double t_wgt =
             wg ? time_us([&] { qgemm_int4_t_wgmma_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush) : 0.0;
-        // The dense path (kernels/qgemm_dense.cu: Ŵ dequantized to bf16, then cuBLASLt), its own row (path dense),
-        // the overlap off whatever the caller exported.
+        // The dense path (kernels/qgemm_dense.cu: Ŵ dequantized to bf16, then cuBLASLt), its own row (path dense).
         double t_dn = 0, t_dnt = 0;
         {
-          const EnvSwitch off("QWENQ_QGEMM_OVERLAP", "0");
+          const test::ScopedEnv off("QWENQ_QGEMM_OVERLAP", "0");  // whatever the caller exported
           t_dn = time_us([&] { qgemm_int4_dense_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
           t_dnt = time_us([&] { qgemm_int4_t_dense_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);
         }
@@ -296,7 +270,7 @@ int main(int argc, char** argv) {
         // runs), path dense_overlap: its gain in the same run. Only where it cuts the weight (qgemm_dense_chunks > 1).
         double t_ds = 0, t_dst = 0;
         {
-          const EnvSwitch on("QWENQ_QGEMM_OVERLAP", "1");
+          const test::ScopedEnv on("QWENQ_QGEMM_OVERLAP", "1");
           if (qgemm_dense_chunks(L.N, q4_padded_k(L.K)) > 1) {
             t_ds = time_us([&] { qgemm_int4_dense_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
             t_dst = time_us([&] { qgemm_int4_t_dense_cuda(dw.view(), dy.p, DType::BF16, M, dx.p); }, reps, flush);

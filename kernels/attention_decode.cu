@@ -29,13 +29,15 @@
 
 #include "core/error.h"
 #include "kernels/attention_decode.h"
+#include "kernels/attention_decode_common.cuh"
+#include "kernels/attention_decode_grouped.h"
 #include "kernels/cuda_check.cuh"
 
 namespace qwenq {
 
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = kDecodeThreads;
 constexpr int kWarps = kThreads / cuda::kWarp;
 constexpr int kTile = 128;             // keys per tile (scores in shared memory)
 constexpr int kColsPerThread = 2;      // kThreads · kColsPerThread = kAttentionDecodeMaxHeadDim
@@ -83,17 +85,6 @@ template <int V>
 __device__ __forceinline__ int64_t acc_column(int tid, int r) {
   return static_cast<int64_t>(tid + (r / V) * kThreads) * V + r % V;
 }
-
-struct DecodeParams {
-  const float* q;
-  const void *k, *v;  // [B, capacity, Hkv, D] of the partial kernel's T
-  const int32_t* lens;
-  int64_t H, Hkv, D, capacity, max_len, per_split;
-  int splits;
-  float scale;
-  float* out;  // [B, H, D], written when splits == 1
-  float* ws;   // [B, H, splits, D + 2]: acc[D], m, l; when splits > 1
-};
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(DecodeParams p) {
@@ -186,29 +177,6 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   }
 }
 
-__global__ void __launch_bounds__(kThreads) attention_decode_merge_kernel(DecodeParams p) {
-  const int64_t h = blockIdx.x, b = blockIdx.y, D = p.D;
-  const float* w = p.ws + (b * p.H + h) * p.splits * (D + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) {
-    const float* ws = w + s * (D + 2);
-    if (ws[D + 1] > 0.f) M = fmaxf(M, ws[D]);
-  }
-  float L = 0.f;
-  for (int s = 0; s < p.splits; ++s) {
-    const float* ws = w + s * (D + 2);
-    if (ws[D + 1] > 0.f) L += ws[D + 1] * expf(ws[D] - M);
-  }
-  for (int64_t d = threadIdx.x; d < D; d += kThreads) {
-    float o = 0.f;
-    for (int s = 0; s < p.splits; ++s) {
-      const float* ws = w + s * (D + 2);
-      if (ws[D + 1] > 0.f) o += ws[d] * expf(ws[D] - M);
-    }
-    p.out[(b * p.H + h) * D + d] = L > 0.f ? o / L : 0.f;
-  }
-}
-
 // Streaming multiprocessors of the current device (cached per device id).
 int sm_count() {
   static int cached[64] = {0};
@@ -244,6 +212,11 @@ void launch_decode(const char* name, const float* q, const T* k_cache, const T* 
   QWENQ_CHECK(H <= 65535 && B <= 65535, name << ": H=" << H << " and B=" << B << " must be at most 65535 (grid)");
   QWENQ_CHECK(reinterpret_cast<uintptr_t>(k_cache) % 4 == 0 && reinterpret_cast<uintptr_t>(v_cache) % 4 == 0,
               name << ": the k and v caches must be 4-byte aligned (32-bit loads)");
+  if (attention_decode_grouped_enabled() && attention_decode_grouped_takes(D, k_cache, v_cache)) {
+    attention_decode_grouped_cuda(name, q, k_cache, v_cache, sizeof(T) == 2, lens, B, H, Hkv, D, capacity, max_len,
+                                  out, stream);
+    return;
+  }
 
   const int64_t splits = attention_decode_splits(B, H, max_len);
   DecodeParams p{};

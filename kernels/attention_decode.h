@@ -30,6 +30,8 @@
 // first kernel writes out directly. splits is chosen on the host from B·H, max_len and the device's SM count (about
 // two blocks per SM, at least 64 keys per split), so the result is deterministic for a given device and max_len.
 // Keys at or past lens[b] are never read (the test fills them with NaN).
+// With QWENQ_DECODE_GROUPED=1 (opt-in until it has run on a GPU) both GPU twins take the grouped kernel for D = 64,
+// 128, 256 (kernels/attention_decode_grouped.h): a block per kv head for all its query heads, the same contract.
 #pragma once
 
 #include <cstdint>

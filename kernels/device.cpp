@@ -55,7 +55,9 @@ std::string qgemm_remark(bool cuda) {
       {"QWENQ_QGEMM_DENSE", "the fused 4-bit prefill kernels for every M",
        "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"},
       {"QWENQ_QGEMM_OVERLAP", "the dense 4-bit path dequantizes each weight whole (the default)",
-       "the dense 4-bit path dequantizes weights of 8M values and up in 4 pieces overlapped with the GEMM"}};
+       "the dense 4-bit path dequantizes weights of 8M values and up in 4 pieces overlapped with the GEMM"},
+      {"QWENQ_DECODE_GROUPED", "decode attention with a block per query head (the default)",
+       "decode attention with a block per kv head and its query heads (D = 64, 128, 256)"}};
   std::string r;
   for (const auto& sw : switches) {
     const int v = env_switch(sw.name);

@@ -24,7 +24,9 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "kernels/attention_decode.h"
+#include "kernels/attention_decode_grouped.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/scoped_env.h"
 
 namespace qwenq {
 namespace {
@@ -84,9 +86,14 @@ void check(const Case& c, uint64_t seed, bool bf16 = false) {
     ASSERT_LE(e, kTol) << "out[" << i << "] (sequence " << i / (H * D) << ", head " << (i / D) % H << ", column "
                        << i % D << "): GPU " << got[i] << ", CPU " << want[i];
   }
-  std::printf("[ decode %s H=%lld Hkv=%lld D=%lld B=%lld max_len=%lld ] splits %lld, max |GPU - CPU| %.2e\n",
-              bf16 ? "bf16" : "fp32", (long long)H, (long long)Hkv, (long long)D, (long long)B, (long long)max_len,
-              (long long)attention_decode_splits(B, H, max_len), max_err);
+  // Whether the grouped kernel ran: the switch and D decide (the caches are cudaMalloc'd, 256-byte aligned, as dq).
+  const bool grouped = attention_decode_grouped_enabled() && attention_decode_grouped_takes(D, dq.get(), dq.get());
+  std::printf("[ decode %s%s H=%lld Hkv=%lld D=%lld B=%lld max_len=%lld ] splits %lld, max |GPU - CPU| %.2e\n",
+              grouped ? "grouped " : "", bf16 ? "bf16" : "fp32", (long long)H, (long long)Hkv, (long long)D,
+              (long long)B, (long long)max_len,
+              (long long)(grouped ? attention_decode_grouped_splits(B, H, Hkv, D, bf16, max_len)
+                                  : attention_decode_splits(B, H, max_len)),
+              max_err);
 }
 
 // The sweep both cache dtypes run.
@@ -115,6 +122,32 @@ TEST(AttentionDecodeCuda, Bf16CacheMatchesTheCpuTwin) {
   uint64_t seed = 200;
   for (const Case& c : kCases) check(c, seed++, /*bf16=*/true);
   check({28, 4, 128, {3000, 1, 1024}}, seed++, true);  // Qwen2.5-7B heads at ~3000 keys
+}
+
+// QWENQ_DECODE_GROUPED=1: the grouped kernel (kernels/attention_decode_grouped.cu) where it applies (D = 64, 128,
+// 256; the sweep's D = 8 and 40 keep the per-head kernel) against the same twins with the same tolerance, both cache
+// dtypes, plus the shapes only it has: query heads in a chunk of 4 (Qwen3's 32/8), two chunks of 8 (a group of 16),
+// a group of 5 (Qwen2.5-14B's 40/8), long caches with a partial last step and empty splits.
+TEST(AttentionDecodeCuda, GroupedKernelMatchesTheCpuTwin) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv grouped("QWENQ_DECODE_GROUPED", "1");
+  ASSERT_TRUE(attention_decode_grouped_enabled());
+  uint64_t seed = 300;
+  for (const Case& c : kCases) check(c, seed++);
+  for (const Case& c : kCases) check(c, seed++, /*bf16=*/true);
+  const Case more[] = {
+      {32, 8, 128, {3000, 1, 1024}},  // Qwen3-8B heads: 4 query heads per block
+      {32, 2, 64, {777, 129}},        // a group of 16: two chunks of 8
+      {40, 8, 128, {2049}},           // a group of 5
+      {28, 4, 128, {33, 95}, 4000},   // max_len far above the lengths: empty splits and warps without keys
+      {8, 8, 256, {600}},             // MHA at D = 256
+      {6, 2, 64, {300}},              // a group of 3: a padding head in the chunk of 4
+      {12, 4, 128, {129}},            // a group of 3 at D = 128, one key past a step
+  };
+  for (const Case& c : more) {
+    check(c, seed++);
+    check(c, seed++, /*bf16=*/true);
+  }
 }
 
 TEST(AttentionDecodeCuda, ErrorsAreTheRefs) {

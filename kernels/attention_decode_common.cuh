@@ -1,0 +1,54 @@
+// Pieces the two decode attention kernels share (kernels/attention_decode.cu: one block per query head;
+// kernels/attention_decode_grouped.cu: one block per kv head and its query heads): the launch parameters and the
+// split merge. For .cu files only; everything is in an anonymous namespace (each file gets its own kernels).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace qwenq {
+namespace {
+
+constexpr int kDecodeThreads = 128;
+
+struct DecodeParams {
+  const float* q;
+  const void *k, *v;  // [B, capacity, Hkv, D] of the partial kernel's T
+  const int32_t* lens;
+  int64_t H, Hkv, D, capacity, max_len, per_split;
+  int splits;
+  float scale;
+  float* out;  // [B, H, D], written when splits == 1
+  float* ws;   // [B, H, splits, D + 2]: acc[D], m, l; when splits > 1
+};
+
+// Every (b, h) merges its splits' (m, l, acc) in split order: every thread computes M = max m_s over the splits
+// with l_s > 0 and L = Σ l_s·e^(m_s − M) (the same numbers in every thread), then its columns
+// out = Σ_s acc_s·e^(m_s − M) / L. grid (H, B), kDecodeThreads threads.
+__global__ void __launch_bounds__(kDecodeThreads) attention_decode_merge_kernel(DecodeParams p) {
+  const int64_t h = blockIdx.x, b = blockIdx.y, D = p.D;
+  const float* w = p.ws + (b * p.H + h) * p.splits * (D + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) {
+    const float* ws = w + s * (D + 2);
+    if (ws[D + 1] > 0.f) M = fmaxf(M, ws[D]);
+  }
+  float L = 0.f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float* ws = w + s * (D + 2);
+    if (ws[D + 1] > 0.f) L += ws[D + 1] * expf(ws[D] - M);
+  }
+  for (int64_t d = threadIdx.x; d < D; d += kDecodeThreads) {
+    float o = 0.f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float* ws = w + s * (D + 2);
+      if (ws[D + 1] > 0.f) o += ws[d] * expf(ws[D] - M);
+    }
+    p.out[(b * p.H + h) * D + d] = L > 0.f ? o / L : 0.f;
+  }
+}
+
+}  // namespace
+}  // namespace qwenq
