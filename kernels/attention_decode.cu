@@ -219,33 +219,14 @@ void launch_decode(const char* name, const float* q, const T* k_cache, const T* 
   }
 
   const int64_t splits = attention_decode_splits(B, H, max_len);
-  DecodeParams p{};
-  p.q = q;
-  p.k = k_cache;
-  p.v = v_cache;
-  p.lens = lens;
-  p.H = H;
-  p.Hkv = Hkv;
-  p.D = D;
-  p.capacity = capacity;
-  p.max_len = max_len;
-  p.per_split = (max_len + splits - 1) / splits;
-  p.splits = static_cast<int>(splits);
-  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
-  p.out = out;
   DeviceMemory ws;
-  if (splits > 1) {
-    ws = DeviceMemory(static_cast<size_t>(B * H * splits * (D + 2)) * sizeof(float), stream);
-    p.ws = ws.as<float>();
-  }
+  const DecodeParams p =
+      decode_params(q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, splits, out, &ws, stream);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(H), static_cast<unsigned>(B));
   attention_decode_partial_kernel<T><<<grid, kThreads, 0, stream>>>(p);
   QWENQ_CUDA_CHECK_LAUNCH(name << " B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D << " max_len=" << max_len
                                << " splits=" << splits);
-  if (splits > 1) {
-    attention_decode_merge_kernel<<<dim3(static_cast<unsigned>(H), static_cast<unsigned>(B)), kThreads, 0, stream>>>(p);
-    QWENQ_CUDA_CHECK_LAUNCH(name << " (merge) B=" << B << " H=" << H << " D=" << D << " splits=" << splits);
-  }
+  merge_decode_splits(p, B, name, stream);
   // ws is freed on `stream` after the merge (cudaFreeAsync): no wait here.
 }
 

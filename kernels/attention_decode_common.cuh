@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda_check.cuh"
+
 namespace qwenq {
 namespace {
 
@@ -48,6 +50,40 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_merge_kernel(
     }
     p.out[(b * p.H + h) * D + d] = L > 0.f ? o / L : 0.f;
   }
+}
+
+// The parameters of a launch over `splits` splits; with splits > 1 the scratch the merge reads, allocated on
+// `stream` into *ws (freed on the stream after the merge: no wait).
+inline DecodeParams decode_params(const float* q, const void* k, const void* v, const int32_t* lens, int64_t B,
+                                  int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len,
+                                  int64_t splits, float* out, DeviceMemory* ws, CudaStream stream) {
+  DecodeParams p{};
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.lens = lens;
+  p.H = H;
+  p.Hkv = Hkv;
+  p.D = D;
+  p.capacity = capacity;
+  p.max_len = max_len;
+  p.per_split = (max_len + splits - 1) / splits;
+  p.splits = static_cast<int>(splits);
+  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
+  p.out = out;
+  if (splits > 1) {
+    *ws = DeviceMemory(static_cast<size_t>(B * H * splits * (D + 2)) * sizeof(float), stream);
+    p.ws = ws->as<float>();
+  }
+  return p;
+}
+
+// The merge of p's splits into p.out (nothing with one split: the partial kernel wrote it).
+inline void merge_decode_splits(const DecodeParams& p, int64_t B, const char* name, CudaStream stream) {
+  if (p.splits <= 1) return;
+  attention_decode_merge_kernel<<<dim3(static_cast<unsigned>(p.H), static_cast<unsigned>(B)), kDecodeThreads, 0,
+                                  stream>>>(p);
+  QWENQ_CUDA_CHECK_LAUNCH(name << " (merge) B=" << B << " H=" << p.H << " D=" << p.D << " splits=" << p.splits);
 }
 
 }  // namespace

@@ -291,35 +291,14 @@ void launch_grouped(const char* name, const float* q, const T* k, const T* v, co
   const int64_t qchunks = (group + gq - 1) / gq;
   QWENQ_CHECK(Hkv * qchunks <= 65535, name << ": Hkv=" << Hkv << " x " << qchunks << " query chunks exceed the grid");
   const int64_t splits = attention_decode_grouped_splits(B, H, Hkv, D, sizeof(T) == 2, max_len);
-  DecodeParams p{};
-  p.q = q;
-  p.k = k;
-  p.v = v;
-  p.lens = lens;
-  p.H = H;
-  p.Hkv = Hkv;
-  p.D = D;
-  p.capacity = capacity;
-  p.max_len = max_len;
-  p.per_split = (max_len + splits - 1) / splits;
-  p.splits = static_cast<int>(splits);
-  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
-  p.out = out;
   DeviceMemory ws;
-  if (splits > 1) {
-    ws = DeviceMemory(static_cast<size_t>(B * H * splits * (D + 2)) * sizeof(float), stream);
-    p.ws = ws.as<float>();
-  }
+  const DecodeParams p = decode_params(q, k, v, lens, B, H, Hkv, D, capacity, max_len, splits, out, &ws, stream);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(Hkv * qchunks), static_cast<unsigned>(B));
   const int g32 = static_cast<int>(group), qc = static_cast<int>(qchunks);
   with_instance<T>(D, gq, [&](auto kernel, int) { kernel<<<grid, kDecodeThreads, 0, stream>>>(p, g32, qc); });
   QWENQ_CUDA_CHECK_LAUNCH(name << " (grouped) B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D
                                << " max_len=" << max_len << " splits=" << splits);
-  if (splits > 1) {
-    attention_decode_merge_kernel<<<dim3(static_cast<unsigned>(H), static_cast<unsigned>(B)), kDecodeThreads, 0,
-                                    stream>>>(p);
-    QWENQ_CUDA_CHECK_LAUNCH(name << " (grouped merge) B=" << B << " H=" << H << " D=" << D << " splits=" << splits);
-  }
+  merge_decode_splits(p, B, name, stream);
   // ws is freed on `stream` after the merge (cudaFreeAsync): no wait here.
 }
 
