@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/threads.h"
 
 namespace qwenq {
 
@@ -81,14 +82,30 @@ std::vector<uint8_t> quantize_rtn(const float* W, const GroupGrid& g) {
 }
 
 std::vector<float> dequantize_codes(const uint8_t* codes, const GroupGrid& g, const int32_t* g_idx) {
-  std::vector<float> W(g.N * g.K);
-  for (int64_t k = 0; k < g.K; ++k) {
-    const int64_t gi = g_idx ? g_idx[k] : k / g.group;
-    QWENQ_CHECK(gi >= 0 && gi < g.num_groups(), "g_idx[" << k << "] = " << gi << " is outside [0, " << g.num_groups() << ")");
-    for (int64_t n = 0; n < g.N; ++n) {
-      W[n * g.K + k] = dequantize_value(codes[k * g.N + n], g.scale[gi * g.N + n], g.zero[gi * g.N + n]);
-    }
+  for (int64_t k = 0; g_idx && k < g.K; ++k) {
+    QWENQ_CHECK(g_idx[k] >= 0 && g_idx[k] < g.num_groups(),
+                "g_idx[" << k << "] = " << g_idx[k] << " is outside [0, " << g.num_groups() << ")");
   }
+  std::vector<float> W(g.N * g.K);
+  // A transposition ([K, N] codes to [N, K] values) in tiles of kTile x kTile, by every thread over the column
+  // tiles: each tile reads its codes along n and writes its values along k within a few cache lines (a 7B gate_proj
+  // took 0.52 s on one thread column by column; GPTQ dequantizes every Linear it writes).
+  constexpr int64_t kTile = 64;
+  parallel_for((g.N + kTile - 1) / kTile, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t n0 = t0 * kTile; n0 < std::min(g.N, t1 * kTile); n0 += kTile) {
+      const int64_t n1 = std::min(g.N, n0 + kTile);
+      for (int64_t k0 = 0; k0 < g.K; k0 += kTile) {
+        const int64_t k1 = std::min(g.K, k0 + kTile);
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t gi = g_idx ? g_idx[k] : k / g.group;
+          const uint8_t* c = codes + k * g.N;
+          const float* sc = g.scale.data() + gi * g.N;
+          const uint8_t* z = g.zero.data() + gi * g.N;
+          for (int64_t n = n0; n < n1; ++n) W[n * g.K + k] = dequantize_value(c[n], sc[n], z[n]);
+        }
+      }
+    }
+  });
   return W;
 }
 

@@ -89,9 +89,12 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   for (const auto& w : r.warnings) std::fprintf(stderr, "gptq: %s: %s\n", prefix.c_str(), w.c_str());
   const StageScope t(times_.packing);
   shards_.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), out_.layout));
-  std::vector<float> fq = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
-  std::vector<float> back(N * K);
-  for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
+  std::vector<float> back = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+  if (N2 != N || K2 != K) {  // the padded weight's [N, K] corner
+    std::vector<float> fq = std::move(back);
+    back.assign(static_cast<size_t>(N * K), 0.f);
+    for (int64_t n = 0; n < N; ++n) std::copy(fq.begin() + n * K2, fq.begin() + n * K2 + K, back.begin() + n * K);
+  }
   if (calib_dtype_ == DType::BF16) bf16_round_inplace(back.data(), back.size());
   ++rep_.linears;
   rep_.params_quantized += N * K;
