@@ -7,6 +7,8 @@
 // - bf16 -> fp32 shifts the bits up; fp16 -> fp32 is the hardware conversion (exact, subnormals included), as the
 //   ref's f16_to_f32;
 // - the adds are single fp32 additions.
+// The casts and add_inplace move 4 elements per access where the pointers are aligned (the trainer's buffers are):
+// scalar 2-byte stores reach a smaller share of HBM, and the trainer converts ~1.6 GB per 7B layer and step.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -52,19 +54,44 @@ struct LoadF16 {
   }
 };
 
-__global__ void f32_to_bf16_kernel(const float* x, int64_t n, uint16_t* y) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = f32_to_bf16_bits(x[i]);
-  }
+// The casts and the add come in two forms: `vec` (every pointer aligned to its 4-element vector: 16 bytes for
+// fp32, 8 for bf16) moves 4 elements per load and store, the n % 4 last ones by the first threads; otherwise one
+// element per step. The same operation per element either way.
+__device__ __forceinline__ int64_t thread_index() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
+__device__ __forceinline__ int64_t grid_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+__device__ __forceinline__ uint32_t bf16_pair(float lo, float hi) {
+  return static_cast<uint32_t>(f32_to_bf16_bits(lo)) | (static_cast<uint32_t>(f32_to_bf16_bits(hi)) << 16);
 }
 
-__global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t n, float* y) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = cuda::bf16_bits_to_f32(x[i]);
+__global__ void f32_to_bf16_kernel(const float* x, int64_t n, bool vec, uint16_t* y) {
+  int64_t from = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t j = thread_index(); j < n4; j += grid_stride()) {
+      const float4 v = reinterpret_cast<const float4*>(x)[j];
+      reinterpret_cast<uint2*>(y)[j] = make_uint2(bf16_pair(v.x, v.y), bf16_pair(v.z, v.w));
+    }
+    from = 4 * n4;
   }
+  for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] = f32_to_bf16_bits(x[i]);
 }
+
+__global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t n, bool vec, float* y) {
+  int64_t from = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t j = thread_index(); j < n4; j += grid_stride()) {
+      const uint2 v = reinterpret_cast<const uint2*>(x)[j];
+      reinterpret_cast<float4*>(y)[j] = make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                                                    __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+    }
+    from = 4 * n4;
+  }
+  for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] = cuda::bf16_bits_to_f32(x[i]);
+}
+
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // One block per token (blockIdx.x = t): the row tokens[t] of the table, C columns across the threads. The ids
 // were checked on the host; the guard only keeps a corrupted id from reading outside the table.
@@ -77,11 +104,19 @@ __global__ void embedding_gather_kernel(const void* table, int64_t V, int64_t C,
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) out[t * C + c] = L::at(table, row + c);
 }
 
-__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] += x[i];
+__global__ void add_inplace_kernel(float* y, const float* x, int64_t n, bool vec) {
+  int64_t from = 0;
+  if (vec) {
+    const int64_t n4 = n / 4;
+    for (int64_t j = thread_index(); j < n4; j += grid_stride()) {
+      float4 a = reinterpret_cast<float4*>(y)[j];
+      const float4 b = reinterpret_cast<const float4*>(x)[j];
+      a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+      reinterpret_cast<float4*>(y)[j] = a;
+    }
+    from = 4 * n4;
   }
+  for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] += x[i];
 }
 
 template <typename L>
@@ -98,7 +133,8 @@ void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream)
   QWENQ_CHECK(n >= 0, "f32_to_bf16_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_cuda: null pointer");
-  f32_to_bf16_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+  const bool vec = aligned(x, 16) && aligned(y, 8);
+  f32_to_bf16_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, n, vec, y);
   QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_cuda n=" << n);
 }
 
@@ -106,7 +142,8 @@ void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream)
   QWENQ_CHECK(n >= 0, "bf16_to_f32_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "bf16_to_f32_cuda: null pointer");
-  bf16_to_f32_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, y);
+  const bool vec = aligned(x, 8) && aligned(y, 16);
+  bf16_to_f32_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, n, vec, y);
   QWENQ_CUDA_CHECK_LAUNCH("bf16_to_f32_cuda n=" << n);
 }
 
@@ -144,7 +181,8 @@ void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream) {
   QWENQ_CHECK(n >= 0, "add_inplace_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "add_inplace_cuda: null pointer");
-  add_inplace_kernel<<<blocks_for(n), kThreads, 0, stream>>>(y, x, n);
+  const bool vec = aligned(x, 16) && aligned(y, 16);
+  add_inplace_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(y, x, n, vec);
   QWENQ_CUDA_CHECK_LAUNCH("add_inplace_cuda n=" << n);
 }
 

@@ -254,6 +254,46 @@ TEST(ConvertCuda, AddsAreTheRefsBits) {
   }
 }
 
+// The sweeps above pass cudaMalloc'd (aligned) pointers: the 4-element path. Pointers one element in take the
+// element path (and the vector path with the other operand aligned never mixes): the same bits, the element before
+// the output untouched.
+TEST(ConvertCuda, UnalignedPointersGiveTheSameBits) {
+  QWENQ_REQUIRE_GPU();
+  for (int64_t n : {int64_t{5}, int64_t{1027}}) {
+    const std::string ctx = "n=" + std::to_string(n) + " one element in";
+    const std::vector<float> x = awkward_floats(static_cast<size_t>(n), 9000 + static_cast<uint64_t>(n));
+    std::vector<uint16_t> h_ref(static_cast<size_t>(n));
+    f32_to_bf16_ref(x.data(), n, h_ref.data());
+    std::vector<float> back_ref(static_cast<size_t>(n)), y(static_cast<size_t>(n)), y_ref;
+    bf16_to_f32_ref(h_ref.data(), n, back_ref.data());
+    for (size_t i = 0; i < y.size(); ++i) y[i] = static_cast<float>(i % 7) - 3.f;
+    y_ref = y;
+    add_inplace_ref(y_ref.data(), back_ref.data(), n);
+    const size_t guarded = static_cast<size_t>(n) + 1 + kGuard;  // a guard before and kGuard after each output
+    std::vector<float> x1(1, 0.f), y1(1, bits_to_float(kGuard32));
+    x1.insert(x1.end(), x.begin(), x.end());
+    y1.insert(y1.end(), y.begin(), y.end());
+    y1.insert(y1.end(), kGuard, bits_to_float(kGuard32));
+    DeviceBuffer<float> d_x(x1), d_back(std::vector<float>(guarded, bits_to_float(kGuard32))), d_y(y1);
+    DeviceBuffer<uint16_t> d_h(std::vector<uint16_t>(guarded, kGuard16));
+    f32_to_bf16_cuda(d_x.get() + 1, n, d_h.get() + 1);
+    bf16_to_f32_cuda(d_h.get() + 1, n, d_back.get() + 1);
+    add_inplace_cuda(d_y.get() + 1, d_back.get() + 1, n);
+    QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<uint16_t> h = d_h.download();
+    const std::vector<float> back = d_back.download(), got_y = d_y.download();
+    EXPECT_EQ(h[0], kGuard16) << ctx;
+    EXPECT_EQ(float_bits(back[0]), kGuard32) << ctx;
+    EXPECT_EQ(float_bits(got_y[0]), kGuard32) << ctx;
+    expect_same_bits16(std::vector<uint16_t>(h.begin() + 1, h.end()), h_ref, static_cast<size_t>(n),
+                       ctx + " f32_to_bf16");
+    expect_same_bits(std::vector<float>(back.begin() + 1, back.end()), back_ref, static_cast<size_t>(n),
+                     ctx + " bf16_to_f32");
+    expect_same_bits(std::vector<float>(got_y.begin() + 1, got_y.end()), y_ref, static_cast<size_t>(n),
+                     ctx + " add_inplace");
+  }
+}
+
 TEST(ConvertCuda, ArgumentErrorsMatchTheRefs) {
   QWENQ_REQUIRE_GPU();
   float f = 0.f;
