@@ -10,6 +10,8 @@
 #             bench_kl_rows_cuda                                                                needs 90 s
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start)                           needs 150 s
+#   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
+#             model; the per-head and the grouped decode attention)                             needs 90 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
 #             28 layers, with --calib-dtype bf16 (QWENQ_GPU_GPTQ_DTYPES, default "bf16 fp32": also
 #             fp32 while time is left); each run's time by stage in the summary                needs 150 s
@@ -17,7 +19,7 @@
 #             --calib-dtype bf16 then fp32 (QWENQ_GPU_AWQ_DTYPES), extrapolated to 28 layers     needs 120 s
 #   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
 #             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
-# Default: the first five (awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+# Default: tests, memcheck, bench, qlora, gptq7b (decode, awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
 # the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
@@ -71,7 +73,7 @@ want bench && targets+=" ${BENCHES//,/ }"
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
 want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
-want qlora && reserve=$((reserve + 150)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
+want qlora && reserve=$((reserve + 150)); want decode && reserve=$((reserve + 90)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
 want ncu && reserve=$((reserve + 60))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
 rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
@@ -82,7 +84,7 @@ log "configure + build: ${SECONDS} s"
 # The QLoRA step benchmark's model and data are CPU work (init-random + rtn, about a minute): made in the
 # background while the other phases use the GPU.
 qlora_prep=""
-if want qlora; then
+if want qlora || want decode; then
   BUILD=build-gpu bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
   qlora_prep=$!
 fi
@@ -172,8 +174,18 @@ if [ -n "$qlora_prep" ] && start qlora 150; then
   log "bench_qlora_step exit $? (budget $qlora_budget s; ${QWENQ_GPU_QLORA_ENV:-default paths}; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
   grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
   sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"
-elif [ -n "$qlora_prep" ]; then
+elif [ -n "$qlora_prep" ] && ! want decode; then
   kill "$qlora_prep" 2>/dev/null
+fi
+
+# Decode tokens/s against transformers' generate on the same model (bench_decode_cuda.sh), at most 200 s.
+if [ -n "$qlora_prep" ] && start decode 90; then
+  wait "$qlora_prep" 2>/dev/null
+  decode_budget=$(( $(left) - 20 )); [ "$decode_budget" -gt 200 ] && decode_budget=200
+  BUILD=build-gpu OUT="$OUT" BUDGET_S=$decode_budget timeout -k 5 $((decode_budget + 15)) \
+    bash benchmarks/bench_decode_cuda.sh > "$LOGS/decode.log" 2>&1
+  log "bench_decode_cuda exit $? (budget $decode_budget s)"
+  sed -n '/^| prompt/,/^$/p' "$OUT"/*-decode-cuda.md 2>/dev/null | tee -a "$OUT/summary.txt"
 fi
 
 # Whole-model GPTQ on the GPU, 7B-shaped (issue 5's target: under 5 minutes on one GPU): `qwen-quant gptq
