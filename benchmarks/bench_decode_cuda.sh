@@ -2,8 +2,10 @@
 # Decode speed, one token at a time: `qwen-quant generate` on the 4-bit Qwen2.5-7B-shaped model of
 # bench_qlora_step.sh (random weights, RTN in the GPTQ layout, bf16 KV cache) against Hugging Face transformers'
 # generate on the same bf16 weights (benchmarks/bench_decode_hf.py: bf16, sdpa, greedy), same machine, same run.
-# Prompts of PROMPTS tokens, NEW new tokens; ours twice: the per-head decode attention (the default) and the grouped
-# one (QWENQ_DECODE_GROUPED=1). Rates exclude the prompt and the first token (ours: generate's "then X tok/s").
+# Prompts of PROMPTS tokens, NEW new tokens; ours three ways: the defaults (fp32 activations: the exact GEMV; the
+# per-head decode attention), the grouped decode attention (QWENQ_DECODE_GROUPED=1), and both that and
+# --bf16-activations (the tensor-core decode product, activations rounded to bf16 as transformers' are). Rates
+# exclude the prompt and the first token (ours: generate's "then X tok/s").
 #
 # The model keeps LAYERS of the preset's layers; a second set of runs on the first LAYERS_BASE layers of the same
 # files gives the time per layer and token = difference / (LAYERS - LAYERS_BASE), and the full-depth estimate
@@ -55,15 +57,14 @@ rm -f "$LOG"/*.json
 # A prompt of n tokens: the random models' tokenizer is byte-level without merges, a token per byte.
 prompt_of() { head -c "$1" < /dev/zero | tr '\0' 'a'; }
 
-# ours TAG MODEL_DIR LAYERS PROMPT_LEN [ENV...]: one generate, its rate line as JSON.
+# ours TAG MODEL_DIR LAYERS PROMPT_LEN ENV ARGS: one generate (environment ENV, extra flags ARGS), its rate line as JSON.
 ours() {
-  local tag=$1 dir=$2 nl=$3 p=$4
-  shift 4
+  local tag=$1 dir=$2 nl=$3 p=$4 envs=$5 args=$6
   local out="$LOG/$tag.log"
-  env "$@" timeout 120 "$QQ" generate --model "$dir" --prompt "$(prompt_of "$p")" -n "$NEW" --greedy \
-    --kv-cache bf16 --device "$DEVICE" > "$out" 2>&1
+  env $envs timeout 120 "$QQ" generate --model "$dir" --prompt "$(prompt_of "$p")" -n "$NEW" --greedy \
+    --kv-cache bf16 --device "$DEVICE" $args > "$out" 2>&1
   local rc=$?
-  "$PY" - "$out" "$tag" "$nl" "$p" "$rc" "$*" > "$LOG/$tag.json" <<'EOF'
+  "$PY" - "$out" "$tag" "$nl" "$p" "$rc" "$envs $args" > "$LOG/$tag.json" <<'EOF'
 import json, re, sys
 path, tag, layers, p, rc, env = sys.argv[1:7]
 text = open(path, errors="replace").read()
@@ -100,8 +101,9 @@ for set in main base; do
   fi
   for p in ${PROMPTS//,/ }; do
     [ "$(left)" -ge 30 ] || break
-    ours "ours-$set-p$p" "$q" "$nl" "$p"
-    ours "ours-grouped-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1
+    ours "ours-$set-p$p" "$q" "$nl" "$p" "" ""
+    ours "ours-grouped-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 ""
+    ours "ours-fast-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 --bf16-activations
   done
   [ "$(left)" -ge 30 ] && theirs "theirs-$set" "$b" "$nl"
 done
@@ -132,8 +134,9 @@ def rate(kind, which, p):  # which: "main" (the LAYERS runs) or "base"
         if kind != "theirs" and r.get("tag") == f"{kind}-{which}-p{p}":
             return r["tokens_per_s"]
     return None
-kinds = [("ours", "qwenq 4-bit, per-head decode attention"), ("ours-grouped", "qwenq 4-bit, grouped decode attention"),
-         ("theirs", "transformers bf16 (sdpa)")]
+kinds = [("ours", "qwenq 4-bit, fp32 activations, per-head attention"),
+         ("ours-grouped", "qwenq 4-bit, fp32 activations, grouped attention"),
+         ("ours-fast", "qwenq 4-bit, --bf16-activations, grouped attention"), ("theirs", "transformers bf16 (sdpa)")]
 out = [f"# Decode speed vs transformers, {device}, {datetime.date.today()}", "",
        f"- device: {dev}; commit {commit}",
        f"- model: {preset} shape with random weights, {layers} of its layers (and the first {base} for the per-layer "
@@ -165,6 +168,6 @@ for p in [int(x) for x in prompts.split(",") if x]:
         out.append(f"| {p} | {name} | " + " | ".join(cells) + f" | {ratio} |")
 out += ["", "## Raw JSON lines", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
 open(md, "w").write("\n".join(out))
-print("\n".join(out[:8 + 3 * len(prompts.split(","))]))
+print("\n".join(out[:8 + 4 * len(prompts.split(","))]))
 EOF
 echo "bench_decode_cuda: wrote $md ($(( $(date +%s) - t_begin )) s)"

@@ -305,6 +305,14 @@ void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cac
   cmd->add_option("--kv-cache", *kv_cache,
                   "KV cache storage: f32, or bf16 (half the memory per token; K and V rounded to bf16)")
       ->capture_default_str();
+  cmd->add_flag("--bf16-activations", s->bf16_activations,
+                "GPU: round each 4-bit product's input to bf16, as a bf16 model under transformers, so that the "
+                "decode products run on tensor cores (faster; not the CPU's fp32 numbers; no effect on the CPU)");
+}
+
+void note_bf16_activations(const SamplingOptions& s, Device device) {
+  if (s.bf16_activations && device == Device::Cpu)
+    std::fprintf(stderr, "--bf16-activations: no effect on the CPU (its decode products take fp32 activations)\n");
 }
 
 SamplingGiven sampling_flags_given(const CLI::App* cmd) {

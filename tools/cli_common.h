@@ -63,6 +63,8 @@ ChatOptions generation_chat_options(bool no_thinking);
 // `max_new_help`), --temperature/-t, --top-k, --top-p, --min-p, --repetition-penalty, --seed into `s`, --greedy, and
 // --kv-cache (f32 or bf16, parsed by the command) into `kv_cache`.
 void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cache, const char* max_new_help);
+// One line on stderr when --bf16-activations was given and the generation runs on the CPU, which ignores it.
+void note_bf16_activations(const SamplingOptions& s, Device device);
 // Which of those the command line gave (after parsing): the others come from the model's generation_config.json.
 struct SamplingGiven {
   bool temperature = false, top_k = false, top_p = false, min_p = false, repetition_penalty = false, greedy = false;

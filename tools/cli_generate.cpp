@@ -34,6 +34,7 @@ void run_generate(const GenerateArgs& a) {
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Decode, int8_activations_refusal(a.int8_activations));
+  note_bf16_activations(a.sampling, device);
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
   if (device == Device::Cuda) {

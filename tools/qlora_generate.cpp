@@ -73,6 +73,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   }
   auto model = std::make_unique<QwenModel>(dir);
   const Device device = pick.settle_for_model(*model, GpuUse::Decode);
+  note_bf16_activations(a.sampling, device);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, *model, /*quiet=*/false);
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA

@@ -40,6 +40,7 @@ struct QwenDecodeCuda::Impl {
   QwenConfig cfg;
   int64_t capacity = 0, length = 0;
   KvCacheDType kv = KvCacheDType::F32;
+  bool bf16_act = false;  // Q4 products of <= 64 rows on bf16 activations (the tensor-core decode kernel)
   DeviceAllocation k_cache, v_cache;  // [layers, capacity, Hkv, D] fp32, or bf16 bits (kv == BF16)
   // Activations for up to `rows` tokens (a prompt; a step uses row 0).
   int64_t rows = 0;
@@ -53,8 +54,8 @@ struct QwenDecodeCuda::Impl {
   int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
   DeviceAllocation logits;                       // fp32 [V]
 
-  Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype)
-      : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype) {}
+  Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype, bool bf16_activations)
+      : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {}
 
   CudaStream s() const { return stream.get(); }
   bool bf16_cache() const { return kv == KvCacheDType::BF16; }
@@ -91,7 +92,7 @@ struct QwenDecodeCuda::Impl {
     a = buffer(T, Q, DType::F32, "the attention output");
     gate = buffer(T, I, DType::F32, "the MLP gate");
     up = buffer(T, I, DType::F32, "the MLP up projection");
-    if (T > kQgemmDecodeMaxM) act16 = buffer(T, std::max({C, Q, I}), DType::BF16, "the bf16 activations");
+    if (T > kQgemmDecodeMaxM || bf16_act) act16 = buffer(T, std::max({C, Q, I}), DType::BF16, "the bf16 activations");
     if (flash() && T > 1) {
       q16 = buffer(T, Q, DType::BF16, "q for flash attention");
       if (!bf16_cache()) {  // a bf16 cache is read by flash attention in place
@@ -112,13 +113,14 @@ struct QwenDecodeCuda::Impl {
   }
 
   // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias) (+ s · (x Aᵀ) Bᵀ with an adapter). Q4: the fp32 GEMV kernel up to
-  // 64 rows, bf16 tensor cores beyond.
+  // 64 rows (bf16_act: x rounded to bf16 for every M, the dispatcher's tensor-core decode kernel), bf16 tensor cores
+  // beyond.
   void linear(const QwenDeviceLinear& L, const float* x_in, int64_t T, float* y) {
     if (!L.q4) {
       linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
                           s());
     } else {
-      if (T <= kQgemmDecodeMaxM) {
+      if (T <= kQgemmDecodeMaxM && !bf16_act) {
         qgemm_int4_decode_cuda(*L.q4, x_in, DType::F32, T, y, s());
       } else {
         uint16_t* xb = act16.as<uint16_t>();
@@ -245,8 +247,8 @@ struct QwenDecodeCuda::Impl {
   }
 };
 
-QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv)
-    : impl_(std::make_unique<Impl>(model, capacity, kv)) {
+QwenDecodeCuda::QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv, bool bf16_activations)
+    : impl_(std::make_unique<Impl>(model, capacity, kv, bf16_activations)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(capacity >= 1, "QwenDecodeCuda: the KV cache capacity must be at least 1 token, got " << capacity);
@@ -315,7 +317,7 @@ std::vector<int32_t> generate_cuda(const QwenModelCuda& model, const std::vector
   std::unique_ptr<QwenDecodeCuda> decoder;
   DecodeFns fns;
   fns.prefill = [&](const std::vector<int32_t>& p, int64_t capacity) {
-    decoder = std::make_unique<QwenDecodeCuda>(model, capacity, opt.kv_cache);
+    decoder = std::make_unique<QwenDecodeCuda>(model, capacity, opt.kv_cache, opt.bf16_activations);
     return decoder->prefill(p);
   };
   fns.step = [&](int32_t id) { return decoder->step(id); };

@@ -9,6 +9,7 @@
 //                    of q and of the cached k, v) for D = 64/128, else the naive fp32 kernel. Returns logits [V].
 //   step(token)      one token at position length(): M = 1 through every Linear (Q4 weights through the W4A16
 //                    GEMV qgemm_int4_decode_cuda with fp32 activations: exact fp32 ŵ, no activation rounding;
+//                    with bf16_activations the rows rounded to bf16 and qgemm_int4_cuda's tensor-core decode kernel;
 //                    dense weights through cuBLASLt, which rounds x to a 16-bit W's dtype), RoPE at the position,
 //                    k and v written into cache row length(), then attention_decode_cuda
 //                    (kernels/attention_decode.h) of the new query against rows [0, length()]. Returns logits [V].
@@ -55,8 +56,10 @@ namespace qwenq {
 class QwenDecodeCuda {
  public:
   // `model` must outlive this object. capacity: tokens the cache holds (prompt + new tokens), >= 1. kv: the cache's
-  // storage (BF16: the k and v rows rounded to bf16, see above).
-  QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv = KvCacheDType::F32);
+  // storage (BF16: the k and v rows rounded to bf16, see above). bf16_activations: the Q4 products of up to 64 rows
+  // take their input rounded to bf16 (SamplingOptions::bf16_activations).
+  QwenDecodeCuda(const QwenModelCuda& model, int64_t capacity, KvCacheDType kv = KvCacheDType::F32,
+                 bool bf16_activations = false);
   ~QwenDecodeCuda();
   QwenDecodeCuda(const QwenDecodeCuda&) = delete;
   QwenDecodeCuda& operator=(const QwenDecodeCuda&) = delete;

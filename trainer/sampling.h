@@ -41,6 +41,10 @@ struct SamplingOptions {
   // Not sampling, but generate's other choice: the KV cache's storage (trainer/qwen_model.h's KvCacheDType), on the
   // CPU (generate) and the GPU (generate_cuda) alike.
   KvCacheDType kv_cache = KvCacheDType::F32;
+  // GPU decode only (generate_cuda; the CPU computes in fp32 and ignores it): every 4-bit product's activations
+  // rounded to bf16, as a bf16 model computes under transformers, so that the decode products run on tensor cores
+  // (qgemm_int4_cuda's decode kernel) instead of the fp32-activation GEMV. Not the CPU's numbers.
+  bool bf16_activations = false;
 };
 
 // Refuses settings outside the ranges above (temperature finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in

@@ -88,7 +88,7 @@ double rel_err(const std::vector<float>& got, const std::vector<float>& want) {
 // than to the CPU's with an F32 cache at 3/4 of the positions or more.
 void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double prefill_tol, double step_tol,
                                const std::string& what, KvCacheDType kv = KvCacheDType::F32,
-                               bool must_round = false) {
+                               bool must_round = false, bool bf16_activations = false) {
   SCOPED_TRACE(what + ", prompt of " + std::to_string(prompt_len) + ", " + kv_cache_dtype_name(kv) + " cache");
   const QwenModel cpu(dir);
   const QwenModelCuda gpu(cpu);
@@ -97,7 +97,7 @@ void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double pr
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
   for (auto& t : prompt) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
   KvCache cache = cpu.make_cache(capacity, kv), f32_cache = cpu.make_cache(capacity);
-  QwenDecodeCuda dec(gpu, capacity, kv);
+  QwenDecodeCuda dec(gpu, capacity, kv, bf16_activations);
   EXPECT_EQ(dec.kv_cache_dtype(), kv);
   const int64_t elem = kv == KvCacheDType::BF16 ? 2 : 4;
   EXPECT_EQ(dec.cache_bytes(), 2 * cpu.config().num_layers * capacity * cpu.config().kv_dim() * elem);
@@ -177,6 +177,27 @@ TEST(QwenDecodeCuda, QuantizedTinyThroughTheQ4Gemv) {
     // 100 prompt rows: the tensor-core W4A16 (bf16 x and ŵ) in the prefill, then the fp32 GEMV steps over a cache
     // written by that prefill.
     expect_decode_matches_cpu(dir, 100, kBf16RelTol, kBf16RelTol, name);
+  }
+}
+
+// bf16_activations (generate's --bf16-activations): the Q4 products of the steps (and of the prefill up to 64 rows)
+// take x rounded to bf16 through qgemm_int4_cuda's tensor-core decode kernel. The logits stay within the bf16 bound
+// of the CPU's fp32 ones, and they are not the fp32 GEMV's (the rounding is applied).
+TEST(QwenDecodeCuda, Bf16ActivationsTakeTheTensorCoreProduct) {
+  QWENQ_REQUIRE_GPU();
+  const std::string tmp = test::scratch_dir();
+  const std::string src = random_model(tmp + "/src", "tiny", DType::F32);
+  const std::string gptq = quantized(src, QuantizeOptions::Method::Rtn, tmp + "/gptq");
+  const std::string nf4 = quantized(src, QuantizeOptions::Method::Nf4, tmp + "/nf4");
+  for (const auto& [dir, name] : {std::pair{gptq, "rtn-gptq g32"}, std::pair{nf4, "nf4"}}) {
+    expect_decode_matches_cpu(dir, 37, kBf16RelTol, kBf16RelTol, std::string(name) + ", bf16 activations",
+                              KvCacheDType::F32, false, /*bf16_activations=*/true);
+    const QwenModel cpu(dir);
+    const QwenModelCuda gpu(cpu);
+    QwenDecodeCuda exact(gpu, 8), rounded(gpu, 8, KvCacheDType::F32, /*bf16_activations=*/true);
+    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+    EXPECT_NE(exact.prefill(prompt), rounded.prefill(prompt)) << name << ": bf16 activations changed nothing";
+    EXPECT_NE(exact.step(9), rounded.step(9)) << name;
   }
 }
 
