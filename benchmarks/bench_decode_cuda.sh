@@ -3,8 +3,9 @@
 # bench_qlora_step.sh (random weights, RTN in the GPTQ layout, bf16 KV cache) against Hugging Face transformers'
 # generate on the same bf16 weights (benchmarks/bench_decode_hf.py: bf16, sdpa, greedy), same machine, same run.
 # Prompts of PROMPTS tokens, NEW new tokens; ours three ways: the defaults (fp32 activations: the exact GEMV; the
-# per-head decode attention), the grouped decode attention (QWENQ_DECODE_GROUPED=1), and both that and
-# --bf16-activations (the tensor-core decode product, activations rounded to bf16 as transformers' are). Rates
+# per-head decode attention), the grouped decode attention (QWENQ_DECODE_GROUPED=1), and that with
+# --bf16-activations (the tensor-core decode product, activations rounded to bf16 as transformers' are) and each
+# step replayed as one CUDA graph (QWENQ_DECODE_GRAPH=1). Rates
 # exclude the prompt and the first token (ours: generate's "then X tok/s").
 #
 # The model keeps LAYERS of the preset's layers; a second set of runs on the first LAYERS_BASE layers of the same
@@ -103,7 +104,7 @@ for set in main base; do
     [ "$(left)" -ge 30 ] || break
     ours "ours-$set-p$p" "$q" "$nl" "$p" "" ""
     ours "ours-grouped-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 ""
-    ours "ours-fast-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 --bf16-activations
+    ours "ours-fast-$set-p$p" "$q" "$nl" "$p" "QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1" --bf16-activations
   done
   [ "$(left)" -ge 30 ] && theirs "theirs-$set" "$b" "$nl"
 done
@@ -136,7 +137,8 @@ def rate(kind, which, p):  # which: "main" (the LAYERS runs) or "base"
     return None
 kinds = [("ours", "qwenq 4-bit, fp32 activations, per-head attention"),
          ("ours-grouped", "qwenq 4-bit, fp32 activations, grouped attention"),
-         ("ours-fast", "qwenq 4-bit, --bf16-activations, grouped attention"), ("theirs", "transformers bf16 (sdpa)")]
+         ("ours-fast", "qwenq 4-bit, --bf16-activations, grouped attention, graph steps"),
+         ("theirs", "transformers bf16 (sdpa)")]
 out = [f"# Decode speed vs transformers, {device}, {datetime.date.today()}", "",
        f"- device: {dev}; commit {commit}",
        f"- model: {preset} shape with random weights, {layers} of its layers (and the first {base} for the per-layer "

@@ -119,6 +119,20 @@ __global__ void add_inplace_kernel(float* y, const float* x, int64_t n, bool vec
   for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] += x[i];
 }
 
+// cache[row[0], :] = x (bf16: rounded); nothing for a row outside [0, rows).
+template <bool BF16>
+__global__ void store_row_kernel(const float* x, int64_t n, const int32_t* row, int64_t rows, void* cache) {
+  const int64_t r = *row;
+  if (r < 0 || r >= rows) return;
+  for (int64_t i = thread_index(); i < n; i += grid_stride()) {
+    if constexpr (BF16) {
+      static_cast<uint16_t*>(cache)[r * n + i] = f32_to_bf16_bits(x[i]);
+    } else {
+      static_cast<float*>(cache)[r * n + i] = x[i];
+    }
+  }
+}
+
 template <typename L>
 __global__ void add_bias_rows_kernel(float* y, int64_t total, int64_t N, const void* bias) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -184,6 +198,21 @@ void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream) {
   const bool vec = aligned(x, 16) && aligned(y, 16);
   add_inplace_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(y, x, n, vec);
   QWENQ_CUDA_CHECK_LAUNCH("add_inplace_cuda n=" << n);
+}
+
+void store_row_cuda(const float* x, int64_t n, const int32_t* row, int64_t rows, void* cache, DType cache_dtype,
+                    CudaStream stream) {
+  QWENQ_CHECK(n >= 0 && rows > 0, "store_row_cuda: bad shape n=" << n << " rows=" << rows);
+  QWENQ_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16,
+              "store_row_cuda: cache dtype " << dtype_name(cache_dtype) << " is not supported (F32 or BF16)");
+  if (n == 0) return;
+  QWENQ_CHECK(x != nullptr && row != nullptr && cache != nullptr, "store_row_cuda: null pointer");
+  if (cache_dtype == DType::F32) {
+    store_row_kernel<false><<<blocks_for(n), kThreads, 0, stream>>>(x, n, row, rows, cache);
+  } else {
+    store_row_kernel<true><<<blocks_for(n), kThreads, 0, stream>>>(x, n, row, rows, cache);
+  }
+  QWENQ_CUDA_CHECK_LAUNCH("store_row_cuda n=" << n << " rows=" << rows << " " << dtype_name(cache_dtype));
 }
 
 void add_bias_rows_cuda(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype, CudaStream stream) {

@@ -7,6 +7,9 @@
 //   add_inplace    y[i] += x[i]             fp32 (the residual stream: x = x + sublayer(x))
 //   add_bias_rows  y[r, n] += fp32(bias[n]) fp32 output [rows, N], bias [N] in F32, BF16 or F16 (the q/k/v
 //                                          biases after a fused dequant-matmul, which has no bias epilogue)
+//   store_row      cache[row[0], :] = x     x [n] fp32 into row row[0] of a [rows, n] cache in F32, or BF16 rounded
+//                                          as f32_to_bf16; the index is read from memory (a decode step replayed
+//                                          as a CUDA graph finds its position on the device)
 // All are exact or one fp32 rounding per element, so the twins agree bit for bit (the GPU tests require it).
 // There is no backward: the embeddings are frozen, the casts and adds are identities for the gradient.
 #pragma once
@@ -33,6 +36,9 @@ void check_token_ids(const int32_t* tokens, int64_t T, int64_t V);
 void add_inplace_ref(float* y, const float* x, int64_t n);
 // y: [rows, N] fp32; bias: [N] in bias_dtype (F32, BF16 or F16); y[r, :] += bias.
 void add_bias_rows_ref(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype);
+// x: [n] fp32; row: one index in [0, rows) (the error names it otherwise); cache: [rows, n] in cache_dtype (F32 or
+// BF16). Must not overlap.
+void store_row_ref(const float* x, int64_t n, const int32_t* row, int64_t rows, void* cache, DType cache_dtype);
 
 }  // namespace qwenq
 
@@ -55,6 +61,10 @@ void embedding_gather_cuda(const void* table, DType dtype, int64_t V, int64_t C,
 void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream = nullptr);
 void add_bias_rows_cuda(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype,
                         CudaStream stream = nullptr);
+// row in device memory, read by the kernel: an index outside [0, rows) writes nothing (the launcher cannot read it
+// without waiting; the ref throws).
+void store_row_cuda(const float* x, int64_t n, const int32_t* row, int64_t rows, void* cache, DType cache_dtype,
+                    CudaStream stream = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

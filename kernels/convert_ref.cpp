@@ -1,5 +1,6 @@
 // CPU twins of kernels/convert.cu (formulas in convert.h): plain loops over core/dtype.h's conversions, which
 // the CUDA kernels reproduce bit for bit.
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
@@ -58,6 +59,19 @@ void add_inplace_ref(float* y, const float* x, int64_t n) {
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "add_inplace_ref: null pointer");
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void store_row_ref(const float* x, int64_t n, const int32_t* row, int64_t rows, void* cache, DType cache_dtype) {
+  QWENQ_CHECK(n >= 0 && rows > 0, "store_row_ref: bad shape n=" << n << " rows=" << rows);
+  QWENQ_CHECK(cache_dtype == DType::F32 || cache_dtype == DType::BF16,
+              "store_row_ref: cache dtype " << dtype_name(cache_dtype) << " is not supported (F32 or BF16)");
+  QWENQ_CHECK(x != nullptr && row != nullptr && cache != nullptr, "store_row_ref: null pointer");
+  QWENQ_CHECK(*row >= 0 && *row < rows, "store_row_ref: row " << *row << " is outside [0, " << rows << ")");
+  if (cache_dtype == DType::F32) {
+    std::copy(x, x + n, static_cast<float*>(cache) + *row * n);
+  } else {
+    f32_to_bf16_ref(x, n, static_cast<uint16_t*>(cache) + *row * n);
+  }
 }
 
 void add_bias_rows_ref(float* y, int64_t rows, int64_t N, const void* bias, DType bias_dtype) {

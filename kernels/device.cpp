@@ -57,7 +57,9 @@ std::string qgemm_remark(bool cuda) {
       {"QWENQ_QGEMM_OVERLAP", "the dense 4-bit path dequantizes each weight whole (the default)",
        "the dense 4-bit path dequantizes weights of 8M values and up in 4 pieces overlapped with the GEMM"},
       {"QWENQ_DECODE_GROUPED", "decode attention with a block per query head (the default)",
-       "decode attention with a block per kv head and its query heads (D = 64, 128, 256)"}};
+       "decode attention with a block per kv head and its query heads (D = 64, 128, 256)"},
+      {"QWENQ_DECODE_GRAPH", "decode steps launch their kernels one by one (the default)",
+       "each decode step replays one CUDA graph (models without MoE layers)"}};
   std::string r;
   for (const auto& sw : switches) {
     const int v = env_switch(sw.name);

@@ -118,12 +118,13 @@ if start tests 60; then
   # The models once more with the 4-bit switches of kernels/qgemm.h the other way: the FMA decode kernels
   # (QWENQ_DECODE_MMA=0; the default decode forward is on tensor cores) and the dense prefill path for every M > 64
   # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 512, above the model tests' token counts, which therefore
-  # run the fused kernels above); and the grouped decode attention (QWENQ_DECODE_GROUPED=1, opt-in until it has run).
+  # run the fused kernels above); and the grouped decode attention and the graph decode steps (QWENQ_DECODE_GROUPED=1,
+  # QWENQ_DECODE_GRAPH=1, opt-in until they have run).
   if rt=$(rerun_time); then
-    QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+    QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
       > "$LOGS/gpu_tests_switched.log" 2>&1
-    log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
+    log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_switched.log" | tee -a "$OUT/summary.txt"
   fi
   # The models again with the mma.sync kernels (QWENQ_WGMMA=0, kernels/cuda_check.h; the Hopper wgmma kernels are

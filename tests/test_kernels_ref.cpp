@@ -20,6 +20,7 @@
 #include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
+#include "kernels/convert.h"
 #include "kernels/device.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
@@ -161,6 +162,35 @@ void check_linear(const GemmShape& s, DType wt, bool with_bias, uint64_t seed, H
         return;
       }
     }
+}
+
+// store_row_ref: the row at the index in memory, the other rows untouched; BF16 rounds as f32_to_bf16; an index
+// outside [0, rows) and a dtype other than F32/BF16 are refused by name.
+TEST(KernelsRef, StoreRowWritesTheIndexedRowOnly) {
+  const float x[3] = {1.5f, -2.25f, 1.0f + 1.0f / 256.0f + 1.0f / 1024.0f};  // the last rounds up in bf16
+  std::vector<float> f32(4 * 3, 7.f);
+  const int32_t row = 2;
+  store_row_ref(x, 3, &row, 4, f32.data(), DType::F32);
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(f32[r * 3 + i], r == 2 ? x[i] : 7.f) << r << "," << i;
+  std::vector<uint16_t> b16(4 * 3, 0x1234);
+  store_row_ref(x, 3, &row, 4, b16.data(), DType::BF16);
+  for (int r = 0; r < 4; ++r)
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(b16[r * 3 + i], r == 2 ? f32_to_bf16(x[i]) : 0x1234) << r << "," << i;
+  EXPECT_EQ(bf16_to_f32(b16[2 * 3 + 2]), 1.0f + 1.0f / 128.0f);
+  const int32_t bad = 4;
+  try {
+    store_row_ref(x, 3, &bad, 4, f32.data(), DType::F32);
+    ADD_FAILURE() << "no error for row 4 of 4";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("store_row_ref: row 4 is outside [0, 4)"), std::string::npos) << e.what();
+  }
+  try {
+    store_row_ref(x, 3, &row, 4, f32.data(), DType::F16);
+    ADD_FAILURE() << "no error for an F16 cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cache dtype F16 is not supported"), std::string::npos) << e.what();
+  }
 }
 
 TEST(KernelsRef, LinearMatchesDoubleOracle) {

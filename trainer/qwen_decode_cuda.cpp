@@ -6,8 +6,10 @@
 #include "trainer/qwen_decode_cuda.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "kernels/act.h"
 #include "kernels/attention_decode.h"
@@ -53,9 +55,26 @@ struct QwenDecodeCuda::Impl {
   DeviceAllocation lora_u;                       // fp32 [rows, lora_rank]: the adapter branch's x Aᵀ
   int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
   DeviceAllocation logits;                       // fp32 [V]
+  // QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU) and no mixture-of-experts layer: a step is one launch of
+  // a CUDA graph captured from the first step (the k/v rows stored at the position the device holds, the decode
+  // attention sized for the whole cache), re-captured when the buffers or the attached adapter change. A capture
+  // the runtime refuses falls back, once and with one line, to the launches one by one.
+  bool graph_on = false, graph_failed = false;
+  cudaGraphExec_t graph = nullptr;
+  const void* graph_adapter = nullptr;  // the adapter attached when the graph was captured
 
   Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype, bool bf16_activations)
-      : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {}
+      : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {
+    bool moe = false;
+    for (int64_t l = 0; l < cfg.num_layers; ++l) moe = moe || cfg.is_moe_layer(l);
+    graph_on = env_switch("QWENQ_DECODE_GRAPH") == 1 && !moe;
+  }
+  ~Impl() { drop_graph(); }
+
+  void drop_graph() {
+    if (graph) cudaGraphExecDestroy(graph);
+    graph = nullptr;
+  }
 
   CudaStream s() const { return stream.get(); }
   bool bf16_cache() const { return kv == KvCacheDType::BF16; }
@@ -73,6 +92,7 @@ struct QwenDecodeCuda::Impl {
     const int64_t r = adapter_rank();
     if (T <= rows && r <= lora_rank) return;
     T = std::max(T, rows);  // an adapter attached since the last call: same rows, a scratch for the branch
+    drop_graph();           // it holds the buffers' addresses
     for (DeviceAllocation* b :
          {&x, &n, &q, &a, &gate, &up, &act16, &q16, &k16, &v16, &a16, &kf, &vf, &ids, &positions, &lora_u})
       *b = DeviceAllocation();
@@ -101,7 +121,7 @@ struct QwenDecodeCuda::Impl {
       }
       a16 = buffer(T, Q, DType::BF16, "the flash attention output");
     }
-    if (bf16_cache()) {
+    if (bf16_cache() || graph_on) {  // graph steps store the rows at the device's position (store_row_cuda)
       kf = buffer(T, KV, DType::F32, "k before its bf16 rounding into the cache");
       vf = buffer(T, KV, DType::F32, "v before its bf16 rounding into the cache");
     }
@@ -169,6 +189,23 @@ struct QwenDecodeCuda::Impl {
   // T == 1 with p0 >= 0 attends over the cache with the decode kernel (lens at `len_dev`); T > 1 needs p0 == 0.
   // host_ids: the host's copy of the T ids (checked by the gather instead of a download: no wait before the end).
   std::vector<float> run(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev, const int32_t* host_ids) {
+    queue(T, p0, pos, len_dev, host_ids);
+    return download_logits();
+  }
+
+  std::vector<float> download_logits() {
+    std::vector<float> out(static_cast<size_t>(cfg.vocab_size));
+    QWENQ_CUDA_CHECK(
+        cudaMemcpyAsync(out.data(), logits.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, s()));
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
+    return out;
+  }
+
+  // run's work, queued on the stream up to the logits. p0 < 0 (a graph step, T == 1): the position is pos[0] on the
+  // device: the k and v rows go through kf/vf into cache row pos[0] (store_row_cuda), and the decode attention is
+  // sized for the whole cache (its keys past len_dev[0] in empty splits).
+  void queue(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev, const int32_t* host_ids) {
+    const bool device_pos = p0 < 0;
     const QwenConfig& c = cfg;
     const int64_t C = c.hidden_size, D = c.head_dim, KV = c.kv_dim(), I = c.intermediate_size;
     const QwenDeviceTensor embed = model.device_embed();
@@ -178,9 +215,10 @@ struct QwenDecodeCuda::Impl {
     embedding_gather_cuda(embed.data, embed.dtype, c.vocab_size, C, ids.as<int32_t>(), T, xp, s(), host_ids);
     for (int64_t l = 0; l < c.num_layers; ++l) {
       const QwenDeviceLayer& L = model.device_layer(l);
-      // fp32 k, v rows: straight into an F32 cache; into kf/vf for a BF16 one, rounded into it after RoPE.
-      float* kp = bf16_cache() ? kf.as<float>() : k_layer(l) + p0 * KV;
-      float* vp = bf16_cache() ? vf.as<float>() : v_layer(l) + p0 * KV;
+      // fp32 k, v rows: straight into an F32 cache; into kf/vf for a BF16 one, rounded into it after RoPE (a graph
+      // step: into kf/vf for either, stored at the device's position).
+      float* kp = bf16_cache() || device_pos ? kf.as<float>() : k_layer(l) + p0 * KV;
+      float* vp = bf16_cache() || device_pos ? vf.as<float>() : v_layer(l) + p0 * KV;
       rmsnorm(xp, T, C, L.input_norm, np);
       linear(L.q, np, T, qp);
       linear(L.k, np, T, kp);
@@ -191,16 +229,21 @@ struct QwenDecodeCuda::Impl {
       }
       rope_forward_cuda(qp, T, c.num_heads, D, pos, c.rope, s());
       rope_forward_cuda(kp, T, c.num_kv_heads, D, pos, c.rope, s());
-      if (bf16_cache()) {
+      if (device_pos) {
+        const DType cd = bf16_cache() ? DType::BF16 : DType::F32;
+        store_row_cuda(kp, KV, pos, capacity, bf16_cache() ? static_cast<void*>(k_layer16(l)) : k_layer(l), cd, s());
+        store_row_cuda(vp, KV, pos, capacity, bf16_cache() ? static_cast<void*>(v_layer16(l)) : v_layer(l), cd, s());
+      } else if (bf16_cache()) {
         f32_to_bf16_cuda(kp, T * KV, k_layer16(l) + p0 * KV, s());
         f32_to_bf16_cuda(vp, T * KV, v_layer16(l) + p0 * KV, s());
       }
+      const int64_t keys = device_pos ? capacity : p0 + 1;  // the decode attention's max_len
       if (T == 1 && bf16_cache()) {
         attention_decode_bf16_cuda(qp, k_layer16(l), v_layer16(l), len_dev, 1, c.num_heads, c.num_kv_heads, D,
-                                   capacity, p0 + 1, a.as<float>(), s());
+                                   capacity, keys, a.as<float>(), s());
       } else if (T == 1) {
         attention_decode_cuda(qp, k_layer(l), v_layer(l), len_dev, 1, c.num_heads, c.num_kv_heads, D, capacity,
-                              p0 + 1, a.as<float>(), s());
+                              keys, a.as<float>(), s());
       } else {
         prefill_attention(l, T);
       }
@@ -223,11 +266,31 @@ struct QwenDecodeCuda::Impl {
     const QwenDeviceTensor head = model.device_lm_head();
     linear_forward_cuda(last, 1, C, head.data, head.dtype, c.vocab_size, nullptr, DType::F32, logits.get(),
                         DType::F32, s());
-    std::vector<float> out(static_cast<size_t>(c.vocab_size));
-    QWENQ_CUDA_CHECK(
-        cudaMemcpyAsync(out.data(), logits.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, s()));
-    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
-    return out;
+  }
+
+  // The step's graph, captured now (on success `graph` is set; on a refusal graph_failed, with one line).
+  void capture(const int32_t* dev, int32_t token) {
+    cudaGraph_t g = nullptr;
+    QWENQ_CUDA_CHECK(cudaStreamBeginCapture(s(), cudaStreamCaptureModeRelaxed));
+    std::string why;
+    try {
+      queue(1, -1, dev + 1, dev + 2, &token);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    cudaError_t err = cudaStreamEndCapture(s(), &g);
+    if (why.empty() && err == cudaSuccess) err = cudaGraphInstantiate(&graph, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (why.empty() && err != cudaSuccess) why = cudaGetErrorString(err);
+    if (!why.empty()) {
+      cudaGetLastError();  // a capture error is not sticky: clear it
+      graph = nullptr;
+      graph_failed = true;
+      std::fprintf(stderr, "QWENQ_DECODE_GRAPH: the step could not be captured as a CUDA graph (%s); launching its "
+                   "kernels one by one\n", why.c_str());
+      return;
+    }
+    graph_adapter = model.adapter();
   }
 
   // One token at position p: ids holds {token, p, p + 1} (id, RoPE position, keys to attend).
@@ -237,6 +300,14 @@ struct QwenDecodeCuda::Impl {
     upload_owned_async(ids.get(), std::vector<int32_t>{token, static_cast<int32_t>(p), static_cast<int32_t>(p + 1)},
                        s());
     const int32_t* dev = ids.as<int32_t>();
+    if (graph_on && !graph_failed) {
+      if (graph && graph_adapter != model.adapter()) drop_graph();
+      if (!graph) capture(dev, token);
+      if (graph) {
+        QWENQ_CUDA_CHECK(cudaGraphLaunch(graph, s()));
+        return download_logits();
+      }
+    }
     return run(1, p, dev + 1, dev + 2, &token);
   }
 
@@ -275,6 +346,7 @@ int64_t QwenDecodeCuda::cache_bytes() const {
   return static_cast<int64_t>(impl_->k_cache.bytes() + impl_->v_cache.bytes());
 }
 KvCacheDType QwenDecodeCuda::kv_cache_dtype() const { return impl_->kv; }
+bool QwenDecodeCuda::step_graphed() const { return impl_->graph != nullptr; }
 
 std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
   Impl& m = *impl_;

@@ -23,6 +23,10 @@
 // rounding of K and V. Needs an even head_dim (all Qwen models).
 // Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 GEMV kernel; beyond, x is rounded to bf16 for
 // the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
+// QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU; not for MoE models): the first step is captured as a CUDA
+// graph and every later one replays it (one launch instead of ~27 per layer): its k and v rows are stored at the
+// position the device holds (store_row_cuda) and its decode attention is sized for the whole cache (the keys past
+// the length in empty splits), so the logits differ from the launched steps' by the order of sums only.
 // A mixture-of-experts layer's MLP (prefill and steps) is QwenModelCuda::moe_forward, the forward's own: routing on
 // the host, each expert's Linears as QwenModelCuda runs them (Q4 experts with bf16 activations, even at M = 1), on the
 // model's stream and buffers (synchronized with this one around the call).
@@ -68,6 +72,8 @@ class QwenDecodeCuda {
   int64_t length() const;  // tokens in the cache
   int64_t cache_bytes() const;  // the k and v caches as allocated (requested bytes)
   KvCacheDType kv_cache_dtype() const;
+  // Whether the steps replay a CUDA graph (QWENQ_DECODE_GRAPH=1, once a step has captured it).
+  bool step_graphed() const;
 
   // Empties the cache and runs `prompt` (1..capacity tokens): logits [V] of its last token.
   std::vector<float> prefill(const std::vector<int32_t>& prompt);

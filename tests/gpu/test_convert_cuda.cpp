@@ -294,6 +294,30 @@ TEST(ConvertCuda, UnalignedPointersGiveTheSameBits) {
   }
 }
 
+// store_row_cuda against store_row_ref: the indexed row's bytes, every other row untouched; an index outside the
+// cache writes nothing (the ref refuses it).
+TEST(ConvertCuda, StoreRowIsTheRefsRow) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t rows = 5;
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    for (int64_t n : {int64_t{1}, int64_t{17}, int64_t{3584}}) {
+      const std::string ctx = std::string(dtype_name(dtype)) + " n=" + std::to_string(n);
+      const std::vector<float> x = awkward_floats(static_cast<size_t>(n), 13000 + static_cast<uint64_t>(n));
+      const size_t bytes = static_cast<size_t>(rows * n) * dtype_size(dtype);
+      std::vector<uint8_t> want(bytes, 0xA5);
+      const int32_t row = 3;
+      store_row_ref(x.data(), n, &row, rows, want.data(), dtype);
+      DeviceBuffer<float> d_x(x);
+      DeviceBuffer<uint8_t> d_cache(std::vector<uint8_t>(bytes, 0xA5));
+      DeviceBuffer<int32_t> d_row(std::vector<int32_t>{row, rows + 2});
+      store_row_cuda(d_x.get(), n, d_row.get(), rows, d_cache.get(), dtype);
+      store_row_cuda(d_x.get(), n, d_row.get() + 1, rows, d_cache.get(), dtype);  // outside: nothing
+      QWENQ_CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_TRUE(d_cache.download() == want) << ctx;
+    }
+  }
+}
+
 TEST(ConvertCuda, ArgumentErrorsMatchTheRefs) {
   QWENQ_REQUIRE_GPU();
   float f = 0.f;

@@ -47,6 +47,7 @@
 #include "tests/gpu/gpu_test.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
+#include "tests/support/scoped_env.h"
 #include "tests/support/test_paths.h"
 #include "trainer/generate.h"
 #include "trainer/qwen_decode_cuda.h"
@@ -198,6 +199,29 @@ TEST(QwenDecodeCuda, Bf16ActivationsTakeTheTensorCoreProduct) {
     const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
     EXPECT_NE(exact.prefill(prompt), rounded.prefill(prompt)) << name << ": bf16 activations changed nothing";
     EXPECT_NE(exact.step(9), rounded.step(9)) << name;
+  }
+}
+
+// QWENQ_DECODE_GRAPH=1: every step after the first replays one CUDA graph (k/v rows stored at the device's position,
+// the decode attention sized for the whole cache): the CPU's logits within the same bounds, both cache dtypes, a
+// dense and a 4-bit model; and the steps really ran as a graph.
+TEST(QwenDecodeCuda, GraphStepsAreTheCpuForwardStep) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv graph("QWENQ_DECODE_GRAPH", "1");
+  const std::string tmp = test::scratch_dir();
+  const std::string dense = random_model(tmp + "/f32", "tiny", DType::F32);
+  const std::string gptq = quantized(dense, QuantizeOptions::Method::Rtn, tmp + "/gptq");
+  for (const auto& [dir, name] : {std::pair{dense, "tiny F32, graph steps"}, std::pair{gptq, "rtn-gptq, graph steps"}}) {
+    expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);
+    expect_decode_matches_cpu(dir, 1, kFp32RelTol, kBf16CacheRelTol, name, KvCacheDType::BF16);
+    const QwenModel cpu(dir);
+    const QwenModelCuda gpu(cpu);
+    QwenDecodeCuda dec(gpu, 16);
+    dec.prefill({1, 2, 3});
+    EXPECT_FALSE(dec.step_graphed());
+    dec.step(4);
+    dec.step(5);
+    EXPECT_TRUE(dec.step_graphed()) << name;
   }
 }
 
