@@ -75,6 +75,8 @@ line = {"side": "qwenq", "tag": tag, "layers": int(layers), "prompt_len": int(p)
 if m:
     line.update(prompt_tokens=int(m.group(1)), new_tokens=int(m.group(2)), first_token_s=float(m.group(5)),
                 tokens_per_s=float(m.group(6)))
+if "could not be captured as a CUDA graph" in text:
+    line["graph_fallback"] = True  # QWENQ_DECODE_GRAPH=1 asked, the steps ran launched one by one
 dev = re.search(r"^device: .*$", text, re.M)
 if dev:
     line["device_line"] = dev.group(0)

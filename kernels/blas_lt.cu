@@ -327,16 +327,33 @@ void BlasLt::matmul(const LtGemm& g, const void* A, const void* B, void* D, cons
   if (p.workspace > 0 && s.workspace == nullptr) QWENQ_CUDA_CHECK(cudaMalloc(&s.workspace, kWorkspaceBytes));
   // The shared workspace's previous user must be done: wait on its event always, not only when the stream handle
   // differs (a destroyed stream's handle can come back for a new stream with that matmul still queued); on the
-  // same stream the wait is already satisfied in order.
-  if (s.used) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, s.last_done, 0));
+  // same stream the wait is already satisfied in order. Not while `stream` is being captured into a CUDA graph: a
+  // capture may not wait on an event recorded outside it, nor record one that eager work then waits on; the graph's
+  // launcher orders it instead (wait_for_workspace / mark_workspace_used).
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  QWENQ_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool captured = capture != cudaStreamCaptureStatusNone;
+  if (s.used && !captured) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, s.last_done, 0));
   const float beta = g.accumulate ? 1.f : 0.f;
   const cublasStatus_t st = lt_api().Matmul(s.handle, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.d, D, p.d, &p.algo,
                                            s.workspace, p.workspace, stream);
   QWENQ_CHECK(st == CUBLAS_STATUS_SUCCESS,
               describe(g) << ": cublasLtMatmul returned " << lt_api().GetStatusName(st) << " ("
                           << lt_api().GetStatusString(st) << ")");
+  if (captured) return;
   QWENQ_CUDA_CHECK(cudaEventRecord(s.last_done, stream));
   s.used = true;
+}
+
+void BlasLt::wait_for_workspace(CudaStream stream) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->used) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, impl_->last_done, 0));
+}
+
+void BlasLt::mark_workspace_used(CudaStream stream) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  QWENQ_CUDA_CHECK(cudaEventRecord(impl_->last_done, stream));
+  impl_->used = true;
 }
 
 BlasLt& BlasLt::current() {

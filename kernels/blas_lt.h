@@ -71,6 +71,12 @@ class BlasLt {
   void matmul(const LtGemm& g, const void* A, const void* B, void* D, const void* bias, float alpha,
               CudaStream stream);
 
+  // A CUDA graph that holds matmuls (captured on a stream: matmul then neither waits for nor records the workspace's
+  // event, which a capture may not touch) is launched between these two on its stream: wait_for_workspace orders
+  // the launch after the workspace's last user on any stream, mark_workspace_used makes later users wait for it.
+  void wait_for_workspace(CudaStream stream);
+  void mark_workspace_used(CudaStream stream);
+
   size_t plan_count() const;  // distinct plans built so far
   size_t heuristic_calls() const;  // times the heuristic ran (= plan_count: each plan asks once)
 

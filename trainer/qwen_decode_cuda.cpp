@@ -61,7 +61,8 @@ struct QwenDecodeCuda::Impl {
   // the runtime refuses falls back, once and with one line, to the launches one by one.
   bool graph_on = false, graph_failed = false;
   cudaGraphExec_t graph = nullptr;
-  const void* graph_adapter = nullptr;  // the adapter attached when the graph was captured
+  uint64_t graph_adapter = 0;  // the model's adapter_generation when the graph was captured
+  int64_t captures = 0;        // graphs captured so far
 
   Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype, bool bf16_activations)
       : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {
@@ -122,8 +123,9 @@ struct QwenDecodeCuda::Impl {
       a16 = buffer(T, Q, DType::BF16, "the flash attention output");
     }
     if (bf16_cache() || graph_on) {  // graph steps store the rows at the device's position (store_row_cuda)
-      kf = buffer(T, KV, DType::F32, "k before its bf16 rounding into the cache");
-      vf = buffer(T, KV, DType::F32, "v before its bf16 rounding into the cache");
+      const int64_t kv_rows = bf16_cache() ? T : 1;  // an F32 cache takes the prefill's rows directly
+      kf = buffer(kv_rows, KV, DType::F32, "k before its store into the cache");
+      vf = buffer(kv_rows, KV, DType::F32, "v before its store into the cache");
     }
     ids = buffer(T + 2, 1, DType::I32, "the token ids");
     positions = buffer(T, 1, DType::I32, "the positions");
@@ -290,7 +292,8 @@ struct QwenDecodeCuda::Impl {
                    "kernels one by one\n", why.c_str());
       return;
     }
-    graph_adapter = model.adapter();
+    graph_adapter = model.adapter_generation();
+    ++captures;
   }
 
   // One token at position p: ids holds {token, p, p + 1} (id, RoPE position, keys to attend).
@@ -301,10 +304,13 @@ struct QwenDecodeCuda::Impl {
                        s());
     const int32_t* dev = ids.as<int32_t>();
     if (graph_on && !graph_failed) {
-      if (graph && graph_adapter != model.adapter()) drop_graph();
+      if (graph && graph_adapter != model.adapter_generation()) drop_graph();
       if (!graph) capture(dev, token);
       if (graph) {
+        BlasLt& lt = BlasLt::current();  // the graph's matmuls share cuBLASLt's workspace (kernels/blas_lt.h)
+        lt.wait_for_workspace(s());
         QWENQ_CUDA_CHECK(cudaGraphLaunch(graph, s()));
+        lt.mark_workspace_used(s());
         return download_logits();
       }
     }
@@ -346,7 +352,7 @@ int64_t QwenDecodeCuda::cache_bytes() const {
   return static_cast<int64_t>(impl_->k_cache.bytes() + impl_->v_cache.bytes());
 }
 KvCacheDType QwenDecodeCuda::kv_cache_dtype() const { return impl_->kv; }
-bool QwenDecodeCuda::step_graphed() const { return impl_->graph != nullptr; }
+int64_t QwenDecodeCuda::graph_captures() const { return impl_->captures; }
 
 std::vector<float> QwenDecodeCuda::prefill(const std::vector<int32_t>& prompt) {
   Impl& m = *impl_;

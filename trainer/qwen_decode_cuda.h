@@ -72,8 +72,9 @@ class QwenDecodeCuda {
   int64_t length() const;  // tokens in the cache
   int64_t cache_bytes() const;  // the k and v caches as allocated (requested bytes)
   KvCacheDType kv_cache_dtype() const;
-  // Whether the steps replay a CUDA graph (QWENQ_DECODE_GRAPH=1, once a step has captured it).
-  bool step_graphed() const;
+  // CUDA graphs the steps captured so far (QWENQ_DECODE_GRAPH=1: one, replayed, until the buffers or the adapter
+  // change; 0 without the switch, for a MoE model, or after a capture the runtime refused).
+  int64_t graph_captures() const;
 
   // Empties the cache and runs `prompt` (1..capacity tokens): logits [V] of its last token.
   std::vector<float> prefill(const std::vector<int32_t>& prompt);

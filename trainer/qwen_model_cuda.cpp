@@ -82,6 +82,7 @@ struct QwenModelCuda::Impl {
   };
   std::vector<std::unique_ptr<DevMoe>> moe;
   std::unique_ptr<LoraInferenceCuda> lora;  // the attached adapter (its branches are in `layers`), or null
+  uint64_t adapter_generation = 0;  // attach_adapter / detach_adapter calls
 
   // Activation buffers for batches of up to `capacity` tokens.
   int64_t capacity = 0;
@@ -920,12 +921,14 @@ void QwenModelCuda::attach_adapter(const LoraAdapter& adapter, const std::string
   fresh->attach(m.layers, m.moe_views());  // checks every Linear's shape before it changes any
   // Frees the previous adapter, if any: back to this stream's cache, so work of it still queued finishes first.
   m.lora = std::move(fresh);
+  ++m.adapter_generation;
   m.capacity = 0;             // the next batch reallocates its buffers with the branch's scratch
   m.hidden_rows = 0;          // hidden states of the model without this adapter
 }
 
 void QwenModelCuda::detach_adapter() {
   Impl& m = *impl_;
+  ++m.adapter_generation;
   for (DevLayer& L : m.layers) {
     for (DevLinear* d : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) d->lora = LoraDeviceBranch{};
   }
@@ -941,6 +944,7 @@ void QwenModelCuda::detach_adapter() {
 }
 
 const LoraInferenceCuda* QwenModelCuda::adapter() const { return impl_->lora.get(); }
+uint64_t QwenModelCuda::adapter_generation() const { return impl_->adapter_generation; }
 
 }  // namespace qwenq
 

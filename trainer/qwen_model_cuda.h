@@ -225,6 +225,9 @@ class QwenModelCuda {
   void detach_adapter();
   // The attached adapter, or null.
   const LoraInferenceCuda* adapter() const;
+  // Counts attach_adapter and detach_adapter calls: what a captured decode graph compares (a new adapter may take a
+  // freed one's address).
+  uint64_t adapter_generation() const;
 
   // ---- one module of a block (AWQ's scale search, trainer/awq_model_cuda.cpp) ----
   // QwenModel::attention_forward / mlp_forward's modules and one Linear on device buffers, this class's data types,

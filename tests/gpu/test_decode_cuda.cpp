@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "tests/gpu/gpu_test.h"
@@ -128,6 +129,11 @@ void expect_decode_matches_cpu(const std::string& dir, int prompt_len, double pr
     if (must_round) versus_f32(got, e, cpu.forward_step({tok}, &f32_cache));
   }
   EXPECT_EQ(dec.length(), capacity);
+  bool moe = false;
+  for (int64_t l = 0; l < cpu.config().num_layers; ++l) moe = moe || cpu.config().is_moe_layer(l);
+  if (env_switch("QWENQ_DECODE_GRAPH") == 1 && !moe) {
+    EXPECT_EQ(dec.graph_captures(), 1) << "QWENQ_DECODE_GRAPH=1: the steps were not replayed from one graph";
+  }
   std::printf("[ %s, prompt %d, %s cache ] max |dlogit| / max |logit|: prefill %.3g (tolerance %.0e), steps %.3g "
               "(%.0e)",
               what.c_str(), prompt_len, kv_cache_dtype_name(kv), e0, prefill_tol, worst_step, step_tol);
@@ -212,16 +218,30 @@ TEST(QwenDecodeCuda, GraphStepsAreTheCpuForwardStep) {
   const std::string dense = random_model(tmp + "/f32", "tiny", DType::F32);
   const std::string gptq = quantized(dense, QuantizeOptions::Method::Rtn, tmp + "/gptq");
   for (const auto& [dir, name] : {std::pair{dense, "tiny F32, graph steps"}, std::pair{gptq, "rtn-gptq, graph steps"}}) {
-    expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);
-    expect_decode_matches_cpu(dir, 1, kFp32RelTol, kBf16CacheRelTol, name, KvCacheDType::BF16);
+    expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);  // asserts one capture
+    expect_decode_matches_cpu(dir, 1, kBf16CacheRelTol, kBf16CacheRelTol, name, KvCacheDType::BF16);
     const QwenModel cpu(dir);
     const QwenModelCuda gpu(cpu);
     QwenDecodeCuda dec(gpu, 16);
     dec.prefill({1, 2, 3});
-    EXPECT_FALSE(dec.step_graphed());
+    EXPECT_EQ(dec.graph_captures(), 0) << name << ": a prefill of 3 tokens is not a step";
     dec.step(4);
     dec.step(5);
-    EXPECT_TRUE(dec.step_graphed()) << name;
+    EXPECT_EQ(dec.graph_captures(), 1) << name << ": two steps, one capture";
+    // A longer prompt reallocates the buffers the graph points into: the next step captures again, and its
+    // logits are those of a decoder that never captured (launched one by one, within the order of sums).
+    const std::vector<int32_t> longer = {6, 7, 8, 9, 10, 11, 12, 13};
+    dec.prefill(longer);
+    std::vector<float> got = dec.step(14);
+    EXPECT_EQ(dec.graph_captures(), 2) << name;
+    {
+      const test::ScopedEnv off("QWENQ_DECODE_GRAPH", "0");
+      QwenDecodeCuda eager(gpu, 16);
+      eager.prefill(longer);
+      const std::vector<float> want = eager.step(14);
+      EXPECT_EQ(eager.graph_captures(), 0);
+      EXPECT_LE(rel_err(got, want), kFp32RelTol) << name << ": graph step vs launched step";
+    }
   }
 }
 
