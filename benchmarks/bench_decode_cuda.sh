@@ -114,13 +114,7 @@ done
 # The report.
 mkdir -p "$RESULTS" || fail "cannot create $RESULTS"
 md="$RESULTS/$(date -u +%Y-%m-%d)-decode-$DEVICE.md"
-if command -v nvidia-smi > /dev/null; then
-  dev=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
-else
-  dev="no nvidia-smi"
-fi
-commit="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$SRC" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+. "$SRC/benchmarks/bench_stamp.sh" && bench_stamp "$SRC"  # dev, commit
 cat "$LOG"/*.json > "$LOG/all.jsonl"
 "$PY" - "$LOG/all.jsonl" "$md" "$dev" "$commit" "$preset" "$layers" "$base" "$FULL_LAYERS" "$PROMPTS" "$NEW" \
   "$DEVICE" <<'EOF' || fail "report failed"

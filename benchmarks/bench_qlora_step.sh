@@ -147,13 +147,7 @@ fi
 # The report.
 mkdir -p "$RESULTS" || fail "cannot create $RESULTS"
 md="$RESULTS/$(date -u +%Y-%m-%d)-qlora-step-$DEVICE.md"
-if command -v nvidia-smi > /dev/null; then
-  dev=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
-else
-  dev="no nvidia-smi"
-fi
-commit="$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-git -C "$SRC" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+. "$SRC/benchmarks/bench_stamp.sh" && bench_stamp "$SRC"  # dev, commit
 "$PY" "$HELP" report --work "$WORK" --out "$md" --device "$DEVICE" --device-info "$dev" \
   --cpu-info "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores" \
   --commit "$commit" --preset "$PRESET" --full-layers "$FULL_LAYERS" \

@@ -1,0 +1,12 @@
+# Sourced by the benchmark scripts that write a Markdown report: bench_stamp SRC sets `dev` (the GPU's name, driver
+# and memory from nvidia-smi, or "no nvidia-smi") and `commit` (SRC's short commit, "(with uncommitted changes)"
+# when its tree differs from it).
+bench_stamp() {
+  if command -v nvidia-smi > /dev/null; then
+    dev=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+  else
+    dev="no nvidia-smi"
+  fi
+  commit="$(git -C "$1" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  git -C "$1" diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+}
