@@ -67,8 +67,6 @@ __global__ void swiglu_backward_kernel(const float* dout, const float* gate, con
   for (int64_t j = scalar_from + i; j < n; j += stride) swiglu_grad(dout[j], gate[j], up[j], &dgate[j], &dup[j]);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 unsigned blocks_for(int64_t n, bool vec4) {
   const int64_t units = vec4 ? (n + 3) / 4 : n;
   const int64_t b = (units + kThreads - 1) / kThreads;
@@ -81,7 +79,7 @@ void swiglu_forward_cuda(const float* gate, const float* up, int64_t n, float* o
   QWENQ_CHECK(n >= 0, "swiglu_forward_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(gate != nullptr && up != nullptr && out != nullptr, "swiglu_forward_cuda: null pointer");
-  const bool vec4 = aligned16(gate) && aligned16(up) && aligned16(out);
+  const bool vec4 = is_aligned(gate, 16) && is_aligned(up, 16) && is_aligned(out, 16);
   swiglu_forward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(gate, up, n, vec4, out);
   QWENQ_CUDA_CHECK_LAUNCH("swiglu_forward_cuda n=" << n);
 }
@@ -93,7 +91,8 @@ void swiglu_backward_cuda(const float* dout, const float* gate, const float* up,
   QWENQ_CHECK(dout != nullptr && gate != nullptr && up != nullptr && dgate != nullptr && dup != nullptr,
               "swiglu_backward_cuda: null pointer");
   QWENQ_CHECK(dgate != dup, "swiglu_backward_cuda: dgate and dup must be different buffers");
-  const bool vec4 = aligned16(dout) && aligned16(gate) && aligned16(up) && aligned16(dgate) && aligned16(dup);
+  const bool vec4 = is_aligned(dout, 16) && is_aligned(gate, 16) && is_aligned(up, 16) && is_aligned(dgate, 16) &&
+                    is_aligned(dup, 16);
   swiglu_backward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(dout, gate, up, n, vec4, dgate, dup);
   QWENQ_CUDA_CHECK_LAUNCH("swiglu_backward_cuda n=" << n);
 }

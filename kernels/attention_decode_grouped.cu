@@ -307,8 +307,7 @@ void launch_grouped(const char* name, const float* q, const T* k, const T* v, co
 bool attention_decode_grouped_enabled() { return env_switch("QWENQ_DECODE_GROUPED") == 1; }
 
 bool attention_decode_grouped_takes(int64_t D, const void* k_cache, const void* v_cache) {
-  return (D == 64 || D == 128 || D == 256) && reinterpret_cast<uintptr_t>(k_cache) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(v_cache) % 16 == 0;
+  return (D == 64 || D == 128 || D == 256) && is_aligned(k_cache, 16) && is_aligned(v_cache, 16);
 }
 
 int64_t attention_decode_grouped_splits(int64_t B, int64_t H, int64_t Hkv, int64_t D, bool bf16, int64_t max_len) {

@@ -91,8 +91,6 @@ __global__ void bf16_to_f32_kernel(const uint16_t* x, int64_t n, bool vec, float
   for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] = cuda::bf16_bits_to_f32(x[i]);
 }
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 // One block per token (blockIdx.x = t): the row tokens[t] of the table, C columns across the threads. The ids
 // were checked on the host; the guard only keeps a corrupted id from reading outside the table.
 template <typename L>
@@ -147,7 +145,7 @@ void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream)
   QWENQ_CHECK(n >= 0, "f32_to_bf16_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_cuda: null pointer");
-  const bool vec = aligned(x, 16) && aligned(y, 8);
+  const bool vec = is_aligned(x, 16) && is_aligned(y, 8);
   f32_to_bf16_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, n, vec, y);
   QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_cuda n=" << n);
 }
@@ -156,7 +154,7 @@ void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream)
   QWENQ_CHECK(n >= 0, "bf16_to_f32_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "bf16_to_f32_cuda: null pointer");
-  const bool vec = aligned(x, 8) && aligned(y, 16);
+  const bool vec = is_aligned(x, 8) && is_aligned(y, 16);
   bf16_to_f32_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(x, n, vec, y);
   QWENQ_CUDA_CHECK_LAUNCH("bf16_to_f32_cuda n=" << n);
 }
@@ -195,7 +193,7 @@ void add_inplace_cuda(float* y, const float* x, int64_t n, CudaStream stream) {
   QWENQ_CHECK(n >= 0, "add_inplace_cuda: negative size " << n);
   if (n == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "add_inplace_cuda: null pointer");
-  const bool vec = aligned(x, 16) && aligned(y, 16);
+  const bool vec = is_aligned(x, 16) && is_aligned(y, 16);
   add_inplace_kernel<<<blocks_for(vec ? (n + 3) / 4 : n), kThreads, 0, stream>>>(y, x, n, vec);
   QWENQ_CUDA_CHECK_LAUNCH("add_inplace_cuda n=" << n);
 }

@@ -28,6 +28,9 @@ namespace qwenq {
 
 using CudaStream = ::CUstream_st*;
 
+// Whether p is a multiple of `bytes` (the launchers' test for their vector loads and stores).
+inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<size_t>(p) % bytes == 0; }
+
 // `code` is a cudaError_t. Out of line (kernels/cuda_check.cu) so that no header needs the runtime's names.
 [[noreturn]] void throw_cuda_failure(int code, const char* stmt, const char* func, const char* file, int line);
 // For launches: `context` names the kernel and its shapes ("rmsnorm_forward_cuda rows=3 C=896").

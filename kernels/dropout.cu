@@ -59,8 +59,6 @@ __global__ void dropout_backward_kernel(const float* dxd, int64_t n, float p, fl
   for (int64_t j = scalar_from + i; j < n; j += stride) dx[j] = fmaf(dropout_factor(key, j, p, scale), dxd[j], dx[j]);
 }
 
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 unsigned blocks_for(int64_t n, bool vec4) {
   const int64_t units = vec4 ? (n + 3) / 4 : n;
   const int64_t b = (units + kThreads - 1) / kThreads;
@@ -79,7 +77,7 @@ void dropout_forward_cuda(const float* x, int64_t n, float p, uint64_t key, floa
   check_args("dropout_forward_cuda", x, n, p, x_drop);
   if (n == 0) return;
   const float scale = 1.0f / (1.0f - p);  // on the host, as the ref
-  const bool vec4 = aligned16(x) && aligned16(x_drop);
+  const bool vec4 = is_aligned(x, 16) && is_aligned(x_drop, 16);
   dropout_forward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, p, scale, key, vec4, x_drop);
   QWENQ_CUDA_CHECK_LAUNCH("dropout_forward_cuda n=" << n << " p=" << p);
 }
@@ -88,7 +86,7 @@ void dropout_backward_cuda(const float* dx_drop, int64_t n, float p, uint64_t ke
   check_args("dropout_backward_cuda", dx_drop, n, p, dx);
   if (n == 0) return;
   const float scale = 1.0f / (1.0f - p);
-  const bool vec4 = aligned16(dx_drop) && aligned16(dx);
+  const bool vec4 = is_aligned(dx_drop, 16) && is_aligned(dx, 16);
   dropout_backward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(dx_drop, n, p, scale, key, vec4, dx);
   QWENQ_CUDA_CHECK_LAUNCH("dropout_backward_cuda n=" << n << " p=" << p);
 }

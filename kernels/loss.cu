@@ -143,11 +143,9 @@ void check_shape(const char* name, int64_t rows, int64_t V) {
   QWENQ_CHECK(rows <= INT_MAX, name << ": rows=" << rows << " exceeds the grid limit " << INT_MAX);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 void launch(const char* name, const float* logits, int64_t rows, int64_t V, const int32_t* targets, float scale,
             float* nll, float* dlogits, CudaStream stream) {
-  const bool vec4 = V % 4 == 0 && aligned16(logits) && (dlogits == nullptr || aligned16(dlogits));
+  const bool vec4 = V % 4 == 0 && is_aligned(logits, 16) && (dlogits == nullptr || is_aligned(dlogits, 16));
   cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, targets, scale, vec4, nll,
                                                                              dlogits);
   QWENQ_CUDA_CHECK_LAUNCH(name << " rows=" << rows << " V=" << V);

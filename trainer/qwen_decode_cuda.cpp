@@ -66,9 +66,7 @@ struct QwenDecodeCuda::Impl {
 
   Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype, bool bf16_activations)
       : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {
-    bool moe = false;
-    for (int64_t l = 0; l < cfg.num_layers; ++l) moe = moe || cfg.is_moe_layer(l);
-    graph_on = env_switch("QWENQ_DECODE_GRAPH") == 1 && !moe;
+    graph_on = env_switch("QWENQ_DECODE_GRAPH") == 1 && cfg.num_moe_layers() == 0;
   }
   ~Impl() { drop_graph(); }
 
