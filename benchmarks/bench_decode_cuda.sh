@@ -2,10 +2,11 @@
 # Decode speed, one token at a time: `qwen-quant generate` on the 4-bit Qwen2.5-7B-shaped model of
 # bench_qlora_step.sh (random weights, RTN in the GPTQ layout, bf16 KV cache) against Hugging Face transformers'
 # generate on the same bf16 weights (benchmarks/bench_decode_hf.py: bf16, sdpa, greedy), same machine, same run.
-# Prompts of PROMPTS tokens, NEW new tokens; ours three ways: the defaults (fp32 activations: the exact GEMV; the
-# per-head decode attention), the grouped decode attention (QWENQ_DECODE_GROUPED=1), and that with
-# --bf16-activations (the tensor-core decode product, activations rounded to bf16 as transformers' are) and each
-# step replayed as one CUDA graph (QWENQ_DECODE_GRAPH=1). Rates
+# Prompts of PROMPTS tokens, NEW new tokens; ours four ways: the defaults (fp32 activations: the exact GEMV; the
+# per-head decode attention), the grouped decode attention (QWENQ_DECODE_GROUPED=1), that with each step replayed as
+# one CUDA graph (QWENQ_DECODE_GRAPH=1) and --bf16-activations (the tensor-core decode product, activations rounded to
+# bf16 as transformers' are), and the same exact instead (QWENQ_DECODE_MMA_F32=1: the tensor-core product on fp32
+# activations split into three bf16 pieces). Rates
 # exclude the prompt and the first token (ours: generate's "then X tok/s").
 #
 # The model keeps LAYERS of the preset's layers; a second set of runs on the first LAYERS_BASE layers of the same
@@ -107,6 +108,7 @@ for set in main base; do
     ours "ours-$set-p$p" "$q" "$nl" "$p" "" ""
     ours "ours-grouped-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 ""
     ours "ours-fast-$set-p$p" "$q" "$nl" "$p" "QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1" --bf16-activations
+    ours "ours-exact-$set-p$p" "$q" "$nl" "$p" "QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_DECODE_MMA_F32=1" ""
   done
   [ "$(left)" -ge 30 ] && theirs "theirs-$set" "$b" "$nl"
 done
@@ -134,6 +136,7 @@ def rate(kind, which, p):  # which: "main" (the LAYERS runs) or "base"
 kinds = [("ours", "qwenq 4-bit, fp32 activations, per-head attention"),
          ("ours-grouped", "qwenq 4-bit, fp32 activations, grouped attention"),
          ("ours-fast", "qwenq 4-bit, --bf16-activations, grouped attention, graph steps"),
+         ("ours-exact", "qwenq 4-bit, fp32 activations on tensor cores (3 bf16 pieces), grouped attention, graph steps"),
          ("theirs", "transformers bf16 (sdpa)")]
 out = [f"# Decode speed vs transformers, {device}, {datetime.date.today()}", "",
        f"- device: {dev}; commit {commit}",
@@ -166,6 +169,6 @@ for p in [int(x) for x in prompts.split(",") if x]:
         out.append(f"| {p} | {name} | " + " | ".join(cells) + f" | {ratio} |")
 out += ["", "## Raw JSON lines", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
 open(md, "w").write("\n".join(out))
-print("\n".join(out[:8 + 4 * len(prompts.split(","))]))
+print("\n".join(out[:8 + 5 * len(prompts.split(","))]))
 EOF
 echo "bench_decode_cuda: wrote $md ($(( $(date +%s) - t_begin )) s)"

@@ -2,7 +2,8 @@
 // -72B Linear shapes, in two sections:
 //   decode:  qgemm_int4_decode_cuda (and the transposed qgemm_int4_t_decode_cuda), M = 1, 4, 16, 64 (--ms):
 //            memory bound, reported as GB/s, % of HBM peak and speed-up over cuBLASLt; then the forward on tensor
-//            cores, qgemm_int4_decode_mma_cuda, in rows of its own (path decode_mma, no transposed time).
+//            cores, qgemm_int4_decode_mma_cuda, in rows of its own (path decode_mma, no transposed time), on bf16 x
+//            and on fp32 x split into three bf16 pieces (path decode_mma_f32: the exact decode's product).
 //   prefill: the tensor-core qgemm_int4_tc_cuda / qgemm_int4_t_tc_cuda (the wgmma kernels on sm_90 and the
 //            dense path qgemm_int4_dense_cuda, bf16 Ŵ + cuBLASLt, in rows of their own), M = 512, 2048, 8192
 //            (--tc-ms): compute bound, reported as TFLOP/s against cuBLASLt's forward (y = x·Wᵀ) and
@@ -18,12 +19,12 @@
 // GB/s = bytes / time; "% HBM" = GB/s over the device's peak (H100 SXM 3350, H200 4800 GB/s, or --peak-gbs);
 // at M = 1 the kernel should approach that peak. TFLOP/s = 2·M·N·K / time. speed-up = cuBLAS time / Q4 time
 // (ideal 16 / 4.25 = 3.76 at group 128, REFERENCE B3). CSV rows carry date, device, driver and commit, and a last
-// column `path` (decode, decode_mma, tc, dense, dense_overlap: the dense path with its overlap, QWENQ_QGEMM_OVERLAP=1,
-// where it cuts the weight; dequant: q4_dequantize_bf16_cuda alone, M = 0, or wgmma: the Hopper
-// kernels qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda on sm_90, their own rows); in tc, wgmma and dense rows the
-// GB/s columns use the same
-// byte formulas, cublas_t_us is the cuBLASLt dx = dy·W time, speedup compares the forward times and q4_pct_bf16_peak is the forward's TFLOP/s over
-// the device's dense bf16 peak (benchmarks/cuda_bench.h).
+// column `path` (decode, decode_mma, decode_mma_f32, tc, dense, dense_overlap: the dense path with its overlap,
+// QWENQ_QGEMM_OVERLAP=1, where it cuts the weight; dequant: q4_dequantize_bf16_cuda alone, M = 0, or wgmma: the
+// Hopper kernels qgemm_int4_wgmma_cuda / qgemm_int4_t_wgmma_cuda on sm_90, their own rows); in tc, wgmma and dense
+// rows the GB/s columns use the same byte formulas, cublas_t_us is the cuBLASLt dx = dy·W time, speedup compares the
+// forward times and q4_pct_bf16_peak is the forward's TFLOP/s over the device's dense bf16 peak
+// (benchmarks/cuda_bench.h).
 // Without a CUDA device it prints one line and exits 0.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -40,6 +41,7 @@
 #include "benchmarks/bench_main.h"
 #include "benchmarks/cuda_bench.cuh"
 #include "core/rng.h"
+#include "kernels/convert.h"
 #include "kernels/qgemm.h"
 #include "tests/support/scoped_env.h"
 
@@ -210,6 +212,22 @@ int main(int argc, char** argv) {
               << t_mma << ",," << t_cub << "," << mma_gbs << "," << mma_pct << ",," << cub_gbs << ","
               << flops / (t_mma * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_mma << ",,,,"
               << "decode_mma\n";
+          // The same product on fp32 x (the exact decode of generate, QWENQ_DECODE_MMA_F32=1): x split into three
+          // bf16 pieces first (one more launch), 3M kernel rows; x counts 4 bytes a value (path decode_mma_f32).
+          Dev<float> xf(M * L.K);
+          bf16_to_f32_cuda(x.p, M * L.K, xf.p);
+          const double t_f32 =
+              time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), xf.p, DType::F32, M, y.p); }, reps, flush);
+          const double f32_gbs = (q4_bytes + 2.0 * M * L.K) / (t_f32 * 1e3);
+          const double f32_pct = peak_gbs > 0 ? 100.0 * f32_gbs / peak_gbs : 0.0;
+          std::fprintf(stderr,
+                       "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (mma, fp32 x)\n",
+                       L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
+                       static_cast<long long>(L.N), t_f32, "-", t_cub, f32_gbs, f32_pct, cub_gbs, t_cub / t_f32);
+          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
+              << t_f32 << ",," << t_cub << "," << f32_gbs << "," << f32_pct << ",," << cub_gbs << ","
+              << flops / (t_f32 * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_f32 << ",,,,"
+              << "decode_mma_f32\n";
         }
       }
     }

@@ -52,6 +52,8 @@ std::string qgemm_remark(bool cuda) {
   } switches[] = {
       {"QWENQ_DECODE_MMA", "the 4-bit decode products on CUDA cores (FMA), not tensor cores",
        "the 4-bit decode product on tensor cores (the default)"},
+      {"QWENQ_DECODE_MMA_F32", "the exact (fp32-activation) 4-bit decode product on CUDA cores (the default)",
+       "the exact 4-bit decode product on tensor cores, fp32 activations split into three bf16 pieces"},
       {"QWENQ_QGEMM_DENSE", "the fused 4-bit prefill kernels for every M",
        "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"},
       {"QWENQ_QGEMM_OVERLAP", "the dense 4-bit path dequantizes each weight whole (the default)",

@@ -425,15 +425,25 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 }
 
 // Dispatch (kernels/qgemm.h): M <= 64 or F32 activations -> decode kernels above (the forward's on tensor cores,
-// kernels/qgemm_decode_mma.cu, when qgemm_decode_mma_enabled() and it supports the weight); M > 64 with BF16 ->
+// kernels/qgemm_decode_mma.cu, when it supports the weight and qgemm_decode_mma_enabled() for BF16,
+// qgemm_decode_mma_f32_enabled() and M <= 64 for F32); M > 64 with BF16 ->
 // the dense path (kernels/qgemm_dense.cu) when qgemm_dense_for(M), else the tensor-core kernels
 // (kernels/qgemm_tc.cu, or kernels/qgemm_wgmma.cu when cuda_wgmma_enabled()).
+namespace {
+bool decode_on_tensor_cores(const Q4View& w, DType x_dtype, int64_t M) {
+  const bool on = x_dtype == DType::BF16 ? qgemm_decode_mma_enabled()
+                                         : x_dtype == DType::F32 && M <= kQgemmDecodeMaxM &&
+                                               qgemm_decode_mma_f32_enabled();
+  return on && qgemm_decode_mma_supports(w);
+}
+}  // namespace
+
 void qgemm_int4_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   if (qgemm_cuda_uses_tensor_cores(M, x_dtype)) {
     if (qgemm_dense_for(M)) qgemm_int4_dense_cuda(w, x, x_dtype, M, y, stream);
     else if (cuda_wgmma_enabled()) qgemm_int4_wgmma_cuda(w, x, x_dtype, M, y, stream);
     else qgemm_int4_tc_cuda(w, x, x_dtype, M, y, stream);
-  } else if (x_dtype == DType::BF16 && qgemm_decode_mma_enabled() && qgemm_decode_mma_supports(w)) {
+  } else if (decode_on_tensor_cores(w, x_dtype, M)) {
     qgemm_int4_decode_mma_cuda(w, x, x_dtype, M, y, stream);
   } else qgemm_int4_decode_cuda(w, x, x_dtype, M, y, stream);
 }

@@ -18,7 +18,8 @@
 //
 // CUDA regimes. qgemm_int4_cuda / qgemm_int4_t_cuda dispatch on M and the activation dtype
 // (qgemm_cuda_uses_tensor_cores): M <= kQgemmDecodeMaxM or F32 activations -> the decode kernels (the BF16
-// forward on tensor cores, qgemm_int4_decode_mma_cuda, where it supports the weight), otherwise (M > 64, BF16)
+// forward, and with QWENQ_DECODE_MMA_F32=1 the F32 one up to M = 64, on tensor cores, qgemm_int4_decode_mma_cuda,
+// where it supports the weight), otherwise (M > 64, BF16)
 // -> the tensor-core kernels, or from kQgemmDenseMinM rows the dense path (see the switches below). Each
 // regime also has its own launcher name, for tests and benchmarks that must reach one path explicitly:
 // - qgemm_int4_decode_cuda / qgemm_int4_t_decode_cuda (kernels/qgemm.cu): decode / small batch (M = 1..64,
@@ -57,6 +58,13 @@ void qgemm_int4_t_ref(const Q4View& w, const void* dy, DType dy_dtype, int64_t M
 // prefill path's first step (qgemm_int4_dense_cuda below); the CUDA twin gives the same bits.
 void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out);
 
+// F32 activations for the bf16 tensor cores (qgemm_int4_decode_mma_cuda): x [M, K] fp32 row-major into out [3M,
+// width] bf16 bits, piece p (0: h, 1: m, 2: l of kernels/bf16_split.h) of x[m, perm ? perm[kk] : kk] at out[(p·M +
+// m)·width + kk] for kk < K, zeros for K <= kk < width (width >= K). The three pieces of a finite value sum to it
+// exactly, so the product of the 3M rows, its row blocks added, is the fp32 product. perm (may be null): a
+// permutation of [0, K) (the act-order gather; the ref checks it, the CUDA twin trusts it).
+void qgemm_split_x3_ref(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out);
+
 // The dispatch rule of qgemm_int4_cuda / qgemm_int4_t_cuda: M > 64 with BF16 activations is the prefill regime.
 constexpr int64_t kQgemmDecodeMaxM = 64;
 inline bool qgemm_cuda_uses_tensor_cores(int64_t M, DType act_dtype) {
@@ -74,8 +82,12 @@ constexpr int64_t kQgemmDenseMinM = 512;
 //                       decode kernels for every weight
 //   QWENQ_QGEMM_DENSE   unset: the dense path for M >= kQgemmDenseMinM, the fused tensor-core kernels below it;
 //                       1: the dense path for every M > 64; 0: never
+//   QWENQ_DECODE_MMA_F32  1: F32 activations (the exact decode of qwen-quant generate) also take the tensor-core
+//                       decode product, split into three bf16 pieces (opt-in until it has run on a GPU; it needs
+//                       QWENQ_DECODE_MMA on); unset or 0: the FMA decode kernel for F32
 // Values other than 0 and 1 are the default.
 bool qgemm_decode_mma_enabled();
+bool qgemm_decode_mma_f32_enabled();
 int64_t qgemm_dense_min_m();     // the smallest M the dense path runs for (INT64_MAX: never)
 bool qgemm_dense_for(int64_t M);  // the dense path for a prefill-regime product of M rows (M > 64)
 
@@ -112,16 +124,21 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
                               void* stream = nullptr);
 // The decode product on tensor cores (kernels/qgemm_decode_mma.cu): every kind whose layout group is a multiple
 // of 32 or spans K (qgemm_decode_mma_supports: GPTQ/AWQ groups of 32/64/128 or none, bnb blocks of 64 when
-// 64 | K), BF16 activations, any M >= 1 (meant for M <= 64): mma.sync with B the exact integers q − z (Int) or
-// the code book value split exactly into three bf16 pieces (Nf4/Fp4, three MMAs), the group scale applied to the
+// 64 | K), BF16 or F32 activations, any M >= 1 (meant for M <= 64): mma.sync with B the exact integers q − z (Int)
+// or the code book value split exactly into three bf16 pieces (Nf4/Fp4, three MMAs), the group scale applied to the
 // fp32 partial sums, so ŵ is never rounded (against the CPU twin only the summation order differs, as for the FMA
-// kernels). qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, BF16 and a supported weight
-// when qgemm_decode_mma_enabled() (the default since the H200 run of 2026-12-04: every test passed, and it beat
-// the FMA kernel on every 7B/72B shape but one, 1.1-1.5x at M = 1, up to 4.2x at M = 64); then BF16 and F32
-// activations take different kernels, and their bits may differ within the summation-order tolerance.
+// kernels). F32 activations are split the same way (qgemm_split_x3_cuda): the kernel multiplies 3M bf16 rows and
+// the split-K reduction adds each row's three results, so x is not rounded either; up to M = 5 the 3M rows fit the
+// 16 rows one MMA computes anyway, so they cost no more than bf16 ones (plus the split's launch).
+// qgemm_int4_cuda takes it instead of qgemm_int4_decode_cuda for M <= 64, a supported weight and BF16 activations
+// when qgemm_decode_mma_enabled() (the default since the H200 run of 2026-12-04: every test passed, and it beat the
+// FMA kernel on every 7B/72B shape but one, 1.1-1.5x at M = 1, up to 4.2x at M = 64), F32 ones when
+// qgemm_decode_mma_f32_enabled(); the kernels' bits differ within the summation-order tolerance.
 bool qgemm_decode_mma_supports(const Q4View& w);
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);
+void qgemm_split_x3_cuda(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out,
+                         void* stream = nullptr);
 // The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once
 // per call into a transient [N, Kp] buffer (q4_dequantize_bf16_cuda), then one cuBLASLt bf16 GEMM with fp32
 // accumulation and output (a large weight in pieces overlapped with the GEMMs, see the overlap above). Same arguments

@@ -42,6 +42,13 @@
 // the MMA reads (no register moves). The block's group metas (scale and zero) are staged beside them.
 // Act-order, unaligned or K % 8 != 0 activations go through maybe_stage (a bf16 gather) first.
 //
+// F32 activations: split_x3_kernel first writes each row m as three bf16 rows m, M + m and 2M + m, h + m + l = x
+// exactly (kernels/bf16_split.h; gathered through perm and zero-padded to a multiple of 8 on the way), the kernel
+// multiplies those 3M rows, always into the workspace [splits, 3M, Np], and reduce_kernel adds 3·splits blocks of M
+// rows: block 3s + p of M rows is split s's piece p (its rows start at (s·3M + p·M)·Np). Every product of a piece
+// with q − z (or a book piece) is exact in fp32, so the result is the fp32 product up to summation order, like the
+// FMA kernel's; for M <= 5 the 3M rows fit the one 16-row MMA tile that M rows use anyway.
+//
 // Instruction budget (why the loop is shaped as it is): a 4-bit weight arrives at H200's 4.8 TB/s every ~0.1 ns
 // per SM, so with 16 warps per SM and 4 schedulers a warp iteration (512 bytes, 1024 weights) must issue in about
 // 100 instructions to keep up. The first version issued ~225 (SASS of sm_90a, 2026-12-05): ~45 for a 64-bit
@@ -59,6 +66,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "kernels/bf16_split.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/qgemm.h"
 #include "kernels/qgemm_decode_common.cuh"
@@ -86,7 +94,7 @@ struct DmParams {
   int64_t lda, x_width;
   const uint32_t* qweight;  // [Kp/8, Np]
   const uint32_t* meta;     // [num_groups, Np]
-  float* out;               // y [M, N] when splits == 1, else the workspace [splits, M, Np]
+  float* out;               // y [M, N] unless to_ws, else the workspace [splits, M, Np]
   int64_t M, N, Np, Kp, group, num_groups;
   int64_t rows_per_split;   // word-rows per blockIdx.y, a multiple of kDmRowsPerIt
   int x_pitch;              // 32-bit words per row-pair slot of x (≡ 4 mod 8: conflict-free 16-byte loads)
@@ -94,6 +102,7 @@ struct DmParams {
   int x_rows;               // valid rows of x per block: min(M, 16·MT); x_pair_slots(x_rows) slots
   int meta_rows;            // shared rows of metas: the most groups one split touches
   int splits;
+  int to_ws;                // 1: the results go to the workspace (more than one split, or F32 activations' pieces)
 };
 
 // (a & b) | c in one LOP3. Written out because SASS's LOP3 takes one immediate: from C++ the compiler emits an AND
@@ -367,7 +376,7 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
         const int64_t m = m0 + a * 16 + g + (e >= 2 ? 8 : 0);
         const int64_t n = n0 + 8 * t + i + (e & 1 ? 4 : 0);
         if (m >= p.M) continue;
-        if (p.splits == 1) {
+        if (!p.to_ws) {
           if (n < p.N) p.out[m * p.N + n] = acc[a][i][e];
         } else if (n < p.Np) {
           p.out[(static_cast<int64_t>(blockIdx.y) * p.M + m) * p.Np + n] = acc[a][i][e];
@@ -389,6 +398,27 @@ int64_t meta_offset_of(int x_rows, int64_t rps) {
 }
 int64_t smem_bytes(int x_rows, int64_t rps, int meta_rows) {
   return meta_offset_of(x_rows, rps) + int64_t{meta_rows} * kDmBlockCols * 4;
+}
+
+// out [3M, width]: piece p of x[m, perm[kk]] at row p·M + m (kernels/qgemm.h, qgemm_split_x3_ref).
+__global__ void split_x3_kernel(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width,
+                                uint16_t* out) {
+  const int64_t plane = M * width;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < plane;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = i / width, kk = i % width;
+    uint16_t pieces[3] = {0, 0, 0};
+    if (kk < K) split_bf16x3(x[m * K + (perm ? perm[kk] : kk)], pieces);
+    out[i] = pieces[0];
+    out[plane + i] = pieces[1];
+    out[2 * plane + i] = pieces[2];
+  }
+}
+
+void launch_split_x3(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out,
+                     cudaStream_t s) {
+  const int blocks = static_cast<int>(std::min<int64_t>(ceil_div(M * width, 256), 8 * int64_t{cuda_sm_count()}));
+  split_x3_kernel<<<blocks, 256, 0, s>>>(x, M, K, perm, width, out);
 }
 
 template <Q4Kind KIND, int MT, int P>
@@ -414,7 +444,12 @@ bool qgemm_decode_mma_supports(const Q4View& w) { return w.group % 32 == 0 || w.
 
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   const char* fn = "qgemm_int4_decode_mma_cuda";
-  qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
+  QWENQ_CHECK(x_dtype == DType::BF16 || x_dtype == DType::F32,
+              fn << ": activations must be F32 or BF16, not " << dtype_name(x_dtype) << " (M=" << M << " K=" << w.K
+                 << " N=" << w.N << ")");
+  // F32: the kernel multiplies 3M bf16 rows (the pieces, see the top); the checks are the BF16 ones.
+  const bool pieces = x_dtype == DType::F32;
+  qgemm_tc_detail::check_tc_args(w, x, DType::BF16, M, y, fn);
   QWENQ_CHECK(qgemm_decode_mma_supports(w),
               fn << ": needs a layout group that is a multiple of 32 or spans K, not " << w.group << " (kind "
                  << q4_kind_name(w.kind) << " K=" << w.K << " N=" << w.N
@@ -422,10 +457,12 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
-  const int mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
-  const int64_t mtiles = ceil_div(M, 16 * mt);
+  QWENQ_CHECK(M <= (int64_t{1} << 40), fn << ": M=" << M << " is too large");
+  const int64_t Mk = pieces ? 3 * M : M;  // the kernel's rows
+  const int mt = Mk <= 16 ? 1 : (Mk <= 32 ? 2 : 4);
+  const int64_t mtiles = ceil_div(Mk, 16 * mt);
   QWENQ_CHECK(mtiles <= 65535, fn << ": M=" << M << " needs more than 65535 row tiles");
-  const int x_rows = static_cast<int>(std::min<int64_t>(M, 16 * mt));
+  const int x_rows = static_cast<int>(std::min<int64_t>(Mk, 16 * mt));
   const int64_t quads = ceil_div(w.Kp / 8, kDmRowsPerIt);
   const int64_t col_blocks = ceil_div(w.Np, kDmBlockCols);
   // Split K for at most one wave of 4 blocks per SM (a 7B q_proj has 28 column blocks for 132 SMs: 18 splits,
@@ -448,14 +485,23 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
 
   DeviceMemory staged;
   int64_t lda = 0, width = 0;
-  const uint16_t* xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
+  const uint16_t* xa = nullptr;
+  if (pieces) {
+    width = lda = round_up(w.K, int64_t{8});
+    staged = DeviceMemory(static_cast<size_t>(Mk * width) * sizeof(uint16_t), s);
+    launch_split_x3(static_cast<const float*>(x), M, w.K, w.perm, width, staged.as<uint16_t>(), s);
+    QWENQ_CUDA_CHECK_LAUNCH("split_x3_kernel for " << ctx);
+    xa = staged.as<const uint16_t>();
+  } else {
+    xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
+  }
 
-  DmParams p{xa, lda, width, w.qweight, w.meta, y, M, w.N, w.Np, w.Kp, w.group, w.num_groups(), rps,
+  DmParams p{xa, lda, width, w.qweight, w.meta, y, Mk, w.N, w.Np, w.Kp, w.group, w.num_groups(), rps,
              static_cast<int>(x_pitch_of(rps)), meta_offset_of(x_rows, rps), x_rows, meta_rows,
-             static_cast<int>(splits)};
+             static_cast<int>(splits), splits > 1 || pieces ? 1 : 0};
   DeviceMemory ws;
-  if (splits > 1) {
-    ws = DeviceMemory(static_cast<size_t>(splits * M * w.Np) * sizeof(float), s);
+  if (p.to_ws) {
+    ws = DeviceMemory(static_cast<size_t>(splits * Mk * w.Np) * sizeof(float), s);
     p.out = ws.as<float>();
   }
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits), static_cast<unsigned>(mtiles));
@@ -463,10 +509,21 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   else if (w.kind == Q4Kind::Nf4) launch_mt<Q4Kind::Nf4>(mt, p, grid, static_cast<size_t>(smem), s);
   else launch_mt<Q4Kind::Fp4>(mt, p, grid, static_cast<size_t>(smem), s);
   QWENQ_CUDA_CHECK_LAUNCH("qgemm_decode_mma_kernel for " << ctx);
-  if (splits > 1) {
-    launch_reduce(ws.as<float>(), static_cast<int>(splits), M, M, w.Np, w.N, nullptr, y, s);
+  if (p.to_ws) {
+    // [splits, Mk, Np] read as (pieces ? 3 : 1)·splits blocks of M rows: the pieces of a row are added with its
+    // splits, in the order split 0's h, m, l, split 1's h, ...
+    launch_reduce(ws.as<float>(), static_cast<int>(splits * (pieces ? 3 : 1)), M, M, w.Np, w.N, nullptr, y, s);
     QWENQ_CUDA_CHECK_LAUNCH("reduce_kernel for " << ctx);
   }
+}
+
+void qgemm_split_x3_cuda(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out,
+                         void* stream) {
+  QWENQ_CHECK(x != nullptr && out != nullptr, "qgemm_split_x3_cuda: null input or output");
+  QWENQ_CHECK(M >= 1 && K >= 1 && width >= K,
+              "qgemm_split_x3_cuda: M=" << M << " K=" << K << " width=" << width << " (need M, K >= 1, width >= K)");
+  launch_split_x3(x, M, K, perm, width, out, static_cast<cudaStream_t>(stream));
+  QWENQ_CUDA_CHECK_LAUNCH("split_x3_kernel M=" << M << " K=" << K << " width=" << width);
 }
 
 }  // namespace qwenq

@@ -10,6 +10,9 @@ namespace qwenq {
 
 bool qgemm_decode_mma_enabled() { return env_switch("QWENQ_DECODE_MMA") != 0; }
 
+// Opt-in until it has run on a GPU (then the default, as the BF16 decode product became).
+bool qgemm_decode_mma_f32_enabled() { return env_switch("QWENQ_DECODE_MMA_F32") == 1 && qgemm_decode_mma_enabled(); }
+
 int64_t qgemm_dense_min_m() {
   switch (env_switch("QWENQ_QGEMM_DENSE")) {
     case 0: return std::numeric_limits<int64_t>::max();

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/bf16_split.h"
 
 namespace qwenq {
 namespace {
@@ -82,6 +83,22 @@ void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out) {
         out[n * w.Kp + kk] = f32_to_bf16(q4_dequant(w.kind, code, w.meta[kk / w.group * w.Np + n]));
       }
   });
+}
+
+void qgemm_split_x3_ref(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out) {
+  QWENQ_CHECK(x != nullptr && out != nullptr, "qgemm_split_x3_ref: null input or output");
+  QWENQ_CHECK(M >= 1 && K >= 1 && width >= K,
+              "qgemm_split_x3_ref: M=" << M << " K=" << K << " width=" << width << " (need M, K >= 1, width >= K)");
+  for (int64_t kk = 0; perm != nullptr && kk < K; ++kk)
+    QWENQ_CHECK(perm[kk] >= 0 && perm[kk] < K, "qgemm_split_x3_ref: perm[" << kk << "]=" << perm[kk]
+                                                   << " is outside [0, " << K << ")");
+  const int64_t plane = M * width;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t kk = 0; kk < width; ++kk) {
+      uint16_t pieces[3] = {0, 0, 0};
+      if (kk < K) split_bf16x3(x[m * K + (perm ? perm[kk] : kk)], pieces);
+      for (int p = 0; p < 3; ++p) out[p * plane + m * width + kk] = pieces[p];
+    }
 }
 
 }  // namespace qwenq

@@ -132,16 +132,17 @@ struct QwenDecodeCuda::Impl {
     lora_rank = r;
   }
 
-  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias) (+ s · (x Aᵀ) Bᵀ with an adapter). Q4: the fp32 GEMV kernel up to
-  // 64 rows (bf16_act: x rounded to bf16 for every M, the dispatcher's tensor-core decode kernel), bf16 tensor cores
-  // beyond.
+  // y [T, N] fp32 = x [T, K] fp32 · Wᵀ (+ bias) (+ s · (x Aᵀ) Bᵀ with an adapter). Q4: up to 64 rows the fp32
+  // product, by the fp32 GEMV kernel or with QWENQ_DECODE_MMA_F32=1 by the tensor-core decode kernel on x split into
+  // three bf16 pieces (the dispatcher's choice; both exact up to summation order); bf16_act: x rounded to bf16 for
+  // every M, the dispatcher's tensor-core decode kernel; bf16 tensor cores beyond 64 rows.
   void linear(const QwenDeviceLinear& L, const float* x_in, int64_t T, float* y) {
     if (!L.q4) {
       linear_forward_cuda(x_in, T, L.K, L.dense.data, L.dense.dtype, L.N, L.bias.data, L.bias.dtype, y, DType::F32,
                           s());
     } else {
       if (T <= kQgemmDecodeMaxM && !bf16_act) {
-        qgemm_int4_decode_cuda(*L.q4, x_in, DType::F32, T, y, s());
+        qgemm_int4_cuda(*L.q4, x_in, DType::F32, T, y, s());  // the FMA GEMV, or the split tensor-core product
       } else {
         uint16_t* xb = act16.as<uint16_t>();
         f32_to_bf16_cuda(x_in, T * L.K, xb, s());

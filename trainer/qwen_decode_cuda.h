@@ -7,9 +7,10 @@
 //                    one sequence is [capacity, Hkv, D] fp32 per layer, the layout the attention kernels read
 //                    k/v in) and the final norm and lm_head run on the last row only. Attention: flash (bf16 copies
 //                    of q and of the cached k, v) for D = 64/128, else the naive fp32 kernel. Returns logits [V].
-//   step(token)      one token at position length(): M = 1 through every Linear (Q4 weights through the W4A16
-//                    GEMV qgemm_int4_decode_cuda with fp32 activations: exact fp32 ŵ, no activation rounding;
-//                    with bf16_activations the rows rounded to bf16 and qgemm_int4_cuda's tensor-core decode kernel;
+//   step(token)      one token at position length(): M = 1 through every Linear (Q4 weights through
+//                    qgemm_int4_cuda with fp32 activations: the W4A16 GEMV qgemm_int4_decode_cuda, or with
+//                    QWENQ_DECODE_MMA_F32=1 the tensor-core decode kernel on x split into three bf16 pieces; both
+//                    exact fp32 ŵ, no activation rounding; with bf16_activations the rows rounded to bf16 and qgemm_int4_cuda's tensor-core decode kernel;
 //                    dense weights through cuBLASLt, which rounds x to a 16-bit W's dtype), RoPE at the position,
 //                    k and v written into cache row length(), then attention_decode_cuda
 //                    (kernels/attention_decode.h) of the new query against rows [0, length()]. Returns logits [V].
@@ -21,7 +22,7 @@
 // rounded values, as the CPU's forward_step with a BF16 KvCache: that is the oracle of this mode. With flash the
 // prefill's numbers are the F32 cache's (flash rounds k and v to bf16 either way); the steps differ from F32 by the
 // rounding of K and V. Needs an even head_dim (all Qwen models).
-// Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 GEMV kernel; beyond, x is rounded to bf16 for
+// Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 product; beyond, x is rounded to bf16 for
 // the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
 // QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU; not for MoE models): the first step is captured as a CUDA
 // graph and every later one replays it (one launch instead of ~27 per layer): its k and v rows are stored at the

@@ -206,6 +206,30 @@ TEST(QwenDecodeCuda, Bf16ActivationsTakeTheTensorCoreProduct) {
   }
 }
 
+// QWENQ_DECODE_MMA_F32=1: the Q4 products of the steps and of a prefill up to 64 rows take the fp32 x split into
+// three bf16 pieces through the tensor-core decode kernel: still the fp32 product, so the CPU's logits within the
+// fp32 bound, with and without a graph; and they are not the bf16-activation logits.
+TEST(QwenDecodeCuda, ExactStepsOnTensorCoresAreTheCpuForwardStep) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv f32("QWENQ_DECODE_MMA_F32", "1");
+  const std::string tmp = test::scratch_dir();
+  const std::string src = random_model(tmp + "/src", "tiny", DType::F32);
+  const std::string gptq = quantized(src, QuantizeOptions::Method::Rtn, tmp + "/gptq");
+  const std::string nf4 = quantized(src, QuantizeOptions::Method::Nf4, tmp + "/nf4");
+  for (const auto& [dir, name] : {std::pair{gptq, "rtn-gptq g32, F32 split"}, std::pair{nf4, "nf4, F32 split"}}) {
+    expect_decode_matches_cpu(dir, 37, kFp32RelTol, kFp32RelTol, name);
+    {
+      const test::ScopedEnv graph("QWENQ_DECODE_GRAPH", "1");
+      expect_decode_matches_cpu(dir, 5, kFp32RelTol, kFp32RelTol, std::string(name) + ", graph steps");
+    }
+    const QwenModel cpu(dir);
+    const QwenModelCuda gpu(cpu);
+    QwenDecodeCuda exact(gpu, 8), rounded(gpu, 8, KvCacheDType::F32, /*bf16_activations=*/true);
+    const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+    EXPECT_NE(exact.prefill(prompt), rounded.prefill(prompt)) << name << ": the split rounded x to bf16";
+  }
+}
+
 // QWENQ_DECODE_GRAPH=1: every step after the first replays one CUDA graph (k/v rows stored at the device's position,
 // the decode attention sized for the whole cache): the CPU's logits within the same bounds, both cache dtypes, a
 // dense and a 4-bit model; and the steps really ran as a graph.

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "kernels/qgemm.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/scoped_env.h"
 #include "tests/support/test_errors.h"
 #include "tests/gpu/qgemm_cases.h"
 
@@ -148,6 +149,7 @@ TEST(QgemmCudaExact, IntegerInputsGiveTheCpuBitsExactly) {
 // differ within the summation-order tolerance: the H200 run of 2026-12-04 failed the dispatcher-level version).
 TEST(QgemmCudaExact, Fp32ActivationsAndDeterminism) {
   QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv f32("QWENQ_DECODE_MMA_F32", nullptr);  // the default: F32 on the FMA kernel
   const int64_t M = 3, K = 4864, N = 896;
   const Q4Layout q = make_layout(Src::Nf4Dq, K, N, 41);
   const Q4DeviceWeight dw(q);
@@ -316,7 +318,7 @@ TEST(QgemmDecodeMmaCudaExact, RowsPastMNeverReachTheOutput) {
 }
 
 // Layout groups that are neither a multiple of 32 nor all of K (GPTQ groups of 16; NF4 with K = 200, gcd 8) and
-// F32 activations are refused with a message naming the way out.
+// F16 activations are refused with a message naming the way out.
 TEST(QgemmDecodeMmaCudaExact, RefusesWhatItCannotRun) {
   QWENQ_REQUIRE_GPU();
   const Q4Layout g16 = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 64, 8, 16, false, 2));
@@ -330,7 +332,183 @@ TEST(QgemmDecodeMmaCudaExact, RefusesWhatItCannotRun) {
   expect_error([&] { qgemm_int4_decode_mma_cuda(dg.view(), x.get(), DType::BF16, 1, y.get()); },
                {"qgemm_int4_decode_mma_cuda", "needs a layout group that is a multiple of 32 or spans K, not 16",
                 "qgemm_int4_decode_cuda takes every weight"});
-  expect_error([&] { qgemm_int4_decode_mma_cuda(da.view(), xf.get(), DType::F32, 1, y.get()); }, "BF16");
+  expect_error([&] { qgemm_int4_decode_mma_cuda(da.view(), xf.get(), DType::F16, 1, y.get()); },
+               {"qgemm_int4_decode_mma_cuda", "must be F32 or BF16, not F16"});
+}
+
+// ---- F32 activations on the tensor cores: three bf16 pieces per value (kernels/bf16_split.h) -------------------
+// Oracle: the CPU twin on the same fp32 x (random fp32 values, most with bits past bf16's 8), the same tolerance:
+// the pieces sum to x exactly and each piece's product is exact, so only the order of the sums differs.
+
+std::vector<float> random_f32(int64_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> a(static_cast<size_t>(n));
+  for (float& v : a) v = rng.uniform(-1.0f, 1.0f);
+  return a;
+}
+
+std::vector<double> abs_sums_f32(const std::vector<float>& x, const std::vector<float>& W, int64_t M, int64_t K,
+                                 int64_t N) {
+  std::vector<double> s(static_cast<size_t>(M * N), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) s[m * N + n] += std::fabs(static_cast<double>(x[m * K + k]) * W[n * K + k]);
+  return s;
+}
+
+// y of the mma kernel on F32 x against the CPU twin, with guard values past y.
+void run_mma_f32_case(const Q4Layout& q, const Q4DeviceWeight& dw, const std::vector<float>& W, int64_t M,
+                      uint64_t seed, const std::string& what) {
+  SCOPED_TRACE(what + " M=" + std::to_string(M) + " F32");
+  const int64_t K = q.K, N = q.N;
+  const std::vector<float> x = random_f32(M * K, seed);
+  std::vector<float> want(static_cast<size_t>(M * N));
+  qgemm_int4_ref(q.view(), x.data(), DType::F32, M, want.data());
+  constexpr float kGuard = 12345.0f;
+  test::DeviceBuffer<float> gx(x), gy(std::vector<float>(static_cast<size_t>(M * N + 64), kGuard));
+  qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, gy.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> got = gy.download();
+  for (int64_t i = 0; i < 64; ++i) ASSERT_EQ(got[static_cast<size_t>(M * N + i)], kGuard) << "wrote past y";
+  got.resize(static_cast<size_t>(M * N));
+  expect_close(got, want, abs_sums_f32(x, W, M, K, N), K, "decode mma F32 " + what + " M=" + std::to_string(M));
+}
+
+class QgemmDecodeMmaF32Cuda : public ::testing::TestWithParam<Src> {};
+
+// M = 1 and 5 (3 and 15 kernel rows: one 16-row tile), 6 (18: two tiles), 21 and 22 (63 and 66 rows: four tiles,
+// then a second row block), 64 (192 rows); every real shape at M = 1 (and 5 below 50M weights), the awkward ones of
+// QgemmDecodeMmaCuda at every M.
+TEST_P(QgemmDecodeMmaF32Cuda, MatchesTheCpuTwin) {
+  QWENQ_REQUIRE_GPU();
+  const Src src = GetParam();
+  uint64_t seed = 23000 + 1000 * static_cast<uint64_t>(src);
+  for (const KN& s : kRealShapes) {
+    const bool huge = s.K * s.N > 50'000'000;
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : {1, 5}) {
+      if (huge && M > 1) continue;
+      run_mma_f32_case(q, dw, W, M, ++seed,
+                       std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
+      if (HasFatalFailure()) return;
+    }
+  }
+  for (const KN& s : std::vector<KN>{{64, 8}, {200, 24}, {1032, 264}, {4864, 72}}) {
+    if (!holds(src, s.K, s.N)) continue;
+    const Q4Layout q = make_layout(src, s.K, s.N, ++seed);
+    if (!qgemm_decode_mma_supports(q.view())) continue;  // NF4 at K = 200: blocks of 8
+    const Q4DeviceWeight dw(q);
+    const std::vector<float> W = q4_unpack(q.view());
+    for (int64_t M : {1, 2, 5, 6, 21, 22, 64}) {
+      run_mma_f32_case(q, dw, W, M, ++seed,
+                       std::string(src_name(src)) + " K=" + std::to_string(s.K) + " N=" + std::to_string(s.N));
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllSources, QgemmDecodeMmaF32Cuda,
+                         ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
+                         [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
+
+// Whole numbers of up to 10 bits (two nonzero pieces) against scales 2^-2..2^1 and |q − z| <= 16: over K = 128 every
+// partial sum is a multiple of 2^-2 below 2^22 (128·1023·16·2 < 2^22), so every sum is exact and gives the CPU's
+// bits, whichever split, row tile and piece each partial sum came from (a piece added to the wrong row shows), run
+// to run. Then the dispatcher: with QWENQ_DECODE_MMA_F32=1 it gives this kernel's bits for random fp32 x, without it
+// the FMA kernel's, and the two differ there.
+TEST(QgemmDecodeMmaCudaExact, Fp32IntegersGiveTheCpuBitsAndTheSwitchPicksTheKernel) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t K = 128, N = 520;
+  for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
+    const Q4Layout q = make_layout(src, K, N, 71, /*exact=*/true);
+    const Q4DeviceWeight dw(q);
+    for (int64_t M : {1, 5, 6, 22}) {
+      SCOPED_TRACE(std::string(src_name(src)) + " M=" + std::to_string(M));
+      Rng rng(72 + M);
+      std::vector<float> x(static_cast<size_t>(M * K));
+      for (float& v : x) v = static_cast<float>(static_cast<int>(rng.below(2047)) - 1023);
+      std::vector<float> want(static_cast<size_t>(M * N));
+      qgemm_int4_ref(q.view(), x.data(), DType::F32, M, want.data());
+      test::DeviceBuffer<float> gx(x), y1(M * N), y2(M * N);
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, y1.get());
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, y2.get());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(y1.download(), want);
+      EXPECT_EQ(y2.download(), y1.download()) << "two runs differ";
+    }
+  }
+  const int64_t M = 3, Kr = 3584, Nr = 512;
+  const Q4Layout q = make_layout(Src::Awq, Kr, Nr, 81);
+  const Q4DeviceWeight dw(q);
+  test::DeviceBuffer<float> gx(random_f32(M * Kr, 82)), mma(M * Nr), fma(M * Nr), picked(M * Nr);
+  qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, mma.get());
+  qgemm_int4_decode_cuda(dw.view(), gx.get(), DType::F32, M, fma.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_NE(mma.download(), fma.download()) << "the two kernels agree bit for bit: the switch test cannot tell";
+  {
+    const test::ScopedEnv on("QWENQ_DECODE_MMA_F32", "1");
+    qgemm_int4_cuda(dw.view(), gx.get(), DType::F32, M, picked.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(picked.download(), mma.download()) << "QWENQ_DECODE_MMA_F32=1: not the tensor-core kernel";
+  }
+  const test::ScopedEnv off("QWENQ_DECODE_MMA_F32", nullptr);
+  qgemm_int4_cuda(dw.view(), gx.get(), DType::F32, M, picked.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(picked.download(), fma.download()) << "by default F32 goes to the FMA kernel";
+}
+
+// The tolerance sees a lost piece: on a 7B k_proj shape, x rounded to bf16 (the h piece alone) puts outputs outside
+// the bound that the three pieces meet.
+TEST(QgemmDecodeMmaCudaExact, Fp32PiecesAreNotRoundedAway) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t M = 1, K = 3584, N = 512;
+  const Q4Layout q = make_layout(Src::GptqV1, K, N, 91);
+  const Q4DeviceWeight dw(q);
+  const std::vector<float> W = q4_unpack(q.view()), x = random_f32(M * K, 92);
+  std::vector<float> want(N), rounded(N), xr(x);
+  for (float& v : xr) v = bf16_round(v);
+  qgemm_int4_ref(q.view(), x.data(), DType::F32, M, want.data());
+  qgemm_int4_ref(q.view(), xr.data(), DType::F32, M, rounded.data());
+  test::DeviceBuffer<float> gx(x), gy(N);
+  qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, gy.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<float> got = gy.download();
+  const std::vector<double> sums = abs_sums_f32(x, W, M, K, N);
+  int outside_rounded = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const double tol = kQgemmGpuSumTol * kU * std::sqrt(static_cast<double>(K)) * sums[n];
+    outside_rounded += std::fabs(static_cast<double>(rounded[n]) - want[n]) > tol;
+  }
+  EXPECT_GT(outside_rounded, N / 4) << "bf16-rounded x stays within the tolerance: it cannot see a lost piece";
+  expect_close(got, want, sums, K, "decode mma F32 pieces");
+}
+
+// qgemm_split_x3_cuda is its CPU twin bit for bit: perm, padding, the edges (Inf, NaN, past bf16's range, tiny).
+TEST(QgemmSplitX3Cuda, IsTheCpuTwinBitForBit) {
+  QWENQ_REQUIRE_GPU();
+  struct Case { int64_t M, K, width; bool perm; };
+  for (const Case& c : {Case{1, 3584, 3584, false}, Case{5, 13, 16, true}, Case{64, 4864, 4864, true},
+                        Case{3, 200, 208, false}}) {
+    SCOPED_TRACE("M=" + std::to_string(c.M) + " K=" + std::to_string(c.K) + " width=" + std::to_string(c.width));
+    std::vector<float> x = random_f32(c.M * c.K, 100 + c.K);
+    const float edges[] = {INFINITY, -INFINITY, NAN, 3.4e38f, -3.4e38f, 1e-40f, -2.5e-35f, 0.0f, -0.0f};
+    for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]) && i < x.size(); ++i) x[i * 7 % x.size()] = edges[i];
+    std::vector<int32_t> perm(static_cast<size_t>(c.K));
+    for (int64_t k = 0; k < c.K; ++k) perm[k] = static_cast<int32_t>(c.K - 1 - k);
+    std::vector<uint16_t> want(static_cast<size_t>(3 * c.M * c.width));
+    qgemm_split_x3_ref(x.data(), c.M, c.K, c.perm ? perm.data() : nullptr, c.width, want.data());
+    test::DeviceBuffer<float> gx(x);
+    test::DeviceBuffer<int32_t> gp(perm);
+    test::DeviceBuffer<uint16_t> out(std::vector<uint16_t>(want.size() + 32, 0xABCD));
+    qgemm_split_x3_cuda(gx.get(), c.M, c.K, c.perm ? gp.get() : nullptr, c.width, out.get());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<uint16_t> got = out.download();
+    for (size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], 0xABCD) << "wrote past the output";
+    got.resize(want.size());
+    EXPECT_EQ(got, want);
+  }
 }
 
 TEST(QgemmCudaExact, RejectsBadArguments) {
