@@ -67,6 +67,10 @@ std::string qgemm_remark(bool cuda) {
     const int v = env_switch(sw.name);
     if (v < 0) continue;
     r += std::string("; ") + sw.name + "=" + (v == 1 ? "1" : "0");
+    if (cuda && v == 1 && std::string(sw.name) == "QWENQ_DECODE_MMA_F32" && !qgemm_decode_mma_enabled()) {
+      r += " ignored: QWENQ_DECODE_MMA=0 turns the tensor-core decode product off";
+      continue;
+    }
     r += cuda ? std::string(": ") + (v == 0 ? sw.off : sw.on) : std::string(" has no effect on the CPU");
   }
   return r;

@@ -95,11 +95,12 @@ struct DmParams {
   const uint32_t* qweight;  // [Kp/8, Np]
   const uint32_t* meta;     // [num_groups, Np]
   float* out;               // y [M, N] unless to_ws, else the workspace [splits, M, Np]
+                            // (M: the kernel's rows, 3 per activation row for F32 activations)
   int64_t M, N, Np, Kp, group, num_groups;
   int64_t rows_per_split;   // word-rows per blockIdx.y, a multiple of kDmRowsPerIt
   int x_pitch;              // 32-bit words per row-pair slot of x (≡ 4 mod 8: conflict-free 16-byte loads)
   int64_t meta_offset;      // bytes from the start of shared memory to the metas (16-byte aligned)
-  int x_rows;               // valid rows of x per block: min(M, 16·MT); x_pair_slots(x_rows) slots
+  int x_rows;               // valid rows of x per block: min(M, 16·MT) (M as above); x_pair_slots(x_rows) slots
   int meta_rows;            // shared rows of metas: the most groups one split touches
   int splits;
   int to_ws;                // 1: the results go to the workspace (more than one split, or F32 activations' pieces)
@@ -457,7 +458,6 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
-  QWENQ_CHECK(M <= (int64_t{1} << 40), fn << ": M=" << M << " is too large");
   const int64_t Mk = pieces ? 3 * M : M;  // the kernel's rows
   const int mt = Mk <= 16 ? 1 : (Mk <= 32 ? 2 : 4);
   const int64_t mtiles = ceil_div(Mk, 16 * mt);

@@ -208,9 +208,11 @@ TEST(QwenDecodeCuda, Bf16ActivationsTakeTheTensorCoreProduct) {
 
 // QWENQ_DECODE_MMA_F32=1: the Q4 products of the steps and of a prefill up to 64 rows take the fp32 x split into
 // three bf16 pieces through the tensor-core decode kernel: still the fp32 product, so the CPU's logits within the
-// fp32 bound, with and without a graph; and they are not the bf16-activation logits.
+// fp32 bound, with and without a graph; they are not the bf16-activation logits, and not the FMA kernel's bits (the
+// switch took effect: the environment is read at each product).
 TEST(QwenDecodeCuda, ExactStepsOnTensorCoresAreTheCpuForwardStep) {
   QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv mma("QWENQ_DECODE_MMA", nullptr);  // the F32 split needs the decode product on
   const test::ScopedEnv f32("QWENQ_DECODE_MMA_F32", "1");
   const std::string tmp = test::scratch_dir();
   const std::string src = random_model(tmp + "/src", "tiny", DType::F32);
@@ -226,7 +228,11 @@ TEST(QwenDecodeCuda, ExactStepsOnTensorCoresAreTheCpuForwardStep) {
     const QwenModelCuda gpu(cpu);
     QwenDecodeCuda exact(gpu, 8), rounded(gpu, 8, KvCacheDType::F32, /*bf16_activations=*/true);
     const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
-    EXPECT_NE(exact.prefill(prompt), rounded.prefill(prompt)) << name << ": the split rounded x to bf16";
+    const std::vector<float> split = exact.prefill(prompt);
+    EXPECT_NE(split, rounded.prefill(prompt)) << name << ": the split rounded x to bf16";
+    const test::ScopedEnv off("QWENQ_DECODE_MMA_F32", nullptr);
+    QwenDecodeCuda fma(gpu, 8);
+    EXPECT_NE(split, fma.prefill(prompt)) << name << ": the FMA kernel's bits: the switch did not take the split";
   }
 }
 

@@ -19,6 +19,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/bf16_split.h"
 #include "kernels/qgemm.h"
 #include "tests/gpu/gpu_test.h"
 #include "tests/support/scoped_env.h"
@@ -413,14 +414,14 @@ INSTANTIATE_TEST_SUITE_P(AllSources, QgemmDecodeMmaF32Cuda,
                          ::testing::Values(Src::GptqV1, Src::GptqV2ActOrder, Src::Awq, Src::Nf4Dq, Src::Fp4),
                          [](const ::testing::TestParamInfo<Src>& i) { return std::string(src_name(i.param)); });
 
-// Whole numbers of up to 10 bits (two nonzero pieces) against scales 2^-2..2^1 and |q − z| <= 16: over K = 128 every
-// partial sum is a multiple of 2^-2 below 2^22 (128·1023·16·2 < 2^22), so every sum is exact and gives the CPU's
+// Whole numbers of up to 9 bits (two nonzero pieces) against scales 2^-2..2^1 and |q − z| <= 15: over K = 256 every
+// partial sum is a multiple of 2^-2 below 2^22 (256·512·15·2 < 2^22), so every sum is exact and gives the CPU's
 // bits, whichever split, row tile and piece each partial sum came from (a piece added to the wrong row shows), run
 // to run. Then the dispatcher: with QWENQ_DECODE_MMA_F32=1 it gives this kernel's bits for random fp32 x, without it
 // the FMA kernel's, and the two differ there.
 TEST(QgemmDecodeMmaCudaExact, Fp32IntegersGiveTheCpuBitsAndTheSwitchPicksTheKernel) {
   QWENQ_REQUIRE_GPU();
-  const int64_t K = 128, N = 520;
+  const int64_t K = 256, N = 520;  // act-order: two groups, a real permutation
   for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
     const Q4Layout q = make_layout(src, K, N, 71, /*exact=*/true);
     const Q4DeviceWeight dw(q);
@@ -428,7 +429,7 @@ TEST(QgemmDecodeMmaCudaExact, Fp32IntegersGiveTheCpuBitsAndTheSwitchPicksTheKern
       SCOPED_TRACE(std::string(src_name(src)) + " M=" + std::to_string(M));
       Rng rng(72 + M);
       std::vector<float> x(static_cast<size_t>(M * K));
-      for (float& v : x) v = static_cast<float>(static_cast<int>(rng.below(2047)) - 1023);
+      for (float& v : x) v = static_cast<float>(static_cast<int>(rng.below(1023)) - 511);
       std::vector<float> want(static_cast<size_t>(M * N));
       qgemm_int4_ref(q.view(), x.data(), DType::F32, M, want.data());
       test::DeviceBuffer<float> gx(x), y1(M * N), y2(M * N);
@@ -439,6 +440,7 @@ TEST(QgemmDecodeMmaCudaExact, Fp32IntegersGiveTheCpuBitsAndTheSwitchPicksTheKern
       EXPECT_EQ(y2.download(), y1.download()) << "two runs differ";
     }
   }
+  const test::ScopedEnv mma_on("QWENQ_DECODE_MMA", nullptr);  // the F32 switch needs the decode product on
   const int64_t M = 3, Kr = 3584, Nr = 512;
   const Q4Layout q = make_layout(Src::Awq, Kr, Nr, 81);
   const Q4DeviceWeight dw(q);
@@ -459,7 +461,36 @@ TEST(QgemmDecodeMmaCudaExact, Fp32IntegersGiveTheCpuBitsAndTheSwitchPicksTheKern
   EXPECT_EQ(picked.download(), fma.download()) << "by default F32 goes to the FMA kernel";
 }
 
-// The tolerance sees a lost piece: on a 7B k_proj shape, x rounded to bf16 (the h piece alone) puts outputs outside
+// The third piece (l) is below any summation-order tolerance, so only an exact case sees it: one nonzero activation
+// per row, x = ±(2^19 + 2^11 + 2^3 + 1) (h = 2^19 + 2^12, m = −2040, l = 1: all three pieces nonzero), at a column
+// that moves with the row across the K splits (and, act-order, through the permutation). Each output is then one
+// product of at most 20 + 4 + 1 bits, exact on both sides, and each piece's partial sum is exact: the CPU's bits, or a
+// dropped, doubled or misplaced piece shows.
+TEST(QgemmDecodeMmaCudaExact, Fp32ThirdPieceReachesTheOutput) {
+  QWENQ_REQUIRE_GPU();
+  const int64_t K = 1024, N = 264;
+  const float big = 526345.0f;  // 2^19 + 2^11 + 2^3 + 1
+  uint16_t pieces[3];
+  split_bf16x3(big, pieces);
+  ASSERT_NE(pieces[2], 0) << "the value must need its third piece";
+  for (Src src : {Src::GptqV1, Src::GptqV2ActOrder, Src::Awq}) {
+    const Q4Layout q = make_layout(src, K, N, 95, /*exact=*/true);
+    const Q4DeviceWeight dw(q);
+    for (int64_t M : {1, 5, 22}) {
+      SCOPED_TRACE(std::string(src_name(src)) + " M=" + std::to_string(M));
+      std::vector<float> x(static_cast<size_t>(M * K), 0.0f);
+      for (int64_t m = 0; m < M; ++m) x[m * K + (m * 397 + 11) % K] = m % 2 ? -big : big;
+      std::vector<float> want(static_cast<size_t>(M * N));
+      qgemm_int4_ref(q.view(), x.data(), DType::F32, M, want.data());
+      test::DeviceBuffer<float> gx(x), gy(M * N);
+      qgemm_int4_decode_mma_cuda(dw.view(), gx.get(), DType::F32, M, gy.get());
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(gy.download(), want);
+    }
+  }
+}
+
+// The tolerance sees a lost second piece: on a 7B k_proj shape, x rounded to bf16 (the h piece alone) puts outputs outside
 // the bound that the three pieces meet.
 TEST(QgemmDecodeMmaCudaExact, Fp32PiecesAreNotRoundedAway) {
   QWENQ_REQUIRE_GPU();
