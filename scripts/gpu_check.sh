@@ -7,7 +7,7 @@
 #             CPU ones)                                                                          needs 60 s
 #   memcheck  compute-sanitizer memcheck over a small selection of each kernel family             needs 60 s
 #   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda,
-#             bench_kl_rows_cuda                                                                needs 90 s
+#             bench_kl_rows_cuda, bench_lora_cuda                                               needs 90 s
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start)                           needs 150 s
 #   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
@@ -65,7 +65,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQW
 # Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
 targets="qwen-quant qwen-qlora"
 { want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
-BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda}
+BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda,bench_lora_cuda}
 FILTER=${QWENQ_GPU_TEST_FILTER:-*}
 want bench && targets+=" ${BENCHES//,/ }"
 [ "$NCU_ONLY_BENCH" = 1 ] && targets+=" bench_qgemm_cuda"
@@ -162,6 +162,7 @@ if start bench 90; then
   run_bench bench_attention_decode_cuda
   run_bench bench_gptq_cuda --cpu none --reps 1
   run_bench bench_kl_rows_cuda
+  run_bench bench_lora_cuda
 fi
 
 # A full QLoRA training step against transformers + peft (issue 5's >= 2x tokens/s at <= 40% memory): at most
