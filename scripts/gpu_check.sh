@@ -136,6 +136,15 @@ if start tests 60; then
     log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_mma_sync.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_mma_sync.log" | tee -a "$OUT/summary.txt"
   fi
+  # The decode models with the exact product on tensor cores (QWENQ_DECODE_MMA_F32=1: fp32 activations in three bf16
+  # pieces; opt-in until it has run), the grouped decode attention and graph steps: the fast exact configuration.
+  if rt=$(rerun_time); then
+    QWENQ_DECODE_MMA_F32=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 timeout "$rt" stdbuf -oL -eL \
+      build-gpu/qwenq_gpu_tests --gtest_brief=1 --gtest_filter='QwenDecodeCuda.*:LoraInferenceCuda.*' \
+      > "$LOGS/gpu_tests_exact_fast.log" 2>&1
+    log "gpu tests with QWENQ_DECODE_MMA_F32=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_exact_fast.log" | tr '\n' ' '))"
+    grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_exact_fast.log" | tee -a "$OUT/summary.txt"
+  fi
 fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
