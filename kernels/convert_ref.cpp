@@ -24,6 +24,17 @@ void f32_to_bf16_ref(const float* x, int64_t n, uint16_t* y) {
   });
 }
 
+void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y, int64_t ld) {
+  QWENQ_CHECK(rows >= 0 && cols >= 0 && ld >= cols,
+              "f32_to_bf16_strided_ref: bad shape rows=" << rows << " cols=" << cols << " ld=" << ld);
+  if (rows == 0 || cols == 0) return;
+  QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_strided_ref: null pointer");
+  parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t c = 0; c < cols; ++c) y[r * ld + c] = f32_to_bf16(scale * x[r * cols + c]);
+  });
+}
+
 void bf16_to_f32_ref(const uint16_t* x, int64_t n, float* y) {
   QWENQ_CHECK(n >= 0, "bf16_to_f32_ref: negative size " << n);
   if (n == 0) return;

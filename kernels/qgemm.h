@@ -108,7 +108,28 @@ int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit);
 // The dense path's device scratch for one [N, Kp] weight, the larger of its two products: N·Kp bf16 (one piece), or
 // its pieces' buffers (forward: N x 8·chunk(Kp/8); transposed: chunk(N) x Kp; two of them when the cut makes more
 // than one piece). The memory plan's count.
-int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp);
+// ra > 0: the forward with a folded low-rank term of ra columns (qgemm_int4_dense_lowrank_cuda below), whose copy of Ŵ
+// (or each piece) has ra more columns.
+int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp, int64_t ra = 0);
+
+// A low-rank term folded into the dense forward's reduction (the GPU QLoRA trainer's adapted 4-bit Linears with
+// QWENQ_LORA_FOLD=1, opt-in until it has run on a GPU):
+//
+//   y[m, n] = Σ_{kk < Kp} xa[m, kk]·bf16(ŵ[n, kk]) + Σ_{j < rb} xa[m, Kp + j]·bf16(B[n, j])
+//
+// i.e. [x | a]·[Ŵ | B]ᵀ as one GEMM over Kp + ra columns, so the adapter's s·(x̃Aᵀ)Bᵀ (a = s·u) reaches y inside the
+// base product instead of a second pass that reads and writes y. xa: bf16 [M, Kp + ra] row-major, x in layout order
+// in columns [0, Kp) (zeros past K) and a in [Kp, Kp + ra) (zeros past rb); B: fp32 [N, rb] row-major (rb <= ra),
+// rounded to bf16 into the dense copy of Ŵ. Numerics: the dense path's (bf16 x and ŵ, fp32 sums) with a and B in bf16
+// too (as peft's bf16 autocast computes the adapter's branch). Needs a weight without act-order (perm null: xa is
+// not gathered), ra a multiple of 8, xa 16-byte aligned. With QWENQ_QGEMM_OVERLAP's pieces the term joins the last.
+bool qgemm_lora_fold_enabled();  // QWENQ_LORA_FOLD=1
+struct Q4LowRank {
+  int64_t ra = 0;            // columns of a in xa (a multiple of 8)
+  const float* B = nullptr;  // [N, rb] fp32
+  int64_t rb = 0;            // 1 <= rb <= ra
+};
+void qgemm_int4_dense_lowrank_ref(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y);
 
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
@@ -150,6 +171,8 @@ void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream = null
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream = nullptr);
 void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx,
                              void* stream = nullptr);
+void qgemm_int4_dense_lowrank_cuda(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y,
+                                   void* stream = nullptr);
 // The tensor-core kernels (kernels/qgemm_tc.cu): any M >= 1 (meant for M > 64), BF16 activations only (F32
 // throws), ŵ rounded to bf16. The act-order gather of x (forward) and any unaligned or K % 8 != 0 (N % 8 != 0
 // for dy) activation go through a bf16 staging copy on the stream first.

@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "kernels/blas_lt.h"
+#include "kernels/convert.h"
 #include "kernels/cuda_check.cuh"
 #include "kernels/qgemm.h"
 #include "kernels/qgemm_decode_common.cuh"
@@ -228,6 +229,58 @@ void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream) {
   launch_dequant(w, DqRegion{0, w.N, 0, w.Kp / 8, w.Kp}, out, static_cast<cudaStream_t>(stream));
 }
 
+namespace {
+
+// The low-rank term's columns of a dense copy: bf16(B) [N, rb] at dst (row stride ld), zeros in columns rb..ra.
+void put_lowrank(const Q4LowRank& lr, int64_t N, uint16_t* dst, int64_t ld, cudaStream_t s) {
+  f32_to_bf16_strided_cuda(lr.B, N, lr.rb, 1.f, dst, ld, s);
+  if (lr.rb < lr.ra) {
+    QWENQ_CUDA_CHECK(cudaMemset2DAsync(dst + lr.rb, static_cast<size_t>(ld) * 2, 0,
+                                       static_cast<size_t>(lr.ra - lr.rb) * 2, static_cast<size_t>(N), s));
+  }
+}
+
+// y = xa·Wbᵀ over Kp columns of xa (row stride lda), plus the low-rank term's ra columns after them when lr: the
+// forward of the two entry points below. Column-major: yᵀ [N, M] = op_T(Wb as k x N) · xaᵀ (k x M), as
+// linear_forward_cuda, k = Kp (+ ra); over chunks of K: yᵀ += op_T(Wb[:, k0:k1] as kc x N) · xaᵀ[k0:k1, :], the
+// low-rank columns appended to the last chunk (its buffer rows hold them after the chunk's Ŵ columns).
+void dense_forward(const Q4View& w, const uint16_t* xa, int64_t lda, int64_t M, float* y, const Q4LowRank* lr,
+                   cudaStream_t s) {
+  const int64_t ra = lr ? lr->ra : 0;
+  LtGemm g;
+  g.m = w.N, g.n = M, g.k = w.Kp + ra;
+  g.trans_a = true, g.trans_b = false;
+  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
+  g.lda = w.Kp + ra, g.ldb = lda, g.ldd = w.N;
+  const int64_t chunks = qgemm_dense_chunks(w.N, w.Kp);
+  if (chunks == 1) {
+    DeviceMemory wb(static_cast<size_t>(w.N * (w.Kp + ra)) * sizeof(uint16_t), s);
+    launch_dequant(w, DqRegion{0, w.N, 0, w.Kp / 8, w.Kp + ra}, wb.as<uint16_t>(), s);
+    if (lr) put_lowrank(*lr, w.N, wb.as<uint16_t>() + w.Kp, w.Kp + ra, s);
+    BlasLt::current().matmul(g, wb.get(), xa, y, nullptr, 1.f, s);
+    return;  // wb goes back to the pool in stream order, after the matmul
+  }
+  const int64_t R = w.Kp / 8;  // word-rows
+  const Cut cut(R, chunks, kDqWordRows);
+  const int64_t ldp = 8 * cut.chunk + ra;  // a piece buffer's row: its Ŵ columns (+ the low-rank ones in the last)
+  g.lda = ldp;
+  overlapped(cut.count, w.N * ldp, s,
+             [&](int64_t i, uint16_t* buf, cudaStream_t d) {
+               const int64_t r0 = i * cut.chunk, r1 = std::min(R, r0 + cut.chunk);
+               launch_dequant(w, DqRegion{0, w.N, r0, r1, ldp}, buf, d);
+               if (lr && i == cut.count - 1) put_lowrank(*lr, w.N, buf + 8 * (r1 - r0), ldp, d);
+             },
+             [&](int64_t i, uint16_t* buf) {
+               const int64_t r0 = i * cut.chunk, r1 = std::min(R, r0 + cut.chunk);
+               LtGemm c = g;
+               c.k = 8 * (r1 - r0) + (i == cut.count - 1 ? ra : 0);
+               c.accumulate = i > 0;
+               BlasLt::current().matmul(c, buf, xa + 8 * r0, y, nullptr, 1.f, s);
+             });
+}
+
+}  // namespace
+
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
   const char* fn = "qgemm_int4_dense_cuda";
   qgemm_tc_detail::check_tc_args(w, x, x_dtype, M, y, fn);
@@ -237,35 +290,20 @@ void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_
   int64_t lda = 0, width = 0;
   const uint16_t* xa = qgemm_tc_detail::maybe_stage(x, w.perm, M, w.K, &staged, &lda, &width, s, ctx);
   QWENQ_CHECK(width == w.Kp, fn << ": staged width " << width << " is not Kp=" << w.Kp << " (" << ctx << ")");
-  // Column-major: yᵀ [N, M] = op_T(Wb as Kp x N) · xᵀ (Kp x M), as linear_forward_cuda; over chunks of K:
-  // yᵀ += op_T(Wb[:, k0:k1] as kc x N) · xᵀ[k0:k1, :].
-  LtGemm g;
-  g.m = w.N, g.n = M, g.k = w.Kp;
-  g.trans_a = true, g.trans_b = false;
-  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
-  g.lda = w.Kp, g.ldb = lda, g.ldd = w.N;
-  const int64_t chunks = qgemm_dense_chunks(w.N, w.Kp);
-  if (chunks == 1) {
-    const DeviceMemory wb = dequantized(w, s);
-    BlasLt::current().matmul(g, wb.get(), xa, y, nullptr, 1.f, s);
-    return;  // wb and the staging copy go back to the pool in stream order, after the matmul
-  }
-  const int64_t R = w.Kp / 8;  // word-rows
-  const Cut cut(R, chunks, kDqWordRows);
-  g.lda = 8 * cut.chunk;
-  overlapped(cut.count, w.N * 8 * cut.chunk, s,
-             [&](int64_t i, uint16_t* buf, cudaStream_t d) {
-               launch_dequant(w, DqRegion{0, w.N, i * cut.chunk, std::min(R, (i + 1) * cut.chunk), 8 * cut.chunk},
-                              buf, d);
-             },
-             [&](int64_t i, uint16_t* buf) {
-               const int64_t r0 = i * cut.chunk, r1 = std::min(R, r0 + cut.chunk);
-               LtGemm c = g;
-               c.k = 8 * (r1 - r0);
-               c.accumulate = i > 0;
-               BlasLt::current().matmul(c, buf, xa + 8 * r0, y, nullptr, 1.f, s);
-             });
+  dense_forward(w, xa, lda, M, y, nullptr, s);
 }  // the staging copy goes back to the pool in stream order, after the last matmul
+
+void qgemm_int4_dense_lowrank_cuda(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y,
+                                   void* stream) {
+  const char* fn = "qgemm_int4_dense_lowrank_cuda";
+  qgemm_tc_detail::check_tc_args(w, xa, DType::BF16, M, y, fn);
+  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight has act-order (a permutation): xa would need the gather (K="
+                                    << w.K << " N=" << w.N << ")");
+  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra && lr.B != nullptr,
+              fn << ": ra=" << lr.ra << " must be a positive multiple of 8, rb=" << lr.rb << " in [1, ra], B not null");
+  QWENQ_CHECK(is_aligned(xa, 16), fn << ": xa must be 16-byte aligned (its rows are Kp + ra bf16 values)");
+  dense_forward(w, xa, w.Kp + lr.ra, M, y, &lr, static_cast<cudaStream_t>(stream));
+}
 
 void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, int64_t M, float* dx, void* stream) {
   const char* fn = "qgemm_int4_t_dense_cuda";

@@ -36,15 +36,19 @@ int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit) {
   return (per + unit - 1) / unit * unit;
 }
 
-int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp) {
+int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp, int64_t ra) {
   const int64_t chunks = qgemm_dense_chunks(N, Kp);
-  if (chunks == 1) return N * Kp * 2;
-  // bf16 buffers of one piece each: two when the cut makes more than one piece (the last may be shorter).
-  const auto held = [chunks](int64_t total, int64_t unit, int64_t piece_elems_per_unit) {
+  if (chunks == 1) return N * (Kp + ra) * 2;
+  // bf16 buffers of one piece each: two when the cut makes more than one piece (the last may be shorter); a
+  // forward piece has ra more columns when a low-rank term is folded in.
+  const auto held = [chunks](int64_t total, int64_t unit, int64_t per_unit, int64_t extra) {
     const int64_t piece = qgemm_dense_chunk(total, chunks, unit);
-    return (piece < total ? 2 : 1) * piece * piece_elems_per_unit * 2;
+    return (piece < total ? 2 : 1) * (piece * per_unit + extra) * 2;
   };
-  return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8), held(N, kQgemmDqCols, Kp));
+  return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8, N * ra), held(N, kQgemmDqCols, Kp, 0));
 }
+
+// Opt-in until it has run on a GPU.
+bool qgemm_lora_fold_enabled() { return env_switch("QWENQ_LORA_FOLD") == 1; }
 
 }  // namespace qwenq

@@ -85,6 +85,29 @@ void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out) {
   });
 }
 
+void qgemm_int4_dense_lowrank_ref(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y) {
+  const char* fn = "qgemm_int4_dense_lowrank_ref";
+  q4_check(w, fn);
+  QWENQ_CHECK(M >= 1 && xa != nullptr && y != nullptr && lr.B != nullptr,
+              fn << ": M=" << M << " must be at least 1 and no pointer null");
+  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight has act-order (a permutation): xa would need the gather");
+  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra,
+              fn << ": ra=" << lr.ra << " must be a positive multiple of 8 and rb=" << lr.rb << " in [1, ra]");
+  const int64_t ld = w.Kp + lr.ra;
+  std::vector<uint16_t> wb(static_cast<size_t>(w.N * w.Kp));
+  q4_dequantize_bf16_ref(w, wb.data());
+  parallel_for(w.N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t m = 0; m < M; ++m) {
+        const uint16_t* xr = xa + m * ld;
+        float acc = 0.0f;
+        for (int64_t kk = 0; kk < w.Kp; ++kk) acc += bf16_to_f32(xr[kk]) * bf16_to_f32(wb[n * w.Kp + kk]);
+        for (int64_t j = 0; j < lr.rb; ++j) acc += bf16_to_f32(xr[w.Kp + j]) * bf16_round(lr.B[n * lr.rb + j]);
+        y[m * w.N + n] = acc;
+      }
+  });
+}
+
 void qgemm_split_x3_ref(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out) {
   QWENQ_CHECK(x != nullptr && out != nullptr, "qgemm_split_x3_ref: null input or output");
   QWENQ_CHECK(M >= 1 && K >= 1 && width >= K,

@@ -119,12 +119,14 @@ if start tests 60; then
   # (QWENQ_DECODE_MMA=0; the default decode forward is on tensor cores) and the dense prefill path for every M > 64
   # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 512, above the model tests' token counts, which therefore
   # run the fused kernels above); and the grouped decode attention and the graph decode steps (QWENQ_DECODE_GROUPED=1,
-  # QWENQ_DECODE_GRAPH=1, opt-in until they have run).
+  # QWENQ_DECODE_GRAPH=1) and the trainer's adapter folded into its dense 4-bit products (QWENQ_LORA_FOLD=1: with
+  # QWENQ_QGEMM_DENSE=1 every adapted 4-bit Linear of a batch over 64 tokens), opt-in until they have run.
   if rt=$(rerun_time); then
-    QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+    QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_LORA_FOLD=1 timeout "$rt" \
+      stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
       > "$LOGS/gpu_tests_switched.log" 2>&1
-    log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
+    log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_LORA_FOLD=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_switched.log" | tee -a "$OUT/summary.txt"
   fi
   # The models again with the mma.sync kernels (QWENQ_WGMMA=0, kernels/cuda_check.h; the Hopper wgmma kernels are
@@ -150,7 +152,7 @@ fi
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
   timeout $(( $(left) - 30 )) stdbuf -oL -eL "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
-    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:QgemmSplitX3Cuda.*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert:GptqCudaDeviceH.*:GptqModelCuda.Bf16Replacements*:HessianCuda.MatchesTheCpuAccumulator:HessianCuda.Bf16InputsMatchTheCpuAccumulator:AwqModelCuda.RunnerBf16*' \
+    --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:QgemmSplitX3Cuda.*:LoraFoldCuda.*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert:GptqCudaDeviceH.*:GptqModelCuda.Bf16Replacements*:HessianCuda.MatchesTheCpuAccumulator:HessianCuda.Bf16InputsMatchTheCpuAccumulator:AwqModelCuda.RunnerBf16*' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"

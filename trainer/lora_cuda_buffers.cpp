@@ -4,10 +4,13 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "kernels/qgemm.h"
 #include "trainer/lora_model.h"
 #include "trainer/moe_block.h"
 
 namespace qwenq {
+
+int64_t lora_cuda_fold_cols(int64_t rank) { return qgemm_lora_fold_enabled() ? (rank + 7) / 8 * 8 : 0; }
 
 int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows) {
   const int64_t rows = max_rows > 0 ? max_rows : kLoraCudaLogitsChunkFloats / V;
@@ -174,7 +177,7 @@ std::vector<LoraCudaBuffer> lora_cuda_batch_buffers(const QwenConfig& c, int64_t
       {Id::Tokens, R::Forward, "the token ids", 1},
       {Id::Positions, R::Forward, "the positions", 1},
       {Id::Targets, R::Loss, "the targets", 1},
-      {Id::Act16, R::Forward, "the bf16 activations of the 4-bit Linears", b16(wide)},
+      {Id::Act16, R::Forward, "the bf16 activations of the 4-bit Linears", b16(wide + lora_cuda_fold_cols(r))},
   };
   v.insert(v.end(), tail.begin(), tail.end());
   if (flash) {

@@ -25,7 +25,8 @@
 //                u          7·r                         LoRA u = x Aᵀ of the seven Linears
 //                tokens     1                           token ids (int32)
 //                positions  1                           positions (int32)
-//                act16      ceil(W / 2)                 bf16 input of a 4-bit Linear (and bf16 dy of its backward)
+//                act16      ceil((W + F) / 2)           bf16 input of a 4-bit Linear (and bf16 dy of its backward); F =
+//                                                       lora_cuda_fold_cols(r): QWENQ_LORA_FOLD=1's s·u columns
 //                q16, k16   ceil(Q / 2), ceil(KV / 2)   bf16 copies for flash attention (flash head dims only)
 //                v16, a16   ceil(KV / 2), ceil(Q / 2)
 //   backward     d          C                           residual-stream gradient
@@ -117,6 +118,10 @@
 #include "trainer/qwen_config.h"
 
 namespace qwenq {
+
+// The columns QWENQ_LORA_FOLD=1 (kernels/qgemm.h) adds to act16 and to a folded Linear's dense copy of Ŵ: the rank
+// rounded up to a multiple of 8 (0 without the switch).
+int64_t lora_cuda_fold_cols(int64_t rank);
 
 // Logits per lm_head chunk of LoraModelCuda: 16 Mi floats (64 MiB; the CPU trainer's chunk too).
 constexpr int64_t kLoraCudaLogitsChunkFloats = int64_t{16} << 20;

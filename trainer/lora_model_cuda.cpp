@@ -415,10 +415,12 @@ struct LoraModelCuda::Impl {
     float* scratch = nullptr;
     float* z = nullptr;
     float* v = nullptr;
+    bool own = false;  // a layer's own Linear (not an expert's): the forward may fold the adapter in (folded_fwd)
   };
   // Linear t of layer l (a layer's own: attention, or a dense MLP).
   Lin layer_lin(int64_t l, int t, int64_t T) {
     Lin f{&layer_linear(base->device_layer(l), t), slot(l, t), dropout_key(drop_seed, l, t), u_of(t, T), scratch()};
+    f.own = true;
     if (f.sl != nullptr && f.sl->m_off >= 0) {
       f.z = dora_z.as<float>() + T * dora_col[t];
       f.v = dora_v.as<float>() + T * dora_col[t];
@@ -448,6 +450,7 @@ struct LoraModelCuda::Impl {
   // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout). DoRA: dora_fwd.
   void lin_fwd(const Lin& f, const float* x, int64_t T, float* y) {
     if (f.sl != nullptr && f.sl->m_off >= 0) return dora_fwd(f, x, T, y);
+    if (f.sl != nullptr && f.own && folded_fwd(f, x, T, y)) return;
     base_forward(*f.L, x, T, y);
     const Slot* sl = f.sl;
     if (sl == nullptr) return;
@@ -458,6 +461,39 @@ struct LoraModelCuda::Impl {
     lora_forward_cuda(xin, T, sl->K, A, B, sl->r, sl->N, s, y, f.u, st());  // u = x̃ Aᵀ; y += s · u Bᵀ
   }
   void linear_fwd(int64_t l, int t, const float* x, int64_t T, float* y) { lin_fwd(layer_lin(l, t, T), x, T, y); }
+
+  // QWENQ_LORA_FOLD=1 (kernels/qgemm.h; opt-in until it has run on a GPU): an adapted 4-bit Linear whose T-row product
+  // takes the dense path, without act-order, gets the adapter's output inside its base product, [x | s·u]·[Ŵ | B]ᵀ
+  // over K + ra columns (qgemm_int4_dense_lowrank_cuda), instead of y += s·u Bᵀ reading and writing y once more. u =
+  // x̃ Aᵀ stays fp32 (the backward's); s·u and B are rounded to bf16 for the product, as peft's bf16 autocast rounds
+  // the branch. x [T, K] and s·u [T, r] go into act16 at row stride K + ra (ra = r rounded up to 8, zeros between):
+  // the buffer table gives act16 those columns when the switch is set. False (nothing queued) where it does not
+  // apply; also when act16 was sized before the switch was set.
+  bool folded_fwd(const Lin& f, const float* x, int64_t T, float* y) {
+    const QwenDeviceLinear& L = *f.L;
+    const Slot& sl = *f.sl;
+    if (!L.q4 || !qgemm_lora_fold_enabled() || !qgemm_dense_for(T) || L.q4->perm != nullptr || L.q4->Kp != L.K)
+      return false;
+    const int64_t ra = lora_cuda_fold_cols(sl.r), ld = L.K + ra;
+    if (act16.bytes() < static_cast<size_t>(T * ld) * sizeof(uint16_t)) return false;
+    {
+      const Phase ph(this, StepPhase::Lora);
+      const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl.K) : x;
+      lora_project_cuda(xin, T, sl.K, params.as<float>() + sl.a_off, sl.r, f.u, st());  // u = x̃ Aᵀ
+    }
+    const Phase ph(this, StepPhase::Base);
+    uint16_t* xa = act16.as<uint16_t>();
+    f32_to_bf16_strided_cuda(x, T, L.K, 1.f, xa, ld, st());
+    f32_to_bf16_strided_cuda(f.u, T, sl.r, s, xa + L.K, ld, st());
+    if (ra > sl.r) {
+      QWENQ_CUDA_CHECK(cudaMemset2DAsync(xa + L.K + sl.r, static_cast<size_t>(ld) * sizeof(uint16_t), 0,
+                                         static_cast<size_t>(ra - sl.r) * sizeof(uint16_t), static_cast<size_t>(T),
+                                         st()));
+    }
+    qgemm_int4_dense_lowrank_cuda(*L.q4, xa, Q4LowRank{ra, params.as<float>() + sl.b_off, sl.r}, T, y, st());
+    if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
+    return true;
+  }
 
   // The recomputation of a Linear whose output nothing reads (the dense MLP's down projection, whose output only
   // fed the residual): u = x̃ Aᵀ alone (lora_project_cuda, the bits lin_fwd keeps), no base product; nothing for an

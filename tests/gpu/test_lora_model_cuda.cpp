@@ -67,6 +67,7 @@
 #include "kernels/loss.h"
 #include "kernels/optim.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/scoped_env.h"
 #include "tests/gpu/gpu_test_models.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -645,6 +646,34 @@ TEST(LoraModelCuda, DeviceBytesAreThePlan) {
   expect_device_bytes_are_the_plan(moe, "tiny-moe-shared F32 (shared expert)");
   const std::string moe_q4 = quantize_rtn_gptq(test::make_random_model(tmp + "/moe3", "tiny-moe", DType::BF16, 60));
   expect_device_bytes_are_the_plan(moe_q4, "tiny-moe rtn-gptq 4-bit (a dense layer among MoE layers)");
+}
+
+// QWENQ_LORA_FOLD=1 (kernels/qgemm.h) with the dense 4-bit path for every M > 64 (QWENQ_QGEMM_DENSE=1): the
+// 165-token batch's adapted Linears fold the adapter into the base product ([x | s·u]·[Ŵ | B]ᵀ, s·u and B in bf16).
+// The step is still the CPU's within the bf16 tolerances, with and without dropout; its loss is not the unfolded
+// step's bits (the fold ran) but within the bf16 loss tolerance of it; the device bytes are still the plan's (act16
+// and the dense copy of Ŵ have the adapter's columns on both sides).
+TEST(LoraModelCuda, FoldedAdapterIsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv dense("QWENQ_QGEMM_DENSE", "1"), fold("QWENQ_LORA_FOLD", "1");
+  const std::string tmp = test::scratch_dir();
+  const std::string tok = tiny_random(tmp + "/tok", DType::F32);
+  const std::string q4 = quantize_rtn_gptq(write_d64_model(tmp + "/qwen2", kGpuQwen2Bias, DType::BF16, 44, tok));
+  expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, folded");
+  expect_step_matches_cpu(q4, kBf16LossRelTol, kBf16GradRelTol, "rtn-gptq 4-bit D=64, folded, dropout 0.1", 0.1);
+  expect_device_bytes_are_the_plan(q4, "rtn-gptq 4-bit D=64, folded");
+  const QwenModel cpu(q4);
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({100, 65}, cpu.config().vocab_size, 97);
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraStepOptions so;
+  LoraModelCuda folded(cpu, adapter);
+  const double with_fold = folded.loss_and_grad(b, targets, so).nll_sum;
+  const test::ScopedEnv off("QWENQ_LORA_FOLD", nullptr);
+  LoraModelCuda plain(cpu, adapter);
+  const double without = plain.loss_and_grad(b, targets, so).nll_sum;
+  EXPECT_NE(with_fold, without) << "QWENQ_LORA_FOLD=1 changed no bit of the loss: the fold did not run";
+  EXPECT_NEAR(with_fold, without, kBf16LossRelTol * std::fabs(without));
 }
 
 // --profile (trainer/step_profile.h): two trainers on the same 4-bit model, one profiled; the profile changes no

@@ -1,0 +1,166 @@
+// QWENQ_LORA_FOLD=1's pieces on the CPU (kernels/qgemm.h, kernels/convert.h, trainer/lora_cuda_buffers.h):
+//   - f32_to_bf16_strided_ref: each written element is core/dtype.h's f32_to_bf16 of scale·x (one fp32 product), the
+//     columns past cols are not touched;
+//   - qgemm_int4_dense_lowrank_ref against the same sum in double over the unpacked weight rounded to bf16 and B
+//     rounded to bf16, within the summation-order tolerance of tests/test_qgemm_ref.cpp (8·u·sqrt(L)·Σ|a·w|); the
+//     columns of xa past rb are not read; act-order and bad ranks are refused;
+//   - the memory the fold adds: qgemm_dense_scratch_bytes' ra columns, lora_cuda_fold_cols, act16's width in the
+//     trainer's buffer table.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "kernels/convert.h"
+#include "kernels/qgemm.h"
+#include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
+#include "tests/support/scoped_env.h"
+#include "tests/support/test_errors.h"
+#include "trainer/lora_cuda_buffers.h"
+#include "trainer/qwen_config.h"
+
+namespace qwenq {
+namespace {
+
+constexpr double kSumTol = 8.0;  // multiples of u·sqrt(L)·Σ|a·w|
+constexpr double kU = 1.0 / 16777216.0;
+
+TEST(LoraFold, StridedConversionRoundsScaleTimesX) {
+  const int64_t rows = 5, cols = 7, ld = 12;
+  Rng rng(3);
+  std::vector<float> x(rows * cols);
+  for (float& v : x) v = rng.uniform(-3.0f, 3.0f);
+  x[4] = 1.00390625f;  // 1 + 2^-8: a tie for bf16 at scale 1
+  for (const float scale : {1.0f, 2.0f, 0.3f}) {
+    std::vector<uint16_t> y(static_cast<size_t>(rows * ld), 0xABCD);
+    f32_to_bf16_strided_ref(x.data(), rows, cols, scale, y.data(), ld);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < ld; ++c) {
+        const uint16_t want = c < cols ? f32_to_bf16(scale * x[r * cols + c]) : uint16_t{0xABCD};
+        ASSERT_EQ(y[r * ld + c], want) << "scale " << scale << " row " << r << " col " << c;
+      }
+  }
+  std::vector<uint16_t> y(64);
+  test::expect_error([&] { f32_to_bf16_strided_ref(x.data(), rows, cols, 1.f, y.data(), cols - 1); },
+                     {"f32_to_bf16_strided_ref", "ld=6"});
+}
+
+// y = Σ_kk bf16(x)·bf16(ŵ) + Σ_j a·bf16(B) in double, over the layout's dequantized weight.
+std::vector<double> lowrank_double(const Q4Layout& q, const std::vector<uint16_t>& xa, int64_t ra, const std::vector<float>& B,
+                                   int64_t rb, int64_t M, std::vector<double>* abs_sum) {
+  std::vector<uint16_t> wb(static_cast<size_t>(q.N * q.Kp));
+  q4_dequantize_bf16_ref(q.view(), wb.data());
+  const int64_t ld = q.Kp + ra;
+  std::vector<double> y(static_cast<size_t>(M * q.N), 0.0);
+  abs_sum->assign(y.size(), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < q.N; ++n) {
+      double acc = 0, mag = 0;
+      for (int64_t kk = 0; kk < q.Kp; ++kk) {
+        const double t = static_cast<double>(bf16_to_f32(xa[m * ld + kk])) * bf16_to_f32(wb[n * q.Kp + kk]);
+        acc += t, mag += std::fabs(t);
+      }
+      for (int64_t j = 0; j < rb; ++j) {
+        const double t = static_cast<double>(bf16_to_f32(xa[m * ld + q.Kp + j])) * bf16_round(B[n * rb + j]);
+        acc += t, mag += std::fabs(t);
+      }
+      y[m * q.N + n] = acc;
+      (*abs_sum)[m * q.N + n] = mag;
+    }
+  return y;
+}
+
+TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
+  struct Case {
+    const char* name;
+    Q4Layout q;
+    int64_t ra, rb;
+  };
+  const std::vector<Case> cases = {
+      {"gptq r16", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 40, 128, false, 7)), 16, 16},
+      {"awq r13", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 192, 24, 64, false, 8)), 16, 13},
+      {"nf4 r4", q4_from_nf4(q4_synthetic_nf4(17, 128, false, 64, true, 9), 17, 128), 8, 4}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int64_t M = 3, ld = c.q.Kp + c.ra;
+    Rng rng(21);
+    std::vector<uint16_t> xa(static_cast<size_t>(M * ld));
+    for (uint16_t& v : xa) v = f32_to_bf16(rng.uniform(-1.0f, 1.0f));  // nonzero past rb too: must not be read
+    std::vector<float> B(static_cast<size_t>(c.q.N * c.rb));
+    for (float& v : B) v = rng.uniform(-0.5f, 0.5f);
+    std::vector<float> y(static_cast<size_t>(M * c.q.N));
+    qgemm_int4_dense_lowrank_ref(c.q.view(), xa.data(), Q4LowRank{c.ra, B.data(), c.rb}, M, y.data());
+    std::vector<double> mag;
+    const std::vector<double> want = lowrank_double(c.q, xa, c.ra, B, c.rb, M, &mag);
+    double worst = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double tol = kSumTol * kU * std::sqrt(static_cast<double>(c.q.Kp + c.rb)) * mag[i];
+      worst = std::max(worst, std::fabs(y[i] - want[i]) / tol);
+    }
+    EXPECT_LE(worst, 1.0) << "outside the summation-order tolerance";
+    // The term matters: without it the outputs move by far more than the tolerance.
+    std::vector<float> zero_b(B.size(), 0.0f), y0(y.size());
+    qgemm_int4_dense_lowrank_ref(c.q.view(), xa.data(), Q4LowRank{c.ra, zero_b.data(), c.rb}, M, y0.data());
+    double moved = 0;
+    for (size_t i = 0; i < y.size(); ++i) moved = std::max(moved, static_cast<double>(std::fabs(y[i] - y0[i])));
+    EXPECT_GT(moved, 1e-3);
+  }
+  const Q4Layout act = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV2, 256, 8, 128, true, 3));
+  const Q4Layout plain = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 8, 128, false, 3));
+  std::vector<uint16_t> xa(static_cast<size_t>(2 * (256 + 16)));
+  std::vector<float> B(8 * 16), y(16);
+  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(act.view(), xa.data(), Q4LowRank{16, B.data(), 16}, 2, y.data()); },
+                     {"qgemm_int4_dense_lowrank_ref", "act-order"});
+  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(plain.view(), xa.data(), Q4LowRank{12, B.data(), 12}, 2, y.data()); },
+                     {"ra=12", "multiple of 8"});
+  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(plain.view(), xa.data(), Q4LowRank{8, B.data(), 9}, 2, y.data()); },
+                     "rb=9");
+}
+
+// The memory the fold adds, with and without the switch and the overlap's pieces.
+TEST(LoraFold, TheScratchAndAct16CountTheAdapterColumns) {
+  const test::ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", nullptr);
+  EXPECT_EQ(qgemm_dense_scratch_bytes(512, 3584, 16), 512 * (3584 + 16) * 2);
+  EXPECT_EQ(qgemm_dense_scratch_bytes(512, 3584), 512 * 3584 * 2);
+  {
+    const test::ScopedEnv on("QWENQ_QGEMM_OVERLAP", "1");
+    // 18944 x 3584: four pieces along K (3584 / 8 = 448 word-rows, pieces of 128): two buffers of N·(8·128 + ra).
+    EXPECT_EQ(qgemm_dense_scratch_bytes(18944, 3584, 16), std::max<int64_t>(2 * (18944 * 8 * 128 + 18944 * 16) * 2,
+                                                                          qgemm_dense_scratch_bytes(18944, 3584)));
+    EXPECT_GT(qgemm_dense_scratch_bytes(18944, 3584, 16), qgemm_dense_scratch_bytes(18944, 3584));
+  }
+  QwenConfig c;
+  c.hidden_size = 256;
+  c.intermediate_size = 688;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 64;
+  c.num_layers = 2;
+  c.vocab_size = 320;
+  const auto act16_words = [&](int64_t r) {
+    for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, true, true, false))
+      if (b.id == LoraCudaBufferId::Act16) return b.words;
+    return int64_t{-1};
+  };
+  {
+    const test::ScopedEnv off("QWENQ_LORA_FOLD", nullptr);
+    EXPECT_FALSE(qgemm_lora_fold_enabled());
+    EXPECT_EQ(lora_cuda_fold_cols(13), 0);
+    EXPECT_EQ(act16_words(13), 688 / 2);
+  }
+  const test::ScopedEnv on("QWENQ_LORA_FOLD", "1");
+  EXPECT_TRUE(qgemm_lora_fold_enabled());
+  EXPECT_EQ(lora_cuda_fold_cols(13), 16);
+  EXPECT_EQ(lora_cuda_fold_cols(16), 16);
+  EXPECT_EQ(lora_cuda_fold_cols(64), 64);
+  EXPECT_EQ(act16_words(13), (688 + 16) / 2);
+}
+
+}  // namespace
+}  // namespace qwenq
