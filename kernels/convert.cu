@@ -77,6 +77,10 @@ __global__ void f32_to_bf16_kernel(const float* x, int64_t n, bool vec, uint16_t
   for (int64_t i = from + thread_index(); i < n; i += grid_stride()) y[i] = f32_to_bf16_bits(x[i]);
 }
 
+// scale·v, except a NaN stays itself: the GPU's multiply returns the canonical NaN 0x7fffffff whatever the input's
+// payload, the host's keeps it, and the twins must agree bit for bit (f32_to_bf16_bits then quiets it).
+__device__ __forceinline__ float scaled(float scale, float v) { return v != v ? v : scale * v; }
+
 // A block per row (grid-stride over rows), the threads across its columns: 4 at a time (float4 in, 8 bytes out) when
 // `vec` (cols and ld multiples of 4, x 16-byte and y 8-byte aligned), else one.
 __global__ void f32_to_bf16_strided_kernel(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y,
@@ -87,11 +91,11 @@ __global__ void f32_to_bf16_strided_kernel(const float* x, int64_t rows, int64_t
     if (vec) {
       for (int64_t c = 4 * static_cast<int64_t>(threadIdx.x); c < cols; c += 4 * static_cast<int64_t>(blockDim.x)) {
         const float4 v = *reinterpret_cast<const float4*>(xr + c);
-        *reinterpret_cast<uint2*>(yr + c) =
-            make_uint2(bf16_pair(scale * v.x, scale * v.y), bf16_pair(scale * v.z, scale * v.w));
+        *reinterpret_cast<uint2*>(yr + c) = make_uint2(bf16_pair(scaled(scale, v.x), scaled(scale, v.y)),
+                                                       bf16_pair(scaled(scale, v.z), scaled(scale, v.w)));
       }
     } else {
-      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = f32_to_bf16_bits(scale * xr[c]);
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = f32_to_bf16_bits(scaled(scale, xr[c]));
     }
   }
 }

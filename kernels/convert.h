@@ -3,8 +3,8 @@
 //   f32_to_bf16    y[i] = bf16(x[i])        round to nearest, ties to even, NaN kept a quiet NaN: core/dtype.h's
 //                                          f32_to_bf16 bit for bit (what torch's .to(torch.bfloat16) does)
 //   f32_to_bf16_strided  y[r·ld + c] = bf16(scale·x[r·cols + c])   rows of x into the first cols columns of a
-//                                          wider bf16 matrix (scale·x one fp32 product, then f32_to_bf16); the
-//                                          other columns of y are not touched
+//                                          wider bf16 matrix (scale·x one fp32 product, a NaN taken as it is, then
+//                                          f32_to_bf16); the other columns of y are not touched
 //   bf16_to_f32    y[i] = fp32(x[i])        exact (a bf16 is the top half of an fp32)
 //   embedding_gather  out[t, :] = fp32(table[tokens[t], :])   table [V, C] in F32, BF16 or F16; exact widening
 //   add_inplace    y[i] += x[i]             fp32 (the residual stream: x = x + sublayer(x))

@@ -31,7 +31,10 @@ void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, float s
   QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_strided_ref: null pointer");
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
-      for (int64_t c = 0; c < cols; ++c) y[r * ld + c] = f32_to_bf16(scale * x[r * cols + c]);
+      for (int64_t c = 0; c < cols; ++c) {
+        const float v = x[r * cols + c];
+        y[r * ld + c] = f32_to_bf16(v != v ? v : scale * v);  // a NaN as itself (the CUDA twin's rule)
+      }
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -46,14 +47,21 @@ TEST(LoraFold, StridedConversionRoundsScaleTimesX) {
         ASSERT_EQ(y[r * ld + c], want) << "scale " << scale << " row " << r << " col " << c;
       }
   }
+  // A NaN is taken as it is, not multiplied (a GPU multiply would drop its payload): quieted, payload kept.
+  uint32_t bits = 0x7F812345u;
+  float nan;
+  std::memcpy(&nan, &bits, 4);
+  uint16_t one = 0;
+  f32_to_bf16_strided_ref(&nan, 1, 1, 2.0f, &one, 1);
+  EXPECT_EQ(one, 0x7FC1);
   std::vector<uint16_t> y(64);
   test::expect_error([&] { f32_to_bf16_strided_ref(x.data(), rows, cols, 1.f, y.data(), cols - 1); },
                      {"f32_to_bf16_strided_ref", "ld=6"});
 }
 
 // y = Σ_kk bf16(x)·bf16(ŵ) + Σ_j a·bf16(B) in double, over the layout's dequantized weight.
-std::vector<double> lowrank_double(const Q4Layout& q, const std::vector<uint16_t>& xa, int64_t ra, const std::vector<float>& B,
-                                   int64_t rb, int64_t M, std::vector<double>* abs_sum) {
+std::vector<double> lowrank_double(const Q4Layout& q, const std::vector<uint16_t>& xa, int64_t ra,
+                                   const std::vector<float>& B, int64_t rb, int64_t M, std::vector<double>* abs_sum) {
   std::vector<uint16_t> wb(static_cast<size_t>(q.N * q.Kp));
   q4_dequantize_bf16_ref(q.view(), wb.data());
   const int64_t ld = q.Kp + ra;
@@ -115,12 +123,14 @@ TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
   const Q4Layout plain = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 8, 128, false, 3));
   std::vector<uint16_t> xa(static_cast<size_t>(2 * (256 + 16)));
   std::vector<float> B(8 * 16), y(16);
-  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(act.view(), xa.data(), Q4LowRank{16, B.data(), 16}, 2, y.data()); },
-                     {"qgemm_int4_dense_lowrank_ref", "act-order"});
-  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(plain.view(), xa.data(), Q4LowRank{12, B.data(), 12}, 2, y.data()); },
-                     {"ra=12", "multiple of 8"});
-  test::expect_error([&] { qgemm_int4_dense_lowrank_ref(plain.view(), xa.data(), Q4LowRank{8, B.data(), 9}, 2, y.data()); },
-                     "rb=9");
+  const auto call = [&](const Q4Layout& q, int64_t ra, int64_t rb) {
+    return [&q, &xa, &B, &y, ra, rb] {
+      qgemm_int4_dense_lowrank_ref(q.view(), xa.data(), Q4LowRank{ra, B.data(), rb}, 2, y.data());
+    };
+  };
+  test::expect_error(call(act, 16, 16), {"qgemm_int4_dense_lowrank_ref", "act-order"});
+  test::expect_error(call(plain, 12, 12), {"ra=12", "multiple of 8"});
+  test::expect_error(call(plain, 8, 9), "rb=9");
 }
 
 // The memory the fold adds, with and without the switch and the overlap's pieces.
