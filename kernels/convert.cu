@@ -82,9 +82,9 @@ __global__ void f32_to_bf16_kernel(const float* x, int64_t n, bool vec, uint16_t
 __device__ __forceinline__ float scaled(float scale, float v) { return v != v ? v : scale * v; }
 
 // A block per row (grid-stride over rows), the threads across its columns: 4 at a time (float4 in, 8 bytes out) when
-// `vec` (cols and ld multiples of 4, x 16-byte and y 8-byte aligned), else one.
-__global__ void f32_to_bf16_strided_kernel(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y,
-                                           int64_t ld, bool vec) {
+// `vec` (cols and ld multiples of 4, x 16-byte and y 8-byte aligned), else one; then zeros in [cols, padded).
+__global__ void f32_to_bf16_strided_kernel(const float* x, int64_t rows, int64_t cols, int64_t padded, float scale,
+                                           uint16_t* y, int64_t ld, bool vec) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const float* xr = x + r * cols;
     uint16_t* yr = y + r * ld;
@@ -97,6 +97,7 @@ __global__ void f32_to_bf16_strided_kernel(const float* x, int64_t rows, int64_t
     } else {
       for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) yr[c] = f32_to_bf16_bits(scaled(scale, xr[c]));
     }
+    for (int64_t c = cols + threadIdx.x; c < padded; c += blockDim.x) yr[c] = 0;
   }
 }
 
@@ -173,15 +174,18 @@ void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream)
   QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_cuda n=" << n);
 }
 
-void f32_to_bf16_strided_cuda(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y, int64_t ld,
-                              CudaStream stream) {
-  QWENQ_CHECK(rows >= 0 && cols >= 0 && ld >= cols,
-              "f32_to_bf16_strided_cuda: bad shape rows=" << rows << " cols=" << cols << " ld=" << ld);
-  if (rows == 0 || cols == 0) return;
+void f32_to_bf16_strided_cuda(const float* x, int64_t rows, int64_t cols, int64_t padded, float scale, uint16_t* y,
+                              int64_t ld, CudaStream stream) {
+  QWENQ_CHECK(rows >= 0 && cols >= 0 && padded >= cols && ld >= padded,
+              "f32_to_bf16_strided_cuda: bad shape rows=" << rows << " cols=" << cols << " padded=" << padded
+                                                          << " ld=" << ld);
+  if (rows == 0 || padded == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_strided_cuda: null pointer");
   const bool vec = cols % 4 == 0 && ld % 4 == 0 && is_aligned(x, 16) && is_aligned(y, 8);
-  f32_to_bf16_strided_kernel<<<blocks_for(rows * kThreads), kThreads, 0, stream>>>(x, rows, cols, scale, y, ld, vec);
-  QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_strided_cuda rows=" << rows << " cols=" << cols << " ld=" << ld);
+  f32_to_bf16_strided_kernel<<<blocks_for(rows * kThreads), kThreads, 0, stream>>>(x, rows, cols, padded, scale, y,
+                                                                                    ld, vec);
+  QWENQ_CUDA_CHECK_LAUNCH("f32_to_bf16_strided_cuda rows=" << rows << " cols=" << cols << " padded=" << padded
+                                                           << " ld=" << ld);
 }
 
 void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream) {

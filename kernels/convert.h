@@ -4,7 +4,8 @@
 //                                          f32_to_bf16 bit for bit (what torch's .to(torch.bfloat16) does)
 //   f32_to_bf16_strided  y[r·ld + c] = bf16(scale·x[r·cols + c])   rows of x into the first cols columns of a
 //                                          wider bf16 matrix (scale·x one fp32 product, a NaN taken as it is, then
-//                                          f32_to_bf16); the other columns of y are not touched
+//                                          f32_to_bf16), +0 in columns [cols, padded); the columns from padded on are
+//                                          not touched
 //   bf16_to_f32    y[i] = fp32(x[i])        exact (a bf16 is the top half of an fp32)
 //   embedding_gather  out[t, :] = fp32(table[tokens[t], :])   table [V, C] in F32, BF16 or F16; exact widening
 //   add_inplace    y[i] += x[i]             fp32 (the residual stream: x = x + sublayer(x))
@@ -27,8 +28,9 @@ namespace qwenq {
 void f32_to_bf16_ref(const float* x, int64_t n, uint16_t* y);
 // x: [n] bf16 bits, y: [n] fp32. Must not overlap.
 void bf16_to_f32_ref(const uint16_t* x, int64_t n, float* y);
-// x: [rows, cols] fp32; y: rows of ld >= cols bf16 values, columns [0, cols) written. Must not overlap.
-void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y, int64_t ld);
+// x: [rows, cols] fp32; y: rows of ld >= padded >= cols bf16 values, columns [0, padded) written. Must not overlap.
+void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, int64_t padded, float scale, uint16_t* y,
+                             int64_t ld);
 
 // table: [V, C] in `dtype` (F32, BF16 or F16); tokens: [T]; out: [T, C] fp32. Every token id must be in [0, V):
 // the error names the first one that is not and its position.
@@ -56,8 +58,8 @@ namespace qwenq {
 // argument checks are the refs' and throw before anything is queued). Grid-stride elementwise kernels.
 void f32_to_bf16_cuda(const float* x, int64_t n, uint16_t* y, CudaStream stream = nullptr);
 void bf16_to_f32_cuda(const uint16_t* x, int64_t n, float* y, CudaStream stream = nullptr);
-void f32_to_bf16_strided_cuda(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y, int64_t ld,
-                              CudaStream stream = nullptr);
+void f32_to_bf16_strided_cuda(const float* x, int64_t rows, int64_t cols, int64_t padded, float scale, uint16_t* y,
+                              int64_t ld, CudaStream stream = nullptr);
 // tokens in device memory: the launcher copies them to the host to check them against V with the ref's message
 // before the launch, so the call waits for the work already queued on `stream` (as cross_entropy_forward_cuda
 // does with its targets). One block row per token, the C columns of the row across the threads. host_tokens (may

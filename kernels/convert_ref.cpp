@@ -24,17 +24,21 @@ void f32_to_bf16_ref(const float* x, int64_t n, uint16_t* y) {
   });
 }
 
-void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, float scale, uint16_t* y, int64_t ld) {
-  QWENQ_CHECK(rows >= 0 && cols >= 0 && ld >= cols,
-              "f32_to_bf16_strided_ref: bad shape rows=" << rows << " cols=" << cols << " ld=" << ld);
-  if (rows == 0 || cols == 0) return;
+void f32_to_bf16_strided_ref(const float* x, int64_t rows, int64_t cols, int64_t padded, float scale, uint16_t* y,
+                             int64_t ld) {
+  QWENQ_CHECK(rows >= 0 && cols >= 0 && padded >= cols && ld >= padded,
+              "f32_to_bf16_strided_ref: bad shape rows=" << rows << " cols=" << cols << " padded=" << padded
+                                                         << " ld=" << ld);
+  if (rows == 0 || padded == 0) return;
   QWENQ_CHECK(x != nullptr && y != nullptr, "f32_to_bf16_strided_ref: null pointer");
   parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
+    for (int64_t r = r0; r < r1; ++r) {
       for (int64_t c = 0; c < cols; ++c) {
         const float v = x[r * cols + c];
         y[r * ld + c] = f32_to_bf16(v != v ? v : scale * v);  // a NaN as itself (the CUDA twin's rule)
       }
+      std::fill(y + r * ld + cols, y + r * ld + padded, uint16_t{0});
+    }
   });
 }
 

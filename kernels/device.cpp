@@ -49,11 +49,14 @@ std::string qgemm_remark(bool cuda) {
     const char* name;
     const char* off;  // what "0" means
     const char* on;   // what "1" means
+    bool on_applies = true;            // false: "1" changes nothing now, for the reason below
+    const char* ignored_why = nullptr;
   } switches[] = {
       {"QWENQ_DECODE_MMA", "the 4-bit decode products on CUDA cores (FMA), not tensor cores",
        "the 4-bit decode product on tensor cores (the default)"},
       {"QWENQ_DECODE_MMA_F32", "the exact (fp32-activation) 4-bit decode product on CUDA cores (the default)",
-       "the exact 4-bit decode product on tensor cores, fp32 activations split into three bf16 pieces"},
+       "the exact 4-bit decode product on tensor cores, fp32 activations split into three bf16 pieces",
+       qgemm_decode_mma_enabled(), "QWENQ_DECODE_MMA=0 turns the tensor-core decode product off"},
       {"QWENQ_QGEMM_DENSE", "the fused 4-bit prefill kernels for every M",
        "the 4-bit prefill products as bf16 W + cuBLASLt for every M > 64"},
       {"QWENQ_QGEMM_OVERLAP", "the dense 4-bit path dequantizes each weight whole (the default)",
@@ -70,8 +73,8 @@ std::string qgemm_remark(bool cuda) {
     const int v = env_switch(sw.name);
     if (v < 0) continue;
     r += std::string("; ") + sw.name + "=" + (v == 1 ? "1" : "0");
-    if (cuda && v == 1 && std::string(sw.name) == "QWENQ_DECODE_MMA_F32" && !qgemm_decode_mma_enabled()) {
-      r += " ignored: QWENQ_DECODE_MMA=0 turns the tensor-core decode product off";
+    if (cuda && v == 1 && !sw.on_applies) {
+      r += std::string(" ignored: ") + sw.ignored_why;
       continue;
     }
     r += cuda ? std::string(": ") + (v == 0 ? sw.off : sw.on) : std::string(" has no effect on the CPU");

@@ -233,11 +233,7 @@ namespace {
 
 // The low-rank term's columns of a dense copy: bf16(B) [N, rb] at dst (row stride ld), zeros in columns rb..ra.
 void put_lowrank(const Q4LowRank& lr, int64_t N, uint16_t* dst, int64_t ld, cudaStream_t s) {
-  f32_to_bf16_strided_cuda(lr.B, N, lr.rb, 1.f, dst, ld, s);
-  if (lr.rb < lr.ra) {
-    QWENQ_CUDA_CHECK(cudaMemset2DAsync(dst + lr.rb, static_cast<size_t>(ld) * 2, 0,
-                                       static_cast<size_t>(lr.ra - lr.rb) * 2, static_cast<size_t>(N), s));
-  }
+  f32_to_bf16_strided_cuda(lr.B, N, lr.rb, lr.ra, 1.f, dst, ld, s);
 }
 
 // y = xa·Wbᵀ over Kp columns of xa (row stride lda), plus the low-rank term's ra columns after them when lr: the

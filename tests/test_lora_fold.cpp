@@ -1,6 +1,6 @@
 // QWENQ_LORA_FOLD=1's pieces on the CPU (kernels/qgemm.h, kernels/convert.h, trainer/lora_cuda_buffers.h):
 //   - f32_to_bf16_strided_ref: each written element is core/dtype.h's f32_to_bf16 of scale·x (one fp32 product), the
-//     columns past cols are not touched;
+//     padding columns [cols, padded) are +0 and the columns past them are not touched;
 //   - qgemm_int4_dense_lowrank_ref against the same sum in double over the unpacked weight rounded to bf16 and B
 //     rounded to bf16, within the summation-order tolerance of tests/test_qgemm_ref.cpp (8·u·sqrt(L)·Σ|a·w|); the
 //     columns of xa past rb are not read; act-order and bad ranks are refused;
@@ -40,7 +40,7 @@ TEST(LoraFold, StridedConversionRoundsScaleTimesX) {
   x[4] = 1.00390625f;  // 1 + 2^-8: a tie for bf16 at scale 1
   for (const float scale : {1.0f, 2.0f, 0.3f}) {
     std::vector<uint16_t> y(static_cast<size_t>(rows * ld), 0xABCD);
-    f32_to_bf16_strided_ref(x.data(), rows, cols, scale, y.data(), ld);
+    f32_to_bf16_strided_ref(x.data(), rows, cols, cols, scale, y.data(), ld);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < ld; ++c) {
         const uint16_t want = c < cols ? f32_to_bf16(scale * x[r * cols + c]) : uint16_t{0xABCD};
@@ -52,11 +52,18 @@ TEST(LoraFold, StridedConversionRoundsScaleTimesX) {
   float nan;
   std::memcpy(&nan, &bits, 4);
   uint16_t one = 0;
-  f32_to_bf16_strided_ref(&nan, 1, 1, 2.0f, &one, 1);
+  f32_to_bf16_strided_ref(&nan, 1, 1, 1, 2.0f, &one, 1);
   EXPECT_EQ(one, 0x7FC1);
   std::vector<uint16_t> y(64);
-  test::expect_error([&] { f32_to_bf16_strided_ref(x.data(), rows, cols, 1.f, y.data(), cols - 1); },
+  // Columns [cols, padded) become +0, the ones past padded stay.
+  std::vector<uint16_t> z(static_cast<size_t>(rows * ld), 0xABCD);
+  f32_to_bf16_strided_ref(x.data(), rows, cols, cols + 3, 1.f, z.data(), ld);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = cols; c < ld; ++c) ASSERT_EQ(z[r * ld + c], c < cols + 3 ? 0 : 0xABCD) << r << "," << c;
+  test::expect_error([&] { f32_to_bf16_strided_ref(x.data(), rows, cols, cols, 1.f, y.data(), cols - 1); },
                      {"f32_to_bf16_strided_ref", "ld=6"});
+  test::expect_error([&] { f32_to_bf16_strided_ref(x.data(), rows, cols, cols - 1, 1.f, y.data(), ld); },
+                     {"f32_to_bf16_strided_ref", "padded=6"});
 }
 
 // y = Σ_kk bf16(x)·bf16(ŵ) + Σ_j a·bf16(B) in double, over the layout's dequantized weight.

@@ -466,7 +466,7 @@ struct LoraModelCuda::Impl {
   // takes the dense path, without act-order, gets the adapter's output inside its base product, [x | s·u]·[Ŵ | B]ᵀ
   // over K + ra columns (qgemm_int4_dense_lowrank_cuda), instead of y += s·u Bᵀ reading and writing y once more. u =
   // x̃ Aᵀ stays fp32 (the backward's); s·u and B are rounded to bf16 for the product, as peft's bf16 autocast rounds
-  // the branch. x [T, K] and s·u [T, r] go into act16 at row stride K + ra (ra = r rounded up to 8, zeros between):
+  // the branch. x [T, K] and s·u [T, r] go into act16 at row stride K + ra (ra = r rounded up to 8, zeros after s·u):
   // the buffer table gives act16 those columns when the switch is set. False (nothing queued) where it does not
   // apply; also when act16 was sized before the switch was set.
   bool folded_fwd(const Lin& f, const float* x, int64_t T, float* y) {
@@ -483,13 +483,8 @@ struct LoraModelCuda::Impl {
     }
     const Phase ph(this, StepPhase::Base);
     uint16_t* xa = act16.as<uint16_t>();
-    f32_to_bf16_strided_cuda(x, T, L.K, 1.f, xa, ld, st());
-    f32_to_bf16_strided_cuda(f.u, T, sl.r, s, xa + L.K, ld, st());
-    if (ra > sl.r) {
-      QWENQ_CUDA_CHECK(cudaMemset2DAsync(xa + L.K + sl.r, static_cast<size_t>(ld) * sizeof(uint16_t), 0,
-                                         static_cast<size_t>(ra - sl.r) * sizeof(uint16_t), static_cast<size_t>(T),
-                                         st()));
-    }
+    f32_to_bf16_strided_cuda(x, T, L.K, L.K, 1.f, xa, ld, st());
+    f32_to_bf16_strided_cuda(f.u, T, sl.r, ra, s, xa + L.K, ld, st());  // s·u, zeros up to ra
     qgemm_int4_dense_lowrank_cuda(*L.q4, xa, Q4LowRank{ra, params.as<float>() + sl.b_off, sl.r}, T, y, st());
     if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
     return true;

@@ -1,6 +1,6 @@
 // QWENQ_LORA_FOLD=1's kernels against their CPU twins (tests/test_lora_fold.cpp checks the twins):
 //   - f32_to_bf16_strided_cuda bit for bit, on its vector path (cols, ld multiples of 4, aligned) and its element
-//     path, untouched columns kept;
+//     path, zeros in the padding columns, the columns past them kept;
 //   - qgemm_int4_dense_lowrank_cuda against qgemm_int4_dense_lowrank_ref on Qwen shapes and awkward ones, rb = ra and
 //     rb < ra (the zeroed columns), and with QWENQ_QGEMM_OVERLAP=1 on a weight of 8M values and up (the term joins the
 //     last of four pieces). Both sides multiply the same bf16 values exactly in fp32, so only the order of the sums
@@ -27,9 +27,9 @@ using namespace test::qgemm_cases;
 
 TEST(LoraFoldCuda, StridedConversionIsTheTwinBitForBit) {
   QWENQ_REQUIRE_GPU();
-  struct Case { int64_t rows, cols, ld; float scale; };
-  for (const Case& c : {Case{2048, 3584, 3600, 1.0f}, Case{33, 16, 3600, 2.0f}, Case{17, 13, 21, 0.5f},
-                        Case{3, 7, 7, 1.0f}}) {
+  struct Case { int64_t rows, cols, padded, ld; float scale; };
+  for (const Case& c : {Case{2048, 3584, 3584, 3600, 1.0f}, Case{33, 16, 16, 3600, 2.0f},
+                        Case{17, 13, 16, 21, 0.5f}, Case{3, 7, 7, 7, 1.0f}}) {
     SCOPED_TRACE(std::to_string(c.rows) + "x" + std::to_string(c.cols) + " ld " + std::to_string(c.ld));
     Rng rng(c.cols);
     std::vector<float> x(static_cast<size_t>(c.rows * c.cols));
@@ -38,10 +38,10 @@ TEST(LoraFoldCuda, StridedConversionIsTheTwinBitForBit) {
     std::memcpy(&x[0], &payload_nan, 4);  // a signalling NaN with a payload: the twins keep it (quieted)
     x[x.size() / 2] = 3.4e38f;  // rounds to bf16 Inf
     std::vector<uint16_t> want(static_cast<size_t>(c.rows * c.ld), 0xABCD);
-    f32_to_bf16_strided_ref(x.data(), c.rows, c.cols, c.scale, want.data(), c.ld);
+    f32_to_bf16_strided_ref(x.data(), c.rows, c.cols, c.padded, c.scale, want.data(), c.ld);
     test::DeviceBuffer<float> gx(x);
     test::DeviceBuffer<uint16_t> gy(std::vector<uint16_t>(want.size(), 0xABCD));
-    f32_to_bf16_strided_cuda(gx.get(), c.rows, c.cols, c.scale, gy.get(), c.ld);
+    f32_to_bf16_strided_cuda(gx.get(), c.rows, c.cols, c.padded, c.scale, gy.get(), c.ld);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_EQ(gy.download(), want);
   }
