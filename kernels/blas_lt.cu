@@ -350,6 +350,11 @@ void BlasLt::wait_for_workspace(CudaStream stream) {
   if (impl_->used) QWENQ_CUDA_CHECK(cudaStreamWaitEvent(stream, impl_->last_done, 0));
 }
 
+void BlasLt::reserve_workspace() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->workspace == nullptr) QWENQ_CUDA_CHECK(cudaMalloc(&impl_->workspace, kWorkspaceBytes));
+}
+
 void BlasLt::mark_workspace_used(CudaStream stream) {
   std::lock_guard<std::mutex> lock(impl_->mu);
   QWENQ_CUDA_CHECK(cudaEventRecord(impl_->last_done, stream));

@@ -76,6 +76,9 @@ class BlasLt {
   // the launch after the workspace's last user on any stream, mark_workspace_used makes later users wait for it.
   void wait_for_workspace(CudaStream stream);
   void mark_workspace_used(CudaStream stream);
+  // Allocates the workspace now if no matmul has yet: a launcher about to capture a stream calls it first, so that
+  // the capture's first matmul does not allocate (nor create this instance) inside the capture.
+  void reserve_workspace();
 
   size_t plan_count() const;  // distinct plans built so far
   size_t heuristic_calls() const;  // times the heuristic ran (= plan_count: each plan asks once)

@@ -161,7 +161,8 @@ __host__ __device__ __forceinline__ int x_pair_slots(int rows) {
   return full * 8 + (rest < 8 ? rest : 8);
 }
 
-// bf16x2 of 128 + z in both halves (z <= 255: 128 + z is exact in bf16 up to 255, the unit in [128, 256) is 1).
+// bf16x2 of 128 + z in both halves (z <= 127: 128 + z is exact in bf16, the unit in [128, 256) is 1; the layout's
+// zero points are 0..16).
 __device__ __forceinline__ uint32_t meta_bias2(uint32_t meta) {
   return (0x4300u + ((meta >> 16) & 0xFFu)) * 0x00010001u;
 }

@@ -272,6 +272,8 @@ struct QwenDecodeCuda::Impl {
   // The step's graph, captured now (on success `graph` is set; on a refusal graph_failed, with one line).
   void capture(const int32_t* dev, int32_t token) {
     cudaGraph_t g = nullptr;
+    // cuBLASLt's handle and workspace exist before the capture (the first matmul of a process would make them in it).
+    BlasLt::current().reserve_workspace();
     QWENQ_CUDA_CHECK(cudaStreamBeginCapture(s(), cudaStreamCaptureModeRelaxed));
     std::string why;
     try {

@@ -267,9 +267,11 @@ TEST(QgemmDecodeMmaCudaExact, IntegerInputsGiveTheCpuBitsAndTheSwitchWorks) {
       EXPECT_EQ(y2.download(), y1.download()) << src_name(src) << " M=" << M << ": two runs differ";
     }
   }
-  ASSERT_EQ(setenv("QWENQ_DECODE_MMA", "0", 1), 0);
-  EXPECT_FALSE(qgemm_decode_mma_enabled());
-  ASSERT_EQ(unsetenv("QWENQ_DECODE_MMA"), 0);
+  {  // scoped: a run with the switch exported (gpu_check.sh's rerun) keeps it for the tests after this one
+    const test::ScopedEnv off("QWENQ_DECODE_MMA", "0");
+    EXPECT_FALSE(qgemm_decode_mma_enabled());
+  }
+  const test::ScopedEnv unset("QWENQ_DECODE_MMA", nullptr);
   EXPECT_TRUE(qgemm_decode_mma_enabled());
 }
 
