@@ -63,7 +63,7 @@ std::string qgemm_remark(bool cuda) {
        "the dense 4-bit path dequantizes weights of 8M values and up in 4 pieces overlapped with the GEMM"},
       {"QWENQ_LORA_FOLD",
        "the trainer adds its adapters' output to the 4-bit products in a pass of its own (the default)",
-       "the trainer folds its adapters into the dense 4-bit products, [x | s·u]·[W | B]ᵀ in bf16"},
+       "the trainer folds its adapters into the dense 4-bit products, [x | s·u]·[W | B]ᵀ and [dy | g]·[W ; A] in bf16"},
       {"QWENQ_DECODE_GROUPED", "decode attention with a block per query head (the default)",
        "decode attention with a block per kv head and its query heads (D = 64, 128, 256)"},
       {"QWENQ_DECODE_GRAPH", "decode steps launch their kernels one by one (the default)",

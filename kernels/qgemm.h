@@ -108,8 +108,8 @@ int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit);
 // The dense path's device scratch for one [N, Kp] weight, the larger of its two products: N·Kp bf16 (one piece), or
 // its pieces' buffers (forward: N x 8·chunk(Kp/8); transposed: chunk(N) x Kp; two of them when the cut makes more
 // than one piece). The memory plan's count.
-// ra > 0: the forward with a folded low-rank term of ra columns (qgemm_int4_dense_lowrank_cuda below), whose copy of Ŵ
-// (or each piece) has ra more columns.
+// ra > 0: the products with a folded low-rank term (qgemm_int4_dense_lowrank_cuda and _t_ below), whose copy of Ŵ
+// has ra more columns (forward, each piece) or ra more rows (transposed, each piece).
 int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp, int64_t ra = 0);
 
 // A low-rank term folded into the dense forward's reduction (the GPU QLoRA trainer's adapted 4-bit Linears with
@@ -130,6 +130,23 @@ struct Q4LowRank {
   int64_t rb = 0;            // 1 <= rb <= ra
 };
 void qgemm_int4_dense_lowrank_ref(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y);
+// The backward's twin, the input gradient of the same Linear with the adapter's g = s·(dy B) [M, rb] folded in:
+//
+//   dx[m, k] (+)= Σ_{n < N} dya[m, n]·bf16(ŵ[n, k]) + Σ_{j < rb} dya[m, N + j]·bf16(A[j, k])
+//
+// i.e. [dy | g]·[Ŵ ; A] as one GEMM over N + ra rows of the dense copy (A's rows appended after Ŵ's), instead of
+// dx += g·A reading and writing dx once more. dya: bf16 [M, N + ra] row-major, dy in [0, N), g in [N, N + ra) (zeros
+// past rb); A: fp32 [rb, K] row-major. accumulate: dx += the sum (cuBLASLt's beta = 1, so an accumulating Linear
+// needs no scratch and no add either), else dx is written. Needs no act-order and Kp == K (dx's columns are the
+// layout's), ra a multiple of 8, dya 16-byte aligned. With QWENQ_QGEMM_OVERLAP's pieces (cut along N) A's rows join
+// the last piece.
+struct Q4LowRankT {
+  int64_t ra = 0;            // columns of g in dya (a multiple of 8)
+  const float* A = nullptr;  // [rb, K] fp32
+  int64_t rb = 0;            // 1 <= rb <= ra
+};
+void qgemm_int4_t_dense_lowrank_ref(const Q4View& w, const uint16_t* dya, const Q4LowRankT& lr, int64_t M, float* dx,
+                                    bool accumulate);
 
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no
@@ -173,6 +190,8 @@ void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, in
                              void* stream = nullptr);
 void qgemm_int4_dense_lowrank_cuda(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y,
                                    void* stream = nullptr);
+void qgemm_int4_t_dense_lowrank_cuda(const Q4View& w, const uint16_t* dya, const Q4LowRankT& lr, int64_t M, float* dx,
+                                     bool accumulate, void* stream = nullptr);
 // The tensor-core kernels (kernels/qgemm_tc.cu): any M >= 1 (meant for M > 64), BF16 activations only (F32
 // throws), ŵ rounded to bf16. The act-order gather of x (forward) and any unaligned or K % 8 != 0 (N % 8 != 0
 // for dy) activation go through a bf16 staging copy on the stream first.

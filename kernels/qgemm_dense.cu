@@ -4,6 +4,8 @@
 //   Wb[n, kk] = bf16(q4_dequant(code(kk, n), meta(group(kk), n)))       [N, Kp], layout rows (kernel below)
 //   forward     y  = x[:, perm] · Wbᵀ       (x gathered through perm in a bf16 staging copy, as qgemm_tc.cu)
 //   transposed  dx[:, perm] = dy · Wb       (into a [M, Kp] scratch, scattered through perm, when perm or Kp > K)
+//   low-rank    y = [x | a]·[Wb | B]ᵀ,  dx (+)= [dy | g]·[Wb ; A]   (QWENQ_LORA_FOLD's adapter term: B's columns
+//               after Wb's, or A's rows after Wb's rows, in the same copy; no act-order)
 //
 // Numerics are those of the fused tensor-core kernels (qgemm_tc.cu, qgemm_wgmma.cu): ŵ computed in fp32 exactly
 // as the CPU twin's q4_dequant and rounded once to bf16, exact bf16 products, fp32 sums in cuBLASLt's order.
@@ -275,6 +277,14 @@ void dense_forward(const Q4View& w, const uint16_t* xa, int64_t lda, int64_t M, 
              });
 }
 
+// The low-rank term's rows of a transposed dense copy: bf16(A) [rb, Kp] at dst (rows of Kp), zero rows rb..ra.
+void put_lowrank_rows(const Q4LowRankT& lr, int64_t Kp, uint16_t* dst, cudaStream_t s) {
+  f32_to_bf16_strided_cuda(lr.A, lr.rb, Kp, Kp, 1.f, dst, Kp, s);
+  if (lr.rb < lr.ra)
+    QWENQ_CUDA_CHECK(cudaMemsetAsync(dst + lr.rb * Kp, 0, static_cast<size_t>((lr.ra - lr.rb) * Kp) * sizeof(uint16_t),
+                                     s));
+}
+
 }  // namespace
 
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
@@ -343,6 +353,49 @@ void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, in
     launch_reduce(tmp.as<float>(), 1, M, M, w.Kp, w.K, w.perm, dx, s);
     QWENQ_CUDA_CHECK_LAUNCH("reduce_kernel (dx scatter) for " << ctx);
   }
+}
+
+// dx (+)= [dy | g]·[Ŵ ; A]: the transposed product above over N + ra rows of the dense copy, A's rows after Ŵ's
+// (in the last piece with the overlap), straight into dx (no act-order, Kp == K), beta = 1 when accumulating.
+void qgemm_int4_t_dense_lowrank_cuda(const Q4View& w, const uint16_t* dya, const Q4LowRankT& lr, int64_t M, float* dx,
+                                     bool accumulate, void* stream) {
+  const char* fn = "qgemm_int4_t_dense_lowrank_cuda";
+  qgemm_tc_detail::check_tc_args(w, dya, DType::BF16, M, dx, fn);
+  QWENQ_CHECK(w.perm == nullptr && w.Kp == w.K, fn << ": the weight has act-order or Kp=" << w.Kp << " != K=" << w.K
+                                                   << ": dx's columns would need the scatter (N=" << w.N << ")");
+  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra && lr.A != nullptr,
+              fn << ": ra=" << lr.ra << " must be a positive multiple of 8, rb=" << lr.rb << " in [1, ra], A not null");
+  QWENQ_CHECK(is_aligned(dya, 16), fn << ": dya must be 16-byte aligned (its rows are N + ra bf16 values)");
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int64_t Kp = w.Kp, ld = w.N + lr.ra;
+  LtGemm g;  // dxᵀ [Kp, M] (+)= ([Ŵ ; A] as Kp x (N + ra)) · dyaᵀ ((N + ra) x M)
+  g.m = Kp, g.n = M, g.k = ld;
+  g.trans_a = false, g.trans_b = false;
+  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
+  g.lda = Kp, g.ldb = ld, g.ldd = Kp;
+  g.accumulate = accumulate;
+  const int64_t chunks = qgemm_dense_chunks(w.N, Kp);
+  if (chunks == 1) {
+    DeviceMemory wb(static_cast<size_t>(ld * Kp) * sizeof(uint16_t), s);
+    launch_dequant(w, DqRegion{0, w.N, 0, Kp / 8, Kp}, wb.as<uint16_t>(), s);
+    put_lowrank_rows(lr, Kp, wb.as<uint16_t>() + w.N * Kp, s);
+    BlasLt::current().matmul(g, wb.get(), dya, dx, nullptr, 1.f, s);
+    return;  // wb goes back to the pool in stream order, after the matmul
+  }
+  const Cut cut(w.N, chunks, kDqCols);
+  overlapped(cut.count, (cut.chunk + lr.ra) * Kp, s,
+             [&](int64_t j, uint16_t* buf, cudaStream_t d) {
+               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
+               launch_dequant(w, DqRegion{n0, n1, 0, Kp / 8, Kp}, buf, d);
+               if (j == cut.count - 1) put_lowrank_rows(lr, Kp, buf + (n1 - n0) * Kp, d);
+             },
+             [&](int64_t j, uint16_t* buf) {
+               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
+               LtGemm c = g;
+               c.k = n1 - n0 + (j == cut.count - 1 ? lr.ra : 0);
+               c.accumulate = accumulate || j > 0;
+               BlasLt::current().matmul(c, buf, dya + n0, dx, nullptr, 1.f, s);
+             });
 }
 
 }  // namespace qwenq

@@ -38,14 +38,14 @@ int64_t qgemm_dense_chunk(int64_t total, int64_t chunks, int64_t unit) {
 
 int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp, int64_t ra) {
   const int64_t chunks = qgemm_dense_chunks(N, Kp);
-  if (chunks == 1) return N * (Kp + ra) * 2;
-  // bf16 buffers of one piece each: two when the cut makes more than one piece (the last may be shorter); a
-  // forward piece has ra more columns when a low-rank term is folded in.
+  if (chunks == 1) return std::max(N * (Kp + ra), (N + ra) * Kp) * 2;
+  // bf16 buffers of one piece each: two when the cut makes more than one piece (the last may be shorter); with a
+  // folded low-rank term a forward piece has ra more columns, a transposed one ra more rows.
   const auto held = [chunks](int64_t total, int64_t unit, int64_t per_unit, int64_t extra) {
     const int64_t piece = qgemm_dense_chunk(total, chunks, unit);
     return (piece < total ? 2 : 1) * (piece * per_unit + extra) * 2;
   };
-  return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8, N * ra), held(N, kQgemmDqCols, Kp, 0));
+  return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8, N * ra), held(N, kQgemmDqCols, Kp, ra * Kp));
 }
 
 // Opt-in until it has run on a GPU.

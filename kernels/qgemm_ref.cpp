@@ -3,6 +3,7 @@
 // with q4_dequant into a small buffer, then plain fp32 dot products in increasing index order.
 #include "kernels/qgemm.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.h"
@@ -105,6 +106,39 @@ void qgemm_int4_dense_lowrank_ref(const Q4View& w, const uint16_t* xa, const Q4L
         for (int64_t j = 0; j < lr.rb; ++j) acc += bf16_to_f32(xr[w.Kp + j]) * bf16_round(lr.B[n * lr.rb + j]);
         y[m * w.N + n] = acc;
       }
+  });
+}
+
+void qgemm_int4_t_dense_lowrank_ref(const Q4View& w, const uint16_t* dya, const Q4LowRankT& lr, int64_t M, float* dx,
+                                    bool accumulate) {
+  const char* fn = "qgemm_int4_t_dense_lowrank_ref";
+  q4_check(w, fn);
+  QWENQ_CHECK(M >= 1 && dya != nullptr && dx != nullptr && lr.A != nullptr,
+              fn << ": M=" << M << " must be at least 1 and no pointer null");
+  QWENQ_CHECK(w.perm == nullptr && w.Kp == w.K, fn << ": the weight has act-order or Kp=" << w.Kp << " != K=" << w.K
+                                                   << ": dx's columns would need the scatter");
+  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra,
+              fn << ": ra=" << lr.ra << " must be a positive multiple of 8 and rb=" << lr.rb << " in [1, ra]");
+  const int64_t ld = w.N + lr.ra, K = w.K;
+  std::vector<uint16_t> wb(static_cast<size_t>(w.N * K));
+  q4_dequantize_bf16_ref(w, wb.data());
+  std::vector<float> ab(static_cast<size_t>(lr.rb * K));
+  for (size_t i = 0; i < ab.size(); ++i) ab[i] = bf16_round(lr.A[i]);
+  parallel_for(M, 1, [&](int64_t m0, int64_t m1) {
+    std::vector<float> acc(static_cast<size_t>(K));
+    for (int64_t m = m0; m < m1; ++m) {
+      const uint16_t* dr = dya + m * ld;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t n = 0; n < w.N; ++n) {
+        const float a = bf16_to_f32(dr[n]);
+        for (int64_t k = 0; k < K; ++k) acc[k] += a * bf16_to_f32(wb[n * K + k]);
+      }
+      for (int64_t j = 0; j < lr.rb; ++j) {
+        const float a = bf16_to_f32(dr[w.N + j]);
+        for (int64_t k = 0; k < K; ++k) acc[k] += a * ab[j * K + k];
+      }
+      for (int64_t k = 0; k < K; ++k) dx[m * K + k] = accumulate ? dx[m * K + k] + acc[k] : acc[k];
+    }
   });
 }
 

@@ -4,8 +4,10 @@
 //   - qgemm_int4_dense_lowrank_ref against the same sum in double over the unpacked weight rounded to bf16 and B
 //     rounded to bf16, within the summation-order tolerance of tests/test_qgemm_ref.cpp (8·u·sqrt(L)·Σ|a·w|); the
 //     columns of xa past rb are not read; act-order and bad ranks are refused;
-//   - the memory the fold adds: qgemm_dense_scratch_bytes' ra columns, lora_cuda_fold_cols, act16's width in the
-//     trainer's buffer table.
+//   - qgemm_int4_t_dense_lowrank_ref (the backward's [dy | g]·[Ŵ ; A]) the same way, written and accumulated; the
+//     columns of dya past rb are not read; act-order and Kp != K are refused;
+//   - the memory the fold adds: qgemm_dense_scratch_bytes' ra columns (forward) or rows (transposed),
+//     lora_cuda_fold_cols, act16's width in the trainer's buffer table.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -140,10 +142,101 @@ TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
   test::expect_error(call(plain, 8, 9), "rb=9");
 }
 
+// dx = Σ_n bf16(dy)·bf16(ŵ) + Σ_j g·bf16(A) in double, over the layout's dequantized weight.
+std::vector<double> lowrank_t_double(const Q4Layout& q, const std::vector<uint16_t>& dya, int64_t ra,
+                                     const std::vector<float>& A, int64_t rb, int64_t M, std::vector<double>* abs_sum) {
+  std::vector<uint16_t> wb(static_cast<size_t>(q.N * q.Kp));
+  q4_dequantize_bf16_ref(q.view(), wb.data());
+  const int64_t ld = q.N + ra;
+  std::vector<double> dx(static_cast<size_t>(M * q.Kp), 0.0);
+  abs_sum->assign(dx.size(), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < q.Kp; ++k) {
+      double acc = 0, mag = 0;
+      for (int64_t n = 0; n < q.N; ++n) {
+        const double t = static_cast<double>(bf16_to_f32(dya[m * ld + n])) * bf16_to_f32(wb[n * q.Kp + k]);
+        acc += t, mag += std::fabs(t);
+      }
+      for (int64_t j = 0; j < rb; ++j) {
+        const double t = static_cast<double>(bf16_to_f32(dya[m * ld + q.N + j])) * bf16_round(A[j * q.Kp + k]);
+        acc += t, mag += std::fabs(t);
+      }
+      dx[m * q.Kp + k] = acc;
+      (*abs_sum)[m * q.Kp + k] = mag;
+    }
+  return dx;
+}
+
+TEST(LoraFold, TransposedLowRankReferenceIsTheInputGradientPlusTheTerm) {
+  struct Case {
+    const char* name;
+    Q4Layout q;
+    int64_t ra, rb;
+  };
+  const std::vector<Case> cases = {
+      {"gptq r16", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 40, 128, false, 7)), 16, 16},
+      {"awq r13", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 192, 24, 64, false, 8)), 16, 13},
+      {"nf4 r4 N=17", q4_from_nf4(q4_synthetic_nf4(17, 128, false, 64, true, 9), 17, 128), 8, 4}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const int64_t M = 3, ld = c.q.N + c.ra, K = c.q.Kp;
+    Rng rng(22);
+    std::vector<uint16_t> dya(static_cast<size_t>(M * ld));
+    for (uint16_t& v : dya) v = f32_to_bf16(rng.uniform(-1.0f, 1.0f));  // nonzero past rb too: must not be read
+    std::vector<float> A(static_cast<size_t>(c.rb * K));
+    for (float& v : A) v = rng.uniform(-0.5f, 0.5f);
+    std::vector<double> mag;
+    const std::vector<double> want = lowrank_t_double(c.q, dya, c.ra, A, c.rb, M, &mag);
+    std::vector<float> prior(static_cast<size_t>(M * K));
+    for (float& v : prior) v = rng.uniform(-2.0f, 2.0f);
+    for (const bool accumulate : {false, true}) {
+      SCOPED_TRACE(accumulate ? "accumulated" : "written");
+      std::vector<float> dx = prior;
+      qgemm_int4_t_dense_lowrank_ref(c.q.view(), dya.data(), Q4LowRankT{c.ra, A.data(), c.rb}, M, dx.data(),
+                                     accumulate);
+      double worst = 0;
+      for (size_t i = 0; i < dx.size(); ++i) {
+        const double base = accumulate ? prior[i] : 0.0;
+        // One more rounding when the sum is added to dx: u·|dx|.
+        const double tol = kSumTol * kU * std::sqrt(static_cast<double>(c.q.N + c.rb)) * mag[i] +
+                           (accumulate ? 2 * kU * std::fabs(base + want[i]) : 0.0);
+        worst = std::max(worst, std::fabs(dx[i] - (base + want[i])) / tol);
+      }
+      EXPECT_LE(worst, 1.0) << "outside the summation-order tolerance";
+    }
+    // The term matters: without it the outputs move by far more than the tolerance.
+    std::vector<float> zero_a(A.size(), 0.0f), dx(prior.size()), dx0(prior.size());
+    qgemm_int4_t_dense_lowrank_ref(c.q.view(), dya.data(), Q4LowRankT{c.ra, A.data(), c.rb}, M, dx.data(), false);
+    qgemm_int4_t_dense_lowrank_ref(c.q.view(), dya.data(), Q4LowRankT{c.ra, zero_a.data(), c.rb}, M, dx0.data(),
+                                   false);
+    double moved = 0;
+    for (size_t i = 0; i < dx.size(); ++i) moved = std::max(moved, static_cast<double>(std::fabs(dx[i] - dx0[i])));
+    EXPECT_GT(moved, 1e-3);
+  }
+  const Q4Layout act = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV2, 256, 8, 128, true, 3));
+  const Q4Layout padded = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 100, 8, 64, false, 3));
+  const Q4Layout plain = q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 8, 128, false, 3));
+  ASSERT_GT(padded.Kp, padded.K);
+  std::vector<uint16_t> dya(static_cast<size_t>(2 * (8 + 16)));
+  std::vector<float> A(16 * 256), dx(2 * 256);
+  const auto call = [&](const Q4Layout& q, int64_t ra, int64_t rb) {
+    return [&q, &dya, &A, &dx, ra, rb] {
+      qgemm_int4_t_dense_lowrank_ref(q.view(), dya.data(), Q4LowRankT{ra, A.data(), rb}, 2, dx.data(), false);
+    };
+  };
+  test::expect_error(call(act, 16, 16), {"qgemm_int4_t_dense_lowrank_ref", "act-order"});
+  test::expect_error(call(padded, 16, 16), {"qgemm_int4_t_dense_lowrank_ref", "Kp=104 != K=100"});
+  test::expect_error(call(plain, 12, 12), {"ra=12", "multiple of 8"});
+  test::expect_error(call(plain, 8, 9), "rb=9");
+}
+
 // The memory the fold adds, with and without the switch and the overlap's pieces.
 TEST(LoraFold, TheScratchAndAct16CountTheAdapterColumns) {
   const test::ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", nullptr);
-  EXPECT_EQ(qgemm_dense_scratch_bytes(512, 3584, 16), 512 * (3584 + 16) * 2);
+  // k_proj [512, 3584]: the transposed copy's ra rows (528 x 3584) outweigh the forward's ra columns (512 x 3600).
+  EXPECT_EQ(qgemm_dense_scratch_bytes(512, 3584, 16), (512 + 16) * 3584 * 2);
+  // gate_proj [18944, 3584]: the forward's columns outweigh the transposed copy's rows.
+  EXPECT_EQ(qgemm_dense_scratch_bytes(18944, 3584, 16), 18944 * (3584 + 16) * 2);
   EXPECT_EQ(qgemm_dense_scratch_bytes(512, 3584), 512 * 3584 * 2);
   {
     const test::ScopedEnv on("QWENQ_QGEMM_OVERLAP", "1");
@@ -151,6 +244,10 @@ TEST(LoraFold, TheScratchAndAct16CountTheAdapterColumns) {
     EXPECT_EQ(qgemm_dense_scratch_bytes(18944, 3584, 16), std::max<int64_t>(2 * (18944 * 8 * 128 + 18944 * 16) * 2,
                                                                           qgemm_dense_scratch_bytes(18944, 3584)));
     EXPECT_GT(qgemm_dense_scratch_bytes(18944, 3584, 16), qgemm_dense_scratch_bytes(18944, 3584));
+    // 896 x 18944 cut along N for the transposed product (pieces of 256 rows, the last has A's 16 more) and along
+    // K for the forward (pieces of 608 word-rows): two buffers of (256 + 16) x 18944, more than 896 x (4864 + 16).
+    EXPECT_EQ(qgemm_dense_scratch_bytes(896, 18944, 16), 2 * (256 + 16) * 18944 * 2);
+    EXPECT_GT(2 * (256 + 16) * 18944, 2 * 896 * (4864 + 16));
   }
   QwenConfig c;
   c.hidden_size = 256;

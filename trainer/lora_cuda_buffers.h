@@ -26,7 +26,7 @@
 //                tokens     1                           token ids (int32)
 //                positions  1                           positions (int32)
 //                act16      ceil((W + F) / 2)           bf16 input of a 4-bit Linear (and bf16 dy of its backward); F =
-//                                                       lora_cuda_fold_cols(r): QWENQ_LORA_FOLD=1's s·u columns
+//                                                       lora_cuda_fold_cols(r): QWENQ_LORA_FOLD=1's s·u / g columns
 //                q16, k16   ceil(Q / 2), ceil(KV / 2)   bf16 copies for flash attention (flash head dims only)
 //                v16, a16   ceil(KV / 2), ceil(Q / 2)
 //   backward     d          C                           residual-stream gradient
@@ -119,8 +119,8 @@
 
 namespace qwenq {
 
-// The columns QWENQ_LORA_FOLD=1 (kernels/qgemm.h) adds to act16 and to a folded Linear's dense copy of Ŵ: the rank
-// rounded up to a multiple of 8 (0 without the switch).
+// The columns QWENQ_LORA_FOLD=1 (kernels/qgemm.h) adds to act16 (s·u after x, g after dy) and to a folded Linear's
+// dense copy of Ŵ (B's columns, or A's rows): the rank rounded up to a multiple of 8 (0 without the switch).
 int64_t lora_cuda_fold_cols(int64_t rank);
 
 // Logits per lm_head chunk of LoraModelCuda: 16 Mi floats (64 MiB; the CPU trainer's chunk too).

@@ -109,6 +109,7 @@ struct LoraModelCuda::Impl {
   float s = 1.f;
   double dropout = 0.0;
   float drop_p = 0.f;       // this call's dropout probability: the adapter's in training, else 0
+  LoraModelCuda::FoldCounts folds;  // the products QWENQ_LORA_FOLD=1 folded (folded_fwd, folded_bwd)
   uint64_t drop_seed = 0;   // this call's LoraStepOptions::dropout_seed
   std::vector<Slot> slots;
   std::vector<int> slot_of;  // [layer · 7 + target index] -> index into slots, or -1
@@ -168,7 +169,13 @@ struct LoraModelCuda::Impl {
   // Ends a profiled call however it leaves (an exception too), so that no phase stays open until the next call.
   struct ProfiledCall {
     Impl* m;
-    ~ProfiledCall() { m->end_profiled(); }
+    ~ProfiledCall() {
+      try {
+        m->end_profiled();
+      } catch (...) {  // as ~Phase: after a sticky CUDA error the stop's event record throws; the first error counts
+        m->profiling = false;
+      }
+    }
   };
   struct Phase {
     Impl* m;
@@ -450,7 +457,7 @@ struct LoraModelCuda::Impl {
   // y = x Wᵀ (+ b) + s · (x̃ Aᵀ) Bᵀ, u = x̃ Aᵀ kept (x̃ = x without dropout). DoRA: dora_fwd.
   void lin_fwd(const Lin& f, const float* x, int64_t T, float* y) {
     if (f.sl != nullptr && f.sl->m_off >= 0) return dora_fwd(f, x, T, y);
-    if (f.sl != nullptr && f.own && folded_fwd(f, x, T, y)) return;
+    if (folded_fwd(f, x, T, y)) return;
     base_forward(*f.L, x, T, y);
     const Slot* sl = f.sl;
     if (sl == nullptr) return;
@@ -468,14 +475,13 @@ struct LoraModelCuda::Impl {
   // x̃ Aᵀ stays fp32 (the backward's); s·u and B are rounded to bf16 for the product, as peft's bf16 autocast rounds
   // the branch. x [T, K] and s·u [T, r] go into act16 at row stride K + ra (ra = r rounded up to 8, zeros after s·u):
   // the buffer table gives act16 those columns when the switch is set. False (nothing queued) where it does not
-  // apply; also when act16 was sized before the switch was set.
+  // apply (fold_cols); also when act16 was sized before the switch was set. The backward's half: folded_bwd.
   bool folded_fwd(const Lin& f, const float* x, int64_t T, float* y) {
     const QwenDeviceLinear& L = *f.L;
+    const int64_t ra = fold_cols(f, T, L.K), ld = L.K + ra;
+    if (ra == 0) return false;
     const Slot& sl = *f.sl;
-    if (!L.q4 || !qgemm_lora_fold_enabled() || !qgemm_dense_for(T) || L.q4->perm != nullptr || L.q4->Kp != L.K)
-      return false;
-    const int64_t ra = lora_cuda_fold_cols(sl.r), ld = L.K + ra;
-    if (act16.bytes() < static_cast<size_t>(T * ld) * sizeof(uint16_t)) return false;
+    ++folds.forward;
     {
       const Phase ph(this, StepPhase::Lora);
       const float* xin = drop_p > 0.f ? dropped(f.key, x, T, sl.K) : x;
@@ -487,6 +493,37 @@ struct LoraModelCuda::Impl {
     f32_to_bf16_strided_cuda(f.u, T, sl.r, ra, s, xa + L.K, ld, st());  // s·u, zeros up to ra
     qgemm_int4_dense_lowrank_cuda(*L.q4, xa, Q4LowRank{ra, params.as<float>() + sl.b_off, sl.r}, T, y, st());
     if (L.bias.data != nullptr) add_bias_rows_cuda(y, T, L.N, L.bias.data, L.bias.dtype, st());
+    return true;
+  }
+
+  // The adapter columns ra of an adapted Linear's folded T-row product whose bf16 input rows are `width` wide (K
+  // forward, N backward), 0 where the fold does not apply: QWENQ_LORA_FOLD=1, a layer's own 4-bit Linear whose
+  // product takes the dense path, without act-order, Kp == K, and act16 sized with the switch set.
+  int64_t fold_cols(const Lin& f, int64_t T, int64_t width) const {
+    const QwenDeviceLinear& L = *f.L;
+    if (f.sl == nullptr || !f.own || !L.q4 || !qgemm_lora_fold_enabled() || !qgemm_dense_for(T) ||
+        L.q4->perm != nullptr || L.q4->Kp != L.K)
+      return 0;
+    const int64_t ra = lora_cuda_fold_cols(f.sl->r);
+    return act16.bytes() >= static_cast<size_t>(T * (width + ra)) * sizeof(uint16_t) ? ra : 0;
+  }
+
+  // The backward's half of QWENQ_LORA_FOLD=1, without dropout (with it dx gets m ⊙ (g A), not g A): dx (+)= [dy | g]·
+  // [Ŵ ; A] over N + ra rows (qgemm_int4_t_dense_lowrank_cuda), g = s·dy B from adapter_grads, instead of the base
+  // product, then dx += g A reading and writing dx once more (and, accumulating, the scratch and its add: the GEMM
+  // adds into dx itself). dy and g go into act16 at row stride N + ra as bf16, A is rounded to bf16 for the product,
+  // as the forward's s·u and B. False (nothing queued) where it does not apply.
+  bool folded_bwd(const Lin& f, const float* dy, int64_t T, float* dx, bool accumulate) {
+    const QwenDeviceLinear& L = *f.L;
+    const int64_t ra = drop_p > 0.f ? 0 : fold_cols(f, T, L.N), ld = L.N + ra;
+    if (ra == 0) return false;
+    ++folds.backward;
+    const Phase ph(this, StepPhase::Base);
+    uint16_t* da = act16.as<uint16_t>();
+    f32_to_bf16_strided_cuda(dy, T, L.N, L.N, 1.f, da, ld, st());
+    f32_to_bf16_strided_cuda(g.as<float>(), T, f.sl->r, ra, 1.f, da + L.N, ld, st());  // g, zeros up to ra
+    qgemm_int4_t_dense_lowrank_cuda(*L.q4, da, Q4LowRankT{ra, params.as<float>() + f.sl->a_off, f.sl->r}, T, dx,
+                                    accumulate, st());
     return true;
   }
 
@@ -541,6 +578,7 @@ struct LoraModelCuda::Impl {
     const bool drop = drop_p > 0.f;
     if (f.sl != nullptr) adapter_grads(f, dy, x, T);
     // x is not read below.
+    if (folded_bwd(f, dy, T, dx, accumulate)) return;
     base_input_grad(f, dy, T, dx, accumulate);
     if (f.sl == nullptr) return;
     // dx += g A; with dropout tmp = g A, then dx += m ⊙ tmp (tmp's base dx was added above).
@@ -1169,6 +1207,7 @@ StepProfile* LoraModelCuda::enable_profile() {
 }
 
 StepProfile* LoraModelCuda::profile() const { return impl_->prof.get(); }
+LoraModelCuda::FoldCounts LoraModelCuda::fold_counts() const { return impl_->folds; }
 
 LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                             const LoraStepOptions& opt) {

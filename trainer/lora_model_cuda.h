@@ -136,6 +136,13 @@ class LoraModelCuda {
   StepProfile* enable_profile();
   StepProfile* profile() const;
 
+  // The adapted Linears' products that QWENQ_LORA_FOLD=1 folded the adapter into since construction (forward ones,
+  // backward input gradients): zero without the switch or where it does not apply (kernels/qgemm.h).
+  struct FoldCounts {
+    int64_t forward = 0, backward = 0;
+  };
+  FoldCounts fold_counts() const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

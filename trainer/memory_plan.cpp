@@ -449,8 +449,8 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
     if (c.is_moe()) b = std::max(b, u64(s.T * std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size) * 2));
   }
   if (in.base != PlanBase::Bf16 && d.num_layers > 0 && qgemm_dense_for(s.T)) {  // the dense path's bf16 Ŵ
-    // An adapted Linear with QWENQ_LORA_FOLD=1 has the adapter's columns in its copy (counted for every adapted
-    // Linear, act-order ones included, which do not fold).
+    // An adapted Linear with QWENQ_LORA_FOLD=1 has the adapter's columns (forward) or rows (input gradient) in its
+    // copy (counted for every adapted Linear, act-order ones included, which do not fold).
     for (int t = 0; t < kNumLoraTargets; ++t) {
       const LoraShape& sh = s.shape[t];
       const int64_t ra = s.adapted[t] ? lora_cuda_fold_cols(s.r) : 0;

@@ -121,7 +121,7 @@
 //                 kernels/dora.h's *_scratch_bytes give them; when the T-row products take the dense 4-bit path
 //                 (qgemm_dense_for(T), kernels/qgemm.h: T >= 512 by default) a 4-bit base's bf16 Ŵ of one Linear, N·round_up(K, 8)·2, or its two overlap pieces (qgemm_dense_scratch_bytes; max over the
 //                 Linears, a MoE layer's experts included; with QWENQ_LORA_FOLD=1 an adapted Linear's copy has
-//                 lora_cuda_fold_cols(r) more columns). Not rounded (cudaMallocAsync's pool). Assumes
+//                 lora_cuda_fold_cols(r) more columns forward, or more rows for the input gradient). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
 //   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))
 //                 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says why)

@@ -4,7 +4,9 @@
 //   - qgemm_int4_dense_lowrank_cuda against qgemm_int4_dense_lowrank_ref on Qwen shapes and awkward ones, rb = ra and
 //     rb < ra (the zeroed columns), and with QWENQ_QGEMM_OVERLAP=1 on a weight of 8M values and up (the term joins the
 //     last of four pieces). Both sides multiply the same bf16 values exactly in fp32, so only the order of the sums
-//     differs: kQgemmGpuSumTol·u·sqrt(L)·Σ|a·w| (tests/gpu/qgemm_cases.h), L = Kp + rb.
+//     differs: kQgemmGpuSumTol·u·sqrt(L)·Σ|a·w| (tests/gpu/qgemm_cases.h), L = Kp + rb;
+//   - qgemm_int4_t_dense_lowrank_cuda (the backward's [dy | g]·[Ŵ ; A]) against its twin the same way, L = N + rb,
+//     written and accumulated (then 2u·|dx| more for the last addition on each side), one piece and four.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -100,6 +102,72 @@ TEST(LoraFoldCuda, LowRankProductJoinsTheLastOverlapPiece) {
   ASSERT_GT(qgemm_dense_chunks(3584, 3584), 1);
   expect_lowrank_matches(Src::GptqV1, 3584, 3584, 70, 16, 16, 5);  // 7B q_proj: 12.8M values, four pieces
   expect_lowrank_matches(Src::Awq, 3584, 3584, 66, 16, 9, 6);
+}
+
+void expect_lowrank_t_matches(Src src, int64_t K, int64_t N, int64_t M, int64_t ra, int64_t rb, uint64_t seed) {
+  const std::string what = std::string(src_name(src)) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
+                           " M=" + std::to_string(M) + " ra=" + std::to_string(ra) + " rb=" + std::to_string(rb);
+  SCOPED_TRACE(what);
+  const Q4Layout q = make_layout(src, K, N, seed);
+  ASSERT_EQ(q.view().perm, nullptr);
+  ASSERT_EQ(q.Kp, K);
+  const Q4DeviceWeight dw(q);
+  const int64_t ld = N + ra;
+  const std::vector<uint16_t> dya = random_bf16(M * ld, seed + 1);
+  std::vector<float> A(static_cast<size_t>(rb * K)), prior(static_cast<size_t>(M * K));
+  Rng rng(seed + 2);
+  for (float& v : A) v = rng.uniform(-0.5f, 0.5f);
+  for (float& v : prior) v = rng.uniform(-2.0f, 2.0f);
+  std::vector<uint16_t> wb(static_cast<size_t>(N * K));
+  q4_dequantize_bf16_ref(q.view(), wb.data());
+  std::vector<double> mag(static_cast<size_t>(M * K), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < ld; ++n) {
+      if (n >= N + rb) break;
+      const double a = std::fabs(static_cast<double>(bf16_to_f32(dya[m * ld + n])));
+      for (int64_t k = 0; k < K; ++k)
+        mag[m * K + k] += a * std::fabs(n < N ? bf16_to_f32(wb[n * K + k]) : bf16_round(A[(n - N) * K + k]));
+    }
+  test::DeviceBuffer<uint16_t> gd(dya);
+  test::DeviceBuffer<float> gA(A);
+  for (const bool accumulate : {false, true}) {
+    SCOPED_TRACE(accumulate ? "accumulated" : "written");
+    std::vector<float> want = prior;
+    qgemm_int4_t_dense_lowrank_ref(q.view(), dya.data(), Q4LowRankT{ra, A.data(), rb}, M, want.data(), accumulate);
+    std::vector<float> init = prior;
+    init.resize(static_cast<size_t>(M * K + 64), 12345.f);
+    test::DeviceBuffer<float> gx(init);
+    qgemm_int4_t_dense_lowrank_cuda(dw.view(), gd.get(), Q4LowRankT{ra, gA.get(), rb}, M, gx.get(), accumulate);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> got = gx.download();
+    for (int64_t i = 0; i < 64; ++i) ASSERT_EQ(got[static_cast<size_t>(M * K + i)], 12345.f) << "wrote past dx";
+    int64_t bad = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double tol = kQgemmGpuSumTol * kU * std::sqrt(static_cast<double>(N + rb)) * mag[i] +
+                         (accumulate ? 2 * kU * std::fabs(static_cast<double>(want[i])) : 0.0) + 1e-30;
+      if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tol) && bad++ < 3)
+        ADD_FAILURE() << "dx[" << i / K << ", " << i % K << "] = " << got[i] << ", CPU " << want[i] << ", tolerance "
+                      << tol;
+    }
+    EXPECT_EQ(bad, 0);
+  }
+}
+
+TEST(LoraFoldCuda, TransposedLowRankProductIsTheTwin) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv one_piece("QWENQ_QGEMM_OVERLAP", nullptr);
+  expect_lowrank_t_matches(Src::GptqV1, 3584, 512, 65, 16, 16, 11);  // 7B k_proj's dx, r = 16
+  expect_lowrank_t_matches(Src::Awq, 4864, 896, 130, 16, 13, 12);    // 0.5B down_proj's dx, r = 13
+  expect_lowrank_t_matches(Src::Nf4Dq, 1024, 264, 70, 64, 64, 13);   // r = 64
+  expect_lowrank_t_matches(Src::Fp4, 128, 17, 66, 8, 1, 14);         // N = 17 (odd row stride 25), r = 1
+}
+
+TEST(LoraFoldCuda, TransposedLowRankProductJoinsTheLastOverlapPiece) {
+  QWENQ_REQUIRE_GPU();
+  const test::ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
+  ASSERT_GT(qgemm_dense_chunks(3584, 3584), 1);
+  expect_lowrank_t_matches(Src::GptqV1, 3584, 3584, 70, 16, 16, 15);  // 7B o_proj's dx: four pieces of 896 rows
+  expect_lowrank_t_matches(Src::Awq, 3584, 3000, 66, 16, 9, 16);       // the last piece shorter (3000 = 3 x 768 + 696)
 }
 
 }  // namespace

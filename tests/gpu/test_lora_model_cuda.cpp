@@ -669,9 +669,15 @@ TEST(LoraModelCuda, FoldedAdapterIsTheCpuStep) {
   LoraStepOptions so;
   LoraModelCuda folded(cpu, adapter);
   const double with_fold = folded.loss_and_grad(b, targets, so).nll_sum;
+  // Every adapted Linear of the 4-bit layers folds both ways (no dropout here): 7 per layer, the forward's once more
+  // for each Linear the backward's recomputation runs whole.
+  const int64_t linears = 7 * cpu.config().num_layers;
+  EXPECT_GE(folded.fold_counts().forward, linears);
+  EXPECT_EQ(folded.fold_counts().backward, linears);
   const test::ScopedEnv off("QWENQ_LORA_FOLD", nullptr);
   LoraModelCuda plain(cpu, adapter);
   const double without = plain.loss_and_grad(b, targets, so).nll_sum;
+  EXPECT_EQ(plain.fold_counts().forward + plain.fold_counts().backward, 0);
   EXPECT_NE(with_fold, without) << "QWENQ_LORA_FOLD=1 changed no bit of the loss: the fold did not run";
   EXPECT_NEAR(with_fold, without, kBf16LossRelTol * std::fabs(without));
 }
