@@ -21,6 +21,9 @@
 #   BUDGET_S (230 / 0 = none): wall seconds for the whole run, each side under `timeout` so the report is written
 #   PROFILE (1 / 0): our runs with `--profile` (GPU time per phase, trainer/step_profile.h, in the report; a mark is
 #   one CUDA event, well under 1 % of a step)
+#   VARIANTS (none): ';'-separated lists of environment assignments, e.g. "QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1
+#   QWENQ_LORA_FOLD=1": after the pairs, our side again at LAYERS layers under each (time allowing), reported against
+#   our default run of the same call (tokens/s, an estimated per-layer time, memory, each phase of --profile)
 #   THREADS (all cores)  WORK (BUILD/qlora-step-bench, reused when prepared with the same settings)
 #   PY (.venv-oracle/bin/python if present, else python3: needs torch, transformers, peft, safetensors)
 #   OUT (benchmarks/results): where DATE-qlora-step-DEVICE.md goes
@@ -63,6 +66,15 @@ fail() { echo "bench_qlora_step: $*" >&2; exit 1; }
 [ -x "$QQ" ] && [ -x "$QL" ] || fail "no qwen-quant / qwen-qlora in $BUILD (build first, or set BUILD)"
 [ "$QUANT" = rtn ] || [ "$QUANT" = nf4 ] || fail "QUANT must be rtn or nf4, not $QUANT"
 [ "$LAYERS_BASE" -lt "$LAYERS" ] || fail "LAYERS_BASE ($LAYERS_BASE) must be below LAYERS ($LAYERS)"
+variants=()
+IFS=';' read -ra listed <<< "${VARIANTS:-}"
+for v in "${listed[@]}"; do
+  v=$(echo "$v" | xargs)  # trimmed, inner spaces one
+  [ -n "$v" ] || continue
+  [[ "$v" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*( [A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*)*$ ]] ||
+    fail "VARIANTS: '$v' is not a list of NAME=value assignments"
+  variants+=("$v")
+done
 t_begin=$(date +%s)
 
 # The model (init-random, then 4-bit), its LAYERS_BASE-layer views, and the training text. CPU work only (--device
@@ -135,7 +147,7 @@ theirs() {
   grep '^{' "$WORK/$tag.out" | tail -1 > "$WORK/$tag.json"
   cat "$WORK/$tag.json"
 }
-rm -f "$WORK"/{ours,theirs}*.{json,rc,log,out,rss}
+rm -f "$WORK"/{ours,theirs}*.{json,rc,log,out,rss,env}
 # The main pair first (ours, then theirs with at least 90 s kept for it), then the LAYERS_BASE pair if time is left.
 [ "$(left)" -ge 130 ] && ours ours "$WORK/q4" "$LAYERS" $(( $(left) - 100 ))
 [ "$(left)" -ge 40 ] && theirs theirs "$WORK/base" $(( $(left) - 10 ))
@@ -143,6 +155,14 @@ if [ "$LAYERS_BASE" -gt 0 ] && [ "$(left)" -ge 100 ]; then
   ours ours0 "$WORK/q4-l$LAYERS_BASE" "$LAYERS_BASE" $(( $(left) - 60 ))
   [ "$(left)" -ge 40 ] && theirs theirs0 "$WORK/base-l$LAYERS_BASE" $(( $(left) - 10 ))
 fi
+# Our side under each of VARIANTS' switch sets, in a subshell that exports them (the report reads oursvN.env).
+n=0
+for v in "${variants[@]}"; do
+  n=$((n + 1))
+  [ "$(left)" -ge 45 ] || { echo "bench_qlora_step: no time left for variant $n ($v)"; break; }
+  echo "$v" > "$WORK/oursv$n.env"
+  ( export $v; ours "oursv$n" "$WORK/q4" "$LAYERS" $(( $(left) - 10 )) )
+done
 
 # The report.
 mkdir -p "$RESULTS" || fail "cannot create $RESULTS"

@@ -126,6 +126,68 @@ def fmt_ratio(r, target, op):
     return f"{r:.2f}", "yes" if met else "no"
 
 
+def load_variants(work):
+    """[(tag, env, side)] of the VARIANTS runs (oursvN.env and its result), in N's order."""
+    out = []
+    n = 1
+    while os.path.exists(os.path.join(work, f"oursv{n}.env")):
+        env = open(os.path.join(work, f"oursv{n}.env")).read().strip()
+        out.append((f"oursv{n}", env, load_side(work, f"oursv{n}")))
+        n += 1
+    return out
+
+
+def write_variants(w, variants, ours, ours0, L, L0):
+    """The section on our side under the VARIANTS switch sets; returns the summary's part."""
+    ok = lambda j: j is not None and "failed" not in j
+    step_s = lambda j: j["tokens_per_step"] / j["tokens_per_s"]
+    w("")
+    w("## Our step under the switches (same call)")
+    w("")
+    w(f"Our side again at {L} layers with each switch set exported, against the default run above. Per layer: the "
+      f"difference from our default {L0}-layer run / {L - L0} (the switches change the decoder layers only, so the "
+      "default's fixed part stands for theirs).")
+    w("")
+    w(f"| switches | tokens/s | s/step | vs default | s/step per layer | peak reserved | notes |")
+    w("|---|---|---|---|---|---|---|")
+    base_ok = ok(ours)
+    if base_ok:
+        per = (step_s(ours) - step_s(ours0)) / (L - L0) if ok(ours0) and L > L0 else None
+        w(f"| (default) | {ours['tokens_per_s']:.0f} | {step_s(ours):.4f} | 1.00 | "
+          f"{'n/a' if per is None else f'{per * 1e3:.2f} ms'} | {gib(ours.get('peak_reserved_bytes'))} | |")
+    parts = []
+    for tag, env, j in variants:
+        if j is None:
+            w(f"| `{env}` | not run | | | | | no time left |")
+            parts.append(f"{env}: not run")
+        elif not ok(j):
+            w(f"| `{env}` | failed | | | | | {j['failed']} |")
+            parts.append(f"{env}: FAILED")
+        else:
+            r = ratio(j["tokens_per_s"], ours["tokens_per_s"]) if base_ok else None
+            per = (step_s(j) - step_s(ours0)) / (L - L0) if ok(ours0) and L > L0 else None
+            note = "partial" if j.get("partial") else ""
+            w(f"| `{env}` | {j['tokens_per_s']:.0f} | {step_s(j):.4f} | {'n/a' if r is None else f'{r:.2f}'} | "
+              f"{'n/a' if per is None else f'{per * 1e3:.2f} ms'} | {gib(j.get('peak_reserved_bytes'))} | {note} |")
+            parts.append(f"{env}: {'n/a' if r is None else f'{r:.2f}'}x")
+    profs = [("default", (ours or {}).get("profile_ms_per_step"))] + \
+        [(env, (j or {}).get("profile_ms_per_step")) for _, env, j in variants]
+    profs = [(n, p) for n, p in profs if p]
+    if len(profs) > 1:
+        w("")
+        w(f"GPU milliseconds per step by phase (`--profile`, {L} layers):")
+        w("")
+        w("| phase | " + " | ".join(f"`{n}`" if n != "default" else n for n, _ in profs) + " |")
+        w("|---|" + "---|" * len(profs))
+        keys = list(profs[0][1])
+        for _, p in profs[1:]:
+            keys += [k for k in p if k not in keys]
+        last = {"unattributed": 1, "step": 2}
+        for k in sorted(keys, key=lambda k: (last.get(k, 0), -profs[0][1].get(k, 0.0))):
+            w(f"| {k} | " + " | ".join("" if k not in p else f"{p[k]:.2f}" for _, p in profs) + " |")
+    return "switches vs default: " + ", ".join(parts)
+
+
 def cmd_report(a):
     ours, theirs = load_side(a.work, "ours"), load_side(a.work, "theirs")
     ours0, theirs0 = load_side(a.work, "ours0"), load_side(a.work, "theirs0")
@@ -268,16 +330,20 @@ def cmd_report(a):
                 b = p_0.get(k, 0.0)
                 row += f" {b:.2f} | {(p_l[k] - b) / (L - L0):.2f} |"
             w(row)
+    variants = load_variants(a.work)
+    if variants:
+        summary += "; " + write_variants(w, variants, ours, ours0, L, L0)
     w("")
     w("## Raw JSON lines")
     w("")
     w("```")
-    for tag, j in (("ours", ours), ("theirs", theirs), ("ours0", ours0), ("theirs0", theirs0)):
+    runs = [("ours", ours), ("theirs", theirs), ("ours0", ours0), ("theirs0", theirs0)] + \
+        [(t, j) for t, _, j in variants]
+    for tag, j in runs:
         if j is not None:
-            w(json.dumps({k: v for k, v in j.items() if k != "log_tail"}))
+            w(json.dumps(dict({k: v for k, v in j.items() if k != "log_tail"}, run=tag)))
     w("```")
-    fails = [(t, j) for t, j in (("ours", ours), ("theirs", theirs), ("ours0", ours0), ("theirs0", theirs0))
-             if j is not None and "log_tail" in j]
+    fails = [(t, j) for t, j in runs if j is not None and "log_tail" in j]
     for t, j in fails:
         w("")
         w(f"## Log of the failed run `{t}` (last lines)")

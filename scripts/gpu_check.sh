@@ -9,7 +9,9 @@
 #   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda,
 #             bench_kl_rows_cuda, bench_lora_cuda                                               needs 90 s
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
-#             its model is prepared in the background from the start)                           needs 150 s
+#             its model is prepared in the background from the start), then our side again under each switch
+#             set of QWENQ_GPU_QLORA_VARIANTS (';'-separated; unset: the dense overlap, the LoRA fold and
+#             both; empty: none), ~20 s each                                                    needs 150 s
 #   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
 #             model; the per-head and the grouped decode attention)                             needs 90 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
@@ -180,13 +182,16 @@ fi
 # 230 s; the report ($OUT/DATE-qlora-step-cuda.md) is written even when a side is cut by its time limit.
 if [ -n "$qlora_prep" ] && start qlora 150; then
   wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
-  qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt 230 ] && qlora_budget=230
   # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=0" to measure another path.
-  env ${QWENQ_GPU_QLORA_ENV:-} BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget timeout -k 5 $((qlora_budget + 15)) \
-    bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
+  qlora_variants=${QWENQ_GPU_QLORA_VARIANTS-QWENQ_QGEMM_OVERLAP=1;QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1}
+  nvar=$(echo "$qlora_variants" | tr ';' '\n' | grep -c '=')
+  qlora_cap=$((230 + 30 * nvar))
+  qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt "$qlora_cap" ] && qlora_budget=$qlora_cap
+  env ${QWENQ_GPU_QLORA_ENV:-} VARIANTS="$qlora_variants" BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget \
+    timeout -k 5 $((qlora_budget + 15)) bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
   log "bench_qlora_step exit $? (budget $qlora_budget s; ${QWENQ_GPU_QLORA_ENV:-default paths}; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
   grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
-  sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"
+  sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"  # variants too
 elif [ -n "$qlora_prep" ] && ! want decode; then
   kill "$qlora_prep" 2>/dev/null
 fi

@@ -14,19 +14,25 @@ fi
 rm -rf "$DIR" && mkdir -p "$DIR"
 fail() { echo "FAIL: $1"; [ -n "${2:-}" ] && cat "$2"; exit 1; }
 
+# Two switch sets (no-ops on the CPU; the report's variant rows and phases are what is checked).
 DEVICE=cpu BUILD="$BUILD" WORK="$DIR/work" OUT="$DIR/out" PY="$PY" THREADS=2 \
+  VARIANTS=" QWENQ_LORA_FOLD=1; QWENQ_QGEMM_OVERLAP=1  QWENQ_LORA_FOLD=1 ;" \
   bash "$SRC/benchmarks/bench_qlora_step.sh" > "$DIR/run.log" 2>&1 || fail "bench_qlora_step.sh exited $?" "$DIR/run.log"
 md=$(ls "$DIR"/out/*-qlora-step-cpu.md 2>/dev/null | head -1)
 [ -n "$md" ] || fail "no result Markdown in $DIR/out" "$DIR/run.log"
-grep -q "^qlora step (2 layers, cpu): ours [0-9]* tok/s, peft [0-9]* tok/s, tokens/s ratio [0-9.]* (>= 2)" "$DIR/run.log" \
+grep -q "^qlora step (2 layers, cpu): ours [0-9]* tok/s, peft [0-9]* tok/s, tokens/s ratio [0-9.]* (>= 2).*; switches vs default: QWENQ_LORA_FOLD=1: [0-9.]*x, QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1: [0-9.]*x$" "$DIR/run.log" \
   || fail "summary line" "$DIR/run.log"
 "$PY" - "$md" <<'PY' || fail "result check" "$md"
 import json, math, re, sys
 text = open(sys.argv[1]).read()
 raw = text.split("## Raw JSON lines")[1].split("```")[1]
 rows = [json.loads(l) for l in raw.strip().splitlines()]
-assert [(r["side"], r["layers"]) for r in rows] == [("qwenq", 2), ("transformers+peft", 2), ("qwenq", 1),
-                                                    ("transformers+peft", 1)], rows
+assert [(r["side"], r["layers"], r["run"]) for r in rows] == [
+    ("qwenq", 2, "ours"), ("transformers+peft", 2, "theirs"), ("qwenq", 1, "ours0"), ("transformers+peft", 1, "theirs0"),
+    ("qwenq", 2, "oursv1"), ("qwenq", 2, "oursv2")], rows
+assert re.search(r"\| `QWENQ_LORA_FOLD=1` \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| -?[0-9.]+ ms \|", text), "variant 1's row"
+assert "| `QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1` |" in text, "variant 2's row"
+rows = rows[:4]
 for r in rows:
     assert "failed" not in r, r
     for k in ("tokens_per_s", "peak_rss_bytes", "loss_first", "loss_last"):
@@ -57,5 +63,9 @@ grep -q "killed after 1 s" "$DIR/measure.log" || fail "measure: no kill message"
 DEVICE=cpu BUILD="$BUILD" WORK="$DIR/bad" QUANT=int3 PY="$PY" bash "$SRC/benchmarks/bench_qlora_step.sh" > "$DIR/bad.log" 2>&1 \
   && fail "QUANT=int3 accepted" "$DIR/bad.log"
 grep -q "QUANT must be rtn or nf4, not int3" "$DIR/bad.log" || fail "QUANT message" "$DIR/bad.log"
+DEVICE=cpu BUILD="$BUILD" WORK="$DIR/bad" VARIANTS="QWENQ_LORA_FOLD" PY="$PY" bash "$SRC/benchmarks/bench_qlora_step.sh" \
+  > "$DIR/bad.log" 2>&1 && fail "VARIANTS=QWENQ_LORA_FOLD accepted" "$DIR/bad.log"
+grep -q "VARIANTS: 'QWENQ_LORA_FOLD' is not a list of NAME=value assignments" "$DIR/bad.log" || fail "VARIANTS message" "$DIR/bad.log"
+[ ! -e "$DIR/bad/prepared.txt" ] || fail "VARIANTS refused after preparing"
 cat "$DIR/run.log" | grep -E "^qlora step|^wrote"
 echo "bench_qlora_step smoke: ok"
