@@ -1,8 +1,9 @@
 // The GPU trainer's LoRA products on their own, at Qwen2.5-7B Linear shapes and a 2048-token step (r = 16): the six
 // skinny matmuls trainer/lora_model_cuda.cpp runs per adapted Linear, each timed alone, as it runs them (fp32
 // cuBLASLt, CUBLAS_COMPUTE_32F, no TF32) and with bf16 inputs (fp32 output) for comparison, against the Linear's
-// base product (cuBLASLt bf16, fp32 output) and that product with r more reduction columns (what folding the
-// adapter's B product into the base GEMM, [x | s·u]·[Ŵ | B]ᵀ, would cost):
+// base products (cuBLASLt bf16, fp32 output: y = x·Ŵᵀ and the input gradient dx = dy·Ŵ) and each with r more
+// reduction columns or rows, the price of QWENQ_LORA_FOLD=1's [x | s·u]·[Ŵ | B]ᵀ and [dy | g]·[Ŵ ; A], which remove
+// y+ and dx+ below:
 //
 //   u    u [T, r]   = x Aᵀ               lora_project_cuda                 bytes 4TK (x) + 4Tr
 //   y+   y [T, N]  += s · u Bᵀ           lora_forward_cuda's second matmul 8TN (y read and written) + 4Tr
@@ -15,13 +16,14 @@
 // HBM" against the device's peak (benchmarks/cuda_bench.h). A layer-step runs u and y+ for 13 Linears (the forward,
 // and the recomputation except the down projection's y+, whose output no backward reads), and g, dB, dA, dx+ for 7:
 // the last table sums that per layer, the time the `--profile` phase "lora" should show per layer (plus dropout,
-// when on). Timing: 3 warm-ups, then the median of `reps` calls each after an L2 flush (256 MiB write).
+// when on), and what the fold would save (y+ and dx+ gone, the longer base GEMMs paid). Timing: 3 warm-ups, then the median of `reps` calls each after an L2 flush (256 MiB write).
 //
 //   bench_lora_cuda [--csv out.csv] [--reps 20] [--tokens 2048] [--rank 16]
 //
 // Without a CUDA device it prints one line and exits 0.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <sstream>
@@ -123,15 +125,15 @@ int main(int argc, char** argv) {
                  "bf16 us", "GB/s", "%HBM");
     bench::L2Flush flush;
     BlasLt& lt = BlasLt::current();
-    double layer_fp32_us = 0, layer_bf16_us = 0, layer_base_us = 0, layer_fold_us = 0;
+    double layer_fp32_us = 0, layer_bf16_us = 0, layer_base_us = 0, layer_fold_us = 0, layer_saved_us = 0;
     uint64_t seed = 1;
     for (const Layer& L : layers) {
       const int64_t K = L.K, N = L.N;
       // Operands of both dtypes; the base product's W and x in bf16, with r spare columns for the folded variant.
       Dev<float> x(T * K), dy(T * N), y(T * N), dx(T * K), u(T * r), g(T * r), A(r * K), B(N * r), dA(r * K),
           dB(N * r);
-      Dev<uint16_t> x16(T * (K + r)), dy16(T * N), u16(T * r), g16(T * r), A16(r * K), B16(N * r),
-          W16(N * (K + r));
+      Dev<uint16_t> x16(T * (K + r)), dy16(T * (N + r)), u16(T * r), g16(T * r), A16(r * K), B16(N * r),
+          W16(std::max(N * (K + r), (N + r) * K));
       for (Dev<float>* d : {&x, &dy, &y, &dx, &u, &g, &A, &B, &dA, &dB}) fill(*d, ++seed, 0.5f);
       for (Dev<uint16_t>* d : {&x16, &dy16, &u16, &g16, &A16, &B16, &W16}) fill(*d, ++seed, 0.5f);
       // Operand pointers (A-operand, B-operand, D) and bytes of each op, per dtype.
@@ -210,15 +212,42 @@ int main(int argc, char** argv) {
           << ",,\n";
       csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_folded,bf16,"
           << t_fold << ",,\n";
-      // The base runs forward, recomputed (not down_proj's) and transposed (as long as the forward, roughly).
-      const int base_runs = L.down ? 2 : 3;
-      layer_base_us += L.count * base_runs * t_base;
-      layer_fold_us += L.count * base_runs * (t_fold - t_base);
+      // The input gradient dx = dy·Ŵ (column-major dxᵀ [K, T] = (Ŵ as K x N) · dyᵀ) and with r more rows of Ŵ.
+      LtGemm bt;
+      bt.m = K, bt.n = T, bt.k = N;
+      bt.a_type = bt.b_type = DType::BF16;
+      bt.d_type = DType::F32;
+      bt.lda = K, bt.ldb = N + r, bt.ldd = K;
+      LtGemm fold_t = bt;
+      fold_t.k = N + r;
+      const double t_bt =
+          1000.0 * bench::time_ms([&] { lt.matmul(bt, W16.p, dy16.p, dx.p, nullptr, 1.f, nullptr); }, reps, &flush);
+      const double t_fold_t =
+          1000.0 * bench::time_ms([&] { lt.matmul(fold_t, W16.p, dy16.p, dx.p, nullptr, 1.f, nullptr); }, reps, &flush);
+      std::fprintf(stderr, "%-14s dx   | %9.1f us bf16 GEMM (N = %lld); with %lld more rows    %9.1f us (+%.1f%%)\n",
+                   L.name, t_bt, static_cast<long long>(N), static_cast<long long>(r), t_fold_t,
+                   100.0 * (t_fold_t / t_bt - 1));
+      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_t,bf16," << t_bt
+          << ",,\n";
+      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_t_folded,bf16,"
+          << t_fold_t << ",,\n";
+      // The forward product runs in the forward and the recomputation (not down_proj's), the input gradient once.
+      const int fwd_runs = L.down ? 1 : 2;
+      layer_base_us += L.count * (fwd_runs * t_base + t_bt);
+      layer_fold_us += L.count * (fwd_runs * (t_fold - t_base) + (t_fold_t - t_bt));
+      // The fold removes y+ from the forward and the recomputation (down_proj's forward only) and dx+ (fp32 as run).
+      layer_saved_us += L.count * ((L.down ? 1 : 2) * us[0][1] + us[0][5]);
     }
     std::fprintf(stderr,
                  "\nper layer-step: LoRA products %.2f ms in fp32 (the trainer's), %.2f ms with bf16 inputs; base "
-                 "products about %.2f ms; folding B into the base GEMMs adds about %.2f ms\n",
-                 layer_fp32_us / 1000, layer_bf16_us / 1000, layer_base_us / 1000, layer_fold_us / 1000);
+                 "products about %.2f ms; QWENQ_LORA_FOLD=1 removes %.2f ms of them (y+, dx+) and adds %.2f ms to the "
+                 "base GEMMs\n",
+                 layer_fp32_us / 1000, layer_bf16_us / 1000, layer_base_us / 1000, layer_saved_us / 1000,
+                 layer_fold_us / 1000);
+    csv << stamp.csv() << ",layer,,," << T << "," << r << ",fold_saves_per_layer_step,fp32," << layer_saved_us
+        << ",,\n";
+    csv << stamp.csv() << ",layer,,," << T << "," << r << ",fold_adds_per_layer_step,bf16," << layer_fold_us
+        << ",,\n";
     csv << stamp.csv() << ",layer,,," << T << "," << r << ",lora_per_layer_step,fp32," << layer_fp32_us << ",,\n";
     csv << stamp.csv() << ",layer,,," << T << "," << r << ",lora_per_layer_step,bf16," << layer_bf16_us << ",,\n";
     bench::write_csv(csv_path, csv.str());
