@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "benchmarks/bench_main.h"
@@ -199,38 +200,30 @@ int main(int argc, char** argv) {
       base.d_type = DType::F32;
       base.lda = base.ldb = K + r;
       base.ldd = N;
-      LtGemm fold = base;
-      fold.k = K + r;
-      const double t_base =
-          1000.0 * bench::time_ms([&] { lt.matmul(base, W16.p, x16.p, y.p, nullptr, 1.f, nullptr); }, reps, &flush);
-      const double t_fold =
-          1000.0 * bench::time_ms([&] { lt.matmul(fold, W16.p, x16.p, y.p, nullptr, 1.f, nullptr); }, reps, &flush);
-      std::fprintf(stderr, "%-14s base | %9.1f us bf16 GEMM (K = %lld); with %lld more columns %9.1f us (+%.1f%%)\n",
-                   L.name, t_base, static_cast<long long>(K), static_cast<long long>(r), t_fold,
-                   100.0 * (t_fold / t_base - 1));
-      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base,bf16," << t_base
-          << ",,\n";
-      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_folded,bf16,"
-          << t_fold << ",,\n";
-      // The input gradient dx = dy·Ŵ (column-major dxᵀ [K, T] = (Ŵ as K x N) · dyᵀ) and with r more rows of Ŵ.
+      // Times g, then g over r more reduction steps on the same operands (the fold's longer GEMM); prints both and
+      // writes them as rows `name` and `name`_folded.
+      const auto with_fold = [&](const char* label, const char* name, const char* more, const LtGemm& g,
+                                 const void* a, const void* b, float* d) {
+        LtGemm f = g;
+        f.k = g.k + r;
+        const double t0 = 1000.0 * bench::time_ms([&] { lt.matmul(g, a, b, d, nullptr, 1.f, nullptr); }, reps, &flush);
+        const double t1 = 1000.0 * bench::time_ms([&] { lt.matmul(f, a, b, d, nullptr, 1.f, nullptr); }, reps, &flush);
+        std::fprintf(stderr, "%-14s %-4s | %9.1f us bf16 GEMM (k = %lld); with %lld more %-7s %9.1f us (+%.1f%%)\n",
+                     L.name, label, t0, static_cast<long long>(g.k), static_cast<long long>(r), more, t1,
+                     100.0 * (t1 / t0 - 1));
+        const std::string row = stamp.csv() + "," + L.name + "," + std::to_string(K) + "," + std::to_string(N) + "," +
+                                std::to_string(T) + "," + std::to_string(r) + "," + name;
+        csv << row << ",bf16," << t0 << ",,\n" << row << "_folded,bf16," << t1 << ",,\n";
+        return std::pair<double, double>{t0, t1};
+      };
+      const auto [t_base, t_fold] = with_fold("base", "base", "columns", base, W16.p, x16.p, y.p);
+      // The input gradient dx = dy·Ŵ (column-major dxᵀ [K, T] = (Ŵ as K x N) · dyᵀ), with r more rows of Ŵ.
       LtGemm bt;
       bt.m = K, bt.n = T, bt.k = N;
       bt.a_type = bt.b_type = DType::BF16;
       bt.d_type = DType::F32;
       bt.lda = K, bt.ldb = N + r, bt.ldd = K;
-      LtGemm fold_t = bt;
-      fold_t.k = N + r;
-      const double t_bt =
-          1000.0 * bench::time_ms([&] { lt.matmul(bt, W16.p, dy16.p, dx.p, nullptr, 1.f, nullptr); }, reps, &flush);
-      const double t_fold_t =
-          1000.0 * bench::time_ms([&] { lt.matmul(fold_t, W16.p, dy16.p, dx.p, nullptr, 1.f, nullptr); }, reps, &flush);
-      std::fprintf(stderr, "%-14s dx   | %9.1f us bf16 GEMM (N = %lld); with %lld more rows    %9.1f us (+%.1f%%)\n",
-                   L.name, t_bt, static_cast<long long>(N), static_cast<long long>(r), t_fold_t,
-                   100.0 * (t_fold_t / t_bt - 1));
-      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_t,bf16," << t_bt
-          << ",,\n";
-      csv << stamp.csv() << "," << L.name << "," << K << "," << N << "," << T << "," << r << ",base_t_folded,bf16,"
-          << t_fold_t << ",,\n";
+      const auto [t_bt, t_fold_t] = with_fold("dx", "base_t", "rows", bt, W16.p, dy16.p, dx.p);
       // The forward product runs in the forward and the recomputation (not down_proj's), the input gradient once.
       const int fwd_runs = L.down ? 1 : 2;
       layer_base_us += L.count * (fwd_runs * t_base + t_bt);

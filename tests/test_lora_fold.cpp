@@ -68,42 +68,47 @@ TEST(LoraFold, StridedConversionRoundsScaleTimesX) {
                      {"f32_to_bf16_strided_ref", "padded=6"});
 }
 
-// y = Σ_kk bf16(x)·bf16(ŵ) + Σ_j a·bf16(B) in double, over the layout's dequantized weight.
-std::vector<double> lowrank_double(const Q4Layout& q, const std::vector<uint16_t>& xa, int64_t ra,
-                                   const std::vector<float>& B, int64_t rb, int64_t M, std::vector<double>* abs_sum) {
+// out[m, o] = Σ_{i < L} a[m, i]·w(i, o) + Σ_{j < rb} a[m, L + j]·f(j, o) in double over bf16 rows a of stride ld
+// (O outputs per row); abs_sum gets Σ|each product|. The forward: i over Kp, o over N, w = bf16(ŵ[o, i]) and
+// f = bf16(B[o, j]); the input gradient: i over N, o over Kp, w = bf16(ŵ[i, o]) and f = bf16(A[j, o]).
+template <typename W, typename F>
+std::vector<double> rows_times(const std::vector<uint16_t>& a, int64_t ld, int64_t M, int64_t O, int64_t L, int64_t rb,
+                               W w, F f, std::vector<double>* abs_sum) {
+  std::vector<double> out(static_cast<size_t>(M * O), 0.0);
+  abs_sum->assign(out.size(), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t o = 0; o < O; ++o) {
+      double acc = 0, mag = 0;
+      for (int64_t i = 0; i < L + rb; ++i) {
+        const double t = static_cast<double>(bf16_to_f32(a[m * ld + i])) * (i < L ? w(i, o) : f(i - L, o));
+        acc += t, mag += std::fabs(t);
+      }
+      out[m * O + o] = acc;
+      (*abs_sum)[m * O + o] = mag;
+    }
+  return out;
+}
+
+std::vector<uint16_t> dense_bf16(const Q4Layout& q) {
   std::vector<uint16_t> wb(static_cast<size_t>(q.N * q.Kp));
   q4_dequantize_bf16_ref(q.view(), wb.data());
-  const int64_t ld = q.Kp + ra;
-  std::vector<double> y(static_cast<size_t>(M * q.N), 0.0);
-  abs_sum->assign(y.size(), 0.0);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < q.N; ++n) {
-      double acc = 0, mag = 0;
-      for (int64_t kk = 0; kk < q.Kp; ++kk) {
-        const double t = static_cast<double>(bf16_to_f32(xa[m * ld + kk])) * bf16_to_f32(wb[n * q.Kp + kk]);
-        acc += t, mag += std::fabs(t);
-      }
-      for (int64_t j = 0; j < rb; ++j) {
-        const double t = static_cast<double>(bf16_to_f32(xa[m * ld + q.Kp + j])) * bf16_round(B[n * rb + j]);
-        acc += t, mag += std::fabs(t);
-      }
-      y[m * q.N + n] = acc;
-      (*abs_sum)[m * q.N + n] = mag;
-    }
-  return y;
+  return wb;
+}
+
+// The fold's layouts of both tests: GPTQ with rb = ra, AWQ with zero columns (rb < ra), NF4 with N = 17.
+struct FoldCase {
+  const char* name;
+  Q4Layout q;
+  int64_t ra, rb;
+};
+std::vector<FoldCase> fold_cases() {
+  return {{"gptq r16", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 40, 128, false, 7)), 16, 16},
+          {"awq r13", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 192, 24, 64, false, 8)), 16, 13},
+          {"nf4 r4 N=17", q4_from_nf4(q4_synthetic_nf4(17, 128, false, 64, true, 9), 17, 128), 8, 4}};
 }
 
 TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
-  struct Case {
-    const char* name;
-    Q4Layout q;
-    int64_t ra, rb;
-  };
-  const std::vector<Case> cases = {
-      {"gptq r16", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 40, 128, false, 7)), 16, 16},
-      {"awq r13", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 192, 24, 64, false, 8)), 16, 13},
-      {"nf4 r4", q4_from_nf4(q4_synthetic_nf4(17, 128, false, 64, true, 9), 17, 128), 8, 4}};
-  for (const Case& c : cases) {
+  for (const FoldCase& c : fold_cases()) {
     SCOPED_TRACE(c.name);
     const int64_t M = 3, ld = c.q.Kp + c.ra;
     Rng rng(21);
@@ -114,7 +119,10 @@ TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
     std::vector<float> y(static_cast<size_t>(M * c.q.N));
     qgemm_int4_dense_lowrank_ref(c.q.view(), xa.data(), Q4LowRank{c.ra, B.data(), c.rb}, M, y.data());
     std::vector<double> mag;
-    const std::vector<double> want = lowrank_double(c.q, xa, c.ra, B, c.rb, M, &mag);
+    const std::vector<uint16_t> wb = dense_bf16(c.q);
+    const std::vector<double> want = rows_times(
+        xa, ld, M, c.q.N, c.q.Kp, c.rb, [&](int64_t i, int64_t n) { return bf16_to_f32(wb[n * c.q.Kp + i]); },
+        [&](int64_t j, int64_t n) { return bf16_round(B[n * c.rb + j]); }, &mag);
     double worst = 0;
     for (size_t i = 0; i < y.size(); ++i) {
       const double tol = kSumTol * kU * std::sqrt(static_cast<double>(c.q.Kp + c.rb)) * mag[i];
@@ -142,42 +150,8 @@ TEST(LoraFold, LowRankReferenceIsTheDenseProductPlusTheTerm) {
   test::expect_error(call(plain, 8, 9), "rb=9");
 }
 
-// dx = Σ_n bf16(dy)·bf16(ŵ) + Σ_j g·bf16(A) in double, over the layout's dequantized weight.
-std::vector<double> lowrank_t_double(const Q4Layout& q, const std::vector<uint16_t>& dya, int64_t ra,
-                                     const std::vector<float>& A, int64_t rb, int64_t M, std::vector<double>* abs_sum) {
-  std::vector<uint16_t> wb(static_cast<size_t>(q.N * q.Kp));
-  q4_dequantize_bf16_ref(q.view(), wb.data());
-  const int64_t ld = q.N + ra;
-  std::vector<double> dx(static_cast<size_t>(M * q.Kp), 0.0);
-  abs_sum->assign(dx.size(), 0.0);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < q.Kp; ++k) {
-      double acc = 0, mag = 0;
-      for (int64_t n = 0; n < q.N; ++n) {
-        const double t = static_cast<double>(bf16_to_f32(dya[m * ld + n])) * bf16_to_f32(wb[n * q.Kp + k]);
-        acc += t, mag += std::fabs(t);
-      }
-      for (int64_t j = 0; j < rb; ++j) {
-        const double t = static_cast<double>(bf16_to_f32(dya[m * ld + q.N + j])) * bf16_round(A[j * q.Kp + k]);
-        acc += t, mag += std::fabs(t);
-      }
-      dx[m * q.Kp + k] = acc;
-      (*abs_sum)[m * q.Kp + k] = mag;
-    }
-  return dx;
-}
-
 TEST(LoraFold, TransposedLowRankReferenceIsTheInputGradientPlusTheTerm) {
-  struct Case {
-    const char* name;
-    Q4Layout q;
-    int64_t ra, rb;
-  };
-  const std::vector<Case> cases = {
-      {"gptq r16", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::GptqV1, 256, 40, 128, false, 7)), 16, 16},
-      {"awq r13", q4_from_int_linear(q4_synthetic_int_linear(IntLayout::AwqGemm, 192, 24, 64, false, 8)), 16, 13},
-      {"nf4 r4 N=17", q4_from_nf4(q4_synthetic_nf4(17, 128, false, 64, true, 9), 17, 128), 8, 4}};
-  for (const Case& c : cases) {
+  for (const FoldCase& c : fold_cases()) {
     SCOPED_TRACE(c.name);
     const int64_t M = 3, ld = c.q.N + c.ra, K = c.q.Kp;
     Rng rng(22);
@@ -186,7 +160,10 @@ TEST(LoraFold, TransposedLowRankReferenceIsTheInputGradientPlusTheTerm) {
     std::vector<float> A(static_cast<size_t>(c.rb * K));
     for (float& v : A) v = rng.uniform(-0.5f, 0.5f);
     std::vector<double> mag;
-    const std::vector<double> want = lowrank_t_double(c.q, dya, c.ra, A, c.rb, M, &mag);
+    const std::vector<uint16_t> wb = dense_bf16(c.q);
+    const std::vector<double> want = rows_times(
+        dya, ld, M, K, c.q.N, c.rb, [&](int64_t n, int64_t k) { return bf16_to_f32(wb[n * K + k]); },
+        [&](int64_t j, int64_t k) { return bf16_round(A[j * K + k]); }, &mag);
     std::vector<float> prior(static_cast<size_t>(M * K));
     for (float& v : prior) v = rng.uniform(-2.0f, 2.0f);
     for (const bool accumulate : {false, true}) {

@@ -49,10 +49,13 @@ TEST(LoraFoldCuda, StridedConversionIsTheTwinBitForBit) {
   }
 }
 
+std::string case_name(Src src, int64_t K, int64_t N, int64_t M, int64_t ra, int64_t rb) {
+  return std::string(src_name(src)) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
+         " M=" + std::to_string(M) + " ra=" + std::to_string(ra) + " rb=" + std::to_string(rb);
+}
+
 void expect_lowrank_matches(Src src, int64_t K, int64_t N, int64_t M, int64_t ra, int64_t rb, uint64_t seed) {
-  const std::string what = std::string(src_name(src)) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
-                           " M=" + std::to_string(M) + " ra=" + std::to_string(ra) + " rb=" + std::to_string(rb);
-  SCOPED_TRACE(what);
+  SCOPED_TRACE(case_name(src, K, N, M, ra, rb));
   const Q4Layout q = make_layout(src, K, N, seed);
   ASSERT_EQ(q.view().perm, nullptr);
   const Q4DeviceWeight dw(q);
@@ -105,9 +108,7 @@ TEST(LoraFoldCuda, LowRankProductJoinsTheLastOverlapPiece) {
 }
 
 void expect_lowrank_t_matches(Src src, int64_t K, int64_t N, int64_t M, int64_t ra, int64_t rb, uint64_t seed) {
-  const std::string what = std::string(src_name(src)) + " K=" + std::to_string(K) + " N=" + std::to_string(N) +
-                           " M=" + std::to_string(M) + " ra=" + std::to_string(ra) + " rb=" + std::to_string(rb);
-  SCOPED_TRACE(what);
+  SCOPED_TRACE(case_name(src, K, N, M, ra, rb));
   const Q4Layout q = make_layout(src, K, N, seed);
   ASSERT_EQ(q.view().perm, nullptr);
   ASSERT_EQ(q.Kp, K);
