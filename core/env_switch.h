@@ -3,8 +3,15 @@
 // Read at each call: tests set and unset the variables.
 #pragma once
 
+#include <cstdint>
+
 namespace qwenq {
 
 int env_switch(const char* name);
+
+// An integer setting from the environment (QWENQ_LOGITS_CHUNK): `fallback` when the variable is unset or empty,
+// else its decimal value, which must lie in [lo, hi] (qwenq::Error naming the variable, its text and the range
+// otherwise: a mistyped tuning knob is not silently ignored). Read at each call.
+int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi);
 
 }  // namespace qwenq

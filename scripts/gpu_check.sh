@@ -10,8 +10,8 @@
 #             bench_kl_rows_cuda, bench_lora_cuda                                               needs 90 s
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start), then our side again under each switch
-#             set of QWENQ_GPU_QLORA_VARIANTS (';'-separated; unset: the dense overlap, the LoRA fold and
-#             both; empty: none), ~20 s each                                                    needs 150 s
+#             set of QWENQ_GPU_QLORA_VARIANTS (';'-separated; unset: the dense overlap, the LoRA fold,
+#             both, and both with 2^26-logit lm_head chunks; empty: none), ~20 s each                                                    needs 150 s
 #   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
 #             model; the per-head and the grouped decode attention)                             needs 90 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
@@ -183,7 +183,7 @@ fi
 if [ -n "$qlora_prep" ] && start qlora 150; then
   wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
   # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=0" to measure another path.
-  qlora_variants=${QWENQ_GPU_QLORA_VARIANTS-QWENQ_QGEMM_OVERLAP=1;QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1}
+  qlora_variants=${QWENQ_GPU_QLORA_VARIANTS-QWENQ_QGEMM_OVERLAP=1;QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1 QWENQ_LOGITS_CHUNK=67108864}
   nvar=$(echo "$qlora_variants" | tr ';' '\n' | grep -c '=')
   qlora_cap=$((230 + 30 * nvar))
   qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt "$qlora_cap" ] && qlora_budget=$qlora_cap

@@ -29,6 +29,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "tests/support/scoped_env.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/lora_model.h"
@@ -721,6 +722,33 @@ TEST(MemoryPlanGpu, LogitsChunkRows) {
   EXPECT_EQ(chunks, 19);
   EXPECT_EQ(last, 68);
   EXPECT_EQ(covered, 2048);
+}
+
+// QWENQ_LOGITS_CHUNK replaces the 2^24 logits of a chunk, in the trainer's rows and in the plan's logits buffer
+// alike; a value that is not an integer in [1, 2^30] is refused, naming the variable.
+TEST(MemoryPlanGpu, LogitsChunkFromTheEnvironment) {
+  const auto logits = [] {
+    return plan_memory(one_gpu(qwen_preset("qwen2.5-7b"), PlanBase::Gptq, 16, 2048)).devices.at(0).ws_logits;
+  };
+  uint64_t dflt = 0;
+  {
+    const test::ScopedEnv unset("QWENQ_LOGITS_CHUNK", nullptr);
+    EXPECT_EQ(lora_cuda_logits_chunk_floats(), kLoraCudaLogitsChunkFloats);
+    dflt = logits();
+  }
+  {
+    const test::ScopedEnv empty("QWENQ_LOGITS_CHUNK", "");
+    EXPECT_EQ(lora_cuda_logits_chunk_floats(), kLoraCudaLogitsChunkFloats);
+  }
+  const test::ScopedEnv big("QWENQ_LOGITS_CHUNK", "67108864");  // 2^26: 441 rows at V = 152064
+  EXPECT_EQ(lora_cuda_logits_rows(2048, 152064), 441);
+  EXPECT_EQ(lora_cuda_logits_rows(300, 152064), 300);
+  EXPECT_GT(logits(), dflt);
+  for (const char* bad : {"0", "-5", "2^26", "64M", "1073741825"}) {
+    const test::ScopedEnv b("QWENQ_LOGITS_CHUNK", bad);
+    test::expect_error([] { lora_cuda_logits_rows(2048, 152064); },
+                       {std::string("QWENQ_LOGITS_CHUNK=") + bad, "expected an integer in [1, 1073741824]"});
+  }
 }
 
 TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {

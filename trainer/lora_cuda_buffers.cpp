@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "kernels/qgemm.h"
 #include "trainer/lora_model.h"
@@ -12,8 +13,12 @@ namespace qwenq {
 
 int64_t lora_cuda_fold_cols(int64_t rank) { return qgemm_lora_fold_enabled() ? (rank + 7) / 8 * 8 : 0; }
 
+int64_t lora_cuda_logits_chunk_floats() {
+  return env_int("QWENQ_LOGITS_CHUNK", kLoraCudaLogitsChunkFloats, 1, int64_t{1} << 30);
+}
+
 int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows) {
-  const int64_t rows = max_rows > 0 ? max_rows : kLoraCudaLogitsChunkFloats / V;
+  const int64_t rows = max_rows > 0 ? max_rows : lora_cuda_logits_chunk_floats() / V;
   return std::max<int64_t>(1, std::min<int64_t>(T, rows));
 }
 

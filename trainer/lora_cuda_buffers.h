@@ -82,7 +82,7 @@
 // The input embedding is not a device buffer: an untied table stays on the host, the batch's rows are gathered
 // there into pinned memory and uploaded into xin (bf16 checkpoints) or slot 0 of xs (fp32) (a bf16 table's rows as
 // they are, through act16, widened on the device), tied ones are gathered on the device (trainer/lora_model_cuda.h). Pinned host memory is not counted here.
-// Logits: one chunk [rows, V] fp32, rows = max(1, min(T, kLoraCudaLogitsChunkFloats / V)) (tag logits): 2^24
+// Logits: one chunk [rows, V] fp32, rows = max(1, min(T, lora_cuda_logits_chunk_floats() / V)) (tag logits): 2^24
 // logits = 64 MiB, 110 rows at V = 151936 or 152064. The lm_head's forward, the fused cross-entropy and dlogits·W
 // run chunk by chunk over the scored rows (the last chunk partial; one chunk when they are fewer than rows), each
 // chunk's rows of dhidden written at once. The scored rows are all T, or, when a 16th or more have no target, the R
@@ -123,8 +123,11 @@ namespace qwenq {
 // dense copy of Ŵ (B's columns, or A's rows): the rank rounded up to a multiple of 8 (0 without the switch).
 int64_t lora_cuda_fold_cols(int64_t rank);
 
-// Logits per lm_head chunk of LoraModelCuda: 16 Mi floats (64 MiB; the CPU trainer's chunk too).
+// Logits per lm_head chunk of LoraModelCuda: 16 Mi floats (64 MiB; the CPU trainer's chunk too), unless
+// QWENQ_LOGITS_CHUNK sets another count (a tuning knob, 1..2^30, for measuring the trade above:
+// benchmarks/bench_qlora_step.sh's VARIANTS; the memory plan reads it too).
 constexpr int64_t kLoraCudaLogitsChunkFloats = int64_t{16} << 20;
+int64_t lora_cuda_logits_chunk_floats();
 // Rows of one logits chunk for a batch of T tokens and a vocabulary of V: max(1, min(T, chunk_floats / V)), or
 // min(T, max_rows) when max_rows > 0 (LoraModelCudaOptions::logits_chunk_rows, for tests).
 int64_t lora_cuda_logits_rows(int64_t T, int64_t V, int64_t max_rows = 0);
