@@ -519,10 +519,10 @@ struct LoraModelCuda::Impl {
     if (ra == 0) return false;
     ++folds.backward;
     const Phase ph(this, StepPhase::Base);
-    uint16_t* da = act16.as<uint16_t>();
-    f32_to_bf16_strided_cuda(dy, T, L.N, L.N, 1.f, da, ld, st());
-    f32_to_bf16_strided_cuda(g.as<float>(), T, f.sl->r, ra, 1.f, da + L.N, ld, st());  // g, zeros up to ra
-    qgemm_int4_t_dense_lowrank_cuda(*L.q4, da, Q4LowRankT{ra, params.as<float>() + f.sl->a_off, f.sl->r}, T, dx,
+    uint16_t* dya = act16.as<uint16_t>();
+    f32_to_bf16_strided_cuda(dy, T, L.N, L.N, 1.f, dya, ld, st());
+    f32_to_bf16_strided_cuda(g.as<float>(), T, f.sl->r, ra, 1.f, dya + L.N, ld, st());  // g, zeros up to ra
+    qgemm_int4_t_dense_lowrank_cuda(*L.q4, dya, Q4LowRankT{ra, params.as<float>() + f.sl->a_off, f.sl->r}, T, dx,
                                     accumulate, st());
     return true;
   }
