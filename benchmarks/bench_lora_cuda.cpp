@@ -200,8 +200,9 @@ int main(int argc, char** argv) {
       base.d_type = DType::F32;
       base.lda = base.ldb = K + r;
       base.ldd = N;
-      // Times g, then g over r more reduction steps on the same operands (the fold's longer GEMM); prints both and
-      // writes them as rows `name` and `name`_folded.
+      // Times g, then g over r more reduction steps on the same operands (the fold's longer GEMM; both with the
+      // folded form's leading dimensions, K + r or N + r, where the trainer's unfolded product has K or N); prints
+      // both and writes them as rows `name` and `name`_folded.
       const auto with_fold = [&](const char* label, const char* name, const char* more, const LtGemm& g,
                                  const void* a, const void* b, float* d) {
         LtGemm f = g;
@@ -228,7 +229,8 @@ int main(int argc, char** argv) {
       const int fwd_runs = L.down ? 1 : 2;
       layer_base_us += L.count * (fwd_runs * t_base + t_bt);
       layer_fold_us += L.count * (fwd_runs * (t_fold - t_base) + (t_fold_t - t_bt));
-      // The fold removes y+ from the forward and the recomputation (down_proj's forward only) and dx+ (fp32 as run).
+      // The fold removes y+ from the forward and the recomputation (down_proj's forward only) and dx+ (fp32 as run);
+      // not counted: the scratch write and add of the accumulating Linears (k, v, up), which it removes too.
       layer_saved_us += L.count * ((L.down ? 1 : 2) * us[0][1] + us[0][5]);
     }
     std::fprintf(stderr,

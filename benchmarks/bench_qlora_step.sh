@@ -68,8 +68,9 @@ fail() { echo "bench_qlora_step: $*" >&2; exit 1; }
 [ "$LAYERS_BASE" -lt "$LAYERS" ] || fail "LAYERS_BASE ($LAYERS_BASE) must be below LAYERS ($LAYERS)"
 variants=()
 IFS=';' read -ra listed <<< "${VARIANTS:-}"
-for v in "${listed[@]}"; do
-  v=$(echo "$v" | xargs)  # trimmed, inner spaces one
+for v in ${listed[@]+"${listed[@]}"}; do
+  read -ra words <<< "$v"  # split on blanks: trimmed, inner runs of blanks one space
+  v="${words[*]-}"
   [ -n "$v" ] || continue
   [[ "$v" =~ ^[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*( [A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*)*$ ]] ||
     fail "VARIANTS: '$v' is not a list of NAME=value assignments"
@@ -157,7 +158,7 @@ if [ "$LAYERS_BASE" -gt 0 ] && [ "$(left)" -ge 100 ]; then
 fi
 # Our side under each of VARIANTS' switch sets, in a subshell that exports them (the report reads oursvN.env).
 n=0
-for v in "${variants[@]}"; do
+for v in ${variants[@]+"${variants[@]}"}; do
   n=$((n + 1))
   [ "$(left)" -ge 45 ] || { echo "bench_qlora_step: no time left for variant $n ($v)"; break; }
   echo "$v" > "$WORK/oursv$n.env"

@@ -145,31 +145,34 @@ def write_variants(w, variants, ours, ours0, L, L0):
     w("## Our step under the switches (same call)")
     w("")
     w(f"Our side again at {L} layers with each switch set exported, against the default run above. Per layer: the "
-      f"difference from our default {L0}-layer run / {L - L0} (the switches change the decoder layers only, so the "
-      "default's fixed part stands for theirs).")
+      f"default's per-layer time (its {L}- and {L0}-layer runs) plus the step's change / {L}, which holds for a switch "
+      "that changes the decoder layers only (QWENQ_LOGITS_CHUNK changes the lm_head, the fixed part: read its "
+      "step's change instead).")
     w("")
-    w(f"| switches | tokens/s | s/step | vs default | s/step per layer | peak reserved | notes |")
-    w("|---|---|---|---|---|---|---|")
+    w(f"| switches | tokens/s | s/step | vs default | step change | s/step per layer | peak reserved | notes |")
+    w("|---|---|---|---|---|---|---|---|")
     base_ok = ok(ours)
+    per0 = (step_s(ours) - step_s(ours0)) / (L - L0) if base_ok and ok(ours0) and L > L0 else None
     if base_ok:
-        per = (step_s(ours) - step_s(ours0)) / (L - L0) if ok(ours0) and L > L0 else None
-        w(f"| (default) | {ours['tokens_per_s']:.0f} | {step_s(ours):.4f} | 1.00 | "
-          f"{'n/a' if per is None else f'{per * 1e3:.2f} ms'} | {gib(ours.get('peak_reserved_bytes'))} | |")
+        w(f"| (default) | {ours['tokens_per_s']:.0f} | {step_s(ours):.4f} | 1.00 | | "
+          f"{'n/a' if per0 is None else f'{per0 * 1e3:.2f} ms'} | {gib(ours.get('peak_reserved_bytes'))} | |")
     parts = []
     for tag, env, j in variants:
         if j is None:
-            w(f"| `{env}` | not run | | | | | no time left |")
+            w(f"| `{env}` | not run | | | | | | no time left |")
             parts.append(f"{env}: not run")
         elif not ok(j):
-            w(f"| `{env}` | failed | | | | | {j['failed']} |")
+            w(f"| `{env}` | failed | | | | | | {j['failed']} |")
             parts.append(f"{env}: FAILED")
         else:
             r = ratio(j["tokens_per_s"], ours["tokens_per_s"]) if base_ok else None
-            per = (step_s(j) - step_s(ours0)) / (L - L0) if ok(ours0) and L > L0 else None
+            change = step_s(j) - step_s(ours) if base_ok else None
+            per = per0 + change / L if per0 is not None else None
             note = "partial" if j.get("partial") else ""
             w(f"| `{env}` | {j['tokens_per_s']:.0f} | {step_s(j):.4f} | {'n/a' if r is None else f'{r:.2f}'} | "
+              f"{'n/a' if change is None else f'{change * 1e3:+.2f} ms'} | "
               f"{'n/a' if per is None else f'{per * 1e3:.2f} ms'} | {gib(j.get('peak_reserved_bytes'))} | {note} |")
-            parts.append(f"{env}: {'n/a' if r is None else f'{r:.2f}'}x")
+            parts.append(f"{env}: " + ("n/a" if r is None else f"{r:.2f}x"))
     profs = [("default", (ours or {}).get("profile_ms_per_step"))] + \
         [(env, (j or {}).get("profile_ms_per_step")) for _, env, j in variants]
     profs = [(n, p) for n, p in profs if p]

@@ -11,7 +11,7 @@
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start), then our side again under each switch
 #             set of QWENQ_GPU_QLORA_VARIANTS (';'-separated; unset: the dense overlap, the LoRA fold,
-#             both, and both with 2^26-logit lm_head chunks; empty: none), ~20 s each                                                    needs 150 s
+#             both, and both with 2^26-logit lm_head chunks; empty: none), 10-20 s each (30 s allowed)                                                    needs 150 s
 #   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
 #             model; the per-head and the grouped decode attention)                             needs 90 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to

@@ -706,6 +706,7 @@ TEST(MemoryPlanGpu, Q4SizesEqualTheRepack) {
 // positive max_rows (LoraModelCudaOptions::logits_chunk_rows) replaces the rule. The chunks cover T with a partial
 // last one.
 TEST(MemoryPlanGpu, LogitsChunkRows) {
+  const test::ScopedEnv unset("QWENQ_LOGITS_CHUNK", nullptr);
   EXPECT_EQ(kLoraCudaLogitsChunkFloats, int64_t{1} << 24);
   EXPECT_EQ(lora_cuda_logits_rows(2048, 151936), 110);
   EXPECT_EQ(lora_cuda_logits_rows(2048, 152064), 110);

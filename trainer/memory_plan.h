@@ -123,8 +123,9 @@
 //                 Linears, a MoE layer's experts included; with QWENQ_LORA_FOLD=1 an adapted Linear's copy has
 //                 lora_cuda_fold_cols(r) more columns forward, or more rows for the input gradient). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
-//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, 2^24 / V))
-//                 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says why)
+//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, F / V)), F =
+//                 2^24 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says
+//                 why) or QWENQ_LOGITS_CHUNK
 //   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
 //                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
 //
@@ -162,7 +163,8 @@ constexpr uint64_t kCublasLtWorkspaceBytes = uint64_t{32} << 20;
 constexpr uint64_t kAllocatorSlackBytes = uint64_t{512} << 20;
 constexpr uint64_t kNcclBytes = uint64_t{256} << 20;
 // Rows of the CPU's lm_head loss chunk: as many as keep one chunk at about 16M logits (trainer/lora_model.cpp).
-// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h), of the same size.
+// The GPU's chunk is lora_cuda_logits_rows (trainer/lora_cuda_buffers.h), of the same size unless
+// QWENQ_LOGITS_CHUNK sets another.
 constexpr int64_t kPlanLogitsPerChunk = int64_t{16} << 20;
 // nested_offset written into the planned NF4 quant_state JSON (python repr "0.05000000074505806").
 constexpr float kPlanNestedOffset = 0.05f;

@@ -30,7 +30,8 @@ rows = [json.loads(l) for l in raw.strip().splitlines()]
 assert [(r["side"], r["layers"], r["run"]) for r in rows] == [
     ("qwenq", 2, "ours"), ("transformers+peft", 2, "theirs"), ("qwenq", 1, "ours0"), ("transformers+peft", 1, "theirs0"),
     ("qwenq", 2, "oursv1"), ("qwenq", 2, "oursv2")], rows
-assert re.search(r"\| `QWENQ_LORA_FOLD=1` \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| -?[0-9.]+ ms \|", text), "variant 1's row"
+assert re.search(r"\| `QWENQ_LORA_FOLD=1` \| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [-+][0-9.]+ ms \| -?[0-9.]+ ms \|", text), \
+    "variant 1's row"
 assert "| `QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1` |" in text, "variant 2's row"
 rows = rows[:4]
 for r in rows:
