@@ -117,6 +117,9 @@ if start tests 60; then
   log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests --gtest_filter="$FILTER" | grep -c '^  ') tests (filter $FILTER)"
   names SKIPPED | head -8 | sed 's/^/skipped: /' | tee -a "$OUT/summary.txt"
   names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
+  # Where the tests phase's time goes (the slowest ten, for trimming the device time they take).
+  grep -hE '^\[ +(OK|FAILED) +\] .* \([0-9]+ ms\)$' "$LOGS/gpu_tests.log" | sed -E 's/^\[[^]]*\] (.*) \(([0-9]+) ms\)$/\2 \1/' |
+    sort -rn | head -10 | awk '{printf "slow: %6.1f s %s\n", $1 / 1000, $2}' | tee -a "$OUT/summary.txt"
   # The models once more with the 4-bit switches of kernels/qgemm.h the other way: the FMA decode kernels
   # (QWENQ_DECODE_MMA=0; the default decode forward is on tensor cores) and the dense prefill path for every M > 64
   # (QWENQ_QGEMM_DENSE=1; by default it starts at M = 512, above the model tests' token counts, which therefore
