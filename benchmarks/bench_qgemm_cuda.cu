@@ -199,35 +199,29 @@ int main(int argc, char** argv) {
             << L.K << "," << L.N << "," << t_q4 << "," << t_q4t << "," << t_cub << "," << q4_gbs << "," << pct << ","
             << q4t_gbs << "," << cub_gbs << "," << flops / (t_q4 * 1e6) << "," << flops / (t_cub * 1e6) << ","
             << t_cub / t_q4 << "," << flops / (t_q4t * 1e6) << ",,," << "decode\n";
-        // The forward on tensor cores (kernels/qgemm_decode_mma.cu), same bytes, its own row (path decode_mma).
+        // The forward on tensor cores (kernels/qgemm_decode_mma.cu), same bytes, its own row (path decode_mma); and
+        // the same product on fp32 x (the exact decode of generate, QWENQ_DECODE_MMA_F32=1): x split into three bf16
+        // pieces first (one more launch), 3M kernel rows; x counts 4 bytes a value (path decode_mma_f32).
         if (qgemm_decode_mma_supports(dw.view())) {
-          const double t_mma =
-              time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush);
-          const double mma_gbs = q4_bytes / (t_mma * 1e3);
-          const double mma_pct = peak_gbs > 0 ? 100.0 * mma_gbs / peak_gbs : 0.0;
-          std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (mma)\n",
-                       L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
-                       static_cast<long long>(L.N), t_mma, "-", t_cub, mma_gbs, mma_pct, cub_gbs, t_cub / t_mma);
-          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
-              << t_mma << ",," << t_cub << "," << mma_gbs << "," << mma_pct << ",," << cub_gbs << ","
-              << flops / (t_mma * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_mma << ",,,,"
-              << "decode_mma\n";
-          // The same product on fp32 x (the exact decode of generate, QWENQ_DECODE_MMA_F32=1): x split into three
-          // bf16 pieces first (one more launch), 3M kernel rows; x counts 4 bytes a value (path decode_mma_f32).
+          // One tensor-core decode row: its time t_mma and bytes, printed and written as `path`.
+          const auto mma_row = [&](double t_mma, double bytes, const char* label, const char* path) {
+            const double mma_gbs = bytes / (t_mma * 1e3);
+            const double mma_pct = peak_gbs > 0 ? 100.0 * mma_gbs / peak_gbs : 0.0;
+            std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (%s)\n",
+                         L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
+                         static_cast<long long>(L.N), t_mma, "-", t_cub, mma_gbs, mma_pct, cub_gbs, t_cub / t_mma,
+                         label);
+            csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
+                << t_mma << ",," << t_cub << "," << mma_gbs << "," << mma_pct << ",," << cub_gbs << ","
+                << flops / (t_mma * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_mma << ",,,," << path
+                << "\n";
+          };
+          mma_row(time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush),
+                  q4_bytes, "mma", "decode_mma");
           Dev<float> xf(M * L.K);
           bf16_to_f32_cuda(x.p, M * L.K, xf.p);
-          const double t_f32 =
-              time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), xf.p, DType::F32, M, y.p); }, reps, flush);
-          const double f32_gbs = (q4_bytes + 2.0 * M * L.K) / (t_f32 * 1e3);
-          const double f32_pct = peak_gbs > 0 ? 100.0 * f32_gbs / peak_gbs : 0.0;
-          std::fprintf(stderr,
-                       "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (mma, fp32 x)\n",
-                       L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
-                       static_cast<long long>(L.N), t_f32, "-", t_cub, f32_gbs, f32_pct, cub_gbs, t_cub / t_f32);
-          csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
-              << t_f32 << ",," << t_cub << "," << f32_gbs << "," << f32_pct << ",," << cub_gbs << ","
-              << flops / (t_f32 * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_f32 << ",,,,"
-              << "decode_mma_f32\n";
+          mma_row(time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), xf.p, DType::F32, M, y.p); }, reps, flush),
+                  q4_bytes + 2.0 * M * L.K, "mma, fp32 x", "decode_mma_f32");
         }
       }
     }
