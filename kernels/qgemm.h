@@ -147,6 +147,10 @@ struct Q4LowRankT {
 };
 void qgemm_int4_t_dense_lowrank_ref(const Q4View& w, const uint16_t* dya, const Q4LowRankT& lr, int64_t M, float* dx,
                                     bool accumulate);
+// The four low-rank entry points' common rule (both products, both twins): no act-order (and Kp == K for the
+// transposed one, whose dx columns are the layout's), ra a positive multiple of 8, 1 <= rb <= ra, the factor (B or
+// A) not null. Throws qwenq::Error naming fn otherwise.
+void qgemm_lowrank_check(const Q4View& w, int64_t ra, int64_t rb, const float* factor, bool transposed, const char* fn);
 
 #ifdef QWENQ_HAVE_CUDA
 // Device twins (dispatchers, see above). y / dx must not overlap x / dy. Results are deterministic (no

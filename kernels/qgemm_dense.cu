@@ -303,10 +303,7 @@ void qgemm_int4_dense_lowrank_cuda(const Q4View& w, const uint16_t* xa, const Q4
                                    void* stream) {
   const char* fn = "qgemm_int4_dense_lowrank_cuda";
   qgemm_tc_detail::check_tc_args(w, xa, DType::BF16, M, y, fn);
-  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight has act-order (a permutation): xa would need the gather (K="
-                                    << w.K << " N=" << w.N << ")");
-  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra && lr.B != nullptr,
-              fn << ": ra=" << lr.ra << " must be a positive multiple of 8, rb=" << lr.rb << " in [1, ra], B not null");
+  qgemm_lowrank_check(w, lr.ra, lr.rb, lr.B, /*transposed=*/false, fn);
   QWENQ_CHECK(is_aligned(xa, 16), fn << ": xa must be 16-byte aligned (its rows are Kp + ra bf16 values)");
   dense_forward(w, xa, w.Kp + lr.ra, M, y, &lr, static_cast<cudaStream_t>(stream));
 }
@@ -361,10 +358,7 @@ void qgemm_int4_t_dense_lowrank_cuda(const Q4View& w, const uint16_t* dya, const
                                      bool accumulate, void* stream) {
   const char* fn = "qgemm_int4_t_dense_lowrank_cuda";
   qgemm_tc_detail::check_tc_args(w, dya, DType::BF16, M, dx, fn);
-  QWENQ_CHECK(w.perm == nullptr && w.Kp == w.K, fn << ": the weight has act-order or Kp=" << w.Kp << " != K=" << w.K
-                                                   << ": dx's columns would need the scatter (N=" << w.N << ")");
-  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra && lr.A != nullptr,
-              fn << ": ra=" << lr.ra << " must be a positive multiple of 8, rb=" << lr.rb << " in [1, ra], A not null");
+  qgemm_lowrank_check(w, lr.ra, lr.rb, lr.A, /*transposed=*/true, fn);
   QWENQ_CHECK(is_aligned(dya, 16), fn << ": dya must be 16-byte aligned (its rows are N + ra bf16 values)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int64_t Kp = w.Kp, ld = w.N + lr.ra;

@@ -48,6 +48,16 @@ int64_t qgemm_dense_scratch_bytes(int64_t N, int64_t Kp, int64_t ra) {
   return std::max(held(Kp / 8, kQgemmDqWordRows, N * 8, N * ra), held(N, kQgemmDqCols, Kp, ra * Kp));
 }
 
+void qgemm_lowrank_check(const Q4View& w, int64_t ra, int64_t rb, const float* factor, bool transposed, const char* fn) {
+  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight has act-order (a permutation): "
+                                    << (transposed ? "dx's columns would need the scatter" : "xa would need the gather")
+                                    << " (K=" << w.K << " N=" << w.N << ")");
+  QWENQ_CHECK(!transposed || w.Kp == w.K,
+              fn << ": Kp=" << w.Kp << " != K=" << w.K << ": dx's columns would need the scatter (N=" << w.N << ")");
+  QWENQ_CHECK(ra > 0 && ra % 8 == 0 && rb >= 1 && rb <= ra && factor != nullptr,
+              fn << ": ra=" << ra << " must be a positive multiple of 8, rb=" << rb << " in [1, ra], the factor not null");
+}
+
 // Opt-in until it has run on a GPU.
 bool qgemm_lora_fold_enabled() { return env_switch("QWENQ_LORA_FOLD") == 1; }
 

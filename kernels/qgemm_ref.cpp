@@ -89,11 +89,8 @@ void q4_dequantize_bf16_ref(const Q4View& w, uint16_t* out) {
 void qgemm_int4_dense_lowrank_ref(const Q4View& w, const uint16_t* xa, const Q4LowRank& lr, int64_t M, float* y) {
   const char* fn = "qgemm_int4_dense_lowrank_ref";
   q4_check(w, fn);
-  QWENQ_CHECK(M >= 1 && xa != nullptr && y != nullptr && lr.B != nullptr,
-              fn << ": M=" << M << " must be at least 1 and no pointer null");
-  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight has act-order (a permutation): xa would need the gather");
-  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra,
-              fn << ": ra=" << lr.ra << " must be a positive multiple of 8 and rb=" << lr.rb << " in [1, ra]");
+  QWENQ_CHECK(M >= 1 && xa != nullptr && y != nullptr, fn << ": M=" << M << " must be at least 1 and no pointer null");
+  qgemm_lowrank_check(w, lr.ra, lr.rb, lr.B, /*transposed=*/false, fn);
   const int64_t ld = w.Kp + lr.ra;
   std::vector<uint16_t> wb(static_cast<size_t>(w.N * w.Kp));
   q4_dequantize_bf16_ref(w, wb.data());
@@ -113,12 +110,8 @@ void qgemm_int4_t_dense_lowrank_ref(const Q4View& w, const uint16_t* dya, const 
                                     bool accumulate) {
   const char* fn = "qgemm_int4_t_dense_lowrank_ref";
   q4_check(w, fn);
-  QWENQ_CHECK(M >= 1 && dya != nullptr && dx != nullptr && lr.A != nullptr,
-              fn << ": M=" << M << " must be at least 1 and no pointer null");
-  QWENQ_CHECK(w.perm == nullptr && w.Kp == w.K, fn << ": the weight has act-order or Kp=" << w.Kp << " != K=" << w.K
-                                                   << ": dx's columns would need the scatter");
-  QWENQ_CHECK(lr.ra > 0 && lr.ra % 8 == 0 && lr.rb >= 1 && lr.rb <= lr.ra,
-              fn << ": ra=" << lr.ra << " must be a positive multiple of 8 and rb=" << lr.rb << " in [1, ra]");
+  QWENQ_CHECK(M >= 1 && dya != nullptr && dx != nullptr, fn << ": M=" << M << " must be at least 1 and no pointer null");
+  qgemm_lowrank_check(w, lr.ra, lr.rb, lr.A, /*transposed=*/true, fn);
   const int64_t ld = w.N + lr.ra, K = w.K;
   std::vector<uint16_t> wb(static_cast<size_t>(w.N * K));
   q4_dequantize_bf16_ref(w, wb.data());
