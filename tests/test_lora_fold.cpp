@@ -10,6 +10,7 @@
 //     lora_cuda_fold_cols, act16's width in the trainer's buffer table.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +28,7 @@
 #include "tests/support/test_errors.h"
 #include "trainer/lora_cuda_buffers.h"
 #include "trainer/qwen_config.h"
+#include "trainer/random_model.h"
 
 namespace qwenq {
 namespace {
@@ -226,14 +228,8 @@ TEST(LoraFold, TheScratchAndAct16CountTheAdapterColumns) {
     EXPECT_EQ(qgemm_dense_scratch_bytes(896, 18944, 16), 2 * (256 + 16) * 18944 * 2);
     EXPECT_GT(2 * (256 + 16) * 18944, 2 * 896 * (4864 + 16));
   }
-  QwenConfig c;
-  c.hidden_size = 256;
-  c.intermediate_size = 688;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 64;
-  c.num_layers = 2;
-  c.vocab_size = 320;
+  const QwenConfig c = qwen_preset("tiny");
+  ASSERT_GT(c.intermediate_size, std::max(c.hidden_size, c.num_heads * c.head_dim));  // act16's width
   const auto act16_words = [&](int64_t r) {
     for (const LoraCudaBuffer& b : lora_cuda_batch_buffers(c, c.num_layers, r, true, true, false))
       if (b.id == LoraCudaBufferId::Act16) return b.words;
@@ -243,14 +239,14 @@ TEST(LoraFold, TheScratchAndAct16CountTheAdapterColumns) {
     const test::ScopedEnv off("QWENQ_LORA_FOLD", nullptr);
     EXPECT_FALSE(qgemm_lora_fold_enabled());
     EXPECT_EQ(lora_cuda_fold_cols(13), 0);
-    EXPECT_EQ(act16_words(13), 688 / 2);
+    EXPECT_EQ(act16_words(13), c.intermediate_size / 2);
   }
   const test::ScopedEnv on("QWENQ_LORA_FOLD", "1");
   EXPECT_TRUE(qgemm_lora_fold_enabled());
   EXPECT_EQ(lora_cuda_fold_cols(13), 16);
   EXPECT_EQ(lora_cuda_fold_cols(16), 16);
   EXPECT_EQ(lora_cuda_fold_cols(64), 64);
-  EXPECT_EQ(act16_words(13), (688 + 16) / 2);
+  EXPECT_EQ(act16_words(13), (c.intermediate_size + 16) / 2);
 }
 
 }  // namespace
