@@ -66,9 +66,9 @@
 // attention and no dropout about T · ((L + 1)·C/2 + 7·C + 3·I + 3·H·D + 3·Hkv·D + max(C, H·D, I)/2 + 8·r) 4-byte
 // words (fp32 checkpoints: (L + 1)·C, no xin; naive attention: + 2·H·D + 2·Hkv·D, no bf16 copies; dropout:
 // + max(C, H·D, I)), the backward's gradients living on the storage of forward buffers whose lifetimes end before
-// (the table lists each pair and why); and one chunk of logits (at most 64 MiB, or QWENQ_LOGITS_CHUNK logits). That table is also what
-// `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered embeddings; half of it for a
-// bf16 table).
+// (the table lists each pair and why); and one chunk of logits (at most 64 MiB, or QWENQ_LOGITS_CHUNK logits).
+// That table is also what `qwen-qlora plan` counts (trainer/memory_plan.h). Host: T·C fp32 pinned (the gathered
+// embeddings; half of it for a bf16 table).
 // Not thread-safe (the buffers are reused by every call).
 #pragma once
 
