@@ -1,7 +1,8 @@
 // attention_decode_cuda (kernels/attention_decode.h has the math and the cache layout): flash-decoding in two
 // kernels on one stream.
-//   partial  grid (splits, H, B), 128 threads. Block (s, h, b) takes keys [s·per, min(len, (s+1)·per)) of
-//            sequence b and runs an online softmax over them in tiles of kTile keys:
+//   partial  grid (splits, H, B), 128 threads. Block (s, h, b) takes split s of sequence b's own len keys
+//            (kernels/attention_decode_split.h: [s·per, min(len, (s+1)·per)), per = ceil(len / n) over the
+//            n <= splits splits, one per 64 keys begun) and runs an online softmax over them in tiles of kTile keys:
 //              scores: warp w takes keys w, w+4, ... of the tile; lane i sums qs[d]·k[d] for d = i, i+32, ...
 //                      (coalesced 128-byte rows), then a butterfly warp sum; lane 0 stores the score in smem
 //              softmax: block max of the tile -> m' = max(m, tile max), α = e^(m − m'), p = e^(s − m') in place,
@@ -97,7 +98,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_partial_kernel(Deco
   const int split = blockIdx.x, tid = threadIdx.x, lane = tid % cuda::kWarp, warp = tid / cuda::kWarp;
   const int64_t h = blockIdx.y, b = blockIdx.z, D = p.D, g = h / (p.H / p.Hkv);
   const int64_t len = min(max(static_cast<int64_t>(p.lens[b]), int64_t{0}), p.max_len);
-  const int64_t k0 = split * p.per_split, k1 = min(len, k0 + p.per_split);
+  const DecodeSplitKeys keys = decode_split_keys(len, p.splits, p.min_keys, split);
+  const int64_t k0 = keys.k0, k1 = keys.k1;
 
   for (int64_t d = tid; d < D; d += kThreads) qs[d] = p.q[(b * p.H + h) * D + d] * p.scale;
   __syncthreads();
@@ -220,8 +222,8 @@ void launch_decode(const char* name, const float* q, const T* k_cache, const T* 
 
   const int64_t splits = attention_decode_splits(B, H, max_len);
   DeviceMemory ws;
-  const DecodeParams p =
-      decode_params(q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, splits, out, &ws, stream);
+  const DecodeParams p = decode_params(q, k_cache, v_cache, lens, B, H, Hkv, D, capacity, max_len, splits,
+                                       kMinKeysPerSplit, out, &ws, stream);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(H), static_cast<unsigned>(B));
   attention_decode_partial_kernel<T><<<grid, kThreads, 0, stream>>>(p);
   QWENQ_CUDA_CHECK_LAUNCH(name << " B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D << " max_len=" << max_len

@@ -21,14 +21,16 @@
 // (every key row then starts on a 4-byte boundary) and, on the GPU, 4-byte aligned cache pointers: the kernel
 // reads a pair of bf16 columns per 32-bit load.
 //
-// GPU kernel (attention_decode_cuda, kernels/attention_decode.cu), flash-decoding: the keys [0, max_len) are cut
-// into `splits` equal ranges; block (split, h, b) runs an online softmax over its range in tiles of 128 keys
-// (each warp one key at a time, lanes over D, a warp sum per score; then each thread owns up to 2 output columns
-// for Σ p·v: columns t and t + 128 in fp32, the adjacent pair 2t, 2t + 1 in bf16, one 32-bit load per key either
-// way, so both variants read 128 contiguous bytes per warp and load), and writes (m, l, unnormalized acc[D]) to a
-// scratch buffer; a second kernel merges the splits of each (b, h) in split order: M = max m_s, L = Σ l_s·e^(m_s−M), out = Σ acc_s·e^(m_s−M) / L. With one split the
-// first kernel writes out directly. splits is chosen on the host from B·H, max_len and the device's SM count (about
-// two blocks per SM, at least 64 keys per split), so the result is deterministic for a given device and max_len.
+// GPU kernel (attention_decode_cuda, kernels/attention_decode.cu), flash-decoding: each sequence's keys
+// [0, lens[b]) are cut into at most `splits` equal ranges, one per 64 keys begun (kernels/attention_decode_split.h;
+// the grid has `splits` ranges, sized for max_len); block (split, h, b) runs an online softmax over its range in
+// tiles of 128 keys (each warp one key at a time, lanes over D, a warp sum per score; then each thread owns up to 2
+// output columns for Σ p·v: columns t and t + 128 in fp32, the adjacent pair 2t, 2t + 1 in bf16, one 32-bit load
+// per key either way, so both variants read 128 contiguous bytes per warp and load), and writes (m, l,
+// unnormalized acc[D]) to a scratch buffer; a second kernel merges the splits of each (b, h) in split order:
+// M = max m_s, L = Σ l_s·e^(m_s−M), out = Σ acc_s·e^(m_s−M) / L. With one split the first kernel writes out
+// directly. splits is chosen on the host from B·H, max_len and the device's SM count (about two blocks per SM, at
+// most one split per 64 keys of max_len), so the result is deterministic for a given device, max_len and lens.
 // Keys at or past lens[b] are never read (the test fills them with NaN).
 // With QWENQ_DECODE_GROUPED=1 (opt-in until it has run on a GPU) both GPU twins take the grouped kernel for D = 64,
 // 128, 256 (kernels/attention_decode_grouped.h): a block per kv head for all its query heads, the same contract.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/attention_decode_split.h"
 #include "kernels/cuda_check.cuh"
 
 namespace qwenq {
@@ -19,7 +20,8 @@ struct DecodeParams {
   const float* q;
   const void *k, *v;  // [B, capacity, Hkv, D] of the partial kernel's T
   const int32_t* lens;
-  int64_t H, Hkv, D, capacity, max_len, per_split;
+  int64_t H, Hkv, D, capacity, max_len;
+  int64_t min_keys;  // the launcher's least keys per split (kernels/attention_decode_split.h)
   int splits;
   float scale;
   float* out;  // [B, H, D], written when splits == 1
@@ -52,11 +54,13 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_merge_kernel(
   }
 }
 
-// The parameters of a launch over `splits` splits; with splits > 1 the scratch the merge reads, allocated on
+// The parameters of a launch over `splits` splits, one per `min_keys` keys begun at most (each sequence's own length
+// cut as kernels/attention_decode_split.h says); with splits > 1 the scratch the merge reads, allocated on
 // `stream` into *ws (freed on the stream after the merge: no wait).
 inline DecodeParams decode_params(const float* q, const void* k, const void* v, const int32_t* lens, int64_t B,
                                   int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len,
-                                  int64_t splits, float* out, DeviceMemory* ws, CudaStream stream) {
+                                  int64_t splits, int64_t min_keys, float* out, DeviceMemory* ws,
+                                  CudaStream stream) {
   DecodeParams p{};
   p.q = q;
   p.k = k;
@@ -67,7 +71,7 @@ inline DecodeParams decode_params(const float* q, const void* k, const void* v, 
   p.D = D;
   p.capacity = capacity;
   p.max_len = max_len;
-  p.per_split = (max_len + splits - 1) / splits;
+  p.min_keys = min_keys;
   p.splits = static_cast<int>(splits);
   p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));  // the ref's rounding
   p.out = out;

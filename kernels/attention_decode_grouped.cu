@@ -8,7 +8,8 @@
 // cached tokens 870 us per layer, more than the layer's 4-bit weights take.
 //
 // Layout of the work: grid (splits, Hkv·qchunks, B), 128 threads (4 warps). Block (s, g·qchunks + c, b) takes keys
-// [s·per, min(len, (s+1)·per)) of sequence b, kv head g, and query heads h0 .. h0 + gq − 1 of g's group (h0 =
+// [s·per, min(len, (s+1)·per)) of sequence b (its own length cut into n <= splits splits, one per 128 keys begun,
+// kernels/attention_decode_split.h), kv head g, and query heads h0 .. h0 + gq − 1 of g's group (h0 =
 // g·(H/Hkv) + c·GQ, gq <= GQ, GQ = 4 or 8): each key and value row is read once for all of them. Warp w takes keys
 // base + lane, base = k0 + 32w + 128i (i = 0, 1, ...), one key per lane:
 //   scores   s[hq] = Σ_d qs[hq][d]·k[d] over the lane's own key row, in 16-byte pieces (independent loads; ptxas
@@ -119,7 +120,8 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_grouped_kerne
   const int64_t g = blockIdx.y / qchunks, h0 = g * group + static_cast<int64_t>(blockIdx.y % qchunks) * GQ;
   const int gq = static_cast<int>(min(int64_t{GQ}, g * group + group - h0));
   const int64_t len = min(max(static_cast<int64_t>(p.lens[b]), int64_t{0}), p.max_len);
-  const int64_t k0 = split * p.per_split, k1 = min(len, k0 + p.per_split);
+  const DecodeSplitKeys keys = decode_split_keys(len, p.splits, p.min_keys, split);
+  const int64_t k0 = keys.k0, k1 = keys.k1;
 
   for (int i = tid; i < GQ * D; i += kDecodeThreads) {
     const int hq = i / D;
@@ -292,7 +294,8 @@ void launch_grouped(const char* name, const float* q, const T* k, const T* v, co
   QWENQ_CHECK(Hkv * qchunks <= 65535, name << ": Hkv=" << Hkv << " x " << qchunks << " query chunks exceed the grid");
   const int64_t splits = attention_decode_grouped_splits(B, H, Hkv, D, sizeof(T) == 2, max_len);
   DeviceMemory ws;
-  const DecodeParams p = decode_params(q, k, v, lens, B, H, Hkv, D, capacity, max_len, splits, out, &ws, stream);
+  const DecodeParams p =
+      decode_params(q, k, v, lens, B, H, Hkv, D, capacity, max_len, splits, kStepKeys, out, &ws, stream);
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(Hkv * qchunks), static_cast<unsigned>(B));
   const int g32 = static_cast<int>(group), qc = static_cast<int>(qchunks);
   with_instance<T>(D, gq, [&](auto kernel, int) { kernel<<<grid, kDecodeThreads, 0, stream>>>(p, g32, qc); });

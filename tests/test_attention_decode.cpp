@@ -33,6 +33,7 @@
 #include "core/rng.h"
 #include "kernels/attention.h"
 #include "kernels/attention_decode.h"
+#include "kernels/attention_decode_split.h"
 
 namespace qwenq {
 namespace {
@@ -214,6 +215,47 @@ TEST(AttentionDecodeRef, Bf16CacheIsTheFp32TwinOnTheRoundedCache) {
   };
   uint64_t seed = 41;
   for (const DecodeCase& c : cases) check_bf16_case(c, seed++);
+}
+
+// The GPU kernels' cut of a sequence's keys into splits (kernels/attention_decode_split.h), checked here because
+// the twins' results cannot show it (any cut gives the same softmax up to rounding): the splits partition
+// [0, len) in order; at most n = min(splits, ceil(len / min_keys)) of them take keys; with len == max_len the cut
+// is the launcher's equal cut ceil(max_len / splits); and a short sequence in a long grid (a graph-captured decode
+// step at 500 of 32768 cached keys) still spreads over several splits.
+TEST(AttentionDecodeSplit, EachSequenceCutsItsOwnLength) {
+  const auto nonempty_after_partition = [](int64_t len, int64_t splits, int64_t min_keys) {
+    int64_t next = 0, taking = 0;
+    for (int64_t s = 0; s < splits; ++s) {
+      const DecodeSplitKeys k = decode_split_keys(len, splits, min_keys, s);
+      if (k.k1 <= k.k0) continue;
+      EXPECT_EQ(k.k0, next) << "len " << len << " splits " << splits << " min " << min_keys << " split " << s;
+      next = k.k1;
+      ++taking;
+    }
+    EXPECT_EQ(next, len) << "len " << len << " splits " << splits << " min " << min_keys;
+    return taking;
+  };
+  for (const int64_t min_keys : {int64_t{64}, int64_t{128}}) {
+    for (int64_t max_len : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{65}, int64_t{1000}, int64_t{4097},
+                            int64_t{32768}}) {
+      const int64_t most = (max_len + min_keys - 1) / min_keys;
+      for (int64_t splits : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{9}, int64_t{19}, int64_t{100}}) {
+        if (splits > most) continue;  // the launchers never ask for more
+        for (int64_t len = 0; len <= max_len; len += len < 300 ? 1 : 97) {
+          const int64_t n = std::min(splits, std::max<int64_t>(1, (len + min_keys - 1) / min_keys));
+          EXPECT_LE(nonempty_after_partition(len, splits, min_keys), n) << "len " << len << " splits " << splits;
+        }
+        const int64_t per = (max_len + splits - 1) / splits;
+        for (int64_t s = 0; s < splits; ++s) {
+          const DecodeSplitKeys k = decode_split_keys(max_len, splits, min_keys, s);
+          EXPECT_EQ(k.k0, s * per) << "max_len " << max_len << " splits " << splits << " split " << s;
+          EXPECT_EQ(k.k1, std::min(max_len, (s + 1) * per)) << "max_len " << max_len << " split " << s;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(nonempty_after_partition(500, 9, 64), 8);  // the old cut of 32768 keys: one split of 3641
+  EXPECT_EQ(nonempty_after_partition(0, 9, 64), 0);
 }
 
 TEST(AttentionDecodeRef, ErrorsAreClear) {

@@ -29,6 +29,7 @@
 #include "kernels/moe_combine_backward.h"
 #include "kernels/norm.h"
 #include "kernels/optim.h"
+#include "kernels/pinned_host.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
 #include "lora/lora_linear.h"
@@ -45,36 +46,6 @@ namespace {
 static_assert(BlasLt::kWorkspaceBytes == kCublasLtWorkspaceBytes, "memory_plan.h's cuBLASLt workspace is BlasLt's");
 
 bool uses_flash(int64_t D) { return flash_attention_compiled(D); }  // 64 and 128 unless the build dropped one
-
-// Page-locked host memory for the embedding rows gathered on the host (an untied table stays there): the upload
-// from it is a true asynchronous copy on the trainer's stream. The owner waits for that copy before writing the
-// buffer again or freeing it (LoraModelCuda::Impl::embed).
-class PinnedFloats {
- public:
-  PinnedFloats() = default;
-  ~PinnedFloats() { release(); }
-  PinnedFloats(const PinnedFloats&) = delete;
-  PinnedFloats& operator=(const PinnedFloats&) = delete;
-  // At least n floats (the contents are not kept when it grows). Throws naming the size when pinning fails.
-  void reserve(int64_t n) {
-    if (n <= n_) return;
-    release();
-    void* p = nullptr;
-    QWENQ_CUDA_CHECK(cudaMallocHost(&p, static_cast<size_t>(n) * sizeof(float)));
-    p_ = static_cast<float*>(p);
-    n_ = n;
-  }
-  float* data() const { return p_; }
-
- private:
-  void release() noexcept {
-    if (p_ != nullptr) cudaFreeHost(p_);  // nothing to report from a destructor; the copy was waited for
-    p_ = nullptr;
-    n_ = 0;
-  }
-  float* p_ = nullptr;
-  int64_t n_ = 0;
-};
 
 // One adapted Linear: where its A and B live in the arenas (in floats). `index`: its place in the adapter's slots()
 // (the order of the arenas, of put/get and of gradient clipping); expert: kNoExpert for a layer's own Linear.
@@ -130,7 +101,9 @@ struct LoraModelCuda::Impl {
 
   // The untied input embedding on the host (null data when the table is on the device: tied, it is the lm_head).
   TensorView host_embed;
-  PinnedFloats staging;  // the rows gathered from host_embed: [T, C] bf16 for a bf16 table, else [T, C] fp32
+  // The rows gathered from host_embed, pinned (kernels/pinned_host.h): [T, C] bf16 for a bf16 table, else [T, C]
+  // fp32. Written again only after the previous step's upload from it has run (embed).
+  PinnedHost<float> staging;
 
   int64_t capacity = 0, logits_rows = 0;
   bool ckpt16 = true;  // the buffers hold bf16 checkpoints (xs bf16 + xin) rather than fp32 ones

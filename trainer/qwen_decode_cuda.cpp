@@ -20,6 +20,7 @@
 #include "kernels/device_allocator.h"
 #include "kernels/flash_attention.h"
 #include "kernels/norm.h"
+#include "kernels/pinned_host.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
 #include "trainer/gpu_support.h"
@@ -51,6 +52,7 @@ struct QwenDecodeCuda::Impl {
   DeviceAllocation kf, vf;                       // fp32 [rows, KV], BF16 cache only: k, v before rounding; the
                                                  // naive prefill's copies widened from the cache
   DeviceAllocation ids;                          // int32 [rows + 2]: tokens; a step's {token, position, length}
+  PinnedHost<int32_t> step_ids;                  // a step's {token, position, length} on the host, pinned
   DeviceAllocation positions;                    // int32 [rows]
   DeviceAllocation lora_u;                       // fp32 [rows, lora_rank]: the adapter branch's x Aᵀ
   int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
@@ -204,7 +206,8 @@ struct QwenDecodeCuda::Impl {
 
   // run's work, queued on the stream up to the logits. p0 < 0 (a graph step, T == 1): the position is pos[0] on the
   // device: the k and v rows go through kf/vf into cache row pos[0] (store_row_cuda), and the decode attention is
-  // sized for the whole cache (its keys past len_dev[0] in empty splits).
+  // sized for the whole cache: its grid has the cache's splits, and each split takes a share of the len_dev[0] keys
+  // (kernels/attention_decode_split.h), the splits past them empty.
   void queue(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev, const int32_t* host_ids) {
     const bool device_pos = p0 < 0;
     const QwenConfig& c = cfg;
@@ -300,9 +303,16 @@ struct QwenDecodeCuda::Impl {
   // One token at position p: ids holds {token, p, p + 1} (id, RoPE position, keys to attend).
   std::vector<float> run_token(int32_t token, int64_t p) {
     reserve(1);
-    // A copy the stream owns: nothing waits for it before run()'s end.
-    upload_owned_async(ids.get(), std::vector<int32_t>{token, static_cast<int32_t>(p), static_cast<int32_t>(p + 1)},
-                       s());
+    // From pinned memory: a plain asynchronous copy, no host function in the stream between two steps (a graph
+    // launch would wait for it). Every step ends waiting for its stream (download_logits), so the previous step's
+    // copy has read the buffer; the synchronization here (an idle stream: cheap) covers a step that threw.
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(s()));
+    step_ids.reserve(3);
+    int32_t* h = step_ids.data();
+    h[0] = token;
+    h[1] = static_cast<int32_t>(p);
+    h[2] = static_cast<int32_t>(p + 1);
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(ids.get(), h, 3 * sizeof(int32_t), cudaMemcpyHostToDevice, s()));
     const int32_t* dev = ids.as<int32_t>();
     if (graph_on && !graph_failed) {
       if (graph && graph_adapter != model.adapter_generation()) drop_graph();

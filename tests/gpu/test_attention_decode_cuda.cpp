@@ -2,7 +2,9 @@
 // inputs, over a sweep of head shapes (the Qwen2.5 0.5B/7B/72B heads 14/2/64, 28/4/128, 64/8/128; stories260K's
 // 8/4/8; GQA 7:1 and 8:1 at D = 8 and 64; MHA at the largest D = 256; an odd D = 40) and cache lengths (1, 63, 64,
 // 65, 1000, 4097), several sequences per call with different lengths, so that both the one-split path and the
-// split + merge path run (the splits are printed), including a max_len far above every length (empty splits).
+// split + merge path run (the splits are printed), including a max_len far above every length (empty splits) and a
+// graph decode step's grid (max_len 32768) over 500 and 3000 keys, which kernels/attention_decode_split.h spreads
+// over several splits each.
 // Cache rows at or past each length are NaN: a kernel that reads one fails.
 // The bf16-cache twin attention_decode_bf16_cuda against attention_decode_bf16_ref over the same sweep (D = 40 is
 // even: not a multiple of 32 lanes' pairs), the caches rounded from the same seeded values; its refusals (odd D, a
@@ -109,6 +111,7 @@ const Case kCases[] = {
       {4, 4, 256, {300, 17}},              // MHA, the largest D
       {6, 3, 40, {129}},                   // D not a multiple of 32
       {14, 2, 64, {1, 5}, 1000},           // max_len far above the lengths: empty splits
+      {28, 4, 128, {500, 3000}, 32768},    // a graph step's grid (the cache's splits): each length cut its own way
 };
 
 TEST(AttentionDecodeCuda, MatchesTheCpuTwin) {
