@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check on the device machine (H100/H200), in phases that fit one device call: builds for sm_90a with the
-# dependencies scripts/gpu_prepare.sh copied into .gpu-deps, then runs the phases named in QWENQ_GPU_PHASES, in
+# The GPU check on the device machine (H100/H200), in phases that fit one device call: takes the programs
+# scripts/gpu_prepare.sh prebuilt into .gpu-deps when they are of this tree and start there (else builds them for
+# sm_90a with the dependencies gpu_prepare.sh copied into .gpu-deps, ~100 s), then runs the phases named in
+# QWENQ_GPU_PHASES, in
 # this order, each only when its minimum time is left of QWENQ_GPU_BUDGET_S (default 520 s, for a call with
 # timeout_s=540):
 #   tests     every GPU test (4 gtest shards: each CUDA kernel against its CPU twin, the GPU model paths against the
@@ -60,17 +62,8 @@ export QWENQ_COMMIT=$(cat .gpu-deps/COMMIT 2>/dev/null || git rev-parse --short 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a \
-      -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_SHARED_DIR="$PWD/.gpu-deps/shared" \
-      -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
-  { log "configure failed"; tail -30 "$LOGS/configure.log" | tee -a "$OUT/summary.txt"; exit 1; }
-# Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
-targets="qwen-quant qwen-qlora"
-{ want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
 BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda,bench_lora_cuda}
 FILTER=${QWENQ_GPU_TEST_FILTER:-*}
-want bench && targets+=" ${BENCHES//,/ }"
-[ "$NCU_ONLY_BENCH" = 1 ] && targets+=" bench_qgemm_cuda"
 # Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
@@ -79,15 +72,54 @@ want qlora && reserve=$((reserve + 150)); want decode && reserve=$((reserve + 90
 want ncu && reserve=$((reserve + 60))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
 rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
-cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
-  { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
-log "configure + build: ${SECONDS} s"
+
+# The programs: scripts/gpu_prepare.sh's prebuilt ones when they are of this tree's sources (scripts/source_stamp.sh)
+# and start here (QWENQ_GPU_PREBUILT=0: always build), else built here into build-gpu. The tests find the source
+# tree, their scratch folder and the shared data through the environment (tests/support/test_paths.h), which is
+# what the prebuilt test binary, configured elsewhere, needs.
+BIN=build-gpu
+use_prebuilt() {
+  [ "${QWENQ_GPU_PREBUILT:-1}" = 1 ] && [ -f .gpu-deps/prebuilt.tar.gz ] || return 1
+  local want have
+  want=$(cat .gpu-deps/prebuilt.stamp 2>/dev/null) have=$(bash scripts/source_stamp.sh)
+  [ "$want" = "$have" ] || { log "prebuilt programs are of sources $want, this tree is $have: building"; return 1; }
+  # Unpacked once per machine: a later call keeps build-pre (and the benchmarks' prepared models under it).
+  if [ "$(cat build-pre/.stamp 2>/dev/null)" != "$want" ]; then
+    rm -rf build-pre && mkdir -p build-pre && tar xzf .gpu-deps/prebuilt.tar.gz -C build-pre ||
+      { log "prebuilt programs do not unpack: building"; return 1; }
+    echo "$want" > build-pre/.stamp
+  fi
+  if ! build-pre/qwenq_gpu_tests --gtest_list_tests > /dev/null 2> "$LOGS/prebuilt.log" ||
+     ! build-pre/qwen-quant --help > /dev/null 2>> "$LOGS/prebuilt.log"; then
+    log "prebuilt programs do not start here ($(head -c 300 "$LOGS/prebuilt.log" | tr '\n' ' ')): building"
+    return 1
+  fi
+}
+export QWENQ_TEST_SOURCE_DIR="$PWD" QWENQ_TEST_SHARED_DIR="$PWD/.gpu-deps/shared"
+if use_prebuilt; then
+  BIN=build-pre
+  log "prebuilt programs of sources $(cat .gpu-deps/prebuilt.stamp): no build (${SECONDS} s)"
+else
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a \
+        -DCMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr" -DQWENQ_SHARED_DIR="$PWD/.gpu-deps/shared" \
+        -DQWENQ_BUILD_BENCHMARKS=ON > "$LOGS/configure.log" 2>&1 ||
+    { log "configure failed"; tail -30 "$LOGS/configure.log" | tee -a "$OUT/summary.txt"; exit 1; }
+  # Only what the asked phases run (the CPU test binary and CPU benchmarks would cost build time on the lease).
+  targets="qwen-quant qwen-qlora"
+  { want tests || want memcheck; } && targets+=" qwenq_gpu_tests"
+  want bench && targets+=" ${BENCHES//,/ }"
+  [ "$NCU_ONLY_BENCH" = 1 ] && targets+=" bench_qgemm_cuda"
+  cmake --build build-gpu -j "$(nproc)" --target $targets > "$LOGS/build.log" 2>&1 ||
+    { log "build failed"; grep -m20 -E "error" "$LOGS/build.log" | tee -a "$OUT/summary.txt"; exit 1; }
+  log "configure + build: ${SECONDS} s"
+fi
+export QWENQ_TEST_BINARY_DIR="$PWD/$BIN"
 
 # The QLoRA step benchmark's model and data are CPU work (init-random + rtn, about a minute): made in the
 # background while the other phases use the GPU.
 qlora_prep=""
 if want qlora || want decode; then
-  BUILD=build-gpu bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
+  BUILD="$BIN" bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
   qlora_prep=$!
 fi
 
@@ -98,13 +130,13 @@ if start tests 60; then
   shard_t=$(( $(left) - 30 - reserve )); [ "$shard_t" -gt 200 ] && shard_t=200; [ "$shard_t" -lt 40 ] && shard_t=40
   pids="" serial='DeviceAllocatorCuda.*'
   for i in 0 1 2 3; do
-    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL build-gpu/qwenq_gpu_tests \
+    GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL "$BIN"/qwenq_gpu_tests \
       --gtest_filter="$FILTER-$serial" > "$LOGS/gpu_tests_$i.log" 2>&1 &
     pids+=" $!"
   done
   wait $pids
   # Then, alone on the GPU, the tests that read the device's free memory (the other shards would move it).
-  timeout 60 stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_filter="$serial" > "$LOGS/gpu_tests_4.log" 2>&1
+  timeout 60 stdbuf -oL -eL "$BIN"/qwenq_gpu_tests --gtest_filter="$serial" > "$LOGS/gpu_tests_4.log" 2>&1
   # (the serial group always runs: a second or two)
   for i in 0 1 2 3 4; do
     l="$LOGS/gpu_tests_$i.log"
@@ -114,7 +146,7 @@ if start tests 60; then
   done
   cat "$LOGS"/gpu_tests_?.log > "$LOGS/gpu_tests.log"
   names() { grep -E "^\\[  $1 *\\] [A-Za-z]" "$LOGS/gpu_tests.log" | sed -E 's/^\[ +[A-Z]+ +\] //; s/[ ,].*//' | sort -u; }
-  log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $(build-gpu/qwenq_gpu_tests --gtest_list_tests --gtest_filter="$FILTER" | grep -c '^  ') tests (filter $FILTER)"
+  log "gpu tests: $(grep -c '^\[       OK \]' "$LOGS/gpu_tests.log") ok (skips included), $(names FAILED | wc -l) failed, $(names SKIPPED | wc -l) skipped, of $("$BIN"/qwenq_gpu_tests --gtest_list_tests --gtest_filter="$FILTER" | grep -c '^  ') tests (filter $FILTER)"
   names SKIPPED | head -8 | sed 's/^/skipped: /' | tee -a "$OUT/summary.txt"
   names FAILED | head -40 | sed 's/^/FAILED: /' | tee -a "$OUT/summary.txt"
   # Where the tests phase's time goes (the slowest ten, for trimming the device time they take).
@@ -128,7 +160,7 @@ if start tests 60; then
   # QWENQ_QGEMM_DENSE=1 every adapted 4-bit Linear of a batch over 64 tokens), opt-in until they have run.
   if rt=$(rerun_time); then
     QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_LORA_FOLD=1 timeout "$rt" \
-      stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+      stdbuf -oL -eL "$BIN"/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:QwenModelCuda.*:QwenDecodeCuda.*:LoraModelCuda.*:LoraInferenceCuda.*' \
       > "$LOGS/gpu_tests_switched.log" 2>&1
     log "gpu tests with QWENQ_DECODE_MMA=0 QWENQ_QGEMM_DENSE=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_LORA_FOLD=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_switched.log" | tr '\n' ' '))"
@@ -137,7 +169,7 @@ if start tests 60; then
   # The models again with the mma.sync kernels (QWENQ_WGMMA=0, kernels/cuda_check.h; the Hopper wgmma kernels are
   # the default on sm_90): the fallback every non-Hopper GPU runs.
   if rt=$(rerun_time); then
-    QWENQ_WGMMA=0 timeout "$rt" stdbuf -oL -eL build-gpu/qwenq_gpu_tests --gtest_brief=1 \
+    QWENQ_WGMMA=0 timeout "$rt" stdbuf -oL -eL "$BIN"/qwenq_gpu_tests --gtest_brief=1 \
       --gtest_filter='QgemmTcCudaDispatch.*:*FlashAttentionCudaSmall*:QwenModelCuda.*:GptqModelCuda.*:LoraModelCuda.*' \
       > "$LOGS/gpu_tests_mma_sync.log" 2>&1
     log "gpu tests with QWENQ_WGMMA=0: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_mma_sync.log" | tr '\n' ' '))"
@@ -147,7 +179,7 @@ if start tests 60; then
   # pieces; opt-in until it has run), the grouped decode attention and graph steps: the fast exact configuration.
   if rt=$(rerun_time); then
     QWENQ_DECODE_MMA_F32=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 timeout "$rt" stdbuf -oL -eL \
-      build-gpu/qwenq_gpu_tests --gtest_brief=1 --gtest_filter='QwenDecodeCuda.*:LoraInferenceCuda.*' \
+      "$BIN"/qwenq_gpu_tests --gtest_brief=1 --gtest_filter='QwenDecodeCuda.*:LoraInferenceCuda.*' \
       > "$LOGS/gpu_tests_exact_fast.log" 2>&1
     log "gpu tests with QWENQ_DECODE_MMA_F32=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_exact_fast.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_exact_fast.log" | tee -a "$OUT/summary.txt"
@@ -156,7 +188,7 @@ fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no compute-sanitizer"; false; }; }; then
-  timeout $(( $(left) - 30 )) stdbuf -oL -eL "$sanitizer" --tool memcheck --error-exitcode 9 build-gpu/qwenq_gpu_tests \
+  timeout $(( $(left) - 30 )) stdbuf -oL -eL "$sanitizer" --tool memcheck --error-exitcode 9 "$BIN"/qwenq_gpu_tests \
     --gtest_brief=1 --gtest_filter='*Awkward*:*rows17*:QgemmSplitX3Cuda.*:LoraFoldCuda.*:*ClipGradNormCuda*awkward:*FlashAttentionCudaSmall*:*FlashAttentionWgmmaCudaSmall*:*Exact*:*BlockForwardHooksAndWeightSwap*:AttentionDecodeCuda.*:QwenDecodeCuda.TinyF32*:DeviceAllocatorCuda.*:QuantizeStepCuda.*Awkward*:AwqSearchCuda.*Awkward*:LoraForwardCuda.*:AwqModelCuda.ModuleApi*:KlRowsCuda.Ties*:GptqModelCuda.ExpertHookAndWeightSwap:MoeCombineBackwardCuda.Refuses*:DoraCuda.ElementwiseMatchTheTwinBitForBit:AwqMoeCuda.MlpForwardReplacesEveryExpert:GptqCudaDeviceH.*:GptqModelCuda.Bf16Replacements*:HessianCuda.MatchesTheCpuAccumulator:HessianCuda.Bf16InputsMatchTheCpuAccumulator:AwqModelCuda.RunnerBf16*' \
     > "$LOGS/memcheck.log" 2>&1
   log "memcheck exit $? ($(grep -c 'Invalid' "$LOGS/memcheck.log") invalid accesses; $(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/memcheck.log" | tr '\n' ' '))"
@@ -167,10 +199,10 @@ if start bench 90; then
   run_bench() {  # name, extra arguments: its table into the summary, its CSV into $OUT
     local b=$1; shift
     [[ ",$BENCHES," == *",$b,"* ]] || return 0
-    [ -x "build-gpu/$b" ] || { log "$b not built"; return; }
+    [ -x "$BIN/$b" ] || { log "$b not built"; return; }
     local t=$(( $(left) - 20 )); [ "$t" -gt 150 ] && t=150
     [ "$t" -lt 20 ] && { log "$b skipped: out of time"; return; }
-    timeout "$t" stdbuf -oL -eL "build-gpu/$b" --csv "$OUT/$b.csv" "$@" > "$LOGS/$b.log" 2>&1
+    timeout "$t" stdbuf -oL -eL "$BIN/$b" --csv "$OUT/$b.csv" "$@" > "$LOGS/$b.log" 2>&1
     log "$b exit $?"; tail -40 "$LOGS/$b.log" >> "$OUT/summary.txt"
   }
   run_bench bench_qgemm_cuda --reps 10
@@ -190,7 +222,7 @@ if [ -n "$qlora_prep" ] && start qlora 150; then
   nvar=$(echo "$qlora_variants" | tr ';' '\n' | grep -c '=')
   qlora_cap=$((230 + 30 * nvar))
   qlora_budget=$(( $(left) - 25 )); [ "$qlora_budget" -gt "$qlora_cap" ] && qlora_budget=$qlora_cap
-  env ${QWENQ_GPU_QLORA_ENV:-} VARIANTS="$qlora_variants" BUILD=build-gpu OUT="$OUT" BUDGET_S=$qlora_budget \
+  env ${QWENQ_GPU_QLORA_ENV:-} VARIANTS="$qlora_variants" BUILD="$BIN" OUT="$OUT" BUDGET_S=$qlora_budget \
     timeout -k 5 $((qlora_budget + 15)) bash benchmarks/bench_qlora_step.sh > "$LOGS/qlora-step.log" 2>&1
   log "bench_qlora_step exit $? (budget $qlora_budget s; ${QWENQ_GPU_QLORA_ENV:-default paths}; $(tail -1 "$LOGS/qlora-step-prepare.log"))"
   grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
@@ -203,7 +235,7 @@ fi
 if [ -n "$qlora_prep" ] && start decode 90; then
   wait "$qlora_prep" 2>/dev/null
   decode_budget=$(( $(left) - 20 )); [ "$decode_budget" -gt 200 ] && decode_budget=200
-  BUILD=build-gpu OUT="$OUT" BUDGET_S=$decode_budget timeout -k 5 $((decode_budget + 15)) \
+  BUILD="$BIN" OUT="$OUT" BUDGET_S=$decode_budget timeout -k 5 $((decode_budget + 15)) \
     bash benchmarks/bench_decode_cuda.sh > "$LOGS/decode.log" 2>&1
   log "bench_decode_cuda exit $? (budget $decode_budget s)"
   sed -n '/^| prompt/,/^$/p' "$OUT"/*-decode-cuda.md 2>/dev/null | tee -a "$OUT/summary.txt"
@@ -221,11 +253,11 @@ g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
 # The random qwen2.5-7b models of 1 and 2 layers both 7B phases quantize, made once.
 make_7b_models() {
   for n in 1 2; do
-    [ -d "$g7/m$n" ] || build-gpu/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" \
+    [ -d "$g7/m$n" ] || "$BIN"/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" \
       > "$LOGS/init7b_$n.log" 2>&1
   done
 }
-if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
+if start gptq7b 150 && [ -x "$BIN"/qwen-quant ]; then
   make_7b_models
   for dt in ${QWENQ_GPU_GPTQ_DTYPES:-bf16 fp32}; do
     [ "$(left)" -ge 60 ] || { log "gptq 7B-shaped --calib-dtype $dt skipped: $(left) s left"; continue; }
@@ -233,7 +265,7 @@ if start gptq7b 150 && [ -x build-gpu/qwen-quant ]; then
     for n in 1 2; do
       g7_log="$LOGS/gptq7b_${dt}_$n.log"
       g7_s=$(date +%s.%N)
-      QWENQ_GPTQ_TRACE=1 timeout $(( $(left) > 40 ? $(left) - 20 : 20 )) build-gpu/qwen-quant gptq --device cuda -m "$g7/m$n" \
+      QWENQ_GPTQ_TRACE=1 timeout $(( $(left) > 40 ? $(left) - 20 : 20 )) "$BIN"/qwen-quant gptq --device cuda -m "$g7/m$n" \
         -o "$g7/q$n" --calib "$g7_calib" --calib-dtype "$dt" > "$g7_log" 2>&1
       g7_rc=$?
       g7_t[$n]=$(awk -v a="$g7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
@@ -249,7 +281,7 @@ fi
 # attention, the MLP, down_proj) over all calibration tokens, fp32 GEMMs by default, bf16 tensor cores with
 # --calib-dtype bf16. AutoAWQ's defaults (128 x 512 tokens, grid 20, clip search); per layer and extrapolation as
 # gptq7b's; bf16 first, fp32 while 50 s are left.
-if start awq7b 120 && [ -x build-gpu/qwen-quant ]; then
+if start awq7b 120 && [ -x "$BIN"/qwen-quant ]; then
   make_7b_models
   for dt in ${QWENQ_GPU_AWQ_DTYPES:-bf16 fp32}; do
     [ "$(left)" -ge 50 ] || { log "awq 7B-shaped --calib-dtype $dt skipped: $(left) s left"; continue; }
@@ -257,7 +289,7 @@ if start awq7b 120 && [ -x build-gpu/qwen-quant ]; then
     for n in 1 2; do
       a7_log="$LOGS/awq7b_${dt}_$n.log"
       a7_s=$(date +%s.%N)
-      timeout $(( $(left) > 30 ? $(left) - 15 : 15 )) build-gpu/qwen-quant awq --device cuda -m "$g7/m$n" \
+      timeout $(( $(left) > 30 ? $(left) - 15 : 15 )) "$BIN"/qwen-quant awq --device cuda -m "$g7/m$n" \
         -o "$g7/a$n" --calib "$g7_calib" --calib-dtype "$dt" > "$a7_log" 2>&1
       a7_rc=$?
       a7_t[$n]=$(awk -v a="$a7_s" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
@@ -272,7 +304,7 @@ rm -rf "$g7"
 # Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 4 times per
 # layer with --reps 1, after q/o and k/v: the 9th launch of the kernel). ncu flushes the caches before it
 # (--cache-control all, its default) and leaves the clocks alone (--clock-control none, METHOD.md).
-if start ncu 60 && [ -x build-gpu/bench_qgemm_cuda ]; then
+if start ncu 60 && [ -x "$BIN"/bench_qgemm_cuda ]; then
   ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -z "$ncu_bin" ]; then
     log "ncu skipped: no ncu"
@@ -280,7 +312,7 @@ if start ncu 60 && [ -x build-gpu/bench_qgemm_cuda ]; then
     timeout $(( $(left) - 10 )) "$ncu_bin" --clock-control none --kernel-name regex:qgemm_decode_mma_kernel \
       --launch-skip 8 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
-      build-gpu/bench_qgemm_cuda --models 72b --ms 1 --tc-ms "" --reps 1 > "$OUT/ncu-decode-mma.txt" 2>&1
+      "$BIN"/bench_qgemm_cuda --models 72b --ms 1 --tc-ms "" --reps 1 > "$OUT/ncu-decode-mma.txt" 2>&1
     log "ncu exit $? ($(grep -c . "$OUT/ncu-decode-mma.txt") lines in ncu-decode-mma.txt)"
     grep -E "Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|No Eligible|Issued Warp" \
       "$OUT/ncu-decode-mma.txt" | head -12 | tee -a "$OUT/summary.txt"

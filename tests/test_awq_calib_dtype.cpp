@@ -38,7 +38,7 @@ TEST(AwqCalibDtype, Bf16RunnerIsTheFp32RunnerOnRoundedWeights) {
   // are searched.
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny", 5, /*kv_heads=*/4);
   QwenModel m32(dir), m16(dir);
-  const auto windows = calibration_windows(std::string(QWENQ_SOURCE_DIR) + "/README.md", "text", 6, 40, 0,
+  const auto windows = calibration_windows(test::source_dir() + "/README.md", "text", 6, 40, 0,
                                            Tokenizer::from_dir(dir));
   auto r32 = make_awq_cpu_runner(m32, windows, 80);
   auto r16 = make_awq_cpu_runner(m16, windows, 80, DType::BF16);
@@ -97,7 +97,7 @@ TEST(AwqCalibDtype, Bf16RunnerIsTheFp32RunnerOnRoundedWeights) {
 TEST(AwqCalibDtype, RefusedDtypeWritesNothing) {
   const std::string root = test::scratch_dir();
   const std::string src = test::make_tiny_model(root + "/tiny", 9);
-  AwqModelOptions a = test::awq_test_options(src, root + "/awq", std::string(QWENQ_SOURCE_DIR) + "/README.md");
+  AwqModelOptions a = test::awq_test_options(src, root + "/awq", test::source_dir() + "/README.md");
   a.calib_dtype = DType::F16;
   EXPECT_NE(error_of([&] { awq_quantize_model(a); }).find("awq: the calibration dtype must be fp32 or bf16, got F16"),
             std::string::npos);

@@ -194,7 +194,7 @@ TEST(AwqSearch, CpuRunnerIsTheDriversFormerHostCode) {
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/tiny-awq-search", 5, /*kv_heads=*/4);
   QwenModel model(dir);
   const QwenConfig& c = model.config();
-  const auto windows = calibration_windows(std::string(QWENQ_SOURCE_DIR) + "/README.md", "text", 6, 40, 0,
+  const auto windows = calibration_windows(test::source_dir() + "/README.md", "text", 6, 40, 0,
                                            Tokenizer::from_dir(dir));
   auto runner = make_awq_cpu_runner(model, windows, 80);
   AwqSearchOptions o;

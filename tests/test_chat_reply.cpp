@@ -17,7 +17,7 @@ namespace {
 
 Tokenizer tokenizer_with(const std::string& name, const std::string& dir) {
   return test::byte_tokenizer(test::scratch_dir() + "/" + dir,
-                              read_file(std::string(QWENQ_SOURCE_DIR) + "/tests/data/chat_templates/" + name));
+                              read_file(test::source_dir() + "/tests/data/chat_templates/" + name));
 }
 
 // The text the model generated for the conversation's last assistant message: its span (after the generation

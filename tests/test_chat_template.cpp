@@ -21,7 +21,7 @@ namespace {
 using test::error_of;
 
 std::string fixture_template(const std::string& name) {
-  return read_file(std::string(QWENQ_SOURCE_DIR) + "/tests/data/chat_templates/" + name);
+  return read_file(test::source_dir() + "/tests/data/chat_templates/" + name);
 }
 
 std::vector<std::string> spans_of(const ChatRender& r) {

@@ -301,7 +301,7 @@ TEST(GgufImatrix, ChatRecordsAreTheRenderedTextWithSpecialTokens) {
   const std::string model = test::make_tiny_model(dir + "/m", 6);
   const std::string cfg_path = path_join(model, "tokenizer_config.json");
   nlohmann::json cfg = nlohmann::json::parse(read_file(cfg_path));
-  cfg["chat_template"] = read_file(std::string(QWENQ_SOURCE_DIR) + "/tests/data/chat_templates/qwen2.5.jinja");
+  cfg["chat_template"] = read_file(test::source_dir() + "/tests/data/chat_templates/qwen2.5.jinja");
   write_file_atomic(cfg_path, cfg.dump());
   const Tokenizer tok = Tokenizer::from_model(model);
   std::string jsonl, rendered;

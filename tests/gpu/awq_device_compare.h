@@ -19,6 +19,7 @@
 #include "core/files.h"
 #include "quant/awq.h"
 #include "tests/gpu/gpu_test_compare.h"
+#include "tests/support/test_paths.h"
 #include "trainer/awq_runner.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
@@ -136,7 +137,7 @@ inline AwqModelOptions tiny_awq_options(const std::string& src, const std::strin
   a.out.group_size = 32;
   a.out.layout = IntLayout::AwqGemm;  // AutoAWQ's (the default GPTQ v1 cannot store AWQ's zero points of 0)
   a.out.quiet = true;
-  a.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";
+  a.calib_path = test::source_dir() + "/README.md";
   a.calib_samples = 12;
   a.calib_seq_len = 64;
   a.chunk_tokens = 5 * 64;
@@ -146,7 +147,7 @@ inline AwqModelOptions tiny_awq_options(const std::string& src, const std::strin
 // The first 8 x 128 tokens of the README by src's tokenizer: the tiny models' perplexity text.
 inline std::vector<int32_t> tiny_awq_eval_tokens(const std::string& src) {
   std::vector<int32_t> ids =
-      Tokenizer::from_dir(src).encode(read_file(std::string(QWENQ_SOURCE_DIR) + "/README.md"));
+      Tokenizer::from_dir(src).encode(read_file(test::source_dir() + "/README.md"));
   ids.resize(std::min<size_t>(ids.size(), 8 * 128));
   return ids;
 }

@@ -249,7 +249,7 @@ TEST(AwqModelCuda, ModuleApiMatchesTheCpuModules) {
 
 // Calibration windows from the repository's README (any text: the tiny tokenizer is byte-level).
 std::vector<std::vector<int32_t>> readme_windows(const std::string& model_dir, int n, int64_t len) {
-  return calibration_windows(std::string(QWENQ_SOURCE_DIR) + "/README.md", "text", n, len, 0,
+  return calibration_windows(test::source_dir() + "/README.md", "text", n, len, 0,
                              Tokenizer::from_dir(model_dir));
 }
 

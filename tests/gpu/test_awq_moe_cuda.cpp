@@ -155,7 +155,7 @@ void check_runner(const std::string& preset) {
   const std::string dir = test::make_random_model(test::scratch_dir() + "/runner-" + preset, preset, DType::F32, 23);
   QwenModel cpu_model(dir), gpu_model(dir);
   const QwenConfig& c = cpu_model.config();
-  const auto windows = calibration_windows(std::string(QWENQ_SOURCE_DIR) + "/README.md", "text", 10, 48, 0,
+  const auto windows = calibration_windows(test::source_dir() + "/README.md", "text", 10, 48, 0,
                                            Tokenizer::from_dir(dir));
   auto cpu = make_awq_cpu_runner(cpu_model, windows, 4 * 48);
   auto gpu = make_awq_cuda_runner(gpu_model, windows, 4 * 48);  // chunks of 4, 4 and 2 windows

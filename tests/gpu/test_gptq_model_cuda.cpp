@@ -454,7 +454,7 @@ void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir
   g.out.out_dir = out_dir;
   g.out.group_size = 32;
   g.out.quiet = true;
-  g.calib_path = std::string(QWENQ_SOURCE_DIR) + "/README.md";  // any text; the tiny tokenizer is byte-level
+  g.calib_path = test::source_dir() + "/README.md";  // any text; the tiny tokenizer is byte-level
   g.calib_samples = 12;
   g.calib_seq_len = 64;
   g.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
