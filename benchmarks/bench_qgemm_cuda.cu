@@ -204,24 +204,29 @@ int main(int argc, char** argv) {
         // pieces first (one more launch), 3M kernel rows; x counts 4 bytes a value (path decode_mma_f32).
         if (qgemm_decode_mma_supports(dw.view())) {
           // One tensor-core decode row: its time t_mma and bytes, printed and written as `path`.
-          const auto mma_row = [&](double t_mma, double bytes, const char* label, const char* path) {
+          // The label also names the launch (kernels/qgemm_decode_plan.h): K splits, blocks per SM, shared memory.
+          const auto mma_row = [&](double t_mma, double bytes, const char* label, const char* path, DType xt) {
             const double mma_gbs = bytes / (t_mma * 1e3);
             const double mma_pct = peak_gbs > 0 ? 100.0 * mma_gbs / peak_gbs : 0.0;
-            std::fprintf(stderr, "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (%s)\n",
+            const QgemmDecodeMmaPlan plan = qgemm_decode_mma_plan(dw.view(), xt, M);
+            std::fprintf(stderr,
+                         "%-4s %-14s %3lld %6lld %6lld | %9.1f %9s %9.1f | %8.0f %5.1f%% %8.0f | %6.2fx  (%s; %lld "
+                         "splits, %d/SM, %lld KB)\n",
                          L.model, L.name, static_cast<long long>(M), static_cast<long long>(L.K),
                          static_cast<long long>(L.N), t_mma, "-", t_cub, mma_gbs, mma_pct, cub_gbs, t_cub / t_mma,
-                         label);
+                         label, static_cast<long long>(plan.splits), plan.resident_per_sm,
+                         static_cast<long long>((plan.smem_bytes + 1023) / 1024));
             csv << stamp.csv() << "," << L.model << "," << L.name << "," << M << "," << L.K << "," << L.N << ","
                 << t_mma << ",," << t_cub << "," << mma_gbs << "," << mma_pct << ",," << cub_gbs << ","
                 << flops / (t_mma * 1e6) << "," << flops / (t_cub * 1e6) << "," << t_cub / t_mma << ",,,," << path
                 << "\n";
           };
           mma_row(time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), x.p, DType::BF16, M, y.p); }, reps, flush),
-                  q4_bytes, "mma", "decode_mma");
+                  q4_bytes, "mma", "decode_mma", DType::BF16);
           Dev<float> xf(M * L.K);
           bf16_to_f32_cuda(x.p, M * L.K, xf.p);
           mma_row(time_us([&] { qgemm_int4_decode_mma_cuda(dw.view(), xf.p, DType::F32, M, y.p); }, reps, flush),
-                  q4_bytes + 2.0 * M * L.K, "mma, fp32 x", "decode_mma_f32");
+                  q4_bytes + 2.0 * M * L.K, "mma, fp32 x", "decode_mma_f32", DType::F32);
         }
       }
     }

@@ -179,6 +179,14 @@ void qgemm_int4_t_decode_cuda(const Q4View& w, const void* dy, DType dy_dtype, i
 bool qgemm_decode_mma_supports(const Q4View& w);
 void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y,
                                 void* stream = nullptr);
+// What qgemm_int4_decode_mma_cuda launches for w and M rows of x on the current device (kernels/qgemm_decode_plan.h:
+// K splits, word-rows per split, dynamic shared memory per block, and the blocks an SM holds at that memory), for
+// benchmarks and diagnostics.
+struct QgemmDecodeMmaPlan {
+  int64_t splits, rows_per_split, smem_bytes;
+  int resident_per_sm;
+};
+QgemmDecodeMmaPlan qgemm_decode_mma_plan(const Q4View& w, DType x_dtype, int64_t M);
 void qgemm_split_x3_cuda(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width, uint16_t* out,
                          void* stream = nullptr);
 // The prefill / training products through a dense copy (kernels/qgemm_dense.cu): Ŵ dequantized to bf16 once

@@ -61,6 +61,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <string>
@@ -70,6 +71,7 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/qgemm.h"
 #include "kernels/qgemm_decode_common.cuh"
+#include "kernels/qgemm_decode_plan.h"
 #include "kernels/qgemm_tc_common.cuh"
 
 namespace qwenq {
@@ -80,14 +82,16 @@ using qgemm_tc_detail::ceil_div;
 using qgemm_tc_detail::mma_bf16;
 using qgemm_tc_detail::round_up;
 
+using decode_mma::x_pair_slots;
+
 constexpr int kDmWarps = 4;
 constexpr int kDmThreads = kDmWarps * 32;
 constexpr int kDmWarpCols = 32;                         // output columns per warp: 4 n-tiles of 8
 constexpr int kDmBlockCols = kDmWarps * kDmWarpCols;    // 128
-constexpr int kDmRowsPerIt = 4;                         // word-rows (32 K) per warp iteration
+constexpr int kDmRowsPerIt = decode_mma::kRowsPerIt;    // word-rows (32 K) per warp iteration
 constexpr int kDmFlushIt = 4;                           // iterations (128 K) between scale flushes at most
-constexpr int kDmMaxSmem = 64 * 1024;                   // dynamic shared memory per block, at most
-constexpr int kDmMinItPerSplit = 2;                     // >= 64 K per block
+constexpr int kDmMaxSmem = decode_mma::kMaxSmem;        // dynamic shared memory per block, at most
+static_assert(kDmBlockCols == decode_mma::kBlockCols, "kernels/qgemm_decode_plan.h lays out 128 columns per block");
 
 struct DmParams {
   const uint16_t* x;  // bf16 [M, lda]; columns >= x_width read as zeros
@@ -152,13 +156,6 @@ __device__ __forceinline__ float meta_scale(uint32_t meta) {
 __device__ __forceinline__ uint32_t pair_index(uint32_t word, int j) {
   const uint32_t v = (word >> (4 * j)) & 0x000F000Fu;
   return (v | (v >> 12)) & 0xFFu;
-}
-
-// Row-pair slots of x for `rows` valid rows of a block (rows a·16 + g and a·16 + g + 8 share slot a·8 + g): every
-// slot of the full tiles, and of the last tile the slots whose first row is valid.
-__host__ __device__ __forceinline__ int x_pair_slots(int rows) {
-  const int full = rows / 16, rest = rows % 16;
-  return full * 8 + (rest < 8 ? rest : 8);
 }
 
 // bf16x2 of 128 + z in both halves (z <= 127: 128 + z is exact in bf16, the unit in [128, 256) is 1; the layout's
@@ -386,22 +383,6 @@ __global__ void __launch_bounds__(kDmThreads, MT == 1 ? 4 : 2) qgemm_decode_mma_
       }
 }
 
-// Shared bytes of a split of `rps` word-rows: x [x_pair_slots(x_rows), pitch] words, then `meta_rows` x 128 metas.
-int64_t x_pitch_of(int64_t rps) {
-  // 8 words (32 bytes) per run, plus 4: a slot is ≡ 16 bytes (mod 32) long, so the 8 lanes of a 16-byte load
-  // phase (g = 0, 1 at slots g; t = 0..3 at runs 32 bytes apart) hit 8 distinct 16-byte bank groups.
-  return rps * 8 + 4;
-}
-int meta_rows_of(int64_t rps, int64_t group, int64_t num_groups) {
-  return static_cast<int>(std::min<int64_t>(num_groups, rps * 8 / group + 2));
-}
-int64_t meta_offset_of(int x_rows, int64_t rps) {
-  return round_up(int64_t{x_pair_slots(x_rows)} * x_pitch_of(rps) * 4, 16);
-}
-int64_t smem_bytes(int x_rows, int64_t rps, int meta_rows) {
-  return meta_offset_of(x_rows, rps) + int64_t{meta_rows} * kDmBlockCols * 4;
-}
-
 // out [3M, width]: piece p of x[m, perm[kk]] at row p·M + m (kernels/qgemm.h, qgemm_split_x3_ref).
 __global__ void split_x3_kernel(const float* x, int64_t M, int64_t K, const int32_t* perm, int64_t width,
                                 uint16_t* out) {
@@ -423,14 +404,36 @@ void launch_split_x3(const float* x, int64_t M, int64_t K, const int32_t* perm, 
   split_x3_kernel<<<blocks, 256, 0, s>>>(x, M, K, perm, width, out);
 }
 
+// The instance, allowed kDmMaxSmem of dynamic shared memory (set once per process: one device).
 template <Q4Kind KIND, int MT, int P>
-void launch(const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
+auto* ready_kernel() {
   static const cudaError_t attr = cudaFuncSetAttribute(qgemm_decode_mma_kernel<KIND, MT, P>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kDmMaxSmem);
   QWENQ_CUDA_CHECK(attr);
-  qgemm_decode_mma_kernel<KIND, MT, P><<<grid, kDmThreads, smem, s>>>(p);
+  return qgemm_decode_mma_kernel<KIND, MT, P>;
 }
 
+template <Q4Kind KIND, int MT, int P>
+void launch(const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
+  ready_kernel<KIND, MT, P>()<<<grid, kDmThreads, smem, s>>>(p);
+}
+
+// Blocks of the instance an SM holds with `smem` bytes of dynamic shared memory (the runtime's occupancy for its
+// registers and that memory, rounded up to the KB), asked once per KB and process.
+template <Q4Kind KIND, int MT, int P>
+int resident(int64_t smem) {
+  static std::atomic<int> known[kDmMaxSmem / 1024 + 1] = {};
+  const int kb = static_cast<int>(std::clamp<int64_t>(ceil_div(smem, 1024), 0, kDmMaxSmem / 1024));
+  int n = known[kb].load(std::memory_order_relaxed);
+  if (n > 0) return n;
+  QWENQ_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, ready_kernel<KIND, MT, P>(), kDmThreads, size_t{1024} * kb));
+  n = std::max(n, 1);
+  known[kb].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// The instances by row tiles per block (MT) and prefetch depth (P).
 template <Q4Kind KIND>
 void launch_mt(int mt, const DmParams& p, dim3 grid, size_t smem, cudaStream_t s) {
   switch (mt) {
@@ -439,8 +442,53 @@ void launch_mt(int mt, const DmParams& p, dim3 grid, size_t smem, cudaStream_t s
     default: launch<KIND, 4, 4>(p, grid, smem, s); break;
   }
 }
+template <Q4Kind KIND>
+int resident_mt(int mt, int64_t smem) {
+  switch (mt) {
+    case 1: return resident<KIND, 1, 6>(smem);
+    case 2: return resident<KIND, 2, 6>(smem);
+    default: return resident<KIND, 4, 4>(smem);
+  }
+}
+int resident_of(Q4Kind kind, int mt, int64_t smem) {
+  if (kind == Q4Kind::Int) return resident_mt<Q4Kind::Int>(mt, smem);
+  if (kind == Q4Kind::Nf4) return resident_mt<Q4Kind::Nf4>(mt, smem);
+  return resident_mt<Q4Kind::Fp4>(mt, smem);
+}
+
+// The launch geometry for M activation rows (3M kernel rows for F32 activations' pieces): row tiles of 16·MT,
+// 128-column blocks, and the K splits for whole waves of the blocks an SM really holds (kernels/qgemm_decode_plan.h:
+// a 7B q_proj at M = 1 has 28 column blocks for 132 SMs x 4 places: 18 splits of 7 iterations, which cover K in 16).
+struct DecodeLaunch {
+  int64_t Mk;  // the kernel's rows
+  int mt;
+  int64_t mtiles;
+  int x_rows;
+  int64_t col_blocks;
+  decode_mma::Plan plan;
+};
+DecodeLaunch decode_launch(const Q4View& w, bool pieces, int64_t M) {
+  DecodeLaunch l{};
+  l.Mk = pieces ? 3 * M : M;
+  l.mt = l.Mk <= 16 ? 1 : (l.Mk <= 32 ? 2 : 4);
+  l.mtiles = ceil_div(l.Mk, 16 * l.mt);
+  l.x_rows = static_cast<int>(std::min<int64_t>(l.Mk, 16 * l.mt));
+  l.col_blocks = ceil_div(w.Np, kDmBlockCols);
+  const int64_t quads = ceil_div(w.Kp / 8, kDmRowsPerIt);
+  l.plan = decode_mma::plan(quads, l.col_blocks * l.mtiles, cuda_sm_count(), l.x_rows, w.group, w.num_groups(),
+                            [&](int64_t bytes) { return resident_of(w.kind, l.mt, bytes); });
+  return l;
+}
 
 }  // namespace
+
+QgemmDecodeMmaPlan qgemm_decode_mma_plan(const Q4View& w, DType x_dtype, int64_t M) {
+  QWENQ_CHECK(M >= 1 && qgemm_decode_mma_supports(w),
+              "qgemm_decode_mma_plan: M=" << M << ", layout group " << w.group << " (M >= 1 and a group that is a "
+                                          << "multiple of 32 or spans K)");
+  const DecodeLaunch l = decode_launch(w, x_dtype == DType::F32, M);
+  return {l.plan.splits, l.plan.rps, l.plan.smem, resident_of(w.kind, l.mt, l.plan.smem)};
+}
 
 bool qgemm_decode_mma_supports(const Q4View& w) { return w.group % 32 == 0 || w.group >= w.Kp; }
 
@@ -459,29 +507,13 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, x_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
 
-  const int64_t Mk = pieces ? 3 * M : M;  // the kernel's rows
-  const int mt = Mk <= 16 ? 1 : (Mk <= 32 ? 2 : 4);
-  const int64_t mtiles = ceil_div(Mk, 16 * mt);
+  const DecodeLaunch geo = decode_launch(w, pieces, M);
+  const int64_t Mk = geo.Mk, mtiles = geo.mtiles, col_blocks = geo.col_blocks;
+  const int mt = geo.mt, x_rows = geo.x_rows;
   QWENQ_CHECK(mtiles <= 65535, fn << ": M=" << M << " needs more than 65535 row tiles");
-  const int x_rows = static_cast<int>(std::min<int64_t>(Mk, 16 * mt));
-  const int64_t quads = ceil_div(w.Kp / 8, kDmRowsPerIt);
-  const int64_t col_blocks = ceil_div(w.Np, kDmBlockCols);
-  // Split K for at most one wave of 4 blocks per SM (a 7B q_proj has 28 column blocks for 132 SMs: 18 splits,
-  // 504 of 528 places), keeping >= 64 K per block, then further while the block's shared memory would exceed
-  // kDmMaxSmem. Rounding down: a second, mostly empty wave costs more than the idle places of the first (72B
-  // gate/up, 231 column blocks: 3 splits were 1.31 waves, 2 fill 88 % of one).
-  const int64_t places = 4 * int64_t{cuda_sm_count()};
-  int64_t splits = std::clamp<int64_t>(places / (col_blocks * mtiles), 1, std::max<int64_t>(1, quads / kDmMinItPerSplit));
-  int64_t rps = 0;
-  for (;; ++splits) {
-    rps = ceil_div(quads, splits) * kDmRowsPerIt;
-    if (smem_bytes(x_rows, rps, meta_rows_of(rps, w.group, w.num_groups())) <= kDmMaxSmem || rps == kDmRowsPerIt)
-      break;
-  }
-  splits = ceil_div(quads * kDmRowsPerIt, rps);
+  const int64_t splits = geo.plan.splits, rps = geo.plan.rps, smem = geo.plan.smem;
+  const int meta_rows = geo.plan.meta_rows;
   QWENQ_CHECK(splits <= 65535, fn << ": " << splits << " K splits");
-  const int meta_rows = meta_rows_of(rps, w.group, w.num_groups());
-  const int64_t smem = smem_bytes(x_rows, rps, meta_rows);
   QWENQ_CHECK(smem <= kDmMaxSmem, fn << ": " << smem << " bytes of shared memory for M=" << M);
 
   DeviceMemory staged;
@@ -498,8 +530,8 @@ void qgemm_int4_decode_mma_cuda(const Q4View& w, const void* x, DType x_dtype, i
   }
 
   DmParams p{xa, lda, width, w.qweight, w.meta, y, Mk, w.N, w.Np, w.Kp, w.group, w.num_groups(), rps,
-             static_cast<int>(x_pitch_of(rps)), meta_offset_of(x_rows, rps), x_rows, meta_rows,
-             static_cast<int>(splits), splits > 1 || pieces ? 1 : 0};
+             static_cast<int>(decode_mma::x_pitch_of(rps)), decode_mma::meta_offset_of(x_rows, rps), x_rows,
+             meta_rows, static_cast<int>(splits), splits > 1 || pieces ? 1 : 0};
   DeviceMemory ws;
   if (p.to_ws) {
     ws = DeviceMemory(static_cast<size_t>(splits * Mk * w.Np) * sizeof(float), s);
