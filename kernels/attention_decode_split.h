@@ -9,8 +9,9 @@
 //   n   = min(splits, max(1, ceil(len / min_keys)))   splits that take keys
 //   per = ceil(len / n)
 //   split s takes [s·per, min(len, (s + 1)·per)), empty for s >= n
-// For len == max_len this is ceil(max_len / splits) per split, the equal cut of the grid's length. A few splits
-// below n may be empty too (per·(n − 1) >= len, e.g. len = 6337, min_keys = 64: n = 100, per = 64).
+// For len == max_len this is ceil(max_len / splits) per split, the equal cut of the grid's length. With more than
+// 64 splits a few below n may be empty too (per·(n − 1) >= len: len = 4354, min_keys = 64, 68 splits: n = 68,
+// per = 65, split 67 starts at 4355).
 // Which keys a block takes changes only the order of the sums, so any cut gives the same result up to rounding.
 #pragma once
 

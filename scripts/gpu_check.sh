@@ -28,7 +28,7 @@
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
 # machine stays warm 30 s after a call: a first session on a fresh GPU runs "tests,memcheck,bench" (build included)
-# in one call, then at once, while the machine is warm and its build-gpu kept, "qlora" or "gptq7b" with the time
+# in one call, then at once, while the machine is warm and its build-gpu (or build-pre) kept, "qlora" or "gptq7b" with the time
 # left (QWENQ_GPU_BUDGET_S a little under that call's timeout_s). Device call (from the repo root, after
 # scripts/gpu_prepare.sh here):
 #   run(carry=[".gpu-deps"], timeout_s=540, command="QWENQ_GPU_PHASES=tests,memcheck,bench bash scripts/gpu_check.sh")
@@ -80,20 +80,35 @@ rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$
 BIN=build-gpu
 use_prebuilt() {
   [ "${QWENQ_GPU_PREBUILT:-1}" = 1 ] && [ -f .gpu-deps/prebuilt.tar.gz ] || return 1
-  local want have
-  want=$(cat .gpu-deps/prebuilt.stamp 2>/dev/null) have=$(bash scripts/source_stamp.sh)
+  local stamp want have
+  stamp=$(cat .gpu-deps/prebuilt.stamp 2>/dev/null) have=$(bash scripts/source_stamp.sh)
+  want=${stamp%%-*}  # the sources' hash (then the build options')
   [ "$want" = "$have" ] || { log "prebuilt programs are of sources $want, this tree is $have: building"; return 1; }
   # Unpacked once per machine: a later call keeps build-pre (and the benchmarks' prepared models under it).
-  if [ "$(cat build-pre/.stamp 2>/dev/null)" != "$want" ]; then
+  if [ "$(cat build-pre/.stamp 2>/dev/null)" != "$stamp" ]; then
     rm -rf build-pre && mkdir -p build-pre && tar xzf .gpu-deps/prebuilt.tar.gz -C build-pre ||
       { log "prebuilt programs do not unpack: building"; return 1; }
-    echo "$want" > build-pre/.stamp
+    echo "$stamp" > build-pre/.stamp
   fi
-  if ! build-pre/qwenq_gpu_tests --gtest_list_tests > /dev/null 2> "$LOGS/prebuilt.log" ||
-     ! build-pre/qwen-quant --help > /dev/null 2>> "$LOGS/prebuilt.log"; then
-    log "prebuilt programs do not start here ($(head -c 300 "$LOGS/prebuilt.log" | tr '\n' ' ')): building"
+  # They open cuBLASLt, cuBLAS and cuSOLVER with dlopen and carry no RUNPATH to this machine's toolkit (the runtime
+  # is linked statically; bench_qgemm_cuda's RUNPATH is the build machine's): name the folder that holds them.
+  local nvcc_root libdir=""
+  nvcc_root=$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")")
+  for d in "$nvcc_root/lib64" "$nvcc_root/lib" /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+    if compgen -G "$d/libcublasLt.so.*" > /dev/null; then libdir=$d; break; fi
+  done
+  [ -n "$libdir" ] && export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # They start, find every library, and run one cuBLASLt product on the GPU (the static runtime against this driver).
+  if ldd build-pre/* 2>&1 | grep -q 'not found' ||
+     ! build-pre/qwen-quant --help > /dev/null 2> "$LOGS/prebuilt.log" ||
+     ! timeout 60 build-pre/qwenq_gpu_tests --gtest_brief=1 --gtest_filter='BlasLt.PlansAreBuiltOncePerShape' \
+         >> "$LOGS/prebuilt.log" 2>&1 ||
+     grep -qE 'SKIPPED|FAILED' "$LOGS/prebuilt.log"; then
+    ldd build-pre/* 2>&1 | grep 'not found' | sort -u >> "$LOGS/prebuilt.log"
+    log "prebuilt programs do not run here ($(grep -m3 -E 'not found|rror|FAILED|SKIPPED' "$LOGS/prebuilt.log" | tr '\n' ' ' | head -c 300)): building"
     return 1
   fi
+  log "prebuilt programs run here (libraries from ${libdir:-the loader cache})"
 }
 export QWENQ_TEST_SOURCE_DIR="$PWD" QWENQ_TEST_SHARED_DIR="$PWD/.gpu-deps/shared"
 if use_prebuilt; then

@@ -31,10 +31,12 @@ if [ "${QWENQ_GPU_PREBUILT:-1}" = 1 ]; then
   P=build-prebuilt
   progs="qwen-quant qwen-qlora qwenq_gpu_tests bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda \
 bench_gptq_cuda bench_kl_rows_cuda bench_lora_cuda"
+  opts="-DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a -DQWENQ_NATIVE=OFF \
+-DCMAKE_CXX_FLAGS=-march=x86-64-v3 -DQWENQ_CUDART_STATIC=ON -DQWENQ_BUILD_BENCHMARKS=ON"
   stamp=$(bash scripts/source_stamp.sh)
   mkdir -p "$P"
-  cmake -S . -B "$P" -G Ninja -DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a -DQWENQ_NATIVE=OFF \
-        -DCMAKE_CXX_FLAGS=-march=x86-64-v3 -DQWENQ_CUDART_STATIC=ON -DQWENQ_BUILD_BENCHMARKS=ON > "$P/configure.log" 2>&1 ||
+  # shellcheck disable=SC2086
+  cmake -S . -B "$P" -G Ninja $opts > "$P/configure.log" 2>&1 ||
     { tail -20 "$P/configure.log"; echo "gpu_prepare: configuring $P failed" >&2; exit 1; }
   # shellcheck disable=SC2086
   cmake --build "$P" -j "$(nproc)" --target $progs > "$P/build.log" 2>&1 ||
@@ -42,7 +44,9 @@ bench_gptq_cuda bench_kl_rows_cuda bench_lora_cuda"
   [ "$(bash scripts/source_stamp.sh)" = "$stamp" ] || { echo "gpu_prepare: the sources changed during the build" >&2; exit 1; }
   # shellcheck disable=SC2086
   tar czf .gpu-deps/prebuilt.tar.gz -C "$P" $progs
-  echo "$stamp" > .gpu-deps/prebuilt.stamp
+  # SOURCES-OPTIONS: gpu_check.sh matches the sources' part against its tree; the whole stamp tells a warm machine
+  # that a tarball of other options or programs is new.
+  echo "$stamp-$(echo "$opts $progs" | sha256sum | cut -c1-8)" > .gpu-deps/prebuilt.stamp
   echo "prebuilt: $(du -h .gpu-deps/prebuilt.tar.gz | cut -f1) for sources $stamp"
 fi
 # The commit (and whether the tree differs from it) for the results' stamps: the device machine's copy has no .git.

@@ -90,8 +90,8 @@ TEST(QgemmDecodePlan, WorkedCases) {
     EXPECT_EQ(p.splits, c.splits) << c.l.name();
     EXPECT_EQ(p.smem, c.smem) << c.l.name();
   }
-  // The fixed-four rule on the same launches: 5 splits at 16 tokens (2.9 waves of the 396 places there are), 18
-  // at 32 rows (1.27 waves), 12 for the down_proj.
+  // The fixed-four rule on the same launches: 5 splits at 16 tokens (2.9 waves of the 396 places there are), 16
+  // at 32 rows (18 planned, K covered in 16: 448 blocks, 1.13 waves of 396), 12 for the down_proj.
   EXPECT_EQ(fixed_four_splits(cases[1].l, 132), 5);
   EXPECT_EQ(fixed_four_splits(cases[3].l, 132), 16);
   EXPECT_EQ(fixed_four_splits(cases[4].l, 132), 12);

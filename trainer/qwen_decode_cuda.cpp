@@ -70,7 +70,12 @@ struct QwenDecodeCuda::Impl {
       : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {
     graph_on = env_switch("QWENQ_DECODE_GRAPH") == 1 && cfg.num_moe_layers() == 0;
   }
-  ~Impl() { drop_graph(); }
+  ~Impl() {
+    // A step that threw may have left work queued that reads step_ids or the buffers: wait for it before they go
+    // (errors are not reported from a destructor).
+    cudaStreamSynchronize(stream.get());
+    drop_graph();
+  }
 
   void drop_graph() {
     if (graph) cudaGraphExecDestroy(graph);
