@@ -20,14 +20,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/host_device.h"
+
 #if defined(__CUDACC__) && defined(__USE_FAST_MATH__)
 #error "kernels/bf16_split.h needs IEEE fp32 subtraction with subnormals (no --use_fast_math): its twins must agree"
-#endif
-
-#if defined(__CUDACC__)  // as kernels/dropout_mask.h defines it (an identical redefinition is allowed)
-#define QWENQ_HOST_DEVICE __host__ __device__
-#else
-#define QWENQ_HOST_DEVICE
 #endif
 
 namespace qwenq {

@@ -29,11 +29,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define QWENQ_HOST_DEVICE __host__ __device__
-#else
-#define QWENQ_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace qwenq {
 

@@ -28,11 +28,7 @@
 #include <cstdint>
 #include <functional>
 
-#if defined(__CUDACC__)  // as kernels/bf16_split.h defines it (an identical redefinition is allowed)
-#define QWENQ_HOST_DEVICE __host__ __device__
-#else
-#define QWENQ_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace qwenq::decode_mma {
 

@@ -22,11 +22,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define QWENQ_WGMMA_HD __host__ __device__
-#else
-#define QWENQ_WGMMA_HD
-#endif
+#include "kernels/host_device.h"
 
 namespace qwenq {
 
@@ -35,18 +31,18 @@ constexpr int kWgmmaAtomBytes = 1024; // 8 rows
 constexpr int kWgmmaTileK = 64;       // bf16 elements per row
 
 // Byte offset of the 16-byte chunk `chunk` (0..7, i.e. k = 8·chunk..8·chunk + 7) of row `row` in a tile.
-QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_chunk_offset(uint32_t row, uint32_t chunk) {
+QWENQ_HOST_DEVICE constexpr uint32_t wgmma_sw128_chunk_offset(uint32_t row, uint32_t chunk) {
   return row * kWgmmaRowBytes + ((chunk ^ (row & 7u)) << 4);
 }
 
 // Byte offset of element (row, k), k in [0, 64).
-QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_element_offset(uint32_t row, uint32_t k) {
+QWENQ_HOST_DEVICE constexpr uint32_t wgmma_sw128_element_offset(uint32_t row, uint32_t k) {
   return wgmma_sw128_chunk_offset(row, k >> 3) + ((k & 7u) << 1);
 }
 
 // The descriptor of a K-major 128-byte-swizzled operand starting at shared byte address `start` (a tile's
 // 1024-aligned base plus 32 bytes per k16 step).
-QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_descriptor(uint32_t start) {
+QWENQ_HOST_DEVICE constexpr uint64_t wgmma_sw128_descriptor(uint32_t start) {
   return (static_cast<uint64_t>((start & 0x3FFFFu) >> 4)) |               // start address
          (static_cast<uint64_t>(1) << 16) |                               // leading byte offset (unused)
          (static_cast<uint64_t>(kWgmmaAtomBytes >> 4) << 32) |            // stride byte offset: 1024
@@ -55,7 +51,7 @@ QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_descriptor(uint32_t start) {
 
 // A tile wider than 64 elements (attention's head dim 128) is stored as 64-column panels, each R rows x 128
 // bytes as above, panel p at p·R·128: the byte offset of element (row, col) of such an R-row tile.
-QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_panel_offset(uint32_t rows, uint32_t row, uint32_t col) {
+QWENQ_HOST_DEVICE constexpr uint32_t wgmma_sw128_panel_offset(uint32_t rows, uint32_t row, uint32_t col) {
   return (col / kWgmmaTileK) * rows * kWgmmaRowBytes + wgmma_sw128_element_offset(row, col % kWgmmaTileK);
 }
 
@@ -64,7 +60,7 @@ QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_panel_offset(uint32_t rows, uint32
 // ((1,T,LBO),(8T,SBO)), T = 8 bf16: 64 consecutive N in a 128-byte row, 8 K-rows of one atom 128 bytes apart,
 // the next 8 K-rows SBO = 1024 bytes on, the next 64 N (panel) LBO = `panel_bytes` on. `start` is the panel-0
 // base of the k16 step (+ 16 rows = 2048 bytes per step).
-QWENQ_WGMMA_HD constexpr uint64_t wgmma_sw128_mn_descriptor(uint32_t start, uint32_t panel_bytes) {
+QWENQ_HOST_DEVICE constexpr uint64_t wgmma_sw128_mn_descriptor(uint32_t start, uint32_t panel_bytes) {
   return (static_cast<uint64_t>((start & 0x3FFFFu) >> 4)) |
          (static_cast<uint64_t>((panel_bytes >> 4) & 0x3FFFu) << 16) |
          (static_cast<uint64_t>(kWgmmaAtomBytes >> 4) << 32) |
@@ -95,21 +91,21 @@ inline uint32_t wgmma_emulated_read_address(uint64_t desc, uint32_t row, uint32_
 
 // Two 32-bit words each holding a bf16 pair (element 0 in the low half): the pair (a's element h, b's element
 // h), element 0 in the low half. The transposed kernel's register transpose of dequantized words.
-QWENQ_WGMMA_HD constexpr uint32_t wgmma_pick_halves(uint32_t a, uint32_t b, int h) {
+QWENQ_HOST_DEVICE constexpr uint32_t wgmma_pick_halves(uint32_t a, uint32_t b, int h) {
   return h == 0 ? (a & 0xFFFFu) | (b << 16) : (a >> 16) | (b & 0xFFFF0000u);
 }
 
 // The transposed kernel's store of dequantized words: thread (word-row rl, quad q) holds the words of columns
 // n = 4q .. 4q + 3 of word-row rl; value j of each goes to tile row kk = 8·rl + j, columns 4q .. 4q + 3, i.e.
 // the 8-byte piece at this offset.
-QWENQ_WGMMA_HD constexpr uint32_t wgmma_sw128_quad_offset(uint32_t row, uint32_t q) {
+QWENQ_HOST_DEVICE constexpr uint32_t wgmma_sw128_quad_offset(uint32_t row, uint32_t q) {
   return wgmma_sw128_chunk_offset(row, q >> 1) + (q & 1u) * 8;
 }
 
 // The accumulator fragment of wgmma m64nNk16 with f32 D (PTX ISA, "Register Fragments" of wgmma): thread t of
 // the warpgroup (warp w = t / 32, lane l) holds, for each 8-column block j, d[4j + e] at
 //   row 16·w + l / 4 + 8·(e / 2),  column 8·j + 2·(l % 4) + e % 2.
-QWENQ_WGMMA_HD constexpr int wgmma_acc_row(int thread, int e) { return 16 * (thread / 32) + (thread % 32) / 4 + 8 * (e / 2); }
-QWENQ_WGMMA_HD constexpr int wgmma_acc_col(int thread, int j, int e) { return 8 * j + 2 * (thread % 4) + e % 2; }
+QWENQ_HOST_DEVICE constexpr int wgmma_acc_row(int thread, int e) { return 16 * (thread / 32) + (thread % 32) / 4 + 8 * (e / 2); }
+QWENQ_HOST_DEVICE constexpr int wgmma_acc_col(int thread, int j, int e) { return 8 * j + 2 * (thread % 4) + e % 2; }
 
 }  // namespace qwenq
