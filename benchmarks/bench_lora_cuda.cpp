@@ -16,7 +16,8 @@
 // HBM" against the device's peak (benchmarks/cuda_bench.h). A layer-step runs u and y+ for 13 Linears (the forward,
 // and the recomputation except the down projection's y+, whose output no backward reads), and g, dB, dA, dx+ for 7:
 // the last table sums that per layer, the time the `--profile` phase "lora" should show per layer (plus dropout,
-// when on), and what the fold would save (y+ and dx+ gone, the longer base GEMMs paid). Timing: 3 warm-ups, then the median of `reps` calls each after an L2 flush (256 MiB write).
+// when on), and what the fold would save (y+ and dx+ gone, the longer base GEMMs paid). Timing: 3 warm-ups, then
+// the median of `reps` calls each after an L2 flush (256 MiB write).
 //
 //   bench_lora_cuda [--csv out.csv] [--reps 20] [--tokens 2048] [--rank 16]
 //
@@ -231,7 +232,7 @@ int main(int argc, char** argv) {
       layer_fold_us += L.count * (fwd_runs * (t_fold - t_base) + (t_fold_t - t_bt));
       // The fold removes y+ from the forward and the recomputation (down_proj's forward only) and dx+ (fp32 as run);
       // not counted: the scratch write and add of the accumulating Linears (k, v, up), which it removes too.
-      layer_saved_us += L.count * ((L.down ? 1 : 2) * us[0][1] + us[0][5]);
+      layer_saved_us += L.count * (fwd_runs * us[0][1] + us[0][5]);
     }
     std::fprintf(stderr,
                  "\nper layer-step: LoRA products %.2f ms in fp32 (the trainer's), %.2f ms with bf16 inputs; base "

@@ -215,13 +215,6 @@ void overlapped(int64_t count, int64_t buf_elems, cudaStream_t s, Dequant dequan
   }
 }  // the buffers go back to the pool on s, after the last GEMM
 
-// Wb [N, Kp] bf16 of w into a fresh stream-ordered allocation.
-DeviceMemory dequantized(const Q4View& w, cudaStream_t s) {
-  DeviceMemory wb(static_cast<size_t>(w.N * w.Kp) * sizeof(uint16_t), s);
-  q4_dequantize_bf16_cuda(w, wb.as<uint16_t>(), s);  // checks its launch
-  return wb;
-}
-
 }  // namespace
 
 void q4_dequantize_bf16_cuda(const Q4View& w, uint16_t* out, void* stream) {
@@ -285,6 +278,44 @@ void put_lowrank_rows(const Q4LowRankT& lr, int64_t Kp, uint16_t* dst, cudaStrea
                                      s));
 }
 
+// out (+)= dyb·Wb over N rows of dyb (row stride ldb), plus the low-rank term's ra rows after them when lr: the
+// transposed product of the two entry points below. Column-major: outᵀ [Kp, M] = (Wb as Kp x k) · dybᵀ (k x M), as
+// linear_backward_input_cuda, k = N (+ ra); over chunks of N: outᵀ += (Wb[n0:n1, :] as Kp x nc) · dybᵀ[n0:n1, :], the
+// low-rank rows appended to the last chunk (its buffer holds them after the chunk's Ŵ rows). accumulate: beta = 1
+// from the first chunk on (out += the product), else out is written.
+void dense_transposed(const Q4View& w, const uint16_t* dyb, int64_t ldb, int64_t M, float* out, const Q4LowRankT* lr,
+                      bool accumulate, cudaStream_t s) {
+  const int64_t ra = lr ? lr->ra : 0, Kp = w.Kp;
+  LtGemm g;
+  g.m = Kp, g.n = M, g.k = w.N + ra;
+  g.trans_a = false, g.trans_b = false;
+  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
+  g.lda = Kp, g.ldb = ldb, g.ldd = Kp;
+  g.accumulate = accumulate;
+  const int64_t chunks = qgemm_dense_chunks(w.N, Kp);
+  if (chunks == 1) {
+    DeviceMemory wb(static_cast<size_t>((w.N + ra) * Kp) * sizeof(uint16_t), s);
+    launch_dequant(w, DqRegion{0, w.N, 0, Kp / 8, Kp}, wb.as<uint16_t>(), s);
+    if (lr) put_lowrank_rows(*lr, Kp, wb.as<uint16_t>() + w.N * Kp, s);
+    BlasLt::current().matmul(g, wb.get(), dyb, out, nullptr, 1.f, s);
+    return;  // wb goes back to the pool in stream order, after the matmul
+  }
+  const Cut cut(w.N, chunks, kDqCols);
+  overlapped(cut.count, (cut.chunk + ra) * Kp, s,
+             [&](int64_t j, uint16_t* buf, cudaStream_t d) {
+               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
+               launch_dequant(w, DqRegion{n0, n1, 0, Kp / 8, Kp}, buf, d);
+               if (lr && j == cut.count - 1) put_lowrank_rows(*lr, Kp, buf + (n1 - n0) * Kp, d);
+             },
+             [&](int64_t j, uint16_t* buf) {
+               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
+               LtGemm c = g;
+               c.k = n1 - n0 + (j == cut.count - 1 ? ra : 0);
+               c.accumulate = accumulate || j > 0;
+               BlasLt::current().matmul(c, buf, dyb + n0, out, nullptr, 1.f, s);
+             });
+}
+
 }  // namespace
 
 void qgemm_int4_dense_cuda(const Q4View& w, const void* x, DType x_dtype, int64_t M, float* y, void* stream) {
@@ -313,38 +344,12 @@ void qgemm_int4_t_dense_cuda(const Q4View& w, const void* dy, DType dy_dtype, in
   qgemm_tc_detail::check_tc_args(w, dy, dy_dtype, M, dx, fn);
   const std::string ctx = qgemm_tc_detail::tc_context(fn, w, M, dy_dtype);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  // Column-major: dxᵀ [Kp, M] = (Wb as Kp x N) · dyᵀ (N x M), as linear_backward_input_cuda; straight into dx
-  // when its columns are the layout rows (no act-order, Kp == K), else into a scratch scattered afterwards. Over
-  // chunks of N: dxᵀ += (Wb[n0:n1, :] as Kp x nc) · dyᵀ[n0:n1, :].
+  // Straight into dx when its columns are the layout rows (no act-order, Kp == K), else into a scratch scattered
+  // afterwards.
   const bool direct = w.perm == nullptr && w.Kp == w.K;
   DeviceMemory tmp;
   if (!direct) tmp = DeviceMemory(static_cast<size_t>(M * w.Kp) * sizeof(float), s);
-  void* out = direct ? static_cast<void*>(dx) : tmp.get();
-  LtGemm g;
-  g.m = w.Kp, g.n = M, g.k = w.N;
-  g.trans_a = false, g.trans_b = false;
-  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
-  g.lda = w.Kp, g.ldb = w.N, g.ldd = w.Kp;
-  const int64_t chunks = qgemm_dense_chunks(w.N, w.Kp);
-  if (chunks == 1) {
-    const DeviceMemory wb = dequantized(w, s);
-    BlasLt::current().matmul(g, wb.get(), dy, out, nullptr, 1.f, s);
-  } else {
-    const Cut cut(w.N, chunks, kDqCols);
-    const uint16_t* dyb = static_cast<const uint16_t*>(dy);
-    overlapped(cut.count, cut.chunk * w.Kp, s,
-               [&](int64_t j, uint16_t* buf, cudaStream_t d) {
-                 launch_dequant(w, DqRegion{j * cut.chunk, std::min(w.N, (j + 1) * cut.chunk), 0, w.Kp / 8, w.Kp},
-                                buf, d);
-               },
-               [&](int64_t j, uint16_t* buf) {
-                 const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
-                 LtGemm c = g;
-                 c.k = n1 - n0;
-                 c.accumulate = j > 0;
-                 BlasLt::current().matmul(c, buf, dyb + n0, out, nullptr, 1.f, s);
-               });
-  }
+  dense_transposed(w, static_cast<const uint16_t*>(dy), w.N, M, direct ? dx : tmp.as<float>(), nullptr, false, s);
   if (!direct) {
     // dx[m, perm ? perm[kk] : kk] = tmp[m, kk] for kk < K: the split-K reduction with one split.
     launch_reduce(tmp.as<float>(), 1, M, M, w.Kp, w.K, w.perm, dx, s);
@@ -360,36 +365,7 @@ void qgemm_int4_t_dense_lowrank_cuda(const Q4View& w, const uint16_t* dya, const
   qgemm_tc_detail::check_tc_args(w, dya, DType::BF16, M, dx, fn);
   qgemm_lowrank_check(w, lr.ra, lr.rb, lr.A, /*transposed=*/true, fn);
   QWENQ_CHECK(is_aligned(dya, 16), fn << ": dya must be 16-byte aligned (its rows are N + ra bf16 values)");
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int64_t Kp = w.Kp, ld = w.N + lr.ra;
-  LtGemm g;  // dxᵀ [Kp, M] (+)= ([Ŵ ; A] as Kp x (N + ra)) · dyaᵀ ((N + ra) x M)
-  g.m = Kp, g.n = M, g.k = ld;
-  g.trans_a = false, g.trans_b = false;
-  g.a_type = DType::BF16, g.b_type = DType::BF16, g.d_type = DType::F32;
-  g.lda = Kp, g.ldb = ld, g.ldd = Kp;
-  g.accumulate = accumulate;
-  const int64_t chunks = qgemm_dense_chunks(w.N, Kp);
-  if (chunks == 1) {
-    DeviceMemory wb(static_cast<size_t>(ld * Kp) * sizeof(uint16_t), s);
-    launch_dequant(w, DqRegion{0, w.N, 0, Kp / 8, Kp}, wb.as<uint16_t>(), s);
-    put_lowrank_rows(lr, Kp, wb.as<uint16_t>() + w.N * Kp, s);
-    BlasLt::current().matmul(g, wb.get(), dya, dx, nullptr, 1.f, s);
-    return;  // wb goes back to the pool in stream order, after the matmul
-  }
-  const Cut cut(w.N, chunks, kDqCols);
-  overlapped(cut.count, (cut.chunk + lr.ra) * Kp, s,
-             [&](int64_t j, uint16_t* buf, cudaStream_t d) {
-               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
-               launch_dequant(w, DqRegion{n0, n1, 0, Kp / 8, Kp}, buf, d);
-               if (j == cut.count - 1) put_lowrank_rows(lr, Kp, buf + (n1 - n0) * Kp, d);
-             },
-             [&](int64_t j, uint16_t* buf) {
-               const int64_t n0 = j * cut.chunk, n1 = std::min(w.N, n0 + cut.chunk);
-               LtGemm c = g;
-               c.k = n1 - n0 + (j == cut.count - 1 ? lr.ra : 0);
-               c.accumulate = accumulate || j > 0;
-               BlasLt::current().matmul(c, buf, dya + n0, dx, nullptr, 1.f, s);
-             });
+  dense_transposed(w, dya, w.N + lr.ra, M, dx, &lr, accumulate, static_cast<cudaStream_t>(stream));
 }
 
 }  // namespace qwenq

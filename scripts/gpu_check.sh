@@ -28,8 +28,8 @@
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
 # machine stays warm 30 s after a call: a first session on a fresh GPU runs "tests,memcheck,bench" (build included)
-# in one call, then at once, while the machine is warm and its build-gpu (or build-pre) kept, "qlora" or "gptq7b" with the time
-# left (QWENQ_GPU_BUDGET_S a little under that call's timeout_s). Device call (from the repo root, after
+# in one call, then at once, while the machine is warm and its build-gpu (or build-pre) kept, "qlora" or "gptq7b"
+# with the time left (QWENQ_GPU_BUDGET_S a little under that call's timeout_s). Device call (from the repo root, after
 # scripts/gpu_prepare.sh here):
 #   run(carry=[".gpu-deps"], timeout_s=540, command="QWENQ_GPU_PHASES=tests,memcheck,bench bash scripts/gpu_check.sh")
 #   run(carry=[".gpu-deps"], timeout_s=230, command="QWENQ_GPU_BUDGET_S=215 QWENQ_GPU_PHASES=qlora bash scripts/gpu_check.sh")

@@ -123,8 +123,7 @@ void expect_lowrank_t_matches(Src src, int64_t K, int64_t N, int64_t M, int64_t 
   q4_dequantize_bf16_ref(q.view(), wb.data());
   std::vector<double> mag(static_cast<size_t>(M * K), 0.0);
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < ld; ++n) {
-      if (n >= N + rb) break;
+    for (int64_t n = 0; n < N + rb; ++n) {
       const double a = std::fabs(static_cast<double>(bf16_to_f32(dya[m * ld + n])));
       for (int64_t k = 0; k < K; ++k)
         mag[m * K + k] += a * std::fabs(n < N ? bf16_to_f32(wb[n * K + k]) : bf16_round(A[(n - N) * K + k]));
