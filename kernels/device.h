@@ -52,6 +52,8 @@ DeviceChoice settle_device(const std::string& request, const DeviceChoice& found
 // "no NVIDIA driver installed", "no NVIDIA GPU found", or "the NVIDIA driver supports CUDA 12.4, this build needs
 // CUDA 13.0: update the driver to use the GPU".
 bool cuda_device_query(std::string* name_or_error);
+// How many GPUs this process sees (cudaGetDeviceCount; 0 when the runtime reports none or an error).
+int cuda_device_count();
 // Device 0's free and total memory (cudaMemGetInfo; it makes the process's CUDA context). False: *error says why.
 bool cuda_device_memory(uint64_t* free_bytes, uint64_t* total_bytes, std::string* error);
 #endif

@@ -59,6 +59,15 @@ bool cuda_device_query(std::string* name_or_error) {
   return true;
 }
 
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 bool cuda_device_memory(uint64_t* free_bytes, uint64_t* total_bytes, std::string* error) {
   size_t f = 0, t = 0;
   const cudaError_t err = cudaMemGetInfo(&f, &t);

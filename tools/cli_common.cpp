@@ -125,7 +125,7 @@ DevicePick::DevicePick(const CommonOptions& opt, std::string what)
 
 Device DevicePick::settle(const std::string& refusal) {
   const DeviceChoice d = settle_device(request_, found_, what_, refusal);
-  std::fprintf(stderr, "%s; %d CPU threads\n", d.description.c_str(), num_threads());
+  std::fprintf(stderr, "%s%s; %d CPU threads\n", prefix_.c_str(), d.description.c_str(), num_threads());
   return d.device;
 }
 

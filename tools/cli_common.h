@@ -99,12 +99,15 @@ class DevicePick {
   Device settle_for_models(const std::vector<const QwenModel*>& models, GpuUse use, const std::string& refusal = "");
   // For a quantizer's source directory (gptq, awq): gpu_source_refusal, and for `auto` the fit of its tensors.
   Device settle_for_source(const std::string& model_dir);
+  // Starts the device line, e.g. "rank 1: " for a data-parallel process (train --nproc).
+  void set_line_prefix(std::string prefix) { prefix_ = std::move(prefix); }
 
  private:
   // auto with a GPU: gpu_fit_refusal of weight_bytes() against the free device memory; "" otherwise.
   std::string auto_fit_refusal(const std::function<uint64_t()>& weight_bytes) const;
   std::string request_, what_;
   DeviceChoice found_;
+  std::string prefix_;
 };
 
 // --int8-activations (generate, eval): int8-activation products on the CPU for a GGUF model's quantized tensors

@@ -136,7 +136,7 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu (trainer/lora_model.h) or cuda (trainer/lora_model_cuda.h)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  cmd->add_option("--gpus", a->gpus, "GPUs: 1 is the GPU trainer; more plans an assumed pipeline of layers (not implemented)")->capture_default_str();
+  cmd->add_option("--gpus", a->gpus, "GPUs: 1 is the GPU trainer (also each process of train --nproc, which holds the whole model per GPU); more plans an assumed pipeline of layers (not implemented)")->capture_default_str();
   cmd->add_option("--gpu-mem-gb", a->gpu_mem_gb, "memory per GPU in GB (10^9 bytes)")->capture_default_str();
   cmd->add_option("--cpu-mem-gb", a->cpu_mem_gb, "host RAM in GB for --device cpu (default: this machine's)")
       ->check(greater_than(0, "POSITIVE"));

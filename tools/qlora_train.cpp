@@ -11,7 +11,10 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_group.h"
 #include "core/progress.h"
+#include "core/threads.h"
+#include "kernels/device.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/model_dir.h"
@@ -27,6 +30,7 @@ struct TrainArgs {
   std::string model, targets = "all-linear", adapter_dtype = "fp32";
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
+  int nproc = 1;
   CommonOptions common;
 };
 
@@ -79,6 +83,41 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
   run->use_rslora = ac.use_rslora;
   run->use_dora = ac.use_dora;
   run->target_modules = ac.target_modules;
+}
+
+// --nproc N (trainer/train_loop.h's data parallelism): a process started by rank 0 finds its group in the
+// environment; rank 0 starts the others (the same command line) after checking that each gets a GPU when the run
+// may use one. The processes split the CPU cores unless --threads says otherwise.
+struct DataParallel {
+  std::unique_ptr<ProcessGroup> started;        // this process is rank >= 1
+  std::unique_ptr<ProcessGroupLaunch> launched; // this process is rank 0 of a group it started
+  ProcessGroup* group() const { return started ? started.get() : launched ? launched->group.get() : nullptr; }
+};
+
+DataParallel start_data_parallel(int nproc, CommonOptions* common) {
+  DataParallel dp;
+  dp.started = process_group_from_env();
+  if (dp.started) {
+    QWENQ_CHECK(dp.started->world() == nproc, "this process was started as rank " << dp.started->rank() << " of "
+                                                  << dp.started->world() << " but its --nproc is " << nproc);
+  } else if (nproc > 1) {
+    int gpus = 0;
+#ifdef QWENQ_HAVE_CUDA
+    if (common->device != "cpu") gpus = cuda_device_count();
+#endif
+    const char* visible = std::getenv("CUDA_VISIBLE_DEVICES") ? " (CUDA_VISIBLE_DEVICES)" : "";
+    QWENQ_CHECK(common->device != "cuda" || gpus > 0,
+                "--device cuda --nproc " << nproc << ": this machine shows no GPU" << visible << " (use --device cpu)");
+    QWENQ_CHECK(gpus == 0 || gpus >= nproc, "--nproc " << nproc << " trains one process per GPU, and this machine shows "
+                                                       << gpus << visible << ": give --nproc " << gpus
+                                                       << " or fewer, or --device cpu");
+    dp.launched = spawn_process_group(nproc, this_program_args(), /*assign_gpus=*/common->device != "cpu");
+  }
+  if (dp.group() != nullptr && common->threads == 0) {
+    set_num_threads(0);
+    common->threads = std::max(1, num_threads() / nproc);
+  }
+  return dp;
 }
 
 }  // namespace
@@ -193,15 +232,26 @@ void register_qlora_train(CLI::App& app) {
               "time each GPU step's phases (base Linears, LoRA, attention, norms, ...; CUDA events) and print them "
               "at the end, also in metrics.jsonl's last record (--device cuda)");
   c->add_flag("--quiet,-q", o.quiet, "no progress bar");
+  c->add_option("--nproc", a->nproc,
+                "data-parallel processes training one adapter: one per GPU (the first N of CUDA_VISIBLE_DEVICES), or "
+                "each on its share of the CPU cores; a step is then N x --grad-accum micro-batches")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
   add_common_options(c, &a->common);
   c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
+    // Before anything touches CUDA: rank 0 starts the other ranks here.
+    DataParallel dp = start_data_parallel(a->nproc, &a->common);
+    o.group = dp.group();
+    const int rank = o.group ? o.group->rank() : 0;
+    if (rank > 0) o.quiet = true;
     // The GPU trainer (trainer/lora_model_cuda.h) when there is a GPU and it can run the model, decided once
     // train_lora has loaded the model (which prints the device line then).
     auto pick = std::make_shared<DevicePick>(a->common, "training");
+    if (o.group) pick->set_line_prefix("rank " + std::to_string(rank) + ": ");
     o.use_cuda = pick->gpu_possible();
     o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Train) == Device::Cuda; };
     o.model_dir = resolve_model_dir(a->model);
@@ -210,7 +260,16 @@ void register_qlora_train(CLI::App& app) {
     apply_sft_flags(a->sft, &o);
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
-    const TrainReport r = train_lora(o);
+    TrainReport r;
+    try {
+      r = train_lora(o);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      if (rank == 0 || what.rfind("data-parallel rank", 0) == 0) throw;
+      throw Error("data-parallel rank " + std::to_string(rank) + ": " + what);
+    }
+    if (rank > 0) return;  // rank 0 reports the run
+    if (dp.launched) dp.launched->wait_all();
     if (r.stopped) {  // --stop-after: no final adapter, no final evaluation; the checkpoints are what there is
       std::printf("stopped after %lld steps (--stop-after, step %lld of the run): last loss %.4f; no final adapter; "
                   "continue with --resume (%s)\n",

@@ -29,6 +29,7 @@
 #include "kernels/moe_combine_backward.h"
 #include "kernels/norm.h"
 #include "kernels/optim.h"
+#include "core/process_group.h"
 #include "kernels/pinned_host.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
@@ -90,6 +91,7 @@ struct LoraModelCuda::Impl {
   MoeDispatch disp;  // the routing of the MoE layer last run forward (its backward follows its recomputation)
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
+  PinnedHost<float> grads_host;  // data parallelism: the gradients on their way through the host's all-reduce
   // DoRA: the adapter's targets (they size the DoRA buffers; empty without DoRA), the column offset of each target's
   // z and v in DoraZ / DoraV (by target index; lora_cuda_dora_shape), and every slot's row norms ‖W + s·B A‖
   // (recomputed at the start of each call from the current A and B: PEFT's norms, detached).
@@ -1223,6 +1225,18 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
   m.end_profiled();
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
   return norm;
+}
+
+void LoraModelCuda::all_reduce_grads(ProcessGroup& group) {
+  Impl& m = *impl_;
+  if (m.total == 0) return;
+  const size_t bytes = static_cast<size_t>(m.total) * sizeof(float);
+  m.grads_host.reserve(m.total);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.grads_host.data(), m.grads.get(), bytes, cudaMemcpyDeviceToHost, m.st()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+  group.all_reduce_sum(m.grads_host.data(), m.total);
+  QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.grads.get(), m.grads_host.data(), bytes, cudaMemcpyHostToDevice, m.st()));
+  QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));  // the host buffer is written again by the next call
 }
 
 void LoraModelCuda::zero_grads() {

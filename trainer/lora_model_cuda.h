@@ -85,6 +85,8 @@
 
 namespace qwenq {
 
+class ProcessGroup;
+
 struct LoraModelCudaOptions {
   // Rows of one lm_head / loss chunk: 0 is trainer/lora_cuda_buffers.h's rule (2^24 logits, what `qwen-qlora
   // plan` counts); > 0 caps a chunk at that many rows (tests: several chunks and a partial last one on a small
@@ -118,6 +120,9 @@ class LoraModelCuda {
   float adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
                    double max_grad_norm);
   void zero_grads();
+  // Data parallelism (trainer/train_loop.h): replaces the gradients by their sum over the group's ranks, through
+  // the host (a device -> host copy, ProcessGroup::all_reduce_sum, host -> device); returns when they are back.
+  void all_reduce_grads(ProcessGroup& group);
 
   // Host <-> device copies of A/B, of the gradients, of AdamW's m and v (adapters of the same config and shapes;
   // the targets must match the uploaded adapter's).

@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_group.h"
 #include "core/progress.h"
 #include "kernels/device_allocator.h"
 #include "kernels/dropout_mask.h"
@@ -79,6 +80,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
           {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
   if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
+  if (o.group != nullptr && o.group->world() > 1) k["nproc"] = o.group->world();  // the same: a step's micro-batches
   return k;
 }
 
@@ -96,7 +98,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
       {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
       {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
-      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}};
+      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -314,11 +316,15 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
+  // Data parallelism: rank 0 ("lead") alone writes the run directory and prints; the other ranks only read a
+  // checkpoint to resume. They skip the checks of a fresh run directory, which rank 0 may have started writing.
+  const int rank = o.group ? o.group->rank() : 0, world = o.group ? o.group->world() : 1;
+  const bool lead = rank == 0;
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
               "--out " << o.out_dir << " is a file, not a run directory");
-  if (!o.resume && dir_exists(o.out_dir) && !o.overwrite) {
+  if (lead && !o.resume && dir_exists(o.out_dir) && !o.overwrite) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
   }
@@ -353,14 +359,16 @@ TrainReport train_lora(const TrainOptions& o) {
   bo.batch_size = o.batch_size;
   bo.seed = o.seed;
   bo.epochs = o.max_steps > 0 ? 0 : o.epochs;
-  // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches).
+  // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches). A
+  // step takes world · grad_accum micro-batches.
+  const int64_t per_step = o.grad_accum * world;
   int64_t total = o.max_steps;
   if (total <= 0) {
     SftBatchIterator dry(data.train, bo);
     SftBatch b;
     int64_t batches = 0;
     while (dry.next(&b)) ++batches;
-    total = (batches + o.grad_accum - 1) / o.grad_accum;
+    total = (batches + per_step - 1) / per_step;
   }
   SftBatchIterator it(data.train, bo);
 
@@ -376,8 +384,8 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
-  if (!o.resume && o.overwrite) remove_tree(o.out_dir);
-  const int mkdir_err = make_dirs(o.out_dir);
+  if (lead && !o.resume && o.overwrite) remove_tree(o.out_dir);
+  const int mkdir_err = lead ? make_dirs(o.out_dir) : 0;
   QWENQ_CHECK(mkdir_err == 0, "cannot create output directory " << o.out_dir << ": " << std::strerror(mkdir_err));
   LoraAdapter m = zeros_like(adapter), v = zeros_like(adapter), grads = zeros_like(adapter);
   TrainState st;
@@ -394,10 +402,10 @@ TrainReport train_lora(const TrainOptions& o) {
                                                           << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
-    truncate_metrics(metrics_path, st.step);
+    if (lead) truncate_metrics(metrics_path, st.step);
     rep.start_step = st.step;
-    if (!o.quiet) std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", ck.c_str(), (long long)st.step, (long long)total);
-  } else if (file_exists(metrics_path)) {
+    if (!o.quiet && lead) std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", ck.c_str(), (long long)st.step, (long long)total);
+  } else if (lead && file_exists(metrics_path)) {
     write_file_atomic(metrics_path, std::string());
   }
   Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
@@ -420,16 +428,21 @@ TrainReport train_lora(const TrainOptions& o) {
     gpu->download(&adapter);
     gpu->download_optimizer(&m, &v);
   };
-  std::ofstream metrics(metrics_path, std::ios::app);
-  QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
-  if (!o.quiet) {
-    std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es) of <= %lld x %lld tokens; adapter r=%lld on %zu "
-                 "Linears per layer, %lld parameters\n", (long long)total, (long long)o.grad_accum,
+  // The other ranks' stream stays closed: what they would write goes nowhere.
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(metrics_path, std::ios::app);
+    QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
+  }
+  if (!o.quiet && lead) {
+    const std::string procs = world > 1 ? " (" + std::to_string(world) + " processes x " + std::to_string(o.grad_accum) + ")" : "";
+    std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es)%s of <= %lld x %lld tokens; adapter r=%lld on %zu "
+                 "Linears per layer, %lld parameters\n", (long long)total, (long long)per_step, procs.c_str(),
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
   }
   auto run_eval = [&](int64_t step) {
-    if (eval_set->empty()) return;
+    if (eval_set->empty() || !lead) return;
     std::pair<double, int64_t> result;
     try {
       result = evaluate(model, adapter, gpu.get(), *eval_set, o);
@@ -443,16 +456,35 @@ TrainReport train_lora(const TrainOptions& o) {
   };
   if (!o.resume) run_eval(0);
 
-  Progress bar("train", total, "steps", o.quiet);
+  Progress bar("train", total, "steps", o.quiet || !lead);
   bar.update(st.step);
   LoraStepOptions so;
   so.checkpointing = o.checkpointing;
   so.bf16_checkpoints = o.bf16_checkpoints;
   const double t_prev = st.elapsed_s;
+  std::vector<float> flat;  // data parallelism on the CPU: the gradients in one array for the all-reduce
+  // Sums the ranks' gradients and NLL sums: every rank then holds the step's whole gradient.
+  const auto all_reduce = [&](double* nll) {
+    o.group->all_reduce_sum(nll, 1);
+    if (gpu) {
+#ifdef QWENQ_HAVE_CUDA
+      gpu->all_reduce_grads(*o.group);
+#endif
+      return;
+    }
+    int64_t n = 0;
+    for (int64_t k : G.size) n += k;
+    flat.resize(static_cast<size_t>(n));
+    float* p = flat.data();
+    for (size_t i = 0; i < G.ptr.size(); p += G.size[i], ++i) std::copy(G.ptr[i], G.ptr[i] + G.size[i], p);
+    o.group->all_reduce_sum(flat.data(), n);
+    p = flat.data();
+    for (size_t i = 0; i < G.ptr.size(); p += G.size[i], ++i) std::copy(p, p + G.size[i], G.ptr[i]);
+  };
   while (st.step < total) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<SftBatch> micro;
-    for (int64_t i = 0; i < o.grad_accum; ++i) {
+    for (int64_t i = 0; i < per_step; ++i) {
       SftBatch b;
       if (!it.next(&b)) break;
       micro.push_back(std::move(b));
@@ -464,7 +496,7 @@ TrainReport train_lora(const TrainOptions& o) {
     else for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
     double nll = 0;
     so.grad_scale = targets > 0 ? 1.0 / targets : 0.0;
-    for (size_t i = 0; i < micro.size(); ++i) {
+    for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
@@ -481,6 +513,7 @@ TrainReport train_lora(const TrainOptions& o) {
                            << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
       }
     }
+    if (o.group) all_reduce(&nll);
     const double loss = targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
@@ -523,8 +556,10 @@ TrainReport train_lora(const TrainOptions& o) {
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     bar.update(st.step, extra);
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
-    if (o.save_every > 0 && st.step % o.save_every == 0) sync_host();
-    if (o.save_every > 0 && st.step % o.save_every == 0) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
+    if (lead && o.save_every > 0 && st.step % o.save_every == 0) {
+      sync_host();
+      save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
+    }
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
       rep.stopped = true;
@@ -533,6 +568,12 @@ TrainReport train_lora(const TrainOptions& o) {
     }
   }
   bar.finish();
+  if (!lead) {  // rank 0 writes the adapter and the summary
+    rep.steps = st.step;
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
+    return rep;
+  }
   run_eval(st.step);
   sync_host();
   // The final adapter at the top of the run directory: staged, then each file renamed into place.

@@ -29,6 +29,16 @@
 // A step whose loss or gradient norm is not finite stops the run with the step and batch named; the last good
 // checkpoint stays. On the GPU, running out of device memory throws OutOfMemoryError whose message adds this run's
 // `qwen-qlora plan` breakdown next to what was live (trainer/oom_report.h).
+//
+// Data parallelism (TrainOptions::group, `qwen-qlora train --nproc R`; core/process_group.h): R processes train one
+// adapter, each on its own GPU (or its share of the CPU cores). A step is R · grad_accum micro-batches, the ones a
+// single process with grad_accum' = R · grad_accum would take, in the same order: every rank walks the same batch
+// iterator and computes micro-batches i with i mod R == rank (dropout keyed by the global index i, the loss
+// normalized by the step's counted targets over all of them). The ranks then sum their gradients and NLL sums
+// (ProcessGroup::all_reduce_sum: the same bits everywhere), so each applies the same clipping and AdamW update and
+// the adapters stay identical without being sent. The result is the single process's up to the order of the fp32
+// gradient sums (tests/cli/test_qlora_data_parallel_cli.sh). Rank 0 alone writes the run directory (metrics,
+// evaluations, checkpoints, the final adapter) and prints progress; every rank reads a checkpoint to resume.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +51,8 @@
 #include "trainer/sft_data.h"
 
 namespace qwenq {
+
+class ProcessGroup;
 
 // The data options of a run: SftDataOptions with max_len 0, which train_lora reads as seq_len (the batches' row
 // length), so an example whose response does not fit a row is dropped when the data loads (and counted) rather than
@@ -89,6 +101,9 @@ struct TrainOptions {
   // Time each GPU training step's phases (trainer/step_profile.h; --profile): TrainReport::profile and the run's
   // summary record get the milliseconds per step, the first step of the invocation (a warm-up) left out.
   bool profile = false;
+  // Data parallelism (see the top): this process's rank in the group training one adapter; null: a single process.
+  // Not owned; every rank passes the same options.
+  ProcessGroup* group = nullptr;
 };
 
 struct TrainReport {

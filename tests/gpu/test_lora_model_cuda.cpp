@@ -58,10 +58,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_group.h"
 #include "core/rng.h"
 #include "kernels/device_allocator.h"
 #include "kernels/loss.h"
@@ -330,6 +332,42 @@ TEST(LoraModelCuda, CheckpointDtypeSwitchesPerCall) {
     got[i == 1] = g;
   }
   EXPECT_NE(got[0], got[1]);
+}
+
+// Data parallelism's gradient sum (all_reduce_grads): the trainer as rank 0 of a 2-rank group whose rank 1 is a
+// host thread holding seeded values h. A sum of two floats is the same in either order, so every gradient must be
+// g + h exactly in fp32, g the trainer's gradient before the call; the flat order is the arena's, A then B per slot
+// in the adapter's tensor order (trainer/lora_model_cuda.h).
+TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 21);
+  const PackedBatch b = random_batch({40, 9}, cpu.config().vocab_size, 95);
+  LoraModelCuda gpu(cpu, adapter);
+  gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
+  LoraAdapter g = zeros_like(adapter), got = zeros_like(adapter);
+  gpu.download_grads(&g);
+  std::vector<float> h;
+  Rng rng(96);
+  for (auto* t : tensors(g))
+    for (size_t i = 0; i < t->size(); ++i) h.push_back(static_cast<float>(rng.normal()));
+  const auto fds = make_ring_sockets(2);
+  ProcessGroup rank0(0, 2, fds[0].first, fds[0].second), rank1(1, 2, fds[1].first, fds[1].second);
+  std::vector<float> h_sum = h;
+  std::thread other([&] { rank1.all_reduce_sum(h_sum.data(), static_cast<int64_t>(h_sum.size())); });
+  gpu.all_reduce_grads(rank0);
+  other.join();
+  gpu.download_grads(&got);
+  size_t k = 0, wrong = 0;
+  const auto gt = tensors(g), ot = tensors(got);
+  for (size_t t = 0; t < gt.size(); ++t) {
+    for (size_t i = 0; i < gt[t]->size(); ++i, ++k) {
+      const float want = (*gt[t])[i] + h[k];
+      wrong += (*ot[t])[i] != want || h_sum[k] != want;
+    }
+  }
+  EXPECT_EQ(k, h.size());
+  EXPECT_EQ(wrong, 0u) << "of " << k << " gradients";
 }
 
 // The head's edge cases: a batch whose every target is masked (an SFT micro-batch whose answers were all cut off)

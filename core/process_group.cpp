@@ -1,0 +1,325 @@
+#include "core/process_group.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/files.h"
+
+namespace qwenq {
+
+namespace {
+
+constexpr uint32_t kMagic = 0x50445751;  // "QWDP"
+constexpr uint32_t kFloat = 1, kDouble = 2;
+
+struct Header {
+  uint32_t magic, type;
+  uint64_t call;
+  int64_t n;
+};
+
+const char* type_name(uint32_t t) { return t == kFloat ? "fp32" : t == kDouble ? "fp64" : "?"; }
+
+// Chunk c of n values cut into `world` pieces: [c·n/world, (c+1)·n/world).
+int64_t chunk_begin(int64_t n, int world, int c) { return n * c / world; }
+
+int mod(int a, int m) { return ((a % m) + m) % m; }
+
+}  // namespace
+
+ProcessGroup::ProcessGroup(int rank, int world, int left_fd, int right_fd)
+    : rank_(rank), world_(world), left_fd_(left_fd), right_fd_(right_fd) {
+  QWENQ_CHECK(world >= 1 && rank >= 0 && rank < world, "process group: rank " << rank << " of " << world);
+  QWENQ_CHECK(world == 1 || (left_fd >= 0 && right_fd >= 0 && left_fd != right_fd),
+              "process group: rank " << rank << " of " << world << " needs two sockets, got " << left_fd << ", "
+                                     << right_fd);
+  for (int fd : {left_fd_, right_fd_}) {
+    if (fd < 0) continue;
+    const int flags = fcntl(fd, F_GETFL);
+    QWENQ_CHECK(flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0,
+                "process group: rank " << rank << ": socket " << fd << " is not usable (" << std::strerror(errno) << ")");
+  }
+}
+
+ProcessGroup::~ProcessGroup() {
+  for (int fd : {left_fd_, right_fd_})
+    if (fd >= 0) close(fd);
+}
+
+// Sends send_bytes to the right neighbour while receiving recv_bytes from the left one, interleaved through poll so
+// that a ring of ranks all sending at once cannot deadlock on full socket buffers.
+void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const char* what) {
+  const char* sp = static_cast<const char*>(send);
+  char* rp = static_cast<char*>(recv);
+  size_t sent = 0, got = 0;
+  const int left = mod(rank_ - 1, world_), right = mod(rank_ + 1, world_);
+  while (sent < send_bytes || got < recv_bytes) {
+    pollfd fds[2];
+    int nfds = 0, si = -1, ri = -1;
+    if (sent < send_bytes) {
+      si = nfds;
+      fds[nfds++] = pollfd{right_fd_, POLLOUT, 0};
+    }
+    if (got < recv_bytes) {
+      ri = nfds;
+      fds[nfds++] = pollfd{left_fd_, POLLIN, 0};
+    }
+    const int pr = poll(fds, static_cast<nfds_t>(nfds), -1);
+    if (pr < 0 && errno == EINTR) continue;
+    QWENQ_CHECK(pr > 0, "data-parallel rank " << rank_ << ": poll failed during " << what << " (" << std::strerror(errno) << ")");
+    if (ri >= 0 && (fds[ri].revents & (POLLIN | POLLHUP | POLLERR))) {
+      const ssize_t k = ::recv(left_fd_, rp + got, recv_bytes - got, 0);
+      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      QWENQ_CHECK(k > 0, "data-parallel rank " << rank_ << ": rank " << left << " has stopped (its connection "
+                                               << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
+                                               << "; its own error, if any, is printed above)");
+      got += static_cast<size_t>(k);
+    }
+    if (si >= 0 && (fds[si].revents & (POLLOUT | POLLHUP | POLLERR))) {
+      const ssize_t k = ::send(right_fd_, sp + sent, send_bytes - sent, MSG_NOSIGNAL);
+      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+      QWENQ_CHECK(k > 0, "data-parallel rank " << rank_ << ": rank " << right << " has stopped (its connection "
+                                               << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
+                                               << "; its own error, if any, is printed above)");
+      sent += static_cast<size_t>(k);
+    }
+  }
+}
+
+template <typename T>
+void ProcessGroup::ring_all_reduce(T* x, int64_t n, uint32_t type_code) {
+  QWENQ_CHECK(n >= 0 && (n == 0 || x != nullptr), "all_reduce_sum: " << n << " values at " << x);
+  const uint64_t call = ++calls_;
+  if (world_ == 1) return;
+  // The header goes round once: each rank checks that its left neighbour makes the same call.
+  const Header mine{kMagic, type_code, call, n};
+  Header theirs{};
+  exchange(&mine, sizeof mine, &theirs, sizeof theirs, "the call header");
+  const int left = mod(rank_ - 1, world_);
+  QWENQ_CHECK(theirs.magic == kMagic, "data-parallel rank " << rank_ << ": rank " << left
+                                                            << " sent something that is not a call header");
+  QWENQ_CHECK(theirs.call == call && theirs.type == type_code && theirs.n == n,
+              "data-parallel rank " << rank_ << ": its all-reduce #" << call << " of " << n << " " << type_name(type_code)
+                                    << " values meets rank " << left << "'s #" << theirs.call << " of " << theirs.n << " "
+                                    << type_name(theirs.type) << " values (the ranks' runs have diverged)");
+  if (n == 0) return;
+  std::vector<T> in(static_cast<size_t>(n / world_ + 1));
+  // Reduce-scatter.
+  for (int s = 0; s < world_ - 1; ++s) {
+    const int cs = mod(rank_ - s, world_), cr = mod(rank_ - s - 1, world_);
+    const int64_t s0 = chunk_begin(n, world_, cs), s1 = chunk_begin(n, world_, cs + 1);
+    const int64_t r0 = chunk_begin(n, world_, cr), r1 = chunk_begin(n, world_, cr + 1);
+    exchange(x + s0, static_cast<size_t>(s1 - s0) * sizeof(T), in.data(), static_cast<size_t>(r1 - r0) * sizeof(T),
+             "the reduce-scatter");
+    // The running sum arrives from the left and this rank's values join it: (sum so far) + x_rank.
+    for (int64_t i = r0; i < r1; ++i) x[i] = in[static_cast<size_t>(i - r0)] + x[i];
+  }
+  // All-gather.
+  for (int s = 0; s < world_ - 1; ++s) {
+    const int cs = mod(rank_ + 1 - s, world_), cr = mod(rank_ - s, world_);
+    const int64_t s0 = chunk_begin(n, world_, cs), s1 = chunk_begin(n, world_, cs + 1);
+    const int64_t r0 = chunk_begin(n, world_, cr), r1 = chunk_begin(n, world_, cr + 1);
+    exchange(x + s0, static_cast<size_t>(s1 - s0) * sizeof(T), x + r0, static_cast<size_t>(r1 - r0) * sizeof(T),
+             "the all-gather");
+  }
+}
+
+void ProcessGroup::all_reduce_sum(float* x, int64_t n) { ring_all_reduce(x, n, kFloat); }
+void ProcessGroup::all_reduce_sum(double* x, int64_t n) { ring_all_reduce(x, n, kDouble); }
+
+std::vector<std::pair<int, int>> make_ring_sockets(int world) {
+  QWENQ_CHECK(world >= 2, "a ring needs at least 2 ranks, not " << world);
+  std::vector<std::pair<int, int>> fds(static_cast<size_t>(world), {-1, -1});
+  for (int r = 0; r < world; ++r) {  // pair r joins rank r's right to rank r + 1's left
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      const int err = errno;
+      for (auto& [l, rr] : fds) {
+        if (l >= 0) close(l);
+        if (rr >= 0) close(rr);
+      }
+      QWENQ_FAIL("cannot make the data-parallel sockets: " << std::strerror(err));
+    }
+    fds[static_cast<size_t>(r)].second = sv[0];
+    fds[static_cast<size_t>((r + 1) % world)].first = sv[1];
+  }
+  return fds;
+}
+
+namespace {
+
+int env_int(const char* name, const char* value) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(value, &end, 10);
+  QWENQ_CHECK(errno == 0 && end != value && *end == '\0' && v >= 0 && v < (1L << 20),
+              name << "=" << value << " is not a rank number (set by qwen-qlora train --nproc for the processes it starts)");
+  return static_cast<int>(v);
+}
+
+// The entries of a comma-separated CUDA_VISIBLE_DEVICES (empty when unset).
+std::vector<std::string> visible_devices() {
+  std::vector<std::string> out;
+  const char* v = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (v == nullptr) return out;
+  std::string item;
+  for (const char* p = v;; ++p) {
+    if (*p == ',' || *p == '\0') {
+      out.push_back(item);
+      item.clear();
+      if (*p == '\0') break;
+    } else {
+      item += *p;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::unique_ptr<ProcessGroup> process_group_from_env() {
+  const char* rank = std::getenv("QWENQ_DP_RANK");
+  const char* world = std::getenv("QWENQ_DP_WORLD");
+  const char* fds = std::getenv("QWENQ_DP_FDS");
+  if (rank == nullptr && world == nullptr && fds == nullptr) return nullptr;
+  QWENQ_CHECK(rank != nullptr && world != nullptr && fds != nullptr,
+              "QWENQ_DP_RANK, QWENQ_DP_WORLD and QWENQ_DP_FDS come together (set by qwen-qlora train --nproc)");
+  const int r = env_int("QWENQ_DP_RANK", rank), w = env_int("QWENQ_DP_WORLD", world);
+  const std::string f = fds;
+  const size_t comma = f.find(',');
+  QWENQ_CHECK(comma != std::string::npos, "QWENQ_DP_FDS=" << f << " is not \"left,right\"");
+  const int left = env_int("QWENQ_DP_FDS", f.substr(0, comma).c_str());
+  const int right = env_int("QWENQ_DP_FDS", f.substr(comma + 1).c_str());
+  QWENQ_CHECK(w >= 2 && r >= 1 && r < w, "QWENQ_DP_RANK=" << r << " of QWENQ_DP_WORLD=" << w
+                                                          << ": a started rank is 1..world-1");
+  const auto is_socket = [](int fd) {
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+  };
+  QWENQ_CHECK(is_socket(left) && is_socket(right),
+              "QWENQ_DP_FDS=" << f << ": this process has no such sockets (it was not started by its rank 0)");
+  return std::make_unique<ProcessGroup>(r, w, left, right);
+}
+
+ProcessGroupLaunch::~ProcessGroupLaunch() {
+  group.reset();  // closing rank 0's sockets tells the ranks blocked in a call that it stopped
+  for (pid_t p : pids) {
+    if (p <= 0) continue;
+    int status = 0;
+    if (waitpid(p, &status, WNOHANG) == 0) {
+      kill(p, SIGTERM);
+      waitpid(p, &status, 0);
+    }
+  }
+}
+
+void ProcessGroupLaunch::wait_all() {
+  std::ostringstream failed;
+  for (size_t i = 0; i < pids.size(); ++i) {
+    int status = 0;
+    pid_t p = pids[i];
+    pid_t w;
+    do {
+      w = waitpid(p, &status, 0);
+    } while (w < 0 && errno == EINTR);
+    pids[i] = -1;
+    if (w < 0) continue;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
+    failed << (failed.tellp() > 0 ? ", " : "") << "rank " << i + 1;
+    if (WIFEXITED(status)) failed << " exited with status " << WEXITSTATUS(status);
+    else if (WIFSIGNALED(status)) failed << " was killed by signal " << WTERMSIG(status);
+  }
+  QWENQ_CHECK(failed.tellp() == 0, "data-parallel ranks failed: " << failed.str() << " (their errors are above)");
+}
+
+std::vector<std::string> this_program_args() {
+  const std::string raw = read_file("/proc/self/cmdline");
+  std::vector<std::string> args;
+  size_t b = 0;
+  while (b < raw.size()) {
+    const size_t e = raw.find('\0', b);
+    args.push_back(raw.substr(b, e == std::string::npos ? std::string::npos : e - b));
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  QWENQ_CHECK(!args.empty(), "/proc/self/cmdline is empty: cannot start the data-parallel ranks");
+  return args;
+}
+
+std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::vector<std::string>& args,
+                                                        bool assign_gpus) {
+  QWENQ_CHECK(world >= 2, "spawn_process_group: " << world << " ranks");
+  QWENQ_CHECK(!args.empty(), "spawn_process_group: no arguments");
+  auto launch = std::make_unique<ProcessGroupLaunch>();
+  const std::vector<std::pair<int, int>> fds = make_ring_sockets(world);
+  const std::vector<std::string> gpus = visible_devices();
+  const bool have_list = std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;
+  // Everything a child needs is built before fork: between fork and exec it only makes async-signal-safe calls.
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<std::string> base_env;
+  for (char** e = ::environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    if (kv.rfind("QWENQ_DP_", 0) == 0) continue;
+    if (assign_gpus && kv.rfind("CUDA_VISIBLE_DEVICES=", 0) == 0) continue;
+    base_env.push_back(kv);
+  }
+  const pid_t parent = getpid();
+  for (int r = 1; r < world; ++r) {
+    std::vector<std::string> env = base_env;
+    env.push_back("QWENQ_DP_RANK=" + std::to_string(r));
+    env.push_back("QWENQ_DP_WORLD=" + std::to_string(world));
+    const auto [left, right] = fds[static_cast<size_t>(r)];
+    env.push_back("QWENQ_DP_FDS=" + std::to_string(left) + "," + std::to_string(right));
+    if (assign_gpus) {
+      // The r-th GPU of the caller's view; past the end of a list, none (its GPU check then says so).
+      const std::string dev = have_list ? (static_cast<size_t>(r) < gpus.size() ? gpus[static_cast<size_t>(r)] : "")
+                                        : std::to_string(r);
+      env.push_back("CUDA_VISIBLE_DEVICES=" + dev);
+    }
+    std::vector<char*> envp;
+    for (auto& kv : env) envp.push_back(kv.data());
+    envp.push_back(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) {
+      const int err = errno;
+      for (const auto& [l, rr] : fds) {  // the ranks started so far are stopped by launch's destructor
+        close(l);
+        close(rr);
+      }
+      QWENQ_FAIL("cannot start data-parallel rank " << r << ": fork failed (" << std::strerror(err) << ")");
+    }
+    if (pid == 0) {
+      // The child: die with rank 0, keep its own two sockets across exec (the others are close-on-exec).
+      prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != parent) _exit(125);
+      fcntl(left, F_SETFD, 0);
+      fcntl(right, F_SETFD, 0);
+      execve("/proc/self/exe", argv.data(), envp.data());
+      _exit(127);
+    }
+    launch->pids.push_back(pid);
+  }
+  // Rank 0 keeps its own sockets; the started ranks' ends are theirs now.
+  for (int r = 1; r < world; ++r) {
+    close(fds[static_cast<size_t>(r)].first);
+    close(fds[static_cast<size_t>(r)].second);
+  }
+  launch->group = std::make_unique<ProcessGroup>(0, world, fds[0].first, fds[0].second);
+  return launch;
+}
+
+}  // namespace qwenq

@@ -1,0 +1,93 @@
+// Data parallelism across processes on one machine: R processes (ranks 0..R-1) in a ring, rank r joined to rank
+// r + 1 (mod R) by a Unix socket pair, and the sum all-reduce a data-parallel trainer needs for its gradients.
+//
+// all_reduce_sum(x, n): every rank ends with Σ_r x_r, the same bits on every rank. Ring algorithm, x cut into R
+// chunks, chunk c = [c·n/R, (c+1)·n/R) (integer division):
+//   reduce-scatter, steps s = 0..R-2: rank r sends chunk (r − s) mod R to rank r + 1 and adds chunk (r − s − 1) mod R,
+//     received from rank r − 1, into its own. After R − 1 steps rank r holds chunk (r + 1) mod R summed over every
+//     rank, added in ring order starting at the chunk's own rank: ((x_c + x_{c+1}) + x_{c+2}) + ... (ranks mod R);
+//   all-gather, steps s = 0..R-2: rank r sends chunk (r + 1 − s) mod R and overwrites chunk (r − s) mod R with what
+//     it receives, so every rank ends with the bits of the rank that summed each chunk.
+// Each rank sends and receives 2·(R − 1)/R · n values whatever R is, and the additions are in a fixed order for a
+// given R: a run is reproducible, and its sums differ from one process's sequential ones only in their order.
+// Every call first passes a header around the ring (a sequence number, the element type and n): ranks whose calls
+// disagree (a diverged run) get an error naming both, not mixed-up data. A rank that stopped (its sockets closed)
+// makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright.
+//
+// Starting the ranks (spawn_process_group): the program starts ranks 1..R-1 as copies of itself (/proc/self/exe,
+// the same arguments), each told its rank and its two sockets by the environment (QWENQ_DP_RANK, QWENQ_DP_WORLD,
+// QWENQ_DP_FDS "left,right") and, with assign_gpus, its own GPU (CUDA_VISIBLE_DEVICES = the r-th entry of the
+// caller's list, or r); the caller goes on as rank 0 (GPU 0 of its own list). A started rank finds its group with
+// process_group_from_env(). Each started rank dies with the caller (PR_SET_PDEATHSIG), so a failed or killed
+// rank 0 leaves no orphan; ProcessGroupLaunch's destructor also stops and reaps the ranks that are still running.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace qwenq {
+
+class ProcessGroup {
+ public:
+  // A rank of a ring: left_fd is the socket to rank − 1, right_fd to rank + 1 (both owned: closed by the
+  // destructor). world == 1 takes no sockets (-1, -1): every all-reduce returns at once.
+  ProcessGroup(int rank, int world, int left_fd, int right_fd);
+  ~ProcessGroup();
+  ProcessGroup(const ProcessGroup&) = delete;
+  ProcessGroup& operator=(const ProcessGroup&) = delete;
+
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+
+  // x[0, n) <- Σ over the ranks (the ring above). Every rank must make the same calls with the same n, in the same
+  // order. Throws qwenq::Error naming this rank and the neighbour when a neighbour stopped or disagrees.
+  void all_reduce_sum(float* x, int64_t n);
+  void all_reduce_sum(double* x, int64_t n);
+
+ private:
+  template <typename T>
+  void ring_all_reduce(T* x, int64_t n, uint32_t type_code);
+  void exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const char* what);
+
+  int rank_, world_;
+  int left_fd_, right_fd_;
+  uint64_t calls_ = 0;
+};
+
+// Makes the sockets of a ring of `world` ranks: fds[r] = {left, right} of rank r (close-on-exec). world >= 2.
+std::vector<std::pair<int, int>> make_ring_sockets(int world);
+
+// The group of a rank started by spawn_process_group (the QWENQ_DP_* variables), or null when this process was
+// not started so. Malformed variables throw.
+std::unique_ptr<ProcessGroup> process_group_from_env();
+
+// Rank 0's side of a spawned group: the ranks it started, stopped (SIGTERM) and reaped by the destructor if they
+// are still running then.
+class ProcessGroupLaunch {
+ public:
+  ProcessGroupLaunch() = default;
+  ~ProcessGroupLaunch();
+  ProcessGroupLaunch(const ProcessGroupLaunch&) = delete;
+  ProcessGroupLaunch& operator=(const ProcessGroupLaunch&) = delete;
+
+  std::unique_ptr<ProcessGroup> group;  // rank 0's
+  std::vector<pid_t> pids;              // ranks 1..R-1
+
+  // Waits for every started rank to exit; throws naming the ranks that failed (exit status or signal).
+  void wait_all();
+};
+
+// This process's command line as it was started (/proc/self/cmdline): what the started ranks are given.
+std::vector<std::string> this_program_args();
+
+// Starts ranks 1..world-1 as copies of this program with `args` (args[0] is the program's name as shown) and
+// returns rank 0's launch. world >= 2. With assign_gpus, started rank r gets CUDA_VISIBLE_DEVICES as described above;
+// call this before this process uses CUDA.
+std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::vector<std::string>& args,
+                                                        bool assign_gpus);
+
+}  // namespace qwenq

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# `qwen-qlora train --nproc R` (data parallelism, trainer/train_loop.h) against its oracle, one process with
+# --grad-accum R·G: the same micro-batches in the same order, so the same losses and adapter up to the order of the
+# fp32 gradient sums (LOSS_RTOL per step, ADAPTER_RTOL per tensor against its largest value; a rank's gradient lost
+# or counted twice moves them by percents). Also: 3 ranks over an epoch whose last step has fewer micro-batches than
+# ranks; rank 0 alone writes the run directory and reports; a run of 2 ranks stopped and resumed gives the
+# uninterrupted run's losses bit for bit, and resuming it with another --nproc is refused naming the flag; a rank
+# killed mid-run stops the whole run with an error naming it and leaves no process and no final adapter.
+set -euo pipefail
+source "$(dirname "$0")/cli_setup.sh"
+LOSS_RTOL=1e-5
+ADAPTER_RTOL=1e-3
+"$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
+python3 - "$WORK/data.jsonl" <<'PY'
+import json, random, sys
+random.seed(5)
+subjects, verbs = ["the cat", "a dog", "the bird", "one fish"], ["sat on the mat", "ran to the park", "sang a song"]
+with open(sys.argv[1], "w") as f:
+    for _ in range(200):
+        f.write(json.dumps({"text": f"{random.choice(subjects)} {random.choice(verbs)}."}) + "\n")
+PY
+COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1
+        --eval-count 8 --threads 1 -q)
+compare() {  # compare RUN ORACLE: losses, eval losses and adapters within the tolerances
+  python3 - "$1" "$2" "$LOSS_RTOL" "$ADAPTER_RTOL" <<'PY'
+import array, json, struct, sys
+a, b, loss_rtol, ad_rtol = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+def records(run, key):
+    return [(j["step"], j[key]) for j in map(json.loads, open(run + "/metrics.jsonl")) if key in j]
+for key in ("loss", "eval_loss"):
+    x, y = records(a, key), records(b, key)
+    assert len(x) == len(y) and len(x) > 0, f"{key}: {len(x)} vs {len(y)} records"
+    for (s, u), (t, v) in zip(x, y):
+        assert s == t and abs(u - v) <= loss_rtol * abs(v), f"{key} at step {s}: {u} vs {v}"
+def tensors(run):
+    raw = open(run + "/adapter_model.safetensors", "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    out = {}
+    for name, t in json.loads(raw[8:8 + n]).items():
+        if name == "__metadata__":
+            continue
+        assert t["dtype"] == "F32", t["dtype"]
+        s, e = t["data_offsets"]
+        v = array.array("f")
+        v.frombytes(raw[8 + n + s:8 + n + e])
+        out[name] = v
+    return out
+x, y = tensors(a), tensors(b)
+assert sorted(x) == sorted(y), "different tensors"
+for name in y:
+    top = max(abs(v) for v in y[name])
+    worst = max(abs(u - v) for u, v in zip(x[name], y[name]))
+    assert top > 0 and worst <= ad_rtol * top, f"{name}: off by {worst} (largest value {top})"
+print(f"{len(records(a, 'loss'))} steps, {len(y)} tensors within tolerance")
+PY
+}
+
+# 2 ranks x 1 micro-batch against 1 process x 2, with checkpoints (the resume below continues this run).
+"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/dp2" --nproc 2 > "$WORK/dp2.txt" 2>&1 ||
+  fail "--nproc 2 failed" "$WORK/dp2.txt"
+"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --out "$WORK/ga2" --grad-accum 2 > "$WORK/ga2.txt" 2>&1 ||
+  fail "--grad-accum 2 failed" "$WORK/ga2.txt"
+compare "$WORK/dp2" "$WORK/ga2" > "$WORK/cmp2.txt" 2>&1 || fail "--nproc 2 differs from --grad-accum 2" "$WORK/cmp2.txt"
+[ "$(grep -c '^trained ' "$WORK/dp2.txt")" = 1 ] || fail "--nproc 2 did not report once" "$WORK/dp2.txt"
+(cd "$WORK/dp2" && ls | grep -v '^checkpoint-') > "$WORK/files_dp2.txt"
+(cd "$WORK/ga2" && ls) > "$WORK/files_ga2.txt"
+cmp -s "$WORK/files_dp2.txt" "$WORK/files_ga2.txt" || fail "the run directories differ" "$WORK/files_dp2.txt"
+[ "$(grep -c '"loss"' "$WORK/dp2/metrics.jsonl")" = 8 ] || fail "metrics.jsonl is not one record per step" "$WORK/dp2/metrics.jsonl"
+
+# 3 ranks over one epoch (the last step may hold fewer micro-batches than ranks) against 1 process x 3.
+"$QL" train "${COMMON[@]}" --epochs 1 --batch-size 4 --out "$WORK/dp3" --nproc 3 > "$WORK/dp3.txt" 2>&1 ||
+  fail "--nproc 3 failed" "$WORK/dp3.txt"
+"$QL" train "${COMMON[@]}" --epochs 1 --batch-size 4 --out "$WORK/ga3" --grad-accum 3 > "$WORK/ga3.txt" 2>&1 ||
+  fail "--grad-accum 3 failed" "$WORK/ga3.txt"
+compare "$WORK/dp3" "$WORK/ga3" > "$WORK/cmp3.txt" 2>&1 || fail "--nproc 3 differs from --grad-accum 3" "$WORK/cmp3.txt"
+
+# Stopped after 5 steps (checkpoint-4) and resumed: the uninterrupted run's losses, bit for bit.
+"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --stop-after 5 \
+  > "$WORK/part.txt" 2>&1 || fail "the stopped run failed" "$WORK/part.txt"
+if "$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --resume > "$WORK/other.txt" 2>&1; then
+  fail "resumed with another --nproc" "$WORK/other.txt"
+fi
+grep -q '"nproc" (--nproc): saved 2, now (none)' "$WORK/other.txt" || fail "unclear refusal of another --nproc" "$WORK/other.txt"
+"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --resume > "$WORK/resume.txt" 2>&1 ||
+  fail "the resumed run failed" "$WORK/resume.txt"
+python3 - "$WORK/dp2/metrics.jsonl" "$WORK/part/metrics.jsonl" <<'PY' || fail "the resumed losses differ"
+import json, sys
+def losses(p):
+    return [(j["step"], j["loss"]) for j in map(json.loads, open(p)) if "loss" in j]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(a) == 8 and a == b, f"{a} vs {b}"
+PY
+cmp -s "$WORK/dp2/adapter_model.safetensors" "$WORK/part/adapter_model.safetensors" || fail "the resumed adapter differs"
+
+# A rank killed mid-run: rank 0 names it, nothing is left running, no final adapter.
+"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 1000000 --out "$WORK/killed" --nproc 3 > "$WORK/killed.txt" 2>&1 &
+lead=$!
+for _ in $(seq 1 500); do
+  [ -s "$WORK/killed/metrics.jsonl" ] && break
+  sleep 0.02
+done
+worker=$(pgrep -P "$lead" | tail -1)
+[ -n "$worker" ] || fail "no started rank found" "$WORK/killed.txt"
+kill -9 "$worker"
+if wait "$lead"; then fail "a run that lost a rank reported success" "$WORK/killed.txt"; fi
+grep -q "data-parallel rank [01]: rank 2 has stopped" "$WORK/killed.txt" || fail "the lost rank is not named" "$WORK/killed.txt"
+sleep 0.2
+[ -z "$(pgrep -P "$lead" || true)" ] || fail "ranks left running"
+[ ! -f "$WORK/killed/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
+
+# More ranks than GPUs (none here, or fewer than 64 on a GPU machine) is refused before any rank starts.
+if "$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 1 --out "$WORK/gpus" --nproc 64 --device cuda > "$WORK/gpus.txt" 2>&1; then
+  fail "--nproc 64 --device cuda accepted" "$WORK/gpus.txt"
+fi
+grep -q -- "--nproc 64" "$WORK/gpus.txt" || fail "unclear refusal of --nproc 64 --device cuda" "$WORK/gpus.txt"
+[ ! -e "$WORK/gpus" ] || fail "a refused run made its directory"
+echo "qlora data parallel CLI: OK"

@@ -1,0 +1,183 @@
+// core/process_group.h's ring all-reduce, its ranks as threads of this process on make_ring_sockets' sockets:
+//   - the sums against a sequential model of the documented order (each chunk summed from its own rank around the
+//     ring, in the element type): equal bit for bit, and the same bits on every rank; a double sum bounds the
+//     float ones (kSumTol), so a model sharing a mistake with the ring would still be caught; over 1..5 ranks and
+//     sizes from 0 to more than a socket buffer holds (the poll loop's partial sends);
+//   - ranks whose calls disagree (n, type) and ranks that stopped get an error naming the other rank, not a hang;
+//   - process_group_from_env: absent variables give no group, malformed ones a clear error.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "core/process_group.h"
+#include "core/rng.h"
+#include "tests/support/scoped_env.h"
+
+namespace qwenq {
+namespace {
+
+constexpr uint64_t kSeed = 20261205;
+// |float ring sum − double sum| <= kSumTol · Σ|x| · R: R − 1 roundings of at most 2^-24 each.
+constexpr double kSumTol = 1.0 / (1 << 23);
+
+std::vector<std::unique_ptr<ProcessGroup>> ring(int world) {
+  std::vector<std::unique_ptr<ProcessGroup>> g;
+  if (world == 1) {
+    g.push_back(std::make_unique<ProcessGroup>(0, 1, -1, -1));
+    return g;
+  }
+  const auto fds = make_ring_sockets(world);
+  for (int r = 0; r < world; ++r) g.push_back(std::make_unique<ProcessGroup>(r, world, fds[r].first, fds[r].second));
+  return g;
+}
+
+// Runs fn(rank) on one thread per rank; returns each rank's error message ("" when none).
+template <typename F>
+std::vector<std::string> on_ranks(int world, F fn) {
+  std::vector<std::string> err(static_cast<size_t>(world));
+  std::vector<std::thread> th;
+  for (int r = 0; r < world; ++r) {
+    th.emplace_back([&, r] {
+      try {
+        fn(r);
+      } catch (const Error& e) {
+        err[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : th) t.join();
+  return err;
+}
+
+template <typename T>
+void check_sums(int world, int64_t n) {
+  auto g = ring(world);
+  std::vector<std::vector<T>> x(static_cast<size_t>(world)), in;
+  Rng rng(kSeed + static_cast<uint64_t>(world * 1000003 + n));
+  for (auto& v : x) {
+    v.resize(static_cast<size_t>(n));
+    for (auto& e : v) e = static_cast<T>(rng.normal());
+  }
+  in = x;
+  const auto err = on_ranks(world, [&](int r) { g[r]->all_reduce_sum(x[r].data(), n); });
+  for (int r = 0; r < world; ++r) ASSERT_EQ(err[r], "") << "rank " << r;
+  for (int64_t i = 0; i < n; ++i) {
+    // The documented order: chunk c = the c with c·n/R <= i < (c+1)·n/R, summed from rank c around the ring.
+    int c = 0;
+    while (n * (c + 1) / world <= i) ++c;
+    T model = in[static_cast<size_t>(c)][i];
+    double exact = 0, mag = 0;
+    for (int k = 1; k < world; ++k) model = model + in[static_cast<size_t>((c + k) % world)][i];
+    for (int k = 0; k < world; ++k) exact += static_cast<double>(in[k][i]), mag += std::fabs(static_cast<double>(in[k][i]));
+    for (int r = 0; r < world; ++r) {
+      ASSERT_EQ(std::memcmp(&x[r][i], &model, sizeof(T)), 0)
+          << "world " << world << " n " << n << " element " << i << " rank " << r << ": " << x[r][i] << " vs " << model;
+    }
+    ASSERT_LE(std::fabs(static_cast<double>(model) - exact), kSumTol * mag * world + 1e-300)
+        << "world " << world << " n " << n << " element " << i;
+  }
+}
+
+TEST(ProcessGroup, RingSumIsTheDocumentedOrderOnEveryRank) {
+  for (int world : {1, 2, 3, 4, 5}) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{3}, int64_t{7}, int64_t{1000}, int64_t{300001}}) {
+      check_sums<float>(world, n);
+      if (n <= 1000) check_sums<double>(world, n);
+    }
+  }
+}
+
+TEST(ProcessGroup, ManyCallsInARowStayInStep) {
+  auto g = ring(3);
+  std::vector<std::vector<float>> x(3, std::vector<float>(5));
+  const auto err = on_ranks(3, [&](int r) {
+    for (int call = 0; call < 50; ++call) {
+      for (auto& e : x[r]) e = static_cast<float>(r + 1);
+      g[r]->all_reduce_sum(x[r].data(), 5);
+      double d = r;
+      g[r]->all_reduce_sum(&d, 1);
+      QWENQ_CHECK(x[r][4] == 6.f && d == 3.0, "call " << call << ": " << x[r][4] << ", " << d);
+    }
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(err[r], "") << "rank " << r;
+}
+
+TEST(ProcessGroup, DisagreeingCallsNameBothRanks) {
+  auto g = ring(2);
+  std::vector<float> a(5), b(6);
+  const auto err = on_ranks(2, [&](int r) {
+    if (r == 0) g[0]->all_reduce_sum(a.data(), 5);
+    else g[1]->all_reduce_sum(b.data(), 6);
+  });
+  EXPECT_NE(err[0].find("of 5 fp32 values meets rank 1's #1 of 6 fp32 values (the ranks' runs have diverged)"),
+            std::string::npos) << err[0];
+  EXPECT_NE(err[1].find("of 6 fp32 values meets rank 0's #1 of 5 fp32 values"), std::string::npos) << err[1];
+  auto h = ring(2);
+  float f = 0;
+  double d = 0;
+  const auto err2 = on_ranks(2, [&](int r) {
+    if (r == 0) h[0]->all_reduce_sum(&f, 1);
+    else h[1]->all_reduce_sum(&d, 1);
+  });
+  EXPECT_NE(err2[0].find("of 1 fp32 values meets rank 1's #1 of 1 fp64 values"), std::string::npos) << err2[0];
+}
+
+TEST(ProcessGroup, AStoppedRankIsNamedInsteadOfAHang) {
+  auto g = ring(3);
+  g[2].reset();  // rank 2 stopped before its first call: its sockets are closed
+  std::vector<std::vector<float>> x(2, std::vector<float>(100000, 1.f));
+  const auto err = on_ranks(2, [&](int r) {
+    g[r]->all_reduce_sum(x[r].data(), 100000);
+    g[r].reset();  // as the process would on its error: the next rank then sees it stop too
+  });
+  EXPECT_NE(err[0].find("data-parallel rank 0: rank 2 has stopped (its connection closed"), std::string::npos) << err[0];
+  // Rank 1 sees rank 2's socket fail, or rank 0's close first (rank 0 gave up): either names a stopped rank.
+  EXPECT_TRUE(err[1].find("data-parallel rank 1: rank 2 has stopped (its connection failed: Broken pipe") == 0 ||
+              err[1].find("data-parallel rank 1: rank 0 has stopped (its connection closed") == 0)
+      << err[1];
+}
+
+TEST(ProcessGroup, FromEnvironment) {
+  {
+    test::ScopedEnv a("QWENQ_DP_RANK", nullptr), b("QWENQ_DP_WORLD", nullptr), c("QWENQ_DP_FDS", nullptr);
+    EXPECT_EQ(process_group_from_env(), nullptr);
+  }
+  const auto refused = [](const char* rank, const char* world, const char* fds) {
+    test::ScopedEnv a("QWENQ_DP_RANK", rank), b("QWENQ_DP_WORLD", world), c("QWENQ_DP_FDS", fds);
+    try {
+      process_group_from_env();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(refused("1", nullptr, "3,4").find("come together"), std::string::npos);
+  EXPECT_NE(refused("x", "2", "3,4").find("QWENQ_DP_RANK=x is not a rank number"), std::string::npos);
+  EXPECT_NE(refused("0", "2", "3,4").find("a started rank is 1..world-1"), std::string::npos);
+  EXPECT_NE(refused("2", "2", "3,4").find("a started rank is 1..world-1"), std::string::npos);
+  EXPECT_NE(refused("1", "2", "34").find("is not \"left,right\""), std::string::npos);
+  EXPECT_NE(refused("1", "2", "900001,900002").find("this process has no such sockets"), std::string::npos);
+  // Real sockets: a group of rank 1 of 2.
+  const auto fds = make_ring_sockets(2);
+  const std::string f = std::to_string(fds[1].first) + "," + std::to_string(fds[1].second);
+  test::ScopedEnv a("QWENQ_DP_RANK", "1"), b("QWENQ_DP_WORLD", "2"), c("QWENQ_DP_FDS", f.c_str());
+  auto g1 = process_group_from_env();
+  ASSERT_NE(g1, nullptr);
+  EXPECT_EQ(g1->rank(), 1);
+  EXPECT_EQ(g1->world(), 2);
+  ProcessGroup g0(0, 2, fds[0].first, fds[0].second);
+  float x0 = 1.5f, x1 = 2.25f;
+  std::thread t([&] { g0.all_reduce_sum(&x0, 1); });
+  g1->all_reduce_sum(&x1, 1);
+  t.join();
+  EXPECT_EQ(x0, 3.75f);
+  EXPECT_EQ(x1, 3.75f);
+}
+
+}  // namespace
+}  // namespace qwenq
