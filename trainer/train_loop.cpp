@@ -153,9 +153,13 @@ Tensors tensors_of(LoraAdapter& a) {
   return t;
 }
 
-// Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter.
+// Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter. With a
+// group (data parallelism) every rank walks the same batches and computes every R-th one with targets; the per-batch
+// sums are gathered (an all-reduce in which each slot has one nonzero term, so exact) and added in batch order, so
+// the loss has the bits of a single process's.
 std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
-                                    const std::vector<SftExample>& eval, const TrainOptions& o) {
+                                    const std::vector<SftExample>& eval, const TrainOptions& o,
+                                    ProcessGroup* group = nullptr) {
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
   bo.seq_len = o.seq_len;
@@ -164,19 +168,32 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   bo.epochs = 1;
   SftBatchIterator it(eval, bo);
   SftBatch b;
-  double sum = 0;
-  int64_t counted = 0, batches = 0;
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  std::vector<double> nll, count;  // per batch with targets: [j] from rank j mod world
+  int64_t batches = 0;
   LoraStepOptions so;
   so.train = false;
   so.checkpointing = o.checkpointing;
   so.bf16_checkpoints = o.bf16_checkpoints;
   while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
     if (b.num_targets == 0) continue;
+    nll.push_back(0.0);
+    count.push_back(0.0);
+    if (batches++ % world != rank) continue;
     const LoraStepResult r =
         gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-    sum += r.nll_sum;
-    counted += r.counted;
-    ++batches;
+    nll.back() = r.nll_sum;
+    count.back() = static_cast<double>(r.counted);
+  }
+  if (group) {
+    group->all_reduce_sum(nll.data(), static_cast<int64_t>(nll.size()));
+    group->all_reduce_sum(count.data(), static_cast<int64_t>(count.size()));
+  }
+  double sum = 0;
+  int64_t counted = 0;
+  for (size_t j = 0; j < nll.size(); ++j) {
+    sum += nll[j];
+    counted += static_cast<int64_t>(count[j]);
   }
   return {counted > 0 ? sum / counted : 0.0, counted};
 }
@@ -441,11 +458,11 @@ TrainReport train_lora(const TrainOptions& o) {
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
   }
-  auto run_eval = [&](int64_t step) {
-    if (eval_set->empty() || !lead) return;
+  auto run_eval = [&](int64_t step) {  // every rank takes its share of the batches; rank 0 writes the record
+    if (eval_set->empty()) return;
     std::pair<double, int64_t> result;
     try {
-      result = evaluate(model, adapter, gpu.get(), *eval_set, o);
+      result = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
     } catch (const OutOfMemoryError& e) {
       throw_training_oom(e, "evaluation at step " + std::to_string(step) + ": ", o, model.config(), lcfg);
     }
@@ -568,13 +585,13 @@ TrainReport train_lora(const TrainOptions& o) {
     }
   }
   bar.finish();
+  run_eval(st.step);
   if (!lead) {  // rank 0 writes the adapter and the summary
     rep.steps = st.step;
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
     return rep;
   }
-  run_eval(st.step);
   sync_host();
   // The final adapter at the top of the run directory: staged, then each file renamed into place.
   const std::string staging = path_join(o.out_dir, "adapter.staging");

@@ -37,8 +37,10 @@
 // normalized by the step's counted targets over all of them). The ranks then sum their gradients and NLL sums
 // (ProcessGroup::all_reduce_sum: the same bits everywhere), so each applies the same clipping and AdamW update and
 // the adapters stay identical without being sent. The result is the single process's up to the order of the fp32
-// gradient sums (tests/cli/test_qlora_data_parallel_cli.sh). Rank 0 alone writes the run directory (metrics,
-// evaluations, checkpoints, the final adapter) and prints progress; every rank reads a checkpoint to resume.
+// gradient sums (tests/cli/test_qlora_data_parallel_cli.sh). Evaluations are shared the same way (every R-th batch
+// per rank, the per-batch sums gathered exactly and added in batch order: a single process's eval loss to the bit).
+// Rank 0 alone writes the run directory (metrics, checkpoints, the final adapter) and prints progress; every rank
+// reads a checkpoint to resume.
 #pragma once
 
 #include <cstdint>

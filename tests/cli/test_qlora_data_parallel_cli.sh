@@ -3,9 +3,10 @@
 # --grad-accum R·G: the same micro-batches in the same order, so the same losses and adapter up to the order of the
 # fp32 gradient sums (LOSS_RTOL per step, ADAPTER_RTOL per tensor against its largest value; a rank's gradient lost
 # or counted twice moves them by percents). Also: 3 ranks over an epoch whose last step has fewer micro-batches than
-# ranks; rank 0 alone writes the run directory and reports; a run of 2 ranks stopped and resumed gives the
-# uninterrupted run's losses bit for bit, and resuming it with another --nproc is refused naming the flag; a rank
-# killed mid-run stops the whole run with an error naming it and leaves no process and no final adapter.
+# ranks; the ranks' shared evaluations give a single process's eval_loss to the bit; rank 0 alone writes the run
+# directory and reports; a run of 2 ranks stopped and resumed gives the uninterrupted run's losses bit for bit, and
+# resuming it with another --nproc is refused naming the flag; a rank killed mid-run stops the whole run with an
+# error naming it and leaves no process and no final adapter.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 LOSS_RTOL=1e-5
@@ -19,8 +20,7 @@ with open(sys.argv[1], "w") as f:
     for _ in range(200):
         f.write(json.dumps({"text": f"{random.choice(subjects)} {random.choice(verbs)}."}) + "\n")
 PY
-COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1
-        --eval-count 8 --threads 1 -q)
+COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q)
 compare() {  # compare RUN ORACLE: losses, eval losses and adapters within the tolerances
   python3 - "$1" "$2" "$LOSS_RTOL" "$ADAPTER_RTOL" <<'PY'
 import array, json, struct, sys
@@ -56,9 +56,9 @@ PY
 }
 
 # 2 ranks x 1 micro-batch against 1 process x 2, with checkpoints (the resume below continues this run).
-"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/dp2" --nproc 2 > "$WORK/dp2.txt" 2>&1 ||
+"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/dp2" --nproc 2 > "$WORK/dp2.txt" 2>&1 ||
   fail "--nproc 2 failed" "$WORK/dp2.txt"
-"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --out "$WORK/ga2" --grad-accum 2 > "$WORK/ga2.txt" 2>&1 ||
+"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 8 --out "$WORK/ga2" --grad-accum 2 > "$WORK/ga2.txt" 2>&1 ||
   fail "--grad-accum 2 failed" "$WORK/ga2.txt"
 compare "$WORK/dp2" "$WORK/ga2" > "$WORK/cmp2.txt" 2>&1 || fail "--nproc 2 differs from --grad-accum 2" "$WORK/cmp2.txt"
 [ "$(grep -c '^trained ' "$WORK/dp2.txt")" = 1 ] || fail "--nproc 2 did not report once" "$WORK/dp2.txt"
@@ -68,20 +68,32 @@ cmp -s "$WORK/files_dp2.txt" "$WORK/files_ga2.txt" || fail "the run directories 
 [ "$(grep -c '"loss"' "$WORK/dp2/metrics.jsonl")" = 8 ] || fail "metrics.jsonl is not one record per step" "$WORK/dp2/metrics.jsonl"
 
 # 3 ranks over one epoch (the last step may hold fewer micro-batches than ranks) against 1 process x 3.
-"$QL" train "${COMMON[@]}" --epochs 1 --batch-size 4 --out "$WORK/dp3" --nproc 3 > "$WORK/dp3.txt" 2>&1 ||
+"$QL" train "${COMMON[@]}" --eval-count 60 --epochs 1 --batch-size 4 --out "$WORK/dp3" --nproc 3 > "$WORK/dp3.txt" 2>&1 ||
   fail "--nproc 3 failed" "$WORK/dp3.txt"
-"$QL" train "${COMMON[@]}" --epochs 1 --batch-size 4 --out "$WORK/ga3" --grad-accum 3 > "$WORK/ga3.txt" 2>&1 ||
+"$QL" train "${COMMON[@]}" --eval-count 60 --epochs 1 --batch-size 4 --out "$WORK/ga3" --grad-accum 3 > "$WORK/ga3.txt" 2>&1 ||
   fail "--grad-accum 3 failed" "$WORK/ga3.txt"
 compare "$WORK/dp3" "$WORK/ga3" > "$WORK/cmp3.txt" 2>&1 || fail "--nproc 3 differs from --grad-accum 3" "$WORK/cmp3.txt"
+# The ranks share the evaluations (60 examples: 8 batches, uneven over 3 ranks) and gather them exactly: a single process's
+# `eval` of the same split gives the run's first (the base) and last (its adapter) eval_loss to the bit.
+EVAL=(-m "$WORK/tiny" --data "$WORK/data.jsonl" --seq-len 64 --batch-size 4 --eval-count 60 --threads 1 --json)
+"$QL" eval "${EVAL[@]}" --adapter "$WORK/dp3" > "$WORK/eval_dp3.json" 2> "$WORK/eval.err" || fail "eval --adapter" "$WORK/eval.err"
+"$QL" eval "${EVAL[@]}" > "$WORK/eval_base.json" 2> "$WORK/eval.err" || fail "eval of the base" "$WORK/eval.err"
+python3 - "$WORK/dp3/metrics.jsonl" "$WORK/eval_dp3.json" "$WORK/eval_base.json" <<'PY' || fail "eval vs the run's eval_loss"
+import json, sys
+evals = [r for r in map(json.loads, open(sys.argv[1])) if "eval_loss" in r]
+adapter, base = (json.load(open(p)) for p in sys.argv[2:4])
+assert adapter["loss"] == evals[-1]["eval_loss"] and adapter["loss_tokens"] == evals[-1]["eval_tokens"], (adapter, evals)
+assert base["loss"] == evals[0]["eval_loss"], (base, evals)
+PY
 
 # Stopped after 5 steps (checkpoint-4) and resumed: the uninterrupted run's losses, bit for bit.
-"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --stop-after 5 \
+"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --stop-after 5 \
   > "$WORK/part.txt" 2>&1 || fail "the stopped run failed" "$WORK/part.txt"
-if "$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --resume > "$WORK/other.txt" 2>&1; then
+if "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --resume > "$WORK/other.txt" 2>&1; then
   fail "resumed with another --nproc" "$WORK/other.txt"
 fi
 grep -q '"nproc" (--nproc): saved 2, now (none)' "$WORK/other.txt" || fail "unclear refusal of another --nproc" "$WORK/other.txt"
-"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --resume > "$WORK/resume.txt" 2>&1 ||
+"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 2 --out "$WORK/part" --nproc 2 --resume > "$WORK/resume.txt" 2>&1 ||
   fail "the resumed run failed" "$WORK/resume.txt"
 python3 - "$WORK/dp2/metrics.jsonl" "$WORK/part/metrics.jsonl" <<'PY' || fail "the resumed losses differ"
 import json, sys
@@ -93,7 +105,7 @@ PY
 cmp -s "$WORK/dp2/adapter_model.safetensors" "$WORK/part/adapter_model.safetensors" || fail "the resumed adapter differs"
 
 # A rank killed mid-run: rank 0 names it, nothing is left running, no final adapter.
-"$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 1000000 --out "$WORK/killed" --nproc 3 > "$WORK/killed.txt" 2>&1 &
+"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1000000 --out "$WORK/killed" --nproc 3 > "$WORK/killed.txt" 2>&1 &
 lead=$!
 for _ in $(seq 1 500); do
   [ -s "$WORK/killed/metrics.jsonl" ] && break
@@ -109,7 +121,7 @@ sleep 0.2
 [ ! -f "$WORK/killed/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
 
 # More ranks than GPUs (none here, or fewer than 64 on a GPU machine) is refused before any rank starts.
-if "$QL" train "${COMMON[@]}" --batch-size 2 --max-steps 1 --out "$WORK/gpus" --nproc 64 --device cuda > "$WORK/gpus.txt" 2>&1; then
+if "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1 --out "$WORK/gpus" --nproc 64 --device cuda > "$WORK/gpus.txt" 2>&1; then
   fail "--nproc 64 --device cuda accepted" "$WORK/gpus.txt"
 fi
 grep -q -- "--nproc 64" "$WORK/gpus.txt" || fail "unclear refusal of --nproc 64 --device cuda" "$WORK/gpus.txt"
