@@ -62,7 +62,8 @@ export QWENQ_COMMIT=$(cat .gpu-deps/COMMIT 2>/dev/null || git rev-parse --short 
 device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
 log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
-BENCHES=${QWENQ_GPU_BENCHES:-bench_qgemm_cuda,bench_attention_cuda,bench_attention_decode_cuda,bench_gptq_cuda,bench_kl_rows_cuda,bench_lora_cuda}
+source scripts/gpu_programs.sh
+BENCHES=${QWENQ_GPU_BENCHES:-${QWENQ_GPU_BENCH_PROGRAMS// /,}}
 FILTER=${QWENQ_GPU_TEST_FILTER:-*}
 # Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
 reserve=0

@@ -29,8 +29,8 @@ fi
 # otherwise it builds as before. Several minutes on 2 cores (ccache helps a rebuild).
 if [ "${QWENQ_GPU_PREBUILT:-1}" = 1 ]; then
   P=build-prebuilt
-  progs="qwen-quant qwen-qlora qwenq_gpu_tests bench_qgemm_cuda bench_attention_cuda bench_attention_decode_cuda \
-bench_gptq_cuda bench_kl_rows_cuda bench_lora_cuda"
+  source scripts/gpu_programs.sh
+  progs="qwen-quant qwen-qlora qwenq_gpu_tests $QWENQ_GPU_BENCH_PROGRAMS"
   opts="-DCMAKE_BUILD_TYPE=Release -DQWENQ_CUDA=ON -DQWENQ_CUDA_ARCHS=90a -DQWENQ_NATIVE=OFF \
 -DCMAKE_CXX_FLAGS=-march=x86-64-v3 -DQWENQ_CUDART_STATIC=ON -DQWENQ_BUILD_BENCHMARKS=ON"
   stamp=$(bash scripts/source_stamp.sh)
