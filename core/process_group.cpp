@@ -22,7 +22,7 @@ namespace qwenq {
 namespace {
 
 constexpr uint32_t kMagic = 0x50445751;  // "QWDP"
-constexpr uint32_t kFloat = 1, kDouble = 2;
+constexpr uint32_t kFloat = 1, kDouble = 2, kCheck = 3;
 
 struct Header {
   uint32_t magic, type;
@@ -30,7 +30,7 @@ struct Header {
   int64_t n;
 };
 
-const char* type_name(uint32_t t) { return t == kFloat ? "fp32" : t == kDouble ? "fp64" : "?"; }
+const char* type_name(uint32_t t) { return t == kFloat ? "fp32" : t == kDouble ? "fp64" : t == kCheck ? "check" : "?"; }
 
 // Chunk c of n values cut into `world` pieces: [c·n/world, (c+1)·n/world).
 int64_t chunk_begin(int64_t n, int world, int c) { return n * c / world; }
@@ -60,7 +60,7 @@ ProcessGroup::~ProcessGroup() {
 
 // Sends send_bytes to the right neighbour while receiving recv_bytes from the left one, interleaved through poll so
 // that a ring of ranks all sending at once cannot deadlock on full socket buffers.
-void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const char* what) {
+void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const std::string& what) {
   const char* sp = static_cast<const char*>(send);
   char* rp = static_cast<char*>(recv);
   size_t sent = 0, got = 0;
@@ -79,6 +79,10 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
     const int pr = poll(fds, static_cast<nfds_t>(nfds), -1);
     if (pr < 0 && errno == EINTR) continue;
     QWENQ_CHECK(pr > 0, "data-parallel rank " << rank_ << ": poll failed during " << what << " (" << std::strerror(errno) << ")");
+    for (int i = 0; i < nfds; ++i) {
+      QWENQ_CHECK(!(fds[i].revents & POLLNVAL), "data-parallel rank " << rank_ << ": socket " << fds[i].fd
+                                                                     << " is not open (during " << what << ")");
+    }
     if (ri >= 0 && (fds[ri].revents & (POLLIN | POLLHUP | POLLERR))) {
       const ssize_t k = ::recv(left_fd_, rp + got, recv_bytes - got, 0);
       if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
@@ -139,6 +143,29 @@ void ProcessGroup::ring_all_reduce(T* x, int64_t n, uint32_t type_code) {
 void ProcessGroup::all_reduce_sum(float* x, int64_t n) { ring_all_reduce(x, n, kFloat); }
 void ProcessGroup::all_reduce_sum(double* x, int64_t n) { ring_all_reduce(x, n, kDouble); }
 
+void ProcessGroup::check_same(uint64_t value, const std::string& what) {
+  const uint64_t call = ++calls_;
+  if (world_ == 1) return;
+  const Header mine{kMagic, kCheck, call, static_cast<int64_t>(value)};
+  Header theirs{};
+  exchange(&mine, sizeof mine, &theirs, sizeof theirs, "the check of " + what);
+  const int left = mod(rank_ - 1, world_);
+  QWENQ_CHECK(theirs.magic == kMagic && theirs.call == call && theirs.type == kCheck,
+              "data-parallel rank " << rank_ << ": its check #" << call << " of " << what << " meets rank " << left
+                                    << "'s call #" << theirs.call << " (" << type_name(theirs.type)
+                                    << "; the ranks' runs have diverged)");
+  // Every rank learns whether any pair differed, so that all stop, not only the one that saw it.
+  const bool differs = theirs.n != static_cast<int64_t>(value);
+  double any = differs ? 1.0 : 0.0;
+  ring_all_reduce(&any, 1, kDouble);
+  QWENQ_CHECK(!differs, "data-parallel rank " << rank_ << " and rank " << left << " differ in " << what
+                                              << " (fingerprints " << std::hex << value << " and "
+                                              << static_cast<uint64_t>(theirs.n) << std::dec
+                                              << "): each process decides it alone, and they must agree");
+  QWENQ_CHECK(any == 0.0, "data-parallel rank " << rank_ << ": the ranks differ in " << what
+                                                << " (the rank that saw it names the two)");
+}
+
 std::vector<std::pair<int, int>> make_ring_sockets(int world) {
   QWENQ_CHECK(world >= 2, "a ring needs at least 2 ranks, not " << world);
   std::vector<std::pair<int, int>> fds(static_cast<size_t>(world), {-1, -1});
@@ -152,6 +179,14 @@ std::vector<std::pair<int, int>> make_ring_sockets(int world) {
       }
       QWENQ_FAIL("cannot make the data-parallel sockets: " << std::strerror(err));
     }
+    // Never 0, 1 or 2 (a rank 0 started with those closed): what a rank prints must not go into the ring.
+    for (int& fd : sv) {
+      if (fd > 2) continue;
+      const int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+      close(fd);
+      fd = moved;
+    }
+    QWENQ_CHECK(sv[0] >= 0 && sv[1] >= 0, "cannot move the data-parallel sockets past fd 2: " << std::strerror(errno));
     fds[static_cast<size_t>(r)].second = sv[0];
     fds[static_cast<size_t>((r + 1) % world)].first = sv[1];
   }
@@ -213,16 +248,35 @@ std::unique_ptr<ProcessGroup> process_group_from_env() {
   return std::make_unique<ProcessGroup>(r, w, left, right);
 }
 
+namespace {
+
+// Reaps the pids (set to -1 once reaped) until all are, or `seconds` have passed.
+void reap_within(std::vector<pid_t>* pids, double seconds) {
+  for (int tick = 0;; ++tick) {
+    bool running = false;
+    for (pid_t& p : *pids) {
+      if (p <= 0) continue;
+      int status = 0;
+      const pid_t w = waitpid(p, &status, WNOHANG);
+      if (w == p || (w < 0 && errno == ECHILD)) p = -1;
+      else running = true;
+    }
+    if (!running || tick * 0.02 >= seconds) return;
+    usleep(20000);
+  }
+}
+
+}  // namespace
+
 ProcessGroupLaunch::~ProcessGroupLaunch() {
   group.reset();  // closing rank 0's sockets tells the ranks blocked in a call that it stopped
-  for (pid_t p : pids) {
-    if (p <= 0) continue;
-    int status = 0;
-    if (waitpid(p, &status, WNOHANG) == 0) {
-      kill(p, SIGTERM);
-      waitpid(p, &status, 0);
-    }
-  }
+  reap_within(&pids, 5.0);  // time for them to print their own error and exit
+  for (pid_t p : pids)
+    if (p > 0) kill(p, SIGTERM);
+  reap_within(&pids, 2.0);
+  for (pid_t p : pids)
+    if (p > 0) kill(p, SIGKILL);
+  reap_within(&pids, 1.0);
 }
 
 void ProcessGroupLaunch::wait_all() {
@@ -235,7 +289,11 @@ void ProcessGroupLaunch::wait_all() {
       w = waitpid(p, &status, 0);
     } while (w < 0 && errno == EINTR);
     pids[i] = -1;
-    if (w < 0) continue;
+    if (w < 0) {
+      failed << (failed.tellp() > 0 ? ", " : "") << "rank " << i + 1 << " could not be waited for ("
+             << std::strerror(errno) << ")";
+      continue;
+    }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
     failed << (failed.tellp() > 0 ? ", " : "") << "rank " << i + 1;
     if (WIFEXITED(status)) failed << " exited with status " << WEXITSTATUS(status);
@@ -263,10 +321,10 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
   QWENQ_CHECK(world >= 2, "spawn_process_group: " << world << " ranks");
   QWENQ_CHECK(!args.empty(), "spawn_process_group: no arguments");
   auto launch = std::make_unique<ProcessGroupLaunch>();
-  const std::vector<std::pair<int, int>> fds = make_ring_sockets(world);
   const std::vector<std::string> gpus = visible_devices();
   const bool have_list = std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;
-  // Everything a child needs is built before fork: between fork and exec it only makes async-signal-safe calls.
+  // Everything a child needs is built before the sockets and fork: between fork and exec it only makes
+  // async-signal-safe calls, and nothing between the sockets and the end can throw but a failed fork.
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -277,22 +335,31 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
     if (assign_gpus && kv.rfind("CUDA_VISIBLE_DEVICES=", 0) == 0) continue;
     base_env.push_back(kv);
   }
-  const pid_t parent = getpid();
+  std::vector<std::vector<std::string>> env(static_cast<size_t>(world));
+  std::vector<std::vector<char*>> envp(static_cast<size_t>(world));
+  const std::vector<std::pair<int, int>> fds = make_ring_sockets(world);
   for (int r = 1; r < world; ++r) {
-    std::vector<std::string> env = base_env;
-    env.push_back("QWENQ_DP_RANK=" + std::to_string(r));
-    env.push_back("QWENQ_DP_WORLD=" + std::to_string(world));
-    const auto [left, right] = fds[static_cast<size_t>(r)];
-    env.push_back("QWENQ_DP_FDS=" + std::to_string(left) + "," + std::to_string(right));
+    std::vector<std::string>& e = env[static_cast<size_t>(r)];
+    e = base_env;
+    e.push_back("QWENQ_DP_RANK=" + std::to_string(r));
+    e.push_back("QWENQ_DP_WORLD=" + std::to_string(world));
+    e.push_back("QWENQ_DP_FDS=" + std::to_string(fds[static_cast<size_t>(r)].first) + "," +
+                std::to_string(fds[static_cast<size_t>(r)].second));
     if (assign_gpus) {
       // The r-th GPU of the caller's view; past the end of a list, none (its GPU check then says so).
       const std::string dev = have_list ? (static_cast<size_t>(r) < gpus.size() ? gpus[static_cast<size_t>(r)] : "")
                                         : std::to_string(r);
-      env.push_back("CUDA_VISIBLE_DEVICES=" + dev);
+      e.push_back("CUDA_VISIBLE_DEVICES=" + dev);
     }
-    std::vector<char*> envp;
-    for (auto& kv : env) envp.push_back(kv.data());
-    envp.push_back(nullptr);
+    for (auto& kv : e) envp[static_cast<size_t>(r)].push_back(kv.data());
+    envp[static_cast<size_t>(r)].push_back(nullptr);
+  }
+  launch->pids.reserve(static_cast<size_t>(world - 1));
+  // Ranks are reaped by waitpid: an inherited "ignore SIGCHLD" would reap them unseen and lose their exit status.
+  signal(SIGCHLD, SIG_DFL);
+  const pid_t parent = getpid();
+  for (int r = 1; r < world; ++r) {
+    const auto [left, right] = fds[static_cast<size_t>(r)];
     const pid_t pid = fork();
     if (pid < 0) {
       const int err = errno;
@@ -308,7 +375,7 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
       if (getppid() != parent) _exit(125);
       fcntl(left, F_SETFD, 0);
       fcntl(right, F_SETFD, 0);
-      execve("/proc/self/exe", argv.data(), envp.data());
+      execve("/proc/self/exe", argv.data(), envp[static_cast<size_t>(r)].data());
       _exit(127);
     }
     launch->pids.push_back(pid);

@@ -8,18 +8,23 @@
 //     rank, added in ring order starting at the chunk's own rank: ((x_c + x_{c+1}) + x_{c+2}) + ... (ranks mod R);
 //   all-gather, steps s = 0..R-2: rank r sends chunk (r + 1 − s) mod R and overwrites chunk (r − s) mod R with what
 //     it receives, so every rank ends with the bits of the rank that summed each chunk.
-// Each rank sends and receives 2·(R − 1)/R · n values whatever R is, and the additions are in a fixed order for a
-// given R: a run is reproducible, and its sums differ from one process's sequential ones only in their order.
+// Each rank sends and receives about 2·(R − 1)/R · n values whatever R is, and the additions are in a fixed order for
+// a given R: a run is reproducible, and its sums differ from one process's sequential ones only in their order.
 // Every call first passes a header around the ring (a sequence number, the element type and n): ranks whose calls
 // disagree (a diverged run) get an error naming both, not mixed-up data. A rank that stopped (its sockets closed)
-// makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright.
+// makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright. There is no
+// timeout: a rank that hangs while alive (a stopped process, a hung GPU) holds the others at their next call.
+// check_same compares a value across the ranks (what each rank decided on its own: the device, the data, the start
+// of the adapter), so that ranks which would silently train different things stop with the difference named.
 //
 // Starting the ranks (spawn_process_group): the program starts ranks 1..R-1 as copies of itself (/proc/self/exe,
 // the same arguments), each told its rank and its two sockets by the environment (QWENQ_DP_RANK, QWENQ_DP_WORLD,
 // QWENQ_DP_FDS "left,right") and, with assign_gpus, its own GPU (CUDA_VISIBLE_DEVICES = the r-th entry of the
 // caller's list, or r); the caller goes on as rank 0 (GPU 0 of its own list). A started rank finds its group with
-// process_group_from_env(). Each started rank dies with the caller (PR_SET_PDEATHSIG), so a failed or killed
-// rank 0 leaves no orphan; ProcessGroupLaunch's destructor also stops and reaps the ranks that are still running.
+// process_group_from_env(). Each started rank dies with the thread that started it (PR_SET_PDEATHSIG: call
+// spawn_process_group from the main thread), so a failed or killed rank 0 leaves no orphan. ProcessGroupLaunch's
+// destructor closes rank 0's sockets, gives the started ranks a few seconds to notice, print their own error and
+// exit, then stops (SIGTERM, later SIGKILL) and reaps those still running.
 #pragma once
 
 #include <sys/types.h>
@@ -47,11 +52,14 @@ class ProcessGroup {
   // order. Throws qwenq::Error naming this rank and the neighbour when a neighbour stopped or disagrees.
   void all_reduce_sum(float* x, int64_t n);
   void all_reduce_sum(double* x, int64_t n);
+  // Throws on every rank unless every rank passes the same value (a fingerprint of `what`, e.g. "the training
+  // data"); the rank that sees its left neighbour differ names both values, the others point to it.
+  void check_same(uint64_t value, const std::string& what);
 
  private:
   template <typename T>
   void ring_all_reduce(T* x, int64_t n, uint32_t type_code);
-  void exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const char* what);
+  void exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const std::string& what);
 
   int rank_, world_;
   int left_fd_, right_fd_;
@@ -85,8 +93,8 @@ class ProcessGroupLaunch {
 std::vector<std::string> this_program_args();
 
 // Starts ranks 1..world-1 as copies of this program with `args` (args[0] is the program's name as shown) and
-// returns rank 0's launch. world >= 2. With assign_gpus, started rank r gets CUDA_VISIBLE_DEVICES as described above;
-// call this before this process uses CUDA.
+// returns rank 0's launch. world >= 2. With assign_gpus, started rank r gets CUDA_VISIBLE_DEVICES as described above
+// (the caller's own CUDA state does not matter: the started ranks are new programs).
 std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::vector<std::string>& args,
                                                         bool assign_gpus);
 

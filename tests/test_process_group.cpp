@@ -4,19 +4,30 @@
 //     float ones (kSumTol), so a model sharing a mistake with the ring would still be caught; over 1..5 ranks and
 //     sizes from 0 to more than a socket buffer holds (the poll loop's partial sends);
 //   - ranks whose calls disagree (n, type) and ranks that stopped get an error naming the other rank, not a hang;
-//   - process_group_from_env: absent variables give no group, malformed ones a clear error.
+//   - check_same: equal values pass, a differing rank stops every rank, the one that saw it naming both values;
+//   - process_group_from_env: absent variables give no group, malformed ones a clear error;
+//   - spawn_process_group with this test binary as the started rank (ProcessGroupSpawn.StartedRank, which runs only
+//     with QWENQ_DP_RANK set): a rank that agrees, sums and exits 0; one that exits 3 (wait_all names it); one that
+//     closes its sockets and takes 0.3 s to finish: rank 0's launch, destroyed at once, still lets it finish.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/process_group.h"
 #include "core/rng.h"
 #include "tests/support/scoped_env.h"
+#include "tests/support/test_paths.h"
 
 namespace qwenq {
 namespace {
@@ -177,6 +188,86 @@ TEST(ProcessGroup, FromEnvironment) {
   t.join();
   EXPECT_EQ(x0, 3.75f);
   EXPECT_EQ(x1, 3.75f);
+}
+
+TEST(ProcessGroup, CheckSameStopsEveryRankOnADifference) {
+  auto g = ring(3);
+  auto err = on_ranks(3, [&](int r) { g[r]->check_same(42, "the answer"); });
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(err[r], "") << "rank " << r;
+  err = on_ranks(3, [&](int r) { g[r]->check_same(r == 1 ? 7 : 42, "the answer"); });
+  // Rank 1's left is rank 0 (42 vs 7), rank 2's left is rank 1 (7 vs 42): both name the pair; rank 0 is told.
+  EXPECT_NE(err[1].find("data-parallel rank 1 and rank 0 differ in the answer (fingerprints 7 and 2a)"), std::string::npos)
+      << err[1];
+  EXPECT_NE(err[2].find("data-parallel rank 2 and rank 1 differ in the answer (fingerprints 2a and 7)"), std::string::npos)
+      << err[2];
+  EXPECT_NE(err[0].find("data-parallel rank 0: the ranks differ in the answer"), std::string::npos) << err[0];
+}
+
+// The started side of the spawn tests below: runs only in a process spawn_process_group started (this binary,
+// filtered to this test), doing what QWENQ_TEST_DP_MODE says, then leaves without gtest's exit.
+TEST(ProcessGroupSpawn, StartedRank) {
+  if (std::getenv("QWENQ_DP_RANK") == nullptr) GTEST_SKIP() << "runs only as a rank started by the spawn tests";
+  const std::string mode = std::getenv("QWENQ_TEST_DP_MODE") ? std::getenv("QWENQ_TEST_DP_MODE") : "";
+  try {
+    auto g = process_group_from_env();
+    if (mode == "ok") {
+      g->check_same(5, "the start");
+      float x = static_cast<float>(g->rank());
+      g->all_reduce_sum(&x, 1);
+      std::_Exit(x == 1.f ? 0 : 4);
+    }
+    if (mode == "exit3") std::_Exit(3);
+    if (mode == "slow") {
+      g.reset();  // rank 0 sees it stop now
+      usleep(300000);
+      std::ofstream(std::getenv("QWENQ_TEST_DP_MARKER")) << "finished\n";
+      std::_Exit(0);
+    }
+  } catch (const Error&) {
+    std::_Exit(5);
+  }
+  std::_Exit(6);
+}
+
+std::vector<std::string> started_rank_args() {
+  return {"qwenq_tests", "--gtest_filter=ProcessGroupSpawn.StartedRank"};
+}
+
+TEST(ProcessGroupSpawn, StartedRanksAgreeSumAndExit) {
+  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "ok");
+  auto launch = spawn_process_group(2, started_rank_args(), false);
+  launch->group->check_same(5, "the start");
+  float x = 0.f;
+  launch->group->all_reduce_sum(&x, 1);
+  EXPECT_EQ(x, 1.f);
+  EXPECT_NO_THROW(launch->wait_all());
+}
+
+TEST(ProcessGroupSpawn, WaitAllNamesARankThatFailed) {
+  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "exit3");
+  auto launch = spawn_process_group(3, started_rank_args(), false);
+  try {
+    launch->wait_all();
+    ADD_FAILURE() << "wait_all accepted ranks that exited with 3";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 exited with status 3, rank 2 exited with status 3"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ProcessGroupSpawn, AStoppingRankMayFinishBeforeItIsStopped) {
+  const std::string marker = test::scratch_dir() + "/dp_marker";
+  std::remove(marker.c_str());
+  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "slow"), where("QWENQ_TEST_DP_MARKER", marker.c_str());
+  auto launch = spawn_process_group(2, started_rank_args(), false);
+  try {
+    launch->group->check_same(5, "the start");
+    ADD_FAILURE() << "a stopped rank passed the check";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 has stopped"), std::string::npos) << e.what();
+  }
+  launch.reset();  // as rank 0's error unwinds: the started rank has 0.3 s of work left
+  EXPECT_TRUE(file_exists(marker)) << "the started rank was stopped before it could finish";
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // qwen-qlora train: LoRA/QLoRA on a frozen base (trainer/train_loop.h). Options may also come from a JSON file
 // (--config run.json): {"model": "...", "lora-r": 16, "packing": true, ...}, keys spelled like the long options
 // without the dashes; options on the command line win.
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <set>
 #include <sstream>
@@ -94,13 +96,22 @@ struct DataParallel {
   ProcessGroup* group() const { return started ? started.get() : launched ? launched->group.get() : nullptr; }
 };
 
-DataParallel start_data_parallel(int nproc, CommonOptions* common) {
+DataParallel start_data_parallel(int nproc, const std::string& config, const TrainOptions& o, CommonOptions* common) {
   DataParallel dp;
   dp.started = process_group_from_env();
   if (dp.started) {
     QWENQ_CHECK(dp.started->world() == nproc, "this process was started as rank " << dp.started->rank() << " of "
                                                   << dp.started->world() << " but its --nproc is " << nproc);
   } else if (nproc > 1) {
+    // Every rank reads the inputs itself: a pipe (a process substitution) would give the first reader everything.
+    const std::pair<const char*, const std::string*> inputs[] = {
+        {"--data", &o.data_path}, {"--eval-data", &o.eval_data_path}, {"--config", &config}};
+    for (const auto& [flag, path] : inputs) {
+      struct stat st;
+      QWENQ_CHECK(path->empty() || (::stat(path->c_str(), &st) == 0 && S_ISREG(st.st_mode)),
+                  "--nproc " << nproc << ": " << flag << " " << *path << " is not a regular file, and every process "
+                             << "reads it (a pipe gives its contents to one reader): write it to a file first");
+    }
     int gpus = 0;
 #ifdef QWENQ_HAVE_CUDA
     if (common->device != "cpu") gpus = cuda_device_count();
@@ -111,7 +122,19 @@ DataParallel start_data_parallel(int nproc, CommonOptions* common) {
     QWENQ_CHECK(gpus == 0 || gpus >= nproc, "--nproc " << nproc << " trains one process per GPU, and this machine shows "
                                                        << gpus << visible << ": give --nproc " << gpus
                                                        << " or fewer, or --device cpu");
+    set_num_threads(0);
+    if (gpus == 0 && nproc > num_threads()) {
+      std::fprintf(stderr, "warning: --nproc %d on the CPU with %d cores: the processes share them (each holds the "
+                   "whole model; more processes than cores only adds memory and switching)\n", nproc, num_threads());
+    }
     dp.launched = spawn_process_group(nproc, this_program_args(), /*assign_gpus=*/common->device != "cpu");
+  }
+  // Every rank is here before any loads the model: a rank that failed to start is found now, not after a step.
+  if (dp.group() != nullptr) {
+    uint64_t h = 1469598103934665603ull;
+    for (const std::string& a : this_program_args())
+      for (unsigned char ch : a + '\0') h = (h ^ ch) * 1099511628211ull;
+    dp.group()->check_same(h, "the command line");
   }
   if (dp.group() != nullptr && common->threads == 0) {
     set_num_threads(0);
@@ -243,9 +266,19 @@ void register_qlora_train(CLI::App& app) {
     o.checkpointing = !a->no_checkpointing;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
-    // Before anything touches CUDA: rank 0 starts the other ranks here.
-    DataParallel dp = start_data_parallel(a->nproc, &a->common);
+    o.model_dir = resolve_model_dir(a->model);
+    o.lora.target_modules = parse_lora_targets(a->targets);
+    if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
+    apply_sft_flags(a->sft, &o);
+    QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
+    o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
+    // Once the cheap checks have passed, rank 0 starts the other ranks (--nproc) and every rank meets them.
+    DataParallel dp = start_data_parallel(a->nproc, a->config, o, &a->common);
     o.group = dp.group();
+    struct Forget {  // o outlives this call (the app keeps it): no pointer into dp is left behind
+      TrainOptions* o;
+      ~Forget() { o->group = nullptr; }
+    } forget{&o};
     const int rank = o.group ? o.group->rank() : 0;
     if (rank > 0) o.quiet = true;
     // The GPU trainer (trainer/lora_model_cuda.h) when there is a GPU and it can run the model, decided once
@@ -254,20 +287,7 @@ void register_qlora_train(CLI::App& app) {
     if (o.group) pick->set_line_prefix("rank " + std::to_string(rank) + ": ");
     o.use_cuda = pick->gpu_possible();
     o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Train) == Device::Cuda; };
-    o.model_dir = resolve_model_dir(a->model);
-    o.lora.target_modules = parse_lora_targets(a->targets);
-    if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
-    apply_sft_flags(a->sft, &o);
-    QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
-    o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
-    TrainReport r;
-    try {
-      r = train_lora(o);
-    } catch (const Error& e) {
-      const std::string what = e.what();
-      if (rank == 0 || what.rfind("data-parallel rank", 0) == 0) throw;
-      throw Error("data-parallel rank " + std::to_string(rank) + ": " + what);
-    }
+    const TrainReport r = train_lora(o);
     if (rank > 0) return;  // rank 0 reports the run
     if (dp.launched) dp.launched->wait_all();
     if (r.stopped) {  // --stop-after: no final adapter, no final evaluation; the checkpoints are what there is

@@ -1229,7 +1229,10 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
 
 void LoraModelCuda::all_reduce_grads(ProcessGroup& group) {
   Impl& m = *impl_;
-  if (m.total == 0) return;
+  if (m.total == 0) {  // still a call: every rank makes the same ones
+    group.all_reduce_sum(static_cast<float*>(nullptr), 0);
+    return;
+  }
   const size_t bytes = static_cast<size_t>(m.total) * sizeof(float);
   m.grads_host.reserve(m.total);
   QWENQ_CUDA_CHECK(cudaMemcpyAsync(m.grads_host.data(), m.grads.get(), bytes, cudaMemcpyDeviceToHost, m.st()));

@@ -135,6 +135,15 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
   return z;
 }
 
+// FNV-1a over bytes (data parallelism's agreement checks: a fingerprint, not a security hash).
+constexpr uint64_t kFnvBasis = 1469598103934665603ull;
+uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+uint64_t fnv1a(uint64_t h, uint64_t v) { return fnv1a(h, &v, sizeof v); }
+
 // Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order. The magnitudes are
 // trained like A and B (AdamW with weight decay: transformers' Trainer decays every parameter but biases and norms).
 struct Tensors {
@@ -355,7 +364,7 @@ TrainReport train_lora(const TrainOptions& o) {
   dopt.max_len = data_max_len(o);
   const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
-  warn_cut_to_seq_len(data.train, o.seq_len);
+  if (lead) warn_cut_to_seq_len(data.train, o.seq_len);
   // The held-out examples: the split of --data, or every record of --eval-data (file order, rendered as --data's).
   const std::vector<SftExample>* eval_set = &data.eval;
   SftDataset eval_file;
@@ -398,6 +407,27 @@ TrainReport train_lora(const TrainOptions& o) {
   } else {
     if (!o.resume && !o.loftq_model.empty()) loftq_init_adapter(model, o.loftq_model, &adapter, o.quiet);
     if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W + s·B A‖ per row, as PEFT's
+  }
+  // Data parallelism: what each process decided or read alone must be the same everywhere, or the ranks would train
+  // different things and still exchange gradients of the same shape (checked before anything is written).
+  if (o.group != nullptr) {
+    o.group->check_same(use_cuda ? 1 : 0, "the device (--device auto decides per process: give --device cpu or cuda)");
+    uint64_t h = kFnvBasis;
+    for (const std::vector<SftExample>* set : {&data.train, eval_set}) {
+      h = fnv1a(h, set->size());
+      for (const SftExample& ex : *set) {
+        h = fnv1a(h, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
+        h = fnv1a(h, ex.loss_mask.data(), ex.loss_mask.size());
+      }
+    }
+    o.group->check_same(h, "the training and evaluation examples");
+    o.group->check_same(static_cast<uint64_t>(total), "the number of steps");
+    h = kFnvBasis;
+    for (size_t i = 0; i < adapter.slots().size(); ++i) {
+      for (const std::vector<float>* v : {&adapter.weights(i).A, &adapter.weights(i).B, &adapter.weights(i).m})
+        h = fnv1a(h, v->data(), v->size() * sizeof(float));
+    }
+    o.group->check_same(h, "the adapter's starting weights");
   }
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.

@@ -40,7 +40,9 @@
 // gradient sums (tests/cli/test_qlora_data_parallel_cli.sh). Evaluations are shared the same way (every R-th batch
 // per rank, the per-batch sums gathered exactly and added in batch order: a single process's eval loss to the bit).
 // Rank 0 alone writes the run directory (metrics, checkpoints, the final adapter) and prints progress; every rank
-// reads a checkpoint to resume.
+// reads a checkpoint to resume. Before anything is written the ranks check that they agree on what each decided or
+// read alone (ProcessGroup::check_same: the device, the examples, the step count, the adapter's starting weights):
+// a CPU rank beside GPU ranks would exchange gradients of the right shape and drift apart without it.
 #pragma once
 
 #include <cstdint>

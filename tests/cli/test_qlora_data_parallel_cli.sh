@@ -20,7 +20,9 @@ with open(sys.argv[1], "w") as f:
     for _ in range(200):
         f.write(json.dumps({"text": f"{random.choice(subjects)} {random.choice(verbs)}."}) + "\n")
 PY
-COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q)
+# The CPU on every machine (a GPU machine with fewer GPUs than ranks would refuse, and these tolerances are the CPU's).
+COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q
+        --device cpu)
 compare() {  # compare RUN ORACLE: losses, eval losses and adapters within the tolerances
   python3 - "$1" "$2" "$LOSS_RTOL" "$ADAPTER_RTOL" <<'PY'
 import array, json, struct, sys
@@ -73,6 +75,10 @@ cmp -s "$WORK/files_dp2.txt" "$WORK/files_ga2.txt" || fail "the run directories 
 "$QL" train "${COMMON[@]}" --eval-count 60 --epochs 1 --batch-size 4 --out "$WORK/ga3" --grad-accum 3 > "$WORK/ga3.txt" 2>&1 ||
   fail "--grad-accum 3 failed" "$WORK/ga3.txt"
 compare "$WORK/dp3" "$WORK/ga3" > "$WORK/cmp3.txt" 2>&1 || fail "--nproc 3 differs from --grad-accum 3" "$WORK/cmp3.txt"
+"$QL" train "${COMMON[@]}" --eval-count 60 --epochs 1 --batch-size 4 --out "$WORK/ga1" > "$WORK/ga1.txt" 2>&1 ||
+  fail "--grad-accum 1 failed" "$WORK/ga1.txt"
+micro=$(grep -c '"loss"' "$WORK/ga1/metrics.jsonl")
+[ $((micro % 3)) != 0 ] || fail "the epoch's $micro micro-batches fill every step of 3: the short last step is not tested"
 # The ranks share the evaluations (60 examples: 8 batches, uneven over 3 ranks) and gather them exactly: a single process's
 # `eval` of the same split gives the run's first (the base) and last (its adapter) eval_loss to the bit.
 EVAL=(-m "$WORK/tiny" --data "$WORK/data.jsonl" --seq-len 64 --batch-size 4 --eval-count 60 --threads 1 --json)
@@ -111,17 +117,27 @@ for _ in $(seq 1 500); do
   [ -s "$WORK/killed/metrics.jsonl" ] && break
   sleep 0.02
 done
-worker=$(pgrep -P "$lead" | tail -1)
-[ -n "$worker" ] || fail "no started rank found" "$WORK/killed.txt"
-kill -9 "$worker"
+ranks=$(pgrep -P "$lead" || true)
+victim=""
+for p in $ranks; do tr '\0' '\n' < "/proc/$p/environ" | grep -qx QWENQ_DP_RANK=2 && victim=$p; done
+[ -n "$victim" ] || fail "rank 2 not found among $lead's children ($ranks)" "$WORK/killed.txt"
+kill -9 "$victim"
 if wait "$lead"; then fail "a run that lost a rank reported success" "$WORK/killed.txt"; fi
 grep -q "data-parallel rank [01]: rank 2 has stopped" "$WORK/killed.txt" || fail "the lost rank is not named" "$WORK/killed.txt"
-sleep 0.2
-[ -z "$(pgrep -P "$lead" || true)" ] || fail "ranks left running"
+for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "rank process $p left running" "$WORK/killed.txt"; done
 [ ! -f "$WORK/killed/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
 
+# Inputs every rank must read: a pipe is refused before any rank starts.
+if "$QL" train -m "$WORK/tiny" -d <(cat "$WORK/data.jsonl") --device cpu --threads 1 --max-steps 1 --out "$WORK/pipe" \
+    --nproc 2 > "$WORK/pipe.txt" 2>&1; then
+  fail "--nproc 2 with a piped --data accepted" "$WORK/pipe.txt"
+fi
+grep -q -- "is not a regular file, and every process reads it" "$WORK/pipe.txt" || fail "unclear refusal of a pipe" "$WORK/pipe.txt"
+[ ! -e "$WORK/pipe" ] || fail "a refused run made its directory"
+
 # More ranks than GPUs (none here, or fewer than 64 on a GPU machine) is refused before any rank starts.
-if "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1 --out "$WORK/gpus" --nproc 64 --device cuda > "$WORK/gpus.txt" 2>&1; then
+if "$QL" train -m "$WORK/tiny" -d "$WORK/data.jsonl" --threads 1 --max-steps 1 --out "$WORK/gpus" --nproc 64 \
+    --device cuda > "$WORK/gpus.txt" 2>&1; then
   fail "--nproc 64 --device cuda accepted" "$WORK/gpus.txt"
 fi
 grep -q -- "--nproc 64" "$WORK/gpus.txt" || fail "unclear refusal of --nproc 64 --device cuda" "$WORK/gpus.txt"

@@ -354,9 +354,17 @@ TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
   const auto fds = make_ring_sockets(2);
   ProcessGroup rank0(0, 2, fds[0].first, fds[0].second), rank1(1, 2, fds[1].first, fds[1].second);
   std::vector<float> h_sum = h;
-  std::thread other([&] { rank1.all_reduce_sum(h_sum.data(), static_cast<int64_t>(h_sum.size())); });
+  std::string other_error;
+  std::thread other([&] {
+    try {
+      rank1.all_reduce_sum(h_sum.data(), static_cast<int64_t>(h_sum.size()));
+    } catch (const Error& e) {
+      other_error = e.what();
+    }
+  });
   gpu.all_reduce_grads(rank0);
   other.join();
+  ASSERT_EQ(other_error, "");
   gpu.download_grads(&got);
   size_t k = 0, wrong = 0;
   const auto gt = tensors(g), ot = tensors(got);
