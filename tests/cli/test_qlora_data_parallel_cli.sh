@@ -12,14 +12,7 @@ source "$(dirname "$0")/cli_setup.sh"
 LOSS_RTOL=1e-5
 ADAPTER_RTOL=1e-3
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-python3 - "$WORK/data.jsonl" <<'PY'
-import json, random, sys
-random.seed(5)
-subjects, verbs = ["the cat", "a dog", "the bird", "one fish"], ["sat on the mat", "ran to the park", "sang a song"]
-with open(sys.argv[1], "w") as f:
-    for _ in range(200):
-        f.write(json.dumps({"text": f"{random.choice(subjects)} {random.choice(verbs)}."}) + "\n")
-PY
+python3 "$(dirname "$0")/sentences.py" "$WORK/data.jsonl" 200 5
 # The CPU on every machine (a GPU machine with fewer GPUs than ranks would refuse, and these tolerances are the CPU's).
 COMMON=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q
         --device cpu)

@@ -8,14 +8,7 @@ QL="$(dirname "$QQ")/qwen-qlora"
 rm -rf "$WORK" && mkdir -p "$WORK"
 fail() { echo "FAIL: $*"; for f in "$WORK"/*.txt; do echo "--- $f"; cat "$f"; done; exit 1; }
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-python3 - "$WORK/data.jsonl" <<'PY'
-import json, random, sys
-random.seed(3)
-subjects, verbs = ["the cat", "a dog", "the bird", "one fish"], ["sat on the mat", "ran to the park", "sang a song"]
-with open(sys.argv[1], "w") as f:
-    for _ in range(300):
-        f.write(json.dumps({"text": f"{random.choice(subjects)} {random.choice(verbs)}."}) + "\n")
-PY
+python3 "$(dirname "$0")/sentences.py" "$WORK/data.jsonl" 300 3
 cat > "$WORK/run.json" <<JSON
 {"model": "$WORK/tiny", "data": "$WORK/data.jsonl", "max-steps": 24, "seq-len": 128, "batch-size": 2,
  "grad-accum": 2, "lr": 0.003, "lora-r": 4, "lora-dropout": 0.1, "save-every": 4, "eval-count": 8, "threads": 1,
