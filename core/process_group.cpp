@@ -160,8 +160,7 @@ void ProcessGroup::check_same(uint64_t value, const std::string& what) {
   ring_all_reduce(&any, 1, kDouble);
   QWENQ_CHECK(!differs, "data-parallel rank " << rank_ << " and rank " << left << " differ in " << what
                                               << " (fingerprints " << std::hex << value << " and "
-                                              << static_cast<uint64_t>(theirs.n) << std::dec
-                                              << "): each process decides it alone, and they must agree");
+                                              << static_cast<uint64_t>(theirs.n) << std::dec << ")");
   QWENQ_CHECK(any == 0.0, "data-parallel rank " << rank_ << ": the ranks differ in " << what
                                                 << " (the rank that saw it names the two)");
 }
@@ -187,6 +186,11 @@ std::vector<std::pair<int, int>> make_ring_sockets(int world) {
       fd = moved;
     }
     QWENQ_CHECK(sv[0] >= 0 && sv[1] >= 0, "cannot move the data-parallel sockets past fd 2: " << std::strerror(errno));
+    for (int fd : sv) {
+      const int bytes = 4 << 20;
+      setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+    }
     fds[static_cast<size_t>(r)].second = sv[0];
     fds[static_cast<size_t>((r + 1) % world)].first = sv[1];
   }

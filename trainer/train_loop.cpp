@@ -411,6 +411,7 @@ TrainReport train_lora(const TrainOptions& o) {
   // Data parallelism: what each process decided or read alone must be the same everywhere, or the ranks would train
   // different things and still exchange gradients of the same shape (checked before anything is written).
   if (o.group != nullptr) {
+    // Each process decides or reads these alone, and they must agree.
     o.group->check_same(use_cuda ? 1 : 0, "the device (--device auto decides per process: give --device cpu or cuda)");
     uint64_t h = kFnvBasis;
     for (const std::vector<SftExample>* set : {&data.train, eval_set}) {
@@ -470,6 +471,16 @@ TrainReport train_lora(const TrainOptions& o) {
   }
 #endif
   // Brings the device's adapter and optimizer state to the host arrays (before anything is saved).
+  // Data parallelism: the ranks' adapters and optimizer states must be the same bits (each applied the same update to
+  // the same sums); checked whenever they are on the host anyway (checkpoints, the end), before rank 0 writes them.
+  const auto check_in_step = [&](const std::string& when) {
+    if (o.group == nullptr) return;
+    uint64_t h = kFnvBasis;
+    for (const Tensors* t : {&P, &M, &V})
+      for (size_t i = 0; i < t->ptr.size(); ++i) h = fnv1a(h, t->ptr[i], static_cast<size_t>(t->size[i]) * sizeof(float));
+    o.group->check_same(h, "the adapter and AdamW state " + when +
+                               " (the same update of the same gradient sums must give the same bits: the exchange failed)");
+  };
   const auto sync_host = [&] {
     if (!gpu) return;
     gpu->download(&adapter);
@@ -603,9 +614,10 @@ TrainReport train_lora(const TrainOptions& o) {
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     bar.update(st.step, extra);
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
-    if (lead && o.save_every > 0 && st.step % o.save_every == 0) {
+    if (o.save_every > 0 && st.step % o.save_every == 0) {
       sync_host();
-      save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
+      check_in_step("after step " + std::to_string(st.step));
+      if (lead) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
     }
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
@@ -616,13 +628,14 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   bar.finish();
   run_eval(st.step);
+  sync_host();
+  check_in_step("at the end");
   if (!lead) {  // rank 0 writes the adapter and the summary
     rep.steps = st.step;
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
     return rep;
   }
-  sync_host();
   // The final adapter at the top of the run directory: staged, then each file renamed into place.
   const std::string staging = path_join(o.out_dir, "adapter.staging");
   remove_tree(staging);
