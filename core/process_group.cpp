@@ -143,6 +143,13 @@ void ProcessGroup::ring_all_reduce(T* x, int64_t n, uint32_t type_code) {
 void ProcessGroup::all_reduce_sum(float* x, int64_t n) { ring_all_reduce(x, n, kFloat); }
 void ProcessGroup::all_reduce_sum(double* x, int64_t n) { ring_all_reduce(x, n, kDouble); }
 
+void ProcessGroup::broadcast(void* data, size_t bytes) {
+  check_same(bytes, "the size of a broadcast");
+  if (world_ == 1 || bytes == 0) return;
+  if (rank_ > 0) exchange(nullptr, 0, data, bytes, "a broadcast");           // from the left
+  if (rank_ < world_ - 1) exchange(data, bytes, nullptr, 0, "a broadcast");  // to the right
+}
+
 void ProcessGroup::check_same(uint64_t value, const std::string& what) {
   const uint64_t call = ++calls_;
   if (world_ == 1) return;

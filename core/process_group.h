@@ -55,6 +55,8 @@ class ProcessGroup {
   // Throws on every rank unless every rank passes the same value (a fingerprint of `what`, e.g. "the training
   // data"); the rank that sees its left neighbour differ names both values, the others point to it.
   void check_same(uint64_t value, const std::string& what);
+  // data[0, bytes) <- rank 0's, passed along the ring (every rank calls it with the same bytes: checked).
+  void broadcast(void* data, size_t bytes);
 
  private:
   template <typename T>

@@ -4,6 +4,7 @@
 //     float ones (kSumTol), so a model sharing a mistake with the ring would still be caught; over 1..5 ranks and
 //     sizes from 0 to more than a socket buffer holds (the poll loop's partial sends);
 //   - ranks whose calls disagree (n, type) and ranks that stopped get an error naming the other rank, not a hang;
+//   - broadcast: every rank ends with rank 0's bytes;
 //   - check_same: equal values pass, a differing rank stops every rank, the one that saw it naming both values;
 //   - process_group_from_env: absent variables give no group, malformed ones a clear error;
 //   - spawn_process_group with this test binary as the started rank (ProcessGroupSpawn.StartedRank, which runs only
@@ -201,6 +202,19 @@ TEST(ProcessGroup, CheckSameStopsEveryRankOnADifference) {
   EXPECT_NE(err[2].find("data-parallel rank 2 and rank 1 differ in the answer (fingerprints 2a and 7)"), std::string::npos)
       << err[2];
   EXPECT_NE(err[0].find("data-parallel rank 0: the ranks differ in the answer"), std::string::npos) << err[0];
+}
+
+TEST(ProcessGroup, BroadcastGivesEveryRankRankZerosBytes) {
+  for (int world : {1, 2, 4}) {
+    auto g = ring(world);
+    std::vector<std::vector<char>> data(static_cast<size_t>(world));
+    for (int r = 0; r < world; ++r) data[r].assign(300000, static_cast<char>('a' + r));  // past a socket buffer
+    const auto err = on_ranks(world, [&](int r) { g[r]->broadcast(data[r].data(), data[r].size()); });
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(err[r], "") << "rank " << r;
+      EXPECT_EQ(data[r], data[0]) << "world " << world << " rank " << r;
+    }
+  }
 }
 
 // The started side of the spawn tests below: runs only in a process spawn_process_group started (this binary,

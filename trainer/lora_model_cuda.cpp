@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@
 #include "kernels/norm.h"
 #include "kernels/optim.h"
 #include "core/process_group.h"
+#include "kernels/nccl_comm.h"
 #include "kernels/pinned_host.h"
 #include "kernels/qgemm.h"
 #include "kernels/rope.h"
@@ -92,6 +94,8 @@ struct LoraModelCuda::Impl {
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
   PinnedHost<float> grads_host;  // data parallelism: the gradients on their way through the host's all-reduce
+  bool nccl_tried = false;       // QWENQ_DP_NCCL=1: the communicator is set up at the first all-reduce
+  std::unique_ptr<NcclComm> nccl;
   // DoRA: the adapter's targets (they size the DoRA buffers; empty without DoRA), the column offset of each target's
   // z and v in DoraZ / DoraV (by target index; lora_cuda_dora_shape), and every slot's row norms ‖W + s·B A‖
   // (recomputed at the start of each call from the current A and B: PEFT's norms, detached).
@@ -1229,6 +1233,21 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
 
 void LoraModelCuda::all_reduce_grads(ProcessGroup& group) {
   Impl& m = *impl_;
+  // QWENQ_DP_NCCL=1 (inherited by every rank from rank 0): the same first call on every rank sets NCCL up.
+  if (!m.nccl_tried && nccl_requested()) {
+    m.nccl_tried = true;
+    std::string why;
+    m.nccl = NcclComm::create(group, &why);
+    if (group.rank() == 0) {
+      if (m.nccl) std::fprintf(stderr, "data parallel: the gradients are summed by NCCL (QWENQ_DP_NCCL=1)\n");
+      else std::fprintf(stderr, "data parallel: QWENQ_DP_NCCL=1, but %s: the gradients go through host memory\n", why.c_str());
+    }
+  }
+  if (m.nccl) {
+    m.nccl->all_reduce_sum(m.grads.as<float>(), m.total, m.st());
+    QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+    return;
+  }
   if (m.total == 0) {  // still a call: every rank makes the same ones
     group.all_reduce_sum(static_cast<float*>(nullptr), 0);
     return;

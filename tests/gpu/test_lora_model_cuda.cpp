@@ -378,6 +378,26 @@ TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
   EXPECT_EQ(wrong, 0u) << "of " << k << " gradients";
 }
 
+// The same call with QWENQ_DP_NCCL=1 on a group of one rank: NCCL is set up (or, where it cannot be loaded, the host
+// path is kept, with a line saying why) and the one rank's gradients come back unchanged, bit for bit.
+TEST(LoraModelCuda, AllReduceGradsThroughNcclOnOneRank) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 22);
+  const PackedBatch b = random_batch({40, 9}, cpu.config().vocab_size, 97);
+  LoraModelCuda gpu(cpu, adapter);
+  gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
+  LoraAdapter before = zeros_like(adapter), after = zeros_like(adapter);
+  gpu.download_grads(&before);
+  test::ScopedEnv nccl("QWENQ_DP_NCCL", "1");
+  ProcessGroup one(0, 1, -1, -1);
+  gpu.all_reduce_grads(one);
+  gpu.all_reduce_grads(one);  // the communicator made by the first call
+  gpu.download_grads(&after);
+  const auto bt = tensors(before), at = tensors(after);
+  for (size_t t = 0; t < bt.size(); ++t) EXPECT_EQ(*at[t], *bt[t]) << "tensor " << t;
+}
+
 // The head's edge cases: a batch whose every target is masked (an SFT micro-batch whose answers were all cut off)
 // scores no row, as the CPU step: no count, no loss, zero gradients; a bad target is refused before anything is
 // queued, named by its batch row (not by its row in a gathered chunk), as the CPU trainer names it.
