@@ -57,6 +57,9 @@ class ProcessGroup {
   void check_same(uint64_t value, const std::string& what);
   // data[0, bytes) <- rank 0's, passed along the ring (every rank calls it with the same bytes: checked).
   void broadcast(void* data, size_t bytes);
+  // True when a neighbour's socket says that rank has stopped (closed or failed), without waiting: for a wait outside
+  // the ring (an NCCL collective) to notice it. Data waiting to be read is not a stop.
+  bool neighbour_stopped() const;
 
  private:
   template <typename T>

@@ -1,6 +1,9 @@
 #include "kernels/nccl_comm.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
+
+#include <exception>
 
 #include <mutex>
 #include <string>
@@ -21,7 +24,7 @@ struct NcclUniqueId {
   char internal[128];
 };
 using NcclResult = int;
-constexpr NcclResult kNcclSuccess = 0;
+constexpr NcclResult kNcclSuccess = 0, kNcclInProgress = 7;
 constexpr int kNcclFloat32 = 7;
 constexpr int kNcclSum = 0;
 
@@ -32,6 +35,9 @@ struct NcclApi {
   NcclResult (*AllReduce)(const void* send, void* recv, size_t count, int dtype, int op, void* comm,
                           cudaStream_t stream) = nullptr;
   const char* (*GetErrorString)(NcclResult) = nullptr;
+  NcclResult (*CommAbort)(void* comm) = nullptr;
+  NcclResult (*CommGetAsyncError)(void* comm, NcclResult* error) = nullptr;
+  NcclResult (*GetVersion)(int* version) = nullptr;
 };
 
 // Loads libnccl once per process; "" when every entry point was found, else why not.
@@ -56,6 +62,15 @@ const NcclApi& nccl_api(std::string* error) {
     load(&api.CommDestroy, "ncclCommDestroy");
     load(&api.AllReduce, "ncclAllReduce");
     load(&api.GetErrorString, "ncclGetErrorString");
+    load(&api.CommAbort, "ncclCommAbort");
+    load(&api.CommGetAsyncError, "ncclCommGetAsyncError");
+    load(&api.GetVersion, "ncclGetVersion");
+    // NCCL 2's ABI (version codes X·1000 + Y·100 + Z up to 2.8, X·10000 + Y·100 + Z after).
+    int v = 0;
+    if (err.empty() && api.GetVersion(&v) == kNcclSuccess) {
+      const int major = v >= 10000 ? v / 10000 : v / 1000;
+      if (major != 2) err = "libnccl is version code " + std::to_string(v) + ", not NCCL 2";
+    }
   });
   *error = err;
   return api;
@@ -98,16 +113,38 @@ std::unique_ptr<NcclComm> NcclComm::create(ProcessGroup& group, std::string* why
 NcclComm::~NcclComm() {
   std::string error;
   const NcclApi& api = nccl_api(&error);
-  if (comm_ != nullptr && api.CommDestroy != nullptr) api.CommDestroy(comm_);  // nothing to report from here
+  if (comm_ == nullptr) return;
+  // While an error unwinds (a failed init, a stopped peer, this rank's own failure) the others may never join a
+  // destroy, which waits for them: abort instead. Nothing to report from a destructor.
+  if (std::uncaught_exceptions() > 0) api.CommAbort(comm_);
+  else api.CommDestroy(comm_);
 }
 
-void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream) {
+void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const ProcessGroup* watch) {
   std::string error;
   const NcclApi& api = nccl_api(&error);
   QWENQ_CHECK(n >= 0, "NcclComm::all_reduce_sum: " << n << " values");
   if (n == 0) return;
   QWENQ_NCCL_CHECK(api.AllReduce(x, x, static_cast<size_t>(n), kNcclFloat32, kNcclSum, comm_, stream),
                    "ncclAllReduce of " << n << " fp32 values");
+  // A collective whose peer died never completes, and NCCL may not say so: wait by polling the stream, NCCL's
+  // asynchronous error and the ring's sockets (a stopped neighbour), and abort the communicator on a failure.
+  for (;;) {
+    const cudaError_t q = cudaStreamQuery(stream);
+    if (q == cudaSuccess) return;
+    QWENQ_CHECK(q == cudaErrorNotReady, "ncclAllReduce of " << n << " fp32 values: " << cudaGetErrorString(q));
+    NcclResult async = kNcclSuccess;
+    api.CommGetAsyncError(comm_, &async);
+    const bool peer_gone = watch != nullptr && watch->neighbour_stopped();
+    if ((async != kNcclSuccess && async != kNcclInProgress) || peer_gone) {
+      api.CommAbort(comm_);
+      comm_ = nullptr;
+      QWENQ_FAIL("ncclAllReduce of " << n << " fp32 values: "
+                 << (peer_gone ? std::string("a neighbouring rank has stopped (it prints its own error, if any)")
+                               : std::string("NCCL reports ") + api.GetErrorString(async)));
+    }
+    usleep(100);
+  }
 }
 
 }  // namespace qwenq

@@ -30,8 +30,10 @@ class NcclComm {
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
 
-  // x[0, n) on this rank's GPU <- the sum over the ranks, in place, queued on `stream` (every rank the same calls).
-  void all_reduce_sum(float* x, int64_t n, cudaStream_t stream);
+  // x[0, n) on this rank's GPU <- the sum over the ranks, in place (every rank the same calls); returns when `stream`
+  // has run it. While it waits it watches NCCL's asynchronous error and, with `watch`, the ring's sockets: a rank
+  // that stopped mid-collective aborts the communicator and throws, instead of waiting forever.
+  void all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const ProcessGroup* watch = nullptr);
 
  private:
   NcclComm() = default;

@@ -8,7 +8,8 @@
 //   - check_same: equal values pass, a differing rank stops every rank, the one that saw it naming both values;
 //   - process_group_from_env: absent variables give no group, malformed ones a clear error;
 //   - spawn_process_group with this test binary as the started rank (ProcessGroupSpawn.StartedRank, which runs only
-//     with QWENQ_DP_RANK set): a rank that agrees, sums and exits 0; one that exits 3 (wait_all names it); one that
+//     with QWENQ_DP_RANK set): a rank that finds rank 0's environment (QWENQ_DP_NCCL included), agrees, sums and
+//     exits 0; one that exits 3 (wait_all names it); one that
 //     closes its sockets and takes 0.3 s to finish: rank 0's launch, destroyed at once, still lets it finish.
 #include <gtest/gtest.h>
 
@@ -225,6 +226,9 @@ TEST(ProcessGroupSpawn, StartedRank) {
   try {
     auto g = process_group_from_env();
     if (mode == "ok") {
+      // Rank 0's environment came along, QWENQ_DP_ variables that are not the group's own included.
+      const char* pass = std::getenv("QWENQ_DP_NCCL");
+      if (pass == nullptr || std::string(pass) != "passed on") std::_Exit(7);
       g->check_same(5, "the start");
       float x = static_cast<float>(g->rank());
       g->all_reduce_sum(&x, 1);
@@ -247,8 +251,14 @@ std::vector<std::string> started_rank_args() {
   return {"qwenq_tests", "--gtest_filter=ProcessGroupSpawn.StartedRank"};
 }
 
+// What the started test binary must not inherit from a sharded or reporting run of this one: it would run no test.
+struct NoGtestSharding {
+  test::ScopedEnv shards{"GTEST_TOTAL_SHARDS", nullptr}, index{"GTEST_SHARD_INDEX", nullptr}, out{"GTEST_OUTPUT", nullptr};
+};
+
 TEST(ProcessGroupSpawn, StartedRanksAgreeSumAndExit) {
-  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "ok");
+  NoGtestSharding plain;
+  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "ok"), pass("QWENQ_DP_NCCL", "passed on");
   auto launch = spawn_process_group(2, started_rank_args(), false);
   launch->group->check_same(5, "the start");
   float x = 0.f;
@@ -258,6 +268,7 @@ TEST(ProcessGroupSpawn, StartedRanksAgreeSumAndExit) {
 }
 
 TEST(ProcessGroupSpawn, WaitAllNamesARankThatFailed) {
+  NoGtestSharding plain;
   test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "exit3");
   auto launch = spawn_process_group(3, started_rank_args(), false);
   try {
@@ -272,6 +283,7 @@ TEST(ProcessGroupSpawn, WaitAllNamesARankThatFailed) {
 TEST(ProcessGroupSpawn, AStoppingRankMayFinishBeforeItIsStopped) {
   const std::string marker = test::scratch_dir() + "/dp_marker";
   std::remove(marker.c_str());
+  NoGtestSharding plain;
   test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "slow"), where("QWENQ_TEST_DP_MARKER", marker.c_str());
   auto launch = spawn_process_group(2, started_rank_args(), false);
   try {

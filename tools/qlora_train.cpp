@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <sstream>
 #include <string>
@@ -273,6 +274,7 @@ void register_qlora_train(CLI::App& app) {
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
     // Once the cheap checks have passed, rank 0 starts the other ranks (--nproc) and every rank meets them.
+    check_train_options(o, /*lead=*/std::getenv("QWENQ_DP_RANK") == nullptr);
     DataParallel dp = start_data_parallel(a->nproc, a->config, o, &a->common);
     o.group = dp.group();
     struct Forget {  // o outlives this call (the app keeps it): no pointer into dp is left behind

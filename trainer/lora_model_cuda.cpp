@@ -94,7 +94,7 @@ struct LoraModelCuda::Impl {
   int64_t total = 0;         // floats in each arena
   DeviceAllocation params, grads, m, v;
   PinnedHost<float> grads_host;  // data parallelism: the gradients on their way through the host's all-reduce
-  bool nccl_tried = false;       // QWENQ_DP_NCCL=1: the communicator is set up at the first all-reduce
+  bool dp_ready = false;         // the gradient transport is chosen at the first all-reduce (QWENQ_DP_NCCL)
   std::unique_ptr<NcclComm> nccl;
   // DoRA: the adapter's targets (they size the DoRA buffers; empty without DoRA), the column offset of each target's
   // z and v in DoraZ / DoraV (by target index; lora_cuda_dora_shape), and every slot's row norms ‖W + s·B A‖
@@ -1233,19 +1233,21 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
 
 void LoraModelCuda::all_reduce_grads(ProcessGroup& group) {
   Impl& m = *impl_;
-  // QWENQ_DP_NCCL=1 (inherited by every rank from rank 0): the same first call on every rank sets NCCL up.
-  if (!m.nccl_tried && nccl_requested()) {
-    m.nccl_tried = true;
+  // The first call chooses the transport on every rank together: QWENQ_DP_NCCL comes to the started ranks from rank
+  // 0's environment, and the ranks check that they agree before any of them sets NCCL up.
+  if (!m.dp_ready) {
+    m.dp_ready = true;
+    const bool want = nccl_requested();
+    group.check_same(want ? 1 : 0, "QWENQ_DP_NCCL (the gradients' transport)");
     std::string why;
-    m.nccl = NcclComm::create(group, &why);
-    if (group.rank() == 0) {
+    if (want) m.nccl = NcclComm::create(group, &why);
+    if (want && group.rank() == 0) {
       if (m.nccl) std::fprintf(stderr, "data parallel: the gradients are summed by NCCL (QWENQ_DP_NCCL=1)\n");
       else std::fprintf(stderr, "data parallel: QWENQ_DP_NCCL=1, but %s: the gradients go through host memory\n", why.c_str());
     }
   }
   if (m.nccl) {
-    m.nccl->all_reduce_sum(m.grads.as<float>(), m.total, m.st());
-    QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+    m.nccl->all_reduce_sum(m.grads.as<float>(), m.total, m.st(), &group);  // returns when the stream has run it
     return;
   }
   if (m.total == 0) {  // still a call: every rank makes the same ones

@@ -325,8 +325,7 @@ std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapt
 #endif
 }
 
-TrainReport train_lora(const TrainOptions& o) {
-  const auto t_start = std::chrono::steady_clock::now();
+void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.grad_accum >= 1 && o.batch_size >= 1 && o.seq_len >= 2,
               "--grad-accum, --batch-size must be >= 1 and --seq-len >= 2");
   QWENQ_CHECK(o.scheduler == "cosine" || o.scheduler == "linear" || o.scheduler == "constant",
@@ -334,18 +333,10 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
-  QWENQ_CHECK(!o.profile || o.use_cuda, "--profile times the GPU trainer's phases: it needs --device cuda");
-#ifndef QWENQ_HAVE_CUDA
-  QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
-#endif
   o.lora.validate();
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
-  // Data parallelism: rank 0 ("lead") alone writes the run directory and prints; the other ranks only read a
-  // checkpoint to resume. They skip the checks of a fresh run directory, which rank 0 may have started writing.
-  const int rank = o.group ? o.group->rank() : 0, world = o.group ? o.group->world() : 1;
-  const bool lead = rank == 0;
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
@@ -354,6 +345,19 @@ TrainReport train_lora(const TrainOptions& o) {
     QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
                 "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
   }
+}
+
+TrainReport train_lora(const TrainOptions& o) {
+  const auto t_start = std::chrono::steady_clock::now();
+  // Data parallelism: rank 0 ("lead") alone writes the run directory and prints; the other ranks only read a
+  // checkpoint to resume. They skip the checks of a fresh run directory, which rank 0 may have started writing.
+  const int rank = o.group ? o.group->rank() : 0, world = o.group ? o.group->world() : 1;
+  const bool lead = rank == 0;
+  check_train_options(o, lead);
+  QWENQ_CHECK(!o.profile || o.use_cuda, "--profile times the GPU trainer's phases: it needs --device cuda");
+#ifndef QWENQ_HAVE_CUDA
+  QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
+#endif
 
   QwenModel model(o.model_dir);
   const bool use_cuda = o.choose_device ? o.choose_device(model) : o.use_cuda;
@@ -417,6 +421,7 @@ TrainReport train_lora(const TrainOptions& o) {
     for (const std::vector<SftExample>* set : {&data.train, eval_set}) {
       h = fnv1a(h, set->size());
       for (const SftExample& ex : *set) {
+        h = fnv1a(h, ex.tokens.size());
         h = fnv1a(h, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
         h = fnv1a(h, ex.loss_mask.data(), ex.loss_mask.size());
       }
@@ -450,6 +455,16 @@ TrainReport train_lora(const TrainOptions& o) {
                                                           << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
+    if (o.group != nullptr) {  // every rank read the same files, and must hold the same state now
+      uint64_t h = kFnvBasis;
+      for (LoraAdapter* a : {&adapter, &m, &v}) {
+        for (size_t i = 0; i < a->slots().size(); ++i) {
+          for (const std::vector<float>* t : {&a->weights(i).A, &a->weights(i).B, &a->weights(i).m})
+            h = fnv1a(h, t->data(), t->size() * sizeof(float));
+        }
+      }
+      o.group->check_same(h, "the adapter and AdamW state read from " + ck);
+    }
     if (lead) truncate_metrics(metrics_path, st.step);
     rep.start_step = st.step;
     if (!o.quiet && lead) std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", ck.c_str(), (long long)st.step, (long long)total);

@@ -38,7 +38,8 @@
 // (ProcessGroup::all_reduce_sum: the same bits everywhere), so each applies the same clipping and AdamW update and
 // the adapters stay identical without being sent. The result is the single process's up to the order of the fp32
 // gradient sums (tests/cli/test_qlora_data_parallel_cli.sh). Evaluations are shared the same way (every R-th batch
-// per rank, the per-batch sums gathered exactly and added in batch order: a single process's eval loss to the bit).
+// per rank, the per-batch sums gathered exactly and added in batch order: a single process's eval loss to the bit, at
+// the same threads per process).
 // Rank 0 alone writes the run directory (metrics, checkpoints, the final adapter) and prints progress; every rank
 // reads a checkpoint to resume. Before anything is written the ranks check that they agree on what each decided or
 // read alone (ProcessGroup::check_same: the device, the examples, the step count, the adapter's starting weights):
@@ -124,6 +125,9 @@ struct TrainReport {
 };
 
 TrainReport train_lora(const TrainOptions& opt);
+// The checks train_lora makes before it reads anything big (flags, the run directory; `lead`: also that a fresh run
+// would not overwrite a previous one, rank 0's check). qwen-qlora train makes them before it starts other ranks.
+void check_train_options(const TrainOptions& o, bool lead = true);
 
 // The held-out loss train_lora reports (`qwen-qlora eval`): the token-weighted mean next-token NLL over the counted
 // targets of `examples`, batched as o.batch_mode / seq_len / batch_size (at most o.eval_batches batches), without

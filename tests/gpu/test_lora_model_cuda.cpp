@@ -355,8 +355,10 @@ TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
   ProcessGroup rank0(0, 2, fds[0].first, fds[0].second), rank1(1, 2, fds[1].first, fds[1].second);
   std::vector<float> h_sum = h;
   std::string other_error;
+  test::ScopedEnv host_path("QWENQ_DP_NCCL", nullptr);
   std::thread other([&] {
     try {
+      rank1.check_same(0, "QWENQ_DP_NCCL (the gradients' transport)");  // the trainer's first call agrees on it
       rank1.all_reduce_sum(h_sum.data(), static_cast<int64_t>(h_sum.size()));
     } catch (const Error& e) {
       other_error = e.what();
