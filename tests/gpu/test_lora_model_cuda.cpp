@@ -334,19 +334,30 @@ TEST(LoraModelCuda, CheckpointDtypeSwitchesPerCall) {
   EXPECT_NE(got[0], got[1]);
 }
 
+// The data-parallel tests' start: a trainer on the tiny F32 model after one step, and its gradients then.
+struct SteppedTrainer {
+  QwenModel cpu;
+  LoraAdapter adapter;
+  LoraModelCuda gpu;
+  LoraAdapter grads;
+  SteppedTrainer(uint64_t adapter_seed, uint64_t batch_seed)
+      : cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32)), adapter(test_adapter(cpu, adapter_seed)),
+        gpu(cpu, adapter), grads(zeros_like(adapter)) {
+    const PackedBatch b = random_batch({40, 9}, cpu.config().vocab_size, batch_seed);
+    gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
+    gpu.download_grads(&grads);
+  }
+};
+
 // Data parallelism's gradient sum (all_reduce_grads): the trainer as rank 0 of a 2-rank group whose rank 1 is a
 // host thread holding seeded values h. A sum of two floats is the same in either order, so every gradient must be
 // g + h exactly in fp32, g the trainer's gradient before the call; the flat order is the arena's, A then B per slot
 // in the adapter's tensor order (trainer/lora_model_cuda.h).
 TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
   QWENQ_REQUIRE_GPU();
-  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
-  const LoraAdapter adapter = test_adapter(cpu, 21);
-  const PackedBatch b = random_batch({40, 9}, cpu.config().vocab_size, 95);
-  LoraModelCuda gpu(cpu, adapter);
-  gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
-  LoraAdapter g = zeros_like(adapter), got = zeros_like(adapter);
-  gpu.download_grads(&g);
+  SteppedTrainer s(21, 95);
+  LoraAdapter& g = s.grads;
+  LoraAdapter got = zeros_like(s.adapter);
   std::vector<float> h;
   Rng rng(96);
   for (auto* t : tensors(g))
@@ -364,10 +375,10 @@ TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
       other_error = e.what();
     }
   });
-  gpu.all_reduce_grads(rank0);
+  s.gpu.all_reduce_grads(rank0);
   other.join();
   ASSERT_EQ(other_error, "");
-  gpu.download_grads(&got);
+  s.gpu.download_grads(&got);
   size_t k = 0, wrong = 0;
   const auto gt = tensors(g), ot = tensors(got);
   for (size_t t = 0; t < gt.size(); ++t) {
@@ -384,19 +395,14 @@ TEST(LoraModelCuda, AllReduceGradsIsTheSumWithTheOtherRanks) {
 // path is kept, with a line saying why) and the one rank's gradients come back unchanged, bit for bit.
 TEST(LoraModelCuda, AllReduceGradsThroughNcclOnOneRank) {
   QWENQ_REQUIRE_GPU();
-  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
-  const LoraAdapter adapter = test_adapter(cpu, 22);
-  const PackedBatch b = random_batch({40, 9}, cpu.config().vocab_size, 97);
-  LoraModelCuda gpu(cpu, adapter);
-  gpu.loss_and_grad(b, next_token_targets(b), LoraStepOptions{});
-  LoraAdapter before = zeros_like(adapter), after = zeros_like(adapter);
-  gpu.download_grads(&before);
+  SteppedTrainer s(22, 97);
+  LoraAdapter after = zeros_like(s.adapter);
   test::ScopedEnv nccl("QWENQ_DP_NCCL", "1");
   ProcessGroup one(0, 1, -1, -1);
-  gpu.all_reduce_grads(one);
-  gpu.all_reduce_grads(one);  // the communicator made by the first call
-  gpu.download_grads(&after);
-  const auto bt = tensors(before), at = tensors(after);
+  s.gpu.all_reduce_grads(one);
+  s.gpu.all_reduce_grads(one);  // the communicator made by the first call
+  s.gpu.download_grads(&after);
+  const auto bt = tensors(s.grads), at = tensors(after);
   for (size_t t = 0; t < bt.size(); ++t) EXPECT_EQ(*at[t], *bt[t]) << "tensor " << t;
 }
 
