@@ -14,6 +14,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "core/files.h"
 
@@ -372,6 +373,7 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
   auto launch = std::make_unique<ProcessGroupLaunch>();
   const std::vector<std::string> gpus = visible_devices();
   const bool have_list = std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;
+  const bool share_gpu = env_switch("QWENQ_DP_SHARE_GPU") == 1;
   // Everything a child needs is built before the sockets and fork: between fork and exec it only makes
   // async-signal-safe calls, and nothing between the sockets and the end can throw but a failed fork.
   std::vector<char*> argv;
@@ -397,9 +399,10 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
     e.push_back("QWENQ_DP_FDS=" + std::to_string(fds[static_cast<size_t>(r)].first) + "," +
                 std::to_string(fds[static_cast<size_t>(r)].second));
     if (assign_gpus) {
-      // The r-th GPU of the caller's view; past the end of a list, none (its GPU check then says so).
-      const std::string dev = have_list ? (static_cast<size_t>(r) < gpus.size() ? gpus[static_cast<size_t>(r)] : "")
-                                        : std::to_string(r);
+      // The r-th GPU of the caller's view; past the end of a list, none (its GPU check then says so). With
+      // QWENQ_DP_SHARE_GPU=1 every rank takes rank 0's (a check of the GPU path on a one-GPU machine).
+      const size_t g = share_gpu ? 0 : static_cast<size_t>(r);
+      const std::string dev = have_list ? (g < gpus.size() ? gpus[g] : "") : std::to_string(g);
       e.push_back("CUDA_VISIBLE_DEVICES=" + dev);
     }
     for (auto& kv : e) envp[static_cast<size_t>(r)].push_back(kv.data());

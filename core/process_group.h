@@ -20,7 +20,8 @@
 // Starting the ranks (spawn_process_group): the program starts ranks 1..R-1 as copies of itself (/proc/self/exe,
 // the same arguments), each told its rank and its two sockets by the environment (QWENQ_DP_RANK, QWENQ_DP_WORLD,
 // QWENQ_DP_FDS "left,right") and, with assign_gpus, its own GPU (CUDA_VISIBLE_DEVICES = the r-th entry of the
-// caller's list, or r); the caller goes on as rank 0 (GPU 0 of its own list). A started rank finds its group with
+// caller's list, or r; with QWENQ_DP_SHARE_GPU=1 rank 0's GPU, for checking the GPU path on a one-GPU machine); the
+// caller goes on as rank 0 (GPU 0 of its own list). A started rank finds its group with
 // process_group_from_env(). Each started rank dies with the thread that started it (PR_SET_PDEATHSIG: call
 // spawn_process_group from the main thread), so a failed or killed rank 0 leaves no orphan. ProcessGroupLaunch's
 // destructor closes rank 0's sockets, gives the started ranks a few seconds to notice, print their own error and

@@ -7,6 +7,9 @@
 # timeout_s=540):
 #   tests     every GPU test (4 gtest shards: each CUDA kernel against its CPU twin, the GPU model paths against the
 #             CPU ones)                                                                          needs 60 s
+#   dp        `qwen-qlora train --nproc 2 --device cuda` (data parallelism) with both ranks on this one GPU
+#             (QWENQ_DP_SHARE_GPU=1; the gradients through host memory) against one process with --grad-accum 2,
+#             on a tiny random model: losses and adapters within tests/cli/compare_runs.py's tolerances       needs 40 s
 #   memcheck  compute-sanitizer memcheck over a small selection of each kernel family             needs 60 s
 #   bench     bench_qgemm_cuda, bench_attention_cuda, bench_attention_decode_cuda, bench_gptq_cuda,
 #             bench_kl_rows_cuda, bench_lora_cuda                                               needs 90 s
@@ -23,7 +26,7 @@
 #             --calib-dtype bf16 then fp32 (QWENQ_GPU_AWQ_DTYPES), extrapolated to 28 layers     needs 120 s
 #   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
 #             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
-# Default: tests, memcheck, bench, qlora, gptq7b (decode, awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+# Default: tests, dp, memcheck, bench, qlora, gptq7b (decode, awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
 # the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
@@ -38,7 +41,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
-PHASES=",${QWENQ_GPU_PHASES:-tests,memcheck,bench,qlora,gptq7b},"
+PHASES=",${QWENQ_GPU_PHASES:-tests,dp,memcheck,bench,qlora,gptq7b},"
 # ncu profiles a launch of bench_qgemm_cuda: build it for that phase too.
 [[ "$PHASES" == *",ncu,"* ]] && [[ "$PHASES" != *",bench,"* ]] && NCU_ONLY_BENCH=1 || NCU_ONLY_BENCH=0
 BUDGET=${QWENQ_GPU_BUDGET_S:-520}
@@ -68,7 +71,7 @@ FILTER=${QWENQ_GPU_TEST_FILTER:-*}
 # Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
-want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
+want dp && reserve=$((reserve + 40)); want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
 want qlora && reserve=$((reserve + 150)); want decode && reserve=$((reserve + 90)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
 want ncu && reserve=$((reserve + 60))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
@@ -200,6 +203,27 @@ if start tests 60; then
     log "gpu tests with QWENQ_DECODE_MMA_F32=1 QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1: exit $? ($(grep -E '^\[  (PASSED|SKIPPED|FAILED)  ?\]' "$LOGS/gpu_tests_exact_fast.log" | tr '\n' ' '))"
     grep -m10 -E "FAILED|Failure" "$LOGS/gpu_tests_exact_fast.log" | tee -a "$OUT/summary.txt"
   fi
+fi
+
+# Data parallelism on the GPU (never run on several GPUs: none is lent): two ranks sharing this GPU, through host
+# memory, against one process with as many micro-batches per step; the same tolerances as the CPU's CLI test, the
+# ranks' own agreement checks at every checkpoint. QWENQ_GPU_DP_DEVICE=cpu runs the phase's logic without a GPU.
+if start dp 40 && [ -x "$BIN"/qwen-qlora ]; then
+  dpw=$(mktemp -d)
+  dpd=${QWENQ_GPU_DP_DEVICE:-cuda}
+  "$BIN"/qwen-quant init-random --preset tiny --out "$dpw/tiny" --dtype fp32 > "$LOGS/dp.log" 2>&1
+  python3 tests/cli/sentences.py "$dpw/data.jsonl" 200 5
+  dp_args=(-m "$dpw/tiny" -d "$dpw/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q
+           --device "$dpd" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 4)
+  QWENQ_DP_SHARE_GPU=1 timeout $(( $(left) - 20 )) "$BIN"/qwen-qlora train "${dp_args[@]}" --nproc 2 --out "$dpw/dp2" \
+    >> "$LOGS/dp.log" 2>&1
+  dp_rc=$?
+  timeout $(( $(left) - 10 )) "$BIN"/qwen-qlora train "${dp_args[@]}" --grad-accum 2 --out "$dpw/ga2" >> "$LOGS/dp.log" 2>&1
+  ga_rc=$?
+  dp_cmp=$(python3 tests/cli/compare_runs.py "$dpw/dp2" "$dpw/ga2" 1e-5 1e-3 2>&1 | tail -1)
+  log "dp: --nproc 2 on one GPU ($dpd) exit $dp_rc, --grad-accum 2 exit $ga_rc; compared: $dp_cmp"
+  grep -E "error|rank [0-9]: device" "$LOGS/dp.log" | head -6 | tee -a "$OUT/summary.txt"
+  rm -rf "$dpw"
 fi
 
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)

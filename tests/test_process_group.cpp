@@ -9,7 +9,7 @@
 //   - process_group_from_env: absent variables give no group, malformed ones a clear error;
 //   - spawn_process_group with this test binary as the started rank (ProcessGroupSpawn.StartedRank, which runs only
 //     with QWENQ_DP_RANK set): a rank that finds rank 0's environment (QWENQ_DP_NCCL included), agrees, sums and
-//     exits 0; one that exits 3 (wait_all names it); one that
+//     exits 0; ranks given the r-th GPU of CUDA_VISIBLE_DEVICES, or rank 0's with QWENQ_DP_SHARE_GPU=1; one that exits 3 (wait_all names it); one that
 //     closes its sockets and takes 0.3 s to finish: rank 0's launch, destroyed at once, still lets it finish.
 #include <gtest/gtest.h>
 
@@ -235,6 +235,11 @@ TEST(ProcessGroupSpawn, StartedRank) {
       std::_Exit(x == 1.f ? 0 : 4);
     }
     if (mode == "exit3") std::_Exit(3);
+    if (mode == "gpu") {  // the GPU its rank was given
+      const char* got = std::getenv("CUDA_VISIBLE_DEVICES");
+      const char* want = std::getenv("QWENQ_TEST_DP_WANT_GPU");
+      std::_Exit(got != nullptr && want != nullptr && std::string(got) == want ? 0 : 8);
+    }
     if (mode == "slow") {
       g.reset();  // rank 0 sees it stop now
       usleep(300000);
@@ -277,6 +282,19 @@ TEST(ProcessGroupSpawn, WaitAllNamesARankThatFailed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("rank 1 exited with status 3, rank 2 exited with status 3"), std::string::npos)
         << e.what();
+  }
+}
+
+TEST(ProcessGroupSpawn, EachRankGetsItsGpuOrRankZerosWhenShared) {
+  NoGtestSharding plain;
+  test::ScopedEnv mode("QWENQ_TEST_DP_MODE", "gpu"), list("CUDA_VISIBLE_DEVICES", "5,6");
+  {
+    test::ScopedEnv want("QWENQ_TEST_DP_WANT_GPU", "6"), share("QWENQ_DP_SHARE_GPU", nullptr);
+    EXPECT_NO_THROW(spawn_process_group(2, started_rank_args(), true)->wait_all());
+  }
+  {
+    test::ScopedEnv want("QWENQ_TEST_DP_WANT_GPU", "5"), share("QWENQ_DP_SHARE_GPU", "1");
+    EXPECT_NO_THROW(spawn_process_group(2, started_rank_args(), true)->wait_all());
   }
 }
 

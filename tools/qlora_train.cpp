@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/env_switch.h"
 #include "core/files.h"
 #include "core/process_group.h"
 #include "core/progress.h"
@@ -120,9 +121,11 @@ DataParallel start_data_parallel(int nproc, const std::string& config, const Tra
     const char* visible = std::getenv("CUDA_VISIBLE_DEVICES") ? " (CUDA_VISIBLE_DEVICES)" : "";
     QWENQ_CHECK(common->device != "cuda" || gpus > 0,
                 "--device cuda --nproc " << nproc << ": this machine shows no GPU" << visible << " (use --device cpu)");
-    QWENQ_CHECK(gpus == 0 || gpus >= nproc, "--nproc " << nproc << " trains one process per GPU, and this machine shows "
-                                                       << gpus << visible << ": give --nproc " << gpus
-                                                       << " or fewer, or --device cpu");
+    // QWENQ_DP_SHARE_GPU=1: every rank on rank 0's GPU (a check of the multi-process GPU path on one GPU; slower
+    // than one process).
+    QWENQ_CHECK(gpus == 0 || gpus >= nproc || env_switch("QWENQ_DP_SHARE_GPU") == 1,
+                "--nproc " << nproc << " trains one process per GPU, and this machine shows " << gpus << visible
+                           << ": give --nproc " << gpus << " or fewer, or --device cpu");
     set_num_threads(0);
     if (gpus == 0 && nproc > num_threads()) {
       std::fprintf(stderr, "warning: --nproc %d on the CPU with %d cores: the processes share them (each holds the "
