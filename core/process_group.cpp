@@ -180,6 +180,12 @@ void ProcessGroup::check_same(uint64_t value, const std::string& what) {
                                                 << " (the rank that saw it names the two)");
 }
 
+uint64_t fingerprint(uint64_t h, const void* data, size_t bytes) {
+  const unsigned char* b = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
 std::vector<std::pair<int, int>> make_ring_sockets(int world) {
   QWENQ_CHECK(world >= 2, "a ring needs at least 2 ranks, not " << world);
   std::vector<std::pair<int, int>> fds(static_cast<size_t>(world), {-1, -1});

@@ -72,6 +72,12 @@ class ProcessGroup {
   uint64_t calls_ = 0;
 };
 
+// FNV-1a over bytes, continuing from h (start from kFingerprintStart): the fingerprints check_same compares (of the
+// command line, the examples, the adapter's state), not a security hash. fingerprint(h, v) mixes in one integer.
+constexpr uint64_t kFingerprintStart = 1469598103934665603ull;
+uint64_t fingerprint(uint64_t h, const void* data, size_t bytes);
+inline uint64_t fingerprint(uint64_t h, uint64_t v) { return fingerprint(h, &v, sizeof v); }
+
 // Makes the sockets of a ring of `world` ranks: fds[r] = {left, right} of rank r (close-on-exec). world >= 2.
 std::vector<std::pair<int, int>> make_ring_sockets(int world);
 

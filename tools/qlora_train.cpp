@@ -100,6 +100,8 @@ struct DataParallel {
 
 DataParallel start_data_parallel(int nproc, const std::string& config, const TrainOptions& o, CommonOptions* common) {
   DataParallel dp;
+  set_num_threads(0);
+  const int cores = num_threads();
   dp.started = process_group_from_env();
   if (dp.started) {
     QWENQ_CHECK(dp.started->world() == nproc, "this process was started as rank " << dp.started->rank() << " of "
@@ -126,24 +128,19 @@ DataParallel start_data_parallel(int nproc, const std::string& config, const Tra
     QWENQ_CHECK(gpus == 0 || gpus >= nproc || env_switch("QWENQ_DP_SHARE_GPU") == 1,
                 "--nproc " << nproc << " trains one process per GPU, and this machine shows " << gpus << visible
                            << ": give --nproc " << gpus << " or fewer, or --device cpu");
-    set_num_threads(0);
-    if (gpus == 0 && nproc > num_threads()) {
+    if (gpus == 0 && nproc > cores) {
       std::fprintf(stderr, "warning: --nproc %d on the CPU with %d cores: the processes share them (each holds the "
-                   "whole model; more processes than cores only adds memory and switching)\n", nproc, num_threads());
+                   "whole model; more processes than cores only adds memory and switching)\n", nproc, cores);
     }
     dp.launched = spawn_process_group(nproc, this_program_args(), /*assign_gpus=*/common->device != "cpu");
   }
   // Every rank is here before any loads the model: a rank that failed to start is found now, not after a step.
   if (dp.group() != nullptr) {
-    uint64_t h = 1469598103934665603ull;
-    for (const std::string& a : this_program_args())
-      for (unsigned char ch : a + '\0') h = (h ^ ch) * 1099511628211ull;
+    uint64_t h = kFingerprintStart;
+    for (const std::string& a : this_program_args()) h = fingerprint(h, a.c_str(), a.size() + 1);  // with its NUL
     dp.group()->check_same(h, "the command line");
   }
-  if (dp.group() != nullptr && common->threads == 0) {
-    set_num_threads(0);
-    common->threads = std::max(1, num_threads() / nproc);
-  }
+  if (dp.group() != nullptr && common->threads == 0) common->threads = std::max(1, cores / nproc);
   return dp;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <set>
@@ -135,15 +136,6 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
   return z;
 }
 
-// FNV-1a over bytes (data parallelism's agreement checks: a fingerprint, not a security hash).
-constexpr uint64_t kFnvBasis = 1469598103934665603ull;
-uint64_t fnv1a(uint64_t h, const void* p, size_t n) {
-  const unsigned char* b = static_cast<const unsigned char*>(p);
-  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  return h;
-}
-uint64_t fnv1a(uint64_t h, uint64_t v) { return fnv1a(h, &v, sizeof v); }
-
 // Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order. The magnitudes are
 // trained like A and B (AdamW with weight decay: transformers' Trainer decays every parameter but biases and norms).
 struct Tensors {
@@ -160,6 +152,16 @@ Tensors tensors_of(LoraAdapter& a) {
     }
   }
   return t;
+}
+
+// Data parallelism's agreement checks: the fingerprint of adapters' tensors (A, B, DoRA's m), in tensors_of's order.
+uint64_t fingerprint_of(std::initializer_list<LoraAdapter*> adapters) {
+  uint64_t h = kFingerprintStart;
+  for (LoraAdapter* a : adapters) {
+    const Tensors t = tensors_of(*a);
+    for (size_t i = 0; i < t.ptr.size(); ++i) h = fingerprint(h, t.ptr[i], static_cast<size_t>(t.size[i]) * sizeof(float));
+  }
+  return h;
 }
 
 // Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter. With a
@@ -417,23 +419,18 @@ TrainReport train_lora(const TrainOptions& o) {
   if (o.group != nullptr) {
     // Each process decides or reads these alone, and they must agree.
     o.group->check_same(use_cuda ? 1 : 0, "the device (--device auto decides per process: give --device cpu or cuda)");
-    uint64_t h = kFnvBasis;
+    uint64_t h = kFingerprintStart;
     for (const std::vector<SftExample>* set : {&data.train, eval_set}) {
-      h = fnv1a(h, set->size());
+      h = fingerprint(h, set->size());
       for (const SftExample& ex : *set) {
-        h = fnv1a(h, ex.tokens.size());
-        h = fnv1a(h, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
-        h = fnv1a(h, ex.loss_mask.data(), ex.loss_mask.size());
+        h = fingerprint(h, ex.tokens.size());
+        h = fingerprint(h, ex.tokens.data(), ex.tokens.size() * sizeof(int32_t));
+        h = fingerprint(h, ex.loss_mask.data(), ex.loss_mask.size());
       }
     }
     o.group->check_same(h, "the training and evaluation examples");
     o.group->check_same(static_cast<uint64_t>(total), "the number of steps");
-    h = kFnvBasis;
-    for (size_t i = 0; i < adapter.slots().size(); ++i) {
-      for (const std::vector<float>* v : {&adapter.weights(i).A, &adapter.weights(i).B, &adapter.weights(i).m})
-        h = fnv1a(h, v->data(), v->size() * sizeof(float));
-    }
-    o.group->check_same(h, "the adapter's starting weights");
+    o.group->check_same(fingerprint_of({&adapter}), "the adapter's starting weights");
   }
   // The run directory is made (or a previous run removed, with overwrite) only now that the model, the data and
   // the adapter settings are known to be good: a refused run leaves nothing behind and destroys nothing.
@@ -455,16 +452,8 @@ TrainReport train_lora(const TrainOptions& o) {
                                                           << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
-    if (o.group != nullptr) {  // every rank read the same files, and must hold the same state now
-      uint64_t h = kFnvBasis;
-      for (LoraAdapter* a : {&adapter, &m, &v}) {
-        for (size_t i = 0; i < a->slots().size(); ++i) {
-          for (const std::vector<float>* t : {&a->weights(i).A, &a->weights(i).B, &a->weights(i).m})
-            h = fnv1a(h, t->data(), t->size() * sizeof(float));
-        }
-      }
-      o.group->check_same(h, "the adapter and AdamW state read from " + ck);
-    }
+    // Every rank read the same files, and must hold the same state now.
+    if (o.group != nullptr) o.group->check_same(fingerprint_of({&adapter, &m, &v}), "the adapter and AdamW state read from " + ck);
     if (lead) truncate_metrics(metrics_path, st.step);
     rep.start_step = st.step;
     if (!o.quiet && lead) std::fprintf(stderr, "resuming from %s (step %lld of %lld)\n", ck.c_str(), (long long)st.step, (long long)total);
@@ -490,11 +479,8 @@ TrainReport train_lora(const TrainOptions& o) {
   // the same sums); checked whenever they are on the host anyway (checkpoints, the end), before rank 0 writes them.
   const auto check_in_step = [&](const std::string& when) {
     if (o.group == nullptr) return;
-    uint64_t h = kFnvBasis;
-    for (const Tensors* t : {&P, &M, &V})
-      for (size_t i = 0; i < t->ptr.size(); ++i) h = fnv1a(h, t->ptr[i], static_cast<size_t>(t->size[i]) * sizeof(float));
-    o.group->check_same(h, "the adapter and AdamW state " + when +
-                               " (the same update of the same gradient sums must give the same bits: the exchange failed)");
+    o.group->check_same(fingerprint_of({&adapter, &m, &v}), "the adapter and AdamW state " + when +
+                        " (the same update of the same gradient sums must give the same bits: the exchange failed)");
   };
   const auto sync_host = [&] {
     if (!gpu) return;
