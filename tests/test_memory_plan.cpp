@@ -23,6 +23,7 @@
 #include "core/threads.h"
 #include "lora/lora_adapter.h"
 #include "quant/nf4_checkpoint.h"
+#include "tests/support/scoped_env.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_model.h"
 #include "trainer/memory_plan.h"
@@ -191,13 +192,11 @@ TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
     in.model = qwen_preset(c.preset);
     in.lora = all_linear(c.r);
     in.lora.target_modules = parse_lora_targets(c.targets);
-    in.gpus = 2;  // the per-device counts must add up
+    in.gpus = 2;  // data parallel: each GPU holds the whole adapter
     const PlanResult p = plan_memory(in);
     const LoraAdapter a(lora_dims_of(in.model), in.lora);
     EXPECT_EQ(p.lora_params, a.num_parameters()) << c.preset << " r=" << c.r << " " << c.targets;
-    int64_t sum = 0;
-    for (const DevicePlan& d : p.devices) sum += d.lora_params;
-    EXPECT_EQ(sum, p.lora_params);
+    EXPECT_EQ(p.device.lora_params, p.lora_params);
     in.lora.use_dora = true;  // plus m [N] per adapted Linear
     in.device = PlanDevice::Cpu;
     EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
@@ -239,32 +238,39 @@ PlanInput qwen72b(PlanBase base, int gpus) {
   return in;
 }
 
-TEST(MemoryPlan, Qwen72bFourBitFitsEightGpusBf16DoesNotFitOne) {
+TEST(MemoryPlan, Qwen72bFourBitFitsEachGpuBf16DoesNot) {
   for (PlanBase base : {PlanBase::Gptq, PlanBase::Awq, PlanBase::Nf4}) {
     const PlanResult p = plan_memory(qwen72b(base, 8));
     std::printf("%s", format_plan_table(p).c_str());
-    EXPECT_TRUE(p.fits) << plan_base_name(base);
-    ASSERT_EQ(p.devices.size(), 8u);
-    for (const DevicePlan& d : p.devices) {
-      EXPECT_EQ(d.num_layers, 10) << d.name;
-      EXPECT_GT(d.headroom, 0) << d.name;
-    }
-    EXPECT_TRUE(p.devices[0].has_embeddings && !p.devices[0].has_lm_head);
-    EXPECT_TRUE(p.devices[7].has_lm_head && !p.devices[7].has_embeddings);
+    EXPECT_TRUE(p.device.fits) << plan_base_name(base);
+    EXPECT_GT(p.device.headroom, 0) << plan_base_name(base);
+    EXPECT_EQ(p.device.name, "cuda:0-7 each");
     // REFERENCE A6.4: ≈ 38.6 GiB for 4-bit g128 with 16-bit embeddings and head (NF4+DQ "almost the same").
     const double gib = static_cast<double>(p.base_weight_bytes) / (1u << 30);
     EXPECT_NEAR(gib, 38.6, 0.8) << plan_base_name(base);
+    // Data parallel: each of the 8 GPUs holds what one GPU alone would (every layer as its Q4 repack, the lm_head,
+    // all 80 layers' block inputs; 45.8 GiB for GPTQ), with NCCL's budget only when it is asked for.
+    const PlanResult one = plan_memory(qwen72b(base, 1));
+    EXPECT_EQ(p.device.total, one.device.total);
+    {
+      const test::ScopedEnv nccl("QWENQ_DP_NCCL", "1");
+      EXPECT_EQ(plan_memory(qwen72b(base, 8)).device.ws_reserve, one.device.ws_reserve + kNcclBytes);
+      EXPECT_EQ(plan_memory(qwen72b(base, 1)).device.ws_reserve, one.device.ws_reserve);
+    }
+    EXPECT_EQ(p.nf4_total, 0u);
   }
-  const PlanResult bf16 = plan_memory(qwen72b(PlanBase::Bf16, 1));
-  std::printf("%s", format_plan_table(bf16).c_str());
-  EXPECT_FALSE(bf16.fits);
-  EXPECT_LT(bf16.headroom, 0);
+  // bf16: 135.4 GiB of weights fit no GPU; the plan names what an NF4 base would need, which fits.
+  const PlanResult bf16 = plan_memory(qwen72b(PlanBase::Bf16, 8));
+  const std::string table = format_plan_table(bf16);
+  std::printf("%s", table.c_str());
+  EXPECT_FALSE(bf16.device.fits);
+  EXPECT_LT(bf16.device.headroom, 0);
   EXPECT_NEAR(static_cast<double>(bf16.base_weight_bytes) / (1u << 30), 135.4, 0.5);  // REFERENCE A6.4
-  // The layer split: 80 over 3 GPUs gives 27, 27, 26.
-  const PlanResult three = plan_memory(qwen72b(PlanBase::Nf4, 3));
-  EXPECT_EQ(three.devices[0].num_layers, 27);
-  EXPECT_EQ(three.devices[2].num_layers, 26);
-  EXPECT_EQ(three.devices[2].first_layer, 54);
+  EXPECT_EQ(bf16.nf4_total, plan_memory(qwen72b(PlanBase::Nf4, 8)).device.total);
+  EXPECT_NE(table.find("with a 4-bit base (qwen-quant nf4, or gptq/awq --bits 4, about as large): " +
+                       format_bytes(bf16.nf4_total) + ", which fits"),
+            std::string::npos);
+  EXPECT_NE(table.find("data parallel (train --nproc 8): every GPU holds the whole model"), std::string::npos);
 }
 
 TEST(MemoryPlan, EmbeddingHeldOnlyAsTheLmHeadOnGpus) {
@@ -276,23 +282,20 @@ TEST(MemoryPlan, EmbeddingHeldOnlyAsTheLmHeadOnGpus) {
   // On the CPU the device holds the checkpoint's bytes, the tied embedding once.
   in.device = PlanDevice::Cpu;
   const PlanResult cpu = plan_memory(in);
-  EXPECT_EQ(cpu.devices[0].base_weights, cpu.base_weight_bytes);
-  // On GPUs every tensor is held as the caching allocator rounds it: the embedding 151936·896·2 = 272,269,312 B
+  EXPECT_EQ(cpu.device.base_weights, cpu.base_weight_bytes);
+  // On the GPU every tensor is held as the caching allocator rounds it: the embedding 151936·896·2 = 272,269,312 B
   // in 130 blocks of 2 MiB. The input embedding's rows are gathered on the host, so a tied table is held once, as
-  // the lm_head of the last GPU: split over two GPUs, the same allocations as on one.
+  // the lm_head: the GPU's dense bytes are the layers' norms and biases (24 layers: 2 RMSNorms 2·1792 B, q/k/v
+  // biases 1792 + 2·256 B, each piece 256-aligned in the layer's arena), the final norm (1792 B -> 2 KiB) and the table.
   in.device = PlanDevice::Cuda;
   const uint64_t embed_held = 130ull << 21;
   const PlanResult one = plan_memory(in);
-  in.gpus = 2;
-  const PlanResult two = plan_memory(in);
-  EXPECT_EQ(two.devices[0].base_weights + two.devices[1].base_weights, one.devices[0].base_weights);
-  // 12 layers each; the last adds the table and the final norm (1792 B -> 2 KiB).
-  EXPECT_EQ(two.devices[1].base_weights, two.devices[0].base_weights + embed_held + 2048);
+  EXPECT_EQ(one.device.base_dense, 24 * (2 * 1792 + 1792 + 2 * 256) + 2048 + embed_held);
   // Untied (7B): one GPU holds the lm_head, not the input embedding (152064·3584·2 B = 520 blocks of 2 MiB):
   // the GPU's dense bytes are the layers' norms and biases, the final norm and one table.
   in.model = qwen_preset("qwen2.5-7b");
   in.gpus = 1;
-  const DevicePlan& d = plan_memory(in).devices[0];
+  const DevicePlan& d = plan_memory(in).device;
   const uint64_t layer_dense = 2 * 7168 + 7168 + 2 * 1024;  // 2 RMSNorms, q/k/v biases (all multiples of 512 B)
   EXPECT_EQ(d.base_dense, 28 * layer_dense + 7168 + (520ull << 21));
 }
@@ -302,19 +305,23 @@ TEST(MemoryPlan, JsonCarriesEveryField) {
   const auto j = nlohmann::json::parse(plan_to_json(p));
   EXPECT_EQ(j.at("lora_params").get<int64_t>(), p.lora_params);
   EXPECT_EQ(j.at("base_weight_bytes").get<uint64_t>(), p.base_weight_bytes);
-  EXPECT_EQ(j.at("fits").get<bool>(), p.fits);
-  ASSERT_EQ(j.at("devices").size(), 8u);
-  const auto& d7 = j.at("devices").at(7);
-  EXPECT_EQ(d7.at("total").get<uint64_t>(), p.devices[7].total);
-  EXPECT_EQ(d7.at("ws_logits").get<uint64_t>(), p.devices[7].ws_logits);
-  EXPECT_EQ(d7.at("activations").get<uint64_t>(),
-            p.devices[7].act_checkpoints + p.devices[7].act_block + p.devices[7].act_backward +
-                p.devices[7].act_loss + p.devices[7].act_pipeline);
+  EXPECT_EQ(j.at("gpus").get<int>(), 8);
+  EXPECT_EQ(j.at("fits").get<bool>(), p.device.fits);
+  const auto& d = j.at("per_device");
+  EXPECT_EQ(d.at("name").get<std::string>(), "cuda:0-7 each");
+  EXPECT_EQ(d.at("total").get<uint64_t>(), p.device.total);
+  EXPECT_EQ(d.at("ws_logits").get<uint64_t>(), p.device.ws_logits);
+  EXPECT_EQ(d.at("activations").get<uint64_t>(),
+            p.device.act_checkpoints + p.device.act_block + p.device.act_backward + p.device.act_loss);
+  EXPECT_FALSE(j.contains("nf4_total"));
+  const auto b = nlohmann::json::parse(plan_to_json(plan_memory(qwen72b(PlanBase::Bf16, 8))));
+  EXPECT_FALSE(b.at("fits").get<bool>());
+  EXPECT_EQ(b.at("nf4_total").get<uint64_t>(), p.device.total);
 }
 
 TEST(MemoryPlan, RejectsWhatItCannotPlan) {
-  PlanInput in = qwen72b(PlanBase::Gptq, 81);
-  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("81 GPUs for a pipeline of 80 layers"), std::string::npos);
+  PlanInput in = qwen72b(PlanBase::Gptq, 0);
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("--gpus must be at least 1, got 0"), std::string::npos);
   in = qwen72b(PlanBase::Awq, 8);
   in.bits = 3;
   EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("AWQ GEMM layout holds 4-bit codes only, not 3"),
@@ -399,7 +406,7 @@ void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S,
   in.cpu_threads = num_threads();
   in.checkpointing = checkpointing;
   const PlanResult plan = plan_memory(in);
-  const DevicePlan& d = plan.devices[0];
+  const DevicePlan& d = plan.device;
 
   LoraAdapter adapter(lora_dims_of(model.config()), in.lora);
   adapter.init_peft(1);
@@ -516,7 +523,7 @@ TEST(MemoryPlanMoe, AdapterParamsEqualLoraAdapter) {
         const PlanResult p = plan_memory(in);
         EXPECT_EQ(p.lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
             << preset << " " << targets << (dora ? " DoRA" : "");
-        EXPECT_EQ(p.devices[0].lora_params, p.lora_params);
+        EXPECT_EQ(p.device.lora_params, p.lora_params);
       }
     }
   }
@@ -544,7 +551,7 @@ TEST(MemoryPlanMoe, GpuWeightBytesAreTheUploadArenas) {
       plan_base_from_model_dir(dir, &in);
       in.device = PlanDevice::Cuda;
       in.gpus = 1;
-      const DevicePlan d = plan_memory(in).devices.at(0);
+      const DevicePlan d = plan_memory(in).device;
       const QwenModel m(dir);
       const QwenConfig& c = m.config();
       const auto held = [](uint64_t b) { return static_cast<uint64_t>(DeviceAllocator::round_size(b)); };

@@ -91,7 +91,7 @@ PlanInput one_gpu(const QwenConfig& c, PlanBase base, int64_t r, int64_t T) {
 // (2 MiB = 256 words): ceil(w / 256)·2 MiB.
 TEST(MemoryPlanGpu, Qwen05bByHand) {
   const PlanResult p = plan_memory(one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048));
-  const DevicePlan& d = p.devices.at(0);
+  const DevicePlan& d = p.device;
   // checkpoints: xs bf16 25·896 / 2 = 11200 words -> ceil(43.75) = 44 -> 88 MiB.
   EXPECT_EQ(d.act_checkpoints, 88 * MiB);
   // forward: xin, n1, q, a, h1, n2 896 words -> 8 MiB each (48; mlp is on dn2's storage); k, v 128 -> 1 MiB each (2); gate, up, act 4864 =
@@ -103,7 +103,6 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   EXPECT_EQ(d.act_backward, 24 * MiB + 128 * KiB);
   // loss: nll, targets -> 16 KiB (hidden, dhidden on n1, h1).
   EXPECT_EQ(d.act_loss, 16 * KiB);
-  EXPECT_EQ(d.act_pipeline, 0u);
   EXPECT_EQ(d.activations, 304 * MiB + 2208 * KiB);
   // logits: rows = 2^24 / 151936 = 110; 110·151936·4 = 66,851,840 B -> 32 blocks of 2 MiB = 64 MiB.
   EXPECT_EQ(d.ws_logits, 64 * MiB);
@@ -133,18 +132,18 @@ TEST(MemoryPlanGpu, Qwen05bByHand) {
   // 4·38·896 = 136,192 (all multiples of 256 B). With the norms and biases 7,926,528 B -> 4 blocks = 8 MiB a layer
   // (one allocation per array held 13,973,504 B: 579.8 MiB in all instead of 452.0 MiB).
   PlanInput gq = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Gptq, 16, 2048);
-  const DevicePlan& g = plan_memory(gq).devices.at(0);
+  const DevicePlan& g = plan_memory(gq).device;
   EXPECT_EQ(2 * (401'408 + 25'088) + 2 * (57'344 + 3'584) + 3 * (2'179'072 + 136'192) + layer_small, 7'926'528u);
   EXPECT_EQ(g.base_weights, 24 * 8 * MiB + 130 * 2 * MiB + 2 * KiB);
   EXPECT_EQ(g.base_dense, d.base_dense);
   // lora_dropout > 0: tmp [T, 4864] of its own, 38 MiB.
   PlanInput drop = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
   drop.lora.dropout = 0.05;
-  EXPECT_EQ(plan_memory(drop).devices.at(0).act_backward, d.act_backward + 38 * MiB);
+  EXPECT_EQ(plan_memory(drop).device.act_backward, d.act_backward + 38 * MiB);
   // fp32 checkpoints: xs 22400 words -> 88 blocks = 176 MiB, and no xin (8 MiB): 80 MiB more in all.
   PlanInput fp32 = one_gpu(qwen_preset("qwen2.5-0.5b"), PlanBase::Bf16, 16, 2048);
   fp32.bf16_checkpoints = false;
-  const DevicePlan& f = plan_memory(fp32).devices.at(0);
+  const DevicePlan& f = plan_memory(fp32).device;
   EXPECT_EQ(f.act_checkpoints, 176 * MiB);
   EXPECT_EQ(f.act_block, d.act_block - 8 * MiB);
   EXPECT_EQ(f.total, d.total + 80 * MiB);
@@ -205,7 +204,7 @@ TEST(MemoryPlanGpu, ActivationsAdapterAndLogitsEqualWhatLoraModelCudaRequests) {
       in.bf16_checkpoints = bf16;
       in.lora.dropout = dropout ? 0.1 : 0.0;
       const PlanResult p = plan_memory(in);
-      const DevicePlan& d = p.devices.at(0);
+      const DevicePlan& d = p.device;
       DeviceAllocator alloc(std::make_unique<FakeDevice>());
       std::vector<DeviceAllocation> keep;
       replay_lora_model_cuda(alloc, c, p.lora_params, k.r, k.T, c.head_dim == 64 || c.head_dim == 128, bf16, dropout,
@@ -285,7 +284,7 @@ TEST(MemoryPlanGpu, DoraRowsAndNormsAreWhatLoraModelCudaRequests) {
       in.lora.target_modules = targets.size() == 2 ? std::vector<std::string>{"q_proj", "v_proj"}
                                                    : parse_lora_targets("all-linear");
       const PlanResult p = plan_memory(in);
-      const DevicePlan& d = p.devices.at(0);
+      const DevicePlan& d = p.device;
       DeviceAllocator alloc(std::make_unique<FakeDevice>());
       std::vector<DeviceAllocation> keep;
       replay_lora_model_cuda(alloc, c, p.lora_params, r, T, c.head_dim == 64 || c.head_dim == 128, true, dropout,
@@ -480,7 +479,7 @@ TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
     ASSERT_NE(model.weights().embed.data, model.weights().lm_head.data);
     PlanInput in = one_gpu(model.config(), PlanBase::Bf16, 4, 64);
     const uint64_t replayed = replayed_weight_bytes(model);
-    EXPECT_EQ(plan_memory(in).devices.at(0).base_weights, replayed);
+    EXPECT_EQ(plan_memory(in).device.base_weights, replayed);
     // Against the tied model: the same bytes (the embedding's allocation is now the lm_head's).
     const QwenModel tied(o.out_dir);
     EXPECT_EQ(replayed, replayed_weight_bytes(tied));
@@ -526,8 +525,8 @@ TEST(MemoryPlanGpu, BaseWeightsEqualTheUploadOfARealCheckpoint) {
     ASSERT_EQ(model.weights().layers.at(0).gate.is_dense(), want == PlanBase::Bf16);
     const PlanResult p = plan_memory(in);
     const uint64_t replayed = replayed_weight_bytes(model);
-    EXPECT_NE(p.devices.at(0).base_weights, p.base_weight_bytes);  // the allocator's rounding (and Q4) show
-    EXPECT_EQ(p.devices.at(0).base_weights, replayed);
+    EXPECT_NE(p.device.base_weights, p.base_weight_bytes);  // the allocator's rounding (and Q4) show
+    EXPECT_EQ(p.device.base_weights, replayed);
     std::printf("%s: GPU base weights %llu B (file %llu B)\n", k.name, (unsigned long long)replayed,
                 (unsigned long long)p.base_weight_bytes);
   }
@@ -594,7 +593,7 @@ TEST(MemoryPlanGpu, LayerArenaOfQwenShapesIsThePlans) {
 
       PlanInput in = one_gpu(c, base, 16, 2048);
       in.model.num_layers = 1;
-      const DevicePlan& d = plan_memory(in).devices.at(0);
+      const DevicePlan& d = plan_memory(in).device;
       const uint64_t rest = DeviceAllocator::round_size(size_t(C) * 2) +                     // final norm
                             DeviceAllocator::round_size(size_t(c.vocab_size) * size_t(C) * 2);  // lm_head (tied)
       EXPECT_EQ(d.base_weights, held.block_bytes() + rest);
@@ -622,11 +621,11 @@ TEST(MemoryPlanGpu, DoraScratchIsTheKernelsLargestPartialSums) {
   PlanInput in = one_gpu(c, PlanBase::Nf4, 16, T);
   in.dense_dtype = DType::F32;
   const uint64_t delta = static_cast<uint64_t>(T * c.num_heads * 4);
-  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, delta);
+  EXPECT_EQ(plan_memory(in).device.ws_scratch, delta);
   in.lora.use_dora = true;
-  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, 8u * 18944 * 8);
+  EXPECT_EQ(plan_memory(in).device.ws_scratch, 8u * 18944 * 8);
   in.lora.target_modules = {"q_proj", "v_proj"};
-  EXPECT_EQ(plan_memory(in).devices.at(0).ws_scratch, 10u * 3584 * 8);
+  EXPECT_EQ(plan_memory(in).device.ws_scratch, 10u * 3584 * 8);
   EXPECT_GT(10u * 3584 * 8, std::max<uint64_t>(delta, 8u * 3584 * 8));
 }
 
@@ -640,7 +639,7 @@ TEST(MemoryPlanGpu, DenseQgemmPathHoldsOneBf16Weight) {
   const QwenConfig c = qwen_preset("qwen2.5-7b");
   const auto scratch = [&](PlanBase base, int64_t seq, const char* env) {
     const ScopedEnv dense("QWENQ_QGEMM_DENSE", env);
-    return plan_memory(one_gpu(c, base, 16, seq)).devices.at(0).ws_scratch;
+    return plan_memory(one_gpu(c, base, 16, seq)).device.ws_scratch;
   };
   // By default from 512 tokens a step (kQgemmDenseMinM), then the largest Linear's Ŵ: gate/up [18944, 3584].
   const uint64_t dflt = scratch(PlanBase::Gptq, 2048, nullptr), off = scratch(PlanBase::Gptq, 2048, "0");
@@ -676,8 +675,8 @@ TEST(MemoryPlanGpu, Fp32DenseBaseIsUploadedAsStored) {
   in.dense_dtype = plan_dense_dtype(model.config().torch_dtype);
   ASSERT_EQ(in.dense_dtype, DType::F32);
   const PlanResult p = plan_memory(in);
-  EXPECT_EQ(p.devices.at(0).base_weights, replayed_weight_bytes(model));
-  EXPECT_EQ(p.devices.at(0).ws_scratch, 64u * 4 * 4);  // only δ [T, H]: no 16-bit weight, no cast copy
+  EXPECT_EQ(p.device.base_weights, replayed_weight_bytes(model));
+  EXPECT_EQ(p.device.ws_scratch, 64u * 4 * 4);  // only δ [T, H]: no 16-bit weight, no cast copy
 }
 
 // The Q4 sizes the plan derives without building a layout equal the repack's, for Qwen shapes and awkward ones.
@@ -729,7 +728,7 @@ TEST(MemoryPlanGpu, LogitsChunkRows) {
 // alike; a value that is not an integer in [1, 2^30] is refused, naming the variable.
 TEST(MemoryPlanGpu, LogitsChunkFromTheEnvironment) {
   const auto logits = [] {
-    return plan_memory(one_gpu(qwen_preset("qwen2.5-7b"), PlanBase::Gptq, 16, 2048)).devices.at(0).ws_logits;
+    return plan_memory(one_gpu(qwen_preset("qwen2.5-7b"), PlanBase::Gptq, 16, 2048)).device.ws_logits;
   };
   uint64_t dflt = 0;
   {
@@ -752,46 +751,44 @@ TEST(MemoryPlanGpu, LogitsChunkFromTheEnvironment) {
   }
 }
 
-TEST(MemoryPlanGpu, MultiGpuIsThePipelineAssumption) {
+// Qwen2.5-72B GPTQ g128, r 16, T = 2048 on each of 8 data-parallel GPUs: every one the whole model's step.
+TEST(MemoryPlanGpu, Qwen72bOnEachOfEightGpus) {
   PlanInput in = one_gpu(qwen_preset("qwen2.5-72b"), PlanBase::Gptq, 16, 2048);
   in.gpus = 8;
   const PlanResult p = plan_memory(in);
-  const DevicePlan &first = p.devices.at(0), &mid = p.devices.at(3), &last = p.devices.at(7);
-  // xs holds n_dev + 1 = 11 block inputs in bf16: 2048·11·8192·2 B = 352 MiB (a multiple of 2 MiB).
-  EXPECT_EQ(mid.act_checkpoints, 352 * MiB);
-  // The untied input embedding stays on the host: cuda:0 holds its 10 layers only, as a middle GPU does; the last
-  // adds the final norm (8192 bf16 = 16 KiB) and the lm_head (152064·8192·2 B = 1188 blocks of 2 MiB).
-  EXPECT_EQ(first.base_weights, mid.base_weights);
-  EXPECT_EQ(last.base_weights, mid.base_weights + 16 * KiB + 1188 * 2 * MiB);
-  // Received activation and gradient, fp32 [2048, 8192] = 64 MiB each; one on each end of the pipeline.
-  EXPECT_EQ(first.act_pipeline, 64 * MiB);
-  EXPECT_EQ(mid.act_pipeline, 128 * MiB);
-  EXPECT_EQ(last.act_pipeline, 64 * MiB);
-  // Loss buffers and logits only with the lm_head: nll, targets 8 KiB each (hidden, dhidden on n1, h1).
-  EXPECT_EQ(mid.act_loss, 0u);
-  EXPECT_EQ(mid.ws_logits, 0u);
-  EXPECT_EQ(last.act_loss, 16 * KiB);
-  EXPECT_EQ(first.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
-  // 2048 tokens take the dense 4-bit path (kQgemmDenseMinM): every GPU's largest scratch is gate/up's bf16 Ŵ,
+  const DevicePlan& d = p.device;
+  // xs holds L + 1 = 81 block inputs in bf16: 2048·(81·8192 / 2 words)·4 B = 2592 MiB (a multiple of 2 MiB).
+  EXPECT_EQ(d.act_checkpoints, 2592 * MiB);
+  // The untied input embedding stays on the host. Dense: per layer 2 RMSNorms and the q bias 16 KiB each, the k/v
+  // biases 2 KiB each (256-aligned pieces of the layer's arena); the final norm (8192 bf16 = 16 KiB) and the
+  // lm_head (152064·8192·2 B = 1188 blocks of 2 MiB).
+  EXPECT_EQ(d.base_dense, 80 * (3 * 16 * KiB + 2 * 2 * KiB) + 16 * KiB + 1188 * 2 * MiB);
+  // Loss buffers nll, targets 8 KiB each (hidden, dhidden on n1, h1).
+  EXPECT_EQ(d.act_loss, 16 * KiB);
+  EXPECT_EQ(d.ws_reserve, kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes);
+  {
+    const ScopedEnv nccl("QWENQ_DP_NCCL", "1");  // NCCL's buffers on each GPU
+    EXPECT_EQ(plan_memory(in).device.ws_reserve,
+              kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + kNcclBytes);
+  }
+  // 2048 tokens take the dense 4-bit path (kQgemmDenseMinM): the largest scratch is gate/up's bf16 Ŵ,
   // 29568·8192·2 B; with the overlap two pieces of it, its transposed product's 7424 of 29568 columns x 8192
-  // (down_proj's forward pieces, 8192 x 8·928, are as large). Without the dense path, δ = 2048·64·4 = 512 KiB on a
-  // middle GPU and the last one's dlogits copy 110·152064·2 (2^24 / 152064 = 110 rows).
-  EXPECT_EQ(mid.ws_scratch, 29568u * 8192 * 2);
-  EXPECT_EQ(last.ws_scratch, 29568u * 8192 * 2);
+  // (down_proj's forward pieces, 8192 x 8·928, are as large). Without the dense path, the lm_head's dlogits copy
+  // 110·152064·2 (2^24 / 152064 = 110 rows; attention's δ is 2048·64·4 = 512 KiB).
+  EXPECT_EQ(d.ws_scratch, 29568u * 8192 * 2);
   {
     const ScopedEnv overlap("QWENQ_QGEMM_OVERLAP", "1");
-    const PlanResult q = plan_memory(in);
-    EXPECT_EQ(q.devices.at(3).ws_scratch, 2u * 7424 * 8192 * 2);
-    EXPECT_EQ(q.devices.at(7).ws_scratch, 2u * 7424 * 8192 * 2);
+    EXPECT_EQ(plan_memory(in).device.ws_scratch, 2u * 7424 * 8192 * 2);
   }
   {
     const ScopedEnv fused("QWENQ_QGEMM_DENSE", "0");
-    const PlanResult q = plan_memory(in);
-    EXPECT_EQ(q.devices.at(3).ws_scratch, 512 * KiB);
-    EXPECT_EQ(q.devices.at(7).ws_scratch, 110u * 152064 * 2);
+    EXPECT_EQ(plan_memory(in).device.ws_scratch, 110u * 152064 * 2);
   }
   // logits 110·152064·4 = 66,908,160 B -> 32 blocks of 2 MiB.
-  EXPECT_EQ(last.ws_logits, 64 * MiB);
+  EXPECT_EQ(d.ws_logits, 64 * MiB);
+  // The same bytes as one GPU alone.
+  in.gpus = 1;
+  EXPECT_EQ(plan_memory(in).device.total, d.total);
 }
 
 TEST(MemoryPlanGpu, RefusesWhatTheGpuTrainerCannotRead) {

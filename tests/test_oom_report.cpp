@@ -91,7 +91,7 @@ TEST(OomReport, PutsThePlanNextToTheLiveBytesAndAdvisesOnTheLargest) {
   one.device = PlanDevice::Cuda;
   one.device_bytes = capacity;
   const PlanResult plan = plan_memory(one);
-  const DevicePlan& d = plan.devices.at(0);
+  const DevicePlan& d = plan.device;
   const auto has = [&](const std::string& part) {
     EXPECT_NE(r.find(part), std::string::npos) << "missing: " << part;
   };

@@ -1,4 +1,5 @@
-// qwen-qlora plan: the memory a LoRA/QLoRA training step needs on each device, from the model's shapes alone
+// qwen-qlora plan: the memory a LoRA/QLoRA training step needs on its device (each GPU of train --nproc), from the
+// model's shapes alone
 // (trainer/memory_plan.h has the formulas). Nothing is loaded but config.json; no device is touched.
 #include <unistd.h>
 
@@ -33,7 +34,7 @@ struct PlanArgs {
   double lora_alpha = 0, lora_dropout = 0;
   bool use_dora = false;
   int64_t batch_size = 1, seq_len = 2048;
-  int gpus = 8;
+  int gpus = 1;
   double gpu_mem_gb = 80, cpu_mem_gb = 0;
   int threads = 0;
 };
@@ -136,7 +137,9 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--device", a->device, "cpu (trainer/lora_model.h) or cuda (trainer/lora_model_cuda.h)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  cmd->add_option("--gpus", a->gpus, "GPUs: 1 is the GPU trainer (also each process of train --nproc, which holds the whole model per GPU); more plans an assumed pipeline of layers (not implemented)")->capture_default_str();
+  cmd->add_option("--gpus", a->gpus, "GPUs, one process each (train --nproc): every GPU holds the whole model and its own micro-batches")
+      ->check(at_least(1, "POSITIVE"))
+      ->capture_default_str();
   cmd->add_option("--gpu-mem-gb", a->gpu_mem_gb, "memory per GPU in GB (10^9 bytes)")->capture_default_str();
   cmd->add_option("--cpu-mem-gb", a->cpu_mem_gb, "host RAM in GB for --device cpu (default: this machine's)")
       ->check(greater_than(0, "POSITIVE"));

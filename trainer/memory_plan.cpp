@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "core/files.h"
 #include "core/progress.h"
@@ -439,16 +440,16 @@ GpuLayerBytes gpu_layer_bytes(const PlanInput& in, const LayerShape& s, bool moe
 // for a 16-bit dense base each Linear's x [T, K] or dy [T, N]; a 4-bit base's bf16 Ŵ (or its two overlap pieces,
 // qgemm_dense_scratch_bytes) when its T-row products take the dense path (qgemm_dense_for(T), kernels/qgemm.h: by
 // default T >= 512).
-uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const DevicePlan& d) {
-  uint64_t b = d.num_layers > 0 ? u64(s.T * s.H * 4) : 0;
+uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s) {
+  uint64_t b = u64(s.T * s.H * 4);
   const uint64_t dsz = dtype_size(in.dense_dtype);
-  if (d.has_lm_head && dsz == 2) b = std::max(b, u64(lora_cuda_logits_rows(s.T, s.V) * s.V) * dsz);
-  if (in.base == PlanBase::Bf16 && dsz == 2 && d.num_layers > 0) {
+  if (dsz == 2) b = std::max(b, u64(lora_cuda_logits_rows(s.T, s.V) * s.V) * dsz);
+  if (in.base == PlanBase::Bf16 && dsz == 2) {
     for (const LoraShape& sh : s.shape) b = std::max(b, u64(s.T * std::max(sh.N, sh.K) * 2));
     const QwenConfig& c = in.model;  // an expert's rows are at most T
     if (c.is_moe()) b = std::max(b, u64(s.T * std::max(c.moe_intermediate_size, c.shared_expert_intermediate_size) * 2));
   }
-  if (in.base != PlanBase::Bf16 && d.num_layers > 0 && qgemm_dense_for(s.T)) {  // the dense path's bf16 Ŵ
+  if (in.base != PlanBase::Bf16 && qgemm_dense_for(s.T)) {  // the dense path's bf16 Ŵ
     // An adapted Linear with QWENQ_LORA_FOLD=1 has the adapter's columns (forward) or rows (input gradient) in its
     // copy (counted for every adapted Linear, act-order ones included, which do not fold).
     for (int t = 0; t < kNumLoraTargets; ++t) {
@@ -466,29 +467,30 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s, const Devic
   return b;
 }
 
-// dora_norms: Σ N over the device's adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA;
-// dora_scratch: the largest LayerTotals::dora_scratch of its layers.
-void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_t dora_norms, uint64_t dora_scratch,
+// Each data-parallel process with NCCL (QWENQ_DP_NCCL=1) has its buffers on the GPU; the host ring has none there.
+bool plan_nccl(const PlanInput& in) { return in.gpus > 1 && env_switch("QWENQ_DP_NCCL") == 1; }
+
+// dora_norms: Σ N over the adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA; dora_scratch: the
+// largest LayerTotals::dora_scratch of the layers.
+void plan_gpu_device(const PlanInput& in, const LayerShape& s, int64_t dora_norms, uint64_t dora_scratch,
                      DevicePlan* d) {
   const QwenConfig& c = in.model;
-  const int64_t T = s.T, n = d->num_layers;
+  const int64_t T = s.T;
   const uint64_t dsz = dtype_size(in.dense_dtype);
   // Base weights as uploaded (trainer/qwen_model_cuda.cpp): these replace the file bytes of the caller.
   const LayerKinds kinds = layer_kinds(c);
   const GpuLayerBytes dense_layer = kinds.dense >= 0 ? gpu_layer_bytes(in, s, false) : GpuLayerBytes{};
   const GpuLayerBytes moe_layer = kinds.moe >= 0 ? gpu_layer_bytes(in, s, true) : GpuLayerBytes{};
-  // The input embedding stays on the host (its rows are gathered there) unless it is the lm_head: tied, the
-  // last GPU holds it as the lm_head (on one GPU, the one allocation serves both).
-  const uint64_t embed = held(u64(s.V * s.C) * dsz);
   d->base_linear = 0;
   d->base_dense = 0;
-  for (int64_t l = d->first_layer; l < d->first_layer + n; ++l) {
+  for (int64_t l = 0; l < c.num_layers; ++l) {
     const GpuLayerBytes& layer = c.is_moe_layer(l) ? moe_layer : dense_layer;
     d->base_linear += layer.linear;
     d->base_dense += layer.dense;
   }
-  if (d->has_lm_head) d->base_dense += held(u64(s.C) * dsz) + embed;
-  d->base_weights = d->base_linear + d->base_dense;
+  // The final norm and the lm_head. The input embedding stays on the host (its rows are gathered there) unless it
+  // is tied: then the lm_head's one allocation serves both.
+  d->base_dense += held(u64(s.C) * dsz) + held(u64(s.V * s.C) * dsz);
   // A/B, gradients, m, v: one fp32 array each of max(P, 1) floats.
   const uint64_t arena = held(u64(std::max<int64_t>(d->lora_params, 1)) * 4);
   d->adapters = arena;
@@ -496,23 +498,21 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int index, int64_
   d->optimizer = 2 * arena;
   // DoRA: the row norms ‖W + s·B A‖ of every adapted Linear (each expert's too), one allocation of Σ N floats.
   if (dora_norms > 0) d->adapters += held(u64(dora_norms) * 4);
-  // Per-batch buffers (trainer/lora_cuda_buffers.h); the loss buffers on the device with the lm_head.
+  // Per-batch buffers (trainer/lora_cuda_buffers.h).
   for (const LoraCudaBuffer& b :
-       lora_cuda_batch_buffers(c, n, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0,
+       lora_cuda_batch_buffers(c, c.num_layers, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0,
                                in.lora.use_dora ? plan_targets(in.lora) : std::vector<LoraTarget>{})) {
     const uint64_t bytes = held(b.bytes(T));
     switch (b.role) {
       case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
       case LoraCudaRole::Forward: d->act_block += bytes; break;
       case LoraCudaRole::Backward: d->act_backward += bytes; break;
-      case LoraCudaRole::Loss: d->act_loss += d->has_lm_head ? bytes : 0; break;
+      case LoraCudaRole::Loss: d->act_loss += bytes; break;
     }
   }
-  // Pipeline (an assumption of the plan): a received fp32 activation and a received fp32 gradient [T, C].
-  d->act_pipeline = u64((index > 0 ? 1 : 0) + (index + 1 < in.gpus ? 1 : 0)) * held(u64(T * s.C * 4));
-  d->ws_scratch = std::max(gpu_scratch_bytes(in, s, *d), dora_scratch);
-  d->ws_logits = d->has_lm_head ? held(u64(lora_cuda_logits_rows(T, s.V) * s.V * 4)) : 0;
-  d->ws_reserve = kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + (in.gpus > 1 ? kNcclBytes : 0);
+  d->ws_scratch = std::max(gpu_scratch_bytes(in, s), dora_scratch);
+  d->ws_logits = held(u64(lora_cuda_logits_rows(T, s.V) * s.V * 4));
+  d->ws_reserve = kCudaContextBytes + kCublasLtWorkspaceBytes + kAllocatorSlackBytes + (plan_nccl(in) ? kNcclBytes : 0);
 }
 
 void check_input(const PlanInput& in) {
@@ -534,9 +534,6 @@ void check_input(const PlanInput& in) {
               "plan: dense dtype must be bf16, fp16 or fp32, got " << dtype_name(in.dense_dtype));
   if (in.device == PlanDevice::Cuda) {
     QWENQ_CHECK(in.gpus >= 1, "plan: --gpus must be at least 1, got " << in.gpus);
-    QWENQ_CHECK(in.gpus <= c.num_layers, "plan: " << in.gpus << " GPUs for a pipeline of " << c.num_layers
-                                                  << " layers leaves a GPU without a layer; use at most "
-                                                  << c.num_layers);
   } else {
     QWENQ_CHECK(in.cpu_threads >= 1, "plan: CPU threads must be at least 1, got " << in.cpu_threads);
   }
@@ -609,83 +606,65 @@ PlanResult plan_memory(const PlanInput& in) {
   const LayerKinds kinds = layer_kinds(c);
   const LayerTotals dense_layer = kinds.dense >= 0 ? layer_totals(in, kinds.dense) : LayerTotals{};
   const LayerTotals moe_layer = kinds.moe >= 0 ? layer_totals(in, kinds.moe) : LayerTotals{};
-  // Σ over layers [first, first + n) of one LayerTotals field.
-  auto sum = [&](int64_t first, int64_t n, auto field) {
+  // Σ of one LayerTotals field over the layers.
+  auto sum = [&](auto field) {
     decltype(field(dense_layer)) total = 0;
-    for (int64_t l = first; l < first + n; ++l) total += field(c.is_moe_layer(l) ? moe_layer : dense_layer);
+    for (int64_t l = 0; l < L; ++l) total += field(c.is_moe_layer(l) ? moe_layer : dense_layer);
     return total;
   };
-  // The largest of one LayerTotals field over layers [first, first + n).
-  auto largest = [&](int64_t first, int64_t n, auto field) {
+  // The largest of one LayerTotals field over the layers.
+  auto largest = [&](auto field) {
     decltype(field(dense_layer)) most = 0;
-    for (int64_t l = first; l < first + n; ++l) most = std::max(most, field(c.is_moe_layer(l) ? moe_layer : dense_layer));
+    for (int64_t l = 0; l < L; ++l) most = std::max(most, field(c.is_moe_layer(l) ? moe_layer : dense_layer));
     return most;
   };
-  auto linear_bytes = [](const LayerTotals& t) { return t.linear_bytes; };
-  auto dense_bytes = [](const LayerTotals& t) { return t.dense_bytes; };
-  auto lora_params = [](const LayerTotals& t) { return t.lora_params; };
 
   PlanResult res;
   res.input = in;
   res.tokens = s.T;
-  res.linear_params = sum(0, L, [](const LayerTotals& t) { return t.linear_params; });
+  res.linear_params = sum([](const LayerTotals& t) { return t.linear_params; });
   const uint64_t embed = u64(c.vocab_size * c.hidden_size) * dsz, final_norm = u64(c.hidden_size) * dsz;
-  res.lora_params = sum(0, L, lora_params);
-  res.base_linear_bytes = sum(0, L, linear_bytes);
-  res.base_dense_bytes = sum(0, L, dense_bytes) + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
+  res.lora_params = sum([](const LayerTotals& t) { return t.lora_params; });
+  res.base_linear_bytes = sum([](const LayerTotals& t) { return t.linear_bytes; });
+  res.base_dense_bytes =
+      sum([](const LayerTotals& t) { return t.dense_bytes; }) + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
   res.base_weight_bytes = res.base_linear_bytes + res.base_dense_bytes;
 
-  const int G = in.device == PlanDevice::Cpu ? 1 : in.gpus;
-  int64_t next_layer = 0;
-  for (int i = 0; i < G; ++i) {
-    DevicePlan d;
-    d.name = in.device == PlanDevice::Cpu ? "cpu" : "cuda:" + std::to_string(i);
-    d.first_layer = next_layer;
-    d.num_layers = L / G + (i < L % G ? 1 : 0);
-    next_layer += d.num_layers;
-    d.has_embeddings = i == 0;
-    d.has_lm_head = i == G - 1;
-    d.base_linear = sum(d.first_layer, d.num_layers, linear_bytes);
-    d.base_dense = sum(d.first_layer, d.num_layers, dense_bytes);
-    if (d.has_embeddings) d.base_dense += embed;
-    // lm_head: its own tensor when untied; a second copy of the embeddings when tied but on another device.
-    if (d.has_lm_head) d.base_dense += final_norm + (!c.tie_word_embeddings || !d.has_embeddings ? embed : 0);
-    d.base_weights = d.base_linear + d.base_dense;
-    d.lora_params = sum(d.first_layer, d.num_layers, lora_params);
-    d.adapters = u64(d.lora_params) * 4;
-    d.gradients = u64(d.lora_params) * 4;
-    d.optimizer = u64(d.lora_params) * 8;
-    if (in.device == PlanDevice::Cpu)
-      plan_cpu_device(in, s, kinds, &d);
-    else
-      plan_gpu_device(in, s, i, sum(d.first_layer, d.num_layers, [](const LayerTotals& t) { return t.dora_norms; }),
-                      largest(d.first_layer, d.num_layers, [](const LayerTotals& t) { return t.dora_scratch; }), &d);
-    d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss + d.act_pipeline;
-    d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
-    d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;
-    d.capacity = in.device_bytes;
-    d.headroom = static_cast<int64_t>(d.capacity) - static_cast<int64_t>(d.total);
-    d.fits = d.total <= d.capacity;
-    res.devices.push_back(d);
+  // The CPU, or the GPU of each data-parallel process: every one holds the whole model, its own micro-batches'
+  // buffers and a copy of the adapter and its state, the same bytes on each.
+  DevicePlan& d = res.device;
+  d.name = in.device == PlanDevice::Cpu ? "cpu" : in.gpus == 1 ? "cuda:0" : "cuda:0-" + std::to_string(in.gpus - 1) + " each";
+  d.base_linear = res.base_linear_bytes;
+  d.base_dense = res.base_dense_bytes;
+  d.lora_params = res.lora_params;
+  d.adapters = u64(d.lora_params) * 4;
+  d.gradients = u64(d.lora_params) * 4;
+  d.optimizer = u64(d.lora_params) * 8;
+  if (in.device == PlanDevice::Cpu)
+    plan_cpu_device(in, s, kinds, &d);
+  else
+    plan_gpu_device(in, s, sum([](const LayerTotals& t) { return t.dora_norms; }),
+                    largest([](const LayerTotals& t) { return t.dora_scratch; }), &d);
+  d.base_weights = d.base_linear + d.base_dense;
+  d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss;
+  d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
+  d.total = d.base_weights + d.adapters + d.gradients + d.optimizer + d.activations + d.workspace;
+  d.capacity = in.device_bytes;
+  d.headroom = static_cast<int64_t>(d.capacity) - static_cast<int64_t>(d.total);
+  d.fits = d.total <= d.capacity;
+  // A bf16 base that does not fit a GPU: what the same step needs with an NF4 base (double quant, block 64), when
+  // the GPU trainer can hold one (Q4 needs 8-row groups).
+  if (!d.fits && in.device == PlanDevice::Cuda && in.base == PlanBase::Bf16) {
+    PlanInput q = in;
+    q.base = PlanBase::Nf4;
+    q.nf4_blocksize = 64;
+    q.double_quant = true;
+    try {
+      res.nf4_total = plan_memory(q).device.total;
+    } catch (const Error&) {
+      res.nf4_total = 0;
+    }
   }
-
-  res.fits = true;
-  res.headroom = res.devices[0].headroom;
-  for (int i = 0; i < G; ++i) {
-    const DevicePlan& d = res.devices[i];
-    if (d.total > res.devices[res.worst_device].total) res.worst_device = i;
-    res.fits = res.fits && d.fits;
-    res.headroom = std::min(res.headroom, d.headroom);
-  }
-  const DevicePlan& w = res.devices[res.worst_device];
-  res.base_weights = w.base_weights;
-  res.adapters = w.adapters;
-  res.gradients = w.gradients;
-  res.optimizer = w.optimizer;
-  res.activations = w.activations;
-  res.workspace = w.workspace;
-  res.total = w.total;
-  res.capacity = w.capacity;
   return res;
 }
 
@@ -724,11 +703,6 @@ std::string targets_list(const LoraConfig& l) {
   std::string s;
   for (const auto& t : l.target_modules) s += (s.empty() ? "" : ",") + t;
   return s;
-}
-
-std::string layers_range(const DevicePlan& d) {
-  if (d.num_layers == 0) return "-";
-  return std::to_string(d.first_layer) + "-" + std::to_string(d.first_layer + d.num_layers - 1);
 }
 
 void row(std::ostringstream& os, const std::vector<std::string>& cells) {
@@ -775,40 +749,47 @@ std::string format_plan_table(const PlanResult& p) {
        << (in.bf16_checkpoints ? "bf16" : "fp32") << " block inputs, 4-bit Linears as Q4, always checkpointed; "
        << (c.tie_word_embeddings ? "the tied embedding is the lm_head"
                                  : "the input embedding stays on the host, its rows gathered per step")
-       << "; base weights and buffers as the caching allocator holds them)";
-    if (in.gpus > 1)
-      os << "; ASSUMED pipeline of layers (the trainer runs on one GPU), final norm + lm_head on cuda:"
-         << in.gpus - 1;
-    os << "\n";
+       << "; base weights and buffers as the caching allocator holds them)\n";
+    if (in.gpus > 1) {
+      os << "data parallel (train --nproc " << in.gpus << "): every GPU holds the whole model and the adapter, and "
+         << "computes its share of each step's micro-batches (" << in.gpus << " x " << p.tokens
+         << " tokens at a time); gradients summed " << (plan_nccl(in) ? "by NCCL (QWENQ_DP_NCCL=1)" : "through host memory")
+         << "\n";
+    if (in.base != PlanBase::Bf16) {
+      os << "host memory: each process keeps its own copy of the packed Linears, " << format_bytes(p.base_linear_bytes)
+         << " (" << format_bytes(u64(in.gpus) * p.base_linear_bytes) << " for " << in.gpus
+         << "); the 16-bit tensors are read from the page cache, which the processes share\n";
+    }
+    }
   }
   os << "\n";
-  row(os, {"device", "layers", "base weights", "adapters", "gradients", "optimizer", "activations", "workspace",
-           "total", "capacity", "headroom", "fits"});
-  row(os, {"---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"});
-  for (const DevicePlan& d : p.devices) {
-    row(os, {d.name, layers_range(d), format_bytes(d.base_weights), format_bytes(d.adapters),
-             format_bytes(d.gradients), format_bytes(d.optimizer), format_bytes(d.activations),
-             format_bytes(d.workspace), format_bytes(d.total), format_bytes(d.capacity), signed_bytes(d.headroom),
-             d.fits ? "yes" : "NO"});
-  }
+  const DevicePlan& d = p.device;
+  row(os, {"device", "base weights", "adapters", "gradients", "optimizer", "activations", "workspace", "total",
+           "capacity", "headroom", "fits"});
+  row(os, {"---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"});
+  row(os, {d.name, format_bytes(d.base_weights), format_bytes(d.adapters), format_bytes(d.gradients),
+           format_bytes(d.optimizer), format_bytes(d.activations), format_bytes(d.workspace), format_bytes(d.total),
+           format_bytes(d.capacity), signed_bytes(d.headroom), d.fits ? "yes" : "NO"});
   os << "\nactivations and workspace in detail (formulas: trainer/memory_plan.h):\n\n";
   const bool cpu = in.device == PlanDevice::Cpu;
-  row(os, {"device", "checkpoints", cpu ? "block" : "forward", "backward", "loss", "pipeline",
-           cpu ? "dequant" : "kernel scratch", "logits chunk", "thread buffers", "reserve"});
-  row(os, {"---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"});
-  for (const DevicePlan& d : p.devices) {
-    row(os, {d.name, format_bytes(d.act_checkpoints), format_bytes(d.act_block), format_bytes(d.act_backward),
-             format_bytes(d.act_loss), format_bytes(d.act_pipeline), format_bytes(cpu ? d.ws_dequant : d.ws_scratch),
-             format_bytes(d.ws_logits), format_bytes(d.ws_threads), format_bytes(d.ws_reserve)});
-  }
-  const DevicePlan& w = p.devices[p.worst_device];
+  row(os, {"device", "checkpoints", cpu ? "block" : "forward", "backward", "loss", cpu ? "dequant" : "kernel scratch",
+           "logits chunk", "thread buffers", "reserve"});
+  row(os, {"---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"});
+  row(os, {d.name, format_bytes(d.act_checkpoints), format_bytes(d.act_block), format_bytes(d.act_backward),
+           format_bytes(d.act_loss), format_bytes(cpu ? d.ws_dequant : d.ws_scratch), format_bytes(d.ws_logits),
+           format_bytes(d.ws_threads), format_bytes(d.ws_reserve)});
   os << "\n";
-  if (p.fits) {
-    os << "fits: yes; the most loaded device, " << w.name << ", needs " << format_bytes(w.total) << " of "
-       << format_bytes(w.capacity) << "; smallest headroom " << signed_bytes(p.headroom) << "\n";
+  const std::string each = in.device == PlanDevice::Cuda && in.gpus > 1 ? " each" : "";
+  if (d.fits) {
+    os << "fits: yes; " << d.name << " needs " << format_bytes(d.total) << " of " << format_bytes(d.capacity)
+       << "; headroom " << signed_bytes(d.headroom) << "\n";
   } else {
-    os << "fits: NO; " << w.name << " needs " << format_bytes(w.total) << " but has " << format_bytes(w.capacity)
-       << " (short by " << format_bytes(u64(-std::min<int64_t>(w.headroom, 0))) << ")\n";
+    os << "fits: NO; " << d.name << " needs " << format_bytes(d.total) << " but has " << format_bytes(d.capacity)
+       << " (short by " << format_bytes(u64(-std::min<int64_t>(d.headroom, 0))) << ")\n";
+    if (p.nf4_total > 0) {
+      os << "  with a 4-bit base (qwen-quant nf4, or gptq/awq --bits 4, about as large): " << format_bytes(p.nf4_total)
+         << (p.nf4_total <= d.capacity ? ", which fits" : ", which does not fit either") << "\n";
+    }
   }
   os << "(predictions from formulas, not measurements)\n";
   return os.str();
@@ -844,7 +825,7 @@ std::string plan_to_json(const PlanResult& p) {
   j["checkpointing"] = in.checkpointing;
   if (in.device == PlanDevice::Cuda) j["bf16_checkpoints"] = in.bf16_checkpoints;
   j["device"] = in.device == PlanDevice::Cpu ? "cpu" : "cuda";
-  j["gpus"] = in.device == PlanDevice::Cpu ? 0 : in.gpus;
+  j["gpus"] = in.device == PlanDevice::Cpu ? 0 : in.gpus;  // data-parallel processes, each planned as "device"
   j["device_bytes"] = in.device_bytes;
   if (in.device == PlanDevice::Cpu) j["cpu_threads"] = in.cpu_threads;
   j["linear_params"] = p.linear_params;
@@ -852,42 +833,32 @@ std::string plan_to_json(const PlanResult& p) {
   j["base_linear_bytes"] = p.base_linear_bytes;
   j["base_dense_bytes"] = p.base_dense_bytes;
   j["base_weight_bytes"] = p.base_weight_bytes;
-  nlohmann::ordered_json devs = nlohmann::ordered_json::array();
-  for (const DevicePlan& d : p.devices) {
-    devs.push_back({{"name", d.name},
-                    {"first_layer", d.first_layer},
-                    {"num_layers", d.num_layers},
-                    {"has_embeddings", d.has_embeddings},
-                    {"has_lm_head", d.has_lm_head},
-                    {"base_linear", d.base_linear},
-                    {"base_dense", d.base_dense},
-                    {"base_weights", d.base_weights},
-                    {"lora_params", d.lora_params},
-                    {"adapters", d.adapters},
-                    {"gradients", d.gradients},
-                    {"optimizer", d.optimizer},
-                    {"act_checkpoints", d.act_checkpoints},
-                    {"act_block", d.act_block},
-                    {"act_backward", d.act_backward},
-                    {"act_loss", d.act_loss},
-                    {"act_pipeline", d.act_pipeline},
-                    {"activations", d.activations},
-                    {"ws_dequant", d.ws_dequant},
-                    {"ws_scratch", d.ws_scratch},
-                    {"ws_logits", d.ws_logits},
-                    {"ws_threads", d.ws_threads},
-                    {"ws_reserve", d.ws_reserve},
-                    {"workspace", d.workspace},
-                    {"total", d.total},
-                    {"capacity", d.capacity},
-                    {"headroom", d.headroom},
-                    {"fits", d.fits}});
-  }
-  j["devices"] = devs;
-  j["worst_device"] = p.devices[p.worst_device].name;
-  j["total"] = p.total;
-  j["headroom"] = p.headroom;
-  j["fits"] = p.fits;
+  const DevicePlan& d = p.device;
+  j["per_device"] = {{"name", d.name},
+                     {"base_linear", d.base_linear},
+                     {"base_dense", d.base_dense},
+                     {"base_weights", d.base_weights},
+                     {"lora_params", d.lora_params},
+                     {"adapters", d.adapters},
+                     {"gradients", d.gradients},
+                     {"optimizer", d.optimizer},
+                     {"act_checkpoints", d.act_checkpoints},
+                     {"act_block", d.act_block},
+                     {"act_backward", d.act_backward},
+                     {"act_loss", d.act_loss},
+                     {"activations", d.activations},
+                     {"ws_dequant", d.ws_dequant},
+                     {"ws_scratch", d.ws_scratch},
+                     {"ws_logits", d.ws_logits},
+                     {"ws_threads", d.ws_threads},
+                     {"ws_reserve", d.ws_reserve},
+                     {"workspace", d.workspace},
+                     {"total", d.total},
+                     {"capacity", d.capacity},
+                     {"headroom", d.headroom},
+                     {"fits", d.fits}};
+  j["fits"] = d.fits;
+  if (p.nf4_total > 0) j["nf4_total"] = p.nf4_total;
   j["note"] = "predictions from the formulas in trainer/memory_plan.h, not measurements";
   return j.dump(2) + "\n";
 }

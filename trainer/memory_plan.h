@@ -1,11 +1,11 @@
-// How much memory a LoRA/QLoRA training step needs, per device, before anything is loaded: `qwen-qlora plan`.
+// How much memory a LoRA/QLoRA training step needs on its device, before anything is loaded: `qwen-qlora plan`.
 //
 // Notation (one vocabulary, STYLE.md): L layers, C hidden, I intermediate, H query heads, D head_dim,
 // qd = H·D, kvd = Hkv·D, V vocab, r LoRA rank, T = B·S tokens of one micro-batch (B sequences of S tokens,
 // packed back to back), g group size, n = N·K weights of a Linear [N out, K in]. Every count is in bytes.
 //
 // BASE WEIGHTS (frozen), exactly the tensor bytes our writers put in safetensors (tests check it to the byte); the
-// whole model's figures and the CPU's (a GPU holds the layout of BASE WEIGHTS, GPU below):
+// whole model's figures and the CPU's (the GPU holds the layout of BASE WEIGHTS, GPU below):
 //   bf16        Linear: 2·N·K
 //   GPTQ b-bit  qweight I32 [K·b/32, N] + qzeros I32 [G, N·b/32] + scales F16 [G, N] + g_idx I32 [K],
 //               G = ceil(K/g) (g = -1: G = 1)  ->  4·(K·b/32)·N + 4·G·(N·b/32) + 2·G·N + 4·K
@@ -74,7 +74,7 @@
 // read from are page cache (clean, reclaimable) and may also show in RSS until the kernel drops them.
 //
 // GPU: the trainer that exists, LoraModelCuda (trainer/lora_model_cuda.h) on the weights QwenModelCuda uploads
-// (trainer/qwen_model_cuda.h), for one GPU exactly its buffers. Every buffer is one allocation from the caching
+// (trainer/qwen_model_cuda.h), exactly its buffers. Every buffer is one allocation from the caching
 // allocator and is counted as the allocator holds it: held(n) = round_size(n) (kernels/device_allocator.h: n
 // rounded up to 512 B up to 1 MiB, else to 2 MiB). --no-checkpointing changes nothing here (the GPU trainer
 // always checkpoints); lora_dropout adds one scratch tmp (its masks are regenerated, no mask is stored).
@@ -89,33 +89,31 @@
 //                           (q4_int_layout_group / q4_nf4_layout_group); about 4.25 bits per weight at group
 //                           128, which is not the file's byte count. A GPTQ act-order g_idx adds a piece of 4·K
 //                           per Linear (the permutation), not counted: the plan assumes no act-order.
-//                 Reported as base_dense = n_dev·Σ a(dense pieces) and base_linear = the rest of the layers'
+//                 Reported as base_dense = L·Σ a(dense pieces) and base_linear = the rest of the layers'
 //                 bytes (the Linear pieces and the rounding of each arena, under 2 MiB a layer). One allocation
 //                 per tensor, as before, cost +28 % on Qwen2.5-0.5B GPTQ g128 (580 MiB instead of 452 MiB).
-//   rest          final norm held(C·dsz) and lm_head held(V·C·dsz) (last GPU), one allocation each. The input
-//                 embedding is not on any GPU when untied (the trainer gathers a batch's rows on the host and
-//                 uploads [T, C] fp32 from pinned host memory, not counted); tied, it is the lm_head's allocation.
+//   rest          final norm held(C·dsz) and lm_head held(V·C·dsz), one allocation each. The input embedding is
+//                 not on the GPU when untied (the trainer gathers a batch's rows on the host and uploads [T, C]
+//                 fp32 from pinned host memory, not counted); tied, it is the lm_head's allocation.
 // LORA, GPU: A/B, gradients, AdamW m and v are one fp32 array each of max(P, 1) floats: held(4·P) each
 //   (adapters, gradients; optimizer = 2·held(4·P)).
 // ACTIVATIONS, GPU (trainer/lora_cuda_buffers.h, the table LoraModelCuda allocates from; fp32 unless named):
 //   Σ held(T·words·4) over the buffers of the table, by their role:
 //   checkpoints   xs: every block input and the final residual, bf16 (bf16_checkpoints, the default):
-//                 ceil((n_dev + 1)·C / 2) words per token; fp32: (n_dev + 1)·C
+//                 ceil((L + 1)·C / 2) words per token; fp32: (L + 1)·C
 //   forward       xin C (bf16 checkpoints: the block input widened to fp32), n1, qpre, kpre, q, k, v, a, lse, h1,
 //                 n2, gate, up, act, u (7·r), tokens, positions, and the bf16 copies act16 ceil(max(C, qd, I)/2),
 //                 q16, k16, v16, a16 (flash head dims 64 and 128)
 //   backward      d, dn2, dh1, g (r); da, dq, dk, dv (naive attention only); tmp max(C, qd, I) (dropout only)
-//   loss          nll, targets (the GPU with the lm_head)
+//   loss          nll, targets
 //   shared        no allocation of their own (lifetimes apart): dact, dgate on act, dup on up, dn1, mlp on dn2, hidden
 //                 on n1, dhidden on h1, tmp on gate without dropout; flash: da, dq, dk, dv on a, q, k, v, da16 on
 //                 act16 (trainer/lora_cuda_buffers.h gives each reason)
-//   pipeline      multi-GPU assumption: a received activation (all but the first GPU) and a received gradient
-//                 (all but the last), held(T·C·4) each
 // WORKSPACE, GPU:
 //   dequant       0: the fused W4A16 kernels (kernels/qgemm.h) read Q4 directly, no weight is dequantized
 //   scratch       the largest stream-ordered kernel scratch of one launch (freed in stream order, never two
 //                 at once): attention's backward δ T·H·4; cuBLASLt's 16-bit copy of fp32 activations for a 16-bit
-//                 weight: the lm_head's dlogits rows·V·dsz (last GPU, 16-bit dense), a 16-bit dense base's
+//                 weight: the lm_head's dlogits rows·V·dsz (16-bit dense), a 16-bit dense base's
 //                 x [T, K] or dy [T, N] (max over the Linears); with DoRA the partial double sums of its row
 //                 norms (S·N·8 over S ≤ 64 K slices) and split grad (S·N·8, S = ceil(T / 256) ≤ 64), as
 //                 kernels/dora.h's *_scratch_bytes give them; when the T-row products take the dense 4-bit path
@@ -123,18 +121,17 @@
 //                 Linears, a MoE layer's experts included; with QWENQ_LORA_FOLD=1 an adapted Linear's copy has
 //                 lora_cuda_fold_cols(r) more columns forward, or more rows for the input gradient). Not rounded (cudaMallocAsync's pool). Assumes
 //                 T > 64 (the tensor-core qgemm: no staging copy for Qwen's 8-aligned shapes without act-order).
-//   logits        (last GPU) held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, F / V)), F =
+//   logits        held(rows·V·4), rows = lora_cuda_logits_rows(T, V) = max(1, min(T, F / V)), F =
 //                 2^24 (kLoraCudaLogitsChunkFloats: 64 MiB, 110 rows at Qwen's V; trainer/lora_cuda_buffers.h says
 //                 why) or QWENQ_LOGITS_CHUNK
 //   reserve       kCudaContextBytes + kCublasLtWorkspaceBytes (BlasLt::kWorkspaceBytes, cudaMalloc'd once)
-//                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU): a budget, not a count
+//                 + kAllocatorSlackBytes (+ kNcclBytes with > 1 GPU and QWENQ_DP_NCCL=1): a budget, not a count
 //
-// MULTI-GPU (an ASSUMPTION of this plan, not of the code: LoraModelCuda runs on one GPU): a pipeline of layers.
-// The L decoder layers are split evenly, devices 0 .. (L mod G) - 1 taking one extra; the first device receives the
-// host-gathered embeddings, final norm and lm_head live on the last (a tied embedding as the lm_head); each layer's adapter,
-// gradients and optimizer state live with the layer. One micro-batch in flight (no interleaving): every device
-// holds LoraModelCuda's per-batch buffers for its n_dev layers (the loss buffers and logits only on the last),
-// plus the pipeline buffers above.
+// SEVERAL GPUS (gpus = G > 1): data parallelism, `qwen-qlora train --nproc G` (trainer/train_loop.h). Each of G
+// processes holds the whole model, the adapter, its gradients and AdamW state, and the per-batch buffers of its own
+// micro-batches, on its GPU: the bytes of one GPU above, the same on each. The gradients are summed through pinned
+// host memory (4·P bytes per process, host side, not counted) or, with QWENQ_DP_NCCL=1, by NCCL (the reserve's
+// kNcclBytes). Each process also loads the model into host memory (not counted).
 #pragma once
 
 #include <cstdint>
@@ -184,23 +181,21 @@ struct PlanInput {
   bool checkpointing = true;
   bool bf16_checkpoints = true;  // GPU: the block inputs kept in bf16 (LoraStepOptions::bf16_checkpoints)
   PlanDevice device = PlanDevice::Cuda;
-  int gpus = 8;
+  int gpus = 1;                            // data-parallel processes, one GPU each (train --nproc)
   uint64_t device_bytes = 80'000'000'000;  // per GPU, or the host RAM for the CPU
   int cpu_threads = 1;                     // CPU: threads that each hold a widening buffer
 };
 
-// One device's needs. Every field is bytes except where named.
+// One device's needs (each GPU's, with several). Every field is bytes except where named.
 struct DevicePlan {
-  std::string name;  // "cpu", "cuda:0"
-  int64_t first_layer = 0, num_layers = 0;
-  bool has_embeddings = false, has_lm_head = false;
+  std::string name;  // "cpu", "cuda:0", "cuda:0-7 each"
 
   uint64_t base_linear = 0, base_dense = 0;
   uint64_t base_weights = 0;  // base_linear + base_dense
   int64_t lora_params = 0;
   uint64_t adapters = 0, gradients = 0, optimizer = 0;
 
-  uint64_t act_checkpoints = 0, act_block = 0, act_backward = 0, act_loss = 0, act_pipeline = 0;
+  uint64_t act_checkpoints = 0, act_block = 0, act_backward = 0, act_loss = 0;
   uint64_t activations = 0;  // the sum of the act_* fields
   uint64_t ws_dequant = 0, ws_scratch = 0, ws_logits = 0, ws_threads = 0, ws_reserve = 0;  // scratch: GPU only
   uint64_t workspace = 0;  // the sum of the ws_* fields
@@ -219,13 +214,8 @@ struct PlanResult {
   uint64_t base_linear_bytes = 0; // whole model, as written to disk
   uint64_t base_dense_bytes = 0;  // whole model, each tensor once
   uint64_t base_weight_bytes = 0; // the sum: the checkpoint's tensor bytes
-  std::vector<DevicePlan> devices;
-  // The most loaded device (largest total), and whether every device fits.
-  int worst_device = 0;
-  uint64_t base_weights = 0, adapters = 0, gradients = 0, optimizer = 0, activations = 0, workspace = 0, total = 0;
-  uint64_t capacity = 0;
-  int64_t headroom = 0;  // the smallest over the devices
-  bool fits = false;
+  DevicePlan device;              // the CPU, or each GPU
+  uint64_t nf4_total = 0;         // a GPU plan of a bf16 base that does not fit: its total with an NF4 base (0: none)
 };
 
 // The base format (and bits, group size, double quantization) a model directory was written in, from its
@@ -238,13 +228,12 @@ DType plan_dense_dtype(const std::string& torch_dtype);
 // Throws naming the shape when the layout cannot hold it (K or N not packing into int32 words, AWQ bits != 4).
 uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);
 
-// Throws with the offending value for a config the plan cannot describe (non-positive sizes, GPUs > layers, on
-// the GPU a packed base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
+// Throws with the offending value for a config the plan cannot describe (non-positive sizes, on the GPU a packed base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
 PlanResult plan_memory(const PlanInput& in);
 
-// Human-readable: a header, the per-device table, the activation/workspace breakdown and the verdict.
+// Human-readable: a header, the device's table, the activation/workspace breakdown and the verdict.
 std::string format_plan_table(const PlanResult& plan);
-// Two-space indented JSON with the input, the whole-model counts and every DevicePlan field.
+// Two-space indented JSON with the input, the whole-model counts and every DevicePlan field ("per_device").
 std::string plan_to_json(const PlanResult& plan);
 
 }  // namespace qwenq

@@ -64,7 +64,7 @@ std::string plan_vs_live_report(PlanInput in, const OutOfMemoryFacts& f) {
   } catch (const Error& e) {
     return std::string("(no plan for this run: ") + e.what() + ")";
   }
-  const DevicePlan& d = plan.devices.at(0);
+  const DevicePlan& d = plan.device;
   const DeviceAllocatorStats& s = f.stats;
   // The plan's categories, what the allocator held in each, and where the failed request belongs.
   struct Category {

@@ -688,7 +688,7 @@ void expect_device_bytes_are_the_plan(const std::string& dir, const std::string&
   PlanInput in = plan_input_for_training(dir, cpu.config(), adapter.config(), 1, b.num_tokens(), uint64_t{80} << 30);
   in.bf16_checkpoints = bf16_checkpoints;
   const PlanResult plan = plan_memory(in);
-  const DevicePlan& d = plan.devices.at(0);
+  const DevicePlan& d = plan.device;
   const DeviceAllocatorStats after = cuda_device_allocator().stats();
   const auto held = [&](MemoryTag t) { return after.bytes_of(t) - before.bytes_of(t); };
   EXPECT_EQ(held(MemoryTag::Weights), d.base_weights);
