@@ -9,7 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -40,8 +43,18 @@ int mod(int a, int m) { return ((a % m) + m) % m; }
 
 }  // namespace
 
+double dp_timeout_seconds() { return static_cast<double>(env_int("QWENQ_DP_TIMEOUT_S", 1800, 0, 604800)); }
+
+std::string dp_timeout_message(int rank, const std::string& waited, double seconds, const std::string& what) {
+  std::ostringstream os;
+  os << "data-parallel rank " << rank << ": " << waited << " for " << seconds << " s during " << what
+     << " (it, or a rank it waits for, hangs: a stopped process, a stuck GPU, a much slower load; "
+     << "QWENQ_DP_TIMEOUT_S sets this limit in seconds, 0 for none)";
+  return os.str();
+}
+
 ProcessGroup::ProcessGroup(int rank, int world, int left_fd, int right_fd)
-    : rank_(rank), world_(world), left_fd_(left_fd), right_fd_(right_fd) {
+    : rank_(rank), world_(world), left_fd_(left_fd), right_fd_(right_fd), timeout_s_(dp_timeout_seconds()) {
   QWENQ_CHECK(world >= 1 && rank >= 0 && rank < world, "process group: rank " << rank << " of " << world);
   QWENQ_CHECK(world == 1 || (left_fd >= 0 && right_fd >= 0 && left_fd != right_fd),
               "process group: rank " << rank << " of " << world << " needs two sockets, got " << left_fd << ", "
@@ -60,12 +73,15 @@ ProcessGroup::~ProcessGroup() {
 }
 
 // Sends send_bytes to the right neighbour while receiving recv_bytes from the left one, interleaved through poll so
-// that a ring of ranks all sending at once cannot deadlock on full socket buffers.
+// that a ring of ranks all sending at once cannot deadlock on full socket buffers. Throws when no byte has moved
+// for timeout_s_ seconds.
 void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, size_t recv_bytes, const std::string& what) {
   const char* sp = static_cast<const char*>(send);
   char* rp = static_cast<char*>(recv);
   size_t sent = 0, got = 0;
   const int left = mod(rank_ - 1, world_), right = mod(rank_ + 1, world_);
+  using Clock = std::chrono::steady_clock;
+  auto last_progress = Clock::now();
   while (sent < send_bytes || got < recv_bytes) {
     pollfd fds[2];
     int nfds = 0, si = -1, ri = -1;
@@ -77,8 +93,19 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
       ri = nfds;
       fds[nfds++] = pollfd{left_fd_, POLLIN, 0};
     }
-    const int pr = poll(fds, static_cast<nfds_t>(nfds), -1);
+    int wait_ms = -1;
+    if (timeout_s_ > 0) {
+      const double left_s = timeout_s_ - std::chrono::duration<double>(Clock::now() - last_progress).count();
+      if (left_s <= 0) {
+        QWENQ_FAIL(dp_timeout_message(rank_, got < recv_bytes ? "nothing came from rank " + std::to_string(left)
+                                                              : "rank " + std::to_string(right) + " took nothing",
+                                      timeout_s_, what));
+      }
+      wait_ms = static_cast<int>(std::min(std::ceil(left_s * 1000.0), 3.6e6));
+    }
+    const int pr = poll(fds, static_cast<nfds_t>(nfds), wait_ms);
     if (pr < 0 && errno == EINTR) continue;
+    if (pr == 0) continue;  // the deadline, checked above
     QWENQ_CHECK(pr > 0, "data-parallel rank " << rank_ << ": poll failed during " << what << " (" << std::strerror(errno) << ")");
     for (int i = 0; i < nfds; ++i) {
       QWENQ_CHECK(!(fds[i].revents & POLLNVAL), "data-parallel rank " << rank_ << ": socket " << fds[i].fd
@@ -91,6 +118,7 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
                                                << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
                                                << "; it prints its own error, if any)");
       got += static_cast<size_t>(k);
+      last_progress = Clock::now();
     }
     if (si >= 0 && (fds[si].revents & (POLLOUT | POLLHUP | POLLERR))) {
       const ssize_t k = ::send(right_fd_, sp + sent, send_bytes - sent, MSG_NOSIGNAL);
@@ -99,6 +127,7 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
                                                << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
                                                << "; it prints its own error, if any)");
       sent += static_cast<size_t>(k);
+      last_progress = Clock::now();
     }
   }
 }

@@ -12,8 +12,11 @@
 // a given R: a run is reproducible, and its sums differ from one process's sequential ones only in their order.
 // Every call first passes a header around the ring (a sequence number, the element type and n): ranks whose calls
 // disagree (a diverged run) get an error naming both, not mixed-up data. A rank that stopped (its sockets closed)
-// makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright. There is no
-// timeout: a rank that hangs while alive (a stopped process, a hung GPU) holds the others at their next call.
+// makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright. A rank that
+// hangs while alive (a stopped process, a hung GPU) holds the others at their next call until the timeout: a wait
+// with no byte moving for QWENQ_DP_TIMEOUT_S seconds (default 1800, as torch's gloo; 0: no limit) throws, naming the
+// neighbour it waited for. That neighbour may itself be waiting for the hung rank further round the ring; the first
+// rank to give up names it, and its exit then stops the others ("has stopped").
 // check_same compares a value across the ranks (what each rank decided on its own: the device, the data, the start
 // of the adapter), so that ranks which would silently train different things stop with the difference named.
 //
@@ -61,6 +64,10 @@ class ProcessGroup {
   // True when a neighbour's socket says that rank has stopped (closed or failed), without waiting: for a wait outside
   // the ring (an NCCL collective) to notice it. Data waiting to be read is not a stop.
   bool neighbour_stopped() const;
+  // The longest wait without progress before a call throws (seconds; 0: none). From QWENQ_DP_TIMEOUT_S at
+  // construction (dp_timeout_seconds); tests set shorter ones.
+  double timeout_seconds() const { return timeout_s_; }
+  void set_timeout_seconds(double s) { timeout_s_ = s; }
 
  private:
   template <typename T>
@@ -70,7 +77,14 @@ class ProcessGroup {
   int rank_, world_;
   int left_fd_, right_fd_;
   uint64_t calls_ = 0;
+  double timeout_s_;
 };
+
+// QWENQ_DP_TIMEOUT_S: whole seconds in [0, 604800], default 1800; anything else throws naming the variable.
+double dp_timeout_seconds();
+// The message of a wait that timed out: "data-parallel rank <rank>: <waited> for <s> s during <what> (...)", with
+// the advice every transport gives (the ring, NCCL).
+std::string dp_timeout_message(int rank, const std::string& waited, double seconds, const std::string& what);
 
 // FNV-1a over bytes, continuing from h (start from kFingerprintStart): the fingerprints check_same compares (of the
 // command line, the examples, the adapter's state), not a security hash. fingerprint(h, v) mixes in one integer.

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <exception>
 
 #include <mutex>
@@ -128,7 +129,9 @@ void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const Pr
   QWENQ_NCCL_CHECK(api.AllReduce(x, x, static_cast<size_t>(n), kNcclFloat32, kNcclSum, comm_, stream),
                    "ncclAllReduce of " << n << " fp32 values");
   // A collective whose peer died never completes, and NCCL may not say so: wait by polling the stream, NCCL's
-  // asynchronous error and the ring's sockets (a stopped neighbour), and abort the communicator on a failure.
+  // asynchronous error and the ring's sockets (a stopped neighbour), and abort the communicator on a failure or
+  // after the ring's timeout (QWENQ_DP_TIMEOUT_S) without completing.
+  const auto start = std::chrono::steady_clock::now();
   for (;;) {
     const cudaError_t q = cudaStreamQuery(stream);
     if (q == cudaSuccess) return;
@@ -136,9 +139,16 @@ void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const Pr
     NcclResult async = kNcclSuccess;
     api.CommGetAsyncError(comm_, &async);
     const bool peer_gone = watch != nullptr && watch->neighbour_stopped();
-    if ((async != kNcclSuccess && async != kNcclInProgress) || peer_gone) {
+    const double timeout = watch != nullptr ? watch->timeout_seconds() : 0;
+    const bool timed_out =
+        timeout > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout;
+    if ((async != kNcclSuccess && async != kNcclInProgress) || peer_gone || timed_out) {
       api.CommAbort(comm_);
       comm_ = nullptr;
+      if (timed_out) {
+        QWENQ_FAIL(dp_timeout_message(watch->rank(), "an NCCL all-reduce did not complete", timeout,
+                                      "a sum of " + std::to_string(n) + " fp32 values"));
+      }
       QWENQ_FAIL("ncclAllReduce of " << n << " fp32 values: "
                  << (peer_gone ? std::string("a neighbouring rank has stopped (it prints its own error, if any)")
                                : std::string("NCCL reports ") + api.GetErrorString(async)));

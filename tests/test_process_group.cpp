@@ -4,6 +4,8 @@
 //     float ones (kSumTol), so a model sharing a mistake with the ring would still be caught; over 1..5 ranks and
 //     sizes from 0 to more than a socket buffer holds (the poll loop's partial sends);
 //   - ranks whose calls disagree (n, type) and ranks that stopped get an error naming the other rank, not a hang;
+//   - a rank alive but silent: the others stop after the timeout, each naming the rank it waited for; the timeout
+//     is per wait (a rank late to every call by less than it passes); QWENQ_DP_TIMEOUT_S parsed strictly;
 //   - broadcast: every rank ends with rank 0's bytes;
 //   - check_same: equal values pass, a differing rank stops every rank, the one that saw it naming both values;
 //   - process_group_from_env: absent variables give no group, malformed ones a clear error;
@@ -15,6 +17,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +32,7 @@
 #include "core/process_group.h"
 #include "core/rng.h"
 #include "tests/support/scoped_env.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
 
 namespace qwenq {
@@ -153,6 +157,65 @@ TEST(ProcessGroup, AStoppedRankIsNamedInsteadOfAHang) {
   EXPECT_TRUE(err[1].find("data-parallel rank 1: rank 2 has stopped (its connection failed: Broken pipe") == 0 ||
               err[1].find("data-parallel rank 1: rank 0 has stopped (its connection closed") == 0)
       << err[1];
+}
+
+TEST(ProcessGroup, AHungRankIsNamedAfterTheTimeout) {
+  auto g = ring(3);
+  for (auto& r : g) r->set_timeout_seconds(0.3);
+  // Rank 2 lives (its sockets open) but never calls: a stopped process, a stuck GPU. Ranks 0 and 1 keep their
+  // sockets open after the error, so each names the rank it waited for.
+  std::vector<std::vector<float>> x(2, std::vector<float>(1000, 1.f));
+  const auto start = std::chrono::steady_clock::now();
+  const auto err = on_ranks(2, [&](int r) { g[r]->all_reduce_sum(x[r].data(), 1000); });
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Rank 0 waits for rank 2's header; rank 1 has rank 0's header and waits for its first chunk.
+  EXPECT_NE(err[0].find("data-parallel rank 0: nothing came from rank 2 for 0.3 s during the call header (it, or a "
+                        "rank it waits for, hangs"),
+            std::string::npos)
+      << err[0];
+  EXPECT_NE(err[1].find("data-parallel rank 1: nothing came from rank 0 for 0.3 s during the reduce-scatter"),
+            std::string::npos)
+      << err[1];
+  EXPECT_NE(err[0].find("QWENQ_DP_TIMEOUT_S sets this limit"), std::string::npos) << err[0];
+  EXPECT_GE(took, 0.3);
+  EXPECT_LT(took, 10.0);
+}
+
+TEST(ProcessGroup, TheTimeoutIsPerWaitNotPerRun) {
+  // A rank 0.2 s late to each of 6 calls: 1.2 s in all, each wait under the 0.5 s limit.
+  auto g = ring(2);
+  for (auto& r : g) r->set_timeout_seconds(0.5);
+  std::vector<float> x(2);
+  const auto err = on_ranks(2, [&](int r) {
+    for (int call = 0; call < 6; ++call) {
+      if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      x[static_cast<size_t>(r)] = static_cast<float>(r + call);
+      g[r]->all_reduce_sum(&x[static_cast<size_t>(r)], 1);
+      if (x[static_cast<size_t>(r)] != static_cast<float>(1 + 2 * call)) throw Error("wrong sum");
+    }
+  });
+  EXPECT_EQ(err[0], "");
+  EXPECT_EQ(err[1], "");
+}
+
+TEST(ProcessGroup, TimeoutFromTheEnvironment) {
+  {
+    test::ScopedEnv t("QWENQ_DP_TIMEOUT_S", nullptr);
+    EXPECT_EQ(dp_timeout_seconds(), 1800.0);
+    EXPECT_EQ(ProcessGroup(0, 1, -1, -1).timeout_seconds(), 1800.0);
+  }
+  {
+    test::ScopedEnv t("QWENQ_DP_TIMEOUT_S", "20");
+    EXPECT_EQ(ProcessGroup(0, 1, -1, -1).timeout_seconds(), 20.0);
+  }
+  {
+    test::ScopedEnv t("QWENQ_DP_TIMEOUT_S", "0");  // no limit
+    EXPECT_EQ(dp_timeout_seconds(), 0.0);
+  }
+  for (const char* bad : {"-1", "1h", "604801"}) {
+    test::ScopedEnv t("QWENQ_DP_TIMEOUT_S", bad);
+    test::expect_error([] { dp_timeout_seconds(); }, {std::string("QWENQ_DP_TIMEOUT_S=") + bad});
+  }
 }
 
 TEST(ProcessGroup, FromEnvironment) {

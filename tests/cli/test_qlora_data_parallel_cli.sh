@@ -5,8 +5,8 @@
 # or counted twice moves them by percents). Also: 3 ranks over an epoch whose last step has fewer micro-batches than
 # ranks; the ranks' shared evaluations give a single process's eval_loss to the bit; rank 0 alone writes the run
 # directory and reports; a run of 2 ranks stopped and resumed gives the uninterrupted run's losses bit for bit, and
-# resuming it with another --nproc is refused naming the flag; a rank killed mid-run stops the whole run with an
-# error naming it and leaves no process and no final adapter.
+# resuming it with another --nproc is refused naming the flag; a rank killed mid-run, or stopped (SIGSTOP) past
+# QWENQ_DP_TIMEOUT_S, stops the whole run with an error naming it and leaves no process and no final adapter.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 LOSS_RTOL=1e-5
@@ -89,6 +89,25 @@ if wait "$lead"; then fail "a run that lost a rank reported success" "$WORK/kill
 grep -q "data-parallel rank [01]: rank 2 has stopped" "$WORK/killed.txt" || fail "the lost rank is not named" "$WORK/killed.txt"
 for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "rank process $p left running" "$WORK/killed.txt"; done
 [ ! -f "$WORK/killed/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
+
+# A rank alive but stuck (stopped with SIGSTOP, as a hung GPU would leave it): after QWENQ_DP_TIMEOUT_S seconds
+# without data rank 0 names it; the stopped rank is killed, nothing is left running, no final adapter.
+QWENQ_DP_TIMEOUT_S=2 "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1000000 --out "$WORK/hung" \
+  --nproc 3 > "$WORK/hung.txt" 2>&1 &
+lead=$!
+for _ in $(seq 1 500); do
+  [ -s "$WORK/hung/metrics.jsonl" ] && break
+  sleep 0.02
+done
+ranks=$(pgrep -P "$lead" || true)
+victim=""
+for p in $ranks; do tr '\0' '\n' < "/proc/$p/environ" | grep -qx QWENQ_DP_RANK=2 && victim=$p; done
+[ -n "$victim" ] || fail "rank 2 not found among $lead's children ($ranks)" "$WORK/hung.txt"
+kill -STOP "$victim"
+if wait "$lead"; then fail "a run with a stuck rank reported success" "$WORK/hung.txt"; fi
+grep -q "data-parallel rank 0: nothing came from rank 2 for 2 s" "$WORK/hung.txt" || fail "the stuck rank is not named" "$WORK/hung.txt"
+for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "rank process $p left running" "$WORK/hung.txt"; done
+[ ! -f "$WORK/hung/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
 
 # Inputs every rank must read: a pipe is refused before any rank starts.
 if "$QL" train -m "$WORK/tiny" -d <(cat "$WORK/data.jsonl") --device cpu --threads 1 --max-steps 1 --out "$WORK/pipe" \
