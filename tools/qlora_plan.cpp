@@ -91,6 +91,10 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   in.checkpointing = !a.no_checkpointing;
   in.bf16_checkpoints = !a.fp32_checkpoints;
   if (a.device == "cpu") {
+    QWENQ_CHECK(!cmd.count("--gpus") || a.gpus == 1,
+                "plan: --gpus " << a.gpus << " with --device cpu; the CPU plan is one process's: train --nproc N on "
+                                   "the CPU runs N such processes (only the 16-bit tensors, read from the page cache, "
+                                   "are shared)");
     in.device = PlanDevice::Cpu;
     in.device_bytes = a.cpu_mem_gb > 0 ? gb(a.cpu_mem_gb, "--cpu-mem-gb") : host_ram_bytes();
     QWENQ_CHECK(in.device_bytes > 0, "plan: cannot read this machine's RAM size; give --cpu-mem-gb");

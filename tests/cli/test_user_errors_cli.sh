@@ -114,6 +114,7 @@ refuse ir_layers "--layers: must be at least 0, got -1" "$QQ" init-random --laye
 refuse plan_layers "--layers: must be at least 1" "$QL" plan --preset tiny --layers -1
 refuse plan_threads "--threads: must be at least 1" "$QL" plan --preset tiny --device cpu --threads -1
 refuse plan_gpus "--gpus: must be at least 1" "$QL" plan --preset tiny --gpus 0
+refuse plan_cpu_gpus "plan: --gpus 2 with --device cpu" "$QL" plan --preset tiny --device cpu --gpus 2
 refuse plan_cpu_mem "--cpu-mem-gb: must be greater than 0" "$QL" plan --preset tiny --device cpu --cpu-mem-gb -1
 refuse plan_alpha "--lora-alpha: must be greater than 0" "$QL" plan --preset tiny --lora-alpha -1
 T=(train --model tiny --data text.jsonl --max-steps 2 --seq-len 64 -q)
