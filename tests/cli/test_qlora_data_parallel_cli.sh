@@ -73,41 +73,33 @@ assert len(a) == 8 and a == b, f"{a} vs {b}"
 PY
 cmp -s "$WORK/dp2/adapter_model.safetensors" "$WORK/part/adapter_model.safetensors" || fail "the resumed adapter differs"
 
-# A rank killed mid-run: rank 0 names it, nothing is left running, no final adapter.
-"$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1000000 --out "$WORK/killed" --nproc 3 > "$WORK/killed.txt" 2>&1 &
-lead=$!
-for _ in $(seq 1 500); do
-  [ -s "$WORK/killed/metrics.jsonl" ] && break
-  sleep 0.02
-done
-ranks=$(pgrep -P "$lead" || true)
-victim=""
-for p in $ranks; do tr '\0' '\n' < "/proc/$p/environ" | grep -qx QWENQ_DP_RANK=2 && victim=$p; done
-[ -n "$victim" ] || fail "rank 2 not found among $lead's children ($ranks)" "$WORK/killed.txt"
-kill -9 "$victim"
-if wait "$lead"; then fail "a run that lost a rank reported success" "$WORK/killed.txt"; fi
-grep -q "data-parallel rank [01]: rank 2 has stopped" "$WORK/killed.txt" || fail "the lost rank is not named" "$WORK/killed.txt"
-for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "rank process $p left running" "$WORK/killed.txt"; done
-[ ! -f "$WORK/killed/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
-
-# A rank alive but stuck (stopped with SIGSTOP, as a hung GPU would leave it): after QWENQ_DP_TIMEOUT_S seconds
-# without data rank 0 names it; the stopped rank is killed, nothing is left running, no final adapter.
-QWENQ_DP_TIMEOUT_S=2 "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1000000 --out "$WORK/hung" \
-  --nproc 3 > "$WORK/hung.txt" 2>&1 &
-lead=$!
-for _ in $(seq 1 500); do
-  [ -s "$WORK/hung/metrics.jsonl" ] && break
-  sleep 0.02
-done
-ranks=$(pgrep -P "$lead" || true)
-victim=""
-for p in $ranks; do tr '\0' '\n' < "/proc/$p/environ" | grep -qx QWENQ_DP_RANK=2 && victim=$p; done
-[ -n "$victim" ] || fail "rank 2 not found among $lead's children ($ranks)" "$WORK/hung.txt"
-kill -STOP "$victim"
-if wait "$lead"; then fail "a run with a stuck rank reported success" "$WORK/hung.txt"; fi
-grep -q "data-parallel rank 0: nothing came from rank 2 for 2 s" "$WORK/hung.txt" || fail "the stuck rank is not named" "$WORK/hung.txt"
-for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "rank process $p left running" "$WORK/hung.txt"; done
-[ ! -f "$WORK/hung/adapter_model.safetensors" ] || fail "a failed run left a final adapter"
+# An endless 3-rank run NAME (its run directory and log under $WORK), signal SIG sent to rank 2 (found by its
+# environment) once training has begun; then the run must fail with the line GREP, leave no rank running and no final
+# adapter. Extra arguments go before the command (environment settings).
+stop_rank_2() {
+  local name=$1 sig=$2 want=$3 lead ranks victim="" p
+  shift 3
+  env "$@" "$QL" train "${COMMON[@]}" --eval-count 8 --batch-size 2 --max-steps 1000000 --out "$WORK/$name" --nproc 3 \
+    > "$WORK/$name.txt" 2>&1 &
+  lead=$!
+  for _ in $(seq 1 500); do
+    [ -s "$WORK/$name/metrics.jsonl" ] && break
+    sleep 0.02
+  done
+  ranks=$(pgrep -P "$lead" || true)
+  for p in $ranks; do tr '\0' '\n' < "/proc/$p/environ" | grep -qx QWENQ_DP_RANK=2 && victim=$p; done
+  [ -n "$victim" ] || fail "$name: rank 2 not found among $lead's children ($ranks)" "$WORK/$name.txt"
+  kill "-$sig" "$victim"
+  if wait "$lead"; then fail "$name: a run whose rank 2 got SIG$sig reported success" "$WORK/$name.txt"; fi
+  grep -q "$want" "$WORK/$name.txt" || fail "$name: rank 2 is not named" "$WORK/$name.txt"
+  for p in $ranks; do ! kill -0 "$p" 2>/dev/null || fail "$name: rank process $p left running" "$WORK/$name.txt"; done
+  [ ! -f "$WORK/$name/adapter_model.safetensors" ] || fail "$name: a failed run left a final adapter"
+}
+# A rank killed mid-run: the others name it.
+stop_rank_2 killed KILL "data-parallel rank [01]: rank 2 has stopped"
+# A rank alive but stuck (SIGSTOP, as a hung GPU would leave it): after QWENQ_DP_TIMEOUT_S seconds without data rank 0
+# names it, and the stopped rank is killed.
+stop_rank_2 hung STOP "data-parallel rank 0: nothing came from rank 2 for 2 s" QWENQ_DP_TIMEOUT_S=2
 
 # Inputs every rank must read: a pipe is refused before any rank starts.
 if "$QL" train -m "$WORK/tiny" -d <(cat "$WORK/data.jsonl") --device cpu --threads 1 --max-steps 1 --out "$WORK/pipe" \
