@@ -48,7 +48,7 @@ print(f"{tps:.0f} {sum(r['tokens'] / r['tokens_per_s'] for r in rows) / max(1, l
 PY
 )
     plan=$("$QL" plan --model "$dir" --device cpu --seq-len "$SEQ_LEN" --batch-size 1 --lora-r "$RANK" --target all-linear --json)
-    predicted=$(echo "$plan" | python3 -c "import json,sys; print(json.load(sys.stdin)['devices'][0]['total'])")
+    predicted=$(echo "$plan" | python3 -c "import json,sys; print(json.load(sys.stdin)['per_device']['total'])")
     measured_bytes=$(python3 -c "
 u={'B':1,'KiB':1024,'MiB':1024**2,'GiB':1024**3}; v,unit='$rss'.split(); print(int(float(v)*u[unit]))")
     ratio=$(python3 -c "print(f'{$measured_bytes / max(1, $predicted):.2f}')")

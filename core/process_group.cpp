@@ -405,6 +405,7 @@ std::unique_ptr<ProcessGroupLaunch> spawn_process_group(int world, const std::ve
                                                         bool assign_gpus) {
   QWENQ_CHECK(world >= 2, "spawn_process_group: " << world << " ranks");
   QWENQ_CHECK(!args.empty(), "spawn_process_group: no arguments");
+  dp_timeout_seconds();  // a bad QWENQ_DP_TIMEOUT_S is refused once, here, not by every rank it would start
   auto launch = std::make_unique<ProcessGroupLaunch>();
   const std::vector<std::string> gpus = visible_devices();
   const bool have_list = std::getenv("CUDA_VISIBLE_DEVICES") != nullptr;

@@ -145,7 +145,7 @@ void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const Pr
     if ((async != kNcclSuccess && async != kNcclInProgress) || peer_gone || timed_out) {
       api.CommAbort(comm_);
       comm_ = nullptr;
-      if (timed_out) {
+      if (timed_out && !peer_gone && (async == kNcclSuccess || async == kNcclInProgress)) {  // the specific cause first
         QWENQ_FAIL(dp_timeout_message(watch->rank(), "an NCCL all-reduce did not complete", timeout,
                                       "a sum of " + std::to_string(n) + " fp32 values"));
       }

@@ -31,8 +31,9 @@ class NcclComm {
   NcclComm& operator=(const NcclComm&) = delete;
 
   // x[0, n) on this rank's GPU <- the sum over the ranks, in place (every rank the same calls); returns when `stream`
-  // has run it. While it waits it watches NCCL's asynchronous error and, with `watch`, the ring's sockets: a rank
-  // that stopped mid-collective aborts the communicator and throws, instead of waiting forever.
+  // has run it. While it waits it watches NCCL's asynchronous error and, with `watch`, the ring's sockets and its
+  // timeout (ProcessGroup::timeout_seconds, counted from the call): a rank that stopped mid-collective, or a sum not
+  // done in that time, aborts the communicator and throws, instead of waiting forever. No timeout without `watch`.
   void all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const ProcessGroup* watch = nullptr);
 
  private:

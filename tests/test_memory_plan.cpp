@@ -1,6 +1,6 @@
 // The memory plan (trainer/memory_plan): base-weight bytes equal, to the byte, the tensor bytes our quantizers
-// write; the adapter count equals LoraAdapter::num_parameters(); the 72B verdicts (4-bit on 8 x 80 GB fits, bf16
-// on one 80 GB GPU does not); rejected configurations; and a measured check of the CPU activation + workspace
+// write; the adapter count equals LoraAdapter::num_parameters(); the 72B verdicts (4-bit fits each of 8 data-parallel
+// 80 GB GPUs, bf16 does not, and the plan names the NF4 figure); rejected configurations; and a measured check of the CPU activation + workspace
 // prediction against the resident memory the real trainer step (trainer/lora_model.h) adds.
 #include <gtest/gtest.h>
 
@@ -196,7 +196,8 @@ TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
     const PlanResult p = plan_memory(in);
     const LoraAdapter a(lora_dims_of(in.model), in.lora);
     EXPECT_EQ(p.lora_params, a.num_parameters()) << c.preset << " r=" << c.r << " " << c.targets;
-    EXPECT_EQ(p.device.lora_params, p.lora_params);
+    EXPECT_EQ(p.device.gradients, DeviceAllocator::round_size(static_cast<size_t>(4 * a.num_parameters())))
+        << "each GPU holds the whole gradient";
     in.lora.use_dora = true;  // plus m [N] per adapted Linear
     in.device = PlanDevice::Cpu;
     EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
@@ -239,6 +240,7 @@ PlanInput qwen72b(PlanBase base, int gpus) {
 }
 
 TEST(MemoryPlan, Qwen72bFourBitFitsEachGpuBf16DoesNot) {
+  const test::ScopedEnv host_ring("QWENQ_DP_NCCL", nullptr);  // NCCL's reserve only where it is set below
   for (PlanBase base : {PlanBase::Gptq, PlanBase::Awq, PlanBase::Nf4}) {
     const PlanResult p = plan_memory(qwen72b(base, 8));
     std::printf("%s", format_plan_table(p).c_str());
@@ -523,7 +525,6 @@ TEST(MemoryPlanMoe, AdapterParamsEqualLoraAdapter) {
         const PlanResult p = plan_memory(in);
         EXPECT_EQ(p.lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters())
             << preset << " " << targets << (dora ? " DoRA" : "");
-        EXPECT_EQ(p.device.lora_params, p.lora_params);
       }
     }
   }

@@ -753,6 +753,7 @@ TEST(MemoryPlanGpu, LogitsChunkFromTheEnvironment) {
 
 // Qwen2.5-72B GPTQ g128, r 16, T = 2048 on each of 8 data-parallel GPUs: every one the whole model's step.
 TEST(MemoryPlanGpu, Qwen72bOnEachOfEightGpus) {
+  const ScopedEnv host_ring("QWENQ_DP_NCCL", nullptr);  // NCCL's reserve only where it is set below
   PlanInput in = one_gpu(qwen_preset("qwen2.5-72b"), PlanBase::Gptq, 16, 2048);
   in.gpus = 8;
   const PlanResult p = plan_memory(in);

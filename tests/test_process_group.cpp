@@ -15,7 +15,10 @@
 //     closes its sockets and takes 0.3 s to finish: rank 0's launch, destroyed at once, still lets it finish.
 #include <gtest/gtest.h>
 
+#include <poll.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <chrono>
 #include <cmath>
@@ -196,6 +199,45 @@ TEST(ProcessGroup, TheTimeoutIsPerWaitNotPerRun) {
   });
   EXPECT_EQ(err[0], "");
   EXPECT_EQ(err[1], "");
+}
+
+TEST(ProcessGroup, TheTimeoutRestartsWithEveryByteMoved) {
+  // Rank 0 broadcasts 64 MiB to a rank 1 that this thread plays by hand after the size check: it reads 4 MiB every
+  // 40 ms, so rank 0's one exchange lasts at least (64 − 8) / 4 · 40 ms = 0.56 s (8 MiB fit in the socket's buffer)
+  // while no wait between two moves of its bytes is near its 0.4 s limit.
+  const auto fds = make_ring_sockets(2);
+  ProcessGroup g0(0, 2, fds[0].first, fds[0].second), g1(1, 2, fds[1].first, fds[1].second);
+  g0.set_timeout_seconds(0.4);
+  constexpr size_t kBytes = size_t{64} << 20, kPiece = size_t{4} << 20;
+  std::vector<char> sent(kBytes, 'q'), got(kBytes, 0);
+  std::string error;
+  const auto start = std::chrono::steady_clock::now();
+  std::thread rank0([&] {
+    try {
+      g0.broadcast(sent.data(), kBytes);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+  });
+  g1.check_same(kBytes, "the size of a broadcast");  // what broadcast does first
+  size_t have = 0;
+  while (have < kBytes && error.empty()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(40));
+    const size_t until = std::min(kBytes, have + kPiece);
+    while (have < until) {
+      pollfd p{fds[1].first, POLLIN, 0};
+      if (poll(&p, 1, 1000) <= 0) break;
+      const ssize_t k = read(fds[1].first, got.data() + have, until - have);
+      if (k <= 0) break;
+      have += static_cast<size_t>(k);
+    }
+  }
+  rank0.join();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(have, kBytes);
+  EXPECT_TRUE(got == sent);
+  EXPECT_GT(took, 0.4) << "the broadcast took less than the limit: this test showed nothing";
 }
 
 TEST(ProcessGroup, TimeoutFromTheEnvironment) {

@@ -163,7 +163,7 @@ void lora_arena_get(LoraAdapter* a, int64_t stage_floats,
                     const std::function<void(float* data, int64_t offset, int64_t n)>& read);
 
 // The per-batch buffers in LoraModelCuda's allocation order (xs first: the largest). `layers`: the decoder
-// layers whose block inputs are kept (the model's; a pipeline stage's in the plan); `rank`: the adapter's r;
+// layers whose block inputs are kept (the model's); `rank`: the adapter's r;
 // `flash`: the head dim runs flash attention (bf16 q/k/v copies; dq, dk, dv, da shared); `bf16_checkpoints`: xs
 // in bf16 plus xin; `dropout`: the adapter's lora_dropout > 0 (tmp allocated); `dora_targets`: a DoRA adapter's
 // targets (empty: no DoRA), which size the DoRA rows.

@@ -755,11 +755,11 @@ std::string format_plan_table(const PlanResult& p) {
          << "computes its share of each step's micro-batches (" << in.gpus << " x " << p.tokens
          << " tokens at a time); gradients summed " << (plan_nccl(in) ? "by NCCL (QWENQ_DP_NCCL=1)" : "through host memory")
          << "\n";
-    if (in.base != PlanBase::Bf16) {
-      os << "host memory: each process keeps its own copy of the packed Linears, " << format_bytes(p.base_linear_bytes)
-         << " (" << format_bytes(u64(in.gpus) * p.base_linear_bytes) << " for " << in.gpus
-         << "); the 16-bit tensors are read from the page cache, which the processes share\n";
-    }
+      if (in.base != PlanBase::Bf16) {
+        os << "host memory: each process keeps its own copy of the packed Linears, " << format_bytes(p.base_linear_bytes)
+           << " (" << format_bytes(u64(in.gpus) * p.base_linear_bytes) << " for " << in.gpus
+           << "); the 16-bit tensors are read from the page cache, which the processes share\n";
+      }
     }
   }
   os << "\n";
@@ -779,7 +779,6 @@ std::string format_plan_table(const PlanResult& p) {
            format_bytes(d.act_loss), format_bytes(cpu ? d.ws_dequant : d.ws_scratch), format_bytes(d.ws_logits),
            format_bytes(d.ws_threads), format_bytes(d.ws_reserve)});
   os << "\n";
-  const std::string each = in.device == PlanDevice::Cuda && in.gpus > 1 ? " each" : "";
   if (d.fits) {
     os << "fits: yes; " << d.name << " needs " << format_bytes(d.total) << " of " << format_bytes(d.capacity)
        << "; headroom " << signed_bytes(d.headroom) << "\n";

@@ -228,7 +228,8 @@ DType plan_dense_dtype(const std::string& torch_dtype);
 // Throws naming the shape when the layout cannot hold it (K or N not packing into int32 words, AWQ bits != 4).
 uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);
 
-// Throws with the offending value for a config the plan cannot describe (non-positive sizes, on the GPU a packed base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
+// Throws with the offending value for a config the plan cannot describe (non-positive sizes, on the GPU a packed
+// base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
 PlanResult plan_memory(const PlanInput& in);
 
 // Human-readable: a header, the device's table, the activation/workspace breakdown and the verdict.

@@ -99,7 +99,7 @@ stop_rank_2() {
 stop_rank_2 killed KILL "data-parallel rank [01]: rank 2 has stopped"
 # A rank alive but stuck (SIGSTOP, as a hung GPU would leave it): after QWENQ_DP_TIMEOUT_S seconds without data rank 0
 # names it, and the stopped rank is killed.
-stop_rank_2 hung STOP "data-parallel rank 0: nothing came from rank 2 for 2 s" QWENQ_DP_TIMEOUT_S=2
+stop_rank_2 hung STOP "data-parallel rank 0: nothing came from rank 2 for 5 s" QWENQ_DP_TIMEOUT_S=5
 
 # Inputs every rank must read: a pipe is refused before any rank starts.
 if "$QL" train -m "$WORK/tiny" -d <(cat "$WORK/data.jsonl") --device cpu --threads 1 --max-steps 1 --out "$WORK/pipe" \
