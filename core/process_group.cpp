@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -10,11 +11,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <sstream>
 
 #include "core/env_switch.h"
@@ -67,9 +70,96 @@ ProcessGroup::ProcessGroup(int rank, int world, int left_fd, int right_fd)
   }
 }
 
-ProcessGroup::~ProcessGroup() {
+ProcessGroup::~ProcessGroup() noexcept {
+  if (shm_ != nullptr) munmap(shm_, shm_bytes_);
   for (int fd : {left_fd_, right_fd_})
     if (fd >= 0) close(fd);
+}
+
+void ProcessGroup::set_shared_piece_bytes(size_t bytes) {
+  QWENQ_CHECK(shm_state_ == 0 && bytes >= 8 && bytes % 8 == 0,
+              "process group: the shared piece size must be a positive multiple of 8 bytes, set before the first large "
+              "sum (got " << bytes << ")");
+  shm_piece_ = bytes;
+}
+
+void ProcessGroup::barrier() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  double one = 1.0;
+  ring_all_reduce(&one, 1, kDouble);  // below kSharedSumMinBytes: the ring, which needs every rank's value
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+// Collective (every rank calls it at the same large sum): maps the shared segment, or settles on the ring.
+bool ProcessGroup::shared_sums_ready() {
+  if (shm_state_ != 0) return shm_state_ > 0;
+  shm_state_ = -1;
+  const bool want = env_switch("QWENQ_DP_SHM") != 0;
+  check_same(want ? 1 : 0, "QWENQ_DP_SHM (the large sums' transport)");
+  if (!want) return false;
+  const size_t bytes = shm_piece_ * static_cast<size_t>(world_ + 1);
+  char name[64] = {};
+  std::string why;
+  int fd = -1;
+  if (rank_ == 0) {
+    std::random_device rd;
+    std::snprintf(name, sizeof name, "/qwenq-dp-%d-%08x%08x", static_cast<int>(getpid()), rd(), rd());
+    fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0) {
+      why = std::string("shm_open: ") + std::strerror(errno);
+      name[0] = '\0';
+    } else if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); e != 0) {
+      why = "reserving " + std::to_string(bytes >> 20) + " MiB in /dev/shm: " + std::strerror(e);
+    }
+  }
+  broadcast(name, sizeof name);  // empty: rank 0 has none
+  if (rank_ != 0 && name[0] != '\0') {
+    fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0) why = std::string("shm_open: ") + std::strerror(errno);
+  }
+  void* map = MAP_FAILED;
+  if (fd >= 0 && why.empty()) {
+    map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) why = std::string("mmap: ") + std::strerror(errno);
+  }
+  if (fd >= 0) close(fd);
+  double ok = map != MAP_FAILED ? 1.0 : 0.0;
+  ring_all_reduce(&ok, 1, kDouble);  // also the point after which every rank has opened the name
+  if (rank_ == 0 && name[0] != '\0') shm_unlink(name);
+  if (ok != static_cast<double>(world_)) {
+    if (map != MAP_FAILED) munmap(map, bytes);
+    if (rank_ == 0) {
+      std::fprintf(stderr, "data parallel: the large sums go through the sockets (%s)\n",
+                   why.empty() ? "another rank could not map the shared memory" : why.c_str());
+    }
+    return false;
+  }
+  shm_ = map;
+  shm_bytes_ = bytes;
+  shm_state_ = 1;
+  return true;
+}
+
+template <typename T>
+void ProcessGroup::shared_all_reduce(T* x, int64_t n) {
+  const int64_t per_piece = static_cast<int64_t>(shm_piece_ / sizeof(T));
+  T* base = static_cast<T*>(shm_);
+  T* result = base + static_cast<size_t>(per_piece) * static_cast<size_t>(world_);
+  for (int64_t p0 = 0; p0 < n; p0 += per_piece) {
+    const int64_t len = std::min(per_piece, n - p0);
+    std::memcpy(base + static_cast<size_t>(per_piece) * static_cast<size_t>(rank_), x + p0,
+                static_cast<size_t>(len) * sizeof(T));
+    barrier();
+    const int64_t c0 = chunk_begin(len, world_, rank_), c1 = chunk_begin(len, world_, rank_ + 1);
+    for (int64_t i = c0; i < c1; ++i) {
+      T acc = base[i];
+      for (int q = 1; q < world_; ++q) acc = acc + base[static_cast<size_t>(per_piece) * static_cast<size_t>(q) + static_cast<size_t>(i)];
+      result[i] = acc;
+    }
+    barrier();  // every chunk summed: the slots may be written again once the result is copied out
+    std::memcpy(x + p0, result, static_cast<size_t>(len) * sizeof(T));
+    // The next piece's (or call's) first barrier keeps its result writes after every rank's copy above.
+  }
 }
 
 // Sends send_bytes to the right neighbour while receiving recv_bytes from the left one, interleaved through poll so
@@ -149,6 +239,10 @@ void ProcessGroup::ring_all_reduce(T* x, int64_t n, uint32_t type_code) {
                                     << " values meets rank " << left << "'s #" << theirs.call << " of " << theirs.n << " "
                                     << type_name(theirs.type) << " values (the ranks' runs have diverged)");
   if (n == 0) return;
+  if (static_cast<size_t>(n) * sizeof(T) >= kSharedSumMinBytes && shared_sums_ready()) {
+    shared_all_reduce(x, n);
+    return;
+  }
   std::vector<T> in(static_cast<size_t>(n / world_ + 1));
   // Reduce-scatter.
   for (int s = 0; s < world_ - 1; ++s) {

@@ -74,9 +74,14 @@ std::vector<std::string> on_ranks(int world, F fn) {
   return err;
 }
 
+// piece 0: the ring (QWENQ_DP_SHM=0), its documented order; else the shared-memory sums with pieces of `piece`
+// bytes, each value summed in rank order.
 template <typename T>
-void check_sums(int world, int64_t n) {
+void check_sums(int world, int64_t n, size_t piece = 0) {
+  const test::ScopedEnv transport("QWENQ_DP_SHM", piece == 0 ? "0" : nullptr);
   auto g = ring(world);
+  if (piece > 0)
+    for (auto& r : g) r->set_shared_piece_bytes(piece);
   std::vector<std::vector<T>> x(static_cast<size_t>(world)), in;
   Rng rng(kSeed + static_cast<uint64_t>(world * 1000003 + n));
   for (auto& v : x) {
@@ -86,10 +91,13 @@ void check_sums(int world, int64_t n) {
   in = x;
   const auto err = on_ranks(world, [&](int r) { g[r]->all_reduce_sum(x[r].data(), n); });
   for (int r = 0; r < world; ++r) ASSERT_EQ(err[r], "") << "rank " << r;
+  const bool shared = piece > 0 && world > 1 && static_cast<size_t>(n) * sizeof(T) >= ProcessGroup::kSharedSumMinBytes;
+  for (int r = 0; r < world; ++r) ASSERT_EQ(g[r]->shared_sums(), shared) << "world " << world << " n " << n << " rank " << r;
   for (int64_t i = 0; i < n; ++i) {
-    // The documented order: chunk c = the c with c·n/R <= i < (c+1)·n/R, summed from rank c around the ring.
+    // The ring's order: chunk c = the c with c·n/R <= i < (c+1)·n/R, summed from rank c around the ring. Shared: from
+    // rank 0 up.
     int c = 0;
-    while (n * (c + 1) / world <= i) ++c;
+    while (!shared && n * (c + 1) / world <= i) ++c;
     T model = in[static_cast<size_t>(c)][i];
     double exact = 0, mag = 0;
     for (int k = 1; k < world; ++k) model = model + in[static_cast<size_t>((c + k) % world)][i];
@@ -110,6 +118,72 @@ TEST(ProcessGroup, RingSumIsTheDocumentedOrderOnEveryRank) {
       if (n <= 1000) check_sums<double>(world, n);
     }
   }
+}
+
+TEST(ProcessGroup, SharedMemorySumIsRankOrderOnEveryRank) {
+  // Sizes below kSharedSumMinBytes keep the ring; above it, pieces of 96 KiB (24576 floats) cut the sums into one
+  // piece, several, and several with a short last one whose chunks are uneven.
+  for (int world : {2, 3, 4, 5}) {
+    for (int64_t n : {int64_t{65535}, int64_t{65536}, int64_t{100003}, int64_t{300001}}) {
+      check_sums<float>(world, n, size_t{96} << 10);
+    }
+    check_sums<double>(world, 40000, size_t{96} << 10);
+    check_sums<float>(world, 300001, size_t{32} << 20);  // the default piece: one, mostly empty
+  }
+}
+
+TEST(ProcessGroup, SharedSumsInARowAndBesideSmallOnes) {
+  auto g = ring(3);
+  for (auto& r : g) r->set_shared_piece_bytes(size_t{64} << 10);
+  const int64_t n = 100000;  // 400 KB: shared, 7 pieces of 16384 floats
+  std::vector<std::vector<float>> x(3, std::vector<float>(static_cast<size_t>(n)));
+  const auto err = on_ranks(3, [&](int r) {
+    for (int call = 0; call < 20; ++call) {
+      for (size_t i = 0; i < x[r].size(); ++i) x[r][i] = static_cast<float>((r + 1) * (call + 1)) + static_cast<float>(i % 7);
+      g[r]->all_reduce_sum(x[r].data(), n);
+      double d = r;
+      g[r]->all_reduce_sum(&d, 1);
+      for (size_t i = 0; i < x[r].size(); i += 997)
+        QWENQ_CHECK(x[r][i] == static_cast<float>(6 * (call + 1)) + 3.f * static_cast<float>(i % 7) && d == 3.0,
+                    "call " << call << " element " << i << ": " << x[r][i] << ", " << d);
+    }
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(err[r], "") << "rank " << r;
+    EXPECT_TRUE(g[r]->shared_sums());
+  }
+  EXPECT_THROW(g[0]->set_shared_piece_bytes(size_t{1} << 20), Error);  // fixed once set up
+}
+
+TEST(ProcessGroup, SharedSumsFallBackToTheRingWhenTheSegmentCannotBeHad) {
+  auto g = ring(3);
+  for (auto& r : g) r->set_shared_piece_bytes(size_t{1} << 42);  // 4 TiB a piece: /dev/shm cannot reserve it
+  std::vector<std::vector<float>> x(3, std::vector<float>(100000));
+  for (int r = 0; r < 3; ++r)
+    for (auto& e : x[r]) e = static_cast<float>(r + 1);
+  const auto err = on_ranks(3, [&](int r) { g[r]->all_reduce_sum(x[r].data(), 100000); });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(err[r], "") << "rank " << r;
+    EXPECT_FALSE(g[r]->shared_sums());
+    EXPECT_EQ(x[r].front(), 6.f);
+    EXPECT_EQ(x[r].back(), 6.f);
+  }
+}
+
+TEST(ProcessGroup, AStoppedRankIsNamedInASharedSum) {
+  auto g = ring(3);
+  std::vector<std::vector<float>> x(3, std::vector<float>(200000, 1.f));
+  // A first large sum sets the segment up on every rank; then rank 2 stops before the second.
+  auto err = on_ranks(3, [&](int r) { g[r]->all_reduce_sum(x[r].data(), 200000); });
+  for (int r = 0; r < 3; ++r) ASSERT_EQ(err[r], "") << "rank " << r;
+  ASSERT_TRUE(g[0]->shared_sums());
+  g[2].reset();
+  err = on_ranks(2, [&](int r) {
+    g[r]->all_reduce_sum(x[r].data(), 200000);
+    g[r].reset();
+  });
+  EXPECT_NE(err[0].find("rank 2 has stopped"), std::string::npos) << err[0];
+  EXPECT_NE(err[1].find("has stopped"), std::string::npos) << err[1];
 }
 
 TEST(ProcessGroup, ManyCallsInARowStayInStep) {

@@ -2,7 +2,8 @@
 # `qwen-qlora train --nproc R` (data parallelism, trainer/train_loop.h) against its oracle, one process with
 # --grad-accum R·G: the same micro-batches in the same order, so the same losses and adapter up to the order of the
 # fp32 gradient sums (LOSS_RTOL per step, ADAPTER_RTOL per tensor against its largest value; a rank's gradient lost
-# or counted twice moves them by percents). Also: 3 ranks over an epoch whose last step has fewer micro-batches than
+# or counted twice moves them by percents). Through shared memory (large gradients), 3 ranks match --grad-accum 3
+# bit for bit. Also: 3 ranks over an epoch whose last step has fewer micro-batches than
 # ranks; the ranks' shared evaluations give a single process's eval_loss to the bit; rank 0 alone writes the run
 # directory and reports; a run of 2 ranks stopped and resumed gives the uninterrupted run's losses bit for bit, and
 # resuming it with another --nproc is refused naming the flag; a rank killed mid-run, or stopped (SIGSTOP) past
@@ -42,6 +43,17 @@ compare "$WORK/dp3" "$WORK/ga3" > "$WORK/cmp3.txt" 2>&1 || fail "--nproc 3 diffe
   fail "--grad-accum 1 failed" "$WORK/ga1.txt"
 micro=$(grep -c '"loss"' "$WORK/ga1/metrics.jsonl")
 [ $((micro % 3)) != 0 ] || fail "the epoch's $micro micro-batches fill every step of 3: the short last step is not tested"
+# Gradients of 256 KiB and more (r 32 here: 65536 values) are summed through shared memory, in rank order: 3 ranks of
+# one micro-batch add them as one process with --grad-accum 3 does, and give its losses and adapter bit for bit (the
+# ring, QWENQ_DP_SHM=0, adds in another order: 2.4e-5 apart).
+R32=(-m "$WORK/tiny" -d "$WORK/data.jsonl" --seq-len 64 --lora-r 32 --lr 0.003 --lora-dropout 0.1 --threads 1 -q --device cpu)
+"$QL" train "${R32[@]}" --eval-count 8 --batch-size 2 --max-steps 6 --out "$WORK/shm3" --nproc 3 \
+  > "$WORK/shm3.txt" 2>&1 || fail "--nproc 3 --lora-r 32 failed" "$WORK/shm3.txt"
+"$QL" train "${R32[@]}" --eval-count 8 --batch-size 2 --max-steps 6 --out "$WORK/shmga3" --grad-accum 3 \
+  > "$WORK/shmga3.txt" 2>&1 || fail "--grad-accum 3 --lora-r 32 failed" "$WORK/shmga3.txt"
+python3 "$(dirname "$0")/compare_runs.py" "$WORK/shm3" "$WORK/shmga3" 0 0 > "$WORK/cmpshm.txt" 2>&1 ||
+  fail "--nproc 3 through shared memory is not --grad-accum 3 to the bit" "$WORK/cmpshm.txt"
+cmp -s "$WORK/shm3/adapter_model.safetensors" "$WORK/shmga3/adapter_model.safetensors" || fail "the shared-memory adapter differs"
 # The ranks share the evaluations (60 examples: 8 batches, uneven over 3 ranks) and gather them exactly: a single process's
 # `eval` of the same split gives the run's first (the base) and last (its adapter) eval_loss to the bit.
 EVAL=(-m "$WORK/tiny" --data "$WORK/data.jsonl" --seq-len 64 --batch-size 4 --eval-count 60 --threads 1 --json)
