@@ -109,7 +109,8 @@ bool ProcessGroup::shared_sums_ready() {
       why = std::string("shm_open: ") + std::strerror(errno);
       name[0] = '\0';
     } else if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); e != 0) {
-      why = "reserving " + std::to_string(bytes >> 20) + " MiB in /dev/shm: " + std::strerror(e);
+      why = "reserving " + std::to_string(bytes >> 20) + " MiB in /dev/shm: " + std::strerror(e) +
+            "; in a container, docker run --shm-size gives it more; QWENQ_DP_SHM=0 keeps the sockets without this line";
     }
   }
   broadcast(name, sizeof name);  // empty: rank 0 has none
