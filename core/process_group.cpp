@@ -29,7 +29,7 @@ namespace qwenq {
 namespace {
 
 constexpr uint32_t kMagic = 0x50445751;  // "QWDP"
-constexpr uint32_t kFloat = 1, kDouble = 2, kCheck = 3;
+constexpr uint32_t kFloat = 1, kDouble = 2, kCheck = 3, kBarrier = 4;
 
 struct Header {
   uint32_t magic, type;
@@ -37,7 +37,17 @@ struct Header {
   int64_t n;
 };
 
-const char* type_name(uint32_t t) { return t == kFloat ? "fp32" : t == kDouble ? "fp64" : t == kCheck ? "check" : "?"; }
+const char* type_name(uint32_t t) {
+  return t == kFloat ? "fp32" : t == kDouble ? "fp64" : t == kCheck ? "check" : t == kBarrier ? "barrier" : "?";
+}
+
+// Removes a shared-memory name when it goes out of scope (rank 0's segment, however its set-up ends).
+struct ShmName {
+  const char* name = nullptr;
+  ~ShmName() {
+    if (name != nullptr && name[0] != '\0') shm_unlink(name);
+  }
+};
 
 // Chunk c of n values cut into `world` pieces: [c·n/world, (c+1)·n/world).
 int64_t chunk_begin(int64_t n, int world, int c) { return n * c / world; }
@@ -86,7 +96,7 @@ void ProcessGroup::set_shared_piece_bytes(size_t bytes) {
 void ProcessGroup::barrier() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   double one = 1.0;
-  ring_all_reduce(&one, 1, kDouble);  // below kSharedSumMinBytes: the ring, which needs every rank's value
+  ring_all_reduce(&one, 1, kBarrier);  // below kSharedSumMinBytes: the ring, which needs every rank's value
   std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
@@ -95,16 +105,18 @@ bool ProcessGroup::shared_sums_ready() {
   if (shm_state_ != 0) return shm_state_ > 0;
   shm_state_ = -1;
   const bool want = env_switch("QWENQ_DP_SHM") != 0;
-  check_same(want ? 1 : 0, "QWENQ_DP_SHM (the large sums' transport)");
+  check_same(want ? shm_piece_ : 0, "QWENQ_DP_SHM and the piece size (the large sums' transport)");
   if (!want) return false;
   const size_t bytes = shm_piece_ * static_cast<size_t>(world_ + 1);
   char name[64] = {};
+  ShmName unlink_at_exit;  // rank 0's name is removed however this ends (an error on the ring included)
   std::string why;
   int fd = -1;
   if (rank_ == 0) {
     std::random_device rd;
     std::snprintf(name, sizeof name, "/qwenq-dp-%d-%08x%08x", static_cast<int>(getpid()), rd(), rd());
     fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd >= 0) unlink_at_exit.name = name;
     if (fd < 0) {
       why = std::string("shm_open: ") + std::strerror(errno);
       name[0] = '\0';
@@ -125,13 +137,15 @@ bool ProcessGroup::shared_sums_ready() {
   }
   if (fd >= 0) close(fd);
   double ok = map != MAP_FAILED ? 1.0 : 0.0;
-  ring_all_reduce(&ok, 1, kDouble);  // also the point after which every rank has opened the name
-  if (rank_ == 0 && name[0] != '\0') shm_unlink(name);
+  ring_all_reduce(&ok, 1, kDouble);  // also the point after which every rank has opened the name (unlinked at return)
   if (ok != static_cast<double>(world_)) {
     if (map != MAP_FAILED) munmap(map, bytes);
     if (rank_ == 0) {
       std::fprintf(stderr, "data parallel: the large sums go through the sockets (%s)\n",
-                   why.empty() ? "another rank could not map the shared memory" : why.c_str());
+                   why.empty() ? "another rank could not map the shared memory; it says why" : why.c_str());
+    } else if (!why.empty()) {
+      std::fprintf(stderr, "data parallel: rank %d cannot map the shared memory for the large sums (%s)\n", rank_,
+                   why.c_str());
     }
     return false;
   }

@@ -16,7 +16,9 @@
 // pages with posix_fallocate, passes the name along the ring and unlinks it once every rank has it mapped). Per piece
 // of x: every rank writes its values into its slot; barrier; rank r sums chunk r of the piece over the slots in rank
 // order, ((x_0 + x_1) + x_2) + ..., into the result piece; barrier; every rank copies the result out. The barriers are
-// ring sums of one value, so a stopped or stuck rank is named as below. Each rank moves about 3·n values through
+// ring sums of one value, so a stopped or stuck rank is named as below. The ranks check that they agree on
+// QWENQ_DP_SHM and the piece size first. Which transport a sum took changes its bits: a run and its resume agree
+// only if both had the segment (rank 0 prints a line when it falls back). Each rank moves about 3·n values through
 // memory instead of 2·n through sockets: several times the ring's speed (benchmarks/bench_all_reduce_cpu). Every rank
 // again ends with the same bits, in a fixed order (rank order); if some rank cannot map the segment (no /dev/shm, too
 // small), rank 0 says why once and every rank keeps the ring.
