@@ -57,6 +57,7 @@ class ProcessGroup {
   // A rank of a ring: left_fd is the socket to rank − 1, right_fd to rank + 1 (both owned: closed by the
   // destructor). world == 1 takes no sockets (-1, -1): every all-reduce returns at once.
   ProcessGroup(int rank, int world, int left_fd, int right_fd);
+  ~ProcessGroup() noexcept;
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
@@ -84,7 +85,6 @@ class ProcessGroup {
   // The piece size P of the shared sums (a multiple of 8 bytes), before the first large sum; the same on every rank.
   void set_shared_piece_bytes(size_t bytes);
   static constexpr size_t kSharedSumMinBytes = size_t{256} << 10;
-  ~ProcessGroup() noexcept;
 
  private:
   template <typename T>
