@@ -85,6 +85,7 @@ class ProcessGroup {
   // The piece size P of the shared sums (a multiple of 8 bytes), before the first large sum; the same on every rank.
   void set_shared_piece_bytes(size_t bytes);
   static constexpr size_t kSharedSumMinBytes = size_t{256} << 10;
+  static constexpr size_t kSharedPieceBytes = size_t{32} << 20;  // P by default
 
  private:
   template <typename T>
@@ -100,7 +101,7 @@ class ProcessGroup {
   uint64_t calls_ = 0;
   double timeout_s_;
   int shm_state_ = 0;  // 0: not tried yet, 1: the shared segment is mapped, -1: the ring for every sum
-  size_t shm_piece_ = size_t{32} << 20;
+  size_t shm_piece_ = kSharedPieceBytes;
   void* shm_ = nullptr;
   size_t shm_bytes_ = 0;
 };

@@ -9,6 +9,7 @@
 #include "core/env_switch.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/process_group.h"
 #include "core/progress.h"
 #include "lora/lora_adapter.h"
 #include "kernels/device_allocator.h"
@@ -753,7 +754,10 @@ std::string format_plan_table(const PlanResult& p) {
     if (in.gpus > 1) {
       os << "data parallel (train --nproc " << in.gpus << "): every GPU holds the whole model and the adapter, and "
          << "computes its share of each step's micro-batches (" << in.gpus << " x " << p.tokens
-         << " tokens at a time); gradients summed " << (plan_nccl(in) ? "by NCCL (QWENQ_DP_NCCL=1)" : "through host memory")
+         << " tokens at a time); gradients summed "
+         << (plan_nccl(in) ? std::string("by NCCL (QWENQ_DP_NCCL=1)")
+                           : "through host memory (a shared segment of " +
+                                 format_bytes(u64(in.gpus + 1) * ProcessGroup::kSharedPieceBytes) + " in /dev/shm)")
          << "\n";
       if (in.base != PlanBase::Bf16) {
         os << "host memory: each process keeps its own copy of the packed Linears, " << format_bytes(p.base_linear_bytes)
