@@ -116,13 +116,15 @@ bool ProcessGroup::shared_sums_ready() {
     std::random_device rd;
     std::snprintf(name, sizeof name, "/qwenq-dp-%d-%08x%08x", static_cast<int>(getpid()), rd(), rd());
     fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd >= 0) unlink_at_exit.name = name;
     if (fd < 0) {
       why = std::string("shm_open: ") + std::strerror(errno);
       name[0] = '\0';
-    } else if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); e != 0) {
-      why = "reserving " + std::to_string(bytes >> 20) + " MiB in /dev/shm: " + std::strerror(e) +
-            "; in a container, docker run --shm-size gives it more; QWENQ_DP_SHM=0 keeps the sockets without this line";
+    } else {
+      unlink_at_exit.name = name;
+      if (const int e = posix_fallocate(fd, 0, static_cast<off_t>(bytes)); e != 0) {
+        why = "reserving " + std::to_string(bytes >> 20) + " MiB in /dev/shm: " + std::strerror(e) +
+              "; in a container, docker run --shm-size gives it more; QWENQ_DP_SHM=0 keeps the sockets without this line";
+      }
     }
   }
   broadcast(name, sizeof name);  // empty: rank 0 has none
@@ -187,6 +189,17 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
   const int left = mod(rank_ - 1, world_), right = mod(rank_ + 1, world_);
   using Clock = std::chrono::steady_clock;
   auto last_progress = Clock::now();
+  // What one recv or send of k bytes from or to rank `peer` did: false when it would have blocked (poll again), else
+  // its bytes added to *done; a closed or failed connection throws, naming the rank.
+  const auto moved = [&](ssize_t k, int peer, size_t* done) {
+    if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return false;
+    QWENQ_CHECK(k > 0, "data-parallel rank " << rank_ << ": rank " << peer << " has stopped (its connection "
+                                             << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
+                                             << "; it prints its own error, if any)");
+    *done += static_cast<size_t>(k);
+    last_progress = Clock::now();
+    return true;
+  };
   while (sent < send_bytes || got < recv_bytes) {
     pollfd fds[2];
     int nfds = 0, si = -1, ri = -1;
@@ -216,24 +229,12 @@ void ProcessGroup::exchange(const void* send, size_t send_bytes, void* recv, siz
       QWENQ_CHECK(!(fds[i].revents & POLLNVAL), "data-parallel rank " << rank_ << ": socket " << fds[i].fd
                                                                      << " is not open (during " << what << ")");
     }
-    if (ri >= 0 && (fds[ri].revents & (POLLIN | POLLHUP | POLLERR))) {
-      const ssize_t k = ::recv(left_fd_, rp + got, recv_bytes - got, 0);
-      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      QWENQ_CHECK(k > 0, "data-parallel rank " << rank_ << ": rank " << left << " has stopped (its connection "
-                                               << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
-                                               << "; it prints its own error, if any)");
-      got += static_cast<size_t>(k);
-      last_progress = Clock::now();
+    if (ri >= 0 && (fds[ri].revents & (POLLIN | POLLHUP | POLLERR)) &&
+        !moved(::recv(left_fd_, rp + got, recv_bytes - got, 0), left, &got)) {
+      continue;
     }
-    if (si >= 0 && (fds[si].revents & (POLLOUT | POLLHUP | POLLERR))) {
-      const ssize_t k = ::send(right_fd_, sp + sent, send_bytes - sent, MSG_NOSIGNAL);
-      if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
-      QWENQ_CHECK(k > 0, "data-parallel rank " << rank_ << ": rank " << right << " has stopped (its connection "
-                                               << (k == 0 ? std::string("closed") : std::string("failed: ") + std::strerror(errno)) << " during " << what
-                                               << "; it prints its own error, if any)");
-      sent += static_cast<size_t>(k);
-      last_progress = Clock::now();
-    }
+    if (si >= 0 && (fds[si].revents & (POLLOUT | POLLHUP | POLLERR)))
+      moved(::send(right_fd_, sp + sent, send_bytes - sent, MSG_NOSIGNAL), right, &sent);
   }
 }
 

@@ -18,10 +18,10 @@
 // order, ((x_0 + x_1) + x_2) + ..., into the result piece; barrier; every rank copies the result out. The barriers are
 // ring sums of one value, so a stopped or stuck rank is named as below. The ranks check that they agree on
 // QWENQ_DP_SHM and the piece size first. Which transport a sum took changes its bits: a run and its resume agree
-// only if both had the segment (rank 0 prints a line when it falls back). Each rank moves about 3·n values through
-// memory instead of 2·n through sockets: several times the ring's speed (benchmarks/bench_all_reduce_cpu). Every rank
-// again ends with the same bits, in a fixed order (rank order); if some rank cannot map the segment (no /dev/shm, too
-// small), rank 0 says why once and every rank keeps the ring.
+// only if both had the segment. Each rank moves about 3·n values through memory instead of 2·n through sockets:
+// several times the ring's speed (benchmarks/bench_all_reduce_cpu). Every rank again ends with the same bits, in a
+// fixed order (rank order); if some rank cannot map the segment (no /dev/shm, too small), rank 0 says why once and
+// every rank keeps the ring.
 // Every call first passes a header around the ring (a sequence number, the element type and n): ranks whose calls
 // disagree (a diverged run) get an error naming both, not mixed-up data. A rank that stopped (its sockets closed)
 // makes its neighbours' next call throw, naming it, instead of hanging; so does a rank killed outright. A rank that

@@ -138,14 +138,15 @@ void NcclComm::all_reduce_sum(float* x, int64_t n, cudaStream_t stream, const Pr
     QWENQ_CHECK(q == cudaErrorNotReady, "ncclAllReduce of " << n << " fp32 values: " << cudaGetErrorString(q));
     NcclResult async = kNcclSuccess;
     api.CommGetAsyncError(comm_, &async);
+    const bool nccl_failed = async != kNcclSuccess && async != kNcclInProgress;
     const bool peer_gone = watch != nullptr && watch->neighbour_stopped();
     const double timeout = watch != nullptr ? watch->timeout_seconds() : 0;
     const bool timed_out =
         timeout > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout;
-    if ((async != kNcclSuccess && async != kNcclInProgress) || peer_gone || timed_out) {
+    if (nccl_failed || peer_gone || timed_out) {
       api.CommAbort(comm_);
       comm_ = nullptr;
-      if (timed_out && !peer_gone && (async == kNcclSuccess || async == kNcclInProgress)) {  // the specific cause first
+      if (!nccl_failed && !peer_gone) {  // the timeout alone: a more specific cause is named first
         QWENQ_FAIL(dp_timeout_message(watch->rank(), "an NCCL all-reduce did not complete", timeout,
                                       "a sum of " + std::to_string(n) + " fp32 values"));
       }
