@@ -27,13 +27,18 @@
 
 #include <cstdint>
 
+namespace qwenq {
+
+// Largest head dim the naive kernel takes (4 output columns per thread of a 128-thread block); declared in every
+// build: the host asks it before an upload.
+constexpr int64_t kAttentionNaiveMaxHeadDim = 512;
+
+}  // namespace qwenq
+
 #ifdef QWENQ_HAVE_CUDA
 #include "kernels/cuda_check.h"
 
 namespace qwenq {
-
-// Largest head dim the naive kernel takes (4 output columns per thread of a 128-thread block).
-constexpr int64_t kAttentionNaiveMaxHeadDim = 512;
 
 // q: [T, H, D], k and v: [T, Hkv, D], out: [T, H, D], fp32 device memory, T = cu_seqlens[n_seqs]; lse: [T, H]
 // fp32 device memory or null. cu_seqlens: n_seqs + 1 offsets in host memory. Queued on `stream`; the argument

@@ -20,6 +20,9 @@ void rope_forward_ref(float* x, int64_t T, int64_t H, int64_t D, const int32_t* 
 // dx: [T, H, D] fp32, on entry the gradient of the rotated x', on return that of x (in place).
 void rope_backward_ref(float* dx, int64_t T, int64_t H, int64_t D, const int32_t* pos, const RopeSpec& rope);
 
+// Largest head dim of the CUDA twins (declared here in every build: the host asks it before an upload).
+constexpr int64_t kRopeMaxHeadDim = 512;
+
 }  // namespace qwenq
 
 #ifdef QWENQ_HAVE_CUDA
@@ -32,7 +35,6 @@ namespace qwenq {
 // fp32 product, cos and sin are taken in double, rounded to fp32 and multiplied by the scaling in fp32: the same
 // rotation as the ref up to the last bit of cos/sin.
 // D at most kRopeMaxHeadDim.
-constexpr int64_t kRopeMaxHeadDim = 512;
 void rope_forward_cuda(float* x, int64_t T, int64_t H, int64_t D, const int32_t* pos, const RopeSpec& rope,
                        CudaStream stream = nullptr);
 void rope_backward_cuda(float* dx, int64_t T, int64_t H, int64_t D, const int32_t* pos, const RopeSpec& rope,

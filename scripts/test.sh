@@ -10,4 +10,6 @@ if ! scripts/oracle_env.sh; then
   echo "test: oracle environment unavailable; oracle tests will be skipped" >&2
 fi
 scripts/build.sh "$@"
+# With nvcc the build above compiled the CUDA backend; a clone without it must compile too.
+if grep -q '^CMAKE_CUDA_COMPILER:[A-Z]*=.*nvcc$' build/CMakeCache.txt; then scripts/cpu_only_check.sh; fi
 ctest --test-dir build --output-on-failure -j "$(nproc)"

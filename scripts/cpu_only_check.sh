@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Compiles every C++ file of a build without CUDA (-DQWENQ_CUDA=OFF, what a clone on a machine without nvcc gets),
+# syntax only: CI's build has nvcc, so code that names a CUDA-only declaration outside `#ifdef QWENQ_HAVE_CUDA`
+# would otherwise reach users unseen (it did once: trainer/gpu_support.cpp, found on 2026-12-05). Configures
+# build-cpu-only/ (no objects are written there) and runs its compile commands with -fsyntax-only, in parallel, for
+# the files that include a header of ours (or are one) testing QWENQ_HAVE_CUDA: about half of them, ~1.5 min on 2 cores.
+# Usage: scripts/cpu_only_check.sh [build-dir]. Exit 1 and the compiler's messages when a file does not compile.
+# QWENQ_CHECK_CXX=aarch64-linux-gnu-g++ (Debian's g++-aarch64-linux-gnu) checks every file with that compiler instead,
+# without -march=native: whether the CPU code builds for an ARM host such as a GH200's Grace (not in CI; 2026-12-05:
+# all 262 library, tool and test files after one test's fix).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-build-cpu-only}
+start=$(date +%s)
+generator=()
+command -v ninja > /dev/null && generator=(-G Ninja)
+mkdir -p "$dir"
+if ! cmake -S . -B "$dir" "${generator[@]}" -DQWENQ_CUDA=OFF > "$dir/configure.log" 2>&1; then
+  cat "$dir/configure.log" >&2
+  echo "cpu_only_check: configuring without CUDA failed (log above)" >&2
+  exit 1
+fi
+QWENQ_CHECK_CXX=${QWENQ_CHECK_CXX:-} python3 - "$dir/compile_commands.json" "$(nproc)" <<'EOF'
+import json, os, shlex, subprocess, sys
+from concurrent.futures import ThreadPoolExecutor
+
+cross = os.environ["QWENQ_CHECK_CXX"]
+entries = [e for e in json.load(open(sys.argv[1]))
+           if not e["file"].endswith(".cu") and not (cross and "/benchmarks/" in e["file"])]
+
+def command(e):  # the build's command without the object output and the compile-only flag
+    args = e["arguments"] if "arguments" in e else shlex.split(e["command"])
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "-o":
+            skip = True
+        elif a != "-c" and not (cross and a == "-march=native"):
+            out.append(a)
+    if cross:
+        out[0] = cross
+    return out
+
+mentions = {}
+def names_the_switch(path):
+    if path not in mentions:
+        with open(path, errors="replace") as f:
+            mentions[path] = "QWENQ_HAVE_CUDA" in f.read()
+    return mentions[path]
+
+def check(e):
+    # A file none of whose own headers (-MM: the project's, not the system's) mentions QWENQ_HAVE_CUDA preprocesses
+    # to the same text in both builds, and the CUDA build compiled it: only the others are compiled here.
+    r = subprocess.run(command(e) + ["-MM", "-MF", "/dev/stdout"], cwd=e["directory"], capture_output=True, text=True)
+    if r.returncode == 0 and not cross:
+        deps = r.stdout.replace("\\\n", " ").split()[1:]
+        if not any(names_the_switch(os.path.join(e["directory"], d)) for d in deps):
+            return e["file"], None, ""
+    r = subprocess.run(command(e) + ["-fsyntax-only"], cwd=e["directory"], capture_output=True, text=True)
+    return e["file"], r.returncode, r.stderr
+
+failed = compiled = 0
+with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
+    for path, rc, err in pool.map(check, entries):
+        compiled += rc is not None
+        if rc:
+            failed += 1
+            sys.stderr.write(err)
+            sys.stderr.write(f"cpu_only_check: {path} does not compile {'with ' + cross if cross else 'without CUDA'}\n")
+if failed:
+    sys.exit(f"cpu_only_check: {failed} of {compiled} C++ files fail to compile {'with ' + cross if cross else 'without CUDA'}")
+if cross:
+    print(f"cpu_only_check: all {compiled} C++ files compile with {cross}")
+else:
+    print(f"cpu_only_check: the {compiled} of {len(entries)} C++ files whose headers test QWENQ_HAVE_CUDA compile without it")
+EOF
+echo "cpu_only_check: $(( $(date +%s) - start )) s"
