@@ -85,12 +85,18 @@ double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
 // Clip ties: a group whose two best clip steps have the same error up to fp32 rounding picks either, and which one
 // depends on the summation order, i.e. on the machine (our -march=native code and torch's CPU kernels). On an AVX2
 // machine (2026-12-04) 1 of 9216 groups of the dense model took the neighbouring step (2.9 % off; on the AVX-512
-// machines before, none did). So up to kClipTiesPerGroup of the groups may sit a clip step away (at most
-// kClipStepRelTol), and the logits check below still holds the whole model to AutoAWQ's error.
+// machines before, none did). The MoE model's experts see a few calibration tokens each, so their error can be
+// flat over more than one step: an -O1 sanitizer build (2026-12-05; its norms within 4e-7 of the -O3 build's) put
+// scale 138 of layer 1's experts.6.up_proj 12 % from AutoAWQ's, more than one step can move it (see below).
+// So up to kClipTiesPerGroup of the groups may sit one clip step away (at most kClipStepRelTol), or two in a MoE
+// model (kClipTwoStepsRelTol), and the logits check below still holds the whole model to AutoAWQ's error.
 constexpr double kNormRelTol = 1e-5;
 constexpr double kGroupScaleRelTol = 2.5e-3;  // 2^-10 is one fp16 ulp relative
-constexpr double kClipTiesPerGroup = 1e-3;    // share of groups allowed a neighbouring clip step
-constexpr double kClipStepRelTol = 0.1;       // a neighbouring step moves a scale by a few percent, never 10 %
+constexpr double kClipTiesPerGroup = 1e-3;    // share of groups allowed a tie a clip step or two away
+// The clip grid is 1, 0.95, ..., 0.55 of a group's largest |w| (n_grid 20, max_shrink 0.5): one step moves a scale
+// by at most 0.05 / 0.55 = 9.1 %, two by 0.10 / 0.55 = 18.2 % (less where only one side of the group is clipped).
+constexpr double kClipStepRelTol = 0.1;
+constexpr double kClipTwoStepsRelTol = 0.2;
 // Our router against the source's times the folded scales (the norms' ratio): fp32 roundings.
 constexpr double kRouterRelTol = 1e-5;
 
@@ -168,7 +174,7 @@ TEST(AutoAwqOracle, OurAwqMatchesAutoAwqOnTheSameCalibration) {
   EXPECT_LE(worst_norm, kNormRelTol);
   EXPECT_LE(static_cast<double>(scales_off), kClipTiesPerGroup * groups)
       << scales_off << " of " << groups << " group scales more than 2 fp16 ulps from AutoAWQ's";
-  EXPECT_LE(worst_scale, kClipStepRelTol);
+  EXPECT_LE(worst_scale, c.is_moe() ? kClipTwoStepsRelTol : kClipStepRelTol);
   EXPECT_LE(e_ours, 1.05 * e_theirs);
 }
 
