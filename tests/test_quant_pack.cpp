@@ -145,7 +145,10 @@ std::vector<int32_t> stream_by_bits(int64_t count, int64_t cols, int bits,
 
 TEST(GptqPack, ParallelWordsAreTheLayoutsBitsAtAnyThreadCount) {
   for (int bits : {2, 3, 4, 8}) {
-    for (auto [K, N] : {std::pair<int64_t, int64_t>{4864, 64}, {896, 160}}) {  // 311K and 143K codes: 3+ chunks
+    // 311K and 143K codes: 3+ chunks. K and N are plain variables: C++17 lambdas cannot capture a structured binding
+    // (clang 14 refuses it; GCC accepts it as an extension).
+    for (const std::pair<int64_t, int64_t> shape : {std::pair<int64_t, int64_t>{4864, 64}, {896, 160}}) {
+      const int64_t K = shape.first, N = shape.second;
       SCOPED_TRACE(::testing::Message() << "bits " << bits << " K " << K << " N " << N << " seed " << kSeed);
       const auto codes = random_codes(K * N, bits, kSeed + 7 * bits + K);
       const auto expect = stream_by_bits(K, N, bits, [&](int64_t k, int64_t n) { return codes[k * N + n]; });

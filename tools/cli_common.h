@@ -152,7 +152,7 @@ class EvalDevice {
   std::string add_peaks(nlohmann::ordered_json* j) const;
 
  private:
-  Device device_;
+  [[maybe_unused]] Device device_;  // read by the GPU paths only
 #ifdef QWENQ_HAVE_CUDA
   std::vector<std::unique_ptr<QwenModelCuda>> gpus_;
 #endif

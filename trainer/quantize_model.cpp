@@ -214,7 +214,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
     const std::pair<int64_t, int64_t> shape = out_shape(name, t.shape[0], t.shape[1]);
     const int64_t N = shape.first, K = shape.second;
-    const TensorView* next = li + 1 < n_linear ? linears[li + 1] : nullptr;
+    [[maybe_unused]] const TensorView* next = li + 1 < n_linear ? linears[li + 1] : nullptr;  // the GPU's prefetch
     ++li;
     // A refusal of this Linear's weights (a non-finite value) names its shard file and tensor; a device out of
     // memory keeps its own report.
