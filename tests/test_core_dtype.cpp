@@ -85,31 +85,23 @@ uint16_t ref_f32_to_bf16(uint32_t bits) {
 constexpr bool kHaveHw = true;
 uint16_t hw_f32_to_f16(float f) { return _cvtss_sh(f, 0); }  // 0 = round to nearest even
 float hw_f16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) || defined(__FLT16_MAX__)
+#if defined(__aarch64__)
 // ARM's storage type: the conversions are FCVT in the FPCR's rounding mode (nearest even). GCC 12's C++ has no
 // _Float16 there (cross-compiled with aarch64-linux-gnu-g++, 2026-12-05).
+using HwHalf = __fp16;
+#else
+using HwHalf = _Float16;
+#endif
 constexpr bool kHaveHw = true;
 uint16_t hw_f32_to_f16(float f) {
-  __fp16 h = static_cast<__fp16>(f);
+  const HwHalf h = static_cast<HwHalf>(f);
   uint16_t b;
   std::memcpy(&b, &h, 2);
   return b;
 }
 float hw_f16_to_f32(uint16_t b) {
-  __fp16 h;
-  std::memcpy(&h, &b, 2);
-  return static_cast<float>(h);
-}
-#elif defined(__FLT16_MAX__)
-constexpr bool kHaveHw = true;
-uint16_t hw_f32_to_f16(float f) {
-  _Float16 h = static_cast<_Float16>(f);
-  uint16_t b;
-  std::memcpy(&b, &h, 2);
-  return b;
-}
-float hw_f16_to_f32(uint16_t b) {
-  _Float16 h;
+  HwHalf h;
   std::memcpy(&h, &b, 2);
   return static_cast<float>(h);
 }
