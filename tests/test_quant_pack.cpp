@@ -147,7 +147,7 @@ TEST(GptqPack, ParallelWordsAreTheLayoutsBitsAtAnyThreadCount) {
   for (int bits : {2, 3, 4, 8}) {
     // 311K and 143K codes: 3+ chunks. K and N are plain variables: C++17 lambdas cannot capture a structured binding
     // (clang 14 refuses it; GCC accepts it as an extension).
-    for (const std::pair<int64_t, int64_t> shape : {std::pair<int64_t, int64_t>{4864, 64}, {896, 160}}) {
+    for (const auto& shape : {std::pair<int64_t, int64_t>{4864, 64}, {896, 160}}) {
       const int64_t K = shape.first, N = shape.second;
       SCOPED_TRACE(::testing::Message() << "bits " << bits << " K " << K << " N " << N << " seed " << kSeed);
       const auto codes = random_codes(K * N, bits, kSeed + 7 * bits + K);
