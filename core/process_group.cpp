@@ -160,17 +160,17 @@ bool ProcessGroup::shared_sums_ready() {
 template <typename T>
 void ProcessGroup::shared_all_reduce(T* x, int64_t n) {
   const int64_t per_piece = static_cast<int64_t>(shm_piece_ / sizeof(T));
-  T* base = static_cast<T*>(shm_);
-  T* result = base + static_cast<size_t>(per_piece) * static_cast<size_t>(world_);
+  // Slot q (rank q's values) of the segment; slot world_ holds the result.
+  const auto slot = [&](int q) { return static_cast<T*>(shm_) + static_cast<size_t>(per_piece) * static_cast<size_t>(q); };
+  T* result = slot(world_);
   for (int64_t p0 = 0; p0 < n; p0 += per_piece) {
     const int64_t len = std::min(per_piece, n - p0);
-    std::memcpy(base + static_cast<size_t>(per_piece) * static_cast<size_t>(rank_), x + p0,
-                static_cast<size_t>(len) * sizeof(T));
+    std::memcpy(slot(rank_), x + p0, static_cast<size_t>(len) * sizeof(T));
     barrier();
     const int64_t c0 = chunk_begin(len, world_, rank_), c1 = chunk_begin(len, world_, rank_ + 1);
     for (int64_t i = c0; i < c1; ++i) {
-      T acc = base[i];
-      for (int q = 1; q < world_; ++q) acc = acc + base[static_cast<size_t>(per_piece) * static_cast<size_t>(q) + static_cast<size_t>(i)];
+      T acc = slot(0)[i];
+      for (int q = 1; q < world_; ++q) acc = acc + slot(q)[i];
       result[i] = acc;
     }
     barrier();  // every chunk summed: the slots may be written again once the result is copied out
