@@ -125,23 +125,27 @@ std::string last_error_line(const std::string& log) {
   return last.empty() ? "see " + log : last;
 }
 
+// The number after the first `skip` characters of option `p` of method `spec` (g64 -> 64), refused with the method's
+// name unless it is a plain decimal of at most 9 digits (std::stoll alone would say only "stoll").
+int64_t option_number(const std::string& spec, const std::string& p, size_t skip) {
+  QWENQ_CHECK(p.size() > skip && p.size() - skip <= 9 && p.find_first_not_of("0123456789", skip) == std::string::npos,
+              "compare: option '" << p << "' in method '" << spec << "' needs a number of at most 9 digits after '"
+                                  << p.substr(0, skip) << "'");
+  return std::stoll(p.substr(skip));
+}
+
 // A spec's LoftQ options, "lq<R>" (rank) and "it<T>" (iterations), taken out of `parts`; the method is then
 // evaluated with the adapter it writes (<model>/loftq_init).
 struct LoftqSpec {
   int64_t rank = 0, iters = 1;
 };
 LoftqSpec take_loftq_options(const std::string& spec, std::vector<std::string>* parts) {
-  auto number = [&](const std::string& p, size_t skip) {
-    QWENQ_CHECK(p.size() > skip && p.find_first_not_of("0123456789", skip) == std::string::npos,
-                "compare: '" << p << "' in method '" << spec << "' needs a positive number");
-    return std::stoll(p.substr(skip));
-  };
   LoftqSpec lq;
   std::vector<std::string> kept = {parts->front()};  // the method's name stays whatever it is
   for (size_t i = 1; i < parts->size(); ++i) {
     const std::string& p = (*parts)[i];
-    if (p.rfind("lq", 0) == 0 && p.size() > 2) lq.rank = number(p, 2);
-    else if (p.rfind("it", 0) == 0 && p.size() > 2) lq.iters = number(p, 2);
+    if (p.rfind("lq", 0) == 0 && p.size() > 2) lq.rank = option_number(spec, p, 2);
+    else if (p.rfind("it", 0) == 0 && p.size() > 2) lq.iters = option_number(spec, p, 2);
     else kept.push_back(p);
   }
   QWENQ_CHECK(lq.rank > 0 || lq.iters == 1, "compare: method '" << spec << "' gives it<T> without lq<R>");
@@ -157,6 +161,21 @@ void set_gguf_bits(const GgufFileType& ft, CompareRow* row) {
   const char* digit = info.name[0] == 'Q' ? info.name + 1 : info.name[0] == 'I' ? info.name + 2 : nullptr;
   row->bits = digit ? *digit - '0' : static_cast<int>(info.bytes * 8);
   row->group_size = info.block;
+}
+
+// An integer method's bits, group and file format refused before any work, with the quantizers' own messages (a
+// child that refused them would cost a run of the methods before it and leave the row out).
+void check_int_spec(const std::string& spec, int bits, int64_t group, bool sym, const std::string& fmt) {
+  QuantizeOptions o;
+  o.bits = bits;
+  o.group_size = group;
+  o.sym = sym;
+  o.layout = fmt == "awq" ? IntLayout::AwqGemm : fmt == "gptq_v2" ? IntLayout::GptqV2 : IntLayout::GptqV1;
+  try {
+    check_int_options(o);
+  } catch (const Error& e) {
+    QWENQ_FAIL("compare: method '" << spec << "': " << e.what());
+  }
 }
 
 // The subcommand arguments of a spec split into `parts` (its LoftQ options taken out), and the row's format.
@@ -175,12 +194,13 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
       else if (p == "act" && base == "gptq") act = true;
       else if (p == "v2") fmt = "gptq_v2";
       else if (p == "pc") group = -1;
-      else if (p.size() > 1 && p[0] == 'g') group = std::stoll(p.substr(1));
-      else if (p.size() > 1 && p[0] == 'b') bits = std::stoi(p.substr(1));
+      else if (p.size() > 1 && p[0] == 'g') group = option_number(spec, p, 1);
+      else if (p.size() > 1 && p[0] == 'b') bits = static_cast<int>(option_number(spec, p, 1));
       else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec
                                                   << "' (rtn options: g<N>, pc, b<N>, asym, v2, awq; gptq: g<N>, pc, b<N>, asym, v2, act)");
     }
     if (asym && fmt == "gptq") fmt = "gptq_v2";  // v1 cannot store a zero point of 0
+    check_int_spec(spec, bits, group, !asym, fmt);
     row->format = fmt == "awq" ? "awq-gemm" : fmt;
     row->bits = bits;
     row->group_size = group;
@@ -204,10 +224,11 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
       const std::string& p = parts[i];
       if (p == "noclip") clip = false;
       else if (p == "v2") fmt = "gptq_v2";
-      else if (p.size() > 1 && p[0] == 'g') group = std::stoll(p.substr(1));
+      else if (p.size() > 1 && p[0] == 'g') group = option_number(spec, p, 1);
       else QWENQ_FAIL("compare: unknown option '" << p << "' in method '" << spec << "' (awq options: g<N>, noclip, v2)");
     }
     QWENQ_CHECK(!a.calib.empty(), "compare: method '" << spec << "' needs calibration text: pass --calib FILE");
+    check_int_spec(spec, 4, group, false, fmt);
     row->format = fmt == "awq" ? "awq-gemm" : fmt;
     row->bits = 4;
     row->group_size = group;
@@ -224,7 +245,7 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
       QWENQ_CHECK(p.size() > 1 && p[0] == 'b' && p.find_first_not_of("0123456789", 1) == std::string::npos,
                   "compare: unknown option '" << p << "' in method '" << spec
                                               << "' (fp8 options: b<N>, blocks of N x N as Qwen's block-wise fp8)");
-      block = std::stoll(p.substr(1));
+      block = option_number(spec, p, 1);
     }
     row->format = block ? "fp8 e4m3 blocks " + std::to_string(block) + "x" + std::to_string(block)
                         : std::string("compressed-tensors float8");
@@ -505,9 +526,6 @@ void run_compare(CompareArgs& a) {
   // Both window lengths checked against the model's context now, not by each child after quantizing.
   a.seq_len = window_len_for_model(model, a.seq_len, a.seq_len_given, "--seq-len");
   a.calib_seq_len = window_len_for_model(model, a.calib_seq_len, a.calib_seq_len_given, "--calib-seq-len");
-  QWENQ_CHECK(std::system(("mkdir -p '" + a.out + "/models' '" + a.out + "/logs'").c_str()) == 0,
-              "compare: cannot create " << a.out);
-  const std::string logs = path_join(a.out, "logs");
   CompareTable t;
   t.model = model;
   t.seq_len = a.seq_len;
@@ -533,6 +551,10 @@ void run_compare(CompareArgs& a) {
   }
   const std::vector<std::pair<std::string, std::string>> given = given_models(a, model, specs);
   QWENQ_CHECK(!specs.empty() || !given.empty(), "compare: no --methods and no --quantized models to compare");
+  // Only now that every spec and given model is known to be good: a refused run leaves no directory behind.
+  QWENQ_CHECK(std::system(("mkdir -p '" + a.out + "/models' '" + a.out + "/logs'").c_str()) == 0,
+              "compare: cannot create " << a.out);
+  const std::string logs = path_join(a.out, "logs");
 
   std::fprintf(stderr, "compare: %s on %zu text(s), %zu method(s), %zu given model(s); outputs in %s\n",
                model.c_str(), a.data.size(), specs.size(), given.size(), a.out.c_str());
@@ -628,6 +650,11 @@ void run_compare(CompareArgs& a) {
   std::printf("%s", compare_markdown(t).c_str());
   for (const auto& f : failed) std::printf("\nnot in the table: %s\n", f.c_str());
   std::printf("\nwrote %s/compare.{md,csv,json,svg}\n", a.out.c_str());
+  std::fflush(stdout);  // the table before the error line below, also through a pipe
+  // Like make -k: the other rows are in the table, and the exit status still says that a row is missing.
+  QWENQ_CHECK(failed.empty(), "compare: " << failed.size() << " of " << specs.size() + given.size()
+                                          << " methods and given models failed and are not in the table (above; "
+                                          << "their logs in " << logs << ")");
 }
 
 }  // namespace

@@ -64,6 +64,39 @@ assert rows["mine"]["perplexity"] == rows["rtn-g32"]["perplexity"], (rows["mine"
 assert rows["mine"]["given"] and rows["mine"]["quant_seconds"] is None and "given" not in rows["rtn-g32"]
 assert rows["q8"]["size_bytes"] > 0
 PY
+# The other integer options (b<N>, pc, act, asym) and AWQ as methods; AWQ, bitsandbytes and FP8 directories as given
+# rows, described from their own configs; the FP8 directory made as the fp8-b32 method makes it scores what that row
+# scores.
+"$QQ" rtn --model "$WORK/tiny" --out "$WORK/given-awq" --format awq --group-size 32 --quiet
+"$QQ" nf4 --model "$WORK/tiny" --out "$WORK/given-nf4" --quiet
+"$QQ" fp8 --model "$WORK/tiny" --out "$WORK/given-fp8" --format fp8 --block 32 --quiet
+"$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-b8-pc,awq-g32,gptq-g32-act-asym,fp8-b32 \
+  --quantized "gawq=$WORK/given-awq" --quantized "gnf4=$WORK/given-nf4" --quantized "gfp8=$WORK/given-fp8" \
+  --calib "$SRC/README.md" --calib-samples 4 --calib-seq-len 64 --seq-len 128 --out "$WORK/cmp9" --threads 1 \
+  > "$WORK/out9.txt" 2>&1 || { cat "$WORK/out9.txt"; exit 1; }
+for row in '| rtn-b8-pc | gptq | 8 | -1 |' '| awq-g32 | awq-gemm | 4 | 32 |' '| gptq-g32-act-asym | gptq_v2 act-order | 4 | 32 |' \
+  '| gawq | awq-gemm | 4 | 32 |' '| gnf4 | bnb-nf4+dq | 4 | 64 |' '| gfp8 | fp8 e4m3 blocks 32x32 | 8 | 32 |'; do
+  grep -qF "$row" "$WORK/cmp9/compare.md" || { echo "no row $row"; cat "$WORK/cmp9/compare.md"; exit 1; }
+done
+python3 - "$WORK/cmp9/compare.json" <<'PY'
+import json, sys
+rows = {r["method"]: r for r in json.load(open(sys.argv[1]))["rows"]}
+assert rows["gfp8"]["perplexity"] == rows["fp8-b32"]["perplexity"], (rows["gfp8"], rows["fp8-b32"])
+orig = rows["original"]["perplexity"]["README"]
+# 8 bits per channel lose less than 4 bits in groups of 32
+assert abs(rows["rtn-b8-pc"]["perplexity"]["README"] - orig) < abs(rows["gawq"]["perplexity"]["README"] - orig), rows
+PY
+# A method whose quantization fails at run time (GPTQ on a calibration file with a malformed line) leaves its row out
+# and says why; the table holds the others, and the exit status is 1 (like make -k).
+printf '{"text": "one calibration line"}\n{"text": 5}\n' > "$WORK/bad-calib.jsonl"
+if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32,gptq-g32 --calib "$WORK/bad-calib.jsonl" \
+  --seq-len 128 --out "$WORK/cmp10" --threads 1 > "$WORK/out10.txt" 2>&1; then
+  echo "a failed method gave exit status 0"; cat "$WORK/out10.txt"; exit 1
+fi
+grep -q '^| rtn-g32 | gptq | 4 | 32 |' "$WORK/cmp10/compare.md" || { cat "$WORK/out10.txt"; exit 1; }
+! grep -q '^| gptq-g32 ' "$WORK/cmp10/compare.md" || { cat "$WORK/cmp10/compare.md"; exit 1; }
+grep -q "not in the table: gptq-g32: .*bad-calib.jsonl:2: " "$WORK/out10.txt" || { cat "$WORK/out10.txt"; exit 1; }
+grep -q "error: compare: 1 of 2 methods and given models failed" "$WORK/out10.txt" || { cat "$WORK/out10.txt"; exit 1; }
 # --kld: each row's KL divergence from the original and its top-1 agreement beside the perplexity (eval --kl-base),
 # the perplexities the same to the bit as without it; a given model scores what the method that made it scores.
 # --choices: each row's multiple-choice accuracy (qwen-quant multiple-choice) too.
@@ -145,6 +178,18 @@ for bad in "x=$WORK/other|is not a quantization of" "$WORK/given-rtn|expected NA
   fi
   grep -q "${bad#*|}" "$WORK/bad6.txt" || { cat "$WORK/bad6.txt"; exit 1; }
   [ ! -e "$WORK/cmp6/compare.md" ] || { echo "--quantized ${bad%%|*}: refused after work"; exit 1; }
+done
+# Options a quantizer would refuse are refused before any work too, with the method's name (a number that is not one,
+# bits and groups the file formats cannot hold, AWQ without calibration text), and leave no output directory.
+for bad in "rtn-gfoo|option 'gfoo' in method 'rtn-gfoo' needs a number" "gptq-b7|method 'gptq-b7': --bits 7 is not supported" \
+  "rtn-g0|method 'rtn-g0': --group-size must be -1 or at least 8" "rtn-awq-b3|AWQ GEMM files hold 4-bit codes only" \
+  "nf4-lq99999999999|option 'lq99999999999' in method" "awq-g32|method 'awq-g32' needs calibration text"; do
+  if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods "rtn-g32,${bad%%|*}" --out "$WORK/cmp11" \
+    > "$WORK/bad11.txt" 2>&1; then
+    echo "method ${bad%%|*} accepted"; exit 1
+  fi
+  grep -qF "${bad#*|}" "$WORK/bad11.txt" || { cat "$WORK/bad11.txt"; exit 1; }
+  [ ! -e "$WORK/cmp11" ] || { echo "method ${bad%%|*}: refused after work"; exit 1; }
 done
 # A method that cannot exist is refused before any work.
 if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods bogus --out "$WORK/cmp2" > "$WORK/bad.txt" 2>&1; then
