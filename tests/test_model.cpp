@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "tests/support/scoped_env.h"
 #include "tests/support/test_paths.h"
 #include "trainer/llama2c_import.h"
 #include "trainer/model_dir.h"
@@ -87,6 +88,49 @@ TEST(ModelDir, ResolvesHuggingFaceCacheOffline) {
   EXPECT_NE(err.find("cannot find model 'Qwen/Missing'"), std::string::npos) << err;
   EXPECT_NE(err.find("models--Qwen--Missing"), std::string::npos) << err;
   unsetenv("HF_HUB_CACHE");
+}
+
+// Where a repo id is looked up, in huggingface_hub's order (its constants.py): HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE,
+// HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, HOME/.cache/huggingface/hub; each cache here holds the repo under its
+// own commit, so the snapshot found names the cache used. A leading ~ is HOME; an empty variable is unset.
+TEST(ModelDir, HubCacheFollowsHuggingfaceHubsOrder) {
+  const std::string root = test::scratch_dir();
+  const auto make_cache = [&](const std::string& hub, const std::string& commit) {
+    const std::string repo = hub + "/models--Qwen--Order";
+    EXPECT_EQ(std::system(("mkdir -p " + repo + "/snapshots/" + commit + " " + repo + "/refs").c_str()), 0);
+    write_file_atomic(repo + "/snapshots/" + commit + "/config.json", std::string(kGoodConfig));
+    write_file_atomic(repo + "/refs/main", commit + "\n");
+    return repo + "/snapshots/" + commit;
+  };
+  const std::string home = make_cache(root + "/home/.cache/huggingface/hub", "home");
+  const std::string xdg = make_cache(root + "/xdg/huggingface/hub", "xdg");
+  const std::string hf_home = make_cache(root + "/hfhome/hub", "hfhome");
+  const std::string legacy = make_cache(root + "/legacy", "legacy");
+  const std::string hub = make_cache(root + "/hub", "hub");
+  test::ScopedEnv h("HOME", (root + "/home").c_str());
+  test::ScopedEnv x("XDG_CACHE_HOME", nullptr), f("HF_HOME", nullptr);
+  test::ScopedEnv l("HUGGINGFACE_HUB_CACHE", nullptr), c("HF_HUB_CACHE", nullptr);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), home);
+  ::setenv("XDG_CACHE_HOME", (root + "/xdg").c_str(), 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), xdg);
+  ::setenv("HF_HOME", (root + "/hfhome").c_str(), 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), hf_home);
+  ::setenv("HUGGINGFACE_HUB_CACHE", (root + "/legacy").c_str(), 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), legacy);
+  ::setenv("HF_HUB_CACHE", (root + "/hub").c_str(), 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), hub);
+  ::setenv("HF_HUB_CACHE", "", 1);  // empty: the next one down
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), legacy);
+  // ~ is HOME, in every variable: HOME = root, so ~/legacy and ~/hfhome are the caches above.
+  ::setenv("HOME", root.c_str(), 1);
+  ::setenv("HUGGINGFACE_HUB_CACHE", "~/legacy", 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), legacy);
+  ::unsetenv("HUGGINGFACE_HUB_CACHE");
+  ::setenv("HF_HOME", "~/hfhome", 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), hf_home);
+  ::unsetenv("HF_HOME");
+  ::setenv("XDG_CACHE_HOME", "~/xdg", 1);
+  EXPECT_EQ(resolve_model_dir("Qwen/Order"), xdg);
 }
 
 TEST(ModelLoad, MissingTensorAndWrongShapeAreNamed) {

@@ -16,16 +16,24 @@ std::string env_or_empty(const char* name) {
   return v ? std::string(v) : std::string();
 }
 
-// The hub cache directory, in the order huggingface_hub resolves it.
+// A leading "~" (alone or before a slash) as $HOME, as Python's os.path.expanduser does.
+std::string expand_home(const std::string& p) {
+  if (p == "~" || p.rfind("~/", 0) == 0) return env_or_empty("HOME") + p.substr(1);
+  return p;
+}
+
+// The hub cache directory, in the order huggingface_hub (constants.py) resolves it: HF_HUB_CACHE, the legacy
+// HUGGINGFACE_HUB_CACHE, HF_HOME/hub, XDG_CACHE_HOME/huggingface/hub, ~/.cache/huggingface/hub; a leading ~ expanded
+// ($VAR references are not: huggingface_hub's expandvars is left out). A variable set to "" counts as unset.
 std::string hub_cache_dir() {
-  std::string v = env_or_empty("HF_HUB_CACHE");
-  if (!v.empty()) return v;
-  v = env_or_empty("HUGGINGFACE_HUB_CACHE");
-  if (!v.empty()) return v;
-  v = env_or_empty("HF_HOME");
-  if (!v.empty()) return path_join(v, "hub");
+  for (const char* name : {"HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"}) {
+    const std::string v = env_or_empty(name);
+    if (!v.empty()) return expand_home(v);
+  }
+  std::string v = env_or_empty("HF_HOME");
+  if (!v.empty()) return path_join(expand_home(v), "hub");
   v = env_or_empty("XDG_CACHE_HOME");
-  if (!v.empty()) return path_join(path_join(v, "huggingface"), "hub");
+  if (!v.empty()) return path_join(path_join(expand_home(v), "huggingface"), "hub");
   return path_join(env_or_empty("HOME"), ".cache/huggingface/hub");
 }
 
