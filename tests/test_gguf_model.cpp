@@ -6,6 +6,8 @@
 #include <cstring>
 #include <utility>
 
+#include <nlohmann/json.hpp>
+
 #include "core/files.h"
 #include "core/gguf.h"
 #include "core/rng.h"
@@ -326,6 +328,41 @@ TEST(GgufModel, DequantizesBackToAHuggingFaceDirectory) {
   EXPECT_EQ(b.config().model_type, "qwen2");
   const std::string text = "hello world, the GGUF round trip";
   EXPECT_EQ(Tokenizer::from_dir(back).encode(text), Tokenizer::from_dir(hf).encode(text));
+}
+
+// Linear RoPE scaling (rope_scaling {"type": "linear", "factor": F}) is written as llama.cpp's convert_hf_to_gguf.py
+// writes it (<arch>.rope.scaling.type "linear", .rope.scaling.factor F), read back into the same RopeSpec, and written
+// again into config.json by dequantize: the F32 file and the directory made from it give the scaled model's logits bit
+// for bit, which are not the unscaled model's.
+TEST(GgufModel, LinearRopeScalingRoundTrips) {
+  const std::string dir = test::scratch_dir();
+  const std::string plain = test::make_tiny_model(dir + "/plain", 17);
+  const std::string scaled = test::make_tiny_model(dir + "/scaled", 17);
+  nlohmann::json cfg = nlohmann::json::parse(read_file(scaled + "/config.json"));
+  cfg["rope_scaling"] = {{"type", "linear"}, {"factor", 4.0}};
+  write_file_atomic(scaled + "/config.json", cfg.dump(2));
+  const std::string gguf = test::export_gguf_to(scaled, dir + "/scaled.gguf", "f32");
+  {
+    const GgufFile f(gguf);
+    EXPECT_EQ(f.get_string("qwen2.rope.scaling.type"), "linear");
+    EXPECT_EQ(f.get_float("qwen2.rope.scaling.factor"), 4.0);
+  }
+  const std::string plain_gguf = test::export_gguf_to(plain, dir + "/plain.gguf", "f32");
+  EXPECT_FALSE(GgufFile(plain_gguf).has("qwen2.rope.scaling.type"));
+
+  const QwenModel hf(scaled), file(gguf), unscaled(plain);
+  EXPECT_EQ(file.config().rope.type, RopeType::Linear);
+  EXPECT_EQ(file.config().rope.factor, 4.0);
+  const PackedBatch batch = test::random_batch({19, 7}, hf.config().vocab_size, 3);
+  const std::vector<float> want = hf.forward_logits(batch);
+  EXPECT_EQ(file.forward_logits(batch), want);
+  EXPECT_NE(unscaled.forward_logits(batch), want) << "the scaling changed nothing: the test would not see it dropped";
+
+  const std::string back = fp32_directory_of(gguf, dir + "/back");
+  const nlohmann::json back_cfg = nlohmann::json::parse(read_file(back + "/config.json"));
+  EXPECT_EQ(back_cfg.at("rope_scaling").at("rope_type"), "linear") << back_cfg.dump();
+  EXPECT_EQ(back_cfg.at("rope_scaling").at("factor"), 4.0) << back_cfg.dump();
+  EXPECT_EQ(QwenModel(back).forward_logits(batch), want);
 }
 
 TEST(GgufModel, BadInputIsRefusedByName) {
