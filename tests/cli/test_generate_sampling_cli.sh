@@ -78,4 +78,19 @@ printf '{"do_sample": true, "top_p": 1.5}\n' > "$G"
 refuse bad_p "$G: \"top_p\" 1.5 outside (0, 1]" "$QL" generate --model "$WORK/gc" --prompt x
 printf '{"do_sample": true,' > "$G"
 refuse bad_json "$G: not valid JSON" "$QQ" generate --model "$WORK/gc" --prompt x
+# --chat: the system and user turns rendered by the model's ChatML template with the generation prompt; sampling with
+# one seed then continues exactly as from that text given as a plain prompt (which the output echoes first).
+chat_text=$'<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n'
+"$QQ" generate --model "$WORK/tiny" --chat --system "Be brief." --prompt "Hello there" -n 12 --temperature 1.5 --seed 3 \
+  --threads 1 > "$WORK/chat.txt" 2> "$WORK/chat.err" || fail "generate --chat" "$WORK/chat.err"
+"$QQ" generate --model "$WORK/tiny" --prompt "$chat_text" -n 12 --temperature 1.5 --seed 3 --threads 1 \
+  > "$WORK/chat_plain.txt" 2> "$WORK/chat_plain.err" || fail "generate on the rendered text" "$WORK/chat_plain.err"
+printf '%s' "$chat_text" > "$WORK/chat_prompt.txt"
+python3 - "$WORK/chat_plain.txt" "$WORK/chat_prompt.txt" "$WORK/chat.txt" <<'PY' || fail "generate --chat differs" "$WORK/chat.err"
+import sys
+plain, prompt, chat = (open(f, "rb").read() for f in sys.argv[1:4])
+assert plain.startswith(prompt), (plain, prompt)
+assert chat and plain[len(prompt):] == chat, (plain[len(prompt):], chat)
+PY
+grep -q "^49 prompt tokens, 12 new tokens" "$WORK/chat.err" || fail "generate --chat: not the 49 prompt tokens" "$WORK/chat.err"
 echo "generate sampling CLI: OK"
