@@ -426,6 +426,27 @@ TEST(ProcessGroup, BroadcastGivesEveryRankRankZerosBytes) {
   }
 }
 
+// neighbour_stopped (what the NCCL wait polls, kernels/nccl_comm.cu): false while both neighbours live, also with a
+// neighbour's bytes waiting unread; true on both neighbours of a rank whose sockets closed, not on the others.
+TEST(ProcessGroup, NeighbourStoppedSeesAClosedSocketNotUnreadData) {
+  EXPECT_FALSE(ring(1)[0]->neighbour_stopped());
+  auto g = ring(4);
+  for (int r = 0; r < 4; ++r) EXPECT_FALSE(g[r]->neighbour_stopped()) << "rank " << r;
+  // Rank 0 starts a broadcast alone: its first bytes reach a neighbour that has not called yet.
+  std::vector<std::vector<char>> data(4, std::vector<char>(64, 'x'));
+  std::thread lead([&] { g[0]->broadcast(data[0].data(), data[0].size()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  for (int r = 1; r < 4; ++r) EXPECT_FALSE(g[r]->neighbour_stopped()) << "rank " << r << " with bytes to read";
+  std::vector<std::thread> rest;
+  for (int r = 1; r < 4; ++r) rest.emplace_back([&, r] { g[r]->broadcast(data[r].data(), data[r].size()); });
+  lead.join();
+  for (auto& t : rest) t.join();
+  g[2].reset();  // rank 2 stops: ranks 1 and 3 are its neighbours, rank 0 is not
+  EXPECT_TRUE(g[1]->neighbour_stopped());
+  EXPECT_TRUE(g[3]->neighbour_stopped());
+  EXPECT_FALSE(g[0]->neighbour_stopped());
+}
+
 // The started side of the spawn tests below: runs only in a process spawn_process_group started (this binary,
 // filtered to this test), doing what QWENQ_TEST_DP_MODE says, then leaves without gtest's exit.
 TEST(ProcessGroupSpawn, StartedRank) {
