@@ -123,22 +123,57 @@ uint64_t peak_rss_bytes() {
 namespace {
 
 // The first number in `path` (a /proc or /sys file), or false where it is absent or not a number ("max").
-bool read_number(const char* path, uint64_t* value) {
+bool read_number(const std::string& path, uint64_t* value) {
   std::ifstream in(path);
   std::string word;
-  if (!(in >> word) || word.empty() || word.find_first_not_of("0123456789") != std::string::npos) return false;
+  if (!(in >> word) || word.empty() || word.size() > 19 || word.find_first_not_of("0123456789") != std::string::npos)
+    return false;
   *value = std::stoull(word);
   return true;
 }
 
+// The value of `key` in a "key value" per line file (memory.stat), 0 where absent.
+uint64_t read_key(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  std::string k;
+  uint64_t v = 0;
+  while (in >> k >> v) {
+    if (k == key) return v;
+  }
+  return 0;
+}
+
+// Whether the whitespace-separated words of `path` include `word` (cgroup.controllers).
+bool has_word(const std::string& path, const std::string& word) {
+  std::ifstream in(path);
+  for (std::string w; in >> w;) {
+    if (w == word) return true;
+  }
+  return false;
+}
+
+// The cgroup of this process for the memory controller: cgroup v2's "0::PATH" line of /proc/self/cgroup, or v1's
+// "N:...memory...:PATH"; "/" where the file says nothing (no cgroups, or an older kernel).
+std::string memory_cgroup_path(const std::string& root, bool v2) {
+  std::ifstream in(root + "/proc/self/cgroup");
+  for (std::string line; std::getline(in, line);) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    if (v2 ? line.compare(0, a, "0") == 0 && controllers.empty() : ("," + controllers + ",").find(",memory,") != std::string::npos)
+      return path.empty() ? "/" : path;
+  }
+  return "/";
+}
+
 }  // namespace
 
-uint64_t available_memory_bytes(std::string* source) {
+uint64_t available_memory_bytes_under(const std::string& root, std::string* source) {
   // MemAvailable (what the kernel can give without swapping) plus free swap: a run that would swap is slow, not
   // impossible, and this bound is for refusing what cannot run at all.
   uint64_t avail = 0, swap = 0;
   bool have_avail = false;
-  std::ifstream in("/proc/meminfo");
+  std::ifstream in(root + "/proc/meminfo");
   std::string line;
   while (std::getline(in, line)) {
     const bool is_avail = line.compare(0, 13, "MemAvailable:") == 0, is_swap = line.compare(0, 9, "SwapFree:") == 0;
@@ -152,30 +187,37 @@ uint64_t available_memory_bytes(std::string* source) {
   }
   uint64_t best = have_avail ? avail + swap : 0;
   std::string from = have_avail ? "MemAvailable + SwapFree" : "";
-  // A cgroup limit (containers): the limit less what is in use, page cache that can be dropped (inactive files,
-  // e.g. a memory-mapped model read earlier) not counted as in use.
-  uint64_t limit = 0, usage = 0;
-  const bool v2 = read_number("/sys/fs/cgroup/memory.max", &limit) && read_number("/sys/fs/cgroup/memory.current", &usage);
-  const bool v1 = !v2 && read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", &limit) &&
-                  read_number("/sys/fs/cgroup/memory/memory.usage_in_bytes", &usage);
-  // cgroup v1 writes a huge number (about 2^63) for "no limit"; anything above 2^60 is taken as none.
-  if ((v2 || v1) && limit < (uint64_t{1} << 60)) {
-    std::ifstream stat(v2 ? "/sys/fs/cgroup/memory.stat" : "/sys/fs/cgroup/memory/memory.stat");
-    const std::string key = v2 ? "inactive_file" : "total_inactive_file";
-    std::string k;
-    uint64_t v = 0;
-    while (stat >> k >> v) {
-      if (k == key) {
-        usage -= std::min(usage, v);
-        break;
-      }
+  // A cgroup limit (containers, Slurm jobs, systemd units): at each level from this process's cgroup up to the
+  // hierarchy's root, the limit less what is in use there, page cache that can be dropped (inactive files, e.g. a
+  // memory-mapped model read earlier) not counted as in use; the tightest level bounds the process. A level whose
+  // directory is not there is skipped: inside a container the cgroup file names the host's path, and the
+  // container's own cgroup is mounted as the root. cgroup v2 (memory.max / memory.current) where the unified
+  // hierarchy has the memory controller, else v1 (memory.limit_in_bytes / memory.usage_in_bytes).
+  const std::string v2_root = root + "/sys/fs/cgroup", v1_root = root + "/sys/fs/cgroup/memory";
+  const bool v2 = has_word(v2_root + "/cgroup.controllers", "memory");
+  const std::string base = v2 ? v2_root : v1_root;
+  std::string path = memory_cgroup_path(root, v2);
+  while (true) {
+    const std::string dir = base + (path == "/" ? "" : path);
+    uint64_t limit = 0, usage = 0;
+    const bool known = v2 ? read_number(dir + "/memory.max", &limit) && read_number(dir + "/memory.current", &usage)
+                          : read_number(dir + "/memory.limit_in_bytes", &limit) &&
+                                read_number(dir + "/memory.usage_in_bytes", &usage);
+    // cgroup v1 writes a huge number (about 2^63) for "no limit"; anything above 2^60 is taken as none.
+    if (known && limit < (uint64_t{1} << 60)) {
+      usage -= std::min(usage, read_key(dir + "/memory.stat", v2 ? "inactive_file" : "total_inactive_file"));
+      const uint64_t left = limit > usage ? limit - usage : 0;
+      if (from.empty() || left < best) best = left, from = "the cgroup's memory limit";
     }
-    const uint64_t left = limit > usage ? limit - usage : 0;
-    if (best == 0 || left < best) best = left, from = "the cgroup's memory limit";
+    if (path == "/" || path.empty()) break;
+    const size_t slash = path.find_last_of('/');
+    path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
   }
   if (source) *source = from;
   return best;
 }
+
+uint64_t available_memory_bytes(std::string* source) { return available_memory_bytes_under("", source); }
 
 std::string format_bytes(uint64_t bytes) {
   static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};

@@ -32,8 +32,11 @@ std::string format_bytes(uint64_t bytes);  // "1.23 GiB"
 
 // Host memory this process may still take, in bytes: MemAvailable + SwapFree of /proc/meminfo, lowered to what a
 // cgroup memory limit leaves (v2 memory.max - memory.current, or v1 limit - usage; droppable page cache, the
-// inactive files, not counted as used) when one is set; 0 where neither is known. Sets *source to which bound it
-// is ("MemAvailable + SwapFree" or "the cgroup's memory limit") when given. For refusing work that cannot fit.
+// inactive files, not counted as used) at the process's cgroup (/proc/self/cgroup: a Slurm job's, a systemd unit's)
+// or any cgroup above it, the tightest; 0 where nothing is known. Sets *source to which bound it is
+// ("MemAvailable + SwapFree" or "the cgroup's memory limit") when given. For refusing work that cannot fit.
 uint64_t available_memory_bytes(std::string* source = nullptr);
+// The same from the files under `root` (root + "/proc/meminfo", root + "/sys/fs/cgroup/..."): for tests.
+uint64_t available_memory_bytes_under(const std::string& root, std::string* source = nullptr);
 
 }  // namespace qwenq
