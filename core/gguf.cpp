@@ -432,12 +432,6 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type, std::vector<
   tensors_.push_back({name, type, std::move(ne), std::move(produce), bytes});
 }
 
-uint64_t GgufWriter::payload_bytes() const {
-  uint64_t n = 0;
-  for (const Entry& e : tensors_) n += e.bytes;
-  return n;
-}
-
 uint32_t GgufWriter::alignment() const {
   for (const auto& kv : kv_)
     if (kv.first == "general.alignment") return static_cast<uint32_t>(kv.second.i);

@@ -146,7 +146,6 @@ class GgufWriter {
   // is called once, in order, while writing, and must return exactly the tensor's byte size.
   void add_tensor(const std::string& name, GgmlType type, std::vector<int64_t> ne,
                   std::function<std::vector<uint8_t>()> produce);
-  uint64_t payload_bytes() const;
   size_t tensor_count() const { return tensors_.size(); }
   // Writes "<path>.tmp.<pid>", then renames it onto `path`. `on_tensor(i, n)` is called after each tensor.
   void write(const std::string& path, const std::function<void(size_t, size_t)>& on_tensor = {}) const;

@@ -4,7 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+
+#include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/files.h"
@@ -275,6 +279,121 @@ TEST(GgmlBlocks, RefusesTypesItDoesNotHandle) {
   std::vector<uint8_t> b(292);
   expect_error([&] { quantize_ggml_row(GgmlType::Q8_K, x.data(), 256, b.data()); }, "Q8_K");
   expect_error([&] { dequantize_ggml_row(GgmlType::Q8_1, b.data(), 256, x.data()); }, "Q8_1");
+}
+
+// ---- oracle half (tests/oracle/test_gguf_oracle.py, section 3) ------------------------------------------------
+
+// GGUF's value types as gguf-py numbers them (GGUFValueType), for the JSON both halves exchange.
+int type_id(GgufType t) { return static_cast<int>(t); }
+
+// One metadata value as JSON: {"type", "value"} for a scalar, {"type": 9, "elem", "values"} for an array, an array of
+// arrays as {"type": 9, "elem": 9, "nested": true}. Unsigned 64-bit values travel as unsigned.
+nlohmann::json value_json(const GgufValue& v) {
+  nlohmann::json j = {{"type", type_id(v.type)}};
+  if (v.type == GgufType::ARRAY) {
+    j["elem"] = type_id(v.elem);
+    if (v.nested) j["nested"] = true;
+    else if (v.elem == GgufType::STRING) j["values"] = v.strs;
+    else if (v.elem == GgufType::F32 || v.elem == GgufType::F64) j["values"] = v.floats;
+    else if (v.elem == GgufType::U64) {
+      j["values"] = nlohmann::json::array();
+      for (int64_t i : v.ints) j["values"].push_back(static_cast<uint64_t>(i));
+    } else {
+      j["values"] = v.ints;
+    }
+  } else if (v.type == GgufType::STRING) {
+    j["value"] = v.s;
+  } else if (v.is_float()) {
+    j["value"] = v.f;
+  } else if (v.type == GgufType::U64) {
+    j["value"] = static_cast<uint64_t>(v.i);
+  } else if (v.type == GgufType::BOOL) {
+    j["value"] = v.i != 0;
+  } else {
+    j["value"] = v.i;
+  }
+  return j;
+}
+
+GgufValue scalar(GgufType t, int64_t i) {
+  GgufValue v;
+  v.type = t;
+  v.i = i;
+  return v;
+}
+GgufValue int_array(GgufType elem, std::vector<int64_t> ints) {
+  GgufValue v;
+  v.type = GgufType::ARRAY;
+  v.elem = elem;
+  v.ints = std::move(ints);
+  return v;
+}
+
+// Reads $QWENQ_ORACLE_GGUF_TYPES_DIR/ggufpy.gguf, which gguf-py's GGUFWriter wrote with every value type (each
+// scalar at its range's edges, an array of each, an array of arrays), general.alignment 64 and two F32 tensors, and
+// checks every key and tensor against expected.json (gguf-py's values). Then writes ours.gguf the other way (every
+// type, alignment 64, a tensor) with ours.json, for gguf-py's GGUFReader to read.
+TEST(GgufOracle, EveryValueTypeBothWays) {
+  const char* env = std::getenv("QWENQ_ORACLE_GGUF_TYPES_DIR");
+  if (!env || !*env) GTEST_SKIP() << "QWENQ_ORACLE_GGUF_TYPES_DIR not set (run tests/oracle/test_gguf_oracle.py)";
+  const std::string dir = env;
+  const nlohmann::json want = nlohmann::json::parse(read_file(dir + "/expected.json"));
+  {
+    const GgufFile f(dir + "/ggufpy.gguf");
+    EXPECT_EQ(f.alignment(), 64u);
+    for (const auto& [key, e] : want.at("kv").items()) {
+      ASSERT_TRUE(f.has(key)) << key;
+      EXPECT_EQ(value_json(f.get(key)), e) << key;
+    }
+    for (const auto& t : want.at("tensors")) {
+      const GgufTensor& x = f.tensor(t.at("name").get<std::string>());
+      EXPECT_EQ(x.ne, t.at("ne").get<std::vector<int64_t>>()) << x.name;
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(x.data) % 64, 0u) << x.name << " is not on the file's 64-byte alignment";
+      const std::vector<float> values = t.at("values").get<std::vector<float>>();
+      ASSERT_EQ(x.bytes, values.size() * 4) << x.name;
+      EXPECT_EQ(std::memcmp(x.data, values.data(), x.bytes), 0) << x.name;
+    }
+  }
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("qwen2"));
+  w.set("general.alignment", GgufValue::u32(64));
+  w.set("t.u8", scalar(GgufType::U8, 255));
+  w.set("t.i8", scalar(GgufType::I8, -128));
+  w.set("t.u16", GgufValue::u16(65535));
+  w.set("t.i16", scalar(GgufType::I16, -32768));
+  w.set("t.u32", GgufValue::u32(4294967295u));
+  w.set("t.i32", GgufValue::i32(-2147483647 - 1));
+  w.set("t.u64", GgufValue::u64(18446744073709551615ull));
+  w.set("t.i64", scalar(GgufType::I64, INT64_MIN));
+  w.set("t.f32", GgufValue::f32(-0.15625f));
+  GgufValue f64;
+  f64.type = GgufType::F64;
+  f64.f = 0.1;  // not a float: must travel as 8 bytes
+  w.set("t.f64", f64);
+  w.set("t.bool", GgufValue::boolean(false));
+  w.set("t.str", GgufValue::str("Ġthe \xe4\xbd\xa0 \"q\"\n"));
+  w.set("t.arr.u8", int_array(GgufType::U8, {0, 7, 255}));
+  w.set("t.arr.i16", int_array(GgufType::I16, {-32768, 1, 32767}));
+  w.set("t.arr.u64", int_array(GgufType::U64, {0, static_cast<int64_t>(1ull << 63)}));
+  w.set("t.arr.i64", int_array(GgufType::I64, {INT64_MIN, -1, INT64_MAX}));
+  w.set("t.arr.bool", int_array(GgufType::BOOL, {1, 0, 1}));
+  w.set("t.arr.i32", GgufValue::i32_array({-5, 0, 5}));
+  w.set("t.arr.f32", GgufValue::f32_array({0.5, -2.25}));
+  GgufValue f64s;
+  f64s.type = GgufType::ARRAY;
+  f64s.elem = GgufType::F64;
+  f64s.floats = {0.1, -1e300};
+  w.set("t.arr.f64", f64s);
+  w.set("t.arr.str", GgufValue::str_array({"", "a b", "\xe2\x96\x81x"}));
+  const std::vector<float> t = seeded(40, 9);
+  w.add_tensor("ours.t", GgmlType::F32, {8, 5}, [t] { return as_bytes(t); });
+  nlohmann::json ours = {{"kv", nlohmann::json::object()},
+                         {"tensors", {{{"name", "ours.t"}, {"ne", {8, 5}}, {"values", t}}}}};
+  const std::string path = dir + "/ours.gguf";
+  w.write(path);
+  const GgufFile back(path);  // what we wrote, as we read it: the JSON for gguf-py to compare with
+  for (const std::string& key : back.keys()) ours["kv"][key] = value_json(back.get(key));
+  write_file_atomic(dir + "/ours.json", ours.dump(1));
 }
 
 }  // namespace

@@ -17,13 +17,17 @@
    tests/test_gguf_kquants.cpp), and Q8_0, Q4_0, Q4_1 (random blocks reach every code; all with sane fp16 scales),
    is read by `qwen-quant dequantize`: every tensor equals
    gguf.quants.dequantize bit for bit, and `qwen-quant eval` runs on the file itself.
+3. Every metadata value type, both ways: gguf-py writes a file with each scalar type at its range's edges, an array
+   of each, an array of arrays and general.alignment 64 (tensors then on 64-byte offsets), which our reader must
+   give back value for value (GgufOracle.EveryValueTypeBothWays, the C++ half); that test writes every type the
+   other way, alignment 64 included, and gguf-py's GGUFReader must read each value and the tensor back.
 Exit 0 pass, 1 fail, 77 skip (torch/transformers/gguf not importable).
 """
 import json
 import os
 import shutil
 
-from oracle_common import check, finish, parse_args, run, skip, spread_weights, work_dir
+from oracle_common import check, finish, parse_args, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -381,4 +385,70 @@ print("read types:", sorted({qt.name for qt, _ in written.values()}))
 text = os.path.join(out, "words.txt")
 open(text, "w").write(" ".join(["the cat sat on the mat"] * 200))
 run([qq, "eval", "--model", kq, "--data", text, "--seq-len", "128", "--quiet"])
+
+# 3. Every value type both ways.
+from gguf import GGUFValueType as VT  # noqa: E402
+
+types_dir = os.path.join(out, "value-types")
+os.makedirs(types_dir, exist_ok=True)
+scalars = [  # (key, type, value): the edges of each range
+    ("p.u8", VT.UINT8, 255), ("p.i8", VT.INT8, -128), ("p.u16", VT.UINT16, 65535), ("p.i16", VT.INT16, -32768),
+    ("p.u32", VT.UINT32, 2**32 - 1), ("p.i32", VT.INT32, -2**31), ("p.u64", VT.UINT64, 2**64 - 1),
+    ("p.i64", VT.INT64, -2**63), ("p.f32", VT.FLOAT32, 3.0517578125e-05), ("p.f64", VT.FLOAT64, 0.1),
+    ("p.bool", VT.BOOL, True), ("p.str", VT.STRING, "Ġthe 你好 ▁x \"q\"\n"),
+]
+arrays = [  # (key, element type, values)
+    ("p.arr.u8", VT.UINT8, [0, 1, 255]), ("p.arr.i8", VT.INT8, [-128, 0, 127]), ("p.arr.u16", VT.UINT16, [65535, 2]),
+    ("p.arr.i16", VT.INT16, [-32768, 32767]), ("p.arr.u32", VT.UINT32, [2**32 - 1, 0]),
+    ("p.arr.i32", VT.INT32, [-2**31, 2**31 - 1]), ("p.arr.u64", VT.UINT64, [2**64 - 1, 3]),
+    ("p.arr.i64", VT.INT64, [-2**63, 2**63 - 1]), ("p.arr.f32", VT.FLOAT32, [0.5, -2.25, 1e-30]),
+    ("p.arr.f64", VT.FLOAT64, [0.1, -1e300]), ("p.arr.bool", VT.BOOL, [True, False]),
+    ("p.arr.str", VT.STRING, ["", "a b", "▁x"]),
+]
+w = GGUFWriter(os.path.join(types_dir, "ggufpy.gguf"), "qwen2")
+w.add_custom_alignment(64)
+expected = {"kv": {}, "tensors": []}
+for key, t, v in scalars:
+    w.add_key_value(key, v, t)
+    expected["kv"][key] = {"type": int(t), "value": float(np.float32(v)) if t == VT.FLOAT32 else v}
+for key, t, vs in arrays:
+    w.add_key_value(key, vs, VT.ARRAY, sub_type=t)
+    vals = [float(np.float32(x)) for x in vs] if t == VT.FLOAT32 else [int(x) for x in vs] if t == VT.BOOL else vs
+    expected["kv"][key] = {"type": int(VT.ARRAY), "elem": int(t), "values": vals}
+w.add_key_value("p.nested", [[1, 2], [3]], VT.ARRAY)  # an array of arrays of int32
+expected["kv"]["p.nested"] = {"type": int(VT.ARRAY), "elem": int(VT.ARRAY), "nested": True}
+expected["kv"]["general.alignment"] = {"type": int(VT.UINT32), "value": 64}
+trng = np.random.default_rng(7)
+for name, shape in (("a.weight", (3, 5)), ("b.weight", (7,))):  # 60 and 28 bytes: the next one starts padded
+    arr = trng.standard_normal(shape).astype(np.float32)
+    w.add_tensor(name, arr)
+    expected["tensors"].append({"name": name, "ne": list(reversed(shape)), "values": arr.ravel().tolist()})
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_tensors_to_file()
+w.close()
+json.dump(expected, open(os.path.join(types_dir, "expected.json"), "w"))
+run_gtest(args.build, "GgufOracle.EveryValueTypeBothWays", env={"QWENQ_ORACLE_GGUF_TYPES_DIR": types_dir})
+ours = json.load(open(os.path.join(types_dir, "ours.json")))
+r = GGUFReader(os.path.join(types_dir, "ours.gguf"))
+check(r.alignment == 64, f"ours.gguf: gguf-py reads alignment {r.alignment}, not 64")
+for key, e in ours["kv"].items():
+    f = r.fields.get(key)
+    if not check(f is not None, f"ours.gguf: gguf-py finds no key {key}"):
+        continue
+    check(int(f.types[0]) == e["type"], f"ours.gguf {key}: gguf-py reads type {f.types[0]!r}, we wrote {e['type']}")
+    if e["type"] == int(VT.ARRAY):
+        check(int(f.types[-1]) == e["elem"], f"ours.gguf {key}: element type {f.types[-1]!r}, we wrote {e['elem']}")
+        got = list(f.contents())
+        want = e["values"]
+    else:
+        got, want = f.contents(), e["value"]
+    check(got == want, f"ours.gguf {key}: gguf-py reads {got!r}, we wrote {want!r}")
+for t in ours["tensors"]:
+    rt = next((x for x in r.tensors if x.name == t["name"]), None)
+    if check(rt is not None, f"ours.gguf: gguf-py finds no tensor {t['name']}"):
+        check([int(n) for n in rt.shape] == t["ne"] and rt.data_offset % 64 == 0
+              and np.array_equal(np.asarray(rt.data, dtype=np.float32).ravel(), np.asarray(t["values"], np.float32)),
+              f"ours.gguf: tensor {t['name']} shape {list(rt.shape)}, offset {rt.data_offset} or values differ")
+print("value types: both ways,", len(expected["kv"]), "keys from gguf-py,", len(ours["kv"]), "from us")
 finish()
