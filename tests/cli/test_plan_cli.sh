@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# qwen-qlora plan --preset with an explicit --base and --layers (the question "does a 72B QLoRA fit on 8 GPUs"),
+# against arithmetic from the published architecture: Qwen2.5-72B's Linears hold 80 x (2 x 8192^2 + 2 x 1024 x 8192
+# + 3 x 29568 x 8192) = 70,212,648,960 weights (plus the 2 x 152064 x 8192 embedding and lm_head: 72.7 B, the model
+# card's figure), and r = 16 on all seven adds 80 x 16 x (2 x 16384 + 2 x 9216 + 3 x 37760) = 210,534,400. Each
+# format's bytes per weight: bf16 2; GPTQ 4-bit g128 0.5 of codes + 2.5 per 128 (fp16 scale, packed zero) + its
+# g_idx; NF4 0.5 + 1 absmax byte per 64 + the double quantization's fp32 per 256 blocks.
+set -euo pipefail
+source "$(dirname "$0")/cli_setup.sh"
+
+plan() {  # plan NAME ARGS...: the --json plan into NAME.json
+  local name="$1"; shift
+  "$QL" plan --preset qwen2.5-72b --gpus 8 --json "$@" > "$WORK/$name.json" 2> "$WORK/$name.err" \
+    || fail "plan $*" "$WORK/$name.err"
+}
+plan nf4 --base nf4
+plan gptq --base gptq
+plan bf16 --base bf16
+plan half --base nf4 --layers 40
+python3 - "$WORK" <<'PY'
+import json, sys
+w = sys.argv[1]
+p = {n: json.load(open(f"{w}/{n}.json")) for n in ("nf4", "gptq", "bf16", "half")}
+linear = 80 * (2 * 8192**2 + 2 * 1024 * 8192 + 3 * 29568 * 8192)
+assert linear == 70212648960
+lora = 80 * 16 * (2 * 16384 + 2 * 9216 + 3 * 37760)
+for n in ("nf4", "gptq", "bf16"):
+    assert p[n]["linear_params"] == linear, (n, p[n]["linear_params"])
+    assert p[n]["lora_params"] == lora, (n, p[n]["lora_params"])
+    assert p[n]["base"]["format"] == n, p[n]["base"]
+    assert p[n]["config"]["layers"] == 80 and p[n]["gpus"] == 8, p[n]["config"]
+assert p["bf16"]["base_linear_bytes"] == 2 * linear, p["bf16"]["base_linear_bytes"]
+per = {n: p[n]["base_linear_bytes"] / linear for n in ("nf4", "gptq")}
+assert 0.5 + 1 / 64 < per["nf4"] < 0.5 + 1 / 64 + 4 / (64 * 256) + 1e-4, per
+assert 0.5 + 2.5 / 128 < per["gptq"] < 0.5 + 2.5 / 128 + 1e-3, per
+# What stays 16-bit in every format: the embedding and lm_head, 2 RMSNorms a layer and the final one, the q/k/v biases.
+def dense(layers):
+    return 2 * (2 * 152064 * 8192 + (2 * layers + 1) * 8192 + layers * (8192 + 2 * 1024))
+for n in ("nf4", "gptq", "bf16"):
+    assert p[n]["base_dense_bytes"] == dense(80), (n, p[n]["base_dense_bytes"], dense(80))
+# bf16 LoRA of the 72B does not fit one 80 GB GPU; the 4-bit bases do, with the same adapter and optimizer.
+assert not p["bf16"]["fits"] and p["nf4"]["fits"] and p["gptq"]["fits"], [p[n]["fits"] for n in p]
+for n in ("nf4", "gptq"):
+    d = p[n]["per_device"]
+    # fp32 A and B, their gradients, AdamW's m and v: 4 + 4 + 8 bytes a parameter (plus the caching allocator's
+    # rounding of each tensor: 0.11 % here)
+    assert d["optimizer"] == 2 * d["adapters"] and d["gradients"] == d["adapters"], d
+    assert 4 * lora <= d["adapters"] < 4 * lora * 1.002, (d["adapters"], 4 * lora)
+# --layers 40: half the Linears and half the adapter, the same embedding.
+assert p["half"]["config"]["layers"] == 40 and p["half"]["linear_params"] * 2 == linear, p["half"]["config"]
+assert p["half"]["lora_params"] * 2 == lora and p["half"]["base_dense_bytes"] == dense(40), p["half"]
+PY
+grep -q "qwen2.5-72b (40 layers)" <("$QL" plan --preset qwen2.5-72b --base nf4 --layers 40 2>&1) \
+  || fail "--layers is not in the plan's title"
+if "$QL" plan --preset qwen2.5-72b --base int3 > "$WORK/bad.txt" 2>&1; then fail "--base int3 accepted" "$WORK/bad.txt"; fi
+grep -q "plan: --base must be auto, bf16, gptq, awq or nf4, got 'int3'" "$WORK/bad.txt" || fail "--base int3" "$WORK/bad.txt"
+echo "plan CLI: OK"
