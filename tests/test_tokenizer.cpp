@@ -8,6 +8,8 @@
 #include <map>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
@@ -436,6 +438,113 @@ TEST(TokenizerErrors, BadFilesAreNamed) {
   write_file_atomic(dir + "/cut.bin", std::string("\x07\x00\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00<u", 14));
   err = error_of([&] { Tokenizer::from_llama2c(dir + "/cut.bin"); });
   EXPECT_NE(err.find("cut.bin: file ends inside token 0"), std::string::npos) << err;
+}
+
+// vocab.json is read by a SAX reader: every value that is not an integer id is refused, naming the file and
+// what was found instead.
+TEST(TokenizerErrors, VocabJsonWrongValueTypes) {
+  const std::string dir = test::scratch_dir() + "/vocab-types";
+  const std::pair<const char*, const char*> cases[] = {
+      {"{\"a\": null}", "found null"},        {"{\"a\": true}", "found a boolean"},
+      {"{\"a\": 1.5}", "found a float"},      {"{\"a\": \"1\"}", "found a string"},
+      {"{\"a\": [1]}", "found an array"},     {"{\"a\": {\"b\": 1}}", "found an object"},
+      {"[1, 2]", "found an array"},            {"7", "expected a JSON object {token: id}"},
+      {"{}", "expected a non-empty JSON object"}, {"{\"a\": -3}", "token 'a' has an invalid id -3"},
+  };
+  for (const auto& [vocab, why] : cases) {
+    test::write_byte_tokenizer_dir(dir, "");
+    write_file_atomic(dir + "/vocab.json", vocab);
+    const std::string err = error_of([&] { Tokenizer::from_dir(dir); });
+    EXPECT_NE(err.find("vocab-types/vocab.json: "), std::string::npos) << vocab << " -> " << err;
+    EXPECT_NE(err.find(why), std::string::npos) << vocab << " -> " << err;
+  }
+}
+
+// Where the chat template comes from: tokenizer_config.json's string, its list of named templates (the
+// "default" one; transformers' convention), chat_template.jinja, chat_template.json. All four give the same
+// rendering of the same template; the refusals name the file. transformers itself is the oracle for the list
+// and the .jinja file in tests/oracle/test_tokenizer_features_oracle.py.
+TEST(TokenizerSources, ChatTemplateFiles) {
+  const std::string root = test::scratch_dir() + "/chat-sources";
+  const std::string chatml =
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+      "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  const std::vector<ChatMessage> msgs = {{"user", "x"}, {"assistant", "y"}};
+  const std::string want = "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\ny<|im_end|>\n<|im_start|>assistant\n";
+  EXPECT_EQ(test::byte_tokenizer(root + "/string", chatml).apply_chat_template(msgs, true), want);
+
+  auto with_config = [&](const std::string& dir, const nlohmann::json& chat_template) {
+    test::write_byte_tokenizer_dir(dir, "");
+    nlohmann::json cfg = nlohmann::json::parse(read_file(dir + "/tokenizer_config.json"));
+    cfg["chat_template"] = chat_template;
+    write_file_atomic(dir + "/tokenizer_config.json", cfg.dump());
+    return dir;
+  };
+  const nlohmann::json named = nlohmann::json::array(
+      {{{"name", "tool_use"}, {"template", "{{ 'not this one' }}"}}, {{"name", "default"}, {"template", chatml}}});
+  EXPECT_EQ(Tokenizer::from_dir(with_config(root + "/list", named)).apply_chat_template(msgs, true), want);
+
+  const std::string jinja = test::write_byte_tokenizer_dir(root + "/jinja", "");
+  write_file_atomic(jinja + "/chat_template.jinja", chatml);
+  Tokenizer tj = Tokenizer::from_dir(jinja);
+  EXPECT_TRUE(tj.has_chat_template());
+  EXPECT_EQ(tj.apply_chat_template(msgs, true), want);
+
+  const std::string json = test::write_byte_tokenizer_dir(root + "/json", "");
+  write_file_atomic(json + "/chat_template.json", nlohmann::json{{"chat_template", chatml}}.dump());
+  EXPECT_EQ(Tokenizer::from_dir(json).apply_chat_template(msgs, true), want);
+
+  const std::string none = test::write_byte_tokenizer_dir(root + "/none", "");
+  EXPECT_FALSE(Tokenizer::from_dir(none).has_chat_template());
+
+  const nlohmann::json no_default = nlohmann::json::array({{{"name", "tool_use"}, {"template", chatml}}});
+  std::string err = error_of([&] { Tokenizer::from_dir(with_config(root + "/nodefault", no_default)); });
+  EXPECT_NE(err.find("nodefault/tokenizer_config.json: chat_template is a list without a \"default\" entry"),
+            std::string::npos) << err;
+  for (const char* bad : {"{\"chat_template\": 3}", "[\"x\"]", "{\"template\": \"x\"}"}) {
+    write_file_atomic(json + "/chat_template.json", bad);
+    err = error_of([&] { Tokenizer::from_dir(json); });
+    EXPECT_NE(err.find("json/chat_template.json: expected {\"chat_template\": \"...\"}"), std::string::npos)
+        << bad << " -> " << err;
+  }
+}
+
+// added_tokens.json (transformers' legacy file) and special roles: its tokens are added (special when a role or
+// additional_special_tokens names them), but only when tokenizer_config.json has no added_tokens_decoder; a role
+// naming a vocabulary token makes that token special (cut out of text, dropped by skip_special).
+TEST(TokenizerSources, AddedTokensJsonAndRoles) {
+  const std::string root = test::scratch_dir();  // (each call starts the test's scratch folder afresh)
+  const std::string dir = test::write_byte_tokenizer_dir(root + "/added-json", "");
+  nlohmann::json cfg = {{"tokenizer_class", "Qwen2Tokenizer"}, {"eos_token", "<|im_end|>"}, {"pad_token", "!"},
+                        {"additional_special_tokens", {"<|im_start|>"}}};
+  write_file_atomic(dir + "/tokenizer_config.json", cfg.dump());
+  write_file_atomic(dir + "/added_tokens.json", R"({"<|im_start|>": 257, "<|im_end|>": 258, "<tool>": 259})");
+  Tokenizer t = Tokenizer::from_dir(dir);
+  EXPECT_EQ(t.token_id("<tool>"), 259);
+  EXPECT_FALSE(t.is_special(259));
+  EXPECT_TRUE(t.is_special(257));
+  EXPECT_TRUE(t.is_special(258));
+  EXPECT_EQ(t.eos_id(), 258);
+  EXPECT_EQ(t.pad_id(), '!');
+  EXPECT_TRUE(t.is_special('!'));  // the vocabulary token the pad role names
+  EXPECT_EQ(t.encode("a<tool>!<|im_end|>"), (std::vector<int32_t>{'a', 259, '!', 258}));
+  EXPECT_EQ(t.decode({'a', 259, '!', 258}, /*skip_special=*/true), "a<tool>");
+  EXPECT_EQ(t.encode("<|im_start|>", true, /*parse_special=*/false),
+            (std::vector<int32_t>{'<', '|', 'i', 'm', '_', 's', 't', 'a', 'r', 't', '|', '>'}));
+
+  const std::string err_dir = test::write_byte_tokenizer_dir(root + "/added-json-bad", "");
+  write_file_atomic(err_dir + "/tokenizer_config.json", R"({"tokenizer_class": "Qwen2Tokenizer"})");
+  write_file_atomic(err_dir + "/added_tokens.json", R"({"<tool>": "259"})");
+  const std::string err = error_of([&] { Tokenizer::from_dir(err_dir); });
+  EXPECT_NE(err.find("added-json-bad/added_tokens.json: id of '<tool>' is not an integer"), std::string::npos) << err;
+
+  // Next to an added_tokens_decoder the file is not read (transformers ignores it there too).
+  cfg["added_tokens_decoder"] = {{"257", {{"content", "<|im_start|>"}, {"special", true}}},
+                                 {"258", {{"content", "<|im_end|>"}, {"special", true}}}};
+  write_file_atomic(dir + "/tokenizer_config.json", cfg.dump());
+  Tokenizer u = Tokenizer::from_dir(dir);
+  EXPECT_EQ(u.token_id("<tool>"), -1);
+  EXPECT_EQ(u.encode("<tool>").size(), 6u);
 }
 
 }  // namespace

@@ -51,6 +51,10 @@ bool is_word_char_at(const std::string& s, size_t i) {
 
 // Cuts the added tokens out of `text` (HF AddedVocabulary: leftmost match, longest at that position;
 // lstrip/rstrip swallow neighbouring whitespace; single_word tokens only match between non-word characters).
+// Hugging Face finds the matches first (non-overlapping, over all added tokens) and only then drops a
+// single_word match that touches a word character, or a special one under split_special_tokens: the dropped
+// match's text stays ordinary text and the search goes on after it, so no shorter token is tried at that
+// position and no token starting inside it ("a<|sw|>" with "<|sw|>" single_word and "<|s" added: no cut).
 void split_added(const Tokenizer::Impl& t, const std::string& text, bool parse_special, std::vector<Segment>* out) {
   out->clear();
   const size_t n = text.size();
@@ -64,17 +68,21 @@ void split_added(const Tokenizer::Impl& t, const std::string& text, bool parse_s
     const AddedToken* hit = nullptr;
     for (int32_t idx : cands) {
       const AddedToken& a = t.added[idx];
-      if (a.special && !parse_special) continue;
       if (a.content.size() > n - i || std::memcmp(text.data() + i, a.content.data(), a.content.size()) != 0) continue;
-      if (a.single_word) {
-        const size_t e = i + a.content.size();
-        if ((i > 0 && is_word_char_at(text, prev_char_start(text, i))) || (e < n && is_word_char_at(text, e))) continue;
-      }
       hit = &a;
       break;
     }
     if (!hit) {
       ++i;
+      continue;
+    }
+    bool dropped = hit->special && !parse_special;
+    if (hit->single_word) {
+      const size_t e = i + hit->content.size();
+      dropped |= (i > 0 && is_word_char_at(text, prev_char_start(text, i))) || (e < n && is_word_char_at(text, e));
+    }
+    if (dropped) {
+      i += hit->content.size();
       continue;
     }
     size_t b = i, e = i + hit->content.size();
@@ -260,15 +268,30 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
     run.clear();
     run_tokens = 0;
   };
+  bool first = true;  // the first token that is decoded (after skipping)
   for (int32_t id : ids) {
     if (id < 0 || id >= V || (t.pieces[id].empty() && t.bytes[id].empty())) continue;
     if (skip_special && (t.flags[id] & kFlagSpecial)) continue;
+    const bool is_first = first;
+    first = false;
     if (t.flags[id] & kFlagByte) {
       run += t.bytes[id];
       ++run_tokens;
       continue;
     }
     flush_run();
+    if (is_first && t.metaspace_decoder) {
+      // Metaspace decoder: every "▁" of token 0 is dropped ("▁▁a" first decodes to "a", later to "  a").
+      const std::string& p = t.pieces[id];
+      for (size_t i = 0; i < p.size(); ++i) {
+        if (p.compare(i, 3, kSpaceMarker) == 0) {
+          i += 2;
+        } else {
+          out.push_back(p[i]);
+        }
+      }
+      continue;
+    }
     out += t.bytes[id];
   }
   flush_run();

@@ -62,7 +62,10 @@ struct Tokenizer::Impl {
   bool metaspace_split = false;
   bool byte_fallback = true;
   bool fuse_unk = false;
-  bool strip_leading_space = true;  // decoder Strip(" ", 1, 0) / Metaspace
+  bool strip_leading_space = true;  // decoder Strip(" ", 1, 0): one leading space of the text
+  // Metaspace decoder (prepend_scheme not never): the first decoded token loses every "▁" it holds (not only a
+  // leading one: Hugging Face drops the replacement character throughout token 0 of what it decodes).
+  bool metaspace_decoder = false;
 
   // Chat template.
   std::string chat_template, chat_template_file;

@@ -1,7 +1,7 @@
 // Tokenizer::from_dir: which files a model directory holds and how transformers combines them.
 //   model:          tokenizer.json, else vocab.json + merges.txt (Qwen2Tokenizer)
 //   added tokens:   tokenizer.json "added_tokens", tokenizer_config.json "added_tokens_decoder",
-//                   added_tokens.json (first one to name an id wins)
+//                   added_tokens.json (first one to name an id wins; the last only without a decoder)
 //   special roles:  tokenizer_config.json bos/eos/pad/unk_token, overridden by special_tokens_map.json;
 //                   role tokens and additional_special_tokens found in the vocabulary become special
 //   BOS/EOS adding: Llama-class tokenizers: add_bos_token (default true) / add_eos_token (default false);
@@ -179,8 +179,10 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   }
 
   read_added_tokens_decoder(c, cfg_path, t.get());
+  // transformers reads added_tokens.json only on its legacy path, when tokenizer_config.json has no
+  // added_tokens_decoder; next to one, the file is ignored (even the tokens the decoder does not name).
   const std::string added_json = path_join(dir, "added_tokens.json");
-  if (file_exists(added_json)) read_added_tokens_json(added_json, t.get());
+  if (file_exists(added_json) && !c.contains("added_tokens_decoder")) read_added_tokens_json(added_json, t.get());
 
   // Special roles: tokenizer_config.json, then special_tokens_map.json on top (as transformers does).
   std::string role[4];  // bos, eos, pad, unk

@@ -163,7 +163,7 @@ void load_sentencepiece_pipeline(const nlohmann::json& j, const std::string& pat
     const std::string type = type_of(*d);
     if (type == "Strip" && d->value("content", "") == " " && d->value("start", 0) >= 1) t->strip_leading_space = true;
     if (type == "Metaspace" && (d->value("prepend_scheme", "always") != "never" && bool_field(*d, "add_prefix_space", true))) {
-      t->strip_leading_space = true;
+      t->metaspace_decoder = true;
     }
   }
 }
