@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -552,8 +553,10 @@ void run_compare(CompareArgs& a) {
   const std::vector<std::pair<std::string, std::string>> given = given_models(a, model, specs);
   QWENQ_CHECK(!specs.empty() || !given.empty(), "compare: no --methods and no --quantized models to compare");
   // Only now that every spec and given model is known to be good: a refused run leaves no directory behind.
-  QWENQ_CHECK(std::system(("mkdir -p '" + a.out + "/models' '" + a.out + "/logs'").c_str()) == 0,
-              "compare: cannot create " << a.out);
+  for (const char* sub : {"models", "logs"}) {  // no shell: any character may be in --out
+    const int err = make_dirs(path_join(a.out, sub));
+    QWENQ_CHECK(err == 0, "compare: cannot create " << path_join(a.out, sub) << ": " << std::strerror(err));
+  }
   const std::string logs = path_join(a.out, "logs");
 
   std::fprintf(stderr, "compare: %s on %zu text(s), %zu method(s), %zu given model(s); outputs in %s\n",
@@ -621,7 +624,10 @@ void run_compare(CompareArgs& a) {
     row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
     evaluate_all(a, qdir, specs[i], logs, &row, adapter, kl_bases);
     t.rows.push_back(row);
-    if (!a.keep_models) std::system(("rm -rf '" + qdir + "' '" + qdir + ".imatrix.gguf'").c_str());
+    if (!a.keep_models) {
+      remove_tree(qdir);
+      std::remove((qdir + ".imatrix.gguf").c_str());
+    }
   }
   for (size_t i = 0; i < given.size(); ++i) {
     const auto& [name, path] = given[i];
