@@ -404,6 +404,30 @@ TEST(LoraConfig, RefusesUnsupportedFields) {
   EXPECT_NE(error_of([] { parse_lora_config_json("{not json", "f"); }).find("not valid JSON"), std::string::npos);
 }
 
+// A LoraConfig built in code (the trainer's flags) is checked as a file's is, one message per problem.
+TEST(LoraConfig, ValidateNamesEachProblem) {
+  const auto problem = [](auto edit) {
+    LoraConfig c = sample_config();
+    edit(c);
+    return error_of([&] { c.validate(); });
+  };
+  EXPECT_EQ(problem([](LoraConfig&) {}), "<no error>");
+  EXPECT_NE(problem([](LoraConfig& c) { c.r = 0; }).find("LoRA rank r must be at least 1, got 0"), std::string::npos);
+  EXPECT_NE(problem([](LoraConfig& c) { c.alpha = std::nan(""); }).find("LoRA alpha must be a finite number"),
+            std::string::npos);
+  EXPECT_NE(problem([](LoraConfig& c) { c.alpha = INFINITY; }).find("LoRA alpha must be a finite number, got inf"),
+            std::string::npos);
+  EXPECT_NE(problem([](LoraConfig& c) { c.dropout = -0.1; }).find("LoRA dropout must be in [0, 1), got -0.1"),
+            std::string::npos);
+  EXPECT_NE(problem([](LoraConfig& c) { c.target_modules.clear(); }).find("LoRA target_modules is empty (valid: q_proj"),
+            std::string::npos);
+  const std::string bad = problem([](LoraConfig& c) { c.target_modules = {"q_proj", "c_attn"}; });
+  EXPECT_NE(bad.find("unknown LoRA target module 'c_attn' (valid: q_proj, k_proj"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("all-linear)"), std::string::npos) << bad;
+  // The first problem alone: a bad rank is named, not also the targets.
+  EXPECT_EQ(problem([](LoraConfig& c) { c.r = 0, c.target_modules = {"c_attn"}; }).find("c_attn"), std::string::npos);
+}
+
 // ---- adapter weights ---------------------------------------------------------------------------------------
 
 LoraDims tiny_dims(int64_t layers = 2) { return LoraDims{64, 128, 64, 32, layers}; }
