@@ -54,4 +54,24 @@ grep -q "qwen2.5-72b (40 layers)" <("$QL" plan --preset qwen2.5-72b --base nf4 -
   || fail "--layers is not in the plan's title"
 if "$QL" plan --preset qwen2.5-72b --base int3 > "$WORK/bad.txt" 2>&1; then fail "--base int3 accepted" "$WORK/bad.txt"; fi
 grep -q "plan: --base must be auto, bf16, gptq, awq or nf4, got 'int3'" "$WORK/bad.txt" || fail "--base int3" "$WORK/bad.txt"
+# --base auto from a model directory: llm-compressor's pack-quantized Linears are planned as the GPTQ v2 Linears they
+# load into (the same plan as the same codes written as gptq_v2); an FP8 compressed-tensors model is refused with what
+# to plan instead.
+"$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 > /dev/null 2>&1
+"$QQ" rtn --model "$WORK/tiny" --out "$WORK/ct" --format compressed-tensors --group-size 32 --quiet > /dev/null 2>&1
+"$QQ" rtn --model "$WORK/tiny" --out "$WORK/v2" --format gptq_v2 --group-size 32 --quiet > /dev/null 2>&1
+"$QQ" fp8 --model "$WORK/tiny" --out "$WORK/fp8" --quiet > /dev/null 2>&1
+for m in ct v2; do
+  "$QL" plan --model "$WORK/$m" --device cpu --cpu-mem-gb 8 --json > "$WORK/$m.json" 2> "$WORK/$m.err" || fail "plan $m" "$WORK/$m.err"
+done
+python3 - "$WORK/ct.json" "$WORK/v2.json" <<'PY'
+import json, sys
+ct, v2 = (json.load(open(f)) for f in sys.argv[1:3])
+assert ct["base"]["format"] == "gptq" and ct["base"]["bits"] == 4 and ct["base"]["group_size"] == 32, ct["base"]
+ct.pop("model"), v2.pop("model")
+assert ct == v2, "a compressed-tensors model is not planned as the same codes in GPTQ v2"
+PY
+if "$QL" plan --model "$WORK/fp8" --device cpu > "$WORK/fp8.txt" 2>&1; then fail "plan of an FP8 model accepted" "$WORK/fp8.txt"; fi
+grep -q "a compressed-tensors checkpoint with float8 weights; plan the model it becomes" "$WORK/fp8.txt" \
+  || fail "plan of an FP8 model" "$WORK/fp8.txt"
 echo "plan CLI: OK"
