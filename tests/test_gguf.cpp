@@ -157,6 +157,21 @@ TEST(Gguf, CorruptHeadersAreRefusedByName) {
   EXPECT_NE(error_after_patch(path, v_off, u64le(32)).find("overlap"), std::string::npos);
   EXPECT_NE(error_after_patch(path, at_v + 9, u32le(5)).find("5 dimensions"), std::string::npos);
   EXPECT_NE(error_after_patch(path, v_type, u32le(2)).find("not a multiple of its block 32"), std::string::npos);
+  // A key or a tensor name twice (the writer never does it; a hand-edited or corrupt file may): "a.u64" renamed to
+  // "a.u32", tensor "m.q8" renamed to "m.f16".
+  const size_t at_u64 = bytes.find("a.u64");
+  ASSERT_NE(at_u64, std::string::npos);
+  const std::string dup = error_after_patch(path, at_u64, "a.u32");
+  EXPECT_NE(dup.find("metadata key 'a.u32' appears twice"), std::string::npos) << dup;
+  GgufWriter two;
+  two.set("general.architecture", GgufValue::str("qwen2"));
+  for (const char* name : {"t.a", "t.b"}) two.add_tensor(name, GgmlType::F32, {4}, [] { return as_bytes(seeded(4, 3)); });
+  const std::string two_path = path_join(test::scratch_dir(), "two.gguf");
+  two.write(two_path);
+  const size_t at_b = read_file(two_path).find("t.b");
+  ASSERT_NE(at_b, std::string::npos);
+  const std::string dup_t = error_after_patch(two_path, at_b, "t.a");
+  EXPECT_NE(dup_t.find("tensor 't.a' appears twice"), std::string::npos) << dup_t;
 }
 
 // Split files as gguf-split writes them: the metadata in the first, split.no / split.count (u16) and
