@@ -104,11 +104,11 @@ ChatOptions generation_chat_options(bool no_thinking) {
   return o;
 }
 
-void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir) {
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model,
+                       const std::string& what) {
   QWENQ_CHECK(max_new_tokens == 0 || static_cast<int64_t>(prompt_tokens) < context,
-              "--prompt is " << prompt_tokens << " tokens, which leaves no room for a new one in the model's context of "
-                             << context << " (max_position_embeddings in " << path_join(model_dir, "config.json")
-                             << "); shorten it");
+              what << " is " << prompt_tokens << " tokens, which leaves no room for a new one in the model's context of "
+                   << context << " (max_position_embeddings of " << model << "); shorten it");
 }
 
 void apply_common_options(const CommonOptions& opt) {

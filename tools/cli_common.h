@@ -51,9 +51,11 @@ int64_t window_len_for_model(const std::string& model_dir, int64_t requested, bo
 void check_subcommand_name(const CLI::App& app, const std::vector<std::string>& args);
 // Refuses an output file whose directory does not exist, naming the flag: found before the work, not after it.
 void check_output_dir_exists(const char* flag, const std::string& path);
-// Refuses a --prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
-// the prompt is echoed, so the error is the only output).
-void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model_dir);
+// Refuses a prompt of `prompt_tokens` tokens that leaves no room in the model's `context` for a new token (before
+// the prompt is echoed, so the error is the only output). `what` names the prompt ("--prompt", or a prompt file's
+// "FILE:LINE: the prompt"), `model` the directory or GGUF file whose max_position_embeddings sets the context.
+void check_prompt_fits(size_t prompt_tokens, int64_t context, int64_t max_new_tokens, const std::string& model,
+                       const std::string& what = "--prompt");
 // --no-thinking given for a chat template without Qwen3's enable_thinking switch: one line on stderr, "<who>:
 // --no-thinking: ... it changes nothing".
 void warn_if_no_thinking_switch(const Tokenizer& tok, bool no_thinking, const char* who);

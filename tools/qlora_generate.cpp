@@ -194,9 +194,10 @@ void run_generate_file(const GenerateArgs& a) {
   for (const EvalPrompt& p : prompts) any_chat |= p.chat;
   Loaded m = load(a, any_chat);  // every record is read before the model loads: a bad line costs nothing
   const SamplingOptions opt = generation_options(a, *m.model, m.tok);
-  std::string out;
-  const auto t0 = std::chrono::steady_clock::now();
-  int64_t new_tokens = 0;
+  // Every prompt is rendered, encoded and checked against the context before the first one is generated: the
+  // outputs are written only at the end, so a record the template cannot render (or too long for the model) at the
+  // end of the file would otherwise throw away all the generations before it. Each refusal names its record.
+  std::vector<std::vector<int32_t>> prompt_ids(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     EvalPrompt& p = prompts[i];
     if (p.chat) {
@@ -210,8 +211,16 @@ void run_generate_file(const GenerateArgs& a) {
         QWENQ_FAIL(p.where << ": " << e.what());
       }
     }
-    const std::vector<int32_t> ids = m.tok.encode(p.text, /*add_special_tokens=*/!p.chat);
-    check_prompt_fits(ids.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens, p.where);
+    prompt_ids[i] = m.tok.encode(p.text, /*add_special_tokens=*/!p.chat);
+    check_prompt_fits(prompt_ids[i].size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens,
+                      m.model->dir(), p.where + ": the prompt");
+  }
+  std::string out;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t new_tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const EvalPrompt& p = prompts[i];
+    const std::vector<int32_t>& ids = prompt_ids[i];
     std::vector<int32_t> gen;
 #ifdef QWENQ_HAVE_CUDA
     if (m.gpu) gen = generate_cuda(*m.gpu, ids, opt);
@@ -251,7 +260,8 @@ void run_generate(const GenerateArgs& a) {
   } else {
     prompt = m.tok.encode(a.prompt, true);
   }
-  check_prompt_fits(prompt.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens, a.model);
+  check_prompt_fits(prompt.size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens,
+                    m.model->dir());
   if (!a.chat) std::printf("%s", a.prompt.c_str());
   std::fflush(stdout);
   stream(m, prompt, generation_options(a, *m.model, m.tok));
