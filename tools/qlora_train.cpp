@@ -39,7 +39,9 @@ struct TrainArgs {
 };
 
 // The JSON config as extra command-line arguments (placed before the real ones). Keys in `given` (options on the
-// command line) are left out: the command line wins, and CLI11 would refuse a single-value option given twice.
+// command line) are left out: the command line wins, and CLI11 would refuse a single-value option given twice. A list
+// of strings or numbers is the option's comma-separated value ("target": ["q_proj", "v_proj"] is --target
+// q_proj,v_proj, as PEFT's target_modules list reads): train's list options all take one comma-separated value.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   nlohmann::json j;
   try {
@@ -58,8 +60,17 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
       args.insert(args.end(), {key, it->get<std::string>()});
     } else if (it->is_number()) {
       args.insert(args.end(), {key, it->dump()});
+    } else if (it->is_array() && !it->empty()) {
+      std::string joined;
+      for (const auto& v : *it) {
+        QWENQ_CHECK(v.is_string() || v.is_number(), path << ": option \"" << it.key() << "\": a list holds strings "
+                                                          << "or numbers, not " << v.dump());
+        joined += (joined.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : v.dump());
+      }
+      args.insert(args.end(), {key, joined});
     } else {
-      QWENQ_FAIL(path << ": option \"" << it.key() << "\" must be a string, number or boolean");
+      QWENQ_FAIL(path << ": option \"" << it.key() << "\" must be a string, number, boolean or a list of strings "
+                      << "or numbers");
     }
   }
   return args;
@@ -181,7 +192,7 @@ void register_qlora_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   TrainOptions& o = a->opt;
   CLI::App* c = app.add_subcommand("train", "Train a LoRA adapter on a frozen bf16 or 4-bit (GPTQ/AWQ/NF4) base");
-  c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes; the command line wins)");
+  c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes, a list for a comma-separated value; the command line wins)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
   c->add_option("--eval-data", o.eval_data_path,

@@ -40,4 +40,20 @@ cmp "$WORK/full/adapter_model.safetensors" "$WORK/part/adapter_model.safetensors
 echo '{"model": ' > "$WORK/bad.json"
 if "$QL" train --config "$WORK/bad.json" --out "$WORK/bad" > "$WORK/badcfg.txt" 2>&1; then fail "bad config accepted"; fi
 grep -q "bad.json: not valid JSON" "$WORK/badcfg.txt" || fail "unclear error for a bad config"
+# A list in the config is the option's comma-separated value: "target": ["v_proj", "q_proj"] trains what
+# --target q_proj,v_proj trains, bit for bit; a list of objects or an object is refused by name.
+sed "s/\"max-steps\": 24, /\"target\": [\"v_proj\", \"q_proj\"], \"max-steps\": 3, /" "$WORK/run.json" > "$WORK/list.json"
+grep -q '"target": \["v_proj", "q_proj"\]' "$WORK/list.json" || fail "the list config was not written"
+"$QL" train --config "$WORK/list.json" --out "$WORK/list" > "$WORK/list.txt" 2>&1 || fail "config with a list"
+"$QL" train --config "$WORK/run.json" --max-steps 3 --target q_proj,v_proj --out "$WORK/flags" > "$WORK/flags.txt" 2>&1 \
+  || fail "the same run from flags"
+cmp "$WORK/list/adapter_model.safetensors" "$WORK/flags/adapter_model.safetensors" || fail "list config != flags"
+grep -q '"target_modules": \[' "$WORK/list/adapter_config.json" && grep -q '"q_proj"' "$WORK/list/adapter_config.json" \
+  && ! grep -q '"k_proj"' "$WORK/list/adapter_config.json" || fail "the list did not set the targets"
+for bad in '{"target": [{"a": 1}]}|a list holds strings or numbers' '{"target": {"a": 1}}|must be a string, number, boolean or a list'; do
+  echo "${bad%%|*}" > "$WORK/bad2.json"
+  if "$QL" train --config "$WORK/bad2.json" --model "$WORK/tiny" --data "$WORK/data.jsonl" --out "$WORK/bad2" \
+    > "$WORK/bad2.txt" 2>&1; then fail "config ${bad%%|*} accepted"; fi
+  grep -q "bad2.json: option \"target\".*${bad#*|}" "$WORK/bad2.txt" || fail "config ${bad%%|*}"
+done
 echo "qlora resume CLI: OK"
