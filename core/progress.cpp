@@ -153,15 +153,17 @@ bool has_word(const std::string& path, const std::string& word) {
 }
 
 // The cgroup of this process for the memory controller: cgroup v2's "0::PATH" line of /proc/self/cgroup, or v1's
-// "N:...memory...:PATH"; "/" where the file says nothing (no cgroups, or an older kernel).
+// "N:...memory...:PATH"; "/" where the file says nothing (no cgroups, or an older kernel) or names a cgroup outside
+// this cgroup namespace ("/.."): the namespace's root is what is mounted.
 std::string memory_cgroup_path(const std::string& root, bool v2) {
   std::ifstream in(root + "/proc/self/cgroup");
   for (std::string line; std::getline(in, line);) {
     const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
     if (b == std::string::npos) continue;
     const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
-    if (v2 ? line.compare(0, a, "0") == 0 && controllers.empty() : ("," + controllers + ",").find(",memory,") != std::string::npos)
-      return path.empty() ? "/" : path;
+    const bool memory = v2 ? line.compare(0, a, "0") == 0 && controllers.empty()
+                           : ("," + controllers + ",").find(",memory,") != std::string::npos;
+    if (memory) return path.empty() || path[0] != '/' || path.find("/..") != std::string::npos ? "/" : path;
   }
   return "/";
 }

@@ -125,6 +125,9 @@ TEST(AvailableMemory, CgroupV1AtTheProcesssCgroupOrTheContainersRoot) {
   v1_level(box, "", 512 * kMiB, 128 * kMiB, 0);
   EXPECT_EQ(available_memory_bytes_under(box, &from), 384 * kMiB);
   EXPECT_EQ(from, "the cgroup's memory limit");
+  // A cgroup outside this cgroup namespace ("/../.."): the namespace's root, which is what is mounted.
+  put(box, "/proc/self/cgroup", "9:memory:/../../user.slice\n");
+  EXPECT_EQ(available_memory_bytes_under(box, &from), 384 * kMiB);
   // No /proc/self/cgroup at all: the root's files, as before.
   const std::string old = test::scratch_dir() + "/old";
   meminfo(old);

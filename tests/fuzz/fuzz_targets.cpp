@@ -188,6 +188,25 @@ bool tokenizer_target(const uint8_t* data, size_t size) {
   return true;
 }
 
+// The same over the hand-written tokenizers of the added-token and Metaspace oracle (make_seeds.sh): every cut of
+// added tokens (lstrip, rstrip, single_word, special, with and without split_special_tokens) and every decoder.
+bool tokenizer_features_target(const uint8_t* data, size_t size) {
+  static const std::vector<Tokenizer> toks = [] {
+    std::vector<Tokenizer> t;
+    for (const char* name : {"byte", "sp-first", "sp-always"}) {
+      const std::string dir = path_join(path_join(fixtures(), "tokenizer_features"), name);
+      setup_check(dir_exists(dir), "no fixture " + dir);
+      t.push_back(Tokenizer::from_dir(dir));
+    }
+    return t;
+  }();
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  for (const Tokenizer& tok : toks) {
+    for (bool parse_special : {true, false}) (void)tok.decode(tok.encode(text, size % 2 == 0, parse_special), size % 3 == 0);
+  }
+  return true;
+}
+
 // Records that read are also rendered with Qwen2.5's and Qwen3's chat templates (both enable_thinking values).
 bool sft_target(const uint8_t* data, size_t size) {
   static const Tokenizer q25 = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen2.5"));
@@ -322,7 +341,7 @@ std::vector<std::string> fuzz_target_names() {
   std::vector<std::string> names = {"safetensors"};
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
-  for (const char* t : {"tokenizer", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
+  for (const char* t : {"tokenizer", "tokenizer_features", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
                         "gguf", "imatrix", "kld", "generation_config"})
     names.push_back(t);
   return names;
@@ -345,6 +364,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       model_target(target.substr(13), true, data, size);
     } else if (target == "tokenizer") {
       return tokenizer_target(data, size);
+    } else if (target == "tokenizer_features") {
+      return tokenizer_features_target(data, size);
     } else if (target == "sft") {
       return sft_target(data, size);
     } else if (target == "text") {

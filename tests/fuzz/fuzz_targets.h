@@ -10,6 +10,9 @@
 //                            forward 3 tokens (every dtype, shape and offset the packed readers check)
 //   tokenizer                the bytes as text: encode (with and without special tokens) and decode back; the bytes
 //                            read as token ids: decode
+//   tokenizer_features       the bytes as text through the added-token and Metaspace tokenizers of
+//                            tests/oracle/test_tokenizer_features_oracle.py: encode (special tokens parsed or split)
+//                            and decode
 //   sft                      the bytes as .jsonl and .json SFT data, every format, skip_bad on and off
 //   text                     the bytes as a .txt / .jsonl / .json evaluation or calibration corpus, multiple-choice
 //                            items and GSM8K records (their extractions and exact match run on the record's text)
@@ -24,9 +27,9 @@
 //   generation_config        the bytes as a model's generation_config.json: read, then pick a token with its settings
 //
 // The fixtures come from QWENQ_FUZZ_DIR, the directory tests/fuzz/make_seeds.sh fills (models/<m>, adapter/,
-// tokenizer/, llama2c/); scratch files go to QWENQ_FUZZ_SCRATCH (default /tmp), named by process id. Used by
-// tests/fuzz/fuzz_replay.cpp (any compiler: replays files, ctest fuzz.replay) and tests/fuzz/fuzz_libfuzzer.cpp
-// (clang's libFuzzer, scripts/fuzz.sh).
+// tokenizer/, tokenizer_features/, llama2c/); scratch files go to QWENQ_FUZZ_SCRATCH (default /tmp), named by
+// process id. Used by tests/fuzz/fuzz_replay.cpp (any compiler: replays files, ctest fuzz.replay) and
+// tests/fuzz/fuzz_libfuzzer.cpp (clang's libFuzzer, scripts/fuzz.sh).
 #pragma once
 
 #include <cstddef>

@@ -6,6 +6,9 @@
 #   OUT/models/fp8                    the dense model with block-wise FP8 Linears (seeded bytes, F32 block scales)
 #   OUT/tokenizer                     the real Qwen2 tokenizer from SHARED/data when present, else the tiny model's
 #   OUT/chat/{qwen2.5,qwen3}          that tokenizer with Qwen2.5's and Qwen3's chat templates (tests/data/chat_templates)
+#   OUT/tokenizer_features/*          tests/oracle/test_tokenizer_features_oracle.py's hand-written tokenizer.json files:
+#                                     byte-level with lstrip/rstrip/single_word/special added tokens, and Metaspace
+#                                     pipelines without byte fallback (<unk>)
 #   OUT/adapter                       a PEFT adapter for the dense model (qwen-qlora train, 1 step)
 #   OUT/seeds/gguf                    the dense model as GGUF files (qwen-quant gguf: q4_0, q8_0, f16)
 #   OUT/seeds/imatrix                 the dense model's importance matrix (qwen-quant imatrix), GGUF and legacy .dat
@@ -72,6 +75,19 @@ seed generation_config qwen2.json '{"bos_token_id": 151643, "do_sample": true, "
 seed generation_config greedy.json '{"bos_token_id": 1, "eos_token_id": 2, "do_sample": false, "repetition_penalty": 1.3}'
 seed generation_config minp.json '{"do_sample": true, "temperature": 1.2, "top_k": 0, "top_p": 1.0, "min_p": 0.05, "eos_token_id": null}'
 seed tokenizer b.txt '<|endoftext|><|im_end|>ÅÉÎ  日本語のテキスト'
+python3 - "$OUT/tokenizer_features" "$(dirname "$0")/../oracle" <<'PY'
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+import test_tokenizer_features_oracle as f  # only its tokenizer.json builders are used (no Hugging Face import)
+for name, tj in (("byte", f.byte_level_tokenizer_json()),
+                 ("sp-first", f.sentencepiece_tokenizer_json("first", True, True, eos=False)),
+                 ("sp-always", f.sentencepiece_tokenizer_json("always", False, False, eos=True))):
+    os.makedirs(os.path.join(sys.argv[1], name), exist_ok=True)
+    with open(os.path.join(sys.argv[1], name, "tokenizer.json"), "w", encoding="utf-8") as out:
+        json.dump(tj, out, ensure_ascii=False)
+PY
+seed tokenizer_features a.txt 'a <L> b  x<R>   y <LR> cat catalog concat <|sw|>a<|sw|> <|sp|><|s dog  dog <s>hi</s>'
+seed tokenizer_features b.txt '  the cat  in   the dog.  Über <L><L>  ▁x  日本'
 
 mkdir -p "$OUT/seeds/text" "$OUT/seeds/sft"
 { cat "$OUT/seeds/sft/text.jsonl"; echo; } > "$OUT/data.jsonl"
