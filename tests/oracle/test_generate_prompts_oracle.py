@@ -92,12 +92,17 @@ def tiny_model(qq, root, template_name):
     return d
 
 
-def check_generate_prompts(qq, ql, root, hf_auto):
-    recs = records()
-    prompts = os.path.join(root, "prompts.jsonl")
-    with open(prompts, "w", encoding="utf-8") as f:
+def write_records(path, recs):
+    """The records of `recs` (records()' tuples) as a JSONL file at `path`; returns path."""
+    with open(path, "w", encoding="utf-8") as f:
         for _, r, _, _, _ in recs:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
+
+
+def check_generate_prompts(qq, ql, root, hf_auto):
+    recs = records()
+    prompts = write_records(os.path.join(root, "prompts.jsonl"), recs)
     n = 0
     for tname in ("qwen2.5", "qwen3"):
         d = tiny_model(qq, root, tname)
@@ -144,10 +149,7 @@ def check_generate_prompts(qq, ql, root, hf_auto):
 def check_tokenize_real_vocabulary(qq, shared, root, hf_auto):
     dirs = make_dirs(shared, os.path.join(root, "real"))
     recs = [r for r in records() if r[0].startswith("sharegpt") or r[0].startswith("tool_call")]
-    path = os.path.join(root, "real.jsonl")
-    with open(path, "w", encoding="utf-8") as f:
-        for _, r, _, _, _ in recs:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    path = write_records(os.path.join(root, "real.jsonl"), recs)
     n = 0
     for tname in ("qwen2.5", "qwen3"):
         hf = hf_auto.from_pretrained(dirs[tname])
