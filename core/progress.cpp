@@ -211,9 +211,9 @@ uint64_t available_memory_bytes_under(const std::string& root, std::string* sour
       const uint64_t left = limit > usage ? limit - usage : 0;
       if (from.empty() || left < best) best = left, from = "the cgroup's memory limit";
     }
-    if (path == "/" || path.empty()) break;
-    const size_t slash = path.find_last_of('/');
-    path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+    if (path == "/") break;
+    const size_t slash = path.find_last_of('/');  // memory_cgroup_path's paths start with '/'
+    path = slash == 0 ? "/" : path.substr(0, slash);
   }
   if (source) *source = from;
   return best;
