@@ -25,6 +25,16 @@ def require_shared(shared):
         skip(f"shared data not found at {shared}/data")
 
 
+def auto_tokenizer_for_chat():
+    """transformers' AutoTokenizer, with jinja2 present (apply_chat_template needs it); skips the test without them."""
+    try:
+        from transformers import AutoTokenizer
+        import jinja2  # noqa: F401
+    except ImportError as e:
+        skip(f"transformers/jinja2 not importable: {e}")
+    return AutoTokenizer
+
+
 def work_dir(build, name):
     d = os.path.join(build, "oracle_tmp", name)
     os.makedirs(d, exist_ok=True)

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 
-from oracle_common import check, finish, parse_args, require_shared, run, skip, work_dir
+from oracle_common import auto_tokenizer_for_chat, check, finish, parse_args, require_shared, run, skip, work_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "..", "data", "chat_templates")
@@ -179,11 +179,7 @@ def expected_example(hf, text, think_skip):
 def main():
     args = parse_args(__doc__.split("\n")[0])
     require_shared(args.shared)
-    try:
-        from transformers import AutoTokenizer
-        import jinja2  # noqa: F401  (apply_chat_template needs it)
-    except ImportError as e:
-        skip(f"transformers/jinja2 not importable: {e}")
+    AutoTokenizer = auto_tokenizer_for_chat()
     qq = os.path.join(args.build, "qwen-quant")
     ql = os.path.join(args.build, "qwen-qlora")
     root = work_dir(args.build, "chat_template")

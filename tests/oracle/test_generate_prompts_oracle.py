@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 
-from oracle_common import check, finish, parse_args, require_shared, run, skip, work_dir
+from oracle_common import auto_tokenizer_for_chat, check, finish, parse_args, require_shared, run, work_dir
 from test_chat_template_oracle import TEMPLATES, make_dirs
 
 WEATHER = {"type": "function", "function": {
@@ -175,11 +175,7 @@ def check_tokenize_real_vocabulary(qq, shared, root, hf_auto):
 def main():
     args = parse_args(__doc__.split("\n")[0])
     require_shared(args.shared)
-    try:
-        from transformers import AutoTokenizer
-        import jinja2  # noqa: F401  (apply_chat_template needs it)
-    except ImportError as e:
-        skip(f"transformers/jinja2 not importable: {e}")
+    AutoTokenizer = auto_tokenizer_for_chat()
     qq = os.path.join(args.build, "qwen-quant")
     ql = os.path.join(args.build, "qwen-qlora")
     root = work_dir(args.build, "generate_prompts")
