@@ -78,6 +78,38 @@ void bm_eigen_baseline(benchmark::State& state, int64_t M, int64_t K, int64_t N)
   set_counters(state, M, K, N, wf.size() * 4);
 }
 
+// dx[M,K] = dy[M,N] · W[N,K] (linear_backward_input_ref), against Eigen's own threaded GEMM on an fp32 copy of W.
+void bm_backward_input(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
+  const std::vector<float> dy = random_vec(static_cast<size_t>(M * N), 3);
+  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
+  std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
+  qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
+  std::vector<float> dx(static_cast<size_t>(M * K));
+  for (auto _ : state) {
+    qwenq::linear_backward_input_ref(dy.data(), M, N, w.data(), dt, K, dx.data());
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, M, K, N, w.size());
+}
+
+void bm_backward_input_eigen(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
+  const std::vector<float> dy = random_vec(static_cast<size_t>(M * N), 3);
+  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
+  std::vector<float> dx(static_cast<size_t>(M * K));
+  Eigen::Map<const RowMat> DY(dy.data(), M, N), W(wf.data(), N, K);
+  Eigen::Map<RowMat> DX(dx.data(), M, K);
+  const int saved = Eigen::nbThreads();
+  Eigen::setNbThreads(qwenq::num_threads());
+  for (auto _ : state) {
+    DX.noalias() = DY * W;
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::ClobberMemory();
+  }
+  Eigen::setNbThreads(saved);
+  set_counters(state, M, K, N, wf.size() * 4);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -95,6 +127,34 @@ int main(int argc, char** argv) {
           ->UseRealTime();
     }
   }
+  // The backward products the trainer runs: the 4-bit Linears' dx on their fp32 dequantization (M = 512 tokens),
+  // and the lm_head's on its bf16 table for one chunk of logits rows (logits_block_rows(151936) = 110).
+  struct Bwd {
+    int64_t M, K, N;
+    DType dt;
+  };
+  constexpr Bwd kBackward[] = {{512, 896, 4864, DType::F32},
+                               {512, 4864, 896, DType::F32},
+                               {512, 896, 896, DType::F32},
+                               {110, 896, 151936, DType::BF16}};
+  for (const Bwd& b : kBackward) {
+    const std::string shape = "/K" + std::to_string(b.K) + "_N" + std::to_string(b.N) + "/M" + std::to_string(b.M);
+    benchmark::RegisterBenchmark(("backward_input_" + std::string(qwenq::dtype_name(b.dt)) + shape).c_str(),
+                                 bm_backward_input, b.M, b.K, b.N, b.dt)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("backward_input_eigen_f32_baseline" + shape).c_str(), bm_backward_input_eigen, b.M,
+                                 b.K, b.N)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+  // The lm_head's forward on the same chunk (the forward shapes above are the decoder's).
+  benchmark::RegisterBenchmark("linear_bf16/K896_N151936/M110", bm_linear, 110, 896, 151936, DType::BF16)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("eigen_f32_baseline/K896_N151936/M110", bm_eigen_baseline, 110, 896, 151936)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

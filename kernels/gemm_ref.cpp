@@ -14,10 +14,11 @@
 // Accumulation order differs between the paths and from a sequential sum; the error is that of fp32
 // accumulation (≲ 1e-6 · Σ|x·w| at K ≈ 5000), which the tests bound.
 //
-// Backward, one Eigen GEMM per output tile, tiles fixed by the shape alone (not by the thread count), so the
+// Backward, Eigen GEMMs per output tile, tiles fixed by the shape alone (not by the thread count), so the
 // result is the same bits with any number of threads:
-//   dx = dy · W: tiles of kRowTile rows of dy by kb columns of W; a thread widens its column block W[:, k0:k0+kb]
-//     (N × kb fp32, about kWidenBytes) once for its consecutive tiles; F32 weights are read in place (strided).
+//   dx = dy · W: tiles of kRowTile rows of dy by about kBwdTile columns of W (backward_input_tiles); F32 weights
+//     are read in place (strided), one GEMM per tile; a 16-bit W is widened in chunks of rows of the tile's
+//     columns (about kWidenBytes each) and the chunks' GEMMs are summed in order of n.
 //   dW += dyᵀ · x: tiles of kBwdTile × kBwdTile entries of dW, each a sum over all M rows; disjoint writes.
 #include <Eigen/Core>
 #include <algorithm>
@@ -266,7 +267,41 @@ void large_m(const float* x, int64_t M, int64_t K, const void* w, DType wt, int6
 
 // ---- backward --------------------------------------------------------------------------------------------
 
-constexpr int64_t kBwdTile = 128;  // dW tile side; also the widest column block of W for dx
+constexpr int64_t kBwdTile = 128;  // dW tile side; also about the widest column block of W for dx
+
+// dx = dy · W's tiles, from the shape alone (the same bits with any thread count): row blocks of kRowTile rows of
+// dy by column blocks of kb columns of W (about kBwdTile, a multiple of 16, their count rounded up to a multiple
+// of 4 where K allows, so 2 or 4 threads share them evenly). Each tile reads its rows of dy once per column block;
+// a 16-bit W is widened in chunks of nc rows (about kWidenBytes of fp32), so the whole reduction over N runs in one
+// tile however long it is (the lm_head's 151,936 rows: before, the column blocks shrank to 16 to keep the
+// widened block N × kb small, and dy was read 56 times).
+struct BackwardInputTiles {
+  int64_t m_blocks, kb, k_blocks, nc;
+};
+
+BackwardInputTiles backward_input_tiles(int64_t M, int64_t N, int64_t K, DType w_dtype) {
+  BackwardInputTiles g{};
+  g.m_blocks = (M + kRowTile - 1) / kRowTile;
+  int64_t want = (K + kBwdTile - 1) / kBwdTile;
+  want = (want + 3) / 4 * 4;
+  g.kb = std::min(K, std::max<int64_t>(16, ((K + want - 1) / want + 15) / 16 * 16));
+  g.k_blocks = (K + g.kb - 1) / g.kb;
+  g.nc = w_dtype == DType::F32 ? N : std::clamp<int64_t>(kWidenBytes / (4 * g.kb), 256, N);
+  return g;
+}
+
+// rows × cols of a 16-bit row-major matrix (row stride ld) into a packed fp32 block.
+void widen_columns(const uint16_t* src, int64_t ld, DType dtype, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* s = src + r * ld;
+    float* d = dst + r * cols;
+    if (dtype == DType::BF16) {
+      for (int64_t c = 0; c < cols; ++c) d[c] = bf16_to_f32(s[c]);
+    } else {
+      to_f32(dtype, s, d, static_cast<size_t>(cols));
+    }
+  }
+}
 
 bool overlap(const float* a, int64_t na, const float* b, int64_t nb) {
   const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
@@ -320,32 +355,34 @@ void linear_backward_input_ref(const float* dy, int64_t M, int64_t N, const void
   QWENQ_CHECK(!overlap(dx, M * K, dy, M * N), "linear_backward_input_ref: output dx overlaps input dy");
   eigen_single_threaded();
 
-  const int64_t kb = std::clamp<int64_t>(kWidenBytes / (4 * N), 16, kBwdTile);
-  const int64_t m_blocks = (M + kRowTile - 1) / kRowTile, k_blocks = (K + kb - 1) / kb;
-  // Tile t covers column block t / m_blocks and row block t % m_blocks.
-  parallel_for(k_blocks * m_blocks, 1, [&](int64_t t0, int64_t t1) {
+  const BackwardInputTiles g = backward_input_tiles(M, N, K, w_dtype);
+  // Tile t covers column block t / m_blocks and row block t % m_blocks; a 16-bit W is widened one chunk of rows
+  // at a time (rows n0..n0+nc of the block's columns) and the chunks' products are added in order.
+  parallel_for(g.k_blocks * g.m_blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> wide;
-    int64_t widened = -1;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t kbi = t / m_blocks, mbi = t % m_blocks;
-      const int64_t k0 = kbi * kb, kk = std::min(kb, K - k0);
+      const int64_t kbi = t / g.m_blocks, mbi = t % g.m_blocks;
+      const int64_t k0 = kbi * g.kb, kk = std::min(g.kb, K - k0);
       const int64_t m0 = mbi * kRowTile, mm = std::min(kRowTile, M - m0);
-      const float* wf = static_cast<const float*>(w) + k0;
-      int64_t ldw = K;
-      if (w_dtype != DType::F32) {
-        if (widened != kbi) {
-          wide.resize(static_cast<size_t>(N * kk));
-          for (int64_t n = 0; n < N; ++n)
-            to_f32(w_dtype, static_cast<const uint16_t*>(w) + n * K + k0, wide.data() + n * kk, static_cast<size_t>(kk));
-          widened = kbi;
-        }
-        wf = wide.data();
-        ldw = kk;
-      }
-      Eigen::Map<const RowMat> dyb(dy + m0 * N, mm, N);
-      ConstStrided wb(wf, N, kk, Eigen::OuterStride<>(ldw));
       Strided dxb(dx + m0 * K + k0, mm, kk, Eigen::OuterStride<>(K));
-      dxb.noalias() = dyb * wb;
+      if (w_dtype == DType::F32) {
+        Eigen::Map<const RowMat> dyb(dy + m0 * N, mm, N);
+        ConstStrided wb(static_cast<const float*>(w) + k0, N, kk, Eigen::OuterStride<>(K));
+        dxb.noalias() = dyb * wb;
+        continue;
+      }
+      wide.resize(static_cast<size_t>(g.nc * kk));
+      for (int64_t n0 = 0; n0 < N; n0 += g.nc) {
+        const int64_t nn = std::min(g.nc, N - n0);
+        widen_columns(static_cast<const uint16_t*>(w) + n0 * K + k0, K, w_dtype, nn, kk, wide.data());
+        ConstStrided dyb(dy + m0 * N + n0, mm, nn, Eigen::OuterStride<>(N));
+        Eigen::Map<const RowMat> wb(wide.data(), nn, kk);
+        if (n0 == 0) {
+          dxb.noalias() = dyb * wb;
+        } else {
+          dxb.noalias() += dyb * wb;
+        }
+      }
     }
   });
 }

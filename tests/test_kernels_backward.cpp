@@ -372,6 +372,47 @@ TEST(KernelsBackward, LinearBackwardRealShapesAnyThreadCount) {
   }
 }
 
+TEST(KernelsBackward, LinearInputGradChunkedReductionAnyThreadCount) {
+  // A 16-bit W is widened in chunks of rows and the chunks' products summed (kernels/gemm_ref.cpp): at K = 256
+  // the column blocks are 64 wide and a chunk 4096 rows, so N = 4500 is one full chunk and a short one; M = 257
+  // is two row blocks. Against a double product, and the same bits with any number of threads.
+  ThreadSweep sweep;
+  Headroom hr("linear backward input, chunked", kLinearSumTol);
+  const int64_t N = 4500, K = 256;
+  uint64_t seed = 1400;
+  for (DType wt : {DType::BF16, DType::F16})
+    for (int64_t M : {3, 257}) {
+      SCOPED_TRACE(testing::Message() << dtype_name(wt) << " M=" << M << " seed=" << seed + 1);
+      Rng rng(++seed);
+      const std::vector<float> dy = normal(rng, M * N, 1.0);
+      const Stored w = store(wt, uniform(rng, N * K, -1.f, 1.f));
+      std::vector<float> dx_first;
+      for (int threads : sweep.counts()) {
+        set_num_threads(threads);
+        SCOPED_TRACE(testing::Message() << threads << " threads");
+        std::vector<float> dx = guarded(M * K, NAN);
+        linear_backward_input_ref(dy.data(), M, N, w.bytes.data(), wt, K, dx.data());
+        expect_guards(dx, "dx");
+        dx.resize(M * K);
+        if (!dx_first.empty()) {
+          EXPECT_EQ(dx, dx_first);
+          continue;
+        }
+        dx_first = dx;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k) {
+            double ref = 0, mag = 0;
+            for (int64_t n = 0; n < N; ++n) {
+              const double p = static_cast<double>(dy[m * N + n]) * w.widened[n * K + k];
+              ref += p;
+              mag += std::fabs(p);
+            }
+            ASSERT_TRUE(hr.ok(std::fabs(dx[m * K + k] - ref), kLinearSumTol * mag)) << "dx[" << m << "," << k << "]";
+          }
+      }
+    }
+}
+
 // ---- rope --------------------------------------------------------------------------------------------------
 
 // s·R(angle)·x in double by the kernel's fp32 angles: transformers' table (kernels/rope_table.h, itself checked
