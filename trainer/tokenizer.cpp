@@ -2,11 +2,13 @@
 // tokenizer_load*.cpp, the vocabulary tables in tokenizer_vocab.cpp, saving in tokenizer_save.cpp, ChatML
 // in tokenizer_chat.cpp.
 //
-// encode: added tokens are cut out of the raw text first (leftmost-longest, HF AddedVocabulary semantics);
-// every other segment goes through the model's normalizer, pre-tokenizer and BPE:
+// encode: the added tokens marked normalized=false are cut out of the raw text first; every other piece goes
+// through the model's normalizer, the normalized=true added tokens are cut out of the normalized piece
+// (trainer/tokenizer_added.cpp: Hugging Face's AddedVocabulary), and what is left goes through the
+// pre-tokenizer and BPE:
 //   byte-level: NFC (skipped when the text cannot change) -> Qwen2 scanner -> per-word BPE over byte symbols,
 //               with a per-thread word cache;
-//   SentencePiece-style: " " -> "▁", prepend "▁" -> one word per segment (or Metaspace words) -> BPE over
+//   SentencePiece-style: prepend "▁", " " -> "▁" -> one word per part (or Metaspace words) -> BPE over
 //               characters, unknown characters as <0xNN> byte tokens.
 #include <algorithm>
 #include <cstdio>
@@ -25,84 +27,6 @@ namespace qwenq {
 using namespace tokenizer_detail;
 
 namespace {
-
-struct Segment {
-  size_t begin, end;
-  int32_t token;  // >= 0: an added token; -1: text [begin, end)
-};
-
-bool is_space_at(const std::string& s, size_t i, int* len) {
-  const uint32_t cp = unicode::decode_utf8(s.data(), s.size(), i, len);
-  return (unicode::classify(cp) & unicode::kSpace) != 0;
-}
-
-// Start of the code point that ends right before byte i (i > 0).
-size_t prev_char_start(const std::string& s, size_t i) {
-  size_t j = i - 1;
-  while (j > 0 && i - j < 4 && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
-  return j;
-}
-
-bool is_word_char_at(const std::string& s, size_t i) {
-  int len;
-  const uint32_t cp = unicode::decode_utf8(s.data(), s.size(), i, &len);
-  return cp == '_' || (unicode::classify(cp) & (unicode::kLetter | unicode::kNumber)) != 0;
-}
-
-// Cuts the added tokens out of `text` (HF AddedVocabulary: leftmost match, longest at that position;
-// lstrip/rstrip swallow neighbouring whitespace; single_word tokens only match between non-word characters).
-// Hugging Face finds the matches first (non-overlapping, over all added tokens) and only then drops a
-// single_word match that touches a word character, or a special one under split_special_tokens: the dropped
-// match's text stays ordinary text and the search goes on after it, so no shorter token is tried at that
-// position and no token starting inside it ("a<|sw|>" with "<|sw|>" single_word and "<|s" added: no cut).
-void split_added(const Tokenizer::Impl& t, const std::string& text, bool parse_special, std::vector<Segment>* out) {
-  out->clear();
-  const size_t n = text.size();
-  size_t seg = 0, i = 0;
-  while (i < n) {
-    if (!t.added_first_byte[static_cast<uint8_t>(text[i])]) {
-      ++i;
-      continue;
-    }
-    const auto& cands = t.added_by_first_byte[static_cast<uint8_t>(text[i])];
-    const AddedToken* hit = nullptr;
-    for (int32_t idx : cands) {
-      const AddedToken& a = t.added[idx];
-      if (a.content.size() > n - i || std::memcmp(text.data() + i, a.content.data(), a.content.size()) != 0) continue;
-      hit = &a;
-      break;
-    }
-    if (!hit) {
-      ++i;
-      continue;
-    }
-    bool dropped = hit->special && !parse_special;
-    if (hit->single_word) {
-      const size_t e = i + hit->content.size();
-      dropped |= (i > 0 && is_word_char_at(text, prev_char_start(text, i))) || (e < n && is_word_char_at(text, e));
-    }
-    if (dropped) {
-      i += hit->content.size();
-      continue;
-    }
-    size_t b = i, e = i + hit->content.size();
-    int len;
-    if (hit->lstrip) {
-      while (b > seg) {
-        const size_t p = prev_char_start(text, b);
-        if (!is_space_at(text, p, &len)) break;
-        b = p;
-      }
-    }
-    if (hit->rstrip) {
-      while (e < n && is_space_at(text, e, &len)) e += static_cast<size_t>(len);
-    }
-    if (b > seg) out->push_back({seg, b, -1});
-    out->push_back({b, e, hit->id});
-    seg = i = e;
-  }
-  if (seg < n) out->push_back({seg, n, -1});
-}
 
 void encode_byte_level_word(const Tokenizer::Impl& t, const char* p, size_t n, WordCache* cache,
                             std::vector<int32_t>* syms, std::vector<int32_t>* out) {
@@ -124,20 +48,12 @@ void encode_byte_level_word(const Tokenizer::Impl& t, const char* p, size_t n, W
   cache->insert(p, n, h, syms->data(), syms->size());
 }
 
-void encode_byte_level_segment(const Tokenizer::Impl& t, const char* s, size_t n, std::vector<int32_t>* out) {
+// Pre-tokenizer and BPE over normalized text.
+void encode_byte_level_normalized(const Tokenizer::Impl& t, const char* s, size_t n, std::vector<int32_t>* out) {
   thread_local WordCache cache;
   thread_local std::vector<std::pair<uint32_t, uint32_t>> words;
   thread_local std::vector<int32_t> syms;
   cache.bind(t.serial);
-  std::string normalized;
-  if (t.nfc) {
-    const std::string_view raw(s, n);
-    if (unicode::may_need_nfc(raw)) {
-      normalized = unicode::to_nfc(raw);
-      s = normalized.data();
-      n = normalized.size();
-    }
-  }
   words.clear();
   pretokenize_qwen2(s, n, &words);
   for (const auto& [b, e] : words) encode_byte_level_word(t, s + b, e - b, &cache, &syms, out);
@@ -184,13 +100,14 @@ void sp_initial_symbols(const Tokenizer::Impl& t, const std::string& w, std::vec
   }
 }
 
-void encode_sp_segment(const Tokenizer::Impl& t, const char* s, size_t n, bool at_text_start,
-                       std::vector<int32_t>* out) {
+// Pre-tokenizer (Metaspace, if any) and BPE over normalized text; at_text_start: it starts the input (Metaspace's
+// prepend_scheme first).
+void encode_sp_normalized(const Tokenizer::Impl& t, const char* s, size_t n, bool at_text_start,
+                          std::vector<int32_t>* out) {
   std::string w;
   w.reserve(n + n / 4 + 3);
-  if (t.sp_prepend && n > 0) w += kSpaceMarker;
   for (size_t i = 0; i < n; ++i) {
-    if (s[i] == ' ' && (t.sp_replace_space || t.metaspace)) {
+    if (s[i] == ' ' && t.metaspace) {
       w += kSpaceMarker;
     } else {
       w.push_back(s[i]);
@@ -230,6 +147,40 @@ void encode_sp_segment(const Tokenizer::Impl& t, const char* s, size_t n, bool a
   }
 }
 
+void encode_normalized(const Tokenizer::Impl& t, const char* s, size_t n, bool at_text_start,
+                       std::vector<int32_t>* out) {
+  if (t.kind == TokenizerKind::kByteLevel) {
+    encode_byte_level_normalized(t, s, n, out);
+  } else {
+    encode_sp_normalized(t, s, n, at_text_start, out);
+  }
+}
+
+// A piece of the raw text between the normalized=false added tokens: normalized, cut at the normalized=true added
+// tokens, the parts left pre-tokenized and merged.
+void encode_piece(const Tokenizer::Impl& t, std::string_view piece, bool at_text_start, bool parse_special,
+                  std::vector<int32_t>* out) {
+  std::string normalized;
+  std::string_view s = piece;
+  if (t.kind == TokenizerKind::kSentencePiece || (t.nfc && unicode::may_need_nfc(piece))) {
+    normalized = normalize_text(t, piece);
+    s = normalized;
+  }
+  if (t.added_normalized.empty()) {
+    encode_normalized(t, s.data(), s.size(), at_text_start, out);
+    return;
+  }
+  std::vector<AddedSegment> parts;
+  split_added(t, t.added_normalized, s, parse_special, &parts);
+  for (const AddedSegment& p : parts) {
+    if (p.token >= 0) {
+      out->push_back(p.token);
+    } else {
+      encode_normalized(t, s.data() + p.begin, p.end - p.begin, at_text_start && p.begin == 0, out);
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special_tokens, bool parse_special) const {
@@ -237,15 +188,13 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (add_special_tokens && t.add_bos && t.bos >= 0) ids.push_back(t.bos);
-  std::vector<Segment> segs;
-  split_added(t, text, parse_special, &segs);
-  for (const Segment& sg : segs) {
+  std::vector<AddedSegment> segs;
+  split_added(t, t.added_raw, text, parse_special, &segs);
+  for (const AddedSegment& sg : segs) {
     if (sg.token >= 0) {
       ids.push_back(sg.token);
-    } else if (t.kind == TokenizerKind::kByteLevel) {
-      encode_byte_level_segment(t, text.data() + sg.begin, sg.end - sg.begin, &ids);
     } else {
-      encode_sp_segment(t, text.data() + sg.begin, sg.end - sg.begin, sg.begin == 0, &ids);
+      encode_piece(t, std::string_view(text).substr(sg.begin, sg.end - sg.begin), sg.begin == 0, parse_special, &ids);
     }
   }
   if (add_special_tokens && t.add_eos && t.eos >= 0) ids.push_back(t.eos);

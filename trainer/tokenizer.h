@@ -8,8 +8,9 @@
 //    a "▁" is prepended, pieces merge by rank (derived from SentencePiece scores), characters outside the
 //    vocabulary become <0xNN> byte tokens; BOS first. Files: tokenizer.json, or a llama2.c tokenizer .bin.
 //
-// Added tokens (e.g. <|im_start|>) are cut out of the raw text before anything else, as Hugging Face does;
-// special ones only when parse_special is true. ChatML chat templates (Qwen) are applied natively; other
+// Added tokens (e.g. <|im_start|>) are cut out of the raw text before anything else, as Hugging Face does, those
+// marked normalized out of the normalized text (trainer/tokenizer_added.cpp); special ones only when
+// parse_special is true. ChatML chat templates (Qwen) are applied natively; other
 // Jinja templates are refused with an error naming the file.
 //
 // A Tokenizer is immutable and cheap to copy (shared state); encode/decode may be called from several threads.

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -21,6 +22,20 @@ struct AddedToken {
   std::string content;
   int32_t id = -1;
   bool special = true, lstrip = false, rstrip = false, single_word = false, normalized = false;
+};
+
+// The added tokens one matching pass looks for (trainer/tokenizer_added.cpp): the raw pass the contents of the
+// normalized=false tokens, the normalized pass the contents of the normalized=true ones passed through the
+// normalizer.
+struct AddedMatcher {
+  struct Pattern {
+    std::string text;
+    int32_t token;  // index into Impl::added
+  };
+  std::vector<Pattern> patterns;
+  std::array<std::vector<int32_t>, 256> by_first_byte;  // indices into patterns, longest first
+  std::array<bool, 256> first_byte{};                   // some pattern starts with this byte
+  bool empty() const { return patterns.empty(); }
 };
 
 // Metaspace prepend scheme (SentencePiece-style models loaded from a Metaspace pre-tokenizer).
@@ -43,8 +58,7 @@ struct Tokenizer::Impl {
   int32_t space_id = -1;                 // SentencePiece: id of "▁"
 
   std::vector<AddedToken> added;  // sorted by id
-  std::array<std::vector<int32_t>, 256> added_by_first_byte;  // indices into `added`, longest content first
-  std::array<bool, 256> added_first_byte{};                   // some added token starts with this byte
+  AddedMatcher added_raw, added_normalized;
 
   int32_t bos = -1, eos = -1, pad = -1, unk = -1;
   bool add_bos = false, add_eos = false;
@@ -104,6 +118,20 @@ int parse_byte_token(const std::string& piece);
 extern const char* const kSpaceMarker;
 // The Qwen2 pre-tokenizer pattern as Hugging Face spells it.
 extern const char* const kQwen2Pattern;
+// The tokenizer's normalizer (trainer/tokenizer_added.cpp): byte-level NFC (when set); SentencePiece-style "▁"
+// prepended to non-empty text, then spaces -> "▁" (each when set).
+std::string normalize_text(const Tokenizer::Impl& t, std::string_view text);
+// Builds t->added_raw and t->added_normalized from t->added (after the pipeline options are set).
+void build_added_matchers(Tokenizer::Impl* t);
+// A piece of text cut by split_added: [begin, end) is an added token (token >= 0: its id) or text (token -1).
+struct AddedSegment {
+  size_t begin, end;
+  int32_t token;
+};
+// Cuts the tokens of one matcher out of `text` (Hugging Face's AddedVocabulary::find_matches); special tokens
+// only when parse_special.
+void split_added(const Tokenizer::Impl& t, const AddedMatcher& m, std::string_view text, bool parse_special,
+                 std::vector<AddedSegment>* out);
 // New serial for Impl::serial.
 uint64_t next_tokenizer_serial();
 

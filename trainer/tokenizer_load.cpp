@@ -90,13 +90,16 @@ void read_added_tokens_json(const std::string& path, Tokenizer::Impl* t) {
   }
 }
 
-// Marks `name` special: an added token becomes special, a vocabulary token is added as a special token.
-void make_special(const std::string& name, Tokenizer::Impl* t) {
+// Marks `name` special: an added token becomes special, a vocabulary token is added as a special token. Only the
+// tokens read from added_tokens.json (t->added from index `first_legacy` on) lose their normalized flag: transformers
+// builds those as normalized=not special, while a role keeps the flag tokenizer.json or added_tokens_decoder gave.
+void make_special(const std::string& name, size_t first_legacy, Tokenizer::Impl* t) {
   if (name.empty()) return;
-  for (AddedToken& a : t->added) {
+  for (size_t i = 0; i < t->added.size(); ++i) {
+    AddedToken& a = t->added[i];
     if (a.content == name) {
       a.special = true;
-      a.normalized = false;
+      if (i >= first_legacy) a.normalized = false;
       return;
     }
   }
@@ -182,6 +185,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   // transformers reads added_tokens.json only on its legacy path, when tokenizer_config.json has no
   // added_tokens_decoder; next to one, the file is ignored (even the tokens the decoder does not name).
   const std::string added_json = path_join(dir, "added_tokens.json");
+  const size_t first_legacy = t->added.size();
   if (file_exists(added_json) && !c.contains("added_tokens_decoder")) read_added_tokens_json(added_json, t.get());
 
   // Special roles: tokenizer_config.json, then special_tokens_map.json on top (as transformers does).
@@ -207,8 +211,8 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
     QWENQ_CHECK(m.is_object(), map_path << ": expected a JSON object");
     read_roles(m);
   }
-  for (const std::string& r : role) make_special(r, t.get());
-  for (const std::string& r : extra_specials) make_special(r, t.get());
+  for (const std::string& r : role) make_special(r, first_legacy, t.get());
+  for (const std::string& r : extra_specials) make_special(r, first_legacy, t.get());
 
   t->finalize(dir);
   t->bos = find_token(*t, role[0]);

@@ -157,17 +157,7 @@ void Tokenizer::Impl::finalize(const std::string& what) {
 
   pairs.build(merges);
 
-  for (auto& v : added_by_first_byte) v.clear();
-  added_first_byte.fill(false);
-  for (size_t i = 0; i < added.size(); ++i) {
-    added_by_first_byte[static_cast<uint8_t>(added[i].content[0])].push_back(static_cast<int32_t>(i));
-    added_first_byte[static_cast<uint8_t>(added[i].content[0])] = true;
-  }
-  for (auto& v : added_by_first_byte) {
-    std::stable_sort(v.begin(), v.end(), [&](int32_t a, int32_t b) {
-      return added[a].content.size() > added[b].content.size();
-    });
-  }
+  build_added_matchers(this);
   serial = next_tokenizer_serial();
 }
 

@@ -8,7 +8,10 @@ versions save them) loaded by `qwen-quant tokenize --model DIR` and by tokenizer
   2. SentencePiece-style BPE without byte_fallback (unknown characters -> "<unk>", fuse_unk true and false)
      with a Metaspace pre-tokenizer for each prepend_scheme (first, never, always) and split true/false, the
      same kind of added tokens, BOS from a TemplateProcessing post-processor; ids decoded back with
-     `qwen-quant tokenize --decode` (with and without --skip-special) against Tokenizer.decode.
+     `qwen-quant tokenize --decode` (with and without --skip-special) against Tokenizer.decode;
+  2b. added tokens marked normalized (matched in the normalized text, their contents normalized too) and not,
+     in a byte-level (NFC) tokenizer and SentencePiece-style ones with Llama's Prepend + Replace normalizers or
+     Replace + Metaspace(first), texts with precomposed and decomposed characters;
 Qwen2 (../shared/data/qwen2-tokenizer) against the tokenizer transformers' AutoTokenizer builds:
   3. `--decode` of every WikiText row's ids (Hugging Face's ids; records written as {"ids": [...]}, bare JSON
      arrays and whitespace/comma separated numbers) and of tricky strings with special tokens, with and
@@ -16,7 +19,8 @@ Qwen2 (../shared/data/qwen2-tokenizer) against the tokenizer transformers' AutoT
   4. `--threads 4 --lines` over the WikiText rows (the multi-threaded encode) against the reference ids.
 Model directories read by transformers' AutoTokenizer:
   5. vocab.json + merges.txt with added_tokens.json (and with tokenizer_config.json's added_tokens_decoder next
-     to it, which transformers then uses alone); a special role naming a vocabulary token;
+     to it, which transformers then uses alone); a special role naming a vocabulary token; which added tokens
+     stay normalized when special roles name them (tokenizer.json, added_tokens_decoder, added_tokens.json);
   6. the chat template given as a list with a "default" entry and as chat_template.jinja: `--chat` texts and
      ids against apply_chat_template.
 Exit 0 pass, 1 fail (every mismatch is printed), 77 skip (no `tokenizers` / transformers).
@@ -156,6 +160,86 @@ SP_TRICKY = [
 ] + ADDED_TRICKY
 
 
+# Added tokens marked normalized (Hugging Face's AddedVocabulary): the normalized=false ones are cut out of the raw
+# text first; each remaining piece then goes through the normalizer, and the normalized=true ones (their contents
+# passed through the same normalizer) are matched in that normalized text, lstrip/rstrip/single_word judged there
+# (within the piece). Tokens whose content NFC changes ("café" given decomposed, the Ohm sign U+2126 -> Omega), a
+# raw token that wins over a normalized one starting earlier ("éy" vs "xé"), a single_word token right after a raw
+# one ("zzñu": the piece starts at "ñu"), specials of both kinds.
+def normalized_added_tokens(base):
+    return [
+        added(base + 0, "caf\u00e9", normalized=True), added(base + 1, "cafe\u0301s"),
+        added(base + 2, "<\u00e9>", normalized=True, lstrip=True, rstrip=True),
+        added(base + 3, "\u00f1u", normalized=True, single_word=True), added(base + 4, "\u00e9y"),
+        added(base + 5, "x\u00e9", normalized=True), added(base + 6, "\u2126m", normalized=True),
+        added(base + 7, "\u212bx"), added(base + 8, "<|n|>", special=True, normalized=True),
+        added(base + 9, "<|r|>", special=True), added(base + 10, "zz"),
+        added(base + 11, "<\u00e9", normalized=True, rstrip=True),
+    ]
+
+
+NORMALIZED_TRICKY = [
+    "caf\u00e9", "cafe\u0301", "xcafe\u0301y", " cafe\u0301 ", "cafe\u0301s", "caf\u00e9s", "cafe\u0301\u0301",
+    "a <\u00e9> b", "a  <e\u0301>  b", "a\t<e\u0301>\u00a0b", "<e\u0301><\u00e9>", "<e\u0301  x", "<\u00e9\t>",
+    "\u00f1u", "n\u0303u", "an\u0303u", "a n\u0303u b", "zzn\u0303u", "zz \u00f1u", "\u00f1u_", "n\u0303u1",
+    "\u00f1u\u00f1u", "x\u00e9y", "xe\u0301y", "xe\u0301", "x\u00e9", "\u2126m", "\u03a9m", "\u212bx",
+    "\u00c5x", "A\u030ax", "<|n|>", "<|r|>", "<|n|><|r|>", "a<|n|>b", "zzzz", "zz  <e\u0301>", "<|r|>\u00f1u",
+    "\u1e9b\u0323", "\uac00\u11a8", "", " ", "e\u0301",
+]
+
+
+def random_pool_strings(pool, n, seed):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 10))) for _ in range(n)]
+
+
+NORMALIZED_POOL = ["caf\u00e9", "cafe\u0301", "s", "<\u00e9>", "<e\u0301>", "<", ">", "\u00f1u", "n\u0303u",
+                   "\u00e9y", "x", "e\u0301y", "\u2126m", "\u03a9", "\u212bx", "A\u030a", "<|n|>", "<|r|>", "z", " ",
+                   "  ", "\t", "\u00a0", "a", "_", "1", "."]
+NORMALIZED_SP_POOL = ["<x>", " zq", "zq", "<y>", "<w>", "<r>", "q<", "<|n|>", SPACE + "k", "k", " ", "  ", "\t", "a",
+                      "b", "<", ">", "q", "\u00a0", SPACE]
+
+
+def normalized_byte_level_tokenizer_json():
+    """The byte-level tokenizer (NFC normalizer) with normalized_added_tokens instead, no post-processor."""
+    tj = byte_level_tokenizer_json()
+    tj["added_tokens"] = normalized_added_tokens(len(tj["model"]["vocab"]))
+    tj["post_processor"] = None
+    return tj
+
+
+def normalized_sentencepiece_tokenizer_json(llama_normalizers):
+    """SentencePiece-style BPE with normalized added tokens: either Llama's normalizers Prepend("▁") +
+    Replace(" ", "▁") and no pre-tokenizer (a normalized content gets the "▁" prepended too: "<x>" is matched as
+    "▁<x>", " zq" as "▁▁zq"), or Replace(" ", "▁") + a Metaspace pre-tokenizer (prepend_scheme first)."""
+    tj = sentencepiece_tokenizer_json("first", True, False, eos=False)
+    base = len(tj["model"]["vocab"])
+    tj["added_tokens"] = [added(0, "<unk>", special=True),
+                          added(base + 0, "<x>", normalized=True), added(base + 1, " zq", normalized=True),
+                          added(base + 2, "<y>", normalized=True, lstrip=True, rstrip=True),
+                          added(base + 3, "<w>", normalized=True, single_word=True), added(base + 4, "<r>"),
+                          added(base + 5, "q<"), added(base + 6, "<|n|>", special=True, normalized=True),
+                          added(base + 7, SPACE + "k", normalized=True), added(base + 8, "k k", normalized=True)]
+    tj["post_processor"] = None
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    if llama_normalizers:
+        tj["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": SPACE}, replace]}
+        tj["pre_tokenizer"] = None
+        tj["decoder"] = {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    else:
+        tj["normalizer"] = replace
+    return tj
+
+
+NORMALIZED_SP_TRICKY = [
+    "<x>", "a<x>", "a <x>", " <x>", "a <x> <x>b", "<x>ab", "ab<x>", "zq", " zq", "a zq", "a  zq", "azq", "a\t <y>\t b",
+    "a <y> b", "a\t<y>\tb", "<y>", "<w>", "a <w> b", "a<w>", "<w> b", "a<r>b", "<r><x>", "<r> <x>", "<r>  zq", "q<x>",
+    "a q<x>", "<|n|>", "a <|n|> b", SPACE + "k", "k", "a k", "ak", "k k", "a k k", SPACE + "<x>", "", " ", "  ",
+]
+
+
 def write_ids(path, rows, style):
     """Ids one record per line: {"ids": [...]}, [...] or "1 2, 3" (style cycles when 'mixed')."""
     with open(path, "w", encoding="utf-8") as f:
@@ -287,6 +371,32 @@ def tiny_tokenizer_checks(qq, tmp):
                               rows[:len(texts) - len(fuzz)], skip_special)
             check_decode(qq, d, tmp, f"{name} decode (random strings)", decode, rows[len(texts) - len(fuzz):],
                          "mixed", skip_special)
+
+
+def normalized_added_checks(qq, tmp):
+    """Added tokens marked normalized: byte-level (NFC) and the two SentencePiece-style pipelines, each text with
+    split_special_tokens off and on (add_special_tokens=False: these tokenizers add nothing anyway)."""
+    from tokenizers import Tokenizer
+
+    cases = [("normalized-byte-level", normalized_byte_level_tokenizer_json(), NORMALIZED_TRICKY),
+             ("normalized-sp-llama", normalized_sentencepiece_tokenizer_json(True), NORMALIZED_SP_TRICKY),
+             ("normalized-sp-metaspace", normalized_sentencepiece_tokenizer_json(False), NORMALIZED_SP_TRICKY)]
+    fuzz = {"normalized-byte-level": random_pool_strings(NORMALIZED_POOL, 300, seed=20261206)}
+    fuzz["normalized-sp-llama"] = fuzz["normalized-sp-metaspace"] = random_pool_strings(NORMALIZED_SP_POOL, 300,
+                                                                                        seed=20261207)
+    for name, tj, tricky in cases:
+        d = os.path.join(tmp, name)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            json.dump(tj, f, ensure_ascii=False)
+        ref = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        texts = tricky + fuzz[name]
+        for split_special in (False, True):
+            ref.encode_special_tokens = split_special
+            theirs = [ref.encode(t, add_special_tokens=False).ids for t in texts]
+            flags = ["--no-special"] + (["--split-special"] if split_special else [])
+            ours = encode_with_cli(qq, d, tmp, texts, name, flags)
+            compare_ids(f"{name}{' split_special' if split_special else ''}", texts, ours, theirs)
 
 
 def qwen2_checks(qq, data, tmp):
@@ -423,6 +533,62 @@ def model_dir_checks(qq, data, tmp):
                         [auto(t, add_special_tokens=False).input_ids for t in want])
 
 
+def normalized_model_dir_checks(qq, tmp):
+    """Which added tokens end up normalized when transformers' AutoTokenizer reads a model directory: a special
+    role (eos_token, additional_special_tokens) keeps the normalized flag tokenizer.json or added_tokens_decoder
+    gives the token; only added_tokens.json's tokens (transformers' legacy path) are normalized unless a role names
+    them. Texts with the tokens precomposed and decomposed (NFC composes them)."""
+    from transformers import AutoTokenizer
+
+    pre, dec = "caf\u00e9", "cafe\u0301"
+    s_pre, s_dec = "<|\u00e9|>", "<|e\u0301|>"
+    n_pre, n_dec = "<|\u00f1|>", "<|n\u0303|>"
+    u_pre, u_dec = "<|\u00fc|>", "<|u\u0308|>"
+    texts = [pre, dec, s_pre, s_dec, n_pre, n_dec, u_pre, u_dec, f"a {dec}{s_dec}{n_dec}{u_dec} b",
+             f"{s_pre}{pre}{n_pre}{u_pre}", ""]
+
+    def compare(name, d):
+        auto = AutoTokenizer.from_pretrained(d)
+        compare_ids(f"{name} (AutoTokenizer)", texts, encode_with_cli(qq, d, tmp, texts, name.replace(" ", "-")),
+                    [auto(t).input_ids for t in texts])
+
+    # tokenizer.json's added tokens (normalized true, special or not) named by special roles.
+    d = os.path.join(tmp, "normalized-roles-tokenizer-json")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    tj = byte_level_tokenizer_json()
+    base = len(tj["model"]["vocab"])
+    tj["added_tokens"] = [added(base, pre, normalized=True), added(base + 1, s_pre, special=True, normalized=True),
+                          added(base + 2, n_pre, normalized=True), added(base + 3, u_pre, special=True)]
+    tj["post_processor"] = None
+    with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "Qwen2Tokenizer", "eos_token": s_pre, "additional_special_tokens": [n_pre]}, f,
+                  ensure_ascii=False)
+    compare("normalized tokens named by roles, tokenizer.json", d)
+
+    # vocab.json + merges.txt with added_tokens_decoder (normalized given, or by default: not special).
+    d = os.path.join(tmp, "normalized-roles-decoder")
+    shutil.rmtree(d, ignore_errors=True)
+    n = write_tiny_qwen_dir(d, {})  # the vocabulary size, for the ids below
+    write_tiny_qwen_dir(d, {"tokenizer_class": "Qwen2Tokenizer", "eos_token": s_pre, "pad_token": n_pre,
+                            "added_tokens_decoder": {
+                                str(n): {"content": pre, "special": False},
+                                str(n + 1): {"content": s_pre, "special": False, "normalized": True},
+                                str(n + 2): {"content": n_pre, "special": True, "normalized": True},
+                                str(n + 3): {"content": u_pre, "special": True}}})
+    compare("normalized tokens named by roles, added_tokens_decoder", d)
+
+    # added_tokens.json alone: normalized unless a role names the token.
+    d = os.path.join(tmp, "normalized-roles-added-json")
+    shutil.rmtree(d, ignore_errors=True)
+    write_tiny_qwen_dir(d, {"tokenizer_class": "Qwen2Tokenizer", "eos_token": s_pre, "bos_token": None,
+                            "unk_token": None, "additional_special_tokens": [u_pre]},
+                        added_tokens_json={pre: n, s_pre: n + 1, n_pre: n + 2, u_pre: n + 3})
+    compare("normalized tokens named by roles, added_tokens.json", d)
+
+
 def main():
     args = parse_args(__doc__)
     require_shared(args.shared)
@@ -435,8 +601,10 @@ def main():
     qq = os.path.join(args.build, "qwen-quant")
     tmp = work_dir(args.build, "tokenizer_features")
     tiny_tokenizer_checks(qq, tmp)
+    normalized_added_checks(qq, tmp)
     qwen2_checks(qq, data, tmp)
     model_dir_checks(qq, data, tmp)
+    normalized_model_dir_checks(qq, tmp)
     finish()
 
 
