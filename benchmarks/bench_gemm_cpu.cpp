@@ -16,6 +16,7 @@
 #include "core/rng.h"
 #include "core/threads.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
 
 namespace {
 
@@ -56,6 +57,22 @@ void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType d
   set_counters(state, M, K, N, w.size());
 }
 
+// linear_forward_bf16 (kernels/gemm_bf16.h): bf16 operands, fp32 sums; the AVX512_BF16 kernel where present.
+void bm_linear_bf16_ops(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
+  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
+  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
+  std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
+  qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
+  std::vector<float> y(static_cast<size_t>(M * N));
+  for (auto _ : state) {
+    qwenq::linear_forward_bf16(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, M, K, N, w.size());
+  state.counters["avx512_bf16"] = qwenq::bf16_gemm_uses_avx512() ? 1 : 0;
+}
+
 void bm_eigen_baseline(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
   const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
   const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
@@ -78,15 +95,20 @@ void bm_eigen_baseline(benchmark::State& state, int64_t M, int64_t K, int64_t N)
   set_counters(state, M, K, N, wf.size() * 4);
 }
 
-// dx[M,K] = dy[M,N] · W[N,K] (linear_backward_input_ref), against Eigen's own threaded GEMM on an fp32 copy of W.
-void bm_backward_input(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
+// dx[M,K] = dy[M,N] · W[N,K] (linear_backward_input_ref, or linear_backward_input_bf16 with bf16_ops), against
+// Eigen's own threaded GEMM on an fp32 copy of W.
+void bm_backward_input(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt, bool bf16_ops) {
   const std::vector<float> dy = random_vec(static_cast<size_t>(M * N), 3);
   const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
   std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
   qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
   std::vector<float> dx(static_cast<size_t>(M * K));
   for (auto _ : state) {
-    qwenq::linear_backward_input_ref(dy.data(), M, N, w.data(), dt, K, dx.data());
+    if (bf16_ops) {
+      qwenq::linear_backward_input_bf16(dy.data(), M, N, w.data(), dt, K, dx.data());
+    } else {
+      qwenq::linear_backward_input_ref(dy.data(), M, N, w.data(), dt, K, dx.data());
+    }
     benchmark::DoNotOptimize(dx.data());
     benchmark::ClobberMemory();
   }
@@ -122,6 +144,10 @@ int main(int argc, char** argv) {
       benchmark::RegisterBenchmark(("linear_bf16" + shape).c_str(), bm_linear, M, s.K, s.N, DType::BF16)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
+      benchmark::RegisterBenchmark(("linear_bf16_ops_f32w" + shape).c_str(), bm_linear_bf16_ops, M, s.K, s.N,
+                                   DType::F32)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
       benchmark::RegisterBenchmark(("eigen_f32_baseline" + shape).c_str(), bm_eigen_baseline, M, s.K, s.N)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
@@ -140,7 +166,11 @@ int main(int argc, char** argv) {
   for (const Bwd& b : kBackward) {
     const std::string shape = "/K" + std::to_string(b.K) + "_N" + std::to_string(b.N) + "/M" + std::to_string(b.M);
     benchmark::RegisterBenchmark(("backward_input_" + std::string(qwenq::dtype_name(b.dt)) + shape).c_str(),
-                                 bm_backward_input, b.M, b.K, b.N, b.dt)
+                                 bm_backward_input, b.M, b.K, b.N, b.dt, false)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("backward_input_bf16_ops_" + std::string(qwenq::dtype_name(b.dt)) + "w" + shape).c_str(),
+                                 bm_backward_input, b.M, b.K, b.N, b.dt, true)
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("backward_input_eigen_f32_baseline" + shape).c_str(), bm_backward_input_eigen, b.M,
@@ -150,6 +180,10 @@ int main(int argc, char** argv) {
   }
   // The lm_head's forward on the same chunk (the forward shapes above are the decoder's).
   benchmark::RegisterBenchmark("linear_bf16/K896_N151936/M110", bm_linear, 110, 896, 151936, DType::BF16)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("linear_bf16_ops_bf16w/K896_N151936/M110", bm_linear_bf16_ops, 110, 896, 151936,
+                               DType::BF16)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
   benchmark::RegisterBenchmark("eigen_f32_baseline/K896_N151936/M110", bm_eigen_baseline, 110, 896, 151936)

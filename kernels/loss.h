@@ -25,6 +25,12 @@ int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, 
 void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, const int32_t* targets,
                                 float dnll_scale, float* dlogits);
 
+// Both in one pass per row (the CPU twin of cross_entropy_fused_cuda, and the CPU trainer's loss): nll as the
+// forward writes it, and the logits overwritten with the backward's dlogits, bit for bit the two calls' results,
+// with one max/sum pass over each row instead of two. Returns the number of counted rows.
+int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
+                                float* nll);
+
 }  // namespace qwenq
 
 #ifdef QWENQ_HAVE_CUDA

@@ -89,4 +89,30 @@ void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, co
   });
 }
 
+int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
+                                float* nll) {
+  const int64_t counted = cross_entropy_count_targets("cross_entropy_fused_ref", rows, V, targets);
+  if (rows == 0) return 0;
+  QWENQ_CHECK(logits != nullptr && nll != nullptr, "cross_entropy_fused_ref: null pointer");
+  QWENQ_CHECK(std::isfinite(dnll_scale), "cross_entropy_fused_ref: dnll_scale must be finite, got " << dnll_scale);
+  parallel_for(rows, std::max<int64_t>(1, 65536 / V), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* l = logits + r * V;
+      if (targets[r] == kIgnoreIndex) {
+        nll[r] = 0.f;
+        std::fill(l, l + V, 0.f);
+        continue;
+      }
+      float mx;
+      double sum;
+      row_max_and_sum(l, V, &mx, &sum);
+      nll[r] = mx + static_cast<float>(std::log(sum)) - l[targets[r]];
+      const float coef = static_cast<float>(static_cast<double>(dnll_scale) / sum);
+      for (int64_t v = 0; v < V; ++v) l[v] = std::exp(l[v] - mx) * coef;
+      l[targets[r]] -= dnll_scale;
+    }
+  });
+  return counted;
+}
+
 }  // namespace qwenq

@@ -604,6 +604,39 @@ TEST(KernelsRef, CrossEntropyMatchesDoubleOracle) {
   }
 }
 
+// The fused call is the forward and the backward bit for bit (its CUDA twin's test compares with both refs):
+// random rows, ignored rows, large offsets, the 152K vocabulary.
+TEST(KernelsRef, CrossEntropyFusedIsForwardAndBackwardBitForBit) {
+  uint64_t seed = 650;
+  for (int64_t V : {1, 3, 1000, 151936}) {
+    SCOPED_TRACE(testing::Message() << "V=" << V);
+    const int64_t rows = 9;
+    Rng rng(++seed);
+    std::vector<float> logits = normal(rng, rows * V, 3.0);
+    for (int64_t v = 0; v < V; ++v) logits[4 * V + v] += 85.f;
+    std::vector<int32_t> targets(rows);
+    for (int64_t r = 0; r < rows; ++r)
+      targets[r] = (r % 4 == 3) ? kIgnoreIndex : static_cast<int32_t>(rng.below(V));
+    const float scale = 1.f / 7;
+    std::vector<float> nll(rows, NAN), dl(rows * V, NAN);
+    const int64_t counted = cross_entropy_forward_ref(logits.data(), rows, V, targets.data(), nll.data());
+    cross_entropy_backward_ref(logits.data(), rows, V, targets.data(), scale, dl.data());
+    std::vector<float> work = logits, nll_fused(rows + 1, NAN);
+    EXPECT_EQ(cross_entropy_fused_ref(work.data(), rows, V, targets.data(), scale, nll_fused.data()), counted);
+    EXPECT_TRUE(std::isnan(nll_fused.back())) << "wrote past nll";
+    nll_fused.pop_back();
+    EXPECT_EQ(nll_fused, nll);
+    EXPECT_EQ(work, dl);
+  }
+  std::vector<float> l(4, 0.f), n(1);
+  const int32_t bad = 4;
+  EXPECT_ERROR_CONTAINS(cross_entropy_fused_ref(l.data(), 1, 4, &bad, 1.f, n.data()),
+                        "cross_entropy_fused_ref: target 4 of row 0 is outside the vocabulary [0, 4)");
+  const int32_t ok = 0;
+  EXPECT_ERROR_CONTAINS(cross_entropy_fused_ref(l.data(), 1, 4, &ok, NAN, n.data()),
+                        "cross_entropy_fused_ref: dnll_scale must be finite");
+}
+
 TEST(KernelsRef, CrossEntropyRejectsTargetsOutsideVocabulary) {
   std::vector<float> logits(2 * 5, 0.f), nll(2);
   const std::vector<int32_t> too_big = {1, 5}, negative = {-1, 0};

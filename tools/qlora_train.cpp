@@ -31,7 +31,7 @@ namespace {
 struct TrainArgs {
   TrainOptions opt;
   SftFlags sft;
-  std::string model, targets = "all-linear", adapter_dtype = "fp32";
+  std::string model, targets = "all-linear", adapter_dtype = "fp32", cpu_matmul = "fp32";
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
   int nproc = 1;
@@ -239,6 +239,11 @@ void register_qlora_train(CLI::App& app) {
   c->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing them");
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints,
               "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
+  c->add_option("--cpu-matmul", a->cpu_matmul,
+                "on the CPU, the base Linears' and the lm_head's products: fp32 (the reference) or bf16 (bf16 operands, "
+                "fp32 sums, as the GPU and torch's bf16 autocast compute them; fast with AVX512_BF16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
@@ -284,6 +289,7 @@ void register_qlora_train(CLI::App& app) {
     apply_sft_flags(a->sft, &o);
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
+    o.cpu_bf16_matmul = a->cpu_matmul == "bf16";
     // Once the cheap checks have passed, rank 0 starts the other ranks (--nproc) and every rank meets them.
     check_train_options(o, /*lead=*/std::getenv("QWENQ_DP_RANK") == nullptr);
     DataParallel dp = start_data_parallel(a->nproc, a->config, o, &a->common);

@@ -11,6 +11,7 @@
 #include "kernels/dropout.h"
 #include "kernels/dropout_mask.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "kernels/rope.h"
@@ -88,6 +89,27 @@ class Runner {
     p_ = opt.train ? static_cast<float>(adapter.config().dropout) : 0.f;
   }
 
+  // The base products: on bf16 operands (kernels/gemm_bf16.h) with opt_.bf16_matmul and an F32/BF16 weight, else the
+  // fp32 products of kernels/gemm.h. x has T_ rows.
+  bool bf16_products(DType w_dtype) const {
+    return opt_.bf16_matmul && (w_dtype == DType::F32 || w_dtype == DType::BF16);
+  }
+  void base_forward(const float* x, int64_t K, const void* w, DType wt, int64_t N, const void* bias, DType bt,
+                    float* y) const {
+    if (bf16_products(wt)) {
+      linear_forward_bf16(x, T_, K, w, wt, N, bias, bt, y);
+    } else {
+      linear_forward_ref(x, T_, K, w, wt, N, bias, bt, y);
+    }
+  }
+  void base_backward_input(const float* dy, int64_t M, int64_t N, const void* w, DType wt, int64_t K, float* dx) const {
+    if (bf16_products(wt)) {
+      linear_backward_input_bf16(dy, M, N, w, wt, K, dx);
+    } else {
+      linear_backward_input_ref(dy, M, N, w, wt, K, dx);
+    }
+  }
+
   // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ. y null: a recomputation that reads no output of this Linear (the dense
   // MLP's down projection, whose output only fed the residual): just what its backward reads, x̃ and
   // u = x̃ Aᵀ (lora_project_ref, the bits lora_forward_ref writes), without the base product; DoRA's backward
@@ -107,7 +129,7 @@ class Runner {
       return;
     }
     const WeightRef W(w);
-    linear_forward_ref(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
+    base_forward(x, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
     if (!adapted) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
     const float* xin = branch_input(l, t, x, w.K, br);
@@ -122,7 +144,7 @@ class Runner {
     br->n = dora_row_norms(W, N, w.K, nw, s_);
     br->z.resize(T_ * N);
     if (p_ > 0.f) {
-      linear_forward_ref(xin, T_, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
+      base_forward(xin, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
     } else {
       std::copy(y, y + T_ * N, br->z.begin());
       if (bias.data) {
@@ -151,7 +173,7 @@ class Runner {
     const LinearWeight& w = layer_linear(w_.layers[l], t);
     const WeightRef W(w);
     tmp.resize(T_ * w.K);
-    linear_backward_input_ref(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
+    base_backward_input(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
     for (int64_t i = 0; i < T_ * w.K; ++i) dx[i] += tmp[i];
     if (!ad_.has(l, kLoraTargets[t].target)) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
@@ -178,7 +200,7 @@ class Runner {
     std::vector<float> dz(T_ * N), dv(T_ * N);
     dora_split_grad(lw.m.data(), br.n.data(), br.z.data(), br.v.data(), dy, T_, N, g.m.data(), dz.data(), dv.data());
     tmp.resize(T_ * K);
-    linear_backward_input_ref(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
+    base_backward_input(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
     lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
                       g.B.data(), tmp.data());
     if (p_ > 0.f) {
@@ -331,11 +353,16 @@ class Runner {
     std::vector<float> lg(chunk * V), nll(chunk);
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
       const int64_t rows = std::min(chunk, R - r0);
-      lm_head_forward(w_, hk.data() + r0 * C, rows, lg.data());
-      res.counted += cross_entropy_forward_ref(lg.data(), rows, V, tk.data() + r0, nll.data());
+      if (bf16_products(w_.lm_head.dtype) && !w_.lm_head_q) {
+        linear_forward_bf16(hk.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
+                            lg.data());
+      } else {
+        lm_head_forward(w_, hk.data() + r0 * C, rows, lg.data());
+      }
+      res.counted += cross_entropy_fused_ref(lg.data(), rows, V, tk.data() + r0, static_cast<float>(opt_.grad_scale),
+                                             nll.data());
       for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[i];
-      cross_entropy_backward_ref(lg.data(), rows, V, tk.data() + r0, static_cast<float>(opt_.grad_scale), lg.data());
-      linear_backward_input_ref(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dk.data() + r0 * C);
+      base_backward_input(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dk.data() + r0 * C);
     }
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
     std::vector<float> dhidden(T_ * C, 0.f);

@@ -61,6 +61,11 @@ struct LoraStepOptions {
   uint64_t dropout_seed = 0;   // per step; only used when the adapter's dropout > 0
   bool train = true;           // false: no dropout (evaluation)
   bool bf16_checkpoints = true;  // block inputs rounded to bf16 (see above); false: the exact fp32 model
+  // The base Linears' and the lm_head's products (forward, recomputation, input gradients) on bf16 operands with
+  // fp32 sums (kernels/gemm_bf16.h), as the GPU computes them; an F16 base keeps the fp32 products. The adapter's
+  // own products, a MoE layer's experts and router, and the loss-only lm_head (evaluation) stay fp32. CPU only (the
+  // GPU trainer ignores it).
+  bool bf16_matmul = false;
   // Tests only: DoRA's detached norms n from this adapter's A and B (same shapes) instead of the adapter's own, so
   // that finite differences see the function whose gradient the backward computes (n held fixed).
   const LoraAdapter* dora_norms_from = nullptr;

@@ -20,6 +20,7 @@
 #include "core/process_group.h"
 #include "core/progress.h"
 #include "kernels/device_allocator.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/dropout_mask.h"
 #include "kernels/optim.h"
 #include "lora/peft_io.h"
@@ -81,6 +82,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
           {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
   if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
+  if (o.cpu_bf16_matmul) k["cpu_matmul"] = "bf16";  // likewise
   if (o.group != nullptr && o.group->world() > 1) k["nproc"] = o.group->world();  // the same: a step's micro-batches
   return k;
 }
@@ -99,7 +101,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
       {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
       {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
-      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"}};
+      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
+      {"cpu_matmul", "--cpu-matmul"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -186,6 +189,7 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   so.train = false;
   so.checkpointing = o.checkpointing;
   so.bf16_checkpoints = o.bf16_checkpoints;
+  so.bf16_matmul = o.cpu_bf16_matmul;
   while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
     if (b.num_targets == 0) continue;
     nll.push_back(0.0);
@@ -499,6 +503,11 @@ TrainReport train_lora(const TrainOptions& o) {
                  "Linears per layer, %lld parameters\n", (long long)total, (long long)per_step, procs.c_str(),
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
+    if (o.cpu_bf16_matmul && !use_cuda)
+      std::fprintf(stderr, "train: base products on bf16 operands (--cpu-matmul bf16)%s\n",
+                   bf16_gemm_uses_avx512() ? ", AVX512_BF16"
+                                           : ": this CPU has no AVX512_BF16, so they take the portable path, slower "
+                                             "than --cpu-matmul fp32");
   }
   auto run_eval = [&](int64_t step) {  // every rank takes its share of the batches; rank 0 writes the record
     if (eval_set->empty()) return;
@@ -520,6 +529,7 @@ TrainReport train_lora(const TrainOptions& o) {
   LoraStepOptions so;
   so.checkpointing = o.checkpointing;
   so.bf16_checkpoints = o.bf16_checkpoints;
+  so.bf16_matmul = o.cpu_bf16_matmul;
   const double t_prev = st.elapsed_s;
   std::vector<float> flat;  // data parallelism on the CPU: the gradients in one array for the all-reduce
   // Sums the ranks' gradients and NLL sums: every rank then holds the step's whole gradient.

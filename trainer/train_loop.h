@@ -88,6 +88,7 @@ struct TrainOptions {
   int64_t save_total_limit = 2;
   bool checkpointing = true;
   bool bf16_checkpoints = true;  // LoraStepOptions::bf16_checkpoints (CPU and GPU alike)
+  bool cpu_bf16_matmul = false;  // LoraStepOptions::bf16_matmul (--cpu-matmul bf16; the CPU trainer only)
   bool resume = false, overwrite = false, quiet = false;
   int64_t stop_after = 0;  // > 0: end after this many steps of this invocation, as a kill would (no final adapter)
   uint64_t seed = 42;  // adapter init, data order, dropout

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kill and resume through the command line: `qwen-qlora train` killed with SIGKILL after its first checkpoint and
 # continued with --resume logs the same losses, bit for bit, as an uninterrupted run, and leaves the same adapter.
-# Also: a JSON --config gives the same run as the same options on the command line.
+# Also: a JSON --config gives the same run as the same options on the command line; --cpu-matmul bf16.
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 QL="$(dirname "$QQ")/qwen-qlora"
@@ -56,4 +56,28 @@ for bad in '{"target": [{"a": 1}]}|a list holds strings or numbers' '{"target": 
     > "$WORK/bad2.txt" 2>&1; then fail "config ${bad%%|*} accepted"; fi
   grep -q "bad2.json: option \"target\".*${bad#*|}" "$WORK/bad2.txt" || fail "config ${bad%%|*}"
 done
+# --cpu-matmul bf16 (kernels/gemm_bf16.h): the same run with the base and lm_head products on bf16 operands moves the
+# losses by the operands' rounding only (not the same bits); resuming it with fp32 products is refused by name, and an
+# unknown value by the option.
+"$QL" train --config "$WORK/run.json" --max-steps 4 --cpu-matmul bf16 --out "$WORK/bf16" > "$WORK/bf16.txt" 2>&1 \
+  || fail "--cpu-matmul bf16"
+"$QL" train --config "$WORK/run.json" --max-steps 4 --out "$WORK/fp32" > "$WORK/fp32.txt" 2>&1 || fail "fp32 4 steps"
+python3 - "$WORK/fp32/metrics.jsonl" "$WORK/bf16/metrics.jsonl" <<'PY' || fail "bf16 products: losses"
+import json, sys
+def losses(p):
+    return [j["loss"] for j in map(json.loads, open(p)) if "loss" in j]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert len(a) == len(b) == 4, (a, b)
+assert a != b, "bf16 operands gave the fp32 run's bits: the option did nothing"
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+assert worst < 2e-2, f"bf16 products moved a loss by {worst:.3g} relative: {a} vs {b}"
+print(f"bf16 products: losses within {worst:.2g} relative of fp32")
+PY
+if "$QL" train --config "$WORK/run.json" --max-steps 8 --out "$WORK/part" --resume --cpu-matmul bf16 \
+  > "$WORK/bf16resume.txt" 2>&1; then fail "resumed an fp32 run with --cpu-matmul bf16"; fi
+grep -q '"cpu_matmul" (--cpu-matmul)' "$WORK/bf16resume.txt" || fail "unclear refusal of a changed --cpu-matmul"
+if "$QL" train --config "$WORK/run.json" --cpu-matmul fp16 --out "$WORK/fp16" > "$WORK/fp16.txt" 2>&1; then
+  fail "--cpu-matmul fp16 accepted"
+fi
+grep -q -- "--cpu-matmul" "$WORK/fp16.txt" || fail "unclear refusal of --cpu-matmul fp16"
 echo "qlora resume CLI: OK"

@@ -1,0 +1,342 @@
+// CPU linear layer on bf16 operands (kernels/gemm_bf16.h). One product shape serves both directions:
+//
+//   C[M, Nc] = A[M, R] · B,  A fp32 row-major (x or dy, rounded to bf16 when packed),
+//   B either "rows": B[r, j] = Bt[j, r] with Bt [Nc, R] row-major (the forward's W [N, K]),
+//   or "cols": B[r, j] with B [R, Nc] row-major (the backward's W [N, K], reduced over N).
+//
+// Packing (AVX512_BF16 path): A once per call into panels of kMr rows, [panel][pair p][kMr] 32-bit words holding
+// (bf16 A[i, 2p], bf16 A[i, 2p+1]); B per thread, a block of kNr-column panels for one slice of the reduction,
+// [panel][pair p][kNr] words holding (B[2p, j], B[2p+1, j]). An odd R is padded with a zero. The micro-kernel keeps a
+// kMr x kNr fp32 tile in 24 zmm registers: per pair, two B vectors and kMr broadcast A words into 24 vdpbf16ps.
+// Rows past M and columns past Nc are zero in the packs and never stored.
+#include "kernels/gemm_bf16.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threads.h"
+#include "kernels/gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define QWENQ_HAVE_BF16_KERNEL 1
+#define QWENQ_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#endif
+
+namespace qwenq {
+
+namespace {
+
+constexpr int64_t kMr = 12, kNr = 32;
+constexpr int64_t kSlicePairs = kBf16SliceR / 2;
+
+std::atomic<int> g_portable_override{-1};  // -1: the default choice; 0/1: set by a test
+
+bool env_portable() {
+  static const bool p = [] {
+    const char* v = std::getenv("QWENQ_CPU_BF16_PORTABLE");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return p;
+}
+
+enum class BLayout { Rows, Cols };
+
+void check_weight(const char* what, DType w_dtype) {
+  QWENQ_CHECK(w_dtype == DType::F32 || w_dtype == DType::BF16,
+              what << ": weight dtype " << dtype_name(w_dtype)
+                   << " is not supported (F32 or BF16; an F16 weight takes the fp32 products of kernels/gemm.h)");
+}
+
+// ---- portable path: bf16-rounded fp32 copies through the fp32 GEMM -----------------------------------------
+
+std::vector<float> rounded_copy(const float* v, int64_t n) {
+  std::vector<float> out(static_cast<size_t>(n));
+  parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_round(v[i]);
+  });
+  return out;
+}
+
+// The weight as the portable path multiplies it: BF16 as is, F32 rounded into a BF16 copy `keep` (so both take the
+// same fp32 code path, and an fp32 weight gives the bits of its bf16 copy).
+const void* rounded_weight(const void* w, DType w_dtype, int64_t n, std::vector<uint16_t>* keep) {
+  if (w_dtype == DType::BF16) return w;
+  keep->resize(static_cast<size_t>(n));
+  const float* f = static_cast<const float*>(w);
+  parallel_for(n, 65536, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) (*keep)[i] = f32_to_bf16(f[i]);
+  });
+  return keep->data();
+}
+
+#ifdef QWENQ_HAVE_BF16_KERNEL
+
+// ---- AVX512_BF16 path --------------------------------------------------------------------------------------
+
+// n fp32 values (n <= 32) as bf16 pairs: out[q] = (bf16 v[2q], bf16 v[2q + 1]), zero past n; returns a 512-bit
+// vector of 16 pairs.
+QWENQ_BF16_FN inline __m512i round_pairs32(const float* v, int64_t n) {
+  const __mmask16 lo = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  const __mmask16 hi = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+  const __m512 a = _mm512_maskz_loadu_ps(lo, v), b = _mm512_maskz_loadu_ps(hi, v + 16);
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));
+}
+
+// 32 consecutive values of a row (n of them, the rest zero) as 32 bf16 in one vector.
+QWENQ_BF16_FN inline __m512i row32_bf16(const void* row, DType dt, int64_t n) {
+  if (dt == DType::F32) return round_pairs32(static_cast<const float*>(row), n);
+  const __mmask32 m = n >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1);
+  return _mm512_maskz_loadu_epi16(m, row);
+}
+
+// A rows [i0, i0 + rows) (rows <= kMr) of A [.., R] into one panel [Rp/2][kMr].
+QWENQ_BF16_FN void pack_a_panel(const float* A, int64_t R, int64_t rows, int64_t pairs, uint32_t* out) {
+  alignas(64) uint32_t tmp[16];
+  for (int64_t i = 0; i < kMr; ++i) {
+    if (i >= rows) {
+      for (int64_t p = 0; p < pairs; ++p) out[p * kMr + i] = 0;
+      continue;
+    }
+    const float* a = A + i * R;
+    for (int64_t r0 = 0; r0 < R; r0 += 32) {
+      _mm512_store_si512(tmp, round_pairs32(a + r0, std::min<int64_t>(32, R - r0)));
+      const int64_t p0 = r0 / 2, np = std::min<int64_t>(16, pairs - p0);
+      for (int64_t q = 0; q < np; ++q) out[(p0 + q) * kMr + i] = tmp[q];
+    }
+  }
+}
+
+// r[0..15] (16 rows of 16 words) transposed in place: r[q] then holds word q of every row.
+QWENQ_BF16_FN inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {  // words of row pairs interleaved
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // then 64-bit pieces of row quads
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Now r[4a + b] holds, in 128-bit lane L, word 4L + b' of rows 4a..4a+3 (b' = the order above: 0, 1, 2, 3).
+  for (int i = 0; i < 4; ++i) {  // 128-bit lanes of row quads 0/1 and 2/3, then across
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// Columns [j0, j0 + cols) (cols <= kNr) of B for pairs [p0, p0 + np) into one panel [np][kNr].
+// Rows layout: column j is row j of Bt [Nc, R]; its pair p is two consecutive values. 16 rows by 16 pairs at a time,
+// transposed in registers.
+QWENQ_BF16_FN void pack_b_rows(const void* Bt, DType dt, int64_t R, int64_t j0, int64_t cols, int64_t p0, int64_t np,
+                               uint32_t* out) {
+  const size_t es = dtype_size(dt);
+  __m512i r[16];
+  for (int64_t g = 0; g < kNr; g += 16) {
+    for (int64_t p = 0; p < np; p += 16) {
+      const int64_t r0 = 2 * (p0 + p), n = std::min<int64_t>(32, R - r0);
+      for (int64_t j = 0; j < 16; ++j) {
+        const char* row = static_cast<const char*>(Bt) + static_cast<size_t>((j0 + g + j) * R + r0) * es;
+        r[j] = g + j < cols ? row32_bf16(row, dt, n) : _mm512_setzero_si512();
+      }
+      transpose16(r);
+      const int64_t nq = std::min<int64_t>(16, np - p);
+      for (int64_t q = 0; q < nq; ++q) _mm512_storeu_si512(out + (p + q) * kNr + g, r[q]);
+    }
+  }
+}
+
+// Cols layout: B [R, Nc] row-major; pair p of column j is B[2p, j] and B[2p + 1, j], two rows interleaved.
+QWENQ_BF16_FN void pack_b_cols(const void* B, DType dt, int64_t R, int64_t Nc, int64_t j0, int64_t cols, int64_t p0,
+                               int64_t np, uint32_t* out) {
+  // Words 2q and 2q + 1 of the result take element q of the even row and of the odd row.
+  alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                               24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
+  const size_t es = dtype_size(dt);
+  const char* base = static_cast<const char*>(B) + static_cast<size_t>(j0) * es;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t r = 2 * (p0 + p);
+    const __m512i even = row32_bf16(base + static_cast<size_t>(r * Nc) * es, dt, cols);
+    const __m512i odd = r + 1 < R ? row32_bf16(base + static_cast<size_t>((r + 1) * Nc) * es, dt, cols)
+                                  : _mm512_setzero_si512();
+    _mm512_storeu_si512(out + p * kNr, _mm512_permutex2var_epi16(even, lo, odd));
+    _mm512_storeu_si512(out + p * kNr + 16, _mm512_permutex2var_epi16(even, hi, odd));
+  }
+}
+
+// c[rows, cols] (+)= the kMr x kNr product of one A panel and one B panel over np pairs.
+QWENQ_BF16_FN void kernel_12x32(const uint32_t* a, const uint32_t* b, int64_t np, float* c, int64_t ldc, int64_t rows,
+                                int64_t cols, bool first) {
+  __m512 acc[kMr][2];
+  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < np; ++p) {
+    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + p * kNr));
+    const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + p * kNr + 16));
+    const uint32_t* ap = a + p * kMr;
+#pragma GCC unroll 12
+    for (int i = 0; i < kMr; ++i) {
+      const __m512bh ai = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(ap[i])));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+  }
+  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
+  for (int i = 0; i < kMr; ++i) {
+    if (i >= rows) break;
+    float* ci = c + i * ldc;
+    __m512 v0 = acc[i][0], v1 = acc[i][1];
+    if (!first) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    _mm512_mask_storeu_ps(ci, m0, v0);
+    _mm512_mask_storeu_ps(ci + 16, m1, v1);
+  }
+}
+
+// C [M, Nc] (row stride ldc) = A [M, R] · B, B in `layout` (see the top of the file), in dtype bt (F32 or BF16).
+QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, const void* B, DType bt, BLayout layout,
+                               int64_t Nc, float* C, int64_t ldc) {
+  const int64_t pairs = (R + 1) / 2, m_panels = (M + kMr - 1) / kMr;
+  std::vector<uint32_t> ap(static_cast<size_t>(m_panels * pairs * kMr));
+  parallel_for(m_panels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      pack_a_panel(A + i * kMr * R, R, std::min(kMr, M - i * kMr), pairs, ap.data() + i * pairs * kMr);
+  });
+  // Column blocks of nb panels: about 4 blocks per thread (this choice does not change any output's sums).
+  const int64_t n_panels = (Nc + kNr - 1) / kNr;
+  const int64_t nb = std::clamp<int64_t>(n_panels / (4 * std::max(1, num_threads())), 1, 4);
+  const int64_t blocks = (n_panels + nb - 1) / nb;
+  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<uint32_t> bp(static_cast<size_t>(nb * kSlicePairs * kNr));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t jp0 = blk * nb, jp1 = std::min(n_panels, jp0 + nb);
+      for (int64_t s0 = 0; s0 < pairs; s0 += kSlicePairs) {
+        const int64_t np = std::min(kSlicePairs, pairs - s0);
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int64_t j0 = jp * kNr, cols = std::min(kNr, Nc - j0);
+          uint32_t* panel = bp.data() + (jp - jp0) * np * kNr;
+          if (layout == BLayout::Rows) {
+            pack_b_rows(B, bt, R, j0, cols, s0, np, panel);
+          } else {
+            pack_b_cols(B, bt, R, Nc, j0, cols, s0, np, panel);
+          }
+        }
+        for (int64_t jp = jp0; jp < jp1; ++jp) {
+          const int64_t j0 = jp * kNr, cols = std::min(kNr, Nc - j0);
+          const uint32_t* panel = bp.data() + (jp - jp0) * np * kNr;
+          for (int64_t ip = 0; ip < m_panels; ++ip)
+            kernel_12x32(ap.data() + (ip * pairs + s0) * kMr, panel, np, C + ip * kMr * ldc + j0, ldc,
+                         std::min(kMr, M - ip * kMr), cols, s0 == 0);
+        }
+      }
+    }
+  });
+}
+
+bool detect_avx512_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  // Leaf 7 subleaf 1, EAX bit 5: AVX512_BF16. The builtin checks AVX-512 F/BW/VL and the OS's zmm state.
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl"))
+    return false;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a & (1u << 5)) != 0;
+}
+
+#endif  // QWENQ_HAVE_BF16_KERNEL
+
+void add_bias(float* y, int64_t M, int64_t N, const void* bias, DType bias_dtype) {
+  std::vector<float> b(static_cast<size_t>(N));
+  to_f32(bias_dtype, bias, b.data(), static_cast<size_t>(N));
+  parallel_for(M, std::max<int64_t>(1, 65536 / N), [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t n = 0; n < N; ++n) y[m * N + n] += b[n];
+  });
+}
+
+}  // namespace
+
+bool cpu_has_avx512_bf16() {
+#ifdef QWENQ_HAVE_BF16_KERNEL
+  static const bool has = detect_avx512_bf16();
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool bf16_gemm_uses_avx512() {
+  const int forced = g_portable_override.load();
+  if (forced >= 0) return forced == 0 && cpu_has_avx512_bf16();
+  return cpu_has_avx512_bf16() && !env_portable();
+}
+
+void set_bf16_gemm_portable_for_testing(bool portable) { g_portable_override.store(portable ? 1 : -1); }
+
+void linear_forward_bf16(const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
+                         const void* bias, DType bias_dtype, float* y) {
+  check_weight("linear_forward_bf16", w_dtype);
+  QWENQ_CHECK(M > 0 && K > 0 && N > 0,
+              "linear_forward_bf16: shapes must be positive, got M=" << M << " K=" << K << " N=" << N);
+  QWENQ_CHECK(bias == nullptr || bias_dtype == DType::F32 || bias_dtype == DType::BF16 || bias_dtype == DType::F16,
+              "linear_forward_bf16: bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
+  QWENQ_CHECK(x != nullptr && w != nullptr && y != nullptr, "linear_forward_bf16: null x, weight or output pointer");
+  const auto xb = reinterpret_cast<uintptr_t>(x), yb = reinterpret_cast<uintptr_t>(y);
+  QWENQ_CHECK(yb + static_cast<uintptr_t>(M * N) * 4 <= xb || xb + static_cast<uintptr_t>(M * K) * 4 <= yb,
+              "linear_forward_bf16: output y overlaps input x (in-place is not supported)");
+#ifdef QWENQ_HAVE_BF16_KERNEL
+  if (bf16_gemm_uses_avx512()) {
+    gemm_avx512(x, M, K, w, w_dtype, BLayout::Rows, N, y, N);
+    if (bias != nullptr) add_bias(y, M, N, bias, bias_dtype);
+    return;
+  }
+#endif
+  const std::vector<float> xr = rounded_copy(x, M * K);
+  std::vector<uint16_t> keep;
+  const void* wr = rounded_weight(w, w_dtype, N * K, &keep);
+  linear_forward_ref(xr.data(), M, K, wr, DType::BF16, N, bias, bias_dtype, y);
+}
+
+void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype, int64_t K,
+                                float* dx) {
+  check_weight("linear_backward_input_bf16", w_dtype);
+  QWENQ_CHECK(M > 0 && K > 0 && N > 0,
+              "linear_backward_input_bf16: shapes must be positive, got M=" << M << " K=" << K << " N=" << N);
+  QWENQ_CHECK(dy != nullptr && w != nullptr && dx != nullptr, "linear_backward_input_bf16: null dy, weight or dx pointer");
+  const auto a = reinterpret_cast<uintptr_t>(dx), b = reinterpret_cast<uintptr_t>(dy);
+  QWENQ_CHECK(a + static_cast<uintptr_t>(M * K) * 4 <= b || b + static_cast<uintptr_t>(M * N) * 4 <= a,
+              "linear_backward_input_bf16: output dx overlaps input dy");
+#ifdef QWENQ_HAVE_BF16_KERNEL
+  if (bf16_gemm_uses_avx512()) {
+    gemm_avx512(dy, M, N, w, w_dtype, BLayout::Cols, K, dx, K);
+    return;
+  }
+#endif
+  const std::vector<float> dyr = rounded_copy(dy, M * N);
+  std::vector<uint16_t> keep;
+  const void* wr = rounded_weight(w, w_dtype, N * K, &keep);
+  linear_backward_input_ref(dyr.data(), M, N, wr, DType::BF16, K, dx);
+}
+
+}  // namespace qwenq
