@@ -24,6 +24,8 @@
 #   VARIANTS (none): ';'-separated lists of environment assignments, e.g. "QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1
 #   QWENQ_LORA_FOLD=1": after the pairs, our side again at LAYERS layers under each (time allowing), reported against
 #   our default run of the same call (tokens/s, an estimated per-layer time, memory, each phase of --profile)
+#   CPU_MATMUL (unset): our side's --cpu-matmul (fp32 or bf16: the CPU trainer's base products on bf16 operands), in
+#   every run of ours; also usable in VARIANTS ("CPU_MATMUL=fp32" against a CPU_MATMUL=bf16 main pair)
 #   THREADS (all cores)  WORK (BUILD/qlora-step-bench, reused when prepared with the same settings)
 #   PY (.venv-oracle/bin/python if present, else python3: needs torch, transformers, peft, safetensors)
 #   OUT (benchmarks/results): where DATE-qlora-step-DEVICE.md goes
@@ -130,7 +132,7 @@ ours() {
     "$QL" train --model "$dir" --data "$WORK/data.jsonl" --out "$WORK/$tag" --overwrite --device "$DEVICE" \
     --threads "$THREADS" --max-steps $((WARMUP + STEPS)) --seq-len "$SEQ" --batch-size 1 --lora-r "$RANK" \
     --lora-alpha "$ALPHA" --lora-dropout 0 --target all-linear --scheduler constant --warmup-steps 0 -q \
-    $([ "$PROFILE" = 1 ] && echo --profile) \
+    $([ "$PROFILE" = 1 ] && echo --profile) $([ -n "${CPU_MATMUL:-}" ] && echo --cpu-matmul "$CPU_MATMUL") \
     > "$WORK/$tag.log" 2>&1
   echo $? > "$WORK/$tag.rc"
   "$PY" "$HELP" ours --metrics "$WORK/$tag/metrics.jsonl" --rss "$WORK/$tag.rss" --rc "$(cat "$WORK/$tag.rc")" \

@@ -112,6 +112,12 @@ QWENQ_BF16_FN void pack_a_panel(const float* A, int64_t R, int64_t rows, int64_t
   }
 }
 
+// GCC 12 without -march=native (AVX-512 only through the target attribute) reports its own intrinsics' "undefined"
+// pass-through operand (`__Y`) as maybe uninitialized here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // r[0..15] (16 rows of 16 words) transposed in place: r[q] then holds word q of every row.
 QWENQ_BF16_FN inline void transpose16(__m512i r[16]) {
   __m512i t[16];
@@ -160,6 +166,10 @@ QWENQ_BF16_FN void pack_b_rows(const void* Bt, DType dt, int64_t R, int64_t j0, 
     }
   }
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Cols layout: B [R, Nc] row-major; pair p of column j is B[2p, j] and B[2p + 1, j], two rows interleaved.
 QWENQ_BF16_FN void pack_b_cols(const void* B, DType dt, int64_t R, int64_t Nc, int64_t j0, int64_t cols, int64_t p0,
@@ -264,8 +274,6 @@ bool detect_avx512_bf16() {
   return (a & (1u << 5)) != 0;
 }
 
-#endif  // QWENQ_HAVE_BF16_KERNEL
-
 void add_bias(float* y, int64_t M, int64_t N, const void* bias, DType bias_dtype) {
   std::vector<float> b(static_cast<size_t>(N));
   to_f32(bias_dtype, bias, b.data(), static_cast<size_t>(N));
@@ -274,6 +282,8 @@ void add_bias(float* y, int64_t M, int64_t N, const void* bias, DType bias_dtype
       for (int64_t n = 0; n < N; ++n) y[m * N + n] += b[n];
   });
 }
+
+#endif  // QWENQ_HAVE_BF16_KERNEL
 
 }  // namespace
 
