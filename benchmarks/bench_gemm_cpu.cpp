@@ -43,34 +43,25 @@ void set_counters(benchmark::State& state, int64_t M, int64_t K, int64_t N, size
   state.counters["threads"] = qwenq::num_threads();
 }
 
-void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
+// linear_forward_ref, or with bf16_ops linear_forward_bf16 (kernels/gemm_bf16.h: bf16 operands, fp32 sums; the
+// AVX512_BF16 kernel where present, counter avx512_bf16).
+void bm_linear(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt, bool bf16_ops) {
   const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
   const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
   std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
   qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
   std::vector<float> y(static_cast<size_t>(M * N));
   for (auto _ : state) {
-    qwenq::linear_forward_ref(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
+    if (bf16_ops) {
+      qwenq::linear_forward_bf16(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
+    } else {
+      qwenq::linear_forward_ref(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
+    }
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   set_counters(state, M, K, N, w.size());
-}
-
-// linear_forward_bf16 (kernels/gemm_bf16.h): bf16 operands, fp32 sums; the AVX512_BF16 kernel where present.
-void bm_linear_bf16_ops(benchmark::State& state, int64_t M, int64_t K, int64_t N, DType dt) {
-  const std::vector<float> x = random_vec(static_cast<size_t>(M * K), 1);
-  const std::vector<float> wf = random_vec(static_cast<size_t>(N * K), 2);
-  std::vector<uint8_t> w(wf.size() * qwenq::dtype_size(dt));
-  qwenq::from_f32(dt, wf.data(), w.data(), wf.size());
-  std::vector<float> y(static_cast<size_t>(M * N));
-  for (auto _ : state) {
-    qwenq::linear_forward_bf16(x.data(), M, K, w.data(), dt, N, nullptr, DType::F32, y.data());
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  set_counters(state, M, K, N, w.size());
-  state.counters["avx512_bf16"] = qwenq::bf16_gemm_uses_avx512() ? 1 : 0;
+  if (bf16_ops) state.counters["avx512_bf16"] = qwenq::bf16_gemm_uses_avx512() ? 1 : 0;
 }
 
 void bm_eigen_baseline(benchmark::State& state, int64_t M, int64_t K, int64_t N) {
@@ -138,14 +129,14 @@ int main(int argc, char** argv) {
   for (const Shape& s : kShapes) {
     for (int64_t M : kRows) {
       const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M" + std::to_string(M);
-      benchmark::RegisterBenchmark(("linear_f32" + shape).c_str(), bm_linear, M, s.K, s.N, DType::F32)
+      benchmark::RegisterBenchmark(("linear_f32" + shape).c_str(), bm_linear, M, s.K, s.N, DType::F32, false)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark(("linear_bf16" + shape).c_str(), bm_linear, M, s.K, s.N, DType::BF16)
+      benchmark::RegisterBenchmark(("linear_bf16" + shape).c_str(), bm_linear, M, s.K, s.N, DType::BF16, false)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark(("linear_bf16_ops_f32w" + shape).c_str(), bm_linear_bf16_ops, M, s.K, s.N,
-                                   DType::F32)
+      benchmark::RegisterBenchmark(("linear_bf16_ops_f32w" + shape).c_str(), bm_linear, M, s.K, s.N,
+                                   DType::F32, true)
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
       benchmark::RegisterBenchmark(("eigen_f32_baseline" + shape).c_str(), bm_eigen_baseline, M, s.K, s.N)
@@ -179,11 +170,11 @@ int main(int argc, char** argv) {
         ->UseRealTime();
   }
   // The lm_head's forward on the same chunk (the forward shapes above are the decoder's).
-  benchmark::RegisterBenchmark("linear_bf16/K896_N151936/M110", bm_linear, 110, 896, 151936, DType::BF16)
+  benchmark::RegisterBenchmark("linear_bf16/K896_N151936/M110", bm_linear, 110, 896, 151936, DType::BF16, false)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
-  benchmark::RegisterBenchmark("linear_bf16_ops_bf16w/K896_N151936/M110", bm_linear_bf16_ops, 110, 896, 151936,
-                               DType::BF16)
+  benchmark::RegisterBenchmark("linear_bf16_ops_bf16w/K896_N151936/M110", bm_linear, 110, 896, 151936,
+                               DType::BF16, true)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
   benchmark::RegisterBenchmark("eigen_f32_baseline/K896_N151936/M110", bm_eigen_baseline, 110, 896, 151936)

@@ -75,6 +75,14 @@ const void* rounded_weight(const void* w, DType w_dtype, int64_t n, std::vector<
   return keep->data();
 }
 
+// The portable path's operands: fn(a rounded to bf16 as fp32, W as BF16).
+template <typename Fn>
+void on_rounded(const float* a, int64_t na, const void* w, DType w_dtype, int64_t nw, Fn&& fn) {
+  const std::vector<float> ar = rounded_copy(a, na);
+  std::vector<uint16_t> keep;
+  fn(ar.data(), rounded_weight(w, w_dtype, nw, &keep));
+}
+
 #ifdef QWENQ_HAVE_BF16_KERNEL
 
 // ---- AVX512_BF16 path --------------------------------------------------------------------------------------
@@ -322,10 +330,9 @@ void linear_forward_bf16(const float* x, int64_t M, int64_t K, const void* w, DT
     return;
   }
 #endif
-  const std::vector<float> xr = rounded_copy(x, M * K);
-  std::vector<uint16_t> keep;
-  const void* wr = rounded_weight(w, w_dtype, N * K, &keep);
-  linear_forward_ref(xr.data(), M, K, wr, DType::BF16, N, bias, bias_dtype, y);
+  on_rounded(x, M * K, w, w_dtype, N * K, [&](const float* xr, const void* wr) {
+    linear_forward_ref(xr, M, K, wr, DType::BF16, N, bias, bias_dtype, y);
+  });
 }
 
 void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype, int64_t K,
@@ -343,10 +350,9 @@ void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const voi
     return;
   }
 #endif
-  const std::vector<float> dyr = rounded_copy(dy, M * N);
-  std::vector<uint16_t> keep;
-  const void* wr = rounded_weight(w, w_dtype, N * K, &keep);
-  linear_backward_input_ref(dyr.data(), M, N, wr, DType::BF16, K, dx);
+  on_rounded(dy, M * N, w, w_dtype, N * K, [&](const float* dyr, const void* wr) {
+    linear_backward_input_ref(dyr, M, N, wr, DType::BF16, K, dx);
+  });
 }
 
 }  // namespace qwenq

@@ -310,6 +310,24 @@ TEST(KernelsBackward, LinearWeightGradMatchesFiniteDifferencesAndAccumulates) {
   }
 }
 
+// dx [M, K] against the double product dy [M, N] · W [N, K]: |error| <= kLinearSumTol · Σ|terms| (the first failure).
+void expect_dx_near_double(const std::vector<float>& dx, const std::vector<float>& dy, const std::vector<float>& w,
+                           int64_t M, int64_t N, int64_t K, Headroom* hr) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) {
+      double ref = 0, mag = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const double p = static_cast<double>(dy[m * N + n]) * w[n * K + k];
+        ref += p;
+        mag += std::fabs(p);
+      }
+      if (!hr->ok(std::fabs(dx[m * K + k] - ref), kLinearSumTol * mag)) {
+        ADD_FAILURE() << "dx[" << m << "," << k << "] = " << dx[m * K + k] << ", double " << ref;
+        return;
+      }
+    }
+}
+
 TEST(KernelsBackward, LinearBackwardRealShapesAnyThreadCount) {
   // Qwen2.5-0.5B shapes: the MLP down projection's input gradient with a bf16 weight (N = 896 rows of W,
   // K = 4864), and LoRA A/B gradients of rank 16 over 300 tokens. Against a double product, and the same
@@ -336,16 +354,7 @@ TEST(KernelsBackward, LinearBackwardRealShapesAnyThreadCount) {
       dx_first = dx;
       da_first = da;
       db_first = db;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t k = 0; k < K; ++k) {
-          double ref = 0, mag = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            const double p = static_cast<double>(dy[m * N + n]) * w.widened[n * K + k];
-            ref += p;
-            mag += std::fabs(p);
-          }
-          ASSERT_TRUE(hr.ok(std::fabs(dx[m * K + k] - ref), kLinearSumTol * mag)) << "dx[" << m << "," << k << "]";
-        }
+      expect_dx_near_double(dx, dy, w.widened, M, N, K, &hr);
       auto check_dw = [&](const std::vector<float>& got, const std::vector<float>& g, const std::vector<float>& x,
                           int64_t Nw, int64_t Kw, const char* what) {
         for (int64_t n = 0; n < Nw; ++n)
@@ -399,16 +408,7 @@ TEST(KernelsBackward, LinearInputGradChunkedReductionAnyThreadCount) {
           continue;
         }
         dx_first = dx;
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t k = 0; k < K; ++k) {
-            double ref = 0, mag = 0;
-            for (int64_t n = 0; n < N; ++n) {
-              const double p = static_cast<double>(dy[m * N + n]) * w.widened[n * K + k];
-              ref += p;
-              mag += std::fabs(p);
-            }
-            ASSERT_TRUE(hr.ok(std::fabs(dx[m * K + k] - ref), kLinearSumTol * mag)) << "dx[" << m << "," << k << "]";
-          }
+        expect_dx_near_double(dx, dy, w.widened, M, N, K, &hr);
       }
     }
 }

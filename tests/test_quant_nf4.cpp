@@ -512,6 +512,97 @@ TEST(Nf4Checkpoint, CorruptSizesGiveClearErrors) {
   expect_error(read_error(dir, p), "has nested_* keys but 'l.weight.nested_absmax' is missing");
 }
 
+// The quant_state JSON (and the tensors it names) as bnb's QuantState.from_dict could meet them in a damaged or
+// hand-edited file: each refusal names the layer, the tensor, the file and what is wrong, and nothing crashes.
+TEST(Nf4Checkpoint, CorruptQuantStateGivesClearErrors) {
+  const std::string dir = test::scratch_dir();
+  const std::string nf4 = "l.weight.quant_state.bitsandbytes__nf4", fp4 = "l.weight.quant_state.bitsandbytes__fp4";
+  const auto parts = good_layer(dir, false);
+  const auto with_json = [&](const std::map<std::string, Part>& base, const std::string& js, const std::string& name) {
+    auto p = base;
+    p.erase(nf4);
+    p[name] = Part{DType::U8, {int64_t(js.size())}, {js.begin(), js.end()}};
+    return read_error(dir, p);
+  };
+  const auto plain = [&](const std::string& fields) {
+    return with_json(parts, "{\"quant_type\": \"nf4\", " + fields + "}", nf4);
+  };
+  const std::string qs_in = "tensor '" + nf4 + "' in " + dir + "/model.safetensors ";
+
+  // Neither quant_state item (bnb: "Expected packed or unpacked quant_state items, found neither").
+  auto p = parts;
+  p.erase(nf4);
+  expect_missing(read_error(dir, p), "bnb 4-bit layer 'l': tensor '" + nf4 + "' in checkpoint " + dir +
+                                         " is missing, and so is '" + fp4 + "' (not a bnb 4-bit layer?)");
+  // The quant_state is not the 1-D U8 tensor of JSON bytes.
+  p = parts;
+  p[nf4].shape = {1, int64_t(p[nf4].bytes.size())};
+  expect_error(read_error(dir, p), qs_in + "is U8 [1, " + std::to_string(p[nf4].bytes.size()) + "], expected U8 [len]");
+  p = parts;
+  p[nf4].dtype = DType::I8;
+  expect_error(read_error(dir, p), "is I8 [" + std::to_string(p[nf4].bytes.size()) + "], expected U8 [len]");
+  // Not a JSON object.
+  expect_error(with_json(parts, "{\"quant_type\": \"nf4\", ", nf4), "does not hold a JSON object: '{\"quant_type\"");
+  expect_error(with_json(parts, "[64, 8, 40]", nf4), qs_in + "does not hold a JSON object: '[64, 8, 40]'");
+  // quant_type: missing, not a string, or not the one the item's name says.
+  expect_error(with_json(parts, "{\"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 40]}", nf4),
+               qs_in + "has no string \"quant_type\"");
+  expect_error(with_json(parts, "{\"quant_type\": 4, \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 40]}", nf4),
+               "has no string \"quant_type\"");
+  expect_error(with_json(parts, "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 40]}", nf4),
+               qs_in + "says quant_type \"fp4\", which its name contradicts");
+  expect_error(with_json(parts, "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 40]}", fp4),
+               "tensor '" + fp4 + "' in " + dir + "/model.safetensors says quant_type \"nf4\", which its name contradicts");
+  // blocksize and dtype.
+  expect_error(plain("\"blocksize\": \"64\", \"dtype\": \"bfloat16\", \"shape\": [8, 40]"), "has no integer \"blocksize\"");
+  expect_error(plain("\"blocksize\": 64.5, \"dtype\": \"bfloat16\", \"shape\": [8, 40]"), "has no integer \"blocksize\"");
+  expect_error(plain("\"blocksize\": 64, \"shape\": [8, 40]"), "has no string \"dtype\"");
+  expect_error(plain("\"blocksize\": 64, \"dtype\": \"int8\", \"shape\": [8, 40]"),
+               qs_in + "has dtype \"int8\" (expected bfloat16, float16 or float32)");
+  // shape: missing, not two positive integers, or too large to count.
+  for (const std::string sh : {"", ", \"shape\": null", ", \"shape\": [320]", ", \"shape\": [8, 40, 1]",
+                               ", \"shape\": [8, \"40\"]", ", \"shape\": [8.0, 40]", ", \"shape\": [8, 0]",
+                               ", \"shape\": [-8, -40]", ", \"shape\": {\"N\": 8, \"K\": 40}"})
+    expect_error(plain("\"blocksize\": 64, \"dtype\": \"bfloat16\"" + sh), qs_in + "needs \"shape\": [N, K] with positive N and K");
+  expect_error(plain("\"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [4294967296, 4294967296]"),
+               qs_in + "has \"shape\": [4294967296, 4294967296], more weights than a tensor can hold");
+  expect_error(plain("\"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 18446744073709551615]"),
+               qs_in + "needs \"shape\": [N, K] with positive N and K");
+  // The packed codes' tensor: any storage dtype of the right byte count, but shaped [bytes, 1].
+  p = parts;
+  p["l.weight"].shape = {160};
+  expect_error(read_error(dir, p), "tensor 'l.weight' in " + dir + "/model.safetensors is U8 [160], expected U8 [160, 1]");
+  p = parts;
+  p["l.weight"].shape = {80, 2};
+  expect_error(read_error(dir, p), "is U8 [80, 2], expected U8 [160, 1] for shape [8, 40]");
+  p = parts;
+  p["l.weight"].dtype = DType::BF16;  // bnb_4bit_quant_storage=bfloat16: the same bytes, half the elements
+  p["l.weight"].shape = {80, 1};
+  EXPECT_EQ(read_error(dir, p), "<no error>");
+
+  // Double quantization: the nested_* keys and the nested tensors go together.
+  const auto dq = good_layer(dir, true);
+  const std::string dq_json(dq.at(nf4).bytes.begin(), dq.at(nf4).bytes.end());
+  const size_t cut = dq_json.find(", \"nested_blocksize\"");
+  ASSERT_NE(cut, std::string::npos) << dq_json;
+  const std::string head = dq_json.substr(0, cut);
+  expect_error(with_json(dq, head + "}", nf4),
+               qs_in + "lacks the nested_* keys although 'l.weight.nested_absmax' exists");
+  expect_error(with_json(dq, head + ", \"nested_blocksize\": 256, \"nested_dtype\": \"float16\", \"nested_offset\": 0.01}", nf4),
+               qs_in + "has nested_dtype \"float16\"; bnb writes float32");
+  expect_error(with_json(dq, head + ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": \"0.01\"}", nf4),
+               qs_in + "has no numeric \"nested_offset\"");
+  expect_error(with_json(dq, head + ", \"nested_blocksize\": 256, \"nested_dtype\": \"float32\"}", nf4),
+               qs_in + "has no numeric \"nested_offset\"");
+  expect_error(with_json(dq, head + ", \"nested_dtype\": \"float32\", \"nested_offset\": 0.01}", nf4),
+               qs_in + "has no integer \"nested_blocksize\"");
+  expect_error(with_json(dq, head + ", \"nested_blocksize\": 256, \"nested_offset\": 0.01}", nf4),
+               qs_in + "has no string \"nested_dtype\"");
+  p = dq;
+  p.erase("l.weight.nested_quant_map");
+  expect_missing(read_error(dir, p), "tensor 'l.weight.nested_quant_map' in checkpoint " + dir + " is missing (the dynamic map)");
+}
+
 TEST(Nf4Checkpoint, QuantizationConfigMatchesTransformers) {
   const auto j = nf4_quantization_config_json(true, "bfloat16");
   EXPECT_EQ(j.at("quant_method"), "bitsandbytes");
