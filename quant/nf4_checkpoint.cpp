@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <sstream>
 
 #include "core/error.h"
@@ -108,6 +109,8 @@ Nf4Linear read_layer(const Source& src, const std::string& prefix) {
       !(*sh)[1].is_number_integer() || (*sh)[0].get<int64_t>() <= 0 || (*sh)[1].get<int64_t>() <= 0)
     r.fail(qs_name, "needs \"shape\": [N, K] with positive N and K (quant_state JSON: " + j.dump() + ")");
   out.shape = {(*sh)[0].get<int64_t>(), (*sh)[1].get<int64_t>()};
+  if (out.shape[0] > std::numeric_limits<int64_t>::max() / out.shape[1])  // N·K would wrap (to 0 for [2^32, 2^32])
+    r.fail(qs_name, "has \"shape\": " + shape_str(out.shape) + ", more weights than a tensor can hold");
   t.n = out.shape[0] * out.shape[1];
 
   const std::string nested_name = base + "nested_absmax";
