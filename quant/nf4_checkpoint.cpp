@@ -20,6 +20,25 @@ using Json = nlohmann::json;
 
 bool known_dtype(const std::string& d) { return d == "bfloat16" || d == "float16" || d == "float32"; }
 
+// At most the first 200 bytes of `text`, control and non-ASCII bytes as \xNN: a zero-filled or binary quant_state
+// (an interrupted download) is shown as what it is, not as NULs the terminal hides or megabytes of bytes.
+std::string excerpt(const std::string& text) {
+  static const size_t kMax = 200;
+  std::string out;
+  for (size_t i = 0; i < text.size() && i < kMax; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "\\x%02X", c);
+      out += hex;
+    }
+  }
+  if (text.size() > kMax) out += "... (" + std::to_string(text.size()) + " bytes)";
+  return out;
+}
+
 // Where tensors come from: a Checkpoint directory or one safetensors file.
 struct Source {
   std::function<bool(const std::string&)> has;
@@ -87,7 +106,7 @@ Nf4Linear read_layer(const Source& src, const std::string& prefix) {
     r.fail(qs_name, std::string("is ") + dtype_name(qs.dtype) + " " + shape_str(qs.shape) + ", expected U8 [len]");
   const std::string text(static_cast<const char*>(qs.data), qs.nbytes());
   const Json j = Json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) r.fail(qs_name, "does not hold a JSON object: '" + text + "'");
+  if (j.is_discarded() || !j.is_object()) r.fail(qs_name, "does not hold a JSON object: '" + excerpt(text) + "'");
   static const char* kKeys[] = {"quant_type", "blocksize", "dtype", "shape", "nested_blocksize", "nested_dtype",
                                 "nested_offset"};
   for (const auto& kv : j.items()) {

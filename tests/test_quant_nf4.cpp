@@ -544,6 +544,15 @@ TEST(Nf4Checkpoint, CorruptQuantStateGivesClearErrors) {
   // Not a JSON object.
   expect_error(with_json(parts, "{\"quant_type\": \"nf4\", ", nf4), "does not hold a JSON object: '{\"quant_type\"");
   expect_error(with_json(parts, "[64, 8, 40]", nf4), qs_in + "does not hold a JSON object: '[64, 8, 40]'");
+  // Zero-filled (an interrupted download): the bytes are shown, not NULs the terminal hides; a long one is cut.
+  expect_error(with_json(parts, std::string(4, '\0'), nf4), qs_in + "does not hold a JSON object: '\\x00\\x00\\x00\\x00'");
+  const std::string garbage = with_json(parts, std::string(1 << 16, '\0'), nf4);
+  expect_error(garbage, "does not hold a JSON object: '" + [] {
+    std::string s;
+    for (int i = 0; i < 200; ++i) s += "\\x00";
+    return s;
+  }() + "... (65536 bytes)'");
+  EXPECT_LT(garbage.size(), 1200u);
   // quant_type: missing, not a string, or not the one the item's name says.
   expect_error(with_json(parts, "{\"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [8, 40]}", nf4),
                qs_in + "has no string \"quant_type\"");
