@@ -368,6 +368,30 @@ TEST(ChatRecord, PromptCompletionRecords) {
                 R"( "completion": [{"role": "user", "content": "y"}]})")
                 .find("bad.jsonl:1: no assistant message in \"completion\""),
             std::string::npos);
+  // A malformed message is named where the record has it ("messages[1]" named a field the record does not have).
+  const std::string end = " (pass --skip-bad to skip such records)";
+  EXPECT_EQ(why(R"({"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant"}]})"),
+            dir + "/bad.jsonl:1: completion[0]: missing field \"content\"" + end);
+  EXPECT_EQ(why(R"({"prompt": [{"role": "user", "content": "x"}, {"role": "bot", "content": "y"}],)"
+                R"( "completion": [{"role": "assistant", "content": "z"}]})"),
+            dir + "/bad.jsonl:1: prompt[1]: role \"bot\" is not system, user, assistant or tool" + end);
+  EXPECT_EQ(why(R"({"prompt": [], "completion": [{"role": "assistant", "content": "z"}, 7]})"),
+            dir + "/bad.jsonl:1: completion[1]: expected an object, got number" + end);
+  EXPECT_EQ(why(R"({"prompt": [], "completion": []})"), dir + "/bad.jsonl:1: \"prompt\" and \"completion\" are both empty" + end);
+  // The record's tools are the conversation's; a forced format names the fields it needs.
+  EXPECT_EQ(why(R"({"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": "assistant", "content": "z"}],)"
+                R"( "tools": "f"})"),
+            dir + "/bad.jsonl:1: field \"tools\" is string, expected an array" + end);
+  write_file_atomic(dir + "/tools.jsonl", R"({"prompt": [{"role": "user", "content": "x"}], "completion": [{"role": )"
+                                          R"("assistant", "content": "z"}], "tools": [{"type": "function", "function": {"name": "f"}}]})" "\n");
+  SftDataStats s3;
+  const std::vector<SftRecord> with_tools = read_sft_records(dir + "/tools.jsonl", SftFormat::kAuto, false, &s3);
+  ASSERT_EQ(with_tools.size(), 1u);
+  EXPECT_EQ(with_tools[0].tools, std::vector<std::string>{R"({"type": "function", "function": {"name": "f"}})"});
+  EXPECT_EQ(with_tools[0].completion_from, 1u);
+  write_file_atomic(dir + "/text.jsonl", R"({"text": "x"})" "\n");
+  EXPECT_EQ(error_of([&] { read_sft_records(dir + "/text.jsonl", SftFormat::kPromptCompletion, false, &s3); }),
+            dir + "/text.jsonl:1: expected \"prompt\" and \"completion\" fields" + end);
 }
 
 }  // namespace

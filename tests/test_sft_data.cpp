@@ -265,6 +265,84 @@ TEST(SftRead, EmptyDatasetIsAnError) {
   EXPECT_TRUE(contains(err, path + ": empty dataset (no usable records; 2 malformed skipped)")) << err;
 }
 
+// JSON lines or a JSON array, told apart by the content whatever the extension, as Hugging Face's "json" loader
+// (datasets' packaged_modules/json: pyarrow's JSON-lines reader first, then json.load of the whole file) reads them.
+TEST(SftRead, JsonOrJsonLinesToldApartByContent) {
+  const std::string dir = test::scratch_dir();
+  const std::string a = R"({"instruction": "i1", "output": "o1"})", b = R"({"instruction": "i2", "output": "o2"})";
+  SftDataStats st;
+  const auto read = [&](const std::string& name, const std::string& body) {
+    return read_sft_records(write(dir, name, body), SftFormat::kAuto, false, &st);
+  };
+  struct Case {
+    std::string name, body, first_where;
+  };
+  const std::vector<Case> cases = {
+      {"lines.json", a + "\n" + b + "\n", ":1"},                    // JSON lines in a .json file (was refused)
+      {"array.jsonl", "[\n  " + a + ",\n  " + b + "\n]\n", ": record 1"},  // an array in a .jsonl file (was refused)
+      {"lines", "\n" + a + "\r\n" + b, ":2"},
+      {"array.txt", " [" + a + ", " + b + "]", ": record 1"},
+      {"bom.json", "\xEF\xBB\xBF[" + a + ", " + b + "]", ": record 1"},
+      {"bom.jsonl", "\xEF\xBB\xBF" + a + "\n" + b + "\n", ":1"},
+  };
+  for (const Case& c : cases) {
+    const std::vector<SftRecord> recs = read(c.name, c.body);
+    ASSERT_EQ(recs.size(), 2u) << c.name;
+    EXPECT_EQ(recs[0].instruction, "i1") << c.name;
+    EXPECT_EQ(recs[1].output, "o2") << c.name;
+    EXPECT_EQ(recs[0].where, dir + "/" + c.name + c.first_where);
+    EXPECT_EQ(st.format, SftFormat::kAlpaca);
+  }
+  EXPECT_EQ(read("one.json", a + "\n").size(), 1u);  // one record on one line: JSON lines of one
+  // One object over several lines is no set of records: one error, not "line 1 is not JSON".
+  const std::string obj = write(dir, "obj.json", "{\n  \"data\": [" + a + "]\n}\n");
+  EXPECT_EQ(error_of([&] { read_sft_records(obj, SftFormat::kAuto, true, &st); }),
+            obj + ": expected JSON lines or a JSON array of records, got one JSON object over several lines");
+  // A cut array is named as one bad JSON file.
+  const std::string cut = write(dir, "cut.jsonl", "[" + a + ",\n" + b.substr(0, 10));
+  EXPECT_TRUE(contains(error_of([&] { read_sft_records(cut, SftFormat::kAuto, true, &st); }), cut + ": not valid JSON"));
+}
+
+// Alpaca's optional "input" and LLaMA-Factory's "system" and "history": null or absent is nothing, anything but
+// the documented type is named.
+TEST(SftRead, AlpacaOptionalFieldsAreCheckedByType) {
+  const std::string dir = test::scratch_dir();
+  const std::string path = write(dir, "a.jsonl",
+                                 R"({"instruction": "i", "output": "o", "input": null, "system": null})" "\n"
+                                 R"({"instruction": "i", "output": "o", "input": "x", "system": "S"})" "\n");
+  SftDataStats st;
+  const std::vector<SftRecord> recs = read_sft_records(path, SftFormat::kAuto, false, &st);
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0].input, "");
+  EXPECT_EQ(recs[0].system, "");
+  EXPECT_EQ(recs[1].input, "x");
+  EXPECT_EQ(recs[1].system, "S");
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"instruction": "i", "output": "o", "input": 3})", "field \"input\" is number, expected a string"},
+      {R"({"instruction": "i", "output": "o", "input": ["x"]})", "field \"input\" is array, expected a string"},
+      {R"({"instruction": "i", "output": "o", "system": {"role": "system"}})", "field \"system\" is object, expected a string"},
+      {R"({"instruction": "i", "output": "o", "history": {"q": "r"}})", "field \"history\" is object, expected an array"},
+      {R"({"instruction": "i", "output": "o", "history": "q"})", "field \"history\" is string, expected an array"},
+  };
+  for (const auto& [line, why] : bad) {
+    write(dir, "a.jsonl", std::string(R"({"instruction": "i", "output": "o"})") + "\n" + line + "\n");
+    EXPECT_EQ(error_of([&] { read_sft_records(path, SftFormat::kAuto, false, &st); }),
+              path + ":2: " + why + " (pass --skip-bad to skip such records)");
+  }
+}
+
+TEST(SftRead, SkipBadKeepsTheFirstFiveReasons) {
+  const std::string dir = test::scratch_dir();
+  std::string body = "{\"text\": \"a\"}\n";
+  for (int i = 0; i < 7; ++i) body += "{\"text\": " + std::to_string(i) + "}\n";
+  const std::string path = write(dir, "d.jsonl", body);
+  SftDataStats st;
+  EXPECT_EQ(read_sft_records(path, SftFormat::kAuto, true, &st).size(), 1u);
+  EXPECT_EQ(st.skipped, 7);
+  ASSERT_EQ(st.first_skipped.size(), static_cast<size_t>(SftDataStats::kMaxReported));
+  EXPECT_EQ(st.first_skipped.back(), path + ":6: field \"text\" is number, expected a string");
+}
+
 // ---- truncation and split ----------------------------------------------------------------------------------
 
 TEST(SftData, TruncationStats) {

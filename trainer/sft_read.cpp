@@ -13,10 +13,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
   if (is_chat_record(j)) return SftFormat::kChat;
@@ -33,6 +29,17 @@ std::string get_string(const Json& j, const char* key, std::string* out) {
   if (!it->is_string()) return std::string("field \"") + key + "\" is " + it->type_name() + ", expected a string";
   *out = it->get<std::string>();
   return "";
+}
+
+// parse_chat_record's "messages[i]: why" about the joined prompt + completion list, as the record spells it:
+// "prompt[i]: why" or "completion[i - prompt_size]: why" (the record has no "messages").
+std::string in_prompt_or_completion(const std::string& err, size_t prompt_size) {
+  static const std::string kAt = "messages[";
+  const size_t close = err.find("]: ");
+  if (err.compare(0, kAt.size(), kAt) != 0 || close == std::string::npos) return err;
+  const size_t i = std::stoul(err.substr(kAt.size(), close - kAt.size()));
+  const std::string at = i < prompt_size ? "prompt[" + std::to_string(i) : "completion[" + std::to_string(i - prompt_size);
+  return at + err.substr(close);
 }
 
 // Fills `rec` from one parsed record; returns "" or the reason the record is malformed.
@@ -80,13 +87,14 @@ std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
       }
       if (!p->is_array() || !c->is_array())
         return "\"prompt\" and \"completion\" must both be strings or both be message lists";
+      if (p->empty() && c->empty()) return "\"prompt\" and \"completion\" are both empty";
       Json conv = {{"messages", *p}};
       for (const Json& m : *c) conv["messages"].push_back(m);
       auto t = j.find("tools");
       if (t != j.end()) conv["tools"] = *t;
       rec->completion_from = p->size();
       err = parse_chat_record(conv, /*need_assistant=*/true, &rec->messages, &rec->tools);
-      if (!err.empty()) return err;
+      if (!err.empty()) return in_prompt_or_completion(err, p->size());
       for (size_t i = rec->completion_from; i < rec->messages.size(); ++i)
         if (rec->messages[i].role == "assistant") return "";
       return "no assistant message in \"completion\" (nothing to train on)";
@@ -152,9 +160,15 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
                                         SftDataStats* stats) {
   QWENQ_CHECK(stats != nullptr, "stats must not be null");
   const std::string text = read_file(path);
-  const size_t first = text.find_first_not_of(" \t\r\n");
+  const size_t bom = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;  // the JSON parser skips it too
+  const size_t first = text.find_first_not_of(" \t\r\n", bom);
   QWENQ_CHECK(first != std::string::npos, path << ": empty dataset (the file is empty)");
-  const bool jsonl = ends_with(path, ".jsonl") || (!ends_with(path, ".json") && text[first] == '{');
+  // Told apart by the content, whatever the extension, as Hugging Face's "json" loader does (JSON lines first,
+  // then the whole file as one value): a .json file of JSON lines is read, and so is a .jsonl file holding an array.
+  // One object over several lines ({"data": [...]}) is no set of records there either.
+  const bool jsonl = text[first] != '[';
+  if (jsonl && text[first] == '{' && text.find('\n', first) < text.find_last_not_of(" \t\r\n") && Json::accept(text))
+    QWENQ_FAIL(path << ": expected JSON lines or a JSON array of records, got one JSON object over several lines");
 
   Reader r{path, format, skip_bad, stats, {}};
   if (jsonl) {
@@ -172,8 +186,6 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
     } catch (const Json::exception& e) {
       QWENQ_FAIL(path << ": not valid JSON: " << e.what());
     }
-    QWENQ_CHECK(all.is_array(), path << ": expected a JSON array of records (or a .jsonl file), got "
-                                     << all.type_name());
     for (size_t i = 0; i < all.size(); ++i) r.add(all[i], path + ": record " + std::to_string(i + 1));
   }
   stats->path = path;
