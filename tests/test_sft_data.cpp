@@ -376,6 +376,36 @@ TEST(SftData, TruncationStats) {
   EXPECT_EQ(masked_text(ds2.train[0], tok), "o<|im_end|>");
 }
 
+// An empty "text" is its EOS alone: nothing predicts it. It is dropped and counted as empty, not as a record that
+// "lost its response to truncation" (none was cut), and a file of nothing else says so.
+TEST(SftData, EmptyTextRecordsAreDroppedAsEmpty) {
+  const std::string dir = test::scratch_dir();
+  const Tokenizer tok = tiny_tokenizer(dir, "");
+  SftRecord rec;
+  rec.format = SftFormat::kText;
+  const SftExample eos = format_sft_record(rec, tok);
+  EXPECT_EQ(eos.tokens, std::vector<int32_t>{tok.eos_id()});
+  EXPECT_EQ(eos.loss_mask, std::vector<uint8_t>{0});
+
+  const std::string path = write(dir, "t.jsonl", "{\"text\": \"\"}\n{\"text\": \"ab\"}\n{\"text\": \"\"}\n");
+  SftDataOptions opt;
+  opt.max_len = 8;
+  const SftDataset ds = load_sft_dataset(path, tok, opt);
+  EXPECT_EQ(ds.stats.records, 1);
+  EXPECT_EQ(ds.stats.dropped_empty, 2);
+  EXPECT_EQ(ds.stats.dropped_no_loss, 0);
+  EXPECT_TRUE(contains(ds.stats.summary(), ", 2 dropped (empty: no token to predict)")) << ds.stats.summary();
+  EXPECT_FALSE(contains(ds.stats.summary(), "truncation")) << ds.stats.summary();
+
+  const std::string empty = write(dir, "e.jsonl", "{\"text\": \"\"}\n{\"text\": \"\"}\n");
+  EXPECT_EQ(error_of([&] { load_sft_dataset(empty, tok, opt); }),
+            empty + ": empty dataset (every record is empty: no token to predict)");
+  // A prompt cut to max_len is still named as such.
+  const std::string mixed = write(dir, "m.jsonl", "{\"prompt\": \"" + std::string(40, 'p') + "\", \"completion\": \"c\"}\n");
+  EXPECT_EQ(error_of([&] { load_sft_dataset(mixed, tok, opt); }),
+            mixed + ": empty dataset (every example lost its response to max_len 8)");
+}
+
 TEST(SftSplit, DeterministicDisjointNeverEmpty) {
   std::vector<int64_t> tr1, ev1, tr2, ev2;
   split_sft_indices(100, 7, 0.1, 0, &tr1, &ev1);

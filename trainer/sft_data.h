@@ -119,6 +119,7 @@ struct SftDataStats {
   int64_t truncated = 0;                // examples longer than max_len
   int64_t truncated_tokens = 0;         // tokens cut from them
   int64_t dropped_no_loss = 0;          // examples left without any counted target by truncation (dropped)
+  int64_t dropped_empty = 0;            // examples without a target before truncation (an empty "text": EOS alone)
   int64_t tokens = 0, loss_tokens = 0;  // over kept examples, after truncation
   int64_t longest = 0;                  // longest example before truncation
   int64_t train_examples = 0, eval_examples = 0;
@@ -151,7 +152,7 @@ SftExample format_sft_record(const SftRecord& record, const Tokenizer& tok, cons
 int64_t truncate_sft_example(SftExample* ex, int64_t max_len);
 
 // format_sft_record, then truncate_sft_example to max_len (0: none), counted in *stats (longest, truncated, and
-// records, tokens and loss tokens of a kept example, or dropped_no_loss). Returns whether the example is kept: it
+// records, tokens and loss tokens of a kept example, or dropped_no_loss / dropped_empty). Returns whether the example is kept: it
 // has a counted target left.
 bool prepare_sft_example(const SftRecord& record, const Tokenizer& tok, const SftTemplateOptions& options,
                          int64_t max_len, SftExample* ex, SftDataStats* stats);

@@ -151,6 +151,7 @@ std::string SftDataStats::summary() const {
   os << ", " << tokens << " tokens (" << loss_tokens << " in the loss), longest " << longest;
   if (truncated) os << ", " << truncated << " truncated by " << truncated_tokens << " tokens in all";
   if (dropped_no_loss) os << ", " << dropped_no_loss << " dropped (no response left after truncation)";
+  if (dropped_empty) os << ", " << dropped_empty << " dropped (empty: no token to predict)";
   os << "; train " << train_examples << ", eval " << eval_examples;
   return os.str();
 }
@@ -159,15 +160,16 @@ bool prepare_sft_example(const SftRecord& rec, const Tokenizer& tok, const SftTe
                          SftExample* ex, SftDataStats* st) {
   *ex = format_sft_record(rec, tok, options);
   st->longest = std::max<int64_t>(st->longest, static_cast<int64_t>(ex->tokens.size()));
+  int64_t cut = 0;
   if (max_len > 0) {
-    const int64_t cut = truncate_sft_example(ex, max_len);
+    cut = truncate_sft_example(ex, max_len);
     st->truncated += cut > 0;
     st->truncated_tokens += cut;
   }
   int64_t loss = 0;
   for (uint8_t m : ex->loss_mask) loss += m;
   if (loss == 0) {
-    ++st->dropped_no_loss;
+    ++(cut > 0 ? st->dropped_no_loss : st->dropped_empty);  // an empty "text" is [EOS]: nothing predicts it
     return false;
   }
   ++st->records;
@@ -187,7 +189,12 @@ SftDataset load_sft_dataset(const std::string& path, const Tokenizer& tok, const
     SftExample ex;
     if (prepare_sft_example(rec, tok, opt.templ, opt.max_len, &ex, &st)) all.push_back(std::move(ex));
   }
-  QWENQ_CHECK(!all.empty(), path << ": empty dataset (every example lost its response to max_len " << opt.max_len << ")");
+  // Only "text" records can be empty, and a non-empty one keeps a target in max_len >= 2 tokens.
+  QWENQ_CHECK(!all.empty(), path << ": empty dataset ("
+                                 << (st.dropped_empty > 0 ? "every record is empty: no token to predict"
+                                                          : "every example lost its response to max_len " +
+                                                                std::to_string(opt.max_len))
+                                 << ")");
 
   std::vector<int64_t> train, eval;
   split_sft_indices(static_cast<int64_t>(all.size()), opt.seed, opt.eval_fraction, opt.eval_count, &train, &eval);
