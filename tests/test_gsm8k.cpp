@@ -14,6 +14,7 @@
 #include "tests/support/safetensors_edit.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_tokenizers.h"
 #include "trainer/generate.h"
 #include "trainer/gsm8k.h"
 #include "trainer/python_random.h"
@@ -195,6 +196,49 @@ TEST(Gsm8k, EvaluationIsGreedyGenerationExtractedAndScored) {
   test::expect_error([&] { evaluate_gsm8k(model, tok, items, pool, opt); }, "--fewshot 9 needs as many");
   opt.fewshot = 0;
   test::expect_error([&] { evaluate_gsm8k(model, tok, {}, pool, opt); }, "no items to score");
+}
+
+// lm-eval's hf backend keeps the last max_length - max_gen_toks prompt tokens (tok_batch_encode's
+// left_truncate_len), max_length being config.json's max_position_embeddings; the model's final stop id is not part
+// of the output, and an output cut by max_new_tokens keeps its last token.
+TEST(Gsm8k, LongPromptKeepsItsLastTokensAndStopIdsLeaveTheOutput) {
+  const Tokenizer tok = test::byte_tokenizer(test::scratch_dir() + "/tok", "");
+  QwenConfig config;
+  config.max_position_embeddings = 16;
+  config.eos_token_id = tok.token_id("<|endoftext|>");
+  const std::vector<Gsm8kItem> items = {{"How many eggs does Janet sell each day?", "#### 42"}, {"Q?", "#### 7"}};
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> stops_seen;
+  const Gsm8kGenerateFn gen = [&](const std::vector<int32_t>& prompt, const SamplingOptions& so) {
+    prompts.push_back(prompt);
+    stops_seen = so.stop_ids;
+    std::vector<int32_t> out = tok.encode(prompts.size() == 1 ? " 42" : " 7 ", false);
+    if (prompts.size() == 2) out.push_back(config.eos_token_id);  // generation ended by the config's eos
+    return out;
+  };
+  Gsm8kOptions opt;
+  opt.max_new_tokens = 6;
+  opt.quiet = true;
+  const Gsm8kResult r = evaluate_gsm8k(gen, config, tok, items, {}, opt);
+  ASSERT_EQ(prompts.size(), 2u);
+  const std::vector<int32_t> full = tok.encode(gsm8k_prompt({}, items[0]), false);
+  ASSERT_GT(full.size(), 10u);
+  EXPECT_EQ(prompts[0], std::vector<int32_t>(full.end() - 10, full.end()));  // 16 - 6 tokens, the last ones
+  EXPECT_EQ(r.items[0].prompt_tokens, 10);
+  EXPECT_EQ(r.items[0].prompt, gsm8k_prompt({}, items[0]));  // reported whole
+  const std::vector<int32_t> short_prompt = tok.encode("Question: Q?\nAnswer:", false);  // 20 bytes: cut as well
+  EXPECT_EQ(prompts[1], std::vector<int32_t>(short_prompt.end() - 10, short_prompt.end()));
+  EXPECT_EQ(stops_seen, (std::vector<int32_t>{tok.eos_id(), config.eos_token_id}));
+  EXPECT_EQ(r.items[0].output, " 42");
+  EXPECT_EQ(r.items[0].new_tokens, 3);
+  EXPECT_EQ(r.items[1].output, " 7 ");
+  EXPECT_EQ(r.items[1].new_tokens, 4);
+  EXPECT_EQ(r.items[0].flexible, "42");
+  EXPECT_EQ(r.items[1].flexible, "7");
+  EXPECT_EQ(r.flexible, 1.0);
+  EXPECT_EQ(r.strict, 0.0);
+  opt.max_new_tokens = 16;  // lm-eval asserts max_ctx_len > 0
+  test::expect_error([&] { evaluate_gsm8k(gen, config, tok, items, {}, opt); }, "--max-new-tokens 16 leaves no room");
 }
 
 TEST(Gsm8k, StopStringsEndGenerationAndCutTheOutput) {
