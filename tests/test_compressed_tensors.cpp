@@ -344,6 +344,74 @@ TEST(CompressedTensors, UnreadableConfigsAreRefusedNamingTheField) {
   refused(none, {"config_groups"});
 }
 
+// The config variants compressed-tensors' QuantizationConfig / QuantizationArgs accept: a null or dense
+// sparsity_config, a null "ignore", a group quantizing only activations (its weights stay dense), a group's own
+// "format" under a top-level "mixed-precision", null "symmetric", "type"/"strategy" in any case (its validators
+// lower-case them), and no strategy at all: inferred from group_size as validate_model_after does (none: tensor,
+// positive: group, -1: channel).
+TEST(CompressedTensors, ConfigVariantsReadAsTheLibraryReadsThem) {
+  const json w4 = int_weights(4, true, "group", 128);
+  json qc = scheme_config("mixed-precision", w4, nullptr);
+  qc["config_groups"]["group_0"]["format"] = "pack-quantized";
+  qc["config_groups"]["group_1"] = {{"targets", {"re:.*down_proj"}}, {"format", "naive-quantized"},
+                                    {"weights", {{"num_bits", 8}, {"type", "INT"}, {"symmetric", nullptr}, {"strategy", "Channel"}}}};
+  qc["config_groups"]["group_2"] = {{"targets", {"Linear"}}, {"weights", nullptr},
+                                    {"input_activations", {{"num_bits", 8}, {"type", "float"}, {"dynamic", true}}}};
+  qc["sparsity_config"] = nullptr;
+  QuantConfig c = parse_compressed_tensors_config(qc, "cfg");
+  ASSERT_EQ(c.ct_schemes.size(), 2u);  // group_2 quantizes no weights
+  EXPECT_TRUE(c.ct_ignore.empty());
+  EXPECT_TRUE(c.ct_schemes[0].packed);
+  EXPECT_FALSE(c.ct_schemes[1].packed);
+  EXPECT_EQ(c.ct_schemes[1].weights.bits, 8);
+  EXPECT_FALSE(c.ct_schemes[1].weights.is_float);
+  EXPECT_TRUE(c.ct_schemes[1].weights.sym);
+  EXPECT_EQ(c.ct_schemes[1].weights.strategy, CtStrategy::Channel);
+  EXPECT_EQ(c.ct_scheme_for("model.layers.0.mlp.down_proj"), &c.ct_schemes[1]);
+  EXPECT_EQ(c.ct_scheme_for("model.layers.0.mlp.up_proj"), &c.ct_schemes[0]);
+  qc["sparsity_config"] = {{"format", "dense"}, {"global_sparsity", 0.0}};
+  EXPECT_EQ(parse_compressed_tensors_config(qc, "cfg").ct_schemes.size(), 2u);
+  // A group's format is its own: int4 unpacked under a top-level pack-quantized is refused by the group's name.
+  json own = scheme_config("pack-quantized", w4);
+  own["config_groups"]["group_0"]["format"] = "int-quantized";
+  test::expect_error([&] { parse_compressed_tensors_config(own, "cfg"); },
+                     {"cfg: config_groups.group_0", "int4 weights stored unpacked (int-quantized)"});
+  // Two groups that give the same module the same weights do not clash; a different block does.
+  json fp8 = scheme_config("float-quantized", {{"num_bits", 8}, {"type", "float"}, {"strategy", "block"},
+                                               {"block_structure", {128, 128}}});
+  fp8["config_groups"]["group_1"] = fp8["config_groups"]["group_0"];
+  EXPECT_EQ(parse_compressed_tensors_config(fp8, "cfg").ct_scheme_for("model.layers.0.mlp.up_proj")->weights.block_k, 128);
+  fp8["config_groups"]["group_1"]["weights"]["block_structure"] = {128, 64};
+  test::expect_error([&] { parse_compressed_tensors_config(fp8, "cfg").ct_scheme_for("model.layers.0.mlp.up_proj"); },
+                     "config groups \"group_0\" and \"group_1\" both target model.layers.0.mlp.up_proj");
+
+  // No strategy (absent or null): the library's inference from group_size.
+  for (const bool null : {false, true}) {
+    json w = w4;
+    w.erase("strategy");
+    if (null) w["strategy"] = nullptr;
+    for (const auto& [group, want] : std::vector<std::pair<json, CtStrategy>>{
+             {json(128), CtStrategy::Group}, {json(-1), CtStrategy::Channel}, {json(nullptr), CtStrategy::Tensor}}) {
+      w["group_size"] = group;
+      const CtWeightArgs a = parse_compressed_tensors_config(scheme_config("pack-quantized", w), "cfg").ct_schemes[0].weights;
+      EXPECT_EQ(a.strategy, want) << w.dump();
+      if (want == CtStrategy::Group) EXPECT_EQ(a.group_size, 128);
+    }
+  }
+  json null_strategy = w4;
+  null_strategy["strategy"] = nullptr;
+  null_strategy["group_size"] = 0;
+  test::expect_error([&] { parse_compressed_tensors_config(scheme_config("pack-quantized", null_strategy), "cfg"); },
+                     {"cfg: config_groups.group_0.weights", "group_size 0 without a strategy"});
+  json token = w4;
+  token["strategy"] = "token";
+  test::expect_error([&] { parse_compressed_tensors_config(scheme_config("pack-quantized", token), "cfg"); },
+                     "weight strategy \"token\" is not supported");
+  token["strategy"] = 4;
+  test::expect_error([&] { parse_compressed_tensors_config(scheme_config("pack-quantized", token), "cfg"); },
+                     "cfg: config_groups.group_0.weights: \"strategy\" must be a string, got 4");
+}
+
 TEST(CompressedTensors, CorruptTensorsAreRefusedNamingTheTensor) {
   const std::string prefix = "model.layers.0.self_attn.q_proj";
   const IntCase c{4, false, "group", 32, true, 32, 64, false};

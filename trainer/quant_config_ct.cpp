@@ -9,6 +9,7 @@
 // channel, group or block scales). Dynamic input activations are accepted and not applied (qwenq computes with ŵ,
 // as the weight-only dequantized model). Everything else is refused here, naming the field.
 #include <algorithm>
+#include <cctype>
 
 #include <nlohmann/json.hpp>
 
@@ -38,9 +39,30 @@ std::vector<std::string> strings(const json& j, const std::string& path, const c
   return out;
 }
 
+// A string field lower-cased, as compressed-tensors' field validators read "type" and "strategy"; `fallback` when
+// absent or null.
+std::string lower_field(const json& w, const char* key, const std::string& fallback, const std::string& where) {
+  if (!w.contains(key) || w[key].is_null()) return fallback;
+  QWENQ_CHECK(w[key].is_string(), where << ": \"" << key << "\" must be a string, got " << w[key].dump());
+  std::string v = w[key].get<std::string>();
+  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return v;
+}
+
+// The strategy a QuantizationArgs without one gets (its validate_model_after): tensor without a group_size, group
+// for a positive one, channel for -1.
+std::string inferred_strategy(const json& w, const std::string& where) {
+  if (!w.contains("group_size") || w["group_size"].is_null()) return "tensor";
+  const json& g = w["group_size"];
+  QWENQ_CHECK(g.is_number_integer() && (g.get<int64_t>() > 0 || g.get<int64_t>() == -1),
+              where << ": group_size " << g.dump() << " without a strategy: use a positive group_size for strategy "
+                    << "group or -1 for channel");
+  return g.get<int64_t>() > 0 ? "group" : "channel";
+}
+
 CtWeightArgs weight_args(const json& w, const std::string& where) {
   CtWeightArgs a;
-  const std::string type = w.value("type", std::string("int"));
+  const std::string type = lower_field(w, "type", "int", where);
   QWENQ_CHECK(type == "int" || type == "float", where << ": weights of type \"" << type << "\" are not supported (int, float)");
   a.is_float = type == "float";
   QWENQ_CHECK(w.contains("num_bits") && w["num_bits"].is_number_integer(), where << ": weights need an integer num_bits");
@@ -55,7 +77,8 @@ CtWeightArgs weight_args(const json& w, const std::string& where) {
     QWENQ_CHECK(a.bits == 2 || a.bits == 4 || a.bits == 8,
                 where << ": int" << a.bits << " weights are not supported (int2, int4, int8)");
   }
-  const std::string strategy = w.value("strategy", std::string("tensor"));
+  std::string strategy = lower_field(w, "strategy", "", where);
+  if (strategy.empty()) strategy = inferred_strategy(w, where);
   if (strategy == "tensor") {
     a.strategy = CtStrategy::Tensor;
   } else if (strategy == "channel") {
