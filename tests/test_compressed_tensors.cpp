@@ -395,7 +395,9 @@ TEST(CompressedTensors, ConfigVariantsReadAsTheLibraryReadsThem) {
       w["group_size"] = group;
       const CtWeightArgs a = parse_compressed_tensors_config(scheme_config("pack-quantized", w), "cfg").ct_schemes[0].weights;
       EXPECT_EQ(a.strategy, want) << w.dump();
-      if (want == CtStrategy::Group) EXPECT_EQ(a.group_size, 128);
+      if (want == CtStrategy::Group) {
+        EXPECT_EQ(a.group_size, 128);
+      }
     }
   }
   json null_strategy = w4;
