@@ -401,6 +401,50 @@ TEST(StoriesTokenizer, GgufRoundTrip) {
   EXPECT_FALSE(f.has("tokenizer.ggml.merges"));
 }
 
+// A llama GGUF vocabulary (control tokens <unk>, <s>, </s> outside the regular pieces) with add_bos_token false and
+// add_eos_token true, saved with save_hf. Hugging Face tokenizers numbers an added token that model.vocab lacks
+// after the vocabulary whatever id the file gives it (</s> became 511), so the control tokens must be in
+// model.vocab too, as Llama's own tokenizer.json lists them; the post-processor is the one transformers'
+// LlamaTokenizerFast.update_post_processor builds: "$A:0 </s>:0", pair "$A:0 </s>:0 $B:1 </s>:1" (the second
+// sequence's specials take type id 1). tests/oracle/test_tokenizer_oracle.py checks both against Hugging Face.
+TEST(StoriesTokenizer, SaveHfFromLlamaGgufWithEos) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string dir = test::scratch_dir();
+  GgufWriter w;
+  w.set("general.architecture", GgufValue::str("llama"));
+  stories().write_gguf(w, 512, -1, -1);
+  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(false));
+  w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(true));
+  w.write(dir + "/tok.gguf");
+  const Tokenizer g = Tokenizer::from_model(dir + "/tok.gguf");
+  EXPECT_EQ(g.encode("Once upon"), (std::vector<int32_t>{403, 407, 2}));
+  ASSERT_EQ(std::system(("mkdir -p '" + dir + "/hf'").c_str()), 0);
+  g.save_hf(dir + "/hf");
+  const auto tj = nlohmann::ordered_json::parse(read_file(dir + "/hf/tokenizer.json"));
+  const auto& vocab = tj["model"]["vocab"];
+  EXPECT_EQ(vocab.size(), 512u);
+  EXPECT_EQ(vocab.value("<unk>", -1), 0);
+  EXPECT_EQ(vocab.value("<s>", -1), 1);
+  EXPECT_EQ(vocab.value("</s>", -1), 2);
+  const auto eos = [](int type_id) { return nlohmann::ordered_json{{"SpecialToken", {{"id", "</s>"}, {"type_id", type_id}}}}; };
+  const auto seq = [](const char* id, int type_id) { return nlohmann::ordered_json{{"Sequence", {{"id", id}, {"type_id", type_id}}}}; };
+  EXPECT_EQ(tj["post_processor"]["single"], nlohmann::ordered_json::array({seq("A", 0), eos(0)}));
+  EXPECT_EQ(tj["post_processor"]["pair"], nlohmann::ordered_json::array({seq("A", 0), eos(0), seq("B", 1), eos(1)}));
+  const auto cfg = nlohmann::json::parse(read_file(dir + "/hf/tokenizer_config.json"));
+  EXPECT_EQ(cfg["add_bos_token"], false);
+  EXPECT_EQ(cfg["add_eos_token"], true);
+  EXPECT_EQ(cfg["tokenizer_class"], "LlamaTokenizerFast");
+  // Read back: the same ids; saved again from that tokenizer.json, it is written verbatim.
+  const Tokenizer back = Tokenizer::from_dir(dir + "/hf");
+  EXPECT_EQ(back.encode("Once upon <s>x</s>"), g.encode("Once upon <s>x</s>"));
+  ASSERT_EQ(std::system(("mkdir -p '" + dir + "/again'").c_str()), 0);
+  back.save_hf(dir + "/again");
+  EXPECT_EQ(read_file(dir + "/again/tokenizer.json"), read_file(dir + "/hf/tokenizer.json"));
+  // Qwen's added tokens follow its vocabulary in id order: they stay out of model.vocab, as in Qwen's own file.
+  qwen().save_hf(dir + "/again");
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir + "/again/tokenizer.json"))["model"]["vocab"].size(), 151643u);
+}
+
 // ---- Unicode --------------------------------------------------------------------------------------------
 
 TEST(Unicode, NfcCases) {

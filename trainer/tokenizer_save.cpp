@@ -9,6 +9,8 @@
 //   special_tokens_map.json verbatim or from the special roles
 //   vocab.json, merges.txt  byte-level models only (so the slow Qwen2Tokenizer loads too)
 // The big vocab/merges arrays are written by hand: nlohmann's ordered_json is quadratic for 150K keys.
+#include <algorithm>
+
 #include "core/error.h"
 #include "core/files.h"
 #include "trainer/tokenizer_impl.h"
@@ -32,14 +34,37 @@ bool is_regular(const Tokenizer::Impl& t, size_t id) {
   return !(t.flags[id] & kFlagAdded) || t.piece_to_id.count(t.pieces[id]);
 }
 
-std::string vocab_text(const Tokenizer::Impl& t, const std::string& indent) {
+bool in_vocab(const Tokenizer::Impl& t, size_t id) {
+  return id < t.pieces.size() && !t.pieces[id].empty() && is_regular(t, id);
+}
+
+// Hugging Face tokenizers gives an added token that model.vocab lacks the next id after the vocabulary (its entries
+// counted), whatever id the file writes; ours survive only when such tokens follow the vocabulary in id order
+// (Qwen's layout). Otherwise (a llama GGUF's <unk>, <s>, </s> at ids 0-2) they must be in model.vocab too, as
+// Llama's own tokenizer.json lists them.
+bool added_follow_vocab(const Tokenizer::Impl& t) {
+  int64_t next = 0;
+  for (size_t id = 0; id < t.pieces.size(); ++id) next += in_vocab(t, id);
+  for (const AddedToken& a : t.added) {
+    if (!in_vocab(t, static_cast<size_t>(a.id)) && a.id != next++) return false;
+  }
+  return true;
+}
+
+// The vocabulary as a JSON object, by id; with_added: the added tokens it lacks too, at their ids.
+std::string vocab_text(const Tokenizer::Impl& t, const std::string& indent, bool with_added = false) {
   std::string out = "{";
   bool first = true;
-  for (size_t id = 0; id < t.pieces.size(); ++id) {
-    if (t.pieces[id].empty() || !is_regular(t, id)) continue;
+  size_t next_added = 0;  // t.added is sorted by id
+  const size_t n = std::max(t.pieces.size(), t.added.empty() ? size_t{0} : static_cast<size_t>(t.added.back().id) + 1);
+  for (size_t id = 0; id < n; ++id) {
+    while (next_added < t.added.size() && t.added[next_added].id < static_cast<int32_t>(id)) ++next_added;
+    const bool added_here = with_added && next_added < t.added.size() && t.added[next_added].id == static_cast<int32_t>(id);
+    if (!in_vocab(t, id) && !added_here) continue;
     out += first ? "\n" : ",\n";
     first = false;
-    out += indent + "  " + quoted(t.pieces[id], t.source) + ": " + std::to_string(id);
+    out += indent + "  " + quoted(in_vocab(t, id) ? t.pieces[id] : t.added[next_added].content, t.source) + ": " +
+           std::to_string(id);
   }
   out += "\n" + indent + "}";
   return out;
@@ -117,24 +142,24 @@ std::string tokenizer_json_text(const Tokenizer::Impl& t) {
     } else {
       doc["pre_tokenizer"] = nullptr;
     }
-    // TemplateProcessing with BOS/EOS as configured (transformers' LlamaTokenizerFast rebuilds the same).
+    // TemplateProcessing with BOS/EOS as configured, as transformers' LlamaTokenizerFast rebuilds it
+    // (update_post_processor): single "[bos:0] $A:0 [eos:0]", pair that + "[bos:1] $B:1 [eos:1]" (the second
+    // sequence's BOS/EOS take its type id 1, as in Llama's own tokenizer.json).
     ojson single = ojson::array(), pair = ojson::array(), specials = ojson::object();
-    auto special_item = [&](int32_t id) {
+    auto special_item = [&](int32_t id, int type_id) {
       const std::string n = name_or_empty(t, id);
       specials[n] = {{"id", n}, {"ids", {id}}, {"tokens", {n}}};
-      return ojson{{"SpecialToken", {{"id", n}, {"type_id", 0}}}};
+      return ojson{{"SpecialToken", {{"id", n}, {"type_id", type_id}}}};
     };
     auto seq = [](const char* which, int type_id) { return ojson{{"Sequence", {{"id", which}, {"type_id", type_id}}}}; };
     const bool bos = t.add_bos && t.bos >= 0, eos = t.add_eos && t.eos >= 0;
-    if (bos) single.push_back(special_item(t.bos));
+    if (bos) single.push_back(special_item(t.bos, 0));
     single.push_back(seq("A", 0));
-    if (eos) single.push_back(special_item(t.eos));
-    if (bos) pair.push_back(special_item(t.bos));
-    pair.push_back(seq("A", 0));
-    if (eos) pair.push_back(special_item(t.eos));
-    if (bos) pair.push_back(special_item(t.bos));
+    if (eos) single.push_back(special_item(t.eos, 0));
+    pair = single;
+    if (bos) pair.push_back(special_item(t.bos, 1));
     pair.push_back(seq("B", 1));
-    if (eos) pair.push_back(special_item(t.eos));
+    if (eos) pair.push_back(special_item(t.eos, 1));
     doc["post_processor"] = {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair},
                              {"special_tokens", specials}};
     ojson decs = ojson::array();
@@ -159,7 +184,7 @@ std::string tokenizer_json_text(const Tokenizer::Impl& t) {
     QWENQ_CHECK(at != std::string::npos, "internal: marker " << marker << " missing");
     text.replace(at, marker.size() + 2, value);
   };
-  splice("@@QWENQ_VOCAB@@", vocab_text(t, "    "));
+  splice("@@QWENQ_VOCAB@@", vocab_text(t, "    ", /*with_added=*/!added_follow_vocab(t)));
   splice("@@QWENQ_MERGES@@", merges_text(t, "    "));
   return text + "\n";
 }

@@ -15,6 +15,11 @@ stories260K (llama2.c tok512.bin, SentencePiece-style BPE with byte fallback):
   5. `qwen-quant tokenize --llama2c-tokenizer tok512.bin --save-hf DIR`; tokenizers.Tokenizer.from_file
      (DIR/tokenizer.json) and AutoTokenizer.from_pretrained(DIR) encode every TinyStories line (with its "\\n")
      and the whole file exactly like we do, from tok512.bin and from DIR (plus the tricky and random strings).
+BOS/EOS post-processing of saved SentencePiece-style tokenizers:
+  6. the TemplateProcessing in the tokenizer.json save_hf writes equals the one transformers' LlamaTokenizerFast
+     rebuilds from tokenizer_config.json (ids and type ids of single and pair encodings): stories260K (BOS), and a
+     llama GGUF vocabulary written here with gguf-py from it with add_bos_token false and add_eos_token true
+     (`qwen-quant tokenize --model X.gguf --save-hf`; our encoding from the GGUF equals tokenizers' of the saved file).
 Exit 0 pass, 1 fail (the first mismatching line is printed), 77 skip (no `tokenizers`).
 """
 import json
@@ -96,6 +101,47 @@ def qwen_reference(qwen_dir):
         tok.add_special_tokens([AddedToken(a["content"], special=True, normalized=False)])
     print("reference: tokenizers pipeline spelled out (transformers not importable)")
     return tok
+
+
+def write_llama_gguf(tokenizer_json, path, add_bos, add_eos):
+    """A llama (SentencePiece-style) GGUF vocabulary written with gguf-py from a saved tokenizer.json, in llama.cpp's
+    keys: token types (UNKNOWN 2, CONTROL 3, BYTE 6, else NORMAL 1) and scores that order the merges (a merged token
+    scores minus the rank of the first merge making it, single characters 0, the others -1000)."""
+    import gguf
+    with open(tokenizer_json, encoding="utf-8") as f:
+        tj = json.load(f)
+    vocab = tj["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for piece, i in vocab.items():
+        tokens[i] = piece
+    types, scores = [1] * len(tokens), [0.0] * len(tokens)
+    for i, piece in enumerate(tokens):
+        if piece in ("<s>", "</s>"):
+            types[i], scores[i] = 3, -1000.0
+        elif piece == "<unk>":
+            types[i], scores[i] = 2, -1000.0
+        elif piece.startswith("<0x") and len(piece) == 6:
+            types[i], scores[i] = 6, -1000.0
+    merged = set()
+    for rank, m in enumerate(tj["model"]["merges"]):
+        a, b = m.split(" ") if isinstance(m, str) else m
+        if a + b not in merged:
+            merged.add(a + b)
+            scores[vocab[a + b]] = -float(rank + 1)
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(vocab["<s>"])
+    w.add_eos_token_id(vocab["</s>"])
+    w.add_unk_token_id(vocab["<unk>"])
+    w.add_add_bos_token(add_bos)
+    w.add_add_eos_token(add_eos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def encode_all(tok, texts, add_special_tokens=True):
@@ -223,6 +269,42 @@ def main():
             failures.append(f"stories260K: transformers decode differs from the text on line {bad[0] + 1}")
     except ImportError:
         pass
+
+    # ---- BOS/EOS post-processing of a saved SentencePiece-style tokenizer ------------------------------------
+    # 6. The TemplateProcessing save_hf writes is the one transformers' LlamaTokenizerFast rebuilds from
+    # tokenizer_config.json's add_bos_token/add_eos_token: ids and type ids of single and pair encodings equal, for
+    # stories260K (BOS only) and for a llama GGUF made here from it with add_bos_token false, add_eos_token true.
+    texts = ["Once upon a time", " leading", "", "a\nb", "<s>in</s> out"]
+    pairs = [("Once upon", "a time"), ("x", ""), ("", "y")]
+    variants = [("stories260K save_hf (BOS)", stories_dir, None)]
+    try:
+        import gguf  # noqa: F401
+        gguf_path = os.path.join(tmp, "stories-eos.gguf")
+        write_llama_gguf(os.path.join(stories_dir, "tokenizer.json"), gguf_path, add_bos=False, add_eos=True)
+        eos_dir = os.path.join(tmp, "stories-eos-tokenizer")
+        run([qq, "tokenize", "--model", gguf_path, "--save-hf", eos_dir, "--quiet"])
+        variants.append(("llama GGUF add_eos, no BOS, save_hf", eos_dir, gguf_path))
+    except ImportError:
+        print("gguf-py not importable: the add_eos GGUF variant is not checked")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        AutoTokenizer = None
+    for name, d, source in variants:
+        saved_tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        if source:  # our encoding from the GGUF itself, with its BOS/EOS
+            with open(tricky_path, "w", encoding="utf-8") as f:
+                for t in texts:
+                    f.write(json.dumps(t) + "\n")
+            out = os.path.join(tmp, "eos_ids.jsonl")
+            run([qq, "tokenize", "--model", source, "--file", tricky_path, "--jsonl", "--out", out])
+            check(f"{name}: ours from the GGUF", texts, read_jsonl_ids(out), encode_all(saved_tok, texts))
+        if AutoTokenizer is None:
+            continue
+        rebuilt = AutoTokenizer.from_pretrained(d).backend_tokenizer  # post-processor rebuilt by transformers
+        check(f"{name}: single", texts, encode_all(saved_tok, texts), encode_all(rebuilt, texts))
+        enc = lambda tok: [(e.ids, e.type_ids) for e in (tok.encode(a, b) for a, b in pairs)]  # noqa: E731
+        check(f"{name}: pairs (ids, type ids)", [f"{a!r}, {b!r}" for a, b in pairs], enc(saved_tok), enc(rebuilt))
 
     if failures:
         print("FAIL:\n  " + "\n  ".join(failures))
