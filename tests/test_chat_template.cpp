@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
@@ -231,6 +232,57 @@ TEST(ChatRecord, PythonJsonDumps) {
       {R"("tab\t nl\n quote\" back\\ ctl\u0001 é 東 /")", "\"tab\\t nl\\n quote\\\" back\\\\ ctl\\u0001 é 東 /\""},
   };
   for (const auto& c : cases) EXPECT_EQ(python_json_dumps(nlohmann::ordered_json::parse(c.first)), c.second) << c.first;
+  // Values JSON text cannot spell, as json.dumps writes them (allow_nan=True).
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json(0.0)), "0.0");
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json(std::nan(""))), "NaN");
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json(HUGE_VAL)), "Infinity");
+  EXPECT_EQ(python_json_dumps(nlohmann::ordered_json(-HUGE_VAL)), "-Infinity");
+}
+
+// A default system text with Jinja escapes is the text Jinja reads: a literal's \\n is a backslash and an n (it
+// was read as a backslash and a newline), \t a tab (it stayed "\t"), \' and \" quotes, \\ a backslash.
+// transformers renders the same template in tests/oracle/test_chat_template_oracle.py (qwen2-escapes).
+TEST(ChatTemplate, DefaultSystemTextEscapes) {
+  const Tokenizer tok = test::byte_tokenizer(test::scratch_dir(),
+      R"({% for message in messages %}{% if loop.first and messages[0]['role'] == 'system' %})"
+      R"({{ "<|im_start|>system\n" + message['content'] + "<|im_end|>\n" }}{% elif loop.first %})"
+      R"({{ '<|im_start|>system\nIt\'s a \"test\": use \\nabla,\tC:\\\\dir\\n.<|im_end|>\n' }}{% endif %})"
+      R"({% if not (loop.first and message['role'] == 'system') %})"
+      R"({{ "<|im_start|>" + message['role'] + "\n" + message['content'] + "<|im_end|>\n" }}{% endif %}{% endfor %})");
+  EXPECT_EQ(tok.apply_chat_template({{"user", "x"}}, false),
+            "<|im_start|>system\nIt's a \"test\": use \\nabla,\tC:\\\\dir\\n.<|im_end|>\n<|im_start|>user\nx<|im_end|>\n");
+  EXPECT_EQ(tok.apply_chat_template({{"system", "s"}, {"user", "x"}}, false),
+            "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nx<|im_end|>\n");
+}
+
+// Tool messages without a tools branch: the plain template writes a "tool" turn, the early Qwen2 one skips them
+// and refuses tool calls; a template without one has no thinking switch, and no template none at all.
+TEST(ChatTemplate, ToolMessagesWithoutATemplateToolsBranch) {
+  const std::string dir = test::scratch_dir();
+  const Tokenizer plain = test::byte_tokenizer(dir + "/plain",
+      "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n'}}"
+      "{% endfor %}");
+  EXPECT_EQ(plain.apply_chat_template({{"tool", "r"}, {"user", "q"}}, false),
+            "<|im_start|>tool\nr<|im_end|>\n<|im_start|>user\nq<|im_end|>\n");
+  EXPECT_FALSE(plain.chat_template_has_thinking_switch());
+  const Tokenizer early = test::byte_tokenizer(dir + "/early",
+      "{% set system_message = 'You are a helpful assistant.' %}{% if messages[0]['role'] == 'system' %}"
+      "{% set system_message = messages[0]['content'] %}{% endif %}{% if system_message is defined %}"
+      "{{ '<|im_start|>system\\n' + system_message + '<|im_end|>\\n' }}{% endif %}{% for message in messages %}"
+      "{% set content = message['content'] %}{% if message['role'] == 'user' %}"
+      "{{ '<|im_start|>user\\n' + content + '<|im_end|>\\n<|im_start|>assistant\\n' }}"
+      "{% elif message['role'] == 'assistant' %}{{ content + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}");
+  EXPECT_EQ(early.apply_chat_template({{"user", "q"}, {"tool", "r"}, {"assistant", "a"}}, false),
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nq<|im_end|>\n"
+            "<|im_start|>assistant\na<|im_end|>\n");
+  ChatMessage call("assistant", "");
+  call.tool_calls = {{"f", "{}", false}};
+  EXPECT_NE(error_of([&] { early.render_chat({{"user", "x"}, call}, ChatOptions()); })
+                .find("message 1 calls tools but the chat template has no tools branch"),
+            std::string::npos);
+  const Tokenizer none = test::byte_tokenizer(dir + "/none", "");
+  ASSERT_FALSE(none.has_chat_template());
+  EXPECT_FALSE(none.chat_template_has_thinking_switch());
 }
 
 TEST(ChatTemplate, SftLossSpansFollowTheTemplate) {
@@ -306,7 +358,7 @@ TEST(ChatRecord, ShareGptAndAlpacaAsConversations) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].role + ":" + a[i].content, b[i].role + ":" + b[i].content);
   EXPECT_EQ(ta, tb);
   EXPECT_EQ(parse(R"({"conversations": [{"from": "bot", "value": "x"}]})", &a, &ta),
-            "conversations[0]: \"from\": \"bot\" is not human, gpt, system or tool (or user, assistant, model, observation)");
+            "conversations[0]: \"from\": \"bot\" is not human, gpt, system or tool (or user, assistant, model, observation, function_response)");
   EXPECT_EQ(parse(R"({"conversations": [{"from": "gpt"}]})", &a, &ta), "conversations[0]: expected a string \"value\"");
 
   const std::string dir = test::scratch_dir();

@@ -43,12 +43,16 @@ namespace {
 constexpr const char* kImStart = "<|im_start|>";
 constexpr const char* kImEnd = "<|im_end|>";
 
-// Jinja string literals may spell a newline as "\n" (escape) or as a real newline; compare on one form.
+// Jinja string literals may spell a newline as "\n" (escape) or as a real newline; compare on one form. An escaped
+// backslash stays as it is (a literal's \\n is a backslash and an n to Jinja, not a newline).
 std::string unescape_newlines(const std::string& s) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == 'n') {
+    if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == '\\') {
+      out += "\\\\";
+      ++i;
+    } else if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == 'n') {
       out.push_back('\n');
       ++i;
     } else {
@@ -71,11 +75,16 @@ std::string rstrip_nl(const std::string& s) {
 
 // The default system text a ChatML template spells: a string literal that continues right after
 // "<|im_start|>system\n" up to "<|im_end|>" (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...'), or the
-// `set system_message = '...'` of the early Qwen2 template. Jinja's \\ and \' escapes are undone.
+// `set system_message = '...'` of the early Qwen2 template. Jinja's \\, \', \" and \t escapes are undone (\n was).
 std::string default_system_text(const std::string& tpl) {
   auto literal = [](const std::string& s) {
     std::string out;
     for (size_t i = 0; i < s.size(); ++i) {
+      if (s[i] == '\\' && i + 1 < s.size() && s[i + 1] == 't') {
+        out.push_back('\t');
+        ++i;
+        continue;
+      }
       if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == '\\' || s[i + 1] == '\'' || s[i + 1] == '"')) ++i;
       out.push_back(s[i]);
     }

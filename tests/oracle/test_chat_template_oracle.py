@@ -5,10 +5,11 @@ added tokens <tool_call>, </tool_call>, <tool_response>, </tool_response>, <thin
 Qwen2.5/Qwen3), and differ in their chat template:
   qwen2-early   the shared tokenizer_config.json's (early Qwen2-Instruct: the assistant prompt after each user turn)
   qwen2         Qwen2-Instruct's plain ChatML with a default "You are a helpful assistant." turn
+  qwen2-escapes plain ChatML whose default system text spells Jinja escapes (\\\\n, \\', \\", \\\\, \\t)
   qwen2.5       tests/data/chat_templates/qwen2.5.jinja (default system text, tools, tool calls, tool responses)
   qwen3         tests/data/chat_templates/qwen3.jinja (reasoning blocks, enable_thinking, tools)
   qwen3-think   qwen3.jinja with the generation prompt "<|im_start|>assistant\\n<think>\\n" (thinking-only models)
-For every conversation a template can render (tools, tool calls and tool messages only with a tools branch):
+For every conversation a template can render (tools and tool calls only with a tools branch):
   1. `qwen-quant tokenize --chat` with and without --add-generation-prompt and --no-thinking: the text equals
      apply_chat_template(messages, tools=..., tokenize=False, add_generation_prompt=..., enable_thinking=...) and
      the ids equal the Hugging Face tokenizer's encoding of it (add_special_tokens=False);
@@ -38,6 +39,15 @@ QWEN2_PLAIN = ("{% for message in messages %}{% if loop.first and messages[0]['r
                "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
+# Plain ChatML whose default system text has Jinja escapes: \\n (a backslash and an n, not a newline), \', \",
+# \\\\ and \t; its own system turn is a double-quoted literal followed by the message.
+QWEN2_ESCAPES = (r"""{% for message in messages %}{% if loop.first and messages[0]['role'] == 'system' %}"""
+                 r"""{{ "<|im_start|>system\n" + message['content'] + "<|im_end|>\n" }}{% elif loop.first %}"""
+                 r"""{{ '<|im_start|>system\nIt\'s a \"test\": use \\nabla,\tC:\\\\dir\\n.<|im_end|>\n' }}{% endif %}"""
+                 r"""{% if not (loop.first and message['role'] == 'system') %}"""
+                 r"""{{ "<|im_start|>" + message['role'] + "\n" + message['content'] + "<|im_end|>\n" }}{% endif %}"""
+                 r"""{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}""")
+
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"},
@@ -47,7 +57,7 @@ WEATHER = {"type": "function", "function": {
 SEARCH = {"type": "function", "function": {"name": "search", "description": "Web search, «quoted» & \"escaped\".",
                                            "parameters": {"type": "object", "properties": {}}}}
 
-ARGS = {"city": "Paris", "unit": "celsius", "days": 3, "ratio": 0.25, "tiny": 1e-7, "big": 1e20, "whole": 100.0,
+ARGS = {"city": "Paris", "unit": "celsius", "days": 3, "ratio": 0.25, "zero": 0.0, "negzero": -0.0, "tiny": 1e-7, "big": 1e20, "whole": 100.0,
         "neg": -0.5, "ok": True, "none": None, "list": [1, 2.5, "x", [], {}], "uni": "Zürich ☀ 東京",
         "quote": "a\"b\\c\nd\te\u0001"}
 
@@ -101,6 +111,20 @@ def conversations():
         ("unicode", {"messages": [{"role": "user", "content": "Ünïcödé 你好\nline2"},
                                   {"role": "assistant", "content": "Réponse\n\nwith  spaces "}]}),
         ("prompt_only", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hello"}]}),
+        # Tool messages without tool calls or tools: a plain template renders them as a "tool" turn, the early
+        # Qwen2 one skips them, Qwen2.5/Qwen3 wrap them in a user turn (opening one at message 0 too).
+        ("tool_messages_only", {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r1"},
+                                             {"role": "tool", "content": "r2"}, {"role": "assistant", "content": "a"}]}),
+        ("tool_first", {"messages": [{"role": "tool", "content": "r"}, {"role": "user", "content": "q"},
+                                     {"role": "assistant", "content": "a"}]}),
+        # Qwen3's last query: a user message that opens "<tool_response>" without closing it is a query (message 2),
+        # so message 1 keeps no think block.
+        ("open_tool_response_short", {"messages": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>r0</think>a0"},
+            {"role": "user", "content": "<tool_response>"}, {"role": "assistant", "content": "a1"}]}),
+        ("open_tool_response", {"messages": [
+            {"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>r0</think>a0"},
+            {"role": "user", "content": "<tool_response>\nok"}, {"role": "assistant", "content": "a1"}]}),
         ("prompt_after_tool", {"tools": [SEARCH], "messages": [
             {"role": "user", "content": "q"},
             {"role": "assistant", "content": None, "tool_calls": [call("search", {"q": 1})]},
@@ -110,7 +134,8 @@ def conversations():
 
 
 def uses_tools(rec):
-    return bool(rec.get("tools")) or any(m["role"] == "tool" or m.get("tool_calls") for m in rec["messages"])
+    """Whether the record needs a template's tools branch (tools or tool calls; tool messages alone do not)."""
+    return bool(rec.get("tools")) or any(m.get("tool_calls") for m in rec["messages"])
 
 
 def make_dirs(shared, root):
@@ -128,8 +153,8 @@ def make_dirs(shared, root):
         skip("qwen3.jinja does not end with the generation prompt this test rewrites")
     q3_think = q3.replace(gen, "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}\n"
                                "{%- endif %}\n")
-    templates = {"qwen2-early": base_cfg["chat_template"], "qwen2": QWEN2_PLAIN, "qwen2.5": q25, "qwen3": q3,
-                 "qwen3-think": q3_think}
+    templates = {"qwen2-early": base_cfg["chat_template"], "qwen2": QWEN2_PLAIN, "qwen2-escapes": QWEN2_ESCAPES,
+                 "qwen2.5": q25, "qwen3": q3, "qwen3-think": q3_think}
     dirs = {}
     for name, tpl in templates.items():
         d = os.path.join(root, name)
