@@ -89,6 +89,65 @@ TEST(ChatRecordInputs, ToolCallMessageWithoutContent) {
             "messages[0]: missing field \"content\"");
 }
 
+// Each malformed part of a record gets its own message naming where it is.
+TEST(ChatRecordInputs, MalformedPartsAreNamed) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"([{"role": "user", "content": "q"}])", "expected a JSON object, got array"},
+      {R"({"messages": [1]})", "messages[0]: expected an object, got number"},
+      {R"({"messages": [{"content": "q"}]})", "messages[0]: missing field \"role\""},
+      {R"({"messages": [{"role": 3, "content": "q"}]})", "messages[0]: field \"role\" is number, expected a string"},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": "f"}]})",
+       "messages[0]: \"tool_calls\" is string, expected an array"},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": {"name": "f", "arguments": {}}}]})",
+       "messages[0]: \"tool_calls\" is object, expected an array"},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": ["f"]}]})",
+       "messages[0]: tool_calls[0]: expected an object, got string"},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": [{"type": "function", "function": null}]}]})",
+       "messages[0]: tool_calls[0]: \"function\" is null, expected an object"},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": [{"name": 3, "arguments": {}}]}]})",
+       "messages[0]: tool_calls[0]: expected a string \"name\""},
+      {R"({"messages": [{"role": "assistant", "content": "a", "tool_calls": [{"function": {"name": "f"}}]}]})",
+       "messages[0]: tool_calls[0]: missing \"arguments\""},
+      {R"({"conversations": {"from": "human", "value": "q"}})", "field \"conversations\" is object, expected an array"},
+      {R"({"system": 3, "conversations": [{"from": "human", "value": "q"}]})", "field \"system\" is number, expected a string"},
+      {R"({"conversations": [["human", "q"]]})", "conversations[0]: expected an object, got array"},
+      {R"({"conversations": [{"value": "q"}]})", "conversations[0]: expected a string \"from\""},
+      {R"({"conversations": [{"from": null, "value": "q"}]})", "conversations[0]: expected a string \"from\""},
+      {R"({"conversations": [{"from": "human", "value": 3}]})", "conversations[0]: expected a string \"value\""},
+  };
+  for (const auto& [record, why] : cases) EXPECT_EQ(parse(record).why, why) << record;
+  EXPECT_FALSE(is_chat_record(nlohmann::ordered_json::parse(R"([{"messages": []}])")));
+  EXPECT_FALSE(is_chat_record(nlohmann::ordered_json::parse(R"({"text": "x"})")));
+  EXPECT_TRUE(is_chat_record(nlohmann::ordered_json::parse(R"({"conversations": []})")));
+}
+
+// ShareGPT's other speaker names and "content" for "value"; a null or empty record-level "system" adds no message,
+// a system turn inside the conversation stays where it is.
+TEST(ChatRecordInputs, ShareGptSpeakersAndSystem) {
+  const char* speakers = R"([{"from": "system", "value": "s"}, {"from": "user", "value": "q"},
+      {"from": "model", "content": "a"}, {"from": "function_response", "value": "r"}, {"from": "tool", "value": "t"},
+      {"from": "assistant", "value": "b"}])";
+  for (const char* system : {"null", "\"\""}) {
+    const std::string record = std::string("{\"system\": ") + system + ", \"conversations\": " + speakers + "}";
+    const Parsed p = parse(record.c_str());
+    ASSERT_EQ(p.why, "") << record;
+    std::string roles;
+    for (const ChatMessage& m : p.messages) roles += m.role + ":" + m.content + " ";
+    EXPECT_EQ(roles, "system:s user:q assistant:a tool:r tool:t assistant:b ") << record;
+  }
+}
+
+// A tool call's string arguments are written back as the string (the form apply_chat_template takes again).
+TEST(ChatRecordInputs, StringArgumentsWrittenBackAsGiven) {
+  const Parsed p = parse(R"({"messages": [{"role": "assistant", "content": "",
+      "tool_calls": [{"name": "f", "arguments": "{\"x\": 1}"}, {"name": "g", "arguments": null}]}]})");
+  ASSERT_EQ(p.why, "");
+  ASSERT_EQ(p.messages[0].tool_calls.size(), 2u);
+  EXPECT_EQ(chat_message_json(p.messages[0]).dump(),
+            R"({"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{\"x\": 1}"}},)"
+            R"({"type":"function","function":{"name":"g","arguments":null}}]})");
+}
+
 TEST(SftReadInputs, AlpacaHistoryPairs) {
   const std::string dir = test::scratch_dir();
   const std::string path = dir + "/h.jsonl";

@@ -177,7 +177,7 @@ std::string sharegpt_to_messages(const Json& j, Json* out) {
     const std::string role = sharegpt_role(from->get<std::string>());
     if (role.empty())
       return at + "\"from\": \"" + from->get<std::string>() + "\" is not human, gpt, system or tool (or user, assistant, "
-             "model, observation)";
+             "model, observation, function_response)";
     auto value = t.find("value");
     if (value == t.end()) value = t.find("content");
     if (value == t.end() || !value->is_string()) return at + "expected a string \"value\"";
