@@ -292,15 +292,7 @@ BackwardInputTiles backward_input_tiles(int64_t M, int64_t N, int64_t K, DType w
 
 // rows × cols of a 16-bit row-major matrix (row stride ld) into a packed fp32 block.
 void widen_columns(const uint16_t* src, int64_t ld, DType dtype, int64_t rows, int64_t cols, float* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* s = src + r * ld;
-    float* d = dst + r * cols;
-    if (dtype == DType::BF16) {
-      for (int64_t c = 0; c < cols; ++c) d[c] = bf16_to_f32(s[c]);
-    } else {
-      to_f32(dtype, s, d, static_cast<size_t>(cols));
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r) to_f32(dtype, src + r * ld, dst + r * cols, static_cast<size_t>(cols));
 }
 
 bool overlap(const float* a, int64_t na, const float* b, int64_t nb) {

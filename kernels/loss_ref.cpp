@@ -27,6 +27,18 @@ void row_max_and_sum(const float* l, int64_t V, float* mx_out, double* sum_out) 
   *sum_out = sum;
 }
 
+// One row's nll from its max and Σ exp(l − max) (before the row is overwritten by its gradient).
+float row_nll(const float* l, float mx, double sum, int32_t target) {
+  return mx + static_cast<float>(std::log(sum)) - l[target];
+}
+
+// dl = scale · (softmax(l) − onehot(target)); dl may be l.
+void row_grad(const float* l, int64_t V, float mx, double sum, int32_t target, float scale, float* dl) {
+  const float coef = static_cast<float>(static_cast<double>(scale) / sum);
+  for (int64_t v = 0; v < V; ++v) dl[v] = std::exp(l[v] - mx) * coef;
+  dl[target] -= scale;
+}
+
 }  // namespace
 
 int64_t cross_entropy_count_targets(const char* name, int64_t rows, int64_t V, const int32_t* targets) {
@@ -59,7 +71,7 @@ int64_t cross_entropy_forward_ref(const float* logits, int64_t rows, int64_t V, 
       float mx;
       double sum;
       row_max_and_sum(l, V, &mx, &sum);
-      nll[r] = mx + static_cast<float>(std::log(sum)) - l[targets[r]];
+      nll[r] = row_nll(l, mx, sum, targets[r]);
     }
   });
   return counted;
@@ -82,9 +94,7 @@ void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, co
       float mx;
       double sum;
       row_max_and_sum(l, V, &mx, &sum);
-      const float coef = static_cast<float>(static_cast<double>(dnll_scale) / sum);
-      for (int64_t v = 0; v < V; ++v) dl[v] = std::exp(l[v] - mx) * coef;
-      dl[targets[r]] -= dnll_scale;
+      row_grad(l, V, mx, sum, targets[r], dnll_scale, dl);
     }
   });
 }
@@ -106,10 +116,8 @@ int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const in
       float mx;
       double sum;
       row_max_and_sum(l, V, &mx, &sum);
-      nll[r] = mx + static_cast<float>(std::log(sum)) - l[targets[r]];
-      const float coef = static_cast<float>(static_cast<double>(dnll_scale) / sum);
-      for (int64_t v = 0; v < V; ++v) l[v] = std::exp(l[v] - mx) * coef;
-      l[targets[r]] -= dnll_scale;
+      nll[r] = row_nll(l, mx, sum, targets[r]);
+      row_grad(l, V, mx, sum, targets[r], dnll_scale, l);
     }
   });
   return counted;

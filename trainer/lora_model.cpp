@@ -89,17 +89,17 @@ class Runner {
     p_ = opt.train ? static_cast<float>(adapter.config().dropout) : 0.f;
   }
 
-  // The base products: on bf16 operands (kernels/gemm_bf16.h) with opt_.bf16_matmul and an F32/BF16 weight, else the
-  // fp32 products of kernels/gemm.h. x has T_ rows.
+  // The base products (the frozen Linears and the lm_head): on bf16 operands (kernels/gemm_bf16.h) with
+  // opt_.bf16_matmul and an F32/BF16 weight, else the fp32 products of kernels/gemm.h.
   bool bf16_products(DType w_dtype) const {
     return opt_.bf16_matmul && (w_dtype == DType::F32 || w_dtype == DType::BF16);
   }
-  void base_forward(const float* x, int64_t K, const void* w, DType wt, int64_t N, const void* bias, DType bt,
-                    float* y) const {
+  void base_forward(const float* x, int64_t M, int64_t K, const void* w, DType wt, int64_t N, const void* bias,
+                    DType bt, float* y) const {
     if (bf16_products(wt)) {
-      linear_forward_bf16(x, T_, K, w, wt, N, bias, bt, y);
+      linear_forward_bf16(x, M, K, w, wt, N, bias, bt, y);
     } else {
-      linear_forward_ref(x, T_, K, w, wt, N, bias, bt, y);
+      linear_forward_ref(x, M, K, w, wt, N, bias, bt, y);
     }
   }
   void base_backward_input(const float* dy, int64_t M, int64_t N, const void* w, DType wt, int64_t K, float* dx) const {
@@ -129,7 +129,7 @@ class Runner {
       return;
     }
     const WeightRef W(w);
-    base_forward(x, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
+    base_forward(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
     if (!adapted) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
     const float* xin = branch_input(l, t, x, w.K, br);
@@ -144,7 +144,7 @@ class Runner {
     br->n = dora_row_norms(W, N, w.K, nw, s_);
     br->z.resize(T_ * N);
     if (p_ > 0.f) {
-      base_forward(xin, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
+      base_forward(xin, T_, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
     } else {
       std::copy(y, y + T_ * N, br->z.begin());
       if (bias.data) {
@@ -353,11 +353,10 @@ class Runner {
     std::vector<float> lg(chunk * V), nll(chunk);
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
       const int64_t rows = std::min(chunk, R - r0);
-      if (bf16_products(w_.lm_head.dtype) && !w_.lm_head_q) {
-        linear_forward_bf16(hk.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32,
-                            lg.data());
-      } else {
+      if (w_.lm_head_q) {  // a GGUF table
         lm_head_forward(w_, hk.data() + r0 * C, rows, lg.data());
+      } else {
+        base_forward(hk.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32, lg.data());
       }
       res.counted += cross_entropy_fused_ref(lg.data(), rows, V, tk.data() + r0, static_cast<float>(opt_.grad_scale),
                                              nll.data());
