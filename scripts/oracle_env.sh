@@ -20,8 +20,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PINS $NODEPS" ]; then
 fi
 echo "oracle env: installing $PINS into $VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check $PINS
+# --no-cache-dir: torch's wheels with their CUDA libraries are about 3 GB; a cached copy of them beside the installed
+# one doubled what the install needed on disk (a CI run ran out of space here).
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir $PINS
 "$VENV/bin/pip" uninstall --quiet --yes autoawq 2>/dev/null || true
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --upgrade --target "$VENV/autoawq" $NODEPS
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir --no-deps --upgrade --target "$VENV/autoawq" $NODEPS
 "$VENV/bin/python" -c "import torch, transformers, tokenizers, safetensors, peft; print('oracle env: torch', torch.__version__, 'transformers', transformers.__version__, 'tokenizers', tokenizers.__version__, 'peft', peft.__version__)"
 echo "$PINS $NODEPS" > "$stamp"

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 if ! scripts/oracle_env.sh; then
+  # The install needs about 6 GB on disk (torch's CUDA libraries); say how much there was.
+  echo "test: free space where .venv-oracle goes: $(df -h --output=avail . | tail -1 | tr -d ' ')" >&2
   if [ "${CI:-}" = "true" ]; then echo "test: could not create the oracle environment" >&2; exit 1; fi
   echo "test: oracle environment unavailable; oracle tests will be skipped" >&2
 fi
