@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include <chrono>
 #include <cmath>
@@ -197,11 +198,19 @@ TEST(ProcessGroup, ARankLostInTheMiddleOfASharedSumIsNamed) {
     for (int fd : {fds[2].first, fds[2].second}) shutdown(fd, SHUT_RDWR);
   });
   bool shared[3] = {false, false, false};
+  // Rank 1 closes its sockets on its error (as its process would) only once rank 0 has stopped: rank 0 sends to
+  // rank 1 and receives from rank 2, so a rank 1 gone first could be named instead of rank 2 (both have stopped;
+  // which one rank 0 meets first is a race that made this test fail about once in 30 runs under load).
+  std::atomic<bool> rank0_done{false};
   const auto err = on_ranks(3, [&](int r) {
     try {
       g[r]->all_reduce_sum(x[r].data(), kN);
+      if (r == 0) rank0_done = true;
     } catch (const Error&) {
       shared[r] = g[r]->shared_sums();
+      if (r == 0) rank0_done = true;
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (r == 1 && !rank0_done && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
       g[r].reset();  // as the process would on its error: the next rank then sees it stop too
       throw;
     }
