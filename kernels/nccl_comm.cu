@@ -105,9 +105,12 @@ std::unique_ptr<NcclComm> NcclComm::create(ProcessGroup& group, std::string* why
   NcclUniqueId id{};
   if (group.rank() == 0) QWENQ_NCCL_CHECK(api.GetUniqueId(&id), "ncclGetUniqueId");
   group.broadcast(&id, sizeof id);
-  std::unique_ptr<NcclComm> c(new NcclComm());
-  QWENQ_NCCL_CHECK(api.CommInitRank(&c->comm_, group.world(), id, group.rank()),
+  // Into a local handle: a failed init leaves nothing for the destructor to abort.
+  void* comm = nullptr;
+  QWENQ_NCCL_CHECK(api.CommInitRank(&comm, group.world(), id, group.rank()),
                    "ncclCommInitRank (rank " << group.rank() << " of " << group.world() << ")");
+  std::unique_ptr<NcclComm> c(new NcclComm());
+  c->comm_ = comm;
   return c;
 }
 

@@ -586,9 +586,13 @@ GptqResult gptq_quantize_cuda_device(const float* W, int64_t N, int64_t K, GptqH
   std::vector<float> diag(K);
   if (H.host != nullptr) {
     for (int64_t k = 0; k < K; ++k) diag[k] = H.host[k * K + k];
-  } else {  // the diagonal alone: K floats K + 1 apart
-    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(diag.data(), sizeof(float), dH, static_cast<size_t>(K + 1) * sizeof(float),
-                                       sizeof(float), static_cast<size_t>(K), cudaMemcpyDeviceToHost, s));
+  } else {  // the diagonal alone: K floats K + 1 apart, gathered on the device (a 2D copy of K rows of 4 bytes
+            // into pageable host memory would move them one by one), then one download
+    DeviceMemory ddiag(static_cast<size_t>(K) * sizeof(float), s);
+    QWENQ_CUDA_CHECK(cudaMemcpy2DAsync(ddiag.get(), sizeof(float), dH, static_cast<size_t>(K + 1) * sizeof(float),
+                                       sizeof(float), static_cast<size_t>(K), cudaMemcpyDeviceToDevice, s));
+    QWENQ_CUDA_CHECK(cudaMemcpyAsync(diag.data(), ddiag.get(), static_cast<size_t>(K) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, s));
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(s));
   }
   std::vector<uint8_t> dead(K, 0);

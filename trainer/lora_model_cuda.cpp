@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/act.h"
@@ -1240,7 +1241,17 @@ void LoraModelCuda::all_reduce_grads(ProcessGroup& group) {
     const bool want = nccl_requested();
     group.check_same(want ? 1 : 0, "QWENQ_DP_NCCL (the gradients' transport)");
     std::string why;
-    if (want) m.nccl = NcclComm::create(group, &why);
+    // Ranks on one GPU (QWENQ_DP_SHARE_GPU=1, inherited from rank 0's environment): NCCL refuses a communicator
+    // with two ranks on one device (ncclInvalidUsage, "Duplicate GPU detected"), so they keep the host path.
+    const bool shared_gpu = want && group.world() > 1 && env_switch("QWENQ_DP_SHARE_GPU") == 1;
+    if (shared_gpu) why = "the ranks share one GPU (QWENQ_DP_SHARE_GPU=1), which NCCL refuses";
+    if (want && !shared_gpu) {
+      // ncclCommInitRank takes its buffers with cudaMalloc, past this allocator: give back what the step's peak
+      // left cached first (a tight plan's first step has just reached it).
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));
+      cuda_device_allocator().empty_cache();
+      m.nccl = NcclComm::create(group, &why);
+    }
     if (want && group.rank() == 0) {
       if (m.nccl) std::fprintf(stderr, "data parallel: the gradients are summed by NCCL (QWENQ_DP_NCCL=1)\n");
       else std::fprintf(stderr, "data parallel: QWENQ_DP_NCCL=1, but %s: the gradients go through host memory\n", why.c_str());

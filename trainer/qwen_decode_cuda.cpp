@@ -58,13 +58,17 @@ struct QwenDecodeCuda::Impl {
   int64_t lora_rank = 0;                         // r that lora_u was sized for (0: none)
   DeviceAllocation logits;                       // fp32 [V]
   // QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU) and no mixture-of-experts layer: a step is one launch of
-  // a CUDA graph captured from the first step (the k/v rows stored at the position the device holds, the decode
+  // a CUDA graph captured from the first step after an eager one (the k/v rows stored at the position the device holds, the decode
   // attention sized for the whole cache), re-captured when the buffers or the attached adapter change. A capture
   // the runtime refuses falls back, once and with one line, to the launches one by one.
   bool graph_on = false, graph_failed = false;
   cudaGraphExec_t graph = nullptr;
   uint64_t graph_adapter = 0;  // the model's adapter_generation when the graph was captured
   int64_t captures = 0;        // graphs captured so far
+  // A capture waits for one step launched eagerly (a prefill, or a one-token prompt's first step): what a process
+  // sets up on its first use (cuBLASLt's kernels for these shapes, lazily loaded modules, attributes, occupancy
+  // queries) then happens outside the capture, where some of it could invalidate it.
+  bool ran_eager = false;
 
   Impl(const QwenModelCuda& m, int64_t cap, KvCacheDType kv_dtype, bool bf16_activations)
       : model(m), cfg(m.config()), capacity(cap), kv(kv_dtype), bf16_act(bf16_activations) {
@@ -198,7 +202,9 @@ struct QwenDecodeCuda::Impl {
   // host_ids: the host's copy of the T ids (checked by the gather instead of a download: no wait before the end).
   std::vector<float> run(int64_t T, int64_t p0, const int32_t* pos, const int32_t* len_dev, const int32_t* host_ids) {
     queue(T, p0, pos, len_dev, host_ids);
-    return download_logits();
+    std::vector<float> out = download_logits();
+    ran_eager = true;
+    return out;
   }
 
   std::vector<float> download_logits() {
@@ -321,7 +327,7 @@ struct QwenDecodeCuda::Impl {
     const int32_t* dev = ids.as<int32_t>();
     if (graph_on && !graph_failed) {
       if (graph && graph_adapter != model.adapter_generation()) drop_graph();
-      if (!graph) capture(dev, token);
+      if (!graph && ran_eager) capture(dev, token);
       if (graph) {
         BlasLt& lt = BlasLt::current();  // the graph's matmuls share cuBLASLt's workspace (kernels/blas_lt.h)
         lt.wait_for_workspace(s());

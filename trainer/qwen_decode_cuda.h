@@ -24,8 +24,8 @@
 // rounding of K and V. Needs an even head_dim (all Qwen models).
 // Linears in the prefill: Q4 with T <= 64 rows takes the same fp32 product; beyond, x is rounded to bf16 for
 // the tensor-core W4A16 kernel (as QwenModelCuda does). The logits are downloaded to the host for sample_token.
-// QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU; not for MoE models): the first step is captured as a CUDA
-// graph and every later one replays it (one launch instead of ~27 per layer): its k and v rows are stored at the
+// QWENQ_DECODE_GRAPH=1 (opt-in until it has run on a GPU; not for MoE models): the first step after an eager one (a
+// prefill, or a one-token prompt's first step) is captured as a CUDA graph and every later one replays it (one launch instead of ~27 per layer): its k and v rows are stored at the
 // position the device holds (store_row_cuda) and its decode attention is sized for the whole cache (the keys past
 // the length in empty splits), so the logits differ from the launched steps' by the order of sums only.
 // A mixture-of-experts layer's MLP (prefill and steps) is QwenModelCuda::moe_forward, the forward's own: routing on

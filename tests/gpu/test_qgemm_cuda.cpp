@@ -215,7 +215,7 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnQwenShapes) {
 }
 
 // Groups of 32 and 128 (act-order), one group over all of K, K not a multiple of 32 (a tail iteration past the
-// last word-row), N not a multiple of 32 or 128 (a partial warp and block), M = 65 (two row tiles, the second of 1).
+// last word-row), K not a multiple of 8 (AWQ), N not a multiple of 32 or 128 (a partial warp and block), M = 65 (two row tiles, the second of 1).
 // The book kinds' layout group is gcd(K, 64): K = 160 gives groups of 32, K = 4864 and 1024 of 64.
 TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   QWENQ_REQUIRE_GPU();
@@ -225,8 +225,10 @@ TEST_P(QgemmDecodeMmaCuda, MatchesTheCpuTwinOnAwkwardSizes) {
   const bool act_order = src == Src::GptqV2ActOrder;
   uint64_t seed = 19000 + 1000 * static_cast<uint64_t>(src);
   struct Shape { int64_t K, N, group; };
-  const std::vector<Shape> int_shapes = {{64, 8, 32},      {200, 24, -1},   {136, 40, -1}, {264, 136, 32},
-                                         {1032, 264, 128}, {4864, 72, 32}, {896, 4864, -1}};
+  std::vector<Shape> int_shapes = {{64, 8, 32},      {200, 24, -1},   {136, 40, -1}, {264, 136, 32},
+                                   {1032, 264, 128}, {4864, 72, 32}, {896, 4864, -1}};
+  // AWQ packs along N, so K = 172 exists there: Kp = 176, x staged zero-padded past K, and a last group of 44.
+  if (src == Src::Awq) int_shapes.push_back({172, 16, 64});
   const std::vector<Shape> book_shapes = {{64, 17, 0}, {160, 40, 0}, {1024, 260, 0}, {4864, 72, 0}, {896, 4864, 0}};
   for (const Shape& s : book ? book_shapes : int_shapes) {
     if (act_order && s.group < 0) continue;  // act-order needs groups
