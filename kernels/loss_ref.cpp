@@ -1,4 +1,5 @@
-// Softmax cross-entropy per row, exponentials in fp32 with the max subtracted, their sum in double:
+// Softmax cross-entropy per row, exponentials in fp32 with the max subtracted (exp_f32 of kernels/exp_rows.h,
+// within an ulp; the same bits on every CPU), their sum in double over 16 lanes in a fixed order:
 //   m = max_v logits[r][v],  lse = m + log Σ_v exp(logits[r][v] − m),  nll[r] = lse − logits[r][target[r]]
 // Rows whose target is kIgnoreIndex get nll = 0 and are not counted; any other target outside [0, V) is an
 // error naming the row. Rows run in parallel.
@@ -10,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/threads.h"
+#include "kernels/exp_rows.h"
 #include "kernels/loss.h"
 
 namespace qwenq {
@@ -21,10 +23,8 @@ void row_max_and_sum(const float* l, int64_t V, float* mx_out, double* sum_out) 
   float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
   for (int64_t v = 0; v < V; ++v) mx = std::max(mx, l[v]);
-  double sum = 0.0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
   *mx_out = mx;
-  *sum_out = sum;
+  *sum_out = exp_sum_row(l, V, mx);
 }
 
 // One row's nll from its max and Σ exp(l − max) (before the row is overwritten by its gradient).
@@ -35,7 +35,7 @@ float row_nll(const float* l, float mx, double sum, int32_t target) {
 // dl = scale · (softmax(l) − onehot(target)); dl may be l.
 void row_grad(const float* l, int64_t V, float mx, double sum, int32_t target, float scale, float* dl) {
   const float coef = static_cast<float>(static_cast<double>(scale) / sum);
-  for (int64_t v = 0; v < V; ++v) dl[v] = std::exp(l[v] - mx) * coef;
+  exp_scale_row(l, V, mx, coef, dl);
   dl[target] -= scale;
 }
 
