@@ -651,6 +651,10 @@ struct LoraModelCuda::Impl {
   // Every DoRA slot's row norms n = ‖W + s·B A‖ from the current A and B (kernels/dora.h; the base as uploaded: dense,
   // or the Q4 codes the dequant-matmul reads). Queued on the stream before the call's first use.
   void dora_norms() {
+    if (dora_targets.empty()) {  // no DoRA slot: no phase either (a profile would show an empty "dora" mark)
+      norms_stale = false;
+      return;
+    }
     const Phase ph(this, StepPhase::Dora);
     for (const Slot& sl : slots) {
       if (sl.m_off < 0) continue;
