@@ -12,8 +12,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define QWENQ_HAVE_EXP_VECTORS 1
-#define QWENQ_AVX2_FN __attribute__((target("avx2,fma")))
-#define QWENQ_AVX512_FN __attribute__((target("avx512f")))
+#define QWENQ_EXP_AVX2_FN __attribute__((target("avx2,fma")))
+#define QWENQ_EXP_AVX512_FN __attribute__((target("avx512f")))
 #endif
 
 namespace qwenq {
@@ -50,7 +50,7 @@ std::atomic<int> g_forced{-1};
 
 // ---- 16 lanes (AVX-512F) ----------------------------------------------------------------------------------------
 
-QWENQ_AVX512_FN inline __m512 exp16(__m512 x) {
+QWENQ_EXP_AVX512_FN inline __m512 exp16(__m512 x) {
   // max/min return their second operand for a NaN: `lo > x ? lo : x`, `hi < x ? hi : x`, as the scalar code.
   __m512 xc = _mm512_max_ps(_mm512_set1_ps(kLo), x);
   xc = _mm512_min_ps(_mm512_set1_ps(kHi), xc);
@@ -76,7 +76,7 @@ QWENQ_AVX512_FN inline __m512 exp16(__m512 x) {
   return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 
-QWENQ_AVX512_FN int64_t sum16(const float* l, int64_t n, float m, double* lanes) {
+QWENQ_EXP_AVX512_FN int64_t sum16(const float* l, int64_t n, float m, double* lanes) {
   const __m512 vm = _mm512_set1_ps(m);
   __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
   int64_t v = 0;
@@ -90,7 +90,7 @@ QWENQ_AVX512_FN int64_t sum16(const float* l, int64_t n, float m, double* lanes)
   return v;
 }
 
-QWENQ_AVX512_FN int64_t scale16(const float* l, int64_t n, float m, float c, float* out) {
+QWENQ_EXP_AVX512_FN int64_t scale16(const float* l, int64_t n, float m, float c, float* out) {
   const __m512 vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);
   int64_t v = 0;
   for (; v + kLanes <= n; v += kLanes)
@@ -100,7 +100,7 @@ QWENQ_AVX512_FN int64_t scale16(const float* l, int64_t n, float m, float c, flo
 
 // ---- 8 lanes (AVX2 + FMA) ---------------------------------------------------------------------------------------
 
-QWENQ_AVX2_FN inline __m256 exp8(__m256 x) {
+QWENQ_EXP_AVX2_FN inline __m256 exp8(__m256 x) {
   __m256 xc = _mm256_max_ps(_mm256_set1_ps(kLo), x);
   xc = _mm256_min_ps(_mm256_set1_ps(kHi), xc);
   const __m256 magic = _mm256_set1_ps(kRoundMagic);
@@ -125,7 +125,7 @@ QWENQ_AVX2_FN inline __m256 exp8(__m256 x) {
   return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
-QWENQ_AVX2_FN int64_t sum8(const float* l, int64_t n, float m, double* lanes) {
+QWENQ_EXP_AVX2_FN int64_t sum8(const float* l, int64_t n, float m, double* lanes) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd();
   int64_t v = 0;
@@ -144,7 +144,7 @@ QWENQ_AVX2_FN int64_t sum8(const float* l, int64_t n, float m, double* lanes) {
   return v;
 }
 
-QWENQ_AVX2_FN int64_t scale8(const float* l, int64_t n, float m, float c, float* out) {
+QWENQ_EXP_AVX2_FN int64_t scale8(const float* l, int64_t n, float m, float c, float* out) {
   const __m256 vm = _mm256_set1_ps(m), vc = _mm256_set1_ps(c);
   int64_t v = 0;
   for (; v + 8 <= n; v += 8)

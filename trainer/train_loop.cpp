@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/heap_reuse.h"
 #include "core/files.h"
 #include "core/process_group.h"
 #include "core/progress.h"
@@ -497,6 +498,7 @@ TrainReport train_lora(const TrainOptions& o) {
     metrics.open(metrics_path, std::ios::app);
     QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
   }
+  if (!use_cuda) keep_heap_for_reuse();  // every step frees and takes the same large buffers (core/heap_reuse.h)
   if (!o.quiet && lead) {
     const std::string procs = world > 1 ? " (" + std::to_string(world) + " processes x " + std::to_string(o.grad_accum) + ")" : "";
     std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es)%s of <= %lld x %lld tokens; adapter r=%lld on %zu "
