@@ -16,7 +16,8 @@
 #   qlora     a QLoRA training step against transformers + peft (benchmarks/bench_qlora_step.sh;
 #             its model is prepared in the background from the start), then our side again under each switch
 #             set of QWENQ_GPU_QLORA_VARIANTS (';'-separated; unset: the dense overlap, the LoRA fold,
-#             both, and both with 2^26-logit lm_head chunks; empty: none), 10-20 s each (30 s allowed)                                                    needs 150 s
+#             both, and both with 2^26-logit lm_head chunks; empty: none), 10-20 s each (30 s allowed)  needs 160 s
+#             after its model is prepared (about 100 s of CPU work from the script's start; waited for first)
 #   decode    decode tokens/s against transformers' generate (benchmarks/bench_decode_cuda.sh, the qlora phase's
 #             model; the per-head and the grouped decode attention)                             needs 90 s
 #   gptq7b    `qwen-quant gptq --device cuda` on random 7B-shaped models of 1 and 2 layers, extrapolated to
@@ -26,7 +27,8 @@
 #             --calib-dtype bf16 then fp32 (QWENQ_GPU_AWQ_DTYPES), extrapolated to 28 layers     needs 120 s
 #   ncu       Nsight Compute on one launch of the tensor-core decode product (72B gate/up, M = 1): speed of light,
 #             memory, occupancy, warp stalls, as text (ncu-decode-mma.txt)                      needs 60 s
-# Default: tests, dp, memcheck, bench, qlora, gptq7b (decode, awq7b and ncu only when asked). QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
+# Default: tests, dp, memcheck, bench, qlora, gptq7b (decode, awq7b and ncu only when asked). QWENQ_GPU_PREP_7B=1 makes
+# the gptq7b/awq7b models in the background of a call without those phases, for the next call on the warm machine. QWENQ_GPU_TEST_FILTER (a gtest filter, default all) narrows the tests phase (its reruns of
 # the model tests with other switches keep their own filters, and run only while the later phases' minimums stay free),
 # QWENQ_GPU_BENCHES (comma-separated names from the list above, default all) the bench phase, for a focused
 # recheck. A session has 15 minutes of device time, the machine's start (a minute or two) included, and a
@@ -56,7 +58,13 @@ start() {
   if [ "$(left)" -lt "$2" ]; then log "$1 skipped: $(left) s left of the ${BUDGET} s budget, it needs $2"; return 1; fi
   log "$1 (at ${SECONDS} s)"
 }
-pack() { tar czf "$OUT/logs.tar.gz" -C build-gpu logs 2>/dev/null; }
+# $OUT returns at most 8 files: past 7 besides logs.tar.gz, the benchmarks' CSVs go into bench-csv.tar.gz.
+pack() {
+  if [ "$(find "$OUT" -maxdepth 1 -type f ! -name logs.tar.gz | wc -l)" -gt 7 ] && compgen -G "$OUT/*.csv" > /dev/null; then
+    (cd "$OUT" && tar czf bench-csv.tar.gz ./*.csv && rm -f ./*.csv)
+  fi
+  tar czf "$OUT/logs.tar.gz" -C build-gpu logs 2>/dev/null
+}
 trap pack EXIT
 
 # The benchmarks stamp their CSV rows with QWENQ_COMMIT (benchmarks/cuda_bench.h): the commit gpu_prepare.sh saw here
@@ -67,13 +75,17 @@ log "commit $QWENQ_COMMIT, $(date -u +%FT%TZ), $device; phases ${PHASES//,/ }"
 export OMP_WAIT_POLICY=PASSIVE
 source scripts/gpu_programs.sh
 BENCHES=${QWENQ_GPU_BENCHES:-${QWENQ_GPU_BENCH_PROGRAMS// /,}}
+for b in ${BENCHES//,/ }; do  # a misspelled name would be a missing build target (the whole build fails) or nothing
+  [[ " $QWENQ_GPU_BENCH_PROGRAMS " == *" $b "* ]] || { log "QWENQ_GPU_BENCHES: no benchmark '$b' (of: $QWENQ_GPU_BENCH_PROGRAMS)"; exit 1; }
+done
 FILTER=${QWENQ_GPU_TEST_FILTER:-*}
 # Seconds the phases after the tests need (their minimums above), kept free by the tests' reruns.
 reserve=0
 nb=$(echo "$BENCHES" | tr ',' '\n' | grep -c .)
 want dp && reserve=$((reserve + 40)); want memcheck && reserve=$((reserve + 60)); want bench && reserve=$((reserve + (nb >= 3 ? 90 : 30 * nb)))
-want qlora && reserve=$((reserve + 150)); want decode && reserve=$((reserve + 90)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
+want qlora && reserve=$((reserve + 160)); want decode && reserve=$((reserve + 90)); want gptq7b && reserve=$((reserve + 150)); want awq7b && reserve=$((reserve + 120))
 want ncu && reserve=$((reserve + 60))
+bench_min=$(( nb >= 3 ? 90 : 30 * nb ))
 # rerun_time: seconds a rerun of the tests may take (at most 100), or nothing when under 40 are free.
 rerun_time() { local t=$(( $(left) - reserve )); [ "$t" -gt 100 ] && t=100; [ "$t" -ge 40 ] && echo "$t"; }
 
@@ -103,7 +115,7 @@ use_prebuilt() {
   done
   [ -n "$libdir" ] && export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # They start, find every library, and run one cuBLASLt product on the GPU (the static runtime against this driver).
-  if ldd build-pre/* 2>&1 | grep -q 'not found' ||
+  if [ "$(ldd build-pre/* 2>&1 | grep -c 'not found')" != 0 ] ||
      ! build-pre/qwen-quant --help > /dev/null 2> "$LOGS/prebuilt.log" ||
      ! timeout 60 build-pre/qwenq_gpu_tests --gtest_brief=1 --gtest_filter='BlasLt.PlansAreBuiltOncePerShape' \
          >> "$LOGS/prebuilt.log" 2>&1 ||
@@ -134,11 +146,30 @@ else
 fi
 export QWENQ_TEST_BINARY_DIR="$PWD/$BIN"
 
+# The random qwen2.5-7b models of 1 and 2 layers the gptq7b and awq7b phases quantize: about 100 s of CPU work,
+# made in the background from the start (with QWENQ_GPU_PREP_7B=1 also in a call without those phases, for the next
+# call on the warm machine), kept in $BIN/g7-models while the machine stays warm.
+g7=$BIN/g7-models
+g7_prep=""
+if want gptq7b || want awq7b || [ "${QWENQ_GPU_PREP_7B:-0}" = 1 ]; then
+  (
+    mkdir -p "$g7"
+    for n in 1 2; do
+      [ -f "$g7/m$n.done" ] && continue
+      rm -rf "$g7/m$n"
+      "$BIN"/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" > "$LOGS/init7b_$n.log" 2>&1 &&
+        touch "$g7/m$n.done"
+    done
+  ) > "$LOGS/init7b.log" 2>&1 &
+  g7_prep=$!
+fi
+
 # The QLoRA step benchmark's model and data are CPU work (init-random + rtn, about a minute): made in the
 # background while the other phases use the GPU.
 qlora_prep=""
 if want qlora || want decode; then
-  BUILD="$BIN" bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
+  # In its own process group (setsid), so that a kill reaches init-random and rtn, not only this shell.
+  BUILD="$BIN" $(command -v setsid) bash benchmarks/bench_qlora_step.sh prepare > "$LOGS/qlora-step-prepare.log" 2>&1 &
   qlora_prep=$!
 fi
 
@@ -148,9 +179,11 @@ if start tests 60; then
   # leaves the log up to the test that crashed.
   shard_t=$(( $(left) - 30 - reserve )); [ "$shard_t" -gt 200 ] && shard_t=200; [ "$shard_t" -lt 40 ] && shard_t=40
   pids="" serial='DeviceAllocatorCuda.*'
+  # gtest filters: POSITIVE[-NEGATIVE]; a filter with its own negative part takes the serial group after a ':'.
+  if [[ "$FILTER" == *-* ]]; then shard_filter="$FILTER:$serial"; else shard_filter="$FILTER-$serial"; fi
   for i in 0 1 2 3; do
     GTEST_TOTAL_SHARDS=4 GTEST_SHARD_INDEX=$i timeout "$shard_t" stdbuf -oL -eL "$BIN"/qwenq_gpu_tests \
-      --gtest_filter="$FILTER-$serial" > "$LOGS/gpu_tests_$i.log" 2>&1 &
+      --gtest_filter="$shard_filter" > "$LOGS/gpu_tests_$i.log" 2>&1 &
     pids+=" $!"
   done
   wait $pids
@@ -215,10 +248,12 @@ if start dp 40 && [ -x "$BIN"/qwen-qlora ]; then
   python3 tests/cli/sentences.py "$dpw/data.jsonl" 200 5
   dp_args=(-m "$dpw/tiny" -d "$dpw/data.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --lora-dropout 0.1 --threads 1 -q
            --device "$dpd" --eval-count 8 --batch-size 2 --max-steps 8 --save-every 4)
-  QWENQ_DP_SHARE_GPU=1 timeout $(( $(left) - 20 )) "$BIN"/qwen-qlora train "${dp_args[@]}" --nproc 2 --out "$dpw/dp2" \
-    >> "$LOGS/dp.log" 2>&1
+  # Each run at most 90 s and never into the later phases' minimums; a stuck rank stops the others after 60 s.
+  dp_time() { local t=$(( $(left) - 10 - (reserve - 40) )); [ "$t" -gt 90 ] && t=90; [ "$t" -lt 15 ] && t=15; echo "$t"; }
+  QWENQ_DP_TIMEOUT_S=60 QWENQ_DP_SHARE_GPU=1 timeout -k 5 "$(dp_time)" "$BIN"/qwen-qlora train "${dp_args[@]}" --nproc 2 \
+    --out "$dpw/dp2" >> "$LOGS/dp.log" 2>&1
   dp_rc=$?
-  timeout $(( $(left) - 10 )) "$BIN"/qwen-qlora train "${dp_args[@]}" --grad-accum 2 --out "$dpw/ga2" >> "$LOGS/dp.log" 2>&1
+  timeout -k 5 "$(dp_time)" "$BIN"/qwen-qlora train "${dp_args[@]}" --grad-accum 2 --out "$dpw/ga2" >> "$LOGS/dp.log" 2>&1
   ga_rc=$?
   dp_cmp=$(python3 tests/cli/compare_runs.py "$dpw/dp2" "$dpw/ga2" 1e-5 1e-3 2>&1 | tail -1)
   log "dp: --nproc 2 on one GPU ($dpd) exit $dp_rc, --grad-accum 2 exit $ga_rc; compared: $dp_cmp"
@@ -235,7 +270,7 @@ if start memcheck 60 && { [ -n "$sanitizer" ] || { log "memcheck skipped: no com
   grep -m10 -E "Invalid|Error" "$LOGS/memcheck.log" | tee -a "$OUT/summary.txt"
 fi
 
-if start bench 90; then
+if start bench "$bench_min"; then
   run_bench() {  # name, extra arguments: its table into the summary, its CSV into $OUT
     local b=$1; shift
     [[ ",$BENCHES," == *",$b,"* ]] || return 0
@@ -255,8 +290,16 @@ fi
 
 # A full QLoRA training step against transformers + peft (issue 5's >= 2x tokens/s at <= 40% memory): at most
 # 230 s; the report ($OUT/DATE-qlora-step-cuda.md) is written even when a side is cut by its time limit.
-if [ -n "$qlora_prep" ] && start qlora 150; then
-  wait "$qlora_prep" || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
+# The model's preparation is waited for first (when the phase could still run), so its minimum counts the time after it.
+prep_rc=""
+wait_prep() {
+  [ -n "$prep_rc" ] && return "$prep_rc"
+  wait "$qlora_prep"; prep_rc=$?
+  [ "$prep_rc" = 0 ] || { log "bench_qlora_step prepare failed"; tail -5 "$LOGS/qlora-step-prepare.log" | tee -a "$OUT/summary.txt"; }
+  return "$prep_rc"
+}
+if [ -n "$qlora_prep" ] && want qlora && [ "$(left)" -ge 160 ]; then wait_prep; fi
+if [ -n "$qlora_prep" ] && start qlora 160; then
   # QWENQ_GPU_QLORA_ENV: variables for our side only, e.g. "QWENQ_QGEMM_DENSE=0" to measure another path.
   qlora_variants=${QWENQ_GPU_QLORA_VARIANTS-QWENQ_QGEMM_OVERLAP=1;QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1;QWENQ_QGEMM_OVERLAP=1 QWENQ_LORA_FOLD=1 QWENQ_LOGITS_CHUNK=67108864}
   nvar=$(echo "$qlora_variants" | tr ';' '\n' | grep -c '=')
@@ -268,16 +311,17 @@ if [ -n "$qlora_prep" ] && start qlora 150; then
   grep -E "^qlora step|^wrote|^bench_qlora_step" "$LOGS/qlora-step.log" | tee -a "$OUT/summary.txt"
   sed -n '/^## [0-9]* layers/,/^## Raw JSON/p' "$OUT"/*-qlora-step-cuda.md 2>/dev/null | grep -v '^## Raw' >> "$OUT/summary.txt"  # variants too
 elif [ -n "$qlora_prep" ] && ! want decode; then
-  kill "$qlora_prep" 2>/dev/null
+  kill -- -"$qlora_prep" 2>/dev/null || kill "$qlora_prep" 2>/dev/null
 fi
 
 # Decode tokens/s against transformers' generate on the same model (bench_decode_cuda.sh), at most 200 s.
+if [ -n "$qlora_prep" ] && want decode && [ "$(left)" -ge 90 ]; then wait_prep; fi
 if [ -n "$qlora_prep" ] && start decode 90; then
-  wait "$qlora_prep" 2>/dev/null
   decode_budget=$(( $(left) - 20 )); [ "$decode_budget" -gt 200 ] && decode_budget=200
   BUILD="$BIN" OUT="$OUT" BUDGET_S=$decode_budget timeout -k 5 $((decode_budget + 15)) \
     bash benchmarks/bench_decode_cuda.sh > "$LOGS/decode.log" 2>&1
   log "bench_decode_cuda exit $? (budget $decode_budget s)"
+  mkdir -p "$LOGS/decode" && cp "$BIN"/qlora-step-bench/decode/*.log "$LOGS/decode/" 2>/dev/null  # each run's own log
   sed -n '/^| prompt/,/^$/p' "$OUT"/*-decode-cuda.md 2>/dev/null | tee -a "$OUT/summary.txt"
 fi
 
@@ -287,15 +331,12 @@ fi
 # loading, calibration, the 2.2 GB of embeddings written). Each --calib-dtype of QWENQ_GPU_GPTQ_DTYPES in turn
 # (bf16 first: the fast one), the next only while 60 s are left. QWENQ_GPTQ_TRACE=1 logs the solver's steps per
 # Linear (quant/gptq_cuda.cu; the 1-layer runs' lines go to the summary). Models in a temporary directory, not in $OUT.
-g7=$(mktemp -d)
 g7_calib=.gpu-deps/shared/data/tinystories/tinystories_val.txt
 [ -f "$g7_calib" ] || g7_calib=README.md
-# The random qwen2.5-7b models of 1 and 2 layers both 7B phases quantize, made once.
+# The 7B-shaped models (made in the background above).
 make_7b_models() {
-  for n in 1 2; do
-    [ -d "$g7/m$n" ] || "$BIN"/qwen-quant init-random --preset qwen2.5-7b --layers $n --seed 1 --out "$g7/m$n" \
-      > "$LOGS/init7b_$n.log" 2>&1
-  done
+  [ -n "$g7_prep" ] && wait "$g7_prep"
+  for n in 1 2; do [ -f "$g7/m$n.done" ] || log "the 7B-shaped model of $n layer(s) was not made: $(tail -2 "$LOGS/init7b_$n.log" | tr '\n' ' ')"; done
 }
 if start gptq7b 150 && [ -x "$BIN"/qwen-quant ]; then
   make_7b_models
@@ -340,9 +381,8 @@ if start awq7b 120 && [ -x "$BIN"/qwen-quant ]; then
     log "awq 7B-shaped --calib-dtype $dt: $(awk -v a="${a7_t[1]}" -v b="${a7_t[2]}" 'BEGIN { printf "%.1f s per layer; 28 layers extrapolated: %.0f s", b - a, a + 27 * (b - a) }')"
   done
 fi
-rm -rf "$g7"
-# Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 4 times per
-# layer with --reps 1, after q/o and k/v: the 9th launch of the kernel). ncu flushes the caches before it
+# Nsight Compute on the decode product's 72B gate/up launch at M = 1 (bench_qgemm_cuda launches it 8 times per
+# shape with --reps 1, bf16 and fp32 activations, after q/o and k/v: the 17th launch of the kernel). ncu flushes the caches before it
 # (--cache-control all, its default) and leaves the clocks alone (--clock-control none, METHOD.md).
 if start ncu 60 && [ -x "$BIN"/bench_qgemm_cuda ]; then
   ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -350,13 +390,19 @@ if start ncu 60 && [ -x "$BIN"/bench_qgemm_cuda ]; then
     log "ncu skipped: no ncu"
   else
     timeout $(( $(left) - 10 )) "$ncu_bin" --clock-control none --kernel-name regex:qgemm_decode_mma_kernel \
-      --launch-skip 8 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --launch-skip 16 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
       "$BIN"/bench_qgemm_cuda --models 72b --ms 1 --tc-ms "" --reps 1 > "$OUT/ncu-decode-mma.txt" 2>&1
     log "ncu exit $? ($(grep -c . "$OUT/ncu-decode-mma.txt") lines in ncu-decode-mma.txt)"
     grep -E "Memory Throughput|DRAM Throughput|Duration|Achieved Occupancy|Registers Per|No Eligible|Issued Warp" \
       "$OUT/ncu-decode-mma.txt" | head -12 | tee -a "$OUT/summary.txt"
   fi
+fi
+# The 7B-shaped models made for the next call (QWENQ_GPU_PREP_7B=1): waited for while the budget lasts (a process
+# still running when the call ends may be stopped with it; a half-made model is made again next time).
+if [ -n "$g7_prep" ]; then
+  while kill -0 "$g7_prep" 2>/dev/null && [ "$(left)" -gt 5 ]; do sleep 2; done
+  log "7B-shaped models in $g7: $(ls "$g7" 2>/dev/null | grep -c '\.done$') of 2 made"
 fi
 log "done at ${SECONDS} s"
 cat "$OUT/summary.txt"
