@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/convert.h"
+#include "kernels/exp_rows.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "quant/ggml_dot_int8.h"
@@ -277,9 +278,7 @@ int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, con
         for (int64_t v = 0; v < n; ++v) m = std::max(m, l[v]);
         if (m > mx[r] && sum[r] > 0) sum[r] *= std::exp(static_cast<double>(mx[r]) - static_cast<double>(m));
         mx[r] = m;
-        double s = 0.0;
-        for (int64_t v = 0; v < n; ++v) s += static_cast<double>(std::exp(l[v] - m));
-        sum[r] += s;
+        sum[r] += exp_sum_row(l, n, m);  // kernels/exp_rows.h: the dense path's exponentials and sum
         const int32_t t = targets[r];
         if (t >= v0 && t < v0 + n) target_logit[r] = l[t - v0];
       }

@@ -109,8 +109,9 @@ inline int64_t logits_block_rows(int64_t vocab_size) {
 // nll[r] = logsumexp(logits[r]) − logits[r][targets[r]] for the logits hidden[rows, C] · lm_headᵀ (kIgnoreIndex rows:
 // 0, not counted; returns the counted rows). A table read in place: logits in chunks of logits_block_rows, each
 // through cross_entropy_forward_ref. lm_head_q: each block of block_rows table rows (as lm_head_forward) is
-// dequantized once for all rows (with the int8 switch: multiplied from its bytes with the rows quantized once), and every row keeps a running max m and Σ exp(l − m) (exp in fp32, the sum in
-// double, rescaled by exp(m_old − m_new) when the max grows) and its target's logit.
+// dequantized once for all rows (with the int8 switch: multiplied from its bytes with the rows quantized once), and every row keeps a running max m and Σ exp(l − m) (exp_sum_row of
+// kernels/exp_rows.h, as the dense path: exp in fp32, the sum in double; rescaled by exp(m_old − m_new) when the max
+// grows) and its target's logit.
 int64_t lm_head_nll(const QwenWeights& w, const float* hidden, int64_t rows, const int32_t* targets, float* nll,
                     int64_t block_rows = 0);
 // Throws naming `what` when a table is held in GGUF blocks: the paths that read the tables in place (training, the
