@@ -13,6 +13,7 @@
 #include "kernels/convert.h"
 #include "kernels/exp_rows.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16.h"
 #include "kernels/loss.h"
 #include "quant/ggml_dot_int8.h"
 #include "quant/int_dot_int8.h"
@@ -159,6 +160,22 @@ std::vector<LayerLinear> layer_linears(const QwenConfig& c, int64_t l) {
 
 namespace {
 std::atomic<bool> g_int8_activations{false};
+std::atomic<bool> g_cpu_bf16_products{false};
+}  // namespace
+
+void set_cpu_bf16_products(bool on) { g_cpu_bf16_products.store(on); }
+bool cpu_bf16_products() { return g_cpu_bf16_products.load(); }
+
+namespace {
+// y = x Wᵀ + b on the CPU: the bf16-operand product with the switch above and an F32/BF16 weight, else the fp32 one.
+void forward_product(const float* x, int64_t M, int64_t K, const void* w, DType wt, int64_t N, const void* bias,
+                     DType bt, float* y) {
+  if (cpu_bf16_products() && (wt == DType::F32 || wt == DType::BF16) && M > 0) {
+    linear_forward_bf16(x, M, K, w, wt, N, bias, bt, y);
+  } else {
+    linear_forward_ref(x, M, K, w, wt, N, bias, bt, y);
+  }
+}
 }  // namespace
 
 void set_int8_activations(bool on) { g_int8_activations.store(on); }
@@ -234,7 +251,7 @@ void for_each_table_block(const GgmlLinear& q, const float* hidden, int64_t M, i
 void lm_head_forward(const QwenWeights& w, const float* hidden, int64_t M, float* logits, int64_t block_rows) {
   if (!w.lm_head_q) {
     const int64_t V = w.lm_head.shape.at(0), C = w.lm_head.shape.at(1);
-    linear_forward_ref(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
+    forward_product(hidden, M, C, w.lm_head.data, w.lm_head.dtype, V, nullptr, DType::F32, logits);
     return;
   }
   if (M == 0) return;
@@ -354,14 +371,14 @@ bool packed_product(const LinearWeight& w, const float* in, int64_t M, float* ou
 
 void apply_linear(const LinearWeight& w, const float* x, int64_t M, const TensorView& bias, float* y) {
   if (w.is_dense()) {
-    linear_forward_ref(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
+    forward_product(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
   if (packed_product(w, x, M, y, false)) {  // decode and small batches: no fp32 copy of the weight
     if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
     return;
   }
-  linear_forward_ref(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);
+  forward_product(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);
 }
 
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {

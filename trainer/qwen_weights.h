@@ -146,6 +146,13 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 // GPTQ whose groups are not all group_size inputs long, and the backward products stay exact.
 void set_int8_activations(bool on);
 bool int8_activations();
+// `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, the
+// fp32 weight a 4-bit Linear is dequantized into past the packed product's row limit, a dense lm_head) on bf16
+// operands with fp32 sums (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with
+// AVX512_BF16). F16 weights, the packed products, GGUF tables and every backward stay as they are. Off by default
+// (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).
+void set_cpu_bf16_products(bool on);
+bool cpu_bf16_products();
 // True when the int8 products apply to q / p (non-null, a supported type or layout, the switch on).
 bool uses_int8_activations(const GgmlLinear* q);
 bool uses_int8_activations(const PackedIntLinear* p);

@@ -172,6 +172,20 @@ for m in ("rtn-g32", "mine"):
     assert 0 < k["kld"]["mean"] < 1 and 0.5 < k["same_top1"] <= 1, k
 assert rows["mine"]["kld"] == rows["rtn-g32"]["kld"], (rows["mine"], rows["rtn-g32"])
 PY
+# eval --cpu-matmul bf16: the same windows on bf16 operands, recorded in the JSON, a perplexity within 1 % of the fp32
+# products' and not equal to it; another value refused by name.
+"$QQ" eval --model "$WORK/tiny" --data "$SRC/README.md" --seq-len 128 --max-windows 6 --batch 1 --threads 1 --json -q \
+  --cpu-matmul bf16 > "$WORK/bf16.json" 2>/dev/null || { echo "eval --cpu-matmul bf16"; exit 1; }
+python3 - "$WORK/plain8.json" "$WORK/bf16.json" <<'PY'
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert b["cpu_matmul"] == "bf16" and "cpu_matmul" not in a, (a, b)
+assert b["perplexity"] != a["perplexity"] and abs(b["perplexity"] / a["perplexity"] - 1) < 0.01, (a, b)
+PY
+if "$QQ" eval --model "$WORK/tiny" --data "$SRC/README.md" --cpu-matmul fp16 > "$WORK/fp16.txt" 2>&1; then
+  echo "eval --cpu-matmul fp16 was accepted"; exit 1
+fi
+grep -q -- "--cpu-matmul" "$WORK/fp16.txt" || { cat "$WORK/fp16.txt"; exit 1; }
 "$QQ" init-random --preset tiny256 --layers 2 --out "$WORK/other" >/dev/null
 for bad in "x=$WORK/other|is not a quantization of" "$WORK/given-rtn|expected NAME=PATH" "rtn-g32=$WORK/given-rtn|already a row"; do
   if "$QQ" compare --model "$WORK/tiny" --data "$SRC/README.md" --methods rtn-g32 --quantized "${bad%%|*}" \
