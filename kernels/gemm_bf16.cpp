@@ -355,4 +355,28 @@ void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const voi
   });
 }
 
+namespace {
+bool takes_bf16(bool bf16, int64_t M, DType w_dtype) {
+  return bf16 && M > 0 && (w_dtype == DType::F32 || w_dtype == DType::BF16);
+}
+}  // namespace
+
+void linear_forward_cpu(bool bf16, const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
+                        const void* bias, DType bias_dtype, float* y) {
+  if (takes_bf16(bf16, M, w_dtype)) {
+    linear_forward_bf16(x, M, K, w, w_dtype, N, bias, bias_dtype, y);
+  } else {
+    linear_forward_ref(x, M, K, w, w_dtype, N, bias, bias_dtype, y);
+  }
+}
+
+void linear_backward_input_cpu(bool bf16, const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype,
+                               int64_t K, float* dx) {
+  if (takes_bf16(bf16, M, w_dtype)) {
+    linear_backward_input_bf16(dy, M, N, w, w_dtype, K, dx);
+  } else {
+    linear_backward_input_ref(dy, M, N, w, w_dtype, K, dx);
+  }
+}
+
 }  // namespace qwenq

@@ -41,6 +41,14 @@ void linear_forward_bf16(const float* x, int64_t M, int64_t K, const void* w, DT
 void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype, int64_t K,
                                 float* dx);
 
+// A CPU product with a switchable operand type: the bf16 products above when `bf16` is set and W is F32 or BF16 (and
+// M > 0), else the fp32 ones of kernels/gemm.h (an F16 W always: the kernel refuses it). The trainer's
+// --cpu-matmul and eval's (trainer/qwen_weights.h, set_cpu_bf16_products) both choose through these.
+void linear_forward_cpu(bool bf16, const float* x, int64_t M, int64_t K, const void* w, DType w_dtype, int64_t N,
+                        const void* bias, DType bias_dtype, float* y);
+void linear_backward_input_cpu(bool bf16, const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype,
+                               int64_t K, float* dx);
+
 // Tests: the portable path whatever the CPU (true), or back to the default choice (false).
 void set_bf16_gemm_portable_for_testing(bool portable);
 

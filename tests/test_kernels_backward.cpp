@@ -310,19 +310,22 @@ TEST(KernelsBackward, LinearWeightGradMatchesFiniteDifferencesAndAccumulates) {
   }
 }
 
-// dx [M, K] against the double product dy [M, N] · W [N, K]: |error| <= kLinearSumTol · Σ|terms| (the first failure).
-void expect_dx_near_double(const std::vector<float>& dx, const std::vector<float>& dy, const std::vector<float>& w,
-                           int64_t M, int64_t N, int64_t K, Headroom* hr) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) {
+// got [I, J] against the double sums Σ_t a[i·a_row + t·a_step] · b[t·J + j] over T terms:
+// |error| <= kLinearSumTol · Σ|terms| (the first failure). dx = dy [M, N] · W [N, K]: a_row N, a_step 1;
+// dW = gᵀ [N, M] · x [M, K]: a_row 1, a_step N.
+void expect_sums_near_double(const char* what, const std::vector<float>& got, const std::vector<float>& a,
+                             int64_t a_row, int64_t a_step, const std::vector<float>& b, int64_t I, int64_t T,
+                             int64_t J, Headroom* hr) {
+  for (int64_t i = 0; i < I; ++i)
+    for (int64_t j = 0; j < J; ++j) {
       double ref = 0, mag = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const double p = static_cast<double>(dy[m * N + n]) * w[n * K + k];
+      for (int64_t t = 0; t < T; ++t) {
+        const double p = static_cast<double>(a[i * a_row + t * a_step]) * b[t * J + j];
         ref += p;
         mag += std::fabs(p);
       }
-      if (!hr->ok(std::fabs(dx[m * K + k] - ref), kLinearSumTol * mag)) {
-        ADD_FAILURE() << "dx[" << m << "," << k << "] = " << dx[m * K + k] << ", double " << ref;
+      if (!hr->ok(std::fabs(got[i * J + j] - ref), kLinearSumTol * mag)) {
+        ADD_FAILURE() << what << "[" << i << "," << j << "] = " << got[i * J + j] << ", double " << ref;
         return;
       }
     }
@@ -354,25 +357,9 @@ TEST(KernelsBackward, LinearBackwardRealShapesAnyThreadCount) {
       dx_first = dx;
       da_first = da;
       db_first = db;
-      expect_dx_near_double(dx, dy, w.widened, M, N, K, &hr);
-      auto check_dw = [&](const std::vector<float>& got, const std::vector<float>& g, const std::vector<float>& x,
-                          int64_t Nw, int64_t Kw, const char* what) {
-        for (int64_t n = 0; n < Nw; ++n)
-          for (int64_t k = 0; k < Kw; ++k) {
-            double ref = 0, mag = 0;
-            for (int64_t m = 0; m < Mt; ++m) {
-              const double p = static_cast<double>(g[m * Nw + n]) * x[m * Kw + k];
-              ref += p;
-              mag += std::fabs(p);
-            }
-            if (!hr.ok(std::fabs(got[n * Kw + k] - ref), kLinearSumTol * mag)) {
-              ADD_FAILURE() << what << "[" << n << "," << k << "] = " << got[n * Kw + k] << " ref " << ref;
-              return;
-            }
-          }
-      };
-      check_dw(da, dy_a, x_a, r, C, "dA");
-      check_dw(db, dy_b, x_b, C, r, "dB");
+      expect_sums_near_double("dx", dx, dy, N, 1, w.widened, M, N, K, &hr);
+      expect_sums_near_double("dA", da, dy_a, 1, r, x_a, r, Mt, C, &hr);
+      expect_sums_near_double("dB", db, dy_b, 1, C, x_b, C, Mt, r, &hr);
     } else {
       EXPECT_EQ(dx, dx_first);
       EXPECT_EQ(da, da_first);
@@ -408,7 +395,7 @@ TEST(KernelsBackward, LinearInputGradChunkedReductionAnyThreadCount) {
           continue;
         }
         dx_first = dx;
-        expect_dx_near_double(dx, dy, w.widened, M, N, K, &hr);
+        expect_sums_near_double("dx", dx, dy, N, 1, w.widened, M, N, K, &hr);
       }
     }
 }

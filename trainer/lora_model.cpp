@@ -91,23 +91,12 @@ class Runner {
 
   // The base products (the frozen Linears and the lm_head): on bf16 operands (kernels/gemm_bf16.h) with
   // opt_.bf16_matmul and an F32/BF16 weight, else the fp32 products of kernels/gemm.h.
-  bool bf16_products(DType w_dtype) const {
-    return opt_.bf16_matmul && (w_dtype == DType::F32 || w_dtype == DType::BF16);
-  }
   void base_forward(const float* x, int64_t M, int64_t K, const void* w, DType wt, int64_t N, const void* bias,
                     DType bt, float* y) const {
-    if (bf16_products(wt)) {
-      linear_forward_bf16(x, M, K, w, wt, N, bias, bt, y);
-    } else {
-      linear_forward_ref(x, M, K, w, wt, N, bias, bt, y);
-    }
+    linear_forward_cpu(opt_.bf16_matmul, x, M, K, w, wt, N, bias, bt, y);
   }
   void base_backward_input(const float* dy, int64_t M, int64_t N, const void* w, DType wt, int64_t K, float* dx) const {
-    if (bf16_products(wt)) {
-      linear_backward_input_bf16(dy, M, N, w, wt, K, dx);
-    } else {
-      linear_backward_input_ref(dy, M, N, w, wt, K, dx);
-    }
+    linear_backward_input_cpu(opt_.bf16_matmul, dy, M, N, w, wt, K, dx);
   }
 
   // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ. y null: a recomputation that reads no output of this Linear (the dense

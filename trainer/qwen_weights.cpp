@@ -167,14 +167,10 @@ void set_cpu_bf16_products(bool on) { g_cpu_bf16_products.store(on); }
 bool cpu_bf16_products() { return g_cpu_bf16_products.load(); }
 
 namespace {
-// y = x Wᵀ + b on the CPU: the bf16-operand product with the switch above and an F32/BF16 weight, else the fp32 one.
+// y = x Wᵀ + b on the CPU, on bf16 operands with the switch above (kernels/gemm_bf16.h's choice).
 void forward_product(const float* x, int64_t M, int64_t K, const void* w, DType wt, int64_t N, const void* bias,
                      DType bt, float* y) {
-  if (cpu_bf16_products() && (wt == DType::F32 || wt == DType::BF16) && M > 0) {
-    linear_forward_bf16(x, M, K, w, wt, N, bias, bt, y);
-  } else {
-    linear_forward_ref(x, M, K, w, wt, N, bias, bt, y);
-  }
+  linear_forward_cpu(cpu_bf16_products(), x, M, K, w, wt, N, bias, bt, y);
 }
 }  // namespace
 
