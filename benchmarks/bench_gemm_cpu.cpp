@@ -4,6 +4,8 @@
 // GEMM (Y = X · Wᵀ on an fp32 copy of W, Eigen's own OpenMP threading, same thread count).
 // Counters: GFLOP/s (2·M·N·K per call) and GB/s of weight bytes read (N·K·sizeof(dtype) per call).
 //
+// Then the 4-bit Linears on bf16 operands from their Q4 form (q4_bf16) against dequantizing them first.
+//
 //   build/bench_gemm_cpu [--benchmark_filter=bf16] [benchmark flags]      (threads: OMP_NUM_THREADS)
 #include <benchmark/benchmark.h>
 
@@ -17,6 +19,8 @@
 #include "core/threads.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
+#include "quant/format/qgemm_layout.h"
+#include "quant/int_checkpoint.h"
 
 namespace {
 
@@ -123,6 +127,35 @@ void bm_backward_input_eigen(benchmark::State& state, int64_t M, int64_t K, int6
   set_counters(state, M, K, N, wf.size() * 4);
 }
 
+// A 4-bit GPTQ Linear (group 128, the trainer's 4-bit base) on bf16 operands, forward y = x·Ŵᵀ or the input gradient
+// dx = dy·Ŵ: q4_bf16 multiplies it from its Q4 form (qgemm_int4_*_bf16: each panel's piece of ŵ dequantized into a
+// tile, no fp32 copy), q4_dequant_bf16 as the trainer did before, the whole fp32 weight dequantized per call
+// (dequantize_int_linear_into) and then linear_*_bf16 on it. The same bits; GB/s counts the packed bytes.
+void bm_q4(benchmark::State& state, int64_t M, int64_t K, int64_t N, bool transposed, bool tiles) {
+  const qwenq::PackedIntLinear p = qwenq::q4_synthetic_int_linear(qwenq::IntLayout::GptqV1, K, N, 128, false, 9);
+  const qwenq::Q4Transient q4 = qwenq::q4_transient_int_linear(p);
+  const std::vector<float> in = random_vec(static_cast<size_t>(M * (transposed ? N : K)), 3);
+  std::vector<float> out(static_cast<size_t>(M * (transposed ? K : N))), W;
+  if (!tiles) W.resize(static_cast<size_t>(N * K));
+  for (auto _ : state) {
+    if (tiles && transposed) {
+      qwenq::qgemm_int4_backward_input_bf16(q4.view, in.data(), M, out.data());
+    } else if (tiles) {
+      qwenq::qgemm_int4_forward_bf16(q4.view, in.data(), M, nullptr, DType::F32, out.data());
+    } else {
+      qwenq::dequantize_int_linear_into(p, W.data());
+      if (transposed) {
+        qwenq::linear_backward_input_bf16(in.data(), M, N, W.data(), DType::F32, K, out.data());
+      } else {
+        qwenq::linear_forward_bf16(in.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, out.data());
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, M, K, N, p.qweight.size() * 4 + p.scales.size() * 2);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -180,6 +213,19 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("eigen_f32_baseline/K896_N151936/M110", bm_eigen_baseline, 110, 896, 151936)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
+  // The trainer's 4-bit Linears at 512 tokens, forward and input gradient, from their Q4 form and dequantized.
+  for (const Shape& s : kShapes) {
+    for (bool transposed : {false, true}) {
+      const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M512";
+      const std::string dir = transposed ? "_backward_input" : "_forward";
+      benchmark::RegisterBenchmark(("q4_bf16" + dir + shape).c_str(), bm_q4, 512, s.K, s.N, transposed, true)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("q4_dequant_bf16" + dir + shape).c_str(), bm_q4, 512, s.K, s.N, transposed, false)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

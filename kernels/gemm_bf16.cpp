@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/gemm.h"
+#include "quant/format/nf4_pack.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cpuid.h>
@@ -34,6 +35,8 @@ namespace {
 
 constexpr int64_t kMr = 12, kNr = 32;
 constexpr int64_t kSlicePairs = kBf16SliceR / 2;
+constexpr size_t kCachedA = size_t{1} << 20;  // bytes of packed A that stay cached across column blocks
+constexpr int64_t kMaxBlockPanels = 16;        // a block's B panels: 16 x 16 KB per thread
 
 std::atomic<int> g_portable_override{-1};  // -1: the default choice; 0/1: set by a test
 
@@ -231,33 +234,51 @@ QWENQ_BF16_FN void kernel_12x32(const uint32_t* a, const uint32_t* b, int64_t np
   }
 }
 
-// C [M, Nc] (row stride ldc) = A [M, R] · B, B in `layout` (see the top of the file), in dtype bt (F32 or BF16).
-QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, const void* B, DType bt, BLayout layout,
-                               int64_t Nc, float* C, int64_t ldc) {
+// The B panels of a dense weight: B in `layout` (see the top of the file), in dtype bt (F32 or BF16).
+struct DensePanels {
+  const void* B;
+  DType bt;
+  BLayout layout;
+  int64_t R, Nc;
+  QWENQ_BF16_FN void operator()(int64_t j0, int64_t cols, int64_t p0, int64_t np, uint32_t* panel,
+                                std::vector<float>& /*scratch*/) const {
+    if (layout == BLayout::Rows) {
+      pack_b_rows(B, bt, R, j0, cols, p0, np, panel);
+    } else {
+      pack_b_cols(B, bt, R, Nc, j0, cols, p0, np, panel);
+    }
+  }
+};
+
+// C [M, Nc] (row stride ldc) = A [M, R] · B, B's panels from pack(j0, cols, p0, np, panel, scratch): columns
+// [j0, j0 + cols) for pairs [p0, p0 + np), zero past cols and past R (scratch: the calling thread's, for the packer).
+template <typename Panels>
+QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc, float* C, int64_t ldc,
+                               const Panels& pack) {
   const int64_t pairs = (R + 1) / 2, m_panels = (M + kMr - 1) / kMr;
   std::vector<uint32_t> ap(static_cast<size_t>(m_panels * pairs * kMr));
   parallel_for(m_panels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
       pack_a_panel(A + i * kMr * R, R, std::min(kMr, M - i * kMr), pairs, ap.data() + i * pairs * kMr);
   });
-  // Column blocks of nb panels: about 4 blocks per thread (this choice does not change any output's sums).
-  const int64_t n_panels = (Nc + kNr - 1) / kNr;
-  const int64_t nb = std::clamp<int64_t>(n_panels / (4 * std::max(1, num_threads())), 1, 4);
+  // Column blocks of nb panels (this choice does not change any output's sums): about 4 blocks per thread, or, when
+  // the packed A is past what a core's cache keeps (a long reduction: the lm_head's input gradient, 110 rows x 151936
+  // logits, packs 36 MB), one block per thread of up to kMaxBlockPanels, since every block reads all of A again.
+  const int64_t n_panels = (Nc + kNr - 1) / kNr, threads = std::max(1, num_threads());
+  const bool long_a = ap.size() * sizeof(uint32_t) > kCachedA;
+  const int64_t nb = long_a ? std::clamp<int64_t>((n_panels + threads - 1) / threads, 1, kMaxBlockPanels)
+                            : std::clamp<int64_t>(n_panels / (4 * threads), 1, 4);
   const int64_t blocks = (n_panels + nb - 1) / nb;
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<uint32_t> bp(static_cast<size_t>(nb * kSlicePairs * kNr));
+    std::vector<float> scratch;
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t jp0 = blk * nb, jp1 = std::min(n_panels, jp0 + nb);
       for (int64_t s0 = 0; s0 < pairs; s0 += kSlicePairs) {
         const int64_t np = std::min(kSlicePairs, pairs - s0);
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNr, cols = std::min(kNr, Nc - j0);
-          uint32_t* panel = bp.data() + (jp - jp0) * np * kNr;
-          if (layout == BLayout::Rows) {
-            pack_b_rows(B, bt, R, j0, cols, s0, np, panel);
-          } else {
-            pack_b_cols(B, bt, R, Nc, j0, cols, s0, np, panel);
-          }
+          pack(j0, cols, s0, np, bp.data() + (jp - jp0) * np * kNr, scratch);
         }
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNr, cols = std::min(kNr, Nc - j0);
@@ -270,6 +291,62 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, const void*
     }
   });
 }
+
+// ŵ of rows (inputs) [k0, k0 + nk) and columns (outputs) [n0, n0 + nn) of a Q4 weight without a permutation into
+// tile [nk][ld], row k - k0 holding columns n0.. (k0 % 8 == 0): q4_dequant's fp32 values, 16 columns of one word-row
+// at a time (Int: (code - zero)·scale, the fp16 scale widened exactly; Nf4/Fp4: book[code]·absmax).
+QWENQ_BF16_FN void q4_tile(const Q4View& w, int64_t k0, int64_t nk, int64_t n0, int64_t nn, float* tile, int64_t ld) {
+  const __m512i nibble = _mm512_set1_epi32(15), byte = _mm512_set1_epi32(0xFF);
+  const float* book = w.kind == Q4Kind::Fp4 ? kFp4Code : kNf4Code;
+  const __m512 codes = _mm512_loadu_ps(book);
+  for (int64_t c = 0; c < nn; c += 16) {
+    const int64_t cn = std::min<int64_t>(16, nn - c);
+    const __mmask16 m = cn == 16 ? 0xFFFF : static_cast<__mmask16>((1u << cn) - 1);
+    for (int64_t k = k0; k < k0 + nk; k += kQ4CodesPerWord) {
+      const int64_t r = k / kQ4CodesPerWord, g = k / w.group;
+      const __m512i v = _mm512_maskz_loadu_epi32(m, w.qweight + r * w.Np + n0 + c);
+      const __m512i meta = _mm512_maskz_loadu_epi32(m, w.meta + g * w.Np + n0 + c);
+      const int rows = static_cast<int>(std::min<int64_t>(kQ4CodesPerWord, k0 + nk - k));
+      float* out = tile + (k - k0) * ld + c;
+      if (w.kind == Q4Kind::Int) {
+        const __m512 scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(meta));  // bits 0..15: the fp16 scale
+        const __m512 zero = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 16), byte));
+        for (int j = 0; j < rows; ++j) {
+          const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
+          _mm512_mask_storeu_ps(out + j * ld, m, _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), zero), scale));
+        }
+      } else {
+        const __m512 absmax = _mm512_castsi512_ps(meta);
+        for (int j = 0; j < rows; ++j) {
+          const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
+          _mm512_mask_storeu_ps(out + j * ld, m, _mm512_mul_ps(_mm512_permutexvar_ps(q, codes), absmax));
+        }
+      }
+    }
+  }
+}
+
+// The B panels of a Q4 weight, from tiles of ŵ dequantized into the thread's scratch and packed as an F32 weight
+// (so the bits are those of the dense product on q4_unpack's values). Forward (y = x·Ŵᵀ, reduction over K): B[k, n]
+// = ŵ[n, k], the tile [pairs' k][panel's n] packed in the Cols layout. Transposed (dx = dy·Ŵ, reduction over N):
+// B[n, k] = ŵ[n, k], the tile [panel's k][pairs' n] packed in the Rows layout.
+struct Q4Panels {
+  const Q4View& w;
+  bool transposed;
+  QWENQ_BF16_FN void operator()(int64_t j0, int64_t cols, int64_t p0, int64_t np, uint32_t* panel,
+                                std::vector<float>& scratch) const {
+    scratch.resize(static_cast<size_t>(2 * kSlicePairs * kNr));
+    if (!transposed) {
+      const int64_t nk = std::min(2 * np, w.K - 2 * p0);
+      q4_tile(w, 2 * p0, nk, j0, cols, scratch.data(), kNr);
+      pack_b_cols(scratch.data(), DType::F32, nk, kNr, 0, cols, 0, np, panel);
+    } else {
+      const int64_t nn = std::min(2 * np, w.N - 2 * p0);
+      q4_tile(w, j0, cols, 2 * p0, nn, scratch.data(), nn);
+      pack_b_rows(scratch.data(), DType::F32, nn, 0, cols, 0, np, panel);
+    }
+  }
+};
 
 bool detect_avx512_bf16() {
   unsigned a = 0, b = 0, c = 0, d = 0;
@@ -325,7 +402,7 @@ void linear_forward_bf16(const float* x, int64_t M, int64_t K, const void* w, DT
               "linear_forward_bf16: output y overlaps input x (in-place is not supported)");
 #ifdef QWENQ_HAVE_BF16_KERNEL
   if (bf16_gemm_uses_avx512()) {
-    gemm_avx512(x, M, K, w, w_dtype, BLayout::Rows, N, y, N);
+    gemm_avx512(x, M, K, N, y, N, DensePanels{w, w_dtype, BLayout::Rows, K, N});
     if (bias != nullptr) add_bias(y, M, N, bias, bias_dtype);
     return;
   }
@@ -346,13 +423,67 @@ void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const voi
               "linear_backward_input_bf16: output dx overlaps input dy");
 #ifdef QWENQ_HAVE_BF16_KERNEL
   if (bf16_gemm_uses_avx512()) {
-    gemm_avx512(dy, M, N, w, w_dtype, BLayout::Cols, K, dx, K);
+    gemm_avx512(dy, M, N, K, dx, K, DensePanels{w, w_dtype, BLayout::Cols, N, K});
     return;
   }
 #endif
   on_rounded(dy, M * N, w, w_dtype, N * K, [&](const float* dyr, const void* wr) {
     linear_backward_input_ref(dyr, M, N, wr, DType::BF16, K, dx);
   });
+}
+
+namespace {
+// ŵ [N, K] of a Q4 weight without a permutation, as q4_unpack computes it (that one lives in quant/, which kernels
+// do not link): the portable path's F32 weight.
+std::vector<float> q4_values(const Q4View& w) {
+  std::vector<float> W(static_cast<size_t>(w.N * w.K));
+  parallel_for(w.N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t k = 0; k < w.K; ++k) {
+        const uint32_t word = w.qweight[k / kQ4CodesPerWord * w.Np + n], meta = w.meta[k / w.group * w.Np + n];
+        W[n * w.K + k] = q4_dequant(w.kind, (word >> (kQ4Bits * (k % kQ4CodesPerWord))) & 15u, meta);
+      }
+  });
+  return W;
+}
+
+void check_q4(const char* fn, const Q4View& w, const float* in, int64_t M, int64_t in_width, const float* out,
+              int64_t out_width) {
+  q4_check(w, fn);
+  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight's rows are permuted (act-order); dequantize it instead");
+  QWENQ_CHECK(M > 0, fn << ": M=" << M << " rows (K=" << w.K << " N=" << w.N << ")");
+  QWENQ_CHECK(in != nullptr && out != nullptr, fn << ": null input or output pointer");
+  const auto a = reinterpret_cast<uintptr_t>(out), b = reinterpret_cast<uintptr_t>(in);
+  QWENQ_CHECK(a + static_cast<uintptr_t>(M * out_width) * 4 <= b || b + static_cast<uintptr_t>(M * in_width) * 4 <= a,
+              fn << ": the output overlaps the input");
+}
+}  // namespace
+
+void qgemm_int4_forward_bf16(const Q4View& w, const float* x, int64_t M, const void* bias, DType bias_dtype, float* y) {
+  check_q4("qgemm_int4_forward_bf16", w, x, M, w.K, y, w.N);
+#ifdef QWENQ_HAVE_BF16_KERNEL
+  if (bf16_gemm_uses_avx512()) {
+    QWENQ_CHECK(bias == nullptr || bias_dtype == DType::F32 || bias_dtype == DType::BF16 || bias_dtype == DType::F16,
+                "qgemm_int4_forward_bf16: bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
+    gemm_avx512(x, M, w.K, w.N, y, w.N, Q4Panels{w, false});
+    if (bias != nullptr) add_bias(y, M, w.N, bias, bias_dtype);
+    return;
+  }
+#endif
+  const std::vector<float> W = q4_values(w);
+  linear_forward_bf16(x, M, w.K, W.data(), DType::F32, w.N, bias, bias_dtype, y);
+}
+
+void qgemm_int4_backward_input_bf16(const Q4View& w, const float* dy, int64_t M, float* dx) {
+  check_q4("qgemm_int4_backward_input_bf16", w, dy, M, w.N, dx, w.K);
+#ifdef QWENQ_HAVE_BF16_KERNEL
+  if (bf16_gemm_uses_avx512()) {
+    gemm_avx512(dy, M, w.N, w.K, dx, w.K, Q4Panels{w, true});
+    return;
+  }
+#endif
+  const std::vector<float> W = q4_values(w);
+  linear_backward_input_bf16(dy, M, w.N, W.data(), DType::F32, w.K, dx);
 }
 
 namespace {

@@ -2,6 +2,8 @@
 //   - apply_linear on a dense F32 or BF16 weight (bias included) is linear_forward_bf16's bits with the switch on and
 //     linear_forward_ref's with it off; an F16 weight keeps the fp32 product either way; a 4-bit Linear past the
 //     packed product's row limit multiplies its dequantized fp32 weight on bf16 operands;
+//   - the CPU trainer's step on a GPTQ, AWQ or NF4 base (each Linear multiplied from its Q4 form) is, bit for bit, the
+//     step on the base's dequantized fp32 copy;
 //   - end to end on the real stories260K (fp32 weights, tied lm_head): the mean NLL over 512 TinyStories tokens moves
 //     by the operands' bf16 rounding only (within kNllBf16Shift, and it does move), and switching off gives the
 //     fp32 bits again.
@@ -18,9 +20,14 @@
 #include "kernels/gemm_bf16.h"
 #include "quant/format/qgemm_layout.h"
 #include "quant/packed_matvec.h"
+#include "tests/support/bf16_paths.h"
 #include "tests/support/test_models.h"
+#include "tests/support/test_training.h"
 #include "tests/support/test_paths.h"
+#include "lora/lora_adapter.h"
+#include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
+#include "trainer/quantize_model.h"
 #include "trainer/qwen_weights.h"
 
 namespace qwenq {
@@ -93,6 +100,61 @@ TEST(CpuBf16Products, DequantizedFourBitLinearsTakeItPastThePackedRows) {
   }
   EXPECT_EQ(off, ref);
   EXPECT_EQ(on, bf);
+}
+
+// The CPU trainer's --cpu-matmul bf16 on a 4-bit base multiplies each Linear from its Q4 form (no fp32 copy of the
+// weight, trainer/lora_model.cpp): a LoRA step on GPTQ, AWQ and NF4 models gives, bit for bit, the loss and adapter
+// gradients of the same step on the model's dequantized fp32 copy, on both product paths of this CPU.
+TEST(CpuBf16Products, FourBitTrainingStepHasTheBitsOfItsDequantizedCopy) {
+  const std::string root = test::scratch_dir();
+  const std::string src = test::make_tiny_model(root + "/fp32", 21);
+  struct Method {
+    const char* name;
+    QuantizeOptions::Method method;
+    IntLayout layout;
+  };
+  const Method methods[] = {{"gptq", QuantizeOptions::Method::Rtn, IntLayout::GptqV1},
+                            {"awq", QuantizeOptions::Method::Rtn, IntLayout::AwqGemm},
+                            {"nf4", QuantizeOptions::Method::Nf4, IntLayout::GptqV1}};
+  const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99}});
+  const std::vector<int32_t> targets = next_token_targets(batch);
+  for (const Method& m : methods) {
+    SCOPED_TRACE(m.name);
+    QuantizeOptions o;
+    o.method = m.method;
+    o.layout = m.layout;
+    o.group_size = 32;
+    o.model_dir = src;
+    o.out_dir = root + "/" + m.name;
+    o.quiet = true;
+    quantize_model(o);
+    DequantizeOptions d;
+    d.model_dir = o.out_dir;
+    d.out_dir = o.out_dir + "_fp32";
+    d.dtype = DType::F32;
+    d.quiet = true;
+    dequantize_model(d);
+    const QwenModel q(o.out_dir), dense(d.out_dir);
+    for (const auto& layer : q.weights().layers)
+      for (int t = 0; t < 7; ++t) ASSERT_TRUE(q4_linear_form(layer_linear(layer, t)).has_form()) << "Linear " << t;
+    const LoraAdapter a = test::adapter_with_random_b(
+        q.config(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 4, 16, false, 3, 0.3f);
+    for (bool portable : test::bf16_gemm_paths()) {
+      test::PortableScope scope(portable);
+      LoraStepOptions opt;
+      opt.bf16_matmul = true;
+      LoraAdapter gq = test::zeros_like(a), gd = test::zeros_like(a);
+      const LoraStepResult rq = lora_loss_and_grad(q, a, batch, targets, &gq, opt);
+      const LoraStepResult rd = lora_loss_and_grad(dense, a, batch, targets, &gd, opt);
+      EXPECT_EQ(rq.nll_sum, rd.nll_sum) << (portable ? "portable" : "avx512_bf16");
+      for (size_t i = 0; i < a.slots().size(); ++i) {
+        EXPECT_EQ(gq.weights(i).A, gd.weights(i).A) << a.slots()[i].path;
+        EXPECT_EQ(gq.weights(i).B, gd.weights(i).B) << a.slots()[i].path;
+      }
+      opt.bf16_matmul = false;  // and the switch is what the products follow
+      EXPECT_NE(lora_loss_and_grad(q, a, batch, targets, nullptr, opt).nll_sum, rq.nll_sum);
+    }
+  }
 }
 
 TEST(CpuBf16Products, Stories260kNllMovesByTheRoundingOnly) {

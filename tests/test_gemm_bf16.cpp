@@ -15,6 +15,7 @@
 #include "core/threads.h"
 #include "kernels/gemm_bf16.h"
 #include "tests/support/scoped_threads.h"
+#include "tests/support/bf16_paths.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_random.h"
 
@@ -28,10 +29,11 @@ struct Shape {
 };
 
 // Tile edges: M 1, 11..13, 25 (12-row panels); N 1, 31..33, 65 (32-column panels); K odd, 255..257 (128-pair
-// slices), 513; then Qwen2.5-0.5B's Linears at 37 tokens.
+// slices), 513; Qwen2.5-0.5B's Linears at 37 tokens; then a packed A past 1 MB (130 rows x 4100: the column blocks
+// of a long reduction, forward and backward).
 const Shape kShapes[] = {{1, 1, 1},     {1, 2, 33},    {11, 3, 31},  {12, 255, 32}, {13, 256, 33},
                          {25, 257, 65}, {5, 513, 17},  {2, 1000, 1}, {37, 896, 896}, {37, 896, 4864},
-                         {37, 4864, 896}};
+                         {37, 4864, 896}, {130, 4100, 70}, {130, 70, 4100}};
 
 struct Operands {
   std::vector<float> a;            // x or dy, fp32
@@ -65,23 +67,11 @@ class Headroom {
   double worst_ = 0;
 };
 
-// The two paths of this CPU: the portable one always, the AVX512_BF16 one where present.
-std::vector<bool> paths() {
-  std::vector<bool> p = {true};
-  if (cpu_has_avx512_bf16()) p.push_back(false);
-  return p;
-}
-
-struct PortableScope {
-  explicit PortableScope(bool portable) { set_bf16_gemm_portable_for_testing(portable); }
-  ~PortableScope() { set_bf16_gemm_portable_for_testing(false); }
-};
-
 TEST(GemmBf16, ForwardMatchesDoubleSumsOfRoundedOperands) {
   if (!cpu_has_avx512_bf16()) std::printf("[ note ] this CPU lacks AVX512_BF16: only the portable path runs\n");
   uint64_t seed = 100;
-  for (bool portable : paths()) {
-    PortableScope scope(portable);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
     EXPECT_EQ(bf16_gemm_uses_avx512(), !portable);
     Headroom hr(std::string("forward, ") + (portable ? "portable" : "avx512_bf16"));
     for (const Shape& s : kShapes)
@@ -111,8 +101,8 @@ TEST(GemmBf16, ForwardMatchesDoubleSumsOfRoundedOperands) {
 
 TEST(GemmBf16, BackwardInputMatchesDoubleSumsOfRoundedOperands) {
   uint64_t seed = 200;
-  for (bool portable : paths()) {
-    PortableScope scope(portable);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
     Headroom hr(std::string("backward input, ") + (portable ? "portable" : "avx512_bf16"));
     // dx [M, K] = dy [M, N] · W [N, K]: the shapes' N is the reduction here.
     for (const Shape& s : kShapes)
@@ -142,8 +132,8 @@ TEST(GemmBf16, BackwardInputMatchesDoubleSumsOfRoundedOperands) {
 // Rounding happens inside: an fp32 weight and its bf16 copy, an fp32 input and its rounded copy, all give the same
 // bits (and a different input gives different ones: the comparison can fail).
 TEST(GemmBf16, RoundsOperandsToNearestEvenInside) {
-  for (bool portable : paths()) {
-    PortableScope scope(portable);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
     SCOPED_TRACE(portable ? "portable" : "avx512_bf16");
     const int64_t M = 13, K = 300, N = 70;
     const Operands o = make(M * K, N, K, 300);
@@ -169,25 +159,27 @@ TEST(GemmBf16, RoundsOperandsToNearestEvenInside) {
 // The AVX512_BF16 path's order depends on the shape alone. (The portable path's forward has linear_forward_ref's
 // thread-dependent tiles; its backward is thread-independent, as linear_backward_input_ref's.)
 TEST(GemmBf16, SameBitsForAnyThreadCount) {
-  for (bool portable : paths()) {
-    PortableScope scope(portable);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
     SCOPED_TRACE(portable ? "portable" : "avx512_bf16");
-    const int64_t M = 40, K = 896, N = 1000;
-    const Operands f = make(M * K, N, K, 400), b = make(M * N, N, K, 401);
-    std::vector<float> y_first, dx_first;
-    for (int threads : {1, 2, 3, 5}) {
-      test::ScopedThreads st(threads);
-      std::vector<float> y(M * N), dx(M * K);
-      linear_forward_bf16(f.a.data(), M, K, f.w_bf16.data(), DType::BF16, N, nullptr, DType::F32, y.data());
-      linear_backward_input_bf16(b.a.data(), M, N, b.w.data(), DType::F32, K, dx.data());
-      if (y_first.empty()) {
-        y_first = y;
-        dx_first = dx;
-      } else {
-        if (!portable) {
-          EXPECT_EQ(y, y_first) << threads << " threads";
+    for (const Shape& sh : {Shape{40, 896, 1000}, Shape{130, 4100, 4100}}) {  // the second: packed A past 1 MB
+      const int64_t M = sh.M, K = sh.K, N = sh.N;
+      const Operands f = make(M * K, N, K, 400), b = make(M * N, N, K, 401);
+      std::vector<float> y_first, dx_first;
+      for (int threads : {1, 2, 3, 5}) {
+        test::ScopedThreads st(threads);
+        std::vector<float> y(M * N), dx(M * K);
+        linear_forward_bf16(f.a.data(), M, K, f.w_bf16.data(), DType::BF16, N, nullptr, DType::F32, y.data());
+        linear_backward_input_bf16(b.a.data(), M, N, b.w.data(), DType::F32, K, dx.data());
+        if (y_first.empty()) {
+          y_first = y;
+          dx_first = dx;
+        } else {
+          if (!portable) {
+            EXPECT_EQ(y, y_first) << threads << " threads, M=" << M << " K=" << K << " N=" << N;
+          }
+          EXPECT_EQ(dx, dx_first) << threads << " threads, M=" << M << " K=" << K << " N=" << N;
         }
-        EXPECT_EQ(dx, dx_first) << threads << " threads";
       }
     }
   }

@@ -22,17 +22,22 @@ namespace qwenq {
 
 namespace {
 
-// A Linear's weight as something the fp32 kernels take: a view of the stored dense tensor, or the dequantized
+// A Linear's weight as the CPU products take it: a view of the stored dense tensor; for the bf16 products (`q4`), a
+// 4-bit Linear's Q4 form, multiplied without an fp32 copy (qgemm_int4_*_bf16, the same bits); else the dequantized
 // values of a packed one (one layer at a time).
 struct WeightRef {
   std::vector<float> owned;
+  Q4Transient q4;  // has_form(): data is null
   const void* data = nullptr;
   DType dtype = DType::F32;
-  explicit WeightRef(const LinearWeight& w) {
+  WeightRef(const LinearWeight& w, bool q4_form) {
     if (w.is_dense()) {
       data = w.dense.data;
       dtype = w.dense.dtype;
-    } else {
+      return;
+    }
+    if (q4_form) q4 = q4_linear_form(w);
+    if (!q4.has_form()) {
       owned = w.dequantize();
       data = owned.data();
     }
@@ -98,6 +103,21 @@ class Runner {
   void base_backward_input(const float* dy, int64_t M, int64_t N, const void* w, DType wt, int64_t K, float* dx) const {
     linear_backward_input_cpu(opt_.bf16_matmul, dy, M, N, w, wt, K, dx);
   }
+  // The same with a Linear's WeightRef: its Q4 form where it has one.
+  void base_forward(const float* x, int64_t M, const WeightRef& W, int64_t K, int64_t N, const TensorView& bias,
+                    float* y) const {
+    if (W.q4.has_form()) return qgemm_int4_forward_bf16(W.q4.view, x, M, bias.data, bias.dtype, y);
+    base_forward(x, M, K, W.data, W.dtype, N, bias.data, bias.dtype, y);
+  }
+  void base_backward_input(const float* dy, int64_t M, const WeightRef& W, int64_t N, int64_t K, float* dx) const {
+    if (W.q4.has_form()) return qgemm_int4_backward_input_bf16(W.q4.view, dy, M, dx);
+    base_backward_input(dy, M, N, W.data, W.dtype, K, dx);
+  }
+  // Whether Linear t of layer l multiplies a 4-bit weight from its Q4 form: the bf16 products, and not DoRA (whose
+  // row norms read the fp32 values).
+  bool q4_form(int64_t l, int t) const {
+    return opt_.bf16_matmul && (!ad_.has(l, kLoraTargets[t].target) || ad_.at(l, kLoraTargets[t].target).m.empty());
+  }
 
   // y = x Wᵀ + b + s·(drop(x) Aᵀ) Bᵀ. y null: a recomputation that reads no output of this Linear (the dense
   // MLP's down projection, whose output only fed the residual): just what its backward reads, x̃ and
@@ -117,8 +137,8 @@ class Runner {
       lora_project_ref(branch_input(l, t, x, w.K, br), T_, w.K, lw.A.data(), lw.r, br->u.data());
       return;
     }
-    const WeightRef W(w);
-    base_forward(x, T_, w.K, W.data, W.dtype, w.N, bias.data, bias.dtype, y);
+    const WeightRef W(w, q4_form(l, t));
+    base_forward(x, T_, W, w.K, w.N, bias, y);
     if (!adapted) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
     const float* xin = branch_input(l, t, x, w.K, br);
@@ -160,9 +180,9 @@ class Runner {
   void linear_bwd(int64_t l, int t, const float* dy, const float* x, const BranchActs& br, float* dx,
                   LoraAdapter* grads, std::vector<float>& tmp) const {
     const LinearWeight& w = layer_linear(w_.layers[l], t);
-    const WeightRef W(w);
+    const WeightRef W(w, q4_form(l, t));
     tmp.resize(T_ * w.K);
-    base_backward_input(dy, T_, w.N, W.data, W.dtype, w.K, tmp.data());
+    base_backward_input(dy, T_, W, w.N, w.K, tmp.data());
     for (int64_t i = 0; i < T_ * w.K; ++i) dx[i] += tmp[i];
     if (!ad_.has(l, kLoraTargets[t].target)) return;
     const LoraWeights& lw = ad_.at(l, kLoraTargets[t].target);
@@ -418,7 +438,7 @@ const LinearWeight& slot_linear(const QwenWeights& w, const LoraSlot& sl) {
 }
 
 std::vector<float> dora_row_norms(const LinearWeight& w, const LoraWeights& lw, float s) {
-  return dora_row_norms(WeightRef(w), w.N, w.K, lw, s);
+  return dora_row_norms(WeightRef(w, false), w.N, w.K, lw, s);
 }
 
 void dora_combine(const float* m, const float* n, const float* z, const float* v, int64_t rows, int64_t N, float* y) {

@@ -374,7 +374,20 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
     if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
     return;
   }
+  if (cpu_bf16_products()) {
+    const Q4Transient q4 = q4_linear_form(w);
+    if (q4.has_form()) {
+      qgemm_int4_forward_bf16(q4.view, x, M, bias.data, bias.dtype, y);
+      return;
+    }
+  }
   forward_product(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);
+}
+
+Q4Transient q4_linear_form(const LinearWeight& w) {
+  if (w.packed) return q4_transient_int_linear(*w.packed);
+  if (w.nf4) return q4_transient_nf4(w.nf4->q, w.N, w.K);
+  return {};
 }
 
 void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t M, float* dx) {

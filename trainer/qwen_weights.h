@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "quant/format/qgemm_layout.h"
 #include "quant/fp8.h"
 #include "quant/ggml_blocks.h"
 #include "quant/int_checkpoint.h"
@@ -149,10 +150,16 @@ bool int8_activations();
 // `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, the
 // fp32 weight a 4-bit Linear is dequantized into past the packed product's row limit, a dense lm_head) on bf16
 // operands with fp32 sums (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with
-// AVX512_BF16). F16 weights, the packed products, GGUF tables and every backward stay as they are. Off by default
-// (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).
+// AVX512_BF16); a GPTQ/AWQ or bitsandbytes 4-bit Linear without act-order is not dequantized at all there but
+// multiplied from its Q4 form (q4_linear_form, qgemm_int4_forward_bf16: the same bits). F16 weights, the packed
+// products, GGUF tables and every backward stay as they are. Off by default (the fp32 reference); the trainer has its
+// own switch (LoraStepOptions::bf16_matmul).
 void set_cpu_bf16_products(bool on);
 bool cpu_bf16_products();
+// A 4-bit Linear's Q4 form for one product (quant/format/qgemm_layout.h, q4_transient_int_linear / q4_transient_nf4:
+// GPTQ's own words, AWQ's and bitsandbytes' moved into Q4's order); no form (has_form() false) for a dense, GGUF or
+// FP8 weight, act-order GPTQ, other bit widths and shapes Q4 cannot take without padding. Borrows from w.
+Q4Transient q4_linear_form(const LinearWeight& w);
 // True when the int8 products apply to q / p (non-null, a supported type or layout, the switch on).
 bool uses_int8_activations(const GgmlLinear* q);
 bool uses_int8_activations(const PackedIntLinear* p);

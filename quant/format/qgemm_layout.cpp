@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "core/rng.h"
@@ -234,6 +235,73 @@ std::vector<float> q4_unpack(const Q4View& w) {
     }
   });
   return W;
+}
+
+Q4Transient q4_transient_int_linear(const PackedIntLinear& p) {
+  Q4Transient t;
+  if (p.bits != 4 || p.K % kQ4CodesPerWord != 0 || p.N % 8 != 0 || p.group <= 0 ||
+      q4_int_layout_group(p.K, p.group) % kQ4CodesPerWord != 0 || q4_int_has_perm(p)) {
+    return t;
+  }
+  const IntLayoutRows rows = int_layout_rows(p, kIntRepack);  // the repack's checks (sizes; no perm here)
+  const int64_t K = p.K, N = p.N, G = p.num_groups();
+  const std::vector<uint16_t> zeros = int_linear_zeros(p);
+  t.meta.resize(static_cast<size_t>(G * N));
+  parallel_for(G * N, int64_t{1} << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) t.meta[i] = q4_int_meta(p.scales[i], static_cast<uint8_t>(zeros[i]));
+  });
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(p.qweight.data());
+  if (p.layout == IntLayout::AwqGemm) {
+    // AWQ word (k, c) holds columns 8c..8c+7 of input k, column 8c + i in nibble kAwqReverseOrder[i]; Q4 word
+    // (r, n) holds inputs 8r..8r+7 of column n. An 8 x 8 block of nibbles per (r, c), transposed.
+    t.words.resize(static_cast<size_t>(K / kQ4CodesPerWord * N));
+    const int64_t C = N / 8;
+    parallel_for(K / kQ4CodesPerWord, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = 0; c < C; ++c) {
+          uint32_t a[8];
+          for (int j = 0; j < 8; ++j) a[j] = words[(r * 8 + j) * C + c];
+          for (int i = 0; i < 8; ++i) {
+            const int shift = 4 * kAwqReverseOrder[i];
+            uint32_t w = 0;
+            for (int j = 0; j < 8; ++j) w |= ((a[j] >> shift) & 15u) << (4 * j);
+            t.words[r * N + 8 * c + i] = w;
+          }
+        }
+      }
+    });
+    words = t.words.data();
+  }
+  t.view = Q4View{Q4Kind::Int, K, N, K, N, rows.group, words, t.meta.data(), nullptr};
+  return t;
+}
+
+Q4Transient q4_transient_nf4(const Nf4Tensor& nf, int64_t N, int64_t K) {
+  Q4Transient t;
+  if (K % kQ4CodesPerWord != 0 || N % kQ4ColPad != 0 || nf.blocksize <= 0 || K % nf.blocksize != 0 ||
+      nf.blocksize % kQ4CodesPerWord != 0) {
+    return t;
+  }
+  const int64_t group = nf4_layout_group(nf, N, K);  // == blocksize here; the repack's checks
+  const int64_t G = K / group, R = K / kQ4CodesPerWord;
+  const std::vector<float> absmax = nf4_block_absmax(nf);  // the CPU reader's exact fp32 scales (DQ decoded)
+  t.meta.resize(static_cast<size_t>(G * N));
+  t.words.resize(static_cast<size_t>(R * N));
+  // Row n's codes k = 8r..8r+7 are bytes 4r..4r+3 of the row, element 2q in the high nibble of byte q; Q4 wants
+  // code j in bits 4j: the word read little-endian, with the two nibbles of every byte swapped.
+  parallel_for(N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* row = nf.packed.data() + n * (K / 2);
+      for (int64_t r = 0; r < R; ++r) {
+        uint32_t x;
+        std::memcpy(&x, row + 4 * r, 4);
+        t.words[r * N + n] = ((x >> 4) & 0x0F0F0F0Fu) | ((x & 0x0F0F0F0Fu) << 4);
+      }
+      for (int64_t g = 0; g < G; ++g) t.meta[g * N + n] = q4_float_meta(absmax[n * G + g]);
+    }
+  });
+  t.view = Q4View{nf.fp4 ? Q4Kind::Fp4 : Q4Kind::Nf4, K, N, K, N, group, t.words.data(), t.meta.data(), nullptr};
+  return t;
 }
 
 PackedIntLinear q4_synthetic_int_linear(IntLayout layout, int64_t K, int64_t N, int64_t group, bool act_order,

@@ -159,6 +159,22 @@ bool q4_int_has_perm(const PackedIntLinear& p);
 // ŵ [N, K] fp32 (nn.Linear orientation), dropping the padding and undoing the permutation.
 std::vector<float> q4_unpack(const Q4View& w);
 
+// A Q4 form of a 4-bit weight for one product, cheap enough to make per call (the CPU's bf16 products of a 4-bit
+// Linear, kernels/gemm_bf16.h): the words and meta q4_from_int_linear / q4_from_nf4 build, word for word, made by
+// moving whole words instead of one code at a time. GPTQ v1/v2: the file's own words are Q4's (a borrowed pointer,
+// no copy) and only the meta words [G, N] are built; AutoAWQ: its words transposed 8 x 8 nibbles at a time;
+// NF4/FP4: each run of 8 codes of a row is 4 bytes of the file, one word with its nibble pairs swapped. Views
+// `view.qweight` into the weight itself for GPTQ, so the weight must outlive it. No form (view.qweight null) for a
+// weight with a permutation (act-order), other bit widths, K % 8 != 0, N % 4 != 0 or a layout group that is not a
+// multiple of 8 (NF4: blocks that straddle rows): the caller dequantizes instead.
+struct Q4Transient {
+  Q4View view;  // qweight null: this weight has no transient form
+  std::vector<uint32_t> words, meta;
+  bool has_form() const { return view.qweight != nullptr; }
+};
+Q4Transient q4_transient_int_linear(const PackedIntLinear& p);
+Q4Transient q4_transient_nf4(const Nf4Tensor& t, int64_t N, int64_t K);
+
 // Seeded synthetic weights in the source formats, for tests and benchmarks (the caller includes
 // quant/int_checkpoint.h / quant/nf4.h). Int: uniform random 4-bit codes and zero points (1..15, which GPTQ v1
 // can store), fp16 scales; group -1 means one group. act_order: g_idx = (i / group)[invperm] for a random
