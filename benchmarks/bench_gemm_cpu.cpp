@@ -21,6 +21,7 @@
 #include "kernels/gemm_bf16.h"
 #include "quant/format/qgemm_layout.h"
 #include "quant/int_checkpoint.h"
+#include "quant/nf4.h"
 
 namespace {
 
@@ -127,23 +128,40 @@ void bm_backward_input_eigen(benchmark::State& state, int64_t M, int64_t K, int6
   set_counters(state, M, K, N, wf.size() * 4);
 }
 
-// A 4-bit GPTQ Linear (group 128, the trainer's 4-bit base) on bf16 operands, forward y = x·Ŵᵀ or the input gradient
-// dx = dy·Ŵ: q4_bf16 multiplies it from its Q4 form (qgemm_int4_*_bf16: each panel's piece of ŵ dequantized into a
-// tile, no fp32 copy), q4_dequant_bf16 as the trainer did before, the whole fp32 weight dequantized per call
-// (dequantize_int_linear_into) and then linear_*_bf16 on it. The same bits; GB/s counts the packed bytes.
-void bm_q4(benchmark::State& state, int64_t M, int64_t K, int64_t N, bool transposed, bool tiles) {
-  const qwenq::PackedIntLinear p = qwenq::q4_synthetic_int_linear(qwenq::IntLayout::GptqV1, K, N, 128, false, 9);
-  const qwenq::Q4Transient q4 = qwenq::q4_transient_int_linear(p);
+// A 4-bit Linear (GPTQ or AWQ group 128, or NF4 with double quantization: the trainer's 4-bit bases) on bf16 operands,
+// forward y = x·Ŵᵀ or the input gradient dx = dy·Ŵ, as the trainer runs it per call: q4_bf16 makes the weight's Q4
+// form (q4_transient_*: GPTQ's words borrowed, AWQ's transposed, NF4's nibble-swapped) and multiplies from it
+// (qgemm_int4_*_bf16: each panel's piece of ŵ dequantized into a tile, no fp32 copy); q4_dequant_bf16 as the trainer
+// did before, the whole fp32 weight dequantized per call and then linear_*_bf16 on it. The same bits; GB/s counts
+// the packed bytes.
+enum class Q4Source { Gptq, Awq, Nf4 };
+void bm_q4(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t N, bool transposed, bool tiles) {
+  qwenq::PackedIntLinear p;
+  qwenq::Nf4Tensor nf;
+  if (src == Q4Source::Nf4) {
+    nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
+  } else {
+    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Gptq ? qwenq::IntLayout::GptqV1 : qwenq::IntLayout::AwqGemm,
+                                       K, N, 128, false, 9);
+  }
   const std::vector<float> in = random_vec(static_cast<size_t>(M * (transposed ? N : K)), 3);
   std::vector<float> out(static_cast<size_t>(M * (transposed ? K : N))), W;
   if (!tiles) W.resize(static_cast<size_t>(N * K));
   for (auto _ : state) {
-    if (tiles && transposed) {
-      qwenq::qgemm_int4_backward_input_bf16(q4.view, in.data(), M, out.data());
-    } else if (tiles) {
-      qwenq::qgemm_int4_forward_bf16(q4.view, in.data(), M, nullptr, DType::F32, out.data());
+    if (tiles) {
+      const qwenq::Q4Transient q4 =
+          src == Q4Source::Nf4 ? qwenq::q4_transient_nf4(nf, N, K) : qwenq::q4_transient_int_linear(p);
+      if (transposed) {
+        qwenq::qgemm_int4_backward_input_bf16(q4.view, in.data(), M, out.data());
+      } else {
+        qwenq::qgemm_int4_forward_bf16(q4.view, in.data(), M, nullptr, DType::F32, out.data());
+      }
     } else {
-      qwenq::dequantize_int_linear_into(p, W.data());
+      if (src == Q4Source::Nf4) {
+        qwenq::nf4_dequantize_into(nf, W.data());
+      } else {
+        qwenq::dequantize_int_linear_into(p, W.data());
+      }
       if (transposed) {
         qwenq::linear_backward_input_bf16(in.data(), M, N, W.data(), DType::F32, K, out.data());
       } else {
@@ -153,7 +171,7 @@ void bm_q4(benchmark::State& state, int64_t M, int64_t K, int64_t N, bool transp
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, M, K, N, p.qweight.size() * 4 + p.scales.size() * 2);
+  set_counters(state, M, K, N, src == Q4Source::Nf4 ? nf.packed.size() : p.qweight.size() * 4 + p.scales.size() * 2);
 }
 
 }  // namespace
@@ -214,16 +232,19 @@ int main(int argc, char** argv) {
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
   // The trainer's 4-bit Linears at 512 tokens, forward and input gradient, from their Q4 form and dequantized.
-  for (const Shape& s : kShapes) {
-    for (bool transposed : {false, true}) {
-      const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M512";
-      const std::string dir = transposed ? "_backward_input" : "_forward";
-      benchmark::RegisterBenchmark(("q4_bf16" + dir + shape).c_str(), bm_q4, 512, s.K, s.N, transposed, true)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
-      benchmark::RegisterBenchmark(("q4_dequant_bf16" + dir + shape).c_str(), bm_q4, 512, s.K, s.N, transposed, false)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+  for (const auto& [src, src_name] : {std::pair<Q4Source, const char*>{Q4Source::Gptq, "gptq"},
+                                      {Q4Source::Awq, "awq"}, {Q4Source::Nf4, "nf4"}}) {
+    for (const Shape& s : kShapes) {
+      for (bool transposed : {false, true}) {
+        const std::string name = std::string(transposed ? "_backward_input_" : "_forward_") + src_name + "/K" +
+                                 std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M512";
+        benchmark::RegisterBenchmark(("q4_bf16" + name).c_str(), bm_q4, src, 512, s.K, s.N, transposed, true)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+        benchmark::RegisterBenchmark(("q4_dequant_bf16" + name).c_str(), bm_q4, src, 512, s.K, s.N, transposed, false)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
     }
   }
   benchmark::Initialize(&argc, argv);
