@@ -1,6 +1,7 @@
 // kernels/gemm_bf16.h's products with a 4-bit Q4 weight (qgemm_int4_forward_bf16, qgemm_int4_backward_input_bf16):
 // bit for bit the dense bf16 products on the weight's fp32 values (q4_unpack, the format readers' values), on both
-// paths of this CPU, for every kind (Int, Nf4, Fp4), groups of 8 to one per K, padded layouts (K % 8, N % 4), tile and
+// paths of this CPU, for every kind (Int, Nf4, Fp4), groups of 8 to one per K, padded layouts (K % 8, N % 4; garbage
+// codes and NaN metas in the pads, tests/support/dora_cases.h, so a read past K or N shows), tile and
 // slice edges and Qwen2.5-0.5B's shapes; refusals. And quant/format/qgemm_layout.h's per-product Q4 forms
 // (q4_transient_int_linear, q4_transient_nf4): the repack's words and meta, word for word, or no form at all.
 #include <gtest/gtest.h>
@@ -9,12 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "core/rng.h"
 #include "kernels/gemm_bf16.h"
 #include "quant/format/qgemm_layout.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
 #include "tests/support/bf16_paths.h"
+#include "tests/support/dora_cases.h"
 #include "tests/support/test_errors.h"
 #include "tests/support/test_random.h"
 
@@ -29,26 +30,6 @@ void expect_same_bits(const std::vector<float>& got, const std::vector<float>& w
              << want[i];
     }
   }
-}
-
-// A Q4 layout with random words and metas (any K, N: the padding is garbage the products must never read).
-Q4Layout random_layout(Q4Kind kind, int64_t K, int64_t N, int64_t group, uint64_t seed) {
-  Q4Layout q;
-  q.kind = kind;
-  q.K = K;
-  q.N = N;
-  q.Kp = q4_padded_k(K);
-  q.Np = q4_padded_n(N);
-  q.group = group;
-  Rng rng(seed);
-  q.qweight.resize(q.Kp / kQ4CodesPerWord * q.Np);
-  for (auto& w : q.qweight) w = static_cast<uint32_t>(rng.next_u64());
-  q.meta.resize(q.num_groups() * q.Np);
-  for (auto& m : q.meta) {
-    m = kind == Q4Kind::Int ? q4_int_meta(f32_to_f16(rng.uniform(0.002f, 0.05f)), static_cast<uint8_t>(rng.below(17)))
-                            : q4_float_meta(rng.uniform(0.01f, 0.2f));
-  }
-  return q;
 }
 
 // Both products of one layout against the dense ones on q4_unpack's values, both paths, with and without a bias.
@@ -83,7 +64,7 @@ TEST(GemmBf16Q4, EveryKindAndPaddedLayoutIsTheDenseProductOfItsValues) {
                         {5, 520, 100, 520}, {2, 1001, 65, 128}, {11, 96, 31, 32}};
   for (Q4Kind kind : {Q4Kind::Int, Q4Kind::Nf4, Q4Kind::Fp4}) {
     for (const Case& c : cases) {
-      const Q4Layout q = random_layout(kind, c.K, c.N, c.group, 100 + c.K);
+      const Q4Layout q = test::padded_q4(kind, c.N, c.K, c.group, false, 100 + c.K);  // NaN metas in the pads
       check_products(q, c.M, std::string(q4_kind_name(kind)) + " K=" + std::to_string(c.K) + " N=" +
                                  std::to_string(c.N) + " g=" + std::to_string(c.group));
     }
