@@ -50,6 +50,11 @@ bool env_portable() {
 
 enum class BLayout { Rows, Cols };
 
+void check_bias(const char* what, const void* bias, DType bias_dtype) {
+  QWENQ_CHECK(bias == nullptr || bias_dtype == DType::F32 || bias_dtype == DType::BF16 || bias_dtype == DType::F16,
+              what << ": bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
+}
+
 void check_weight(const char* what, DType w_dtype) {
   QWENQ_CHECK(w_dtype == DType::F32 || w_dtype == DType::BF16,
               what << ": weight dtype " << dtype_name(w_dtype)
@@ -394,8 +399,7 @@ void linear_forward_bf16(const float* x, int64_t M, int64_t K, const void* w, DT
   check_weight("linear_forward_bf16", w_dtype);
   QWENQ_CHECK(M > 0 && K > 0 && N > 0,
               "linear_forward_bf16: shapes must be positive, got M=" << M << " K=" << K << " N=" << N);
-  QWENQ_CHECK(bias == nullptr || bias_dtype == DType::F32 || bias_dtype == DType::BF16 || bias_dtype == DType::F16,
-              "linear_forward_bf16: bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
+  check_bias("linear_forward_bf16", bias, bias_dtype);
   QWENQ_CHECK(x != nullptr && w != nullptr && y != nullptr, "linear_forward_bf16: null x, weight or output pointer");
   const auto xb = reinterpret_cast<uintptr_t>(x), yb = reinterpret_cast<uintptr_t>(y);
   QWENQ_CHECK(yb + static_cast<uintptr_t>(M * N) * 4 <= xb || xb + static_cast<uintptr_t>(M * K) * 4 <= yb,
@@ -461,10 +465,9 @@ void check_q4(const char* fn, const Q4View& w, const float* in, int64_t M, int64
 
 void qgemm_int4_forward_bf16(const Q4View& w, const float* x, int64_t M, const void* bias, DType bias_dtype, float* y) {
   check_q4("qgemm_int4_forward_bf16", w, x, M, w.K, y, w.N);
+  check_bias("qgemm_int4_forward_bf16", bias, bias_dtype);
 #ifdef QWENQ_HAVE_BF16_KERNEL
   if (bf16_gemm_uses_avx512()) {
-    QWENQ_CHECK(bias == nullptr || bias_dtype == DType::F32 || bias_dtype == DType::BF16 || bias_dtype == DType::F16,
-                "qgemm_int4_forward_bf16: bias dtype " << dtype_name(bias_dtype) << " is not supported (F32, BF16 or F16)");
     gemm_avx512(x, M, w.K, w.N, y, w.N, Q4Panels{w, false});
     if (bias != nullptr) add_bias(y, M, w.N, bias, bias_dtype);
     return;

@@ -147,11 +147,11 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 // GPTQ whose groups are not all group_size inputs long, and the backward products stay exact.
 void set_int8_activations(bool on);
 bool int8_activations();
-// `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, the
-// fp32 weight a 4-bit Linear is dequantized into past the packed product's row limit, a dense lm_head) on bf16
-// operands with fp32 sums (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with
-// AVX512_BF16); a GPTQ/AWQ or bitsandbytes 4-bit Linear without act-order is not dequantized at all there but
-// multiplied from its Q4 form (q4_linear_form, qgemm_int4_forward_bf16: the same bits). F16 weights, the packed
+// `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, a
+// 4-bit Linear past the packed product's row limit, a dense lm_head) on bf16 operands with fp32 sums
+// (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with AVX512_BF16). There a
+// GPTQ/AWQ or bitsandbytes 4-bit Linear without act-order is multiplied from its Q4 form (q4_linear_form,
+// qgemm_int4_forward_bf16), any other one from its fp32 dequantization: the same bits either way. F16 weights, the packed
 // products, GGUF tables and every backward stay as they are. Off by default (the fp32 reference); the trainer has its
 // own switch (LoraStepOptions::bf16_matmul).
 void set_cpu_bf16_products(bool on);
