@@ -175,6 +175,7 @@ void ProcessGroup::shared_all_reduce(T* x, int64_t n) {
     }
     barrier();  // every chunk summed: the slots may be written again once the result is copied out
     std::memcpy(x + p0, result, static_cast<size_t>(len) * sizeof(T));
+    if (after_shared_piece_) after_shared_piece_(p0 / per_piece);
     // The next piece's (or call's) first barrier keeps its result writes after every rank's copy above.
   }
 }

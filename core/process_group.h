@@ -46,6 +46,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -84,6 +85,9 @@ class ProcessGroup {
   bool shared_sums() const { return shm_state_ > 0; }
   // The piece size P of the shared sums (a multiple of 8 bytes), before the first large sum; the same on every rank.
   void set_shared_piece_bytes(size_t bytes);
+  // Called on this rank after each piece of a shared sum is copied out, with the piece's index (0, 1, ...): a seam
+  // for tests that stop a rank at a known point of a sum (a thread watching memory could come too late under load).
+  void set_after_shared_piece(std::function<void(int64_t piece)> f) { after_shared_piece_ = std::move(f); }
   static constexpr size_t kSharedSumMinBytes = size_t{256} << 10;
   static constexpr size_t kSharedPieceBytes = size_t{32} << 20;  // P by default
 
@@ -104,6 +108,7 @@ class ProcessGroup {
   size_t shm_piece_ = kSharedPieceBytes;
   void* shm_ = nullptr;
   size_t shm_bytes_ = 0;
+  std::function<void(int64_t)> after_shared_piece_;
 };
 
 // QWENQ_DP_TIMEOUT_S: whole seconds in [0, 604800], default 1800; anything else throws naming the variable.
