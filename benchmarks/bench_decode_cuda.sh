@@ -16,6 +16,11 @@
 #
 #   benchmarks/bench_decode_cuda.sh            (prepares the model with bench_qlora_step.sh when needed)
 #
+# DEVICE=cpu adds a fifth run of ours, --cpu-matmul bf16 (the prompt's products on bf16 operands; the GPU's four
+# variants are the same CPU run there), ours and transformers on THREADS threads; the table gives each side's time to
+# the first token (the prompt's forward) too. E.g. the 0.5B shape's prefill on a 2-core VM:
+#   DEVICE=cpu PRESET=qwen2.5-0.5b LAYERS=4 LAYERS_BASE=1 PROMPTS=128,2400 THREADS=2 bash benchmarks/bench_decode_cuda.sh
+#
 # Environment: BUILD (build), DEVICE (cuda; cpu: a dry run on the tiny preset), PROMPTS (128,4096 / 32,200),
 #   NEW (64 / 16), REPS (3 / 1), BUDGET_S (200 / 0 = none), PY (.venv-oracle/bin/python if present, else python3),
 #   OUT (benchmarks/results), and bench_qlora_step.sh's PRESET, LAYERS, LAYERS_BASE, QUANT, THREADS, WORK.
@@ -63,8 +68,10 @@ prompt_of() { head -c "$1" < /dev/zero | tr '\0' 'a'; }
 ours() {
   local tag=$1 dir=$2 nl=$3 p=$4 envs=$5 args=$6
   local out="$LOG/$tag.log"
+  local threads=()
+  [ "$DEVICE" = cpu ] && [ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
   env $envs timeout 120 "$QQ" generate --model "$dir" --prompt "$(prompt_of "$p")" -n "$NEW" --greedy \
-    --kv-cache bf16 --device "$DEVICE" $args > "$out" 2>&1
+    --kv-cache bf16 --device "$DEVICE" "${threads[@]}" $args > "$out" 2>&1
   local rc=$?
   "$PY" - "$out" "$tag" "$nl" "$p" "$rc" "$envs $args" > "$LOG/$tag.json" <<'EOF'
 import json, re, sys
@@ -90,7 +97,8 @@ EOF
 theirs() {
   local tag=$1 dir=$2 nl=$3
   timeout -k 5 $(( $(left) > 30 ? $(left) - 10 : 20 )) "$PY" -u "$SRC/benchmarks/bench_decode_hf.py" --model "$dir" \
-    --device "$DEVICE" --prompt-len "$PROMPTS" --new "$NEW" --reps "$REPS" > "$LOG/$tag.out" 2> "$LOG/$tag.log"
+    --device "$DEVICE" --prompt-len "$PROMPTS" --new "$NEW" --reps "$REPS" --threads "${THREADS:-0}" \
+    > "$LOG/$tag.out" 2> "$LOG/$tag.log"
   grep '^{' "$LOG/$tag.out" | "$PY" -c 'import json, sys
 for l in sys.stdin:
     d = json.loads(l); d["tag"] = sys.argv[1]; d["layers"] = int(sys.argv[2]); print(json.dumps(d))' "$tag" "$nl" \
@@ -106,6 +114,7 @@ for set in main base; do
   for p in ${PROMPTS//,/ }; do
     [ "$(left)" -ge 30 ] || break
     ours "ours-$set-p$p" "$q" "$nl" "$p" "" ""
+    [ "$DEVICE" = cpu ] && ours "ours-bf16mm-$set-p$p" "$q" "$nl" "$p" "" "--cpu-matmul bf16"
     ours "ours-grouped-$set-p$p" "$q" "$nl" "$p" QWENQ_DECODE_GROUPED=1 ""
     ours "ours-fast-$set-p$p" "$q" "$nl" "$p" "QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1" --bf16-activations
     ours "ours-exact-$set-p$p" "$q" "$nl" "$p" "QWENQ_DECODE_GROUPED=1 QWENQ_DECODE_GRAPH=1 QWENQ_DECODE_MMA_F32=1" ""
@@ -124,20 +133,22 @@ import datetime, json, sys
 src, md, dev, commit, preset, layers, base, full, prompts, new, device = sys.argv[1:12]
 layers, base, full = int(layers), int(base), int(full)
 rows = [json.loads(l) for l in open(src) if l.strip()]
-def rate(kind, which, p):  # which: "main" (the LAYERS runs) or "base"
+def rate(kind, which, p, field="tokens_per_s"):  # which: "main" (the LAYERS runs) or "base"
     for r in rows:
-        if r.get("tokens_per_s") is None:
+        if r.get(field) is None:
             continue
         if kind == "theirs" and r.get("tag") == "theirs-" + which and r.get("prompt_tokens") == p:
-            return r["tokens_per_s"]
+            return r[field]
         if kind != "theirs" and r.get("tag") == f"{kind}-{which}-p{p}":
-            return r["tokens_per_s"]
+            return r[field]
     return None
 kinds = [("ours", "qwenq 4-bit, fp32 activations, per-head attention"),
          ("ours-grouped", "qwenq 4-bit, fp32 activations, grouped attention"),
          ("ours-fast", "qwenq 4-bit, --bf16-activations, grouped attention, graph steps"),
-         ("ours-exact", "qwenq 4-bit, fp32 activations on tensor cores (3 bf16 pieces), grouped attention, graph steps"),
-         ("theirs", "transformers bf16 (sdpa)")]
+         ("ours-exact", "qwenq 4-bit, fp32 activations on tensor cores (3 bf16 pieces), grouped attention, graph steps")]
+if device == "cpu":  # the GPU's variants change nothing there (the script's dry run); --cpu-matmul does
+    kinds.append(("ours-bf16mm", "qwenq 4-bit, --cpu-matmul bf16 (the prompt's products)"))
+kinds.append(("theirs", "transformers bf16 (sdpa)"))
 out = [f"# Decode speed vs transformers, {device}, {datetime.date.today()}", "",
        f"- device: {dev}; commit {commit}",
        f"- model: {preset} shape with random weights, {layers} of its layers (and the first {base} for the per-layer "
@@ -145,8 +156,8 @@ out = [f"# Decode speed vs transformers, {device}, {datetime.date.today()}", "",
        f"in bf16, sdpa, bf16 KV cache, greedy, random prompt ids",
        f"- {new} new tokens per run; tokens/s after the first token (ours: generate's rate line; theirs: "
        f"generate(n + 1) - generate(1), best of the runs)", "",
-       "| prompt | side | tokens/s, %d layers | ms/token per layer | full %d layers: tokens/s | vs transformers |" % (layers, full),
-       "|---|---|---|---|---|---|"]
+       "| prompt | side | first token s, %d layers | tokens/s, %d layers | ms/token per layer | full %d layers: tokens/s | vs transformers |" % (layers, layers, full),
+       "|---|---|---|---|---|---|---|"]
 for p in [int(x) for x in prompts.split(",") if x]:
     fig = {}
     for kind, _ in kinds:
@@ -158,7 +169,9 @@ for p in [int(x) for x in prompts.split(",") if x]:
         fig[kind] = (r1, per, est)
     for kind, name in kinds:
         r1, per, est = fig[kind]
-        cells = [f"{r1:.1f}" if r1 else "n/a", f"{per * 1e3:.3f}" if per else "n/a", f"{est:.1f}" if est else "n/a"]
+        first = rate(kind, "main", p, "first_token_s")
+        cells = [f"{first:.3f}" if first is not None else "n/a", f"{r1:.1f}" if r1 else "n/a",
+                 f"{per * 1e3:.3f}" if per else "n/a", f"{est:.1f}" if est else "n/a"]
         ratio = ""
         if kind != "theirs":
             th1, _, th_est = fig["theirs"]
@@ -169,6 +182,6 @@ for p in [int(x) for x in prompts.split(",") if x]:
         out.append(f"| {p} | {name} | " + " | ".join(cells) + f" | {ratio} |")
 out += ["", "## Raw JSON lines", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""]
 open(md, "w").write("\n".join(out))
-print("\n".join(out[:8 + 5 * len(prompts.split(","))]))
+print("\n".join(out[:8 + len(kinds) * len(prompts.split(","))]))
 EOF
 echo "bench_decode_cuda: wrote $md ($(( $(date +%s) - t_begin )) s)"

@@ -195,6 +195,20 @@ int main(int argc, char** argv) {
           ->UseRealTime();
     }
   }
+  // Where bf16 operands start to pay on a bf16 weight (the B panels are packed per call: at one row that packing
+  // costs more than the fp32 matvec's single read of W): kCpuBf16MinRows in trainer/qwen_weights.h comes from these.
+  for (const Shape& s : kShapes) {
+    for (int64_t M : {1, 2, 4, 8, 16}) {
+      const std::string shape = "/K" + std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M" + std::to_string(M);
+      benchmark::RegisterBenchmark(("few_rows_linear_bf16" + shape).c_str(), bm_linear, M, s.K, s.N, DType::BF16, false)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("few_rows_linear_bf16_ops_bf16w" + shape).c_str(), bm_linear, M, s.K, s.N,
+                                   DType::BF16, true)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+  }
   // The backward products the trainer runs: the 4-bit Linears' dx on their fp32 dequantization (M = 512 tokens),
   // and the lm_head's on its bf16 table for one chunk of logits rows (logits_block_rows(151936) = 110).
   struct Bwd {

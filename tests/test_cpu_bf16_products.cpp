@@ -9,6 +9,7 @@
 //     fp32 bits again.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -35,6 +36,8 @@ namespace {
 
 // |mean NLL with bf16 products − fp32| on stories260K's 512 tokens: measured 1.2e-4 (1.311214 -> 1.311331).
 constexpr double kNllBf16Shift = 1e-3;
+// max |logit with bf16 products − fp32| over the tiny preset's vocabulary after a 12-token prompt: measured 1.2e-3.
+constexpr double kLogitBf16Shift = 1e-2;
 
 struct Bf16Products {
   Bf16Products() { set_cpu_bf16_products(true); }
@@ -80,6 +83,53 @@ TEST(CpuBf16Products, ApplyLinearTakesTheBf16ProductForF32AndBf16Weights) {
     EXPECT_EQ(got_on, bf) << dtype_name(dt) << ": switch on";
     EXPECT_NE(got_on, ref) << dtype_name(dt) << ": the switch changed nothing";
   }
+}
+
+// Below kCpuBf16MinRows rows (a decode step) the switch keeps the fp32 product; from there on it is the bf16 one.
+TEST(CpuBf16Products, FewerRowsThanTheFloorKeepTheFp32Product) {
+  const int64_t K = 96, N = 40;
+  const std::vector<float> w32 = normal(N * K, 4);
+  std::vector<uint16_t> w16(w32.size());
+  for (size_t i = 0; i < w32.size(); ++i) w16[i] = f32_to_bf16(w32[i]);
+  LinearWeight lw;
+  lw.N = N;
+  lw.K = K;
+  lw.dense = TensorView{w16.data(), DType::BF16, {N, K}};
+  for (int64_t M : {int64_t{1}, kCpuBf16MinRows - 1, kCpuBf16MinRows}) {
+    const std::vector<float> x = normal(M * K, 5 + static_cast<uint64_t>(M));
+    std::vector<float> ref(M * N), bf(M * N), got(M * N);
+    linear_forward_ref(x.data(), M, K, w16.data(), DType::BF16, N, nullptr, DType::F32, ref.data());
+    linear_forward_bf16(x.data(), M, K, w16.data(), DType::BF16, N, nullptr, DType::F32, bf.data());
+    ASSERT_NE(ref, bf) << "M " << M << ": the two products agree here, so this shows nothing";
+    {
+      const Bf16Products on;
+      apply_linear(lw, x.data(), M, TensorView{}, got.data());
+    }
+    EXPECT_EQ(got, M < kCpuBf16MinRows ? ref : bf) << "M " << M;
+  }
+}
+
+// `generate --cpu-matmul bf16`: the prompt's forward (12 rows) takes the bf16 products, the decode steps after it
+// (one row) the fp32 ones: a step from the same cache has the same bits with the switch on and off.
+TEST(CpuBf16Products, GenerateTakesItForThePromptNotTheDecodeSteps) {
+  const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 22));
+  const std::vector<int32_t> prompt = {1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8};
+  KvCache off_cache = model.make_cache(16), on_cache = model.make_cache(16);
+  const std::vector<float> off = model.forward_step(prompt, &off_cache);
+  std::vector<float> on, step_on;
+  {
+    const Bf16Products s;
+    on = model.forward_step(prompt, &on_cache);
+    KvCache c = on_cache;
+    step_on = model.forward_step({42}, &c);
+  }
+  double worst = 0;
+  for (size_t i = 0; i < off.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(on[i]) - off[i]));
+  EXPECT_GT(worst, 0.0) << "the prompt's products did not change";
+  EXPECT_LT(worst, kLogitBf16Shift);
+  KvCache c = on_cache;
+  EXPECT_EQ(model.forward_step({42}, &c), step_on) << "a decode step took the bf16 products";
+  std::printf("[ tiny ] prompt logits, bf16 products vs fp32: max |difference| %.3g\n", worst);
 }
 
 TEST(CpuBf16Products, DequantizedFourBitLinearsTakeItPastThePackedRows) {

@@ -102,6 +102,29 @@ TEST(KvCacheBf16, StepsAreTheForwardWithKvRoundedToBf16) {
   expect_steps_are_the_rounded_forward(gqa4, seq, 30, "tiny GQA 4:1, prompt 30 + 11 steps");
 }
 
+// A prompt into an empty cache takes the packed forward's blocked attention; a second piece of several tokens onto a
+// filled cache and single steps take attention_with_cache. Each returned row is the full forward's at its position
+// (with k, v rounded as the cache stores them), for both caches; the prompt spans several query and key blocks.
+TEST(KvCacheBf16, APromptThenAPieceThenStepsAreTheForward) {
+  const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 8));
+  const int64_t V = model.config().vocab_size;
+  const std::vector<int32_t> seq = random_tokens(160, V, 9);
+  const PackedBatch batch = PackedBatch::from_sequences({seq});
+  for (KvCacheDType dt : {KvCacheDType::F32, KvCacheDType::BF16}) {
+    SCOPED_TRACE(kv_cache_dtype_name(dt));
+    const std::vector<float> want = model.forward_logits(batch, dt);
+    KvCache cache = model.make_cache(160, dt);
+    const auto check = [&](const std::vector<int32_t>& piece, const char* what) {
+      const std::vector<float> got = model.forward_step(piece, &cache);
+      EXPECT_LE(rel_err(got.data(), want.data() + (cache.length - 1) * V, V), kOrderRelTol) << what;
+    };
+    check(std::vector<int32_t>(seq.begin(), seq.begin() + 150), "the 150-token prompt");
+    check(std::vector<int32_t>(seq.begin() + 150, seq.begin() + 157), "7 more tokens at once");
+    for (size_t t = 157; t < seq.size(); ++t) check({seq[t]}, "a step");
+    EXPECT_EQ(cache.length, 160);
+  }
+}
+
 TEST(KvCacheBf16, RowsAreTheF32RowsRounded) {
   const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 5));
   const QwenConfig& c = model.config();

@@ -315,6 +315,21 @@ void note_bf16_activations(const SamplingOptions& s, Device device) {
     std::fprintf(stderr, "--bf16-activations: no effect on the CPU (its decode products take fp32 activations)\n");
 }
 
+const char* const kCpuMatmulForwardHelp =
+    "on the CPU, the products with a 16-bit or fp32 weight of at least 8 rows (dense Linears, 4-bit ones past the "
+    "packed product's rows, the lm_head; a prompt, not the decode steps after it): fp32 (the reference) or bf16 (bf16 "
+    "operands, fp32 sums, as the GPU computes them; about twice as fast with AVX512_BF16)";
+
+void add_cpu_matmul_option(CLI::App* cmd, std::string* value, const char* help) {
+  cmd->add_option("--cpu-matmul", *value, help)->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+}
+
+void apply_cpu_matmul(const std::string& value, Device device) {
+  set_cpu_bf16_products(value == "bf16" && device == Device::Cpu);
+  if (value == "bf16" && device != Device::Cpu)
+    std::fprintf(stderr, "--cpu-matmul bf16: no effect on the GPU (its products take bf16 operands already)\n");
+}
+
 SamplingGiven sampling_flags_given(const CLI::App* cmd) {
   SamplingGiven g;
   g.temperature = cmd->count("--temperature") > 0;

@@ -67,6 +67,12 @@ ChatOptions generation_chat_options(bool no_thinking);
 void add_sampling_options(CLI::App* cmd, SamplingOptions* s, std::string* kv_cache, const char* max_new_help);
 // One line on stderr when --bf16-activations was given and the generation runs on the CPU, which ignores it.
 void note_bf16_activations(const SamplingOptions& s, Device device);
+// --cpu-matmul fp32|bf16 (default fp32) into `value`, with `help`; eval's and generate's are kCpuMatmulForwardHelp.
+void add_cpu_matmul_option(CLI::App* cmd, std::string* value, const char* help);
+extern const char* const kCpuMatmulForwardHelp;
+// The forward's --cpu-matmul (eval, generate, chat): set_cpu_bf16_products (trainer/qwen_weights.h) for the CPU; on
+// the GPU, which has its own products, one line on stderr saying that it changes nothing there.
+void apply_cpu_matmul(const std::string& value, Device device);
 // Which of those the command line gave (after parsing): the others come from the model's generation_config.json.
 struct SamplingGiven {
   bool temperature = false, top_k = false, top_p = false, min_p = false, repetition_penalty = false, greedy = false;

@@ -286,12 +286,7 @@ void register_eval(CLI::App& app) {
                   "x seq-len/2 per chunk) for --kl-base FILE or llama-perplexity --kl-divergence; CPU")
       ->option_text("FILE");
   add_int8_activations_flag(cmd, &a->int8_activations);
-  cmd->add_option("--cpu-matmul", a->cpu_matmul,
-                  "on the CPU, the products with a 16-bit or fp32 weight (dense Linears, 4-bit ones past the packed "
-                  "product's rows, the lm_head): fp32 (the reference) or bf16 (bf16 operands, fp32 sums, as the GPU "
-                  "computes them; about twice as fast with AVX512_BF16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
+  add_cpu_matmul_option(cmd, &a->cpu_matmul, kCpuMatmulForwardHelp);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the human line");
   cmd->add_option("--json-out", a->json_out, "also write the JSON result to this file");
   cmd->add_flag("--quiet,-q", a->quiet, "no progress bar");

@@ -20,7 +20,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, prompt, system;
-  std::string kv_cache = "f32";
+  std::string kv_cache = "f32", cpu_matmul = "fp32";
   bool chat = false, int8_activations = false, no_thinking = false;
   SamplingOptions sampling;
   SamplingGiven given;  // the sampling flags on the command line (the rest: the model's generation_config.json)
@@ -35,6 +35,7 @@ void run_generate(const GenerateArgs& a) {
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Decode, int8_activations_refusal(a.int8_activations));
   note_bf16_activations(a.sampling, device);
+  apply_cpu_matmul(a.cpu_matmul, device);
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
   if (device == Device::Cuda) {
@@ -94,6 +95,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--system", a->system, "system message for --chat");
   add_int8_activations_flag(cmd, &a->int8_activations);
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate");
+  add_cpu_matmul_option(cmd, &a->cpu_matmul, kCpuMatmulForwardHelp);
   add_common_options(cmd, &a->common);
   cmd->callback([a, cmd]() {
     a->given = sampling_flags_given(cmd);

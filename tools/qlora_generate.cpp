@@ -41,7 +41,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, adapter, prompt, system, prompts, out;
-  std::string kv_cache = "f32";
+  std::string kv_cache = "f32", cpu_matmul = "fp32";
   bool chat = false, no_thinking = false;
   SamplingOptions sampling;
   SamplingGiven given;  // the sampling flags on the command line (the rest: the base's generation_config.json)
@@ -74,6 +74,7 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   auto model = std::make_unique<QwenModel>(dir);
   const Device device = pick.settle_for_model(*model, GpuUse::Decode);
   note_bf16_activations(a.sampling, device);
+  apply_cpu_matmul(a.cpu_matmul, device);
   const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, *model, /*quiet=*/false);
   Loaded out(std::move(model), std::move(tok));
 #ifdef QWENQ_HAVE_CUDA
@@ -303,6 +304,7 @@ void add_generate_options(CLI::App* cmd, GenerateArgs* a) {
   cmd->add_flag("--no-thinking", a->no_thinking,
                 "chat, generate --chat: Qwen3's enable_thinking=False (the reply starts after an empty think block)");
   add_sampling_options(cmd, &a->sampling, &a->kv_cache, "tokens to generate (per reply)");
+  add_cpu_matmul_option(cmd, &a->cpu_matmul, kCpuMatmulForwardHelp);
   add_common_options(cmd, &a->common);
 }
 

@@ -239,11 +239,9 @@ void register_qlora_train(CLI::App& app) {
   c->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing them");
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints,
               "keep the block inputs in fp32 (the exact fp32 model; default: rounded to bf16, half the GPU memory)");
-  c->add_option("--cpu-matmul", a->cpu_matmul,
-                "on the CPU, the base Linears' and the lm_head's products: fp32 (the reference) or bf16 (bf16 operands, "
-                "fp32 sums, as the GPU and torch's bf16 autocast compute them; fast with AVX512_BF16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}))
-      ->capture_default_str();
+  add_cpu_matmul_option(c, &a->cpu_matmul,
+                        "on the CPU, the base Linears' and the lm_head's products: fp32 (the reference) or bf16 (bf16 "
+                        "operands, fp32 sums, as the GPU and torch's bf16 autocast compute them; fast with AVX512_BF16)");
   c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();

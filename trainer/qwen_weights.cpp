@@ -167,10 +167,11 @@ void set_cpu_bf16_products(bool on) { g_cpu_bf16_products.store(on); }
 bool cpu_bf16_products() { return g_cpu_bf16_products.load(); }
 
 namespace {
-// y = x Wᵀ + b on the CPU, on bf16 operands with the switch above (kernels/gemm_bf16.h's choice).
+// y = x Wᵀ + b on the CPU, on bf16 operands with the switch above from kCpuBf16MinRows rows on (kernels/gemm_bf16.h's
+// choice).
 void forward_product(const float* x, int64_t M, int64_t K, const void* w, DType wt, int64_t N, const void* bias,
                      DType bt, float* y) {
-  linear_forward_cpu(cpu_bf16_products(), x, M, K, w, wt, N, bias, bt, y);
+  linear_forward_cpu(cpu_bf16_products() && M >= kCpuBf16MinRows, x, M, K, w, wt, N, bias, bt, y);
 }
 }  // namespace
 

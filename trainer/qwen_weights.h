@@ -152,10 +152,15 @@ bool int8_activations();
 // (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with AVX512_BF16). There a
 // GPTQ/AWQ or bitsandbytes 4-bit Linear without act-order is multiplied from its Q4 form (q4_linear_form,
 // qgemm_int4_forward_bf16), any other one from its fp32 dequantization: the same bits either way. F16 weights, the packed
-// products, GGUF tables and every backward stay as they are. Off by default (the fp32 reference); the trainer has its
-// own switch (LoraStepOptions::bf16_matmul).
+// products, GGUF tables and every backward stay as they are. A product with a 16-bit or fp32 weight on fewer than
+// kCpuBf16MinRows rows (a decode step) keeps the fp32 product even with the switch on: the bf16 kernel packs the
+// whole weight into its panels on every call, which costs more than the fp32 matvec's one read of it below 8 rows
+// (benchmarks/bench_gemm_cpu's few_rows_* rows: at M = 1 the bf16 product is 3-4x slower, at M = 8 already faster).
+// `generate --cpu-matmul bf16` so takes it for the prompt and not for the tokens decoded after it. Off by default
+// (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).
 void set_cpu_bf16_products(bool on);
 bool cpu_bf16_products();
+constexpr int64_t kCpuBf16MinRows = 8;
 // A 4-bit Linear's Q4 form for one product (quant/format/qgemm_layout.h, q4_transient_int_linear / q4_transient_nf4:
 // GPTQ's own words, AWQ's and bitsandbytes' moved into Q4's order); no form (has_form() false) for a dense, GGUF or
 // FP8 weight, act-order GPTQ, other bit widths and shapes Q4 cannot take without padding. Borrows from w.

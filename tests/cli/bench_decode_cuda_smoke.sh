@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # benchmarks/bench_decode_cuda.sh end to end in its CPU dry-run mode (DEVICE=cpu: bench_qlora_step.sh's tiny random
 # model, 2 and 1 layers, prompts of 32 and 200 tokens, 16 new tokens): every run of ours (`qwen-quant generate` on the
-# 4-bit model, with the defaults, the grouped decode attention, that with --bf16-activations, and that with
-# QWENQ_DECODE_MMA_F32=1) and of transformers (bench_decode_hf.py on the bf16 model) must report a finite positive rate for the asked prompt and token counts, and the Markdown must hold
+# 4-bit model, with the defaults, the grouped decode attention, that with --bf16-activations, that with
+# QWENQ_DECODE_MMA_F32=1, and --cpu-matmul bf16, which only the CPU run makes) and of transformers (bench_decode_hf.py on the bf16 model) must report a finite positive rate for the asked prompt and token counts, and the Markdown must hold
 # a row per prompt and side with the ratio. The figures are not a benchmark. $1 build dir, $2 source dir, $3 work
 # dir, $4 the oracle Python (torch, transformers); skips (exit 77) without it.
 set -uo pipefail
@@ -24,7 +24,7 @@ text = open(sys.argv[1]).read()
 raw = text.split("## Raw JSON lines")[1].split("```")[1]
 rows = [json.loads(l) for l in raw.strip().splitlines()]
 tags = sorted(r["tag"] + ":" + str(r.get("prompt_tokens")) for r in rows)
-want = sorted([f"ours{g}-{s}-p{p}:{p}" for g in ("", "-grouped", "-fast", "-exact") for s in ("main", "base") for p in (32, 200)] +
+want = sorted([f"ours{g}-{s}-p{p}:{p}" for g in ("", "-grouped", "-fast", "-exact", "-bf16mm") for s in ("main", "base") for p in (32, 200)] +
               [f"theirs-{s}:{p}" for s in ("main", "base") for p in (32, 200)])
 assert tags == want, (tags, want)
 for r in rows:
@@ -36,11 +36,14 @@ for r in rows:
         assert ("QWENQ_DECODE_GROUPED=1" in r["device_line"]) == grouped, r
         assert ("QWENQ_DECODE_MMA_F32=1" in r["device_line"]) == r["tag"].startswith("ours-exact"), r
         assert ("--bf16-activations" in r["env"]) == r["tag"].startswith("ours-fast"), r
+        assert ("--cpu-matmul bf16" in r["env"]) == r["tag"].startswith("ours-bf16mm"), r
     else:
         assert r["new_tokens"] == 16, r
 table = [l for l in text.splitlines() if re.match(r"^\| (32|200) \| ", l)]
-assert len(table) == 10, table
+assert len(table) == 12, table
 for l in table:
+    cells = [c.strip() for c in l.strip("|").split("|")]
+    assert len(cells) == 7 and re.fullmatch(r"[0-9]+\.[0-9]{3}", cells[2]), l  # the time to the first token
     if "qwenq" in l:
         assert re.search(r"\| [0-9.]+x \|$", l), l
 PY
