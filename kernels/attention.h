@@ -23,6 +23,13 @@ namespace qwenq {
 void attention_forward_ref(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
                            int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse);
 
+// The same attention for the last n rows of one sequence whose first p0 rows' keys and values come before them (a KV
+// cache): q, out [n, H, D] are rows p0 .. p0 + n - 1; k, v [p0 + n, Hkv, D] rows 0 .. p0 + n - 1. Query row p0 + i
+// sees keys 0 .. p0 + i. The forward's blocks (query blocks from row p0, key blocks from row 0), so with p0 = 0 it is
+// attention_forward_ref of that one sequence; no lse.
+void attention_forward_suffix_ref(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
+                                  int64_t Hkv, int64_t D, float* out);
+
 // dout, q, out, dq: [T, H, D]; k, v, dk, dv: [T, Hkv, D]; lse: [T, H] from the forward (required). Shapes and
 // cu_seqlens as in the forward. The outputs must not overlap the inputs or each other.
 void attention_backward_ref(const float* dout, const float* q, const float* k, const float* v, const float* out,

@@ -72,6 +72,7 @@ struct Problem {
   int64_t H, Hkv, D, group;
   float scale;
   float *out, *lse;
+  int64_t q0 = 0;  // the row (key index) of q's, out's and lse's first row: p0 for attention_forward_suffix_ref
 };
 
 struct Scratch {
@@ -84,7 +85,7 @@ void attend_block(const Problem& p, const Task& t, Scratch* sc) {
   const int64_t nq = t.row1 - t.row0, D = p.D, g = t.head / p.group;
   // The query block, times the scale (a power of two for D = 64, 256, ...; otherwise one more rounding).
   auto Q = sc->Q.topRows(nq);
-  Q = ConstStrided(p.q + (t.row0 * p.H + t.head) * D, nq, D, Eigen::OuterStride<>(p.H * D)) * p.scale;
+  Q = ConstStrided(p.q + ((t.row0 - p.q0) * p.H + t.head) * D, nq, D, Eigen::OuterStride<>(p.H * D)) * p.scale;
   auto O = sc->O.topRows(nq);
   O.setZero();
   std::fill(sc->m.begin(), sc->m.begin() + nq, -INFINITY);
@@ -124,10 +125,10 @@ void attend_block(const Problem& p, const Task& t, Scratch* sc) {
 
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t i = t.row0 + r;
-    float* o = p.out + (i * p.H + t.head) * D;
+    float* o = p.out + ((i - p.q0) * p.H + t.head) * D;
     const float inv = 1.0f / sc->l[r];
     for (int64_t d = 0; d < D; ++d) o[d] = O(r, d) * inv;
-    if (p.lse != nullptr) p.lse[i * p.H + t.head] = sc->m[r] + std::log(sc->l[r]);
+    if (p.lse != nullptr) p.lse[(i - p.q0) * p.H + t.head] = sc->m[r] + std::log(sc->l[r]);
   }
 }
 
@@ -298,6 +299,33 @@ void attention_forward_ref(const float* q, const float* k, const float* v, const
       }
   }
 
+  run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
+    Scratch scratch(D);
+    for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);
+  });
+}
+
+void attention_forward_suffix_ref(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
+                                  int64_t Hkv, int64_t D, float* out) {
+  QWENQ_CHECK(p0 >= 0 && n >= 0 && H > 0 && Hkv > 0 && D > 0 && H % Hkv == 0,
+              "attention_forward_suffix_ref: bad shape p0=" << p0 << " n=" << n << " H=" << H << " Hkv=" << Hkv
+                                                            << " D=" << D);
+  if (n == 0) return;
+  QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr,
+              "attention_forward_suffix_ref: null pointer");
+  Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, nullptr};
+  p.q0 = p0;
+  // The forward's tasks for rows [p0, p0 + n) of one sequence starting at row 0.
+  std::vector<Task> tasks;
+  std::vector<double> cost_end;
+  double total = 0;
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t r0 = p0; r0 < p0 + n; r0 += kQBlock) {
+      const int64_t r1 = std::min(p0 + n, r0 + kQBlock);
+      total += static_cast<double>(r1 - r0) * static_cast<double>(r1 + kKBlock / 2) + 4.0 * kQBlock * kKBlock;
+      tasks.push_back({0, r0, r1, h});
+      cost_end.push_back(total);
+    }
   run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
     Scratch scratch(D);
     for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);

@@ -418,9 +418,10 @@ struct AttnCase {
   std::vector<int32_t> seqlens;
 };
 
-// Checks query rows `rows` (all rows when empty) against a double softmax.
+// Checks query rows `rows` (all rows when empty) against a double softmax. With suffix_from = p0 >= 0 (one sequence)
+// the rows p0.. come from attention_forward_suffix_ref instead, the rows before p0 being its cache (no lse).
 void check_attention(const AttnCase& c, uint64_t seed, double sigma, Headroom* hr,
-                     const std::vector<int64_t>& rows_to_check = {}) {
+                     const std::vector<int64_t>& rows_to_check = {}, int64_t suffix_from = -1) {
   std::vector<int32_t> cu = {0};
   for (int32_t L : c.seqlens) cu.push_back(cu.back() + L);
   const int64_t T = cu.back(), H = c.H, Hkv = c.Hkv, D = c.D, group = H / Hkv;
@@ -428,12 +429,18 @@ void check_attention(const AttnCase& c, uint64_t seed, double sigma, Headroom* h
   const std::vector<float> q = normal(rng, T * H * D, sigma), k = normal(rng, T * Hkv * D, sigma),
                            v = uniform(rng, T * Hkv * D, -1.f, 1.f);
   std::vector<float> out(T * H * D, NAN), lse(T * H, NAN);
-  attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), static_cast<int64_t>(c.seqlens.size()), H, Hkv, D,
-                        out.data(), lse.data());
+  if (suffix_from >= 0) {
+    ASSERT_EQ(c.seqlens.size(), 1u);
+    attention_forward_suffix_ref(q.data() + suffix_from * H * D, k.data(), v.data(), suffix_from, T - suffix_from, H,
+                                 Hkv, D, out.data() + suffix_from * H * D);
+  } else {
+    attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), static_cast<int64_t>(c.seqlens.size()), H, Hkv, D,
+                          out.data(), lse.data());
+  }
 
   std::vector<int64_t> rows = rows_to_check;
   if (rows.empty())
-    for (int64_t i = 0; i < T; ++i) rows.push_back(i);
+    for (int64_t i = std::max<int64_t>(suffix_from, 0); i < T; ++i) rows.push_back(i);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   std::vector<double> s, o(D);
   for (int64_t i : rows) {
@@ -468,6 +475,7 @@ void check_attention(const AttnCase& c, uint64_t seed, double sigma, Headroom* h
             << "out[row " << i << ", head " << h << ", " << d << "]=" << got << " ref=" << o[d];
       }
       const double lse_ref = mx + std::log(l);
+      if (suffix_from >= 0) continue;
       ASSERT_TRUE(hr->ok(std::fabs(lse[i * H + h] - lse_ref), kLseTol * (1 + amax)))
           << "lse[row " << i << ", head " << h << "]=" << lse[i * H + h] << " ref=" << lse_ref;
     }
@@ -539,6 +547,35 @@ TEST(KernelsRef, AttentionLseMayBeNullAndErrorsAreClear) {
       "cu_seqlens must be non-decreasing, got 4 then 3 at sequence 1");
   EXPECT_ERROR_CONTAINS(attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), 2, H, Hkv, 0, out1.data(), nullptr),
                         "attention_forward_ref: bad shape n_seqs=2 H=2 Hkv=1 D=0");
+}
+
+// attention_forward_suffix_ref (a KV cache's new rows: queries p0 .. p0 + n - 1 over keys 0 .. p0 + n - 1) against the
+// double softmax, as the whole forward above: prefixes inside and across query and key blocks, GQA 7:1 and 14:2 and
+// none, head dims 8, 64 and 128, one and several threads. (Not bit for bit the whole forward's rows: a query block
+// starts at p0, and Eigen sums a one-row block in another order.)
+TEST(KernelsRef, AttentionSuffixMatchesDoubleOracle) {
+  const std::pair<int64_t, int64_t> spans[] = {{0, 1},   {0, 45},  {1, 1},    {31, 2},  {32, 33},
+                                               {100, 60}, {127, 3}, {129, 200}, {300, 1}};
+  ThreadSweep sweep;
+  Headroom hr("attention suffix");
+  uint64_t seed = 700;
+  for (int threads : sweep.counts()) {
+    set_num_threads(threads);
+    for (const AttnCase& c : {AttnCase{14, 2, 64, {}}, AttnCase{7, 1, 128, {}}, AttnCase{3, 3, 8, {}}}) {
+      for (const auto& [p0, n] : spans) {
+        SCOPED_TRACE(testing::Message() << "H=" << c.H << " Hkv=" << c.Hkv << " D=" << c.D << " p0=" << p0 << " n=" << n
+                                        << ", " << threads << " threads");
+        AttnCase one = c;
+        one.seqlens = {static_cast<int32_t>(p0 + n)};
+        check_attention(one, ++seed, 1.5, &hr, {}, p0);
+      }
+    }
+  }
+  std::vector<float> x(64, 1.f);
+  EXPECT_ERROR_CONTAINS(attention_forward_suffix_ref(x.data(), x.data(), x.data(), 2, 1, 3, 2, 8, x.data()),
+                        "attention_forward_suffix_ref: bad shape p0=2 n=1 H=3 Hkv=2 D=8");
+  EXPECT_ERROR_CONTAINS(attention_forward_suffix_ref(x.data(), nullptr, x.data(), 2, 1, 2, 1, 8, x.data()),
+                        "attention_forward_suffix_ref: null pointer");
 }
 
 // ---- swiglu -----------------------------------------------------------------------------------------------

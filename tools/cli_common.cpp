@@ -272,11 +272,12 @@ void GenerationTimer::on_token() {
   if (tokens_++ == 0) first_ = std::chrono::steady_clock::now();
 }
 
-void GenerationTimer::print(size_t prompt_tokens) const {
+void GenerationTimer::print(size_t prompt_tokens, size_t reused) const {
   const auto now = std::chrono::steady_clock::now();
   const double s = std::chrono::duration<double>(now - start_).count();
-  std::fprintf(stderr, "%zu prompt tokens, %zu new tokens in %.2fs (%.1f tok/s", prompt_tokens, tokens_, s,
-               tokens_ / (s > 0 ? s : 1));
+  std::fprintf(stderr, "%zu prompt tokens", prompt_tokens);
+  if (reused > 0) std::fprintf(stderr, " (%zu of them cached from the last turn)", reused);
+  std::fprintf(stderr, ", %zu new tokens in %.2fs (%.1f tok/s", tokens_, s, tokens_ / (s > 0 ? s : 1));
   if (tokens_ >= 2) {
     const double first = std::chrono::duration<double>(first_ - start_).count(), rest = s - first;
     std::fprintf(stderr, "; first token after %.2fs, then %.1f tok/s", first, (tokens_ - 1) / (rest > 0 ? rest : 1));

@@ -173,7 +173,8 @@ class GenerationTimer {
  public:
   GenerationTimer() : start_(std::chrono::steady_clock::now()) {}
   void on_token();  // call from the on_token callback
-  void print(size_t prompt_tokens) const;
+  // "N prompt tokens, ..." on stderr; with reused > 0 "N prompt tokens (R of them cached from the last turn), ...".
+  void print(size_t prompt_tokens, size_t reused = 0) const;
 
  private:
   std::chrono::steady_clock::time_point start_, first_;

@@ -1,6 +1,7 @@
 // qwen-qlora generate | chat: text from a base model with a LoRA adapter merged in memory (trainer/lora_merge.h),
 // greedy or sampled (trainer/generate.h). generate mirrors `qwen-quant generate`; chat is an interactive ChatML
-// loop over stdin that keeps the whole conversation as the prompt of each turn.
+// loop over stdin that keeps the whole conversation as the prompt of each turn; on the CPU it keeps the KV cache too,
+// so a turn computes only the tokens its prompt adds to what the cache holds (generate_continuing).
 // --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) with the adapter unmerged: the base is uploaded as
 // stored (dense, or 4-bit GPTQ/AWQ/NF4/FP4 as Q4) and every adapted Linear adds s · (x Aᵀ) Bᵀ in fp32 after its base
 // product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU merges the adapter in memory.
@@ -98,8 +99,10 @@ SamplingOptions generation_options(const GenerateArgs& a, const QwenModel& model
 }
 
 // Generates from `prompt` (on the GPU when m.gpu is set), streaming the text of non-special tokens to stdout;
-// prints the speed to stderr.
-std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt, const SamplingOptions& opt) {
+// prints the speed to stderr. With ctx (chat on the CPU) the KV cache of the last turn is kept for the prefix the
+// prompt shares with it (trainer/generate.h, generate_continuing).
+std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
+                            CachedContext* ctx = nullptr) {
   GenerationTimer timer;
   const auto print = [&](int32_t id) {
     timer.on_token();
@@ -107,14 +110,20 @@ std::vector<int32_t> stream(const Loaded& m, const std::vector<int32_t>& prompt,
     std::fflush(stdout);
   };
   std::vector<int32_t> out;
+  size_t reused = 0;
 #ifdef QWENQ_HAVE_CUDA
   if (m.gpu) out = generate_cuda(*m.gpu, prompt, opt, print);
   else
 #endif
+  if (ctx != nullptr) {
+    out = generate_continuing(*m.model, ctx, prompt, opt, print);
+    reused = static_cast<size_t>(ctx->reused);
+  } else {
     out = generate(*m.model, prompt, opt, print);
+  }
   std::printf("\n");
   std::fflush(stdout);
-  timer.print(prompt.size());
+  timer.print(prompt.size(), reused);
   return out;
 }
 
@@ -274,6 +283,7 @@ void run_chat(const GenerateArgs& a) {
   const bool tty = ::isatty(STDIN_FILENO);
   std::vector<ChatMessage> history;
   if (!a.system.empty()) history.push_back({"system", a.system});
+  CachedContext kept;  // the CPU's KV cache from turn to turn (after /reset too: the system prompt is still its start)
   if (tty) std::fprintf(stderr, "chat: type a message; /reset forgets the conversation, /exit or Ctrl-D ends\n");
   std::string line;
   while (true) {
@@ -289,7 +299,7 @@ void run_chat(const GenerateArgs& a) {
     const std::vector<int32_t> prompt = m.tok.encode(m.tok.render_chat(history, generation_chat_options(a.no_thinking)).text, false);
     if (tty) std::fprintf(stderr, "assistant> ");
     try {
-      const std::vector<int32_t> out = stream(m, prompt, opt);
+      const std::vector<int32_t> out = stream(m, prompt, opt, &kept);
       history.push_back({"assistant", m.tok.decode(out, true)});
     } catch (const Error& e) {  // e.g. the conversation outgrew the context: the user can /reset and go on
       history.pop_back();

@@ -30,4 +30,24 @@ std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int3
 std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
                               const std::function<void(int32_t)>& on_token = nullptr);
 
+// A conversation's KV cache kept from one turn to the next (`qwen-qlora chat` on the CPU), so that a turn computes
+// only what its prompt adds to the last one: `tokens` are the ids whose k, v rows the cache holds (cache.length of
+// them), `reused` how many of them the last call kept.
+struct CachedContext {
+  KvCache cache;
+  std::vector<int32_t> tokens;
+  int64_t reused = 0;
+};
+// The prefill of generate_continuing: keeps the longest prefix of `prompt` that ctx holds (at most prompt.size() − 1
+// tokens, so that the last one's logits are computed; none when ctx's cache has another dtype than kv), grows the
+// cache to `capacity` tokens (its rows kept), forwards the rest of the prompt onto it and returns the last logits [V].
+std::vector<float> prefill_continuing(const QwenModel& model, CachedContext* ctx, const std::vector<int32_t>& prompt,
+                                      int64_t capacity, KvCacheDType kv);
+// generate() starting from ctx's cache (prefill_continuing), the same tokens up to the order of the attention's sums;
+// ctx then holds the prompt and every generated token but the last (which was never stepped). On an error ctx is
+// emptied.
+std::vector<int32_t> generate_continuing(const QwenModel& model, CachedContext* ctx, const std::vector<int32_t>& prompt,
+                                         const SamplingOptions& opt,
+                                         const std::function<void(int32_t)>& on_token = nullptr);
+
 }  // namespace qwenq

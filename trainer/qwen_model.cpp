@@ -340,6 +340,23 @@ KvCache QwenModel::make_cache(int64_t capacity, KvCacheDType dtype) const {
   return cache;
 }
 
+void QwenModel::grow_cache(KvCache* cache, int64_t capacity) const {
+  if (capacity <= cache->capacity) return;
+  const size_t n = static_cast<size_t>(capacity * cfg_.kv_dim());
+  const auto grow = [&](auto* layers) {
+    layers->resize(static_cast<size_t>(cfg_.num_layers));
+    for (auto& rows : *layers) rows.resize(n);  // [capacity, Hkv, D]: the existing rows stay where they are
+  };
+  if (cache->dtype == KvCacheDType::BF16) {
+    grow(&cache->k16);
+    grow(&cache->v16);
+  } else {
+    grow(&cache->k);
+    grow(&cache->v);
+  }
+  cache->capacity = capacity;
+}
+
 std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const {
   const int64_t n = static_cast<int64_t>(tokens.size()), p0 = cache->length, C = cfg_.hidden_size;
   QWENQ_CHECK(n > 0, "forward_step: no tokens");
@@ -351,25 +368,25 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   embed(tokens, x.data());
   const QwenConfig& c = cfg_;
   const int64_t kvd = c.kv_dim();
-  // A prompt into an empty cache attends only to itself: the blocked causal attention of the packed forward (its
-  // k and v rounded to bf16 first for a BF16 cache, as forward_hidden does), not attention_with_cache's key-by-key
-  // loops (72 % of a 2400-token prompt's time on the Qwen2.5-0.5B shape).
-  const int32_t cu[2] = {0, static_cast<int32_t>(n)};
-  const bool whole = p0 == 0 && n > 1;
-  std::vector<float> k_round, v_round;
+  // Several tokens at once (a prompt, or the rest of one after a reused prefix) attend with the packed forward's
+  // blocked attention over the cache (attention_forward_suffix_ref; a BF16 cache's rows widened first, as stored), not
+  // attention_with_cache's key-by-key loops, which were 72 % of a 2400-token prompt's time on the Qwen2.5-0.5B shape.
+  // One token (a decode step) keeps those loops.
+  std::vector<float> k_wide, v_wide;
+  const int64_t rows = (p0 + n) * kvd;
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
     if (cache->dtype == KvCacheDType::BF16) {
       from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
       from_f32(DType::BF16, v, cache->v16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
-      if (whole) {
-        k_round.resize(static_cast<size_t>(n * kvd));
-        v_round.resize(static_cast<size_t>(n * kvd));
-        for (int64_t i = 0; i < n * kvd; ++i) {
-          k_round[i] = bf16_to_f32(cache->k16[l][i]);
-          v_round[i] = bf16_to_f32(cache->v16[l][i]);
+      if (n > 1) {
+        k_wide.resize(static_cast<size_t>(rows));
+        v_wide.resize(static_cast<size_t>(rows));
+        for (int64_t i = 0; i < rows; ++i) {
+          k_wide[i] = bf16_to_f32(cache->k16[l][i]);
+          v_wide[i] = bf16_to_f32(cache->v16[l][i]);
         }
-        attention_forward_ref(q, k_round.data(), v_round.data(), cu, 1, c.num_heads, c.num_kv_heads, c.head_dim, out,
-                              nullptr);
+        attention_forward_suffix_ref(q, k_wide.data(), v_wide.data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
+                                     out);
         return;
       }
       attention_with_cache(q, cache->k16[l].data(), cache->v16[l].data(), p0, n, c.num_heads, c.num_kv_heads,
@@ -378,8 +395,9 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
     }
     std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
     std::copy(v, v + n * kvd, cache->v[l].begin() + p0 * kvd);
-    if (whole) {
-      attention_forward_ref(q, k, v, cu, 1, c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
+    if (n > 1) {
+      attention_forward_suffix_ref(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads,
+                                   c.head_dim, out);
       return;
     }
     attention_with_cache(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,

@@ -128,6 +128,8 @@ class QwenModel {
   // logits [V] of the last one. The cache's dtype decides how its rows are stored (KvCacheDType).
   std::vector<float> forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const;
   KvCache make_cache(int64_t capacity, KvCacheDType dtype = KvCacheDType::F32) const;
+  // Grows a cache of this model to `capacity` tokens (at least its own), its rows and length kept.
+  void grow_cache(KvCache* cache, int64_t capacity) const;
 
   // Layer-by-layer access for calibration: embeddings of a batch, one decoder block applied in place to
   // x [T, C] (hook sees each Linear group's input), and the Linear weights of a block (index: q=0,k=1,v=2 or
