@@ -70,6 +70,10 @@
 //   threads       per thread, the widest bf16 -> fp32 widened weight block of kernels/gemm_ref.cpp (forward
 //                 nb·K with nb = clamp(2^20/(4K), 64, 512); backward N·kb with kb = clamp(2^20/(4N), 16, 128))
 //                 for every weight kept in 16 bits (lm_head; every Linear of a bf16 base)
+// With `train --cpu-matmul bf16` the CPU's products allocate other buffers than these (no dequantized copy of a
+// GPTQ/AWQ/NF4 Linear, the packed bf16 A of each product instead, up to the lm_head's input gradient: rows·V·2 bytes);
+// the plan keeps the fp32 products' figures, which bounded the bf16 step's peak too when measured (0.84 of the plan at
+// 512 tokens on one Qwen2.5-0.5B layer, 0.97 at 2048: tests/test_memory_plan.cpp).
 // Not counted on the CPU: packed tensors are copied out of the memory map at load; the mapped pages they were
 // read from are page cache (clean, reclaimable) and may also show in RSS until the kernel drops them.
 //
