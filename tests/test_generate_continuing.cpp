@@ -46,13 +46,20 @@ std::vector<int32_t> cat(std::vector<int32_t> a, const std::vector<int32_t>& b) 
   return a;
 }
 
-class GenerateContinuing : public ::testing::TestWithParam<KvCacheDType> {};
+class GenerateContinuing : public ::testing::TestWithParam<KvCacheDType> {
+ protected:
+  // Greedy decoding of max_new tokens with the parameter's cache.
+  SamplingOptions options(int64_t max_new) const {
+    SamplingOptions opt;
+    opt.max_new_tokens = max_new;
+    opt.kv_cache = GetParam();
+    return opt;
+  }
+};
 
 TEST_P(GenerateContinuing, TurnsReuseTheCacheAndGiveTheFreshTokens) {
   const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 31));
-  SamplingOptions opt;
-  opt.max_new_tokens = 10;
-  opt.kv_cache = GetParam();
+  SamplingOptions opt = options(10);
   CachedContext ctx;
 
   // Turn 1: nothing to reuse.
@@ -98,9 +105,7 @@ TEST_P(GenerateContinuing, TurnsReuseTheCacheAndGiveTheFreshTokens) {
 
 TEST_P(GenerateContinuing, AnotherCacheDtypeStartsAfresh) {
   const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 32));
-  SamplingOptions opt;
-  opt.max_new_tokens = 4;
-  opt.kv_cache = GetParam();
+  SamplingOptions opt = options(4);
   CachedContext ctx;
   const std::vector<int32_t> a = {3, 4, 5, 6, 7};
   generate_continuing(model, &ctx, a, opt);
@@ -112,9 +117,7 @@ TEST_P(GenerateContinuing, AnotherCacheDtypeStartsAfresh) {
 
 TEST_P(GenerateContinuing, APromptPastTheContextThrowsAndEmptiesTheContext) {
   const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 33));
-  SamplingOptions opt;
-  opt.max_new_tokens = 4;
-  opt.kv_cache = GetParam();
+  const SamplingOptions opt = options(4);
   CachedContext ctx;
   generate_continuing(model, &ctx, {3, 4, 5}, opt);
   const std::vector<int32_t> too_long(static_cast<size_t>(model.config().max_position_embeddings), 7);
