@@ -134,15 +134,16 @@ void bm_backward_input_eigen(benchmark::State& state, int64_t M, int64_t K, int6
 // (qgemm_int4_*_bf16: each panel's piece of ŵ dequantized into a tile, no fp32 copy); q4_dequant_bf16 as the trainer
 // did before, the whole fp32 weight dequantized per call and then linear_*_bf16 on it. The same bits; GB/s counts
 // the packed bytes.
-enum class Q4Source { Gptq, Awq, Nf4 };
+enum class Q4Source { Gptq, GptqActOrder, Awq, Nf4 };  // act-order: rows sorted at load, as the loader holds them
 void bm_q4(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t N, bool transposed, bool tiles) {
   qwenq::PackedIntLinear p;
   qwenq::Nf4Tensor nf;
   if (src == Q4Source::Nf4) {
     nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
   } else {
-    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Gptq ? qwenq::IntLayout::GptqV1 : qwenq::IntLayout::AwqGemm,
-                                       K, N, 128, false, 9);
+    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Awq ? qwenq::IntLayout::AwqGemm : qwenq::IntLayout::GptqV1,
+                                       K, N, 128, src == Q4Source::GptqActOrder, 9);
+    if (src == Q4Source::GptqActOrder) p = qwenq::int_linear_sort_inputs_by_group(p);
   }
   const std::vector<float> in = random_vec(static_cast<size_t>(M * (transposed ? N : K)), 3);
   std::vector<float> out(static_cast<size_t>(M * (transposed ? K : N))), W;
@@ -247,7 +248,8 @@ int main(int argc, char** argv) {
       ->UseRealTime();
   // The trainer's 4-bit Linears at 512 tokens, forward and input gradient, from their Q4 form and dequantized.
   for (const auto& [src, src_name] : {std::pair<Q4Source, const char*>{Q4Source::Gptq, "gptq"},
-                                      {Q4Source::Awq, "awq"}, {Q4Source::Nf4, "nf4"}}) {
+                                      {Q4Source::GptqActOrder, "gptq_act_order"}, {Q4Source::Awq, "awq"},
+                                      {Q4Source::Nf4, "nf4"}}) {
     for (const Shape& s : kShapes) {
       for (bool transposed : {false, true}) {
         const std::string name = std::string(transposed ? "_backward_input_" : "_forward_") + src_name + "/K" +

@@ -297,36 +297,51 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc,
   });
 }
 
-// ŵ of rows (inputs) [k0, k0 + nk) and columns (outputs) [n0, n0 + nn) of a Q4 weight without a permutation into
-// tile [nk][ld], row k - k0 holding columns n0.. (k0 % 8 == 0): q4_dequant's fp32 values, 16 columns of one word-row
-// at a time (Int: (code - zero)·scale, the fp16 scale widened exactly; Nf4/Fp4: book[code]·absmax).
-QWENQ_BF16_FN void q4_tile(const Q4View& w, int64_t k0, int64_t nk, int64_t n0, int64_t nn, float* tile, int64_t ld) {
+// ŵ of rows (inputs) [k0, k0 + nk) and columns (outputs) [n0, n0 + nn) of a Q4 weight into tile [nk][ld], row
+// k - k0 holding columns n0..: q4_dequant's fp32 values, 16 columns at a time (Int: (code - zero)·scale, the fp16
+// scale widened exactly; Nf4/Fp4: book[code]·absmax). Without a permutation (inv null; k0 % 8 == 0) a word-row gives
+// 8 inputs; with one, input k is layout row inv[k] (its word-row, nibble and group), one input per load.
+QWENQ_BF16_FN void q4_tile(const Q4View& w, const int32_t* inv, int64_t k0, int64_t nk, int64_t n0, int64_t nn,
+                           float* tile, int64_t ld) {
   const __m512i nibble = _mm512_set1_epi32(15), byte = _mm512_set1_epi32(0xFF);
   const float* book = w.kind == Q4Kind::Fp4 ? kFp4Code : kNf4Code;
   const __m512 codes = _mm512_loadu_ps(book);
+  const bool int_kind = w.kind == Q4Kind::Int;
+  // A group's meta words as two factors: Int (scale, zero), Nf4/Fp4 (absmax, unused).
+  const auto factors = [&](__m512i meta, __m512* a, __m512* b) {
+    if (int_kind) {
+      *a = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(meta));  // bits 0..15: the fp16 scale
+      *b = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 16), byte));
+    } else {
+      *a = _mm512_castsi512_ps(meta);
+    }
+  };
+  // The 16 values of the input in nibble j of the words v.
+  const auto values = [&](__m512i v, int j, __m512 a, __m512 b) {
+    const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
+    return int_kind ? _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), b), a)
+                    : _mm512_mul_ps(_mm512_permutexvar_ps(q, codes), a);
+  };
+  __m512 fa = _mm512_setzero_ps(), fb = _mm512_setzero_ps();
   for (int64_t c = 0; c < nn; c += 16) {
     const int64_t cn = std::min<int64_t>(16, nn - c);
     const __mmask16 m = cn == 16 ? 0xFFFF : static_cast<__mmask16>((1u << cn) - 1);
+    if (inv != nullptr) {
+      for (int64_t k = k0; k < k0 + nk; ++k) {
+        const int64_t r = inv[k];
+        const __m512i v = _mm512_maskz_loadu_epi32(m, w.qweight + r / kQ4CodesPerWord * w.Np + n0 + c);
+        factors(_mm512_maskz_loadu_epi32(m, w.meta + r / w.group * w.Np + n0 + c), &fa, &fb);
+        _mm512_mask_storeu_ps(tile + (k - k0) * ld + c, m, values(v, static_cast<int>(r % kQ4CodesPerWord), fa, fb));
+      }
+      continue;
+    }
     for (int64_t k = k0; k < k0 + nk; k += kQ4CodesPerWord) {
       const int64_t r = k / kQ4CodesPerWord, g = k / w.group;
       const __m512i v = _mm512_maskz_loadu_epi32(m, w.qweight + r * w.Np + n0 + c);
-      const __m512i meta = _mm512_maskz_loadu_epi32(m, w.meta + g * w.Np + n0 + c);
+      factors(_mm512_maskz_loadu_epi32(m, w.meta + g * w.Np + n0 + c), &fa, &fb);
       const int rows = static_cast<int>(std::min<int64_t>(kQ4CodesPerWord, k0 + nk - k));
       float* out = tile + (k - k0) * ld + c;
-      if (w.kind == Q4Kind::Int) {
-        const __m512 scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(meta));  // bits 0..15: the fp16 scale
-        const __m512 zero = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 16), byte));
-        for (int j = 0; j < rows; ++j) {
-          const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
-          _mm512_mask_storeu_ps(out + j * ld, m, _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), zero), scale));
-        }
-      } else {
-        const __m512 absmax = _mm512_castsi512_ps(meta);
-        for (int j = 0; j < rows; ++j) {
-          const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
-          _mm512_mask_storeu_ps(out + j * ld, m, _mm512_mul_ps(_mm512_permutexvar_ps(q, codes), absmax));
-        }
-      }
+      for (int j = 0; j < rows; ++j) _mm512_mask_storeu_ps(out + j * ld, m, values(v, j, fa, fb));
     }
   }
 }
@@ -337,17 +352,18 @@ QWENQ_BF16_FN void q4_tile(const Q4View& w, int64_t k0, int64_t nk, int64_t n0, 
 // B[n, k] = ŵ[n, k], the tile [panel's k][pairs' n] packed in the Rows layout.
 struct Q4Panels {
   const Q4View& w;
+  const int32_t* inv;  // the inverse of w.perm (input k is layout row inv[k]), or null without one
   bool transposed;
   QWENQ_BF16_FN void operator()(int64_t j0, int64_t cols, int64_t p0, int64_t np, uint32_t* panel,
                                 std::vector<float>& scratch) const {
     scratch.resize(static_cast<size_t>(2 * kSlicePairs * kNr));
     if (!transposed) {
       const int64_t nk = std::min(2 * np, w.K - 2 * p0);
-      q4_tile(w, 2 * p0, nk, j0, cols, scratch.data(), kNr);
+      q4_tile(w, inv, 2 * p0, nk, j0, cols, scratch.data(), kNr);
       pack_b_cols(scratch.data(), DType::F32, nk, kNr, 0, cols, 0, np, panel);
     } else {
       const int64_t nn = std::min(2 * np, w.N - 2 * p0);
-      q4_tile(w, j0, cols, 2 * p0, nn, scratch.data(), nn);
+      q4_tile(w, inv, j0, cols, 2 * p0, nn, scratch.data(), nn);
       pack_b_rows(scratch.data(), DType::F32, nn, 0, cols, 0, np, panel);
     }
   }
@@ -437,24 +453,38 @@ void linear_backward_input_bf16(const float* dy, int64_t M, int64_t N, const voi
 }
 
 namespace {
-// ŵ [N, K] of a Q4 weight without a permutation, as q4_unpack computes it (that one lives in quant/, which kernels
-// do not link): the portable path's F32 weight.
-std::vector<float> q4_values(const Q4View& w) {
+// ŵ [N, K] of a Q4 weight, as q4_unpack computes it (that one lives in quant/, which kernels do not link): the
+// portable path's F32 weight. Input k is layout row inv[k] (k without a permutation).
+std::vector<float> q4_values(const Q4View& w, const int32_t* inv) {
   std::vector<float> W(static_cast<size_t>(w.N * w.K));
   parallel_for(w.N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t k = 0; k < w.K; ++k) {
-        const uint32_t word = w.qweight[k / kQ4CodesPerWord * w.Np + n], meta = w.meta[k / w.group * w.Np + n];
-        W[n * w.K + k] = q4_dequant(w.kind, (word >> (kQ4Bits * (k % kQ4CodesPerWord))) & 15u, meta);
+        const int64_t r = inv != nullptr ? inv[k] : k;
+        const uint32_t word = w.qweight[r / kQ4CodesPerWord * w.Np + n], meta = w.meta[r / w.group * w.Np + n];
+        W[n * w.K + k] = q4_dequant(w.kind, (word >> (kQ4Bits * (r % kQ4CodesPerWord))) & 15u, meta);
       }
   });
   return W;
 }
 
+// The inverse of w.perm (empty without one), checked to be a permutation of [0, K).
+std::vector<int32_t> q4_inverse_perm(const Q4View& w, const char* fn) {
+  std::vector<int32_t> inv;
+  if (w.perm == nullptr) return inv;
+  inv.assign(static_cast<size_t>(w.K), -1);
+  for (int64_t r = 0; r < w.K; ++r) {
+    const int32_t k = w.perm[r];
+    QWENQ_CHECK(k >= 0 && k < w.K && inv[static_cast<size_t>(k)] < 0,
+                fn << ": perm[" << r << "] = " << k << " is outside [0, " << w.K << ") or repeats an input");
+    inv[static_cast<size_t>(k)] = static_cast<int32_t>(r);
+  }
+  return inv;
+}
+
 void check_q4(const char* fn, const Q4View& w, const float* in, int64_t M, int64_t in_width, const float* out,
               int64_t out_width) {
   q4_check(w, fn);
-  QWENQ_CHECK(w.perm == nullptr, fn << ": the weight's rows are permuted (act-order); dequantize it instead");
   QWENQ_CHECK(M > 0, fn << ": M=" << M << " rows (K=" << w.K << " N=" << w.N << ")");
   QWENQ_CHECK(in != nullptr && out != nullptr, fn << ": null input or output pointer");
   const auto a = reinterpret_cast<uintptr_t>(out), b = reinterpret_cast<uintptr_t>(in);
@@ -466,26 +496,30 @@ void check_q4(const char* fn, const Q4View& w, const float* in, int64_t M, int64
 void qgemm_int4_forward_bf16(const Q4View& w, const float* x, int64_t M, const void* bias, DType bias_dtype, float* y) {
   check_q4("qgemm_int4_forward_bf16", w, x, M, w.K, y, w.N);
   check_bias("qgemm_int4_forward_bf16", bias, bias_dtype);
+  const std::vector<int32_t> inv = q4_inverse_perm(w, "qgemm_int4_forward_bf16");
+  const int32_t* ip = inv.empty() ? nullptr : inv.data();
 #ifdef QWENQ_HAVE_BF16_KERNEL
   if (bf16_gemm_uses_avx512()) {
-    gemm_avx512(x, M, w.K, w.N, y, w.N, Q4Panels{w, false});
+    gemm_avx512(x, M, w.K, w.N, y, w.N, Q4Panels{w, ip, false});
     if (bias != nullptr) add_bias(y, M, w.N, bias, bias_dtype);
     return;
   }
 #endif
-  const std::vector<float> W = q4_values(w);
+  const std::vector<float> W = q4_values(w, ip);
   linear_forward_bf16(x, M, w.K, W.data(), DType::F32, w.N, bias, bias_dtype, y);
 }
 
 void qgemm_int4_backward_input_bf16(const Q4View& w, const float* dy, int64_t M, float* dx) {
   check_q4("qgemm_int4_backward_input_bf16", w, dy, M, w.N, dx, w.K);
+  const std::vector<int32_t> inv = q4_inverse_perm(w, "qgemm_int4_backward_input_bf16");
+  const int32_t* ip = inv.empty() ? nullptr : inv.data();
 #ifdef QWENQ_HAVE_BF16_KERNEL
   if (bf16_gemm_uses_avx512()) {
-    gemm_avx512(dy, M, w.N, w.K, dx, w.K, Q4Panels{w, true});
+    gemm_avx512(dy, M, w.N, w.K, dx, w.K, Q4Panels{w, ip, true});
     return;
   }
 #endif
-  const std::vector<float> W = q4_values(w);
+  const std::vector<float> W = q4_values(w, ip);
   linear_backward_input_bf16(dy, M, w.N, W.data(), DType::F32, w.K, dx);
 }
 

@@ -50,8 +50,8 @@ void linear_forward_cpu(bool bf16, const float* x, int64_t M, int64_t K, const v
 void linear_backward_input_cpu(bool bf16, const float* dy, int64_t M, int64_t N, const void* w, DType w_dtype,
                                int64_t K, float* dx);
 
-// The same products with a 4-bit weight in the Q4 layout (quant/format/qgemm_layout.h; no permutation: act-order
-// weights are dequantized by the caller), Ŵ never materialized:
+// The same products with a 4-bit weight in the Q4 layout (quant/format/qgemm_layout.h; with or without a permutation:
+// act-order rows sorted by group, input k in layout row inv[k] where perm[inv[k]] = k), Ŵ never materialized:
 //
 //   y[m, n]  = Σ_k bf16(x[m, k]) · bf16(ŵ[n, k])  (+ bias[n])     qgemm_int4_forward_bf16
 //   dx[m, k] = Σ_n bf16(dy[m, n]) · bf16(ŵ[n, k])                 qgemm_int4_backward_input_bf16
@@ -59,7 +59,8 @@ void linear_backward_input_cpu(bool bf16, const float* dy, int64_t M, int64_t N,
 // With AVX512_BF16 each B panel's 32 outputs x 256 reduction values of ŵ are dequantized (q4_dequant's fp32 values)
 // into a tile of the thread's and packed from there as an F32 weight, so the bits are those of
 // linear_forward_bf16 / linear_backward_input_bf16 on q4_unpack(w) as an F32 weight, which is what the portable path
-// computes. For the CPU trainer's and eval's `--cpu-matmul bf16` on GPTQ, AWQ and bitsandbytes 4-bit Linears (their
+// computes; a permuted weight's tiles are read input by input (one word load per input instead of per 8), in the
+// inputs' own order, so the sums are still the dense product's. For the CPU trainer's and eval's `--cpu-matmul bf16` on GPTQ, AWQ and bitsandbytes 4-bit Linears (their
 // Q4 form per product: q4_transient_int_linear / q4_transient_nf4): no fp32 copy of the weight, 8x fewer bytes read.
 void qgemm_int4_forward_bf16(const Q4View& w, const float* x, int64_t M, const void* bias, DType bias_dtype, float* y);
 void qgemm_int4_backward_input_bf16(const Q4View& w, const float* dy, int64_t M, float* dx);

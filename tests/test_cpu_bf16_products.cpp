@@ -4,6 +4,7 @@
 //     packed product's row limit multiplies its dequantized fp32 weight on bf16 operands;
 //   - the CPU trainer's step on a GPTQ, AWQ or NF4 base (each Linear multiplied from its Q4 form) is, bit for bit, the
 //     step on the base's dequantized fp32 copy;
+//   - the same on act-order GPTQ (gptq --desc-act on stories260K), each Linear's Q4 form carrying its permutation;
 //   - end to end on the real stories260K (fp32 weights, tied lm_head): the mean NLL over 512 TinyStories tokens moves
 //     by the operands' bf16 rounding only (within kNllBf16Shift, and it does move), and switching off gives the
 //     fp32 bits again.
@@ -203,6 +204,57 @@ TEST(CpuBf16Products, FourBitTrainingStepHasTheBitsOfItsDequantizedCopy) {
       }
       opt.bf16_matmul = false;  // and the switch is what the products follow
       EXPECT_NE(lora_loss_and_grad(q, a, batch, targets, nullptr, opt).nll_sum, rq.nll_sum);
+    }
+  }
+}
+
+// Act-order GPTQ (gptq --desc-act on the real stories260K, its rows sorted by group at load): every Linear has a Q4
+// form with a permutation, and the bf16 step is, bit for bit, the step on the dequantized fp32 copy.
+TEST(CpuBf16Products, ActOrderTrainingStepHasTheBitsOfItsDequantizedCopy) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir();
+  const std::string hf = test::import_stories260k(root + "/hf");
+  GptqModelOptions g;
+  g.out.model_dir = hf;
+  g.out.out_dir = root + "/act";
+  g.out.group_size = 32;
+  g.out.pad_intermediate = true;
+  g.out.quiet = true;
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 8;
+  g.calib_seq_len = 64;
+  g.desc_act = true;
+  gptq_quantize_model(g);
+  DequantizeOptions d;
+  d.model_dir = g.out.out_dir;
+  d.out_dir = g.out.out_dir + "_fp32";
+  d.dtype = DType::F32;
+  d.quiet = true;
+  dequantize_model(d);
+  const QwenModel q(g.out.out_dir), dense(d.out_dir);
+  int64_t permuted = 0;
+  for (const auto& layer : q.weights().layers)
+    for (int t = 0; t < 7; ++t) {
+      const Q4Transient f = q4_linear_form(layer_linear(layer, t));
+      ASSERT_TRUE(f.has_form()) << "Linear " << t;
+      permuted += f.view.perm != nullptr;
+    }
+  EXPECT_GT(permuted, 0) << "no Linear has an act-order permutation: this test shows nothing";
+  const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99}});
+  const std::vector<int32_t> targets = next_token_targets(batch);
+  const LoraAdapter a = test::adapter_with_random_b(
+      q.config(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 4, 16, false, 5, 0.3f);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
+    LoraStepOptions opt;
+    opt.bf16_matmul = true;
+    LoraAdapter gq = test::zeros_like(a), gd = test::zeros_like(a);
+    const LoraStepResult rq = lora_loss_and_grad(q, a, batch, targets, &gq, opt);
+    const LoraStepResult rd = lora_loss_and_grad(dense, a, batch, targets, &gd, opt);
+    EXPECT_EQ(rq.nll_sum, rd.nll_sum) << (portable ? "portable" : "avx512_bf16");
+    for (size_t i = 0; i < a.slots().size(); ++i) {
+      EXPECT_EQ(gq.weights(i).A, gd.weights(i).A) << a.slots()[i].path;
+      EXPECT_EQ(gq.weights(i).B, gd.weights(i).B) << a.slots()[i].path;
     }
   }
 }

@@ -2,8 +2,9 @@
 // bit for bit the dense bf16 products on the weight's fp32 values (q4_unpack, the format readers' values), on both
 // paths of this CPU, for every kind (Int, Nf4, Fp4), groups of 8 to one per K, padded layouts (K % 8, N % 4; garbage
 // codes and NaN metas in the pads, tests/support/dora_cases.h, so a read past K or N shows), tile and
-// slice edges and Qwen2.5-0.5B's shapes; refusals. And quant/format/qgemm_layout.h's per-product Q4 forms
-// (q4_transient_int_linear, q4_transient_nf4): the repack's words and meta, word for word, or no form at all.
+// slice edges and Qwen2.5-0.5B's shapes, with and without a row permutation (act-order); refusals. And
+// quant/format/qgemm_layout.h's per-product Q4 forms (q4_transient_int_linear, q4_transient_nf4): the repack's words,
+// meta and perm, word for word, or no form at all.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -64,28 +65,39 @@ TEST(GemmBf16Q4, EveryKindAndPaddedLayoutIsTheDenseProductOfItsValues) {
                         {5, 520, 100, 520}, {2, 1001, 65, 128}, {11, 96, 31, 32}};
   for (Q4Kind kind : {Q4Kind::Int, Q4Kind::Nf4, Q4Kind::Fp4}) {
     for (const Case& c : cases) {
-      const Q4Layout q = test::padded_q4(kind, c.N, c.K, c.group, false, 100 + c.K);  // NaN metas in the pads
-      check_products(q, c.M, std::string(q4_kind_name(kind)) + " K=" + std::to_string(c.K) + " N=" +
-                                 std::to_string(c.N) + " g=" + std::to_string(c.group));
+      for (bool permuted : {false, true}) {  // permuted: layout row r holds a random input perm[r] (act-order)
+        const Q4Layout q = test::padded_q4(kind, c.N, c.K, c.group, permuted, 100 + c.K);  // NaN metas in the pads
+        check_products(q, c.M, std::string(q4_kind_name(kind)) + " K=" + std::to_string(c.K) + " N=" +
+                                   std::to_string(c.N) + " g=" + std::to_string(c.group) + (permuted ? " perm" : ""));
+      }
     }
   }
 }
 
 TEST(GemmBf16Q4, QwenShapesFromTheSourceFormats) {
-  // Qwen2.5-0.5B's MLP at 37 tokens: GPTQ group 128 and NF4 with double quantization, through their repacks.
+  // Qwen2.5-0.5B's MLP at 37 tokens: GPTQ group 128 (also act-order) and NF4 with double quantization, through their
+  // repacks.
   const PackedIntLinear gptq = q4_synthetic_int_linear(IntLayout::GptqV1, 896, 4864, 128, false, 5);
   check_products(q4_from_int_linear(gptq), 37, "gptq 896 -> 4864");
+  const PackedIntLinear act = q4_synthetic_int_linear(IntLayout::GptqV1, 4864, 896, 128, true, 8);
+  check_products(q4_from_int_linear(act), 37, "gptq act-order 4864 -> 896");
   const Nf4Tensor nf4 = q4_synthetic_nf4(896, 4864, false, 64, true, 6);
   check_products(q4_from_nf4(nf4, 896, 4864), 37, "nf4 4864 -> 896");
 }
 
 TEST(GemmBf16Q4, RefusesWhatItCannotMultiply) {
   const PackedIntLinear act = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 16, 32, true, 7);
-  const Q4Layout q = q4_from_int_linear(act);
+  Q4Layout q = q4_from_int_linear(act);
   ASSERT_FALSE(q.perm.empty());
   std::vector<float> x(2 * 64, 1.f), y(2 * 16);
+  q.perm[5] = q.perm[9];  // not a permutation
+  const std::string repeated =
+      "qgemm_int4_forward_bf16: perm[9] = " + std::to_string(q.perm[9]) + " is outside [0, 64) or repeats an input";
   test::expect_error([&] { qgemm_int4_forward_bf16(q.view(), x.data(), 2, nullptr, DType::F32, y.data()); },
-                              "qgemm_int4_forward_bf16: the weight's rows are permuted (act-order)");
+                     repeated.c_str());
+  q.perm[5] = 64;
+  test::expect_error([&] { qgemm_int4_backward_input_bf16(q.view(), y.data(), 2, x.data()); },
+                     "qgemm_int4_backward_input_bf16: perm[5] = 64 is outside [0, 64)");
   Q4View plain = q.view();
   plain.perm = nullptr;
   test::expect_error([&] { qgemm_int4_backward_input_bf16(plain, y.data(), 0, x.data()); },
@@ -106,8 +118,10 @@ void expect_same_form(const Q4Transient& t, const Q4Layout& q, const std::string
   EXPECT_EQ(v.Kp, q.Kp) << what;
   EXPECT_EQ(v.Np, q.Np) << what;
   EXPECT_EQ(v.group, q.group) << what;
-  EXPECT_EQ(v.perm, nullptr) << what;
-  ASSERT_TRUE(q.perm.empty()) << what;
+  EXPECT_EQ(v.perm == nullptr, q.perm.empty()) << what;
+  if (v.perm != nullptr) {
+    EXPECT_EQ(std::vector<int32_t>(v.perm, v.perm + v.K), q.perm) << what;
+  }
   EXPECT_EQ(std::vector<uint32_t>(v.qweight, v.qweight + q.qweight.size()), q.qweight) << what;
   EXPECT_EQ(std::vector<uint32_t>(v.meta, v.meta + q.meta.size()), q.meta) << what;
 }
@@ -146,11 +160,36 @@ TEST(Q4Transient, Nf4FormsAreTheRepackWordForWord) {
   }
 }
 
+// Act-order GPTQ as loaded models hold it (rows sorted by group, int_linear_sort_inputs_by_group): the repack's words,
+// meta and perm, GPTQ's words and perm borrowed; its products are the dense ones on its values (both paths).
+TEST(Q4Transient, SortedActOrderKeepsItsRowsAndPerm) {
+  for (IntLayout layout : {IntLayout::GptqV1, IntLayout::GptqV2}) {
+    for (int64_t group : {int64_t{8}, int64_t{32}, int64_t{128}}) {
+      const PackedIntLinear act = q4_synthetic_int_linear(layout, 256, 40, group, true, 61 + group);
+      const PackedIntLinear sorted = int_linear_sort_inputs_by_group(act);
+      ASSERT_FALSE(sorted.perm.empty());
+      const std::string what = std::string(int_layout_name(layout)) + " g=" + std::to_string(group);
+      const Q4Transient t = q4_transient_int_linear(sorted);
+      expect_same_form(t, q4_from_int_linear(act), what);
+      EXPECT_EQ(static_cast<const void*>(t.view.qweight), static_cast<const void*>(sorted.qweight.data())) << what;
+      EXPECT_EQ(t.view.perm, sorted.perm.data()) << what;
+      Q4Layout owned;  // check_products takes a layout: the transient's words, meta and perm copied into one
+      owned.kind = t.view.kind;
+      owned.K = owned.Kp = t.view.K;
+      owned.N = owned.Np = t.view.N;
+      owned.group = t.view.group;
+      owned.qweight.assign(t.view.qweight, t.view.qweight + t.view.K / kQ4CodesPerWord * t.view.N);
+      owned.meta = t.meta;
+      owned.perm = sorted.perm;
+      check_products(owned, 19, what);
+    }
+  }
+}
+
 TEST(Q4Transient, NoFormWhereTheWordsCannotBeMoved) {
-  // Act-order (the rows need a permutation), and weights held sorted in memory.
+  // Act-order rows in the file's order (a repack would have to sort them).
   const PackedIntLinear act = q4_synthetic_int_linear(IntLayout::GptqV1, 64, 16, 32, true, 51);
   EXPECT_FALSE(q4_transient_int_linear(act).has_form());
-  EXPECT_FALSE(q4_transient_int_linear(int_linear_sort_inputs_by_group(act)).has_form());
   // Not 4-bit.
   PackedIntLinear three = q4_synthetic_int_linear(IntLayout::GptqV2, 64, 16, 32, false, 52);
   three.bits = 3;

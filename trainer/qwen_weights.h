@@ -150,7 +150,7 @@ bool int8_activations();
 // `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, a
 // 4-bit Linear past the packed product's row limit, a dense lm_head) on bf16 operands with fp32 sums
 // (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with AVX512_BF16). There a
-// GPTQ/AWQ or bitsandbytes 4-bit Linear without act-order is multiplied from its Q4 form (q4_linear_form,
+// GPTQ/AWQ or bitsandbytes 4-bit Linear (act-order GPTQ too, its rows as sorted at load) is multiplied from its Q4 form (q4_linear_form,
 // qgemm_int4_forward_bf16), any other one from its fp32 dequantization: the same bits either way. F16 weights, the packed
 // products, GGUF tables and every backward stay as they are. A product with a 16-bit or fp32 weight on fewer than
 // kCpuBf16MinRows rows (a decode step) keeps the fp32 product even with the switch on: the bf16 kernel packs the
@@ -163,7 +163,8 @@ bool cpu_bf16_products();
 constexpr int64_t kCpuBf16MinRows = 8;
 // A 4-bit Linear's Q4 form for one product (quant/format/qgemm_layout.h, q4_transient_int_linear / q4_transient_nf4:
 // GPTQ's own words, AWQ's and bitsandbytes' moved into Q4's order); no form (has_form() false) for a dense, GGUF or
-// FP8 weight, act-order GPTQ, other bit widths and shapes Q4 cannot take without padding. Borrows from w.
+// FP8 weight, act-order GPTQ whose rows are not sorted by group, other bit widths and shapes Q4 cannot take without
+// padding. Borrows from w.
 Q4Transient q4_linear_form(const LinearWeight& w);
 // True when the int8 products apply to q / p (non-null, a supported type or layout, the switch on).
 bool uses_int8_activations(const GgmlLinear* q);

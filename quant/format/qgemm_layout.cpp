@@ -240,10 +240,10 @@ std::vector<float> q4_unpack(const Q4View& w) {
 Q4Transient q4_transient_int_linear(const PackedIntLinear& p) {
   Q4Transient t;
   if (p.bits != 4 || p.K % kQ4CodesPerWord != 0 || p.N % 8 != 0 || p.group <= 0 ||
-      q4_int_layout_group(p.K, p.group) % kQ4CodesPerWord != 0 || q4_int_has_perm(p)) {
-    return t;
+      q4_int_layout_group(p.K, p.group) % kQ4CodesPerWord != 0 || !g_idx_is_identity(p)) {
+    return t;  // act-order rows not sorted by group yet: only a repack moves them
   }
-  const IntLayoutRows rows = int_layout_rows(p, kIntRepack);  // the repack's checks (sizes; no perm here)
+  const IntLayoutRows rows = int_layout_rows(p, kIntRepack);  // the repack's checks (sizes, p.perm's; no new perm)
   const int64_t K = p.K, N = p.N, G = p.num_groups();
   const std::vector<uint16_t> zeros = int_linear_zeros(p);
   t.meta.resize(static_cast<size_t>(G * N));
@@ -272,7 +272,9 @@ Q4Transient q4_transient_int_linear(const PackedIntLinear& p) {
     });
     words = t.words.data();
   }
-  t.view = Q4View{Q4Kind::Int, K, N, K, N, rows.group, words, t.meta.data(), nullptr};
+  // Rows sorted by group in memory (int_linear_sort_inputs_by_group) keep their order: stored row i holds input
+  // p.perm[i], which the view's perm says.
+  t.view = Q4View{Q4Kind::Int, K, N, K, N, rows.group, words, t.meta.data(), p.perm.empty() ? nullptr : p.perm.data()};
   return t;
 }
 

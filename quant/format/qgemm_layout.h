@@ -164,9 +164,11 @@ std::vector<float> q4_unpack(const Q4View& w);
 // moving whole words instead of one code at a time. GPTQ v1/v2: the file's own words are Q4's (a borrowed pointer,
 // no copy) and only the meta words [G, N] are built; AutoAWQ: its words transposed 8 x 8 nibbles at a time;
 // NF4/FP4: each run of 8 codes of a row is 4 bytes of the file, one word with its nibble pairs swapped. Views
-// `view.qweight` into the weight itself for GPTQ, so the weight must outlive it. No form (view.qweight null) for a
-// weight with a permutation (act-order), other bit widths, K % 8 != 0, N % 4 != 0 or a layout group that is not a
-// multiple of 8 (NF4: blocks that straddle rows): the caller dequantizes instead.
+// `view.qweight` into the weight itself for GPTQ, so the weight must outlive it. Act-order GPTQ whose rows the loader
+// sorted by group (int_linear_sort_inputs_by_group, as every loaded model's are) keeps them sorted, view.perm its perm
+// (borrowed too). No form (view.qweight null) for act-order rows not sorted yet, other bit widths, K % 8 != 0,
+// N % 4 != 0 or a layout group that is not a multiple of 8 (NF4: blocks that straddle rows): the caller dequantizes
+// instead.
 struct Q4Transient {
   Q4View view;  // qweight null: this weight has no transient form
   std::vector<uint32_t> words, meta;
