@@ -301,27 +301,28 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc,
 // k - k0 holding columns n0..: q4_dequant's fp32 values, 16 columns at a time (Int: (code - zero)·scale, the fp16
 // scale widened exactly; Nf4/Fp4: book[code]·absmax). Without a permutation (inv null; k0 % 8 == 0) a word-row gives
 // 8 inputs; with one, input k is layout row inv[k] (its word-row, nibble and group), one input per load.
+// A group's meta words as two factors: Int (the fp16 scale in bits 0..15, widened exactly; the zero in bits 16..23),
+// Nf4/Fp4 (the fp32 absmax; b unused). (Helpers, not lambdas: a lambda does not take the target attribute.)
+QWENQ_BF16_FN inline void q4_factors(bool int_kind, __m512i meta, __m512* a, __m512* b) {
+  if (int_kind) {
+    *a = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(meta));
+    *b = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 16), _mm512_set1_epi32(0xFF)));
+  } else {
+    *a = _mm512_castsi512_ps(meta);
+  }
+}
+
+// The 16 values of the input in nibble j of the words v: (code − zero)·scale, or book[code]·absmax.
+QWENQ_BF16_FN inline __m512 q4_values16(bool int_kind, __m512i v, int j, __m512 a, __m512 b, __m512 codes) {
+  const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), _mm512_set1_epi32(15));
+  return int_kind ? _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), b), a)
+                  : _mm512_mul_ps(_mm512_permutexvar_ps(q, codes), a);
+}
+
 QWENQ_BF16_FN void q4_tile(const Q4View& w, const int32_t* inv, int64_t k0, int64_t nk, int64_t n0, int64_t nn,
                            float* tile, int64_t ld) {
-  const __m512i nibble = _mm512_set1_epi32(15), byte = _mm512_set1_epi32(0xFF);
-  const float* book = w.kind == Q4Kind::Fp4 ? kFp4Code : kNf4Code;
-  const __m512 codes = _mm512_loadu_ps(book);
+  const __m512 codes = _mm512_loadu_ps(w.kind == Q4Kind::Fp4 ? kFp4Code : kNf4Code);
   const bool int_kind = w.kind == Q4Kind::Int;
-  // A group's meta words as two factors: Int (scale, zero), Nf4/Fp4 (absmax, unused).
-  const auto factors = [&](__m512i meta, __m512* a, __m512* b) {
-    if (int_kind) {
-      *a = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(meta));  // bits 0..15: the fp16 scale
-      *b = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(meta, 16), byte));
-    } else {
-      *a = _mm512_castsi512_ps(meta);
-    }
-  };
-  // The 16 values of the input in nibble j of the words v.
-  const auto values = [&](__m512i v, int j, __m512 a, __m512 b) {
-    const __m512i q = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(4 * j)), nibble);
-    return int_kind ? _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), b), a)
-                    : _mm512_mul_ps(_mm512_permutexvar_ps(q, codes), a);
-  };
   __m512 fa = _mm512_setzero_ps(), fb = _mm512_setzero_ps();
   for (int64_t c = 0; c < nn; c += 16) {
     const int64_t cn = std::min<int64_t>(16, nn - c);
@@ -330,18 +331,19 @@ QWENQ_BF16_FN void q4_tile(const Q4View& w, const int32_t* inv, int64_t k0, int6
       for (int64_t k = k0; k < k0 + nk; ++k) {
         const int64_t r = inv[k];
         const __m512i v = _mm512_maskz_loadu_epi32(m, w.qweight + r / kQ4CodesPerWord * w.Np + n0 + c);
-        factors(_mm512_maskz_loadu_epi32(m, w.meta + r / w.group * w.Np + n0 + c), &fa, &fb);
-        _mm512_mask_storeu_ps(tile + (k - k0) * ld + c, m, values(v, static_cast<int>(r % kQ4CodesPerWord), fa, fb));
+        q4_factors(int_kind, _mm512_maskz_loadu_epi32(m, w.meta + r / w.group * w.Np + n0 + c), &fa, &fb);
+        _mm512_mask_storeu_ps(tile + (k - k0) * ld + c, m,
+                              q4_values16(int_kind, v, static_cast<int>(r % kQ4CodesPerWord), fa, fb, codes));
       }
       continue;
     }
     for (int64_t k = k0; k < k0 + nk; k += kQ4CodesPerWord) {
       const int64_t r = k / kQ4CodesPerWord, g = k / w.group;
       const __m512i v = _mm512_maskz_loadu_epi32(m, w.qweight + r * w.Np + n0 + c);
-      factors(_mm512_maskz_loadu_epi32(m, w.meta + g * w.Np + n0 + c), &fa, &fb);
+      q4_factors(int_kind, _mm512_maskz_loadu_epi32(m, w.meta + g * w.Np + n0 + c), &fa, &fb);
       const int rows = static_cast<int>(std::min<int64_t>(kQ4CodesPerWord, k0 + nk - k));
       float* out = tile + (k - k0) * ld + c;
-      for (int j = 0; j < rows; ++j) _mm512_mask_storeu_ps(out + j * ld, m, values(v, j, fa, fb));
+      for (int j = 0; j < rows; ++j) _mm512_mask_storeu_ps(out + j * ld, m, q4_values16(int_kind, v, j, fa, fb, codes));
     }
   }
 }

@@ -5,6 +5,11 @@
 # build-cpu-only/ (no objects are written there) and runs its compile commands with -fsyntax-only, in parallel, for
 # the files that include a header of ours (or are one) testing QWENQ_HAVE_CUDA: about half of them, ~1.5 min on 2 cores.
 # Usage: scripts/cpu_only_check.sh [build-dir]. Exit 1 and the compiler's messages when a file does not compile.
+# Then, on x86-64, the files whose SIMD paths carry per-function target attributes (`__attribute__((target`, or
+# core/cpu_features.h) are compiled to objects with -march=x86-64-v2 instead of -march=native: what a machine without
+# AVX-512 builds. A helper those paths call must carry the attribute too (a lambda does not inherit it); with
+# -march=native on an AVX-512 machine such a mistake compiles, elsewhere it stops the build (it did once: 2026-12-06,
+# kernels/gemm_bf16.cpp, found by the x86-64-v3 build of scripts/gpu_prepare.sh).
 # QWENQ_CHECK_CXX=aarch64-linux-gnu-g++ (Debian's g++-aarch64-linux-gnu) checks every file with that compiler instead,
 # without -march=native: whether the CPU code builds for an ARM host such as a GH200's Grace (not in CI; 2026-12-05:
 # all 262 library, tool and test files after one test's fix).
@@ -72,6 +77,30 @@ with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
             sys.stderr.write(f"cpu_only_check: {path} does not compile {how}\n")
 if failed:
     sys.exit(f"cpu_only_check: {failed} of {compiled} C++ files fail to compile {how}")
+
+def names_a_target(path):
+    with open(path, errors="replace") as f:
+        text = f.read()
+    return "__attribute__((target" in text or "core/cpu_features.h" in text
+
+if not cross and os.uname().machine == "x86_64":
+    def baseline(e):
+        args = [("-march=x86-64-v2" if a == "-march=native" else a) for a in command(e)]
+        if "-march=x86-64-v2" not in args:
+            args.append("-march=x86-64-v2")
+        r = subprocess.run(args + ["-c", "-o", "/dev/null"], cwd=e["directory"], capture_output=True, text=True)
+        return e["file"], r.returncode, r.stderr
+    targeted = [e for e in entries if "/benchmarks/" not in e["file"] and names_a_target(e["file"])]
+    bad = 0
+    with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
+        for path, rc, err in pool.map(baseline, targeted):
+            if rc:
+                bad += 1
+                sys.stderr.write(err)
+                sys.stderr.write(f"cpu_only_check: {path} does not compile for -march=x86-64-v2\n")
+    if bad:
+        sys.exit(f"cpu_only_check: {bad} of {len(targeted)} files with target attributes fail for -march=x86-64-v2")
+    print(f"cpu_only_check: the {len(targeted)} files with target attributes compile for -march=x86-64-v2")
 if cross:
     print(f"cpu_only_check: all {compiled} C++ files compile with {cross}")
 else:
