@@ -273,24 +273,16 @@ void backward_q_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
   Strided(p.dq + (t.row0 * p.H + h) * D, nq, D, Eigen::OuterStride<>(p.H * D)) = dQ * p.scale;
 }
 
-}  // namespace
-
-void attention_forward_ref(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
-                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse) {
-  const int64_t T = check_packed("attention_forward_ref", cu_seqlens, n_seqs, H, Hkv, D);
-  if (T == 0) return;
-  QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr, "attention_forward_ref: null pointer");
-
-  const Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, lse};
-
-  // Tasks in (sequence, head, query block) order with their cumulative cost.
+// The forward's work: (sequence, head, query block) tasks with their cumulative cost, cut into one contiguous piece
+// of equal cost per thread.
+struct ForwardTasks {
   std::vector<Task> tasks;
   std::vector<double> cost_end;  // cost of tasks [0, t]
   double total = 0;
-  for (int64_t s = 0; s < n_seqs; ++s) {
-    const int64_t b = cu_seqlens[s], e = cu_seqlens[s + 1];
+  // Query rows [r_first, e) of the sequence starting at row b, every head.
+  void add(int64_t b, int64_t r_first, int64_t e, int64_t H) {
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t r0 = b; r0 < e; r0 += kQBlock) {
+      for (int64_t r0 = r_first; r0 < e; r0 += kQBlock) {
         const int64_t r1 = std::min(e, r0 + kQBlock);
         // rows × keys visited (whole key blocks up to the last row), plus a fixed cost per block
         total += static_cast<double>(r1 - r0) * static_cast<double>(r1 - b + kKBlock / 2) + 4.0 * kQBlock * kKBlock;
@@ -298,11 +290,25 @@ void attention_forward_ref(const float* q, const float* k, const float* v, const
         cost_end.push_back(total);
       }
   }
+  void run(const Problem& p) const {
+    run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
+      Scratch scratch(p.D);
+      for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);
+    });
+  }
+};
 
-  run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
-    Scratch scratch(D);
-    for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);
-  });
+}  // namespace
+
+void attention_forward_ref(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
+                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse) {
+  const int64_t T = check_packed("attention_forward_ref", cu_seqlens, n_seqs, H, Hkv, D);
+  if (T == 0) return;
+  QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr, "attention_forward_ref: null pointer");
+  const Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, lse};
+  ForwardTasks work;
+  for (int64_t s = 0; s < n_seqs; ++s) work.add(cu_seqlens[s], cu_seqlens[s], cu_seqlens[s + 1], H);
+  work.run(p);
 }
 
 void attention_forward_suffix_ref(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
@@ -315,21 +321,9 @@ void attention_forward_suffix_ref(const float* q, const float* k, const float* v
               "attention_forward_suffix_ref: null pointer");
   Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, nullptr};
   p.q0 = p0;
-  // The forward's tasks for rows [p0, p0 + n) of one sequence starting at row 0.
-  std::vector<Task> tasks;
-  std::vector<double> cost_end;
-  double total = 0;
-  for (int64_t h = 0; h < H; ++h)
-    for (int64_t r0 = p0; r0 < p0 + n; r0 += kQBlock) {
-      const int64_t r1 = std::min(p0 + n, r0 + kQBlock);
-      total += static_cast<double>(r1 - r0) * static_cast<double>(r1 + kKBlock / 2) + 4.0 * kQBlock * kKBlock;
-      tasks.push_back({0, r0, r1, h});
-      cost_end.push_back(total);
-    }
-  run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
-    Scratch scratch(D);
-    for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);
-  });
+  ForwardTasks work;  // rows [p0, p0 + n) of one sequence starting at row 0
+  work.add(0, p0, p0 + n, H);
+  work.run(p);
 }
 
 void attention_backward_ref(const float* dout, const float* q, const float* k, const float* v, const float* out,

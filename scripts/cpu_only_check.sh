@@ -47,12 +47,18 @@ def command(e):  # the build's command without the object output and the compile
         out[0] = cross
     return out
 
-mentions = {}
-def names_the_switch(path):
-    if path not in mentions:
+texts = {}
+def text_of(path):
+    if path not in texts:
         with open(path, errors="replace") as f:
-            mentions[path] = "QWENQ_HAVE_CUDA" in f.read()
-    return mentions[path]
+            texts[path] = f.read()
+    return texts[path]
+
+def names_the_switch(path):
+    return "QWENQ_HAVE_CUDA" in text_of(path)
+
+def names_a_target(path):
+    return "__attribute__((target" in text_of(path) or "core/cpu_features.h" in text_of(path)
 
 def check(e):
     # A file none of whose own headers (-MM: the project's, not the system's) mentions QWENQ_HAVE_CUDA preprocesses
@@ -66,22 +72,22 @@ def check(e):
     r = subprocess.run(command(e) + ["-fsyntax-only"], cwd=e["directory"], capture_output=True, text=True)
     return e["file"], r.returncode, r.stderr
 
+# Runs fn over the entries in parallel, printing each failure's messages; returns (failed, compiled).
+def compile_all(fn, items, how):
+    failed = compiled = 0
+    with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
+        for path, rc, err in pool.map(fn, items):
+            compiled += rc is not None
+            if rc:
+                failed += 1
+                sys.stderr.write(err)
+                sys.stderr.write(f"cpu_only_check: {path} does not compile {how}\n")
+    return failed, compiled
+
 how = "with " + cross if cross else "without CUDA"
-failed = compiled = 0
-with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
-    for path, rc, err in pool.map(check, entries):
-        compiled += rc is not None
-        if rc:
-            failed += 1
-            sys.stderr.write(err)
-            sys.stderr.write(f"cpu_only_check: {path} does not compile {how}\n")
+failed, compiled = compile_all(check, entries, how)
 if failed:
     sys.exit(f"cpu_only_check: {failed} of {compiled} C++ files fail to compile {how}")
-
-def names_a_target(path):
-    with open(path, errors="replace") as f:
-        text = f.read()
-    return "__attribute__((target" in text or "core/cpu_features.h" in text
 
 if not cross and os.uname().machine == "x86_64":
     def baseline(e):
@@ -91,13 +97,7 @@ if not cross and os.uname().machine == "x86_64":
         r = subprocess.run(args + ["-c", "-o", "/dev/null"], cwd=e["directory"], capture_output=True, text=True)
         return e["file"], r.returncode, r.stderr
     targeted = [e for e in entries if "/benchmarks/" not in e["file"] and names_a_target(e["file"])]
-    bad = 0
-    with ThreadPoolExecutor(max_workers=int(sys.argv[2])) as pool:
-        for path, rc, err in pool.map(baseline, targeted):
-            if rc:
-                bad += 1
-                sys.stderr.write(err)
-                sys.stderr.write(f"cpu_only_check: {path} does not compile for -march=x86-64-v2\n")
+    bad, _ = compile_all(baseline, targeted, "for -march=x86-64-v2")
     if bad:
         sys.exit(f"cpu_only_check: {bad} of {len(targeted)} files with target attributes fail for -march=x86-64-v2")
     print(f"cpu_only_check: the {len(targeted)} files with target attributes compile for -march=x86-64-v2")

@@ -23,6 +23,7 @@
 #include "quant/format/qgemm_layout.h"
 #include "quant/packed_matvec.h"
 #include "tests/support/bf16_paths.h"
+#include "tests/support/checkpoint_compare.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_training.h"
 #include "tests/support/test_paths.h"
@@ -153,6 +154,32 @@ TEST(CpuBf16Products, DequantizedFourBitLinearsTakeItPastThePackedRows) {
   EXPECT_EQ(on, bf);
 }
 
+// A LoRA step (r 4 on all seven Linears, B random from `seed`) with the bf16 products on q and on its dequantized
+// copy, on both product paths of this CPU: the same loss and adapter gradients bit for bit; and the fp32 products
+// give another loss (the switch is what the products follow).
+void expect_bf16_step_is_the_dense_copys(const QwenModel& q, const QwenModel& dense, uint64_t seed) {
+  const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99}});
+  const std::vector<int32_t> targets = next_token_targets(batch);
+  const LoraAdapter a = test::adapter_with_random_b(
+      q.config(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 4, 16, false, seed,
+      0.3f);
+  for (bool portable : test::bf16_gemm_paths()) {
+    test::PortableScope scope(portable);
+    LoraStepOptions opt;
+    opt.bf16_matmul = true;
+    LoraAdapter gq = test::zeros_like(a), gd = test::zeros_like(a);
+    const LoraStepResult rq = lora_loss_and_grad(q, a, batch, targets, &gq, opt);
+    const LoraStepResult rd = lora_loss_and_grad(dense, a, batch, targets, &gd, opt);
+    EXPECT_EQ(rq.nll_sum, rd.nll_sum) << (portable ? "portable" : "avx512_bf16");
+    for (size_t i = 0; i < a.slots().size(); ++i) {
+      EXPECT_EQ(gq.weights(i).A, gd.weights(i).A) << a.slots()[i].path;
+      EXPECT_EQ(gq.weights(i).B, gd.weights(i).B) << a.slots()[i].path;
+    }
+    opt.bf16_matmul = false;
+    EXPECT_NE(lora_loss_and_grad(q, a, batch, targets, nullptr, opt).nll_sum, rq.nll_sum);
+  }
+}
+
 // The CPU trainer's --cpu-matmul bf16 on a 4-bit base multiplies each Linear from its Q4 form (no fp32 copy of the
 // weight, trainer/lora_model.cpp): a LoRA step on GPTQ, AWQ and NF4 models gives, bit for bit, the loss and adapter
 // gradients of the same step on the model's dequantized fp32 copy, on both product paths of this CPU.
@@ -167,8 +194,6 @@ TEST(CpuBf16Products, FourBitTrainingStepHasTheBitsOfItsDequantizedCopy) {
   const Method methods[] = {{"gptq", QuantizeOptions::Method::Rtn, IntLayout::GptqV1},
                             {"awq", QuantizeOptions::Method::Rtn, IntLayout::AwqGemm},
                             {"nf4", QuantizeOptions::Method::Nf4, IntLayout::GptqV1}};
-  const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99}});
-  const std::vector<int32_t> targets = next_token_targets(batch);
   for (const Method& m : methods) {
     SCOPED_TRACE(m.name);
     QuantizeOptions o;
@@ -179,32 +204,10 @@ TEST(CpuBf16Products, FourBitTrainingStepHasTheBitsOfItsDequantizedCopy) {
     o.out_dir = root + "/" + m.name;
     o.quiet = true;
     quantize_model(o);
-    DequantizeOptions d;
-    d.model_dir = o.out_dir;
-    d.out_dir = o.out_dir + "_fp32";
-    d.dtype = DType::F32;
-    d.quiet = true;
-    dequantize_model(d);
-    const QwenModel q(o.out_dir), dense(d.out_dir);
+    const QwenModel q(o.out_dir), dense(test::dequantized_copy(o.out_dir));
     for (const auto& layer : q.weights().layers)
       for (int t = 0; t < 7; ++t) ASSERT_TRUE(q4_linear_form(layer_linear(layer, t)).has_form()) << "Linear " << t;
-    const LoraAdapter a = test::adapter_with_random_b(
-        q.config(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 4, 16, false, 3, 0.3f);
-    for (bool portable : test::bf16_gemm_paths()) {
-      test::PortableScope scope(portable);
-      LoraStepOptions opt;
-      opt.bf16_matmul = true;
-      LoraAdapter gq = test::zeros_like(a), gd = test::zeros_like(a);
-      const LoraStepResult rq = lora_loss_and_grad(q, a, batch, targets, &gq, opt);
-      const LoraStepResult rd = lora_loss_and_grad(dense, a, batch, targets, &gd, opt);
-      EXPECT_EQ(rq.nll_sum, rd.nll_sum) << (portable ? "portable" : "avx512_bf16");
-      for (size_t i = 0; i < a.slots().size(); ++i) {
-        EXPECT_EQ(gq.weights(i).A, gd.weights(i).A) << a.slots()[i].path;
-        EXPECT_EQ(gq.weights(i).B, gd.weights(i).B) << a.slots()[i].path;
-      }
-      opt.bf16_matmul = false;  // and the switch is what the products follow
-      EXPECT_NE(lora_loss_and_grad(q, a, batch, targets, nullptr, opt).nll_sum, rq.nll_sum);
-    }
+    expect_bf16_step_is_the_dense_copys(q, dense, 3);
   }
 }
 
@@ -225,13 +228,7 @@ TEST(CpuBf16Products, ActOrderTrainingStepHasTheBitsOfItsDequantizedCopy) {
   g.calib_seq_len = 64;
   g.desc_act = true;
   gptq_quantize_model(g);
-  DequantizeOptions d;
-  d.model_dir = g.out.out_dir;
-  d.out_dir = g.out.out_dir + "_fp32";
-  d.dtype = DType::F32;
-  d.quiet = true;
-  dequantize_model(d);
-  const QwenModel q(g.out.out_dir), dense(d.out_dir);
+  const QwenModel q(g.out.out_dir), dense(test::dequantized_copy(g.out.out_dir));
   int64_t permuted = 0;
   for (const auto& layer : q.weights().layers)
     for (int t = 0; t < 7; ++t) {
@@ -240,23 +237,7 @@ TEST(CpuBf16Products, ActOrderTrainingStepHasTheBitsOfItsDequantizedCopy) {
       permuted += f.view.perm != nullptr;
     }
   EXPECT_GT(permuted, 0) << "no Linear has an act-order permutation: this test shows nothing";
-  const PackedBatch batch = PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99}});
-  const std::vector<int32_t> targets = next_token_targets(batch);
-  const LoraAdapter a = test::adapter_with_random_b(
-      q.config(), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 4, 16, false, 5, 0.3f);
-  for (bool portable : test::bf16_gemm_paths()) {
-    test::PortableScope scope(portable);
-    LoraStepOptions opt;
-    opt.bf16_matmul = true;
-    LoraAdapter gq = test::zeros_like(a), gd = test::zeros_like(a);
-    const LoraStepResult rq = lora_loss_and_grad(q, a, batch, targets, &gq, opt);
-    const LoraStepResult rd = lora_loss_and_grad(dense, a, batch, targets, &gd, opt);
-    EXPECT_EQ(rq.nll_sum, rd.nll_sum) << (portable ? "portable" : "avx512_bf16");
-    for (size_t i = 0; i < a.slots().size(); ++i) {
-      EXPECT_EQ(gq.weights(i).A, gd.weights(i).A) << a.slots()[i].path;
-      EXPECT_EQ(gq.weights(i).B, gd.weights(i).B) << a.slots()[i].path;
-    }
-  }
+  expect_bf16_step_is_the_dense_copys(q, dense, 5);
 }
 
 TEST(CpuBf16Products, Stories260kNllMovesByTheRoundingOnly) {

@@ -27,17 +27,19 @@ void expect_same_tensors(const std::string& a, const std::string& b) {
   }
 }
 
+std::string dequantized_copy(const std::string& dir) {
+  DequantizeOptions d;
+  d.model_dir = dir;
+  d.out_dir = dir + "-dense";
+  d.dtype = DType::F32;
+  d.overwrite = true;
+  d.quiet = true;
+  dequantize_model(d);
+  return d.out_dir;
+}
+
 void expect_same_dequantized(const std::string& a, const std::string& b) {
-  for (const std::string& m : {a, b}) {
-    DequantizeOptions d;
-    d.model_dir = m;
-    d.out_dir = m + "-dense";
-    d.dtype = DType::F32;
-    d.overwrite = true;
-    d.quiet = true;
-    dequantize_model(d);
-  }
-  expect_same_tensors(a + "-dense", b + "-dense");
+  expect_same_tensors(dequantized_copy(a), dequantized_copy(b));
 }
 
 double flipped_fraction(const std::string& a, const std::string& b, bool first_group_only) {

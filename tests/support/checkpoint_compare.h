@@ -7,7 +7,9 @@ namespace qwenq::test {
 
 // Every tensor of the checkpoints in directories a and b: the same names, dtypes, shapes and bytes.
 void expect_same_tensors(const std::string& a, const std::string& b);
-// `dequantize` of a and of b (to F32, into "<dir>-dense") give the same tensors: the same ŵ whatever the layout.
+// `dequantize` of a quantized model directory to F32 into "<dir>-dense" (replaced if present); returns that path.
+std::string dequantized_copy(const std::string& dir);
+// `dequantize` of a and of b (dequantized_copy) give the same tensors: the same ŵ whatever the layout.
 void expect_same_dequantized(const std::string& a, const std::string& b);
 
 // Fraction of the dequantized decoder weights of two quantized directories that differ: every Linear, or with
