@@ -25,6 +25,11 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   "$BUILD/bench_gemm_cpu" 2>&1 | grep -E '^(linear|eigen)'
   echo '```'
   echo
+  echo "## Decode attention (bench_attention_cpu; ref = attention_decode_ref's plain loops, same run)"
+  echo '```'
+  "$BUILD/bench_attention_cpu" 2>&1 | grep -E '^BM_'
+  echo '```'
+  echo
   echo "## Tokenizer (bench_tokenizer_vs_hf.py: Hugging Face tokenizers and qwen-quant tokenize, same run)"
   echo '```'
   if [ -x "$PY" ]; then "$PY" benchmarks/bench_tokenizer_vs_hf.py --build "$BUILD" 2>&1 | tail -20; else echo "no $PY: skipped"; fi

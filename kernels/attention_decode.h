@@ -55,12 +55,24 @@ void attention_decode_bf16_ref(const float* q, const uint16_t* k_cache, const ui
                                int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len,
                                float* out);
 
+// The CPU model's decode attention (kernels/attention_decode_cpu.cpp): attention_decode_ref's contract, arguments
+// and messages (with their own name), computed per (sequence, kv head, key split) for the whole query group at
+// once with Eigen GEMMs over blocks of 256 keys, the splits merged in order; the result does not depend on the
+// thread count. Unlike the twins, any head dim, odd ones with a bf16 cache too. Equals attention_decode_ref up to the order of the sums; the bf16 variant equals the fp32 one on
+// the widened cache, bit for bit. qwen_model's forward_step takes them for a decode step (one token).
+void attention_decode_cpu(const float* q, const float* k_cache, const float* v_cache, const int32_t* lens, int64_t B,
+                          int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len, float* out);
+void attention_decode_bf16_cpu(const float* q, const uint16_t* k_cache, const uint16_t* v_cache, const int32_t* lens,
+                               int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity, int64_t max_len,
+                               float* out);
+
 // The argument checks the twins run, messages starting with `name`: the shapes (with cache_elem_bytes = 2, the
-// bf16 variant's, also D even), then (B > 0) the pointers. Returns false for B = 0 (nothing to do). lens are not
-// read (they may be device memory).
+// bf16 variant's, also D even; with kernel_limits false, the CPU variants', neither that nor the head dim's bound),
+// then (B > 0) the pointers. Returns false for B = 0 (nothing to do). lens are not read (they may be device memory).
 bool attention_decode_check_args(const char* name, const float* q, const void* k_cache, const void* v_cache,
                                  const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
-                                 int64_t max_len, const float* out, int cache_elem_bytes = 4);
+                                 int64_t max_len, const float* out, int cache_elem_bytes = 4,
+                                 bool kernel_limits = true);
 
 }  // namespace qwenq
 

@@ -18,13 +18,13 @@ namespace qwenq {
 
 bool attention_decode_check_args(const char* name, const float* q, const void* k_cache, const void* v_cache,
                                  const int32_t* lens, int64_t B, int64_t H, int64_t Hkv, int64_t D, int64_t capacity,
-                                 int64_t max_len, const float* out, int cache_elem_bytes) {
+                                 int64_t max_len, const float* out, int cache_elem_bytes, bool kernel_limits) {
   QWENQ_CHECK(B >= 0 && H > 0 && Hkv > 0 && D > 0,
               name << ": bad shape B=" << B << " H=" << H << " Hkv=" << Hkv << " D=" << D);
   QWENQ_CHECK(H % Hkv == 0, name << ": query heads H=" << H << " must be a multiple of kv heads Hkv=" << Hkv);
-  QWENQ_CHECK(D <= kAttentionDecodeMaxHeadDim,
+  QWENQ_CHECK(!kernel_limits || D <= kAttentionDecodeMaxHeadDim,
               name << ": head dim D=" << D << " exceeds the decode kernel's limit " << kAttentionDecodeMaxHeadDim);
-  QWENQ_CHECK(cache_elem_bytes == 4 || D % 2 == 0,
+  QWENQ_CHECK(!kernel_limits || cache_elem_bytes == 4 || D % 2 == 0,
               name << ": head dim D=" << D << " is odd; a bf16 KV cache needs an even D (pairs of columns per load)");
   QWENQ_CHECK(max_len >= 1 && max_len <= capacity,
               name << ": max_len=" << max_len << " must be in [1, capacity=" << capacity << "]");

@@ -9,6 +9,7 @@
 #include "core/threads.h"
 #include "kernels/act.h"
 #include "kernels/attention.h"
+#include "kernels/attention_decode.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -26,47 +27,6 @@ void linear(const float* x, int64_t M, const LinearWeight& w, const TensorView& 
 
 void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float* y) {
   rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
-}
-
-inline float widen(float x) { return x; }
-inline float widen(uint16_t x) { return bf16_to_f32(x); }
-
-// Causal attention of n new queries (absolute positions p0..p0+n-1) over a cache holding positions
-// 0..p0+n-1. q, out: [n, H, D]; k, v: [p0+n, Hkv, D] fp32, or bf16 bits widened as read. Same math as
-// attention_forward_ref with an offset.
-template <typename T>
-void attention_with_cache(const float* q, const T* k, const T* v, int64_t p0, int64_t n, int64_t H, int64_t Hkv,
-                          int64_t D, float* out) {
-  const int64_t group = H / Hkv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  parallel_for(n * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> s(p0 + n);
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t i = idx / H, h = idx % H, g = h / group;
-      const int64_t keys = p0 + i + 1;
-      const float* qi = q + (i * H + h) * D;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < keys; ++j) {
-        const T* kj = k + (j * Hkv + g) * D;
-        float dot = 0.f;
-        for (int64_t d = 0; d < D; ++d) dot += qi[d] * widen(kj[d]);
-        s[j] = dot * scale;
-        mx = std::max(mx, s[j]);
-      }
-      float sum = 0.f;
-      for (int64_t j = 0; j < keys; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      float* o = out + (i * H + h) * D;
-      std::fill(o, o + D, 0.f);
-      for (int64_t j = 0; j < keys; ++j) {
-        const float p = s[j] / sum;
-        const T* vj = v + (j * Hkv + g) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] += p * widen(vj[d]);
-      }
-    }
-  });
 }
 
 }  // namespace
@@ -371,9 +331,10 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   // Several tokens at once (a prompt, or the rest of one after a reused prefix) attend with the packed forward's
   // blocked attention over the cache (attention_forward_suffix_ref; a BF16 cache's rows widened first, as stored), not
   // attention_with_cache's key-by-key loops, which were 72 % of a 2400-token prompt's time on the Qwen2.5-0.5B shape.
-  // One token (a decode step) keeps those loops.
+  // One token (a decode step) takes attention_decode_cpu: the query group's dot products per key block at once.
   std::vector<float> k_wide, v_wide;
   const int64_t rows = (p0 + n) * kvd;
+  const int32_t len = static_cast<int32_t>(p0 + n);  // keys a decode step sees
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
     if (cache->dtype == KvCacheDType::BF16) {
       from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
@@ -389,8 +350,8 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
                                      out);
         return;
       }
-      attention_with_cache(q, cache->k16[l].data(), cache->v16[l].data(), p0, n, c.num_heads, c.num_kv_heads,
-                           c.head_dim, out);
+      attention_decode_bf16_cpu(q, cache->k16[l].data(), cache->v16[l].data(), &len, 1, c.num_heads, c.num_kv_heads,
+                                c.head_dim, cache->capacity, len, out);
       return;
     }
     std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
@@ -400,8 +361,8 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
                                    c.head_dim, out);
       return;
     }
-    attention_with_cache(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
-                         out);
+    attention_decode_cpu(q, cache->k[l].data(), cache->v[l].data(), &len, 1, c.num_heads, c.num_kv_heads, c.head_dim,
+                         cache->capacity, len, out);
   });
   cache->length = p0 + n;
   std::vector<float> out(c.vocab_size);
