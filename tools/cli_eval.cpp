@@ -123,6 +123,7 @@ void run_save_kld(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  apply_cpu_matmul(a.cpu_matmul, device);
   std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   Tokenizer tok = Tokenizer::from_model(dir);
@@ -153,6 +154,7 @@ void run_kld_file(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
                            << ", whose chunks are scored; leave --seq-len out");
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  apply_cpu_matmul(a.cpu_matmul, device);
   std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   const KldRunOptions opt = kld_run_options(a, Tokenizer::from_model(dir));
@@ -169,7 +171,6 @@ void run_kld_file(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
 
 void run_eval(const EvalArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
-  set_cpu_bf16_products(a.cpu_matmul == "bf16");
   DevicePick pick(a.common, "the evaluation");
   const bool kl_file = !a.kl_base.empty() && is_kld_file(a.kl_base);
   if (!a.kl_base.empty() && !kl_file && file_exists(a.kl_base) && !dir_exists(a.kl_base) && !is_gguf_file(a.kl_base)) {
@@ -214,6 +215,7 @@ void run_eval(const EvalArgs& a) {
   std::vector<const QwenModel*> models{&model};
   if (base) models.push_back(base.get());
   const Device device = pick.settle_for_models(models, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  apply_cpu_matmul(a.cpu_matmul, device);
   std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
   PerplexityResult r;
