@@ -4,6 +4,8 @@
 // heads, one sequence of 1K to 32K cached keys. Counters: GB/s of the unique K/V bytes (each key and value row of
 // the sequence once); the speed-up is the ratio of the two rows' times.
 //
+// Also the packed causal attention of a prompt or a training sequence (BM_PackedAttention, forward and backward).
+//
 //   build/bench_attention_cpu [benchmark flags]     (threads: QWENQ_THREADS or all cores)
 #include <benchmark/benchmark.h>
 
@@ -12,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
+#include "kernels/attention.h"
 #include "kernels/attention_decode.h"
 
 namespace {
@@ -68,6 +71,46 @@ void Args(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_DecodeAttention)->Apply(Args)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.3);
+
+// The packed causal attention of a prompt or a training sequence (attention_forward_ref, with lse; and its backward)
+// over one sequence of T tokens: args heads index, T, backward (0/1). GFLOP/s counts the causal half's products:
+// forward 2·T²·D per head (S = QKᵀ and PV over T²/2 entries), backward 2.5x that (S, dP, dV, dK, dQ).
+void BM_PackedAttention(benchmark::State& state) {
+  const Heads h = kHeads[state.range(0)];
+  const int64_t T = state.range(1);
+  const bool backward = state.range(2) != 0;
+  qwenq::Rng rng(9);
+  std::vector<float> q(static_cast<size_t>(T * h.H * h.D)), k(static_cast<size_t>(T * h.Hkv * h.D)), v(k.size());
+  for (auto* t : {&q, &k, &v})
+    for (auto& x : *t) x = static_cast<float>(rng.normal());
+  std::vector<float> out(q.size()), lse(static_cast<size_t>(T * h.H)), dout(q.size()), dq(q.size()), dk(k.size()),
+      dv(k.size());
+  for (auto& x : dout) x = static_cast<float>(rng.normal());
+  const int32_t cu[2] = {0, static_cast<int32_t>(T)};
+  qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data());
+  for (auto _ : state) {
+    if (backward)
+      qwenq::attention_backward_ref(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu, 1, h.H,
+                                    h.Hkv, h.D, dq.data(), dk.data(), dv.data());
+    else
+      qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(dq.data());
+  }
+  const double flops = 2.0 * static_cast<double>(T) * static_cast<double>(T) * static_cast<double>(h.D * h.H) *
+                       (backward ? 2.5 : 1.0);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::string(backward ? "backward" : "forward") + " H" + std::to_string(h.H) + "/" +
+                 std::to_string(h.Hkv) + " D" + std::to_string(h.D));
+}
+
+void PackedArgs(benchmark::internal::Benchmark* b) {
+  for (int64_t heads = 0; heads < 2; ++heads)
+    for (int64_t T : {512, 2048, 8192})
+      for (int64_t bwd : {0, 1}) b->Args({heads, T, bwd});
+}
+
+BENCHMARK(BM_PackedAttention)->Apply(PackedArgs)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 
 }  // namespace
 

@@ -3,22 +3,24 @@
 //     S[j]   = (q[i,h] · k[j,g]) · scale,  j in [b, i],   scale = 1/sqrt(D) rounded to fp32
 //     m      = max_j S[j],  l = Σ_j exp(S[j] − m)           (fp32, max subtracted)
 //     out    = Σ_j exp(S[j] − m) · v[j,g] / l,   lse[i,h] = m + log(l)
-// Computed flash-attention style, one block of kQBlock query rows at a time against blocks of kKBlock keys:
+// Computed flash-attention style, one block of kQBlock query rows of all the query heads of one kv head (stacked:
+// group·kQBlock rows, so each key block feeds one GEMM of the whole group) at a time against blocks of kKBlock keys:
 // S_blk = (scale·Q_blk) · K_blkᵀ (Eigen GEMM on strided views), causal mask on the diagonal blocks, then the online
 // softmax update per row (m' = max(m, max S_blk), α = exp(m − m'), l = α·l + Σ exp(S_blk − m'), O = α·O +
 // exp(S_blk − m')·V_blk) with Eigen's vectorized exp. Mathematically the same softmax; the sums are just
-// grouped by key block. Memory per thread: one kQBlock × kKBlock score block and a kQBlock × D accumulator,
-// whatever T is.
-// Work: (sequence, head, query block) tasks; a causal block costs about Σ (keys visited), so the task list is
+// grouped by key block. Memory per thread: one group·kQBlock × kKBlock score block and a group·kQBlock × D
+// accumulator, whatever T is. Grouping the heads took the forward from 107-121 to 123-141 GFLOP/s on 2 Zen 4 cores
+// (benchmarks/bench_attention_cpu.cpp, T 512-8192, Qwen2.5-0.5B and 7B heads).
+// Work: (sequence, kv head, query block) tasks; a causal block costs about Σ (keys visited), so the task list is
 // cut into one contiguous piece of equal cost per thread.
 //
 // Backward, with P recomputed block by block from the forward's lse (P = exp(S − lse), no online softmax):
 //   δ[i,h] = Σ_d dout·out (fp32), then two kinds of independent tasks, run in one cost-balanced pass:
-//   key-block tasks (sequence, kv head g, kBwdKBlock keys): for each query head of group g and each block of
-//     kBwdQBlock query rows at or after the first key, P = exp(S − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − δ);
+//   key-block tasks (sequence, kv head g, kBwdKBlock keys): for each block of kBwdQBlock query rows at or after the
+//     first key, the rows of all of group g's query heads stacked as the forward's, P = exp(S − lse), dP = dO·Vᵀ, dS = P ⊙ (dP − δ);
 //     dV += Pᵀ·dO, dK += dSᵀ·(scale·Q). The task owns its rows of dk and dv, so the group sum needs no atomics.
-//   query-block tasks (sequence, query head h, kBwdQBlock rows): the same P and dS against the keys up to the
-//     block's last row; dQ = scale · dS·K. The task owns its rows of dq.
+//   query-block tasks (sequence, kv head g, kBwdQBlock rows of its query heads, stacked): the same P and dS against
+//     the keys up to the block's last row; dQ = scale · dS·K. The task owns its rows of dq.
 // S and dS are thus computed twice (once per kind), the price of race-free writes with parallelism over key
 // blocks as well as heads. Each output element is computed by one task in a fixed order, so the result does
 // not depend on the number of threads.
@@ -64,7 +66,7 @@ inline int64_t visible_keys(int64_t i, int64_t j0, int64_t nk) { return std::cla
 struct Task {
   int64_t begin;       // first row of the sequence
   int64_t row0, row1;  // query rows of this block
-  int64_t head;
+  int64_t kv_head;     // the block's query heads are the group of this kv head
 };
 
 struct Problem {
@@ -75,60 +77,68 @@ struct Problem {
   int64_t q0 = 0;  // the row (key index) of q's, out's and lse's first row: p0 for attention_forward_suffix_ref
 };
 
+// A block's rows are (query head of the group, query row): block row hl·nq + r is head g·group + hl at row row0 + r.
 struct Scratch {
   RowMat Q, S, O;
   std::vector<float> m, l;
-  explicit Scratch(int64_t D) : Q(kQBlock, D), S(kQBlock, kKBlock), O(kQBlock, D), m(kQBlock), l(kQBlock) {}
+  Scratch(int64_t D, int64_t group)
+      : Q(kQBlock * group, D), S(kQBlock * group, kKBlock), O(kQBlock * group, D), m(kQBlock * group),
+        l(kQBlock * group) {}
 };
 
 void attend_block(const Problem& p, const Task& t, Scratch* sc) {
-  const int64_t nq = t.row1 - t.row0, D = p.D, g = t.head / p.group;
-  // The query block, times the scale (a power of two for D = 64, 256, ...; otherwise one more rounding).
-  auto Q = sc->Q.topRows(nq);
-  Q = ConstStrided(p.q + ((t.row0 - p.q0) * p.H + t.head) * D, nq, D, Eigen::OuterStride<>(p.H * D)) * p.scale;
-  auto O = sc->O.topRows(nq);
+  const int64_t nq = t.row1 - t.row0, D = p.D, g = t.kv_head, G = p.group, rows = nq * G;
+  // The query rows of every head of the group, times the scale (a power of two for D = 64, 256, ...; otherwise one
+  // more rounding).
+  auto Q = sc->Q.topRows(rows);
+  for (int64_t hl = 0; hl < G; ++hl)
+    Q.middleRows(hl * nq, nq) = ConstStrided(p.q + ((t.row0 - p.q0) * p.H + g * G + hl) * D, nq, D,
+                                             Eigen::OuterStride<>(p.H * D)) *
+                                p.scale;
+  auto O = sc->O.topRows(rows);
   O.setZero();
-  std::fill(sc->m.begin(), sc->m.begin() + nq, -INFINITY);
-  std::fill(sc->l.begin(), sc->l.begin() + nq, 0.f);
+  std::fill(sc->m.begin(), sc->m.begin() + rows, -INFINITY);
+  std::fill(sc->l.begin(), sc->l.begin() + rows, 0.f);
 
   // Keys [begin, row1): every row of the block sees key `begin`, so m is finite after the first key block.
   for (int64_t k0 = t.begin; k0 < t.row1; k0 += kKBlock) {
     const int64_t nk = std::min(kKBlock, t.row1 - k0);
     ConstStrided K(p.k + (k0 * p.Hkv + g) * D, nk, D, Eigen::OuterStride<>(p.Hkv * D));
     ConstStrided V(p.v + (k0 * p.Hkv + g) * D, nk, D, Eigen::OuterStride<>(p.Hkv * D));
-    auto S = sc->S.topLeftCorner(nq, nk);
+    auto S = sc->S.topLeftCorner(rows, nk);
     S.noalias() = Q * K.transpose();
-    if (k0 + nk - 1 > t.row0) {  // diagonal block: key j is visible to row i only if j <= i
-      for (int64_t r = 0; r < nq; ++r) {
-        const int64_t first_hidden = std::max<int64_t>(0, t.row0 + r + 1 - k0);
-        for (int64_t c = first_hidden; c < nk; ++c) S(r, c) = -INFINITY;
+    const bool diagonal = k0 + nk - 1 > t.row0;  // key j is visible to row i only if j <= i
+    if (diagonal) {
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t first_hidden = std::max<int64_t>(0, t.row0 + b % nq + 1 - k0);
+        for (int64_t c = first_hidden; c < nk; ++c) S(b, c) = -INFINITY;
       }
     }
-    for (int64_t r = 0; r < nq; ++r) {
-      const float m_new = std::max(sc->m[r], S.row(r).maxCoeff());
-      const float alpha = std::exp(sc->m[r] - m_new);  // 0 on the first block (m = -inf)
-      S.row(r) = (S.row(r).array() - m_new).exp().matrix();
-      sc->l[r] = sc->l[r] * alpha + S.row(r).sum();
-      if (alpha != 1.f) O.row(r) *= alpha;
-      sc->m[r] = m_new;
+    for (int64_t b = 0; b < rows; ++b) {
+      const float m_new = std::max(sc->m[b], S.row(b).maxCoeff());
+      const float alpha = std::exp(sc->m[b] - m_new);  // 0 on the first block (m = -inf)
+      S.row(b) = (S.row(b).array() - m_new).exp().matrix();
+      sc->l[b] = sc->l[b] * alpha + S.row(b).sum();
+      if (alpha != 1.f) O.row(b) *= alpha;
+      sc->m[b] = m_new;
     }
-    if (k0 + nk - 1 > t.row0 && !rows_finite(V, t.row0 + 1 - k0)) {
+    if (diagonal && !rows_finite(V, t.row0 + 1 - k0)) {
       // Causal row by row: V holds a non-finite row that some rows of the block must not see.
-      for (int64_t r = 0; r < nq; ++r) {
-        const int64_t vis = visible_keys(t.row0 + r, k0, nk);
-        O.row(r).noalias() += S.row(r).head(vis) * V.topRows(vis);
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t vis = visible_keys(t.row0 + b % nq, k0, nk);
+        O.row(b).noalias() += S.row(b).head(vis) * V.topRows(vis);
       }
     } else {
       O.noalias() += S * V;
     }
   }
 
-  for (int64_t r = 0; r < nq; ++r) {
-    const int64_t i = t.row0 + r;
-    float* o = p.out + ((i - p.q0) * p.H + t.head) * D;
-    const float inv = 1.0f / sc->l[r];
-    for (int64_t d = 0; d < D; ++d) o[d] = O(r, d) * inv;
-    if (p.lse != nullptr) p.lse[(i - p.q0) * p.H + t.head] = sc->m[r] + std::log(sc->l[r]);
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t i = t.row0 + b % nq, h = g * G + b / nq;
+    float* o = p.out + ((i - p.q0) * p.H + h) * D;
+    const float inv = 1.0f / sc->l[b];
+    for (int64_t d = 0; d < D; ++d) o[d] = O(b, d) * inv;
+    if (p.lse != nullptr) p.lse[(i - p.q0) * p.H + h] = sc->m[b] + std::log(sc->l[b]);
   }
 }
 
@@ -168,7 +178,7 @@ void run_balanced(const std::vector<double>& cost_end, const std::function<void(
 // ---- backward ----------------------------------------------------------------------------------------------
 
 struct BwdTask {
-  bool kv;             // key-block task (rows = keys, head = kv head) or query-block task (rows = queries)
+  bool kv;             // key-block task (rows = keys) or query-block task (rows = queries); head = the kv head
   int64_t begin, end;  // the sequence
   int64_t row0, row1;
   int64_t head;
@@ -181,35 +191,41 @@ struct BwdProblem {
   float *dq, *dk, *dv;
 };
 
+// A loaded block's rows are (query head of the kv head's group, query row), as the forward's: block row hl·nq + r is
+// head g·group + hl at row i0 + r.
 struct BwdScratch {
   RowMat Q, dO, P, dS, acc1, acc2;
-  explicit BwdScratch(int64_t D)
-      : Q(kBwdQBlock, D), dO(kBwdQBlock, D), P(kBwdQBlock, kBwdKBlock), dS(kBwdQBlock, kBwdKBlock),
-        acc1(std::max(kBwdQBlock, kBwdKBlock), D), acc2(kBwdKBlock, D) {}
+  BwdScratch(int64_t D, int64_t group)
+      : Q(kBwdQBlock * group, D), dO(kBwdQBlock * group, D), P(kBwdQBlock * group, kBwdKBlock),
+        dS(kBwdQBlock * group, kBwdKBlock), acc1(std::max(kBwdQBlock * group, kBwdKBlock), D), acc2(kBwdKBlock, D) {}
 };
 
-// Loads rows [i0, i0 + nq) of query head h: sc->Q = scale · q, sc->dO = dout.
-void load_query_rows(const BwdProblem& p, int64_t h, int64_t i0, int64_t nq, BwdScratch* sc) {
+// Loads rows [i0, i0 + nq) of every query head of kv head g: sc->Q = scale · q, sc->dO = dout.
+void load_query_rows(const BwdProblem& p, int64_t g, int64_t i0, int64_t nq, BwdScratch* sc) {
   const Eigen::OuterStride<> stride(p.H * p.D);
-  sc->Q.topRows(nq) = ConstStrided(p.q + (i0 * p.H + h) * p.D, nq, p.D, stride) * p.scale;
-  sc->dO.topRows(nq) = ConstStrided(p.dout + (i0 * p.H + h) * p.D, nq, p.D, stride);
+  for (int64_t hl = 0; hl < p.group; ++hl) {
+    const int64_t h = g * p.group + hl;
+    sc->Q.middleRows(hl * nq, nq) = ConstStrided(p.q + (i0 * p.H + h) * p.D, nq, p.D, stride) * p.scale;
+    sc->dO.middleRows(hl * nq, nq) = ConstStrided(p.dout + (i0 * p.H + h) * p.D, nq, p.D, stride);
+  }
 }
 
-// For the loaded query rows [i0, i0 + nq) of head h against keys [j0, j0 + nk) (K, V: those rows of its kv
-// head): sc->P = exp(S − lse) with hidden keys (j > i) 0, and sc->dS = P ⊙ (dO·Vᵀ − δ).
-void probs_and_dscores(const BwdProblem& p, int64_t h, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
+// For the loaded rows [i0, i0 + nq) of kv head g's query heads against keys [j0, j0 + nk) (K, V: those rows of g):
+// sc->P = exp(S − lse) with hidden keys (j > i) 0, and sc->dS = P ⊙ (dO·Vᵀ − δ).
+void probs_and_dscores(const BwdProblem& p, int64_t g, int64_t i0, int64_t nq, int64_t j0, int64_t nk,
                        const ConstStrided& K, const ConstStrided& V, BwdScratch* sc) {
-  auto P = sc->P.topLeftCorner(nq, nk);
-  auto dS = sc->dS.topLeftCorner(nq, nk);
-  P.noalias() = sc->Q.topRows(nq) * K.transpose();
-  dS.noalias() = sc->dO.topRows(nq) * V.transpose();
-  for (int64_t r = 0; r < nq; ++r) {
-    const int64_t i = i0 + r, visible = visible_keys(i, j0, nk);  // keys j0 .. i
+  const int64_t rows = nq * p.group;
+  auto P = sc->P.topLeftCorner(rows, nk);
+  auto dS = sc->dS.topLeftCorner(rows, nk);
+  P.noalias() = sc->Q.topRows(rows) * K.transpose();
+  dS.noalias() = sc->dO.topRows(rows) * V.transpose();
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t i = i0 + b % nq, h = g * p.group + b / nq, visible = visible_keys(i, j0, nk);  // keys j0 .. i
     const float lse = p.lse[i * p.H + h], delta = p.delta[i * p.H + h];
-    P.row(r).head(visible) = (P.row(r).head(visible).array() - lse).exp().matrix();
-    P.row(r).tail(nk - visible).setZero();
-    dS.row(r).head(visible) = (P.row(r).head(visible).array() * (dS.row(r).head(visible).array() - delta)).matrix();
-    dS.row(r).tail(nk - visible).setZero();  // not P · (dP − δ): a hidden key's NaN v would make 0 · NaN
+    P.row(b).head(visible) = (P.row(b).head(visible).array() - lse).exp().matrix();
+    P.row(b).tail(nk - visible).setZero();
+    dS.row(b).head(visible) = (P.row(b).head(visible).array() * (dS.row(b).head(visible).array() - delta)).matrix();
+    dS.row(b).tail(nk - visible).setZero();  // not P · (dP − δ): a hidden key's NaN v would make 0 · NaN
   }
 }
 
@@ -224,75 +240,80 @@ void backward_kv_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
   auto dV = sc->acc2.topRows(nk);
   dK.setZero();
   dV.setZero();
-  for (int64_t h = g * p.group; h < (g + 1) * p.group; ++h)
-    for (int64_t i0 = t.row0; i0 < t.end; i0 += kBwdQBlock) {
-      const int64_t nq = std::min(kBwdQBlock, t.end - i0);
-      load_query_rows(p, h, i0, nq, sc);
-      probs_and_dscores(p, h, i0, nq, t.row0, nk, K, V, sc);
-      const auto P = sc->P.topLeftCorner(nq, nk), dS = sc->dS.topLeftCorner(nq, nk);
-      const auto Q = sc->Q.topRows(nq), dO = sc->dO.topRows(nq);  // Q carries the scale
-      // Query rows before the block's last key hide some of its keys; they must not reach those keys' dk, dv.
-      const int64_t hiding = std::clamp<int64_t>(t.row0 + nk - 1 - i0, 0, nq);
-      if (hiding > 0 && (!Q.topRows(hiding).allFinite() || !dO.topRows(hiding).allFinite())) {
-        for (int64_t r = 0; r < nq; ++r) {
-          const int64_t vis = visible_keys(i0 + r, t.row0, nk);
-          dV.topRows(vis).noalias() += P.row(r).head(vis).transpose() * dO.row(r);
-          dK.topRows(vis).noalias() += dS.row(r).head(vis).transpose() * Q.row(r);
-        }
-      } else {
-        dV.noalias() += P.transpose() * dO;
-        dK.noalias() += dS.transpose() * Q;
+  for (int64_t i0 = t.row0; i0 < t.end; i0 += kBwdQBlock) {
+    const int64_t nq = std::min(kBwdQBlock, t.end - i0), rows = nq * p.group;
+    load_query_rows(p, g, i0, nq, sc);
+    probs_and_dscores(p, g, i0, nq, t.row0, nk, K, V, sc);
+    const auto P = sc->P.topLeftCorner(rows, nk), dS = sc->dS.topLeftCorner(rows, nk);
+    const auto Q = sc->Q.topRows(rows), dO = sc->dO.topRows(rows);  // Q carries the scale
+    // Query rows before the block's last key hide some of its keys; they must not reach those keys' dk, dv.
+    const int64_t hiding = std::clamp<int64_t>(t.row0 + nk - 1 - i0, 0, nq);
+    bool hidden_finite = true;
+    for (int64_t hl = 0; hl < p.group && hiding > 0; ++hl)
+      hidden_finite = hidden_finite && Q.middleRows(hl * nq, hiding).allFinite() &&
+                      dO.middleRows(hl * nq, hiding).allFinite();
+    if (!hidden_finite) {
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t vis = visible_keys(i0 + b % nq, t.row0, nk);
+        dV.topRows(vis).noalias() += P.row(b).head(vis).transpose() * dO.row(b);
+        dK.topRows(vis).noalias() += dS.row(b).head(vis).transpose() * Q.row(b);
       }
+    } else {
+      dV.noalias() += P.transpose() * dO;
+      dK.noalias() += dS.transpose() * Q;
     }
+  }
   Strided(p.dk + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dK;
   Strided(p.dv + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dV;
 }
 
-// dq of query rows [row0, row1) of head t.head, against keys begin .. row1 - 1.
+// dq of query rows [row0, row1) of kv head t.head's query heads, against keys begin .. row1 - 1.
 void backward_q_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
-  const int64_t nq = t.row1 - t.row0, D = p.D, h = t.head, g = h / p.group;
+  const int64_t nq = t.row1 - t.row0, D = p.D, g = t.head, rows = nq * p.group;
   const Eigen::OuterStride<> kv_stride(p.Hkv * D);
-  load_query_rows(p, h, t.row0, nq, sc);
-  auto dQ = sc->acc1.topRows(nq);
+  load_query_rows(p, g, t.row0, nq, sc);
+  auto dQ = sc->acc1.topRows(rows);
   dQ.setZero();
   for (int64_t j0 = t.begin; j0 < t.row1; j0 += kBwdKBlock) {
     const int64_t nk = std::min(kBwdKBlock, t.row1 - j0);
     ConstStrided K(p.k + (j0 * p.Hkv + g) * D, nk, D, kv_stride);
     ConstStrided V(p.v + (j0 * p.Hkv + g) * D, nk, D, kv_stride);
-    probs_and_dscores(p, h, t.row0, nq, j0, nk, K, V, sc);
-    const auto dS = sc->dS.topLeftCorner(nq, nk);
+    probs_and_dscores(p, g, t.row0, nq, j0, nk, K, V, sc);
+    const auto dS = sc->dS.topLeftCorner(rows, nk);
     if (j0 + nk - 1 > t.row0 && !rows_finite(K, t.row0 + 1 - j0)) {  // a hidden non-finite key row
-      for (int64_t r = 0; r < nq; ++r) {
-        const int64_t vis = visible_keys(t.row0 + r, j0, nk);
-        dQ.row(r).noalias() += dS.row(r).head(vis) * K.topRows(vis);
+      for (int64_t b = 0; b < rows; ++b) {
+        const int64_t vis = visible_keys(t.row0 + b % nq, j0, nk);
+        dQ.row(b).noalias() += dS.row(b).head(vis) * K.topRows(vis);
       }
     } else {
       dQ.noalias() += dS * K;
     }
   }
-  Strided(p.dq + (t.row0 * p.H + h) * D, nq, D, Eigen::OuterStride<>(p.H * D)) = dQ * p.scale;
+  for (int64_t hl = 0; hl < p.group; ++hl)
+    Strided(p.dq + (t.row0 * p.H + g * p.group + hl) * D, nq, D, Eigen::OuterStride<>(p.H * D)) =
+        dQ.middleRows(hl * nq, nq) * p.scale;
 }
 
-// The forward's work: (sequence, head, query block) tasks with their cumulative cost, cut into one contiguous piece
-// of equal cost per thread.
+// The forward's work: (sequence, kv head, query block) tasks with their cumulative cost, cut into one contiguous
+// piece of equal cost per thread.
 struct ForwardTasks {
   std::vector<Task> tasks;
   std::vector<double> cost_end;  // cost of tasks [0, t]
   double total = 0;
   // Query rows [r_first, e) of the sequence starting at row b, every head.
-  void add(int64_t b, int64_t r_first, int64_t e, int64_t H) {
-    for (int64_t h = 0; h < H; ++h)
+  void add(int64_t b, int64_t r_first, int64_t e, int64_t Hkv) {
+    for (int64_t g = 0; g < Hkv; ++g)
       for (int64_t r0 = r_first; r0 < e; r0 += kQBlock) {
         const int64_t r1 = std::min(e, r0 + kQBlock);
         // rows × keys visited (whole key blocks up to the last row), plus a fixed cost per block
         total += static_cast<double>(r1 - r0) * static_cast<double>(r1 - b + kKBlock / 2) + 4.0 * kQBlock * kKBlock;
-        tasks.push_back({b, r0, r1, h});
+        tasks.push_back({b, r0, r1, g});
         cost_end.push_back(total);
       }
   }
   void run(const Problem& p) const {
     run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
-      Scratch scratch(p.D);
+      Scratch scratch(p.D, p.group);
       for (int64_t t = t0; t < t1; ++t) attend_block(p, tasks[t], &scratch);
     });
   }
@@ -307,7 +328,7 @@ void attention_forward_ref(const float* q, const float* k, const float* v, const
   QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr, "attention_forward_ref: null pointer");
   const Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, lse};
   ForwardTasks work;
-  for (int64_t s = 0; s < n_seqs; ++s) work.add(cu_seqlens[s], cu_seqlens[s], cu_seqlens[s + 1], H);
+  for (int64_t s = 0; s < n_seqs; ++s) work.add(cu_seqlens[s], cu_seqlens[s], cu_seqlens[s + 1], Hkv);
   work.run(p);
 }
 
@@ -322,7 +343,7 @@ void attention_forward_suffix_ref(const float* q, const float* k, const float* v
   Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, nullptr};
   p.q0 = p0;
   ForwardTasks work;  // rows [p0, p0 + n) of one sequence starting at row 0
-  work.add(0, p0, p0 + n, H);
+  work.add(0, p0, p0 + n, Hkv);
   work.run(p);
 }
 
@@ -361,16 +382,16 @@ void attention_backward_ref(const float* dout, const float* q, const float* k, c
         tasks.push_back({true, b, e, j0, j1, g});
         cost_end.push_back(total);
       }
-    for (int64_t h = 0; h < H; ++h)
+    for (int64_t g = 0; g < Hkv; ++g)
       for (int64_t i0 = b; i0 < e; i0 += kBwdQBlock) {
         const int64_t i1 = std::min(e, i0 + kBwdQBlock);
-        total += 3.0 * static_cast<double>(i1 - i0) * static_cast<double>(i1 - b + kBwdKBlock / 2) + fixed;
-        tasks.push_back({false, b, e, i0, i1, h});
+        total += 3.0 * p.group * static_cast<double>(i1 - i0) * static_cast<double>(i1 - b + kBwdKBlock / 2) + fixed;
+        tasks.push_back({false, b, e, i0, i1, g});
         cost_end.push_back(total);
       }
   }
   run_balanced(cost_end, [&](int64_t t0, int64_t t1) {
-    BwdScratch scratch(D);
+    BwdScratch scratch(D, p.group);
     for (int64_t t = t0; t < t1; ++t) {
       if (tasks[t].kv)
         backward_kv_block(p, tasks[t], &scratch);
