@@ -14,7 +14,7 @@
 //
 // DoRA (config.use_dora): every adapted Linear also holds m [N], PEFT's lora_magnitude_vector. PEFT initialises it
 // to ‖W + s·B A‖ per output row, i.e. ‖W‖ row-wise at init (B = 0); that needs the base weights, so the constructor
-// leaves m zero and the trainer fills it (init_dora_magnitudes, trainer/lora_dora.h) after init_peft.
+// leaves m zero and the trainer fills it (init_dora_magnitudes, trainer/lora_model.h) after init_peft.
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,8 @@
 // (moe_block_forward), the oracle, on tiny Qwen3-MoE (no shared expert) and Qwen2-MoE (shared expert with its gate)
 // models; the two differ only where the block multiplies and adds in two roundings and the combine fuses them
 // (kCombineTol). Also moe_combine_ref against its formula written out, and its refusals.
-// tests/gpu/test_moe_cuda.cpp runs the same composition on the GPU (moe_combine_cuda bit for bit, and whole forwards).
+// On the GPU: tests/gpu/test_moe_combine_cuda.cpp (moe_combine_cuda bit for bit), tests/gpu/test_model_cuda.cpp (whole
+// MoE forwards).
 #include <gtest/gtest.h>
 
 #include <cmath>
