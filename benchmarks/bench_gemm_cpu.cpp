@@ -22,6 +22,7 @@
 #include "quant/format/qgemm_layout.h"
 #include "quant/int_checkpoint.h"
 #include "quant/nf4.h"
+#include "quant/packed_matvec.h"
 
 namespace {
 
@@ -175,6 +176,37 @@ void bm_q4(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t 
   set_counters(state, M, K, N, src == Q4Source::Nf4 ? nf.packed.size() : p.qweight.size() * 4 + p.scales.size() * 2);
 }
 
+// The forward of a 4-bit Linear at M rows both ways eval's --cpu-matmul bf16 can take it: the packed fp32 product
+// (quant/packed_matvec.h, exact ŵ and x; apply_linear's choice up to its row limit) and the Q4 tiles on bf16 operands
+// (qgemm_int4_forward_bf16, the form made per call). Where the second overtakes the first sets kCpuBf16Q4MinRows.
+void bm_q4_rows(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t N, bool bf16) {
+  qwenq::PackedIntLinear p;
+  qwenq::Nf4Tensor nf;
+  if (src == Q4Source::Nf4) {
+    nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
+  } else {
+    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Awq ? qwenq::IntLayout::AwqGemm : qwenq::IntLayout::GptqV1,
+                                       K, N, 128, src == Q4Source::GptqActOrder, 9);
+    if (src == Q4Source::GptqActOrder) p = qwenq::int_linear_sort_inputs_by_group(p);
+  }
+  const std::vector<float> in = random_vec(static_cast<size_t>(M * K), 3);
+  std::vector<float> out(static_cast<size_t>(M * N));
+  for (auto _ : state) {
+    if (bf16) {
+      const qwenq::Q4Transient q4 =
+          src == Q4Source::Nf4 ? qwenq::q4_transient_nf4(nf, N, K) : qwenq::q4_transient_int_linear(p);
+      qwenq::qgemm_int4_forward_bf16(q4.view, in.data(), M, nullptr, DType::F32, out.data());
+    } else if (src == Q4Source::Nf4) {
+      qwenq::nf4_linear_matvec(nf, N, K, in.data(), M, out.data());
+    } else {
+      qwenq::int_linear_matvec(p, in.data(), M, out.data());
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  set_counters(state, M, K, N, src == Q4Source::Nf4 ? nf.packed.size() : p.qweight.size() * 4 + p.scales.size() * 2);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -246,6 +278,19 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("eigen_f32_baseline/K896_N151936/M110", bm_eigen_baseline, 110, 896, 151936)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
+  // A 4-bit Linear's forward at few to many rows: packed fp32 product against the Q4 tiles on bf16 operands.
+  for (const auto& [src, src_name] : {std::pair<Q4Source, const char*>{Q4Source::Gptq, "gptq"},
+                                      {Q4Source::GptqActOrder, "gptq_act_order"}, {Q4Source::Awq, "awq"},
+                                      {Q4Source::Nf4, "nf4"}})
+    for (const Shape& s : {kShapes[0], kShapes[1]})
+      for (int64_t M : {8, 16, 32, 64, 128, 512})
+        for (bool bf16 : {false, true}) {
+          const std::string name = std::string(bf16 ? "q4_rows_bf16_" : "q4_rows_packed_f32_") + src_name + "/K" +
+                                   std::to_string(s.K) + "_N" + std::to_string(s.N) + "/M" + std::to_string(M);
+          benchmark::RegisterBenchmark(name.c_str(), bm_q4_rows, src, M, s.K, s.N, bf16)
+              ->Unit(benchmark::kMicrosecond)
+              ->UseRealTime();
+        }
   // The trainer's 4-bit Linears at 512 tokens, forward and input gradient, from their Q4 form and dequantized.
   for (const auto& [src, src_name] : {std::pair<Q4Source, const char*>{Q4Source::Gptq, "gptq"},
                                       {Q4Source::GptqActOrder, "gptq_act_order"}, {Q4Source::Awq, "awq"},

@@ -1,7 +1,8 @@
 // `eval --cpu-matmul bf16` (trainer/qwen_weights.h, set_cpu_bf16_products):
 //   - apply_linear on a dense F32 or BF16 weight (bias included) is linear_forward_bf16's bits with the switch on and
-//     linear_forward_ref's with it off; an F16 weight keeps the fp32 product either way; a 4-bit Linear past the
-//     packed product's row limit multiplies its dequantized fp32 weight on bf16 operands;
+//     linear_forward_ref's with it off; an F16 weight keeps the fp32 product either way; a 4-bit Linear from
+//     kCpuBf16Q4MinRows rows has the bits of the bf16 product on its dequantized fp32 weight, and below them the
+//     packed fp32 product's;
 //   - the CPU trainer's step on a GPTQ, AWQ or NF4 base (each Linear multiplied from its Q4 form) is, bit for bit, the
 //     step on the base's dequantized fp32 copy;
 //   - the same on act-order GPTQ (gptq --desc-act on stories260K), each Linear's Q4 form carrying its permutation;
@@ -21,6 +22,8 @@
 #include "kernels/gemm.h"
 #include "kernels/gemm_bf16.h"
 #include "quant/format/qgemm_layout.h"
+#include "quant/int_dot_int8.h"
+#include "quant/nf4_checkpoint.h"
 #include "quant/packed_matvec.h"
 #include "tests/support/bf16_paths.h"
 #include "tests/support/checkpoint_compare.h"
@@ -134,24 +137,69 @@ TEST(CpuBf16Products, GenerateTakesItForThePromptNotTheDecodeSteps) {
   std::printf("[ tiny ] prompt logits, bf16 products vs fp32: max |difference| %.3g\n", worst);
 }
 
-TEST(CpuBf16Products, DequantizedFourBitLinearsTakeItPastThePackedRows) {
+// A GPTQ (in order and act-order, rows sorted as the loader holds them), AWQ or NF4 Linear through apply_linear with
+// the switch on: below kCpuBf16Q4MinRows rows the packed fp32 product's bits (quant/packed_matvec.h, as with the
+// switch off); from kCpuBf16Q4MinRows rows, and past the packed product's own limit, the bits of the bf16 product on
+// its fp32 dequantization (the Q4 tiles); with --int8-activations on as well, its int8 product wins where it applies.
+TEST(CpuBf16Products, FourBitLinearsTakeItFromTheirRowFloor) {
   const int64_t K = 256, N = 64;
-  LinearWeight lw;
-  lw.N = N;
-  lw.K = K;
-  lw.packed = std::make_shared<PackedIntLinear>(q4_synthetic_int_linear(IntLayout::GptqV1, K, N, 32, false, 7));
-  const int64_t M = int_linear_matvec_max_rows(*lw.packed) + 1;  // past the packed product's rows: dequantized
-  const std::vector<float> x = normal(M * K, 8), W = lw.dequantize();
-  std::vector<float> ref(M * N), bf(M * N), off(M * N), on(M * N);
-  linear_forward_ref(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, ref.data());
-  linear_forward_bf16(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, bf.data());
-  apply_linear(lw, x.data(), M, TensorView{}, off.data());
+  const auto packed = [&](IntLayout layout, bool act_order) {
+    LinearWeight lw;
+    lw.N = N;
+    lw.K = K;
+    PackedIntLinear p = q4_synthetic_int_linear(layout, K, N, 32, act_order, 7);
+    lw.packed = std::make_shared<PackedIntLinear>(act_order ? int_linear_for_products(std::move(p)) : std::move(p));
+    return lw;
+  };
+  LinearWeight nf4;
+  nf4.N = N;
+  nf4.K = K;
+  nf4.nf4 = std::make_shared<Nf4Linear>(Nf4Linear{q4_synthetic_nf4(N, K, false, 64, true, 7), {N, K}, "bfloat16"});
+  const std::pair<const char*, LinearWeight> kinds[] = {{"gptq", packed(IntLayout::GptqV1, false)},
+                                                         {"gptq act-order", packed(IntLayout::GptqV1, true)},
+                                                         {"awq", packed(IntLayout::AwqGemm, false)},
+                                                         {"nf4", nf4}};
+  for (const auto& [name, lw] : kinds) {
+    const int64_t limit = lw.packed ? int_linear_matvec_max_rows(*lw.packed) : kNf4MatvecMaxRows;
+    const std::vector<float> W = lw.dequantize();
+    for (const int64_t M : {kCpuBf16Q4MinRows - 1, kCpuBf16Q4MinRows, limit + 1}) {
+      SCOPED_TRACE(std::string(name) + ", " + std::to_string(M) + " rows");
+      const std::vector<float> x = normal(M * K, 8 + M);
+      std::vector<float> bf(M * N), off(M * N), on(M * N);
+      linear_forward_bf16(x.data(), M, K, W.data(), DType::F32, N, nullptr, DType::F32, bf.data());
+      apply_linear(lw, x.data(), M, TensorView{}, off.data());
+      {
+        const Bf16Products s;
+        apply_linear(lw, x.data(), M, TensorView{}, on.data());
+      }
+      if (M < kCpuBf16Q4MinRows) {
+        std::vector<float> pk(M * N);
+        if (lw.packed)
+          int_linear_matvec(*lw.packed, x.data(), M, pk.data());
+        else
+          nf4_linear_matvec(lw.nf4->q, N, K, x.data(), M, pk.data());
+        EXPECT_EQ(off, pk);
+        EXPECT_EQ(on, pk);
+      } else {
+        EXPECT_EQ(on, bf);
+        EXPECT_NE(on, off);
+      }
+    }
+  }
+  // --int8-activations over --cpu-matmul bf16 on a GPTQ Linear it reaches.
+  const LinearWeight& gptq = kinds[0].second;
+  ASSERT_TRUE(int_int8_product_supported(*gptq.packed));
+  const int64_t M = kCpuBf16Q4MinRows;
+  const std::vector<float> x = normal(M * K, 99);
+  std::vector<float> want(M * N), got(M * N);
+  int_linear_matvec_int8(*gptq.packed, x.data(), M, want.data());
+  set_int8_activations(true);
   {
     const Bf16Products s;
-    apply_linear(lw, x.data(), M, TensorView{}, on.data());
+    apply_linear(gptq, x.data(), M, TensorView{}, got.data());
   }
-  EXPECT_EQ(off, ref);
-  EXPECT_EQ(on, bf);
+  set_int8_activations(false);
+  EXPECT_EQ(got, want);
 }
 
 // A LoRA step (r 4 on all seven Linears, B random from `seed`) with the bf16 products on q and on its dequantized

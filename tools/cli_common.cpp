@@ -317,8 +317,8 @@ void note_bf16_activations(const SamplingOptions& s, Device device) {
 }
 
 const char* const kCpuMatmulForwardHelp =
-    "on the CPU, the products with a 16-bit or fp32 weight of at least 8 rows (dense Linears, 4-bit ones past the "
-    "packed product's rows, the lm_head; a prompt, not the decode steps after it): fp32 (the reference) or bf16 (bf16 "
+    "on the CPU, the products with a 16-bit or fp32 weight of at least 8 rows (dense Linears, the lm_head) and with a "
+    "4-bit one of at least 32 (a prompt, not the decode steps after it): fp32 (the reference) or bf16 (bf16 "
     "operands, fp32 sums, as the GPU computes them; about twice as fast with AVX512_BF16)";
 
 void add_cpu_matmul_option(CLI::App* cmd, std::string* value, const char* help) {

@@ -371,16 +371,17 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
     forward_product(x, M, w.K, w.dense.data, w.dense.dtype, w.N, bias.data, bias.dtype, y);
     return;
   }
-  if (packed_product(w, x, M, y, false)) {  // decode and small batches: no fp32 copy of the weight
-    if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
-    return;
-  }
-  if (cpu_bf16_products()) {
+  const bool int8 = uses_int8_activations(w.ggml.get()) || uses_int8_activations(w.packed.get());
+  if (!int8 && cpu_bf16_products() && M >= kCpuBf16Q4MinRows) {
     const Q4Transient q4 = q4_linear_form(w);
     if (q4.has_form()) {
       qgemm_int4_forward_bf16(q4.view, x, M, bias.data, bias.dtype, y);
       return;
     }
+  }
+  if (packed_product(w, x, M, y, false)) {  // decode and small batches: no fp32 copy of the weight
+    if (bias.data != nullptr) add_bias_rows_ref(y, M, w.N, bias.data, bias.dtype);
+    return;
   }
   forward_product(x, M, w.K, dequantized_in_scratch(w), DType::F32, w.N, bias.data, bias.dtype, y);
 }

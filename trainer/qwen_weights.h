@@ -148,11 +148,13 @@ void apply_linear(const LinearWeight& w, const float* x, int64_t M, const Tensor
 void set_int8_activations(bool on);
 bool int8_activations();
 // `eval --cpu-matmul bf16`, process-wide: the CPU forward's products with an F32 or BF16 weight (dense Linears, a
-// 4-bit Linear past the packed product's row limit, a dense lm_head) on bf16 operands with fp32 sums
-// (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about twice as fast with AVX512_BF16). There a
-// GPTQ/AWQ or bitsandbytes 4-bit Linear (act-order GPTQ too, its rows as sorted at load) is multiplied from its Q4 form (q4_linear_form,
-// qgemm_int4_forward_bf16), any other one from its fp32 dequantization: the same bits either way. F16 weights, the packed
-// products, GGUF tables and every backward stay as they are. A product with a 16-bit or fp32 weight on fewer than
+// dense lm_head) on bf16 operands with fp32 sums (kernels/gemm_bf16.h: the GPU's numerics on a 16-bit weight, about
+// twice as fast with AVX512_BF16), and those of a GPTQ/AWQ or bitsandbytes 4-bit Linear (act-order GPTQ too, its rows
+// as sorted at load) from kCpuBf16Q4MinRows rows on, multiplied from its Q4 form (q4_linear_form,
+// qgemm_int4_forward_bf16; the bits of the bf16 product on its fp32 dequantization); below that the packed fp32
+// product keeps them (--int8-activations, where it applies, wins over both). A 4-bit Linear with no Q4 form takes its
+// fp32 dequantization past the packed product's row limit. F16 weights, the packed products below those rows, GGUF
+// tables and every backward stay as they are. A product with a 16-bit or fp32 weight on fewer than
 // kCpuBf16MinRows rows (a decode step) keeps the fp32 product even with the switch on: the bf16 kernel packs the
 // whole weight into its panels on every call, which costs more than the fp32 matvec's one read of it below 8 rows
 // (benchmarks/bench_gemm_cpu's few_rows_* rows: at M = 1 the bf16 product is 3-4x slower, at M = 8 already faster).
@@ -161,6 +163,10 @@ bool int8_activations();
 void set_cpu_bf16_products(bool on);
 bool cpu_bf16_products();
 constexpr int64_t kCpuBf16MinRows = 8;
+// From 32 rows the Q4 tiles on bf16 operands beat the packed fp32 product for every 4-bit kind (benchmarks/
+// bench_gemm_cpu's q4_rows_* rows, Qwen2.5-0.5B MLP shapes, 2 Zen 4 cores: GPTQ 1.2-1.5x at 32 rows, 2.1x at 512;
+// AWQ 1.6x and 2.6x; NF4 0.9-1.2x and 2.5-2.9x); at 8-16 rows the packed product is faster.
+constexpr int64_t kCpuBf16Q4MinRows = 32;
 // A 4-bit Linear's Q4 form for one product (quant/format/qgemm_layout.h, q4_transient_int_linear / q4_transient_nf4:
 // GPTQ's own words, AWQ's and bitsandbytes' moved into Q4's order); no form (has_form() false) for a dense, GGUF or
 // FP8 weight, act-order GPTQ whose rows are not sorted by group, other bit widths and shapes Q4 cannot take without
