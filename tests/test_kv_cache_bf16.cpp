@@ -103,7 +103,7 @@ TEST(KvCacheBf16, StepsAreTheForwardWithKvRoundedToBf16) {
 }
 
 // A prompt into an empty cache takes the packed forward's blocked attention; a second piece of several tokens onto a
-// filled cache and single steps take attention_with_cache. Each returned row is the full forward's at its position
+// filled cache and single steps take attention_decode_cpu. Each returned row is the full forward's at its position
 // (with k, v rounded as the cache stores them), for both caches; the prompt spans several query and key blocks.
 TEST(KvCacheBf16, APromptThenAPieceThenStepsAreTheForward) {
   const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 8));

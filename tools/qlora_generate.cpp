@@ -43,6 +43,8 @@ namespace {
 struct GenerateArgs {
   std::string model, adapter, prompt, system, prompts, out;
   std::string kv_cache = "f32", cpu_matmul = "fp32";
+  int64_t batch = 8;  // generate --prompts on the CPU: records decoded together
+  bool batch_given = false;
   bool chat = false, no_thinking = false;
   SamplingOptions sampling;
   SamplingGiven given;  // the sampling flags on the command line (the rest: the base's generation_config.json)
@@ -225,19 +227,36 @@ void run_generate_file(const GenerateArgs& a) {
     check_prompt_fits(prompt_ids[i].size(), m.model->config().max_position_embeddings, a.sampling.max_new_tokens,
                       m.model->dir(), p.where + ": the prompt");
   }
-  std::string out;
   const auto t0 = std::chrono::steady_clock::now();
   int64_t new_tokens = 0;
+  size_t done = 0;
+  std::vector<std::vector<int32_t>> gens(prompts.size());
+  const auto progress = [&](const std::vector<int32_t>& gen) {
+    new_tokens += static_cast<int64_t>(gen.size());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::fprintf(stderr, "generate: %zu/%zu records, %lld new tokens in %.1fs (%.1f tokens/s)\n", ++done,
+                 prompts.size(), (long long)new_tokens, s, s > 0 ? new_tokens / s : 0.0);
+  };
+#ifdef QWENQ_HAVE_CUDA
+  if (m.gpu) {
+    if (a.batch > 1 && a.batch_given)
+      std::fprintf(stderr, "--batch %lld: the GPU decodes the records one at a time\n", (long long)a.batch);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      gens[i] = generate_cuda(*m.gpu, prompt_ids[i], opt);
+      progress(gens[i]);
+    }
+  } else
+#endif
+  {
+    // Records decoded together share each step's weight reads; each one's tokens are its own generate()'s.
+    gens = generate_batch(*m.model, prompt_ids, opt, a.batch,
+                          [&](size_t, const std::vector<int32_t>& gen) { progress(gen); });
+  }
+  std::string out;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const EvalPrompt& p = prompts[i];
     const std::vector<int32_t>& ids = prompt_ids[i];
-    std::vector<int32_t> gen;
-#ifdef QWENQ_HAVE_CUDA
-    if (m.gpu) gen = generate_cuda(*m.gpu, ids, opt);
-    else
-#endif
-      gen = generate(*m.model, ids, opt);
-    new_tokens += static_cast<int64_t>(gen.size());
+    const std::vector<int32_t>& gen = gens[i];
     const std::string output = m.tok.decode(gen, true);
     nlohmann::ordered_json r = {{"where", p.where}, {"prompt", p.text}, {"output", output}};
     if (p.chat) {  // the reply as the assistant message the template renders it from
@@ -249,9 +268,6 @@ void run_generate_file(const GenerateArgs& a) {
     r["prompt_tokens"] = ids.size();
     r["new_tokens"] = gen.size();
     out += r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "generate: %zu/%zu records, %lld new tokens in %.1fs (%.1f tokens/s)\n", i + 1, prompts.size(),
-                 (long long)new_tokens, s, s > 0 ? new_tokens / s : 0.0);
   }
   write_file_atomic(a.out, out);
   std::printf("wrote %s: %zu records, %lld new tokens\n", a.out.c_str(), prompts.size(), (long long)new_tokens);
@@ -331,10 +347,17 @@ void register_qlora_generate(CLI::App& app) {
                   "JSONL evaluation set: chat records (a final assistant message is the reference), {\"prompt\": text "
                   "or messages, \"completion\": reference}, Alpaca or {\"text\"} records; with --out");
   cmd->add_option("--out,-o", g->out, "with --prompts: JSONL of where, prompt, output, reference, token counts");
+  cmd->add_option("--batch", g->batch,
+                  "with --prompts on the CPU: records decoded together, each step's weights read once for all of "
+                  "them (the outputs are those of one record at a time, bit for bit; the GPU decodes one at a time)")
+      ->check(CLI::Range(int64_t{1}, kMaxDecodeBatch))
+      ->capture_default_str();
   cmd->add_flag("--chat", g->chat, "wrap the prompt as a user turn of the tokenizer's ChatML template");
   add_generate_options(cmd, g.get());
   cmd->callback([g, cmd]() {
     g->given = sampling_flags_given(cmd);
+    g->batch_given = cmd->count("--batch") > 0;
+    QWENQ_CHECK(!g->batch_given || !g->prompts.empty(), "--batch goes with --prompts (one --prompt is one sequence)");
     run_generate(*g);
   });
 

@@ -1,40 +1,46 @@
 #include "trainer/generate.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "core/error.h"
 #include "core/rng.h"
 
 namespace qwenq {
 
-std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int32_t>& prompt,
-                                   const SamplingOptions& opt, const DecodeFns& fns,
-                                   const std::function<void(int32_t)>& on_token) {
+TokenLoop::TokenLoop(int64_t max_positions, const std::vector<int32_t>& prompt, const SamplingOptions& opt)
+    : opt_(opt), rng_(opt.seed) {
   QWENQ_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
   check_sampling_options(opt);
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
-  const int64_t total = std::min<int64_t>(prompt_len + opt.max_new_tokens, max_positions);
-  QWENQ_CHECK(prompt_len < total || opt.max_new_tokens == 0,
+  total_ = std::min<int64_t>(prompt_len + opt.max_new_tokens, max_positions);
+  QWENQ_CHECK(prompt_len < total_ || opt.max_new_tokens == 0,
               "generate: the prompt has " << prompt.size() << " tokens, the model's context is " << max_positions);
-  Rng rng(opt.seed);
-  std::vector<int32_t> out;
-  std::vector<int32_t> context;  // prompt + tokens so far, for the repetition penalty only
-  if (opt.repetition_penalty != 1.f) context = prompt;
-  std::vector<float> logits = fns.prefill(prompt, total);
-  int64_t length = prompt_len;
-  while (length < total) {
-    const int32_t next = sample_token(logits, opt, rng, context);
-    out.push_back(next);
-    if (opt.repetition_penalty != 1.f) context.push_back(next);
-    if (on_token) on_token(next);
-    if (std::find(opt.stop_ids.begin(), opt.stop_ids.end(), next) != opt.stop_ids.end()) break;
-    if (opt.stop_when && opt.stop_when(out)) break;
-    if (static_cast<int64_t>(out.size()) >= opt.max_new_tokens) break;
-    if (length + 1 >= total) break;  // the context is full: no next token, so its logits are not needed
-    logits = fns.step(next);
-    ++length;
-  }
-  return out;
+  length_ = prompt_len;
+  if (opt.repetition_penalty != 1.f) context_ = prompt;  // prompt + tokens so far, for the repetition penalty only
+}
+
+bool TokenLoop::next(std::vector<float>& logits, const std::function<void(int32_t)>& on_token) {
+  if (length_ >= total_) return false;
+  const int32_t next = sample_token(logits, opt_, rng_, context_);
+  out_.push_back(next);
+  if (opt_.repetition_penalty != 1.f) context_.push_back(next);
+  if (on_token) on_token(next);
+  if (std::find(opt_.stop_ids.begin(), opt_.stop_ids.end(), next) != opt_.stop_ids.end()) return false;
+  if (opt_.stop_when && opt_.stop_when(out_)) return false;
+  if (static_cast<int64_t>(out_.size()) >= opt_.max_new_tokens) return false;
+  if (length_ + 1 >= total_) return false;  // the context is full: no next token, so its logits are not needed
+  ++length_;
+  return true;
+}
+
+std::vector<int32_t> generate_with(int64_t max_positions, const std::vector<int32_t>& prompt,
+                                   const SamplingOptions& opt, const DecodeFns& fns,
+                                   const std::function<void(int32_t)>& on_token) {
+  TokenLoop loop(max_positions, prompt, opt);
+  std::vector<float> logits = fns.prefill(prompt, loop.capacity());
+  while (loop.next(logits, on_token)) logits = fns.step(loop.last());
+  return loop.take();
 }
 
 std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>& prompt, const SamplingOptions& opt,
@@ -47,6 +53,60 @@ std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>
   };
   fns.step = [&](int32_t id) { return model.forward_step({id}, &cache); };
   return generate_with(model.config().max_position_embeddings, prompt, opt, fns, on_token);
+}
+
+std::vector<std::vector<int32_t>> generate_batch(const QwenModel& model,
+                                                 const std::vector<std::vector<int32_t>>& prompts,
+                                                 const SamplingOptions& opt, int64_t batch,
+                                                 const std::function<void(size_t, const std::vector<int32_t>&)>& on_done) {
+  QWENQ_CHECK(batch >= 1 && batch <= kMaxDecodeBatch,
+              "generate: a batch of " << batch << " sequences; it must be in [1, " << kMaxDecodeBatch << "]");
+  const int64_t V = model.config().vocab_size, max_positions = model.config().max_position_embeddings;
+  struct Slot {
+    size_t index;
+    TokenLoop loop;
+    KvCache cache;
+  };
+  std::vector<std::vector<int32_t>> outputs(prompts.size());
+  std::vector<std::unique_ptr<Slot>> active;
+  const auto finish = [&](Slot& s) {
+    outputs[s.index] = s.loop.take();
+    if (on_done) on_done(s.index, outputs[s.index]);
+  };
+  size_t next_prompt = 0;
+  std::vector<float> row(static_cast<size_t>(V));
+  while (true) {
+    // Fill the free places, each new prompt prefilled alone (as generate() does) and its first token drawn.
+    while (static_cast<int64_t>(active.size()) < batch && next_prompt < prompts.size()) {
+      const size_t i = next_prompt++;
+      auto s = std::make_unique<Slot>(Slot{i, TokenLoop(max_positions, prompts[i], opt), KvCache{}});
+      s->cache = model.make_cache(s->loop.capacity(), opt.kv_cache);
+      std::vector<float> first = model.forward_step(prompts[i], &s->cache);
+      if (s->loop.next(first))
+        active.push_back(std::move(s));
+      else
+        finish(*s);
+    }
+    if (active.empty()) break;
+    std::vector<int32_t> ids;
+    std::vector<KvCache*> caches;
+    for (const auto& s : active) {
+      ids.push_back(s->loop.last());
+      caches.push_back(&s->cache);
+    }
+    const std::vector<float> logits = model.forward_steps(ids, caches);
+    std::vector<std::unique_ptr<Slot>> going_on;
+    for (size_t b = 0; b < active.size(); ++b) {
+      std::copy(logits.begin() + static_cast<std::ptrdiff_t>(b * V),
+                logits.begin() + static_cast<std::ptrdiff_t>((b + 1) * V), row.begin());
+      if (active[b]->loop.next(row))
+        going_on.push_back(std::move(active[b]));
+      else
+        finish(*active[b]);
+    }
+    active = std::move(going_on);
+  }
+  return outputs;
 }
 
 std::vector<float> prefill_continuing(const QwenModel& model, CachedContext* ctx, const std::vector<int32_t>& prompt,

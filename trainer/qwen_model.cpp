@@ -285,6 +285,48 @@ int64_t QwenModel::hidden_nll(const float* hidden, int64_t rows, const int32_t* 
   return lm_head_nll(w_, hidden, rows, targets, nll);
 }
 
+std::vector<float> QwenModel::forward_steps(const std::vector<int32_t>& ids, const std::vector<KvCache*>& caches) const {
+  const int64_t B = static_cast<int64_t>(ids.size()), C = cfg_.hidden_size;
+  QWENQ_CHECK(B > 0 && caches.size() == ids.size(),
+              "forward_steps: " << ids.size() << " tokens for " << caches.size() << " caches");
+  std::vector<int32_t> pos(B), len(B);
+  for (int64_t b = 0; b < B; ++b) {
+    QWENQ_CHECK(caches[b] != nullptr && caches[b]->length < caches[b]->capacity,
+                "forward_steps: sequence " << b << " has no room in its KV cache (capacity "
+                                           << (caches[b] ? caches[b]->capacity : 0) << ")");
+    for (int64_t c = 0; c < b; ++c)
+      QWENQ_CHECK(caches[c] != caches[b], "forward_steps: sequences " << c << " and " << b << " share one KV cache");
+    pos[b] = static_cast<int32_t>(caches[b]->length);
+    len[b] = pos[b] + 1;
+  }
+  const CpuFp32Products fp32;  // a one-token step's products, whatever B
+  std::vector<float> x(B * C);
+  embed(ids, x.data());
+  const QwenConfig& c = cfg_;
+  const int64_t kvd = c.kv_dim(), qd = c.q_dim();
+  run_layers(x.data(), B, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
+    for (int64_t b = 0; b < B; ++b) {
+      KvCache* cache = caches[b];
+      const int64_t at = pos[b] * kvd;
+      if (cache->dtype == KvCacheDType::BF16) {
+        from_f32(DType::BF16, k + b * kvd, cache->k16[l].data() + at, static_cast<size_t>(kvd));
+        from_f32(DType::BF16, v + b * kvd, cache->v16[l].data() + at, static_cast<size_t>(kvd));
+        attention_decode_bf16_cpu(q + b * qd, cache->k16[l].data(), cache->v16[l].data(), &len[b], 1, c.num_heads,
+                                  c.num_kv_heads, c.head_dim, cache->capacity, len[b], out + b * qd);
+      } else {
+        std::copy(k + b * kvd, k + (b + 1) * kvd, cache->k[l].begin() + at);
+        std::copy(v + b * kvd, v + (b + 1) * kvd, cache->v[l].begin() + at);
+        attention_decode_cpu(q + b * qd, cache->k[l].data(), cache->v[l].data(), &len[b], 1, c.num_heads,
+                             c.num_kv_heads, c.head_dim, cache->capacity, len[b], out + b * qd);
+      }
+    }
+  });
+  for (KvCache* cache : caches) ++cache->length;
+  std::vector<float> out(B * c.vocab_size);
+  logits(x.data(), B, out.data());
+  return out;
+}
+
 KvCache QwenModel::make_cache(int64_t capacity, KvCacheDType dtype) const {
   KvCache cache;
   cache.capacity = capacity;

@@ -127,6 +127,12 @@ class QwenModel {
   // Incremental decoding of one sequence: appends `tokens` at positions cache->length.. and returns the
   // logits [V] of the last one. The cache's dtype decides how its rows are stored (KvCacheDType).
   std::vector<float> forward_step(const std::vector<int32_t>& tokens, KvCache* cache) const;
+  // One decode step of several sequences at once: token ids[b] appended to *caches[b] (each at its own length) and
+  // the logits [B, V] of each returned, row b equal bit for bit to forward_step({ids[b]}, caches[b]): the products
+  // run on B rows (each weight read once per step, not once per sequence), the attention per sequence. The steps
+  // keep the fp32 products whatever --cpu-matmul says (as a one-token forward_step does), so that batching changes
+  // no bits. Caches may differ in length and dtype; each must have room for one more row.
+  std::vector<float> forward_steps(const std::vector<int32_t>& ids, const std::vector<KvCache*>& caches) const;
   KvCache make_cache(int64_t capacity, KvCacheDType dtype = KvCacheDType::F32) const;
   // Grows a cache of this model to `capacity` tokens (at least its own), its rows and length kept.
   void grow_cache(KvCache* cache, int64_t capacity) const;

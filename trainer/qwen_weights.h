@@ -162,6 +162,18 @@ bool int8_activations();
 // (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).
 void set_cpu_bf16_products(bool on);
 bool cpu_bf16_products();
+// The switch off for a scope, restored after (process-wide, as the switch): QwenModel::forward_steps' batched decode
+// steps, whose products must have a lone step's bits whatever the number of rows.
+class CpuFp32Products {
+ public:
+  CpuFp32Products() : saved_(cpu_bf16_products()) { set_cpu_bf16_products(false); }
+  ~CpuFp32Products() { set_cpu_bf16_products(saved_); }
+  CpuFp32Products(const CpuFp32Products&) = delete;
+  CpuFp32Products& operator=(const CpuFp32Products&) = delete;
+
+ private:
+  bool saved_;
+};
 constexpr int64_t kCpuBf16MinRows = 8;
 // From 32 rows the Q4 tiles on bf16 operands beat the packed fp32 product for every 4-bit kind (benchmarks/
 // bench_gemm_cpu's q4_rows_* rows, Qwen2.5-0.5B MLP shapes, 2 Zen 4 cores: GPTQ 1.2-1.5x at 32 rows, 2.1x at 512;

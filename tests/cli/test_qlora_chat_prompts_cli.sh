@@ -7,6 +7,8 @@
 #     token count, and --system survives the reset; a message that outgrows the context (max_position_embeddings 64)
 #     is an error printed on stderr that leaves the conversation as it was (the next turn equals a session that never
 #     had that message) and the process goes on;
+#   - generate --prompts --batch 1 / 3 / 8 (the default): the same output file byte for byte, greedy and sampled;
+#     --batch without --prompts and past 16 refused;
 #   - generate --prompts (no --chat): an Alpaca instruction + input is prompted with exactly the prompt tokens that
 #     `qwen-qlora data --dump` gives the same record for training (the SFT Alpaca template), a "text" or "prompt"
 #     string as is; TRL's conversational prompt + completion takes the completion's last message as the reference;
@@ -99,6 +101,28 @@ cat > "$WORK/prompts.jsonl" <<'JSONL'
 JSONL
 "$QL" generate --model "$WORK/tiny" --prompts "$WORK/prompts.jsonl" --out "$WORK/preds.jsonl" -n 4 --threads 1 \
   > "$WORK/preds.txt" 2>&1 || fail "generate --prompts" "$WORK/preds.txt"
+# --batch (records decoded together on the CPU; default 8): the same file, byte for byte, one record at a time and
+# three at a time, also sampled (each record's sampler seeded alike) on the mixture-of-experts model.
+printf '{"text": "%s"}\n' "Once" "Once upon a time" "The cat sat" "A" "Hello there, how are you" "Tom and" \
+  > "$WORK/short.jsonl"
+for b in 1 3; do
+  "$QL" generate --model "$WORK/tiny" --prompts "$WORK/prompts.jsonl" --out "$WORK/preds.b$b.jsonl" -n 4 --threads 1 \
+    --batch "$b" > "$WORK/preds.b$b.txt" 2>&1 || fail "generate --prompts --batch $b" "$WORK/preds.b$b.txt"
+  cmp -s "$WORK/preds.jsonl" "$WORK/preds.b$b.jsonl" || fail "--batch $b changed the outputs" "$WORK/preds.b$b.jsonl"
+  "$QL" generate --model "$WORK/moe" --prompts "$WORK/short.jsonl" --out "$WORK/moe.b$b.jsonl" -n 6 --threads 1 \
+    --temperature 0.9 --seed 4 --batch "$b" > "$WORK/moe.b$b.txt" 2>&1 || fail "sampled --batch $b" "$WORK/moe.b$b.txt"
+done
+cmp -s "$WORK/moe.b1.jsonl" "$WORK/moe.b3.jsonl" || fail "--batch 3 changed the sampled outputs" "$WORK/moe.b3.jsonl"
+grep -q "6/6 records" "$WORK/moe.b3.txt" || fail "no progress line for the last record" "$WORK/moe.b3.txt"
+if "$QL" generate --model "$WORK/tiny" --prompt "Hi" --batch 2 -n 2 > "$WORK/b.txt" 2>&1; then
+  fail "--batch without --prompts was accepted"
+fi
+grep -q -- "--batch goes with --prompts" "$WORK/b.txt" || fail "--batch without --prompts: unclear refusal" "$WORK/b.txt"
+if "$QL" generate --model "$WORK/tiny" --prompts "$WORK/prompts.jsonl" --out "$WORK/b17.jsonl" --batch 17 \
+  > "$WORK/b17.txt" 2>&1; then
+  fail "--batch 17 was accepted"
+fi
+grep -q -- "--batch" "$WORK/b17.txt" || fail "--batch 17: unclear refusal" "$WORK/b17.txt"
 # The Alpaca records as training reads them (the SFT Alpaca template, --alpaca-prompt stanford): the prompt is the
 # tokens before the loss.
 head -2 "$WORK/prompts.jsonl" > "$WORK/alpaca.jsonl"
