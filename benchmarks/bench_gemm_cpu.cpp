@@ -136,16 +136,21 @@ void bm_backward_input_eigen(benchmark::State& state, int64_t M, int64_t K, int6
 // did before, the whole fp32 weight dequantized per call and then linear_*_bf16 on it. The same bits; GB/s counts
 // the packed bytes.
 enum class Q4Source { Gptq, GptqActOrder, Awq, Nf4 };  // act-order: rows sorted at load, as the loader holds them
+// The benchmarks' 4-bit Linear of kind src (group 128; NF4 blocks of 64 with double quantization): p or nf.
+void make_q4_source(Q4Source src, int64_t N, int64_t K, qwenq::PackedIntLinear* p, qwenq::Nf4Tensor* nf) {
+  if (src == Q4Source::Nf4) {
+    *nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
+    return;
+  }
+  *p = qwenq::q4_synthetic_int_linear(src == Q4Source::Awq ? qwenq::IntLayout::AwqGemm : qwenq::IntLayout::GptqV1, K,
+                                      N, 128, src == Q4Source::GptqActOrder, 9);
+  if (src == Q4Source::GptqActOrder) *p = qwenq::int_linear_sort_inputs_by_group(*p);
+}
+
 void bm_q4(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t N, bool transposed, bool tiles) {
   qwenq::PackedIntLinear p;
   qwenq::Nf4Tensor nf;
-  if (src == Q4Source::Nf4) {
-    nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
-  } else {
-    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Awq ? qwenq::IntLayout::AwqGemm : qwenq::IntLayout::GptqV1,
-                                       K, N, 128, src == Q4Source::GptqActOrder, 9);
-    if (src == Q4Source::GptqActOrder) p = qwenq::int_linear_sort_inputs_by_group(p);
-  }
+  make_q4_source(src, N, K, &p, &nf);
   const std::vector<float> in = random_vec(static_cast<size_t>(M * (transposed ? N : K)), 3);
   std::vector<float> out(static_cast<size_t>(M * (transposed ? K : N))), W;
   if (!tiles) W.resize(static_cast<size_t>(N * K));
@@ -182,13 +187,7 @@ void bm_q4(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t 
 void bm_q4_rows(benchmark::State& state, Q4Source src, int64_t M, int64_t K, int64_t N, bool bf16) {
   qwenq::PackedIntLinear p;
   qwenq::Nf4Tensor nf;
-  if (src == Q4Source::Nf4) {
-    nf = qwenq::q4_synthetic_nf4(N, K, false, 64, true, 9);
-  } else {
-    p = qwenq::q4_synthetic_int_linear(src == Q4Source::Awq ? qwenq::IntLayout::AwqGemm : qwenq::IntLayout::GptqV1,
-                                       K, N, 128, src == Q4Source::GptqActOrder, 9);
-    if (src == Q4Source::GptqActOrder) p = qwenq::int_linear_sort_inputs_by_group(p);
-  }
+  make_q4_source(src, N, K, &p, &nf);
   const std::vector<float> in = random_vec(static_cast<size_t>(M * K), 3);
   std::vector<float> out(static_cast<size_t>(M * N));
   for (auto _ : state) {

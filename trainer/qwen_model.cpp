@@ -364,6 +364,7 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   QWENQ_CHECK(n > 0, "forward_step: no tokens");
   QWENQ_CHECK(p0 + n <= cache->capacity,
               "sequence of " << p0 + n << " tokens exceeds the KV cache capacity of " << cache->capacity);
+  if (n == 1) return forward_steps(tokens, {cache});  // a decode step: attention_decode_cpu
   std::vector<int32_t> pos(n);
   for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(p0 + i);
   std::vector<float> x(n * C);
@@ -371,40 +372,28 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   const QwenConfig& c = cfg_;
   const int64_t kvd = c.kv_dim();
   // Several tokens at once (a prompt, or the rest of one after a reused prefix) attend with the packed forward's
-  // blocked attention over the cache (attention_forward_suffix_ref; a BF16 cache's rows widened first, as stored), not
-  // attention_with_cache's key-by-key loops, which were 72 % of a 2400-token prompt's time on the Qwen2.5-0.5B shape.
-  // One token (a decode step) takes attention_decode_cpu: the query group's dot products per key block at once.
+  // blocked attention over the cache (attention_forward_suffix_ref; a BF16 cache's rows widened first, as stored),
+  // not key by key (such loops were 72 % of a 2400-token prompt's time on the Qwen2.5-0.5B shape).
   std::vector<float> k_wide, v_wide;
   const int64_t rows = (p0 + n) * kvd;
-  const int32_t len = static_cast<int32_t>(p0 + n);  // keys a decode step sees
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
     if (cache->dtype == KvCacheDType::BF16) {
       from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
       from_f32(DType::BF16, v, cache->v16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
-      if (n > 1) {
-        k_wide.resize(static_cast<size_t>(rows));
-        v_wide.resize(static_cast<size_t>(rows));
-        for (int64_t i = 0; i < rows; ++i) {
-          k_wide[i] = bf16_to_f32(cache->k16[l][i]);
-          v_wide[i] = bf16_to_f32(cache->v16[l][i]);
-        }
-        attention_forward_suffix_ref(q, k_wide.data(), v_wide.data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
-                                     out);
-        return;
+      k_wide.resize(static_cast<size_t>(rows));
+      v_wide.resize(static_cast<size_t>(rows));
+      for (int64_t i = 0; i < rows; ++i) {
+        k_wide[i] = bf16_to_f32(cache->k16[l][i]);
+        v_wide[i] = bf16_to_f32(cache->v16[l][i]);
       }
-      attention_decode_bf16_cpu(q, cache->k16[l].data(), cache->v16[l].data(), &len, 1, c.num_heads, c.num_kv_heads,
-                                c.head_dim, cache->capacity, len, out);
+      attention_forward_suffix_ref(q, k_wide.data(), v_wide.data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
+                                   out);
       return;
     }
     std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
     std::copy(v, v + n * kvd, cache->v[l].begin() + p0 * kvd);
-    if (n > 1) {
-      attention_forward_suffix_ref(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads,
-                                   c.head_dim, out);
-      return;
-    }
-    attention_decode_cpu(q, cache->k[l].data(), cache->v[l].data(), &len, 1, c.num_heads, c.num_kv_heads, c.head_dim,
-                         cache->capacity, len, out);
+    attention_forward_suffix_ref(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads,
+                                 c.head_dim, out);
   });
   cache->length = p0 + n;
   std::vector<float> out(c.vocab_size);
