@@ -22,6 +22,7 @@
 //   dW += dyᵀ · x: tiles of kBwdTile × kBwdTile entries of dW, each a sum over all M rows; disjoint writes.
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -164,10 +165,13 @@ void dot_tile(const float* x, const typename L::T* w, int64_t K, float* out, int
         acc_s[r][j] = s;
       }
   }
+  // The tail, one fused multiply-add per element written out: left as acc += x·w, the compiler contracted it in
+  // one instantiation and not in another, so a row's bits depended on R (a row alone vs in a pair: a batched decode
+  // step must give each sequence its lone step's bits, tests/test_decode_batch.cpp).
   for (; k < K; ++k)
     for (int j = 0; j < J; ++j) {
       const float wk = L::one(w + j * K + k);
-      for (int r = 0; r < R; ++r) acc_s[r][j] += x[r * K + k] * wk;
+      for (int r = 0; r < R; ++r) acc_s[r][j] = std::fma(x[r * K + k], wk, acc_s[r][j]);
     }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < J; ++j) out[r * ldo + j] = acc_s[r][j];

@@ -5,6 +5,7 @@
 //     lone steps on copies of the caches: the tiny preset in fp32 and bf16, its GPTQ, AWQ and NF4 4-bit copies
 //     (RTN, group 32) and a mixture of experts with a shared expert; with --cpu-matmul bf16 on as well (a batched
 //     step keeps the fp32 products, as a lone step does);
+//   - the same on the real stories260K (a K % 16 tail in the fp32 kernel) and its act-order GPTQ copy;
 //   - generate_batch with sampling (temperature, top-k, repetition penalty, a stop id) against generate() per
 //     prompt, at batch 1, 3 and kMaxDecodeBatch;
 //   - the refusals (a cache shared by two sequences, a full cache, mismatched lists, a batch out of range).
@@ -17,6 +18,7 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/generate.h"
+#include "trainer/gptq_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_weights.h"
@@ -84,6 +86,33 @@ TEST(DecodeBatch, ForwardStepsAreEachSequencesLoneStep) {
     for (bool bf16 : {false, true}) {
       const Bf16Switch s(bf16);
       expect_batched_steps_are_lone_steps(model, name + (bf16 ? " (--cpu-matmul bf16)" : ""));
+    }
+  }
+}
+
+// The real stories260K (hidden 64, intermediate 172: the fp32 kernel's K % 16 tail on down_proj; GQA 8:4, D 8) and
+// its act-order GPTQ copy (rows sorted by group at load, the packed product's gathered inputs).
+TEST(DecodeBatch, Stories260kStepsAreLoneSteps) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir();
+  const std::string hf = test::import_stories260k(root + "/hf");
+  ASSERT_NE(QwenModel(hf).config().intermediate_size % 16, 0) << "no K % 16 tail left to exercise";
+  GptqModelOptions g;
+  g.out.model_dir = hf;
+  g.out.out_dir = root + "/act";
+  g.out.group_size = 32;
+  g.out.pad_intermediate = true;  // 172 is no multiple of the group
+  g.out.quiet = true;
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 8;
+  g.calib_seq_len = 64;
+  g.desc_act = true;
+  gptq_quantize_model(g);
+  for (const auto& [name, dir] : {std::pair<const char*, std::string>{"stories260K", hf}, {"act-order GPTQ", g.out.out_dir}}) {
+    const QwenModel model(dir);
+    for (bool bf16 : {false, true}) {
+      const Bf16Switch s(bf16);
+      expect_batched_steps_are_lone_steps(model, std::string(name) + (bf16 ? " (--cpu-matmul bf16)" : ""));
     }
   }
 }

@@ -218,6 +218,34 @@ TEST(KernelsRef, LinearWithBiasAndAnyThreadCount) {
   }
 }
 
+// Below the Eigen path's rows (the decode kernel), a row of y has the same bits alone as among others: a batched
+// decode step (QwenModel::forward_steps) relies on it. K with and without a tail past the 16-wide blocks, every
+// weight dtype, 1 to 23 rows against each row alone. (Before the tail's fma was written out, K = 172 and 17 differed.)
+TEST(KernelsRef, LinearRowsHaveTheSameBitsAloneOrTogether) {
+  for (DType wt : {DType::F32, DType::BF16, DType::F16})
+    for (const int64_t K : {int64_t{17}, int64_t{64}, int64_t{172}, int64_t{896}}) {
+      const int64_t N = 37, M = 23;
+      Rng rng(K);
+      std::vector<float> x(M * K), wf(N * K), y(M * N), one(N);
+      for (auto& v : x) v = static_cast<float>(rng.normal());
+      for (auto& v : wf) v = static_cast<float>(rng.normal());
+      std::vector<uint16_t> w16(wf.size());
+      const void* w = wf.data();
+      if (wt != DType::F32) {
+        from_f32(wt, wf.data(), w16.data(), wf.size());
+        w = w16.data();
+      }
+      for (const int64_t rows : {M, int64_t{2}, int64_t{3}}) {
+        linear_forward_ref(x.data(), rows, K, w, wt, N, nullptr, DType::F32, y.data());
+        for (int64_t m = 0; m < rows; ++m) {
+          linear_forward_ref(x.data() + m * K, 1, K, w, wt, N, nullptr, DType::F32, one.data());
+          ASSERT_TRUE(std::equal(one.begin(), one.end(), y.begin() + m * N))
+              << dtype_name(wt) << " K=" << K << ": row " << m << " of " << rows;
+        }
+      }
+    }
+}
+
 TEST(KernelsRef, LinearBiasDtypeMayDifferFromWeight) {
   Rng rng(3);
   const int64_t M = 3, K = 20, N = 6;
