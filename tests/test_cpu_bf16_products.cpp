@@ -265,18 +265,8 @@ TEST(CpuBf16Products, ActOrderTrainingStepHasTheBitsOfItsDequantizedCopy) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
   const std::string hf = test::import_stories260k(root + "/hf");
-  GptqModelOptions g;
-  g.out.model_dir = hf;
-  g.out.out_dir = root + "/act";
-  g.out.group_size = 32;
-  g.out.pad_intermediate = true;
-  g.out.quiet = true;
-  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
-  g.calib_samples = 8;
-  g.calib_seq_len = 64;
-  g.desc_act = true;
-  gptq_quantize_model(g);
-  const QwenModel q(g.out.out_dir), dense(test::dequantized_copy(g.out.out_dir));
+  const std::string act = test::gptq_act_order_stories260k(hf, root + "/act", 8, 64);
+  const QwenModel q(act), dense(test::dequantized_copy(act));
   int64_t permuted = 0;
   for (const auto& layer : q.weights().layers)
     for (int t = 0; t < 7; ++t) {

@@ -18,7 +18,6 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/generate.h"
-#include "trainer/gptq_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_weights.h"
@@ -97,18 +96,8 @@ TEST(DecodeBatch, Stories260kStepsAreLoneSteps) {
   const std::string root = test::scratch_dir();
   const std::string hf = test::import_stories260k(root + "/hf");
   ASSERT_NE(QwenModel(hf).config().intermediate_size % 16, 0) << "no K % 16 tail left to exercise";
-  GptqModelOptions g;
-  g.out.model_dir = hf;
-  g.out.out_dir = root + "/act";
-  g.out.group_size = 32;
-  g.out.pad_intermediate = true;  // 172 is no multiple of the group
-  g.out.quiet = true;
-  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
-  g.calib_samples = 8;
-  g.calib_seq_len = 64;
-  g.desc_act = true;
-  gptq_quantize_model(g);
-  for (const auto& [name, dir] : {std::pair<const char*, std::string>{"stories260K", hf}, {"act-order GPTQ", g.out.out_dir}}) {
+  const std::string act = test::gptq_act_order_stories260k(hf, root + "/act", 8, 64);
+  for (const auto& [name, dir] : {std::pair<const char*, std::string>{"stories260K", hf}, {"act-order GPTQ", act}}) {
     const QwenModel model(dir);
     for (bool bf16 : {false, true}) {
       const Bf16Switch s(bf16);

@@ -77,31 +77,21 @@ TEST(Int8ActivationsModel, ActOrderGptqIsSortedAtLoadAndMovesByTheRoundingOnly) 
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string dir = test::scratch_dir();
   const std::string hf = test::import_stories260k(dir + "/hf");
-  GptqModelOptions g;
-  g.out.model_dir = hf;
-  g.out.out_dir = dir + "/act";
-  g.out.group_size = 32;
-  g.out.pad_intermediate = true;
-  g.out.quiet = true;
-  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
-  g.calib_samples = 16;
-  g.calib_seq_len = 128;
-  g.desc_act = true;
-  gptq_quantize_model(g);
+  const std::string act = test::gptq_act_order_stories260k(hf, dir + "/act", 16, 128);
   const std::vector<int32_t> tokens = test::tinystories_prefix_tokens(hf, 512);
-  const QwenModel exact_model(g.out.out_dir);
+  const QwenModel exact_model(act);
   const LinearWeight& up = exact_model.weights().layers[0].up;
   ASSERT_TRUE(up.packed);
   // Sorted at load with or without the switch (int_linear_for_products): the file's g_idx was act-order.
   ASSERT_EQ(up.packed->perm.size(), static_cast<size_t>(up.K)) << "gptq --desc-act wrote an in-order g_idx?";
-  const Checkpoint file(g.out.out_dir);
+  const Checkpoint file(act);
   const PackedIntLinear stored = read_int_linear(file, "model.layers.0.mlp.up_proj", IntLayout::GptqV1, 4, 32, up.K, up.N);
   ASSERT_FALSE(int_linear_groups_in_order(stored)) << "gptq --desc-act wrote an in-order g_idx";
   const std::vector<float> w_file = dequantize_int_linear(stored), w_loaded = up.dequantize();
   EXPECT_EQ(std::memcmp(w_file.data(), w_loaded.data(), w_file.size() * sizeof(float)), 0) << "the sort changed ŵ";
   const double exact = test::mean_next_token_nll(exact_model, tokens);
   const test::ScopedInt8Activations on;
-  const QwenModel m(g.out.out_dir);  // loaded with the switch on: rows sorted by group
+  const QwenModel m(act);  // loaded with the switch on: rows sorted by group
   const Int8Coverage c = int8_coverage(m.weights());
   EXPECT_EQ(c.int8, c.linears) << "act-order Linears left on the exact product";
   const double int8 = test::mean_next_token_nll(m, tokens);

@@ -29,6 +29,18 @@ void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float
   rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
 }
 
+// Rows [p0, p0 + n) of layer l of the cache from k, v [n, kv_dim]: copied, or rounded to bf16 for a BF16 cache.
+void store_kv_rows(KvCache* cache, int64_t l, int64_t p0, int64_t n, int64_t kvd, const float* k, const float* v) {
+  const size_t count = static_cast<size_t>(n * kvd);
+  if (cache->dtype == KvCacheDType::BF16) {
+    from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, count);
+    from_f32(DType::BF16, v, cache->v16[l].data() + p0 * kvd, count);
+  } else {
+    std::copy(k, k + count, cache->k[l].begin() + p0 * kvd);
+    std::copy(v, v + count, cache->v[l].begin() + p0 * kvd);
+  }
+}
+
 }  // namespace
 
 const char* kv_cache_dtype_name(KvCacheDType t) { return t == KvCacheDType::BF16 ? "bf16" : "f32"; }
@@ -307,15 +319,11 @@ std::vector<float> QwenModel::forward_steps(const std::vector<int32_t>& ids, con
   run_layers(x.data(), B, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
     for (int64_t b = 0; b < B; ++b) {
       KvCache* cache = caches[b];
-      const int64_t at = pos[b] * kvd;
+      store_kv_rows(cache, l, pos[b], 1, kvd, k + b * kvd, v + b * kvd);
       if (cache->dtype == KvCacheDType::BF16) {
-        from_f32(DType::BF16, k + b * kvd, cache->k16[l].data() + at, static_cast<size_t>(kvd));
-        from_f32(DType::BF16, v + b * kvd, cache->v16[l].data() + at, static_cast<size_t>(kvd));
         attention_decode_bf16_cpu(q + b * qd, cache->k16[l].data(), cache->v16[l].data(), &len[b], 1, c.num_heads,
                                   c.num_kv_heads, c.head_dim, cache->capacity, len[b], out + b * qd);
       } else {
-        std::copy(k + b * kvd, k + (b + 1) * kvd, cache->k[l].begin() + at);
-        std::copy(v + b * kvd, v + (b + 1) * kvd, cache->v[l].begin() + at);
         attention_decode_cpu(q + b * qd, cache->k[l].data(), cache->v[l].data(), &len[b], 1, c.num_heads,
                              c.num_kv_heads, c.head_dim, cache->capacity, len[b], out + b * qd);
       }
@@ -377,9 +385,8 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
   std::vector<float> k_wide, v_wide;
   const int64_t rows = (p0 + n) * kvd;
   run_layers(x.data(), n, pos.data(), [&](int64_t l, const float* q, const float* k, const float* v, float* out) {
+    store_kv_rows(cache, l, p0, n, kvd, k, v);
     if (cache->dtype == KvCacheDType::BF16) {
-      from_f32(DType::BF16, k, cache->k16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
-      from_f32(DType::BF16, v, cache->v16[l].data() + p0 * kvd, static_cast<size_t>(n * kvd));
       k_wide.resize(static_cast<size_t>(rows));
       v_wide.resize(static_cast<size_t>(rows));
       for (int64_t i = 0; i < rows; ++i) {
@@ -390,8 +397,6 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
                                    out);
       return;
     }
-    std::copy(k, k + n * kvd, cache->k[l].begin() + p0 * kvd);
-    std::copy(v, v + n * kvd, cache->v[l].begin() + p0 * kvd);
     attention_forward_suffix_ref(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads,
                                  c.head_dim, out);
   });

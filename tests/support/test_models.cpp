@@ -144,6 +144,22 @@ std::string write_random_words(const std::string& path, size_t bytes, uint64_t s
   return path;
 }
 
+std::string gptq_act_order_stories260k(const std::string& hf, const std::string& out_dir, int64_t samples,
+                                       int64_t seq_len) {
+  GptqModelOptions g;
+  g.out.model_dir = hf;
+  g.out.out_dir = out_dir;
+  g.out.group_size = 32;
+  g.out.pad_intermediate = true;  // 172 is no multiple of the group
+  g.out.quiet = true;
+  g.calib_path = shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = samples;
+  g.calib_seq_len = seq_len;
+  g.desc_act = true;
+  gptq_quantize_model(g);
+  return out_dir;
+}
+
 GptqModelOptions tiny_gptq_options(const std::string& model_dir, const std::string& calib, uint64_t seed,
                                    const std::string& out_dir) {
   GptqModelOptions g;

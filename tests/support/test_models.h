@@ -41,6 +41,12 @@ GptqModelOptions tiny_gptq_options(const std::string& model_dir, const std::stri
 
 // The first n tokens of the first 20,000 characters of TinyStories (model_dir's tokenizer; call
 // QWENQ_REQUIRE_SHARED_DATA first).
+// gptq --desc-act (group 32, the intermediate padded to it) of the imported stories260K at hf into out_dir, calibrated
+// on `samples` windows of `seq_len` tokens of the shared C4 documents (call QWENQ_REQUIRE_SHARED_DATA first).
+// Returns out_dir.
+std::string gptq_act_order_stories260k(const std::string& hf, const std::string& out_dir, int64_t samples,
+                                       int64_t seq_len);
+
 std::vector<int32_t> tinystories_prefix_tokens(const std::string& model_dir, size_t n);
 // The mean next-token NLL of m over one sequence (QwenModel::next_token_nll).
 double mean_next_token_nll(const QwenModel& m, const std::vector<int32_t>& tokens);
