@@ -73,12 +73,14 @@ void Args(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_DecodeAttention)->Apply(Args)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.3);
 
 // The packed causal attention of a prompt or a training sequence (attention_forward_ref, with lse; and its backward)
-// over one sequence of T tokens: args heads index, T, backward (0/1). GFLOP/s counts the causal half's products:
+// over one sequence of T tokens: args heads index, T, backward (0/1), bf16 operands (0/1: the fp32 products, or
+// --cpu-matmul bf16's, attention_forward_ref(..., bf16 = true) on AVX512_BF16 where the CPU has it, the baseline in
+// the same run). GFLOP/s counts the causal half's products:
 // forward 2·T²·D per head (S = QKᵀ and PV over T²/2 entries), backward 2.5x that (S, dP, dV, dK, dQ).
 void BM_PackedAttention(benchmark::State& state) {
   const Heads h = kHeads[state.range(0)];
   const int64_t T = state.range(1);
-  const bool backward = state.range(2) != 0;
+  const bool backward = state.range(2) != 0, bf16 = state.range(3) != 0;
   qwenq::Rng rng(9);
   std::vector<float> q(static_cast<size_t>(T * h.H * h.D)), k(static_cast<size_t>(T * h.Hkv * h.D)), v(k.size());
   for (auto* t : {&q, &k, &v})
@@ -87,27 +89,29 @@ void BM_PackedAttention(benchmark::State& state) {
       dv(k.size());
   for (auto& x : dout) x = static_cast<float>(rng.normal());
   const int32_t cu[2] = {0, static_cast<int32_t>(T)};
-  qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data());
+  qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data(), bf16);
   for (auto _ : state) {
     if (backward)
       qwenq::attention_backward_ref(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu, 1, h.H,
-                                    h.Hkv, h.D, dq.data(), dk.data(), dv.data());
+                                    h.Hkv, h.D, dq.data(), dk.data(), dv.data(), bf16);
     else
-      qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data());
+      qwenq::attention_forward_ref(q.data(), k.data(), v.data(), cu, 1, h.H, h.Hkv, h.D, out.data(), lse.data(),
+                                   bf16);
     benchmark::DoNotOptimize(out.data());
     benchmark::DoNotOptimize(dq.data());
   }
   const double flops = 2.0 * static_cast<double>(T) * static_cast<double>(T) * static_cast<double>(h.D * h.H) *
                        (backward ? 2.5 : 1.0);
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(std::string(backward ? "backward" : "forward") + " H" + std::to_string(h.H) + "/" +
-                 std::to_string(h.Hkv) + " D" + std::to_string(h.D));
+  state.SetLabel(std::string(backward ? "backward" : "forward") + (bf16 ? " bf16" : " fp32") + " H" +
+                 std::to_string(h.H) + "/" + std::to_string(h.Hkv) + " D" + std::to_string(h.D));
 }
 
 void PackedArgs(benchmark::internal::Benchmark* b) {
   for (int64_t heads = 0; heads < 2; ++heads)
     for (int64_t T : {512, 2048, 8192})
-      for (int64_t bwd : {0, 1}) b->Args({heads, T, bwd});
+      for (int64_t bwd : {0, 1})
+        for (int64_t bf16 : {0, 1}) b->Args({heads, T, bwd, bf16});
 }
 
 BENCHMARK(BM_PackedAttention)->Apply(PackedArgs)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);

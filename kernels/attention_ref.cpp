@@ -25,6 +25,13 @@
 // blocks as well as heads. Each output element is computed by one task in a fixed order, so the result does
 // not depend on the number of threads.
 //
+// With bf16 (kernels/attention.h): the same blocks and tasks, every product through Bf16Block
+// (kernels/gemm_bf16_block.h) on bf16-rounded operands; Q is loaded unscaled (the GPU's bf16 q) and the scale
+// multiplies S, dq and dk instead. The forward packs a block's Q once for all its key blocks and P per key block (l sums the unrounded
+// P); the backward packs the loaded Q and dO rows once per query block, and Pᵀ, dSᵀ (transposed in a scratch) or dS
+// per product. The row-by-row products of the non-finite cases take rounded copies, and a row counts as non-finite
+// when its rounding is (a finite fp32 value past bf16's range rounds to inf).
+//
 // Non-finite inputs stay causal, as in the GPU kernels: a NaN or inf in a row reaches only the outputs that depend on
 // it mathematically. A block GEMM over a diagonal block multiplies hidden entries (P = 0, dS = 0) by the rows they
 // hide, and 0 · NaN = 0 · inf = NaN; so where those hidden rows are not all finite, the diagonal block's product
@@ -36,9 +43,11 @@
 #include <functional>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/attention.h"
+#include "kernels/gemm_bf16_block.h"
 
 namespace qwenq {
 
@@ -54,10 +63,23 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using ConstStrided = Eigen::Map<const RowMat, 0, Eigen::OuterStride<>>;
 using Strided = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
-// Rows [r0, n) of m all finite (true for an empty range).
+struct Bf16Round {
+  float operator()(float x) const { return bf16_round(x); }
+};
+
+// Rows [r0, n) of m all finite (true for an empty range), as the products read them: rounded to bf16 with `bf16` (a
+// finite fp32 value past bf16's range rounds to inf).
 template <class M>
-bool rows_finite(const M& m, int64_t r0) {
-  return r0 >= m.rows() || m.bottomRows(m.rows() - r0).allFinite();
+bool rows_finite(const M& m, int64_t r0, bool bf16 = false) {
+  if (r0 >= m.rows()) return true;
+  return bf16 ? m.bottomRows(m.rows() - r0).unaryExpr(Bf16Round{}).allFinite()
+              : m.bottomRows(m.rows() - r0).allFinite();
+}
+
+// m rounded to bf16 values: an operand of the bf16 products' row-by-row fallbacks (the non-finite cases).
+template <class M>
+RowMat rounded(const M& m) {
+  return m.unaryExpr(Bf16Round{});
 }
 
 // Keys visible to query row i in a block of nk keys starting at key j0: j0 .. i, clamped to [0, nk].
@@ -74,13 +96,15 @@ struct Problem {
   int64_t H, Hkv, D, group;
   float scale;
   float *out, *lse;
-  int64_t q0 = 0;  // the row (key index) of q's, out's and lse's first row: p0 for attention_forward_suffix_ref
+  int64_t q0 = 0;     // the row (key index) of q's, out's and lse's first row: p0 for attention_forward_suffix_ref
+  bool bf16 = false;  // products on bf16 operands (Bf16Block), the scale applied to S
 };
 
 // A block's rows are (query head of the group, query row): block row hl·nq + r is head g·group + hl at row row0 + r.
 struct Scratch {
   RowMat Q, S, O;
   std::vector<float> m, l;
+  Bf16Block qa, pa;  // bf16: the block's Q rows, and P
   Scratch(int64_t D, int64_t group)
       : Q(kQBlock * group, D), S(kQBlock * group, kKBlock), O(kQBlock * group, D), m(kQBlock * group),
         l(kQBlock * group) {}
@@ -89,12 +113,14 @@ struct Scratch {
 void attend_block(const Problem& p, const Task& t, Scratch* sc) {
   const int64_t nq = t.row1 - t.row0, D = p.D, g = t.kv_head, G = p.group, rows = nq * G;
   // The query rows of every head of the group, times the scale (a power of two for D = 64, 256, ...; otherwise one
-  // more rounding).
+  // more rounding); with bf16 operands q as it is (the GPU's bf16 q) and the scale on S.
   auto Q = sc->Q.topRows(rows);
+  const float q_scale = p.bf16 ? 1.f : p.scale;
   for (int64_t hl = 0; hl < G; ++hl)
     Q.middleRows(hl * nq, nq) = ConstStrided(p.q + ((t.row0 - p.q0) * p.H + g * G + hl) * D, nq, D,
                                              Eigen::OuterStride<>(p.H * D)) *
-                                p.scale;
+                                q_scale;
+  if (p.bf16) sc->qa.pack_a(Q.data(), D, rows, D);
   auto O = sc->O.topRows(rows);
   O.setZero();
   std::fill(sc->m.begin(), sc->m.begin() + rows, -INFINITY);
@@ -106,7 +132,12 @@ void attend_block(const Problem& p, const Task& t, Scratch* sc) {
     ConstStrided K(p.k + (k0 * p.Hkv + g) * D, nk, D, Eigen::OuterStride<>(p.Hkv * D));
     ConstStrided V(p.v + (k0 * p.Hkv + g) * D, nk, D, Eigen::OuterStride<>(p.Hkv * D));
     auto S = sc->S.topLeftCorner(rows, nk);
-    S.noalias() = Q * K.transpose();
+    if (p.bf16) {
+      sc->qa.multiply(K.data(), K.outerStride(), Bf16BLayout::Transposed, nk, S.data(), S.outerStride(), false);
+      S *= p.scale;
+    } else {
+      S.noalias() = Q * K.transpose();
+    }
     const bool diagonal = k0 + nk - 1 > t.row0;  // key j is visible to row i only if j <= i
     if (diagonal) {
       for (int64_t b = 0; b < rows; ++b) {
@@ -122,12 +153,20 @@ void attend_block(const Problem& p, const Task& t, Scratch* sc) {
       if (alpha != 1.f) O.row(b) *= alpha;
       sc->m[b] = m_new;
     }
-    if (diagonal && !rows_finite(V, t.row0 + 1 - k0)) {
+    if (diagonal && !rows_finite(V, t.row0 + 1 - k0, p.bf16)) {
       // Causal row by row: V holds a non-finite row that some rows of the block must not see.
+      const RowMat Vr = p.bf16 ? rounded(V) : RowMat();
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t vis = visible_keys(t.row0 + b % nq, k0, nk);
-        O.row(b).noalias() += S.row(b).head(vis) * V.topRows(vis);
+        if (p.bf16) {
+          O.row(b).noalias() += rounded(S.row(b).head(vis)) * Vr.topRows(vis);
+        } else {
+          O.row(b).noalias() += S.row(b).head(vis) * V.topRows(vis);
+        }
       }
+    } else if (p.bf16) {
+      sc->pa.pack_a(S.data(), S.outerStride(), rows, nk);  // P rounded to bf16; l summed the unrounded P
+      sc->pa.multiply(V.data(), V.outerStride(), Bf16BLayout::Rows, D, O.data(), O.outerStride(), true);
     } else {
       O.noalias() += S * V;
     }
@@ -189,25 +228,44 @@ struct BwdProblem {
   int64_t H, Hkv, D, group;
   float scale;
   float *dq, *dk, *dv;
+  bool bf16 = false;  // products on bf16 operands (Bf16Block); Q then unscaled, the scale applied to S, dq and dk
 };
 
 // A loaded block's rows are (query head of the kv head's group, query row), as the forward's: block row hl·nq + r is
 // head g·group + hl at row i0 + r.
 struct BwdScratch {
   RowMat Q, dO, P, dS, acc1, acc2;
+  RowMat T;                // bf16: Pᵀ or dSᵀ of a block
+  Bf16Block qa, doa, blk;  // bf16: the loaded Q and dO rows; a transient operand
   BwdScratch(int64_t D, int64_t group)
       : Q(kBwdQBlock * group, D), dO(kBwdQBlock * group, D), P(kBwdQBlock * group, kBwdKBlock),
-        dS(kBwdQBlock * group, kBwdKBlock), acc1(std::max(kBwdQBlock * group, kBwdKBlock), D), acc2(kBwdKBlock, D) {}
+        dS(kBwdQBlock * group, kBwdKBlock), acc1(std::max(kBwdQBlock * group, kBwdKBlock), D), acc2(kBwdKBlock, D),
+        T(kBwdKBlock, kBwdQBlock * group) {}
 };
 
-// Loads rows [i0, i0 + nq) of every query head of kv head g: sc->Q = scale · q, sc->dO = dout.
+// Loads rows [i0, i0 + nq) of every query head of kv head g: sc->Q = scale · q (bf16: q, packed with dO), sc->dO =
+// dout.
 void load_query_rows(const BwdProblem& p, int64_t g, int64_t i0, int64_t nq, BwdScratch* sc) {
   const Eigen::OuterStride<> stride(p.H * p.D);
+  const float q_scale = p.bf16 ? 1.f : p.scale;
   for (int64_t hl = 0; hl < p.group; ++hl) {
     const int64_t h = g * p.group + hl;
-    sc->Q.middleRows(hl * nq, nq) = ConstStrided(p.q + (i0 * p.H + h) * p.D, nq, p.D, stride) * p.scale;
+    sc->Q.middleRows(hl * nq, nq) = ConstStrided(p.q + (i0 * p.H + h) * p.D, nq, p.D, stride) * q_scale;
     sc->dO.middleRows(hl * nq, nq) = ConstStrided(p.dout + (i0 * p.H + h) * p.D, nq, p.D, stride);
   }
+  if (p.bf16) {
+    sc->qa.pack_a(sc->Q.data(), p.D, nq * p.group, p.D);
+    sc->doa.pack_a(sc->dO.data(), p.D, nq * p.group, p.D);
+  }
+}
+
+// acc (+)= Xᵀ·Y on bf16 operands: X [rows, n] (a block of sc->P or sc->dS), Y [rows, D] (the loaded rows), acc [n, D].
+template <class X, class Y, class Acc>
+void add_transposed_product_bf16(const X& x, const Y& y, Acc* acc, BwdScratch* sc) {
+  auto T = sc->T.topLeftCorner(x.cols(), x.rows());
+  T = x.transpose();
+  sc->blk.pack_a(T.data(), T.outerStride(), x.cols(), x.rows());
+  sc->blk.multiply(y.data(), y.outerStride(), Bf16BLayout::Rows, y.cols(), acc->data(), acc->outerStride(), true);
 }
 
 // For the loaded rows [i0, i0 + nq) of kv head g's query heads against keys [j0, j0 + nk) (K, V: those rows of g):
@@ -217,8 +275,14 @@ void probs_and_dscores(const BwdProblem& p, int64_t g, int64_t i0, int64_t nq, i
   const int64_t rows = nq * p.group;
   auto P = sc->P.topLeftCorner(rows, nk);
   auto dS = sc->dS.topLeftCorner(rows, nk);
-  P.noalias() = sc->Q.topRows(rows) * K.transpose();
-  dS.noalias() = sc->dO.topRows(rows) * V.transpose();
+  if (p.bf16) {
+    sc->qa.multiply(K.data(), K.outerStride(), Bf16BLayout::Transposed, nk, P.data(), P.outerStride(), false);
+    P *= p.scale;
+    sc->doa.multiply(V.data(), V.outerStride(), Bf16BLayout::Transposed, nk, dS.data(), dS.outerStride(), false);
+  } else {
+    P.noalias() = sc->Q.topRows(rows) * K.transpose();
+    dS.noalias() = sc->dO.topRows(rows) * V.transpose();
+  }
   for (int64_t b = 0; b < rows; ++b) {
     const int64_t i = i0 + b % nq, h = g * p.group + b / nq, visible = visible_keys(i, j0, nk);  // keys j0 .. i
     const float lse = p.lse[i * p.H + h], delta = p.delta[i * p.H + h];
@@ -245,24 +309,33 @@ void backward_kv_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
     load_query_rows(p, g, i0, nq, sc);
     probs_and_dscores(p, g, i0, nq, t.row0, nk, K, V, sc);
     const auto P = sc->P.topLeftCorner(rows, nk), dS = sc->dS.topLeftCorner(rows, nk);
-    const auto Q = sc->Q.topRows(rows), dO = sc->dO.topRows(rows);  // Q carries the scale
+    const auto Q = sc->Q.topRows(rows), dO = sc->dO.topRows(rows);  // Q carries the scale (not with bf16)
     // Query rows before the block's last key hide some of its keys; they must not reach those keys' dk, dv.
     const int64_t hiding = std::clamp<int64_t>(t.row0 + nk - 1 - i0, 0, nq);
     bool hidden_finite = true;
     for (int64_t hl = 0; hl < p.group && hiding > 0; ++hl)
-      hidden_finite = hidden_finite && Q.middleRows(hl * nq, hiding).allFinite() &&
-                      dO.middleRows(hl * nq, hiding).allFinite();
+      hidden_finite = hidden_finite && rows_finite(Q.middleRows(hl * nq, hiding), 0, p.bf16) &&
+                      rows_finite(dO.middleRows(hl * nq, hiding), 0, p.bf16);
     if (!hidden_finite) {
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t vis = visible_keys(i0 + b % nq, t.row0, nk);
-        dV.topRows(vis).noalias() += P.row(b).head(vis).transpose() * dO.row(b);
-        dK.topRows(vis).noalias() += dS.row(b).head(vis).transpose() * Q.row(b);
+        if (p.bf16) {
+          dV.topRows(vis).noalias() += rounded(P.row(b).head(vis)).transpose() * rounded(dO.row(b));
+          dK.topRows(vis).noalias() += rounded(dS.row(b).head(vis)).transpose() * rounded(Q.row(b));
+        } else {
+          dV.topRows(vis).noalias() += P.row(b).head(vis).transpose() * dO.row(b);
+          dK.topRows(vis).noalias() += dS.row(b).head(vis).transpose() * Q.row(b);
+        }
       }
+    } else if (p.bf16) {
+      add_transposed_product_bf16(P, dO, &dV, sc);
+      add_transposed_product_bf16(dS, Q, &dK, sc);
     } else {
       dV.noalias() += P.transpose() * dO;
       dK.noalias() += dS.transpose() * Q;
     }
   }
+  if (p.bf16) dK *= p.scale;
   Strided(p.dk + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dK;
   Strided(p.dv + (t.row0 * p.Hkv + g) * D, nk, D, kv_stride) = dV;
 }
@@ -280,11 +353,19 @@ void backward_q_block(const BwdProblem& p, const BwdTask& t, BwdScratch* sc) {
     ConstStrided V(p.v + (j0 * p.Hkv + g) * D, nk, D, kv_stride);
     probs_and_dscores(p, g, t.row0, nq, j0, nk, K, V, sc);
     const auto dS = sc->dS.topLeftCorner(rows, nk);
-    if (j0 + nk - 1 > t.row0 && !rows_finite(K, t.row0 + 1 - j0)) {  // a hidden non-finite key row
+    if (j0 + nk - 1 > t.row0 && !rows_finite(K, t.row0 + 1 - j0, p.bf16)) {  // a hidden non-finite key row
+      const RowMat Kr = p.bf16 ? rounded(K) : RowMat();
       for (int64_t b = 0; b < rows; ++b) {
         const int64_t vis = visible_keys(t.row0 + b % nq, j0, nk);
-        dQ.row(b).noalias() += dS.row(b).head(vis) * K.topRows(vis);
+        if (p.bf16) {
+          dQ.row(b).noalias() += rounded(dS.row(b).head(vis)) * Kr.topRows(vis);
+        } else {
+          dQ.row(b).noalias() += dS.row(b).head(vis) * K.topRows(vis);
+        }
       }
+    } else if (p.bf16) {
+      sc->blk.pack_a(dS.data(), dS.outerStride(), rows, nk);
+      sc->blk.multiply(K.data(), K.outerStride(), Bf16BLayout::Rows, D, dQ.data(), dQ.outerStride(), true);
     } else {
       dQ.noalias() += dS * K;
     }
@@ -322,18 +403,19 @@ struct ForwardTasks {
 }  // namespace
 
 void attention_forward_ref(const float* q, const float* k, const float* v, const int32_t* cu_seqlens,
-                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse) {
+                           int64_t n_seqs, int64_t H, int64_t Hkv, int64_t D, float* out, float* lse, bool bf16) {
   const int64_t T = check_packed("attention_forward_ref", cu_seqlens, n_seqs, H, Hkv, D);
   if (T == 0) return;
   QWENQ_CHECK(q != nullptr && k != nullptr && v != nullptr && out != nullptr, "attention_forward_ref: null pointer");
-  const Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, lse};
+  Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, lse};
+  p.bf16 = bf16;
   ForwardTasks work;
   for (int64_t s = 0; s < n_seqs; ++s) work.add(cu_seqlens[s], cu_seqlens[s], cu_seqlens[s + 1], Hkv);
   work.run(p);
 }
 
 void attention_forward_suffix_ref(const float* q, const float* k, const float* v, int64_t p0, int64_t n, int64_t H,
-                                  int64_t Hkv, int64_t D, float* out) {
+                                  int64_t Hkv, int64_t D, float* out, bool bf16) {
   QWENQ_CHECK(p0 >= 0 && n >= 0 && H > 0 && Hkv > 0 && D > 0 && H % Hkv == 0,
               "attention_forward_suffix_ref: bad shape p0=" << p0 << " n=" << n << " H=" << H << " Hkv=" << Hkv
                                                             << " D=" << D);
@@ -342,6 +424,7 @@ void attention_forward_suffix_ref(const float* q, const float* k, const float* v
               "attention_forward_suffix_ref: null pointer");
   Problem p{q, k, v, H, Hkv, D, H / Hkv, static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), out, nullptr};
   p.q0 = p0;
+  p.bf16 = bf16;
   ForwardTasks work;  // rows [p0, p0 + n) of one sequence starting at row 0
   work.add(0, p0, p0 + n, Hkv);
   work.run(p);
@@ -349,7 +432,7 @@ void attention_forward_suffix_ref(const float* q, const float* k, const float* v
 
 void attention_backward_ref(const float* dout, const float* q, const float* k, const float* v, const float* out,
                             const float* lse, const int32_t* cu_seqlens, int64_t n_seqs, int64_t H, int64_t Hkv,
-                            int64_t D, float* dq, float* dk, float* dv) {
+                            int64_t D, float* dq, float* dk, float* dv, bool bf16) {
   const int64_t T = check_packed("attention_backward_ref", cu_seqlens, n_seqs, H, Hkv, D);
   if (T == 0) return;
   QWENQ_CHECK(dout != nullptr && q != nullptr && k != nullptr && v != nullptr && out != nullptr && lse != nullptr,
@@ -364,8 +447,9 @@ void attention_backward_ref(const float* dout, const float* q, const float* k, c
       delta[r] = s;
     }
   });
-  const BwdProblem p{dout, q, k, v, lse, delta.data(), H, Hkv, D, H / Hkv,
-                     static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), dq, dk, dv};
+  BwdProblem p{dout, q, k, v, lse, delta.data(), H, Hkv, D, H / Hkv,
+               static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), dq, dk, dv};
+  p.bf16 = bf16;
 
   // Costs in score entries visited (a key-block task does 4 GEMMs per entry, a query-block task 3), plus a
   // fixed cost per block.

@@ -4,11 +4,8 @@
 //   B either "rows": B[r, j] = Bt[j, r] with Bt [Nc, R] row-major (the forward's W [N, K]),
 //   or "cols": B[r, j] with B [R, Nc] row-major (the backward's W [N, K], reduced over N).
 //
-// Packing (AVX512_BF16 path): A once per call into panels of kMr rows, [panel][pair p][kMr] 32-bit words holding
-// (bf16 A[i, 2p], bf16 A[i, 2p+1]); B per thread, a block of kNr-column panels for one slice of the reduction,
-// [panel][pair p][kNr] words holding (B[2p, j], B[2p+1, j]). An odd R is padded with a zero. The micro-kernel keeps a
-// kMr x kNr fp32 tile in 24 zmm registers: per pair, two B vectors and kMr broadcast A words into 24 vdpbf16ps.
-// Rows past M and columns past Nc are zero in the packs and never stored.
+// AVX512_BF16 path: A packed once per call, B per thread, a block of column panels for one slice of the reduction,
+// through kernels/gemm_bf16_tile.h's packers and 12 x 32 micro-kernel.
 #include "kernels/gemm_bf16.h"
 
 #include <algorithm>
@@ -20,21 +17,19 @@
 #include "core/error.h"
 #include "core/threads.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_bf16_tile.h"
 #include "quant/format/nf4_pack.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef QWENQ_HAVE_BF16_KERNEL
 #include <cpuid.h>
-#include <immintrin.h>
-#define QWENQ_HAVE_BF16_KERNEL 1
-#define QWENQ_BF16_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #endif
 
 namespace qwenq {
 
 namespace {
 
-constexpr int64_t kMr = 12, kNr = 32;
-constexpr int64_t kSlicePairs = kBf16SliceR / 2;
+using namespace bf16_tile;
+
 constexpr size_t kCachedA = size_t{1} << 20;  // bytes of packed A that stay cached across column blocks
 constexpr int64_t kMaxBlockPanels = 16;        // a block's B panels: 16 x 16 KB per thread
 
@@ -93,151 +88,7 @@ void on_rounded(const float* a, int64_t na, const void* w, DType w_dtype, int64_
 
 #ifdef QWENQ_HAVE_BF16_KERNEL
 
-// ---- AVX512_BF16 path --------------------------------------------------------------------------------------
-
-// n fp32 values (n <= 32) as bf16 pairs: out[q] = (bf16 v[2q], bf16 v[2q + 1]), zero past n; returns a 512-bit
-// vector of 16 pairs.
-QWENQ_BF16_FN inline __m512i round_pairs32(const float* v, int64_t n) {
-  const __mmask16 lo = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
-  const __mmask16 hi = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
-  const __m512 a = _mm512_maskz_loadu_ps(lo, v), b = _mm512_maskz_loadu_ps(hi, v + 16);
-  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));
-}
-
-// 32 consecutive values of a row (n of them, the rest zero) as 32 bf16 in one vector.
-QWENQ_BF16_FN inline __m512i row32_bf16(const void* row, DType dt, int64_t n) {
-  if (dt == DType::F32) return round_pairs32(static_cast<const float*>(row), n);
-  const __mmask32 m = n >= 32 ? 0xFFFFFFFFu : static_cast<__mmask32>((1u << n) - 1);
-  return _mm512_maskz_loadu_epi16(m, row);
-}
-
-// A rows [i0, i0 + rows) (rows <= kMr) of A [.., R] into one panel [Rp/2][kMr].
-QWENQ_BF16_FN void pack_a_panel(const float* A, int64_t R, int64_t rows, int64_t pairs, uint32_t* out) {
-  alignas(64) uint32_t tmp[16];
-  for (int64_t i = 0; i < kMr; ++i) {
-    if (i >= rows) {
-      for (int64_t p = 0; p < pairs; ++p) out[p * kMr + i] = 0;
-      continue;
-    }
-    const float* a = A + i * R;
-    for (int64_t r0 = 0; r0 < R; r0 += 32) {
-      _mm512_store_si512(tmp, round_pairs32(a + r0, std::min<int64_t>(32, R - r0)));
-      const int64_t p0 = r0 / 2, np = std::min<int64_t>(16, pairs - p0);
-      for (int64_t q = 0; q < np; ++q) out[(p0 + q) * kMr + i] = tmp[q];
-    }
-  }
-}
-
-// GCC 12 without -march=native (AVX-512 only through the target attribute) reports its own intrinsics' "undefined"
-// pass-through operand (`__Y`) as maybe uninitialized here.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-// r[0..15] (16 rows of 16 words) transposed in place: r[q] then holds word q of every row.
-QWENQ_BF16_FN inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {  // words of row pairs interleaved
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // then 64-bit pieces of row quads
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // Now r[4a + b] holds, in 128-bit lane L, word 4L + b' of rows 4a..4a+3 (b' = the order above: 0, 1, 2, 3).
-  for (int i = 0; i < 4; ++i) {  // 128-bit lanes of row quads 0/1 and 2/3, then across
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
-  }
-}
-
-// Columns [j0, j0 + cols) (cols <= kNr) of B for pairs [p0, p0 + np) into one panel [np][kNr].
-// Rows layout: column j is row j of Bt [Nc, R]; its pair p is two consecutive values. 16 rows by 16 pairs at a time,
-// transposed in registers.
-QWENQ_BF16_FN void pack_b_rows(const void* Bt, DType dt, int64_t R, int64_t j0, int64_t cols, int64_t p0, int64_t np,
-                               uint32_t* out) {
-  const size_t es = dtype_size(dt);
-  __m512i r[16];
-  for (int64_t g = 0; g < kNr; g += 16) {
-    for (int64_t p = 0; p < np; p += 16) {
-      const int64_t r0 = 2 * (p0 + p), n = std::min<int64_t>(32, R - r0);
-      for (int64_t j = 0; j < 16; ++j) {
-        const char* row = static_cast<const char*>(Bt) + static_cast<size_t>((j0 + g + j) * R + r0) * es;
-        r[j] = g + j < cols ? row32_bf16(row, dt, n) : _mm512_setzero_si512();
-      }
-      transpose16(r);
-      const int64_t nq = std::min<int64_t>(16, np - p);
-      for (int64_t q = 0; q < nq; ++q) _mm512_storeu_si512(out + (p + q) * kNr + g, r[q]);
-    }
-  }
-}
-
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-// Cols layout: B [R, Nc] row-major; pair p of column j is B[2p, j] and B[2p + 1, j], two rows interleaved.
-QWENQ_BF16_FN void pack_b_cols(const void* B, DType dt, int64_t R, int64_t Nc, int64_t j0, int64_t cols, int64_t p0,
-                               int64_t np, uint32_t* out) {
-  // Words 2q and 2q + 1 of the result take element q of the even row and of the odd row.
-  alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
-                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static const uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                               24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
-  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
-  const size_t es = dtype_size(dt);
-  const char* base = static_cast<const char*>(B) + static_cast<size_t>(j0) * es;
-  for (int64_t p = 0; p < np; ++p) {
-    const int64_t r = 2 * (p0 + p);
-    const __m512i even = row32_bf16(base + static_cast<size_t>(r * Nc) * es, dt, cols);
-    const __m512i odd = r + 1 < R ? row32_bf16(base + static_cast<size_t>((r + 1) * Nc) * es, dt, cols)
-                                  : _mm512_setzero_si512();
-    _mm512_storeu_si512(out + p * kNr, _mm512_permutex2var_epi16(even, lo, odd));
-    _mm512_storeu_si512(out + p * kNr + 16, _mm512_permutex2var_epi16(even, hi, odd));
-  }
-}
-
-// c[rows, cols] (+)= the kMr x kNr product of one A panel and one B panel over np pairs.
-QWENQ_BF16_FN void kernel_12x32(const uint32_t* a, const uint32_t* b, int64_t np, float* c, int64_t ldc, int64_t rows,
-                                int64_t cols, bool first) {
-  __m512 acc[kMr][2];
-  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < np; ++p) {
-    const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + p * kNr));
-    const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(b + p * kNr + 16));
-    const uint32_t* ap = a + p * kMr;
-#pragma GCC unroll 12
-    for (int i = 0; i < kMr; ++i) {
-      const __m512bh ai = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(ap[i])));
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
-    }
-  }
-  const __mmask16 m0 = cols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << cols) - 1);
-  const __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : static_cast<__mmask16>((1u << (cols - 16)) - 1);
-  for (int i = 0; i < kMr; ++i) {
-    if (i >= rows) break;
-    float* ci = c + i * ldc;
-    __m512 v0 = acc[i][0], v1 = acc[i][1];
-    if (!first) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
-    }
-    _mm512_mask_storeu_ps(ci, m0, v0);
-    _mm512_mask_storeu_ps(ci + 16, m1, v1);
-  }
-}
+// ---- AVX512_BF16 path: the packers and micro-kernel of kernels/gemm_bf16_tile.h ---------------------------
 
 // The B panels of a dense weight: B in `layout` (see the top of the file), in dtype bt (F32 or BF16).
 struct DensePanels {
@@ -248,7 +99,7 @@ struct DensePanels {
   QWENQ_BF16_FN void operator()(int64_t j0, int64_t cols, int64_t p0, int64_t np, uint32_t* panel,
                                 std::vector<float>& /*scratch*/) const {
     if (layout == BLayout::Rows) {
-      pack_b_rows(B, bt, R, j0, cols, p0, np, panel);
+      pack_b_rows(B, bt, R, R, j0, cols, p0, np, panel);
     } else {
       pack_b_cols(B, bt, R, Nc, j0, cols, p0, np, panel);
     }
@@ -264,7 +115,7 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc,
   std::vector<uint32_t> ap(static_cast<size_t>(m_panels * pairs * kMr));
   parallel_for(m_panels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i)
-      pack_a_panel(A + i * kMr * R, R, std::min(kMr, M - i * kMr), pairs, ap.data() + i * pairs * kMr);
+      pack_a_panel(A + i * kMr * R, R, R, std::min(kMr, M - i * kMr), pairs, ap.data() + i * pairs * kMr);
   });
   // Column blocks of nb panels (this choice does not change any output's sums): about 4 blocks per thread, or, when
   // the packed A is past what a core's cache keeps (a long reduction: the lm_head's input gradient, 110 rows x 151936
@@ -366,7 +217,7 @@ struct Q4Panels {
     } else {
       const int64_t nn = std::min(2 * np, w.N - 2 * p0);
       q4_tile(w, inv, j0, cols, 2 * p0, nn, scratch.data(), nn);
-      pack_b_rows(scratch.data(), DType::F32, nn, 0, cols, 0, np, panel);
+      pack_b_rows(scratch.data(), DType::F32, nn, nn, 0, cols, 0, np, panel);
     }
   }
 };

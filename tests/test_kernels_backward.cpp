@@ -30,6 +30,7 @@
 #include "kernels/norm.h"
 #include "kernels/optim.h"
 #include "kernels/rope.h"
+#include "tests/support/bf16_paths.h"
 
 namespace qwenq {
 namespace {
@@ -664,52 +665,117 @@ AttnNanPattern attention_nan_pattern(const std::vector<float>& q, const std::vec
   return {nan_of(out), nan_of(lse), nan_of(dq), nan_of(dk), nan_of(dv)};
 }
 
+// The two sequences (150 and 70 rows, 4/2 heads, D = 16) and seeded inputs that the poisoned-row tests below
+// change at row kRow of the first (inside the query block 96..127 and the key block 64..127, so diagonal blocks hide
+// it from some rows).
+struct PoisonCase {
+  static constexpr int64_t kRow = 100;
+  struct Outputs {
+    std::vector<float> out, lse, dq, dk, dv;
+  };
+  AttnCase c{4, 2, 16, {150, 70}};
+  std::vector<int32_t> cu = cu_of(c.seqlens);
+  int64_t T = cu.back(), n = static_cast<int64_t>(c.seqlens.size());
+  std::vector<float> q, k, v, dout;
+  explicit PoisonCase(uint64_t seed) {
+    Rng rng(seed);
+    q = normal(rng, T * c.H * c.D, 1.0);
+    k = normal(rng, T * c.Hkv * c.D, 1.0);
+    v = normal(rng, T * c.Hkv * c.D, 1.0);
+    dout = normal(rng, T * c.H * c.D, 1.0);
+  }
+  // The inputs with element 3 of head 1 at row kRow of `which` (q, k, v or dout) set to x.
+  PoisonCase poisoned(const std::string& which, float x) const {
+    PoisonCase p = *this;
+    std::vector<float>& t = which == "q" ? p.q : which == "k" ? p.k : which == "v" ? p.v : p.dout;
+    const int64_t heads = (which == "k" || which == "v") ? c.Hkv : c.H;
+    t[(kRow * heads + 1) * c.D + 3] = x;
+    return p;
+  }
+  Outputs run(bool bf16) const {
+    Outputs o{std::vector<float>(T * c.H * c.D), std::vector<float>(T * c.H), std::vector<float>(q.size()),
+              std::vector<float>(k.size()), std::vector<float>(v.size())};
+    attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n, c.H, c.Hkv, c.D, o.out.data(), o.lse.data(),
+                          bf16);
+    attention_backward_ref(dout.data(), q.data(), k.data(), v.data(), o.out.data(), o.lse.data(), cu.data(), n, c.H,
+                           c.Hkv, c.D, o.dq.data(), o.dk.data(), o.dv.data(), bf16);
+    return o;
+  }
+  AttnNanPattern nan_pattern() const { return attention_nan_pattern(q, k, v, dout, cu, c.H, c.Hkv, c.D); }
+};
+
 TEST(KernelsBackward, AttentionNanStaysCausal) {
-  // A NaN in one row of q, k, v or dout, in the middle of a 150-row sequence (inside the query block 96..127 and
-  // the key block 64..127, so diagonal blocks hide it from some rows), must reach exactly the outputs the causal
-  // math says, no earlier row and not the other sequence: the block GEMMs once multiplied hidden zeros by it.
-  const AttnCase c{4, 2, 16, {150, 70}};
-  const std::vector<int32_t> cu = cu_of(c.seqlens);
-  const int64_t T = cu.back(), n = static_cast<int64_t>(c.seqlens.size());
-  Rng rng(1650);
-  const std::vector<float> q0 = normal(rng, T * c.H * c.D, 1.0), k0 = normal(rng, T * c.Hkv * c.D, 1.0);
-  const std::vector<float> v0 = normal(rng, T * c.Hkv * c.D, 1.0), r0 = normal(rng, T * c.H * c.D, 1.0);
-  const int64_t row = 100;
-  for (const char* which : {"q", "k", "v", "dout"}) {
-    SCOPED_TRACE(testing::Message() << "NaN in " << which << " row " << row);
-    std::vector<float> q = q0, k = k0, v = v0, r = r0;
-    const std::string w = which;
-    if (w == "q") q[(row * c.H + 1) * c.D + 3] = NAN;
-    if (w == "k") k[(row * c.Hkv + 1) * c.D + 3] = NAN;
-    if (w == "v") v[(row * c.Hkv + 1) * c.D + 3] = NAN;
-    if (w == "dout") r[(row * c.H + 1) * c.D + 3] = NAN;
-    std::vector<float> out(T * c.H * c.D), lse(T * c.H);
-    attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n, c.H, c.Hkv, c.D, out.data(), lse.data());
-    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-    attention_backward_ref(r.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), cu.data(), n, c.H,
-                           c.Hkv, c.D, dq.data(), dk.data(), dv.data());
-    const AttnNanPattern want = attention_nan_pattern(q, k, v, r, cu, c.H, c.Hkv, c.D);
-    auto expect_pattern = [](const char* name, const std::vector<float>& got, const std::vector<bool>& nan) {
-      size_t wrong = 0, first = got.size(), nans = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        nans += nan[i];
-        if (std::isnan(got[i]) != nan[i] || (!nan[i] && !std::isfinite(got[i]))) {
-          ++wrong;
-          first = std::min(first, i);
+  // A NaN in one row of q, k, v or dout, in the middle of a 150-row sequence, must reach exactly the outputs the
+  // causal math says, no earlier row and not the other sequence: the block GEMMs once multiplied hidden zeros by it.
+  const PoisonCase base(1650);
+  // fp32 products, then the bf16 ones (attention_*_ref(..., bf16 = true)) on each path of this CPU.
+  struct Mode {
+    bool bf16, portable;
+  };
+  std::vector<Mode> modes = {{false, false}};
+  for (bool portable : test::bf16_gemm_paths()) modes.push_back({true, portable});
+  for (const Mode mode : modes) {
+    for (const char* which : {"q", "k", "v", "dout"}) {
+      SCOPED_TRACE(testing::Message() << "NaN in " << which << " row " << PoisonCase::kRow << ", "
+                                      << (!mode.bf16 ? "fp32" : mode.portable ? "bf16 portable" : "bf16 avx512_bf16"));
+      const test::PortableScope paths(mode.portable);
+      const PoisonCase pc = base.poisoned(which, NAN);
+      const PoisonCase::Outputs got = pc.run(mode.bf16);
+      const AttnNanPattern want = pc.nan_pattern();
+      auto expect_pattern = [](const char* name, const std::vector<float>& out, const std::vector<bool>& nan) {
+        size_t wrong = 0, first = out.size(), nans = 0;
+        for (size_t i = 0; i < out.size(); ++i) {
+          nans += nan[i];
+          if (std::isnan(out[i]) != nan[i] || (!nan[i] && !std::isfinite(out[i]))) {
+            ++wrong;
+            first = std::min(first, i);
+          }
         }
-      }
-      EXPECT_EQ(wrong, 0u) << name << ": " << wrong << " entries disagree with the causal NaN pattern (" << nans
-                           << " NaN expected), first at " << first;
-      return nans;
-    };
-    expect_pattern("out", out, want.out);  // all finite for dout
-    expect_pattern("lse", lse, want.lse);  // NaN only for q and k
-    const size_t dq_nans = expect_pattern("dq", dq, want.dq);
-    expect_pattern("dk", dk, want.dk);
-    expect_pattern("dv", dv, want.dv);  // all finite for v: P and dout are
-    // Every case poisons some dq rows and leaves the earlier rows and the other sequence clean.
-    EXPECT_GT(dq_nans, 0u);
-    EXPECT_LT(dq_nans, dq.size() / 2);
+        EXPECT_EQ(wrong, 0u) << name << ": " << wrong << " entries disagree with the causal NaN pattern (" << nans
+                             << " NaN expected), first at " << first;
+        return nans;
+      };
+      expect_pattern("out", got.out, want.out);  // all finite for dout
+      expect_pattern("lse", got.lse, want.lse);  // NaN only for q and k
+      const size_t dq_nans = expect_pattern("dq", got.dq, want.dq);
+      expect_pattern("dk", got.dk, want.dk);
+      expect_pattern("dv", got.dv, want.dv);  // all finite for v: P and dout are
+      // Every case poisons some dq rows and leaves the earlier rows and the other sequence clean.
+      EXPECT_GT(dq_nans, 0u);
+      EXPECT_LT(dq_nans, got.dq.size() / 2);
+    }
+  }
+}
+
+TEST(KernelsBackward, AttentionBf16ValuePastItsRangeStaysCausal) {
+  // 3.4e38 is finite in fp32 and rounds to inf in bf16, which the bf16 products multiply: a diagonal block that
+  // hides a row holding it must take the row-by-row products as for a NaN. Every output the causal pattern of a NaN
+  // at that place leaves clean stays finite, and some it reaches do not.
+  const PoisonCase base(1660);
+  ASSERT_TRUE(std::isinf(bf16_round(3.4e38f)));
+  for (bool portable : test::bf16_gemm_paths()) {
+    const test::PortableScope paths(portable);
+    for (const char* which : {"q", "k", "v", "dout"}) {
+      SCOPED_TRACE(testing::Message() << "3.4e38 in " << which << " row " << PoisonCase::kRow << ", "
+                                      << (portable ? "portable" : "avx512_bf16"));
+      const PoisonCase::Outputs got = base.poisoned(which, 3.4e38f).run(/*bf16=*/true);
+      const AttnNanPattern want = base.poisoned(which, NAN).nan_pattern();
+      size_t reached = 0;
+      auto expect_clean = [&](const char* name, const std::vector<float>& out, const std::vector<bool>& hit) {
+        size_t wrong = 0;
+        for (size_t i = 0; i < out.size(); ++i) {
+          if (!hit[i] && !std::isfinite(out[i])) ++wrong;
+          if (hit[i] && !std::isfinite(out[i])) ++reached;
+        }
+        EXPECT_EQ(wrong, 0u) << name << ": " << wrong << " entries the value cannot reach are not finite";
+      };
+      expect_clean("out", got.out, want.out);
+      expect_clean("lse", got.lse, want.lse);
+      expect_clean("dq", got.dq, want.dq);
+      expect_clean("dk", got.dk, want.dk);
+      expect_clean("dv", got.dv, want.dv);
+      EXPECT_GT(reached, 0u) << "the value reached no output";
+    }
   }
 }
 

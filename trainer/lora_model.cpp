@@ -244,7 +244,7 @@ class Runner {
     s.a.resize(T_ * H * D);
     s.lse.resize(T_ * H);
     attention_forward_ref(s.q.data(), s.k.data(), s.v.data(), b_.cu_seqlens.data(), b_.num_seqs(), H, Hkv, D, s.a.data(),
-                          s.lse.data());
+                          s.lse.data(), opt_.bf16_matmul);
     s.h1.resize(T_ * C);
     linear_fwd(l, 3, s.a.data(), TensorView{}, s.h1.data(), &s.br[3]);
     for (int64_t i = 0; i < T_ * C; ++i) s.h1[i] += x[i];
@@ -295,7 +295,7 @@ class Runner {
     linear_bwd(l, 3, dh1.data(), s.a.data(), s.br[3], da.data(), grads, tmp);
     std::vector<float> dq(T_ * H * D), dk(T_ * Hkv * D), dv(T_ * Hkv * D);
     attention_backward_ref(da.data(), s.q.data(), s.k.data(), s.v.data(), s.a.data(), s.lse.data(), b_.cu_seqlens.data(),
-                           b_.num_seqs(), H, Hkv, D, dq.data(), dk.data(), dv.data());
+                           b_.num_seqs(), H, Hkv, D, dq.data(), dk.data(), dv.data(), opt_.bf16_matmul);
     rope_backward_ref(dq.data(), T_, H, D, b_.positions.data(), c_.rope);
     rope_backward_ref(dk.data(), T_, Hkv, D, b_.positions.data(), c_.rope);
     if (c_.qk_norm) {

@@ -61,8 +61,9 @@ struct LoraStepOptions {
   uint64_t dropout_seed = 0;   // per step; only used when the adapter's dropout > 0
   bool train = true;           // false: no dropout (evaluation)
   bool bf16_checkpoints = true;  // block inputs rounded to bf16 (see above); false: the exact fp32 model
-  // The base Linears' and the lm_head's products (forward, recomputation, input gradients) on bf16 operands with
-  // fp32 sums (kernels/gemm_bf16.h), as the GPU computes them; an F16 base keeps the fp32 products. The adapter's
+  // The base Linears' and the lm_head's products (forward, recomputation, input gradients) and the attention's
+  // (forward and backward, kernels/attention.h with bf16) on bf16 operands with fp32 sums (kernels/gemm_bf16.h), as
+  // the GPU computes them; an F16 base keeps the fp32 products. The adapter's
   // own products, a MoE layer's experts and router, and the loss-only lm_head (evaluation) stay fp32. CPU only (the
   // GPU trainer ignores it).
   bool bf16_matmul = false;

@@ -177,7 +177,8 @@ void QwenModel::batch_layer(int64_t l, const PackedBatch& b, float* x, const Lin
   const QwenConfig& c = cfg_;
   Scratch s(c, b.num_tokens());
   layer_forward(l, x, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* out) {
-    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr);
+    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out, nullptr,
+                          cpu_bf16_attention(b.num_tokens()));
   }, s, hook, moe_hook);
 }
 
@@ -210,7 +211,8 @@ void QwenModel::attention_forward(int64_t l, const PackedBatch& b, const float* 
   const QwenConfig& c = cfg_;
   Scratch s(c, b.num_tokens());
   attention_sublayer(l, n, b.num_tokens(), b.positions.data(), [&](int64_t, const float* q, const float* k, const float* v, float* o) {
-    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, o, nullptr);
+    attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, o, nullptr,
+                          cpu_bf16_attention(b.num_tokens()));
   }, s, nullptr, out);
 }
 
@@ -260,7 +262,7 @@ void QwenModel::forward_hidden(const PackedBatch& b, std::vector<float>* hidden,
       v = vr.data();
     }
     attention_forward_ref(q, k, v, b.cu_seqlens.data(), b.num_seqs(), c.num_heads, c.num_kv_heads, c.head_dim, out,
-                          nullptr);
+                          nullptr, cpu_bf16_attention(T));
   });
 }
 
@@ -394,11 +396,11 @@ std::vector<float> QwenModel::forward_step(const std::vector<int32_t>& tokens, K
         v_wide[i] = bf16_to_f32(cache->v16[l][i]);
       }
       attention_forward_suffix_ref(q, k_wide.data(), v_wide.data(), p0, n, c.num_heads, c.num_kv_heads, c.head_dim,
-                                   out);
+                                   out, cpu_bf16_attention(n));
       return;
     }
     attention_forward_suffix_ref(q, cache->k[l].data(), cache->v[l].data(), p0, n, c.num_heads, c.num_kv_heads,
-                                 c.head_dim, out);
+                                 c.head_dim, out, cpu_bf16_attention(n));
   });
   cache->length = p0 + n;
   std::vector<float> out(c.vocab_size);

@@ -165,6 +165,7 @@ std::atomic<bool> g_cpu_bf16_products{false};
 
 void set_cpu_bf16_products(bool on) { g_cpu_bf16_products.store(on); }
 bool cpu_bf16_products() { return g_cpu_bf16_products.load(); }
+bool cpu_bf16_attention(int64_t rows) { return cpu_bf16_products() && rows >= kCpuBf16MinRows; }
 
 namespace {
 // y = x Wᵀ + b on the CPU, on bf16 operands with the switch above from kCpuBf16MinRows rows on (kernels/gemm_bf16.h's

@@ -158,10 +158,15 @@ bool int8_activations();
 // kCpuBf16MinRows rows (a decode step) keeps the fp32 product even with the switch on: the bf16 kernel packs the
 // whole weight into its panels on every call, which costs more than the fp32 matvec's one read of it below 8 rows
 // (benchmarks/bench_gemm_cpu's few_rows_* rows: at M = 1 the bf16 product is 3-4x slower, at M = 8 already faster).
+// The attention of a prompt or an evaluated window follows the same switch and floor (cpu_bf16_attention): its products
+// on bf16 operands as the GPU's flash attention computes them (kernels/attention.h, bf16), 1.6-2.0x faster; a decode
+// step's attention (attention_decode_cpu) stays fp32, as the GPU's decode kernels.
 // `generate --cpu-matmul bf16` so takes it for the prompt and not for the tokens decoded after it. Off by default
 // (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).
 void set_cpu_bf16_products(bool on);
 bool cpu_bf16_products();
+// Whether the CPU attention of `rows` query rows takes bf16 operands: the switch on and rows >= kCpuBf16MinRows.
+bool cpu_bf16_attention(int64_t rows);
 // The switch off for a scope, restored after (process-wide, as the switch): QwenModel::forward_steps' batched decode
 // steps, whose products must have a lone step's bits whatever the number of rows.
 class CpuFp32Products {

@@ -1,28 +1,7 @@
 // attention_forward_cuda / attention_backward_cuda (kernels/flash_attention.cu) and the Hopper kernels
 // attention_forward_wgmma_cuda / attention_backward_wgmma_cuda (kernels/flash_attention_wgmma.cu) against the fp32
-// CPU reference,
-// with FlashAttention's tolerance rule: the kernel's error may be at most twice the error of a naive
-// implementation in the same precision (bf16), plus a tiny term for the cases where the naive one is exact.
-//
-// For each case, on the same seeded bf16 inputs q, k, v, dout (N(0, 1), rounded to bf16):
-//   truth  attention_forward_ref / attention_backward_ref (fp32, kernels/attention_ref.cpp) on the bf16 values,
-//          the backward fed the truth's own out and lse;
-//   naive  the attention a straightforward bf16 implementation computes (torch in bf16 without a fused kernel):
-//          scores = bf16(bf16(q·k) · scale), softmax in fp32 over the bf16 scores, P = bf16(softmax),
-//          out = bf16(P·v), lse = fp32 logsumexp of the bf16 scores; backward dP = bf16(dout·vᵀ),
-//          dS = bf16(P ⊙ (dP − Σ P·dP)), dS' = bf16(dS · scale), dq = bf16(dS'·k), per head
-//          dk_h = bf16(dS'ᵀ·q), dv_h = bf16(Pᵀ·dout), then dk, dv = bf16(Σ over the group's heads).
-//          Every product accumulates in fp32 (as the tensor cores do); the roundings are at the points where such
-//          an implementation writes a bf16 tensor.
-//   kernel the CUDA twin: forward on the bf16 inputs, backward fed the kernel's own out (bf16) and lse.
-// Rule, per tensor (out, lse, dq, dk, dv), with err = max |x − truth| over the compared elements:
-//   err(kernel) <= kNaiveFactor · err(naive) + kTinyUlps · kU · M
-// where M is the magnitude of the terms that make the tensor (out: max|v|; lse: 1 + max|lse|; dq: scale · D ·
-// max|k|·max|dout|·max|v|; dk: the same with q; dv: max|dout|). The tiny term matters only where the naive
-// computation is exact (a length-1 sequence: P = 1, out = v, dS = 0 exactly) while the fp32 kernel and the
-// truth differ in the last bits of their sums; elsewhere it is far below the naive error.
-// Cost of the CPU side: both references are O(T²); for T >= 1024 only kv groups 0 and Hkv − 1 (all their query
-// heads) are compared, heads being independent.
+// CPU reference under FlashAttention's tolerance rule (tests/support/flash_rule.h: at most twice the error of a naive bf16
+// implementation against the fp32 reference, plus a tiny term), on seeded bf16 inputs q, k, v, dout (N(0, 1)).
 // Every output carries guard elements after it that the kernels must not touch; the backward must give the same
 // bits twice. Every test skips without a device.
 #include <gtest/gtest.h>
@@ -46,18 +25,16 @@
 #include "kernels/cuda_check.cuh"
 #include "kernels/flash_attention.h"
 #include "tests/gpu/gpu_test.h"
+#include "tests/support/flash_rule.h"
 #include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
+using test::AttentionResult;
 using test::DeviceBuffer;
+using test::expect_within_flash_rule;
 using test::expect_error;
-
-// ---- tolerances -----------------------------------------------------------------------------------------------
-constexpr double kU = 1.0 / 16777216.0;  // fp32 unit roundoff
-constexpr double kNaiveFactor = 2.0;     // FlashAttention's rule
-constexpr double kTinyUlps = 8;          // fp32 sums in another order (see the header)
 
 // ---- helpers ------------------------------------------------------------------------------------------------------
 
@@ -95,124 +72,6 @@ void expect_guard_intact(const std::vector<T>& v, size_t n, const std::string& c
   }
 }
 
-// Heads [h0, h0 + nh) of a [T, heads, D] tensor, as a [T, nh, D] tensor.
-std::vector<float> slice_heads(const std::vector<float>& x, int64_t T, int64_t heads, int64_t D, int64_t h0,
-                               int64_t nh) {
-  std::vector<float> r(static_cast<size_t>(T * nh * D));
-  for (int64_t t = 0; t < T; ++t)
-    std::copy_n(x.begin() + (t * heads + h0) * D, nh * D, r.begin() + t * nh * D);
-  return r;
-}
-
-float max_abs(const std::vector<float>& x) {
-  float m = 0.f;
-  for (float f : x) m = std::max(m, std::fabs(f));
-  return m;
-}
-
-// max |got − truth|; a non-finite `got` counts as infinite error.
-double max_err(const std::vector<float>& got, const std::vector<float>& truth) {
-  double e = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    e = std::max(e, std::fabs(static_cast<double>(got[i]) - truth[i]));
-  }
-  return e;
-}
-
-// ---- the naive bf16 attention (see the header) --------------------------------------------------------------------
-
-struct NaiveOut {
-  std::vector<float> out, lse, dq, dk, dv;
-};
-
-// The bf16 probabilities of query row i of head h (keys b..i): p[j − b]; returns the fp32 lse of the bf16 scores.
-float naive_probs(const std::vector<float>& q, const std::vector<float>& k, int64_t H, int64_t Hkv, int64_t D,
-                  int64_t b, int64_t i, int64_t h, float scale, std::vector<float>* p) {
-  const int64_t g = h / (H / Hkv);
-  const float* qi = &q[(i * H + h) * D];
-  p->resize(static_cast<size_t>(i - b + 1));
-  float m = -INFINITY;
-  for (int64_t j = b; j <= i; ++j) {
-    const float* kj = &k[(j * Hkv + g) * D];
-    float s = 0.f;
-    for (int64_t d = 0; d < D; ++d) s += qi[d] * kj[d];
-    s = bf16_round(bf16_round(s) * scale);
-    (*p)[j - b] = s;
-    m = std::max(m, s);
-  }
-  float l = 0.f;
-  for (auto& x : *p) l += (x = std::exp(x - m));
-  for (auto& x : *p) x = bf16_round(x / l);
-  return m + std::log(l);
-}
-
-NaiveOut naive_attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                         const std::vector<float>& dout, const std::vector<int32_t>& cu, int64_t H, int64_t Hkv,
-                         int64_t D) {
-  const int64_t n_seqs = static_cast<int64_t>(cu.size()) - 1, T = cu.back(), group = H / Hkv;
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  NaiveOut r;
-  r.out.assign(static_cast<size_t>(T * H * D), 0.f);
-  r.lse.assign(static_cast<size_t>(T * H), 0.f);
-  r.dq.assign(static_cast<size_t>(T * H * D), 0.f);
-  // Per query head: dk_h, dv_h in fp32, rounded to bf16 once the head is done, then summed over the group.
-  std::vector<float> dk_h(static_cast<size_t>(T * H * D), 0.f), dv_h(static_cast<size_t>(T * H * D), 0.f);
-  parallel_for(H, 1, [&](int64_t h0, int64_t h1) {
-    std::vector<float> p, dp, acc(static_cast<size_t>(D));
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t g = h / group;
-      for (int64_t s = 0; s < n_seqs; ++s)
-        for (int64_t i = cu[s]; i < cu[s + 1]; ++i) {
-          const int64_t b = cu[s];
-          r.lse[i * H + h] = naive_probs(q, k, H, Hkv, D, b, i, h, scale, &p);
-          std::fill(acc.begin(), acc.end(), 0.f);
-          for (int64_t j = b; j <= i; ++j)
-            for (int64_t d = 0; d < D; ++d) acc[d] += p[j - b] * v[(j * Hkv + g) * D + d];
-          for (int64_t d = 0; d < D; ++d) r.out[(i * H + h) * D + d] = bf16_round(acc[d]);
-          // backward of row i
-          const float* doi = &dout[(i * H + h) * D];
-          const float* qi = &q[(i * H + h) * D];
-          dp.resize(p.size());
-          float dot = 0.f;
-          for (int64_t j = b; j <= i; ++j) {
-            float x = 0.f;
-            for (int64_t d = 0; d < D; ++d) x += doi[d] * v[(j * Hkv + g) * D + d];
-            dp[j - b] = bf16_round(x);
-            dot += p[j - b] * dp[j - b];
-          }
-          std::fill(acc.begin(), acc.end(), 0.f);
-          for (int64_t j = b; j <= i; ++j) {
-            const float ds = bf16_round(bf16_round(p[j - b] * (dp[j - b] - dot)) * scale);
-            const float* kj = &k[(j * Hkv + g) * D];
-            float* dkj = &dk_h[(j * H + h) * D];
-            float* dvj = &dv_h[(j * H + h) * D];
-            for (int64_t d = 0; d < D; ++d) {
-              acc[d] += ds * kj[d];
-              dkj[d] += ds * qi[d];
-              dvj[d] += p[j - b] * doi[d];
-            }
-          }
-          for (int64_t d = 0; d < D; ++d) r.dq[(i * H + h) * D + d] = bf16_round(acc[d]);
-        }
-    }
-  });
-  r.dk.assign(static_cast<size_t>(T * Hkv * D), 0.f);
-  r.dv.assign(static_cast<size_t>(T * Hkv * D), 0.f);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t g = 0; g < Hkv; ++g)
-      for (int64_t d = 0; d < D; ++d) {
-        float sk = 0.f, sv = 0.f;
-        for (int64_t h = g * group; h < (g + 1) * group; ++h) {
-          sk += bf16_round(dk_h[(t * H + h) * D + d]);
-          sv += bf16_round(dv_h[(t * H + h) * D + d]);
-        }
-        r.dk[(t * Hkv + g) * D + d] = bf16_round(sk);
-        r.dv[(t * Hkv + g) * D + d] = bf16_round(sv);
-      }
-  return r;
-}
-
 // ---- the sweep ----------------------------------------------------------------------------------------------------
 
 struct Shape {
@@ -231,7 +90,7 @@ std::string lengths_str(const Lengths& lens) {
 // Runs one case: the kernels on the whole problem, the references on the compared kv groups. wgmma: the Hopper
 // kernels (attention_forward_wgmma_cuda, run twice for the same bits, and attention_backward_wgmma_cuda).
 void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
-  const int64_t H = sh.H, Hkv = sh.Hkv, D = sh.D, group = H / Hkv;
+  const int64_t H = sh.H, Hkv = sh.Hkv, D = sh.D;
   if (!flash_attention_compiled(D))
     GTEST_SKIP() << "head dim " << D << " is not in this build's QWENQ_FLASH_HEAD_DIMS ("
                  << flash_attention_compiled_dims() << ")";
@@ -300,48 +159,8 @@ void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
   EXPECT_EQ(0, std::memcmp(d_dk.download().data(), dk_k.data(), nkv * sizeof(float))) << "dk not deterministic, " << ctx;
   EXPECT_EQ(0, std::memcmp(d_dv.download().data(), dv_k.data(), nkv * sizeof(float))) << "dv not deterministic, " << ctx;
 
-  // The references, one kv group at a time (H' = group query heads, Hkv' = 1).
-  std::vector<int64_t> groups;
-  if (T >= 1024)
-    groups = Hkv > 1 ? std::vector<int64_t>{0, Hkv - 1} : std::vector<int64_t>{0};
-  else
-    for (int64_t g = 0; g < Hkv; ++g) groups.push_back(g);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  for (int64_t g : groups) {
-    const int64_t h0 = g * group;
-    const std::vector<float> qg = slice_heads(q, T, H, D, h0, group), dog = slice_heads(dout, T, H, D, h0, group);
-    const std::vector<float> kg = slice_heads(k, T, Hkv, D, g, 1), vg = slice_heads(v, T, Hkv, D, g, 1);
-    const size_t n = qg.size(), n1 = kg.size();
-    std::vector<float> out_t(n), lse_t(static_cast<size_t>(T * group)), dq_t(n), dk_t(n1), dv_t(n1);
-    attention_forward_ref(qg.data(), kg.data(), vg.data(), cu.data(), n_seqs, group, 1, D, out_t.data(), lse_t.data());
-    attention_backward_ref(dog.data(), qg.data(), kg.data(), vg.data(), out_t.data(), lse_t.data(), cu.data(), n_seqs,
-                           group, 1, D, dq_t.data(), dk_t.data(), dv_t.data());
-    const NaiveOut nv = naive_attention(qg, kg, vg, dog, cu, group, 1, D);
-
-    const double mq = max_abs(qg), mk = max_abs(kg), mv = max_abs(vg), mdo = max_abs(dog);
-    struct Check {
-      const char* name;
-      std::vector<float> kernel;
-      const std::vector<float>* naive;
-      const std::vector<float>* truth;
-      double magnitude;
-    };
-    const Check checks[] = {
-        {"out", slice_heads(out_k, T, H, D, h0, group), &nv.out, &out_t, mv},
-        {"lse", slice_heads(lse_k, T, H, 1, h0, group), &nv.lse, &lse_t, 1.0 + max_abs(lse_t)},
-        {"dq", slice_heads(dq_k, T, H, D, h0, group), &nv.dq, &dq_t, scale * D * mk * mdo * mv},
-        {"dk", slice_heads(dk_k, T, Hkv, D, g, 1), &nv.dk, &dk_t, scale * D * mq * mdo * mv},
-        {"dv", slice_heads(dv_k, T, Hkv, D, g, 1), &nv.dv, &dv_t, mdo},
-    };
-    for (const Check& c : checks) {
-      const double err_kernel = max_err(c.kernel, *c.truth), err_naive = max_err(*c.naive, *c.truth);
-      const double bound = kNaiveFactor * err_naive + kTinyUlps * kU * c.magnitude;
-      std::printf("[ flash    ] %s kv group %lld %-3s: kernel err %.3e, naive bf16 err %.3e, bound %.3e (%.2f)\n",
-                  ctx.c_str(), static_cast<long long>(g), c.name, err_kernel, err_naive, bound, err_kernel / bound);
-      EXPECT_LE(err_kernel, bound) << c.name << " of kv group " << g << ", " << ctx << ": kernel error " << err_kernel
-                                   << " > " << kNaiveFactor << " x naive bf16 error " << err_naive << " + tiny";
-    }
-  }
+  const AttentionResult got{std::move(out_k), lse_k, dq_k, dk_k, dv_k};
+  expect_within_flash_rule(got, q, k, v, dout, cu, H, Hkv, D, "flash", ctx);
 }
 
 // Two suites of the same check: the short sequences (cheap enough for a compute-sanitizer pass) and the long one.
