@@ -6,6 +6,7 @@
 //   - the CPU trainer's step on a GPTQ, AWQ or NF4 base (each Linear multiplied from its Q4 form) is, bit for bit, the
 //     step on the base's dequantized fp32 copy;
 //   - the same on act-order GPTQ (gptq --desc-act on stories260K), each Linear's Q4 form carrying its permutation;
+//   - the CPU trainer's loss with bf16_matmul is eval's NLL with the switch, bit for bit (attention included);
 //   - the attention of a window takes bf16 operands with the switch (from kCpuBf16MinRows rows): the first row of a
 //     sequence attends to itself alone (P = 1), so its output is v's row rounded to bf16;
 //   - end to end on the real stories260K (fp32 weights, tied lm_head): the mean NLL over 512 TinyStories tokens moves
@@ -314,6 +315,34 @@ TEST(CpuBf16Products, ActOrderTrainingStepHasTheBitsOfItsDequantizedCopy) {
     }
   EXPECT_GT(permuted, 0) << "no Linear has an act-order permutation: this test shows nothing";
   expect_bf16_step_is_the_dense_copys(q, dense, 5);
+}
+
+// The CPU trainer's forward with bf16_matmul (exact block inputs, B = 0, gradients asked for, so the lm_head takes the
+// bf16 product) is eval's forward under the switch, attention included: the same NLL sum bit for bit, as with fp32
+// products on both sides. (An attention left on fp32 operands on either side breaks it.)
+TEST(CpuBf16Products, TrainerLossIsEvalNllWithTheSwitch) {
+  const QwenModel model(test::make_tiny_model(test::scratch_dir() + "/tiny", 22));
+  const PackedBatch batch =
+      PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17, 8}, {42, 17, 99, 4, 5, 6, 7, 8, 9}});
+  const std::vector<int32_t> targets = next_token_targets(batch);
+  const LoraAdapter a = test::adapter_with_random_b(model.config(), {"q_proj", "v_proj"}, 4, 16, false, 3, 0.f);
+  double sums[2][2];  // [switch][trainer, eval]
+  for (bool on : {false, true}) {
+    LoraStepOptions opt;
+    opt.bf16_matmul = on;
+    opt.bf16_checkpoints = false;
+    LoraAdapter g = test::zeros_like(a);
+    sums[on][0] = lora_loss_and_grad(model, a, batch, targets, &g, opt).nll_sum;
+    std::optional<Bf16Products> scope;
+    if (on) scope.emplace();
+    std::vector<float> nll;
+    model.next_token_nll(batch, &nll);
+    sums[on][1] = 0;
+    for (float v : nll) sums[on][1] += v;
+  }
+  EXPECT_EQ(sums[0][0], sums[0][1]) << "fp32 products";
+  EXPECT_EQ(sums[1][0], sums[1][1]) << "bf16 products";
+  EXPECT_NE(sums[1][1], sums[0][1]) << "the switch changed nothing";
 }
 
 TEST(CpuBf16Products, Stories260kNllMovesByTheRoundingOnly) {
