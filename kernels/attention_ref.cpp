@@ -27,10 +27,10 @@
 //
 // With bf16 (kernels/attention.h): the same blocks and tasks, every product through Bf16Block
 // (kernels/gemm_bf16_block.h) on bf16-rounded operands; Q is loaded unscaled (the GPU's bf16 q) and the scale
-// multiplies S, dq and dk instead. The forward packs a block's Q once for all its key blocks and P per key block (l sums the unrounded
-// P); the backward packs the loaded Q and dO rows once per query block, and Pᵀ, dSᵀ (transposed in a scratch) or dS
-// per product. The row-by-row products of the non-finite cases take rounded copies, and a row counts as non-finite
-// when its rounding is (a finite fp32 value past bf16's range rounds to inf).
+// multiplies S, dq and dk instead. The forward packs a block's Q once for all its key blocks and P per key block
+// (l sums the unrounded P); the backward packs the loaded Q and dO rows once per query block, and Pᵀ, dSᵀ
+// (packed from P and dS as they lie) or dS per product. The row-by-row products of the non-finite cases take rounded copies,
+// and a row counts as non-finite when its rounding is (a finite fp32 value past bf16's range rounds to inf).
 //
 // Non-finite inputs stay causal, as in the GPU kernels: a NaN or inf in a row reaches only the outputs that depend on
 // it mathematically. A block GEMM over a diagonal block multiplies hidden entries (P = 0, dS = 0) by the rows they
@@ -235,12 +235,10 @@ struct BwdProblem {
 // head g·group + hl at row i0 + r.
 struct BwdScratch {
   RowMat Q, dO, P, dS, acc1, acc2;
-  RowMat T;                // bf16: Pᵀ or dSᵀ of a block
-  Bf16Block qa, doa, blk;  // bf16: the loaded Q and dO rows; a transient operand
+  Bf16Block qa, doa, blk;  // bf16: the loaded Q and dO rows; a transient operand (dS, or Pᵀ and dSᵀ)
   BwdScratch(int64_t D, int64_t group)
       : Q(kBwdQBlock * group, D), dO(kBwdQBlock * group, D), P(kBwdQBlock * group, kBwdKBlock),
-        dS(kBwdQBlock * group, kBwdKBlock), acc1(std::max(kBwdQBlock * group, kBwdKBlock), D), acc2(kBwdKBlock, D),
-        T(kBwdKBlock, kBwdQBlock * group) {}
+        dS(kBwdQBlock * group, kBwdKBlock), acc1(std::max(kBwdQBlock * group, kBwdKBlock), D), acc2(kBwdKBlock, D) {}
 };
 
 // Loads rows [i0, i0 + nq) of every query head of kv head g: sc->Q = scale · q (bf16: q, packed with dO), sc->dO =
@@ -259,12 +257,11 @@ void load_query_rows(const BwdProblem& p, int64_t g, int64_t i0, int64_t nq, Bwd
   }
 }
 
-// acc (+)= Xᵀ·Y on bf16 operands: X [rows, n] (a block of sc->P or sc->dS), Y [rows, D] (the loaded rows), acc [n, D].
+// acc (+)= Xᵀ·Y on bf16 operands: X [rows, n] (a block of sc->P or sc->dS), Y [rows, D] (the loaded rows),
+// acc [n, D].
 template <class X, class Y, class Acc>
 void add_transposed_product_bf16(const X& x, const Y& y, Acc* acc, BwdScratch* sc) {
-  auto T = sc->T.topLeftCorner(x.cols(), x.rows());
-  T = x.transpose();
-  sc->blk.pack_a(T.data(), T.outerStride(), x.cols(), x.rows());
+  sc->blk.pack_a_transposed(x.data(), x.outerStride(), x.cols(), x.rows());
   sc->blk.multiply(y.data(), y.outerStride(), Bf16BLayout::Rows, y.cols(), acc->data(), acc->outerStride(), true);
 }
 

@@ -26,6 +26,13 @@ QWENQ_BF16_FN void pack_a_avx(const float* A, int64_t lda, int64_t M, int64_t R,
     pack_a_panel(A + i * kMr * lda, lda, R, std::min(kMr, M - i * kMr), pairs, out->data() + i * pairs * kMr);
 }
 
+QWENQ_BF16_FN void pack_a_t_avx(const float* X, int64_t ldx, int64_t M, int64_t R, std::vector<uint32_t>* out) {
+  const int64_t pairs = (R + 1) / 2, panels = (M + kMr - 1) / kMr;
+  out->resize(static_cast<size_t>(panels * pairs * kMr));
+  for (int64_t i = 0; i < panels; ++i)
+    pack_a_panel_t(X + i * kMr, ldx, R, std::min(kMr, M - i * kMr), pairs, out->data() + i * pairs * kMr);
+}
+
 QWENQ_BF16_FN void multiply_avx(const std::vector<uint32_t>& a, int64_t M, int64_t R, const float* b, int64_t ldb,
                                 Bf16BLayout layout, int64_t N, float* C, int64_t ldc, bool accumulate,
                                 std::vector<uint32_t>* panel) {
@@ -53,18 +60,28 @@ QWENQ_BF16_FN void multiply_avx(const std::vector<uint32_t>& a, int64_t M, int64
 void Bf16Block::pack_a(const float* A, int64_t lda, int64_t M, int64_t R) {
   QWENQ_CHECK(A != nullptr && M > 0 && R > 0 && lda >= R,
               "Bf16Block::pack_a: bad operand M=" << M << " R=" << R << " lda=" << lda);
+  pack(A, lda, M, R, false);
+}
+
+void Bf16Block::pack_a_transposed(const float* X, int64_t ldx, int64_t M, int64_t R) {
+  QWENQ_CHECK(X != nullptr && M > 0 && R > 0 && ldx >= M,
+              "Bf16Block::pack_a_transposed: bad operand M=" << M << " R=" << R << " ldx=" << ldx);
+  pack(X, ldx, M, R, true);
+}
+
+void Bf16Block::pack(const float* src, int64_t ld, int64_t M, int64_t R, bool transposed) {
   M_ = M;
   R_ = R;
 #ifdef QWENQ_HAVE_BF16_KERNEL
   avx_ = bf16_gemm_uses_avx512();
   if (avx_) {
-    pack_a_avx(A, lda, M, R, &a_words_);
+    (transposed ? pack_a_t_avx : pack_a_avx)(src, ld, M, R, &a_words_);
     return;
   }
 #endif
   a_rounded_.resize(static_cast<size_t>(M * R));
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t r = 0; r < R; ++r) a_rounded_[m * R + r] = bf16_round(A[m * lda + r]);
+    for (int64_t r = 0; r < R; ++r) a_rounded_[m * R + r] = bf16_round(transposed ? src[r * ld + m] : src[m * ld + r]);
 }
 
 void Bf16Block::multiply(const float* b, int64_t ldb, Bf16BLayout layout, int64_t N, float* C, int64_t ldc,

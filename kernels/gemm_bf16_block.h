@@ -26,6 +26,9 @@ class Bf16Block {
  public:
   // Rounds and packs A [M, R] (row stride lda >= R; M, R > 0).
   void pack_a(const float* A, int64_t lda, int64_t M, int64_t R);
+  // The same for A = Xᵀ, X [R, M] (row stride ldx >= M): A[m, r] = X[r, m], packed without a transposed copy (the
+  // attention's Pᵀ·dO and dSᵀ·Q); the words pack_a writes for the explicit transpose.
+  void pack_a_transposed(const float* X, int64_t ldx, int64_t M, int64_t R);
 
   // C[M, N] (row stride ldc >= N) = A·B, or += with `accumulate`; B as `layout` says (row stride ldb), read panel by
   // panel while C is written, so C must not overlap b (A's source may be overwritten: A is packed).
@@ -35,6 +38,9 @@ class Bf16Block {
   int64_t depth() const { return R_; }
 
  private:
+  // A [M, R] from src: A[m, r] = src[m·ld + r], or src[r·ld + m] when transposed.
+  void pack(const float* src, int64_t ld, int64_t M, int64_t R, bool transposed);
+
   bool avx_ = false;
   int64_t M_ = 0, R_ = 0;
   std::vector<uint32_t> a_words_, b_panel_;  // AVX512_BF16: packed A, one B panel

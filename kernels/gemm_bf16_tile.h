@@ -50,24 +50,6 @@ QWENQ_BF16_FN inline __m512i row32_bf16(const void* row, DType dt, int64_t n) {
   return _mm512_maskz_loadu_epi16(m, row);
 }
 
-// Rows [0, rows) (rows <= kMr) of A [.., R] (row stride lda) into one panel [Rp/2][kMr].
-QWENQ_BF16_FN inline void pack_a_panel(const float* A, int64_t lda, int64_t R, int64_t rows, int64_t pairs,
-                                       uint32_t* out) {
-  alignas(64) uint32_t tmp[16];
-  for (int64_t i = 0; i < kMr; ++i) {
-    if (i >= rows) {
-      for (int64_t p = 0; p < pairs; ++p) out[p * kMr + i] = 0;
-      continue;
-    }
-    const float* a = A + i * lda;
-    for (int64_t r0 = 0; r0 < R; r0 += 32) {
-      _mm512_store_si512(tmp, round_pairs32(a + r0, std::min<int64_t>(32, R - r0)));
-      const int64_t p0 = r0 / 2, np = std::min<int64_t>(16, pairs - p0);
-      for (int64_t q = 0; q < np; ++q) out[(p0 + q) * kMr + i] = tmp[q];
-    }
-  }
-}
-
 // GCC 12 without -march=native (AVX-512 only through the target attribute) reports its own intrinsics' "undefined"
 // pass-through operand (`__Y`) as maybe uninitialized here.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -99,6 +81,41 @@ QWENQ_BF16_FN inline void transpose16(__m512i r[16]) {
     r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
     r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
     r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// Rows [0, rows) (rows <= kMr) of A [.., R] (row stride lda) into one panel [Rp/2][kMr]: 16 rows (those past
+// `rows` zero) by 16 pairs at a time, transposed in registers, the panel's kMr words of each pair stored.
+QWENQ_BF16_FN inline void pack_a_panel(const float* A, int64_t lda, int64_t R, int64_t rows, int64_t pairs,
+                                       uint32_t* out) {
+  static_assert(kMr <= 16, "a panel's rows fit one transposed 16 x 16 block");
+  constexpr __mmask16 kPanelWords = (1u << kMr) - 1;
+  __m512i r[16];
+  for (int64_t r0 = 0; r0 < R; r0 += 32) {
+    const int64_t n = std::min<int64_t>(32, R - r0);
+    for (int64_t i = 0; i < 16; ++i) r[i] = i < rows ? round_pairs32(A + i * lda + r0, n) : _mm512_setzero_si512();
+    transpose16(r);
+    const int64_t p0 = r0 / 2, nq = std::min<int64_t>(16, pairs - p0);
+    for (int64_t q = 0; q < nq; ++q) _mm512_mask_storeu_epi32(out + (p0 + q) * kMr, kPanelWords, r[q]);
+  }
+}
+
+// The panel of A = Xᵀ for columns [0, cols) (cols <= kMr) of X [R, ..] (row stride ldx): A[i, r] = X[r, i], so pair p
+// of panel row i is (X[2p, i], X[2p + 1, i]), two rows of X interleaved (an odd R padded with a zero). The same words
+// pack_a_panel writes for an explicit transpose, without one.
+QWENQ_BF16_FN inline void pack_a_panel_t(const float* X, int64_t ldx, int64_t R, int64_t cols, int64_t pairs,
+                                         uint32_t* out) {
+  // Word i takes 16-bit lane i (row 2p's bf16) low and lane 16 + i (row 2p + 1's) high.
+  alignas(64) static const uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                       8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  constexpr __mmask16 kPanelWords = (1u << kMr) - 1;
+  const __m512i idx = _mm512_load_si512(kInterleave);
+  const __mmask16 m = static_cast<__mmask16>((1u << cols) - 1);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512 even = _mm512_maskz_loadu_ps(m, X + 2 * p * ldx);
+    const __m512 odd = 2 * p + 1 < R ? _mm512_maskz_loadu_ps(m, X + (2 * p + 1) * ldx) : _mm512_setzero_ps();
+    const __m512i h = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));  // lanes 0-15 even, 16-31 odd
+    _mm512_mask_storeu_epi32(out + p * kMr, kPanelWords, _mm512_permutexvar_epi16(idx, h));
   }
 }
 
@@ -150,8 +167,8 @@ QWENQ_BF16_FN inline void pack_b_cols(const void* B, DType dt, int64_t R, int64_
 }
 
 // c[rows, cols] (+)= the kMr x kNr product of one A panel and one B panel over np pairs.
-QWENQ_BF16_FN inline void kernel_12x32(const uint32_t* a, const uint32_t* b, int64_t np, float* c, int64_t ldc, int64_t rows,
-                                       int64_t cols, bool first) {
+QWENQ_BF16_FN inline void kernel_12x32(const uint32_t* a, const uint32_t* b, int64_t np, float* c, int64_t ldc,
+                                       int64_t rows, int64_t cols, bool first) {
   __m512 acc[kMr][2];
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t p = 0; p < np; ++p) {

@@ -159,7 +159,7 @@ bool int8_activations();
 // whole weight into its panels on every call, which costs more than the fp32 matvec's one read of it below 8 rows
 // (benchmarks/bench_gemm_cpu's few_rows_* rows: at M = 1 the bf16 product is 3-4x slower, at M = 8 already faster).
 // The attention of a prompt or an evaluated window follows the same switch and floor (cpu_bf16_attention): its products
-// on bf16 operands as the GPU's flash attention computes them (kernels/attention.h, bf16), 1.6-2.0x faster; a decode
+// on bf16 operands as the GPU's flash attention computes them (kernels/attention.h, bf16), 1.8-2.1x faster; a decode
 // step's attention (attention_decode_cpu) stays fp32, as the GPU's decode kernels.
 // `generate --cpu-matmul bf16` so takes it for the prompt and not for the tokens decoded after it. Off by default
 // (the fp32 reference); the trainer has its own switch (LoraStepOptions::bf16_matmul).

@@ -170,7 +170,8 @@ void expect_within_flash_rule(const AttentionResult& got, const std::vector<floa
       const double err_kernel = max_err(c.kernel, *c.truth), err_naive = max_err(*c.naive, *c.truth);
       const double bound = kNaiveFactor * err_naive + kTinyUlps * kFlashU * c.magnitude;
       std::printf("[ %-8s ] %s kv group %lld %-3s: kernel err %.3e, naive bf16 err %.3e, bound %.3e (%.2f)\n",
-                  tag.c_str(), ctx.c_str(), static_cast<long long>(g), c.name, err_kernel, err_naive, bound, err_kernel / bound);
+                  tag.c_str(), ctx.c_str(), static_cast<long long>(g), c.name, err_kernel, err_naive, bound,
+                  err_kernel / bound);
       EXPECT_LE(err_kernel, bound) << c.name << " of kv group " << g << ", " << ctx << ": error " << err_kernel
                                    << " > " << kNaiveFactor << " x naive bf16 error " << err_naive << " + tiny";
     }
