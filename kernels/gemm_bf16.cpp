@@ -113,10 +113,7 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc,
                                const Panels& pack) {
   const int64_t pairs = (R + 1) / 2, m_panels = (M + kMr - 1) / kMr;
   std::vector<uint32_t> ap(static_cast<size_t>(m_panels * pairs * kMr));
-  parallel_for(m_panels, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      pack_a_panel(A + i * kMr * R, R, R, std::min(kMr, M - i * kMr), pairs, ap.data() + i * pairs * kMr);
-  });
+  parallel_for(m_panels, 1, [&](int64_t i0, int64_t i1) { pack_a_panels(A, R, M, R, i0, i1, ap.data()); });
   // Column blocks of nb panels (this choice does not change any output's sums): about 4 blocks per thread, or, when
   // the packed A is past what a core's cache keeps (a long reduction: the lm_head's input gradient, 110 rows x 151936
   // logits, packs 36 MB), one block per thread of up to kMaxBlockPanels, since every block reads all of A again.
@@ -138,10 +135,8 @@ QWENQ_BF16_FN void gemm_avx512(const float* A, int64_t M, int64_t R, int64_t Nc,
         }
         for (int64_t jp = jp0; jp < jp1; ++jp) {
           const int64_t j0 = jp * kNr, cols = std::min(kNr, Nc - j0);
-          const uint32_t* panel = bp.data() + (jp - jp0) * np * kNr;
-          for (int64_t ip = 0; ip < m_panels; ++ip)
-            kernel_12x32(ap.data() + (ip * pairs + s0) * kMr, panel, np, C + ip * kMr * ldc + j0, ldc,
-                         std::min(kMr, M - ip * kMr), cols, s0 == 0);
+          multiply_b_panel(ap.data(), M, pairs, s0, bp.data() + (jp - jp0) * np * kNr, np, C + j0, ldc, cols,
+                           s0 == 0);
         }
       }
     }

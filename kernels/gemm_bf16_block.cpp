@@ -22,8 +22,7 @@ using namespace bf16_tile;
 QWENQ_BF16_FN void pack_a_avx(const float* A, int64_t lda, int64_t M, int64_t R, std::vector<uint32_t>* out) {
   const int64_t pairs = (R + 1) / 2, panels = (M + kMr - 1) / kMr;
   out->resize(static_cast<size_t>(panels * pairs * kMr));
-  for (int64_t i = 0; i < panels; ++i)
-    pack_a_panel(A + i * kMr * lda, lda, R, std::min(kMr, M - i * kMr), pairs, out->data() + i * pairs * kMr);
+  pack_a_panels(A, lda, M, R, 0, panels, out->data());
 }
 
 QWENQ_BF16_FN void pack_a_t_avx(const float* X, int64_t ldx, int64_t M, int64_t R, std::vector<uint32_t>* out) {
@@ -36,7 +35,7 @@ QWENQ_BF16_FN void pack_a_t_avx(const float* X, int64_t ldx, int64_t M, int64_t 
 QWENQ_BF16_FN void multiply_avx(const std::vector<uint32_t>& a, int64_t M, int64_t R, const float* b, int64_t ldb,
                                 Bf16BLayout layout, int64_t N, float* C, int64_t ldc, bool accumulate,
                                 std::vector<uint32_t>* panel) {
-  const int64_t pairs = (R + 1) / 2, m_panels = (M + kMr - 1) / kMr;
+  const int64_t pairs = (R + 1) / 2;
   panel->resize(static_cast<size_t>(kSlicePairs * kNr));
   for (int64_t j0 = 0; j0 < N; j0 += kNr) {
     const int64_t cols = std::min(kNr, N - j0);
@@ -47,9 +46,7 @@ QWENQ_BF16_FN void multiply_avx(const std::vector<uint32_t>& a, int64_t M, int64
       } else {
         pack_b_cols(b, DType::F32, R, ldb, j0, cols, s0, np, panel->data());
       }
-      for (int64_t ip = 0; ip < m_panels; ++ip)
-        kernel_12x32(a.data() + (ip * pairs + s0) * kMr, panel->data(), np, C + ip * kMr * ldc + j0, ldc,
-                     std::min(kMr, M - ip * kMr), cols, !accumulate && s0 == 0);
+      multiply_b_panel(a.data(), M, pairs, s0, panel->data(), np, C + j0, ldc, cols, !accumulate && s0 == 0);
     }
   }
 }

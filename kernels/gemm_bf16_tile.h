@@ -197,6 +197,23 @@ QWENQ_BF16_FN inline void kernel_12x32(const uint32_t* a, const uint32_t* b, int
   }
 }
 
+// Panels [i0, i1) of A [M, R] (row stride lda) packed, panel i at out + i·pairs·kMr (pairs = ⌈R/2⌉).
+QWENQ_BF16_FN inline void pack_a_panels(const float* A, int64_t lda, int64_t M, int64_t R, int64_t i0, int64_t i1,
+                                        uint32_t* out) {
+  const int64_t pairs = (R + 1) / 2;
+  for (int64_t i = i0; i < i1; ++i)
+    pack_a_panel(A + i * kMr * lda, lda, R, std::min(kMr, M - i * kMr), pairs, out + i * pairs * kMr);
+}
+
+// C[M, cols] (+)= packed A [M, pairs] · one B panel, pairs [s0, s0 + np) of the reduction: every A panel against it,
+// C at the panel's first column (first: written, else added).
+QWENQ_BF16_FN inline void multiply_b_panel(const uint32_t* a, int64_t M, int64_t pairs, int64_t s0, const uint32_t* b,
+                                           int64_t np, float* C, int64_t ldc, int64_t cols, bool first) {
+  for (int64_t ip = 0; ip * kMr < M; ++ip)
+    kernel_12x32(a + (ip * pairs + s0) * kMr, b, np, C + ip * kMr * ldc, ldc, std::min(kMr, M - ip * kMr), cols,
+                 first);
+}
+
 #endif  // QWENQ_HAVE_BF16_KERNEL
 
 }  // namespace qwenq::bf16_tile

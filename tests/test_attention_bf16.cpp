@@ -50,18 +50,12 @@ std::string name_of(const Case& c, bool portable) {
   return s;
 }
 
-std::vector<int32_t> cu_of(const std::vector<int32_t>& lens) {
-  std::vector<int32_t> cu{0};
-  for (int32_t L : lens) cu.push_back(cu.back() + L);
-  return cu;
-}
-
 struct Inputs {
   std::vector<float> q, k, v, dout;
 };
 
 Inputs inputs(const Case& c, uint64_t seed, bool round) {
-  const int64_t T = cu_of(c.lens).back();
+  const int64_t T = test::cu_seqlens_of(c.lens).back();
   Rng rng(seed);
   auto normal = [&](int64_t n) {
     std::vector<float> x(static_cast<size_t>(n));
@@ -77,7 +71,7 @@ Inputs inputs(const Case& c, uint64_t seed, bool round) {
 }
 
 test::AttentionResult run_bf16(const Case& c, const Inputs& in) {
-  const std::vector<int32_t> cu = cu_of(c.lens);
+  const std::vector<int32_t> cu = test::cu_seqlens_of(c.lens);
   const int64_t T = cu.back(), n = static_cast<int64_t>(c.lens.size());
   test::AttentionResult r;
   r.out.assign(static_cast<size_t>(T * c.H * c.D), 0.f);
@@ -118,8 +112,8 @@ TEST(AttentionBf16, WithinTwiceTheNaiveBf16Error) {
       const std::string ctx = name_of(c, portable);
       SCOPED_TRACE(ctx);
       const Inputs in = inputs(c, 4100 + c.H * 31 + c.D + c.lens.size(), /*round=*/true);
-      test::expect_within_flash_rule(run_bf16(c, in), in.q, in.k, in.v, in.dout, cu_of(c.lens), c.H, c.Hkv, c.D,
-                                     "cpu bf16", ctx);
+      test::expect_within_flash_rule(run_bf16(c, in), in.q, in.k, in.v, in.dout, test::cu_seqlens_of(c.lens), c.H,
+                                     c.Hkv, c.D, "cpu bf16", ctx);
     }
   }
 }

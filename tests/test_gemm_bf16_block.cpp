@@ -18,24 +18,17 @@
 #include <vector>
 
 #include "core/dtype.h"
-#include "core/rng.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/gemm_bf16_block.h"
 #include "tests/support/bf16_paths.h"
 #include "tests/support/test_errors.h"
+#include "tests/support/test_random.h"
 
 namespace qwenq {
 namespace {
 
 constexpr double kSumUlps = 1.0;  // |fp32 sum − exact| <= R · 2^-24 · Σ|terms| (worst case of any order)
 constexpr float kGuard = -12345.f;
-
-std::vector<float> normal(int64_t n, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(rng.normal());
-  return v;
-}
 
 // A [M, lda] (or, with a_t, X = Aᵀ [R, M + 3] through pack_a_transposed), B stored as `layout` with row stride ldb;
 // C [M, ldc] = (C0 when accumulating) + A·B, each output checked against the double sum of the rounded operands.
@@ -48,10 +41,10 @@ void check_case(bool portable, int64_t M, int64_t R, int64_t N, Bf16BLayout layo
   const int64_t lda = a_t ? M + 3 : R + 3, ldc = N + 5;
   const bool tr = layout == Bf16BLayout::Transposed;
   const int64_t ldb = (tr ? R : N) + 2;
-  const std::vector<float> A = normal((a_t ? R : M) * lda, 100 + M * 7 + R),
-                           B = normal((tr ? N : R) * ldb, 200 + N * 3 + R);
+  const std::vector<float> A = test::normal_vector((a_t ? R : M) * lda, 100 + M * 7 + R),
+                           B = test::normal_vector((tr ? N : R) * ldb, 200 + N * 3 + R);
   auto a_at = [&](int64_t m, int64_t r) { return a_t ? A[r * lda + m] : A[m * lda + r]; };
-  std::vector<float> C = normal(M * ldc, 300 + M + N);
+  std::vector<float> C = test::normal_vector(M * ldc, 300 + M + N);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = N; n < ldc; ++n) C[m * ldc + n] = kGuard;
   const std::vector<float> C0 = C;
@@ -111,7 +104,8 @@ TEST(GemmBf16Block, PackingFromTheTransposeIsPackingTheTranspose) {
     for (int64_t M : {1, 11, 12, 13, 64})
       for (int64_t R : {1, 2, 7, 224, 300}) {
         const int64_t ldx = M + 5, N = 37;
-        const std::vector<float> X = normal(R * ldx, 31 + M + R), B = normal(R * N, 32 + R);
+        const std::vector<float> X = test::normal_vector(R * ldx, 31 + M + R);
+        const std::vector<float> B = test::normal_vector(R * N, 32 + R);
         std::vector<float> At(static_cast<size_t>(M * R));
         for (int64_t m = 0; m < M; ++m)
           for (int64_t r = 0; r < R; ++r) At[m * R + r] = X[r * ldx + m];
@@ -131,7 +125,8 @@ TEST(GemmBf16Block, OnePackedAMeetsSeveralBBlocks) {
   for (bool portable : test::bf16_gemm_paths()) {
     const test::PortableScope scope(portable);
     const int64_t M = 30, R = 96, N = 40;
-    const std::vector<float> A = normal(M * R, 11), B1 = normal(N * R, 12), B2 = normal(N * R, 13);
+    const std::vector<float> A = test::normal_vector(M * R, 11), B1 = test::normal_vector(N * R, 12),
+                             B2 = test::normal_vector(N * R, 13);
     Bf16Block shared, alone;
     shared.pack_a(A.data(), R, M, R);
     std::vector<float> c1(M * N), c2(M * N), want(M * N);
@@ -149,7 +144,8 @@ TEST(GemmBf16Block, HasTheLinearProductsBitsOnAvx512Bf16) {
   const test::PortableScope scope(false);
   for (int64_t K : {64, 300, 600}) {
     const int64_t M = 37, N = 45;
-    const std::vector<float> x = normal(M * K, 21 + K), w = normal(N * K, 22 + K), dy = normal(M * N, 23 + K);
+    const std::vector<float> x = test::normal_vector(M * K, 21 + K), w = test::normal_vector(N * K, 22 + K),
+                             dy = test::normal_vector(M * N, 23 + K);
     std::vector<float> y(M * N), y_blk(M * N), dx(M * K), dx_blk(M * K);
     linear_forward_bf16(x.data(), M, K, w.data(), DType::F32, N, nullptr, DType::F32, y.data());
     linear_backward_input_bf16(dy.data(), M, N, w.data(), DType::F32, K, dx.data());

@@ -31,6 +31,7 @@
 #include "kernels/optim.h"
 #include "kernels/rope.h"
 #include "tests/support/bf16_paths.h"
+#include "tests/support/flash_rule.h"
 
 namespace qwenq {
 namespace {
@@ -487,12 +488,6 @@ struct AttnCase {
   std::vector<int32_t> seqlens;
 };
 
-std::vector<int32_t> cu_of(const std::vector<int32_t>& seqlens) {
-  std::vector<int32_t> cu = {0};
-  for (int32_t L : seqlens) cu.push_back(cu.back() + L);
-  return cu;
-}
-
 // Causal GQA softmax attention over packed sequences, in double.
 std::vector<double> attention_f64(const std::vector<double>& q, const std::vector<double>& k,
                                   const std::vector<double>& v, const std::vector<int32_t>& cu, int64_t H,
@@ -526,7 +521,7 @@ struct AttnGrads {
 // Forward (fp32 kernel, for out and lse) then backward with dout = r.
 AttnGrads run_attention_backward(const AttnCase& c, const std::vector<float>& q, const std::vector<float>& k,
                                  const std::vector<float>& v, const std::vector<float>& r) {
-  const std::vector<int32_t> cu = cu_of(c.seqlens);
+  const std::vector<int32_t> cu = test::cu_seqlens_of(c.seqlens);
   const int64_t T = cu.back(), n = static_cast<int64_t>(c.seqlens.size());
   std::vector<float> out(T * c.H * c.D), lse(T * c.H);
   attention_forward_ref(q.data(), k.data(), v.data(), cu.data(), n, c.H, c.Hkv, c.D, out.data(), lse.data());
@@ -549,7 +544,7 @@ TEST(KernelsBackward, AttentionMatchesFiniteDifferences) {
     for (double sigma : {1.0, 2.5}) {  // 2.5: peaked softmax, scores up to ~20
       SCOPED_TRACE(testing::Message() << "H=" << c.H << " Hkv=" << c.Hkv << " D=" << c.D << " sigma=" << sigma
                                       << " seed=" << seed + 1);
-      const std::vector<int32_t> cu = cu_of(c.seqlens);
+      const std::vector<int32_t> cu = test::cu_seqlens_of(c.seqlens);
       const int64_t T = cu.back();
       Rng rng(++seed);
       const std::vector<float> q = normal(rng, T * c.H * c.D, sigma), k = normal(rng, T * c.Hkv * c.D, sigma);
@@ -588,7 +583,7 @@ TEST(KernelsBackward, AttentionSameBitsWithAnyThreadCount) {
   // by one task in a fixed order, so 1, 3 and all threads agree exactly (and nothing is left unwritten).
   ThreadSweep sweep;
   const AttnCase c{4, 2, 32, {150, 1, 45, 200, 3}};
-  const int64_t T = cu_of(c.seqlens).back();
+  const int64_t T = test::cu_seqlens_of(c.seqlens).back();
   Rng rng(1600);
   const std::vector<float> q = normal(rng, T * c.H * c.D, 1.0), k = normal(rng, T * c.Hkv * c.D, 1.0);
   const std::vector<float> v = normal(rng, T * c.Hkv * c.D, 1.0), r = normal(rng, T * c.H * c.D, 1.0);
@@ -674,7 +669,7 @@ struct PoisonCase {
     std::vector<float> out, lse, dq, dk, dv;
   };
   AttnCase c{4, 2, 16, {150, 70}};
-  std::vector<int32_t> cu = cu_of(c.seqlens);
+  std::vector<int32_t> cu = test::cu_seqlens_of(c.seqlens);
   int64_t T = cu.back(), n = static_cast<int64_t>(c.seqlens.size());
   std::vector<float> q, k, v, dout;
   explicit PoisonCase(uint64_t seed) {

@@ -94,8 +94,7 @@ void check_case(const Shape& sh, const Lengths& lens, bool wgmma = false) {
   if (!flash_attention_compiled(D))
     GTEST_SKIP() << "head dim " << D << " is not in this build's QWENQ_FLASH_HEAD_DIMS ("
                  << flash_attention_compiled_dims() << ")";
-  std::vector<int32_t> cu{0};
-  for (int32_t L : lens) cu.push_back(cu.back() + L);
+  const std::vector<int32_t> cu = test::cu_seqlens_of(lens);
   const int64_t T = cu.back(), n_seqs = static_cast<int64_t>(lens.size());
   const uint64_t seed = 7000 + static_cast<uint64_t>(H * 1009 + Hkv * 101 + D * 7 + T);
   std::ostringstream ctx_os;

@@ -38,6 +38,13 @@ struct AttentionResult {
   std::vector<float> out, lse, dq, dk, dv;
 };
 
+// The offsets of sequences of these lengths packed back to back: {0, L0, L0 + L1, ...} (the attention's cu_seqlens).
+inline std::vector<int32_t> cu_seqlens_of(const std::vector<int32_t>& lengths) {
+  std::vector<int32_t> cu{0};
+  for (int32_t L : lengths) cu.push_back(cu.back() + L);
+  return cu;
+}
+
 // Heads [h0, h0 + nh) of a [T, heads, D] tensor, as a [T, nh, D] tensor.
 std::vector<float> slice_heads(const std::vector<float>& x, int64_t T, int64_t heads, int64_t D, int64_t h0,
                                int64_t nh);
