@@ -46,19 +46,7 @@ LoftqIterResult loftq_iterate(const std::vector<float>& W, int64_t N, int64_t K,
     out.to_quantize = X;
     out.factors = std::move(f);
     if (it + 1 < iters) {  // X = W − L R = W − s·B A
-      const float* A = out.factors.A.data();
-      const float* B = out.factors.B.data();
-      const float sf = static_cast<float>(s);
-      for (int64_t n = 0; n < N; ++n) {
-        float* x = X.data() + n * K;
-        const float* w = W.data() + n * K;
-        for (int64_t k = 0; k < K; ++k) x[k] = w[k];
-        for (int64_t j = 0; j < r; ++j) {
-          const float b = sf * B[n * r + j];
-          const float* a = A + j * K;
-          for (int64_t k = 0; k < K; ++k) x[k] -= b * a[k];
-        }
-      }
+      subtract_scaled_product(W.data(), out.factors.B.data(), out.factors.A.data(), s, N, K, r, X.data());
     }
   }
   return out;

@@ -151,4 +151,19 @@ double low_rank_error(const float* E, const LowRankFactors& f) {
   return std::sqrt(sum);
 }
 
+void subtract_scaled_product(const float* W, const float* B, const float* A, double s, int64_t N, int64_t K, int64_t r,
+                             float* X) {
+  const float sf = static_cast<float>(s);
+  for (int64_t n = 0; n < N; ++n) {
+    float* x = X + n * K;
+    const float* w = W + n * K;
+    if (x != w) std::copy(w, w + K, x);
+    for (int64_t j = 0; j < r; ++j) {
+      const float b = sf * B[n * r + j];
+      const float* a = A + j * K;
+      for (int64_t k = 0; k < K; ++k) x[k] -= b * a[k];
+    }
+  }
+}
+
 }  // namespace qwenq

@@ -43,4 +43,9 @@ LowRankFactors low_rank_approx(const float* E, int64_t N, int64_t K, int64_t r, 
 // ‖E − L R‖_F in double (tests and reports).
 double low_rank_error(const float* E, const LowRankFactors& f);
 
+// X = W − s·B A for W, X [N, K], B [N, r], A [r, K] (X may be W): per row, x = w, then x −= (s·B[n, j])·A[j] for
+// j = 0..r−1 in fp32, in that order (LoftQ's next X, PiSSA's residual; the bits the tests hold them to).
+void subtract_scaled_product(const float* W, const float* B, const float* A, double s, int64_t N, int64_t K, int64_t r,
+                             float* X);
+
 }  // namespace qwenq

@@ -4,7 +4,6 @@
 // LoftQ is checked against ours in tests/oracle/test_loftq_oracle.py.
 #include <gtest/gtest.h>
 
-#include <Eigen/Dense>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -13,12 +12,14 @@
 #include "lora/loftq.h"
 #include "lora/low_rank.h"
 #include "quant/nf4.h"
+#include "tests/support/svd_oracle.h"
 #include "tests/support/test_errors.h"
 
 namespace qwenq {
 namespace {
 
-using MatD = Eigen::MatrixXd;
+using test::spectrum_matrix;
+using test::svd_oracle;
 
 // The exact path is a double eigen-decomposition rounded to fp32 factors: products agree with the SVD's to a few fp32
 // roundings of the matrix's scale.
@@ -31,40 +32,6 @@ constexpr double kErrorTol = 1e-5;        // ‖E − L R‖ against √Σ_{i>r}
 // subspace iterations 1.127 / 0.974 and 1.015 / 0.643, which fail).
 constexpr double kRandomizedErrorRatio = 1.003;
 constexpr double kRandomizedEnergyShare = 0.95;
-
-// E = U diag(σ) Vᵀ + noise, with σ_i = decay^i: a spectrum like a quantization residual's (a few strong directions
-// above a flat floor) when decay < 1; pure noise when rank_signal = 0.
-std::vector<float> test_matrix(int64_t N, int64_t K, int64_t rank_signal, double decay, double noise, uint64_t seed) {
-  Rng rng(seed);
-  MatD U(N, rank_signal), V(K, rank_signal);
-  for (int64_t i = 0; i < U.size(); ++i) U.data()[i] = rng.normal();
-  for (int64_t i = 0; i < V.size(); ++i) V.data()[i] = rng.normal();
-  MatD E = MatD::Zero(N, K);
-  for (int64_t j = 0; j < rank_signal; ++j) E += std::pow(decay, j) * U.col(j) * V.col(j).transpose() / std::sqrt(double(K));
-  std::vector<float> out(N * K);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) out[n * K + k] = static_cast<float>(E(n, k) + noise * rng.normal());
-  return out;
-}
-
-struct Oracle {
-  Eigen::VectorXd sigma;
-  MatD Er;  // the rank-r truncation
-  double tail = 0;  // √Σ_{i>r} σ²
-  double head = 0;  // Σ_{i<=r} σ²
-};
-Oracle svd_oracle(const std::vector<float>& E, int64_t N, int64_t K, int64_t r) {
-  MatD M(N, K);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k) M(n, k) = E[n * K + k];
-  Eigen::BDCSVD<MatD> svd(M, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  Oracle o;
-  o.sigma = svd.singularValues();
-  o.Er = svd.matrixU().leftCols(r) * o.sigma.head(r).asDiagonal() * svd.matrixV().leftCols(r).transpose();
-  for (int64_t i = 0; i < o.sigma.size(); ++i) (i < r ? o.head : o.tail) += o.sigma(i) * o.sigma(i);
-  o.tail = std::sqrt(o.tail);
-  return o;
-}
 
 double max_abs(const std::vector<float>& v) {
   double m = 0;
@@ -81,10 +48,10 @@ TEST(LowRank, ExactMatchesSvdOverAwkwardShapes) {
   for (const Shape s : {Shape{37, 53, 5}, Shape{53, 37, 7}, Shape{64, 64, 8}, Shape{172, 64, 16}, Shape{64, 172, 16},
                         Shape{1, 9, 1}, Shape{9, 1, 1}, Shape{12, 30, 12}, Shape{200, 896, 8}}) {
     SCOPED_TRACE(testing::Message() << s.N << " x " << s.K << " r " << s.r);
-    const std::vector<float> E = test_matrix(s.N, s.K, std::min<int64_t>(s.N, s.K), 0.8, 0.01, 11 + s.N * 7 + s.K);
+    const std::vector<float> E = spectrum_matrix(s.N, s.K, std::min<int64_t>(s.N, s.K), 0.8, 0.01, 11 + s.N * 7 + s.K);
     const LowRankFactors f = low_rank_approx(E.data(), s.N, s.K, s.r);
     ASSERT_TRUE(f.exact);
-    const Oracle o = svd_oracle(E, s.N, s.K, s.r);
+    const test::SvdOracle o = svd_oracle(E, s.N, s.K, s.r);
     const double scale = max_abs(E);
     double worst = 0;
     for (int64_t n = 0; n < s.N; ++n)
@@ -101,7 +68,7 @@ TEST(LowRank, ExactMatchesSvdOverAwkwardShapes) {
 
 TEST(LowRank, RankDeficientMatrixGivesZeroComponents) {
   // Rank 3 exactly (no noise): asking for 5 gives the 3 components and two zero ones, and a zero error.
-  const std::vector<float> E = test_matrix(40, 30, 3, 0.5, 0.0, 5);
+  const std::vector<float> E = spectrum_matrix(40, 30, 3, 0.5, 0.0, 5);
   const LowRankFactors f = low_rank_approx(E.data(), 40, 30, 5);
   EXPECT_GT(f.sigma[2], 0.0);
   EXPECT_LE(f.sigma[3], 1e-6 * f.sigma[0]);
@@ -126,17 +93,17 @@ TEST(LowRank, RandomizedIsNearOptimal) {
   for (const Case c : {Case{"decaying spectrum", 300, 700, 16, 60, 0.93, 0.003},
                        Case{"flat spectrum (noise)", 257, 611, 8, 0, 0, 1.0}}) {
     SCOPED_TRACE(c.name);
-    const std::vector<float> E = test_matrix(c.N, c.K, c.rank_signal, c.decay, c.noise, 3);
+    const std::vector<float> E = spectrum_matrix(c.N, c.K, c.rank_signal, c.decay, c.noise, 3);
     const LowRankFactors f = low_rank_approx(E.data(), c.N, c.K, c.r, opt);
     ASSERT_FALSE(f.exact);
-    const Oracle o = svd_oracle(E, c.N, c.K, c.r);
+    const test::SvdOracle o = svd_oracle(E, c.N, c.K, c.r);
     const double err = low_rank_error(E.data(), f);
     const double total = o.head + o.tail * o.tail;
     EXPECT_LE(err, kRandomizedErrorRatio * o.tail) << "optimum " << o.tail;
     EXPECT_GE((total - err * err) / o.head, kRandomizedEnergyShare);
   }
   // A sketch as wide as the matrix is the exact decomposition.
-  const std::vector<float> E = test_matrix(20, 50, 20, 0.7, 0.01, 9);
+  const std::vector<float> E = spectrum_matrix(20, 50, 20, 0.7, 0.01, 9);
   opt.oversample = 40;
   const LowRankFactors f = low_rank_approx(E.data(), 20, 50, 4, opt);
   EXPECT_NEAR(low_rank_error(E.data(), f), svd_oracle(E, 20, 50, 4).tail, 1e-5);
@@ -151,7 +118,7 @@ TEST(LowRank, Refusals) {
   test::expect_error([&] { low_rank_approx(bad.data(), 6, 4, 2, {}, "layer 3 q_proj"); }, "layer 3 q_proj: value 9 (row 2) is nan");
 }
 
-// Nf4 with double quantization at blocksize 64, as `qwen-quant nf4` stores it.
+// NF4 at blocksize 64 with fp32 absmax scales (`qwen-quant nf4 --no-double-quant`).
 std::vector<float> nf4_round_trip(const std::vector<float>& X) {
   return nf4_dequantize(nf4_quantize(X.data(), static_cast<int64_t>(X.size())));
 }

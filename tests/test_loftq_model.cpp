@@ -11,6 +11,7 @@
 
 #include "core/files.h"
 #include "lora/peft_io.h"
+#include "tests/support/adapter_init_checks.h"
 #include "tests/support/safetensors_edit.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
@@ -32,22 +33,11 @@ using test::error_of;
 // more (stories260K in the README).
 constexpr double kLogitGain = 0.95;
 
-LoraConfig loftq_config(int64_t r, double alpha) {
-  LoraConfig c;
-  c.r = r;
-  c.alpha = alpha;
-  c.target_modules = parse_lora_targets("all-linear");
-  return c;
-}
+using test::all_linear_lora;
 
 QuantizeOptions loftq_quantize(const std::string& dense, const std::string& out, QuantizeOptions::Method m, int iters) {
-  QuantizeOptions q;
-  q.method = m;
-  q.model_dir = dense;
-  q.out_dir = out;
-  q.quiet = true;
-  q.group_size = 32;
-  q.loftq = loftq_config(4, 8);  // s = 2: the split A = R/√s, B = L/√s matters
+  QuantizeOptions q = test::small_quantize_options(dense, out, m);
+  q.loftq = all_linear_lora(4, 8);  // s = 2: the split A = R/√s, B = L/√s matters
   q.loftq_iters = iters;
   return q;
 }
@@ -63,13 +53,7 @@ void expect_same_adapter(const LoraAdapter& a, const LoraAdapter& b) {
   }
 }
 
-// Mean |logit − the original model's logit| over a seeded batch.
-double logit_error(const QwenModel& m, const LoraAdapter& adapter, const std::vector<float>& ref, const PackedBatch& b) {
-  const std::vector<float> got = lora_forward_logits(m, adapter, b);
-  double e = 0;
-  for (size_t i = 0; i < ref.size(); ++i) e += std::fabs(double(got[i]) - ref[i]);
-  return e / static_cast<double>(ref.size());
-}
+using test::mean_logit_error;
 
 TEST(LoftqModel, WrittenAdapterIsTheOneShotStepOnTheStoredBase) {
   const std::string root = test::scratch_dir();
@@ -88,7 +72,7 @@ TEST(LoftqModel, WrittenAdapterIsTheOneShotStepOnTheStoredBase) {
     EXPECT_LT(rep.loftq_error, rep.loftq_plain_error);
     const QwenModel base(out);
     const LoraAdapter written = load_peft_adapter(path_join(out, "loftq_init"), lora_dims_of(base.config()));
-    LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+    LoraAdapter oneshot(lora_dims_of(base.config()), all_linear_lora(4, 8));
     const LoftqInitReport r = loftq_init_adapter(base, dense, &oneshot, true);
     EXPECT_EQ(r.linears, 7 * base.config().num_layers);
     expect_same_adapter(written, oneshot);
@@ -106,7 +90,7 @@ TEST(LoftqModel, GptqWritesTheOneShotAdapter) {
   g.out.out_dir = root + "/gptq";
   g.out.group_size = 32;
   g.out.quiet = true;
-  g.out.loftq = loftq_config(4, 8);
+  g.out.loftq = all_linear_lora(4, 8);
   g.calib_path = test::write_random_words(root + "/calib.txt", 20000, 3);
   g.calib_samples = 8;
   g.calib_seq_len = 48;
@@ -115,7 +99,7 @@ TEST(LoftqModel, GptqWritesTheOneShotAdapter) {
   EXPECT_GT(rep.loftq_error, 0.0);
   const QwenModel base(g.out.out_dir);
   const LoraAdapter written = load_peft_adapter(path_join(g.out.out_dir, "loftq_init"), lora_dims_of(base.config()));
-  LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+  LoraAdapter oneshot(lora_dims_of(base.config()), all_linear_lora(4, 8));
   loftq_init_adapter(base, dense, &oneshot, true);
   expect_same_adapter(written, oneshot);
   // Refused before any work: iterations, and a rank the model's Linears cannot hold.
@@ -123,7 +107,7 @@ TEST(LoftqModel, GptqWritesTheOneShotAdapter) {
   g.out.loftq_iters = 3;
   EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("LoftQ runs one-shot after GPTQ"), std::string::npos);
   g.out.loftq_iters = 1;
-  g.out.loftq = loftq_config(65, 65);
+  g.out.loftq = all_linear_lora(65, 65);
   EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("--loftq-rank: LoRA rank r=65 exceeds"), std::string::npos);
   EXPECT_FALSE(dir_exists(g.out.out_dir));
 }
@@ -140,18 +124,11 @@ TEST(LoftqModel, PaddedIntermediate) {
   const QwenModel base(q.out_dir);
   ASSERT_EQ(base.config().intermediate_size, 192);
   const LoraAdapter written = load_peft_adapter(path_join(q.out_dir, "loftq_init"), lora_dims_of(base.config()));
-  LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+  LoraAdapter oneshot(lora_dims_of(base.config()), all_linear_lora(4, 8));
   loftq_init_adapter(base, dense, &oneshot, true);
   expect_same_adapter(written, oneshot);
   // The padded rows of gate/up and columns of down stay zero in B and A: nothing leaks into the padding.
-  for (int64_t l = 0; l < base.config().num_layers; ++l) {
-    const LoraWeights& up = oneshot.at(l, LoraTarget::UpProj);
-    for (int64_t n = 172; n < 192; ++n)
-      for (int64_t j = 0; j < 4; ++j) EXPECT_EQ(up.B[n * 4 + j], 0.f);
-    const LoraWeights& down = oneshot.at(l, LoraTarget::DownProj);
-    for (int64_t j = 0; j < 4; ++j)
-      for (int64_t k = 172; k < 192; ++k) EXPECT_EQ(down.A[j * 192 + k], 0.f);
-  }
+  test::expect_padding_untouched(oneshot, base.config().num_layers, 172, 192);
 }
 
 TEST(LoftqModel, AdapterBringsLogitsTowardTheOriginal) {
@@ -159,7 +136,7 @@ TEST(LoftqModel, AdapterBringsLogitsTowardTheOriginal) {
   const std::string dense = test::make_tiny_model(root + "/dense", 4);
   const QwenModel orig(dense);
   const PackedBatch batch = test::random_batch({40, 25}, orig.config().vocab_size, 9);
-  LoraAdapter zero(lora_dims_of(orig.config()), loftq_config(4, 8));  // B = 0: the plain model
+  LoraAdapter zero(lora_dims_of(orig.config()), all_linear_lora(4, 8));  // B = 0: the plain model
   const std::vector<float> ref = lora_forward_logits(orig, zero, batch);
   double errors[2];
   for (int iters : {1, 5}) {
@@ -167,7 +144,8 @@ TEST(LoftqModel, AdapterBringsLogitsTowardTheOriginal) {
     quantize_model(loftq_quantize(dense, out, QuantizeOptions::Method::Nf4, iters));
     const QwenModel base(out);
     const LoraAdapter lq = load_peft_adapter(path_join(out, "loftq_init"), lora_dims_of(base.config()));
-    const double plain = logit_error(base, zero, ref, batch), corrected = logit_error(base, lq, ref, batch);
+    const double plain = mean_logit_error(base, zero, ref, batch);
+    const double corrected = mean_logit_error(base, lq, ref, batch);
     std::printf("nf4 + LoftQ r4, %d iteration(s): mean |logit error| %.5f -> %.5f\n", iters, plain, corrected);
     EXPECT_LT(corrected, kLogitGain * plain);
     errors[iters == 1 ? 0 : 1] = corrected;
@@ -184,7 +162,7 @@ TEST(LoftqModel, MoeAdaptsEveryExpert) {
   const QwenModel orig(dense);
   const QwenConfig& c = orig.config();
   const PackedBatch batch = test::random_batch({40, 25}, c.vocab_size, 9);
-  LoraAdapter zero(lora_dims_of(c), loftq_config(4, 8));
+  LoraAdapter zero(lora_dims_of(c), all_linear_lora(4, 8));
   const std::vector<float> ref = lora_forward_logits(orig, zero, batch);
   const int64_t slots = c.num_layers * (4 + 3 * (c.num_experts + 1));
   for (const auto& [method, iters] : {std::make_pair(QuantizeOptions::Method::Nf4, 1),
@@ -198,13 +176,14 @@ TEST(LoftqModel, MoeAdaptsEveryExpert) {
     EXPECT_EQ(static_cast<int64_t>(written.slots().size()), slots);
     EXPECT_TRUE(written.has_expert(0, 3, LoraTarget::DownProj) && written.has_expert(1, -1, LoraTarget::GateProj));
     if (iters == 1) {
-      LoraAdapter oneshot(lora_dims_of(base.config()), loftq_config(4, 8));
+      LoraAdapter oneshot(lora_dims_of(base.config()), all_linear_lora(4, 8));
       const LoftqInitReport r = loftq_init_adapter(base, dense, &oneshot, true);
       EXPECT_EQ(r.linears, slots);
       expect_same_adapter(written, oneshot);
     }
-    LoraAdapter none(lora_dims_of(base.config()), loftq_config(4, 8));
-    const double plain = logit_error(base, none, ref, batch), corrected = logit_error(base, written, ref, batch);
+    LoraAdapter none(lora_dims_of(base.config()), all_linear_lora(4, 8));
+    const double plain = mean_logit_error(base, none, ref, batch);
+    const double corrected = mean_logit_error(base, written, ref, batch);
     std::printf("tiny-moe-shared, LoftQ r4, %d iteration(s): mean |logit error| %.5f -> %.5f\n", iters, plain,
                 corrected);
     // Measured: -1 % at 1 iteration, -21 % at 3 (the dense tiny model: -10 % at 1). A token whose routing the

@@ -135,22 +135,24 @@ int64_t option_number(const std::string& spec, const std::string& p, size_t skip
   return std::stoll(p.substr(skip));
 }
 
-// A spec's LoftQ options, "lq<R>" (rank) and "it<T>" (iterations), taken out of `parts`; the method is then
-// evaluated with the adapter it writes (<model>/loftq_init).
-struct LoftqSpec {
-  int64_t rank = 0, iters = 1;
+// A spec's adapter options, LoftQ's "lq<R>" (rank) and "it<T>" (iterations) or PiSSA's "ps<R>" (rank), taken out of
+// `parts`; the method is then evaluated with the adapter it writes (<model>/loftq_init or <model>/pissa_init).
+struct AdapterSpec {
+  int64_t rank = 0, iters = 1, pissa_rank = 0;
 };
-LoftqSpec take_loftq_options(const std::string& spec, std::vector<std::string>* parts) {
-  LoftqSpec lq;
+AdapterSpec take_adapter_options(const std::string& spec, std::vector<std::string>* parts) {
+  AdapterSpec lq;
   std::vector<std::string> kept = {parts->front()};  // the method's name stays whatever it is
   for (size_t i = 1; i < parts->size(); ++i) {
     const std::string& p = (*parts)[i];
     if (p.rfind("lq", 0) == 0 && p.size() > 2) lq.rank = option_number(spec, p, 2);
     else if (p.rfind("it", 0) == 0 && p.size() > 2) lq.iters = option_number(spec, p, 2);
+    else if (p.rfind("ps", 0) == 0 && p.size() > 2) lq.pissa_rank = option_number(spec, p, 2);
     else kept.push_back(p);
   }
   QWENQ_CHECK(lq.rank > 0 || lq.iters == 1, "compare: method '" << spec << "' gives it<T> without lq<R>");
   QWENQ_CHECK(lq.iters >= 1, "compare: method '" << spec << "': it<T> must be at least 1");
+  QWENQ_CHECK(lq.rank == 0 || lq.pissa_rank == 0, "compare: method '" << spec << "' gives both lq<R> and ps<R>");
   *parts = std::move(kept);
   return lq;
 }
@@ -285,26 +287,34 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq], "
-                                         "gguf-<type>[-imatrix] (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>], gptq -lq<R>, for LoftQ)");
+                                         "gguf-<type>[-imatrix] (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>] (LoftQ) or -ps<R> (PiSSA), gptq -lq<R>)");
 }
 
-// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5") ->
+// A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5", "nf4-ps16") ->
 // subcommand arguments.
 std::vector<std::string> method_args(const std::string& spec, const CompareArgs& a, CompareRow* row) {
   std::vector<std::string> parts;
   std::stringstream ss(spec);
   for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
   row->method = spec;
-  // AWQ's rescaled base has no LoftQ: there lq<R> stays and is refused as an unknown option.
-  const LoftqSpec lq =
-      parts[0] == "awq" || parts[0] == "gguf" || parts[0] == "fp8" ? LoftqSpec{} : take_loftq_options(spec, &parts);
+  // AWQ's rescaled base has no LoftQ or PiSSA: there lq<R> / ps<R> stay and are refused as unknown options.
+  const AdapterSpec lq =
+      parts[0] == "awq" || parts[0] == "gguf" || parts[0] == "fp8" ? AdapterSpec{} : take_adapter_options(spec, &parts);
   QWENQ_CHECK(parts[0] != "gptq" || lq.iters == 1, "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
+  QWENQ_CHECK(parts[0] != "gptq" || lq.pissa_rank == 0,
+              "compare: method '" << spec << "': PiSSA is for rtn, nf4 and fp4 (GPTQ's calibration would run the "
+                                     "residual model without its adapter)");
   std::vector<std::string> args = quantize_args(spec, parts, a, row);
   if (lq.rank > 0) {
     args.insert(args.end(), {"--loftq-rank", std::to_string(lq.rank)});
     if (lq.iters > 1) args.insert(args.end(), {"--loftq-iter", std::to_string(lq.iters)});
-    row->loftq = true;
+    row->adapter = "loftq_init";
     row->format += " +LoftQ r" + std::to_string(lq.rank) + (lq.iters > 1 ? " x" + std::to_string(lq.iters) : "");
+  }
+  if (lq.pissa_rank > 0) {
+    args.insert(args.end(), {"--pissa-rank", std::to_string(lq.pissa_rank)});
+    row->adapter = "pissa_init";
+    row->format += " +PiSSA r" + std::to_string(lq.pissa_rank);
   }
   return args;
 }
@@ -620,7 +630,7 @@ void run_compare(CompareArgs& a) {
     }
     row.quant_seconds = q.seconds;
     row.quant_peak_rss = q.peak_rss;
-    const std::string adapter = row.loftq ? path_join(qdir, "loftq_init") : "";  // counted in the size
+    const std::string adapter = row.adapter.empty() ? "" : path_join(qdir, row.adapter);  // counted in the size
     row.size_bytes = dir_size(qdir) + (adapter.empty() ? 0 : dir_size(adapter));
     evaluate_all(a, qdir, specs[i], logs, &row, adapter, kl_bases);
     t.rows.push_back(row);
@@ -671,7 +681,8 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
   cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], fp8[-b<N>], gguf-<type>[-imatrix] (llama.cpp: q8_0, q4_0, q4_k_m, ...; -imatrix: with an importance matrix over --calib); "
-                  "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations), evaluated with its adapter")
+                  "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations); rtn/nf4/fp4 with "
+                  "-ps<R>: PiSSA rank R; each evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   CLI::Option* seq_len = cmd->add_option("--seq-len", a->seq_len, "perplexity window (at most the model's context)")

@@ -22,6 +22,9 @@ struct QuantizeArgs {
   int64_t loftq_rank = 0;
   double loftq_alpha = 0;  // 0: the rank (s = 1, as PEFT's LoftQ assumes)
   std::string loftq_target = "all-linear";
+  int64_t pissa_rank = 0;
+  double pissa_alpha = 0;  // 0: the rank (s = 1)
+  std::string pissa_target = "all-linear";
   CommonOptions common;
 };
 
@@ -38,6 +41,18 @@ void add_loftq_options(CLI::App* cmd, QuantizeArgs* a, bool iterative = true) {
   }
   cmd->add_option("--loftq-alpha", a->loftq_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
   cmd->add_option("--loftq-target", a->loftq_target, "the Linears LoftQ adapts: names as --target, or all-linear")
+      ->capture_default_str();
+}
+
+// PiSSA (rtn, nf4, fp4): the adapter takes each Linear's principal part, the base stores the quantized residual.
+void add_pissa_options(CLI::App* cmd, QuantizeArgs* a) {
+  cmd->add_option("--pissa-rank", a->pissa_rank,
+                  "PiSSA: store the quantized residual W - s*B*A and write <out>/pissa_init, a rank-R adapter holding "
+                  "W's R principal singular directions (PEFT's init_lora_weights=\"pissa\" on the original model, then "
+                  "its residual quantized; for qwen-qlora train --init-adapter)")
+      ->check(at_least(1, "POSITIVE"));
+  cmd->add_option("--pissa-alpha", a->pissa_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
+  cmd->add_option("--pissa-target", a->pissa_target, "the Linears PiSSA adapts: names as --target, or all-linear")
       ->capture_default_str();
 }
 
@@ -68,6 +83,12 @@ void apply_loftq_args(QuantizeArgs& a, QuantizeOptions* opt) {
   opt->loftq.alpha = a.loftq_alpha > 0 ? a.loftq_alpha : static_cast<double>(a.loftq_rank);
   opt->loftq.target_modules = parse_lora_targets(a.loftq_target);
 }
+void apply_pissa_args(QuantizeArgs& a, QuantizeOptions* opt) {
+  if (a.pissa_rank <= 0) return;
+  opt->pissa.r = a.pissa_rank;
+  opt->pissa.alpha = a.pissa_alpha > 0 ? a.pissa_alpha : static_cast<double>(a.pissa_rank);
+  opt->pissa.target_modules = parse_lora_targets(a.pissa_target);
+}
 void print_loftq_summary(const QuantizeArgs& a, const QuantizeOptions& opt, const QuantizeReport& r) {
   if (a.loftq_rank <= 0) return;
   std::printf("loftq: %s/loftq_init (rank %lld, %d iteration(s)): ||W - Q|| %.6g -> ||W - Q - s*B*A|| %.6g over the "
@@ -88,12 +109,19 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
   a.opt.max_shard_bytes = static_cast<uint64_t>(a.max_shard_gb * 1e9);
   apply_format(a.format, &a.opt);
   apply_loftq_args(a, &a.opt);
+  apply_pissa_args(a, &a.opt);
   a.opt.device = pick.settle(pick.gpu_possible() ? quantize_gpu_refusal(a.opt) : "");
   QuantizeReport r = quantize_model(a.opt);
   std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized, %d shard(s), %s of tensors, %.1fs, peak RSS %s\n",
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
               format_bytes(r.bytes_written).c_str(), r.seconds, format_bytes(r.peak_rss).c_str());
   print_loftq_summary(a, a.opt, r);
+  if (a.pissa_rank > 0) {
+    std::printf("pissa: %s/pissa_init (rank %lld, %.1f%% of the adapted weights' squared norm): ||W - q(W)|| %.6g -> "
+                "||W - q(W_res) - s*B*A|| %.6g over the adapted Linears (-%.1f%%)\n",
+                a.opt.out_dir.c_str(), (long long)a.pissa_rank, 100.0 * r.pissa_share, r.pissa_plain_error,
+                r.pissa_error, 100.0 * (1.0 - r.pissa_error / r.pissa_plain_error));
+  }
 }
 
 }  // namespace
@@ -103,6 +131,7 @@ void register_quantize(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("rtn", "Round-to-nearest per group, written as GPTQ (v1/v2) or AWQ GEMM tensors");
   add_io_options(cmd, rtn.get());
   add_loftq_options(cmd, rtn.get());
+  add_pissa_options(cmd, rtn.get());
   cmd->add_option("--bits", rtn->opt.bits, "2, 3, 4 or 8 (AWQ: 4)")->capture_default_str();
   cmd->add_option("--group-size", rtn->opt.group_size, "input rows per scale; -1 = one group per output channel")
       ->capture_default_str();
@@ -255,6 +284,7 @@ void register_quantize(CLI::App& app) {
                                                : "bitsandbytes NF4, blockwise absmax (the QLoRA baseline)");
     add_io_options(c, a.get());
     add_loftq_options(c, a.get());
+    add_pissa_options(c, a.get());
     c->add_option("--blocksize", a->opt.blocksize, "weights per absmax block")->capture_default_str();
     c->add_flag("--no-double-quant", a->no_double_quant, "keep the absmax scales in fp32 (default: 8-bit, block 256)");
     c->callback([a, fp4]() { run(*a, fp4 ? QuantizeOptions::Method::Fp4 : QuantizeOptions::Method::Nf4); });

@@ -343,6 +343,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   QWENQ_CHECK(o.layout != IntLayout::GptqV1,
               "awq: AWQ grids can have a zero point of 0, which GPTQ v1 files cannot store; use --format awq or gptq_v2");
   check_int_options(o);
+  QWENQ_CHECK(o.loftq.r == 0 && o.pissa.r == 0, "awq: no LoftQ or PiSSA adapter (AWQ rescales the base the adapter "
+                                                "would be computed from)");
   check_quantizable_source(o.model_dir);
   AwqSearchOptions so = a.search;
   so.bits = o.bits;

@@ -24,7 +24,8 @@ struct CompareRow {
   double gsm8k_strict = -1, gsm8k_flexible = -1;  // compare --gsm8k: exact match (-1: none)
   double quant_seconds = 0;
   uint64_t quant_peak_rss = 0;  // bytes, 0 for the original
-  bool loftq = false;           // evaluated with the LoftQ adapter written next to the base (size includes it)
+  std::string adapter;          // "" or the adapter folder written in the base (loftq_init, pissa_init) it is
+                                // evaluated with (size includes it)
   bool given = false;           // quantized elsewhere (compare --quantized): no quantization time or memory
 };
 

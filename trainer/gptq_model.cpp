@@ -300,6 +300,8 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   // LoftQ (--loftq-rank): one-shot on the finished model, checked now so that a bad rank fails before the work.
   QWENQ_CHECK(o.loftq.r == 0 || o.loftq_iters == 1, "gptq: LoftQ runs one-shot after GPTQ (its iterations need a "
                                                      "quantizer of W - L R alone); drop --loftq-iter");
+  QWENQ_CHECK(o.pissa.r == 0, "gptq: no PiSSA (its calibration would run the residual model without the adapter); "
+                              "use rtn, nf4 or fp4 --pissa-rank, or gptq --loftq-rank");
   std::unique_ptr<LoraAdapter> loftq = loftq_adapter_for(o, cfg, I2);
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);

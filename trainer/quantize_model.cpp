@@ -19,6 +19,7 @@
 #include "core/threads.h"
 #include "kernels/device_allocator.h"
 #include "lora/loftq.h"
+#include "lora/pissa.h"
 #include "lora/lora_adapter.h"
 #include "lora/peft_io.h"
 #include "quant/compressed_tensors.h"
@@ -55,6 +56,15 @@ LinearSlot linear_slot(const std::string& name) {
   s.layer = std::stoll(m[1].str());
   if (m[5].matched) s.expert = m[5].str() == "shared_expert" ? -1 : std::stoll(m[5].str().substr(8));  // "experts.<e>"
   return s;
+}
+
+// The weights `adapter` holds for decoder Linear `name`, or nullptr when the adapter does not target it.
+LoraWeights* adapted_weights(LoraAdapter* adapter, const std::string& name) {
+  if (!adapter) return nullptr;
+  const LinearSlot ls = linear_slot(name);
+  if (ls.expert == kNoExpert) return adapter->has(ls.layer, ls.target) ? &adapter->at(ls.layer, ls.target) : nullptr;
+  return adapter->has_expert(ls.layer, ls.expert, ls.target) ? &adapter->expert_at(ls.layer, ls.expert, ls.target)
+                                                             : nullptr;
 }
 
 // The RTN grid of an [N, K] Linear, scales and zeros to be filled.
@@ -111,6 +121,7 @@ std::string quantize_gpu_refusal(const QuantizeOptions& o) {
   if (o.loftq.r > 0 && o.loftq_iters > 1) {
     return "--loftq-iter " + std::to_string(o.loftq_iters) + " re-quantizes W - L R on the CPU at each iteration";
   }
+  if (o.pissa.r > 0) return "--pissa-rank quantizes the residual W - s*B*A, made on the CPU";
   return "";
 }
 
@@ -127,8 +138,10 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
   // A MoE model's routers stay unquantized; quantization_config must say so (checked now, written at the end).
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();
   QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || o.fp8_block >= 0, "fp8: --block must be 0 or positive");
-  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || (o.device == Device::Cpu && o.loftq.r == 0),
-              "fp8 runs on the CPU (--device cpu) and without LoftQ (an 8-bit base needs no correction)");
+  QWENQ_CHECK(o.method != QuantizeOptions::Method::Fp8 || (o.device == Device::Cpu && o.loftq.r == 0 && o.pissa.r == 0),
+              "fp8 runs on the CPU (--device cpu) and without LoftQ or PiSSA (an 8-bit base needs no correction)");
+  QWENQ_CHECK(o.pissa.r <= 0 || o.device == Device::Cpu,
+              "--pissa-rank runs on the CPU (the residual W - s*B*A is made there): drop --device cuda");
   add_moe_module_lists(moe_lists, cfg,
                        o.method == QuantizeOptions::Method::Fp8   ? (o.fp8_block ? MoeListFor::Fp8Block : MoeListFor::Ct)
                        : o.method != QuantizeOptions::Method::Rtn ? MoeListFor::Bnb
@@ -173,6 +186,9 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
                               << "drop --device cuda, or use one iteration");
   std::unique_ptr<LoraAdapter> loftq_adapter = loftq_adapter_for(o, cfg, I2);
   double loftq_plain2 = 0, loftq_err2 = 0;
+  // PiSSA: each targeted Linear's principal part goes to the adapter and the residual is quantized (CPU).
+  std::unique_ptr<LoraAdapter> pissa_adapter = pissa_adapter_for(o, cfg, I2);
+  double pissa_plain2 = 0, pissa_err2 = 0, pissa_w2 = 0, pissa_principal2 = 0;
 
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -234,25 +250,31 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     {
       named([&] { W = source_linear_f32(ckpt, source_quant, prefix, t, N, K); });  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
-      if (loftq_inline) {
-        const LinearSlot ls = linear_slot(name);
-        const bool adapted = ls.expert == kNoExpert ? loftq_adapter->has(ls.layer, ls.target)
-                                                    : loftq_adapter->has_expert(ls.layer, ls.expert, ls.target);
-        if (adapted) {
-          named([&] {
-            const std::string what = "loftq: " + prefix;
-            LoftqIterResult lq = loftq_iterate(
-                W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters,
-                [&](const std::vector<float>& X) { return round_trip(o, X, N, K); }, {}, what.c_str());
-            LoraWeights& lw = ls.expert == kNoExpert ? loftq_adapter->at(ls.layer, ls.target)
-                                                     : loftq_adapter->expert_at(ls.layer, ls.expert, ls.target);
-            lw.A = std::move(lq.factors.A);
-            lw.B = std::move(lq.factors.B);
-            loftq_plain2 += lq.plain_error * lq.plain_error;
-            loftq_err2 += lq.factors.corrected_error * lq.factors.corrected_error;
-            W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
-          });
-        }
+      const auto quantizer = [&](const std::vector<float>& X) { return round_trip(o, X, N, K); };
+      if (LoraWeights* lw = loftq_inline ? adapted_weights(loftq_adapter.get(), name) : nullptr) {
+        named([&] {
+          const std::string what = "loftq: " + prefix;
+          LoftqIterResult lq =
+              loftq_iterate(W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters, quantizer, {}, what.c_str());
+          lw->A = std::move(lq.factors.A);
+          lw->B = std::move(lq.factors.B);
+          loftq_plain2 += lq.plain_error * lq.plain_error;
+          loftq_err2 += lq.factors.corrected_error * lq.factors.corrected_error;
+          W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
+        });
+      }
+      if (LoraWeights* pw = adapted_weights(pissa_adapter.get(), name)) {
+        named([&] {
+          const std::string what = "pissa: " + prefix;
+          PissaSplit ps = pissa_split(W, N, K, o.pissa.r, pissa_adapter->scaling(), quantizer, {}, what.c_str());
+          pw->A = std::move(ps.A);
+          pw->B = std::move(ps.B);
+          pissa_plain2 += ps.plain_error * ps.plain_error;
+          pissa_err2 += ps.residual_error * ps.residual_error;
+          pissa_w2 += ps.weight_sq;
+          pissa_principal2 += ps.principal_sq;
+          W = std::move(ps.residual);  // quantized below: the stored base is q(W_res)
+        });
       }
     }
     if (o.method == QuantizeOptions::Method::Fp8) {
@@ -310,6 +332,12 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     save_peft_adapter(path_join(out.path(), "loftq_init"), *loftq_adapter);
     rep.loftq_plain_error = std::sqrt(loftq_plain2);
     rep.loftq_error = std::sqrt(loftq_err2);
+  }
+  if (pissa_adapter) {
+    save_peft_adapter(path_join(out.path(), "pissa_init"), *pissa_adapter);
+    rep.pissa_plain_error = std::sqrt(pissa_plain2);
+    rep.pissa_error = std::sqrt(pissa_err2);
+    rep.pissa_share = pissa_w2 > 0 ? pissa_principal2 / pissa_w2 : 0;
   }
 
   nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));

@@ -70,6 +70,14 @@ struct QuantizeOptions {
     return c;
   }();
   int loftq_iters = 1;
+  // PiSSA (lora/pissa.h; PEFT's init_lora_weights="pissa", then the residual model quantized): with pissa.r > 0
+  // every targeted Linear is stored as q(W − s·B A), s·B A the rank-r principal part of W, and the adapter is written
+  // to <out>/pissa_init/ (a PEFT adapter directory, as for LoftQ). CPU only; not with LoftQ.
+  LoraConfig pissa = [] {  // r 0: no PiSSA
+    LoraConfig c;
+    c.r = 0;
+    return c;
+  }();
 };
 
 struct QuantizeReport {
@@ -81,11 +89,15 @@ struct QuantizeReport {
   uint64_t peak_rss = 0;
   // With LoftQ: ‖W − q(W)‖_F (plain quantization) and ‖W − q(X) − s·B A‖_F over the targeted Linears.
   double loftq_plain_error = 0, loftq_error = 0;
+  // With PiSSA: ‖W − q(W)‖_F (plain quantization), ‖W_res − q(W_res)‖_F (the stored base + s·B A against W) and
+  // Σ σ_i² / ‖W‖_F² (the share of the targeted weights' energy the adapters hold) over the targeted Linears.
+  double pissa_plain_error = 0, pissa_error = 0, pissa_share = 0;
 };
 
 QuantizeReport quantize_model(const QuantizeOptions& opt);
 // "" or why quantize_model cannot run `opt` on the GPU (`--device auto` then takes the CPU): fp8 output, an FP8
-// source (decoded on the CPU), LoftQ with more than one iteration (it re-quantizes on the CPU's copy of W).
+// source (decoded on the CPU), LoftQ with more than one iteration (it re-quantizes on the CPU's copy of W), PiSSA (it
+// quantizes the CPU's residual).
 std::string quantize_gpu_refusal(const QuantizeOptions& opt);
 
 // GPTQ over a whole model, layer by layer (Frantar et al. 2022 as AutoGPTQ runs it): calibration windows are

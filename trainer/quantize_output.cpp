@@ -188,19 +188,35 @@ QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::st
   return rep;
 }
 
+namespace {
+
+// The adapter of `c` for the output's dims (a MoE model's experts each get their own A and B: LoraSlot); a rank the
+// Linears cannot hold is refused with the flag that set it.
+std::unique_ptr<LoraAdapter> init_adapter_for(LoraConfig c, const std::string& out_dir, const QwenConfig& cfg,
+                                              int64_t I2, const char* flag) {
+  c.base_model = out_dir;
+  c.validate();
+  try {
+    LoraDims dims = lora_dims_of(cfg);
+    dims.intermediate_size = I2;
+    return std::make_unique<LoraAdapter>(dims, c);
+  } catch (const Error& e) {
+    throw Error(std::string(flag) + ": " + e.what());
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<LoraAdapter> loftq_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2) {
   if (o.loftq.r <= 0) return nullptr;
   QWENQ_CHECK(o.loftq_iters >= 1, "--loftq-iter must be at least 1, got " << o.loftq_iters);
-  LoraConfig lc = o.loftq;
-  lc.base_model = o.out_dir;
-  lc.validate();
-  try {
-    LoraDims dims = lora_dims_of(cfg);  // a MoE model's experts each get their own A and B (LoraSlot)
-    dims.intermediate_size = I2;
-    return std::make_unique<LoraAdapter>(dims, lc);
-  } catch (const Error& e) {
-    throw Error(std::string("--loftq-rank: ") + e.what());
-  }
+  return init_adapter_for(o.loftq, o.out_dir, cfg, I2, "--loftq-rank");
+}
+
+std::unique_ptr<LoraAdapter> pissa_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2) {
+  if (o.pissa.r <= 0) return nullptr;
+  QWENQ_CHECK(o.loftq.r <= 0, "give --loftq-rank or --pissa-rank, not both (each starts the adapter its own way)");
+  return init_adapter_for(o.pissa, o.out_dir, cfg, I2, "--pissa-rank");
 }
 
 QuantizeReport finish_output_with_loftq(const nlohmann::ordered_json& config, const std::string& model_dir,

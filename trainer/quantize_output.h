@@ -117,6 +117,8 @@ QuantizeReport finish_output(const nlohmann::ordered_json& config, const std::st
 // the work, so that a rank the Linears cannot hold ("--loftq-rank: LoRA rank r=..."), bad targets or iterations < 1
 // are refused at once.
 std::unique_ptr<LoraAdapter> loftq_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2);
+// The same for PiSSA (o.pissa, "--pissa-rank: ..."); refuses PiSSA together with LoftQ.
+std::unique_ptr<LoraAdapter> pissa_adapter_for(const QuantizeOptions& o, const QwenConfig& cfg, int64_t I2);
 
 // finish_output with LoftQ's one-shot adapter (trainer/adapter_init.h's write_loftq_adapter) computed from the staged
 // output and written into it before the rename; the report carries its errors (loftq_plain_error, loftq_error).

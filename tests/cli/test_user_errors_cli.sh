@@ -25,6 +25,7 @@
 #    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
+#  - (new options, PiSSA) the residual and its adapter load, train and evaluate; with LoftQ, too large a rank;
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
 #  - (new flag, --int8-activations) a model that is not a GGUF file or a GPTQ/AWQ checkpoint, --device cuda;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
@@ -221,6 +222,21 @@ refuse lq_quantized "--loftq-model lq is quantized" "$QL" "${LT[@]}" --loftq-mod
 refuse lq_big "--loftq-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" rtn --model tiny --out lq_big --loftq-rank 100
 refuse lq_iter "--loftq-iter: must be at least 1" "$QQ" nf4 --model tiny --out lq_bad --loftq-rank 4 --loftq-iter 0
 [ ! -e lq_big ] && [ ! -e lq_bad ] || fail "a refused LoftQ quantization left its output"
+
+# --- PiSSA: the quantized residual and its adapter, and train starting from it ---------------------------------------
+"$QQ" rtn --model tiny --out ps --group-size 32 --pissa-rank 4 --pissa-alpha 8 -q > ps.txt 2>&1 || fail "rtn --pissa-rank" ps.txt
+grep -q "pissa: ps/pissa_init (rank 4, [0-9.]*% of the adapted weights' squared norm): ||W - q(W)|| .* -> ||W - q(W_res) - s\*B\*A|| .*" ps.txt \
+  || fail "rtn --pissa-rank summary" ps.txt
+grep -q '"lora_alpha": 8' ps/pissa_init/adapter_config.json || fail "pissa_init's alpha" ps/pissa_init/adapter_config.json
+grep -q '"init_lora_weights": true' ps/pissa_init/adapter_config.json \
+  || fail "pissa_init would make PEFT split the base again" ps/pissa_init/adapter_config.json
+"$QQ" eval --model ps --adapter ps/pissa_init --data text.jsonl --seq-len 64 > ps_eval.txt 2>&1 || fail "eval PiSSA" ps_eval.txt
+"$QL" train --model ps --data text.jsonl --max-steps 2 --seq-len 64 -q --init-adapter ps/pissa_init --out ps_run \
+  --threads 1 > ps_run.txt 2>&1 || fail "train --init-adapter pissa_init" ps_run.txt
+refuse ps_both "give --loftq-rank or --pissa-rank, not both" \
+  "$QQ" nf4 --model tiny --out ps_bad --loftq-rank 4 --pissa-rank 4
+refuse ps_big "--pissa-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" nf4 --model tiny --out ps_bad --pissa-rank 100
+[ ! -e ps_bad ] || fail "a refused PiSSA quantization left its output"
 
 # --- (new command, GGUF) an existing output, a GGUF where a directory is read, a damaged GGUF --------------------
 "$QQ" gguf --model tiny --out tiny.gguf --type q4_0 -q > gguf.txt 2>&1 || fail "gguf export" gguf.txt

@@ -60,6 +60,15 @@ def finish(passed="PASS"):
     print(passed)
 
 
+def bnb_nf4_round_trip(x):
+    """bitsandbytes' NF4 of the torch tensor x and back: blocksize 64, fp32 absmax (compress_statistics=False, as
+    PEFT's LoftQ calls it and `qwen-quant nf4 --no-double-quant` stores it)."""
+    import bitsandbytes.functional as bnb_f
+
+    q, state = bnb_f.quantize_4bit(x.contiguous(), blocksize=64, compress_statistics=False, quant_type="nf4")
+    return bnb_f.dequantize_4bit(q, state)
+
+
 def spread_weights(model):
     """transformers initialises with std 0.02, zero biases and unit norms; spread every parameter (seeded by the
     caller's torch.manual_seed) so that an error anywhere shows in the logits."""

@@ -18,14 +18,14 @@ Exit 0 pass, 1 fail, 77 skip (torch/peft/bitsandbytes not importable, or ../shar
 """
 import os
 
-from oracle_common import check, finish, import_stories260k, parse_args, require_shared, run, skip, work_dir
+from oracle_common import (bnb_nf4_round_trip, check, finish, import_stories260k, parse_args, require_shared, run,
+                           skip, work_dir)
 
 args = parse_args(__doc__)
 require_shared(args.shared)
 try:
     import torch
     import bitsandbytes as bnb
-    import bitsandbytes.functional as bnb_f
     from safetensors.torch import load_file
     from peft import PeftModel
     from peft.utils.loftq_utils import _low_rank_decomposition
@@ -46,16 +46,10 @@ LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_att
 names = sorted(k[: -len(".weight")] for k in W_all if any(k.endswith(l + ".weight") for l in LINEARS))
 
 
-def nf4_round_trip(x):
-    """bitsandbytes' NF4 of x and back, blocksize 64, fp32 absmax (loftq_init's compress_statistics=False)."""
-    q, state = bnb_f.quantize_4bit(x.contiguous(), blocksize=64, compress_statistics=False, quant_type="nf4")
-    return bnb_f.dequantize_4bit(q, state)
-
-
 def peft_loftq(W, iters):
     res = W.clone()
     for _ in range(iters):
-        Q = nf4_round_trip(res)
+        Q = bnb_nf4_round_trip(res)
         out_ = _low_rank_decomposition(W - Q, reduced_rank=RANK)
         L, R = out_["L"], out_["R"]
         res = W - L @ R
