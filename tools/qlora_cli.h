@@ -17,6 +17,7 @@ void register_qlora_generate(CLI::App& app);  // generate, chat
 void register_qlora_plan(CLI::App& app);
 void register_qlora_data(CLI::App& app);
 void register_qlora_eval(CLI::App& app);
+void register_qlora_pissa_to_lora(CLI::App& app);  // pissa-to-lora
 
 // The flags `train` and `eval` share that decide which examples an evaluation sees and how they are batched, so that
 // the same flags give `eval` the run's own held-out split and batches (tools/qlora_train.cpp).

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   qwenq::cli::register_qlora_plan(app);
   qwenq::cli::register_qlora_data(app);
   qwenq::cli::register_qlora_eval(app);
+  qwenq::cli::register_qlora_pissa_to_lora(app);
   try {
     qwenq::cli::check_subcommand_name(app, std::vector<std::string>(argv, argv + argc));
     std::vector<std::string> args = qwenq::cli::expand_train_config(std::vector<std::string>(argv, argv + argc));

@@ -25,7 +25,8 @@
 #    driver version is insufficient ...'", which reads as advice to update a driver the machine does not have;
 #  - gptq --calib-samples 100000 was killed by the kernel for lack of memory (exit 137, no message);
 #  - (new options, LoftQ) the adapter's settings against the command line's, and the inputs LoftQ cannot use;
-#  - (new options, PiSSA) the residual and its adapter load, train and evaluate; with LoftQ, too large a rank;
+#  - (new options, PiSSA) the residual and its adapter load, train and evaluate, the trained adapter converts to LoRA
+#    for the original; with LoftQ, too large a rank, a conversion of another run;
 #  - (new command, gguf) an existing output file, a GGUF given where a directory is read, a cut GGUF file;
 #  - (new flag, --int8-activations) a model that is not a GGUF file or a GPTQ/AWQ checkpoint, --device cuda;
 #  - (new command, imatrix) too little text for one chunk, a chunk longer than the context, an imatrix of another
@@ -233,6 +234,13 @@ grep -q '"init_lora_weights": true' ps/pissa_init/adapter_config.json \
 "$QQ" eval --model ps --adapter ps/pissa_init --data text.jsonl --seq-len 64 > ps_eval.txt 2>&1 || fail "eval PiSSA" ps_eval.txt
 "$QL" train --model ps --data text.jsonl --max-steps 2 --seq-len 64 -q --init-adapter ps/pissa_init --out ps_run \
   --threads 1 > ps_run.txt 2>&1 || fail "train --init-adapter pissa_init" ps_run.txt
+# The trained PiSSA adapter as a LoRA adapter of the original model (rank 2r), which eval and merge take.
+"$QL" pissa-to-lora --init ps/pissa_init --adapter ps_run --out ps_lora > ps_lora.txt 2>&1 || fail "pissa-to-lora" ps_lora.txt
+grep -q "wrote ps_lora: a LoRA adapter of rank 8, lora_alpha 16, on 14 Linears" ps_lora.txt || fail "pissa-to-lora summary" ps_lora.txt
+"$QQ" eval --model tiny --adapter ps_lora --data text.jsonl --seq-len 64 > ps_lora_eval.txt 2>&1 \
+  || fail "eval of the original with the converted adapter" ps_lora_eval.txt
+"$QL" merge --model tiny --adapter ps_lora --out ps_merged -q > ps_merged.txt 2>&1 || fail "merge ps_lora" ps_merged.txt
+refuse ps_convert_other "differ in their configs" "$QL" pissa-to-lora --init ps/pissa_init --adapter lq_run --out ps_bad
 refuse ps_both "give --loftq-rank or --pissa-rank, not both" \
   "$QQ" nf4 --model tiny --out ps_bad --loftq-rank 4 --pissa-rank 4
 refuse ps_big "--pissa-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" nf4 --model tiny --out ps_bad --pissa-rank 100

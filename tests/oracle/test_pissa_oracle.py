@@ -17,8 +17,12 @@ compress_statistics=False):
    tokens of TinyStories are as close to the original model's as PEFT's own QPiSSA's (within 5 %) and closer than plain
    NF4's (at most 0.9x; measured NF4 0.7437, PEFT's 0.6095, ours 0.6098; on 96 random tokens PiSSA gains little on this
    model: 0.3775 -> 0.3650).
+5. `qwen-qlora pissa-to-lora` against PEFT's save_pretrained(path_initial_model_for_weight_conversion=...): PEFT's
+   initial adapter (saved as PEFT's PiSSA example saves it) and a "trained" one (every A and B moved by seeded noise)
+   give the same rank-16 adapter, bit for bit, with the same r and lora_alpha.
 Exit 0 pass, 1 fail, 77 skip (torch/peft/bitsandbytes not importable, or ../shared absent).
 """
+import json
 import os
 
 from oracle_common import (bnb_nf4_round_trip, check, finish, import_stories260k, parse_args, require_shared, run,
@@ -119,5 +123,33 @@ with torch.no_grad():
 print(f"mean |logit error| vs the original: NF4 {plain:.5f}, PEFT's QPiSSA {peft_q:.5f}, ours read by PEFT {ours:.5f}")
 check(ours <= 1.05 * peft_q, f"our PiSSA's logit error {ours} vs PEFT's {peft_q}")
 check(ours <= 0.9 * plain, f"our PiSSA's logit error {ours} vs plain NF4's {plain}")
+
+# 5. PiSSA -> LoRA, PEFT's conversion against ours on the same two adapters.
+qlora = os.path.join(args.build, "qwen-qlora")
+peft_init, peft_trained, peft_conv, ours_conv = (os.path.join(out, n) for n in ("peft_init", "peft_trained",
+                                                                                "peft_conv", "ours_conv"))
+peft_model.peft_config["default"].init_lora_weights = True  # PEFT's example: else loading it splits the base again
+peft_model.save_pretrained(peft_init)
+gen = torch.Generator().manual_seed(1)
+with torch.no_grad():
+    for name, p in peft_model.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+peft_model.save_pretrained(peft_trained)
+peft_model.save_pretrained(peft_conv, path_initial_model_for_weight_conversion=peft_init)
+run([qlora, "pissa-to-lora", "--init", peft_init, "--adapter", peft_trained, "--out", ours_conv, "--overwrite"])
+theirs = load_file(os.path.join(peft_conv, "adapter_model.safetensors"))
+mine = load_file(os.path.join(ours_conv, "adapter_model.safetensors"))
+check(sorted(theirs) == sorted(mine), f"tensor names differ: {sorted(set(theirs) ^ set(mine))[:4]}")
+differ = [k for k in theirs if k in mine and not torch.equal(theirs[k], mine[k])]
+check(not differ, f"{len(differ)} tensors differ from PEFT's conversion, e.g. {differ[:2]}")
+with open(os.path.join(peft_conv, "adapter_config.json")) as f:
+    cfg_theirs = json.load(f)
+with open(os.path.join(ours_conv, "adapter_config.json")) as f:
+    cfg_mine = json.load(f)
+for key in ("r", "lora_alpha", "use_rslora", "init_lora_weights"):
+    check(cfg_theirs[key] == cfg_mine[key], f"adapter_config {key}: PEFT {cfg_theirs[key]}, ours {cfg_mine[key]}")
+print(f"pissa-to-lora: {len(mine)} tensors, r {cfg_mine['r']}, lora_alpha {cfg_mine['lora_alpha']}; "
+      f"{len(differ)} differ from PEFT's conversion")
 
 finish()
