@@ -38,8 +38,10 @@ PissaSplit pissa_split(const std::vector<float>& W, int64_t N, int64_t K, int64_
   subtract_scaled_product(W.data(), out.B.data(), out.A.data(), s, N, K, r, out.residual.data());
   for (float w : W) out.weight_sq += static_cast<double>(w) * w;
   for (double sig : f.sigma) out.principal_sq += sig * sig;
-  out.plain_error = quantization_error(W, q, what);
-  out.residual_error = quantization_error(out.residual, q, what);
+  if (q) {
+    out.plain_error = quantization_error(W, q, what);
+    out.residual_error = quantization_error(out.residual, q, what);
+  }
   return out;
 }
 

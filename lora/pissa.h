@@ -25,15 +25,16 @@ namespace qwenq {
 struct PissaSplit {
   std::vector<float> A, B;      // [r, K], [N, r]
   std::vector<float> residual;  // [N, K]: W_res, what the base is quantized from
-  double plain_error = 0;       // ‖W − q(W)‖_F: W quantized as it is, no adapter
-  double residual_error = 0;    // ‖W_res − q(W_res)‖_F: how far the stored base + s·B A starts from W
+  double plain_error = 0;       // ‖W − q(W)‖_F: W quantized as it is, no adapter (0 without q)
+  double residual_error = 0;    // ‖W_res − q(W_res)‖_F: how far the stored base + s·B A starts from W (0 without q)
   double weight_sq = 0;         // ‖W‖_F²
   double principal_sq = 0;      // Σ_{i<=r} σ_i²: the part of ‖W‖_F² the adapter holds
   bool exact = true;            // the low-rank step's method (lora/low_rank.h)
 };
 
-// Throws (naming `what`) when r < 1, r > min(N, K), s is not positive, W holds a non-finite value, or q returns a
-// wrong number of values.
+// q may be empty: no quantization errors then (GPTQ's quantizer needs the Linear's Hessian; its driver quantizes the
+// residual itself). Throws (naming `what`) when r < 1, r > min(N, K), s is not positive, W holds a non-finite value,
+// or q returns a wrong number of values.
 PissaSplit pissa_split(const std::vector<float>& W, int64_t N, int64_t K, int64_t r, double s,
                        const QuantizeDequantize& q, const LowRankOptions& svd = {}, const char* what = "pissa");
 

@@ -10,6 +10,7 @@
 
 #include "core/files.h"
 #include "lora/peft_io.h"
+#include "lora/low_rank.h"
 #include "lora/pissa.h"
 #include "quant/nf4.h"
 #include "tests/support/adapter_init_checks.h"
@@ -17,6 +18,8 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
+#include "quant/grid.h"
+#include "tests/support/gptq_inputs.h"
 #include "trainer/gptq_model.h"
 #include "trainer/lora_model.h"
 #include "trainer/perplexity.h"
@@ -131,15 +134,82 @@ TEST(PissaModel, TrainedModelStartsCloserToTheOriginal) {
   test::expect_padding_untouched(rp, rtn.config().num_layers, 172, 192);
 }
 
+// GPTQ of the residual on the real model (4-bit g64 asym, C4 calibration as tests/test_quantize_model.cpp's GPTQ
+// acceptance): the adapter as pissa_split makes it from each original Linear (padded), and base + adapter closer to the
+// original than GPTQ alone.
+TEST(PissaModel, GptqOfTheResidualOnStories260K) {
+  QWENQ_REQUIRE_SHARED_DATA();
+  const std::string root = test::scratch_dir();
+  const std::string dense = test::import_stories260k(root + "/dense");
+  GptqModelOptions g;
+  g.out = test::small_quantize_options(dense, root + "/gptq", QuantizeOptions::Method::Rtn);
+  g.out.group_size = 64;
+  g.out.sym = false;
+  g.out.layout = IntLayout::GptqV2;
+  g.out.pad_intermediate = true;
+  g.calib_path = test::shared_data_dir() + "/c4/c4_demo.jsonl";
+  g.calib_samples = 32;
+  g.calib_seq_len = 128;
+  g.seed = 1;
+  gptq_quantize_model(g);
+  GptqModelOptions gp = g;
+  gp.out.out_dir = root + "/gptq_pissa";
+  gp.out.pissa = all_linear_lora(8, 8);
+  const QuantizeReport rep = gptq_quantize_model(gp);
+  const QwenModel orig(dense), plain(g.out.out_dir), base(gp.out.out_dir);
+  const LoraAdapter ps = load_peft_adapter(path_join(gp.out.out_dir, "pissa_init"), lora_dims_of(base.config()));
+  for (size_t i = 0; i < ps.slots().size(); i += 4) {  // every 4th Linear: the split of the original, padded
+    const LoraSlot& sl = ps.slots()[i];
+    SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
+    const LinearWeight& ow = slot_linear(orig.weights(), sl);
+    const LinearWeight& bw = slot_linear(base.weights(), sl);
+    std::vector<float> W(bw.N * bw.K, 0.f);  // zero-padded to the stored shape
+    const std::vector<float> w = ow.dequantize();
+    for (int64_t n = 0; n < ow.N; ++n) std::copy(w.begin() + n * ow.K, w.begin() + (n + 1) * ow.K, W.begin() + n * bw.K);
+    const PissaSplit p = pissa_split(W, bw.N, bw.K, 8, ps.scaling(), {});
+    EXPECT_EQ(ps.weights(i).A, p.A);
+    EXPECT_EQ(ps.weights(i).B, p.B);
+  }
+  test::expect_padding_untouched(ps, base.config().num_layers, 172, 192);
+  const PackedBatch batch = perplexity_window_batch(test::tinystories_tokens(dense), 128, 0, 4);
+  LoraAdapter zero(lora_dims_of(orig.config()), all_linear_lora(8, 8));
+  const std::vector<float> ref = lora_forward_logits(orig, zero, batch);
+  LoraAdapter zero_padded(lora_dims_of(plain.config()), all_linear_lora(8, 8));
+  const double plain_error = mean_logit_error(plain, zero_padded, ref, batch);
+  const double pissa_error = mean_logit_error(base, ps, ref, batch);
+  std::printf("stories260K GPTQ g64 asym, PiSSA r8 (%.1f%% of ||W||^2 in the adapters): mean |logit error| %.5f -> "
+              "%.5f\n", 100 * rep.pissa_share, plain_error, pissa_error);
+  // Measured: 0.707 -> 0.533; with the later blocks calibrated on the residual alone (Q handed back without s·B A),
+  // 0.751.
+  EXPECT_LT(pissa_error, 0.9 * plain_error);
+}
+
 // A mixture of experts (Qwen2-MoE with a shared expert): every expert's Linear gets its own split (PEFT's
-// mlp.experts.<e>.* names).
+// mlp.experts.<e>.* names), with NF4 and with GPTQ.
 TEST(PissaModel, MoeSplitsEveryExpert) {
   const std::string root = test::scratch_dir();
   const std::string dense = test::make_random_model(root + "/moe", "tiny-moe-shared", DType::F32, 6);
   const QwenConfig c = QwenModel(dense).config();
   const std::string out = root + "/nf4";
   const QuantizeReport rep = quantize_model(pissa_quantize(dense, out, QuantizeOptions::Method::Nf4));
-  EXPECT_EQ(expect_nf4_pissa_output(dense, out, rep), c.num_layers * (4 + 3 * (c.num_experts + 1)));
+  const int64_t slots = c.num_layers * (4 + 3 * (c.num_experts + 1));
+  EXPECT_EQ(expect_nf4_pissa_output(dense, out, rep), slots);
+  // GPTQ splits each expert's Linear in its own step (GptqLinearStep::run_expert).
+  GptqModelOptions g = test::tiny_gptq_options(dense, test::write_random_words(root + "/calib.txt", 20000, 3), 1,
+                                               root + "/gptq");
+  g.out.pissa = all_linear_lora(4, 8);
+  gptq_quantize_model(g);
+  const QwenModel orig(dense), base(g.out.out_dir);
+  const LoraAdapter written = load_peft_adapter(path_join(g.out.out_dir, "pissa_init"), lora_dims_of(base.config()));
+  ASSERT_EQ(static_cast<int64_t>(written.slots().size()), slots);
+  for (size_t i = 0; i < written.slots().size(); ++i) {
+    const LoraSlot& sl = written.slots()[i];
+    SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
+    const LinearWeight& ow = slot_linear(orig.weights(), sl);
+    const PissaSplit p = pissa_split(ow.dequantize(), ow.N, ow.K, 4, written.scaling(), {});
+    EXPECT_EQ(written.weights(i).A, p.A);
+    EXPECT_EQ(written.weights(i).B, p.B);
+  }
 }
 
 TEST(PissaModel, TrainStartsFromThePissaAdapter) {
@@ -163,6 +233,45 @@ TEST(PissaModel, TrainStartsFromThePissaAdapter) {
   EXPECT_TRUE(std::isfinite(from_pissa.eval_loss));
 }
 
+// GPTQ's step (trainer/gptq_model.h): with PiSSA it quantizes the residual with the Linear's Hessian and hands back
+// Q + s·B A, bit for bit what pissa_split, gptq_quantize and dequantize_codes give one by one.
+TEST(PissaModel, GptqStepQuantizesTheResidualAndHandsBackTheAdaptedLinear) {
+  const std::string root = test::scratch_dir();
+  QwenModel model(test::make_tiny_model(root + "/dense", 8));
+  const QwenConfig& c = model.config();
+  QuantizeOptions out = test::small_quantize_options("", root + "/unused", QuantizeOptions::Method::Rtn);
+  out.pissa = all_linear_lora(4, 8);
+  LoraAdapter pissa(lora_dims_of(c), out.pissa);
+  GptqOptions go;
+  go.group_size = 32;
+  ShardedWriter shards(root, uint64_t{1} << 30);
+  QuantizeReport rep;
+  Progress bar("gptq", 7, "layers", true);
+  GptqStageTimes times;
+  GptqLinearStep step(model, out, c.intermediate_size, go, DType::F32, shards, rep, bar, times);
+  step.set_pissa(&pissa);
+  double w2 = 0, p2 = 0;
+  for (const GptqSlot& slot : {kDecoderLinears[0], kDecoderLinears[6]}) {  // q_proj, down_proj
+    SCOPED_TRACE(slot.name);
+    const LinearWeight& lw = model.linear_weight(1, slot.group, slot.index);
+    const int64_t N = lw.N, K = lw.K;
+    const std::vector<float> W = lw.dequantize();
+    const Eigen::MatrixXf H = test::hessian_of(test::correlated_inputs(4 * K, K, 3), K);
+    const std::vector<float> back = step.run(1, slot, H, gptq_quantize);
+    const PissaSplit ps = pissa_split(W, N, K, 4, pissa.scaling(), {});
+    const GptqResult r = gptq_quantize(ps.residual.data(), N, K, H, go);
+    std::vector<float> expected = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+    subtract_scaled_product(expected.data(), ps.B.data(), ps.A.data(), -pissa.scaling(), N, K, 4, expected.data());
+    EXPECT_EQ(back, expected);
+    w2 += ps.weight_sq;
+    p2 += ps.principal_sq;
+    const LoraWeights& w = pissa.at(1, slot.group == BlockLinear::QKV ? LoraTarget::QProj : LoraTarget::DownProj);
+    EXPECT_EQ(w.A, ps.A);
+    EXPECT_EQ(w.B, ps.B);
+  }
+  EXPECT_DOUBLE_EQ(step.pissa_share(), p2 / w2);
+}
+
 TEST(PissaModel, Refusals) {
   const std::string root = test::scratch_dir();
   const std::string dense = test::make_tiny_model(root + "/dense", 7);
@@ -182,11 +291,13 @@ TEST(PissaModel, Refusals) {
   gpu.device = Device::Cuda;
   refused(gpu, "--pissa-rank runs on the CPU");
   EXPECT_EQ(quantize_gpu_refusal(gpu), "--pissa-rank quantizes the residual W - s*B*A, made on the CPU");
-  // GPTQ and AWQ take no PiSSA (their calibration / rescaling would not see the adapter).
+  // GPTQ refuses PiSSA with LoftQ too (one adapter per model); AWQ takes neither (it rescales the base).
   GptqModelOptions g = test::tiny_gptq_options(dense, test::write_random_words(root + "/calib.txt", 20000, 3), 1,
                                                root + "/gptq");
   g.out.pissa = all_linear_lora(4, 4);
-  EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("gptq: no PiSSA"), std::string::npos);
+  g.out.loftq = all_linear_lora(4, 4);
+  EXPECT_NE(error_of([&] { gptq_quantize_model(g); }).find("give --loftq-rank or --pissa-rank, not both"),
+            std::string::npos);
   EXPECT_FALSE(dir_exists(g.out.out_dir));
   AwqModelOptions a;
   a.out.model_dir = dense;

@@ -287,7 +287,7 @@ std::vector<std::string> quantize_args(const std::string& spec, const std::vecto
   }
   QWENQ_FAIL("compare: unknown method '" << spec << "' (known: rtn[-g<N>|-pc|-b<N>|-asym|-awq|-v2], "
                                          "gptq[-g<N>|-pc|-b<N>|-asym|-act], awq[-g<N>|-noclip|-v2], nf4[-nodq], fp4[-nodq], "
-                                         "gguf-<type>[-imatrix] (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>] (LoftQ) or -ps<R> (PiSSA), gptq -lq<R>)");
+                                         "gguf-<type>[-imatrix] (q8_0, q4_0, q4_k_m, ...); rtn, nf4, fp4 also -lq<R>[-it<T>] (LoftQ) or -ps<R> (PiSSA), gptq -lq<R> or -ps<R>)");
 }
 
 // A method spec ("rtn", "rtn-g64-asym", "rtn-awq", "rtn-b8", "nf4", "nf4-nodq", "fp4", "nf4-lq16-it5", "nf4-ps16") ->
@@ -301,9 +301,6 @@ std::vector<std::string> method_args(const std::string& spec, const CompareArgs&
   const AdapterSpec lq =
       parts[0] == "awq" || parts[0] == "gguf" || parts[0] == "fp8" ? AdapterSpec{} : take_adapter_options(spec, &parts);
   QWENQ_CHECK(parts[0] != "gptq" || lq.iters == 1, "compare: method '" << spec << "': GPTQ's LoftQ is one-shot (no it<T>)");
-  QWENQ_CHECK(parts[0] != "gptq" || lq.pissa_rank == 0,
-              "compare: method '" << spec << "': PiSSA is for rtn, nf4 and fp4 (GPTQ's calibration would run the "
-                                     "residual model without its adapter)");
   std::vector<std::string> args = quantize_args(spec, parts, a, row);
   if (lq.rank > 0) {
     args.insert(args.end(), {"--loftq-rank", std::to_string(lq.rank)});
@@ -681,8 +678,8 @@ void register_compare(CLI::App& app) {
   cmd->add_option("--model,-m", a->model, "model directory or repo id (unquantized)")->required();
   cmd->add_option("--data,-d", a->data, "evaluation text(s): text or JSONL; repeat for several")->required();
   cmd->add_option("--methods", a->methods, "comma-separated: rtn[-g<N>|-pc|-b<N>|-asym|-awq], gptq[-g<N>|-asym|-act], awq[-g<N>|-noclip], nf4[-nodq], fp4[-nodq], fp8[-b<N>], gguf-<type>[-imatrix] (llama.cpp: q8_0, q4_0, q4_k_m, ...; -imatrix: with an importance matrix over --calib); "
-                  "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations); rtn/nf4/fp4 with "
-                  "-ps<R>: PiSSA rank R; each evaluated with its adapter")
+                  "rtn/nf4/fp4 with -lq<R>[-it<T>], gptq with -lq<R>: LoftQ rank R (T iterations); rtn/nf4/fp4/gptq "
+                  "with -ps<R>: PiSSA rank R; each evaluated with its adapter")
       ->capture_default_str();
   cmd->add_option("--out,-o", a->out, "directory for the table, chart, logs (and models with --keep-models)")->required();
   CLI::Option* seq_len = cmd->add_option("--seq-len", a->seq_len, "perplexity window (at most the model's context)")

@@ -44,7 +44,7 @@ void add_loftq_options(CLI::App* cmd, QuantizeArgs* a, bool iterative = true) {
       ->capture_default_str();
 }
 
-// PiSSA (rtn, nf4, fp4): the adapter takes each Linear's principal part, the base stores the quantized residual.
+// PiSSA (rtn, nf4, fp4, gptq): the adapter takes each Linear's principal part, the base stores the quantized residual.
 void add_pissa_options(CLI::App* cmd, QuantizeArgs* a) {
   cmd->add_option("--pissa-rank", a->pissa_rank,
                   "PiSSA: store the quantized residual W - s*B*A and write <out>/pissa_init, a rank-R adapter holding "
@@ -89,6 +89,17 @@ void apply_pissa_args(QuantizeArgs& a, QuantizeOptions* opt) {
   opt->pissa.alpha = a.pissa_alpha > 0 ? a.pissa_alpha : static_cast<double>(a.pissa_rank);
   opt->pissa.target_modules = parse_lora_targets(a.pissa_target);
 }
+// GPTQ reports no quantization errors (its quantizer is the Linear's Hessian's): the share alone.
+void print_pissa_summary(const QuantizeArgs& a, const QuantizeOptions& opt, const QuantizeReport& r) {
+  if (a.pissa_rank <= 0) return;
+  std::printf("pissa: %s/pissa_init (rank %lld, %.1f%% of the adapted weights' squared norm)", opt.out_dir.c_str(),
+              (long long)a.pissa_rank, 100.0 * r.pissa_share);
+  if (r.pissa_plain_error > 0) {
+    std::printf(": ||W - q(W)|| %.6g -> ||W - q(W_res) - s*B*A|| %.6g over the adapted Linears (-%.1f%%)",
+                r.pissa_plain_error, r.pissa_error, 100.0 * (1.0 - r.pissa_error / r.pissa_plain_error));
+  }
+  std::printf("\n");
+}
 void print_loftq_summary(const QuantizeArgs& a, const QuantizeOptions& opt, const QuantizeReport& r) {
   if (a.loftq_rank <= 0) return;
   std::printf("loftq: %s/loftq_init (rank %lld, %d iteration(s)): ||W - Q|| %.6g -> ||W - Q - s*B*A|| %.6g over the "
@@ -116,12 +127,7 @@ void run(QuantizeArgs& a, QuantizeOptions::Method method) {
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards,
               format_bytes(r.bytes_written).c_str(), r.seconds, format_bytes(r.peak_rss).c_str());
   print_loftq_summary(a, a.opt, r);
-  if (a.pissa_rank > 0) {
-    std::printf("pissa: %s/pissa_init (rank %lld, %.1f%% of the adapted weights' squared norm): ||W - q(W)|| %.6g -> "
-                "||W - q(W_res) - s*B*A|| %.6g over the adapted Linears (-%.1f%%)\n",
-                a.opt.out_dir.c_str(), (long long)a.pissa_rank, 100.0 * r.pissa_share, r.pissa_plain_error,
-                r.pissa_error, 100.0 * (1.0 - r.pissa_error / r.pissa_plain_error));
-  }
+  print_pissa_summary(a, a.opt, r);
 }
 
 }  // namespace
@@ -150,6 +156,7 @@ void register_quantize(CLI::App& app) {
   CLI::App* gc = app.add_subcommand("gptq", "GPTQ with calibration data, layer by layer, written as GPTQ (v1/v2) tensors");
   add_io_options(gc, g.get());
   add_loftq_options(gc, g.get(), false);
+  add_pissa_options(gc, g.get());
   gc->add_option("--calib", gopt->calib_path, "calibration text or JSONL (e.g. C4 documents)")->required()->check(CLI::ExistingFile);
   gc->add_option("--calib-samples", gopt->calib_samples, "calibration windows")->capture_default_str();
   CLI::Option* g_seq_len =
@@ -190,12 +197,14 @@ void register_quantize(CLI::App& app) {
     gopt->out.max_shard_bytes = static_cast<uint64_t>(g->max_shard_gb * 1e9);
     apply_format(g->format, &gopt->out);
     apply_loftq_args(*g, &gopt->out);
+    apply_pissa_args(*g, &gopt->out);
     gopt->device = pick.settle_for_source(gopt->out.model_dir);
     QuantizeReport r = gptq_quantize_model(*gopt);
     std::printf("wrote %s: %lld Linear layers (%.1fM weights) quantized with GPTQ, %d shard(s), %.1fs, peak RSS %s\n",
                 gopt->out.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, r.shards, r.seconds,
                 format_bytes(r.peak_rss).c_str());
     print_loftq_summary(*g, gopt->out, r);
+    print_pissa_summary(*g, gopt->out, r);
   });
 
   auto w = std::make_shared<QuantizeArgs>();

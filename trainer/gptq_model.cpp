@@ -18,6 +18,9 @@
 #include "quant/grid.h"
 #include "quant/hessian.h"
 #include "lora/lora_adapter.h"
+#include "lora/low_rank.h"
+#include "lora/peft_io.h"
+#include "lora/pissa.h"
 #include "trainer/adapter_init.h"
 #include "trainer/calib_chunks.h"
 #include "trainer/tokenizer.h"
@@ -81,6 +84,16 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   std::vector<float> W = lw.dequantize();
   if (lw.is_dense() && !lw.owned) release_mapped_pages(lw.dense.data, lw.dense.nbytes());  // a view of the map
   if (N2 != N || K2 != K) W = pad_matrix(W, N, K, N2, K2);
+  LoraWeights* pw = adapter_weights_for(pissa_, prefix + ".weight");
+  if (pw) {  // PiSSA: the principal part to the adapter, the residual to GPTQ (the padding stays zero in both)
+    const std::string what = "pissa: " + prefix;
+    PissaSplit ps = pissa_split(W, N2, K2, pissa_->rank(), pissa_->scaling(), {}, {}, what.c_str());
+    pw->A = std::move(ps.A);
+    pw->B = std::move(ps.B);
+    pissa_w2_ += ps.weight_sq;
+    pissa_p2_ += ps.principal_sq;
+    W = std::move(ps.residual);
+  }
   GptqResult r;
   {
     const StageScope t(times_.solves);
@@ -90,6 +103,8 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   const StageScope t(times_.packing);
   shards_.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), out_.layout));
   std::vector<float> back = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
+  if (pw) subtract_scaled_product(back.data(), pw->B.data(), pw->A.data(), -pissa_->scaling(), N2, K2, pissa_->rank(),
+                                  back.data());  // Q + s·B A: the adapted Linear
   if (N2 != N || K2 != K) {  // the padded weight's [N, K] corner
     std::vector<float> fq = std::move(back);
     back.assign(static_cast<size_t>(N * K), 0.f);
@@ -300,9 +315,8 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   // LoftQ (--loftq-rank): one-shot on the finished model, checked now so that a bad rank fails before the work.
   QWENQ_CHECK(o.loftq.r == 0 || o.loftq_iters == 1, "gptq: LoftQ runs one-shot after GPTQ (its iterations need a "
                                                      "quantizer of W - L R alone); drop --loftq-iter");
-  QWENQ_CHECK(o.pissa.r == 0, "gptq: no PiSSA (its calibration would run the residual model without the adapter); "
-                              "use rtn, nf4 or fp4 --pissa-rank, or gptq --loftq-rank");
   std::unique_ptr<LoraAdapter> loftq = loftq_adapter_for(o, cfg, I2);
+  std::unique_ptr<LoraAdapter> pissa = pissa_adapter_for(o, cfg, I2);  // split Linear by Linear (GptqLinearStep)
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);
   ShardedWriter shards(out.path(), o.max_shard_bytes);
@@ -323,6 +337,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   }
   Progress bar("gptq", n_linears, "layers", o.quiet);
   GptqLinearStep step(model, o, I2, go, g.calib_dtype, shards, rep, bar, times);
+  step.set_pissa(pissa.get());
 #ifdef QWENQ_HAVE_CUDA
   if (g.device == Device::Cuda) gptq_blocks_cuda(model, windows, g.chunk_tokens, step, shards, times);
 #endif
@@ -341,6 +356,12 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   if (I2 != I) config["intermediate_size"] = I2;
   config["quantization_config"] = int_quantization_config(o, g.desc_act, g.static_groups, g.damp);
   for (const auto& [key, value] : moe_lists.items()) config["quantization_config"][key] = value;
+  if (pissa) {
+    rep.pissa_share = step.pissa_share();
+    return finish_output(config, o.model_dir, shards, out, t0, rep, [&](const std::string& staged) {
+      save_peft_adapter(path_join(staged, "pissa_init"), *pissa);
+    });
+  }
   if (!loftq) return finish_output(config, o.model_dir, shards, out, t0, rep);
   return finish_output_with_loftq(config, o.model_dir, shards, out, t0, rep, loftq.get(), o.quiet);
 }

@@ -58,6 +58,13 @@ class GptqLinearStep {
   // shared expert), with the Hessian of that expert's own input (never padded).
   std::vector<float> run_expert(int64_t layer, int64_t expert, int which, Eigen::MatrixXf h, GptqSolver solve);
   DType calib_dtype() const { return calib_dtype_; }
+  // PiSSA (lora/pissa.h; `gptq --pissa-rank`): each Linear `adapter` targets is split first, its A and B stored in the
+  // adapter, and GPTQ quantizes the residual W − s·B A with the Linear's Hessian, whose objective ‖X (W_res − Q)ᵀ‖ is
+  // then exactly the adapted Linear's output error ‖X (W − Q − s·B A)ᵀ‖; the weight handed back is Q + s·B A (rounded
+  // to bf16 when calib_dtype is BF16), so the later blocks see the adapted model. nullptr (the default): no PiSSA.
+  void set_pissa(LoraAdapter* adapter) { pissa_ = adapter; }
+  // Σ σ_i² / ‖W‖_F² over the Linears split so far (QuantizeReport::pissa_share).
+  double pissa_share() const { return pissa_w2_ > 0 ? pissa_p2_ / pissa_w2_ : 0; }
 
  private:
   std::vector<float> quantize(int64_t layer, const std::string& name, LinearWeight& lw, int64_t N2, int64_t K2,
@@ -76,6 +83,8 @@ class GptqLinearStep {
   QuantizeReport& rep_;
   Progress& bar_;
   GptqStageTimes& times_;
+  LoraAdapter* pissa_ = nullptr;
+  double pissa_w2_ = 0, pissa_p2_ = 0;
 };
 
 // A MoE layer's GateUp or Down group on either driver: the input width of expert e's Linears of the group (-1: the

@@ -40,33 +40,6 @@ namespace qwenq {
 
 namespace {
 
-// The layer, LoRA target and expert (kNoExpert for a block's own Linear, -1 the shared expert) of a decoder Linear,
-// from kDecoderLinearRe's groups: "model.layers.12.mlp.experts.3.up_proj.weight" -> (12, up_proj, 3).
-struct LinearSlot {
-  int64_t layer = 0;
-  LoraTarget target{};
-  int64_t expert = kNoExpert;
-};
-LinearSlot linear_slot(const std::string& name) {
-  std::smatch m;
-  QWENQ_CHECK(std::regex_match(name, m, kDecoderLinearRe), name << ": not a decoder Linear");
-  LinearSlot s;
-  const std::string proj = m[3].matched ? m[3].str() : m[4].matched ? m[4].str() : m[6].str();
-  QWENQ_CHECK(lora_target_from_name(proj + "_proj", &s.target), name << ": not a LoRA target");
-  s.layer = std::stoll(m[1].str());
-  if (m[5].matched) s.expert = m[5].str() == "shared_expert" ? -1 : std::stoll(m[5].str().substr(8));  // "experts.<e>"
-  return s;
-}
-
-// The weights `adapter` holds for decoder Linear `name`, or nullptr when the adapter does not target it.
-LoraWeights* adapted_weights(LoraAdapter* adapter, const std::string& name) {
-  if (!adapter) return nullptr;
-  const LinearSlot ls = linear_slot(name);
-  if (ls.expert == kNoExpert) return adapter->has(ls.layer, ls.target) ? &adapter->at(ls.layer, ls.target) : nullptr;
-  return adapter->has_expert(ls.layer, ls.expert, ls.target) ? &adapter->expert_at(ls.layer, ls.expert, ls.target)
-                                                             : nullptr;
-}
-
 // The RTN grid of an [N, K] Linear, scales and zeros to be filled.
 GroupGrid rtn_grid(const QuantizeOptions& o, int64_t N, int64_t K) {
   GroupGrid grid;
@@ -251,7 +224,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       named([&] { W = source_linear_f32(ckpt, source_quant, prefix, t, N, K); });  // converted and padded
       release_mapped_pages(t.data, t.nbytes());
       const auto quantizer = [&](const std::vector<float>& X) { return round_trip(o, X, N, K); };
-      if (LoraWeights* lw = loftq_inline ? adapted_weights(loftq_adapter.get(), name) : nullptr) {
+      if (LoraWeights* lw = loftq_inline ? adapter_weights_for(loftq_adapter.get(), name) : nullptr) {
         named([&] {
           const std::string what = "loftq: " + prefix;
           LoftqIterResult lq =
@@ -263,7 +236,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
           W = std::move(lq.to_quantize);  // quantized below into the codes q(X) stands for
         });
       }
-      if (LoraWeights* pw = adapted_weights(pissa_adapter.get(), name)) {
+      if (LoraWeights* pw = adapter_weights_for(pissa_adapter.get(), name)) {
         named([&] {
           const std::string what = "pissa: " + prefix;
           PissaSplit ps = pissa_split(W, N, K, o.pissa.r, pissa_adapter->scaling(), quantizer, {}, what.c_str());

@@ -72,7 +72,8 @@ struct QuantizeOptions {
   int loftq_iters = 1;
   // PiSSA (lora/pissa.h; PEFT's init_lora_weights="pissa", then the residual model quantized): with pissa.r > 0
   // every targeted Linear is stored as q(W − s·B A), s·B A the rank-r principal part of W, and the adapter is written
-  // to <out>/pissa_init/ (a PEFT adapter directory, as for LoftQ). CPU only; not with LoftQ.
+  // to <out>/pissa_init/ (a PEFT adapter directory, as for LoftQ). quantize_model: on the CPU; gptq_quantize_model:
+  // either device (GptqLinearStep::set_pissa, the split on the host); not with LoftQ; awq_quantize_model refuses it.
   LoraConfig pissa = [] {  // r 0: no PiSSA
     LoraConfig c;
     c.r = 0;

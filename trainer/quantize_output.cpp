@@ -21,6 +21,36 @@ namespace qwenq {
 const std::regex kDecoderLinearRe(
     R"(^model\.layers\.(\d+)\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj|mlp\.(experts\.\d+|shared_expert)\.(gate|up|down)_proj)\.weight$)");
 
+namespace {
+
+// The layer, LoRA target and expert (kNoExpert for a block's own Linear, -1 the shared expert) of a decoder Linear,
+// from kDecoderLinearRe's groups: "model.layers.12.mlp.experts.3.up_proj.weight" -> (12, up_proj, 3).
+struct LinearSlot {
+  int64_t layer = 0;
+  LoraTarget target{};
+  int64_t expert = kNoExpert;
+};
+LinearSlot linear_slot(const std::string& name) {
+  std::smatch m;
+  QWENQ_CHECK(std::regex_match(name, m, kDecoderLinearRe), name << ": not a decoder Linear");
+  LinearSlot s;
+  const std::string proj = m[3].matched ? m[3].str() : m[4].matched ? m[4].str() : m[6].str();
+  QWENQ_CHECK(lora_target_from_name(proj + "_proj", &s.target), name << ": not a LoRA target");
+  s.layer = std::stoll(m[1].str());
+  if (m[5].matched) s.expert = m[5].str() == "shared_expert" ? -1 : std::stoll(m[5].str().substr(8));  // "experts.<e>"
+  return s;
+}
+
+}  // namespace
+
+LoraWeights* adapter_weights_for(LoraAdapter* adapter, const std::string& weight_name) {
+  if (!adapter) return nullptr;
+  const LinearSlot ls = linear_slot(weight_name);
+  if (ls.expert == kNoExpert) return adapter->has(ls.layer, ls.target) ? &adapter->at(ls.layer, ls.target) : nullptr;
+  return adapter->has_expert(ls.layer, ls.expert, ls.target) ? &adapter->expert_at(ls.layer, ls.expert, ls.target)
+                                                             : nullptr;
+}
+
 bool is_packed_part(const std::unordered_set<std::string>& packed_prefixes, const std::string& name) {
   for (size_t dot = name.find('.'); dot != std::string::npos; dot = name.find('.', dot + 1)) {
     if (packed_prefixes.count(name.substr(0, dot)) && name.compare(dot + 1, std::string::npos, "bias") != 0) return true;

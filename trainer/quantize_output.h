@@ -72,6 +72,10 @@ class ShardedWriter {
 // vLLM's MoE models.
 extern const std::regex kDecoderLinearRe;
 
+// The A, B that `adapter` (nullptr: none) holds for the decoder Linear whose weight is `weight_name` (a name
+// kDecoderLinearRe matches: a block's own Linear, or a MoE expert's), or nullptr when the adapter does not target it.
+LoraWeights* adapter_weights_for(LoraAdapter* adapter, const std::string& weight_name);
+
 // What quantization_config must say of a MoE model (nothing for a dense one) for transformers to build the same
 // modules as the file holds, i.e. to leave the routers unquantized (transformers 4.51.3's loaders):
 //   Gptq: modules_in_block_to_quantize (optimum keeps only the Linears named there, by suffix): [q, k, v], [o],
