@@ -39,7 +39,8 @@ void add_loftq_options(CLI::App* cmd, QuantizeArgs* a, bool iterative = true) {
         ->check(at_least(1, "POSITIVE"))
         ->capture_default_str();
   }
-  cmd->add_option("--loftq-alpha", a->loftq_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
+  cmd->add_option("--loftq-alpha", a->loftq_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)")
+      ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--loftq-target", a->loftq_target, "the Linears LoftQ adapts: names as --target, or all-linear")
       ->capture_default_str();
 }
@@ -51,7 +52,8 @@ void add_pissa_options(CLI::App* cmd, QuantizeArgs* a) {
                   "W's R principal singular directions (PEFT's init_lora_weights=\"pissa\" on the original model, then "
                   "its residual quantized; for qwen-qlora train --init-adapter)")
       ->check(at_least(1, "POSITIVE"));
-  cmd->add_option("--pissa-alpha", a->pissa_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)");
+  cmd->add_option("--pissa-alpha", a->pissa_alpha, "the adapter's lora_alpha (default: the rank, i.e. scaling 1)")
+      ->check(greater_than(0, "POSITIVE"));
   cmd->add_option("--pissa-target", a->pissa_target, "the Linears PiSSA adapts: names as --target, or all-linear")
       ->capture_default_str();
 }

@@ -244,6 +244,10 @@ refuse ps_convert_other "differ in their configs" "$QL" pissa-to-lora --init ps/
 refuse ps_both "give --loftq-rank or --pissa-rank, not both" \
   "$QQ" nf4 --model tiny --out ps_bad --loftq-rank 4 --pissa-rank 4
 refuse ps_big "--pissa-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" nf4 --model tiny --out ps_bad --pissa-rank 100
+refuse ps_alpha "--pissa-alpha: must be greater than 0, got -16" "$QQ" nf4 --model tiny --out ps_bad --pissa-rank 4 \
+  --pissa-alpha -16
+refuse lq_alpha_neg "--loftq-alpha: must be greater than 0, got 0" "$QQ" nf4 --model tiny --out ps_bad --loftq-rank 4 \
+  --loftq-alpha 0
 [ ! -e ps_bad ] || fail "a refused PiSSA quantization left its output"
 
 # --- (new command, GGUF) an existing output, a GGUF where a directory is read, a damaged GGUF --------------------
