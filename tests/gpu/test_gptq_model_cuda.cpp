@@ -7,7 +7,8 @@
 //   - Bf16ReplacementsComputeLikeBf16WeightsOnTheCpu: set_linear_weight with dtype BF16 (--calib-dtype bf16) stores
 //     half the bytes and computes as the CPU does with the bf16-rounded weights;
 //   - TinyRandomLikeTheCpu: the tiny random model (qwen2, 2 layers) quantized on both devices, several chunks; the
-//     same with --calib-dtype bf16 on both (TinyRandomBf16CalibrationLikeTheCpu);
+//     same with --calib-dtype bf16 on both (TinyRandomBf16CalibrationLikeTheCpu), and with --pissa-rank 4
+//     (PissaLikeTheCpu: the host-side split gives both the same adapter; the models compared with it merged);
 //   - Stories260KEndToEnd (issue 5's GPU end-to-end test): the imported stories260K (D = 8, intermediate 172
 //     padded to 192) quantized by GPTQ (4-bit, group 64, asymmetric, GPTQ v2) on the GPU and on the CPU; the two
 //     outputs' weights compared; perplexity on TinyStories of each, on the CPU, and of the GPU-quantized model on
@@ -65,6 +66,9 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
+#include "lora/peft_io.h"
+#include "trainer/lora_merge.h"
+#include "trainer/lora_model.h"
 #include "trainer/perplexity.h"
 #include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
@@ -445,8 +449,10 @@ std::pair<std::string, std::string> quantize_both(GptqModelOptions opt, double* 
 // GPTQ of `src` (group 32, 12 windows of 64 tokens of the repository's README, three chunks) on both devices: the
 // first group's agreement asserted, the whole model's printed, the perplexities (CPU evaluation on the calibration
 // text itself) within kPplRelTol.
+// With a PiSSA rank (gptq --pissa-rank, lora_alpha 2r, all seven Linears) both outputs' pissa_init adapters are equal bit for bit (the split is made on
+// the host from the same W by the step both drivers share) and each model is evaluated with its adapter merged.
 void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir, const std::string& what,
-                              DType calib_dtype = DType::F32) {
+                              DType calib_dtype = DType::F32, int64_t pissa_rank = 0) {
   SCOPED_TRACE(what);
   GptqModelOptions g;
   g.calib_dtype = calib_dtype;
@@ -458,8 +464,21 @@ void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir
   g.calib_samples = 12;
   g.calib_seq_len = 64;
   g.chunk_tokens = 5 * 64;  // three chunks: 5, 5 and 2 windows
+  g.out.pissa.r = pissa_rank;
+  g.out.pissa.alpha = 2.0 * pissa_rank;
+  g.out.pissa.target_modules = parse_lora_targets("all-linear");
   double cpu_s = 0, gpu_s = 0;
   const auto [cpu_dir, gpu_dir] = quantize_both(g, &cpu_s, &gpu_s);
+  if (pissa_rank > 0) {
+    const LoraDims dims = lora_dims_of(QwenModel(cpu_dir).config());
+    const LoraAdapter ac = load_peft_adapter(path_join(cpu_dir, "pissa_init"), dims);
+    const LoraAdapter ag = load_peft_adapter(path_join(gpu_dir, "pissa_init"), dims);
+    ASSERT_EQ(ac.slots().size(), ag.slots().size());
+    for (size_t i = 0; i < ac.slots().size(); ++i) {
+      EXPECT_EQ(ac.weights(i).A, ag.weights(i).A) << ac.slots()[i].path;
+      EXPECT_EQ(ac.weights(i).B, ag.weights(i).B) << ac.slots()[i].path;
+    }
+  }
   const double agree = weight_agreement(cpu_dir, gpu_dir);
   EXPECT_GE(weight_agreement(cpu_dir, gpu_dir, /*first_group_only=*/true), kFirstGroupAgreement);
   std::vector<int32_t> ids = Tokenizer::from_dir(src).encode(read_file(g.calib_path));
@@ -467,8 +486,14 @@ void expect_gptq_like_the_cpu(const std::string& src, const std::string& out_dir
   PerplexityOptions po;
   po.seq_len = 128;
   po.quiet = true;
-  const double p_cpu = evaluate_perplexity(QwenModel(cpu_dir), ids, po).perplexity;
-  const double p_gpu = evaluate_perplexity(QwenModel(gpu_dir), ids, po).perplexity;
+  auto perplexity_of = [&](const std::string& dir) {
+    QwenModel m(dir);
+    if (pissa_rank > 0) {
+      merge_adapter_in_memory(m, load_peft_adapter(path_join(dir, "pissa_init"), lora_dims_of(m.config())));
+    }
+    return evaluate_perplexity(m, ids, po).perplexity;
+  };
+  const double p_cpu = perplexity_of(cpu_dir), p_gpu = perplexity_of(gpu_dir);
   EXPECT_NEAR(p_gpu, p_cpu, kPplRelTol * p_cpu);
   std::printf("[ %s ] weights equal %.5f; perplexity CPU-quantized %.4f GPU-quantized %.4f; GPTQ %.2fs CPU %.2fs GPU\n",
               what.c_str(), agree, p_cpu, p_gpu, cpu_s, gpu_s);
@@ -487,6 +512,14 @@ TEST(GptqModelCuda, TinyRandomBf16CalibrationLikeTheCpu) {
   const std::string root = test::scratch_dir();
   expect_gptq_like_the_cpu(test::make_tiny_model(root + "/tiny", 29), root + "/gptq", "tiny, bf16 calibration",
                            DType::BF16);
+}
+
+// gptq --pissa-rank on both devices: the same adapters, the residual's codes and the adapted models' perplexities as
+// without PiSSA (kFirstGroupAgreement, kPplRelTol).
+TEST(GptqModelCuda, PissaLikeTheCpu) {
+  QWENQ_REQUIRE_GPU();
+  const std::string root = test::scratch_dir();
+  expect_gptq_like_the_cpu(test::make_tiny_model(root + "/tiny", 29), root + "/gptq", "tiny, PiSSA r4", DType::F32, 4);
 }
 
 // Mixtures of experts: tiny Qwen3-MoE (8 experts, top-2, a dense layer between two MoE layers) and Qwen2-MoE (shared
