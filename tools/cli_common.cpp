@@ -195,9 +195,20 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
   set_int8_activations(true);
 }
 
+void warn_if_pissa_residual(const std::string& model_dir, const char* flag) {
+  if (!file_exists(path_join(model_dir, "pissa_init/adapter_config.json"))) return;
+  std::fprintf(stderr,
+               "warning: %s is a PiSSA residual (it holds pissa_init/), used here without an adapter: its Linears lack "
+               "their principal part; give %s %s/pissa_init (or a run trained from it)\n",
+               model_dir.c_str(), flag, model_dir.c_str());
+}
+
 std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
                                                      Device device, QwenModel& model, bool quiet) {
-  if (adapter_dir.empty()) return nullptr;
+  if (adapter_dir.empty()) {
+    warn_if_pissa_residual(model_dir, "--adapter");
+    return nullptr;
+  }
   auto adapter =
       std::make_unique<LoraAdapter>(load_adapter_for_base(adapter_dir, model_dir, model.config(), AdapterUse::Apply));
   if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);

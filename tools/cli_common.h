@@ -130,9 +130,15 @@ std::string int8_activations_refusal(bool on);
 // output table) take the int8 products, and why the rest do not. Returns the coverage (int8_coverage).
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 
-// --adapter for a command that evaluates or generates with `model`: nullptr when adapter_dir is ""; else the adapter
-// loaded for model_dir's base, merged into the CPU model, or (device Cuda) kept for the GPU to apply unmerged (DoRA
-// too); one line on stderr says which, unless quiet.
+// One stderr line when `model_dir` is a PiSSA residual (`qwen-quant ... --pissa-rank` wrote pissa_init/ into it) and a
+// command uses it without an adapter (`flag`: the command's adapter flag, named in the advice): its Linears lack
+// their principal part, so the model alone is not the original's quantization (its perplexity is far off). Not an
+// error: the residual alone is a legitimate thing to look at.
+void warn_if_pissa_residual(const std::string& model_dir, const char* flag);
+
+// --adapter for a command that evaluates or generates with `model`: nullptr when adapter_dir is "" (with
+// warn_if_pissa_residual's line); else the adapter loaded for model_dir's base, merged into the CPU model, or (device
+// Cuda) kept for the GPU to apply unmerged (DoRA too); one line on stderr says which, unless quiet.
 std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
                                                      Device device, QwenModel& model, bool quiet);
 

@@ -32,6 +32,7 @@ void run_generate(const GenerateArgs& a) {
   apply_int8_activations(a.int8_activations, a.model, a.common);  // refused before any work
   DevicePick pick(a.common, "the generation");
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
+  warn_if_pissa_residual(dir, "qwen-qlora generate --adapter");
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Decode, int8_activations_refusal(a.int8_activations));
   note_bf16_activations(a.sampling, device);

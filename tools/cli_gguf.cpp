@@ -64,7 +64,9 @@ void register_gguf(CLI::App& app) {
     o.pad_intermediate = a->pad_intermediate;
     o.split_max_bytes = static_cast<uint64_t>(a->split_gb * 1e9);
     o.imatrix_path = a->imatrix;
-    const GgufExportReport r = export_gguf(resolve_model_dir(a->model, "main", /*allow_gguf=*/true), a->out, o);
+    const std::string dir = resolve_model_dir(a->model, "main", /*allow_gguf=*/true);
+    warn_if_pissa_residual(dir, "qwen-qlora merge --adapter");  // gguf exports the base alone
+    const GgufExportReport r = export_gguf(dir, a->out, o);
     std::string types;
     for (const auto& kv : r.types) types += (types.empty() ? "" : ", ") + std::to_string(kv.second) + " " + kv.first;
     const std::string where = r.files.size() == 1 ? r.files[0]

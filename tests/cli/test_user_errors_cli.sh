@@ -241,6 +241,11 @@ grep -q "wrote ps_lora: a LoRA adapter of rank 8, lora_alpha 16, on 14 Linears" 
   || fail "eval of the original with the converted adapter" ps_lora_eval.txt
 "$QL" merge --model tiny --adapter ps_lora --out ps_merged -q > ps_merged.txt 2>&1 || fail "merge ps_lora" ps_merged.txt
 refuse ps_convert_other "differ in their configs" "$QL" pissa-to-lora --init ps/pissa_init --adapter lq_run --out ps_bad
+# The residual alone is not a model: eval without the adapter says so (one warning line) and still runs.
+"$QQ" eval --model ps --data text.jsonl --seq-len 64 > ps_alone.txt 2>&1 || fail "eval of the PiSSA residual alone" ps_alone.txt
+grep -q "^warning: ps is a PiSSA residual (it holds pissa_init/), used here without an adapter" ps_alone.txt \
+  || fail "no PiSSA residual warning" ps_alone.txt
+if grep -q "PiSSA residual" ps_eval.txt ps_run.txt; then fail "a PiSSA warning with the adapter given" ps_eval.txt; fi
 refuse ps_both "give --loftq-rank or --pissa-rank, not both" \
   "$QQ" nf4 --model tiny --out ps_bad --loftq-rank 4 --pissa-rank 4
 refuse ps_big "--pissa-rank: LoRA rank r=100 exceeds min(N, K) = 64" "$QQ" nf4 --model tiny --out ps_bad --pissa-rank 100
