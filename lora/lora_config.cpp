@@ -209,7 +209,7 @@ std::vector<std::string> targets_field(const json& j, const std::string& path) {
 
 }  // namespace
 
-LoraConfig parse_lora_config_json(const std::string& json_text, const std::string& path) {
+LoraConfig parse_lora_config_json(const std::string& json_text, const std::string& path, BaseRewritingInit init) {
   json j;
   try {
     j = json::parse(json_text);
@@ -243,7 +243,9 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
   require_unset(j, "use_qalora", path, "QA-LoRA");
   if (present(j, "init_lora_weights")) {
     const json& v = j.at("init_lora_weights");
-    const bool ok = v.is_boolean() || (v.is_string() && v.get<std::string>() == "gaussian");
+    const std::string name = v.is_string() ? v.get<std::string>() : "";
+    const bool ok = v.is_boolean() || name == "gaussian" ||
+                    (init == BaseRewritingInit::PissaAsTrue && name.rfind("pissa", 0) == 0);
     QWENQ_CHECK(ok, path << ": field \"init_lora_weights\" = " << v.dump() << " is not supported (it changes the "
                          << "base weights; only true, false and \"gaussian\" leave them as they are)");
   }
@@ -276,10 +278,10 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
   return c;
 }
 
-LoraConfig load_lora_config(const std::string& dir) {
+LoraConfig load_lora_config(const std::string& dir, BaseRewritingInit init) {
   const std::string path = path_join(dir, "adapter_config.json");
   QWENQ_CHECK(file_exists(path), "no adapter_config.json in " << dir << " (not a PEFT adapter directory)");
-  return parse_lora_config_json(read_file(path), path);
+  return parse_lora_config_json(read_file(path), path, init);
 }
 
 }  // namespace qwenq

@@ -71,9 +71,15 @@ std::vector<std::string> parse_lora_targets(const std::string& spec);
 
 // adapter_config.json text (2-space indented JSON).
 std::string lora_config_to_json(const LoraConfig& config);
+// How parse_lora_config_json takes an init_lora_weights that rewrites the base weights on load.
+enum class BaseRewritingInit {
+  Refuse,      // loading such an adapter onto a base would split the base again in PEFT
+  PissaAsTrue  // "pissa" / "pissa_niter_<n>" read as true: the adapter's tensors alone are wanted (pissa-to-lora)
+};
 // Parses adapter_config.json text; `path_for_errors` names the file in every error.
-LoraConfig parse_lora_config_json(const std::string& json_text, const std::string& path_for_errors);
+LoraConfig parse_lora_config_json(const std::string& json_text, const std::string& path_for_errors,
+                                  BaseRewritingInit init = BaseRewritingInit::Refuse);
 // Reads `<dir>/adapter_config.json`.
-LoraConfig load_lora_config(const std::string& dir);
+LoraConfig load_lora_config(const std::string& dir, BaseRewritingInit init = BaseRewritingInit::Refuse);
 
 }  // namespace qwenq

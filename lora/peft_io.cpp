@@ -47,7 +47,6 @@ std::string peft_magnitude_name(int64_t layer, LoraTarget t) {
 void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const PeftSaveOptions& options) {
   QWENQ_CHECK(options.dtype == DType::F32 || options.dtype == DType::BF16,
               "LoRA adapters are saved as F32 or BF16, not " << dtype_name(options.dtype) << " (" << dir << ")");
-  const std::string config_json = lora_config_to_json(adapter.config());
   SafetensorsWriter writer;
   writer.set_metadata("format", "pt");  // what PEFT's save_pretrained writes
   for (size_t i = 0; i < adapter.slots().size(); ++i) {
@@ -63,15 +62,19 @@ void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const
       writer.add_owned(peft_magnitude_name(sl), options.dtype, {w.N}, encode(w.m, options.dtype));
     }
   }
-  StagedDir staged(dir, options.overwrite);
+  write_peft_adapter_dir(dir, adapter.config(), writer, options.overwrite);
+}
+
+void write_peft_adapter_dir(const std::string& dir, const LoraConfig& config, const SafetensorsWriter& weights,
+                            bool overwrite) {
+  const std::string config_json = lora_config_to_json(config);
+  StagedDir staged(dir, overwrite);
   write_file_atomic(path_join(staged.path(), kConfigFile), config_json);
-  writer.write(path_join(staged.path(), kWeightsFile));
+  weights.write(path_join(staged.path(), kWeightsFile));
   staged.commit();
 }
 
-LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
-  QWENQ_CHECK(dir_exists(dir), "LoRA adapter directory " << dir << " does not exist");
-  const LoraConfig config = load_lora_config(dir);
+std::string peft_weights_path(const std::string& dir) {
   const std::string path = path_join(dir, kWeightsFile);
   if (!file_exists(path)) {
     QWENQ_CHECK(!file_exists(path_join(dir, kPickleFile)),
@@ -79,6 +82,13 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
                     << "save_pretrained(..., safe_serialization=True) to get " << kWeightsFile);
     QWENQ_FAIL("no " << kWeightsFile << " in " << dir);
   }
+  return path;
+}
+
+LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
+  QWENQ_CHECK(dir_exists(dir), "LoRA adapter directory " << dir << " does not exist");
+  const LoraConfig config = load_lora_config(dir);
+  const std::string path = peft_weights_path(dir);
   LoraAdapter adapter(dims, config);
   SafetensorsFile file(path);
   std::set<std::string> expected;

@@ -22,6 +22,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "core/safetensors.h"
 #include "lora/lora_adapter.h"
 
 namespace qwenq {
@@ -41,6 +42,13 @@ struct PeftSaveOptions {
 
 // Writes `dir` (adapter_config.json + adapter_model.safetensors) atomically.
 void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const PeftSaveOptions& options = {});
+// The same directory from a config and the tensors as given (`weights` with PEFT's {"format": "pt"} metadata set):
+// staged, renamed when both files are complete. save_peft_adapter's last step; lora/pissa_convert.h's output.
+void write_peft_adapter_dir(const std::string& dir, const LoraConfig& config, const SafetensorsWriter& weights,
+                            bool overwrite);
+// `<dir>/adapter_model.safetensors`, refused by name when absent (a PyTorch pickle in its place: with the advice to
+// re-save it as safetensors).
+std::string peft_weights_path(const std::string& dir);
 
 // Reads `dir` for a base model of dimensions `dims`; the config is adapter.config().
 LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims);

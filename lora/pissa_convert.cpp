@@ -4,17 +4,13 @@
 #include <cstring>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "core/error.h"
-#include "core/files.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "lora/peft_io.h"
 
 namespace qwenq {
 namespace {
-
-constexpr const char* kWeights = "adapter_model.safetensors";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -29,30 +25,13 @@ std::vector<float> matrix_of(const SafetensorsFile& f, const std::string& name, 
   return tensor_to_f32(t);
 }
 
-// `<dir>/adapter_config.json`; a PiSSA adapter PEFT saved (init_lora_weights "pissa" or "pissa_niter_<n>", which
-// load_lora_config refuses: loading it into PEFT splits the base again) reads as an ordinary one.
-LoraConfig load_pissa_config(const std::string& dir) {
-  const std::string path = path_join(dir, "adapter_config.json");
-  QWENQ_CHECK(file_exists(path), "no adapter_config.json in " << dir << " (not a PEFT adapter directory)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    QWENQ_FAIL(path << ": not JSON (" << e.what() << ")");
-  }
-  if (j.is_object() && j.contains("init_lora_weights") && j["init_lora_weights"].is_string() &&
-      j["init_lora_weights"].get<std::string>().rfind("pissa", 0) == 0) {
-    j["init_lora_weights"] = true;
-  }
-  return parse_lora_config_json(j.dump(), path);
-}
-
 }  // namespace
 
 PissaConvertReport convert_pissa_to_lora(const std::string& init_dir, const std::string& trained_dir,
                                          const std::string& out_dir, bool overwrite) {
-  const LoraConfig init = load_pissa_config(init_dir);
-  const LoraConfig trained = load_pissa_config(trained_dir);
+  // PEFT saves a PiSSA adapter with init_lora_weights "pissa" (or "pissa_niter_<n>"); here only its tensors matter.
+  const LoraConfig init = load_lora_config(init_dir, BaseRewritingInit::PissaAsTrue);
+  const LoraConfig trained = load_lora_config(trained_dir, BaseRewritingInit::PissaAsTrue);
   const std::string both = "the initial PiSSA adapter " + init_dir + " and the trained one " + trained_dir;
   QWENQ_CHECK(init.r == trained.r && init.alpha == trained.alpha && init.use_rslora == trained.use_rslora &&
                   init.target_modules == trained.target_modules,
@@ -63,7 +42,7 @@ PissaConvertReport convert_pissa_to_lora(const std::string& init_dir, const std:
                    << "alpha and targets");
   QWENQ_CHECK(!init.use_dora && !trained.use_dora,
               both << ": DoRA adapters cannot be converted (PEFT's conversion has no term for the magnitudes)");
-  const SafetensorsFile fi(path_join(init_dir, kWeights)), ft(path_join(trained_dir, kWeights));
+  const SafetensorsFile fi(peft_weights_path(init_dir)), ft(peft_weights_path(trained_dir));
   QWENQ_CHECK(fi.names() == ft.names(), both << " hold different tensors (" << fi.names().size() << " and "
                                               << ft.names().size() << "): the trained adapter must start from the "
                                               << "initial one");
@@ -95,10 +74,7 @@ PissaConvertReport convert_pissa_to_lora(const std::string& init_dir, const std:
   rep.config = trained;
   rep.config.r = 2 * trained.r;
   rep.config.alpha = trained.use_rslora ? trained.alpha * std::sqrt(2.0) : 2 * trained.alpha;
-  StagedDir staged(out_dir, overwrite);
-  write_file_atomic(path_join(staged.path(), "adapter_config.json"), lora_config_to_json(rep.config));
-  writer.write(path_join(staged.path(), kWeights));
-  staged.commit();
+  write_peft_adapter_dir(out_dir, rep.config, writer, overwrite);
   return rep;
 }
 

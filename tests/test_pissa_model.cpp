@@ -25,6 +25,7 @@
 #include "trainer/perplexity.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
+#include "trainer/quantize_output.h"
 #include "trainer/train_loop.h"
 
 namespace qwenq {
@@ -49,6 +50,21 @@ std::vector<float> nf4_round_trip(const std::vector<float>& X) {
   return nf4_dequantize(nf4_quantize(X.data(), static_cast<int64_t>(X.size()), o));
 }
 
+// Slot i of `written` holds pissa_split's A and B of the original's Linear, zero-padded to the base's shape as the
+// quantizers pad it (q: the split's errors too), bit for bit. Returns the split.
+PissaSplit expect_slot_is_the_split(const QwenModel& orig, const QwenModel& base, const LoraAdapter& written, size_t i,
+                                    const QuantizeDequantize& q = {}) {
+  const LoraSlot& sl = written.slots()[i];
+  SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
+  const LinearWeight& ow = slot_linear(orig.weights(), sl);
+  const LinearWeight& bw = slot_linear(base.weights(), sl);
+  const std::vector<float> W = pad_matrix(ow.dequantize(), ow.N, ow.K, bw.N, bw.K);
+  PissaSplit p = pissa_split(W, bw.N, bw.K, written.rank(), written.scaling(), q);
+  EXPECT_EQ(written.weights(i).A, p.A);
+  EXPECT_EQ(written.weights(i).B, p.B);
+  return p;
+}
+
 // Every adapted Linear of the written output (each expert's too): its A and B are pissa_split's of the original W, the
 // stored base is NF4 of that split's residual, and the report's errors are the sums of the splits'. Returns the
 // number of Linears checked.
@@ -57,14 +73,9 @@ int64_t expect_nf4_pissa_output(const std::string& dense, const std::string& out
   const LoraAdapter written = load_peft_adapter(path_join(out, "pissa_init"), lora_dims_of(base.config()));
   double plain2 = 0, err2 = 0, w2 = 0, p2 = 0;
   for (size_t i = 0; i < written.slots().size(); ++i) {
-    const LoraSlot& sl = written.slots()[i];
-    SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
-    const LinearWeight& ow = slot_linear(orig.weights(), sl);
-    const LinearWeight& bw = slot_linear(base.weights(), sl);
-    const PissaSplit p = pissa_split(ow.dequantize(), ow.N, ow.K, written.rank(), written.scaling(), nf4_round_trip);
-    EXPECT_EQ(written.weights(i).A, p.A);
-    EXPECT_EQ(written.weights(i).B, p.B);
-    EXPECT_EQ(bw.dequantize(), nf4_round_trip(p.residual));
+    const PissaSplit p = expect_slot_is_the_split(orig, base, written, i, nf4_round_trip);
+    EXPECT_EQ(slot_linear(base.weights(), written.slots()[i]).dequantize(), nf4_round_trip(p.residual))
+        << written.slots()[i].path;
     plain2 += p.plain_error * p.plain_error;
     err2 += p.residual_error * p.residual_error;
     w2 += p.weight_sq;
@@ -158,18 +169,7 @@ TEST(PissaModel, GptqOfTheResidualOnStories260K) {
   const QuantizeReport rep = gptq_quantize_model(gp);
   const QwenModel orig(dense), plain(g.out.out_dir), base(gp.out.out_dir);
   const LoraAdapter ps = load_peft_adapter(path_join(gp.out.out_dir, "pissa_init"), lora_dims_of(base.config()));
-  for (size_t i = 0; i < ps.slots().size(); i += 4) {  // every 4th Linear: the split of the original, padded
-    const LoraSlot& sl = ps.slots()[i];
-    SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
-    const LinearWeight& ow = slot_linear(orig.weights(), sl);
-    const LinearWeight& bw = slot_linear(base.weights(), sl);
-    std::vector<float> W(bw.N * bw.K, 0.f);  // zero-padded to the stored shape
-    const std::vector<float> w = ow.dequantize();
-    for (int64_t n = 0; n < ow.N; ++n) std::copy(w.begin() + n * ow.K, w.begin() + (n + 1) * ow.K, W.begin() + n * bw.K);
-    const PissaSplit p = pissa_split(W, bw.N, bw.K, 8, ps.scaling(), {});
-    EXPECT_EQ(ps.weights(i).A, p.A);
-    EXPECT_EQ(ps.weights(i).B, p.B);
-  }
+  for (size_t i = 0; i < ps.slots().size(); i += 4) expect_slot_is_the_split(orig, base, ps, i);  // every 4th
   test::expect_padding_untouched(ps, base.config().num_layers, 172, 192);
   const PackedBatch batch = perplexity_window_batch(test::tinystories_tokens(dense), 128, 0, 4);
   LoraAdapter zero(lora_dims_of(orig.config()), all_linear_lora(8, 8));
@@ -202,14 +202,7 @@ TEST(PissaModel, MoeSplitsEveryExpert) {
   const QwenModel orig(dense), base(g.out.out_dir);
   const LoraAdapter written = load_peft_adapter(path_join(g.out.out_dir, "pissa_init"), lora_dims_of(base.config()));
   ASSERT_EQ(static_cast<int64_t>(written.slots().size()), slots);
-  for (size_t i = 0; i < written.slots().size(); ++i) {
-    const LoraSlot& sl = written.slots()[i];
-    SCOPED_TRACE(testing::Message() << "layer " << sl.layer << " " << sl.path);
-    const LinearWeight& ow = slot_linear(orig.weights(), sl);
-    const PissaSplit p = pissa_split(ow.dequantize(), ow.N, ow.K, 4, written.scaling(), {});
-    EXPECT_EQ(written.weights(i).A, p.A);
-    EXPECT_EQ(written.weights(i).B, p.B);
-  }
+  for (size_t i = 0; i < written.slots().size(); ++i) expect_slot_is_the_split(orig, base, written, i);
 }
 
 TEST(PissaModel, TrainStartsFromThePissaAdapter) {
