@@ -89,10 +89,12 @@ __device__ __forceinline__ float dlogit(float l, float M, float coef, bool is_ta
 }
 
 // nll and dlogits may each be null (forward: dlogits null; backward: nll null). dlogits may equal logits.
-__global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32_t* targets, float scale, bool vec4,
-                                     float* nll, float* dlogits) {
+// row_scale (may be null): row r's scale instead of `scale`.
+__global__ void cross_entropy_kernel(const float* logits, int64_t V, const int32_t* targets, float scale,
+                                     const float* row_scale, bool vec4, float* nll, float* dlogits) {
   const int64_t row = blockIdx.x;
   const int32_t t = targets[row];
+  if (row_scale) scale = row_scale[row];
   const float* l = logits + row * V;
   float* dl = dlogits ? dlogits + row * V : nullptr;
   if (t == kIgnoreIndex) {
@@ -144,10 +146,10 @@ void check_shape(const char* name, int64_t rows, int64_t V) {
 }
 
 void launch(const char* name, const float* logits, int64_t rows, int64_t V, const int32_t* targets, float scale,
-            float* nll, float* dlogits, CudaStream stream) {
+            float* nll, float* dlogits, CudaStream stream, const float* row_scale = nullptr) {
   const bool vec4 = V % 4 == 0 && is_aligned(logits, 16) && (dlogits == nullptr || is_aligned(dlogits, 16));
-  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, targets, scale, vec4, nll,
-                                                                             dlogits);
+  cross_entropy_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, targets, scale, row_scale,
+                                                                             vec4, nll, dlogits);
   QWENQ_CUDA_CHECK_LAUNCH(name << " rows=" << rows << " V=" << V);
 }
 
@@ -178,7 +180,8 @@ void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, c
 }
 
 int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                 float* nll, CudaStream stream, const int32_t* host_targets) {
+                                 float* nll, CudaStream stream, const int32_t* host_targets,
+                                 const float* row_scale) {
   const char* name = "cross_entropy_fused_cuda";
   check_shape(name, rows, V);
   if (rows == 0) return 0;
@@ -186,7 +189,7 @@ int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const i
   QWENQ_CHECK(logits != nullptr && nll != nullptr, name << ": null pointer");
   QWENQ_CHECK(std::isfinite(dnll_scale), name << ": dnll_scale must be finite, got " << dnll_scale);
   const int64_t counted = check_targets(name, rows, V, targets, stream, host_targets);
-  launch(name, logits, rows, V, targets, dnll_scale, nll, logits, stream);
+  launch(name, logits, rows, V, targets, dnll_scale, nll, logits, stream, row_scale);
   return counted;
 }
 

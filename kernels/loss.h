@@ -28,8 +28,11 @@ void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, co
 // Both in one pass per row (the CPU twin of cross_entropy_fused_cuda, and the CPU trainer's loss): nll as the
 // forward writes it, and the logits overwritten with the backward's dlogits, bit for bit the two calls' results,
 // with one max/sum pass over each row instead of two. Returns the number of counted rows.
+// row_scale (may be null): [rows] per-row scales used instead of dnll_scale, the backward of L = Σ_r row_scale[r] ·
+// nll[r] (a sequence-level loss such as DPO's, trainer/dpo.h: each row's weight is ∂L/∂nll of its sequence; any
+// sign). Each must be finite.
 int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                float* nll);
+                                float* nll, const float* row_scale = nullptr);
 
 }  // namespace qwenq
 
@@ -53,8 +56,11 @@ void cross_entropy_backward_cuda(const float* logits, int64_t rows, int64_t V, c
 // logits overwritten with dlogits as cross_entropy_backward_cuda(logits, ..., dnll_scale, logits) would write
 // them. Reads the [rows, V] logits twice and writes them once (separate forward and backward: three reads).
 // Returns the number of counted rows.
+// row_scale (may be null): [rows] per-row scales in device memory, as the ref's (not checked for finiteness here:
+// the caller's host copy is).
 int64_t cross_entropy_fused_cuda(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                 float* nll, CudaStream stream = nullptr, const int32_t* host_targets = nullptr);
+                                 float* nll, CudaStream stream = nullptr, const int32_t* host_targets = nullptr,
+                                 const float* row_scale = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

@@ -100,11 +100,15 @@ void cross_entropy_backward_ref(const float* logits, int64_t rows, int64_t V, co
 }
 
 int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const int32_t* targets, float dnll_scale,
-                                float* nll) {
+                                float* nll, const float* row_scale) {
   const int64_t counted = cross_entropy_count_targets("cross_entropy_fused_ref", rows, V, targets);
   if (rows == 0) return 0;
   QWENQ_CHECK(logits != nullptr && nll != nullptr, "cross_entropy_fused_ref: null pointer");
   QWENQ_CHECK(std::isfinite(dnll_scale), "cross_entropy_fused_ref: dnll_scale must be finite, got " << dnll_scale);
+  for (int64_t r = 0; row_scale && r < rows; ++r) {
+    QWENQ_CHECK(std::isfinite(row_scale[r]), "cross_entropy_fused_ref: row_scale of row " << r << " must be finite, got "
+                                                                                        << row_scale[r]);
+  }
   parallel_for(rows, std::max<int64_t>(1, 65536 / V), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* l = logits + r * V;
@@ -117,7 +121,7 @@ int64_t cross_entropy_fused_ref(float* logits, int64_t rows, int64_t V, const in
       double sum;
       row_max_and_sum(l, V, &mx, &sum);
       nll[r] = row_nll(l, mx, sum, targets[r]);
-      row_grad(l, V, mx, sum, targets[r], dnll_scale, l);
+      row_grad(l, V, mx, sum, targets[r], row_scale ? row_scale[r] : dnll_scale, l);
     }
   });
   return counted;

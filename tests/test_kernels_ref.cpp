@@ -692,8 +692,23 @@ TEST(KernelsRef, CrossEntropyFusedIsForwardAndBackwardBitForBit) {
     nll_fused.pop_back();
     EXPECT_EQ(nll_fused, nll);
     EXPECT_EQ(work, dl);
+    // Per-row scales (a sequence-level loss): row r is the backward's row at scale row_scale[r], any sign.
+    std::vector<float> row_scale(rows);
+    for (int64_t r = 0; r < rows; ++r) row_scale[r] = (r % 2 ? -0.3f : 0.7f) * static_cast<float>(r + 1);
+    std::vector<float> scaled = logits, nll_scaled(rows);
+    cross_entropy_fused_ref(scaled.data(), rows, V, targets.data(), 123.f, nll_scaled.data(), row_scale.data());
+    EXPECT_EQ(nll_scaled, nll);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<float> one(V);
+      cross_entropy_backward_ref(logits.data() + r * V, 1, V, targets.data() + r, row_scale[r], one.data());
+      EXPECT_TRUE(std::equal(one.begin(), one.end(), scaled.begin() + r * V)) << "row " << r;
+    }
   }
   std::vector<float> l(4, 0.f), n(1);
+  const float inf_scale = INFINITY;
+  const int32_t zero = 0;
+  EXPECT_ERROR_CONTAINS(cross_entropy_fused_ref(l.data(), 1, 4, &zero, 1.f, n.data(), &inf_scale),
+                        "cross_entropy_fused_ref: row_scale of row 0 must be finite");
   const int32_t bad = 4;
   EXPECT_ERROR_CONTAINS(cross_entropy_fused_ref(l.data(), 1, 4, &bad, 1.f, n.data()),
                         "cross_entropy_fused_ref: target 4 of row 0 is outside the vocabulary [0, 4)");

@@ -349,17 +349,20 @@ class Runner {
       std::copy_n(hidden.data() + scored[i] * C, C, hk.data() + i * C);
       tk[i] = targets[scored[i]];
     }
-    if (!grads) {  // the loss alone (lm_head_nll: a GGUF table dequantized once, not once per chunk)
+    std::vector<float> row_scale;  // a sequence objective's per-row weights
+    if (!grads || opt_.sequence_objective) {  // the loss alone (lm_head_nll: a GGUF table dequantized once)
       std::vector<float> nll(static_cast<size_t>(R));
       res.counted = lm_head_nll(w_, hk.data(), R, tk.data(), nll.data());
       for (float v : nll) res.nll_sum += v;
       QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
-      return res;
+      res.seq_nll = sequence_nll_sums(nll.data(), b_.cu_seqlens, scored);
+      if (!grads) return res;
+      row_scale = sequence_row_scales(opt_.sequence_objective(res.seq_nll), b_.cu_seqlens, scored);
     }
     // Loss over chunks of the scored rows; each chunk's dlogits goes into their dhidden at once.
     std::vector<float> dk(static_cast<size_t>(R * C), 0.f);
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(R, logits_block_rows(V)));
-    std::vector<float> lg(chunk * V), nll(chunk);
+    std::vector<float> lg(chunk * V), nll(static_cast<size_t>(R));
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
       const int64_t rows = std::min(chunk, R - r0);
       if (w_.lm_head_q) {  // a GGUF table
@@ -367,12 +370,17 @@ class Runner {
       } else {
         base_forward(hk.data() + r0 * C, rows, C, w_.lm_head.data, w_.lm_head.dtype, V, nullptr, DType::F32, lg.data());
       }
-      res.counted += cross_entropy_fused_ref(lg.data(), rows, V, tk.data() + r0, static_cast<float>(opt_.grad_scale),
-                                             nll.data());
-      for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[i];
+      const int64_t counted = cross_entropy_fused_ref(lg.data(), rows, V, tk.data() + r0,
+                                                      static_cast<float>(opt_.grad_scale), nll.data() + r0,
+                                                      row_scale.empty() ? nullptr : row_scale.data() + r0);
+      if (row_scale.empty()) {  // else the first pass counted
+        res.counted += counted;
+        for (int64_t i = 0; i < rows; ++i) res.nll_sum += nll[r0 + i];
+      }
       base_backward_input(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dk.data() + r0 * C);
     }
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
+    if (row_scale.empty()) res.seq_nll = sequence_nll_sums(nll.data(), b_.cu_seqlens, scored);
     std::vector<float> dhidden(T_ * C, 0.f);
     for (int64_t i = 0; i < R; ++i) std::copy_n(dk.data() + i * C, C, dhidden.data() + scored[i] * C);
     std::vector<float> d(T_ * C);
@@ -415,6 +423,34 @@ class Runner {
 };
 
 }  // namespace
+
+std::vector<double> sequence_nll_sums(const float* nll, const std::vector<int32_t>& cu_seqlens,
+                                      const std::vector<int64_t>& rows) {
+  const size_t n = cu_seqlens.empty() ? 0 : cu_seqlens.size() - 1;
+  std::vector<double> sums(n, 0.0);
+  size_t j = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {  // rows ascend, so the sequence index only grows
+    while (j + 1 < n && rows[i] >= cu_seqlens[j + 1]) ++j;
+    sums[j] += nll[i];
+  }
+  return sums;
+}
+
+std::vector<float> sequence_row_scales(const std::vector<double>& dS, const std::vector<int32_t>& cu_seqlens,
+                                       const std::vector<int64_t>& rows) {
+  const size_t n = cu_seqlens.empty() ? 0 : cu_seqlens.size() - 1;
+  QWENQ_CHECK(dS.size() == n, "sequence objective: " << dS.size() << " derivatives for a batch of " << n
+                                                     << " sequences");
+  for (size_t j = 0; j < n; ++j)
+    QWENQ_CHECK(std::isfinite(dS[j]), "sequence objective: the derivative of sequence " << j << " is " << dS[j]);
+  std::vector<float> scale(rows.size());
+  size_t j = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    while (j + 1 < n && rows[i] >= cu_seqlens[j + 1]) ++j;
+    scale[i] = static_cast<float>(dS[j]);
+  }
+  return scale;
+}
 
 LoraDims lora_dims_of(const QwenConfig& c) {
   LoraDims d;

@@ -48,6 +48,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "lora/lora_adapter.h"
@@ -70,12 +71,27 @@ struct LoraStepOptions {
   // Tests only: DoRA's detached norms n from this adapter's A and B (same shapes) instead of the adapter's own, so
   // that finite differences see the function whose gradient the backward computes (n held fixed).
   const LoraAdapter* dora_norms_from = nullptr;
+  // A loss over whole sequences instead of grad_scale·Σ nll (trainer/dpo.h's preference losses). Given the NLL sum
+  // of each sequence of the batch, S_j = Σ nll(t) over its counted targets (LoraStepResult::seq_nll), it returns
+  // ∂L/∂S_j for every j; the backward then takes row t's dlogits = ∂L/∂S_seq(t) · (softmax − onehot), and
+  // grad_scale is unused. The lm_head runs twice over the scored rows (the sums first, then the gradients); the
+  // blocks run as for the token loss. Empty: the token loss. Only read with gradients (not by the loss alone).
+  std::function<std::vector<double>(const std::vector<double>& seq_nll)> sequence_objective;
 };
 
 struct LoraStepResult {
   double nll_sum = 0.0;  // Σ nll over counted targets (fp64 sum of fp32 values)
   int64_t counted = 0;
+  std::vector<double> seq_nll;  // per sequence of the batch: Σ nll over its counted targets (0 without any)
 };
+
+// ∂L/∂S_j of a sequence objective checked (one finite value per sequence) and spread over the scored rows:
+// row_scale[i] = dS[sequence of token rows[i]] (cu_seqlens: the batch's). Shared by both trainers.
+std::vector<float> sequence_row_scales(const std::vector<double>& dS, const std::vector<int32_t>& cu_seqlens,
+                                       const std::vector<int64_t>& rows);
+// Σ nll per sequence from the scored rows' nll (rows[i]'s value nll[i]).
+std::vector<double> sequence_nll_sums(const float* nll, const std::vector<int32_t>& cu_seqlens,
+                                      const std::vector<int64_t>& rows);
 
 // The adapter shapes a model calls for.
 LoraDims lora_dims_of(const QwenConfig& c);

@@ -1001,6 +1001,31 @@ struct LoraModelCuda::Impl {
     // The host's copy of what targets holds for the scored rows: the cross-entropy launchers check and count it
     // without waiting for the stream, so the chunks' GEMMs queue back to back.
     const int32_t* host_targets = compact ? kept.data() : tg.data();
+    // The scored rows' token indices (sequence sums and a sequence objective's row weights).
+    std::vector<int64_t> scored_rows(static_cast<size_t>(scored));
+    for (int64_t i = 0; i < scored; ++i) scored_rows[static_cast<size_t>(i)] = compact ? rows[static_cast<size_t>(i)] : i;
+    // A sequence objective (LoraStepOptions::sequence_objective, DPO): a first pass of the head for the NLL sums, the
+    // objective's ∂L/∂S_j as per-row weights (on the tokens buffer: its row indices were read by the gather queued
+    // above, and the slots after the loop are queued after the loss kernels that read the weights), then the
+    // gradient pass.
+    const float* row_scale = nullptr;
+    if (train && opt->sequence_objective) {
+      for (int64_t r0 = 0; r0 < scored; r0 += chunk) {
+        const int64_t n = std::min(chunk, scored - r0);
+        float* lg = logits.as<float>();
+        linear_forward_cuda(hrows + r0 * C, n, C, head.data, head.dtype, V, nullptr, DType::F32, lg, DType::F32, st());
+        cross_entropy_forward_cuda(lg, n, V, targets.as<int32_t>() + r0, nll.as<float>() + r0, st(), host_targets + r0);
+      }
+      std::vector<float> first(static_cast<size_t>(scored));
+      if (scored > 0) {
+        QWENQ_CUDA_CHECK(cudaMemcpyAsync(first.data(), nll.get(), scored * sizeof(float), cudaMemcpyDeviceToHost, st()));
+      }
+      QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
+      const std::vector<double> sums = sequence_nll_sums(first.data(), b.cu_seqlens, scored_rows);
+      upload_owned_async(tokens.get(), sequence_row_scales(opt->sequence_objective(sums), b.cu_seqlens, scored_rows),
+                         st());
+      row_scale = tokens.as<float>();
+    }
     for (int64_t r0 = 0; r0 < scored; r0 += chunk) {
       const int64_t n = std::min(chunk, scored - r0);
       float* lg = logits.as<float>();
@@ -1013,7 +1038,7 @@ struct LoraModelCuda::Impl {
       }
       res.counted += cross_entropy_fused_cuda(lg, n, V, targets.as<int32_t>() + r0,
                                               static_cast<float>(opt->grad_scale), nll.as<float>() + r0, st(),
-                                              host_targets + r0);
+                                              host_targets + r0, row_scale ? row_scale + r0 : nullptr);
       linear_backward_input_cuda(lg, n, V, head.data, head.dtype, C, drows + r0 * C, DType::F32, st());
     }
     if (train && compact) {  // dhidden [T, C]: row t = drows[slot of t], slot R (zeros) for a row without a target
@@ -1030,6 +1055,7 @@ struct LoraModelCuda::Impl {
     QWENQ_CUDA_CHECK(cudaStreamSynchronize(st()));
     for (float f : host_nll) res.nll_sum += f;
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad (GPU): the loss is not finite");
+    res.seq_nll = sequence_nll_sums(host_nll.data(), b.cu_seqlens, scored_rows);
     if (!train) return res;
     float* dd = d.as<float>();
     set_phase(StepPhase::Gaps);

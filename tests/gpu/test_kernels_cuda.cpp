@@ -528,6 +528,21 @@ TEST_P(CrossEntropyCuda, MatchesRef) {
     stream.sync();
     EXPECT_TRUE(d_work2.download() == dl) << "host targets: other dlogits " << ctx;
     EXPECT_TRUE(d_nll2.download() == nll) << "host targets: other nll " << ctx;
+    // Per-row scales (row_scale, a sequence-level loss such as DPO's): against the ref's rows at their own scales,
+    // each row's tolerance scaled by its own weight.
+    std::vector<float> row_scale(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) row_scale[static_cast<size_t>(r)] = (r % 2 ? -0.5f : 2.f) * scale;
+    std::vector<float> dl_rows = logits, nll_rows(static_cast<size_t>(rows));
+    cross_entropy_fused_ref(dl_rows.data(), rows, V, targets.data(), scale, nll_rows.data(), row_scale.data());
+    DeviceBuffer<float> d_work3(guarded(logits)), d_scale(row_scale);
+    DeviceBuffer<float> d_nll4(guarded(std::vector<float>(static_cast<size_t>(rows))));
+    EXPECT_EQ(cross_entropy_fused_cuda(d_work3.get(), rows, V, d_targets.get(), scale, d_nll4.get(), stream.get(),
+                                       targets.data(), d_scale.get()),
+              counted_ref);
+    stream.sync();
+    const std::vector<float> dl4 = d_work3.download();
+    expect_close(dl4.data(), dl_rows.data(), n, [&](size_t i) { return 2.0 * dl_tol(i); }, "xent row scales " + ctx);
+    expect_guard_intact(dl4, n, "xent row scales " + ctx);
     const std::vector<float> nll3 = d_nll3.download();
     expect_close(nll3.data(), nll_ref.data(), static_cast<size_t>(rows), nll_tol, "xent forward, host targets " + ctx);
   }
