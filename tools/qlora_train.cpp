@@ -32,6 +32,7 @@ struct TrainArgs {
   TrainOptions opt;
   SftFlags sft;
   std::string model, targets = "all-linear", adapter_dtype = "fp32", cpu_matmul = "fp32";
+  std::string objective = "sft", dpo_loss = "sigmoid";
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
   int nproc = 1;
@@ -201,6 +202,21 @@ void register_qlora_train(CLI::App& app) {
       ->check(CLI::ExistingFile);
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   add_sft_data_flags(c, &a->sft, &o);
+  c->add_option("--objective", a->objective,
+                "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}: DPO "
+                "against the model at step 0; --batch-size counts pairs)")
+      ->check(CLI::IsMember({"sft", "dpo"}))
+      ->capture_default_str();
+  c->add_option("--dpo-beta", o.dpo_options.beta, "dpo: beta, the strength of the pull toward the reference")
+      ->capture_default_str();
+  c->add_option("--dpo-loss", a->dpo_loss, "dpo: sigmoid (DPO), hinge (SLiC) or ipo (IPO), as TRL's loss_type")
+      ->capture_default_str();
+  c->add_option("--dpo-label-smoothing", o.dpo_options.label_smoothing,
+                "dpo: the share of pairs assumed mislabelled (conservative DPO; sigmoid loss)")
+      ->capture_default_str();
+  c->add_option("--rpo-alpha", o.dpo_options.rpo_alpha,
+                "dpo: weight of the chosen completions' mean token NLL added to the loss (RPO; 0: none)")
+      ->capture_default_str();
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
   c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
       ->check(greater_than(0, "POSITIVE"))
@@ -287,6 +303,31 @@ void register_qlora_train(CLI::App& app) {
     if (o.init_adapter.empty() && o.loftq_model.empty() && !o.resume) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original
     }
+    o.dpo = a->objective == "dpo";
+    if (o.dpo) {
+      QWENQ_CHECK(c->get_option("--batching")->count() == 0,
+                  "--objective dpo batches whole pairs (--batch-size pairs, their sequences packed without padding): "
+                  "leave --batching out");
+      a->sft.batch_mode = "padding";
+      o.dpo_options.loss = parse_dpo_loss(a->dpo_loss);
+      // The GPU step of a preference loss (trainer/lora_model_cuda.h: the head twice, per-row loss weights) is
+      // written and compiled but has not run on a GPU yet: opt-in until it has (issue 5).
+      if (a->common.device != "cpu" && env_switch("QWENQ_GPU_DPO") != 1) {
+        QWENQ_CHECK(a->common.device != "cuda",
+                    "--objective dpo --device cuda: the GPU preference step has not run on a GPU yet; set "
+                    "QWENQ_GPU_DPO=1 to use it anyway, or give --device cpu");
+        a->common.device = "cpu";
+#ifdef QWENQ_HAVE_CUDA
+        if (cuda_device_count() > 0) {
+          std::fprintf(stderr, "dpo: training on the CPU (the GPU preference step has not run on a GPU yet; "
+                               "QWENQ_GPU_DPO=1 uses it)\n");
+        }
+#endif
+      }
+    } else {
+      for (const char* flag : {"--dpo-beta", "--dpo-loss", "--dpo-label-smoothing", "--rpo-alpha"})
+        QWENQ_CHECK(c->get_option(flag)->count() == 0, flag << " applies to --objective dpo");
+    }
     apply_sft_flags(a->sft, &o);
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");
     o.adapter_dtype = a->adapter_dtype == "bf16" ? DType::BF16 : DType::F32;
@@ -322,6 +363,10 @@ void register_qlora_train(CLI::App& app) {
     if (r.eval_loss >= 0) {
       if (r.first_eval_loss >= 0) std::printf(", eval loss %.4f -> %.4f", r.first_eval_loss, r.eval_loss);
       else std::printf(", eval loss %.4f", r.eval_loss);
+    }
+    if (r.eval_accuracy >= 0) {
+      if (r.first_eval_accuracy >= 0) std::printf(", eval reward accuracy %.3f -> %.3f", r.first_eval_accuracy, r.eval_accuracy);
+      else std::printf(", eval reward accuracy %.3f", r.eval_accuracy);
     }
     std::printf("; %.0f tokens/s, %.1fs, peak RSS %s", r.tokens_per_s, r.seconds, format_bytes(r.peak_rss).c_str());
     if (r.device_peak_allocated >= 0) {

@@ -57,6 +57,10 @@ SftBatchIterator::SftBatchIterator(std::vector<SftExample> examples, const SftBa
   QWENQ_CHECK(opt_.seq_len >= 2, "seq_len must be >= 2, got " << opt_.seq_len);
   QWENQ_CHECK(opt_.batch_size >= 1, "batch_size must be >= 1, got " << opt_.batch_size);
   QWENQ_CHECK(opt_.epochs >= 0, "epochs must be >= 0 (0 = endless), got " << opt_.epochs);
+  QWENQ_CHECK(opt_.group >= 1 && static_cast<int64_t>(examples_.size()) % opt_.group == 0 &&
+                  (opt_.group == 1 || (opt_.mode == SftBatchMode::kPadding && opt_.batch_size % opt_.group == 0)),
+              "SftBatchIterator: groups of " << opt_.group << " need padding mode, a batch size (" << opt_.batch_size
+                                             << ") and an example count (" << examples_.size() << ") divisible by it");
   for (size_t i = 0; i < examples_.size(); ++i) {
     SftExample& ex = examples_[i];
     QWENQ_CHECK(!ex.tokens.empty() && ex.tokens.size() == ex.loss_mask.size(),
@@ -68,14 +72,20 @@ SftBatchIterator::SftBatchIterator(std::vector<SftExample> examples, const SftBa
 }
 
 std::vector<int64_t> SftBatchIterator::epoch_order(int64_t epoch) const {
-  std::vector<int64_t> order(examples_.size());
-  std::iota(order.begin(), order.end(), 0);
+  const int64_t g = opt_.group;
+  std::vector<int64_t> units(examples_.size() / static_cast<size_t>(g));
+  std::iota(units.begin(), units.end(), 0);
   if (opt_.shuffle) {
     // A stream per (seed, epoch), distinct from the split's stream of the same seed.
     Rng base(opt_.seed ^ 0xD1B54A32D192ED03ull);
     Rng rng(base.next_u64() + static_cast<uint64_t>(epoch) * 0x9E3779B97F4A7C15ull);
-    shuffle_in_place(&order, &rng);
+    shuffle_in_place(&units, &rng);
   }
+  if (g == 1) return units;
+  std::vector<int64_t> order;
+  order.reserve(examples_.size());
+  for (int64_t u : units)
+    for (int64_t k = 0; k < g; ++k) order.push_back(u * g + k);
   return order;
 }
 

@@ -60,15 +60,20 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "trainer/qwen_model.h"
 #include "trainer/tokenizer.h"
 
 namespace qwenq {
 
-enum class SftFormat { kAuto, kText, kAlpaca, kChat, kPromptCompletion };
+// kPreference: {"prompt", "chosen", "rejected"} pairs (trainer/dpo.h), read by load_preference_dataset; the SFT
+// reader names it and refuses it.
+enum class SftFormat { kAuto, kText, kAlpaca, kChat, kPromptCompletion, kPreference };
 const char* sft_format_name(SftFormat f);
 SftFormat parse_sft_format(const std::string& name);  // "auto", "text", "alpaca", "chat", "prompt-completion"
 bool parse_alpaca_prompt(const std::string& name);    // "stanford" -> false, "chat" -> true (alpaca_chat)
@@ -134,6 +139,14 @@ struct SftDataset {
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------
 
+// Walks the records of a .jsonl / .json file (told apart by content, as read_sft_records below): `take` gets each
+// parsed record and where it is ("file:line" or "file: record N") and returns "" or why the record is malformed;
+// a malformed record (or a line that is not JSON) throws, or with skip_bad is counted in stats->skipped.
+void for_each_json_record(const std::string& path, bool skip_bad, SftDataStats* stats,
+                          const std::function<std::string(const nlohmann::ordered_json&, const std::string&)>& take);
+// One parsed record of a known format -> *rec ("" or why it is malformed).
+std::string sft_record_from_json(const nlohmann::ordered_json& j, SftFormat format, SftRecord* rec);
+
 // Reads and validates every record. Malformed ones throw, or with skip_bad are counted in stats->skipped.
 // The format is detected from the first record unless `format` forces one. Throws when nothing is left.
 std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,
@@ -187,6 +200,9 @@ struct SftBatchOptions {
   uint64_t seed = 0;
   int64_t epochs = 0;           // next() returns false after this many; 0 = endless
   bool pad_to_seq_len = false;  // padding mode: padded_len = seq_len instead of the batch's longest
+  // Examples come in groups of this many consecutive ones (a preference pair: chosen, rejected) that are shuffled
+  // as units and never split: the example count and (padding mode only) batch_size must be multiples of it.
+  int64_t group = 1;
 };
 
 struct SftBatch {

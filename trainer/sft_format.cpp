@@ -125,6 +125,7 @@ SftExample format_sft_record(const SftRecord& rec, const Tokenizer& tok, const S
         ex = format_chat(rec, rec.messages, tok, o, rec.completion_from);
       }
       break;
+    case SftFormat::kPreference:  // read as two prompt-completion records (trainer/dpo.h)
     case SftFormat::kAuto:
       QWENQ_FAIL(rec.where << ": record format not set");
   }

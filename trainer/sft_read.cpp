@@ -19,6 +19,7 @@ SftFormat detect_format(const Json& j) {
   if (j.contains("instruction")) return SftFormat::kAlpaca;
   if (j.contains("prompt") && j.contains("completion")) return SftFormat::kPromptCompletion;
   if (j.contains("text")) return SftFormat::kText;
+  if (j.contains("chosen") && j.contains("rejected")) return SftFormat::kPreference;
   return SftFormat::kAuto;
 }
 
@@ -99,40 +100,19 @@ std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
         if (rec->messages[i].role == "assistant") return "";
       return "no assistant message in \"completion\" (nothing to train on)";
     }
+    case SftFormat::kPreference:
+      return "a preference record (\"chosen\" and \"rejected\") is no SFT example: train on it with --objective dpo";
     case SftFormat::kAuto:
       break;
   }
   return "record format not set";
 }
 
-struct Reader {
-  std::string path;
-  SftFormat format;
-  bool skip_bad;
-  SftDataStats* stats;
-  std::vector<SftRecord> records;
-
-  void bad(const std::string& where, const std::string& why) {
-    QWENQ_CHECK(skip_bad, where << ": " << why << " (pass --skip-bad to skip such records)");
-    if (stats->skipped++ < SftDataStats::kMaxReported) stats->first_skipped.push_back(where + ": " + why);
-  }
-
-  void add(const Json& j, const std::string& where) {
-    if (format == SftFormat::kAuto) {
-      format = detect_format(j);
-      if (format == SftFormat::kAuto)
-        return bad(where, "cannot tell the record format: expected a \"messages\" (or \"conversations\"), "
-                          "\"instruction\", \"prompt\" and \"completion\", or \"text\" key");
-    }
-    SftRecord rec;
-    rec.where = where;
-    std::string why = convert_record(j, format, &rec);
-    if (!why.empty()) return bad(where, why);
-    records.push_back(std::move(rec));
-  }
-};
-
 }  // namespace
+
+std::string sft_record_from_json(const nlohmann::ordered_json& j, SftFormat format, SftRecord* rec) {
+  return convert_record(j, format, rec);
+}
 
 const char* sft_format_name(SftFormat f) {
   switch (f) {
@@ -141,14 +121,17 @@ const char* sft_format_name(SftFormat f) {
     case SftFormat::kAlpaca: return "alpaca";
     case SftFormat::kChat: return "chat";
     case SftFormat::kPromptCompletion: return "prompt-completion";
+    case SftFormat::kPreference: return "preference";
   }
   return "?";
 }
 
 SftFormat parse_sft_format(const std::string& name) {
-  for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat, SftFormat::kPromptCompletion})
+  for (SftFormat f : {SftFormat::kAuto, SftFormat::kText, SftFormat::kAlpaca, SftFormat::kChat,
+                      SftFormat::kPromptCompletion, SftFormat::kPreference})
     if (name == sft_format_name(f)) return f;
-  QWENQ_FAIL("unknown SFT data format \"" << name << "\" (expected auto, text, alpaca, chat or prompt-completion)");
+  QWENQ_FAIL("unknown data format \"" << name << "\" (expected auto, text, alpaca, chat, prompt-completion or "
+                                       << "preference)");
 }
 
 bool parse_alpaca_prompt(const std::string& name) {
@@ -156,8 +139,8 @@ bool parse_alpaca_prompt(const std::string& name) {
   return name == "chat";
 }
 
-std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,
-                                        SftDataStats* stats) {
+void for_each_json_record(const std::string& path, bool skip_bad, SftDataStats* stats,
+                          const std::function<std::string(const nlohmann::ordered_json&, const std::string&)>& take) {
   QWENQ_CHECK(stats != nullptr, "stats must not be null");
   const std::string text = read_file(path);
   const size_t bom = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;  // the JSON parser skips it too
@@ -170,14 +153,21 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
   if (jsonl && text[first] == '{' && text.find('\n', first) < text.find_last_not_of(" \t\r\n") && Json::accept(text))
     QWENQ_FAIL(path << ": expected JSON lines or a JSON array of records, got one JSON object over several lines");
 
-  Reader r{path, format, skip_bad, stats, {}};
+  const auto bad = [&](const std::string& where, const std::string& why) {
+    QWENQ_CHECK(skip_bad, where << ": " << why << " (pass --skip-bad to skip such records)");
+    if (stats->skipped++ < SftDataStats::kMaxReported) stats->first_skipped.push_back(where + ": " + why);
+  };
+  const auto add = [&](const Json& j, const std::string& where) {
+    const std::string why = take(j, where);
+    if (!why.empty()) bad(where, why);
+  };
   if (jsonl) {
     for_each_nonblank_line(text, [&](const std::string& line, size_t line_no) {
       const std::string where = path + ":" + std::to_string(line_no);
       Json j;
       const std::string why = parse_json_line(line, &j);
-      if (why.empty()) r.add(j, where);
-      else r.bad(where, why);  // a line that is not JSON is a malformed record: --skip-bad skips it too
+      if (why.empty()) add(j, where);
+      else bad(where, why);  // a line that is not JSON is a malformed record: --skip-bad skips it too
     });
   } else {
     Json all;
@@ -186,13 +176,33 @@ std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat forma
     } catch (const Json::exception& e) {
       QWENQ_FAIL(path << ": not valid JSON: " << e.what());
     }
-    for (size_t i = 0; i < all.size(); ++i) r.add(all[i], path + ": record " + std::to_string(i + 1));
+    for (size_t i = 0; i < all.size(); ++i) add(all[i], path + ": record " + std::to_string(i + 1));
   }
   stats->path = path;
-  stats->format = r.format;
-  QWENQ_CHECK(!r.records.empty(), path << ": empty dataset (no usable records; " << stats->skipped
-                                       << " malformed skipped)");
-  return std::move(r.records);
+}
+
+std::vector<SftRecord> read_sft_records(const std::string& path, SftFormat format, bool skip_bad,
+                                        SftDataStats* stats) {
+  std::vector<SftRecord> records;
+  for_each_json_record(path, skip_bad, stats, [&](const Json& j, const std::string& where) -> std::string {
+    if (format == SftFormat::kAuto) {
+      format = detect_format(j);
+      if (format == SftFormat::kAuto) {
+        return "cannot tell the record format: expected a \"messages\" (or \"conversations\"), \"instruction\", "
+               "\"prompt\" and \"completion\", or \"text\" key";
+      }
+    }
+    SftRecord rec;
+    rec.where = where;
+    std::string why = convert_record(j, format, &rec);
+    if (!why.empty()) return why;
+    records.push_back(std::move(rec));
+    return "";
+  });
+  stats->format = format;
+  QWENQ_CHECK(!records.empty(), path << ": empty dataset (no usable records; " << stats->skipped
+                                     << " malformed skipped)");
+  return records;
 }
 
 }  // namespace qwenq

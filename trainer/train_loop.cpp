@@ -26,6 +26,7 @@
 #include "kernels/optim.h"
 #include "lora/peft_io.h"
 #include "trainer/adapter_init.h"
+#include "trainer/dpo.h"
 #include "trainer/lora_model.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
@@ -85,6 +86,13 @@ nlohmann::json resume_key(const TrainOptions& o) {
   if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
   if (o.cpu_bf16_matmul) k["cpu_matmul"] = "bf16";  // likewise
   if (o.group != nullptr && o.group->world() > 1) k["nproc"] = o.group->world();  // the same: a step's micro-batches
+  if (o.dpo) {  // absent for the token loss: older checkpoints still match
+    k["objective"] = "dpo";
+    k["dpo_loss"] = dpo_loss_name(o.dpo_options.loss);
+    k["dpo_beta"] = o.dpo_options.beta;
+    k["dpo_label_smoothing"] = o.dpo_options.label_smoothing;
+    k["rpo_alpha"] = o.dpo_options.rpo_alpha;
+  }
   return k;
 }
 
@@ -103,7 +111,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
       {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
       {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
-      {"cpu_matmul", "--cpu-matmul"}};
+      {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
+      {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -344,6 +353,13 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
+  if (o.dpo) {
+    check_dpo_options(o.dpo_options);
+    QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective dpo: --max-len " << o.data.max_len << " exceeds --seq-len "
+                                              << o.seq_len << " (a sequence of a pair is never cut by the batcher)");
+    QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding,
+                "--objective dpo batches whole pairs (--batch-size pairs, packed without padding): leave --batching out");
+  }
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
@@ -373,7 +389,10 @@ TrainReport train_lora(const TrainOptions& o) {
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  const SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
+  const auto load = [&](const std::string& path, const SftDataOptions& d) {
+    return o.dpo ? load_preference_dataset(path, tok, d) : load_sft_dataset(path, tok, d);
+  };
+  const SftDataset data = load(o.data_path, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
   if (lead) warn_cut_to_seq_len(data.train, o.seq_len);
   // The held-out examples: the split of --data, or every record of --eval-data (file order, rendered as --data's).
@@ -383,7 +402,7 @@ TrainReport train_lora(const TrainOptions& o) {
     SftDataOptions eopt = dopt;
     eopt.eval_fraction = 0;
     eopt.eval_count = 0;
-    eval_file = load_sft_dataset(o.eval_data_path, tok, eopt);
+    eval_file = load(o.eval_data_path, eopt);
     if (!o.quiet) std::fprintf(stderr, "eval data: %s\n", eval_file.stats.summary().c_str());
     QWENQ_CHECK(!eval_file.train.empty(),
                 "--eval-data " << o.eval_data_path << ": no examples (" << eval_file.stats.summary() << ")");
@@ -393,7 +412,8 @@ TrainReport train_lora(const TrainOptions& o) {
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
   bo.seq_len = o.seq_len;
-  bo.batch_size = o.batch_size;
+  bo.batch_size = o.dpo ? 2 * o.batch_size : o.batch_size;  // preference pairs: both sequences of each
+  bo.group = o.dpo ? 2 : 1;
   bo.seed = o.seed;
   bo.epochs = o.max_steps > 0 ? 0 : o.epochs;
   // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches). A
@@ -511,18 +531,69 @@ TrainReport train_lora(const TrainOptions& o) {
                                            : ": this CPU has no AVX512_BF16, so they take the portable path, slower "
                                              "than --cpu-matmul fp32");
   }
+  // Preference runs: the loss of a batch alone (the reference's sums, evaluations) on this run's device.
+  LoraStepOptions loss_only;
+  loss_only.train = false;
+  loss_only.checkpointing = o.checkpointing;
+  loss_only.bf16_checkpoints = o.bf16_checkpoints;
+  loss_only.bf16_matmul = o.cpu_bf16_matmul;
+  const auto sequence_sums = [&](const std::vector<SftExample>& examples, int64_t max_batches) {
+    return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, o.group, [&](const SftBatch& b) {
+      return gpu ? gpu->loss(b.packed, b.targets, loss_only)
+                 : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, loss_only);
+    });
+  };
+  // The reference model's sums (the adapter at step 0), once, or read back on resume.
+  std::vector<double> ref_train, ref_eval;
+  std::vector<int64_t> eval_counts;
+  if (o.dpo) {
+    eval_counts = example_target_counts(*eval_set);
+    try {
+      if (o.resume) {
+        read_dpo_reference(o.out_dir, data.train.size(), eval_set->size(), &ref_train, &ref_eval);
+      } else {
+        if (!o.quiet && lead) std::fprintf(stderr, "dpo: the reference model's log-probabilities of %zu sequences\n",
+                                           data.train.size() + eval_set->size());
+        ref_train = sequence_sums(data.train, 0);
+        ref_eval = sequence_sums(*eval_set, 0);
+        if (lead) write_dpo_reference(o.out_dir, ref_train, ref_eval);
+      }
+    } catch (const OutOfMemoryError& e) {
+      throw_training_oom(e, "the reference model's log-probabilities: ", o, model.config(), lcfg);
+    }
+  }
   auto run_eval = [&](int64_t step) {  // every rank takes its share of the batches; rank 0 writes the record
     if (eval_set->empty()) return;
-    std::pair<double, int64_t> result;
+    nlohmann::json record = {{"step", step}};
+    double loss = 0;
     try {
-      result = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
+      if (o.dpo) {  // the held-out pairs of the first eval_batches batches
+        std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
+        const size_t n = o.eval_batches > 0 ? std::min(now.size(), static_cast<size_t>(2 * o.batch_size * o.eval_batches))
+                                            : now.size();
+        now.resize(n);
+        const DpoStats es = dpo_batch_stats(o.dpo_options, now, std::vector<double>(ref_eval.begin(), ref_eval.begin() + n),
+                                            std::vector<int64_t>(eval_counts.begin(), eval_counts.begin() + n));
+        loss = es.objective(o.dpo_options);
+        const double acc = static_cast<double>(es.correct) / static_cast<double>(es.pairs);
+        if (step == rep.start_step) rep.first_eval_accuracy = acc;
+        rep.eval_accuracy = acc;
+        record["eval_loss"] = loss;
+        record["eval_rewards_margin"] = (es.reward_c - es.reward_r) / static_cast<double>(es.pairs);
+        record["eval_rewards_accuracy"] = acc;
+        record["eval_pairs"] = es.pairs;
+      } else {
+        const auto [l, n] = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
+        loss = l;
+        record["eval_loss"] = loss;
+        record["eval_tokens"] = n;
+      }
     } catch (const OutOfMemoryError& e) {
       throw_training_oom(e, "evaluation at step " + std::to_string(step) + ": ", o, model.config(), lcfg);
     }
-    const auto [loss, n] = result;
     if (step == rep.start_step) rep.first_eval_loss = loss;
     rep.eval_loss = loss;
-    metrics << nlohmann::json{{"step", step}, {"eval_loss", loss}, {"eval_tokens", n}}.dump() << "\n" << std::flush;
+    metrics << record.dump() << "\n" << std::flush;
   };
   if (!o.resume) run_eval(0);
 
@@ -561,16 +632,35 @@ TrainReport train_lora(const TrainOptions& o) {
       micro.push_back(std::move(b));
     }
     if (micro.empty()) break;  // the epochs are done
-    int64_t targets = 0, tokens = 0;
-    for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens();
+    int64_t targets = 0, tokens = 0, pairs = 0, chosen_tokens = 0;
+    for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens(), pairs += b.num_examples / 2;
     if (gpu) gpu->zero_grads();
     else for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
     double nll = 0;
     so.grad_scale = targets > 0 ? 1.0 / targets : 0.0;
+    // Preference runs: each micro-batch's sequences (chosen, rejected, ...) in its epoch's order, their counted
+    // targets and reference sums; the step's pairs and chosen tokens normalise the loss (trainer/dpo.h).
+    DpoStats step_stats;
+    std::vector<std::vector<int64_t>> counts(micro.size());
+    if (o.dpo) {
+      for (size_t i = 0; i < micro.size(); ++i) {
+        counts[i] = sequence_target_counts(micro[i].packed, micro[i].targets);
+        for (size_t k = 0; k < counts[i].size(); k += 2) chosen_tokens += counts[i][k];
+      }
+    }
+    std::vector<int64_t> order;  // of the epoch of the micro-batch being run (preference runs)
+    int64_t order_epoch = -1;
     for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
+      if (o.dpo) {
+        if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+        std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
+        for (int64_t k = 0; k < micro[i].num_examples; ++k)
+          ref[static_cast<size_t>(k)] = ref_train[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])];
+        so.sequence_objective = dpo_objective(o.dpo_options, std::move(ref), counts[i], pairs, chosen_tokens, &step_stats);
+      }
       try {
         nll += (gpu ? gpu->loss_and_grad(micro[i].packed, micro[i].targets, so)
                     : lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so)).nll_sum;
@@ -585,7 +675,15 @@ TrainReport train_lora(const TrainOptions& o) {
       }
     }
     if (o.group) all_reduce(&nll);
-    const double loss = targets > 0 ? nll / targets : 0.0;
+    if (o.group && o.dpo) {  // every rank's pairs
+      double v[9] = {static_cast<double>(step_stats.pairs), static_cast<double>(step_stats.correct), step_stats.loss,
+                     step_stats.nll_c, static_cast<double>(step_stats.tokens_c), step_stats.reward_c, step_stats.reward_r,
+                     step_stats.logp_c, step_stats.logp_r};
+      o.group->all_reduce_sum(v, 9);
+      step_stats = DpoStats{static_cast<int64_t>(v[0]), static_cast<int64_t>(v[1]), v[2], v[3],
+                            static_cast<int64_t>(v[4]), v[5], v[6], v[7], v[8]};
+    }
+    const double loss = o.dpo ? step_stats.objective(o.dpo_options) : targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
       try {
@@ -617,14 +715,29 @@ TrainReport train_lora(const TrainOptions& o) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.elapsed_s = t_prev + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     rep.last_loss = loss;
-    metrics << nlohmann::json{{"step", st.step}, {"epoch", micro.back().epoch}, {"loss", loss}, {"lr", lr},
-                              {"grad_norm", gnorm}, {"tokens", tokens}, {"targets", targets},
-                              {"tokens_per_s", tokens / std::max(dt, 1e-9)}, {"elapsed_s", st.elapsed_s}}
-                   .dump()
-            << "\n"
-            << std::flush;
+    nlohmann::json record = {{"step", st.step}, {"epoch", micro.back().epoch}, {"loss", loss}, {"lr", lr},
+                             {"grad_norm", gnorm}, {"tokens", tokens}, {"targets", targets},
+                             {"tokens_per_s", tokens / std::max(dt, 1e-9)}, {"elapsed_s", st.elapsed_s}};
+    double accuracy = 0;
+    if (o.dpo) {
+      const double p = static_cast<double>(std::max<int64_t>(1, step_stats.pairs));
+      accuracy = static_cast<double>(step_stats.correct) / p;
+      record["pairs"] = step_stats.pairs;
+      record["rewards_chosen"] = step_stats.reward_c / p;
+      record["rewards_rejected"] = step_stats.reward_r / p;
+      record["rewards_margin"] = (step_stats.reward_c - step_stats.reward_r) / p;
+      record["rewards_accuracy"] = accuracy;
+      record["logps_chosen"] = step_stats.logp_c / p;
+      record["logps_rejected"] = step_stats.logp_r / p;
+    }
+    metrics << record.dump() << "\n" << std::flush;
     char extra[128];
-    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
+    if (o.dpo) {
+      std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f lr %.2e %.0f tok/s", loss, accuracy, lr,
+                    tokens / std::max(dt, 1e-9));
+    } else {
+      std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
+    }
     bar.update(st.step, extra);
     if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
     if (o.save_every > 0 && st.step % o.save_every == 0) {

@@ -52,6 +52,7 @@
 
 #include "core/dtype.h"
 #include "lora/lora_config.h"
+#include "trainer/dpo.h"
 #include "trainer/qwen_model.h"
 #include "trainer/sft_data.h"
 
@@ -110,10 +111,21 @@ struct TrainOptions {
   // Data parallelism (see the top): this process's rank in the group training one adapter; null: a single process.
   // Not owned; every rank passes the same options.
   ProcessGroup* group = nullptr;
+  // Preference training (`--objective dpo`, trainer/dpo.h) instead of the token loss: data_path (and eval_data_path)
+  // hold preference records; a micro-batch is batch_size pairs (their 2·batch_size sequences packed without padding,
+  // each at most seq_len tokens; data.max_len must not exceed seq_len); the reference is the model at step 0 (base +
+  // the starting adapter), its NLL sums of every training and held-out sequence computed once before the first step
+  // (TRL's precompute_ref_log_probs) and kept in out/dpo_reference.json for --resume. A step's "loss" is the mean
+  // preference loss (plus RPO's term); metrics.jsonl adds rewards_chosen / rewards_rejected / rewards_margin /
+  // rewards_accuracy / logps_chosen / logps_rejected (per-pair means, TRL's names with '_' for '/'), and each
+  // evaluation eval_loss, eval_rewards_margin, eval_rewards_accuracy and eval_pairs.
+  bool dpo = false;
+  DpoOptions dpo_options;
 };
 
 struct TrainReport {
   int64_t steps = 0, start_step = 0;
+  double eval_accuracy = -1, first_eval_accuracy = -1;  // preference runs: the held-out pairs' reward accuracy
   bool stopped = false;    // ended by stop_after: no final evaluation or adapter
   std::string checkpoint;  // with stopped: the newest complete checkpoint ("" when none)
   double last_loss = 0, eval_loss = -1;  // eval_loss < 0: no eval split

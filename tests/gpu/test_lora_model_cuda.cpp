@@ -74,6 +74,7 @@
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
+#include "trainer/dpo.h"
 #include "trainer/lora_model.h"
 #include "trainer/lora_model_cuda.h"
 #include "trainer/step_profile.h"
@@ -570,6 +571,52 @@ TEST(LoraModelCuda, SeveralLogitsChunks) {
   bad.logits_chunk_rows = -1;
   const std::string e = test::error_of([&] { LoraModelCuda refused(cpu, test_adapter(cpu, 17), bad); });
   EXPECT_NE(e.find("logits_chunk_rows must be 0 (the default chunk) or positive, got -1"), std::string::npos) << e;
+}
+
+// A sequence objective (trainer/dpo.h's DPO, LoraStepOptions::sequence_objective): the head run twice, per-row loss
+// weights (cross_entropy_fused_cuda's row_scale) on the compact head (a prompt-masked batch: most rows gathered) and
+// on the direct one (every row scored), against the CPU step with the same reference sums; in chunks of 7 rows too.
+TEST(LoraModelCuda, SequenceObjectiveIsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 17);
+  const PackedBatch b = random_batch({23, 17, 40, 9}, cpu.config().vocab_size, 97);  // two pairs
+  const std::vector<int32_t> all = next_token_targets(b);
+  std::vector<int32_t> completions = all;  // the first 60 % of each sequence is prompt
+  for (int64_t j = 0; j < b.num_seqs(); ++j) {
+    const int32_t n = b.cu_seqlens[j + 1] - b.cu_seqlens[j];
+    for (int32_t t = 0; t < n * 3 / 5; ++t) completions[b.cu_seqlens[j] + t] = kIgnoreIndex;
+  }
+  for (const auto& [targets, what] : {std::make_pair(completions, "completions (compact head)"),
+                                      std::make_pair(all, "every token (direct head)")}) {
+    SCOPED_TRACE(what);
+    LoraStepOptions so;
+    so.bf16_checkpoints = false;
+    const std::vector<double> ref = {40.0, 35.0, 90.0, 14.0};  // reference sums near the tiny model's
+    DpoOptions o;
+    o.label_smoothing = 0.1;
+    o.rpo_alpha = 0.3;
+    const std::vector<int64_t> counts = sequence_target_counts(b, targets);
+    DpoStats want_stats, got_stats;
+    so.sequence_objective = dpo_objective(o, ref, counts, 2, counts[0] + counts[2], &want_stats);
+    LoraAdapter g_cpu = zeros_like(adapter);
+    const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
+    for (int64_t rows : {0, 7}) {
+      LoraModelCudaOptions mo;
+      mo.logits_chunk_rows = rows;
+      LoraModelCuda gpu(cpu, adapter, mo);
+      so.sequence_objective = dpo_objective(o, ref, counts, 2, counts[0] + counts[2], &got_stats);
+      const LoraStepResult got = gpu.loss_and_grad(b, targets, so);
+      ASSERT_EQ(got.seq_nll.size(), want.seq_nll.size());
+      for (size_t j = 0; j < want.seq_nll.size(); ++j)
+        EXPECT_NEAR(got.seq_nll[j], want.seq_nll[j], kFp32RelTol * want.seq_nll[j]) << "sequence " << j;
+      EXPECT_NEAR(got_stats.objective(o), want_stats.objective(o), kFp32RelTol * want_stats.objective(o));
+      got_stats = DpoStats{};
+      LoraAdapter g_gpu = zeros_like(adapter);
+      gpu.download_grads(&g_gpu);
+      expect_grads_close(g_gpu, g_cpu, 1.0, kFp32RelTol, std::string(what) + ", chunk " + std::to_string(rows));
+    }
+  }
 }
 
 // Mixture-of-experts models (tiny-moe: Qwen3-MoE, 8 experts, k = 2, norm_topk_prob, a dense layer between two MoE

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `qwen-qlora train --objective dpo` through the command line: a preference run on a tiny random model starts at
+# ln 2 with zero rewards, learns the preference (reward accuracy 1 on the held-out pairs), logs TRL's reward metrics
+# and leaves a PEFT adapter that `qwen-qlora eval` reads; the preference flags are refused without --objective dpo,
+# --batching with it, SFT records for it and preference records for SFT, each with one clear line.
+set -euo pipefail
+source "$(dirname "$0")/cli_setup.sh"
+"$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
+python3 - "$WORK/pref.jsonl" <<'PY'
+import json, random, sys
+random.seed(5)
+names = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay"]
+with open(sys.argv[1], "w") as f:
+    for i in range(60):
+        n = random.choice(names)
+        if i % 2:  # the implicit-prompt form: the shared prefix is the prompt
+            f.write(json.dumps({"chosen": f"{n} is kind.", "rejected": f"{n} is mean."}) + "\n")
+        else:
+            f.write(json.dumps({"prompt": f"{n} is", "chosen": " kind.", "rejected": " mean."}) + "\n")
+PY
+run=(train --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective dpo --dpo-beta 0.5 --max-steps 20 --seq-len 64
+     --batch-size 2 --lr 0.01 --lora-r 4 --eval-count 8 --threads 1 --quiet --device cpu)
+"$QL" "${run[@]}" --out "$WORK/run" > "$WORK/run.txt" 2>&1 || fail "the dpo run failed" "$WORK/run.txt"
+grep -q "eval reward accuracy 0.000 -> 1.000" "$WORK/run.txt" || fail "the held-out pairs were not learned" "$WORK/run.txt"
+python3 - "$WORK/run/metrics.jsonl" <<'PY' || fail "metrics" "$WORK/run/metrics.jsonl"
+import json, math, sys
+steps = [j for j in map(json.loads, open(sys.argv[1])) if "loss" in j]
+assert len(steps) == 20, len(steps)
+assert abs(steps[0]["loss"] - math.log(2)) < 1e-4 and abs(steps[0]["rewards_margin"]) < 1e-4, steps[0]
+for key in ("rewards_chosen", "rewards_rejected", "rewards_accuracy", "logps_chosen", "logps_rejected", "pairs"):
+    assert key in steps[0], key
+assert steps[-1]["loss"] < 0.2 and steps[-1]["rewards_margin"] > 2, steps[-1]
+evals = [j for j in map(json.loads, open(sys.argv[1])) if "eval_loss" in j]
+assert evals[0]["eval_pairs"] == 8 and evals[-1]["eval_rewards_accuracy"] == 1.0, evals
+PY
+[ -f "$WORK/run/dpo_reference.json" ] && [ -f "$WORK/run/adapter_model.safetensors" ] || fail "run directory files"
+for i in $(seq 1 40); do echo "Ann is kind. Bob is kind. Cid is kind."; done > "$WORK/text.txt"
+"$QQ" eval --model "$WORK/tiny" --adapter "$WORK/run" --data "$WORK/text.txt" --seq-len 32 --max-windows 2 \
+  --device cpu > "$WORK/eval.txt" 2>&1 || fail "the adapter does not load" "$WORK/eval.txt"
+grep -q "^perplexity [0-9]" "$WORK/eval.txt" || fail "no perplexity with the adapter" "$WORK/eval.txt"
+# Refusals: one line each, nothing written.
+expect_error() {  # EXPECTED-SUBSTRING ARGS...
+  local want="$1"; shift
+  if "$QL" "$@" > "$WORK/err.txt" 2>&1; then fail "accepted: $*" "$WORK/err.txt"; fi
+  grep -qF -- "$want" "$WORK/err.txt" || fail "expected \"$want\" for: $*" "$WORK/err.txt"
+}
+expect_error "--dpo-beta applies to --objective dpo" train --model "$WORK/tiny" --data "$WORK/pref.jsonl" \
+  --out "$WORK/x1" --dpo-beta 0.2 --max-steps 1 --device cpu
+expect_error "leave --batching out" "${run[@]}" --out "$WORK/x2" --batching padding
+expect_error "--dpo-beta must be positive" "${run[@]/0.5/0}" --out "$WORK/x3"
+expect_error "train on it with --objective dpo" train --model "$WORK/tiny" --data "$WORK/pref.jsonl" --out "$WORK/x4" \
+  --max-steps 1 --device cpu
+echo '{"text": "Ann is kind."}' > "$WORK/sft.jsonl"
+expect_error 'sft.jsonl:1: expected "chosen" and "rejected" fields' "${run[@]/$WORK\/pref.jsonl/$WORK/sft.jsonl}" \
+  --out "$WORK/x5"
+for d in x1 x2 x3 x4 x5; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
+echo "PASS"

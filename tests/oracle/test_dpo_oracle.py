@@ -1,0 +1,131 @@
+"""Oracle: the preference losses (DPO sigmoid with label smoothing and RPO, IPO, hinge) and their adapter gradients
+against PyTorch autograd through transformers + PEFT.
+
+A tiny random Qwen2 (fp32, eager attention) with two PEFT adapters (all seven Linears, r=4, alpha=8, seeded random A
+and nonzero B): "reference" and "policy". Three pairs of a random prompt with a chosen and a rejected completion
+(random token ids; the completions' tokens are the scored ones). Each completion's log-probability is the sum of its
+tokens' log-softmax, under the reference adapter (no gradient) and the policy. The loss is written out here from the
+formulas TRL's DPOTrainer.dpo_loss uses (sigmoid -(1-e)·logsigmoid(b·h) - e·logsigmoid(-b·h),
+hinge relu(1 - b·h), ipo (h - 1/(2b))² on length-normalised log-probabilities), averaged over the pairs, plus
+rpo_alpha times the chosen tokens' mean NLL; loss.backward() gives the policy adapter's gradients. The gtest
+DpoOracle.* reads the same base and both adapters with qwenq, computes the reference sums, then the loss and
+gradients through lora_loss_and_grad's sequence objective (trainer/dpo.h), and compares (tolerances there).
+"""
+import json
+import os
+
+from oracle_common import parse_args, run_gtest, skip, spread_weights, work_dir
+
+args = parse_args(__doc__)
+try:
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    import peft
+    from safetensors.torch import save_file
+except ImportError as e:  # pragma: no cover
+    skip(f"torch/transformers/peft not importable: {e}")
+
+print("transformers", transformers.__version__, "peft", peft.__version__, "torch", torch.__version__)
+torch.manual_seed(1357)
+out = work_dir(args.build, "dpo_oracle")
+config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
+                                  rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+config._attn_implementation = "eager"
+model = transformers.AutoModelForCausalLM.from_config(config).eval()
+spread_weights(model)
+model.save_pretrained(os.path.join(out, "base"), safe_serialization=True)
+lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+pm = peft.get_peft_model(model, lcfg)
+
+
+def randomize_and_save(name):
+    with torch.no_grad():
+        for pname, p in pm.named_parameters():
+            if "lora_A" in pname:
+                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
+            elif "lora_B" in pname:
+                p.copy_(0.2 * torch.randn_like(p))
+    pm.save_pretrained(os.path.join(out, name))
+
+
+# Pairs: prompt ++ completion; mask[t] = 1 where token t belongs to the completion (a scored target).
+seqs, masks = [], []
+for lp, lc, lr in [(5, 4, 3), (7, 3, 6), (4, 6, 2)]:
+    prompt = torch.randint(0, config.vocab_size, (lp,))
+    for lcomp in (lc, lr):
+        seqs.append(torch.cat([prompt, torch.randint(0, config.vocab_size, (lcomp,))]))
+        masks.append([0] * lp + [1] * lcomp)
+
+
+def completion_nll(m):
+    """Σ −log p(token) over each sequence's completion tokens, and their counts."""
+    sums, counts = [], []
+    for s, mk in zip(seqs, masks):
+        logits = m(input_ids=s[None, :]).logits[0]
+        lp = F.log_softmax(logits[:-1].float(), dim=-1).gather(1, s[1:, None])[:, 0]
+        keep = torch.tensor(mk[1:], dtype=torch.bool)
+        sums.append(-lp[keep].sum())
+        counts.append(int(keep.sum()))
+    return sums, counts
+
+
+randomize_and_save("reference")
+with torch.no_grad():
+    ref, counts = completion_nll(pm)
+randomize_and_save("policy")
+
+# The hinge case's beta puts the pair of the largest margin h outside the hinge (zero loss and gradient) and the
+# others inside, so both branches are compared.
+with torch.no_grad():
+    pol0, _ = completion_nll(pm)
+h = sorted(float((ref[2 * i] - pol0[2 * i]) - (ref[2 * i + 1] - pol0[2 * i + 1])) for i in range(len(seqs) // 2))
+if h[-1] <= 0 or h[-1] <= h[-2]:
+    skip(f"the seeded pairs give margins {h}: no hinge beta separates them (change the seed)")
+hinge_beta = 2 / (h[-1] + max(h[-2], 0.0))
+print("margins h", h, "hinge beta", hinge_beta)
+CASES = {"sigmoid": dict(loss="sigmoid", beta=0.1, label_smoothing=0.1, rpo_alpha=0.5),
+         "ipo": dict(loss="ipo", beta=0.5, label_smoothing=0.0, rpo_alpha=0.0),
+         "hinge": dict(loss="hinge", beta=hinge_beta, label_smoothing=0.0, rpo_alpha=0.0)}
+expected = {"input_ids": torch.cat(seqs).to(torch.int32),
+            "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int32),
+            "masks": torch.tensor(sum(masks, []), dtype=torch.int32)}
+for name, c in CASES.items():
+    pm.zero_grad()
+    pol, _ = completion_nll(pm)
+    losses, active = [], 0
+    for i in range(len(seqs) // 2):
+        S_c, S_r, R_c, R_r = pol[2 * i], pol[2 * i + 1], ref[2 * i], ref[2 * i + 1]
+        if c["loss"] == "ipo":
+            h = (R_c - S_c) / counts[2 * i] - (R_r - S_r) / counts[2 * i + 1]
+        else:
+            h = (R_c - S_c) - (R_r - S_r)
+        b, e = c["beta"], c["label_smoothing"]
+        if c["loss"] == "sigmoid":
+            losses.append(-(1 - e) * F.logsigmoid(b * h) - e * F.logsigmoid(-b * h))
+        elif c["loss"] == "hinge":
+            losses.append(torch.relu(1 - b * h))
+            active += float(b * h) < 1
+        else:
+            losses.append((h - 1 / (2 * b)) ** 2)
+    loss = torch.stack(losses).mean()
+    if c["rpo_alpha"] > 0:
+        chosen_tokens = sum(counts[0::2])
+        loss = loss + c["rpo_alpha"] * torch.stack(pol[0::2]).sum() / chosen_tokens
+    loss.backward()
+    if c["loss"] == "hinge":
+        assert active == len(seqs) // 2 - 1, f"hinge: {active} pairs inside the margin"
+    print(name, "loss", loss.item())
+    expected[f"{name}.loss"] = torch.tensor([loss.item()], dtype=torch.float64)
+    for pname, p in pm.named_parameters():
+        if p.requires_grad:
+            expected[f"{name}." + pname.replace(".default", "") + ".grad"] = p.grad.detach().clone().contiguous()
+save_file(expected, os.path.join(out, "expected.safetensors"))
+with open(os.path.join(out, "cases.json"), "w") as f:
+    json.dump(CASES, f)
+print("reference sums", [float(x) for x in ref])
+
+run_gtest(args.build, "DpoOracle.*", {"QWENQ_ORACLE_DPO_DIR": out})
+print("dpo oracle: OK")

@@ -1,0 +1,120 @@
+// Preference records -> pairs of SFT examples (chosen, rejected), formats in trainer/dpo.h.
+#include <algorithm>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "trainer/dpo.h"
+
+namespace qwenq {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// The implicit prompt of two strings, as TRL's extract_prompt: the shared prefix, one character shorter when the
+// character before the first difference is a space (so each completion starts with it). Cut at a UTF-8 character
+// boundary (TRL compares Python characters).
+size_t shared_string_prefix(const std::string& a, const std::string& b) {
+  size_t k = 0;
+  while (k < a.size() && k < b.size() && a[k] == b[k]) ++k;
+  while (k > 0 && k < a.size() && (static_cast<unsigned char>(a[k]) & 0xC0) == 0x80) --k;
+  if (k > 0 && a[k - 1] == ' ') --k;
+  return k;
+}
+
+// {"prompt", "chosen", "rejected"} (or the implicit form) -> two prompt-completion records; "" or why not.
+std::string preference_records(const Json& j, SftRecord* chosen, SftRecord* rejected) {
+  if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
+  const auto c = j.find("chosen"), r = j.find("rejected"), p = j.find("prompt");
+  if (c == j.end() || r == j.end()) return "expected \"chosen\" and \"rejected\" fields (a preference record)";
+  const bool strings = c->is_string() && r->is_string();
+  if (!strings && !(c->is_array() && r->is_array()))
+    return "\"chosen\" and \"rejected\" must both be strings or both be message lists";
+  if (*c == *r) return "\"chosen\" and \"rejected\" are the same (no preference to learn)";
+  Json prompt, cc = *c, rr = *r;
+  if (p != j.end()) {
+    prompt = *p;
+  } else if (strings) {  // implicit prompt
+    const std::string a = c->get<std::string>(), b = r->get<std::string>();
+    const size_t k = shared_string_prefix(a, b);
+    prompt = a.substr(0, k);
+    cc = a.substr(k);
+    rr = b.substr(k);
+  } else {
+    size_t k = 0;
+    while (k < c->size() && k < r->size() && (*c)[k] == (*r)[k]) ++k;
+    prompt = Json::array();
+    for (size_t i = 0; i < k; ++i) prompt.push_back((*c)[i]);
+    cc = Json::array();
+    rr = Json::array();
+    for (size_t i = k; i < c->size(); ++i) cc.push_back((*c)[i]);
+    for (size_t i = k; i < r->size(); ++i) rr.push_back((*r)[i]);
+  }
+  for (auto [out, completion, name] : {std::make_tuple(chosen, &cc, "chosen"), std::make_tuple(rejected, &rr, "rejected")}) {
+    Json pc = {{"prompt", prompt}, {"completion", *completion}};
+    if (j.contains("tools")) pc["tools"] = j["tools"];
+    const std::string why = sft_record_from_json(pc, SftFormat::kPromptCompletion, out);
+    if (!why.empty()) return std::string(name) + ": " + why;
+  }
+  return "";
+}
+
+}  // namespace
+
+SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt) {
+  QWENQ_CHECK(opt.max_len >= 2, "max_len must be >= 2 (one input and one target), got " << opt.max_len);
+  QWENQ_CHECK(opt.format == SftFormat::kAuto || opt.format == SftFormat::kPreference,
+              "preference training reads preference records (--format preference or auto), not --format "
+                  << sft_format_name(opt.format));
+  QWENQ_CHECK(!opt.templ.train_on_prompt && !opt.templ.mask_history,
+              "preference training scores the completions only: --train-on-prompt and --mask-history do not apply");
+  SftDataset ds;
+  SftDataStats& st = ds.stats;
+  std::vector<std::pair<SftRecord, SftRecord>> records;
+  for_each_json_record(path, opt.skip_bad, &st, [&](const Json& j, const std::string& where) {
+    std::pair<SftRecord, SftRecord> rec;
+    const std::string why = preference_records(j, &rec.first, &rec.second);
+    if (why.empty()) {
+      rec.first.where = rec.second.where = where;
+      records.push_back(std::move(rec));
+    }
+    return why;
+  });
+  st.format = SftFormat::kPreference;
+  QWENQ_CHECK(!records.empty(), path << ": no preference pairs (" << st.skipped << " malformed skipped)");
+  std::vector<std::pair<SftExample, SftExample>> pairs;
+  for (const auto& [rc, rr] : records) {
+    SftDataStats one;  // both halves' bookkeeping; the pair counts once
+    std::pair<SftExample, SftExample> ex;
+    const bool kept_c = prepare_sft_example(rc, tok, opt.templ, opt.max_len, &ex.first, &one);
+    const bool kept_r = prepare_sft_example(rr, tok, opt.templ, opt.max_len, &ex.second, &one);
+    const bool kept = kept_c && kept_r;
+    st.longest = std::max(st.longest, one.longest);
+    st.truncated += one.truncated;
+    st.truncated_tokens += one.truncated_tokens;
+    if (!kept) {
+      ++st.dropped_no_loss;
+      continue;
+    }
+    ++st.records;
+    st.tokens += one.tokens;
+    st.loss_tokens += one.loss_tokens;
+    pairs.push_back(std::move(ex));
+  }
+  QWENQ_CHECK(!pairs.empty(), path << ": every pair lost a completion to max_len " << opt.max_len);
+  std::vector<int64_t> train, eval;
+  split_sft_indices(static_cast<int64_t>(pairs.size()), opt.seed, opt.eval_fraction, opt.eval_count, &train, &eval);
+  for (auto [idx, out] : {std::make_pair(&train, &ds.train), std::make_pair(&eval, &ds.eval)}) {
+    for (int64_t i : *idx) {
+      out->push_back(std::move(pairs[static_cast<size_t>(i)].first));
+      out->push_back(std::move(pairs[static_cast<size_t>(i)].second));
+    }
+  }
+  st.train_examples = static_cast<int64_t>(train.size());
+  st.eval_examples = static_cast<int64_t>(eval.size());
+  return ds;
+}
+
+}  // namespace qwenq
