@@ -40,14 +40,22 @@ constexpr double kFdStep = 1e-4, kFdTol = 1e-6;
 
 TEST(DpoLoss, DerivativesAreTheFormulasCentralDifferences) {
   const std::vector<DpoPair> points = {{12.0, 15.5, 12.3, 14.9, 7, 9}, {30.2, 18.1, 25.0, 21.4, 11, 4},
-                                       {5.5, 5.4, 5.6, 5.45, 3, 3}};
-  std::vector<DpoOptions> opts(5);
+                                       {5.5, 5.4, 5.6, 5.45, 3, 3},
+                                       {0.2, 0.9, 0.25, 0.8, 7, 9}};  // p̄ of the chosen 0.97: ORPO's 1 − e^a small
+  std::vector<DpoOptions> opts(8);
   opts[1].label_smoothing = 0.2;
   opts[2].loss = DpoLoss::kHinge;
   opts[2].beta = 0.05;  // βh < 1 at every point: the hinge's sloped side (its flat side below)
   opts[3].loss = DpoLoss::kIpo;
   opts[3].beta = 0.5;
   opts[4].beta = 2.0;
+  opts[5].loss = DpoLoss::kSimpo;
+  opts[5].beta = 2.0;
+  opts[5].label_smoothing = 0.1;
+  opts[6].loss = DpoLoss::kOrpo;
+  opts[6].beta = 0.1;
+  opts[7].loss = DpoLoss::kOrpo;  // mean log-probabilities near 0 (p̄ near 1): log(1 − e^a) stays finite
+  opts[7].beta = 1.0;
   for (const DpoOptions& o : opts) {
     for (const DpoPair& p : points) {
       SCOPED_TRACE(std::string(dpo_loss_name(o.loss)) + " beta " + std::to_string(o.beta) + " S_c " + std::to_string(p.S_c));
@@ -58,10 +66,18 @@ TEST(DpoLoss, DerivativesAreTheFormulasCentralDifferences) {
       a = p, b = p;
       a.S_r += kFdStep, b.S_r -= kFdStep;
       EXPECT_NEAR(t.dS_r, (dpo_pair_terms(o, a).loss - dpo_pair_terms(o, b).loss) / (2 * kFdStep), kFdTol);
-      // Rewards: β times the log-ratio over the reference (length-normalised for IPO).
-      const double nc = o.loss == DpoLoss::kIpo ? p.n_c : 1, nr = o.loss == DpoLoss::kIpo ? p.n_r : 1;
-      EXPECT_DOUBLE_EQ(t.reward_c, o.beta * (p.R_c - p.S_c) / nc);
-      EXPECT_DOUBLE_EQ(t.reward_r, o.beta * (p.R_r - p.S_r) / nr);
+      // Rewards: β times the log-ratio over the reference (length-normalised for IPO), or β times the mean
+      // log-probability for the reference-free losses.
+      const bool free = dpo_reference_free(o.loss), mean = free || o.loss == DpoLoss::kIpo;
+      const double nc = mean ? p.n_c : 1, nr = mean ? p.n_r : 1;
+      EXPECT_DOUBLE_EQ(t.reward_c, o.beta * ((free ? 0 : p.R_c) - p.S_c) / nc);
+      EXPECT_DOUBLE_EQ(t.reward_r, o.beta * ((free ? 0 : p.R_r) - p.S_r) / nr);
+      // The reference-free losses ignore R.
+      if (free) {
+        DpoPair q = p;
+        q.R_c += 3, q.R_r -= 2;
+        EXPECT_EQ(dpo_pair_terms(o, q).loss, t.loss);
+      }
     }
   }
 }
@@ -99,6 +115,21 @@ TEST(DpoLoss, KnownValues) {
   ipo.beta = 0.5;
   t = dpo_pair_terms(ipo, DpoPair{0, 2, 0, 0, 4, 2});  // h = 0/4 − (−2)/2 = 1 = 1/(2·0.5)
   EXPECT_EQ(t.loss, 0.0);
+  // SimPO at h = γ/β: −log σ(0) = ln 2; ORPO at equal mean log-probabilities: β·ln 2.
+  DpoOptions simpo;
+  simpo.loss = DpoLoss::kSimpo;
+  simpo.beta = 2.0;
+  simpo.simpo_gamma = 1.0;
+  EXPECT_DOUBLE_EQ(dpo_pair_terms(simpo, DpoPair{4.0, 6.0, 0, 0, 4, 4}).loss, std::log(2.0));  // h = −1 + 1.5 = 0.5
+  DpoOptions orpo;
+  orpo.loss = DpoLoss::kOrpo;
+  orpo.beta = 0.1;
+  t = dpo_pair_terms(orpo, DpoPair{6.0, 9.0, 0, 0, 4, 6});  // a_c = a_r = −1.5
+  EXPECT_NEAR(t.loss, 0.1 * std::log(2.0), 1e-15);
+  EXPECT_NEAR(t.dS_c, 0.1 * 0.5 / (1 - std::exp(-1.5)) / 4, 1e-15);
+  EXPECT_NEAR(t.dS_r, -0.1 * 0.5 / (1 - std::exp(-1.5)) / 6, 1e-15);
+  // ORPO's NLL term is its own (weight 1), RPO's is rpo_alpha.
+  EXPECT_EQ(orpo.nll_weight(), 1.0);
   // RPO adds the chosen tokens' mean NLL.
   DpoOptions rpo;
   rpo.rpo_alpha = 0.5;
@@ -117,11 +148,18 @@ TEST(DpoLoss, RefusesWhatItCannotCompute) {
   EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "--dpo-label-smoothing must be in [0, 0.5)"));
   o.label_smoothing = 0.1;
   o.loss = DpoLoss::kIpo;
-  EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "applies to --dpo-loss sigmoid only"));
+  EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "applies to --dpo-loss sigmoid and simpo"));
+  o = DpoOptions{};
+  o.loss = DpoLoss::kOrpo;
+  o.rpo_alpha = 0.5;
+  EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "--rpo-alpha does not apply to --dpo-loss orpo"));
+  o = DpoOptions{};
+  o.simpo_gamma = -1;
+  EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "--simpo-gamma must be >= 0"));
   o = DpoOptions{};
   o.rpo_alpha = -1;
   EXPECT_TRUE(contains(error_of([&] { check_dpo_options(o); }), "--rpo-alpha must be >= 0"));
-  EXPECT_TRUE(contains(error_of([&] { parse_dpo_loss("kto"); }), "--dpo-loss must be sigmoid, hinge or ipo"));
+  EXPECT_TRUE(contains(error_of([&] { parse_dpo_loss("kto"); }), "--dpo-loss must be sigmoid, hinge, ipo, simpo or orpo"));
   EXPECT_TRUE(contains(error_of([&] { dpo_pair_terms(DpoOptions{}, DpoPair{1, 1, 1, 1, 0, 3}); }),
                        "needs tokens in both completions"));
   EXPECT_TRUE(contains(error_of([&] { dpo_batch_stats(DpoOptions{}, {1, 2, 3}, {1, 2, 3}, {1, 1, 1}); }),
@@ -408,6 +446,35 @@ TEST(DpoTrain, LearnsThePreferenceFromAStartAtTheReference) {
   EXPECT_LT(r.eval_loss, 0.2);
   EXPECT_TRUE(file_exists(o.out_dir + "/dpo_reference.json"));
   EXPECT_TRUE(file_exists(o.out_dir + "/adapter_model.safetensors"));
+}
+
+// The reference-free losses train without a reference model (no dpo_reference.json, nothing to read on resume) and
+// learn the same preference; ORPO's loss carries the chosen tokens' mean NLL, so its first step is above β·ln 2.
+TEST(DpoTrain, SimpoAndOrpoNeedNoReference) {
+  const std::string root = test::scratch_dir();
+  const std::string model = test::make_tiny_model(root + "/m", /*seed=*/2);
+  const std::string data = make_preference_data(root + "/p.jsonl", 60);
+  for (DpoLoss loss : {DpoLoss::kSimpo, DpoLoss::kOrpo}) {
+    SCOPED_TRACE(dpo_loss_name(loss));
+    TrainOptions o = dpo_options(model, data, root + "/" + dpo_loss_name(loss), 20);
+    o.dpo_options.loss = loss;
+    o.dpo_options.beta = loss == DpoLoss::kSimpo ? 2.0 : 0.5;
+    o.save_every = 10;
+    o.stop_after = 10;  // then resumed from checkpoint-10: nothing to read but the checkpoint
+    train_lora(o);
+    o.stop_after = 0;
+    o.resume = true;
+    const TrainReport r = train_lora(o);
+    EXPECT_EQ(r.start_step, 10);
+    EXPECT_FALSE(file_exists(o.out_dir + "/dpo_reference.json"));
+    const std::vector<double> margin = metric(o.out_dir + "/metrics.jsonl", "rewards_margin");
+    ASSERT_EQ(margin.size(), 20u);
+    EXPECT_GT(margin.back(), margin.front() + 0.5);
+    EXPECT_EQ(r.eval_accuracy, 1.0);
+    if (loss == DpoLoss::kOrpo) {
+      EXPECT_GT(metric(o.out_dir + "/metrics.jsonl", "loss")[0], 0.5 * std::log(2.0) + 1.0);
+    }
+  }
 }
 
 // The reference is the model at step 0: with a starting adapter (--init-adapter), the base plus that adapter, so

@@ -67,6 +67,7 @@ TEST(DpoOracle, LossesAndGradientsMatchPyTorch) {
     o.beta = it.value()["beta"].get<double>();
     o.label_smoothing = it.value()["label_smoothing"].get<double>();
     o.rpo_alpha = it.value()["rpo_alpha"].get<double>();
+    if (it.value().contains("simpo_gamma")) o.simpo_gamma = it.value()["simpo_gamma"].get<double>();
     LoraAdapter grads = policy;
     for (size_t i = 0; i < grads.slots().size(); ++i)
       for (std::vector<float>* v : {&grads.weights(i).A, &grads.weights(i).B}) std::fill(v->begin(), v->end(), 0.f);
@@ -99,7 +100,7 @@ TEST(DpoOracle, LossesAndGradientsMatchPyTorch) {
                 stats.objective(o), want_loss, worst_rel);
     ++checked;
   }
-  EXPECT_EQ(checked, 3);
+  EXPECT_EQ(checked, 5);
 }
 
 }  // namespace

@@ -249,7 +249,7 @@ TEST(SftRead, FormatDetectedFromFirstRecord) {
   const std::string alpaca = write(dir, "a.json", R"([{"instruction":"i","input":null,"output":"o","extra":1}])");
   EXPECT_EQ(load_sft_dataset(alpaca, tok, {}).stats.format, SftFormat::kAlpaca);
   EXPECT_EQ(parse_sft_format("chat"), SftFormat::kChat);
-  EXPECT_TRUE(contains(error_of([] { parse_sft_format("sharegpt"); }), "unknown SFT data format \"sharegpt\""));
+  EXPECT_TRUE(contains(error_of([] { parse_sft_format("sharegpt"); }), "unknown data format \"sharegpt\" (expected auto, text, alpaca, chat, prompt-completion or preference)"));
 }
 
 TEST(SftRead, EmptyDatasetIsAnError) {

@@ -31,6 +31,16 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o);
 // The flags into o: data format and template switches, the split's seed (o->seed), batching, checkpoint precision.
 void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 
+// --objective and the preference flags (--dpo-beta, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma):
+// train's and eval's.
+struct DpoFlags {
+  std::string objective = "sft", loss = "sigmoid";
+};
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
+// The flags into o (o->dpo, o->dpo_options); refuses a preference flag without --objective dpo, --simpo-gamma
+// without --dpo-loss simpo and --batching with dpo (whose batches are pairs: sft->batch_mode becomes padding).
+void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o);
+
 // `train --config FILE.json`: the file's options inserted before the command line's (which then win).
 std::vector<std::string> expand_train_config(const std::vector<std::string>& args);
 

@@ -5,6 +5,10 @@
 // the base alone (a zero adapter: train's step-0 evaluation of a PEFT-initialised run). Compares checkpoints,
 // adapters on 4-bit and bf16 bases, or a base before and after fine-tuning on the same answers. --device cuda
 // computes the losses with the GPU trainer's forward (trainer/lora_model_cuda.h), as train --device cuda evaluates.
+// With --objective dpo, preference pairs (trainer/dpo.h): how often the model prefers the chosen completion (by the
+// sum and by the mean of its tokens' log-probabilities), and the preference loss, margin and reward accuracy of
+// train --objective dpo against a reference (--ref-adapter, or the base alone), batched as train evaluates.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,6 +22,7 @@
 #include "core/progress.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/dpo.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/model_dir.h"
@@ -30,34 +35,26 @@ namespace qwenq::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, adapter, json_out;
+  std::string model, adapter, ref_adapter, json_out;
   bool json = false;
   SftFlags sft;  // train's data and batching flags
+  DpoFlags dpo;
   TrainOptions opt;
   CommonOptions common;
 };
 
-void run_sft_eval(EvalArgs& a) {
-  DevicePick pick(a.common, "qwen-qlora eval");
-  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
-  TrainOptions& o = a.opt;
-  o.model_dir = resolve_model_dir(a.model);
-  apply_sft_flags(a.sft, &o);
-  const auto t0 = std::chrono::steady_clock::now();
-  QwenModel model(o.model_dir);
-  // LoraModelCuda's loss on the GPU, as train evaluates there.
-  o.use_cuda = pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
-  const Tokenizer tok = Tokenizer::from_model(o.model_dir);
-  SftDataOptions dopt = o.data;
-  dopt.max_len = data_max_len(o);
-  SftDataset data = load_sft_dataset(o.data_path, tok, dopt);
+// The adapter directory `dir` on the model, or a zero adapter (which adds exactly 0 to every adapted Linear: the
+// base's loss through the same step) when dir is "".
+LoraAdapter adapter_or_zero(const std::string& dir, const QwenModel& model, const std::string& model_dir) {
+  return dir.empty() ? LoraAdapter(lora_dims_of(model.config()), LoraConfig())
+                     : load_adapter_for_base(dir, model_dir, model.config(), AdapterUse::Apply);
+}
+
+void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, std::chrono::steady_clock::time_point t0) {
+  const TrainOptions& o = a.opt;
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
   const std::vector<SftExample>& examples = split ? data.eval : data.train;  // no split: every record, file order
-  // A zero adapter adds exactly 0 to every adapted Linear: the base's loss through the same step.
-  const LoraAdapter adapter = a.adapter.empty()
-                                  ? LoraAdapter(lora_dims_of(model.config()), LoraConfig())
-                                  : load_adapter_for_base(a.adapter, o.model_dir, model.config(), AdapterUse::Apply);
-  const auto [loss, tokens] = sft_eval_loss(model, adapter, examples, o);
+  const auto [loss, tokens] = sft_eval_loss(model, adapter_or_zero(a.adapter, model, o.model_dir), examples, o);
   QWENQ_CHECK(tokens > 0, o.data_path << ": no loss tokens to evaluate (" << data.stats.summary() << ")");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::ordered_json j = {{"model", o.model_dir},
@@ -82,22 +79,108 @@ void run_sft_eval(EvalArgs& a) {
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
+// --objective dpo: the pairs' sums under the model and the reference, their statistics.
+void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data,
+                         std::chrono::steady_clock::time_point t0) {
+  const TrainOptions& o = a.opt;
+  const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
+  const std::vector<SftExample>& examples = split ? data.eval : data.train;
+  const auto adapter_of = [&](const std::string& dir) { return adapter_or_zero(dir, model, o.model_dir); };
+  std::vector<double> policy = preference_eval_sums(model, adapter_of(a.adapter), examples, o);
+  const size_t n = o.eval_batches > 0 ? std::min(policy.size(), static_cast<size_t>(2 * o.batch_size * o.eval_batches))
+                                      : policy.size();
+  policy.resize(n);
+  std::vector<double> ref(n, 0.0);
+  const bool free = dpo_reference_free(o.dpo_options.loss);
+  if (!free) {
+    ref = preference_eval_sums(model, adapter_of(a.ref_adapter), examples, o);
+    ref.resize(n);
+  }
+  std::vector<int64_t> counts = example_target_counts(examples);
+  counts.resize(n);
+  const DpoStats st = dpo_batch_stats(o.dpo_options, policy, ref, counts);
+  int64_t by_sum = 0, by_mean = 0;
+  for (size_t i = 0; i + 1 < n; i += 2) {
+    by_sum += policy[i] < policy[i + 1];
+    by_mean += policy[i] / static_cast<double>(counts[i]) < policy[i + 1] / static_cast<double>(counts[i + 1]);
+  }
+  const double P = static_cast<double>(st.pairs);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto opt_str = [](const std::string& v) { return v.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v); };
+  nlohmann::ordered_json j = {{"model", o.model_dir},
+                              {"adapter", opt_str(a.adapter)},
+                              {"reference_adapter", free ? nlohmann::ordered_json() : opt_str(a.ref_adapter)},
+                              {"data", o.data_path},
+                              {"split", split ? "eval" : "all"},
+                              {"pairs", st.pairs},
+                              {"prefers_chosen_sum", by_sum / P},
+                              {"prefers_chosen_mean", by_mean / P},
+                              {"logps_chosen", st.logp_c / P},
+                              {"logps_rejected", st.logp_r / P},
+                              {"dpo_loss_type", dpo_loss_name(o.dpo_options.loss)},
+                              {"dpo_beta", o.dpo_options.beta},
+                              {"loss", st.objective(o.dpo_options)},
+                              {"rewards_margin", (st.reward_c - st.reward_r) / P},
+                              {"rewards_accuracy", static_cast<double>(st.correct) / P},
+                              {"seconds", seconds},
+                              {"peak_rss_bytes", peak_rss_bytes()}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%lld %spairs of %s: the model prefers the chosen completion in %.1f %% (sum of log-probabilities), "
+                "%.1f %% (mean per token); log-probabilities chosen %.2f, rejected %.2f per pair; %s loss %.4f, "
+                "reward margin %.4f, reward accuracy %.3f (%s); %s%s, %.1fs\n",
+                (long long)st.pairs, split ? "held-out " : "", o.data_path.c_str(), 100.0 * by_sum / P,
+                100.0 * by_mean / P, st.logp_c / P, st.logp_r / P, dpo_loss_name(o.dpo_options.loss),
+                st.objective(o.dpo_options), (st.reward_c - st.reward_r) / P, static_cast<double>(st.correct) / P,
+                free ? "reference-free" : a.ref_adapter.empty() ? "reference: the base alone"
+                                                                : ("reference: " + a.ref_adapter).c_str(),
+                a.adapter.empty() ? "the base alone" : "adapter ", a.adapter.c_str(), seconds);
+  }
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
+// Both kinds: the model, the records rendered as train renders them, then the report.
+void run_eval(EvalArgs& a) {
+  DevicePick pick(a.common, "qwen-qlora eval");
+  if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
+  TrainOptions& o = a.opt;
+  o.model_dir = resolve_model_dir(a.model);
+  apply_sft_flags(a.sft, &o);
+  const auto t0 = std::chrono::steady_clock::now();
+  QwenModel model(o.model_dir);
+  // LoraModelCuda's loss on the GPU, as train evaluates there.
+  o.use_cuda = pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
+  const Tokenizer tok = Tokenizer::from_model(o.model_dir);
+  SftDataOptions dopt = o.data;
+  dopt.max_len = data_max_len(o);
+  if (o.dpo) {  // a pair's sequences are never cut by the batcher, as in train
+    dopt.max_len = std::min(dopt.max_len, o.seq_len);
+    run_preference_eval(a, model, load_preference_dataset(o.data_path, tok, dopt), t0);
+  } else {
+    run_sft_eval(a, model, load_sft_dataset(o.data_path, tok, dopt), t0);
+  }
+}
+
 }  // namespace
 
 void register_qlora_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
   TrainOptions& o = a->opt;
   CLI::App* c = app.add_subcommand(
-      "eval", "Held-out loss of a base (plus a LoRA adapter) on SFT data, as train computes its eval loss");
+      "eval", "Held-out loss of a base (plus a LoRA adapter) on SFT data, as train computes its eval loss (or, with "
+              "--objective dpo, how often it prefers the chosen completion of preference pairs)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads)")->required();
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
+  c->add_option("--ref-adapter", a->ref_adapter,
+                "--objective dpo: the reference model's adapter (train's starting adapter); without it, the base alone");
   c->add_option("--data,-d", o.data_path, "SFT data: JSONL/JSON with text, Alpaca or chat messages")
       ->required()
       ->check(CLI::ExistingFile);
   add_sft_data_flags(c, &a->sft, &o);  // --eval-fraction / --eval-count: train's held-out split, not every record
   c->add_option("--seed", o.seed, "train's --seed (its held-out split)")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row (as train)")->capture_default_str();
-  c->add_option("--batch-size", o.batch_size, "rows per batch (as train)")
+  c->add_option("--batch-size", o.batch_size, "rows per batch, pairs with --objective dpo (as train)")
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
   c->add_option("--batching", a->sft.batch_mode, "packing or padding (as train)")->capture_default_str();
@@ -107,8 +190,13 @@ void register_qlora_eval(CLI::App& app) {
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
   c->add_flag("--json", a->json, "print one JSON object instead of the human line");
   c->add_option("--json-out", a->json_out, "also write the JSON result to this file");
+  add_dpo_flags(c, &a->dpo, &o);
   add_common_options(c, &a->common);
-  c->callback([a]() { run_sft_eval(*a); });
+  c->callback([a, c]() {
+    apply_dpo_flags(*c, a->dpo, &a->sft, &a->opt);
+    QWENQ_CHECK(a->opt.dpo || a->ref_adapter.empty(), "--ref-adapter applies to --objective dpo");
+    run_eval(*a);
+  });
 }
 
 }  // namespace qwenq::cli

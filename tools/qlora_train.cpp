@@ -32,7 +32,7 @@ struct TrainArgs {
   TrainOptions opt;
   SftFlags sft;
   std::string model, targets = "all-linear", adapter_dtype = "fp32", cpu_matmul = "fp32";
-  std::string objective = "sft", dpo_loss = "sigmoid";
+  DpoFlags dpo;
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
   int nproc = 1;
@@ -179,6 +179,45 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
   c->add_option("--eval-count", o->data.eval_count, "or an exact number of held-out examples")->capture_default_str();
 }
 
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
+  c->add_option("--objective", f->objective,
+                "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}; "
+                "--batch-size counts pairs)")
+      ->check(CLI::IsMember({"sft", "dpo"}))
+      ->capture_default_str();
+  c->add_option("--dpo-beta", o->dpo_options.beta, "dpo: beta, the strength of the pull toward the reference")
+      ->capture_default_str();
+  c->add_option("--dpo-loss", f->loss,
+                "dpo: sigmoid (DPO), hinge (SLiC) or ipo (IPO), as TRL's loss_type; or the reference-free simpo "
+                "(SimPO) or orpo (ORPO, its chosen NLL term included), as LLaMA-Factory's pref_loss")
+      ->capture_default_str();
+  c->add_option("--simpo-gamma", o->dpo_options.simpo_gamma, "dpo --dpo-loss simpo: the target reward margin gamma")
+      ->capture_default_str();
+  c->add_option("--dpo-label-smoothing", o->dpo_options.label_smoothing,
+                "dpo: the share of pairs assumed mislabelled (conservative DPO; sigmoid and simpo losses)")
+      ->capture_default_str();
+  c->add_option("--rpo-alpha", o->dpo_options.rpo_alpha,
+                "dpo: weight of the chosen completions' mean token NLL added to the loss (RPO; 0: none)")
+      ->capture_default_str();
+}
+
+void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o) {
+  o->dpo = f.objective == "dpo";
+  if (!o->dpo) {
+    for (const char* flag : {"--dpo-beta", "--dpo-loss", "--dpo-label-smoothing", "--rpo-alpha", "--simpo-gamma"})
+      QWENQ_CHECK(c.get_option(flag)->count() == 0, flag << " applies to --objective dpo");
+    return;
+  }
+  QWENQ_CHECK(c.get_option("--batching")->count() == 0,
+              "--objective dpo batches whole pairs (--batch-size pairs, their sequences packed without padding): "
+              "leave --batching out");
+  sft->batch_mode = "padding";
+  o->dpo_options.loss = parse_dpo_loss(f.loss);
+  QWENQ_CHECK(c.get_option("--simpo-gamma")->count() == 0 || o->dpo_options.loss == DpoLoss::kSimpo,
+              "--simpo-gamma applies to --dpo-loss simpo");
+  check_dpo_options(o->dpo_options);
+}
+
 void apply_sft_flags(const SftFlags& f, TrainOptions* o) {
   o->data.format = parse_sft_format(f.format);
   o->data.seed = o->seed;
@@ -202,21 +241,7 @@ void register_qlora_train(CLI::App& app) {
       ->check(CLI::ExistingFile);
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   add_sft_data_flags(c, &a->sft, &o);
-  c->add_option("--objective", a->objective,
-                "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}: DPO "
-                "against the model at step 0; --batch-size counts pairs)")
-      ->check(CLI::IsMember({"sft", "dpo"}))
-      ->capture_default_str();
-  c->add_option("--dpo-beta", o.dpo_options.beta, "dpo: beta, the strength of the pull toward the reference")
-      ->capture_default_str();
-  c->add_option("--dpo-loss", a->dpo_loss, "dpo: sigmoid (DPO), hinge (SLiC) or ipo (IPO), as TRL's loss_type")
-      ->capture_default_str();
-  c->add_option("--dpo-label-smoothing", o.dpo_options.label_smoothing,
-                "dpo: the share of pairs assumed mislabelled (conservative DPO; sigmoid loss)")
-      ->capture_default_str();
-  c->add_option("--rpo-alpha", o.dpo_options.rpo_alpha,
-                "dpo: weight of the chosen completions' mean token NLL added to the loss (RPO; 0: none)")
-      ->capture_default_str();
+  add_dpo_flags(c, &a->dpo, &o);
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
   c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
       ->check(greater_than(0, "POSITIVE"))
@@ -303,13 +328,8 @@ void register_qlora_train(CLI::App& app) {
     if (o.init_adapter.empty() && o.loftq_model.empty() && !o.resume) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original
     }
-    o.dpo = a->objective == "dpo";
+    apply_dpo_flags(*c, a->dpo, &a->sft, &o);
     if (o.dpo) {
-      QWENQ_CHECK(c->get_option("--batching")->count() == 0,
-                  "--objective dpo batches whole pairs (--batch-size pairs, their sequences packed without padding): "
-                  "leave --batching out");
-      a->sft.batch_mode = "padding";
-      o.dpo_options.loss = parse_dpo_loss(a->dpo_loss);
       // The GPU step of a preference loss (trainer/lora_model_cuda.h: the head twice, per-row loss weights) is
       // written and compiled but has not run on a GPU yet: opt-in until it has (issue 5).
       if (a->common.device != "cpu" && env_switch("QWENQ_GPU_DPO") != 1) {
@@ -324,9 +344,6 @@ void register_qlora_train(CLI::App& app) {
         }
 #endif
       }
-    } else {
-      for (const char* flag : {"--dpo-beta", "--dpo-loss", "--dpo-label-smoothing", "--rpo-alpha"})
-        QWENQ_CHECK(c->get_option(flag)->count() == 0, flag << " applies to --objective dpo");
     }
     apply_sft_flags(a->sft, &o);
     QWENQ_CHECK(a->adapter_dtype == "fp32" || a->adapter_dtype == "bf16", "--adapter-dtype must be fp32 or bf16");

@@ -17,9 +17,9 @@ double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp
 }  // namespace
 
 DpoLoss parse_dpo_loss(const std::string& name) {
-  for (DpoLoss l : {DpoLoss::kSigmoid, DpoLoss::kHinge, DpoLoss::kIpo})
+  for (DpoLoss l : {DpoLoss::kSigmoid, DpoLoss::kHinge, DpoLoss::kIpo, DpoLoss::kSimpo, DpoLoss::kOrpo})
     if (name == dpo_loss_name(l)) return l;
-  QWENQ_FAIL("--dpo-loss must be sigmoid, hinge or ipo, not \"" << name << "\"");
+  QWENQ_FAIL("--dpo-loss must be sigmoid, hinge, ipo, simpo or orpo, not \"" << name << "\"");
 }
 
 const char* dpo_loss_name(DpoLoss l) {
@@ -27,6 +27,8 @@ const char* dpo_loss_name(DpoLoss l) {
     case DpoLoss::kSigmoid: return "sigmoid";
     case DpoLoss::kHinge: return "hinge";
     case DpoLoss::kIpo: return "ipo";
+    case DpoLoss::kSimpo: return "simpo";
+    case DpoLoss::kOrpo: return "orpo";
   }
   return "?";
 }
@@ -35,19 +37,25 @@ void check_dpo_options(const DpoOptions& o) {
   QWENQ_CHECK(std::isfinite(o.beta) && o.beta > 0, "--dpo-beta must be positive, got " << o.beta);
   QWENQ_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 0.5,
               "--dpo-label-smoothing must be in [0, 0.5), got " << o.label_smoothing);
-  QWENQ_CHECK(o.label_smoothing == 0 || o.loss == DpoLoss::kSigmoid,
-              "--dpo-label-smoothing applies to --dpo-loss sigmoid only (this run: " << dpo_loss_name(o.loss) << ")");
+  QWENQ_CHECK(o.label_smoothing == 0 || o.loss == DpoLoss::kSigmoid || o.loss == DpoLoss::kSimpo,
+              "--dpo-label-smoothing applies to --dpo-loss sigmoid and simpo (this run: " << dpo_loss_name(o.loss) << ")");
   QWENQ_CHECK(std::isfinite(o.rpo_alpha) && o.rpo_alpha >= 0, "--rpo-alpha must be >= 0, got " << o.rpo_alpha);
+  QWENQ_CHECK(o.rpo_alpha == 0 || o.loss != DpoLoss::kOrpo,
+              "--rpo-alpha does not apply to --dpo-loss orpo (its NLL term on the chosen completions is part of it)");
+  QWENQ_CHECK(std::isfinite(o.simpo_gamma) && o.simpo_gamma >= 0, "--simpo-gamma must be >= 0, got " << o.simpo_gamma);
 }
 
 DpoPairTerms dpo_pair_terms(const DpoOptions& o, const DpoPair& p) {
   QWENQ_CHECK(p.n_c > 0 && p.n_r > 0, "a preference pair needs tokens in both completions (chosen " << p.n_c
                                                                                                << ", rejected " << p.n_r << ")");
-  const bool ipo = o.loss == DpoLoss::kIpo;
-  // Log-ratios of the policy over the reference, length-normalised for IPO.
-  const double lc = (p.R_c - p.S_c) / (ipo ? static_cast<double>(p.n_c) : 1.0);
-  const double lr = (p.R_r - p.S_r) / (ipo ? static_cast<double>(p.n_r) : 1.0);
-  const double h = lc - lr, b = o.beta, e = o.label_smoothing;
+  const bool free = dpo_reference_free(o.loss), mean = free || o.loss == DpoLoss::kIpo;
+  const double nc = mean ? static_cast<double>(p.n_c) : 1.0, nr = mean ? static_cast<double>(p.n_r) : 1.0;
+  // Log-ratios of the policy over the reference, or the reference-free losses' log-probabilities; per token for IPO,
+  // SimPO and ORPO. dc, dr: their derivatives by S_c, S_r.
+  const double lc = ((free ? 0.0 : p.R_c) - p.S_c) / nc, lr = ((free ? 0.0 : p.R_r) - p.S_r) / nr;
+  double dc = -1 / nc, dr = -1 / nr;
+  double h = lc - lr;
+  const double b = o.beta, e = o.label_smoothing;
   DpoPairTerms t;
   double dh = 0;
   switch (o.loss) {
@@ -63,9 +71,24 @@ DpoPairTerms dpo_pair_terms(const DpoOptions& o, const DpoPair& p) {
       t.loss = (h - 1 / (2 * b)) * (h - 1 / (2 * b));
       dh = 2 * (h - 1 / (2 * b));
       break;
+    case DpoLoss::kSimpo: {
+      const double z = b * h - o.simpo_gamma;
+      t.loss = -(1 - e) * log_sigmoid(z) - e * log_sigmoid(-z);
+      dh = b * (e * sigmoid(z) - (1 - e) * sigmoid(-z));
+      break;
+    }
+    case DpoLoss::kOrpo: {
+      // log(1 − e^a) = log(−expm1(a)), exact near a = 0 (a completion predicted with certainty).
+      h = (lc - std::log(-std::expm1(lc))) - (lr - std::log(-std::expm1(lr)));
+      t.loss = -b * log_sigmoid(h);
+      dh = -b * sigmoid(-h);
+      dc /= -std::expm1(lc);
+      dr /= -std::expm1(lr);
+      break;
+    }
   }
-  t.dS_c = -dh / (ipo ? static_cast<double>(p.n_c) : 1.0);
-  t.dS_r = dh / (ipo ? static_cast<double>(p.n_r) : 1.0);
+  t.dS_c = dh * dc;
+  t.dS_r = -dh * dr;
   t.reward_c = b * lc;
   t.reward_r = b * lr;
   return t;
@@ -85,8 +108,8 @@ void DpoStats::add(const DpoStats& o) {
 
 double DpoStats::objective(const DpoOptions& o) const {
   if (pairs == 0) return 0;
-  return loss / static_cast<double>(pairs) +
-         (o.rpo_alpha > 0 && tokens_c > 0 ? o.rpo_alpha * nll_c / static_cast<double>(tokens_c) : 0.0);
+  const double w = o.nll_weight();
+  return loss / static_cast<double>(pairs) + (w > 0 && tokens_c > 0 ? w * nll_c / static_cast<double>(tokens_c) : 0.0);
 }
 
 namespace {
@@ -134,7 +157,7 @@ std::function<std::vector<double>(const std::vector<double>&)> dpo_objective(
     check_pairs(policy, ref, counts);
     std::vector<double> d(policy.size());
     const double per_pair = 1.0 / static_cast<double>(step_pairs);
-    const double rpo = o.rpo_alpha / static_cast<double>(step_chosen_tokens);
+    const double rpo = o.nll_weight() / static_cast<double>(step_chosen_tokens);
     for (size_t i = 0; i < policy.size() / 2; ++i) {
       const DpoPairTerms t = dpo_pair_terms(o, pair_at(policy, ref, counts, i));
       d[2 * i] = per_pair * t.dS_c + rpo;

@@ -1,5 +1,6 @@
 // Preference optimisation of a LoRA adapter (`qwen-qlora train --objective dpo`): DPO and the IPO and hinge losses
-// as TRL's DPOTrainer defines them, with its label smoothing (cDPO) and RPO's NLL term.
+// as TRL's DPOTrainer defines them, with its label smoothing (cDPO) and RPO's NLL term; and the reference-free SimPO
+// (TRL's CPOTrainer loss_type "simpo") and ORPO (TRL's ORPOTrainer), chosen like LLaMA-Factory's pref_loss.
 //
 // A pair i is a prompt with a chosen and a rejected completion. S = the NLL sum of a completion's tokens under the
 // policy (the adapted model being trained), R = the same under the reference (the model at step 0: the base with
@@ -10,12 +11,20 @@
 //   sigmoid  ℓ = −(1−ε)·log σ(βh) − ε·log σ(−βh)         dℓ/dh = β·(ε·σ(βh) − (1−ε)·σ(−βh))
 //   hinge    ℓ = max(0, 1 − βh)                          dℓ/dh = −β where βh < 1, else 0
 //   ipo      ℓ = (h − 1/(2β))²                            dℓ/dh = 2·(h − 1/(2β))
-// and dh/dS_c = −1, dh/dS_r = +1 (ipo: −1/n_c, +1/n_r). A step's loss is the mean over its P pairs,
-//   L = (1/P)·Σ ℓ_i + α·Σ S_c,i / Σ n_c,i        (α = rpo_alpha: the chosen completions' mean token NLL, TRL's RPO)
+// and dh/dS_c = −1, dh/dS_r = +1 (ipo: −1/n_c, +1/n_r). The reference-free losses use no R (none is computed) and
+// the mean token log-probabilities a = −S/n:
+//   simpo    h = a_c − a_r,  ℓ = −(1−ε)·log σ(βh − γ) − ε·log σ(−(βh − γ))     (γ = simpo_gamma; TRL's
+//            logits − γ/β scaled by β)   dℓ/dh = β·(ε·σ(βh − γ) − (1−ε)·σ(γ − βh))
+//   orpo     h = log odds(a_c) − log odds(a_r), log odds(a) = a − log(1 − e^a),  ℓ = −β·log σ(h)
+//            dℓ/dh = −β·σ(−h),  dh/da = 1/(1 − e^a)
+// with da/dS = −1/n. A step's loss is the mean over its P pairs,
+//   L = (1/P)·Σ ℓ_i + α·Σ S_c,i / Σ n_c,i        (α = rpo_alpha: the chosen completions' mean token NLL, TRL's RPO
+//                                                 and CPO's cpo_alpha; ORPO's own NLL term is this with α = 1)
 // so ∂L/∂S_c,i = (1/P)·dℓ/dh·dh/dS_c + α/Σ n_c and ∂L/∂S_r,i = (1/P)·dℓ/dh·dh/dS_r: the per-sequence weights
 // LoraStepOptions::sequence_objective hands to the backward (trainer/lora_model.h).
 // Logged as TRL logs them: rewards β·(R − S) of the chosen and the rejected (ipo: of the length-normalised
-// log-probabilities), their margin, the share of pairs whose chosen reward is the larger (accuracy).
+// log-probabilities; simpo and orpo: β·a), their margin, the share of pairs whose chosen reward is the larger
+// (accuracy).
 //
 // Data: each record becomes two SFT examples, prompt + chosen and prompt + rejected (trainer/sft_data.h's
 // prompt-completion rendering: loss on the completion only, EOS after a string completion; a conversational
@@ -42,15 +51,20 @@ namespace qwenq {
 
 class ProcessGroup;
 
-enum class DpoLoss { kSigmoid, kHinge, kIpo };
-DpoLoss parse_dpo_loss(const std::string& name);  // "sigmoid", "hinge", "ipo"
+enum class DpoLoss { kSigmoid, kHinge, kIpo, kSimpo, kOrpo };
+DpoLoss parse_dpo_loss(const std::string& name);  // "sigmoid", "hinge", "ipo", "simpo", "orpo"
 const char* dpo_loss_name(DpoLoss l);
+// SimPO and ORPO compare the policy's completions alone: no reference model (its sums are not computed).
+inline bool dpo_reference_free(DpoLoss l) { return l == DpoLoss::kSimpo || l == DpoLoss::kOrpo; }
 
 struct DpoOptions {
   DpoLoss loss = DpoLoss::kSigmoid;
   double beta = 0.1;             // > 0
-  double label_smoothing = 0.0;  // ε in [0, 0.5): sigmoid only
-  double rpo_alpha = 0.0;        // >= 0
+  double label_smoothing = 0.0;  // ε in [0, 0.5): sigmoid and simpo
+  double rpo_alpha = 0.0;        // >= 0 (orpo: its NLL term is always 1 and this must stay 0)
+  double simpo_gamma = 0.5;      // simpo's target margin γ (TRL's simpo_gamma; the margin is γ/β in mean log-probs)
+  // The weight of the chosen tokens' mean NLL in the loss: rpo_alpha, or 1 for ORPO.
+  double nll_weight() const { return loss == DpoLoss::kOrpo ? 1.0 : rpo_alpha; }
 };
 // Throws naming the flag for a value out of range.
 void check_dpo_options(const DpoOptions& o);

@@ -92,6 +92,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["dpo_beta"] = o.dpo_options.beta;
     k["dpo_label_smoothing"] = o.dpo_options.label_smoothing;
     k["rpo_alpha"] = o.dpo_options.rpo_alpha;
+    k["simpo_gamma"] = o.dpo_options.simpo_gamma;
   }
   return k;
 }
@@ -112,7 +113,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
       {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
-      {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"}};
+      {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
+      {"simpo_gamma", "--simpo-gamma"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -341,6 +343,24 @@ std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapt
 #endif
 }
 
+std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o) {
+  LoraStepOptions so;
+  so.train = false;
+  so.checkpointing = o.checkpointing;
+  so.bf16_checkpoints = o.bf16_checkpoints;
+  so.bf16_matmul = o.cpu_bf16_matmul;
+  std::unique_ptr<LoraModelCuda> gpu;
+#ifdef QWENQ_HAVE_CUDA
+  if (o.use_cuda) gpu = std::make_unique<LoraModelCuda>(model, adapter);
+#else
+  QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
+#endif
+  return example_nll_sums(examples, o.seq_len, o.batch_size, o.eval_batches, nullptr, [&](const SftBatch& b) {
+    return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+  });
+}
+
 void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.grad_accum >= 1 && o.batch_size >= 1 && o.seq_len >= 2,
               "--grad-accum, --batch-size must be >= 1 and --seq-len >= 2");
@@ -549,7 +569,10 @@ TrainReport train_lora(const TrainOptions& o) {
   if (o.dpo) {
     eval_counts = example_target_counts(*eval_set);
     try {
-      if (o.resume) {
+      if (dpo_reference_free(o.dpo_options.loss)) {  // SimPO, ORPO: no reference model
+        ref_train.assign(data.train.size(), 0.0);
+        ref_eval.assign(eval_set->size(), 0.0);
+      } else if (o.resume) {
         read_dpo_reference(o.out_dir, data.train.size(), eval_set->size(), &ref_train, &ref_eval);
       } else {
         if (!o.quiet && lead) std::fprintf(stderr, "dpo: the reference model's log-probabilities of %zu sequences\n",

@@ -115,7 +115,8 @@ struct TrainOptions {
   // hold preference records; a micro-batch is batch_size pairs (their 2·batch_size sequences packed without padding,
   // each at most seq_len tokens; data.max_len must not exceed seq_len); the reference is the model at step 0 (base +
   // the starting adapter), its NLL sums of every training and held-out sequence computed once before the first step
-  // (TRL's precompute_ref_log_probs) and kept in out/dpo_reference.json for --resume. A step's "loss" is the mean
+  // (TRL's precompute_ref_log_probs) and kept in out/dpo_reference.json for --resume (none for the reference-free
+  // SimPO and ORPO). A step's "loss" is the mean
   // preference loss (plus RPO's term); metrics.jsonl adds rewards_chosen / rewards_rejected / rewards_margin /
   // rewards_accuracy / logps_chosen / logps_rejected (per-pair means, TRL's names with '_' for '/'), and each
   // evaluation eval_loss, eval_rewards_margin, eval_rewards_accuracy and eval_pairs.
@@ -147,6 +148,11 @@ void check_train_options(const TrainOptions& o, bool lead = true);
 // dropout, with o.checkpointing / bf16_checkpoints; on the GPU with o.use_cuda (LoraModelCuda's loss, as train
 // --device cuda evaluates, DoRA included). Returns the loss and the counted targets.
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o);
+// Each example's NLL sum over its counted targets, as a preference run (o.dpo) evaluates its held-out pairs: batches
+// of o.batch_size pairs, at most o.eval_batches of them (0: all; the sums after them stay 0), no dropout; on the
+// GPU with o.use_cuda (`qwen-qlora eval --objective dpo`).
+std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
 int64_t data_max_len(const TrainOptions& o);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `qwen-qlora train --objective dpo` through the command line: a preference run on a tiny random model starts at
-# ln 2 with zero rewards, learns the preference (reward accuracy 1 on the held-out pairs), logs TRL's reward metrics
-# and leaves a PEFT adapter that `qwen-qlora eval` reads; the preference flags are refused without --objective dpo,
-# --batching with it, SFT records for it and preference records for SFT, each with one clear line.
+# `qwen-qlora train --objective dpo` through the command line: a DPO run on a tiny random model starts at ln 2 with
+# zero rewards, learns the preference (reward accuracy 1 on the held-out pairs), logs TRL's reward metrics and leaves
+# a PEFT adapter that `qwen-quant eval --adapter` reads; an ORPO run writes no reference sums; the preference flags
+# are refused without --objective dpo (and --simpo-gamma without simpo, --rpo-alpha with orpo), --batching with it,
+# SFT records for it and preference records for SFT, each with one clear line and nothing written.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
@@ -38,6 +39,26 @@ for i in $(seq 1 40); do echo "Ann is kind. Bob is kind. Cid is kind."; done > "
 "$QQ" eval --model "$WORK/tiny" --adapter "$WORK/run" --data "$WORK/text.txt" --seq-len 32 --max-windows 2 \
   --device cpu > "$WORK/eval.txt" 2>&1 || fail "the adapter does not load" "$WORK/eval.txt"
 grep -q "^perplexity [0-9]" "$WORK/eval.txt" || fail "no perplexity with the adapter" "$WORK/eval.txt"
+# `qwen-qlora eval --objective dpo` with the run's split and batches gives its final held-out record to the bit; the
+# base alone is its own reference (loss ln 2, no reward accuracy), and prefers the chosen completion less often.
+"$QL" eval --model "$WORK/tiny" --adapter "$WORK/run" --data "$WORK/pref.jsonl" --objective dpo --dpo-beta 0.5 \
+  --eval-count 8 --seq-len 64 --batch-size 2 --threads 1 --device cpu --json > "$WORK/peval.json" 2> "$WORK/peval.txt" \
+  || fail "eval --objective dpo" "$WORK/peval.txt"
+"$QL" eval --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective dpo --dpo-beta 0.5 --eval-count 8 --seq-len 64 \
+  --batch-size 2 --threads 1 --device cpu --json > "$WORK/pbase.json" 2> "$WORK/pbase.txt" || fail "eval of the base" "$WORK/pbase.txt"
+python3 - "$WORK/run/metrics.jsonl" "$WORK/peval.json" "$WORK/pbase.json" <<'PY' || fail "eval --objective dpo numbers" "$WORK/peval.json"
+import json, math, sys
+last = [j for j in map(json.loads, open(sys.argv[1])) if "eval_loss" in j][-1]
+ev, base = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+assert ev["pairs"] == last["eval_pairs"] == 8, (ev, last)
+assert ev["loss"] == last["eval_loss"] and ev["rewards_margin"] == last["eval_rewards_margin"], (ev, last)
+assert ev["rewards_accuracy"] == last["eval_rewards_accuracy"] == 1.0, (ev, last)
+assert abs(base["loss"] - math.log(2)) < 1e-12 and base["rewards_accuracy"] == 0.0, base
+assert ev["prefers_chosen_sum"] == 1.0 and base["prefers_chosen_sum"] < 1.0, (ev, base)
+PY
+# ORPO (reference-free: no reference sums written) through the same flags.
+"$QL" "${run[@]}" --dpo-loss orpo --out "$WORK/orpo" > "$WORK/orpo.txt" 2>&1 || fail "the orpo run failed" "$WORK/orpo.txt"
+[ ! -e "$WORK/orpo/dpo_reference.json" ] && [ -f "$WORK/orpo/adapter_model.safetensors" ] || fail "orpo run directory"
 # Refusals: one line each, nothing written.
 expect_error() {  # EXPECTED-SUBSTRING ARGS...
   local want="$1"; shift
@@ -53,5 +74,10 @@ expect_error "train on it with --objective dpo" train --model "$WORK/tiny" --dat
 echo '{"text": "Ann is kind."}' > "$WORK/sft.jsonl"
 expect_error 'sft.jsonl:1: expected "chosen" and "rejected" fields' "${run[@]/$WORK\/pref.jsonl/$WORK/sft.jsonl}" \
   --out "$WORK/x5"
-for d in x1 x2 x3 x4 x5; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
+expect_error "--simpo-gamma applies to --dpo-loss simpo" "${run[@]}" --out "$WORK/x6" --simpo-gamma 1
+expect_error "--rpo-alpha does not apply to --dpo-loss orpo" "${run[@]}" --out "$WORK/x7" --dpo-loss orpo --rpo-alpha 1
+if "$QL" eval --model "$WORK/tiny" --data "$WORK/pref.jsonl" --ref-adapter "$WORK/run" > "$WORK/err.txt" 2>&1; then
+  fail "--ref-adapter without --objective dpo accepted"; fi
+grep -q -- "--ref-adapter applies to --objective dpo" "$WORK/err.txt" || fail "--ref-adapter refusal" "$WORK/err.txt"
+for d in x1 x2 x3 x4 x5 x6 x7; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
 echo "PASS"

@@ -1,5 +1,6 @@
-"""Oracle: the preference losses (DPO sigmoid with label smoothing and RPO, IPO, hinge) and their adapter gradients
-against PyTorch autograd through transformers + PEFT.
+"""Oracle: the preference losses (DPO sigmoid with label smoothing and RPO, IPO, hinge; the reference-free SimPO with
+label smoothing and CPO's NLL term, and ORPO) and their adapter gradients against PyTorch autograd through
+transformers + PEFT.
 
 A tiny random Qwen2 (fp32, eager attention) with two PEFT adapters (all seven Linears, r=4, alpha=8, seeded random A
 and nonzero B): "reference" and "policy". Three pairs of a random prompt with a chosen and a rejected completion
@@ -7,7 +8,10 @@ and nonzero B): "reference" and "policy". Three pairs of a random prompt with a 
 tokens' log-softmax, under the reference adapter (no gradient) and the policy. The loss is written out here from the
 formulas TRL's DPOTrainer.dpo_loss uses (sigmoid -(1-e)·logsigmoid(b·h) - e·logsigmoid(-b·h),
 hinge relu(1 - b·h), ipo (h - 1/(2b))² on length-normalised log-probabilities), averaged over the pairs, plus
-rpo_alpha times the chosen tokens' mean NLL; loss.backward() gives the policy adapter's gradients. The gtest
+rpo_alpha times the chosen tokens' mean NLL; TRL's CPOTrainer.cpo_loss for simpo (mean log-probabilities a, logits
+a_c - a_r - gamma/b, the sigmoid loss of b·logits with label smoothing) and ORPOTrainer.odds_ratio_loss for orpo
+(log odds (a_c - a_r) - (log1p(-exp(a_c)) - log1p(-exp(a_r))), the chosen tokens' mean NLL minus b·logsigmoid of
+it); loss.backward() gives the policy adapter's gradients. The gtest
 DpoOracle.* reads the same base and both adapters with qwenq, computes the reference sums, then the loss and
 gradients through lora_loss_and_grad's sequence objective (trainer/dpo.h), and compares (tolerances there).
 """
@@ -88,7 +92,9 @@ hinge_beta = 2 / (h[-1] + max(h[-2], 0.0))
 print("margins h", h, "hinge beta", hinge_beta)
 CASES = {"sigmoid": dict(loss="sigmoid", beta=0.1, label_smoothing=0.1, rpo_alpha=0.5),
          "ipo": dict(loss="ipo", beta=0.5, label_smoothing=0.0, rpo_alpha=0.0),
-         "hinge": dict(loss="hinge", beta=hinge_beta, label_smoothing=0.0, rpo_alpha=0.0)}
+         "hinge": dict(loss="hinge", beta=hinge_beta, label_smoothing=0.0, rpo_alpha=0.0),
+         "simpo": dict(loss="simpo", beta=2.0, label_smoothing=0.1, rpo_alpha=0.3, simpo_gamma=0.7),
+         "orpo": dict(loss="orpo", beta=0.5, label_smoothing=0.0, rpo_alpha=0.0)}
 expected = {"input_ids": torch.cat(seqs).to(torch.int32),
             "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int32),
             "masks": torch.tensor(sum(masks, []), dtype=torch.int32)}
@@ -98,6 +104,16 @@ for name, c in CASES.items():
     losses, active = [], 0
     for i in range(len(seqs) // 2):
         S_c, S_r, R_c, R_r = pol[2 * i], pol[2 * i + 1], ref[2 * i], ref[2 * i + 1]
+        a_c, a_r = -S_c / counts[2 * i], -S_r / counts[2 * i + 1]  # mean token log-probabilities
+        if c["loss"] == "simpo":
+            z = c["beta"] * (a_c - a_r - c["simpo_gamma"] / c["beta"])
+            e = c["label_smoothing"]
+            losses.append(-F.logsigmoid(z) * (1 - e) - F.logsigmoid(-z) * e)
+            continue
+        if c["loss"] == "orpo":
+            log_odds = (a_c - a_r) - (torch.log1p(-torch.exp(a_c)) - torch.log1p(-torch.exp(a_r)))
+            losses.append(-c["beta"] * F.logsigmoid(log_odds))
+            continue
         if c["loss"] == "ipo":
             h = (R_c - S_c) / counts[2 * i] - (R_r - S_r) / counts[2 * i + 1]
         else:
@@ -111,9 +127,10 @@ for name, c in CASES.items():
         else:
             losses.append((h - 1 / (2 * b)) ** 2)
     loss = torch.stack(losses).mean()
-    if c["rpo_alpha"] > 0:
+    nll_weight = 1.0 if c["loss"] == "orpo" else c["rpo_alpha"]  # ORPO's policy_nll_loss, RPO's / CPO's alpha
+    if nll_weight > 0:
         chosen_tokens = sum(counts[0::2])
-        loss = loss + c["rpo_alpha"] * torch.stack(pol[0::2]).sum() / chosen_tokens
+        loss = loss + nll_weight * torch.stack(pol[0::2]).sum() / chosen_tokens
     loss.backward()
     if c["loss"] == "hinge":
         assert active == len(seqs) // 2 - 1, f"hinge: {active} pairs inside the margin"
