@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `qwen-qlora train --objective dpo` through the command line: a DPO run on a tiny random model starts at ln 2 with
 # zero rewards, learns the preference (reward accuracy 1 on the held-out pairs), logs TRL's reward metrics and leaves
-# a PEFT adapter that `qwen-quant eval --adapter` reads; an ORPO run writes no reference sums; the preference flags
+# a PEFT adapter that `qwen-quant eval --adapter` reads; 2 data-parallel ranks train what --grad-accum 2 trains; an
+# ORPO run writes no reference sums; the preference flags
 # are refused without --objective dpo (and --simpo-gamma without simpo, --rpo-alpha with orpo), --batching with it,
 # SFT records for it and preference records for SFT, each with one clear line and nothing written.
 set -euo pipefail
@@ -55,6 +56,24 @@ assert ev["loss"] == last["eval_loss"] and ev["rewards_margin"] == last["eval_re
 assert ev["rewards_accuracy"] == last["eval_rewards_accuracy"] == 1.0, (ev, last)
 assert abs(base["loss"] - math.log(2)) < 1e-12 and base["rewards_accuracy"] == 0.0, base
 assert ev["prefers_chosen_sum"] == 1.0 and base["prefers_chosen_sum"] < 1.0, (ev, base)
+PY
+# Data parallelism: 2 ranks of one micro-batch against one process with --grad-accum 2 (the reference sums shared
+# between the ranks, the step's pair statistics summed): the same reference file, losses, rewards and adapter.
+dp=(-m "$WORK/tiny" -d "$WORK/pref.jsonl" --objective dpo --dpo-beta 0.5 --rpo-alpha 0.2 --seq-len 64 --lora-r 4
+    --lr 0.01 --lora-dropout 0.1 --threads 1 -q --device cpu --eval-count 8 --batch-size 2 --max-steps 6)
+"$QL" train "${dp[@]}" --out "$WORK/dp2" --nproc 2 > "$WORK/dp2.txt" 2>&1 || fail "dpo --nproc 2" "$WORK/dp2.txt"
+"$QL" train "${dp[@]}" --out "$WORK/ga2" --grad-accum 2 > "$WORK/ga2.txt" 2>&1 || fail "dpo --grad-accum 2" "$WORK/ga2.txt"
+cmp -s "$WORK/dp2/dpo_reference.json" "$WORK/ga2/dpo_reference.json" || fail "the ranks' reference sums differ"
+python3 "$(dirname "$0")/compare_runs.py" "$WORK/dp2" "$WORK/ga2" 1e-5 1e-3 > "$WORK/cmpdp.txt" 2>&1 ||
+  fail "dpo --nproc 2 differs from --grad-accum 2" "$WORK/cmpdp.txt"
+python3 - "$WORK/dp2/metrics.jsonl" "$WORK/ga2/metrics.jsonl" <<'PY' || fail "dpo --nproc 2 rewards"
+import json, sys
+a, b = ([j for j in map(json.loads, open(p)) if "loss" in j] for p in sys.argv[1:3])
+assert len(a) == len(b) == 6
+for x, y in zip(a, b):
+    assert x["pairs"] == y["pairs"] == 4, (x, y)
+    for k in ("rewards_margin", "rewards_accuracy", "logps_chosen"):
+        assert abs(x[k] - y[k]) <= 1e-5 * max(1.0, abs(y[k])), (k, x[k], y[k])
 PY
 # ORPO (reference-free: no reference sums written) through the same flags.
 "$QL" "${run[@]}" --dpo-loss orpo --out "$WORK/orpo" > "$WORK/orpo.txt" 2>&1 || fail "the orpo run failed" "$WORK/orpo.txt"
