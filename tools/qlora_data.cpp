@@ -4,6 +4,9 @@
 // with their loss spans between ⟦ and ⟧; --dump FILE writes one JSON line per example in file order:
 //   {"where": "data.jsonl:3", "ids": [...], "loss_mask": [0, 0, 1, ...], "text": the ids decoded}
 // (the oracle test's entry point for loss masks: tests/oracle/test_chat_template_oracle.py).
+// With --objective dpo (or --format preference), preference pairs as `train --objective dpo` reads them: each pair's
+// chosen and rejected examples; --dump writes one line per pair, {"where", "chosen": {"ids", "loss_mask", "text"},
+// "rejected": {...}, "kept"}.
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -15,6 +18,7 @@
 #include "core/files.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/dpo.h"
 #include "trainer/model_dir.h"
 #include "trainer/sft_data.h"
 
@@ -23,7 +27,7 @@ namespace qwenq::cli {
 namespace {
 
 struct DataArgs {
-  std::string model, data, format = "auto", dump, alpaca_prompt = "stanford";
+  std::string model, data, format = "auto", dump, alpaca_prompt = "stanford", objective = "sft";
   int64_t max_len = 0, show = 0;
   bool skip_bad = false, no_thinking = false, train_on_prompt = false, mask_history = false;
 };
@@ -42,6 +46,39 @@ std::string marked_text(const SftExample& ex, const Tokenizer& tok) {
   return out;
 }
 
+nlohmann::json example_json(const SftExample& ex, const Tokenizer& tok) {
+  return {{"ids", ex.tokens}, {"loss_mask", ex.loss_mask}, {"text", tok.decode(ex.tokens, false)}};
+}
+
+// --objective dpo: the pairs in file order.
+void run_preference_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOptions& to) {
+  QWENQ_CHECK(a.format == "auto" || a.format == "preference",
+              "data --objective dpo reads preference records, not --format " << a.format);
+  SftDataStats st;
+  std::string dump;
+  int64_t shown = 0;
+  for (const auto& rec : read_preference_records(a.data, a.skip_bad, &st)) {
+    std::pair<SftExample, SftExample> ex;
+    const bool kept = prepare_preference_pair(rec, tok, to, a.max_len, &ex, &st);  // a dropped pair is shown too
+    if (shown < a.show) {
+      std::printf("--- %s%s\n", rec.first.where.c_str(), kept ? "" : " (dropped: a completion lost to --max-len)");
+      for (const auto& [name, e] : {std::make_pair("chosen", &ex.first), std::make_pair("rejected", &ex.second)}) {
+        const long long loss = std::count(e->loss_mask.begin(), e->loss_mask.end(), 1);
+        std::printf("[%s: %zu tokens, %lld in the sum] %s\n", name, e->tokens.size(), loss, marked_text(*e, tok).c_str());
+      }
+      ++shown;
+    }
+    if (!a.dump.empty()) {
+      const nlohmann::json j = {{"where", rec.first.where}, {"chosen", example_json(ex.first, tok)},
+                                {"rejected", example_json(ex.second, tok)}, {"kept", kept}};
+      dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  st.train_examples = st.records;
+  if (!a.dump.empty()) write_file_atomic(a.dump, dump);
+  std::printf("%s\n", st.summary().c_str());
+}
+
 void run_data(const DataArgs& a) {
   QWENQ_CHECK(a.max_len >= 0 && a.show >= 0, "data: --max-len and --show must be >= 0");
   // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
@@ -52,6 +89,7 @@ void run_data(const DataArgs& a) {
   to.train_on_prompt = a.train_on_prompt;
   to.alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
   to.mask_history = a.mask_history;
+  if (a.objective == "dpo" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
   std::string dump;
@@ -66,11 +104,8 @@ void run_data(const DataArgs& a) {
       ++shown;
     }
     if (!a.dump.empty()) {
-      nlohmann::json j;
+      nlohmann::json j = example_json(ex, tok);
       j["where"] = rec.where;
-      j["ids"] = ex.tokens;
-      j["loss_mask"] = ex.loss_mask;
-      j["text"] = tok.decode(ex.tokens, false);
       dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     }
   }
@@ -86,7 +121,11 @@ void register_qlora_data(CLI::App& app) {
   CLI::App* c = app.add_subcommand("data", "Show what train makes of a dataset: rendered examples, tokens, loss spans");
   c->add_option("--model,-m", a->model, "model directory or repo id (its tokenizer and chat template)")->required();
   c->add_option("--data,-d", a->data, "training data: JSONL/JSON with text, Alpaca or chat messages")->required();
-  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
+  c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion, preference")
+      ->capture_default_str();
+  c->add_option("--objective", a->objective, "sft, or dpo: preference pairs as train --objective dpo reads them")
+      ->check(CLI::IsMember({"sft", "dpo"}))
+      ->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
       ->capture_default_str();

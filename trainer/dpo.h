@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "trainer/lora_model.h"
@@ -110,6 +111,15 @@ std::vector<int64_t> sequence_target_counts(const PackedBatch& b, const std::vec
 
 // ---- data (dpo_data.cpp) ------------------------------------------------------------------------------------
 
+// Every preference record of a file (see the top) as its two prompt-completion records (chosen, rejected), in file
+// order; malformed ones throw naming "file:line", or with skip_bad are counted in stats->skipped.
+std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
+                                                                     SftDataStats* stats);
+// Both examples of one pair, each truncated to max_len (0: none); returns whether the pair is kept (both keep a
+// completion token), counted in *stats as load_preference_dataset counts (records = pairs).
+bool prepare_preference_pair(const std::pair<SftRecord, SftRecord>& rec, const Tokenizer& tok,
+                             const SftTemplateOptions& templ, int64_t max_len, std::pair<SftExample, SftExample>* ex,
+                             SftDataStats* stats);
 // Reads preference records (see the top) and renders each pair as two examples, chosen then rejected, adjacent in
 // train and eval (split by pairs with opt.seed / eval_fraction / eval_count). opt.templ's train_on_prompt and
 // mask_history must be off (the sums are the completions'). A pair either of whose examples keeps no completion token

@@ -63,6 +63,44 @@ std::string preference_records(const Json& j, SftRecord* chosen, SftRecord* reje
 
 }  // namespace
 
+std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
+                                                                     SftDataStats* stats) {
+  std::vector<std::pair<SftRecord, SftRecord>> records;
+  for_each_json_record(path, skip_bad, stats, [&](const Json& j, const std::string& where) {
+    std::pair<SftRecord, SftRecord> rec;
+    const std::string why = preference_records(j, &rec.first, &rec.second);
+    if (why.empty()) {
+      rec.first.where = rec.second.where = where;
+      records.push_back(std::move(rec));
+    }
+    return why;
+  });
+  stats->format = SftFormat::kPreference;
+  QWENQ_CHECK(!records.empty(), path << ": no preference pairs (" << stats->skipped << " malformed skipped)");
+  return records;
+}
+
+bool prepare_preference_pair(const std::pair<SftRecord, SftRecord>& rec, const Tokenizer& tok,
+                             const SftTemplateOptions& templ, int64_t max_len, std::pair<SftExample, SftExample>* ex,
+                             SftDataStats* st) {
+  QWENQ_CHECK(!templ.train_on_prompt && !templ.mask_history,
+              "preference training scores the completions only: --train-on-prompt and --mask-history do not apply");
+  SftDataStats one;  // both halves' bookkeeping; the pair counts once
+  const bool kept_c = prepare_sft_example(rec.first, tok, templ, max_len, &ex->first, &one);
+  const bool kept_r = prepare_sft_example(rec.second, tok, templ, max_len, &ex->second, &one);
+  st->longest = std::max(st->longest, one.longest);
+  st->truncated += one.truncated;
+  st->truncated_tokens += one.truncated_tokens;
+  if (!kept_c || !kept_r) {
+    ++st->dropped_no_loss;
+    return false;
+  }
+  ++st->records;
+  st->tokens += one.tokens;
+  st->loss_tokens += one.loss_tokens;
+  return true;
+}
+
 SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt) {
   QWENQ_CHECK(opt.max_len >= 2, "max_len must be >= 2 (one input and one target), got " << opt.max_len);
   QWENQ_CHECK(opt.format == SftFormat::kAuto || opt.format == SftFormat::kPreference,
@@ -72,36 +110,11 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
               "preference training scores the completions only: --train-on-prompt and --mask-history do not apply");
   SftDataset ds;
   SftDataStats& st = ds.stats;
-  std::vector<std::pair<SftRecord, SftRecord>> records;
-  for_each_json_record(path, opt.skip_bad, &st, [&](const Json& j, const std::string& where) {
-    std::pair<SftRecord, SftRecord> rec;
-    const std::string why = preference_records(j, &rec.first, &rec.second);
-    if (why.empty()) {
-      rec.first.where = rec.second.where = where;
-      records.push_back(std::move(rec));
-    }
-    return why;
-  });
-  st.format = SftFormat::kPreference;
-  QWENQ_CHECK(!records.empty(), path << ": no preference pairs (" << st.skipped << " malformed skipped)");
+  const std::vector<std::pair<SftRecord, SftRecord>> records = read_preference_records(path, opt.skip_bad, &st);
   std::vector<std::pair<SftExample, SftExample>> pairs;
-  for (const auto& [rc, rr] : records) {
-    SftDataStats one;  // both halves' bookkeeping; the pair counts once
+  for (const auto& rec : records) {
     std::pair<SftExample, SftExample> ex;
-    const bool kept_c = prepare_sft_example(rc, tok, opt.templ, opt.max_len, &ex.first, &one);
-    const bool kept_r = prepare_sft_example(rr, tok, opt.templ, opt.max_len, &ex.second, &one);
-    const bool kept = kept_c && kept_r;
-    st.longest = std::max(st.longest, one.longest);
-    st.truncated += one.truncated;
-    st.truncated_tokens += one.truncated_tokens;
-    if (!kept) {
-      ++st.dropped_no_loss;
-      continue;
-    }
-    ++st.records;
-    st.tokens += one.tokens;
-    st.loss_tokens += one.loss_tokens;
-    pairs.push_back(std::move(ex));
+    if (prepare_preference_pair(rec, tok, opt.templ, opt.max_len, &ex, &st)) pairs.push_back(std::move(ex));
   }
   QWENQ_CHECK(!pairs.empty(), path << ": every pair lost a completion to max_len " << opt.max_len);
   std::vector<int64_t> train, eval;

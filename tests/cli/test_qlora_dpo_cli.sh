@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `qwen-qlora train --objective dpo` through the command line: a DPO run on a tiny random model starts at ln 2 with
 # zero rewards, learns the preference (reward accuracy 1 on the held-out pairs), logs TRL's reward metrics and leaves
-# a PEFT adapter that `qwen-quant eval --adapter` reads; 2 data-parallel ranks train what --grad-accum 2 trains; an
-# ORPO run writes no reference sums; the preference flags
-# are refused without --objective dpo (and --simpo-gamma without simpo, --rpo-alpha with orpo), --batching with it,
-# SFT records for it and preference records for SFT, each with one clear line and nothing written.
+# a PEFT adapter that `qwen-quant eval --adapter` reads; `data --objective dpo` shows and dumps the pairs; `eval
+# --objective dpo` repeats the run's last held-out record; 2 data-parallel ranks train what --grad-accum 2 trains; an
+# ORPO run writes no reference sums; the preference flags are refused without --objective dpo (and --simpo-gamma
+# without simpo, --rpo-alpha with orpo), --batching with it, SFT records for it and preference records for SFT, each
+# with one clear line and nothing written.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
@@ -19,6 +20,20 @@ with open(sys.argv[1], "w") as f:
             f.write(json.dumps({"chosen": f"{n} is kind.", "rejected": f"{n} is mean."}) + "\n")
         else:
             f.write(json.dumps({"prompt": f"{n} is", "chosen": " kind.", "rejected": " mean."}) + "\n")
+PY
+# `data --objective dpo`: each pair's two examples with their scored spans, and a dump line per pair.
+"$QL" data --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective dpo --show 2 --dump "$WORK/pairs.jsonl" \
+  > "$WORK/data.txt" 2>&1 || fail "data --objective dpo" "$WORK/data.txt"
+grep -qF "[chosen: " "$WORK/data.txt" && grep -qF "⟦ kind." "$WORK/data.txt" && grep -qF "⟦ mean." "$WORK/data.txt" \
+  && grep -q "preference, 60 records" "$WORK/data.txt" || fail "data --objective dpo output" "$WORK/data.txt"
+python3 - "$WORK/pairs.jsonl" <<'PY' || fail "data --objective dpo dump" "$WORK/pairs.jsonl"
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 60 and all(l["kept"] for l in lines), len(lines)
+for l in lines:  # the same prompt, then the completions
+    c, r = l["chosen"], l["rejected"]
+    k = c["loss_mask"].index(1)
+    assert c["ids"][:k] == r["ids"][:k] and r["loss_mask"].index(1) == k, l
 PY
 run=(train --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective dpo --dpo-beta 0.5 --max-steps 20 --seq-len 64
      --batch-size 2 --lr 0.01 --lora-r 4 --eval-count 8 --threads 1 --quiet --device cpu)
