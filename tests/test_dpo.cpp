@@ -290,6 +290,25 @@ TEST(PreferenceData, FormatsBecomeChosenThenRejected) {
   EXPECT_EQ(ci.first.tokens, c.first.tokens);
   EXPECT_EQ(ci.first.loss_mask, c.first.loss_mask);
   EXPECT_EQ(ci.second.loss_mask, c.second.loss_mask);
+  // LLaMA-Factory's ShareGPT preference record: the conversation is the prompt, one message each completion.
+  const auto lf = pair_of(R"({"conversations": [{"from": "human", "value": "Sky?"}], "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}})");
+  EXPECT_EQ(lf.first.tokens, c.first.tokens);
+  EXPECT_EQ(lf.first.loss_mask, c.first.loss_mask);
+  EXPECT_EQ(lf.second.tokens, c.second.tokens);
+  EXPECT_EQ(lf.second.loss_mask, c.second.loss_mask);
+  // LLaMA-Factory's Alpaca preference record: SFT's Alpaca rendering with the completions as outputs (the Stanford
+  // prompt; with alpaca_chat, LLaMA-Factory's conversation, here the conversational pair's tokens).
+  const std::string alpaca = R"({"instruction": "Sky?", "input": "", "chosen": "Blue.", "rejected": "Green."})";
+  const auto la = pair_of(alpaca);
+  const SftDataset sft = load_sft_dataset(write(root, "s.jsonl", R"({"instruction": "Sky?", "input": "", "output": "Blue."})" "\n"), tok, no_split());
+  EXPECT_EQ(la.first.tokens, sft.train.at(0).tokens);
+  EXPECT_EQ(la.first.loss_mask, sft.train.at(0).loss_mask);
+  EXPECT_EQ(masked_text(la.second, tok), "Green.<|im_end|>");
+  SftDataOptions chat = no_split();
+  chat.templ.alpaca_chat = true;
+  const SftDataset lac = load_preference_dataset(write(root, "p.jsonl", alpaca + "\n"), tok, chat);
+  EXPECT_EQ(lac.train.at(0).tokens, c.first.tokens);
+  EXPECT_EQ(lac.train.at(1).loss_mask, c.second.loss_mask);
   // A multi-byte character at the first difference is not split, and the space before it goes to the completions
   // (TRL compares characters: "Sky: été" / "Sky: ère" differ at 'é' / 'è', after a space).
   const auto u = pair_of("{\"chosen\": \"Sky: \xC3\xA9t\xC3\xA9\", \"rejected\": \"Sky: \xC3\xA8re\"}");
@@ -344,6 +363,9 @@ TEST(PreferenceData, MalformedRecordsAreNamed) {
   EXPECT_TRUE(contains(err(R"({"prompt": [{"role": "user", "content": "a"}], "chosen": [{"role": "user", "content": "b"}], "rejected": [{"role": "assistant", "content": "c"}]})"),
                        "bad.jsonl:2: chosen: no assistant message"));
   EXPECT_TRUE(contains(err("not json"), "bad.jsonl:2:"));
+  EXPECT_TRUE(contains(err(R"({"conversations": [{"from": "human", "value": "a"}], "chosen": {"from": "bot", "value": "b"}, "rejected": {"from": "gpt", "value": "c"}})"),
+                       "bad.jsonl:2: chosen: conversations[0]: \"from\": \"bot\" is not human, gpt"));
+  EXPECT_TRUE(contains(err(R"({"instruction": "a", "chosen": 1, "rejected": "c"})"), "bad.jsonl:2: chosen: field \"output\""));
   EXPECT_TRUE(contains(err("{\"prompt\": 1, \"chosen\": \"b\", \"rejected\": \"c\"}"), "bad.jsonl:2: chosen:"));
   // --skip-bad skips and counts them.
   SftDataOptions skip = no_split();

@@ -200,6 +200,15 @@ std::string sharegpt_to_messages(const Json& j, Json* out) {
 
 }  // namespace
 
+std::string chat_record_as_messages(const nlohmann::ordered_json& record, nlohmann::ordered_json* out) {
+  if (!record.is_object()) return std::string("expected a JSON object, got ") + record.type_name();
+  if (record.contains("messages") || !record.contains("conversations")) {
+    *out = record;
+    return "";
+  }
+  return sharegpt_to_messages(record, out);
+}
+
 bool is_chat_record(const nlohmann::ordered_json& record) {
   return record.is_object() && (record.contains("messages") || record.contains("conversations"));
 }

@@ -28,6 +28,10 @@ bool is_chat_record(const nlohmann::ordered_json& record);
 std::string parse_chat_record(const nlohmann::ordered_json& record, bool need_assistant,
                               std::vector<ChatMessage>* messages, std::vector<std::string>* tools);
 
+// A chat record in the "messages" spelling: the record itself when it has "messages", ShareGPT's "conversations"
+// (with its "system" and "tools") converted otherwise; returns "" or why it cannot be converted.
+std::string chat_record_as_messages(const nlohmann::ordered_json& record, nlohmann::ordered_json* out);
+
 // One message as a chat record holds it, the inverse of parse_chat_record's reading: role, content (null when
 // content_is_null), "reasoning_content" when it has reasoning, "tool_calls" as [{"type": "function", "function":
 // {"name": N, "arguments": A}}] with A the object (or the string, when given as one): the form apply_chat_template

@@ -33,6 +33,9 @@
 //   {"chosen": C, "rejected": X}                              implicit prompt: the longest shared prefix (whole
 //                                                             messages; for strings, characters, one shorter when
 //                                                             it ends in a space, as TRL's extract_prompt)
+// and LLaMA-Factory's (its ranking datasets): {"instruction", "input", "chosen", "rejected", "system", "history"}
+// (rendered as SFT's Alpaca records, outputs the completions) and ShareGPT {"conversations", "chosen": {"from",
+// "value"}, "rejected": {...}, "system", "tools"} (the conversation the prompt, one message each completion).
 // Where TRL differs: its DPOTrainer appends EOS after every completion, also after a chat template's closing
 // "<|im_end|>\n" (a second end token); here a conversational completion ends as SFT's does.
 #pragma once

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "trainer/chat_record.h"
 #include "trainer/dpo.h"
 
 namespace qwenq {
@@ -24,11 +25,49 @@ size_t shared_string_prefix(const std::string& a, const std::string& b) {
   return k;
 }
 
-// {"prompt", "chosen", "rejected"} (or the implicit form) -> two prompt-completion records; "" or why not.
+// LLaMA-Factory's preference records (its `ranking: true` datasets) -> two records in our formats; "" or why not.
+//   Alpaca {"instruction", "input", "chosen", "rejected" (strings), "system", "history"}: two Alpaca records whose
+//     outputs are the completions (rendered as SFT renders Alpaca: the Stanford prompt, or with --alpaca-prompt chat
+//     the conversation LLaMA-Factory makes of it)
+//   ShareGPT {"conversations" (or "messages"), "chosen", "rejected" (one message each: {"from", "value"} or {"role",
+//     "content"}), "system", "tools"}: the conversation is the prompt, each message a completion
+std::string llamafactory_records(const Json& j, SftRecord* chosen, SftRecord* rejected) {
+  const Json& c = j["chosen"];
+  const Json& r = j["rejected"];
+  for (auto [out, completion, name] : {std::make_tuple(chosen, &c, "chosen"), std::make_tuple(rejected, &r, "rejected")}) {
+    std::string why;
+    if (j.contains("instruction")) {
+      Json a = j;
+      a.erase("chosen");
+      a.erase("rejected");
+      a["output"] = *completion;
+      why = sft_record_from_json(a, SftFormat::kAlpaca, out);
+    } else {
+      Json prompt;
+      if (!(why = chat_record_as_messages(j, &prompt)).empty()) return why;
+      // The completion as a one-message conversation in the record's own spelling, converted the same way.
+      Json one = completion->contains("from") ? Json{{"conversations", Json::array({*completion})}}
+                                              : Json{{"messages", Json::array({*completion})}};
+      Json msg;
+      if (!(why = chat_record_as_messages(one, &msg)).empty()) return std::string(name) + ": " + why;
+      Json pc = {{"prompt", prompt["messages"]}, {"completion", msg["messages"]}};
+      if (prompt.contains("tools")) pc["tools"] = prompt["tools"];
+      why = sft_record_from_json(pc, SftFormat::kPromptCompletion, out);
+    }
+    if (!why.empty()) return std::string(name) + ": " + why;
+  }
+  return "";
+}
+
+// {"prompt", "chosen", "rejected"} (or the implicit form, or LLaMA-Factory's) -> two records; "" or why not.
 std::string preference_records(const Json& j, SftRecord* chosen, SftRecord* rejected) {
   if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
   const auto c = j.find("chosen"), r = j.find("rejected"), p = j.find("prompt");
   if (c == j.end() || r == j.end()) return "expected \"chosen\" and \"rejected\" fields (a preference record)";
+  if (p == j.end() && (j.contains("instruction") || (c->is_object() && r->is_object() && is_chat_record(j)))) {
+    if (*c == *r) return "\"chosen\" and \"rejected\" are the same (no preference to learn)";
+    return llamafactory_records(j, chosen, rejected);
+  }
   const bool strings = c->is_string() && r->is_string();
   if (!strings && !(c->is_array() && r->is_array()))
     return "\"chosen\" and \"rejected\" must both be strings or both be message lists";
