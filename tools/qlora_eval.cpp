@@ -174,7 +174,8 @@ void register_qlora_eval(CLI::App& app) {
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
   c->add_option("--ref-adapter", a->ref_adapter,
                 "--objective dpo: the reference model's adapter (train's starting adapter); without it, the base alone");
-  c->add_option("--data,-d", o.data_path, "SFT data: JSONL/JSON with text, Alpaca or chat messages")
+  c->add_option("--data,-d", o.data_path,
+                "SFT data: JSONL/JSON with text, Alpaca or chat messages (preference pairs with --objective dpo)")
       ->required()
       ->check(CLI::ExistingFile);
   add_sft_data_flags(c, &a->sft, &o);  // --eval-fraction / --eval-count: train's held-out split, not every record

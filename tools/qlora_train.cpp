@@ -159,7 +159,8 @@ DataParallel start_data_parallel(int nproc, const std::string& config, const Tra
 }  // namespace
 
 void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
-  c->add_option("--format", f->format, "data format: auto, text, alpaca, chat, prompt-completion")->capture_default_str();
+  c->add_option("--format", f->format, "data format: auto, text, alpaca, chat, prompt-completion (preference with --objective dpo)")
+      ->capture_default_str();
   c->add_flag("--skip-bad", o->data.skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--alpaca-prompt", f->alpaca_prompt,
                  "Alpaca records: stanford (Stanford Alpaca's prompt) or chat (a user/assistant conversation in the "
@@ -234,7 +235,8 @@ void register_qlora_train(CLI::App& app) {
   CLI::App* c = app.add_subcommand("train", "Train a LoRA adapter on a frozen bf16 or 4-bit (GPTQ/AWQ/NF4) base");
   c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes, a list for a comma-separated value; the command line wins)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
-  c->add_option("--data,-d", o.data_path, "training data: JSONL/JSON with text, Alpaca or chat messages");
+  c->add_option("--data,-d", o.data_path,
+                "training data: JSONL/JSON with text, Alpaca or chat messages (preference pairs with --objective dpo)");
   c->add_option("--eval-data", o.eval_data_path,
                 "held-out data in a file of its own (every record, rendered as --data's; instead of --eval-fraction "
                 "or --eval-count)")
@@ -272,7 +274,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--max-steps", o.max_steps, "optimizer steps (wins over --epochs when > 0)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_option("--batch-size", o.batch_size, "rows per micro-batch")->capture_default_str();
+  c->add_option("--batch-size", o.batch_size, "rows per micro-batch (pairs with --objective dpo)")->capture_default_str();
   c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
   c->add_option("--batching", a->sft.batch_mode, "packing (examples back to back, attention kept apart) or padding")
