@@ -50,10 +50,11 @@ LoraAdapter adapter_or_zero(const std::string& dir, const QwenModel& model, cons
                      : load_adapter_for_base(dir, model_dir, model.config(), AdapterUse::Apply);
 }
 
-void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, std::chrono::steady_clock::time_point t0) {
+// split: the examples are train's held-out split (data.eval), else every record in file order (data.train).
+void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, bool split,
+                  std::chrono::steady_clock::time_point t0) {
   const TrainOptions& o = a.opt;
-  const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
-  const std::vector<SftExample>& examples = split ? data.eval : data.train;  // no split: every record, file order
+  const std::vector<SftExample>& examples = split ? data.eval : data.train;
   const auto [loss, tokens] = sft_eval_loss(model, adapter_or_zero(a.adapter, model, o.model_dir), examples, o);
   QWENQ_CHECK(tokens > 0, o.data_path << ": no loss tokens to evaluate (" << data.stats.summary() << ")");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -80,22 +81,16 @@ void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, s
 }
 
 // --objective dpo: the pairs' sums under the model and the reference, their statistics.
-void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data,
+void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, bool split,
                          std::chrono::steady_clock::time_point t0) {
   const TrainOptions& o = a.opt;
-  const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
   const std::vector<SftExample>& examples = split ? data.eval : data.train;
   const auto adapter_of = [&](const std::string& dir) { return adapter_or_zero(dir, model, o.model_dir); };
-  std::vector<double> policy = preference_eval_sums(model, adapter_of(a.adapter), examples, o);
-  const size_t n = o.eval_batches > 0 ? std::min(policy.size(), static_cast<size_t>(2 * o.batch_size * o.eval_batches))
-                                      : policy.size();
-  policy.resize(n);
-  std::vector<double> ref(n, 0.0);
+  const std::vector<double> policy = preference_eval_sums(model, adapter_of(a.adapter), examples, o);
+  const size_t n = policy.size();  // the pairs of the first --eval-batches batches
   const bool free = dpo_reference_free(o.dpo_options.loss);
-  if (!free) {
-    ref = preference_eval_sums(model, adapter_of(a.ref_adapter), examples, o);
-    ref.resize(n);
-  }
+  const std::vector<double> ref =
+      free ? std::vector<double>(n, 0.0) : preference_eval_sums(model, adapter_of(a.ref_adapter), examples, o);
   std::vector<int64_t> counts = example_target_counts(examples);
   counts.resize(n);
   const DpoStats st = dpo_batch_stats(o.dpo_options, policy, ref, counts);
@@ -154,12 +149,12 @@ void run_eval(EvalArgs& a) {
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  if (o.dpo) {  // a pair's sequences are never cut by the batcher, as in train
-    dopt.max_len = std::min(dopt.max_len, o.seq_len);
-    run_preference_eval(a, model, load_preference_dataset(o.data_path, tok, dopt), t0);
-  } else {
-    run_sft_eval(a, model, load_sft_dataset(o.data_path, tok, dopt), t0);
-  }
+  if (o.dpo) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // a pair's sequences are never cut by the batcher
+  const SftDataset data =
+      o.dpo ? load_preference_dataset(o.data_path, tok, dopt) : load_sft_dataset(o.data_path, tok, dopt);
+  const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
+  if (o.dpo) run_preference_eval(a, model, data, split, t0);
+  else run_sft_eval(a, model, data, split, t0);
 }
 
 }  // namespace

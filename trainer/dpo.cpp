@@ -114,6 +114,19 @@ double DpoStats::objective(const DpoOptions& o) const {
 
 namespace {
 
+// One pair's share of the statistics.
+void add_pair(const DpoPair& p, const DpoPairTerms& t, DpoStats* s) {
+  ++s->pairs;
+  s->correct += t.reward_c > t.reward_r;
+  s->loss += t.loss;
+  s->nll_c += p.S_c;
+  s->tokens_c += p.n_c;
+  s->reward_c += t.reward_c;
+  s->reward_r += t.reward_r;
+  s->logp_c -= p.S_c;
+  s->logp_r -= p.S_r;
+}
+
 void check_pairs(const std::vector<double>& policy, const std::vector<double>& ref, const std::vector<int64_t>& counts) {
   QWENQ_CHECK(policy.size() % 2 == 0 && ref.size() == policy.size() && counts.size() == policy.size(),
               "preference batch: " << policy.size() << " policy sums, " << ref.size() << " reference sums and "
@@ -133,16 +146,7 @@ DpoStats dpo_batch_stats(const DpoOptions& o, const std::vector<double>& policy,
   DpoStats s;
   for (size_t i = 0; i < policy.size() / 2; ++i) {
     const DpoPair p = pair_at(policy, ref, counts, i);
-    const DpoPairTerms t = dpo_pair_terms(o, p);
-    ++s.pairs;
-    s.correct += t.reward_c > t.reward_r;
-    s.loss += t.loss;
-    s.nll_c += p.S_c;
-    s.tokens_c += p.n_c;
-    s.reward_c += t.reward_c;
-    s.reward_r += t.reward_r;
-    s.logp_c -= p.S_c;
-    s.logp_r -= p.S_r;
+    add_pair(p, dpo_pair_terms(o, p), &s);
   }
   return s;
 }
@@ -158,12 +162,15 @@ std::function<std::vector<double>(const std::vector<double>&)> dpo_objective(
     std::vector<double> d(policy.size());
     const double per_pair = 1.0 / static_cast<double>(step_pairs);
     const double rpo = o.nll_weight() / static_cast<double>(step_chosen_tokens);
+    DpoStats batch;
     for (size_t i = 0; i < policy.size() / 2; ++i) {
-      const DpoPairTerms t = dpo_pair_terms(o, pair_at(policy, ref, counts, i));
+      const DpoPair p = pair_at(policy, ref, counts, i);
+      const DpoPairTerms t = dpo_pair_terms(o, p);
       d[2 * i] = per_pair * t.dS_c + rpo;
       d[2 * i + 1] = per_pair * t.dS_r;
+      add_pair(p, t, &batch);
     }
-    if (stats) stats->add(dpo_batch_stats(o, policy, ref, counts));
+    if (stats) stats->add(batch);
     return d;
   };
 }

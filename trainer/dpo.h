@@ -134,8 +134,9 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
 
 // Each example's NLL sum over its counted targets, computed by `loss` (the step's loss alone: a trainer's evaluation
 // call) on batches of 2·pairs_per_batch examples in order (one sequence each, rows of at most seq_len tokens), the
-// first max_batches batches (0: all; the sums after them stay 0). With a group every rank computes every R-th batch
-// and the sums are gathered (each slot has one nonzero term: exact, the same on every rank).
+// first max_batches batches (0: all): the sums of the examples those batches hold, a prefix of `examples` (whole
+// pairs). With a group every rank computes every R-th batch and the sums are gathered (each slot has one nonzero
+// term: exact, the same on every rank).
 std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, int64_t seq_len, int64_t pairs_per_batch,
                                      int64_t max_batches, ProcessGroup* group,
                                      const std::function<LoraStepResult(const SftBatch&)>& loss);

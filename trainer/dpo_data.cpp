@@ -145,8 +145,6 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
   QWENQ_CHECK(opt.format == SftFormat::kAuto || opt.format == SftFormat::kPreference,
               "preference training reads preference records (--format preference or auto), not --format "
                   << sft_format_name(opt.format));
-  QWENQ_CHECK(!opt.templ.train_on_prompt && !opt.templ.mask_history,
-              "preference training scores the completions only: --train-on-prompt and --mask-history do not apply");
   SftDataset ds;
   SftDataStats& st = ds.stats;
   const std::vector<std::pair<SftRecord, SftRecord>> records = read_preference_records(path, opt.skip_bad, &st);

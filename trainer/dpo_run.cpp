@@ -24,7 +24,9 @@ std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, in
   SftBatchIterator it(examples, bo);
   const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
   SftBatch b;
+  size_t covered = 0;  // examples in the batches walked
   for (int64_t batch = 0; it.next(&b) && (max_batches <= 0 || batch < max_batches); ++batch) {
+    covered += static_cast<size_t>(b.num_examples);
     if (batch % world != rank) continue;
     const LoraStepResult r = loss(b);
     QWENQ_CHECK(static_cast<int64_t>(r.seq_nll.size()) == b.num_examples,
@@ -32,6 +34,7 @@ std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, in
     for (int64_t k = 0; k < b.num_examples; ++k) sums[static_cast<size_t>(b.first_index + k)] = r.seq_nll[static_cast<size_t>(k)];
   }
   if (group) group->all_reduce_sum(sums.data(), static_cast<int64_t>(sums.size()));
+  sums.resize(covered);
   return sums;
 }
 

@@ -179,6 +179,27 @@ uint64_t fingerprint_of(std::initializer_list<LoraAdapter*> adapters) {
   return h;
 }
 
+// The options of an evaluation call (no dropout; the run's checkpoint storage and CPU products).
+LoraStepOptions eval_step_options(const TrainOptions& o) {
+  LoraStepOptions so;
+  so.train = false;
+  so.checkpointing = o.checkpointing;
+  so.bf16_checkpoints = o.bf16_checkpoints;
+  so.bf16_matmul = o.cpu_bf16_matmul;
+  return so;
+}
+
+// Each example's NLL sum (preference pairs: example_nll_sums over o.batch_size pairs a batch, the first max_batches
+// batches) on the device's adapter (gpu) or the CPU's.
+std::vector<double> pair_nll_sums(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
+                                  const std::vector<SftExample>& examples, const TrainOptions& o, int64_t max_batches,
+                                  ProcessGroup* group) {
+  const LoraStepOptions so = eval_step_options(o);
+  return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, group, [&](const SftBatch& b) {
+    return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+  });
+}
+
 // Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter. With a
 // group (data parallelism) every rank walks the same batches and computes every R-th one with targets; the per-batch
 // sums are gathered (an all-reduce in which each slot has one nonzero term, so exact) and added in batch order, so
@@ -197,11 +218,7 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
   const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
   std::vector<double> nll, count;  // per batch with targets: [j] from rank j mod world
   int64_t batches = 0;
-  LoraStepOptions so;
-  so.train = false;
-  so.checkpointing = o.checkpointing;
-  so.bf16_checkpoints = o.bf16_checkpoints;
-  so.bf16_matmul = o.cpu_bf16_matmul;
+  const LoraStepOptions so = eval_step_options(o);
   while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
     if (b.num_targets == 0) continue;
     nll.push_back(0.0);
@@ -345,20 +362,13 @@ std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapt
 
 std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o) {
-  LoraStepOptions so;
-  so.train = false;
-  so.checkpointing = o.checkpointing;
-  so.bf16_checkpoints = o.bf16_checkpoints;
-  so.bf16_matmul = o.cpu_bf16_matmul;
   std::unique_ptr<LoraModelCuda> gpu;
 #ifdef QWENQ_HAVE_CUDA
   if (o.use_cuda) gpu = std::make_unique<LoraModelCuda>(model, adapter);
 #else
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
-  return example_nll_sums(examples, o.seq_len, o.batch_size, o.eval_batches, nullptr, [&](const SftBatch& b) {
-    return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-  });
+  return pair_nll_sums(model, adapter, gpu.get(), examples, o, o.eval_batches, nullptr);
 }
 
 void check_train_options(const TrainOptions& o, bool lead) {
@@ -551,17 +561,9 @@ TrainReport train_lora(const TrainOptions& o) {
                                            : ": this CPU has no AVX512_BF16, so they take the portable path, slower "
                                              "than --cpu-matmul fp32");
   }
-  // Preference runs: the loss of a batch alone (the reference's sums, evaluations) on this run's device.
-  LoraStepOptions loss_only;
-  loss_only.train = false;
-  loss_only.checkpointing = o.checkpointing;
-  loss_only.bf16_checkpoints = o.bf16_checkpoints;
-  loss_only.bf16_matmul = o.cpu_bf16_matmul;
+  // Preference runs: the sequences' NLL sums (the reference's, evaluations) on this run's device and adapter.
   const auto sequence_sums = [&](const std::vector<SftExample>& examples, int64_t max_batches) {
-    return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, o.group, [&](const SftBatch& b) {
-      return gpu ? gpu->loss(b.packed, b.targets, loss_only)
-                 : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, loss_only);
-    });
+    return pair_nll_sums(model, adapter, gpu.get(), examples, o, max_batches, o.group);
   };
   // The reference model's sums (the adapter at step 0), once, or read back on resume.
   std::vector<double> ref_train, ref_eval;
@@ -591,10 +593,8 @@ TrainReport train_lora(const TrainOptions& o) {
     double loss = 0;
     try {
       if (o.dpo) {  // the held-out pairs of the first eval_batches batches
-        std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
-        const size_t n = o.eval_batches > 0 ? std::min(now.size(), static_cast<size_t>(2 * o.batch_size * o.eval_batches))
-                                            : now.size();
-        now.resize(n);
+        const std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
+        const size_t n = now.size();
         const DpoStats es = dpo_batch_stats(o.dpo_options, now, std::vector<double>(ref_eval.begin(), ref_eval.begin() + n),
                                             std::vector<int64_t>(eval_counts.begin(), eval_counts.begin() + n));
         loss = es.objective(o.dpo_options);
