@@ -74,10 +74,8 @@ TEST(DoraTrain, ResumeIsBitExact) {
   part.resume = true;
   EXPECT_EQ(train_lora(part).start_step, 4);
   EXPECT_EQ(test::losses_of(full.out_dir + "/metrics.jsonl"), test::losses_of(part.out_dir + "/metrics.jsonl"));
-  SafetensorsFile a(full.out_dir + "/adapter_model.safetensors"), b(part.out_dir + "/adapter_model.safetensors");
-  ASSERT_EQ(a.names(), b.names());
-  EXPECT_TRUE(a.has(peft_magnitude_name(0, LoraTarget::QProj)));
-  for (const auto& n : a.names()) EXPECT_EQ(0, std::memcmp(a.get(n).data, b.get(n).data, a.get(n).nbytes())) << n;
+  EXPECT_TRUE(SafetensorsFile(full.out_dir + "/adapter_model.safetensors").has(peft_magnitude_name(0, LoraTarget::QProj)));
+  test::expect_same_adapter_file(full.out_dir, part.out_dir);
 
   TrainOptions plain = part;
   plain.lora.use_dora = false;

@@ -19,6 +19,7 @@
 #include "kernels/loss.h"
 #include "lora/peft_io.h"
 #include "tests/support/test_models.h"
+#include "tests/support/sft_fixtures.h"
 #include "tests/support/test_paths.h"
 #include "tests/support/test_tokenizers.h"
 #include "tests/support/test_training.h"
@@ -235,35 +236,19 @@ TEST(SequenceObjective, ConstantWeightsAreTheTokenLoss) {
 
 // ---- data ---------------------------------------------------------------------------------------------------------
 
-const char* kPlainChatml =
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-std::string write(const std::string& dir, const std::string& name, const std::string& text) {
-  write_file_atomic(dir + "/" + name, text);
-  return dir + "/" + name;
-}
+using test::kPlainChatml;
+using test::masked_text;
+using test::no_split;
+using test::write_in_dir;
 
 std::string text_of(const std::vector<int32_t>& ids, const Tokenizer& tok) { return tok.decode(ids); }
-std::string masked_text(const SftExample& ex, const Tokenizer& tok) {
-  std::vector<int32_t> ids;
-  for (size_t t = 0; t < ex.tokens.size(); ++t)
-    if (ex.loss_mask[t]) ids.push_back(ex.tokens[t]);
-  return tok.decode(ids);
-}
-
-SftDataOptions no_split() {
-  SftDataOptions d;
-  d.max_len = 512;
-  return d;
-}
 
 TEST(PreferenceData, FormatsBecomeChosenThenRejected) {
   const std::string root = test::scratch_dir();
   const Tokenizer tok = test::byte_tokenizer(root + "/tok", kPlainChatml);
   // One record per file: its two examples, chosen then rejected.
   const auto pair_of = [&](const std::string& line) {
-    const SftDataset ds = load_preference_dataset(write(root, "p.jsonl", line + "\n"), tok, no_split());
+    const SftDataset ds = load_preference_dataset(write_in_dir(root, "p.jsonl", line + "\n"), tok, no_split());
     EXPECT_EQ(ds.stats.records, 1);
     EXPECT_EQ(ds.stats.format, SftFormat::kPreference);
     EXPECT_EQ(ds.train.size(), 2u);
@@ -300,13 +285,13 @@ TEST(PreferenceData, FormatsBecomeChosenThenRejected) {
   // prompt; with alpaca_chat, LLaMA-Factory's conversation, here the conversational pair's tokens).
   const std::string alpaca = R"({"instruction": "Sky?", "input": "", "chosen": "Blue.", "rejected": "Green."})";
   const auto la = pair_of(alpaca);
-  const SftDataset sft = load_sft_dataset(write(root, "s.jsonl", R"({"instruction": "Sky?", "input": "", "output": "Blue."})" "\n"), tok, no_split());
+  const SftDataset sft = load_sft_dataset(write_in_dir(root, "s.jsonl", R"({"instruction": "Sky?", "input": "", "output": "Blue."})" "\n"), tok, no_split());
   EXPECT_EQ(la.first.tokens, sft.train.at(0).tokens);
   EXPECT_EQ(la.first.loss_mask, sft.train.at(0).loss_mask);
   EXPECT_EQ(masked_text(la.second, tok), "Green.<|im_end|>");
   SftDataOptions chat = no_split();
   chat.templ.alpaca_chat = true;
-  const SftDataset lac = load_preference_dataset(write(root, "p.jsonl", alpaca + "\n"), tok, chat);
+  const SftDataset lac = load_preference_dataset(write_in_dir(root, "p.jsonl", alpaca + "\n"), tok, chat);
   EXPECT_EQ(lac.train.at(0).tokens, c.first.tokens);
   EXPECT_EQ(lac.train.at(1).loss_mask, c.second.loss_mask);
   // A multi-byte character at the first difference is not split, and the space before it goes to the completions
@@ -324,7 +309,7 @@ TEST(PreferenceData, SplitsByPairsAndDropsAPairThatLosesACompletion) {
     const std::string prompt = "p" + std::to_string(i) + ":" + std::string(i == 7 ? 30 : 0, '.');
     text += "{\"prompt\": \"" + prompt + "\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n";
   }
-  const std::string path = write(root, "p.jsonl", text);
+  const std::string path = write_in_dir(root, "p.jsonl", text);
   SftDataOptions d = no_split();
   d.max_len = 20;
   d.eval_count = 3;
@@ -353,7 +338,7 @@ TEST(PreferenceData, MalformedRecordsAreNamed) {
   const std::string root = test::scratch_dir();
   const Tokenizer tok = test::byte_tokenizer(root + "/tok", kPlainChatml);
   const auto err = [&](const std::string& line) {
-    return error_of([&] { load_preference_dataset(write(root, "bad.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", "
+    return error_of([&] { load_preference_dataset(write_in_dir(root, "bad.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", "
                                                          "\"rejected\": \"c\"}\n" + line + "\n"), tok, no_split()); });
   };
   EXPECT_TRUE(contains(err(R"({"prompt": "a", "chosen": "b"})"), "bad.jsonl:2: expected \"chosen\" and \"rejected\""));
@@ -371,13 +356,13 @@ TEST(PreferenceData, MalformedRecordsAreNamed) {
   SftDataOptions skip = no_split();
   skip.skip_bad = true;
   const SftDataset ds = load_preference_dataset(
-      write(root, "mixed.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"chosen\": 1}\n"), tok, skip);
+      write_in_dir(root, "mixed.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"chosen\": 1}\n"), tok, skip);
   EXPECT_EQ(ds.stats.records, 1);
   EXPECT_EQ(ds.stats.skipped, 1);
   // Preference records given to SFT, and SFT records given to preference training, say what to do.
-  const std::string pref = write(root, "pref.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n");
+  const std::string pref = write_in_dir(root, "pref.jsonl", "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n");
   EXPECT_TRUE(contains(error_of([&] { load_sft_dataset(pref, tok, no_split()); }), "train on it with --objective dpo"));
-  const std::string sft = write(root, "sft.jsonl", "{\"text\": \"a\"}\n");
+  const std::string sft = write_in_dir(root, "sft.jsonl", "{\"text\": \"a\"}\n");
   EXPECT_TRUE(contains(error_of([&] { load_preference_dataset(sft, tok, no_split()); }),
                        "sft.jsonl:1: expected \"chosen\" and \"rejected\" fields"));
   SftDataOptions prompt_loss = no_split();
@@ -547,19 +532,14 @@ TEST(DpoTrain, ResumeIsBitExact) {
   full.grad_accum = 2;
   full.dpo_options.rpo_alpha = 0.3;
   train_lora(full);
+  EXPECT_EQ(test::train_interrupted(full, root + "/part", 5).start_step, 3);  // the newest checkpoint is step 3
   TrainOptions part = full;
   part.out_dir = root + "/part";
-  part.stop_after = 5;  // the newest checkpoint is step 3
-  train_lora(part);
-  part.stop_after = 0;
   part.resume = true;
-  const TrainReport r = train_lora(part);
-  EXPECT_EQ(r.start_step, 3);
   for (const char* field : {"loss", "rewards_margin", "rewards_accuracy", "grad_norm"}) {
     EXPECT_EQ(metric(full.out_dir + "/metrics.jsonl", field), metric(part.out_dir + "/metrics.jsonl", field)) << field;
   }
-  SafetensorsFile a(full.out_dir + "/adapter_model.safetensors"), b(part.out_dir + "/adapter_model.safetensors");
-  for (const auto& n : a.names()) EXPECT_EQ(0, std::memcmp(a.get(n).data, b.get(n).data, a.get(n).nbytes())) << n;
+  test::expect_same_adapter_file(full.out_dir, part.out_dir);
   // Other preference settings cannot resume it, nor can it without its reference sums.
   TrainOptions other = part;
   other.dpo_options.beta = 0.25;

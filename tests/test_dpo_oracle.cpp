@@ -15,6 +15,7 @@
 #include "core/safetensors.h"
 #include "kernels/loss.h"
 #include "lora/peft_io.h"
+#include "tests/support/peft_grads.h"
 #include "trainer/dpo.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
@@ -36,19 +37,9 @@ TEST(DpoOracle, LossesAndGradientsMatchPyTorch) {
   const LoraAdapter reference = load_peft_adapter(path_join(dir, "reference"), lora_dims_of(model.config()));
   const LoraAdapter policy = load_peft_adapter(path_join(dir, "policy"), lora_dims_of(model.config()));
   SafetensorsFile expected(path_join(dir, "expected.safetensors"));
-  const TensorView& ids = expected.get("input_ids");
-  const TensorView& lens = expected.get("lengths");
-  const TensorView& masks = expected.get("masks");
   std::vector<std::vector<int32_t>> seqs;
-  std::vector<int32_t> targets;
-  int64_t off = 0;
-  for (int64_t i = 0; i < lens.numel(); ++i) {
-    const int32_t n = lens.as<int32_t>()[i];
-    seqs.emplace_back(ids.as<int32_t>() + off, ids.as<int32_t>() + off + n);
-    for (int32_t t = 0; t < n; ++t)  // position t predicts token t + 1 when that one is a completion token
-      targets.push_back(t + 1 < n && masks.as<int32_t>()[off + t + 1] ? seqs.back()[t + 1] : kIgnoreIndex);
-    off += n;
-  }
+  std::vector<int32_t> targets;  // the completions' tokens are the scored ones
+  test::oracle_sequences(expected, &seqs, &targets);
   const PackedBatch batch = PackedBatch::from_sequences(seqs);
   const std::vector<int64_t> counts = sequence_target_counts(batch, targets);
   LoraStepOptions opt;
@@ -76,28 +67,11 @@ TEST(DpoOracle, LossesAndGradientsMatchPyTorch) {
     lora_loss_and_grad(model, policy, batch, targets, &grads, opt);
     const double want_loss = expected.get(it.key() + ".loss").as<double>()[0];
     EXPECT_NEAR(stats.objective(o), want_loss, kLossRelTol * std::fabs(want_loss));
-    double worst_rel = 0;
-    int nonzero = 0;
-    for (size_t i = 0; i < policy.slots().size(); ++i) {
-      for (int which = 0; which < 2; ++which) {
-        const std::string name = peft_tensor_name(policy.slots()[i], which);
-        SCOPED_TRACE(name);
-        const TensorView& want = expected.get(it.key() + "." + name + ".grad");
-        const std::vector<float>& got = which ? grads.weights(i).B : grads.weights(i).A;
-        ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
-        double scale = 0, worst = 0;
-        for (int64_t j = 0; j < want.numel(); ++j) {
-          scale = std::max(scale, (double)std::fabs(want.as<float>()[j]));
-          worst = std::max(worst, (double)std::fabs(got[j] - want.as<float>()[j]));
-        }
-        EXPECT_LE(worst, kGradRelTol * scale) << "max |ours - torch| = " << worst << ", max |torch| = " << scale;
-        if (scale > 0) worst_rel = std::max(worst_rel, worst / scale), ++nonzero;
-      }
-    }
+    const test::GradComparison cmp = test::expect_peft_grads_close(grads, expected, it.key() + ".", kGradRelTol);
     // Every Linear's A and B get a gradient (B is nonzero, so A's flows too): a test of zeros would prove little.
-    EXPECT_EQ(nonzero, static_cast<int>(2 * policy.slots().size()));
+    EXPECT_EQ(cmp.nonzero, static_cast<int>(2 * policy.slots().size()));
     std::printf("%s: loss %.8g (torch %.8g), worst max|ours - torch| / max|torch| = %.3g\n", it.key().c_str(),
-                stats.objective(o), want_loss, worst_rel);
+                stats.objective(o), want_loss, cmp.worst_rel);
     ++checked;
   }
   EXPECT_EQ(checked, 5);

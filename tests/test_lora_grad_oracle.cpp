@@ -15,6 +15,7 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
+#include "tests/support/peft_grads.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
 
@@ -54,28 +55,9 @@ void check_case(const std::string& dir) {
   const LoraStepResult r = lora_loss_and_grad(model, adapter, batch, targets, &grads, opt);
   const double want_loss = expected.get("loss").as<double>()[0];
   EXPECT_NEAR(r.nll_sum / r.counted, want_loss, kLossRelTol * want_loss);
-  int compared = 0, nonzero = 0;
-  double worst_rel = 0;
-  for (size_t i = 0; i < adapter.slots().size(); ++i) {  // every adapted Linear, each MoE expert's too
-    const LoraSlot& sl = adapter.slots()[i];
-    for (int which = 0; which < (adapter.use_dora() ? 3 : 2); ++which) {  // A, B, DoRA's m
-      const std::string name = which == 2 ? peft_magnitude_name(sl) + ".weight" : peft_tensor_name(sl, which);
-      SCOPED_TRACE(name);
-      const TensorView& want = expected.get(name + ".grad");
-      const LoraWeights& g = grads.weights(i);
-      const std::vector<float>& got = which == 2 ? g.m : which ? g.B : g.A;
-      ASSERT_EQ(static_cast<int64_t>(got.size()), want.numel());
-      float scale = 0.f;
-      for (int64_t j = 0; j < want.numel(); ++j) scale = std::max(scale, std::fabs(want.as<float>()[j]));
-      // An expert no token reached gets no gradient: then ours must be exactly zero too.
-      double worst = 0;
-      for (int64_t j = 0; j < want.numel(); ++j) worst = std::max(worst, (double)std::fabs(got[j] - want.as<float>()[j]));
-      EXPECT_LE(worst, kGradRelTol * scale) << "max |ours - torch| = " << worst << ", max |torch| = " << scale;
-      if (scale > 0) worst_rel = std::max(worst_rel, worst / scale);
-      nonzero += scale > 0;
-      ++compared;
-    }
-  }
+  const test::GradComparison cmp = test::expect_peft_grads_close(grads, expected, "", kGradRelTol);
+  const int compared = cmp.compared, nonzero = cmp.nonzero;
+  const double worst_rel = cmp.worst_rel;
   EXPECT_EQ(compared, static_cast<int64_t>(adapter.slots().size()) * (adapter.use_dora() ? 3 : 2));
   EXPECT_EQ(static_cast<int64_t>(expected.names().size()) - 3, compared) << "gradients in the oracle's file";
   // Only a MoE expert that no token reached has a zero gradient: the test must not compare zeros alone.

@@ -33,12 +33,15 @@ void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 
 // --objective and the preference flags (--dpo-beta, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma):
 // train's and eval's.
+// With kto (train's): --objective kto and its flags (--kto-loss, --kto-desirable-weight, --kto-undesirable-weight;
+// --dpo-beta, also spelt --pref-beta, is its beta too).
 struct DpoFlags {
-  std::string objective = "sft", loss = "sigmoid";
+  std::string objective = "sft", loss = "sigmoid", kto_loss = "kto";
 };
-void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
-// The flags into o (o->dpo, o->dpo_options); refuses a preference flag without --objective dpo, --simpo-gamma
-// without --dpo-loss simpo and --batching with dpo (whose batches are pairs: sft->batch_mode becomes padding).
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o, bool kto = false);
+// The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options); refuses a flag of another objective,
+// --simpo-gamma without --dpo-loss simpo and --batching with dpo or kto (whose batches are units of two sequences:
+// sft->batch_mode becomes padding).
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o);
 
 // `train --config FILE.json`: the file's options inserted before the command line's (which then win).

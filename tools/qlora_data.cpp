@@ -6,7 +6,9 @@
 // (the oracle test's entry point for loss masks: tests/oracle/test_chat_template_oracle.py).
 // With --objective dpo (or --format preference), preference pairs as `train --objective dpo` reads them: each pair's
 // chosen and rejected examples; --dump writes one line per pair, {"where", "chosen": {"ids", "loss_mask", "text"},
-// "rejected": {...}, "kept"}.
+// "rejected": {...}, "kept"}. With --objective kto, labelled examples as `train --objective kto` reads them (a pair
+// as its two), in file order, each with its label; --dump writes {"where", "label", "ids", "loss_mask", "text",
+// "kept"} per example (the KL sequences are made after the split, in train's batches: not shown).
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -19,6 +21,7 @@
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/dpo.h"
+#include "trainer/kto.h"
 #include "trainer/model_dir.h"
 #include "trainer/sft_data.h"
 
@@ -28,7 +31,7 @@ namespace {
 
 struct DataArgs {
   std::string model, data, format = "auto", dump, alpaca_prompt = "stanford", objective = "sft";
-  int64_t max_len = 0, show = 0;
+  int64_t max_len = 0, show = 0, max_prompt_len = 0;
   bool skip_bad = false, no_thinking = false, train_on_prompt = false, mask_history = false;
 };
 
@@ -79,6 +82,41 @@ void run_preference_data(const DataArgs& a, const Tokenizer& tok, const SftTempl
   std::printf("%s\n", st.summary().c_str());
 }
 
+// --objective kto: the labelled examples in file order.
+void run_kto_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOptions& to) {
+  QWENQ_CHECK(a.format == "auto" || a.format == "preference",
+              "data --objective kto reads labelled records, not --format " << a.format);
+  QWENQ_CHECK(!to.train_on_prompt && !to.mask_history,
+              "preference training scores the completions only: --train-on-prompt and --mask-history do not apply");
+  SftDataStats st;
+  std::string dump;
+  int64_t shown = 0, desirable = 0;
+  for (const KtoRecord& rec : read_kto_records(a.data, a.skip_bad, &st)) {
+    SftExample ex;
+    const bool kept = prepare_sft_example(rec.record, tok, to, a.max_len, &ex, &st);  // a dropped one is shown too
+    desirable += kept && rec.desirable;
+    const char* label = rec.desirable ? "desirable" : "undesirable";
+    if (shown < a.show) {
+      const long long loss = std::count(ex.loss_mask.begin(), ex.loss_mask.end(), 1);
+      std::printf("--- %s%s\n[%s: %zu tokens, %lld in the sum] %s\n", rec.record.where.c_str(),
+                  kept ? "" : " (dropped: its completion lost to --max-len)", label, ex.tokens.size(), loss,
+                  marked_text(ex, tok).c_str());
+      ++shown;
+    }
+    if (!a.dump.empty()) {
+      nlohmann::json j = example_json(ex, tok);
+      j["where"] = rec.record.where;
+      j["label"] = rec.desirable;
+      j["kept"] = kept;
+      dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  st.train_examples = st.records;
+  if (!a.dump.empty()) write_file_atomic(a.dump, dump);
+  std::printf("%s\n%lld desirable, %lld undesirable\n", st.summary().c_str(), (long long)desirable,
+              (long long)(st.records - desirable));
+}
+
 void run_data(const DataArgs& a) {
   QWENQ_CHECK(a.max_len >= 0 && a.show >= 0, "data: --max-len and --show must be >= 0");
   // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
@@ -89,6 +127,9 @@ void run_data(const DataArgs& a) {
   to.train_on_prompt = a.train_on_prompt;
   to.alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
   to.mask_history = a.mask_history;
+  to.max_prompt_len = a.max_prompt_len;
+  QWENQ_CHECK(a.max_prompt_len == 0 || a.objective != "sft", "--max-prompt-len applies to --objective dpo and kto");
+  if (a.objective == "kto") return run_kto_data(a, tok, to);
   if (a.objective == "dpo" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
@@ -123,11 +164,17 @@ void register_qlora_data(CLI::App& app) {
   c->add_option("--data,-d", a->data, "training data: JSONL/JSON with text, Alpaca or chat messages")->required();
   c->add_option("--format", a->format, "data format: auto, text, alpaca, chat, prompt-completion, preference")
       ->capture_default_str();
-  c->add_option("--objective", a->objective, "sft, or dpo: preference pairs as train --objective dpo reads them")
-      ->check(CLI::IsMember({"sft", "dpo"}))
+  c->add_option("--objective", a->objective,
+                "sft; dpo: preference pairs as train --objective dpo reads them; kto: labelled examples as train "
+                "--objective kto reads them")
+      ->check(CLI::IsMember({"sft", "dpo", "kto"}))
       ->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
+      ->capture_default_str();
+  c->add_option("--max-prompt-len", a->max_prompt_len,
+                "dpo and kto: a longer prompt keeps its last N tokens (after a BOS), as train --max-prompt-len")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   c->add_flag("--no-thinking", a->no_thinking,
               "chat data with a Qwen3 template: enable_thinking=False (an empty think block is prompt, not response)");

@@ -159,7 +159,7 @@ DataParallel start_data_parallel(int nproc, const std::string& config, const Tra
 }  // namespace
 
 void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
-  c->add_option("--format", f->format, "data format: auto, text, alpaca, chat, prompt-completion (preference with --objective dpo)")
+  c->add_option("--format", f->format, "data format: auto, text, alpaca, chat, prompt-completion (preference with --objective dpo or kto)")
       ->capture_default_str();
   c->add_flag("--skip-bad", o->data.skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--alpaca-prompt", f->alpaca_prompt,
@@ -180,14 +180,42 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
   c->add_option("--eval-count", o->data.eval_count, "or an exact number of held-out examples")->capture_default_str();
 }
 
-void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
-  c->add_option("--objective", f->objective,
-                "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}; "
-                "--batch-size counts pairs)")
-      ->check(CLI::IsMember({"sft", "dpo"}))
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o, bool kto) {
+  if (kto) {
+    c->add_option("--objective", f->objective,
+                  "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
+                  "--batch-size counts pairs) or kto (labelled examples {prompt, completion, label}, or pairs "
+                  "unpaired; --batch-size counts examples)")
+        ->check(CLI::IsMember({"sft", "dpo", "kto"}))
+        ->capture_default_str();
+  } else {
+    c->add_option("--objective", f->objective,
+                  "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}; "
+                  "--batch-size counts pairs)")
+        ->check(CLI::IsMember({"sft", "dpo"}))
+        ->capture_default_str();
+  }
+  c->add_option("--dpo-beta,--pref-beta", o->dpo_options.beta,
+                kto ? "dpo and kto: beta, the strength of the pull toward the reference"
+                    : "dpo: beta, the strength of the pull toward the reference")
       ->capture_default_str();
-  c->add_option("--dpo-beta", o->dpo_options.beta, "dpo: beta, the strength of the pull toward the reference")
+  c->add_option("--max-prompt-len", o->data.templ.max_prompt_len,
+                "dpo and kto: a longer prompt keeps its last N tokens (after a BOS), before --max-len cuts the end "
+                "(TRL's max_prompt_length; 0: none)")
+      ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
+  if (kto) {
+    c->add_option("--kto-loss", f->kto_loss,
+                  "kto: kto (KTO, its KL reference point from mismatched pairs) or apo_zero_unpaired (unpaired APO-zero), "
+                  "as TRL's loss_type")
+        ->capture_default_str();
+    c->add_option("--kto-desirable-weight", o->kto_options.desirable_weight,
+                  "kto: weight of the desirable examples' losses (raise the rarer class's)")
+        ->capture_default_str();
+    c->add_option("--kto-undesirable-weight", o->kto_options.undesirable_weight,
+                  "kto: weight of the undesirable examples' losses")
+        ->capture_default_str();
+  }
   c->add_option("--dpo-loss", f->loss,
                 "dpo: sigmoid (DPO), hinge (SLiC) or ipo (IPO), as TRL's loss_type; or the reference-free simpo "
                 "(SimPO) or orpo (ORPO, its chosen NLL term included), as LLaMA-Factory's pref_loss")
@@ -204,15 +232,34 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
 
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o) {
   o->dpo = f.objective == "dpo";
+  o->kto = f.objective == "kto";
+  const auto given = [&c](const char* flag) {
+    const CLI::Option* opt = c.get_option_no_throw(flag);
+    return opt != nullptr && opt->count() > 0;
+  };
+  if (!o->kto) {
+    for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
+      QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");
+  }
   if (!o->dpo) {
-    for (const char* flag : {"--dpo-beta", "--dpo-loss", "--dpo-label-smoothing", "--rpo-alpha", "--simpo-gamma"})
-      QWENQ_CHECK(c.get_option(flag)->count() == 0, flag << " applies to --objective dpo");
+    for (const char* flag : {"--dpo-loss", "--dpo-label-smoothing", "--rpo-alpha", "--simpo-gamma"})
+      QWENQ_CHECK(!given(flag), flag << " applies to --objective dpo");
+    if (!o->kto) {
+      QWENQ_CHECK(!given("--dpo-beta"), "--dpo-beta applies to --objective dpo and kto");
+      QWENQ_CHECK(!given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo and kto");
+      return;
+    }
+  }
+  QWENQ_CHECK(!given("--batching"), "--objective " << f.objective << " batches whole "
+                                    << (o->dpo ? "pairs (--batch-size pairs" : "examples with their KL sequences (--batch-size examples")
+                                    << ", their sequences packed without padding): leave --batching out");
+  sft->batch_mode = "padding";
+  if (o->kto) {
+    o->kto_options.beta = o->dpo_options.beta;
+    o->kto_options.loss = parse_kto_loss(f.kto_loss);
+    check_kto_options(o->kto_options);
     return;
   }
-  QWENQ_CHECK(c.get_option("--batching")->count() == 0,
-              "--objective dpo batches whole pairs (--batch-size pairs, their sequences packed without padding): "
-              "leave --batching out");
-  sft->batch_mode = "padding";
   o->dpo_options.loss = parse_dpo_loss(f.loss);
   QWENQ_CHECK(c.get_option("--simpo-gamma")->count() == 0 || o->dpo_options.loss == DpoLoss::kSimpo,
               "--simpo-gamma applies to --dpo-loss simpo");
@@ -236,14 +283,15 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--config", a->config, "JSON file of options (keys = long option names without dashes, a list for a comma-separated value; the command line wins)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (bf16/fp32, GPTQ/AWQ/bnb-4bit, or block-wise FP8)");
   c->add_option("--data,-d", o.data_path,
-                "training data: JSONL/JSON with text, Alpaca or chat messages (preference pairs with --objective dpo)");
+                "training data: JSONL/JSON with text, Alpaca or chat messages (preference pairs with --objective dpo, "
+                "labelled examples with --objective kto)");
   c->add_option("--eval-data", o.eval_data_path,
                 "held-out data in a file of its own (every record, rendered as --data's; instead of --eval-fraction "
                 "or --eval-count)")
       ->check(CLI::ExistingFile);
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   add_sft_data_flags(c, &a->sft, &o);
-  add_dpo_flags(c, &a->dpo, &o);
+  add_dpo_flags(c, &a->dpo, &o, /*kto=*/true);
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
   c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
       ->check(greater_than(0, "POSITIVE"))
@@ -274,7 +322,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--max-steps", o.max_steps, "optimizer steps (wins over --epochs when > 0)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_option("--batch-size", o.batch_size, "rows per micro-batch (pairs with --objective dpo)")->capture_default_str();
+  c->add_option("--batch-size", o.batch_size, "rows per micro-batch (pairs with --objective dpo, examples with kto)")->capture_default_str();
   c->add_option("--grad-accum", o.grad_accum, "micro-batches per optimizer step")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row")->capture_default_str();
   c->add_option("--batching", a->sft.batch_mode, "packing (examples back to back, attention kept apart) or padding")
@@ -331,18 +379,18 @@ void register_qlora_train(CLI::App& app) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original
     }
     apply_dpo_flags(*c, a->dpo, &a->sft, &o);
-    if (o.dpo) {
+    if (o.preference()) {
       // The GPU step of a preference loss (trainer/lora_model_cuda.h: the head twice, per-row loss weights) is
       // written and compiled but has not run on a GPU yet: opt-in until it has (issue 5).
       if (a->common.device != "cpu" && env_switch("QWENQ_GPU_DPO") != 1) {
         QWENQ_CHECK(a->common.device != "cuda",
-                    "--objective dpo --device cuda: the GPU preference step has not run on a GPU yet; set "
-                    "QWENQ_GPU_DPO=1 to use it anyway, or give --device cpu");
+                    "--objective " << a->dpo.objective << " --device cuda: the GPU preference step has not run on a "
+                    "GPU yet; set QWENQ_GPU_DPO=1 to use it anyway, or give --device cpu");
         a->common.device = "cpu";
 #ifdef QWENQ_HAVE_CUDA
         if (cuda_device_count() > 0) {
-          std::fprintf(stderr, "dpo: training on the CPU (the GPU preference step has not run on a GPU yet; "
-                               "QWENQ_GPU_DPO=1 uses it)\n");
+          std::fprintf(stderr, "%s: training on the CPU (the GPU preference step has not run on a GPU yet; "
+                               "QWENQ_GPU_DPO=1 uses it)\n", a->dpo.objective.c_str());
         }
 #endif
       }

@@ -36,6 +36,8 @@
 // and LLaMA-Factory's (its ranking datasets): {"instruction", "input", "chosen", "rejected", "system", "history"}
 // (rendered as SFT's Alpaca records, outputs the completions) and ShareGPT {"conversations", "chosen": {"from",
 // "value"}, "rejected": {...}, "system", "tools"} (the conversation the prompt, one message each completion).
+// SftTemplateOptions::max_prompt_len (`--max-prompt-len`, TRL's max_prompt_length) keeps a longer prompt's last tokens
+// in both examples alike (a leading BOS stays), before the cut to --max-len.
 // Where TRL differs: its DPOTrainer appends EOS after every completion, also after a chat template's closing
 // "<|im_end|>\n" (a second end token); here a conversational completion ends as SFT's does.
 #pragma once
@@ -114,6 +116,8 @@ std::vector<int64_t> sequence_target_counts(const PackedBatch& b, const std::vec
 
 // ---- data (dpo_data.cpp) ------------------------------------------------------------------------------------
 
+// One parsed preference record (see the top) -> its two prompt-completion records; "" or why it is malformed.
+std::string preference_record_from_json(const nlohmann::ordered_json& j, SftRecord* chosen, SftRecord* rejected);
 // Every preference record of a file (see the top) as its two prompt-completion records (chosen, rejected), in file
 // order; malformed ones throw naming "file:line", or with skip_bad are counted in stats->skipped.
 std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,

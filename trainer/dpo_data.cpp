@@ -59,11 +59,16 @@ std::string llamafactory_records(const Json& j, SftRecord* chosen, SftRecord* re
   return "";
 }
 
-// {"prompt", "chosen", "rejected"} (or the implicit form, or LLaMA-Factory's) -> two records; "" or why not.
-std::string preference_records(const Json& j, SftRecord* chosen, SftRecord* rejected) {
+}  // namespace
+
+std::string preference_record_from_json(const Json& j, SftRecord* chosen, SftRecord* rejected) {
   if (!j.is_object()) return std::string("expected a JSON object, got ") + j.type_name();
   const auto c = j.find("chosen"), r = j.find("rejected"), p = j.find("prompt");
-  if (c == j.end() || r == j.end()) return "expected \"chosen\" and \"rejected\" fields (a preference record)";
+  if (c == j.end() || r == j.end()) {
+    if (j.contains("label") || j.contains("kto_tag"))
+      return "an unpaired preference record (one completion and a \"label\"): train on it with --objective kto";
+    return "expected \"chosen\" and \"rejected\" fields (a preference record)";
+  }
   if (p == j.end() && (j.contains("instruction") || (c->is_object() && r->is_object() && is_chat_record(j)))) {
     if (*c == *r) return "\"chosen\" and \"rejected\" are the same (no preference to learn)";
     return llamafactory_records(j, chosen, rejected);
@@ -100,14 +105,12 @@ std::string preference_records(const Json& j, SftRecord* chosen, SftRecord* reje
   return "";
 }
 
-}  // namespace
-
 std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
                                                                      SftDataStats* stats) {
   std::vector<std::pair<SftRecord, SftRecord>> records;
   for_each_json_record(path, skip_bad, stats, [&](const Json& j, const std::string& where) {
     std::pair<SftRecord, SftRecord> rec;
-    const std::string why = preference_records(j, &rec.first, &rec.second);
+    const std::string why = preference_record_from_json(j, &rec.first, &rec.second);
     if (why.empty()) {
       rec.first.where = rec.second.where = where;
       records.push_back(std::move(rec));
@@ -128,6 +131,8 @@ bool prepare_preference_pair(const std::pair<SftRecord, SftRecord>& rec, const T
   const bool kept_c = prepare_sft_example(rec.first, tok, templ, max_len, &ex->first, &one);
   const bool kept_r = prepare_sft_example(rec.second, tok, templ, max_len, &ex->second, &one);
   st->longest = std::max(st->longest, one.longest);
+  st->prompts_cut += one.prompts_cut > 0;  // both examples share the prompt: the pair counts once
+  st->prompt_cut_tokens += one.prompt_cut_tokens / 2;
   st->truncated += one.truncated;
   st->truncated_tokens += one.truncated_tokens;
   if (!kept_c || !kept_r) {

@@ -103,6 +103,10 @@ struct SftTemplateOptions {
   bool train_on_prompt = false;  // loss on every token (prompts, system and user turns, tool responses too)
   bool alpaca_chat = false;      // Alpaca records as a conversation in the tokenizer's chat template (below)
   bool mask_history = false;     // chat: only the last assistant message counts (LLaMA-Factory's mask_history)
+  // > 0: a prompt (the tokens before the first counted target) longer than this keeps its last max_prompt_len tokens,
+  // after a leading BOS, which stays (TRL's max_prompt_length of its preference trainers: `train --max-prompt-len`
+  // with --objective dpo / kto); applied before the cut to max_len.
+  int64_t max_prompt_len = 0;
 };
 
 struct SftDataOptions {
@@ -121,6 +125,8 @@ struct SftDataStats {
   int64_t records = 0;                  // records turned into examples
   int64_t skipped = 0;                  // malformed records skipped (skip_bad)
   std::vector<std::string> first_skipped;  // "where: why" for the first kMaxReported skipped records
+  int64_t prompts_cut = 0;              // examples (pairs) whose prompt lost its start to max_prompt_len
+  int64_t prompt_cut_tokens = 0;        // tokens cut from them (a pair's once)
   int64_t truncated = 0;                // examples longer than max_len
   int64_t truncated_tokens = 0;         // tokens cut from them
   int64_t dropped_no_loss = 0;          // examples left without any counted target by truncation (dropped)
@@ -135,6 +141,7 @@ struct SftDataStats {
 struct SftDataset {
   std::vector<SftExample> train, eval;
   SftDataStats stats;
+  std::vector<uint8_t> train_labels, eval_labels;  // unpaired preference data (trainer/kto.h): desirable, per unit
 };
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------

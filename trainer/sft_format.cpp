@@ -150,6 +150,7 @@ std::string SftDataStats::summary() const {
     os << ")";
   }
   os << ", " << tokens << " tokens (" << loss_tokens << " in the loss), longest " << longest;
+  if (prompts_cut) os << ", " << prompts_cut << " prompts cut to their end by " << prompt_cut_tokens << " tokens in all";
   if (truncated) os << ", " << truncated << " truncated by " << truncated_tokens << " tokens in all";
   if (dropped_no_loss) os << ", " << dropped_no_loss << " dropped (no response left after truncation)";
   if (dropped_empty) os << ", " << dropped_empty << " dropped (empty: no token to predict)";
@@ -161,6 +162,20 @@ bool prepare_sft_example(const SftRecord& rec, const Tokenizer& tok, const SftTe
                          SftExample* ex, SftDataStats* st) {
   *ex = format_sft_record(rec, tok, options);
   st->longest = std::max<int64_t>(st->longest, static_cast<int64_t>(ex->tokens.size()));
+  if (options.max_prompt_len > 0) {
+    size_t f = 0;  // the prompt's length: up to the first counted target
+    while (f < ex->loss_mask.size() && !ex->loss_mask[f]) ++f;
+    const size_t bos = tok.bos_id() >= 0 && !ex->tokens.empty() && ex->tokens[0] == tok.bos_id() ? 1 : 0;
+    const size_t keep = static_cast<size_t>(options.max_prompt_len);
+    if (f < ex->tokens.size() && f > bos + keep) {
+      const auto from = static_cast<std::ptrdiff_t>(bos), to = static_cast<std::ptrdiff_t>(f - keep);
+      ex->tokens.erase(ex->tokens.begin() + from, ex->tokens.begin() + to);
+      ex->loss_mask.erase(ex->loss_mask.begin() + from, ex->loss_mask.begin() + to);
+      ex->loss_mask[0] = 0;
+      ++st->prompts_cut;
+      st->prompt_cut_tokens += to - from;
+    }
+  }
   int64_t cut = 0;
   if (max_len > 0) {
     cut = truncate_sft_example(ex, max_len);

@@ -13,8 +13,14 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
+// An unpaired preference record (trainer/kto.h): a completion judged by a boolean "label" (or "kto_tag").
+bool has_kto_label(const Json& j) {
+  return (j.contains("label") && j["label"].is_boolean()) || (j.contains("kto_tag") && j["kto_tag"].is_boolean());
+}
+
 SftFormat detect_format(const Json& j) {
   if (!j.is_object()) return SftFormat::kAuto;
+  if (has_kto_label(j)) return SftFormat::kPreference;
   if (is_chat_record(j)) return SftFormat::kChat;
   if (j.contains("instruction")) return SftFormat::kAlpaca;
   if (j.contains("prompt") && j.contains("completion")) return SftFormat::kPromptCompletion;
@@ -101,6 +107,9 @@ std::string convert_record(const Json& j, SftFormat format, SftRecord* rec) {
       return "no assistant message in \"completion\" (nothing to train on)";
     }
     case SftFormat::kPreference:
+      if (has_kto_label(j) && !(j.contains("chosen") && j.contains("rejected")))
+        return "an unpaired preference record (a completion judged by \"label\") is no SFT example: train on it with "
+               "--objective kto";
       return "a preference record (\"chosen\" and \"rejected\") is no SFT example: train on it with --objective dpo";
     case SftFormat::kAuto:
       break;

@@ -20,6 +20,7 @@
 #include "core/files.h"
 #include "core/process_group.h"
 #include "core/progress.h"
+#include "kernels/loss.h"
 #include "kernels/device_allocator.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/dropout_mask.h"
@@ -94,6 +95,14 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["rpo_alpha"] = o.dpo_options.rpo_alpha;
     k["simpo_gamma"] = o.dpo_options.simpo_gamma;
   }
+  if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
+  if (o.kto) {
+    k["objective"] = "kto";
+    k["kto_loss"] = kto_loss_name(o.kto_options.loss);
+    k["dpo_beta"] = o.kto_options.beta;
+    k["kto_desirable_weight"] = o.kto_options.desirable_weight;
+    k["kto_undesirable_weight"] = o.kto_options.undesirable_weight;
+  }
   return k;
 }
 
@@ -114,7 +123,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
       {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
-      {"simpo_gamma", "--simpo-gamma"}};
+      {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
+      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -383,12 +393,22 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
-  if (o.dpo) {
-    check_dpo_options(o.dpo_options);
-    QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective dpo: --max-len " << o.data.max_len << " exceeds --seq-len "
-                                              << o.seq_len << " (a sequence of a pair is never cut by the batcher)");
-    QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding,
-                "--objective dpo batches whole pairs (--batch-size pairs, packed without padding): leave --batching out");
+  QWENQ_CHECK(!(o.dpo && o.kto), "give one objective: dpo or kto");
+  if (o.dpo) check_dpo_options(o.dpo_options);
+  if (o.kto) {
+    check_kto_options(o.kto_options);
+    QWENQ_CHECK(o.batch_size >= 2 || !o.kto_options.uses_kl(),
+                "--objective kto estimates its KL reference point from the other examples of a micro-batch: give "
+                "--batch-size >= 2 (or --kto-loss apo_zero_unpaired, which has none)");
+  }
+  if (o.preference()) {
+    const char* name = o.dpo ? "dpo" : "kto";
+    QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective " << name << ": --max-len " << o.data.max_len
+                                              << " exceeds --seq-len " << o.seq_len
+                                              << " (a preference sequence is never cut by the batcher)");
+    QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding, "--objective " << name << " batches whole "
+                                                        << (o.dpo ? "pairs" : "examples with their KL sequences")
+                                                        << " (packed without padding): leave --batching out");
   }
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
@@ -420,13 +440,15 @@ TrainReport train_lora(const TrainOptions& o) {
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
   const auto load = [&](const std::string& path, const SftDataOptions& d) {
-    return o.dpo ? load_preference_dataset(path, tok, d) : load_sft_dataset(path, tok, d);
+    return o.dpo ? load_preference_dataset(path, tok, d)
+                 : o.kto ? load_kto_dataset(path, tok, d, o.batch_size) : load_sft_dataset(path, tok, d);
   };
   const SftDataset data = load(o.data_path, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
   if (lead) warn_cut_to_seq_len(data.train, o.seq_len);
   // The held-out examples: the split of --data, or every record of --eval-data (file order, rendered as --data's).
   const std::vector<SftExample>* eval_set = &data.eval;
+  const std::vector<uint8_t>* eval_labels = &data.eval_labels;  // kto: desirable, per held-out unit
   SftDataset eval_file;
   if (!o.eval_data_path.empty()) {
     SftDataOptions eopt = dopt;
@@ -437,13 +459,16 @@ TrainReport train_lora(const TrainOptions& o) {
     QWENQ_CHECK(!eval_file.train.empty(),
                 "--eval-data " << o.eval_data_path << ": no examples (" << eval_file.stats.summary() << ")");
     eval_set = &eval_file.train;
+    eval_labels = &eval_file.train_labels;
   }
+  if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
 
   SftBatchOptions bo;
   bo.mode = o.batch_mode;
   bo.seq_len = o.seq_len;
-  bo.batch_size = o.dpo ? 2 * o.batch_size : o.batch_size;  // preference pairs: both sequences of each
-  bo.group = o.dpo ? 2 : 1;
+  // Preference runs: both sequences of each pair (dpo), each example and its KL sequence (kto).
+  bo.batch_size = o.preference() ? 2 * o.batch_size : o.batch_size;
+  bo.group = o.preference() ? 2 : 1;
   bo.seed = o.seed;
   bo.epochs = o.max_steps > 0 ? 0 : o.epochs;
   // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches). A
@@ -565,20 +590,25 @@ TrainReport train_lora(const TrainOptions& o) {
   const auto sequence_sums = [&](const std::vector<SftExample>& examples, int64_t max_batches) {
     return pair_nll_sums(model, adapter, gpu.get(), examples, o, max_batches, o.group);
   };
+  const LoraStepOptions eval_so = eval_step_options(o);
+  const auto eval_call = [&](const SftBatch& b) {  // the loss alone, as an evaluation computes it
+    return gpu ? gpu->loss(b.packed, b.targets, eval_so)
+               : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, eval_so);
+  };
   // The reference model's sums (the adapter at step 0), once, or read back on resume.
   std::vector<double> ref_train, ref_eval;
   std::vector<int64_t> eval_counts;
-  if (o.dpo) {
-    eval_counts = example_target_counts(*eval_set);
+  if (o.preference()) {
+    if (o.dpo) eval_counts = example_target_counts(*eval_set);
     try {
-      if (dpo_reference_free(o.dpo_options.loss)) {  // SimPO, ORPO: no reference model
+      if (o.dpo && dpo_reference_free(o.dpo_options.loss)) {  // SimPO, ORPO: no reference model
         ref_train.assign(data.train.size(), 0.0);
         ref_eval.assign(eval_set->size(), 0.0);
       } else if (o.resume) {
         read_dpo_reference(o.out_dir, data.train.size(), eval_set->size(), &ref_train, &ref_eval);
       } else {
-        if (!o.quiet && lead) std::fprintf(stderr, "dpo: the reference model's log-probabilities of %zu sequences\n",
-                                           data.train.size() + eval_set->size());
+        if (!o.quiet && lead) std::fprintf(stderr, "%s: the reference model's log-probabilities of %zu sequences\n",
+                                           o.dpo ? "dpo" : "kto", data.train.size() + eval_set->size());
         ref_train = sequence_sums(data.train, 0);
         ref_eval = sequence_sums(*eval_set, 0);
         if (lead) write_dpo_reference(o.out_dir, ref_train, ref_eval);
@@ -605,6 +635,14 @@ TrainReport train_lora(const TrainOptions& o) {
         record["eval_rewards_margin"] = (es.reward_c - es.reward_r) / static_cast<double>(es.pairs);
         record["eval_rewards_accuracy"] = acc;
         record["eval_pairs"] = es.pairs;
+      } else if (o.kto) {  // the held-out examples of the first eval_batches batches, each batch's own z
+        const std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
+        const KtoStats es = kto_eval_stats(o.kto_options, now, ref_eval, *eval_labels, o.batch_size);
+        loss = es.objective();
+        record["eval_loss"] = loss;
+        record["eval_kl"] = es.batches > 0 ? es.kl / static_cast<double>(es.batches) : 0.0;
+        add_kto_rewards(es, "eval_", &record);
+        record["eval_examples"] = es.examples();
       } else {
         const auto [l, n] = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
         loss = l;
@@ -657,6 +695,18 @@ TrainReport train_lora(const TrainOptions& o) {
     if (micro.empty()) break;  // the epochs are done
     int64_t targets = 0, tokens = 0, pairs = 0, chosen_tokens = 0;
     for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens(), pairs += b.num_examples / 2;
+    if (o.kto) {  // the examples' targets; their tokens and, when they run, the KL sequences'
+      targets = tokens = 0;
+      for (const auto& b : micro) {
+        for (int64_t j = 0; j < b.packed.num_seqs(); ++j) {
+          const int32_t from = b.packed.cu_seqlens[j], to = b.packed.cu_seqlens[j + 1];
+          if (j % 2 == 1 && !o.kto_options.uses_kl()) continue;
+          tokens += to - from;
+          if (j % 2 == 0)
+            for (int32_t t = from; t < to; ++t) targets += b.targets[t] != kIgnoreIndex;
+        }
+      }
+    }
     if (gpu) gpu->zero_grads();
     else for (size_t i = 0; i < G.ptr.size(); ++i) std::fill(G.ptr[i], G.ptr[i] + G.size[i], 0.f);
     double nll = 0;
@@ -664,6 +714,7 @@ TrainReport train_lora(const TrainOptions& o) {
     // Preference runs: each micro-batch's sequences (chosen, rejected, ...) in its epoch's order, their counted
     // targets and reference sums; the step's pairs and chosen tokens normalise the loss (trainer/dpo.h).
     DpoStats step_stats;
+    KtoStats kto_stats;  // kto: the step's examples; each micro-batch's z from its KL sequences (trainer/kto.h)
     std::vector<std::vector<int64_t>> counts(micro.size());
     if (o.dpo) {
       for (size_t i = 0; i < micro.size(); ++i) {
@@ -673,6 +724,7 @@ TrainReport train_lora(const TrainOptions& o) {
     }
     std::vector<int64_t> order;  // of the epoch of the micro-batch being run (preference runs)
     int64_t order_epoch = -1;
+    SftBatch kto_batch;  // kto: the micro-batch's examples without their KL sequences (the batch the step runs)
     for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
@@ -684,9 +736,17 @@ TrainReport train_lora(const TrainOptions& o) {
           ref[static_cast<size_t>(k)] = ref_train[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])];
         so.sequence_objective = dpo_objective(o.dpo_options, std::move(ref), counts[i], pairs, chosen_tokens, &step_stats);
       }
+      const SftBatch* run = &micro[i];
       try {
-        nll += (gpu ? gpu->loss_and_grad(micro[i].packed, micro[i].targets, so)
-                    : lora_loss_and_grad(model, adapter, micro[i].packed, micro[i].targets, &grads, so)).nll_sum;
+        if (o.kto) {
+          if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+          so.sequence_objective = kto_step_objective(o.kto_options, micro[i], order, ref_train, data.train_labels, pairs, &kto_stats,
+                                                     [&](const SftBatch& kl) { return eval_call(kl); });
+          kto_batch = select_batch_sequences(micro[i], 2, 0);
+          run = &kto_batch;
+        }
+        nll += (gpu ? gpu->loss_and_grad(run->packed, run->targets, so)
+                    : lora_loss_and_grad(model, adapter, run->packed, run->targets, &grads, so)).nll_sum;
       } catch (const OutOfMemoryError& e) {
         const std::string where = "step " + std::to_string(st.step + 1) + ", micro-batch " + std::to_string(i + 1);
         throw_training_oom(e, where + ": ", o, model.config(), lcfg);
@@ -706,7 +766,14 @@ TrainReport train_lora(const TrainOptions& o) {
       step_stats = DpoStats{static_cast<int64_t>(v[0]), static_cast<int64_t>(v[1]), v[2], v[3],
                             static_cast<int64_t>(v[4]), v[5], v[6], v[7], v[8]};
     }
-    const double loss = o.dpo ? step_stats.objective(o.dpo_options) : targets > 0 ? nll / targets : 0.0;
+    if (o.group && o.kto) {  // every rank's examples
+      std::vector<double> v = kto_stats.pack();
+      o.group->all_reduce_sum(v.data(), static_cast<int64_t>(v.size()));
+      kto_stats = KtoStats::unpack(v);
+    }
+    const double loss = o.dpo   ? step_stats.objective(o.dpo_options)
+                        : o.kto ? kto_stats.objective()
+                                : targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
       try {
@@ -753,11 +820,19 @@ TrainReport train_lora(const TrainOptions& o) {
       record["logps_chosen"] = step_stats.logp_c / p;
       record["logps_rejected"] = step_stats.logp_r / p;
     }
+    const double kl = kto_stats.batches > 0 ? kto_stats.kl / static_cast<double>(kto_stats.batches) : 0.0;
+    if (o.kto) {
+      record["kl"] = kl;
+      add_kto_rewards(kto_stats, "", &record);
+    }
     metrics << record.dump() << "\n" << std::flush;
     char extra[128];
     if (o.dpo) {
       std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f lr %.2e %.0f tok/s", loss, accuracy, lr,
                     tokens / std::max(dt, 1e-9));
+    } else if (o.kto) {
+      std::snprintf(extra, sizeof extra, "loss %.4f kl %.3f margin %.3f lr %.2e %.0f tok/s", loss, kl,
+                    kto_stats.margin(), lr, tokens / std::max(dt, 1e-9));
     } else {
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     }

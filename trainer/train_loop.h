@@ -53,6 +53,7 @@
 #include "core/dtype.h"
 #include "lora/lora_config.h"
 #include "trainer/dpo.h"
+#include "trainer/kto.h"
 #include "trainer/qwen_model.h"
 #include "trainer/sft_data.h"
 
@@ -122,6 +123,16 @@ struct TrainOptions {
   // evaluation eval_loss, eval_rewards_margin, eval_rewards_accuracy and eval_pairs.
   bool dpo = false;
   DpoOptions dpo_options;
+  // Unpaired preference training (`--objective kto`, trainer/kto.h): data_path holds labelled examples (or pairs,
+  // unpaired); a micro-batch is batch_size examples, each with its KL sequence (2·batch_size sequences, as a DPO
+  // run's pairs; the step runs on the examples, the KL sequences only forward); the reference as for dpo (its sums
+  // of both sequences of every unit, in out/dpo_reference.json). A step's "loss" is the weighted mean KTO loss;
+  // metrics.jsonl adds kl, rewards_chosen / rewards_rejected / rewards_margin, logps_chosen / logps_rejected (means
+  // over the desirable / undesirable examples, TRL's names with '_' for '/'), desirable and undesirable (counts), and
+  // each evaluation eval_loss, eval_kl, eval_rewards_chosen / _rejected / _margin and eval_examples.
+  bool kto = false;
+  KtoOptions kto_options;
+  bool preference() const { return dpo || kto; }  // batches of units of two sequences, a reference model
 };
 
 struct TrainReport {

@@ -75,6 +75,7 @@
 #include "tests/support/test_paths.h"
 #include "tests/support/test_training.h"
 #include "trainer/dpo.h"
+#include "trainer/kto.h"
 #include "trainer/lora_model.h"
 #include "trainer/lora_model_cuda.h"
 #include "trainer/step_profile.h"
@@ -617,6 +618,52 @@ TEST(LoraModelCuda, SequenceObjectiveIsTheCpuStep) {
       expect_grads_close(g_gpu, g_cpu, 1.0, kFp32RelTol, std::string(what) + ", chunk " + std::to_string(rows));
     }
   }
+}
+
+// KTO's micro-batch (trainer/kto.h): the KL sequences' sums by an evaluation call (LoraModelCuda::loss) between
+// zero_grads and the step, then the step over the examples with the objective made from them: z, the loss and every
+// gradient the CPU's at the fp32 tolerances.
+TEST(LoraModelCuda, KtoStepIsTheCpuStep) {
+  QWENQ_REQUIRE_GPU();
+  const QwenModel cpu(tiny_random(test::scratch_dir() + "/f32", DType::F32));
+  const LoraAdapter adapter = test_adapter(cpu, 19);
+  SftBatch units;  // [example, KL sequence] twice, one sequence a row
+  units.packed = random_batch({23, 17, 40, 9}, cpu.config().vocab_size, 98);
+  units.targets = next_token_targets(units.packed);
+  for (int64_t j = 0; j < units.packed.num_seqs(); ++j) {  // the first 60 % of each sequence is prompt
+    const int32_t n = units.packed.cu_seqlens[j + 1] - units.packed.cu_seqlens[j];
+    for (int32_t t = 0; t < n * 3 / 5; ++t) units.targets[units.packed.cu_seqlens[j] + t] = kIgnoreIndex;
+  }
+  units.cu_rows = units.packed.cu_seqlens;
+  units.num_examples = 4;
+  const std::vector<int64_t> order = {0, 1, 2, 3};
+  const std::vector<double> ref = {40.0, 35.0, 90.0, 14.0};  // reference sums near the tiny model's
+  const std::vector<uint8_t> labels = {1, 0};
+  KtoOptions o;
+  o.beta = 0.5;
+  o.undesirable_weight = 1.33;
+  LoraStepOptions so;
+  so.bf16_checkpoints = false;
+  LoraStepOptions eval = so;
+  eval.train = false;
+  const SftBatch examples = select_batch_sequences(units, 2, 0);
+  KtoStats want_stats, got_stats;
+  so.sequence_objective = kto_step_objective(o, units, order, ref, labels, 2, &want_stats, [&](const SftBatch& kl) {
+    return lora_loss_and_grad(cpu, adapter, kl.packed, kl.targets, nullptr, eval);
+  });
+  LoraAdapter g_cpu = zeros_like(adapter);
+  lora_loss_and_grad(cpu, adapter, examples.packed, examples.targets, &g_cpu, so);
+  LoraModelCuda gpu(cpu, adapter);
+  gpu.zero_grads();
+  so.sequence_objective = kto_step_objective(o, units, order, ref, labels, 2, &got_stats, [&](const SftBatch& kl) {
+    return gpu.loss(kl.packed, kl.targets, eval);
+  });
+  gpu.loss_and_grad(examples.packed, examples.targets, so);
+  EXPECT_NEAR(got_stats.kl, want_stats.kl, kFp32RelTol * std::max(1.0, want_stats.kl));
+  EXPECT_NEAR(got_stats.objective(), want_stats.objective(), kFp32RelTol * want_stats.objective());
+  LoraAdapter g_gpu = zeros_like(adapter);
+  gpu.download_grads(&g_gpu);
+  expect_grads_close(g_gpu, g_cpu, 1.0, kFp32RelTol, "kto");
 }
 
 // Mixture-of-experts models (tiny-moe: Qwen3-MoE, 8 experts, k = 2, norm_topk_prob, a dense layer between two MoE

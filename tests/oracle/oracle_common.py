@@ -84,6 +84,40 @@ def spread_weights(model):
                 p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
 
 
+def tiny_qwen2_with_lora(out):
+    """The preference oracles' model: a tiny random Qwen2 (fp32, eager attention, weights spread, untied head) saved
+    at out/base, wrapped in a PEFT LoRA adapter on all seven Linears (r=4, alpha=8, no dropout); returns
+    (config, the PEFT model)."""
+    import peft
+    import transformers
+
+    config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=320,
+                                      max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
+                                      tie_word_embeddings=False)
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    spread_weights(model)
+    model.save_pretrained(os.path.join(out, "base"), safe_serialization=True)
+    lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    return config, peft.get_peft_model(model, lcfg)
+
+
+def randomize_lora(pm):
+    """Every LoRA A of the PEFT model to N(0, 1/in) and B to 0.2·N(0, 1) (seeded by the caller), so the adapter changes
+    the model; returns a copy of the adapter's parameters."""
+    import torch
+
+    with torch.no_grad():
+        for pname, p in pm.named_parameters():
+            if "lora_A" in pname:
+                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
+            elif "lora_B" in pname:
+                p.copy_(0.2 * torch.randn_like(p))
+    return {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
+
+
 def import_stories260k(build, shared, out_dir):
     """The real stories260K from the shared data as an fp32 Hugging Face Qwen2 directory at out_dir
     (`qwen-quant import-llama2c`); returns out_dir."""

@@ -18,7 +18,7 @@ gradients through lora_loss_and_grad's sequence objective (trainer/dpo.h), and c
 import json
 import os
 
-from oracle_common import parse_args, run_gtest, skip, spread_weights, work_dir
+from oracle_common import parse_args, randomize_lora, run_gtest, skip, tiny_qwen2_with_lora, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -33,25 +33,11 @@ except ImportError as e:  # pragma: no cover
 print("transformers", transformers.__version__, "peft", peft.__version__, "torch", torch.__version__)
 torch.manual_seed(1357)
 out = work_dir(args.build, "dpo_oracle")
-config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
-                                  rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
-config._attn_implementation = "eager"
-model = transformers.AutoModelForCausalLM.from_config(config).eval()
-spread_weights(model)
-model.save_pretrained(os.path.join(out, "base"), safe_serialization=True)
-lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-pm = peft.get_peft_model(model, lcfg)
+config, pm = tiny_qwen2_with_lora(out)
 
 
 def randomize_and_save(name):
-    with torch.no_grad():
-        for pname, p in pm.named_parameters():
-            if "lora_A" in pname:
-                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
-            elif "lora_B" in pname:
-                p.copy_(0.2 * torch.randn_like(p))
+    randomize_lora(pm)
     pm.save_pretrained(os.path.join(out, name))
 
 

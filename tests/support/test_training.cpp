@@ -1,12 +1,16 @@
 #include "tests/support/test_training.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "trainer/lora_model.h"
 
 namespace qwenq::test {
@@ -50,6 +54,23 @@ std::vector<double> step_metric(const std::string& metrics, const std::string& f
     if (j.contains("loss")) out.push_back(j[field].get<double>());
   }
   return out;
+}
+
+TrainReport train_interrupted(const TrainOptions& full, const std::string& part_dir, int64_t stop_after) {
+  TrainOptions part = full;
+  part.out_dir = part_dir;
+  part.stop_after = stop_after;
+  train_lora(part);
+  EXPECT_FALSE(file_exists(part_dir + "/adapter_model.safetensors")) << "a stopped run wrote its final adapter";
+  part.stop_after = 0;
+  part.resume = true;
+  return train_lora(part);
+}
+
+void expect_same_adapter_file(const std::string& run_a, const std::string& run_b) {
+  SafetensorsFile a(run_a + "/adapter_model.safetensors"), b(run_b + "/adapter_model.safetensors");
+  ASSERT_EQ(a.names(), b.names());
+  for (const auto& n : a.names()) EXPECT_EQ(0, std::memcmp(a.get(n).data, b.get(n).data, a.get(n).nbytes())) << n;
 }
 
 std::vector<double> losses_of(const std::string& metrics) { return step_metric(metrics, "loss"); }

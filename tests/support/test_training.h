@@ -24,6 +24,12 @@ std::string make_text_data(const std::string& path, int n);
 TrainOptions small_lora_options(const std::string& model, const std::string& data, const std::string& out,
                                 int64_t max_steps);
 
+// `full` trained again into part_dir: stopped after stop_after steps (as if killed), then resumed from its newest
+// checkpoint. Returns the resumed invocation's report (start_step: that checkpoint's step).
+TrainReport train_interrupted(const TrainOptions& full, const std::string& part_dir, int64_t stop_after);
+// Expects two run directories' final adapters (adapter_model.safetensors) to hold the same tensors, byte for byte.
+void expect_same_adapter_file(const std::string& run_a, const std::string& run_b);
+
 // `field` ("targets", "grad_norm", ...) of every step record of a run's metrics.jsonl (the lines with a "loss"), in
 // order.
 std::vector<double> step_metric(const std::string& metrics, const std::string& field);
