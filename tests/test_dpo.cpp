@@ -514,8 +514,23 @@ TEST(DpoTrain, TheReferenceIsTheStartingAdapter) {
   const std::vector<double> want = sums_with(start), base = sums_with(test::zeros_like(start));
   const std::vector<double> got = kept["train"].get<std::vector<double>>();
   ASSERT_EQ(got.size(), want.size());
+  // Only the sequences the 3 steps read (3 micro-batches of 2 pairs) have sums; the others keep 0.
+  SftBatchOptions bo;
+  bo.mode = SftBatchMode::kPadding;
+  bo.seq_len = o.seq_len;
+  bo.batch_size = 2 * o.batch_size;
+  bo.group = 2;
+  bo.seed = o.seed;
+  const std::vector<int64_t> used = examples_in_batches(ds.train, bo, 3);
+  EXPECT_EQ(used.size(), 12u);
+  std::vector<uint8_t> is_used(got.size(), 0);
+  for (int64_t i : used) is_used[static_cast<size_t>(i)] = 1;
   double differ = 0;
   for (size_t i = 0; i < got.size(); ++i) {
+    if (!is_used[i]) {
+      EXPECT_EQ(got[i], 0.0) << i;
+      continue;
+    }
     EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << i;
     differ = std::max(differ, std::fabs(base[i] - want[i]));
   }

@@ -7,7 +7,9 @@
 // computes the losses with the GPU trainer's forward (trainer/lora_model_cuda.h), as train --device cuda evaluates.
 // With --objective dpo, preference pairs (trainer/dpo.h): how often the model prefers the chosen completion (by the
 // sum and by the mean of its tokens' log-probabilities), and the preference loss, margin and reward accuracy of
-// train --objective dpo against a reference (--ref-adapter, or the base alone), batched as train evaluates.
+// train --objective dpo against a reference (--ref-adapter, or the base alone), batched as train evaluates. With
+// --objective kto, labelled examples (trainer/kto.h): train --objective kto's held-out loss, KL estimate, rewards and
+// log-probabilities against the reference.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +25,7 @@
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/dpo.h"
+#include "trainer/kto.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
 #include "trainer/model_dir.h"
@@ -135,6 +138,51 @@ void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& 
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
+// --objective kto: the labelled examples' sums (with their KL sequences) under the model and the reference, and
+// train's held-out statistics of them (each batch of --batch-size examples with its own z).
+void run_kto_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, bool split,
+                  std::chrono::steady_clock::time_point t0) {
+  const TrainOptions& o = a.opt;
+  const std::vector<SftExample>& examples = split ? data.eval : data.train;
+  std::vector<uint8_t> labels = split ? data.eval_labels : data.train_labels;
+  const auto adapter_of = [&](const std::string& dir) { return adapter_or_zero(dir, model, o.model_dir); };
+  const std::vector<double> policy = preference_eval_sums(model, adapter_of(a.adapter), examples, o);
+  const std::vector<double> ref = preference_eval_sums(model, adapter_of(a.ref_adapter), examples, o);
+  labels.resize(ref.size() / 2);  // the examples of the first --eval-batches batches
+  const KtoStats st = kto_eval_stats(o.kto_options, policy, ref, labels, o.batch_size);
+  const double kl = st.batches > 0 ? st.kl / static_cast<double>(st.batches) : 0.0;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto opt_str = [](const std::string& v) { return v.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v); };
+  nlohmann::ordered_json j = {{"model", o.model_dir},
+                              {"adapter", opt_str(a.adapter)},
+                              {"reference_adapter", opt_str(a.ref_adapter)},
+                              {"data", o.data_path},
+                              {"split", split ? "eval" : "all"},
+                              {"examples", st.examples()},
+                              {"kto_loss_type", kto_loss_name(o.kto_options.loss)},
+                              {"beta", o.kto_options.beta},
+                              {"loss", st.objective()},
+                              {"kl", kl}};
+  nlohmann::json rewards;
+  add_kto_rewards(st, "", &rewards);
+  for (auto it = rewards.begin(); it != rewards.end(); ++it) j[it.key()] = it.value();
+  j["seconds"] = seconds;
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    const auto mean = [](double sum, int64_t n) { return n > 0 ? sum / static_cast<double>(n) : 0.0; };
+    std::printf("%lld %sexamples of %s (%lld desirable, %lld undesirable): log-probabilities %.2f desirable, %.2f "
+                "undesirable per example; %s loss %.4f, kl %.4f, reward margin %.4f (%s); %s%s, %.1fs\n",
+                (long long)st.examples(), split ? "held-out " : "", o.data_path.c_str(), (long long)st.desirable,
+                (long long)st.undesirable, mean(st.logp_d, st.desirable), mean(st.logp_u, st.undesirable),
+                kto_loss_name(o.kto_options.loss), st.objective(), kl, st.margin(),
+                a.ref_adapter.empty() ? "reference: the base alone" : ("reference: " + a.ref_adapter).c_str(),
+                a.adapter.empty() ? "the base alone" : "adapter ", a.adapter.c_str(), seconds);
+  }
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
 // Both kinds: the model, the records rendered as train renders them, then the report.
 void run_eval(EvalArgs& a) {
   DevicePick pick(a.common, "qwen-qlora eval");
@@ -149,11 +197,13 @@ void run_eval(EvalArgs& a) {
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  if (o.dpo) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // a pair's sequences are never cut by the batcher
-  const SftDataset data =
-      o.dpo ? load_preference_dataset(o.data_path, tok, dopt) : load_sft_dataset(o.data_path, tok, dopt);
+  if (o.preference()) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // never cut by the batcher
+  const SftDataset data = o.dpo   ? load_preference_dataset(o.data_path, tok, dopt)
+                          : o.kto ? load_kto_dataset(o.data_path, tok, dopt, o.batch_size)
+                                  : load_sft_dataset(o.data_path, tok, dopt);
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
   if (o.dpo) run_preference_eval(a, model, data, split, t0);
+  else if (o.kto) run_kto_eval(a, model, data, split, t0);
   else run_sft_eval(a, model, data, split, t0);
 }
 
@@ -164,11 +214,12 @@ void register_qlora_eval(CLI::App& app) {
   TrainOptions& o = a->opt;
   CLI::App* c = app.add_subcommand(
       "eval", "Held-out loss of a base (plus a LoRA adapter) on SFT data, as train computes its eval loss (or, with "
-              "--objective dpo, how often it prefers the chosen completion of preference pairs)");
+              "--objective dpo, how often it prefers the chosen completion of preference pairs; with --objective kto, the "
+              "KTO statistics of labelled examples)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads)")->required();
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
   c->add_option("--ref-adapter", a->ref_adapter,
-                "--objective dpo: the reference model's adapter (train's starting adapter); without it, the base alone");
+                "--objective dpo and kto: the reference model's adapter (train's starting adapter); without it, the base alone");
   c->add_option("--data,-d", o.data_path,
                 "SFT data: JSONL/JSON with text, Alpaca or chat messages (preference pairs with --objective dpo)")
       ->required()
@@ -176,7 +227,7 @@ void register_qlora_eval(CLI::App& app) {
   add_sft_data_flags(c, &a->sft, &o);  // --eval-fraction / --eval-count: train's held-out split, not every record
   c->add_option("--seed", o.seed, "train's --seed (its held-out split)")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "tokens per row (as train)")->capture_default_str();
-  c->add_option("--batch-size", o.batch_size, "rows per batch, pairs with --objective dpo (as train)")
+  c->add_option("--batch-size", o.batch_size, "rows per batch, pairs with --objective dpo, examples with kto (as train)")
       ->check(at_least(1, "POSITIVE"))
       ->capture_default_str();
   c->add_option("--batching", a->sft.batch_mode, "packing or padding (as train)")->capture_default_str();
@@ -186,11 +237,11 @@ void register_qlora_eval(CLI::App& app) {
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
   c->add_flag("--json", a->json, "print one JSON object instead of the human line");
   c->add_option("--json-out", a->json_out, "also write the JSON result to this file");
-  add_dpo_flags(c, &a->dpo, &o);
+  add_dpo_flags(c, &a->dpo, &o, /*kto=*/true);
   add_common_options(c, &a->common);
   c->callback([a, c]() {
     apply_dpo_flags(*c, a->dpo, &a->sft, &a->opt);
-    QWENQ_CHECK(a->opt.dpo || a->ref_adapter.empty(), "--ref-adapter applies to --objective dpo");
+    QWENQ_CHECK(a->opt.preference() || a->ref_adapter.empty(), "--ref-adapter applies to --objective dpo and kto");
     run_eval(*a);
   });
 }

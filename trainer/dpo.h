@@ -144,6 +144,10 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
 std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, int64_t seq_len, int64_t pairs_per_batch,
                                      int64_t max_batches, ProcessGroup* group,
                                      const std::function<LoraStepResult(const SftBatch&)>& loss);
+// The indices (ascending, each once) of the examples that the first `batches` batches of SftBatchIterator(examples,
+// opt) read: what a run of that many micro-batches needs reference sums for.
+std::vector<int64_t> examples_in_batches(const std::vector<SftExample>& examples, const SftBatchOptions& opt,
+                                         int64_t batches);
 // Counted targets of each example (its loss-mask ones).
 std::vector<int64_t> example_target_counts(const std::vector<SftExample>& examples);
 // The reference's sums of a run, kept for --resume (the model at step 0 is gone by then): out/dpo_reference.json,

@@ -38,6 +38,23 @@ std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, in
   return sums;
 }
 
+std::vector<int64_t> examples_in_batches(const std::vector<SftExample>& examples, const SftBatchOptions& opt,
+                                         int64_t batches) {
+  std::vector<uint8_t> read(examples.size(), 0);
+  SftBatchIterator it(examples, opt);
+  SftBatch b;
+  std::vector<int64_t> order;
+  int64_t order_epoch = -1;
+  for (int64_t k = 0; k < batches && it.next(&b); ++k) {
+    if (b.epoch != order_epoch) order = it.epoch_order(order_epoch = b.epoch);
+    for (int64_t j = 0; j < b.num_examples; ++j) read[static_cast<size_t>(order[static_cast<size_t>(b.first_index + j)])] = 1;
+  }
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < read.size(); ++i)
+    if (read[i]) out.push_back(static_cast<int64_t>(i));
+  return out;
+}
+
 std::vector<int64_t> example_target_counts(const std::vector<SftExample>& examples) {
   std::vector<int64_t> n;
   n.reserve(examples.size());

@@ -607,9 +607,25 @@ TrainReport train_lora(const TrainOptions& o) {
       } else if (o.resume) {
         read_dpo_reference(o.out_dir, data.train.size(), eval_set->size(), &ref_train, &ref_eval);
       } else {
-        if (!o.quiet && lead) std::fprintf(stderr, "%s: the reference model's log-probabilities of %zu sequences\n",
-                                           o.dpo ? "dpo" : "kto", data.train.size() + eval_set->size());
-        ref_train = sequence_sums(data.train, 0);
+        // The training sequences the run's steps read: every one, or with --max-steps short of the epochs those of
+        // its first total·per_step micro-batches (the rest keep 0: no step reads them).
+        const std::vector<int64_t> used = o.max_steps > 0 ? examples_in_batches(data.train, bo, total * per_step)
+                                                          : std::vector<int64_t>();
+        const bool subset = o.max_steps > 0 && used.size() < data.train.size();
+        if (!o.quiet && lead)
+          std::fprintf(stderr, "%s: the reference model's log-probabilities of %zu sequences%s\n", o.dpo ? "dpo" : "kto",
+                       (subset ? used.size() : data.train.size()) + eval_set->size(),
+                       subset ? " (the training ones its steps read)" : "");
+        if (subset) {
+          std::vector<SftExample> read;
+          read.reserve(used.size());
+          for (int64_t i : used) read.push_back(data.train[static_cast<size_t>(i)]);
+          const std::vector<double> sums = sequence_sums(read, 0);
+          ref_train.assign(data.train.size(), 0.0);
+          for (size_t k = 0; k < used.size(); ++k) ref_train[static_cast<size_t>(used[k])] = sums[k];
+        } else {
+          ref_train = sequence_sums(data.train, 0);
+        }
         ref_eval = sequence_sums(*eval_set, 0);
         if (lead) write_dpo_reference(o.out_dir, ref_train, ref_eval);
       }

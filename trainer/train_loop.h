@@ -115,7 +115,8 @@ struct TrainOptions {
   // Preference training (`--objective dpo`, trainer/dpo.h) instead of the token loss: data_path (and eval_data_path)
   // hold preference records; a micro-batch is batch_size pairs (their 2·batch_size sequences packed without padding,
   // each at most seq_len tokens; data.max_len must not exceed seq_len); the reference is the model at step 0 (base +
-  // the starting adapter), its NLL sums of every training and held-out sequence computed once before the first step
+  // the starting adapter), its NLL sums of every training and held-out sequence (with max_steps short of the epochs,
+  // of the training sequences those steps read; the others 0) computed once before the first step
   // (TRL's precompute_ref_log_probs) and kept in out/dpo_reference.json for --resume (none for the reference-free
   // SimPO and ORPO). A step's "loss" is the mean
   // preference loss (plus RPO's term); metrics.jsonl adds rewards_chosen / rewards_rejected / rewards_margin /
@@ -160,9 +161,10 @@ void check_train_options(const TrainOptions& o, bool lead = true);
 // --device cuda evaluates, DoRA included). Returns the loss and the counted targets.
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
-// Each example's NLL sum over its counted targets, as a preference run (o.dpo) evaluates its held-out pairs: batches
-// of o.batch_size pairs, at most o.eval_batches of them (0: all; the sums after them stay 0), no dropout; on the
-// GPU with o.use_cuda (`qwen-qlora eval --objective dpo`).
+// Each example's NLL sum over its counted targets, as a preference run (o.dpo, o.kto) evaluates its held-out set:
+// batches of o.batch_size units of two sequences (pairs; examples with their KL sequences), at most o.eval_batches of
+// them (0: all; the sums of the units they cover), no dropout; on the GPU with o.use_cuda (`qwen-qlora eval
+// --objective dpo|kto`).
 std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `qwen-qlora train --objective kto` through the command line: a KTO run on a tiny random model starts at 1/2 with zero
 # rewards and KL, learns the labels (the held-out rewards' margin grows), logs TRL's KTO metrics and leaves a PEFT
-# adapter that `qwen-quant eval --adapter` reads; `data --objective kto` shows and dumps the labelled examples (a
-# preference pair as its two); 2 data-parallel ranks train what --grad-accum 2 trains; the unpaired APO-zero loss runs
+# adapter that `qwen-quant eval --adapter` reads, `eval --objective kto` repeats its last held-out record; `data
+# --objective kto` shows and dumps the labelled examples (a preference pair as its two); 2 data-parallel ranks train
+# what --grad-accum 2 trains; the unpaired APO-zero loss runs
 # with one example a batch; the KTO flags are refused without --objective kto (and the DPO ones with it), --batching
 # with it, --batch-size 1 for its KL estimate, labelled records for SFT and DPO, each with one clear line and nothing
 # written; --max-prompt-len cuts the prompts (and is refused for SFT).
@@ -65,6 +66,22 @@ for i in $(seq 1 40); do echo "Ann is kind. Bob is kind. Cid is kind."; done > "
 "$QQ" eval --model "$WORK/tiny" --adapter "$WORK/run" --data "$WORK/text.txt" --seq-len 32 --max-windows 2 \
   --device cpu > "$WORK/eval.txt" 2>&1 || fail "the adapter does not load" "$WORK/eval.txt"
 grep -q "^perplexity [0-9]" "$WORK/eval.txt" || fail "no perplexity with the adapter" "$WORK/eval.txt"
+# `qwen-qlora eval --objective kto` with the run's split and batches gives its final held-out record to the bit; the
+# base alone is its own reference (the weighted mean of 1/2, no margin).
+ev=(eval --model "$WORK/tiny" --data "$WORK/kto.jsonl" --objective kto --pref-beta 0.5 --kto-undesirable-weight 1.33
+    --eval-count 16 --seq-len 64 --batch-size 4 --threads 1 --device cpu --json)
+"$QL" "${ev[@]}" --adapter "$WORK/run" > "$WORK/keval.json" 2> "$WORK/keval.txt" || fail "eval --objective kto" "$WORK/keval.txt"
+"$QL" "${ev[@]}" > "$WORK/kbase.json" 2> "$WORK/kbase.txt" || fail "eval --objective kto of the base" "$WORK/kbase.txt"
+python3 - "$WORK/run/metrics.jsonl" "$WORK/keval.json" "$WORK/kbase.json" <<'PY' || fail "eval --objective kto numbers" "$WORK/keval.json"
+import json, sys
+last = [j for j in map(json.loads, open(sys.argv[1])) if "eval_loss" in j][-1]
+ev, base = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+assert ev["examples"] == last["eval_examples"] == 16, (ev, last)
+for k in ("loss", "kl", "rewards_margin", "rewards_chosen", "logps_rejected", "desirable"):
+    assert ev[k] == last["eval_" + k], (k, ev, last)
+assert abs(base["loss"] - 0.5 * (base["desirable"] + 1.33 * base["undesirable"]) / 16) < 1e-12, base
+assert base["rewards_margin"] == 0 and base["kl"] == 0, base
+PY
 # Data parallelism: 2 ranks of one micro-batch against one process with --grad-accum 2 (each micro-batch its own KL
 # point, the step's statistics summed): the same reference file, losses, rewards and adapter.
 dp=(-m "$WORK/tiny" -d "$WORK/kto.jsonl" --objective kto --dpo-beta 0.5 --seq-len 64 --lora-r 4 --lr 0.01
