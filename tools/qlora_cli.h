@@ -31,14 +31,13 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o);
 // The flags into o: data format and template switches, the split's seed (o->seed), batching, checkpoint precision.
 void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 
-// --objective and the preference flags (--dpo-beta, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma):
-// train's and eval's.
-// With kto (train's): --objective kto and its flags (--kto-loss, --kto-desirable-weight, --kto-undesirable-weight;
-// --dpo-beta, also spelt --pref-beta, is its beta too).
+// --objective (sft, dpo, kto) and the preference flags, train's and eval's: --dpo-beta (also spelt --pref-beta, kto's
+// beta too), --max-prompt-len, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma, --kto-loss,
+// --kto-desirable-weight, --kto-undesirable-weight.
 struct DpoFlags {
   std::string objective = "sft", loss = "sigmoid", kto_loss = "kto";
 };
-void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o, bool kto = false);
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
 // The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options); refuses a flag of another objective,
 // --simpo-gamma without --dpo-loss simpo and --batching with dpo or kto (whose batches are units of two sequences:
 // sft->batch_mode becomes padding).

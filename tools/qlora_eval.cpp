@@ -237,7 +237,7 @@ void register_qlora_eval(CLI::App& app) {
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
   c->add_flag("--json", a->json, "print one JSON object instead of the human line");
   c->add_option("--json-out", a->json_out, "also write the JSON result to this file");
-  add_dpo_flags(c, &a->dpo, &o, /*kto=*/true);
+  add_dpo_flags(c, &a->dpo, &o);
   add_common_options(c, &a->common);
   c->callback([a, c]() {
     apply_dpo_flags(*c, a->dpo, &a->sft, &a->opt);

@@ -180,42 +180,31 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
   c->add_option("--eval-count", o->data.eval_count, "or an exact number of held-out examples")->capture_default_str();
 }
 
-void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o, bool kto) {
-  if (kto) {
-    c->add_option("--objective", f->objective,
-                  "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
-                  "--batch-size counts pairs) or kto (labelled examples {prompt, completion, label}, or pairs "
-                  "unpaired; --batch-size counts examples)")
-        ->check(CLI::IsMember({"sft", "dpo", "kto"}))
-        ->capture_default_str();
-  } else {
-    c->add_option("--objective", f->objective,
-                  "sft (next-token loss on the responses) or dpo (preference pairs {prompt, chosen, rejected}; "
-                  "--batch-size counts pairs)")
-        ->check(CLI::IsMember({"sft", "dpo"}))
-        ->capture_default_str();
-  }
+void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
+  c->add_option("--objective", f->objective,
+                "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
+                "--batch-size counts pairs) or kto (labelled examples {prompt, completion, label}, or pairs "
+                "unpaired; --batch-size counts examples)")
+      ->check(CLI::IsMember({"sft", "dpo", "kto"}))
+      ->capture_default_str();
   c->add_option("--dpo-beta,--pref-beta", o->dpo_options.beta,
-                kto ? "dpo and kto: beta, the strength of the pull toward the reference"
-                    : "dpo: beta, the strength of the pull toward the reference")
+                "dpo and kto: beta, the strength of the pull toward the reference")
       ->capture_default_str();
   c->add_option("--max-prompt-len", o->data.templ.max_prompt_len,
                 "dpo and kto: a longer prompt keeps its last N tokens (after a BOS), before --max-len cuts the end "
                 "(TRL's max_prompt_length; 0: none)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  if (kto) {
-    c->add_option("--kto-loss", f->kto_loss,
-                  "kto: kto (KTO, its KL reference point from mismatched pairs) or apo_zero_unpaired (unpaired APO-zero), "
-                  "as TRL's loss_type")
-        ->capture_default_str();
-    c->add_option("--kto-desirable-weight", o->kto_options.desirable_weight,
-                  "kto: weight of the desirable examples' losses (raise the rarer class's)")
-        ->capture_default_str();
-    c->add_option("--kto-undesirable-weight", o->kto_options.undesirable_weight,
-                  "kto: weight of the undesirable examples' losses")
-        ->capture_default_str();
-  }
+  c->add_option("--kto-loss", f->kto_loss,
+                "kto: kto (KTO, its KL reference point from mismatched pairs) or apo_zero_unpaired (unpaired APO-zero), "
+                "as TRL's loss_type")
+      ->capture_default_str();
+  c->add_option("--kto-desirable-weight", o->kto_options.desirable_weight,
+                "kto: weight of the desirable examples' losses (raise the rarer class's)")
+      ->capture_default_str();
+  c->add_option("--kto-undesirable-weight", o->kto_options.undesirable_weight,
+                "kto: weight of the undesirable examples' losses")
+      ->capture_default_str();
   c->add_option("--dpo-loss", f->loss,
                 "dpo: sigmoid (DPO), hinge (SLiC) or ipo (IPO), as TRL's loss_type; or the reference-free simpo "
                 "(SimPO) or orpo (ORPO, its chosen NLL term included), as LLaMA-Factory's pref_loss")
@@ -233,10 +222,7 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o, bool kto) {
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o) {
   o->dpo = f.objective == "dpo";
   o->kto = f.objective == "kto";
-  const auto given = [&c](const char* flag) {
-    const CLI::Option* opt = c.get_option_no_throw(flag);
-    return opt != nullptr && opt->count() > 0;
-  };
+  const auto given = [&c](const char* flag) { return c.get_option(flag)->count() > 0; };
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");
@@ -291,7 +277,7 @@ void register_qlora_train(CLI::App& app) {
       ->check(CLI::ExistingFile);
   c->add_option("--out,-o", o.out_dir, "run directory: adapter, metrics.jsonl, loss_curve.svg, checkpoints");
   add_sft_data_flags(c, &a->sft, &o);
-  add_dpo_flags(c, &a->dpo, &o, /*kto=*/true);
+  add_dpo_flags(c, &a->dpo, &o);
   c->add_option("--lora-r", o.lora.r, "adapter rank")->capture_default_str();
   c->add_option("--lora-alpha", o.lora.alpha, "scaling numerator (s = alpha / r)")
       ->check(greater_than(0, "POSITIVE"))

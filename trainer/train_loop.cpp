@@ -756,8 +756,8 @@ TrainReport train_lora(const TrainOptions& o) {
       try {
         if (o.kto) {
           if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
-          so.sequence_objective = kto_step_objective(o.kto_options, micro[i], order, ref_train, data.train_labels, pairs, &kto_stats,
-                                                     [&](const SftBatch& kl) { return eval_call(kl); });
+          so.sequence_objective = kto_step_objective(o.kto_options, micro[i], order, ref_train, data.train_labels,
+                                                     pairs, &kto_stats, eval_call);
           kto_batch = select_batch_sequences(micro[i], 2, 0);
           run = &kto_batch;
         }
