@@ -23,8 +23,8 @@
 // per_device_train_batch_size (the first takes the block's last): so here, in each split's order, blocks of
 // --batch-size examples (a last block of one joins the block before it), at the token level as TRL concatenates
 // prompt_ids and the other completion_ids: example i's tokens up to its first scored token, then example j's from
-// its first scored token on (with j's mask), cut to --max-len. Fixed once, so the reference's sums of every
-// sequence are computed once before step 1 (TRL's precompute_ref_log_probs) and kept in dpo_reference.json for
+// its first scored token on (with j's mask), cut to --max-len. Fixed once, so the reference's sums of the sequences
+// the run reads are computed once before step 1 (TRL's precompute_ref_log_probs) and kept in dpo_reference.json for
 // --resume. The policy's KL sums are a forward without gradient (no dropout) before each micro-batch's step.
 // Where TRL differs: it gathers z over the data-parallel processes (here each micro-batch has its own z, so --nproc N
 // equals --grad-accum N exactly), and runs the KL forward in train mode (dropout on).
