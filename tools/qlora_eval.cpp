@@ -53,6 +53,11 @@ LoraAdapter adapter_or_zero(const std::string& dir, const QwenModel& model, cons
                      : load_adapter_for_base(dir, model_dir, model.config(), AdapterUse::Apply);
 }
 
+// A path in the JSON report, null when not given.
+nlohmann::ordered_json opt_str(const std::string& v) {
+  return v.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v);
+}
+
 // split: the examples are train's held-out split (data.eval), else every record in file order (data.train).
 void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, bool split,
                   std::chrono::steady_clock::time_point t0) {
@@ -62,7 +67,7 @@ void run_sft_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, b
   QWENQ_CHECK(tokens > 0, o.data_path << ": no loss tokens to evaluate (" << data.stats.summary() << ")");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::ordered_json j = {{"model", o.model_dir},
-                              {"adapter", a.adapter.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(a.adapter)},
+                              {"adapter", opt_str(a.adapter)},
                               {"data", o.data_path},
                               {"split", split ? "eval" : "all"},
                               {"examples", examples.size()},
@@ -104,7 +109,6 @@ void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& 
   }
   const double P = static_cast<double>(st.pairs);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto opt_str = [](const std::string& v) { return v.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v); };
   nlohmann::ordered_json j = {{"model", o.model_dir},
                               {"adapter", opt_str(a.adapter)},
                               {"reference_adapter", free ? nlohmann::ordered_json() : opt_str(a.ref_adapter)},
@@ -152,7 +156,6 @@ void run_kto_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, b
   const KtoStats st = kto_eval_stats(o.kto_options, policy, ref, labels, o.batch_size);
   const double kl = st.batches > 0 ? st.kl / static_cast<double>(st.batches) : 0.0;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const auto opt_str = [](const std::string& v) { return v.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v); };
   nlohmann::ordered_json j = {{"model", o.model_dir},
                               {"adapter", opt_str(a.adapter)},
                               {"reference_adapter", opt_str(a.ref_adapter)},

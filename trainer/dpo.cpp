@@ -106,6 +106,17 @@ void DpoStats::add(const DpoStats& o) {
   logp_r += o.logp_r;
 }
 
+std::vector<double> DpoStats::pack() const {
+  return {static_cast<double>(pairs), static_cast<double>(correct), loss, nll_c, static_cast<double>(tokens_c),
+          reward_c, reward_r, logp_c, logp_r};
+}
+
+DpoStats DpoStats::unpack(const std::vector<double>& v) {
+  QWENQ_CHECK(v.size() == 9, "DpoStats::unpack: " << v.size() << " numbers, not 9");
+  return DpoStats{static_cast<int64_t>(v[0]), static_cast<int64_t>(v[1]), v[2], v[3], static_cast<int64_t>(v[4]),
+                  v[5], v[6], v[7], v[8]};
+}
+
 double DpoStats::objective(const DpoOptions& o) const {
   if (pairs == 0) return 0;
   const double w = o.nll_weight();

@@ -97,6 +97,9 @@ struct DpoStats {
   void add(const DpoStats& o);
   // The step's objective value: loss / pairs + rpo_alpha · nll_c / tokens_c.
   double objective(const DpoOptions& o) const;
+  // The 9 numbers in a fixed order, and back (the data-parallel all-reduce).
+  std::vector<double> pack() const;
+  static DpoStats unpack(const std::vector<double>& v);
 };
 
 // Pairs ordered (chosen, rejected) in consecutive sequences: the policy's and the reference's per-sequence NLL sums

@@ -11,6 +11,7 @@
 #include <memory>
 #include <set>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +21,6 @@
 #include "core/files.h"
 #include "core/process_group.h"
 #include "core/progress.h"
-#include "kernels/loss.h"
 #include "kernels/device_allocator.h"
 #include "kernels/gemm_bf16.h"
 #include "kernels/dropout_mask.h"
@@ -199,15 +199,20 @@ LoraStepOptions eval_step_options(const TrainOptions& o) {
   return so;
 }
 
+// The loss of a batch alone (no gradient) on the device's adapter (gpu) or the CPU's.
+LoraStepResult batch_loss(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu, const SftBatch& b,
+                          const LoraStepOptions& so) {
+  return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+}
+
 // Each example's NLL sum (preference pairs: example_nll_sums over o.batch_size pairs a batch, the first max_batches
 // batches) on the device's adapter (gpu) or the CPU's.
 std::vector<double> pair_nll_sums(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
                                   const std::vector<SftExample>& examples, const TrainOptions& o, int64_t max_batches,
                                   ProcessGroup* group) {
   const LoraStepOptions so = eval_step_options(o);
-  return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, group, [&](const SftBatch& b) {
-    return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-  });
+  return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, group,
+                          [&](const SftBatch& b) { return batch_loss(model, adapter, gpu, b, so); });
 }
 
 // Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter. With a
@@ -234,8 +239,7 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
     nll.push_back(0.0);
     count.push_back(0.0);
     if (batches++ % world != rank) continue;
-    const LoraStepResult r =
-        gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+    const LoraStepResult r = batch_loss(model, adapter, gpu, b, so);
     nll.back() = r.nll_sum;
     count.back() = static_cast<double>(r.counted);
   }
@@ -591,10 +595,7 @@ TrainReport train_lora(const TrainOptions& o) {
     return pair_nll_sums(model, adapter, gpu.get(), examples, o, max_batches, o.group);
   };
   const LoraStepOptions eval_so = eval_step_options(o);
-  const auto eval_call = [&](const SftBatch& b) {  // the loss alone, as an evaluation computes it
-    return gpu ? gpu->loss(b.packed, b.targets, eval_so)
-               : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, eval_so);
-  };
+  const auto eval_call = [&](const SftBatch& b) { return batch_loss(model, adapter, gpu.get(), b, eval_so); };
   // The reference model's sums (the adapter at step 0), once, or read back on resume.
   std::vector<double> ref_train, ref_eval;
   std::vector<int64_t> eval_counts;
@@ -714,12 +715,10 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.kto) {  // the examples' targets; their tokens and, when they run, the KL sequences'
       targets = tokens = 0;
       for (const auto& b : micro) {
-        for (int64_t j = 0; j < b.packed.num_seqs(); ++j) {
-          const int32_t from = b.packed.cu_seqlens[j], to = b.packed.cu_seqlens[j + 1];
-          if (j % 2 == 1 && !o.kto_options.uses_kl()) continue;
-          tokens += to - from;
-          if (j % 2 == 0)
-            for (int32_t t = from; t < to; ++t) targets += b.targets[t] != kIgnoreIndex;
+        const std::vector<int64_t> n = sequence_target_counts(b.packed, b.targets);
+        for (int64_t j = 0; j < b.packed.num_seqs(); j += 2) {
+          targets += n[static_cast<size_t>(j)];
+          tokens += b.packed.cu_seqlens[j + (o.kto_options.uses_kl() ? 2 : 1)] - b.packed.cu_seqlens[j];
         }
       }
     }
@@ -745,8 +744,8 @@ TrainReport train_lora(const TrainOptions& o) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
+      if (o.preference() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
       if (o.dpo) {
-        if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
         for (int64_t k = 0; k < micro[i].num_examples; ++k)
           ref[static_cast<size_t>(k)] = ref_train[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])];
@@ -755,7 +754,6 @@ TrainReport train_lora(const TrainOptions& o) {
       const SftBatch* run = &micro[i];
       try {
         if (o.kto) {
-          if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
           so.sequence_objective = kto_step_objective(o.kto_options, micro[i], order, ref_train, data.train_labels,
                                                      pairs, &kto_stats, eval_call);
           kto_batch = select_batch_sequences(micro[i], 2, 0);
@@ -774,19 +772,14 @@ TrainReport train_lora(const TrainOptions& o) {
       }
     }
     if (o.group) all_reduce(&nll);
-    if (o.group && o.dpo) {  // every rank's pairs
-      double v[9] = {static_cast<double>(step_stats.pairs), static_cast<double>(step_stats.correct), step_stats.loss,
-                     step_stats.nll_c, static_cast<double>(step_stats.tokens_c), step_stats.reward_c, step_stats.reward_r,
-                     step_stats.logp_c, step_stats.logp_r};
-      o.group->all_reduce_sum(v, 9);
-      step_stats = DpoStats{static_cast<int64_t>(v[0]), static_cast<int64_t>(v[1]), v[2], v[3],
-                            static_cast<int64_t>(v[4]), v[5], v[6], v[7], v[8]};
-    }
-    if (o.group && o.kto) {  // every rank's examples
-      std::vector<double> v = kto_stats.pack();
+    // Every rank's pairs / examples.
+    const auto sum_over_ranks = [&](auto* stats) {
+      std::vector<double> v = stats->pack();
       o.group->all_reduce_sum(v.data(), static_cast<int64_t>(v.size()));
-      kto_stats = KtoStats::unpack(v);
-    }
+      *stats = std::decay_t<decltype(*stats)>::unpack(v);
+    };
+    if (o.group && o.dpo) sum_over_ranks(&step_stats);
+    if (o.group && o.kto) sum_over_ranks(&kto_stats);
     const double loss = o.dpo   ? step_stats.objective(o.dpo_options)
                         : o.kto ? kto_stats.objective()
                                 : targets > 0 ? nll / targets : 0.0;
