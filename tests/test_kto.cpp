@@ -397,11 +397,7 @@ TEST(KtoTrain, ResumeIsBitExact) {
   full.kto_options.undesirable_weight = 1.33;
   train_lora(full);
   EXPECT_EQ(test::train_interrupted(full, root + "/part", 5).start_step, 3);  // the newest checkpoint is step 3
-  for (const char* field : {"loss", "kl", "rewards_margin", "grad_norm"}) {
-    EXPECT_EQ(test::step_metric(full.out_dir + "/metrics.jsonl", field),
-              test::step_metric(root + "/part/metrics.jsonl", field)) << field;
-  }
-  test::expect_same_adapter_file(full.out_dir, root + "/part");
+  test::expect_same_resumed_run(full.out_dir, root + "/part", {"loss", "kl", "rewards_margin", "grad_norm"});
   TrainOptions other = full;
   other.out_dir = root + "/part";
   other.resume = true;

@@ -36,9 +36,11 @@ void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 // --kto-desirable-weight, --kto-undesirable-weight.
 struct DpoFlags {
   std::string objective = "sft", loss = "sigmoid", kto_loss = "kto";
+  std::string grpo_loss = "dapo", scale_rewards = "group";  // --objective grpo
 };
 void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
-// The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options); refuses a flag of another objective,
+// The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options; o->grpo, o->grpo_options); refuses a flag of
+// another objective,
 // --simpo-gamma without --dpo-loss simpo and --batching with dpo or kto (whose batches are units of two sequences:
 // sft->batch_mode becomes padding).
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o);

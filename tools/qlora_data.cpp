@@ -8,7 +8,10 @@
 // chosen and rejected examples; --dump writes one line per pair, {"where", "chosen": {"ids", "loss_mask", "text"},
 // "rejected": {...}, "kept"}. With --objective kto, labelled examples as `train --objective kto` reads them (a pair
 // as its two), in file order, each with its label; --dump writes {"where", "label", "ids", "loss_mask", "text",
-// "kept"} per example (the KL sequences are made after the split, in train's batches: not shown).
+// "kept"} per example (the KL sequences are made after the split, in train's batches: not shown). With --objective
+// grpo, the prompts as `train --objective grpo` renders them (a conversation with its generation prompt) and the
+// records the reward functions get; --dump writes {"ids", "text", "record"} per kept prompt (--max-len: train's
+// --seq-len minus --max-completion-len, the room a prompt may take; 0: any).
 #include <algorithm>
 #include <cstdio>
 #include <string>
@@ -21,6 +24,7 @@
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/dpo.h"
+#include "trainer/grpo.h"
 #include "trainer/kto.h"
 #include "trainer/model_dir.h"
 #include "trainer/sft_data.h"
@@ -117,6 +121,31 @@ void run_kto_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOpti
               (long long)(st.records - desirable));
 }
 
+// --objective grpo: the prompts in file order (those train would keep).
+void run_grpo_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOptions& to) {
+  QWENQ_CHECK(a.format == "auto" || a.format == "prompt-completion",
+              "data --objective grpo reads prompt records, not --format " << a.format);
+  SftDataOptions d;
+  d.templ = to;
+  d.skip_bad = a.skip_bad;
+  d.max_len = a.max_len > 0 ? a.max_len + 1 : int64_t{1} << 40;  // room for the prompt, plus one completion token
+  const SftDataset ds = load_grpo_dataset(a.data, tok, d, /*max_completion_len=*/1);
+  std::string dump;
+  for (size_t i = 0; i < ds.train.size(); ++i) {
+    const std::vector<int32_t>& ids = ds.train[i].tokens;
+    if (static_cast<int64_t>(i) < a.show)
+      std::printf("--- prompt %zu (%zu tokens; record %s)\n%s\n", i + 1, ids.size(), ds.train_records[i].c_str(),
+                  tok.decode(ids, false).c_str());
+    if (!a.dump.empty()) {
+      const nlohmann::json j = {{"ids", ids}, {"text", tok.decode(ids, false)},
+                                {"record", nlohmann::json::parse(ds.train_records[i])}};
+      dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  if (!a.dump.empty()) write_file_atomic(a.dump, dump);
+  std::printf("%s\n", ds.stats.summary().c_str());
+}
+
 void run_data(const DataArgs& a) {
   QWENQ_CHECK(a.max_len >= 0 && a.show >= 0, "data: --max-len and --show must be >= 0");
   // A local directory is used as it is (it may hold only tokenizer files); anything else is a repo id.
@@ -128,8 +157,10 @@ void run_data(const DataArgs& a) {
   to.alpaca_chat = parse_alpaca_prompt(a.alpaca_prompt);
   to.mask_history = a.mask_history;
   to.max_prompt_len = a.max_prompt_len;
-  QWENQ_CHECK(a.max_prompt_len == 0 || a.objective != "sft", "--max-prompt-len applies to --objective dpo and kto");
+  QWENQ_CHECK(a.max_prompt_len == 0 || a.objective != "sft",
+              "--max-prompt-len applies to --objective dpo, kto and grpo");
   if (a.objective == "kto") return run_kto_data(a, tok, to);
+  if (a.objective == "grpo") return run_grpo_data(a, tok, to);
   if (a.objective == "dpo" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
@@ -166,14 +197,14 @@ void register_qlora_data(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--objective", a->objective,
                 "sft; dpo: preference pairs as train --objective dpo reads them; kto: labelled examples as train "
-                "--objective kto reads them")
-      ->check(CLI::IsMember({"sft", "dpo", "kto"}))
+                "--objective kto reads them; grpo: prompts as train --objective grpo renders them")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo"}))
       ->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
       ->capture_default_str();
   c->add_option("--max-prompt-len", a->max_prompt_len,
-                "dpo and kto: a longer prompt keeps its last N tokens (after a BOS), as train --max-prompt-len")
+                "dpo, kto and grpo: a longer prompt keeps its last N tokens (after a BOS), as train --max-prompt-len")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   c->add_flag("--no-thinking", a->no_thinking,

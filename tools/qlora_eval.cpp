@@ -9,7 +9,9 @@
 // sum and by the mean of its tokens' log-probabilities), and the preference loss, margin and reward accuracy of
 // train --objective dpo against a reference (--ref-adapter, or the base alone), batched as train evaluates. With
 // --objective kto, labelled examples (trainer/kto.h): train --objective kto's held-out loss, KL estimate, rewards and
-// log-probabilities against the reference.
+// log-probabilities against the reference. With --objective grpo, prompts (trainer/grpo.h): the mean reward of
+// --num-generations sampled completions of each, as train --objective grpo evaluates (the same seed: a run's final
+// eval_reward to the bit, on the CPU).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,6 +27,8 @@
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
 #include "trainer/dpo.h"
+#include "trainer/grpo.h"
+#include "trainer/grpo_reward.h"
 #include "trainer/kto.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
@@ -186,6 +190,43 @@ void run_kto_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, b
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
+// --objective grpo: train's evaluation of held-out prompts (its seed, its batches), on the CPU.
+void run_grpo_eval(EvalArgs& a, QwenModel& model, const Tokenizer& tok, const SftDataset& data, bool split,
+                   std::chrono::steady_clock::time_point t0) {
+  const TrainOptions& o = a.opt;
+  const GrpoOptions& g = o.grpo_options;
+  std::vector<std::unique_ptr<RewardFunction>> rewards = make_reward_functions(g.rewards, g.max_completion_len);
+  const LoraAdapter adapter = adapter_or_zero(a.adapter, model, o.model_dir);
+  const nlohmann::json m = grpo_evaluate(model, adapter, tok, split ? data.eval : data.train,
+                                         split ? data.eval_records : data.train_records, g, o.batch_size,
+                                         o.eval_batches, grpo_eval_seed(o.seed), rewards, nullptr);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::ordered_json j = {{"model", o.model_dir},
+                              {"adapter", opt_str(a.adapter)},
+                              {"data", o.data_path},
+                              {"split", split ? "eval" : "all"},
+                              {"num_generations", g.num_generations},
+                              {"rewards", g.rewards}};
+  for (auto it = m.begin(); it != m.end(); ++it) j[it.key().substr(5)] = it.value();  // "eval_" dropped
+  j["seconds"] = seconds;
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%lld %sprompts of %s x %lld completions: reward %.4f (group std %.4f)", (long long)j["prompts"].get<int64_t>(),
+                split ? "held-out " : "", o.data_path.c_str(), (long long)g.num_generations, j["reward"].get<double>(),
+                j["reward_std"].get<double>());
+    for (const auto& f : rewards) {
+      const nlohmann::ordered_json& v = j["rewards_" + f->name() + "_mean"];
+      if (v.is_number()) std::printf(", %s %.4f", f->name().c_str(), v.get<double>());
+    }
+    std::printf("; completions %.1f tokens on average, %.0f%% cut at --max-completion-len; %s%s, %.1fs\n",
+                j["completions_mean_length"].get<double>(), 100.0 * j["completions_clipped_ratio"].get<double>(),
+                a.adapter.empty() ? "the base alone" : "adapter ", a.adapter.c_str(), seconds);
+  }
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
 // Both kinds: the model, the records rendered as train renders them, then the report.
 void run_eval(EvalArgs& a) {
   DevicePick pick(a.common, "qwen-qlora eval");
@@ -195,17 +236,21 @@ void run_eval(EvalArgs& a) {
   apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
   QwenModel model(o.model_dir);
-  // LoraModelCuda's loss on the GPU, as train evaluates there.
-  o.use_cuda = pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
+  // LoraModelCuda's loss on the GPU, as train evaluates there (GRPO: the CPU's decoding, as train's).
+  QWENQ_CHECK(!o.grpo || a.common.device != "cuda", "eval --objective grpo samples on the CPU, as train does: give "
+                                                    "--device cpu or auto");
+  o.use_cuda = !o.grpo && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
   if (o.preference()) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // never cut by the batcher
   const SftDataset data = o.dpo   ? load_preference_dataset(o.data_path, tok, dopt)
                           : o.kto ? load_kto_dataset(o.data_path, tok, dopt, o.batch_size)
-                                  : load_sft_dataset(o.data_path, tok, dopt);
+                          : o.grpo ? load_grpo_dataset(o.data_path, tok, dopt, o.grpo_options.max_completion_len)
+                                   : load_sft_dataset(o.data_path, tok, dopt);
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
-  if (o.dpo) run_preference_eval(a, model, data, split, t0);
+  if (o.grpo) run_grpo_eval(a, model, tok, data, split, t0);
+  else if (o.dpo) run_preference_eval(a, model, data, split, t0);
   else if (o.kto) run_kto_eval(a, model, data, split, t0);
   else run_sft_eval(a, model, data, split, t0);
 }
@@ -218,7 +263,8 @@ void register_qlora_eval(CLI::App& app) {
   CLI::App* c = app.add_subcommand(
       "eval", "Held-out loss of a base (plus a LoRA adapter) on SFT data, as train computes its eval loss (or, with "
               "--objective dpo, how often it prefers the chosen completion of preference pairs; with --objective kto, the "
-              "KTO statistics of labelled examples)");
+              "KTO statistics of labelled examples; with --objective grpo, the mean reward of sampled completions of "
+              "prompts)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads)")->required();
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
   c->add_option("--ref-adapter", a->ref_adapter,

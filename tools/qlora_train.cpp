@@ -183,15 +183,16 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o) {
 void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
   c->add_option("--objective", f->objective,
                 "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
-                "--batch-size counts pairs) or kto (labelled examples {prompt, completion, label}, or pairs "
-                "unpaired; --batch-size counts examples)")
-      ->check(CLI::IsMember({"sft", "dpo", "kto"}))
+                "--batch-size counts pairs), kto (labelled examples {prompt, completion, label}, or pairs "
+                "unpaired; --batch-size counts examples) or grpo (prompts {prompt, ...} sampled and scored by --reward; "
+                "--batch-size counts prompts; CPU)")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo"}))
       ->capture_default_str();
   c->add_option("--dpo-beta,--pref-beta", o->dpo_options.beta,
                 "dpo and kto: beta, the strength of the pull toward the reference")
       ->capture_default_str();
   c->add_option("--max-prompt-len", o->data.templ.max_prompt_len,
-                "dpo and kto: a longer prompt keeps its last N tokens (after a BOS), before --max-len cuts the end "
+                "dpo, kto and grpo: a longer prompt keeps its last N tokens (after a BOS), before --max-len cuts the end "
                 "(TRL's max_prompt_length; 0: none)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
@@ -217,12 +218,58 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
   c->add_option("--rpo-alpha", o->dpo_options.rpo_alpha,
                 "dpo: weight of the chosen completions' mean token NLL added to the loss (RPO; 0: none)")
       ->capture_default_str();
+  GrpoOptions& g = o->grpo_options;
+  c->add_option("--reward", g.rewards,
+                "grpo: a reward function, repeatable: accuracy, think_format, regex=PATTERN, contains=TEXT, "
+                "soft_overlong=CACHE or cmd=COMMAND (one JSON line per completion in, one number per line out)");
+  c->add_option("--reward-weights", g.reward_weights, "grpo: one weight per --reward, comma-separated (default: all 1)")
+      ->delimiter(',');
+  c->add_option("--num-generations", g.num_generations, "grpo: completions sampled per prompt (G)")->capture_default_str();
+  c->add_option("--max-completion-len", g.max_completion_len, "grpo: new tokens per completion at most")
+      ->capture_default_str();
+  c->add_option("--temperature", g.temperature, "grpo: sampling temperature (the log-probabilities trained are at it)")
+      ->capture_default_str();
+  c->add_option("--top-k", g.top_k, "grpo: sample from the k likeliest tokens (0: off)")->capture_default_str();
+  c->add_option("--top-p", g.top_p, "grpo: nucleus sampling mass (1: off)")->capture_default_str();
+  c->add_option("--min-p", g.min_p, "grpo: drop tokens below this share of the likeliest (0: off)")->capture_default_str();
+  c->add_option("--repetition-penalty", g.repetition_penalty, "grpo: sampling's repetition penalty (1: off)")
+      ->capture_default_str();
+  c->add_option("--grpo-loss", f->grpo_loss,
+                "grpo: dapo (the step's token mean), grpo (each completion's token mean), bnpo (each micro-batch's) "
+                "or dr_grpo (a constant), as TRL's loss_type")
+      ->capture_default_str();
+  c->add_option("--scale-rewards", f->scale_rewards,
+                "grpo: advantages divided by the group's reward std (group), the step's (batch), or not (none)")
+      ->capture_default_str();
+  c->add_option("--grpo-beta", g.beta, "grpo: weight of the KL term to the base model (TRL's beta; 0: none, no reference pass)")
+      ->capture_default_str();
+  c->add_flag("--mask-truncated-completions", g.mask_truncated,
+              "grpo: completions cut at --max-completion-len (no EOS) add nothing to the loss");
 }
 
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o) {
   o->dpo = f.objective == "dpo";
   o->kto = f.objective == "kto";
+  o->grpo = f.objective == "grpo";
   const auto given = [&c](const char* flag) { return c.get_option(flag)->count() > 0; };
+  static const char* const kGrpoFlags[] = {"--reward", "--reward-weights", "--num-generations", "--max-completion-len",
+                                           "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
+                                           "--grpo-loss", "--scale-rewards", "--mask-truncated-completions", "--grpo-beta"};
+  if (!o->grpo) {
+    for (const char* flag : kGrpoFlags) QWENQ_CHECK(!given(flag), flag << " applies to --objective grpo");
+  } else {
+    for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight", "--dpo-loss",
+                             "--dpo-label-smoothing", "--rpo-alpha", "--simpo-gamma", "--dpo-beta"})
+      QWENQ_CHECK(!given(flag), flag << " applies to --objective " << (flag[2] == 'k' ? "kto" : "dpo"));
+    QWENQ_CHECK(!given("--batching"), "--objective grpo batches --batch-size prompts, their completions one per row: "
+                                      "leave --batching out");
+    GrpoOptions& g = o->grpo_options;
+    g.loss = parse_grpo_loss(f.grpo_loss);
+    g.scale_rewards = parse_grpo_scale(f.scale_rewards);
+    check_grpo_options(g);
+    sft->batch_mode = "padding";
+    return;
+  }
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");
@@ -232,7 +279,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
       QWENQ_CHECK(!given(flag), flag << " applies to --objective dpo");
     if (!o->kto) {
       QWENQ_CHECK(!given("--dpo-beta"), "--dpo-beta applies to --objective dpo and kto");
-      QWENQ_CHECK(!given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo and kto");
+      QWENQ_CHECK(!given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo, kto and grpo");
       return;
     }
   }
@@ -365,6 +412,11 @@ void register_qlora_train(CLI::App& app) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original
     }
     apply_dpo_flags(*c, a->dpo, &a->sft, &o);
+    if (o.grpo) {  // the rollouts decode with the CPU model (trainer/grpo.h): the whole run stays there for now
+      QWENQ_CHECK(a->common.device != "cuda", "--objective grpo trains on the CPU for now (its rollouts decode with "
+                                              "the CPU model): give --device cpu or auto");
+      a->common.device = "cpu";
+    }
     if (o.preference()) {
       // The GPU step of a preference loss (trainer/lora_model_cuda.h: the head twice, per-row loss weights) is
       // written and compiled but has not run on a GPU yet: opt-in until it has (issue 5).
@@ -416,6 +468,10 @@ void register_qlora_train(CLI::App& app) {
     if (r.eval_loss >= 0) {
       if (r.first_eval_loss >= 0) std::printf(", eval loss %.4f -> %.4f", r.first_eval_loss, r.eval_loss);
       else std::printf(", eval loss %.4f", r.eval_loss);
+    }
+    if (r.has_eval_reward) {
+      if (r.steps > r.start_step && r.start_step == 0) std::printf(", eval reward %.4f -> %.4f", r.first_eval_reward, r.eval_reward);
+      else std::printf(", eval reward %.4f", r.eval_reward);
     }
     if (r.eval_accuracy >= 0) {
       if (r.first_eval_accuracy >= 0) std::printf(", eval reward accuracy %.3f -> %.3f", r.first_eval_accuracy, r.eval_accuracy);

@@ -58,7 +58,10 @@ std::vector<int32_t> generate(const QwenModel& model, const std::vector<int32_t>
 std::vector<std::vector<int32_t>> generate_batch(const QwenModel& model,
                                                  const std::vector<std::vector<int32_t>>& prompts,
                                                  const SamplingOptions& opt, int64_t batch,
-                                                 const std::function<void(size_t, const std::vector<int32_t>&)>& on_done) {
+                                                 const std::function<void(size_t, const std::vector<int32_t>&)>& on_done,
+                                                 const std::vector<uint64_t>* seeds) {
+  QWENQ_CHECK(seeds == nullptr || seeds->size() == prompts.size(),
+              "generate: " << seeds->size() << " seeds for " << prompts.size() << " prompts");
   QWENQ_CHECK(batch >= 1 && batch <= kMaxDecodeBatch,
               "generate: a batch of " << batch << " sequences; it must be in [1, " << kMaxDecodeBatch << "]");
   const int64_t V = model.config().vocab_size, max_positions = model.config().max_position_embeddings;
@@ -79,7 +82,9 @@ std::vector<std::vector<int32_t>> generate_batch(const QwenModel& model,
     // Fill the free places, each new prompt prefilled alone (as generate() does) and its first token drawn.
     while (static_cast<int64_t>(active.size()) < batch && next_prompt < prompts.size()) {
       const size_t i = next_prompt++;
-      auto s = std::make_unique<Slot>(Slot{i, TokenLoop(max_positions, prompts[i], opt), KvCache{}});
+      SamplingOptions own = opt;
+      if (seeds) own.seed = (*seeds)[i];
+      auto s = std::make_unique<Slot>(Slot{i, TokenLoop(max_positions, prompts[i], own), KvCache{}});
       s->cache = model.make_cache(s->loop.capacity(), opt.kv_cache);
       std::vector<float> first = model.forward_step(prompts[i], &s->cache);
       if (s->loop.next(first))

@@ -59,9 +59,12 @@ constexpr int64_t kMaxDecodeBatch = 16;
 // is prefilled alone with forward_step when a place frees, and each sequence keeps its own sampler (Rng(opt.seed),
 // repetition context). So outputs[i] is generate(model, prompts[i], opt) token for token, whatever `batch` and the
 // other prompts. on_done(i, ids) is called as prompt i finishes (in finishing order) with its generated ids.
+// seeds, when given (one per prompt), replace opt.seed prompt by prompt: outputs[i] is then generate() with
+// opt.seed = seeds[i] (GRPO's group of samples of one prompt).
 std::vector<std::vector<int32_t>> generate_batch(
     const QwenModel& model, const std::vector<std::vector<int32_t>>& prompts, const SamplingOptions& opt,
-    int64_t batch, const std::function<void(size_t, const std::vector<int32_t>&)>& on_done = nullptr);
+    int64_t batch, const std::function<void(size_t, const std::vector<int32_t>&)>& on_done = nullptr,
+    const std::vector<uint64_t>* seeds = nullptr);
 
 // A conversation's KV cache kept from one turn to the next (`qwen-qlora chat` on the CPU), so that a turn computes
 // only what its prompt adds to the last one: `tokens` are the ids whose k, v rows the cache holds (cache.length of

@@ -349,15 +349,32 @@ class Runner {
       std::copy_n(hidden.data() + scored[i] * C, C, hk.data() + i * C);
       tk[i] = targets[scored[i]];
     }
+    const float head_scale = static_cast<float>(opt_.logit_scale);
+    if (head_scale != 1.f)
+      for (float& v : hk) v *= head_scale;  // (c·h) Wᵀ = c·z
     std::vector<float> row_scale;  // a sequence objective's per-row weights
-    if (!grads || opt_.sequence_objective) {  // the loss alone (lm_head_nll: a GGUF table dequantized once)
+    QWENQ_CHECK(!(opt_.sequence_objective && opt_.token_objective), "lora_loss_and_grad: a sequence and a token objective");
+    if (!grads || opt_.sequence_objective || opt_.token_objective) {  // the loss alone (lm_head_nll: a GGUF table
+                                                                      // dequantized once)
       std::vector<float> nll(static_cast<size_t>(R));
       res.counted = lm_head_nll(w_, hk.data(), R, tk.data(), nll.data());
       for (float v : nll) res.nll_sum += v;
       QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
       res.seq_nll = sequence_nll_sums(nll.data(), b_.cu_seqlens, scored);
+      res.row_nll = std::move(nll);
       if (!grads) return res;
-      row_scale = sequence_row_scales(opt_.sequence_objective(res.seq_nll), b_.cu_seqlens, scored);
+      if (opt_.token_objective) {
+        const std::vector<double> d = opt_.token_objective(res.row_nll);
+        QWENQ_CHECK(d.size() == res.row_nll.size(), "token objective: " << d.size() << " derivatives for "
+                                                                        << res.row_nll.size() << " counted targets");
+        row_scale.resize(d.size());
+        for (size_t i = 0; i < d.size(); ++i) {
+          QWENQ_CHECK(std::isfinite(d[i]), "token objective: the derivative of counted target " << i << " is " << d[i]);
+          row_scale[i] = static_cast<float>(d[i]);
+        }
+      } else {
+        row_scale = sequence_row_scales(opt_.sequence_objective(res.seq_nll), b_.cu_seqlens, scored);
+      }
     }
     // Loss over chunks of the scored rows; each chunk's dlogits goes into their dhidden at once.
     std::vector<float> dk(static_cast<size_t>(R * C), 0.f);
@@ -380,7 +397,12 @@ class Runner {
       base_backward_input(lg.data(), rows, V, w_.lm_head.data, w_.lm_head.dtype, C, dk.data() + r0 * C);
     }
     QWENQ_CHECK(std::isfinite(res.nll_sum), "lora_loss_and_grad: the loss is not finite");
-    if (row_scale.empty()) res.seq_nll = sequence_nll_sums(nll.data(), b_.cu_seqlens, scored);
+    if (row_scale.empty()) {
+      res.seq_nll = sequence_nll_sums(nll.data(), b_.cu_seqlens, scored);
+      res.row_nll = std::move(nll);
+    }
+    if (head_scale != 1.f)
+      for (float& v : dk) v *= head_scale;  // ∂(c·h)/∂h = c
     std::vector<float> dhidden(T_ * C, 0.f);
     for (int64_t i = 0; i < R; ++i) std::copy_n(dk.data() + i * C, C, dhidden.data() + scored[i] * C);
     std::vector<float> d(T_ * C);

@@ -77,12 +77,22 @@ struct LoraStepOptions {
   // grad_scale is unused. The lm_head runs twice over the scored rows (the sums first, then the gradients); the
   // blocks run as for the token loss. Empty: the token loss. Only read with gradients (not by the loss alone).
   std::function<std::vector<double>(const std::vector<double>& seq_nll)> sequence_objective;
+  // The same per token: given the nll of every counted target in row order (LoraStepResult::row_nll), it returns
+  // ∂L/∂nll(t) for each (GRPO's KL term, whose derivative differs token by token). At most one of the two. CPU only
+  // (the GPU trainer refuses it).
+  std::function<std::vector<double>(const std::vector<float>& row_nll)> token_objective;
+  // The head's logits times this before the loss, nll(t) = −log softmax(c·z_t)[y_t] with c = logit_scale, and its
+  // gradient through c (GRPO's log-probabilities are those of the sampling distribution at temperature T, c = 1/T,
+  // as TRL's GRPOTrainer divides its logits by the temperature). The CPU scales the head's input rows (c·h)·Wᵀ and
+  // their gradient by c. 1: none. CPU only (the GPU trainer refuses another value).
+  double logit_scale = 1.0;
 };
 
 struct LoraStepResult {
   double nll_sum = 0.0;  // Σ nll over counted targets (fp64 sum of fp32 values)
   int64_t counted = 0;
   std::vector<double> seq_nll;  // per sequence of the batch: Σ nll over its counted targets (0 without any)
+  std::vector<float> row_nll;   // CPU: the nll of each counted target, in row order
 };
 
 // ∂L/∂S_j of a sequence objective checked (one finite value per sequence) and spread over the scored rows:

@@ -1221,11 +1221,14 @@ LoraModelCuda::FoldCounts LoraModelCuda::fold_counts() const { return impl_->fol
 
 LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                             const LoraStepOptions& opt) {
+  QWENQ_CHECK(opt.logit_scale == 1.0 && !opt.token_objective,
+              "the GPU trainer has no logit scale or token objective (GRPO's): train on the CPU");
   return impl_->run(batch, targets, &opt);
 }
 
 LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                    const LoraStepOptions& opt) {
+  QWENQ_CHECK(opt.logit_scale == 1.0, "the GPU trainer has no logit scale (GRPO's sampling temperature): train on the CPU");
   return impl_->run(batch, targets, nullptr, opt);
 }
 

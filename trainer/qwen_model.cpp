@@ -14,16 +14,14 @@
 #include "kernels/loss.h"
 #include "kernels/norm.h"
 #include "kernels/rope.h"
+#include "lora/lora_linear.h"
 #include "trainer/gguf_model.h"
+#include "trainer/lora_inference.h"
 #include "trainer/moe_block.h"
 
 namespace qwenq {
 
 namespace {
-
-void linear(const float* x, int64_t M, const LinearWeight& w, const TensorView& bias, float* y) {
-  apply_linear(w, x, M, bias, y);
-}
 
 void rmsnorm(const float* x, int64_t rows, const TensorView& w, float eps, float* y) {
   rmsnorm_forward_ref(x, rows, w.shape[0], w.data, w.dtype, eps, y);
@@ -106,6 +104,37 @@ void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
   }
 }
 
+void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
+  lora_slots_.clear();
+  lora_ = nullptr;
+  if (lora == nullptr) return;
+  QWENQ_CHECK(lora->num_layers == cfg_.num_layers, "attach_adapter: an adapter of " << lora->num_layers
+                                                   << " layers on a model of " << cfg_.num_layers);
+  std::vector<const LoraArenaSlot*> slots(static_cast<size_t>(cfg_.num_layers * 7), nullptr);
+  for (const LoraArenaSlot& s : lora->slots) {
+    const std::string where = "model.layers." + std::to_string(s.layer) + "." + kDecoderLinears[static_cast<int>(s.target)].name;
+    QWENQ_CHECK(s.expert == kNoExpert, "the CPU runs an unmerged adapter on a layer's own Linears only; " << where
+                                       << " of expert " << s.expert << " is a mixture-of-experts layer's (merge the "
+                                       << "adapter into the base instead)");
+    QWENQ_CHECK(s.m_off < 0, "the CPU runs an unmerged LoRA adapter, not DoRA (" << where << " has a magnitude): merge "
+                             << "the adapter into the base instead");
+    slots[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = &s;
+  }
+  lora_slots_ = std::move(slots);
+  lora_ = lora;
+}
+
+void QwenModel::linear_at(int64_t l, int t, const float* x, int64_t T, const LinearWeight& w, const TensorView& bias,
+                          float* y) const {
+  apply_linear(w, x, T, bias, y);
+  if (lora_ == nullptr) return;
+  const LoraArenaSlot* s = lora_slots_[static_cast<size_t>(l * 7 + t)];
+  if (s == nullptr) return;
+  std::vector<float> u(static_cast<size_t>(T * s->r));
+  lora_forward_ref(x, T, s->K, lora_->arena.data() + s->a_off, lora_->arena.data() + s->b_off, s->r, s->N,
+                   lora_->scaling, y, u.data());
+}
+
 template <typename AttnFn>
 bool QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const int32_t* pos, AttnFn&& attention,
                                    Scratch& s, const LinearInputStopHook& hook, float* out) const {
@@ -113,9 +142,9 @@ bool QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const i
   const int64_t D = c.head_dim;
   const QwenLayerWeights& L = w_.layers[l];
   if (hook && !hook(BlockLinear::QKV, n, T)) return false;
-  linear(n, T, L.q, L.q_bias, s.q.data());
-  linear(n, T, L.k, L.k_bias, s.k.data());
-  linear(n, T, L.v, L.v_bias, s.v.data());
+  linear_at(l, 0, n, T, L.q, L.q_bias, s.q.data());
+  linear_at(l, 1, n, T, L.k, L.k_bias, s.k.data());
+  linear_at(l, 2, n, T, L.v, L.v_bias, s.v.data());
   if (c.qk_norm) {
     rmsnorm(s.q.data(), T * c.num_heads, L.q_norm, c.rms_norm_eps, s.q.data());
     rmsnorm(s.k.data(), T * c.num_kv_heads, L.k_norm, c.rms_norm_eps, s.k.data());
@@ -124,7 +153,7 @@ bool QwenModel::attention_sublayer(int64_t l, const float* n, int64_t T, const i
   rope_forward_ref(s.k.data(), T, c.num_kv_heads, D, pos, c.rope);
   attention(l, s.q.data(), s.k.data(), s.v.data(), s.a.data());
   if (hook && !hook(BlockLinear::O, s.a.data(), T)) return false;
-  linear(s.a.data(), T, L.o, TensorView{}, out);
+  linear_at(l, 3, s.a.data(), T, L.o, TensorView{}, out);
   return true;
 }
 
@@ -138,11 +167,11 @@ bool QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, c
     return true;
   }
   if (hook && !hook(BlockLinear::GateUp, n, T)) return false;
-  linear(n, T, L.gate, TensorView{}, s.gate.data());
-  linear(n, T, L.up, TensorView{}, s.up.data());
+  linear_at(l, 4, n, T, L.gate, TensorView{}, s.gate.data());
+  linear_at(l, 5, n, T, L.up, TensorView{}, s.up.data());
   swiglu_forward_ref(s.gate.data(), s.up.data(), T * cfg_.intermediate_size, s.gate.data());
   if (hook && !hook(BlockLinear::Down, s.gate.data(), T)) return false;
-  linear(s.gate.data(), T, L.down, TensorView{}, out);
+  linear_at(l, 6, s.gate.data(), T, L.down, TensorView{}, out);
   return true;
 }
 

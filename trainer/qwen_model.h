@@ -27,6 +27,8 @@
 namespace qwenq {
 
 class GgufFile;
+struct LoraArenaSlot;
+struct LoraInferenceLayout;
 
 // Several sequences packed back to back: tokens of sequence s are [cu_seqlens[s], cu_seqlens[s+1]).
 struct PackedBatch {
@@ -107,6 +109,17 @@ class QwenModel {
   // The bound weights (views into the map, or packed forms) for code that runs the blocks itself (the trainer).
   const QwenWeights& weights() const { return w_; }
 
+  // An unmerged LoRA adapter that every forward below then adds to the Linears it targets, after the base product
+  // and its bias: y = x Wᵀ (+ b) + s·(x Aᵀ) Bᵀ (lora/lora_linear.h's lora_forward_ref on trainer/lora_inference.h's
+  // arena), so a 4-bit base keeps its packed weights (GRPO's rollouts with the adapter being trained: the trainer
+  // re-attaches a fresh layout before each step's generation). The branch's products are row by row the same for
+  // any row count up to kMaxDecodeBatch (the fp32 register-tile kernel), so forward_steps keeps forward_step's bits.
+  // null detaches. Not owned: `lora` must outlive its attachment. Refused (naming the adapter's first such slot):
+  // DoRA adapters and a MoE layer's expert targets (the CPU's unmerged branch does not reach them yet; merge the
+  // adapter instead, trainer/lora_merge.h), and a layout of another layer count.
+  void attach_adapter(const LoraInferenceLayout* lora);
+  const LoraInferenceLayout* attached_adapter() const { return lora_; }
+
   // Final hidden states (after model.norm) for every packed token: hidden is resized to [T, C]. kv = BF16 rounds k
   // and v to bf16 before attention, as a BF16 KvCache stores them (the packed twin of forward_step with one).
   void forward_hidden(const PackedBatch& batch, std::vector<float>* hidden,
@@ -176,6 +189,9 @@ class QwenModel {
   void batch_layer(int64_t l, const PackedBatch& b, float* x, const LinearInputStopHook& hook,
                    const MoeInputHook& moe_hook) const;
   void embed(const std::vector<int32_t>& tokens, float* x) const;
+  // Linear t (table order, kDecoderLinears) of layer l on x [T, K] into y, plus the attached adapter's branch.
+  void linear_at(int64_t l, int t, const float* x, int64_t T, const LinearWeight& w, const TensorView& bias,
+                 float* y) const;
 
   std::string dir_;
   QwenConfig cfg_;
@@ -183,6 +199,8 @@ class QwenModel {
   std::unique_ptr<Checkpoint> ckpt_;
   std::unique_ptr<GgufFile> gguf_;
   QwenWeights w_;
+  const LoraInferenceLayout* lora_ = nullptr;
+  std::vector<const LoraArenaSlot*> lora_slots_;  // [layer · 7 + t]: the attached adapter's slot, or null
 };
 
 }  // namespace qwenq

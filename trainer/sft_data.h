@@ -131,6 +131,7 @@ struct SftDataStats {
   int64_t truncated_tokens = 0;         // tokens cut from them
   int64_t dropped_no_loss = 0;          // examples left without any counted target by truncation (dropped)
   int64_t dropped_empty = 0;            // examples without a target before truncation (an empty "text": EOS alone)
+  int64_t dropped_long_prompts = 0;     // GRPO prompts leaving no room for the completion in max_len (trainer/grpo.h)
   int64_t tokens = 0, loss_tokens = 0;  // over kept examples, after truncation
   int64_t longest = 0;                  // longest example before truncation
   int64_t train_examples = 0, eval_examples = 0;
@@ -142,6 +143,7 @@ struct SftDataset {
   std::vector<SftExample> train, eval;
   SftDataStats stats;
   std::vector<uint8_t> train_labels, eval_labels;  // unpaired preference data (trainer/kto.h): desirable, per unit
+  std::vector<std::string> train_records, eval_records;  // GRPO prompts (trainer/grpo.h): each one's record, JSON text
 };
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------

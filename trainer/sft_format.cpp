@@ -154,6 +154,7 @@ std::string SftDataStats::summary() const {
   if (truncated) os << ", " << truncated << " truncated by " << truncated_tokens << " tokens in all";
   if (dropped_no_loss) os << ", " << dropped_no_loss << " dropped (no response left after truncation)";
   if (dropped_empty) os << ", " << dropped_empty << " dropped (empty: no token to predict)";
+  if (dropped_long_prompts) os << ", " << dropped_long_prompts << " dropped (the prompt leaves no room for the completion)";
   os << "; train " << train_examples << ", eval " << eval_examples;
   return os.str();
 }

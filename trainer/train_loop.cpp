@@ -28,9 +28,11 @@
 #include "lora/peft_io.h"
 #include "trainer/adapter_init.h"
 #include "trainer/dpo.h"
+#include "trainer/grpo_reward.h"
 #include "trainer/lora_model.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
+#include "trainer/sampling.h"
 #include "trainer/step_profile.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
@@ -103,6 +105,19 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["kto_desirable_weight"] = o.kto_options.desirable_weight;
     k["kto_undesirable_weight"] = o.kto_options.undesirable_weight;
   }
+  if (o.grpo) {
+    const GrpoOptions& g = o.grpo_options;
+    k["objective"] = "grpo";
+    k["grpo_loss"] = grpo_loss_name(g.loss);
+    k["scale_rewards"] = grpo_scale_name(g.scale_rewards);
+    k["num_generations"] = g.num_generations;
+    k["max_completion_len"] = g.max_completion_len;
+    k["sampling"] = {g.temperature, g.top_k, g.top_p, g.min_p, g.repetition_penalty};
+    k["mask_truncated"] = g.mask_truncated;
+    k["grpo_beta"] = g.beta;
+    k["rewards"] = g.rewards;
+    k["reward_weights"] = g.reward_weights;
+  }
   return k;
 }
 
@@ -124,7 +139,10 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
       {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
       {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
-      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"}};
+      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
+      {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
+      {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
+      {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -258,7 +276,7 @@ std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& a
 
 // Train loss (raw and smoothed) and eval loss against steps.
 void write_loss_curve(const std::string& path, const std::vector<std::pair<int64_t, double>>& train,
-                      const std::vector<std::pair<int64_t, double>>& eval) {
+                      const std::vector<std::pair<int64_t, double>>& eval, const std::string& what = "loss") {
   if (train.empty()) return;
   const double W = 720, H = 400, L = 60, R = 20, T = 30, B = 50;
   int64_t smax = 1;
@@ -275,7 +293,7 @@ void write_loss_curve(const std::string& path, const std::vector<std::pair<int64
   auto Y = [&](double v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); };
   std::ostringstream svg;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='12'>\n"
-      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>loss: train (faint), its moving average (solid), eval (dashed)</text>\n"
+      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>" << what << ": train (faint), its moving average (solid), eval (dashed)</text>\n"
       << "<line x1='" << L << "' y1='" << H - B << "' x2='" << W - R << "' y2='" << H - B << "' stroke='black'/>\n"
       << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << H - B << "' stroke='black'/>\n";
   for (int i = 0; i <= 4; ++i) {
@@ -397,7 +415,15 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
-  QWENQ_CHECK(!(o.dpo && o.kto), "give one objective: dpo or kto");
+  QWENQ_CHECK(static_cast<int>(o.dpo) + static_cast<int>(o.kto) + static_cast<int>(o.grpo) <= 1,
+              "give one objective: dpo, kto or grpo");
+  if (o.grpo) {
+    check_grpo_options(o.grpo_options);
+    QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective grpo trains on the CPU for now (its rollouts decode with "
+                                                "the CPU model): give --device cpu");
+    QWENQ_CHECK(!o.lora.use_dora, "--objective grpo samples with the adapter unmerged, which the CPU does for LoRA, not "
+                                  "DoRA: leave --use-dora out");
+  }
   if (o.dpo) check_dpo_options(o.dpo_options);
   if (o.kto) {
     check_kto_options(o.kto_options);
@@ -437,15 +463,17 @@ TrainReport train_lora(const TrainOptions& o) {
 #endif
 
   QwenModel model(o.model_dir);
-  const bool use_cuda = o.choose_device ? o.choose_device(model) : o.use_cuda;
+  const bool use_cuda = o.grpo ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
   QWENQ_CHECK(!o.profile || use_cuda, "--profile times the GPU trainer's phases: it needs the GPU, and this run trains "
                                       "on the CPU");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
   const auto load = [&](const std::string& path, const SftDataOptions& d) {
-    return o.dpo ? load_preference_dataset(path, tok, d)
-                 : o.kto ? load_kto_dataset(path, tok, d, o.batch_size) : load_sft_dataset(path, tok, d);
+    return o.dpo    ? load_preference_dataset(path, tok, d)
+           : o.kto  ? load_kto_dataset(path, tok, d, o.batch_size)
+           : o.grpo ? load_grpo_dataset(path, tok, d, o.grpo_options.max_completion_len)
+                    : load_sft_dataset(path, tok, d);
   };
   const SftDataset data = load(o.data_path, dopt);
   if (!o.quiet) std::fprintf(stderr, "data: %s\n", data.stats.summary().c_str());
@@ -466,9 +494,29 @@ TrainReport train_lora(const TrainOptions& o) {
     eval_labels = &eval_file.train_labels;
   }
   if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
+  // GRPO: the reward functions (an external scorer starts here), each checked against every prompt's record now.
+  std::vector<std::unique_ptr<RewardFunction>> rewards;
+  std::vector<double> reward_weights;
+  const std::vector<std::string>* eval_records = &data.eval_records;
+  if (o.grpo) {
+    if (!o.eval_data_path.empty()) eval_records = &eval_file.train_records;
+    rewards = make_reward_functions(o.grpo_options.rewards, o.grpo_options.max_completion_len);
+    reward_weights = o.grpo_options.reward_weights;
+    if (reward_weights.empty()) reward_weights.assign(rewards.size(), 1.0);
+    for (const auto& [recs, file] : {std::pair{&data.train_records, &o.data_path}, std::pair{eval_records, &o.eval_data_path}}) {
+      for (const std::string& text : *recs) {
+        const nlohmann::ordered_json j = nlohmann::ordered_json::parse(text);
+        for (const auto& f : rewards) {
+          const std::string why = f->check_record(j);
+          QWENQ_CHECK(why.empty(), (file->empty() ? o.data_path : *file) << ": the prompt " << j["prompt"].dump().substr(0, 80)
+                                                                       << ": " << why);
+        }
+      }
+    }
+  }
 
   SftBatchOptions bo;
-  bo.mode = o.batch_mode;
+  bo.mode = o.grpo ? SftBatchMode::kPadding : o.batch_mode;  // GRPO: batch_size prompts, one per row
   bo.seq_len = o.seq_len;
   // Preference runs: both sequences of each pair (dpo), each example and its KL sequence (kto).
   bo.batch_size = o.preference() ? 2 * o.batch_size : o.batch_size;
@@ -498,6 +546,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (!o.resume && !o.loftq_model.empty()) loftq_init_adapter(model, o.loftq_model, &adapter, o.quiet);
     if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W + s·B A‖ per row, as PEFT's
   }
+  if (o.grpo) AttachedAdapter refusals_now(model, adapter);  // a layout the CPU cannot run unmerged fails here
   // Data parallelism: what each process decided or read alone must be the same everywhere, or the ranks would train
   // different things and still exchange gradients of the same shape (checked before anything is written).
   if (o.group != nullptr) {
@@ -660,6 +709,15 @@ TrainReport train_lora(const TrainOptions& o) {
         record["eval_kl"] = es.batches > 0 ? es.kl / static_cast<double>(es.batches) : 0.0;
         add_kto_rewards(es, "eval_", &record);
         record["eval_examples"] = es.examples();
+      } else if (o.grpo) {  // the held-out prompts sampled with a fixed seed: the reward, not a loss
+        record.update(grpo_evaluate(model, adapter, tok, *eval_set, *eval_records, o.grpo_options, o.batch_size,
+                                    o.eval_batches, grpo_eval_seed(o.seed), rewards, o.group));
+        const double reward = record["eval_reward"].get<double>();
+        if (step == rep.start_step) rep.first_eval_reward = reward;
+        rep.eval_reward = reward;
+        rep.has_eval_reward = true;
+        if (lead) metrics << record.dump() << "\n" << std::flush;
+        return;
       } else {
         const auto [l, n] = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
         loss = l;
@@ -701,6 +759,99 @@ TrainReport train_lora(const TrainOptions& o) {
     p = flat.data();
     for (size_t i = 0; i < G.ptr.size(); p += G.size[i], ++i) std::copy(p, p + G.size[i], G.ptr[i]);
   };
+  // GRPO (trainer/grpo.h): the step's rollouts with the adapter as the step starts (this rank's micro-batches), the
+  // scores summed over the ranks so that every rank has the step's advantages and weights, then this rank's backward
+  // passes. Returns the loss; sets the step's tokens (prompts and completions), targets (counted completion tokens)
+  // and TRL's statistics.
+  const GrpoOptions& go = o.grpo_options;
+  // The KL term's reference (beta > 0): the adapter's branch zero, so the base alone, through the trainer's own forward.
+  const std::unique_ptr<const LoraAdapter> reference_ptr =
+      o.grpo && go.beta > 0 ? std::make_unique<const LoraAdapter>(zeros_like(adapter)) : nullptr;
+  const SamplingOptions grpo_sampling_opt = o.grpo ? grpo_sampling(go, model, tok) : SamplingOptions{};
+  const auto grpo_step = [&](const std::vector<SftBatch>& micro, nlohmann::json* stats, int64_t* tokens,
+                             int64_t* targets) {
+    const int64_t Gn = go.num_generations;
+    std::vector<size_t> row0(micro.size() + 1, 0);
+    for (size_t i = 0; i < micro.size(); ++i) row0[i + 1] = row0[i] + static_cast<size_t>(micro[i].num_examples * Gn);
+    GrpoScores scores;
+    scores.resize(row0.back(), static_cast<int64_t>(rewards.size()));
+    std::vector<std::vector<GrpoSample>> samples(micro.size());
+    std::vector<int64_t> order;
+    int64_t order_epoch = -1;
+    *tokens = 0;
+    const auto t_rollout = std::chrono::steady_clock::now();
+    {
+      AttachedAdapter attached(model, adapter);
+      for (size_t i = 0; i < micro.size(); ++i) {
+        if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+        std::vector<int64_t> prompts;
+        for (int64_t k = 0; k < micro[i].num_examples; ++k) {
+          prompts.push_back(order[static_cast<size_t>(micro[i].first_index + k)]);
+          *tokens += Gn * static_cast<int64_t>(data.train[static_cast<size_t>(prompts.back())].tokens.size());
+        }
+        if (i % static_cast<size_t>(world) != static_cast<size_t>(rank)) continue;
+        const uint64_t seed = grpo_rollout_seed(o.seed, st.step, static_cast<int64_t>(i));
+        samples[i] = grpo_rollouts(model, tok, data.train, data.train_records, prompts, Gn, grpo_sampling_opt, seed,
+                                   rewards, &scores, row0[i]);
+      }
+    }
+    const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rollout).count();
+    if (o.group) {
+      for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
+        o.group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
+    }
+    const std::vector<double> adv =
+        grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, reward_weights), Gn, go.scale_rewards);
+    const std::vector<int64_t> len = grpo_lengths(scores, go.mask_truncated);
+    std::vector<int64_t> micro_of(row0.back());
+    for (size_t i = 0; i < micro.size(); ++i)
+      std::fill(micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i]), micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]),
+                static_cast<int64_t>(i));
+    const std::vector<double> c = grpo_normalizers(go.loss, len, micro_of, static_cast<int64_t>(micro.size()),
+                                                   go.max_completion_len);
+    *targets = 0;
+    for (size_t j = 0; j < len.size(); ++j) {
+      *targets += len[j];
+      *tokens += static_cast<int64_t>(scores.length[j]);
+    }
+    LoraStepOptions gso = so, ref_so = eval_so;
+    gso.logit_scale = ref_so.logit_scale = 1.0 / static_cast<double>(go.temperature);
+    double kl[2] = {0.0, 0.0};  // Σ c_j·KL_t and Σ KL_t over the step's tokens (beta > 0)
+    const auto slice = [&](const auto& v, size_t i) {
+      return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(row0[i]),
+                                       v.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]));
+    };
+    for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
+      const SftBatch b = grpo_batch(data.train, samples[i], go.mask_truncated);
+      if (b.num_targets == 0) continue;  // every completion masked (truncated): nothing to learn from
+      const std::vector<double> ci = slice(c, i), ai = slice(adv, i);
+      const std::vector<int64_t> li = slice(len, i);
+      if (go.beta > 0) {  // the reference's log-probabilities: the base alone (the adapter's branch zero)
+        const std::vector<float> ref = lora_loss_and_grad(model, *reference_ptr, b.packed, b.targets, nullptr, ref_so).row_nll;
+        gso.token_objective = [&, ref](const std::vector<float>& nll) {
+          return grpo_token_weights(ci, ai, li, go.beta, nll, ref, &kl[0], &kl[1]);
+        };
+      } else {
+        std::vector<double> dS(ci.size());
+        for (size_t j = 0; j < dS.size(); ++j) dS[j] = ci[j] * ai[j];
+        gso.sequence_objective = [dS](const std::vector<double>&) { return dS; };
+      }
+      gso.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
+      try {
+        lora_loss_and_grad(model, adapter, b.packed, b.targets, &grads, gso);
+      } catch (const Error& e) {
+        QWENQ_FAIL("step " << st.step + 1 << ", micro-batch " << i + 1 << " (epoch " << micro[i].epoch << ", prompts "
+                           << micro[i].first_index << ".." << micro[i].first_index + micro[i].num_examples - 1
+                           << "): " << e.what());
+      }
+    }
+    *stats = grpo_metrics(scores, Gn, reward_weights, rewards, "");
+    (*stats)["rollout_s"] = rollout_s;  // this rank's sampling and scoring (the rest of the step: its backward passes)
+    if (go.beta <= 0) return grpo_loss_value(c, adv, len);
+    if (o.group) o.group->all_reduce_sum(kl, 2);
+    (*stats)["kl"] = *targets > 0 ? kl[1] / static_cast<double>(*targets) : 0.0;
+    return grpo_loss_value(c, adv, len) + go.beta * kl[0];
+  };
   while (st.step < total) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<SftBatch> micro;
@@ -740,7 +891,9 @@ TrainReport train_lora(const TrainOptions& o) {
     std::vector<int64_t> order;  // of the epoch of the micro-batch being run (preference runs)
     int64_t order_epoch = -1;
     SftBatch kto_batch;  // kto: the micro-batch's examples without their KL sequences (the batch the step runs)
-    for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
+    nlohmann::json grpo_stats;
+    const double grpo_loss = o.grpo ? grpo_step(micro, &grpo_stats, &tokens, &targets) : 0.0;
+    for (size_t i = static_cast<size_t>(rank); i < micro.size() && !o.grpo; i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
@@ -780,9 +933,10 @@ TrainReport train_lora(const TrainOptions& o) {
     };
     if (o.group && o.dpo) sum_over_ranks(&step_stats);
     if (o.group && o.kto) sum_over_ranks(&kto_stats);
-    const double loss = o.dpo   ? step_stats.objective(o.dpo_options)
-                        : o.kto ? kto_stats.objective()
-                                : targets > 0 ? nll / targets : 0.0;
+    const double loss = o.dpo    ? step_stats.objective(o.dpo_options)
+                        : o.kto  ? kto_stats.objective()
+                        : o.grpo ? grpo_loss
+                                 : targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
       try {
@@ -834,6 +988,7 @@ TrainReport train_lora(const TrainOptions& o) {
       record["kl"] = kl;
       add_kto_rewards(kto_stats, "", &record);
     }
+    if (o.grpo) record.update(grpo_stats);
     metrics << record.dump() << "\n" << std::flush;
     char extra[128];
     if (o.dpo) {
@@ -842,6 +997,9 @@ TrainReport train_lora(const TrainOptions& o) {
     } else if (o.kto) {
       std::snprintf(extra, sizeof extra, "loss %.4f kl %.3f margin %.3f lr %.2e %.0f tok/s", loss, kl,
                     kto_stats.margin(), lr, tokens / std::max(dt, 1e-9));
+    } else if (o.grpo) {
+      std::snprintf(extra, sizeof extra, "reward %.3f len %.0f lr %.2e %.0f tok/s", grpo_stats["reward"].get<double>(),
+                    grpo_stats["completions_mean_length"].get<double>(), lr, tokens / std::max(dt, 1e-9));
     } else {
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     }
@@ -915,11 +1073,14 @@ TrainReport train_lora(const TrainOptions& o) {
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded()) continue;
-      if (j.contains("loss")) curve.emplace_back(j["step"].get<int64_t>(), j["loss"].get<double>());
-      if (j.contains("eval_loss")) eval_curve.emplace_back(j["step"].get<int64_t>(), j["eval_loss"].get<double>());
+      const char* key = o.grpo ? "reward" : "loss";  // GRPO's loss is about 0 by construction: its curve is the reward's
+      const std::string eval_key = std::string("eval_") + key;
+      if (j.contains(key) && j[key].is_number()) curve.emplace_back(j["step"].get<int64_t>(), j[key].get<double>());
+      if (j.contains(eval_key) && j[eval_key].is_number())
+        eval_curve.emplace_back(j["step"].get<int64_t>(), j[eval_key].get<double>());
     }
   }
-  write_loss_curve(path_join(o.out_dir, "loss_curve.svg"), curve, eval_curve);
+  write_loss_curve(path_join(o.out_dir, "loss_curve.svg"), curve, eval_curve, o.grpo ? "reward" : "loss");
   return rep;
 }
 

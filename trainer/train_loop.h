@@ -53,6 +53,7 @@
 #include "core/dtype.h"
 #include "lora/lora_config.h"
 #include "trainer/dpo.h"
+#include "trainer/grpo.h"
 #include "trainer/kto.h"
 #include "trainer/qwen_model.h"
 #include "trainer/sft_data.h"
@@ -134,11 +135,22 @@ struct TrainOptions {
   bool kto = false;
   KtoOptions kto_options;
   bool preference() const { return dpo || kto; }  // batches of units of two sequences, a reference model
+  // Reinforcement learning from rewards (`--objective grpo`, trainer/grpo.h), on the CPU: data_path (and
+  // eval_data_path) hold prompts; a micro-batch is batch_size prompts, each sampled num_generations times with the
+  // adapter as the step starts (unmerged on the base: QwenModel::attach_adapter), the completions scored by the
+  // reward functions and trained on as one batch of prompt + completion sequences. A step's "loss" is GRPO's
+  // (about 0: the advantages are centred); metrics.jsonl adds TRL's reward statistics (trainer/grpo.h) and each
+  // evaluation eval_reward and the rest with "eval_" (the held-out prompts sampled with a fixed seed); the curve in
+  // loss_curve.svg is the reward's.
+  bool grpo = false;
+  GrpoOptions grpo_options;
 };
 
 struct TrainReport {
   int64_t steps = 0, start_step = 0;
   double eval_accuracy = -1, first_eval_accuracy = -1;  // preference runs: the held-out pairs' reward accuracy
+  bool has_eval_reward = false;                           // GRPO runs with held-out prompts: their mean reward
+  double eval_reward = 0, first_eval_reward = 0;
   bool stopped = false;    // ended by stop_after: no final evaluation or adapter
   std::string checkpoint;  // with stopped: the newest complete checkpoint ("" when none)
   double last_loss = 0, eval_loss = -1;  // eval_loss < 0: no eval split

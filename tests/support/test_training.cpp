@@ -73,6 +73,14 @@ void expect_same_adapter_file(const std::string& run_a, const std::string& run_b
   for (const auto& n : a.names()) EXPECT_EQ(0, std::memcmp(a.get(n).data, b.get(n).data, a.get(n).nbytes())) << n;
 }
 
+void expect_same_resumed_run(const std::string& run_a, const std::string& run_b,
+                             std::initializer_list<const char*> fields) {
+  for (const char* field : fields) {
+    EXPECT_EQ(step_metric(run_a + "/metrics.jsonl", field), step_metric(run_b + "/metrics.jsonl", field)) << field;
+  }
+  expect_same_adapter_file(run_a, run_b);
+}
+
 std::vector<double> losses_of(const std::string& metrics) { return step_metric(metrics, "loss"); }
 
 LoraAdapter adapter_with_random_b(const QwenConfig& c, std::vector<std::string> targets, int64_t r, double alpha,

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ TrainOptions small_lora_options(const std::string& model, const std::string& dat
 TrainReport train_interrupted(const TrainOptions& full, const std::string& part_dir, int64_t stop_after);
 // Expects two run directories' final adapters (adapter_model.safetensors) to hold the same tensors, byte for byte.
 void expect_same_adapter_file(const std::string& run_a, const std::string& run_b);
+// A resumed run against the uninterrupted one: the step records' `fields` equal (every step, to the bit), then the
+// final adapters (expect_same_adapter_file).
+void expect_same_resumed_run(const std::string& run_a, const std::string& run_b,
+                             std::initializer_list<const char*> fields);
 
 // `field` ("targets", "grad_norm", ...) of every step record of a run's metrics.jsonl (the lines with a "loss"), in
 // order.

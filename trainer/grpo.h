@@ -1,0 +1,193 @@
+// Online reinforcement learning of a LoRA adapter from rewards (`qwen-qlora train --objective grpo`): GRPO as TRL's
+// GRPOTrainer computes it with num_iterations = 1 (its default), its KL term (beta; TRL's default 0: no reference
+// model), its four loss normalisations and three reward scalings.
+//
+// A step takes its micro-batches' prompts (--batch-size prompts each, --grad-accum · --nproc micro-batches) and, with
+// the adapter as it stands, samples G = num_generations completions o_j of each prompt (temperature T, top-k, top-p,
+// min-p; at most max_completion_len tokens, ending after a stop id, which counts as a completion token as TRL's
+// completion mask keeps the EOS). Each reward function f scores each completion, r_jf (NaN: f does not apply), and
+//   r_j = Σ_f w_f·r_jf  over the f with a number (TRL's nansum; all NaN: 0)
+//   μ_g, σ_g = the mean and the unbiased standard deviation of the G rewards of o_j's group g
+//   A_j = r_j − μ_g                        scale_rewards none
+//   A_j = (r_j − μ_g) / (σ_g + 1e-4)       group (TRL's default)
+//   A_j = (r_j − μ_g) / (σ + 1e-4)         batch: σ the unbiased standard deviation of the step's every r_j
+// With one policy update per generation (num_iterations = 1) the old policy is the current one, so each token's
+// importance ratio ρ_t = exp(log π(o_jt) − sg[log π(o_jt)]) is 1 in value and PPO's clip never binds; log π is the
+// log-probability at the sampling temperature, log softmax(z/T) (LoraStepOptions::logit_scale = 1/T). The loss is
+//   L = Σ_j c_j · Σ_t (−A_j·ρ_t),   so   ∂L/∂S_j = c_j·A_j   with S_j = Σ_t nll_t = −Σ_t log π(o_jt)
+// the per-sequence weights LoraStepOptions::sequence_objective hands to the backward (trainer/lora_model.h), and in
+// value L = −Σ_j c_j·A_j·|o_j|. With beta > 0 each token also carries β·KL_t, KL_t = exp(ref_t − lp_t) − (ref_t − lp_t)
+// − 1 (lp_t = −nll_t the policy's log-probability, ref_t the reference's: the base without the adapter, PEFT's
+// disable_adapter, at the same temperature), so ∂L/∂nll_t = c_j·(A_j + β·(exp(nll_t − ref_nll_t) − 1)), token by
+// token (LoraStepOptions::token_objective), and L gains β·Σ_j c_j·Σ_t KL_t; "kl" logs the step's token mean of KL_t.
+// The normalisation c_j (|o_j| = the completion's counted tokens, N = the step's
+// completions, n_b = the completion tokens of o_j's micro-batch, M = the step's micro-batches, L_max =
+// max_completion_len, Σ|o| = the step's completion tokens):
+//   grpo     c_j = 1 / (max(1, |o_j|) · N)      each completion's token mean, then the mean over completions
+//   bnpo     c_j = 1 / (max(1, n_b) · M)        each micro-batch's token mean, then the mean over micro-batches
+//   dr_grpo  c_j = 1 / (N · L_max)              Dr. GRPO: a constant
+//   dapo     c_j = 1 / max(1, Σ|o|)             the step's token mean (TRL's default loss_type)
+// TRL divides by the same quantities over a generation batch of per_device_train_batch_size · gradient accumulation
+// · processes completions (with equal micro-batches), which is a step here. mask_truncated_completions: a
+// completion that did not end with a stop id counts no tokens (|o_j| = 0: no gradient, not in any count).
+// Logged as TRL logs them, '/' written '_': reward (mean r_j), reward_std (mean σ_g), rewards_<f>_mean / _std (over
+// the completions where f gave a number), frac_reward_zero_std (groups whose σ_g is 0: no signal), completions'
+// mean_length / min_length / max_length / clipped_ratio (no stop id) / mean_terminated_length.
+// Where TRL differs: a string prompt is encoded as SFT's prompt-completion records encode it (with the BOS a
+// Llama-style tokenizer adds; TRL adds no special tokens; Qwen's tokenizers add none either way); generation stops at
+// the tokenizer's EOS and the model's generation_config.json eos ids (TRL: the tokenizer's EOS); a micro-batch holds
+// whole groups (TRL may split a group over processes, which changes nothing but the order of sums).
+//
+// Data: one prompt per record, TRL's prompt-only types: {"prompt": "text"} or {"prompt": [messages]} (rendered with
+// the chat template and its generation prompt; "tools" allowed), or GSM8K's {"question", "answer"} (the question
+// as a text prompt). Every other field goes to the reward functions (trainer/grpo_reward.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/sft_data.h"
+#include "trainer/tokenizer.h"
+
+namespace qwenq {
+
+enum class GrpoLoss { kGrpo, kBnpo, kDrGrpo, kDapo };
+GrpoLoss parse_grpo_loss(const std::string& name);  // "grpo", "bnpo", "dr_grpo", "dapo"
+const char* grpo_loss_name(GrpoLoss l);
+enum class GrpoScale { kGroup, kBatch, kNone };
+GrpoScale parse_grpo_scale(const std::string& name);  // "group", "batch", "none"
+const char* grpo_scale_name(GrpoScale s);
+
+struct GrpoOptions {
+  int64_t num_generations = 8;        // G (TRL's default)
+  int64_t max_completion_len = 256;   // TRL's max_completion_length
+  float temperature = 1.f;            // TRL's defaults: plain sampling at temperature 1
+  int64_t top_k = 0;
+  float top_p = 1.f;
+  float min_p = 0.f;
+  float repetition_penalty = 1.f;
+  GrpoLoss loss = GrpoLoss::kDapo;
+  GrpoScale scale_rewards = GrpoScale::kGroup;
+  bool mask_truncated = false;        // TRL's mask_truncated_completions
+  double beta = 0.0;                  // the KL term's weight (TRL's default 0: no reference model)
+  std::vector<std::string> rewards;   // reward function specs (trainer/grpo_reward.h), at least one
+  std::vector<double> reward_weights; // one per reward, or empty (all 1)
+};
+void check_grpo_options(const GrpoOptions& o);  // ranges, naming the flags
+
+// The advantages A_j of a step's rewards r (consecutive groups of G) as scale says; group_std gets σ_g per
+// completion (its group's) when not null.
+std::vector<double> grpo_advantages(const std::vector<double>& rewards, int64_t G, GrpoScale scale,
+                                    std::vector<double>* group_std = nullptr);
+// r_j = Σ_f w_f·r_jf over the f with a number (per_func: [n, F] row-major; weights: F values).
+std::vector<double> grpo_combined_rewards(const std::vector<double>& per_func, int64_t F,
+                                          const std::vector<double>& weights);
+// The normalisation c_j of every completion of a step (0 where |o_j| = 0), from the counted completion tokens |o_j|
+// and each completion's micro-batch (0 .. micro_batches − 1), as the table above. Without the KL term, c_j·A_j is
+// the sequence objective's ∂L/∂S_j.
+std::vector<double> grpo_normalizers(GrpoLoss loss, const std::vector<int64_t>& lengths,
+                                     const std::vector<int64_t>& micro_of, int64_t micro_batches,
+                                     int64_t max_completion_len);
+// The policy term of the loss in value, −Σ_j c_j·A_j·|o_j|.
+double grpo_loss_value(const std::vector<double>& c, const std::vector<double>& advantages,
+                       const std::vector<int64_t>& lengths);
+// With the KL term (beta > 0): ∂L/∂nll_t of a micro-batch's counted completion tokens (row order: its completions in
+// turn, |o_j| tokens each; c, advantages, lengths: its completions'), nll the policy's and ref_nll the reference's
+// at the same tokens: c_j·(A_j + β·(exp(nll_t − ref_nll_t) − 1)). Adds Σ c_j·KL_t to *weighted_kl and Σ KL_t to
+// *kl_sum, KL_t = exp(ref_t − lp_t) − (ref_t − lp_t) − 1 with lp = −nll (Schulman's k3 estimator, TRL's).
+std::vector<double> grpo_token_weights(const std::vector<double>& c, const std::vector<double>& advantages,
+                                       const std::vector<int64_t>& lengths, double beta, const std::vector<float>& nll,
+                                       const std::vector<float>& ref_nll, double* weighted_kl, double* kl_sum);
+
+// The seeds of a run's sampling (from --seed): the rollouts of micro-batch `micro` of step `step` (0-based), and
+// every evaluation's (fixed, so that two evaluations differ by the adapter only; `qwen-qlora eval --objective grpo`
+// uses it too).
+uint64_t grpo_rollout_seed(uint64_t run_seed, int64_t step, int64_t micro);
+uint64_t grpo_eval_seed(uint64_t run_seed);
+
+// The prompts of a GRPO run: SftDataset's examples hold each prompt's tokens (every token counted, so the batcher
+// keeps them; the trainer reads only the tokens), train_records / eval_records each unit's record as JSON text. A
+// prompt longer than max_prompt_len (opt.templ) keeps its end as trainer/sft_data.h cuts prompts; one that leaves
+// fewer than max_completion_len tokens of max_len is dropped and counted (dropped_long_prompts).
+SftDataset load_grpo_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt,
+                             int64_t max_completion_len);
+
+// ---- rollouts and their statistics (grpo_run.cpp) ------------------------------------------------------------
+
+class QwenModel;
+class LoraAdapter;
+class ProcessGroup;
+class RewardFunction;
+struct LoraInferenceLayout;
+struct SamplingOptions;
+
+// The adapter being trained attached to the model, unmerged (QwenModel::attach_adapter), for as long as this lives.
+class AttachedAdapter {
+ public:
+  AttachedAdapter(QwenModel& model, const LoraAdapter& adapter);
+  ~AttachedAdapter();
+  AttachedAdapter(const AttachedAdapter&) = delete;
+  AttachedAdapter& operator=(const AttachedAdapter&) = delete;
+
+ private:
+  QwenModel& model_;
+  std::unique_ptr<LoraInferenceLayout> layout_;
+};
+
+// How a run samples: o's temperature, top-k, top-p, min-p and repetition penalty, max_completion_len new tokens,
+// ending at the tokenizer's EOS or the model's generation_config.json eos ids.
+SamplingOptions grpo_sampling(const GrpoOptions& o, const QwenModel& model, const Tokenizer& tok);
+
+// One completion of a prompt.
+struct GrpoSample {
+  int64_t prompt = 0;              // index into the split's examples / records
+  std::vector<int32_t> completion; // the sampled ids, a final stop id included
+  bool truncated = false;          // ended without a stop id
+};
+
+// Every completion of a set of samples scored: per_func [n, F] (NaN: not applied), and per completion its length
+// and whether it was truncated (doubles, so that data-parallel ranks sum their parts: each fills its own rows).
+struct GrpoScores {
+  int64_t F = 0;
+  std::vector<double> per_func, length, truncated;
+  void resize(size_t n, int64_t functions);
+  size_t size() const { return length.size(); }
+};
+
+// G completions of each of `prompts` (indices into examples, each repeated G times in a row, so a group is
+// consecutive) sampled from `model` as it stands (its attached adapter), completion k with the seed
+// dropout_mix64(seed + k), up to kMaxDecodeBatch decoding together. Then scored by every reward function into rows
+// [row0, row0 + n) of *scores.
+std::vector<GrpoSample> grpo_rollouts(const QwenModel& model, const Tokenizer& tok,
+                                      const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                                      const std::vector<int64_t>& prompts, int64_t G, const SamplingOptions& sampling,
+                                      uint64_t seed, std::vector<std::unique_ptr<RewardFunction>>& rewards,
+                                      GrpoScores* scores, size_t row0);
+
+// The training batch of samples: each prompt ++ completion a sequence (one per row, as padding mode), targets the
+// completion's tokens (none for a truncated one with mask_truncated).
+SftBatch grpo_batch(const std::vector<SftExample>& examples, const std::vector<GrpoSample>& samples,
+                    bool mask_truncated);
+
+// The counted completion tokens |o_j| of the step's rows (0 for a truncated one with mask_truncated).
+std::vector<int64_t> grpo_lengths(const GrpoScores& s, bool mask_truncated);
+
+// TRL's logged statistics of scored completions in groups of G (see the top), their keys prefixed ("" or "eval_"):
+// reward, reward_std, rewards_<name>_mean / _std, frac_reward_zero_std, completions_mean_length / _min_length /
+// _max_length / _clipped_ratio / _mean_terminated_length.
+nlohmann::json grpo_metrics(const GrpoScores& s, int64_t G, const std::vector<double>& weights,
+                            const std::vector<std::unique_ptr<RewardFunction>>& rewards, const std::string& prefix);
+
+// The held-out prompts' statistics (grpo_metrics with "eval_"): the first max_batches batches of batch_size prompts
+// of examples in order (0: all), G completions each with the adapter attached, seeds from `seed` (fixed, so that two
+// evaluations differ by the adapter only); with a group, prompt p on rank p mod world and the scores summed.
+nlohmann::json grpo_evaluate(QwenModel& model, const LoraAdapter& adapter, const Tokenizer& tok,
+                             const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                             const GrpoOptions& o, int64_t batch_size, int64_t max_batches, uint64_t seed,
+                             std::vector<std::unique_ptr<RewardFunction>>& rewards, ProcessGroup* group);
+
+}  // namespace qwenq

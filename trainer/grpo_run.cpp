@@ -1,0 +1,235 @@
+// GRPO's rollouts, training batches and logged statistics (trainer/grpo.h).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "core/process_group.h"
+#include "kernels/dropout_mask.h"
+#include "kernels/loss.h"
+#include "lora/lora_adapter.h"
+#include "trainer/generate.h"
+#include "trainer/generation_config.h"
+#include "trainer/grpo.h"
+#include "trainer/grpo_reward.h"
+#include "trainer/lora_inference.h"
+#include "trainer/qwen_model.h"
+
+namespace qwenq {
+
+namespace {
+
+using Json = nlohmann::json;            // the metrics records
+using Record = nlohmann::ordered_json;  // a prompt's record, as read
+
+// The mean and unbiased standard deviation of the non-NaN values of v (NaN when there are none / fewer than two).
+std::pair<double, double> nan_mean_std(const std::vector<double>& v) {
+  double sum = 0;
+  int64_t n = 0;
+  for (double x : v)
+    if (!std::isnan(x)) sum += x, ++n;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (n == 0) return {nan, nan};
+  const double mean = sum / static_cast<double>(n);
+  double ss = 0;
+  for (double x : v)
+    if (!std::isnan(x)) ss += (x - mean) * (x - mean);
+  return {mean, n > 1 ? std::sqrt(ss / static_cast<double>(n - 1)) : nan};
+}
+
+// NaN as JSON null (nlohmann writes NaN as null anyway; said here for the reader).
+Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+
+}  // namespace
+
+AttachedAdapter::AttachedAdapter(QwenModel& model, const LoraAdapter& adapter)
+    : model_(model),
+      layout_(std::make_unique<LoraInferenceLayout>(
+          lora_inference_layout(adapter, model.config(), "the adapter being trained"))) {
+  model_.attach_adapter(layout_.get());
+}
+
+AttachedAdapter::~AttachedAdapter() { model_.attach_adapter(nullptr); }
+
+SamplingOptions grpo_sampling(const GrpoOptions& o, const QwenModel& model, const Tokenizer& tok) {
+  SamplingOptions s;
+  s.max_new_tokens = o.max_completion_len;
+  s.temperature = o.temperature;
+  s.top_k = o.top_k;
+  s.top_p = o.top_p;
+  s.min_p = o.min_p;
+  s.repetition_penalty = o.repetition_penalty;
+  if (tok.eos_id() >= 0) s.stop_ids.push_back(tok.eos_id());
+  for (int32_t id : load_generation_config(model.dir()).eos_token_ids)
+    if (std::find(s.stop_ids.begin(), s.stop_ids.end(), id) == s.stop_ids.end()) s.stop_ids.push_back(id);
+  if (s.stop_ids.empty() && model.config().eos_token_id >= 0) s.stop_ids.push_back(model.config().eos_token_id);
+  check_sampling_options(s);
+  return s;
+}
+
+void GrpoScores::resize(size_t n, int64_t functions) {
+  F = functions;
+  per_func.assign(n * static_cast<size_t>(F), 0.0);
+  length.assign(n, 0.0);
+  truncated.assign(n, 0.0);
+}
+
+std::vector<GrpoSample> grpo_rollouts(const QwenModel& model, const Tokenizer& tok,
+                                      const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                                      const std::vector<int64_t>& prompts, int64_t G, const SamplingOptions& sampling,
+                                      uint64_t seed, std::vector<std::unique_ptr<RewardFunction>>& rewards,
+                                      GrpoScores* scores, size_t row0) {
+  std::vector<std::vector<int32_t>> inputs;
+  std::vector<uint64_t> seeds;
+  std::vector<GrpoSample> samples;
+  for (int64_t p : prompts) {
+    for (int64_t g = 0; g < G; ++g) {
+      inputs.push_back(examples[static_cast<size_t>(p)].tokens);
+      seeds.push_back(dropout_mix64(seed + static_cast<uint64_t>(seeds.size())));
+      samples.emplace_back();
+      samples.back().prompt = p;
+    }
+  }
+  const std::vector<std::vector<int32_t>> outs =
+      generate_batch(model, inputs, sampling, std::min<int64_t>(kMaxDecodeBatch, static_cast<int64_t>(inputs.size())),
+                     nullptr, &seeds);
+  std::vector<Record> parsed(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) parsed[i] = Record::parse(records[static_cast<size_t>(prompts[i])]);
+  std::vector<RewardSample> rs(samples.size());
+  for (size_t k = 0; k < samples.size(); ++k) {
+    GrpoSample& s = samples[k];
+    s.completion = outs[k];
+    s.truncated = s.completion.empty() ||
+                  std::find(sampling.stop_ids.begin(), sampling.stop_ids.end(), s.completion.back()) == sampling.stop_ids.end();
+    RewardSample& r = rs[k];
+    r.record = &parsed[k / static_cast<size_t>(G)];
+    r.completion = tok.decode(s.completion, /*skip_special=*/true);
+    r.ids = s.completion;
+    r.conversational = (*r.record)["prompt"].is_array();
+    r.truncated = s.truncated;
+  }
+  const size_t F = rewards.size();
+  QWENQ_CHECK(scores->F == static_cast<int64_t>(F) && row0 + samples.size() <= scores->size(),
+              "grpo_rollouts: rows " << row0 << " + " << samples.size() << " of " << scores->size());
+  for (size_t f = 0; f < F; ++f) {
+    const std::vector<double> v = rewards[f]->score(rs);
+    QWENQ_CHECK(v.size() == rs.size(), "reward " << rewards[f]->name() << ": " << v.size() << " values for "
+                                                 << rs.size() << " completions");
+    for (size_t k = 0; k < v.size(); ++k) scores->per_func[(row0 + k) * F + f] = v[k];
+  }
+  for (size_t k = 0; k < samples.size(); ++k) {
+    scores->length[row0 + k] = static_cast<double>(samples[k].completion.size());
+    scores->truncated[row0 + k] = samples[k].truncated ? 1.0 : 0.0;
+  }
+  return samples;
+}
+
+SftBatch grpo_batch(const std::vector<SftExample>& examples, const std::vector<GrpoSample>& samples,
+                    bool mask_truncated) {
+  SftBatch b;
+  b.packed.cu_seqlens.push_back(0);
+  b.cu_rows.push_back(0);
+  for (const GrpoSample& s : samples) {
+    const std::vector<int32_t>& prompt = examples[static_cast<size_t>(s.prompt)].tokens;
+    const bool counted = !(mask_truncated && s.truncated);
+    const size_t P = prompt.size(), C = s.completion.size();
+    for (size_t t = 0; t < P + C; ++t) {
+      b.packed.tokens.push_back(t < P ? prompt[t] : s.completion[t - P]);
+      b.packed.positions.push_back(static_cast<int32_t>(t));
+      // position t predicts token t + 1: a target from the last prompt token to the second-to-last completion one
+      const bool target = counted && t + 1 >= P && t + 1 < P + C;
+      b.targets.push_back(target ? s.completion[t + 1 - P] : kIgnoreIndex);
+      b.num_targets += target;
+    }
+    b.packed.cu_seqlens.push_back(static_cast<int32_t>(b.packed.tokens.size()));
+    b.cu_rows.push_back(static_cast<int32_t>(b.packed.tokens.size()));
+    b.padded_len = std::max<int64_t>(b.padded_len, static_cast<int64_t>(P + C));
+    ++b.num_examples;
+  }
+  return b;
+}
+
+std::vector<int64_t> grpo_lengths(const GrpoScores& s, bool mask_truncated) {
+  std::vector<int64_t> n(s.size());
+  for (size_t j = 0; j < n.size(); ++j)
+    n[j] = mask_truncated && s.truncated[j] != 0.0 ? 0 : static_cast<int64_t>(s.length[j]);
+  return n;
+}
+
+Json grpo_metrics(const GrpoScores& s, int64_t G, const std::vector<double>& weights,
+                  const std::vector<std::unique_ptr<RewardFunction>>& rewards, const std::string& prefix) {
+  Json out = Json::object();
+  const size_t n = s.size(), F = static_cast<size_t>(s.F);
+  if (n == 0) return out;
+  const std::vector<double> r = grpo_combined_rewards(s.per_func, s.F, weights);
+  std::vector<double> group_std;
+  grpo_advantages(r, G, GrpoScale::kNone, &group_std);
+  double mean = 0, std_mean = 0;
+  int64_t zero_std = 0;
+  for (size_t j = 0; j < n; ++j) mean += r[j];
+  for (size_t j = 0; j < n; j += static_cast<size_t>(G)) {
+    std_mean += group_std[j];
+    zero_std += std::fabs(group_std[j]) < 1e-8;
+  }
+  const double groups = static_cast<double>(n / static_cast<size_t>(G));
+  out[prefix + "reward"] = mean / static_cast<double>(n);
+  out[prefix + "reward_std"] = std_mean / groups;
+  for (size_t f = 0; f < F; ++f) {
+    std::vector<double> col(n);
+    for (size_t j = 0; j < n; ++j) col[j] = s.per_func[j * F + f];
+    const auto [m, sd] = nan_mean_std(col);
+    out[prefix + "rewards_" + rewards[f]->name() + "_mean"] = number_or_null(m);
+    out[prefix + "rewards_" + rewards[f]->name() + "_std"] = number_or_null(sd);
+  }
+  out[prefix + "frac_reward_zero_std"] = static_cast<double>(zero_std) / groups;
+  double len = 0, lo = 1e300, hi = 0, term = 0;
+  int64_t clipped = 0;
+  for (size_t j = 0; j < n; ++j) {
+    len += s.length[j];
+    lo = std::min(lo, s.length[j]);
+    hi = std::max(hi, s.length[j]);
+    if (s.truncated[j] != 0.0) ++clipped;
+    else term += s.length[j];
+  }
+  out[prefix + "completions_mean_length"] = len / static_cast<double>(n);
+  out[prefix + "completions_min_length"] = lo;
+  out[prefix + "completions_max_length"] = hi;
+  out[prefix + "completions_clipped_ratio"] = static_cast<double>(clipped) / static_cast<double>(n);
+  const int64_t ended = static_cast<int64_t>(n) - clipped;
+  out[prefix + "completions_mean_terminated_length"] = ended > 0 ? term / static_cast<double>(ended) : 0.0;
+  return out;
+}
+
+Json grpo_evaluate(QwenModel& model, const LoraAdapter& adapter, const Tokenizer& tok,
+                   const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                   const GrpoOptions& o, int64_t batch_size, int64_t max_batches, uint64_t seed,
+                   std::vector<std::unique_ptr<RewardFunction>>& rewards, ProcessGroup* group) {
+  const int64_t n_prompts =
+      max_batches > 0 ? std::min<int64_t>(static_cast<int64_t>(examples.size()), max_batches * batch_size)
+                      : static_cast<int64_t>(examples.size());
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  const int64_t G = o.num_generations;
+  GrpoScores scores;
+  scores.resize(static_cast<size_t>(n_prompts * G), static_cast<int64_t>(rewards.size()));
+  const SamplingOptions sampling = grpo_sampling(o, model, tok);
+  {
+    AttachedAdapter attached(model, adapter);
+    // Prompt p's completions get the seeds of its place in the whole set, so a rank's share changes nothing.
+    for (int64_t p = rank; p < n_prompts; p += world) {
+      grpo_rollouts(model, tok, examples, records, {p}, G, sampling, seed + static_cast<uint64_t>(p * G), rewards,
+                    &scores, static_cast<size_t>(p * G));
+    }
+  }
+  if (group) {
+    group->all_reduce_sum(scores.per_func.data(), static_cast<int64_t>(scores.per_func.size()));
+    group->all_reduce_sum(scores.length.data(), static_cast<int64_t>(scores.length.size()));
+    group->all_reduce_sum(scores.truncated.data(), static_cast<int64_t>(scores.truncated.size()));
+  }
+  std::vector<double> weights = o.reward_weights;
+  if (weights.empty()) weights.assign(rewards.size(), 1.0);
+  Json m = grpo_metrics(scores, G, weights, rewards, "eval_");
+  m["eval_prompts"] = n_prompts;
+  return m;
+}
+
+}  // namespace qwenq
