@@ -9,7 +9,7 @@
 // "rejected": {...}, "kept"}. With --objective kto, labelled examples as `train --objective kto` reads them (a pair
 // as its two), in file order, each with its label; --dump writes {"where", "label", "ids", "loss_mask", "text",
 // "kept"} per example (the KL sequences are made after the split, in train's batches: not shown). With --objective
-// grpo, the prompts as `train --objective grpo` renders them (a conversation with its generation prompt) and the
+// grpo, the prompts (in the loader's seeded order, as train's split keeps them) as `train --objective grpo` renders them (a conversation with its generation prompt) and the
 // records the reward functions get; --dump writes {"ids", "text", "record"} per kept prompt (--max-len: train's
 // --seq-len minus --max-completion-len, the room a prompt may take; 0: any).
 #include <algorithm>
@@ -121,7 +121,7 @@ void run_kto_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOpti
               (long long)(st.records - desirable));
 }
 
-// --objective grpo: the prompts in file order (those train would keep).
+// --objective grpo: the prompts train would keep, in the loader's seeded order.
 void run_grpo_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOptions& to) {
   QWENQ_CHECK(a.format == "auto" || a.format == "prompt-completion",
               "data --objective grpo reads prompt records, not --format " << a.format);

@@ -78,6 +78,11 @@ std::vector<std::vector<int32_t>> generate_batch(const QwenModel& model,
   };
   size_t next_prompt = 0;
   std::vector<float> row(static_cast<size_t>(V));
+  // A prompt equal to the one before it (GRPO's group of samples) starts from that prompt's prefilled cache and last
+  // logits, kept when the next prompt repeats it: the same numbers, computed once.
+  KvCache kept_cache;
+  std::vector<float> kept_logits;
+  int64_t kept_for = -1;  // the prompt whose prefill is kept
   while (true) {
     // Fill the free places, each new prompt prefilled alone (as generate() does) and its first token drawn.
     while (static_cast<int64_t>(active.size()) < batch && next_prompt < prompts.size()) {
@@ -85,8 +90,20 @@ std::vector<std::vector<int32_t>> generate_batch(const QwenModel& model,
       SamplingOptions own = opt;
       if (seeds) own.seed = (*seeds)[i];
       auto s = std::make_unique<Slot>(Slot{i, TokenLoop(max_positions, prompts[i], own), KvCache{}});
-      s->cache = model.make_cache(s->loop.capacity(), opt.kv_cache);
-      std::vector<float> first = model.forward_step(prompts[i], &s->cache);
+      std::vector<float> first;
+      if (kept_for >= 0 && prompts[static_cast<size_t>(kept_for)] == prompts[i]) {
+        s->cache = kept_cache;  // same prompt, same options: the same capacity
+        first = kept_logits;
+      } else {
+        s->cache = model.make_cache(s->loop.capacity(), opt.kv_cache);
+        first = model.forward_step(prompts[i], &s->cache);
+        kept_for = -1;
+        if (i + 1 < prompts.size() && prompts[i + 1] == prompts[i]) {
+          kept_cache = s->cache;  // before any decode step writes past the prompt
+          kept_logits = first;
+          kept_for = static_cast<int64_t>(i);
+        }
+      }
       if (s->loop.next(first))
         active.push_back(std::move(s));
       else

@@ -58,7 +58,9 @@ constexpr int64_t kMaxDecodeBatch = 16;
 // together, a step of all of them one QwenModel::forward_steps (each weight read once per step for all); each prompt
 // is prefilled alone with forward_step when a place frees, and each sequence keeps its own sampler (Rng(opt.seed),
 // repetition context). So outputs[i] is generate(model, prompts[i], opt) token for token, whatever `batch` and the
-// other prompts. on_done(i, ids) is called as prompt i finishes (in finishing order) with its generated ids.
+// other prompts. on_done(i, ids) is called as prompt i finishes (in finishing order) with its generated ids. A
+// prompt equal to the one before it reuses that one's prefill (its cache rows and last logits, copied), so a group of
+// samples of one prompt (GRPO) prefills it once.
 // seeds, when given (one per prompt), replace opt.seed prompt by prompt: outputs[i] is then generate() with
 // opt.seed = seeds[i] (GRPO's group of samples of one prompt).
 std::vector<std::vector<int32_t>> generate_batch(
