@@ -195,11 +195,13 @@ void run_grpo_eval(EvalArgs& a, QwenModel& model, const Tokenizer& tok, const Sf
                    std::chrono::steady_clock::time_point t0) {
   const TrainOptions& o = a.opt;
   const GrpoOptions& g = o.grpo_options;
-  std::vector<std::unique_ptr<RewardFunction>> rewards = make_reward_functions(g.rewards, g.max_completion_len);
   const LoraAdapter adapter = adapter_or_zero(a.adapter, model, o.model_dir);
-  const nlohmann::json m = grpo_evaluate(model, adapter, tok, split ? data.eval : data.train,
-                                         split ? data.eval_records : data.train_records, g, o.batch_size,
-                                         o.eval_batches, grpo_eval_seed(o.seed), rewards, nullptr);
+  GrpoRun run(g, model, tok, adapter);
+  const std::vector<std::string>& records = split ? data.eval_records : data.train_records;
+  run.check_records(records, o.data_path);
+  const nlohmann::json m = run.evaluate(model, adapter, split ? data.eval : data.train, records, o.batch_size,
+                                        o.eval_batches, o.seed, nullptr);
+  const auto& rewards = run.rewards();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::ordered_json j = {{"model", o.model_dir},
                               {"adapter", opt_str(a.adapter)},

@@ -50,6 +50,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/lora_model.h"
+#include "trainer/sampling.h"
 #include "trainer/sft_data.h"
 #include "trainer/tokenizer.h"
 
@@ -118,12 +120,9 @@ SftDataset load_grpo_dataset(const std::string& path, const Tokenizer& tok, cons
 
 // ---- rollouts and their statistics (grpo_run.cpp) ------------------------------------------------------------
 
-class QwenModel;
-class LoraAdapter;
 class ProcessGroup;
 class RewardFunction;
 struct LoraInferenceLayout;
-struct SamplingOptions;
 
 // The adapter being trained attached to the model, unmerged (QwenModel::attach_adapter), for as long as this lives.
 class AttachedAdapter {
@@ -182,12 +181,47 @@ std::vector<int64_t> grpo_lengths(const GrpoScores& s, bool mask_truncated);
 nlohmann::json grpo_metrics(const GrpoScores& s, int64_t G, const std::vector<double>& weights,
                             const std::vector<std::unique_ptr<RewardFunction>>& rewards, const std::string& prefix);
 
-// The held-out prompts' statistics (grpo_metrics with "eval_"): the first max_batches batches of batch_size prompts
-// of examples in order (0: all), G completions each with the adapter attached, seeds from `seed` (fixed, so that two
-// evaluations differ by the adapter only); with a group, prompt p on rank p mod world and the scores summed.
-nlohmann::json grpo_evaluate(QwenModel& model, const LoraAdapter& adapter, const Tokenizer& tok,
-                             const std::vector<SftExample>& examples, const std::vector<std::string>& records,
-                             const GrpoOptions& o, int64_t batch_size, int64_t max_batches, uint64_t seed,
-                             std::vector<std::unique_ptr<RewardFunction>>& rewards, ProcessGroup* group);
+// A GRPO run's state across steps (train_lora's `--objective grpo`, `qwen-qlora eval --objective grpo`): the reward
+// functions (an external scorer starts with it and ends with it) and their weights, the sampling options, and with
+// beta > 0 the KL term's reference (an all-zero adapter: the base alone through the trainer's own forward).
+class GrpoRun {
+ public:
+  GrpoRun(const GrpoOptions& o, const QwenModel& model, const Tokenizer& tok, const LoraAdapter& adapter);
+  ~GrpoRun();
+  // Every record of a split checked by every reward function (accuracy's reference answer), refused naming `file`
+  // and the prompt, before a step runs.
+  void check_records(const std::vector<std::string>& records, const std::string& file) const;
+
+  struct StepResult {
+    double loss = 0;                 // the policy term plus beta·Σ c_j·KL_t, in value
+    int64_t tokens = 0, targets = 0;  // the step's prompt and completion tokens; its counted completion tokens
+    nlohmann::json stats;            // grpo_metrics, rollout_s (this rank's sampling and scoring), kl (beta > 0)
+  };
+  // One optimizer step on this rank: micro-batch i's prompts are prompts[i] (indices into examples / records) and
+  // this rank runs the i ≡ rank (mod world) ones: their rollouts with `adapter` attached (seeds grpo_rollout_seed(
+  // run_seed, step, i)), the scores summed over the group so that every rank has the step's advantages, then their
+  // backward passes, the gradients added to *grads (so: the run's step options, dropout keyed by (run_seed, step, i)
+  // as train_lora keys it; eval_so: the reference's forward).
+  StepResult step(QwenModel& model, const LoraAdapter& adapter, LoraAdapter* grads,
+                  const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                  const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
+                  const LoraStepOptions& so, const LoraStepOptions& eval_so, ProcessGroup* group);
+  // The held-out prompts' statistics (grpo_metrics with "eval_", and eval_prompts): the first max_batches batches of
+  // batch_size prompts of examples in order (0: all), G completions each with the adapter attached, seeded by
+  // grpo_eval_seed(run_seed) (fixed, so that two evaluations differ by the adapter only); with a group, prompt p on
+  // rank p mod world and the scores summed.
+  nlohmann::json evaluate(QwenModel& model, const LoraAdapter& adapter, const std::vector<SftExample>& examples,
+                          const std::vector<std::string>& records, int64_t batch_size, int64_t max_batches,
+                          uint64_t run_seed, ProcessGroup* group);
+  const std::vector<std::unique_ptr<RewardFunction>>& rewards() const { return rewards_; }
+
+ private:
+  GrpoOptions o_;
+  const Tokenizer& tok_;
+  SamplingOptions sampling_;
+  std::vector<std::unique_ptr<RewardFunction>> rewards_;
+  std::vector<double> weights_;
+  std::unique_ptr<LoraAdapter> reference_;
+};
 
 }  // namespace qwenq

@@ -1,7 +1,9 @@
 // GRPO's rollouts, training batches and logged statistics (trainer/grpo.h).
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/process_group.h"
@@ -200,34 +202,132 @@ Json grpo_metrics(const GrpoScores& s, int64_t G, const std::vector<double>& wei
   return out;
 }
 
-Json grpo_evaluate(QwenModel& model, const LoraAdapter& adapter, const Tokenizer& tok,
-                   const std::vector<SftExample>& examples, const std::vector<std::string>& records,
-                   const GrpoOptions& o, int64_t batch_size, int64_t max_batches, uint64_t seed,
-                   std::vector<std::unique_ptr<RewardFunction>>& rewards, ProcessGroup* group) {
+GrpoRun::GrpoRun(const GrpoOptions& o, const QwenModel& model, const Tokenizer& tok, const LoraAdapter& adapter)
+    : o_(o), tok_(tok), sampling_(grpo_sampling(o, model, tok)),
+      rewards_(make_reward_functions(o.rewards, o.max_completion_len)), weights_(o.reward_weights) {
+  check_grpo_options(o_);
+  if (weights_.empty()) weights_.assign(rewards_.size(), 1.0);
+  if (o_.beta > 0) {
+    reference_ = std::make_unique<LoraAdapter>(adapter.dims(), adapter.config());  // A = B = 0: the branch adds 0
+  }
+}
+
+GrpoRun::~GrpoRun() = default;
+
+void GrpoRun::check_records(const std::vector<std::string>& records, const std::string& file) const {
+  for (const std::string& text : records) {
+    const Record j = Record::parse(text);
+    for (const auto& f : rewards_) {
+      const std::string why = f->check_record(j);
+      QWENQ_CHECK(why.empty(), file << ": the prompt " << j["prompt"].dump().substr(0, 80) << ": " << why);
+    }
+  }
+}
+
+GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, LoraAdapter* grads,
+                                  const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                                  const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
+                                  const LoraStepOptions& so, const LoraStepOptions& eval_so, ProcessGroup* group) {
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  const int64_t G = o_.num_generations;
+  const size_t M = prompts.size();
+  std::vector<size_t> row0(M + 1, 0);
+  for (size_t i = 0; i < M; ++i) row0[i + 1] = row0[i] + prompts[i].size() * static_cast<size_t>(G);
+  StepResult res;
+  GrpoScores scores;
+  scores.resize(row0.back(), static_cast<int64_t>(rewards_.size()));
+  std::vector<std::vector<GrpoSample>> samples(M);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    AttachedAdapter attached(model, adapter);
+    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
+      samples[i] = grpo_rollouts(model, tok_, examples, records, prompts[i], G, sampling_,
+                                 grpo_rollout_seed(run_seed, step, static_cast<int64_t>(i)), rewards_, &scores, row0[i]);
+    }
+  }
+  const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (group) {
+    for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
+      group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
+  }
+  const std::vector<double> adv = grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, weights_), G,
+                                                  o_.scale_rewards);
+  const std::vector<int64_t> len = grpo_lengths(scores, o_.mask_truncated);
+  std::vector<int64_t> micro_of(row0.back());
+  for (size_t i = 0; i < M; ++i) {
+    std::fill(micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i]),
+              micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]), static_cast<int64_t>(i));
+    for (int64_t p : prompts[i]) res.tokens += G * static_cast<int64_t>(examples[static_cast<size_t>(p)].tokens.size());
+  }
+  const std::vector<double> c = grpo_normalizers(o_.loss, len, micro_of, static_cast<int64_t>(M), o_.max_completion_len);
+  for (size_t j = 0; j < len.size(); ++j) {
+    res.targets += len[j];
+    res.tokens += static_cast<int64_t>(scores.length[j]);
+  }
+  LoraStepOptions gso = so, ref_so = eval_so;
+  gso.logit_scale = ref_so.logit_scale = 1.0 / static_cast<double>(o_.temperature);
+  double kl[2] = {0.0, 0.0};  // Σ c_j·KL_t and Σ KL_t over the step's tokens (beta > 0)
+  const auto slice = [&](const auto& v, size_t i) {
+    return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(row0[i]),
+                                     v.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]));
+  };
+  for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
+    const SftBatch b = grpo_batch(examples, samples[i], o_.mask_truncated);
+    if (b.num_targets == 0) continue;  // every completion masked (truncated): nothing to learn from
+    const std::vector<double> ci = slice(c, i), ai = slice(adv, i);
+    const std::vector<int64_t> li = slice(len, i);
+    if (o_.beta > 0) {  // the reference's log-probabilities: the base alone (the adapter's branch zero)
+      const std::vector<float> ref = lora_loss_and_grad(model, *reference_, b.packed, b.targets, nullptr, ref_so).row_nll;
+      gso.token_objective = [&, ref](const std::vector<float>& nll) {
+        return grpo_token_weights(ci, ai, li, o_.beta, nll, ref, &kl[0], &kl[1]);
+      };
+    } else {
+      std::vector<double> dS(ci.size());
+      for (size_t j = 0; j < dS.size(); ++j) dS[j] = ci[j] * ai[j];
+      gso.sequence_objective = [dS](const std::vector<double>&) { return dS; };
+    }
+    gso.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(run_seed) + static_cast<uint64_t>(step)) + i);
+    try {
+      lora_loss_and_grad(model, adapter, b.packed, b.targets, grads, gso);
+    } catch (const Error& e) {
+      QWENQ_FAIL("micro-batch " << i + 1 << ": " << e.what());
+    }
+  }
+  res.stats = grpo_metrics(scores, G, weights_, rewards_, "");
+  res.stats["rollout_s"] = rollout_s;
+  res.loss = grpo_loss_value(c, adv, len);
+  if (o_.beta > 0) {
+    if (group) group->all_reduce_sum(kl, 2);
+    res.stats["kl"] = res.targets > 0 ? kl[1] / static_cast<double>(res.targets) : 0.0;
+    res.loss += o_.beta * kl[0];
+  }
+  return res;
+}
+
+Json GrpoRun::evaluate(QwenModel& model, const LoraAdapter& adapter, const std::vector<SftExample>& examples,
+                       const std::vector<std::string>& records, int64_t batch_size, int64_t max_batches,
+                       uint64_t run_seed, ProcessGroup* group) {
   const int64_t n_prompts =
       max_batches > 0 ? std::min<int64_t>(static_cast<int64_t>(examples.size()), max_batches * batch_size)
                       : static_cast<int64_t>(examples.size());
   const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
-  const int64_t G = o.num_generations;
+  const int64_t G = o_.num_generations;
+  const uint64_t seed = grpo_eval_seed(run_seed);
   GrpoScores scores;
-  scores.resize(static_cast<size_t>(n_prompts * G), static_cast<int64_t>(rewards.size()));
-  const SamplingOptions sampling = grpo_sampling(o, model, tok);
+  scores.resize(static_cast<size_t>(n_prompts * G), static_cast<int64_t>(rewards_.size()));
   {
     AttachedAdapter attached(model, adapter);
     // Prompt p's completions get the seeds of its place in the whole set, so a rank's share changes nothing.
     for (int64_t p = rank; p < n_prompts; p += world) {
-      grpo_rollouts(model, tok, examples, records, {p}, G, sampling, seed + static_cast<uint64_t>(p * G), rewards,
+      grpo_rollouts(model, tok_, examples, records, {p}, G, sampling_, seed + static_cast<uint64_t>(p * G), rewards_,
                     &scores, static_cast<size_t>(p * G));
     }
   }
   if (group) {
-    group->all_reduce_sum(scores.per_func.data(), static_cast<int64_t>(scores.per_func.size()));
-    group->all_reduce_sum(scores.length.data(), static_cast<int64_t>(scores.length.size()));
-    group->all_reduce_sum(scores.truncated.data(), static_cast<int64_t>(scores.truncated.size()));
+    for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
+      group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
   }
-  std::vector<double> weights = o.reward_weights;
-  if (weights.empty()) weights.assign(rewards.size(), 1.0);
-  Json m = grpo_metrics(scores, G, weights, rewards, "eval_");
+  Json m = grpo_metrics(scores, G, weights_, rewards_, "eval_");
   m["eval_prompts"] = n_prompts;
   return m;
 }

@@ -28,11 +28,10 @@
 #include "lora/peft_io.h"
 #include "trainer/adapter_init.h"
 #include "trainer/dpo.h"
-#include "trainer/grpo_reward.h"
+#include "trainer/grpo.h"
 #include "trainer/lora_model.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
-#include "trainer/sampling.h"
 #include "trainer/step_profile.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
@@ -495,24 +494,15 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
   // GRPO: the reward functions (an external scorer starts here), each checked against every prompt's record now.
-  std::vector<std::unique_ptr<RewardFunction>> rewards;
-  std::vector<double> reward_weights;
-  const std::vector<std::string>* eval_records = &data.eval_records;
+  const std::vector<std::string>& eval_records = o.eval_data_path.empty() ? data.eval_records : eval_file.train_records;
+  LoraConfig lcfg = o.lora;
+  lcfg.base_model = o.model_dir;
+  LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
+  std::unique_ptr<GrpoRun> grpo;
   if (o.grpo) {
-    if (!o.eval_data_path.empty()) eval_records = &eval_file.train_records;
-    rewards = make_reward_functions(o.grpo_options.rewards, o.grpo_options.max_completion_len);
-    reward_weights = o.grpo_options.reward_weights;
-    if (reward_weights.empty()) reward_weights.assign(rewards.size(), 1.0);
-    for (const auto& [recs, file] : {std::pair{&data.train_records, &o.data_path}, std::pair{eval_records, &o.eval_data_path}}) {
-      for (const std::string& text : *recs) {
-        const nlohmann::ordered_json j = nlohmann::ordered_json::parse(text);
-        for (const auto& f : rewards) {
-          const std::string why = f->check_record(j);
-          QWENQ_CHECK(why.empty(), (file->empty() ? o.data_path : *file) << ": the prompt " << j["prompt"].dump().substr(0, 80)
-                                                                       << ": " << why);
-        }
-      }
-    }
+    grpo = std::make_unique<GrpoRun>(o.grpo_options, model, tok, adapter);
+    grpo->check_records(data.train_records, o.data_path);
+    grpo->check_records(eval_records, o.eval_data_path.empty() ? o.data_path : o.eval_data_path);
   }
 
   SftBatchOptions bo;
@@ -536,9 +526,6 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   SftBatchIterator it(data.train, bo);
 
-  LoraConfig lcfg = o.lora;
-  lcfg.base_model = o.model_dir;
-  LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   adapter.init_peft(o.seed);
   if (!o.resume && !o.init_adapter.empty()) {
     init_adapter_from_dir(o.init_adapter, &adapter);  // DoRA's m included
@@ -710,8 +697,8 @@ TrainReport train_lora(const TrainOptions& o) {
         add_kto_rewards(es, "eval_", &record);
         record["eval_examples"] = es.examples();
       } else if (o.grpo) {  // the held-out prompts sampled with a fixed seed: the reward, not a loss
-        record.update(grpo_evaluate(model, adapter, tok, *eval_set, *eval_records, o.grpo_options, o.batch_size,
-                                    o.eval_batches, grpo_eval_seed(o.seed), rewards, o.group));
+        record.update(grpo->evaluate(model, adapter, *eval_set, eval_records, o.batch_size, o.eval_batches, o.seed,
+                                     o.group));
         const double reward = record["eval_reward"].get<double>();
         if (step == rep.start_step) rep.first_eval_reward = reward;
         rep.eval_reward = reward;
@@ -759,99 +746,6 @@ TrainReport train_lora(const TrainOptions& o) {
     p = flat.data();
     for (size_t i = 0; i < G.ptr.size(); p += G.size[i], ++i) std::copy(p, p + G.size[i], G.ptr[i]);
   };
-  // GRPO (trainer/grpo.h): the step's rollouts with the adapter as the step starts (this rank's micro-batches), the
-  // scores summed over the ranks so that every rank has the step's advantages and weights, then this rank's backward
-  // passes. Returns the loss; sets the step's tokens (prompts and completions), targets (counted completion tokens)
-  // and TRL's statistics.
-  const GrpoOptions& go = o.grpo_options;
-  // The KL term's reference (beta > 0): the adapter's branch zero, so the base alone, through the trainer's own forward.
-  const std::unique_ptr<const LoraAdapter> reference_ptr =
-      o.grpo && go.beta > 0 ? std::make_unique<const LoraAdapter>(zeros_like(adapter)) : nullptr;
-  const SamplingOptions grpo_sampling_opt = o.grpo ? grpo_sampling(go, model, tok) : SamplingOptions{};
-  const auto grpo_step = [&](const std::vector<SftBatch>& micro, nlohmann::json* stats, int64_t* tokens,
-                             int64_t* targets) {
-    const int64_t Gn = go.num_generations;
-    std::vector<size_t> row0(micro.size() + 1, 0);
-    for (size_t i = 0; i < micro.size(); ++i) row0[i + 1] = row0[i] + static_cast<size_t>(micro[i].num_examples * Gn);
-    GrpoScores scores;
-    scores.resize(row0.back(), static_cast<int64_t>(rewards.size()));
-    std::vector<std::vector<GrpoSample>> samples(micro.size());
-    std::vector<int64_t> order;
-    int64_t order_epoch = -1;
-    *tokens = 0;
-    const auto t_rollout = std::chrono::steady_clock::now();
-    {
-      AttachedAdapter attached(model, adapter);
-      for (size_t i = 0; i < micro.size(); ++i) {
-        if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
-        std::vector<int64_t> prompts;
-        for (int64_t k = 0; k < micro[i].num_examples; ++k) {
-          prompts.push_back(order[static_cast<size_t>(micro[i].first_index + k)]);
-          *tokens += Gn * static_cast<int64_t>(data.train[static_cast<size_t>(prompts.back())].tokens.size());
-        }
-        if (i % static_cast<size_t>(world) != static_cast<size_t>(rank)) continue;
-        const uint64_t seed = grpo_rollout_seed(o.seed, st.step, static_cast<int64_t>(i));
-        samples[i] = grpo_rollouts(model, tok, data.train, data.train_records, prompts, Gn, grpo_sampling_opt, seed,
-                                   rewards, &scores, row0[i]);
-      }
-    }
-    const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_rollout).count();
-    if (o.group) {
-      for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
-        o.group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
-    }
-    const std::vector<double> adv =
-        grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, reward_weights), Gn, go.scale_rewards);
-    const std::vector<int64_t> len = grpo_lengths(scores, go.mask_truncated);
-    std::vector<int64_t> micro_of(row0.back());
-    for (size_t i = 0; i < micro.size(); ++i)
-      std::fill(micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i]), micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]),
-                static_cast<int64_t>(i));
-    const std::vector<double> c = grpo_normalizers(go.loss, len, micro_of, static_cast<int64_t>(micro.size()),
-                                                   go.max_completion_len);
-    *targets = 0;
-    for (size_t j = 0; j < len.size(); ++j) {
-      *targets += len[j];
-      *tokens += static_cast<int64_t>(scores.length[j]);
-    }
-    LoraStepOptions gso = so, ref_so = eval_so;
-    gso.logit_scale = ref_so.logit_scale = 1.0 / static_cast<double>(go.temperature);
-    double kl[2] = {0.0, 0.0};  // Σ c_j·KL_t and Σ KL_t over the step's tokens (beta > 0)
-    const auto slice = [&](const auto& v, size_t i) {
-      return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(row0[i]),
-                                       v.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]));
-    };
-    for (size_t i = static_cast<size_t>(rank); i < micro.size(); i += static_cast<size_t>(world)) {
-      const SftBatch b = grpo_batch(data.train, samples[i], go.mask_truncated);
-      if (b.num_targets == 0) continue;  // every completion masked (truncated): nothing to learn from
-      const std::vector<double> ci = slice(c, i), ai = slice(adv, i);
-      const std::vector<int64_t> li = slice(len, i);
-      if (go.beta > 0) {  // the reference's log-probabilities: the base alone (the adapter's branch zero)
-        const std::vector<float> ref = lora_loss_and_grad(model, *reference_ptr, b.packed, b.targets, nullptr, ref_so).row_nll;
-        gso.token_objective = [&, ref](const std::vector<float>& nll) {
-          return grpo_token_weights(ci, ai, li, go.beta, nll, ref, &kl[0], &kl[1]);
-        };
-      } else {
-        std::vector<double> dS(ci.size());
-        for (size_t j = 0; j < dS.size(); ++j) dS[j] = ci[j] * ai[j];
-        gso.sequence_objective = [dS](const std::vector<double>&) { return dS; };
-      }
-      gso.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
-      try {
-        lora_loss_and_grad(model, adapter, b.packed, b.targets, &grads, gso);
-      } catch (const Error& e) {
-        QWENQ_FAIL("step " << st.step + 1 << ", micro-batch " << i + 1 << " (epoch " << micro[i].epoch << ", prompts "
-                           << micro[i].first_index << ".." << micro[i].first_index + micro[i].num_examples - 1
-                           << "): " << e.what());
-      }
-    }
-    *stats = grpo_metrics(scores, Gn, reward_weights, rewards, "");
-    (*stats)["rollout_s"] = rollout_s;  // this rank's sampling and scoring (the rest of the step: its backward passes)
-    if (go.beta <= 0) return grpo_loss_value(c, adv, len);
-    if (o.group) o.group->all_reduce_sum(kl, 2);
-    (*stats)["kl"] = *targets > 0 ? kl[1] / static_cast<double>(*targets) : 0.0;
-    return grpo_loss_value(c, adv, len) + go.beta * kl[0];
-  };
   while (st.step < total) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<SftBatch> micro;
@@ -891,8 +785,28 @@ TrainReport train_lora(const TrainOptions& o) {
     std::vector<int64_t> order;  // of the epoch of the micro-batch being run (preference runs)
     int64_t order_epoch = -1;
     SftBatch kto_batch;  // kto: the micro-batch's examples without their KL sequences (the batch the step runs)
-    nlohmann::json grpo_stats;
-    const double grpo_loss = o.grpo ? grpo_step(micro, &grpo_stats, &tokens, &targets) : 0.0;
+    // GRPO (trainer/grpo.h): each micro-batch's prompts in its epoch's order; the rollouts, advantages and backward
+    // passes are GrpoRun::step's.
+    GrpoRun::StepResult grpo_step;
+    if (o.grpo) {
+      std::vector<std::vector<int64_t>> prompts(micro.size());
+      for (size_t i = 0; i < micro.size(); ++i) {
+        if (micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+        for (int64_t k = 0; k < micro[i].num_examples; ++k)
+          prompts[i].push_back(order[static_cast<size_t>(micro[i].first_index + k)]);
+      }
+      try {
+        grpo_step = grpo->step(model, adapter, &grads, data.train, data.train_records, prompts, st.step, o.seed, so,
+                               eval_so, o.group);
+      } catch (const Error& e) {
+        QWENQ_FAIL("step " << st.step + 1 << " (epoch " << micro[0].epoch << ", prompts from " << micro[0].first_index
+                           << "), " << e.what() << "; the last good checkpoint is "
+                           << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
+      }
+      tokens = grpo_step.tokens;
+      targets = grpo_step.targets;
+    }
+    const nlohmann::json& grpo_stats = grpo_step.stats;
     for (size_t i = static_cast<size_t>(rank); i < micro.size() && !o.grpo; i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
@@ -935,7 +849,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.group && o.kto) sum_over_ranks(&kto_stats);
     const double loss = o.dpo    ? step_stats.objective(o.dpo_options)
                         : o.kto  ? kto_stats.objective()
-                        : o.grpo ? grpo_loss
+                        : o.grpo ? grpo_step.loss
                                  : targets > 0 ? nll / targets : 0.0;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
