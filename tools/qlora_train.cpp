@@ -42,7 +42,8 @@ struct TrainArgs {
 // The JSON config as extra command-line arguments (placed before the real ones). Keys in `given` (options on the
 // command line) are left out: the command line wins, and CLI11 would refuse a single-value option given twice. A list
 // of strings or numbers is the option's comma-separated value ("target": ["q_proj", "v_proj"] is --target
-// q_proj,v_proj, as PEFT's target_modules list reads): train's list options all take one comma-separated value.
+// q_proj,v_proj, as PEFT's target_modules list reads): train's list options take one comma-separated value, but for
+// "reward", whose items may hold commas (a regex, a command): each item is one --reward.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   nlohmann::json j;
   try {
@@ -61,6 +62,11 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
       args.insert(args.end(), {key, it->get<std::string>()});
     } else if (it->is_number()) {
       args.insert(args.end(), {key, it->dump()});
+    } else if (it->is_array() && !it->empty() && it.key() == "reward") {
+      for (const auto& v : *it) {
+        QWENQ_CHECK(v.is_string(), path << ": option \"reward\": a list of strings, not " << v.dump());
+        args.insert(args.end(), {key, v.get<std::string>()});
+      }
     } else if (it->is_array() && !it->empty()) {
       std::string joined;
       for (const auto& v : *it) {

@@ -19,7 +19,8 @@
 //                     of completions it reads one JSON line per completion on stdin — the prompt's record with
 //                     "completion" (the text; for a conversational prompt [{"role": "assistant", "content": text}]
 //                     as TRL hands it), "completion_ids" and "truncated" added — and writes one line per completion:
-//                     a number, or null / nan when the reward does not apply. Reward models and Python reward
+//                     a number, or null / nan when the reward does not apply, each as soon as its line is read
+//                     (the input stays open for the next batch). Reward models and Python reward
 //                     functions plug in this way (examples in tools/README.md).
 // A reward function's name in the metrics is its kind ("accuracy", "regex", "cmd", ...), a second of the same kind
 // "<kind>_2" and so on.

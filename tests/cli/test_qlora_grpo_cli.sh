@@ -4,7 +4,7 @@
 # a PEFT adapter and a reward curve; `eval --objective grpo` repeats its last held-out record to the bit; 2
 # data-parallel ranks sample and score what --grad-accum 2 does (the first step's rewards equal, the losses within
 # fp32 sums); the GRPO flags are refused without --objective grpo, --device cuda, --batching, a reward the records
-# cannot feed, each with one clear line and nothing written.
+# cannot feed, each with one clear line and nothing written; a --config file's list of rewards.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
@@ -69,6 +69,13 @@ for k in ("reward", "rewards_cmd_mean", "completions_mean_length", "tokens", "ta
 for k in ("loss", "grad_norm", "kl"):
     assert abs(a[0][k] - b[0][k]) <= 1e-5 * max(1.0, abs(b[0][k])), (k, a[0][k], b[0][k])
 PY
+# A --config file's "reward" list: one --reward per item, commas inside an item kept (a regex's {1,3}).
+printf '%s\n' '{"objective": "grpo", "reward": ["contains=a", "regex=[a-z]{1,3}"], "reward-weights": [1, 0.5],' \
+  '"num-generations": 2, "max-completion-len": 8, "seq-len": 48, "max-steps": 1, "threads": 1, "quiet": true}' \
+  > "$WORK/cfg.json"
+"$QL" train -m "$WORK/tiny" -d "$WORK/p.jsonl" --config "$WORK/cfg.json" --device cpu --out "$WORK/cfg" \
+  > "$WORK/cfg.txt" 2>&1 || fail "a grpo --config run" "$WORK/cfg.txt"
+grep -q '"rewards_regex_mean"' "$WORK/cfg/metrics.jsonl" || fail "the config's regex reward did not run" "$WORK/cfg/metrics.jsonl"
 # Refusals: one line each, nothing written.
 expect_error() {  # EXPECTED-SUBSTRING ARGS...
   local want="$1"; shift
