@@ -263,18 +263,6 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
                                            "--grpo-loss", "--scale-rewards", "--mask-truncated-completions", "--grpo-beta"};
   if (!o->grpo) {
     for (const char* flag : kGrpoFlags) QWENQ_CHECK(!given(flag), flag << " applies to --objective grpo");
-  } else {
-    for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight", "--dpo-loss",
-                             "--dpo-label-smoothing", "--rpo-alpha", "--simpo-gamma", "--dpo-beta"})
-      QWENQ_CHECK(!given(flag), flag << " applies to --objective " << (flag[2] == 'k' ? "kto" : "dpo"));
-    QWENQ_CHECK(!given("--batching"), "--objective grpo batches --batch-size prompts, their completions one per row: "
-                                      "leave --batching out");
-    GrpoOptions& g = o->grpo_options;
-    g.loss = parse_grpo_loss(f.grpo_loss);
-    g.scale_rewards = parse_grpo_scale(f.scale_rewards);
-    check_grpo_options(g);
-    sft->batch_mode = "padding";
-    return;
   }
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
@@ -285,14 +273,24 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
       QWENQ_CHECK(!given(flag), flag << " applies to --objective dpo");
     if (!o->kto) {
       QWENQ_CHECK(!given("--dpo-beta"), "--dpo-beta applies to --objective dpo and kto");
-      QWENQ_CHECK(!given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo, kto and grpo");
-      return;
+      QWENQ_CHECK(o->grpo || !given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo, kto and grpo");
+      if (!o->grpo) return;
     }
   }
-  QWENQ_CHECK(!given("--batching"), "--objective " << f.objective << " batches whole "
-                                    << (o->dpo ? "pairs (--batch-size pairs" : "examples with their KL sequences (--batch-size examples")
-                                    << ", their sequences packed without padding): leave --batching out");
+  QWENQ_CHECK(!given("--batching"), "--objective " << f.objective << " batches "
+                                    << (o->dpo    ? "whole pairs (--batch-size pairs, their sequences packed without padding)"
+                                        : o->kto  ? "whole examples with their KL sequences (--batch-size examples, their "
+                                                    "sequences packed without padding)"
+                                                  : "--batch-size prompts, their completions one per row")
+                                    << ": leave --batching out");
   sft->batch_mode = "padding";
+  if (o->grpo) {
+    GrpoOptions& g = o->grpo_options;
+    g.loss = parse_grpo_loss(f.grpo_loss);
+    g.scale_rewards = parse_grpo_scale(f.scale_rewards);
+    check_grpo_options(g);
+    return;
+  }
   if (o->kto) {
     o->kto_options.beta = o->dpo_options.beta;
     o->kto_options.loss = parse_kto_loss(f.kto_loss);

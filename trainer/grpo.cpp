@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "kernels/dropout_mask.h"
@@ -13,17 +14,21 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// The mean and the unbiased standard deviation of v[from, from + n) (n >= 2).
-std::pair<double, double> mean_std(const std::vector<double>& v, size_t from, size_t n) {
-  double mean = 0;
-  for (size_t i = from; i < from + n; ++i) mean += v[i];
-  mean /= static_cast<double>(n);
-  double ss = 0;
-  for (size_t i = from; i < from + n; ++i) ss += (v[i] - mean) * (v[i] - mean);
-  return {mean, std::sqrt(ss / static_cast<double>(n - 1))};
-}
-
 }  // namespace
+
+std::pair<double, double> grpo_mean_std(const double* v, size_t n) {
+  double sum = 0;
+  size_t count = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isnan(v[i])) sum += v[i], ++count;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (count == 0) return {nan, nan};
+  const double mean = sum / static_cast<double>(count);
+  double ss = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isnan(v[i])) ss += (v[i] - mean) * (v[i] - mean);
+  return {mean, count > 1 ? std::sqrt(ss / static_cast<double>(count - 1)) : nan};
+}
 
 GrpoLoss parse_grpo_loss(const std::string& name) {
   if (name == "grpo") return GrpoLoss::kGrpo;
@@ -88,9 +93,9 @@ std::vector<double> grpo_advantages(const std::vector<double>& rewards, int64_t 
               "grpo_advantages: " << rewards.size() << " rewards in groups of " << G);
   const size_t g = static_cast<size_t>(G);
   std::vector<double> adv(rewards.size()), stds(rewards.size());
-  const double batch_std = scale == GrpoScale::kBatch && rewards.size() >= 2 ? mean_std(rewards, 0, rewards.size()).second : 0.0;
+  const double batch_std = scale == GrpoScale::kBatch && rewards.size() >= 2 ? grpo_mean_std(rewards.data(), rewards.size()).second : 0.0;
   for (size_t from = 0; from < rewards.size(); from += g) {
-    const auto [mean, sd] = mean_std(rewards, from, g);
+    const auto [mean, sd] = grpo_mean_std(rewards.data() + from, g);
     for (size_t j = from; j < from + g; ++j) {
       stds[j] = sd;
       adv[j] = rewards[j] - mean;
@@ -161,8 +166,7 @@ std::vector<double> grpo_token_weights(const std::vector<double>& c, const std::
 
 uint64_t grpo_rollout_seed(uint64_t run_seed, int64_t step, int64_t micro) {
   constexpr uint64_t kSalt = 0x6a09e667f3bcc909ull;  // apart from the dropout seeds of the same (seed, step, micro)
-  return dropout_mix64(dropout_mix64(dropout_mix64(run_seed + kSalt) + static_cast<uint64_t>(step)) +
-                       static_cast<uint64_t>(micro));
+  return micro_batch_dropout_seed(run_seed + kSalt, step, micro);
 }
 
 uint64_t grpo_eval_seed(uint64_t run_seed) { return dropout_mix64(run_seed + 0xbb67ae8584caa73bull); }

@@ -81,6 +81,9 @@ struct GrpoOptions {
 };
 void check_grpo_options(const GrpoOptions& o);  // ranges, naming the flags
 
+// The mean and the unbiased standard deviation (torch.std's) of the values of v[0, n) that are numbers (NaN: a reward
+// that does not apply); NaN for the mean without any, for the deviation with fewer than two.
+std::pair<double, double> grpo_mean_std(const double* v, size_t n);
 // The advantages A_j of a step's rewards r (consecutive groups of G) as scale says; group_std gets σ_g per
 // completion (its group's) when not null.
 std::vector<double> grpo_advantages(const std::vector<double>& rewards, int64_t G, GrpoScale scale,
@@ -155,6 +158,9 @@ struct GrpoScores {
   std::vector<double> per_func, length, truncated;
   void resize(size_t n, int64_t functions);
   size_t size() const { return length.size(); }
+  // Every rank's rows summed into every rank's (each rank filled its own rows, zeros elsewhere); nothing without a
+  // group.
+  void sum_over(ProcessGroup* group);
 };
 
 // G completions of each of `prompts` (indices into examples, each repeated G times in a row, so a group is

@@ -24,21 +24,6 @@ namespace {
 using Json = nlohmann::json;            // the metrics records
 using Record = nlohmann::ordered_json;  // a prompt's record, as read
 
-// The mean and unbiased standard deviation of the non-NaN values of v (NaN when there are none / fewer than two).
-std::pair<double, double> nan_mean_std(const std::vector<double>& v) {
-  double sum = 0;
-  int64_t n = 0;
-  for (double x : v)
-    if (!std::isnan(x)) sum += x, ++n;
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  if (n == 0) return {nan, nan};
-  const double mean = sum / static_cast<double>(n);
-  double ss = 0;
-  for (double x : v)
-    if (!std::isnan(x)) ss += (x - mean) * (x - mean);
-  return {mean, n > 1 ? std::sqrt(ss / static_cast<double>(n - 1)) : nan};
-}
-
 // NaN as JSON null (nlohmann writes NaN as null anyway; said here for the reader).
 Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
 
@@ -67,6 +52,11 @@ SamplingOptions grpo_sampling(const GrpoOptions& o, const QwenModel& model, cons
   if (s.stop_ids.empty() && model.config().eos_token_id >= 0) s.stop_ids.push_back(model.config().eos_token_id);
   check_sampling_options(s);
   return s;
+}
+
+void GrpoScores::sum_over(ProcessGroup* group) {
+  if (group == nullptr) return;
+  for (std::vector<double>* v : {&per_func, &length, &truncated}) group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
 }
 
 void GrpoScores::resize(size_t n, int64_t functions) {
@@ -179,7 +169,7 @@ Json grpo_metrics(const GrpoScores& s, int64_t G, const std::vector<double>& wei
   for (size_t f = 0; f < F; ++f) {
     std::vector<double> col(n);
     for (size_t j = 0; j < n; ++j) col[j] = s.per_func[j * F + f];
-    const auto [m, sd] = nan_mean_std(col);
+    const auto [m, sd] = grpo_mean_std(col.data(), col.size());
     out[prefix + "rewards_" + rewards[f]->name() + "_mean"] = number_or_null(m);
     out[prefix + "rewards_" + rewards[f]->name() + "_std"] = number_or_null(sd);
   }
@@ -246,10 +236,7 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
     }
   }
   const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (group) {
-    for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
-      group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
-  }
+  scores.sum_over(group);
   const std::vector<double> adv = grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, weights_), G,
                                                   o_.scale_rewards);
   const std::vector<int64_t> len = grpo_lengths(scores, o_.mask_truncated);
@@ -286,7 +273,7 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
       for (size_t j = 0; j < dS.size(); ++j) dS[j] = ci[j] * ai[j];
       gso.sequence_objective = [dS](const std::vector<double>&) { return dS; };
     }
-    gso.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(run_seed) + static_cast<uint64_t>(step)) + i);
+    gso.dropout_seed = micro_batch_dropout_seed(run_seed, step, static_cast<int64_t>(i));
     try {
       lora_loss_and_grad(model, adapter, b.packed, b.targets, grads, gso);
     } catch (const Error& e) {
@@ -323,10 +310,7 @@ Json GrpoRun::evaluate(QwenModel& model, const LoraAdapter& adapter, const std::
                     &scores, static_cast<size_t>(p * G));
     }
   }
-  if (group) {
-    for (std::vector<double>* v : {&scores.per_func, &scores.length, &scores.truncated})
-      group->all_reduce_sum(v->data(), static_cast<int64_t>(v->size()));
-  }
+  scores.sum_over(group);
   Json m = grpo_metrics(scores, G, weights_, rewards_, "eval_");
   m["eval_prompts"] = n_prompts;
   return m;

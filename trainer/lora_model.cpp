@@ -446,6 +446,10 @@ class Runner {
 
 }  // namespace
 
+uint64_t micro_batch_dropout_seed(uint64_t run_seed, int64_t step, int64_t micro) {
+  return dropout_mix64(dropout_mix64(dropout_mix64(run_seed) + static_cast<uint64_t>(step)) + static_cast<uint64_t>(micro));
+}
+
 std::vector<double> sequence_nll_sums(const float* nll, const std::vector<int32_t>& cu_seqlens,
                                       const std::vector<int64_t>& rows) {
   const size_t n = cu_seqlens.empty() ? 0 : cu_seqlens.size() - 1;

@@ -88,6 +88,11 @@ struct LoraStepOptions {
   double logit_scale = 1.0;
 };
 
+// The dropout seed of micro-batch `micro` of optimizer step `step` (0-based) of a run seeded `run_seed`: each part
+// mixed in turn, so two micro-batches share masks only by a 64-bit hash accident. Both trainers' steps (SFT, DPO,
+// KTO, GRPO) key their LoraStepOptions::dropout_seed with it.
+uint64_t micro_batch_dropout_seed(uint64_t run_seed, int64_t step, int64_t micro);
+
 struct LoraStepResult {
   double nll_sum = 0.0;  // Σ nll over counted targets (fp64 sum of fp32 values)
   int64_t counted = 0;

@@ -111,13 +111,15 @@ void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
   QWENQ_CHECK(lora->num_layers == cfg_.num_layers, "attach_adapter: an adapter of " << lora->num_layers
                                                    << " layers on a model of " << cfg_.num_layers);
   std::vector<const LoraArenaSlot*> slots(static_cast<size_t>(cfg_.num_layers * 7), nullptr);
-  for (const LoraArenaSlot& s : lora->slots) {
-    const std::string where = "model.layers." + std::to_string(s.layer) + "." + kDecoderLinears[static_cast<int>(s.target)].name;
-    QWENQ_CHECK(s.expert == kNoExpert, "the CPU runs an unmerged adapter on a layer's own Linears only; " << where
+  for (const LoraArenaSlot& s : lora->slots) {  // (re-attached before every GRPO step: the names only on a refusal)
+    const auto where = [&s] {
+      return "model.layers." + std::to_string(s.layer) + "." + kDecoderLinears[static_cast<int>(s.target)].name;
+    };
+    QWENQ_CHECK(s.expert == kNoExpert, "the CPU runs an unmerged adapter on a layer's own Linears only; " << where()
                                        << " of expert " << s.expert << " is a mixture-of-experts layer's (merge the "
                                        << "adapter into the base instead)");
-    QWENQ_CHECK(s.m_off < 0, "the CPU runs an unmerged LoRA adapter, not DoRA (" << where << " has a magnitude): merge "
-                             << "the adapter into the base instead");
+    QWENQ_CHECK(s.m_off < 0, "the CPU runs an unmerged LoRA adapter, not DoRA (" << where() << " has a magnitude): "
+                             << "merge the adapter into the base instead");
     slots[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = &s;
   }
   lora_slots_ = std::move(slots);

@@ -810,7 +810,7 @@ TrainReport train_lora(const TrainOptions& o) {
     for (size_t i = static_cast<size_t>(rank); i < micro.size() && !o.grpo; i += static_cast<size_t>(world)) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
-      so.dropout_seed = dropout_mix64(dropout_mix64(dropout_mix64(o.seed) + static_cast<uint64_t>(st.step)) + i);
+      so.dropout_seed = micro_batch_dropout_seed(o.seed, st.step, static_cast<int64_t>(i));
       if (o.preference() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
       if (o.dpo) {
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
