@@ -1,6 +1,6 @@
 // qwen-quant multiple-choice: accuracy on loglikelihood multiple-choice items (ARC as Hugging Face publishes it, or
 // any {"context", "choices", "label"} set) scored as lm-evaluation-harness scores them (trainer/multiple_choice.h),
-// for any model we read, optionally with a LoRA adapter (merged in memory on the CPU, applied unmerged on the GPU),
+// for any model we read, optionally with a LoRA adapter (applied unmerged, tools/cli_common.h),
 // on the CPU or with --device cuda on the GPU (trainer/logits_source.h): the downstream number quantization
 // comparisons quote beside perplexity.
 #include <cstdio>
@@ -36,7 +36,7 @@ void run_choices(const ChoiceArgs& a) {
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Forward);
-  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
+  const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   EvalDevice ed(device);  // on the GPU: the forward and the continuation NLLs there, the sums and argmaxes here
   LogitsSource src = ed.source(model, adapter.get(), a.adapter);
@@ -77,7 +77,7 @@ void register_choices(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "multiple-choice", "Accuracy on multiple-choice items (ARC, or context/choices/label JSONL), lm-eval's scoring");
   cmd->add_option("--model,-m", a->model, "model directory, repo id (offline cache) or .gguf file")->required();
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged in memory on the CPU, applied unmerged on the GPU");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): applied unmerged (the base kept as stored; DoRA and MoE-expert adapters merged in memory on the CPU)");
   cmd->add_option("--data,-d", a->data,
                   "JSONL items: {\"context\", \"choices\": [...], \"label\"} or ARC's {\"question\", \"choices\": "
                   "{\"text\", \"label\"}, \"answerKey\"}")

@@ -203,22 +203,68 @@ void warn_if_pissa_residual(const std::string& model_dir, const char* flag) {
                model_dir.c_str(), flag, model_dir.c_str());
 }
 
-std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
-                                                     Device device, QwenModel& model, bool quiet) {
+CommandAdapter::CommandAdapter(CommandAdapter&& o) noexcept
+    : adapter_(std::move(o.adapter_)), layout_(std::move(o.layout_)), model_(o.model_) {
+  o.model_ = nullptr;
+}
+
+CommandAdapter& CommandAdapter::operator=(CommandAdapter&& o) noexcept {
+  if (this != &o) {
+    if (model_ != nullptr && model_ != o.model_) model_->attach_adapter(nullptr);
+    adapter_ = std::move(o.adapter_);
+    layout_ = std::move(o.layout_);
+    model_ = o.model_;
+    o.model_ = nullptr;
+  }
+  return *this;
+}
+
+CommandAdapter::~CommandAdapter() {
+  if (model_ != nullptr) model_->attach_adapter(nullptr);
+}
+
+namespace {
+
+// Why the CPU cannot run `adapter` unmerged ("" when it can): QwenModel::attach_adapter's two refusals.
+std::string why_merged_on_cpu(const LoraAdapter& adapter) {
+  if (adapter.use_dora()) return "DoRA";
+  for (const LoraSlot& s : adapter.slots()) {
+    if (s.expert != kNoExpert) return "it adapts mixture-of-experts experts";
+  }
+  return "";
+}
+
+}  // namespace
+
+CommandAdapter load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir, Device device,
+                                       QwenModel& model, bool quiet) {
+  CommandAdapter out;
   if (adapter_dir.empty()) {
     warn_if_pissa_residual(model_dir, "--adapter");
-    return nullptr;
+    return out;
   }
-  auto adapter =
+  out.adapter_ =
       std::make_unique<LoraAdapter>(load_adapter_for_base(adapter_dir, model_dir, model.config(), AdapterUse::Apply));
-  if (device != Device::Cuda) merge_adapter_in_memory(model, *adapter);
+  const LoraAdapter& a = *out.adapter_;
+  std::string how = "applied unmerged on the GPU (base kept as stored)";
+  if (device != Device::Cuda) {
+    const std::string why = why_merged_on_cpu(a);
+    if (why.empty()) {
+      out.layout_ = std::make_unique<LoraInferenceLayout>(lora_inference_layout(a, model.config(), adapter_dir));
+      model.attach_adapter(out.layout_.get());
+      out.model_ = &model;
+      how = "applied unmerged (base kept as stored)";
+    } else {
+      merge_adapter_in_memory(model, a);
+      how = "merged into an fp32 copy of its Linears (" + why + ")";
+    }
+  }
   if (!quiet) {
     std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),
-                 device == Device::Cuda ? "applied unmerged on the GPU (base kept as stored)" : "merged",
-                 adapter->targets().size(), (long long)model.config().num_layers, (long long)adapter->rank(),
-                 adapter->use_dora() ? " (DoRA)" : "", adapter->scaling());
+                 how.c_str(), a.targets().size(), (long long)model.config().num_layers, (long long)a.rank(),
+                 a.use_dora() ? " (DoRA)" : "", a.scaling());
   }
-  return adapter;
+  return out;
 }
 
 #ifdef QWENQ_HAVE_CUDA

@@ -18,6 +18,7 @@
 #include "trainer/generate.h"
 #include "trainer/gpu_support.h"
 #include "trainer/logits_source.h"
+#include "trainer/lora_inference.h"
 #include "trainer/qwen_model.h"
 #ifdef QWENQ_HAVE_CUDA
 #include "trainer/qwen_model_cuda.h"
@@ -136,11 +137,35 @@ Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 // error: the residual alone is a legitimate thing to look at.
 void warn_if_pissa_residual(const std::string& model_dir, const char* flag);
 
-// --adapter for a command that evaluates or generates with `model`: nullptr when adapter_dir is "" (with
-// warn_if_pissa_residual's line); else the adapter loaded for model_dir's base, merged into the CPU model, or (device
-// Cuda) kept for the GPU to apply unmerged (DoRA too); one line on stderr says which, unless quiet.
-std::unique_ptr<LoraAdapter> load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir,
-                                                     Device device, QwenModel& model, bool quiet);
+// --adapter for a command that evaluates or generates with `model`, for as long as this lives. On the CPU the adapter
+// is attached unmerged (QwenModel::attach_adapter): the base keeps its weights as stored (a 4-bit base stays packed,
+// as PEFT keeps a bitsandbytes or GPTQ base) and every adapted Linear adds s·(x Aᵀ) Bᵀ after its base product. A DoRA
+// adapter, or one adapting a mixture-of-experts layer's experts, which the CPU's unmerged branch does not reach, is
+// merged into a dense fp32 copy of its Linears instead (trainer/lora_merge.h). Unmerged is a quarter to a third of
+// the memory and decodes a third to a half faster; prefill is about a tenth slower
+// (benchmarks/results/2026-12-07-cpu-unmerged-adapter.md). With device Cuda the adapter is only
+// kept, for upload_model_cuda to attach unmerged on the GPU (DoRA too).
+class CommandAdapter {
+ public:
+  CommandAdapter() = default;
+  CommandAdapter(CommandAdapter&& o) noexcept;
+  CommandAdapter& operator=(CommandAdapter&& o) noexcept;
+  CommandAdapter(const CommandAdapter&) = delete;
+  ~CommandAdapter();  // detaches an unmerged adapter from its model
+
+  const LoraAdapter* get() const { return adapter_.get(); }  // null without --adapter
+
+ private:
+  friend CommandAdapter load_adapter_for_device(const std::string&, const std::string&, Device, QwenModel&, bool);
+  std::unique_ptr<LoraAdapter> adapter_;
+  std::unique_ptr<LoraInferenceLayout> layout_;  // the CPU's unmerged adapter (null: none, merged, or the GPU's)
+  QwenModel* model_ = nullptr;                   // the model layout_ is attached to
+};
+
+// The adapter of --adapter `adapter_dir` (none when ""; then warn_if_pissa_residual's line) loaded for model_dir's base
+// and applied to `model` as CommandAdapter says; one line on stderr says how, unless quiet.
+CommandAdapter load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir, Device device,
+                                       QwenModel& model, bool quiet);
 
 #ifdef QWENQ_HAVE_CUDA
 // `model` uploaded for an evaluation on the GPU, with load_adapter_for_device's adapter attached unmerged (adapter
@@ -155,7 +180,7 @@ std::unique_ptr<QwenModelCuda> upload_model_cuda(const QwenModel& model, const L
 class EvalDevice {
  public:
   explicit EvalDevice(Device device);  // resets the device allocator's peaks on the GPU
-  // The model as trainer/logits_source.h sees it: the CPU model (an adapter already merged into it by
+  // The model as trainer/logits_source.h sees it: the CPU model (an adapter already applied to it by
   // load_adapter_for_device), or its upload with `adapter` attached.
   LogitsSource source(const QwenModel& model, const LoraAdapter* adapter, const std::string& adapter_dir);
 #ifdef QWENQ_HAVE_CUDA

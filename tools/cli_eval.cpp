@@ -1,5 +1,5 @@
 // qwen-quant eval: perplexity of a model on a text corpus (GPTQ/AWQ paper convention), optionally with a LoRA
-// adapter (--adapter): merged into the base in memory on the CPU, applied unmerged on the GPU
+// adapter (--adapter): applied unmerged on either device (tools/cli_common.h, load_adapter_for_device)
 // (trainer/lora_inference_cuda.h), as `qwen-qlora generate` does. --kl-base DIR: also how far its next-token
 // distributions are from DIR's on the same windows (trainer/kl_divergence.h). llama-perplexity's KL-divergence base
 // files (trainer/kld_file.h): --save-kld FILE writes one from the model over --data, --kl-base FILE scores the model
@@ -124,7 +124,7 @@ void run_save_kld(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
   apply_cpu_matmul(a.cpu_matmul, device);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
+  const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   Tokenizer tok = Tokenizer::from_model(dir);
   const std::vector<int32_t> tokens = tok.encode(load_text_corpus(a.data, a.field, &tok), !a.no_bos);
@@ -155,7 +155,7 @@ void run_kld_file(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
   apply_cpu_matmul(a.cpu_matmul, device);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
+  const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   const KldRunOptions opt = kld_run_options(a, Tokenizer::from_model(dir));
   EvalDevice ed(device);
@@ -216,8 +216,9 @@ void run_eval(const EvalArgs& a) {
   if (base) models.push_back(base.get());
   const Device device = pick.settle_for_models(models, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
   apply_cpu_matmul(a.cpu_matmul, device);
-  std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
-  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);  // after the merge: merged Linears are dense
+  const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
+  // After the adapter: one merged in memory (DoRA, experts) leaves dense Linears; an unmerged one keeps the base's.
+  const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
   PerplexityResult r;
   std::unique_ptr<KlDivergenceResult> kl;
   EvalDevice ed(device);
@@ -260,8 +261,8 @@ void register_eval(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("eval", "Perplexity of a model on a text or JSONL file");
   cmd->add_option("--model,-m", a->model, "model directory or Hugging Face repo id (offline cache)")->required();
   cmd->add_option("--adapter,-a", a->adapter,
-                  "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged "
-                  "on the GPU");
+                  "LoRA adapter directory (PEFT layout): applied unmerged (the base kept as stored; DoRA and "
+                  "MoE-expert adapters merged in memory on the CPU)");
   cmd->add_option("--data,-d", a->data, "text file, or JSONL with a text field (not with --kl-base FILE)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--text-field", a->field, "JSONL field holding the text")->capture_default_str();

@@ -1,7 +1,7 @@
 // qwen-quant gsm8k: generation accuracy on GSM8K's math word problems as lm-evaluation-harness's gsm8k task scores
 // it (trainer/gsm8k.h: its prompt, few-shot draw, stop strings, strict and flexible extraction, exact match), for any
-// model we read, optionally with a LoRA adapter (merged in memory on the CPU; with --device cuda, generation by
-// trainer/qwen_decode_cuda.h and the adapter applied unmerged, as `generate --device cuda`).
+// model we read, optionally with a LoRA adapter (applied unmerged, tools/cli_common.h; with --device cuda, generation
+// by trainer/qwen_decode_cuda.h, as `generate --device cuda`).
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -43,7 +43,7 @@ void run_gsm8k(Gsm8kArgs a) {
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
   const Device device = pick.settle_for_model(model, GpuUse::Decode);
-  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, model, a.opt.quiet);
+  const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.opt.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   // lm-eval's hf backend decodes with model.generate(do_sample=False) over the model's generation_config.json: its
   // repetition_penalty and eos ids apply (greedy otherwise).
@@ -116,7 +116,7 @@ void register_gsm8k(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "gsm8k", "Exact-match accuracy on GSM8K math word problems, greedy generation scored as lm-eval's gsm8k task");
   cmd->add_option("--model,-m", a->model, "model directory, repo id (offline cache) or .gguf file")->required();
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged in memory on the CPU, applied unmerged on the GPU");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): applied unmerged (the base kept as stored; DoRA and MoE-expert adapters merged in memory on the CPU)");
   cmd->add_option("--data,-d", a->data, "GSM8K JSONL to score ({\"question\", \"answer\"}: the test split)")
       ->required()
       ->check(CLI::ExistingFile);

@@ -1,10 +1,11 @@
-// qwen-qlora generate | chat: text from a base model with a LoRA adapter merged in memory (trainer/lora_merge.h),
+// qwen-qlora generate | chat: text from a base model with a LoRA adapter applied unmerged (tools/cli_common.h),
 // greedy or sampled (trainer/generate.h). generate mirrors `qwen-quant generate`; chat is an interactive ChatML
 // loop over stdin that keeps the whole conversation as the prompt of each turn; on the CPU it keeps the KV cache too,
 // so a turn computes only the tokens its prompt adds to what the cache holds (generate_continuing).
 // --device cuda decodes on the GPU (trainer/qwen_decode_cuda.h) with the adapter unmerged: the base is uploaded as
 // stored (dense, or 4-bit GPTQ/AWQ/NF4/FP4 as Q4) and every adapted Linear adds s · (x Aᵀ) Bᵀ in fp32 after its base
-// product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU merges the adapter in memory.
+// product (trainer/lora_inference_cuda.h), for dense and 4-bit bases alike; the CPU's model does the same
+// (QwenModel::attach_adapter) but merges a DoRA or MoE-expert adapter in memory.
 // --kv-cache f32|bf16: the KV cache's storage on either device (trainer/qwen_model.h, KvCacheDType).
 // generate --prompts FILE --out FILE runs a whole evaluation set (one JSON record per line): chat records (a final
 // assistant message is the reference, not the prompt), {"prompt": text or messages, "completion": reference}
@@ -51,12 +52,13 @@ struct GenerateArgs {
   CommonOptions common;
 };
 
-// The model (on the CPU with the adapter, if any, merged into its Linear weights), its tokenizer, and (--device
-// cuda) its copy on the GPU with the adapter attached unmerged.
+// The model (on the CPU with the adapter, if any, applied as load_adapter_for_device says), its tokenizer, and
+// (--device cuda) its copy on the GPU with the adapter attached unmerged.
 struct Loaded {
   Loaded(std::unique_ptr<QwenModel> m, Tokenizer t) : model(std::move(m)), tok(std::move(t)) {}
   std::unique_ptr<QwenModel> model;
   Tokenizer tok;
+  CommandAdapter adapter;  // after the model: detached before it goes
 #ifdef QWENQ_HAVE_CUDA
   std::unique_ptr<QwenModelCuda> gpu;
 #endif
@@ -78,11 +80,11 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
   const Device device = pick.settle_for_model(*model, GpuUse::Decode);
   note_bf16_activations(a.sampling, device);
   apply_cpu_matmul(a.cpu_matmul, device);
-  const std::unique_ptr<LoraAdapter> adapter = load_adapter_for_device(a.adapter, dir, device, *model, /*quiet=*/false);
   Loaded out(std::move(model), std::move(tok));
+  out.adapter = load_adapter_for_device(a.adapter, dir, device, *out.model, /*quiet=*/false);
 #ifdef QWENQ_HAVE_CUDA
   if (device == Device::Cuda) {
-    out.gpu = upload_model_cuda(*out.model, adapter.get(), a.adapter);
+    out.gpu = upload_model_cuda(*out.model, out.adapter.get(), a.adapter);
   }
 #endif
   return out;
@@ -325,7 +327,7 @@ void run_chat(const GenerateArgs& a) {
 }
 
 void add_generate_options(CLI::App* cmd, GenerateArgs* a) {
-  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): merged into the base in memory on the CPU, applied unmerged on the GPU");
+  cmd->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout): applied unmerged (the base kept as stored; DoRA and MoE-expert adapters merged in memory on the CPU)");
   cmd->add_option("--system", a->system, "system message (chat, and generate --chat)");
   cmd->add_flag("--no-thinking", a->no_thinking,
                 "chat, generate --chat: Qwen3's enable_thinking=False (the reply starts after an empty think block)");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # qwen-qlora merge / generate / chat / eval end to end on a random tiny model: an adapter from a few `qwen-qlora train`
 # steps (a large learning rate, so B is far from 0), merged into an fp32 directory; greedy text from the base with
-# --adapter (merged in memory) equals greedy text from the merged directory (the same fp32 weights); chat answers
+# --adapter (applied unmerged) equals greedy text from the merged directory and scores the text as it does within
+# fp32 reassociation, on the fp32 base and on an NF4 one (whose packed base stays packed); chat answers
 # each line until /exit and keeps the history; the refusals (no adapter directory, no chat template) are clear and
 # leave nothing behind. $1 is qwen-quant; qwen-qlora is built beside it.
 set -euo pipefail
@@ -88,7 +89,7 @@ fi
 grep -q -- "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE too" "$WORK/merge_im_bad.txt" \
   || fail "merge --imatrix without --gguf: message" "$WORK/merge_im_bad.txt"
 
-# generate: the in-memory merge and the merged directory give the same greedy text (and plain and --chat run).
+# generate: the unmerged adapter and the merged directory give the same greedy text (and plain and --chat run).
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 \
   > "$WORK/gen_adapter.txt" 2> "$WORK/gen_adapter.err" || fail "generate --adapter" "$WORK/gen_adapter.err"
 "$QL" generate --model "$WORK/merged" --prompt "Once upon a time" -n 24 --threads 1 \
@@ -96,20 +97,35 @@ grep -q -- "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE
 cmp -s "$WORK/gen_adapter.txt" "$WORK/gen_merged.txt" || { diff <(od -c "$WORK/gen_adapter.txt") \
   <(od -c "$WORK/gen_merged.txt") || true; fail "--adapter and the merged directory generate different text"; }
 grep -q "^Once upon a time" "$WORK/gen_adapter.txt" || fail "prompt not echoed" "$WORK/gen_adapter.txt"
-grep -q "adapter $WORK/run merged: 7 target(s)" "$WORK/gen_adapter.err" || fail "adapter line" "$WORK/gen_adapter.err"
-# qwen-quant eval --adapter: the in-memory merge scores the text as the merged directory does (same fp32 weights),
-# and differently from the base.
-for m in adapter merged base; do
+grep -q "adapter $WORK/run applied unmerged (base kept as stored): 7 target(s)" "$WORK/gen_adapter.err" \
+  || fail "adapter line" "$WORK/gen_adapter.err"
+# qwen-quant eval --adapter: the unmerged adapter scores the text as the merged directory does, up to the branch's
+# fp32 reassociation (kUnmergedPplRelTol), and differently from the base. The same on an NF4 base with its LoftQ
+# adapter (nf4 --loftq-rank) against that pair merged into an fp32 directory.
+"$QQ" nf4 --model "$WORK/tiny" --out "$WORK/tiny_nf4" --loftq-rank 4 --threads 1 -q > "$WORK/nf4.txt" 2>&1 \
+  || fail "nf4 --loftq-rank fixture" "$WORK/nf4.txt"
+"$QL" merge --model "$WORK/tiny_nf4" --adapter "$WORK/tiny_nf4/loftq_init" --out "$WORK/merged_nf4" --dtype fp32 \
+  --threads 1 -q > "$WORK/merge_nf4.txt" 2>&1 || fail "merge of the NF4 base" "$WORK/merge_nf4.txt"
+for m in adapter merged base nf4_adapter merged_nf4 nf4; do
   case $m in adapter) args=(--model "$WORK/tiny" --adapter "$WORK/run");; merged) args=(--model "$WORK/merged");;
-             base) args=(--model "$WORK/tiny");; esac
-  "$QQ" eval "${args[@]}" --data "$WORK/data.jsonl" --seq-len 64 --threads 1 -q --json > "$WORK/eval_$m.json" \
-    2> "$WORK/eval_$m.err" || fail "eval ($m)" "$WORK/eval_$m.err"
+             base) args=(--model "$WORK/tiny");; merged_nf4) args=(--model "$WORK/merged_nf4");;
+             nf4_adapter) args=(--model "$WORK/tiny_nf4" --adapter "$WORK/tiny_nf4/loftq_init");;
+             nf4) args=(--model "$WORK/tiny_nf4");; esac
+  "$QQ" eval "${args[@]}" --data "$WORK/data.jsonl" --seq-len 64 --threads 1 --json > "$WORK/ueval_$m.json" \
+    2> "$WORK/ueval_$m.err" || fail "eval ($m)" "$WORK/ueval_$m.err"
 done
-ppl() { python3 -c 'import json,sys; print(repr(json.load(open(sys.argv[1]))["perplexity"]))' "$1"; }
-[ "$(ppl "$WORK/eval_adapter.json")" = "$(ppl "$WORK/eval_merged.json")" ] \
-  || fail "eval --adapter $(ppl "$WORK/eval_adapter.json") != merged $(ppl "$WORK/eval_merged.json")"
-[ "$(ppl "$WORK/eval_adapter.json")" != "$(ppl "$WORK/eval_base.json")" ] || fail "eval --adapter scored as the base"
-grep -q "\"adapter\":\"$WORK/run\"" "$WORK/eval_adapter.json" || fail "adapter in eval JSON" "$WORK/eval_adapter.json"
+grep -q "adapter $WORK/tiny_nf4/loftq_init applied unmerged (base kept as stored)" "$WORK/ueval_nf4_adapter.err" \
+  || fail "eval adapter line" "$WORK/ueval_nf4_adapter.err"
+python3 - "$WORK" <<'PY' || fail "eval --adapter against the merged directories"
+import json, sys
+kUnmergedPplRelTol = 1e-5  # x (W + s·B A)ᵀ against x Wᵀ + s·(x Aᵀ) Bᵀ in fp32, through the whole model
+p = {m: json.load(open(f"{sys.argv[1]}/ueval_{m}.json"))["perplexity"]
+     for m in ("adapter", "merged", "base", "nf4_adapter", "merged_nf4", "nf4")}
+for unmerged, merged, base in (("adapter", "merged", "base"), ("nf4_adapter", "merged_nf4", "nf4")):
+    assert abs(p[unmerged] - p[merged]) <= kUnmergedPplRelTol * p[merged], (unmerged, merged, p)
+    assert abs(p[unmerged] - p[base]) > 100 * kUnmergedPplRelTol * p[base], (unmerged, "scored as", base, p)
+PY
+grep -q "\"adapter\":\"$WORK/run\"" "$WORK/ueval_adapter.json" || fail "adapter in eval JSON" "$WORK/ueval_adapter.json"
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --prompt "Hi" -n 8 --temperature 0.8 --top-p 0.9 \
   --seed 3 --threads 1 > "$WORK/gen_chat.txt" 2>&1 || fail "generate --chat" "$WORK/gen_chat.txt"
 

@@ -390,8 +390,15 @@ done
   || fail "merge of a MoE DoRA adapter" moe_dora_merge.txt
 "$QL" train --model moe_gptq --data text.jsonl --out moe_run --max-steps 3 --seq-len 32 -q --target all-linear \
   > moe_train.txt 2>&1 || fail "LoRA on every expert of a GPTQ MoE base" moe_train.txt
-"$QQ" eval --model moe_gptq --adapter moe_run --data text.jsonl --seq-len 64 -q > moe_eval_ad.txt 2>&1 \
+"$QQ" eval --model moe_gptq --adapter moe_run --data text.jsonl --seq-len 64 > moe_eval_ad.txt 2>&1 \
   || fail "eval --adapter on a MoE base" moe_eval_ad.txt
+# The CPU's unmerged branch does not reach experts, nor carry DoRA's magnitudes: those adapters are merged, and say so.
+grep -q "adapter moe_run merged into an fp32 copy of its Linears (it adapts mixture-of-experts experts)" \
+  moe_eval_ad.txt || fail "the MoE adapter's merged line" moe_eval_ad.txt
+"$QQ" eval --model moe --adapter moe_dora_run --data text.jsonl --seq-len 64 > moe_eval_dora.txt 2>&1 \
+  || fail "eval --adapter with a DoRA adapter" moe_eval_dora.txt
+grep -q "adapter moe_dora_run merged into an fp32 copy of its Linears (DoRA)" moe_eval_dora.txt \
+  || fail "the DoRA adapter's merged line" moe_eval_dora.txt
 "$QL" merge --model moe_gptq --adapter moe_run --out moe_merged -q > moe_merge.txt 2>&1 || fail "merge into a GPTQ MoE base" moe_merge.txt
 "$QQ" eval --model moe_merged --data text.jsonl --seq-len 64 -q > moe_eval_m.txt 2>&1 || fail "eval of a merged MoE" moe_eval_m.txt
 refuse moe_awq "the AutoAWQ layout cannot mark a MoE model's routers unquantized" "$QQ" awq --model moe --out moe_awq \
