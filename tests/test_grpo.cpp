@@ -277,20 +277,6 @@ TEST(GrpoRollouts, TheAttachedAdapterIsTheTrainersForward) {
 
 // ---- training end to end ----------------------------------------------------------------------------------------
 
-TrainOptions grpo_options(const std::string& model, const std::string& data, const std::string& out, int64_t steps) {
-  TrainOptions o = test::small_lora_options(model, data, out, steps);
-  o.grpo = true;
-  o.batch_mode = SftBatchMode::kPadding;
-  o.batch_size = 2;
-  o.seq_len = 64;
-  o.grpo_options.num_generations = 4;
-  o.grpo_options.max_completion_len = 24;
-  o.grpo_options.rewards = {"contains=dog"};
-  o.lr = 1e-3;
-  o.data.eval_count = 0;  // every prompt trains (tests set --eval-data where they evaluate)
-  return o;
-}
-
 // Story openings of TinyStories (the paragraphs' first six words), n of them.
 std::string story_prompts(const std::string& path, size_t from, size_t n) {
   std::istringstream in(read_file(test::shared_data_dir() + "/tinystories/tinystories_val.txt"));
@@ -311,7 +297,7 @@ TEST(GrpoTrain, Stories260KLearnsToMentionADog) {
   QWENQ_REQUIRE_SHARED_DATA();
   const std::string root = test::scratch_dir();
   const std::string model = test::import_stories260k(root + "/s260");
-  TrainOptions o = grpo_options(model, story_prompts(root + "/p.jsonl", 0, 120), root + "/run", 40);
+  TrainOptions o = test::small_grpo_options(model, story_prompts(root + "/p.jsonl", 0, 120), root + "/run", 40);
   o.eval_data_path = story_prompts(root + "/e.jsonl", 200, 12);
   o.batch_size = 4;
   o.grpo_options.num_generations = 8;
@@ -333,7 +319,7 @@ TEST(GrpoTrain, ResumeIsBitExact) {
   const std::string model = test::make_tiny_model(root + "/m", /*seed=*/2);
   write_file_atomic(root + "/p.jsonl", "{\"prompt\": \"Ann is\"}\n{\"prompt\": \"Bob was\"}\n{\"prompt\": \"Cid\"}\n"
                                        "{\"prompt\": \"Dee has a\"}\n{\"prompt\": \"Eve\"}\n");
-  TrainOptions full = grpo_options(model, root + "/p.jsonl", root + "/full", 6);
+  TrainOptions full = test::small_grpo_options(model, root + "/p.jsonl", root + "/full", 6);
   full.grpo_options.rewards = {"contains=a", "regex=[0-9]"};
   full.grpo_options.reward_weights = {1.0, 0.5};
   full.grpo_options.beta = 0.05;
@@ -355,7 +341,7 @@ TEST(GrpoTrain, RefusesWhatItCannotRun) {
   const std::string model = test::make_tiny_model(root + "/m", /*seed=*/2);
   write_file_atomic(root + "/p.jsonl", "{\"prompt\": \"Ann is\"}\n{\"prompt\": \"Bob\"}\n");
   const auto refused = [&](const std::function<void(TrainOptions*)>& edit) {
-    TrainOptions o = grpo_options(model, root + "/p.jsonl", root + "/run", 2);
+    TrainOptions o = test::small_grpo_options(model, root + "/p.jsonl", root + "/run", 2);
     edit(&o);
     return error_of([&] { train_lora(o); });
   };

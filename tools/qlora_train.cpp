@@ -227,7 +227,8 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
   GrpoOptions& g = o->grpo_options;
   c->add_option("--reward", g.rewards,
                 "grpo: a reward function, repeatable: accuracy, think_format, regex=PATTERN, contains=TEXT, "
-                "soft_overlong=CACHE or cmd=COMMAND (one JSON line per completion in, one number per line out)");
+                "soft_overlong=CACHE, model=DIR (a Qwen2/Qwen3ForSequenceClassification reward model) or cmd=COMMAND "
+                "(one JSON line per completion in, one number per line out)");
   c->add_option("--reward-weights", g.reward_weights, "grpo: one weight per --reward, comma-separated (default: all 1)")
       ->delimiter(',');
   c->add_option("--num-generations", g.num_generations, "grpo: completions sampled per prompt (G)")->capture_default_str();

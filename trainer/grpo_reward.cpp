@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -19,6 +20,8 @@
 
 #include "core/error.h"
 #include "trainer/gsm8k.h"
+#include "trainer/model_dir.h"
+#include "trainer/reward_model.h"
 
 namespace qwenq {
 
@@ -142,6 +145,33 @@ class SoftOverlong : public RewardFunction {
 
  private:
   int64_t max_, cache_;
+};
+
+// A reward model (trainer/reward_model.h) loaded once for the run; each batch's texts scored in packed forwards.
+class ModelReward : public RewardFunction {
+ public:
+  explicit ModelReward(const std::string& dir) : rm_(dir) {
+    std::fprintf(stderr, "reward model %s: %s, %lld layers, hidden %lld, score head [%lld, %lld]%s\n", dir.c_str(),
+                 rm_.model().config().model_type.c_str(), (long long)rm_.model().config().num_layers,
+                 (long long)rm_.model().config().hidden_size, (long long)rm_.num_labels(),
+                 (long long)rm_.model().config().hidden_size,
+                 rm_.num_labels() > 1 ? " (the first label's logit is the reward)" : "");
+  }
+  std::string check_record(const Json& record) const override {
+    const Json& p = record["prompt"];
+    return p.is_array() && !rm_.tokenizer().has_chat_template()
+               ? "the reward model " + rm_.dir() + " has no chat template for a conversational prompt"
+               : "";
+  }
+  std::vector<double> score(const std::vector<RewardSample>& samples) override {
+    std::vector<std::vector<int32_t>> seqs;
+    seqs.reserve(samples.size());
+    for (const RewardSample& s : samples) seqs.push_back(rm_.tokens(rm_.text((*s.record)["prompt"], s.completion)));
+    return rm_.score(seqs);
+  }
+
+ private:
+  RewardModel rm_;
 };
 
 // The external scorer: `/bin/sh -c command` on one end of a socket pair (its stdin and stdout), the lines exchanged
@@ -286,13 +316,14 @@ bool answers_agree(const std::string& predicted, const std::string& reference) {
 std::vector<std::unique_ptr<RewardFunction>> make_reward_functions(const std::vector<std::string>& specs,
                                                                    int64_t max_completion_len) {
   QWENQ_CHECK(!specs.empty(), "--objective grpo needs at least one --reward (accuracy, think_format, regex=PATTERN, "
-                              "contains=TEXT, soft_overlong=CACHE or cmd=COMMAND)");
+                              "contains=TEXT, soft_overlong=CACHE, model=DIR or cmd=COMMAND)");
   std::vector<std::unique_ptr<RewardFunction>> out;
   std::map<std::string, int> seen;
   for (const std::string& spec : specs) {
     const size_t eq = spec.find('=');
     const std::string kind = spec.substr(0, eq), arg = eq == std::string::npos ? "" : spec.substr(eq + 1);
-    const bool takes_arg = kind == "regex" || kind == "contains" || kind == "soft_overlong" || kind == "cmd";
+    const bool takes_arg =
+        kind == "regex" || kind == "contains" || kind == "soft_overlong" || kind == "model" || kind == "cmd";
     QWENQ_CHECK(takes_arg == (eq != std::string::npos) && (!takes_arg || !arg.empty()),
                 "--reward " << spec << ": " << (takes_arg ? kind + " takes a value: " + kind + "=..." : kind + " takes no value"));
     std::unique_ptr<RewardFunction> f;
@@ -311,11 +342,17 @@ std::vector<std::unique_ptr<RewardFunction>> make_reward_functions(const std::ve
                   "--reward " << spec << ": the cache must be a whole number in [1, --max-completion-len "
                               << max_completion_len << ")");
       f = std::make_unique<SoftOverlong>(max_completion_len, cache);
+    } else if (kind == "model") {
+      try {
+        f = std::make_unique<ModelReward>(resolve_model_dir(arg, "main"));
+      } catch (const Error& e) {
+        QWENQ_FAIL("--reward " << spec << ": " << e.what());
+      }
     } else if (kind == "cmd") {
       f = std::make_unique<CommandReward>(arg);
     } else {
       QWENQ_FAIL("--reward " << spec << ": unknown reward; use accuracy, think_format, regex=PATTERN, contains=TEXT, "
-                             << "soft_overlong=CACHE or cmd=COMMAND");
+                             << "soft_overlong=CACHE, model=DIR or cmd=COMMAND");
     }
     const int n = ++seen[kind];
     f->set_name(n == 1 ? kind : kind + "_" + std::to_string(n));

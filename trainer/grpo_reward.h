@@ -15,13 +15,17 @@
 //   contains=TEXT     1 when the completion contains TEXT, else 0.
 //   soft_overlong=C   DAPO's soft overlong punishment (TRL's get_soft_overlong_punishment with max_completion_len
 //                     L and cache C): 0 for |o| <= L − C, (L − C − |o|)/C up to L, −1 beyond.
+//   model=DIR         a reward model (trainer/reward_model.h): a Qwen2/Qwen3ForSequenceClassification directory or
+//                     Hugging Face repo id (offline cache), its score of the prompt and completion as TRL's
+//                     GRPOTrainer computes it with a reward model among its reward functions (its own tokenizer and
+//                     chat template); loaded once, run on the CPU.
 //   cmd=COMMAND       an external scorer, started once (`/bin/sh -c COMMAND`) and kept for the run: for each batch
 //                     of completions it reads one JSON line per completion on stdin — the prompt's record with
 //                     "completion" (the text; for a conversational prompt [{"role": "assistant", "content": text}]
 //                     as TRL hands it), "completion_ids" and "truncated" added — and writes one line per completion:
 //                     a number, or null / nan when the reward does not apply, each as soon as its line is read
-//                     (the input stays open for the next batch). Reward models and Python reward
-//                     functions plug in this way (examples in tools/README.md).
+//                     (the input stays open for the next batch). Python reward functions (and reward models
+//                     of other architectures) plug in this way (examples in tools/README.md).
 // A reward function's name in the metrics is its kind ("accuracy", "regex", "cmd", ...), a second of the same kind
 // "<kind>_2" and so on.
 #pragma once

@@ -79,8 +79,11 @@ struct QwenModel::Scratch {
         gate(T * c.intermediate_size), up(T * c.intermediate_size) {}
 };
 
-QwenModel::QwenModel(const std::string& dir) : dir_(dir) {
+QwenModel::QwenModel(const std::string& dir, ModelHead head) : dir_(dir) {
   if (is_gguf_file(dir)) {
+    QWENQ_CHECK(head == ModelHead::kLanguageModel,
+                dir << ": a GGUF file holds a language model; a sequence classifier (reward model) is read from a "
+                       "Hugging Face directory");
     gguf_ = std::make_unique<GgufFile>(dir);
     cfg_ = qwen_config_from_gguf(*gguf_);
     w_ = bind_gguf_weights(cfg_, *gguf_);
@@ -89,7 +92,7 @@ QwenModel::QwenModel(const std::string& dir) : dir_(dir) {
   cfg_ = load_qwen_config(dir);
   quant_ = load_quant_config(dir);
   ckpt_ = std::make_unique<Checkpoint>(dir);
-  w_ = bind_qwen_weights(cfg_, quant_, *ckpt_);
+  w_ = bind_qwen_weights(cfg_, quant_, *ckpt_, head);
 }
 
 QwenModel::~QwenModel() = default;

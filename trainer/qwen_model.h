@@ -99,8 +99,10 @@ struct KvCache {
 class QwenModel {
  public:
   // Loads config.json and maps the checkpoint of a model directory (already resolved), or maps a GGUF file
-  // (trainer/gguf_model.h; its Linears stay in their ggml blocks, quant_config() is None).
-  explicit QwenModel(const std::string& dir);
+  // (trainer/gguf_model.h; its Linears stay in their ggml blocks, quant_config() is None). kSequenceScore reads a
+  // sequence classifier's directory (trainer/qwen_weights.h, ModelHead): weights().score holds its head, and the
+  // next-token calls below are for language models only (trainer/reward_model.h runs it).
+  explicit QwenModel(const std::string& dir, ModelHead head = ModelHead::kLanguageModel);
   ~QwenModel();
   bool is_gguf() const { return gguf_ != nullptr; }
   const QwenConfig& config() const { return cfg_; }

@@ -471,12 +471,29 @@ MoeWeights bind_moe(const QwenConfig& c, const QuantConfig& quant, const Checkpo
 
 }  // namespace
 
-QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt) {
+QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt, ModelHead head) {
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   QwenWeights w;
   w.embed = fetch(ckpt, "model.embed_tokens.weight", {V, C});
   w.final_norm = fetch(ckpt, "model.norm.weight", {C});
-  if (c.tie_word_embeddings) {
+  const bool classifier = ckpt.has("score.weight") && !ckpt.has("lm_head.weight");
+  if (head == ModelHead::kSequenceScore) {
+    QWENQ_CHECK(classifier, ckpt.dir() << ": " << (ckpt.has("lm_head.weight") ? "holds lm_head.weight" : "has no score.weight")
+                                       << ", so it is a causal language model, not a sequence classifier "
+                                          "(Qwen2ForSequenceClassification: a decoder and score.weight), which a "
+                                          "reward model is");
+    const std::vector<int64_t> shape = ckpt.get("score.weight").shape;
+    QWENQ_CHECK(shape.size() == 2 && shape[0] >= 1 && shape[1] == C,
+                ckpt.file_of("score.weight") << ": the score head has shape " << shape_str(shape)
+                                             << "; a sequence classifier's is [num_labels, hidden_size " << C << "]");
+    w.score = fetch(ckpt, "score.weight", shape);
+    if (c.tie_word_embeddings) w.lm_head = w.embed;
+  } else if (c.tie_word_embeddings || classifier) {
+    QWENQ_CHECK(!classifier, ckpt.file_of("score.weight")
+                                 << ": a sequence classifier (score.weight and no lm_head.weight, as a reward model "
+                                    "is): it scores whole sequences and has no next-token logits; use it as `train "
+                                    "--objective grpo --reward model="
+                                 << ckpt.dir() << "`");
     w.lm_head = w.embed;
   } else {
     QWENQ_CHECK(!ckpt.has("lm_head.weight_packed") && !ckpt.has("lm_head.qweight"),

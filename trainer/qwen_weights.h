@@ -86,7 +86,8 @@ struct QwenWeights {
   TensorView embed;       // [V, C] (no data when embed_q holds the table)
   std::vector<QwenLayerWeights> layers;
   TensorView final_norm;  // [C]
-  TensorView lm_head;     // [V, C] (= embed when tied; no data when lm_head_q holds the table)
+  TensorView lm_head;     // [V, C] (= embed when tied; no data when lm_head_q holds the table, or for a score head)
+  TensorView score;       // [L, C]: a sequence classifier's head (ModelHead::kSequenceScore), else no data
   // GGUF: a quantized token_embd / output table kept in its blocks and dequantized a row at a time as it is read,
   // instead of widened to fp32 at load (2.2 GB each for a 7B's 152,064 x 3,584). Null for every other table.
   std::shared_ptr<const GgmlLinear> embed_q, lm_head_q;
@@ -207,8 +208,16 @@ void apply_linear_backward_input(const LinearWeight& w, const float* dy, int64_t
 LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& quant, const std::string& prefix, int64_t N,
                          int64_t K);
 
+// The head a checkpoint is read for: a causal LM's lm_head (next-token logits), or the score head [L, C] of a sequence
+// classifier (Qwen2ForSequenceClassification, Qwen3ForSequenceClassification: what reward models are), which holds
+// "score.weight" (no bias) and no "lm_head.weight"; its decoder is the causal LM's, quantized or not.
+enum class ModelHead { kLanguageModel, kSequenceScore };
+
 // Binds views for every tensor the config calls for; Linear layers of a quantized checkpoint (per `quant`) are
-// read in their packed form. `ckpt` must outlive the result.
-QwenWeights bind_qwen_weights(const QwenConfig& cfg, const QuantConfig& quant, const Checkpoint& ckpt);
+// read in their packed form. `ckpt` must outlive the result. kLanguageModel refuses a sequence classifier's
+// checkpoint (score.weight without lm_head.weight: it has no next-token logits); kSequenceScore binds `score` and
+// (untied) no lm_head, and refuses a checkpoint without score.weight.
+QwenWeights bind_qwen_weights(const QwenConfig& cfg, const QuantConfig& quant, const Checkpoint& ckpt,
+                              ModelHead head = ModelHead::kLanguageModel);
 
 }  // namespace qwenq

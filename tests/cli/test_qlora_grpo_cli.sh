@@ -95,5 +95,8 @@ expect_error "unknown reward" train -m "$WORK/tiny" -d "$WORK/p.jsonl" --objecti
   --device cpu --out "$WORK/x6"
 expect_error "--reward-weights gives 2 weights for 3 rewards" train "${run[@]}" --max-steps 1 --out "$WORK/x7" \
   --reward regex=x
-for d in x1 x2 x3 x4 x5 x6 x7; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
+expect_error "--reward model=$WORK/tiny: $WORK/tiny: has no score.weight, so it is a causal language model" train \
+  -m "$WORK/tiny" -d "$WORK/p.jsonl" --objective grpo --reward "model=$WORK/tiny" --max-steps 1 --device cpu \
+  --out "$WORK/x8"
+for d in x1 x2 x3 x4 x5 x6 x7 x8; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
 echo "grpo cli: OK"

@@ -46,6 +46,21 @@ TrainOptions small_lora_options(const std::string& model, const std::string& dat
   return o;
 }
 
+TrainOptions small_grpo_options(const std::string& model, const std::string& data, const std::string& out,
+                                int64_t max_steps) {
+  TrainOptions o = small_lora_options(model, data, out, max_steps);
+  o.grpo = true;
+  o.batch_mode = SftBatchMode::kPadding;
+  o.batch_size = 2;
+  o.seq_len = 64;
+  o.grpo_options.num_generations = 4;
+  o.grpo_options.max_completion_len = 24;
+  o.grpo_options.rewards = {"contains=dog"};
+  o.lr = 1e-3;
+  o.data.eval_count = 0;
+  return o;
+}
+
 std::vector<double> step_metric(const std::string& metrics, const std::string& field) {
   std::vector<double> out;
   std::istringstream in(read_file(metrics));

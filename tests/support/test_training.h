@@ -25,6 +25,11 @@ std::string make_text_data(const std::string& path, int n);
 TrainOptions small_lora_options(const std::string& model, const std::string& data, const std::string& out,
                                 int64_t max_steps);
 
+// small_lora_options as a GRPO run: padded micro-batches of 2 prompts, sequences of 64, 4 completions of up to 24
+// tokens each, rewarded by contains=dog, lr 1e-3, no held-out prompts (tests set eval_data_path where they evaluate).
+TrainOptions small_grpo_options(const std::string& model, const std::string& data, const std::string& out,
+                                int64_t max_steps);
+
 // `full` trained again into part_dir: stopped after stop_after steps (as if killed), then resumed from its newest
 // checkpoint. Returns the resumed invocation's report (start_step: that checkpoint's step).
 TrainReport train_interrupted(const TrainOptions& full, const std::string& part_dir, int64_t stop_after);
