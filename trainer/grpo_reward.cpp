@@ -158,15 +158,15 @@ class ModelReward : public RewardFunction {
                  rm_.num_labels() > 1 ? " (the first label's logit is the reward)" : "");
   }
   std::string check_record(const Json& record) const override {
-    const Json& p = record["prompt"];
-    return p.is_array() && !rm_.tokenizer().has_chat_template()
+    const auto p = record.find("prompt");
+    return p != record.end() && p->is_array() && !rm_.tokenizer().has_chat_template()
                ? "the reward model " + rm_.dir() + " has no chat template for a conversational prompt"
                : "";
   }
   std::vector<double> score(const std::vector<RewardSample>& samples) override {
     std::vector<std::vector<int32_t>> seqs;
     seqs.reserve(samples.size());
-    for (const RewardSample& s : samples) seqs.push_back(rm_.tokens(rm_.text((*s.record)["prompt"], s.completion)));
+    for (const RewardSample& s : samples) seqs.push_back(rm_.tokens(rm_.text(s.record->at("prompt"), s.completion)));
     return rm_.score(seqs);
   }
 
