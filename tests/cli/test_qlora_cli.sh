@@ -126,6 +126,30 @@ for unmerged, merged, base in (("adapter", "merged", "base"), ("nf4_adapter", "m
     assert abs(p[unmerged] - p[base]) > 100 * kUnmergedPplRelTol * p[base], (unmerged, "scored as", base, p)
 PY
 grep -q "\"adapter\":\"$WORK/run\"" "$WORK/ueval_adapter.json" || fail "adapter in eval JSON" "$WORK/ueval_adapter.json"
+# multiple-choice and gsm8k --adapter: the same continuation log-likelihoods as the merged directory within the branch's
+# reassociation, and the same greedy answers.
+printf '%s\n' '{"context": "Once upon a time", "choices": [" there", " a cat", " sun"], "label": 0}' \
+  '{"context": "The little cat", "choices": [" liked", " play"], "label": 1}' > "$WORK/mc.jsonl"
+printf '%s\n' '{"question": "1+1?", "answer": "#### 2"}' '{"question": "Once upon a time", "answer": "#### 3"}' \
+  > "$WORK/gsm.jsonl"
+for m in adapter merged base; do
+  case $m in adapter) args=(--model "$WORK/tiny" --adapter "$WORK/run");; merged) args=(--model "$WORK/merged");;
+             base) args=(--model "$WORK/tiny");; esac
+  "$QQ" multiple-choice "${args[@]}" --data "$WORK/mc.jsonl" --predictions "$WORK/mc_$m.jsonl" --threads 1 -q \
+    > "$WORK/mc_$m.txt" 2>&1 || fail "multiple-choice ($m)" "$WORK/mc_$m.txt"
+  "$QQ" gsm8k "${args[@]}" --data "$WORK/gsm.jsonl" -n 12 --predictions "$WORK/gsm_$m.jsonl" --threads 1 -q \
+    > "$WORK/gsm_$m.txt" 2>&1 || fail "gsm8k ($m)" "$WORK/gsm_$m.txt"
+done
+python3 - "$WORK" <<'PY' || fail "multiple-choice / gsm8k --adapter against the merged directory"
+import json, sys
+kUnmergedLoglikRelTol = 1e-5
+rows = lambda name: [json.loads(l) for l in open(f"{sys.argv[1]}/{name}.jsonl")]
+for a, m, b in zip(rows("mc_adapter"), rows("mc_merged"), rows("mc_base")):
+    for x, y in zip(a["loglik"], m["loglik"]):
+        assert abs(x - y) <= kUnmergedLoglikRelTol * abs(y), (a, m)
+    assert a["loglik"] != b["loglik"], ("scored as the base", a, b)
+assert [r["output"] for r in rows("gsm_adapter")] == [r["output"] for r in rows("gsm_merged")]
+PY
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --chat --prompt "Hi" -n 8 --temperature 0.8 --top-p 0.9 \
   --seed 3 --threads 1 > "$WORK/gen_chat.txt" 2>&1 || fail "generate --chat" "$WORK/gen_chat.txt"
 
