@@ -5,6 +5,7 @@
 // tests/oracle/test_reward_model_oracle.py checks the scores against transformers' Qwen2ForSequenceClassification.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "core/files.h"
 #include "core/rng.h"
 #include "trainer/grpo_reward.h"
+#include "trainer/quantize_model.h"
 #include "trainer/reward_model.h"
 #include "trainer/train_loop.h"
 #include "tests/support/safetensors_edit.h"
@@ -175,6 +177,34 @@ TEST(RewardModel, ClassifiersAndLanguageModelsAreNotMistakenForEachOther) {
   EXPECT_TRUE(contains(e, "the score head has shape [4, " + std::to_string(C / 2) + "]")) << e;
   reshape_score({1, C}, true);
   EXPECT_EQ(RewardModel(rm).num_labels(), 1);
+}
+
+// fp32 sums of the same dequantized values in another order: the packed NF4 decoder against its dense twin.
+constexpr double kPackedRewardRelTol = 1e-5;
+
+TEST(RewardModel, AnNf4RewardModelScoresAsItsDequantizedTwin) {
+  const std::string root = test::scratch_dir();
+  const std::string rm = make_reward_model(root, 300);
+  QuantizeOptions q;
+  q.method = QuantizeOptions::Method::Nf4;
+  q.model_dir = rm;
+  q.out_dir = root + "/rm_nf4";
+  q.quiet = true;
+  quantize_model(q);  // calibration-free: the score head passes through
+  DequantizeOptions d;
+  d.model_dir = q.out_dir;
+  d.out_dir = root + "/rm_deq";
+  d.dtype = DType::F32;
+  d.quiet = true;
+  dequantize_model(d);
+  const RewardModel packed(q.out_dir), dense(d.out_dir), original(rm);
+  ASSERT_TRUE(packed.model().weights().layers[0].q.nf4 != nullptr);
+  const std::vector<std::vector<int32_t>> seqs = {{5, 9, 40, 41, 42}, {7, 8}, {12, 13, 14, 15, 16, 17, 18}};
+  const std::vector<double> a = packed.score(seqs), b = dense.score(seqs), c = original.score(seqs);
+  double scale = 0;
+  for (double v : b) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < seqs.size(); ++i) EXPECT_NEAR(a[i], b[i], kPackedRewardRelTol * scale) << i;
+  EXPECT_NE(a, c);  // quantization moved the rewards
 }
 
 TEST(RewardModel, GrpoRewardFunctionScoresRenderedCompletions) {
