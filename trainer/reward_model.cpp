@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "trainer/chat_record.h"
+#include "trainer/json_fields.h"
 
 namespace qwenq {
 
@@ -14,15 +15,13 @@ using Json = nlohmann::ordered_json;
 // config.json's pad_token_id: an integer, or -1 when absent or null.
 int32_t config_pad_id(const std::string& dir) {
   const std::string path = path_join(dir, "config.json");
-  Json j;
+  nlohmann::json j;
   try {
-    j = Json::parse(read_file(path));
-  } catch (const Json::exception& e) {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
     QWENQ_FAIL(path << ": not valid JSON: " << e.what());
   }
-  if (!j.contains("pad_token_id") || j["pad_token_id"].is_null()) return -1;
-  QWENQ_CHECK(j["pad_token_id"].is_number_integer(), path << ": pad_token_id must be an integer or null");
-  return j["pad_token_id"].get<int32_t>();
+  return static_cast<int32_t>(optional_int(j, "pad_token_id", -1, path));
 }
 
 }  // namespace
