@@ -3,7 +3,7 @@
 // prompt (each decode step includes the lm_head over the 151,936-row vocabulary).
 // The same with a LoRA adapter (r 16, all seven targets, random A and B), /0 applied unmerged on the model as stored
 // (QwenModel::attach_adapter: what eval/generate/chat do) and /1 merged into an fp32 copy of each Linear
-// (merge_adapter_in_memory: their path before, DoRA's now); the merged copy's bytes beside the base's are printed once.
+// (merge_adapter_in_memory: their path before); the merged copy's bytes beside the base's are printed once.
 //
 //   build/bench_forward_cpu [--model DIR] [benchmark flags]
 // Without --model, a random bf16 qwen2.5-0.5b model is written once to $TMPDIR/qwenq-bench-0.5b; give --model a

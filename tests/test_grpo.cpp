@@ -87,8 +87,11 @@ TEST(GrpoMath, TokenWeightsAreTheLossDerivative) {
       }
     return s;
   };
-  double wkl = 0, kl = 0;
-  const std::vector<double> d = grpo_token_weights(c, a, len, beta, nll0, ref, &wkl, &kl);
+  GrpoOptions o;
+  o.beta = beta;
+  GrpoTokenTerms terms;
+  const std::vector<double> d = grpo_token_weights(o, c, a, len, nll0, nullptr, &ref, &terms);
+  const double kl = terms.kl_sum, wkl = terms.weighted_kl;
   ASSERT_EQ(d.size(), 5u);
   std::vector<double> at(nll0.begin(), nll0.end());
   for (size_t i = 0; i < at.size(); ++i) {
@@ -100,6 +103,84 @@ TEST(GrpoMath, TokenWeightsAreTheLossDerivative) {
   EXPECT_DOUBLE_EQ(kl, std::exp(0.5) - 0.5 - 1 + std::exp(-0.25) + 0.25 - 1 + std::exp(-0.5) + 0.5 - 1 + 0 +
                            std::exp(2.0) - 2.0 - 1);
   EXPECT_NEAR(f(at), grpo_loss_value(c, a, len) + beta * wkl, 1e-12);  // the value the step logs
+  EXPECT_NEAR(terms.policy, grpo_loss_value(c, a, len), 1e-15);
+  EXPECT_EQ(terms.tokens, 5);
+  EXPECT_EQ(terms.clipped_low + terms.clipped_high, 0);  // on-policy: never clipped
+}
+
+// Off-policy (num_iterations > 1): f(nll) = Σ_j c_j Σ_t (−min(ρ_t·A_j, clip(ρ_t, 1 − ε, 1 + ε_high)·A_j) + β·KL_t) with
+// ρ_t = exp(old_t − nll_t) per token, or GSPO's exp(mean_t(old_t − nll_t)) per sequence. Its central differences in
+// double are the weights wherever f is smooth (no ratio at a clip bound), the clipped tokens' policy part zero; the
+// value is terms.policy + β·terms.weighted_kl; the clipped counts are TRL's (A < 0 below 1 − ε, A > 0 above 1 + ε_high).
+TEST(GrpoMath, ClippedRatioWeightsAreTheLossDerivative) {
+  const std::vector<double> c = {0.1, 0.05, 0.2}, a = {1.3, -0.7, 0.4};
+  const std::vector<int64_t> len = {2, 3, 2};
+  // log ratios old − nll: 0.3, −0.05 | −0.4, 0.1, 0.02 | 0.5, 0.1
+  const std::vector<float> nll = {1.5f, 0.25f, 2.0f, 0.75f, 3.0f, 1.0f, 0.5f};
+  const std::vector<float> old = {1.8f, 0.2f, 1.6f, 0.85f, 3.02f, 1.5f, 0.6f};
+  const std::vector<float> ref = {1.0f, 0.5f, 2.5f, 0.75f, 1.0f, 0.9f, 0.4f};
+  for (const GrpoImportance level : {GrpoImportance::kToken, GrpoImportance::kSequence}) {
+    SCOPED_TRACE(grpo_importance_name(level));
+    GrpoOptions o;
+    o.beta = 0.3;
+    o.epsilon = 0.2;
+    o.epsilon_high = 0.28;
+    o.importance = level;
+    const auto ratios = [&](const std::vector<double>& x) {
+      std::vector<double> rho(x.size());
+      for (size_t i = 0, j = 0; j < len.size(); ++j) {
+        double mean = 0;
+        for (int64_t t = 0; t < len[j]; ++t) mean += (old[i + t] - x[i + t]) / static_cast<double>(len[j]);
+        for (int64_t t = 0; t < len[j]; ++t, ++i)
+          rho[i] = level == GrpoImportance::kToken ? std::exp(old[i] - x[i]) : std::exp(mean);
+      }
+      return rho;
+    };
+    const auto f = [&](const std::vector<double>& x) {
+      const std::vector<double> rho = ratios(x);
+      double s = 0;
+      for (size_t i = 0, j = 0; j < len.size(); ++j)
+        for (int64_t t = 0; t < len[j]; ++t, ++i) {
+          const double clipped = std::min(std::max(rho[i], 1 - o.epsilon), 1 + o.epsilon_high);
+          const double k = x[i] - ref[i];
+          s += c[j] * (-std::min(rho[i] * a[j], clipped * a[j]) + o.beta * (std::exp(k) - k - 1));
+        }
+      return s;
+    };
+    GrpoTokenTerms terms;
+    const std::vector<double> d = grpo_token_weights(o, c, a, len, nll, &old, &ref, &terms);
+    const std::vector<double> at(nll.begin(), nll.end());
+    for (size_t i = 0; i < at.size(); ++i) {
+      std::vector<double> up = at, dn = at;
+      up[i] += 1e-6;
+      dn[i] -= 1e-6;
+      EXPECT_NEAR(d[i], (f(up) - f(dn)) / 2e-6, 1e-7) << "token " << i;
+    }
+    EXPECT_NEAR(terms.policy + o.beta * terms.weighted_kl, f(at), 1e-12);
+    // Which tokens the clip takes, from the ratios (none sits within 1e-3 of a bound, so f is smooth at each).
+    const std::vector<double> rho = ratios(at);
+    double low = 0, high = 0;
+    for (size_t i = 0, j = 0; j < len.size(); ++j)
+      for (int64_t t = 0; t < len[j]; ++t, ++i) {
+        EXPECT_GT(std::min(std::fabs(rho[i] - 0.8), std::fabs(rho[i] - 1.28)), 1e-3) << i;
+        low += a[j] < 0 && rho[i] < 0.8;
+        high += a[j] > 0 && rho[i] > 1.28;
+      }
+    EXPECT_EQ(terms.clipped_low, low);
+    EXPECT_EQ(terms.clipped_high, high);
+    EXPECT_EQ(terms.tokens, 7);
+    if (level == GrpoImportance::kToken) {  // ρ: 1.35 (A > 0: clipped), 0.95 | 0.67 (A < 0: clipped), 1.1, 1.02 | 1.65 (clipped), 1.1
+      EXPECT_EQ(low, 1);
+      EXPECT_EQ(high, 2);
+      for (size_t i : {0u, 2u}) {  // clipped: the KL term's part alone
+        EXPECT_DOUBLE_EQ(d[i], (i == 0 ? c[0] : c[1]) * o.beta * (std::exp(static_cast<double>(nll[i]) - ref[i]) - 1));
+      }
+    } else {  // s_j: exp(0.125) = 1.13, exp(−0.093) = 0.91 | exp(0.3) = 1.35 (A > 0: both its tokens clipped)
+      EXPECT_EQ(low, 0);
+      EXPECT_EQ(high, 2);
+      EXPECT_NE(d[0], 0.0);
+    }
+  }
 }
 
 // ---- rewards ----------------------------------------------------------------------------------------------------
@@ -247,13 +328,7 @@ TEST(GrpoRollouts, TheAttachedAdapterIsTheTrainersForward) {
   for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, static_cast<double>(std::fabs(got[i] - want[i])));
   EXPECT_LT(worst, 1e-4);  // fp32 both, the branch's sums in another order
   // Batched decode steps keep each sequence's lone-step bits with the branch too (GRPO's groups decode together).
-  KvCache c1 = model.make_cache(8), c2 = model.make_cache(8), c3 = model.make_cache(8);
-  model.forward_step({1, 2, 3}, &c1);
-  model.forward_step({4, 5}, &c2);
-  const std::vector<float> both = model.forward_steps({6, 7}, {&c1, &c2});
-  const std::vector<float> alone = (model.forward_step({4, 5}, &c3), model.forward_step({7}, &c3));
-  const int64_t V = model.config().vocab_size;
-  EXPECT_EQ(std::vector<float>(both.begin() + V, both.end()), alone);
+  test::expect_batched_step_is_lone_step(model);
   // A group: each prompt's copies sampled with their own seeds, each as generate() with that seed.
   SamplingOptions so;
   so.temperature = 1.f;
@@ -267,12 +342,7 @@ TEST(GrpoRollouts, TheAttachedAdapterIsTheTrainersForward) {
   }
   EXPECT_NE(outs[0], outs[1]);
   model.attach_adapter(nullptr);
-  EXPECT_NE(model.forward_logits(b), got);
-  LoraConfig dora;
-  dora.use_dora = true;
-  const LoraAdapter d(lora_dims_of(model.config()), dora);
-  const LoraInferenceLayout dl = lora_inference_layout(d, model.config(), "test");
-  EXPECT_TRUE(contains(error_of([&] { model.attach_adapter(&dl); }), "not DoRA"));
+  EXPECT_NE(model.forward_logits(b), got);  // (DoRA and MoE experts attached: tests/test_attached_adapter.cpp)
 }
 
 // ---- training end to end ----------------------------------------------------------------------------------------
@@ -314,13 +384,19 @@ TEST(GrpoTrain, Stories260KLearnsToMentionADog) {
   EXPECT_EQ(test::step_metric(o.out_dir + "/metrics.jsonl", "completions_max_length")[0], 24.0);
 }
 
-TEST(GrpoTrain, ResumeIsBitExact) {
-  const std::string root = test::scratch_dir();
+// Six steps on a tiny model over five short prompts rewarded by two functions, into root/full.
+TrainOptions five_prompt_run(const std::string& root) {
   const std::string model = test::make_tiny_model(root + "/m", /*seed=*/2);
   write_file_atomic(root + "/p.jsonl", "{\"prompt\": \"Ann is\"}\n{\"prompt\": \"Bob was\"}\n{\"prompt\": \"Cid\"}\n"
                                        "{\"prompt\": \"Dee has a\"}\n{\"prompt\": \"Eve\"}\n");
-  TrainOptions full = test::small_grpo_options(model, root + "/p.jsonl", root + "/full", 6);
-  full.grpo_options.rewards = {"contains=a", "regex=[0-9]"};
+  TrainOptions o = test::small_grpo_options(model, root + "/p.jsonl", root + "/full", 6);
+  o.grpo_options.rewards = {"contains=a", "regex=[0-9]"};
+  return o;
+}
+
+TEST(GrpoTrain, ResumeIsBitExact) {
+  const std::string root = test::scratch_dir();
+  TrainOptions full = five_prompt_run(root);
   full.grpo_options.reward_weights = {1.0, 0.5};
   full.grpo_options.beta = 0.05;
   full.grpo_options.temperature = 0.8f;
@@ -334,6 +410,61 @@ TEST(GrpoTrain, ResumeIsBitExact) {
   other.resume = true;
   other.grpo_options.num_generations = 2;
   EXPECT_TRUE(contains(error_of([&] { train_lora(other); }), "\"num_generations\" (--num-generations): saved 4, now 2"));
+}
+
+// num_iterations μ = 3: steps 1-3 train on one generation (the same completions, so the same reward statistics and
+// tokens; steps 2 and 3 sample nothing), step 4 samples anew; at a generation's first step the ratio to the sampling
+// policy is 1 (its log-probabilities are the same forward's), so nothing clips there, and after an update with a
+// tight epsilon some tokens do. A run resumed from a checkpoint at a generation's end is the uninterrupted run bit
+// for bit; one resumed from inside a generation samples its prompts again. With --epochs, each generation counts μ
+// steps.
+TEST(GrpoTrain, NumIterationsTrainsOneGenerationSeveralSteps) {
+  const std::string root = test::scratch_dir();
+  TrainOptions full = five_prompt_run(root);
+  full.grpo_options.beta = 0.05;
+  full.grpo_options.num_iterations = 3;
+  full.grpo_options.epsilon = 0.01;
+  full.lr = 0.05;
+  full.save_every = 3;
+  train_lora(full);
+  const std::string metrics = full.out_dir + "/metrics.jsonl";
+  const std::vector<double> reward = test::step_metric(metrics, "reward"), len = test::step_metric(metrics, "completions_mean_length"),
+                            tokens = test::step_metric(metrics, "tokens"), rollout = test::step_metric(metrics, "rollout_s"),
+                            clip = test::step_metric(metrics, "clip_ratio_region_mean"), loss = test::step_metric(metrics, "loss");
+  ASSERT_EQ(reward.size(), 6u);
+  for (size_t k : {1u, 2u, 4u, 5u}) {
+    EXPECT_EQ(reward[k], reward[k - 1]) << k;
+    EXPECT_EQ(len[k], len[k - 1]) << k;
+    EXPECT_EQ(tokens[k], tokens[k - 1]) << k;
+    EXPECT_EQ(rollout[k], 0.0) << k;
+  }
+  EXPECT_GT(rollout[0], 0.0);
+  EXPECT_GT(rollout[3], 0.0);
+  EXPECT_EQ(clip[0], 0.0);
+  EXPECT_EQ(clip[3], 0.0);
+  EXPECT_GT(std::max({clip[1], clip[2], clip[4], clip[5]}), 0.0) << "lr 0.05 moves the policy past a 1% clip";
+  EXPECT_NE(loss[1], loss[0]);  // the same completions, another policy
+  // Resumed at step 3 (a generation's end): bit for bit.
+  EXPECT_EQ(test::train_interrupted(full, root + "/part", 4).start_step, 3);
+  test::expect_same_resumed_run(full.out_dir, root + "/part", {"loss", "reward", "kl", "grad_norm", "clip_ratio_low_mean"});
+  // Resumed at step 2 (inside the first generation): step 3 samples again, and the run ends.
+  TrainOptions mid = full;
+  mid.save_every = 2;
+  mid.out_dir = root + "/mid";
+  EXPECT_EQ(test::train_interrupted(mid, root + "/mid", 3).start_step, 2);
+  const std::vector<double> mid_rollout = test::step_metric(mid.out_dir + "/metrics.jsonl", "rollout_s");
+  ASSERT_EQ(mid_rollout.size(), 6u);
+  EXPECT_GT(mid_rollout[2], 0.0);
+  EXPECT_EQ(mid_rollout[1], 0.0);
+  // --epochs 1 over 5 prompts in batches of 2: 3 generations, 2 steps each.
+  TrainOptions epochs = full;
+  epochs.out_dir = root + "/epochs";
+  epochs.max_steps = 0;
+  epochs.epochs = 1;
+  epochs.save_every = 0;
+  epochs.grpo_options.num_iterations = 2;
+  train_lora(epochs);
+  EXPECT_EQ(test::step_metric(epochs.out_dir + "/metrics.jsonl", "loss").size(), 6u);
 }
 
 TEST(GrpoTrain, RefusesWhatItCannotRun) {
@@ -350,8 +481,9 @@ TEST(GrpoTrain, RefusesWhatItCannotRun) {
   EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->grpo_options.rewards = {"accuracy"}; }),
                        "the accuracy reward needs a reference answer"));
   EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->grpo_options.reward_weights = {1, 2}; }), "2 weights for 1"));
-  EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->lora.use_dora = true; }), "leave --use-dora out"));
   EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->use_cuda = true; }), "trains on the CPU for now"));
+  EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->grpo_options.num_iterations = 0; }), "--num-iterations must be >= 1"));
+  EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->grpo_options.epsilon = 1.5; }), "--epsilon must be in (0, 1)"));
   EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->grpo_options.max_completion_len = 64; }), "leaves no room"));
   EXPECT_TRUE(contains(refused([](TrainOptions* o) { o->kto = true; }), "give one objective"));
   EXPECT_FALSE(dir_exists(root + "/run"));  // refused before anything was written

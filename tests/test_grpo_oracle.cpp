@@ -1,5 +1,6 @@
 // The C++ half of tests/oracle/test_grpo_oracle.py: GRPO's loss and the adapter's gradients (the KL term to the base,
-// the temperature in the log-probabilities, the dapo and grpo normalisations) through grpo_normalizers,
+// the temperature in the log-probabilities, the dapo and grpo normalisations; off-policy, PPO's clipped ratio per
+// token and GSPO's per sequence against the old adapter's log-probabilities) through grpo_normalizers,
 // grpo_token_weights and lora_loss_and_grad's token objective (trainer/grpo.h) against PyTorch autograd through
 // transformers + PEFT, on a tiny random Qwen2 with an adapter the script saved with the Python stack. Skipped unless
 // the script points QWENQ_ORACLE_GRPO_DIR at its fixtures.
@@ -33,6 +34,7 @@ TEST(GrpoOracle, LossAndGradientsMatchPyTorch) {
   const std::string dir = dir_env;
   QwenModel model(path_join(dir, "base"));
   const LoraAdapter policy = load_peft_adapter(path_join(dir, "policy"), lora_dims_of(model.config()));
+  const LoraAdapter old_policy = load_peft_adapter(path_join(dir, "old"), lora_dims_of(model.config()));
   const LoraAdapter base(lora_dims_of(model.config()), policy.config());  // A = B = 0: the adapter disabled
   SafetensorsFile expected(path_join(dir, "expected.safetensors"));
   std::vector<std::vector<int32_t>> seqs;
@@ -57,27 +59,46 @@ TEST(GrpoOracle, LossAndGradientsMatchPyTorch) {
     ref_opt.train = false;
     const std::vector<float> ref = lora_loss_and_grad(model, base, batch, targets, nullptr, ref_opt).row_nll;
     const std::vector<double> c = grpo_normalizers(loss_type, len, std::vector<int64_t>(len.size(), 0), 1, 1);
-    double wkl = 0, kl = 0;
+    GrpoOptions go;
+    go.beta = beta;
+    std::vector<float> old;  // off-policy cases: the old adapter's NLLs (the sampling policy's)
+    const bool off_policy = it.value().value("old", false);
+    if (off_policy) {
+      go.num_iterations = 2;
+      go.epsilon = it.value()["epsilon"].get<double>();
+      go.epsilon_high = it.value()["epsilon_high"].get<double>();
+      go.importance = parse_grpo_importance(it.value()["level"].get<std::string>());
+      old = lora_loss_and_grad(model, old_policy, batch, targets, nullptr, ref_opt).row_nll;
+    }
+    GrpoTokenTerms terms;
     opt.token_objective = [&](const std::vector<float>& nll) {
-      return grpo_token_weights(c, adv, len, beta, nll, ref, &wkl, &kl);
+      return grpo_token_weights(go, c, adv, len, nll, off_policy ? &old : nullptr, &ref, &terms);
     };
     LoraAdapter grads = policy;
     for (size_t i = 0; i < grads.slots().size(); ++i)
       for (std::vector<float>* v : {&grads.weights(i).A, &grads.weights(i).B}) std::fill(v->begin(), v->end(), 0.f);
     lora_loss_and_grad(model, policy, batch, targets, &grads, opt);
-    const double loss = grpo_loss_value(c, adv, len) + beta * wkl;
+    const double loss = terms.policy + beta * terms.weighted_kl;
     const double want = expected.get(it.key() + ".loss").as<double>()[0];
     EXPECT_NEAR(loss, want, kLossTol * std::max(1.0, std::fabs(want)));
+    if (!off_policy) EXPECT_NEAR(terms.policy, grpo_loss_value(c, adv, len), 1e-12);
     if (beta > 0) {
-      EXPECT_GT(kl, 0.0);  // the adapter moves the policy off the base
+      EXPECT_GT(terms.kl_sum, 0.0);  // the adapter moves the policy off the base
     }
+    const double clipped = terms.clipped_low + terms.clipped_high;
+    if (off_policy) {  // the clip binds for some tokens and not for others: both branches of the min are checked
+      EXPECT_GT(clipped, 0.0);
+      EXPECT_LT(clipped, terms.tokens);
+    }
+    std::printf("%s: %.0f of %.0f tokens clipped (%.0f below, %.0f above)\n", it.key().c_str(), clipped, terms.tokens,
+                terms.clipped_low, terms.clipped_high);
     const test::GradComparison cmp = test::expect_peft_grads_close(grads, expected, it.key() + ".", kGradRelTol);
     EXPECT_EQ(cmp.nonzero, static_cast<int>(2 * policy.slots().size()));
     std::printf("%s: loss %.8g (torch %.8g), worst max|ours - torch| / max|torch| = %.3g\n", it.key().c_str(), loss,
                 want, cmp.worst_rel);
     ++checked;
   }
-  EXPECT_EQ(checked, 3);
+  EXPECT_EQ(checked, 5);
 }
 
 }  // namespace

@@ -29,7 +29,6 @@
 #include "trainer/lora_inference.h"
 #include "trainer/lora_merge.h"
 #include "trainer/lora_model.h"
-#include "trainer/quantize_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/random_model.h"
 
@@ -203,24 +202,17 @@ void expect_branch_is_the_merge(const std::string& dir, const LoraAdapter& a, co
 
 TEST(LoraInferenceLayout, TheBranchIsTheMergedLinearOnDenseAndGptqBases) {
   const std::string tmp = test::scratch_dir();
-  const std::string dense = test::make_tiny_model(tmp + "/dense", 5);
-  QuantizeOptions q;
-  q.method = QuantizeOptions::Method::Rtn;
-  q.group_size = 32;
-  q.model_dir = dense;
-  q.out_dir = tmp + "/gptq";
-  q.quiet = true;
-  quantize_model(q);
+  const std::string dense = test::make_tiny_model(tmp + "/dense", 5), gptq = test::rtn_gptq_model(dense, tmp + "/gptq");
   const QwenConfig c = QwenModel(dense).config();
-  ASSERT_FALSE(QwenModel(q.out_dir).weights().layers[0].q.is_dense());
+  ASSERT_FALSE(QwenModel(gptq).weights().layers[0].q.is_dense());
   const std::vector<std::string> all = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   expect_branch_is_the_merge(dense, random_adapter(c, all, false, 4, 21), "dense, all targets");
-  expect_branch_is_the_merge(q.out_dir, random_adapter(c, all, true, 8, 22), "gptq, all targets, rsLoRA r 8");
-  expect_branch_is_the_merge(q.out_dir, random_adapter(c, {"o_proj", "up_proj"}, false, 2, 23), "gptq, o and up");
+  expect_branch_is_the_merge(gptq, random_adapter(c, all, true, 8, 22), "gptq, all targets, rsLoRA r 8");
+  expect_branch_is_the_merge(gptq, random_adapter(c, {"o_proj", "up_proj"}, false, 2, 23), "gptq, o and up");
   // DoRA: the branch, then y = g·y + (1 − g)·b with the gains the GPU computes at attach, is the merged DoRA Linear
   // (W' = g ⊙ (W + s·B A), bias kept).
   expect_branch_is_the_merge(dense, test::dora_with_random_b(QwenModel(dense), all, 4, 8, 24, 0.3f), "dense, DoRA");
-  expect_branch_is_the_merge(q.out_dir, test::dora_with_random_b(QwenModel(q.out_dir), {"q_proj", "v_proj", "down_proj"}, 8,
+  expect_branch_is_the_merge(gptq, test::dora_with_random_b(QwenModel(gptq), {"q_proj", "v_proj", "down_proj"}, 8,
                                                                  16, 25, 0.3f),
                              "gptq, DoRA on q, v, down");
 }

@@ -223,19 +223,6 @@ CommandAdapter::~CommandAdapter() {
   if (model_ != nullptr) model_->attach_adapter(nullptr);
 }
 
-namespace {
-
-// Why the CPU cannot run `adapter` unmerged ("" when it can): QwenModel::attach_adapter's two refusals.
-std::string why_merged_on_cpu(const LoraAdapter& adapter) {
-  if (adapter.use_dora()) return "DoRA";
-  for (const LoraSlot& s : adapter.slots()) {
-    if (s.expert != kNoExpert) return "it adapts mixture-of-experts experts";
-  }
-  return "";
-}
-
-}  // namespace
-
 CommandAdapter load_adapter_for_device(const std::string& adapter_dir, const std::string& model_dir, Device device,
                                        QwenModel& model, bool quiet) {
   CommandAdapter out;
@@ -248,16 +235,10 @@ CommandAdapter load_adapter_for_device(const std::string& adapter_dir, const std
   const LoraAdapter& a = *out.adapter_;
   std::string how = "applied unmerged on the GPU (base kept as stored)";
   if (device != Device::Cuda) {
-    const std::string why = why_merged_on_cpu(a);
-    if (why.empty()) {
-      out.layout_ = std::make_unique<LoraInferenceLayout>(lora_inference_layout(a, model.config(), adapter_dir));
-      model.attach_adapter(out.layout_.get());
-      out.model_ = &model;
-      how = "applied unmerged (base kept as stored)";
-    } else {
-      merge_adapter_in_memory(model, a);
-      how = "merged into an fp32 copy of its Linears (" + why + ")";
-    }
+    out.layout_ = std::make_unique<LoraInferenceLayout>(lora_inference_layout(a, model.config(), adapter_dir));
+    model.attach_adapter(out.layout_.get());
+    out.model_ = &model;
+    how = "applied unmerged (base kept as stored)";
   }
   if (!quiet) {
     std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),

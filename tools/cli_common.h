@@ -139,10 +139,10 @@ void warn_if_pissa_residual(const std::string& model_dir, const char* flag);
 
 // --adapter for a command that evaluates or generates with `model`, for as long as this lives. On the CPU the adapter
 // is attached unmerged (QwenModel::attach_adapter): the base keeps its weights as stored (a 4-bit base stays packed,
-// as PEFT keeps a bitsandbytes or GPTQ base) and every adapted Linear adds s·(x Aᵀ) Bᵀ after its base product. A DoRA
-// adapter, or one adapting a mixture-of-experts layer's experts, which the CPU's unmerged branch does not reach, is
-// merged into a dense fp32 copy of its Linears instead (trainer/lora_merge.h). Unmerged is a quarter to a third of
-// the memory and decodes a third to a half faster; prefill is about a tenth slower
+// as PEFT keeps a bitsandbytes or GPTQ base) and every adapted Linear adds s·(x Aᵀ) Bᵀ after its base product, a
+// mixture-of-experts layer's experts included; DoRA then scales the row by its gain m / ‖W + s·B A‖, computed once as
+// the adapter attaches. Against merging into an fp32 copy of the adapted Linears (trainer/lora_merge.h), unmerged is
+// a quarter to a third of the memory and decodes a third to a half faster; prefill is about a tenth slower
 // (benchmarks/results/2026-12-07-cpu-unmerged-adapter.md). With device Cuda the adapter is only
 // kept, for upload_model_cuda to attach unmerged on the GPU (DoRA too).
 class CommandAdapter {
@@ -158,7 +158,7 @@ class CommandAdapter {
  private:
   friend CommandAdapter load_adapter_for_device(const std::string&, const std::string&, Device, QwenModel&, bool);
   std::unique_ptr<LoraAdapter> adapter_;
-  std::unique_ptr<LoraInferenceLayout> layout_;  // the CPU's unmerged adapter (null: none, merged, or the GPU's)
+  std::unique_ptr<LoraInferenceLayout> layout_;  // the CPU's unmerged adapter (null: none, or the GPU's)
   QwenModel* model_ = nullptr;                   // the model layout_ is attached to
 };
 

@@ -36,7 +36,7 @@ void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 // --kto-desirable-weight, --kto-undesirable-weight.
 struct DpoFlags {
   std::string objective = "sft", loss = "sigmoid", kto_loss = "kto";
-  std::string grpo_loss = "dapo", scale_rewards = "group";  // --objective grpo
+  std::string grpo_loss = "dapo", scale_rewards = "group", importance = "token";  // --objective grpo
 };
 void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
 // The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options; o->grpo, o->grpo_options); refuses a flag of

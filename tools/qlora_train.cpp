@@ -252,6 +252,16 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
       ->capture_default_str();
   c->add_flag("--mask-truncated-completions", g.mask_truncated,
               "grpo: completions cut at --max-completion-len (no EOS) add nothing to the loss");
+  c->add_option("--num-iterations", g.num_iterations,
+                "grpo: optimizer steps per generation (TRL's num_iterations, PPO's epochs; > 1: the ratio to the "
+                "sampling policy, clipped)")
+      ->capture_default_str();
+  c->add_option("--epsilon", g.epsilon, "grpo: the ratio is clipped below at 1 - epsilon (with --num-iterations > 1)")
+      ->capture_default_str();
+  c->add_option("--epsilon-high", g.epsilon_high, "grpo: ... and above at 1 + epsilon-high (default: --epsilon; DAPO: 0.28)");
+  c->add_option("--importance-sampling-level", f->importance,
+                "grpo: the ratio per token, or per sequence (GSPO: the geometric mean of its tokens' ratios)")
+      ->capture_default_str();
 }
 
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o) {
@@ -261,7 +271,8 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   const auto given = [&c](const char* flag) { return c.get_option(flag)->count() > 0; };
   static const char* const kGrpoFlags[] = {"--reward", "--reward-weights", "--num-generations", "--max-completion-len",
                                            "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
-                                           "--grpo-loss", "--scale-rewards", "--mask-truncated-completions", "--grpo-beta"};
+                                           "--grpo-loss", "--scale-rewards", "--mask-truncated-completions", "--grpo-beta",
+                                           "--num-iterations", "--epsilon", "--epsilon-high", "--importance-sampling-level"};
   if (!o->grpo) {
     for (const char* flag : kGrpoFlags) QWENQ_CHECK(!given(flag), flag << " applies to --objective grpo");
   }
@@ -289,6 +300,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
     GrpoOptions& g = o->grpo_options;
     g.loss = parse_grpo_loss(f.grpo_loss);
     g.scale_rewards = parse_grpo_scale(f.scale_rewards);
+    g.importance = parse_grpo_importance(f.importance);
     check_grpo_options(g);
     return;
   }

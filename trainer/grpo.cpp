@@ -59,6 +59,14 @@ const char* grpo_scale_name(GrpoScale s) {
   return s == GrpoScale::kGroup ? "group" : s == GrpoScale::kBatch ? "batch" : "none";
 }
 
+GrpoImportance parse_grpo_importance(const std::string& name) {
+  if (name == "token") return GrpoImportance::kToken;
+  if (name == "sequence") return GrpoImportance::kSequence;
+  QWENQ_FAIL("--importance-sampling-level: '" << name << "' is not a level; use token or sequence (GSPO)");
+}
+
+const char* grpo_importance_name(GrpoImportance l) { return l == GrpoImportance::kToken ? "token" : "sequence"; }
+
 void check_grpo_options(const GrpoOptions& o) {
   QWENQ_CHECK(o.num_generations >= 2, "--num-generations must be >= 2 (the advantages compare a prompt's completions "
                                       "with each other), got " << o.num_generations);
@@ -71,6 +79,11 @@ void check_grpo_options(const GrpoOptions& o) {
                                         << " rewards");
   for (double w : o.reward_weights) QWENQ_CHECK(std::isfinite(w), "--reward-weights: " << w << " is not finite");
   QWENQ_CHECK(std::isfinite(o.beta) && o.beta >= 0, "--grpo-beta must be >= 0, got " << o.beta);
+  QWENQ_CHECK(o.num_iterations >= 1, "--num-iterations must be >= 1, got " << o.num_iterations);
+  QWENQ_CHECK(std::isfinite(o.epsilon) && o.epsilon > 0 && o.epsilon < 1,
+              "--epsilon must be in (0, 1) (the ratio is clipped to [1 - epsilon, 1 + epsilon-high]), got " << o.epsilon);
+  QWENQ_CHECK(std::isfinite(o.epsilon_high) && o.epsilon_high >= 0,
+              "--epsilon-high must be > 0 (or 0: --epsilon), got " << o.epsilon_high);
 }
 
 std::vector<double> grpo_combined_rewards(const std::vector<double>& per_func, int64_t F,
@@ -141,24 +154,50 @@ double grpo_loss_value(const std::vector<double>& c, const std::vector<double>& 
   return loss;
 }
 
-std::vector<double> grpo_token_weights(const std::vector<double>& c, const std::vector<double>& advantages,
-                                       const std::vector<int64_t>& lengths, double beta, const std::vector<float>& nll,
-                                       const std::vector<float>& ref_nll, double* weighted_kl, double* kl_sum) {
+std::vector<double> grpo_token_weights(const GrpoOptions& o, const std::vector<double>& c,
+                                       const std::vector<double>& advantages, const std::vector<int64_t>& lengths,
+                                       const std::vector<float>& nll, const std::vector<float>* old_nll,
+                                       const std::vector<float>* ref_nll, GrpoTokenTerms* terms) {
   size_t rows = 0;
   for (int64_t n : lengths) rows += static_cast<size_t>(n);
   QWENQ_CHECK(c.size() == lengths.size() && advantages.size() == lengths.size() && nll.size() == rows &&
-                  ref_nll.size() == rows,
+                  (!ref_nll || ref_nll->size() == rows) && (!old_nll || old_nll->size() == rows),
               "grpo_token_weights: " << lengths.size() << " completions of " << rows << " tokens, " << nll.size()
-                                     << " policy and " << ref_nll.size() << " reference values");
+                                     << " policy, " << (ref_nll ? ref_nll->size() : 0) << " reference and "
+                                     << (old_nll ? old_nll->size() : 0) << " old values");
+  const double lo = 1.0 - o.epsilon, hi = 1.0 + o.eps_high();
   std::vector<double> d(rows);
   size_t i = 0;
   for (size_t j = 0; j < lengths.size(); ++j) {
+    const double A = advantages[j];
+    double seq_ratio = 1.0;  // GSPO's s_j
+    if (old_nll && o.importance == GrpoImportance::kSequence && lengths[j] > 0) {
+      double sum = 0;  // Σ_t (lp_t − old_t)
+      for (int64_t t = 0; t < lengths[j]; ++t) sum += static_cast<double>((*old_nll)[i + t]) - static_cast<double>(nll[i + t]);
+      seq_ratio = std::exp(sum / static_cast<double>(lengths[j]));
+    }
     for (int64_t t = 0; t < lengths[j]; ++t, ++i) {
-      const double x = static_cast<double>(nll[i]) - static_cast<double>(ref_nll[i]);  // ref_t − lp_t
-      const double kl = std::exp(x) - x - 1.0;
-      d[i] = c[j] * (advantages[j] + beta * (std::exp(x) - 1.0));
-      *weighted_kl += c[j] * kl;
-      *kl_sum += kl;
+      double rho = 1.0;
+      if (old_nll) {
+        rho = o.importance == GrpoImportance::kSequence
+                  ? seq_ratio
+                  : std::exp(static_cast<double>((*old_nll)[i]) - static_cast<double>(nll[i]));
+      }
+      const bool low = old_nll && A < 0 && rho < lo, high = old_nll && A > 0 && rho > hi;
+      const double kept = low ? lo : high ? hi : rho;  // min(ρA, clip(ρ)A): the clipped branch when it is smaller
+      double w = low || high ? 0.0 : A * rho;
+      terms->policy -= c[j] * kept * A;
+      terms->tokens += 1;
+      terms->clipped_low += low;
+      terms->clipped_high += high;
+      if (ref_nll) {
+        const double x = static_cast<double>(nll[i]) - static_cast<double>((*ref_nll)[i]);  // ref_t − lp_t
+        const double kl = std::exp(x) - x - 1.0;
+        w += o.beta * (std::exp(x) - 1.0);
+        terms->weighted_kl += c[j] * kl;
+        terms->kl_sum += kl;
+      }
+      d[i] = c[j] * w;
     }
   }
   return d;

@@ -1,6 +1,7 @@
 // Online reinforcement learning of a LoRA adapter from rewards (`qwen-qlora train --objective grpo`): GRPO as TRL's
-// GRPOTrainer computes it with num_iterations = 1 (its default), its KL term (beta; TRL's default 0: no reference
-// model), its four loss normalisations and three reward scalings.
+// GRPOTrainer computes it, its KL term (beta; TRL's default 0: no reference model), its four loss normalisations,
+// three reward scalings, num_iterations (μ: PPO's clipped ratio over a generation reused μ steps) and GSPO's
+// sequence-level importance ratio (importance_sampling_level).
 //
 // A step takes its micro-batches' prompts (--batch-size prompts each, --grad-accum · --nproc micro-batches) and, with
 // the adapter as it stands, samples G = num_generations completions o_j of each prompt (temperature T, top-k, top-p,
@@ -11,15 +12,27 @@
 //   A_j = r_j − μ_g                        scale_rewards none
 //   A_j = (r_j − μ_g) / (σ_g + 1e-4)       group (TRL's default)
 //   A_j = (r_j − μ_g) / (σ + 1e-4)         batch: σ the unbiased standard deviation of the step's every r_j
-// With one policy update per generation (num_iterations = 1) the old policy is the current one, so each token's
-// importance ratio ρ_t = exp(log π(o_jt) − sg[log π(o_jt)]) is 1 in value and PPO's clip never binds; log π is the
-// log-probability at the sampling temperature, log softmax(z/T) (LoraStepOptions::logit_scale = 1/T). The loss is
-//   L = Σ_j c_j · Σ_t (−A_j·ρ_t),   so   ∂L/∂S_j = c_j·A_j   with S_j = Σ_t nll_t = −Σ_t log π(o_jt)
-// the per-sequence weights LoraStepOptions::sequence_objective hands to the backward (trainer/lora_model.h), and in
-// value L = −Σ_j c_j·A_j·|o_j|. With beta > 0 each token also carries β·KL_t, KL_t = exp(ref_t − lp_t) − (ref_t − lp_t)
-// − 1 (lp_t = −nll_t the policy's log-probability, ref_t the reference's: the base without the adapter, PEFT's
-// disable_adapter, at the same temperature), so ∂L/∂nll_t = c_j·(A_j + β·(exp(nll_t − ref_nll_t) − 1)), token by
-// token (LoraStepOptions::token_objective), and L gains β·Σ_j c_j·Σ_t KL_t; "kl" logs the step's token mean of KL_t.
+// log π is the log-probability at the sampling temperature, log softmax(z/T) (LoraStepOptions::logit_scale = 1/T);
+// lp_t = log π(o_jt) = −nll_t. Each token's importance ratio against the policy that sampled (old):
+//   ρ_t = exp(lp_t − old_t)                                   importance_sampling_level token (TRL's default)
+//   ρ_t = s_j = exp(Σ_t (lp_t − old_t) / max(1, |o_j|))       sequence (GSPO), the same for every token of o_j
+// and the loss, with ε_low = epsilon, ε_high = epsilon_high (epsilon when 0), clip to [1 − ε_low, 1 + ε_high]:
+//   L = Σ_j c_j · Σ_t ( −min(ρ_t·A_j, clip(ρ_t)·A_j) + β·KL_t )
+// num_iterations = 1 (TRL's default): every step samples anew, the old policy is the current one, ρ_t =
+// exp(lp_t − sg[lp_t]) is 1 in value and the clip never binds: ∂L/∂S_j = c_j·A_j with S_j = Σ_t nll_t, the
+// per-sequence weights LoraStepOptions::sequence_objective hands to the backward (trainer/lora_model.h), and in value
+// L = −Σ_j c_j·A_j·|o_j|. num_iterations = μ > 1: a step at a multiple of μ samples and scores, and keeps old_t
+// (the adapter as it sampled, no dropout: trainer's forward without a gradient); that step and the next μ − 1 train
+// on the same completions and advantages (TRL: the generation batch reused num_iterations times, one optimizer step
+// each), and the gradient is token by token (LoraStepOptions::token_objective):
+//   ∂L/∂nll_t = c_j·(A_j·ρ_t·[not clipped] + β·(exp(nll_t − ref_nll_t) − 1))
+// where "clipped" (the min taking the clipped branch, zero gradient) is A_j > 0 with ρ_t > 1 + ε_high or A_j < 0
+// with ρ_t < 1 − ε_low, logged as TRL logs them: clip_ratio_low_mean, clip_ratio_high_mean, clip_ratio_region_mean
+// (fractions of the step's counted completion tokens). (With the sequence ratio, ∂s_j/∂lp_t = s_j/|o_j| and the
+// sequence's |o_j| equal terms give the same c_j·A_j·s_j per token.) The KL term: KL_t = exp(ref_t − lp_t) −
+// (ref_t − lp_t) − 1 (ref_t the reference's: the base without the adapter, PEFT's disable_adapter, at the same
+// temperature), "kl" logs the step's token mean of KL_t. A run resumed inside a generation samples that generation's
+// prompts anew with the adapter as it stands (as TRL, whose buffer does not survive a restart).
 // The normalisation c_j (|o_j| = the completion's counted tokens, N = the step's
 // completions, n_b = the completion tokens of o_j's micro-batch, M = the step's micro-batches, L_max =
 // max_completion_len, Σ|o| = the step's completion tokens):
@@ -63,6 +76,9 @@ const char* grpo_loss_name(GrpoLoss l);
 enum class GrpoScale { kGroup, kBatch, kNone };
 GrpoScale parse_grpo_scale(const std::string& name);  // "group", "batch", "none"
 const char* grpo_scale_name(GrpoScale s);
+enum class GrpoImportance { kToken, kSequence };
+GrpoImportance parse_grpo_importance(const std::string& name);  // "token", "sequence"
+const char* grpo_importance_name(GrpoImportance l);
 
 struct GrpoOptions {
   int64_t num_generations = 8;        // G (TRL's default)
@@ -76,6 +92,11 @@ struct GrpoOptions {
   GrpoScale scale_rewards = GrpoScale::kGroup;
   bool mask_truncated = false;        // TRL's mask_truncated_completions
   double beta = 0.0;                  // the KL term's weight (TRL's default 0: no reference model)
+  int64_t num_iterations = 1;         // μ: steps that train on one generation (TRL's num_iterations)
+  double epsilon = 0.2;               // ε_low (TRL's epsilon)
+  double epsilon_high = 0.0;          // ε_high; 0: epsilon (TRL's None)
+  GrpoImportance importance = GrpoImportance::kToken;  // TRL's importance_sampling_level
+  double eps_high() const { return epsilon_high > 0 ? epsilon_high : epsilon; }
   std::vector<std::string> rewards;   // reward function specs (trainer/grpo_reward.h), at least one
   std::vector<double> reward_weights; // one per reward, or empty (all 1)
 };
@@ -100,13 +121,21 @@ std::vector<double> grpo_normalizers(GrpoLoss loss, const std::vector<int64_t>& 
 // The policy term of the loss in value, −Σ_j c_j·A_j·|o_j|.
 double grpo_loss_value(const std::vector<double>& c, const std::vector<double>& advantages,
                        const std::vector<int64_t>& lengths);
-// With the KL term (beta > 0): ∂L/∂nll_t of a micro-batch's counted completion tokens (row order: its completions in
-// turn, |o_j| tokens each; c, advantages, lengths: its completions'), nll the policy's and ref_nll the reference's
-// at the same tokens: c_j·(A_j + β·(exp(nll_t − ref_nll_t) − 1)). Adds Σ c_j·KL_t to *weighted_kl and Σ KL_t to
-// *kl_sum, KL_t = exp(ref_t − lp_t) − (ref_t − lp_t) − 1 with lp = −nll (Schulman's k3 estimator, TRL's).
-std::vector<double> grpo_token_weights(const std::vector<double>& c, const std::vector<double>& advantages,
-                                       const std::vector<int64_t>& lengths, double beta, const std::vector<float>& nll,
-                                       const std::vector<float>& ref_nll, double* weighted_kl, double* kl_sum);
+// The token terms of a step's micro-batches, summed as each runs.
+struct GrpoTokenTerms {
+  double policy = 0;       // Σ_j c_j·Σ_t −min(ρ_t·A_j, clip(ρ_t)·A_j)
+  double weighted_kl = 0;  // Σ_j c_j·Σ_t KL_t
+  double kl_sum = 0;       // Σ KL_t
+  double tokens = 0, clipped_low = 0, clipped_high = 0;  // counted tokens; those clipped below / above (top)
+};
+// ∂L/∂nll_t of a micro-batch's counted completion tokens (row order: its completions in turn, |o_j| tokens each; c,
+// advantages, lengths: its completions'), nll the policy's: c_j·(A_j·ρ_t·[not clipped] + β·(exp(nll_t − ref_nll_t)
+// − 1)) as the top says. old_nll null: on-policy (ρ_t = 1, never clipped); ref_nll null: no KL term (o.beta is then
+// not read). Adds the micro-batch's part of each sum to *terms.
+std::vector<double> grpo_token_weights(const GrpoOptions& o, const std::vector<double>& c,
+                                       const std::vector<double>& advantages, const std::vector<int64_t>& lengths,
+                                       const std::vector<float>& nll, const std::vector<float>* old_nll,
+                                       const std::vector<float>* ref_nll, GrpoTokenTerms* terms);
 
 // The seeds of a run's sampling (from --seed): the rollouts of micro-batch `micro` of step `step` (0-based), and
 // every evaluation's (fixed, so that two evaluations differ by the adapter only; `qwen-qlora eval --objective grpo`
@@ -207,7 +236,10 @@ class GrpoRun {
   // this rank runs the i ≡ rank (mod world) ones: their rollouts with `adapter` attached (seeds grpo_rollout_seed(
   // run_seed, step, i)), the scores summed over the group so that every rank has the step's advantages, then their
   // backward passes, the gradients added to *grads (so: the run's step options, dropout keyed by (run_seed, step, i)
-  // as train_lora keys it; eval_so: the reference's forward).
+  // as train_lora keys it; eval_so: the reference's and the old policy's forward). With num_iterations μ > 1 a step
+  // that is not a multiple of μ trains on the generation kept from the last one that was (the same prompts, which
+  // the caller passes again; sampled anew when none is kept: a resumed run) and its stats repeat that
+  // generation's, rollout_s 0.
   StepResult step(QwenModel& model, const LoraAdapter& adapter, LoraAdapter* grads,
                   const std::vector<SftExample>& examples, const std::vector<std::string>& records,
                   const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
@@ -228,6 +260,14 @@ class GrpoRun {
   std::vector<std::unique_ptr<RewardFunction>> rewards_;
   std::vector<double> weights_;
   std::unique_ptr<LoraAdapter> reference_;
+  struct Generation;
+  // A generation: the rollouts of this rank's micro-batches, the step's scores summed over the group, advantages,
+  // normalisations and stats, and with num_iterations > 1 the old log-probabilities (old_so: no dropout, 1/T).
+  std::unique_ptr<Generation> sample(QwenModel& model, const LoraAdapter& adapter,
+                                     const std::vector<SftExample>& examples, const std::vector<std::string>& records,
+                                     const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
+                                     const LoraStepOptions& old_so, ProcessGroup* group);  // the completions a step sampled, their scores and old log-probabilities (num_iterations > 1)
+  std::unique_ptr<Generation> gen_;
 };
 
 }  // namespace qwenq

@@ -29,6 +29,16 @@ Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr
 
 }  // namespace
 
+struct GrpoRun::Generation {
+  std::vector<size_t> row0;                      // micro-batch i's completions are rows [row0[i], row0[i + 1])
+  std::vector<std::vector<GrpoSample>> samples;  // per micro-batch (this rank's)
+  std::vector<std::vector<float>> old_nll;       // per micro-batch (this rank's, num_iterations > 1): the sampling
+                                                 // policy's nll of its counted completion tokens
+  std::vector<double> adv, c;                    // per completion: A_j, c_j
+  std::vector<int64_t> len;                      // |o_j|
+  StepResult base;                               // tokens, targets and the generation's stats
+};
+
 AttachedAdapter::AttachedAdapter(QwenModel& model, const LoraAdapter& adapter)
     : model_(model),
       layout_(std::make_unique<LoraInferenceLayout>(
@@ -197,8 +207,10 @@ GrpoRun::GrpoRun(const GrpoOptions& o, const QwenModel& model, const Tokenizer& 
       rewards_(make_reward_functions(o.rewards, o.max_completion_len)), weights_(o.reward_weights) {
   check_grpo_options(o_);
   if (weights_.empty()) weights_.assign(rewards_.size(), 1.0);
-  if (o_.beta > 0) {
-    reference_ = std::make_unique<LoraAdapter>(adapter.dims(), adapter.config());  // A = B = 0: the branch adds 0
+  if (o_.beta > 0) {  // A = B = 0: the branch adds 0 (not DoRA, whose zero magnitudes would zero the Linears)
+    LoraConfig plain = adapter.config();
+    plain.use_dora = false;
+    reference_ = std::make_unique<LoraAdapter>(adapter.dims(), plain);
   }
 }
 
@@ -214,59 +226,92 @@ void GrpoRun::check_records(const std::vector<std::string>& records, const std::
   }
 }
 
+std::unique_ptr<GrpoRun::Generation> GrpoRun::sample(QwenModel& model, const LoraAdapter& adapter,
+                                                     const std::vector<SftExample>& examples,
+                                                     const std::vector<std::string>& records,
+                                                     const std::vector<std::vector<int64_t>>& prompts, int64_t step,
+                                                     uint64_t run_seed, const LoraStepOptions& old_so,
+                                                     ProcessGroup* group) {
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  const int64_t G = o_.num_generations;
+  const size_t M = prompts.size();
+  auto g = std::make_unique<Generation>();
+  g->row0.assign(M + 1, 0);
+  for (size_t i = 0; i < M; ++i) g->row0[i + 1] = g->row0[i] + prompts[i].size() * static_cast<size_t>(G);
+  GrpoScores scores;
+  scores.resize(g->row0.back(), static_cast<int64_t>(rewards_.size()));
+  g->samples.resize(M);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    AttachedAdapter attached(model, adapter);
+    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
+      g->samples[i] = grpo_rollouts(model, tok_, examples, records, prompts[i], G, sampling_,
+                                    grpo_rollout_seed(run_seed, step, static_cast<int64_t>(i)), rewards_, &scores,
+                                    g->row0[i]);
+    }
+  }
+  const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  scores.sum_over(group);
+  g->adv = grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, weights_), G, o_.scale_rewards);
+  g->len = grpo_lengths(scores, o_.mask_truncated);
+  std::vector<int64_t> micro_of(g->row0.back());
+  for (size_t i = 0; i < M; ++i) {
+    std::fill(micro_of.begin() + static_cast<std::ptrdiff_t>(g->row0[i]),
+              micro_of.begin() + static_cast<std::ptrdiff_t>(g->row0[i + 1]), static_cast<int64_t>(i));
+    for (int64_t p : prompts[i])
+      g->base.tokens += G * static_cast<int64_t>(examples[static_cast<size_t>(p)].tokens.size());
+  }
+  g->c = grpo_normalizers(o_.loss, g->len, micro_of, static_cast<int64_t>(M), o_.max_completion_len);
+  for (size_t j = 0; j < g->len.size(); ++j) {
+    g->base.targets += g->len[j];
+    g->base.tokens += static_cast<int64_t>(scores.length[j]);
+  }
+  g->base.stats = grpo_metrics(scores, G, weights_, rewards_, "");
+  g->base.stats["rollout_s"] = rollout_s;
+  if (o_.num_iterations > 1) {  // the sampling policy's log-probabilities, for the next steps' ratios
+    g->old_nll.resize(M);
+    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
+      const SftBatch b = grpo_batch(examples, g->samples[i], o_.mask_truncated);
+      if (b.num_targets > 0) g->old_nll[i] = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, old_so).row_nll;
+    }
+  }
+  return g;
+}
+
 GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, LoraAdapter* grads,
                                   const std::vector<SftExample>& examples, const std::vector<std::string>& records,
                                   const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
                                   const LoraStepOptions& so, const LoraStepOptions& eval_so, ProcessGroup* group) {
   const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
-  const int64_t G = o_.num_generations;
-  const size_t M = prompts.size();
-  std::vector<size_t> row0(M + 1, 0);
-  for (size_t i = 0; i < M; ++i) row0[i + 1] = row0[i] + prompts[i].size() * static_cast<size_t>(G);
-  StepResult res;
-  GrpoScores scores;
-  scores.resize(row0.back(), static_cast<int64_t>(rewards_.size()));
-  std::vector<std::vector<GrpoSample>> samples(M);
-  const auto t0 = std::chrono::steady_clock::now();
-  {
-    AttachedAdapter attached(model, adapter);
-    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
-      samples[i] = grpo_rollouts(model, tok_, examples, records, prompts[i], G, sampling_,
-                                 grpo_rollout_seed(run_seed, step, static_cast<int64_t>(i)), rewards_, &scores, row0[i]);
-    }
-  }
-  const double rollout_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  scores.sum_over(group);
-  const std::vector<double> adv = grpo_advantages(grpo_combined_rewards(scores.per_func, scores.F, weights_), G,
-                                                  o_.scale_rewards);
-  const std::vector<int64_t> len = grpo_lengths(scores, o_.mask_truncated);
-  std::vector<int64_t> micro_of(row0.back());
-  for (size_t i = 0; i < M; ++i) {
-    std::fill(micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i]),
-              micro_of.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]), static_cast<int64_t>(i));
-    for (int64_t p : prompts[i]) res.tokens += G * static_cast<int64_t>(examples[static_cast<size_t>(p)].tokens.size());
-  }
-  const std::vector<double> c = grpo_normalizers(o_.loss, len, micro_of, static_cast<int64_t>(M), o_.max_completion_len);
-  for (size_t j = 0; j < len.size(); ++j) {
-    res.targets += len[j];
-    res.tokens += static_cast<int64_t>(scores.length[j]);
-  }
+  const int64_t mu = o_.num_iterations;
   LoraStepOptions gso = so, ref_so = eval_so;
   gso.logit_scale = ref_so.logit_scale = 1.0 / static_cast<double>(o_.temperature);
-  double kl[2] = {0.0, 0.0};  // Σ c_j·KL_t and Σ KL_t over the step's tokens (beta > 0)
+  const bool fresh = gen_ == nullptr || mu == 1 || step % mu == 0;
+  if (fresh) {
+    gen_.reset();  // (the last generation's memory goes before the next one's)
+    gen_ = sample(model, adapter, examples, records, prompts, step, run_seed, ref_so, group);
+  }
+  const Generation& g = *gen_;
+  QWENQ_CHECK(g.row0.size() == prompts.size() + 1, "grpo step " << step << ": " << prompts.size()
+                                                   << " micro-batches, the kept generation has " << g.row0.size() - 1);
+  StepResult res = g.base;
+  if (!fresh) res.stats["rollout_s"] = 0.0;
+  GrpoTokenTerms terms;
   const auto slice = [&](const auto& v, size_t i) {
-    return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(row0[i]),
-                                     v.begin() + static_cast<std::ptrdiff_t>(row0[i + 1]));
+    return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(g.row0[i]),
+                                     v.begin() + static_cast<std::ptrdiff_t>(g.row0[i + 1]));
   };
-  for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
-    const SftBatch b = grpo_batch(examples, samples[i], o_.mask_truncated);
+  for (size_t i = static_cast<size_t>(rank); i < prompts.size(); i += static_cast<size_t>(world)) {
+    const SftBatch b = grpo_batch(examples, g.samples[i], o_.mask_truncated);
     if (b.num_targets == 0) continue;  // every completion masked (truncated): nothing to learn from
-    const std::vector<double> ci = slice(c, i), ai = slice(adv, i);
-    const std::vector<int64_t> li = slice(len, i);
-    if (o_.beta > 0) {  // the reference's log-probabilities: the base alone (the adapter's branch zero)
-      const std::vector<float> ref = lora_loss_and_grad(model, *reference_, b.packed, b.targets, nullptr, ref_so).row_nll;
-      gso.token_objective = [&, ref](const std::vector<float>& nll) {
-        return grpo_token_weights(ci, ai, li, o_.beta, nll, ref, &kl[0], &kl[1]);
+    const std::vector<double> ci = slice(g.c, i), ai = slice(g.adv, i);
+    const std::vector<int64_t> li = slice(g.len, i);
+    const std::vector<float>* old = mu > 1 ? &g.old_nll[i] : nullptr;
+    if (o_.beta > 0 || old) {  // token by token: the ratio to the sampling policy, the KL term to the base
+      std::vector<float> ref;  // the reference's log-probabilities: the base alone (the adapter's branch zero)
+      if (o_.beta > 0) ref = lora_loss_and_grad(model, *reference_, b.packed, b.targets, nullptr, ref_so).row_nll;
+      gso.token_objective = [&, ref = std::move(ref), old](const std::vector<float>& nll) {
+        return grpo_token_weights(o_, ci, ai, li, nll, old, o_.beta > 0 ? &ref : nullptr, &terms);
       };
     } else {
       std::vector<double> dS(ci.size());
@@ -280,13 +325,19 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
       QWENQ_FAIL("micro-batch " << i + 1 << ": " << e.what());
     }
   }
-  res.stats = grpo_metrics(scores, G, weights_, rewards_, "");
-  res.stats["rollout_s"] = rollout_s;
-  res.loss = grpo_loss_value(c, adv, len);
+  double t[6] = {terms.policy, terms.weighted_kl, terms.kl_sum, terms.tokens, terms.clipped_low, terms.clipped_high};
+  if (group && (o_.beta > 0 || mu > 1)) group->all_reduce_sum(t, 6);
+  // On-policy the policy term is −Σ c_j·A_j·|o_j| (every rank has the step's c, A, |o|); off it, the ranks' sums.
+  res.loss = mu > 1 ? t[0] : grpo_loss_value(g.c, g.adv, g.len);
   if (o_.beta > 0) {
-    if (group) group->all_reduce_sum(kl, 2);
-    res.stats["kl"] = res.targets > 0 ? kl[1] / static_cast<double>(res.targets) : 0.0;
-    res.loss += o_.beta * kl[0];
+    res.stats["kl"] = res.targets > 0 ? t[2] / static_cast<double>(res.targets) : 0.0;
+    res.loss += o_.beta * t[1];
+  }
+  if (mu > 1) {
+    const double n = std::max(1.0, t[3]);
+    res.stats["clip_ratio_low_mean"] = t[4] / n;
+    res.stats["clip_ratio_high_mean"] = t[5] / n;
+    res.stats["clip_ratio_region_mean"] = (t[4] + t[5]) / n;
   }
   return res;
 }

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "kernels/act.h"
+#include "kernels/dora.h"
 #include "kernels/dropout.h"
 #include "kernels/dropout_mask.h"
 #include "kernels/moe_route.h"
@@ -23,6 +24,7 @@ const LoraTarget kExpertTargets[3] = {LoraTarget::GateProj, LoraTarget::UpProj, 
 // the dropout key, and where that Linear's saved u = drop(x) Aᵀ [rows, r] and dropped input [rows, K] go.
 struct ExpertLora {
   const LoraWeights* w[3] = {};
+  const MoeBranch* b[3] = {};  // an attached adapter at inference instead (MoeLora::branches)
   LoraWeights* g[3] = {};
   uint64_t key[3] = {};
   float* u[3] = {};
@@ -39,6 +41,16 @@ struct ExpertLora {
 // the Linear's K for xd).
 ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_t e, int64_t row) {
   ExpertLora x;
+  if (lora && lora->branches) {
+    x.s = lora->scaling;
+    for (int j = 0; j < 3; ++j) {
+      const MoeBranch& b = lora->branches[(e + 1) * 3 + j];
+      if (b.A == nullptr) continue;
+      x.b[j] = &b;
+      x.u[j] = (shared ? a.su[j] : a.u[j]).data() + row * b.r;
+    }
+    return x;
+  }
   if (!lora || !lora->adapter) return x;
   x.s = static_cast<float>(lora->adapter->scaling());
   x.p = lora->dropout;
@@ -63,6 +75,12 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
 // y[rows, N] += s·(drop(x) Aᵀ) Bᵀ for adapted Linear j of base W (y holds x Wᵀ), keeping u (and the dropped input);
 // with DoRA, y += (g − 1) ⊙ z + g ⊙ v instead, keeping z, v and n (moe_block.h).
 void branch_forward(const ExpertLora& L, int j, const LinearWeight& W, const float* x, int64_t rows, float* y) {
+  if (L.b[j]) {  // inference: y += s·(x Aᵀ) Bᵀ, then DoRA's y = g ⊙ y
+    const MoeBranch& b = *L.b[j];
+    lora_forward_ref(x, rows, b.K, b.A, b.B, b.r, b.N, L.s, y, L.u[j]);
+    if (b.gain) dora_scale_rows_ref(y, rows, b.N, b.gain, nullptr, DType::F32);
+    return;
+  }
   if (!L.w[j]) return;
   const LoraWeights& w = *L.w[j];
   const float* xin = x;
@@ -251,25 +269,30 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
 
   // Kept for a backward (and with adapters, whose saved u the pass needs anyway): every row's intermediates.
   // Otherwise one expert's at a time (T·k·(3·Im + C) floats less: 290 MB for 2048 tokens of Qwen3-30B-A3B).
-  bool adapted = false;
+  bool adapted = lora != nullptr && lora->branches != nullptr;
+  QWENQ_CHECK(!(adapted && acts), "moe_block_forward: an attached adapter's branches are for inference (no acts)");
   if (lora && lora->adapter) {
     for (const LoraTarget t : kExpertTargets)
       adapted = adapted || lora->adapter->has_expert(lora->layer, 0, t) || lora->adapter->has_expert(lora->layer, -1, t);
   }
-  const bool keep = acts != nullptr || adapted;
-  if (!adapted) a.xs.clear();  // the backward reads an empty xs as "no adapters" (acts may be reused across calls)
+  // An attached adapter at inference (branches) saves nothing for a backward: its u is the branch's scratch.
+  const bool trained = adapted && lora->adapter != nullptr;
+  const bool keep = acts != nullptr || trained;
+  if (!trained) a.xs.clear();  // the backward reads an empty xs as "no adapters" (acts may be reused across calls)
   if (adapted) {
-    const int64_t r = lora->adapter->rank(), Is = c.shared_expert_intermediate_size;
-    a.n.assign(n, n + T * C);
-    a.xs.resize(T * k * C);
+    const int64_t r = lora->adapter ? lora->adapter->rank() : lora->rank, Is = c.shared_expert_intermediate_size;
+    if (trained) {
+      a.n.assign(n, n + T * C);
+      a.xs.resize(T * k * C);
+    }
     for (int j = 0; j < 3; ++j) {
       a.u[j].resize(T * k * r);
       a.su[j].resize(Is > 0 ? T * r : 0);
-      if (lora->dropout > 0.f) {
+      if (trained && lora->dropout > 0.f) {
         a.xd[j].resize(T * k * (j == 2 ? Im : C));
         a.sxd[j].resize(Is > 0 ? T * (j == 2 ? Is : C) : 0);
       }
-      if (lora->adapter->use_dora()) {  // N of Linear j: the expert's width for gate/up, C for down
+      if (trained && lora->adapter->use_dora()) {  // N of Linear j: the expert's width for gate/up, C for down
         const int64_t N = j == 2 ? C : Im, Ns = j == 2 ? C : Is;
         a.z[j].resize(T * k * N);
         a.v[j].resize(T * k * N);
@@ -295,7 +318,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
   for (int64_t e = 0; e < E; ++e) {
     const int64_t r0 = a.start[e], rows = a.start[e + 1] - r0;
     if (rows == 0) continue;
-    float* x = adapted ? a.xs.data() + r0 * C : (xs.resize(rows * C), xs.data());  // the rows routed to e
+    float* x = trained ? a.xs.data() + r0 * C : (xs.resize(rows * C), xs.data());  // the rows routed to e
     for (int64_t r = 0; r < rows; ++r) std::copy(n + a.token[r0 + r] * C, n + (a.token[r0 + r] + 1) * C, x + r * C);
     const int64_t base = keep ? r0 : 0;  // this expert's first row in G, U, A, Y
     if (!keep) {

@@ -45,13 +45,28 @@ using MoeInputHook =
 //   x̃ = drop(x), u = x̃ Aᵀ, v = s·u Bᵀ, z = x̃ Wᵀ (= the base output without dropout), n_j = ‖W_j + s(B A)_j‖ (detached),
 //   g = m / n,   y = x Wᵀ + (g − 1) ⊙ z + g ⊙ v
 // backward: dm_j = Σ_t dy_tj (z_tj + v_tj) / n_j;  dz = (g − 1) ⊙ dy, dv = g ⊙ dy;  dx̃ = dz W + (LoRA's backward of dv).
+// An attached adapter at inference (QwenModel::attach_adapter; forward only) instead of `adapter`: one adapted expert
+// Linear's A [r, K] and B [N, r] (views into trainer/lora_inference.h's arena) and, with DoRA, its gains
+// g = m / ‖W + s·B A‖ [N] computed once at attach, so y = g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) (experts have no bias): PEFT's
+// unmerged DoRA at inference, as the layer's own Linears run it (kernels/dora.h's dora_scale_rows_ref).
+struct MoeBranch {
+  const float* A = nullptr;  // null: this Linear is not adapted
+  const float* B = nullptr;
+  const float* gain = nullptr;  // DoRA's g [N]; null without DoRA
+  int64_t N = 0, K = 0, r = 0;
+};
 struct MoeLora {
-  const LoraAdapter* adapter = nullptr;  // null: no adapter on the experts
+  const LoraAdapter* adapter = nullptr;  // null: no adapter on the experts (unless `branches`)
   int64_t layer = 0;
   float dropout = 0.f;
   uint64_t dropout_seed = 0;
   LoraAdapter* grads = nullptr;  // the backward's dA, dB (and DoRA's dm) accumulate here (same slots as adapter)
   const LoraAdapter* dora_norms_from = nullptr;  // tests: DoRA's n from this adapter's A, B (LoraStepOptions)
+  // Inference with an attached adapter (adapter null, no backward): branches[(e + 1)·3 + j] is expert e's (-1: the
+  // shared expert's) Linear j (moe_expert_index), E + 1 experts' worth, each with scaling `scaling` and rank `rank`.
+  const MoeBranch* branches = nullptr;
+  float scaling = 0.f;
+  int64_t rank = 0;
 };
 // An MLP target's Linear in an expert: 0 gate_proj, 1 up_proj, 2 down_proj (QwenModel::expert_linear's `which`).
 inline int moe_expert_index(LoraTarget t) {

@@ -10,6 +10,7 @@
 #include "kernels/act.h"
 #include "kernels/attention.h"
 #include "kernels/attention_decode.h"
+#include "kernels/dora.h"
 #include "kernels/gemm.h"
 #include "kernels/loss.h"
 #include "kernels/norm.h"
@@ -17,6 +18,7 @@
 #include "lora/lora_linear.h"
 #include "trainer/gguf_model.h"
 #include "trainer/lora_inference.h"
+#include "trainer/lora_model.h"
 #include "trainer/moe_block.h"
 
 namespace qwenq {
@@ -108,24 +110,68 @@ void QwenModel::embed(const std::vector<int32_t>& tokens, float* x) const {
 }
 
 void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
-  lora_slots_.clear();
+  lora_linears_.clear();
+  lora_experts_.clear();
+  lora_gains_.clear();
   lora_ = nullptr;
   if (lora == nullptr) return;
   QWENQ_CHECK(lora->num_layers == cfg_.num_layers, "attach_adapter: an adapter of " << lora->num_layers
                                                    << " layers on a model of " << cfg_.num_layers);
-  std::vector<const LoraArenaSlot*> slots(static_cast<size_t>(cfg_.num_layers * 7), nullptr);
+  const int64_t E = cfg_.num_experts;
+  std::vector<AdaptedLinear> linears(static_cast<size_t>(cfg_.num_layers * 7));
+  std::vector<std::vector<MoeBranch>> experts(static_cast<size_t>(cfg_.num_layers));
+  int64_t gain_floats = 0;
+  for (const LoraArenaSlot& s : lora->slots) gain_floats += s.m_off >= 0 ? s.N : 0;
+  std::vector<float> gains(static_cast<size_t>(gain_floats));
+  int64_t next_gain = 0;
+  const float* arena = lora->arena.data();
   for (const LoraArenaSlot& s : lora->slots) {  // (re-attached before every GRPO step: the names only on a refusal)
     const auto where = [&s] {
       return "model.layers." + std::to_string(s.layer) + "." + kDecoderLinears[static_cast<int>(s.target)].name;
     };
-    QWENQ_CHECK(s.expert == kNoExpert, "the CPU runs an unmerged adapter on a layer's own Linears only; " << where()
-                                       << " of expert " << s.expert << " is a mixture-of-experts layer's (merge the "
-                                       << "adapter into the base instead)");
-    QWENQ_CHECK(s.m_off < 0, "the CPU runs an unmerged LoRA adapter, not DoRA (" << where() << " has a magnitude): "
-                             << "merge the adapter into the base instead");
-    slots[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = &s;
+    QWENQ_CHECK(s.layer >= 0 && s.layer < cfg_.num_layers, "attach_adapter: a slot of layer " << s.layer);
+    float* gain = nullptr;
+    if (s.m_off >= 0) {  // DoRA: g = m / ‖W + s·B A‖ per output row, from the base as stored
+      LoraSlot ls;
+      ls.layer = s.layer, ls.target = s.target, ls.expert = s.expert;
+      const LinearWeight& W = slot_linear(w_, ls);
+      QWENQ_CHECK(W.N == s.N && W.K == s.K, "attach_adapter: " << where() << " is [" << W.N << ", " << W.K
+                                            << "], its adapter slot [" << s.N << ", " << s.K << "]");
+      std::vector<float> norms(static_cast<size_t>(s.N)), dense;
+      DoraBaseWeight base;
+      const Q4Transient q4 = W.is_dense() ? Q4Transient{} : q4_linear_form(W);
+      if (W.is_dense()) {
+        base.dense = W.dense.data;
+        base.dtype = W.dense.dtype;
+      } else if (q4.has_form()) {
+        base.q4 = &q4.view;
+      } else {
+        dense = W.dequantize();
+        base.dense = dense.data();
+      }
+      dora_row_norms_ref(base, s.N, s.K, arena + s.a_off, arena + s.b_off, s.r, lora->scaling, norms.data());
+      gain = gains.data() + next_gain;
+      next_gain += s.N;
+      dora_gain_ref(arena + s.m_off, norms.data(), s.N, gain);
+    }
+    if (s.expert == kNoExpert) {
+      linears[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = {&s, gain};
+      continue;
+    }
+    QWENQ_CHECK(cfg_.is_moe_layer(s.layer) && s.expert >= -1 && s.expert < E &&
+                    (s.expert >= 0 || cfg_.shared_expert_intermediate_size > 0),
+                "attach_adapter: " << where() << " of expert " << s.expert << " is not one of the model's experts");
+    std::vector<MoeBranch>& layer = experts[static_cast<size_t>(s.layer)];
+    if (layer.empty()) layer.resize(static_cast<size_t>((E + 1) * 3));
+    MoeBranch& b = layer[static_cast<size_t>((s.expert + 1) * 3 + moe_expert_index(s.target))];
+    b.A = arena + s.a_off;
+    b.B = arena + s.b_off;
+    b.gain = gain;
+    b.N = s.N, b.K = s.K, b.r = s.r;
   }
-  lora_slots_ = std::move(slots);
+  lora_linears_ = std::move(linears);
+  lora_experts_ = std::move(experts);
+  lora_gains_ = std::move(gains);  // (a vector's move keeps its buffer: the gain pointers stay valid)
   lora_ = lora;
 }
 
@@ -133,11 +179,13 @@ void QwenModel::linear_at(int64_t l, int t, const float* x, int64_t T, const Lin
                           float* y) const {
   apply_linear(w, x, T, bias, y);
   if (lora_ == nullptr) return;
-  const LoraArenaSlot* s = lora_slots_[static_cast<size_t>(l * 7 + t)];
-  if (s == nullptr) return;
+  const AdaptedLinear& a = lora_linears_[static_cast<size_t>(l * 7 + t)];
+  if (a.slot == nullptr) return;
+  const LoraArenaSlot* s = a.slot;
   std::vector<float> u(static_cast<size_t>(T * s->r));
   lora_forward_ref(x, T, s->K, lora_->arena.data() + s->a_off, lora_->arena.data() + s->b_off, s->r, s->N,
                    lora_->scaling, y, u.data());
+  if (a.gain) dora_scale_rows_ref(y, T, s->N, a.gain, bias.data, bias.dtype);
 }
 
 template <typename AttnFn>
@@ -168,7 +216,15 @@ bool QwenModel::mlp_sublayer(int64_t l, const float* n, int64_t T, Scratch& s, c
   if (cfg_.is_moe_layer(l)) {
     // The block's input: the router's and (a subset) every expert's.
     if (hook && !hook(BlockLinear::GateUp, n, T)) return false;
-    moe_block_forward(cfg_, L.moe, n, T, out, moe_hook);
+    MoeLora lora;
+    const bool adapted = lora_ != nullptr && !lora_experts_[static_cast<size_t>(l)].empty();
+    if (adapted) {
+      lora.layer = l;
+      lora.branches = lora_experts_[static_cast<size_t>(l)].data();
+      lora.scaling = lora_->scaling;
+      lora.rank = lora_->rank;
+    }
+    moe_block_forward(cfg_, L.moe, n, T, out, moe_hook, nullptr, adapted ? &lora : nullptr);
     return true;
   }
   if (hook && !hook(BlockLinear::GateUp, n, T)) return false;

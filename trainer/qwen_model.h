@@ -113,12 +113,15 @@ class QwenModel {
 
   // An unmerged LoRA adapter that every forward below then adds to the Linears it targets, after the base product
   // and its bias: y = x Wᵀ (+ b) + s·(x Aᵀ) Bᵀ (lora/lora_linear.h's lora_forward_ref on trainer/lora_inference.h's
-  // arena), so a 4-bit base keeps its packed weights (GRPO's rollouts with the adapter being trained: the trainer
-  // re-attaches a fresh layout before each step's generation). The branch's products are row by row the same for
-  // any row count up to kMaxDecodeBatch (the fp32 register-tile kernel), so forward_steps keeps forward_step's bits.
-  // null detaches. Not owned: `lora` must outlive its attachment. Refused (naming the adapter's first such slot):
-  // DoRA adapters and a MoE layer's expert targets (the CPU's unmerged branch does not reach them yet; merge the
-  // adapter instead, trainer/lora_merge.h), and a layout of another layer count.
+  // arena), so a 4-bit base keeps its packed weights (`eval --adapter` and friends, tools/cli_common.h; GRPO's
+  // rollouts with the adapter being trained, re-attached before each step's generation). A MoE layer's experts take
+  // their branches the same way (trainer/moe_block.h, MoeBranch). DoRA (PEFT's DoraLinearLayer at inference) scales
+  // each adapted output row by g = m / ‖W + s·B A‖, computed here once (kernels/dora.h's dora_row_norms_ref, the
+  // base read as stored: dense, its Q4 form, or dequantized a Linear at a time): y = g·(x Wᵀ + s·(x Aᵀ) Bᵀ) + b,
+  // the merged DoRA Linear of trainer/lora_merge.h up to fp32 reassociation. The branch's products are row by row
+  // the same for any row count up to kMaxDecodeBatch (the fp32 register-tile kernel), so forward_steps keeps
+  // forward_step's bits. null detaches. Not owned: `lora` must outlive its attachment. Refused: a layout of another
+  // layer count, or one whose experts the model does not have.
   void attach_adapter(const LoraInferenceLayout* lora);
   const LoraInferenceLayout* attached_adapter() const { return lora_; }
 
@@ -201,8 +204,17 @@ class QwenModel {
   std::unique_ptr<Checkpoint> ckpt_;
   std::unique_ptr<GgufFile> gguf_;
   QwenWeights w_;
+  // The attached adapter (attach_adapter): per layer-level Linear [layer · 7 + t] its slot (null: not adapted) and
+  // DoRA gain (null without DoRA); per MoE layer its experts' branches ([(E + 1)·3], empty when the layer has none);
+  // the DoRA gains g = m / ‖W + s·B A‖ of every adapted Linear, computed at attach.
+  struct AdaptedLinear {
+    const LoraArenaSlot* slot = nullptr;
+    const float* gain = nullptr;
+  };
   const LoraInferenceLayout* lora_ = nullptr;
-  std::vector<const LoraArenaSlot*> lora_slots_;  // [layer · 7 + t]: the attached adapter's slot, or null
+  std::vector<AdaptedLinear> lora_linears_;
+  std::vector<std::vector<MoeBranch>> lora_experts_;
+  std::vector<float> lora_gains_;
 };
 
 }  // namespace qwenq

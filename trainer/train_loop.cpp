@@ -116,6 +116,10 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["grpo_beta"] = g.beta;
     k["rewards"] = g.rewards;
     k["reward_weights"] = g.reward_weights;
+    if (g.num_iterations > 1) {  // (absent at 1, as before these existed: older checkpoints still resume)
+      k["num_iterations"] = g.num_iterations;
+      k["clip"] = {g.epsilon, g.eps_high(), grpo_importance_name(g.importance)};
+    }
   }
   return k;
 }
@@ -141,7 +145,8 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
-      {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"}};
+      {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
+      {"num_iterations", "--num-iterations"}, {"clip", "--epsilon/--epsilon-high/--importance-sampling-level"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;
@@ -420,8 +425,6 @@ void check_train_options(const TrainOptions& o, bool lead) {
     check_grpo_options(o.grpo_options);
     QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective grpo trains on the CPU for now (its rollouts decode with "
                                                 "the CPU model): give --device cpu");
-    QWENQ_CHECK(!o.lora.use_dora, "--objective grpo samples with the adapter unmerged, which the CPU does for LoRA, not "
-                                  "DoRA: leave --use-dora out");
   }
   if (o.dpo) check_dpo_options(o.dpo_options);
   if (o.kto) {
@@ -523,6 +526,7 @@ TrainReport train_lora(const TrainOptions& o) {
     int64_t batches = 0;
     while (dry.next(&b)) ++batches;
     total = (batches + per_step - 1) / per_step;
+    if (o.grpo) total *= o.grpo_options.num_iterations;  // each generation trains num_iterations steps
   }
   SftBatchIterator it(data.train, bo);
 
@@ -533,7 +537,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (!o.resume && !o.loftq_model.empty()) loftq_init_adapter(model, o.loftq_model, &adapter, o.quiet);
     if (lcfg.use_dora) init_dora_magnitudes(model, &adapter);  // m = ‖W + s·B A‖ per row, as PEFT's
   }
-  if (o.grpo) AttachedAdapter refusals_now(model, adapter);  // a layout the CPU cannot run unmerged fails here
+  if (o.grpo) AttachedAdapter refusals_now(model, adapter);  // an adapter the model cannot attach fails here
   // Data parallelism: what each process decided or read alone must be the same everywhere, or the ranks would train
   // different things and still exchange gradients of the same shape (checked before anything is written).
   if (o.group != nullptr) {
@@ -746,13 +750,22 @@ TrainReport train_lora(const TrainOptions& o) {
     p = flat.data();
     for (size_t i = 0; i < G.ptr.size(); p += G.size[i], ++i) std::copy(p, p + G.size[i], G.ptr[i]);
   };
+  // GRPO with num_iterations μ > 1: a step inside a generation (step mod μ ≠ 0) trains on the last step's prompts
+  // again (GrpoRun keeps their completions), and a checkpoint there keeps the cursor from before they were drawn, so
+  // that a resumed run draws them again.
+  const int64_t reuse = o.grpo ? o.grpo_options.num_iterations : 1;
+  std::vector<SftBatch> micro;
+  SftBatchIterator::State generation_cursor = it.state();
   while (st.step < total) {
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<SftBatch> micro;
-    for (int64_t i = 0; i < per_step; ++i) {
-      SftBatch b;
-      if (!it.next(&b)) break;
-      micro.push_back(std::move(b));
+    if (reuse == 1 || st.step % reuse == 0 || micro.empty()) {
+      generation_cursor = it.state();
+      micro.clear();
+      for (int64_t i = 0; i < per_step; ++i) {
+        SftBatch b;
+        if (!it.next(&b)) break;
+        micro.push_back(std::move(b));
+      }
     }
     if (micro.empty()) break;  // the epochs are done
     int64_t targets = 0, tokens = 0, pairs = 0, chosen_tokens = 0;
@@ -877,7 +890,7 @@ TrainReport train_lora(const TrainOptions& o) {
                      o.weight_decay, st.step + 1);
     }
     ++st.step;
-    st.cursor = it.state();
+    st.cursor = st.step % reuse == 0 ? it.state() : generation_cursor;
     st.tokens_seen += tokens;
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.elapsed_s = t_prev + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

@@ -4,7 +4,8 @@
 # a PEFT adapter and a reward curve; `eval --objective grpo` repeats its last held-out record to the bit; 2
 # data-parallel ranks sample and score what --grad-accum 2 does (the first step's rewards equal, the losses within
 # fp32 sums); the GRPO flags are refused without --objective grpo, --device cuda, --batching, a reward the records
-# cannot feed, each with one clear line and nothing written; a --config file's list of rewards.
+# cannot feed, each with one clear line and nothing written; a --config file's list of rewards; DoRA, and a mixture of
+# experts' experts, as the adapter the rollouts sample with; --num-iterations 2 with GSPO's sequence-level ratio.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
@@ -69,6 +70,29 @@ for k in ("reward", "rewards_cmd_mean", "completions_mean_length", "tokens", "ta
 for k in ("loss", "grad_norm", "kl"):
     assert abs(a[0][k] - b[0][k]) <= 1e-5 * max(1.0, abs(b[0][k])), (k, a[0][k], b[0][k])
 PY
+# DoRA, and LoRA on a mixture of experts' experts: the rollouts sample with them attached unmerged as well, and the
+# first step's policy is still the base (DoRA's gains are exactly 1 while B is zero): kl 0.
+"$QQ" init-random --preset tiny-moe --out "$WORK/moe" --dtype fp32 >/dev/null
+"$QL" train "${run[@]}" --max-steps 2 --use-dora --out "$WORK/dora" > "$WORK/dora.txt" 2>&1 \
+  || fail "a grpo run with --use-dora" "$WORK/dora.txt"
+"$QL" train "${run[@]/$WORK\/tiny/$WORK/moe}" --max-steps 2 --target all-linear --out "$WORK/moe_run" \
+  > "$WORK/moe_run.txt" 2>&1 || fail "a grpo run on a MoE's experts" "$WORK/moe_run.txt"
+python3 - "$WORK/dora/metrics.jsonl" "$WORK/moe_run/metrics.jsonl" <<'PY' || fail "grpo with DoRA / on experts"
+import json, sys
+for path in sys.argv[1:]:
+    steps = [j for j in map(json.loads, open(path)) if "loss" in j]
+    assert len(steps) == 2 and steps[0]["kl"] == 0.0 and max(s["grad_norm"] for s in steps) > 0, (path, steps)
+PY
+# --num-iterations 2 with GSPO's sequence-level ratio: steps 1 and 2 train on one generation (the same rewards, step 2
+# samples nothing), the clip ratios logged.
+"$QL" train "${run[@]}" --max-steps 2 --num-iterations 2 --importance-sampling-level sequence --epsilon 3e-4 \
+  --epsilon-high 4e-4 --out "$WORK/gspo" > "$WORK/gspo.txt" 2>&1 || fail "a grpo run with --num-iterations 2" "$WORK/gspo.txt"
+python3 - "$WORK/gspo/metrics.jsonl" <<'PY' || fail "grpo --num-iterations 2 metrics" "$WORK/gspo/metrics.jsonl"
+import json, sys
+a, b = [j for j in map(json.loads, open(sys.argv[1])) if "loss" in j]
+assert a["reward"] == b["reward"] and a["tokens"] == b["tokens"] and a["rollout_s"] > 0 and b["rollout_s"] == 0, (a, b)
+assert a["clip_ratio_region_mean"] == 0 and 0 <= b["clip_ratio_region_mean"] <= 1, (a, b)
+PY
 # A --config file's "reward" list: one --reward per item, commas inside an item kept (a regex's {1,3}).
 printf '%s\n' '{"objective": "grpo", "reward": ["contains=a", "regex=[a-z]{1,3}"], "reward-weights": [1, 0.5],' \
   '"num-generations": 2, "max-completion-len": 8, "seq-len": 48, "max-steps": 1, "threads": 1, "quiet": true}' \
@@ -98,5 +122,9 @@ expect_error "--reward-weights gives 2 weights for 3 rewards" train "${run[@]}" 
 expect_error "--reward model=$WORK/tiny: $WORK/tiny: has no score.weight, so it is a causal language model" train \
   -m "$WORK/tiny" -d "$WORK/p.jsonl" --objective grpo --reward "model=$WORK/tiny" --max-steps 1 --device cpu \
   --out "$WORK/x8"
-for d in x1 x2 x3 x4 x5 x6 x7 x8; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
+expect_error "--num-iterations applies to --objective grpo" train -m "$WORK/tiny" -d "$WORK/p.jsonl" --out "$WORK/x9" \
+  --num-iterations 2 --max-steps 1 --device cpu
+expect_error "--importance-sampling-level: 'tokens' is not a level" train "${run[@]}" --max-steps 1 --out "$WORK/x10" \
+  --importance-sampling-level tokens
+for d in x1 x2 x3 x4 x5 x6 x7 x8 x9 x10; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
 echo "grpo cli: OK"

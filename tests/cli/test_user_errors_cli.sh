@@ -386,19 +386,30 @@ done
 "$QQ" generate --model moe_gptq --prompt "Once upon" -n 4 > moe_gen.txt 2>&1 || fail "generate on GPTQ MoE" moe_gen.txt
 "$QL" train --model moe --data text.jsonl --out moe_dora_run --max-steps 2 --seq-len 32 -q --target all-linear \
   --use-dora > moe_dora.txt 2>&1 || fail "DoRA on every expert of a MoE" moe_dora.txt
-"$QL" merge --model moe --adapter moe_dora_run --out moe_dora_merged -q > moe_dora_merge.txt 2>&1 \
+"$QL" merge --model moe --adapter moe_dora_run --out moe_dora_merged --dtype fp32 -q > moe_dora_merge.txt 2>&1 \
   || fail "merge of a MoE DoRA adapter" moe_dora_merge.txt
 "$QL" train --model moe_gptq --data text.jsonl --out moe_run --max-steps 3 --seq-len 32 -q --target all-linear \
   > moe_train.txt 2>&1 || fail "LoRA on every expert of a GPTQ MoE base" moe_train.txt
-"$QQ" eval --model moe_gptq --adapter moe_run --data text.jsonl --seq-len 64 > moe_eval_ad.txt 2>&1 \
-  || fail "eval --adapter on a MoE base" moe_eval_ad.txt
-# The CPU's unmerged branch does not reach experts, nor carry DoRA's magnitudes: those adapters are merged, and say so.
-grep -q "adapter moe_run merged into an fp32 copy of its Linears (it adapts mixture-of-experts experts)" \
-  moe_eval_ad.txt || fail "the MoE adapter's merged line" moe_eval_ad.txt
-"$QQ" eval --model moe --adapter moe_dora_run --data text.jsonl --seq-len 64 > moe_eval_dora.txt 2>&1 \
-  || fail "eval --adapter with a DoRA adapter" moe_eval_dora.txt
-grep -q "adapter moe_dora_run merged into an fp32 copy of its Linears (DoRA)" moe_eval_dora.txt \
-  || fail "the DoRA adapter's merged line" moe_eval_dora.txt
+# The CPU runs both unmerged (the experts' branches, DoRA's gains computed as the adapter attaches) and scores the
+# text as the adapter merged into an fp32 directory does, within the branch's fp32 reassociation.
+"$QL" merge --model moe_gptq --adapter moe_run --out moe_merged32 --dtype fp32 -q > moe_merge32.txt 2>&1 \
+  || fail "merge into a GPTQ MoE base (fp32)" moe_merge32.txt
+for m in ad:moe_gptq:moe_run m32:moe_merged32: dora:moe:moe_dora_run dm:moe_dora_merged:; do
+  IFS=: read -r tag model adapter <<< "$m"
+  "$QQ" eval --model "$model" ${adapter:+--adapter "$adapter"} --data text.jsonl --seq-len 64 --json \
+    > "moe_eval_$tag.json" 2> "moe_eval_$tag.err" || fail "eval --adapter on a MoE ($tag)" "moe_eval_$tag.err"
+done
+grep -q "adapter moe_run applied unmerged (base kept as stored)" moe_eval_ad.err \
+  || fail "the MoE adapter's unmerged line" moe_eval_ad.err
+grep -q "adapter moe_dora_run applied unmerged (base kept as stored): .* (DoRA)" moe_eval_dora.err \
+  || fail "the DoRA adapter's unmerged line" moe_eval_dora.err
+python3 - <<'PY' || fail "a MoE's unmerged adapters against their merged directories"
+import json
+kUnmergedPplRelTol = 1e-5  # as tests/cli/test_qlora_cli.sh's: fp32 reassociation of the branch through the model
+p = {t: json.load(open(f"moe_eval_{t}.json"))["perplexity"] for t in ("ad", "m32", "dora", "dm")}
+for unmerged, merged in (("ad", "m32"), ("dora", "dm")):
+    assert abs(p[unmerged] - p[merged]) <= kUnmergedPplRelTol * p[merged], (unmerged, merged, p)
+PY
 "$QL" merge --model moe_gptq --adapter moe_run --out moe_merged -q > moe_merge.txt 2>&1 || fail "merge into a GPTQ MoE base" moe_merge.txt
 "$QQ" eval --model moe_merged --data text.jsonl --seq-len 64 -q > moe_eval_m.txt 2>&1 || fail "eval of a merged MoE" moe_eval_m.txt
 refuse moe_awq "the AutoAWQ layout cannot mark a MoE model's routers unquantized" "$QQ" awq --model moe --out moe_awq \

@@ -1,6 +1,6 @@
-"""Oracle: GRPO's loss (its policy term at num_iterations = 1, the KL term to the base, the sampling temperature in the
-log-probabilities, the dapo and grpo normalisations) and the adapter gradients against PyTorch autograd through
-transformers + PEFT.
+"""Oracle: GRPO's loss (its policy term at num_iterations = 1 and, off-policy, PPO's clipped ratio per token and GSPO's
+per sequence; the KL term to the base, the sampling temperature in the log-probabilities, the dapo and grpo
+normalisations) and the adapter gradients against PyTorch autograd through transformers + PEFT.
 
 A tiny random Qwen2 (fp32, eager attention) with one PEFT adapter (all seven Linears, r=4, alpha=8, seeded random A and
 nonzero B). Two prompts, each with a group of three random completions of different lengths, and a reward per
@@ -9,7 +9,10 @@ by the group's unbiased std + 1e-4). Each completion token's log-probability is 
 the reference's is the same with the adapter disabled (PEFT's disable_adapter, TRL's reference for a PEFT model). The
 per-token loss is TRL's: -(exp(lp - lp.detach()) * A) + beta * (exp(ref - lp) - (ref - lp) - 1); dapo takes the mean
 over every completion token, grpo each completion's token mean and then their mean; loss.backward() gives the
-gradients. The gtest GrpoOracle.* reads the base and the adapter with qwenq, computes the reference's token NLLs with a
+gradients. The off-policy cases (TRL with num_iterations > 1) take the old log-probabilities from a second adapter
+("old": the policy with its B moved, as an adapter a few optimizer steps back) and TRL's
+-min(coef * A, clamp(coef, 1 - epsilon, 1 + epsilon_high) * A), coef = exp(lp - old) per token, or per sequence
+exp(sum(lp - old) / len) (importance_sampling_level "sequence", GSPO); epsilon small enough that some tokens clip. The gtest GrpoOracle.* reads the base and the adapter with qwenq, computes the reference's token NLLs with a
 zero adapter, the normalisations (grpo_normalizers) and the token objective (grpo_token_weights) through
 lora_loss_and_grad with logit_scale = 1/T, and compares the loss and the gradients (tolerances there).
 """
@@ -32,8 +35,13 @@ print("transformers", transformers.__version__, "peft", peft.__version__, "torch
 torch.manual_seed(1357)
 out = work_dir(args.build, "grpo_oracle")
 config, pm = tiny_qwen2_with_lora(out)
-randomize_lora(pm)
+policy_params = randomize_lora(pm)
 pm.save_pretrained(os.path.join(out, "policy"))
+with torch.no_grad():  # the old policy: B moved by 0.1·N(0, 1), saved, then the policy's values back
+    for pname, p in pm.named_parameters():
+        if "lora_B" in pname:
+            p.add_(0.1 * torch.randn_like(p))
+pm.save_pretrained(os.path.join(out, "old"))
 
 G = 3
 prompts = [torch.randint(0, config.vocab_size, (n,)) for n in (5, 3)]
@@ -60,7 +68,16 @@ def token_logps(m, temperature):
 
 CASES = {"dapo": dict(loss="dapo", beta=0.04, temperature=0.7),
          "grpo": dict(loss="grpo", beta=0.0, temperature=1.0),
-         "grpo_kl": dict(loss="grpo", beta=0.2, temperature=1.3)}
+         "grpo_kl": dict(loss="grpo", beta=0.2, temperature=1.3),
+         "clip_token": dict(loss="dapo", beta=0.04, temperature=0.9, old=True, epsilon=0.05, epsilon_high=0.08,
+                            level="token"),
+         "gspo": dict(loss="grpo", beta=0.0, temperature=1.0, old=True, epsilon=0.02, epsilon_high=0.03,
+                      level="sequence")}
+with torch.no_grad():
+    olds = {T: token_logps(pm, T) for T in {c["temperature"] for c in CASES.values() if c.get("old")}}
+    for pname, p in pm.named_parameters():
+        if pname in policy_params:
+            p.copy_(policy_params[pname])
 expected = {"input_ids": torch.cat(seqs).to(torch.int32),
             "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int32),
             "masks": torch.tensor(sum(masks, []), dtype=torch.int32),
@@ -73,8 +90,16 @@ for name, c in CASES.items():
     per_seq = []
     for j, lp in enumerate(lps):
         x = ref[j] - lp
-        tok = -(torch.exp(lp - lp.detach()) * adv[j].float()) + c["beta"] * (torch.exp(x) - x - 1)
-        per_seq.append(tok)
+        a = adv[j].float()
+        if c.get("old"):
+            log_w = lp - olds[c["temperature"]][j]
+            if c["level"] == "sequence":
+                log_w = (log_w.sum() / max(len(lp), 1)).expand_as(lp)
+            coef = torch.exp(log_w)
+            policy = -torch.min(coef * a, torch.clamp(coef, 1 - c["epsilon"], 1 + c["epsilon_high"]) * a)
+        else:
+            policy = -(torch.exp(lp - lp.detach()) * a)
+        per_seq.append(policy + c["beta"] * (torch.exp(x) - x - 1))
     if c["loss"] == "dapo":
         loss = torch.cat(per_seq).sum() / sum(comp_lens)
     else:

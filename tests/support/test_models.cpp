@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <regex>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -21,6 +22,27 @@
 #include "trainer/tokenizer.h"
 
 namespace qwenq::test {
+
+std::string rtn_gptq_model(const std::string& src, const std::string& dst, int64_t group) {
+  QuantizeOptions q;
+  q.method = QuantizeOptions::Method::Rtn;
+  q.group_size = group;
+  q.model_dir = src;
+  q.out_dir = dst;
+  q.quiet = true;
+  quantize_model(q);
+  return dst;
+}
+
+void expect_batched_step_is_lone_step(const QwenModel& model) {
+  KvCache c1 = model.make_cache(8), c2 = model.make_cache(8), c3 = model.make_cache(8);
+  model.forward_step({1, 2, 3}, &c1);
+  model.forward_step({4, 5}, &c2);
+  const std::vector<float> both = model.forward_steps({6, 7}, {&c1, &c2});
+  const std::vector<float> alone = (model.forward_step({4, 5}, &c3), model.forward_step({7}, &c3));
+  const int64_t V = model.config().vocab_size;
+  EXPECT_EQ(std::vector<float>(both.begin() + V, both.end()), alone);
+}
 
 std::string make_tiny_model(const std::string& dir, uint64_t seed, int64_t kv_heads, int64_t layers) {
   RandomModelOptions o;

@@ -63,6 +63,12 @@ class ScopedInt8Activations {
 // (no lm_head.weight, e.g. stories260K) is untied in the copy: its lm_head is the embedding plus the noise. Returns
 // dst.
 std::string copy_with_noisy_lm_head(const std::string& src, const std::string& dst, uint64_t seed, float sigma);
+// The model directory `src` quantized to 4-bit GPTQ (v1 layout) by round-to-nearest with groups of `group`, written
+// to `dst` (quiet): a packed base in a few milliseconds. Returns dst.
+std::string rtn_gptq_model(const std::string& src, const std::string& dst, int64_t group = 32);
+// One decode step of two sequences together (forward_steps) gives the second the bits of its lone forward_step, on
+// `model` as it stands (an attached adapter included); prompts of a few small token ids.
+void expect_batched_step_is_lone_step(const QwenModel& model);
 // n tokens in [0, vocab) from a 32-bit linear congruential generator seeded with `seed` (the same on every platform).
 std::vector<int32_t> lcg_tokens(int64_t n, int64_t vocab, uint32_t seed);
 // One sequence per entry of `lengths`, each token uniform in [0, vocab) from Rng(seed) (rng.below), packed.
