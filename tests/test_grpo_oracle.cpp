@@ -81,7 +81,9 @@ TEST(GrpoOracle, LossAndGradientsMatchPyTorch) {
     const double loss = terms.policy + beta * terms.weighted_kl;
     const double want = expected.get(it.key() + ".loss").as<double>()[0];
     EXPECT_NEAR(loss, want, kLossTol * std::max(1.0, std::fabs(want)));
-    if (!off_policy) EXPECT_NEAR(terms.policy, grpo_loss_value(c, adv, len), 1e-12);
+    if (!off_policy) {
+      EXPECT_NEAR(terms.policy, grpo_loss_value(c, adv, len), 1e-12);
+    }
     if (beta > 0) {
       EXPECT_GT(terms.kl_sum, 0.0);  // the adapter moves the policy off the base
     }

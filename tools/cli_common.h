@@ -153,7 +153,9 @@ class CommandAdapter {
   CommandAdapter(const CommandAdapter&) = delete;
   ~CommandAdapter();  // detaches an unmerged adapter from its model
 
-  const LoraAdapter* get() const { return adapter_.get(); }  // null without --adapter
+  // The adapter for the GPU's upload (upload_model_cuda); null without --adapter, and on the CPU, where the attached
+  // layout holds the adapter's only copy.
+  const LoraAdapter* get() const { return adapter_.get(); }
 
  private:
   friend CommandAdapter load_adapter_for_device(const std::string&, const std::string&, Device, QwenModel&, bool);

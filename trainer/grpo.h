@@ -22,9 +22,10 @@
 // exp(lp_t − sg[lp_t]) is 1 in value and the clip never binds: ∂L/∂S_j = c_j·A_j with S_j = Σ_t nll_t, the
 // per-sequence weights LoraStepOptions::sequence_objective hands to the backward (trainer/lora_model.h), and in value
 // L = −Σ_j c_j·A_j·|o_j|. num_iterations = μ > 1: a step at a multiple of μ samples and scores, and keeps old_t
-// (the adapter as it sampled, no dropout: trainer's forward without a gradient); that step and the next μ − 1 train
-// on the same completions and advantages (TRL: the generation batch reused num_iterations times, one optimizer step
-// each), and the gradient is token by token (LoraStepOptions::token_objective):
+// from its own training forward (the adapter as it sampled; ρ_t = 1 there, TRL's detached log-probabilities, with
+// that forward's dropout if any); that step and the next μ − 1 train on the same completions and advantages (TRL:
+// the generation batch reused num_iterations times, one optimizer step each), the gradient token by token
+// (LoraStepOptions::token_objective):
 //   ∂L/∂nll_t = c_j·(A_j·ρ_t·[not clipped] + β·(exp(nll_t − ref_nll_t) − 1))
 // where "clipped" (the min taking the clipped branch, zero gradient) is A_j > 0 with ρ_t > 1 + ε_high or A_j < 0
 // with ρ_t < 1 − ε_low, logged as TRL logs them: clip_ratio_low_mean, clip_ratio_high_mean, clip_ratio_region_mean
@@ -262,11 +263,11 @@ class GrpoRun {
   std::unique_ptr<LoraAdapter> reference_;
   struct Generation;
   // A generation: the rollouts of this rank's micro-batches, the step's scores summed over the group, advantages,
-  // normalisations and stats, and with num_iterations > 1 the old log-probabilities (old_so: no dropout, 1/T).
+  // normalisations and stats (its old log-probabilities come from the first step's forward).
   std::unique_ptr<Generation> sample(QwenModel& model, const LoraAdapter& adapter,
                                      const std::vector<SftExample>& examples, const std::vector<std::string>& records,
                                      const std::vector<std::vector<int64_t>>& prompts, int64_t step, uint64_t run_seed,
-                                     const LoraStepOptions& old_so, ProcessGroup* group);  // the completions a step sampled, their scores and old log-probabilities (num_iterations > 1)
+                                     ProcessGroup* group);  // the completions a step sampled, their scores and old log-probabilities (num_iterations > 1)
   std::unique_ptr<Generation> gen_;
 };
 

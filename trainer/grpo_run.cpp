@@ -33,7 +33,8 @@ struct GrpoRun::Generation {
   std::vector<size_t> row0;                      // micro-batch i's completions are rows [row0[i], row0[i + 1])
   std::vector<std::vector<GrpoSample>> samples;  // per micro-batch (this rank's)
   std::vector<std::vector<float>> old_nll;       // per micro-batch (this rank's, num_iterations > 1): the sampling
-                                                 // policy's nll of its counted completion tokens
+                                                 // policy's nll of its counted completion tokens, as the
+                                                 // generation's first step computed them
   std::vector<double> adv, c;                    // per completion: A_j, c_j
   std::vector<int64_t> len;                      // |o_j|
   StepResult base;                               // tokens, targets and the generation's stats
@@ -230,8 +231,7 @@ std::unique_ptr<GrpoRun::Generation> GrpoRun::sample(QwenModel& model, const Lor
                                                      const std::vector<SftExample>& examples,
                                                      const std::vector<std::string>& records,
                                                      const std::vector<std::vector<int64_t>>& prompts, int64_t step,
-                                                     uint64_t run_seed, const LoraStepOptions& old_so,
-                                                     ProcessGroup* group) {
+                                                     uint64_t run_seed, ProcessGroup* group) {
   const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
   const int64_t G = o_.num_generations;
   const size_t M = prompts.size();
@@ -268,13 +268,7 @@ std::unique_ptr<GrpoRun::Generation> GrpoRun::sample(QwenModel& model, const Lor
   }
   g->base.stats = grpo_metrics(scores, G, weights_, rewards_, "");
   g->base.stats["rollout_s"] = rollout_s;
-  if (o_.num_iterations > 1) {  // the sampling policy's log-probabilities, for the next steps' ratios
-    g->old_nll.resize(M);
-    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
-      const SftBatch b = grpo_batch(examples, g->samples[i], o_.mask_truncated);
-      if (b.num_targets > 0) g->old_nll[i] = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, old_so).row_nll;
-    }
-  }
+  g->old_nll.resize(M);  // filled by the generation's first step (num_iterations > 1)
   return g;
 }
 
@@ -289,9 +283,9 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
   const bool fresh = gen_ == nullptr || mu == 1 || step % mu == 0;
   if (fresh) {
     gen_.reset();  // (the last generation's memory goes before the next one's)
-    gen_ = sample(model, adapter, examples, records, prompts, step, run_seed, ref_so, group);
+    gen_ = sample(model, adapter, examples, records, prompts, step, run_seed, group);
   }
-  const Generation& g = *gen_;
+  Generation& g = *gen_;
   QWENQ_CHECK(g.row0.size() == prompts.size() + 1, "grpo step " << step << ": " << prompts.size()
                                                    << " micro-batches, the kept generation has " << g.row0.size() - 1);
   StepResult res = g.base;
@@ -306,11 +300,16 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
     if (b.num_targets == 0) continue;  // every completion masked (truncated): nothing to learn from
     const std::vector<double> ci = slice(g.c, i), ai = slice(g.adv, i);
     const std::vector<int64_t> li = slice(g.len, i);
-    const std::vector<float>* old = mu > 1 ? &g.old_nll[i] : nullptr;
-    if (o_.beta > 0 || old) {  // token by token: the ratio to the sampling policy, the KL term to the base
+    // Off-policy steps (num_iterations > 1, not the generation's first): the ratio to the policy that sampled, whose
+    // log-probabilities the first step's own forward kept (the adapter as it sampled; ρ = 1 there, as TRL's detached
+    // log-probabilities).
+    std::vector<float>* keep_old = mu > 1 && fresh ? &g.old_nll[i] : nullptr;
+    const std::vector<float>* old = mu > 1 && !fresh ? &g.old_nll[i] : nullptr;
+    if (o_.beta > 0 || mu > 1) {  // token by token: the ratio to the sampling policy, the KL term to the base
       std::vector<float> ref;  // the reference's log-probabilities: the base alone (the adapter's branch zero)
       if (o_.beta > 0) ref = lora_loss_and_grad(model, *reference_, b.packed, b.targets, nullptr, ref_so).row_nll;
-      gso.token_objective = [&, ref = std::move(ref), old](const std::vector<float>& nll) {
+      gso.token_objective = [&, ref = std::move(ref), old, keep_old](const std::vector<float>& nll) {
+        if (keep_old) *keep_old = nll;
         return grpo_token_weights(o_, ci, ai, li, nll, old, o_.beta > 0 ? &ref : nullptr, &terms);
       };
     } else {
