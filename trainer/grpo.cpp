@@ -80,6 +80,7 @@ void check_grpo_options(const GrpoOptions& o) {
   for (double w : o.reward_weights) QWENQ_CHECK(std::isfinite(w), "--reward-weights: " << w << " is not finite");
   QWENQ_CHECK(std::isfinite(o.beta) && o.beta >= 0, "--grpo-beta must be >= 0, got " << o.beta);
   QWENQ_CHECK(o.num_iterations >= 1, "--num-iterations must be >= 1, got " << o.num_iterations);
+  QWENQ_CHECK(o.log_completions >= 0, "--log-completions must be >= 0, got " << o.log_completions);
   QWENQ_CHECK(std::isfinite(o.epsilon) && o.epsilon > 0 && o.epsilon < 1,
               "--epsilon must be in (0, 1) (the ratio is clipped to [1 - epsilon, 1 + epsilon-high]), got " << o.epsilon);
   QWENQ_CHECK(std::isfinite(o.epsilon_high) && o.epsilon_high >= 0,

@@ -97,6 +97,8 @@ struct GrpoOptions {
   double epsilon = 0.2;               // ε_low (TRL's epsilon)
   double epsilon_high = 0.0;          // ε_high; 0: epsilon (TRL's None)
   GrpoImportance importance = GrpoImportance::kToken;  // TRL's importance_sampling_level
+  int64_t log_completions = 0;        // per generation, this many of the lead rank's completions logged (TRL's
+                                      // log_completions / num_completions_to_print; 0: none)
   double eps_high() const { return epsilon_high > 0 ? epsilon_high : epsilon; }
   std::vector<std::string> rewards;   // reward function specs (trainer/grpo_reward.h), at least one
   std::vector<double> reward_weights; // one per reward, or empty (all 1)
@@ -232,6 +234,10 @@ class GrpoRun {
     double loss = 0;                 // the policy term plus beta·Σ c_j·KL_t, in value
     int64_t tokens = 0, targets = 0;  // the step's prompt and completion tokens; its counted completion tokens
     nlohmann::json stats;            // grpo_metrics, rollout_s (this rank's sampling and scoring), kl (beta > 0)
+    // A generation's first step (log_completions > 0): its first log_completions completions on this rank, each
+    // {"prompt" (the record's), "completion" (the text the rewards scored), "rewards" {name: value or null},
+    // "reward" (r_j), "advantage" (A_j), "length" (tokens), "truncated"}.
+    std::vector<nlohmann::ordered_json> completions;
   };
   // One optimizer step on this rank: micro-batch i's prompts are prompts[i] (indices into examples / records) and
   // this rank runs the i ≡ rank (mod world) ones: their rollouts with `adapter` attached (seeds grpo_rollout_seed(

@@ -268,6 +268,30 @@ std::unique_ptr<GrpoRun::Generation> GrpoRun::sample(QwenModel& model, const Lor
   }
   g->base.stats = grpo_metrics(scores, G, weights_, rewards_, "");
   g->base.stats["rollout_s"] = rollout_s;
+  if (o_.log_completions > 0) {  // this rank's first completions, as TRL's log_completions shows them
+    const std::vector<double> r = grpo_combined_rewards(scores.per_func, scores.F, weights_);
+    for (size_t i = static_cast<size_t>(rank); i < M; i += static_cast<size_t>(world)) {
+      for (size_t k = 0; k < g->samples[i].size(); ++k) {
+        if (static_cast<int64_t>(g->base.completions.size()) >= o_.log_completions) break;
+        const GrpoSample& smp = g->samples[i][k];
+        const size_t row = g->row0[i] + k;
+        Record rec;
+        rec["prompt"] = Record::parse(records[static_cast<size_t>(smp.prompt)])["prompt"];
+        rec["completion"] = tok_.decode(smp.completion, /*skip_special=*/true);
+        Record per = Record::object();
+        for (size_t f = 0; f < rewards_.size(); ++f) {
+          const double v = scores.per_func[row * rewards_.size() + f];
+          per[rewards_[f]->name()] = std::isnan(v) ? Record(nullptr) : Record(v);  // null: did not apply
+        }
+        rec["rewards"] = per;
+        rec["reward"] = r[row];
+        rec["advantage"] = g->adv[row];
+        rec["length"] = smp.completion.size();
+        rec["truncated"] = smp.truncated;
+        g->base.completions.push_back(std::move(rec));
+      }
+    }
+  }
   g->old_nll.resize(M);  // filled by the generation's first step (num_iterations > 1)
   return g;
 }
@@ -289,7 +313,10 @@ GrpoRun::StepResult GrpoRun::step(QwenModel& model, const LoraAdapter& adapter, 
   QWENQ_CHECK(g.row0.size() == prompts.size() + 1, "grpo step " << step << ": " << prompts.size()
                                                    << " micro-batches, the kept generation has " << g.row0.size() - 1);
   StepResult res = g.base;
-  if (!fresh) res.stats["rollout_s"] = 0.0;
+  if (!fresh) {
+    res.stats["rollout_s"] = 0.0;
+    res.completions.clear();  // logged with the step that sampled them
+  }
   GrpoTokenTerms terms;
   const auto slice = [&](const auto& v, size_t i) {
     return std::decay_t<decltype(v)>(v.begin() + static_cast<std::ptrdiff_t>(g.row0[i]),

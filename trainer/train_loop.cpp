@@ -584,6 +584,13 @@ TrainReport train_lora(const TrainOptions& o) {
   } else if (lead && file_exists(metrics_path)) {
     write_file_atomic(metrics_path, std::string());
   }
+  // GRPO's --log-completions: the logged completions of each generation, one JSON line each with its step (resumed
+  // and restarted as metrics.jsonl is).
+  const std::string completions_path = path_join(o.out_dir, "completions.jsonl");
+  if (lead && o.grpo && o.grpo_options.log_completions > 0) {
+    if (o.resume) truncate_metrics(completions_path, st.step);
+    else if (file_exists(completions_path)) write_file_atomic(completions_path, std::string());
+  }
   Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
   std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
 #ifdef QWENQ_HAVE_CUDA
@@ -612,10 +619,14 @@ TrainReport train_lora(const TrainOptions& o) {
     gpu->download_optimizer(&m, &v);
   };
   // The other ranks' stream stays closed: what they would write goes nowhere.
-  std::ofstream metrics;
+  std::ofstream metrics, completions;
   if (lead) {
     metrics.open(metrics_path, std::ios::app);
     QWENQ_CHECK(metrics.good(), "cannot write " << metrics_path);
+    if (o.grpo && o.grpo_options.log_completions > 0) {
+      completions.open(completions_path, std::ios::app);
+      QWENQ_CHECK(completions.good(), "cannot write " << completions_path);
+    }
   }
   if (!use_cuda) keep_heap_for_reuse();  // every step frees and takes the same large buffers (core/heap_reuse.h)
   if (!o.quiet && lead) {
@@ -917,6 +928,13 @@ TrainReport train_lora(const TrainOptions& o) {
     }
     if (o.grpo) record.update(grpo_stats);
     metrics << record.dump() << "\n" << std::flush;
+    for (const nlohmann::ordered_json& c : grpo_step.completions) {  // (a closed stream on the other ranks)
+      nlohmann::ordered_json line = {{"step", st.step}};
+      line.update(c);
+      // (a completion cut mid-character is not UTF-8: its bytes become U+FFFD rather than stop the run)
+      completions << line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+    }
+    if (!grpo_step.completions.empty()) completions << std::flush;
     char extra[128];
     if (o.dpo) {
       std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f lr %.2e %.0f tok/s", loss, accuracy, lr,

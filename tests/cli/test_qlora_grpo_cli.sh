@@ -93,6 +93,28 @@ a, b = [j for j in map(json.loads, open(sys.argv[1])) if "loss" in j]
 assert a["reward"] == b["reward"] and a["tokens"] == b["tokens"] and a["rollout_s"] > 0 and b["rollout_s"] == 0, (a, b)
 assert a["clip_ratio_region_mean"] == 0 and 0 <= b["clip_ratio_region_mean"] <= 1, (a, b)
 PY
+# --log-completions 3: each generation's first three completions in completions.jsonl, with the rewards the metrics
+# averaged (contains=a: 1 exactly when the text has an "a"; weighted sum; advantages of a group sum to 0). With
+# --num-iterations 2 only the sampling steps (1 and 3) log; a resumed run keeps the lines up to its checkpoint.
+"$QL" train "${run[@]}" --max-steps 4 --num-iterations 2 --log-completions 3 --save-every 2 --out "$WORK/logc" \
+  > "$WORK/logc.txt" 2>&1 || fail "grpo --log-completions" "$WORK/logc.txt"
+python3 - "$WORK/logc" <<'PY' || fail "completions.jsonl" "$WORK/logc/completions.jsonl"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1] + "/completions.jsonl")]
+assert [r["step"] for r in recs] == [1, 1, 1, 3, 3, 3], [r["step"] for r in recs]
+for r in recs:
+    assert list(r) == ["step", "prompt", "completion", "rewards", "reward", "advantage", "length", "truncated"], list(r)
+    assert r["rewards"]["contains"] == (1.0 if "a" in r["completion"] else 0.0), r
+    cmd = r["rewards"]["cmd"]
+    assert abs(r["reward"] - (r["rewards"]["contains"] + 2 * (cmd or 0.0))) < 1e-12, r
+    assert r["prompt"].endswith("apples and") and 1 <= r["length"] <= 12, r
+PY
+"$QL" train "${run[@]}" --max-steps 4 --num-iterations 2 --log-completions 3 --save-every 2 --out "$WORK/logr" \
+  --stop-after 3 > "$WORK/logr.txt" 2>&1 || fail "grpo --log-completions --stop-after 3" "$WORK/logr.txt"
+"$QL" train "${run[@]}" --max-steps 4 --num-iterations 2 --log-completions 3 --save-every 2 --out "$WORK/logr" \
+  --resume > "$WORK/logr2.txt" 2>&1 || fail "grpo --log-completions --resume" "$WORK/logr2.txt"
+cmp -s "$WORK/logc/completions.jsonl" "$WORK/logr/completions.jsonl" \
+  || fail "a resumed run's completions.jsonl differs" "$WORK/logr/completions.jsonl"
 # A --config file's "reward" list: one --reward per item, commas inside an item kept (a regex's {1,3}).
 printf '%s\n' '{"objective": "grpo", "reward": ["contains=a", "regex=[a-z]{1,3}"], "reward-weights": [1, 0.5],' \
   '"num-generations": 2, "max-completion-len": 8, "seq-len": 48, "max-steps": 1, "threads": 1, "quiet": true}' \
