@@ -5,6 +5,7 @@
 // resumed run is bit-identical; refusals). The loss and gradients against PyTorch: tests/oracle/test_grpo_oracle.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -108,10 +109,11 @@ TEST(GrpoMath, TokenWeightsAreTheLossDerivative) {
   EXPECT_EQ(terms.clipped_low + terms.clipped_high, 0);  // on-policy: never clipped
 }
 
-// Off-policy (num_iterations > 1): f(nll) = Σ_j c_j Σ_t (−min(ρ_t·A_j, clip(ρ_t, 1 − ε, 1 + ε_high)·A_j) + β·KL_t) with
-// ρ_t = exp(old_t − nll_t) per token, or GSPO's exp(mean_t(old_t − nll_t)) per sequence. Its central differences in
-// double are the weights wherever f is smooth (no ratio at a clip bound), the clipped tokens' policy part zero; the
-// value is terms.policy + β·terms.weighted_kl; the clipped counts are TRL's (A < 0 below 1 − ε, A > 0 above 1 + ε_high).
+// Off-policy (num_iterations > 1): f(nll) = Σ_j c_j Σ_t (−min(min(ρ_t, δ)·A_j, clip(ρ_t, 1 − ε, 1 + ε_high)·A_j) +
+// β·KL_t) with ρ_t = exp(old_t − nll_t) per token, or GSPO's exp(mean_t(old_t − nll_t)) per sequence (δ = ∞ without
+// --delta). Its central differences in double are the weights wherever f is smooth (no ratio at a bound), the
+// clipped tokens' policy part zero; the value is terms.policy + β·terms.weighted_kl; the clipped counts are TRL's
+// (A < 0 below 1 − ε, A > 0 above 1 + ε_high, on the δ-capped ratio).
 TEST(GrpoMath, ClippedRatioWeightsAreTheLossDerivative) {
   const std::vector<double> c = {0.1, 0.05, 0.2}, a = {1.3, -0.7, 0.4};
   const std::vector<int64_t> len = {2, 3, 2};
@@ -119,20 +121,38 @@ TEST(GrpoMath, ClippedRatioWeightsAreTheLossDerivative) {
   const std::vector<float> nll = {1.5f, 0.25f, 2.0f, 0.75f, 3.0f, 1.0f, 0.5f};
   const std::vector<float> old = {1.8f, 0.2f, 1.6f, 0.85f, 3.02f, 1.5f, 0.6f};
   const std::vector<float> ref = {1.0f, 0.5f, 2.5f, 0.75f, 1.0f, 0.9f, 0.4f};
-  for (const GrpoImportance level : {GrpoImportance::kToken, GrpoImportance::kSequence}) {
-    SCOPED_TRACE(grpo_importance_name(level));
+  struct Case {
+    const char* name;
+    GrpoImportance level;
+    double epsilon_high, delta;
+    double low, high;                   // TRL's clipped-token counts
+    std::vector<size_t> kl_only;        // tokens whose policy gradient the clip (or δ) removes
+  };
+  const Case cases[] = {
+      // ρ: 1.35 (A > 0: clipped), 0.95 | 0.67 (A < 0: clipped), 1.11, 1.02 | 1.65 (clipped), 1.11
+      {"token", GrpoImportance::kToken, 0.28, 0.0, 1, 2, {0, 2, 5}},
+      // s_j: exp(0.125) = 1.13, exp(−0.093) = 0.91 | exp(0.3) = 1.35 (A > 0: both its tokens clipped)
+      {"sequence", GrpoImportance::kSequence, 0.28, 0.0, 0, 2, {5, 6}},
+      // δ 1.05 above 1 + ε_high = 1.04: the A < 0 token at 1.11 is held at δ (no gradient, not counted); the A > 0
+      // ones above 1.04 clip
+      {"token, delta", GrpoImportance::kToken, 0.04, 1.05, 1, 3, {0, 2, 3, 5, 6}},
+  };
+  for (const Case& cs : cases) {
+    SCOPED_TRACE(cs.name);
     GrpoOptions o;
     o.beta = 0.3;
     o.epsilon = 0.2;
-    o.epsilon_high = 0.28;
-    o.importance = level;
+    o.epsilon_high = cs.epsilon_high;
+    o.delta = cs.delta;
+    o.importance = cs.level;
+    const double lo = 1 - o.epsilon, hi = 1 + o.epsilon_high, delta = cs.delta > 0 ? cs.delta : 1e300;
     const auto ratios = [&](const std::vector<double>& x) {
       std::vector<double> rho(x.size());
       for (size_t i = 0, j = 0; j < len.size(); ++j) {
         double mean = 0;
         for (int64_t t = 0; t < len[j]; ++t) mean += (old[i + t] - x[i + t]) / static_cast<double>(len[j]);
         for (int64_t t = 0; t < len[j]; ++t, ++i)
-          rho[i] = level == GrpoImportance::kToken ? std::exp(old[i] - x[i]) : std::exp(mean);
+          rho[i] = cs.level == GrpoImportance::kToken ? std::exp(old[i] - x[i]) : std::exp(mean);
       }
       return rho;
     };
@@ -141,9 +161,9 @@ TEST(GrpoMath, ClippedRatioWeightsAreTheLossDerivative) {
       double s = 0;
       for (size_t i = 0, j = 0; j < len.size(); ++j)
         for (int64_t t = 0; t < len[j]; ++t, ++i) {
-          const double clipped = std::min(std::max(rho[i], 1 - o.epsilon), 1 + o.epsilon_high);
+          const double clipped = std::min(std::max(rho[i], lo), hi);
           const double k = x[i] - ref[i];
-          s += c[j] * (-std::min(rho[i] * a[j], clipped * a[j]) + o.beta * (std::exp(k) - k - 1));
+          s += c[j] * (-std::min(std::min(rho[i], delta) * a[j], clipped * a[j]) + o.beta * (std::exp(k) - k - 1));
         }
       return s;
     };
@@ -157,28 +177,23 @@ TEST(GrpoMath, ClippedRatioWeightsAreTheLossDerivative) {
       EXPECT_NEAR(d[i], (f(up) - f(dn)) / 2e-6, 1e-7) << "token " << i;
     }
     EXPECT_NEAR(terms.policy + o.beta * terms.weighted_kl, f(at), 1e-12);
-    // Which tokens the clip takes, from the ratios (none sits within 1e-3 of a bound, so f is smooth at each).
+    // No ratio within 1e-3 of a bound, so f is smooth at each token and the differences are its derivative.
     const std::vector<double> rho = ratios(at);
-    double low = 0, high = 0;
-    for (size_t i = 0, j = 0; j < len.size(); ++j)
-      for (int64_t t = 0; t < len[j]; ++t, ++i) {
-        EXPECT_GT(std::min(std::fabs(rho[i] - 0.8), std::fabs(rho[i] - 1.28)), 1e-3) << i;
-        low += a[j] < 0 && rho[i] < 0.8;
-        high += a[j] > 0 && rho[i] > 1.28;
-      }
-    EXPECT_EQ(terms.clipped_low, low);
-    EXPECT_EQ(terms.clipped_high, high);
+    for (size_t i = 0; i < rho.size(); ++i) {
+      for (double bound : {lo, hi, delta}) EXPECT_GT(std::fabs(rho[i] - bound), 1e-3) << i;
+    }
+    EXPECT_EQ(terms.clipped_low, cs.low);
+    EXPECT_EQ(terms.clipped_high, cs.high);
     EXPECT_EQ(terms.tokens, 7);
-    if (level == GrpoImportance::kToken) {  // ρ: 1.35 (A > 0: clipped), 0.95 | 0.67 (A < 0: clipped), 1.1, 1.02 | 1.65 (clipped), 1.1
-      EXPECT_EQ(low, 1);
-      EXPECT_EQ(high, 2);
-      for (size_t i : {0u, 2u}) {  // clipped: the KL term's part alone
-        EXPECT_DOUBLE_EQ(d[i], (i == 0 ? c[0] : c[1]) * o.beta * (std::exp(static_cast<double>(nll[i]) - ref[i]) - 1));
+    for (size_t i = 0, j = 0; j < len.size(); ++j) {
+      for (int64_t t = 0; t < len[j]; ++t, ++i) {
+        const double kl_part = c[j] * o.beta * (std::exp(static_cast<double>(nll[i]) - ref[i]) - 1);
+        if (std::count(cs.kl_only.begin(), cs.kl_only.end(), i)) {
+          EXPECT_DOUBLE_EQ(d[i], kl_part) << "token " << i;
+        } else {
+          EXPECT_GT(std::fabs(d[i] - kl_part), 1e-3) << "token " << i << " has its policy gradient";
+        }
       }
-    } else {  // s_j: exp(0.125) = 1.13, exp(−0.093) = 0.91 | exp(0.3) = 1.35 (A > 0: both its tokens clipped)
-      EXPECT_EQ(low, 0);
-      EXPECT_EQ(high, 2);
-      EXPECT_NE(d[0], 0.0);
     }
   }
 }

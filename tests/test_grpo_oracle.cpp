@@ -67,6 +67,7 @@ TEST(GrpoOracle, LossAndGradientsMatchPyTorch) {
       go.num_iterations = 2;
       go.epsilon = it.value()["epsilon"].get<double>();
       go.epsilon_high = it.value()["epsilon_high"].get<double>();
+      go.delta = it.value().value("delta", 0.0);
       go.importance = parse_grpo_importance(it.value()["level"].get<std::string>());
       old = lora_loss_and_grad(model, old_policy, batch, targets, nullptr, ref_opt).row_nll;
     }

@@ -259,6 +259,10 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
   c->add_option("--epsilon", g.epsilon, "grpo: the ratio is clipped below at 1 - epsilon (with --num-iterations > 1)")
       ->capture_default_str();
   c->add_option("--epsilon-high", g.epsilon_high, "grpo: ... and above at 1 + epsilon-high (default: --epsilon; DAPO: 0.28)");
+  c->add_option("--delta", g.delta,
+                "grpo: two-sided clipping (INTELLECT-2): the unclipped ratio capped at delta, > 1 + --epsilon-high "
+                "(0: off)")
+      ->capture_default_str();
   c->add_option("--log-completions", g.log_completions,
                 "grpo: write this many completions of each generation (prompt, text, rewards, advantage) to "
                 "completions.jsonl in --out (0: none)")
@@ -276,7 +280,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   static const char* const kGrpoFlags[] = {"--reward", "--reward-weights", "--num-generations", "--max-completion-len",
                                            "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
                                            "--grpo-loss", "--scale-rewards", "--mask-truncated-completions", "--grpo-beta",
-                                           "--num-iterations", "--epsilon", "--epsilon-high", "--importance-sampling-level",
+                                           "--num-iterations", "--epsilon", "--epsilon-high", "--delta", "--importance-sampling-level",
                                            "--log-completions"};
   if (!o->grpo) {
     for (const char* flag : kGrpoFlags) QWENQ_CHECK(!given(flag), flag << " applies to --objective grpo");

@@ -85,6 +85,8 @@ void check_grpo_options(const GrpoOptions& o) {
               "--epsilon must be in (0, 1) (the ratio is clipped to [1 - epsilon, 1 + epsilon-high]), got " << o.epsilon);
   QWENQ_CHECK(std::isfinite(o.epsilon_high) && o.epsilon_high >= 0,
               "--epsilon-high must be > 0 (or 0: --epsilon), got " << o.epsilon_high);
+  QWENQ_CHECK(std::isfinite(o.delta) && (o.delta == 0 || o.delta > 1),
+              "--delta must be > 1 (TRL recommends more than 1 + --epsilon-high; 0: off), got " << o.delta);
 }
 
 std::vector<double> grpo_combined_rewards(const std::vector<double>& per_func, int64_t F,
@@ -184,13 +186,18 @@ std::vector<double> grpo_token_weights(const GrpoOptions& o, const std::vector<d
                   ? seq_ratio
                   : std::exp(static_cast<double>((*old_nll)[i]) - static_cast<double>(nll[i]));
       }
-      const bool low = old_nll && A < 0 && rho < lo, high = old_nll && A > 0 && rho > hi;
-      const double kept = low ? lo : high ? hi : rho;  // min(ρA, clip(ρ)A): the clipped branch when it is smaller
-      double w = low || high ? 0.0 : A * rho;
+      // min(u·A, v·A) with u = min(ρ, δ) (two-sided clipping; u = ρ without δ) and v = clip(ρ): the branch the min
+      // takes carries the gradient ρ·A·dlp when its ρ is live (not held at a bound), none otherwise.
+      const bool capped = o.delta > 0 && rho > o.delta;
+      const double u = capped ? o.delta : rho, v = std::min(std::max(rho, lo), hi);
+      const bool take_u = A >= 0 ? u <= v : u >= v;
+      const double kept = take_u ? u : v;
+      const bool live = take_u ? !capped : (rho >= lo && rho <= hi);
+      double w = live ? A * rho : 0.0;
       terms->policy -= c[j] * kept * A;
       terms->tokens += 1;
-      terms->clipped_low += low;
-      terms->clipped_high += high;
+      terms->clipped_low += old_nll && A < 0 && u < lo;  // TRL's counts, on the (δ-capped) ratio
+      terms->clipped_high += old_nll && A > 0 && u > hi;
       if (ref_nll) {
         const double x = static_cast<double>(nll[i]) - static_cast<double>((*ref_nll)[i]);  // ref_t − lp_t
         const double kl = std::exp(x) - x - 1.0;

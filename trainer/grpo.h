@@ -29,7 +29,8 @@
 //   ∂L/∂nll_t = c_j·(A_j·ρ_t·[not clipped] + β·(exp(nll_t − ref_nll_t) − 1))
 // where "clipped" (the min taking the clipped branch, zero gradient) is A_j > 0 with ρ_t > 1 + ε_high or A_j < 0
 // with ρ_t < 1 − ε_low, logged as TRL logs them: clip_ratio_low_mean, clip_ratio_high_mean, clip_ratio_region_mean
-// (fractions of the step's counted completion tokens). (With the sequence ratio, ∂s_j/∂lp_t = s_j/|o_j| and the
+// (fractions of the step's counted completion tokens). delta δ > 0 (two-sided clipping, INTELLECT-2) also caps the
+// unclipped branch, −min(min(ρ_t, δ)·A_j, clip(ρ_t)·A_j): a token with A_j < 0 and ρ_t > δ has no gradient either. (With the sequence ratio, ∂s_j/∂lp_t = s_j/|o_j| and the
 // sequence's |o_j| equal terms give the same c_j·A_j·s_j per token.) The KL term: KL_t = exp(ref_t − lp_t) −
 // (ref_t − lp_t) − 1 (ref_t the reference's: the base without the adapter, PEFT's disable_adapter, at the same
 // temperature), "kl" logs the step's token mean of KL_t. A run resumed inside a generation samples that generation's
@@ -96,6 +97,7 @@ struct GrpoOptions {
   int64_t num_iterations = 1;         // μ: steps that train on one generation (TRL's num_iterations)
   double epsilon = 0.2;               // ε_low (TRL's epsilon)
   double epsilon_high = 0.0;          // ε_high; 0: epsilon (TRL's None)
+  double delta = 0.0;                 // δ: two-sided clipping (INTELLECT-2, TRL's delta); 0: off (TRL's None)
   GrpoImportance importance = GrpoImportance::kToken;  // TRL's importance_sampling_level
   int64_t log_completions = 0;        // per generation, this many of the lead rank's completions logged (TRL's
                                       // log_completions / num_completions_to_print; 0: none)

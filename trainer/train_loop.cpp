@@ -118,7 +118,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["reward_weights"] = g.reward_weights;
     if (g.num_iterations > 1) {  // (absent at 1, as before these existed: older checkpoints still resume)
       k["num_iterations"] = g.num_iterations;
-      k["clip"] = {g.epsilon, g.eps_high(), grpo_importance_name(g.importance)};
+      k["clip"] = {g.epsilon, g.eps_high(), grpo_importance_name(g.importance), g.delta};
     }
   }
   return k;
@@ -146,7 +146,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
       {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
-      {"num_iterations", "--num-iterations"}, {"clip", "--epsilon/--epsilon-high/--importance-sampling-level"}};
+      {"num_iterations", "--num-iterations"}, {"clip", "--epsilon/--epsilon-high/--importance-sampling-level/--delta"}};
   std::set<std::string> keys;
   for (const nlohmann::json* j : {&saved, &now}) {
     if (!j->is_object()) continue;

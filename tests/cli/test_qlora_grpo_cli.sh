@@ -148,5 +148,6 @@ expect_error "--num-iterations applies to --objective grpo" train -m "$WORK/tiny
   --num-iterations 2 --max-steps 1 --device cpu
 expect_error "--importance-sampling-level: 'tokens' is not a level" train "${run[@]}" --max-steps 1 --out "$WORK/x10" \
   --importance-sampling-level tokens
-for d in x1 x2 x3 x4 x5 x6 x7 x8 x9 x10; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
+expect_error "--delta must be > 1" train "${run[@]}" --max-steps 1 --out "$WORK/x11" --num-iterations 2 --delta 0.9
+for d in x1 x2 x3 x4 x5 x6 x7 x8 x9 x10 x11; do [ ! -e "$WORK/$d" ] || fail "a refused run left $d behind"; done
 echo "grpo cli: OK"

@@ -12,7 +12,8 @@ over every completion token, grpo each completion's token mean and then their me
 gradients. The off-policy cases (TRL with num_iterations > 1) take the old log-probabilities from a second adapter
 ("old": the policy with its B moved, as an adapter a few optimizer steps back) and TRL's
 -min(coef * A, clamp(coef, 1 - epsilon, 1 + epsilon_high) * A), coef = exp(lp - old) per token, or per sequence
-exp(sum(lp - old) / len) (importance_sampling_level "sequence", GSPO); epsilon small enough that some tokens clip. The gtest GrpoOracle.* reads the base and the adapter with qwenq, computes the reference's token NLLs with a
+exp(sum(lp - old) / len) (importance_sampling_level "sequence", GSPO), the per-token case with TRL's delta (two-sided
+clipping: coef capped at delta in the first branch); epsilon small enough that some tokens clip. The gtest GrpoOracle.* reads the base and the adapter with qwenq, computes the reference's token NLLs with a
 zero adapter, the normalisations (grpo_normalizers) and the token objective (grpo_token_weights) through
 lora_loss_and_grad with logit_scale = 1/T, and compares the loss and the gradients (tolerances there).
 """
@@ -70,7 +71,7 @@ CASES = {"dapo": dict(loss="dapo", beta=0.04, temperature=0.7),
          "grpo": dict(loss="grpo", beta=0.0, temperature=1.0),
          "grpo_kl": dict(loss="grpo", beta=0.2, temperature=1.3),
          "clip_token": dict(loss="dapo", beta=0.04, temperature=0.9, old=True, epsilon=0.05, epsilon_high=0.08,
-                            level="token"),
+                            level="token", delta=1.1),
          "gspo": dict(loss="grpo", beta=0.0, temperature=1.0, old=True, epsilon=0.02, epsilon_high=0.03,
                       level="sequence")}
 with torch.no_grad():
@@ -96,7 +97,10 @@ for name, c in CASES.items():
             if c["level"] == "sequence":
                 log_w = (log_w.sum() / max(len(lp), 1)).expand_as(lp)
             coef = torch.exp(log_w)
-            policy = -torch.min(coef * a, torch.clamp(coef, 1 - c["epsilon"], 1 + c["epsilon_high"]) * a)
+            clipped = torch.clamp(coef, 1 - c["epsilon"], 1 + c["epsilon_high"])
+            if c.get("delta"):  # two-sided clipping: TRL's delta caps the unclipped ratio
+                coef = torch.clamp(coef, max=c["delta"])
+            policy = -torch.min(coef * a, clipped * a)
         else:
             policy = -(torch.exp(lp - lp.detach()) * a)
         per_seq.append(policy + c["beta"] * (torch.exp(x) - x - 1))
