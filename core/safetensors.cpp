@@ -19,6 +19,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 
 namespace qwenq {
 
@@ -313,12 +314,7 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
   }
   QWENQ_CHECK(file_exists(index), "checkpoint directory " << dir << " has neither " << kSingleName << " nor "
                                                           << kIndexName);
-  Json j;
-  try {
-    j = Json::parse(read_file(index));
-  } catch (const Json::exception& e) {
-    QWENQ_FAIL(index << ": not valid JSON: " << e.what());
-  }
+  const Json j = read_json_file(index);
   QWENQ_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
               index << ": no \"weight_map\" object (not a safetensors index?)");
   std::set<std::string> files;

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 
 namespace qwenq {
 
@@ -210,12 +211,7 @@ std::vector<std::string> targets_field(const json& j, const std::string& path) {
 }  // namespace
 
 LoraConfig parse_lora_config_json(const std::string& json_text, const std::string& path, BaseRewritingInit init) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    QWENQ_FAIL(path << ": not valid JSON (" << e.what() << ")");
-  }
+  const json j = parse_json_text(json_text, path);
   QWENQ_CHECK(j.is_object(), path << ": expected a JSON object");
 
   QWENQ_CHECK(present(j, "peft_type") && j.at("peft_type") == "LORA",

@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/json_file.h"
 #include "core/progress.h"
 #include "tools/cli.h"
 #include "tools/cli_common.h"
@@ -329,7 +330,7 @@ nlohmann::json run_eval_child(const CompareArgs& a, const std::string& model, co
   args.insert(args.end(), extra.begin(), extra.end());
   *result = run_self(args, path_join(logs, tag + ".log"));
   if (!ok(*result)) throw Error("evaluation of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
-  return nlohmann::json::parse(read_file(json));
+  return read_json_file(json);
 }
 
 // Each evaluation text's perplexity into row->perplexity; with KL bases (every row but the original's under --kld or
@@ -376,7 +377,7 @@ void evaluate_all(const CompareArgs& a, const std::string& model, const std::str
     if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
     ChildResult r = run_self(args, path_join(logs, tag + ".log"));
     if (!ok(r)) throw Error("multiple-choice of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
-    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    const nlohmann::json j = read_json_file(json);
     row->acc.push_back(j.at("acc").get<double>());
     row->acc_norm.push_back(j.at("acc_norm").get<double>());
     std::fprintf(stderr, "  %-16s %-28s acc %.2f%%, acc_norm %.2f%% (%.1fs)\n", tag.c_str(), a.choices[c].c_str(),
@@ -393,7 +394,7 @@ void evaluate_all(const CompareArgs& a, const std::string& model, const std::str
     if (!adapter.empty()) args.insert(args.end(), {"--adapter", adapter});
     ChildResult r = run_self(args, path_join(logs, tag + ".log"));
     if (!ok(r)) throw Error("gsm8k of " + tag + " failed: " + last_error_line(path_join(logs, tag + ".log")));
-    const nlohmann::json j = nlohmann::json::parse(read_file(json));
+    const nlohmann::json j = read_json_file(json);
     row->gsm8k_strict = j.at("exact_match_strict").get<double>();
     row->gsm8k_flexible = j.at("exact_match_flexible").get<double>();
     std::fprintf(stderr, "  %-16s %-28s gsm8k strict %.2f%%, flexible %.2f%% (%.1fs)\n", tag.c_str(),
@@ -433,7 +434,7 @@ void describe_given(const std::string& path, CompareRow* row) {
     return;
   }
   const QuantConfig q = load_quant_config(path);
-  const nlohmann::json cfg = nlohmann::json::parse(read_file(path_join(path, "config.json")));
+  const nlohmann::json cfg = read_json_file(path_join(path, "config.json"));
   switch (q.method) {
     case QuantConfig::Method::None: {
       const std::string dtype = cfg.value("torch_dtype", "bfloat16");

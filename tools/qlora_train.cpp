@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/env_switch.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/process_group.h"
 #include "core/progress.h"
 #include "core/threads.h"
@@ -45,12 +46,7 @@ struct TrainArgs {
 // q_proj,v_proj, as PEFT's target_modules list reads): train's list options take one comma-separated value, but for
 // "reward", whose items may hold commas (a regex, a command): each item is one --reward.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    QWENQ_FAIL(path << ": not valid JSON (" << e.what() << ")");
-  }
+  const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.is_object(), path << ": a training config must be a JSON object of option: value");
   std::vector<std::string> args;
   for (auto it = j.begin(); it != j.end(); ++it) {

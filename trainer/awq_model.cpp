@@ -16,6 +16,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "kernels/gemm.h"
@@ -620,7 +621,7 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
     if (!o.quiet) std::fprintf(stderr, "awq: search saved to %s\n", a.save_search.c_str());
   }
 
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   if (I2 != I) config["intermediate_size"] = I2;
   config["quantization_config"] = qconfig;
   return finish_output(config, o.model_dir, shards, out, t0, rep);

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "trainer/json_fields.h"
 
 namespace qwenq {
@@ -18,13 +19,7 @@ GenerationConfig load_generation_config(const std::string& model_path) {
   if (!dir_exists(model_path)) return g;
   const std::string path = path_join(model_path, "generation_config.json");
   if (!file_exists(path)) return g;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    QWENQ_FAIL(path << ": not valid JSON: " << e.what());
-  }
-  QWENQ_CHECK(j.is_object(), path << ": expected a JSON object");
+  const nlohmann::json j = read_json_object(path);
   g.path = path;
   g.do_sample = optional_bool(j, "do_sample", g.do_sample, path);
   g.temperature = static_cast<float>(optional_number(j, "temperature", g.temperature, path));

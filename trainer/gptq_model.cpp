@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "quant/gptq.h"
@@ -352,7 +353,7 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
     std::fprintf(stderr, "gptq: time by stage: %s\n", times.line(total).c_str());
   }
 
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   if (I2 != I) config["intermediate_size"] = I2;
   config["quantization_config"] = int_quantization_config(o, g.desc_act, g.static_groups, g.damp);
   for (const auto& [key, value] : moe_lists.items()) config["quantization_config"][key] = value;

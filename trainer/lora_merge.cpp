@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
@@ -183,7 +184,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   }
   shards.finish();
   bar.finish();
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(dtype);
   return finish_output(config, o.model_dir, shards, out, t0, rep);

@@ -9,6 +9,7 @@
 #include "core/env_switch.h"
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/process_group.h"
 #include "core/progress.h"
 #include "lora/lora_adapter.h"
@@ -889,7 +890,7 @@ void plan_base_from_model_dir(const std::string& dir, PlanInput* in) {
     }
     case QuantConfig::Method::Bnb4: {
       in->base = PlanBase::Nf4;  // fp4 packs the same way
-      const auto cfg = nlohmann::json::parse(read_file(path_join(dir, "config.json")));
+      const auto cfg = read_json_file(path_join(dir, "config.json"));
       const auto& qc = cfg.at("quantization_config");
       in->double_quant = qc.value("bnb_4bit_use_double_quant", false);
       return;

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "quant/format/int_pack.h"
 
 namespace qwenq {
@@ -154,18 +155,13 @@ bool QuantConfig::gptq_mixed() const {
 
 QuantConfig load_quant_config(const std::string& dir) {
   const std::string cfg_path = path_join(dir, "config.json");
-  json cfg;
-  try {
-    cfg = json::parse(read_file(cfg_path));
-  } catch (const json::exception& e) {
-    QWENQ_FAIL(cfg_path << ": not valid JSON: " << e.what());
-  }
+  const json cfg = read_ordered_json_file(cfg_path);
   try {
     if (cfg.contains("quantization_config") && !cfg["quantization_config"].is_null()) {
       return parse(cfg["quantization_config"], cfg_path + " (quantization_config)");
     }
     const std::string qc = path_join(dir, "quantize_config.json");
-    if (file_exists(qc)) return parse(json::parse(read_file(qc)), qc);
+    if (file_exists(qc)) return parse(read_ordered_json_file(qc), qc);
   } catch (const json::exception& e) {
     QWENQ_FAIL(cfg_path << ": malformed quantization config: " << e.what());
   }

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
 #include "core/threads.h"
@@ -313,7 +314,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
     rep.pissa_share = pissa_w2 > 0 ? pissa_principal2 / pissa_w2 : 0;
   }
 
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   if (I2 != I) {
     config["intermediate_size"] = I2;
     if (!o.quiet) std::fprintf(stderr, "padded intermediate_size %lld -> %lld with zero channels\n", (long long)I, (long long)I2);
@@ -373,7 +374,7 @@ QuantizeReport dequantize_model(const DequantizeOptions& o) {
   }
   shards.finish();
   bar.finish();
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(read_file(path_join(o.model_dir, "config.json")));
+  nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(o.dtype);
   return finish_output(config, o.model_dir, shards, out, t0, rep);

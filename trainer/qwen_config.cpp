@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "trainer/json_fields.h"
 
 namespace qwenq {
@@ -175,12 +176,7 @@ void parse_moe(const json& j, QwenConfig& c, const std::string& path) {
 }  // namespace
 
 QwenConfig parse_qwen_config(const std::string& text, const std::string& path) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    QWENQ_FAIL(path << ": not valid JSON: " << e.what());
-  }
+  const json j = parse_json_text(text, path);
   QWENQ_CHECK(j.is_object(), path << ": expected a JSON object");
   QwenConfig c;
   QWENQ_CHECK(j.contains("model_type") && j["model_type"].is_string(),

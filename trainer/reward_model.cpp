@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "trainer/chat_record.h"
 #include "trainer/json_fields.h"
 
@@ -15,12 +16,7 @@ using Json = nlohmann::ordered_json;
 // config.json's pad_token_id: an integer, or -1 when absent or null.
 int32_t config_pad_id(const std::string& dir) {
   const std::string path = path_join(dir, "config.json");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    QWENQ_FAIL(path << ": not valid JSON: " << e.what());
-  }
+  const nlohmann::json j = read_json_file(path);
   return static_cast<int32_t>(optional_int(j, "pad_token_id", -1, path));
 }
 

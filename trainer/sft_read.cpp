@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "core/jsonl.h"
 #include "trainer/chat_record.h"
 #include "trainer/sft_data.h"
@@ -179,12 +180,7 @@ void for_each_json_record(const std::string& path, bool skip_bad, SftDataStats* 
       else bad(where, why);  // a line that is not JSON is a malformed record: --skip-bad skips it too
     });
   } else {
-    Json all;
-    try {
-      all = Json::parse(text);
-    } catch (const Json::exception& e) {
-      QWENQ_FAIL(path << ": not valid JSON: " << e.what());
-    }
+    const Json all = parse_ordered_json_text(text, path);
     for (size_t i = 0; i < all.size(); ++i) add(all[i], path + ": record " + std::to_string(i + 1));
   }
   stats->path = path;

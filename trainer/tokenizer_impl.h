@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_file.h"  // read_json_file, read_ordered_json_file (the loaders' files)
+
 #include "trainer/tokenizer.h"
 #include "trainer/tokenizer_bpe.h"
 
@@ -135,9 +137,6 @@ void split_added(const Tokenizer::Impl& t, const AddedMatcher& m, std::string_vi
 // New serial for Impl::serial.
 uint64_t next_tokenizer_serial();
 
-// Reads and parses a JSON file; errors name the file ("PATH: not valid JSON: ...").
-nlohmann::json read_json_file(const std::string& path);
-nlohmann::ordered_json read_ordered_json_file(const std::string& path);
 
 // Loaders for the model part (vocabulary, merges, pipeline options); tokenizer_load*.cpp.
 void load_tokenizer_json(const std::string& path, Tokenizer::Impl* t);

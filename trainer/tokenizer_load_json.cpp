@@ -6,20 +6,12 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/json_file.h"
 #include "trainer/tokenizer_impl.h"
 
 namespace qwenq::tokenizer_detail {
 
 namespace {
-
-template <class Json>
-Json parse_json_text(const std::string& text, const std::string& path) {
-  try {
-    return Json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    QWENQ_FAIL(path << ": not valid JSON (" << e.what() << ")");
-  }
-}
 
 // Flattens a normalizer / pre_tokenizer / decoder / post_processor node into its components (Sequence
 // nodes are expanded; null gives nothing).
@@ -170,15 +162,9 @@ void load_sentencepiece_pipeline(const nlohmann::json& j, const std::string& pat
 
 }  // namespace
 
-nlohmann::json read_json_file(const std::string& path) { return parse_json_text<nlohmann::json>(read_file(path), path); }
-
-nlohmann::ordered_json read_ordered_json_file(const std::string& path) {
-  return parse_json_text<nlohmann::ordered_json>(read_file(path), path);
-}
-
 void load_tokenizer_json(const std::string& path, Tokenizer::Impl* t) {
   std::string text = read_file(path);
-  const nlohmann::json j = parse_json_text<nlohmann::json>(text, path);
+  const nlohmann::json j = parse_json_text(text, path);
   QWENQ_CHECK(j.is_object(), path << ": not a tokenizer.json (top level is not an object)");
   auto mit = j.find("model");
   QWENQ_CHECK(mit != j.end() && mit->is_object(), path << ": no \"model\" object");
