@@ -154,7 +154,9 @@ void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
       next_gain += s.N;
       dora_gain_ref(arena + s.m_off, norms.data(), s.N, gain);
     }
-    if (s.expert == kNoExpert) {
+    if (s.expert == kNoExpert) {  // (a MoE layer's MLP has no Linears of its own: its targets are the experts')
+      QWENQ_CHECK(!cfg_.is_moe_layer(s.layer) || static_cast<int>(s.target) < static_cast<int>(LoraTarget::GateProj),
+                  "attach_adapter: " << where() << " is a mixture-of-experts layer's MLP, which has only experts");
       linears[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = {&s, gain};
       continue;
     }
