@@ -24,8 +24,11 @@ namespace {
 using Json = nlohmann::json;            // the metrics records
 using Record = nlohmann::ordered_json;  // a prompt's record, as read
 
-// NaN as JSON null (nlohmann writes NaN as null anyway; said here for the reader).
-Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+// NaN as JSON null (nlohmann writes NaN as null anyway; said here for the reader), in either JSON type.
+template <class J = Json>
+J number_or_null(double v) {
+  return std::isfinite(v) ? J(v) : J(nullptr);
+}
 
 }  // namespace
 
@@ -280,8 +283,8 @@ std::unique_ptr<GrpoRun::Generation> GrpoRun::sample(QwenModel& model, const Lor
         rec["completion"] = tok_.decode(smp.completion, /*skip_special=*/true);
         Record per = Record::object();
         for (size_t f = 0; f < rewards_.size(); ++f) {
-          const double v = scores.per_func[row * rewards_.size() + f];
-          per[rewards_[f]->name()] = std::isnan(v) ? Record(nullptr) : Record(v);  // null: did not apply
+          // null: the reward did not apply
+          per[rewards_[f]->name()] = number_or_null<Record>(scores.per_func[row * rewards_.size() + f]);
         }
         rec["rewards"] = per;
         rec["reward"] = r[row];
