@@ -68,6 +68,18 @@ LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_
     }
   }
   first_.push_back(static_cast<int64_t>(slots_.size()));
+  QWENQ_CHECK(config_.num_labels >= 0, "LoRA adapter: num_labels " << config_.num_labels << " is negative");
+  score_.assign(static_cast<size_t>(config_.num_labels * dims.hidden_size), 0.0f);
+}
+
+void LoraAdapter::init_score_head(uint64_t seed, double stddev) {
+  QWENQ_CHECK(config_.seq_cls(), "init_score_head: the adapter has no score head (not a SEQ_CLS adapter)");
+  Rng rng(seed ^ 0x5c08e5eedULL);
+  for (size_t i = 0; i < score_.size(); ++i) {
+    // Box-Muller: u1 in (0, 1] so the log is finite.
+    const double u1 = 1.0 - static_cast<double>(rng.uniform()), u2 = static_cast<double>(rng.uniform());
+    score_[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+  }
 }
 
 void LoraAdapter::init_peft(uint64_t seed) {
@@ -123,7 +135,7 @@ const LoraWeights& LoraAdapter::expert_at(int64_t layer, int64_t expert, LoraTar
 int64_t LoraAdapter::num_parameters() const {
   int64_t n = 0;
   for (const LoraWeights& w : weights_) n += w.r * (w.N + w.K) + static_cast<int64_t>(w.m.size());
-  return n;
+  return n + static_cast<int64_t>(score_.size());
 }
 
 }  // namespace qwenq

@@ -15,6 +15,11 @@
 // DoRA (config.use_dora): every adapted Linear also holds m [N], PEFT's lora_magnitude_vector. PEFT initialises it
 // to ‖W + s·B A‖ per output row, i.e. ‖W‖ row-wise at init (B = 0); that needs the base weights, so the constructor
 // leaves m zero and the trainer fills it (init_dora_magnitudes, trainer/lora_model.h) after init_peft.
+//
+// A sequence classifier's adapter (config.seq_cls(), PEFT's task_type SEQ_CLS: a reward model) also holds the
+// classifier head score [num_labels, C], trained whole (PEFT's modules_to_save). The constructor leaves it zero;
+// init_score_head draws it as transformers initialises a new head: normal(0, initializer_range), from an Rng of its
+// own so A's draws stay init_peft's.
 #pragma once
 
 #include <cstdint>
@@ -95,7 +100,12 @@ class LoraAdapter {
   LoraWeights& weights(size_t i) { return weights_[i]; }
   const LoraWeights& weights(size_t i) const { return weights_[i]; }
   bool use_dora() const { return config_.use_dora; }
-  // Number of trainable values (Σ r·(N + K), plus Σ N with DoRA).
+  // A sequence classifier's head [num_labels, C] row-major (config().seq_cls()); empty otherwise.
+  std::vector<float>& score() { return score_; }
+  const std::vector<float>& score() const { return score_; }
+  // score ~ normal(0, stddev), Box-Muller over Rng(seed) (see the top). Throws without a score head.
+  void init_score_head(uint64_t seed, double stddev);
+  // Number of trainable values (Σ r·(N + K), plus Σ N with DoRA, plus the score head's).
   int64_t num_parameters() const;
 
  private:
@@ -106,6 +116,7 @@ class LoraAdapter {
   std::vector<LoraSlot> slots_;
   std::vector<LoraWeights> weights_;  // one per slot
   std::vector<int64_t> first_;        // per layer: the index of its first slot (num_layers + 1 entries)
+  std::vector<float> score_;          // a sequence classifier's head [num_labels, C]
 };
 
 }  // namespace qwenq

@@ -133,7 +133,7 @@ std::string lora_config_to_json(const LoraConfig& config) {
   using nlohmann::json;
   json j = json::object();
   j["peft_type"] = "LORA";
-  j["task_type"] = "CAUSAL_LM";
+  j["task_type"] = config.seq_cls() ? "SEQ_CLS" : "CAUSAL_LM";
   j["base_model_name_or_path"] = config.base_model.empty() ? json(nullptr) : json(config.base_model);
   j["revision"] = nullptr;
   j["r"] = config.r;
@@ -150,7 +150,8 @@ std::string lora_config_to_json(const LoraConfig& config) {
   j["use_rslora"] = config.use_rslora;
   j["use_dora"] = config.use_dora;
   j["init_lora_weights"] = true;
-  j["modules_to_save"] = nullptr;
+  // PEFT's PeftModelForSequenceClassification saves its classifier heads whole (the names it looks for).
+  j["modules_to_save"] = config.seq_cls() ? json::array({"classifier", "score"}) : json(nullptr);
   j["inference_mode"] = true;
   j["layers_to_transform"] = nullptr;
   j["layers_pattern"] = nullptr;
@@ -217,9 +218,11 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
   QWENQ_CHECK(present(j, "peft_type") && j.at("peft_type") == "LORA",
               path << ": peft_type must be \"LORA\", got " << (j.contains("peft_type") ? j.at("peft_type").dump()
                                                                                         : std::string("nothing")));
+  const bool seq_cls = present(j, "task_type") && j.at("task_type") == "SEQ_CLS";
   if (present(j, "task_type")) {
-    QWENQ_CHECK(j.at("task_type") == "CAUSAL_LM",
-                path << ": task_type " << j.at("task_type").dump() << " is not supported (only CAUSAL_LM)");
+    QWENQ_CHECK(j.at("task_type") == "CAUSAL_LM" || seq_cls,
+                path << ": task_type " << j.at("task_type").dump()
+                     << " is not supported (CAUSAL_LM, or SEQ_CLS: a reward model's adapter)");
   }
   if (present(j, "bias")) {
     QWENQ_CHECK(j.at("bias") == "none", path << ": field \"bias\" = " << j.at("bias").dump()
@@ -227,7 +230,17 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
   }
   require_unset(j, "lora_bias", path, "a trainable bias on lora_B");
   require_unset(j, "fan_in_fan_out", path, "Conv1D-style transposed weights");
-  require_unset(j, "modules_to_save", path, "full copies of other modules");
+  if (seq_cls && present(j, "modules_to_save")) {  // the classifier head PEFT saves whole, and nothing else
+    const json& v = j.at("modules_to_save");
+    QWENQ_CHECK(v.is_array(), path << ": field \"modules_to_save\" must be a list, got " << v.dump());
+    for (const json& e : v) {
+      QWENQ_CHECK(e == "classifier" || e == "score",
+                  path << ": modules_to_save entry " << e.dump() << " is not supported (a SEQ_CLS adapter may save "
+                       << "only its classifier head, \"score\")");
+    }
+  } else {
+    require_unset(j, "modules_to_save", path, "full copies of other modules");
+  }
   require_unset(j, "layers_to_transform", path, "LoRA on a subset of layers");
   require_unset(j, "layers_pattern", path, "LoRA on a subset of layers");
   require_unset(j, "rank_pattern", path, "per-module ranks");
@@ -247,6 +260,7 @@ LoraConfig parse_lora_config_json(const std::string& json_text, const std::strin
   }
 
   LoraConfig c;
+  c.num_labels = seq_cls ? 1 : 0;  // the loader reads the head's count from its tensor
   const double r = number_field(j, "r", path);
   QWENQ_CHECK(r >= 1 && r == std::floor(r) && r < 1e9, path << ": field \"r\" must be a positive integer, got "
                                                              << j.at("r").dump());

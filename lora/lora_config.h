@@ -14,7 +14,8 @@
 //
 // Read config: what PEFT 0.15 writes. Refused with an error naming the file and field, because the adapter
 // would then not be the plain y = x Wᵀ + s·x Aᵀ Bᵀ on every targeted layer: peft_type other than LORA, task_type
-// other than CAUSAL_LM (or null), bias != "none", lora_bias, fan_in_fan_out, modules_to_save,
+// other than CAUSAL_LM (or null) and SEQ_CLS (a reward model's adapter, with its score head), bias != "none",
+// lora_bias, fan_in_fan_out, modules_to_save (but a SEQ_CLS adapter's "classifier" / "score"),
 // layers_to_transform, non-empty layers_pattern / rank_pattern / alpha_pattern / exclude_modules,
 // layer_replication, trainable_token_indices, target_parameters, use_qalora, init_lora_weights that rewrite
 // the base weights (pissa, olora, loftq, eva, corda), and target_modules given as a regex string. target_modules
@@ -55,6 +56,12 @@ struct LoraConfig {
   bool use_dora = false;  // DoRA: a magnitude vector per adapted Linear
   std::vector<std::string> target_modules{"q_proj", "v_proj"};  // short names, in table order
   std::string base_model;  // base_model_name_or_path ("" is written as null)
+  // A sequence classifier's adapter (PEFT's task_type SEQ_CLS: a reward model, `train --objective reward`): its
+  // classifier head `score` [num_labels, C] is trained whole and saved with the adapter (PEFT's modules_to_save,
+  // ["classifier", "score"]) as base_model.model.score.weight. 0: a causal LM's adapter (task_type CAUSAL_LM).
+  // Not a field of adapter_config.json: a reader takes SEQ_CLS as 1 and the loader the count the tensor holds.
+  int64_t num_labels = 0;
+  bool seq_cls() const { return num_labels > 0; }
 
   double scaling() const;  // alpha / r, or alpha / sqrt(r) with use_rslora
   bool targets(LoraTarget t) const;

@@ -25,6 +25,8 @@ std::vector<uint8_t> encode(const std::vector<float>& v, DType dtype) {
 
 }  // namespace
 
+const char* const kPeftScoreName = "base_model.model.score.weight";
+
 std::string peft_tensor_name(const LoraSlot& s, bool is_b) {
   return "base_model.model.model.layers." + std::to_string(s.layer) + "." + s.path +
          (is_b ? ".lora_B.weight" : ".lora_A.weight");
@@ -62,6 +64,10 @@ void save_peft_adapter(const std::string& dir, const LoraAdapter& adapter, const
       writer.add_owned(peft_magnitude_name(sl), options.dtype, {w.N}, encode(w.m, options.dtype));
     }
   }
+  if (adapter.config().seq_cls()) {
+    writer.add_owned(kPeftScoreName, options.dtype, {adapter.config().num_labels, adapter.dims().hidden_size},
+                     encode(adapter.score(), options.dtype));
+  }
   write_peft_adapter_dir(dir, adapter.config(), writer, options.overwrite);
 }
 
@@ -87,11 +93,30 @@ std::string peft_weights_path(const std::string& dir) {
 
 LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
   QWENQ_CHECK(dir_exists(dir), "LoRA adapter directory " << dir << " does not exist");
-  const LoraConfig config = load_lora_config(dir);
+  LoraConfig config = load_lora_config(dir);
   const std::string path = peft_weights_path(dir);
-  LoraAdapter adapter(dims, config);
   SafetensorsFile file(path);
   std::set<std::string> expected;
+  if (config.seq_cls()) {  // the classifier head: its row count is the label count
+    QWENQ_CHECK(file.has(kPeftScoreName), path << ": tensor " << kPeftScoreName << " is missing (adapter_config.json "
+                                               << "has task_type SEQ_CLS: the classifier head is saved with the adapter)");
+    const TensorView& v = file.get(kPeftScoreName);
+    QWENQ_CHECK(v.shape.size() == 2 && v.shape[0] >= 1 && v.shape[1] == dims.hidden_size,
+                path << ": tensor " << kPeftScoreName << " has shape " << shape_str(v.shape) << ", expected [labels, "
+                     << dims.hidden_size << "] (an adapter for a different base model?)");
+    config.num_labels = v.shape[0];
+  }
+  LoraAdapter adapter(dims, config);
+  if (config.seq_cls()) {
+    const TensorView& v = file.get(kPeftScoreName);
+    QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+                path << ": tensor " << kPeftScoreName << " has dtype " << dtype_name(v.dtype)
+                     << "; adapter weights must be F32, BF16 or F16");
+    to_f32(v.dtype, v.data, adapter.score().data(), adapter.score().size());
+    for (float x : adapter.score())
+      QWENQ_CHECK(std::isfinite(x), path << ": tensor " << kPeftScoreName << " holds the non-finite value " << x);
+    expected.insert(kPeftScoreName);
+  }
   for (size_t i = 0; i < adapter.slots().size(); ++i) {
     const LoraSlot& sl = adapter.slots()[i];
     const LoraTarget t = sl.target;
@@ -136,7 +161,8 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
     QWENQ_CHECK(expected.count(name),
                 path << ": unexpected tensor " << name << " (expected lora_A/lora_B weights of "
                      << dims.num_layers << " layers for target_modules in adapter_config.json"
-                     << (config.use_dora ? ", and their DoRA magnitudes" : "") << "; biases, "
+                     << (config.use_dora ? ", and their DoRA magnitudes" : "")
+                     << (config.seq_cls() ? ", and the score head" : "") << "; biases, "
                      << (config.use_dora ? "" : "DoRA magnitudes without use_dora = true, ")
                      << "embeddings or an adapter for a different base are not supported)");
   }

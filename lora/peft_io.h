@@ -4,7 +4,9 @@
 //     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_A.weight   [r, K]
 //     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_B.weight   [N, r]
 //     base_model.model.model.layers.{l}.{self_attn|mlp}.{name}.lora_magnitude_vector   [N]   (DoRA only)
-// (the keys of a PeftModel wrapping Qwen2ForCausalLM, adapter name "default" dropped, as save_pretrained writes).
+//     base_model.model.score.weight   [num_labels, C]   (a SEQ_CLS adapter's classifier head, PEFT's modules_to_save)
+// (the keys of a PeftModel wrapping Qwen2ForCausalLM, or Qwen2ForSequenceClassification for SEQ_CLS, adapter name
+// "default" dropped, as save_pretrained writes).
 //
 // Saving builds the directory under "<dir>.partial.<pid>" and renames it when both files are complete
 // (core/files.h StagedDir), so a crash never leaves a half-written adapter under the final name. The dtype is
@@ -30,6 +32,8 @@ namespace qwenq {
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" (is_b: lora_B).
 std::string peft_tensor_name(int64_t layer, LoraTarget t, bool is_b);
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_magnitude_vector" (DoRA's m; PEFT drops ".weight").
+// "base_model.model.score.weight": a SEQ_CLS adapter's classifier head.
+extern const char* const kPeftScoreName;
 std::string peft_magnitude_name(int64_t layer, LoraTarget t);
 // The same for any adapted Linear, a MoE expert's too: "base_model.model.model.layers.3.mlp.experts.7.up_proj.lora_A.weight".
 std::string peft_tensor_name(const LoraSlot& s, bool is_b);

@@ -386,7 +386,7 @@ TEST(LoraConfig, RefusesUnsupportedFields) {
       {"target_modules", ".*\\.(q|v)_proj", "regular expression"},
       {"target_modules", {"q_proj", "lm_head"}, "\"lm_head\""},
       {"peft_type", "IA3", "peft_type"},
-      {"task_type", "SEQ_CLS", "task_type"},
+      {"task_type", "SEQ_2_SEQ_LM", "task_type"},
       {"r", 0, "\"r\""},
       {"r", 2.5, "\"r\""},
       {"lora_dropout", 1.0, "dropout"},

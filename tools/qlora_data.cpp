@@ -158,10 +158,10 @@ void run_data(const DataArgs& a) {
   to.mask_history = a.mask_history;
   to.max_prompt_len = a.max_prompt_len;
   QWENQ_CHECK(a.max_prompt_len == 0 || a.objective != "sft",
-              "--max-prompt-len applies to --objective dpo, kto and grpo");
+              "--max-prompt-len applies to --objective dpo, kto, grpo and reward");
   if (a.objective == "kto") return run_kto_data(a, tok, to);
   if (a.objective == "grpo") return run_grpo_data(a, tok, to);
-  if (a.objective == "dpo" || a.format == "preference") return run_preference_data(a, tok, to);
+  if (a.objective == "dpo" || a.objective == "reward" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
   const std::vector<SftRecord> records = read_sft_records(a.data, parse_sft_format(a.format), a.skip_bad, &st);
   std::string dump;
@@ -197,8 +197,9 @@ void register_qlora_data(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--objective", a->objective,
                 "sft; dpo: preference pairs as train --objective dpo reads them; kto: labelled examples as train "
-                "--objective kto reads them; grpo: prompts as train --objective grpo renders them")
-      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo"}))
+                "--objective kto reads them; grpo: prompts as train --objective grpo renders them; reward: preference "
+                "pairs, as dpo")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward"}))
       ->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")

@@ -11,7 +11,10 @@
 // --objective kto, labelled examples (trainer/kto.h): train --objective kto's held-out loss, KL estimate, rewards and
 // log-probabilities against the reference. With --objective grpo, prompts (trainer/grpo.h): the mean reward of
 // --num-generations sampled completions of each, as train --objective grpo evaluates (the same seed: a run's final
-// eval_reward to the bit, on the CPU).
+// eval_reward to the bit, on the CPU). With --objective reward, preference pairs scored by a reward model
+// (trainer/reward.h): a SEQ_CLS adapter of train --objective reward on its base, or a reward model directory
+// (a sequence classifier, e.g. merged from one) alone: how often the chosen completion scores higher, the mean scores
+// and margin, and the loss, as train evaluates (a run's final held-out record to the bit).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -146,6 +149,50 @@ void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& 
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
+// --objective reward: the pairs' scores by the adapter's head on the base, or by a reward model directory's own
+// head (no --adapter; the model was loaded as a sequence classifier).
+void run_reward_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, const SftDataset& data, bool split,
+                     std::chrono::steady_clock::time_point t0) {
+  const TrainOptions& o = a.opt;
+  const std::vector<SftExample>& examples = split ? data.eval : data.train;
+  LoraAdapter adapter = [&] {
+    if (!a.adapter.empty()) return load_adapter_for_base(a.adapter, o.model_dir, model.config(), AdapterUse::Score);
+    LoraConfig lc;  // a zero adapter (adds exactly 0) carrying the classifier's own head
+    lc.num_labels = model.weights().score.shape.at(0);
+    LoraAdapter z(lora_dims_of(model.config()), lc);
+    z.score() = tensor_to_f32(model.weights().score);
+    return z;
+  }();
+  const RewardStats st = reward_eval_stats(model, adapter, examples, o, reward_pad_id(o.model_dir, tok));
+  QWENQ_CHECK(st.pairs > 0, o.data_path << ": no pairs to evaluate (" << data.stats.summary() << ")");
+  const double P = static_cast<double>(st.pairs);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::ordered_json j = {{"model", o.model_dir},
+                              {"adapter", opt_str(a.adapter)},
+                              {"data", o.data_path},
+                              {"split", split ? "eval" : "all"},
+                              {"pairs", st.pairs},
+                              {"rewards_chosen", st.reward_c / P},
+                              {"rewards_rejected", st.reward_r / P},
+                              {"rewards_margin", (st.reward_c - st.reward_r) / P},
+                              {"rewards_accuracy", st.accuracy()},
+                              {"center_rewards_coefficient", o.reward_options.center_coefficient},
+                              {"loss", st.objective()},
+                              {"seconds", seconds},
+                              {"peak_rss_bytes", peak_rss_bytes()}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%lld %spairs of %s: the chosen completion scores higher in %.1f %%; scores chosen %.4f, rejected "
+                "%.4f, margin %.4f per pair; loss %.4f; %s%s, %.1fs\n",
+                (long long)st.pairs, split ? "held-out " : "", o.data_path.c_str(), 100.0 * st.accuracy(),
+                st.reward_c / P, st.reward_r / P, (st.reward_c - st.reward_r) / P, st.objective(),
+                a.adapter.empty() ? "the reward model " : "adapter ",
+                a.adapter.empty() ? o.model_dir.c_str() : a.adapter.c_str(), seconds);
+  }
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
 // --objective kto: the labelled examples' sums (with their KL sequences) under the model and the reference, and
 // train's held-out statistics of them (each batch of --batch-size examples with its own z).
 void run_kto_eval(EvalArgs& a, const QwenModel& model, const SftDataset& data, bool split,
@@ -237,21 +284,25 @@ void run_eval(EvalArgs& a) {
   o.model_dir = resolve_model_dir(a.model);
   apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
-  QwenModel model(o.model_dir);
-  // LoraModelCuda's loss on the GPU, as train evaluates there (GRPO: the CPU's decoding, as train's).
-  QWENQ_CHECK(!o.grpo || a.common.device != "cuda", "eval --objective grpo samples on the CPU, as train does: give "
-                                                    "--device cpu or auto");
-  o.use_cuda = !o.grpo && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
+  // --objective reward without --adapter: the model is a reward model directory (a sequence classifier).
+  QwenModel model(o.model_dir, o.reward && a.adapter.empty() ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
+  // LoraModelCuda's loss on the GPU, as train evaluates there (GRPO: the CPU's decoding, as train's; a reward model's
+  // head: the CPU's).
+  QWENQ_CHECK(!(o.grpo || o.reward) || a.common.device != "cuda",
+              "eval --objective " << (o.grpo ? "grpo samples" : "reward scores") << " on the CPU, as train does: give "
+                                  << "--device cpu or auto");
+  o.use_cuda = !o.grpo && !o.reward && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  if (o.preference()) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // never cut by the batcher
-  const SftDataset data = o.dpo   ? load_preference_dataset(o.data_path, tok, dopt)
+  if (o.paired_batches()) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // never cut by the batcher
+  const SftDataset data = o.dpo || o.reward ? load_preference_dataset(o.data_path, tok, dopt)
                           : o.kto ? load_kto_dataset(o.data_path, tok, dopt, o.batch_size)
                           : o.grpo ? load_grpo_dataset(o.data_path, tok, dopt, o.grpo_options.max_completion_len)
                                    : load_sft_dataset(o.data_path, tok, dopt);
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
   if (o.grpo) run_grpo_eval(a, model, tok, data, split, t0);
+  else if (o.reward) run_reward_eval(a, model, tok, data, split, t0);
   else if (o.dpo) run_preference_eval(a, model, data, split, t0);
   else if (o.kto) run_kto_eval(a, model, data, split, t0);
   else run_sft_eval(a, model, data, split, t0);
@@ -266,7 +317,8 @@ void register_qlora_eval(CLI::App& app) {
       "eval", "Held-out loss of a base (plus a LoRA adapter) on SFT data, as train computes its eval loss (or, with "
               "--objective dpo, how often it prefers the chosen completion of preference pairs; with --objective kto, the "
               "KTO statistics of labelled examples; with --objective grpo, the mean reward of sampled completions of "
-              "prompts)");
+              "prompts; with --objective reward, how a reward model (an adapter of train --objective reward, or a "
+              "reward model directory alone) scores preference pairs)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads)")->required();
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
   c->add_option("--ref-adapter", a->ref_adapter,

@@ -9,6 +9,7 @@
 #include "core/progress.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "lora/lora_config.h"
 #include "trainer/gguf_file_type.h"
 #include "trainer/gguf_model.h"
 #include "trainer/imatrix_model.h"
@@ -46,6 +47,14 @@ void run_merge(MergeArgs& a) {
               "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE too");
   QWENQ_CHECK(a.imatrix.empty() || a.imatrix_calib.empty(), "give --imatrix FILE or --imatrix-calib TEXT, not both");
   if (!a.imatrix.empty()) read_imatrix(a.imatrix);  // a bad file is refused before the merge
+  // A reward model's adapter (SEQ_CLS) merges into a sequence classifier, which a GGUF language model cannot hold.
+  const bool reward_model = dir_exists(a.opt.adapter_dir) &&
+                            file_exists(path_join(a.opt.adapter_dir, "adapter_config.json")) &&
+                            load_lora_config(a.opt.adapter_dir).seq_cls();
+  QWENQ_CHECK(!reward_model || a.gguf.empty(),
+              "merge --gguf: " << a.opt.adapter_dir << " is a reward model's adapter (task_type SEQ_CLS): it merges into "
+                               << "a sequence classifier directory, which llama.cpp's GGUF language models cannot hold; "
+                                  "leave --gguf out");
   if (!a.gguf.empty()) {  // refused before the merge: the type, an existing file, a missing directory
     gguf_file_type(a.gguf);
     check_output_dir_exists("--out", a.opt.out_dir);
@@ -93,6 +102,12 @@ void run_merge(MergeArgs& a) {
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
               dtype_flag(*a.opt.dtype), r.shards, format_bytes(r.bytes_written).c_str(), r.seconds,
               format_bytes(r.peak_rss).c_str());
+  if (reward_model) {
+    std::printf("a reward model (Qwen2ForSequenceClassification): `qwen-qlora train --objective grpo --reward model=%s` "
+                "scores with it, `qwen-qlora eval --objective reward --model %s` checks it on pairs, `qwen-quant nf4` "
+                "quantizes it\n", a.opt.out_dir.c_str(), a.opt.out_dir.c_str());
+    return;
+  }
   std::printf("a dense model: quantize it again with `qwen-quant gptq|awq|nf4 --model %s --out ...`\n",
               a.opt.out_dir.c_str());
 }

@@ -186,9 +186,14 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
   c->add_option("--objective", f->objective,
                 "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
                 "--batch-size counts pairs), kto (labelled examples {prompt, completion, label}, or pairs "
-                "unpaired; --batch-size counts examples) or grpo (prompts {prompt, ...} sampled and scored by --reward; "
-                "--batch-size counts prompts; CPU)")
-      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo"}))
+                "unpaired; --batch-size counts examples), grpo (prompts {prompt, ...} sampled and scored by --reward; "
+                "--batch-size counts prompts; CPU) or reward (a reward model from preference pairs: a score head and "
+                "LoRA, TRL's RewardTrainer; --batch-size counts pairs; CPU)")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward"}))
+      ->capture_default_str();
+  c->add_option("--center-rewards-coefficient", o->reward_options.center_coefficient,
+                "reward: weight of the mean squared sum of a pair's scores, which keeps them centred on 0 (TRL's "
+                "center_rewards_coefficient; 0: none)")
       ->capture_default_str();
   c->add_option("--dpo-beta,--pref-beta", o->dpo_options.beta,
                 "dpo and kto: beta, the strength of the pull toward the reference")
@@ -272,6 +277,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   o->dpo = f.objective == "dpo";
   o->kto = f.objective == "kto";
   o->grpo = f.objective == "grpo";
+  o->reward = f.objective == "reward";
   const auto given = [&c](const char* flag) { return c.get_option(flag)->count() > 0; };
   static const char* const kGrpoFlags[] = {"--reward", "--reward-weights", "--num-generations", "--max-completion-len",
                                            "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
@@ -280,6 +286,9 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
                                            "--log-completions"};
   if (!o->grpo) {
     for (const char* flag : kGrpoFlags) QWENQ_CHECK(!given(flag), flag << " applies to --objective grpo");
+  }
+  if (!o->reward) {
+    QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
@@ -290,12 +299,14 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
       QWENQ_CHECK(!given(flag), flag << " applies to --objective dpo");
     if (!o->kto) {
       QWENQ_CHECK(!given("--dpo-beta"), "--dpo-beta applies to --objective dpo and kto");
-      QWENQ_CHECK(o->grpo || !given("--max-prompt-len"), "--max-prompt-len applies to --objective dpo, kto and grpo");
-      if (!o->grpo) return;
+      QWENQ_CHECK(o->grpo || o->reward || !given("--max-prompt-len"),
+                  "--max-prompt-len applies to --objective dpo, kto, grpo and reward");
+      if (!o->grpo && !o->reward) return;
     }
   }
   QWENQ_CHECK(!given("--batching"), "--objective " << f.objective << " batches "
-                                    << (o->dpo    ? "whole pairs (--batch-size pairs, their sequences packed without padding)"
+                                    << (o->dpo || o->reward ? "whole pairs (--batch-size pairs, their sequences packed "
+                                                              "without padding)"
                                         : o->kto  ? "whole examples with their KL sequences (--batch-size examples, their "
                                                     "sequences packed without padding)"
                                                   : "--batch-size prompts, their completions one per row")
@@ -307,6 +318,10 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
     g.scale_rewards = parse_grpo_scale(f.scale_rewards);
     g.importance = parse_grpo_importance(f.importance);
     check_grpo_options(g);
+    return;
+  }
+  if (o->reward) {
+    check_reward_options(o->reward_options);
     return;
   }
   if (o->kto) {
@@ -437,6 +452,11 @@ void register_qlora_train(CLI::App& app) {
     if (o.grpo) {  // the rollouts decode with the CPU model (trainer/grpo.h): the whole run stays there for now
       QWENQ_CHECK(a->common.device != "cuda", "--objective grpo trains on the CPU for now (its rollouts decode with "
                                               "the CPU model): give --device cpu or auto");
+      a->common.device = "cpu";
+    }
+    if (o.reward) {  // the GPU trainer has no score head yet
+      QWENQ_CHECK(a->common.device != "cuda", "--objective reward trains on the CPU for now (the GPU trainer has no score "
+                                              "head): give --device cpu or auto");
       a->common.device = "cpu";
     }
     if (o.preference()) {

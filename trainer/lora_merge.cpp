@@ -22,6 +22,8 @@
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
+#include "trainer/reward.h"
+#include "trainer/tokenizer.h"
 
 namespace qwenq {
 
@@ -99,14 +101,53 @@ void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
   }
 }
 
+namespace {
+
+// config.json of the sequence classifier a SEQ_CLS adapter merges into: transformers' <Arch>ForSequenceClassification
+// with num_labels labels (id2label / label2id as PretrainedConfig writes them) and the pad id pooling skips
+// (trainer/reward.h's, so the merged model pools where training did).
+void set_classifier_config(nlohmann::ordered_json* config, int64_t labels, const std::string& model_dir) {
+  std::string arch;
+  if (config->contains("architectures") && (*config)["architectures"].is_array() &&
+      !(*config)["architectures"].empty() && (*config)["architectures"][0].is_string()) {
+    arch = (*config)["architectures"][0].get<std::string>();
+  }
+  const std::string causal = "ForCausalLM";
+  if (arch.size() > causal.size() && arch.compare(arch.size() - causal.size(), causal.size(), causal) == 0) {
+    arch = arch.substr(0, arch.size() - causal.size()) + "ForSequenceClassification";
+  } else if (arch.find("ForSequenceClassification") == std::string::npos) {
+    arch = "Qwen2ForSequenceClassification";
+  }
+  (*config)["architectures"] = nlohmann::ordered_json::array({arch});
+  nlohmann::ordered_json id2label = nlohmann::ordered_json::object(), label2id = nlohmann::ordered_json::object();
+  for (int64_t i = 0; i < labels; ++i) {
+    id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
+    label2id["LABEL_" + std::to_string(i)] = i;
+  }
+  (*config)["id2label"] = id2label;
+  (*config)["label2id"] = label2id;
+  const int32_t pad = reward_pad_id(model_dir, Tokenizer::from_dir(model_dir));
+  if (pad >= 0) (*config)["pad_token_id"] = pad;
+}
+
+}  // namespace
+
 LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg,
                                   AdapterUse use) {
   try {
-    return load_peft_adapter(adapter_dir, lora_dims_of(cfg));
+    LoraAdapter a = load_peft_adapter(adapter_dir, lora_dims_of(cfg));
+    QWENQ_CHECK(use != AdapterUse::Apply || !a.config().seq_cls(),
+                "it is a reward model's adapter (task_type SEQ_CLS, with a score head), not a language model's: "
+                "`qwen-qlora eval --objective reward` scores preference pairs with it, and `qwen-qlora merge` makes a "
+                "reward model directory of it");
+    QWENQ_CHECK(use != AdapterUse::Score || a.config().seq_cls(),
+                "it is a language model's adapter (task_type CAUSAL_LM), not a reward model's (SEQ_CLS, with a score "
+                "head: train --objective reward)");
+    return a;
   } catch (const Error& e) {
-    const bool merge = use == AdapterUse::Merge;
-    throw Error(std::string(merge ? "cannot merge" : "cannot apply") + " the LoRA adapter " + adapter_dir +
-                (merge ? " into" : " to") + " the base model " + model_dir + ": " + e.what());
+    const bool merge = use == AdapterUse::Merge, score = use == AdapterUse::Score;
+    throw Error(std::string(merge ? "cannot merge" : score ? "cannot score with" : "cannot apply") + " the LoRA adapter " +
+                adapter_dir + (merge ? " into" : score ? " on" : " to") + " the base model " + model_dir + ": " + e.what());
   }
 }
 
@@ -176,9 +217,19 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
     }
   }
   std::sort(written.begin(), written.end());
+  const bool classifier = adapter.config().seq_cls();  // a reward model: the score head replaces the lm_head
+  if (classifier) {
+    const std::vector<float>& head = adapter.score();
+    std::vector<uint8_t> bytes(head.size() * dtype_size(dtype));
+    from_f32(dtype, head.data(), bytes.data(), head.size());
+    shards.current().add_owned("score.weight", dtype, {adapter.config().num_labels, cfg.hidden_size}, std::move(bytes));
+    shards.note_added("score.weight");
+    shards.maybe_flush();
+  }
   for (const auto& name : ckpt.names()) {
     if (std::binary_search(written.begin(), written.end(), name)) continue;
     if (is_packed_part(packed_prefixes, name)) continue;
+    if (classifier && (name == "lm_head.weight" || name.rfind("lm_head.", 0) == 0)) continue;
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }
@@ -187,6 +238,7 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(dtype);
+  if (classifier) set_classifier_config(&config, adapter.config().num_labels, o.model_dir);
   return finish_output(config, o.model_dir, shards, out, t0, rep);
 }
 

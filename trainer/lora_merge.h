@@ -50,8 +50,9 @@ void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter);
 // another base, unsupported config) is rethrown naming both directories and what the adapter was for: "cannot merge
 // the LoRA adapter <adapter_dir> into the base model <model_dir>: <reason>" (Merge: `qwen-qlora merge`), "cannot
 // apply the LoRA adapter <adapter_dir> to the base model <model_dir>: <reason>" (Apply: eval and generate, which
-// merge it in memory on the CPU and run it unmerged on the GPU).
-enum class AdapterUse { Merge, Apply };
+// merge it in memory on the CPU and run it unmerged on the GPU). Apply refuses a reward model's adapter (task_type
+// SEQ_CLS), Score (eval --objective reward) anything else: "cannot score with the LoRA adapter ...".
+enum class AdapterUse { Merge, Apply, Score };
 LoraAdapter load_adapter_for_base(const std::string& adapter_dir, const std::string& model_dir, const QwenConfig& cfg,
                                   AdapterUse use);
 

@@ -333,6 +333,7 @@ class Runner {
       lm_head_forward(w_, hidden.data(), T_, logits_out->data());
       return {};
     }
+    if (!opt_.score_rows.empty()) return score_head(hidden, xs, kept, scratch, grads);
     LoraStepResult res;
     // Only the rows whose target counts reach the lm_head: an SFT batch's masked prompt tokens and each sequence's
     // last token have no loss, so no logits. Their hidden rows are gathered (R of T), and dhidden gets the R rows'
@@ -405,6 +406,14 @@ class Runner {
       for (float& v : dk) v *= head_scale;  // ∂(c·h)/∂h = c
     std::vector<float> dhidden(T_ * C, 0.f);
     for (int64_t i = 0; i < R; ++i) std::copy_n(dk.data() + i * C, C, dhidden.data() + scored[i] * C);
+    backward_from(dhidden, xs, kept, scratch, grads);
+    return res;
+  }
+
+  // The backward from ∂L/∂hidden (the final norm's output) through the final norm and every block.
+  void backward_from(const std::vector<float>& dhidden, std::vector<std::vector<float>>& xs, std::vector<BlockActs>& kept,
+                     BlockActs& scratch, LoraAdapter* grads) {
+    const int64_t C = c_.hidden_size, Lc = c_.num_layers;
     std::vector<float> d(T_ * C);
     rmsnorm_backward_ref(dhidden.data(), xs[Lc].data(), T_, C, w_.final_norm.data, w_.final_norm.dtype, c_.rms_norm_eps,
                          d.data());
@@ -417,6 +426,43 @@ class Runner {
       block_bwd(l, xs[l].data(), *acts, d.data(), d.data(), grads);
       xs[l + 1].clear();
     }
+  }
+
+  // Reward modelling's head (LoraStepOptions::score_rows): r_j = h[row_j] · w (w = score[0], sums in double), then
+  // ∂L/∂h[row_j] = ∂L/∂r_j · w and ∂L/∂w += Σ_j ∂L/∂r_j · h[row_j].
+  LoraStepResult score_head(const std::vector<float>& hidden, std::vector<std::vector<float>>& xs,
+                            std::vector<BlockActs>& kept, BlockActs& scratch, LoraAdapter* grads) {
+    const int64_t C = c_.hidden_size;
+    QWENQ_CHECK(ad_.config().seq_cls(), "lora_loss_and_grad: score rows given for an adapter without a score head");
+    QWENQ_CHECK(static_cast<int64_t>(opt_.score_rows.size()) == b_.num_seqs(),
+                "lora_loss_and_grad: " << opt_.score_rows.size() << " score rows for " << b_.num_seqs() << " sequences");
+    const float* w = ad_.score().data();
+    LoraStepResult res;
+    for (size_t j = 0; j < opt_.score_rows.size(); ++j) {
+      const int64_t row = opt_.score_rows[j];
+      QWENQ_CHECK(row >= b_.cu_seqlens[j] && row < b_.cu_seqlens[j + 1],
+                  "lora_loss_and_grad: score row " << row << " is outside sequence " << j);
+      double r = 0;
+      for (int64_t k = 0; k < C; ++k) r += static_cast<double>(hidden[row * C + k]) * w[k];
+      res.scores.push_back(r);
+    }
+    if (!grads) return res;
+    QWENQ_CHECK(opt_.score_objective, "lora_loss_and_grad: score rows without a score objective");
+    const std::vector<double> d = opt_.score_objective(res.scores);
+    QWENQ_CHECK(d.size() == res.scores.size(), "score objective: " << d.size() << " derivatives for " << res.scores.size()
+                                                                   << " sequences");
+    std::vector<float> dhidden(T_ * C, 0.f);
+    float* dw = grads->score().data();
+    for (size_t j = 0; j < d.size(); ++j) {
+      QWENQ_CHECK(std::isfinite(d[j]), "score objective: the derivative of sequence " << j << " is " << d[j]);
+      const int64_t row = opt_.score_rows[j];
+      const float dj = static_cast<float>(d[j]);
+      for (int64_t k = 0; k < C; ++k) {
+        dhidden[row * C + k] += dj * w[k];
+        dw[k] += dj * hidden[row * C + k];
+      }
+    }
+    backward_from(dhidden, xs, kept, scratch, grads);
     return res;
   }
 

@@ -86,6 +86,15 @@ struct LoraStepOptions {
   // as TRL's GRPOTrainer divides its logits by the temperature). The CPU scales the head's input rows (c·h)·Wᵀ and
   // their gradient by c. 1: none. CPU only (the GPU trainer refuses another value).
   double logit_scale = 1.0;
+  // Reward modelling (`train --objective reward`, trainer/reward.h): the adapter's score head (LoraAdapter::score(),
+  // a SEQ_CLS adapter) replaces the lm_head. Sequence j's score is r_j = h[score_rows[j]] · score[0], h the final
+  // hidden states (after the final norm) and score_rows[j] the batch row it is pooled at (transformers' last token
+  // that is not the pad id), returned in LoraStepResult::scores; with gradients score_objective(scores) gives ∂L/∂r_j,
+  // the backward starts from ∂L/∂h[score_rows[j]] = ∂L/∂r_j · score[0] and grads->score()[0] gets Σ_j ∂L/∂r_j ·
+  // h[score_rows[j]]. The targets are not read; grad_scale, the other objectives and logit_scale do not apply. Set
+  // when score_rows is not empty (one row per sequence of the batch). CPU only.
+  std::vector<int64_t> score_rows;
+  std::function<std::vector<double>(const std::vector<double>& scores)> score_objective;
 };
 
 // The dropout seed of micro-batch `micro` of optimizer step `step` (0-based) of a run seeded `run_seed`: each part
@@ -98,6 +107,7 @@ struct LoraStepResult {
   int64_t counted = 0;
   std::vector<double> seq_nll;  // per sequence of the batch: Σ nll over its counted targets (0 without any)
   std::vector<float> row_nll;   // CPU: the nll of each counted target, in row order
+  std::vector<double> scores;   // with LoraStepOptions::score_rows: each sequence's score r_j
 };
 
 // ∂L/∂S_j of a sequence objective checked (one finite value per sequence) and spread over the scored rows:

@@ -1125,6 +1125,8 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
     : impl_(std::make_unique<Impl>(model.config(), adapter, options)) {
   Impl& m = *impl_;
   const QwenConfig& c = m.cfg;
+  QWENQ_CHECK(!adapter.config().seq_cls(), "the GPU trainer has no score head (a reward model's adapter, task_type "
+                                           "SEQ_CLS): train it on the CPU");
   QWENQ_CHECK(options.logits_chunk_rows >= 0,
               "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
                   << options.logits_chunk_rows);
@@ -1221,14 +1223,16 @@ LoraModelCuda::FoldCounts LoraModelCuda::fold_counts() const { return impl_->fol
 
 LoraStepResult LoraModelCuda::loss_and_grad(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                             const LoraStepOptions& opt) {
-  QWENQ_CHECK(opt.logit_scale == 1.0 && !opt.token_objective,
-              "the GPU trainer has no logit scale or token objective (GRPO's): train on the CPU");
+  QWENQ_CHECK(opt.logit_scale == 1.0 && !opt.token_objective && opt.score_rows.empty(),
+              "the GPU trainer has no logit scale, token objective (GRPO's) or score head (a reward model's): train on "
+              "the CPU");
   return impl_->run(batch, targets, &opt);
 }
 
 LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<int32_t>& targets,
                                    const LoraStepOptions& opt) {
-  QWENQ_CHECK(opt.logit_scale == 1.0, "the GPU trainer has no logit scale (GRPO's sampling temperature): train on the CPU");
+  QWENQ_CHECK(opt.logit_scale == 1.0 && opt.score_rows.empty(),
+              "the GPU trainer has no logit scale (GRPO's sampling temperature) or score head: train on the CPU");
   return impl_->run(batch, targets, nullptr, opt);
 }
 

@@ -72,6 +72,11 @@ void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapte
       w.add_owned("v." + name, DType::F32, {vw.N}, f32_bytes(vw.m));
     }
   }
+  if (adapter.config().seq_cls()) {  // AdamW's moments of the score head
+    const std::vector<int64_t> shape = {adapter.config().num_labels, adapter.dims().hidden_size};
+    w.add_owned(std::string("m.") + kPeftScoreName, DType::F32, shape, f32_bytes(m.score()));
+    w.add_owned(std::string("v.") + kPeftScoreName, DType::F32, shape, f32_bytes(v.score()));
+  }
   w.write(path_join(staged.path(), "optimizer.safetensors"));
   nlohmann::json j;
   j["step"] = state.step;
@@ -115,6 +120,16 @@ void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAda
         std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
       }
     }
+  }
+  for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
+    if (!adapter->config().seq_cls()) break;
+    const std::string name = std::string(which) + kPeftScoreName;
+    QWENQ_CHECK(f.has(name), f.path() << ": no " << name);
+    const TensorView& tv = f.get(name);
+    std::vector<float>& out = dst->score();
+    QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
+                f.path() << ": " << name << " is not F32 with " << out.size() << " values");
+    std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
   }
   const std::string state_path = path_join(dir, "trainer_state.json");
   nlohmann::json j;

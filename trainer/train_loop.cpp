@@ -104,6 +104,10 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["kto_desirable_weight"] = o.kto_options.desirable_weight;
     k["kto_undesirable_weight"] = o.kto_options.undesirable_weight;
   }
+  if (o.reward) {
+    k["objective"] = "reward";
+    k["center_rewards_coefficient"] = o.reward_options.center_coefficient;
+  }
   if (o.grpo) {
     const GrpoOptions& g = o.grpo_options;
     k["objective"] = "grpo";
@@ -180,11 +184,13 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
   for (size_t i = 0; i < z.slots().size(); ++i) {
     for (std::vector<float>* v : {&z.weights(i).A, &z.weights(i).B, &z.weights(i).m}) std::fill(v->begin(), v->end(), 0.f);
   }
+  std::fill(z.score().begin(), z.score().end(), 0.f);
   return z;
 }
 
-// Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order. The magnitudes are
-// trained like A and B (AdamW with weight decay: transformers' Trainer decays every parameter but biases and norms).
+// Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order, then a reward model's score
+// head. The magnitudes and the head are trained like A and B (AdamW with weight decay: transformers' Trainer decays
+// every parameter but biases and norms).
 struct Tensors {
   std::vector<float*> ptr;
   std::vector<int64_t> size;
@@ -197,6 +203,10 @@ Tensors tensors_of(LoraAdapter& a) {
       t.ptr.push_back(v->data());
       t.size.push_back(static_cast<int64_t>(v->size()));
     }
+  }
+  if (!a.score().empty()) {
+    t.ptr.push_back(a.score().data());
+    t.size.push_back(static_cast<int64_t>(a.score().size()));
   }
   return t;
 }
@@ -382,6 +392,22 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 }  // namespace
 
+RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
+                              const std::vector<SftExample>& examples, const TrainOptions& o, int32_t pad_id,
+                              ProcessGroup* group) {
+  const LoraStepOptions base = eval_step_options(o);
+  // example_nll_sums gathers one number per example (LoraStepResult::seq_nll): here each sequence's score.
+  const std::vector<double> scores =
+      example_nll_sums(examples, o.seq_len, o.batch_size, o.eval_batches, group, [&](const SftBatch& b) {
+        LoraStepOptions so = base;
+        so.score_rows = reward_pooled_rows(b.packed, pad_id);
+        LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+        r.seq_nll = std::move(r.scores);
+        return r;
+      });
+  return reward_batch_stats(o.reward_options, scores, {});
+}
+
 int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
 
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
@@ -419,8 +445,15 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
-  QWENQ_CHECK(static_cast<int>(o.dpo) + static_cast<int>(o.kto) + static_cast<int>(o.grpo) <= 1,
-              "give one objective: dpo, kto or grpo");
+  QWENQ_CHECK(static_cast<int>(o.dpo) + static_cast<int>(o.kto) + static_cast<int>(o.grpo) +
+                      static_cast<int>(o.reward) <= 1,
+              "give one objective: dpo, kto, grpo or reward");
+  if (o.reward) {
+    check_reward_options(o.reward_options);
+    QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective reward trains on the CPU for now (the GPU trainer has no "
+                                                "score head): give --device cpu");
+    QWENQ_CHECK(!o.lora.use_dora, "--objective reward: --use-dora is not supported with a score head yet");
+  }
   if (o.grpo) {
     check_grpo_options(o.grpo_options);
     QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective grpo trains on the CPU for now (its rollouts decode with "
@@ -433,13 +466,13 @@ void check_train_options(const TrainOptions& o, bool lead) {
                 "--objective kto estimates its KL reference point from the other examples of a micro-batch: give "
                 "--batch-size >= 2 (or --kto-loss apo_zero_unpaired, which has none)");
   }
-  if (o.preference()) {
-    const char* name = o.dpo ? "dpo" : "kto";
+  if (o.paired_batches()) {
+    const char* name = o.dpo ? "dpo" : o.kto ? "kto" : "reward";
     QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective " << name << ": --max-len " << o.data.max_len
                                               << " exceeds --seq-len " << o.seq_len
                                               << " (a preference sequence is never cut by the batcher)");
     QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding, "--objective " << name << " batches whole "
-                                                        << (o.dpo ? "pairs" : "examples with their KL sequences")
+                                                        << (o.kto ? "examples with their KL sequences" : "pairs")
                                                         << " (packed without padding): leave --batching out");
   }
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
@@ -465,14 +498,14 @@ TrainReport train_lora(const TrainOptions& o) {
 #endif
 
   QwenModel model(o.model_dir);
-  const bool use_cuda = o.grpo ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
+  const bool use_cuda = o.grpo || o.reward ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
   QWENQ_CHECK(!o.profile || use_cuda, "--profile times the GPU trainer's phases: it needs the GPU, and this run trains "
                                       "on the CPU");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
   const auto load = [&](const std::string& path, const SftDataOptions& d) {
-    return o.dpo    ? load_preference_dataset(path, tok, d)
+    return o.dpo || o.reward ? load_preference_dataset(path, tok, d)
            : o.kto  ? load_kto_dataset(path, tok, d, o.batch_size)
            : o.grpo ? load_grpo_dataset(path, tok, d, o.grpo_options.max_completion_len)
                     : load_sft_dataset(path, tok, d);
@@ -500,6 +533,8 @@ TrainReport train_lora(const TrainOptions& o) {
   const std::vector<std::string>& eval_records = o.eval_data_path.empty() ? data.eval_records : eval_file.train_records;
   LoraConfig lcfg = o.lora;
   lcfg.base_model = o.model_dir;
+  if (o.reward) lcfg.num_labels = 1;  // a SEQ_CLS adapter: LoRA plus the score head
+  const int32_t reward_pad = o.reward ? reward_pad_id(o.model_dir, tok) : -1;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   std::unique_ptr<GrpoRun> grpo;
   if (o.grpo) {
@@ -512,8 +547,8 @@ TrainReport train_lora(const TrainOptions& o) {
   bo.mode = o.grpo ? SftBatchMode::kPadding : o.batch_mode;  // GRPO: batch_size prompts, one per row
   bo.seq_len = o.seq_len;
   // Preference runs: both sequences of each pair (dpo), each example and its KL sequence (kto).
-  bo.batch_size = o.preference() ? 2 * o.batch_size : o.batch_size;
-  bo.group = o.preference() ? 2 : 1;
+  bo.batch_size = o.paired_batches() ? 2 * o.batch_size : o.batch_size;
+  bo.group = o.paired_batches() ? 2 : 1;
   bo.seed = o.seed;
   bo.epochs = o.max_steps > 0 ? 0 : o.epochs;
   // The number of optimizer steps: max_steps, or what the epochs hold (counted by a dry pass over the batches). A
@@ -531,6 +566,7 @@ TrainReport train_lora(const TrainOptions& o) {
   SftBatchIterator it(data.train, bo);
 
   adapter.init_peft(o.seed);
+  if (o.reward) adapter.init_score_head(o.seed, reward_head_init_std(o.model_dir));
   if (!o.resume && !o.init_adapter.empty()) {
     init_adapter_from_dir(o.init_adapter, &adapter);  // DoRA's m included
   } else {
@@ -690,7 +726,16 @@ TrainReport train_lora(const TrainOptions& o) {
     nlohmann::json record = {{"step", step}};
     double loss = 0;
     try {
-      if (o.dpo) {  // the held-out pairs of the first eval_batches batches
+      if (o.reward) {  // the held-out pairs' scores
+        const RewardStats es = reward_eval_stats(model, adapter, *eval_set, o, reward_pad, o.group);
+        loss = es.objective();
+        if (step == rep.start_step) rep.first_eval_accuracy = es.accuracy();
+        rep.eval_accuracy = es.accuracy();
+        record["eval_loss"] = loss;
+        record["eval_rewards_margin"] = (es.reward_c - es.reward_r) / static_cast<double>(es.pairs);
+        record["eval_rewards_accuracy"] = es.accuracy();
+        record["eval_pairs"] = es.pairs;
+      } else if (o.dpo) {  // the held-out pairs of the first eval_batches batches
         const std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
         const size_t n = now.size();
         const DpoStats es = dpo_batch_stats(o.dpo_options, now, std::vector<double>(ref_eval.begin(), ref_eval.begin() + n),
@@ -798,6 +843,7 @@ TrainReport train_lora(const TrainOptions& o) {
     // Preference runs: each micro-batch's sequences (chosen, rejected, ...) in its epoch's order, their counted
     // targets and reference sums; the step's pairs and chosen tokens normalise the loss (trainer/dpo.h).
     DpoStats step_stats;
+    RewardStats reward_stats;  // reward: the step's pairs
     KtoStats kto_stats;  // kto: the step's examples; each micro-batch's z from its KL sequences (trainer/kto.h)
     std::vector<std::vector<int64_t>> counts(micro.size());
     if (o.dpo) {
@@ -836,6 +882,10 @@ TrainReport train_lora(const TrainOptions& o) {
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = micro_batch_dropout_seed(o.seed, st.step, static_cast<int64_t>(i));
       if (o.preference() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+      if (o.reward) {
+        so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
+        so.score_objective = reward_objective(o.reward_options, {}, pairs, &reward_stats);
+      }
       if (o.dpo) {
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
         for (int64_t k = 0; k < micro[i].num_examples; ++k)
@@ -871,7 +921,9 @@ TrainReport train_lora(const TrainOptions& o) {
     };
     if (o.group && o.dpo) sum_over_ranks(&step_stats);
     if (o.group && o.kto) sum_over_ranks(&kto_stats);
+    if (o.group && o.reward) sum_over_ranks(&reward_stats);
     const double loss = o.dpo    ? step_stats.objective(o.dpo_options)
+                        : o.reward ? reward_stats.objective()
                         : o.kto  ? kto_stats.objective()
                         : o.grpo ? grpo_step.loss
                                  : targets > 0 ? nll / targets : 0.0;
@@ -921,6 +973,15 @@ TrainReport train_lora(const TrainOptions& o) {
       record["logps_chosen"] = step_stats.logp_c / p;
       record["logps_rejected"] = step_stats.logp_r / p;
     }
+    if (o.reward) {
+      const double p = static_cast<double>(std::max<int64_t>(1, reward_stats.pairs));
+      accuracy = reward_stats.accuracy();
+      record["pairs"] = reward_stats.pairs;
+      record["rewards_chosen"] = reward_stats.reward_c / p;
+      record["rewards_rejected"] = reward_stats.reward_r / p;
+      record["rewards_margin"] = (reward_stats.reward_c - reward_stats.reward_r) / p;
+      record["rewards_accuracy"] = accuracy;
+    }
     const double kl = kto_stats.batches > 0 ? kto_stats.kl / static_cast<double>(kto_stats.batches) : 0.0;
     if (o.kto) {
       record["kl"] = kl;
@@ -936,7 +997,7 @@ TrainReport train_lora(const TrainOptions& o) {
     }
     if (!grpo_step.completions.empty()) completions << std::flush;
     char extra[128];
-    if (o.dpo) {
+    if (o.dpo || o.reward) {
       std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f lr %.2e %.0f tok/s", loss, accuracy, lr,
                     tokens / std::max(dt, 1e-9));
     } else if (o.kto) {

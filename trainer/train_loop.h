@@ -56,6 +56,7 @@
 #include "trainer/grpo.h"
 #include "trainer/kto.h"
 #include "trainer/qwen_model.h"
+#include "trainer/reward.h"
 #include "trainer/sft_data.h"
 
 namespace qwenq {
@@ -134,7 +135,16 @@ struct TrainOptions {
   // each evaluation eval_loss, eval_kl, eval_rewards_chosen / _rejected / _margin and eval_examples.
   bool kto = false;
   KtoOptions kto_options;
-  bool preference() const { return dpo || kto; }  // batches of units of two sequences, a reference model
+  bool preference() const { return dpo || kto; }  // a reference model
+  // Reward modelling (`--objective reward`, trainer/reward.h), on the CPU: data_path (and eval_data_path) hold
+  // preference records, batched as dpo's (batch_size pairs a micro-batch); the adapter is a SEQ_CLS one whose score
+  // head (lora.num_labels = 1; started as transformers starts a new head, or read with init_adapter) is trained with
+  // A and B. A step's "loss" is the mean Bradley-Terry loss; metrics.jsonl adds pairs, rewards_chosen /
+  // rewards_rejected / rewards_margin (per-pair means of the scores) and rewards_accuracy, and each evaluation
+  // eval_loss, eval_rewards_margin, eval_rewards_accuracy and eval_pairs. No reference model.
+  bool reward = false;
+  RewardOptions reward_options;
+  bool paired_batches() const { return dpo || kto || reward; }  // batches of units of two sequences
   // Reinforcement learning from rewards (`--objective grpo`, trainer/grpo.h), on the CPU: data_path (and
   // eval_data_path) hold prompts; a micro-batch is batch_size prompts, each sampled num_generations times with the
   // adapter as the step starts (unmerged on the base: QwenModel::attach_adapter), the completions scored by the
@@ -148,7 +158,7 @@ struct TrainOptions {
 
 struct TrainReport {
   int64_t steps = 0, start_step = 0;
-  double eval_accuracy = -1, first_eval_accuracy = -1;  // preference runs: the held-out pairs' reward accuracy
+  double eval_accuracy = -1, first_eval_accuracy = -1;  // dpo and reward runs: the held-out pairs' reward accuracy
   bool has_eval_reward = false;                           // GRPO runs with held-out prompts: their mean reward
   double eval_reward = 0, first_eval_reward = 0;
   bool stopped = false;    // ended by stop_after: no final evaluation or adapter
@@ -179,6 +189,12 @@ std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapt
 // --objective dpo|kto`).
 std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
+// A reward model's held-out statistics (o.reward; `qwen-qlora eval --objective reward`): the scores of the pairs of
+// `examples` (chosen, rejected, ...) in batches of o.batch_size pairs, at most o.eval_batches batches (0: all), no
+// dropout, pooled at the last token that is not pad_id; the statistics of trainer/reward.h.
+RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
+                              const std::vector<SftExample>& examples, const TrainOptions& o, int32_t pad_id,
+                              ProcessGroup* group = nullptr);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
 int64_t data_max_len(const TrainOptions& o);
 

@@ -125,7 +125,7 @@ expect_error "--kto-desirable-weight must be positive" "${run[@]}" --out "$WORK/
 echo '{"prompt": "a", "completion": " b", "label": 1}' > "$WORK/bad.jsonl"
 expect_error 'bad.jsonl:1: "label" must be true or false' train --model "$WORK/tiny" --out "$WORK/x8" --objective kto \
   --batch-size 2 --max-steps 1 --device cpu --data "$WORK/bad.jsonl"
-expect_error "--max-prompt-len applies to --objective dpo, kto and grpo" train --model "$WORK/tiny" --data "$WORK/text.txt" \
+expect_error "--max-prompt-len applies to --objective dpo, kto, grpo and reward" train --model "$WORK/tiny" --data "$WORK/text.txt" \
   --out "$WORK/x9" --max-prompt-len 8 --max-steps 1 --device cpu
 for d in x1 x2 x3 x4 x5 x6 x7 x8 x9; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
 echo "PASS"
