@@ -9,18 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-python3 - "$WORK/pref.jsonl" <<'PY'
-import json, random, sys
-random.seed(5)
-names = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay"]
-with open(sys.argv[1], "w") as f:
-    for i in range(60):
-        n = random.choice(names)
-        if i % 2:  # the implicit-prompt form: the shared prefix is the prompt
-            f.write(json.dumps({"chosen": f"{n} is kind.", "rejected": f"{n} is mean."}) + "\n")
-        else:
-            f.write(json.dumps({"prompt": f"{n} is", "chosen": " kind.", "rejected": " mean."}) + "\n")
-PY
+python3 "$(dirname "$0")/kind_pairs.py" "$WORK/pref.jsonl" 60 5
 # `data --objective dpo`: each pair's two examples with their scored spans, and a dump line per pair.
 "$QL" data --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective dpo --show 2 --dump "$WORK/pairs.jsonl" \
   > "$WORK/data.txt" 2>&1 || fail "data --objective dpo" "$WORK/data.txt"

@@ -10,21 +10,8 @@
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 "$QQ" init-random --preset tiny --out "$WORK/tiny" --dtype fp32 >/dev/null
-python3 - "$WORK/pref.jsonl" "$WORK/p.jsonl" <<'PY'
-import json, random, sys
-random.seed(7)
-names = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay"]
-with open(sys.argv[1], "w") as f:
-    for i in range(60):
-        n = random.choice(names)
-        if i % 2:  # the implicit-prompt form: the shared prefix is the prompt
-            f.write(json.dumps({"chosen": f"{n} is kind.", "rejected": f"{n} is mean."}) + "\n")
-        else:
-            f.write(json.dumps({"prompt": f"{n} is", "chosen": " kind.", "rejected": " mean."}) + "\n")
-with open(sys.argv[2], "w") as f:
-    for n in names:
-        f.write(json.dumps({"prompt": f"{n} is"}) + "\n")
-PY
+python3 "$(dirname "$0")/kind_pairs.py" "$WORK/pref.jsonl" 60 7
+for n in Ann Bob Cid Dee Eve Fay; do echo "{\"prompt\": \"$n is\"}"; done > "$WORK/p.jsonl"
 run=(train --model "$WORK/tiny" --data "$WORK/pref.jsonl" --objective reward --max-steps 20 --seq-len 64
      --batch-size 2 --lr 0.01 --lora-r 4 --eval-count 8 --threads 1 --quiet --device cpu)
 "$QL" "${run[@]}" --out "$WORK/run" > "$WORK/run.txt" 2>&1 || fail "the reward run failed" "$WORK/run.txt"
