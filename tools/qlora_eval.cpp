@@ -163,7 +163,9 @@ void run_reward_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, 
     z.score() = tensor_to_f32(model.weights().score);
     return z;
   }();
-  const RewardStats st = reward_eval_stats(model, adapter, examples, o, reward_pad_id(o.model_dir, tok));
+  const RewardStats st =
+      reward_eval_stats(model, adapter, examples, split ? data.eval_margins : data.train_margins, o,
+                        reward_pad_id(o.model_dir, tok));
   QWENQ_CHECK(st.pairs > 0, o.data_path << ": no pairs to evaluate (" << data.stats.summary() << ")");
   const double P = static_cast<double>(st.pairs);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -285,7 +287,8 @@ void run_eval(EvalArgs& a) {
   apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
   // --objective reward without --adapter: the model is a reward model directory (a sequence classifier).
-  QwenModel model(o.model_dir, o.reward && a.adapter.empty() ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
+  const bool classifier = o.reward && (a.adapter.empty() || sequence_classifier_dir(o.model_dir));
+  QwenModel model(o.model_dir, classifier ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
   // LoraModelCuda's loss on the GPU, as train evaluates there (GRPO: the CPU's decoding, as train's; a reward model's
   // head: the CPU's).
   QWENQ_CHECK(!(o.grpo || o.reward) || a.common.device != "cuda",

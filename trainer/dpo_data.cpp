@@ -1,5 +1,6 @@
 // Preference records -> pairs of SFT examples (chosen, rejected), formats in trainer/dpo.h.
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -106,15 +107,24 @@ std::string preference_record_from_json(const Json& j, SftRecord* chosen, SftRec
 }
 
 std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
-                                                                     SftDataStats* stats) {
+                                                                     SftDataStats* stats, std::vector<double>* margins,
+                                                                     bool* any_margin) {
   std::vector<std::pair<SftRecord, SftRecord>> records;
+  if (any_margin) *any_margin = false;
   for_each_json_record(path, skip_bad, stats, [&](const Json& j, const std::string& where) {
     std::pair<SftRecord, SftRecord> rec;
     const std::string why = preference_record_from_json(j, &rec.first, &rec.second);
-    if (why.empty()) {
-      rec.first.where = rec.second.where = where;
-      records.push_back(std::move(rec));
+    if (!why.empty()) return why;
+    double margin = 0;
+    if (j.contains("margin") && !j["margin"].is_null()) {
+      if (!j["margin"].is_number() || !std::isfinite(j["margin"].get<double>()))
+        return "\"margin\" must be a finite number, got " + j["margin"].dump();
+      margin = j["margin"].get<double>();
+      if (any_margin) *any_margin = true;
     }
+    rec.first.where = rec.second.where = where;
+    records.push_back(std::move(rec));
+    if (margins) margins->push_back(margin);
     return why;
   });
   stats->format = SftFormat::kPreference;
@@ -152,11 +162,17 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
                   << sft_format_name(opt.format));
   SftDataset ds;
   SftDataStats& st = ds.stats;
-  const std::vector<std::pair<SftRecord, SftRecord>> records = read_preference_records(path, opt.skip_bad, &st);
+  std::vector<double> record_margins, margins;
+  bool any_margin = false;
+  const std::vector<std::pair<SftRecord, SftRecord>> records =
+      read_preference_records(path, opt.skip_bad, &st, &record_margins, &any_margin);
   std::vector<std::pair<SftExample, SftExample>> pairs;
-  for (const auto& rec : records) {
+  for (size_t k = 0; k < records.size(); ++k) {
     std::pair<SftExample, SftExample> ex;
-    if (prepare_preference_pair(rec, tok, opt.templ, opt.max_len, &ex, &st)) pairs.push_back(std::move(ex));
+    if (prepare_preference_pair(records[k], tok, opt.templ, opt.max_len, &ex, &st)) {
+      pairs.push_back(std::move(ex));
+      margins.push_back(record_margins[k]);
+    }
   }
   QWENQ_CHECK(!pairs.empty(), path << ": every pair lost a completion to max_len " << opt.max_len);
   std::vector<int64_t> train, eval;
@@ -166,6 +182,10 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
       out->push_back(std::move(pairs[static_cast<size_t>(i)].first));
       out->push_back(std::move(pairs[static_cast<size_t>(i)].second));
     }
+  }
+  if (any_margin) {
+    for (int64_t i : train) ds.train_margins.push_back(margins[static_cast<size_t>(i)]);
+    for (int64_t i : eval) ds.eval_margins.push_back(margins[static_cast<size_t>(i)]);
   }
   st.train_examples = static_cast<int64_t>(train.size());
   st.eval_examples = static_cast<int64_t>(eval.size());

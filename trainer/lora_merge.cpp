@@ -229,7 +229,8 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   for (const auto& name : ckpt.names()) {
     if (std::binary_search(written.begin(), written.end(), name)) continue;
     if (is_packed_part(packed_prefixes, name)) continue;
-    if (classifier && (name == "lm_head.weight" || name.rfind("lm_head.", 0) == 0)) continue;
+    // (a reward model base's own head is the adapter's starting one: the adapter's replaces it)
+    if (classifier && (name == "score.weight" || name.rfind("lm_head.", 0) == 0)) continue;
     shards.add_view(name, ckpt.get(name));
     shards.maybe_flush();
   }

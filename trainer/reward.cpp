@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json_file.h"
+#include "core/safetensors.h"
 #include "trainer/json_fields.h"
 
 namespace qwenq {
@@ -107,6 +108,11 @@ int32_t reward_pad_id(const std::string& model_dir, const Tokenizer& tok) {
   const int64_t from_config = optional_int(read_json_file(path), "pad_token_id", -1, path);
   if (from_config >= 0) return static_cast<int32_t>(from_config);
   return tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id();
+}
+
+bool sequence_classifier_dir(const std::string& dir) {
+  const Checkpoint ckpt(dir);
+  return ckpt.has("score.weight") && !ckpt.has("lm_head.weight");
 }
 
 double reward_head_init_std(const std::string& model_dir) {

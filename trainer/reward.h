@@ -64,6 +64,10 @@ std::vector<int64_t> reward_pooled_rows(const PackedBatch& b, int32_t pad_id);
 // The pad id of a reward model trained on the model at `model_dir` with tokenizer `tok` (top of this file); -1: none.
 int32_t reward_pad_id(const std::string& model_dir, const Tokenizer& tok);
 
+// Whether `dir` holds a sequence classifier's checkpoint (score.weight and no lm_head.weight, as a reward model
+// directory: `train --objective reward` then continues it, its head included).
+bool sequence_classifier_dir(const std::string& dir);
+
 // The score head's starting standard deviation: config.json's initializer_range, 0.02 (transformers' default)
 // without one.
 double reward_head_init_std(const std::string& model_dir);

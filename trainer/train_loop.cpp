@@ -393,8 +393,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }  // namespace
 
 RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
-                              const std::vector<SftExample>& examples, const TrainOptions& o, int32_t pad_id,
-                              ProcessGroup* group) {
+                              const std::vector<SftExample>& examples, const std::vector<double>& margins,
+                              const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
   const LoraStepOptions base = eval_step_options(o);
   // example_nll_sums gathers one number per example (LoraStepResult::seq_nll): here each sequence's score.
   const std::vector<double> scores =
@@ -405,7 +405,10 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
         r.seq_nll = std::move(r.scores);
         return r;
       });
-  return reward_batch_stats(o.reward_options, scores, {});
+  // (the first eval_batches batches: a prefix of the pairs)
+  const std::vector<double> mu = margins.empty() ? margins
+                                                 : std::vector<double>(margins.begin(), margins.begin() + scores.size() / 2);
+  return reward_batch_stats(o.reward_options, scores, mu);
 }
 
 int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
@@ -497,7 +500,9 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
 
-  QwenModel model(o.model_dir);
+  // A reward run on a reward model directory (a sequence classifier) continues it: its decoder and its head.
+  const bool classifier_base = o.reward && sequence_classifier_dir(o.model_dir);
+  QwenModel model(o.model_dir, classifier_base ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
   const bool use_cuda = o.grpo || o.reward ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
   QWENQ_CHECK(!o.profile || use_cuda, "--profile times the GPU trainer's phases: it needs the GPU, and this run trains "
                                       "on the CPU");
@@ -516,6 +521,7 @@ TrainReport train_lora(const TrainOptions& o) {
   // The held-out examples: the split of --data, or every record of --eval-data (file order, rendered as --data's).
   const std::vector<SftExample>* eval_set = &data.eval;
   const std::vector<uint8_t>* eval_labels = &data.eval_labels;  // kto: desirable, per held-out unit
+  const std::vector<double>* eval_margins = &data.eval_margins;  // reward: per held-out pair (empty: none)
   SftDataset eval_file;
   if (!o.eval_data_path.empty()) {
     SftDataOptions eopt = dopt;
@@ -527,6 +533,7 @@ TrainReport train_lora(const TrainOptions& o) {
                 "--eval-data " << o.eval_data_path << ": no examples (" << eval_file.stats.summary() << ")");
     eval_set = &eval_file.train;
     eval_labels = &eval_file.train_labels;
+    eval_margins = &eval_file.train_margins;
   }
   if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
   // GRPO: the reward functions (an external scorer starts here), each checked against every prompt's record now.
@@ -566,7 +573,14 @@ TrainReport train_lora(const TrainOptions& o) {
   SftBatchIterator it(data.train, bo);
 
   adapter.init_peft(o.seed);
-  if (o.reward) adapter.init_score_head(o.seed, reward_head_init_std(o.model_dir));
+  if (o.reward && classifier_base) {  // the reward model's own head
+    const TensorView& head = model.weights().score;
+    QWENQ_CHECK(head.shape.at(0) == 1, o.model_dir << ": the classifier has " << head.shape.at(0)
+                                                   << " labels; a reward model (and --objective reward) has one");
+    adapter.score() = tensor_to_f32(head);
+  } else if (o.reward) {
+    adapter.init_score_head(o.seed, reward_head_init_std(o.model_dir));
+  }
   if (!o.resume && !o.init_adapter.empty()) {
     init_adapter_from_dir(o.init_adapter, &adapter);  // DoRA's m included
   } else {
@@ -727,7 +741,7 @@ TrainReport train_lora(const TrainOptions& o) {
     double loss = 0;
     try {
       if (o.reward) {  // the held-out pairs' scores
-        const RewardStats es = reward_eval_stats(model, adapter, *eval_set, o, reward_pad, o.group);
+        const RewardStats es = reward_eval_stats(model, adapter, *eval_set, *eval_margins, o, reward_pad, o.group);
         loss = es.objective();
         if (step == rep.start_step) rep.first_eval_accuracy = es.accuracy();
         rep.eval_accuracy = es.accuracy();
@@ -881,10 +895,15 @@ TrainReport train_lora(const TrainOptions& o) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = micro_batch_dropout_seed(o.seed, st.step, static_cast<int64_t>(i));
-      if (o.preference() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+      if (o.paired_batches() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
       if (o.reward) {
         so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
-        so.score_objective = reward_objective(o.reward_options, {}, pairs, &reward_stats);
+        std::vector<double> mu;  // the micro-batch's pairs' margins (example positions 2k, 2k + 1: pair k)
+        for (int64_t k = 0; k < micro[i].num_examples && !data.train_margins.empty(); k += 2) {
+          const int64_t ex = order[static_cast<size_t>(micro[i].first_index + k)];
+          mu.push_back(data.train_margins[static_cast<size_t>(ex / 2)]);
+        }
+        so.score_objective = reward_objective(o.reward_options, std::move(mu), pairs, &reward_stats);
       }
       if (o.dpo) {
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));

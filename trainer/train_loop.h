@@ -137,9 +137,9 @@ struct TrainOptions {
   KtoOptions kto_options;
   bool preference() const { return dpo || kto; }  // a reference model
   // Reward modelling (`--objective reward`, trainer/reward.h), on the CPU: data_path (and eval_data_path) hold
-  // preference records, batched as dpo's (batch_size pairs a micro-batch); the adapter is a SEQ_CLS one whose score
-  // head (lora.num_labels = 1; started as transformers starts a new head, or read with init_adapter) is trained with
-  // A and B. A step's "loss" is the mean Bradley-Terry loss; metrics.jsonl adds pairs, rewards_chosen /
+  // preference records (each pair's optional "margin" read), batched as dpo's (batch_size pairs a micro-batch); the
+  // adapter is a SEQ_CLS one whose score head (lora.num_labels = 1; started as transformers starts a new head, or the
+  // model's own when model_dir is already a reward model, or read with init_adapter) is trained with A and B. A step's "loss" is the mean Bradley-Terry loss; metrics.jsonl adds pairs, rewards_chosen /
   // rewards_rejected / rewards_margin (per-pair means of the scores) and rewards_accuracy, and each evaluation
   // eval_loss, eval_rewards_margin, eval_rewards_accuracy and eval_pairs. No reference model.
   bool reward = false;
@@ -191,10 +191,11 @@ std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapt
                                          const std::vector<SftExample>& examples, const TrainOptions& o);
 // A reward model's held-out statistics (o.reward; `qwen-qlora eval --objective reward`): the scores of the pairs of
 // `examples` (chosen, rejected, ...) in batches of o.batch_size pairs, at most o.eval_batches batches (0: all), no
-// dropout, pooled at the last token that is not pad_id; the statistics of trainer/reward.h.
+// dropout, pooled at the last token that is not pad_id; the statistics of trainer/reward.h with each pair's margin
+// (`margins`: one per pair of `examples`, or empty for none).
 RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
-                              const std::vector<SftExample>& examples, const TrainOptions& o, int32_t pad_id,
-                              ProcessGroup* group = nullptr);
+                              const std::vector<SftExample>& examples, const std::vector<double>& margins,
+                              const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
 int64_t data_max_len(const TrainOptions& o);
 

@@ -67,6 +67,48 @@ raw = open(idx, "rb").read(8)
 header = json.loads(open(idx, "rb").read(8 + struct.unpack("<Q", raw)[0])[8:])
 assert "score.weight" in header and "lm_head.weight" not in header, sorted(header)[:5]
 PY
+# A reward model directory trained further: its own head and decoder at step 0 (the run's first held-out record is
+# `eval` of the directory alone, to the bit), then merged again (one score.weight: the adapter's).
+"$QL" train --model "$WORK/rm" --data "$WORK/pref.jsonl" --objective reward --max-steps 2 --seq-len 64 --batch-size 2 \
+  --lr 0.01 --lora-r 4 --eval-count 8 --threads 1 --quiet --device cpu --out "$WORK/more" > "$WORK/more.txt" 2>&1 \
+  || fail "training a reward model directory further" "$WORK/more.txt"
+python3 - "$WORK/more/metrics.jsonl" "$WORK/rmeval.json" <<'PY' || fail "the continued run does not start at the reward model" "$WORK/more/metrics.jsonl"
+import json, sys
+first = [j for j in map(json.loads, open(sys.argv[1])) if "eval_loss" in j][0]
+rm = json.load(open(sys.argv[2]))
+assert first["step"] == 0 and first["eval_loss"] == rm["loss"] and first["eval_rewards_margin"] == rm["rewards_margin"], (first, rm)
+PY
+"$QL" merge --model "$WORK/rm" --adapter "$WORK/more" --out "$WORK/rm2" --dtype fp32 > "$WORK/merge2.txt" 2>&1 \
+  || fail "merge onto a reward model directory" "$WORK/merge2.txt"
+"$QL" "${ev[@]/$WORK\/tiny/$WORK/rm2}" > /dev/null 2> "$WORK/rm2.txt" || fail "eval of the twice-merged reward model" "$WORK/rm2.txt"
+# TRL's "margin" column: −log σ(r_c − r_r − μ), so a positive margin on every pair raises the loss of the same scores.
+python3 - "$WORK/pref.jsonl" "$WORK/margin.jsonl" "$WORK/badmargin.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+with open(sys.argv[2], "w") as f:
+    for r in recs:
+        f.write(json.dumps(dict(r, margin=1.0)) + "\n")
+with open(sys.argv[3], "w") as f:
+    for i, r in enumerate(recs):
+        f.write(json.dumps(dict(r, margin="big") if i == 3 else r) + "\n")
+PY
+"$QL" "${ev[@]/$WORK\/pref.jsonl/$WORK/margin.jsonl}" --adapter "$WORK/run" > "$WORK/meval.json" 2> "$WORK/meval.txt" \
+  || fail "eval with margins" "$WORK/meval.txt"
+python3 - "$WORK/reval.json" "$WORK/meval.json" <<'PY' || fail "the margins did not reach the loss" "$WORK/meval.json"
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert a["rewards_margin"] == b["rewards_margin"] and b["loss"] > a["loss"], (a, b)
+PY
+"$QL" "${run[@]/$WORK\/pref.jsonl/$WORK/margin.jsonl}" --out "$WORK/mrun" > "$WORK/mrun.txt" 2>&1 \
+  || fail "training with margins" "$WORK/mrun.txt"
+python3 - "$WORK/run/metrics.jsonl" "$WORK/mrun/metrics.jsonl" <<'PY' || fail "the margins did not reach training" "$WORK/mrun/metrics.jsonl"
+import json, math, sys
+a, b = ([j for j in map(json.loads, open(p)) if "loss" in j][0] for p in sys.argv[1:3])
+# step 1 scores the same pairs with the same weights: only the margin of 1 differs
+assert a["rewards_margin"] == b["rewards_margin"], (a, b)
+want = a["loss"] + (math.log1p(math.exp(1 - a["rewards_margin"])) - math.log1p(math.exp(-a["rewards_margin"])))
+assert b["loss"] > a["loss"] and abs(b["loss"] - want) < 0.05, (a["loss"], b["loss"], want)
+PY
 # The merged reward model rewards GRPO's completions.
 "$QL" train -m "$WORK/tiny" -d "$WORK/p.jsonl" --objective grpo --reward "model=$WORK/rm" --num-generations 2 \
   --max-completion-len 4 --batch-size 2 --max-steps 1 --lora-r 4 --threads 1 --quiet --device cpu --out "$WORK/grpo" \
@@ -101,7 +143,9 @@ expect_error "it is a reward model's adapter (task_type SEQ_CLS" generate --mode
   --threads 1 --quiet --device cpu --out "$WORK/dpo" > "$WORK/dpo.txt" 2>&1 || fail "the dpo run" "$WORK/dpo.txt"
 expect_error "cannot score with the LoRA adapter $WORK/dpo" "${ev[@]}" --adapter "$WORK/dpo"
 expect_error "has no score.weight, so it is a causal language model" "${ev[@]}"
+expect_error 'badmargin.jsonl:4: "margin" must be a finite number, got "big"' "${run[@]/$WORK\/pref.jsonl/$WORK/badmargin.jsonl}" \
+  --out "$WORK/x6"
 expect_error "is a reward model's adapter (task_type SEQ_CLS): it merges into a sequence classifier" merge \
   --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/x5.gguf" --gguf q8_0
-for d in x1 x2 x3 x4 x5.gguf x5.gguf.merged; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
+for d in x1 x2 x3 x4 x5.gguf x5.gguf.merged x6; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
 echo "PASS"
