@@ -3,7 +3,7 @@
 //   - the merged model (trainer/lora_merge.h's merge_adapter_in_memory: W' = W + s·B A, DoRA's g ⊙ (W + s·B A)),
 //   - the trainer's forward (trainer/lora_model.h's lora_forward_logits, its own blocks, DoRA's combine),
 // for DoRA on a dense and on a GPTQ base (the gains read from the packed weights' Q4 form), and LoRA / DoRA on the
-// experts and shared expert of a mixture-of-experts model (trainer/moe_block.h, MoeBranch), within kAttachedRelTol.
+// experts and shared expert of a mixture-of-experts model (trainer/moe_block.h; each branch a trainer/lora_inference.h LoraBranch), within kAttachedRelTol.
 // Batched decode steps keep each sequence's lone-step bits with the experts' branches too (GRPO's groups decode
 // together); detaching gives the base's logits back bit for bit.
 #include <gtest/gtest.h>

@@ -1,5 +1,5 @@
 // The C++ half of tests/oracle/test_reward_train_oracle.py: reward modelling's Bradley-Terry loss and the gradients of
-// a SEQ_CLS adapter (LoRA A, B and the score head) through lora_loss_and_grad's score head (trainer/reward.h) against
+// a SEQ_CLS adapter (LoRA A, B, DoRA's magnitudes and the score head) through lora_loss_and_grad's score head (trainer/reward.h) against
 // PyTorch autograd through transformers' Qwen2ForSequenceClassification + PEFT, on a tiny random Qwen2 whose adapter
 // PEFT saved; then the adapter saved by qwenq (head changed) with its scores, for the script to load into PEFT.
 // Skipped unless the script points QWENQ_ORACLE_REWARD_DIR at its fixtures.
@@ -35,7 +35,8 @@ TEST(RewardTrainOracle, LossAndGradientsMatchPyTorch) {
   const std::string dir = dir_env;
   QwenModel model(path_join(dir, "base"));
   const LoraAdapter policy = load_peft_adapter(path_join(dir, "policy"), lora_dims_of(model.config()));
-  ASSERT_TRUE(policy.config().seq_cls());
+  const LoraAdapter policy_dora = load_peft_adapter(path_join(dir, "policy_dora"), lora_dims_of(model.config()));
+  ASSERT_TRUE(policy.config().seq_cls() && policy_dora.config().seq_cls() && policy_dora.use_dora());
   ASSERT_EQ(policy.config().num_labels, 1);
   SafetensorsFile expected(path_join(dir, "expected.safetensors"));
   std::vector<std::vector<int32_t>> seqs;
@@ -58,13 +59,15 @@ TEST(RewardTrainOracle, LossAndGradientsMatchPyTorch) {
     RewardOptions o;
     o.center_coefficient = it.value()["center"].get<double>();
     const std::vector<double> margins = it.value()["margins"].get<std::vector<double>>();
-    LoraAdapter grads = policy;
+    const LoraAdapter& adapter = it.value()["adapter"] == "policy_dora" ? policy_dora : policy;
+    LoraAdapter grads = adapter;
     for (size_t i = 0; i < grads.slots().size(); ++i)
-      for (std::vector<float>* v : {&grads.weights(i).A, &grads.weights(i).B}) std::fill(v->begin(), v->end(), 0.f);
+      for (std::vector<float>* v : {&grads.weights(i).A, &grads.weights(i).B, &grads.weights(i).m})
+        std::fill(v->begin(), v->end(), 0.f);
     std::fill(grads.score().begin(), grads.score().end(), 0.f);
     RewardStats stats;
     opt.score_objective = reward_objective(o, margins, static_cast<int64_t>(seqs.size() / 2), &stats);
-    const LoraStepResult res = lora_loss_and_grad(model, policy, batch, targets, &grads, opt);
+    const LoraStepResult res = lora_loss_and_grad(model, adapter, batch, targets, &grads, opt);
     const TensorView& sv = expected.get(it.key() + ".scores");
     const std::vector<double> want_scores(sv.as<double>(), sv.as<double>() + sv.numel());
     ASSERT_EQ(res.scores.size(), want_scores.size());
@@ -73,7 +76,7 @@ TEST(RewardTrainOracle, LossAndGradientsMatchPyTorch) {
     const double want_loss = expected.get(it.key() + ".loss").as<double>()[0];
     EXPECT_NEAR(stats.objective(), want_loss, kLossRelTol * std::fabs(want_loss));
     const test::GradComparison cmp = test::expect_peft_grads_close(grads, expected, it.key() + ".", kGradRelTol);
-    EXPECT_EQ(cmp.nonzero, static_cast<int>(2 * policy.slots().size()));
+    EXPECT_EQ(cmp.nonzero, static_cast<int>((adapter.use_dora() ? 3 : 2) * adapter.slots().size()));
     // The score head's gradient [1, C].
     const TensorView& hv = expected.get(it.key() + "." + kPeftScoreName + ".grad");
     const std::vector<float> want_head(hv.as<float>(), hv.as<float>() + hv.numel());
@@ -89,7 +92,7 @@ TEST(RewardTrainOracle, LossAndGradientsMatchPyTorch) {
                 "entry)\n", it.key().c_str(), stats.objective(), want_loss, cmp.worst_rel, head_err / head_max);
     ++checked;
   }
-  EXPECT_EQ(checked, 2);
+  EXPECT_EQ(checked, 3);
 
   // Our save of the adapter with another head, and its scores, for PEFT to reproduce.
   LoraAdapter ours = policy;

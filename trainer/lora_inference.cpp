@@ -5,6 +5,8 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "kernels/dora.h"
+#include "lora/lora_linear.h"
 #include "lora/peft_io.h"
 #include "trainer/lora_model.h"
 
@@ -110,6 +112,12 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
     if (out.slots[i].m_off >= 0) std::copy(w.m.begin(), w.m.end(), out.arena.begin() + out.slots[i].m_off);
   }
   return out;
+}
+
+void lora_branch_forward(const LoraBranch& b, float s, const float* x, int64_t rows, const TensorView& bias, float* y,
+                         float* u) {
+  lora_forward_ref(x, rows, b.K, b.A, b.B, b.r, b.N, s, y, u);
+  if (b.gain) dora_scale_rows_ref(y, rows, b.N, b.gain, bias.data, bias.dtype);
 }
 
 }  // namespace qwenq

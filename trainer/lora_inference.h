@@ -28,10 +28,25 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
 #include "lora/lora_adapter.h"
 #include "trainer/qwen_config.h"
 
 namespace qwenq {
+
+// One adapted Linear's branch at inference: views into a layout's arena (and DoRA's gains, computed at attach by its
+// user: QwenModel::attach_adapter). A null: the Linear is not adapted.
+struct LoraBranch {
+  const float* A = nullptr;     // [r, K]
+  const float* B = nullptr;     // [N, r]
+  const float* gain = nullptr;  // DoRA's g = m / ‖W + s·B A‖ [N]; null without DoRA
+  int64_t N = 0, K = 0, r = 0;
+};
+// y [rows, N] holds x Wᵀ + bias; adds the branch s·(x Aᵀ) Bᵀ (u [rows, r]: its scratch, written), then with DoRA scales
+// each row by g, the bias left unscaled: y = g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b. `bias`: the Linear's, or empty. The CPU's
+// unmerged forward of a layer's Linears and of a MoE layer's experts.
+void lora_branch_forward(const LoraBranch& b, float s, const float* x, int64_t rows, const TensorView& bias, float* y,
+                         float* u);
 
 constexpr int64_t kLoraArenaAlignFloats = 4;
 // n rounded up to a multiple of kLoraArenaAlignFloats (where the next tensor of the arena, or of the GPU's gains,

@@ -24,7 +24,7 @@ const LoraTarget kExpertTargets[3] = {LoraTarget::GateProj, LoraTarget::UpProj, 
 // the dropout key, and where that Linear's saved u = drop(x) Aᵀ [rows, r] and dropped input [rows, K] go.
 struct ExpertLora {
   const LoraWeights* w[3] = {};
-  const MoeBranch* b[3] = {};  // an attached adapter at inference instead (MoeLora::branches)
+  const LoraBranch* b[3] = {};  // an attached adapter at inference instead (MoeLora::branches)
   LoraWeights* g[3] = {};
   uint64_t key[3] = {};
   float* u[3] = {};
@@ -44,7 +44,7 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
   if (lora && lora->branches) {
     x.s = lora->scaling;
     for (int j = 0; j < 3; ++j) {
-      const MoeBranch& b = lora->branches[(e + 1) * 3 + j];
+      const LoraBranch& b = lora->branches[(e + 1) * 3 + j];
       if (b.A == nullptr) continue;
       x.b[j] = &b;
       x.u[j] = (shared ? a.su[j] : a.u[j]).data() + row * b.r;
@@ -75,10 +75,8 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
 // y[rows, N] += s·(drop(x) Aᵀ) Bᵀ for adapted Linear j of base W (y holds x Wᵀ), keeping u (and the dropped input);
 // with DoRA, y += (g − 1) ⊙ z + g ⊙ v instead, keeping z, v and n (moe_block.h).
 void branch_forward(const ExpertLora& L, int j, const LinearWeight& W, const float* x, int64_t rows, float* y) {
-  if (L.b[j]) {  // inference: y += s·(x Aᵀ) Bᵀ, then DoRA's y = g ⊙ y
-    const MoeBranch& b = *L.b[j];
-    lora_forward_ref(x, rows, b.K, b.A, b.B, b.r, b.N, L.s, y, L.u[j]);
-    if (b.gain) dora_scale_rows_ref(y, rows, b.N, b.gain, nullptr, DType::F32);
+  if (L.b[j]) {  // inference: y += s·(x Aᵀ) Bᵀ, then DoRA's y = g ⊙ y (experts have no bias)
+    lora_branch_forward(*L.b[j], L.s, x, rows, TensorView{}, y, L.u[j]);
     return;
   }
   if (!L.w[j]) return;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lora/lora_adapter.h"
+#include "trainer/lora_inference.h"
 #include "trainer/qwen_config.h"
 #include "trainer/qwen_weights.h"
 
@@ -49,12 +50,6 @@ using MoeInputHook =
 // Linear's A [r, K] and B [N, r] (views into trainer/lora_inference.h's arena) and, with DoRA, its gains
 // g = m / ‖W + s·B A‖ [N] computed once at attach, so y = g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) (experts have no bias): PEFT's
 // unmerged DoRA at inference, as the layer's own Linears run it (kernels/dora.h's dora_scale_rows_ref).
-struct MoeBranch {
-  const float* A = nullptr;  // null: this Linear is not adapted
-  const float* B = nullptr;
-  const float* gain = nullptr;  // DoRA's g [N]; null without DoRA
-  int64_t N = 0, K = 0, r = 0;
-};
 struct MoeLora {
   const LoraAdapter* adapter = nullptr;  // null: no adapter on the experts (unless `branches`)
   int64_t layer = 0;
@@ -64,7 +59,7 @@ struct MoeLora {
   const LoraAdapter* dora_norms_from = nullptr;  // tests: DoRA's n from this adapter's A, B (LoraStepOptions)
   // Inference with an attached adapter (adapter null, no backward): branches[(e + 1)·3 + j] is expert e's (-1: the
   // shared expert's) Linear j (moe_expert_index), E + 1 experts' worth, each with scaling `scaling` and rank `rank`.
-  const MoeBranch* branches = nullptr;
+  const LoraBranch* branches = nullptr;
   float scaling = 0.f;
   int64_t rank = 0;
 };

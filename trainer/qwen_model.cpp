@@ -118,8 +118,8 @@ void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
   QWENQ_CHECK(lora->num_layers == cfg_.num_layers, "attach_adapter: an adapter of " << lora->num_layers
                                                    << " layers on a model of " << cfg_.num_layers);
   const int64_t E = cfg_.num_experts;
-  std::vector<AdaptedLinear> linears(static_cast<size_t>(cfg_.num_layers * 7));
-  std::vector<std::vector<MoeBranch>> experts(static_cast<size_t>(cfg_.num_layers));
+  std::vector<LoraBranch> linears(static_cast<size_t>(cfg_.num_layers * 7));
+  std::vector<std::vector<LoraBranch>> experts(static_cast<size_t>(cfg_.num_layers));
   int64_t gain_floats = 0;
   for (const LoraArenaSlot& s : lora->slots) gain_floats += s.m_off >= 0 ? s.N : 0;
   std::vector<float> gains(static_cast<size_t>(gain_floats));
@@ -154,22 +154,19 @@ void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
       next_gain += s.N;
       dora_gain_ref(arena + s.m_off, norms.data(), s.N, gain);
     }
+    const LoraBranch branch{arena + s.a_off, arena + s.b_off, gain, s.N, s.K, s.r};
     if (s.expert == kNoExpert) {  // (a MoE layer's MLP has no Linears of its own: its targets are the experts')
       QWENQ_CHECK(!cfg_.is_moe_layer(s.layer) || static_cast<int>(s.target) < static_cast<int>(LoraTarget::GateProj),
                   "attach_adapter: " << where() << " is a mixture-of-experts layer's MLP, which has only experts");
-      linears[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = {&s, gain};
+      linears[static_cast<size_t>(s.layer * 7 + static_cast<int>(s.target))] = branch;
       continue;
     }
     QWENQ_CHECK(cfg_.is_moe_layer(s.layer) && s.expert >= -1 && s.expert < E &&
                     (s.expert >= 0 || cfg_.shared_expert_intermediate_size > 0),
                 "attach_adapter: " << where() << " of expert " << s.expert << " is not one of the model's experts");
-    std::vector<MoeBranch>& layer = experts[static_cast<size_t>(s.layer)];
+    std::vector<LoraBranch>& layer = experts[static_cast<size_t>(s.layer)];
     if (layer.empty()) layer.resize(static_cast<size_t>((E + 1) * 3));
-    MoeBranch& b = layer[static_cast<size_t>((s.expert + 1) * 3 + moe_expert_index(s.target))];
-    b.A = arena + s.a_off;
-    b.B = arena + s.b_off;
-    b.gain = gain;
-    b.N = s.N, b.K = s.K, b.r = s.r;
+    layer[static_cast<size_t>((s.expert + 1) * 3 + moe_expert_index(s.target))] = branch;
   }
   lora_linears_ = std::move(linears);
   lora_experts_ = std::move(experts);
@@ -181,13 +178,10 @@ void QwenModel::linear_at(int64_t l, int t, const float* x, int64_t T, const Lin
                           float* y) const {
   apply_linear(w, x, T, bias, y);
   if (lora_ == nullptr) return;
-  const AdaptedLinear& a = lora_linears_[static_cast<size_t>(l * 7 + t)];
-  if (a.slot == nullptr) return;
-  const LoraArenaSlot* s = a.slot;
-  std::vector<float> u(static_cast<size_t>(T * s->r));
-  lora_forward_ref(x, T, s->K, lora_->arena.data() + s->a_off, lora_->arena.data() + s->b_off, s->r, s->N,
-                   lora_->scaling, y, u.data());
-  if (a.gain) dora_scale_rows_ref(y, T, s->N, a.gain, bias.data, bias.dtype);
+  const LoraBranch& b = lora_linears_[static_cast<size_t>(l * 7 + t)];
+  if (b.A == nullptr) return;
+  std::vector<float> u(static_cast<size_t>(T * b.r));
+  lora_branch_forward(b, lora_->scaling, x, T, bias, y, u.data());
 }
 
 template <typename AttnFn>

@@ -115,7 +115,7 @@ class QwenModel {
   // and its bias: y = x Wᵀ (+ b) + s·(x Aᵀ) Bᵀ (lora/lora_linear.h's lora_forward_ref on trainer/lora_inference.h's
   // arena), so a 4-bit base keeps its packed weights (`eval --adapter` and friends, tools/cli_common.h; GRPO's
   // rollouts with the adapter being trained, re-attached before each step's generation). A MoE layer's experts take
-  // their branches the same way (trainer/moe_block.h, MoeBranch). DoRA (PEFT's DoraLinearLayer at inference) scales
+  // their branches the same way (trainer/lora_inference.h's LoraBranch, through trainer/moe_block.h). DoRA (PEFT's DoraLinearLayer at inference) scales
   // each adapted output row by g = m / ‖W + s·B A‖, computed here once (kernels/dora.h's dora_row_norms_ref, the
   // base read as stored: dense, its Q4 form, or dequantized a Linear at a time): y = g·(x Wᵀ + s·(x Aᵀ) Bᵀ) + b,
   // the merged DoRA Linear of trainer/lora_merge.h up to fp32 reassociation. The branch's products are row by row
@@ -204,16 +204,12 @@ class QwenModel {
   std::unique_ptr<Checkpoint> ckpt_;
   std::unique_ptr<GgufFile> gguf_;
   QwenWeights w_;
-  // The attached adapter (attach_adapter): per layer-level Linear [layer · 7 + t] its slot (null: not adapted) and
-  // DoRA gain (null without DoRA); per MoE layer its experts' branches ([(E + 1)·3], empty when the layer has none);
-  // the DoRA gains g = m / ‖W + s·B A‖ of every adapted Linear, computed at attach.
-  struct AdaptedLinear {
-    const LoraArenaSlot* slot = nullptr;
-    const float* gain = nullptr;
-  };
+  // The attached adapter (attach_adapter): per layer-level Linear [layer · 7 + t] its branch (A null: not adapted);
+  // per MoE layer its experts' branches ([(E + 1)·3], empty when the layer has none); the DoRA gains
+  // g = m / ‖W + s·B A‖ of every adapted Linear, computed at attach (the branches point into them).
   const LoraInferenceLayout* lora_ = nullptr;
-  std::vector<AdaptedLinear> lora_linears_;
-  std::vector<std::vector<MoeBranch>> lora_experts_;
+  std::vector<LoraBranch> lora_linears_;
+  std::vector<std::vector<LoraBranch>> lora_experts_;
   std::vector<float> lora_gains_;
 };
 

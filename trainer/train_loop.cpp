@@ -455,7 +455,6 @@ void check_train_options(const TrainOptions& o, bool lead) {
     check_reward_options(o.reward_options);
     QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective reward trains on the CPU for now (the GPU trainer has no "
                                                 "score head): give --device cpu");
-    QWENQ_CHECK(!o.lora.use_dora, "--objective reward: --use-dora is not supported with a score head yet");
   }
   if (o.grpo) {
     check_grpo_options(o.grpo_options);

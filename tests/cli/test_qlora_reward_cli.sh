@@ -5,7 +5,7 @@
 # held-out record to the bit; `merge` makes a reward model directory (Qwen2ForSequenceClassification, score.weight, no
 # lm_head, the pad id) that `eval --objective reward` scores alone as the adapter does and that GRPO takes as
 # `--reward model=DIR`; a stopped and resumed run ends with the same adapter bits; 2 data-parallel ranks train what
-# --grad-accum 2 trains; refusals (the GPU, DoRA, the reward flags without it, the adapter where a language model's is
+# --grad-accum 2 trains; a DoRA reward model learns the pairs and merges; refusals (the GPU, the reward flags without it, the adapter where a language model's is
 # wanted and the reverse) each with one clear line and nothing written.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
@@ -119,6 +119,19 @@ grep -q '"rewards_model_mean":' "$WORK/grpo/metrics.jsonl" || fail "GRPO metrics
 "$QL" "${run[@]}" --out "$WORK/stop" --save-every 10 --resume > "$WORK/resume.txt" 2>&1 || fail "resumed run" "$WORK/resume.txt"
 cmp -s "$WORK/stop/adapter_model.safetensors" "$WORK/run/adapter_model.safetensors" \
   || fail "the resumed reward run differs from the uninterrupted one"
+# DoRA: magnitudes beside the head; the merged directory scores as the adapter does.
+"$QL" "${run[@]}" --use-dora --out "$WORK/dora" > "$WORK/dora.txt" 2>&1 || fail "a DoRA reward run" "$WORK/dora.txt"
+grep -q "eval reward accuracy [0-9.]* -> 1.000" "$WORK/dora.txt" || fail "the DoRA reward model did not learn" "$WORK/dora.txt"
+"$QL" merge --model "$WORK/tiny" --adapter "$WORK/dora" --out "$WORK/rmdora" --dtype fp32 > "$WORK/mdora.txt" 2>&1 \
+  || fail "merge of a DoRA reward adapter" "$WORK/mdora.txt"
+"$QL" "${ev[@]}" --adapter "$WORK/dora" > "$WORK/dora_ad.json" 2>/dev/null || fail "eval of the DoRA reward adapter"
+"$QL" "${ev[@]/$WORK\/tiny/$WORK/rmdora}" > "$WORK/dora_rm.json" 2>/dev/null || fail "eval of the merged DoRA reward model"
+python3 - "$WORK/dora_ad.json" "$WORK/dora_rm.json" <<'PY' || fail "the merged DoRA reward model scores otherwise" "$WORK/dora_rm.json"
+import json, sys
+a, b = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+for k in ("rewards_chosen", "rewards_rejected"):
+    assert abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])), (k, a[k], b[k])
+PY
 # Data parallelism: 2 ranks of one micro-batch against one process with --grad-accum 2.
 dp=(-m "$WORK/tiny" -d "$WORK/pref.jsonl" --objective reward --center-rewards-coefficient 0.01 --seq-len 64 --lora-r 4
     --lr 0.01 --lora-dropout 0.1 --threads 1 -q --device cpu --eval-count 8 --batch-size 2 --max-steps 6)
@@ -133,7 +146,6 @@ expect_error() {  # EXPECTED-SUBSTRING ARGS...
   grep -qF -- "$want" "$WORK/err.txt" || fail "expected \"$want\" for: $*" "$WORK/err.txt"
 }
 expect_error "--objective reward trains on the CPU for now" "${run[@]/cpu/cuda}" --out "$WORK/x1"
-expect_error "--use-dora is not supported with a score head" "${run[@]}" --use-dora --out "$WORK/x2"
 expect_error "--center-rewards-coefficient applies to --objective reward" train --model "$WORK/tiny" \
   --data "$WORK/pref.jsonl" --objective dpo --center-rewards-coefficient 0.1 --max-steps 1 --device cpu --out "$WORK/x3"
 expect_error "--center-rewards-coefficient must be >= 0" "${run[@]}" --center-rewards-coefficient -1 --out "$WORK/x4"

@@ -5,7 +5,7 @@ through transformers' Qwen2ForSequenceClassification + PEFT; and our saved SEQ_C
 A tiny random Qwen2 (fp32, eager attention) saved as a causal LM at base/, loaded as a sequence classifier (num_labels 1,
 a pad_token_id) with a seeded random score head and a PEFT LoRA adapter of task_type SEQ_CLS on all seven Linears (r=4,
 alpha=8, random A and nonzero B), saved by PEFT at policy/ (PEFT's own SEQ_CLS layout: base_model.model.score.weight
-beside the LoRA tensors). Three pairs of a random prompt with a chosen and a rejected completion (random token ids); two
+beside the LoRA tensors); and the same with use_dora (magnitudes randomized too) at policy_dora/. Three pairs of a random prompt with a chosen and a rejected completion (random token ids); two
 sequences end in pad tokens, which transformers' pooling skips (the score is read at the last token that is not the pad
 id). The loss is written out here as TRL's RewardTrainer.compute_loss writes it:
   -logsigmoid(r_c - r_r - margin).mean() + center_rewards_coefficient * mean((r_c + r_r)^2)
@@ -44,11 +44,29 @@ model = transformers.AutoModelForSequenceClassification.from_pretrained(
     os.path.join(out, "base"), num_labels=1, pad_token_id=PAD, attn_implementation="eager").eval()
 with torch.no_grad():
     model.score.weight.copy_(torch.randn_like(model.score.weight) / (config.hidden_size ** 0.5))
-lcfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="SEQ_CLS",
-                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-pm = peft.get_peft_model(model, lcfg)
-randomize_lora(pm)
-pm.save_pretrained(os.path.join(out, "policy"))
+head = model.score.weight.detach().clone()
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def seq_cls_peft(dora, name):
+    """The classifier (the shared head) with a SEQ_CLS adapter, randomized (DoRA's magnitudes too), saved at out/name."""
+    m = transformers.AutoModelForSequenceClassification.from_pretrained(
+        os.path.join(out, "base"), num_labels=1, pad_token_id=PAD, attn_implementation="eager").eval()
+    with torch.no_grad():
+        m.score.weight.copy_(head)
+    p = peft.get_peft_model(m, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="SEQ_CLS",
+                                                target_modules=TARGETS, use_dora=dora))
+    randomize_lora(p)
+    with torch.no_grad():
+        for pname, v in p.named_parameters():
+            if "lora_magnitude_vector" in pname:
+                v.mul_(1.0 + 0.3 * torch.randn_like(v))
+    p.save_pretrained(os.path.join(out, name))
+    return p
+
+
+models = {"policy": seq_cls_peft(False, "policy"), "policy_dora": seq_cls_peft(True, "policy_dora")}
+pm = models["policy"]
 
 seqs = []
 for i, (lp, lc, lr) in enumerate([(5, 4, 3), (7, 3, 6), (4, 6, 2)]):
@@ -64,12 +82,14 @@ def scores(m):
     return [m(input_ids=s[None, :]).logits[0, 0] for s in seqs]
 
 
-CASES = {"plain": dict(center=0.0, margins=[]),
-         "center_margin": dict(center=0.05, margins=[0.5, -0.25, 1.5])}
+CASES = {"plain": dict(adapter="policy", center=0.0, margins=[]),
+         "center_margin": dict(adapter="policy", center=0.05, margins=[0.5, -0.25, 1.5]),
+         "dora": dict(adapter="policy_dora", center=0.0, margins=[0.5, -0.25, 1.5])}
 expected = {"input_ids": torch.cat(seqs).to(torch.int32),
             "lengths": torch.tensor([len(s) for s in seqs], dtype=torch.int32),
             "masks": torch.zeros(sum(len(s) for s in seqs), dtype=torch.int32)}
 for name, c in CASES.items():
+    pm = models[c["adapter"]]
     pm.zero_grad()
     r = torch.stack(scores(pm))
     rc, rr = r[0::2], r[1::2]
