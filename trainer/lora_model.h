@@ -6,6 +6,10 @@
 //   y = x Wᵀ (+ b) + s · (drop(x) Aᵀ) Bᵀ
 // and the loss is L = grad_scale · Σ_t nll(t) over the counted targets (targets[t] != -100); the lm_head runs over
 // chunks of rows, so the [T, V] logits never exist at once, and each chunk's dlogits goes straight into dhidden.
+// Reward modelling (LoraStepOptions::score_rows) replaces the lm_head: a SEQ_CLS adapter's head w [C] reads each
+// sequence's pooled row p_j of the final hidden states h (after the final norm), r_j = h[p_j] · w, the loss L(r) is
+// the objective's (trainer/reward.h), and the backward starts from ∂L/∂h[p_j] = ∂L/∂r_j · w, with
+// ∂L/∂w = Σ_j ∂L/∂r_j · h[p_j].
 //
 // Backward of a block, given dout = ∂L/∂x_out (residual stream x → h1 = x + attn(norm1(x)) → x_out = h1 + mlp(norm2(h1))):
 //   dact = dout W_dᵀᵀ (+ LoRA)               dgate, dup = swiglu'(dact)
