@@ -23,6 +23,15 @@ std::vector<uint8_t> encode(const std::vector<float>& v, DType dtype) {
   return bytes;
 }
 
+// Tensor `name` of the adapter file at `path` widened to fp32 into out[0, n) (F32, BF16 or F16; another dtype is
+// refused by name).
+void read_adapter_tensor(const std::string& path, const std::string& name, const TensorView& v, float* out, size_t n) {
+  QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
+              path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
+                   << "; adapter weights must be F32, BF16 or F16");
+  to_f32(v.dtype, v.data, out, n);
+}
+
 }  // namespace
 
 const char* const kPeftScoreName = "base_model.model.score.weight";
@@ -108,11 +117,7 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
   }
   LoraAdapter adapter(dims, config);
   if (config.seq_cls()) {
-    const TensorView& v = file.get(kPeftScoreName);
-    QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
-                path << ": tensor " << kPeftScoreName << " has dtype " << dtype_name(v.dtype)
-                     << "; adapter weights must be F32, BF16 or F16");
-    to_f32(v.dtype, v.data, adapter.score().data(), adapter.score().size());
+    read_adapter_tensor(path, kPeftScoreName, file.get(kPeftScoreName), adapter.score().data(), adapter.score().size());
     for (float x : adapter.score())
       QWENQ_CHECK(std::isfinite(x), path << ": tensor " << kPeftScoreName << " holds the non-finite value " << x);
     expected.insert(kPeftScoreName);
@@ -131,11 +136,8 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
       QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)
                                         << ", expected " << shape_str(want) << " (r=" << w.r
                                         << " from adapter_config.json; an adapter for a different base model?)");
-      QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
-                  path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
-                       << "; adapter weights must be F32, BF16 or F16");
       std::vector<float>& dst = is_b ? w.B : w.A;
-      to_f32(v.dtype, v.data, dst.data(), dst.size());
+      read_adapter_tensor(path, name, v, dst.data(), dst.size());
     }
     if (config.use_dora) {
       const std::string name = peft_magnitude_name(sl);
@@ -146,10 +148,7 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
       QWENQ_CHECK(v.shape == std::vector<int64_t>{w.N},
                   path << ": DoRA magnitude " << name << " has shape " << shape_str(v.shape) << ", expected ["
                        << w.N << "] (one value per output row; an adapter for a different base model?)");
-      QWENQ_CHECK(v.dtype == DType::F32 || v.dtype == DType::BF16 || v.dtype == DType::F16,
-                  path << ": tensor " << name << " has dtype " << dtype_name(v.dtype)
-                       << "; adapter weights must be F32, BF16 or F16");
-      to_f32(v.dtype, v.data, w.m.data(), w.m.size());
+      read_adapter_tensor(path, name, v, w.m.data(), w.m.size());
       for (int64_t row = 0; row < w.N; ++row) {
         QWENQ_CHECK(std::isfinite(w.m[static_cast<size_t>(row)]),
                     path << ": DoRA magnitude " << name << " has the non-finite value "

@@ -124,11 +124,10 @@ std::string preference_record_from_json(const nlohmann::ordered_json& j, SftReco
 // Every preference record of a file (see the top) as its two prompt-completion records (chosen, rejected), in file
 // order; malformed ones throw naming "file:line", or with skip_bad are counted in stats->skipped. With `margins`, each
 // record's optional "margin" (a finite number: TRL's RewardTrainer column, trainer/reward.h; 0 when absent or null)
-// in the same order, and *any_margin whether a record had one.
+// in the same order.
 std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
                                                                      SftDataStats* stats,
-                                                                     std::vector<double>* margins = nullptr,
-                                                                     bool* any_margin = nullptr);
+                                                                     std::vector<double>* margins = nullptr);
 // Both examples of one pair, each truncated to max_len (0: none); returns whether the pair is kept (both keep a
 // completion token), counted in *stats as load_preference_dataset counts (records = pairs).
 bool prepare_preference_pair(const std::pair<SftRecord, SftRecord>& rec, const Tokenizer& tok,
@@ -138,8 +137,8 @@ bool prepare_preference_pair(const std::pair<SftRecord, SftRecord>& rec, const T
 // train and eval (split by pairs with opt.seed / eval_fraction / eval_count). opt.templ's train_on_prompt and
 // mask_history must be off (the sums are the completions'). A pair either of whose examples keeps no completion token
 // after truncation to opt.max_len is dropped (counted in stats.dropped_no_loss); stats.records counts pairs, tokens
-// both examples. Malformed records are errors naming "file:line", or skipped with opt.skip_bad. When any record has a
-// "margin", train_margins / eval_margins hold each kept pair's (0 where absent), in the order of the pairs.
+// both examples. Malformed records are errors naming "file:line", or skipped with opt.skip_bad. train_margins /
+// eval_margins hold each kept pair's "margin" (0 where absent), in the order of the pairs.
 SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt);
 
 // ---- in a training run (dpo_run.cpp) ---------------------------------------------------------------------------

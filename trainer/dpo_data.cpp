@@ -107,10 +107,8 @@ std::string preference_record_from_json(const Json& j, SftRecord* chosen, SftRec
 }
 
 std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::string& path, bool skip_bad,
-                                                                     SftDataStats* stats, std::vector<double>* margins,
-                                                                     bool* any_margin) {
+                                                                     SftDataStats* stats, std::vector<double>* margins) {
   std::vector<std::pair<SftRecord, SftRecord>> records;
-  if (any_margin) *any_margin = false;
   for_each_json_record(path, skip_bad, stats, [&](const Json& j, const std::string& where) {
     std::pair<SftRecord, SftRecord> rec;
     const std::string why = preference_record_from_json(j, &rec.first, &rec.second);
@@ -120,7 +118,6 @@ std::vector<std::pair<SftRecord, SftRecord>> read_preference_records(const std::
       if (!j["margin"].is_number() || !std::isfinite(j["margin"].get<double>()))
         return "\"margin\" must be a finite number, got " + j["margin"].dump();
       margin = j["margin"].get<double>();
-      if (any_margin) *any_margin = true;
     }
     rec.first.where = rec.second.where = where;
     records.push_back(std::move(rec));
@@ -163,9 +160,8 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
   SftDataset ds;
   SftDataStats& st = ds.stats;
   std::vector<double> record_margins, margins;
-  bool any_margin = false;
   const std::vector<std::pair<SftRecord, SftRecord>> records =
-      read_preference_records(path, opt.skip_bad, &st, &record_margins, &any_margin);
+      read_preference_records(path, opt.skip_bad, &st, &record_margins);
   std::vector<std::pair<SftExample, SftExample>> pairs;
   for (size_t k = 0; k < records.size(); ++k) {
     std::pair<SftExample, SftExample> ex;
@@ -183,10 +179,8 @@ SftDataset load_preference_dataset(const std::string& path, const Tokenizer& tok
       out->push_back(std::move(pairs[static_cast<size_t>(i)].second));
     }
   }
-  if (any_margin) {
-    for (int64_t i : train) ds.train_margins.push_back(margins[static_cast<size_t>(i)]);
-    for (int64_t i : eval) ds.eval_margins.push_back(margins[static_cast<size_t>(i)]);
-  }
+  for (int64_t i : train) ds.train_margins.push_back(margins[static_cast<size_t>(i)]);
+  for (int64_t i : eval) ds.eval_margins.push_back(margins[static_cast<size_t>(i)]);
   st.train_examples = static_cast<int64_t>(train.size());
   st.eval_examples = static_cast<int64_t>(eval.size());
   return ds;

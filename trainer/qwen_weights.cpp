@@ -471,12 +471,14 @@ MoeWeights bind_moe(const QwenConfig& c, const QuantConfig& quant, const Checkpo
 
 }  // namespace
 
+bool is_sequence_classifier(const Checkpoint& ckpt) { return ckpt.has("score.weight") && !ckpt.has("lm_head.weight"); }
+
 QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt, ModelHead head) {
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   QwenWeights w;
   w.embed = fetch(ckpt, "model.embed_tokens.weight", {V, C});
   w.final_norm = fetch(ckpt, "model.norm.weight", {C});
-  const bool classifier = ckpt.has("score.weight") && !ckpt.has("lm_head.weight");
+  const bool classifier = is_sequence_classifier(ckpt);
   if (head == ModelHead::kSequenceScore) {
     QWENQ_CHECK(classifier, ckpt.dir() << ": " << (ckpt.has("lm_head.weight") ? "holds lm_head.weight" : "has no score.weight")
                                        << ", so it is a causal language model, not a sequence classifier "

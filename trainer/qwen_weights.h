@@ -212,6 +212,8 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& quant, const
 // classifier (Qwen2ForSequenceClassification, Qwen3ForSequenceClassification: what reward models are), which holds
 // "score.weight" (no bias) and no "lm_head.weight"; its decoder is the causal LM's, quantized or not.
 enum class ModelHead { kLanguageModel, kSequenceScore };
+// Whether a checkpoint is a sequence classifier's (score.weight and no lm_head.weight).
+bool is_sequence_classifier(const Checkpoint& ckpt);
 
 // Binds views for every tensor the config calls for; Linear layers of a quantized checkpoint (per `quant`) are
 // read in their packed form. `ckpt` must outlive the result. kLanguageModel refuses a sequence classifier's

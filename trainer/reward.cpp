@@ -8,6 +8,7 @@
 #include "core/json_file.h"
 #include "core/safetensors.h"
 #include "trainer/json_fields.h"
+#include "trainer/qwen_weights.h"
 
 namespace qwenq {
 
@@ -28,6 +29,14 @@ double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::l
 void check_reward_options(const RewardOptions& o) {
   QWENQ_CHECK(std::isfinite(o.center_coefficient) && o.center_coefficient >= 0,
               "--center-rewards-coefficient must be >= 0, not " << o.center_coefficient);
+}
+
+void RewardStats::add(const RewardStats& o) {
+  pairs += o.pairs;
+  correct += o.correct;
+  loss += o.loss;
+  reward_c += o.reward_c;
+  reward_r += o.reward_r;
 }
 
 std::vector<double> RewardStats::pack() const {
@@ -68,14 +77,7 @@ std::function<std::vector<double>(const std::vector<double>&)> reward_objective(
                                                                                 int64_t step_pairs, RewardStats* stats) {
   QWENQ_CHECK(step_pairs > 0, "reward_objective: a step of " << step_pairs << " pairs");
   return [o, margins = std::move(margins), step_pairs, stats](const std::vector<double>& r) {
-    const RewardStats s = reward_batch_stats(o, r, margins);
-    if (stats) {
-      stats->pairs += s.pairs;
-      stats->correct += s.correct;
-      stats->loss += s.loss;
-      stats->reward_c += s.reward_c;
-      stats->reward_r += s.reward_r;
-    }
+    if (stats) stats->add(reward_batch_stats(o, r, margins));
     std::vector<double> d(r.size());
     const double inv = 1.0 / static_cast<double>(step_pairs);
     for (size_t k = 0; k < r.size() / 2; ++k) {
@@ -88,17 +90,19 @@ std::function<std::vector<double>(const std::vector<double>&)> reward_objective(
   };
 }
 
+int64_t last_non_pad(const int32_t* tokens, int64_t n, int32_t pad_id) {
+  if (pad_id < 0) return n - 1;
+  for (int64_t i = n - 1; i >= 0; --i)
+    if (tokens[i] != pad_id) return i;
+  return 0;
+}
+
 std::vector<int64_t> reward_pooled_rows(const PackedBatch& b, int32_t pad_id) {
   std::vector<int64_t> rows;
   for (int64_t j = 0; j < b.num_seqs(); ++j) {
-    const int64_t first = b.cu_seqlens[j], last = b.cu_seqlens[j + 1] - 1;
-    QWENQ_CHECK(last >= first, "reward_pooled_rows: sequence " << j << " is empty");
-    int64_t row = last;
-    if (pad_id >= 0) {
-      while (row > first && b.tokens[static_cast<size_t>(row)] == pad_id) --row;
-      if (b.tokens[static_cast<size_t>(row)] == pad_id) row = first;
-    }
-    rows.push_back(row);
+    const int64_t first = b.cu_seqlens[j], n = b.cu_seqlens[j + 1] - first;
+    QWENQ_CHECK(n > 0, "reward_pooled_rows: sequence " << j << " is empty");
+    rows.push_back(first + last_non_pad(b.tokens.data() + first, n, pad_id));
   }
   return rows;
 }
@@ -110,18 +114,13 @@ int32_t reward_pad_id(const std::string& model_dir, const Tokenizer& tok) {
   return tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id();
 }
 
-bool sequence_classifier_dir(const std::string& dir) {
-  const Checkpoint ckpt(dir);
-  return ckpt.has("score.weight") && !ckpt.has("lm_head.weight");
-}
+bool sequence_classifier_dir(const std::string& dir) { return is_sequence_classifier(Checkpoint(dir)); }
 
 double reward_head_init_std(const std::string& model_dir) {
   const std::string path = path_join(model_dir, "config.json");
-  const nlohmann::json j = read_json_file(path);
-  if (!j.contains("initializer_range") || j["initializer_range"].is_null()) return 0.02;
-  QWENQ_CHECK(j["initializer_range"].is_number() && j["initializer_range"].get<double>() >= 0,
-              path << ": initializer_range must be a non-negative number, got " << j["initializer_range"].dump());
-  return j["initializer_range"].get<double>();
+  const double std = optional_number(read_json_file(path), "initializer_range", 0.02, path);
+  QWENQ_CHECK(std >= 0, path << ": initializer_range must be a non-negative number, got " << std);
+  return std;
 }
 
 }  // namespace qwenq

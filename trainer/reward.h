@@ -42,6 +42,7 @@ struct RewardStats {
   double reward_c = 0, reward_r = 0;
   double objective() const { return pairs > 0 ? loss / static_cast<double>(pairs) : 0.0; }
   double accuracy() const { return pairs > 0 ? static_cast<double>(correct) / static_cast<double>(pairs) : 0.0; }
+  void add(const RewardStats& o);
   // The 5 numbers in a fixed order, and back (the data-parallel all-reduce).
   std::vector<double> pack() const;
   static RewardStats unpack(const std::vector<double>& v);
@@ -57,8 +58,10 @@ std::function<std::vector<double>(const std::vector<double>&)> reward_objective(
                                                                                 std::vector<double> margins,
                                                                                 int64_t step_pairs, RewardStats* stats);
 
-// The batch row each sequence of `b` is pooled at: its last token that is not `pad_id` (its first when every one is;
-// pad_id < 0: its last token).
+// The position transformers' sequence classifiers pool in tokens[0, n): the last token that is not `pad_id` (0 when
+// every one is; pad_id < 0: the last token). Training's rows and RewardModel's scoring share it.
+int64_t last_non_pad(const int32_t* tokens, int64_t n, int32_t pad_id);
+// The batch row each sequence of `b` is pooled at (last_non_pad within the sequence).
 std::vector<int64_t> reward_pooled_rows(const PackedBatch& b, int32_t pad_id);
 
 // The pad id of a reward model trained on the model at `model_dir` with tokenizer `tok` (top of this file); -1: none.

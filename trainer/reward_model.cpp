@@ -6,6 +6,7 @@
 #include "core/json_file.h"
 #include "trainer/chat_record.h"
 #include "trainer/json_fields.h"
+#include "trainer/reward.h"
 
 namespace qwenq {
 
@@ -49,12 +50,7 @@ std::vector<int32_t> RewardModel::tokens(const std::string& text) const {
 }
 
 int64_t RewardModel::pooled_position(const std::vector<int32_t>& sequence) const {
-  const int64_t n = static_cast<int64_t>(sequence.size());
-  if (pad_id_ < 0) return n - 1;
-  for (int64_t i = n - 1; i >= 0; --i) {
-    if (sequence[static_cast<size_t>(i)] != pad_id_) return i;
-  }
-  return 0;
+  return last_non_pad(sequence.data(), static_cast<int64_t>(sequence.size()), pad_id_);
 }
 
 std::vector<double> RewardModel::score(const std::vector<std::vector<int32_t>>& sequences) const {

@@ -144,8 +144,7 @@ struct SftDataset {
   SftDataStats stats;
   std::vector<uint8_t> train_labels, eval_labels;  // unpaired preference data (trainer/kto.h): desirable, per unit
   std::vector<std::string> train_records, eval_records;  // GRPO prompts (trainer/grpo.h): each one's record, JSON text
-  // Preference pairs (trainer/dpo.h): each pair's "margin" (reward modelling, trainer/reward.h); empty when no record
-  // has one.
+  // Preference pairs (trainer/dpo.h): each pair's "margin" (reward modelling, trainer/reward.h; 0 without one).
   std::vector<double> train_margins, eval_margins;
 };
 

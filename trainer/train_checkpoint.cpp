@@ -106,30 +106,22 @@ void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAda
   *m = *adapter;
   *v = *adapter;
   SafetensorsFile f(path_join(dir, "optimizer.safetensors"));
-  for (size_t i = 0; i < adapter->slots().size(); ++i) {
-    const LoraSlot& sl = adapter->slots()[i];
-    for (int part = 0; part < (adapter->use_dora() ? 3 : 2); ++part) {  // A, B, DoRA's magnitude
-      const std::string name = part == 2 ? peft_magnitude_name(sl) : peft_tensor_name(sl, part == 1);
-      for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
-        QWENQ_CHECK(f.has(which + name), f.path() << ": no " << which << name);
-        const TensorView& tv = f.get(which + name);
-        LoraWeights& w = dst->weights(i);
-        std::vector<float>& out = part == 2 ? w.m : part == 1 ? w.B : w.A;
-        QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
-                    f.path() << ": " << which << name << " is not F32 with " << out.size() << " values");
-        std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
-      }
-    }
-  }
-  for (auto [which, dst] : {std::pair<const char*, LoraAdapter*>{"m.", m}, {"v.", v}}) {
-    if (!adapter->config().seq_cls()) break;
-    const std::string name = std::string(which) + kPeftScoreName;
+  const auto read = [&f](const std::string& name, std::vector<float>* out) {  // one F32 moment tensor
     QWENQ_CHECK(f.has(name), f.path() << ": no " << name);
     const TensorView& tv = f.get(name);
-    std::vector<float>& out = dst->score();
-    QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out.size()),
-                f.path() << ": " << name << " is not F32 with " << out.size() << " values");
-    std::memcpy(out.data(), tv.data, out.size() * sizeof(float));
+    QWENQ_CHECK(tv.dtype == DType::F32 && tv.numel() == static_cast<int64_t>(out->size()),
+                f.path() << ": " << name << " is not F32 with " << out->size() << " values");
+    std::memcpy(out->data(), tv.data, out->size() * sizeof(float));
+  };
+  for (auto [which, dst] : {std::pair<std::string, LoraAdapter*>{"m.", m}, {"v.", v}}) {
+    for (size_t i = 0; i < adapter->slots().size(); ++i) {
+      const LoraSlot& sl = adapter->slots()[i];
+      LoraWeights& w = dst->weights(i);
+      read(which + peft_tensor_name(sl, false), &w.A);
+      read(which + peft_tensor_name(sl, true), &w.B);
+      if (adapter->use_dora()) read(which + peft_magnitude_name(sl), &w.m);
+    }
+    if (adapter->config().seq_cls()) read(which + kPeftScoreName, &dst->score());  // the reward model's head
   }
   const std::string state_path = path_join(dir, "trainer_state.json");
   nlohmann::json j;

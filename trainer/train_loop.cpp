@@ -898,7 +898,7 @@ TrainReport train_lora(const TrainOptions& o) {
       if (o.reward) {
         so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
         std::vector<double> mu;  // the micro-batch's pairs' margins (example positions 2k, 2k + 1: pair k)
-        for (int64_t k = 0; k < micro[i].num_examples && !data.train_margins.empty(); k += 2) {
+        for (int64_t k = 0; k < micro[i].num_examples; k += 2) {
           const int64_t ex = order[static_cast<size_t>(micro[i].first_index + k)];
           mu.push_back(data.train_margins[static_cast<size_t>(ex / 2)]);
         }
