@@ -376,6 +376,11 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
+  c->add_option("--loraplus-lr-ratio", o.loraplus_lr_ratio,
+                "LoRA+: each B (and DoRA magnitude) learns at this times --lr, each A at --lr (PEFT's "
+                "create_loraplus_optimizer; 16 is the paper's usual value)")
+      ->check(greater_than(0, "POSITIVE"))
+      ->capture_default_str();
   c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();

@@ -1237,7 +1237,7 @@ LoraStepResult LoraModelCuda::loss(const PackedBatch& batch, const std::vector<i
 }
 
 float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
-                                double max_grad_norm) {
+                                double max_grad_norm, double loraplus_lr_ratio) {
   Impl& m = *impl_;
   std::vector<float*> ptr;
   std::vector<int64_t> size;
@@ -1258,11 +1258,22 @@ float LoraModelCuda::adamw_step(double lr, double beta1, double beta2, double ep
     m.end_profiled();
     return norm;
   }
-  // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop.
+  // AdamW is elementwise: one launch over the whole arena is the per-tensor update of the CPU loop. With LoRA+ a
+  // slot's A [r, K] runs at lr and the B [N, r] and m [N] that follow it in the arena at ratio · lr: two launches.
+  const auto update = [&](int64_t off, int64_t n, double rate) {
+    adamw_step_cuda(m.params.as<float>() + off, m.grads.as<float>() + off, m.m.as<float>() + off,
+                    m.v.as<float>() + off, n, rate, beta1, beta2, eps, weight_decay, step, m.st());
+  };
   if (m.total > 0) {
     m.norms_stale = true;
-    adamw_step_cuda(m.params.as<float>(), m.grads.as<float>(), m.m.as<float>(), m.v.as<float>(), m.total, lr, beta1,
-                    beta2, eps, weight_decay, step, m.st());
+    if (loraplus_lr_ratio == 1.0) {
+      update(0, m.total, lr);
+    } else {
+      for (const Slot& sl : m.slots) {
+        update(sl.a_off, sl.b_off - sl.a_off, lr);
+        update(sl.b_off, sl.N * sl.r + (sl.m_off >= 0 ? sl.N : 0), lr * loraplus_lr_ratio);
+      }
+    }
   }
   m.end_profiled();
   QWENQ_CUDA_CHECK(cudaStreamSynchronize(m.st()));

@@ -116,9 +116,10 @@ class LoraModelCuda {
 
   // clip_grad_norm (torch semantics; max_grad_norm <= 0: no clipping) then AdamW (kernels/optim.h) on every A and
   // B, `step` the 1-based count after this update. Returns the norm before clipping; when it is not finite,
-  // nothing is updated (the caller stops, as the CPU loop does).
+  // nothing is updated (the caller stops, as the CPU loop does). LoRA+ (TrainOptions::loraplus_lr_ratio): each B
+  // and DoRA magnitude learns at loraplus_lr_ratio · lr, each A at lr.
   float adamw_step(double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step,
-                   double max_grad_norm);
+                   double max_grad_norm, double loraplus_lr_ratio = 1.0);
   void zero_grads();
   // Data parallelism (trainer/train_loop.h): replaces the gradients by their sum over the group's ranks, through
   // the host (a device -> host copy, ProcessGroup::all_reduce_sum, host -> device); returns when they are back.

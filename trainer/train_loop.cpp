@@ -97,6 +97,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["simpo_gamma"] = o.dpo_options.simpo_gamma;
   }
   if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
+  if (o.loraplus_lr_ratio != 1.0) k["loraplus_lr_ratio"] = o.loraplus_lr_ratio;  // likewise
   if (o.kto) {
     k["objective"] = "kto";
     k["kto_loss"] = kto_loss_name(o.kto_options.loss);
@@ -146,7 +147,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
       {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
       {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
-      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
+      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"}, {"loraplus_lr_ratio", "--loraplus-lr-ratio"},
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
       {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
@@ -190,24 +191,28 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
 
 // Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order, then a reward model's score
 // head. The magnitudes and the head are trained like A and B (AdamW with weight decay: transformers' Trainer decays
-// every parameter but biases and norms).
+// every parameter but biases and norms). lr_scale: each tensor's share of the step's learning rate, LoRA+'s
+// loraplus_lr_ratio for PEFT's "groupB" (every lora_B and every one-dimensional tensor: DoRA's m), 1 for the others
+// (every lora_A and the score head, PEFT's "groupA").
 struct Tensors {
   std::vector<float*> ptr;
   std::vector<int64_t> size;
+  std::vector<double> lr_scale;
 };
-Tensors tensors_of(LoraAdapter& a) {
+Tensors tensors_of(LoraAdapter& a, double loraplus_lr_ratio = 1.0) {
   Tensors t;
+  const auto add = [&t](std::vector<float>* v, double scale) {
+    if (v->empty()) return;  // m without DoRA, a causal LM's (absent) score head
+    t.ptr.push_back(v->data());
+    t.size.push_back(static_cast<int64_t>(v->size()));
+    t.lr_scale.push_back(scale);
+  };
   for (size_t i = 0; i < a.slots().size(); ++i) {
-    for (std::vector<float>* v : {&a.weights(i).A, &a.weights(i).B, &a.weights(i).m}) {
-      if (v->empty()) continue;  // m without DoRA
-      t.ptr.push_back(v->data());
-      t.size.push_back(static_cast<int64_t>(v->size()));
-    }
+    add(&a.weights(i).A, 1.0);
+    add(&a.weights(i).B, loraplus_lr_ratio);
+    add(&a.weights(i).m, loraplus_lr_ratio);
   }
-  if (!a.score().empty()) {
-    t.ptr.push_back(a.score().data());
-    t.size.push_back(static_cast<int64_t>(a.score().size()));
-  }
+  add(&a.score(), 1.0);
   return t;
 }
 
@@ -640,7 +645,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.resume) truncate_metrics(completions_path, st.step);
     else if (file_exists(completions_path)) write_file_atomic(completions_path, std::string());
   }
-  Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
+  Tensors P = tensors_of(adapter, o.loraplus_lr_ratio), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
   std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
 #ifdef QWENQ_HAVE_CUDA
   if (use_cuda) {
@@ -684,6 +689,9 @@ TrainReport train_lora(const TrainOptions& o) {
                  "Linears per layer, %lld parameters\n", (long long)total, (long long)per_step, procs.c_str(),
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
+    if (o.loraplus_lr_ratio != 1.0)
+      std::fprintf(stderr, "train: LoRA+: B%s at %g x the learning rate (peak %.3g), A at %.3g\n",
+                   lcfg.use_dora ? " and DoRA's magnitudes" : "", o.loraplus_lr_ratio, o.lr * o.loraplus_lr_ratio, o.lr);
     if (o.cpu_bf16_matmul && !use_cuda)
       std::fprintf(stderr, "train: base products on bf16 operands (--cpu-matmul bf16)%s\n",
                    bf16_gemm_uses_avx512() ? ", AVX512_BF16"
@@ -949,7 +957,7 @@ TrainReport train_lora(const TrainOptions& o) {
     const auto gpu_step = [&] {
       try {
         return gpu->adamw_step(lr_at_step(o, st.step, total), o.beta1, o.beta2, o.adam_eps, o.weight_decay,
-                               st.step + 1, o.max_grad_norm);
+                               st.step + 1, o.max_grad_norm, o.loraplus_lr_ratio);
       } catch (const OutOfMemoryError& e) {
         throw_training_oom(e, "step " + std::to_string(st.step + 1) + ", the optimizer: ", o, model.config(), lcfg);
       }
@@ -967,8 +975,8 @@ TrainReport train_lora(const TrainOptions& o) {
                         << "checkpoint is " << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
     const double lr = lr_at_step(o, st.step, total);
     for (size_t i = 0; i < P.ptr.size() && !gpu; ++i) {
-      adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr, o.beta1, o.beta2, o.adam_eps,
-                     o.weight_decay, st.step + 1);
+      adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr * P.lr_scale[i], o.beta1, o.beta2,
+                     o.adam_eps, o.weight_decay, st.step + 1);
     }
     ++st.step;
     st.cursor = st.step % reuse == 0 ? it.state() : generation_cursor;

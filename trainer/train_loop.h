@@ -83,6 +83,10 @@ struct TrainOptions {
   int64_t seq_len = 1024, batch_size = 1, grad_accum = 1;
   int64_t epochs = 1, max_steps = 0;  // max_steps > 0 wins over epochs
   double lr = 2e-4, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, max_grad_norm = 1.0;
+  // LoRA+ (Hayou et al. 2024; PEFT's create_loraplus_optimizer, LLaMA-Factory's loraplus_lr_ratio): every B, and
+  // every one-dimensional tensor (DoRA's magnitudes), learns at loraplus_lr_ratio · lr; A and a reward model's score
+  // head at lr. The schedule scales both rates alike; weight decay is weight_decay for all. 1: plain AdamW.
+  double loraplus_lr_ratio = 1.0;
   std::string scheduler = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0, min_lr_ratio = 0.0;

@@ -80,4 +80,13 @@ if "$QL" train --config "$WORK/run.json" --cpu-matmul fp16 --out "$WORK/fp16" > 
   fail "--cpu-matmul fp16 accepted"
 fi
 grep -q -- "--cpu-matmul" "$WORK/fp16.txt" || fail "unclear refusal of --cpu-matmul fp16"
+# LoRA+ changes the update, so a run resumed with another --loraplus-lr-ratio is refused by name; 0 is refused.
+if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume --loraplus-lr-ratio 16 \
+  > "$WORK/lpresume.txt" 2>&1; then fail "resumed a plain run with --loraplus-lr-ratio 16"; fi
+grep -q '"loraplus_lr_ratio" (--loraplus-lr-ratio): saved (none), now 16' "$WORK/lpresume.txt" \
+  || fail "unclear refusal of a changed --loraplus-lr-ratio"
+if "$QL" train --config "$WORK/run.json" --loraplus-lr-ratio 0 --out "$WORK/lp0" > "$WORK/lp0.txt" 2>&1; then
+  fail "--loraplus-lr-ratio 0 accepted"
+fi
+grep -q -- "--loraplus-lr-ratio" "$WORK/lp0.txt" || fail "unclear refusal of --loraplus-lr-ratio 0"
 echo "qlora resume CLI: OK"

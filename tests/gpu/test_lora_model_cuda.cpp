@@ -264,22 +264,25 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
           << ctx << ": dropout_seed " << other.dropout_seed;
     }
 
-    // One AdamW step with clipping: the GPU's update against adamw_step_ref on the GPU's own gradients.
+    // One AdamW step with clipping: the GPU's update against adamw_step_ref on the GPU's own gradients. The DoRA
+    // models take LoRA+'s rates (B and m at 4 lr: a launch per slot's A and per B + m), the others one launch.
     gpu.zero_grads();
     gpu.loss_and_grad(b, targets, so);
     gpu.download_grads(&g_gpu);
     LoraAdapter p_ref = adapter, m_ref = zeros_like(adapter), v_ref = zeros_like(adapter), g_ref = g_gpu;
+    const std::vector<TensorRef> refs = tensor_refs(p_ref);
     auto P = tensors(p_ref), G = tensors(g_ref), M = tensors(m_ref), Vv = tensors(v_ref);
     std::vector<float*> gp;
     std::vector<int64_t> gs;
     for (auto* t : G) gp.push_back(t->data()), gs.push_back(static_cast<int64_t>(t->size()));
-    const double lr = 1e-2, max_norm = 0.05;
+    const double lr = 1e-2, max_norm = 0.05, loraplus_ratio = dora ? 4.0 : 1.0;
     const float norm_ref = clip_grad_norm_ref(gp.data(), gs.data(), static_cast<int>(gp.size()), max_norm);
     for (size_t i = 0; i < P.size(); ++i) {
-      adamw_step_ref(P[i]->data(), G[i]->data(), M[i]->data(), Vv[i]->data(), static_cast<int64_t>(P[i]->size()), lr,
-                     0.9, 0.999, 1e-8, 0.01, 1);
+      const double rate = std::string(refs[i].name) == "A" ? lr : lr * loraplus_ratio;
+      adamw_step_ref(P[i]->data(), G[i]->data(), M[i]->data(), Vv[i]->data(), static_cast<int64_t>(P[i]->size()),
+                     rate, 0.9, 0.999, 1e-8, 0.01, 1);
     }
-    const float norm = gpu.adamw_step(lr, 0.9, 0.999, 1e-8, 0.01, 1, max_norm);
+    const float norm = gpu.adamw_step(lr, 0.9, 0.999, 1e-8, 0.01, 1, max_norm, loraplus_ratio);
     EXPECT_NEAR(norm, norm_ref, 1e-5 * norm_ref) << ctx << ": gradient norm of the same gradients";
     std::vector<float*> cp;
     std::vector<int64_t> cs;
@@ -293,7 +296,7 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     for (size_t i = 0; i < P.size(); ++i) {
       for (size_t j = 0; j < P[i]->size(); ++j) {
         const double want_p = (*P[i])[j], e = std::fabs(static_cast<double>((*pg[i])[j]) - want_p);
-        const double tol = kAdamUlps * std::ldexp(std::fabs(want_p), -23) + kAdamUpdateRelTol * lr;
+        const double tol = kAdamUlps * std::ldexp(std::fabs(want_p), -23) + kAdamUpdateRelTol * lr * loraplus_ratio;
         if (!(e <= tol) && bad++ < 5) {
           ADD_FAILURE() << ctx << ": AdamW tensor " << i << "[" << j << "] = " << (*pg[i])[j] << ", ref " << want_p;
         }
