@@ -4,6 +4,7 @@
 // Memory-bound and elementwise: a grid-stride loop with 16-byte loads and stores when both arrays are 16-byte
 // aligned (element i of a float4 at j is 4j + lane, the flat index the mask needs), scalar for the tail and
 // otherwise. The hash is 3 64-bit multiplies (~12 integer instructions) per element, hidden behind the loads.
+#include <cmath>
 #include <cstdint>
 
 #include "core/error.h"
@@ -59,6 +60,26 @@ __global__ void dropout_backward_kernel(const float* dxd, int64_t n, float p, fl
   for (int64_t j = scalar_from + i; j < n; j += stride) dx[j] = fmaf(dropout_factor(key, j, p, scale), dxd[j], dx[j]);
 }
 
+__global__ void uniform_noise_add_kernel(float* x, int64_t n, float half_width, uint64_t key, bool vec4) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t scalar_from = 0;
+  if (vec4) {
+    const int64_t n4 = n / 4;
+    for (int64_t j = i; j < n4; j += stride) {
+      float4 v = reinterpret_cast<float4*>(x)[j];
+      const int64_t e = 4 * j;
+      v.x = fmaf(half_width, 2.0f * dropout_uniform(key, e) - 1.0f, v.x);
+      v.y = fmaf(half_width, 2.0f * dropout_uniform(key, e + 1) - 1.0f, v.y);
+      v.z = fmaf(half_width, 2.0f * dropout_uniform(key, e + 2) - 1.0f, v.z);
+      v.w = fmaf(half_width, 2.0f * dropout_uniform(key, e + 3) - 1.0f, v.w);
+      reinterpret_cast<float4*>(x)[j] = v;
+    }
+    scalar_from = n4 * 4;
+  }
+  for (int64_t j = scalar_from + i; j < n; j += stride) x[j] = fmaf(half_width, 2.0f * dropout_uniform(key, j) - 1.0f, x[j]);
+}
+
 unsigned blocks_for(int64_t n, bool vec4) {
   const int64_t units = vec4 ? (n + 3) / 4 : n;
   const int64_t b = (units + kThreads - 1) / kThreads;
@@ -89,6 +110,17 @@ void dropout_backward_cuda(const float* dx_drop, int64_t n, float p, uint64_t ke
   const bool vec4 = is_aligned(dx_drop, 16) && is_aligned(dx, 16);
   dropout_backward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(dx_drop, n, p, scale, key, vec4, dx);
   QWENQ_CUDA_CHECK_LAUNCH("dropout_backward_cuda n=" << n << " p=" << p);
+}
+
+void uniform_noise_add_cuda(float* x, int64_t n, float half_width, uint64_t key, CudaStream stream) {
+  QWENQ_CHECK(std::isfinite(half_width) && half_width >= 0.0f,
+              "uniform_noise_add_cuda: the half-width must be finite and >= 0, got " << half_width);
+  QWENQ_CHECK(n >= 0, "uniform_noise_add_cuda: negative size " << n);
+  QWENQ_CHECK(n == 0 || x != nullptr, "uniform_noise_add_cuda: null pointer");
+  if (n == 0) return;
+  const bool vec4 = is_aligned(x, 16);
+  uniform_noise_add_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, half_width, key, vec4);
+  QWENQ_CUDA_CHECK_LAUNCH("uniform_noise_add_cuda n=" << n);
 }
 
 }  // namespace qwenq

@@ -5,6 +5,11 @@
 // The mask is regenerated from (key, i), never stored: the backward and a checkpoint recomputation take the same
 // key. i is the flat index into the caller's row-major array (for a Linear: its [T, K] input). p in [0, 1);
 // p = 0 keeps everything (m_i = 1). Both twins give bit-identical results (integer mask, one product, one fma).
+//
+// Uniform noise from the same generator (NEFTune's embedding noise, Jain et al. 2023, as transformers adds it:
+// uniform in [−a, a)), with u_i = dropout_uniform(key, i) and half-width a:
+//   x_i = fma(a, 2·u_i − 1, x_i)                                  in place; 2·u_i − 1 is exact in fp32
+// so both twins give the same bits in any order.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +21,9 @@ void dropout_forward_ref(const float* x, int64_t n, float p, uint64_t key, float
 
 // dx [n] += mask ⊙ dx_drop [n] (fused multiply-add per element); dx may alias dx_drop.
 void dropout_backward_ref(const float* dx_drop, int64_t n, float p, uint64_t key, float* dx);
+
+// x [n] += U[−half_width, half_width) noise (above); half_width >= 0 and finite.
+void uniform_noise_add_ref(float* x, int64_t n, float half_width, uint64_t key);
 
 }  // namespace qwenq
 
@@ -30,6 +38,7 @@ void dropout_forward_cuda(const float* x, int64_t n, float p, uint64_t key, floa
                           CudaStream stream = nullptr);
 void dropout_backward_cuda(const float* dx_drop, int64_t n, float p, uint64_t key, float* dx,
                            CudaStream stream = nullptr);
+void uniform_noise_add_cuda(float* x, int64_t n, float half_width, uint64_t key, CudaStream stream = nullptr);
 
 }  // namespace qwenq
 #endif  // QWENQ_HAVE_CUDA

@@ -22,6 +22,9 @@
 //   scale      = 1.0f / (1.0f − p)      computed once, on the host, in fp32
 //   x̃_i        = m_i · x_i,  m_i = keep(i) ? scale : 0                       (torch.nn.Dropout: inverted dropout,
 //                                                                           NaN/inf in x propagate as in torch)
+//   noise_key(seed) = mix64(mix64(seed + G))                                 lane 0 of key(), which no (layer,
+//                                                                           target) takes: NEFTune's embedding
+//                                                                           noise (kernels/dropout.h)
 // All integer arithmetic is modulo 2^64. The LoRA trainers (trainer/lora_model.cpp, trainer/lora_model_cuda.cpp)
 // call dropout_key(step's dropout_seed, layer, target index in lora_config.h's table order) per adapted Linear
 // and index the row-major [T, K] input of that Linear, so packing and layout cannot change a mask.
@@ -45,6 +48,12 @@ QWENQ_HOST_DEVICE inline uint64_t dropout_mix64(uint64_t z) {
 QWENQ_HOST_DEVICE inline uint64_t dropout_key(uint64_t seed, int64_t layer, int target) {
   const uint64_t lane = static_cast<uint64_t>(layer) * 8u + static_cast<uint64_t>(target) + 1u;
   return dropout_mix64(dropout_mix64(seed + kDropoutGolden) + lane * kDropoutGolden);
+}
+
+// The key of a step's embedding noise (NEFTune): lane 0 of dropout_key's seed hash, distinct from every dropout key
+// of the same seed (their lanes are 8·layer + target + 1 >= 1).
+QWENQ_HOST_DEVICE inline uint64_t noise_key(uint64_t seed) {
+  return dropout_mix64(dropout_mix64(seed + kDropoutGolden));
 }
 
 // u(key, i) in [0, 1) with 24 random bits.

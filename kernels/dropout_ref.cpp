@@ -37,4 +37,14 @@ void dropout_backward_ref(const float* dx_drop, int64_t n, float p, uint64_t key
   });
 }
 
+void uniform_noise_add_ref(float* x, int64_t n, float half_width, uint64_t key) {
+  QWENQ_CHECK(std::isfinite(half_width) && half_width >= 0.0f,
+              "uniform_noise_add_ref: the half-width must be finite and >= 0, got " << half_width);
+  QWENQ_CHECK(n >= 0, "uniform_noise_add_ref: negative size " << n);
+  QWENQ_CHECK(n == 0 || x != nullptr, "uniform_noise_add_ref: null pointer");
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) x[i] = std::fma(half_width, 2.0f * dropout_uniform(key, i) - 1.0f, x[i]);
+  });
+}
+
 }  // namespace qwenq

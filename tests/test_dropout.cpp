@@ -199,6 +199,45 @@ TEST(Dropout, SameKeySameMaskAnyThreadCountAndInPlace) {
   EXPECT_NE(a, other);
 }
 
+// NEFTune's noise: x + a·(2u − 1) exactly (fma), every value in [x − a, x + a), mean 0 and variance a²/3 (a uniform
+// on [−a, a)) within kSigmas standard errors, a key of its own (not any dropout key of the seed), the same bits for
+// any thread count, and a = 0 changes nothing.
+TEST(UniformNoise, IsTheDocumentedUniformAndKeyedApart) {
+  const int64_t n = kStatN;
+  const float a = 0.25f;
+  const uint64_t key = noise_key(99);
+  std::vector<float> x(n, 0.f);
+  uniform_noise_add_ref(x.data(), n, a, key);
+  double s = 0, s2 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(x[i], std::fma(a, 2.0f * dropout_uniform(key, i) - 1.0f, 0.0f)) << i;
+    ASSERT_GE(x[i], -a);
+    ASSERT_LT(x[i], a);
+    s += x[i], s2 += static_cast<double>(x[i]) * x[i];
+  }
+  const double var = a * a / 3.0, mean = s / n;
+  EXPECT_LT(std::fabs(mean), kSigmas * std::sqrt(var / n)) << "mean " << mean;
+  // Var(noise²) for U[−a, a): E[x⁴] − E[x²]² = a⁴/5 − a⁴/9.
+  const double var4 = std::pow(a, 4) * (1.0 / 5 - 1.0 / 9);
+  EXPECT_LT(std::fabs(s2 / n - var), kSigmas * std::sqrt(var4 / n)) << "variance " << s2 / n << ", want " << var;
+  for (int64_t layer = 0; layer < 4; ++layer)
+    for (int t = 0; t < 8; ++t) EXPECT_NE(key, dropout_key(99, layer, t)) << layer << " " << t;
+  std::vector<float> y(n, 1.f), z(n, 1.f);
+  uniform_noise_add_ref(y.data(), n, a, key);
+  const int threads = num_threads();
+  set_num_threads(1);
+  uniform_noise_add_ref(z.data(), n, a, key);
+  set_num_threads(threads);
+  EXPECT_EQ(y, z);
+  std::vector<float> w(17, 3.f);
+  uniform_noise_add_ref(w.data(), 17, 0.f, key);
+  EXPECT_EQ(w, std::vector<float>(17, 3.f));
+  EXPECT_NE(error_of([&] { uniform_noise_add_ref(w.data(), 1, -1.f, key); })
+                .find("uniform_noise_add_ref: the half-width must be finite and >= 0, got -1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { uniform_noise_add_ref(nullptr, 2, 1.f, key); }).find("null pointer"), std::string::npos);
+}
+
 TEST(Dropout, RefusesBadArguments) {
   float v = 1.f;
   EXPECT_NE(error_of([&] { dropout_forward_ref(&v, 1, 1.0f, 0, &v); })

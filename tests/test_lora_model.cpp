@@ -3,7 +3,7 @@
 // and along the gradient itself (fp32 checkpoints: tests/test_lora_bf16_checkpoints.cpp covers the bf16 ones);
 // checkpointing (recompute) and keeping activations give bit-identical results (with the default bf16 ones);
 // dropout masks are reproducible, and the gradients with dropout match finite differences too; the same on MoE models,
-// whose MLP targets adapt every expert. PyTorch autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
+// whose MLP targets adapt every expert; NEFTune's noise is a training input only. PyTorch autograd + PEFT is the oracle in tests/oracle/test_lora_grad_oracle.py.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -233,6 +233,39 @@ TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
       else EXPECT_NE(r3.nll_sum, r1.nll_sum);
     }
   }
+}
+
+// NEFTune (LoraStepOptions::neftune_half_width): the noise is an input of training steps only. With it, checkpointing
+// and kept activations still agree bit for bit (the checkpoint holds the noisy embeddings the recomputation reads);
+// it moves the loss, differently for another dropout seed; evaluation (train = false) and half-width 0 give the
+// noise-free bits.
+TEST(LoraModel, NeftuneNoiseIsATrainingInputOnly) {
+  QwenModel m(make_model(test::scratch_dir() + "/m"));
+  LoraAdapter a = random_adapter(m);
+  const PackedBatch b = test_batch();
+  const std::vector<int32_t> targets = next_token_targets(b);
+  LoraStepOptions quiet, noisy, keep;
+  quiet.dropout_seed = noisy.dropout_seed = keep.dropout_seed = 77;
+  noisy.neftune_half_width = keep.neftune_half_width = 0.05f;
+  keep.checkpointing = false;
+  LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
+  const double clean = lora_loss_and_grad(m, a, b, targets, nullptr, quiet).nll_sum;
+  const double r1 = lora_loss_and_grad(m, a, b, targets, &g1, noisy).nll_sum;
+  EXPECT_EQ(lora_loss_and_grad(m, a, b, targets, &g2, keep).nll_sum, r1);
+  for (size_t i = 0; i < a.slots().size(); ++i) {
+    EXPECT_EQ(g1.weights(i).A, g2.weights(i).A) << a.slots()[i].path;
+    EXPECT_EQ(g1.weights(i).B, g2.weights(i).B) << a.slots()[i].path;
+  }
+  EXPECT_NE(r1, clean);
+  LoraStepOptions other = noisy;
+  other.dropout_seed = 78;
+  EXPECT_NE(lora_loss_and_grad(m, a, b, targets, nullptr, other).nll_sum, r1);
+  LoraStepOptions eval = noisy;
+  eval.train = false;
+  EXPECT_EQ(lora_loss_and_grad(m, a, b, targets, nullptr, eval).nll_sum, clean);
+  LoraStepOptions zero = noisy;
+  zero.neftune_half_width = 0.f;
+  EXPECT_EQ(lora_loss_and_grad(m, a, b, targets, nullptr, zero).nll_sum, clean);
 }
 
 TEST(LoraModel, RefusesAnAdapterForAnotherBase) {

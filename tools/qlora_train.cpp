@@ -290,6 +290,9 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   if (!o->reward) {
     QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
+  QWENQ_CHECK(!(o->dpo || o->kto || o->grpo || o->reward) || !given("--neftune-noise-alpha"),
+              "--neftune-noise-alpha applies to --objective sft (NEFTune is noise for instruction tuning; the "
+              "preference, reward and GRPO steps here take none)");
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");
@@ -380,6 +383,11 @@ void register_qlora_train(CLI::App& app) {
                 "LoRA+: each B (and DoRA magnitude) learns at this times --lr, each A at --lr (PEFT's "
                 "create_loraplus_optimizer; 16 is the paper's usual value)")
       ->check(greater_than(0, "POSITIVE"))
+      ->capture_default_str();
+  c->add_option("--neftune-noise-alpha", o.neftune_noise_alpha,
+                "NEFTune: uniform noise of half-width alpha/sqrt(L*hidden) on the embeddings in training, L the "
+                "rows' length (transformers' neftune_noise_alpha; 5 is the paper's usual value; SFT only)")
+      ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
   c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")
       ->check(at_least(0, "NONNEGATIVE"))

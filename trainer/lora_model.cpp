@@ -317,6 +317,8 @@ class Runner {
     // Forward: block inputs kept (checkpointing) or every block's intermediates.
     std::vector<std::vector<float>> xs(Lc + 1);
     m_.embed_batch(b_, &xs[0]);
+    if (opt_.train && opt_.neftune_half_width > 0.f)
+      uniform_noise_add_ref(xs[0].data(), T_ * C, opt_.neftune_half_width, noise_key(opt_.dropout_seed));
     round_checkpoint(&xs[0]);
     std::vector<BlockActs> kept(opt_.checkpointing ? 0 : Lc);
     BlockActs scratch;

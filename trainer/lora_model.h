@@ -99,6 +99,12 @@ struct LoraStepOptions {
   // when score_rows is not empty (one row per sequence of the batch). CPU only.
   std::vector<int64_t> score_rows;
   std::function<std::vector<double>(const std::vector<double>& scores)> score_objective;
+  // NEFTune (Jain et al. 2023, transformers' neftune_noise_alpha): in training (train = true) the first block's input,
+  // the batch's embeddings [T, C] row-major, gets U[−a, a) noise, a = neftune_half_width, drawn by
+  // kernels/dropout.h's uniform_noise_add with noise_key(dropout_seed) (the same bits on both trainers); the
+  // checkpoint keeps the noisy input, so recomputation sees what the forward saw. The caller sets a = α/√(L·C), L the
+  // micro-batch's row length, as transformers' hook takes output.size(1)·output.size(2). 0: none.
+  float neftune_half_width = 0.f;
 };
 
 // The dropout seed of micro-batch `micro` of optimizer step `step` (0-based) of a run seeded `run_seed`: each part

@@ -319,7 +319,8 @@ struct LoraModelCuda::Impl {
   // another dtype's are gathered by embedding_gather_ref and uploaded fp32. The token-range error is the gathers'
   // (check_token_ids). The GPU waits for the host's gather: half the bytes, on every core, keep that wait short.
   // A table on the device: embedding_gather_cuda.
-  void embed(const PackedBatch& b) {
+  // noise_half_width > 0: NEFTune's noise (LoraStepOptions::neftune_half_width) added before the slot is saved.
+  void embed(const PackedBatch& b, float noise_half_width = 0.f, uint64_t noise_seed = 0) {
     const QwenConfig& c = cfg;
     const int64_t T = b.num_tokens(), C = c.hidden_size, V = c.vocab_size;
     float* dst = ckpt16 ? xin.as<float>() : xs.as<float>();
@@ -352,6 +353,7 @@ struct LoraModelCuda::Impl {
       const QwenDeviceTensor emb = base->device_embed();
       embedding_gather_cuda(emb.data, emb.dtype, V, C, tokens.as<int32_t>(), T, dst, st(), b.tokens.data());
     }
+    if (noise_half_width > 0.f) uniform_noise_add_cuda(dst, T * C, noise_half_width, noise_key(noise_seed), st());
     save_slot(0, dst, T);
   }
 
@@ -948,7 +950,7 @@ struct LoraModelCuda::Impl {
     upload_owned_async(positions.get(), b.positions, st());
     upload_owned_async(targets.get(), tg, st());
     if (norms_stale) dora_norms();  // no-op without DoRA; A and B change only between calls
-    embed(b);
+    embed(b, train && opt->train ? opt->neftune_half_width : 0.f, drop_seed);
     set_phase(StepPhase::Gaps);  // every op of the blocks has its own phase (Phase scopes)
     // Forward: every block input kept in training; in evaluation two alternating slots suffice. Each block reads
     // its input back from its slot (load_slot), so the forward sees the bf16-rounded inputs the recomputation

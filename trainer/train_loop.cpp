@@ -58,6 +58,10 @@ class LoraModelCuda {
 };
 #endif
 
+float neftune_half_width(double alpha, int64_t row_len, int64_t hidden) {
+  return static_cast<float>(alpha) / std::sqrt(static_cast<float>(row_len * hidden));
+}
+
 double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
   const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
                                             : static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
@@ -98,6 +102,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
   }
   if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
   if (o.loraplus_lr_ratio != 1.0) k["loraplus_lr_ratio"] = o.loraplus_lr_ratio;  // likewise
+  if (o.neftune_noise_alpha > 0) k["neftune_noise_alpha"] = o.neftune_noise_alpha;  // likewise
   if (o.kto) {
     k["objective"] = "kto";
     k["kto_loss"] = kto_loss_name(o.kto_options.loss);
@@ -147,7 +152,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
       {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
       {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
-      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"}, {"loraplus_lr_ratio", "--loraplus-lr-ratio"},
+      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"}, {"loraplus_lr_ratio", "--loraplus-lr-ratio"}, {"neftune_noise_alpha", "--neftune-noise-alpha"},
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
       {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
@@ -448,6 +453,11 @@ void check_train_options(const TrainOptions& o, bool lead) {
               "--scheduler must be cosine, linear or constant, not " << o.scheduler);
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
+  QWENQ_CHECK(o.loraplus_lr_ratio > 0 && std::isfinite(o.loraplus_lr_ratio), "--loraplus-lr-ratio must be positive");
+  QWENQ_CHECK(o.neftune_noise_alpha >= 0 && std::isfinite(o.neftune_noise_alpha),
+              "--neftune-noise-alpha must be >= 0");
+  QWENQ_CHECK(o.neftune_noise_alpha == 0 || !(o.dpo || o.kto || o.grpo || o.reward),
+              "--neftune-noise-alpha applies to --objective sft");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
   o.lora.validate();
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
@@ -689,6 +699,10 @@ TrainReport train_lora(const TrainOptions& o) {
                  "Linears per layer, %lld parameters\n", (long long)total, (long long)per_step, procs.c_str(),
                  (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
                  (long long)adapter.num_parameters());
+    if (o.neftune_noise_alpha > 0)
+      std::fprintf(stderr, "train: NEFTune: embedding noise alpha %g (half-width %.3g per element at %lld-token rows)\n",
+                   o.neftune_noise_alpha, neftune_half_width(o.neftune_noise_alpha, o.seq_len, model.config().hidden_size),
+                   (long long)o.seq_len);
     if (o.loraplus_lr_ratio != 1.0)
       std::fprintf(stderr, "train: LoRA+: B%s at %g x the learning rate (peak %.3g), A at %.3g\n",
                    lcfg.use_dora ? " and DoRA's magnitudes" : "", o.loraplus_lr_ratio, o.lr * o.loraplus_lr_ratio, o.lr);
@@ -902,6 +916,10 @@ TrainReport train_lora(const TrainOptions& o) {
       // One seed per (run seed, step, micro-batch), each part mixed in turn: two pairs share a seed only by a 64-bit
       // hash accident (the former step·64 + i gave micro-batch 64 of a step the masks of micro-batch 0 of the next).
       so.dropout_seed = micro_batch_dropout_seed(o.seed, st.step, static_cast<int64_t>(i));
+      if (o.neftune_noise_alpha > 0) {
+        const int64_t row_len = o.batch_mode == SftBatchMode::kPacking ? o.seq_len : micro[i].padded_len;
+        so.neftune_half_width = neftune_half_width(o.neftune_noise_alpha, row_len, model.config().hidden_size);
+      }
       if (o.paired_batches() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
       if (o.reward) {
         so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);

@@ -87,6 +87,12 @@ struct TrainOptions {
   // every one-dimensional tensor (DoRA's magnitudes), learns at loraplus_lr_ratio · lr; A and a reward model's score
   // head at lr. The schedule scales both rates alike; weight decay is weight_decay for all. 1: plain AdamW.
   double loraplus_lr_ratio = 1.0;
+  // NEFTune (Jain et al. 2023; transformers' neftune_noise_alpha), SFT only: each training micro-batch's embeddings
+  // get U[−a, a) noise, a = neftune_half_width(α, L, hidden_size) with L the micro-batch's row length (packing:
+  // seq_len, as LLaMA-Factory's and TRL's fixed-length packed rows; padding: its longest example, or seq_len with
+  // pad_to_seq_len), keyed by the micro-batch's dropout seed (LoraStepOptions::neftune_half_width). Evaluation has
+  // none. 0: off.
+  double neftune_noise_alpha = 0.0;
   std::string scheduler = "cosine";  // cosine | linear | constant
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0, min_lr_ratio = 0.0;
@@ -202,6 +208,10 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
                               const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
 int64_t data_max_len(const TrainOptions& o);
+
+// NEFTune's half-width α/√(L·d) in fp32, as transformers' hook computes it (torch.sqrt of the int64 L·d as fp32, then
+// α over it in fp32).
+float neftune_half_width(double alpha, int64_t row_len, int64_t hidden);
 
 // The learning rate of step s (0-based) out of total.
 double lr_at_step(const TrainOptions& opt, int64_t step, int64_t total);

@@ -89,4 +89,12 @@ if "$QL" train --config "$WORK/run.json" --loraplus-lr-ratio 0 --out "$WORK/lp0"
   fail "--loraplus-lr-ratio 0 accepted"
 fi
 grep -q -- "--loraplus-lr-ratio" "$WORK/lp0.txt" || fail "unclear refusal of --loraplus-lr-ratio 0"
+# So does NEFTune's noise; it applies to SFT only.
+if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume --neftune-noise-alpha 5 \
+  > "$WORK/nefresume.txt" 2>&1; then fail "resumed a plain run with --neftune-noise-alpha 5"; fi
+grep -q '"neftune_noise_alpha" (--neftune-noise-alpha): saved (none), now 5' "$WORK/nefresume.txt" \
+  || fail "unclear refusal of a changed --neftune-noise-alpha"
+if "$QL" train --config "$WORK/run.json" --objective kto --neftune-noise-alpha 5 --out "$WORK/nefkto" \
+  > "$WORK/nefkto.txt" 2>&1; then fail "--neftune-noise-alpha accepted for kto"; fi
+grep -q -- "--neftune-noise-alpha applies to --objective sft" "$WORK/nefkto.txt" || fail "unclear refusal of NEFTune for kto"
 echo "qlora resume CLI: OK"

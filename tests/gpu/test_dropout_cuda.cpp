@@ -3,6 +3,7 @@
 // is no tolerance. Sweep: awkward n (1, 3, 7, 17, 4097, 4·k + 3, past the grid-stride limit) and real Qwen2.5
 // LoRA inputs [T, K] (K = 896, 3584, 4864, 18944, 29568 with T from 1 to 512), arrays 16-byte aligned and not
 // (offset 1: the scalar path), p from 0 to 0.9, guard elements after every output, in place; the argument errors.
+// uniform_noise_add_cuda (NEFTune's embedding noise) over the same sweep, bit for bit with uniform_noise_add_ref.
 // Inputs carry NaN, ±inf and -0, which must land where the ref puts them. Every test skips without a device.
 #include <gtest/gtest.h>
 
@@ -117,6 +118,15 @@ TEST_P(DropoutCuda, BitExactWithRef) {
   dropout_backward_ref(g2_ref.data(), n64, p, key, g2_ref.data());
   expect_bits(d_x.download(), off, xd_ref, "in-place forward " + ctx);
   expect_bits(d_g.download(), off, g2_ref, "in-place backward " + ctx);
+
+  // NEFTune's uniform noise (in place), half-width from p (0: x unchanged), NaN/inf carried as the ref carries them.
+  const float half_width = 0.5f * p;
+  std::vector<float> noisy_ref = x;
+  uniform_noise_add_ref(noisy_ref.data(), n64, half_width, noise_key(seed));
+  DeviceBuffer<float> d_n(placed(x, off));
+  uniform_noise_add_cuda(d_n.get() + off, n64, half_width, noise_key(seed));
+  sync();
+  expect_bits(d_n.download(), off, noisy_ref, "uniform noise " + ctx);
 }
 
 std::string drop_name(const ::testing::TestParamInfo<DropParam>& info) {
@@ -154,6 +164,10 @@ TEST(DropoutCudaErrors, BadArgumentsNameTheValues) {
   EXPECT_NE(message([&] { dropout_backward_cuda(p, -1, 0.1f, 0, p); }).find("dropout_backward_cuda: negative size -1"),
             std::string::npos);
   EXPECT_NE(message([&] { dropout_backward_cuda(p, 3, 0.1f, 0, p); }).find("null pointer"), std::string::npos);
+  EXPECT_NE(message([&] { uniform_noise_add_cuda(p, 4, -1.0f, 0); })
+                .find("uniform_noise_add_cuda: the half-width must be finite and >= 0, got -1"),
+            std::string::npos);
+  EXPECT_NE(message([&] { uniform_noise_add_cuda(p, 3, 0.1f, 0); }).find("null pointer"), std::string::npos);
   dropout_forward_cuda(nullptr, 0, 0.1f, 0, nullptr);  // n = 0: nothing checked beyond p, nothing launched
   sync();
 }

@@ -6,7 +6,8 @@
 //     BF16, and the Qwen2 one quantized by round-to-nearest into GPTQ v1 (group 32: the Q4 dequant-matmul forward
 //     and its transpose for dx);
 //   - lora_dropout 0.1 on the tiny F32, D = 64 BF16 and 4-bit models: the masks are the CPU's (counter-based,
-//     kernels/dropout_mask.h), so the same tolerances apply; evaluation has no dropout;
+//     kernels/dropout_mask.h), so the same tolerances apply; evaluation has no dropout; these steps also add
+//     NEFTune's embedding noise (LoraStepOptions::neftune_half_width, the same generator);
 //   - three training runs of 50 steps (tiny F32 with and without dropout, and the 4-bit D = 64 model) with
 //     use_cuda against the CPU's;
 //   - stories260K (D = 8, the naive kernels on a real model) when the shared data is there;
@@ -225,6 +226,9 @@ void expect_step_matches_cpu(const std::string& dir, double loss_tol, double gra
     so.grad_scale = 1.0 / static_cast<double>(counted);
     so.dropout_seed = 4242 + bi;
     so.bf16_checkpoints = bf16_checkpoints;
+    // The dropout runs take NEFTune's embedding noise too (the same counter-based draws on both sides; none in
+    // evaluation, which the train = false comparison below checks).
+    so.neftune_half_width = dropout > 0.0 ? 0.05f : 0.f;
     LoraAdapter g_cpu = zeros_like(adapter);
     const LoraStepResult want = lora_loss_and_grad(cpu, adapter, b, targets, &g_cpu, so);
 
