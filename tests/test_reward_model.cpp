@@ -1,21 +1,27 @@
 // Reward models (trainer/reward_model.h) and GRPO's `--reward model=DIR`: a sequence classifier made from a tiny
 // random model (its lm_head dropped for a two-label score head), scored against the causal LM's own final hidden
 // states times the head's first row at transformers' pooled position; the texts TRL builds; the refusals of a
-// classifier used as a language model and of a language model used as a classifier; and a GRPO run rewarded by it.
+// classifier used as a language model and of a language model used as a classifier; a SEQ_CLS adapter directory as a
+// reward model (on a language model, and on a reward model it trains further); and a GRPO run rewarded by it.
 // tests/oracle/test_reward_model_oracle.py checks the scores against transformers' Qwen2ForSequenceClassification.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "core/files.h"
 #include "core/rng.h"
+#include "lora/peft_io.h"
 #include "trainer/grpo_reward.h"
+#include "trainer/lora_merge.h"
+#include "trainer/lora_model.h"
 #include "trainer/quantize_model.h"
+#include "trainer/reward.h"
 #include "trainer/reward_model.h"
 #include "trainer/train_loop.h"
 #include "tests/support/safetensors_edit.h"
@@ -104,15 +110,129 @@ TEST(RewardModel, ScoresThePooledHiddenStateWithTheFirstLabel) {
   EXPECT_TRUE(contains(error_of([&] { rm.score({{1, 2}, {}}); }), "sequence 1 has no tokens"));
 }
 
-TEST(RewardModel, WithoutAPadIdTheLastTokenIsPooled) {
+// Without config.json's pad_token_id the tokenizer's pad token is pooled over, else its EOS (reward_pad_id: where
+// training pooled, and what TRL's GRPOTrainer sets).
+TEST(RewardModel, WithoutAConfigPadIdTheTokenizersPadOrEosIsSkipped) {
   const std::string root = test::scratch_dir();
   const std::string dir = make_reward_model(root, 0);
   Json cfg = Json::parse(read_file(path_join(dir, "config.json")));
   cfg["pad_token_id"] = nullptr;
   write_file_atomic(path_join(dir, "config.json"), cfg.dump(2));
   const RewardModel rm(dir);
-  EXPECT_EQ(rm.pad_token_id(), -1);
-  EXPECT_EQ(rm.pooled_position({0, 0, 0}), 2);
+  const Tokenizer tok = Tokenizer::from_dir(dir);
+  const int32_t want = tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id();
+  ASSERT_GE(want, 0);
+  EXPECT_EQ(rm.pad_token_id(), want);
+  EXPECT_EQ(rm.pooled_position({0, 1, 2, want}), 2);
+  EXPECT_EQ(rm.pad_token_id(), reward_pad_id(dir, tok));
+}
+
+// A SEQ_CLS adapter directory (train --objective reward's output) on the language model it names: its LoRA unmerged
+// beside the base, its own head; the scores those of the base with the adapter merged in memory times the adapter's
+// head (fp32 sums of the same terms in another order). A reward model directory as the base keeps its decoder and
+// takes the adapter's head instead of its own. GRPO's model=ADAPTER_DIR scores with it; a CAUSAL_LM adapter, an
+// adapter without a base or with one that is not there, are refused by name.
+constexpr double kAdapterRewardRelTol = 1e-5;
+
+LoraAdapter seq_cls_adapter(const QwenModel& base, uint64_t seed) {
+  LoraConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.target_modules = {"q_proj", "v_proj", "down_proj"};
+  c.num_labels = 1;
+  c.base_model = base.dir();
+  LoraAdapter a(lora_dims_of(base.config()), c);
+  a.init_peft(seed);
+  Rng rng(seed + 1);
+  for (size_t i = 0; i < a.slots().size(); ++i)
+    for (float& b : a.weights(i).B) b = 0.2f * static_cast<float>(rng.normal());
+  a.init_score_head(seed + 2, 0.5);
+  return a;
+}
+
+std::vector<double> merged_rewards(const std::string& base_dir, const LoraAdapter& a,
+                                   const std::vector<std::vector<int32_t>>& seqs, int32_t pad) {
+  QwenModel m(base_dir);
+  merge_adapter_in_memory(m, a);
+  const int64_t C = m.config().hidden_size;
+  std::vector<double> out;
+  for (const auto& seq : seqs) {
+    std::vector<float> hidden;
+    m.forward_hidden(PackedBatch::from_sequences({seq}), &hidden);
+    const int64_t pos = last_non_pad(seq.data(), static_cast<int64_t>(seq.size()), pad);
+    double r = 0;
+    for (int64_t c = 0; c < C; ++c) r += static_cast<double>(hidden[static_cast<size_t>(pos * C + c)]) * a.score()[c];
+    out.push_back(r);
+  }
+  return out;
+}
+
+TEST(RewardModel, AnAdapterDirectoryScoresAsItsMergedModel) {
+  const std::string root = test::scratch_dir();
+  make_reward_model(root, 300);
+  const std::string lm = root + "/lm";
+  const LoraAdapter a = seq_cls_adapter(QwenModel(lm), 31);
+  save_peft_adapter(root + "/rm_adapter", a);
+  const RewardModel rm(root + "/rm_adapter");
+  EXPECT_TRUE(rm.is_adapter());
+  EXPECT_EQ(rm.base_dir(), lm);
+  EXPECT_EQ(rm.num_labels(), 1);
+  const std::vector<std::vector<int32_t>> seqs = {{5, 9, 40, 41, 42}, {7, 8}, {12, 13, 14, 15, 16, 17, 18}};
+  const std::vector<double> got = rm.score(seqs);
+  const std::vector<double> want = merged_rewards(lm, a, seqs, rm.pad_token_id());
+  double scale = 0;
+  for (double v : want) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < seqs.size(); ++i) EXPECT_NEAR(got[i], want[i], kAdapterRewardRelTol * scale) << i;
+  // The base alone (B = 0, the same head) scores otherwise: the adapter is applied.
+  LoraAdapter zero = a;
+  for (size_t i = 0; i < zero.slots().size(); ++i) std::fill(zero.weights(i).B.begin(), zero.weights(i).B.end(), 0.f);
+  EXPECT_NE(merged_rewards(lm, zero, seqs, rm.pad_token_id()), want);
+
+  // GRPO's --reward model=ADAPTER_DIR.
+  auto f = make_reward_functions({"model=" + root + "/rm_adapter"}, 16);
+  const Json plain = {{"prompt", "Once upon a time"}};
+  std::vector<RewardSample> s(1);
+  s[0].record = &plain, s[0].completion = " a dog.";
+  EXPECT_EQ(f[0]->score(s), rm.score({rm.tokens("Once upon a time a dog.")}));
+
+  // Refusals: a CAUSAL_LM adapter; no base named; a base that is not there.
+  LoraAdapter lm_adapter(lora_dims_of(QwenModel(lm).config()), [&] {
+    LoraConfig c = a.config();
+    c.num_labels = 0;
+    return c;
+  }());
+  lm_adapter.init_peft(3);
+  save_peft_adapter(root + "/lm_adapter", lm_adapter);
+  std::string e = error_of([&] { RewardModel m(root + "/lm_adapter"); });
+  EXPECT_TRUE(contains(e, "cannot score with the LoRA adapter " + root + "/lm_adapter")) << e;
+  for (const auto& [dir, base, what] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {root + "/nobase", "", "names no base model"}, {root + "/gone", root + "/gone_base", "is not a model here"}}) {
+    LoraAdapter b = a;
+    LoraConfig c = a.config();
+    c.base_model = base;
+    b = LoraAdapter(lora_dims_of(QwenModel(lm).config()), c);
+    b.init_peft(3);
+    b.init_score_head(4, 0.5);
+    save_peft_adapter(dir, b);
+    e = error_of([&] { RewardModel m(dir); });
+    EXPECT_TRUE(contains(e, "reward model " + dir + ": ") && contains(e, what)) << e;
+  }
+}
+
+TEST(RewardModel, AnAdapterOnARewardModelTakesTheAdaptersHead) {
+  const std::string root = test::scratch_dir();
+  const std::string rm_dir = make_reward_model(root, 300);
+  const LoraAdapter a = seq_cls_adapter(QwenModel(rm_dir, ModelHead::kSequenceScore), 41);
+  save_peft_adapter(root + "/more", a);
+  const RewardModel rm(root + "/more");
+  EXPECT_EQ(rm.base_dir(), rm_dir);
+  EXPECT_EQ(rm.num_labels(), 1);  // the adapter's head [1, C], not the base's [2, C]
+  const std::vector<std::vector<int32_t>> seqs = {{5, 9, 40, 41, 42, 300}, {7, 8}};
+  // The classifier's decoder is the language model's (make_reward_model copies it), so the reference merges into lm.
+  const std::vector<double> got = rm.score(seqs), want = merged_rewards(root + "/lm", a, seqs, 300);
+  double scale = 0;
+  for (double v : want) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < seqs.size(); ++i) EXPECT_NEAR(got[i], want[i], kAdapterRewardRelTol * scale) << i;
 }
 
 TEST(RewardModel, TextsAreTrlsPromptPlusCompletionOrItsChatTemplate) {

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "trainer/gsm8k.h"
 #include "trainer/model_dir.h"
 #include "trainer/reward_model.h"
@@ -151,8 +152,9 @@ class SoftOverlong : public RewardFunction {
 class ModelReward : public RewardFunction {
  public:
   explicit ModelReward(const std::string& dir) : rm_(dir) {
-    std::fprintf(stderr, "reward model %s: %s, %lld layers, hidden %lld, score head [%lld, %lld]%s\n", dir.c_str(),
-                 rm_.model().config().model_type.c_str(), (long long)rm_.model().config().num_layers,
+    const std::string on = rm_.is_adapter() ? " (a LoRA adapter on " + rm_.base_dir() + ")" : "";
+    std::fprintf(stderr, "reward model %s%s: %s, %lld layers, hidden %lld, score head [%lld, %lld]%s\n", dir.c_str(),
+                 on.c_str(), rm_.model().config().model_type.c_str(), (long long)rm_.model().config().num_layers,
                  (long long)rm_.model().config().hidden_size, (long long)rm_.num_labels(),
                  (long long)rm_.model().config().hidden_size,
                  rm_.num_labels() > 1 ? " (the first label's logit is the reward)" : "");
@@ -344,7 +346,9 @@ std::vector<std::unique_ptr<RewardFunction>> make_reward_functions(const std::ve
       f = std::make_unique<SoftOverlong>(max_completion_len, cache);
     } else if (kind == "model") {
       try {
-        f = std::make_unique<ModelReward>(resolve_model_dir(arg, "main"));
+        // A SEQ_CLS adapter directory as it is (RewardModel finds its base); a model directory or repo id resolved.
+        const bool adapter = file_exists(path_join(arg, "adapter_config.json")) && !file_exists(path_join(arg, "config.json"));
+        f = std::make_unique<ModelReward>(adapter ? arg : resolve_model_dir(arg, "main"));
       } catch (const Error& e) {
         QWENQ_FAIL("--reward " << spec << ": " << e.what());
       }

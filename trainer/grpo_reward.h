@@ -16,7 +16,8 @@
 //   soft_overlong=C   DAPO's soft overlong punishment (TRL's get_soft_overlong_punishment with max_completion_len
 //                     L and cache C): 0 for |o| <= L − C, (L − C − |o|)/C up to L, −1 beyond.
 //   model=DIR         a reward model (trainer/reward_model.h): a Qwen2/Qwen3ForSequenceClassification directory or
-//                     Hugging Face repo id (offline cache), its score of the prompt and completion as TRL's
+//                     Hugging Face repo id (offline cache), or a SEQ_CLS adapter directory (`train --objective
+//                     reward`'s run) on the base it names, its score of the prompt and completion as TRL's
 //                     GRPOTrainer computes it with a reward model among its reward functions (its own tokenizer and
 //                     chat template); loaded once, run on the CPU.
 //   cmd=COMMAND       an external scorer, started once (`/bin/sh -c COMMAND`) and kept for the run: for each batch

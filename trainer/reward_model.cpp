@@ -4,8 +4,10 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/json_file.h"
+#include "lora/lora_config.h"
 #include "trainer/chat_record.h"
-#include "trainer/json_fields.h"
+#include "trainer/lora_merge.h"
+#include "trainer/model_dir.h"
 #include "trainer/reward.h"
 
 namespace qwenq {
@@ -14,39 +16,71 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// config.json's pad_token_id: an integer, or -1 when absent or null.
-int32_t config_pad_id(const std::string& dir) {
-  const std::string path = path_join(dir, "config.json");
-  const nlohmann::json j = read_json_file(path);
-  return static_cast<int32_t>(optional_int(j, "pad_token_id", -1, path));
+bool is_adapter_dir(const std::string& dir) {
+  return file_exists(path_join(dir, "adapter_config.json")) && !file_exists(path_join(dir, "config.json"));
+}
+
+// An adapter directory's base: its adapter_config.json's base_model_name_or_path, resolved as --model resolves one.
+std::string adapter_base(const std::string& adapter_dir) {
+  const LoraConfig c = load_lora_config(adapter_dir);
+  QWENQ_CHECK(!c.base_model.empty(), "reward model " << adapter_dir << ": adapter_config.json names no base model "
+                                                     << "(base_model_name_or_path); merge it into its base with "
+                                                     << "`qwen-qlora merge` and give that directory");
+  try {
+    return resolve_model_dir(c.base_model, "main");
+  } catch (const Error& e) {
+    QWENQ_FAIL("reward model " << adapter_dir << ": its base \"" << c.base_model
+                               << "\" (adapter_config.json's base_model_name_or_path) is not a model here: "
+                               << e.what());
+  }
 }
 
 }  // namespace
 
 RewardModel::RewardModel(const std::string& dir)
-    : dir_(dir),
-      model_(std::make_unique<QwenModel>(dir, ModelHead::kSequenceScore)),
-      tok_(Tokenizer::from_dir(dir)),
-      pad_id_(config_pad_id(dir)) {}
+    : dir_(dir), base_dir_(is_adapter_dir(dir) ? adapter_base(dir) : dir) {
+  if (!is_adapter_dir(dir)) {
+    model_ = std::make_unique<QwenModel>(dir, ModelHead::kSequenceScore);
+    head_ = tensor_to_f32(model_->weights().score);
+  } else {
+    // The base as it is (a reward model directory trained further keeps its decoder; its own head is replaced by the
+    // adapter's, PEFT's modules_to_save).
+    model_ = std::make_unique<QwenModel>(base_dir_, sequence_classifier_dir(base_dir_) ? ModelHead::kSequenceScore
+                                                                                       : ModelHead::kLanguageModel);
+    adapter_ = std::make_unique<LoraAdapter>(
+        load_adapter_for_base(dir, base_dir_, model_->config(), AdapterUse::Score));
+    layout_ = std::make_unique<LoraInferenceLayout>(lora_inference_layout(*adapter_, model_->config(), dir));
+    model_->attach_adapter(layout_.get());
+    head_ = adapter_->score();
+  }
+  tok_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(base_dir_));
+  pad_id_ = reward_pad_id(base_dir_, *tok_);
+}
 
-int64_t RewardModel::num_labels() const { return model_->weights().score.shape.at(0); }
+RewardModel::~RewardModel() {
+  if (model_) model_->attach_adapter(nullptr);
+}
+
+int64_t RewardModel::num_labels() const {
+  return static_cast<int64_t>(head_.size()) / model_->config().hidden_size;
+}
 
 std::string RewardModel::text(const Json& prompt, const std::string& completion) const {
   if (prompt.is_string()) return prompt.get<std::string>() + completion;
   QWENQ_CHECK(prompt.is_array(), "reward model " << dir_ << ": a prompt is a string or a message list, not "
                                                  << prompt.type_name());
-  QWENQ_CHECK(tok_.has_chat_template(), "reward model " << dir_ << ": its tokenizer has no chat template, so a "
+  QWENQ_CHECK(tok_->has_chat_template(), "reward model " << dir_ << ": its tokenizer has no chat template, so a "
                                                            "conversational prompt cannot be rendered for it");
   Json messages = prompt;
   messages.push_back(Json{{"role", "assistant"}, {"content", completion}});
   std::vector<ChatMessage> parsed;
   const std::string why = parse_chat_record(Json{{"messages", messages}}, /*need_assistant=*/true, &parsed, nullptr);
   QWENQ_CHECK(why.empty(), "reward model " << dir_ << ": the prompt's messages: " << why);
-  return tok_.apply_chat_template(parsed, /*add_generation_prompt=*/false);
+  return tok_->apply_chat_template(parsed, /*add_generation_prompt=*/false);
 }
 
 std::vector<int32_t> RewardModel::tokens(const std::string& text) const {
-  return tok_.encode(text, /*add_special_tokens=*/false);
+  return tok_->encode(text, /*add_special_tokens=*/false);
 }
 
 int64_t RewardModel::pooled_position(const std::vector<int32_t>& sequence) const {
@@ -54,9 +88,8 @@ int64_t RewardModel::pooled_position(const std::vector<int32_t>& sequence) const
 }
 
 std::vector<double> RewardModel::score(const std::vector<std::vector<int32_t>>& sequences) const {
-  const QwenWeights& w = model_->weights();
   const int64_t C = model_->config().hidden_size;
-  const std::vector<float> head = tensor_to_f32(w.score);  // row 0 is the reward's
+  const std::vector<float>& head = head_;  // row 0 is the reward's
   std::vector<double> out(sequences.size());
   std::vector<float> hidden;
   size_t i = 0;

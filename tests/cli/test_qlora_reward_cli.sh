@@ -114,6 +114,17 @@ PY
   --max-completion-len 4 --batch-size 2 --max-steps 1 --lora-r 4 --threads 1 --quiet --device cpu --out "$WORK/grpo" \
   > "$WORK/grpo.txt" 2>&1 || fail "GRPO with the merged reward model" "$WORK/grpo.txt"
 grep -q '"rewards_model_mean":' "$WORK/grpo/metrics.jsonl" || fail "GRPO metrics" "$WORK/grpo/metrics.jsonl"
+# ... and so does the run directory itself (the SEQ_CLS adapter on the base its adapter_config.json names, unmerged):
+# the same completions (same seed and policy), rewards equal up to the merge's fp32 rounding.
+"$QL" train -m "$WORK/tiny" -d "$WORK/p.jsonl" --objective grpo --reward "model=$WORK/run" --num-generations 2 \
+  --max-completion-len 4 --batch-size 2 --max-steps 1 --lora-r 4 --threads 1 --quiet --device cpu --out "$WORK/grpo_ad" \
+  > "$WORK/grpo_ad.txt" 2>&1 || fail "GRPO with the reward adapter directory" "$WORK/grpo_ad.txt"
+python3 - "$WORK/grpo/metrics.jsonl" "$WORK/grpo_ad/metrics.jsonl" <<'PY' || fail "the adapter directory rewards otherwise"
+import json, sys
+a, b = ([j for j in map(json.loads, open(p)) if "rewards_model_mean" in j][0] for p in sys.argv[1:3])
+x, y = a["rewards_model_mean"], b["rewards_model_mean"]
+assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (x, y)
+PY
 # A run stopped at step 10 and resumed ends with the adapter of the run that never stopped (score head included).
 "$QL" "${run[@]}" --out "$WORK/stop" --save-every 10 --stop-after 10 > "$WORK/stop.txt" 2>&1 || fail "stopped run" "$WORK/stop.txt"
 "$QL" "${run[@]}" --out "$WORK/stop" --save-every 10 --resume > "$WORK/resume.txt" 2>&1 || fail "resumed run" "$WORK/resume.txt"
