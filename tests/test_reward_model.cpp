@@ -2,12 +2,14 @@
 // random model (its lm_head dropped for a two-label score head), scored against the causal LM's own final hidden
 // states times the head's first row at transformers' pooled position; the texts TRL builds; the refusals of a
 // classifier used as a language model and of a language model used as a classifier; a SEQ_CLS adapter directory as a
-// reward model (on a language model, and on a reward model it trains further); and a GRPO run rewarded by it.
+// reward model (on a language model, and on a reward model it trains further); GPTQ and AWQ of a reward model against
+// its language model twin's; and a GRPO run rewarded by it.
 // tests/oracle/test_reward_model_oracle.py checks the scores against transformers' Qwen2ForSequenceClassification.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -322,6 +324,48 @@ TEST(RewardModel, AnNf4RewardModelScoresAsItsDequantizedTwin) {
   for (double v : b) scale = std::max(scale, std::fabs(v));
   for (size_t i = 0; i < seqs.size(); ++i) EXPECT_NEAR(a[i], b[i], kPackedRewardRelTol * scale) << i;
   EXPECT_NE(a, c);  // quantization moved the rewards
+}
+
+// GPTQ and AWQ calibrate a reward model through its decoder alone: its Linears come out as those of its language model
+// twin quantized the same way (the same tensors, byte for byte), the score head passes through unquantized, the
+// output is still a sequence classifier, and it scores as that twin's decoder times the head.
+TEST(RewardModel, GptqAndAwqQuantizeItsDecoderAsTheLanguageModelsAndKeepTheHead) {
+  const std::string root = test::scratch_dir();
+  const std::string rm = make_reward_model(root, 300), lm = root + "/lm";
+  const std::string calib = test::write_random_words(root + "/calib.txt", 30000, 7);
+  const auto same_decoder = [&](const std::string& from_lm, const std::string& from_rm, const std::string& what) {
+    const Checkpoint a(from_lm), b(from_rm), src(rm);
+    for (const std::string& name : a.names()) {
+      ASSERT_TRUE(b.has(name)) << what << ": " << name;
+      const TensorView x = a.get(name), y = b.get(name);
+      ASSERT_EQ(x.shape, y.shape) << what << ": " << name;
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << what << ": " << name << " differs";
+    }
+    ASSERT_TRUE(b.has("score.weight") && !b.has("lm_head.weight")) << what;
+    const TensorView h = b.get("score.weight"), h0 = src.get("score.weight");
+    EXPECT_TRUE(h.dtype == h0.dtype && std::memcmp(h.data, h0.data, h0.nbytes()) == 0) << what << ": the head changed";
+    EXPECT_TRUE(contains(read_file(path_join(from_rm, "config.json")), "ForSequenceClassification")) << what;
+    const RewardModel q(from_rm);
+    const QwenModel twin(from_lm);
+    const std::vector<std::vector<int32_t>> seqs = {{5, 9, 40, 41, 300}, {7, 8, 9}};
+    const std::vector<double> got = q.score(seqs);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const double want = reference_reward(twin, seqs[i], q.pooled_position(seqs[i]));
+      EXPECT_NEAR(got[i], want, kRewardRelTol * std::max(1.0, std::fabs(want))) << what << " " << i;
+    }
+  };
+  GptqModelOptions g = test::tiny_gptq_options(lm, calib, /*seed=*/2, root + "/lm_gptq");
+  gptq_quantize_model(g);
+  g.out.model_dir = rm;
+  g.out.out_dir = root + "/rm_gptq";
+  gptq_quantize_model(g);
+  same_decoder(root + "/lm_gptq", root + "/rm_gptq", "gptq");
+  AwqModelOptions a = test::awq_test_options(lm, root + "/lm_awq", calib);
+  awq_quantize_model(a);
+  a.out.model_dir = rm;
+  a.out.out_dir = root + "/rm_awq";
+  awq_quantize_model(a);
+  same_decoder(root + "/lm_awq", root + "/rm_awq", "awq");
 }
 
 TEST(RewardModel, GrpoRewardFunctionScoresRenderedCompletions) {

@@ -356,7 +356,8 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   QWENQ_CHECK(a.chunk_tokens > 0, "awq: chunk_tokens must be positive, got " << a.chunk_tokens);
   check_awq_calib_dtype(a.calib_dtype);
 
-  QwenModel model(o.model_dir);
+  // A sequence classifier (a reward model) calibrates as its decoder; its score head passes through as lm_head does.
+  QwenModel model(o.model_dir, checkpoint_head(o.model_dir));
   const QwenConfig& cfg = model.config();
   // The quantization_config first: its MoE module lists refuse what the layout cannot describe before any work.
   nlohmann::ordered_json qconfig = int_quantization_config(o);

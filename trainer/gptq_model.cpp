@@ -277,7 +277,8 @@ QuantizeReport gptq_quantize_model(const GptqModelOptions& g) {
   QWENQ_CHECK(g.chunk_tokens > 0, "gptq: chunk_tokens must be positive, got " << g.chunk_tokens);
   QWENQ_CHECK(g.calib_dtype == DType::F32 || g.calib_dtype == DType::BF16,
               "gptq: the calibration dtype must be fp32 or bf16, got " << dtype_name(g.calib_dtype));
-  QwenModel model(o.model_dir);
+  // A sequence classifier (a reward model) calibrates as its decoder; its score head passes through as lm_head does.
+  QwenModel model(o.model_dir, checkpoint_head(o.model_dir));
   const QwenConfig& cfg = model.config();
   nlohmann::ordered_json moe_lists = nlohmann::ordered_json::object();  // checked now, written at the end
   add_moe_module_lists(moe_lists, cfg, moe_list_for(o));

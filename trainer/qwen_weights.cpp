@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/threads.h"
 #include "kernels/convert.h"
 #include "kernels/exp_rows.h"
@@ -473,6 +474,11 @@ MoeWeights bind_moe(const QwenConfig& c, const QuantConfig& quant, const Checkpo
 
 bool is_sequence_classifier(const Checkpoint& ckpt) { return ckpt.has("score.weight") && !ckpt.has("lm_head.weight"); }
 
+ModelHead checkpoint_head(const std::string& dir) {
+  if (!dir_exists(dir)) return ModelHead::kLanguageModel;  // a GGUF file (the caller's loader names any problem)
+  return is_sequence_classifier(Checkpoint(dir)) ? ModelHead::kSequenceScore : ModelHead::kLanguageModel;
+}
+
 QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, const Checkpoint& ckpt, ModelHead head) {
   const int64_t C = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   QwenWeights w;
@@ -493,8 +499,9 @@ QwenWeights bind_qwen_weights(const QwenConfig& c, const QuantConfig& quant, con
   } else if (c.tie_word_embeddings || classifier) {
     QWENQ_CHECK(!classifier, ckpt.file_of("score.weight")
                                  << ": a sequence classifier (score.weight and no lm_head.weight, as a reward model "
-                                    "is): it scores whole sequences and has no next-token logits; use it as `train "
-                                    "--objective grpo --reward model="
+                                    "is): it scores whole sequences and has no next-token logits; score pairs with "
+                                    "`qwen-qlora eval --objective reward --model "
+                                 << ckpt.dir() << "` or reward GRPO with `train --objective grpo --reward model="
                                  << ckpt.dir() << "`");
     w.lm_head = w.embed;
   } else {

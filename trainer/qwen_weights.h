@@ -214,6 +214,9 @@ LinearWeight load_linear(const Checkpoint& ckpt, const QuantConfig& quant, const
 enum class ModelHead { kLanguageModel, kSequenceScore };
 // Whether a checkpoint is a sequence classifier's (score.weight and no lm_head.weight).
 bool is_sequence_classifier(const Checkpoint& ckpt);
+// The head a model directory holds: kSequenceScore for a sequence classifier's checkpoint, else kLanguageModel (a GGUF
+// file's too). For the calibrating quantizers (gptq, awq), which run the decoder only and pass the head through.
+ModelHead checkpoint_head(const std::string& dir);
 
 // Binds views for every tensor the config calls for; Linear layers of a quantized checkpoint (per `quant`) are
 // read in their packed form. `ckpt` must outlive the result. kLanguageModel refuses a sequence classifier's
