@@ -45,8 +45,9 @@ TEST(TrainLoop, ScheduleFollowsItsFormula) {
   o.lr = 1e-3;
   o.warmup_steps = 4;
   o.min_lr_ratio = 0.1;
-  EXPECT_DOUBLE_EQ(lr_at_step(o, 0, 20), 1e-3 * 1 / 5);
-  EXPECT_DOUBLE_EQ(lr_at_step(o, 3, 20), 1e-3 * 4 / 5);
+  EXPECT_DOUBLE_EQ(lr_at_step(o, 0, 20), 0.0);  // transformers' warm-up: step / warmup
+  EXPECT_DOUBLE_EQ(lr_at_step(o, 1, 20), 1e-3 * 1 / 4);
+  EXPECT_DOUBLE_EQ(lr_at_step(o, 3, 20), 1e-3 * 3 / 4);
   EXPECT_DOUBLE_EQ(lr_at_step(o, 4, 20), 1e-3);  // cosine at p = 0
   EXPECT_NEAR(lr_at_step(o, 12, 20), 1e-3 * (0.1 + 0.9 * 0.5), 1e-15);  // p = 1/2
   EXPECT_NEAR(lr_at_step(o, 20, 20), 1e-4, 1e-15);

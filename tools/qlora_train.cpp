@@ -394,7 +394,7 @@ void register_qlora_train(CLI::App& app) {
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
   c->add_option("--scheduler", o.scheduler, "cosine, linear or constant")->capture_default_str();
-  c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps")
+  c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps (transformers': lr 0 at the first)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
   c->add_option("--warmup-ratio", o.warmup_ratio, "or a share of the steps")

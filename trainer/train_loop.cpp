@@ -65,7 +65,7 @@ float neftune_half_width(double alpha, int64_t row_len, int64_t hidden) {
 double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
   const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
                                             : static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
-  if (step < warmup) return o.lr * static_cast<double>(step + 1) / static_cast<double>(warmup + 1);
+  if (step < warmup) return o.lr * static_cast<double>(step) / static_cast<double>(warmup);  // transformers': 0 at step 0
   if (o.scheduler == "constant") return o.lr;
   const double p = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup)));
   const double lo = o.min_lr_ratio;

@@ -9,6 +9,9 @@
 //   lr(s) = lr · s / warmup                                   for s < warmup        (s = 0, 1, ...)
 //   cosine: lr · (min_ratio + (1 − min_ratio) · ½(1 + cos(π·p)))   linear: lr · (1 − (1 − min_ratio)·p)
 //   p = (s − warmup) / max(1, total − warmup); constant: lr.
+// These are transformers' get_cosine_schedule_with_warmup (cosine_with_min_lr), get_linear_schedule_with_warmup and
+// get_constant_schedule_with_warmup as its Trainer steps them: the first warm-up step has lr 0 (AdamW then moves only
+// its moments), the last warm-up step lr·(warmup − 1)/warmup.
 //
 // The run directory `out`:
 //   adapter_config.json, adapter_model.safetensors   the final adapter (PEFT layout; PeftModel.from_pretrained(out))
