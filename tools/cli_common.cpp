@@ -11,6 +11,7 @@
 #include "core/threads.h"
 #include "kernels/device.h"
 #include "kernels/device_allocator.h"
+#include "lora/lora_config.h"
 #include "trainer/generation_config.h"
 #include "trainer/gguf_model.h"
 #include "trainer/lora_merge.h"
@@ -193,6 +194,19 @@ void apply_int8_activations(bool on, const std::string& model_path, const Common
                                        << q.method_name() << " weights have no int8 product)");
   }
   set_int8_activations(true);
+}
+
+std::string model_or_adapter_base(const std::string& model, const std::string& adapter, bool quiet) {
+  if (!model.empty()) return model;
+  QWENQ_CHECK(!adapter.empty(), "give --model (or an --adapter whose adapter_config.json names its base model)");
+  const LoraConfig c = load_lora_config(adapter);
+  QWENQ_CHECK(!c.base_model.empty(), "--adapter " << adapter << ": adapter_config.json names no base model "
+                                                  << "(base_model_name_or_path); give --model");
+  if (!quiet) {
+    std::fprintf(stderr, "model: %s (the base --adapter %s names in adapter_config.json)\n", c.base_model.c_str(),
+                 adapter.c_str());
+  }
+  return c.base_model;
 }
 
 void warn_if_pissa_residual(const std::string& model_dir, const char* flag) {

@@ -137,6 +137,11 @@ Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);
 // error: the residual alone is a legitimate thing to look at.
 void warn_if_pissa_residual(const std::string& model_dir, const char* flag);
 
+// --model as given, or, when it is empty and an adapter directory is, the base that adapter's adapter_config.json
+// names (base_model_name_or_path), as PEFT's AutoPeftModelForCausalLM.from_pretrained(adapter) finds it (one stderr
+// line says so unless quiet). Throws naming the flags when neither tells the model.
+std::string model_or_adapter_base(const std::string& model, const std::string& adapter, bool quiet);
+
 // --adapter for a command that evaluates or generates with `model`, for as long as this lives. On the CPU the adapter
 // is attached unmerged (QwenModel::attach_adapter): the base keeps its weights as stored (a 4-bit base stays packed,
 // as PEFT keeps a bitsandbytes or GPTQ base) and every adapted Linear adds s·(x Aᵀ) Bᵀ after its base product, a

@@ -322,7 +322,8 @@ void register_qlora_eval(CLI::App& app) {
               "KTO statistics of labelled examples; with --objective grpo, the mean reward of sampled completions of "
               "prompts; with --objective reward, how a reward model (an adapter of train --objective reward, or a "
               "reward model directory alone) scores preference pairs)");
-  c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads)")->required();
+  c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads); default: the base "
+                                       "--adapter's adapter_config.json names");
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");
   c->add_option("--ref-adapter", a->ref_adapter,
                 "--objective dpo and kto: the reference model's adapter (train's starting adapter); without it, the base alone");
@@ -348,6 +349,7 @@ void register_qlora_eval(CLI::App& app) {
   c->callback([a, c]() {
     apply_dpo_flags(*c, a->dpo, &a->sft, &a->opt);
     QWENQ_CHECK(a->opt.preference() || a->ref_adapter.empty(), "--ref-adapter applies to --objective dpo and kto");
+    a->model = model_or_adapter_base(a->model, a->adapter, false);
     run_eval(*a);
   });
 }

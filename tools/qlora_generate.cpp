@@ -342,8 +342,8 @@ void register_qlora_generate(CLI::App& app) {
   auto g = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with the base model plus a LoRA adapter (decoding "
                                                  "as the base's generation_config.json asks, greedy without one)");
-  cmd->add_option("--model,-m", g->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
-      ->required();
+  cmd->add_option("--model,-m", g->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4); "
+                                          "default: the base --adapter's adapter_config.json names");
   cmd->add_option("--prompt,-p", g->prompt, "prompt text");
   cmd->add_option("--prompts", g->prompts,
                   "JSONL evaluation set: chat records (a final assistant message is the reference), {\"prompt\": text "
@@ -360,17 +360,19 @@ void register_qlora_generate(CLI::App& app) {
     g->given = sampling_flags_given(cmd);
     g->batch_given = cmd->count("--batch") > 0;
     QWENQ_CHECK(!g->batch_given || !g->prompts.empty(), "--batch goes with --prompts (one --prompt is one sequence)");
+    g->model = model_or_adapter_base(g->model, g->adapter, false);
     run_generate(*g);
   });
 
   auto c = std::make_shared<GenerateArgs>();
   CLI::App* chat = app.add_subcommand("chat", "Interactive ChatML conversation on stdin (one user message per line; "
                                               "/reset, /exit)");
-  chat->add_option("--model,-m", c->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
-      ->required();
+  chat->add_option("--model,-m", c->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4); "
+                                           "default: the base --adapter's adapter_config.json names");
   add_generate_options(chat, c.get());
   chat->callback([c, chat]() {
     c->given = sampling_flags_given(chat);
+    c->model = model_or_adapter_base(c->model, c->adapter, false);
     run_chat(*c);
   });
 }

@@ -118,8 +118,8 @@ void register_qlora_merge(CLI::App& app) {
   auto a = std::make_shared<MergeArgs>();
   CLI::App* cmd = app.add_subcommand("merge", "Fold a LoRA adapter into its base (dense, bf16 or 4-bit) and write a "
                                               "dense Hugging Face model");
-  cmd->add_option("--model,-m", a->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4)")
-      ->required();
+  cmd->add_option("--model,-m", a->model, "base model directory or Hugging Face repo id (dense or GPTQ/AWQ/NF4); "
+                                         "default: the base --adapter's adapter_config.json names");
   cmd->add_option("--adapter,-a", a->opt.adapter_dir, "LoRA adapter directory (PEFT layout)")->required();
   cmd->add_option("--out,-o", a->opt.out_dir, "output directory (written under a temporary name, renamed when complete)")
       ->required();
@@ -149,7 +149,10 @@ void register_qlora_merge(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--quiet,-q", a->opt.quiet, "no progress bar");
   add_common_options(cmd, &a->common);
-  cmd->callback([a]() { run_merge(*a); });
+  cmd->callback([a]() {
+    a->model = model_or_adapter_base(a->model, a->opt.adapter_dir, a->opt.quiet);
+    run_merge(*a);
+  });
 }
 
 }  // namespace qwenq::cli

@@ -92,6 +92,15 @@ grep -q -- "--imatrix and --imatrix-calib quantize a GGUF file: give --gguf TYPE
 # generate: the unmerged adapter and the merged directory give the same greedy text (and plain and --chat run).
 "$QL" generate --model "$WORK/tiny" --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 \
   > "$WORK/gen_adapter.txt" 2> "$WORK/gen_adapter.err" || fail "generate --adapter" "$WORK/gen_adapter.err"
+# Without --model the adapter's adapter_config.json names the base (PEFT's AutoPeftModelForCausalLM): the same text.
+"$QL" generate --adapter "$WORK/run" --prompt "Once upon a time" -n 24 --threads 1 > "$WORK/gen_auto.txt" \
+  2> "$WORK/gen_auto.err" || fail "generate --adapter without --model" "$WORK/gen_auto.err"
+cmp -s "$WORK/gen_adapter.txt" "$WORK/gen_auto.txt" || fail "the adapter's own base generates other text" "$WORK/gen_auto.txt"
+grep -q "^model: $WORK/tiny (the base --adapter $WORK/run names in adapter_config.json)" "$WORK/gen_auto.err" \
+  || fail "no line names the adapter's base" "$WORK/gen_auto.err"
+if "$QL" generate --prompt "x" > "$WORK/gen_none.txt" 2>&1; then fail "generate without --model or --adapter ran"; fi
+grep -q "give --model (or an --adapter whose adapter_config.json names its base model)" "$WORK/gen_none.txt" \
+  || fail "unclear refusal of generate without a model" "$WORK/gen_none.txt"
 "$QL" generate --model "$WORK/merged" --prompt "Once upon a time" -n 24 --threads 1 \
   > "$WORK/gen_merged.txt" 2> "$WORK/gen_merged.err" || fail "generate on merged" "$WORK/gen_merged.err"
 cmp -s "$WORK/gen_adapter.txt" "$WORK/gen_merged.txt" || { diff <(od -c "$WORK/gen_adapter.txt") \
