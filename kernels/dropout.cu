@@ -4,6 +4,7 @@
 // Memory-bound and elementwise: a grid-stride loop with 16-byte loads and stores when both arrays are 16-byte
 // aligned (element i of a float4 at j is 4j + lane, the flat index the mask needs), scalar for the tail and
 // otherwise. The hash is 3 64-bit multiplies (~12 integer instructions) per element, hidden behind the loads.
+// NEFTune's uniform noise (uniform_noise_add_cuda) is the forward's loop with x + a·(2u − 1) as one fmaf per element.
 #include <cmath>
 #include <cstdint>
 
@@ -19,24 +20,40 @@ namespace {
 constexpr unsigned kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;  // grid-stride beyond: enough blocks per SM to keep loads in flight
 
-__global__ void dropout_forward_kernel(const float* x, int64_t n, float p, float scale, uint64_t key, bool vec4,
-                                       float* out) {
+// out_j = f(j, in_j) for j < n (out may be in): 16-byte loads and stores when vec4 (both arrays aligned; element j of
+// the float4 at q is 4q + lane, the flat index the mask needs), scalar for the tail and otherwise.
+template <typename F>
+__global__ void indexed_map_kernel(const float* in, int64_t n, bool vec4, float* out, F f) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t scalar_from = 0;
   if (vec4) {
     const int64_t n4 = n / 4;
-    for (int64_t j = i; j < n4; j += stride) {
-      const float4 v = reinterpret_cast<const float4*>(x)[j];
-      const int64_t e = 4 * j;
-      reinterpret_cast<float4*>(out)[j] =
-          make_float4(dropout_factor(key, e, p, scale) * v.x, dropout_factor(key, e + 1, p, scale) * v.y,
-                      dropout_factor(key, e + 2, p, scale) * v.z, dropout_factor(key, e + 3, p, scale) * v.w);
+    for (int64_t q = i; q < n4; q += stride) {
+      const float4 v = reinterpret_cast<const float4*>(in)[q];
+      const int64_t e = 4 * q;
+      reinterpret_cast<float4*>(out)[q] = make_float4(f(e, v.x), f(e + 1, v.y), f(e + 2, v.z), f(e + 3, v.w));
     }
     scalar_from = n4 * 4;
   }
-  for (int64_t j = scalar_from + i; j < n; j += stride) out[j] = dropout_factor(key, j, p, scale) * x[j];
+  for (int64_t j = scalar_from + i; j < n; j += stride) out[j] = f(j, in[j]);
 }
+
+// The forward's element: the mask factor times x.
+struct DropoutElement {
+  float p, scale;
+  uint64_t key;
+  __device__ float operator()(int64_t j, float x) const { return dropout_factor(key, j, p, scale) * x; }
+};
+
+// NEFTune's element: x + a·(2u − 1) as one fmaf (the ref's std::fma).
+struct NoiseElement {
+  float half_width;
+  uint64_t key;
+  __device__ float operator()(int64_t j, float x) const {
+    return fmaf(half_width, 2.0f * dropout_uniform(key, j) - 1.0f, x);
+  }
+};
 
 __global__ void dropout_backward_kernel(const float* dxd, int64_t n, float p, float scale, uint64_t key, bool vec4,
                                         float* dx) {
@@ -60,26 +77,6 @@ __global__ void dropout_backward_kernel(const float* dxd, int64_t n, float p, fl
   for (int64_t j = scalar_from + i; j < n; j += stride) dx[j] = fmaf(dropout_factor(key, j, p, scale), dxd[j], dx[j]);
 }
 
-__global__ void uniform_noise_add_kernel(float* x, int64_t n, float half_width, uint64_t key, bool vec4) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  int64_t scalar_from = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    for (int64_t j = i; j < n4; j += stride) {
-      float4 v = reinterpret_cast<float4*>(x)[j];
-      const int64_t e = 4 * j;
-      v.x = fmaf(half_width, 2.0f * dropout_uniform(key, e) - 1.0f, v.x);
-      v.y = fmaf(half_width, 2.0f * dropout_uniform(key, e + 1) - 1.0f, v.y);
-      v.z = fmaf(half_width, 2.0f * dropout_uniform(key, e + 2) - 1.0f, v.z);
-      v.w = fmaf(half_width, 2.0f * dropout_uniform(key, e + 3) - 1.0f, v.w);
-      reinterpret_cast<float4*>(x)[j] = v;
-    }
-    scalar_from = n4 * 4;
-  }
-  for (int64_t j = scalar_from + i; j < n; j += stride) x[j] = fmaf(half_width, 2.0f * dropout_uniform(key, j) - 1.0f, x[j]);
-}
-
 unsigned blocks_for(int64_t n, bool vec4) {
   const int64_t units = vec4 ? (n + 3) / 4 : n;
   const int64_t b = (units + kThreads - 1) / kThreads;
@@ -99,7 +96,7 @@ void dropout_forward_cuda(const float* x, int64_t n, float p, uint64_t key, floa
   if (n == 0) return;
   const float scale = 1.0f / (1.0f - p);  // on the host, as the ref
   const bool vec4 = is_aligned(x, 16) && is_aligned(x_drop, 16);
-  dropout_forward_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, p, scale, key, vec4, x_drop);
+  indexed_map_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, vec4, x_drop, DropoutElement{p, scale, key});
   QWENQ_CUDA_CHECK_LAUNCH("dropout_forward_cuda n=" << n << " p=" << p);
 }
 
@@ -119,7 +116,7 @@ void uniform_noise_add_cuda(float* x, int64_t n, float half_width, uint64_t key,
   QWENQ_CHECK(n == 0 || x != nullptr, "uniform_noise_add_cuda: null pointer");
   if (n == 0) return;
   const bool vec4 = is_aligned(x, 16);
-  uniform_noise_add_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, half_width, key, vec4);
+  indexed_map_kernel<<<blocks_for(n, vec4), kThreads, 0, stream>>>(x, n, vec4, x, NoiseElement{half_width, key});
   QWENQ_CUDA_CHECK_LAUNCH("uniform_noise_add_cuda n=" << n);
 }
 

@@ -80,20 +80,20 @@ if "$QL" train --config "$WORK/run.json" --cpu-matmul fp16 --out "$WORK/fp16" > 
   fail "--cpu-matmul fp16 accepted"
 fi
 grep -q -- "--cpu-matmul" "$WORK/fp16.txt" || fail "unclear refusal of --cpu-matmul fp16"
-# LoRA+ changes the update, so a run resumed with another --loraplus-lr-ratio is refused by name; 0 is refused.
-if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume --loraplus-lr-ratio 16 \
-  > "$WORK/lpresume.txt" 2>&1; then fail "resumed a plain run with --loraplus-lr-ratio 16"; fi
-grep -q '"loraplus_lr_ratio" (--loraplus-lr-ratio): saved (none), now 16' "$WORK/lpresume.txt" \
-  || fail "unclear refusal of a changed --loraplus-lr-ratio"
+# LoRA+ and NEFTune change the update, so a run resumed with either is refused by name; a ratio of 0 is refused, and
+# NEFTune outside SFT.
+for opt in "loraplus_lr_ratio 16" "neftune_noise_alpha 5"; do
+  key=${opt% *} value=${opt#* }
+  flag="--${key//_/-}"
+  if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume "$flag" "$value" > "$WORK/$key.txt" 2>&1; then
+    fail "resumed a plain run with $flag $value"
+  fi
+  grep -q "\"$key\" ($flag): saved (none), now $value" "$WORK/$key.txt" || fail "unclear refusal of a changed $flag"
+done
 if "$QL" train --config "$WORK/run.json" --loraplus-lr-ratio 0 --out "$WORK/lp0" > "$WORK/lp0.txt" 2>&1; then
   fail "--loraplus-lr-ratio 0 accepted"
 fi
 grep -q -- "--loraplus-lr-ratio" "$WORK/lp0.txt" || fail "unclear refusal of --loraplus-lr-ratio 0"
-# So does NEFTune's noise; it applies to SFT only.
-if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume --neftune-noise-alpha 5 \
-  > "$WORK/nefresume.txt" 2>&1; then fail "resumed a plain run with --neftune-noise-alpha 5"; fi
-grep -q '"neftune_noise_alpha" (--neftune-noise-alpha): saved (none), now 5' "$WORK/nefresume.txt" \
-  || fail "unclear refusal of a changed --neftune-noise-alpha"
 if "$QL" train --config "$WORK/run.json" --objective kto --neftune-noise-alpha 5 --out "$WORK/nefkto" \
   > "$WORK/nefkto.txt" 2>&1; then fail "--neftune-noise-alpha accepted for kto"; fi
 grep -q -- "--neftune-noise-alpha applies to --objective sft" "$WORK/nefkto.txt" || fail "unclear refusal of NEFTune for kto"
