@@ -48,7 +48,7 @@ class LoraModelCuda {
  public:
   LoraStepResult loss_and_grad(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
   LoraStepResult loss(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
-  float adamw_step(double, double, double, double, double, int64_t, double) { return 0.f; }
+  float adamw_step(double, double, double, double, double, int64_t, double, double) { return 0.f; }
   void zero_grads() {}
   void download(LoraAdapter*) const {}
   void download_optimizer(LoraAdapter*, LoraAdapter*) const {}
