@@ -19,7 +19,6 @@
 #include <thread>
 
 #include "core/error.h"
-#include "core/files.h"
 #include "trainer/gsm8k.h"
 #include "trainer/model_dir.h"
 #include "trainer/reward_model.h"
@@ -347,8 +346,7 @@ std::vector<std::unique_ptr<RewardFunction>> make_reward_functions(const std::ve
     } else if (kind == "model") {
       try {
         // A SEQ_CLS adapter directory as it is (RewardModel finds its base); a model directory or repo id resolved.
-        const bool adapter = file_exists(path_join(arg, "adapter_config.json")) && !file_exists(path_join(arg, "config.json"));
-        f = std::make_unique<ModelReward>(adapter ? arg : resolve_model_dir(arg, "main"));
+        f = std::make_unique<ModelReward>(is_adapter_dir(arg) ? arg : resolve_model_dir(arg, "main"));
       } catch (const Error& e) {
         QWENQ_FAIL("--reward " << spec << ": " << e.what());
       }

@@ -16,10 +16,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-bool is_adapter_dir(const std::string& dir) {
-  return file_exists(path_join(dir, "adapter_config.json")) && !file_exists(path_join(dir, "config.json"));
-}
-
 // An adapter directory's base: its adapter_config.json's base_model_name_or_path, resolved as --model resolves one.
 std::string adapter_base(const std::string& adapter_dir) {
   const LoraConfig c = load_lora_config(adapter_dir);
@@ -36,6 +32,10 @@ std::string adapter_base(const std::string& adapter_dir) {
 }
 
 }  // namespace
+
+bool is_adapter_dir(const std::string& dir) {
+  return file_exists(path_join(dir, "adapter_config.json")) && !file_exists(path_join(dir, "config.json"));
+}
 
 RewardModel::RewardModel(const std::string& dir)
     : dir_(dir), base_dir_(is_adapter_dir(dir) ? adapter_base(dir) : dir) {

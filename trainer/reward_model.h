@@ -40,6 +40,9 @@ namespace qwenq {
 
 constexpr int64_t kRewardPackTokens = 8192;
 
+// Whether `dir` is an adapter directory rather than a model's: adapter_config.json and no config.json.
+bool is_adapter_dir(const std::string& dir);
+
 class RewardModel {
  public:
   // A model directory or SEQ_CLS adapter directory (above). Refuses a causal LM's directory or a CAUSAL_LM adapter
