@@ -73,12 +73,14 @@ std::string make_reward_model(const std::string& dir, int32_t pad) {
   return rm;
 }
 
-// What the reward model must give for one sequence: the LM's final hidden state at `pos` times score row 0.
-double reference_reward(const QwenModel& lm, const std::vector<int32_t>& seq, int64_t pos) {
+// What the reward model must give for one sequence: the LM's final hidden state at `pos` times row 0 of `head`
+// (empty: the score head make_reward_model writes).
+double reference_reward(const QwenModel& lm, const std::vector<int32_t>& seq, int64_t pos,
+                        std::vector<float> head = {}) {
   std::vector<float> hidden;
   lm.forward_hidden(PackedBatch::from_sequences({seq}), &hidden);
   const int64_t C = lm.config().hidden_size;
-  const std::vector<float> head = score_head(C);
+  if (head.empty()) head = score_head(C);
   double s = 0;
   for (int64_t c = 0; c < C; ++c) s += static_cast<double>(hidden[static_cast<size_t>(pos * C + c)]) * head[c];
   return s;
@@ -156,16 +158,9 @@ std::vector<double> merged_rewards(const std::string& base_dir, const LoraAdapte
                                    const std::vector<std::vector<int32_t>>& seqs, int32_t pad) {
   QwenModel m(base_dir);
   merge_adapter_in_memory(m, a);
-  const int64_t C = m.config().hidden_size;
   std::vector<double> out;
-  for (const auto& seq : seqs) {
-    std::vector<float> hidden;
-    m.forward_hidden(PackedBatch::from_sequences({seq}), &hidden);
-    const int64_t pos = last_non_pad(seq.data(), static_cast<int64_t>(seq.size()), pad);
-    double r = 0;
-    for (int64_t c = 0; c < C; ++c) r += static_cast<double>(hidden[static_cast<size_t>(pos * C + c)]) * a.score()[c];
-    out.push_back(r);
-  }
+  for (const auto& seq : seqs)
+    out.push_back(reference_reward(m, seq, last_non_pad(seq.data(), static_cast<int64_t>(seq.size()), pad), a.score()));
   return out;
 }
 
@@ -198,7 +193,8 @@ TEST(RewardModel, AnAdapterDirectoryScoresAsItsMergedModel) {
   EXPECT_EQ(f[0]->score(s), rm.score({rm.tokens("Once upon a time a dog.")}));
 
   // Refusals: a CAUSAL_LM adapter; no base named; a base that is not there.
-  LoraAdapter lm_adapter(lora_dims_of(QwenModel(lm).config()), [&] {
+  const LoraDims dims = lora_dims_of(QwenModel(lm).config());
+  LoraAdapter lm_adapter(dims, [&] {
     LoraConfig c = a.config();
     c.num_labels = 0;
     return c;
@@ -209,10 +205,9 @@ TEST(RewardModel, AnAdapterDirectoryScoresAsItsMergedModel) {
   EXPECT_TRUE(contains(e, "cannot score with the LoRA adapter " + root + "/lm_adapter")) << e;
   for (const auto& [dir, base, what] : std::vector<std::tuple<std::string, std::string, std::string>>{
            {root + "/nobase", "", "names no base model"}, {root + "/gone", root + "/gone_base", "is not a model here"}}) {
-    LoraAdapter b = a;
     LoraConfig c = a.config();
     c.base_model = base;
-    b = LoraAdapter(lora_dims_of(QwenModel(lm).config()), c);
+    LoraAdapter b(dims, c);
     b.init_peft(3);
     b.init_score_head(4, 0.5);
     save_peft_adapter(dir, b);

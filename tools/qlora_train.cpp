@@ -290,10 +290,6 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   if (!o->reward) {
     QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
-  const CLI::Option* neftune = c.get_option_no_throw("--neftune-noise-alpha");  // train's (eval has none)
-  QWENQ_CHECK(!(o->dpo || o->kto || o->grpo || o->reward) || neftune == nullptr || neftune->count() == 0,
-              "--neftune-noise-alpha applies to --objective sft (NEFTune is noise for instruction tuning; the "
-              "preference, reward and GRPO steps here take none)");
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");

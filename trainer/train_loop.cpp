@@ -458,7 +458,8 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.neftune_noise_alpha >= 0 && std::isfinite(o.neftune_noise_alpha),
               "--neftune-noise-alpha must be >= 0");
   QWENQ_CHECK(o.neftune_noise_alpha == 0 || !(o.dpo || o.kto || o.grpo || o.reward),
-              "--neftune-noise-alpha applies to --objective sft");
+              "--neftune-noise-alpha applies to --objective sft (NEFTune is noise for instruction tuning; the "
+              "preference, reward and GRPO steps here take none)");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
   o.lora.validate();
   QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
