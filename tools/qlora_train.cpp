@@ -36,6 +36,7 @@ struct TrainArgs {
   DpoFlags dpo;
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
+  bool greater = false, not_greater = false;  // --greater-is-better, --no-greater-is-better
   int nproc = 1;
   CommonOptions common;
 };
@@ -425,6 +426,21 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
+  c->add_flag("--load-best-model-at-end", o.best.load_best,
+              "the final adapter is the best evaluation's (each new best is checkpointed and kept; transformers' "
+              "load_best_model_at_end); needs --eval-every and held-out examples");
+  c->add_option("--metric-for-best-model", o.best.metric,
+                "the evaluation metric that ranks them: loss (default; GRPO: reward), rewards_accuracy, "
+                "rewards_margin, ... (with or without eval_)");
+  c->add_flag("--greater-is-better", a->greater, "a larger metric is better (default: unless its name ends in loss)");
+  c->add_flag("--no-greater-is-better", a->not_greater, "a smaller metric is better");
+  c->add_option("--early-stopping-patience", o.best.patience,
+                "stop after N evaluations without improvement (transformers' EarlyStoppingCallback; 0: never)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
+  c->add_option("--early-stopping-threshold", o.best.threshold,
+                "the improvement that counts must exceed this")
+      ->capture_default_str();
   c->add_option("--adapter-dtype", a->adapter_dtype, "fp32 (PEFT's own) or bf16")->capture_default_str();
   c->add_option("--seed", o.seed, "adapter init, data order, dropout")->capture_default_str();
   c->add_option("--init-adapter", o.init_adapter,
@@ -450,6 +466,8 @@ void register_qlora_train(CLI::App& app) {
   c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
+    QWENQ_CHECK(!(a->greater && a->not_greater), "give --greater-is-better or --no-greater-is-better, not both");
+    o.best.greater_is_better = a->greater ? 1 : a->not_greater ? 0 : -1;
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     o.model_dir = resolve_model_dir(a->model);
@@ -535,6 +553,10 @@ void register_qlora_train(CLI::App& app) {
                   format_bytes(static_cast<uint64_t>(r.device_peak_allocated)).c_str(),
                   format_bytes(static_cast<uint64_t>(r.device_peak_reserved)).c_str());
     }
+    if (r.early_stopped) std::printf("; stopped early");
+    if (r.best_step >= 0)
+      std::printf("; best %s %.4f at step %lld%s", r.best_key.c_str(), r.best_metric, (long long)r.best_step,
+                  o.best.load_best ? " (the final adapter)" : "");
     std::printf("; adapter in %s\n", o.out_dir.c_str());
     if (!r.profile.empty()) std::printf("GPU time per step by phase (--profile; the first step, a warm-up, left out when there are more):\n%s", r.profile.c_str());
   });

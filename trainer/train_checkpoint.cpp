@@ -10,6 +10,7 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "lora/peft_io.h"
+#include "trainer/best_model.h"
 
 namespace qwenq {
 
@@ -35,10 +36,6 @@ std::vector<int64_t> checkpoint_steps(const std::string& out_dir) {
   return steps;
 }
 
-std::string checkpoint_dir(const std::string& out_dir, int64_t step) {
-  return path_join(out_dir, kPrefix + std::to_string(step));
-}
-
 std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
   std::vector<uint8_t> b(v.size() * sizeof(float));
   std::memcpy(b.data(), v.data(), b.size());
@@ -47,8 +44,12 @@ std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
 
 }  // namespace
 
+std::string checkpoint_dir(const std::string& out_dir, int64_t step) {
+  return path_join(out_dir, kPrefix + std::to_string(step));
+}
+
 void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapter, const LoraAdapter& m,
-                           const LoraAdapter& v, const TrainState& state, int64_t keep) {
+                           const LoraAdapter& v, const TrainState& state, int64_t keep, int64_t best_step) {
   const std::string final_dir = checkpoint_dir(out_dir, state.step);
   StagedDir staged(final_dir, /*overwrite=*/true);
   PeftSaveOptions po;
@@ -84,11 +85,13 @@ void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapte
   j["tokens_seen"] = state.tokens_seen;
   j["elapsed_s"] = state.elapsed_s;
   j["options"] = state.options;
+  if (!state.best_model.is_null()) j["best_model"] = state.best_model;
   write_file_atomic(path_join(staged.path(), "trainer_state.json"), j.dump(2) + "\n");
   staged.commit();
   const std::vector<int64_t> steps = checkpoint_steps(out_dir);
-  for (size_t i = 0; keep > 0 && i + keep < steps.size(); ++i) {
-    if (steps[i] == state.step) continue;
+  const std::vector<int64_t> kept = checkpoints_to_keep(steps, keep, best_step);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (steps[i] == state.step || std::find(kept.begin(), kept.end(), steps[i]) != kept.end()) continue;
     // Renamed first (no longer a checkpoint the moment it moves), then removed.
     const std::string old = checkpoint_dir(out_dir, steps[i]), doomed = old + ".removing";
     if (std::rename(old.c_str(), doomed.c_str()) == 0) remove_tree(doomed);
@@ -134,6 +137,7 @@ void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAda
     state->tokens_seen = j.at("tokens_seen").get<int64_t>();
     state->elapsed_s = j.at("elapsed_s").get<double>();
     state->options = j.at("options");
+    state->best_model = j.contains("best_model") ? j["best_model"] : nlohmann::json();
   } catch (const nlohmann::json::exception& e) {
     QWENQ_FAIL(state_path << ": malformed trainer state (" << e.what() << ")");
   }

@@ -2,9 +2,12 @@
 //   adapter/                  the adapter in fp32, PEFT layout (lora/peft_io.h), so any checkpoint is also usable
 //   optimizer.safetensors     AdamW's m and v for every adapter tensor ("m.<peft name>", "v.<peft name>"), F32
 //   trainer_state.json        {"step", "cursor": {"epoch","index","num_examples"}, "tokens_seen", "elapsed_s",
-//                              "options": {...the settings a resumed run must share...}}
+//                              "options": {...the settings a resumed run must share...},
+//                              "best_model": {...} with --load-best-model-at-end / --early-stopping-patience
+//                              (trainer/best_model.h's BestModelTracker::state)}
 // built under a staging name and renamed when complete, so a kill at any moment leaves either the previous
-// checkpoints or the new one whole. Older checkpoints beyond `keep` are removed after the new one is in place.
+// checkpoints or the new one whole. Older checkpoints beyond `keep` are removed after the new one is in place, the
+// best one excepted (checkpoints_to_keep, trainer/best_model.h: transformers' rotation).
 #pragma once
 
 #include <cstdint>
@@ -23,10 +26,14 @@ struct TrainState {
   int64_t tokens_seen = 0;
   double elapsed_s = 0;
   nlohmann::json options;
+  nlohmann::json best_model;  // null: no best model tracked
 };
 
 void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapter, const LoraAdapter& m,
-                           const LoraAdapter& v, const TrainState& state, int64_t keep);
+                           const LoraAdapter& v, const TrainState& state, int64_t keep, int64_t best_step = -1);
+
+// The directory of step `step`'s checkpoint in out_dir (whether or not it exists).
+std::string checkpoint_dir(const std::string& out_dir, int64_t step);
 
 // The newest complete checkpoint directory in out_dir ("" when there is none).
 std::string latest_checkpoint(const std::string& out_dir);

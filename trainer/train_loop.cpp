@@ -27,6 +27,7 @@
 #include "kernels/optim.h"
 #include "lora/peft_io.h"
 #include "trainer/adapter_init.h"
+#include "trainer/best_model.h"
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/lora_model.h"
@@ -76,6 +77,29 @@ double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
 namespace {
 
 // What a resumed run must share with the run it continues (anything else would change the numbers).
+// The evaluation record's keys a run can choose its best model by (trainer/best_model.h), per objective; counts
+// (eval_tokens, eval_pairs, ...) are not metrics. GRPO's per-function means and deviations are checked when an
+// evaluation first reports them.
+std::vector<std::string> best_metric_choices(const TrainOptions& o) {
+  if (o.dpo || o.reward) return {"eval_loss", "eval_rewards_margin", "eval_rewards_accuracy"};
+  if (o.kto) return {"eval_loss", "eval_kl", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_margin"};
+  if (o.grpo)
+    return {"eval_reward", "eval_reward_std", "eval_frac_reward_zero_std", "eval_completions_mean_length",
+            "eval_completions_min_length", "eval_completions_max_length", "eval_completions_clipped_ratio",
+            "eval_completions_mean_terminated_length", "eval_rewards_<name>_mean", "eval_rewards_<name>_std"};
+  return {"eval_loss"};
+}
+
+// The metric's evaluation key: --metric-for-best-model, else the Trainer's "loss" (GRPO: "reward"; its evaluation
+// samples completions and reports no loss).
+std::string best_metric_key(const TrainOptions& o) {
+  return eval_metric_key(!o.best.metric.empty() ? o.best.metric : o.grpo ? "reward" : "loss");
+}
+
+bool best_greater_is_better(const TrainOptions& o) {
+  return o.best.greater_is_better >= 0 ? o.best.greater_is_better == 1 : default_greater_is_better(best_metric_key(o));
+}
+
 nlohmann::json resume_key(const TrainOptions& o) {
   nlohmann::json k = {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
           {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
@@ -103,6 +127,10 @@ nlohmann::json resume_key(const TrainOptions& o) {
   if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
   if (o.loraplus_lr_ratio != 1.0) k["loraplus_lr_ratio"] = o.loraplus_lr_ratio;  // likewise
   if (o.neftune_noise_alpha > 0) k["neftune_noise_alpha"] = o.neftune_noise_alpha;  // likewise
+  if (o.best.tracking()) {  // likewise; patience and threshold may change on resume
+    const std::string key = best_metric_key(o);
+    k["best_model"] = {{"metric", key}, {"greater_is_better", best_greater_is_better(o)}, {"load_best", o.best.load_best}};
+  }
   if (o.kto) {
     k["objective"] = "kto";
     k["kto_loss"] = kto_loss_name(o.kto_options.loss);
@@ -154,6 +182,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
       {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
       {"loraplus_lr_ratio", "--loraplus-lr-ratio"}, {"neftune_noise_alpha", "--neftune-noise-alpha"},
+      {"best_model", "--load-best-model-at-end/--metric-for-best-model/--greater-is-better/--early-stopping-patience"},
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
       {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
@@ -494,6 +523,26 @@ void check_train_options(const TrainOptions& o, bool lead) {
                                                         << (o.kto ? "examples with their KL sequences" : "pairs")
                                                         << " (packed without padding): leave --batching out");
   }
+  if (o.best.tracking()) {
+    const char* what = o.best.load_best ? "--load-best-model-at-end" : "--early-stopping-patience";
+    QWENQ_CHECK(o.eval_every > 0, what << " compares the evaluations during the run: give --eval-every N");
+    QWENQ_CHECK(!o.eval_data_path.empty() || o.data.eval_fraction > 0 || o.data.eval_count > 0,
+                what << " needs held-out examples: give --eval-fraction, --eval-count or --eval-data");
+    QWENQ_CHECK(o.best.patience >= 0, "--early-stopping-patience must be >= 0");
+    QWENQ_CHECK(o.best.threshold >= 0 && std::isfinite(o.best.threshold), "--early-stopping-threshold must be >= 0");
+    const std::string key = best_metric_key(o);
+    const std::vector<std::string> choices = best_metric_choices(o);
+    bool known = std::find(choices.begin(), choices.end(), key) != choices.end();
+    const auto ends_with = [&](const char* tail) {
+      const size_t n = std::strlen(tail);
+      return key.size() > n && key.compare(key.size() - n, n, tail) == 0;
+    };
+    if (o.grpo && key.rfind("eval_rewards_", 0) == 0 && (ends_with("_mean") || ends_with("_std"))) known = true;
+    std::string list;
+    for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
+    QWENQ_CHECK(known, "--metric-for-best-model " << (o.best.metric.empty() ? "(default)" : o.best.metric) << ": "
+                       << key << " is not among this objective's evaluation metrics (" << list << ")");
+  }
   QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
               "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
   QWENQ_CHECK(!file_exists(o.out_dir),
@@ -551,6 +600,10 @@ TrainReport train_lora(const TrainOptions& o) {
     eval_labels = &eval_file.train_labels;
     eval_margins = &eval_file.train_margins;
   }
+  QWENQ_CHECK(!o.best.tracking() || !eval_set->empty(),
+              (o.best.load_best ? "--load-best-model-at-end" : "--early-stopping-patience")
+                  << ": the held-out set is empty (" << (o.eval_data_path.empty() ? o.data_path : o.eval_data_path)
+                  << "); give more records to --eval-fraction / --eval-count or a file to --eval-data");
   if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
   // GRPO: the reward functions (an external scorer starts here), each checked against every prompt's record now.
   const std::vector<std::string>& eval_records = o.eval_data_path.empty() ? data.eval_records : eval_file.train_records;
@@ -758,8 +811,9 @@ TrainReport train_lora(const TrainOptions& o) {
       throw_training_oom(e, "the reference model's log-probabilities: ", o, model.config(), lcfg);
     }
   }
-  auto run_eval = [&](int64_t step) {  // every rank takes its share of the batches; rank 0 writes the record
-    if (eval_set->empty()) return;
+  // Returns the evaluation's record (null without held-out examples).
+  auto run_eval = [&](int64_t step) -> nlohmann::json {  // every rank takes its share of the batches; rank 0 writes the record
+    if (eval_set->empty()) return nullptr;
     nlohmann::json record = {{"step", step}};
     double loss = 0;
     try {
@@ -801,7 +855,7 @@ TrainReport train_lora(const TrainOptions& o) {
         rep.eval_reward = reward;
         rep.has_eval_reward = true;
         if (lead) metrics << record.dump() << "\n" << std::flush;
-        return;
+        return record;
       } else {
         const auto [l, n] = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
         loss = l;
@@ -814,8 +868,35 @@ TrainReport train_lora(const TrainOptions& o) {
     if (step == rep.start_step) rep.first_eval_loss = loss;
     rep.eval_loss = loss;
     metrics << record.dump() << "\n" << std::flush;
+    return record;
   };
   if (!o.resume) run_eval(0);
+  // The best model and early stopping (trainer/best_model.h), from the evaluations after step 0; a resumed run
+  // continues the checkpoint's decisions.
+  std::unique_ptr<BestModelTracker> best;
+  if (o.best.tracking()) {
+    best = std::make_unique<BestModelTracker>(best_metric_key(o), best_greater_is_better(o), o.best.patience,
+                                              o.best.threshold);
+    if (o.resume && !st.best_model.is_null())
+      best->restore(st.best_model, path_join(latest_checkpoint(o.out_dir), "trainer_state.json"));
+    rep.best_key = best->key();
+  }
+  // Scores an evaluation's record; true when the run stops here (early stopping). With load_best a new best is
+  // checkpointed now (unless save_every does it at this step), so that the end can return to it.
+  const auto judge = [&](const nlohmann::json& record, int64_t step) {
+    if (!best || record.is_null()) return false;
+    QWENQ_CHECK(record.contains(best->key()) && record[best->key()].is_number(),
+                "--metric-for-best-model: the evaluation at step " << step << " reports no " << best->key()
+                    << " (it reports " << [&] {
+                         std::string keys;
+                         for (auto it = record.begin(); it != record.end(); ++it)
+                           if (it.key().rfind("eval_", 0) == 0) keys += (keys.empty() ? "" : ", ") + it.key();
+                         return keys;
+                       }() << ")");
+    const BestModelTracker::Decision d = best->observe(step, record[best->key()].get<double>());
+    return d.stop;
+  };
+  bool early_stop = best && best->stopped() && st.step < total;  // a resumed run that had stopped trains no further
 
   Progress bar("train", total, "steps", o.quiet || !lead);
   bar.update(st.step);
@@ -849,7 +930,7 @@ TrainReport train_lora(const TrainOptions& o) {
   const int64_t reuse = o.grpo ? o.grpo_options.num_iterations : 1;
   std::vector<SftBatch> micro;
   SftBatchIterator::State generation_cursor = it.state();
-  while (st.step < total) {
+  while (st.step < total && !early_stop) {
     const auto t0 = std::chrono::steady_clock::now();
     if (reuse == 1 || st.step % reuse == 0 || micro.empty()) {
       generation_cursor = it.state();
@@ -1056,12 +1137,16 @@ TrainReport train_lora(const TrainOptions& o) {
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     }
     bar.update(st.step, extra);
-    if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) run_eval(st.step);
-    if (o.save_every > 0 && st.step % o.save_every == 0) {
+    if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step);
+    const bool keep_best = best && o.best.load_best && best->best_step() == st.step;
+    if ((o.save_every > 0 && st.step % o.save_every == 0) || keep_best) {
       sync_host();
       check_in_step("after step " + std::to_string(st.step));
-      if (lead) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit);
+      if (best) st.best_model = best->state();
+      if (lead) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit,
+                                      best && o.best.load_best ? best->best_step() : -1);
     }
+    if (early_stop) break;
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
       rep.steps = st.step;
       rep.stopped = true;
@@ -1070,7 +1155,23 @@ TrainReport train_lora(const TrainOptions& o) {
     }
   }
   bar.finish();
-  run_eval(st.step);
+  if (early_stop && !o.quiet && lead) {
+    char by[64] = "";
+    if (o.best.threshold > 0) std::snprintf(by, sizeof by, " by more than %g", o.best.threshold);
+    std::fprintf(stderr, "train: early stopping at step %lld of %lld: %s has not improved%s for %lld evaluations "
+                 "(best %.6g at step %lld)\n", (long long)st.step, (long long)total, best->key().c_str(), by,
+                 (long long)best->counter(), best->best(), (long long)best->best_step());
+  }
+  // The end's evaluation, unless this step's was the last (early stopping, or a resumed run that had stopped).
+  if (!best || best->last_step() != st.step) {
+    const nlohmann::json record = run_eval(st.step);
+    if (st.step > 0) judge(record, st.step);
+  }
+  if (best) {
+    rep.best_step = best->best_step();
+    rep.best_metric = best->best();
+    rep.early_stopped = best->stopped() && st.step < total;  // (the last evaluation may run out of patience too)
+  }
   sync_host();
   check_in_step("at the end");
   if (!lead) {  // rank 0 writes the adapter and the summary
@@ -1079,12 +1180,21 @@ TrainReport train_lora(const TrainOptions& o) {
     rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);
     return rep;
   }
-  // The final adapter at the top of the run directory: staged, then each file renamed into place.
+  // The final adapter at the top of the run directory: staged, then each file renamed into place. With load_best,
+  // the best evaluation's (its checkpoint's, unless it is the end's).
   const std::string staging = path_join(o.out_dir, "adapter.staging");
   remove_tree(staging);
   PeftSaveOptions po;
   po.dtype = o.adapter_dtype;
-  save_peft_adapter(staging, adapter, po);
+  if (best && o.best.load_best && best->has_best() && best->best_step() != st.step) {
+    const std::string from = path_join(checkpoint_dir(o.out_dir, best->best_step()), "adapter");
+    save_peft_adapter(staging, load_peft_adapter(from, lora_dims_of(model.config())), po);
+    if (!o.quiet)
+      std::fprintf(stderr, "train: the final adapter is the best evaluation's, step %lld (%s %.6g; %s)\n",
+                   (long long)best->best_step(), best->key().c_str(), best->best(), from.c_str());
+  } else {
+    save_peft_adapter(staging, adapter, po);
+  }
   for (const char* f : {"adapter_model.safetensors", "adapter_config.json"}) {
     QWENQ_CHECK(std::rename(path_join(staging, f).c_str(), path_join(o.out_dir, f).c_str()) == 0,
                 "cannot move " << f << " into " << o.out_dir);
@@ -1105,6 +1215,13 @@ TrainReport train_lora(const TrainOptions& o) {
   nlohmann::json summary = {{"step", st.step},           {"final", true},
                             {"tokens_per_s", rep.tokens_per_s}, {"elapsed_s", st.elapsed_s},
                             {"peak_rss_bytes", rep.peak_rss}};
+  if (best) {
+    summary["best_metric_name"] = best->key();
+    summary["best_step"] = best->best_step();
+    summary["best_metric"] = best->has_best() ? nlohmann::json(best->best()) : nlohmann::json(nullptr);
+    summary["early_stopped"] = rep.early_stopped;
+    summary["final_adapter_step"] = o.best.load_best && best->has_best() ? best->best_step() : st.step;
+  }
   if (rep.device_peak_allocated >= 0) {
     summary["device_peak_allocated_bytes"] = rep.device_peak_allocated;
     summary["device_peak_reserved_bytes"] = rep.device_peak_reserved;

@@ -55,6 +55,7 @@
 
 #include "core/dtype.h"
 #include "lora/lora_config.h"
+#include "trainer/best_model.h"
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/kto.h"
@@ -103,6 +104,14 @@ struct TrainOptions {
   int64_t eval_batches = 0; // 0: the whole eval split
   int64_t save_every = 0;   // 0: no intermediate checkpoints
   int64_t save_total_limit = 2;
+  // The best model and early stopping (trainer/best_model.h: transformers' load_best_model_at_end,
+  // metric_for_best_model, greater_is_better, EarlyStoppingCallback): every evaluation after step 0 (eval_every and
+  // the end) is scored by the metric; with load_best a new best is checkpointed (besides save_every's) and kept by the
+  // rotation, and the final adapter is the best evaluation's; with patience the run ends after `patience` evaluations
+  // without an improvement above threshold (its final adapter and summary written as at the end; a resume of it
+  // trains no further). Needs a held-out set and eval_every > 0. metrics.jsonl's summary adds best_step,
+  // best_metric (and early_stopped).
+  BestModelOptions best;
   bool checkpointing = true;
   bool bf16_checkpoints = true;  // LoraStepOptions::bf16_checkpoints (CPU and GPU alike)
   bool cpu_bf16_matmul = false;  // LoraStepOptions::bf16_matmul (--cpu-matmul bf16; the CPU trainer only)
@@ -183,6 +192,12 @@ struct TrainReport {
   // The caching allocator's peaks over a GPU run (kernels/device_allocator.h); -1 on the CPU.
   int64_t device_peak_allocated = -1, device_peak_reserved = -1;
   std::string profile;  // with TrainOptions::profile: StepProfile::table()
+  // With TrainOptions::best tracking: the best evaluation's step (-1: none) and value of the metric `best_key`;
+  // early_stopped: the run ended there by early stopping.
+  int64_t best_step = -1;
+  double best_metric = 0;
+  std::string best_key;
+  bool early_stopped = false;
 };
 
 TrainReport train_lora(const TrainOptions& opt);
