@@ -54,6 +54,7 @@ TEST(TrainLoop, ScheduleFollowsItsFormula) {
   o.scheduler = "linear";
   EXPECT_NEAR(lr_at_step(o, 12, 20), 1e-3 * (1 - 0.9 * 0.5), 1e-15);
   o.scheduler = "constant";
+  o.min_lr_ratio = 0;  // (refused for constant: it has no minimum)
   EXPECT_DOUBLE_EQ(lr_at_step(o, 15, 20), 1e-3);
 }
 

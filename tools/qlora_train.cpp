@@ -37,6 +37,7 @@ struct TrainArgs {
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
   bool greater = false, not_greater = false;  // --greater-is-better, --no-greater-is-better
+  std::string scheduler_kwargs;               // JSON text
   int nproc = 1;
   CommonOptions common;
 };
@@ -46,6 +47,7 @@ struct TrainArgs {
 // of strings or numbers is the option's comma-separated value ("target": ["q_proj", "v_proj"] is --target
 // q_proj,v_proj, as PEFT's target_modules list reads): train's list options take one comma-separated value, but for
 // "reward", whose items may hold commas (a regex, a command): each item is one --reward.
+// "scheduler-kwargs" takes its object as it is.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.is_object(), path << ": a training config must be a JSON object of option: value");
@@ -72,6 +74,8 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
         joined += (joined.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : v.dump());
       }
       args.insert(args.end(), {key, joined});
+    } else if (it->is_object() && it.key() == "scheduler-kwargs") {  // transformers' lr_scheduler_kwargs, as JSON text
+      args.insert(args.end(), {key, it->dump()});
     } else {
       QWENQ_FAIL(path << ": option \"" << it.key() << "\" must be a string, number, boolean or a list of strings "
                       << "or numbers");
@@ -390,7 +394,19 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--max-grad-norm", o.max_grad_norm, "clip the global gradient norm (0: no clipping)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_option("--scheduler", o.scheduler, "cosine, linear or constant")->capture_default_str();
+  c->add_option("--scheduler", o.scheduler,
+                "linear, cosine, cosine_with_restarts, polynomial, constant (after the warm-up), "
+                "constant_with_warmup, inverse_sqrt, cosine_with_min_lr or warmup_stable_decay (transformers' "
+                "lr_scheduler_type)")
+      ->capture_default_str();
+  c->add_option("--scheduler-kwargs", a->scheduler_kwargs,
+                "the schedule's keyword arguments as a JSON object (transformers' lr_scheduler_kwargs), e.g. "
+                "'{\"num_cycles\": 3}' for cosine_with_restarts, '{\"num_decay_steps\": 100}' for "
+                "warmup_stable_decay");
+  c->add_option("--min-lr-ratio", o.min_lr_ratio,
+                "the learning rate the decay ends at, as a fraction of --lr (linear, cosine, cosine_with_min_lr, "
+                "warmup_stable_decay)")
+      ->capture_default_str();
   c->add_option("--warmup-steps", o.warmup_steps, "linear warm-up steps (transformers': lr 0 at the first)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
@@ -468,6 +484,11 @@ void register_qlora_train(CLI::App& app) {
     o.checkpointing = !a->no_checkpointing;
     QWENQ_CHECK(!(a->greater && a->not_greater), "give --greater-is-better or --no-greater-is-better, not both");
     o.best.greater_is_better = a->greater ? 1 : a->not_greater ? 0 : -1;
+    if (!a->scheduler_kwargs.empty()) {
+      o.scheduler_kwargs = nlohmann::json::parse(a->scheduler_kwargs, nullptr, false);
+      QWENQ_CHECK(!o.scheduler_kwargs.is_discarded() && o.scheduler_kwargs.is_object(),
+                  "--scheduler-kwargs must be a JSON object, e.g. '{\"num_cycles\": 3}', not " << a->scheduler_kwargs);
+    }
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     o.model_dir = resolve_model_dir(a->model);

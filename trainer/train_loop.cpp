@@ -31,6 +31,7 @@
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/lora_model.h"
+#include "trainer/lr_schedule.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/step_profile.h"
@@ -63,20 +64,21 @@ float neftune_half_width(double alpha, int64_t row_len, int64_t hidden) {
   return static_cast<float>(alpha) / std::sqrt(static_cast<float>(row_len * hidden));
 }
 
-double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) {
+namespace {
+
+// The run's schedule over `total` steps (trainer/lr_schedule.h); warm-up steps as transformers' get_warmup_steps.
+LrSchedule schedule_of(const TrainOptions& o, int64_t total) {
   const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
                                             : static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
-  if (step < warmup) return o.lr * static_cast<double>(step) / static_cast<double>(warmup);  // transformers': 0 at step 0
-  if (o.scheduler == "constant") return o.lr;
-  const double p = std::min(1.0, static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup)));
-  const double lo = o.min_lr_ratio;
-  if (o.scheduler == "linear") return o.lr * (1.0 - (1.0 - lo) * p);
-  return o.lr * (lo + (1.0 - lo) * 0.5 * (1.0 + std::cos(M_PI * p)));
+  return make_lr_schedule(o.scheduler, o.scheduler_kwargs, o.lr, o.min_lr_ratio, warmup, total);
 }
+
+}  // namespace
+
+double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) { return lr_at(schedule_of(o, total), step); }
 
 namespace {
 
-// What a resumed run must share with the run it continues (anything else would change the numbers).
 // The evaluation record's keys a run can choose its best model by (trainer/best_model.h), per objective; counts
 // (eval_tokens, eval_pairs, ...) are not metrics. GRPO's per-function means and deviations are checked when an
 // evaluation first reports them.
@@ -100,6 +102,7 @@ bool best_greater_is_better(const TrainOptions& o) {
   return o.best.greater_is_better >= 0 ? o.best.greater_is_better == 1 : default_greater_is_better(best_metric_key(o));
 }
 
+// What a resumed run must share with the run it continues (anything else would change the numbers).
 nlohmann::json resume_key(const TrainOptions& o) {
   nlohmann::json k = {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
           {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
@@ -127,6 +130,8 @@ nlohmann::json resume_key(const TrainOptions& o) {
   if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
   if (o.loraplus_lr_ratio != 1.0) k["loraplus_lr_ratio"] = o.loraplus_lr_ratio;  // likewise
   if (o.neftune_noise_alpha > 0) k["neftune_noise_alpha"] = o.neftune_noise_alpha;  // likewise
+  if (o.min_lr_ratio > 0) k["min_lr_ratio"] = o.min_lr_ratio;  // likewise
+  if (!o.scheduler_kwargs.is_null() && !o.scheduler_kwargs.empty()) k["scheduler_kwargs"] = o.scheduler_kwargs;  // likewise
   if (o.best.tracking()) {  // likewise; patience and threshold may change on resume
     const std::string key = best_metric_key(o);
     k["best_model"] = {{"metric", key}, {"greater_is_better", best_greater_is_better(o)}, {"load_best", o.best.load_best}};
@@ -182,6 +187,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
       {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
       {"loraplus_lr_ratio", "--loraplus-lr-ratio"}, {"neftune_noise_alpha", "--neftune-noise-alpha"},
+      {"min_lr_ratio", "--min-lr-ratio"}, {"scheduler_kwargs", "--scheduler-kwargs"},
       {"best_model", "--load-best-model-at-end/--metric-for-best-model/--greater-is-better/--early-stopping-patience"},
       {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
       {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
@@ -479,8 +485,7 @@ std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapt
 void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.grad_accum >= 1 && o.batch_size >= 1 && o.seq_len >= 2,
               "--grad-accum, --batch-size must be >= 1 and --seq-len >= 2");
-  QWENQ_CHECK(o.scheduler == "cosine" || o.scheduler == "linear" || o.scheduler == "constant",
-              "--scheduler must be cosine, linear or constant, not " << o.scheduler);
+  schedule_of(o, 0);  // the name and kwargs (the checks that need the step count follow when it is known)
   QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
   QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
   QWENQ_CHECK(o.loraplus_lr_ratio > 0 && std::isfinite(o.loraplus_lr_ratio), "--loraplus-lr-ratio must be positive");
@@ -640,6 +645,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.grpo) total *= o.grpo_options.num_iterations;  // each generation trains num_iterations steps
   }
   SftBatchIterator it(data.train, bo);
+  schedule_of(o, total);  // e.g. warmup_stable_decay's warm-up and decay within the run
 
   adapter.init_peft(o.seed);
   if (o.reward && classifier_base) {  // the reward model's own head

@@ -11,7 +11,8 @@
 //   p = (s − warmup) / max(1, total − warmup); constant: lr.
 // These are transformers' get_cosine_schedule_with_warmup (cosine_with_min_lr), get_linear_schedule_with_warmup and
 // get_constant_schedule_with_warmup as its Trainer steps them: the first warm-up step has lr 0 (AdamW then moves only
-// its moments), the last warm-up step lr·(warmup − 1)/warmup.
+// its moments), the last warm-up step lr·(warmup − 1)/warmup. trainer/lr_schedule.h has the rest of transformers'
+// schedules (cosine_with_restarts, polynomial, inverse_sqrt, warmup_stable_decay, ...) and their kwargs.
 //
 // The run directory `out`:
 //   adapter_config.json, adapter_model.safetensors   the final adapter (PEFT layout; PeftModel.from_pretrained(out))
@@ -52,6 +53,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "lora/lora_config.h"
@@ -97,7 +100,8 @@ struct TrainOptions {
   // pad_to_seq_len), keyed by the micro-batch's dropout seed (LoraStepOptions::neftune_half_width). Evaluation has
   // none. 0: off.
   double neftune_noise_alpha = 0.0;
-  std::string scheduler = "cosine";  // cosine | linear | constant
+  std::string scheduler = "cosine";  // trainer/lr_schedule.h's names (transformers' lr_scheduler_type)
+  nlohmann::json scheduler_kwargs;   // null or an object: transformers' lr_scheduler_kwargs (trainer/lr_schedule.h)
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0, min_lr_ratio = 0.0;
   int64_t eval_every = 0;   // 0: evaluate at the end only (when there is an eval split)
