@@ -58,6 +58,28 @@ TEST(TrainLoop, ScheduleFollowsItsFormula) {
   EXPECT_DOUBLE_EQ(lr_at_step(o, 15, 20), 1e-3);
 }
 
+// --eval-every / --save-every below 1 are fractions of the run, rounded up as transformers' Trainer rounds eval_steps
+// (math.ceil(max_steps · eval_steps)); above 1 whole steps.
+TEST(TrainLoop, IntervalsTakeFractionsOfTheRun) {
+  EXPECT_EQ(run_interval(0, 100), 0);
+  EXPECT_EQ(run_interval(5, 100), 5);
+  EXPECT_EQ(run_interval(0.1, 100), 10);
+  EXPECT_EQ(run_interval(0.1, 95), 10);   // ceil(9.5)
+  EXPECT_EQ(run_interval(0.25, 8), 2);
+  EXPECT_EQ(run_interval(0.01, 20), 1);   // ceil(0.2)
+  const std::string dir = test::scratch_dir();
+  TrainOptions o;
+  o.out_dir = dir + "/run";
+  for (double bad : {2.5, -1.0, static_cast<double>(NAN)}) {
+    o.eval_every = bad;
+    EXPECT_NE(error_of([&] { check_train_options(o); }).find("--eval-every must be a whole number"), std::string::npos)
+        << bad;
+  }
+  o.eval_every = 0;
+  o.save_every = 1.5;
+  EXPECT_NE(error_of([&] { check_train_options(o); }).find("--save-every"), std::string::npos);
+}
+
 TEST(TrainLoop, LowersTheLossOfARandomModel) {
   const std::string root = test::scratch_dir();
   TrainOptions o = base_options(make_model(root + "/m"), make_text_data(root + "/d.jsonl", 200), root + "/run");

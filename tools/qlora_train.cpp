@@ -430,13 +430,16 @@ void register_qlora_train(CLI::App& app) {
   add_cpu_matmul_option(c, &a->cpu_matmul,
                         "on the CPU, the base Linears' and the lm_head's products: fp32 (the reference) or bf16 (bf16 "
                         "operands, fp32 sums, as the GPU and torch's bf16 autocast compute them; fast with AVX512_BF16)");
-  c->add_option("--eval-every", o.eval_every, "evaluate every N steps (0: at the end)")
+  c->add_option("--eval-every", o.eval_every,
+                "evaluate every N steps (0: at the end; below 1: that fraction of the run's steps, as transformers' "
+                "eval_steps)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
   c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_option("--save-every", o.save_every, "checkpoint every N steps (0: only the final adapter)")
+  c->add_option("--save-every", o.save_every,
+                "checkpoint every N steps (0: only the final adapter; below 1: that fraction of the run's steps)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
   c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")

@@ -77,6 +77,12 @@ LrSchedule schedule_of(const TrainOptions& o, int64_t total) {
 
 double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) { return lr_at(schedule_of(o, total), step); }
 
+int64_t run_interval(double every, int64_t total) {
+  if (every <= 0) return 0;
+  if (every < 1) return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(every * static_cast<double>(total))));
+  return static_cast<int64_t>(every);
+}
+
 namespace {
 
 // The evaluation record's keys a run can choose its best model by (trainer/best_model.h), per objective; counts
@@ -528,6 +534,11 @@ void check_train_options(const TrainOptions& o, bool lead) {
                                                         << (o.kto ? "examples with their KL sequences" : "pairs")
                                                         << " (packed without padding): leave --batching out");
   }
+  for (const auto& [every, flag] : {std::pair<double, const char*>{o.eval_every, "--eval-every"},
+                                    std::pair<double, const char*>{o.save_every, "--save-every"}}) {
+    QWENQ_CHECK(std::isfinite(every) && every >= 0 && (every < 1 || every == std::floor(every)),
+                flag << " must be a whole number of steps, or a fraction of the run's steps in (0, 1), not " << every);
+  }
   if (o.best.tracking()) {
     const char* what = o.best.load_best ? "--load-best-model-at-end" : "--early-stopping-patience";
     QWENQ_CHECK(o.eval_every > 0, what << " compares the evaluations during the run: give --eval-every N");
@@ -646,6 +657,7 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   SftBatchIterator it(data.train, bo);
   schedule_of(o, total);  // e.g. warmup_stable_decay's warm-up and decay within the run
+  const int64_t eval_every = run_interval(o.eval_every, total), save_every = run_interval(o.save_every, total);
 
   adapter.init_peft(o.seed);
   if (o.reward && classifier_base) {  // the reward model's own head
@@ -1143,9 +1155,9 @@ TrainReport train_lora(const TrainOptions& o) {
       std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
     }
     bar.update(st.step, extra);
-    if (o.eval_every > 0 && st.step % o.eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step);
+    if (eval_every > 0 && st.step % eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step);
     const bool keep_best = best && o.best.load_best && best->best_step() == st.step;
-    if ((o.save_every > 0 && st.step % o.save_every == 0) || keep_best) {
+    if ((save_every > 0 && st.step % save_every == 0) || keep_best) {
       sync_host();
       check_in_step("after step " + std::to_string(st.step));
       if (best) st.best_model = best->state();

@@ -104,9 +104,12 @@ struct TrainOptions {
   nlohmann::json scheduler_kwargs;   // null or an object: transformers' lr_scheduler_kwargs (trainer/lr_schedule.h)
   int64_t warmup_steps = 0;
   double warmup_ratio = 0.0, min_lr_ratio = 0.0;
-  int64_t eval_every = 0;   // 0: evaluate at the end only (when there is an eval split)
+  // Steps between evaluations (0: at the end only, when there is an eval split) and between checkpoints (0: none
+  // but the final adapter); a value in (0, 1) is a fraction of the run's steps, ceil(f · steps) (transformers'
+  // eval_steps / save_steps below 1); above 1 a whole number (run_interval).
+  double eval_every = 0;
   int64_t eval_batches = 0; // 0: the whole eval split
-  int64_t save_every = 0;   // 0: no intermediate checkpoints
+  double save_every = 0;
   int64_t save_total_limit = 2;
   // The best model and early stopping (trainer/best_model.h: transformers' load_best_model_at_end,
   // metric_for_best_model, greater_is_better, EarlyStoppingCallback): every evaluation after step 0 (eval_every and
@@ -228,6 +231,9 @@ std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapt
 RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                               const std::vector<SftExample>& examples, const std::vector<double>& margins,
                               const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
+// The steps between evaluations or checkpoints of a run of `total` steps for TrainOptions::eval_every / save_every:
+// 0 for 0, ceil(every · total) for a fraction, else every.
+int64_t run_interval(double every, int64_t total);
 // The example length train_lora's data loader keeps: o.data.max_len, or seq_len when it is 0.
 int64_t data_max_len(const TrainOptions& o);
 

@@ -97,4 +97,34 @@ grep -q -- "--loraplus-lr-ratio" "$WORK/lp0.txt" || fail "unclear refusal of --l
 if "$QL" train --config "$WORK/run.json" --objective kto --neftune-noise-alpha 5 --out "$WORK/nefkto" \
   > "$WORK/nefkto.txt" 2>&1; then fail "--neftune-noise-alpha accepted for kto"; fi
 grep -q -- "--neftune-noise-alpha applies to --objective sft" "$WORK/nefkto.txt" || fail "unclear refusal of NEFTune for kto"
+# The schedule's minimum and keyword arguments change the rates, and best-model tracking the checkpoints: a run
+# resumed with any of them is refused by name. A config's "scheduler-kwargs" object is the flag's JSON text (the same
+# adapter, bit for bit).
+for opt in "min_lr_ratio|--min-lr-ratio|0.1|0.1" "scheduler_kwargs|--scheduler-kwargs|{\"num_cycles\": 1.5}|{\"num_cycles\":1.5}"; do
+  IFS='|' read -r key flag value shown <<< "$opt"
+  if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume "$flag" "$value" > "$WORK/$key.txt" 2>&1; then
+    fail "resumed a plain run with $flag $value"
+  fi
+  grep -qF "\"$key\" ($flag): saved (none), now $shown" "$WORK/$key.txt" || fail "unclear refusal of a changed $flag"
+done
+if "$QL" train --config "$WORK/run.json" --out "$WORK/part" --resume --load-best-model-at-end --eval-every 4 \
+  > "$WORK/best.txt" 2>&1; then fail "resumed a plain run with --load-best-model-at-end"; fi
+grep -qF '"best_model" (--load-best-model-at-end/' "$WORK/best.txt" || fail "unclear refusal of --load-best-model-at-end"
+sed 's/"max-steps": 24, /"max-steps": 3, "scheduler": "cosine_with_restarts", "scheduler-kwargs": {"num_cycles": 2}, /' \
+  "$WORK/run.json" > "$WORK/sched.json"
+grep -q '"scheduler-kwargs": {"num_cycles": 2}' "$WORK/sched.json" || fail "the scheduler config was not written"
+"$QL" train --config "$WORK/sched.json" --out "$WORK/sched" > "$WORK/sched.txt" 2>&1 || fail "config with scheduler-kwargs"
+"$QL" train --config "$WORK/run.json" --max-steps 3 --scheduler cosine_with_restarts --scheduler-kwargs '{"num_cycles": 2}' \
+  --out "$WORK/schedflags" > "$WORK/schedflags.txt" 2>&1 || fail "the same schedule from flags"
+cmp "$WORK/sched/adapter_model.safetensors" "$WORK/schedflags/adapter_model.safetensors" || fail "scheduler config != flags"
+# --eval-every / --save-every below 1: fractions of the run's steps (transformers' eval_steps / save_steps < 1).
+"$QL" train --config "$WORK/run.json" --max-steps 8 --eval-every 0.25 --save-every 0.5 --save-total-limit 0 \
+  --out "$WORK/frac" > "$WORK/frac.txt" 2>&1 || fail "fractional --eval-every / --save-every"
+python3 - "$WORK/frac/metrics.jsonl" <<'PY' || fail "evaluations at the fractions' steps"
+import json, sys
+steps = [r["step"] for r in map(json.loads, open(sys.argv[1])) if "eval_loss" in r]
+assert steps == [0, 2, 4, 6, 8], steps
+PY
+[ "$(ls -d "$WORK"/frac/checkpoint-* | xargs -n1 basename | tr '\n' ' ')" = "checkpoint-4 checkpoint-8 " ] \
+  || fail "checkpoints at the fractions' steps: $(ls "$WORK/frac")"
 echo "qlora resume CLI: OK"
