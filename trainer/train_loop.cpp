@@ -888,7 +888,7 @@ TrainReport train_lora(const TrainOptions& o) {
     metrics << record.dump() << "\n" << std::flush;
     return record;
   };
-  if (!o.resume) run_eval(0);
+  const nlohmann::json first_eval = o.resume ? nlohmann::json() : run_eval(0);
   // The best model and early stopping (trainer/best_model.h), from the evaluations after step 0; a resumed run
   // continues the checkpoint's decisions.
   std::unique_ptr<BestModelTracker> best;
@@ -899,10 +899,9 @@ TrainReport train_lora(const TrainOptions& o) {
       best->restore(st.best_model, path_join(latest_checkpoint(o.out_dir), "trainer_state.json"));
     rep.best_key = best->key();
   }
-  // Scores an evaluation's record; true when the run stops here (early stopping). With load_best a new best is
-  // checkpointed now (unless save_every does it at this step), so that the end can return to it.
-  const auto judge = [&](const nlohmann::json& record, int64_t step) {
-    if (!best || record.is_null()) return false;
+  // The evaluation reports the metric (e.g. a KTO held-out set without desirable examples has no
+  // eval_rewards_chosen): checked on step 0's evaluation too, which is no candidate, before any training.
+  const auto check_reports_metric = [&](const nlohmann::json& record, int64_t step) {
     QWENQ_CHECK(record.contains(best->key()) && record[best->key()].is_number(),
                 "--metric-for-best-model: the evaluation at step " << step << " reports no " << best->key()
                     << " (it reports " << [&] {
@@ -911,6 +910,13 @@ TrainReport train_lora(const TrainOptions& o) {
                            if (it.key().rfind("eval_", 0) == 0) keys += (keys.empty() ? "" : ", ") + it.key();
                          return keys;
                        }() << ")");
+  };
+  if (best && !first_eval.is_null()) check_reports_metric(first_eval, 0);
+  // Scores an evaluation's record; true when the run stops here (early stopping). With load_best a new best is
+  // checkpointed now (unless save_every does it at this step), so that the end can return to it.
+  const auto judge = [&](const nlohmann::json& record, int64_t step) {
+    if (!best || record.is_null()) return false;
+    check_reports_metric(record, step);
     const BestModelTracker::Decision d = best->observe(step, record[best->key()].get<double>());
     return d.stop;
   };

@@ -13,7 +13,9 @@ the checkpoints left on disk. Then:
   2. the same run killed after STOP_AFTER steps (--stop-after) and resumed ends with the same evaluations, the same
      decisions and the same final adapter bytes;
   3. early stopping alone (no --load-best-model-at-end), with a threshold: the final adapter is the last step's;
-  4. the refusals: no --eval-every, no held-out set, a metric the objective does not report; nothing is written.
+  4. the refusals: no --eval-every, no held-out set, a metric the objective does not report (nothing is written);
+     a metric this held-out set does not report (KTO's eval_rewards_chosen without a desirable example), at the
+     step-0 evaluation, before any step.
 """
 import json
 import os
@@ -194,5 +196,27 @@ for name, extra, needle in [
     p = subprocess.run(cmd, capture_output=True, text=True)
     check(p.returncode != 0 and needle in p.stderr, f"{name}: rc {p.returncode}, stderr {p.stderr.strip()}")
     check(not os.path.exists(d), f"{name}: the refused run left {d}")
+
+# A metric the objective reports only for some held-out sets (KTO's eval_rewards_chosen needs a desirable example) is
+# refused at the step-0 evaluation, before any training step, naming what the evaluation reports.
+with open(data) as f:
+    alpaca = json.load(f)
+kto_train, kto_eval = os.path.join(out, "kto.jsonl"), os.path.join(out, "kto_eval.jsonl")
+with open(kto_train, "w") as f:
+    for i, r in enumerate(alpaca[:32]):
+        f.write(json.dumps({"prompt": r["instruction"][:150], "completion": r["output"][:150], "label": i % 2 == 0}) + "\n")
+with open(kto_eval, "w") as f:
+    for r in alpaca[32:40]:
+        f.write(json.dumps({"prompt": r["instruction"][:150], "completion": r["output"][:150], "label": False}) + "\n")
+d = os.path.join(out, "kto")
+p = subprocess.run([ql, "train", "--objective", "kto", "--model", base_dir, "--data", kto_train, "--eval-data", kto_eval,
+                    "--out", d, "--overwrite", "--seq-len", "256", "--batch-size", "4", "--max-steps", "4",
+                    "--eval-every", "1", "--metric-for-best-model", "rewards_chosen", "--early-stopping-patience", "1",
+                    "--quiet", "--threads", "2"], capture_output=True, text=True)
+check(p.returncode != 0 and "evaluation at step 0 reports no eval_rewards_chosen" in p.stderr
+      and "eval_rewards_rejected" in p.stderr, f"kto without desirable held-out examples: {p.stderr.strip()}")
+with open(os.path.join(d, "metrics.jsonl")) as f:
+    steps_run = [r for r in map(json.loads, f) if "loss" in r]
+check(not steps_run, f"kto: {len(steps_run)} steps ran before the metric was checked")
 
 finish()
