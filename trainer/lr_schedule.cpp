@@ -56,9 +56,9 @@ LrSchedule make_lr_schedule(const std::string& name, const nlohmann::json& kwarg
   if (name == "warmup_stable_decay")
     takes = {"num_decay_steps", "num_stable_steps", "warmup_type", "decay_type", "min_lr_ratio", "num_cycles"};
   const nlohmann::json kw = kwargs.is_null() ? nlohmann::json::object() : kwargs;
+  std::string list;
+  for (const std::string& k : takes) list += (list.empty() ? "" : ", ") + k;
   for (auto it = kw.begin(); it != kw.end(); ++it) {
-    std::string list;
-    for (const std::string& k : takes) list += (list.empty() ? "" : ", ") + k;
     QWENQ_CHECK(takes.count(it.key()), "--scheduler-kwargs: --scheduler " << name << " takes "
                                            << (list.empty() ? std::string("no keyword arguments") : list)
                                            << ", not \"" << it.key() << "\"");
@@ -94,13 +94,13 @@ LrSchedule make_lr_schedule(const std::string& name, const nlohmann::json& kwarg
     if (kw.contains("decay_type")) s.decay_type = text(kw, "decay_type");
     if (kw.contains("num_stable_steps")) {
       s.num_stable_steps = static_cast<int64_t>(number(kw, "num_stable_steps", true));
+      QWENQ_CHECK(s.num_stable_steps >= 0, "--scheduler-kwargs: num_stable_steps must be >= 0");
     } else {
       s.num_stable_steps = total - warmup - s.num_decay_steps;
       QWENQ_CHECK(total == 0 || s.num_stable_steps >= 0,
                   "--scheduler warmup_stable_decay: " << warmup << " warm-up and " << s.num_decay_steps
                                                       << " decay steps exceed the run's " << total << " steps");
     }
-    QWENQ_CHECK(s.num_stable_steps >= 0 || total == 0, "--scheduler-kwargs: num_stable_steps must be >= 0");
   }
   QWENQ_CHECK(s.min_lr_ratio >= 0 && s.min_lr_ratio <= 1, "the minimum learning-rate ratio must be in [0, 1], got "
                                                               << s.min_lr_ratio);

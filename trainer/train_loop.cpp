@@ -656,7 +656,8 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.grpo) total *= o.grpo_options.num_iterations;  // each generation trains num_iterations steps
   }
   SftBatchIterator it(data.train, bo);
-  schedule_of(o, total);  // e.g. warmup_stable_decay's warm-up and decay within the run
+  // The schedule, checked again now that the step count is known (e.g. warmup_stable_decay's phases within the run).
+  const LrSchedule schedule = schedule_of(o, total);
   const int64_t eval_every = run_interval(o.eval_every, total), save_every = run_interval(o.save_every, total);
 
   adapter.init_peft(o.seed);
@@ -1078,10 +1079,11 @@ TrainReport train_lora(const TrainOptions& o) {
                         : o.kto  ? kto_stats.objective()
                         : o.grpo ? grpo_step.loss
                                  : targets > 0 ? nll / targets : 0.0;
+    const double lr = lr_at(schedule, st.step);
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
       try {
-        return gpu->adamw_step(lr_at_step(o, st.step, total), o.beta1, o.beta2, o.adam_eps, o.weight_decay,
+        return gpu->adamw_step(lr, o.beta1, o.beta2, o.adam_eps, o.weight_decay,
                                st.step + 1, o.max_grad_norm, o.loraplus_lr_ratio);
       } catch (const OutOfMemoryError& e) {
         throw_training_oom(e, "step " + std::to_string(st.step + 1) + ", the optimizer: ", o, model.config(), lcfg);
@@ -1098,7 +1100,6 @@ TrainReport train_lora(const TrainOptions& o) {
                 "step " << st.step + 1 << " (epoch " << micro[0].epoch << ", examples from " << micro[0].first_index
                         << "): loss " << loss << ", gradient norm " << gnorm << " is not finite; stopping. The last good "
                         << "checkpoint is " << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
-    const double lr = lr_at_step(o, st.step, total);
     for (size_t i = 0; i < P.ptr.size() && !gpu; ++i) {
       adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr * P.lr_scale[i], o.beta1, o.beta2,
                      o.adam_eps, o.weight_decay, st.step + 1);
