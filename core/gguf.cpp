@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/strings.h"
 
 namespace qwenq {
 
@@ -237,7 +238,7 @@ std::string gguf_split_path(const std::string& prefix, int no, int count) {
 }
 
 std::string gguf_path_prefix(const std::string& path) {
-  const bool ext = path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+  const bool ext = has_proper_suffix(path, ".gguf");
   return ext ? path.substr(0, path.size() - 5) : path;
 }
 
@@ -267,7 +268,7 @@ void GgufFile::open_splits() {
   QWENQ_CHECK(get_int_or(kSplitNo, -1) == 0, path_ << ": this is split " << get_int_or(kSplitNo, -1) + 1 << " of "
                                                   << count << "; open the first file (-00001-of-...)");
   const std::string tail = gguf_split_path("", 0, static_cast<int>(count));
-  QWENQ_CHECK(path_.size() > tail.size() && path_.compare(path_.size() - tail.size(), tail.size(), tail) == 0,
+  QWENQ_CHECK(has_proper_suffix(path_, tail),
               path_ << ": the first file of a split model must be named <prefix>" << tail);
   const std::string prefix = path_.substr(0, path_.size() - tail.size());
   for (int i = 1; i < count; ++i) {

@@ -6,15 +6,12 @@
 
 #include "core/error.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "core/tensor.h"
 #include "lora/peft_io.h"
 
 namespace qwenq {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // The adapter's tensors as fp32 matrices [rows, cols], checked to be 2-D.
 std::vector<float> matrix_of(const SafetensorsFile& f, const std::string& name, int64_t* rows, int64_t* cols) {

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "core/threads.h"
 #include "quant/awq_search.h"
 #include "quant/grid.h"
@@ -163,14 +164,12 @@ AwqSearchResult load_awq_search(const std::string& path) {
     QWENQ_CHECK(t.dtype == DType::F32, path << ": " << name << " must be F32");
     const float* p = static_cast<const float*>(t.data);
     std::vector<float> v(p, p + t.numel());
-    auto ends_with = [&](const std::string& suffix) {
-      return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (ends_with(".awq_scales")) {
+    auto ends_in = [&](const char* suffix) { return has_proper_suffix(name, suffix); };
+    if (ends_in(".awq_scales")) {
       QWENQ_CHECK(t.shape.size() == 1, path << ": " << name << " must be one-dimensional");
       for (float x : v) QWENQ_CHECK(std::isfinite(x) && x > 0.f, path << ": " << name << " holds a scale that is not positive");
       r.scales[name.substr(0, name.size() - 11)] = std::move(v);
-    } else if (ends_with(".awq_clip")) {
+    } else if (ends_in(".awq_clip")) {
       QWENQ_CHECK(t.shape.size() == 2, path << ": " << name << " must be [N, groups]");
       for (float x : v) QWENQ_CHECK(std::isfinite(x) && x >= 0.f, path << ": " << name << " holds a negative clip bound");
       r.clips[name.substr(0, name.size() - 9)] = {std::move(v), t.shape};

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/gguf.h"
+#include "core/strings.h"
 
 namespace qwenq {
 
@@ -18,9 +19,8 @@ const char* const kSum = ".in_sum";
 const char* const kCounts = ".counts";
 
 bool strip_suffix(std::string* s, const char* suffix) {
-  const size_t n = std::strlen(suffix);
-  if (s->size() <= n || s->compare(s->size() - n, n, suffix) != 0) return false;
-  s->resize(s->size() - n);
+  if (!has_proper_suffix(*s, suffix)) return false;
+  s->resize(s->size() - std::strlen(suffix));
   return true;
 }
 

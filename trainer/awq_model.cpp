@@ -19,6 +19,7 @@
 #include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "kernels/gemm.h"
 #include "kernels/sum_reduce.h"
 #include "quant/awq.h"
@@ -440,13 +441,11 @@ QuantizeReport awq_quantize_model(const AwqModelOptions& a) {
   const bool v_to_o = cfg.q_dim() == cfg.kv_dim();
   for (const auto& name : ckpt.names()) {
     if (std::regex_match(name, kDecoderLinearRe) || is_source_scale(name)) continue;
-    const auto ends_with = [&](const std::string& s) {
-      return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-    };
+    const auto ends_in = [&](const char* s) { return has_proper_suffix(name, s); };
     if (name.rfind("model.layers.", 0) == 0 &&
-        (ends_with(".input_layernorm.weight") || ends_with(".post_attention_layernorm.weight") ||
-         (v_to_o && ends_with(".self_attn.v_proj.bias")) ||
-         (cfg.is_moe() && (ends_with(".mlp.gate.weight") || ends_with(".mlp.shared_expert_gate.weight"))))) {
+        (ends_in(".input_layernorm.weight") || ends_in(".post_attention_layernorm.weight") ||
+         (v_to_o && ends_in(".self_attn.v_proj.bias")) ||
+         (cfg.is_moe() && (ends_in(".mlp.gate.weight") || ends_in(".mlp.shared_expert_gate.weight"))))) {
       continue;
     }
     shards.add_view(name, ckpt.get(name));

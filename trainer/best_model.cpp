@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace qwenq {
 
@@ -13,8 +14,7 @@ std::string eval_metric_key(const std::string& name) {
 }
 
 bool default_greater_is_better(const std::string& name) {
-  const std::string tail = "loss";
-  return !(name.size() >= tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0);
+  return !ends_with(name, "loss");
 }
 
 BestModelTracker::BestModelTracker(std::string key, bool greater, int64_t patience, double threshold)

@@ -15,6 +15,7 @@
 #include "core/json_file.h"
 #include "core/progress.h"
 #include "core/safetensors.h"
+#include "core/strings.h"
 #include "core/threads.h"
 #include "lora/peft_io.h"
 #include "trainer/lora_model.h"
@@ -113,7 +114,7 @@ void set_classifier_config(nlohmann::ordered_json* config, int64_t labels, const
     arch = (*config)["architectures"][0].get<std::string>();
   }
   const std::string causal = "ForCausalLM";
-  if (arch.size() > causal.size() && arch.compare(arch.size() - causal.size(), causal.size(), causal) == 0) {
+  if (has_proper_suffix(arch, causal)) {
     arch = arch.substr(0, arch.size() - causal.size()) + "ForSequenceClassification";
   } else if (arch.find("ForSequenceClassification") == std::string::npos) {
     arch = "Qwen2ForSequenceClassification";

@@ -12,6 +12,7 @@
 #include "core/json_file.h"
 #include "core/process_group.h"
 #include "core/progress.h"
+#include "core/strings.h"
 #include "lora/lora_adapter.h"
 #include "kernels/device_allocator.h"
 #include "kernels/dora.h"
@@ -90,8 +91,7 @@ int linear_target(const LayerLinear& x) {
   if (x.decoder_index >= 0) return x.decoder_index;
   for (int t = 4; t < kNumLoraTargets; ++t) {  // an expert's gate/up/down_proj
     const std::string suffix = lora_target_name(kAll[t]);
-    if (x.name.size() > suffix.size() && x.name.compare(x.name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      return t;
+    if (has_proper_suffix(x.name, suffix)) return t;
   }
   return -1;
 }

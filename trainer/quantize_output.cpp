@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/rng.h"
+#include "core/strings.h"
 #include "quant/compressed_tensors.h"
 #include "quant/quantize_step.h"
 #include "trainer/adapter_init.h"
@@ -317,9 +318,8 @@ std::vector<float> source_linear_f32(const Checkpoint& ckpt, const QuantConfig& 
 
 bool is_source_scale(const std::string& name) {
   for (const char* suffix : {".weight_scale_inv", ".weight_scale", ".input_scale"}) {
-    const size_t n = std::strlen(suffix);
-    if (name.size() > n && name.compare(name.size() - n, n, suffix) == 0) {
-      return std::regex_match(name.substr(0, name.size() - n) + ".weight", kDecoderLinearRe);
+    if (has_proper_suffix(name, suffix)) {
+      return std::regex_match(name.substr(0, name.size() - std::strlen(suffix)) + ".weight", kDecoderLinearRe);
     }
   }
   return false;

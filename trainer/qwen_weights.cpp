@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/files.h"
+#include "core/strings.h"
 #include "core/threads.h"
 #include "kernels/convert.h"
 #include "kernels/exp_rows.h"
@@ -37,7 +38,7 @@ TensorView fetch(const Checkpoint& ckpt, const std::string& name, std::vector<in
 
 bool skipped(const QuantConfig& q, const std::string& prefix) {
   for (const std::string& m : q.skip_modules) {
-    if (prefix == m || (prefix.size() > m.size() && prefix.compare(prefix.size() - m.size(), m.size(), m) == 0 &&
+    if (prefix == m || (has_proper_suffix(prefix, m) &&
                         prefix[prefix.size() - m.size() - 1] == '.')) {
       return true;
     }

@@ -5,15 +5,12 @@
 #include "core/error.h"
 #include "core/files.h"
 #include "core/jsonl.h"
+#include "core/strings.h"
 #include "trainer/chat_record.h"
 
 namespace qwenq {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 bool looks_like_jsonl(const std::string& path, const std::string& text) {
   if (ends_with(path, ".jsonl")) return true;

@@ -33,6 +33,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "trainer/chat_record.h"
 #include "trainer/tokenizer_impl.h"
 
@@ -64,9 +65,6 @@ std::string unescape_newlines(const std::string& s) {
 
 bool contains(const std::string& s, const char* what) { return s.find(what) != std::string::npos; }
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
-bool ends_with(const std::string& s, const std::string& p) {
-  return s.size() >= p.size() && s.compare(s.size() - p.size(), p.size(), p) == 0;
-}
 std::string lstrip_nl(const std::string& s) { return s.substr(std::min(s.find_first_not_of('\n'), s.size())); }
 std::string rstrip_nl(const std::string& s) {
   const size_t e = s.find_last_not_of('\n');
