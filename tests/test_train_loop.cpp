@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -78,6 +79,35 @@ TEST(TrainLoop, IntervalsTakeFractionsOfTheRun) {
   o.eval_every = 0;
   o.save_every = 1.5;
   EXPECT_NE(error_of([&] { check_train_options(o); }).find("--save-every"), std::string::npos);
+}
+
+// The metric's flags are refused when nothing watches the metric (the best model, early stopping, reduce_lr_on_plateau),
+// and accepted with any of them.
+TEST(TrainLoop, MetricFlagsNeedSomethingThatWatchesTheMetric) {
+  const std::string dir = test::scratch_dir();
+  TrainOptions o;
+  o.out_dir = dir + "/run";
+  o.best.metric = "loss";
+  EXPECT_NE(error_of([&] { check_train_options(o); }).find("--metric-for-best-model has no effect without"),
+            std::string::npos);
+  o.best.metric.clear();
+  o.best.greater_is_better = 0;
+  EXPECT_NE(error_of([&] { check_train_options(o); }).find("--greater-is-better / --no-greater-is-better has no"),
+            std::string::npos);
+  o.best.greater_is_better = -1;
+  o.best.threshold = 0.01;
+  EXPECT_NE(error_of([&] { check_train_options(o); }).find("--early-stopping-threshold has no effect"),
+            std::string::npos);
+  o.best.metric = "loss";
+  o.eval_every = 5;
+  o.data.eval_count = 4;
+  for (const auto& with : {std::function<void(TrainOptions*)>([](TrainOptions* t) { t->best.patience = 2; }),
+                           std::function<void(TrainOptions*)>([](TrainOptions* t) { t->best.load_best = true; }),
+                           std::function<void(TrainOptions*)>([](TrainOptions* t) { t->scheduler = "reduce_lr_on_plateau"; })}) {
+    TrainOptions t = o;
+    with(&t);
+    EXPECT_EQ(error_of([&] { check_train_options(t); }), "<no error>");
+  }
 }
 
 TEST(TrainLoop, LowersTheLossOfARandomModel) {

@@ -381,6 +381,15 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
+  c->add_option("--adam-beta1", o.beta1, "AdamW's first-moment decay (transformers' adam_beta1)")
+      ->check(in_range(0, 1, "[0, 1)"))
+      ->capture_default_str();
+  c->add_option("--adam-beta2", o.beta2, "AdamW's second-moment decay (transformers' adam_beta2)")
+      ->check(in_range(0, 1, "[0, 1)"))
+      ->capture_default_str();
+  c->add_option("--adam-epsilon", o.adam_eps, "AdamW's epsilon (transformers' adam_epsilon)")
+      ->check(at_least(0, "NONNEGATIVE"))
+      ->capture_default_str();
   c->add_option("--loraplus-lr-ratio", o.loraplus_lr_ratio,
                 "LoRA+: each B (and DoRA magnitude) learns at this times --lr, each A at --lr (PEFT's "
                 "create_loraplus_optimizer; 16 is the paper's usual value)")
@@ -396,13 +405,14 @@ void register_qlora_train(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--scheduler", o.scheduler,
                 "linear, cosine, cosine_with_restarts, polynomial, constant (after the warm-up), "
-                "constant_with_warmup, inverse_sqrt, cosine_with_min_lr or warmup_stable_decay (transformers' "
-                "lr_scheduler_type)")
+                "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay or reduce_lr_on_plateau "
+                "(the rate cut at evaluations that do not improve --metric-for-best-model; needs --eval-every) "
+                "(transformers' lr_scheduler_type)")
       ->capture_default_str();
   c->add_option("--scheduler-kwargs", a->scheduler_kwargs,
                 "the schedule's keyword arguments as a JSON object (transformers' lr_scheduler_kwargs), e.g. "
                 "'{\"num_cycles\": 3}' for cosine_with_restarts, '{\"num_decay_steps\": 100}' for "
-                "warmup_stable_decay");
+                "warmup_stable_decay, '{\"patience\": 2, \"factor\": 0.5}' for reduce_lr_on_plateau");
   c->add_option("--min-lr-ratio", o.min_lr_ratio,
                 "the learning rate the decay ends at, as a fraction of --lr (linear, cosine, cosine_with_min_lr, "
                 "warmup_stable_decay)")
@@ -449,8 +459,8 @@ void register_qlora_train(CLI::App& app) {
               "the final adapter is the best evaluation's (each new best is checkpointed and kept; transformers' "
               "load_best_model_at_end); needs --eval-every and held-out examples");
   c->add_option("--metric-for-best-model", o.best.metric,
-                "the evaluation metric that ranks them: loss (default; GRPO: reward), rewards_accuracy, "
-                "rewards_margin, ... (with or without eval_)");
+                "the evaluation metric that ranks them (and that reduce_lr_on_plateau watches): loss (default; "
+                "GRPO: reward), rewards_accuracy, rewards_margin, ... (with or without eval_)");
   c->add_flag("--greater-is-better", a->greater, "a larger metric is better (default: unless its name ends in loss)");
   c->add_flag("--no-greater-is-better", a->not_greater, "a smaller metric is better");
   c->add_option("--early-stopping-patience", o.best.patience,

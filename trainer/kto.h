@@ -86,6 +86,8 @@ struct KtoStats {
   void add(const KtoStats& o);
   int64_t examples() const { return desirable + undesirable; }
   double objective() const { return examples() > 0 ? loss / static_cast<double>(examples()) : 0.0; }
+  // The mean z over the micro-batches (TRL's logged "kl"; 0 without any).
+  double mean_kl() const { return batches > 0 ? kl / static_cast<double>(batches) : 0.0; }
   // rewards/margins: the mean desirable reward minus the mean undesirable one (a side without examples counts 0).
   double margin() const;
   // The 9 numbers in a fixed order, and back (the data-parallel all-reduce).

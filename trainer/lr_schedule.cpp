@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "trainer/lr_plateau.h"
 
 namespace qwenq {
 
@@ -34,9 +35,10 @@ LrSchedule make_lr_schedule(const std::string& name, const nlohmann::json& kwarg
                             int64_t warmup, int64_t total) {
   static const std::set<std::string> kNames = {"linear",   "cosine",       "cosine_with_restarts", "polynomial",
                                                "constant", "constant_with_warmup", "inverse_sqrt",
-                                               "cosine_with_min_lr", "warmup_stable_decay"};
+                                               "cosine_with_min_lr", "warmup_stable_decay", "reduce_lr_on_plateau"};
   QWENQ_CHECK(kNames.count(name), "--scheduler must be linear, cosine, cosine_with_restarts, polynomial, constant, "
-                                  "constant_with_warmup, inverse_sqrt, cosine_with_min_lr or warmup_stable_decay, not "
+                                  "constant_with_warmup, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay or "
+                                  "reduce_lr_on_plateau, not "
                                       << name);
   QWENQ_CHECK(kwargs.is_null() || kwargs.is_object(),
               "--scheduler-kwargs must be a JSON object (transformers' lr_scheduler_kwargs), got " << kwargs.dump());
@@ -47,6 +49,14 @@ LrSchedule make_lr_schedule(const std::string& name, const nlohmann::json& kwarg
   s.min_lr_ratio = min_lr_ratio;
   s.warmup = warmup;
   s.total = total;
+  if (name == "reduce_lr_on_plateau") {  // driven by the evaluations (trainer/lr_plateau.h): its kwargs checked there
+    plateau_options(kwargs);
+    QWENQ_CHECK(min_lr_ratio == 0, "--min-lr-ratio does not apply to --scheduler reduce_lr_on_plateau (its floor is "
+                                   "--scheduler-kwargs' min_lr)");
+    QWENQ_CHECK(warmup == 0, "--scheduler reduce_lr_on_plateau has no warm-up (transformers' Trainer passes it none): "
+                             "leave --warmup-steps and --warmup-ratio out");
+    return s;
+  }
   // The keys each schedule's transformers function takes (none where the Trainer passes none).
   std::set<std::string> takes;
   if (name == "cosine") takes = {"num_cycles"};
@@ -109,6 +119,7 @@ LrSchedule make_lr_schedule(const std::string& name, const nlohmann::json& kwarg
 }
 
 double lr_at(const LrSchedule& s, int64_t step) {
+  if (s.name == "reduce_lr_on_plateau") return s.lr;  // until an evaluation reduces it (LrPlateau)
   const double m = s.min_lr_ratio;
   if (s.name == "warmup_stable_decay") {
     double f;

@@ -15,6 +15,8 @@
 //                         s < w: q = s / max(1, w), f = max(0, m + (1 − m)·g(q)), g = q, ½(1 − cos(π·q)) or
 //                         1 − √(1 − q); w <= s < w + n: 1; s < w + n + d: q = (s − w − n) / max(1, d),
 //                         f = max(0, m + (1 − m)·h(q)), h = 1 − q, ½(1 + cos(2π·c·q)) or 1 − √q; after: m
+//   reduce_lr_on_plateau  f = 1 until an evaluation reduces it: torch's ReduceLROnPlateau, trainer/lr_plateau.h
+//                         (lr_at gives the starting rate; the loop asks its LrPlateau)
 // The kwargs each schedule takes are its transformers function's; any other key is refused (transformers raises a
 // TypeError), as are kwargs for a schedule whose Trainer path passes none (linear, constant, constant_with_warmup,
 // inverse_sqrt: transformers would drop them).

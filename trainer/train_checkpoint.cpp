@@ -86,6 +86,7 @@ void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapte
   j["elapsed_s"] = state.elapsed_s;
   j["options"] = state.options;
   if (!state.best_model.is_null()) j["best_model"] = state.best_model;
+  if (!state.lr_plateau.is_null()) j["lr_plateau"] = state.lr_plateau;
   write_file_atomic(path_join(staged.path(), "trainer_state.json"), j.dump(2) + "\n");
   staged.commit();
   const std::vector<int64_t> steps = checkpoint_steps(out_dir);
@@ -138,6 +139,7 @@ void load_train_checkpoint(const std::string& dir, const LoraDims& dims, LoraAda
     state->elapsed_s = j.at("elapsed_s").get<double>();
     state->options = j.at("options");
     state->best_model = j.contains("best_model") ? j["best_model"] : nlohmann::json();
+    state->lr_plateau = j.contains("lr_plateau") ? j["lr_plateau"] : nlohmann::json();
   } catch (const nlohmann::json::exception& e) {
     QWENQ_FAIL(state_path << ": malformed trainer state (" << e.what() << ")");
   }

@@ -4,7 +4,8 @@
 //   trainer_state.json        {"step", "cursor": {"epoch","index","num_examples"}, "tokens_seen", "elapsed_s",
 //                              "options": {...the settings a resumed run must share...},
 //                              "best_model": {...} with --load-best-model-at-end / --early-stopping-patience
-//                              (trainer/best_model.h's BestModelTracker::state)}
+//                              (trainer/best_model.h's BestModelTracker::state), "lr_plateau": {...} with
+//                              --scheduler reduce_lr_on_plateau (trainer/lr_plateau.h's LrPlateau::state)}
 // built under a staging name and renamed when complete, so a kill at any moment leaves either the previous
 // checkpoints or the new one whole. Older checkpoints beyond `keep` are removed after the new one is in place, the
 // best one excepted (checkpoints_to_keep, trainer/best_model.h: transformers' rotation).
@@ -27,6 +28,7 @@ struct TrainState {
   double elapsed_s = 0;
   nlohmann::json options;
   nlohmann::json best_model;  // null: no best model tracked
+  nlohmann::json lr_plateau;  // null: no reduce_lr_on_plateau (trainer/lr_plateau.h's LrPlateau::state)
 };
 
 void save_train_checkpoint(const std::string& out_dir, const LoraAdapter& adapter, const LoraAdapter& m,

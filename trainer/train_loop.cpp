@@ -7,10 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
-#include <map>
 #include <memory>
-#include <set>
-#include <sstream>
 #include <type_traits>
 #include <vector>
 
@@ -31,201 +28,25 @@
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/lora_model.h"
+#include "trainer/lora_model_device.h"
+#include "trainer/lr_plateau.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/oom_report.h"
 #include "trainer/qwen_model.h"
 #include "trainer/step_profile.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train_checkpoint.h"
-#ifdef QWENQ_HAVE_CUDA
-#include "trainer/lora_model_cuda.h"
-#endif
+#include "trainer/train_eval.h"
+#include "trainer/train_log.h"
+#include "trainer/train_options.h"
 
 namespace qwenq {
-
-#ifndef QWENQ_HAVE_CUDA
-// CPU-only builds: a stand-in for trainer/lora_model_cuda.h's class, never constructed (train_lora refuses
-// use_cuda first), so that the loop below has one shape in both builds.
-class LoraModelCuda {
- public:
-  LoraStepResult loss_and_grad(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
-  LoraStepResult loss(const PackedBatch&, const std::vector<int32_t>&, const LoraStepOptions&) { return {}; }
-  float adamw_step(double, double, double, double, double, int64_t, double, double) { return 0.f; }
-  void zero_grads() {}
-  void download(LoraAdapter*) const {}
-  void download_optimizer(LoraAdapter*, LoraAdapter*) const {}
-  void upload_optimizer(const LoraAdapter&, const LoraAdapter&) {}
-  StepProfile* enable_profile() { return nullptr; }
-  StepProfile* profile() const { return nullptr; }
-};
-#endif
 
 float neftune_half_width(double alpha, int64_t row_len, int64_t hidden) {
   return static_cast<float>(alpha) / std::sqrt(static_cast<float>(row_len * hidden));
 }
 
 namespace {
-
-// The run's schedule over `total` steps (trainer/lr_schedule.h); warm-up steps as transformers' get_warmup_steps.
-LrSchedule schedule_of(const TrainOptions& o, int64_t total) {
-  const int64_t warmup = o.warmup_steps > 0 ? o.warmup_steps
-                                            : static_cast<int64_t>(std::ceil(o.warmup_ratio * static_cast<double>(total)));
-  return make_lr_schedule(o.scheduler, o.scheduler_kwargs, o.lr, o.min_lr_ratio, warmup, total);
-}
-
-}  // namespace
-
-double lr_at_step(const TrainOptions& o, int64_t step, int64_t total) { return lr_at(schedule_of(o, total), step); }
-
-int64_t run_interval(double every, int64_t total) {
-  if (every <= 0) return 0;
-  if (every < 1) return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(every * static_cast<double>(total))));
-  return static_cast<int64_t>(every);
-}
-
-namespace {
-
-// The evaluation record's keys a run can choose its best model by (trainer/best_model.h), per objective; counts
-// (eval_tokens, eval_pairs, ...) are not metrics. GRPO's per-function means and deviations are checked when an
-// evaluation first reports them.
-std::vector<std::string> best_metric_choices(const TrainOptions& o) {
-  if (o.dpo || o.reward) return {"eval_loss", "eval_rewards_margin", "eval_rewards_accuracy"};
-  if (o.kto) return {"eval_loss", "eval_kl", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_margin"};
-  if (o.grpo)
-    return {"eval_reward", "eval_reward_std", "eval_frac_reward_zero_std", "eval_completions_mean_length",
-            "eval_completions_min_length", "eval_completions_max_length", "eval_completions_clipped_ratio",
-            "eval_completions_mean_terminated_length", "eval_rewards_<name>_mean", "eval_rewards_<name>_std"};
-  return {"eval_loss"};
-}
-
-// The metric's evaluation key: --metric-for-best-model, else the Trainer's "loss" (GRPO: "reward"; its evaluation
-// samples completions and reports no loss).
-std::string best_metric_key(const TrainOptions& o) {
-  return eval_metric_key(!o.best.metric.empty() ? o.best.metric : o.grpo ? "reward" : "loss");
-}
-
-bool best_greater_is_better(const TrainOptions& o) {
-  return o.best.greater_is_better >= 0 ? o.best.greater_is_better == 1 : default_greater_is_better(best_metric_key(o));
-}
-
-// What a resumed run must share with the run it continues (anything else would change the numbers).
-nlohmann::json resume_key(const TrainOptions& o) {
-  nlohmann::json k = {{"model", o.model_dir},        {"data", o.data_path},          {"r", o.lora.r},
-          {"alpha", o.lora.alpha},       {"dropout", o.lora.dropout},    {"rslora", o.lora.use_rslora},
-          {"dora", o.lora.use_dora},     {"targets", o.lora.target_modules},
-          {"seq_len", o.seq_len},        {"batch_size", o.batch_size},   {"grad_accum", o.grad_accum},
-          {"packing", o.batch_mode == SftBatchMode::kPacking},           {"epochs", o.epochs},
-          {"max_steps", o.max_steps},    {"lr", o.lr},                   {"weight_decay", o.weight_decay},
-          {"scheduler", o.scheduler},    {"warmup_steps", o.warmup_steps}, {"warmup_ratio", o.warmup_ratio},
-          {"max_grad_norm", o.max_grad_norm}, {"seed", o.seed},          {"max_len", data_max_len(o)},
-          {"eval_fraction", o.data.eval_fraction}, {"eval_count", o.data.eval_count},
-          {"checkpoints", o.bf16_checkpoints ? "bf16" : "fp32"},
-          {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
-          {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
-  if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
-  if (o.cpu_bf16_matmul) k["cpu_matmul"] = "bf16";  // likewise
-  if (o.group != nullptr && o.group->world() > 1) k["nproc"] = o.group->world();  // the same: a step's micro-batches
-  if (o.dpo) {  // absent for the token loss: older checkpoints still match
-    k["objective"] = "dpo";
-    k["dpo_loss"] = dpo_loss_name(o.dpo_options.loss);
-    k["dpo_beta"] = o.dpo_options.beta;
-    k["dpo_label_smoothing"] = o.dpo_options.label_smoothing;
-    k["rpo_alpha"] = o.dpo_options.rpo_alpha;
-    k["simpo_gamma"] = o.dpo_options.simpo_gamma;
-  }
-  if (o.data.templ.max_prompt_len > 0) k["max_prompt_len"] = o.data.templ.max_prompt_len;  // absent: older runs match
-  if (o.loraplus_lr_ratio != 1.0) k["loraplus_lr_ratio"] = o.loraplus_lr_ratio;  // likewise
-  if (o.neftune_noise_alpha > 0) k["neftune_noise_alpha"] = o.neftune_noise_alpha;  // likewise
-  if (o.min_lr_ratio > 0) k["min_lr_ratio"] = o.min_lr_ratio;  // likewise
-  if (!o.scheduler_kwargs.is_null() && !o.scheduler_kwargs.empty()) k["scheduler_kwargs"] = o.scheduler_kwargs;  // likewise
-  if (o.best.tracking()) {  // likewise; patience and threshold may change on resume
-    const std::string key = best_metric_key(o);
-    k["best_model"] = {{"metric", key}, {"greater_is_better", best_greater_is_better(o)}, {"load_best", o.best.load_best}};
-  }
-  if (o.kto) {
-    k["objective"] = "kto";
-    k["kto_loss"] = kto_loss_name(o.kto_options.loss);
-    k["dpo_beta"] = o.kto_options.beta;
-    k["kto_desirable_weight"] = o.kto_options.desirable_weight;
-    k["kto_undesirable_weight"] = o.kto_options.undesirable_weight;
-  }
-  if (o.reward) {
-    k["objective"] = "reward";
-    k["center_rewards_coefficient"] = o.reward_options.center_coefficient;
-  }
-  if (o.grpo) {
-    const GrpoOptions& g = o.grpo_options;
-    k["objective"] = "grpo";
-    k["grpo_loss"] = grpo_loss_name(g.loss);
-    k["scale_rewards"] = grpo_scale_name(g.scale_rewards);
-    k["num_generations"] = g.num_generations;
-    k["max_completion_len"] = g.max_completion_len;
-    k["sampling"] = {g.temperature, g.top_k, g.top_p, g.min_p, g.repetition_penalty};
-    k["mask_truncated"] = g.mask_truncated;
-    k["grpo_beta"] = g.beta;
-    k["rewards"] = g.rewards;
-    k["reward_weights"] = g.reward_weights;
-    if (g.num_iterations > 1) {  // (absent at 1, as before these existed: older checkpoints still resume)
-      k["num_iterations"] = g.num_iterations;
-      k["clip"] = {g.epsilon, g.eps_high(), grpo_importance_name(g.importance), g.delta};
-    }
-  }
-  return k;
-}
-
-
-// The keys of resume_key that differ, each with the flag that sets it: '"lr" (--lr): saved 0.0002, now 0.01; ...'
-// (one line; the two whole objects were two long lines to compare by eye).
-std::string settings_difference(const nlohmann::json& saved, const nlohmann::json& now) {
-  static const std::map<std::string, std::string> kFlag = {
-      {"model", "--model"}, {"data", "--data"}, {"r", "--lora-r"}, {"alpha", "--lora-alpha"},
-      {"dropout", "--lora-dropout"}, {"rslora", "--rslora"}, {"dora", "--use-dora"}, {"targets", "--target"},
-      {"seq_len", "--seq-len"},
-      {"batch_size", "--batch-size"}, {"grad_accum", "--grad-accum"}, {"packing", "--batching"},
-      {"epochs", "--epochs"}, {"max_steps", "--max-steps"}, {"lr", "--lr"}, {"weight_decay", "--weight-decay"},
-      {"scheduler", "--scheduler"}, {"warmup_steps", "--warmup-steps"}, {"warmup_ratio", "--warmup-ratio"},
-      {"max_grad_norm", "--max-grad-norm"}, {"seed", "--seed"}, {"max_len", "--max-len"},
-      {"eval_fraction", "--eval-fraction"}, {"eval_count", "--eval-count"}, {"checkpoints", "--fp32-checkpoints"},
-      {"thinking", "--no-thinking"}, {"train_on_prompt", "--train-on-prompt"}, {"alpaca_chat", "--alpaca-prompt"},
-      {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
-      {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
-      {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
-      {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
-      {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
-      {"loraplus_lr_ratio", "--loraplus-lr-ratio"}, {"neftune_noise_alpha", "--neftune-noise-alpha"},
-      {"min_lr_ratio", "--min-lr-ratio"}, {"scheduler_kwargs", "--scheduler-kwargs"},
-      {"best_model", "--load-best-model-at-end/--metric-for-best-model/--greater-is-better/--early-stopping-patience"},
-      {"grpo_loss", "--grpo-loss"}, {"grpo_beta", "--grpo-beta"}, {"scale_rewards", "--scale-rewards"}, {"num_generations", "--num-generations"},
-      {"max_completion_len", "--max-completion-len"}, {"sampling", "--temperature/--top-k/--top-p/--min-p/--repetition-penalty"},
-      {"mask_truncated", "--mask-truncated-completions"}, {"rewards", "--reward"}, {"reward_weights", "--reward-weights"},
-      {"num_iterations", "--num-iterations"}, {"clip", "--epsilon/--epsilon-high/--importance-sampling-level/--delta"}};
-  std::set<std::string> keys;
-  for (const nlohmann::json* j : {&saved, &now}) {
-    if (!j->is_object()) continue;
-    for (auto it = j->begin(); it != j->end(); ++it) keys.insert(it.key());
-  }
-  std::string out;
-  for (const std::string& k : keys) {
-    const auto value = [&k](const nlohmann::json& j) { return j.is_object() && j.contains(k) ? j[k].dump() : "(none)"; };
-    if (value(saved) == value(now)) continue;
-    const auto flag = kFlag.find(k);
-    out += (out.empty() ? "" : "; ") + ("\"" + k + "\"") + (flag == kFlag.end() ? "" : " (" + flag->second + ")") +
-           ": saved " + value(saved) + ", now " + value(now);
-  }
-  return out.empty() ? "(none that can be named)" : out;
-}
-
-// A checkpoint from before block inputs could be bf16 has no "checkpoints" key: those runs kept them in fp32, so
-// they resume (bit for bit) with --fp32-checkpoints, and the refusal below names the difference otherwise. One
-// from before DoRA has no "dora" key: it was plain LoRA. One from before the chat options has no "thinking",
-// "train_on_prompt", "alpaca_chat" or "mask_history": the defaults.
-void add_legacy_resume_keys(nlohmann::json* saved) {
-  if (!saved->is_object()) return;
-  const nlohmann::json defaults = {{"checkpoints", "fp32"}, {"dora", false},        {"thinking", true},
-                                   {"train_on_prompt", false}, {"alpaca_chat", false}, {"mask_history", false}};
-  for (auto it = defaults.begin(); it != defaults.end(); ++it)
-    if (!saved->contains(it.key())) (*saved)[it.key()] = it.value();
-}
 
 LoraAdapter zeros_like(const LoraAdapter& a) {
   LoraAdapter z = a;
@@ -238,28 +59,28 @@ LoraAdapter zeros_like(const LoraAdapter& a) {
 
 // Every A and B (and DoRA's m) of an adapter as (pointer, size) pairs, in a fixed order, then a reward model's score
 // head. The magnitudes and the head are trained like A and B (AdamW with weight decay: transformers' Trainer decays
-// every parameter but biases and norms). lr_scale: each tensor's share of the step's learning rate, LoRA+'s
-// loraplus_lr_ratio for PEFT's "groupB" (every lora_B and every one-dimensional tensor: DoRA's m), 1 for the others
-// (every lora_A and the score head, PEFT's "groupA").
+// every parameter but biases and norms). group_b: the tensor is in PEFT's LoRA+ "groupB" (every lora_B and every
+// one-dimensional tensor: DoRA's m), trained at loraplus_lr_ratio times the rate of "groupA" (every lora_A and the
+// score head).
 struct Tensors {
   std::vector<float*> ptr;
   std::vector<int64_t> size;
-  std::vector<double> lr_scale;
+  std::vector<uint8_t> group_b;
 };
-Tensors tensors_of(LoraAdapter& a, double loraplus_lr_ratio = 1.0) {
+Tensors tensors_of(LoraAdapter& a) {
   Tensors t;
-  const auto add = [&t](std::vector<float>* v, double scale) {
+  const auto add = [&t](std::vector<float>* v, bool group_b) {
     if (v->empty()) return;  // m without DoRA, a causal LM's (absent) score head
     t.ptr.push_back(v->data());
     t.size.push_back(static_cast<int64_t>(v->size()));
-    t.lr_scale.push_back(scale);
+    t.group_b.push_back(group_b ? 1 : 0);
   };
   for (size_t i = 0; i < a.slots().size(); ++i) {
-    add(&a.weights(i).A, 1.0);
-    add(&a.weights(i).B, loraplus_lr_ratio);
-    add(&a.weights(i).m, loraplus_lr_ratio);
+    add(&a.weights(i).A, false);
+    add(&a.weights(i).B, true);
+    add(&a.weights(i).m, true);
   }
-  add(&a.score(), 1.0);
+  add(&a.score(), false);
   return t;
 }
 
@@ -271,123 +92,6 @@ uint64_t fingerprint_of(std::initializer_list<LoraAdapter*> adapters) {
     for (size_t i = 0; i < t.ptr.size(); ++i) h = fingerprint(h, t.ptr[i], static_cast<size_t>(t.size[i]) * sizeof(float));
   }
   return h;
-}
-
-// The options of an evaluation call (no dropout; the run's checkpoint storage and CPU products).
-LoraStepOptions eval_step_options(const TrainOptions& o) {
-  LoraStepOptions so;
-  so.train = false;
-  so.checkpointing = o.checkpointing;
-  so.bf16_checkpoints = o.bf16_checkpoints;
-  so.bf16_matmul = o.cpu_bf16_matmul;
-  return so;
-}
-
-// The loss of a batch alone (no gradient) on the device's adapter (gpu) or the CPU's.
-LoraStepResult batch_loss(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu, const SftBatch& b,
-                          const LoraStepOptions& so) {
-  return gpu ? gpu->loss(b.packed, b.targets, so) : lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-}
-
-// Each example's NLL sum (preference pairs: example_nll_sums over o.batch_size pairs a batch, the first max_batches
-// batches) on the device's adapter (gpu) or the CPU's.
-std::vector<double> pair_nll_sums(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
-                                  const std::vector<SftExample>& examples, const TrainOptions& o, int64_t max_batches,
-                                  ProcessGroup* group) {
-  const LoraStepOptions so = eval_step_options(o);
-  return example_nll_sums(examples, o.seq_len, o.batch_size, max_batches, group,
-                          [&](const SftBatch& b) { return batch_loss(model, adapter, gpu, b, so); });
-}
-
-// Mean next-token loss over (up to max_batches batches of) the eval split; gpu: on the device's adapter. With a
-// group (data parallelism) every rank walks the same batches and computes every R-th one with targets; the per-batch
-// sums are gathered (an all-reduce in which each slot has one nonzero term, so exact) and added in batch order, so
-// the loss has the bits of a single process's.
-std::pair<double, int64_t> evaluate(const QwenModel& model, const LoraAdapter& adapter, LoraModelCuda* gpu,
-                                    const std::vector<SftExample>& eval, const TrainOptions& o,
-                                    ProcessGroup* group = nullptr) {
-  SftBatchOptions bo;
-  bo.mode = o.batch_mode;
-  bo.seq_len = o.seq_len;
-  bo.batch_size = o.batch_size;
-  bo.shuffle = false;
-  bo.epochs = 1;
-  SftBatchIterator it(eval, bo);
-  SftBatch b;
-  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
-  std::vector<double> nll, count;  // per batch with targets: [j] from rank j mod world
-  int64_t batches = 0;
-  const LoraStepOptions so = eval_step_options(o);
-  while (it.next(&b) && (o.eval_batches <= 0 || batches < o.eval_batches)) {
-    if (b.num_targets == 0) continue;
-    nll.push_back(0.0);
-    count.push_back(0.0);
-    if (batches++ % world != rank) continue;
-    const LoraStepResult r = batch_loss(model, adapter, gpu, b, so);
-    nll.back() = r.nll_sum;
-    count.back() = static_cast<double>(r.counted);
-  }
-  if (group) {
-    group->all_reduce_sum(nll.data(), static_cast<int64_t>(nll.size()));
-    group->all_reduce_sum(count.data(), static_cast<int64_t>(count.size()));
-  }
-  double sum = 0;
-  int64_t counted = 0;
-  for (size_t j = 0; j < nll.size(); ++j) {
-    sum += nll[j];
-    counted += static_cast<int64_t>(count[j]);
-  }
-  return {counted > 0 ? sum / counted : 0.0, counted};
-}
-
-// Train loss (raw and smoothed) and eval loss against steps.
-void write_loss_curve(const std::string& path, const std::vector<std::pair<int64_t, double>>& train,
-                      const std::vector<std::pair<int64_t, double>>& eval, const std::string& what = "loss") {
-  if (train.empty()) return;
-  const double W = 720, H = 400, L = 60, R = 20, T = 30, B = 50;
-  int64_t smax = 1;
-  double lo = 1e300, hi = -1e300;
-  for (const auto* series : {&train, &eval}) {
-    for (const auto& [s, v] : *series) {
-      smax = std::max(smax, s);
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
-    }
-  }
-  if (hi - lo < 1e-9) hi = lo + 1;
-  auto X = [&](int64_t s) { return L + (W - L - R) * static_cast<double>(s) / smax; };
-  auto Y = [&](double v) { return T + (H - T - B) * (1 - (v - lo) / (hi - lo)); };
-  std::ostringstream svg;
-  svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << W << "' height='" << H << "' font-family='sans-serif' font-size='12'>\n"
-      << "<rect width='100%' height='100%' fill='white'/>\n<text x='" << L << "' y='18'>" << what << ": train (faint), its moving average (solid), eval (dashed)</text>\n"
-      << "<line x1='" << L << "' y1='" << H - B << "' x2='" << W - R << "' y2='" << H - B << "' stroke='black'/>\n"
-      << "<line x1='" << L << "' y1='" << T << "' x2='" << L << "' y2='" << H - B << "' stroke='black'/>\n";
-  for (int i = 0; i <= 4; ++i) {
-    const double v = lo + (hi - lo) * i / 4;
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3f", v);
-    svg << "<text x='4' y='" << Y(v) + 4 << "'>" << buf << "</text>\n";
-  }
-  svg << "<text x='" << W - R - 60 << "' y='" << H - 15 << "'>step " << smax << "</text>\n";
-  // Raw train losses faint, their exponential moving average (0.9) solid, eval dashed.
-  std::vector<std::pair<int64_t, double>> smooth;
-  double ema = train.front().second;
-  for (const auto& [st, v] : train) smooth.emplace_back(st, ema = 0.9 * ema + 0.1 * v);
-  struct Line {
-    const std::vector<std::pair<int64_t, double>>* points;
-    const char* style;
-  };
-  const Line lines[] = {{&train, "stroke='#1f77b4' stroke-opacity='0.3' stroke-width='1'"},
-                        {&smooth, "stroke='#1f77b4' stroke-width='2'"},
-                        {&eval, "stroke='#d62728' stroke-width='2' stroke-dasharray='6 4'"}};
-  for (const Line& line : lines) {
-    if (line.points->empty()) continue;
-    svg << "<polyline fill='none' " << line.style << " points='";
-    for (const auto& [st, v] : *line.points) svg << X(st) << "," << Y(v) << " ";
-    svg << "'/>\n";
-  }
-  svg << "</svg>\n";
-  write_file_atomic(path, svg.str());
 }
 
 // Examples longer than seq_len are cut to it by the batcher (a row holds at most seq_len tokens). When max_len >
@@ -411,21 +115,6 @@ void warn_cut_to_seq_len(const std::vector<SftExample>& train, int64_t seq_len) 
   }
 }
 
-// Keeps the lines of metrics.jsonl up to `step` (a resumed run rewrites what came after its checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!file_exists(path)) return;
-  std::istringstream in(read_file(path));
-  std::string keep, line;
-  while (std::getline(in, line)) {
-    try {
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) keep += line + "\n";
-    } catch (const nlohmann::json::exception&) {
-      // a line cut by a kill mid-write: dropped
-    }
-  }
-  write_file_atomic(path, keep);
-}
-
 // The GPU trainer ran out of memory: the allocator's message with `context`, then this run's plan next to what
 // was live (trainer/oom_report.h).
 [[noreturn]] void throw_training_oom(const OutOfMemoryError& e, const std::string& context, const TrainOptions& o,
@@ -443,131 +132,6 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }
 
 }  // namespace
-
-RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
-                              const std::vector<SftExample>& examples, const std::vector<double>& margins,
-                              const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
-  const LoraStepOptions base = eval_step_options(o);
-  // example_nll_sums gathers one number per example (LoraStepResult::seq_nll): here each sequence's score.
-  const std::vector<double> scores =
-      example_nll_sums(examples, o.seq_len, o.batch_size, o.eval_batches, group, [&](const SftBatch& b) {
-        LoraStepOptions so = base;
-        so.score_rows = reward_pooled_rows(b.packed, pad_id);
-        LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-        r.seq_nll = std::move(r.scores);
-        return r;
-      });
-  // (the first eval_batches batches: a prefix of the pairs)
-  const std::vector<double> mu = margins.empty() ? margins
-                                                 : std::vector<double>(margins.begin(), margins.begin() + scores.size() / 2);
-  return reward_batch_stats(o.reward_options, scores, mu);
-}
-
-int64_t data_max_len(const TrainOptions& o) { return o.data.max_len > 0 ? o.data.max_len : o.seq_len; }
-
-std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
-                                         const std::vector<SftExample>& examples, const TrainOptions& o) {
-  if (!o.use_cuda) return evaluate(model, adapter, nullptr, examples, o);
-#ifdef QWENQ_HAVE_CUDA
-  LoraModelCuda gpu(model, adapter);
-  return evaluate(model, adapter, &gpu, examples, o);
-#else
-  QWENQ_FAIL("--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
-  return {};
-#endif
-}
-
-std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapter& adapter,
-                                         const std::vector<SftExample>& examples, const TrainOptions& o) {
-  std::unique_ptr<LoraModelCuda> gpu;
-#ifdef QWENQ_HAVE_CUDA
-  if (o.use_cuda) gpu = std::make_unique<LoraModelCuda>(model, adapter);
-#else
-  QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
-#endif
-  return pair_nll_sums(model, adapter, gpu.get(), examples, o, o.eval_batches, nullptr);
-}
-
-void check_train_options(const TrainOptions& o, bool lead) {
-  QWENQ_CHECK(o.grad_accum >= 1 && o.batch_size >= 1 && o.seq_len >= 2,
-              "--grad-accum, --batch-size must be >= 1 and --seq-len >= 2");
-  schedule_of(o, 0);  // the name and kwargs (the checks that need the step count follow when it is known)
-  QWENQ_CHECK(o.epochs >= 1 || o.max_steps > 0, "give --epochs >= 1 or --max-steps > 0");
-  QWENQ_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be positive");
-  QWENQ_CHECK(o.loraplus_lr_ratio > 0 && std::isfinite(o.loraplus_lr_ratio), "--loraplus-lr-ratio must be positive");
-  QWENQ_CHECK(o.neftune_noise_alpha >= 0 && std::isfinite(o.neftune_noise_alpha),
-              "--neftune-noise-alpha must be >= 0");
-  QWENQ_CHECK(o.neftune_noise_alpha == 0 || !(o.dpo || o.kto || o.grpo || o.reward),
-              "--neftune-noise-alpha applies to --objective sft (NEFTune is noise for instruction tuning; the "
-              "preference, reward and GRPO steps here take none)");
-  QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
-  o.lora.validate();
-  QWENQ_CHECK(o.eval_data_path.empty() || (o.data.eval_fraction <= 0 && o.data.eval_count <= 0),
-              "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
-                             << "not both");
-  QWENQ_CHECK(static_cast<int>(o.dpo) + static_cast<int>(o.kto) + static_cast<int>(o.grpo) +
-                      static_cast<int>(o.reward) <= 1,
-              "give one objective: dpo, kto, grpo or reward");
-  if (o.reward) {
-    check_reward_options(o.reward_options);
-    QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective reward trains on the CPU for now (the GPU trainer has no "
-                                                "score head): give --device cpu");
-  }
-  if (o.grpo) {
-    check_grpo_options(o.grpo_options);
-    QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective grpo trains on the CPU for now (its rollouts decode with "
-                                                "the CPU model): give --device cpu");
-  }
-  if (o.dpo) check_dpo_options(o.dpo_options);
-  if (o.kto) {
-    check_kto_options(o.kto_options);
-    QWENQ_CHECK(o.batch_size >= 2 || !o.kto_options.uses_kl(),
-                "--objective kto estimates its KL reference point from the other examples of a micro-batch: give "
-                "--batch-size >= 2 (or --kto-loss apo_zero_unpaired, which has none)");
-  }
-  if (o.paired_batches()) {
-    const char* name = o.dpo ? "dpo" : o.kto ? "kto" : "reward";
-    QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective " << name << ": --max-len " << o.data.max_len
-                                              << " exceeds --seq-len " << o.seq_len
-                                              << " (a preference sequence is never cut by the batcher)");
-    QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding, "--objective " << name << " batches whole "
-                                                        << (o.kto ? "examples with their KL sequences" : "pairs")
-                                                        << " (packed without padding): leave --batching out");
-  }
-  for (const auto& [every, flag] : {std::pair<double, const char*>{o.eval_every, "--eval-every"},
-                                    std::pair<double, const char*>{o.save_every, "--save-every"}}) {
-    QWENQ_CHECK(std::isfinite(every) && every >= 0 && (every < 1 || every == std::floor(every)),
-                flag << " must be a whole number of steps, or a fraction of the run's steps in (0, 1), not " << every);
-  }
-  if (o.best.tracking()) {
-    const char* what = o.best.load_best ? "--load-best-model-at-end" : "--early-stopping-patience";
-    QWENQ_CHECK(o.eval_every > 0, what << " compares the evaluations during the run: give --eval-every N");
-    QWENQ_CHECK(!o.eval_data_path.empty() || o.data.eval_fraction > 0 || o.data.eval_count > 0,
-                what << " needs held-out examples: give --eval-fraction, --eval-count or --eval-data");
-    QWENQ_CHECK(o.best.patience >= 0, "--early-stopping-patience must be >= 0");
-    QWENQ_CHECK(o.best.threshold >= 0 && std::isfinite(o.best.threshold), "--early-stopping-threshold must be >= 0");
-    const std::string key = best_metric_key(o);
-    const std::vector<std::string> choices = best_metric_choices(o);
-    bool known = std::find(choices.begin(), choices.end(), key) != choices.end();
-    const auto ends_with = [&](const char* tail) {
-      const size_t n = std::strlen(tail);
-      return key.size() > n && key.compare(key.size() - n, n, tail) == 0;
-    };
-    if (o.grpo && key.rfind("eval_rewards_", 0) == 0 && (ends_with("_mean") || ends_with("_std"))) known = true;
-    std::string list;
-    for (const std::string& c : choices) list += (list.empty() ? "" : ", ") + c;
-    QWENQ_CHECK(known, "--metric-for-best-model " << (o.best.metric.empty() ? "(default)" : o.best.metric) << ": "
-                       << key << " is not among this objective's evaluation metrics (" << list << ")");
-  }
-  QWENQ_CHECK(!o.resume || !latest_checkpoint(o.out_dir).empty(),
-              "--resume: no complete checkpoint in " << o.out_dir << " (save with --save-every)");
-  QWENQ_CHECK(!file_exists(o.out_dir),
-              "--out " << o.out_dir << " is a file, not a run directory");
-  if (lead && !o.resume && dir_exists(o.out_dir) && !o.overwrite) {
-    QWENQ_CHECK(!file_exists(path_join(o.out_dir, "metrics.jsonl")) && latest_checkpoint(o.out_dir).empty(),
-                "output directory " << o.out_dir << " holds a previous run (pass --resume to continue it, or --overwrite)");
-  }
-}
 
 TrainReport train_lora(const TrainOptions& o) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -616,8 +180,10 @@ TrainReport train_lora(const TrainOptions& o) {
     eval_labels = &eval_file.train_labels;
     eval_margins = &eval_file.train_margins;
   }
-  QWENQ_CHECK(!o.best.tracking() || !eval_set->empty(),
-              (o.best.load_best ? "--load-best-model-at-end" : "--early-stopping-patience")
+  QWENQ_CHECK(!watches_metric(o) || !eval_set->empty(),
+              (o.best.load_best ? "--load-best-model-at-end"
+               : o.best.tracking() ? "--early-stopping-patience"
+                                   : "--scheduler reduce_lr_on_plateau")
                   << ": the held-out set is empty (" << (o.eval_data_path.empty() ? o.data_path : o.eval_data_path)
                   << "); give more records to --eval-fraction / --eval-count or a file to --eval-data");
   if (o.kto && !o.quiet && lead) kto_report_balance(data.train_labels, o.kto_options);
@@ -657,7 +223,21 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   SftBatchIterator it(data.train, bo);
   // The schedule, checked again now that the step count is known (e.g. warmup_stable_decay's phases within the run).
-  const LrSchedule schedule = schedule_of(o, total);
+  const LrSchedule schedule = run_schedule(o, total);
+  // reduce_lr_on_plateau: the rates of groups A and (with LoRA+) B, reduced by the evaluations (trainer/lr_plateau.h).
+  std::unique_ptr<LrPlateau> plateau;
+  if (plateau_schedule(o)) {
+    std::vector<double> groups = {o.lr};
+    if (o.loraplus_lr_ratio != 1.0) groups.push_back(o.lr * o.loraplus_lr_ratio);
+    const PlateauOptions po = plateau_options(o.scheduler_kwargs);
+    plateau = std::make_unique<LrPlateau>(po, groups);
+    if (lead && po.max_mode != best_greater_is_better(o))
+      std::fprintf(stderr, "warning: --scheduler reduce_lr_on_plateau runs in mode \"%s\" while %s is better when %s "
+                   "(transformers passes the mode as given, \"min\" by default): give --scheduler-kwargs "
+                   "'{\"mode\": \"%s\"}' if it should follow the metric\n", po.max_mode ? "max" : "min",
+                   best_metric_key(o).c_str(), best_greater_is_better(o) ? "greater" : "smaller",
+                   po.max_mode ? "min" : "max");
+  }
   const int64_t eval_every = run_interval(o.eval_every, total), save_every = run_interval(o.save_every, total);
 
   adapter.init_peft(o.seed);
@@ -714,6 +294,7 @@ TrainReport train_lora(const TrainOptions& o) {
                                                           << settings_difference(saved.options, st.options));
     st = saved;
     it.restore(st.cursor);
+    if (plateau && !st.lr_plateau.is_null()) plateau->restore(st.lr_plateau, path_join(ck, "trainer_state.json"));
     // Every rank read the same files, and must hold the same state now.
     if (o.group != nullptr) o.group->check_same(fingerprint_of({&adapter, &m, &v}), "the adapter and AdamW state read from " + ck);
     if (lead) truncate_metrics(metrics_path, st.step);
@@ -729,7 +310,7 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.resume) truncate_metrics(completions_path, st.step);
     else if (file_exists(completions_path)) write_file_atomic(completions_path, std::string());
   }
-  Tensors P = tensors_of(adapter, o.loraplus_lr_ratio), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
+  Tensors P = tensors_of(adapter), G = tensors_of(grads), M = tensors_of(m), V = tensors_of(v);
   std::unique_ptr<LoraModelCuda> gpu;  // set: every step, evaluation included, runs on the device
 #ifdef QWENQ_HAVE_CUDA
   if (use_cuda) {
@@ -830,63 +411,38 @@ TrainReport train_lora(const TrainOptions& o) {
       throw_training_oom(e, "the reference model's log-probabilities: ", o, model.config(), lcfg);
     }
   }
-  // Returns the evaluation's record (null without held-out examples).
-  auto run_eval = [&](int64_t step) -> nlohmann::json {  // every rank takes its share of the batches; rank 0 writes the record
-    if (eval_set->empty()) return nullptr;
-    nlohmann::json record = {{"step", step}};
-    double loss = 0;
+  // The evaluation at `step`: its record (null without held-out examples) written to metrics.jsonl, the report's
+  // numbers from it. Every rank takes its share of the batches; rank 0 writes the record.
+  HeldOutSet held_out;
+  held_out.examples = eval_set;
+  held_out.labels = eval_labels;
+  held_out.margins = eval_margins;
+  held_out.records = &eval_records;
+  held_out.ref_sums = &ref_eval;
+  held_out.target_counts = &eval_counts;
+  held_out.reward_pad = reward_pad;
+  const auto run_eval = [&](int64_t step) -> nlohmann::json {
+    nlohmann::json record;
     try {
-      if (o.reward) {  // the held-out pairs' scores
-        const RewardStats es = reward_eval_stats(model, adapter, *eval_set, *eval_margins, o, reward_pad, o.group);
-        loss = es.objective();
-        if (step == rep.start_step) rep.first_eval_accuracy = es.accuracy();
-        rep.eval_accuracy = es.accuracy();
-        record["eval_loss"] = loss;
-        record["eval_rewards_margin"] = (es.reward_c - es.reward_r) / static_cast<double>(es.pairs);
-        record["eval_rewards_accuracy"] = es.accuracy();
-        record["eval_pairs"] = es.pairs;
-      } else if (o.dpo) {  // the held-out pairs of the first eval_batches batches
-        const std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
-        const size_t n = now.size();
-        const DpoStats es = dpo_batch_stats(o.dpo_options, now, std::vector<double>(ref_eval.begin(), ref_eval.begin() + n),
-                                            std::vector<int64_t>(eval_counts.begin(), eval_counts.begin() + n));
-        loss = es.objective(o.dpo_options);
-        const double acc = static_cast<double>(es.correct) / static_cast<double>(es.pairs);
-        if (step == rep.start_step) rep.first_eval_accuracy = acc;
-        rep.eval_accuracy = acc;
-        record["eval_loss"] = loss;
-        record["eval_rewards_margin"] = (es.reward_c - es.reward_r) / static_cast<double>(es.pairs);
-        record["eval_rewards_accuracy"] = acc;
-        record["eval_pairs"] = es.pairs;
-      } else if (o.kto) {  // the held-out examples of the first eval_batches batches, each batch's own z
-        const std::vector<double> now = sequence_sums(*eval_set, o.eval_batches);
-        const KtoStats es = kto_eval_stats(o.kto_options, now, ref_eval, *eval_labels, o.batch_size);
-        loss = es.objective();
-        record["eval_loss"] = loss;
-        record["eval_kl"] = es.batches > 0 ? es.kl / static_cast<double>(es.batches) : 0.0;
-        add_kto_rewards(es, "eval_", &record);
-        record["eval_examples"] = es.examples();
-      } else if (o.grpo) {  // the held-out prompts sampled with a fixed seed: the reward, not a loss
-        record.update(grpo->evaluate(model, adapter, *eval_set, eval_records, o.batch_size, o.eval_batches, o.seed,
-                                     o.group));
-        const double reward = record["eval_reward"].get<double>();
-        if (step == rep.start_step) rep.first_eval_reward = reward;
-        rep.eval_reward = reward;
-        rep.has_eval_reward = true;
-        if (lead) metrics << record.dump() << "\n" << std::flush;
-        return record;
-      } else {
-        const auto [l, n] = evaluate(model, adapter, gpu.get(), *eval_set, o, o.group);
-        loss = l;
-        record["eval_loss"] = loss;
-        record["eval_tokens"] = n;
-      }
+      record = held_out_record(model, adapter, gpu.get(), o, held_out, grpo.get(), step);
     } catch (const OutOfMemoryError& e) {
       throw_training_oom(e, "evaluation at step " + std::to_string(step) + ": ", o, model.config(), lcfg);
     }
-    if (step == rep.start_step) rep.first_eval_loss = loss;
-    rep.eval_loss = loss;
-    metrics << record.dump() << "\n" << std::flush;
+    if (record.is_null()) return record;
+    const bool first = step == rep.start_step;
+    if (o.grpo) {  // the held-out prompts' mean reward; GRPO's evaluation reports no loss
+      rep.eval_reward = record["eval_reward"].get<double>();
+      if (first) rep.first_eval_reward = rep.eval_reward;
+      rep.has_eval_reward = true;
+    } else {
+      rep.eval_loss = record["eval_loss"].get<double>();
+      if (first) rep.first_eval_loss = rep.eval_loss;
+    }
+    if (o.dpo || o.reward) {
+      rep.eval_accuracy = record["eval_rewards_accuracy"].get<double>();
+      if (first) rep.first_eval_accuracy = rep.eval_accuracy;
+    }
+    if (lead) metrics << record.dump() << "\n" << std::flush;
     return record;
   };
   const nlohmann::json first_eval = o.resume ? nlohmann::json() : run_eval(0);
@@ -902,9 +458,10 @@ TrainReport train_lora(const TrainOptions& o) {
   }
   // The evaluation reports the metric (e.g. a KTO held-out set without desirable examples has no
   // eval_rewards_chosen): checked on step 0's evaluation too, which is no candidate, before any training.
+  const std::string metric_key = best_metric_key(o);
   const auto check_reports_metric = [&](const nlohmann::json& record, int64_t step) {
-    QWENQ_CHECK(record.contains(best->key()) && record[best->key()].is_number(),
-                "--metric-for-best-model: the evaluation at step " << step << " reports no " << best->key()
+    QWENQ_CHECK(record.contains(metric_key) && record[metric_key].is_number(),
+                "--metric-for-best-model: the evaluation at step " << step << " reports no " << metric_key
                     << " (it reports " << [&] {
                          std::string keys;
                          for (auto it = record.begin(); it != record.end(); ++it)
@@ -912,14 +469,23 @@ TrainReport train_lora(const TrainOptions& o) {
                          return keys;
                        }() << ")");
   };
-  if (best && !first_eval.is_null()) check_reports_metric(first_eval, 0);
+  if (watches_metric(o) && !first_eval.is_null()) check_reports_metric(first_eval, 0);
   // Scores an evaluation's record; true when the run stops here (early stopping). With load_best a new best is
-  // checkpointed now (unless save_every does it at this step), so that the end can return to it.
-  const auto judge = [&](const nlohmann::json& record, int64_t step) {
-    if (!best || record.is_null()) return false;
+  // checkpointed now (unless save_every does it at this step), so that the end can return to it. An evaluation
+  // during the run (not the end's: no step follows it) also steps reduce_lr_on_plateau, for the steps after it.
+  const auto judge = [&](const nlohmann::json& record, int64_t step, bool in_run) {
+    if (!watches_metric(o) || record.is_null()) return false;
     check_reports_metric(record, step);
-    const BestModelTracker::Decision d = best->observe(step, record[best->key()].get<double>());
-    return d.stop;
+    const double value = record[metric_key].get<double>();
+    if (plateau && in_run) {
+      const double before = plateau->lrs()[0];
+      if (plateau->observe(value) && lead && !o.quiet)
+        std::fprintf(stderr, "\ntrain: reduce_lr_on_plateau: %s has not improved on %.6g for %lld evaluations; the "
+                     "learning rate goes from %.3g to %.3g at step %lld\n", metric_key.c_str(), plateau->best(),
+                     (long long)(plateau->options().patience + 1), before, plateau->lrs()[0],
+                     (long long)step + 1);
+    }
+    return best && best->observe(step, value).stop;
   };
   bool early_stop = best && best->stopped() && st.step < total;  // a resumed run that had stopped trains no further
 
@@ -1079,12 +645,14 @@ TrainReport train_lora(const TrainOptions& o) {
                         : o.kto  ? kto_stats.objective()
                         : o.grpo ? grpo_step.loss
                                  : targets > 0 ? nll / targets : 0.0;
-    const double lr = lr_at(schedule, st.step);
+    // The rates of the step: group A's (the one logged, as the Trainer logs its first group's) and group B's.
+    const double lr = plateau ? plateau->lrs()[0] : lr_at(schedule, st.step);
+    const double lr_b = plateau ? plateau->lrs().back() : lr * o.loraplus_lr_ratio;
     // On the GPU, clipping and AdamW are one call, which updates nothing when the norm is not finite.
     const auto gpu_step = [&] {
       try {
         return gpu->adamw_step(lr, o.beta1, o.beta2, o.adam_eps, o.weight_decay,
-                               st.step + 1, o.max_grad_norm, o.loraplus_lr_ratio);
+                               st.step + 1, o.max_grad_norm, plateau ? lr_b / lr : o.loraplus_lr_ratio);
       } catch (const OutOfMemoryError& e) {
         throw_training_oom(e, "step " + std::to_string(st.step + 1) + ", the optimizer: ", o, model.config(), lcfg);
       }
@@ -1101,7 +669,7 @@ TrainReport train_lora(const TrainOptions& o) {
                         << "): loss " << loss << ", gradient norm " << gnorm << " is not finite; stopping. The last good "
                         << "checkpoint is " << (latest_checkpoint(o.out_dir).empty() ? "none" : latest_checkpoint(o.out_dir)));
     for (size_t i = 0; i < P.ptr.size() && !gpu; ++i) {
-      adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], lr * P.lr_scale[i], o.beta1, o.beta2,
+      adamw_step_ref(P.ptr[i], G.ptr[i], M.ptr[i], V.ptr[i], P.size[i], P.group_b[i] ? lr_b : lr, o.beta1, o.beta2,
                      o.adam_eps, o.weight_decay, st.step + 1);
     }
     ++st.step;
@@ -1110,37 +678,21 @@ TrainReport train_lora(const TrainOptions& o) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st.elapsed_s = t_prev + std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     rep.last_loss = loss;
-    nlohmann::json record = {{"step", st.step}, {"epoch", micro.back().epoch}, {"loss", loss}, {"lr", lr},
-                             {"grad_norm", gnorm}, {"tokens", tokens}, {"targets", targets},
-                             {"tokens_per_s", tokens / std::max(dt, 1e-9)}, {"elapsed_s", st.elapsed_s}};
-    double accuracy = 0;
-    if (o.dpo) {
-      const double p = static_cast<double>(std::max<int64_t>(1, step_stats.pairs));
-      accuracy = static_cast<double>(step_stats.correct) / p;
-      record["pairs"] = step_stats.pairs;
-      record["rewards_chosen"] = step_stats.reward_c / p;
-      record["rewards_rejected"] = step_stats.reward_r / p;
-      record["rewards_margin"] = (step_stats.reward_c - step_stats.reward_r) / p;
-      record["rewards_accuracy"] = accuracy;
-      record["logps_chosen"] = step_stats.logp_c / p;
-      record["logps_rejected"] = step_stats.logp_r / p;
-    }
-    if (o.reward) {
-      const double p = static_cast<double>(std::max<int64_t>(1, reward_stats.pairs));
-      accuracy = reward_stats.accuracy();
-      record["pairs"] = reward_stats.pairs;
-      record["rewards_chosen"] = reward_stats.reward_c / p;
-      record["rewards_rejected"] = reward_stats.reward_r / p;
-      record["rewards_margin"] = (reward_stats.reward_c - reward_stats.reward_r) / p;
-      record["rewards_accuracy"] = accuracy;
-    }
-    const double kl = kto_stats.batches > 0 ? kto_stats.kl / static_cast<double>(kto_stats.batches) : 0.0;
-    if (o.kto) {
-      record["kl"] = kl;
-      add_kto_rewards(kto_stats, "", &record);
-    }
-    if (o.grpo) record.update(grpo_stats);
-    metrics << record.dump() << "\n" << std::flush;
+    StepLog log;
+    log.step = st.step;
+    log.epoch = micro.back().epoch;
+    log.loss = loss;
+    log.lr = lr;
+    log.grad_norm = gnorm;
+    log.tokens = tokens;
+    log.targets = targets;
+    log.seconds = dt;
+    log.elapsed_s = st.elapsed_s;
+    if (o.dpo) log.dpo = &step_stats;
+    if (o.reward) log.reward = &reward_stats;
+    if (o.kto) log.kto = &kto_stats;
+    if (o.grpo) log.grpo = &grpo_stats;
+    metrics << step_record(log).dump() << "\n" << std::flush;
     for (const nlohmann::ordered_json& c : grpo_step.completions) {  // (a closed stream on the other ranks)
       nlohmann::ordered_json line = {{"step", st.step}};
       line.update(c);
@@ -1148,26 +700,14 @@ TrainReport train_lora(const TrainOptions& o) {
       completions << line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     }
     if (!grpo_step.completions.empty()) completions << std::flush;
-    char extra[128];
-    if (o.dpo || o.reward) {
-      std::snprintf(extra, sizeof extra, "loss %.4f acc %.2f lr %.2e %.0f tok/s", loss, accuracy, lr,
-                    tokens / std::max(dt, 1e-9));
-    } else if (o.kto) {
-      std::snprintf(extra, sizeof extra, "loss %.4f kl %.3f margin %.3f lr %.2e %.0f tok/s", loss, kl,
-                    kto_stats.margin(), lr, tokens / std::max(dt, 1e-9));
-    } else if (o.grpo) {
-      std::snprintf(extra, sizeof extra, "reward %.3f len %.0f lr %.2e %.0f tok/s", grpo_stats["reward"].get<double>(),
-                    grpo_stats["completions_mean_length"].get<double>(), lr, tokens / std::max(dt, 1e-9));
-    } else {
-      std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e %.0f tok/s", loss, lr, tokens / std::max(dt, 1e-9));
-    }
-    bar.update(st.step, extra);
-    if (eval_every > 0 && st.step % eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step);
+    bar.update(st.step, step_progress_text(log));
+    if (eval_every > 0 && st.step % eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step, true);
     const bool keep_best = best && o.best.load_best && best->best_step() == st.step;
     if ((save_every > 0 && st.step % save_every == 0) || keep_best) {
       sync_host();
       check_in_step("after step " + std::to_string(st.step));
       if (best) st.best_model = best->state();
+      if (plateau) st.lr_plateau = plateau->state();
       if (lead) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit,
                                       best && o.best.load_best ? best->best_step() : -1);
     }
@@ -1190,7 +730,7 @@ TrainReport train_lora(const TrainOptions& o) {
   // The end's evaluation, unless this step's was the last (early stopping, or a resumed run that had stopped).
   if (!best || best->last_step() != st.step) {
     const nlohmann::json record = run_eval(st.step);
-    if (st.step > 0) judge(record, st.step);
+    if (st.step > 0) judge(record, st.step, false);
   }
   if (best) {
     rep.best_step = best->best_step();
@@ -1240,6 +780,7 @@ TrainReport train_lora(const TrainOptions& o) {
   nlohmann::json summary = {{"step", st.step},           {"final", true},
                             {"tokens_per_s", rep.tokens_per_s}, {"elapsed_s", st.elapsed_s},
                             {"peak_rss_bytes", rep.peak_rss}};
+  if (plateau) summary["lr_plateau"] = plateau->state();
   if (best) {
     summary["best_metric_name"] = best->key();
     summary["best_step"] = best->best_step();
@@ -1259,22 +800,9 @@ TrainReport train_lora(const TrainOptions& o) {
     summary["profile_steps"] = prof->steps();
   }
   metrics << summary.dump() << "\n" << std::flush;
-  // The loss curve over the whole run, from metrics.jsonl (which also holds the steps before a resume).
-  std::vector<std::pair<int64_t, double>> curve, eval_curve;
-  {
-    std::istringstream in(read_file(metrics_path));
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line, nullptr, false);
-      if (j.is_discarded()) continue;
-      const char* key = o.grpo ? "reward" : "loss";  // GRPO's loss is about 0 by construction: its curve is the reward's
-      const std::string eval_key = std::string("eval_") + key;
-      if (j.contains(key) && j[key].is_number()) curve.emplace_back(j["step"].get<int64_t>(), j[key].get<double>());
-      if (j.contains(eval_key) && j[eval_key].is_number())
-        eval_curve.emplace_back(j["step"].get<int64_t>(), j[eval_key].get<double>());
-    }
-  }
-  write_loss_curve(path_join(o.out_dir, "loss_curve.svg"), curve, eval_curve, o.grpo ? "reward" : "loss");
+  // The curve over the whole run, from metrics.jsonl (which also holds the steps before a resume); GRPO's loss is
+  // about 0 by construction: its curve is the reward's.
+  write_run_curve(metrics_path, path_join(o.out_dir, "loss_curve.svg"), o.grpo ? "reward" : "loss");
   return rep;
 }
 

@@ -212,6 +212,7 @@ TrainReport train_lora(const TrainOptions& opt);
 // would not overwrite a previous one, rank 0's check). qwen-qlora train makes them before it starts other ranks.
 void check_train_options(const TrainOptions& o, bool lead = true);
 
+// The held-out evaluations (trainer/train_eval.cpp, which also builds train_lora's evaluation records).
 // The held-out loss train_lora reports (`qwen-qlora eval`): the token-weighted mean next-token NLL over the counted
 // targets of `examples`, batched as o.batch_mode / seq_len / batch_size (at most o.eval_batches batches), without
 // dropout, with o.checkpointing / bf16_checkpoints; on the GPU with o.use_cuda (LoraModelCuda's loss, as train

@@ -24,6 +24,9 @@ move, one was off by half of it, while the median entry agrees within 2e-5.
    u(noise_key(micro_batch_dropout_seed(seed, step, 0)), i) over the row-major [L, d] embeddings) as −a + 2a·u. The
    same PyTorch run without the noise must miss more than half of ours' entries by more than FLIP, so the noise is
    seen.
+4. AdamW's own settings (--adam-beta1 0.8 --adam-beta2 0.95 --adam-epsilon 1e-5, transformers' adam_beta1,
+   adam_beta2, adam_epsilon) against torch.optim.AdamW(betas=(0.8, 0.95), eps=1e-5); the defaults' run must miss
+   more than a tenth of ours' entries by more than FLIP, so the settings are seen.
 """
 import json
 import os
@@ -108,7 +111,7 @@ def start_adapter(dora, where, seed):
     pm.save_pretrained(where)
 
 
-def torch_steps(init_dir, examples, loraplus_ratio=None, neftune_alpha=None, warmup=0):
+def torch_steps(init_dir, examples, loraplus_ratio=None, neftune_alpha=None, warmup=0, betas=(0.9, 0.999), eps=1e-8):
     """PEFT + torch AdamW from init_dir; returns (start, end) adapters by PEFT's saved names."""
     base = Qwen2ForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32, attn_implementation="eager")
     pm = peft.PeftModel.from_pretrained(base, init_dir, is_trainable=True)
@@ -116,10 +119,10 @@ def torch_steps(init_dir, examples, loraplus_ratio=None, neftune_alpha=None, war
     start = {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(pm).items()}
     params = [p for p in pm.parameters() if p.requires_grad]
     if loraplus_ratio is None:
-        opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, betas=(0.9, 0.999), eps=1e-8)
+        opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, betas=betas, eps=eps)
     else:
         opt = create_loraplus_optimizer(pm, torch.optim.AdamW, lr=LR, loraplus_lr_ratio=loraplus_ratio,
-                                        loraplus_weight_decay=WD, betas=(0.9, 0.999), eps=1e-8)
+                                        loraplus_weight_decay=WD, betas=betas, eps=eps)
     sched = (get_cosine_schedule_with_warmup(opt, warmup, STEPS) if warmup
              else get_linear_schedule_with_warmup(opt, 0, STEPS))
     if neftune_alpha is not None:
@@ -164,7 +167,8 @@ def distances(ours, start, expected):
     return res
 
 
-def case(name, records, flags, dora=False, loraplus_ratio=None, neftune_alpha=None, adapter_seed=5, warmup=0):
+def case(name, records, flags, dora=False, loraplus_ratio=None, neftune_alpha=None, adapter_seed=5, warmup=0,
+         betas=(0.9, 0.999), eps=1e-8):
     data_path, examples = records_file(name, records)
     init_dir, run_dir = os.path.join(out, f"init_{name}"), os.path.join(out, f"run_{name}")
     start_adapter(dora, init_dir, adapter_seed)
@@ -176,7 +180,7 @@ def case(name, records, flags, dora=False, loraplus_ratio=None, neftune_alpha=No
          "--max-grad-norm", "1", "--lora-dropout", "0", "--fp32-checkpoints", "--eval-fraction", "0", "--seed",
          str(SEED), "--quiet"] + flags + (["--use-dora"] if dora else []))
     ours = load_file(os.path.join(run_dir, "adapter_model.safetensors"))
-    start, expected = torch_steps(init_dir, examples, loraplus_ratio, neftune_alpha, warmup)
+    start, expected = torch_steps(init_dir, examples, loraplus_ratio, neftune_alpha, warmup, betas, eps)
     check(set(ours) == set(expected), f"{name}: tensor names differ: {sorted(set(ours) ^ set(expected))[:4]}")
     worst, flips = (0.0, ""), 0
     for k, (median, off) in distances(ours, start, expected).items():
@@ -194,9 +198,18 @@ def case(name, records, flags, dora=False, loraplus_ratio=None, neftune_alpha=No
         total = sum(v.numel() for v in ours.values())
         print(f"{name}: without the noise PyTorch misses {off} of ours' {total} entries by more than {FLIP}")
         check(off > total // 2, f"{name}: the noise moves only {off} entries: this case cannot see it")
+    if betas != (0.9, 0.999) or eps != 1e-8:
+        _, plain = torch_steps(init_dir, examples, loraplus_ratio, neftune_alpha, warmup)
+        off = sum(n for _, n in distances(ours, start, plain).values())
+        total = sum(v.numel() for v in ours.values())
+        print(f"{name}: with the default betas and epsilon PyTorch misses {off} of ours' {total} entries by more than "
+              f"{FLIP}")
+        check(off > total // 10, f"{name}: the Adam settings move only {off} entries: this case cannot see them")
 
 
 case("loraplus", alpaca[:4], ["--loraplus-lr-ratio", "16"], loraplus_ratio=16.0, warmup=2)
 case("loraplus_dora", alpaca[:4], ["--loraplus-lr-ratio", "16"], dora=True, loraplus_ratio=16.0, adapter_seed=7)
 case("neftune", alpaca[1:2], ["--neftune-noise-alpha", "40"], neftune_alpha=40.0, adapter_seed=9)
+case("adam_settings", alpaca[:4], ["--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-epsilon", "1e-5"],
+     betas=(0.8, 0.95), eps=1e-5, adapter_seed=11)
 finish()
