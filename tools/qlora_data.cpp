@@ -14,6 +14,7 @@
 // --seq-len minus --max-completion-len, the room a prompt may take; 0: any).
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "core/files.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/classify.h"
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/kto.h"
@@ -36,6 +38,7 @@ namespace {
 struct DataArgs {
   std::string model, data, format = "auto", dump, alpaca_prompt = "stanford", objective = "sft";
   int64_t max_len = 0, show = 0, max_prompt_len = 0;
+  ClassifyDataOptions classify;  // --objective classify: the fields and label names
   bool skip_bad = false, no_thinking = false, train_on_prompt = false, mask_history = false;
 };
 
@@ -121,6 +124,40 @@ void run_kto_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOpti
               (long long)(st.records - desirable));
 }
 
+// --objective classify: the labelled texts in file order, each with its label's id and name.
+void run_classify_data(const DataArgs& a, const Tokenizer& tok) {
+  SftDataOptions opt;
+  QWENQ_CHECK(a.format == "auto" || a.format == "text", "data --objective classify reads labelled texts, not --format "
+                                                          << a.format);
+  opt.skip_bad = a.skip_bad;
+  opt.max_len = a.max_len > 0 ? a.max_len : std::numeric_limits<int64_t>::max();
+  ClassifyDataOptions labels = a.classify;
+  const SftDataset ds = load_classify_dataset(a.data, tok, opt, &labels);
+  const std::vector<std::string>& names = labels.label_names;
+  std::vector<int64_t> count(names.size(), 0);
+  std::string dump;
+  for (size_t i = 0; i < ds.train.size(); ++i) {
+    const SftExample& ex = ds.train[i];
+    const int32_t y = ds.train_classes[i];
+    ++count[static_cast<size_t>(y)];
+    if (static_cast<int64_t>(i) < a.show) {
+      std::printf("--- text %zu [label %d %s: %zu tokens] %s\n", i + 1, y, names[static_cast<size_t>(y)].c_str(),
+                  ex.tokens.size(), tok.decode(ex.tokens, false).c_str());
+    }
+    if (!a.dump.empty()) {
+      nlohmann::json j = example_json(ex, tok);
+      j["label"] = y;
+      j["label_name"] = names[static_cast<size_t>(y)];
+      dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+    }
+  }
+  if (!a.dump.empty()) write_file_atomic(a.dump, dump);
+  std::string per_label;
+  for (size_t c = 0; c < names.size(); ++c)
+    per_label += (c ? ", " : "") + std::to_string(c) + " " + names[c] + ": " + std::to_string(count[c]);
+  std::printf("%s\n%zu labels (%s)\n", ds.stats.summary().c_str(), names.size(), per_label.c_str());
+}
+
 // --objective grpo: the prompts train would keep, in the loader's seeded order.
 void run_grpo_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOptions& to) {
   QWENQ_CHECK(a.format == "auto" || a.format == "prompt-completion",
@@ -160,6 +197,11 @@ void run_data(const DataArgs& a) {
   QWENQ_CHECK(a.max_prompt_len == 0 || a.objective != "sft",
               "--max-prompt-len applies to --objective dpo, kto, grpo and reward");
   if (a.objective == "kto") return run_kto_data(a, tok, to);
+  if (a.objective == "classify") return run_classify_data(a, tok);
+  const ClassifyDataOptions defaults;
+  QWENQ_CHECK(a.classify.label_names.empty() && a.classify.text_field == defaults.text_field &&
+                  a.classify.label_field == defaults.label_field,
+              "--labels, --text-field and --label-field apply to --objective classify");
   if (a.objective == "grpo") return run_grpo_data(a, tok, to);
   if (a.objective == "dpo" || a.objective == "reward" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
@@ -198,10 +240,14 @@ void register_qlora_data(CLI::App& app) {
   c->add_option("--objective", a->objective,
                 "sft; dpo: preference pairs as train --objective dpo reads them; kto: labelled examples as train "
                 "--objective kto reads them; grpo: prompts as train --objective grpo renders them; reward: preference "
-                "pairs, as dpo")
-      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward"}))
+                "pairs, as dpo; classify: labelled texts as train --objective classify reads them (in file order)")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward", "classify"}))
       ->capture_default_str();
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
+  c->add_option("--labels", a->classify.label_names, "classify: the label names in id order (as train --labels)")
+      ->delimiter(',');
+  c->add_option("--text-field", a->classify.text_field, "classify: the records' text field")->capture_default_str();
+  c->add_option("--label-field", a->classify.label_field, "classify: the records' label field")->capture_default_str();
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
       ->capture_default_str();
   c->add_option("--max-prompt-len", a->max_prompt_len,

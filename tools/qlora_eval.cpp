@@ -29,6 +29,7 @@
 #include "core/progress.h"
 #include "tools/cli_common.h"
 #include "tools/qlora_cli.h"
+#include "trainer/classify.h"
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/grpo_reward.h"
@@ -149,20 +150,24 @@ void run_preference_eval(EvalArgs& a, const QwenModel& model, const SftDataset& 
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 
+// A sequence classifier's scoring adapter: --adapter's (a SEQ_CLS adapter on the base), or without one a zero adapter
+// (it adds exactly 0) carrying the classifier directory's own head.
+LoraAdapter scoring_adapter(const EvalArgs& a, const QwenModel& model) {
+  if (!a.adapter.empty()) return load_adapter_for_base(a.adapter, a.opt.model_dir, model.config(), AdapterUse::Score);
+  LoraConfig lc;
+  lc.num_labels = model.weights().score.shape.at(0);
+  LoraAdapter z(lora_dims_of(model.config()), lc);
+  z.score() = tensor_to_f32(model.weights().score);
+  return z;
+}
+
 // --objective reward: the pairs' scores by the adapter's head on the base, or by a reward model directory's own
 // head (no --adapter; the model was loaded as a sequence classifier).
 void run_reward_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, const SftDataset& data, bool split,
                      std::chrono::steady_clock::time_point t0) {
   const TrainOptions& o = a.opt;
   const std::vector<SftExample>& examples = split ? data.eval : data.train;
-  LoraAdapter adapter = [&] {
-    if (!a.adapter.empty()) return load_adapter_for_base(a.adapter, o.model_dir, model.config(), AdapterUse::Score);
-    LoraConfig lc;  // a zero adapter (adds exactly 0) carrying the classifier's own head
-    lc.num_labels = model.weights().score.shape.at(0);
-    LoraAdapter z(lora_dims_of(model.config()), lc);
-    z.score() = tensor_to_f32(model.weights().score);
-    return z;
-  }();
+  const LoraAdapter adapter = scoring_adapter(a, model);
   const RewardStats st =
       reward_eval_stats(model, adapter, examples, split ? data.eval_margins : data.train_margins, o,
                         reward_pad_id(o.model_dir, tok));
@@ -190,6 +195,57 @@ void run_reward_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, 
                 (long long)st.pairs, split ? "held-out " : "", o.data_path.c_str(), 100.0 * st.accuracy(),
                 st.reward_c / P, st.reward_r / P, (st.reward_c - st.reward_r) / P, st.objective(),
                 a.adapter.empty() ? "the reward model " : "adapter ",
+                a.adapter.empty() ? o.model_dir.c_str() : a.adapter.c_str(), seconds);
+  }
+  if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+}
+
+// --objective classify: the texts' logits by the adapter's head on the base, or by a classifier directory's own head
+// (no --adapter); the label names as train had them (--labels, else the adapter's labels.json or the classifier's
+// config.json id2label, else the data's).
+void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, std::chrono::steady_clock::time_point t0) {
+  TrainOptions& o = a.opt;
+  const LoraAdapter adapter = scoring_adapter(a, model);
+  const int64_t C = adapter.config().num_labels;
+  ClassifyDataOptions labels = o.classify_data;
+  std::string names_from = "--labels";
+  if (labels.label_names.empty() && !a.adapter.empty()) {
+    labels.label_names = read_label_names(a.adapter);
+    names_from = a.adapter + "/labels.json";
+  }
+  if (labels.label_names.empty() && a.adapter.empty()) {
+    labels.label_names = config_label_names(o.model_dir);
+    names_from = o.model_dir + "/config.json id2label";
+  }
+  if (labels.label_names.empty()) names_from = "the data";
+  SftDataOptions dopt = o.data;
+  dopt.max_len = std::min(data_max_len(o), o.seq_len);  // never cut by the batcher
+  const SftDataset data = load_classify_dataset(o.data_path, tok, dopt, &labels);
+  QWENQ_CHECK(static_cast<int64_t>(labels.label_names.size()) == C,
+              o.data_path << ": " << labels.label_names.size() << " labels (from " << names_from << ") for a head of "
+                          << C << "; give --labels in the order train used");
+  const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
+  const ClassifyStats st = classify_eval_stats(model, adapter, split ? data.eval : data.train,
+                                               split ? data.eval_classes : data.train_classes, o,
+                                               reward_pad_id(o.model_dir, tok));
+  QWENQ_CHECK(st.examples > 0, o.data_path << ": no texts to evaluate (" << data.stats.summary() << ")");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::ordered_json j = {{"model", o.model_dir},
+                              {"adapter", opt_str(a.adapter)},
+                              {"data", o.data_path},
+                              {"split", split ? "eval" : "all"},
+                              {"labels", labels.label_names},
+                              {"examples", st.examples},
+                              {"accuracy", st.accuracy()},
+                              {"loss", st.objective()},
+                              {"seconds", seconds},
+                              {"peak_rss_bytes", peak_rss_bytes()}};
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%lld %stexts of %s: accuracy %.1f %%, loss %.4f (%lld labels); %s%s, %.1fs\n", (long long)st.examples,
+                split ? "held-out " : "", o.data_path.c_str(), 100.0 * st.accuracy(), st.objective(), (long long)C,
+                a.adapter.empty() ? "the classifier " : "adapter ",
                 a.adapter.empty() ? o.model_dir.c_str() : a.adapter.c_str(), seconds);
   }
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
@@ -287,15 +343,16 @@ void run_eval(EvalArgs& a) {
   apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
   // --objective reward without --adapter: the model is a reward model directory (a sequence classifier).
-  const bool classifier = o.reward && (a.adapter.empty() || sequence_classifier_dir(o.model_dir));
+  const bool classifier = o.sequence_classifier() && (a.adapter.empty() || sequence_classifier_dir(o.model_dir));
   QwenModel model(o.model_dir, classifier ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
   // LoraModelCuda's loss on the GPU, as train evaluates there (GRPO: the CPU's decoding, as train's; a reward model's
   // head: the CPU's).
-  QWENQ_CHECK(!(o.grpo || o.reward) || a.common.device != "cuda",
-              "eval --objective " << (o.grpo ? "grpo samples" : "reward scores") << " on the CPU, as train does: give "
-                                  << "--device cpu or auto");
-  o.use_cuda = !o.grpo && !o.reward && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
+  QWENQ_CHECK(!(o.grpo || o.sequence_classifier()) || a.common.device != "cuda",
+              "eval --objective " << (o.grpo ? "grpo samples" : o.reward ? "reward scores" : "classify scores")
+                                  << " on the CPU, as train does: give --device cpu or auto");
+  o.use_cuda = !o.grpo && !o.sequence_classifier() && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
+  if (o.classify) return run_classify_eval(a, model, tok, t0);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
   if (o.paired_batches()) dopt.max_len = std::min(dopt.max_len, o.seq_len);  // never cut by the batcher
@@ -321,7 +378,8 @@ void register_qlora_eval(CLI::App& app) {
               "--objective dpo, how often it prefers the chosen completion of preference pairs; with --objective kto, the "
               "KTO statistics of labelled examples; with --objective grpo, the mean reward of sampled completions of "
               "prompts; with --objective reward, how a reward model (an adapter of train --objective reward, or a "
-              "reward model directory alone) scores preference pairs)");
+              "reward model directory alone) scores preference pairs; with --objective classify, the accuracy of a "
+              "text classifier on labelled texts)");
   c->add_option("--model,-m", a->model, "base model directory or repo id (any layout train reads); default: the base "
                                        "--adapter's adapter_config.json names");
   c->add_option("--adapter,-a", a->adapter, "LoRA adapter directory (PEFT layout); without it, the base alone");

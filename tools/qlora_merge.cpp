@@ -52,7 +52,8 @@ void run_merge(MergeArgs& a) {
                             file_exists(path_join(a.opt.adapter_dir, "adapter_config.json")) &&
                             load_lora_config(a.opt.adapter_dir).seq_cls();
   QWENQ_CHECK(!reward_model || a.gguf.empty(),
-              "merge --gguf: " << a.opt.adapter_dir << " is a reward model's adapter (task_type SEQ_CLS): it merges into "
+              "merge --gguf: " << a.opt.adapter_dir << " is a sequence classifier's adapter (task_type SEQ_CLS: a reward "
+                               << "model's or a text classifier's): it merges into "
                                << "a sequence classifier directory, which llama.cpp's GGUF language models cannot hold; "
                                   "leave --gguf out");
   if (!a.gguf.empty()) {  // refused before the merge: the type, an existing file, a missing directory
@@ -102,6 +103,12 @@ void run_merge(MergeArgs& a) {
               a.opt.out_dir.c_str(), (long long)r.linears, r.params_quantized / 1e6, a.opt.adapter_dir.c_str(),
               dtype_flag(*a.opt.dtype), r.shards, format_bytes(r.bytes_written).c_str(), r.seconds,
               format_bytes(r.peak_rss).c_str());
+  if (reward_model && file_exists(path_join(a.opt.adapter_dir, "labels.json"))) {  // train --objective classify's
+    std::printf("a text classifier (Qwen2ForSequenceClassification, id2label from labels.json): `qwen-qlora eval "
+                "--objective classify --model %s --data ...` checks it on labelled texts; transformers' "
+                "AutoModelForSequenceClassification loads it\n", a.opt.out_dir.c_str());
+    return;
+  }
   if (reward_model) {
     std::printf("a reward model (Qwen2ForSequenceClassification): `qwen-qlora train --objective grpo --reward model=%s` "
                 "scores with it, `qwen-qlora eval --objective reward --model %s` checks it on pairs, `qwen-quant nf4` "

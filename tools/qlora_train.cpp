@@ -192,9 +192,18 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
                 "sft (next-token loss on the responses), dpo (preference pairs {prompt, chosen, rejected}; "
                 "--batch-size counts pairs), kto (labelled examples {prompt, completion, label}, or pairs "
                 "unpaired; --batch-size counts examples), grpo (prompts {prompt, ...} sampled and scored by --reward; "
-                "--batch-size counts prompts; CPU) or reward (a reward model from preference pairs: a score head and "
-                "LoRA, TRL's RewardTrainer; --batch-size counts pairs; CPU)")
-      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward"}))
+                "--batch-size counts prompts; CPU), reward (a reward model from preference pairs: a score head and "
+                "LoRA, TRL's RewardTrainer; --batch-size counts pairs; CPU) or classify (a text classifier from "
+                "{text, label} records: a head of one row per label and LoRA, as Qwen2ForSequenceClassification "
+                "with PEFT; CPU)")
+      ->check(CLI::IsMember({"sft", "dpo", "kto", "grpo", "reward", "classify"}))
+      ->capture_default_str();
+  c->add_option("--labels", o->classify_data.label_names,
+                "classify: the label names, comma-separated, in id order (default: the training file's: integer "
+                "labels 0..max, or the sorted set of the names)")
+      ->delimiter(',');
+  c->add_option("--text-field", o->classify_data.text_field, "classify: the records' text field")->capture_default_str();
+  c->add_option("--label-field", o->classify_data.label_field, "classify: the records' label field")
       ->capture_default_str();
   c->add_option("--center-rewards-coefficient", o->reward_options.center_coefficient,
                 "reward: weight of the mean squared sum of a pair's scores, which keeps them centred on 0 (TRL's "
@@ -283,6 +292,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   o->kto = f.objective == "kto";
   o->grpo = f.objective == "grpo";
   o->reward = f.objective == "reward";
+  o->classify = f.objective == "classify";
   const auto given = [&c](const char* flag) { return c.get_option(flag)->count() > 0; };
   static const char* const kGrpoFlags[] = {"--reward", "--reward-weights", "--num-generations", "--max-completion-len",
                                            "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
@@ -295,6 +305,10 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
   if (!o->reward) {
     QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
+  if (!o->classify) {
+    for (const char* flag : {"--labels", "--text-field", "--label-field"})
+      QWENQ_CHECK(!given(flag), flag << " applies to --objective classify");
+  }
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective kto");
@@ -306,7 +320,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
       QWENQ_CHECK(!given("--dpo-beta"), "--dpo-beta applies to --objective dpo and kto");
       QWENQ_CHECK(o->grpo || o->reward || !given("--max-prompt-len"),
                   "--max-prompt-len applies to --objective dpo, kto, grpo and reward");
-      if (!o->grpo && !o->reward) return;
+      if (!o->grpo && !o->reward && !o->classify) return;
     }
   }
   QWENQ_CHECK(!given("--batching"), "--objective " << f.objective << " batches "
@@ -314,6 +328,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
                                                               "without padding)"
                                         : o->kto  ? "whole examples with their KL sequences (--batch-size examples, their "
                                                     "sequences packed without padding)"
+                                        : o->classify ? "--batch-size texts, one per row (padding)"
                                                   : "--batch-size prompts, their completions one per row")
                                     << ": leave --batching out");
   sft->batch_mode = "padding";
@@ -329,6 +344,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
     check_reward_options(o->reward_options);
     return;
   }
+  if (o->classify) return;
   if (o->kto) {
     o->kto_options.beta = o->dpo_options.beta;
     o->kto_options.loss = parse_kto_loss(f.kto_loss);
@@ -516,9 +532,9 @@ void register_qlora_train(CLI::App& app) {
                                               "the CPU model): give --device cpu or auto");
       a->common.device = "cpu";
     }
-    if (o.reward) {  // the GPU trainer has no score head yet
-      QWENQ_CHECK(a->common.device != "cuda", "--objective reward trains on the CPU for now (the GPU trainer has no score "
-                                              "head): give --device cpu or auto");
+    if (o.sequence_classifier()) {  // the GPU trainer has no score head yet
+      QWENQ_CHECK(a->common.device != "cuda", "--objective " << a->dpo.objective << " trains on the CPU for now (the GPU "
+                                              "trainer has no score head): give --device cpu or auto");
       a->common.device = "cpu";
     }
     if (o.preference()) {
@@ -578,8 +594,9 @@ void register_qlora_train(CLI::App& app) {
       else std::printf(", eval reward %.4f", r.eval_reward);
     }
     if (r.eval_accuracy >= 0) {
-      if (r.first_eval_accuracy >= 0) std::printf(", eval reward accuracy %.3f -> %.3f", r.first_eval_accuracy, r.eval_accuracy);
-      else std::printf(", eval reward accuracy %.3f", r.eval_accuracy);
+      const char* what = o.classify ? "eval accuracy" : "eval reward accuracy";
+      if (r.first_eval_accuracy >= 0) std::printf(", %s %.3f -> %.3f", what, r.first_eval_accuracy, r.eval_accuracy);
+      else std::printf(", %s %.3f", what, r.eval_accuracy);
     }
     std::printf("; %.0f tokens/s, %.1fs, peak RSS %s", r.tokens_per_s, r.seconds, format_bytes(r.peak_rss).c_str());
     if (r.device_peak_allocated >= 0) {

@@ -45,8 +45,11 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
   if (a.alpha != b.alpha) diff << " lora_alpha " << a.alpha << " (not " << b.alpha << ")";
   if (a.use_rslora != b.use_rslora) diff << " use_rslora " << a.use_rslora;
   if (a.use_dora != b.use_dora) diff << " use_dora " << a.use_dora;
-  if (a.num_labels != b.num_labels)
-    diff << (a.seq_cls() ? " a score head (task_type SEQ_CLS: a reward model's)" : " no score head (task_type CAUSAL_LM)");
+  if (a.num_labels != b.num_labels) {
+    if (!a.seq_cls()) diff << " no score head (task_type CAUSAL_LM)";
+    else diff << " a score head of " << a.num_labels << " label(s) (task_type SEQ_CLS)"
+              << (b.seq_cls() ? ", not " + std::to_string(b.num_labels) : std::string(": this run trains a language model"));
+  }
   if (a.target_modules != b.target_modules)
     diff << " targets " << lora_targets_str(a.target_modules) << " (not " << lora_targets_str(b.target_modules) << ")";
   QWENQ_CHECK(diff.str().empty(), "--init-adapter " << dir << ": the adapter has" << diff.str());

@@ -18,6 +18,7 @@
 #include "core/strings.h"
 #include "core/threads.h"
 #include "lora/peft_io.h"
+#include "trainer/classify.h"
 #include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
@@ -105,9 +106,11 @@ void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
 namespace {
 
 // config.json of the sequence classifier a SEQ_CLS adapter merges into: transformers' <Arch>ForSequenceClassification
-// with num_labels labels (id2label / label2id as PretrainedConfig writes them) and the pad id pooling skips
+// with num_labels labels (id2label / label2id as PretrainedConfig writes them: `names`, or LABEL_<i> without them)
+// and the pad id pooling skips
 // (trainer/reward.h's, so the merged model pools where training did).
-void set_classifier_config(nlohmann::ordered_json* config, int64_t labels, const std::string& model_dir) {
+void set_classifier_config(nlohmann::ordered_json* config, int64_t labels, const std::vector<std::string>& names,
+                           const std::string& model_dir) {
   std::string arch;
   if (config->contains("architectures") && (*config)["architectures"].is_array() &&
       !(*config)["architectures"].empty() && (*config)["architectures"][0].is_string()) {
@@ -122,8 +125,9 @@ void set_classifier_config(nlohmann::ordered_json* config, int64_t labels, const
   (*config)["architectures"] = nlohmann::ordered_json::array({arch});
   nlohmann::ordered_json id2label = nlohmann::ordered_json::object(), label2id = nlohmann::ordered_json::object();
   for (int64_t i = 0; i < labels; ++i) {
-    id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
-    label2id["LABEL_" + std::to_string(i)] = i;
+    const std::string name = names.empty() ? "LABEL_" + std::to_string(i) : names[static_cast<size_t>(i)];
+    id2label[std::to_string(i)] = name;
+    label2id[name] = i;
   }
   (*config)["id2label"] = id2label;
   (*config)["label2id"] = label2id;
@@ -240,7 +244,14 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   nlohmann::ordered_json config = read_ordered_json_file(path_join(o.model_dir, "config.json"));
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(dtype);
-  if (classifier) set_classifier_config(&config, adapter.config().num_labels, o.model_dir);
+  if (classifier) {
+    // The label names a classify run left beside its adapter (trainer/classify.h), else transformers' LABEL_<i>.
+    const std::vector<std::string> names = read_label_names(o.adapter_dir);
+    QWENQ_CHECK(names.empty() || static_cast<int64_t>(names.size()) == adapter.config().num_labels,
+                o.adapter_dir << "/labels.json names " << names.size() << " labels; the score head has "
+                              << adapter.config().num_labels);
+    set_classifier_config(&config, adapter.config().num_labels, names, o.model_dir);
+  }
   return finish_output(config, o.model_dir, shards, out, t0, rep);
 }
 

@@ -430,38 +430,46 @@ class Runner {
     }
   }
 
-  // Reward modelling's head (LoraStepOptions::score_rows): r_j = h[row_j] · w (w = score[0], sums in double), then
-  // ∂L/∂h[row_j] = ∂L/∂r_j · w and ∂L/∂w += Σ_j ∂L/∂r_j · h[row_j].
+  // A sequence classifier's head (LoraStepOptions::score_rows), W = score [Cl, H] (Cl labels: 1 for a reward model):
+  // z_jc = h[row_j] · W[c] (sums in double), scores row-major [sequence, label]; then ∂L/∂h[row_j] = Σ_c ∂L/∂z_jc ·
+  // W[c] and ∂L/∂W[c] += Σ_j ∂L/∂z_jc · h[row_j].
   LoraStepResult score_head(const std::vector<float>& hidden, std::vector<std::vector<float>>& xs,
                             std::vector<BlockActs>& kept, BlockActs& scratch, LoraAdapter* grads) {
     const int64_t C = c_.hidden_size;
     QWENQ_CHECK(ad_.config().seq_cls(), "lora_loss_and_grad: score rows given for an adapter without a score head");
     QWENQ_CHECK(static_cast<int64_t>(opt_.score_rows.size()) == b_.num_seqs(),
                 "lora_loss_and_grad: " << opt_.score_rows.size() << " score rows for " << b_.num_seqs() << " sequences");
+    const int64_t labels = ad_.config().num_labels;
     const float* w = ad_.score().data();
     LoraStepResult res;
     for (size_t j = 0; j < opt_.score_rows.size(); ++j) {
       const int64_t row = opt_.score_rows[j];
       QWENQ_CHECK(row >= b_.cu_seqlens[j] && row < b_.cu_seqlens[j + 1],
                   "lora_loss_and_grad: score row " << row << " is outside sequence " << j);
-      double r = 0;
-      for (int64_t k = 0; k < C; ++k) r += static_cast<double>(hidden[row * C + k]) * w[k];
-      res.scores.push_back(r);
+      for (int64_t c = 0; c < labels; ++c) {
+        double r = 0;
+        for (int64_t k = 0; k < C; ++k) r += static_cast<double>(hidden[row * C + k]) * w[c * C + k];
+        res.scores.push_back(r);
+      }
     }
     if (!grads) return res;
     QWENQ_CHECK(opt_.score_objective, "lora_loss_and_grad: score rows without a score objective");
     const std::vector<double> d = opt_.score_objective(res.scores);
     QWENQ_CHECK(d.size() == res.scores.size(), "score objective: " << d.size() << " derivatives for " << res.scores.size()
-                                                                   << " sequences");
+                                                                   << " scores");
     std::vector<float> dhidden(T_ * C, 0.f);
     float* dw = grads->score().data();
-    for (size_t j = 0; j < d.size(); ++j) {
-      QWENQ_CHECK(std::isfinite(d[j]), "score objective: the derivative of sequence " << j << " is " << d[j]);
+    for (size_t j = 0; j < opt_.score_rows.size(); ++j) {
       const int64_t row = opt_.score_rows[j];
-      const float dj = static_cast<float>(d[j]);
-      for (int64_t k = 0; k < C; ++k) {
-        dhidden[row * C + k] += dj * w[k];
-        dw[k] += dj * hidden[row * C + k];
+      for (int64_t c = 0; c < labels; ++c) {
+        const double djc = d[j * static_cast<size_t>(labels) + static_cast<size_t>(c)];
+        QWENQ_CHECK(std::isfinite(djc), "score objective: the derivative of sequence " << j << "'s score " << c
+                                                                                      << " is " << djc);
+        const float dj = static_cast<float>(djc);
+        for (int64_t k = 0; k < C; ++k) {
+          dhidden[row * C + k] += dj * w[c * C + k];
+          dw[c * C + k] += dj * hidden[row * C + k];
+        }
       }
     }
     backward_from(dhidden, xs, kept, scratch, grads);

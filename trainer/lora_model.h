@@ -6,10 +6,10 @@
 //   y = x Wᵀ (+ b) + s · (drop(x) Aᵀ) Bᵀ
 // and the loss is L = grad_scale · Σ_t nll(t) over the counted targets (targets[t] != -100); the lm_head runs over
 // chunks of rows, so the [T, V] logits never exist at once, and each chunk's dlogits goes straight into dhidden.
-// Reward modelling (LoraStepOptions::score_rows) replaces the lm_head: a SEQ_CLS adapter's head w [C] reads each
-// sequence's pooled row p_j of the final hidden states h (after the final norm), r_j = h[p_j] · w, the loss L(r) is
-// the objective's (trainer/reward.h), and the backward starts from ∂L/∂h[p_j] = ∂L/∂r_j · w, with
-// ∂L/∂w = Σ_j ∂L/∂r_j · h[p_j].
+// A sequence classifier (LoraStepOptions::score_rows: reward modelling, classification) replaces the lm_head: a
+// SEQ_CLS adapter's head W [Cl, H] reads each sequence's pooled row p_j of the final hidden states h (after the final
+// norm), z_jc = h[p_j] · W[c], the loss L(z) is the objective's (trainer/reward.h, trainer/classify.h), and the
+// backward starts from ∂L/∂h[p_j] = Σ_c ∂L/∂z_jc · W[c], with ∂L/∂W[c] = Σ_j ∂L/∂z_jc · h[p_j].
 //
 // Backward of a block, given dout = ∂L/∂x_out (residual stream x → h1 = x + attn(norm1(x)) → x_out = h1 + mlp(norm2(h1))):
 //   dact = dout W_dᵀᵀ (+ LoRA)               dgate, dup = swiglu'(dact)
@@ -90,13 +90,15 @@ struct LoraStepOptions {
   // as TRL's GRPOTrainer divides its logits by the temperature). The CPU scales the head's input rows (c·h)·Wᵀ and
   // their gradient by c. 1: none. CPU only (the GPU trainer refuses another value).
   double logit_scale = 1.0;
-  // Reward modelling (`train --objective reward`, trainer/reward.h): the adapter's score head (LoraAdapter::score(),
-  // a SEQ_CLS adapter) replaces the lm_head. Sequence j's score is r_j = h[score_rows[j]] · score[0], h the final
+  // Sequence classification (`train --objective reward`, trainer/reward.h; `--objective classify`,
+  // trainer/classify.h): the adapter's score head W = score [Cl, H] (LoraAdapter::score(), a SEQ_CLS adapter with
+  // Cl = num_labels labels) replaces the lm_head. Sequence j's scores are z_jc = h[score_rows[j]] · W[c], h the final
   // hidden states (after the final norm) and score_rows[j] the batch row it is pooled at (transformers' last token
-  // that is not the pad id), returned in LoraStepResult::scores; with gradients score_objective(scores) gives ∂L/∂r_j,
-  // the backward starts from ∂L/∂h[score_rows[j]] = ∂L/∂r_j · score[0] and grads->score()[0] gets Σ_j ∂L/∂r_j ·
-  // h[score_rows[j]]. The targets are not read; grad_scale, the other objectives and logit_scale do not apply. Set
-  // when score_rows is not empty (one row per sequence of the batch). CPU only.
+  // that is not the pad id), returned in LoraStepResult::scores row-major [sequence, label] (a reward model: one per
+  // sequence); with gradients score_objective(scores) gives ∂L/∂z_jc, the backward starts from ∂L/∂h[score_rows[j]]
+  // = Σ_c ∂L/∂z_jc · W[c] and grads->score()[c] gets Σ_j ∂L/∂z_jc · h[score_rows[j]]. The targets are not read;
+  // grad_scale, the other objectives and logit_scale do not apply. Set when score_rows is not empty (one row per
+  // sequence of the batch). CPU only.
   std::vector<int64_t> score_rows;
   std::function<std::vector<double>(const std::vector<double>& scores)> score_objective;
   // NEFTune (Jain et al. 2023, transformers' neftune_noise_alpha): in training (train = true) the first block's input,
@@ -117,7 +119,7 @@ struct LoraStepResult {
   int64_t counted = 0;
   std::vector<double> seq_nll;  // per sequence of the batch: Σ nll over its counted targets (0 without any)
   std::vector<float> row_nll;   // CPU: the nll of each counted target, in row order
-  std::vector<double> scores;   // with LoraStepOptions::score_rows: each sequence's score r_j
+  std::vector<double> scores;   // with LoraStepOptions::score_rows: each sequence's scores z_j (num_labels each)
 };
 
 // ∂L/∂S_j of a sequence objective checked (one finite value per sequence) and spread over the scored rows:

@@ -146,6 +146,8 @@ struct SftDataset {
   std::vector<std::string> train_records, eval_records;  // GRPO prompts (trainer/grpo.h): each one's record, JSON text
   // Preference pairs (trainer/dpo.h): each pair's "margin" (reward modelling, trainer/reward.h; 0 without one).
   std::vector<double> train_margins, eval_margins;
+  // Sequence classification (trainer/classify.h): each example's label.
+  std::vector<int32_t> train_classes, eval_classes;
 };
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------

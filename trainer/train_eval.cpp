@@ -1,6 +1,7 @@
 // The held-out evaluations of a training run and of `qwen-qlora eval` (trainer/train_eval.h).
 #include "trainer/train_eval.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -99,6 +100,41 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
   return reward_batch_stats(o.reward_options, scores, mu);
 }
 
+ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
+                                  const std::vector<SftExample>& examples, const std::vector<int32_t>& labels,
+                                  const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
+  QWENQ_CHECK(labels.size() == examples.size(), "classify_eval_stats: " << labels.size() << " labels for "
+                                                                         << examples.size() << " examples");
+  const int64_t C = adapter.config().num_labels;
+  const LoraStepOptions base = eval_step_options(o);
+  // Batches of o.batch_size texts in file order (the first eval_batches); each rank scores every R-th batch and the
+  // logits are gathered (one slot per example and label, each written by one rank: exact).
+  SftBatchOptions bo;
+  bo.mode = SftBatchMode::kPadding;
+  bo.seq_len = o.seq_len;
+  bo.batch_size = o.batch_size;
+  bo.shuffle = false;
+  bo.epochs = 1;
+  SftBatchIterator it(examples, bo);
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  std::vector<double> logits(examples.size() * static_cast<size_t>(C), 0.0);
+  size_t covered = 0;
+  SftBatch b;
+  for (int64_t batch = 0; it.next(&b) && (o.eval_batches <= 0 || batch < o.eval_batches); ++batch) {
+    covered += static_cast<size_t>(b.num_examples);
+    if (batch % world != rank) continue;
+    LoraStepOptions so = base;
+    so.score_rows = reward_pooled_rows(b.packed, pad_id);
+    const LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
+    QWENQ_CHECK(static_cast<int64_t>(r.scores.size()) == b.num_examples * C,
+                "classify_eval_stats: " << r.scores.size() << " logits for " << b.num_examples << " texts");
+    std::copy(r.scores.begin(), r.scores.end(), logits.begin() + static_cast<std::ptrdiff_t>(b.first_index * C));
+  }
+  if (group) group->all_reduce_sum(logits.data(), static_cast<int64_t>(logits.size()));
+  logits.resize(covered * static_cast<size_t>(C));
+  return classify_batch_stats(logits, std::vector<int32_t>(labels.begin(), labels.begin() + static_cast<std::ptrdiff_t>(covered)), C);
+}
+
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
                                          const std::vector<SftExample>& examples, const TrainOptions& o) {
   if (!o.use_cuda) return sft_held_out_loss(model, adapter, nullptr, examples, o);
@@ -149,6 +185,11 @@ nlohmann::json held_out_record(QwenModel& model, const LoraAdapter& adapter, Lor
     record["eval_kl"] = es.mean_kl();
     add_kto_rewards(es, "eval_", &record);
     record["eval_examples"] = es.examples();
+  } else if (o.classify) {  // the held-out texts' logits
+    const ClassifyStats es = classify_eval_stats(model, adapter, examples, *h.classes, o, h.reward_pad, o.group);
+    record["eval_loss"] = es.objective();
+    record["eval_accuracy"] = es.accuracy();
+    record["eval_examples"] = es.examples;
   } else if (o.grpo) {  // the held-out prompts sampled with a fixed seed: the reward, not a loss
     QWENQ_CHECK(grpo != nullptr, "held_out_record: a GRPO run's evaluation needs its GrpoRun");
     record.update(grpo->evaluate(model, adapter, examples, *h.records, o.batch_size, o.eval_batches, o.seed, o.group));

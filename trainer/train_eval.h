@@ -4,6 +4,7 @@
 //   dpo     the pairs' DPO-family loss against the reference's sums (trainer/dpo.h), margin, accuracy, eval_pairs
 //   kto     KTO's loss with each batch's own z from its KL sequences (trainer/kto.h), eval_kl, the rewards
 //   reward  the Bradley-Terry loss of the pairs' scores (trainer/reward.h), margin, accuracy, eval_pairs
+//   classify  the cross-entropy of the texts' logits (trainer/classify.h), eval_accuracy, eval_examples
 //   grpo    completions of the held-out prompts sampled with a fixed seed and scored: eval_reward and the rest
 // each on the device's adapter (a LoraModelCuda) or the CPU's, without dropout, over at most o.eval_batches batches
 // (0: all). With o.group (data parallelism) every rank computes its share of the batches and the sums are gathered,
@@ -47,7 +48,8 @@ struct HeldOutSet {
   const std::vector<std::string>* records = nullptr;     // grpo: each prompt's record (its reward functions read them)
   const std::vector<double>* ref_sums = nullptr;         // dpo, kto: the reference model's NLL sums
   const std::vector<int64_t>* target_counts = nullptr;   // dpo: each sequence's counted targets
-  int32_t reward_pad = -1;                               // reward: the pad id pooling skips
+  const std::vector<int32_t>* classes = nullptr;         // classify: each example's label
+  int32_t reward_pad = -1;                               // reward, classify: the pad id pooling skips
 };
 
 // The evaluation record at `step` ({"step", "eval_loss", ...}; GRPO's "eval_reward" and the rest, no loss), or null

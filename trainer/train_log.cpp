@@ -121,6 +121,10 @@ nlohmann::json step_record(const StepLog& s) {
     record["kl"] = s.kto->mean_kl();
     add_kto_rewards(*s.kto, "", &record);
   }
+  if (s.classify) {
+    record["examples"] = s.classify->examples;
+    record["accuracy"] = s.classify->accuracy();
+  }
   if (s.grpo) record.update(*s.grpo);
   return record;
 }
@@ -128,8 +132,9 @@ nlohmann::json step_record(const StepLog& s) {
 std::string step_progress_text(const StepLog& s) {
   char text[128];
   const double tok_s = s.tokens / std::max(s.seconds, 1e-9);
-  if (s.dpo || s.reward) {
-    const double accuracy = s.dpo ? static_cast<double>(s.dpo->correct) / static_cast<double>(std::max<int64_t>(1, s.dpo->pairs))
+  if (s.dpo || s.reward || s.classify) {
+    const double accuracy = s.classify ? s.classify->accuracy()
+                            : s.dpo ? static_cast<double>(s.dpo->correct) / static_cast<double>(std::max<int64_t>(1, s.dpo->pairs))
                                   : s.reward->accuracy();
     std::snprintf(text, sizeof text, "loss %.4f acc %.2f lr %.2e %.0f tok/s", s.loss, accuracy, s.lr, tok_s);
   } else if (s.kto) {

@@ -145,17 +145,22 @@ TrainReport train_lora(const TrainOptions& o) {
   QWENQ_CHECK(!o.use_cuda, "--device cuda: this build has no CUDA backend (configure with -DQWENQ_CUDA=ON)");
 #endif
 
-  // A reward run on a reward model directory (a sequence classifier) continues it: its decoder and its head.
-  const bool classifier_base = o.reward && sequence_classifier_dir(o.model_dir);
+  // A reward or classify run on a sequence classifier directory (a reward model, a text classifier) continues it: its
+  // decoder and its head.
+  const bool classifier_base = o.sequence_classifier() && sequence_classifier_dir(o.model_dir);
   QwenModel model(o.model_dir, classifier_base ? ModelHead::kSequenceScore : ModelHead::kLanguageModel);
-  const bool use_cuda = o.grpo || o.reward ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
+  const bool use_cuda = o.grpo || o.sequence_classifier() ? false : o.choose_device ? o.choose_device(model) : o.use_cuda;
   QWENQ_CHECK(!o.profile || use_cuda, "--profile times the GPU trainer's phases: it needs the GPU, and this run trains "
                                       "on the CPU");
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
+  // classify: the label names (--labels, else a classifier base's id2label, else read from --data).
+  ClassifyDataOptions labels = o.classify_data;
+  if (o.classify && classifier_base && labels.label_names.empty()) labels.label_names = config_label_names(o.model_dir);
   const auto load = [&](const std::string& path, const SftDataOptions& d) {
-    return o.dpo || o.reward ? load_preference_dataset(path, tok, d)
+    return o.classify ? load_classify_dataset(path, tok, d, &labels)
+           : o.dpo || o.reward ? load_preference_dataset(path, tok, d)
            : o.kto  ? load_kto_dataset(path, tok, d, o.batch_size)
            : o.grpo ? load_grpo_dataset(path, tok, d, o.grpo_options.max_completion_len)
                     : load_sft_dataset(path, tok, d);
@@ -167,6 +172,7 @@ TrainReport train_lora(const TrainOptions& o) {
   const std::vector<SftExample>* eval_set = &data.eval;
   const std::vector<uint8_t>* eval_labels = &data.eval_labels;  // kto: desirable, per held-out unit
   const std::vector<double>* eval_margins = &data.eval_margins;  // reward: per held-out pair (empty: none)
+  const std::vector<int32_t>* eval_classes = &data.eval_classes;  // classify: per held-out text
   SftDataset eval_file;
   if (!o.eval_data_path.empty()) {
     SftDataOptions eopt = dopt;
@@ -179,6 +185,7 @@ TrainReport train_lora(const TrainOptions& o) {
     eval_set = &eval_file.train;
     eval_labels = &eval_file.train_labels;
     eval_margins = &eval_file.train_margins;
+    eval_classes = &eval_file.train_classes;
   }
   QWENQ_CHECK(!watches_metric(o) || !eval_set->empty(),
               (o.best.load_best ? "--load-best-model-at-end"
@@ -192,7 +199,16 @@ TrainReport train_lora(const TrainOptions& o) {
   LoraConfig lcfg = o.lora;
   lcfg.base_model = o.model_dir;
   if (o.reward) lcfg.num_labels = 1;  // a SEQ_CLS adapter: LoRA plus the score head
-  const int32_t reward_pad = o.reward ? reward_pad_id(o.model_dir, tok) : -1;
+  if (o.classify) {
+    lcfg.num_labels = static_cast<int64_t>(labels.label_names.size());
+    if (!o.quiet && lead) {
+      std::string names;
+      for (size_t i = 0; i < labels.label_names.size(); ++i)
+        names += (i ? ", " : "") + std::to_string(i) + " " + labels.label_names[i];
+      std::fprintf(stderr, "classify: %zu labels: %s\n", labels.label_names.size(), names.c_str());
+    }
+  }
+  const int32_t reward_pad = o.sequence_classifier() ? reward_pad_id(o.model_dir, tok) : -1;
   LoraAdapter adapter(lora_dims_of(model.config()), lcfg);
   std::unique_ptr<GrpoRun> grpo;
   if (o.grpo) {
@@ -241,12 +257,14 @@ TrainReport train_lora(const TrainOptions& o) {
   const int64_t eval_every = run_interval(o.eval_every, total), save_every = run_interval(o.save_every, total);
 
   adapter.init_peft(o.seed);
-  if (o.reward && classifier_base) {  // the reward model's own head
+  if (classifier_base) {  // the classifier's own head
     const TensorView& head = model.weights().score;
-    QWENQ_CHECK(head.shape.at(0) == 1, o.model_dir << ": the classifier has " << head.shape.at(0)
-                                                   << " labels; a reward model (and --objective reward) has one");
+    QWENQ_CHECK(head.shape.at(0) == lcfg.num_labels,
+                o.model_dir << ": the classifier has " << head.shape.at(0) << " labels; "
+                            << (o.reward ? "a reward model (and --objective reward) has one"
+                                         : "the data has " + std::to_string(lcfg.num_labels)));
     adapter.score() = tensor_to_f32(head);
-  } else if (o.reward) {
+  } else if (o.sequence_classifier()) {
     adapter.init_score_head(o.seed, reward_head_init_std(o.model_dir));
   }
   if (!o.resume && !o.init_adapter.empty()) {
@@ -420,6 +438,7 @@ TrainReport train_lora(const TrainOptions& o) {
   held_out.records = &eval_records;
   held_out.ref_sums = &ref_eval;
   held_out.target_counts = &eval_counts;
+  held_out.classes = eval_classes;
   held_out.reward_pad = reward_pad;
   const auto run_eval = [&](int64_t step) -> nlohmann::json {
     nlohmann::json record;
@@ -438,8 +457,8 @@ TrainReport train_lora(const TrainOptions& o) {
       rep.eval_loss = record["eval_loss"].get<double>();
       if (first) rep.first_eval_loss = rep.eval_loss;
     }
-    if (o.dpo || o.reward) {
-      rep.eval_accuracy = record["eval_rewards_accuracy"].get<double>();
+    if (o.dpo || o.reward || o.classify) {
+      rep.eval_accuracy = record[o.classify ? "eval_accuracy" : "eval_rewards_accuracy"].get<double>();
       if (first) rep.first_eval_accuracy = rep.eval_accuracy;
     }
     if (lead) metrics << record.dump() << "\n" << std::flush;
@@ -533,8 +552,11 @@ TrainReport train_lora(const TrainOptions& o) {
       }
     }
     if (micro.empty()) break;  // the epochs are done
-    int64_t targets = 0, tokens = 0, pairs = 0, chosen_tokens = 0;
-    for (const auto& b : micro) targets += b.num_targets, tokens += b.packed.num_tokens(), pairs += b.num_examples / 2;
+    int64_t targets = 0, tokens = 0, pairs = 0, chosen_tokens = 0, texts = 0;
+    for (const auto& b : micro) {
+      targets += b.num_targets, tokens += b.packed.num_tokens(), pairs += b.num_examples / 2;
+      texts += b.num_examples;  // classify: the step's examples
+    }
     if (o.kto) {  // the examples' targets; their tokens and, when they run, the KL sequences'
       targets = tokens = 0;
       for (const auto& b : micro) {
@@ -553,6 +575,7 @@ TrainReport train_lora(const TrainOptions& o) {
     // targets and reference sums; the step's pairs and chosen tokens normalise the loss (trainer/dpo.h).
     DpoStats step_stats;
     RewardStats reward_stats;  // reward: the step's pairs
+    ClassifyStats classify_stats;  // classify: the step's texts
     KtoStats kto_stats;  // kto: the step's examples; each micro-batch's z from its KL sequences (trainer/kto.h)
     std::vector<std::vector<int64_t>> counts(micro.size());
     if (o.dpo) {
@@ -594,7 +617,8 @@ TrainReport train_lora(const TrainOptions& o) {
         const int64_t row_len = o.batch_mode == SftBatchMode::kPacking ? o.seq_len : micro[i].padded_len;
         so.neftune_half_width = neftune_half_width(o.neftune_noise_alpha, row_len, model.config().hidden_size);
       }
-      if (o.paired_batches() && micro[i].epoch != order_epoch) order = it.epoch_order(order_epoch = micro[i].epoch);
+      if ((o.paired_batches() || o.classify) && micro[i].epoch != order_epoch)
+        order = it.epoch_order(order_epoch = micro[i].epoch);
       if (o.reward) {
         so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
         std::vector<double> mu;  // the micro-batch's pairs' margins (example positions 2k, 2k + 1: pair k)
@@ -603,6 +627,13 @@ TrainReport train_lora(const TrainOptions& o) {
           mu.push_back(data.train_margins[static_cast<size_t>(ex / 2)]);
         }
         so.score_objective = reward_objective(o.reward_options, std::move(mu), pairs, &reward_stats);
+      }
+      if (o.classify) {
+        so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
+        std::vector<int32_t> y;  // the micro-batch's texts' labels
+        for (int64_t k = 0; k < micro[i].num_examples; ++k)
+          y.push_back(data.train_classes[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])]);
+        so.score_objective = classify_objective(std::move(y), lcfg.num_labels, texts, &classify_stats);
       }
       if (o.dpo) {
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
@@ -640,8 +671,10 @@ TrainReport train_lora(const TrainOptions& o) {
     if (o.group && o.dpo) sum_over_ranks(&step_stats);
     if (o.group && o.kto) sum_over_ranks(&kto_stats);
     if (o.group && o.reward) sum_over_ranks(&reward_stats);
+    if (o.group && o.classify) sum_over_ranks(&classify_stats);
     const double loss = o.dpo    ? step_stats.objective(o.dpo_options)
                         : o.reward ? reward_stats.objective()
+                        : o.classify ? classify_stats.objective()
                         : o.kto  ? kto_stats.objective()
                         : o.grpo ? grpo_step.loss
                                  : targets > 0 ? nll / targets : 0.0;
@@ -690,6 +723,7 @@ TrainReport train_lora(const TrainOptions& o) {
     log.elapsed_s = st.elapsed_s;
     if (o.dpo) log.dpo = &step_stats;
     if (o.reward) log.reward = &reward_stats;
+    if (o.classify) log.classify = &classify_stats;
     if (o.kto) log.kto = &kto_stats;
     if (o.grpo) log.grpo = &grpo_stats;
     metrics << step_record(log).dump() << "\n" << std::flush;
@@ -765,6 +799,7 @@ TrainReport train_lora(const TrainOptions& o) {
                 "cannot move " << f << " into " << o.out_dir);
   }
   remove_tree(staging);
+  if (o.classify) write_label_names(o.out_dir, labels.label_names);  // beside the adapter (trainer/classify.h)
   rep.steps = st.step;
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);

@@ -59,6 +59,7 @@
 #include "core/dtype.h"
 #include "lora/lora_config.h"
 #include "trainer/best_model.h"
+#include "trainer/classify.h"
 #include "trainer/dpo.h"
 #include "trainer/grpo.h"
 #include "trainer/kto.h"
@@ -183,11 +184,20 @@ struct TrainOptions {
   // loss_curve.svg is the reward's.
   bool grpo = false;
   GrpoOptions grpo_options;
+  // Sequence classification (`--objective classify`, trainer/classify.h), on the CPU: data_path (and eval_data_path)
+  // hold labelled texts; a micro-batch is batch_size texts, one per row; the adapter is a SEQ_CLS one whose score head
+  // has one row per label (lora.num_labels = C, started as transformers starts a new head, or the model's own when
+  // model_dir is already a classifier of C labels). A step's "loss" is the mean cross-entropy; metrics.jsonl adds
+  // examples and accuracy, and each evaluation eval_loss, eval_accuracy and eval_examples; labels.json beside the
+  // final adapter names the labels.
+  bool classify = false;
+  ClassifyDataOptions classify_data;
+  bool sequence_classifier() const { return reward || classify; }  // a score head instead of the lm_head
 };
 
 struct TrainReport {
   int64_t steps = 0, start_step = 0;
-  double eval_accuracy = -1, first_eval_accuracy = -1;  // dpo and reward runs: the held-out pairs' reward accuracy
+  double eval_accuracy = -1, first_eval_accuracy = -1;  // dpo and reward: the held-out pairs' reward accuracy; classify
   bool has_eval_reward = false;                           // GRPO runs with held-out prompts: their mean reward
   double eval_reward = 0, first_eval_reward = 0;
   bool stopped = false;    // ended by stop_after: no final evaluation or adapter
@@ -232,6 +242,12 @@ std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapt
 RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                               const std::vector<SftExample>& examples, const std::vector<double>& margins,
                               const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
+// A classifier's held-out statistics (o.classify; `qwen-qlora eval --objective classify`): the logits of `examples`
+// (one label each in `labels`) in batches of o.batch_size texts in order, at most o.eval_batches batches (0: all), no
+// dropout, pooled at the last token that is not pad_id; the statistics of trainer/classify.h.
+ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
+                                  const std::vector<SftExample>& examples, const std::vector<int32_t>& labels,
+                                  const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
 // The steps between evaluations or checkpoints of a run of `total` steps for TrainOptions::eval_every / save_every:
 // 0 for 0, ceil(every · total) for a fraction, else every.
 int64_t run_interval(double every, int64_t total);

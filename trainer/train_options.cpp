@@ -43,6 +43,7 @@ namespace {
 // evaluation first reports them.
 std::vector<std::string> best_metric_choices(const TrainOptions& o) {
   if (o.dpo || o.reward) return {"eval_loss", "eval_rewards_margin", "eval_rewards_accuracy"};
+  if (o.classify) return {"eval_loss", "eval_accuracy"};
   if (o.kto) return {"eval_loss", "eval_kl", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_margin"};
   if (o.grpo)
     return {"eval_reward", "eval_reward_std", "eval_frac_reward_zero_std", "eval_completions_mean_length",
@@ -112,6 +113,10 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["kto_desirable_weight"] = o.kto_options.desirable_weight;
     k["kto_undesirable_weight"] = o.kto_options.undesirable_weight;
   }
+  if (o.classify) {
+    k["objective"] = "classify";
+    k["labels"] = o.classify_data.label_names;  // (given ones; else the data's, the same file)
+  }
   if (o.reward) {
     k["objective"] = "reward";
     k["center_rewards_coefficient"] = o.reward_options.center_coefficient;
@@ -152,7 +157,7 @@ std::string settings_difference(const nlohmann::json& saved, const nlohmann::jso
       {"mask_history", "--mask-history"}, {"eval_data", "--eval-data"}, {"nproc", "--nproc"},
       {"cpu_matmul", "--cpu-matmul"}, {"objective", "--objective"}, {"dpo_loss", "--dpo-loss"},
       {"dpo_beta", "--dpo-beta"}, {"dpo_label_smoothing", "--dpo-label-smoothing"}, {"rpo_alpha", "--rpo-alpha"},
-      {"simpo_gamma", "--simpo-gamma"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
+      {"simpo_gamma", "--simpo-gamma"}, {"labels", "--labels"}, {"kto_loss", "--kto-loss"}, {"kto_desirable_weight", "--kto-desirable-weight"},
       {"kto_undesirable_weight", "--kto-undesirable-weight"}, {"max_prompt_len", "--max-prompt-len"},
       {"loraplus_lr_ratio", "--loraplus-lr-ratio"}, {"neftune_noise_alpha", "--neftune-noise-alpha"},
       {"min_lr_ratio", "--min-lr-ratio"}, {"adam_beta1", "--adam-beta1"}, {"adam_beta2", "--adam-beta2"},
@@ -203,7 +208,7 @@ void check_train_options(const TrainOptions& o, bool lead) {
   QWENQ_CHECK(o.loraplus_lr_ratio > 0 && std::isfinite(o.loraplus_lr_ratio), "--loraplus-lr-ratio must be positive");
   QWENQ_CHECK(o.neftune_noise_alpha >= 0 && std::isfinite(o.neftune_noise_alpha),
               "--neftune-noise-alpha must be >= 0");
-  QWENQ_CHECK(o.neftune_noise_alpha == 0 || !(o.dpo || o.kto || o.grpo || o.reward),
+  QWENQ_CHECK(o.neftune_noise_alpha == 0 || !(o.dpo || o.kto || o.grpo || o.reward || o.classify),
               "--neftune-noise-alpha applies to --objective sft (NEFTune is noise for instruction tuning; the "
               "preference, reward and GRPO steps here take none)");
   QWENQ_CHECK(o.init_adapter.empty() || o.loftq_model.empty(), "give --init-adapter or --loftq-model, not both");
@@ -212,8 +217,19 @@ void check_train_options(const TrainOptions& o, bool lead) {
               "--eval-data " << o.eval_data_path << " is the held-out set: give it or --eval-fraction / --eval-count, "
                              << "not both");
   QWENQ_CHECK(static_cast<int>(o.dpo) + static_cast<int>(o.kto) + static_cast<int>(o.grpo) +
-                      static_cast<int>(o.reward) <= 1,
-              "give one objective: dpo, kto, grpo or reward");
+                      static_cast<int>(o.reward) + static_cast<int>(o.classify) <= 1,
+              "give one objective: dpo, kto, grpo, reward or classify");
+  if (o.classify) {
+    QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective classify trains on the CPU for now (the GPU trainer has no "
+                                                "score head): give --device cpu");
+    QWENQ_CHECK(o.batch_mode == SftBatchMode::kPadding, "--objective classify batches one text per row (padding): "
+                                                        "leave --batching out");
+    QWENQ_CHECK(data_max_len(o) <= o.seq_len, "--objective classify: --max-len " << o.data.max_len << " exceeds --seq-len "
+                                              << o.seq_len << " (a text is kept to its first --max-len tokens, never "
+                                              << "cut again by the batcher)");
+    QWENQ_CHECK(!o.classify_data.text_field.empty() && !o.classify_data.label_field.empty(),
+                "--text-field and --label-field must not be empty");
+  }
   if (o.reward) {
     check_reward_options(o.reward_options);
     QWENQ_CHECK(!o.use_cuda || o.choose_device, "--objective reward trains on the CPU for now (the GPU trainer has no "

@@ -7,7 +7,8 @@
 # ranks; the ranks' shared evaluations give a single process's eval_loss to the bit; rank 0 alone writes the run
 # directory and reports; a run of 2 ranks stopped and resumed gives the uninterrupted run's losses bit for bit, and
 # resuming it with another --nproc is refused naming the flag; a rank killed mid-run, or stopped (SIGSTOP) past
-# QWENQ_DP_TIMEOUT_S, stops the whole run with an error naming it and leaves no process and no final adapter.
+# QWENQ_DP_TIMEOUT_S, stops the whole run with an error naming it and leaves no process and no final adapter. A text
+# classifier (--objective classify) over 2 ranks matches one process too.
 set -euo pipefail
 source "$(dirname "$0")/cli_setup.sh"
 LOSS_RTOL=1e-5
@@ -118,6 +119,25 @@ stop_rank_2 killed KILL "data-parallel rank [01]: rank 2 has stopped"
 # A rank alive but stuck (SIGSTOP, as a hung GPU would leave it): after QWENQ_DP_TIMEOUT_S seconds without data rank 0
 # names it, and the stopped rank is killed.
 stop_rank_2 hung STOP "data-parallel rank 0: nothing came from rank 2 for 5 s" QWENQ_DP_TIMEOUT_S=5
+
+# --objective classify (a score head instead of the lm_head): 2 ranks x 2 micro-batches against 1 process x 4, the
+# texts' statistics summed over the ranks and the held-out logits gathered.
+python3 - "$WORK/data.jsonl" "$WORK/labelled.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[2], "w") as f:
+    for line in open(sys.argv[1]):
+        t = json.loads(line)["text"]
+        f.write(json.dumps({"text": t, "label": "long" if len(t.split()) > 5 else "short"}) + "\n")
+PY
+CLS=(--objective classify -m "$WORK/tiny" -d "$WORK/labelled.jsonl" --seq-len 64 --lora-r 4 --lr 0.003 --threads 1 -q
+     --device cpu --eval-count 16 --eval-every 3 --batch-size 4 --max-steps 6)
+"$QL" train "${CLS[@]}" --grad-accum 2 --nproc 2 --out "$WORK/cls_dp" > "$WORK/cls_dp.txt" 2>&1 ||
+  fail "classify --nproc 2 failed" "$WORK/cls_dp.txt"
+"$QL" train "${CLS[@]}" --grad-accum 4 --out "$WORK/cls_ga" > "$WORK/cls_ga.txt" 2>&1 ||
+  fail "classify --grad-accum 4 failed" "$WORK/cls_ga.txt"
+compare "$WORK/cls_dp" "$WORK/cls_ga" > "$WORK/cmp_cls.txt" 2>&1 ||
+  fail "classify --nproc 2 differs from --grad-accum 4" "$WORK/cmp_cls.txt"
+cmp -s "$WORK/cls_dp/labels.json" "$WORK/cls_ga/labels.json" || fail "classify: labels.json differs" "$WORK/cls_dp/labels.json"
 
 # Inputs every rank must read: a pipe is refused before any rank starts.
 if "$QL" train -m "$WORK/tiny" -d <(cat "$WORK/data.jsonl") --device cpu --threads 1 --max-steps 1 --out "$WORK/pipe" \

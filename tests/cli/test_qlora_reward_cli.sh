@@ -168,7 +168,7 @@ expect_error "cannot score with the LoRA adapter $WORK/dpo" "${ev[@]}" --adapter
 expect_error "has no score.weight, so it is a causal language model" "${ev[@]}"
 expect_error 'badmargin.jsonl:4: "margin" must be a finite number, got "big"' "${run[@]/$WORK\/pref.jsonl/$WORK/badmargin.jsonl}" \
   --out "$WORK/x6"
-expect_error "is a reward model's adapter (task_type SEQ_CLS): it merges into a sequence classifier" merge \
+expect_error "is a sequence classifier's adapter (task_type SEQ_CLS: a reward model's or a text classifier's): it merges into a sequence classifier" merge \
   --model "$WORK/tiny" --adapter "$WORK/run" --out "$WORK/x5.gguf" --gguf q8_0
 for d in x1 x2 x3 x4 x5.gguf x5.gguf.merged x6; do [ ! -e "$WORK/$d" ] || fail "a refused run left $WORK/$d"; done
 echo "PASS"
