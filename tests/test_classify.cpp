@@ -198,6 +198,7 @@ TEST(ClassifyTrain, ResumedRunIsTheUninterruptedOne) {
   test::train_interrupted(o, root + "/part", 3);
   test::expect_same_resumed_run(root + "/full", root + "/part", {"loss", "accuracy", "lr", "grad_norm"});
   EXPECT_EQ(read_label_names(root + "/full"), (std::vector<std::string>{"cat", "dog", "other"}));
+  EXPECT_EQ(read_label_names(root + "/full/checkpoint-8/adapter"), (std::vector<std::string>{"cat", "dog", "other"}));
 }
 
 }  // namespace

@@ -17,7 +17,8 @@
 // add_special_tokens (Llama's BOS; none for Qwen's), kept to its first max_len tokens (transformers' truncation).
 // The head starts as transformers initialises a new classifier head, normal(0, initializer_range); the adapter is
 // saved as PEFT saves a SEQ_CLS adapter (score.weight [C, H] beside the LoRA tensors), with the label names in
-// labels.json ({"id2label": {"0": name, ...}}; PEFT ignores the file), and `qwen-qlora merge` makes a
+// labels.json ({"id2label": {"0": name, ...}}; PEFT ignores the file; also in each checkpoint's adapter/), and
+// `qwen-qlora merge` makes a
 // Qwen2ForSequenceClassification directory of it.
 #pragma once
 

@@ -742,8 +742,12 @@ TrainReport train_lora(const TrainOptions& o) {
       check_in_step("after step " + std::to_string(st.step));
       if (best) st.best_model = best->state();
       if (plateau) st.lr_plateau = plateau->state();
-      if (lead) save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit,
-                                      best && o.best.load_best ? best->best_step() : -1);
+      if (lead) {
+        save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit,
+                              best && o.best.load_best ? best->best_step() : -1);
+        // classify: the names beside each checkpoint's adapter too (`eval --adapter checkpoint-N/adapter` reads them).
+        if (o.classify) write_label_names(path_join(checkpoint_dir(o.out_dir, st.step), "adapter"), labels.label_names);
+      }
     }
     if (early_stop) break;
     if (o.stop_after > 0 && st.step - rep.start_step >= o.stop_after) {
