@@ -5,8 +5,11 @@
 //   z_j        the logits of example j: the score head W [C, H] times the final hidden state (after the final norm)
 //              at its pooled token, the last one that is not the pad id (LoraStepOptions::score_rows)
 //   ℓ_j        = −log softmax(z_j)[y_j] = logsumexp(z_j) − z_j[y_j]       y_j: the example's label in [0, C)
-//   L          = (1/N) Σ_j ℓ_j over the N examples of an optimizer step (transformers' ForSequenceClassificationLoss,
-//              single_label_classification, reduced over the step's num_items_in_batch)
+//   L          = (1/N) Σ_j ℓ_j over the N examples of an optimizer step (as the reward model's pairs). transformers'
+//              Trainer takes each micro-batch's mean CrossEntropyLoss divided by gradient_accumulation_steps
+//              (Qwen2ForSequenceClassification takes no num_items_in_batch), averaged over data-parallel ranks: the
+//              same L when the step's micro-batches hold equally many texts; a short last micro-batch of an epoch
+//              weighs its texts more there.
 //   ∂L/∂z_jc   = (softmax(z_j)_c − [c = y_j]) / N
 // accuracy: argmax_c z_jc = y_j (the first of equal maxima, as torch.argmax).
 //
