@@ -36,6 +36,7 @@ struct TrainArgs {
   DpoFlags dpo;
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
+  bool no_eval_on_start = false;  // likewise
   bool greater = false, not_greater = false;  // --greater-is-better, --no-greater-is-better
   std::string scheduler_kwargs;               // JSON text
   int nproc = 1;
@@ -47,7 +48,7 @@ struct TrainArgs {
 // of strings or numbers is the option's comma-separated value ("target": ["q_proj", "v_proj"] is --target
 // q_proj,v_proj, as PEFT's target_modules list reads): train's list options take one comma-separated value, but for
 // "reward", whose items may hold commas (a regex, a command): each item is one --reward.
-// "scheduler-kwargs" takes its object as it is.
+// "scheduler-kwargs" takes its object as it is. A boolean is a flag: true gives it, false gives --flag=false.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.is_object(), path << ": a training config must be a JSON object of option: value");
@@ -55,8 +56,8 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string key = "--" + it.key();
     if (given.count(it.key())) continue;
-    if (it->is_boolean()) {
-      if (it->get<bool>()) args.push_back(key);
+    if (it->is_boolean()) {  // (false given as --flag=false)
+      args.push_back(it->get<bool>() ? key : key + "=false");
     } else if (it->is_string()) {
       args.insert(args.end(), {key, it->get<std::string>()});
     } else if (it->is_number()) {
@@ -461,6 +462,9 @@ void register_qlora_train(CLI::App& app) {
                 "eval_steps)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
+  c->add_flag("--no-eval-on-start", a->no_eval_on_start,
+              "skip the evaluation before the first step (transformers' default eval_on_start=False): the first is "
+              "then --eval-every's");
   c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
@@ -511,6 +515,7 @@ void register_qlora_train(CLI::App& app) {
   c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
+    o.eval_on_start = !a->no_eval_on_start;
     QWENQ_CHECK(!(a->greater && a->not_greater), "give --greater-is-better or --no-greater-is-better, not both");
     o.best.greater_is_better = a->greater ? 1 : a->not_greater ? 0 : -1;
     if (!a->scheduler_kwargs.empty()) {
@@ -590,7 +595,7 @@ void register_qlora_train(CLI::App& app) {
       else std::printf(", eval loss %.4f", r.eval_loss);
     }
     if (r.has_eval_reward) {
-      if (r.steps > r.start_step && r.start_step == 0) std::printf(", eval reward %.4f -> %.4f", r.first_eval_reward, r.eval_reward);
+      if (r.steps > r.start_step && r.evaluated_at_start) std::printf(", eval reward %.4f -> %.4f", r.first_eval_reward, r.eval_reward);
       else std::printf(", eval reward %.4f", r.eval_reward);
     }
     if (r.eval_accuracy >= 0) {

@@ -464,7 +464,8 @@ TrainReport train_lora(const TrainOptions& o) {
     if (lead) metrics << record.dump() << "\n" << std::flush;
     return record;
   };
-  const nlohmann::json first_eval = o.resume ? nlohmann::json() : run_eval(0);
+  const nlohmann::json first_eval = o.resume || !o.eval_on_start ? nlohmann::json() : run_eval(0);
+  rep.evaluated_at_start = !first_eval.is_null();
   // The best model and early stopping (trainer/best_model.h), from the evaluations after step 0; a resumed run
   // continues the checkpoint's decisions.
   std::unique_ptr<BestModelTracker> best;

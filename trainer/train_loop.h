@@ -110,6 +110,9 @@ struct TrainOptions {
   // eval_steps / save_steps below 1); above 1 a whole number (run_interval).
   double eval_every = 0;
   int64_t eval_batches = 0; // 0: the whole eval split
+  // The evaluation before the first step (the report's "eval loss X -> Y"); false skips it (`--no-eval-on-start`:
+  // transformers' default eval_on_start=False), the first evaluation then being step eval_every's.
+  bool eval_on_start = true;
   double save_every = 0;
   int64_t save_total_limit = 2;
   // The best model and early stopping (trainer/best_model.h: transformers' load_best_model_at_end,
@@ -199,6 +202,7 @@ struct TrainReport {
   int64_t steps = 0, start_step = 0;
   double eval_accuracy = -1, first_eval_accuracy = -1;  // dpo and reward: the held-out pairs' reward accuracy; classify
   bool has_eval_reward = false;                           // GRPO runs with held-out prompts: their mean reward
+  bool evaluated_at_start = false;                        // the first_eval_* come from an evaluation at start_step
   double eval_reward = 0, first_eval_reward = 0;
   bool stopped = false;    // ended by stop_after: no final evaluation or adapter
   std::string checkpoint;  // with stopped: the newest complete checkpoint ("" when none)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kill and resume through the command line: `qwen-qlora train` killed with SIGKILL after its first checkpoint and
 # continued with --resume logs the same losses, bit for bit, as an uninterrupted run, and leaves the same adapter.
-# Also: a JSON --config gives the same run as the same options on the command line; --cpu-matmul bf16.
+# Also: a JSON --config gives the same run as the same options on the command line (a false boolean is the flag
+# turned off); --no-eval-on-start; --cpu-matmul bf16.
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 QL="$(dirname "$QQ")/qwen-qlora"
@@ -56,6 +57,27 @@ for bad in '{"target": [{"a": 1}]}|a list holds strings or numbers' '{"target": 
     > "$WORK/bad2.txt" 2>&1; then fail "config ${bad%%|*} accepted"; fi
   grep -q "bad2.json: option \"target\".*${bad#*|}" "$WORK/bad2.txt" || fail "config ${bad%%|*}"
 done
+# "no-eval-on-start": true (transformers' eval_on_start=False) skips the step-0 evaluation, as --no-eval-on-start does;
+# the run is otherwise the same (the same final adapter, bit for bit). A false boolean is the flag turned off.
+sed 's/"quiet": true}/"quiet": true, "no-eval-on-start": true, "rslora": false}/' "$WORK/run.json" > "$WORK/noeval.json"
+"$QL" train --config "$WORK/noeval.json" --max-steps 4 --eval-every 2 --out "$WORK/noeval" > "$WORK/noeval.txt" 2>&1   || fail "config with false booleans"
+"$QL" train --config "$WORK/run.json" --max-steps 4 --eval-every 2 --no-eval-on-start --out "$WORK/noeval2"   > "$WORK/noeval2.txt" 2>&1 || fail "--no-eval-on-start"
+"$QL" train --config "$WORK/run.json" --max-steps 4 --eval-every 2 --out "$WORK/witheval" > "$WORK/witheval.txt" 2>&1   || fail "4 steps with evaluations"
+for d in noeval noeval2 witheval; do
+  python3 -c "import json,sys; print([j['step'] for j in map(json.loads, open(sys.argv[1])) if 'eval_loss' in j])"     "$WORK/$d/metrics.jsonl" > "$WORK/$d.evals.txt"
+done
+[ "$(cat "$WORK/noeval.evals.txt")" = "[2, 4]" ] || fail "no-eval-on-start in the config: evaluations $(cat "$WORK/noeval.evals.txt")"
+[ "$(cat "$WORK/noeval2.evals.txt")" = "[2, 4]" ] || fail "--no-eval-on-start: evaluations $(cat "$WORK/noeval2.evals.txt")"
+[ "$(cat "$WORK/witheval.evals.txt")" = "[0, 2, 4]" ] || fail "evaluations $(cat "$WORK/witheval.evals.txt")"
+sed 's/"quiet": true}/"quiet": true, "no-eval-on-start": false}/' "$WORK/run.json" > "$WORK/falseflag.json"
+"$QL" train --config "$WORK/falseflag.json" --max-steps 4 --eval-every 2 --out "$WORK/falseflag" > "$WORK/falseflag.txt" \
+  2>&1 || fail "config with a false flag"
+python3 -c "import json,sys; print([j['step'] for j in map(json.loads, open(sys.argv[1])) if 'eval_loss' in j])" \
+  "$WORK/falseflag/metrics.jsonl" > "$WORK/falseflag.evals.txt"
+[ "$(cat "$WORK/falseflag.evals.txt")" = "[0, 2, 4]" ] || fail "\"no-eval-on-start\": false: $(cat "$WORK/falseflag.evals.txt")"
+cmp "$WORK/noeval/adapter_model.safetensors" "$WORK/witheval/adapter_model.safetensors" \
+  || fail "skipping the step-0 evaluation changed the training"
+grep -q "eval loss [0-9.]*;" "$WORK/noeval.txt" || fail "the report without a step-0 evaluation" "$WORK/noeval.txt"
 # --cpu-matmul bf16 (kernels/gemm_bf16.h): the same run with the base and lm_head products on bf16 operands moves the
 # losses by the operands' rounding only (not the same bits); resuming it with fp32 products is refused by name, and an
 # unknown value by the option.
