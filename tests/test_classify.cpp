@@ -78,28 +78,13 @@ TEST(ClassifyMath, StatsCountTheFirstMaximumAndPackRoundTrips) {
   test::expect_error([&] { classify_batch_stats(z, {1, 0, 3}, 3); }, "label 3 outside [0, 3)");
 }
 
-LoraAdapter classifier_adapter(const QwenModel& m, int64_t labels, uint64_t seed) {
-  LoraConfig cfg;
-  cfg.r = 4;
-  cfg.alpha = 16;
-  cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  cfg.num_labels = labels;
-  LoraAdapter a(lora_dims_of(m.config()), cfg);
-  a.init_peft(seed);
-  a.init_score_head(seed, 0.5);
-  Rng rng(seed + 1);
-  for (size_t i = 0; i < a.slots().size(); ++i)
-    for (auto& v : a.weights(i).B) v = 0.3f * static_cast<float>(rng.normal());
-  return a;
-}
-
 // The head of C = 3 labels: scores row-major [sequence, label], and the gradients of every LoRA tensor and the head
 // are the loss's directional derivatives.
 TEST(ClassifyModelStep, GradientsMatchFiniteDifferences) {
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/m", 32);
   QwenModel m(dir);
   const int64_t C = 3;
-  const LoraAdapter a = classifier_adapter(m, C, 9);
+  const LoraAdapter a = test::seq_cls_adapter(m, C, 9);
   const PackedBatch b = PackedBatch::from_sequences({{1, 5, 9, 200, 3}, {1, 5, 9, 17, 0, 0}, {42, 17, 99}});
   const std::vector<int32_t> labels = {2, 0, 1};
   LoraStepOptions opt;

@@ -11,6 +11,7 @@
 
 #include "core/rng.h"
 #include "lora/lora_adapter.h"
+#include "tests/support/directional_fd.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_model.h"
@@ -118,22 +119,12 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
       for_each_value(p, [&](float& v) { v += static_cast<float>(h * d[i++]); });
       return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
     };
-    Rng rng(9);
-    for (int trial = 0; trial < 4; ++trial) {
-      std::vector<float> d(grad.size());
-      double norm = 0;
-      for (size_t i = 0; i < d.size(); ++i) {
-        d[i] = trial == 0 ? grad[i] : static_cast<float>(rng.normal());
-        norm += static_cast<double>(d[i]) * d[i];
-      }
-      for (auto& v : d) v = static_cast<float>(v / std::sqrt(norm));
-      double analytic = 0;
-      for (size_t i = 0; i < d.size(); ++i) analytic += static_cast<double>(grad[i]) * d[i];
-      auto central = [&](double h) { return (loss_at(d, h) - loss_at(d, -h)) / (2 * h); };
-      const double h = cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep;
-      const double fd = (4 * central(h / 2) - central(h)) / 3;
-      EXPECT_NEAR(fd, analytic, kFdRelTol * std::fabs(analytic) + kFdAbsTol) << "direction " << trial;
-    }
+    test::DirectionalFdOptions fd;
+    fd.trials = 4;
+    fd.step = [&](int trial) { return cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep; };  // smaller: more noise
+    fd.rel_tol = kFdRelTol;
+    fd.abs_tol = kFdAbsTol;
+    test::expect_directional_derivatives(grad, loss_at, fd);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "core/rng.h"
 #include "kernels/loss.h"
 #include "lora/lora_adapter.h"
+#include "tests/support/directional_fd.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_model.h"
@@ -134,22 +135,12 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
       for_each_value(p, L, [&](float& v) { v += static_cast<float>(h * dir[i++]); });
       return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
     };
-    Rng rng(9);
-    for (int trial = 0; trial < 4; ++trial) {
-      std::vector<float> dir(grad.size());
-      double norm = 0;
-      for (size_t i = 0; i < dir.size(); ++i) {
-        dir[i] = trial == 0 ? grad[i] : static_cast<float>(rng.normal());
-        norm += static_cast<double>(dir[i]) * dir[i];
-      }
-      for (auto& v : dir) v = static_cast<float>(v / std::sqrt(norm));
-      double analytic = 0;
-      for (size_t i = 0; i < dir.size(); ++i) analytic += static_cast<double>(grad[i]) * dir[i];
-      auto central = [&](double h) { return (loss_at(dir, h) - loss_at(dir, -h)) / (2 * h); };
-      const double h = cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep;  // smaller steps: more rounding noise
-      const double fd = (4 * central(h / 2) - central(h)) / 3;  // Richardson: the h² term cancels
-      EXPECT_NEAR(fd, analytic, kFdRelTol * std::fabs(analytic) + kFdAbsTol) << "direction " << trial << " (0: the gradient itself)";
-    }
+    test::DirectionalFdOptions fd;
+    fd.trials = 4;
+    fd.step = [&](int trial) { return cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep; };  // smaller: more noise
+    fd.rel_tol = kFdRelTol;
+    fd.abs_tol = kFdAbsTol;
+    test::expect_directional_derivatives(grad, loss_at, fd);
   }
 }
 

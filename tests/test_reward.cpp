@@ -71,21 +71,6 @@ TEST(RewardMath, PooledRowsSkipTrailingPads) {
   EXPECT_EQ(reward_pooled_rows(b, -1), (std::vector<int64_t>{2, 5, 7, 8}));  // no pad id: the last token
 }
 
-LoraAdapter seq_cls_adapter(const QwenModel& m, uint64_t seed) {
-  LoraConfig cfg;
-  cfg.r = 4;
-  cfg.alpha = 16;
-  cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  cfg.num_labels = 1;
-  LoraAdapter a(lora_dims_of(m.config()), cfg);
-  a.init_peft(seed);
-  a.init_score_head(seed, 0.5);
-  Rng rng(seed + 1);
-  for (size_t i = 0; i < a.slots().size(); ++i)
-    for (auto& v : a.weights(i).B) v = 0.3f * static_cast<float>(rng.normal());
-  return a;
-}
-
 TEST(RewardAdapter, SeqClsAdapterRoundTripsThroughPeftFiles) {
   const std::string scratch = test::scratch_dir();  // (each call makes a fresh one)
   const std::string dir = test::make_tiny_model(scratch + "/m", 31);
@@ -148,7 +133,7 @@ TEST(RewardAdapter, SeqClsAdapterRoundTripsThroughPeftFiles) {
 TEST(RewardModelStep, GradientsMatchFiniteDifferences) {
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/m", 32);
   QwenModel m(dir);
-  const LoraAdapter a = seq_cls_adapter(m, 7);
+  const LoraAdapter a = test::seq_cls_adapter(m, 1, 7);
   const PackedBatch b = PackedBatch::from_sequences({{1, 5, 9, 200, 3}, {1, 5, 9, 17, 0, 0}, {42, 17, 99}, {42, 7}});
   RewardOptions o;
   o.center_coefficient = 0.05;

@@ -12,8 +12,6 @@ namespace qwenq {
 std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, int64_t seq_len, int64_t pairs_per_batch,
                                      int64_t max_batches, ProcessGroup* group,
                                      const std::function<LoraStepResult(const SftBatch&)>& loss) {
-  std::vector<double> sums(examples.size(), 0.0);
-  if (examples.empty()) return sums;
   SftBatchOptions bo;
   bo.mode = SftBatchMode::kPadding;
   bo.seq_len = seq_len;
@@ -21,21 +19,8 @@ std::vector<double> example_nll_sums(const std::vector<SftExample>& examples, in
   bo.group = 2;
   bo.shuffle = false;
   bo.epochs = 1;
-  SftBatchIterator it(examples, bo);
-  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
-  SftBatch b;
-  size_t covered = 0;  // examples in the batches walked
-  for (int64_t batch = 0; it.next(&b) && (max_batches <= 0 || batch < max_batches); ++batch) {
-    covered += static_cast<size_t>(b.num_examples);
-    if (batch % world != rank) continue;
-    const LoraStepResult r = loss(b);
-    QWENQ_CHECK(static_cast<int64_t>(r.seq_nll.size()) == b.num_examples,
-                "example_nll_sums: " << r.seq_nll.size() << " sums for a batch of " << b.num_examples << " sequences");
-    for (int64_t k = 0; k < b.num_examples; ++k) sums[static_cast<size_t>(b.first_index + k)] = r.seq_nll[static_cast<size_t>(k)];
-  }
-  if (group) group->all_reduce_sum(sums.data(), static_cast<int64_t>(sums.size()));
-  sums.resize(covered);
-  return sums;
+  return gather_example_values(examples, bo, 1, max_batches, group,
+                               [&](const SftBatch& b) { return loss(b).seq_nll; });
 }
 
 std::vector<int64_t> examples_in_batches(const std::vector<SftExample>& examples, const SftBatchOptions& opt,

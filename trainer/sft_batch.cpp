@@ -4,6 +4,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "core/process_group.h"
 #include "core/rng.h"
 #include "kernels/loss.h"
 #include "trainer/sft_data.h"
@@ -158,6 +159,32 @@ bool SftBatchIterator::next(SftBatch* out) {
   if (!packing) out->padded_len = opt_.pad_to_seq_len ? opt_.seq_len : longest;
   if (index_ == n) load_epoch(epoch_ + 1);  // canonical cursor: the next batch's first example
   return true;
+}
+
+std::vector<double> gather_example_values(const std::vector<SftExample>& examples, const SftBatchOptions& opt,
+                                          int64_t per_example, int64_t max_batches, ProcessGroup* group,
+                                          const std::function<std::vector<double>(const SftBatch&)>& values) {
+  const size_t k = static_cast<size_t>(per_example);
+  std::vector<double> out(examples.size() * k, 0.0);
+  if (examples.empty()) return out;
+  QWENQ_CHECK(!opt.shuffle && opt.epochs == 1 && per_example >= 1,
+              "gather_example_values: batches in order over one epoch, " << per_example << " values per example");
+  SftBatchIterator it(examples, opt);
+  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
+  SftBatch b;
+  size_t covered = 0;  // examples in the batches walked
+  for (int64_t batch = 0; it.next(&b) && (max_batches <= 0 || batch < max_batches); ++batch) {
+    covered += static_cast<size_t>(b.num_examples);
+    if (batch % world != rank) continue;
+    const std::vector<double> v = values(b);
+    QWENQ_CHECK(v.size() == static_cast<size_t>(b.num_examples) * k,
+                "gather_example_values: " << v.size() << " values for a batch of " << b.num_examples << " examples ("
+                                          << per_example << " each)");
+    std::copy(v.begin(), v.end(), out.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(b.first_index) * k));
+  }
+  if (group) group->all_reduce_sum(out.data(), static_cast<int64_t>(out.size()));
+  out.resize(covered * k);
+  return out;
 }
 
 }  // namespace qwenq

@@ -258,6 +258,17 @@ class SftBatchIterator {
   std::vector<int64_t> order_;  // of epoch_
 };
 
+class ProcessGroup;
+
+// Values of each example (`per_example` of them, row-major) that `values` computes per batch, on the batches `opt`
+// makes of `examples` (in order: opt.shuffle false, one epoch), the first max_batches (0: all): the values of the
+// examples those batches hold, a prefix of `examples`. With a group, rank r computes batches r, r + R, ... and the
+// values are gathered (each slot written by one rank: exact, the same on every rank). The evaluations' gather: the
+// preference sums (example_nll_sums), a classifier's logits (classify_eval_stats).
+std::vector<double> gather_example_values(const std::vector<SftExample>& examples, const SftBatchOptions& opt,
+                                          int64_t per_example, int64_t max_batches, ProcessGroup* group,
+                                          const std::function<std::vector<double>(const SftBatch&)>& values);
+
 // Next-token targets of one example as one sequence (out has ex.tokens.size() entries):
 // out[t] = ex.tokens[t+1] if ex.loss_mask[t+1] else kIgnoreIndex; the last one is always kIgnoreIndex.
 void sft_example_targets(const SftExample& ex, int32_t* out);

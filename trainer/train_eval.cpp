@@ -107,31 +107,20 @@ ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& ada
                                                                          << examples.size() << " examples");
   const int64_t C = adapter.config().num_labels;
   const LoraStepOptions base = eval_step_options(o);
-  // Batches of o.batch_size texts in file order (the first eval_batches); each rank scores every R-th batch and the
-  // logits are gathered (one slot per example and label, each written by one rank: exact).
+  // Batches of o.batch_size texts in file order (the first eval_batches), shared by the ranks.
   SftBatchOptions bo;
   bo.mode = SftBatchMode::kPadding;
   bo.seq_len = o.seq_len;
   bo.batch_size = o.batch_size;
   bo.shuffle = false;
   bo.epochs = 1;
-  SftBatchIterator it(examples, bo);
-  const int rank = group ? group->rank() : 0, world = group ? group->world() : 1;
-  std::vector<double> logits(examples.size() * static_cast<size_t>(C), 0.0);
-  size_t covered = 0;
-  SftBatch b;
-  for (int64_t batch = 0; it.next(&b) && (o.eval_batches <= 0 || batch < o.eval_batches); ++batch) {
-    covered += static_cast<size_t>(b.num_examples);
-    if (batch % world != rank) continue;
-    LoraStepOptions so = base;
-    so.score_rows = reward_pooled_rows(b.packed, pad_id);
-    const LoraStepResult r = lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so);
-    QWENQ_CHECK(static_cast<int64_t>(r.scores.size()) == b.num_examples * C,
-                "classify_eval_stats: " << r.scores.size() << " logits for " << b.num_examples << " texts");
-    std::copy(r.scores.begin(), r.scores.end(), logits.begin() + static_cast<std::ptrdiff_t>(b.first_index * C));
-  }
-  if (group) group->all_reduce_sum(logits.data(), static_cast<int64_t>(logits.size()));
-  logits.resize(covered * static_cast<size_t>(C));
+  const std::vector<double> logits =
+      gather_example_values(examples, bo, C, o.eval_batches, group, [&](const SftBatch& b) {
+        LoraStepOptions so = base;
+        so.score_rows = reward_pooled_rows(b.packed, pad_id);
+        return lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so).scores;
+      });
+  const size_t covered = logits.size() / static_cast<size_t>(C);
   return classify_batch_stats(logits, std::vector<int32_t>(labels.begin(), labels.begin() + static_cast<std::ptrdiff_t>(covered)), C);
 }
 

@@ -3,9 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/rng.h"
+#include "tests/support/directional_fd.h"
 
 namespace qwenq::test {
 
@@ -38,23 +38,28 @@ std::vector<float> expect_score_head_gradients(const QwenModel& m, const LoraAda
     values(p, [&](float& v) { v += static_cast<float>(h * d[i++]); });
     return loss_of_scores(lora_loss_and_grad(m, p, b, targets, nullptr, eval).scores);
   };
-  Rng rng(seed);
-  for (int trial = 0; trial < 3; ++trial) {
-    std::vector<float> d(grad.size());
-    double norm = 0;
-    for (size_t i = 0; i < d.size(); ++i) {
-      d[i] = trial == 0 ? grad[i] : static_cast<float>(rng.normal());
-      norm += static_cast<double>(d[i]) * d[i];
-    }
-    for (auto& v : d) v = static_cast<float>(v / std::sqrt(norm));
-    double analytic = 0;
-    for (size_t i = 0; i < d.size(); ++i) analytic += static_cast<double>(grad[i]) * d[i];
-    const auto central = [&](double h) { return (loss_at(d, h) - loss_at(d, -h)) / (2 * h); };
-    const double fd = (4 * central(kScoreHeadFdStep / 2) - central(kScoreHeadFdStep)) / 3;
-    EXPECT_NEAR(fd, analytic, kScoreHeadFdRelTol * std::fabs(analytic) + kScoreHeadFdAbsTol)
-        << "direction " << trial << " (0: the gradient)";
-  }
+  DirectionalFdOptions fd;
+  fd.seed = seed;
+  fd.step = [](int) { return kScoreHeadFdStep; };
+  fd.rel_tol = kScoreHeadFdRelTol;
+  fd.abs_tol = kScoreHeadFdAbsTol;
+  expect_directional_derivatives(grad, loss_at, fd);
   return g.score();
+}
+
+LoraAdapter seq_cls_adapter(const QwenModel& m, int64_t labels, uint64_t seed) {
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.alpha = 16;
+  cfg.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  cfg.num_labels = labels;
+  LoraAdapter a(lora_dims_of(m.config()), cfg);
+  a.init_peft(seed);
+  a.init_score_head(seed, 0.5);
+  Rng rng(seed + 1);
+  for (size_t i = 0; i < a.slots().size(); ++i)
+    for (auto& v : a.weights(i).B) v = 0.3f * static_cast<float>(rng.normal());
+  return a;
 }
 
 }  // namespace qwenq::test
