@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "lora/lora_select.h"
 
 namespace qwenq {
 
@@ -21,55 +22,64 @@ LoraShape lora_target_shape(const LoraDims& d, LoraTarget t) {
   QWENQ_FAIL("unknown LoRA target " << static_cast<int>(t));
 }
 
-LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config) : dims_(dims), config_(config) {
+LoraAdapter::LoraAdapter(const LoraDims& dims, const LoraConfig& config, const std::string& source)
+    : dims_(dims), config_(config) {
   config_.validate();
   QWENQ_CHECK(dims.hidden_size > 0 && dims.intermediate_size > 0 && dims.q_dim > 0 && dims.kv_dim > 0 &&
                   dims.num_layers > 0,
-              "LoRA adapter: model dimensions must be positive (hidden " << dims.hidden_size << ", intermediate "
-                  << dims.intermediate_size << ", q_dim " << dims.q_dim << ", kv_dim " << dims.kv_dim
-                  << ", layers " << dims.num_layers << ")");
-  for (const LoraTargetInfo& info : kLoraTargets) {
-    if (config_.targets(info.target)) targets_.push_back(info.target);
-  }
-  const int64_t r = config_.r;
-  auto add = [&](int64_t l, LoraTarget t, int64_t expert, std::string path, LoraShape s) {
-    QWENQ_CHECK(r <= std::min(s.N, s.K), "LoRA rank r=" << r << " exceeds min(N, K) = " << std::min(s.N, s.K)
-                                                        << " of model.layers." << l << "." << path << " [" << s.N
-                                                        << ", " << s.K << "]; choose r <= " << std::min(s.N, s.K));
-    slots_.push_back({l, t, expert, std::move(path)});
-    LoraWeights w;
-    w.N = s.N;
-    w.K = s.K;
-    w.r = r;
-    w.A.assign(static_cast<size_t>(r * s.K), 0.0f);
-    w.B.assign(static_cast<size_t>(s.N * r), 0.0f);
-    if (config_.use_dora) w.m.assign(static_cast<size_t>(s.N), 0.0f);
-    weights_.push_back(std::move(w));
-  };
-  for (int64_t l = 0; l < dims.num_layers; ++l) {
-    first_.push_back(static_cast<int64_t>(slots_.size()));
-    for (LoraTarget t : targets_) {
-      const LoraShape s = lora_target_shape(dims, t);
-      if (!dims.is_moe_layer(l) || std::string(kLoraTargets[static_cast<int>(t)].parent) != "mlp") {
-        add(l, t, kNoExpert, lora_target_path(t), s);
-        continue;
-      }
-      // An expert's Linear: the MLP shape at the expert's width.
-      auto expert_shape = [&](int64_t width) {
-        return t == LoraTarget::DownProj ? LoraShape{dims.hidden_size, width} : LoraShape{width, dims.hidden_size};
-      };
-      for (int64_t e = 0; e < dims.num_experts; ++e) {
-        add(l, t, e, "mlp.experts." + std::to_string(e) + "." + lora_target_name(t), expert_shape(dims.moe_intermediate_size));
-      }
-      if (dims.shared_expert_intermediate_size > 0) {
-        add(l, t, -1, std::string("mlp.shared_expert.") + lora_target_name(t),
-            expert_shape(dims.shared_expert_intermediate_size));
-      }
+              (source.empty() ? "LoRA adapter" : source) << ": model dimensions must be positive (hidden " << dims.hidden_size << ", intermediate "
+                     << dims.intermediate_size << ", q_dim " << dims.q_dim << ", kv_dim " << dims.kv_dim
+                     << ", layers " << dims.num_layers << ")");
+  const std::vector<LoraPlanSlot> plan = lora_plan(dims, config_, source);
+  gpu_refusal_ = lora_plan_gpu_refusal(plan, dims, config_);
+  bool used[kNumLoraTargets] = {};
+  int64_t layer = 0;
+  first_.push_back(0);
+  for (const LoraPlanSlot& p : plan) {
+    while (layer < p.slot.layer) {  // the layers before this slot's (some may adapt nothing)
+      first_.push_back(static_cast<int64_t>(slots_.size()));
+      ++layer;
     }
+    used[static_cast<int>(p.slot.target)] = true;
+    slots_.push_back(p.slot);
+    LoraWeights w;
+    w.N = p.shape.N;
+    w.K = p.shape.K;
+    w.r = p.r;
+    w.scaling = p.scaling;
+    w.A.assign(static_cast<size_t>(p.r * p.shape.K), 0.0f);
+    w.B.assign(static_cast<size_t>(p.shape.N * p.r), 0.0f);
+    if (config_.use_dora) w.m.assign(static_cast<size_t>(p.shape.N), 0.0f);
+    weights_.push_back(std::move(w));
   }
-  first_.push_back(static_cast<int64_t>(slots_.size()));
+  while (layer < dims.num_layers) {
+    first_.push_back(static_cast<int64_t>(slots_.size()));
+    ++layer;
+  }
+  for (const LoraTargetInfo& info : kLoraTargets) {
+    if (used[static_cast<int>(info.target)]) targets_.push_back(info.target);
+  }
   QWENQ_CHECK(config_.num_labels >= 0, "LoRA adapter: num_labels " << config_.num_labels << " is negative");
   score_.assign(static_cast<size_t>(config_.num_labels * dims.hidden_size), 0.0f);
+}
+
+int64_t LoraAdapter::uniform_rank() const {
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    QWENQ_CHECK(weights_[i].r == config_.r, "the LoRA adapter gives " << lora_module_key(slots_[i]) << " the rank "
+                                                << weights_[i].r << " of its own (rank_pattern), where one rank for "
+                                                << "every Linear is needed");
+  }
+  return config_.r;
+}
+
+double LoraAdapter::uniform_scaling() const {
+  for (size_t i = 0; i < weights_.size(); ++i) {
+    QWENQ_CHECK(weights_[i].scaling == config_.scaling(),
+                "the LoRA adapter gives " << lora_module_key(slots_[i]) << " the scaling " << weights_[i].scaling
+                                          << " of its own (rank_pattern / alpha_pattern), where one scaling for "
+                                          << "every Linear is needed");
+  }
+  return config_.scaling();
 }
 
 void LoraAdapter::init_score_head(uint64_t seed, double stddev) {

@@ -65,6 +65,7 @@ struct LoraSlot {
 // One adapted Linear.
 struct LoraWeights {
   int64_t N = 0, K = 0, r = 0;
+  double scaling = 0;    // s of this Linear: alpha / r (or alpha / √r) of its own r and alpha (lora/lora_select.h)
   std::vector<float> A;  // [r, K] row-major
   std::vector<float> B;  // [N, r] row-major
   std::vector<float> m;  // [N] DoRA magnitude; empty without DoRA
@@ -72,18 +73,23 @@ struct LoraWeights {
 
 class LoraAdapter {
  public:
-  // Zero-filled A and B for every layer and target of `config`. Throws when the config is invalid, a
-  // dimension is not positive, or r > min(N, K) of a layer (naming it).
-  LoraAdapter(const LoraDims& dims, const LoraConfig& config);
+  // Zero-filled A and B for every Linear `config` selects (lora/lora_select.h: target_modules on every layer, or
+  // PEFT's finer selection), each of its own rank. Throws, naming `source`, when the config is invalid, a dimension is
+  // not positive, nothing is selected, or a Linear's r > min(N, K) (naming it); "" adds no prefix.
+  LoraAdapter(const LoraDims& dims, const LoraConfig& config, const std::string& source = "");
 
   // PEFT's default initialisation (see the top of this file).
   void init_peft(uint64_t seed);
 
   const LoraConfig& config() const { return config_; }
   const LoraDims& dims() const { return dims_; }
-  int64_t rank() const { return config_.r; }
-  double scaling() const { return config_.scaling(); }
-  // The targeted Linears in table order.
+  // The rank and scaling every Linear has; throws when the config gives some their own (rank_pattern, alpha_pattern):
+  // for the callers that lay out one rank (the GPU paths, the PiSSA/LoftQ initialisations of uniform adapters).
+  int64_t uniform_rank() const;
+  double uniform_scaling() const;
+  // "" when the GPU paths can lay this adapter out (lora_plan_gpu_refusal), else why not.
+  const std::string& gpu_refusal() const { return gpu_refusal_; }
+  // The targets adapted in at least one layer, in table order.
   const std::vector<LoraTarget>& targets() const { return targets_; }
   // A layer's own Linear (not an expert's): false for an MLP target on a MoE layer, whose experts hold the weights.
   bool has(int64_t layer, LoraTarget t) const;
@@ -117,6 +123,7 @@ class LoraAdapter {
   std::vector<LoraWeights> weights_;  // one per slot
   std::vector<int64_t> first_;        // per layer: the index of its first slot (num_layers + 1 entries)
   std::vector<float> score_;          // a sequence classifier's head [num_labels, C]
+  std::string gpu_refusal_;
 };
 
 }  // namespace qwenq

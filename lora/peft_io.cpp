@@ -115,7 +115,7 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
                      << dims.hidden_size << "] (an adapter for a different base model?)");
     config.num_labels = v.shape[0];
   }
-  LoraAdapter adapter(dims, config);
+  LoraAdapter adapter(dims, config, path_join(dir, "adapter_config.json"));
   if (config.seq_cls()) {
     read_adapter_tensor(path, kPeftScoreName, file.get(kPeftScoreName), adapter.score().data(), adapter.score().size());
     for (float x : adapter.score())
@@ -129,13 +129,16 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
     for (bool is_b : {false, true}) {
       const std::string name = peft_tensor_name(sl, is_b);
       expected.insert(name);
-      QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json targets "
-                                       << lora_target_name(t) << " on every layer)");
+      QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json's "
+                                       << (config.selects_finely() ? "selection" : "target_modules") << ", "
+                                       << lora_selection_str(config) << ", adapts " << lora_target_name(t)
+                                       << " of layer " << sl.layer << ")");
       const TensorView& v = file.get(name);
       const std::vector<int64_t> want = is_b ? std::vector<int64_t>{w.N, w.r} : std::vector<int64_t>{w.r, w.K};
       QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)
-                                        << ", expected " << shape_str(want) << " (r=" << w.r
-                                        << " from adapter_config.json; an adapter for a different base model?)");
+                                        << ", expected " << shape_str(want) << " (r=" << w.r << " from adapter_config.json"
+                                        << (w.r != config.r ? "'s rank_pattern" : "")
+                                        << "; an adapter for a different base model?)");
       std::vector<float>& dst = is_b ? w.B : w.A;
       read_adapter_tensor(path, name, v, dst.data(), dst.size());
     }
@@ -158,8 +161,9 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
   }
   for (const std::string& name : file.names()) {
     QWENQ_CHECK(expected.count(name),
-                path << ": unexpected tensor " << name << " (expected lora_A/lora_B weights of "
-                     << dims.num_layers << " layers for target_modules in adapter_config.json"
+                path << ": unexpected tensor " << name << " (expected lora_A/lora_B weights of the "
+                     << adapter.slots().size() << " Linears adapter_config.json selects in " << dims.num_layers
+                     << " layers"
                      << (config.use_dora ? ", and their DoRA magnitudes" : "")
                      << (config.seq_cls() ? ", and the score head" : "") << "; biases, "
                      << (config.use_dora ? "" : "DoRA magnitudes without use_dora = true, ")

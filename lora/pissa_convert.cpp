@@ -31,12 +31,14 @@ PissaConvertReport convert_pissa_to_lora(const std::string& init_dir, const std:
   const LoraConfig trained = load_lora_config(trained_dir, BaseRewritingInit::PissaAsTrue);
   const std::string both = "the initial PiSSA adapter " + init_dir + " and the trained one " + trained_dir;
   QWENQ_CHECK(init.r == trained.r && init.alpha == trained.alpha && init.use_rslora == trained.use_rslora &&
-                  init.target_modules == trained.target_modules,
+                  same_lora_selection(init, trained),
               both << " differ in their configs (r " << init.r << " / " << trained.r << ", lora_alpha " << init.alpha
                    << " / " << trained.alpha << ", use_rslora " << init.use_rslora << " / " << trained.use_rslora
-                   << ", targets " << lora_targets_str(init.target_modules) << " / "
-                   << lora_targets_str(trained.target_modules) << "): train from the initial adapter with its rank, "
-                   << "alpha and targets");
+                   << ", targets " << lora_selection_str(init) << " / " << lora_selection_str(trained)
+                   << "): train from the initial adapter with its rank, alpha and targets");
+  QWENQ_CHECK(!trained.use_rslora || (trained.rank_pattern.empty() && trained.alpha_pattern.empty()),
+              both << ": use_rslora with rank_pattern or alpha_pattern cannot be converted (PEFT's "
+                      "save_pretrained refuses the conversion too)");
   QWENQ_CHECK(!init.use_dora && !trained.use_dora,
               both << ": DoRA adapters cannot be converted (PEFT's conversion has no term for the magnitudes)");
   const SafetensorsFile fi(peft_weights_path(init_dir)), ft(peft_weights_path(trained_dir));
@@ -71,6 +73,8 @@ PissaConvertReport convert_pissa_to_lora(const std::string& init_dir, const std:
   rep.config = trained;
   rep.config.r = 2 * trained.r;
   rep.config.alpha = trained.use_rslora ? trained.alpha * std::sqrt(2.0) : 2 * trained.alpha;
+  for (auto& kv : rep.config.rank_pattern) kv.second *= 2;  // PEFT doubles the patterns' ranks and alphas too
+  for (auto& kv : rep.config.alpha_pattern) kv.second *= 2;
   write_peft_adapter_dir(out_dir, rep.config, writer, overwrite);
   return rep;
 }

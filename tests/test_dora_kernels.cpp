@@ -101,7 +101,7 @@ Lora make_lora(int64_t N, int64_t K, int64_t r, float s, uint64_t seed) {
   return Lora{N, K, r, s, test::normal_vector(r * K, seed, 0.1f), test::normal_vector(N * r, seed + 1, 0.1f)};
 }
 
-LoraWeights lora_weights(const Lora& l) { return LoraWeights{l.N, l.K, l.r, l.A, l.B, {}}; }
+LoraWeights lora_weights(const Lora& l) { return LoraWeights{l.N, l.K, l.r, l.s, l.A, l.B, {}}; }
 
 // The norms of the header's formula with unfusable fp32 operations, k ascending in double: the ref's bits.
 std::vector<float> norms_formula(const std::vector<float>& W, const Lora& l) {

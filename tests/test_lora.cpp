@@ -377,13 +377,23 @@ TEST(LoraConfig, RefusesUnsupportedFields) {
       {"use_dora", "yes", "\"use_dora\" must be true or false"},
       {"lora_bias", true, "lora_bias"},
       {"fan_in_fan_out", true, "fan_in_fan_out"},
-      {"layers_pattern", "layers", "layers_pattern"},
-      {"layers_to_transform", {0, 1}, "layers_to_transform"},
-      {"rank_pattern", {{"q_proj", 8}}, "rank_pattern"},
-      {"alpha_pattern", {{"q_proj", 8}}, "alpha_pattern"},
-      {"exclude_modules", {"k_proj"}, "exclude_modules"},
+      // PEFT's finer selection (lora/lora_select.h) is read; what PEFT itself refuses, or cannot mean, is refused.
+      {"layers_pattern", "layers", "layers_pattern needs layers_to_transform"},
+      {"layers_to_transform", {0, -1}, "layers_to_transform must hold layer indexes"},
+      {"layers_to_transform", "0", "layers_to_transform must hold layer indexes"},
+      {"rank_pattern", {{"q_proj", 0}}, "rank_pattern \"q_proj\" must be a positive integer"},
+      {"rank_pattern", {{"q_proj", 2.5}}, "rank_pattern \"q_proj\" must be a positive integer"},
+      {"rank_pattern", {"q_proj"}, "\"rank_pattern\" must be an object"},
+      {"alpha_pattern", {{"q_proj", "x"}}, "alpha_pattern \"q_proj\" must be a number"},
+      {"exclude_modules", 3, "\"exclude_modules\" must be a string or a list of strings"},
       {"init_lora_weights", "pissa", "init_lora_weights"},
-      {"target_modules", ".*\\.(q|v)_proj", "regular expression"},
+      {"target_modules", "(?P<name>.*)\\.q_proj", "(?P< (a named group)"},
+      {"target_modules", ".*(?<=self_attn)\\.q_proj", "(?<= (lookbehind)"},
+      {"target_modules", "(?i).*Q_PROJ", "(?i (inline flags)"},
+      {"target_modules", ".*\\.q_proj\\Z", "\\Z"},
+      {"target_modules", ".*([", "not a regular expression qwenq can read"},
+      {"exclude_modules", "(?P<x>a)", "exclude_modules: the pattern"},
+      {"rank_pattern", {{"(?<=x)q", 2}}, "rank_pattern key: the pattern"},
       {"target_modules", {"q_proj", "lm_head"}, "\"lm_head\""},
       {"peft_type", "IA3", "peft_type"},
       {"task_type", "SEQ_2_SEQ_LM", "task_type"},
@@ -423,7 +433,7 @@ TEST(LoraConfig, ValidateNamesEachProblem) {
             std::string::npos);
   const std::string bad = problem([](LoraConfig& c) { c.target_modules = {"q_proj", "c_attn"}; });
   EXPECT_NE(bad.find("unknown LoRA target module 'c_attn' (valid: q_proj, k_proj"), std::string::npos) << bad;
-  EXPECT_NE(bad.find("all-linear)"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("all-linear, or a module path ending in one: self_attn.q_proj"), std::string::npos) << bad;
   // The first problem alone: a bad rank is named, not also the targets.
   EXPECT_EQ(problem([](LoraConfig& c) { c.r = 0, c.target_modules = {"c_attn"}; }).find("c_attn"), std::string::npos);
 }
@@ -562,7 +572,7 @@ TEST(PeftIo, RoundTripF32BitExact) {
   EXPECT_EQ(b.config().alpha, 16);
   EXPECT_TRUE(b.config().use_rslora);
   EXPECT_EQ(b.config().base_model, "Qwen/Qwen2.5-0.5B");
-  EXPECT_EQ(b.scaling(), 8.0);
+  EXPECT_EQ(b.uniform_scaling(), 8.0);
   expect_same_weights(a, b);
 
   // An existing directory is refused unless overwrite is asked for; nothing partial is left behind.
@@ -708,7 +718,7 @@ TEST(PeftOracle, ReadsPeftAdapterAndWritesOurs) {
   const LoraAdapter peft = load_peft_adapter(path_join(dir, "peft_adapter"), dims);
   EXPECT_EQ(peft.config().r, 4);
   EXPECT_EQ(peft.config().alpha, 8);
-  EXPECT_EQ(peft.scaling(), 2.0);
+  EXPECT_EQ(peft.uniform_scaling(), 2.0);
   EXPECT_EQ(peft.targets().size(), 7u);
   SafetensorsFile expected(path_join(dir, "peft_expected.safetensors"));
   int64_t compared = 0;

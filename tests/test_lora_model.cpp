@@ -44,15 +44,19 @@ std::string make_model(const std::string& dir, int64_t kv_heads = 0) {
 const std::vector<std::string> kAllTargets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                               "gate_proj", "up_proj", "down_proj"};
 
-// dora: magnitudes from the base (init_dora_magnitudes), then scaled so that m / n is far from 1.
-LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,
-                           const std::vector<std::string>& targets = kAllTargets, bool dora = false) {
+LoraConfig config_of(double dropout, const std::vector<std::string>& targets, bool dora) {
   LoraConfig cfg;
   cfg.r = 4;
   cfg.alpha = 16;
   cfg.dropout = dropout;
   cfg.target_modules = targets;
   cfg.use_dora = dora;
+  return cfg;
+}
+
+// dora: magnitudes from the base (init_dora_magnitudes), then scaled so that m / n is far from 1.
+LoraAdapter random_adapter(const QwenModel& m, const LoraConfig& cfg) {
+  const bool dora = cfg.use_dora;
   LoraAdapter a(lora_dims_of(m.config()), cfg);
   a.init_peft(3);
   if (dora) init_dora_magnitudes(m, &a);
@@ -62,6 +66,11 @@ LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,
     for (auto& v : a.weights(i).m) v *= 1.f + 0.3f * static_cast<float>(rng.normal());
   }
   return a;
+}
+
+LoraAdapter random_adapter(const QwenModel& m, double dropout = 0.0,
+                           const std::vector<std::string>& targets = kAllTargets, bool dora = false) {
+  return random_adapter(m, config_of(dropout, targets, dora));
 }
 
 PackedBatch test_batch() {
@@ -138,6 +147,55 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
     test::DirectionalFdOptions fd;
     fd.trials = 4;
     fd.step = [&](int trial) { return cs.moe_preset && trial == 0 ? kFdStepMoe : kFdStep; };  // smaller: more noise
+    fd.rel_tol = kFdRelTol;
+    fd.abs_tol = kFdAbsTol;
+    test::expect_directional_derivatives(grad, loss_at, fd);
+  }
+}
+
+// PEFT's finer selection (lora/lora_select.h): layers without an adapter, Linears with ranks and alphas of their own
+// (so each branch must use its own scaling forward and backward), with and without DoRA and dropout.
+TEST(LoraModel, FineSelectionGradientsMatchFiniteDifferences) {
+  const std::string dir = make_model(test::scratch_dir() + "/fine");
+  QwenModel m(dir);
+  ASSERT_GE(m.config().num_layers, 2);
+  for (const bool dora : {false, true}) {
+    SCOPED_TRACE(dora ? "DoRA" : "LoRA");
+    LoraConfig cfg = config_of(dora ? 0.0 : 0.1, kAllTargets, dora);
+    cfg.layers_to_transform = {1};                                         // layer 0 unadapted
+    cfg.rank_pattern = {{"down_proj", 2}, {"q_proj", 3}};                 // three ranks
+    cfg.alpha_pattern = {{"v_proj", 40}, {"layers.1.mlp.gate_proj", 2}};  // and four scalings
+    cfg.exclude_modules = {"k_proj"};
+    const LoraAdapter a = random_adapter(m, cfg);
+    ASSERT_FALSE(a.has(0, LoraTarget::QProj));
+    ASSERT_FALSE(a.has(1, LoraTarget::KProj));
+    ASSERT_EQ(a.at(1, LoraTarget::QProj).r, 3);
+    ASSERT_EQ(a.at(1, LoraTarget::DownProj).r, 2);
+    ASSERT_EQ(a.at(1, LoraTarget::VProj).scaling, 10.0);   // 40 / 4
+    ASSERT_EQ(a.at(1, LoraTarget::GateProj).scaling, 0.5); // 2 / 4
+    const PackedBatch b = test_batch();
+    const std::vector<int32_t> targets = next_token_targets(b);
+    LoraStepOptions opt;
+    opt.dropout_seed = 99;
+    opt.bf16_checkpoints = false;
+    // DoRA's norms are detached in the backward (PEFT's): the differences hold them at the unperturbed adapter's.
+    if (dora) opt.dora_norms_from = &a;
+    LoraAdapter g = zero_like(a);
+    lora_loss_and_grad(m, a, b, targets, &g, opt);
+    std::vector<float> grad;
+    for_each_value(g, 0, [&](float& v) { grad.push_back(v); });
+    for (size_t i = 0; i < g.slots().size(); ++i) grad.insert(grad.end(), g.weights(i).m.begin(), g.weights(i).m.end());
+    auto loss_at = [&](const std::vector<float>& d, double h) {
+      LoraAdapter p = a;
+      size_t k = 0;
+      for_each_value(p, 0, [&](float& v) { v += static_cast<float>(h * d[k++]); });
+      for (size_t i = 0; i < p.slots().size(); ++i)
+        for (float& v : p.weights(i).m) v += static_cast<float>(h * d[k++]);
+      return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
+    };
+    test::DirectionalFdOptions fd;
+    fd.trials = 4;
+    fd.step = [](int) { return kFdStep; };
     fd.rel_tol = kFdRelTol;
     fd.abs_tol = kFdAbsTol;
     test::expect_directional_derivatives(grad, loss_at, fd);

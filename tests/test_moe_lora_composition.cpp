@@ -199,7 +199,7 @@ struct Composed {
 Composed compose(const QwenConfig& c, const MoeWeights& m, Emu& emu, const std::vector<float>& n,
                  const std::vector<float>& dout, int64_t T, bool map_choice = true) {
   const int64_t C = c.hidden_size, E = c.num_experts, k = c.experts_per_token, R = T * k,
-                Im = c.moe_intermediate_size, r = emu.a->rank();
+                Im = c.moe_intermediate_size, r = emu.a->uniform_rank();
   const bool shared = m.shared.gate.N > 0;
   const int64_t Is = shared ? m.shared.gate.N : 0;
   // moe_fwd
@@ -322,7 +322,7 @@ TEST(MoeLoraComposition, GpuTrainerStepsAreTheCpuBlock) {
       emu.a = &a;
       emu.grads = &got_g;
       emu.layer = layer;
-      emu.s = static_cast<float>(a.scaling());
+      emu.s = static_cast<float>(a.uniform_scaling());
       emu.p = static_cast<float>(p);
       emu.seed = 77;
       const Composed got = compose(c, m, emu, n, dout, T);

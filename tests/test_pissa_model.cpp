@@ -59,7 +59,7 @@ PissaSplit expect_slot_is_the_split(const QwenModel& orig, const QwenModel& base
   const LinearWeight& ow = slot_linear(orig.weights(), sl);
   const LinearWeight& bw = slot_linear(base.weights(), sl);
   const std::vector<float> W = pad_matrix(ow.dequantize(), ow.N, ow.K, bw.N, bw.K);
-  PissaSplit p = pissa_split(W, bw.N, bw.K, written.rank(), written.scaling(), q);
+  PissaSplit p = pissa_split(W, bw.N, bw.K, written.uniform_rank(), written.uniform_scaling(), q);
   EXPECT_EQ(written.weights(i).A, p.A);
   EXPECT_EQ(written.weights(i).B, p.B);
   return p;
@@ -251,10 +251,10 @@ TEST(PissaModel, GptqStepQuantizesTheResidualAndHandsBackTheAdaptedLinear) {
     const std::vector<float> W = lw.dequantize();
     const Eigen::MatrixXf H = test::hessian_of(test::correlated_inputs(4 * K, K, 3), K);
     const std::vector<float> back = step.run(1, slot, H, gptq_quantize);
-    const PissaSplit ps = pissa_split(W, N, K, 4, pissa.scaling(), {});
+    const PissaSplit ps = pissa_split(W, N, K, 4, pissa.uniform_scaling(), {});
     const GptqResult r = gptq_quantize(ps.residual.data(), N, K, H, go);
     std::vector<float> expected = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
-    subtract_scaled_product(expected.data(), ps.B.data(), ps.A.data(), -pissa.scaling(), N, K, 4, expected.data());
+    subtract_scaled_product(expected.data(), ps.B.data(), ps.A.data(), -pissa.uniform_scaling(), N, K, 4, expected.data());
     EXPECT_EQ(back, expected);
     w2 += ps.weight_sq;
     p2 += ps.principal_sq;

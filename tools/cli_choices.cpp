@@ -35,7 +35,7 @@ void run_choices(const ChoiceArgs& a) {
   const std::vector<ChoiceItem> items = read_choice_items(a.data);  // a bad record costs no model load
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
-  const Device device = pick.settle_for_model(model, GpuUse::Forward);
+  const Device device = pick.settle_for_model(model, GpuUse::Forward, adapter_gpu_refusal(a.adapter, model.config()));
   const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   EvalDevice ed(device);  // on the GPU: the forward and the continuation NLLs there, the sums and argmaxes here

@@ -9,6 +9,8 @@
 #include "core/gguf.h"
 #include "core/progress.h"
 #include "core/threads.h"
+#include "lora/lora_select.h"
+#include "trainer/lora_model.h"
 #include "kernels/device.h"
 #include "kernels/device_allocator.h"
 #include "lora/lora_config.h"
@@ -181,6 +183,21 @@ std::string int8_activations_refusal(bool on) {
   return on ? "--int8-activations multiplies in integers on the CPU" : "";
 }
 
+std::string lora_config_gpu_refusal(const LoraConfig& c, const QwenConfig& cfg, const std::string& source) {
+  if (!c.selects_finely()) return "";
+  const LoraDims dims = lora_dims_of(cfg);
+  return lora_plan_gpu_refusal(lora_plan(dims, c, source), dims, c);
+}
+
+std::string adapter_gpu_refusal(const std::string& adapter_dir, const QwenConfig& cfg) {
+  if (adapter_dir.empty()) return "";
+  try {
+    return lora_config_gpu_refusal(load_lora_config(adapter_dir), cfg, path_join(adapter_dir, "adapter_config.json"));
+  } catch (const std::exception&) {
+    return "";  // a missing or bad adapter: its loader, after the device line, names the problem for the command
+  }
+}
+
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common) {
   if (!on) return;
   QWENQ_CHECK(common.device != "cuda", "--int8-activations: the int8 products run on the CPU (drop --device cuda)");
@@ -255,9 +272,16 @@ CommandAdapter load_adapter_for_device(const std::string& adapter_dir, const std
     how = "applied unmerged (base kept as stored)";
   }
   if (!quiet) {
-    std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),
-                 how.c_str(), a.targets().size(), (long long)model.config().num_layers, (long long)a.rank(),
-                 a.use_dora() ? " (DoRA)" : "", a.scaling());
+    const LoraConfig& c = a.config();
+    if (!c.selects_finely()) {
+      std::fprintf(stderr, "adapter %s %s: %zu target(s) x %lld layers, r %lld%s, scaling %g\n", adapter_dir.c_str(),
+                   how.c_str(), a.targets().size(), (long long)model.config().num_layers, (long long)c.r,
+                   a.use_dora() ? " (DoRA)" : "", c.scaling());
+    } else {  // PEFT's finer selection: the Linears it picked, and the default r and scaling the patterns override
+      std::fprintf(stderr, "adapter %s %s: %zu Linears (%s), r %lld%s, scaling %g where no pattern says otherwise\n",
+                   adapter_dir.c_str(), how.c_str(), a.slots().size(), lora_selection_str(c).c_str(), (long long)c.r,
+                   a.use_dora() ? " (DoRA)" : "", c.scaling());
+    }
   }
   if (out.layout_) out.adapter_.reset();  // the layout holds its A, B (and m): one copy, not two (3.3 GB each for
                                           // r 16 on every expert of Qwen3-30B-A3B)

@@ -127,6 +127,15 @@ void add_int8_activations_flag(CLI::App* cmd, bool* on);
 void apply_int8_activations(bool on, const std::string& model_path, const CommonOptions& common);
 // Why the GPU cannot run a command given --int8-activations (`on`), for DevicePick::settle: "" when off.
 std::string int8_activations_refusal(bool on);
+
+// Why the GPU paths cannot apply the adapter in `adapter_dir` to a model of `cfg`: "" without an adapter or when they
+// can; PEFT's finer selections they do not lay out (per-Linear ranks, layer subsets: LoraAdapter::gpu_refusal) keep
+// `auto` on the CPU with the reason on the device line, and `--device cuda` refused naming it.
+std::string adapter_gpu_refusal(const std::string& adapter_dir, const QwenConfig& cfg);
+// The same for an adapter of config `c` (a training run's; `source` names it in errors).
+std::string lora_config_gpu_refusal(const LoraConfig& c, const QwenConfig& cfg, const std::string& source);
+// The first non-empty refusal of the two ("" when both are).
+inline std::string first_refusal(const std::string& a, const std::string& b) { return a.empty() ? b : a; }
 // With the switch on and not quiet: one stderr line saying how many of the loaded model's Linears (and whether its
 // output table) take the int8 products, and why the rest do not. Returns the coverage (int8_coverage).
 Int8Coverage report_int8_coverage(const QwenWeights& w, bool quiet = false);

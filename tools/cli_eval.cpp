@@ -122,7 +122,9 @@ std::string chunk_result_line(const PerplexityResult& r, int64_t n_ctx, const st
 void run_save_kld(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
   const int64_t n_ctx = window_len_for_model(dir, a.ppl.seq_len, a.seq_len_given, "--seq-len");
   QwenModel model(dir);
-  const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  const Device device = pick.settle_for_model(
+      model, GpuUse::Forward,
+      first_refusal(int8_activations_refusal(a.int8_activations), adapter_gpu_refusal(a.adapter, model.config())));
   apply_cpu_matmul(a.cpu_matmul, device);
   const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
@@ -153,7 +155,9 @@ void run_kld_file(const EvalArgs& a, const std::string& dir, DevicePick& pick) {
               "--seq-len " << a.ppl.seq_len << " differs from the n_ctx " << n_ctx << " of " << a.kl_base
                            << ", whose chunks are scored; leave --seq-len out");
   QwenModel model(dir);
-  const Device device = pick.settle_for_model(model, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  const Device device = pick.settle_for_model(
+      model, GpuUse::Forward,
+      first_refusal(int8_activations_refusal(a.int8_activations), adapter_gpu_refusal(a.adapter, model.config())));
   apply_cpu_matmul(a.cpu_matmul, device);
   const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   const Int8Coverage int8 = report_int8_coverage(model.weights(), a.quiet);
@@ -214,7 +218,9 @@ void run_eval(const EvalArgs& a) {
   // Both models on one device: the GPU when it can run each.
   std::vector<const QwenModel*> models{&model};
   if (base) models.push_back(base.get());
-  const Device device = pick.settle_for_models(models, GpuUse::Forward, int8_activations_refusal(a.int8_activations));
+  const Device device = pick.settle_for_models(
+      models, GpuUse::Forward,
+      first_refusal(int8_activations_refusal(a.int8_activations), adapter_gpu_refusal(a.adapter, model.config())));
   apply_cpu_matmul(a.cpu_matmul, device);
   const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.quiet);
   // After the adapter: one merged in memory (DoRA, experts) leaves dense Linears; an unmerged one keeps the base's.

@@ -42,7 +42,7 @@ void run_gsm8k(Gsm8kArgs a) {
   const std::vector<Gsm8kItem> shots = a.fewshot_data.empty() ? std::vector<Gsm8kItem>{} : read_gsm8k(a.fewshot_data);
   const std::string dir = resolve_model_dir(a.model, "main", /*allow_gguf=*/true);
   QwenModel model(dir);
-  const Device device = pick.settle_for_model(model, GpuUse::Decode);
+  const Device device = pick.settle_for_model(model, GpuUse::Decode, adapter_gpu_refusal(a.adapter, model.config()));
   const CommandAdapter adapter = load_adapter_for_device(a.adapter, dir, device, model, a.opt.quiet);
   const Tokenizer tok = Tokenizer::from_model(dir);
   // lm-eval's hf backend decodes with model.generate(do_sample=False) over the model's generation_config.json: its

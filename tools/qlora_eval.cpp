@@ -350,7 +350,8 @@ void run_eval(EvalArgs& a) {
   QWENQ_CHECK(!(o.grpo || o.sequence_classifier()) || a.common.device != "cuda",
               "eval --objective " << (o.grpo ? "grpo samples" : o.reward ? "reward scores" : "classify scores")
                                   << " on the CPU, as train does: give --device cpu or auto");
-  o.use_cuda = !o.grpo && !o.sequence_classifier() && pick.settle_for_model(model, GpuUse::Train) == Device::Cuda;
+  o.use_cuda = !o.grpo && !o.sequence_classifier() && pick.settle_for_model(model, GpuUse::Train, adapter_gpu_refusal(a.adapter, model.config())) ==
+                                                                 Device::Cuda;
   const Tokenizer tok = Tokenizer::from_model(o.model_dir);
   if (o.classify) return run_classify_eval(a, model, tok, t0);
   SftDataOptions dopt = o.data;

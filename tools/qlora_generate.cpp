@@ -77,7 +77,8 @@ Loaded load(const GenerateArgs& a, bool need_chat_template) {
     warn_if_no_thinking_switch(tok, a.no_thinking, "generate");
   }
   auto model = std::make_unique<QwenModel>(dir);
-  const Device device = pick.settle_for_model(*model, GpuUse::Decode);
+  const Device device =
+      pick.settle_for_model(*model, GpuUse::Decode, adapter_gpu_refusal(a.adapter, model->config()));
   note_bf16_activations(a.sampling, device);
   apply_cpu_matmul(a.cpu_matmul, device);
   Loaded out(std::move(model), std::move(tok));

@@ -39,6 +39,9 @@ struct TrainArgs {
   bool no_eval_on_start = false;  // likewise
   bool greater = false, not_greater = false;  // --greater-is-better, --no-greater-is-better
   std::string scheduler_kwargs;               // JSON text
+  std::string eval_every = "0", save_every = "0";  // a number of steps or a fraction, or "epoch"
+  // PEFT's finer selection (lora/lora_select.h): as given, parsed in the callback.
+  std::string target_regex, layers, layers_pattern, exclude, exclude_regex, rank_pattern, alpha_pattern;
   int nproc = 1;
   CommonOptions common;
 };
@@ -48,7 +51,7 @@ struct TrainArgs {
 // of strings or numbers is the option's comma-separated value ("target": ["q_proj", "v_proj"] is --target
 // q_proj,v_proj, as PEFT's target_modules list reads): train's list options take one comma-separated value, but for
 // "reward", whose items may hold commas (a regex, a command): each item is one --reward.
-// "scheduler-kwargs" takes its object as it is. A boolean is a flag: true gives it, false gives --flag=false.
+// "scheduler-kwargs", "rank-pattern" and "alpha-pattern" take their objects as they are. A boolean is a flag: true gives it, false gives --flag=false.
 std::vector<std::string> config_args(const std::string& path, const std::set<std::string>& given) {
   const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.is_object(), path << ": a training config must be a JSON object of option: value");
@@ -75,7 +78,8 @@ std::vector<std::string> config_args(const std::string& path, const std::set<std
         joined += (joined.empty() ? "" : ",") + (v.is_string() ? v.get<std::string>() : v.dump());
       }
       args.insert(args.end(), {key, joined});
-    } else if (it->is_object() && it.key() == "scheduler-kwargs") {  // transformers' lr_scheduler_kwargs, as JSON text
+    } else if (it->is_object() && (it.key() == "scheduler-kwargs" || it.key() == "rank-pattern" ||
+                                   it.key() == "alpha-pattern")) {  // lr_scheduler_kwargs, PEFT's patterns: JSON text
       args.insert(args.end(), {key, it->dump()});
     } else {
       QWENQ_FAIL(path << ": option \"" << it.key() << "\" must be a string, number, boolean or a list of strings "
@@ -100,13 +104,60 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
   refuse(given("--lora-alpha") && run->alpha != ac.alpha, "--lora-alpha", alpha.str());
   refuse(given("--rslora") && run->use_rslora != ac.use_rslora, "--rslora", "use_rslora false");
   refuse(given("--use-dora") && run->use_dora != ac.use_dora, "--use-dora", "use_dora false");
-  refuse(given("--target") && run->target_modules != ac.target_modules, "--target",
-         "target_modules " + lora_targets_str(ac.target_modules));
+  const bool selection_given = given("--target") || given("--target-regex") || given("--layers-to-transform") ||
+                               given("--layers-pattern") || given("--exclude-modules") || given("--exclude-regex") ||
+                               given("--rank-pattern") || given("--alpha-pattern");
+  refuse(selection_given && !same_lora_selection(*run, ac), "the module selection (--target, ...)",
+         "selection " + lora_selection_str(ac));
   run->r = ac.r;
   run->alpha = ac.alpha;
   run->use_rslora = ac.use_rslora;
   run->use_dora = ac.use_dora;
   run->target_modules = ac.target_modules;
+  run->target_regex = ac.target_regex;
+  run->layers_to_transform = ac.layers_to_transform;
+  run->layers_pattern = ac.layers_pattern;
+  run->exclude_modules = ac.exclude_modules;
+  run->exclude_regex = ac.exclude_regex;
+  run->rank_pattern = ac.rank_pattern;
+  run->alpha_pattern = ac.alpha_pattern;
+}
+
+// --eval-every / --save-every: "epoch", or a number (checked by check_train_options: whole, or a fraction in (0, 1)).
+void parse_every(const std::string& text, const char* flag, double* every, bool* per_epoch) {
+  *per_epoch = text == "epoch";
+  if (*per_epoch) {
+    *every = 0;
+    return;
+  }
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  QWENQ_CHECK(used == text.size() && used > 0,
+              flag << " must be a number of steps (>= 0), a fraction of the run's steps, or 'epoch', not '" << text
+                   << "'");
+  QWENQ_CHECK(v >= 0, flag << ": must be at least 0, got " << text);  // (CLI11's words for the other flags)
+  *every = v;
+}
+
+// --target or --target-regex, and PEFT's finer selection flags, into the run's LoRA config.
+void apply_lora_selection(const CLI::App& c, const TrainArgs& a, LoraConfig* lora) {
+  const bool regex = !a.target_regex.empty();
+  QWENQ_CHECK(!regex || c.get_option("--target")->count() == 0, "give --target or --target-regex, not both");
+  QWENQ_CHECK(a.exclude.empty() || a.exclude_regex.empty(), "give --exclude-modules or --exclude-regex, not both");
+  lora->target_modules = regex ? std::vector<std::string>{} : parse_lora_targets(a.targets);
+  lora->target_regex = a.target_regex;
+  if (!a.layers.empty()) lora->layers_to_transform = parse_layer_list(a.layers, "--layers-to-transform");
+  if (!a.layers_pattern.empty()) lora->layers_pattern = parse_name_list(a.layers_pattern, "--layers-pattern");
+  if (!a.exclude.empty()) lora->exclude_modules = parse_name_list(a.exclude, "--exclude-modules");
+  lora->exclude_regex = a.exclude_regex;
+  if (!a.rank_pattern.empty()) lora->rank_pattern = parse_rank_pattern(a.rank_pattern, "--rank-pattern");
+  if (!a.alpha_pattern.empty()) lora->alpha_pattern = parse_alpha_pattern(a.alpha_pattern, "--alpha-pattern");
+  lora->validate();  // PEFT's own refusals (a regex with layers_to_transform, ...) before any work
 }
 
 // --nproc N (trainer/train_loop.h's data parallelism): a process started by rank 0 finds its group in the
@@ -394,6 +445,24 @@ void register_qlora_train(CLI::App& app) {
               "DoRA (PEFT use_dora=True): a trained magnitude per output row of each adapted Linear");
   c->add_option("--target", a->targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear")
       ->capture_default_str();
+  c->add_option("--target-regex", a->target_regex,
+                "instead of --target: the Linears whose full name (model.layers.3.self_attn.q_proj) the regex matches "
+                "whole (PEFT's target_modules as a string)");
+  c->add_option("--layers-to-transform", a->layers,
+                "adapt only these layers of --target's Linears: indexes and ranges, e.g. 0,1,20-23 (PEFT's "
+                "layers_to_transform)");
+  c->add_option("--layers-pattern", a->layers_pattern,
+                "the name before the layer index in module paths, for --layers-to-transform (PEFT's layers_pattern; "
+                "e.g. layers)");
+  c->add_option("--exclude-modules", a->exclude,
+                "never adapt these modules: names or path suffixes, e.g. 0.self_attn.q_proj (PEFT's exclude_modules)");
+  c->add_option("--exclude-regex", a->exclude_regex,
+                "never adapt the Linears whose full name the regex matches whole (PEFT's exclude_modules as a string)");
+  c->add_option("--rank-pattern", a->rank_pattern,
+                "ranks of their own, a JSON object of pattern: r, e.g. '{\"down_proj\": 16}': the first pattern "
+                "matching a name's end wins (PEFT's rank_pattern; CPU training)");
+  c->add_option("--alpha-pattern", a->alpha_pattern,
+                "alphas of their own, a JSON object of pattern: lora_alpha (PEFT's alpha_pattern; CPU training)");
   c->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
   c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
       ->check(at_least(0, "NONNEGATIVE"))
@@ -457,10 +526,9 @@ void register_qlora_train(CLI::App& app) {
   add_cpu_matmul_option(c, &a->cpu_matmul,
                         "on the CPU, the base Linears' and the lm_head's products: fp32 (the reference) or bf16 (bf16 "
                         "operands, fp32 sums, as the GPU and torch's bf16 autocast compute them; fast with AVX512_BF16)");
-  c->add_option("--eval-every", o.eval_every,
+  c->add_option("--eval-every", a->eval_every,
                 "evaluate every N steps (0: at the end; below 1: that fraction of the run's steps, as transformers' "
-                "eval_steps)")
-      ->check(at_least(0, "NONNEGATIVE"))
+                "eval_steps), or 'epoch': at the end of each epoch (transformers' eval_strategy=\"epoch\")")
       ->capture_default_str();
   c->add_flag("--no-eval-on-start", a->no_eval_on_start,
               "skip the evaluation before the first step (transformers' default eval_on_start=False): the first is "
@@ -468,9 +536,9 @@ void register_qlora_train(CLI::App& app) {
   c->add_option("--eval-batches", o.eval_batches, "limit each evaluation to N batches (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
       ->capture_default_str();
-  c->add_option("--save-every", o.save_every,
-                "checkpoint every N steps (0: only the final adapter; below 1: that fraction of the run's steps)")
-      ->check(at_least(0, "NONNEGATIVE"))
+  c->add_option("--save-every", a->save_every,
+                "checkpoint every N steps (0: only the final adapter; below 1: that fraction of the run's steps), or "
+                "'epoch': at the end of each epoch (transformers' save_strategy=\"epoch\")")
       ->capture_default_str();
   c->add_option("--save-total-limit", o.save_total_limit, "checkpoints kept (0: all)")
       ->check(at_least(0, "NONNEGATIVE"))
@@ -515,6 +583,8 @@ void register_qlora_train(CLI::App& app) {
   c->callback([a, c]() {
     TrainOptions& o = a->opt;
     o.checkpointing = !a->no_checkpointing;
+    parse_every(a->eval_every, "--eval-every", &o.eval_every, &o.eval_per_epoch);
+    parse_every(a->save_every, "--save-every", &o.save_every, &o.save_per_epoch);
     o.eval_on_start = !a->no_eval_on_start;
     QWENQ_CHECK(!(a->greater && a->not_greater), "give --greater-is-better or --no-greater-is-better, not both");
     o.best.greater_is_better = a->greater ? 1 : a->not_greater ? 0 : -1;
@@ -526,7 +596,7 @@ void register_qlora_train(CLI::App& app) {
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     o.model_dir = resolve_model_dir(a->model);
-    o.lora.target_modules = parse_lora_targets(a->targets);
+    apply_lora_selection(*c, *a, &o.lora);
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
     if (o.init_adapter.empty() && o.loftq_model.empty() && !o.resume) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original
@@ -577,7 +647,10 @@ void register_qlora_train(CLI::App& app) {
     auto pick = std::make_shared<DevicePick>(a->common, "training");
     if (o.group) pick->set_line_prefix("rank " + std::to_string(rank) + ": ");
     o.use_cuda = pick->gpu_possible();
-    o.choose_device = [pick](const QwenModel& m) { return pick->settle_for_model(m, GpuUse::Train) == Device::Cuda; };
+    o.choose_device = [pick, lora = o.lora](const QwenModel& m) {
+      return pick->settle_for_model(m, GpuUse::Train, lora_config_gpu_refusal(lora, m.config(), "the LoRA flags")) ==
+             Device::Cuda;
+    };
     const TrainReport r = train_lora(o);
     if (rank > 0) return;  // rank 0 reports the run
     if (dp.launched) dp.launched->wait_all();

@@ -50,8 +50,8 @@ void init_adapter_from_dir(const std::string& dir, LoraAdapter* adapter) {
     else diff << " a score head of " << a.num_labels << " label(s) (task_type SEQ_CLS)"
               << (b.seq_cls() ? ", not " + std::to_string(b.num_labels) : std::string(": this run trains a language model"));
   }
-  if (a.target_modules != b.target_modules)
-    diff << " targets " << lora_targets_str(a.target_modules) << " (not " << lora_targets_str(b.target_modules) << ")";
+  if (!same_lora_selection(a, b))
+    diff << " targets " << lora_selection_str(a) << " (not " << lora_selection_str(b) << ")";
   QWENQ_CHECK(diff.str().empty(), "--init-adapter " << dir << ": the adapter has" << diff.str());
   for (size_t i = 0; i < adapter->slots().size(); ++i) {  // same dims and config: the same slots
     LoraWeights& w = adapter->weights(i);
@@ -82,8 +82,6 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
                                << ", " << bc.intermediate_size << ", " << bc.num_layers << ", " << bc.num_heads << "/"
                                << bc.num_kv_heads << " of " << bc.head_dim << ")");
   const Checkpoint ckpt(dir);
-  const double s = adapter->scaling();
-  const int64_t r = adapter->rank();
   LoftqInitReport rep;
   double q2 = 0, c2 = 0;
   const int64_t total = static_cast<int64_t>(adapter->slots().size());
@@ -109,7 +107,8 @@ LoftqInitReport loftq_init_adapter(const QwenModel& base, const std::string& dir
       const std::vector<float> W = source_linear_f32(ckpt, oq, lp + sl.path, ow, bw.N, bw.K);  // zero-padded
       const std::vector<float> Q = bw.dequantize();
       const std::string what = "loftq: layer " + std::to_string(l) + " " + sl.path;
-      const LoftqFactors f = loftq_factors(W.data(), Q.data(), bw.N, bw.K, r, s, {}, what.c_str());
+      const LoraWeights& own = adapter->weights(i);  // its rank and scaling (rank_pattern / alpha_pattern)
+      const LoftqFactors f = loftq_factors(W.data(), Q.data(), bw.N, bw.K, own.r, own.scaling, {}, what.c_str());
       // A rounding of W stays well inside ‖W‖ (4-bit: ~0.1 ‖W‖, 2-bit RTN: ~0.5); another model's weights are ~√2 ‖W‖
       // away, and the rank-r correction of such a "residual" would be noise.
       double w2 = 0;

@@ -88,7 +88,7 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   LoraWeights* pw = adapter_weights_for(pissa_, prefix + ".weight");
   if (pw) {  // PiSSA: the principal part to the adapter, the residual to GPTQ (the padding stays zero in both)
     const std::string what = "pissa: " + prefix;
-    PissaSplit ps = pissa_split(W, N2, K2, pissa_->rank(), pissa_->scaling(), {}, {}, what.c_str());
+    PissaSplit ps = pissa_split(W, N2, K2, pissa_->uniform_rank(), pissa_->uniform_scaling(), {}, {}, what.c_str());
     pw->A = std::move(ps.A);
     pw->B = std::move(ps.B);
     pissa_w2_ += ps.weight_sq;
@@ -104,7 +104,7 @@ std::vector<float> GptqLinearStep::quantize(int64_t l, const std::string& name, 
   const StageScope t(times_.packing);
   shards_.add_int_linear(prefix, pack_int_linear(r.codes.data(), r.grid, r.g_idx.data(), out_.layout));
   std::vector<float> back = dequantize_codes(r.codes.data(), r.grid, r.g_idx.data());
-  if (pw) subtract_scaled_product(back.data(), pw->B.data(), pw->A.data(), -pissa_->scaling(), N2, K2, pissa_->rank(),
+  if (pw) subtract_scaled_product(back.data(), pw->B.data(), pw->A.data(), -pissa_->uniform_scaling(), N2, K2, pissa_->uniform_rank(),
                                   back.data());  // Q + s·B A: the adapted Linear
   if (N2 != N || K2 != K) {  // the padded weight's [N, K] corner
     std::vector<float> fq = std::move(back);

@@ -65,11 +65,10 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
                      << d.moe_intermediate_size << ", shared expert " << d.shared_expert_intermediate_size
                      << "; the model has " << want.num_experts << ", " << want.moe_intermediate_size << ", "
                      << want.shared_expert_intermediate_size << ")");
-  const double s = adapter.scaling();
-  QWENQ_CHECK(std::isfinite(s), source << ": the LoRA scaling " << s << " is not finite");
   LoraInferenceLayout out;
-  out.scaling = static_cast<float>(s);
-  out.rank = adapter.rank();
+  out.scaling = static_cast<float>(adapter.config().scaling());
+  out.rank = adapter.config().r;
+  out.gpu_refusal = adapter.gpu_refusal();
   out.num_layers = d.num_layers;
   int64_t total = 0;
   // The adapter's slots: layer by layer, targets in table order (whatever order targets() lists), a MoE layer's MLP
@@ -83,10 +82,11 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
       shape = ls.target == LoraTarget::DownProj ? LoraShape{d.hidden_size, width} : LoraShape{width, d.hidden_size};
     }
     const std::string name = peft_tensor_name(ls, false);
-    QWENQ_CHECK(w.N == shape.N && w.K == shape.K && w.r == out.rank,
+    QWENQ_CHECK(w.N == shape.N && w.K == shape.K && w.r >= 1,
                 source << ": the LoRA pair " << name << " / lora_B has r " << w.r << ", N " << w.N << ", K " << w.K
-                       << "; the Linear is [" << shape.N << ", " << shape.K << "] and the adapter's r is "
-                       << out.rank);
+                       << "; the Linear is [" << shape.N << ", " << shape.K << "]");
+    QWENQ_CHECK(std::isfinite(w.scaling), source << ": the LoRA scaling " << w.scaling << " of " << name
+                                                 << " is not finite");
     check_tensor(w.A, w.r, w.K, ls, false, source);
     check_tensor(w.B, w.N, w.r, ls, true, source);
     if (adapter.use_dora()) check_magnitude(w.m, w.N, ls, source);
@@ -95,6 +95,7 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
     sl.target = ls.target;
     sl.expert = ls.expert;
     sl.N = w.N, sl.K = w.K, sl.r = w.r;
+    sl.s = static_cast<float>(w.scaling);
     sl.a_off = total;
     sl.b_off = lora_arena_align_up(total + w.r * w.K);
     total = lora_arena_align_up(sl.b_off + w.N * w.r);
@@ -114,9 +115,8 @@ LoraInferenceLayout lora_inference_layout(const LoraAdapter& adapter, const Qwen
   return out;
 }
 
-void lora_branch_forward(const LoraBranch& b, float s, const float* x, int64_t rows, const TensorView& bias, float* y,
-                         float* u) {
-  lora_forward_ref(x, rows, b.K, b.A, b.B, b.r, b.N, s, y, u);
+void lora_branch_forward(const LoraBranch& b, const float* x, int64_t rows, const TensorView& bias, float* y, float* u) {
+  lora_forward_ref(x, rows, b.K, b.A, b.B, b.r, b.N, b.s, y, u);
   if (b.gain) dora_scale_rows_ref(y, rows, b.N, b.gain, bias.data, bias.dtype);
 }
 

@@ -2,7 +2,7 @@
 // base keeps its weights as stored (dense, or packed 4-bit), and every adapted Linear adds its branch after the
 // base product,
 //   y = x Wᵀ (+ b) + s · (x Aᵀ) Bᵀ      x [T, K], W [N, K], A [r, K], B [N, r]        (lora/lora_linear.h)
-// with s the adapter's scaling (alpha / r, or alpha / √r with rsLoRA; lora/lora_config.h) and no dropout
+// with s the Linear's scaling (alpha / r, or alpha / √r with rsLoRA, of its own r and alpha: lora/lora_select.h) and no dropout
 // (inference). This equals the merged model of trainer/lora_merge.h, x (W + s·B A)ᵀ, up to fp32 reassociation.
 //
 // Layout: one fp32 arena holding, layer by layer and within a layer the targets in table order (q, k, v, o, gate,
@@ -41,12 +41,12 @@ struct LoraBranch {
   const float* B = nullptr;     // [N, r]
   const float* gain = nullptr;  // DoRA's g = m / ‖W + s·B A‖ [N]; null without DoRA
   int64_t N = 0, K = 0, r = 0;
+  float s = 0.f;                // the Linear's scaling
 };
 // y [rows, N] holds x Wᵀ + bias; adds the branch s·(x Aᵀ) Bᵀ (u [rows, r]: its scratch, written), then with DoRA scales
 // each row by g, the bias left unscaled: y = g ⊙ (x Wᵀ + s·(x Aᵀ) Bᵀ) + b. `bias`: the Linear's, or empty. The CPU's
 // unmerged forward of a layer's Linears and of a MoE layer's experts.
-void lora_branch_forward(const LoraBranch& b, float s, const float* x, int64_t rows, const TensorView& bias, float* y,
-                         float* u);
+void lora_branch_forward(const LoraBranch& b, const float* x, int64_t rows, const TensorView& bias, float* y, float* u);
 
 constexpr int64_t kLoraArenaAlignFloats = 4;
 // n rounded up to a multiple of kLoraArenaAlignFloats (where the next tensor of the arena, or of the GPU's gains,
@@ -62,13 +62,15 @@ struct LoraArenaSlot {
   LoraTarget target = LoraTarget::QProj;
   int64_t expert = kNoExpert;
   int64_t N = 0, K = 0, r = 0;
+  float s = 0.f;  // its scaling (rank_pattern / alpha_pattern may give it its own)
   int64_t a_off = 0, b_off = 0;
   int64_t m_off = -1;  // DoRA: the magnitude m [N]; -1 without DoRA
 };
 
 struct LoraInferenceLayout {
-  float scaling = 0.f;  // s, as the branch multiplies by it (fp32)
-  int64_t rank = 0;     // r (the same for every Linear)
+  float scaling = 0.f;  // the config's s (fp32): every MoE expert's (lora/lora_select.h), and with gpu_refusal empty
+  int64_t rank = 0;     // the config's r          every Linear's (each slot holds its own: `s`, `r`)
+  std::string gpu_refusal;  // "" when the GPU can lay the adapter out (LoraAdapter::gpu_refusal), else why not
   int64_t num_layers = 0;
   std::vector<LoraArenaSlot> slots;  // arena order
   std::vector<float> arena;          // every A and B at its slot's offsets; zero between them

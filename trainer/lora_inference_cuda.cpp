@@ -62,6 +62,7 @@ LoraInferenceCuda::LoraInferenceCuda(const LoraInferenceLayout& layout, const st
       slots_(layout.slots), stream_(stream) {
   QWENQ_CHECK(rank_ >= 1 && !slots_.empty() && !layout.arena.empty(),
               source_ << ": the LoRA adapter targets no Linear (r " << rank_ << ")");
+  QWENQ_CHECK(layout.gpu_refusal.empty(), source_ << ": " << layout.gpu_refusal << " (use --device cpu)");
   const size_t bytes = layout.arena.size() * sizeof(float);
   arena_ = cuda_device_allocator().allocate(
       bytes, stream, MemoryTag::Adapter,

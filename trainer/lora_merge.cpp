@@ -91,14 +91,13 @@ void merge_lora_weights(float* W, int64_t N, int64_t K, const LoraWeights& lw, f
 
 void merge_adapter_in_memory(QwenModel& model, const LoraAdapter& adapter) {
   check_dims_match(adapter.dims(), model.config(), "merge_adapter_in_memory (model " + model.dir() + ")");
-  const float s = static_cast<float>(adapter.scaling());
   for (size_t i = 0; i < adapter.slots().size(); ++i) {
     const LoraSlot& sl = adapter.slots()[i];
     const LoraTargetSlot slot = lora_target_slot(sl.target);
     LinearWeight& w = sl.expert == kNoExpert ? model.linear_weight(sl.layer, slot.group, slot.index)
                                              : model.expert_linear(sl.layer, sl.expert, moe_expert_index(sl.target));
     std::vector<float> W = w.dequantize();
-    merge_lora_weights(W.data(), w.N, w.K, adapter.weights(i), s);
+    merge_lora_weights(W.data(), w.N, w.K, adapter.weights(i), static_cast<float>(adapter.weights(i).scaling));
     w = LinearWeight::from_fp32(std::move(W), w.N, w.K);
   }
 }
@@ -181,7 +180,6 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
 
   // Everything that can refuse the adapter runs before the output directory exists.
   const LoraAdapter adapter = load_adapter_for_base(o.adapter_dir, o.model_dir, cfg, AdapterUse::Merge);
-  const float s = static_cast<float>(adapter.scaling());
 
   Checkpoint ckpt(o.model_dir);
   StagedDir out(o.out_dir, o.overwrite);
@@ -205,7 +203,8 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
       if (!merge && w.is_dense() && w.dense.dtype == dtype) continue;
       std::vector<float> W = w.dequantize();
       if (merge) {
-        merge_lora_weights(W.data(), w.N, w.K, adapter.weights(hit->second), s);
+        merge_lora_weights(W.data(), w.N, w.K, adapter.weights(hit->second),
+                           static_cast<float>(adapter.weights(hit->second).scaling));
         ++rep.linears;
         rep.params_quantized += w.N * w.K;
       }

@@ -90,7 +90,6 @@ class Runner {
  public:
   Runner(const QwenModel& model, const LoraAdapter& adapter, const PackedBatch& batch, const LoraStepOptions& opt)
       : m_(model), c_(model.config()), w_(model.weights()), ad_(adapter), b_(batch), opt_(opt), T_(batch.num_tokens()) {
-    s_ = static_cast<float>(adapter.scaling());
     p_ = opt.train ? static_cast<float>(adapter.config().dropout) : 0.f;
   }
 
@@ -144,13 +143,13 @@ class Runner {
     const float* xin = branch_input(l, t, x, w.K, br);
     br->u.resize(T_ * lw.r);
     if (lw.m.empty()) {
-      lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, s_, y, br->u.data());
+      lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, w.N, scale(lw), y, br->u.data());
       return;
     }
     // DoRA: y += (g − 1) ⊙ z + g ⊙ v, g = m / n. z = x̃ Wᵀ: without dropout PEFT takes y − b (base_result).
     const int64_t N = w.N;
     const LoraWeights& nw = opt_.dora_norms_from ? opt_.dora_norms_from->at(l, kLoraTargets[t].target) : lw;
-    br->n = dora_row_norms(W, N, w.K, nw, s_);
+    br->n = dora_row_norms(W, N, w.K, nw, scale(lw));
     br->z.resize(T_ * N);
     if (p_ > 0.f) {
       base_forward(xin, T_, w.K, W.data, W.dtype, N, nullptr, DType::F32, br->z.data());
@@ -164,9 +163,12 @@ class Runner {
       }
     }
     br->v.assign(T_ * N, 0.f);
-    lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, s_, br->v.data(), br->u.data());
+    lora_forward_ref(xin, T_, w.K, lw.A.data(), lw.B.data(), lw.r, N, scale(lw), br->v.data(), br->u.data());
     dora_combine(lw.m.data(), br->n.data(), br->z.data(), br->v.data(), T_, N, y);
   }
+
+  // The branch's s: the Linear's own (rank_pattern / alpha_pattern may give each Linear its r and alpha).
+  static float scale(const LoraWeights& lw) { return static_cast<float>(lw.scaling); }
 
   // The LoRA branch's input x̃ of Linear t: x, or with dropout its dropped copy, kept in br->xd for the backward.
   const float* branch_input(int64_t l, int t, const float* x, int64_t K, BranchActs* br) const {
@@ -193,11 +195,11 @@ class Runner {
     }
     if (p_ > 0.f) {
       std::fill(tmp.begin(), tmp.end(), 0.f);
-      lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
+      lora_backward_ref(dy, br.xd.data(), br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), scale(lw), g.A.data(),
                         g.B.data(), tmp.data());
       dropout_backward_ref(tmp.data(), T_ * w.K, p_, mask_key(l, t), dx);
     } else {
-      lora_backward_ref(dy, x, br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(), g.B.data(), dx);
+      lora_backward_ref(dy, x, br.u.data(), T_, w.K, w.N, lw.r, lw.A.data(), lw.B.data(), scale(lw), g.A.data(), g.B.data(), dx);
     }
   }
 
@@ -210,7 +212,7 @@ class Runner {
     dora_split_grad(lw.m.data(), br.n.data(), br.z.data(), br.v.data(), dy, T_, N, g.m.data(), dz.data(), dv.data());
     tmp.resize(T_ * K);
     base_backward_input(dz.data(), T_, N, W.data, W.dtype, K, tmp.data());  // dx̃ = dz W, then + the branch
-    lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), s_, g.A.data(),
+    lora_backward_ref(dv.data(), xin, br.u.data(), T_, K, N, lw.r, lw.A.data(), lw.B.data(), scale(lw), g.A.data(),
                       g.B.data(), tmp.data());
     if (p_ > 0.f) {
       dropout_backward_ref(tmp.data(), T_ * K, p_, key, dx);
@@ -497,7 +499,7 @@ class Runner {
   const PackedBatch& b_;
   LoraStepOptions opt_;
   int64_t T_;
-  float s_ = 1.f, p_ = 0.f;
+  float p_ = 0.f;  // the branch's dropout (each Linear's scaling is its LoraWeights::scaling)
 };
 
 }  // namespace
@@ -585,10 +587,9 @@ void dora_split_grad(const float* m, const float* n, const float* z, const float
 
 void init_dora_magnitudes(const QwenModel& model, LoraAdapter* adapter) {
   QWENQ_CHECK(adapter->use_dora(), "init_dora_magnitudes: the adapter does not use DoRA");
-  const float s = static_cast<float>(adapter->scaling());
   for (size_t i = 0; i < adapter->slots().size(); ++i) {  // every slot, each expert's of a MoE layer too
     LoraWeights& lw = adapter->weights(i);
-    lw.m = dora_row_norms(slot_linear(model.weights(), adapter->slots()[i]), lw, s);
+    lw.m = dora_row_norms(slot_linear(model.weights(), adapter->slots()[i]), lw, static_cast<float>(lw.scaling));
   }
 }
 

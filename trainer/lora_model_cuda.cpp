@@ -68,7 +68,7 @@ struct Slot {
 
 struct LoraModelCuda::Impl {
   Impl(const QwenConfig& c, const LoraAdapter& a, const LoraModelCudaOptions& o)
-      : cfg(c), targets_(a.targets()), dims(a.dims()), rank(a.rank()), options(o) {}
+      : cfg(c), targets_(a.targets()), dims(a.dims()), rank(a.uniform_rank()), options(o) {}
   // Work an exception left queued may still read the pinned staging buffer, which is freed before the stream.
   ~Impl() { cudaStreamSynchronize(stream.get()); }  // nothing to report from a destructor
   Impl(const Impl&) = delete;
@@ -1076,7 +1076,7 @@ struct LoraModelCuda::Impl {
   // `a` has the uploaded adapter's targets, dimensions (the MoE ones included) and, slot by slot, its Linears.
   void check_same(const LoraAdapter& a, const char* what) const {
     const LoraDims& d = a.dims();
-    bool same = a.targets() == targets_ && a.rank() == rank && a.slots().size() == slots.size() &&
+    bool same = a.targets() == targets_ && a.uniform_rank() == rank && a.slots().size() == slots.size() &&
                 d.num_layers == dims.num_layers && d.hidden_size == dims.hidden_size &&
                 d.intermediate_size == dims.intermediate_size && d.q_dim == dims.q_dim && d.kv_dim == dims.kv_dim &&
                 d.moe_layer == dims.moe_layer && d.num_experts == dims.num_experts &&
@@ -1092,7 +1092,7 @@ struct LoraModelCuda::Impl {
              static_cast<int64_t>(w.m.size()) == (sl.m_off >= 0 ? sl.N : 0);
     }
     QWENQ_CHECK(same, "LoraModelCuda: " << what << " has other shapes or targets than the uploaded adapter (r "
-                                        << a.rank() << " vs " << rank << ", " << a.targets().size() << " vs "
+                                        << a.config().r << " vs " << rank << ", " << a.targets().size() << " vs "
                                         << targets_.size() << " targets, " << a.slots().size() << " vs "
                                         << slots.size() << " adapted Linears)");
   }
@@ -1150,7 +1150,7 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
   up.upload_embedding = false;  // an untied table stays on the host: only a batch's rows are uploaded (embed)
   m.base = std::make_unique<QwenModelCuda>(model, up);
   if (m.base->device_embed().data == nullptr) m.host_embed = model.weights().embed;
-  m.s = static_cast<float>(adapter.scaling());
+  m.s = static_cast<float>(adapter.uniform_scaling());
   m.dropout = adapter.config().dropout;
   m.slot_of.assign(static_cast<size_t>(c.num_layers * 7), -1);
   int64_t norm_floats = 0;

@@ -52,7 +52,7 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
     return x;
   }
   if (!lora || !lora->adapter) return x;
-  x.s = static_cast<float>(lora->adapter->scaling());
+  x.s = static_cast<float>(lora->adapter->config().scaling());  // every expert's (lora_plan refuses one of its own)
   x.p = lora->dropout;
   for (int j = 0; j < 3; ++j) {
     if (!lora->adapter->has_expert(lora->layer, e, kExpertTargets[j])) continue;
@@ -76,7 +76,7 @@ ExpertLora expert_lora(const MoeLora* lora, MoeBlockActs& a, bool shared, int64_
 // with DoRA, y += (g − 1) ⊙ z + g ⊙ v instead, keeping z, v and n (moe_block.h).
 void branch_forward(const ExpertLora& L, int j, const LinearWeight& W, const float* x, int64_t rows, float* y) {
   if (L.b[j]) {  // inference: y += s·(x Aᵀ) Bᵀ, then DoRA's y = g ⊙ y (experts have no bias)
-    lora_branch_forward(*L.b[j], L.s, x, rows, TensorView{}, y, L.u[j]);
+    lora_branch_forward(*L.b[j], x, rows, TensorView{}, y, L.u[j]);
     return;
   }
   if (!L.w[j]) return;
@@ -278,7 +278,7 @@ void moe_block_forward(const QwenConfig& c, const MoeWeights& m, const float* n,
   const bool keep = acts != nullptr || trained;
   if (!trained) a.xs.clear();  // the backward reads an empty xs as "no adapters" (acts may be reused across calls)
   if (adapted) {
-    const int64_t r = lora->adapter ? lora->adapter->rank() : lora->rank, Is = c.shared_expert_intermediate_size;
+    const int64_t r = lora->adapter ? lora->adapter->config().r : lora->rank, Is = c.shared_expert_intermediate_size;
     if (trained) {
       a.n.assign(n, n + T * C);
       a.xs.resize(T * k * C);

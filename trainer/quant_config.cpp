@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/python_regex.h"
 #include "core/files.h"
 #include "core/json_file.h"
 #include "quant/format/int_pack.h"
@@ -56,7 +57,7 @@ QuantConfig parse(const json& q, const std::string& path) {
         GptqDynamicRule r;
         r.skip = rule.rfind("-:", 0) == 0;
         r.pattern = rule.substr(rule.rfind("-:", 0) == 0 || rule.rfind("+:", 0) == 0 ? 2 : 0);
-        r.re = python_regex(r.pattern, where);
+        r.re = std::make_shared<const std::regex>(compile_python_regex(r.pattern, where));
         if (!r.skip) {
           for (const auto& [key, v] : value.items()) {
             if (key == "bits" || key == "w_bit") {
@@ -137,7 +138,7 @@ void QuantConfig::gptq_params_for(const std::string& prefix, int* bits, int64_t*
   *bits = this->bits;
   *group_size = this->group_size;
   for (const GptqDynamicRule& r : gptq_dynamic) {
-    if (!python_re_match(prefix, *r.re)) continue;
+    if (!python_match(*r.re, prefix)) continue;
     if (!r.skip) {
       if (r.bits) *bits = r.bits;
       if (r.group_size) *group_size = r.group_size;

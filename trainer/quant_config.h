@@ -72,11 +72,6 @@ struct QuantConfig {
   }
 };
 
-// A Python regular expression (compressed-tensors' "re:" targets, GPTQModel's dynamic rules) as a std::regex
-// (ECMAScript: the common syntax is the same; what it cannot read is refused naming `where` and the pattern), and
-// Python's re.match: a match from the start of `name`, not necessarily to its end.
-std::shared_ptr<const std::regex> python_regex(const std::string& pattern, const std::string& where);
-bool python_re_match(const std::string& name, const std::regex& re);
 
 // config.json's "quantization_config" of quant_method compressed-tensors (trainer/quant_config_ct.cpp); `path` names
 // it in errors.

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/python_regex.h"
 #include "trainer/quant_config.h"
 
 namespace qwenq {
@@ -25,7 +26,7 @@ using nlohmann::json;
 // A "re:" target as a regex; null for a class or module name.
 std::shared_ptr<const std::regex> compile(const std::string& target, const std::string& path) {
   if (target.rfind("re:", 0) != 0) return nullptr;
-  return python_regex(target.substr(3), path);
+  return std::make_shared<const std::regex>(compile_python_regex(target.substr(3), path));
 }
 
 std::vector<std::string> strings(const json& j, const std::string& path, const char* key) {
@@ -128,29 +129,10 @@ bool same_weights(const CtScheme& a, const CtScheme& b) {
 }
 
 bool matches(const std::string& name, const std::string& target, const std::regex* re) {
-  return re ? python_re_match(name, *re) : target == name;
+  return re ? python_match(*re, name) : target == name;
 }
 
 }  // namespace
-
-std::shared_ptr<const std::regex> python_regex(const std::string& pattern, const std::string& where) {
-  // std::regex compiles and matches recursively: a pattern far longer or more nested than module names need is
-  // refused rather than allowed to exhaust the stack.
-  int depth = 0, deepest = 0;
-  for (char ch : pattern) deepest = std::max(deepest, depth += ch == '(' ? 1 : ch == ')' ? -1 : 0);
-  QWENQ_CHECK(pattern.size() <= 512 && deepest <= 16,
-              where << ": the pattern \"" << pattern.substr(0, 64) << (pattern.size() > 64 ? "..." : "")
-                    << "\" is longer than 512 characters or nests more than 16 groups");
-  try {
-    return std::make_shared<const std::regex>(pattern, std::regex::ECMAScript);
-  } catch (const std::regex_error& e) {
-    QWENQ_FAIL(where << ": the pattern \"" << pattern << "\" is not a regular expression qwenq can read: " << e.what());
-  }
-}
-
-bool python_re_match(const std::string& name, const std::regex& re) {
-  return std::regex_search(name, re, std::regex_constants::match_continuous);
-}
 
 QuantConfig parse_compressed_tensors_config(const json& q, const std::string& path) {
   QuantConfig c;

@@ -229,7 +229,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
         named([&] {
           const std::string what = "loftq: " + prefix;
           LoftqIterResult lq =
-              loftq_iterate(W, N, K, o.loftq.r, loftq_adapter->scaling(), o.loftq_iters, quantizer, {}, what.c_str());
+              loftq_iterate(W, N, K, o.loftq.r, loftq_adapter->uniform_scaling(), o.loftq_iters, quantizer, {}, what.c_str());
           lw->A = std::move(lq.factors.A);
           lw->B = std::move(lq.factors.B);
           loftq_plain2 += lq.plain_error * lq.plain_error;
@@ -240,7 +240,7 @@ QuantizeReport quantize_model(const QuantizeOptions& o) {
       if (LoraWeights* pw = adapter_weights_for(pissa_adapter.get(), name)) {
         named([&] {
           const std::string what = "pissa: " + prefix;
-          PissaSplit ps = pissa_split(W, N, K, o.pissa.r, pissa_adapter->scaling(), quantizer, {}, what.c_str());
+          PissaSplit ps = pissa_split(W, N, K, o.pissa.r, pissa_adapter->uniform_scaling(), quantizer, {}, what.c_str());
           pw->A = std::move(ps.A);
           pw->B = std::move(ps.B);
           pissa_plain2 += ps.plain_error * ps.plain_error;

@@ -149,12 +149,12 @@ void QwenModel::attach_adapter(const LoraInferenceLayout* lora) {
         dense = W.dequantize();
         base.dense = dense.data();
       }
-      dora_row_norms_ref(base, s.N, s.K, arena + s.a_off, arena + s.b_off, s.r, lora->scaling, norms.data());
+      dora_row_norms_ref(base, s.N, s.K, arena + s.a_off, arena + s.b_off, s.r, s.s, norms.data());
       gain = gains.data() + next_gain;
       next_gain += s.N;
       dora_gain_ref(arena + s.m_off, norms.data(), s.N, gain);
     }
-    const LoraBranch branch{arena + s.a_off, arena + s.b_off, gain, s.N, s.K, s.r};
+    const LoraBranch branch{arena + s.a_off, arena + s.b_off, gain, s.N, s.K, s.r, s.s};
     if (s.expert == kNoExpert) {  // (a MoE layer's MLP has no Linears of its own: its targets are the experts')
       QWENQ_CHECK(!cfg_.is_moe_layer(s.layer) || static_cast<int>(s.target) < static_cast<int>(LoraTarget::GateProj),
                   "attach_adapter: " << where() << " is a mixture-of-experts layer's MLP, which has only experts");
@@ -181,7 +181,7 @@ void QwenModel::linear_at(int64_t l, int t, const float* x, int64_t T, const Lin
   const LoraBranch& b = lora_linears_[static_cast<size_t>(l * 7 + t)];
   if (b.A == nullptr) return;
   std::vector<float> u(static_cast<size_t>(T * b.r));
-  lora_branch_forward(b, lora_->scaling, x, T, bias, y, u.data());
+  lora_branch_forward(b, x, T, bias, y, u.data());
 }
 
 template <typename AttnFn>

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <memory>
+#include <set>
 #include <type_traits>
 #include <vector>
 
@@ -229,14 +230,27 @@ TrainReport train_lora(const TrainOptions& o) {
   // step takes world · grad_accum micro-batches.
   const int64_t per_step = o.grad_accum * world;
   int64_t total = o.max_steps;
-  if (total <= 0) {
+  // --eval-every / --save-every epoch: the steps that take an epoch's last micro-batch (counted by the same dry pass,
+  // over max_steps' micro-batches with --max-steps).
+  const bool per_epoch = o.eval_per_epoch || o.save_per_epoch;
+  std::set<int64_t> epoch_end_steps;
+  if (total <= 0 || per_epoch) {
     SftBatchIterator dry(data.train, bo);
     SftBatch b;
-    int64_t batches = 0;
-    while (dry.next(&b)) ++batches;
-    total = (batches + per_step - 1) / per_step;
-    if (o.grpo) total *= o.grpo_options.num_iterations;  // each generation trains num_iterations steps
+    int64_t batches = 0, last_epoch = -1;
+    const int64_t limit = total > 0 ? total * per_step : -1;
+    while ((limit < 0 || batches < limit) && dry.next(&b)) {
+      if (b.epoch != last_epoch && batches > 0) epoch_end_steps.insert((batches - 1) / per_step + 1);
+      last_epoch = b.epoch;
+      ++batches;
+    }
+    if (total <= 0) {
+      total = (batches + per_step - 1) / per_step;
+      epoch_end_steps.insert(total);  // the last epoch ends with the run
+      if (o.grpo) total *= o.grpo_options.num_iterations;  // each generation trains num_iterations steps
+    }
   }
+  const auto epoch_end = [&](int64_t step) { return epoch_end_steps.count(step) > 0; };
   SftBatchIterator it(data.train, bo);
   // The schedule, checked again now that the step count is known (e.g. warmup_stable_decay's phases within the run).
   const LrSchedule schedule = run_schedule(o, total);
@@ -736,9 +750,10 @@ TrainReport train_lora(const TrainOptions& o) {
     }
     if (!grpo_step.completions.empty()) completions << std::flush;
     bar.update(st.step, step_progress_text(log));
-    if (eval_every > 0 && st.step % eval_every == 0 && st.step < total) early_stop = judge(run_eval(st.step), st.step, true);
+    const bool eval_now = (eval_every > 0 && st.step % eval_every == 0) || (o.eval_per_epoch && epoch_end(st.step));
+    if (eval_now && st.step < total) early_stop = judge(run_eval(st.step), st.step, true);
     const bool keep_best = best && o.best.load_best && best->best_step() == st.step;
-    if ((save_every > 0 && st.step % save_every == 0) || keep_best) {
+    if ((save_every > 0 && st.step % save_every == 0) || (o.save_per_epoch && epoch_end(st.step)) || keep_best) {
       sync_host();
       check_in_step("after step " + std::to_string(st.step));
       if (best) st.best_model = best->state();

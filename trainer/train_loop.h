@@ -114,6 +114,11 @@ struct TrainOptions {
   // transformers' default eval_on_start=False), the first evaluation then being step eval_every's.
   bool eval_on_start = true;
   double save_every = 0;
+  // transformers' eval_strategy / save_strategy "epoch" (`--eval-every epoch`, `--save-every epoch`): an evaluation
+  // (a checkpoint) after the step that takes the last micro-batch of each epoch, besides any of eval_every's
+  // (save_every's). Epochs run on without a break here (a step may hold the end of one and the start of the next),
+  // so that step is the epoch's end; with --max-steps the epochs the steps reach. Not with GRPO.
+  bool eval_per_epoch = false, save_per_epoch = false;
   int64_t save_total_limit = 2;
   // The best model and early stopping (trainer/best_model.h: transformers' load_best_model_at_end,
   // metric_for_best_model, greater_is_better, EarlyStoppingCallback): every evaluation after step 0 (eval_every and

@@ -83,6 +83,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
           {"thinking", o.data.templ.enable_thinking},     {"train_on_prompt", o.data.templ.train_on_prompt},
           {"alpaca_chat", o.data.templ.alpaca_chat},    {"mask_history", o.data.templ.mask_history}};
   if (!o.eval_data_path.empty()) k["eval_data"] = o.eval_data_path;  // absent otherwise: older checkpoints still match
+  if (o.lora.selects_finely()) k["lora_selection"] = lora_selection_str(o.lora);  // likewise
   if (o.cpu_bf16_matmul) k["cpu_matmul"] = "bf16";  // likewise
   if (o.group != nullptr && o.group->world() > 1) k["nproc"] = o.group->world();  // the same: a step's micro-batches
   if (o.dpo) {  // absent for the token loss: older checkpoints still match
@@ -261,6 +262,9 @@ void check_train_options(const TrainOptions& o, bool lead) {
     QWENQ_CHECK(std::isfinite(every) && every >= 0 && (every < 1 || every == std::floor(every)),
                 flag << " must be a whole number of steps, or a fraction of the run's steps in (0, 1), not " << every);
   }
+  QWENQ_CHECK(!o.grpo || !(o.eval_per_epoch || o.save_per_epoch),
+              "--objective grpo: --eval-every / --save-every epoch are not supported (a GRPO step count is the prompts' "
+              "generations times --num-iterations): give a number of steps");
   if (plateau_schedule(o)) {  // (a warm-up step count is refused by the schedule's own check above)
     QWENQ_CHECK(o.warmup_ratio == 0, "--scheduler reduce_lr_on_plateau has no warm-up (transformers' Trainer passes it "
                                      "none): leave --warmup-ratio out");
@@ -277,7 +281,8 @@ void check_train_options(const TrainOptions& o, bool lead) {
     const char* what = o.best.load_best ? "--load-best-model-at-end"
                        : o.best.tracking() ? "--early-stopping-patience"
                                            : "--scheduler reduce_lr_on_plateau";
-    QWENQ_CHECK(o.eval_every > 0, what << " compares the evaluations during the run: give --eval-every N");
+    QWENQ_CHECK(o.eval_every > 0 || o.eval_per_epoch,
+                what << " compares the evaluations during the run: give --eval-every N (or epoch)");
     QWENQ_CHECK(!o.eval_data_path.empty() || o.data.eval_fraction > 0 || o.data.eval_count > 0,
                 what << " needs held-out examples: give --eval-fraction, --eval-count or --eval-data");
     QWENQ_CHECK(o.best.patience >= 0, "--early-stopping-patience must be >= 0");

@@ -2,7 +2,7 @@
 # Kill and resume through the command line: `qwen-qlora train` killed with SIGKILL after its first checkpoint and
 # continued with --resume logs the same losses, bit for bit, as an uninterrupted run, and leaves the same adapter.
 # Also: a JSON --config gives the same run as the same options on the command line (a false boolean is the flag
-# turned off); --no-eval-on-start; --cpu-matmul bf16.
+# turned off); --no-eval-on-start; --cpu-matmul bf16; --eval-every / --save-every as fractions and per epoch.
 set -euo pipefail
 QQ="$1"; SRC="$2"; WORK="$3"
 QL="$(dirname "$QQ")/qwen-qlora"
@@ -149,4 +149,43 @@ assert steps == [0, 2, 4, 6, 8], steps
 PY
 [ "$(ls -d "$WORK"/frac/checkpoint-* | xargs -n1 basename | tr '\n' ' ')" = "checkpoint-4 checkpoint-8 " ] \
   || fail "checkpoints at the fractions' steps: $(ls "$WORK/frac")"
+# --eval-every epoch / --save-every epoch (transformers' eval_strategy / save_strategy "epoch"): an evaluation and a
+# checkpoint after each step that ends an epoch (one micro-batch per step here: the last step whose record names the
+# epoch), the last at the end of the run; the same with --max-steps cutting the third epoch short; a word other than
+# "epoch" refused.
+"$QL" train --config "$WORK/run.json" --max-steps 0 --epochs 3 --grad-accum 1 --batch-size 8 --lora-dropout 0 \
+  --eval-every epoch --save-every epoch --save-total-limit 0 --out "$WORK/ep" > "$WORK/ep.txt" 2>&1 \
+  || fail "--eval-every epoch --save-every epoch"
+"$QL" train --config "$WORK/run.json" --max-steps 0 --epochs 3 --grad-accum 1 --batch-size 8 --lora-dropout 0 \
+  --eval-every epoch --save-every epoch --save-total-limit 0 --out "$WORK/ep2" > /dev/null 2>&1 \
+  || fail "the per-epoch run again"
+python3 - "$WORK/ep" <<'PY' || fail "evaluations and checkpoints at the epochs' ends"
+import json, os, sys
+d = sys.argv[1]
+recs = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+steps = [r for r in recs if "loss" in r and "step" in r and "epoch" in r]
+ends = [s["step"] for s, n in zip(steps, steps[1:]) if n["epoch"] != s["epoch"]] + [steps[-1]["step"]]
+assert len(ends) == 3 and len(set(s["epoch"] for s in steps)) == 3, (ends, [(s["step"], s["epoch"]) for s in steps])
+evals = [r["step"] for r in recs if "eval_loss" in r]
+assert evals == [0] + ends, (evals, ends)
+ckpts = sorted(int(n.split("-")[1]) for n in os.listdir(d) if n.startswith("checkpoint-"))
+assert ckpts == ends, (ckpts, ends)
+PY
+cmp "$WORK/ep/adapter_model.safetensors" "$WORK/ep2/adapter_model.safetensors" || fail "the per-epoch run is not reproducible"
+# With --max-steps two steps past the first epoch's end: an evaluation there, and at the end.
+first_end=$(ls -d "$WORK"/ep/checkpoint-* | sed 's/.*checkpoint-//' | sort -n | head -1)
+"$QL" train --config "$WORK/run.json" --max-steps $((first_end + 2)) --grad-accum 1 --batch-size 8 --lora-dropout 0 \
+  --eval-every epoch --out "$WORK/epmax" > "$WORK/epmax.txt" 2>&1 || fail "--eval-every epoch with --max-steps"
+python3 - "$WORK/epmax/metrics.jsonl" "$first_end" <<'PY' || fail "per-epoch evaluations with --max-steps"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+e = int(sys.argv[2])
+assert [r["step"] for r in recs if "eval_loss" in r] == [0, e, e + 2], recs
+PY
+if "$QL" train --config "$WORK/run.json" --eval-every epochs --out "$WORK/epbad" > "$WORK/epbad.txt" 2>&1; then
+  fail "--eval-every epochs accepted"
+fi
+grep -q "must be a number of steps (>= 0), a fraction of the run's steps, or 'epoch', not 'epochs'" "$WORK/epbad.txt" \
+  || fail "the --eval-every refusal"
+[ ! -e "$WORK/epbad" ] || fail "a refused run wrote its directory"
 echo "qlora resume CLI: OK"

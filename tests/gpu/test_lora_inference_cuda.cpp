@@ -184,7 +184,7 @@ void expect_forward_matches_merged(const std::string& dir, const LoraAdapter& a,
   QwenModelCuda gpu(base);
   gpu.attach_adapter(a, "adapter of " + what);
   ASSERT_NE(gpu.adapter(), nullptr);
-  EXPECT_EQ(gpu.adapter()->rank(), a.rank());
+  EXPECT_EQ(gpu.adapter()->rank(), a.uniform_rank());
   EXPECT_EQ(gpu.adapter()->num_linears(), static_cast<int64_t>(a.slots().size()));  // a MoE layer's experts each
   const int64_t V = base.config().vocab_size;
   const std::vector<std::vector<int64_t>> batches = {{1, 7, 33}, {100, 65}};

@@ -84,6 +84,11 @@ def spread_weights(model):
                 p.copy_(torch.randn_like(p) / (p.shape[-1] ** 0.5))
 
 
+def rel_err(got, want):
+    """max |got - want| / max |want| of two torch tensors (logits), as a float."""
+    return float((got - want).abs().max() / want.abs().max())
+
+
 def tiny_qwen2_with_lora(out):
     """The preference oracles' model: a tiny random Qwen2 (fp32, eager attention, weights spread, untied head) saved
     at out/base, wrapped in a PEFT LoRA adapter on all seven Linears (r=4, alpha=8, no dropout); returns

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 
-from oracle_common import check, finish, parse_args, run, run_gtest, skip, spread_weights, work_dir
+from oracle_common import check, finish, parse_args, rel_err, run, run_gtest, skip, spread_weights, work_dir
 
 args = parse_args(__doc__)
 try:
@@ -51,10 +51,6 @@ def dora_params(model):
         if check(m is not None, f"unexpected PEFT parameter name {name}"):
             out[(int(m.group(1)), m.group(2), m.group(3))] = p.detach()
     return out
-
-
-def rel_err(got, want):
-    return float((got - want).abs().max() / want.abs().max())
 
 
 root = work_dir(args.build, "dora_oracle")

@@ -35,7 +35,7 @@ double mean_logit_error(const QwenModel& m, const LoraAdapter& adapter, const st
 }
 
 void expect_padding_untouched(const LoraAdapter& a, int64_t layers, int64_t intermediate, int64_t padded) {
-  const int64_t r = a.rank();
+  const int64_t r = a.uniform_rank();
   for (int64_t l = 0; l < layers; ++l) {
     const LoraWeights& up = a.at(l, LoraTarget::UpProj);
     for (int64_t n = intermediate; n < padded; ++n)
