@@ -201,6 +201,16 @@ for name, rs in (("yarn", {"type": "yarn", "factor": 4.0, "original_max_position
                              "original_max_position_embeddings": 64})):
     put("model_config:dense", "config_rope_" + name + ".json", json.dumps(dict(dense_cfg, rope_scaling=rs)).encode())
 put("adapter_config", "adapter_config.json", open(os.path.join(out, "adapter", "adapter_config.json"), "rb").read())
+# The same adapter selected by PEFT's finer fields (lora/lora_select.h), each choosing the Linears and ranks the file
+# holds (a seed must load): every layer listed, a rank pattern of its own rank, an alpha pattern, an exclusion of a
+# module it lacks, a regex target.
+acfg = json.load(open(os.path.join(out, "adapter", "adapter_config.json")))
+layers = json.load(open(os.path.join(out, "models", "dense", "config.json")))["num_hidden_layers"]
+for name, extra in (("layers", {"layers_to_transform": list(range(layers)), "layers_pattern": "layers"}),
+                    ("patterns", {"rank_pattern": {"q_proj": acfg["r"]}, "alpha_pattern": {"v_proj": 4},
+                                  "exclude_modules": ["lm_head"]}),
+                    ("regex", {"target_modules": r".*\.(q|k|v|o|gate|up|down)_proj", "exclude_modules": r"lm_.*"})):
+    put("adapter_config", "adapter_config_" + name + ".json", json.dumps(dict(acfg, **extra)).encode())
 put("adapter_header", "header.json", header(os.path.join(out, "adapter", "adapter_model.safetensors")))
 put("safetensors", "adapter.safetensors", open(os.path.join(out, "adapter", "adapter_model.safetensors"), "rb").read())
 # A llama2.c checkpoint: dim 8, hidden 16, 1 layer, 2 heads, 1 kv head, vocab 512 (tok512's), seq_len 4.
