@@ -1129,6 +1129,7 @@ LoraModelCuda::LoraModelCuda(const QwenModel& model, const LoraAdapter& adapter,
   const QwenConfig& c = m.cfg;
   QWENQ_CHECK(!adapter.config().seq_cls(), "the GPU trainer has no score head (a reward model's adapter, task_type "
                                            "SEQ_CLS): train it on the CPU");
+  QWENQ_CHECK(adapter.gpu_refusal().empty(), "LoraModelCuda: " << adapter.gpu_refusal() << " (train on the CPU)");
   QWENQ_CHECK(options.logits_chunk_rows >= 0,
               "LoraModelCuda: logits_chunk_rows must be 0 (the default chunk) or positive, got "
                   << options.logits_chunk_rows);
