@@ -382,10 +382,12 @@ TrainReport train_lora(const TrainOptions& o) {
   if (!use_cuda) keep_heap_for_reuse();  // every step frees and takes the same large buffers (core/heap_reuse.h)
   if (!o.quiet && lead) {
     const std::string procs = world > 1 ? " (" + std::to_string(world) + " processes x " + std::to_string(o.grad_accum) + ")" : "";
-    std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es)%s of <= %lld x %lld tokens; adapter r=%lld on %zu "
-                 "Linears per layer, %lld parameters\n", (long long)total, (long long)per_step, procs.c_str(),
-                 (long long)o.batch_size, (long long)o.seq_len, (long long)lcfg.r, adapter.targets().size(),
-                 (long long)adapter.num_parameters());
+    const std::string where = lcfg.selects_finely()  // PEFT's finer selection: how many Linears, and which
+                                  ? std::to_string(adapter.slots().size()) + " Linears (" + lora_selection_str(lcfg) + ")"
+                                  : std::to_string(adapter.targets().size()) + " Linears per layer";
+    std::fprintf(stderr, "train: %lld steps of %lld micro-batch(es)%s of <= %lld x %lld tokens; adapter r=%lld on %s, "
+                 "%lld parameters\n", (long long)total, (long long)per_step, procs.c_str(), (long long)o.batch_size,
+                 (long long)o.seq_len, (long long)lcfg.r, where.c_str(), (long long)adapter.num_parameters());
     if (o.neftune_noise_alpha > 0)
       std::fprintf(stderr, "train: NEFTune: embedding noise alpha %g (half-width %.3g per element at %lld-token rows)\n",
                    o.neftune_noise_alpha, neftune_half_width(o.neftune_noise_alpha, o.seq_len, model.config().hidden_size),
