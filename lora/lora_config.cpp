@@ -205,15 +205,24 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t") - b + 1);
 }
 
+// The comma-separated items of a command-line list, each trimmed ("" for an empty one: the caller names it).
+std::vector<std::string> comma_items(const std::string& spec) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= spec.size()) {
+    const size_t comma = std::min(spec.find(',', start), spec.size());
+    out.push_back(trim(spec.substr(start, comma - start)));
+    start = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<std::string> parse_lora_targets(const std::string& spec) {
   if (trim(spec) == "all-linear") return all_targets();
-  std::vector<std::string> names;
-  size_t start = 0;
-  while (start <= spec.size()) {
-    const size_t comma = std::min(spec.find(',', start), spec.size());
-    const std::string name = trim(spec.substr(start, comma - start));
+  const std::vector<std::string> names = comma_items(spec);
+  for (const std::string& name : names) {
     LoraTarget t;
     QWENQ_CHECK(!name.empty(), "empty LoRA target in '" << spec << "' (valid: " << lora_valid_target_list()
                                                         << ", or all-linear)");
@@ -221,21 +230,14 @@ std::vector<std::string> parse_lora_targets(const std::string& spec) {
                                                                       << lora_valid_target_list()
                                                                       << ", all-linear, or a module path ending in "
                                                                       << "one: self_attn.q_proj)");
-    names.push_back(name);
-    start = comma + 1;
   }
   return in_table_order(names);
 }
 
 std::vector<std::string> parse_name_list(const std::string& spec, const std::string& flag) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start <= spec.size()) {
-    const size_t comma = std::min(spec.find(',', start), spec.size());
-    const std::string item = trim(spec.substr(start, comma - start));
+  const std::vector<std::string> out = comma_items(spec);
+  for (const std::string& item : out) {
     QWENQ_CHECK(!item.empty(), flag << ": empty item in '" << spec << "' (a comma-separated list)");
-    out.push_back(item);
-    start = comma + 1;
   }
   return out;
 }

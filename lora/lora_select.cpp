@@ -25,7 +25,7 @@ struct Selector {
   Selector(const LoraConfig& config, const std::string& source) : c(config) {
     if (!c.target_regex.empty()) target = compile_python_regex(c.target_regex, source + ": target_modules");
     if (!c.exclude_regex.empty()) exclude = compile_python_regex(c.exclude_regex, source + ": exclude_modules");
-    if (c.layers_pattern.empty()) {
+    if (c.layers_pattern.empty() && !c.layers_to_transform.empty()) {  // (read only with layers_to_transform)
       layer_index.push_back(compile_python_regex(R"(.*\.[^.]*\.(\d+)\.)", source + ": layer index"));
     }
     for (const std::string& p : c.layers_pattern) {

@@ -8,6 +8,7 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "lora/lora_select.h"
 
 namespace qwenq {
 
@@ -124,15 +125,13 @@ LoraAdapter load_peft_adapter(const std::string& dir, const LoraDims& dims) {
   }
   for (size_t i = 0; i < adapter.slots().size(); ++i) {
     const LoraSlot& sl = adapter.slots()[i];
-    const LoraTarget t = sl.target;
     LoraWeights& w = adapter.weights(i);
     for (bool is_b : {false, true}) {
       const std::string name = peft_tensor_name(sl, is_b);
       expected.insert(name);
       QWENQ_CHECK(file.has(name), path << ": tensor " << name << " is missing (adapter_config.json's "
                                        << (config.selects_finely() ? "selection" : "target_modules") << ", "
-                                       << lora_selection_str(config) << ", adapts " << lora_target_name(t)
-                                       << " of layer " << sl.layer << ")");
+                                       << lora_selection_str(config) << ", adapts " << lora_module_key(sl) << ")");
       const TensorView& v = file.get(name);
       const std::vector<int64_t> want = is_b ? std::vector<int64_t>{w.N, w.r} : std::vector<int64_t>{w.r, w.K};
       QWENQ_CHECK(v.shape == want, path << ": tensor " << name << " has shape " << shape_str(v.shape)

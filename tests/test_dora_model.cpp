@@ -14,6 +14,7 @@
 #include "tests/support/directional_fd.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/quantize_model.h"
@@ -63,14 +64,7 @@ PackedBatch test_batch() {
   return PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17}, {42, 17, 99, 100}, {7}});
 }
 
-template <typename F>
-void for_each_value(LoraAdapter& a, F&& f) {
-  for (size_t i = 0; i < a.slots().size(); ++i) {
-    for (auto& v : a.weights(i).A) f(v);
-    for (auto& v : a.weights(i).B) f(v);
-    for (auto& v : a.weights(i).m) f(v);
-  }
-}
+using test::for_each_adapter_value;
 
 TEST(DoraModel, FreshAdapterIsTheBaseModel) {
   QwenModel m(test::make_tiny_model(test::scratch_dir() + "/m", 21));
@@ -101,11 +95,10 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
     opt.dropout_seed = 1234;
     opt.bf16_checkpoints = false;
     opt.dora_norms_from = &a;  // n fixed at the unperturbed adapter: the function the detached backward differentiates
-    LoraAdapter g = a;
-    for_each_value(g, [](float& v) { v = 0.f; });
+    LoraAdapter g = test::zeros_like(a);
     lora_loss_and_grad(m, a, b, targets, &g, opt);
     std::vector<float> grad;
-    for_each_value(g, [&](float& v) { grad.push_back(v); });
+    for_each_adapter_value(g, [&](float& v) { grad.push_back(v); });
     double mnorm = 0, expert_mnorm = 0;
     for (size_t i = 0; i < g.slots().size(); ++i)
       for (float v : g.weights(i).m) (g.slots()[i].expert == kNoExpert ? mnorm : expert_mnorm) += double(v) * v;
@@ -116,7 +109,7 @@ TEST(DoraModel, GradientsMatchFiniteDifferences) {
     auto loss_at = [&](const std::vector<float>& d, double h) {
       LoraAdapter p = a;
       size_t i = 0;
-      for_each_value(p, [&](float& v) { v += static_cast<float>(h * d[i++]); });
+      for_each_adapter_value(p, [&](float& v) { v += static_cast<float>(h * d[i++]); });
       return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
     };
     test::DirectionalFdOptions fd;

@@ -16,6 +16,7 @@
 #include "tests/support/directional_fd.h"
 #include "tests/support/test_models.h"
 #include "tests/support/test_paths.h"
+#include "tests/support/test_training.h"
 #include "trainer/lora_model.h"
 #include "trainer/qwen_model.h"
 #include "trainer/random_model.h"
@@ -77,21 +78,8 @@ PackedBatch test_batch() {
   return PackedBatch::from_sequences({{1, 5, 9, 200, 3, 3, 7, 40, 41, 42, 17}, {42, 17, 99, 100}, {7}});
 }
 
-// Every adapter value, in a fixed order, through a visitor.
-template <typename F>
-void for_each_value(LoraAdapter& a, int64_t /*layers*/, F&& f) {
-  for (size_t i = 0; i < a.slots().size(); ++i) {  // every adapted Linear, a MoE expert's too
-    for (auto& v : a.weights(i).A) f(v);
-    for (auto& v : a.weights(i).B) f(v);
-  }
-}
-
-LoraAdapter zero_like(const LoraAdapter& a) {
-  LoraAdapter z = a;
-  for_each_value(z, a.dims().num_layers, [](float& v) { v = 0.f; });
-  for (size_t i = 0; i < z.slots().size(); ++i) std::fill(z.weights(i).m.begin(), z.weights(i).m.end(), 0.f);  // DoRA
-  return z;
-}
+using test::for_each_adapter_value;
+using test::zeros_like;
 
 TEST(LoraModel, ZeroBIsTheBaseModel) {
   const std::string dir = make_model(test::scratch_dir() + "/m");
@@ -132,16 +120,15 @@ TEST(LoraModel, GradientsMatchFiniteDifferences) {
     LoraStepOptions opt;
     opt.dropout_seed = 1234;
     opt.bf16_checkpoints = false;  // the exact fp32 model: bf16-rounded block inputs make the loss a step function
-    LoraAdapter g = zero_like(a);
+    LoraAdapter g = zeros_like(a);
     const LoraStepResult r = lora_loss_and_grad(m, a, b, targets, &g, opt);
     EXPECT_EQ(r.counted, 8);  // 16 tokens less each sequence's last (10, 14, 15) and 0, 3, 6, 9, 12
-    const int64_t L = m.config().num_layers;
     std::vector<float> grad;
-    for_each_value(g, L, [&](float& v) { grad.push_back(v); });
+    for_each_adapter_value(g, [&](float& v) { grad.push_back(v); });
     auto loss_at = [&](const std::vector<float>& dir, double h) {
       LoraAdapter p = a;
       size_t i = 0;
-      for_each_value(p, L, [&](float& v) { v += static_cast<float>(h * dir[i++]); });
+      for_each_adapter_value(p, [&](float& v) { v += static_cast<float>(h * dir[i++]); });
       return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
     };
     test::DirectionalFdOptions fd;
@@ -180,17 +167,14 @@ TEST(LoraModel, FineSelectionGradientsMatchFiniteDifferences) {
     opt.bf16_checkpoints = false;
     // DoRA's norms are detached in the backward (PEFT's): the differences hold them at the unperturbed adapter's.
     if (dora) opt.dora_norms_from = &a;
-    LoraAdapter g = zero_like(a);
+    LoraAdapter g = zeros_like(a);
     lora_loss_and_grad(m, a, b, targets, &g, opt);
-    std::vector<float> grad;
-    for_each_value(g, 0, [&](float& v) { grad.push_back(v); });
-    for (size_t i = 0; i < g.slots().size(); ++i) grad.insert(grad.end(), g.weights(i).m.begin(), g.weights(i).m.end());
+    std::vector<float> grad;  // A, B and DoRA's m
+    for_each_adapter_value(g, [&](float& v) { grad.push_back(v); });
     auto loss_at = [&](const std::vector<float>& d, double h) {
       LoraAdapter p = a;
       size_t k = 0;
-      for_each_value(p, 0, [&](float& v) { v += static_cast<float>(h * d[k++]); });
-      for (size_t i = 0; i < p.slots().size(); ++i)
-        for (float& v : p.weights(i).m) v += static_cast<float>(h * d[k++]);
+      for_each_adapter_value(p, [&](float& v) { v += static_cast<float>(h * d[k++]); });
       return lora_loss_and_grad(m, p, b, targets, nullptr, opt).nll_sum;
     };
     test::DirectionalFdOptions fd;
@@ -229,7 +213,7 @@ TEST(LoraModel, MaskedTargetsAreScoredFromTheFullLogits) {
   }
   LoraStepOptions opt;
   opt.bf16_checkpoints = false;  // lora_forward_logits is the fp32 model
-  LoraAdapter g = zero_like(a);
+  LoraAdapter g = zeros_like(a);
   for (LoraAdapter* grads : {static_cast<LoraAdapter*>(nullptr), &g}) {  // the loss alone, and with gradients
     const LoraStepResult r = lora_loss_and_grad(m, a, b, targets, grads, opt);
     EXPECT_EQ(r.counted, counted);
@@ -266,7 +250,7 @@ TEST(LoraModel, CheckpointingAndDropoutAreReproducible) {
       LoraStepOptions ck, keep;
       ck.dropout_seed = keep.dropout_seed = 77;
       keep.checkpointing = false;
-      LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
+      LoraAdapter g1 = zeros_like(a), g2 = zeros_like(a);
       const auto r1 = lora_loss_and_grad(m, a, b, targets, &g1, ck);
       const auto r2 = lora_loss_and_grad(m, a, b, targets, &g2, keep);
       EXPECT_EQ(r1.nll_sum, r2.nll_sum) << "dropout " << p;
@@ -297,7 +281,7 @@ TEST(LoraModel, NeftuneNoiseIsATrainingInputOnly) {
   quiet.dropout_seed = noisy.dropout_seed = keep.dropout_seed = 77;
   noisy.neftune_half_width = keep.neftune_half_width = 0.05f;
   keep.checkpointing = false;
-  LoraAdapter g1 = zero_like(a), g2 = zero_like(a);
+  LoraAdapter g1 = zeros_like(a), g2 = zeros_like(a);
   const double clean = lora_loss_and_grad(m, a, b, targets, nullptr, quiet).nll_sum;
   const double r1 = lora_loss_and_grad(m, a, b, targets, &g1, noisy).nll_sum;
   EXPECT_EQ(lora_loss_and_grad(m, a, b, targets, &g2, keep).nll_sum, r1);

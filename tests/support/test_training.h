@@ -66,4 +66,15 @@ LoraAdapter dora_with_random_b(const QwenModel& model, std::vector<std::string> 
 // accumulate.
 LoraAdapter zeros_like(const LoraAdapter& a);
 
+// Every trainable value of `a` but a score head's, through f(float&) in one fixed order: slot by slot, its A, B and (DoRA)
+// m. The finite-difference tests flatten an adapter and its gradient with it.
+template <typename F>
+void for_each_adapter_value(LoraAdapter& a, F&& f) {
+  for (size_t i = 0; i < a.slots().size(); ++i) {  // every adapted Linear, a MoE expert's too
+    for (float& v : a.weights(i).A) f(v);
+    for (float& v : a.weights(i).B) f(v);
+    for (float& v : a.weights(i).m) f(v);  // empty without DoRA
+  }
+}
+
 }  // namespace qwenq::test
