@@ -2,6 +2,7 @@
 // write; the adapter count equals LoraAdapter::num_parameters(); the 72B verdicts (4-bit fits each of 8 data-parallel
 // 80 GB GPUs, bf16 does not, and the plan names the NF4 figure); rejected configurations; and a measured check of the CPU activation + workspace
 // prediction against the resident memory the real trainer step (trainer/lora_model.h) adds.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <malloc.h>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -24,6 +26,7 @@
 #include "lora/lora_adapter.h"
 #include "quant/nf4_checkpoint.h"
 #include "tests/support/scoped_env.h"
+#include "tests/support/test_errors.h"
 #include "tests/support/test_paths.h"
 #include "trainer/lora_model.h"
 #include "trainer/memory_plan.h"
@@ -223,6 +226,104 @@ TEST(MemoryPlan, AdapterParamsEqualLoraAdapter) {
   EXPECT_EQ(plan_memory(in).lora_params, 80 * per_layer);
 }
 
+// PEFT's finer selection (lora/lora_select.h): each layer's own Linears and ranks. The parameters are the adapter's
+// (LoraAdapter applies the same rules, checked against PEFT by test_lora_select_oracle); without checkpointing every
+// layer keeps the buffers of its own adapters, with it one set grown to the largest rank of each target.
+TEST(MemoryPlan, FineSelectionCountsEachLayersOwnAdapters) {
+  PlanInput in;
+  in.model = qwen_preset("qwen2.5-0.5b");
+  in.model.num_layers = 2;
+  in.device = PlanDevice::Cpu;
+  in.device_bytes = uint64_t{1} << 36;
+  in.cpu_threads = 2;
+  in.lora = all_linear(16);
+  in.lora.target_modules = {"q_proj"};
+  const auto plan_with = [&](bool checkpointing, int64_t r, const std::vector<std::pair<std::string, int64_t>>& ranks) {
+    PlanInput x = in;
+    x.checkpointing = checkpointing;
+    x.lora.r = r;
+    x.lora.rank_pattern = ranks;
+    return plan_memory(x);
+  };
+  for (bool checkpointing : {true, false}) {
+    const PlanResult r16 = plan_with(checkpointing, 16, {}), r4 = plan_with(checkpointing, 4, {});
+    // layer 1's q_proj at rank 4, layer 0's at 16
+    const PlanResult mixed = plan_with(checkpointing, 16, {{"layers.1.self_attn.q_proj", 4}});
+    EXPECT_EQ(mixed.lora_params, (r16.lora_params + r4.lora_params) / 2);
+    EXPECT_EQ(mixed.adapted_linears, 2);
+    if (checkpointing) {
+      EXPECT_EQ(mixed.device.act_block, r16.device.act_block) << "one BlockActs, grown to rank 16";
+    } else {
+      EXPECT_EQ(mixed.device.act_block, (r16.device.act_block + r4.device.act_block) / 2) << "each layer its own";
+    }
+    EXPECT_EQ(mixed.device.act_backward, r16.device.act_backward) << "bounded by the largest rank";
+  }
+  // The parameters of every kind of selection are the adapter's.
+  struct Case {
+    const char* what;
+    std::function<void(LoraConfig*)> set;
+  };
+  const std::vector<Case> cases = {
+      {"layers_to_transform", [](LoraConfig* l) { l->layers_to_transform = {1}; }},
+      {"module paths", [](LoraConfig* l) { l->target_modules = {"model.layers.0.mlp.down_proj", "self_attn.v_proj"}; }},
+      {"regex", [](LoraConfig* l) {
+         l->target_modules.clear();
+         l->target_regex = R"(.*\.1\.(self_attn\.k|mlp\.up)_proj)";
+       }},
+      {"exclude", [](LoraConfig* l) { l->exclude_modules = {"0.mlp.gate_proj", "o_proj"}; }},
+      {"rank and alpha patterns", [](LoraConfig* l) {
+         l->rank_pattern = {{"down_proj", 2}, {"q_proj", 32}};
+         l->alpha_pattern = {{"v_proj", 3}};
+       }},
+  };
+  for (const Case& c : cases) {
+    PlanInput x = in;
+    x.lora = all_linear(8);
+    c.set(&x.lora);
+    const PlanResult p = plan_memory(x);
+    const LoraAdapter a(lora_dims_of(x.model), x.lora);
+    EXPECT_EQ(p.lora_params, a.num_parameters()) << c.what;
+    EXPECT_EQ(p.adapted_linears, static_cast<int64_t>(a.slots().size())) << c.what;
+  }
+}
+
+// The GPU trainer lays out one rank and the same targets on every layer: a selection that is such an adapter is
+// planned as one (a regex naming every layer's q and v is --target q_proj,v_proj), any other is refused by name.
+TEST(MemoryPlan, GpuPlansOnlyTheAdapterItLaysOut) {
+  PlanInput in;
+  in.model = qwen_preset("qwen2.5-0.5b");
+  in.model.num_layers = 3;
+  in.device = PlanDevice::Cuda;
+  in.lora = all_linear(8);
+  in.lora.target_modules = {"q_proj", "v_proj"};
+  const PlanResult listed = plan_memory(in);
+  PlanInput regex = in;
+  regex.lora.target_modules.clear();
+  regex.lora.target_regex = R"(model\.layers\.\d+\.self_attn\.[qv]_proj)";
+  const PlanResult by_regex = plan_memory(regex);
+  EXPECT_EQ(by_regex.lora_params, listed.lora_params);
+  EXPECT_EQ(by_regex.device.total, listed.device.total);
+  in.lora.use_dora = true;  // DoRA's buffers sized by the targets the regex names
+  regex.lora.use_dora = true;
+  EXPECT_EQ(plan_memory(regex).device.total, plan_memory(in).device.total);
+
+  PlanInput subset = in;
+  subset.lora.layers_to_transform = {0, 2};
+  EXPECT_THAT(test::error_of([&] { plan_memory(subset); }),
+              testing::AllOf(testing::HasSubstr("other Linears in some layers"), testing::HasSubstr("--device cpu")));
+  PlanInput ranks = in;
+  ranks.lora.rank_pattern = {{"v_proj", 4}};
+  EXPECT_THAT(test::error_of([&] { plan_memory(ranks); }),
+              testing::AllOf(testing::HasSubstr("model.layers.0.self_attn.v_proj"),
+                             testing::HasSubstr("rank or alpha of its own")));
+  subset.device = PlanDevice::Cpu;  // the CPU trainer takes both
+  subset.device_bytes = uint64_t{1} << 36;
+  ranks.device = PlanDevice::Cpu;
+  ranks.device_bytes = uint64_t{1} << 36;
+  EXPECT_EQ(plan_memory(subset).adapted_linears, 4);
+  EXPECT_EQ(plan_memory(ranks).adapted_linears, 6);
+}
+
 PlanInput qwen72b(PlanBase base, int gpus) {
   PlanInput in;
   in.model_name = "qwen2.5-72b";
@@ -338,7 +439,8 @@ TEST(MemoryPlan, RejectsWhatItCannotPlan) {
   in.model = qwen_preset("tiny");
   in.gpus = 1;
   in.lora.r = 40;  // k_proj of tiny is [32, 64]
-  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("LoRA rank 40 is larger than self_attn.k_proj"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { plan_memory(in); }).find("r=40 exceeds min(N, K) = 32 of model.layers.0.self_attn.k_proj"),
+            std::string::npos);
 }
 
 // ---- measured -----------------------------------------------------------------------------------------------
@@ -396,11 +498,12 @@ PackedBatch token_batch(int64_t B, int64_t S, int64_t vocab, uint64_t seed) {
 
 // Runs one lora_loss_and_grad step on `dir` (after a short warm-up step that maps every weight page, starts the
 // threads and sizes the grads) and compares the peak RSS it adds with the CPU plan's activations + workspace.
+// `selection`: a finer LoRA selection than all-linear at rank r (its own r and targets).
 void check_measured(const std::string& dir, PlanBase base, int64_t B, int64_t S, int64_t r, bool checkpointing = true,
-                    bool dora = false, double dropout = 0, bool bf16 = false) {
+                    bool dora = false, double dropout = 0, bool bf16 = false, const LoraConfig* selection = nullptr) {
   const QwenModel model(dir);
   PlanInput in = plan_for_dir(dir, base);
-  in.lora = all_linear(r);
+  in.lora = selection ? *selection : all_linear(r);
   in.lora.use_dora = dora;
   in.lora.dropout = dropout;
   in.batch_size = B;
@@ -456,6 +559,16 @@ TEST(MemoryPlanMeasured, Qwen05bOneLayerGptqMatchesRss) {
   // at 512 tokens, 0.97 at 2048 (2026-12-06).
   check_measured(gptq_model(test::scratch_dir(), "qwen2.5-0.5b", 1, 128), PlanBase::Gptq, 1, 512, 16, true, false, 0,
                  /*bf16=*/true);
+}
+
+// A fine selection (layer 1 at a rank of its own, layer 0 without down_proj), each layer keeping its own buffers.
+TEST(MemoryPlanMeasured, TinyGptqFineSelectionMatchesRss) {
+  const std::string dir = gptq_model(test::scratch_dir(), "tiny", 0, 32);
+  LoraConfig fine = all_linear(8);
+  fine.rank_pattern = {{"layers.1.mlp.up_proj", 32}, {"layers.1.self_attn.q_proj", 32}};
+  fine.exclude_modules = {"0.mlp.down_proj"};
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/false, false, 0, false, &fine);
+  check_measured(dir, PlanBase::Gptq, 8, 2048, 8, /*checkpointing=*/true, false, 0, false, &fine);
 }
 
 // DoRA's z, v, n and backward temporaries counted in the CPU plan.
@@ -534,6 +647,12 @@ TEST(MemoryPlanMoe, AdapterParamsEqualLoraAdapter) {
             << preset << " " << targets << (dora ? " DoRA" : "");
       }
     }
+    // The experts of layer 1 only (the layer index read with layers_pattern "layers", not the expert's)
+    in.lora = all_linear(8);
+    in.lora.target_modules = {"down_proj"};
+    in.lora.layers_to_transform = {1};
+    in.lora.layers_pattern = {"layers"};
+    EXPECT_EQ(plan_memory(in).lora_params, LoraAdapter(lora_dims_of(in.model), in.lora).num_parameters()) << preset;
   }
 }
 

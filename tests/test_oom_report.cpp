@@ -144,7 +144,19 @@ TEST(OomReport, AdvisesA4BitBaseOrASmallerRankWhenThoseHoldTheMost) {
   PlanInput bad = qwen05b_input();
   bad.lora.r = 100000;
   const std::string r = plan_vs_live_report(bad, e.facts());
-  EXPECT_EQ(r.rfind("(no plan for this run: LoRA rank 100000 is larger than", 0), 0u) << r;
+  EXPECT_EQ(r.rfind("(no plan for this run: plan: LoRA rank r=100000 exceeds min(N, K)", 0), 0u) << r;
+}
+
+// The plan command names the targets the GPU adapter has on every layer, whatever selection named them.
+TEST(OomReport, PlanCommandListsTheTargetsARegexSelects) {
+  DeviceAllocator alloc(std::make_unique<FakeDevice>(8 * GiB));
+  std::vector<DeviceAllocation> keep;
+  const OutOfMemoryError e = fail(alloc, 1 * GiB, 20 * MiB, 6 * GiB, 2 * GiB, MemoryTag::Activations, &keep);
+  PlanInput in = qwen05b_input();
+  in.lora.target_modules.clear();
+  in.lora.target_regex = R"(.*\.(v_proj|self_attn\.q_proj|down_proj))";
+  const std::string r = plan_vs_live_report(in, e.facts());
+  EXPECT_NE(r.find("--lora-r 16 --target q_proj,v_proj,down_proj --batch-size"), std::string::npos) << r;
 }
 
 TEST(OomReport, TakesTheRunsBaseFormatFromTheModelDirectory) {

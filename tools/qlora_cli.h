@@ -45,6 +45,20 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
 // sft->batch_mode becomes padding).
 void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainOptions* o);
 
+// Which Linears the adapter adapts, train's and plan's: --target (names, module paths or all-linear) or
+// --target-regex, and PEFT's finer fields --layers-to-transform, --layers-pattern, --exclude-modules,
+// --exclude-regex, --rank-pattern, --alpha-pattern (lora/lora_select.h), as given; parsed by apply_lora_selection.
+struct LoraSelectionFlags {
+  std::string targets = "all-linear";
+  std::string target_regex, layers, layers_pattern, exclude, exclude_regex, rank_pattern, alpha_pattern;
+};
+void add_lora_selection_flags(CLI::App* c, LoraSelectionFlags* f);
+// Some selection flag given on the command line (or by train --config).
+bool lora_selection_given(const CLI::App& c);
+// The flags into lora's selection fields; refuses --target with --target-regex, both exclusions, and what
+// LoraConfig::validate refuses (PEFT's own refusals), before any work.
+void apply_lora_selection(const CLI::App& c, const LoraSelectionFlags& f, LoraConfig* lora);
+
 // `train --config FILE.json`: the file's options inserted before the command line's (which then win).
 std::vector<std::string> expand_train_config(const std::vector<std::string>& args);
 

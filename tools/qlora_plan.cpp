@@ -25,7 +25,8 @@ namespace qwenq::cli {
 namespace {
 
 struct PlanArgs {
-  std::string model, preset, base = "auto", targets = "all-linear", device = "cuda";
+  std::string model, preset, base = "auto", device = "cuda";
+  LoraSelectionFlags selection;
   int64_t layers = 0;
   int bits = 4;
   int64_t group_size = 128, nf4_blocksize = 64;
@@ -85,7 +86,7 @@ void run_plan(const PlanArgs& a, const CLI::App& cmd) {
   in.lora.alpha = a.lora_alpha > 0 ? a.lora_alpha : 2.0 * static_cast<double>(a.lora_r);
   in.lora.dropout = a.lora_dropout;
   in.lora.use_dora = a.use_dora;
-  in.lora.target_modules = parse_lora_targets(a.targets);
+  apply_lora_selection(cmd, a.selection, &in.lora);
   in.batch_size = a.batch_size;
   in.seq_len = a.seq_len;
   in.checkpointing = !a.no_checkpointing;
@@ -132,8 +133,7 @@ void register_qlora_plan(CLI::App& app) {
   cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (> 0 keeps the dropped inputs on the CPU; none on the GPU)")
       ->capture_default_str();
   cmd->add_flag("--use-dora", a->use_dora, "DoRA: a magnitude per output row and its activations");
-  cmd->add_option("--target", a->targets, "LoRA targets: all-linear or a list like q_proj,v_proj")
-      ->capture_default_str();
+  add_lora_selection_flags(cmd, &a->selection);
   cmd->add_option("--batch-size", a->batch_size, "sequences per micro-batch (B)")->capture_default_str();
   cmd->add_option("--seq-len", a->seq_len, "tokens per sequence (S)")->capture_default_str();
   cmd->add_flag("--no-checkpointing", a->no_checkpointing, "keep every block's activations instead of recomputing (CPU only: the GPU trainer always checkpoints)");

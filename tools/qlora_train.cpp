@@ -32,7 +32,7 @@ namespace {
 struct TrainArgs {
   TrainOptions opt;
   SftFlags sft;
-  std::string model, targets = "all-linear", adapter_dtype = "fp32", cpu_matmul = "fp32";
+  std::string model, adapter_dtype = "fp32", cpu_matmul = "fp32";
   DpoFlags dpo;
   std::string config;
   bool no_checkpointing = false;  // a plain flag: CLI11 shows "!--flag"s as "{false}"
@@ -40,8 +40,7 @@ struct TrainArgs {
   bool greater = false, not_greater = false;  // --greater-is-better, --no-greater-is-better
   std::string scheduler_kwargs;               // JSON text
   std::string eval_every = "0", save_every = "0";  // a number of steps or a fraction, or "epoch"
-  // PEFT's finer selection (lora/lora_select.h): as given, parsed in the callback.
-  std::string target_regex, layers, layers_pattern, exclude, exclude_regex, rank_pattern, alpha_pattern;
+  LoraSelectionFlags selection;  // as given, parsed in the callback
   int nproc = 1;
   CommonOptions common;
 };
@@ -104,10 +103,7 @@ void adopt_adapter_settings(const CLI::App& c, const std::string& dir, LoraConfi
   refuse(given("--lora-alpha") && run->alpha != ac.alpha, "--lora-alpha", alpha.str());
   refuse(given("--rslora") && run->use_rslora != ac.use_rslora, "--rslora", "use_rslora false");
   refuse(given("--use-dora") && run->use_dora != ac.use_dora, "--use-dora", "use_dora false");
-  const bool selection_given = given("--target") || given("--target-regex") || given("--layers-to-transform") ||
-                               given("--layers-pattern") || given("--exclude-modules") || given("--exclude-regex") ||
-                               given("--rank-pattern") || given("--alpha-pattern");
-  refuse(selection_given && !same_lora_selection(*run, ac), "the module selection (--target, ...)",
+  refuse(lora_selection_given(c) && !same_lora_selection(*run, ac), "the module selection (--target, ...)",
          "selection " + lora_selection_str(ac));
   run->r = ac.r;
   run->alpha = ac.alpha;
@@ -142,22 +138,6 @@ void parse_every(const std::string& text, const char* flag, double* every, bool*
                    << "'");
   QWENQ_CHECK(v >= 0, flag << ": must be at least 0, got " << text);  // (CLI11's words for the other flags)
   *every = v;
-}
-
-// --target or --target-regex, and PEFT's finer selection flags, into the run's LoRA config.
-void apply_lora_selection(const CLI::App& c, const TrainArgs& a, LoraConfig* lora) {
-  const bool regex = !a.target_regex.empty();
-  QWENQ_CHECK(!regex || c.get_option("--target")->count() == 0, "give --target or --target-regex, not both");
-  QWENQ_CHECK(a.exclude.empty() || a.exclude_regex.empty(), "give --exclude-modules or --exclude-regex, not both");
-  lora->target_modules = regex ? std::vector<std::string>{} : parse_lora_targets(a.targets);
-  lora->target_regex = a.target_regex;
-  if (!a.layers.empty()) lora->layers_to_transform = parse_layer_list(a.layers, "--layers-to-transform");
-  if (!a.layers_pattern.empty()) lora->layers_pattern = parse_name_list(a.layers_pattern, "--layers-pattern");
-  if (!a.exclude.empty()) lora->exclude_modules = parse_name_list(a.exclude, "--exclude-modules");
-  lora->exclude_regex = a.exclude_regex;
-  if (!a.rank_pattern.empty()) lora->rank_pattern = parse_rank_pattern(a.rank_pattern, "--rank-pattern");
-  if (!a.alpha_pattern.empty()) lora->alpha_pattern = parse_alpha_pattern(a.alpha_pattern, "--alpha-pattern");
-  lora->validate();  // PEFT's own refusals (a regex with layers_to_transform, ...) before any work
 }
 
 // --nproc N (trainer/train_loop.h's data parallelism): a process started by rank 0 finds its group in the
@@ -443,26 +423,7 @@ void register_qlora_train(CLI::App& app) {
   c->add_flag("--rslora", o.lora.use_rslora, "rank-stabilized scaling s = alpha / sqrt(r)");
   c->add_flag("--use-dora", o.lora.use_dora,
               "DoRA (PEFT use_dora=True): a trained magnitude per output row of each adapted Linear");
-  c->add_option("--target", a->targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear")
-      ->capture_default_str();
-  c->add_option("--target-regex", a->target_regex,
-                "instead of --target: the Linears whose full name (model.layers.3.self_attn.q_proj) the regex matches "
-                "whole (PEFT's target_modules as a string)");
-  c->add_option("--layers-to-transform", a->layers,
-                "adapt only these layers of --target's Linears: indexes and ranges, e.g. 0,1,20-23 (PEFT's "
-                "layers_to_transform)");
-  c->add_option("--layers-pattern", a->layers_pattern,
-                "the name before the layer index in module paths, for --layers-to-transform (PEFT's layers_pattern; "
-                "e.g. layers)");
-  c->add_option("--exclude-modules", a->exclude,
-                "never adapt these modules: names or path suffixes, e.g. 0.self_attn.q_proj (PEFT's exclude_modules)");
-  c->add_option("--exclude-regex", a->exclude_regex,
-                "never adapt the Linears whose full name the regex matches whole (PEFT's exclude_modules as a string)");
-  c->add_option("--rank-pattern", a->rank_pattern,
-                "ranks of their own, a JSON object of pattern: r, e.g. '{\"down_proj\": 16}': the first pattern "
-                "matching a name's end wins (PEFT's rank_pattern; CPU training)");
-  c->add_option("--alpha-pattern", a->alpha_pattern,
-                "alphas of their own, a JSON object of pattern: lora_alpha (PEFT's alpha_pattern; CPU training)");
+  add_lora_selection_flags(c, &a->selection);
   c->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
   c->add_option("--weight-decay", o.weight_decay, "AdamW decoupled weight decay")
       ->check(at_least(0, "NONNEGATIVE"))
@@ -596,7 +557,7 @@ void register_qlora_train(CLI::App& app) {
     QWENQ_CHECK(!a->model.empty() && !o.data_path.empty() && !o.out_dir.empty(),
                 "train needs --model, --data and --out (on the command line or in --config)");
     o.model_dir = resolve_model_dir(a->model);
-    apply_lora_selection(*c, *a, &o.lora);
+    apply_lora_selection(*c, a->selection, &o.lora);
     if (!o.init_adapter.empty()) adopt_adapter_settings(*c, o.init_adapter, &o.lora);
     if (o.init_adapter.empty() && o.loftq_model.empty() && !o.resume) {
       warn_if_pissa_residual(o.model_dir, "--init-adapter");  // B = 0 on a residual starts far from the original

@@ -14,6 +14,7 @@
 #include "core/progress.h"
 #include "core/strings.h"
 #include "lora/lora_adapter.h"
+#include "lora/lora_select.h"
 #include "kernels/device_allocator.h"
 #include "kernels/dora.h"
 #include "kernels/qgemm.h"
@@ -23,6 +24,7 @@
 #include "quant/nf4.h"
 #include "quant/nf4_checkpoint.h"
 #include "trainer/lora_cuda_buffers.h"
+#include "trainer/lora_model.h"
 #include "trainer/quant_config.h"
 #include "trainer/quantize_output.h"
 #include "trainer/qwen_weight_arena.h"
@@ -39,27 +41,21 @@ constexpr LoraTarget kAll[kNumLoraTargets] = {LoraTarget::QProj,    LoraTarget::
 uint64_t u64(int64_t v) { return static_cast<uint64_t>(v); }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-LoraDims dims_of(const QwenConfig& c) {
-  LoraDims d;
-  d.hidden_size = c.hidden_size;
-  d.intermediate_size = c.intermediate_size;
-  d.q_dim = c.q_dim();
-  d.kv_dim = c.kv_dim();
-  d.num_layers = c.num_layers;
-  return d;
-}
-
 int64_t num_groups(const PlanInput& in, int64_t K) { return in.group_size == -1 ? 1 : ceil_div(K, in.group_size); }
 
-// The per-layer facts every formula needs (a dense layer's Linears; layer_totals sees a MoE layer's experts).
+// The per-layer facts every formula needs (a dense layer's Linears; layer_totals sees a MoE layer's experts), for
+// one layer or, merged, for the buffers the layers share: each target adapted where some layer adapts it, with the
+// largest rank any layer gives it (the CPU trainer grows one set of buffers to the largest of each).
 struct LayerShape {
-  int64_t C, I, H, qd, kvd, D, V, T, r;
+  int64_t C, I, H, qd, kvd, D, V, T;
   LoraShape shape[kNumLoraTargets];
-  bool adapted[kNumLoraTargets];
-  int64_t max_adapted_n = 0;  // the largest N over adapted Linears
+  int64_t rank[kNumLoraTargets];  // the target's LoRA rank (a MoE layer's experts all have the config's), 0: none
+  bool adapted[kNumLoraTargets];  // rank > 0
+  int64_t max_adapted_n = 0;      // the largest N over adapted Linears
 };
 
-LayerShape layer_shape(const PlanInput& in) {
+// The shape of layer `l` under the adapter `slots` (lora/lora_select.h), or with l = -1 of all layers merged.
+LayerShape layer_shape(const PlanInput& in, const std::vector<LoraPlanSlot>& slots, int64_t l) {
   const QwenConfig& c = in.model;
   LayerShape s{};
   s.C = c.hidden_size;
@@ -70,11 +66,15 @@ LayerShape layer_shape(const PlanInput& in) {
   s.D = c.head_dim;
   s.V = c.vocab_size;
   s.T = in.batch_size * in.seq_len;
-  s.r = in.lora.r;
-  const LoraDims dims = dims_of(c);
+  const LoraDims dims = lora_dims_of(c);
+  for (int t = 0; t < kNumLoraTargets; ++t) s.shape[t] = lora_target_shape(dims, kAll[t]);
+  for (const LoraPlanSlot& p : slots) {
+    if (l >= 0 && p.slot.layer != l) continue;
+    const int t = static_cast<int>(p.slot.target);
+    s.rank[t] = std::max(s.rank[t], p.r);
+  }
   for (int t = 0; t < kNumLoraTargets; ++t) {
-    s.shape[t] = lora_target_shape(dims, kAll[t]);
-    s.adapted[t] = in.lora.targets(kAll[t]);
+    s.adapted[t] = s.rank[t] > 0;
     if (s.adapted[t]) s.max_adapted_n = std::max(s.max_adapted_n, s.shape[t].N);
   }
   return s;
@@ -96,16 +96,12 @@ int linear_target(const LayerLinear& x) {
   return -1;
 }
 
-// One decoder layer's weights and adapters: a dense layer, or a MoE layer (its attention, router, E experts and the
-// shared expert). Every layer of one kind is alike.
+// One decoder layer's base weights: a dense layer, or a MoE layer (its attention, router, E experts and the shared
+// expert). Every layer of one kind is alike.
 struct LayerTotals {
   uint64_t linear_bytes = 0;  // the packed (or bf16) Linears
   uint64_t dense_bytes = 0;   // norms, biases and the routers, in dense_dtype
   int64_t linear_params = 0;  // Σ N·K of the packed Linears (routers not included)
-  int64_t lora_params = 0;    // Σ r·(N + K) (+ N with DoRA) over the adapted Linears
-  int64_t dora_norms = 0;     // DoRA: Σ N over the adapted Linears (the GPU trainer's row norms; 0 without DoRA)
-  uint64_t dora_scratch = 0;  // DoRA: the largest scratch of one of its GPU launches (kernels/dora.h): the row
-                              // norms of an [N, K] Linear or the split grad of T rows (an expert's rows are <= T)
 };
 LayerTotals layer_totals(const PlanInput& in, int64_t l) {
   const QwenConfig& c = in.model;
@@ -113,32 +109,41 @@ LayerTotals layer_totals(const PlanInput& in, int64_t l) {
   LayerTotals t;
   t.dense_bytes = u64(layer_dense_values(c)) * dsz;
   for (const LayerLinear& x : layer_linears(c, l)) {
-    const int target = linear_target(x);
-    if (target < 0) {
+    if (linear_target(x) < 0) {
       t.dense_bytes += u64(x.N * x.K) * dsz;
       continue;
     }
     t.linear_bytes += plan_linear_bytes(in, x.N, x.K);
     t.linear_params += x.N * x.K;
-    if (!in.lora.targets(kAll[target])) continue;
-    QWENQ_CHECK(in.lora.r <= std::min(x.N, x.K), "LoRA rank " << in.lora.r << " is larger than " << x.name << " ["
-                                                               << x.N << ", " << x.K << "] allows");
-    t.lora_params += in.lora.r * (x.N + x.K) + (in.lora.use_dora ? x.N : 0);
-    if (in.lora.use_dora) {
-      t.dora_norms += x.N;
-      const int64_t T = in.batch_size * in.seq_len;
-      t.dora_scratch = std::max({t.dora_scratch, dora_row_norms_scratch_bytes(x.N, x.K),
-                                 dora_split_grad_scratch_bytes(T, x.N)});
-    }
   }
   return t;
 }
 
+// The adapter's own figures, from its Linears (lora_plan: each with its rank, the layers it selects).
+struct AdapterTotals {
+  int64_t lora_params = 0;    // Σ r·(N + K) (+ N with DoRA) over the adapted Linears
+  int64_t dora_norms = 0;     // DoRA: Σ N over the adapted Linears (the GPU trainer's row norms; 0 without DoRA)
+  uint64_t dora_scratch = 0;  // DoRA: the largest scratch of one of its GPU launches (kernels/dora.h): the row
+                              // norms of an [N, K] Linear or the split grad of T rows (an expert's rows are <= T)
+};
+AdapterTotals adapter_totals(const PlanInput& in, const std::vector<LoraPlanSlot>& slots) {
+  AdapterTotals a;
+  const int64_t T = in.batch_size * in.seq_len;
+  for (const LoraPlanSlot& p : slots) {
+    const int64_t N = p.shape.N, K = p.shape.K;
+    a.lora_params += p.r * (N + K) + (in.lora.use_dora ? N : 0);
+    if (!in.lora.use_dora) continue;
+    a.dora_norms += N;
+    a.dora_scratch = std::max({a.dora_scratch, dora_row_norms_scratch_bytes(N, K), dora_split_grad_scratch_bytes(T, N)});
+  }
+  return a;
+}
+
 // The adapted targets in table order (a DoRA adapter's: they size the GPU trainer's DoRA buffers).
-std::vector<LoraTarget> plan_targets(const LoraConfig& l) {
+std::vector<LoraTarget> plan_targets(const LayerShape& s) {
   std::vector<LoraTarget> out;
-  for (const LoraTargetInfo& info : kLoraTargets) {
-    if (l.targets(info.target)) out.push_back(info.target);
+  for (int t = 0; t < kNumLoraTargets; ++t) {
+    if (s.adapted[t]) out.push_back(kAll[t]);
   }
   return out;
 }
@@ -161,7 +166,7 @@ int64_t cpu_branch_values(const PlanInput& in, const LayerShape& s, int t0, int 
   int64_t v = 0;
   for (int t = t0; t < t1; ++t) {
     if (!s.adapted[t]) continue;
-    v += s.T * (s.r + (in.lora.dropout > 0 ? s.shape[t].K : 0));
+    v += s.T * (s.rank[t] + (in.lora.dropout > 0 ? s.shape[t].K : 0));
     if (in.lora.use_dora) v += (2 * s.T + 1) * s.shape[t].N;
   }
   return v;
@@ -192,7 +197,7 @@ uint64_t widen_bytes(int64_t N, int64_t K) {
 int64_t cpu_lora_bwd_values(const PlanInput& in, const LayerShape& s, LoraTarget target) {
   const int i = static_cast<int>(target);
   if (!s.adapted[i]) return 0;
-  return 2 * s.T * s.r + s.T * s.shape[i].K + (in.lora.use_dora ? 2 * s.T * s.shape[i].N : 0);
+  return 2 * s.T * s.rank[i] + s.T * s.shape[i].K + (in.lora.use_dora ? 2 * s.T * s.shape[i].N : 0);
 }
 
 // The attention half of block_bwd (o_proj, attention, q/k/v) with `base` values held from the MLP half.
@@ -236,11 +241,11 @@ MoeShape moe_shape(const PlanInput& in, const LayerShape& s) {
   m.k = c.experts_per_token;
   m.Im = c.moe_intermediate_size;
   m.Is = c.shared_expert_intermediate_size;
-  m.r = s.r;
   m.R = s.T;
   for (int j = 0; j < 3; ++j) {
     m.adapted[j] = s.adapted[4 + j];
     m.any = m.any || m.adapted[j];
+    m.r = std::max(m.r, s.rank[4 + j]);  // (lora_plan gives experts the config's rank only)
   }
   m.dropout = in.lora.dropout > 0;
   m.dora = in.lora.use_dora;
@@ -327,19 +332,32 @@ uint64_t cpu_dequant_bytes(const PlanInput& in, int64_t N, int64_t K) {
 
 int64_t logits_rows(const LayerShape& s) { return std::max<int64_t>(1, std::min(s.T, kPlanLogitsPerChunk / s.V)); }
 
-// The CPU device holds every layer: n_dense dense layers and n_moe MoE layers (kinds: a layer of each).
-void plan_cpu_device(const PlanInput& in, const LayerShape& s, const LayerKinds& kinds, DevicePlan* d) {
+// The CPU device holds every layer: n_dense dense layers and n_moe MoE layers (kinds: a layer of each). `s` is the
+// layers' merged shape, `slots` the adapter's Linears (each layer's own shape, when every layer keeps its buffers).
+void plan_cpu_device(const PlanInput& in, const LayerShape& s, const std::vector<LoraPlanSlot>& slots,
+                     const LayerKinds& kinds, DevicePlan* d) {
   const QwenConfig& c = in.model;
   const int64_t L = c.num_layers, T = s.T, C = s.C;
   const int64_t n_moe = c.num_moe_layers(), n_dense = L - n_moe;
-  const uint64_t attn = u64(cpu_attn_values(in, s)) * 4, dense_mlp = u64(cpu_dense_mlp_values(in, s)) * 4;
   const MoeShape m = moe_shape(in, s);
-  const uint64_t moe = n_moe > 0 ? cpu_moe_block_bytes(m) : 0;
   d->act_checkpoints = u64((L + 1) * T * C * 4);
   // Checkpointed, one BlockActs serves every layer, its buffers grown to the largest of each (a dense layer's MLP
-  // buffers and a MoE layer's stay side by side); otherwise each layer keeps its own.
-  d->act_block = in.checkpointing ? attn + (n_dense > 0 ? dense_mlp : 0) + moe
-                                  : u64(n_dense) * (attn + dense_mlp) + u64(n_moe) * (attn + moe);
+  // buffers and a MoE layer's stay side by side); otherwise each layer keeps its own, of its own adapters.
+  const auto block_bytes = [&](const LayerShape& ls, bool dense_mlp, bool moe) {
+    uint64_t b = u64(cpu_attn_values(in, ls)) * 4;
+    if (dense_mlp) b += u64(cpu_dense_mlp_values(in, ls)) * 4;
+    if (moe) b += cpu_moe_block_bytes(moe_shape(in, ls));
+    return b;
+  };
+  if (in.checkpointing) {
+    d->act_block = block_bytes(s, n_dense > 0, n_moe > 0);
+  } else {
+    d->act_block = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const bool moe = c.is_moe_layer(l);
+      d->act_block += block_bytes(layer_shape(in, slots, l), !moe, moe);
+    }
+  }
   int64_t bwd = n_dense > 0 ? cpu_dense_backward_values(in, s) : 0;
   if (n_moe > 0) bwd = std::max(bwd, cpu_moe_layer_backward_values(in, s, m));
   d->act_backward = u64(bwd) * 4;
@@ -456,7 +474,7 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s) {
     // copy (counted for every adapted Linear, act-order ones included, which do not fold).
     for (int t = 0; t < kNumLoraTargets; ++t) {
       const LoraShape& sh = s.shape[t];
-      const int64_t ra = s.adapted[t] ? lora_cuda_fold_cols(s.r) : 0;
+      const int64_t ra = s.adapted[t] ? lora_cuda_fold_cols(s.rank[t]) : 0;
       b = std::max(b, u64(qgemm_dense_scratch_bytes(sh.N, q4_padded_k(sh.K), ra)));
     }
     const QwenConfig& c = in.model;  // an expert's gate/up [Ie, C] and down [C, Ie]
@@ -472,8 +490,8 @@ uint64_t gpu_scratch_bytes(const PlanInput& in, const LayerShape& s) {
 // Each data-parallel process with NCCL (QWENQ_DP_NCCL=1) has its buffers on the GPU; the host ring has none there.
 bool plan_nccl(const PlanInput& in) { return in.gpus > 1 && env_switch("QWENQ_DP_NCCL") == 1; }
 
-// dora_norms: Σ N over the adapted Linears with DoRA (LayerTotals::dora_norms), 0 without DoRA; dora_scratch: the
-// largest LayerTotals::dora_scratch of the layers.
+// dora_norms: Σ N over the adapted Linears with DoRA (AdapterTotals::dora_norms), 0 without DoRA; dora_scratch: the
+// largest scratch of one DoRA launch (AdapterTotals::dora_scratch).
 void plan_gpu_device(const PlanInput& in, const LayerShape& s, int64_t dora_norms, uint64_t dora_scratch,
                      DevicePlan* d) {
   const QwenConfig& c = in.model;
@@ -503,7 +521,7 @@ void plan_gpu_device(const PlanInput& in, const LayerShape& s, int64_t dora_norm
   // Per-batch buffers (trainer/lora_cuda_buffers.h).
   for (const LoraCudaBuffer& b :
        lora_cuda_batch_buffers(c, c.num_layers, in.lora.r, plan_flash(c.head_dim), in.bf16_checkpoints, in.lora.dropout > 0,
-                               in.lora.use_dora ? plan_targets(in.lora) : std::vector<LoraTarget>{})) {
+                               in.lora.use_dora ? plan_targets(s) : std::vector<LoraTarget>{})) {
     const uint64_t bytes = held(b.bytes(T));
     switch (b.role) {
       case LoraCudaRole::Checkpoints: d->act_checkpoints += bytes; break;
@@ -602,7 +620,14 @@ uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K) {
 PlanResult plan_memory(const PlanInput& in) {
   check_input(in);
   const QwenConfig& c = in.model;
-  const LayerShape s = layer_shape(in);
+  const LoraDims dims = lora_dims_of(c);
+  const std::vector<LoraPlanSlot> slots = lora_plan(dims, in.lora, "plan");
+  if (in.device == PlanDevice::Cuda) {
+    const std::string why = lora_plan_gpu_refusal(slots, dims, in.lora);
+    QWENQ_CHECK(why.empty(), "plan: " << why << " (plan it with --device cpu)");
+  }
+  const LayerShape s = layer_shape(in, slots, -1);
+  const AdapterTotals adapter = adapter_totals(in, slots);
   const int64_t L = c.num_layers;
   const uint64_t dsz = dtype_size(in.dense_dtype);
   const LayerKinds kinds = layer_kinds(c);
@@ -614,19 +639,14 @@ PlanResult plan_memory(const PlanInput& in) {
     for (int64_t l = 0; l < L; ++l) total += field(c.is_moe_layer(l) ? moe_layer : dense_layer);
     return total;
   };
-  // The largest of one LayerTotals field over the layers.
-  auto largest = [&](auto field) {
-    decltype(field(dense_layer)) most = 0;
-    for (int64_t l = 0; l < L; ++l) most = std::max(most, field(c.is_moe_layer(l) ? moe_layer : dense_layer));
-    return most;
-  };
 
   PlanResult res;
   res.input = in;
   res.tokens = s.T;
   res.linear_params = sum([](const LayerTotals& t) { return t.linear_params; });
   const uint64_t embed = u64(c.vocab_size * c.hidden_size) * dsz, final_norm = u64(c.hidden_size) * dsz;
-  res.lora_params = sum([](const LayerTotals& t) { return t.lora_params; });
+  res.lora_params = adapter.lora_params;
+  res.adapted_linears = static_cast<int64_t>(slots.size());
   res.base_linear_bytes = sum([](const LayerTotals& t) { return t.linear_bytes; });
   res.base_dense_bytes =
       sum([](const LayerTotals& t) { return t.dense_bytes; }) + embed + final_norm + (c.tie_word_embeddings ? 0 : embed);
@@ -643,10 +663,9 @@ PlanResult plan_memory(const PlanInput& in) {
   d.gradients = u64(d.lora_params) * 4;
   d.optimizer = u64(d.lora_params) * 8;
   if (in.device == PlanDevice::Cpu)
-    plan_cpu_device(in, s, kinds, &d);
+    plan_cpu_device(in, s, slots, kinds, &d);
   else
-    plan_gpu_device(in, s, sum([](const LayerTotals& t) { return t.dora_norms; }),
-                    largest([](const LayerTotals& t) { return t.dora_scratch; }), &d);
+    plan_gpu_device(in, s, adapter.dora_norms, adapter.dora_scratch, &d);
   d.base_weights = d.base_linear + d.base_dense;
   d.activations = d.act_checkpoints + d.act_block + d.act_backward + d.act_loss;
   d.workspace = d.ws_dequant + d.ws_scratch + d.ws_logits + d.ws_threads + d.ws_reserve;
@@ -701,12 +720,6 @@ std::string moe_description(const QwenConfig& c) {
   return os.str();
 }
 
-std::string targets_list(const LoraConfig& l) {
-  std::string s;
-  for (const auto& t : l.target_modules) s += (s.empty() ? "" : ",") + t;
-  return s;
-}
-
 void row(std::ostringstream& os, const std::vector<std::string>& cells) {
   os << "|";
   for (const auto& c : cells) os << " " << c << " |";
@@ -731,7 +744,8 @@ std::string format_plan_table(const PlanResult& p) {
      << buf << " Linear params in " << format_bytes(p.base_linear_bytes) << ", embeddings/lm_head/norms/biases"
      << (c.is_moe() ? "/routers " : " ") << dtype_name(in.dense_dtype) << " " << format_bytes(p.base_dense_bytes) << ")\n";
   std::snprintf(buf, sizeof buf, "%.2f M", static_cast<double>(p.lora_params) / 1e6);
-  os << "LoRA: r=" << in.lora.r << " on " << targets_list(in.lora) << "; " << buf
+  os << "LoRA: r=" << in.lora.r << " on " << lora_selection_str(in.lora) << " (" << p.adapted_linears << " Linears); "
+     << buf
      << " params, fp32 master + fp32 grad + AdamW m, v fp32 = 16 B/param"
      << (in.lora.dropout <= 0                 ? ""
          : in.device == PlanDevice::Cpu ? "; dropout keeps the dropped input (masks are regenerated)"
@@ -821,7 +835,11 @@ std::string plan_to_json(const PlanResult& p) {
                {"double_quant", in.double_quant},
                {"nf4_blocksize", in.nf4_blocksize},
                {"dense_dtype", dtype_name(in.dense_dtype)}};
-  j["lora"] = {{"r", in.lora.r}, {"targets", in.lora.target_modules}, {"dropout", in.lora.dropout}};
+  j["lora"] = {{"r", in.lora.r},
+               {"targets", in.lora.target_modules},
+               {"dropout", in.lora.dropout},
+               {"adapted_linears", p.adapted_linears}};
+  if (in.lora.selects_finely()) j["lora"]["selection"] = lora_selection_str(in.lora);
   if (in.lora.use_dora) j["lora"]["dora"] = true;
   j["batch_size"] = in.batch_size;
   j["seq_len"] = in.seq_len;

@@ -17,7 +17,8 @@
 //   Dense rest, in dense_dtype (bf16): embeddings V·C, lm_head V·C (untied), per layer 2 RMSNorms 2·C, q/k/v
 //               biases qd + 2·kvd (Qwen2), q/k norms 2·D (Qwen3), final norm C.
 //
-// LORA: params per layer P_l = Σ over targeted Linears r·(N + K) (DoRA: r·(N + K) + N, the magnitude). adapters
+// LORA: params P = Σ over the adapted Linears r·(N + K) (DoRA: r·(N + K) + N, the magnitude), each Linear with its
+//   own r and only the layers the selection picks (lora/lora_select.h: layers_to_transform, rank_pattern, ...). adapters
 //   = 4·P (fp32 masters), gradients = 4·P (fp32), optimizer = 8·P (AdamW m and v, fp32: kernels/optim.h).
 //   DoRA also keeps z, v [T, N] and n [N] per adapted Linear in the block's activations and dz, dv [T, N] among
 //   that Linear's backward temporaries (the GPU: trainer/lora_cuda_buffers.h's DoRA rows and one array of every
@@ -27,8 +28,10 @@
 //   checkpoints   (L+1)·T·C          every block input x_l, plus the final one (kept with or without checkpointing)
 //   block         T·(3C + 2qd + 2kvd + H + 3I + Σ r [+ qd + kvd with QK-norm] [+ Σ K with dropout])
 //                                    n1, h1, n2, q, a, k, v, lse, gate, up, act, LoRA u (and dropped x): one
-//                                    block with checkpointing (recomputed in the backward), L blocks without
-//   backward      max over the phases of block_bwd of the buffers alive there, always 3·T·I (dact, dgate, dup)
+//                                    block with checkpointing (recomputed in the backward; each target's buffers
+//                                    of the largest r any layer gives it), L blocks of their own adapters without
+//   backward      max over the phases of block_bwd of the buffers alive there (each target at the largest r any
+//                 layer gives it), always 3·T·I (dact, dgate, dup)
 //                 + T·I (linear_bwd's tmp, sized by down_proj first and never shrunk) plus:
 //                   down:    LoRA temporaries 2·T·r + T·I
 //                   gate/up: dn2 T·C + LoRA 2·T·r + T·C
@@ -179,7 +182,7 @@ struct PlanInput {
   bool double_quant = true;  // NF4
   int64_t nf4_blocksize = 64;
   DType dense_dtype = DType::BF16;  // embeddings, lm_head, norms, biases (a bf16 base's Linears are bf16 anyway)
-  LoraConfig lora;                  // r, target_modules, dropout, use_dora
+  LoraConfig lora;                  // r, the selection (target_modules, PEFT's finer fields), dropout, use_dora
   int64_t batch_size = 1;           // B sequences per micro-batch
   int64_t seq_len = 2048;           // S
   bool checkpointing = true;
@@ -215,6 +218,7 @@ struct PlanResult {
   int64_t tokens = 0;             // T = B·S
   int64_t linear_params = 0;      // Σ N·K of the decoder's Linears
   int64_t lora_params = 0;        // whole model (= LoraAdapter::num_parameters())
+  int64_t adapted_linears = 0;    // the Linears the adapter adapts (a MoE layer's every expert Linear counted)
   uint64_t base_linear_bytes = 0; // whole model, as written to disk
   uint64_t base_dense_bytes = 0;  // whole model, each tensor once
   uint64_t base_weight_bytes = 0; // the sum: the checkpoint's tensor bytes
@@ -233,7 +237,8 @@ DType plan_dense_dtype(const std::string& torch_dtype);
 uint64_t plan_linear_bytes(const PlanInput& in, int64_t N, int64_t K);
 
 // Throws with the offending value for a config the plan cannot describe (non-positive sizes, on the GPU a packed
-// base that is not 4-bit or whose Q4 group is not a multiple of 8, ...).
+// base that is not 4-bit or whose Q4 group is not a multiple of 8, an adapter selecting nothing, on the GPU an adapter
+// it does not lay out: lora/lora_select.h's lora_plan_gpu_refusal, ...).
 PlanResult plan_memory(const PlanInput& in);
 
 // Human-readable: a header, the device's table, the activation/workspace breakdown and the verdict.

@@ -4,19 +4,26 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 #include <sstream>
 #include <vector>
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "lora/lora_select.h"
+#include "trainer/lora_model.h"
 
 namespace qwenq {
 
 namespace {
 
-std::string targets_of(const LoraConfig& l) {
+// The --target list of the GPU trainer's adapter: the targets it adapts on every layer (the GPU lays out no finer
+// selection, lora_plan_gpu_refusal), whatever selection (a regex, module paths) named them.
+std::string targets_of(const PlanInput& in) {
+  std::set<int> used;
+  for (const LoraPlanSlot& p : lora_plan(lora_dims_of(in.model), in.lora, "plan")) used.insert(static_cast<int>(p.slot.target));
   std::string s;
-  for (const auto& t : l.target_modules) s += (s.empty() ? "" : ",") + t;
+  for (int t : used) s += (s.empty() ? "" : ",") + std::string(kLoraTargets[t].name);
   return s;
 }
 
@@ -30,7 +37,7 @@ std::string plan_command(const PlanInput& in) {
   if (in.base == PlanBase::Nf4 && !in.double_quant) os << " --no-double-quant";
   char gb[32];
   std::snprintf(gb, sizeof gb, "%.1f", static_cast<double>(in.device_bytes) / 1e9);
-  os << " --lora-r " << in.lora.r << " --target " << targets_of(in.lora) << " --batch-size " << in.batch_size
+  os << " --lora-r " << in.lora.r << " --target " << targets_of(in) << " --batch-size " << in.batch_size
      << " --seq-len " << in.seq_len << " --gpus 1 --gpu-mem-gb " << gb;
   return os.str();
 }

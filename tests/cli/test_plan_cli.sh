@@ -74,4 +74,39 @@ PY
 if "$QL" plan --model "$WORK/fp8" --device cpu > "$WORK/fp8.txt" 2>&1; then fail "plan of an FP8 model accepted" "$WORK/fp8.txt"; fi
 grep -q "a compressed-tensors checkpoint with float8 weights; plan the model it becomes" "$WORK/fp8.txt" \
   || fail "plan of an FP8 model" "$WORK/fp8.txt"
+# PEFT's finer selection, train's flags: a last-layers adapter planned on the CPU with its own Linears (8 of tiny's
+# 2 layers x 7), refused on the GPU with the reason and where to plan it; a regex naming every layer's q and v is
+# planned on the GPU as --target q_proj,v_proj.
+"$QL" plan --preset tiny --layers-to-transform 1 --rank-pattern '{"down_proj": 4}' --device cpu --cpu-mem-gb 8 --json \
+  > "$WORK/fine.json" 2> "$WORK/fine.err" || fail "plan of a fine selection" "$WORK/fine.err"
+"$QL" plan --preset tiny --device cpu --cpu-mem-gb 8 --json > "$WORK/all.json" 2> "$WORK/all.err" \
+  || fail "plan all-linear" "$WORK/all.err"
+python3 - "$WORK/fine.json" "$WORK/all.json" <<'PY'
+import json, sys
+fine, full = (json.load(open(f)) for f in sys.argv[1:3])
+lora = fine["lora"]
+assert lora["adapted_linears"] == 7 and full["lora"]["adapted_linears"] == 14, (lora, full["lora"])
+assert "layers_to_transform [1]" in lora["selection"] and 'rank_pattern {"down_proj":4}' in lora["selection"], lora
+# tiny: C 64, I 128, q 64, kv 32; layer 1's q, k, v, o, gate, up at r 16 and down_proj at r 4
+per = 16 * ((64 + 64) + (32 + 64) * 2 + (64 + 64) + (128 + 64) * 2) + 4 * (64 + 128)
+assert fine["lora_params"] == per and full["lora_params"] == 2 * 16 * ((64 + 64) * 2 + (32 + 64) * 2 + (128 + 64) * 3), \
+    (fine["lora_params"], per, full["lora_params"])
+PY
+if "$QL" plan --preset tiny --layers-to-transform 1 > "$WORK/fine_gpu.txt" 2>&1; then
+  fail "a GPU plan of a layer subset accepted" "$WORK/fine_gpu.txt"
+fi
+grep -q "other Linears in some layers than in others.*(plan it with --device cpu)" "$WORK/fine_gpu.txt" \
+  || fail "GPU plan of a layer subset" "$WORK/fine_gpu.txt"
+"$QL" plan --preset tiny --target-regex 'model\.layers\.\d+\.self_attn\.[qv]_proj' --json > "$WORK/regex.json" \
+  2> "$WORK/regex.err" || fail "GPU plan of a uniform regex" "$WORK/regex.err"
+"$QL" plan --preset tiny --target q_proj,v_proj --json > "$WORK/qv.json" 2> "$WORK/qv.err" || fail "plan q,v" "$WORK/qv.err"
+python3 - "$WORK/regex.json" "$WORK/qv.json" <<'PY'
+import json, sys
+regex, listed = (json.load(open(f)) for f in sys.argv[1:3])
+assert regex["device"] == listed["device"] and regex["lora_params"] == listed["lora_params"], (regex, listed)
+PY
+if "$QL" plan --preset tiny --target q_proj --target-regex 'q_proj' > "$WORK/both.txt" 2>&1; then
+  fail "--target with --target-regex accepted" "$WORK/both.txt"
+fi
+grep -q "give --target or --target-regex, not both" "$WORK/both.txt" || fail "--target with --target-regex" "$WORK/both.txt"
 echo "plan CLI: OK"
