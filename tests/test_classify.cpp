@@ -1,6 +1,7 @@
-// Sequence classification (trainer/classify.h): the cross-entropy's derivatives against central differences, the
-// statistics (torch.argmax's first maximum), the score head of C labels through lora_loss_and_grad against central
-// differences of the loss on a tiny model, the labelled data's label names, and labels.json.
+// Sequence classification (trainer/classify.h): each problem type's derivatives against central differences, the
+// statistics (torch.argmax's first maximum, BCE's exact match and micro F1, MSE and Pearson's r by hand), the score
+// head of C outputs through lora_loss_and_grad against central differences of the loss on a tiny model, the labelled
+// data's label names and targets, labels.json, and runs logging each type's metrics.
 // (tests/oracle/test_classify_oracle.py checks whole runs against transformers + PEFT.)
 #include <gtest/gtest.h>
 
@@ -8,6 +9,8 @@
 #include <cmath>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "core/files.h"
 #include "core/rng.h"
@@ -30,38 +33,115 @@ namespace {
 constexpr double kMathFdStep = 1e-5;
 constexpr double kMathFdTol = 1e-8;
 
-TEST(ClassifyMath, DerivativesAreTheLossDerivative) {
-  Rng rng(5);
-  const int64_t C = 4;
-  const std::vector<int32_t> labels = {0, 3, 1, 1, 2};
-  std::vector<double> z(labels.size() * C);
+const ClassifyTask kSingle3{ProblemType::kSingleLabel, 3};
+
+// Single-label targets of these ids.
+std::vector<ClassifyTarget> ids(std::initializer_list<int32_t> v) {
+  std::vector<ClassifyTarget> out;
+  for (int32_t id : v) out.push_back(ClassifyTarget{id, {}});
+  return out;
+}
+
+// Each logit's derivative from classify_objective against central differences of classify_batch_stats' loss / N.
+void expect_derivatives(const std::vector<ClassifyTarget>& targets, const ClassifyTask& task, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<double> z(targets.size() * static_cast<size_t>(task.num_labels));
   for (double& v : z) v = 3.0 * rng.normal();
-  const int64_t step_examples = 8;  // the micro-batch is 5 of the step's 8 texts
+  const int64_t step_examples = static_cast<int64_t>(targets.size()) + 3;  // a micro-batch of a larger step
   ClassifyStats stats;
-  const std::vector<double> d = classify_objective(labels, C, step_examples, &stats)(z);
+  const std::vector<double> d = classify_objective(targets, task, step_examples, &stats)(z);
   ASSERT_EQ(d.size(), z.size());
-  EXPECT_EQ(stats.examples, 5);
+  EXPECT_EQ(stats.examples, static_cast<int64_t>(targets.size()));
   const auto loss = [&](const std::vector<double>& x) {
-    return classify_batch_stats(x, labels, C).loss / static_cast<double>(step_examples);
+    return classify_batch_stats(x, targets, task).loss / static_cast<double>(step_examples);
   };
   for (size_t i = 0; i < z.size(); ++i) {
     std::vector<double> p = z, m = z;
     p[i] += kMathFdStep;
     m[i] -= kMathFdStep;
-    EXPECT_NEAR(d[i], (loss(p) - loss(m)) / (2 * kMathFdStep), kMathFdTol) << "logit " << i;
+    EXPECT_NEAR(d[i], (loss(p) - loss(m)) / (2 * kMathFdStep), kMathFdTol)
+        << problem_type_name(task.type) << " logit " << i;
   }
+}
+
+TEST(ClassifyMath, DerivativesAreTheLossDerivative) {
+  const std::vector<ClassifyTarget> labels = ids({0, 3, 1, 1, 2});
+  const ClassifyTask task{ProblemType::kSingleLabel, 4};
+  expect_derivatives(labels, task, 5);
   // Each example's derivatives sum to 0 (softmax minus a one-hot).
+  std::vector<double> z(labels.size() * 4, 0.25);
+  const std::vector<double> d = classify_objective(labels, task, 8, nullptr)(z);
   for (size_t j = 0; j < labels.size(); ++j) {
     double s = 0;
-    for (int64_t c = 0; c < C; ++c) s += d[j * C + c];
+    for (int64_t c = 0; c < 4; ++c) s += d[j * 4 + c];
     EXPECT_NEAR(s, 0.0, 1e-15);
   }
+}
+
+TEST(ClassifyMath, MultiLabelAndRegressionDerivativesAreTheLossDerivative) {
+  const std::vector<ClassifyTarget> multi = {{-1, {1, 0, 1}}, {-1, {0, 0, 0}}, {-1, {1, 1, 1}}, {-1, {0, 1, 0}}};
+  expect_derivatives(multi, ClassifyTask{ProblemType::kMultiLabel, 3}, 6);
+  const std::vector<ClassifyTarget> one = {{-1, {0.5f}}, {-1, {-2.25f}}, {-1, {3}}};
+  expect_derivatives(one, ClassifyTask{ProblemType::kRegression, 1}, 7);
+  const std::vector<ClassifyTarget> two = {{-1, {0.5f, 1}}, {-1, {-2.25f, 0}}};
+  expect_derivatives(two, ClassifyTask{ProblemType::kRegression, 2}, 8);
+}
+
+// The losses and metrics by hand: BCE with logits and its exact-match accuracy and micro F1; MSE and Pearson's r.
+TEST(ClassifyMath, MultiLabelAndRegressionStatsByHand) {
+  const ClassifyTask multi{ProblemType::kMultiLabel, 2};
+  // example 0: z (2, -1), y (1, 0): both right; example 1: z (0.5, 3), y (0, 1): label 0 a false positive
+  const ClassifyStats m = classify_batch_stats({2, -1, 0.5, 3}, {{-1, {1, 0}}, {-1, {0, 1}}}, multi);
+  const auto sp = [](double x) { return std::log1p(std::exp(x)); };
+  const double l0 = (sp(2) - 2 + sp(-1)) / 2, l1 = (sp(0.5) + sp(3) - 3) / 2;
+  EXPECT_NEAR(m.loss, l0 + l1, 1e-14);
+  EXPECT_EQ(m.correct, 1);
+  EXPECT_EQ(m.tp, 2);
+  EXPECT_EQ(m.fp, 1);
+  EXPECT_EQ(m.fn, 0);
+  EXPECT_DOUBLE_EQ(m.f1(), 4.0 / 5.0);
+  EXPECT_DOUBLE_EQ(m.accuracy(), 0.5);
+  EXPECT_EQ(classify_batch_stats({-3, -3}, {{-1, {0, 0}}}, multi).f1(), 0.0);  // no label true or predicted
+  EXPECT_TRUE(std::isfinite(classify_batch_stats({800, -800}, {{-1, {0, 1}}}, multi).loss));  // softplus, not log(1+e^z)
+
+  const ClassifyTask reg{ProblemType::kRegression, 1};
+  const std::vector<double> z = {1.0, 2.0, 2.5, 4.0};
+  const std::vector<ClassifyTarget> y = {{-1, {1.5f}}, {-1, {1.0f}}, {-1, {3.0f}}, {-1, {4.5f}}};
+  const ClassifyStats r = classify_batch_stats(z, y, reg);
+  EXPECT_NEAR(r.loss, 0.25 + 1.0 + 0.25 + 0.25, 1e-14);
+  EXPECT_NEAR(r.objective(), 1.75 / 4, 1e-14);
+  // Pearson's r of (1, 2, 2.5, 4) and (1.5, 1, 3, 4.5): means 2.375 and 2.5
+  double szy = 0, szz = 0, syy = 0;
+  for (size_t j = 0; j < 4; ++j) {
+    const double dz = z[j] - 2.375, dy = y[j].values[0] - 2.5;
+    szy += dz * dy;
+    szz += dz * dz;
+    syy += dy * dy;
+  }
+  EXPECT_NEAR(r.pearson(), szy / std::sqrt(szz * syy), 1e-12);
+  EXPECT_EQ(classify_batch_stats({1, 1}, {{-1, {0}}, {-1, {2}}}, reg).pearson(), 0.0);  // a constant prediction
+  // The metrics each problem type reports, under their record names.
+  nlohmann::json rec;
+  add_classify_metrics(r, reg, "eval_", &rec);
+  EXPECT_EQ(rec.size(), 1u);
+  EXPECT_NEAR(rec.at("eval_pearson").get<double>(), r.pearson(), 0);
+  EXPECT_TRUE(classify_metric_names(ClassifyTask{ProblemType::kRegression, 2}).empty());
+  EXPECT_EQ(classify_metric_names(multi), (std::vector<std::string>{"accuracy", "f1"}));
+  EXPECT_EQ(classify_metrics_text(m, multi), "accuracy 0.500, f1 0.800");
+  // Every sum survives the data-parallel pack.
+  ClassifyStats both = m;
+  both.add(r);
+  const ClassifyStats back = ClassifyStats::unpack(both.pack());
+  EXPECT_EQ(back.pack(), both.pack());
+  EXPECT_EQ(both.examples, 6);
+  EXPECT_EQ(both.szy, r.szy);
+  test::expect_error([&] { classify_batch_stats({1, 2}, {{-1, {1}}}, multi); }, "a target of 1 values for 2 outputs");
 }
 
 TEST(ClassifyMath, StatsCountTheFirstMaximumAndPackRoundTrips) {
   // Example 0: a tie between labels 1 and 2, argmax 1 (torch.argmax's first): correct for label 1 only.
   const std::vector<double> z = {0.0, 2.0, 2.0, /**/ 5.0, -1.0, 0.0, /**/ 0.0, 0.0, 1.0};
-  const ClassifyStats a = classify_batch_stats(z, {1, 0, 0}, 3);
+  const ClassifyStats a = classify_batch_stats(z, ids({1, 0, 0}), kSingle3);
   EXPECT_EQ(a.examples, 3);
   EXPECT_EQ(a.correct, 2);
   const double l0 = std::log(1 + 2 * std::exp(2.0)) - 2.0;
@@ -69,42 +149,49 @@ TEST(ClassifyMath, StatsCountTheFirstMaximumAndPackRoundTrips) {
   const double l2 = 1.0 + std::log(1 + 2 * std::exp(-1.0)) - 0.0;
   EXPECT_NEAR(a.loss, l0 + l1 + l2, 1e-14);
   EXPECT_NEAR(a.objective(), (l0 + l1 + l2) / 3, 1e-14);
-  EXPECT_EQ(classify_batch_stats(z, {2, 0, 0}, 3).correct, 1);
+  EXPECT_EQ(classify_batch_stats(z, ids({2, 0, 0}), kSingle3).correct, 1);
   const ClassifyStats b = ClassifyStats::unpack(a.pack());
   EXPECT_EQ(b.examples, a.examples);
   EXPECT_EQ(b.correct, a.correct);
   EXPECT_EQ(b.loss, a.loss);
-  test::expect_error([&] { classify_batch_stats(z, {1, 0}, 3); }, "9 logits for 2 examples of 3 labels");
-  test::expect_error([&] { classify_batch_stats(z, {1, 0, 3}, 3); }, "label 3 outside [0, 3)");
+  test::expect_error([&] { classify_batch_stats(z, ids({1, 0}), kSingle3); }, "9 logits for 2 examples of 3 labels");
+  test::expect_error([&] { classify_batch_stats(z, ids({1, 0, 3}), kSingle3); }, "label 3 outside [0, 3)");
 }
 
-// The head of C = 3 labels: scores row-major [sequence, label], and the gradients of every LoRA tensor and the head
-// are the loss's directional derivatives.
-TEST(ClassifyModelStep, GradientsMatchFiniteDifferences) {
+// The head of C outputs: scores row-major [sequence, output], and the gradients of every LoRA tensor and the head
+// are the loss's directional derivatives, for each problem type.
+void expect_model_step_gradients(const ClassifyTask& task, const std::vector<ClassifyTarget>& targets, uint64_t seed) {
   const std::string dir = test::make_tiny_model(test::scratch_dir() + "/m", 32);
   QwenModel m(dir);
-  const int64_t C = 3;
-  const LoraAdapter a = test::seq_cls_adapter(m, C, 9);
+  const int64_t C = task.num_labels;
+  const LoraAdapter a = test::seq_cls_adapter(m, C, seed);
   const PackedBatch b = PackedBatch::from_sequences({{1, 5, 9, 200, 3}, {1, 5, 9, 17, 0, 0}, {42, 17, 99}});
-  const std::vector<int32_t> labels = {2, 0, 1};
   LoraStepOptions opt;
   opt.bf16_checkpoints = false;  // the exact fp32 model
   opt.score_rows = reward_pooled_rows(b, 0);
   ClassifyStats stats;
-  opt.score_objective = classify_objective(labels, C, 3, &stats);
+  opt.score_objective = classify_objective(targets, task, 3, &stats);
   const std::vector<float> head_grad = test::expect_score_head_gradients(
       m, a, b, opt,
       [&](const std::vector<double>& scores) {
-        EXPECT_EQ(scores.size(), 9u);  // [sequence, label]
-        return classify_batch_stats(scores, labels, C).loss / 3;
+        EXPECT_EQ(scores.size(), static_cast<size_t>(3 * C));  // [sequence, output]
+        return classify_batch_stats(scores, targets, task).loss / 3;
       },
-      17);
+      seed + 8);
   EXPECT_EQ(stats.examples, 3);
-  for (int64_t c = 0; c < C; ++c) {  // every label's row of the head gets a gradient
+  for (int64_t c = 0; c < C; ++c) {  // every output's row of the head gets a gradient
     double row = 0;
     for (int64_t k = 0; k < m.config().hidden_size; ++k) row += std::fabs(head_grad[c * m.config().hidden_size + k]);
-    EXPECT_GT(row, 0.0) << "label " << c;
+    EXPECT_GT(row, 0.0) << problem_type_name(task.type) << " output " << c;
   }
+}
+
+TEST(ClassifyModelStep, GradientsMatchFiniteDifferences) { expect_model_step_gradients(kSingle3, ids({2, 0, 1}), 9); }
+
+TEST(ClassifyModelStep, MultiLabelAndRegressionGradientsMatchFiniteDifferences) {
+  expect_model_step_gradients(ClassifyTask{ProblemType::kMultiLabel, 3}, {{-1, {1, 0, 1}}, {-1, {0, 0, 0}}, {-1, {0, 1, 0}}},
+                              10);
+  expect_model_step_gradients(ClassifyTask{ProblemType::kRegression, 1}, {{-1, {0.75f}}, {-1, {-1.5f}}, {-1, {2}}}, 11);
 }
 
 // The label names a file implies, the split's labels, and labels.json.
@@ -126,7 +213,8 @@ TEST(ClassifyData, LabelNamesAndLabelsJson) {
 )", &names);
   EXPECT_EQ(names.label_names, (std::vector<std::string>{"neg", "neutral", "pos"}));  // sorted, as class_encode_column
   EXPECT_EQ(ds.train.size() + ds.eval.size(), 3u);
-  EXPECT_EQ(ds.eval_classes.size(), 1u);
+  EXPECT_EQ(ds.eval_targets.size(), 1u);
+  EXPECT_EQ(names.problem_type, ProblemType::kSingleLabel);
   for (const SftExample& ex : ds.train) EXPECT_EQ(std::count(ex.loss_mask.begin(), ex.loss_mask.end(), 1), 0);
   ClassifyDataOptions ids;
   load(R"({"text": "a b", "label": 0}
@@ -147,12 +235,94 @@ TEST(ClassifyData, LabelNamesAndLabelsJson) {
   ClassifyDataOptions dup;
   dup.label_names = {"a", "a"};
   test::expect_error([&] { load("{\"text\": \"a\", \"label\": \"a\"}\n", &dup); }, "\"a\" is given twice");
-  // labels.json round trip, and a file that names an id twice or skips one.
-  write_label_names(root, {"neg", "pos"});
-  EXPECT_EQ(read_label_names(root), (std::vector<std::string>{"neg", "pos"}));
+  ClassifyDataOptions fraction;  // a number that is no id: a hint at regression
+  test::expect_error([&] { load("{\"text\": \"a\", \"label\": 1}\n{\"text\": \"b\", \"label\": 0.5}\n", &fraction); },
+                     {"d.jsonl:2", "0.5 is not a label id or name", "--problem-type regression"});
+  // labels.json round trip (the problem type only when not single-label), and a file that names an id twice or skips
+  // one.
+  write_label_names(root, {"neg", "pos"}, ProblemType::kSingleLabel);
+  ProblemType type = ProblemType::kRegression;
+  EXPECT_EQ(read_label_names(root, &type), (std::vector<std::string>{"neg", "pos"}));
+  EXPECT_EQ(type, ProblemType::kSingleLabel);
+  EXPECT_EQ(read_file(root + "/labels.json").find("problem_type"), std::string::npos);
+  write_label_names(root, {"a", "b"}, ProblemType::kMultiLabel);
+  EXPECT_EQ(read_label_names(root, &type), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(type, ProblemType::kMultiLabel);
   EXPECT_TRUE(read_label_names(root + "/m").empty());  // no file: none
   write_file_atomic(root + "/labels.json", R"({"id2label": {"0": "a", "2": "b"}})");
   test::expect_error([&] { read_label_names(root); }, "id2label must map each id 0..1 to one name");
+}
+
+// Multi-label records (lists of names or ids; inferred from a list) and regression records (a number or a list of
+// them; given), their targets, and what each refuses.
+TEST(ClassifyData, MultiLabelAndRegressionTargets) {
+  const std::string root = test::scratch_dir();
+  const std::string model = test::make_tiny_model(root + "/m", 3);
+  const Tokenizer tok = Tokenizer::from_dir(model);
+  SftDataOptions opt;
+  opt.max_len = 64;
+  const auto load = [&](const std::string& lines, ClassifyDataOptions* o) {
+    write_file_atomic(root + "/d.jsonl", lines);
+    return load_classify_dataset(root + "/d.jsonl", tok, opt, o);
+  };
+  // The target of the example whose text is `text` (the split shuffles the file's order).
+  const auto target_of = [&](const SftDataset& d, const std::string& text) {
+    for (size_t i = 0; i < d.train.size(); ++i)
+      if (tok.decode(d.train[i].tokens, false) == text) return d.train_targets[i].values;
+    ADD_FAILURE() << "no text " << text;
+    return std::vector<float>{};
+  };
+  ClassifyDataOptions multi;
+  SftDataset ds = load(R"({"text": "a b", "label": ["sad", "angry"]}
+{"text": "c", "label": []}
+{"text": "d", "label": ["happy"]}
+)", &multi);
+  EXPECT_EQ(multi.problem_type, ProblemType::kMultiLabel);
+  EXPECT_EQ(multi.label_names, (std::vector<std::string>{"angry", "happy", "sad"}));
+  ASSERT_EQ(ds.train_targets.size(), 3u);
+  EXPECT_EQ(target_of(ds, "a b"), (std::vector<float>{1, 0, 1}));
+  EXPECT_EQ(target_of(ds, "c"), (std::vector<float>{0, 0, 0}));
+  EXPECT_EQ(target_of(ds, "d"), (std::vector<float>{0, 1, 0}));
+  ClassifyDataOptions multi_ids;
+  ds = load("{\"text\": \"a\", \"label\": [2]}\n{\"text\": \"b\", \"label\": [0, 2]}\n", &multi_ids);
+  EXPECT_EQ(multi_ids.label_names, (std::vector<std::string>{"LABEL_0", "LABEL_1", "LABEL_2"}));
+  EXPECT_EQ(target_of(ds, "b"), (std::vector<float>{1, 0, 1}));
+  ClassifyDataOptions mixed;  // one list: every label must be a list
+  test::expect_error([&] { load("{\"text\": \"a\", \"label\": [\"x\"]}\n{\"text\": \"b\", \"label\": \"x\"}\n", &mixed); },
+                     {"d.jsonl:2", "must be the list of the text's labels", "multi_label_classification"});
+  ClassifyDataOptions unknown;
+  unknown.label_names = {"x", "y"};
+  test::expect_error([&] { load("{\"text\": \"a\", \"label\": [\"x\", \"z\"]}\n", &unknown); },
+                     {"d.jsonl:1", "label \"z\" is not one of the 2 labels (x, y)"});
+
+  ClassifyDataOptions reg;
+  reg.problem_type = ProblemType::kRegression;
+  ds = load("{\"text\": \"a\", \"label\": 0.5}\n{\"text\": \"b\", \"label\": -3}\n", &reg);
+  EXPECT_EQ(reg.label_names, (std::vector<std::string>{"LABEL_0"}));
+  EXPECT_EQ(target_of(ds, "a"), (std::vector<float>{0.5f}));
+  EXPECT_EQ(target_of(ds, "b"), (std::vector<float>{-3.0f}));
+  ClassifyDataOptions reg2;
+  reg2.problem_type = ProblemType::kRegression;
+  reg2.label_names = {"valence", "arousal"};
+  ds = load("{\"text\": \"a\", \"label\": [0.5, 1]}\n", &reg2);
+  EXPECT_EQ(ds.train_targets[0].values, (std::vector<float>{0.5f, 1.0f}));
+  ClassifyDataOptions short_list = reg2;
+  short_list.label_names = {"valence", "arousal"};
+  test::expect_error([&] { load("{\"text\": \"a\", \"label\": [0.5, 1]}\n{\"text\": \"b\", \"label\": 2}\n", &short_list); },
+                     {"d.jsonl:2", "1 value(s) for a regression head of 2 output(s) (valence, arousal)"});
+  ClassifyDataOptions reg_name;
+  reg_name.problem_type = ProblemType::kRegression;
+  test::expect_error([&] { load("{\"text\": \"a\", \"label\": \"high\"}\n", &reg_name); },
+                     {"d.jsonl:1", "must be a number or a list of numbers for regression"});
+  // --skip-bad skips a record of the wrong kind when the type is given
+  SftDataOptions skip = opt;
+  skip.skip_bad = true;
+  ClassifyDataOptions reg_skip;
+  reg_skip.problem_type = ProblemType::kRegression;
+  write_file_atomic(root + "/d.jsonl", "{\"text\": \"a\", \"label\": \"high\"}\n{\"text\": \"b\", \"label\": 2.5}\n");
+  ds = load_classify_dataset(root + "/d.jsonl", tok, skip, &reg_skip);
+  EXPECT_EQ(ds.train_targets.size(), 1u);
+  EXPECT_EQ(ds.stats.skipped, 1);
 }
 
 // A classify run killed and resumed gives the uninterrupted run's step records bit for bit and its adapter's bytes
@@ -184,6 +354,77 @@ TEST(ClassifyTrain, ResumedRunIsTheUninterruptedOne) {
   test::expect_same_resumed_run(root + "/full", root + "/part", {"loss", "accuracy", "lr", "grad_norm"});
   EXPECT_EQ(read_label_names(root + "/full"), (std::vector<std::string>{"cat", "dog", "other"}));
   EXPECT_EQ(read_label_names(root + "/full/checkpoint-8/adapter"), (std::vector<std::string>{"cat", "dog", "other"}));
+}
+
+// A regression run (the data's numbers, --problem-type given) and a multi-label run (lists of labels, inferred) log
+// their own metrics, keep their problem type in labels.json, and refuse a best-model metric they do not report.
+TEST(ClassifyTrain, RegressionAndMultiLabelRunsLogTheirMetrics) {
+  const std::string root = test::scratch_dir();
+  const std::string model = test::make_tiny_model(root + "/m", 2);
+  const std::string text = read_file(test::make_text_data(root + "/t.jsonl", 24));
+  std::string scored, tagged;  // a score per sentence (its length), and its animals
+  size_t at = 0;
+  while (at < text.size()) {
+    const size_t end = text.find('\n', at);
+    const std::string line = text.substr(at, end - at);
+    at = end + 1;
+    const std::string head = line.substr(0, line.size() - 1);
+    scored += head + ", \"label\": " + std::to_string(static_cast<double>(line.size()) / 40.0) + "}\n";
+    std::string tags;
+    for (const char* animal : {"cat", "dog"})
+      if (line.find(animal) != std::string::npos) tags += std::string(tags.empty() ? "" : ", ") + "\"" + animal + "\"";
+    tagged += head + ", \"label\": [" + tags + "]}\n";
+  }
+  write_file_atomic(root + "/scored.jsonl", scored);
+  write_file_atomic(root + "/tagged.jsonl", tagged);
+  const auto records = [](const std::string& path) {
+    std::vector<nlohmann::json> out;
+    const std::string all = read_file(path);
+    size_t p = 0;
+    while (p < all.size()) {
+      const size_t e = all.find('\n', p);
+      out.push_back(nlohmann::json::parse(all.substr(p, e - p)));
+      p = e + 1;
+    }
+    return out;
+  };
+  for (const bool regression : {true, false}) {
+    TrainOptions o = test::small_lora_options(model, root + (regression ? "/scored.jsonl" : "/tagged.jsonl"),
+                                              root + (regression ? "/reg" : "/multi"), 4);
+    o.classify = true;
+    o.batch_mode = SftBatchMode::kPadding;
+    o.data.max_len = 0;
+    o.eval_every = 2;
+    if (regression) o.classify_data.problem_type = ProblemType::kRegression;
+    train_lora(o);
+    ProblemType type;
+    const std::vector<std::string> names = read_label_names(o.out_dir, &type);
+    EXPECT_EQ(type, regression ? ProblemType::kRegression : ProblemType::kMultiLabel);
+    const std::vector<std::string> expected_names =
+        regression ? std::vector<std::string>{"LABEL_0"} : std::vector<std::string>{"cat", "dog"};
+    EXPECT_EQ(names, expected_names);
+    int steps = 0, evals = 0;
+    for (const nlohmann::json& r : records(o.out_dir + "/metrics.jsonl")) {
+      if (r.contains("loss")) {
+        ++steps;
+        EXPECT_EQ(r.contains("pearson"), regression) << r.dump();
+        EXPECT_EQ(r.contains("f1") && r.contains("accuracy"), !regression) << r.dump();
+      }
+      if (r.contains("eval_loss")) {
+        ++evals;
+        EXPECT_EQ(r.contains("eval_pearson"), regression) << r.dump();
+        EXPECT_EQ(r.contains("eval_f1"), !regression) << r.dump();
+      }
+    }
+    EXPECT_EQ(steps, 4);
+    EXPECT_GE(evals, 2);
+    o.out_dir = root + "/refused";
+    o.best.metric = regression ? "accuracy" : "pearson";
+    o.best.patience = 5;  // (judged by the metric)
+    test::expect_error([&] { train_lora(o); }, {"--metric-for-best-model eval_" + o.best.metric,
+                                               regression ? "reports eval_loss, eval_pearson"
+                                                          : "reports eval_loss, eval_accuracy, eval_f1"});
+  }
 }
 
 }  // namespace

@@ -31,12 +31,14 @@ void add_sft_data_flags(CLI::App* c, SftFlags* f, TrainOptions* o);
 // The flags into o: data format and template switches, the split's seed (o->seed), batching, checkpoint precision.
 void apply_sft_flags(const SftFlags& f, TrainOptions* o);
 
-// --objective (sft, dpo, kto) and the preference flags, train's and eval's: --dpo-beta (also spelt --pref-beta, kto's
-// beta too), --max-prompt-len, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma, --kto-loss,
-// --kto-desirable-weight, --kto-undesirable-weight.
+// --objective (sft, dpo, kto, grpo, reward, classify) and each objective's flags, train's and eval's: --dpo-beta (also
+// spelt --pref-beta, kto's beta too), --max-prompt-len, --dpo-loss, --dpo-label-smoothing, --rpo-alpha, --simpo-gamma,
+// --kto-loss, --kto-desirable-weight, --kto-undesirable-weight, classify's --labels, --problem-type, --text-field,
+// --label-field, ...
 struct DpoFlags {
   std::string objective = "sft", loss = "sigmoid", kto_loss = "kto";
   std::string grpo_loss = "dapo", scale_rewards = "group", importance = "token";  // --objective grpo
+  std::string problem_type;  // --objective classify: transformers' name, "" for the data's
 };
 void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o);
 // The flags into o (o->dpo, o->dpo_options; o->kto, o->kto_options; o->grpo, o->grpo_options); refuses a flag of

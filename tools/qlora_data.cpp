@@ -39,6 +39,7 @@ struct DataArgs {
   std::string model, data, format = "auto", dump, alpaca_prompt = "stanford", objective = "sft";
   int64_t max_len = 0, show = 0, max_prompt_len = 0;
   ClassifyDataOptions classify;  // --objective classify: the fields and label names
+  std::string problem_type;      // --objective classify: transformers' name, "" for the data's
   bool skip_bad = false, no_thinking = false, train_on_prompt = false, mask_history = false;
 };
 
@@ -124,7 +125,23 @@ void run_kto_data(const DataArgs& a, const Tokenizer& tok, const SftTemplateOpti
               (long long)(st.records - desirable));
 }
 
-// --objective classify: the labelled texts in file order, each with its label's id and name.
+// "cat, dog" (or "none") of a multi-hot target; "0.5, 1.25" of a regression one.
+std::string target_text(const ClassifyTarget& y, ProblemType type, const std::vector<std::string>& names) {
+  std::string out;
+  char buf[32];
+  for (size_t c = 0; c < y.values.size(); ++c) {
+    if (type == ProblemType::kMultiLabel) {
+      if (y.values[c] > 0.5f) out += (out.empty() ? "" : ", ") + names[c];
+    } else {
+      std::snprintf(buf, sizeof buf, "%s%.6g", out.empty() ? "" : ", ", static_cast<double>(y.values[c]));
+      out += buf;
+    }
+  }
+  return out.empty() ? "none" : out;
+}
+
+// --objective classify: the labelled texts in file order, each with its label's id and name (multi-label: its
+// labels; regression: its values).
 void run_classify_data(const DataArgs& a, const Tokenizer& tok) {
   SftDataOptions opt;
   QWENQ_CHECK(a.format == "auto" || a.format == "text", "data --objective classify reads labelled texts, not --format "
@@ -132,30 +149,53 @@ void run_classify_data(const DataArgs& a, const Tokenizer& tok) {
   opt.skip_bad = a.skip_bad;
   opt.max_len = a.max_len > 0 ? a.max_len : std::numeric_limits<int64_t>::max();
   ClassifyDataOptions labels = a.classify;
+  if (!a.problem_type.empty()) {
+    ProblemType t;
+    QWENQ_CHECK(problem_type_from_name(a.problem_type, &t), "--problem-type " << a.problem_type << " is not a problem type");
+    labels.problem_type = t;
+  }
   const SftDataset ds = load_classify_dataset(a.data, tok, opt, &labels);
   const std::vector<std::string>& names = labels.label_names;
-  std::vector<int64_t> count(names.size(), 0);
+  const ProblemType type = *labels.problem_type;
+  std::vector<int64_t> count(names.size(), 0);  // texts per label (regression: none)
+  // The loader's split shuffles (no held-out part here): its permutation undone, the texts in file order.
+  std::vector<int64_t> perm, none;
+  split_sft_indices(static_cast<int64_t>(ds.train.size()), opt.seed, 0, 0, &perm, &none);
+  std::vector<size_t> at(ds.train.size());
+  for (size_t i = 0; i < perm.size(); ++i) at[static_cast<size_t>(perm[i])] = i;
   std::string dump;
   for (size_t i = 0; i < ds.train.size(); ++i) {
-    const SftExample& ex = ds.train[i];
-    const int32_t y = ds.train_classes[i];
-    ++count[static_cast<size_t>(y)];
+    const SftExample& ex = ds.train[at[i]];
+    const ClassifyTarget& y = ds.train_targets[at[i]];
+    if (type == ProblemType::kSingleLabel) ++count[static_cast<size_t>(y.id)];
+    if (type == ProblemType::kMultiLabel)
+      for (size_t c = 0; c < names.size(); ++c) count[c] += y.values[c] > 0.5f;
     if (static_cast<int64_t>(i) < a.show) {
-      std::printf("--- text %zu [label %d %s: %zu tokens] %s\n", i + 1, y, names[static_cast<size_t>(y)].c_str(),
-                  ex.tokens.size(), tok.decode(ex.tokens, false).c_str());
+      const std::string what = type == ProblemType::kSingleLabel ? "label " + std::to_string(y.id) + " " + names[static_cast<size_t>(y.id)]
+                               : type == ProblemType::kMultiLabel ? "labels " + target_text(y, type, names)
+                                                                  : "values " + target_text(y, type, names);
+      std::printf("--- text %zu [%s: %zu tokens] %s\n", i + 1, what.c_str(), ex.tokens.size(),
+                  tok.decode(ex.tokens, false).c_str());
     }
     if (!a.dump.empty()) {
       nlohmann::json j = example_json(ex, tok);
-      j["label"] = y;
-      j["label_name"] = names[static_cast<size_t>(y)];
+      if (type == ProblemType::kSingleLabel) {
+        j["label"] = y.id;
+        j["label_name"] = names[static_cast<size_t>(y.id)];
+      } else {
+        j["label"] = y.values;  // multi-hot, or the regression targets
+      }
       dump += j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     }
   }
   if (!a.dump.empty()) write_file_atomic(a.dump, dump);
   std::string per_label;
-  for (size_t c = 0; c < names.size(); ++c)
-    per_label += (c ? ", " : "") + std::to_string(c) + " " + names[c] + ": " + std::to_string(count[c]);
-  std::printf("%s\n%zu labels (%s)\n", ds.stats.summary().c_str(), names.size(), per_label.c_str());
+  for (size_t c = 0; c < names.size(); ++c) {
+    per_label += (c ? ", " : "") + std::to_string(c) + " " + names[c];
+    if (type != ProblemType::kRegression) per_label += ": " + std::to_string(count[c]);
+  }
+  std::printf("%s\n%s, %zu %s (%s)\n", ds.stats.summary().c_str(), problem_type_name(type), names.size(),
+              type == ProblemType::kRegression ? "outputs" : "labels", per_label.c_str());
 }
 
 // --objective grpo: the prompts train would keep, in the loader's seeded order.
@@ -199,9 +239,9 @@ void run_data(const DataArgs& a) {
   if (a.objective == "kto") return run_kto_data(a, tok, to);
   if (a.objective == "classify") return run_classify_data(a, tok);
   const ClassifyDataOptions defaults;
-  QWENQ_CHECK(a.classify.label_names.empty() && a.classify.text_field == defaults.text_field &&
+  QWENQ_CHECK(a.classify.label_names.empty() && a.problem_type.empty() && a.classify.text_field == defaults.text_field &&
                   a.classify.label_field == defaults.label_field,
-              "--labels, --text-field and --label-field apply to --objective classify");
+              "--labels, --problem-type, --text-field and --label-field apply to --objective classify");
   if (a.objective == "grpo") return run_grpo_data(a, tok, to);
   if (a.objective == "dpo" || a.objective == "reward" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
@@ -246,6 +286,8 @@ void register_qlora_data(CLI::App& app) {
   c->add_flag("--skip-bad", a->skip_bad, "skip malformed records (counted) instead of stopping");
   c->add_option("--labels", a->classify.label_names, "classify: the label names in id order (as train --labels)")
       ->delimiter(',');
+  c->add_option("--problem-type", a->problem_type, "classify: the problem type (as train --problem-type)")
+      ->check(CLI::IsMember({"single_label_classification", "multi_label_classification", "regression"}));
   c->add_option("--text-field", a->classify.text_field, "classify: the records' text field")->capture_default_str();
   c->add_option("--label-field", a->classify.label_field, "classify: the records' label field")->capture_default_str();
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")

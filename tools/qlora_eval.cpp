@@ -201,17 +201,26 @@ void run_reward_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, 
 }
 
 // --objective classify: the texts' logits by the adapter's head on the base, or by a classifier directory's own head
-// (no --adapter); the label names as train had them (--labels, else the adapter's labels.json or the classifier's
-// config.json id2label, else the data's).
+// (no --adapter); the label names and problem type as train had them (--labels / --problem-type, else the adapter's
+// labels.json or the classifier's config.json id2label / problem_type, else the data's).
 void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok, std::chrono::steady_clock::time_point t0) {
   TrainOptions& o = a.opt;
   const LoraAdapter adapter = scoring_adapter(a, model);
   const int64_t C = adapter.config().num_labels;
   ClassifyDataOptions labels = o.classify_data;
   std::string names_from = "--labels";
-  if (labels.label_names.empty() && !a.adapter.empty()) {
-    labels.label_names = read_label_names(a.adapter);
-    names_from = a.adapter + "/labels.json";
+  if (!a.adapter.empty() && file_exists(path_join(a.adapter, "labels.json"))) {
+    ProblemType t;
+    const std::vector<std::string> names = read_label_names(a.adapter, &t);
+    if (!labels.problem_type) labels.problem_type = t;
+    if (labels.label_names.empty()) {
+      labels.label_names = names;
+      names_from = a.adapter + "/labels.json";
+    }
+  }
+  if (a.adapter.empty() && !labels.problem_type) {
+    ProblemType t;
+    if (config_problem_type(o.model_dir, &t)) labels.problem_type = t;
   }
   if (labels.label_names.empty() && a.adapter.empty()) {
     labels.label_names = config_label_names(o.model_dir);
@@ -224,9 +233,10 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
   QWENQ_CHECK(static_cast<int64_t>(labels.label_names.size()) == C,
               o.data_path << ": " << labels.label_names.size() << " labels (from " << names_from << ") for a head of "
                           << C << "; give --labels in the order train used");
+  const ClassifyTask task{*labels.problem_type, C};
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
   const ClassifyStats st = classify_eval_stats(model, adapter, split ? data.eval : data.train,
-                                               split ? data.eval_classes : data.train_classes, o,
+                                               split ? data.eval_targets : data.train_targets, task, o,
                                                reward_pad_id(o.model_dir, tok));
   QWENQ_CHECK(st.examples > 0, o.data_path << ": no texts to evaluate (" << data.stats.summary() << ")");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -235,18 +245,28 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
                               {"data", o.data_path},
                               {"split", split ? "eval" : "all"},
                               {"labels", labels.label_names},
-                              {"examples", st.examples},
-                              {"accuracy", st.accuracy()},
-                              {"loss", st.objective()},
-                              {"seconds", seconds},
-                              {"peak_rss_bytes", peak_rss_bytes()}};
+                              {"problem_type", problem_type_name(task.type)},
+                              {"examples", st.examples}};
+  nlohmann::json metrics;
+  add_classify_metrics(st, task, "", &metrics);
+  for (const std::string& m : classify_metric_names(task)) j[m] = metrics[m];
+  j["loss"] = st.objective();
+  j["seconds"] = seconds;
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  const char* by = a.adapter.empty() ? "the classifier " : "adapter ";
+  const std::string& who = a.adapter.empty() ? o.model_dir : a.adapter;
   if (a.json) {
     std::printf("%s\n", j.dump().c_str());
-  } else {
+  } else if (task.type == ProblemType::kSingleLabel) {
     std::printf("%lld %stexts of %s: accuracy %.1f %%, loss %.4f (%lld labels); %s%s, %.1fs\n", (long long)st.examples,
-                split ? "held-out " : "", o.data_path.c_str(), 100.0 * st.accuracy(), st.objective(), (long long)C,
-                a.adapter.empty() ? "the classifier " : "adapter ",
-                a.adapter.empty() ? o.model_dir.c_str() : a.adapter.c_str(), seconds);
+                split ? "held-out " : "", o.data_path.c_str(), 100.0 * st.accuracy(), st.objective(), (long long)C, by,
+                who.c_str(), seconds);
+  } else {
+    const std::string text = classify_metrics_text(st, task);
+    std::printf("%lld %stexts of %s: %s%sloss %.4f (%s, %lld %s); %s%s, %.1fs\n", (long long)st.examples,
+                split ? "held-out " : "", o.data_path.c_str(), text.c_str(), text.empty() ? "" : ", ", st.objective(),
+                problem_type_name(task.type), (long long)C, task.type == ProblemType::kRegression ? "outputs" : "labels",
+                by, who.c_str(), seconds);
   }
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }

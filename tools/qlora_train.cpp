@@ -234,6 +234,12 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
                 "classify: the label names, comma-separated, in id order (default: the training file's: integer "
                 "labels 0..max, or the sorted set of the names)")
       ->delimiter(',');
+  c->add_option("--problem-type", f->problem_type,
+                "classify: single_label_classification (one label per text, cross-entropy), "
+                "multi_label_classification (a list of labels per text, binary cross-entropy per label) or regression "
+                "(a number or a list of numbers per text, mean squared error); transformers' problem_type (default: "
+                "a classifier base's, else multi-label when the data's labels are lists, else single-label)")
+      ->check(CLI::IsMember({"single_label_classification", "multi_label_classification", "regression"}));
   c->add_option("--text-field", o->classify_data.text_field, "classify: the records' text field")->capture_default_str();
   c->add_option("--label-field", o->classify_data.label_field, "classify: the records' label field")
       ->capture_default_str();
@@ -338,8 +344,12 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
     QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
   if (!o->classify) {
-    for (const char* flag : {"--labels", "--text-field", "--label-field"})
+    for (const char* flag : {"--labels", "--problem-type", "--text-field", "--label-field"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective classify");
+  } else if (!f.problem_type.empty()) {
+    ProblemType t;
+    QWENQ_CHECK(problem_type_from_name(f.problem_type, &t), "--problem-type " << f.problem_type << " is not a problem type");
+    o->classify_data.problem_type = t;
   }
   if (!o->kto) {
     for (const char* flag : {"--kto-loss", "--kto-desirable-weight", "--kto-undesirable-weight"})

@@ -1,8 +1,9 @@
-// Sequence classification: labelled texts, the cross-entropy of the head's logits (trainer/classify.h).
+// Sequence classification: labelled texts, the loss of the head's logits per problem type (trainer/classify.h).
 #include "trainer/classify.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <sstream>
@@ -22,8 +23,34 @@ using Json = nlohmann::ordered_json;
 
 struct LabelledText {
   std::string text, where;
-  Json label;  // an integer or a string, as read
+  Json label;  // as read: an integer, a string, a number or a list of them
 };
+
+// "" or why `label` is not a label of problem type t (when the type is not known yet: of any type).
+std::string label_shape_error(const Json& label, const std::optional<ProblemType>& t, const std::string& field) {
+  const std::string got = label.dump().substr(0, 80);
+  const auto all = [&](bool (*ok)(const Json&)) { return std::all_of(label.begin(), label.end(), ok); };
+  const auto id_or_name = [](const Json& v) { return v.is_number_integer() || v.is_string(); };
+  const auto number = [](const Json& v) { return v.is_number(); };
+  if (!t) {
+    if (id_or_name(label) || label.is_number() || (label.is_array() && (all(id_or_name) || all(number)))) return "";
+    return "\"" + field + "\" must be a label (an integer or a name), a list of labels or numbers, got " + got;
+  }
+  switch (*t) {
+    case ProblemType::kSingleLabel:
+      if (id_or_name(label)) return "";
+      if (label.is_number())
+        return "\"" + field + "\" " + got + " is not a label id or name (a regression head: --problem-type regression)";
+      return "\"" + field + "\" must be an integer or a label name, got " + got;
+    case ProblemType::kMultiLabel:
+      if (label.is_array() && all(id_or_name)) return "";
+      return "\"" + field + "\" must be the list of the text's labels (names or ids) for " +
+             problem_type_name(*t) + ", got " + got;
+    default:
+      if (label.is_number() || (label.is_array() && !label.empty() && all(number))) return "";
+      return "\"" + field + "\" must be a number or a list of numbers for regression, got " + got;
+  }
+}
 
 // "" or why the record is malformed.
 std::string labelled_text_from_json(const Json& j, const ClassifyDataOptions& o, LabelledText* out) {
@@ -33,41 +60,80 @@ std::string labelled_text_from_json(const Json& j, const ClassifyDataOptions& o,
   if (!text.is_string() || text.get<std::string>().empty())
     return "\"" + o.text_field + "\" must be a non-empty string, got " + text.dump();
   if (!j.contains(o.label_field)) return "no \"" + o.label_field + "\" (the label; --label-field names it)";
-  const Json& label = j[o.label_field];
-  if (!(label.is_number_integer() || label.is_string()))
-    return "\"" + o.label_field + "\" must be an integer or a label name, got " + label.dump();
+  const std::string why = label_shape_error(j[o.label_field], o.problem_type, o.label_field);
+  if (!why.empty()) return why;
   out->text = text.get<std::string>();
-  out->label = label;
+  out->label = j[o.label_field];
   return "";
 }
 
-// The label names a training file implies (top of classify.h).
-std::vector<std::string> names_from(const std::vector<LabelledText>& records, const std::string& path,
+// The label names a classification file implies (top of classify.h): over each record's label, or each entry of its
+// list (multi-label).
+std::vector<std::string> names_from(const std::vector<LabelledText>& records, bool lists, const std::string& path,
                                     const std::string& field) {
   bool ints = false, strings = false;
   int64_t max_id = -1;
   std::set<std::string> names;
-  for (const LabelledText& r : records) {
-    if (r.label.is_string()) {
+  const auto see = [&](const Json& label, const std::string& where) {
+    if (label.is_string()) {
       strings = true;
-      names.insert(r.label.get<std::string>());
+      names.insert(label.get<std::string>());
     } else {
       ints = true;
-      const int64_t id = r.label.get<int64_t>();
-      QWENQ_CHECK(id >= 0, r.where << ": label " << id << " is negative (ids are 0, 1, ...)");
+      const int64_t id = label.get<int64_t>();
+      QWENQ_CHECK(id >= 0, where << ": label " << id << " is negative (ids are 0, 1, ...)");
       max_id = std::max(max_id, id);
     }
+  };
+  for (const LabelledText& r : records) {
+    if (!lists) see(r.label, r.where);
+    else
+      for (const Json& v : r.label) see(v, r.where);
   }
   QWENQ_CHECK(!(ints && strings), path << ": \"" << field << "\" holds both integers and names; give every label one "
                                        << "way, or name them all with --labels");
   std::vector<std::string> out;
   if (strings) out.assign(names.begin(), names.end());
   for (int64_t i = 0; i <= max_id; ++i) out.push_back("LABEL_" + std::to_string(i));
-  if (out.size() == 1 && ints) out.push_back("LABEL_1");  // one id seen: still two classes
+  if (out.size() == 1 && ints && !lists) out.push_back("LABEL_1");  // one id seen: still two classes
   return out;
 }
 
+// A regression label's values (a number or a list).
+std::vector<float> regression_values(const Json& label) {
+  std::vector<float> v;
+  if (label.is_array())
+    for (const Json& x : label) v.push_back(x.get<float>());
+  else
+    v.push_back(label.get<float>());
+  return v;
+}
+
+std::string names_list(const std::vector<std::string>& names) {
+  std::string l;
+  for (const std::string& n : names) l += (l.empty() ? "" : ", ") + n;
+  return l;
+}
+
 }  // namespace
+
+const char* problem_type_name(ProblemType t) {
+  switch (t) {
+    case ProblemType::kSingleLabel: return "single_label_classification";
+    case ProblemType::kMultiLabel: return "multi_label_classification";
+    default: return "regression";
+  }
+}
+
+bool problem_type_from_name(const std::string& name, ProblemType* out) {
+  for (ProblemType t : {ProblemType::kSingleLabel, ProblemType::kMultiLabel, ProblemType::kRegression}) {
+    if (name == problem_type_name(t)) {
+      *out = t;
+      return true;
+    }
+  }
+  return false;
+}
 
 SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt,
                                  ClassifyDataOptions* labels) {
@@ -91,32 +157,62 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
     return why;
   });
   QWENQ_CHECK(!records.empty(), path << ": no labelled records");
-  if (labels->label_names.empty()) labels->label_names = names_from(records, path, labels->label_field);
+  if (!labels->problem_type) {  // a list label: multi-label; else single-label (top)
+    const bool lists = std::any_of(records.begin(), records.end(), [](const LabelledText& r) { return r.label.is_array(); });
+    labels->problem_type = lists ? ProblemType::kMultiLabel : ProblemType::kSingleLabel;
+    for (const LabelledText& r : records) {
+      const std::string why = label_shape_error(r.label, labels->problem_type, labels->label_field);
+      QWENQ_CHECK(why.empty(), r.where << ": " << why << (lists ? " (another record's label is a list: "
+                                                                  "multi_label_classification)" : ""));
+    }
+  }
+  const ProblemType type = *labels->problem_type;
+  const bool regression = type == ProblemType::kRegression, multi = type == ProblemType::kMultiLabel;
+  if (labels->label_names.empty()) {
+    if (regression) {  // the first record's count of values, LABEL_<i>
+      const size_t n = regression_values(records.front().label).size();
+      for (size_t i = 0; i < n; ++i) labels->label_names.push_back("LABEL_" + std::to_string(i));
+    } else {
+      labels->label_names = names_from(records, multi, path, labels->label_field);
+    }
+  }
   const std::vector<std::string>& names = labels->label_names;
-  QWENQ_CHECK(names.size() >= 2, path << ": " << names.size() << " label(s); a classifier needs at least 2");
+  const size_t C = names.size();
+  if (type == ProblemType::kSingleLabel)
+    QWENQ_CHECK(C >= 2, path << ": " << C << " label(s); a classifier needs at least 2");
+  QWENQ_CHECK(C >= 1, path << ": no label in any record; a " << problem_type_name(type) << " head needs at least one "
+                           << "(--labels names them)");
   std::map<std::string, int32_t> id_of;
-  for (size_t i = 0; i < names.size(); ++i) {
+  for (size_t i = 0; i < C; ++i) {
     QWENQ_CHECK(id_of.emplace(names[i], static_cast<int32_t>(i)).second, "the label name \"" << names[i]
                                                                               << "\" is given twice");
   }
+  // A label's id: a name among `names` or an integer in [0, C), else an error naming the record.
+  const auto id_of_label = [&](const Json& label, const std::string& where) {
+    if (label.is_string()) {
+      const auto it = id_of.find(label.get<std::string>());
+      QWENQ_CHECK(it != id_of.end(), where << ": label \"" << label.get<std::string>() << "\" is not one of the " << C
+                                           << " labels (" << names_list(names) << ")");
+      return it->second;
+    }
+    const int64_t id = label.get<int64_t>();
+    QWENQ_CHECK(id >= 0 && id < static_cast<int64_t>(C), where << ": label " << id << " is outside [0, " << C << ")");
+    return static_cast<int32_t>(id);
+  };
   std::vector<SftExample> examples;
-  std::vector<int32_t> classes;
+  std::vector<ClassifyTarget> targets;
   for (const LabelledText& r : records) {
-    int32_t y;
-    if (r.label.is_string()) {
-      const auto it = id_of.find(r.label.get<std::string>());
-      QWENQ_CHECK(it != id_of.end(), r.where << ": label \"" << r.label.get<std::string>() << "\" is not one of the "
-                                             << names.size() << " labels (" << [&] {
-                                                  std::string l;
-                                                  for (const std::string& n : names) l += (l.empty() ? "" : ", ") + n;
-                                                  return l;
-                                                }() << ")");
-      y = it->second;
+    ClassifyTarget y;
+    if (type == ProblemType::kSingleLabel) {
+      y.id = id_of_label(r.label, r.where);
+    } else if (multi) {
+      y.values.assign(C, 0.0f);
+      for (const Json& v : r.label) y.values[static_cast<size_t>(id_of_label(v, r.where))] = 1.0f;
     } else {
-      const int64_t id = r.label.get<int64_t>();
-      QWENQ_CHECK(id >= 0 && id < static_cast<int64_t>(names.size()),
-                  r.where << ": label " << id << " is outside [0, " << names.size() << ")");
-      y = static_cast<int32_t>(id);
+      y.values = regression_values(r.label);
+      QWENQ_CHECK(y.values.size() == C, r.where << ": " << y.values.size() << " value(s) for a regression head of " << C
+                                                << " output(s) (" << names_list(names) << ")");
+      for (float v : y.values) QWENQ_CHECK(std::isfinite(v), r.where << ": the regression target " << v << " is not finite");
     }
     SftExample ex;
     ex.tokens = tok.encode(r.text, /*add_special_tokens=*/true);
@@ -131,39 +227,62 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
     st.tokens += static_cast<int64_t>(ex.tokens.size());
     ++st.records;
     examples.push_back(std::move(ex));
-    classes.push_back(y);
+    targets.push_back(std::move(y));
   }
   std::vector<int64_t> train, eval;
   split_sft_indices(static_cast<int64_t>(examples.size()), opt.seed, opt.eval_fraction, opt.eval_count, &train, &eval);
   for (int64_t i : train) {
     ds.train.push_back(examples[static_cast<size_t>(i)]);
-    ds.train_classes.push_back(classes[static_cast<size_t>(i)]);
+    ds.train_targets.push_back(targets[static_cast<size_t>(i)]);
   }
   for (int64_t i : eval) {
     ds.eval.push_back(examples[static_cast<size_t>(i)]);
-    ds.eval_classes.push_back(classes[static_cast<size_t>(i)]);
+    ds.eval_targets.push_back(targets[static_cast<size_t>(i)]);
   }
   st.train_examples = static_cast<int64_t>(train.size());
   st.eval_examples = static_cast<int64_t>(eval.size());
   return ds;
 }
 
+double ClassifyStats::f1() const {
+  const int64_t d = 2 * tp + fp + fn;
+  return d > 0 ? 2.0 * static_cast<double>(tp) / static_cast<double>(d) : 0.0;
+}
+
+double ClassifyStats::pearson() const {
+  if (examples < 2) return 0.0;
+  const double n = static_cast<double>(examples);
+  const double vz = szz - sz * sz / n, vy = syy - sy * sy / n, c = szy - sz * sy / n;
+  if (!(vz > 0) || !(vy > 0)) return 0.0;
+  return c / std::sqrt(vz * vy);
+}
+
 void ClassifyStats::add(const ClassifyStats& o) {
-  examples += o.examples;
-  correct += o.correct;
-  loss += o.loss;
+  const std::vector<double> a = pack(), b = o.pack();
+  std::vector<double> s(a.size());
+  for (size_t i = 0; i < a.size(); ++i) s[i] = a[i] + b[i];
+  *this = unpack(s);
 }
 
 std::vector<double> ClassifyStats::pack() const {
-  return {static_cast<double>(examples), static_cast<double>(correct), loss};
+  return {static_cast<double>(examples), static_cast<double>(correct), loss, static_cast<double>(tp),
+          static_cast<double>(fp), static_cast<double>(fn), sz, sy, szz, syy, szy};
 }
 
 ClassifyStats ClassifyStats::unpack(const std::vector<double>& v) {
-  QWENQ_CHECK(v.size() == 3, "ClassifyStats::unpack: " << v.size() << " numbers");
+  QWENQ_CHECK(v.size() == 11, "ClassifyStats::unpack: " << v.size() << " numbers");
   ClassifyStats s;
   s.examples = static_cast<int64_t>(v[0]);
   s.correct = static_cast<int64_t>(v[1]);
   s.loss = v[2];
+  s.tp = static_cast<int64_t>(v[3]);
+  s.fp = static_cast<int64_t>(v[4]);
+  s.fn = static_cast<int64_t>(v[5]);
+  s.sz = v[6];
+  s.sy = v[7];
+  s.szz = v[8];
+  s.syy = v[9];
+  s.szy = v[10];
   return s;
 }
 
@@ -179,61 +298,149 @@ double softmax_and_loss(const double* z, int64_t C, int32_t y, std::vector<doubl
   return m + std::log(sum) - z[y];
 }
 
-void check_logits(const std::vector<double>& logits, const std::vector<int32_t>& labels, int64_t C) {
-  QWENQ_CHECK(C >= 2 && logits.size() == labels.size() * static_cast<size_t>(C),
-              "classify: " << logits.size() << " logits for " << labels.size() << " examples of " << C << " labels");
-  for (int32_t y : labels) QWENQ_CHECK(y >= 0 && y < C, "classify: label " << y << " outside [0, " << C << ")");
+// softplus(z) = log(1 + e^z) without overflow.
+double softplus(double z) { return std::max(z, 0.0) + std::log1p(std::exp(-std::fabs(z))); }
+double sigmoid(double z) { return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z)); }
+
+void check_logits(const std::vector<double>& logits, const std::vector<ClassifyTarget>& targets, const ClassifyTask& t) {
+  const int64_t C = t.num_labels;
+  QWENQ_CHECK(C >= (t.type == ProblemType::kSingleLabel ? 2 : 1) &&
+                  logits.size() == targets.size() * static_cast<size_t>(C),
+              "classify: " << logits.size() << " logits for " << targets.size() << " examples of " << C << " labels");
+  for (const ClassifyTarget& y : targets) {
+    if (t.type == ProblemType::kSingleLabel) {
+      QWENQ_CHECK(y.id >= 0 && y.id < C, "classify: label " << y.id << " outside [0, " << C << ")");
+    } else {
+      QWENQ_CHECK(static_cast<int64_t>(y.values.size()) == C,
+                  "classify: a target of " << y.values.size() << " values for " << C << " outputs");
+    }
+  }
 }
 
 }  // namespace
 
-ClassifyStats classify_batch_stats(const std::vector<double>& logits, const std::vector<int32_t>& labels,
-                                   int64_t num_labels) {
-  check_logits(logits, labels, num_labels);
+ClassifyStats classify_batch_stats(const std::vector<double>& logits, const std::vector<ClassifyTarget>& targets,
+                                   const ClassifyTask& task) {
+  check_logits(logits, targets, task);
+  const int64_t C = task.num_labels;
   ClassifyStats s;
   std::vector<double> p;
-  for (size_t j = 0; j < labels.size(); ++j) {
-    const double* z = logits.data() + j * static_cast<size_t>(num_labels);
-    s.loss += softmax_and_loss(z, num_labels, labels[j], &p);
-    s.correct += std::max_element(z, z + num_labels) - z == labels[j];
+  for (size_t j = 0; j < targets.size(); ++j) {
+    const double* z = logits.data() + j * static_cast<size_t>(C);
+    const ClassifyTarget& y = targets[j];
     ++s.examples;
+    if (task.type == ProblemType::kSingleLabel) {
+      s.loss += softmax_and_loss(z, C, y.id, &p);
+      s.correct += std::max_element(z, z + C) - z == y.id;
+      continue;
+    }
+    double l = 0;
+    bool all_right = true;
+    for (int64_t c = 0; c < C; ++c) {
+      const double t = y.values[static_cast<size_t>(c)];
+      if (task.type == ProblemType::kMultiLabel) {
+        l += softplus(z[c]) - t * z[c];
+        const bool predicted = z[c] > 0, truth = t > 0.5;
+        all_right = all_right && predicted == truth;
+        s.tp += predicted && truth;
+        s.fp += predicted && !truth;
+        s.fn += !predicted && truth;
+      } else {
+        l += (z[c] - t) * (z[c] - t);
+        s.sz += z[c];
+        s.sy += t;
+        s.szz += z[c] * z[c];
+        s.syy += t * t;
+        s.szy += z[c] * t;
+      }
+    }
+    s.loss += l / static_cast<double>(C);
+    s.correct += task.type == ProblemType::kMultiLabel && all_right;
   }
   return s;
 }
 
-std::function<std::vector<double>(const std::vector<double>&)> classify_objective(std::vector<int32_t> labels,
-                                                                                  int64_t num_labels,
+std::function<std::vector<double>(const std::vector<double>&)> classify_objective(std::vector<ClassifyTarget> targets,
+                                                                                  const ClassifyTask& task,
                                                                                   int64_t step_examples,
                                                                                   ClassifyStats* stats) {
   QWENQ_CHECK(step_examples >= 1, "classify_objective: a step of " << step_examples << " examples");
-  return [labels = std::move(labels), num_labels, step_examples, stats](const std::vector<double>& logits) {
-    check_logits(logits, labels, num_labels);
+  return [targets = std::move(targets), task, step_examples, stats](const std::vector<double>& logits) {
+    check_logits(logits, targets, task);
+    const int64_t C = task.num_labels;
     std::vector<double> d(logits.size());
     std::vector<double> p;
-    const double n = static_cast<double>(step_examples);
-    for (size_t j = 0; j < labels.size(); ++j) {
-      softmax_and_loss(logits.data() + j * static_cast<size_t>(num_labels), num_labels, labels[j], &p);
-      for (int64_t c = 0; c < num_labels; ++c) {
-        d[j * static_cast<size_t>(num_labels) + static_cast<size_t>(c)] =
-            (p[static_cast<size_t>(c)] - (c == labels[j] ? 1.0 : 0.0)) / n;
+    const double n = static_cast<double>(step_examples), nc = n * static_cast<double>(C);
+    for (size_t j = 0; j < targets.size(); ++j) {
+      const double* z = logits.data() + j * static_cast<size_t>(C);
+      double* dz = d.data() + j * static_cast<size_t>(C);
+      const ClassifyTarget& y = targets[j];
+      if (task.type == ProblemType::kSingleLabel) softmax_and_loss(z, C, y.id, &p);
+      for (int64_t c = 0; c < C; ++c) {
+        switch (task.type) {
+          case ProblemType::kSingleLabel:
+            dz[c] = (p[static_cast<size_t>(c)] - (c == y.id ? 1.0 : 0.0)) / n;
+            break;
+          case ProblemType::kMultiLabel:
+            dz[c] = (sigmoid(z[c]) - static_cast<double>(y.values[static_cast<size_t>(c)])) / nc;
+            break;
+          default:
+            dz[c] = 2.0 * (z[c] - static_cast<double>(y.values[static_cast<size_t>(c)])) / nc;
+        }
       }
     }
-    if (stats) stats->add(classify_batch_stats(logits, labels, num_labels));
+    if (stats) stats->add(classify_batch_stats(logits, targets, task));
     return d;
   };
 }
 
-void write_label_names(const std::string& dir, const std::vector<std::string>& names) {
-  nlohmann::ordered_json id2label = nlohmann::ordered_json::object();
-  for (size_t i = 0; i < names.size(); ++i) id2label[std::to_string(i)] = names[i];
-  write_file_atomic(path_join(dir, "labels.json"), nlohmann::ordered_json{{"id2label", id2label}}.dump(2) + "\n");
+std::vector<std::string> classify_metric_names(const ClassifyTask& task) {
+  switch (task.type) {
+    case ProblemType::kSingleLabel: return {"accuracy"};
+    case ProblemType::kMultiLabel: return {"accuracy", "f1"};
+    default: return task.num_labels == 1 ? std::vector<std::string>{"pearson"} : std::vector<std::string>{};
+  }
 }
 
-std::vector<std::string> read_label_names(const std::string& dir) {
+void add_classify_metrics(const ClassifyStats& s, const ClassifyTask& task, const std::string& prefix,
+                          nlohmann::json* record) {
+  for (const std::string& m : classify_metric_names(task)) {
+    (*record)[prefix + m] = m == "accuracy" ? s.accuracy() : m == "f1" ? s.f1() : s.pearson();
+  }
+}
+
+std::string classify_metrics_text(const ClassifyStats& s, const ClassifyTask& task) {
+  std::string out;
+  char buf[48];
+  for (const std::string& m : classify_metric_names(task)) {
+    std::snprintf(buf, sizeof buf, "%s%s %.3f", out.empty() ? "" : ", ", m.c_str(),
+                  m == "accuracy" ? s.accuracy() : m == "f1" ? s.f1() : s.pearson());
+    out += buf;
+  }
+  return out;
+}
+
+void write_label_names(const std::string& dir, const std::vector<std::string>& names, ProblemType type) {
+  nlohmann::ordered_json id2label = nlohmann::ordered_json::object();
+  for (size_t i = 0; i < names.size(); ++i) id2label[std::to_string(i)] = names[i];
+  nlohmann::ordered_json j{{"id2label", id2label}};
+  if (type != ProblemType::kSingleLabel) j["problem_type"] = problem_type_name(type);
+  write_file_atomic(path_join(dir, "labels.json"), j.dump(2) + "\n");
+}
+
+std::vector<std::string> read_label_names(const std::string& dir, ProblemType* type) {
   const std::string path = path_join(dir, "labels.json");
+  if (type) *type = ProblemType::kSingleLabel;
   if (!file_exists(path)) return {};
   const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.contains("id2label") && j["id2label"].is_object(), path << ": no \"id2label\" object");
+  if (j.contains("problem_type")) {
+    ProblemType t;
+    QWENQ_CHECK(j["problem_type"].is_string() && problem_type_from_name(j["problem_type"].get<std::string>(), &t),
+                path << ": \"problem_type\" must be single_label_classification, multi_label_classification or "
+                        "regression, got " << j["problem_type"].dump());
+    if (type) *type = t;
+  }
   const nlohmann::json& m = j["id2label"];
   std::vector<std::string> names(m.size());
   for (auto it = m.begin(); it != m.end(); ++it) {
@@ -250,6 +457,16 @@ std::vector<std::string> read_label_names(const std::string& dir) {
     names[static_cast<size_t>(id)] = it.value().get<std::string>();
   }
   return names;
+}
+
+bool config_problem_type(const std::string& model_dir, ProblemType* type) {
+  const std::string path = path_join(model_dir, "config.json");
+  const nlohmann::json cfg = read_json_file(path);
+  if (!cfg.contains("problem_type") || cfg["problem_type"].is_null()) return false;
+  QWENQ_CHECK(cfg["problem_type"].is_string() && problem_type_from_name(cfg["problem_type"].get<std::string>(), type),
+              path << ": \"problem_type\" must be single_label_classification, multi_label_classification or "
+                      "regression, got " << cfg["problem_type"].dump());
+  return true;
 }
 
 std::vector<std::string> config_label_names(const std::string& model_dir) {

@@ -244,12 +244,19 @@ QuantizeReport merge_adapter_to_dir(const MergeOptions& o) {
   config.erase("quantization_config");
   config["torch_dtype"] = torch_dtype_name(dtype);
   if (classifier) {
-    // The label names a classify run left beside its adapter (trainer/classify.h), else transformers' LABEL_<i>.
-    const std::vector<std::string> names = read_label_names(o.adapter_dir);
+    // The label names a classify run left beside its adapter (trainer/classify.h), else transformers' LABEL_<i>; its
+    // problem type as transformers' problem_type (single-label: none, which transformers reads as such for integer
+    // labels of 2 or more classes).
+    ProblemType type;
+    const std::vector<std::string> names = read_label_names(o.adapter_dir, &type);
     QWENQ_CHECK(names.empty() || static_cast<int64_t>(names.size()) == adapter.config().num_labels,
                 o.adapter_dir << "/labels.json names " << names.size() << " labels; the score head has "
                               << adapter.config().num_labels);
     set_classifier_config(&config, adapter.config().num_labels, names, o.model_dir);
+    if (!names.empty()) {
+      config.erase("problem_type");
+      if (type != ProblemType::kSingleLabel) config["problem_type"] = problem_type_name(type);
+    }
   }
   return finish_output(config, o.model_dir, shards, out, t0, rep);
 }

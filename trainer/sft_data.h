@@ -139,6 +139,13 @@ struct SftDataStats {
   std::string summary() const;  // one line for logs
 };
 
+// A sequence classification example's target (trainer/classify.h): single-label its label's id (values empty);
+// multi-label 1 or 0 per label; regression the target of each output.
+struct ClassifyTarget {
+  int32_t id = -1;
+  std::vector<float> values;
+};
+
 struct SftDataset {
   std::vector<SftExample> train, eval;
   SftDataStats stats;
@@ -146,8 +153,8 @@ struct SftDataset {
   std::vector<std::string> train_records, eval_records;  // GRPO prompts (trainer/grpo.h): each one's record, JSON text
   // Preference pairs (trainer/dpo.h): each pair's "margin" (reward modelling, trainer/reward.h; 0 without one).
   std::vector<double> train_margins, eval_margins;
-  // Sequence classification (trainer/classify.h): each example's label.
-  std::vector<int32_t> train_classes, eval_classes;
+  // Sequence classification (trainer/classify.h): each example's target.
+  std::vector<ClassifyTarget> train_targets, eval_targets;
 };
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------

@@ -101,11 +101,13 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
 }
 
 ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
-                                  const std::vector<SftExample>& examples, const std::vector<int32_t>& labels,
-                                  const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
-  QWENQ_CHECK(labels.size() == examples.size(), "classify_eval_stats: " << labels.size() << " labels for "
-                                                                         << examples.size() << " examples");
+                                  const std::vector<SftExample>& examples, const std::vector<ClassifyTarget>& targets,
+                                  const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
+  QWENQ_CHECK(targets.size() == examples.size(), "classify_eval_stats: " << targets.size() << " targets for "
+                                                                          << examples.size() << " examples");
   const int64_t C = adapter.config().num_labels;
+  QWENQ_CHECK(C == task.num_labels, "classify_eval_stats: a head of " << C << " outputs for a task of "
+                                                                      << task.num_labels);
   const LoraStepOptions base = eval_step_options(o);
   // Batches of o.batch_size texts in file order (the first eval_batches), shared by the ranks.
   SftBatchOptions bo;
@@ -121,7 +123,8 @@ ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& ada
         return lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so).scores;
       });
   const size_t covered = logits.size() / static_cast<size_t>(C);
-  return classify_batch_stats(logits, std::vector<int32_t>(labels.begin(), labels.begin() + static_cast<std::ptrdiff_t>(covered)), C);
+  return classify_batch_stats(
+      logits, std::vector<ClassifyTarget>(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(covered)), task);
 }
 
 std::pair<double, int64_t> sft_eval_loss(const QwenModel& model, const LoraAdapter& adapter,
@@ -175,9 +178,9 @@ nlohmann::json held_out_record(QwenModel& model, const LoraAdapter& adapter, Lor
     add_kto_rewards(es, "eval_", &record);
     record["eval_examples"] = es.examples();
   } else if (o.classify) {  // the held-out texts' logits
-    const ClassifyStats es = classify_eval_stats(model, adapter, examples, *h.classes, o, h.reward_pad, o.group);
+    const ClassifyStats es = classify_eval_stats(model, adapter, examples, *h.targets, h.task, o, h.reward_pad, o.group);
     record["eval_loss"] = es.objective();
-    record["eval_accuracy"] = es.accuracy();
+    add_classify_metrics(es, h.task, "eval_", &record);
     record["eval_examples"] = es.examples;
   } else if (o.grpo) {  // the held-out prompts sampled with a fixed seed: the reward, not a loss
     QWENQ_CHECK(grpo != nullptr, "held_out_record: a GRPO run's evaluation needs its GrpoRun");

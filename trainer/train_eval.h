@@ -48,7 +48,8 @@ struct HeldOutSet {
   const std::vector<std::string>* records = nullptr;     // grpo: each prompt's record (its reward functions read them)
   const std::vector<double>* ref_sums = nullptr;         // dpo, kto: the reference model's NLL sums
   const std::vector<int64_t>* target_counts = nullptr;   // dpo: each sequence's counted targets
-  const std::vector<int32_t>* classes = nullptr;         // classify: each example's label
+  const std::vector<ClassifyTarget>* targets = nullptr;  // classify: each example's target
+  ClassifyTask task;                                     // classify: the head's problem type and outputs
   int32_t reward_pad = -1;                               // reward, classify: the pad id pooling skips
 };
 

@@ -123,7 +123,7 @@ nlohmann::json step_record(const StepLog& s) {
   }
   if (s.classify) {
     record["examples"] = s.classify->examples;
-    record["accuracy"] = s.classify->accuracy();
+    add_classify_metrics(*s.classify, *s.classify_task, "", &record);
   }
   if (s.grpo) record.update(*s.grpo);
   return record;
@@ -132,9 +132,12 @@ nlohmann::json step_record(const StepLog& s) {
 std::string step_progress_text(const StepLog& s) {
   char text[128];
   const double tok_s = s.tokens / std::max(s.seconds, 1e-9);
-  if (s.dpo || s.reward || s.classify) {
-    const double accuracy = s.classify ? s.classify->accuracy()
-                            : s.dpo ? static_cast<double>(s.dpo->correct) / static_cast<double>(std::max<int64_t>(1, s.dpo->pairs))
+  if (s.classify) {
+    const std::string metrics = classify_metrics_text(*s.classify, *s.classify_task);
+    std::snprintf(text, sizeof text, "loss %.4f%s%s lr %.2e %.0f tok/s", s.loss, metrics.empty() ? "" : " ",
+                  metrics.c_str(), s.lr, tok_s);
+  } else if (s.dpo || s.reward) {
+    const double accuracy = s.dpo ? static_cast<double>(s.dpo->correct) / static_cast<double>(std::max<int64_t>(1, s.dpo->pairs))
                                   : s.reward->accuracy();
     std::snprintf(text, sizeof text, "loss %.4f acc %.2f lr %.2e %.0f tok/s", s.loss, accuracy, s.lr, tok_s);
   } else if (s.kto) {

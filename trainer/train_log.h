@@ -27,12 +27,13 @@ struct StepLog {
   const RewardStats* reward = nullptr;
   const KtoStats* kto = nullptr;
   const ClassifyStats* classify = nullptr;
+  const ClassifyTask* classify_task = nullptr;  // with classify
   const nlohmann::json* grpo = nullptr;
 };
 
 // The step's metrics.jsonl record: {"step","epoch","loss","lr","grad_norm","tokens","targets","tokens_per_s",
 // "elapsed_s"} and the objective's statistics (TRL's names: rewards_chosen/rejected/margin/accuracy, logps_*, kl, ...;
-// a classifier's examples and accuracy).
+// a classifier's examples and its problem type's metrics: accuracy, f1, pearson).
 nlohmann::json step_record(const StepLog& s);
 // The progress line's text for the step ("loss 2.3456 lr 1.00e-04 1234 tok/s", with accuracy, KL or reward).
 std::string step_progress_text(const StepLog& s);

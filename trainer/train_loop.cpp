@@ -156,9 +156,14 @@ TrainReport train_lora(const TrainOptions& o) {
   const Tokenizer tok = Tokenizer::from_dir(o.model_dir);
   SftDataOptions dopt = o.data;
   dopt.max_len = data_max_len(o);
-  // classify: the label names (--labels, else a classifier base's id2label, else read from --data).
+  // classify: the label names (--labels, else a classifier base's id2label, else read from --data), the problem type
+  // likewise (--problem-type, a classifier base's, the data's).
   ClassifyDataOptions labels = o.classify_data;
   if (o.classify && classifier_base && labels.label_names.empty()) labels.label_names = config_label_names(o.model_dir);
+  if (o.classify && classifier_base && !labels.problem_type) {
+    ProblemType t;
+    if (config_problem_type(o.model_dir, &t)) labels.problem_type = t;
+  }
   const auto load = [&](const std::string& path, const SftDataOptions& d) {
     return o.classify ? load_classify_dataset(path, tok, d, &labels)
            : o.dpo || o.reward ? load_preference_dataset(path, tok, d)
@@ -173,7 +178,7 @@ TrainReport train_lora(const TrainOptions& o) {
   const std::vector<SftExample>* eval_set = &data.eval;
   const std::vector<uint8_t>* eval_labels = &data.eval_labels;  // kto: desirable, per held-out unit
   const std::vector<double>* eval_margins = &data.eval_margins;  // reward: per held-out pair (empty: none)
-  const std::vector<int32_t>* eval_classes = &data.eval_classes;  // classify: per held-out text
+  const std::vector<ClassifyTarget>* eval_targets = &data.eval_targets;  // classify: per held-out text
   SftDataset eval_file;
   if (!o.eval_data_path.empty()) {
     SftDataOptions eopt = dopt;
@@ -186,7 +191,7 @@ TrainReport train_lora(const TrainOptions& o) {
     eval_set = &eval_file.train;
     eval_labels = &eval_file.train_labels;
     eval_margins = &eval_file.train_margins;
-    eval_classes = &eval_file.train_classes;
+    eval_targets = &eval_file.train_targets;
   }
   QWENQ_CHECK(!watches_metric(o) || !eval_set->empty(),
               (o.best.load_best ? "--load-best-model-at-end"
@@ -200,13 +205,26 @@ TrainReport train_lora(const TrainOptions& o) {
   LoraConfig lcfg = o.lora;
   lcfg.base_model = o.model_dir;
   if (o.reward) lcfg.num_labels = 1;  // a SEQ_CLS adapter: LoRA plus the score head
+  ClassifyTask task;  // classify: the head's problem type and outputs
   if (o.classify) {
-    lcfg.num_labels = static_cast<int64_t>(labels.label_names.size());
+    task.type = *labels.problem_type;
+    task.num_labels = static_cast<int64_t>(labels.label_names.size());
+    lcfg.num_labels = task.num_labels;
+    if (watches_metric(o)) {  // the metric must be one this problem type reports
+      const std::vector<std::string> names = classify_metric_names(task);
+      const std::string key = best_metric_key(o);
+      std::string choices = "eval_loss";
+      for (const std::string& n : names) choices += ", eval_" + n;
+      QWENQ_CHECK(key == "eval_loss" || std::find(names.begin(), names.end(), key.substr(5)) != names.end(),
+                  "--metric-for-best-model " << key << ": a " << problem_type_name(task.type) << " head of "
+                                             << task.num_labels << " output(s) reports " << choices);
+    }
     if (!o.quiet && lead) {
       std::string names;
       for (size_t i = 0; i < labels.label_names.size(); ++i)
         names += (i ? ", " : "") + std::to_string(i) + " " + labels.label_names[i];
-      std::fprintf(stderr, "classify: %zu labels: %s\n", labels.label_names.size(), names.c_str());
+      std::fprintf(stderr, "classify: %s, %zu %s: %s\n", problem_type_name(task.type), labels.label_names.size(),
+                   task.type == ProblemType::kRegression ? "outputs" : "labels", names.c_str());
     }
   }
   const int32_t reward_pad = o.sequence_classifier() ? reward_pad_id(o.model_dir, tok) : -1;
@@ -454,7 +472,8 @@ TrainReport train_lora(const TrainOptions& o) {
   held_out.records = &eval_records;
   held_out.ref_sums = &ref_eval;
   held_out.target_counts = &eval_counts;
-  held_out.classes = eval_classes;
+  held_out.targets = eval_targets;
+  held_out.task = task;
   held_out.reward_pad = reward_pad;
   const auto run_eval = [&](int64_t step) -> nlohmann::json {
     nlohmann::json record;
@@ -473,8 +492,9 @@ TrainReport train_lora(const TrainOptions& o) {
       rep.eval_loss = record["eval_loss"].get<double>();
       if (first) rep.first_eval_loss = rep.eval_loss;
     }
-    if (o.dpo || o.reward || o.classify) {
-      rep.eval_accuracy = record[o.classify ? "eval_accuracy" : "eval_rewards_accuracy"].get<double>();
+    const char* accuracy_key = o.classify ? "eval_accuracy" : "eval_rewards_accuracy";  // (none for regression)
+    if ((o.dpo || o.reward || o.classify) && record.contains(accuracy_key)) {
+      rep.eval_accuracy = record[accuracy_key].get<double>();
       if (first) rep.first_eval_accuracy = rep.eval_accuracy;
     }
     if (lead) metrics << record.dump() << "\n" << std::flush;
@@ -647,10 +667,10 @@ TrainReport train_lora(const TrainOptions& o) {
       }
       if (o.classify) {
         so.score_rows = reward_pooled_rows(micro[i].packed, reward_pad);
-        std::vector<int32_t> y;  // the micro-batch's texts' labels
+        std::vector<ClassifyTarget> y;  // the micro-batch's texts' targets
         for (int64_t k = 0; k < micro[i].num_examples; ++k)
-          y.push_back(data.train_classes[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])]);
-        so.score_objective = classify_objective(std::move(y), lcfg.num_labels, texts, &classify_stats);
+          y.push_back(data.train_targets[static_cast<size_t>(order[static_cast<size_t>(micro[i].first_index + k)])]);
+        so.score_objective = classify_objective(std::move(y), task, texts, &classify_stats);
       }
       if (o.dpo) {
         std::vector<double> ref(static_cast<size_t>(micro[i].num_examples));
@@ -740,7 +760,10 @@ TrainReport train_lora(const TrainOptions& o) {
     log.elapsed_s = st.elapsed_s;
     if (o.dpo) log.dpo = &step_stats;
     if (o.reward) log.reward = &reward_stats;
-    if (o.classify) log.classify = &classify_stats;
+    if (o.classify) {
+      log.classify = &classify_stats;
+      log.classify_task = &task;
+    }
     if (o.kto) log.kto = &kto_stats;
     if (o.grpo) log.grpo = &grpo_stats;
     metrics << step_record(log).dump() << "\n" << std::flush;
@@ -764,7 +787,8 @@ TrainReport train_lora(const TrainOptions& o) {
         save_train_checkpoint(o.out_dir, adapter, m, v, st, o.save_total_limit,
                               best && o.best.load_best ? best->best_step() : -1);
         // classify: the names beside each checkpoint's adapter too (`eval --adapter checkpoint-N/adapter` reads them).
-        if (o.classify) write_label_names(path_join(checkpoint_dir(o.out_dir, st.step), "adapter"), labels.label_names);
+        if (o.classify)
+          write_label_names(path_join(checkpoint_dir(o.out_dir, st.step), "adapter"), labels.label_names, task.type);
       }
     }
     if (early_stop) break;
@@ -821,7 +845,7 @@ TrainReport train_lora(const TrainOptions& o) {
                 "cannot move " << f << " into " << o.out_dir);
   }
   remove_tree(staging);
-  if (o.classify) write_label_names(o.out_dir, labels.label_names);  // beside the adapter (trainer/classify.h)
+  if (o.classify) write_label_names(o.out_dir, labels.label_names, task.type);  // beside the adapter (trainer/classify.h)
   rep.steps = st.step;
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   rep.tokens_per_s = st.tokens_seen / std::max(st.elapsed_s, 1e-9);

@@ -43,7 +43,7 @@ namespace {
 // evaluation first reports them.
 std::vector<std::string> best_metric_choices(const TrainOptions& o) {
   if (o.dpo || o.reward) return {"eval_loss", "eval_rewards_margin", "eval_rewards_accuracy"};
-  if (o.classify) return {"eval_loss", "eval_accuracy"};
+  if (o.classify) return {"eval_loss", "eval_accuracy", "eval_f1", "eval_pearson"};  // (by problem type: train_loop)
   if (o.kto) return {"eval_loss", "eval_kl", "eval_rewards_chosen", "eval_rewards_rejected", "eval_rewards_margin"};
   if (o.grpo)
     return {"eval_reward", "eval_reward_std", "eval_frac_reward_zero_std", "eval_completions_mean_length",
@@ -117,6 +117,8 @@ nlohmann::json resume_key(const TrainOptions& o) {
   if (o.classify) {
     k["objective"] = "classify";
     k["labels"] = o.classify_data.label_names;  // (given ones; else the data's, the same file)
+    if (o.classify_data.problem_type)  // absent when the data decides: older checkpoints still match
+      k["problem_type"] = problem_type_name(*o.classify_data.problem_type);
   }
   if (o.reward) {
     k["objective"] = "reward";

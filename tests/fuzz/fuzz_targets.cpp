@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@
 #include "trainer/qwen_model.h"
 #include "trainer/sampling.h"
 #include "trainer/chat_record.h"
+#include "trainer/classify.h"
 #include "trainer/multiple_choice.h"
 #include "trainer/sft_data.h"
 #include "trainer/text_data.h"
@@ -240,6 +242,56 @@ bool sft_target(const uint8_t* data, size_t size) {
   return accepted;
 }
 
+// The bytes as labelled texts of every problem type (given, and inferred from the data), skip_bad on and off, with
+// and without given label names; then as labels.json beside an adapter and as a classifier's config.json. The
+// targets read are run through the objective's statistics and derivatives with zero logits.
+bool classify_target(const uint8_t* data, size_t size) {
+  static const Tokenizer tok = Tokenizer::from_dir(path_join(fixtures(), "chat/qwen2.5"));
+  bool accepted = false;
+  const std::string dir = path_join(scratch(), "classify");
+  make_dirs(dir);
+  const std::string path = path_join(dir, "data.jsonl");
+  write_bytes(path, data, size);
+  const std::optional<ProblemType> types[] = {std::nullopt, ProblemType::kSingleLabel, ProblemType::kMultiLabel,
+                                              ProblemType::kRegression};
+  for (const std::optional<ProblemType>& type : types)
+    for (bool skip_bad : {false, true})
+      for (bool named : {false, true}) {
+        try {
+          SftDataOptions opt;
+          opt.skip_bad = skip_bad;
+          opt.max_len = 64;
+          opt.eval_fraction = 0.25;
+          ClassifyDataOptions labels;
+          labels.problem_type = type;
+          if (named) labels.label_names = {"a", "b"};
+          const SftDataset ds = load_classify_dataset(path, tok, opt, &labels);
+          accepted = true;
+          const ClassifyTask task{*labels.problem_type, static_cast<int64_t>(labels.label_names.size())};
+          const std::vector<double> z(ds.train_targets.size() * static_cast<size_t>(task.num_labels), 0.0);
+          (void)classify_batch_stats(z, ds.train_targets, task).pearson();
+          (void)classify_objective(ds.train_targets, task, 1 + static_cast<int64_t>(ds.train_targets.size()), nullptr)(z);
+        } catch (const Error&) {
+        }
+      }
+  write_bytes(path_join(dir, "labels.json"), data, size);
+  try {
+    ProblemType t;
+    (void)read_label_names(dir, &t);
+    accepted = true;
+  } catch (const Error&) {
+  }
+  write_bytes(path_join(dir, "config.json"), data, size);
+  try {
+    ProblemType t;
+    (void)config_problem_type(dir, &t);
+    (void)config_label_names(dir);
+    accepted = true;
+  } catch (const Error&) {
+  }
+  return accepted;
+}
+
 // Read as text, with a chat template for the chat records among them (calibration, eval), and as multiple-choice
 // items; the same bytes as a generated reply read back into a message by both templates (generate --prompts;
 // problems go into its error).
@@ -341,7 +393,7 @@ std::vector<std::string> fuzz_target_names() {
   std::vector<std::string> names = {"safetensors"};
   for (const char* m : kModels) names.push_back(std::string("model_config:") + m);
   for (const char* m : kModels) names.push_back(std::string("model_header:") + m);
-  for (const char* t : {"tokenizer", "tokenizer_features", "sft", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
+  for (const char* t : {"tokenizer", "tokenizer_features", "sft", "classify", "text", "adapter_config", "adapter_header", "llama2c", "llama2c_tokenizer",
                         "gguf", "imatrix", "kld", "generation_config"})
     names.push_back(t);
   return names;
@@ -368,6 +420,8 @@ bool run_fuzz_target(const std::string& target, const uint8_t* data, size_t size
       return tokenizer_features_target(data, size);
     } else if (target == "sft") {
       return sft_target(data, size);
+    } else if (target == "classify") {
+      return classify_target(data, size);
     } else if (target == "text") {
       return text_target(data, size);
     } else if (target == "adapter_config" || target == "adapter_header") {

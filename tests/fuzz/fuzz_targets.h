@@ -14,6 +14,9 @@
 //                            tests/oracle/test_tokenizer_features_oracle.py: encode (special tokens parsed or split)
 //                            and decode
 //   sft                      the bytes as .jsonl and .json SFT data, every format, skip_bad on and off
+//   classify                 the bytes as labelled texts of every problem type (skip_bad on and off, label names
+//                            given or not; their statistics and derivatives), as labels.json and as a classifier's
+//                            config.json
 //   text                     the bytes as a .txt / .jsonl / .json evaluation or calibration corpus, multiple-choice
 //                            items and GSM8K records (their extractions and exact match run on the record's text)
 //   adapter_config           the bytes as adapter_config.json of a real adapter for the dense model: load it

@@ -56,6 +56,17 @@ PY
 done
 
 seed() { mkdir -p "$OUT/seeds/$1" && printf '%s' "$3" > "$OUT/seeds/$1/$2"; }
+seed classify single.jsonl '{"text": "a cat", "label": "cat"}
+{"text": "a dog", "label": "dog"}'
+seed classify named.jsonl '{"text": "a cat", "label": "a"}
+{"text": "a dog", "label": 1}'
+seed classify multi.jsonl '{"text": "a cat and a dog", "label": ["a", "b"]}
+{"text": "the sun", "label": []}'
+seed classify regression.jsonl '{"text": "short", "label": 0.25}
+{"text": "longer text", "label": -3}'
+seed classify regression2.jsonl '{"text": "two values", "label": [1, -2.5]}
+{"text": "and two more", "label": [0.5, 4]}'
+seed classify labels.json '{"id2label": {"0": "neg", "1": "pos"}, "problem_type": "multi_label_classification"}'
 seed sft alpaca.json '[{"instruction": "Name a color.", "input": "", "output": "Blue."}, {"instruction": "Add", "input": "1 2", "output": "3"}]'
 seed sft chat.jsonl '{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 {"instruction": "x", "output": "y"}'

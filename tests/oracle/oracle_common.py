@@ -123,6 +123,55 @@ def randomize_lora(pm):
     return {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
 
 
+def randomize_seq_cls(pm):
+    """A SEQ_CLS PEFT model's LoRA A to N(0, 1/in), B to 0.1·N(0, 1) (a B = 0 start leaves every A's first gradient
+    zero) and its trainable score head to 0.5·N(0, 1), seeded by the caller."""
+    import torch
+
+    with torch.no_grad():
+        for pname, p in pm.named_parameters():
+            if "lora_A" in pname:
+                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
+            elif "lora_B" in pname:
+                p.copy_(0.1 * torch.randn_like(p))
+            elif "score" in pname and p.requires_grad:
+                p.copy_(0.5 * torch.randn_like(p))
+
+
+def check_trained_tensors(ours, expected, start, median_tol, flip, max_flips, what=""):
+    """Every trained tensor of `ours` against torch's `expected` (both started at `start`), relative to the largest
+    move of its tensor: the median entry within median_tol, at most max_flips entries off by more than flip (Adam's
+    first steps are about sign(g)·lr, so an entry whose gradient is within rounding of zero can move the other way)."""
+    check(set(ours) == set(expected), f"{what}tensor names differ: {sorted(set(ours) ^ set(expected))[:4]}")
+    worst, flips = (0.0, ""), 0
+    for k in sorted(set(ours) & set(expected)):
+        rel = (ours[k].float() - expected[k]).abs() / (expected[k] - start[k]).abs().max().clamp_min(1e-30)
+        median, off = rel.median().item(), int((rel > flip).sum())
+        worst, flips = max(worst, (median, k)), flips + off
+        check(median <= median_tol, f"{what}{k}: the median entry is off by {median:.3g} of the largest move")
+    print(f"largest median error {worst[0]:.3g} of the largest move ({worst[1]}); {flips} entries off by more than {flip}")
+    check(flips <= max_flips, f"{what}{flips} entries are off by more than {flip} of their tensor's largest move")
+
+
+def train_refused(ql, base_dir, out, seq_len, what, records, extra, needle, objective):
+    """`qwen-qlora train --objective OBJECTIVE` on `records` (written to out/bad.jsonl) with `extra` flags must fail with
+    `needle` in its stderr and write no metrics."""
+    import json
+    import shutil
+
+    bad = os.path.join(out, "bad.jsonl")
+    with open(bad, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    d = os.path.join(out, "refused")
+    shutil.rmtree(d, ignore_errors=True)
+    p = subprocess.run([ql, "train", "--objective", objective, "--model", base_dir, "--data", bad, "--out", d,
+                        "--max-steps", "1", "--seq-len", str(seq_len), "--quiet", *extra],
+                       capture_output=True, text=True)
+    check(p.returncode != 0 and needle in p.stderr, f"{what}: rc {p.returncode}, stderr {p.stderr.strip()}")
+    check(not os.path.exists(os.path.join(d, "metrics.jsonl")), f"{what}: the refused run wrote metrics")
+
+
 def import_stories260k(build, shared, out_dir):
     """The real stories260K from the shared data as an fp32 Hugging Face Qwen2 directory at out_dir
     (`qwen-quant import-llama2c`); returns out_dir."""

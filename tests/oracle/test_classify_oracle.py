@@ -21,10 +21,9 @@ with random A, B and score head (seeded) and saves it at init/; then:
 """
 import json
 import os
-import shutil
-import subprocess
 
-from oracle_common import check, finish, import_stories260k, parse_args, require_shared, run, skip, work_dir
+from oracle_common import (check, check_trained_tensors, finish, import_stories260k, parse_args, randomize_seq_cls,
+                           require_shared, run, skip, train_refused, work_dir)
 
 args = parse_args(__doc__)
 require_shared(args.shared)
@@ -82,14 +81,7 @@ torch.manual_seed(SEED)
 init_dir = os.path.join(out, "init")
 pm = peft.get_peft_model(classifier(), peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="SEQ_CLS",
                                                        target_modules=TARGETS))
-with torch.no_grad():
-    for name, p in pm.named_parameters():
-        if "lora_A" in name:
-            p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
-        elif "lora_B" in name:
-            p.copy_(0.1 * torch.randn_like(p))
-        elif "score" in name and p.requires_grad:
-            p.copy_(0.5 * torch.randn_like(p))
+randomize_seq_cls(pm)
 pm.save_pretrained(init_dir)
 
 # 1. our steps against PyTorch's.
@@ -122,16 +114,8 @@ check(len(ours_losses) == STEPS, f"{len(ours_losses)} step records")
 for step, (a, b) in enumerate(zip(ours_losses, torch_losses)):
     check(abs(a - b) <= LOSS_TOL * abs(b), f"step {step + 1}: loss {a}, torch {b}")
 ours = load_file(os.path.join(run_dir, "adapter_model.safetensors"))
-check(set(ours) == set(expected), f"tensor names differ: {sorted(set(ours) ^ set(expected))[:4]}")
 check(any(k.endswith("score.weight") for k in ours), "no score head in our adapter")
-worst, flips = (0.0, ""), 0
-for k in sorted(set(ours) & set(expected)):
-    rel = (ours[k].float() - expected[k]).abs() / (expected[k] - start[k]).abs().max().clamp_min(1e-30)
-    median, off = rel.median().item(), int((rel > FLIP).sum())
-    worst, flips = max(worst, (median, k)), flips + off
-    check(median <= MEDIAN_TOL, f"{k}: the median entry is off by {median:.3g} of the largest move")
-print(f"largest median error {worst[0]:.3g} of the largest move ({worst[1]}); {flips} entries off by more than {FLIP}")
-check(flips <= MAX_FLIPS, f"{flips} entries are off by more than {FLIP} of their tensor's largest move")
+check_trained_tensors(ours, expected, start, MEDIAN_TOL, FLIP, MAX_FLIPS)
 
 # 2. PEFT on our final adapter against `qwen-qlora eval`.
 with open(os.path.join(run_dir, "labels.json")) as f:
@@ -160,20 +144,8 @@ print(f"merged classifier against PEFT: max relative logit difference {diff:.3g}
 check(diff <= 1e-5, f"the merged classifier's logits differ from PEFT's by {diff:.3g}")
 
 # 4. refusals.
-bad = os.path.join(out, "bad.jsonl")
-
-
 def refused(name, records, extra, needle, objective="classify"):
-    with open(bad, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    d = os.path.join(out, "refused")
-    shutil.rmtree(d, ignore_errors=True)
-    p = subprocess.run([ql, "train", "--objective", objective, "--model", base_dir, "--data", bad, "--out", d,
-                        "--max-steps", "1", "--seq-len", str(seq_len), "--quiet", *extra],
-                       capture_output=True, text=True)
-    check(p.returncode != 0 and needle in p.stderr, f"{name}: rc {p.returncode}, stderr {p.stderr.strip()}")
-    check(not os.path.exists(os.path.join(d, "metrics.jsonl")), f"{name}: the refused run wrote metrics")
+    train_refused(ql, base_dir, out, seq_len, name, records, extra, needle, objective)
 
 
 good = [{"text": t, "label": lab} for t, lab in TEXTS]
