@@ -158,6 +158,51 @@ TEST(ClassifyMath, StatsCountTheFirstMaximumAndPackRoundTrips) {
   test::expect_error([&] { classify_batch_stats(z, ids({1, 0, 3}), kSingle3); }, "label 3 outside [0, 3)");
 }
 
+// Per-label precision, recall, F1, support and the confusion matrix by hand (sklearn's definitions: 0 for an empty
+// denominator), multi-label's per label, regression's per output.
+TEST(ClassifyMath, LabelReportByHand) {
+  // true 0 0 1 2 2 2, predicted (argmax) 0 1 1 2 0 2: label 0 tp 1 fp 1 fn 1; 1 tp 1 fp 1 fn 0; 2 tp 2 fp 0 fn 1
+  const std::vector<double> z = {3, 0, 0, /**/ 0, 3, 0, /**/ 0, 3, 0, /**/ 0, 0, 3, /**/ 3, 0, 0, /**/ 0, 0, 3};
+  const ClassifyLabelReport r = classify_label_report(z, ids({0, 0, 1, 2, 2, 2}), kSingle3);
+  EXPECT_EQ(r.confusion, (std::vector<std::vector<int64_t>>{{1, 1, 0}, {0, 1, 0}, {1, 0, 2}}));
+  EXPECT_DOUBLE_EQ(r.precision(0), 0.5);
+  EXPECT_DOUBLE_EQ(r.recall(0), 0.5);
+  EXPECT_DOUBLE_EQ(r.precision(1), 0.5);
+  EXPECT_DOUBLE_EQ(r.recall(1), 1.0);
+  EXPECT_DOUBLE_EQ(r.f1(1), 2.0 / 3.0);
+  EXPECT_DOUBLE_EQ(r.precision(2), 1.0);
+  EXPECT_DOUBLE_EQ(r.recall(2), 2.0 / 3.0);
+  EXPECT_EQ(r.support(2), 3);
+  EXPECT_DOUBLE_EQ(r.macro_f1(), (0.5 + 2.0 / 3.0 + 0.8) / 3);
+  const nlohmann::ordered_json j = classify_report_json(r, kSingle3, {"a", "b", "c"});
+  EXPECT_EQ(j.at("per_label").at(2).at("label"), "c");
+  EXPECT_EQ(j.at("per_label").at(2).at("support"), 3);
+  EXPECT_EQ(j.at("confusion").at(2).at(0), 1);
+  const std::string text = classify_report_text(r, kSingle3, {"a", "b", "c"});
+  EXPECT_NE(text.find("macro F1 0.656"), std::string::npos) << text;
+  // A label never true nor predicted: every ratio 0, as sklearn's zero_division.
+  const ClassifyLabelReport none = classify_label_report({3, 0, 0}, ids({0}), kSingle3);
+  EXPECT_EQ(none.f1(1), 0.0);
+  EXPECT_EQ(none.precision(1), 0.0);
+
+  const ClassifyTask multi{ProblemType::kMultiLabel, 2};
+  const ClassifyLabelReport m =
+      classify_label_report({1, -1, /**/ 1, 1, /**/ -1, 1}, {{-1, {1, 0}}, {-1, {0, 1}}, {-1, {1, 1}}}, multi);
+  EXPECT_EQ(m.tp, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(m.fp, (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(m.fn, (std::vector<int64_t>{1, 0}));
+  EXPECT_TRUE(m.confusion.empty());
+
+  const ClassifyTask reg{ProblemType::kRegression, 2};
+  const ClassifyLabelReport g =
+      classify_label_report({1, 0, /**/ 2, 1, /**/ 3, 5}, {{-1, {1, 1}}, {-1, {2, 0}}, {-1, {4, 2}}}, reg);
+  EXPECT_NEAR(g.mse[0], 1.0 / 3.0, 1e-12);
+  EXPECT_NEAR(g.mse[1], (1.0 + 1.0 + 9.0) / 3.0, 1e-12);
+  EXPECT_NEAR(g.pearson[0], classify_batch_stats({1, 2, 3}, {{-1, {1}}, {-1, {2}}, {-1, {4}}},
+                                                 ClassifyTask{ProblemType::kRegression, 1}).pearson(), 1e-15);
+  EXPECT_EQ(classify_report_json(g, reg, {"x", "y"}).at("per_output").at(1).at("output"), "y");
+}
+
 // The head of C outputs: scores row-major [sequence, output], and the gradients of every LoRA tensor and the head
 // are the loss's directional derivatives, for each problem type.
 void expect_model_step_gradients(const ClassifyTask& task, const std::vector<ClassifyTarget>& targets, uint64_t seed) {

@@ -235,9 +235,10 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
                           << C << "; give --labels in the order train used");
   const ClassifyTask task{*labels.problem_type, C};
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
-  const ClassifyStats st = classify_eval_stats(model, adapter, split ? data.eval : data.train,
-                                               split ? data.eval_targets : data.train_targets, task, o,
-                                               reward_pad_id(o.model_dir, tok));
+  const std::vector<ClassifyTarget>& targets = split ? data.eval_targets : data.train_targets;
+  std::vector<double> logits;
+  const ClassifyStats st = classify_eval_stats(model, adapter, split ? data.eval : data.train, targets, task, o,
+                                               reward_pad_id(o.model_dir, tok), nullptr, &logits);
   QWENQ_CHECK(st.examples > 0, o.data_path << ": no texts to evaluate (" << data.stats.summary() << ")");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::ordered_json j = {{"model", o.model_dir},
@@ -251,6 +252,11 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
   add_classify_metrics(st, task, "", &metrics);
   for (const std::string& m : classify_metric_names(task)) j[m] = metrics[m];
   j["loss"] = st.objective();
+  // Per label (or output) over the evaluated texts (the first st.examples).
+  const ClassifyLabelReport report = classify_label_report(
+      logits, std::vector<ClassifyTarget>(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(st.examples)),
+      task);
+  j.update(classify_report_json(report, task, labels.label_names));
   j["seconds"] = seconds;
   j["peak_rss_bytes"] = peak_rss_bytes();
   const char* by = a.adapter.empty() ? "the classifier " : "adapter ";
@@ -268,6 +274,7 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
                 problem_type_name(task.type), (long long)C, task.type == ProblemType::kRegression ? "outputs" : "labels",
                 by, who.c_str(), seconds);
   }
+  if (!a.json) std::printf("%s", classify_report_text(report, task, labels.label_names).c_str());
   if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
 }
 

@@ -394,6 +394,137 @@ std::function<std::vector<double>(const std::vector<double>&)> classify_objectiv
   };
 }
 
+namespace {
+
+double ratio(int64_t num, int64_t den) { return den > 0 ? static_cast<double>(num) / static_cast<double>(den) : 0.0; }
+
+}  // namespace
+
+double ClassifyLabelReport::precision(size_t c) const { return ratio(tp[c], tp[c] + fp[c]); }
+double ClassifyLabelReport::recall(size_t c) const { return ratio(tp[c], tp[c] + fn[c]); }
+double ClassifyLabelReport::f1(size_t c) const { return ratio(2 * tp[c], 2 * tp[c] + fp[c] + fn[c]); }
+
+double ClassifyLabelReport::macro_f1() const {
+  double sum = 0;
+  for (size_t c = 0; c < tp.size(); ++c) sum += f1(c);
+  return tp.empty() ? 0.0 : sum / static_cast<double>(tp.size());
+}
+
+ClassifyLabelReport classify_label_report(const std::vector<double>& logits, const std::vector<ClassifyTarget>& targets,
+                                          const ClassifyTask& task) {
+  check_logits(logits, targets, task);
+  const size_t C = static_cast<size_t>(task.num_labels);
+  ClassifyLabelReport r;
+  if (task.type == ProblemType::kRegression) {
+    for (size_t c = 0; c < C; ++c) {  // each output as a one-output regression
+      std::vector<double> z;
+      std::vector<ClassifyTarget> y;
+      for (size_t j = 0; j < targets.size(); ++j) {
+        z.push_back(logits[j * C + c]);
+        y.push_back(ClassifyTarget{-1, {targets[j].values[c]}});
+      }
+      const ClassifyStats s = classify_batch_stats(z, y, ClassifyTask{ProblemType::kRegression, 1});
+      r.mse.push_back(s.objective());
+      r.pearson.push_back(s.pearson());
+    }
+    return r;
+  }
+  r.tp.assign(C, 0);
+  r.fp.assign(C, 0);
+  r.fn.assign(C, 0);
+  if (task.type == ProblemType::kSingleLabel) r.confusion.assign(C, std::vector<int64_t>(C, 0));
+  for (size_t j = 0; j < targets.size(); ++j) {
+    const double* z = logits.data() + j * C;
+    if (task.type == ProblemType::kSingleLabel) {
+      const size_t p = static_cast<size_t>(std::max_element(z, z + C) - z), t = static_cast<size_t>(targets[j].id);
+      ++r.confusion[t][p];
+      if (p == t) {
+        ++r.tp[t];
+      } else {
+        ++r.fp[p];
+        ++r.fn[t];
+      }
+      continue;
+    }
+    for (size_t c = 0; c < C; ++c) {
+      const bool predicted = z[c] > 0, truth = targets[j].values[c] > 0.5f;
+      r.tp[c] += predicted && truth;
+      r.fp[c] += predicted && !truth;
+      r.fn[c] += !predicted && truth;
+    }
+  }
+  return r;
+}
+
+nlohmann::ordered_json classify_report_json(const ClassifyLabelReport& r, const ClassifyTask& task,
+                                            const std::vector<std::string>& names) {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  if (task.type == ProblemType::kRegression) {
+    j["per_output"] = nlohmann::ordered_json::array();
+    for (size_t c = 0; c < r.mse.size(); ++c)
+      j["per_output"].push_back({{"output", names.at(c)}, {"mse", r.mse[c]}, {"pearson", r.pearson[c]}});
+    return j;
+  }
+  j["per_label"] = nlohmann::ordered_json::array();
+  for (size_t c = 0; c < r.tp.size(); ++c) {
+    j["per_label"].push_back({{"label", names.at(c)},
+                              {"precision", r.precision(c)},
+                              {"recall", r.recall(c)},
+                              {"f1", r.f1(c)},
+                              {"support", r.support(c)}});
+  }
+  j["macro_f1"] = r.macro_f1();
+  if (!r.confusion.empty()) j["confusion"] = r.confusion;
+  return j;
+}
+
+std::string classify_report_text(const ClassifyLabelReport& r, const ClassifyTask& task,
+                                 const std::vector<std::string>& names) {
+  size_t w = 6;
+  for (const std::string& n : names) w = std::max(w, std::min<size_t>(n.size(), 32));
+  const int width = static_cast<int>(w);
+  std::string out;
+  char buf[160];
+  if (task.type == ProblemType::kRegression) {
+    std::snprintf(buf, sizeof buf, "%-*s %10s %8s\n", width, "output", "mse", "pearson");
+    out += buf;
+    for (size_t c = 0; c < r.mse.size(); ++c) {
+      std::snprintf(buf, sizeof buf, "%-*.*s %10.4f %8.3f\n", width, width, names.at(c).c_str(), r.mse[c], r.pearson[c]);
+      out += buf;
+    }
+    return out;
+  }
+  std::snprintf(buf, sizeof buf, "%-*s %9s %6s %6s %8s\n", width, "label", "precision", "recall", "f1", "support");
+  out += buf;
+  for (size_t c = 0; c < r.tp.size(); ++c) {
+    std::snprintf(buf, sizeof buf, "%-*.*s %9.3f %6.3f %6.3f %8lld\n", width, width, names.at(c).c_str(), r.precision(c),
+                  r.recall(c), r.f1(c), static_cast<long long>(r.support(c)));
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, "macro F1 %.3f\n", r.macro_f1());
+  out += buf;
+  if (!r.confusion.empty() && r.confusion.size() <= 12) {
+    out += "confusion (rows: the true label, columns: the predicted one)\n";
+    std::snprintf(buf, sizeof buf, "%-*s", width, "");
+    out += buf;
+    for (const std::string& n : names) {
+      std::snprintf(buf, sizeof buf, " %6.6s", n.c_str());
+      out += buf;
+    }
+    out += "\n";
+    for (size_t t = 0; t < r.confusion.size(); ++t) {
+      std::snprintf(buf, sizeof buf, "%-*.*s", width, width, names.at(t).c_str());
+      out += buf;
+      for (int64_t v : r.confusion[t]) {
+        std::snprintf(buf, sizeof buf, " %6lld", static_cast<long long>(v));
+        out += buf;
+      }
+      out += "\n";
+    }
+  }
+  return out;
+}
+
 std::vector<std::string> classify_metric_names(const ClassifyTask& task) {
   switch (task.type) {
     case ProblemType::kSingleLabel: return {"accuracy"};

@@ -106,6 +106,32 @@ std::function<std::vector<double>(const std::vector<double>&)> classify_objectiv
                                                                                   int64_t step_examples,
                                                                                   ClassifyStats* stats);
 
+// Per label (classification) or per output (regression), over evaluated texts, as sklearn's classification_report
+// and confusion_matrix define them: a label's precision tp / (tp + fp), recall tp / (tp + fn) and F1
+// 2·tp / (2·tp + fp + fn), each 0 when its denominator is (sklearn's zero_division), support tp + fn; macro F1 their
+// unweighted mean over the labels. Single-label: a text predicts its argmax label (tp, fp, fn of that label) and the
+// confusion matrix counts [true label][predicted label]; multi-label: each label decided at logit > 0. Regression: each
+// output's mean squared error and Pearson's r.
+struct ClassifyLabelReport {
+  std::vector<int64_t> tp, fp, fn;              // per label (classification)
+  std::vector<std::vector<int64_t>> confusion;  // single-label: [true][predicted]
+  std::vector<double> mse, pearson;             // regression: per output
+  int64_t support(size_t c) const { return tp[c] + fn[c]; }
+  double precision(size_t c) const;
+  double recall(size_t c) const;
+  double f1(size_t c) const;
+  double macro_f1() const;
+};
+ClassifyLabelReport classify_label_report(const std::vector<double>& logits, const std::vector<ClassifyTarget>& targets,
+                                          const ClassifyTask& task);
+// The report as JSON: "per_label" [{"label", "precision", "recall", "f1", "support"}], "macro_f1" and single-label's
+// "confusion"; regression's "per_output" [{"output", "mse", "pearson"}]. `names` the labels or outputs.
+nlohmann::ordered_json classify_report_json(const ClassifyLabelReport& r, const ClassifyTask& task,
+                                            const std::vector<std::string>& names);
+// The same as a text table (a confusion matrix too for single-label heads of at most 12 labels).
+std::string classify_report_text(const ClassifyLabelReport& r, const ClassifyTask& task,
+                                 const std::vector<std::string>& names);
+
 // The metrics a task reports beside its loss (top): "accuracy" (single-label), "accuracy" and "f1" (multi-label),
 // "pearson" (regression with one output; none with more).
 std::vector<std::string> classify_metric_names(const ClassifyTask& task);

@@ -102,7 +102,8 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
 
 ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                                   const std::vector<SftExample>& examples, const std::vector<ClassifyTarget>& targets,
-                                  const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
+                                  const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group,
+                                  std::vector<double>* logits_out) {
   QWENQ_CHECK(targets.size() == examples.size(), "classify_eval_stats: " << targets.size() << " targets for "
                                                                           << examples.size() << " examples");
   const int64_t C = adapter.config().num_labels;
@@ -123,6 +124,7 @@ ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& ada
         return lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so).scores;
       });
   const size_t covered = logits.size() / static_cast<size_t>(C);
+  if (logits_out) *logits_out = logits;
   return classify_batch_stats(
       logits, std::vector<ClassifyTarget>(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(covered)), task);
 }

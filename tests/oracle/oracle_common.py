@@ -153,6 +153,37 @@ def check_trained_tensors(ours, expected, start, median_tol, flip, max_flips, wh
     check(flips <= max_flips, f"{what}{flips} entries are off by more than {flip} of their tensor's largest move")
 
 
+def check_label_report(ev, names, logits, truth, single):
+    """`qwen-qlora eval --objective classify --json`'s per-label report against sklearn's definitions computed here from
+    PEFT's logits [N, C]: single-label predicts the argmax (truth: label ids [N]), multi-label each label at logit > 0
+    (truth: 0/1 [N, C]); precision, recall, F1 (0 for an empty denominator), support, macro F1, and single-label's
+    confusion matrix [true][predicted]."""
+    import torch
+
+    C = len(names)
+    if single:
+        pred = torch.nn.functional.one_hot(logits.argmax(-1), C).bool()
+        true = torch.nn.functional.one_hot(truth, C).bool()
+    else:
+        pred, true = logits > 0, truth > 0.5
+    f1s = []
+    for c, name in enumerate(names):
+        tp, fp = int((pred[:, c] & true[:, c]).sum()), int((pred[:, c] & ~true[:, c]).sum())
+        fn = int((~pred[:, c] & true[:, c]).sum())
+        want = {"label": name, "precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
+                "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0, "support": tp + fn}
+        f1s.append(want["f1"])
+        got = ev["per_label"][c]
+        check(got["label"] == name and got["support"] == want["support"] and
+              all(abs(got[k] - want[k]) <= 1e-12 for k in ("precision", "recall", "f1")),
+              f"per-label report of {name}: {got}, by hand {want}")
+    check(abs(ev["macro_f1"] - sum(f1s) / C) <= 1e-12, f"macro F1 {ev['macro_f1']}, by hand {sum(f1s) / C}")
+    if single:
+        conf = [[int(((truth == t) & (logits.argmax(-1) == p)).sum()) for p in range(C)] for t in range(C)]
+        check(ev["confusion"] == conf, f"confusion {ev['confusion']}, by hand {conf}")
+    print(f"per-label report as computed from PEFT's logits: macro F1 {ev['macro_f1']:.4f}")
+
+
 def train_refused(ql, base_dir, out, seq_len, what, records, extra, needle, objective):
     """`qwen-qlora train --objective OBJECTIVE` on `records` (written to out/bad.jsonl) with `extra` flags must fail with
     `needle` in its stderr and write no metrics."""

@@ -12,8 +12,9 @@ with random A, B and score head (seeded) and saves it at init/; then:
      torch's, relative to the largest move of its tensor (median within MEDIAN_TOL, at most MAX_FLIPS entries off by
      more than FLIP: Adam's first steps are about sign(g)·lr, so an entry whose gradient is within rounding of zero
      can move the other way);
-  2. PEFT loads our final adapter directory onto a fresh classifier: its loss and accuracy on the texts are what
-     `qwen-qlora eval --objective classify` reports, and labels.json names the labels;
+  2. PEFT loads our final adapter directory (and the starting one) onto a fresh classifier: its loss and accuracy on
+     the texts are what `qwen-qlora eval --objective classify` reports, with its per-label precision, recall, F1,
+     macro F1 and confusion matrix as sklearn defines them, computed here; labels.json names the labels;
   3. `qwen-qlora merge` of it loads in transformers' AutoModelForSequenceClassification with the same logits as PEFT's
      and the label names in id2label;
   4. the refusals: a label outside --labels (naming file:line), a missing text, one label only, --batching, a
@@ -22,7 +23,7 @@ with random A, B and score head (seeded) and saves it at init/; then:
 import json
 import os
 
-from oracle_common import (check, check_trained_tensors, finish, import_stories260k, parse_args, randomize_seq_cls,
+from oracle_common import (check, check_label_report, check_trained_tensors, finish, import_stories260k, parse_args, randomize_seq_cls,
                            require_shared, run, skip, train_refused, work_dir)
 
 args = parse_args(__doc__)
@@ -120,16 +121,20 @@ check_trained_tensors(ours, expected, start, MEDIAN_TOL, FLIP, MAX_FLIPS)
 # 2. PEFT on our final adapter against `qwen-qlora eval`.
 with open(os.path.join(run_dir, "labels.json")) as f:
     check(json.load(f) == {"id2label": {str(i): n for i, n in enumerate(LABELS)}}, "labels.json")
-loaded = peft.PeftModel.from_pretrained(classifier(), run_dir).eval()
-with torch.no_grad():
-    peft_logits = logits_of(loaded)
-peft_loss = torch.nn.functional.cross_entropy(peft_logits, y).item()
-peft_acc = (peft_logits.argmax(-1) == y).double().mean().item()
-ev = json.loads(run([ql, "eval", "--objective", "classify", "--adapter", run_dir, *COMMON[2:], "--batch-size", "5",
-                     "--fp32-checkpoints", "--json"]))
-print(f"PEFT on our adapter: loss {peft_loss:.6f} accuracy {peft_acc:.3f}; ours {ev['loss']:.6f} {ev['accuracy']:.3f}")
-check(abs(ev["loss"] - peft_loss) <= LOSS_TOL * peft_loss, f"eval loss {ev['loss']}, PEFT {peft_loss}")
-check(ev["accuracy"] == peft_acc and ev["examples"] == len(TEXTS), f"eval {ev}, PEFT accuracy {peft_acc}")
+# (then the starting adapter, whose predictions are still wrong: its per-label report and confusion are not trivial)
+for adapter_dir in (init_dir, run_dir):
+    loaded = peft.PeftModel.from_pretrained(classifier(), adapter_dir).eval()
+    with torch.no_grad():
+        peft_logits = logits_of(loaded)
+    peft_loss = torch.nn.functional.cross_entropy(peft_logits, y).item()
+    peft_acc = (peft_logits.argmax(-1) == y).double().mean().item()
+    ev = json.loads(run([ql, "eval", "--objective", "classify", "--adapter", adapter_dir, *COMMON[2:], "--batch-size",
+                         "5", "--fp32-checkpoints", "--json"]))
+    print(f"PEFT on {os.path.basename(adapter_dir)}: loss {peft_loss:.6f} accuracy {peft_acc:.3f}; ours "
+          f"{ev['loss']:.6f} {ev['accuracy']:.3f}")
+    check(abs(ev["loss"] - peft_loss) <= LOSS_TOL * peft_loss, f"eval loss {ev['loss']}, PEFT {peft_loss}")
+    check(ev["accuracy"] == peft_acc and ev["examples"] == len(TEXTS), f"eval {ev}, PEFT accuracy {peft_acc}")
+    check_label_report(ev, LABELS, peft_logits, y, single=True)
 
 # 3. the merged classifier in transformers.
 merged = os.path.join(out, "merged")

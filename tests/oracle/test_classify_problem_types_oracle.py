@@ -13,7 +13,8 @@ adapter (r=4, alpha=8, all seven Linears; random A, B and head, seeded) on a cla
      and every trained entry of the final adapter is torch's relative to the largest move of its tensor (median
      within MEDIAN_TOL, at most MAX_FLIPS entries off by more than FLIP);
   2. PEFT loads our final adapter: its loss and metrics on the texts (exact-match accuracy and micro F1 at logit 0;
-     Pearson's r) are what `qwen-qlora eval --objective classify` reports, and labels.json names the problem type;
+     Pearson's r; multi-label's per-label precision, recall and F1 as sklearn defines them) are what
+     `qwen-qlora eval --objective classify` reports, and labels.json names the problem type;
      the same for the starting adapter (not yet perfect), its names and type given by --labels / --problem-type;
   3. `qwen-qlora merge` of it loads in transformers with that problem_type and PEFT's logits;
   4. the refusals: a regression list of another length (naming file:line), a fraction without --problem-type (with
@@ -22,7 +23,7 @@ adapter (r=4, alpha=8, all seven Linears; random A, B and head, seeded) on a cla
 import json
 import os
 
-from oracle_common import (check, check_trained_tensors, finish, import_stories260k, parse_args, randomize_seq_cls,
+from oracle_common import (check, check_label_report, check_trained_tensors, finish, import_stories260k, parse_args, randomize_seq_cls,
                            require_shared, run, skip, train_refused, work_dir)
 
 args = parse_args(__doc__)
@@ -173,6 +174,12 @@ for name, case in CASES.items():
         for k, v in want.items():
             tol = METRIC_TOL if k == "pearson" else 0.0
             check(k in ev and abs(ev[k] - v) <= tol, f"{name}: eval {k} {ev.get(k)}, by hand from PEFT's logits {v}")
+        if case["problem_type"] == "regression":  # one output: its own MSE and r are the whole's
+            po = ev["per_output"][0]
+            check(po["output"] == "LABEL_0" and abs(po["mse"] - ev["loss"]) <= 1e-12 * ev["loss"] and
+                  abs(po["pearson"] - ev["pearson"]) <= 1e-12, f"{name}: per_output {po}")
+        else:
+            check_label_report(ev, case["labels"], peft_logits, y, single=False)
 
     # 3. the merged classifier in transformers.
     merged = os.path.join(wd, "merged")
