@@ -370,6 +370,45 @@ TEST(ClassifyData, MultiLabelAndRegressionTargets) {
   EXPECT_EQ(ds.stats.skipped, 1);
 }
 
+// Sentence pairs (--text-pair-field): the two texts' ids joined (Qwen's tokenizer adds no special token), cut longest
+// first as the tokenizers library does (the shorter kept whole while the longer keeps at least as many, else both to
+// half, the longer the odd one); a record without its second text refused.
+TEST(ClassifyData, SentencePairs) {
+  const std::string root = test::scratch_dir();
+  const std::string model = test::make_tiny_model(root + "/m", 3);
+  const Tokenizer tok = Tokenizer::from_dir(model);
+  const std::string a = "the cat sat on the mat", b = "a dog";
+  const std::vector<int32_t> ia = tok.encode(a, false), ib = tok.encode(b, false);
+  ASSERT_GT(ia.size(), ib.size() + 2);
+  std::vector<int32_t> joined = ia;
+  joined.insert(joined.end(), ib.begin(), ib.end());
+  EXPECT_EQ(tok.encode_pair(a, b), joined);
+  // room for the short text whole and as much of the long one: the long one gets the rest
+  const int64_t n = 2 * static_cast<int64_t>(ib.size()) + 3;
+  std::vector<int32_t> cut(ia.begin(), ia.begin() + static_cast<std::ptrdiff_t>(ib.size()) + 3);
+  cut.insert(cut.end(), ib.begin(), ib.end());
+  EXPECT_EQ(tok.encode_pair(a, b, n), cut);
+  // less room: both to half, the longer (the first here) the odd one
+  const std::vector<int32_t> halves = {ia[0], ia[1], ib[0]};
+  EXPECT_EQ(tok.encode_pair(a, b, 3), halves);
+  test::expect_error([&] { tok.encode_pair(a, b, 1); }, "special tokens leave no room for both texts");
+
+  SftDataOptions opt;
+  opt.max_len = n;
+  write_file_atomic(root + "/d.jsonl", "{\"text\": \"" + a + "\", \"second\": \"" + b + "\", \"label\": 1}\n"
+                                       "{\"text\": \"" + b + "\", \"second\": \"" + b + "\", \"label\": 0}\n");
+  ClassifyDataOptions pairs;
+  pairs.text_pair_field = "second";
+  const SftDataset ds = load_classify_dataset(root + "/d.jsonl", tok, opt, &pairs);
+  bool seen_cut = false;
+  for (const SftExample& ex : ds.train) seen_cut = seen_cut || ex.tokens == cut;
+  EXPECT_TRUE(seen_cut);
+  EXPECT_EQ(ds.stats.truncated, 1);
+  write_file_atomic(root + "/d.jsonl", "{\"text\": \"x\", \"label\": 1}\n");
+  test::expect_error([&] { load_classify_dataset(root + "/d.jsonl", tok, opt, &pairs); },
+                     {"d.jsonl:1", "no \"second\" (the pair's second text, --text-pair-field)"});
+}
+
 // A classify run killed and resumed gives the uninterrupted run's step records bit for bit and its adapter's bytes
 // (the head included); labels.json beside the final adapter names the labels the file gave.
 TEST(ClassifyTrain, ResumedRunIsTheUninterruptedOne) {

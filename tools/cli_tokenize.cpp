@@ -41,7 +41,8 @@ namespace qwenq::cli {
 namespace {
 
 struct TokenizeArgs {
-  std::string model, llama2c, text, file, out, save_hf;
+  std::string model, llama2c, text, file, out, save_hf, text_pair;
+  int64_t max_len = 0;  // with --text-pair
   bool text_given = false, lines = false, jsonl = false, no_special = false, split_special = false, decode = false;
   bool skip_special = false, quiet = false, chat = false, add_generation_prompt = false, no_thinking = false;
   int threads = 1;
@@ -213,6 +214,15 @@ void run_tokenize(const TokenizeArgs& a) {
     return;
   }
 
+  if (!a.text_pair.empty()) {  // tokenizer(text, text_pair, truncation=True, max_length=N)
+    QWENQ_CHECK(a.text_given && !a.lines && !a.jsonl && !a.split_special,
+                "tokenize: --text-pair goes with --text (not --file, --lines, --jsonl or --split-special)");
+    std::string out;
+    append_ids_json(tok.encode_pair(input, a.text_pair, a.max_len, !a.no_special), &out);
+    write_output(a, out);
+    return;
+  }
+  QWENQ_CHECK(a.max_len == 0, "tokenize: --max-len cuts a --text-pair");
   const std::vector<std::string> records =
       a.jsonl ? parse_jsonl_records(input, where) : split_records(input, a.lines);
   std::vector<std::vector<int32_t>> ids(records.size());
@@ -258,6 +268,11 @@ void register_tokenize(CLI::App& app) {
       ->check(CLI::ExistingFile);
   CLI::Option* text = cmd->add_option("--text", a->text, "input text (with --decode: token ids)");
   CLI::Option* file = cmd->add_option("--file", a->file, "input file ('-' for stdin)");
+  cmd->add_option("--text-pair", a->text_pair,
+                  "with --text: encode the sequence pair (text, text_pair), as tokenizer(text, text_pair) does");
+  cmd->add_option("--max-len", a->max_len,
+                  "with --text-pair: cut the pair to this many tokens, longest first (truncation=True, max_length)")
+      ->check(at_least(0, "NONNEGATIVE"));
   text->excludes(file);
   cmd->add_flag("--lines", a->lines,
                 "encode each line separately, including its \\n or \\r\\n terminator (one JSON object per line)");

@@ -240,8 +240,9 @@ void run_data(const DataArgs& a) {
   if (a.objective == "classify") return run_classify_data(a, tok);
   const ClassifyDataOptions defaults;
   QWENQ_CHECK(a.classify.label_names.empty() && a.problem_type.empty() && a.classify.text_field == defaults.text_field &&
-                  a.classify.label_field == defaults.label_field,
-              "--labels, --problem-type, --text-field and --label-field apply to --objective classify");
+                  a.classify.text_pair_field.empty() && a.classify.label_field == defaults.label_field,
+              "--labels, --problem-type, --text-field, --text-pair-field and --label-field apply to --objective "
+              "classify");
   if (a.objective == "grpo") return run_grpo_data(a, tok, to);
   if (a.objective == "dpo" || a.objective == "reward" || a.format == "preference") return run_preference_data(a, tok, to);
   SftDataStats st;
@@ -289,6 +290,7 @@ void register_qlora_data(CLI::App& app) {
   c->add_option("--problem-type", a->problem_type, "classify: the problem type (as train --problem-type)")
       ->check(CLI::IsMember({"single_label_classification", "multi_label_classification", "regression"}));
   c->add_option("--text-field", a->classify.text_field, "classify: the records' text field")->capture_default_str();
+  c->add_option("--text-pair-field", a->classify.text_pair_field, "classify: the records' second text (as train)");
   c->add_option("--label-field", a->classify.label_field, "classify: the records' label field")->capture_default_str();
   c->add_option("--max-len", a->max_len, "truncate examples to this many tokens, as train does (0: none)")
       ->capture_default_str();

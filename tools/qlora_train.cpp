@@ -241,6 +241,9 @@ void add_dpo_flags(CLI::App* c, DpoFlags* f, TrainOptions* o) {
                 "a classifier base's, else multi-label when the data's labels are lists, else single-label)")
       ->check(CLI::IsMember({"single_label_classification", "multi_label_classification", "regression"}));
   c->add_option("--text-field", o->classify_data.text_field, "classify: the records' text field")->capture_default_str();
+  c->add_option("--text-pair-field", o->classify_data.text_pair_field,
+                "classify: the records' second text, for sentence pairs (NLI, paraphrase, similarity: e.g. sentence2), "
+                "encoded with the first as tokenizer(text, text_pair) does");
   c->add_option("--label-field", o->classify_data.label_field, "classify: the records' label field")
       ->capture_default_str();
   c->add_option("--center-rewards-coefficient", o->reward_options.center_coefficient,
@@ -344,7 +347,7 @@ void apply_dpo_flags(const CLI::App& c, const DpoFlags& f, SftFlags* sft, TrainO
     QWENQ_CHECK(!given("--center-rewards-coefficient"), "--center-rewards-coefficient applies to --objective reward");
   }
   if (!o->classify) {
-    for (const char* flag : {"--labels", "--problem-type", "--text-field", "--label-field"})
+    for (const char* flag : {"--labels", "--problem-type", "--text-field", "--text-pair-field", "--label-field"})
       QWENQ_CHECK(!given(flag), flag << " applies to --objective classify");
   } else if (!f.problem_type.empty()) {
     ProblemType t;

@@ -22,7 +22,7 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 struct LabelledText {
-  std::string text, where;
+  std::string text, pair, where;  // pair: the second text (--text-pair-field), else empty
   Json label;  // as read: an integer, a string, a number or a list of them
 };
 
@@ -59,6 +59,13 @@ std::string labelled_text_from_json(const Json& j, const ClassifyDataOptions& o,
   const Json& text = j[o.text_field];
   if (!text.is_string() || text.get<std::string>().empty())
     return "\"" + o.text_field + "\" must be a non-empty string, got " + text.dump();
+  if (!o.text_pair_field.empty()) {
+    if (!j.contains(o.text_pair_field)) return "no \"" + o.text_pair_field + "\" (the pair's second text, --text-pair-field)";
+    const Json& pair = j[o.text_pair_field];
+    if (!pair.is_string() || pair.get<std::string>().empty())
+      return "\"" + o.text_pair_field + "\" must be a non-empty string, got " + pair.dump();
+    out->pair = pair.get<std::string>();
+  }
   if (!j.contains(o.label_field)) return "no \"" + o.label_field + "\" (the label; --label-field names it)";
   const std::string why = label_shape_error(j[o.label_field], o.problem_type, o.label_field);
   if (!why.empty()) return why;
@@ -215,13 +222,22 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
       for (float v : y.values) QWENQ_CHECK(std::isfinite(v), r.where << ": the regression target " << v << " is not finite");
     }
     SftExample ex;
-    ex.tokens = tok.encode(r.text, /*add_special_tokens=*/true);
+    const bool pair = !labels->text_pair_field.empty();
+    ex.tokens = pair ? tok.encode_pair(r.text, r.pair) : tok.encode(r.text, /*add_special_tokens=*/true);
     QWENQ_CHECK(!ex.tokens.empty(), r.where << ": the text encodes to no token");
     st.longest = std::max<int64_t>(st.longest, static_cast<int64_t>(ex.tokens.size()));
     if (static_cast<int64_t>(ex.tokens.size()) > opt.max_len) {
       ++st.truncated;
       st.truncated_tokens += static_cast<int64_t>(ex.tokens.size()) - opt.max_len;
-      ex.tokens.resize(static_cast<size_t>(opt.max_len));
+      if (pair) {
+        try {
+          ex.tokens = tok.encode_pair(r.text, r.pair, opt.max_len);
+        } catch (const Error& e) {
+          QWENQ_FAIL(r.where << ": " << e.what());
+        }
+      } else {
+        ex.tokens.resize(static_cast<size_t>(opt.max_len));
+      }
     }
     ex.loss_mask.assign(ex.tokens.size(), 0);
     st.tokens += static_cast<int64_t>(ex.tokens.size());

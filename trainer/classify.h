@@ -31,7 +31,9 @@
 //   multi-label   a label is the list of the text's labels (names or ids; empty: none); names as above, C >= 1.
 //   regression    a label is a number (C = 1) or a list of C numbers; --labels names the outputs (default LABEL_<i>).
 // A text is tokenized as the model's tokenizer does with add_special_tokens (Llama's BOS; none for Qwen's), kept to
-// its first max_len tokens (transformers' truncation).
+// its first max_len tokens (transformers' truncation). With --text-pair-field a record holds a second text (a sentence
+// pair: NLI, paraphrase, similarity) and the two are encoded as tokenizer(text, text_pair, truncation=True,
+// max_length) does (Tokenizer::encode_pair: Qwen's A B, Llama's <s> A <s> B; cut longest first).
 // The head starts as transformers initialises a new classifier head, normal(0, initializer_range); the adapter is
 // saved as PEFT saves a SEQ_CLS adapter (score.weight [C, H] beside the LoRA tensors), with the label names in
 // labels.json ({"id2label": {"0": name, ...}}, and "problem_type" when it is not single-label; PEFT ignores the file;
@@ -65,6 +67,7 @@ struct ClassifyTask {
 
 struct ClassifyDataOptions {
   std::string text_field = "text", label_field = "label";
+  std::string text_pair_field;                 // a second text per record (sentence pairs); empty: none
   std::vector<std::string> label_names;        // empty: read from the training file (top), then set
   std::optional<ProblemType> problem_type;     // unset: from the training file (top), then set
 };

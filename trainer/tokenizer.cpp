@@ -201,6 +201,67 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
   return ids;
 }
 
+std::vector<int32_t> Tokenizer::encode_pair(const std::string& text, const std::string& text_pair, int64_t max_len,
+                                            bool add_special_tokens) const {
+  const Impl& t = *impl_;
+  std::vector<int32_t> a = encode(text, false), b = encode(text_pair, false);
+  // The joined layout, item by item ("$A", "$B" or a token id as text).
+  std::vector<std::string> items;
+  std::vector<int32_t> specials;  // the special tokens' ids, in item order
+  const auto special = [&](int32_t id) {
+    items.push_back("");
+    specials.push_back(id);
+  };
+  if (!add_special_tokens) {
+    items = {"$A", "$B"};
+  } else if (t.llama_class || t.template_pair.empty()) {  // (without a template only a Llama-class tokenizer adds any)
+    for (const char* seq : {"$A", "$B"}) {
+      if (t.add_bos && t.bos >= 0) special(t.bos);
+      items.push_back(seq);
+      if (t.add_eos && t.eos >= 0) special(t.eos);
+    }
+  } else {
+    for (const std::string& item : t.template_pair) {
+      if (item == "$A" || item == "$B") {
+        items.push_back(item);
+        continue;
+      }
+      const int32_t id = token_id(item);
+      QWENQ_CHECK(id >= 0, "the tokenizer's pair template names \"" << item << "\", which is not a token");
+      special(id);
+    }
+  }
+  if (max_len > 0) {
+    const int64_t room = max_len - static_cast<int64_t>(specials.size());
+    QWENQ_CHECK(room >= 2, "a sequence pair in " << max_len << " tokens: " << specials.size()
+                                                  << " special tokens leave no room for both texts");
+    // tokenizers' LongestFirst: with n1 <= n2, keep n1 and cut the longer to what is left (at least n1); if that
+    // is still too long, both to room / 2 (the longer gets the odd one).
+    int64_t n1 = static_cast<int64_t>(a.size()), n2 = static_cast<int64_t>(b.size());
+    if (n1 + n2 > room) {
+      const bool swap = n1 > n2;
+      if (swap) std::swap(n1, n2);
+      n2 = n1 > room ? n1 : std::max(n1, room - n1);
+      if (n1 + n2 > room) {
+        n1 = room / 2;
+        n2 = n1 + room % 2;
+      }
+      if (swap) std::swap(n1, n2);
+      a.resize(static_cast<size_t>(std::min<int64_t>(n1, static_cast<int64_t>(a.size()))));
+      b.resize(static_cast<size_t>(std::min<int64_t>(n2, static_cast<int64_t>(b.size()))));
+    }
+  }
+  std::vector<int32_t> ids;
+  ids.reserve(a.size() + b.size() + specials.size());
+  size_t next_special = 0;
+  for (const std::string& item : items) {
+    if (item == "$A") ids.insert(ids.end(), a.begin(), a.end());
+    else if (item == "$B") ids.insert(ids.end(), b.begin(), b.end());
+    else ids.push_back(specials[next_special++]);
+  }
+  return ids;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
   const Impl& t = *impl_;
   const int64_t V = static_cast<int64_t>(t.pieces.size());

@@ -86,6 +86,14 @@ class Tokenizer {
 
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true,
                               bool parse_special = true) const;
+  // A sequence pair as transformers' tokenizer(text, text_pair, truncation=True, max_length=max_len) encodes it (a
+  // classifier's sentence pair): each text encoded alone without special tokens, the pair cut to max_len by the
+  // tokenizers library's "longest_first" rule when it is longer (special tokens included; max_len 0: never), then
+  // joined with the special tokens: a Llama-class tokenizer's [bos] A [eos] [bos] B [eos] (as add_bos_token /
+  // add_eos_token say), else tokenizer.json's TemplateProcessing "pair" template, else A B (Qwen's: none).
+  // Throws when max_len leaves no room beside the special tokens.
+  std::vector<int32_t> encode_pair(const std::string& text, const std::string& text_pair, int64_t max_len = 0,
+                                   bool add_special_tokens = true) const;
   // Hugging Face decode: special tokens kept unless skip_special; ids without a token (padding rows of the
   // embedding) are skipped; invalid UTF-8 becomes U+FFFD.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;

@@ -64,6 +64,7 @@ struct Tokenizer::Impl {
 
   int32_t bos = -1, eos = -1, pad = -1, unk = -1;
   bool add_bos = false, add_eos = false;
+  bool llama_class = false;  // add_bos / add_eos come from add_bos_token / add_eos_token (a pair gets them twice)
 
   // Byte-level options.
   bool nfc = true;
@@ -95,6 +96,9 @@ struct Tokenizer::Impl {
   // From tokenizer.json, used to settle BOS/EOS/unk after the config files are read.
   bool has_template_processing = false;
   std::string template_first_special, template_last_special;  // TemplateProcessing "single" ends
+  // TemplateProcessing "pair", item by item: "$A", "$B" (the two sequences) or a special token's content; empty when
+  // the post-processor has none (or is not a TemplateProcessing).
+  std::vector<std::string> template_pair;
   std::string model_unk_token;
 
   uint64_t serial = 0;  // distinguishes instances for the per-thread word cache

@@ -223,6 +223,7 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   const std::string& cls = t->tokenizer_class;
   const bool llama_class = cls.find("Llama") != std::string::npos || cls.find("Gemma") != std::string::npos ||
                            (cls.empty() && t->kind == TokenizerKind::kSentencePiece && !t->has_template_processing);
+  t->llama_class = llama_class;
   if (llama_class) {
     t->add_bos = flag(c, "add_bos_token", true);
     t->add_eos = flag(c, "add_eos_token", false);

@@ -258,6 +258,23 @@ void load_tokenizer_json(const std::string& path, Tokenizer::Impl* t) {
         t->template_first_special = special_of(single.front());
         t->template_last_special = single.size() > 1 ? special_of(single.back()) : std::string();
       }
+      const auto pair = pit->find("pair");
+      if (pair != pit->end() && pair->is_array()) {
+        for (const auto& item : *pair) {
+          const auto seq = item.find("Sequence");
+          if (seq != item.end()) {
+            const std::string id = seq->at("id").get<std::string>();
+            QWENQ_CHECK(id == "A" || id == "B", path << ": a TemplateProcessing pair item names sequence \"" << id
+                                                     << "\" (A or B)");
+            t->template_pair.push_back("$" + id);
+          } else {
+            const std::string special = special_of(item);
+            QWENQ_CHECK(!special.empty(), path << ": a TemplateProcessing pair item is neither a Sequence nor a "
+                                                  "SpecialToken: " << item.dump());
+            t->template_pair.push_back(special);
+          }
+        }
+      }
     }
   } catch (const nlohmann::json::exception& e) {
     QWENQ_FAIL(path << ": unexpected tokenizer.json content (" << e.what() << ")");

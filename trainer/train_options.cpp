@@ -119,6 +119,7 @@ nlohmann::json resume_key(const TrainOptions& o) {
     k["labels"] = o.classify_data.label_names;  // (given ones; else the data's, the same file)
     if (o.classify_data.problem_type)  // absent when the data decides: older checkpoints still match
       k["problem_type"] = problem_type_name(*o.classify_data.problem_type);
+    if (!o.classify_data.text_pair_field.empty()) k["text_pair_field"] = o.classify_data.text_pair_field;  // likewise
   }
   if (o.reward) {
     k["objective"] = "reward";

@@ -41,6 +41,6 @@ grep -q 'scores.jsonl:1: "label" 0.25 is not a label id or name (a regression he
 if "$QL" data -m "$WORK/tiny" -d "$WORK/scores.jsonl" --problem-type regression > "$WORK/sft.txt" 2>&1; then
   fail "--problem-type with sft accepted" "$WORK/sft.txt"
 fi
-grep -q -- "--problem-type, --text-field and --label-field apply to --objective classify" "$WORK/sft.txt" ||
+grep -q -- "--problem-type, --text-field, --text-pair-field and --label-field apply to --objective classify" "$WORK/sft.txt" ||
   fail "--problem-type with sft" "$WORK/sft.txt"
 echo "classify CLI: OK"

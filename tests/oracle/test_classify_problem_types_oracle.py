@@ -18,7 +18,10 @@ adapter (r=4, alpha=8, all seven Linears; random A, B and head, seeded) on a cla
      the same for the starting adapter (not yet perfect), its names and type given by --labels / --problem-type;
   3. `qwen-qlora merge` of it loads in transformers with that problem_type and PEFT's logits;
   4. the refusals: a regression list of another length (naming file:line), a fraction without --problem-type (with
-     the hint), --problem-type with another objective.
+     the hint), --problem-type with another objective;
+  5. sentence pairs (--text-pair-field; also a third case above, single-label, trained and checked as 1-3) are the ids
+     transformers' tokenizer(text, text_pair, truncation=True, max_length) gives, for stories260K's Llama tokenizer and
+     the real Qwen2 one, at lengths that cut one text, the longer, or both.
 """
 import json
 import os
@@ -61,15 +64,18 @@ out = work_dir(args.build, "classify_problem_types_oracle")
 base_dir = import_stories260k(args.build, args.shared, os.path.join(out, "base"))
 tok = transformers.AutoTokenizer.from_pretrained(base_dir)
 PAD = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id  # trainer/reward.h's rule
-ids = [tok(t)["input_ids"] for t in TEXTS]
-width = max(len(s) for s in ids)
-batch = torch.tensor([s + [PAD] * (width - len(s)) for s in ids])
-mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids])
-seq_len = width + 4
+PAIRS = [(t, TEXTS[(i + 5) % len(TEXTS)]) for i, t in enumerate(TEXTS)]
 
 
 def tags(text):
     return [a for a in ANIMALS if a in text.split(" ") or a + "." in text or a + "," in text]
+
+
+def padded(encoded):
+    """The right-padded batch, its attention mask and a --seq-len that holds every text."""
+    width = max(len(s) for s in encoded)
+    return (torch.tensor([s + [PAD] * (width - len(s)) for s in encoded]),
+            torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in encoded]), width + 4)
 
 
 CASES = {
@@ -81,6 +87,13 @@ CASES = {
                        records=[{"text": t, "label": len(t.split()) / 10} for t in TEXTS],
                        y=torch.tensor([len(t.split()) / 10 for t in TEXTS], dtype=torch.float32),
                        flags=["--problem-type", "regression"], labels=["LABEL_0"]),
+    # sentence pairs (--text-pair-field): do the two texts name a common animal? tokenizer(text, text_pair)'s ids
+    "pairs": dict(problem_type="single_label_classification", num_labels=2,
+                  records=[{"text": a, "second": b, "label": "same" if set(tags(a)) & set(tags(b)) else "different"}
+                           for a, b in PAIRS],
+                  y=torch.tensor([1 if set(tags(a)) & set(tags(b)) else 0 for a, b in PAIRS]),
+                  flags=["--text-pair-field", "second"], labels=["different", "same"],
+                  lr=2e-4),  # (at LR its loss is 6e-5 by step 4, where fp32 rounding alone is 1e-4 of it)
 }
 
 
@@ -95,6 +108,8 @@ def metrics_of(case, logits, y):
     if case["problem_type"] == "regression":
         z, t = logits[:, 0].double(), y.double()
         return {"pearson": torch.corrcoef(torch.stack([z, t]))[0, 1].item()}
+    if case["problem_type"] == "single_label_classification":
+        return {"accuracy": (logits.argmax(-1) == y).double().mean().item()}
     pred, truth = logits > 0, y > 0.5
     tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
     return {"accuracy": (pred == truth).all(-1).double().mean().item(),
@@ -109,7 +124,11 @@ for name, case in CASES.items():
     with open(data, "w") as f:
         for r in case["records"]:
             f.write(json.dumps(r) + "\n")
-    y = case["y"]
+    y, lr = case["y"], case.get("lr", LR)
+    encoded = [tok(r["text"], r["second"])["input_ids"] if "second" in r else tok(r["text"])["input_ids"]
+               for r in case["records"]]
+    batch, mask, seq_len = padded(encoded)
+    pair_flags = ["--text-pair-field", "second"] if "second" in case["records"][0] else []
 
     torch.manual_seed(SEED)
     init_dir = os.path.join(wd, "init")
@@ -122,7 +141,7 @@ for name, case in CASES.items():
     run_dir = os.path.join(wd, "run")
     common = ["--model", base_dir, "--data", data, "--seq-len", str(seq_len), "--threads", "2", *case["flags"]]
     run([ql, "train", "--objective", "classify", *common, "--out", run_dir, "--overwrite", "--init-adapter", init_dir,
-         "--max-steps", str(STEPS), "--batch-size", str(len(TEXTS)), "--eval-fraction", "0", "--lr", str(LR),
+         "--max-steps", str(STEPS), "--batch-size", str(len(TEXTS)), "--eval-fraction", "0", "--lr", str(lr),
          "--scheduler", "constant", "--weight-decay", str(WD), "--max-grad-norm", "1", "--lora-r", "4",
          "--lora-alpha", "8", "--lora-dropout", "0", "--fp32-checkpoints", "--seed", str(SEED), "--quiet"])
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
@@ -132,7 +151,7 @@ for name, case in CASES.items():
     tm.train()
     start = {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(tm).items()}
     params = [p for p in tm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WD, betas=(0.9, 0.999), eps=1e-8)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=WD, betas=(0.9, 0.999), eps=1e-8)
     torch_losses = []
     for step in range(STEPS):
         opt.zero_grad()
@@ -152,8 +171,11 @@ for name, case in CASES.items():
     # 2. PEFT on our final adapter against `qwen-qlora eval` (its type and names from labels.json).
     with open(os.path.join(run_dir, "labels.json")) as f:
         labels_json = json.load(f)
-    check(labels_json == {"id2label": {str(i): n for i, n in enumerate(case["labels"])},
-                          "problem_type": case["problem_type"]}, f"{name}: labels.json {labels_json}")
+    single = case["problem_type"] == "single_label_classification"
+    want_json = {"id2label": {str(i): n for i, n in enumerate(case["labels"])}}
+    if not single:  # (single-label: transformers' default, left unnamed)
+        want_json["problem_type"] = case["problem_type"]
+    check(labels_json == want_json, f"{name}: labels.json {labels_json}")
     # (and on the starting adapter, whose metrics are not yet perfect: its names and type given on the command line)
     for adapter_dir, extra in ((run_dir, []), (init_dir, ["--labels", ",".join(case["labels"]),
                                                           "--problem-type", case["problem_type"]])):
@@ -166,7 +188,7 @@ for name, case in CASES.items():
             final_logits = peft_logits
         ev = json.loads(run([ql, "eval", "--objective", "classify", "--adapter", adapter_dir, "--model", base_dir,
                              "--data", data, "--seq-len", str(seq_len), "--threads", "2", "--batch-size", "5",
-                             "--fp32-checkpoints", "--json", *extra]))
+                             "--fp32-checkpoints", "--json", *pair_flags, *extra]))
         print(f"PEFT on {os.path.basename(adapter_dir)}: loss {peft_loss:.6f} {want}; ours {ev['loss']:.6f} "
               f"{ {k: ev[k] for k in want if k in ev} }")
         check(ev["problem_type"] == case["problem_type"] and ev["examples"] == len(TEXTS), f"{name}: eval {ev}")
@@ -179,19 +201,44 @@ for name, case in CASES.items():
             check(po["output"] == "LABEL_0" and abs(po["mse"] - ev["loss"]) <= 1e-12 * ev["loss"] and
                   abs(po["pearson"] - ev["pearson"]) <= 1e-12, f"{name}: per_output {po}")
         else:
-            check_label_report(ev, case["labels"], peft_logits, y, single=False)
+            check_label_report(ev, case["labels"], peft_logits, y, single=single)
 
     # 3. the merged classifier in transformers.
     merged = os.path.join(wd, "merged")
     run([ql, "merge", "--adapter", run_dir, "--model", base_dir, "--out", merged, "--overwrite", "--dtype", "fp32"])
     mm = transformers.AutoModelForSequenceClassification.from_pretrained(merged, attn_implementation="eager").eval()
-    check(mm.config.problem_type == case["problem_type"], f"{name}: merged problem_type {mm.config.problem_type}")
+    check(mm.config.problem_type == (None if single else case["problem_type"]),
+          f"{name}: merged problem_type {mm.config.problem_type}")
     check(mm.config.num_labels == case["num_labels"], f"{name}: merged num_labels {mm.config.num_labels}")
     with torch.no_grad():
         mres = mm(input_ids=batch, attention_mask=mask, labels=y)
     diff = ((mres.logits - final_logits).abs().max() / final_logits.abs().max()).item()
     print(f"merged classifier against PEFT: max relative logit difference {diff:.3g}; loss {mres.loss.item():.6f}")
     check(diff <= 1e-5, f"{name}: the merged classifier's logits differ from PEFT's by {diff:.3g}")
+
+# 5. sentence pairs as transformers' tokenizers encode them, cut to max_length "longest_first": stories260K's Llama
+# tokenizer (<s> A <s> B) and the real Qwen2 tokenizer (A B), ours read back from `data --dump` (file order).
+LONG = "Once upon a time there was a little girl who liked to play in the big green park with her dog."
+TOK_PAIRS = PAIRS[:4] + [(LONG, "Yes."), ("No.", LONG), (LONG, LONG), ("The cat sat.", "The dog sat.")]
+pairs_file = os.path.join(out, "tok_pairs.jsonl")
+with open(pairs_file, "w") as f:
+    for a, b in TOK_PAIRS:
+        f.write(json.dumps({"text": a, "second": b, "label": 0}) + "\n")
+for tok_dir in (base_dir, os.path.join(args.shared, "data", "qwen2-tokenizer")):
+    hf = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    cuts = 0
+    for max_len in (None, 5, 8, 9, 14, 15, 25):
+        dump = os.path.join(out, "tok_pairs_dump.jsonl")
+        run([ql, "data", "--model", tok_dir, "--data", pairs_file, "--objective", "classify", "--labels", "a,b",
+             "--text-pair-field", "second", "--dump", dump, *(["--max-len", str(max_len)] if max_len else [])])
+        with open(dump) as f:
+            ours = [json.loads(line)["ids"] for line in f]
+        for (a, b), got in zip(TOK_PAIRS, ours):
+            want = hf(a, b, truncation=True, max_length=max_len)["input_ids"] if max_len else hf(a, b)["input_ids"]
+            cuts += max_len is not None and len(hf(a, b)["input_ids"]) > max_len
+            check(got == want, f"{type(hf).__name__} pair ({a[:20]!r}, {b[:20]!r}) max_length {max_len}: ours {got}, "
+                               f"transformers {want}")
+    print(f"{type(hf).__name__}: {len(TOK_PAIRS)} pairs x 7 lengths as transformers encodes them ({cuts} cut)")
 
 # 4. refusals.
 def refused(what, records, extra, needle, objective="classify"):

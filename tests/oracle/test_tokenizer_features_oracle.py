@@ -9,6 +9,7 @@ versions save them) loaded by `qwen-quant tokenize --model DIR` and by tokenizer
      with a Metaspace pre-tokenizer for each prepend_scheme (first, never, always) and split true/false, the
      same kind of added tokens, BOS from a TemplateProcessing post-processor; ids decoded back with
      `qwen-quant tokenize --decode` (with and without --skip-special) against Tokenizer.decode;
+     each also on sequence pairs (the template's "pair"), whole and cut to max_length longest first;
   2b. added tokens marked normalized (matched in the normalized text, their contents normalized too) and not,
      in a byte-level (NFC) tokenizer and SentencePiece-style ones with Llama's Prepend + Replace normalizers or
      Replace + Metaspace(first), texts with precomposed and decomposed characters;
@@ -364,6 +365,7 @@ def tiny_tokenizer_checks(qq, tmp):
         theirs = [ref.encode(t, add_special_tokens=False).ids for t in texts]
         compare_ids(f"{name} add_special_tokens=False", texts,
                     encode_with_cli(qq, d, tmp, texts, name + "-nospecial", ["--no-special"]), theirs)
+        check_pairs(qq, d, name, ref, texts[:6])
         rows = [ref.encode(t).ids for t in texts]
         decode = lambda ids, skip: ref.decode(ids, skip_special_tokens=skip)  # noqa: E731
         for skip_special in (False, True):
@@ -371,6 +373,24 @@ def tiny_tokenizer_checks(qq, tmp):
                               rows[:len(texts) - len(fuzz)], skip_special)
             check_decode(qq, d, tmp, f"{name} decode (random strings)", decode, rows[len(texts) - len(fuzz):],
                          "mixed", skip_special)
+
+
+def check_pairs(qq, d, name, ref, texts):
+    """Sequence pairs through the TemplateProcessing "pair" template ([first] $A [last] $B here), whole and cut to
+    max_length longest first (tokenizers' truncation, the special tokens counted): `tokenize --text A --text-pair B
+    [--max-len N]` against Tokenizer.encode(A, B)."""
+    for i, a in enumerate(texts):
+        b = texts[(i + 2) % len(texts)]
+        for max_len in (0, 6, 9, 14):
+            if max_len:
+                ref.enable_truncation(max_len)
+            else:
+                ref.no_truncation()
+            theirs = ref.encode(a, b).ids
+            ours = json.loads(run_quiet([qq, "tokenize", "--model", d, "--text", a, "--text-pair", b, "--quiet",
+                                         *(["--max-len", str(max_len)] if max_len else [])]))["ids"]
+            check(ours == theirs, f"{name} pair ({a!r}, {b!r}) max_length {max_len}: ours {ours}, tokenizers {theirs}")
+    ref.no_truncation()
 
 
 def normalized_added_checks(qq, tmp):
