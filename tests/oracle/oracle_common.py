@@ -109,9 +109,9 @@ def tiny_qwen2_with_lora(out):
     return config, peft.get_peft_model(model, lcfg)
 
 
-def randomize_lora(pm):
-    """Every LoRA A of the PEFT model to N(0, 1/in) and B to 0.2·N(0, 1) (seeded by the caller), so the adapter changes
-    the model; returns a copy of the adapter's parameters."""
+def randomize_lora(pm, b_scale=0.2):
+    """Every LoRA A of the PEFT model to N(0, 1/in) and B to b_scale·N(0, 1) (seeded by the caller), so the adapter
+    changes the model; returns a copy of the adapter's parameters."""
     import torch
 
     with torch.no_grad():
@@ -119,7 +119,7 @@ def randomize_lora(pm):
             if "lora_A" in pname:
                 p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
             elif "lora_B" in pname:
-                p.copy_(0.2 * torch.randn_like(p))
+                p.copy_(b_scale * torch.randn_like(p))
     return {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
 
 
@@ -128,13 +128,10 @@ def randomize_seq_cls(pm):
     zero) and its trainable score head to 0.5·N(0, 1), seeded by the caller."""
     import torch
 
+    randomize_lora(pm, b_scale=0.1)
     with torch.no_grad():
         for pname, p in pm.named_parameters():
-            if "lora_A" in pname:
-                p.copy_(torch.randn_like(p) / (p.shape[1] ** 0.5))
-            elif "lora_B" in pname:
-                p.copy_(0.1 * torch.randn_like(p))
-            elif "score" in pname and p.requires_grad:
+            if "score" in pname and "lora_" not in pname and p.requires_grad:
                 p.copy_(0.5 * torch.randn_like(p))
 
 
