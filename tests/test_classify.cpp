@@ -409,6 +409,55 @@ TEST(ClassifyData, SentencePairs) {
                      {"d.jsonl:1", "no \"second\" (the pair's second text, --text-pair-field)"});
 }
 
+// Texts without labels (eval --predictions): read when the names and the problem type are known, each with its record
+// and its place in the file; a file where only some records have a label is refused at the first without one.
+TEST(ClassifyData, UnlabelledTextsToPredict) {
+  const std::string root = test::scratch_dir();
+  const std::string model = test::make_tiny_model(root + "/m", 3);
+  const Tokenizer tok = Tokenizer::from_dir(model);
+  SftDataOptions opt;
+  opt.max_len = 64;
+  write_file_atomic(root + "/d.jsonl", "{\"text\": \"a b\", \"id\": 7}\n{\"text\": \"c\"}\n{\"text\": \"d e f\"}\n");
+  ClassifyDataOptions o;
+  o.unlabelled_ok = true;
+  test::expect_error([&] { load_classify_dataset(root + "/d.jsonl", tok, opt, &o); },
+                     {"d.jsonl: no record has a \"label\"", "--labels and --problem-type"});
+  o.label_names = {"neg", "pos"};
+  o.problem_type = ProblemType::kSingleLabel;
+  const SftDataset ds = load_classify_dataset(root + "/d.jsonl", tok, opt, &o);
+  EXPECT_TRUE(ds.unlabelled);
+  ASSERT_EQ(ds.train.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {  // each record beside its place in the file
+    const int64_t k = ds.train_index[i];
+    EXPECT_EQ(tok.decode(ds.train[i].tokens, false), (std::vector<std::string>{"a b", "c", "d e f"}[k]));
+    if (k == 0) EXPECT_EQ(ds.train_records[i], "{\"text\":\"a b\",\"id\":7}");
+  }
+  write_file_atomic(root + "/d.jsonl", "{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"c\"}\n");
+  test::expect_error([&] { load_classify_dataset(root + "/d.jsonl", tok, opt, &o); },
+                     {"d.jsonl:2: no \"label\", where other records have one"});
+  ClassifyDataOptions strict;  // without unlabelled_ok, as train reads
+  test::expect_error([&] { load_classify_dataset(root + "/d.jsonl", tok, opt, &strict); },
+                     {"d.jsonl:2", "no \"label\" (the label; --label-field names it)"});
+}
+
+// What each head predicts from its logits.
+TEST(ClassifyMath, PredictionsByHand) {
+  const double z[3] = {0.5, 2.0, -1.0};
+  const nlohmann::ordered_json single = classify_prediction(z, kSingle3, {"a", "b", "c"});
+  EXPECT_EQ(single.at("predicted"), "b");
+  const double e = std::exp(0.5) + std::exp(2.0) + std::exp(-1.0);
+  EXPECT_NEAR(single.at("probabilities").at(1).get<double>(), std::exp(2.0) / e, 1e-15);
+  EXPECT_EQ(single.at("scores").at(2).get<double>(), -1.0);
+  const nlohmann::ordered_json multi = classify_prediction(z, ClassifyTask{ProblemType::kMultiLabel, 3}, {"a", "b", "c"});
+  EXPECT_EQ(multi.at("predicted"), (nlohmann::ordered_json{"a", "b"}));
+  EXPECT_NEAR(multi.at("probabilities").at(2).get<double>(), 1 / (1 + std::exp(1.0)), 1e-15);
+  const nlohmann::ordered_json one = classify_prediction(z, ClassifyTask{ProblemType::kRegression, 1}, {"LABEL_0"});
+  EXPECT_EQ(one.at("predicted").get<double>(), 0.5);
+  EXPECT_FALSE(one.contains("probabilities"));
+  const nlohmann::ordered_json two = classify_prediction(z, ClassifyTask{ProblemType::kRegression, 2}, {"x", "y"});
+  EXPECT_EQ(two.at("predicted"), (nlohmann::ordered_json{0.5, 2.0}));
+}
+
 // A classify run killed and resumed gives the uninterrupted run's step records bit for bit and its adapter's bytes
 // (the head included); labels.json beside the final adapter names the labels the file gave.
 TEST(ClassifyTrain, ResumedRunIsTheUninterruptedOne) {

@@ -158,11 +158,9 @@ void run_classify_data(const DataArgs& a, const Tokenizer& tok) {
   const std::vector<std::string>& names = labels.label_names;
   const ProblemType type = *labels.problem_type;
   std::vector<int64_t> count(names.size(), 0);  // texts per label (regression: none)
-  // The loader's split shuffles (no held-out part here): its permutation undone, the texts in file order.
-  std::vector<int64_t> perm, none;
-  split_sft_indices(static_cast<int64_t>(ds.train.size()), opt.seed, 0, 0, &perm, &none);
+  // The loader's split shuffles (no held-out part here): its order undone, the texts in file order.
   std::vector<size_t> at(ds.train.size());
-  for (size_t i = 0; i < perm.size(); ++i) at[static_cast<size_t>(perm[i])] = i;
+  for (size_t i = 0; i < at.size(); ++i) at[static_cast<size_t>(ds.train_index[i])] = i;
   std::string dump;
   for (size_t i = 0; i < ds.train.size(); ++i) {
     const SftExample& ex = ds.train[at[i]];

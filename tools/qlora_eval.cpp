@@ -47,6 +47,7 @@ namespace {
 
 struct EvalArgs {
   std::string model, adapter, ref_adapter, json_out;
+  std::string predictions;  // classify: each text's prediction, JSON lines
   bool json = false;
   SftFlags sft;  // train's data and batching flags
   DpoFlags dpo;
@@ -227,6 +228,11 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
     names_from = o.model_dir + "/config.json id2label";
   }
   if (labels.label_names.empty()) names_from = "the data";
+  // Predicting texts without labels needs a problem type: where none is named, transformers' own rule for a
+  // classifier's config (one output: regression, else single-label).
+  labels.unlabelled_ok = !a.predictions.empty();
+  if (labels.unlabelled_ok && !labels.problem_type)
+    labels.problem_type = C == 1 ? ProblemType::kRegression : ProblemType::kSingleLabel;
   SftDataOptions dopt = o.data;
   dopt.max_len = std::min(data_max_len(o), o.seq_len);  // never cut by the batcher
   const SftDataset data = load_classify_dataset(o.data_path, tok, dopt, &labels);
@@ -235,11 +241,27 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
                           << C << "; give --labels in the order train used");
   const ClassifyTask task{*labels.problem_type, C};
   const bool split = o.data.eval_fraction > 0 || o.data.eval_count > 0;
+  const std::vector<SftExample>& texts = split ? data.eval : data.train;
   const std::vector<ClassifyTarget>& targets = split ? data.eval_targets : data.train_targets;
-  std::vector<double> logits;
-  const ClassifyStats st = classify_eval_stats(model, adapter, split ? data.eval : data.train, targets, task, o,
-                                               reward_pad_id(o.model_dir, tok), nullptr, &logits);
-  QWENQ_CHECK(st.examples > 0, o.data_path << ": no texts to evaluate (" << data.stats.summary() << ")");
+  const std::vector<double> logits = classify_eval_logits(model, adapter, texts, o, reward_pad_id(o.model_dir, tok));
+  const int64_t covered = static_cast<int64_t>(logits.size()) / C;  // (the first --eval-batches batches)
+  QWENQ_CHECK(covered > 0, o.data_path << ": no texts to evaluate (" << data.stats.summary() << ")");
+  const char* by = a.adapter.empty() ? "the classifier " : "adapter ";
+  const std::string& who = a.adapter.empty() ? o.model_dir : a.adapter;
+  if (!a.predictions.empty()) {  // each text's record with its prediction, in file order
+    const std::vector<int64_t>& index = split ? data.eval_index : data.train_index;
+    const std::vector<std::string>& records = split ? data.eval_records : data.train_records;
+    std::vector<size_t> order(static_cast<size_t>(covered));
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return index[x] < index[y]; });
+    std::string lines;
+    for (size_t i : order) {
+      nlohmann::ordered_json rec = nlohmann::ordered_json::parse(records[i]);
+      rec.update(classify_prediction(logits.data() + i * static_cast<size_t>(C), task, labels.label_names));
+      lines += rec.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+    }
+    write_file_atomic(a.predictions, lines);
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   nlohmann::ordered_json j = {{"model", o.model_dir},
                               {"adapter", opt_str(a.adapter)},
@@ -247,20 +269,28 @@ void run_classify_eval(EvalArgs& a, const QwenModel& model, const Tokenizer& tok
                               {"split", split ? "eval" : "all"},
                               {"labels", labels.label_names},
                               {"problem_type", problem_type_name(task.type)},
-                              {"examples", st.examples}};
+                              {"examples", covered}};
+  if (!a.predictions.empty()) j["predictions"] = a.predictions;
+  if (data.unlabelled) {  // texts to predict: no statistics
+    j["seconds"] = seconds;
+    j["peak_rss_bytes"] = peak_rss_bytes();
+    if (a.json) std::printf("%s\n", j.dump().c_str());
+    else
+      std::printf("%lld %stexts of %s (no labels) predicted into %s; %s%s, %.1fs\n", (long long)covered,
+                  split ? "held-out " : "", o.data_path.c_str(), a.predictions.c_str(), by, who.c_str(), seconds);
+    if (!a.json_out.empty()) write_file_atomic(a.json_out, j.dump(2) + "\n");
+    return;
+  }
+  const std::vector<ClassifyTarget> seen(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(covered));
+  const ClassifyStats st = classify_batch_stats(logits, seen, task);
   nlohmann::json metrics;
   add_classify_metrics(st, task, "", &metrics);
   for (const std::string& m : classify_metric_names(task)) j[m] = metrics[m];
   j["loss"] = st.objective();
-  // Per label (or output) over the evaluated texts (the first st.examples).
-  const ClassifyLabelReport report = classify_label_report(
-      logits, std::vector<ClassifyTarget>(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(st.examples)),
-      task);
+  const ClassifyLabelReport report = classify_label_report(logits, seen, task);  // per label (or output)
   j.update(classify_report_json(report, task, labels.label_names));
   j["seconds"] = seconds;
   j["peak_rss_bytes"] = peak_rss_bytes();
-  const char* by = a.adapter.empty() ? "the classifier " : "adapter ";
-  const std::string& who = a.adapter.empty() ? o.model_dir : a.adapter;
   if (a.json) {
     std::printf("%s\n", j.dump().c_str());
   } else if (task.type == ProblemType::kSingleLabel) {
@@ -366,6 +396,8 @@ void run_eval(EvalArgs& a) {
   DevicePick pick(a.common, "qwen-qlora eval");
   if (!a.json_out.empty()) check_output_dir_exists("--json-out", a.json_out);
   TrainOptions& o = a.opt;
+  QWENQ_CHECK(a.predictions.empty() || o.classify, "--predictions applies to --objective classify");
+  if (!a.predictions.empty()) check_output_dir_exists("--predictions", a.predictions);
   o.model_dir = resolve_model_dir(a.model);
   apply_sft_flags(a.sft, &o);
   const auto t0 = std::chrono::steady_clock::now();
@@ -430,6 +462,9 @@ void register_qlora_eval(CLI::App& app) {
   c->add_flag("--fp32-checkpoints", a->sft.fp32_checkpoints, "block inputs kept in fp32, as train --fp32-checkpoints");
   c->add_flag("--json", a->json, "print one JSON object instead of the human line");
   c->add_option("--json-out", a->json_out, "also write the JSON result to this file");
+  c->add_option("--predictions", a->predictions,
+                "classify: write each evaluated text's record with its prediction (predicted, scores, probabilities) "
+                "as JSON lines in file order; the records may then hold no label at all (texts to label)");
   add_dpo_flags(c, &a->dpo, &o);
   add_common_options(c, &a->common);
   c->callback([a, c]() {

@@ -23,7 +23,8 @@ using Json = nlohmann::ordered_json;
 
 struct LabelledText {
   std::string text, pair, where;  // pair: the second text (--text-pair-field), else empty
-  Json label;  // as read: an integer, a string, a number or a list of them
+  Json label;  // as read: an integer, a string, a number or a list of them (null: none, ClassifyDataOptions::unlabelled_ok)
+  std::string json;  // the record
 };
 
 // "" or why `label` is not a label of problem type t (when the type is not known yet: of any type).
@@ -66,10 +67,14 @@ std::string labelled_text_from_json(const Json& j, const ClassifyDataOptions& o,
       return "\"" + o.text_pair_field + "\" must be a non-empty string, got " + pair.dump();
     out->pair = pair.get<std::string>();
   }
-  if (!j.contains(o.label_field)) return "no \"" + o.label_field + "\" (the label; --label-field names it)";
+  out->text = text.get<std::string>();
+  out->json = j.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (!j.contains(o.label_field)) {
+    if (o.unlabelled_ok) return "";  // a text to predict (label null)
+    return "no \"" + o.label_field + "\" (the label; --label-field names it)";
+  }
   const std::string why = label_shape_error(j[o.label_field], o.problem_type, o.label_field);
   if (!why.empty()) return why;
-  out->text = text.get<std::string>();
   out->label = j[o.label_field];
   return "";
 }
@@ -164,6 +169,16 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
     return why;
   });
   QWENQ_CHECK(!records.empty(), path << ": no labelled records");
+  const auto unlabelled = [](const LabelledText& r) { return r.label.is_null(); };
+  const auto first_bare = std::find_if(records.begin(), records.end(), unlabelled);
+  ds.unlabelled = first_bare == records.begin() && std::all_of(records.begin(), records.end(), unlabelled);
+  QWENQ_CHECK(first_bare == records.end() || ds.unlabelled,
+              first_bare->where << ": no \"" << labels->label_field << "\", where other records have one");
+  if (ds.unlabelled) {
+    QWENQ_CHECK(labels->problem_type && !labels->label_names.empty(),
+                path << ": no record has a \"" << labels->label_field << "\"; predicting needs the label names and "
+                     << "the problem type (an adapter's labels.json, or --labels and --problem-type)");
+  }
   if (!labels->problem_type) {  // a list label: multi-label; else single-label (top)
     const bool lists = std::any_of(records.begin(), records.end(), [](const LabelledText& r) { return r.label.is_array(); });
     labels->problem_type = lists ? ProblemType::kMultiLabel : ProblemType::kSingleLabel;
@@ -210,7 +225,9 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
   std::vector<ClassifyTarget> targets;
   for (const LabelledText& r : records) {
     ClassifyTarget y;
-    if (type == ProblemType::kSingleLabel) {
+    if (ds.unlabelled) {
+      // (a placeholder: nothing reads it)
+    } else if (type == ProblemType::kSingleLabel) {
       y.id = id_of_label(r.label, r.where);
     } else if (multi) {
       y.values.assign(C, 0.0f);
@@ -250,10 +267,14 @@ SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, 
   for (int64_t i : train) {
     ds.train.push_back(examples[static_cast<size_t>(i)]);
     ds.train_targets.push_back(targets[static_cast<size_t>(i)]);
+    ds.train_index.push_back(i);
+    ds.train_records.push_back(records[static_cast<size_t>(i)].json);
   }
   for (int64_t i : eval) {
     ds.eval.push_back(examples[static_cast<size_t>(i)]);
     ds.eval_targets.push_back(targets[static_cast<size_t>(i)]);
+    ds.eval_index.push_back(i);
+    ds.eval_records.push_back(records[static_cast<size_t>(i)].json);
   }
   st.train_examples = static_cast<int64_t>(train.size());
   st.eval_examples = static_cast<int64_t>(eval.size());
@@ -539,6 +560,40 @@ std::string classify_report_text(const ClassifyLabelReport& r, const ClassifyTas
     }
   }
   return out;
+}
+
+nlohmann::ordered_json classify_prediction(const double* z, const ClassifyTask& task,
+                                           const std::vector<std::string>& names) {
+  const size_t C = static_cast<size_t>(task.num_labels);
+  QWENQ_CHECK(names.size() == C, "classify_prediction: " << names.size() << " names for " << C << " outputs");
+  const std::vector<double> scores(z, z + C);
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  switch (task.type) {
+    case ProblemType::kSingleLabel: {
+      std::vector<double> p;
+      softmax_and_loss(z, task.num_labels, 0, &p);
+      j["predicted"] = names[static_cast<size_t>(std::max_element(z, z + C) - z)];
+      j["scores"] = scores;
+      j["probabilities"] = p;
+      break;
+    }
+    case ProblemType::kMultiLabel: {
+      std::vector<std::string> on;
+      std::vector<double> p;
+      for (size_t c = 0; c < C; ++c) {
+        if (z[c] > 0) on.push_back(names[c]);
+        p.push_back(sigmoid(z[c]));
+      }
+      j["predicted"] = on;
+      j["scores"] = scores;
+      j["probabilities"] = p;
+      break;
+    }
+    default:
+      j["predicted"] = C == 1 ? nlohmann::ordered_json(z[0]) : nlohmann::ordered_json(scores);
+      j["scores"] = scores;
+  }
+  return j;
 }
 
 std::vector<std::string> classify_metric_names(const ClassifyTask& task) {

@@ -70,6 +70,9 @@ struct ClassifyDataOptions {
   std::string text_pair_field;                 // a second text per record (sentence pairs); empty: none
   std::vector<std::string> label_names;        // empty: read from the training file (top), then set
   std::optional<ProblemType> problem_type;     // unset: from the training file (top), then set
+  // A file whose records hold no label at all is read as texts to predict (SftDataset::unlabelled; their targets
+  // placeholders), when label_names and problem_type are set (`eval --predictions`).
+  bool unlabelled_ok = false;
 };
 
 // The examples of a labelled file (loss masks all 0: the head's objective reads no token target) and their targets
@@ -78,7 +81,8 @@ struct ClassifyDataOptions {
 // object, no text or an empty one, a label of the wrong kind for the problem type) throw naming file:line, or with
 // opt.skip_bad are counted; a label outside the names (an id out of range, an unknown name) and a regression list of
 // another length always throw naming file:line. Throws when no example is left, when a single-label file has fewer
-// than 2 labels and when a file of another problem type has none.
+// than 2 labels and when a file of another problem type has none. With unlabelled_ok a file without any label is read
+// as texts to predict; one where some records have a label and others not throws naming the first without.
 SftDataset load_classify_dataset(const std::string& path, const Tokenizer& tok, const SftDataOptions& opt,
                                  ClassifyDataOptions* labels);
 
@@ -134,6 +138,12 @@ nlohmann::ordered_json classify_report_json(const ClassifyLabelReport& r, const 
 // The same as a text table (a confusion matrix too for single-label heads of at most 12 labels).
 std::string classify_report_text(const ClassifyLabelReport& r, const ClassifyTask& task,
                                  const std::vector<std::string>& names);
+
+// What the head predicts from one text's logits z [C]: {"predicted", "scores", "probabilities"}; single-label the
+// argmax label's name and softmax(z), multi-label the names with z > 0 (σ > 0.5) and σ(z) per label, regression the
+// output's value (a list for several) and no probabilities. `names` the labels or outputs.
+nlohmann::ordered_json classify_prediction(const double* z, const ClassifyTask& task,
+                                           const std::vector<std::string>& names);
 
 // The metrics a task reports beside its loss (top): "accuracy" (single-label), "accuracy" and "f1" (multi-label),
 // "pearson" (regression with one output; none with more).

@@ -153,8 +153,12 @@ struct SftDataset {
   std::vector<std::string> train_records, eval_records;  // GRPO prompts (trainer/grpo.h): each one's record, JSON text
   // Preference pairs (trainer/dpo.h): each pair's "margin" (reward modelling, trainer/reward.h; 0 without one).
   std::vector<double> train_margins, eval_margins;
-  // Sequence classification (trainer/classify.h): each example's target.
+  // Sequence classification (trainer/classify.h): each example's target (placeholders when `unlabelled`), its
+  // record's number among the file's records read (0-based) and the record itself (JSON text, in train_records /
+  // eval_records above).
   std::vector<ClassifyTarget> train_targets, eval_targets;
+  std::vector<int64_t> train_index, eval_index;
+  bool unlabelled = false;  // classify: no record held a label (texts to predict: ClassifyDataOptions::unlabelled_ok)
 };
 
 // ---- reading (sft_read.cpp) ----------------------------------------------------------------------------

@@ -100,6 +100,26 @@ RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter
   return reward_batch_stats(o.reward_options, scores, mu);
 }
 
+std::vector<double> classify_eval_logits(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o,
+                                         int32_t pad_id, ProcessGroup* group) {
+  const int64_t C = adapter.config().num_labels;
+  QWENQ_CHECK(C >= 1, "classify_eval_logits: the adapter has no score head");
+  const LoraStepOptions base = eval_step_options(o);
+  // Batches of o.batch_size texts in file order (the first eval_batches), shared by the ranks.
+  SftBatchOptions bo;
+  bo.mode = SftBatchMode::kPadding;
+  bo.seq_len = o.seq_len;
+  bo.batch_size = o.batch_size;
+  bo.shuffle = false;
+  bo.epochs = 1;
+  return gather_example_values(examples, bo, C, o.eval_batches, group, [&](const SftBatch& b) {
+    LoraStepOptions so = base;
+    so.score_rows = reward_pooled_rows(b.packed, pad_id);
+    return lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so).scores;
+  });
+}
+
 ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                                   const std::vector<SftExample>& examples, const std::vector<ClassifyTarget>& targets,
                                   const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group,
@@ -109,20 +129,7 @@ ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& ada
   const int64_t C = adapter.config().num_labels;
   QWENQ_CHECK(C == task.num_labels, "classify_eval_stats: a head of " << C << " outputs for a task of "
                                                                       << task.num_labels);
-  const LoraStepOptions base = eval_step_options(o);
-  // Batches of o.batch_size texts in file order (the first eval_batches), shared by the ranks.
-  SftBatchOptions bo;
-  bo.mode = SftBatchMode::kPadding;
-  bo.seq_len = o.seq_len;
-  bo.batch_size = o.batch_size;
-  bo.shuffle = false;
-  bo.epochs = 1;
-  const std::vector<double> logits =
-      gather_example_values(examples, bo, C, o.eval_batches, group, [&](const SftBatch& b) {
-        LoraStepOptions so = base;
-        so.score_rows = reward_pooled_rows(b.packed, pad_id);
-        return lora_loss_and_grad(model, adapter, b.packed, b.targets, nullptr, so).scores;
-      });
+  const std::vector<double> logits = classify_eval_logits(model, adapter, examples, o, pad_id, group);
   const size_t covered = logits.size() / static_cast<size_t>(C);
   if (logits_out) *logits_out = logits;
   return classify_batch_stats(

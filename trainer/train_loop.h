@@ -251,6 +251,12 @@ std::vector<double> preference_eval_sums(const QwenModel& model, const LoraAdapt
 RewardStats reward_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                               const std::vector<SftExample>& examples, const std::vector<double>& margins,
                               const TrainOptions& o, int32_t pad_id, ProcessGroup* group = nullptr);
+// A classifier's logits [text, output] of `examples` in batches of o.batch_size texts in order, at most o.eval_batches
+// batches (0: all), no dropout, pooled at the last token that is not pad_id (the texts covered: the first
+// size / num_labels).
+std::vector<double> classify_eval_logits(const QwenModel& model, const LoraAdapter& adapter,
+                                         const std::vector<SftExample>& examples, const TrainOptions& o,
+                                         int32_t pad_id, ProcessGroup* group = nullptr);
 // A classifier's held-out statistics (o.classify; `qwen-qlora eval --objective classify`): the logits of `examples`
 // (one target each in `targets`, of `task`) in batches of o.batch_size texts in order, at most o.eval_batches batches
 // (0: all), no dropout, pooled at the last token that is not pad_id; the statistics of trainer/classify.h. `logits`:

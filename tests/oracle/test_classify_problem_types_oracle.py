@@ -16,7 +16,8 @@ adapter (r=4, alpha=8, all seven Linears; random A, B and head, seeded) on a cla
      Pearson's r; multi-label's per-label precision, recall and F1 as sklearn defines them) are what
      `qwen-qlora eval --objective classify` reports, and labels.json names the problem type;
      the same for the starting adapter (not yet perfect), its names and type given by --labels / --problem-type;
-  3. `qwen-qlora merge` of it loads in transformers with that problem_type and PEFT's logits;
+  3. `qwen-qlora merge` of it loads in transformers with that problem_type and PEFT's logits; `eval --predictions` on the
+     texts without their labels writes each record back in file order with PEFT's logits and their prediction;
   4. the refusals: a regression list of another length (naming file:line), a fraction without --problem-type (with
      the hint), --problem-type with another objective;
   5. sentence pairs (--text-pair-field; also a third case above, single-label, trained and checked as 1-3) are the ids
@@ -215,6 +216,34 @@ for name, case in CASES.items():
     diff = ((mres.logits - final_logits).abs().max() / final_logits.abs().max()).item()
     print(f"merged classifier against PEFT: max relative logit difference {diff:.3g}; loss {mres.loss.item():.6f}")
     check(diff <= 1e-5, f"{name}: the merged classifier's logits differ from PEFT's by {diff:.3g}")
+
+    # 3b. the texts without their labels, labelled by `eval --predictions` (the adapter's labels.json naming the
+    # labels and type): each record back in file order with PEFT's logits as its scores and their prediction.
+    bare = os.path.join(wd, "bare.jsonl")
+    with open(bare, "w") as f:
+        for r in case["records"]:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n")
+    preds_file = os.path.join(wd, "predictions.jsonl")
+    run([ql, "eval", "--objective", "classify", "--adapter", run_dir, "--model", base_dir, "--data", bare,
+         "--seq-len", str(seq_len), "--threads", "2", "--batch-size", "5", "--fp32-checkpoints", *pair_flags,
+         "--predictions", preds_file])
+    with open(preds_file) as f:
+        preds = [json.loads(line) for line in f]
+    check(len(preds) == len(TEXTS), f"{name}: {len(preds)} predictions")
+    worst = 0.0
+    for i, (p, r) in enumerate(zip(preds, case["records"])):
+        z = final_logits[i]
+        check(p["text"] == r["text"] and "label" not in p, f"{name}: prediction {i} is not record {i}: {p}")
+        worst = max(worst, (torch.tensor(p["scores"]) - z).abs().max().item() / final_logits.abs().max().item())
+        if case["problem_type"] == "single_label_classification":
+            want = case["labels"][int(z.argmax())]
+        elif case["problem_type"] == "multi_label_classification":
+            want = [n for n, v in zip(case["labels"], z) if v > 0]
+        else:
+            want = None
+        check(want is None or p["predicted"] == want, f"{name}: prediction {i} {p['predicted']}, PEFT's {want}")
+    print(f"predictions of the unlabelled texts: scores within {worst:.3g} of PEFT's logits (relative to the largest)")
+    check(worst <= 1e-5, f"{name}: predicted scores differ from PEFT's logits by {worst:.3g}")
 
 # 5. sentence pairs as transformers' tokenizers encode them, cut to max_length "longest_first": stories260K's Llama
 # tokenizer (<s> A <s> B) and the real Qwen2 tokenizer (A B), ours read back from `data --dump` (file order).
