@@ -201,6 +201,10 @@ TEST(ClassifyMath, LabelReportByHand) {
   EXPECT_NEAR(g.pearson[0], classify_batch_stats({1, 2, 3}, {{-1, {1}}, {-1, {2}}, {-1, {4}}},
                                                  ClassifyTask{ProblemType::kRegression, 1}).pearson(), 1e-15);
   EXPECT_EQ(classify_report_json(g, reg, {"x", "y"}).at("per_output").at(1).at("output"), "y");
+  // Spearman's rho: Pearson's r of the ranks, ties at their mean rank (z 1, 2, 2, 4 -> 1, 2.5, 2.5, 4; y -> 1, 3, 2, 4)
+  const ClassifyLabelReport ranks = classify_label_report(
+      {1, 2, 2, 4}, {{-1, {10}}, {-1, {30}}, {-1, {20}}, {-1, {40}}}, ClassifyTask{ProblemType::kRegression, 1});
+  EXPECT_NEAR(ranks.spearman[0], 4.5 / std::sqrt(4.5 * 5.0), 1e-12);
 }
 
 // The head of C outputs: scores row-major [sequence, output], and the gradients of every LoRA tensor and the head

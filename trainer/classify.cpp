@@ -435,6 +435,22 @@ namespace {
 
 double ratio(int64_t num, int64_t den) { return den > 0 ? static_cast<double>(num) / static_cast<double>(den) : 0.0; }
 
+// The 1-based rank of each value, tied values sharing the mean of their ranks.
+std::vector<double> mean_ranks(const std::vector<double>& v) {
+  std::vector<size_t> order(v.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  std::vector<double> rank(v.size());
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j + 1 < order.size() && v[order[j + 1]] == v[order[i]]) ++j;
+    const double mean = 0.5 * static_cast<double>(i + j) + 1.0;
+    for (size_t k = i; k <= j; ++k) rank[order[k]] = mean;
+    i = j + 1;
+  }
+  return rank;
+}
+
 }  // namespace
 
 double ClassifyLabelReport::precision(size_t c) const { return ratio(tp[c], tp[c] + fp[c]); }
@@ -463,6 +479,12 @@ ClassifyLabelReport classify_label_report(const std::vector<double>& logits, con
       const ClassifyStats s = classify_batch_stats(z, y, ClassifyTask{ProblemType::kRegression, 1});
       r.mse.push_back(s.objective());
       r.pearson.push_back(s.pearson());
+      std::vector<double> rz = mean_ranks(z), ry;
+      for (const ClassifyTarget& t : y) ry.push_back(t.values[0]);
+      ry = mean_ranks(ry);
+      std::vector<ClassifyTarget> ranked;
+      for (double v : ry) ranked.push_back(ClassifyTarget{-1, {static_cast<float>(v)}});
+      r.spearman.push_back(classify_batch_stats(rz, ranked, ClassifyTask{ProblemType::kRegression, 1}).pearson());
     }
     return r;
   }
@@ -499,7 +521,8 @@ nlohmann::ordered_json classify_report_json(const ClassifyLabelReport& r, const 
   if (task.type == ProblemType::kRegression) {
     j["per_output"] = nlohmann::ordered_json::array();
     for (size_t c = 0; c < r.mse.size(); ++c)
-      j["per_output"].push_back({{"output", names.at(c)}, {"mse", r.mse[c]}, {"pearson", r.pearson[c]}});
+      j["per_output"].push_back(
+          {{"output", names.at(c)}, {"mse", r.mse[c]}, {"pearson", r.pearson[c]}, {"spearman", r.spearman[c]}});
     return j;
   }
   j["per_label"] = nlohmann::ordered_json::array();
@@ -523,10 +546,11 @@ std::string classify_report_text(const ClassifyLabelReport& r, const ClassifyTas
   std::string out;
   char buf[160];
   if (task.type == ProblemType::kRegression) {
-    std::snprintf(buf, sizeof buf, "%-*s %10s %8s\n", width, "output", "mse", "pearson");
+    std::snprintf(buf, sizeof buf, "%-*s %10s %8s %8s\n", width, "output", "mse", "pearson", "spearman");
     out += buf;
     for (size_t c = 0; c < r.mse.size(); ++c) {
-      std::snprintf(buf, sizeof buf, "%-*.*s %10.4f %8.3f\n", width, width, names.at(c).c_str(), r.mse[c], r.pearson[c]);
+      std::snprintf(buf, sizeof buf, "%-*.*s %10.4f %8.3f %8.3f\n", width, width, names.at(c).c_str(), r.mse[c],
+                    r.pearson[c], r.spearman[c]);
       out += buf;
     }
     return out;

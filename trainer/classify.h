@@ -118,11 +118,12 @@ std::function<std::vector<double>(const std::vector<double>&)> classify_objectiv
 // 2·tp / (2·tp + fp + fn), each 0 when its denominator is (sklearn's zero_division), support tp + fn; macro F1 their
 // unweighted mean over the labels. Single-label: a text predicts its argmax label (tp, fp, fn of that label) and the
 // confusion matrix counts [true label][predicted label]; multi-label: each label decided at logit > 0. Regression: each
-// output's mean squared error and Pearson's r.
+// output's mean squared error, Pearson's r and Spearman's rho (Pearson's r of the ranks, tied values given their mean
+// rank, as scipy.stats.spearmanr; STS-B's second metric).
 struct ClassifyLabelReport {
   std::vector<int64_t> tp, fp, fn;              // per label (classification)
   std::vector<std::vector<int64_t>> confusion;  // single-label: [true][predicted]
-  std::vector<double> mse, pearson;             // regression: per output
+  std::vector<double> mse, pearson, spearman;   // regression: per output
   int64_t support(size_t c) const { return tp[c] + fn[c]; }
   double precision(size_t c) const;
   double recall(size_t c) const;
@@ -132,7 +133,7 @@ struct ClassifyLabelReport {
 ClassifyLabelReport classify_label_report(const std::vector<double>& logits, const std::vector<ClassifyTarget>& targets,
                                           const ClassifyTask& task);
 // The report as JSON: "per_label" [{"label", "precision", "recall", "f1", "support"}], "macro_f1" and single-label's
-// "confusion"; regression's "per_output" [{"output", "mse", "pearson"}]. `names` the labels or outputs.
+// "confusion"; regression's "per_output" [{"output", "mse", "pearson", "spearman"}]. `names` the labels or outputs.
 nlohmann::ordered_json classify_report_json(const ClassifyLabelReport& r, const ClassifyTask& task,
                                             const std::vector<std::string>& names);
 // The same as a text table (a confusion matrix too for single-label heads of at most 12 labels).

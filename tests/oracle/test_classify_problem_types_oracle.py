@@ -13,7 +13,8 @@ adapter (r=4, alpha=8, all seven Linears; random A, B and head, seeded) on a cla
      and every trained entry of the final adapter is torch's relative to the largest move of its tensor (median
      within MEDIAN_TOL, at most MAX_FLIPS entries off by more than FLIP);
   2. PEFT loads our final adapter: its loss and metrics on the texts (exact-match accuracy and micro F1 at logit 0;
-     Pearson's r; multi-label's per-label precision, recall and F1 as sklearn defines them) are what
+     Pearson's r and, per output, Spearman's rho; multi-label's per-label precision, recall and F1 as sklearn defines
+     them) are what
      `qwen-qlora eval --objective classify` reports, and labels.json names the problem type;
      the same for the starting adapter (not yet perfect), its names and type given by --labels / --problem-type;
   3. `qwen-qlora merge` of it loads in transformers with that problem_type and PEFT's logits; `eval --predictions` on the
@@ -102,6 +103,20 @@ def classifier(case):
     return transformers.AutoModelForSequenceClassification.from_pretrained(
         base_dir, num_labels=case["num_labels"], problem_type=case["problem_type"], pad_token_id=PAD,
         torch_dtype=torch.float32, attn_implementation="eager")
+
+
+def mean_ranks(v):
+    """1-based ranks, ties at their mean (scipy.stats.rankdata's "average")."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks, i = [0.0] * len(v), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
 
 
 def metrics_of(case, logits, y):
@@ -201,6 +216,9 @@ for name, case in CASES.items():
             po = ev["per_output"][0]
             check(po["output"] == "LABEL_0" and abs(po["mse"] - ev["loss"]) <= 1e-12 * ev["loss"] and
                   abs(po["pearson"] - ev["pearson"]) <= 1e-12, f"{name}: per_output {po}")
+            rz, ry = mean_ranks(peft_logits[:, 0].tolist()), mean_ranks(y.tolist())
+            rho = torch.corrcoef(torch.tensor([rz, ry], dtype=torch.float64))[0, 1].item()
+            check(abs(po["spearman"] - rho) <= METRIC_TOL, f"{name}: spearman {po['spearman']}, by hand {rho}")
         else:
             check_label_report(ev, case["labels"], peft_logits, y, single=single)
 
