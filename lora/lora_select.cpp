@@ -160,6 +160,14 @@ std::vector<LoraPlanSlot> lora_plan(const LoraDims& dims, const LoraConfig& conf
   return out;
 }
 
+std::vector<std::string> lora_plan_target_names(const std::vector<LoraPlanSlot>& plan) {
+  std::set<int> used;
+  for (const LoraPlanSlot& p : plan) used.insert(static_cast<int>(p.slot.target));
+  std::vector<std::string> names;
+  for (int t : used) names.push_back(kLoraTargets[t].name);
+  return names;
+}
+
 std::string lora_plan_gpu_refusal(const std::vector<LoraPlanSlot>& plan, const LoraDims& dims,
                                   const LoraConfig& config) {
   for (const LoraPlanSlot& p : plan) {
@@ -169,15 +177,12 @@ std::string lora_plan_gpu_refusal(const std::vector<LoraPlanSlot>& plan, const L
     }
   }
   // Every layer the same targets (all experts of a MoE layer's): the plan of those targets on every layer.
-  std::set<int> used;
-  for (const LoraPlanSlot& p : plan) used.insert(static_cast<int>(p.slot.target));
   LoraConfig uniform;
-  uniform.target_modules.clear();  // (not LoraConfig's default pair)
+  uniform.target_modules = lora_plan_target_names(plan);
   uniform.r = config.r;
   uniform.alpha = config.alpha;
   uniform.use_rslora = config.use_rslora;
   uniform.num_labels = config.num_labels;
-  for (int t : used) uniform.target_modules.push_back(kLoraTargets[t].name);
   const Selector sel(uniform, "lora_plan_gpu_refusal");
   size_t every_layer = 0;
   for (const auto& linear : adaptable_linears(dims)) every_layer += sel.selects(lora_module_key(linear.first)) ? 1 : 0;

@@ -45,6 +45,10 @@ std::string lora_module_key(const LoraSlot& slot);
 // alpha other than the config's (rank_pattern / alpha_pattern on experts are not supported).
 std::vector<LoraPlanSlot> lora_plan(const LoraDims& dims, const LoraConfig& config, const std::string& source);
 
+// The targets some Linear of `plan` adapts, in table order ("q_proj", "v_proj"): the --target list of an adapter that
+// adapts the same targets on every layer, whatever selection (a regex, module paths) named them.
+std::vector<std::string> lora_plan_target_names(const std::vector<LoraPlanSlot>& plan);
+
 // "" when `plan` is the uniform adapter the GPU paths lay out (every layer adapts the same targets, each MoE layer's
 // target on all its experts, every Linear with the config's r and scaling), else why not (a device line's reason).
 std::string lora_plan_gpu_refusal(const std::vector<LoraPlanSlot>& plan, const LoraDims& dims,

@@ -434,7 +434,9 @@ TEST(ClassifyData, UnlabelledTextsToPredict) {
   for (size_t i = 0; i < 3; ++i) {  // each record beside its place in the file
     const int64_t k = ds.train_index[i];
     EXPECT_EQ(tok.decode(ds.train[i].tokens, false), (std::vector<std::string>{"a b", "c", "d e f"}[k]));
-    if (k == 0) EXPECT_EQ(ds.train_records[i], "{\"text\":\"a b\",\"id\":7}");
+    if (k == 0) {
+      EXPECT_EQ(ds.train_records[i], "{\"text\":\"a b\",\"id\":7}");
+    }
   }
   write_file_atomic(root + "/d.jsonl", "{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"c\"}\n");
   test::expect_error([&] { load_classify_dataset(root + "/d.jsonl", tok, opt, &o); },

@@ -628,10 +628,28 @@ std::vector<std::string> classify_metric_names(const ClassifyTask& task) {
   }
 }
 
+namespace {
+
+// One of classify_metric_names' metrics of `s`.
+double metric_value(const ClassifyStats& s, const std::string& name) {
+  return name == "accuracy" ? s.accuracy() : name == "f1" ? s.f1() : s.pearson();
+}
+
+// The problem type a JSON file's "problem_type" value names (labels.json, a classifier's config.json).
+ProblemType problem_type_in(const nlohmann::json& v, const std::string& path) {
+  ProblemType t;
+  QWENQ_CHECK(v.is_string() && problem_type_from_name(v.get<std::string>(), &t),
+              path << ": \"problem_type\" must be single_label_classification, multi_label_classification or "
+                      "regression, got " << v.dump());
+  return t;
+}
+
+}  // namespace
+
 void add_classify_metrics(const ClassifyStats& s, const ClassifyTask& task, const std::string& prefix,
                           nlohmann::json* record) {
   for (const std::string& m : classify_metric_names(task)) {
-    (*record)[prefix + m] = m == "accuracy" ? s.accuracy() : m == "f1" ? s.f1() : s.pearson();
+    (*record)[prefix + m] = metric_value(s, m);
   }
 }
 
@@ -640,7 +658,7 @@ std::string classify_metrics_text(const ClassifyStats& s, const ClassifyTask& ta
   char buf[48];
   for (const std::string& m : classify_metric_names(task)) {
     std::snprintf(buf, sizeof buf, "%s%s %.3f", out.empty() ? "" : ", ", m.c_str(),
-                  m == "accuracy" ? s.accuracy() : m == "f1" ? s.f1() : s.pearson());
+                  metric_value(s, m));
     out += buf;
   }
   return out;
@@ -661,10 +679,7 @@ std::vector<std::string> read_label_names(const std::string& dir, ProblemType* t
   const nlohmann::json j = read_json_file(path);
   QWENQ_CHECK(j.contains("id2label") && j["id2label"].is_object(), path << ": no \"id2label\" object");
   if (j.contains("problem_type")) {
-    ProblemType t;
-    QWENQ_CHECK(j["problem_type"].is_string() && problem_type_from_name(j["problem_type"].get<std::string>(), &t),
-                path << ": \"problem_type\" must be single_label_classification, multi_label_classification or "
-                        "regression, got " << j["problem_type"].dump());
+    const ProblemType t = problem_type_in(j["problem_type"], path);
     if (type) *type = t;
   }
   const nlohmann::json& m = j["id2label"];
@@ -689,9 +704,7 @@ bool config_problem_type(const std::string& model_dir, ProblemType* type) {
   const std::string path = path_join(model_dir, "config.json");
   const nlohmann::json cfg = read_json_file(path);
   if (!cfg.contains("problem_type") || cfg["problem_type"].is_null()) return false;
-  QWENQ_CHECK(cfg["problem_type"].is_string() && problem_type_from_name(cfg["problem_type"].get<std::string>(), type),
-              path << ": \"problem_type\" must be single_label_classification, multi_label_classification or "
-                      "regression, got " << cfg["problem_type"].dump());
+  *type = problem_type_in(cfg["problem_type"], path);
   return true;
 }
 

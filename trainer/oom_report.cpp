@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <set>
 #include <sstream>
 #include <vector>
 
@@ -20,11 +19,7 @@ namespace {
 // The --target list of the GPU trainer's adapter: the targets it adapts on every layer (the GPU lays out no finer
 // selection, lora_plan_gpu_refusal), whatever selection (a regex, module paths) named them.
 std::string targets_of(const PlanInput& in) {
-  std::set<int> used;
-  for (const LoraPlanSlot& p : lora_plan(lora_dims_of(in.model), in.lora, "plan")) used.insert(static_cast<int>(p.slot.target));
-  std::string s;
-  for (int t : used) s += (s.empty() ? "" : ",") + std::string(kLoraTargets[t].name);
-  return s;
+  return lora_targets_str(lora_plan_target_names(lora_plan(lora_dims_of(in.model), in.lora, "plan")));
 }
 
 // The `qwen-qlora plan` command line that prints the full breakdown of this plan.

@@ -205,35 +205,32 @@ std::vector<int32_t> Tokenizer::encode_pair(const std::string& text, const std::
                                             bool add_special_tokens) const {
   const Impl& t = *impl_;
   std::vector<int32_t> a = encode(text, false), b = encode(text_pair, false);
-  // The joined layout, item by item ("$A", "$B" or a token id as text).
-  std::vector<std::string> items;
-  std::vector<int32_t> specials;  // the special tokens' ids, in item order
-  const auto special = [&](int32_t id) {
-    items.push_back("");
-    specials.push_back(id);
-  };
+  // The joined layout, item by item: kSeqA, kSeqB or a special token's id.
+  constexpr int32_t kSeqA = -1, kSeqB = -2;
+  std::vector<int32_t> layout;
   if (!add_special_tokens) {
-    items = {"$A", "$B"};
+    layout = {kSeqA, kSeqB};
   } else if (t.llama_class || t.template_pair.empty()) {  // (without a template only a Llama-class tokenizer adds any)
-    for (const char* seq : {"$A", "$B"}) {
-      if (t.add_bos && t.bos >= 0) special(t.bos);
-      items.push_back(seq);
-      if (t.add_eos && t.eos >= 0) special(t.eos);
+    for (int32_t seq : {kSeqA, kSeqB}) {
+      if (t.add_bos && t.bos >= 0) layout.push_back(t.bos);
+      layout.push_back(seq);
+      if (t.add_eos && t.eos >= 0) layout.push_back(t.eos);
     }
   } else {
     for (const std::string& item : t.template_pair) {
       if (item == "$A" || item == "$B") {
-        items.push_back(item);
+        layout.push_back(item == "$A" ? kSeqA : kSeqB);
         continue;
       }
       const int32_t id = token_id(item);
       QWENQ_CHECK(id >= 0, "the tokenizer's pair template names \"" << item << "\", which is not a token");
-      special(id);
+      layout.push_back(id);
     }
   }
   if (max_len > 0) {
-    const int64_t room = max_len - static_cast<int64_t>(specials.size());
-    QWENQ_CHECK(room >= 2, "a sequence pair in " << max_len << " tokens: " << specials.size()
+    const int64_t specials = std::count_if(layout.begin(), layout.end(), [](int32_t v) { return v >= 0; });
+    const int64_t room = max_len - specials;
+    QWENQ_CHECK(room >= 2, "a sequence pair in " << max_len << " tokens: " << specials
                                                   << " special tokens leave no room for both texts");
     // tokenizers' LongestFirst: with n1 <= n2, keep n1 and cut the longer to what is left (at least n1); if that
     // is still too long, both to room / 2 (the longer gets the odd one).
@@ -252,12 +249,11 @@ std::vector<int32_t> Tokenizer::encode_pair(const std::string& text, const std::
     }
   }
   std::vector<int32_t> ids;
-  ids.reserve(a.size() + b.size() + specials.size());
-  size_t next_special = 0;
-  for (const std::string& item : items) {
-    if (item == "$A") ids.insert(ids.end(), a.begin(), a.end());
-    else if (item == "$B") ids.insert(ids.end(), b.begin(), b.end());
-    else ids.push_back(specials[next_special++]);
+  ids.reserve(a.size() + b.size() + layout.size());
+  for (int32_t item : layout) {
+    if (item == kSeqA) ids.insert(ids.end(), a.begin(), a.end());
+    else if (item == kSeqB) ids.insert(ids.end(), b.begin(), b.end());
+    else ids.push_back(item);
   }
   return ids;
 }

@@ -122,8 +122,7 @@ std::vector<double> classify_eval_logits(const QwenModel& model, const LoraAdapt
 
 ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                                   const std::vector<SftExample>& examples, const std::vector<ClassifyTarget>& targets,
-                                  const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group,
-                                  std::vector<double>* logits_out) {
+                                  const ClassifyTask& task, const TrainOptions& o, int32_t pad_id, ProcessGroup* group) {
   QWENQ_CHECK(targets.size() == examples.size(), "classify_eval_stats: " << targets.size() << " targets for "
                                                                           << examples.size() << " examples");
   const int64_t C = adapter.config().num_labels;
@@ -131,7 +130,6 @@ ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& ada
                                                                       << task.num_labels);
   const std::vector<double> logits = classify_eval_logits(model, adapter, examples, o, pad_id, group);
   const size_t covered = logits.size() / static_cast<size_t>(C);
-  if (logits_out) *logits_out = logits;
   return classify_batch_stats(
       logits, std::vector<ClassifyTarget>(targets.begin(), targets.begin() + static_cast<std::ptrdiff_t>(covered)), task);
 }

@@ -259,12 +259,11 @@ std::vector<double> classify_eval_logits(const QwenModel& model, const LoraAdapt
                                          int32_t pad_id, ProcessGroup* group = nullptr);
 // A classifier's held-out statistics (o.classify; `qwen-qlora eval --objective classify`): the logits of `examples`
 // (one target each in `targets`, of `task`) in batches of o.batch_size texts in order, at most o.eval_batches batches
-// (0: all), no dropout, pooled at the last token that is not pad_id; the statistics of trainer/classify.h. `logits`:
-// the evaluated texts' logits [text, output] (the first texts of `examples`), when given.
+// (0: all), no dropout, pooled at the last token that is not pad_id; the statistics of trainer/classify.h.
 ClassifyStats classify_eval_stats(const QwenModel& model, const LoraAdapter& adapter,
                                   const std::vector<SftExample>& examples, const std::vector<ClassifyTarget>& targets,
                                   const ClassifyTask& task, const TrainOptions& o, int32_t pad_id,
-                                  ProcessGroup* group = nullptr, std::vector<double>* logits = nullptr);
+                                  ProcessGroup* group = nullptr);
 // The steps between evaluations or checkpoints of a run of `total` steps for TrainOptions::eval_every / save_every:
 // 0 for 0, ceil(every · total) for a fraction, else every.
 int64_t run_interval(double every, int64_t total);
